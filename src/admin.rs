@@ -1,0 +1,136 @@
+//! The sidecar's admin listener (SPEC section 6): liveness, readiness, metrics, the effective
+//! configuration, log level and shutdown.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::telemetry::{LogLevel, Telemetry};
+use crate::tls::TlsStore;
+
+/// The readiness conditions; `/ready` answers 200 only when all hold.
+#[derive(Default)]
+pub struct Readiness {
+    pub listeners: AtomicBool,
+    pub draining: AtomicBool,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.listeners.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+}
+
+pub struct Admin {
+    pub telemetry: Arc<Telemetry>,
+    pub tls: Arc<TlsStore>,
+    pub readiness: Arc<Readiness>,
+    /// The effective configuration, as loaded (it holds paths, never key material).
+    pub config: serde_json::Value,
+    pub log_level: LogLevel,
+    pub shutdown: watch::Sender<bool>,
+}
+
+const MAX_BODY: usize = 4096;
+
+fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .expect("valid response")
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
+    reply(status, "text/plain; charset=utf-8", format!("{body}\n").into_bytes())
+}
+
+fn json_reply(status: StatusCode, value: serde_json::Value) -> Response<Vec<u8>> {
+    let mut body = serde_json::to_vec_pretty(&value).expect("json");
+    body.push(b'\n');
+    reply(status, "application/json", body)
+}
+
+impl Admin {
+    fn config_dump(&self) -> serde_json::Value {
+        let tls = self.tls.current();
+        let creds = &tls.credentials;
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "config": self.config,
+            "identity": {
+                "spiffeId": creds.id.as_str(),
+                "serial": creds.serial,
+                "notAfter": creds.not_after,
+                "source": {"files": self.tls.files()},
+            },
+            "policies": [],
+        })
+    }
+
+    async fn read_body(session: &mut ServerSession) -> Option<Vec<u8>> {
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_BODY {
+                return None;
+            }
+        }
+        Some(body)
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let from_loopback = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .is_some_and(|a| match a.ip() {
+                IpAddr::V4(ip) => ip.is_loopback(),
+                IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+            });
+        match (method, path.as_str()) {
+            (Method::GET, "/live") => text(StatusCode::OK, "live"),
+            (Method::GET, "/ready") if self.readiness.is_ready() => text(StatusCode::OK, "ready"),
+            (Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+            (Method::GET, "/metrics") => {
+                let tls = self.tls.current();
+                self.telemetry.metrics.certificate_expiry.set(tls.credentials.not_after as f64);
+                reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.telemetry.metrics.render())
+            }
+            (Method::GET, "/config_dump") => json_reply(StatusCode::OK, self.config_dump()),
+            (Method::POST, "/shutdown") if from_loopback => {
+                tracing::info!("shutdown requested through the admin API");
+                self.shutdown.send_replace(true);
+                text(StatusCode::OK, "shutting down")
+            }
+            (Method::POST, "/shutdown") => text(StatusCode::FORBIDDEN, "shutdown is accepted from localhost only"),
+            (Method::GET, "/log_level") => text(StatusCode::OK, &self.log_level.get()),
+            (Method::POST, "/log_level") if from_loopback => {
+                let Some(body) = Self::read_body(session).await else {
+                    return text(StatusCode::PAYLOAD_TOO_LARGE, "filter too long");
+                };
+                match self.log_level.set(String::from_utf8_lossy(&body).trim()) {
+                    Ok(()) => text(StatusCode::OK, &self.log_level.get()),
+                    Err(e) => text(StatusCode::BAD_REQUEST, &e),
+                }
+            }
+            (Method::POST, "/log_level") => text(StatusCode::FORBIDDEN, "log level changes are accepted from localhost only"),
+            (_, "/live" | "/ready" | "/metrics" | "/config_dump" | "/shutdown" | "/log_level") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found; try /live /ready /metrics /config_dump /log_level"),
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Wiring: the one place that knows every module. Builds a sidecar from its configuration,
+//! binds its listeners, runs it on one runtime, and drains it on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use pingora::apps::HttpServerOptions;
+use pingora::proxy::{http_proxy, ProxyHttp};
+use pingora::server::configuration::ServerConf;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{Admin, Readiness};
+use crate::config::{MtlsMode, SidecarConfig};
+use crate::proxy::{serve, ConnectionTracker, Inbound, Outbound, OutboundRoutes, Transport};
+use crate::telemetry::{LogLevel, SecurityEvent, Telemetry};
+use crate::tls::{IdentityFiles, TlsStore, TrustDomains};
+
+/// A running sidecar. Dropping it does not stop it; call [`Sidecar::shutdown`].
+pub struct Sidecar {
+    pub inbound: SocketAddr,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Options that differ between the `palisade sidecar` process and an embedded sidecar.
+#[derive(Clone)]
+pub struct RunOptions {
+    /// Stop on SIGTERM and SIGINT (a process); embedded sidecars leave signals alone.
+    pub handle_signals: bool,
+    pub log_level: LogLevel,
+}
+
+impl Sidecar {
+    /// Checks everything, binds every listener, then serves on a thread of its own.
+    /// Returns once the sidecar accepts connections; fails before binding on any bad input.
+    pub fn start(config: SidecarConfig, options: RunOptions) -> anyhow::Result<Sidecar> {
+        let parts = Parts::build(&config)?;
+        let runtime = runtime(config.threads)?;
+        let listeners = runtime.block_on(async {
+            Ok::<_, anyhow::Error>([
+                bind(config.inbound.listen.0, "inbound.listen").await?,
+                bind(config.outbound.listen.0, "outbound.listen").await?,
+                bind(config.admin.listen.0, "admin.listen").await?,
+            ])
+        })?;
+        let [inbound, outbound, admin] = listeners.each_ref().map(|l| l.local_addr().expect("bound address"));
+        let (shutdown, _) = watch::channel(false);
+        let sender = shutdown.clone();
+        let drain = config.drain_period.0;
+        let thread = std::thread::Builder::new().name("palisade".into()).spawn(move || {
+            runtime.block_on(run(config, parts, listeners, outbound, sender, drain, options));
+        })?;
+        Ok(Sidecar { inbound, outbound, admin, shutdown, thread: Some(thread) })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to the drain period) and waits.
+    pub fn shutdown(mut self) {
+        self.shutdown.send_replace(true);
+        self.wait();
+    }
+
+    /// Waits until the sidecar has stopped (after SIGTERM or `POST /shutdown`).
+    pub fn wait(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Everything built from the configuration before any port is bound.
+struct Parts {
+    telemetry: Arc<Telemetry>,
+    tls: Arc<TlsStore>,
+    reload_interval: Duration,
+}
+
+impl Parts {
+    fn build(config: &SidecarConfig) -> anyhow::Result<Parts> {
+        if config.identity.control_plane.is_some() {
+            bail!("identity.controlPlane: certificates from the control plane's CA are not yet available in this version; use identity.files");
+        }
+        if config.policy.control_plane.is_some() {
+            bail!("policy.controlPlane: the control plane channel is not yet available in this version; use policy.files");
+        }
+        if config.threads == 0 {
+            bail!("threads: must be at least 1");
+        }
+        let files = config.identity.files.clone().unwrap_or_default();
+        let identity_files =
+            IdentityFiles { cert: files.cert.clone(), key: files.key.clone(), trust_bundle: files.trust_bundle.clone() };
+        let trust_domain = &config.trust_domain.0;
+        let tls = TlsStore::load(identity_files, trust_domain, TrustDomains::new([trust_domain.as_str()]))
+            .context("identity.files")?;
+        let telemetry = Telemetry::new(&config.telemetry.events).context("telemetry.events.sink")?;
+        Ok(Parts { telemetry: Arc::new(telemetry), tls: Arc::new(tls), reload_interval: files.reload_interval.0 })
+    }
+}
+
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+    };
+    Ok(runtime)
+}
+
+async fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("{field}: cannot listen on {addr}"))
+}
+
+fn proxy_app<P: ProxyHttp>(conf: &Arc<ServerConf>, inner: P) -> Arc<pingora::proxy::HttpProxy<P>> {
+    let mut app = http_proxy(conf, inner);
+    let mut options = HttpServerOptions::default();
+    // gRPC clients speak HTTP/2 over plaintext with prior knowledge.
+    options.h2c = true;
+    app.server_options = Some(options);
+    Arc::new(app)
+}
+
+async fn run(
+    config: SidecarConfig,
+    parts: Parts,
+    [inbound_listener, outbound_listener, admin_listener]: [TcpListener; 3],
+    outbound_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    drain: Duration,
+    options: RunOptions,
+) {
+    let Parts { telemetry, tls, reload_interval } = parts;
+    let conf = Arc::new(ServerConf::default());
+    let readiness = Arc::new(Readiness::default());
+    let data_path = ConnectionTracker::default();
+
+    let inbound = proxy_app(&conf, Inbound::new(config.inbound.app.0, telemetry.clone()));
+    let routes = OutboundRoutes::new(&config.outbound.destinations, tls.clone(), telemetry.clone());
+    let outbound = proxy_app(&conf, Outbound::new(routes, outbound_addr, telemetry.clone()));
+    let admin = Arc::new(Admin {
+        telemetry: telemetry.clone(),
+        tls: tls.clone(),
+        readiness: readiness.clone(),
+        config: serde_json::to_value(&config).expect("configuration serialises"),
+        log_level: options.log_level.clone(),
+        shutdown: shutdown.clone(),
+    });
+    let inbound_transport = match config.inbound.mtls {
+        MtlsMode::STRICT => Transport::Tls(tls.clone()),
+        MtlsMode::PERMISSIVE => Transport::TlsOrPlain(tls.clone()),
+    };
+
+    let stop = shutdown.subscribe();
+    let serving = [
+        tokio::spawn(serve(inbound_listener, inbound_transport, inbound, telemetry.clone(), data_path.clone(), stop.clone())),
+        tokio::spawn(serve(outbound_listener, Transport::Plain, outbound, telemetry.clone(), data_path.clone(), stop.clone())),
+        tokio::spawn(serve(admin_listener, Transport::Plain, admin, telemetry.clone(), ConnectionTracker::default(), stop.clone())),
+    ];
+    tokio::spawn(watch_certificates(tls.clone(), telemetry.clone(), reload_interval, stop.clone()));
+    readiness.listeners.store(true, Ordering::Release);
+    tracing::info!(
+        identity = %tls.current().credentials.id,
+        inbound = %config.inbound.listen, outbound = %config.outbound.listen, admin = %config.admin.listen,
+        "sidecar ready"
+    );
+
+    let mut stop_requested = stop.clone();
+    if options.handle_signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(t), Ok(i)) => (t, i),
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+            _ = stop_requested.wait_for(|s| *s) => {}
+        }
+    } else {
+        let _ = stop_requested.wait_for(|s| *s).await;
+    }
+    readiness.draining.store(true, Ordering::Release);
+    shutdown.send_replace(true);
+    for task in serving {
+        let _ = task.await;
+    }
+    match tokio::time::timeout(drain, data_path.idle()).await {
+        Ok(()) => tracing::info!("drained; exiting"),
+        Err(_) => tracing::warn!(open = data_path.count(), "drain period over; closing the remaining connections"),
+    }
+}
+
+/// Polls the identity files and swaps in new credentials when they change.
+async fn watch_certificates(tls: Arc<TlsStore>, telemetry: Arc<Telemetry>, every: Duration, mut stop: watch::Receiver<bool>) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        // Reading three small files; off the runtime so a slow disk never stalls requests.
+        let store = tls.clone();
+        let outcome = tokio::task::spawn_blocking(move || store.reload_if_changed()).await;
+        match outcome {
+            Ok(Ok(Some(state))) => {
+                let creds = &state.credentials;
+                tracing::info!(identity = %creds.id, serial = %creds.serial, "certificate and trust bundle reloaded");
+                telemetry.metrics.certificate_expiry.set(creds.not_after as f64);
+                telemetry.events.emit(SecurityEvent::CertificateRotated {
+                    identity: creds.id.to_string(),
+                    serial: creds.serial.clone(),
+                    not_after: creds.not_after,
+                });
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "new certificate files are not usable; keeping the current ones");
+                telemetry.events.emit(SecurityEvent::CertificateReloadFailed { reason: e.to_string() });
+            }
+            Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The command line (SPEC section 1): parses arguments and runs one command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::app::{RunOptions, Sidecar};
+use crate::config::{self, ProcessEnv, SidecarConfig};
+use crate::identity::{DevCa, LeafSpec, SpiffeId};
+use crate::telemetry::LogLevel;
+
+/// Exit status for bad configuration or arguments (sysexits EX_CONFIG / EX_USAGE family).
+const EXIT_CONFIG: u8 = 64;
+/// Exit status for a command this version does not provide yet (EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser)]
+#[command(name = "palisade", version, about = "An API-security sidecar for service meshes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the per-pod proxy: inbound, outbound and admin listeners.
+    Sidecar(ConfigArg),
+    /// Run the control plane: policy push server, workload CA, injection webhook, status API.
+    Control(ConfigArg),
+    /// Add the sidecar to Kubernetes manifests (YAML in, YAML out).
+    Inject {
+        /// Manifest file, or - for standard input.
+        #[arg(short = 'f', long = "filename", default_value = "-")]
+        file: String,
+    },
+    /// Install the iptables rules that send the pod's traffic through the sidecar.
+    InitNet {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+        args: Vec<String>,
+    },
+    /// Validate policy files; exits non-zero with file, line and field of each error.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// A development PKI: a root for a trust domain, and SPIFFE workload certificates.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Run a whole local mesh on loopback, send traffic through it and summarise what happened.
+    Demo {
+        /// Exit after the summary instead of running until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// YAML configuration file; PALISADE_<SECTION>_<KEY> variables override its values.
+    #[arg(short, long)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Create a root certificate and key for a trust domain (ca.crt, ca.key).
+    Init {
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// Directory to write ca.crt and ca.key into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue a workload certificate (tls.crt, tls.key, ca.crt) with a SPIFFE ID.
+    Issue {
+        /// Directory holding ca.crt and ca.key.
+        #[arg(long)]
+        ca: PathBuf,
+        /// spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>
+        #[arg(long)]
+        spiffe_id: String,
+        /// Extra DNS names (repeatable).
+        #[arg(long)]
+        dns: Vec<String>,
+        /// Validity, e.g. 24h or 90m.
+        #[arg(long, default_value = "24h")]
+        ttl: config::HumanDuration,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sidecar(arg) => run_sidecar(&arg.config),
+        Command::Control(_) => not_yet("palisade control (the control plane)"),
+        Command::Inject { .. } => not_yet("palisade inject"),
+        Command::InitNet { .. } => not_yet("palisade init-net"),
+        Command::Check { .. } => not_yet("palisade check (the policy engine)"),
+        Command::Ca(cmd) => ca(cmd),
+        Command::Demo { once } => crate::demo::run(once),
+    }
+}
+
+fn not_yet(what: &str) -> ExitCode {
+    eprintln!("error: {what} is not yet available in palisade {}", env!("CARGO_PKG_VERSION"));
+    ExitCode::from(EXIT_UNAVAILABLE)
+}
+
+fn run_sidecar(path: &std::path::Path) -> ExitCode {
+    let log_level = LogLevel::init();
+    let config: SidecarConfig = match config::load(path, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut sidecar = match Sidecar::start(config, RunOptions { handle_signals: true, log_level }) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {}: {e:#}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    sidecar.wait();
+    ExitCode::SUCCESS
+}
+
+fn ca(cmd: CaCommand) -> ExitCode {
+    match run_ca(cmd) {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+fn run_ca(cmd: CaCommand) -> Result<String, String> {
+    match cmd {
+        CaCommand::Init { trust_domain, out } => {
+            let files = DevCa::generate(&trust_domain).and_then(|ca| ca.write(&out)).map_err(|e| e.to_string())?;
+            Ok(format!("wrote {} and {} for trust domain {trust_domain}", files.cert.display(), files.key.display()))
+        }
+        CaCommand::Issue { ca, spiffe_id, dns, ttl, out } => {
+            let ca = DevCa::load(&ca).map_err(|e| e.to_string())?;
+            let id = SpiffeId::parse(&spiffe_id).map_err(|e| format!("--spiffe-id: {e}"))?;
+            if id.trust_domain() != ca.trust_domain() {
+                return Err(format!("--spiffe-id {id} is outside the CA's trust domain {:?}", ca.trust_domain()));
+            }
+            let mut spec = LeafSpec::workload(&spiffe_id);
+            spec.dns_names = dns;
+            spec.not_after = time::OffsetDateTime::now_utc() + ttl.0;
+            let files = ca.issue_to(&spec, &out).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "issued {id}: wrote {}, {} and {}",
+                files.cert.display(),
+                files.key.display(),
+                files.trust_bundle.display()
+            ))
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! The sidecar's configuration (SPEC section 3).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::{HumanDuration, ListenAddr};
+use crate::identity::SpiffeId;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct SidecarConfig {
+    pub identity: IdentityConfig,
+    pub trust_domain: TrustDomain,
+    pub inbound: InboundConfig,
+    pub outbound: OutboundConfig,
+    pub admin: AdminConfig,
+    pub workload: WorkloadConfig,
+    pub policy: PolicySourceConfig,
+    pub telemetry: TelemetryConfig,
+    /// Worker threads for the data path; one runtime serves every listener.
+    pub threads: usize,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    pub drain_period: HumanDuration,
+}
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        SidecarConfig {
+            identity: IdentityConfig::default(),
+            trust_domain: TrustDomain("cluster.local".into()),
+            inbound: InboundConfig::default(),
+            outbound: OutboundConfig::default(),
+            admin: AdminConfig::default(),
+            workload: WorkloadConfig::default(),
+            policy: PolicySourceConfig::default(),
+            telemetry: TelemetryConfig::default(),
+            threads: 1,
+            drain_period: HumanDuration(std::time::Duration::from_secs(5)),
+        }
+    }
+}
+
+/// A SPIFFE trust domain name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustDomain(pub String);
+
+impl std::str::FromStr for TrustDomain {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        SpiffeId::parse(&format!("spiffe://{s}"))
+            .ok()
+            .filter(|id| id.path().is_empty())
+            .map(|_| TrustDomain(s.to_string()))
+            .ok_or_else(|| format!("expected a trust domain such as cluster.local (lowercase letters, digits, '.', '-', '_'), got {s:?}"))
+    }
+}
+
+impl std::fmt::Display for TrustDomain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustDomain {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for TrustDomain {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+/// Where the workload certificate comes from: files now; the control plane's CA later.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IdentityConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<IdentityFilesConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct IdentityFilesConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub trust_bundle: PathBuf,
+    /// How often the files are checked for a rotation.
+    pub reload_interval: HumanDuration,
+}
+
+impl Default for IdentityFilesConfig {
+    fn default() -> Self {
+        IdentityFilesConfig {
+            cert: "/var/run/palisade/tls.crt".into(),
+            key: "/var/run/palisade/tls.key".into(),
+            trust_bundle: "/var/run/palisade/ca.crt".into(),
+            reload_interval: HumanDuration(std::time::Duration::from_secs(1)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum MtlsMode {
+    /// Only mutual TLS with a valid mesh identity.
+    #[default]
+    STRICT,
+    /// Mutual TLS or plaintext; plaintext requests have no principal.
+    PERMISSIVE,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct InboundConfig {
+    pub listen: ListenAddr,
+    /// The application's own listener, where inbound requests are forwarded.
+    pub app: ListenAddr,
+    pub mtls: MtlsMode,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        InboundConfig {
+            listen: "0.0.0.0:15006".parse().expect("default"),
+            app: "127.0.0.1:8080".parse().expect("default"),
+            mtls: MtlsMode::STRICT,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct OutboundConfig {
+    pub listen: ListenAddr,
+    /// Known destinations: where an authority is reached and which identity must answer there.
+    pub destinations: Vec<Destination>,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        OutboundConfig { listen: "127.0.0.1:15001".parse().expect("default"), destinations: Vec::new() }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Destination {
+    /// The `host[:port]` the application calls (its Host header or request authority).
+    pub authority: String,
+    /// Where to connect; without it, the original destination or the authority itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<ListenAddr>,
+    /// The SPIFFE ID the server must present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<SpiffeIdField>,
+}
+
+/// A SPIFFE ID checked while the configuration is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpiffeIdField(pub SpiffeId);
+
+impl<'de> Deserialize<'de> for SpiffeIdField {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        SpiffeId::parse(&s).map(SpiffeIdField).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for SpiffeIdField {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct AdminConfig {
+    pub listen: ListenAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: "0.0.0.0:15000".parse().expect("default") }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct WorkloadConfig {
+    pub namespace: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        WorkloadConfig { namespace: "default".into(), service_account: "default".into(), labels: BTreeMap::new() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    #[default]
+    Closed,
+    Open,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct PolicySourceConfig {
+    pub files: Vec<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_plane: Option<String>,
+    pub fail_mode: FailMode,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct TelemetryConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<serde_yaml::Value>,
+    pub events: EventsConfig,
+    pub access_log: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig { otlp: None, events: EventsConfig::default(), access_log: true }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct EventsConfig {
+    pub sink: EventSink,
+    pub format: EventFormat,
+}
+
+/// `stdout`, or `file:PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum EventSink {
+    #[default]
+    Stdout,
+    File(PathBuf),
+}
+
+impl std::str::FromStr for EventSink {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stdout" => Ok(EventSink::Stdout),
+            _ => match s.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => Ok(EventSink::File(path.into())),
+                _ => Err(format!("expected stdout or file:PATH, got {s:?}")),
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EventSink {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for EventSink {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            EventSink::Stdout => s.serialize_str("stdout"),
+            EventSink::File(p) => s.collect_str(&format_args!("file:{}", p.display())),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EventFormat {
+    #[default]
+    Ocsf,
+    Ecs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{load, parse_yaml, ConfigError};
+    use std::path::Path;
+
+    fn parse(text: &str) -> Result<SidecarConfig, ConfigError> {
+        parse_yaml(Path::new("sidecar.yaml"), text)
+    }
+
+    #[test]
+    fn the_spec_example_parses() {
+        let cfg = parse(
+            r#"
+identity:
+  files: {cert: /var/run/palisade/tls.crt, key: /var/run/palisade/tls.key, trustBundle: /var/run/palisade/ca.crt}
+trustDomain: cluster.local
+inbound:  {listen: "0.0.0.0:15006", app: "127.0.0.1:8080", mtls: STRICT}
+outbound: {listen: "127.0.0.1:15001"}
+admin:    {listen: "0.0.0.0:15000"}
+workload: {namespace: shop, serviceAccount: orders, labels: {app: orders}}
+policy:
+  files: [/etc/palisade/policy.yaml]
+  controlPlane: "https://palisade-control.palisade-system.svc:15010"
+  failMode: closed
+telemetry:
+  otlp: {endpoint: "http://otel-collector:4317", protocol: grpc, sampling: 0.01}
+  events: {sink: stdout, format: ocsf}
+  accessLog: true
+threads: 1
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.workload.service_account, "orders");
+        assert_eq!(cfg.inbound.mtls, MtlsMode::STRICT);
+        assert_eq!(cfg.admin.listen.to_string(), "0.0.0.0:15000");
+    }
+
+    #[test]
+    fn errors_name_line_field_and_expected_form() {
+        let err = parse("inbound:\n  listen: 0.0.0.0:15006\n  mtls: STRIKT\n").unwrap_err();
+        assert_eq!(err.line, Some(3));
+        assert_eq!(err.field, "inbound.mtls");
+        assert!(err.message.contains("STRICT"), "{err}");
+        assert!(err.to_string().starts_with("sidecar.yaml:3:"), "{err}");
+
+        let err = parse("admin:\n  listen: localhost\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (Some(2), "admin.listen"));
+        assert!(err.message.contains("0.0.0.0:15006"), "{err}");
+
+        let err = parse("outbound:\n  listen: 127.0.0.1:1\n  lisen: 1\n").unwrap_err();
+        assert_eq!(err.line, Some(3));
+        assert!(err.message.contains("unknown field `lisen`"), "{err}");
+
+        let err = parse("trustDomain: Cluster.Local\n").unwrap_err();
+        assert_eq!(err.field, "trustDomain");
+
+        let err = parse("drainPeriod: 5\n").unwrap_err();
+        assert!(err.message.contains("duration"), "{err}");
+    }
+
+    #[test]
+    fn environment_overrides_and_their_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sidecar.yaml");
+        std::fs::write(&file, "admin: {listen: \"0.0.0.0:15000\"}\n").unwrap();
+        let env: std::collections::BTreeMap<String, String> = [
+            ("PALISADE_ADMIN_LISTEN", "127.0.0.1:25000"),
+            ("PALISADE_WORKLOAD_SERVICEACCOUNT", "orders"),
+            ("PALISADE_THREADS", "2"),
+            ("PALISADE_LOG", "debug"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let cfg: SidecarConfig = load(&file, &env).unwrap();
+        assert_eq!(cfg.admin.listen.to_string(), "127.0.0.1:25000");
+        assert_eq!(cfg.workload.service_account, "orders");
+        assert_eq!(cfg.threads, 2);
+
+        let env: std::collections::BTreeMap<String, String> =
+            [("PALISADE_INBOUND_MTLS".to_string(), "SOMETIMES".to_string())].into();
+        let err = load::<SidecarConfig>(&file, &env).unwrap_err();
+        assert_eq!(err.env_var.as_deref(), Some("PALISADE_INBOUND_MTLS"));
+        assert!(err.to_string().contains("PERMISSIVE"), "{err}");
+
+        let env: std::collections::BTreeMap<String, String> =
+            [("PALISADE_ADMIN_PORT".to_string(), "1".to_string())].into();
+        let err = load::<SidecarConfig>(&file, &env).unwrap_err();
+        assert!(err.to_string().contains("expected one of: listen"), "{err}");
+    }
+}

@@ -1,0 +1,1 @@
+pub fn run(_once: bool) -> std::process::ExitCode { std::process::ExitCode::FAILURE }

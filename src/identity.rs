@@ -1,0 +1,10 @@
+//! Workload identity: SPIFFE IDs and the development certificate authority.
+//!
+//! An identity is a SPIFFE ID carried in the URI SAN of an X.509 certificate:
+//! `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
+
+mod devca;
+mod spiffe;
+
+pub use devca::{CaFiles, DevCa, DevCaError, LeafSpec, WorkloadFiles};
+pub use spiffe::{cert_identity, spiffe_id_from_der, CertIdentity, InvalidSpiffeId, SpiffeId};

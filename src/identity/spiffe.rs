@@ -1,0 +1,176 @@
+use std::fmt;
+use std::sync::Arc;
+
+/// A parsed SPIFFE ID. Cheap to clone: the text is shared.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SpiffeId {
+    text: Arc<str>,
+    // byte offsets into `text`
+    domain_end: usize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid SPIFFE ID {value:?}: {reason}")]
+pub struct InvalidSpiffeId {
+    pub value: String,
+    pub reason: &'static str,
+}
+
+const SCHEME: &str = "spiffe://";
+
+impl SpiffeId {
+    pub fn parse(value: &str) -> Result<Self, InvalidSpiffeId> {
+        let bad = |reason| InvalidSpiffeId { value: value.to_string(), reason };
+        let rest = value.strip_prefix(SCHEME).ok_or_else(|| bad("must start with spiffe://"))?;
+        let domain_len = rest.find('/').unwrap_or(rest.len());
+        let domain = &rest[..domain_len];
+        if domain.is_empty() {
+            return Err(bad("trust domain is empty"));
+        }
+        if !domain.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b)) {
+            return Err(bad("trust domain may hold only lowercase letters, digits, '-', '.' and '_'"));
+        }
+        let path = &rest[domain_len..];
+        if path.ends_with('/') {
+            return Err(bad("path must not end with '/'"));
+        }
+        for segment in path.split('/').skip(1) {
+            if segment.is_empty() || segment == "." || segment == ".." {
+                return Err(bad("path segments must be non-empty and not '.' or '..'"));
+            }
+            if !segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
+                return Err(bad("path may hold only letters, digits, '-', '.' and '_'"));
+            }
+        }
+        Ok(SpiffeId { text: value.into(), domain_end: SCHEME.len() + domain_len })
+    }
+
+    /// The identity Palisade gives a Kubernetes service account.
+    pub fn for_workload(trust_domain: &str, namespace: &str, service_account: &str) -> Result<Self, InvalidSpiffeId> {
+        Self::parse(&format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.text[SCHEME.len()..self.domain_end]
+    }
+
+    pub fn path(&self) -> &str {
+        &self.text[self.domain_end..]
+    }
+
+    /// The namespace of a `/ns/<ns>/sa/<sa>` identity.
+    pub fn namespace(&self) -> Option<&str> {
+        self.k8s_parts().map(|(ns, _)| ns)
+    }
+
+    pub fn service_account(&self) -> Option<&str> {
+        self.k8s_parts().map(|(_, sa)| sa)
+    }
+
+    fn k8s_parts(&self) -> Option<(&str, &str)> {
+        let mut parts = self.path().strip_prefix('/')?.split('/');
+        match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
+            (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Some((ns, sa)),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl fmt::Debug for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SpiffeId({})", self.text)
+    }
+}
+
+impl serde::Serialize for SpiffeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+/// Where a certificate's SPIFFE identity stands. An X509-SVID carries exactly one URI SAN.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CertIdentity {
+    Spiffe(SpiffeId),
+    None,
+    Invalid(&'static str),
+}
+
+/// Reads the SPIFFE ID from a DER certificate's URI SAN.
+pub fn spiffe_id_from_der(der: &[u8]) -> CertIdentity {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return CertIdentity::Invalid("certificate does not parse");
+    };
+    cert_identity(&cert)
+}
+
+pub fn cert_identity(cert: &x509_parser::certificate::X509Certificate<'_>) -> CertIdentity {
+    use x509_parser::extensions::GeneralName;
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return CertIdentity::None;
+    };
+    let mut uris = san.value.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(u) => Some(*u),
+        _ => None,
+    });
+    let Some(first) = uris.next() else {
+        return CertIdentity::None;
+    };
+    if uris.next().is_some() {
+        return CertIdentity::Invalid("more than one URI SAN");
+    }
+    match SpiffeId::parse(first) {
+        Ok(id) => CertIdentity::Spiffe(id),
+        Err(_) if !first.starts_with(SCHEME) => CertIdentity::None,
+        Err(_) => CertIdentity::Invalid("URI SAN is not a valid SPIFFE ID"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kubernetes_identities() {
+        let id = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/orders").unwrap();
+        assert_eq!(id.trust_domain(), "cluster.local");
+        assert_eq!(id.namespace(), Some("shop"));
+        assert_eq!(id.service_account(), Some("orders"));
+        assert_eq!(id.path(), "/ns/shop/sa/orders");
+    }
+
+    #[test]
+    fn non_kubernetes_paths_have_no_namespace() {
+        let id = SpiffeId::parse("spiffe://example.org/payments").unwrap();
+        assert_eq!(id.namespace(), None);
+        let id = SpiffeId::parse("spiffe://example.org").unwrap();
+        assert_eq!(id.path(), "");
+    }
+
+    #[test]
+    fn rejects_malformed_ids() {
+        for bad in [
+            "http://cluster.local/ns/a/sa/b",
+            "spiffe://",
+            "spiffe:///ns/a",
+            "spiffe://Cluster.Local/ns/a",
+            "spiffe://td/ns/a/",
+            "spiffe://td/ns//sa/b",
+            "spiffe://td/ns/../sa/b",
+            "spiffe://td/ns/a b",
+            "spiffe://td:8080/x",
+        ] {
+            assert!(SpiffeId::parse(bad).is_err(), "{bad} must be rejected");
+        }
+    }
+}

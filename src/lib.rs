@@ -1,0 +1,16 @@
+//! Palisade: an API-security sidecar for service meshes, built on pingora.
+//!
+//! Modules are split by concern; `app` is the one place that wires them together.
+//! See ARCHITECTURE.md for how a request and a policy flow through them.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod identity;
+pub mod proxy;
+pub mod telemetry;
+pub mod tls;

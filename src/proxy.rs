@@ -1,0 +1,25 @@
+//! The data path: the inbound and outbound proxies (pingora `ProxyHttp` implementations), the
+//! accept loop that feeds them, and the one place that turns failures into responses.
+//!
+//! Every listener of a sidecar runs on one tokio runtime: a request crosses no thread boundary
+//! between accept, inbound, the app and back (pingora's own `Server` gives each service a runtime
+//! of its own, which costs a cross-thread wake-up per hop).
+
+mod inbound;
+mod outbound;
+mod record;
+mod request_id;
+mod respond;
+mod serve;
+
+pub use inbound::Inbound;
+pub use outbound::{MeshConnector, Outbound, OutboundRoutes};
+pub use request_id::RequestId;
+pub use respond::ErrorKind;
+pub use serve::{serve, ConnectionTracker, Transport};
+
+/// Carries the caller's HTTP version across the sidecar-to-sidecar hop, which is always HTTP/2,
+/// so the inbound side speaks to its app as the caller spoke (Linkerd's `l5d-orig-proto`).
+pub(crate) const ORIG_PROTO_HEADER: &str = "palisade-orig-proto";
+pub(crate) const XFCC_HEADER: &str = "x-forwarded-client-cert";
+pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";

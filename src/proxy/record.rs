@@ -1,0 +1,66 @@
+//! Per-request bookkeeping shared by both directions: the context, and metric labels that cost
+//! no allocation.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use pingora::proxy::Session;
+
+use super::RequestId;
+use crate::telemetry::Telemetry;
+
+/// State carried across the phases of one request.
+pub struct RequestCtx {
+    pub id: RequestId,
+    pub started: Instant,
+    /// `allow` unless a step refused the request.
+    pub decision: &'static str,
+}
+
+impl RequestCtx {
+    pub fn new() -> Self {
+        RequestCtx { id: RequestId::generate(), started: Instant::now(), decision: "allow" }
+    }
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Standard methods by name; anything else is `OTHER`, so a client cannot grow the label set.
+pub fn method_label(method: &http::Method) -> &'static str {
+    use http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
+pub fn status_label(code: u16) -> &'static str {
+    static LABELS: OnceLock<Vec<String>> = OnceLock::new();
+    let labels = LABELS.get_or_init(|| (0..600).map(|c| c.to_string()).collect());
+    labels.get(code as usize).map(String::as_str).unwrap_or("other")
+}
+
+/// Counts the request and its duration once it has ended.
+pub fn finish(telemetry: &Telemetry, direction: &'static str, session: &Session, principal: &str, ctx: &RequestCtx) {
+    let code = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+    let code = status_label(code);
+    let method = method_label(&session.req_header().method);
+    let metrics = &telemetry.metrics;
+    metrics.requests.with_label_values(&[direction, method, code, principal, ctx.decision]).inc();
+    metrics
+        .request_duration
+        .with_label_values(&[direction, code])
+        .observe(ctx.started.elapsed().as_secs_f64());
+}

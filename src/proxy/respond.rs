@@ -1,0 +1,134 @@
+//! The one place where a failure becomes a response. Each step of the pipeline fails with an
+//! [`ErrorKind`]; the caller sees only the kind and the request id, never which rule matched.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use super::RequestId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidRequest,
+    Unauthenticated,
+    Forbidden,
+    PayloadTooLarge,
+    UriTooLong,
+    RateLimited,
+    HeadersTooLarge,
+    Internal,
+    BadGateway,
+    Unavailable,
+    GatewayTimeout,
+}
+
+impl ErrorKind {
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidRequest => 400,
+            ErrorKind::Unauthenticated => 401,
+            ErrorKind::Forbidden => 403,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::UriTooLong => 414,
+            ErrorKind::RateLimited => 429,
+            ErrorKind::HeadersTooLarge => 431,
+            ErrorKind::Internal => 500,
+            ErrorKind::BadGateway => 502,
+            ErrorKind::Unavailable => 503,
+            ErrorKind::GatewayTimeout => 504,
+        }
+    }
+
+    /// The `error` field of the JSON body.
+    pub fn code(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Unauthenticated => "unauthenticated",
+            ErrorKind::Forbidden => "forbidden",
+            ErrorKind::PayloadTooLarge => "payload_too_large",
+            ErrorKind::UriTooLong => "uri_too_long",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::HeadersTooLarge => "headers_too_large",
+            ErrorKind::Internal => "internal_error",
+            ErrorKind::BadGateway => "bad_gateway",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::GatewayTimeout => "gateway_timeout",
+        }
+    }
+
+    fn from_status(status: u16) -> Self {
+        match status {
+            401 => ErrorKind::Unauthenticated,
+            403 => ErrorKind::Forbidden,
+            413 => ErrorKind::PayloadTooLarge,
+            414 => ErrorKind::UriTooLong,
+            429 => ErrorKind::RateLimited,
+            431 => ErrorKind::HeadersTooLarge,
+            502 => ErrorKind::BadGateway,
+            503 => ErrorKind::Unavailable,
+            504 => ErrorKind::GatewayTimeout,
+            400..=499 => ErrorKind::InvalidRequest,
+            _ => ErrorKind::Internal,
+        }
+    }
+
+    /// The error a pipeline step returns to stop the request with this response.
+    pub fn fail(self, why: &'static str) -> Box<Error> {
+        Error::explain(ErrorType::HTTPStatus(self.status()), why)
+    }
+
+    /// What a proxy failure means for the caller; `None` when the caller is gone already.
+    pub fn classify(e: &Error) -> Option<Self> {
+        use ErrorType::*;
+        Some(match e.etype() {
+            HTTPStatus(code) => Self::from_status(*code),
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                ErrorKind::GatewayTimeout
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => ErrorKind::BadGateway,
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => return None,
+                    _ => ErrorKind::InvalidRequest,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
+                    ConnectTimedout => ErrorKind::GatewayTimeout,
+                    ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure | InvalidCert
+                    | HandshakeError => ErrorKind::BadGateway,
+                    _ => ErrorKind::Internal,
+                },
+            },
+        })
+    }
+}
+
+/// Writes `{"error": ..., "request_id": ...}` with `x-request-id`.
+pub async fn write(session: &mut Session, kind: ErrorKind, request_id: &RequestId) -> pingora::Result<()> {
+    let body = format!(r#"{{"error":"{}","request_id":"{}"}}"#, kind.code(), request_id.as_str());
+    let mut header = ResponseHeader::build(kind.status(), Some(4))?;
+    header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    header.insert_header(super::REQUEST_ID_HEADER, request_id.header_value())?;
+    header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    session.set_keepalive(None);
+    session.write_response_header(Box::new(header), false).await?;
+    session.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_failures_map_to_gateway_statuses() {
+        let refused = Error::explain(ErrorType::ConnectRefused, "app down");
+        assert_eq!(ErrorKind::classify(&refused), Some(ErrorKind::BadGateway));
+        let timeout = Error::explain(ErrorType::ConnectTimedout, "slow");
+        assert_eq!(ErrorKind::classify(&timeout), Some(ErrorKind::GatewayTimeout));
+        let status = ErrorKind::UriTooLong.fail("long");
+        assert_eq!(ErrorKind::classify(&status), Some(ErrorKind::UriTooLong));
+    }
+}

@@ -1,0 +1,168 @@
+//! Accepting connections: TLS (STRICT), TLS or plaintext sniffed by the first byte (PERMISSIVE),
+//! or plaintext (outbound, admin); then handing each stream to a pingora app.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora::apps::ServerApp;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+use crate::telemetry::{SecurityEvent, Telemetry};
+use crate::tls::TlsStore;
+
+/// A TLS ClientHello starts with a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub enum Transport {
+    Plain,
+    /// Mutual TLS required.
+    Tls(Arc<TlsStore>),
+    /// Mutual TLS, or plaintext without a principal.
+    TlsOrPlain(Arc<TlsStore>),
+}
+
+/// Counts open connections so a drain can wait for them.
+#[derive(Clone, Default)]
+pub struct ConnectionTracker(Arc<(AtomicUsize, Notify)>);
+
+pub struct ConnectionGuard(ConnectionTracker);
+
+impl ConnectionTracker {
+    pub fn open(&self) -> ConnectionGuard {
+        self.0 .0.fetch_add(1, Ordering::AcqRel);
+        ConnectionGuard(self.clone())
+    }
+
+    pub fn count(&self) -> usize {
+        self.0 .0.load(Ordering::Acquire)
+    }
+
+    /// Waits until no connection is open.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.0 .1.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        if self.0 .0 .0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0 .0 .1.notify_waiters();
+        }
+    }
+}
+
+/// Accepts on `listener` until `shutdown` turns true, then drops the listener (new connections
+/// are refused) and returns; connections already open finish on their own tasks.
+pub async fn serve<A>(
+    listener: TcpListener,
+    transport: Transport,
+    app: Arc<A>,
+    telemetry: Arc<Telemetry>,
+    tracker: ConnectionTracker,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    A: ServerApp + Send + Sync + 'static,
+{
+    let transport = Arc::new(transport);
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                // Out of file descriptors: back off instead of spinning.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let guard = tracker.open();
+        let app = app.clone();
+        let transport = transport.clone();
+        let telemetry = telemetry.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let Some(stream) = handshake(tcp, peer, &transport, &telemetry).await else { return };
+            let mut next = app.process_new(stream, &shutdown).await;
+            while let Some(stream) = next {
+                next = app.process_new(stream, &shutdown).await;
+            }
+        });
+    }
+    drop(listener);
+    app.cleanup().await;
+}
+
+async fn handshake(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    transport: &Transport,
+    telemetry: &Telemetry,
+) -> Option<Stream> {
+    let (store, plaintext_allowed) = match transport {
+        Transport::Plain => return Some(Box::new(l4_stream(tcp, peer))),
+        Transport::Tls(store) => (store, false),
+        Transport::TlsOrPlain(store) => (store, true),
+    };
+    if plaintext_allowed {
+        let mut first = [0u8; 1];
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+            Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => return Some(Box::new(l4_stream(tcp, peer))),
+            Ok(Ok(1)) => {}
+            _ => return None,
+        }
+    }
+    let state = store.current();
+    let handshakes = &telemetry.metrics.tls_handshakes;
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, state.acceptor.tls_handshake(l4_stream(tcp, peer))).await {
+        Ok(Ok(tls)) => {
+            handshakes.with_label_values(&["inbound", "success"]).inc();
+            Some(Box::new(tls))
+        }
+        Ok(Err(e)) => {
+            handshakes.with_label_values(&["inbound", "failure"]).inc();
+            let reason = e.to_string();
+            tracing::info!(%peer, %reason, "inbound TLS handshake refused");
+            telemetry.events.emit(SecurityEvent::TlsFailure {
+                direction: "inbound",
+                peer: Some(peer),
+                expected: None,
+                reason,
+            });
+            None
+        }
+        Err(_) => {
+            handshakes.with_label_values(&["inbound", "timeout"]).inc();
+            None
+        }
+    }
+}
+
+/// Wraps a socket the way pingora's own listener does, so the session digest knows the peer,
+/// the local address and, behind an iptables REDIRECT, the original destination.
+fn l4_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> L4Stream {
+    let fd = tcp.as_raw_fd();
+    let mut stream = L4Stream::from(tcp);
+    let digest = SocketDigest::from_raw_fd(fd);
+    let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(peer)));
+    stream.set_socket_digest(digest);
+    stream
+}

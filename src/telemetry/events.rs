@@ -1,0 +1,166 @@
+//! Security events as JSON lines, for a SIEM: OCSF HTTP Activity (class 4002) by default, ECS as
+//! the alternative. Writing happens on a thread of its own behind a bounded queue, so a slow
+//! sink never slows a request; what does not fit is counted and dropped.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use crate::config::{EventFormat, EventSink, EventsConfig};
+
+const QUEUE: usize = 4096;
+
+/// What happened. Each kind maps to an OCSF disposition and an ECS category.
+#[derive(Debug, Clone)]
+pub enum SecurityEvent {
+    /// A TLS handshake was refused (inbound) or the server failed verification (outbound).
+    TlsFailure { direction: &'static str, peer: Option<SocketAddr>, expected: Option<String>, reason: String },
+    /// A new workload certificate or trust bundle is in use.
+    CertificateRotated { identity: String, serial: String, not_after: i64 },
+    /// A new certificate could not be loaded; the previous one stays in use.
+    CertificateReloadFailed { reason: String },
+}
+
+pub struct EventWriter {
+    queue: Option<SyncSender<Value>>,
+    format: EventFormat,
+    dropped: prometheus::IntCounter,
+}
+
+impl EventWriter {
+    pub fn start(config: &EventsConfig, dropped: prometheus::IntCounter) -> std::io::Result<Self> {
+        let mut sink: Box<dyn Write + Send> = match &config.sink {
+            EventSink::Stdout => Box::new(std::io::stdout()),
+            EventSink::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
+        };
+        let (tx, rx) = sync_channel::<Value>(QUEUE);
+        std::thread::Builder::new().name("palisade-events".into()).spawn(move || {
+            for event in rx {
+                let mut line = serde_json::to_vec(&event).expect("event serialises");
+                line.push(b'\n');
+                if sink.write_all(&line).and_then(|_| sink.flush()).is_err() {
+                    break;
+                }
+            }
+        })?;
+        Ok(EventWriter { queue: Some(tx), format: config.format, dropped })
+    }
+
+    /// A writer that discards everything (tools that emit no events).
+    pub fn disabled() -> Self {
+        EventWriter { queue: None, format: EventFormat::Ocsf, dropped: prometheus::IntCounter::new("unused", "unused").expect("counter") }
+    }
+
+    pub fn emit(&self, event: SecurityEvent) {
+        let Some(queue) = &self.queue else { return };
+        let record = match self.format {
+            EventFormat::Ocsf => ocsf(&event),
+            EventFormat::Ecs => ecs(&event),
+        };
+        if let Err(TrySendError::Full(_)) = queue.try_send(record) {
+            self.dropped.inc();
+        }
+    }
+
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn endpoint(addr: Option<SocketAddr>) -> Value {
+    match addr {
+        Some(a) => json!({"ip": a.ip().to_string(), "port": a.port()}),
+        None => Value::Null,
+    }
+}
+
+fn ocsf(event: &SecurityEvent) -> Value {
+    // HTTP Activity: category 4 (Network Activity), class 4002; type_uid = class * 100 + activity.
+    let (activity_id, action_id, disposition_id, severity_id, message, extra) = match event {
+        SecurityEvent::TlsFailure { direction, peer, expected, reason } => (
+            0,
+            2,
+            2, // blocked
+            3,
+            format!("{direction} TLS handshake refused: {reason}"),
+            json!({"src_endpoint": endpoint(*peer), "tls": {"expected_identity": expected},
+                   "firewall_rule": {"uid": "mtls", "name": format!("{direction}-mtls")}}),
+        ),
+        SecurityEvent::CertificateRotated { identity, serial, not_after } => (
+            99,
+            1,
+            1, // allowed
+            1,
+            format!("certificate rotated for {identity}"),
+            json!({"tls": {"certificate": {"serial_number": serial, "expiration_time": not_after * 1000}},
+                   "actor": {"user": {"uid": identity}}}),
+        ),
+        SecurityEvent::CertificateReloadFailed { reason } => {
+            (99, 1, 1, 4, format!("certificate reload failed, previous kept: {reason}"), json!({}))
+        }
+    };
+    let mut record = json!({
+        "class_uid": 4002,
+        "class_name": "HTTP Activity",
+        "category_uid": 4,
+        "category_name": "Network Activity",
+        "activity_id": activity_id,
+        "type_uid": 4002 * 100 + activity_id,
+        "time": now_millis(),
+        "severity_id": severity_id,
+        "action_id": action_id,
+        "disposition_id": disposition_id,
+        "message": message,
+        "metadata": {"version": "1.3.0", "product": {"name": "Palisade", "vendor_name": "Palisade",
+                     "version": env!("CARGO_PKG_VERSION")}},
+    });
+    merge(&mut record, extra);
+    record
+}
+
+fn ecs(event: &SecurityEvent) -> Value {
+    let (action, outcome, category, message, extra) = match event {
+        SecurityEvent::TlsFailure { direction, peer, expected, reason } => (
+            "tls-handshake-refused",
+            "failure",
+            "network",
+            format!("{direction} TLS handshake refused: {reason}"),
+            json!({"source": peer.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
+                   "tls": {"server": {"x509": {"subject": {"common_name": expected}}}},
+                   "rule": {"id": "mtls", "name": format!("{direction}-mtls")}}),
+        ),
+        SecurityEvent::CertificateRotated { identity, serial, not_after } => (
+            "certificate-rotated",
+            "success",
+            "configuration",
+            format!("certificate rotated for {identity}"),
+            json!({"tls": {"server": {"x509": {"serial_number": serial, "not_after": not_after}}}}),
+        ),
+        SecurityEvent::CertificateReloadFailed { reason } => (
+            "certificate-reload-failed",
+            "failure",
+            "configuration",
+            format!("certificate reload failed, previous kept: {reason}"),
+            json!({}),
+        ),
+    };
+    let mut record = json!({
+        "@timestamp": now_millis(),
+        "ecs": {"version": "8.11.0"},
+        "event": {"kind": "event", "category": [category], "action": action, "outcome": outcome},
+        "message": message,
+        "observer": {"product": "Palisade", "version": env!("CARGO_PKG_VERSION")},
+    });
+    merge(&mut record, extra);
+    record
+}
+
+fn merge(into: &mut Value, extra: Value) {
+    if let (Value::Object(into), Value::Object(extra)) = (into, extra) {
+        into.extend(extra);
+    }
+}

@@ -1,0 +1,92 @@
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Serialize;
+
+use super::TlsError;
+use crate::identity::{cert_identity, CertIdentity, SpiffeId};
+
+/// The three files a workload's identity lives in (the layout of cert-manager and SPIRE helpers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IdentityFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub trust_bundle: PathBuf,
+}
+
+/// One loaded, checked set of credentials.
+pub struct Credentials {
+    pub id: SpiffeId,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub certified_key: Arc<CertifiedKey>,
+    pub roots: Arc<RootCertStore>,
+    pub serial: String,
+    /// Seconds since the epoch.
+    pub not_after: i64,
+}
+
+impl Credentials {
+    /// Loads and checks the files: the key matches the certificate, the certificate carries a
+    /// SPIFFE ID in `trust_domain`, and the bundle holds at least one certificate.
+    pub fn load(files: &IdentityFiles, trust_domain: &str) -> Result<Self, TlsError> {
+        let chain = read_certs(&files.cert)?;
+        let key_pem = read(&files.key)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::File {
+            path: files.key.clone(),
+            reason: format!("no PEM private key found ({e})"),
+        })?;
+        let bundle = read_certs(&files.trust_bundle)?;
+        let mut roots = RootCertStore::empty();
+        for cert in bundle {
+            roots.add(cert).map_err(|e| TlsError::File {
+                path: files.trust_bundle.clone(),
+                reason: format!("trust bundle holds an unusable certificate: {e}"),
+            })?;
+        }
+        let certified_key = CertifiedKey::from_der(chain.clone(), key, &super::provider()).map_err(|e| TlsError::File {
+            path: files.key.clone(),
+            reason: format!("private key does not match {}: {e}", files.cert.display()),
+        })?;
+        let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| TlsError::File {
+            path: files.cert.clone(),
+            reason: format!("certificate does not parse: {e}"),
+        })?;
+        let identity_error = |reason: String| TlsError::Identity { path: files.cert.clone(), reason };
+        let id = match cert_identity(&leaf) {
+            CertIdentity::Spiffe(id) => id,
+            CertIdentity::None => return Err(identity_error("certificate has no spiffe:// URI SAN".into())),
+            CertIdentity::Invalid(why) => return Err(identity_error(why.into())),
+        };
+        if id.trust_domain() != trust_domain {
+            return Err(identity_error(format!(
+                "certificate identity {id} is not in the configured trust domain {trust_domain:?}"
+            )));
+        }
+        Ok(Credentials {
+            id,
+            serial: leaf.raw_serial_as_string(),
+            not_after: leaf.validity().not_after.timestamp(),
+            chain,
+            certified_key: Arc::new(certified_key),
+            roots: Arc::new(roots),
+        })
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::File { path: path.to_path_buf(), reason: e.to_string() })
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let pem = read(path)?;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+    match certs {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        Ok(_) => Err(TlsError::File { path: path.to_path_buf(), reason: "no PEM certificate found".into() }),
+        Err(e) => Err(TlsError::File { path: path.to_path_buf(), reason: format!("bad PEM: {e}") }),
+    }
+}

@@ -1,0 +1,160 @@
+use std::any::Any;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use http::HeaderValue;
+use pingora::listeners::tls::{Acceptor, TlsSettings};
+use pingora::listeners::TlsAccept;
+use pingora::protocols::tls::TlsRef;
+use rustls::client::ResolvesClientCert;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, SignatureScheme};
+
+use super::verify::{SpiffeClientVerifier, SpiffeServerVerifier};
+use super::{Credentials, IdentityFiles, TlsError, TrustDomains};
+use crate::identity::{spiffe_id_from_der, CertIdentity, SpiffeId};
+
+/// What the inbound handshake learned about the caller, computed once per connection.
+#[derive(Debug)]
+pub struct PeerIdentity {
+    pub id: SpiffeId,
+    /// `By=<own id>;URI=<peer id>`, ready to hand to the app as `x-forwarded-client-cert`.
+    pub xfcc: HeaderValue,
+}
+
+/// One credential set and everything built from it.
+pub struct TlsState {
+    pub credentials: Credentials,
+    pub acceptor: Acceptor,
+    pub client_config: Arc<ClientConfig>,
+}
+
+/// Holds the current [`TlsState`] and replaces it when the files change.
+pub struct TlsStore {
+    files: IdentityFiles,
+    trust_domain: String,
+    domains: TrustDomains,
+    state: ArcSwap<TlsState>,
+    last_seen: Mutex<[FileStamp; 3]>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+impl TlsStore {
+    pub fn load(files: IdentityFiles, trust_domain: &str, domains: TrustDomains) -> Result<Self, TlsError> {
+        let stamps = stamps(&files);
+        let credentials = Credentials::load(&files, trust_domain)?;
+        let state = build(credentials, &domains)?;
+        Ok(TlsStore {
+            files,
+            trust_domain: trust_domain.to_string(),
+            domains,
+            state: ArcSwap::from_pointee(state),
+            last_seen: Mutex::new(stamps),
+        })
+    }
+
+    pub fn current(&self) -> Arc<TlsState> {
+        self.state.load_full()
+    }
+
+    pub fn files(&self) -> &IdentityFiles {
+        &self.files
+    }
+
+    /// Reloads when any of the three files changed since the last look. Returns the new state
+    /// when one was installed; on error the current state stays in force, and the same files
+    /// are tried again once they change again (a writer that replaces the certificate before the
+    /// key gets a retry on the next look).
+    pub fn reload_if_changed(&self) -> Result<Option<Arc<TlsState>>, TlsError> {
+        let now = stamps(&self.files);
+        {
+            let mut seen = self.last_seen.lock().expect("stamp lock");
+            if *seen == now {
+                return Ok(None);
+            }
+            *seen = now;
+        }
+        let credentials = Credentials::load(&self.files, &self.trust_domain)?;
+        let state = Arc::new(build(credentials, &self.domains)?);
+        self.state.store(state.clone());
+        Ok(Some(state))
+    }
+}
+
+fn stamps(files: &IdentityFiles) -> [FileStamp; 3] {
+    [&files.cert, &files.key, &files.trust_bundle].map(|path| match std::fs::metadata(path) {
+        Ok(m) => FileStamp { modified: m.modified().ok(), len: m.len(), inode: m.ino() },
+        Err(_) => FileStamp::default(),
+    })
+}
+
+fn build(credentials: Credentials, domains: &TrustDomains) -> Result<TlsState, TlsError> {
+    let verifier = SpiffeClientVerifier::new(credentials.roots.clone(), domains.clone())?;
+    let mut settings = TlsSettings::with_callbacks(Box::new(IdentityCallback { own: credentials.id.clone() }))
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    settings.set_cert_resolver(Arc::new(FixedCert(credentials.certified_key.clone())));
+    settings.set_client_cert_verifier(Arc::new(verifier));
+    settings.enable_h2();
+    let acceptor = settings.build();
+
+    let mut client_config = ClientConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
+            credentials.roots.clone(),
+            domains.clone(),
+        )))
+        .with_client_cert_resolver(Arc::new(FixedCert(credentials.certified_key.clone())));
+    client_config.alpn_protocols = vec![b"h2".to_vec()];
+    // The server is named by the SPIFFE ID in its certificate, never by a DNS name.
+    client_config.enable_sni = false;
+    // A resumed session skips the certificate; every pooled connection proves its identity afresh.
+    client_config.resumption = rustls::client::Resumption::disabled();
+    Ok(TlsState { credentials, acceptor, client_config: Arc::new(client_config) })
+}
+
+#[derive(Debug)]
+struct FixedCert(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+impl ResolvesClientCert for FixedCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+struct IdentityCallback {
+    own: SpiffeId,
+}
+
+#[async_trait]
+impl TlsAccept for IdentityCallback {
+    async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
+        // The verifier already refused every certificate without a valid SPIFFE ID.
+        let CertIdentity::Spiffe(id) = spiffe_id_from_der(tls.peer_certificate_der()?) else {
+            return None;
+        };
+        let xfcc = HeaderValue::from_str(&format!("By={};URI={}", self.own, id)).ok()?;
+        Some(Arc::new(PeerIdentity { id, xfcc }))
+    }
+}
