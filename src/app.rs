@@ -42,21 +42,34 @@ impl Sidecar {
     pub fn start(config: SidecarConfig, options: RunOptions) -> anyhow::Result<Sidecar> {
         let parts = Parts::build(&config)?;
         let runtime = runtime(config.threads)?;
-        let listeners = runtime.block_on(async {
-            Ok::<_, anyhow::Error>([
-                bind(config.inbound.listen.0, "inbound.listen").await?,
-                bind(config.outbound.listen.0, "outbound.listen").await?,
-                bind(config.admin.listen.0, "admin.listen").await?,
-            ])
-        })?;
-        let [inbound, outbound, admin] = listeners.each_ref().map(|l| l.local_addr().expect("bound address"));
+        let listeners = [
+            bind(config.inbound.listen.0, "inbound.listen")?,
+            bind(config.outbound.listen.0, "outbound.listen")?,
+            bind(config.admin.listen.0, "admin.listen")?,
+        ];
+        let [inbound, outbound, admin] = listeners
+            .each_ref()
+            .map(|l| l.local_addr().expect("bound address"));
         let (shutdown, _) = watch::channel(false);
         let sender = shutdown.clone();
         let drain = config.drain_period.0;
-        let thread = std::thread::Builder::new().name("palisade".into()).spawn(move || {
-            runtime.block_on(run(config, parts, listeners, outbound, sender, drain, options));
-        })?;
-        Ok(Sidecar { inbound, outbound, admin, shutdown, thread: Some(thread) })
+        let bound = Bound {
+            inbound,
+            outbound,
+            admin,
+        };
+        let thread = std::thread::Builder::new()
+            .name("palisade".into())
+            .spawn(move || {
+                runtime.block_on(run(config, parts, listeners, bound, sender, drain, options));
+            })?;
+        Ok(Sidecar {
+            inbound,
+            outbound,
+            admin,
+            shutdown,
+            thread: Some(thread),
+        })
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the drain period) and waits.
@@ -71,6 +84,14 @@ impl Sidecar {
             let _ = thread.join();
         }
     }
+}
+
+/// The addresses the listeners got (port 0 in the configuration picks a free one).
+#[derive(Clone, Copy)]
+struct Bound {
+    inbound: SocketAddr,
+    outbound: SocketAddr,
+    admin: SocketAddr,
 }
 
 /// Everything built from the configuration before any port is bound.
@@ -92,27 +113,48 @@ impl Parts {
             bail!("threads: must be at least 1");
         }
         let files = config.identity.files.clone().unwrap_or_default();
-        let identity_files =
-            IdentityFiles { cert: files.cert.clone(), key: files.key.clone(), trust_bundle: files.trust_bundle.clone() };
+        let identity_files = IdentityFiles {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            trust_bundle: files.trust_bundle.clone(),
+        };
         let trust_domain = &config.trust_domain.0;
-        let tls = TlsStore::load(identity_files, trust_domain, TrustDomains::new([trust_domain.as_str()]))
-            .context("identity.files")?;
-        let telemetry = Telemetry::new(&config.telemetry.events).context("telemetry.events.sink")?;
-        Ok(Parts { telemetry: Arc::new(telemetry), tls: Arc::new(tls), reload_interval: files.reload_interval.0 })
+        let tls = TlsStore::load(
+            identity_files,
+            trust_domain,
+            TrustDomains::new([trust_domain.as_str()]),
+        )
+        .context("identity.files")?;
+        let telemetry =
+            Telemetry::new(&config.telemetry.events).context("telemetry.events.sink")?;
+        Ok(Parts {
+            telemetry: Arc::new(telemetry),
+            tls: Arc::new(tls),
+            reload_interval: files.reload_interval.0,
+        })
     }
 }
 
 fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let runtime = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
     };
     Ok(runtime)
 }
 
-async fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("{field}: cannot listen on {addr}"))
+/// Binds before the runtime starts, so a taken port fails `start` rather than a task.
+fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("{field}: cannot listen on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 fn proxy_app<P: ProxyHttp>(conf: &Arc<ServerConf>, inner: P) -> Arc<pingora::proxy::HttpProxy<P>> {
@@ -127,20 +169,40 @@ fn proxy_app<P: ProxyHttp>(conf: &Arc<ServerConf>, inner: P) -> Arc<pingora::pro
 async fn run(
     config: SidecarConfig,
     parts: Parts,
-    [inbound_listener, outbound_listener, admin_listener]: [TcpListener; 3],
-    outbound_addr: SocketAddr,
+    listeners: [std::net::TcpListener; 3],
+    bound: Bound,
     shutdown: watch::Sender<bool>,
     drain: Duration,
     options: RunOptions,
 ) {
-    let Parts { telemetry, tls, reload_interval } = parts;
+    let Parts {
+        telemetry,
+        tls,
+        reload_interval,
+    } = parts;
+    let [inbound_listener, outbound_listener, admin_listener] =
+        listeners.map(|l| TcpListener::from_std(l).expect("listener joins the runtime"));
     let conf = Arc::new(ServerConf::default());
     let readiness = Arc::new(Readiness::default());
     let data_path = ConnectionTracker::default();
 
-    let inbound = proxy_app(&conf, Inbound::new(config.inbound.app.0, telemetry.clone()));
-    let routes = OutboundRoutes::new(&config.outbound.destinations, tls.clone(), telemetry.clone());
-    let outbound = proxy_app(&conf, Outbound::new(routes, outbound_addr, telemetry.clone()));
+    let inbound = proxy_app(
+        &conf,
+        Inbound::new(
+            config.inbound.app.0,
+            config.inbound.app_protocol,
+            telemetry.clone(),
+        ),
+    );
+    let routes = OutboundRoutes::new(
+        &config.outbound.destinations,
+        tls.clone(),
+        telemetry.clone(),
+    );
+    let outbound = proxy_app(
+        &conf,
+        Outbound::new(routes, bound.outbound, telemetry.clone()),
+    );
     let admin = Arc::new(Admin {
         telemetry: telemetry.clone(),
         tls: tls.clone(),
@@ -156,22 +218,51 @@ async fn run(
 
     let stop = shutdown.subscribe();
     let serving = [
-        tokio::spawn(serve(inbound_listener, inbound_transport, inbound, telemetry.clone(), data_path.clone(), stop.clone())),
-        tokio::spawn(serve(outbound_listener, Transport::Plain, outbound, telemetry.clone(), data_path.clone(), stop.clone())),
-        tokio::spawn(serve(admin_listener, Transport::Plain, admin, telemetry.clone(), ConnectionTracker::default(), stop.clone())),
+        tokio::spawn(serve(
+            inbound_listener,
+            inbound_transport,
+            inbound,
+            telemetry.clone(),
+            data_path.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(serve(
+            outbound_listener,
+            Transport::Plain,
+            outbound,
+            telemetry.clone(),
+            data_path.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(serve(
+            admin_listener,
+            Transport::Plain,
+            admin,
+            telemetry.clone(),
+            ConnectionTracker::default(),
+            stop.clone(),
+        )),
     ];
-    tokio::spawn(watch_certificates(tls.clone(), telemetry.clone(), reload_interval, stop.clone()));
+    tokio::spawn(watch_certificates(
+        tls.clone(),
+        telemetry.clone(),
+        reload_interval,
+        stop.clone(),
+    ));
     readiness.listeners.store(true, Ordering::Release);
     tracing::info!(
         identity = %tls.current().credentials.id,
-        inbound = %config.inbound.listen, outbound = %config.outbound.listen, admin = %config.admin.listen,
+        inbound = %bound.inbound, outbound = %bound.outbound, admin = %bound.admin,
         "sidecar ready"
     );
 
     let mut stop_requested = stop.clone();
     if options.handle_signals {
         use tokio::signal::unix::{signal, SignalKind};
-        let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(t), Ok(i)) => (t, i),
             _ => {
                 tracing::error!("cannot install signal handlers");
@@ -193,12 +284,20 @@ async fn run(
     }
     match tokio::time::timeout(drain, data_path.idle()).await {
         Ok(()) => tracing::info!("drained; exiting"),
-        Err(_) => tracing::warn!(open = data_path.count(), "drain period over; closing the remaining connections"),
+        Err(_) => tracing::warn!(
+            open = data_path.count(),
+            "drain period over; closing the remaining connections"
+        ),
     }
 }
 
 /// Polls the identity files and swaps in new credentials when they change.
-async fn watch_certificates(tls: Arc<TlsStore>, telemetry: Arc<Telemetry>, every: Duration, mut stop: watch::Receiver<bool>) {
+async fn watch_certificates(
+    tls: Arc<TlsStore>,
+    telemetry: Arc<Telemetry>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -213,7 +312,10 @@ async fn watch_certificates(tls: Arc<TlsStore>, telemetry: Arc<Telemetry>, every
             Ok(Ok(Some(state))) => {
                 let creds = &state.credentials;
                 tracing::info!(identity = %creds.id, serial = %creds.serial, "certificate and trust bundle reloaded");
-                telemetry.metrics.certificate_expiry.set(creds.not_after as f64);
+                telemetry
+                    .metrics
+                    .certificate_expiry
+                    .set(creds.not_after as f64);
                 telemetry.events.emit(SecurityEvent::CertificateRotated {
                     identity: creds.id.to_string(),
                     serial: creds.serial.clone(),
@@ -223,7 +325,11 @@ async fn watch_certificates(tls: Arc<TlsStore>, telemetry: Arc<Telemetry>, every
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "new certificate files are not usable; keeping the current ones");
-                telemetry.events.emit(SecurityEvent::CertificateReloadFailed { reason: e.to_string() });
+                telemetry
+                    .events
+                    .emit(SecurityEvent::CertificateReloadFailed {
+                        reason: e.to_string(),
+                    });
             }
             Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
         }

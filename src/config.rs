@@ -10,8 +10,9 @@ mod types;
 
 pub use env::{Env, ProcessEnv};
 pub use sidecar::{
-    AdminConfig, Destination, EventFormat, EventSink, EventsConfig, FailMode, IdentityConfig, InboundConfig,
-    MtlsMode, OutboundConfig, PolicySourceConfig, SidecarConfig, TelemetryConfig, WorkloadConfig,
+    AdminConfig, AppProtocol, Destination, EventFormat, EventSink, EventsConfig, FailMode,
+    IdentityConfig, InboundConfig, MtlsMode, OutboundConfig, PolicySourceConfig, SidecarConfig,
+    TelemetryConfig, WorkloadConfig,
 };
 pub use types::{HumanDuration, ListenAddr};
 
@@ -38,8 +39,18 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.env_var, self.line) {
-            (Some(var), _) => write!(f, "environment variable {var} (overrides {} in {})", self.field, self.file.display())?,
-            (None, Some(line)) => write!(f, "{}:{line}:{}", self.file.display(), self.column.unwrap_or(1))?,
+            (Some(var), _) => write!(
+                f,
+                "environment variable {var} (overrides {} in {})",
+                self.field,
+                self.file.display()
+            )?,
+            (None, Some(line)) => write!(
+                f,
+                "{}:{line}:{}",
+                self.file.display(),
+                self.column.unwrap_or(1)
+            )?,
             (None, None) => write!(f, "{}", self.file.display())?,
         }
         if !self.field.is_empty() && self.env_var.is_none() {

@@ -1,1 +1,3 @@
-pub fn run(_once: bool) -> std::process::ExitCode { std::process::ExitCode::FAILURE }
+pub fn run(_once: bool) -> std::process::ExitCode {
+    std::process::ExitCode::FAILURE
+}

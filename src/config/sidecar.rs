@@ -65,7 +65,9 @@ impl std::fmt::Display for TrustDomain {
 
 impl<'de> Deserialize<'de> for TrustDomain {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -122,6 +124,18 @@ pub struct InboundConfig {
     /// The application's own listener, where inbound requests are forwarded.
     pub app: ListenAddr,
     pub mtls: MtlsMode,
+    /// The protocol the app speaks; `auto` forwards in the caller's own protocol.
+    pub app_protocol: AppProtocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    #[default]
+    Auto,
+    Http1,
+    /// HTTP/2 over plaintext with prior knowledge (gRPC servers).
+    Http2,
 }
 
 impl Default for InboundConfig {
@@ -130,6 +144,7 @@ impl Default for InboundConfig {
             listen: "0.0.0.0:15006".parse().expect("default"),
             app: "127.0.0.1:8080".parse().expect("default"),
             mtls: MtlsMode::STRICT,
+            app_protocol: AppProtocol::Auto,
         }
     }
 }
@@ -144,7 +159,10 @@ pub struct OutboundConfig {
 
 impl Default for OutboundConfig {
     fn default() -> Self {
-        OutboundConfig { listen: "127.0.0.1:15001".parse().expect("default"), destinations: Vec::new() }
+        OutboundConfig {
+            listen: "127.0.0.1:15001".parse().expect("default"),
+            destinations: Vec::new(),
+        }
     }
 }
 
@@ -168,7 +186,9 @@ pub struct SpiffeIdField(pub SpiffeId);
 impl<'de> Deserialize<'de> for SpiffeIdField {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        SpiffeId::parse(&s).map(SpiffeIdField).map_err(serde::de::Error::custom)
+        SpiffeId::parse(&s)
+            .map(SpiffeIdField)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -186,7 +206,9 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "0.0.0.0:15000".parse().expect("default") }
+        AdminConfig {
+            listen: "0.0.0.0:15000".parse().expect("default"),
+        }
     }
 }
 
@@ -200,7 +222,11 @@ pub struct WorkloadConfig {
 
 impl Default for WorkloadConfig {
     fn default() -> Self {
-        WorkloadConfig { namespace: "default".into(), service_account: "default".into(), labels: BTreeMap::new() }
+        WorkloadConfig {
+            namespace: "default".into(),
+            service_account: "default".into(),
+            labels: BTreeMap::new(),
+        }
     }
 }
 
@@ -232,7 +258,11 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { otlp: None, events: EventsConfig::default(), access_log: true }
+        TelemetryConfig {
+            otlp: None,
+            events: EventsConfig::default(),
+            access_log: true,
+        }
     }
 }
 
@@ -266,7 +296,9 @@ impl std::str::FromStr for EventSink {
 
 impl<'de> Deserialize<'de> for EventSink {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
     }
 }
 

@@ -15,6 +15,7 @@ use pingora::Error;
 use super::record::{self, RequestCtx};
 use super::respond::{self, ErrorKind};
 use super::{RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER, XFCC_HEADER};
+use crate::config::AppProtocol;
 use crate::telemetry::Telemetry;
 use crate::tls::PeerIdentity;
 
@@ -27,12 +28,16 @@ pub struct RequestLimits {
 
 impl Default for RequestLimits {
     fn default() -> Self {
-        RequestLimits { max_uri_bytes: 8192, max_header_bytes: 65536 }
+        RequestLimits {
+            max_uri_bytes: 8192,
+            max_header_bytes: 65536,
+        }
     }
 }
 
 pub struct Inbound {
     app: SocketAddr,
+    app_protocol: AppProtocol,
     limits: RequestLimits,
     telemetry: Arc<Telemetry>,
 }
@@ -43,21 +48,35 @@ pub struct InboundCtx {
 }
 
 impl Inbound {
-    pub fn new(app: SocketAddr, telemetry: Arc<Telemetry>) -> Self {
-        Inbound { app, limits: RequestLimits::default(), telemetry }
+    pub fn new(app: SocketAddr, app_protocol: AppProtocol, telemetry: Arc<Telemetry>) -> Self {
+        Inbound {
+            app,
+            app_protocol,
+            limits: RequestLimits::default(),
+            telemetry,
+        }
     }
 }
 
 /// The verified caller of this connection, if it came over mutual TLS.
 fn peer_identity(session: &Session) -> Option<&PeerIdentity> {
-    session.digest()?.ssl_digest.as_ref()?.extension.get::<PeerIdentity>()
+    session
+        .digest()?
+        .ssl_digest
+        .as_ref()?
+        .extension
+        .get::<PeerIdentity>()
 }
 
 fn check_limits(req: &RequestHeader, limits: &RequestLimits) -> Result<(), Box<Error>> {
     if req.raw_path().len() > limits.max_uri_bytes {
         return Err(ErrorKind::UriTooLong.fail("request target over maxUriBytes"));
     }
-    let header_bytes: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    let header_bytes: usize = req
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
     if header_bytes > limits.max_header_bytes {
         return Err(ErrorKind::HeadersTooLarge.fail("request headers over maxHeaderBytes"));
     }
@@ -69,16 +88,27 @@ impl ProxyHttp for Inbound {
     type CTX = InboundCtx;
 
     fn new_ctx(&self) -> InboundCtx {
-        InboundCtx { request: RequestCtx::new(), app_h2: false }
+        InboundCtx {
+            request: RequestCtx::new(),
+            app_h2: false,
+        }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<bool> {
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut InboundCtx,
+    ) -> pingora::Result<bool> {
         let req = session.req_header();
         // A request id from a meshed peer is kept, so one id follows the request end to end.
         ctx.request.id = RequestId::from_header(req.headers.get(REQUEST_ID_HEADER));
         // The hop between sidecars is always HTTP/2; the header says whether the caller spoke
         // HTTP/1.1, which is then what the app gets.
-        ctx.app_h2 = session.is_http2() && !req.headers.contains_key(ORIG_PROTO_HEADER);
+        ctx.app_h2 = match self.app_protocol {
+            AppProtocol::Auto => session.is_http2() && !req.headers.contains_key(ORIG_PROTO_HEADER),
+            AppProtocol::Http1 => false,
+            AppProtocol::Http2 => true,
+        };
 
         // 2. HTTP parsing and limits (malformed framing is refused by pingora's parser).
         check_limits(req, &self.limits)?;
@@ -87,7 +117,11 @@ impl ProxyHttp for Inbound {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut InboundCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.app, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         if ctx.app_h2 {
@@ -125,8 +159,17 @@ impl ProxyHttp for Inbound {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut InboundCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut InboundCtx,
+    ) -> FailToProxy {
         fail(session, e, &mut ctx.request).await
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &InboundCtx, e: &Error) -> bool {
+        is_decision(e)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InboundCtx) {
@@ -135,10 +178,18 @@ impl ProxyHttp for Inbound {
     }
 }
 
+/// A refusal the pipeline decided on is reported by metrics and events, not as an error log.
+pub(super) fn is_decision(e: &Error) -> bool {
+    matches!(e.etype(), pingora::ErrorType::HTTPStatus(code) if *code < 500)
+}
+
 /// Answers a failed request with the JSON error body; shared by both directions.
 pub(super) async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
     let Some(kind) = ErrorKind::classify(e) else {
-        return FailToProxy { error_code: 0, can_reuse_downstream: false };
+        return FailToProxy {
+            error_code: 0,
+            can_reuse_downstream: false,
+        };
     };
     if kind.status() < 500 {
         ctx.decision = "deny";
@@ -148,5 +199,8 @@ pub(super) async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx)
     if let Err(write_error) = respond::write(session, kind, &ctx.id).await {
         tracing::debug!(error = %write_error, "could not send the error response");
     }
-    FailToProxy { error_code: kind.status(), can_reuse_downstream: false }
+    FailToProxy {
+        error_code: kind.status(),
+        can_reuse_downstream: false,
+    }
 }

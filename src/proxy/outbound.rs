@@ -15,8 +15,8 @@ use pingora::connectors::L4Connect;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
-use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
@@ -24,7 +24,7 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::inbound::fail;
+use super::inbound::{fail, is_decision};
 use super::record::{self, RequestCtx};
 use super::respond::ErrorKind;
 use super::{RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER};
@@ -50,8 +50,14 @@ struct Route {
 }
 
 impl OutboundRoutes {
-    pub fn new(destinations: &[Destination], tls: Arc<TlsStore>, telemetry: Arc<Telemetry>) -> Self {
-        let connector = |expected: Option<SpiffeId>| Arc::new(MeshConnector::new(tls.clone(), expected, telemetry.clone()));
+    pub fn new(
+        destinations: &[Destination],
+        tls: Arc<TlsStore>,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        let connector = |expected: Option<SpiffeId>| {
+            Arc::new(MeshConnector::new(tls.clone(), expected, telemetry.clone()))
+        };
         let routes = destinations
             .iter()
             .map(|d| {
@@ -62,7 +68,10 @@ impl OutboundRoutes {
                 (d.authority.to_ascii_lowercase().into_boxed_str(), route)
             })
             .collect();
-        OutboundRoutes { routes, any_identity: connector(None) }
+        OutboundRoutes {
+            routes,
+            any_identity: connector(None),
+        }
     }
 
     fn find(&self, authority: &str) -> Option<&Route> {
@@ -70,7 +79,11 @@ impl OutboundRoutes {
         self.routes
             .iter()
             .find(|(known, _)| known.eq_ignore_ascii_case(authority))
-            .or_else(|| self.routes.iter().find(|(known, _)| known.eq_ignore_ascii_case(host)))
+            .or_else(|| {
+                self.routes
+                    .iter()
+                    .find(|(known, _)| known.eq_ignore_ascii_case(host))
+            })
             .map(|(_, route)| route)
     }
 }
@@ -87,19 +100,31 @@ pub struct OutboundCtx {
 }
 
 impl Outbound {
-    pub fn new(routes: OutboundRoutes, own_listener: SocketAddr, telemetry: Arc<Telemetry>) -> Self {
-        Outbound { routes, own_listener, telemetry }
+    pub fn new(
+        routes: OutboundRoutes,
+        own_listener: SocketAddr,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        Outbound {
+            routes,
+            own_listener,
+            telemetry,
+        }
     }
 
-    async fn resolve(&self, session: &Session) -> Result<(SocketAddr, Arc<MeshConnector>), Box<Error>> {
+    async fn resolve(
+        &self,
+        session: &Session,
+    ) -> Result<(SocketAddr, Arc<MeshConnector>), Box<Error>> {
         let req = session.req_header();
-        let authority = req
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()));
+        let authority = req.uri.authority().map(|a| a.as_str()).or_else(|| {
+            req.headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        });
         let route = authority.and_then(|a| self.routes.find(a));
-        let connector = route.map_or_else(|| self.routes.any_identity.clone(), |r| r.connector.clone());
+        let connector =
+            route.map_or_else(|| self.routes.any_identity.clone(), |r| r.connector.clone());
         if let Some(address) = route.and_then(|r| r.address) {
             return Ok((address, connector));
         }
@@ -111,20 +136,26 @@ impl Outbound {
         if let Some(original) = redirected {
             return Ok((original, connector));
         }
-        let authority = authority.ok_or_else(|| ErrorKind::InvalidRequest.fail("no authority to route by"))?;
+        let authority =
+            authority.ok_or_else(|| ErrorKind::InvalidRequest.fail("no authority to route by"))?;
         let address = match authority.parse::<SocketAddr>() {
             Ok(address) => address,
             Err(_) => resolve_name(authority).await?,
         };
         if address == self.own_listener {
-            return Err(ErrorKind::InvalidRequest.fail("request addressed to the outbound listener itself"));
+            return Err(
+                ErrorKind::InvalidRequest.fail("request addressed to the outbound listener itself")
+            );
         }
         Ok((address, connector))
     }
 }
 
 async fn resolve_name(authority: &str) -> Result<SocketAddr, Box<Error>> {
-    let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
         authority.to_string()
     } else {
         format!("{authority}:80")
@@ -133,7 +164,12 @@ async fn resolve_name(authority: &str) -> Result<SocketAddr, Box<Error>> {
         .await
         .ok()
         .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| Error::explain(ErrorType::ConnectNoRoute, "destination name does not resolve"))
+        .ok_or_else(|| {
+            Error::explain(
+                ErrorType::ConnectNoRoute,
+                "destination name does not resolve",
+            )
+        })
 }
 
 #[async_trait]
@@ -141,17 +177,32 @@ impl ProxyHttp for Outbound {
     type CTX = OutboundCtx;
 
     fn new_ctx(&self) -> OutboundCtx {
-        OutboundCtx { request: RequestCtx::new(), target: None }
+        OutboundCtx {
+            request: RequestCtx::new(),
+            target: None,
+        }
     }
 
-    async fn request_filter(&self, session: &mut Session, ctx: &mut OutboundCtx) -> pingora::Result<bool> {
-        ctx.request.id = RequestId::from_header(session.req_header().headers.get(REQUEST_ID_HEADER));
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut OutboundCtx,
+    ) -> pingora::Result<bool> {
+        ctx.request.id =
+            RequestId::from_header(session.req_header().headers.get(REQUEST_ID_HEADER));
         ctx.target = Some(self.resolve(session).await?);
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut OutboundCtx) -> pingora::Result<Box<HttpPeer>> {
-        let (address, connector) = ctx.target.clone().ok_or_else(|| ErrorKind::Internal.fail("no route"))?;
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut OutboundCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let (address, connector) = ctx
+            .target
+            .clone()
+            .ok_or_else(|| ErrorKind::Internal.fail("no route"))?;
         let mut peer = HttpPeer::new(address, false, String::new());
         // The TLS handshake happens in the connector; pingora sees a plaintext HTTP/2 peer.
         peer.group_key = connector.pool_key;
@@ -186,8 +237,17 @@ impl ProxyHttp for Outbound {
         e
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut OutboundCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut OutboundCtx,
+    ) -> FailToProxy {
         fail(session, e, &mut ctx.request).await
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &OutboundCtx, e: &Error) -> bool {
+        is_decision(e)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut OutboundCtx) {
@@ -208,7 +268,9 @@ pub struct MeshConnector {
 
 impl std::fmt::Debug for MeshConnector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MeshConnector").field("expected", &self.expected).finish()
+        f.debug_struct("MeshConnector")
+            .field("expected", &self.expected)
+            .finish()
     }
 }
 
@@ -216,11 +278,20 @@ impl MeshConnector {
     pub fn new(tls: Arc<TlsStore>, expected: Option<SpiffeId>, telemetry: Arc<Telemetry>) -> Self {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         ("palisade-mesh", expected.as_ref().map(SpiffeId::as_str)).hash(&mut hasher);
-        MeshConnector { tls, expected, telemetry, pool_key: hasher.finish() }
+        MeshConnector {
+            tls,
+            expected,
+            telemetry,
+            pool_key: hasher.finish(),
+        }
     }
 
     fn refuse(&self, peer: SocketAddr, reason: String) -> Box<Error> {
-        self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "failure"]).inc();
+        self.telemetry
+            .metrics
+            .tls_handshakes
+            .with_label_values(&["outbound", "failure"])
+            .inc();
         tracing::warn!(%peer, %reason, "outbound TLS verification failed");
         self.telemetry.events.emit(SecurityEvent::TlsFailure {
             direction: "outbound",
@@ -235,26 +306,59 @@ impl MeshConnector {
 #[async_trait]
 impl L4Connect for MeshConnector {
     async fn connect(&self, addr: &PingoraAddr) -> pingora::Result<L4Stream> {
-        let addr = *addr.as_inet().ok_or_else(|| Error::explain(ErrorType::ConnectError, "not an IP address"))?;
+        let addr = *addr
+            .as_inet()
+            .ok_or_else(|| Error::explain(ErrorType::ConnectError, "not an IP address"))?;
         let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Err(Error::because(ErrorType::ConnectRefused, format!("connecting to {addr}"), e))
+                return Err(Error::because(
+                    ErrorType::ConnectRefused,
+                    format!("connecting to {addr}"),
+                    e,
+                ))
             }
-            Ok(Err(e)) => return Err(Error::because(ErrorType::ConnectError, format!("connecting to {addr}"), e)),
-            Err(_) => return Err(Error::explain(ErrorType::ConnectTimedout, format!("connecting to {addr}"))),
+            Ok(Err(e)) => {
+                return Err(Error::because(
+                    ErrorType::ConnectError,
+                    format!("connecting to {addr}"),
+                    e,
+                ))
+            }
+            Err(_) => {
+                return Err(Error::explain(
+                    ErrorType::ConnectTimedout,
+                    format!("connecting to {addr}"),
+                ))
+            }
         };
         let _ = tcp.set_nodelay(true);
         let config = self.tls.current().client_config.clone();
         // SNI is off; the name only satisfies the API, the identity is checked below.
         let name = ServerName::IpAddress(addr.ip().into());
-        let tls = match tokio::time::timeout(CONNECT_TIMEOUT, tokio_rustls::TlsConnector::from(config).connect(name, tcp)).await
+        let tls = match tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_rustls::TlsConnector::from(config).connect(name, tcp),
+        )
+        .await
         {
             Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return Err(self.refuse(addr, format!("handshake with {addr} failed: {e}"))),
-            Err(_) => return Err(Error::explain(ErrorType::TLSHandshakeTimedout, format!("TLS with {addr}"))),
+            Ok(Err(e)) => {
+                return Err(self.refuse(addr, format!("handshake with {addr} failed: {e}")))
+            }
+            Err(_) => {
+                return Err(Error::explain(
+                    ErrorType::TLSHandshakeTimedout,
+                    format!("TLS with {addr}"),
+                ))
+            }
         };
-        let presented = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| spiffe_id_from_der(c));
+        let presented = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| spiffe_id_from_der(c));
         match (&self.expected, presented) {
             (Some(expected), Some(CertIdentity::Spiffe(id))) if id == *expected => {}
             (None, Some(CertIdentity::Spiffe(_))) => {}
@@ -263,7 +367,11 @@ impl L4Connect for MeshConnector {
             }
             _ => return Err(self.refuse(addr, format!("{addr} presented no SPIFFE identity"))),
         }
-        self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "success"]).inc();
+        self.telemetry
+            .metrics
+            .tls_handshakes
+            .with_label_values(&["outbound", "success"])
+            .inc();
         Ok(VirtualSocketStream::new(Box::new(MeshTls(tls))).into())
     }
 }
@@ -281,13 +389,21 @@ impl VirtualSocket for MeshTls {
 }
 
 impl AsyncRead for MeshTls {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for MeshTls {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.0).poll_write(cx, buf)
     }
 

@@ -100,7 +100,9 @@ pub async fn serve<A>(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _guard = guard;
-            let Some(stream) = handshake(tcp, peer, &transport, &telemetry).await else { return };
+            let Some(stream) = handshake(tcp, peer, &transport, &telemetry).await else {
+                return;
+            };
             let mut next = app.process_new(stream, &shutdown).await;
             while let Some(stream) = next {
                 next = app.process_new(stream, &shutdown).await;
@@ -125,21 +127,28 @@ async fn handshake(
     if plaintext_allowed {
         let mut first = [0u8; 1];
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
-            Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => return Some(Box::new(l4_stream(tcp, peer))),
+            Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => {
+                return Some(Box::new(l4_stream(tcp, peer)))
+            }
             Ok(Ok(1)) => {}
             _ => return None,
         }
     }
     let state = store.current();
     let handshakes = &telemetry.metrics.tls_handshakes;
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, state.acceptor.tls_handshake(l4_stream(tcp, peer))).await {
+    match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        state.acceptor.tls_handshake(l4_stream(tcp, peer)),
+    )
+    .await
+    {
         Ok(Ok(tls)) => {
             handshakes.with_label_values(&["inbound", "success"]).inc();
             Some(Box::new(tls))
         }
         Ok(Err(e)) => {
             handshakes.with_label_values(&["inbound", "failure"]).inc();
-            let reason = e.to_string();
+            let reason = handshake_failure_reason(&e);
             tracing::info!(%peer, %reason, "inbound TLS handshake refused");
             telemetry.events.emit(SecurityEvent::TlsFailure {
                 direction: "inbound",
@@ -153,6 +162,22 @@ async fn handshake(
             handshakes.with_label_values(&["inbound", "timeout"]).inc();
             None
         }
+    }
+}
+
+/// The verifier's own words when it refused the certificate, else pingora's description.
+fn handshake_failure_reason(e: &pingora::Error) -> String {
+    let rustls_error = e
+        .root_cause()
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+            other.0.to_string()
+        }
+        Some(other) => other.to_string(),
+        None => e.to_string(),
     }
 }
 

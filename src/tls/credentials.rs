@@ -47,18 +47,27 @@ impl Credentials {
                 reason: format!("trust bundle holds an unusable certificate: {e}"),
             })?;
         }
-        let certified_key = CertifiedKey::from_der(chain.clone(), key, &super::provider()).map_err(|e| TlsError::File {
-            path: files.key.clone(),
-            reason: format!("private key does not match {}: {e}", files.cert.display()),
-        })?;
-        let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| TlsError::File {
+        let certified_key = CertifiedKey::from_der(chain.clone(), key, &super::provider())
+            .map_err(|e| TlsError::File {
+                path: files.key.clone(),
+                reason: format!("private key does not match {}: {e}", files.cert.display()),
+            })?;
+        let (_, leaf) =
+            x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| TlsError::File {
+                path: files.cert.clone(),
+                reason: format!("certificate does not parse: {e}"),
+            })?;
+        let identity_error = |reason: String| TlsError::Identity {
             path: files.cert.clone(),
-            reason: format!("certificate does not parse: {e}"),
-        })?;
-        let identity_error = |reason: String| TlsError::Identity { path: files.cert.clone(), reason };
+            reason,
+        };
         let id = match cert_identity(&leaf) {
             CertIdentity::Spiffe(id) => id,
-            CertIdentity::None => return Err(identity_error("certificate has no spiffe:// URI SAN".into())),
+            CertIdentity::None => {
+                return Err(identity_error(
+                    "certificate has no spiffe:// URI SAN".into(),
+                ))
+            }
             CertIdentity::Invalid(why) => return Err(identity_error(why.into())),
         };
         if id.trust_domain() != trust_domain {
@@ -78,7 +87,10 @@ impl Credentials {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::File { path: path.to_path_buf(), reason: e.to_string() })
+    std::fs::read(path).map_err(|e| TlsError::File {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -86,7 +98,13 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
     match certs {
         Ok(certs) if !certs.is_empty() => Ok(certs),
-        Ok(_) => Err(TlsError::File { path: path.to_path_buf(), reason: "no PEM certificate found".into() }),
-        Err(e) => Err(TlsError::File { path: path.to_path_buf(), reason: format!("bad PEM: {e}") }),
+        Ok(_) => Err(TlsError::File {
+            path: path.to_path_buf(),
+            reason: "no PEM certificate found".into(),
+        }),
+        Err(e) => Err(TlsError::File {
+            path: path.to_path_buf(),
+            reason: format!("bad PEM: {e}"),
+        }),
     }
 }

@@ -50,7 +50,11 @@ struct FileStamp {
 }
 
 impl TlsStore {
-    pub fn load(files: IdentityFiles, trust_domain: &str, domains: TrustDomains) -> Result<Self, TlsError> {
+    pub fn load(
+        files: IdentityFiles,
+        trust_domain: &str,
+        domains: TrustDomains,
+    ) -> Result<Self, TlsError> {
         let stamps = stamps(&files);
         let credentials = Credentials::load(&files, trust_domain)?;
         let state = build(credentials, &domains)?;
@@ -93,15 +97,21 @@ impl TlsStore {
 
 fn stamps(files: &IdentityFiles) -> [FileStamp; 3] {
     [&files.cert, &files.key, &files.trust_bundle].map(|path| match std::fs::metadata(path) {
-        Ok(m) => FileStamp { modified: m.modified().ok(), len: m.len(), inode: m.ino() },
+        Ok(m) => FileStamp {
+            modified: m.modified().ok(),
+            len: m.len(),
+            inode: m.ino(),
+        },
         Err(_) => FileStamp::default(),
     })
 }
 
 fn build(credentials: Credentials, domains: &TrustDomains) -> Result<TlsState, TlsError> {
     let verifier = SpiffeClientVerifier::new(credentials.roots.clone(), domains.clone())?;
-    let mut settings = TlsSettings::with_callbacks(Box::new(IdentityCallback { own: credentials.id.clone() }))
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut settings = TlsSettings::with_callbacks(Box::new(IdentityCallback {
+        own: credentials.id.clone(),
+    }))
+    .map_err(|e| TlsError::Config(e.to_string()))?;
     settings.set_cert_resolver(Arc::new(FixedCert(credentials.certified_key.clone())));
     settings.set_client_cert_verifier(Arc::new(verifier));
     settings.enable_h2();
@@ -121,7 +131,11 @@ fn build(credentials: Credentials, domains: &TrustDomains) -> Result<TlsState, T
     client_config.enable_sni = false;
     // A resumed session skips the certificate; every pooled connection proves its identity afresh.
     client_config.resumption = rustls::client::Resumption::disabled();
-    Ok(TlsState { credentials, acceptor, client_config: Arc::new(client_config) })
+    Ok(TlsState {
+        credentials,
+        acceptor,
+        client_config: Arc::new(client_config),
+    })
 }
 
 #[derive(Debug)]
@@ -149,7 +163,10 @@ struct IdentityCallback {
 
 #[async_trait]
 impl TlsAccept for IdentityCallback {
-    async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
+    async fn handshake_complete_callback(
+        &self,
+        tls: &TlsRef,
+    ) -> Option<Arc<dyn Any + Send + Sync>> {
         // The verifier already refused every certificate without a valid SPIFFE ID.
         let CertIdentity::Spiffe(id) = spiffe_id_from_der(tls.peer_certificate_der()?) else {
             return None;

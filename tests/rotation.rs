@@ -1,0 +1,182 @@
+//! Certificate and trust-bundle rotation under steady load: no request fails, new handshakes
+//! use the new certificate, and the old CA stops being trusted once it leaves the bundle.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use palisade::identity::{DevCa, LeafSpec};
+use support::*;
+
+fn write_atomically(path: &std::path::Path, contents: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn serial_of(pem_path: &std::path::Path) -> String {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_file(pem_path).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    cert.raw_serial_as_string()
+}
+
+/// The serial of the certificate a server presents to a new connection.
+async fn served_serial(
+    addr: std::net::SocketAddr,
+    client: &palisade::identity::WorkloadFiles,
+) -> String {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(Some(client))));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(rustls::pki_types::ServerName::try_from("x").unwrap(), tcp)
+        .await
+        .unwrap();
+    let der = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    cert.raw_serial_as_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_certificates_and_bundles_under_load_fails_no_request() {
+    let pair = Pair::start().await;
+    let a_dir = pair.pki.path("a");
+    let b_dir = pair.pki.path("b");
+    let old_client = pair.pki.workload("old-client", &id("shop", "frontend"));
+    let old_b_serial = serial_of(&b_dir.join("tls.crt"));
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut workers = Vec::new();
+    for _ in 0..6 {
+        let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), pair.url("/load"));
+        workers.push(tokio::spawn(async move {
+            let client = http_client();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            // Bounded in count and time.
+            for _ in 0..5000 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                match client.get(&url).header("host", B_AUTHORITY).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => failed
+                        .lock()
+                        .unwrap()
+                        .push(format!("status {}", r.status())),
+                    Err(e) => failed.lock().unwrap().push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    let settle = || tokio::time::sleep(Duration::from_millis(400));
+    settle().await;
+
+    // 1. Both sides trust the old and the new CA.
+    let new_ca = DevCa::generate(TD).unwrap();
+    let both = format!("{}{}", pair.pki.ca.cert_pem(), new_ca.cert_pem());
+    write_atomically(&a_dir.join("ca.crt"), &both);
+    write_atomically(&b_dir.join("ca.crt"), &both);
+    settle().await;
+    // 2. New certificates from the new CA (cert and key land as two separate renames).
+    for (dir, sa) in [(&b_dir, "orders"), (&a_dir, "frontend")] {
+        let (cert, key) = new_ca.issue(&LeafSpec::workload(&id("shop", sa))).unwrap();
+        write_atomically(&dir.join("tls.crt"), &cert);
+        write_atomically(&dir.join("tls.key"), &key);
+        settle().await;
+    }
+    // 3. The old CA leaves the bundles.
+    write_atomically(&a_dir.join("ca.crt"), new_ca.cert_pem());
+    write_atomically(&b_dir.join("ca.crt"), new_ca.cert_pem());
+    settle().await;
+
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let failed = failed.lock().unwrap().clone();
+    let ok = ok.load(Ordering::Relaxed);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 200, "the load ran: {ok} requests");
+
+    // New handshakes get the new certificate...
+    let new_client = pair
+        .pki
+        .issue("new-client", &LeafSpec::workload(&id("shop", "frontend")));
+    let (cert, key) = new_ca
+        .issue(&LeafSpec::workload(&id("shop", "frontend")))
+        .unwrap();
+    write_atomically(&new_client.cert, &cert);
+    write_atomically(&new_client.key, &key);
+    let new_b_serial = serial_of(&b_dir.join("tls.crt"));
+    assert_ne!(new_b_serial, old_b_serial);
+    assert_eq!(
+        served_serial(pair.b.inbound, &new_client).await,
+        new_b_serial
+    );
+    // ...the old CA's clients are refused...
+    assert!(handshake(pair.b.inbound, Some(&old_client)).await.is_err());
+    // ...and the admin API reports what is in use.
+    let dump: serde_json::Value = http_client()
+        .get(format!("http://{}/config_dump", pair.b.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dump["identity"]["serial"], new_b_serial.as_str());
+    // Traffic through the pair still flows on fresh connections.
+    assert_eq!(
+        http_client()
+            .get(pair.url("/after"))
+            .header("host", B_AUTHORITY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    pair.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_certificate_file_keeps_the_current_one() {
+    let pair = Pair::start().await;
+    let b_dir = pair.pki.path("b");
+    let serial = serial_of(&b_dir.join("tls.crt"));
+    write_atomically(
+        &b_dir.join("tls.crt"),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let client = pair.pki.workload("client", &id("shop", "frontend"));
+    assert_eq!(
+        served_serial(pair.b.inbound, &client).await,
+        serial,
+        "the last good certificate stays in use"
+    );
+    assert_eq!(
+        http_client()
+            .get(pair.url("/"))
+            .header("host", B_AUTHORITY)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    pair.shutdown();
+}

@@ -1,0 +1,376 @@
+//! Shared fixtures for the integration tests: a PKI made per test, a real HTTP app, in-process
+//! sidecars on port 0, and real TLS clients. Nothing here mocks the data path.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, Response};
+use palisade::app::{RunOptions, Sidecar};
+use palisade::config::{self, SidecarConfig};
+use palisade::identity::{DevCa, LeafSpec, WorkloadFiles};
+use palisade::telemetry::LogLevel;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tokio::net::TcpListener;
+
+pub const TD: &str = "cluster.local";
+
+pub fn id(ns: &str, sa: &str) -> String {
+    format!("spiffe://{TD}/ns/{ns}/sa/{sa}")
+}
+
+/// A trust domain's CA and a temp dir for the files it issues.
+pub struct Pki {
+    pub ca: DevCa,
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        Self::for_domain(TD)
+    }
+
+    pub fn for_domain(trust_domain: &str) -> Self {
+        Pki {
+            ca: DevCa::generate(trust_domain).unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn workload(&self, name: &str, spiffe_id: &str) -> WorkloadFiles {
+        self.issue(name, &LeafSpec::workload(spiffe_id))
+    }
+
+    pub fn issue(&self, name: &str, spec: &LeafSpec) -> WorkloadFiles {
+        self.ca.issue_to(spec, &self.dir.path().join(name)).unwrap()
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A sidecar configuration on loopback, every port 0.
+pub fn sidecar_config(files: &WorkloadFiles, app: SocketAddr) -> SidecarConfig {
+    let yaml = format!(
+        r#"
+identity: {{files: {{cert: "{}", key: "{}", trustBundle: "{}", reloadInterval: 100ms}}}}
+trustDomain: {TD}
+inbound: {{listen: "127.0.0.1:0", app: "{app}", mtls: STRICT}}
+outbound: {{listen: "127.0.0.1:0"}}
+admin: {{listen: "127.0.0.1:0"}}
+drainPeriod: 2s
+"#,
+        files.cert.display(),
+        files.key.display(),
+        files.trust_bundle.display()
+    );
+    config::parse_yaml(Path::new("test.yaml"), &yaml).unwrap()
+}
+
+pub fn start_sidecar(config: SidecarConfig) -> Sidecar {
+    Sidecar::start(
+        config,
+        RunOptions {
+            handle_signals: false,
+            log_level: LogLevel::init(),
+        },
+    )
+    .unwrap()
+}
+
+pub fn route(authority: &str, address: SocketAddr, identity: Option<&str>) -> config::Destination {
+    let yaml = match identity {
+        Some(id) => {
+            format!("{{authority: \"{authority}\", address: \"{address}\", identity: \"{id}\"}}")
+        }
+        None => format!("{{authority: \"{authority}\", address: \"{address}\"}}"),
+    };
+    config::parse_yaml(Path::new("route.yaml"), &yaml).unwrap()
+}
+
+/// What the echo app saw of a request.
+#[derive(Debug, serde::Deserialize)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub version: String,
+    pub headers: BTreeMap<String, Vec<String>>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+}
+
+/// A real HTTP/1.1 and h2c server that answers with what it saw, as JSON.
+/// `/slow/<ms>` waits before answering; `/status/<code>` answers with that status.
+pub struct EchoApp {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EchoApp {
+    pub async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(io, hyper::service::service_fn(echo))
+                    .await;
+                });
+            }
+        });
+        EchoApp { addr, task }
+    }
+
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+type EchoBody = http_body_util::Either<
+    Full<Bytes>,
+    http_body_util::StreamBody<
+        tokio_stream::Iter<std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, Infallible>>>,
+    >,
+>;
+
+async fn echo(req: Request<hyper::body::Incoming>) -> Result<Response<EchoBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if path == "/trailers" {
+        // A body followed by trailers, as gRPC answers.
+        let frames = vec![
+            Ok::<_, Infallible>(hyper::body::Frame::data(Bytes::from_static(b"body"))),
+            Ok(hyper::body::Frame::trailers({
+                let mut t = http::HeaderMap::new();
+                t.insert("x-checksum", http::HeaderValue::from_static("abc123"));
+                t
+            })),
+        ];
+        let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
+        return Ok(Response::new(http_body_util::Either::Right(body)));
+    }
+    let status = path
+        .strip_prefix("/status/")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in req.headers() {
+        headers
+            .entry(name.as_str().to_string())
+            .or_default()
+            .push(value.to_str().unwrap_or("?").to_string());
+    }
+    let seen = serde_json::json!({
+        "method": req.method().as_str(),
+        "path": path,
+        "version": format!("{:?}", req.version()),
+        "headers": headers,
+    });
+    let _ = req.into_body().collect().await;
+    Ok(Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(http_body_util::Either::Left(Full::new(Bytes::from(
+            serde_json::to_vec(&seen).unwrap(),
+        ))))
+        .unwrap())
+}
+
+/// Accepts any server certificate: these clients test the server's checks, not their own.
+#[derive(Debug)]
+struct AnyServer;
+
+impl ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        rustls::crypto::ring::default_provider()
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A rustls client config presenting `identity` (cert and key files), or no certificate.
+pub fn client_tls(identity: Option<&WorkloadFiles>) -> rustls::ClientConfig {
+    use rustls::pki_types::pem::PemObject;
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(AnyServer));
+    match identity {
+        Some(files) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(&files.key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    }
+}
+
+/// An HTTPS client for the inbound listener (HTTP/1.1 unless the server picks h2 by ALPN).
+pub fn https_client(identity: Option<&WorkloadFiles>) -> reqwest::Client {
+    let mut tls = client_tls(identity);
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// A TLS handshake with the given client identity; the error text when refused.
+pub async fn handshake(addr: SocketAddr, identity: Option<&WorkloadFiles>) -> Result<(), String> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(identity)));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tls = connector
+        .connect(ServerName::try_from("sidecar.test").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    // TLS 1.3 finishes the client's side before the server judged the client certificate:
+    // a refusal arrives as an alert on the first read.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tls.write_all(b"GET /live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    match tls.read_to_end(&mut buf).await {
+        Ok(_) if buf.starts_with(b"HTTP/1.1") => Ok(()),
+        Ok(_) => Err(format!(
+            "no HTTP response: {:?}",
+            String::from_utf8_lossy(&buf)
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Two sidecars on loopback: `a` calls `b` at the authority `orders.shop`, expecting `b`'s identity.
+pub struct Pair {
+    pub pki: Pki,
+    pub a: Sidecar,
+    pub b: Sidecar,
+    pub app: EchoApp,
+}
+
+pub const B_AUTHORITY: &str = "orders.shop";
+
+impl Pair {
+    pub async fn start() -> Pair {
+        let app = EchoApp::start().await;
+        Self::start_with_app(app).await
+    }
+
+    pub async fn start_with_app(app: EchoApp) -> Pair {
+        let pki = Pki::new();
+        let files_a = pki.workload("a", &id("shop", "frontend"));
+        let files_b = pki.workload("b", &id("shop", "orders"));
+        let b = start_sidecar(sidecar_config(&files_b, app.addr));
+        let mut config_a = sidecar_config(&files_a, "127.0.0.1:9".parse().unwrap());
+        config_a.outbound.destinations =
+            vec![route(B_AUTHORITY, b.inbound, Some(&id("shop", "orders")))];
+        let a = start_sidecar(config_a);
+        Pair { pki, a, b, app }
+    }
+
+    /// A URL that goes app -> a (outbound) -> b (inbound) -> app, with `Host: orders.shop`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.a.outbound)
+    }
+
+    pub fn shutdown(self) {
+        self.a.shutdown();
+        self.b.shutdown();
+    }
+}
+
+/// Polls `check` until it holds or `patience` runs out.
+pub async fn eventually<F, Fut>(patience: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + patience;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// A free loopback port (for processes that need one written in their config).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
