@@ -50,11 +50,7 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
-    reply(
-        status,
-        "text/plain; charset=utf-8",
-        format!("{body}\n").into_bytes(),
-    )
+    reply(status, "text/plain; charset=utf-8", format!("{body}\n").into_bytes())
 }
 
 fn json_reply(status: StatusCode, value: serde_json::Value) -> Response<Vec<u8>> {
@@ -97,31 +93,18 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
-        let from_loopback =
-            session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .is_some_and(|a| match a.ip() {
-                    IpAddr::V4(ip) => ip.is_loopback(),
-                    IpAddr::V6(ip) => {
-                        ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-                    }
-                });
+        let from_loopback = session.client_addr().and_then(|a| a.as_inet()).is_some_and(|a| match a.ip() {
+            IpAddr::V4(ip) => ip.is_loopback(),
+            IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        });
         match (method, path.as_str()) {
             (Method::GET, "/live") => text(StatusCode::OK, "live"),
             (Method::GET, "/ready") if self.readiness.is_ready() => text(StatusCode::OK, "ready"),
             (Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
             (Method::GET, "/metrics") => {
                 let tls = self.tls.current();
-                self.telemetry
-                    .metrics
-                    .certificate_expiry
-                    .set(tls.credentials.not_after as f64);
-                reply(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    self.telemetry.metrics.render(),
-                )
+                self.telemetry.metrics.certificate_expiry.set(tls.credentials.not_after as f64);
+                reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.telemetry.metrics.render())
             }
             (Method::GET, "/config_dump") => json_reply(StatusCode::OK, self.config_dump()),
             (Method::POST, "/shutdown") if from_loopback => {
@@ -129,10 +112,7 @@ impl ServeHttp for Admin {
                 self.shutdown.send_replace(true);
                 text(StatusCode::OK, "shutting down")
             }
-            (Method::POST, "/shutdown") => text(
-                StatusCode::FORBIDDEN,
-                "shutdown is accepted from localhost only",
-            ),
+            (Method::POST, "/shutdown") => text(StatusCode::FORBIDDEN, "shutdown is accepted from localhost only"),
             (Method::GET, "/log_level") => text(StatusCode::OK, &self.log_level.get()),
             (Method::POST, "/log_level") if from_loopback => {
                 let Some(body) = Self::read_body(session).await else {
@@ -143,17 +123,13 @@ impl ServeHttp for Admin {
                     Err(e) => text(StatusCode::BAD_REQUEST, &e),
                 }
             }
-            (Method::POST, "/log_level") => text(
-                StatusCode::FORBIDDEN,
-                "log level changes are accepted from localhost only",
-            ),
+            (Method::POST, "/log_level") => {
+                text(StatusCode::FORBIDDEN, "log level changes are accepted from localhost only")
+            }
             (_, "/live" | "/ready" | "/metrics" | "/config_dump" | "/shutdown" | "/log_level") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
-            _ => text(
-                StatusCode::NOT_FOUND,
-                "not found; try /live /ready /metrics /config_dump /log_level",
-            ),
+            _ => text(StatusCode::NOT_FOUND, "not found; try /live /ready /metrics /config_dump /log_level"),
         }
     }
 }

@@ -47,29 +47,15 @@ impl Sidecar {
             bind(config.outbound.listen.0, "outbound.listen")?,
             bind(config.admin.listen.0, "admin.listen")?,
         ];
-        let [inbound, outbound, admin] = listeners
-            .each_ref()
-            .map(|l| l.local_addr().expect("bound address"));
+        let [inbound, outbound, admin] = listeners.each_ref().map(|l| l.local_addr().expect("bound address"));
         let (shutdown, _) = watch::channel(false);
         let sender = shutdown.clone();
         let drain = config.drain_period.0;
-        let bound = Bound {
-            inbound,
-            outbound,
-            admin,
-        };
-        let thread = std::thread::Builder::new()
-            .name("palisade".into())
-            .spawn(move || {
-                runtime.block_on(run(config, parts, listeners, bound, sender, drain, options));
-            })?;
-        Ok(Sidecar {
-            inbound,
-            outbound,
-            admin,
-            shutdown,
-            thread: Some(thread),
-        })
+        let bound = Bound { inbound, outbound, admin };
+        let thread = std::thread::Builder::new().name("palisade".into()).spawn(move || {
+            runtime.block_on(run(config, parts, listeners, bound, sender, drain, options));
+        })?;
+        Ok(Sidecar { inbound, outbound, admin, shutdown, thread: Some(thread) })
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the drain period) and waits.
@@ -107,7 +93,9 @@ impl Parts {
             bail!("identity.controlPlane: certificates from the control plane's CA are not yet available in this version; use identity.files");
         }
         if config.policy.control_plane.is_some() {
-            bail!("policy.controlPlane: the control plane channel is not yet available in this version; use policy.files");
+            bail!(
+                "policy.controlPlane: the control plane channel is not yet available in this version; use policy.files"
+            );
         }
         if config.threads == 0 {
             bail!("threads: must be at least 1");
@@ -119,40 +107,25 @@ impl Parts {
             trust_bundle: files.trust_bundle.clone(),
         };
         let trust_domain = &config.trust_domain.0;
-        let tls = TlsStore::load(
-            identity_files,
-            trust_domain,
-            TrustDomains::new([trust_domain.as_str()]),
-        )
-        .context("identity.files")?;
-        let telemetry =
-            Telemetry::new(&config.telemetry.events).context("telemetry.events.sink")?;
-        Ok(Parts {
-            telemetry: Arc::new(telemetry),
-            tls: Arc::new(tls),
-            reload_interval: files.reload_interval.0,
-        })
+        let tls = TlsStore::load(identity_files, trust_domain, TrustDomains::new([trust_domain.as_str()]))
+            .context("identity.files")?;
+        let telemetry = Telemetry::new(&config.telemetry.events).context("telemetry.events.sink")?;
+        Ok(Parts { telemetry: Arc::new(telemetry), tls: Arc::new(tls), reload_interval: files.reload_interval.0 })
     }
 }
 
 fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let runtime = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads)
-            .enable_all()
-            .build()?
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
     };
     Ok(runtime)
 }
 
 /// Binds before the runtime starts, so a taken port fails `start` rather than a task.
 fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("{field}: cannot listen on {addr}"))?;
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("{field}: cannot listen on {addr}"))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
 }
@@ -175,34 +148,16 @@ async fn run(
     drain: Duration,
     options: RunOptions,
 ) {
-    let Parts {
-        telemetry,
-        tls,
-        reload_interval,
-    } = parts;
+    let Parts { telemetry, tls, reload_interval } = parts;
     let [inbound_listener, outbound_listener, admin_listener] =
         listeners.map(|l| TcpListener::from_std(l).expect("listener joins the runtime"));
     let conf = Arc::new(ServerConf::default());
     let readiness = Arc::new(Readiness::default());
     let data_path = ConnectionTracker::default();
 
-    let inbound = proxy_app(
-        &conf,
-        Inbound::new(
-            config.inbound.app.0,
-            config.inbound.app_protocol,
-            telemetry.clone(),
-        ),
-    );
-    let routes = OutboundRoutes::new(
-        &config.outbound.destinations,
-        tls.clone(),
-        telemetry.clone(),
-    );
-    let outbound = proxy_app(
-        &conf,
-        Outbound::new(routes, bound.outbound, telemetry.clone()),
-    );
+    let inbound = proxy_app(&conf, Inbound::new(config.inbound.app.0, config.inbound.app_protocol, telemetry.clone()));
+    let routes = OutboundRoutes::new(&config.outbound.destinations);
+    let outbound = proxy_app(&conf, Outbound::new(routes, bound.outbound, tls.clone(), telemetry.clone()));
     let admin = Arc::new(Admin {
         telemetry: telemetry.clone(),
         tls: tls.clone(),
@@ -243,12 +198,7 @@ async fn run(
             stop.clone(),
         )),
     ];
-    tokio::spawn(watch_certificates(
-        tls.clone(),
-        telemetry.clone(),
-        reload_interval,
-        stop.clone(),
-    ));
+    tokio::spawn(watch_certificates(tls.clone(), telemetry.clone(), reload_interval, stop.clone()));
     readiness.listeners.store(true, Ordering::Release);
     tracing::info!(
         identity = %tls.current().credentials.id,
@@ -259,10 +209,7 @@ async fn run(
     let mut stop_requested = stop.clone();
     if options.handle_signals {
         use tokio::signal::unix::{signal, SignalKind};
-        let (mut term, mut int) = match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
+        let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
             (Ok(t), Ok(i)) => (t, i),
             _ => {
                 tracing::error!("cannot install signal handlers");
@@ -284,10 +231,7 @@ async fn run(
     }
     match tokio::time::timeout(drain, data_path.idle()).await {
         Ok(()) => tracing::info!("drained; exiting"),
-        Err(_) => tracing::warn!(
-            open = data_path.count(),
-            "drain period over; closing the remaining connections"
-        ),
+        Err(_) => tracing::warn!(open = data_path.count(), "drain period over; closing the remaining connections"),
     }
 }
 
@@ -312,10 +256,7 @@ async fn watch_certificates(
             Ok(Ok(Some(state))) => {
                 let creds = &state.credentials;
                 tracing::info!(identity = %creds.id, serial = %creds.serial, "certificate and trust bundle reloaded");
-                telemetry
-                    .metrics
-                    .certificate_expiry
-                    .set(creds.not_after as f64);
+                telemetry.metrics.certificate_expiry.set(creds.not_after as f64);
                 telemetry.events.emit(SecurityEvent::CertificateRotated {
                     identity: creds.id.to_string(),
                     serial: creds.serial.clone(),
@@ -325,11 +266,7 @@ async fn watch_certificates(
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "new certificate files are not usable; keeping the current ones");
-                telemetry
-                    .events
-                    .emit(SecurityEvent::CertificateReloadFailed {
-                        reason: e.to_string(),
-                    });
+                telemetry.events.emit(SecurityEvent::CertificateReloadFailed { reason: e.to_string() });
             }
             Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
         }

@@ -16,11 +16,7 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
-#[command(
-    name = "palisade",
-    version,
-    about = "An API-security sidecar for service meshes"
-)]
+#[command(name = "palisade", version, about = "An API-security sidecar for service meshes")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -109,10 +105,7 @@ pub fn main() -> ExitCode {
 }
 
 fn not_yet(what: &str) -> ExitCode {
-    eprintln!(
-        "error: {what} is not yet available in palisade {}",
-        env!("CARGO_PKG_VERSION")
-    );
+    eprintln!("error: {what} is not yet available in palisade {}", env!("CARGO_PKG_VERSION"));
     ExitCode::from(EXIT_UNAVAILABLE)
 }
 
@@ -125,13 +118,7 @@ fn run_sidecar(path: &std::path::Path) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let mut sidecar = match Sidecar::start(
-        config,
-        RunOptions {
-            handle_signals: true,
-            log_level,
-        },
-    ) {
+    let mut sidecar = match Sidecar::start(config, RunOptions { handle_signals: true, log_level }) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {}: {e:#}", path.display());
@@ -158,29 +145,14 @@ fn ca(cmd: CaCommand) -> ExitCode {
 fn run_ca(cmd: CaCommand) -> Result<String, String> {
     match cmd {
         CaCommand::Init { trust_domain, out } => {
-            let files = DevCa::generate(&trust_domain)
-                .and_then(|ca| ca.write(&out))
-                .map_err(|e| e.to_string())?;
-            Ok(format!(
-                "wrote {} and {} for trust domain {trust_domain}",
-                files.cert.display(),
-                files.key.display()
-            ))
+            let files = DevCa::generate(&trust_domain).and_then(|ca| ca.write(&out)).map_err(|e| e.to_string())?;
+            Ok(format!("wrote {} and {} for trust domain {trust_domain}", files.cert.display(), files.key.display()))
         }
-        CaCommand::Issue {
-            ca,
-            spiffe_id,
-            dns,
-            ttl,
-            out,
-        } => {
+        CaCommand::Issue { ca, spiffe_id, dns, ttl, out } => {
             let ca = DevCa::load(&ca).map_err(|e| e.to_string())?;
             let id = SpiffeId::parse(&spiffe_id).map_err(|e| format!("--spiffe-id: {e}"))?;
             if id.trust_domain() != ca.trust_domain() {
-                return Err(format!(
-                    "--spiffe-id {id} is outside the CA's trust domain {:?}",
-                    ca.trust_domain()
-                ));
+                return Err(format!("--spiffe-id {id} is outside the CA's trust domain {:?}", ca.trust_domain()));
             }
             let mut spec = LeafSpec::workload(&spiffe_id);
             spec.dns_names = dns;

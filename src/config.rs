@@ -10,9 +10,8 @@ mod types;
 
 pub use env::{Env, ProcessEnv};
 pub use sidecar::{
-    AdminConfig, AppProtocol, Destination, EventFormat, EventSink, EventsConfig, FailMode,
-    IdentityConfig, InboundConfig, MtlsMode, OutboundConfig, PolicySourceConfig, SidecarConfig,
-    TelemetryConfig, WorkloadConfig,
+    AdminConfig, AppProtocol, Destination, EventFormat, EventSink, EventsConfig, FailMode, IdentityConfig,
+    InboundConfig, MtlsMode, OutboundConfig, PolicySourceConfig, SidecarConfig, TelemetryConfig, WorkloadConfig,
 };
 pub use types::{HumanDuration, ListenAddr};
 
@@ -39,18 +38,10 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.env_var, self.line) {
-            (Some(var), _) => write!(
-                f,
-                "environment variable {var} (overrides {} in {})",
-                self.field,
-                self.file.display()
-            )?,
-            (None, Some(line)) => write!(
-                f,
-                "{}:{line}:{}",
-                self.file.display(),
-                self.column.unwrap_or(1)
-            )?,
+            (Some(var), _) => {
+                write!(f, "environment variable {var} (overrides {} in {})", self.field, self.file.display())?
+            }
+            (None, Some(line)) => write!(f, "{}:{line}:{}", self.file.display(), self.column.unwrap_or(1))?,
             (None, None) => write!(f, "{}", self.file.display())?,
         }
         if !self.field.is_empty() && self.env_var.is_none() {
@@ -78,8 +69,8 @@ pub fn load<T>(file: &Path, env: &dyn Env) -> Result<T, ConfigError>
 where
     T: DeserializeOwned + Serialize,
 {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| ConfigError::new(file, "", format!("cannot read the file: {e}")))?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| ConfigError::new(file, "", format!("cannot read the file: {e}")))?;
     let parsed: T = parse_yaml(file, &text)?;
     env::apply_overrides(file, parsed, env)
 }

@@ -1,3 +1,449 @@
-pub fn run(_once: bool) -> std::process::ExitCode {
-    std::process::ExitCode::FAILURE
+//! `palisade demo`: a whole mesh on loopback. Two demo services, each with its own sidecar
+//! process, a development PKI in a temporary directory, traffic through the mesh, attacks that
+//! must fail, and a summary. Runs until Ctrl-C, or exits after the summary with `--once`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::config::EventsConfig;
+use crate::identity::{DevCa, LeafSpec, WorkloadFiles};
+use crate::proxy::{serve, ConnectionTracker, Transport};
+use crate::telemetry::Telemetry;
+
+const TRUST_DOMAIN: &str = "demo.local";
+const ORDERS_AUTHORITY: &str = "orders.demo";
+const IMPOSTOR_AUTHORITY: &str = "payments.demo";
+const REQUESTS: usize = 20;
+
+pub fn run(once: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the demo runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(demo(once)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: demo failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Ports {
+    frontend_app: u16,
+    orders_app: u16,
+    a: [u16; 3],
+    b: [u16; 3],
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// A sidecar child process; asked to drain through its admin API when dropped.
+struct SidecarProcess {
+    name: &'static str,
+    child: Child,
+    admin: SocketAddr,
+    events: PathBuf,
+}
+
+impl Drop for SidecarProcess {
+    fn drop(&mut self) {
+        let admin = self.admin;
+        let asked = std::thread::spawn(move || {
+            let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(1)).ok()?;
+            std::io::Write::write_all(
+                &mut stream,
+                b"POST /shutdown HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            )
+            .ok()
+        })
+        .join()
+        .ok()
+        .flatten()
+        .is_some();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while asked && Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!("stopped sidecar {}", self.name);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sidecar_yaml(
+    files: &WorkloadFiles,
+    sa: &str,
+    app: u16,
+    [inbound, outbound, admin]: [u16; 3],
+    routes: &str,
+) -> String {
+    format!(
+        r#"identity:
+  files: {{cert: "{}", key: "{}", trustBundle: "{}"}}
+trustDomain: {TRUST_DOMAIN}
+inbound: {{listen: "127.0.0.1:{inbound}", app: "127.0.0.1:{app}", mtls: STRICT}}
+outbound:
+  listen: "127.0.0.1:{outbound}"
+  destinations: {routes}
+admin: {{listen: "127.0.0.1:{admin}"}}
+workload: {{namespace: demo, serviceAccount: {sa}, labels: {{app: {sa}}}}}
+telemetry: {{events: {{sink: stdout, format: ocsf}}}}
+"#,
+        files.cert.display(),
+        files.key.display(),
+        files.trust_bundle.display()
+    )
+}
+
+fn spawn_sidecar(name: &'static str, dir: &Path, yaml: &str, admin: u16) -> anyhow::Result<SidecarProcess> {
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(&config, yaml)?;
+    let events = dir.join(format!("{name}.events.jsonl"));
+    let child = Command::new(std::env::current_exe()?)
+        .arg("sidecar")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&events)?)
+        .stderr(std::fs::File::create(dir.join(format!("{name}.log")))?)
+        .spawn()?;
+    Ok(SidecarProcess { name, child, admin: loopback(admin), events })
+}
+
+async fn demo(once: bool) -> anyhow::Result<bool> {
+    let dir = tempfile::Builder::new().prefix("palisade-demo-").tempdir()?;
+    let started = Instant::now();
+
+    // A PKI for the mesh, and one outside it.
+    let ca = DevCa::generate(TRUST_DOMAIN)?;
+    ca.write(&dir.path().join("ca"))?;
+    let frontend_id = format!("spiffe://{TRUST_DOMAIN}/ns/demo/sa/frontend");
+    let orders_id = format!("spiffe://{TRUST_DOMAIN}/ns/demo/sa/orders");
+    let frontend_files = ca.issue_to(&LeafSpec::workload(&frontend_id), &dir.path().join("frontend"))?;
+    let orders_files = ca.issue_to(&LeafSpec::workload(&orders_id), &dir.path().join("orders"))?;
+    let rogue = DevCa::generate(TRUST_DOMAIN)?;
+    let rogue_files = rogue.issue_to(&LeafSpec::workload(&frontend_id), &dir.path().join("rogue"))?;
+
+    let ports = Ports {
+        frontend_app: free_port()?,
+        orders_app: free_port()?,
+        a: [free_port()?, free_port()?, free_port()?],
+        b: [free_port()?, free_port()?, free_port()?],
+    };
+
+    // The two demo services.
+    let (stop, stop_rx) = watch::channel(false);
+    let telemetry = Arc::new(Telemetry::new(&EventsConfig::default())?);
+    let apps = [
+        (ports.orders_app, Arc::new(DemoApp::Orders) as Arc<DemoApp>),
+        (ports.frontend_app, Arc::new(DemoApp::Frontend { outbound: loopback(ports.a[1]) })),
+    ];
+    for (port, app) in apps {
+        let listener = TcpListener::bind(loopback(port)).await?;
+        tokio::spawn(serve(
+            listener,
+            Transport::Plain,
+            app,
+            telemetry.clone(),
+            ConnectionTracker::default(),
+            stop_rx.clone(),
+        ));
+    }
+
+    // Their sidecars, as separate processes.
+    let routes_a = format!(
+        "[{{authority: {ORDERS_AUTHORITY}, address: \"127.0.0.1:{b}\", identity: \"{orders_id}\"}}, \
+         {{authority: {IMPOSTOR_AUTHORITY}, address: \"127.0.0.1:{b}\", identity: \"spiffe://{TRUST_DOMAIN}/ns/demo/sa/payments\"}}]",
+        b = ports.b[0]
+    );
+    let sidecar_b = spawn_sidecar(
+        "sidecar-orders",
+        dir.path(),
+        &sidecar_yaml(&orders_files, "orders", ports.orders_app, ports.b, "[]"),
+        ports.b[2],
+    )?;
+    let sidecar_a = spawn_sidecar(
+        "sidecar-frontend",
+        dir.path(),
+        &sidecar_yaml(&frontend_files, "frontend", ports.frontend_app, ports.a, &routes_a),
+        ports.a[2],
+    )?;
+    for sidecar in [&sidecar_a, &sidecar_b] {
+        if !wait_ready(sidecar.admin, Duration::from_secs(15)).await {
+            anyhow::bail!("{} did not become ready; its log is in {}", sidecar.name, dir.path().display());
+        }
+    }
+    let ready_after = started.elapsed();
+
+    println!(
+        "Palisade demo: a two-service mesh on loopback, trust domain {TRUST_DOMAIN} (ready in {} ms)\n",
+        ready_after.as_millis()
+    );
+    println!("  frontend app 127.0.0.1:{}  ->  sidecar A (outbound :{})  == mTLS, HTTP/2 ==>  sidecar B (inbound :{})  ->  orders app 127.0.0.1:{}\n",
+        ports.frontend_app, ports.a[1], ports.b[0], ports.orders_app);
+
+    let mut all_good = true;
+    let mut check = |ok: bool, line: String| {
+        all_good &= ok;
+        println!("  {} {line}", if ok { "ok  " } else { "FAIL" });
+    };
+
+    // 1. Traffic through the mesh.
+    let mut latencies = Vec::with_capacity(REQUESTS);
+    let mut successes = 0;
+    let mut caller_seen = String::new();
+    for _ in 0..REQUESTS {
+        let t = Instant::now();
+        if let Ok((200, body)) = http_get(loopback(ports.frontend_app), "localhost", "/").await {
+            successes += 1;
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&body) {
+                caller_seen = v["orders"]["caller"].as_str().unwrap_or_default().to_string();
+            }
+        }
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    check(
+        successes == REQUESTS,
+        format!(
+            "{successes}/{REQUESTS} requests frontend -> orders through both sidecars (p50 {:.2} ms, max {:.2} ms, app included)",
+            latencies[REQUESTS / 2].as_secs_f64() * 1e3,
+            latencies[REQUESTS - 1].as_secs_f64() * 1e3
+        ),
+    );
+    check(
+        caller_seen.contains(&frontend_id),
+        format!("orders saw its caller as {frontend_id} (x-forwarded-client-cert: {caller_seen})"),
+    );
+
+    // 2. What must be refused.
+    let plaintext = http_get(loopback(ports.b[0]), ORDERS_AUTHORITY, "/").await;
+    check(plaintext.is_err(), format!("plaintext to sidecar B refused ({})", describe(&plaintext)));
+    let foreign = tls_get(loopback(ports.b[0]), &rogue_files).await;
+    check(
+        foreign.is_err(),
+        format!("a certificate from a foreign CA refused at the handshake ({})", describe(&foreign)),
+    );
+    let impostor = http_get(loopback(ports.a[1]), IMPOSTOR_AUTHORITY, "/").await;
+    check(
+        matches!(impostor, Ok((502, _))),
+        format!("a server whose identity is not the expected one refused by sidecar A ({})", describe(&impostor)),
+    );
+
+    // 3. What the sidecars reported.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for sidecar in [&sidecar_a, &sidecar_b] {
+        let metrics = http_get(sidecar.admin, "localhost", "/metrics").await.map(|(_, b)| b).unwrap_or_default();
+        let interesting: Vec<&str> = metrics
+            .lines()
+            .filter(|l| {
+                (l.starts_with("palisade_requests_total") || l.starts_with("palisade_tls_handshakes_total"))
+                    && !l.starts_with('#')
+            })
+            .collect();
+        println!("\n  {} metrics (http://{}/metrics):", sidecar.name, sidecar.admin);
+        for line in interesting {
+            println!("    {line}");
+        }
+        let events = std::fs::read_to_string(&sidecar.events).unwrap_or_default();
+        println!("  {} security events (OCSF, {}): {}", sidecar.name, sidecar.events.display(), events.lines().count());
+        if let Some(last) = events.lines().last() {
+            let v: serde_json::Value = serde_json::from_str(last).unwrap_or_default();
+            println!("    last: {}", v["message"].as_str().unwrap_or(last));
+        }
+    }
+
+    println!(
+        "\n  {} in {:.1} s",
+        if all_good { "all checks passed" } else { "SOME CHECKS FAILED" },
+        started.elapsed().as_secs_f64()
+    );
+    if !once {
+        println!("\nThe mesh keeps running. Try:");
+        println!(
+            "  curl http://127.0.0.1:{}/                          # frontend -> orders through the mesh",
+            ports.frontend_app
+        );
+        println!(
+            "  curl -H 'Host: {ORDERS_AUTHORITY}' http://127.0.0.1:{}/   # straight into sidecar A's outbound listener",
+            ports.a[1]
+        );
+        println!(
+            "  curl http://127.0.0.1:{}/config_dump                # sidecar A's effective configuration",
+            ports.a[2]
+        );
+        println!("  files (certificates, configs, logs, events): {}", dir.path().display());
+        println!("Press Ctrl-C to stop.");
+        tokio::signal::ctrl_c().await?;
+        println!();
+    }
+    stop.send_replace(true);
+    drop(sidecar_a);
+    drop(sidecar_b);
+    Ok(all_good)
+}
+
+fn describe<T: std::fmt::Debug>(r: &Result<(u16, T), anyhow::Error>) -> String {
+    match r {
+        Ok((status, _)) => format!("HTTP {status}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+async fn wait_ready(admin: SocketAddr, patience: Duration) -> bool {
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if let Ok((200, _)) = http_get(admin, "localhost", "/ready").await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+/// A one-shot HTTP/1.1 GET, enough for the demo's own calls.
+async fn http_get(addr: SocketAddr, host: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let stream = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await??;
+    exchange(stream, host, path).await
+}
+
+async fn tls_get(addr: SocketAddr, client: &WorkloadFiles) -> anyhow::Result<(u16, String)> {
+    use rustls_pki_types::pem::PemObject;
+    let chain: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(&client.cert)?.collect::<Result<_, _>>()?;
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(&client.key)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServer))
+        .with_client_auth_cert(chain, key)?;
+    let tcp = TcpStream::connect(addr).await?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(rustls_pki_types::ServerName::try_from("orders.demo")?.to_owned(), tcp)
+        .await?;
+    exchange(tls, ORDERS_AUTHORITY, "/").await
+}
+
+async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<(u16, String)> {
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut raw)).await??;
+    let text = String::from_utf8_lossy(&raw);
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("connection closed without an HTTP response"))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+/// The demo's rogue client skips server verification: the point is the server's refusal.
+#[derive(Debug)]
+struct AcceptAnyServer;
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls_pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The demo's two services, served by pingora's HTTP server app.
+enum DemoApp {
+    /// Answers with who called it, as its sidecar told it.
+    Orders,
+    /// Calls orders through its sidecar's outbound listener and returns both answers.
+    Frontend { outbound: SocketAddr },
+}
+
+#[async_trait]
+impl ServeHttp for DemoApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let header =
+            |name: &str| session.req_header().headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let (status, body) = match self {
+            DemoApp::Orders => {
+                let xfcc = header("x-forwarded-client-cert");
+                let caller = xfcc.split(';').find_map(|part| part.strip_prefix("URI=")).unwrap_or("").to_string();
+                (
+                    StatusCode::OK,
+                    serde_json::json!({"service": "orders", "caller": caller, "request_id": header("x-request-id")}),
+                )
+            }
+            DemoApp::Frontend { outbound } => match http_get(*outbound, ORDERS_AUTHORITY, "/orders").await {
+                Ok((200, body)) => {
+                    let orders: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    (StatusCode::OK, serde_json::json!({"service": "frontend", "orders": orders}))
+                }
+                Ok((status, body)) => (
+                    StatusCode::BAD_GATEWAY,
+                    serde_json::json!({"service": "frontend", "orders_status": status, "orders_body": body}),
+                ),
+                Err(e) => (StatusCode::BAD_GATEWAY, serde_json::json!({"service": "frontend", "error": e.to_string()})),
+            },
+        };
+        let body = serde_json::to_vec(&body).expect("json");
+        Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .header("content-length", body.len())
+            .body(body)
+            .expect("response")
+    }
 }

@@ -17,10 +17,7 @@ async fn a_valid_client_reaches_the_app_with_its_verified_identity() {
 
     let response = https_client(Some(&client))
         .get(format!("https://{}/orders/7", sidecar.inbound))
-        .header(
-            "x-forwarded-client-cert",
-            "By=spiffe://evil/x;URI=spiffe://cluster.local/ns/shop/sa/admin",
-        )
+        .header("x-forwarded-client-cert", "By=spiffe://evil/x;URI=spiffe://cluster.local/ns/shop/sa/admin")
         .send()
         .await
         .unwrap();
@@ -49,118 +46,54 @@ async fn strict_mode_refuses_every_bad_client_at_the_handshake() {
     let now = OffsetDateTime::now_utc();
     let good = || LeafSpec::workload(&id("shop", "frontend"));
     let cases = [
-        (
-            "another CA",
-            rogue.workload("rogue", &id("shop", "frontend")),
-        ),
+        ("another CA", rogue.workload("rogue", &id("shop", "frontend"))),
         (
             "expired",
             pki.issue(
                 "expired",
-                &LeafSpec {
-                    not_before: now - Duration::days(2),
-                    not_after: now - Duration::days(1),
-                    ..good()
-                },
+                &LeafSpec { not_before: now - Duration::days(2), not_after: now - Duration::days(1), ..good() },
             ),
         ),
         (
             "not yet valid",
             pki.issue(
                 "future",
-                &LeafSpec {
-                    not_before: now + Duration::days(1),
-                    not_after: now + Duration::days(2),
-                    ..good()
-                },
+                &LeafSpec { not_before: now + Duration::days(1), not_after: now + Duration::days(2), ..good() },
             ),
         ),
         (
             "another trust domain, same CA",
-            pki.issue(
-                "foreign",
-                &LeafSpec::workload("spiffe://other.org/ns/shop/sa/frontend"),
-            ),
+            pki.issue("foreign", &LeafSpec::workload("spiffe://other.org/ns/shop/sa/frontend")),
         ),
-        (
-            "another trust domain's CA",
-            other_domain.workload("other", "spiffe://other.org/ns/shop/sa/frontend"),
-        ),
+        ("another trust domain's CA", other_domain.workload("other", "spiffe://other.org/ns/shop/sa/frontend")),
         (
             "no SPIFFE ID",
-            pki.issue(
-                "dns-only",
-                &LeafSpec {
-                    spiffe_id: None,
-                    dns_names: vec!["frontend.shop.svc".into()],
-                    ..good()
-                },
-            ),
+            pki.issue("dns-only", &LeafSpec { spiffe_id: None, dns_names: vec!["frontend.shop.svc".into()], ..good() }),
         ),
-        (
-            "no clientAuth usage",
-            pki.issue(
-                "server-only",
-                &LeafSpec {
-                    client_auth: false,
-                    ..good()
-                },
-            ),
-        ),
+        ("no clientAuth usage", pki.issue("server-only", &LeafSpec { client_auth: false, ..good() })),
         (
             "no extended key usage at all",
-            pki.issue(
-                "no-eku",
-                &LeafSpec {
-                    client_auth: false,
-                    server_auth: false,
-                    ..good()
-                },
-            ),
+            pki.issue("no-eku", &LeafSpec { client_auth: false, server_auth: false, ..good() }),
         ),
     ];
     for (what, files) in &cases {
         let result = handshake(sidecar.inbound, Some(files)).await;
-        assert!(
-            result.is_err(),
-            "{what}: a client with this certificate must be refused"
-        );
+        assert!(result.is_err(), "{what}: a client with this certificate must be refused");
     }
     let no_cert = handshake(sidecar.inbound, None).await;
-    assert!(
-        no_cert.is_err(),
-        "a client without a certificate must be refused"
-    );
+    assert!(no_cert.is_err(), "a client without a certificate must be refused");
     // Plaintext gets no HTTP response at all in STRICT mode.
-    let plain = http_client()
-        .get(format!("http://{}/", sidecar.inbound))
-        .send()
-        .await;
-    assert!(
-        plain.is_err(),
-        "plaintext must be refused in STRICT mode: {plain:?}"
-    );
+    let plain = http_client().get(format!("http://{}/", sidecar.inbound)).send().await;
+    assert!(plain.is_err(), "plaintext must be refused in STRICT mode: {plain:?}");
 
     // The control case: the same server accepts a good certificate.
     let client = pki.workload("client", &id("shop", "frontend"));
     handshake(sidecar.inbound, Some(&client)).await.unwrap();
 
-    let metrics = http_client()
-        .get(format!("http://{}/metrics", sidecar.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let failures = metric(
-        &metrics,
-        "palisade_tls_handshakes_total{direction=\"inbound\",result=\"failure\"}",
-    );
-    assert!(
-        failures >= (cases.len() + 2) as f64,
-        "failed handshakes counted: {failures}\n{metrics}"
-    );
+    let metrics =
+        http_client().get(format!("http://{}/metrics", sidecar.admin)).send().await.unwrap().text().await.unwrap();
+    let failures = metric(&metrics, "palisade_tls_handshakes_total{direction=\"inbound\",result=\"failure\"}");
+    assert!(failures >= (cases.len() + 2) as f64, "failed handshakes counted: {failures}\n{metrics}");
     sidecar.shutdown();
 }
 
@@ -176,10 +109,7 @@ async fn permissive_mode_accepts_plaintext_without_a_principal_and_mtls_with_one
 
     let plain: Seen = http_client()
         .get(format!("http://{}/plain", sidecar.inbound))
-        .header(
-            "x-forwarded-client-cert",
-            "URI=spiffe://cluster.local/ns/shop/sa/admin",
-        )
+        .header("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/shop/sa/admin")
         .send()
         .await
         .unwrap()
@@ -187,11 +117,7 @@ async fn permissive_mode_accepts_plaintext_without_a_principal_and_mtls_with_one
         .await
         .unwrap();
     assert_eq!(plain.path, "/plain");
-    assert_eq!(
-        plain.header("x-forwarded-client-cert"),
-        None,
-        "plaintext callers have no principal"
-    );
+    assert_eq!(plain.header("x-forwarded-client-cert"), None, "plaintext callers have no principal");
 
     let mtls: Seen = https_client(Some(&client))
         .get(format!("https://{}/tls", sidecar.inbound))
@@ -201,10 +127,7 @@ async fn permissive_mode_accepts_plaintext_without_a_principal_and_mtls_with_one
         .json()
         .await
         .unwrap();
-    assert!(mtls
-        .header("x-forwarded-client-cert")
-        .unwrap()
-        .ends_with(&id("shop", "frontend")));
+    assert!(mtls.header("x-forwarded-client-cert").unwrap().ends_with(&id("shop", "frontend")));
 
     // TLS without a client certificate is still refused: PERMISSIVE relaxes plaintext only.
     assert!(handshake(sidecar.inbound, None).await.is_err());
@@ -223,27 +146,16 @@ async fn the_app_down_gives_a_json_502_and_service_resumes_when_it_returns() {
     let sidecar = start_sidecar(sidecar_config(&server, app_addr));
     let https = https_client(Some(&client));
 
-    let response = https
-        .get(format!("https://{}/x", sidecar.inbound))
-        .send()
-        .await
-        .unwrap();
+    let response = https.get(format!("https://{}/x", sidecar.inbound)).send().await.unwrap();
     assert_eq!(response.status(), 502);
     assert_eq!(response.headers()["content-type"], "application/json");
-    let request_id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "bad_gateway");
     assert_eq!(body["request_id"], request_id.as_str());
 
     let _app = EchoApp::start_on(app_addr).await;
-    let response = https
-        .get(format!("https://{}/x", sidecar.inbound))
-        .send()
-        .await
-        .unwrap();
+    let response = https.get(format!("https://{}/x", sidecar.inbound)).send().await.unwrap();
     assert_eq!(response.status(), 200);
     sidecar.shutdown();
 }
@@ -260,10 +172,7 @@ async fn request_limits_answer_414_and_431_with_json() {
     let long = format!("https://{}/{}", sidecar.inbound, "a".repeat(9000));
     let response = https.get(long).send().await.unwrap();
     assert_eq!(response.status(), 414);
-    assert_eq!(
-        response.json::<serde_json::Value>().await.unwrap()["error"],
-        "uri_too_long"
-    );
+    assert_eq!(response.json::<serde_json::Value>().await.unwrap()["error"], "uri_too_long");
 
     let mut request = https.get(format!("https://{}/", sidecar.inbound));
     for i in 0..20 {
@@ -276,7 +185,5 @@ async fn request_limits_answer_414_and_431_with_json() {
 
 /// The value of one sample in Prometheus text, 0 when absent.
 fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().unwrap()))
-        .unwrap_or(0.0)
+    text.lines().find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().unwrap())).unwrap_or(0.0)
 }

@@ -15,29 +15,31 @@ async fn http1_through_the_pair_carries_identity_and_request_id() {
         .get(pair.url("/orders?id=7"))
         .header("host", B_AUTHORITY)
         .header("x-request-id", "trace-me-42")
-        .header(
-            "x-forwarded-client-cert",
-            "URI=spiffe://cluster.local/ns/shop/sa/admin",
-        )
+        .header("x-forwarded-client-cert", "URI=spiffe://cluster.local/ns/shop/sa/admin")
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
     let seen: Seen = response.json().await.unwrap();
     assert_eq!(seen.path, "/orders");
-    assert_eq!(
-        seen.version, "HTTP/1.1",
-        "the app gets the protocol the caller spoke"
-    );
+    assert_eq!(seen.version, "HTTP/1.1", "the app gets the protocol the caller spoke");
     assert_eq!(
         seen.header("x-forwarded-client-cert"),
         Some(format!("By={};URI={}", id("shop", "orders"), id("shop", "frontend")).as_str())
     );
     assert_eq!(seen.header("x-request-id"), Some("trace-me-42"));
-    assert_eq!(
-        seen.header("palisade-orig-proto"),
-        None,
-        "internal headers never reach the app"
+    assert_eq!(seen.header("palisade-orig-proto"), None, "internal headers never reach the app");
+
+    // Pooled: further requests ride the same HTTP/2 connection between the sidecars.
+    let client = http_client();
+    for _ in 0..20 {
+        let r = client.get(pair.url("/again")).header("host", B_AUTHORITY).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let metrics = client.get(format!("http://{}/metrics", pair.a.admin)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("palisade_tls_handshakes_total{direction=\"outbound\",result=\"success\"} 1\n"),
+        "21 requests, one connection: {metrics}"
     );
     pair.shutdown();
 }
@@ -60,21 +62,12 @@ async fn outbound_refuses_a_server_with_the_wrong_identity() {
     config_a.outbound.destinations = vec![
         route("impostor.shop", c.inbound, Some(&id("shop", "orders"))),
         route("rogue.shop", r.inbound, Some(&id("shop", "orders"))),
-        route(
-            "orders.shop",
-            pki_pair.b.inbound,
-            Some(&id("shop", "orders")),
-        ),
+        route("orders.shop", pki_pair.b.inbound, Some(&id("shop", "orders"))),
         route("anyone.shop", c.inbound, None),
     ];
     let a = start_sidecar(config_a);
     let client = http_client();
-    let get = |host: &'static str| {
-        client
-            .get(format!("http://{}/", a.outbound))
-            .header("host", host)
-            .send()
-    };
+    let get = |host: &'static str| client.get(format!("http://{}/", a.outbound)).header("host", host).send();
 
     for host in ["impostor.shop", "rogue.shop"] {
         let response = get(host).await.unwrap();
@@ -87,17 +80,9 @@ async fn outbound_refuses_a_server_with_the_wrong_identity() {
     assert_eq!(get("orders.shop").await.unwrap().status(), 200);
     assert_eq!(get("anyone.shop").await.unwrap().status(), 200);
 
-    let metrics = client
-        .get(format!("http://{}/metrics", a.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = client.get(format!("http://{}/metrics", a.admin)).send().await.unwrap().text().await.unwrap();
     assert!(
-        metrics
-            .contains("palisade_tls_handshakes_total{direction=\"outbound\",result=\"failure\"} 2"),
+        metrics.contains("palisade_tls_handshakes_total{direction=\"outbound\",result=\"failure\"} 2"),
         "{metrics}"
     );
     a.shutdown();
@@ -109,34 +94,20 @@ async fn outbound_refuses_a_server_with_the_wrong_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge_reaches_the_app_as_http2_with_trailers() {
     let pair = Pair::start().await;
-    let client = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .resolve(B_AUTHORITY, pair.a.outbound)
-        .build()
-        .unwrap();
-    let response = client
-        .get(format!(
-            "http://{B_AUTHORITY}:{}/h2",
-            pair.a.outbound.port()
-        ))
-        .send()
-        .await
-        .unwrap();
+    let client =
+        reqwest::Client::builder().http2_prior_knowledge().resolve(B_AUTHORITY, pair.a.outbound).build().unwrap();
+    let response = client.get(format!("http://{B_AUTHORITY}:{}/h2", pair.a.outbound.port())).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let seen: Seen = response.json().await.unwrap();
     assert_eq!(seen.version, "HTTP/2.0");
     assert!(seen.header("x-forwarded-client-cert").is_some());
 
     // Trailers survive both hops.
-    let tcp = tokio::net::TcpStream::connect(pair.a.outbound)
-        .await
-        .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
     tokio::spawn(conn);
     let request = http::Request::get(format!("http://{B_AUTHORITY}/trailers"))
         .body(http_body_util::Empty::<Bytes>::new())
@@ -158,9 +129,7 @@ async fn grpc_unary_and_streaming_calls_pass_through_the_pair() {
 
     // B's app is a real gRPC server (the standard health service).
     let (mut reporter, health) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("orders", tonic_health::ServingStatus::Serving)
-        .await;
+    reporter.set_service_status("orders", tonic_health::ServingStatus::Serving).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let grpc_addr = listener.local_addr().unwrap();
     tokio::spawn(
@@ -173,8 +142,7 @@ async fn grpc_unary_and_streaming_calls_pass_through_the_pair() {
     let files_b = pki.workload("b", &id("shop", "orders"));
     let b = start_sidecar(sidecar_config(&files_b, grpc_addr));
     let mut config_a = sidecar_config(&files_a, "127.0.0.1:9".parse().unwrap());
-    config_a.outbound.destinations =
-        vec![route(B_AUTHORITY, b.inbound, Some(&id("shop", "orders")))];
+    config_a.outbound.destinations = vec![route(B_AUTHORITY, b.inbound, Some(&id("shop", "orders")))];
     let a = start_sidecar(config_a);
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.outbound))
@@ -186,44 +154,18 @@ async fn grpc_unary_and_streaming_calls_pass_through_the_pair() {
     let mut client = HealthClient::new(channel);
 
     // Unary: the status travels in trailers after the message.
-    let reply = client
-        .check(HealthCheckRequest {
-            service: "orders".into(),
-        })
-        .await
-        .unwrap();
+    let reply = client.check(HealthCheckRequest { service: "orders".into() }).await.unwrap();
     assert_eq!(reply.into_inner().status, ServingStatus::Serving as i32);
     // An error status (trailers-only response) arrives intact.
-    let missing = client
-        .check(HealthCheckRequest {
-            service: "nope".into(),
-        })
-        .await
-        .unwrap_err();
+    let missing = client.check(HealthCheckRequest { service: "nope".into() }).await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound);
 
     // Server streaming: updates flow while the stream stays open.
-    let mut stream = client
-        .watch(HealthCheckRequest {
-            service: "orders".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let first = tokio::time::timeout(Duration::from_secs(5), stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let mut stream = client.watch(HealthCheckRequest { service: "orders".into() }).await.unwrap().into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(first.status, ServingStatus::Serving as i32);
-    reporter
-        .set_service_status("orders", tonic_health::ServingStatus::NotServing)
-        .await;
-    let second = tokio::time::timeout(Duration::from_secs(5), stream.message())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    reporter.set_service_status("orders", tonic_health::ServingStatus::NotServing).await;
+    let second = tokio::time::timeout(Duration::from_secs(5), stream.message()).await.unwrap().unwrap().unwrap();
     assert_eq!(second.status, ServingStatus::NotServing as i32);
     drop(stream);
     a.shutdown();

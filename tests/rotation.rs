@@ -24,16 +24,10 @@ fn serial_of(pem_path: &std::path::Path) -> String {
 }
 
 /// The serial of the certificate a server presents to a new connection.
-async fn served_serial(
-    addr: std::net::SocketAddr,
-    client: &palisade::identity::WorkloadFiles,
-) -> String {
+async fn served_serial(addr: std::net::SocketAddr, client: &palisade::identity::WorkloadFiles) -> String {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(Some(client))));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = connector
-        .connect(rustls::pki_types::ServerName::try_from("x").unwrap(), tcp)
-        .await
-        .unwrap();
+    let tls = connector.connect(rustls::pki_types::ServerName::try_from("x").unwrap(), tcp).await.unwrap();
     let der = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
     cert.raw_serial_as_string()
@@ -65,10 +59,7 @@ async fn rotating_certificates_and_bundles_under_load_fails_no_request() {
                     Ok(r) if r.status() == 200 => {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
-                    Ok(r) => failed
-                        .lock()
-                        .unwrap()
-                        .push(format!("status {}", r.status())),
+                    Ok(r) => failed.lock().unwrap().push(format!("status {}", r.status())),
                     Err(e) => failed.lock().unwrap().push(e.to_string()),
                 }
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -112,43 +103,21 @@ async fn rotating_certificates_and_bundles_under_load_fails_no_request() {
     assert!(ok > 200, "the load ran: {ok} requests");
 
     // New handshakes get the new certificate...
-    let new_client = pair
-        .pki
-        .issue("new-client", &LeafSpec::workload(&id("shop", "frontend")));
-    let (cert, key) = new_ca
-        .issue(&LeafSpec::workload(&id("shop", "frontend")))
-        .unwrap();
+    let new_client = pair.pki.issue("new-client", &LeafSpec::workload(&id("shop", "frontend")));
+    let (cert, key) = new_ca.issue(&LeafSpec::workload(&id("shop", "frontend"))).unwrap();
     write_atomically(&new_client.cert, &cert);
     write_atomically(&new_client.key, &key);
     let new_b_serial = serial_of(&b_dir.join("tls.crt"));
     assert_ne!(new_b_serial, old_b_serial);
-    assert_eq!(
-        served_serial(pair.b.inbound, &new_client).await,
-        new_b_serial
-    );
+    assert_eq!(served_serial(pair.b.inbound, &new_client).await, new_b_serial);
     // ...the old CA's clients are refused...
     assert!(handshake(pair.b.inbound, Some(&old_client)).await.is_err());
     // ...and the admin API reports what is in use.
-    let dump: serde_json::Value = http_client()
-        .get(format!("http://{}/config_dump", pair.b.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let dump: serde_json::Value =
+        http_client().get(format!("http://{}/config_dump", pair.b.admin)).send().await.unwrap().json().await.unwrap();
     assert_eq!(dump["identity"]["serial"], new_b_serial.as_str());
     // Traffic through the pair still flows on fresh connections.
-    assert_eq!(
-        http_client()
-            .get(pair.url("/after"))
-            .header("host", B_AUTHORITY)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(http_client().get(pair.url("/after")).header("host", B_AUTHORITY).send().await.unwrap().status(), 200);
     pair.shutdown();
 }
 
@@ -157,26 +126,10 @@ async fn a_broken_certificate_file_keeps_the_current_one() {
     let pair = Pair::start().await;
     let b_dir = pair.pki.path("b");
     let serial = serial_of(&b_dir.join("tls.crt"));
-    write_atomically(
-        &b_dir.join("tls.crt"),
-        "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
-    );
+    write_atomically(&b_dir.join("tls.crt"), "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n");
     tokio::time::sleep(Duration::from_millis(400)).await;
     let client = pair.pki.workload("client", &id("shop", "frontend"));
-    assert_eq!(
-        served_serial(pair.b.inbound, &client).await,
-        serial,
-        "the last good certificate stays in use"
-    );
-    assert_eq!(
-        http_client()
-            .get(pair.url("/"))
-            .header("host", B_AUTHORITY)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(served_serial(pair.b.inbound, &client).await, serial, "the last good certificate stays in use");
+    assert_eq!(http_client().get(pair.url("/")).header("host", B_AUTHORITY).send().await.unwrap().status(), 200);
     pair.shutdown();
 }

@@ -38,11 +38,8 @@ pub(super) fn apply_overrides<T>(file: &Path, parsed: T, env: &dyn Env) -> Resul
 where
     T: DeserializeOwned + Serialize,
 {
-    let mut overrides: Vec<(String, String)> = env
-        .vars()
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(PREFIX) && !NOT_OVERRIDES.contains(&k.as_str()))
-        .collect();
+    let mut overrides: Vec<(String, String)> =
+        env.vars().into_iter().filter(|(k, _)| k.starts_with(PREFIX) && !NOT_OVERRIDES.contains(&k.as_str())).collect();
     if overrides.is_empty() {
         return Ok(parsed);
     }
@@ -52,14 +49,9 @@ where
     for (name, raw) in &overrides {
         let field = set_path(&mut root, &name[PREFIX.len()..]).map_err(|message| ConfigError {
             env_var: Some(name.clone()),
-            ..ConfigError::new(
-                file,
-                &name[PREFIX.len()..].to_lowercase().replace('_', "."),
-                message,
-            )
+            ..ConfigError::new(file, &name[PREFIX.len()..].to_lowercase().replace('_', "."), message)
         })?;
-        let value =
-            serde_yaml::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone()));
+        let value = serde_yaml::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone()));
         *lookup_mut(&mut root, &field) = value;
         applied.push((field.join("."), name.clone()));
     }
@@ -70,10 +62,7 @@ where
             .find(|(field, _)| path.starts_with(field.as_str()))
             .cloned()
             .unwrap_or_else(|| (path.clone(), applied[0].1.clone()));
-        ConfigError {
-            env_var: Some(var),
-            ..ConfigError::new(file, &field, e.into_inner().to_string())
-        }
+        ConfigError { env_var: Some(var), ..ConfigError::new(file, &field, e.into_inner().to_string()) }
     })
 }
 
@@ -91,10 +80,7 @@ fn set_path(root: &mut Value, name: &str) -> Result<Vec<String>, String> {
             .find(|k| k.eq_ignore_ascii_case(part))
             .ok_or_else(|| {
                 let known: Vec<&str> = map.keys().filter_map(Value::as_str).collect();
-                format!(
-                    "no setting {part:?} here; expected one of: {}",
-                    known.join(", ")
-                )
+                format!("no setting {part:?} here; expected one of: {}", known.join(", "))
             })?
             .to_string();
         node = &map[key.as_str()];

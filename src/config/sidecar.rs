@@ -65,9 +65,7 @@ impl std::fmt::Display for TrustDomain {
 
 impl<'de> Deserialize<'de> for TrustDomain {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -159,10 +157,7 @@ pub struct OutboundConfig {
 
 impl Default for OutboundConfig {
     fn default() -> Self {
-        OutboundConfig {
-            listen: "127.0.0.1:15001".parse().expect("default"),
-            destinations: Vec::new(),
-        }
+        OutboundConfig { listen: "127.0.0.1:15001".parse().expect("default"), destinations: Vec::new() }
     }
 }
 
@@ -186,9 +181,7 @@ pub struct SpiffeIdField(pub SpiffeId);
 impl<'de> Deserialize<'de> for SpiffeIdField {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        SpiffeId::parse(&s)
-            .map(SpiffeIdField)
-            .map_err(serde::de::Error::custom)
+        SpiffeId::parse(&s).map(SpiffeIdField).map_err(serde::de::Error::custom)
     }
 }
 
@@ -206,9 +199,7 @@ pub struct AdminConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig {
-            listen: "0.0.0.0:15000".parse().expect("default"),
-        }
+        AdminConfig { listen: "0.0.0.0:15000".parse().expect("default") }
     }
 }
 
@@ -222,11 +213,7 @@ pub struct WorkloadConfig {
 
 impl Default for WorkloadConfig {
     fn default() -> Self {
-        WorkloadConfig {
-            namespace: "default".into(),
-            service_account: "default".into(),
-            labels: BTreeMap::new(),
-        }
+        WorkloadConfig { namespace: "default".into(), service_account: "default".into(), labels: BTreeMap::new() }
     }
 }
 
@@ -258,11 +245,7 @@ pub struct TelemetryConfig {
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig {
-            otlp: None,
-            events: EventsConfig::default(),
-            access_log: true,
-        }
+        TelemetryConfig { otlp: None, events: EventsConfig::default(), access_log: true }
     }
 }
 
@@ -296,9 +279,7 @@ impl std::str::FromStr for EventSink {
 
 impl<'de> Deserialize<'de> for EventSink {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -14,11 +14,9 @@ pub struct ListenAddr(pub SocketAddr);
 impl FromStr for ListenAddr {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        s.parse().map(ListenAddr).map_err(|_| {
-            format!(
-                "expected an IP address and port such as 0.0.0.0:15006 or [::]:15006, got {s:?}"
-            )
-        })
+        s.parse()
+            .map(ListenAddr)
+            .map_err(|_| format!("expected an IP address and port such as 0.0.0.0:15006 or [::]:15006, got {s:?}"))
     }
 }
 
@@ -92,14 +90,8 @@ mod tests {
 
     #[test]
     fn durations() {
-        assert_eq!(
-            "500ms".parse::<HumanDuration>().unwrap().0,
-            Duration::from_millis(500)
-        );
-        assert_eq!(
-            "24h".parse::<HumanDuration>().unwrap().0,
-            Duration::from_secs(86400)
-        );
+        assert_eq!("500ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(500));
+        assert_eq!("24h".parse::<HumanDuration>().unwrap().0, Duration::from_secs(86400));
         assert_eq!("24h".parse::<HumanDuration>().unwrap().to_string(), "24h");
         assert_eq!("90s".parse::<HumanDuration>().unwrap().to_string(), "90s");
         for bad in ["", "5", "s", "5 s", "5d", "-1s"] {

@@ -6,8 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::{Duration, OffsetDateTime};
 
@@ -16,10 +16,7 @@ use super::SpiffeId;
 #[derive(Debug, thiserror::Error)]
 pub enum DevCaError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a usable CA certificate or key: {reason}")]
     BadCa { path: PathBuf, reason: String },
     #[error(transparent)]
@@ -92,25 +89,16 @@ impl DevCa {
         dn.push(DnType::CommonName, format!("{trust_domain} root"));
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.subject_alt_names =
-            vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.subject_alt_names = vec![SanType::URI(format!("spiffe://{trust_domain}").try_into()?)];
         let now = OffsetDateTime::now_utc();
         params.not_before = now - Duration::minutes(5);
         params.not_after = now + Duration::days(3650);
         params.serial_number = Some(random_serial());
         let key = KeyPair::generate()?;
         let signer = params.self_signed(&key)?;
-        Ok(DevCa {
-            trust_domain: trust_domain.to_string(),
-            cert_pem: signer.pem(),
-            key,
-            signer,
-        })
+        Ok(DevCa { trust_domain: trust_domain.to_string(), cert_pem: signer.pem(), key, signer })
     }
 
     /// Loads `ca.crt` and `ca.key` from `dir`.
@@ -119,13 +107,9 @@ impl DevCa {
         let key_path = dir.join(CA_KEY);
         let cert_pem = read(&cert_path)?;
         let key_pem = read(&key_path)?;
-        let bad = |path: &Path, reason: String| DevCaError::BadCa {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let bad = |path: &Path, reason: String| DevCaError::BadCa { path: path.to_path_buf(), reason };
         let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(&key_path, e.to_string()))?;
-        let params = CertificateParams::from_ca_cert_pem(&cert_pem)
-            .map_err(|e| bad(&cert_path, e.to_string()))?;
+        let params = CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|e| bad(&cert_path, e.to_string()))?;
         let trust_domain = params
             .subject_alt_names
             .iter()
@@ -133,30 +117,15 @@ impl DevCa {
                 SanType::URI(uri) => uri.as_str().strip_prefix("spiffe://").map(str::to_string),
                 _ => None,
             })
-            .ok_or_else(|| {
-                bad(
-                    &cert_path,
-                    "no spiffe:// URI SAN naming the trust domain".into(),
-                )
-            })?;
-        let signer = params
-            .self_signed(&key)
-            .map_err(|e| bad(&key_path, e.to_string()))?;
-        Ok(DevCa {
-            trust_domain,
-            cert_pem,
-            key,
-            signer,
-        })
+            .ok_or_else(|| bad(&cert_path, "no spiffe:// URI SAN naming the trust domain".into()))?;
+        let signer = params.self_signed(&key).map_err(|e| bad(&key_path, e.to_string()))?;
+        Ok(DevCa { trust_domain, cert_pem, key, signer })
     }
 
     /// Writes `ca.crt` and `ca.key` (mode 0600) into `dir`, creating it.
     pub fn write(&self, dir: &Path) -> Result<CaFiles, DevCaError> {
         create_dir(dir)?;
-        let files = CaFiles {
-            cert: dir.join(CA_CERT),
-            key: dir.join(CA_KEY),
-        };
+        let files = CaFiles { cert: dir.join(CA_CERT), key: dir.join(CA_KEY) };
         write(&files.cert, &self.cert_pem, false)?;
         write(&files.key, &self.key.serialize_pem(), true)?;
         Ok(files)
@@ -177,30 +146,18 @@ impl DevCa {
         dn.push(DnType::OrganizationName, "Palisade workload");
         params.distinguished_name = dn;
         if let Some(id) = &spec.spiffe_id {
-            params
-                .subject_alt_names
-                .push(SanType::URI(id.as_str().try_into()?));
+            params.subject_alt_names.push(SanType::URI(id.as_str().try_into()?));
         }
         for name in &spec.dns_names {
-            let dns = name
-                .as_str()
-                .try_into()
-                .map_err(|_| DevCaError::BadDnsName(name.clone()))?;
+            let dns = name.as_str().try_into().map_err(|_| DevCaError::BadDnsName(name.clone()))?;
             params.subject_alt_names.push(SanType::DnsName(dns));
         }
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
         if spec.client_auth {
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ClientAuth);
+            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
         }
         if spec.server_auth {
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ServerAuth);
+            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         params.not_before = spec.not_before;
         params.not_after = spec.not_after;
@@ -215,11 +172,8 @@ impl DevCa {
     pub fn issue_to(&self, spec: &LeafSpec, dir: &Path) -> Result<WorkloadFiles, DevCaError> {
         let (cert, key) = self.issue(spec)?;
         create_dir(dir)?;
-        let files = WorkloadFiles {
-            cert: dir.join("tls.crt"),
-            key: dir.join("tls.key"),
-            trust_bundle: dir.join("ca.crt"),
-        };
+        let files =
+            WorkloadFiles { cert: dir.join("tls.crt"), key: dir.join("tls.key"), trust_bundle: dir.join("ca.crt") };
         write(&files.cert, &cert, false)?;
         write(&files.key, &key, true)?;
         write(&files.trust_bundle, &self.cert_pem, false)?;
@@ -229,40 +183,26 @@ impl DevCa {
 
 fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .expect("system randomness");
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).expect("system randomness");
     bytes[0] &= 0x7f; // positive
     SerialNumber::from_slice(&bytes)
 }
 
 fn read(path: &Path) -> Result<String, DevCaError> {
-    fs::read_to_string(path).map_err(|source| DevCaError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    fs::read_to_string(path).map_err(|source| DevCaError::Io { path: path.to_path_buf(), source })
 }
 
 fn create_dir(dir: &Path) -> Result<(), DevCaError> {
-    fs::create_dir_all(dir).map_err(|source| DevCaError::Io {
-        path: dir.to_path_buf(),
-        source,
-    })
+    fs::create_dir_all(dir).map_err(|source| DevCaError::Io { path: dir.to_path_buf(), source })
 }
 
 /// Writes through a temporary file and a rename, so a watcher never reads half a file.
 fn write(path: &Path, contents: &str, secret: bool) -> Result<(), DevCaError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| DevCaError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| DevCaError::Io { path: path.to_path_buf(), source };
     let tmp = path.with_extension("tmp");
     let mut options = fs::OpenOptions::new();
-    options
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(if secret { 0o600 } else { 0o644 });
+    options.write(true).create(true).truncate(true).mode(if secret { 0o600 } else { 0o644 });
     let mut file = options.open(&tmp).map_err(io)?;
     std::io::Write::write_all(&mut file, contents.as_bytes()).map_err(io)?;
     fs::rename(&tmp, path).map_err(io)
@@ -279,11 +219,7 @@ mod tests {
     #[test]
     fn issued_certificates_carry_the_spiffe_id() {
         let ca = DevCa::generate("cluster.local").unwrap();
-        let (cert, _) = ca
-            .issue(&LeafSpec::workload(
-                "spiffe://cluster.local/ns/shop/sa/orders",
-            ))
-            .unwrap();
+        let (cert, _) = ca.issue(&LeafSpec::workload("spiffe://cluster.local/ns/shop/sa/orders")).unwrap();
         let der = CertificateDer::from_pem_slice(cert.as_bytes()).unwrap();
         match spiffe_id_from_der(&der) {
             CertIdentity::Spiffe(id) => {

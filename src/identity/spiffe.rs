@@ -20,25 +20,15 @@ const SCHEME: &str = "spiffe://";
 
 impl SpiffeId {
     pub fn parse(value: &str) -> Result<Self, InvalidSpiffeId> {
-        let bad = |reason| InvalidSpiffeId {
-            value: value.to_string(),
-            reason,
-        };
-        let rest = value
-            .strip_prefix(SCHEME)
-            .ok_or_else(|| bad("must start with spiffe://"))?;
+        let bad = |reason| InvalidSpiffeId { value: value.to_string(), reason };
+        let rest = value.strip_prefix(SCHEME).ok_or_else(|| bad("must start with spiffe://"))?;
         let domain_len = rest.find('/').unwrap_or(rest.len());
         let domain = &rest[..domain_len];
         if domain.is_empty() {
             return Err(bad("trust domain is empty"));
         }
-        if !domain
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
-        {
-            return Err(bad(
-                "trust domain may hold only lowercase letters, digits, '-', '.' and '_'",
-            ));
+        if !domain.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b)) {
+            return Err(bad("trust domain may hold only lowercase letters, digits, '-', '.' and '_'"));
         }
         let path = &rest[domain_len..];
         if path.ends_with('/') {
@@ -48,28 +38,16 @@ impl SpiffeId {
             if segment.is_empty() || segment == "." || segment == ".." {
                 return Err(bad("path segments must be non-empty and not '.' or '..'"));
             }
-            if !segment
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
-            {
+            if !segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b)) {
                 return Err(bad("path may hold only letters, digits, '-', '.' and '_'"));
             }
         }
-        Ok(SpiffeId {
-            text: value.into(),
-            domain_end: SCHEME.len() + domain_len,
-        })
+        Ok(SpiffeId { text: value.into(), domain_end: SCHEME.len() + domain_len })
     }
 
     /// The identity Palisade gives a Kubernetes service account.
-    pub fn for_workload(
-        trust_domain: &str,
-        namespace: &str,
-        service_account: &str,
-    ) -> Result<Self, InvalidSpiffeId> {
-        Self::parse(&format!(
-            "spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"
-        ))
+    pub fn for_workload(trust_domain: &str, namespace: &str, service_account: &str) -> Result<Self, InvalidSpiffeId> {
+        Self::parse(&format!("spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}"))
     }
 
     pub fn as_str(&self) -> &str {
@@ -95,13 +73,7 @@ impl SpiffeId {
 
     fn k8s_parts(&self) -> Option<(&str, &str)> {
         let mut parts = self.path().strip_prefix('/')?.split('/');
-        match (
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-            parts.next(),
-        ) {
+        match (parts.next(), parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("ns"), Some(ns), Some("sa"), Some(sa), None) => Some((ns, sa)),
             _ => None,
         }

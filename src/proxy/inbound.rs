@@ -28,10 +28,7 @@ pub struct RequestLimits {
 
 impl Default for RequestLimits {
     fn default() -> Self {
-        RequestLimits {
-            max_uri_bytes: 8192,
-            max_header_bytes: 65536,
-        }
+        RequestLimits { max_uri_bytes: 8192, max_header_bytes: 65536 }
     }
 }
 
@@ -49,34 +46,20 @@ pub struct InboundCtx {
 
 impl Inbound {
     pub fn new(app: SocketAddr, app_protocol: AppProtocol, telemetry: Arc<Telemetry>) -> Self {
-        Inbound {
-            app,
-            app_protocol,
-            limits: RequestLimits::default(),
-            telemetry,
-        }
+        Inbound { app, app_protocol, limits: RequestLimits::default(), telemetry }
     }
 }
 
 /// The verified caller of this connection, if it came over mutual TLS.
 fn peer_identity(session: &Session) -> Option<&PeerIdentity> {
-    session
-        .digest()?
-        .ssl_digest
-        .as_ref()?
-        .extension
-        .get::<PeerIdentity>()
+    session.digest()?.ssl_digest.as_ref()?.extension.get::<PeerIdentity>()
 }
 
 fn check_limits(req: &RequestHeader, limits: &RequestLimits) -> Result<(), Box<Error>> {
     if req.raw_path().len() > limits.max_uri_bytes {
         return Err(ErrorKind::UriTooLong.fail("request target over maxUriBytes"));
     }
-    let header_bytes: usize = req
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
+    let header_bytes: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     if header_bytes > limits.max_header_bytes {
         return Err(ErrorKind::HeadersTooLarge.fail("request headers over maxHeaderBytes"));
     }
@@ -88,17 +71,10 @@ impl ProxyHttp for Inbound {
     type CTX = InboundCtx;
 
     fn new_ctx(&self) -> InboundCtx {
-        InboundCtx {
-            request: RequestCtx::new(),
-            app_h2: false,
-        }
+        InboundCtx { request: RequestCtx::new(), app_h2: false }
     }
 
-    async fn request_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut InboundCtx,
-    ) -> pingora::Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<bool> {
         let req = session.req_header();
         // A request id from a meshed peer is kept, so one id follows the request end to end.
         ctx.request.id = RequestId::from_header(req.headers.get(REQUEST_ID_HEADER));
@@ -117,11 +93,7 @@ impl ProxyHttp for Inbound {
         Ok(false)
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut InboundCtx,
-    ) -> pingora::Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.app, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         if ctx.app_h2 {
@@ -159,12 +131,7 @@ impl ProxyHttp for Inbound {
         e
     }
 
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut InboundCtx,
-    ) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut InboundCtx) -> FailToProxy {
         fail(session, e, &mut ctx.request).await
     }
 
@@ -186,10 +153,7 @@ pub(super) fn is_decision(e: &Error) -> bool {
 /// Answers a failed request with the JSON error body; shared by both directions.
 pub(super) async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
     let Some(kind) = ErrorKind::classify(e) else {
-        return FailToProxy {
-            error_code: 0,
-            can_reuse_downstream: false,
-        };
+        return FailToProxy { error_code: 0, can_reuse_downstream: false };
     };
     if kind.status() < 500 {
         ctx.decision = "deny";
@@ -199,8 +163,5 @@ pub(super) async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx)
     if let Err(write_error) = respond::write(session, kind, &ctx.id).await {
         tracing::debug!(error = %write_error, "could not send the error response");
     }
-    FailToProxy {
-        error_code: kind.status(),
-        can_reuse_downstream: false,
-    }
+    FailToProxy { error_code: kind.status(), can_reuse_downstream: false }
 }

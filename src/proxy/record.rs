@@ -19,11 +19,7 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     pub fn new() -> Self {
-        RequestCtx {
-            id: RequestId::generate(),
-            started: Instant::now(),
-            decision: "allow",
-        }
+        RequestCtx { id: RequestId::generate(), started: Instant::now(), decision: "allow" }
     }
 }
 
@@ -53,33 +49,15 @@ pub fn method_label(method: &http::Method) -> &'static str {
 pub fn status_label(code: u16) -> &'static str {
     static LABELS: OnceLock<Vec<String>> = OnceLock::new();
     let labels = LABELS.get_or_init(|| (0..600).map(|c| c.to_string()).collect());
-    labels
-        .get(code as usize)
-        .map(String::as_str)
-        .unwrap_or("other")
+    labels.get(code as usize).map(String::as_str).unwrap_or("other")
 }
 
 /// Counts the request and its duration once it has ended.
-pub fn finish(
-    telemetry: &Telemetry,
-    direction: &'static str,
-    session: &Session,
-    principal: &str,
-    ctx: &RequestCtx,
-) {
-    let code = session
-        .response_written()
-        .map(|r| r.status.as_u16())
-        .unwrap_or(0);
+pub fn finish(telemetry: &Telemetry, direction: &'static str, session: &Session, principal: &str, ctx: &RequestCtx) {
+    let code = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
     let code = status_label(code);
     let method = method_label(&session.req_header().method);
     let metrics = &telemetry.metrics;
-    metrics
-        .requests
-        .with_label_values(&[direction, method, code, principal, ctx.decision])
-        .inc();
-    metrics
-        .request_duration
-        .with_label_values(&[direction, code])
-        .observe(ctx.started.elapsed().as_secs_f64());
+    metrics.requests.with_label_values(&[direction, method, code, principal, ctx.decision]).inc();
+    metrics.request_duration.with_label_values(&[direction, code]).observe(ctx.started.elapsed().as_secs_f64());
 }

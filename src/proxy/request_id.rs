@@ -20,8 +20,7 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 fn seed() -> &'static [u64; 2] {
     SEED.get_or_init(|| {
         let mut bytes = [0u8; 16];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-            .expect("system randomness");
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).expect("system randomness");
         [
             u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")),
             u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes")),
@@ -43,10 +42,7 @@ impl RequestId {
         let [a, b] = *seed();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let value = ((splitmix64(n ^ a) as u128) << 64) | splitmix64(n.wrapping_add(b)) as u128;
-        let mut id = RequestId {
-            buf: [0; MAX_LEN],
-            len: 32,
-        };
+        let mut id = RequestId { buf: [0; MAX_LEN], len: 32 };
         const HEX: &[u8; 16] = b"0123456789abcdef";
         for i in 0..32 {
             id.buf[i] = HEX[((value >> (124 - 4 * i)) & 0xf) as usize];
@@ -61,13 +57,9 @@ impl RequestId {
             Some(v)
                 if !v.is_empty()
                     && v.len() <= MAX_LEN
-                    && v.iter()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) =>
+                    && v.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) =>
             {
-                let mut id = RequestId {
-                    buf: [0; MAX_LEN],
-                    len: v.len() as u8,
-                };
+                let mut id = RequestId { buf: [0; MAX_LEN], len: v.len() as u8 };
                 id.buf[..v.len()].copy_from_slice(v);
                 id
             }

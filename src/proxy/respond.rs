@@ -96,8 +96,8 @@ impl ErrorKind {
                 },
                 ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
                     ConnectTimedout => ErrorKind::GatewayTimeout,
-                    ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure
-                    | InvalidCert | HandshakeError => ErrorKind::BadGateway,
+                    ConnectRefused | ConnectNoRoute | ConnectError | TLSHandshakeFailure | InvalidCert
+                    | HandshakeError => ErrorKind::BadGateway,
                     _ => ErrorKind::Internal,
                 },
             },
@@ -106,28 +106,16 @@ impl ErrorKind {
 }
 
 /// Writes `{"error": ..., "request_id": ...}` with `x-request-id`.
-pub async fn write(
-    session: &mut Session,
-    kind: ErrorKind,
-    request_id: &RequestId,
-) -> pingora::Result<()> {
-    let body = format!(
-        r#"{{"error":"{}","request_id":"{}"}}"#,
-        kind.code(),
-        request_id.as_str()
-    );
+pub async fn write(session: &mut Session, kind: ErrorKind, request_id: &RequestId) -> pingora::Result<()> {
+    let body = format!(r#"{{"error":"{}","request_id":"{}"}}"#, kind.code(), request_id.as_str());
     let mut header = ResponseHeader::build(kind.status(), Some(4))?;
     header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     header.insert_header(super::REQUEST_ID_HEADER, request_id.header_value())?;
     header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     session.set_keepalive(None);
-    session
-        .write_response_header(Box::new(header), false)
-        .await?;
-    session
-        .write_response_body(Some(Bytes::from(body)), true)
-        .await
+    session.write_response_header(Box::new(header), false).await?;
+    session.write_response_body(Some(Bytes::from(body)), true).await
 }
 
 #[cfg(test)]
@@ -139,10 +127,7 @@ mod tests {
         let refused = Error::explain(ErrorType::ConnectRefused, "app down");
         assert_eq!(ErrorKind::classify(&refused), Some(ErrorKind::BadGateway));
         let timeout = Error::explain(ErrorType::ConnectTimedout, "slow");
-        assert_eq!(
-            ErrorKind::classify(&timeout),
-            Some(ErrorKind::GatewayTimeout)
-        );
+        assert_eq!(ErrorKind::classify(&timeout), Some(ErrorKind::GatewayTimeout));
         let status = ErrorKind::UriTooLong.fail("long");
         assert_eq!(ErrorKind::classify(&status), Some(ErrorKind::UriTooLong));
     }

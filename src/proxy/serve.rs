@@ -127,21 +127,14 @@ async fn handshake(
     if plaintext_allowed {
         let mut first = [0u8; 1];
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
-            Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => {
-                return Some(Box::new(l4_stream(tcp, peer)))
-            }
+            Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => return Some(Box::new(l4_stream(tcp, peer))),
             Ok(Ok(1)) => {}
             _ => return None,
         }
     }
     let state = store.current();
     let handshakes = &telemetry.metrics.tls_handshakes;
-    match tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        state.acceptor.tls_handshake(l4_stream(tcp, peer)),
-    )
-    .await
-    {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, state.acceptor.tls_handshake(l4_stream(tcp, peer))).await {
         Ok(Ok(tls)) => {
             handshakes.with_label_values(&["inbound", "success"]).inc();
             Some(Box::new(tls))
@@ -173,9 +166,7 @@ fn handshake_failure_reason(e: &pingora::Error) -> String {
         .and_then(|io| io.get_ref())
         .and_then(|inner| inner.downcast_ref::<rustls::Error>());
     match rustls_error {
-        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
-            other.0.to_string()
-        }
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => other.0.to_string(),
         Some(other) => other.to_string(),
         None => e.to_string(),
     }

@@ -17,18 +17,9 @@ const QUEUE: usize = 4096;
 #[derive(Debug, Clone)]
 pub enum SecurityEvent {
     /// A TLS handshake was refused (inbound) or the server failed verification (outbound).
-    TlsFailure {
-        direction: &'static str,
-        peer: Option<SocketAddr>,
-        expected: Option<String>,
-        reason: String,
-    },
+    TlsFailure { direction: &'static str, peer: Option<SocketAddr>, expected: Option<String>, reason: String },
     /// A new workload certificate or trust bundle is in use.
-    CertificateRotated {
-        identity: String,
-        serial: String,
-        not_after: i64,
-    },
+    CertificateRotated { identity: String, serial: String, not_after: i64 },
     /// A new certificate could not be loaded; the previous one stays in use.
     CertificateReloadFailed { reason: String },
 }
@@ -43,30 +34,19 @@ impl EventWriter {
     pub fn start(config: &EventsConfig, dropped: prometheus::IntCounter) -> std::io::Result<Self> {
         let mut sink: Box<dyn Write + Send> = match &config.sink {
             EventSink::Stdout => Box::new(std::io::stdout()),
-            EventSink::File(path) => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
+            EventSink::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
         let (tx, rx) = sync_channel::<Value>(QUEUE);
-        std::thread::Builder::new()
-            .name("palisade-events".into())
-            .spawn(move || {
-                for event in rx {
-                    let mut line = serde_json::to_vec(&event).expect("event serialises");
-                    line.push(b'\n');
-                    if sink.write_all(&line).and_then(|_| sink.flush()).is_err() {
-                        break;
-                    }
+        std::thread::Builder::new().name("palisade-events".into()).spawn(move || {
+            for event in rx {
+                let mut line = serde_json::to_vec(&event).expect("event serialises");
+                line.push(b'\n');
+                if sink.write_all(&line).and_then(|_| sink.flush()).is_err() {
+                    break;
                 }
-            })?;
-        Ok(EventWriter {
-            queue: Some(tx),
-            format: config.format,
-            dropped,
-        })
+            }
+        })?;
+        Ok(EventWriter { queue: Some(tx), format: config.format, dropped })
     }
 
     /// A writer that discards everything (tools that emit no events).
@@ -91,10 +71,7 @@ impl EventWriter {
 }
 
 fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn endpoint(addr: Option<SocketAddr>) -> Value {
@@ -107,12 +84,7 @@ fn endpoint(addr: Option<SocketAddr>) -> Value {
 fn ocsf(event: &SecurityEvent) -> Value {
     // HTTP Activity: category 4 (Network Activity), class 4002; type_uid = class * 100 + activity.
     let (activity_id, action_id, disposition_id, severity_id, message, extra) = match event {
-        SecurityEvent::TlsFailure {
-            direction,
-            peer,
-            expected,
-            reason,
-        } => (
+        SecurityEvent::TlsFailure { direction, peer, expected, reason } => (
             0,
             2,
             2, // blocked
@@ -121,11 +93,7 @@ fn ocsf(event: &SecurityEvent) -> Value {
             json!({"src_endpoint": endpoint(*peer), "tls": {"expected_identity": expected},
                    "firewall_rule": {"uid": "mtls", "name": format!("{direction}-mtls")}}),
         ),
-        SecurityEvent::CertificateRotated {
-            identity,
-            serial,
-            not_after,
-        } => (
+        SecurityEvent::CertificateRotated { identity, serial, not_after } => (
             99,
             1,
             1, // allowed
@@ -134,14 +102,9 @@ fn ocsf(event: &SecurityEvent) -> Value {
             json!({"tls": {"certificate": {"serial_number": serial, "expiration_time": not_after * 1000}},
                    "actor": {"user": {"uid": identity}}}),
         ),
-        SecurityEvent::CertificateReloadFailed { reason } => (
-            99,
-            1,
-            1,
-            4,
-            format!("certificate reload failed, previous kept: {reason}"),
-            json!({}),
-        ),
+        SecurityEvent::CertificateReloadFailed { reason } => {
+            (99, 1, 1, 4, format!("certificate reload failed, previous kept: {reason}"), json!({}))
+        }
     };
     let mut record = json!({
         "class_uid": 4002,
@@ -164,12 +127,7 @@ fn ocsf(event: &SecurityEvent) -> Value {
 
 fn ecs(event: &SecurityEvent) -> Value {
     let (action, outcome, category, message, extra) = match event {
-        SecurityEvent::TlsFailure {
-            direction,
-            peer,
-            expected,
-            reason,
-        } => (
+        SecurityEvent::TlsFailure { direction, peer, expected, reason } => (
             "tls-handshake-refused",
             "failure",
             "network",
@@ -178,11 +136,7 @@ fn ecs(event: &SecurityEvent) -> Value {
                    "tls": {"server": {"x509": {"subject": {"common_name": expected}}}},
                    "rule": {"id": "mtls", "name": format!("{direction}-mtls")}}),
         ),
-        SecurityEvent::CertificateRotated {
-            identity,
-            serial,
-            not_after,
-        } => (
+        SecurityEvent::CertificateRotated { identity, serial, not_after } => (
             "certificate-rotated",
             "success",
             "configuration",

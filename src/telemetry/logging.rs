@@ -21,11 +21,7 @@ impl LogLevel {
         let (filter, handle) = reload::Layer::new(filter);
         let installed = tracing_subscriber::registry()
             .with(filter)
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_target(false),
-            )
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
             .try_init()
             .is_ok();
         // A second sidecar in the same process (tests) shares the first one's subscriber.
@@ -33,15 +29,11 @@ impl LogLevel {
     }
 
     pub fn get(&self) -> String {
-        self.0
-            .as_ref()
-            .and_then(|h| h.with_current(|f| f.to_string()).ok())
-            .unwrap_or_else(|| "unmanaged".into())
+        self.0.as_ref().and_then(|h| h.with_current(|f| f.to_string()).ok()).unwrap_or_else(|| "unmanaged".into())
     }
 
     pub fn set(&self, filter: &str) -> Result<(), String> {
-        let filter =
-            EnvFilter::try_new(filter).map_err(|e| format!("bad filter {filter:?}: {e}"))?;
+        let filter = EnvFilter::try_new(filter).map_err(|e| format!("bad filter {filter:?}: {e}"))?;
         match &self.0 {
             Some(handle) => handle.reload(filter).map_err(|e| e.to_string()),
             None => Err("the log level is managed by another component in this process".into()),

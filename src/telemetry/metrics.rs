@@ -1,13 +1,10 @@
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Buckets fine enough to resolve a sidecar's sub-millisecond overhead, wide enough for slow apps.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0,
-];
+const LATENCY_BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 pub struct Metrics {
     registry: Registry,
@@ -22,33 +19,18 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new(
-                "palisade_requests_total",
-                "Requests handled, by direction, method, status and caller.",
-            ),
-            &[
-                "direction",
-                "method",
-                "code",
-                "source_principal",
-                "decision",
-            ],
+            Opts::new("palisade_requests_total", "Requests handled, by direction, method, status and caller."),
+            &["direction", "method", "code", "source_principal", "decision"],
         )
         .expect("metric");
         let request_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "palisade_request_duration_seconds",
-                "Time from request head to response end.",
-            )
-            .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new("palisade_request_duration_seconds", "Time from request head to response end.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
             &["direction", "code"],
         )
         .expect("metric");
         let tls_handshakes = IntCounterVec::new(
-            Opts::new(
-                "palisade_tls_handshakes_total",
-                "TLS handshakes, by direction and result.",
-            ),
+            Opts::new("palisade_tls_handshakes_total", "TLS handshakes, by direction and result."),
             &["direction", "result"],
         )
         .expect("metric");
@@ -62,14 +44,9 @@ impl Metrics {
             "Security events dropped because the event writer fell behind.",
         )
         .expect("metric");
-        let build_info = IntGaugeVec::new(
-            Opts::new("palisade_build_info", "Build information."),
-            &["version"],
-        )
-        .expect("metric");
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
+        let build_info =
+            IntGaugeVec::new(Opts::new("palisade_build_info", "Build information."), &["version"]).expect("metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -82,22 +59,13 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric registers once");
         }
-        Metrics {
-            registry,
-            requests,
-            request_duration,
-            tls_handshakes,
-            certificate_expiry,
-            events_dropped,
-        }
+        Metrics { registry, requests, request_duration, tls_handshakes, certificate_expiry, events_dropped }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("text encoding");
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding");
         out
     }
 }

@@ -23,7 +23,11 @@ pub struct Credentials {
     pub id: SpiffeId,
     pub chain: Vec<CertificateDer<'static>>,
     pub certified_key: Arc<CertifiedKey>,
+    /// The private key as read, for pingora's upstream connector (which takes DER).
+    pub key_der: Vec<u8>,
     pub roots: Arc<RootCertStore>,
+    /// The trust bundle's certificates as read.
+    pub bundle: Vec<CertificateDer<'static>>,
     pub serial: String,
     /// Seconds since the epoch.
     pub not_after: i64,
@@ -39,35 +43,28 @@ impl Credentials {
             path: files.key.clone(),
             reason: format!("no PEM private key found ({e})"),
         })?;
+        let key_der = key.secret_der().to_vec();
         let bundle = read_certs(&files.trust_bundle)?;
         let mut roots = RootCertStore::empty();
-        for cert in bundle {
+        for cert in bundle.iter().cloned() {
             roots.add(cert).map_err(|e| TlsError::File {
                 path: files.trust_bundle.clone(),
                 reason: format!("trust bundle holds an unusable certificate: {e}"),
             })?;
         }
-        let certified_key = CertifiedKey::from_der(chain.clone(), key, &super::provider())
-            .map_err(|e| TlsError::File {
+        let certified_key =
+            CertifiedKey::from_der(chain.clone(), key, &super::provider()).map_err(|e| TlsError::File {
                 path: files.key.clone(),
                 reason: format!("private key does not match {}: {e}", files.cert.display()),
             })?;
-        let (_, leaf) =
-            x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| TlsError::File {
-                path: files.cert.clone(),
-                reason: format!("certificate does not parse: {e}"),
-            })?;
-        let identity_error = |reason: String| TlsError::Identity {
+        let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| TlsError::File {
             path: files.cert.clone(),
-            reason,
-        };
+            reason: format!("certificate does not parse: {e}"),
+        })?;
+        let identity_error = |reason: String| TlsError::Identity { path: files.cert.clone(), reason };
         let id = match cert_identity(&leaf) {
             CertIdentity::Spiffe(id) => id,
-            CertIdentity::None => {
-                return Err(identity_error(
-                    "certificate has no spiffe:// URI SAN".into(),
-                ))
-            }
+            CertIdentity::None => return Err(identity_error("certificate has no spiffe:// URI SAN".into())),
             CertIdentity::Invalid(why) => return Err(identity_error(why.into())),
         };
         if id.trust_domain() != trust_domain {
@@ -81,16 +78,15 @@ impl Credentials {
             not_after: leaf.validity().not_after.timestamp(),
             chain,
             certified_key: Arc::new(certified_key),
+            key_der,
             roots: Arc::new(roots),
+            bundle,
         })
     }
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::File {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })
+    std::fs::read(path).map_err(|e| TlsError::File { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
@@ -98,13 +94,7 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(&pem).collect();
     match certs {
         Ok(certs) if !certs.is_empty() => Ok(certs),
-        Ok(_) => Err(TlsError::File {
-            path: path.to_path_buf(),
-            reason: "no PEM certificate found".into(),
-        }),
-        Err(e) => Err(TlsError::File {
-            path: path.to_path_buf(),
-            reason: format!("bad PEM: {e}"),
-        }),
+        Ok(_) => Err(TlsError::File { path: path.to_path_buf(), reason: "no PEM certificate found".into() }),
+        Err(e) => Err(TlsError::File { path: path.to_path_buf(), reason: format!("bad PEM: {e}") }),
     }
 }

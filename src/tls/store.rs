@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use http::HeaderValue;
 use pingora::listeners::tls::{Acceptor, TlsSettings};
 use pingora::listeners::TlsAccept;
-use pingora::protocols::tls::TlsRef;
+use pingora::protocols::tls::{CaType, TlsRef};
+use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -30,7 +31,11 @@ pub struct PeerIdentity {
 pub struct TlsState {
     pub credentials: Credentials,
     pub acceptor: Acceptor,
+    /// For connections this sidecar verifies itself (identity probes).
     pub client_config: Arc<ClientConfig>,
+    /// The workload certificate and the trust bundle in the form pingora's connector takes.
+    pub upstream_cert: Arc<CertKey>,
+    pub upstream_ca: Arc<CaType>,
 }
 
 /// Holds the current [`TlsState`] and replaces it when the files change.
@@ -50,11 +55,7 @@ struct FileStamp {
 }
 
 impl TlsStore {
-    pub fn load(
-        files: IdentityFiles,
-        trust_domain: &str,
-        domains: TrustDomains,
-    ) -> Result<Self, TlsError> {
+    pub fn load(files: IdentityFiles, trust_domain: &str, domains: TrustDomains) -> Result<Self, TlsError> {
         let stamps = stamps(&files);
         let credentials = Credentials::load(&files, trust_domain)?;
         let state = build(credentials, &domains)?;
@@ -97,21 +98,15 @@ impl TlsStore {
 
 fn stamps(files: &IdentityFiles) -> [FileStamp; 3] {
     [&files.cert, &files.key, &files.trust_bundle].map(|path| match std::fs::metadata(path) {
-        Ok(m) => FileStamp {
-            modified: m.modified().ok(),
-            len: m.len(),
-            inode: m.ino(),
-        },
+        Ok(m) => FileStamp { modified: m.modified().ok(), len: m.len(), inode: m.ino() },
         Err(_) => FileStamp::default(),
     })
 }
 
 fn build(credentials: Credentials, domains: &TrustDomains) -> Result<TlsState, TlsError> {
     let verifier = SpiffeClientVerifier::new(credentials.roots.clone(), domains.clone())?;
-    let mut settings = TlsSettings::with_callbacks(Box::new(IdentityCallback {
-        own: credentials.id.clone(),
-    }))
-    .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut settings = TlsSettings::with_callbacks(Box::new(IdentityCallback { own: credentials.id.clone() }))
+        .map_err(|e| TlsError::Config(e.to_string()))?;
     settings.set_cert_resolver(Arc::new(FixedCert(credentials.certified_key.clone())));
     settings.set_client_cert_verifier(Arc::new(verifier));
     settings.enable_h2();
@@ -126,16 +121,15 @@ fn build(credentials: Credentials, domains: &TrustDomains) -> Result<TlsState, T
             domains.clone(),
         )))
         .with_client_cert_resolver(Arc::new(FixedCert(credentials.certified_key.clone())));
-    client_config.alpn_protocols = vec![b"h2".to_vec()];
     // The server is named by the SPIFFE ID in its certificate, never by a DNS name.
     client_config.enable_sni = false;
     // A resumed session skips the certificate; every pooled connection proves its identity afresh.
     client_config.resumption = rustls::client::Resumption::disabled();
-    Ok(TlsState {
-        credentials,
-        acceptor,
-        client_config: Arc::new(client_config),
-    })
+    let upstream_cert =
+        Arc::new(CertKey::new(credentials.chain.iter().map(|c| c.to_vec()).collect(), credentials.key_der.clone()));
+    let upstream_ca: Arc<CaType> =
+        credentials.bundle.iter().map(|c| WrappedX509::new(c.to_vec(), parse_x509)).collect::<Vec<_>>().into();
+    Ok(TlsState { credentials, acceptor, client_config: Arc::new(client_config), upstream_cert, upstream_ca })
 }
 
 #[derive(Debug)]
@@ -163,10 +157,7 @@ struct IdentityCallback {
 
 #[async_trait]
 impl TlsAccept for IdentityCallback {
-    async fn handshake_complete_callback(
-        &self,
-        tls: &TlsRef,
-    ) -> Option<Arc<dyn Any + Send + Sync>> {
+    async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
         // The verifier already refused every certificate without a valid SPIFFE ID.
         let CertIdentity::Spiffe(id) = spiffe_id_from_der(tls.peer_certificate_der()?) else {
             return None;

@@ -8,9 +8,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::ParsedCertificate;
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
-};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::identity::{cert_identity, CertIdentity, SpiffeId};
@@ -51,11 +49,7 @@ pub(crate) enum Usage {
 }
 
 /// Checks a leaf that already chains to the bundle; returns its identity.
-pub(crate) fn check_leaf(
-    der: &[u8],
-    usage: Usage,
-    domains: &TrustDomains,
-) -> Result<SpiffeId, LeafError> {
+pub(crate) fn check_leaf(der: &[u8], usage: Usage, domains: &TrustDomains) -> Result<SpiffeId, LeafError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| LeafError::Unparsable)?;
     let eku = cert.extended_key_usage().ok().flatten().map(|e| e.value);
     let (has_usage, name) = match usage {
@@ -86,10 +80,9 @@ pub(crate) struct SpiffeClientVerifier {
 
 impl SpiffeClientVerifier {
     pub fn new(roots: Arc<RootCertStore>, domains: TrustDomains) -> Result<Self, super::TlsError> {
-        let webpki =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, super::provider())
-                .build()
-                .map_err(|e| super::TlsError::Config(format!("client verifier: {e}")))?;
+        let webpki = rustls::server::WebPkiClientVerifier::builder_with_provider(roots, super::provider())
+            .build()
+            .map_err(|e| super::TlsError::Config(format!("client verifier: {e}")))?;
         Ok(SpiffeClientVerifier { webpki, domains })
     }
 }
@@ -109,8 +102,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.webpki
-            .verify_client_cert(end_entity, intermediates, now)?;
+        self.webpki.verify_client_cert(end_entity, intermediates, now)?;
         check_leaf(end_entity, Usage::Client, &self.domains).map_err(rejected)?;
         Ok(ClientCertVerified::assertion())
     }
@@ -150,11 +142,7 @@ pub(crate) struct SpiffeServerVerifier {
 
 impl SpiffeServerVerifier {
     pub fn new(roots: Arc<RootCertStore>, domains: TrustDomains) -> Self {
-        SpiffeServerVerifier {
-            roots,
-            algorithms: super::provider().signature_verification_algorithms,
-            domains,
-        }
+        SpiffeServerVerifier { roots, algorithms: super::provider().signature_verification_algorithms, domains }
     }
 }
 
@@ -209,9 +197,7 @@ mod tests {
 
     fn der(pem: &str) -> Vec<u8> {
         use rustls_pki_types::pem::PemObject;
-        CertificateDer::from_pem_slice(pem.as_bytes())
-            .unwrap()
-            .to_vec()
+        CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
     }
 
     #[test]
@@ -221,45 +207,24 @@ mod tests {
         let issue = |spec: LeafSpec| der(&ca.issue(&spec).unwrap().0);
 
         let good = issue(LeafSpec::workload("spiffe://cluster.local/ns/a/sa/b"));
-        assert_eq!(
-            check_leaf(&good, Usage::Client, &domains).unwrap().as_str(),
-            "spiffe://cluster.local/ns/a/sa/b"
-        );
+        assert_eq!(check_leaf(&good, Usage::Client, &domains).unwrap().as_str(), "spiffe://cluster.local/ns/a/sa/b");
         assert!(check_leaf(&good, Usage::Server, &domains).is_ok());
 
         let foreign = issue(LeafSpec::workload("spiffe://other.org/ns/a/sa/b"));
-        assert!(matches!(
-            check_leaf(&foreign, Usage::Client, &domains),
-            Err(LeafError::ForeignTrustDomain(_))
-        ));
+        assert!(matches!(check_leaf(&foreign, Usage::Client, &domains), Err(LeafError::ForeignTrustDomain(_))));
 
-        let no_client = issue(LeafSpec {
-            client_auth: false,
-            ..LeafSpec::workload("spiffe://cluster.local/ns/a/sa/b")
-        });
-        assert_eq!(
-            check_leaf(&no_client, Usage::Client, &domains),
-            Err(LeafError::MissingUsage("clientAuth"))
-        );
+        let no_client =
+            issue(LeafSpec { client_auth: false, ..LeafSpec::workload("spiffe://cluster.local/ns/a/sa/b") });
+        assert_eq!(check_leaf(&no_client, Usage::Client, &domains), Err(LeafError::MissingUsage("clientAuth")));
 
         let no_usage = issue(LeafSpec {
             client_auth: false,
             server_auth: false,
             ..LeafSpec::workload("spiffe://cluster.local/ns/a/sa/b")
         });
-        assert_eq!(
-            check_leaf(&no_usage, Usage::Server, &domains),
-            Err(LeafError::MissingUsage("serverAuth"))
-        );
+        assert_eq!(check_leaf(&no_usage, Usage::Server, &domains), Err(LeafError::MissingUsage("serverAuth")));
 
-        let no_id = issue(LeafSpec {
-            spiffe_id: None,
-            dns_names: vec!["b.a.svc".into()],
-            ..LeafSpec::workload("x")
-        });
-        assert_eq!(
-            check_leaf(&no_id, Usage::Client, &domains),
-            Err(LeafError::NoSpiffeId)
-        );
+        let no_id = issue(LeafSpec { spiffe_id: None, dns_names: vec!["b.a.svc".into()], ..LeafSpec::workload("x") });
+        assert_eq!(check_leaf(&no_id, Usage::Client, &domains), Err(LeafError::NoSpiffeId));
     }
 }

@@ -39,10 +39,7 @@ impl Pki {
     }
 
     pub fn for_domain(trust_domain: &str) -> Self {
-        Pki {
-            ca: DevCa::generate(trust_domain).unwrap(),
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Pki { ca: DevCa::generate(trust_domain).unwrap(), dir: tempfile::tempdir().unwrap() }
     }
 
     pub fn workload(&self, name: &str, spiffe_id: &str) -> WorkloadFiles {
@@ -77,14 +74,7 @@ drainPeriod: 2s
 }
 
 pub fn start_sidecar(config: SidecarConfig) -> Sidecar {
-    Sidecar::start(
-        config,
-        RunOptions {
-            handle_signals: false,
-            log_level: LogLevel::init(),
-        },
-    )
-    .unwrap()
+    Sidecar::start(config, RunOptions { handle_signals: false, log_level: LogLevel::init() }).unwrap()
 }
 
 pub fn route(authority: &str, address: SocketAddr, identity: Option<&str>) -> config::Destination {
@@ -108,10 +98,7 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.first())
-            .map(String::as_str)
+        self.headers.get(name).and_then(|v| v.first()).map(String::as_str)
     }
 }
 
@@ -137,11 +124,9 @@ impl EchoApp {
                 };
                 tokio::spawn(async move {
                     let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper_util::server::conn::auto::Builder::new(
-                        hyper_util::rt::TokioExecutor::new(),
-                    )
-                    .serve_connection(io, hyper::service::service_fn(echo))
-                    .await;
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(io, hyper::service::service_fn(echo))
+                        .await;
                 });
             }
         });
@@ -155,9 +140,7 @@ impl EchoApp {
 
 type EchoBody = http_body_util::Either<
     Full<Bytes>,
-    http_body_util::StreamBody<
-        tokio_stream::Iter<std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, Infallible>>>,
-    >,
+    http_body_util::StreamBody<tokio_stream::Iter<std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, Infallible>>>>,
 >;
 
 async fn echo(req: Request<hyper::body::Incoming>) -> Result<Response<EchoBody>, Infallible> {
@@ -178,16 +161,10 @@ async fn echo(req: Request<hyper::body::Incoming>) -> Result<Response<EchoBody>,
         let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
         return Ok(Response::new(http_body_util::Either::Right(body)));
     }
-    let status = path
-        .strip_prefix("/status/")
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(200);
+    let status = path.strip_prefix("/status/").and_then(|s| s.parse().ok()).unwrap_or(200);
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, value) in req.headers() {
-        headers
-            .entry(name.as_str().to_string())
-            .or_default()
-            .push(value.to_str().unwrap_or("?").to_string());
+        headers.entry(name.as_str().to_string()).or_default().push(value.to_str().unwrap_or("?").to_string());
     }
     let seen = serde_json::json!({
         "method": req.method().as_str(),
@@ -199,9 +176,7 @@ async fn echo(req: Request<hyper::body::Incoming>) -> Result<Response<EchoBody>,
     Ok(Response::builder()
         .status(status)
         .header("content-type", "application/json")
-        .body(http_body_util::Either::Left(Full::new(Bytes::from(
-            serde_json::to_vec(&seen).unwrap(),
-        ))))
+        .body(http_body_util::Either::Left(Full::new(Bytes::from(serde_json::to_vec(&seen).unwrap()))))
         .unwrap())
 }
 
@@ -237,28 +212,22 @@ impl ServerCertVerifier for AnyServer {
         Ok(HandshakeSignatureValid::assertion())
     }
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        rustls::crypto::ring::default_provider()
-            .signature_verification_algorithms
-            .supported_schemes()
+        rustls::crypto::ring::default_provider().signature_verification_algorithms.supported_schemes()
     }
 }
 
 /// A rustls client config presenting `identity` (cert and key files), or no certificate.
 pub fn client_tls(identity: Option<&WorkloadFiles>) -> rustls::ClientConfig {
     use rustls::pki_types::pem::PemObject;
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(AnyServer));
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyServer));
     match identity {
         Some(files) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&files.cert)
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_file_iter(&files.cert).unwrap().map(Result::unwrap).collect();
             let key = PrivateKeyDer::from_pem_file(&files.key).unwrap();
             builder.with_client_auth_cert(chain, key).unwrap()
         }
@@ -270,43 +239,27 @@ pub fn client_tls(identity: Option<&WorkloadFiles>) -> rustls::ClientConfig {
 pub fn https_client(identity: Option<&WorkloadFiles>) -> reqwest::Client {
     let mut tls = client_tls(identity);
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().use_preconfigured_tls(tls).timeout(Duration::from_secs(10)).build().unwrap()
 }
 
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
 /// A TLS handshake with the given client identity; the error text when refused.
 pub async fn handshake(addr: SocketAddr, identity: Option<&WorkloadFiles>) -> Result<(), String> {
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(identity)));
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut tls = connector
-        .connect(ServerName::try_from("sidecar.test").unwrap(), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut tls =
+        connector.connect(ServerName::try_from("sidecar.test").unwrap(), tcp).await.map_err(|e| e.to_string())?;
     // TLS 1.3 finishes the client's side before the server judged the client certificate:
     // a refusal arrives as an alert on the first read.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    tls.write_all(b"GET /live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
-        .await
-        .map_err(|e| e.to_string())?;
+    tls.write_all(b"GET /live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     match tls.read_to_end(&mut buf).await {
         Ok(_) if buf.starts_with(b"HTTP/1.1") => Ok(()),
-        Ok(_) => Err(format!(
-            "no HTTP response: {:?}",
-            String::from_utf8_lossy(&buf)
-        )),
+        Ok(_) => Err(format!("no HTTP response: {:?}", String::from_utf8_lossy(&buf))),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -333,8 +286,7 @@ impl Pair {
         let files_b = pki.workload("b", &id("shop", "orders"));
         let b = start_sidecar(sidecar_config(&files_b, app.addr));
         let mut config_a = sidecar_config(&files_a, "127.0.0.1:9".parse().unwrap());
-        config_a.outbound.destinations =
-            vec![route(B_AUTHORITY, b.inbound, Some(&id("shop", "orders")))];
+        config_a.outbound.destinations = vec![route(B_AUTHORITY, b.inbound, Some(&id("shop", "orders")))];
         let a = start_sidecar(config_a);
         Pair { pki, a, b, app }
     }
@@ -368,9 +320,5 @@ where
 
 /// A free loopback port (for processes that need one written in their config).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
