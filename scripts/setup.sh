@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what a build of Palisade needs on a fresh Debian machine that has only Rust:
+# cmake (pingora's zlib-ng) and a C compiler (ring, zstd, brotli). Idempotent; needs root
+# (or sudo) only when something is missing.
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v cc >/dev/null 2>&1 || need+=(gcc)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}" >&2
+  sudo_cmd=()
+  [ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust first (https://rustup.rs)" >&2; exit 1; }

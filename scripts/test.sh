@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Builds Palisade and runs the whole test suite: unit tests, integration tests against real
+# listeners with real TLS and real HTTP/gRPC clients, and the command-line tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup.sh
+cargo build --locked --all-targets --quiet
+cargo test --locked --all-targets -- --test-threads 2

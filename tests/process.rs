@@ -1,0 +1,196 @@
+//! The `palisade` binary as a user runs it: commands, exit codes, config errors, SIGTERM drain,
+//! admin shutdown and the demo.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+
+fn palisade(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn write_config(dir: &std::path::Path, files: &palisade::identity::WorkloadFiles, app: u16, ports: [u16; 3]) -> std::path::PathBuf {
+    let path = dir.join("sidecar.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "identity:\n  files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}\ntrustDomain: {TD}\n\
+             inbound: {{listen: \"127.0.0.1:{}\", app: \"127.0.0.1:{app}\"}}\noutbound: {{listen: \"127.0.0.1:{}\"}}\n\
+             admin: {{listen: \"127.0.0.1:{}\"}}\ndrainPeriod: 5s\n",
+            files.cert.display(),
+            files.key.display(),
+            files.trust_bundle.display(),
+            ports[0],
+            ports[1],
+            ports[2]
+        ),
+    )
+    .unwrap();
+    path
+}
+
+async fn wait_ready(admin: u16) {
+    let ready = eventually(Duration::from_secs(10), || async move {
+        matches!(http_client().get(format!("http://127.0.0.1:{admin}/ready")).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    assert!(ready, "sidecar became ready");
+}
+
+fn wait_exit(child: &mut std::process::Child, patience: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_in_flight_requests_finish_refuses_new_ones_and_exits_zero() {
+    let pki = Pki::new();
+    let server = pki.workload("server", &id("shop", "orders"));
+    let client = pki.workload("client", &id("shop", "frontend"));
+    let app = EchoApp::start().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let config = write_config(pki.dir.path(), &server, app.addr.port(), ports);
+    let mut child = Command::new(BIN)
+        .args(["sidecar", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(ports[2]).await;
+
+    let https = https_client(Some(&client));
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            let request = https.get(format!("https://127.0.0.1:{}/slow/1500", ports[0])).send();
+            tokio::spawn(request)
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let started = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // New connections are refused while the old requests are still running.
+    let refused = tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await;
+    assert!(refused.is_err(), "the listener is closed during the drain");
+    for request in slow {
+        let response = request.await.unwrap().expect("in-flight request completes");
+        assert_eq!(response.status(), 200);
+    }
+    let status = wait_exit(&mut child, Duration::from_secs(8)).expect("the sidecar exits");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "exits once drained, not at the deadline");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_shutdown_from_localhost_drains_and_exits_zero() {
+    let pki = Pki::new();
+    let server = pki.workload("server", &id("shop", "orders"));
+    let ports = [free_port(), free_port(), free_port()];
+    let config = write_config(pki.dir.path(), &server, 9, ports);
+    let mut child =
+        Command::new(BIN).args(["sidecar", "--config"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    wait_ready(ports[2]).await;
+    let admin = format!("http://127.0.0.1:{}", ports[2]);
+    let client = http_client();
+    assert_eq!(client.get(format!("{admin}/live")).send().await.unwrap().status(), 200);
+    assert_eq!(client.get(format!("{admin}/shutdown")).send().await.unwrap().status(), 405);
+    let dump = client.get(format!("{admin}/config_dump")).send().await.unwrap().text().await.unwrap();
+    assert!(dump.contains(&id("shop", "orders")), "{dump}");
+    assert!(!dump.contains("PRIVATE KEY"), "no key material in the dump");
+    assert_eq!(client.post(format!("{admin}/shutdown")).send().await.unwrap().status(), 200);
+    let status = wait_exit(&mut child, Duration::from_secs(8)).expect("the sidecar exits");
+    assert!(status.success(), "exit status {status:?}");
+}
+
+#[test]
+fn configuration_errors_name_file_line_and_field_and_exit_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "trustDomain: cluster.local\ninbound:\n  listen: \"0.0.0.0:15006\"\n  mtls: STRIKT\n").unwrap();
+    let out = palisade(&["sidecar", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{}:4:", bad.display())), "{stderr}");
+    assert!(stderr.contains("inbound.mtls"), "{stderr}");
+    assert!(stderr.contains("STRICT") && stderr.contains("PERMISSIVE"), "{stderr}");
+
+    let missing = dir.path().join("missing.yaml");
+    std::fs::write(
+        &missing,
+        "identity: {files: {cert: /nonexistent/tls.crt, key: /nonexistent/tls.key, trustBundle: /nonexistent/ca.crt}}\n",
+    )
+    .unwrap();
+    let out = palisade(&["sidecar", "--config", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("identity.files") && stderr.contains("/nonexistent/tls.crt"), "{stderr}");
+
+    let out = Command::new(BIN)
+        .args(["sidecar", "--config", missing.to_str().unwrap()])
+        .env("PALISADE_ADMIN_LISTEN", "not-an-address")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PALISADE_ADMIN_LISTEN"));
+}
+
+#[test]
+fn the_development_ca_issues_workload_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    let out = palisade(&["ca", "init", "--trust-domain", "example.org", "--out", ca.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let workload = dir.path().join("w");
+    let out = palisade(&[
+        "ca", "issue", "--ca", ca.to_str().unwrap(), "--spiffe-id", "spiffe://example.org/ns/a/sa/b", "--dns", "b.a.svc",
+        "--ttl", "2h", "--out", workload.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for file in ["tls.crt", "tls.key", "ca.crt"] {
+        assert!(workload.join(file).exists(), "{file}");
+    }
+    let out = palisade(&[
+        "ca", "issue", "--ca", ca.to_str().unwrap(), "--spiffe-id", "spiffe://other.org/ns/a/sa/b", "--out",
+        workload.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("outside the CA's trust domain"));
+}
+
+#[test]
+fn every_command_has_help_and_unbuilt_ones_say_so() {
+    for command in ["sidecar", "control", "inject", "init-net", "check", "ca", "demo"] {
+        let out = palisade(&[command, "--help"]);
+        assert!(out.status.success(), "{command} --help");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{command} --help");
+    }
+    for args in [&["control", "--config", "x.yaml"][..], &["inject"], &["init-net"], &["check", "policy.yaml"]] {
+        let out = palisade(args);
+        assert_eq!(out.status.code(), Some(69), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not yet available"), "{args:?}");
+    }
+}
+
+#[test]
+fn the_demo_runs_a_mesh_and_passes_its_checks() {
+    let out = Command::new(BIN).args(["demo", "--once"]).stdin(Stdio::null()).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("20/20 requests"), "{stdout}");
+    assert!(stdout.contains("plaintext to sidecar B refused"), "{stdout}");
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+}
