@@ -15,14 +15,17 @@
 #   before/after the measured load, / CLK_TCK; nginx counts master + worker), peak RSS
 #   (VmHWM, MB; nginx: master + worker added up), and for Palisade the start-to-ready time
 #   (launch of `palisade sidecar` until admin GET /ready answers 200, polled every 5 ms).
+#   Also, as a diagnostic, how many new connections B and the app accepted during the
+#   measured run (Palisade B: inbound TLS handshakes from /metrics; nginx: stub_status
+#   "accepts" on a separate status port), and how busy the whole machine was.
 #   A warm-up load (WARMUP, same rate and connections) precedes each measured run and is
 #   excluded from every figure.
 #
 # How
 #   Everything listens on 127.0.0.1 only; every load is bounded by oha's -z duration and a
 #   per-request timeout. A temp dir holds the PKI, configs and nginx prefixes; all processes
-#   started here are stopped by the EXIT trap. Results: bench/out/results.md (+ raw JSON,
-#   logs under bench/out/).
+#   started here are stopped by the EXIT trap. Results: bench/out/results.md (+ raw oha JSON
+#   and Palisade metrics under bench/out/raw, logs under bench/out/logs).
 #
 # Usage
 #   bench/pair.sh                           # 1000 req/s, 16 connections, 15 s
@@ -42,10 +45,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT="$ROOT/bench/out"
 PALISADE="$ROOT/target/release/palisade"
 CLK_TCK=$(getconf CLK_TCK)
-PAGE_KB=$(( $(getconf PAGESIZE) / 1024 ))
 
 # Ports (all on 127.0.0.1).
 P_APP=$((BASE_PORT + 80))          # backend app (nginx, return 200)
+P_APP_STATUS=$((BASE_PORT + 90))   #   its stub_status
 P_A_ADMIN=$((BASE_PORT + 0))       # palisade A
 P_A_OUT=$((BASE_PORT + 1))
 P_A_IN=$((BASE_PORT + 6))
@@ -54,9 +57,11 @@ P_B_ADMIN=$((BASE_PORT + 100))     # palisade B
 P_B_OUT=$((BASE_PORT + 101))
 P_B_IN=$((BASE_PORT + 106))
 P_NGX_A=$((BASE_PORT + 201))       # nginx A (plaintext in)
+P_NGX_A_STATUS=$((BASE_PORT + 290))
 P_NGX_B=$((BASE_PORT + 206))       # nginx B (mTLS in)
+P_NGX_B_STATUS=$((BASE_PORT + 296))
 
-PIDS=()          # palisade processes we started
+PIDS=()           # palisade processes we started
 NGINX_PIDFILES=() # nginx masters we started
 TMP=""
 
@@ -65,26 +70,26 @@ die() { log "error: $*"; exit 1; }
 
 # ---------------------------------------------------------------- setup
 
+APT_UPDATED=0
+apt_update_once() { if [[ $APT_UPDATED == 0 ]]; then apt-get update -qq; APT_UPDATED=1; fi; }
+apt_install() { apt_update_once; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"; }
+
 install_deps() {
     [[ ${SKIP_INSTALL:-0} == 1 ]] && return 0
-    local updated=0
-    apt_update_once() { if [[ $updated == 0 ]]; then apt-get update -qq; updated=1; fi; }
-    if ! command -v nginx >/dev/null && [[ ! -x /usr/sbin/nginx ]]; then
+    if ! command -v nginx >/dev/null; then
         log "installing nginx"
-        apt_update_once
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light \
-            || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx
+        apt_install nginx-light || apt_install nginx
     fi
-    for tool in curl python3; do
-        command -v "$tool" >/dev/null || { apt_update_once; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$tool"; }
-    done
+    local tool
+    for tool in curl python3; do command -v "$tool" >/dev/null || apt_install "$tool"; done
+    command -v ss >/dev/null || apt_install iproute2
     if ! command -v oha >/dev/null; then
         apt_update_once
         if apt-cache policy oha 2>/dev/null | grep -q 'Candidate: [0-9]'; then
             log "installing oha from apt"
-            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq oha
+            apt_install oha
         else
-            log "oha is not packaged here; cargo install oha --locked (takes ~6 min on 2 cores)"
+            log "oha is not packaged here: cargo install oha --locked (about 6 min on 2 cores)"
             cargo install oha --locked
         fi
     fi
@@ -100,7 +105,8 @@ build_palisade() {
 
 check_ports_free() {
     local p
-    for p in $P_APP $P_A_ADMIN $P_A_OUT $P_A_IN $P_B_ADMIN $P_B_OUT $P_B_IN $P_NGX_A $P_NGX_B; do
+    for p in $P_APP $P_APP_STATUS $P_A_ADMIN $P_A_OUT $P_A_IN $P_B_ADMIN $P_B_OUT $P_B_IN \
+             $P_NGX_A $P_NGX_A_STATUS $P_NGX_B $P_NGX_B_STATUS; do
         if ss -Htln "sport = :$p" | grep -q .; then die "port $p is in use (set BASE_PORT)"; fi
     done
 }
@@ -114,24 +120,34 @@ make_pki() {
         --dns b.demo --out "$TMP/pki/b" >/dev/null
 }
 
-# ---------------------------------------------------------------- processes
+# ---------------------------------------------------------------- nginx
 
-# nginx_start NAME: runs nginx with prefix $TMP/nginx-NAME and conf nginx.conf there.
+# nginx_start NAME: runs nginx with prefix $TMP/nginx-NAME and its nginx.conf (daemonised,
+# pid file in the prefix; -e keeps even the startup error log out of /var/log).
 nginx_start() {
-    local name=$1 dir="$TMP/nginx-$1"
+    local name=$1 dir="$TMP/nginx-$1" i
     nginx -t -q -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf" || die "nginx $name: bad config"
     nginx -p "$dir/" -e "$dir/error.log" -c "$dir/nginx.conf"
     NGINX_PIDFILES+=("$dir/nginx.pid")
-    local i
     for i in $(seq 1 200); do [[ -s $dir/nginx.pid ]] && return 0; sleep 0.01; done
     die "nginx $name did not write its pid file"
 }
 
-# Common head of every nginx conf: one worker, everything inside the prefix dir.
-nginx_conf_head() {
-    local dir=$1
+nginx_stop() {
+    local pidfile=$1 pid i
+    [[ -s $pidfile ]] || return 0
+    pid=$(<"$pidfile")
+    kill -QUIT "$pid" 2>/dev/null || return 0
+    for i in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.01; done
+    kill -TERM "$pid" 2>/dev/null || true
+}
+
+# nginx_conf NAME STATUS_PORT SERVER-BLOCKS: one worker, everything inside the prefix dir,
+# keep-alive limits out of the way, and a stub_status server on its own port.
+nginx_conf() {
+    local name=$1 status_port=$2 servers=$3 dir="$TMP/nginx-$1"
     mkdir -p "$dir/tmp"
-    cat <<EOF
+    cat > "$dir/nginx.conf" <<EOF
 worker_processes 1;
 pid $dir/nginx.pid;
 error_log $dir/error.log warn;
@@ -145,27 +161,27 @@ http {
     scgi_temp_path $dir/tmp/scgi;
     keepalive_requests 1000000;
     keepalive_timeout 75s;
+    server {
+        listen 127.0.0.1:$status_port;
+        location = /status { stub_status; }
+    }
+$servers
+}
 EOF
 }
 
 start_app() {
-    local dir="$TMP/nginx-app"
-    mkdir -p "$dir"
-    { nginx_conf_head "$dir"; cat <<EOF
+    nginx_conf app "$P_APP_STATUS" "
     server {
         listen 127.0.0.1:$P_APP;
-        location / { default_type text/plain; return 200 "ok\n"; }
-    }
-}
-EOF
-    } > "$dir/nginx.conf"
+        location / { default_type text/plain; return 200 \"ok\n\"; }
+    }"
     nginx_start app
 }
 
 start_nginx_pair() {
-    local a="$TMP/nginx-a" b="$TMP/nginx-b" pki="$TMP/pki"
-    mkdir -p "$a" "$b"
-    { nginx_conf_head "$b"; cat <<EOF
+    local pki="$TMP/pki"
+    nginx_conf b "$P_NGX_B_STATUS" "
     upstream app { server 127.0.0.1:$P_APP; keepalive 32; keepalive_requests 1000000; }
     server {
         listen 127.0.0.1:$P_NGX_B ssl;
@@ -179,20 +195,17 @@ start_nginx_pair() {
         location / {
             proxy_pass http://app;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection \"\";
         }
-    }
-}
-EOF
-    } > "$b/nginx.conf"
-    { nginx_conf_head "$a"; cat <<EOF
+    }"
+    nginx_conf a "$P_NGX_A_STATUS" "
     upstream nginx_b { server 127.0.0.1:$P_NGX_B; keepalive 32; keepalive_requests 1000000; }
     server {
         listen 127.0.0.1:$P_NGX_A;
         location / {
             proxy_pass https://nginx_b;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection \"\";
             proxy_ssl_certificate $pki/a/tls.crt;
             proxy_ssl_certificate_key $pki/a/tls.key;
             proxy_ssl_trusted_certificate $pki/a/ca.crt;
@@ -203,29 +216,14 @@ EOF
             proxy_ssl_protocols TLSv1.2 TLSv1.3;
             proxy_ssl_session_reuse on;
         }
-    }
-}
-EOF
-    } > "$a/nginx.conf"
+    }"
     nginx_start b
     nginx_start a
 }
 
-stop_nginx_pair() {
-    nginx_stop "$TMP/nginx-a/nginx.pid"
-    nginx_stop "$TMP/nginx-b/nginx.pid"
-}
+# ---------------------------------------------------------------- palisade
 
-nginx_stop() {
-    local pidfile=$1 pid i
-    [[ -s $pidfile ]] || return 0
-    pid=$(<"$pidfile")
-    kill -QUIT "$pid" 2>/dev/null || return 0
-    for i in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.01; done
-    kill -TERM "$pid" 2>/dev/null || true
-}
-
-write_sidecar_conf() {  # name id-dir admin out in app [destinations-yaml]
+write_sidecar_conf() {  # NAME ID-DIR ADMIN OUT IN APP [DESTINATIONS-YAML]
     local name=$1 idd=$2 admin=$3 outp=$4 inp=$5 app=$6 dest=${7:-"[]"}
     cat > "$TMP/$name.yaml" <<EOF
 identity: {files: {cert: $idd/tls.crt, key: $idd/tls.key, trustBundle: $idd/ca.crt}}
@@ -242,7 +240,7 @@ EOF
 }
 
 # start_sidecar NAME ADMIN_PORT: prints "PID READY_MS". The launch and the /ready polling
-# happen in one python process so the timing has no shell/curl start-up in it.
+# happen in one python process so the timing has no shell or curl start-up in it.
 start_sidecar() {
     local name=$1 admin=$2
     python3 - "$PALISADE" "$TMP/$name.yaml" "$admin" \
@@ -299,18 +297,18 @@ cleanup() {
 # Children of an nginx master (its worker).
 children() { cat /proc/"$1"/task/*/children 2>/dev/null | tr ' ' '\n' | grep . || true; }
 
-cpu_ticks() {  # sum of utime+stime over the given pids
-    local total=0 pid stat rest
+cpu_ticks() {  # PID...: sum of utime+stime (fields 14 and 15 of /proc/PID/stat)
+    local total=0 pid stat
     for pid in "$@"; do
         stat=$(<"/proc/$pid/stat")
-        rest=${stat##*) }          # fields from 3 (state) on
-        set -- $rest
-        total=$(( total + ${12} + ${13} ))   # fields 14 and 15
+        # shellcheck disable=SC2086
+        set -- ${stat##*) }         # fields from 3 (state) on; comm may hold spaces
+        total=$(( total + ${12} + ${13} ))
     done
     echo "$total"
 }
 
-hwm_kb() {  # sum of VmHWM over the given pids
+hwm_kb() {  # PID...: sum of VmHWM
     local total=0 pid v
     for pid in "$@"; do
         v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status")
@@ -319,7 +317,24 @@ hwm_kb() {  # sum of VmHWM over the given pids
     echo "$total"
 }
 
-# oha_run URL OUTFILE DURATION [extra args...]
+machine_ticks() {  # "busy total" jiffies over all CPUs, from /proc/stat
+    awk '/^cpu / {t=0; for (i=2; i<=NF; i++) t+=$i; print t-$5-$6, t}' /proc/stat
+}
+
+# counter KIND:PORT — connections accepted so far.
+#   ngx:PORT  nginx stub_status "accepts" (the status request's own connection included)
+#   pal:PORT  Palisade admin /metrics, inbound TLS handshakes that succeeded
+counter() {
+    local kind=${1%%:*} port=${1#*:}
+    case $kind in
+        ngx) curl -sS --max-time 2 "http://127.0.0.1:$port/status" | awk 'NR == 3 {print $1}' ;;
+        pal) curl -sS --max-time 2 "http://127.0.0.1:$port/metrics" |
+                 awk '/^palisade_tls_handshakes_total\{direction="inbound",result="success"\}/ {print $2}' |
+                 grep . || echo 0 ;;
+    esac
+}
+
+# oha_run URL OUTFILE DURATION [oha args...]
 oha_run() {
     local url=$1 outf=$2 dur=$3; shift 3
     oha --no-tui --latency-correction -q "$RATE" -c "$CONNS" -z "$dur" -t 10s \
@@ -336,63 +351,90 @@ check_ok() {  # URL [curl args]: one request must answer 200 "ok"
     die "no 200 ok from $url"
 }
 
-# measure LABEL URL "PROC-GROUPS" [oha args]
-#   PROC-GROUPS: space-separated NAME=pid,pid,... for each proxy process (group) to account.
+check_no_cert_refused() {  # URL: without a client certificate B must not answer 200
+    local code
+    code=$(curl -sk --max-time 2 -o /dev/null -w '%{http_code}' "$1" 2>/dev/null || true)
+    [[ $code != 200 ]] || die "$1 answered 200 without a client certificate"
+    log "mTLS check: $1 without a client certificate -> ${code:-000} (refused, as it should be)"
+}
+
+# measure LABEL URL "PROCS" "COUNTERS" [oha args...]
+#   PROCS:    space-separated NAME=pid,pid,... (a proxy process, or nginx master+worker)
+#   COUNTERS: space-separated NAME=KIND:PORT (see counter)
+# Appends one line to $TMP/measure.txt; the raw oha JSON goes to $OUT/raw/LABEL.json.
 measure() {
-    local label=$1 url=$2 groups=$3; shift 3
+    local label=$1 url=$2 procs=$3 counters=$4; shift 4
     log "$label: warm-up $WARMUP"
     oha_run "$url" "$OUT/raw/$label.warmup.json" "$WARMUP" "$@"
-    local g name pids before=() after=()
-    for g in $groups; do pids=${g#*=}; before+=("$(cpu_ticks ${pids//,/ })"); done
+    local g c cpu0=() cnt0=() m0 m1
+    local pids=()
+    for g in $procs; do IFS=, read -ra pids <<<"${g#*=}"; cpu0+=("$(cpu_ticks "${pids[@]}")"); done
+    for c in $counters; do cnt0+=("$(counter "${c#*=}")"); done
+    m0=$(machine_ticks)
     log "$label: measured run $DURATION at $RATE req/s, $CONNS connections"
     oha_run "$url" "$OUT/raw/$label.json" "$DURATION" "$@"
-    local i=0 line=""
-    for g in $groups; do
-        name=${g%%=*}; pids=${g#*=}
-        after=$(cpu_ticks ${pids//,/ })
-        line+="$name:$(( after - before[i] )):$(hwm_kb ${pids//,/ }) "
+    m1=$(machine_ticks)
+    local i=0 line="$label|"
+    for g in $procs; do
+        IFS=, read -ra pids <<<"${g#*=}"
+        line+="${g%%=*}:$(( $(cpu_ticks "${pids[@]}") - cpu0[i] )):$(hwm_kb "${pids[@]}") "
         i=$((i + 1))
     done
-    echo "$label|$line" >> "$TMP/procs.txt"
+    line+="|"; i=0
+    for c in $counters; do
+        line+="${c%%=*}:$(( $(counter "${c#*=}") - cnt0[i] )):${c#*=} "
+        i=$((i + 1))
+    done
+    local b0 t0 b1 t1
+    read -r b0 t0 <<<"$m0"; read -r b1 t1 <<<"$m1"
+    line+="|$(( (b1 - b0) * 1000 / (t1 - t0) ))"
+    echo "$line" >> "$TMP/measure.txt"
 }
 
 # ---------------------------------------------------------------- main
 
 main() {
+    local t_start=$SECONDS
+    export LOAD_AT_START PALISADE
+    LOAD_AT_START=$(cut -d' ' -f1 /proc/loadavg)
     install_deps
     build_palisade
     command -v oha >/dev/null || die "oha missing"
     mkdir -p "$OUT/raw" "$OUT/logs"
-    rm -f "$OUT"/raw/*.json "$OUT"/logs/*
+    rm -f "$OUT"/raw/* "$OUT"/logs/*
     TMP=$(mktemp -d /tmp/palisade-bench.XXXXXX)
     trap cleanup EXIT
     trap 'exit 130' INT TERM
-    : > "$TMP/procs.txt"
+    : > "$TMP/measure.txt"
     check_ports_free
     make_pki
     start_app
     check_ok "http://127.0.0.1:$P_APP/"
-    local app_pid; app_pid=$(<"$TMP/nginx-app/nginx.pid")
-    local app_pids; app_pids="$app_pid,$(children "$app_pid" | paste -sd,)"
+    local app_pid app_pids
+    app_pid=$(<"$TMP/nginx-app/nginx.pid")
+    app_pids="$app_pid,$(children "$app_pid" | paste -sd,)"
+    local t_load=$SECONDS
 
     # a) direct
-    measure direct "http://127.0.0.1:$P_APP/" "app=$app_pids"
+    measure direct "http://127.0.0.1:$P_APP/" "app=$app_pids" "app_conns=ngx:$P_APP_STATUS"
 
     # b) palisade pair
     write_sidecar_conf b "$TMP/pki/b" "$P_B_ADMIN" "$P_B_OUT" "$P_B_IN" "$P_APP"
     write_sidecar_conf a "$TMP/pki/a" "$P_A_ADMIN" "$P_A_OUT" "$P_A_IN" "$P_A_APP" \
         "[{authority: b.demo, address: \"127.0.0.1:$P_B_IN\", identity: \"spiffe://demo.local/ns/demo/sa/b\"}]"
-    local pb ready_b pa ready_a
-    read -r pb ready_b < <(start_sidecar b "$P_B_ADMIN")
-    [[ -n ${pb:-} ]] || die "sidecar b did not start"
+    local pa pb ready_a ready_b
+    read -r pb ready_b < <(start_sidecar b "$P_B_ADMIN") || true
+    [[ -n ${pb:-} ]] || die "sidecar b did not start (see $OUT/logs)"
     PIDS+=("$pb")
-    read -r pa ready_a < <(start_sidecar a "$P_A_ADMIN")
-    [[ -n ${pa:-} ]] || die "sidecar a did not start"
+    read -r pa ready_a < <(start_sidecar a "$P_A_ADMIN") || true
+    [[ -n ${pa:-} ]] || die "sidecar a did not start (see $OUT/logs)"
     PIDS+=("$pa")
     log "palisade ready: B ${ready_b} ms, A ${ready_a} ms"
     echo "$ready_a $ready_b" > "$TMP/ready.txt"
     check_ok "http://127.0.0.1:$P_A_OUT/" -H "Host: b.demo"
-    measure palisade "http://127.0.0.1:$P_A_OUT/" "A=$pa B=$pb app=$app_pids" -H "Host: b.demo"
+    check_no_cert_refused "https://127.0.0.1:$P_B_IN/"
+    measure palisade "http://127.0.0.1:$P_A_OUT/" "A=$pa B=$pb app=$app_pids" \
+        "b_conns=pal:$P_B_ADMIN app_conns=ngx:$P_APP_STATUS" -H "Host: b.demo"
     curl -sS --max-time 2 "http://127.0.0.1:$P_A_ADMIN/metrics" > "$OUT/raw/palisade-a.metrics" || true
     curl -sS --max-time 2 "http://127.0.0.1:$P_B_ADMIN/metrics" > "$OUT/raw/palisade-b.metrics" || true
     stop_pid "$pa"; stop_pid "$pb"
@@ -401,96 +443,115 @@ main() {
     # c) nginx pair
     start_nginx_pair
     check_ok "http://127.0.0.1:$P_NGX_A/"
+    check_no_cert_refused "https://127.0.0.1:$P_NGX_B/"
     local na nb
     na=$(<"$TMP/nginx-a/nginx.pid"); nb=$(<"$TMP/nginx-b/nginx.pid")
     na="$na,$(children "$na" | paste -sd,)"; nb="$nb,$(children "$nb" | paste -sd,)"
-    measure nginx "http://127.0.0.1:$P_NGX_A/" "A=$na B=$nb app=$app_pids"
-    stop_nginx_pair
+    measure nginx "http://127.0.0.1:$P_NGX_A/" "A=$na B=$nb app=$app_pids" \
+        "b_conns=ngx:$P_NGX_B_STATUS app_conns=ngx:$P_APP_STATUS"
+    nginx_stop "$TMP/nginx-a/nginx.pid"; nginx_stop "$TMP/nginx-b/nginx.pid"
 
-    report > "$OUT/results.md"
+    local rev
+    rev="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+    git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || rev+=" + uncommitted changes"
+    rev+=", binary sha256 $(sha256sum "$PALISADE" | cut -c1-12)"
+    report "$(( SECONDS - t_start ))" "$(( SECONDS - t_load ))" "$rev" > "$OUT/results.md"
     cat "$OUT/results.md"
 }
 
-report() {
-    python3 - "$OUT/raw" "$TMP/procs.txt" "$TMP/ready.txt" "$CLK_TCK" \
-        "$RATE" "$CONNS" "$DURATION" "$WARMUP" "$PALISADE_THREADS" <<'PY'
-import json, sys, datetime, platform, os, subprocess
-raw, procs_f, ready_f, tck, rate, conns, dur, warm, threads = sys.argv[1:10]
+report() {  # WALL_SECONDS LOAD_PHASE_SECONDS PALISADE_REVISION
+    python3 - "$OUT/raw" "$TMP/measure.txt" "$TMP/ready.txt" "$CLK_TCK" \
+        "$RATE" "$CONNS" "$DURATION" "$WARMUP" "$PALISADE_THREADS" "$1" "$2" "$3" <<'PY'
+import json, sys, datetime, os, subprocess
+raw, measure_f, ready_f, tck, rate, conns, dur, warm, threads, wall, load_wall, rev = sys.argv[1:13]
 tck = int(tck)
-procs = {}
-for line in open(procs_f):
-    label, rest = line.strip().split("|", 1)
-    procs[label] = {}
-    for item in rest.split():
+M = {}
+for line in open(measure_f):
+    label, procs, counters, busy = line.rstrip("\n").split("|")
+    m = M[label] = {"procs": {}, "conns": {}, "busy": int(busy) / 10}
+    for item in procs.split():
         name, ticks, hwm = item.split(":")
-        procs[label][name] = (int(ticks) / tck, int(hwm) / 1024)
+        m["procs"][name] = (int(ticks) / tck, int(hwm) / 1024)
+    for item in counters.split():
+        name, delta, kind, _port = item.split(":")
+        # a stub_status read counts its own connection: the "after" read adds one
+        m["conns"][name] = int(delta) - (1 if kind == "ngx" else 0)
 ready_a, ready_b = open(ready_f).read().split()
 
 def stats(label):
     d = json.load(open(f"{raw}/{label}.json"))
     codes = {str(k): v for k, v in d.get("statusCodeDistribution", {}).items()}
     errors = d.get("errorDistribution", {})
-    n_ok = sum(codes.values())
-    n = n_ok + sum(errors.values())
-    lp = d.get("latencyPercentiles", {})
-    s = d["summary"]
-    return dict(
-        n=n, codes=codes, errors=errors, success=s.get("successRate", 0) * 100,
-        rps=s.get("requestsPerSec", 0),
-        p50=lp.get("p50", 0) * 1000, p99=lp.get("p99", 0) * 1000, p999=lp.get("p99.9", 0) * 1000,
-        mx=s.get("slowest", 0) * 1000,
-    )
+    lp, s = d.get("latencyPercentiles", {}), d["summary"]
+    ms = lambda v: (v or 0) * 1000
+    return dict(done=sum(codes.values()), codes=codes, errors=errors,
+                ok=codes.get("200", 0), rps=s.get("requestsPerSec", 0),
+                p50=ms(lp.get("p50")), p99=ms(lp.get("p99")), p999=ms(lp.get("p99.9")),
+                mx=ms(s.get("slowest")))
 
-labels = [("direct", "a) direct: client → app"),
-          ("palisade", "b) Palisade pair (mTLS h2)"),
-          ("nginx", "c) nginx pair (mTLS, HTTP/1.1 keepalive)")]
+labels = [("direct", "a) direct"), ("palisade", "b) Palisade pair"), ("nginx", "c) nginx pair")]
 S = {l: stats(l) for l, _ in labels}
 
-def fmt_codes(st):
-    parts = [f"{k}: {v}" for k, v in sorted(st["codes"].items())]
-    parts += [f"error \"{k}\": {v}" for k, v in st["errors"].items()]
-    return ", ".join(parts) or "none"
+def codes(st):
+    return ", ".join(f"{k}: {v}" for k, v in sorted(st["codes"].items())) or "none"
 
-def cpu_per_k(label, name):
-    secs, _ = procs[label][name]
-    return secs / S[label]["n"] * 1000
+def errs(st):
+    # oha ends the run at the deadline and cancels what is in flight; those are not failures
+    cut = {k: v for k, v in st["errors"].items() if "deadline" in k}
+    other = {k: v for k, v in st["errors"].items() if k not in cut}
+    parts = [f"{sum(cut.values())} cut at deadline"] if cut else []
+    parts += [f"{k}: {v}" for k, v in other.items()]
+    return "; ".join(parts) or "0"
 
-def nginx_ver():
-    r = subprocess.run(["nginx", "-v"], capture_output=True, text=True)
-    return (r.stderr or r.stdout).strip().split("/")[-1]
-def oha_ver():
-    return subprocess.run(["oha", "--version"], capture_output=True, text=True).stdout.strip().split()[-1]
+def per_k(label, secs):
+    return secs / S[label]["done"] * 1000 if S[label]["done"] else float("nan")
+
+def version(cmd, stream):
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    return getattr(r, stream).strip()
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 
-print(f"### Results — {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}")
+print(f"### Run of {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}")
 print()
-print(f"Load: oha {oha_ver()}, `-q {rate} -c {conns} -z {dur} --latency-correction`, keep-alive on, "
-      f"{warm} warm-up excluded. Machine: {os.cpu_count()} CPUs, {cpu}; nginx {nginx_ver()}; "
-      f"Palisade threads: {threads}, nginx worker_processes 1.")
+print(f"- load: {version(['oha', '--version'], 'stdout')}, `-q {rate} -c {conns} -z {dur} --latency-correction`, "
+      f"keep-alive on, {warm} warm-up per run excluded")
+print(f"- machine: {os.cpu_count()} CPUs ({cpu}), 1-min load average at start {os.environ['LOAD_AT_START']}; "
+      f"{version(['nginx', '-v'], 'stderr').split(': ')[-1]}; Palisade threads: {threads}, nginx worker_processes 1")
+print(f"- palisade: {version([os.environ['PALISADE'], '--version'], 'stdout')} built from {rev}")
+print(f"- script wall time {wall} s (load phase {load_wall} s)")
 print()
-print("| run | requests | achieved req/s | success | status codes | p50 ms | p99 ms | p99.9 ms | max ms |")
-print("|---|---:|---:|---:|---|---:|---:|---:|---:|")
+print("| run | 200 / all responses | other errors | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms | machine CPU busy |")
+print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
 for l, title in labels:
     st = S[l]
-    print(f"| {title} | {st['n']} | {st['rps']:.0f} | {st['success']:.2f}% | {fmt_codes(st)} | "
-          f"{st['p50']:.3f} | {st['p99']:.3f} | {st['p999']:.3f} | {st['mx']:.2f} |")
+    print(f"| {title} | {st['ok']} / {st['done']} ({codes(st)}) | {errs(st)} | {st['rps']:.0f} | "
+          f"{st['p50']:.3f} | {st['p99']:.3f} | {st['p999']:.3f} | {st['mx']:.2f} | {M[l]['busy']:.0f}% |")
 print()
-print("| run | process | CPU-s per 1,000 req | peak RSS (VmHWM) MB | start-to-ready ms |")
+print("| run | process | CPU-s per 1,000 req | peak RSS MB | start-to-ready ms |")
 print("|---|---|---:|---:|---:|")
 for l, title in labels:
-    names = [n for n in ("A", "B") if n in procs[l]]
+    P = M[l]["procs"]
+    names = [n for n in ("A", "B") if n in P]
     for n in names:
-        kind = "Palisade sidecar" if l == "palisade" else "nginx (master+worker)"
+        kind = "Palisade sidecar" if l == "palisade" else "nginx master+worker"
         ready = (ready_a if n == "A" else ready_b) if l == "palisade" else "—"
-        print(f"| {title} | {kind} {n} | {cpu_per_k(l, n):.4f} | {procs[l][n][1]:.1f} | {ready} |")
+        print(f"| {title} | {kind} {n} | {per_k(l, P[n][0]):.3f} | {P[n][1]:.1f} | {ready} |")
     if names:
-        tot = sum(cpu_per_k(l, n) for n in names)
-        rss = sum(procs[l][n][1] for n in names)
-        print(f"| {title} | **pair total** | **{tot:.4f}** | **{rss:.1f}** | |")
-    print(f"| {title} | app nginx (master+worker, context) | {cpu_per_k(l, 'app'):.4f} | {procs[l]['app'][1]:.1f} | |")
+        print(f"| {title} | **A + B** | **{per_k(l, sum(P[n][0] for n in names)):.3f}** | "
+              f"**{sum(P[n][1] for n in names):.1f}** | |")
+    print(f"| {title} | app nginx (context) | {per_k(l, P['app'][0]):.3f} | {P['app'][1]:.1f} | |")
 print()
-print("CPU-s per 1,000 req = (utime+stime after − before the measured run) / CLK_TCK / requests × 1000. "
-      "nginx figures add master and worker (peak RSS summed, so shared pages count twice).")
+print("| run | new connections into B during the run | new connections into the app during the run |")
+print("|---|---:|---:|")
+for l, title in labels:
+    C = M[l]["conns"]
+    b = C.get("b_conns")
+    print(f"| {title} | {'—' if b is None else b} | {C.get('app_conns')} |")
+print()
+print("CPU-s per 1,000 req = (utime+stime after − before the measured run) / CLK_TCK / responses × 1000. "
+      "Peak RSS is VmHWM; for nginx master and worker are added (shared pages count twice). "
+      "New connections into B: Palisade B's inbound TLS handshakes (/metrics), nginx B's stub_status accepts; "
+      "into the app: the app's stub_status accepts.")
 PY
 }
 

@@ -12,6 +12,7 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::policy::PolicyStore;
 use crate::telemetry::{LogLevel, Telemetry};
 use crate::tls::TlsStore;
 
@@ -31,6 +32,7 @@ impl Readiness {
 pub struct Admin {
     pub telemetry: Arc<Telemetry>,
     pub tls: Arc<TlsStore>,
+    pub policy: Arc<PolicyStore>,
     pub readiness: Arc<Readiness>,
     /// The effective configuration, as loaded (it holds paths, never key material).
     pub config: serde_json::Value,
@@ -63,6 +65,7 @@ impl Admin {
     fn config_dump(&self) -> serde_json::Value {
         let tls = self.tls.current();
         let creds = &tls.credentials;
+        let policy = self.policy.current();
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "config": self.config,
@@ -72,7 +75,15 @@ impl Admin {
                 "notAfter": creds.not_after,
                 "source": {"files": self.tls.files()},
             },
-            "policies": [],
+            "policy": {
+                "version": policy.version,
+                "sources": self.policy.files(),
+                "limits": {"maxUriBytes": policy.limits.max_uri_bytes, "maxHeaderBytes": policy.limits.max_header_bytes,
+                           "maxBodyBytes": policy.limits.max_body_bytes},
+                "mtls": policy.mtls,
+                "rateLimitKeys": policy.rate_limit_keys(),
+                "policies": policy.documents.iter().map(|d| json!({"source": d.file, "policy": d.policy})).collect::<Vec<_>>(),
+            },
         })
     }
 

@@ -2,7 +2,7 @@
 //! binds its listeners, runs it on one runtime, and drains it on shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::admin::{Admin, Readiness};
 use crate::config::{MtlsMode, SidecarConfig};
+use crate::policy::{PolicySnapshot, PolicyStore};
 use crate::proxy::{serve, ConnectionTracker, Inbound, Outbound, OutboundRoutes, Transport};
 use crate::telemetry::{LogLevel, SecurityEvent, Telemetry};
 use crate::tls::{IdentityFiles, TlsStore, TrustDomains};
@@ -84,6 +85,7 @@ struct Bound {
 struct Parts {
     telemetry: Arc<Telemetry>,
     tls: Arc<TlsStore>,
+    policy: Arc<PolicyStore>,
     reload_interval: Duration,
 }
 
@@ -109,8 +111,13 @@ impl Parts {
         let trust_domain = &config.trust_domain.0;
         let tls = TlsStore::load(identity_files, trust_domain, TrustDomains::new([trust_domain.as_str()]))
             .context("identity.files")?;
-        let telemetry = Telemetry::new(&config.telemetry.events).context("telemetry.events.sink")?;
-        Ok(Parts { telemetry: Arc::new(telemetry), tls: Arc::new(tls), reload_interval: files.reload_interval.0 })
+        let telemetry = Arc::new(Telemetry::new(&config.telemetry.events).context("telemetry.events.sink")?);
+        let policy = PolicyStore::load(config.policy.files.clone(), config.workload.clone(), telemetry.clone())
+            .map_err(|errors| {
+                let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+                anyhow::anyhow!("policy.files: {} error(s):\n{}", errors.len(), list.join("\n"))
+            })?;
+        Ok(Parts { telemetry, tls: Arc::new(tls), policy: Arc::new(policy), reload_interval: files.reload_interval.0 })
     }
 }
 
@@ -148,28 +155,39 @@ async fn run(
     drain: Duration,
     options: RunOptions,
 ) {
-    let Parts { telemetry, tls, reload_interval } = parts;
+    let Parts { telemetry, tls, policy, reload_interval } = parts;
     let [inbound_listener, outbound_listener, admin_listener] =
         listeners.map(|l| TcpListener::from_std(l).expect("listener joins the runtime"));
     let conf = Arc::new(ServerConf::default());
     let readiness = Arc::new(Readiness::default());
     let data_path = ConnectionTracker::default();
 
-    let inbound = proxy_app(&conf, Inbound::new(config.inbound.app.0, config.inbound.app_protocol, telemetry.clone()));
+    let inbound = proxy_app(
+        &conf,
+        Inbound::new(config.inbound.app.0, config.inbound.app_protocol, policy.clone(), telemetry.clone()),
+    );
     let routes = OutboundRoutes::new(&config.outbound.destinations);
     let outbound = proxy_app(&conf, Outbound::new(routes, bound.outbound, tls.clone(), telemetry.clone()));
     let admin = Arc::new(Admin {
         telemetry: telemetry.clone(),
         tls: tls.clone(),
+        policy: policy.clone(),
         readiness: readiness.clone(),
         config: serde_json::to_value(&config).expect("configuration serialises"),
         log_level: options.log_level.clone(),
         shutdown: shutdown.clone(),
     });
-    let inbound_transport = match config.inbound.mtls {
-        MtlsMode::STRICT => Transport::Tls(tls.clone()),
-        MtlsMode::PERMISSIVE => Transport::TlsOrPlain(tls.clone()),
+    let plaintext_allowed = Arc::new(AtomicBool::new(false));
+    let mtls_default = config.inbound.mtls;
+    let apply_mtls = {
+        let plaintext_allowed = plaintext_allowed.clone();
+        move |snapshot: &PolicySnapshot| {
+            let mode = snapshot.mtls.unwrap_or(mtls_default);
+            plaintext_allowed.store(mode == MtlsMode::PERMISSIVE, Ordering::Relaxed);
+        }
     };
+    apply_mtls(&policy.current());
+    let inbound_transport = Transport::Mesh { tls: tls.clone(), plaintext_allowed };
 
     let stop = shutdown.subscribe();
     let serving = [
@@ -199,6 +217,7 @@ async fn run(
         )),
     ];
     tokio::spawn(watch_certificates(tls.clone(), telemetry.clone(), reload_interval, stop.clone()));
+    tokio::spawn(watch_policy(policy.clone(), apply_mtls, reload_interval, stop.clone()));
     readiness.listeners.store(true, Ordering::Release);
     tracing::info!(
         identity = %tls.current().credentials.id,
@@ -232,6 +251,31 @@ async fn run(
     match tokio::time::timeout(drain, data_path.idle()).await {
         Ok(()) => tracing::info!("drained; exiting"),
         Err(_) => tracing::warn!(open = data_path.count(), "drain period over; closing the remaining connections"),
+    }
+}
+
+/// Polls the policy files, swaps in a new snapshot when they change and they are valid, and
+/// drops idle rate-limit buckets.
+async fn watch_policy(
+    policy: Arc<PolicyStore>,
+    on_change: impl Fn(&PolicySnapshot) + Send + 'static,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let store = policy.clone();
+        match tokio::task::spawn_blocking(move || store.reload_if_changed()).await {
+            Ok(Some(snapshot)) => on_change(&snapshot),
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "policy reload task failed"),
+        }
+        policy.current().forget_idle_buckets();
     }
 }
 

@@ -84,12 +84,15 @@ pub fn parse_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, Con
         let field = e.path().to_string();
         let inner = e.into_inner();
         let location = inner.location();
+        let message = strip_location(&inner.to_string());
+        // serde_yaml names the field itself for some errors; say it once.
+        let message = message.strip_prefix(&format!("{field}: ")).map(str::to_string).unwrap_or(message);
         ConfigError {
             file: file.to_path_buf(),
             line: location.as_ref().map(|l| l.line()),
             column: location.as_ref().map(|l| l.column()),
             field: if field == "." { String::new() } else { field },
-            message: strip_location(&inner.to_string()),
+            message,
             env_var: None,
         }
     })

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod identity;
+pub mod policy;
 pub mod proxy;
 pub mod telemetry;
 pub mod tls;

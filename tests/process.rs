@@ -14,7 +14,12 @@ fn palisade(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().unwrap()
 }
 
-fn write_config(dir: &std::path::Path, files: &palisade::identity::WorkloadFiles, app: u16, ports: [u16; 3]) -> std::path::PathBuf {
+fn write_config(
+    dir: &std::path::Path,
+    files: &palisade::identity::WorkloadFiles,
+    app: u16,
+    ports: [u16; 3],
+) -> std::path::PathBuf {
     let path = dir.join("sidecar.yaml");
     std::fs::write(
         &path,
@@ -101,8 +106,13 @@ async fn post_shutdown_from_localhost_drains_and_exits_zero() {
     let server = pki.workload("server", &id("shop", "orders"));
     let ports = [free_port(), free_port(), free_port()];
     let config = write_config(pki.dir.path(), &server, 9, ports);
-    let mut child =
-        Command::new(BIN).args(["sidecar", "--config"]).arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["sidecar", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     wait_ready(ports[2]).await;
     let admin = format!("http://127.0.0.1:{}", ports[2]);
     let client = http_client();
@@ -120,7 +130,8 @@ async fn post_shutdown_from_localhost_drains_and_exits_zero() {
 fn configuration_errors_name_file_line_and_field_and_exit_64() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "trustDomain: cluster.local\ninbound:\n  listen: \"0.0.0.0:15006\"\n  mtls: STRIKT\n").unwrap();
+    std::fs::write(&bad, "trustDomain: cluster.local\ninbound:\n  listen: \"0.0.0.0:15006\"\n  mtls: STRIKT\n")
+        .unwrap();
     let out = palisade(&["sidecar", "--config", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -156,15 +167,31 @@ fn the_development_ca_issues_workload_certificates() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let workload = dir.path().join("w");
     let out = palisade(&[
-        "ca", "issue", "--ca", ca.to_str().unwrap(), "--spiffe-id", "spiffe://example.org/ns/a/sa/b", "--dns", "b.a.svc",
-        "--ttl", "2h", "--out", workload.to_str().unwrap(),
+        "ca",
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--spiffe-id",
+        "spiffe://example.org/ns/a/sa/b",
+        "--dns",
+        "b.a.svc",
+        "--ttl",
+        "2h",
+        "--out",
+        workload.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for file in ["tls.crt", "tls.key", "ca.crt"] {
         assert!(workload.join(file).exists(), "{file}");
     }
     let out = palisade(&[
-        "ca", "issue", "--ca", ca.to_str().unwrap(), "--spiffe-id", "spiffe://other.org/ns/a/sa/b", "--out",
+        "ca",
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--spiffe-id",
+        "spiffe://other.org/ns/a/sa/b",
+        "--out",
         workload.to_str().unwrap(),
     ]);
     assert_eq!(out.status.code(), Some(64));

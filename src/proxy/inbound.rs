@@ -1,11 +1,14 @@
 //! Inbound: requests from other workloads (mutual TLS, or plaintext in PERMISSIVE mode) to the
 //! local app. The order of checks is SPEC section 5; each step fails with an [`ErrorKind`].
 
-use std::net::SocketAddr;
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
+use http::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::ALPN;
@@ -16,37 +19,73 @@ use super::record::{self, RequestCtx};
 use super::respond::{self, ErrorKind};
 use super::{RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER, XFCC_HEADER};
 use crate::config::AppProtocol;
-use crate::telemetry::Telemetry;
+use crate::policy::{match_form, normalize, InputLimits, PolicyStore, RequestView};
+use crate::telemetry::{SecurityEvent, Telemetry};
 use crate::tls::PeerIdentity;
-
-/// Limits applied before any policy, as Envoy's and nginx's defaults do.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestLimits {
-    pub max_uri_bytes: usize,
-    pub max_header_bytes: usize,
-}
-
-impl Default for RequestLimits {
-    fn default() -> Self {
-        RequestLimits { max_uri_bytes: 8192, max_header_bytes: 65536 }
-    }
-}
 
 pub struct Inbound {
     app: SocketAddr,
     app_protocol: AppProtocol,
-    limits: RequestLimits,
+    policy: Arc<PolicyStore>,
     telemetry: Arc<Telemetry>,
 }
 
 pub struct InboundCtx {
     request: RequestCtx,
     app_h2: bool,
+    body_limit: Option<u64>,
+    body_seen: u64,
 }
 
 impl Inbound {
-    pub fn new(app: SocketAddr, app_protocol: AppProtocol, telemetry: Arc<Telemetry>) -> Self {
-        Inbound { app, app_protocol, limits: RequestLimits::default(), telemetry }
+    pub fn new(
+        app: SocketAddr,
+        app_protocol: AppProtocol,
+        policy: Arc<PolicyStore>,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
+        Inbound { app, app_protocol, policy, telemetry }
+    }
+
+    /// The port the caller addressed: the original destination behind an iptables REDIRECT,
+    /// else the app's port.
+    fn destination_port(&self, session: &Session) -> u16 {
+        session
+            .digest()
+            .and_then(|d| d.socket_digest.as_ref())
+            .and_then(|s| {
+                let original = s.original_dst()?.as_inet()?;
+                (Some(original) != s.local_addr().and_then(|l| l.as_inet())).then_some(original.port())
+            })
+            .unwrap_or(self.app.port())
+    }
+
+    fn denied_event(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        status: u16,
+        policy: &str,
+        rule: &str,
+        audit: bool,
+        path: &str,
+    ) {
+        let req = session.req_header();
+        let principal = peer_identity(session).map(|p| p.id.to_string());
+        tracing::info!(status, policy, rule, audit, method = %req.method, path,
+            principal = principal.as_deref().unwrap_or("-"), request_id = ctx.id.as_str(),
+            "{}", if audit { "audit: request would be denied" } else { "request denied" });
+        self.telemetry.events.emit(SecurityEvent::RequestDenied {
+            status,
+            policy: policy.to_string(),
+            rule: rule.to_string(),
+            audit,
+            principal,
+            source: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            method: req.method.to_string(),
+            path: path.to_string(),
+            request_id: ctx.id.as_str().to_string(),
+        });
     }
 }
 
@@ -55,13 +94,21 @@ fn peer_identity(session: &Session) -> Option<&PeerIdentity> {
     session.digest()?.ssl_digest.as_ref()?.extension.get::<PeerIdentity>()
 }
 
-fn check_limits(req: &RequestHeader, limits: &RequestLimits) -> Result<(), Box<Error>> {
+/// Step 2: sizes. Declared bodies are refused before a byte is forwarded; chunked ones as they
+/// cross the limit (in `request_body_filter`).
+fn check_limits(req: &RequestHeader, limits: &InputLimits) -> Result<(), Box<Error>> {
     if req.raw_path().len() > limits.max_uri_bytes {
         return Err(ErrorKind::UriTooLong.fail("request target over maxUriBytes"));
     }
     let header_bytes: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     if header_bytes > limits.max_header_bytes {
         return Err(ErrorKind::HeadersTooLarge.fail("request headers over maxHeaderBytes"));
+    }
+    if let Some(max) = limits.max_body_bytes {
+        let declared = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > max) {
+            return Err(ErrorKind::PayloadTooLarge.fail("declared body over maxBodyBytes"));
+        }
     }
     Ok(())
 }
@@ -71,10 +118,11 @@ impl ProxyHttp for Inbound {
     type CTX = InboundCtx;
 
     fn new_ctx(&self) -> InboundCtx {
-        InboundCtx { request: RequestCtx::new(), app_h2: false }
+        InboundCtx { request: RequestCtx::new(), app_h2: false, body_limit: None, body_seen: 0 }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<bool> {
+        let policy = self.policy.current();
         let req = session.req_header();
         // A request id from a meshed peer is kept, so one id follows the request end to end.
         ctx.request.id = RequestId::from_header(req.headers.get(REQUEST_ID_HEADER));
@@ -87,10 +135,65 @@ impl ProxyHttp for Inbound {
         };
 
         // 2. HTTP parsing and limits (malformed framing is refused by pingora's parser).
-        check_limits(req, &self.limits)?;
-        // 3. authentication, 4. authorisation, 5. rate limits and 6. input validation run here,
-        //    in that order, once the policy engine provides them.
+        check_limits(req, &policy.limits)?;
+        ctx.body_limit = policy.limits.max_body_bytes;
+        let normalized =
+            normalize(req.uri.path()).map_err(|_| ErrorKind::InvalidRequest.fail("path cannot be normalised"))?;
+        let view = RequestView {
+            principal: peer_identity(session).map(|p| &p.id),
+            source_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()).map(canonical_ip),
+            method: &req.method,
+            path: match_form(&normalized),
+            port: self.destination_port(session),
+            headers: &req.headers,
+        };
+        // 3. Authentication (JWT) will run here.
+        // 4. Authorisation.
+        let mut audited = Vec::new();
+        let authorized = policy.authorize(&view, |d| audited.push(d));
+        for d in &audited {
+            self.denied_event(session, &ctx.request, 403, &d.policy, &d.rule, true, view.path);
+        }
+        if let Err(denied) = authorized {
+            ctx.request.decision = "deny";
+            self.denied_event(session, &ctx.request, 403, &denied.policy, &denied.rule, false, view.path);
+            return Err(ErrorKind::Forbidden.fail("denied by policy"));
+        }
+        // 5. Rate limits.
+        if let Err(limited) = policy.rate_limit(&view) {
+            ctx.request.decision = "rate_limited";
+            self.denied_event(session, &ctx.request, 429, &limited.policy, &limited.limit, false, view.path);
+            ctx.request.limited = Some(limited);
+            return Err(ErrorKind::RateLimited.fail("rate limited"));
+        }
+        // 6. Input validation (WAF) will run here.
+
+        // The app sees the path the policy judged.
+        if let Cow::Owned(path) = normalized {
+            let target = match session.req_header().uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            let uri = target.parse::<http::Uri>().map_err(|_| ErrorKind::InvalidRequest.fail("bad request target"))?;
+            session.req_header_mut().set_uri(uri);
+        }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut InboundCtx,
+    ) -> pingora::Result<()> {
+        if let (Some(max), Some(chunk)) = (ctx.body_limit, body.as_ref()) {
+            ctx.body_seen += chunk.len() as u64;
+            if ctx.body_seen > max {
+                return Err(ErrorKind::PayloadTooLarge.fail("body over maxBodyBytes"));
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<Box<HttpPeer>> {
@@ -145,6 +248,14 @@ impl ProxyHttp for Inbound {
     }
 }
 
+/// An IPv4 client on a dual-stack listener is an IPv4 client.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
 /// A refusal the pipeline decided on is reported by metrics and events, not as an error log.
 pub(super) fn is_decision(e: &Error) -> bool {
     matches!(e.etype(), pingora::ErrorType::HTTPStatus(code) if *code < 500)
@@ -155,12 +266,29 @@ pub(super) async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx)
     let Some(kind) = ErrorKind::classify(e) else {
         return FailToProxy { error_code: 0, can_reuse_downstream: false };
     };
-    if kind.status() < 500 {
-        ctx.decision = "deny";
-    } else {
+    if kind.status() < 500 && ctx.decision == "allow" {
+        ctx.decision = "invalid";
+    } else if kind.status() >= 500 {
         tracing::debug!(error = %e, request_id = ctx.id.as_str(), "request failed");
     }
-    if let Err(write_error) = respond::write(session, kind, &ctx.id).await {
+    let extra = match &ctx.limited {
+        Some(limited) => {
+            // Whole seconds, rounded up: a client that waits this long gets a token.
+            let secs = limited.retry_after.as_secs() + u64::from(limited.retry_after.subsec_nanos() > 0);
+            let secs = secs.max(1);
+            vec![
+                ("retry-after", HeaderValue::from(secs)),
+                ("ratelimit-policy", limited.policy_header.clone()),
+                (
+                    "ratelimit",
+                    HeaderValue::from_str(&format!("\"{}\";r=0;t={secs}", limited.limit))
+                        .expect("names are header-safe"),
+                ),
+            ]
+        }
+        None => Vec::new(),
+    };
+    if let Err(write_error) = respond::write(session, kind, &ctx.id, &extra).await {
         tracing::debug!(error = %write_error, "could not send the error response");
     }
     FailToProxy { error_code: kind.status(), can_reuse_downstream: false }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use pingora::proxy::Session;
 
 use super::RequestId;
+use crate::policy::Limited;
 use crate::telemetry::Telemetry;
 
 /// State carried across the phases of one request.
@@ -15,11 +16,13 @@ pub struct RequestCtx {
     pub started: Instant,
     /// `allow` unless a step refused the request.
     pub decision: &'static str,
+    /// Set when a rate limit refused the request: the 429 carries its headers.
+    pub limited: Option<Limited>,
 }
 
 impl RequestCtx {
     pub fn new() -> Self {
-        RequestCtx { id: RequestId::generate(), started: Instant::now(), decision: "allow" }
+        RequestCtx { id: RequestId::generate(), started: Instant::now(), decision: "allow", limited: None }
     }
 }
 

@@ -105,14 +105,22 @@ impl ErrorKind {
     }
 }
 
-/// Writes `{"error": ..., "request_id": ...}` with `x-request-id`.
-pub async fn write(session: &mut Session, kind: ErrorKind, request_id: &RequestId) -> pingora::Result<()> {
+/// Writes `{"error": ..., "request_id": ...}` with `x-request-id` and any `extra` headers.
+pub async fn write(
+    session: &mut Session,
+    kind: ErrorKind,
+    request_id: &RequestId,
+    extra: &[(&'static str, http::HeaderValue)],
+) -> pingora::Result<()> {
     let body = format!(r#"{{"error":"{}","request_id":"{}"}}"#, kind.code(), request_id.as_str());
     let mut header = ResponseHeader::build(kind.status(), Some(4))?;
     header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     header.insert_header(super::REQUEST_ID_HEADER, request_id.header_value())?;
     header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    for (name, value) in extra {
+        header.insert_header(*name, value.clone())?;
+    }
     session.set_keepalive(None);
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(Bytes::from(body)), true).await

@@ -23,10 +23,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub enum Transport {
     Plain,
-    /// Mutual TLS required.
-    Tls(Arc<TlsStore>),
-    /// Mutual TLS, or plaintext without a principal.
-    TlsOrPlain(Arc<TlsStore>),
+    /// Mutual TLS; plaintext too while `plaintext_allowed` holds (PERMISSIVE), without a
+    /// principal. The flag follows the policy in force, so a policy's `mtls` takes effect for
+    /// new connections without a restart.
+    Mesh {
+        tls: Arc<TlsStore>,
+        plaintext_allowed: Arc<std::sync::atomic::AtomicBool>,
+    },
 }
 
 /// Counts open connections so a drain can wait for them.
@@ -121,8 +124,7 @@ async fn handshake(
 ) -> Option<Stream> {
     let (store, plaintext_allowed) = match transport {
         Transport::Plain => return Some(Box::new(l4_stream(tcp, peer))),
-        Transport::Tls(store) => (store, false),
-        Transport::TlsOrPlain(store) => (store, true),
+        Transport::Mesh { tls, plaintext_allowed } => (tls, plaintext_allowed.load(Ordering::Relaxed)),
     };
     if plaintext_allowed {
         let mut first = [0u8; 1];

@@ -22,6 +22,23 @@ pub enum SecurityEvent {
     CertificateRotated { identity: String, serial: String, not_after: i64 },
     /// A new certificate could not be loaded; the previous one stays in use.
     CertificateReloadFailed { reason: String },
+    /// A new policy set is in force.
+    PolicyApplied { version: String, policies: Vec<String> },
+    /// A policy update was refused; the set in force stays.
+    PolicyRejected { kept_version: String, errors: Vec<String> },
+    /// A request was refused by authorisation (403) or a rate limit (429), or would have been
+    /// refused by an AUDIT policy.
+    RequestDenied {
+        status: u16,
+        policy: String,
+        rule: String,
+        audit: bool,
+        principal: Option<String>,
+        source: Option<SocketAddr>,
+        method: String,
+        path: String,
+        request_id: String,
+    },
 }
 
 pub struct EventWriter {
@@ -105,6 +122,29 @@ fn ocsf(event: &SecurityEvent) -> Value {
         SecurityEvent::CertificateReloadFailed { reason } => {
             (99, 1, 1, 4, format!("certificate reload failed, previous kept: {reason}"), json!({}))
         }
+        SecurityEvent::PolicyApplied { version, policies } => {
+            (99, 1, 1, 1, format!("policy version {version} in force"), json!({"unmapped": {"policies": policies}}))
+        }
+        SecurityEvent::PolicyRejected { kept_version, errors } => (
+            99,
+            1,
+            1,
+            4,
+            format!("policy update rejected; version {kept_version} stays in force"),
+            json!({"unmapped": {"errors": errors}}),
+        ),
+        SecurityEvent::RequestDenied { status, policy, rule, audit, principal, source, method, path, request_id } => (
+            1,
+            if *audit { 1 } else { 2 },
+            if *audit { 1 } else { 2 },
+            3,
+            format!("{} {method} {path}: {policy} rule {rule}", if *audit { "audit, would deny" } else { "denied" }),
+            json!({"firewall_rule": {"uid": format!("{policy}/{rule}"), "name": rule},
+                   "src_endpoint": endpoint(*source),
+                   "actor": {"user": {"uid": principal}},
+                   "http_request": {"http_method": method, "url": {"path": path}, "uid": request_id},
+                   "http_response": {"code": status}}),
+        ),
     };
     let mut record = json!({
         "class_uid": 4002,
@@ -149,6 +189,31 @@ fn ecs(event: &SecurityEvent) -> Value {
             "configuration",
             format!("certificate reload failed, previous kept: {reason}"),
             json!({}),
+        ),
+        SecurityEvent::PolicyApplied { version, policies } => (
+            "policy-applied",
+            "success",
+            "configuration",
+            format!("policy version {version} in force"),
+            json!({"labels": {"policies": policies.join(",")}}),
+        ),
+        SecurityEvent::PolicyRejected { kept_version, errors } => (
+            "policy-rejected",
+            "failure",
+            "configuration",
+            format!("policy update rejected; version {kept_version} stays in force"),
+            json!({"error": {"message": errors.join("; ")}}),
+        ),
+        SecurityEvent::RequestDenied { status, policy, rule, audit, principal, source, method, path, request_id } => (
+            if *audit { "request-audit-deny" } else { "request-denied" },
+            if *audit { "success" } else { "failure" },
+            "web",
+            format!("{} {method} {path}: {policy} rule {rule}", if *audit { "audit, would deny" } else { "denied" }),
+            json!({"rule": {"id": format!("{policy}/{rule}"), "name": rule, "ruleset": policy},
+                   "source": source.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
+                   "user": {"name": principal},
+                   "http": {"request": {"method": method, "id": request_id}, "response": {"status_code": status}},
+                   "url": {"path": path}}),
         ),
     };
     let mut record = json!({

@@ -13,6 +13,10 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub certificate_expiry: Gauge,
     pub events_dropped: prometheus::IntCounter,
+    pub authz_decisions: IntCounterVec,
+    pub ratelimit_decisions: IntCounterVec,
+    pub policy_version: IntGaugeVec,
+    pub policy_updates: IntCounterVec,
 }
 
 impl Metrics {
@@ -44,6 +48,26 @@ impl Metrics {
             "Security events dropped because the event writer fell behind.",
         )
         .expect("metric");
+        let authz_decisions = IntCounterVec::new(
+            Opts::new("palisade_authz_decisions_total", "Authorisation decisions, by policy and rule."),
+            &["policy", "rule", "decision", "mode"],
+        )
+        .expect("metric");
+        let ratelimit_decisions = IntCounterVec::new(
+            Opts::new("palisade_ratelimit_decisions_total", "Rate-limit decisions, by policy and limit."),
+            &["policy", "limit", "result"],
+        )
+        .expect("metric");
+        let policy_version = IntGaugeVec::new(
+            Opts::new("palisade_policy_version_info", "The policy version in force (value 1)."),
+            &["source", "version"],
+        )
+        .expect("metric");
+        let policy_updates = IntCounterVec::new(
+            Opts::new("palisade_policy_updates_total", "Policy updates, applied or rejected."),
+            &["result"],
+        )
+        .expect("metric");
         let build_info =
             IntGaugeVec::new(Opts::new("palisade_build_info", "Build information."), &["version"]).expect("metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -55,11 +79,26 @@ impl Metrics {
             Box::new(certificate_expiry.clone()),
             Box::new(events_dropped.clone()),
             Box::new(build_info),
+            Box::new(authz_decisions.clone()),
+            Box::new(ratelimit_decisions.clone()),
+            Box::new(policy_version.clone()),
+            Box::new(policy_updates.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(c).expect("metric registers once");
         }
-        Metrics { registry, requests, request_duration, tls_handshakes, certificate_expiry, events_dropped }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            tls_handshakes,
+            certificate_expiry,
+            events_dropped,
+            authz_decisions,
+            ratelimit_decisions,
+            policy_version,
+            policy_updates,
+        }
     }
 
     /// The Prometheus text exposition of every metric.

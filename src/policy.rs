@@ -1,0 +1,143 @@
+//! The policy engine (SPEC sections 4 and 5): `SecurityPolicy` documents, compiled once per
+//! update into an immutable [`PolicySnapshot`] that answers authorisation and rate-limit
+//! questions without locks, and a [`PolicyStore`] that swaps a new snapshot in atomically when
+//! the files change, keeping the last good one when they are bad.
+
+mod compile;
+mod document;
+mod load;
+mod normalize;
+mod patterns;
+mod ratelimit;
+
+pub use compile::{selects, Denied, InputLimits, Limited, PolicySnapshot, RequestView};
+pub use document::{Action, Mode, SecurityPolicy};
+pub use load::{load_files, parse_file, Located};
+pub use normalize::{match_form, normalize, PathError};
+pub use patterns::{IpBlock, PathPattern, Pattern};
+pub use ratelimit::Buckets;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::{ArcSwap, Guard};
+
+use crate::config::{ConfigError, WorkloadConfig};
+use crate::telemetry::{SecurityEvent, Telemetry};
+
+pub struct PolicyStore {
+    files: Vec<PathBuf>,
+    workload: WorkloadConfig,
+    current: ArcSwap<PolicySnapshot>,
+    last_seen: Mutex<Vec<(Option<std::time::SystemTime>, u64, u64)>>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl PolicyStore {
+    /// Loads and compiles the files; any error is fatal here (nothing listens yet).
+    pub fn load(
+        files: Vec<PathBuf>,
+        workload: WorkloadConfig,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let stamps = stamps(&files);
+        let snapshot = build(&files, &workload, &telemetry, None)?;
+        let store = PolicyStore {
+            files,
+            workload,
+            current: ArcSwap::from_pointee(snapshot),
+            last_seen: Mutex::new(stamps),
+            telemetry,
+        };
+        store.published(&store.current());
+        Ok(store)
+    }
+
+    /// The snapshot in force; cheap, lock-free.
+    pub fn current(&self) -> Guard<Arc<PolicySnapshot>> {
+        self.current.load()
+    }
+
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
+    }
+
+    /// Reloads when a file changed. On error the snapshot in force stays, and the error is
+    /// logged, counted and reported as a security event.
+    pub fn reload_if_changed(&self) -> Option<Arc<PolicySnapshot>> {
+        let now = stamps(&self.files);
+        {
+            let mut seen = self.last_seen.lock().expect("stamp lock");
+            if *seen == now {
+                return None;
+            }
+            *seen = now;
+        }
+        let previous = self.current.load_full();
+        match build(&self.files, &self.workload, &self.telemetry, Some(&previous)) {
+            Ok(snapshot) if snapshot.version == previous.version => None,
+            Ok(snapshot) => {
+                let snapshot = Arc::new(snapshot);
+                self.current.store(snapshot.clone());
+                self.published(&snapshot);
+                Some(snapshot)
+            }
+            Err(errors) => {
+                self.telemetry.metrics.policy_updates.with_label_values(&["rejected"]).inc();
+                let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                for reason in &reasons {
+                    tracing::warn!(error = %reason, version = %previous.version, "policy update rejected; the policy in force stays");
+                }
+                self.telemetry
+                    .events
+                    .emit(SecurityEvent::PolicyRejected { kept_version: previous.version.clone(), errors: reasons });
+                None
+            }
+        }
+    }
+
+    fn published(&self, snapshot: &PolicySnapshot) {
+        let metrics = &self.telemetry.metrics;
+        metrics.policy_updates.with_label_values(&["applied"]).inc();
+        metrics.policy_version.reset();
+        metrics.policy_version.with_label_values(&["files", &snapshot.version]).set(1);
+        let names: Vec<String> = snapshot.policies.iter().map(|p| p.name.to_string()).collect();
+        tracing::info!(version = %snapshot.version, policies = ?names, "policy in force");
+        self.telemetry.events.emit(SecurityEvent::PolicyApplied { version: snapshot.version.clone(), policies: names });
+    }
+}
+
+fn build(
+    files: &[PathBuf],
+    workload: &WorkloadConfig,
+    telemetry: &Telemetry,
+    previous: Option<&PolicySnapshot>,
+) -> Result<PolicySnapshot, Vec<ConfigError>> {
+    let (located, errors) = load_files(files);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let version = version_of(files);
+    Ok(PolicySnapshot::compile(version, &located, workload, &telemetry.metrics, previous))
+}
+
+/// A short digest of the files' contents: the same files give the same version on every pod.
+fn version_of(files: &[PathBuf]) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for file in files {
+        ctx.update(std::fs::read(file).unwrap_or_default().as_slice());
+        ctx.update(b"\0");
+    }
+    ctx.finish().as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn stamps(files: &[PathBuf]) -> Vec<(Option<std::time::SystemTime>, u64, u64)> {
+    files
+        .iter()
+        .map(|f| match std::fs::metadata(f) {
+            Ok(m) => (m.modified().ok(), m.len(), m.ino()),
+            Err(_) => (None, 0, 0),
+        })
+        .collect()
+}

@@ -1,0 +1,370 @@
+//! From documents to one immutable [`PolicySnapshot`] per update: the policies that select this
+//! workload, with rules split into DENY and ALLOW lists, limits resolved, and every metric handle
+//! looked up once, so a decision only reads.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method};
+use prometheus::IntCounter;
+
+use super::document::{Action, ConditionKey, LimitKey, Mode, RateLimit, Rule, SecurityPolicy};
+use super::load::Located;
+use super::patterns::{IpBlock, PathPattern, Pattern};
+use super::ratelimit::Buckets;
+use crate::config::{MtlsMode, WorkloadConfig};
+use crate::identity::SpiffeId;
+use crate::telemetry::Metrics;
+
+/// What a decision looks at.
+pub struct RequestView<'a> {
+    pub principal: Option<&'a SpiffeId>,
+    pub source_ip: Option<IpAddr>,
+    pub method: &'a Method,
+    /// Normalised, in match form (no trailing slash).
+    pub path: &'a str,
+    pub port: u16,
+    pub headers: &'a HeaderMap,
+}
+
+/// Size limits in force (the smallest any selecting policy sets).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputLimits {
+    pub max_uri_bytes: usize,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: Option<u64>,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits { max_uri_bytes: 8192, max_header_bytes: 65536, max_body_bytes: None }
+    }
+}
+
+pub struct PolicySnapshot {
+    pub version: String,
+    pub policies: Vec<CompiledPolicy>,
+    pub limits: InputLimits,
+    /// The strictest `spec.mtls` among the selecting policies.
+    pub mtls: Option<MtlsMode>,
+    /// The selecting documents, for `/config_dump`.
+    pub documents: Vec<Located>,
+}
+
+pub struct CompiledPolicy {
+    pub name: Arc<str>,
+    mode: Mode,
+    deny: Vec<CompiledRule>,
+    allow: Vec<CompiledRule>,
+    default: Decision,
+    pub rate_limits: Vec<Arc<CompiledLimit>>,
+}
+
+struct Decision {
+    action: Action,
+    rule: Arc<str>,
+    counter: IntCounter,
+}
+
+struct CompiledRule {
+    decision: Decision,
+    principals: Vec<Pattern>,
+    namespaces: Vec<Pattern>,
+    ip_blocks: Vec<IpBlock>,
+    methods: Vec<Method>,
+    paths: Vec<PathPattern>,
+    ports: Vec<u16>,
+    when: Vec<(http::HeaderName, Vec<Pattern>)>,
+}
+
+pub struct CompiledLimit {
+    pub policy: Arc<str>,
+    pub name: Arc<str>,
+    spec: LimitSpec,
+    buckets: Buckets,
+    allowed: IntCounter,
+    limited: IntCounter,
+    /// `RateLimit-Policy` for a 429, made once.
+    pub policy_header: HeaderValue,
+}
+
+/// The parts of a limit that decide whether its buckets can carry over a reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LimitSpec {
+    key: LimitKey,
+    rate: u32,
+    per: Duration,
+    burst: u32,
+    methods: Vec<Method>,
+    paths: Vec<PathPattern>,
+}
+
+/// A refusal: which policy and rule (never told to the caller; logged and counted).
+#[derive(Debug, Clone)]
+pub struct Denied {
+    pub policy: Arc<str>,
+    pub rule: Arc<str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limited {
+    pub policy: Arc<str>,
+    pub limit: Arc<str>,
+    pub retry_after: Duration,
+    pub policy_header: HeaderValue,
+}
+
+/// Whether `policy` applies to the workload: same namespace, and its labels carry every
+/// `matchLabels` pair (no selector: every workload of the namespace).
+pub fn selects(policy: &SecurityPolicy, workload: &WorkloadConfig) -> bool {
+    policy.metadata.namespace.0 == workload.namespace
+        && policy
+            .spec
+            .selector
+            .as_ref()
+            .is_none_or(|s| s.match_labels.iter().all(|(k, v)| workload.labels.get(k) == Some(v)))
+}
+
+impl PolicySnapshot {
+    /// Compiles the policies that select `workload`. Rate-limit buckets of `previous` carry over
+    /// when a limit is unchanged, so a reload does not hand every caller a fresh burst.
+    pub fn compile(
+        version: String,
+        located: &[Located],
+        workload: &WorkloadConfig,
+        metrics: &Metrics,
+        previous: Option<&PolicySnapshot>,
+    ) -> PolicySnapshot {
+        let mut limits = InputLimits::default();
+        let mut mtls = None;
+        let mut policies = Vec::new();
+        let mut documents = Vec::new();
+        for doc in located.iter().filter(|l| selects(&l.policy, workload)) {
+            let p = &doc.policy;
+            let name: Arc<str> = format!("{}/{}", p.metadata.namespace, p.metadata.name).into();
+            if let Some(v) = &p.spec.input_validation {
+                let min = |current: usize, new: Option<u64>| new.map_or(current, |n| current.min(n as usize));
+                limits.max_uri_bytes = min(limits.max_uri_bytes, v.max_uri_bytes);
+                limits.max_header_bytes = min(limits.max_header_bytes, v.max_header_bytes);
+                if let Some(n) = v.max_body_bytes {
+                    limits.max_body_bytes = Some(limits.max_body_bytes.map_or(n, |m| m.min(n)));
+                }
+            }
+            mtls = match (mtls, p.spec.mtls) {
+                (Some(MtlsMode::STRICT), _) | (_, Some(MtlsMode::STRICT)) => Some(MtlsMode::STRICT),
+                (m, None) => m,
+                (_, m) => m,
+            };
+            let authz = p.spec.authorization.clone().unwrap_or_default();
+            let mode_label = match authz.mode {
+                Mode::ENFORCE => "ENFORCE",
+                Mode::AUDIT => "AUDIT",
+            };
+            let decision = |rule: &str, action: Action| Decision {
+                action,
+                rule: rule.into(),
+                counter: metrics.authz_decisions.with_label_values(&[&name, rule, action_label(action), mode_label]),
+            };
+            let rules: Vec<CompiledRule> =
+                authz.rules.iter().map(|r| compile_rule(r, decision(&r.name.0, r.action))).collect();
+            let has_allow = rules.iter().any(|r| r.decision.action == Action::ALLOW);
+            let default_action = authz.default.unwrap_or(if has_allow { Action::DENY } else { Action::ALLOW });
+            let (deny, allow) = rules.into_iter().partition(|r| r.decision.action == Action::DENY);
+            let rate_limits = p.spec.rate_limits.iter().map(|l| compile_limit(&name, l, metrics, previous)).collect();
+            policies.push(CompiledPolicy {
+                name: name.clone(),
+                mode: authz.mode,
+                deny,
+                allow,
+                default: decision("default", default_action),
+                rate_limits,
+            });
+            documents.push(doc.clone());
+        }
+        PolicySnapshot { version, policies, limits, mtls, documents }
+    }
+
+    /// Steps 4 of SPEC section 5. Every ENFORCE policy must allow; AUDIT policies are counted
+    /// and logged, never blocking.
+    /// `audit` hears of every denial an AUDIT policy would have made.
+    pub fn authorize(&self, req: &RequestView<'_>, mut audit: impl FnMut(Denied)) -> Result<(), Denied> {
+        let mut refused = None;
+        for policy in &self.policies {
+            let decision = policy.decide(req);
+            decision.counter.inc();
+            if decision.action == Action::DENY {
+                let denied = Denied { policy: policy.name.clone(), rule: decision.rule.clone() };
+                match policy.mode {
+                    Mode::ENFORCE => {
+                        refused.get_or_insert(denied);
+                    }
+                    Mode::AUDIT => audit(denied),
+                }
+            }
+        }
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// Step 5: every matching limit takes a token.
+    pub fn rate_limit(&self, req: &RequestView<'_>) -> Result<(), Limited> {
+        let mut refused: Option<Limited> = None;
+        for limit in self.policies.iter().flat_map(|p| &p.rate_limits) {
+            if let Err(wait) = limit.take(req) {
+                if refused.as_ref().is_none_or(|r| r.retry_after < wait) {
+                    refused = Some(Limited {
+                        policy: limit.policy.clone(),
+                        limit: limit.name.clone(),
+                        retry_after: wait,
+                        policy_header: limit.policy_header.clone(),
+                    });
+                }
+            }
+        }
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// Drops idle rate-limit buckets; run periodically.
+    pub fn forget_idle_buckets(&self) {
+        for limit in self.policies.iter().flat_map(|p| &p.rate_limits) {
+            limit.buckets.forget_idle();
+        }
+    }
+
+    pub fn rate_limit_keys(&self) -> usize {
+        self.policies.iter().flat_map(|p| &p.rate_limits).map(|l| l.buckets.keys()).sum()
+    }
+}
+
+fn action_label(action: Action) -> &'static str {
+    match action {
+        Action::ALLOW => "allow",
+        Action::DENY => "deny",
+    }
+}
+
+impl CompiledPolicy {
+    /// Every DENY rule before any ALLOW rule, then the default.
+    fn decide(&self, req: &RequestView<'_>) -> &Decision {
+        self.deny.iter().chain(&self.allow).find(|r| r.matches(req)).map_or(&self.default, |r| &r.decision)
+    }
+}
+
+fn compile_rule(rule: &Rule, decision: Decision) -> CompiledRule {
+    let from = rule.from.clone().unwrap_or_default();
+    let to = rule.to.clone().unwrap_or_default();
+    CompiledRule {
+        decision,
+        principals: from.principals,
+        namespaces: from.namespaces,
+        ip_blocks: from.ip_blocks,
+        methods: to.methods.into_iter().map(|m| m.0).collect(),
+        paths: to.paths,
+        ports: to.ports,
+        when: rule
+            .when
+            .iter()
+            .map(|c| match &c.key {
+                ConditionKey::Header(h) => (h.clone(), c.values.clone()),
+            })
+            .collect(),
+    }
+}
+
+impl CompiledRule {
+    /// All listed fields must match; a list matches when any entry does. Cheapest checks first.
+    fn matches(&self, req: &RequestView<'_>) -> bool {
+        (self.methods.is_empty() || self.methods.contains(req.method))
+            && (self.ports.is_empty() || self.ports.contains(&req.port))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(req.path)))
+            && (self.principals.is_empty()
+                || req.principal.is_some_and(|id| self.principals.iter().any(|p| p.matches(id.as_str()))))
+            && (self.namespaces.is_empty()
+                || req
+                    .principal
+                    .and_then(SpiffeId::namespace)
+                    .is_some_and(|ns| self.namespaces.iter().any(|p| p.matches(ns))))
+            && (self.ip_blocks.is_empty()
+                || req.source_ip.is_some_and(|ip| self.ip_blocks.iter().any(|b| b.contains(ip))))
+            && self.when.iter().all(|(header, values)| {
+                req.headers
+                    .get_all(header)
+                    .iter()
+                    .any(|v| v.to_str().is_ok_and(|v| values.iter().any(|p| p.matches(v))))
+            })
+    }
+}
+
+fn compile_limit(
+    policy: &Arc<str>,
+    limit: &RateLimit,
+    metrics: &Metrics,
+    previous: Option<&PolicySnapshot>,
+) -> Arc<CompiledLimit> {
+    let burst = limit.burst.unwrap_or(limit.rate);
+    let matches = limit.matches.clone().unwrap_or_default();
+    let spec = LimitSpec {
+        key: limit.key.clone(),
+        rate: limit.rate.get(),
+        per: limit.per.0,
+        burst: burst.get(),
+        methods: matches.methods.into_iter().map(|m| m.0).collect(),
+        paths: matches.paths,
+    };
+    let name: Arc<str> = limit.name.0.as_str().into();
+    // Same policy, same limit, same numbers: keep the buckets (and the callers' spent tokens).
+    let carried = previous.and_then(|prev| {
+        prev.policies
+            .iter()
+            .filter(|p| p.name == *policy)
+            .flat_map(|p| &p.rate_limits)
+            .find(|l| l.name == name && l.spec == spec)
+    });
+    if let Some(old) = carried {
+        return old.clone();
+    }
+    let window = limit.per.0.as_secs().max(1);
+    let policy_header =
+        HeaderValue::from_str(&format!("\"{name}\";q={};w={window}", spec.rate)).expect("names are header-safe");
+    Arc::new(CompiledLimit {
+        policy: policy.clone(),
+        buckets: Buckets::new(limit.rate, limit.per.0, burst),
+        allowed: metrics.ratelimit_decisions.with_label_values(&[policy, &name, "allowed"]),
+        limited: metrics.ratelimit_decisions.with_label_values(&[policy, &name, "limited"]),
+        name,
+        spec,
+        policy_header,
+    })
+}
+
+impl CompiledLimit {
+    fn take(&self, req: &RequestView<'_>) -> Result<(), Duration> {
+        let spec = &self.spec;
+        if !(spec.methods.is_empty() || spec.methods.contains(req.method))
+            || !(spec.paths.is_empty() || spec.paths.iter().any(|p| p.matches(req.path)))
+        {
+            return Ok(());
+        }
+        // Callers without the key's attribute (no principal, no header) share one bucket.
+        let key = match &spec.key {
+            LimitKey::Global => 0,
+            LimitKey::SourcePrincipal => self.buckets.key_of(req.principal.map_or(&[][..], |p| p.as_str().as_bytes())),
+            LimitKey::SourceIp => match req.source_ip {
+                Some(IpAddr::V4(ip)) => self.buckets.key_of(&ip.octets()),
+                Some(IpAddr::V6(ip)) => self.buckets.key_of(&ip.octets()),
+                None => 0,
+            },
+            LimitKey::Header(h) => self.buckets.key_of(req.headers.get(h).map_or(&[][..], |v| v.as_bytes())),
+        };
+        match self.buckets.take(key) {
+            Ok(()) => {
+                self.allowed.inc();
+                Ok(())
+            }
+            Err(wait) => {
+                self.limited.inc();
+                Err(wait)
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Reading policy files: one or many `SecurityPolicy` documents per file, every error with its
+//! file, line and field.
+
+use std::path::{Path, PathBuf};
+
+use super::document::SecurityPolicy;
+use crate::config::ConfigError;
+
+/// A policy and where it came from.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub policy: SecurityPolicy,
+    pub file: PathBuf,
+}
+
+/// Parses every document of `text`; returns the good ones and an error for each bad one.
+pub fn parse_file(file: &Path, text: &str) -> (Vec<Located>, Vec<ConfigError>) {
+    let mut policies = Vec::new();
+    let mut errors = Vec::new();
+    for document in serde_yaml::Deserializer::from_str(text) {
+        match serde_path_to_error::deserialize::<_, Option<SecurityPolicy>>(document) {
+            Ok(Some(policy)) => policies.push(Located { policy, file: file.to_path_buf() }),
+            Ok(None) => {} // an empty document, e.g. after a trailing `---`
+            Err(e) => {
+                let field = e.path().to_string();
+                let inner = e.into_inner();
+                let location = inner.location();
+                let message = inner.to_string();
+                let message = message.rfind(" at line ").map_or(message.as_str(), |i| &message[..i]);
+                let message = message.strip_prefix(&format!("{field}: ")).unwrap_or(message);
+                errors.push(ConfigError {
+                    file: file.to_path_buf(),
+                    line: location.as_ref().map(|l| l.line()),
+                    column: location.as_ref().map(|l| l.column()),
+                    field: if field == "." { String::new() } else { field },
+                    message: message.to_string(),
+                    env_var: None,
+                });
+                // A syntax error leaves the rest of the stream unreadable.
+                if location.is_none() {
+                    break;
+                }
+            }
+        }
+    }
+    (policies, errors)
+}
+
+/// Reads and parses files; errors also for unreadable files and for one policy (namespace and
+/// name) defined twice.
+pub fn load_files(files: &[PathBuf]) -> (Vec<Located>, Vec<ConfigError>) {
+    let mut all: Vec<Located> = Vec::new();
+    let mut errors = Vec::new();
+    for file in files {
+        match std::fs::read_to_string(file) {
+            Ok(text) => {
+                let (policies, file_errors) = parse_file(file, &text);
+                errors.extend(file_errors);
+                for located in policies {
+                    let m = &located.policy.metadata;
+                    if let Some(first) = all
+                        .iter()
+                        .find(|o| o.policy.metadata.name == m.name && o.policy.metadata.namespace == m.namespace)
+                    {
+                        errors.push(ConfigError::new(
+                            file,
+                            "metadata.name",
+                            format!("policy {}/{} is also defined in {}", m.namespace, m.name, first.file.display()),
+                        ));
+                    } else {
+                        all.push(located);
+                    }
+                }
+            }
+            Err(e) => errors.push(ConfigError::new(file, "", format!("cannot read the file: {e}"))),
+        }
+    }
+    (all, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors_of(text: &str) -> Vec<ConfigError> {
+        parse_file(Path::new("p.yaml"), text).1
+    }
+
+    const HEAD: &str =
+        "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n";
+
+    #[test]
+    fn the_spec_shape_parses_without_the_features_not_built_yet() {
+        let text = format!(
+            "{HEAD}  selector: {{matchLabels: {{app: orders}}}}\n  mtls: STRICT\n  authorization:\n    mode: ENFORCE\n    default: DENY\n    rules:\n      - name: frontend-reads\n        action: ALLOW\n        from: {{principals: [\"spiffe://cluster.local/ns/shop/sa/frontend\"], namespaces: [shop], ipBlocks: [\"10.0.0.0/8\"]}}\n        to: {{methods: [GET, HEAD], paths: [\"/orders\", \"/orders/*\"], ports: [8080]}}\n        when:\n          - {{key: \"request.headers[x-tenant]\", values: [acme]}}\n  rateLimits:\n    - {{name: per-caller, match: {{methods: [POST], paths: [\"/orders*\"]}}, key: source.principal, rate: 100, per: 1s, burst: 200}}\n  inputValidation: {{maxBodyBytes: 1048576, maxHeaderBytes: 65536, maxUriBytes: 8192, waf: {{mode: OFF}}}}\n"
+        );
+        let (policies, errors) = parse_file(Path::new("p.yaml"), &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(policies.len(), 1);
+    }
+
+    #[test]
+    fn each_error_points_at_its_line_and_field() {
+        let cases: &[(&str, usize, &str, &str)] = &[
+            ("  authorization:\n    rules:\n      - {name: a, action: ALLOW, from: {principals: [\"a*b\"]}}\n", 7, "spec.authorization.rules[0].from.principals[0]", "wildcard"),
+            ("  authorization:\n    rules:\n      - {name: a, action: ALLOW, from: {ipBlocks: [\"10.0.0.0/40\"]}}\n", 7, "ipBlocks", "CIDR"),
+            ("  rateLimits:\n    - {name: r, rate: 0}\n", 6, "spec.rateLimits[0].rate", "nonzero"),
+            ("  rateLimits:\n    - {name: r, rate: 5, key: source.mac}\n", 6, "spec.rateLimits[0].key", "unknown key kind"),
+            ("  authorization:\n    rules:\n      - name: a\n        action: ALLOW\n      - name: a\n        action: DENY\n", 9, "spec.authorization.rules[1].name", "duplicate name"),
+            ("  authorization:\n    rulez: []\n", 6, "spec.authorization", "unknown field `rulez`"),
+            ("  authorization:\n    mode: SOMETIMES\n", 6, "spec.authorization.mode", "ENFORCE"),
+            ("  authorization:\n    rules:\n      - {name: a, action: ALLOW, to: {paths: [\"orders\"]}}\n", 7, "paths", "must start with '/'"),
+            ("  authentication:\n    jwt: []\n", 5, "spec.authentication", "not yet available"),
+            ("  inputValidation:\n    waf: {mode: BLOCK}\n", 6, "spec.inputValidation.waf.mode", "not yet available"),
+        ];
+        for (spec, line, field, words) in cases {
+            let errors = errors_of(&format!("{HEAD}{spec}"));
+            assert_eq!(errors.len(), 1, "{spec}: {errors:?}");
+            let e = &errors[0];
+            assert_eq!(e.line, Some(*line), "{spec}: {e}");
+            assert!(e.field.contains(field), "{spec}: field {:?} lacks {field}", e.field);
+            assert!(e.message.contains(words), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn several_documents_report_lines_in_the_whole_file() {
+        let text = format!("{HEAD}  mtls: STRICT\n---\n{HEAD}  mtls: LOOSE\n---\n");
+        let (policies, errors) = parse_file(Path::new("p.yaml"), &text);
+        assert_eq!(policies.len(), 1);
+        assert_eq!(errors.len(), 1);
+        assert_eq!(errors[0].line, Some(11), "{}", errors[0]);
+    }
+}
