@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::admin::{Admin, Readiness};
 use crate::config::{MtlsMode, SidecarConfig};
 use crate::policy::{PolicySnapshot, PolicyStore};
-use crate::proxy::{serve, ConnectionTracker, Inbound, Outbound, OutboundRoutes, Transport};
+use crate::proxy::{serve, ConnectionTracker, Inbound, Outbound, Transport};
 use crate::telemetry::{LogLevel, SecurityEvent, Telemetry};
 use crate::tls::{IdentityFiles, TlsStore, TrustDomains};
 
@@ -166,8 +166,8 @@ async fn run(
         &conf,
         Inbound::new(config.inbound.app.0, config.inbound.app_protocol, policy.clone(), telemetry.clone()),
     );
-    let routes = OutboundRoutes::new(&config.outbound.destinations);
-    let outbound = proxy_app(&conf, Outbound::new(routes, bound.outbound, tls.clone(), telemetry.clone()));
+    let outbound =
+        proxy_app(&conf, Outbound::new(&config.outbound.destinations, bound.outbound, tls.clone(), telemetry.clone()));
     let admin = Arc::new(Admin {
         telemetry: telemetry.clone(),
         tls: tls.clone(),

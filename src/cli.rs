@@ -98,10 +98,73 @@ pub fn main() -> ExitCode {
         Command::Control(_) => not_yet("palisade control (the control plane)"),
         Command::Inject { .. } => not_yet("palisade inject"),
         Command::InitNet { .. } => not_yet("palisade init-net"),
-        Command::Check { .. } => not_yet("palisade check (the policy engine)"),
+        Command::Check { files } => check(&files),
         Command::Ca(cmd) => ca(cmd),
         Command::Demo { once } => crate::demo::run(once),
     }
+}
+
+/// `palisade check`: every error with file, line and field; or what each policy does.
+fn check(files: &[PathBuf]) -> ExitCode {
+    let (policies, errors) = crate::policy::load_files(files);
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("error: {e}");
+        }
+        eprintln!("{} error(s) in {} file(s)", errors.len(), files.len());
+        return ExitCode::FAILURE;
+    }
+    for located in &policies {
+        println!("{}: {}", located.file.display(), describe_policy(&located.policy));
+    }
+    println!("{} polic{} OK", policies.len(), if policies.len() == 1 { "y" } else { "ies" });
+    ExitCode::SUCCESS
+}
+
+fn describe_policy(p: &crate::policy::SecurityPolicy) -> String {
+    use crate::policy::{Action, Mode};
+    let meta = &p.metadata;
+    let selects = match &p.spec.selector {
+        Some(s) if !s.match_labels.is_empty() => {
+            let labels: Vec<String> = s.match_labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("workloads labelled {} in namespace {}", labels.join(","), meta.namespace)
+        }
+        _ => format!("every workload in namespace {}", meta.namespace),
+    };
+    let mut parts = vec![format!("{}/{} selects {selects}", meta.namespace, meta.name)];
+    if let Some(mtls) = p.spec.mtls {
+        parts.push(format!("mtls {mtls:?}"));
+    }
+    if let Some(authz) = &p.spec.authorization {
+        let count = |action: Action| authz.rules.iter().filter(|r| r.action == action).count();
+        let default = authz.default.unwrap_or(if count(Action::ALLOW) > 0 { Action::DENY } else { Action::ALLOW });
+        let names: Vec<&str> = authz.rules.iter().map(|r| r.name.0.as_str()).collect();
+        parts.push(format!(
+            "authorization {} default {default:?}: {} DENY, {} ALLOW rule(s) [{}]",
+            if authz.mode == Mode::AUDIT { "AUDIT" } else { "ENFORCE" },
+            count(Action::DENY),
+            count(Action::ALLOW),
+            names.join(", ")
+        ));
+    }
+    for l in p.spec.rate_limits.iter() {
+        let burst = l.burst.unwrap_or(l.rate);
+        parts.push(format!("rate limit {} {}/{} burst {burst} by {}", l.name.0, l.rate, l.per, l.key));
+    }
+    if let Some(v) = &p.spec.input_validation {
+        let limits: Vec<String> = [
+            ("maxUriBytes", v.max_uri_bytes),
+            ("maxHeaderBytes", v.max_header_bytes),
+            ("maxBodyBytes", v.max_body_bytes),
+        ]
+        .iter()
+        .filter_map(|(k, n)| n.map(|n| format!("{k} {n}")))
+        .collect();
+        if !limits.is_empty() {
+            parts.push(limits.join(", "));
+        }
+    }
+    parts.join("; ")
 }
 
 fn not_yet(what: &str) -> ExitCode {

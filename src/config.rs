@@ -80,22 +80,32 @@ pub fn parse_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, Con
     // An empty file is an empty mapping: every field takes its default.
     let text = if text.trim().is_empty() { "{}" } else { text };
     let de = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        let inner = e.into_inner();
-        let location = inner.location();
-        let message = strip_location(&inner.to_string());
-        // serde_yaml names the field itself for some errors; say it once.
-        let message = message.strip_prefix(&format!("{field}: ")).map(str::to_string).unwrap_or(message);
-        ConfigError {
-            file: file.to_path_buf(),
-            line: location.as_ref().map(|l| l.line()),
-            column: location.as_ref().map(|l| l.column()),
-            field: if field == "." { String::new() } else { field },
-            message,
-            env_var: None,
+    serde_path_to_error::deserialize(de).map_err(|e| yaml_error(file, e))
+}
+
+/// A positioned error from serde_yaml, with the field path serde_path_to_error tracked.
+pub(crate) fn yaml_error(file: &Path, e: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError {
+    let field = e.path().to_string();
+    let field = if field == "." { String::new() } else { field };
+    let inner = e.into_inner();
+    let location = inner.location();
+    let message = strip_location(&inner.to_string());
+    // serde_yaml sometimes starts its message with its own spelling of the path; say it once.
+    let unindexed: String = field.split('[').map(|part| part.split_once(']').map_or(part, |(_, rest)| rest)).collect();
+    let message = match message.split_once(": ") {
+        Some((head, rest)) if !head.is_empty() && !head.contains(' ') && unindexed.starts_with(head) => {
+            rest.to_string()
         }
-    })
+        _ => message,
+    };
+    ConfigError {
+        file: file.to_path_buf(),
+        line: location.as_ref().map(|l| l.line()),
+        column: location.as_ref().map(|l| l.column()),
+        field,
+        message,
+        env_var: None,
+    }
 }
 
 /// serde_yaml appends " at line L column C"; the error carries those as fields already.

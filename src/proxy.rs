@@ -5,8 +5,8 @@
 //! between accept, inbound, the app and back (pingora's own `Server` gives each service a runtime
 //! of its own, which costs a cross-thread wake-up per hop).
 
-mod identity_check;
 mod inbound;
+mod mesh_connector;
 mod outbound;
 mod record;
 mod request_id;
@@ -14,7 +14,7 @@ mod respond;
 mod serve;
 
 pub use inbound::Inbound;
-pub use outbound::{Outbound, OutboundRoutes};
+pub use outbound::Outbound;
 pub use request_id::RequestId;
 pub use respond::ErrorKind;
 pub use serve::{serve, ConnectionTracker, Transport};

@@ -205,11 +205,44 @@ fn every_command_has_help_and_unbuilt_ones_say_so() {
         assert!(out.status.success(), "{command} --help");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{command} --help");
     }
-    for args in [&["control", "--config", "x.yaml"][..], &["inject"], &["init-net"], &["check", "policy.yaml"]] {
+    for args in [&["control", "--config", "x.yaml"][..], &["inject"], &["init-net"]] {
         let out = palisade(args);
         assert_eq!(out.status.code(), Some(69), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("not yet available"), "{args:?}");
     }
+}
+
+#[test]
+fn check_reports_every_error_with_its_line_or_summarises_good_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    std::fs::write(
+        &good,
+        "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: orders-api, namespace: shop}\nspec:\n  selector: {matchLabels: {app: orders}}\n  authorization:\n    default: DENY\n    rules:\n      - {name: reads, action: ALLOW, to: {methods: [GET]}}\n      - {name: no-admin, action: DENY, to: {paths: [\"/admin*\"]}}\n  rateLimits:\n    - {name: per-caller, key: source.principal, rate: 100, per: 1s, burst: 200}\n",
+    )
+    .unwrap();
+    let out = palisade(&["check", good.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("shop/orders-api selects workloads labelled app=orders in namespace shop"), "{stdout}");
+    assert!(stdout.contains("default DENY: 1 DENY, 1 ALLOW rule(s) [reads, no-admin]"), "{stdout}");
+    assert!(stdout.contains("rate limit per-caller 100/1s burst 200 by source.principal"), "{stdout}");
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: a, namespace: shop}\nspec:\n  authorization:\n    rules:\n      - {name: r, action: ALLOW, from: {ipBlocks: [\"10.0.0.0/99\"]}}\n---\napiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: b, namespace: shop}\nspec:\n  rateLimits:\n    - {name: r, rate: 0}\n",
+    )
+    .unwrap();
+    let out = palisade(&["check", good.to_str().unwrap(), bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{}:7:", bad.display())) && stderr.contains("ipBlocks"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:14:", bad.display())) && stderr.contains("spec.rateLimits[0].rate"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 error(s)"), "{stderr}");
 }
 
 #[test]

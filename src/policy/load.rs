@@ -22,22 +22,11 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Located>, Vec<ConfigError>) {
             Ok(Some(policy)) => policies.push(Located { policy, file: file.to_path_buf() }),
             Ok(None) => {} // an empty document, e.g. after a trailing `---`
             Err(e) => {
-                let field = e.path().to_string();
-                let inner = e.into_inner();
-                let location = inner.location();
-                let message = inner.to_string();
-                let message = message.rfind(" at line ").map_or(message.as_str(), |i| &message[..i]);
-                let message = message.strip_prefix(&format!("{field}: ")).unwrap_or(message);
-                errors.push(ConfigError {
-                    file: file.to_path_buf(),
-                    line: location.as_ref().map(|l| l.line()),
-                    column: location.as_ref().map(|l| l.column()),
-                    field: if field == "." { String::new() } else { field },
-                    message: message.to_string(),
-                    env_var: None,
-                });
+                let error = crate::config::yaml_error(file, e);
+                let unpositioned = error.line.is_none();
+                errors.push(error);
                 // A syntax error leaves the rest of the stream unreadable.
-                if location.is_none() {
+                if unpositioned {
                     break;
                 }
             }

@@ -29,6 +29,8 @@ pub struct PeerIdentity {
 
 /// One credential set and everything built from it.
 pub struct TlsState {
+    /// Counts the credential sets installed; part of the outbound pool key.
+    pub generation: u64,
     pub credentials: Credentials,
     pub acceptor: Acceptor,
     /// For connections this sidecar verifies itself (identity probes).
@@ -58,7 +60,7 @@ impl TlsStore {
     pub fn load(files: IdentityFiles, trust_domain: &str, domains: TrustDomains) -> Result<Self, TlsError> {
         let stamps = stamps(&files);
         let credentials = Credentials::load(&files, trust_domain)?;
-        let state = build(credentials, &domains)?;
+        let state = build(credentials, &domains, 0)?;
         Ok(TlsStore {
             files,
             trust_domain: trust_domain.to_string(),
@@ -90,7 +92,8 @@ impl TlsStore {
             *seen = now;
         }
         let credentials = Credentials::load(&self.files, &self.trust_domain)?;
-        let state = Arc::new(build(credentials, &self.domains)?);
+        let generation = self.state.load().generation + 1;
+        let state = Arc::new(build(credentials, &self.domains, generation)?);
         self.state.store(state.clone());
         Ok(Some(state))
     }
@@ -103,7 +106,7 @@ fn stamps(files: &IdentityFiles) -> [FileStamp; 3] {
     })
 }
 
-fn build(credentials: Credentials, domains: &TrustDomains) -> Result<TlsState, TlsError> {
+fn build(credentials: Credentials, domains: &TrustDomains, generation: u64) -> Result<TlsState, TlsError> {
     let verifier = SpiffeClientVerifier::new(credentials.roots.clone(), domains.clone())?;
     let mut settings = TlsSettings::with_callbacks(Box::new(IdentityCallback { own: credentials.id.clone() }))
         .map_err(|e| TlsError::Config(e.to_string()))?;
@@ -121,6 +124,8 @@ fn build(credentials: Credentials, domains: &TrustDomains) -> Result<TlsState, T
             domains.clone(),
         )))
         .with_client_cert_resolver(Arc::new(FixedCert(credentials.certified_key.clone())));
+    // Sidecars always speak HTTP/2 to each other.
+    client_config.alpn_protocols = vec![b"h2".to_vec()];
     // The server is named by the SPIFFE ID in its certificate, never by a DNS name.
     client_config.enable_sni = false;
     // A resumed session skips the certificate; every pooled connection proves its identity afresh.
@@ -129,7 +134,14 @@ fn build(credentials: Credentials, domains: &TrustDomains) -> Result<TlsState, T
         Arc::new(CertKey::new(credentials.chain.iter().map(|c| c.to_vec()).collect(), credentials.key_der.clone()));
     let upstream_ca: Arc<CaType> =
         credentials.bundle.iter().map(|c| WrappedX509::new(c.to_vec(), parse_x509)).collect::<Vec<_>>().into();
-    Ok(TlsState { credentials, acceptor, client_config: Arc::new(client_config), upstream_cert, upstream_ca })
+    Ok(TlsState {
+        generation,
+        credentials,
+        acceptor,
+        client_config: Arc::new(client_config),
+        upstream_cert,
+        upstream_ca,
+    })
 }
 
 #[derive(Debug)]

@@ -322,3 +322,97 @@ where
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// Writes `documents` (YAML) to `path` atomically, as a ConfigMap update or an editor would.
+pub fn write_policy(path: &Path, documents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, documents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// A `SecurityPolicy` for workloads labelled `app: orders` in namespace `shop`, with `spec`
+/// given as indented YAML (two spaces).
+pub fn policy(name: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: orders}}}}\n{spec}"
+    )
+}
+
+/// The orders workload's sidecar with the given policy documents (PERMISSIVE, so plaintext
+/// callers without a principal can be tested too).
+pub struct PolicedSidecar {
+    pub pki: Pki,
+    pub sidecar: Sidecar,
+    pub app: EchoApp,
+    pub policy_file: PathBuf,
+    clients: BTreeMap<&'static str, reqwest::Client>,
+}
+
+/// Callers by short name: `frontend`, `billing` (namespace shop), `admin` (namespace ops),
+/// `ui` (namespace web); `plain` has no certificate and no principal.
+pub const CALLERS: &[(&str, &str, &str)] =
+    &[("frontend", "shop", "frontend"), ("billing", "shop", "billing"), ("admin", "ops", "admin"), ("ui", "web", "ui")];
+
+impl PolicedSidecar {
+    pub async fn start(documents: &str) -> Self {
+        let pki = Pki::new();
+        let app = EchoApp::start().await;
+        let server = pki.workload("orders", &id("shop", "orders"));
+        let policy_file = pki.path("policy.yaml");
+        write_policy(&policy_file, documents);
+        let mut config = sidecar_config(&server, app.addr);
+        config.inbound.mtls = palisade::config::MtlsMode::PERMISSIVE;
+        config.policy.files = vec![policy_file.clone()];
+        config.workload.namespace = "shop".into();
+        config.workload.service_account = "orders".into();
+        config.workload.labels = [("app".to_string(), "orders".to_string())].into();
+        let sidecar = start_sidecar(config);
+        let mut clients = BTreeMap::new();
+        for (name, ns, sa) in CALLERS {
+            let files = pki.workload(name, &id(ns, sa));
+            clients.insert(*name, https_client(Some(&files)));
+        }
+        clients.insert("plain", http_client());
+        PolicedSidecar { pki, sidecar, app, policy_file, clients }
+    }
+
+    /// Sends a request as `caller`; the raw path is sent as written (no client-side cleanup).
+    pub async fn send(&self, caller: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let scheme = if caller == "plain" { "http" } else { "https" };
+        let mut url = reqwest::Url::parse(&format!("{scheme}://{}/", self.sidecar.inbound)).unwrap();
+        // Url normalises dot segments and case of escapes; set the path verbatim instead.
+        url.set_path(path);
+        let raw = format!("{scheme}://{}{path}", self.sidecar.inbound);
+        let url = if url.as_str() == raw { url } else { verbatim_url(&raw) };
+        let client = &self.clients[caller];
+        let mut request = client.request(method.parse().unwrap(), url);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn metrics(&self) -> String {
+        http_client().get(format!("http://{}/metrics", self.sidecar.admin)).send().await.unwrap().text().await.unwrap()
+    }
+
+    pub async fn config_dump(&self) -> serde_json::Value {
+        http_client()
+            .get(format!("http://{}/config_dump", self.sidecar.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub fn shutdown(self) {
+        self.sidecar.shutdown();
+    }
+}
+
+/// reqwest (through `url`) cleans dot segments; attack paths must reach the server as written.
+fn verbatim_url(raw: &str) -> reqwest::Url {
+    reqwest::Url::parse(raw).unwrap()
+}

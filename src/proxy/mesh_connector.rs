@@ -1,0 +1,159 @@
+//! Connections to other sidecars: TCP, then mutual TLS with the workload's current credentials
+//! and the SPIFFE-aware verifier, then the server's identity checked against the expected one,
+//! all before pingora sees the connection.
+//!
+//! pingora's rustls connector can only check DNS names, and it pools only connections that have
+//! a real file descriptor whose peer matches the `HttpPeer` address. So the TLS session lives
+//! here, and pingora gets one end of a socket pair whose other end a relay task copies to and
+//! from the TLS stream. The `HttpPeer` address is `0.0.0.0:<port>`, which pingora's reuse check
+//! accepts for any socket; the real destination and identity are part of the pool key. This
+//! verifies the identity inside the handshake, so it holds when the destination is a
+//! load-balanced virtual IP whose backends each have their own certificate.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::connectors::L4Connect;
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::{Error, ErrorType};
+use rustls_pki_types::ServerName;
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::identity::{spiffe_id_from_der, CertIdentity, SpiffeId};
+use crate::telemetry::{SecurityEvent, Telemetry};
+use crate::tls::TlsStore;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Connectors remembered for destinations that are not configured routes.
+const MAX_DYNAMIC: usize = 4096;
+
+pub struct MeshConnector {
+    target: SocketAddr,
+    expected: Option<SpiffeId>,
+    tls: Arc<TlsStore>,
+    telemetry: Arc<Telemetry>,
+    key: u64,
+}
+
+impl std::fmt::Debug for MeshConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeshConnector").field("target", &self.target).field("expected", &self.expected).finish()
+    }
+}
+
+impl MeshConnector {
+    pub fn new(target: SocketAddr, expected: Option<SpiffeId>, tls: Arc<TlsStore>, telemetry: Arc<Telemetry>) -> Self {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (target, expected.as_ref().map(SpiffeId::as_str)).hash(&mut hasher);
+        MeshConnector { target, expected, tls, telemetry, key: hasher.finish() }
+    }
+
+    pub fn target(&self) -> SocketAddr {
+        self.target
+    }
+
+    /// Keeps connections apart by destination, expected identity and credential generation: a
+    /// new trust bundle or certificate means new connections.
+    pub fn pool_key(&self) -> u64 {
+        self.key ^ self.tls.current().generation.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+
+    fn refuse(&self, reason: String) -> Box<Error> {
+        self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "failure"]).inc();
+        tracing::warn!(peer = %self.target, %reason, "outbound server refused");
+        self.telemetry.events.emit(SecurityEvent::TlsFailure {
+            direction: "outbound",
+            peer: Some(self.target),
+            expected: self.expected.as_ref().map(|e| e.to_string()),
+            reason: reason.clone(),
+        });
+        Error::explain(ErrorType::TLSHandshakeFailure, reason)
+    }
+}
+
+#[async_trait]
+impl L4Connect for MeshConnector {
+    async fn connect(&self, _unused: &PingoraAddr) -> pingora::Result<L4Stream> {
+        let addr = self.target;
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Err(Error::because(ErrorType::ConnectRefused, format!("connecting to {addr}"), e))
+            }
+            Ok(Err(e)) => return Err(Error::because(ErrorType::ConnectError, format!("connecting to {addr}"), e)),
+            Err(_) => return Err(Error::explain(ErrorType::ConnectTimedout, format!("connecting to {addr}"))),
+        };
+        let _ = tcp.set_nodelay(true);
+        let config = self.tls.current().client_config.clone();
+        // SNI is off; the name only satisfies the API, the identity is checked below.
+        let handshake = tokio_rustls::TlsConnector::from(config).connect(ServerName::IpAddress(addr.ip().into()), tcp);
+        let mut tls = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(self.refuse(format!("handshake with {addr} failed: {}", tls_reason(&e)))),
+            Err(_) => return Err(Error::explain(ErrorType::TLSHandshakeTimedout, format!("TLS with {addr}"))),
+        };
+        let presented = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| spiffe_id_from_der(c));
+        match (&self.expected, presented) {
+            (Some(expected), Some(CertIdentity::Spiffe(id))) if id == *expected => {}
+            (None, Some(CertIdentity::Spiffe(_))) => {}
+            (Some(expected), Some(CertIdentity::Spiffe(id))) => {
+                return Err(self.refuse(format!("{addr} presented {id}, expected {expected}")))
+            }
+            _ => return Err(self.refuse(format!("{addr} presented no SPIFFE identity"))),
+        }
+        self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "success"]).inc();
+        let (ours, mut relay_end) =
+            UnixStream::pair().map_err(|e| Error::because(ErrorType::InternalError, "socket pair", e))?;
+        tokio::spawn(async move {
+            let _ = tokio::io::copy_bidirectional(&mut relay_end, &mut tls).await;
+        });
+        Ok(ours.into())
+    }
+}
+
+/// The verifier's own words when it refused the certificate.
+fn tls_reason(e: &std::io::Error) -> String {
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => other.0.to_string(),
+        Some(other) => other.to_string(),
+        None => e.to_string(),
+    }
+}
+
+/// Connectors for destinations learned per request (original destination or authority),
+/// made once per destination and identity.
+pub struct Connectors {
+    known: ArcSwap<HashMap<(SocketAddr, Option<SpiffeId>), Arc<MeshConnector>>>,
+    tls: Arc<TlsStore>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl Connectors {
+    pub fn new(tls: Arc<TlsStore>, telemetry: Arc<Telemetry>) -> Self {
+        Connectors { known: ArcSwap::from_pointee(HashMap::new()), tls, telemetry }
+    }
+
+    pub fn make(&self, target: SocketAddr, expected: Option<SpiffeId>) -> Arc<MeshConnector> {
+        Arc::new(MeshConnector::new(target, expected, self.tls.clone(), self.telemetry.clone()))
+    }
+
+    pub fn get(&self, target: SocketAddr, expected: Option<&SpiffeId>) -> Arc<MeshConnector> {
+        let key = (target, expected.cloned());
+        if let Some(found) = self.known.load().get(&key) {
+            return found.clone();
+        }
+        let made = self.make(target, expected.cloned());
+        self.known.rcu(|known| {
+            let mut next = if known.len() >= MAX_DYNAMIC { HashMap::new() } else { HashMap::clone(known) };
+            next.insert(key.clone(), made.clone());
+            next
+        });
+        made
+    }
+}
