@@ -317,6 +317,14 @@ hwm_kb() {  # PID...: sum of VmHWM
     echo "$total"
 }
 
+child_ticks() {  # CPU ticks of this shell's finished children (cutime+cstime): oha's share
+    local stat
+    stat=$(<"/proc/$$/stat")
+    # shellcheck disable=SC2086
+    set -- ${stat##*) }
+    echo $(( ${14} + ${15} ))
+}
+
 machine_ticks() {  # "busy total" jiffies over all CPUs, from /proc/stat
     awk '/^cpu / {t=0; for (i=2; i<=NF; i++) t+=$i; print t-$5-$6, t}' /proc/stat
 }
@@ -370,14 +378,17 @@ measure() {
     local pids=()
     for g in $procs; do IFS=, read -ra pids <<<"${g#*=}"; cpu0+=("$(cpu_ticks "${pids[@]}")"); done
     for c in $counters; do cnt0+=("$(counter "${c#*=}")"); done
-    m0=$(machine_ticks)
+    local own1=0 oha0 oha1
+    m0=$(machine_ticks); oha0=$(child_ticks)
     log "$label: measured run $DURATION at $RATE req/s, $CONNS connections"
     oha_run "$url" "$OUT/raw/$label.json" "$DURATION" "$@"
-    m1=$(machine_ticks)
+    m1=$(machine_ticks); oha1=$(child_ticks)
     local i=0 line="$label|"
     for g in $procs; do
         IFS=, read -ra pids <<<"${g#*=}"
-        line+="${g%%=*}:$(( $(cpu_ticks "${pids[@]}") - cpu0[i] )):$(hwm_kb "${pids[@]}") "
+        local d=$(( $(cpu_ticks "${pids[@]}") - cpu0[i] ))
+        own1=$(( own1 + d ))
+        line+="${g%%=*}:$d:$(hwm_kb "${pids[@]}") "
         i=$((i + 1))
     done
     line+="|"; i=0
@@ -387,7 +398,10 @@ measure() {
     done
     local b0 t0 b1 t1
     read -r b0 t0 <<<"$m0"; read -r b1 t1 <<<"$m1"
-    line+="|$(( (b1 - b0) * 1000 / (t1 - t0) ))"
+    # per mille of all CPUs: whole machine busy; what neither the measured processes nor oha used
+    local other=$(( b1 - b0 - own1 - (oha1 - oha0) ))
+    (( other < 0 )) && other=0
+    line+="|$(( (b1 - b0) * 1000 / (t1 - t0) )):$(( (oha1 - oha0) * 1000 / (t1 - t0) )):$(( other * 1000 / (t1 - t0) ))"
     echo "$line" >> "$TMP/measure.txt"
 }
 
@@ -468,7 +482,8 @@ tck = int(tck)
 M = {}
 for line in open(measure_f):
     label, procs, counters, busy = line.rstrip("\n").split("|")
-    m = M[label] = {"procs": {}, "conns": {}, "busy": int(busy) / 10}
+    busy, oha, other = (int(x) / 10 for x in busy.split(":"))
+    m = M[label] = {"procs": {}, "conns": {}, "busy": busy, "oha": oha, "other": other}
     for item in procs.split():
         name, ticks, hwm = item.split(":")
         m["procs"][name] = (int(ticks) / tck, int(hwm) / 1024)
@@ -520,12 +535,13 @@ print(f"- machine: {os.cpu_count()} CPUs ({cpu}), 1-min load average at start {o
 print(f"- palisade: {version([os.environ['PALISADE'], '--version'], 'stdout')} built from {rev}")
 print(f"- script wall time {wall} s (load phase {load_wall} s)")
 print()
-print("| run | 200 / all responses | other errors | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms | machine CPU busy |")
+print("| run | 200 / all responses | other errors | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms | machine busy / oha / other |")
 print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
 for l, title in labels:
     st = S[l]
     print(f"| {title} | {st['ok']} / {st['done']} ({codes(st)}) | {errs(st)} | {st['rps']:.0f} | "
-          f"{st['p50']:.3f} | {st['p99']:.3f} | {st['p999']:.3f} | {st['mx']:.2f} | {M[l]['busy']:.0f}% |")
+          f"{st['p50']:.3f} | {st['p99']:.3f} | {st['p999']:.3f} | {st['mx']:.2f} | "
+          f"{M[l]['busy']:.0f}% / {M[l]['oha']:.0f}% / {M[l]['other']:.0f}% |")
 print()
 print("| run | process | CPU-s per 1,000 req | peak RSS MB | start-to-ready ms |")
 print("|---|---|---:|---:|---:|")
@@ -547,6 +563,10 @@ for l, title in labels:
     C = M[l]["conns"]
     b = C.get("b_conns")
     print(f"| {title} | {'—' if b is None else b} | {C.get('app_conns')} |")
+print()
+print("Machine busy / oha / other: share of all CPUs during the measured run (from /proc/stat), the part used by "
+      "oha, and the part used by neither oha nor the measured processes (other work on the machine, plus "
+      "interrupt time: a large 'other' means the run was disturbed).")
 print()
 print("CPU-s per 1,000 req = (utime+stime after − before the measured run) / CLK_TCK / responses × 1000. "
       "Peak RSS is VmHWM; for nginx master and worker are added (shared pages count twice). "

@@ -103,6 +103,9 @@ impl Parts {
             bail!("threads: must be at least 1");
         }
         let files = config.identity.files.clone().unwrap_or_default();
+        if files.reload_interval.0.is_zero() {
+            bail!("identity.files.reloadInterval: must be more than 0");
+        }
         let identity_files = IdentityFiles {
             cert: files.cert.clone(),
             key: files.key.clone(),
@@ -207,15 +210,17 @@ async fn run(
             data_path.clone(),
             stop.clone(),
         )),
-        tokio::spawn(serve(
-            admin_listener,
-            Transport::Plain,
-            admin,
-            telemetry.clone(),
-            ConnectionTracker::default(),
-            stop.clone(),
-        )),
     ];
+    // The admin listener outlives the drain, so /ready can say 503 while it runs.
+    let (admin_stop, admin_stop_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(serve(
+        admin_listener,
+        Transport::Plain,
+        admin,
+        telemetry.clone(),
+        ConnectionTracker::default(),
+        admin_stop_rx,
+    ));
     tokio::spawn(watch_certificates(tls.clone(), telemetry.clone(), reload_interval, stop.clone()));
     tokio::spawn(watch_policy(policy.clone(), apply_mtls, reload_interval, stop.clone()));
     readiness.listeners.store(true, Ordering::Release);
@@ -252,6 +257,8 @@ async fn run(
         Ok(()) => tracing::info!("drained; exiting"),
         Err(_) => tracing::warn!(open = data_path.count(), "drain period over; closing the remaining connections"),
     }
+    admin_stop.send_replace(true);
+    let _ = admin_task.await;
 }
 
 /// Polls the policy files, swaps in a new snapshot when they change and they are valid, and

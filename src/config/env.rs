@@ -45,14 +45,30 @@ where
     }
     overrides.sort();
     let mut root = serde_yaml::to_value(&parsed).expect("configuration serialises");
+    // Kubernetes injects PALISADE_<SERVICE>_PORT and friends for every Service named palisade-*:
+    // only a variable that starts with a known section is an override.
+    overrides.retain(|(name, _)| {
+        let section = name[PREFIX.len()..].split('_').next().unwrap_or_default();
+        let known = root
+            .as_mapping()
+            .is_some_and(|m| m.keys().filter_map(Value::as_str).any(|k| k.eq_ignore_ascii_case(section)));
+        if !known {
+            tracing::debug!(variable = %name, "not a configuration override; ignored");
+        }
+        known
+    });
     let mut applied: Vec<(String, String)> = Vec::new();
     for (name, raw) in &overrides {
         let field = set_path(&mut root, &name[PREFIX.len()..]).map_err(|message| ConfigError {
             env_var: Some(name.clone()),
             ..ConfigError::new(file, &name[PREFIX.len()..].to_lowercase().replace('_', "."), message)
         })?;
-        let value = serde_yaml::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone()));
-        *lookup_mut(&mut root, &field) = value;
+        let slot = lookup_mut(&mut root, &field);
+        // A string setting takes the text as it is ("123" stays a name); others read it as YAML.
+        *slot = match slot {
+            Value::String(_) => Value::String(raw.clone()),
+            _ => serde_yaml::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone())),
+        };
         applied.push((field.join("."), name.clone()));
     }
     serde_path_to_error::deserialize(root).map_err(|e| {

@@ -76,13 +76,20 @@ impl Serialize for TrustDomain {
 }
 
 /// Where the workload certificate comes from: files now; the control plane's CA later.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct IdentityConfig {
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub files: Option<IdentityFilesConfig>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub control_plane: Option<serde_yaml::Value>,
+}
+
+impl Default for IdentityConfig {
+    /// Files at the default paths, so `PALISADE_IDENTITY_FILES_*` work without an identity section.
+    fn default() -> Self {
+        IdentityConfig { files: Some(IdentityFilesConfig::default()), control_plane: None }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -390,5 +397,19 @@ threads: 1
             [("PALISADE_ADMIN_PORT".to_string(), "1".to_string())].into();
         let err = load::<SidecarConfig>(&file, &env).unwrap_err();
         assert!(err.to_string().contains("expected one of: listen"), "{err}");
+
+        // Kubernetes service links, string settings that look like numbers, absent sections.
+        let env: std::collections::BTreeMap<String, String> = [
+            ("PALISADE_CONTROL_SERVICE_HOST", "10.0.0.1"),
+            ("PALISADE_CONTROL_PORT_15010_TCP", "tcp://10.0.0.1:15010"),
+            ("PALISADE_WORKLOAD_SERVICEACCOUNT", "123"),
+            ("PALISADE_IDENTITY_FILES_CERT", "/elsewhere/tls.crt"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let cfg: SidecarConfig = load(&file, &env).unwrap();
+        assert_eq!(cfg.workload.service_account, "123");
+        assert_eq!(cfg.identity.files.unwrap().cert, std::path::PathBuf::from("/elsewhere/tls.crt"));
     }
 }

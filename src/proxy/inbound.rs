@@ -97,6 +97,12 @@ fn peer_identity(session: &Session) -> Option<&PeerIdentity> {
 /// Step 2: sizes. Declared bodies are refused before a byte is forwarded; chunked ones as they
 /// cross the limit (in `request_body_filter`).
 fn check_limits(req: &RequestHeader, limits: &InputLimits) -> Result<(), Box<Error>> {
+    // Both framings at once is how requests are smuggled past one parser and into another.
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && req.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        return Err(ErrorKind::InvalidRequest.fail("both Content-Length and Transfer-Encoding"));
+    }
     if req.raw_path().len() > limits.max_uri_bytes {
         return Err(ErrorKind::UriTooLong.fail("request target over maxUriBytes"));
     }
@@ -266,6 +272,12 @@ pub(super) async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx)
     let Some(kind) = ErrorKind::classify(e) else {
         return FailToProxy { error_code: 0, can_reuse_downstream: false };
     };
+    // Once the app's response has started, writing our own would splice two responses into one
+    // that looks complete: abort the stream instead.
+    ctx.id = ctx.id.or_generate();
+    if let Some(started) = session.response_written() {
+        return FailToProxy { error_code: started.status.as_u16(), can_reuse_downstream: false };
+    }
     if kind.status() < 500 && ctx.decision == "allow" {
         ctx.decision = "invalid";
     } else if kind.status() >= 500 {

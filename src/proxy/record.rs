@@ -22,7 +22,7 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     pub fn new() -> Self {
-        RequestCtx { id: RequestId::generate(), started: Instant::now(), decision: "allow", limited: None }
+        RequestCtx { id: RequestId::NONE, started: Instant::now(), decision: "allow", limited: None }
     }
 }
 

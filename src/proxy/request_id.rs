@@ -37,6 +37,17 @@ fn splitmix64(mut z: u64) -> u64 {
 }
 
 impl RequestId {
+    /// No id yet; [`RequestId::or_generate`] gives one.
+    pub const NONE: RequestId = RequestId { buf: [0; MAX_LEN], len: 0 };
+
+    pub fn or_generate(self) -> Self {
+        if self.len == 0 {
+            Self::generate()
+        } else {
+            self
+        }
+    }
+
     /// 32 lowercase hex digits, unique within the process and not guessable from outside it.
     pub fn generate() -> Self {
         let [a, b] = *seed();

@@ -67,6 +67,24 @@ impl Credentials {
             CertIdentity::None => return Err(identity_error("certificate has no spiffe:// URI SAN".into())),
             CertIdentity::Invalid(why) => return Err(identity_error(why.into())),
         };
+        // A certificate that cannot work with this bundle (say, from a new CA written before the
+        // bundle that trusts it) must not replace one that works.
+        let parsed = rustls::server::ParsedCertificate::try_from(&chain[0])
+            .map_err(|e| identity_error(format!("certificate does not parse: {e}")))?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &roots,
+            &chain[1..],
+            rustls_pki_types::UnixTime::now(),
+            super::provider().signature_verification_algorithms.all,
+        )
+        .map_err(|e| {
+            identity_error(format!("certificate does not verify against {}: {e}", files.trust_bundle.display()))
+        })?;
+        for usage in [super::verify::Usage::Server, super::verify::Usage::Client] {
+            let domains = super::TrustDomains::new([trust_domain]);
+            super::verify::check_leaf(&chain[0], usage, &domains).map_err(|e| identity_error(e.to_string()))?;
+        }
         if id.trust_domain() != trust_domain {
             return Err(identity_error(format!(
                 "certificate identity {id} is not in the configured trust domain {trust_domain:?}"
