@@ -345,7 +345,56 @@ pub struct PolicedSidecar {
     pub sidecar: Sidecar,
     pub app: EchoApp,
     pub policy_file: PathBuf,
-    clients: BTreeMap<&'static str, reqwest::Client>,
+    identities: BTreeMap<&'static str, WorkloadFiles>,
+}
+
+/// A response read off the wire.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    pub fn seen(&self) -> Seen {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+async fn raw_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut stream: S, request: &str) -> Answer {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ =
+        tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await.expect("response in time");
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {text:?}"));
+    // Undo chunked transfer coding for the JSON bodies the echo app sends.
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].trim_start_matches("\r\n");
+        }
+        out
+    } else {
+        body.to_string()
+    };
+    Answer { status, head: head.to_string(), body }
 }
 
 /// Callers by short name: `frontend`, `billing` (namespace shop), `admin` (namespace ops),
@@ -367,29 +416,27 @@ impl PolicedSidecar {
         config.workload.service_account = "orders".into();
         config.workload.labels = [("app".to_string(), "orders".to_string())].into();
         let sidecar = start_sidecar(config);
-        let mut clients = BTreeMap::new();
-        for (name, ns, sa) in CALLERS {
-            let files = pki.workload(name, &id(ns, sa));
-            clients.insert(*name, https_client(Some(&files)));
-        }
-        clients.insert("plain", http_client());
-        PolicedSidecar { pki, sidecar, app, policy_file, clients }
+        let identities = CALLERS.iter().map(|(name, ns, sa)| (*name, pki.workload(name, &id(ns, sa)))).collect();
+        PolicedSidecar { pki, sidecar, app, policy_file, identities }
     }
 
-    /// Sends a request as `caller`; the raw path is sent as written (no client-side cleanup).
-    pub async fn send(&self, caller: &str, method: &str, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
-        let scheme = if caller == "plain" { "http" } else { "https" };
-        let mut url = reqwest::Url::parse(&format!("{scheme}://{}/", self.sidecar.inbound)).unwrap();
-        // Url normalises dot segments and case of escapes; set the path verbatim instead.
-        url.set_path(path);
-        let raw = format!("{scheme}://{}{path}", self.sidecar.inbound);
-        let url = if url.as_str() == raw { url } else { verbatim_url(&raw) };
-        let client = &self.clients[caller];
-        let mut request = client.request(method.parse().unwrap(), url);
+    /// Sends one HTTP/1.1 request as `caller`, the request target byte for byte as written
+    /// (HTTP client libraries clean up `..` and `//`, which is what attacks rely on).
+    pub async fn send(&self, caller: &str, method: &str, target: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut request = format!("{method} {target} HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\n");
         for (k, v) in headers {
-            request = request.header(*k, *v);
+            request.push_str(&format!("{k}: {v}\r\n"));
         }
-        request.send().await.unwrap()
+        request.push_str("content-length: 0\r\n\r\n");
+        let tcp = tokio::net::TcpStream::connect(self.sidecar.inbound).await.unwrap();
+        match self.identities.get(caller) {
+            None => raw_exchange(tcp, &request).await,
+            Some(files) => {
+                let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(Some(files))));
+                let tls = connector.connect(ServerName::try_from("orders.shop").unwrap(), tcp).await.unwrap();
+                raw_exchange(tls, &request).await
+            }
+        }
     }
 
     pub async fn metrics(&self) -> String {
@@ -410,9 +457,4 @@ impl PolicedSidecar {
     pub fn shutdown(self) {
         self.sidecar.shutdown();
     }
-}
-
-/// reqwest (through `url`) cleans dot segments; attack paths must reach the server as written.
-fn verbatim_url(raw: &str) -> reqwest::Url {
-    reqwest::Url::parse(raw).unwrap()
 }

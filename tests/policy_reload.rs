@@ -1,0 +1,92 @@
+//! Policy files change under load: every valid version is swapped in between requests, a broken
+//! file leaves the last good policy enforcing.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn version_with(extra_rule: usize) -> String {
+    let mut spec = String::from(
+        "  authorization:\n    default: DENY\n    rules:\n      - {name: reads, action: ALLOW, to: {methods: [GET]}}\n      - {name: no-admin, action: DENY, to: {paths: [\"/admin\"]}}\n",
+    );
+    for i in 0..extra_rule {
+        spec.push_str(&format!("      - {{name: extra-{i}, action: DENY, to: {{paths: [\"/extra-{i}\"]}}}}\n"));
+    }
+    policy("reloading", &spec)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_fail_no_request_and_a_broken_file_changes_nothing() {
+    let s = Arc::new(PolicedSidecar::start(&version_with(0)).await);
+    let first_version = s.config_dump().await["policy"]["version"].as_str().unwrap().to_string();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (s, stop) = (s.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            let (mut ok, mut bad) = (0, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(20);
+            for _ in 0..3000 {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                match s.send("frontend", "GET", "/orders", &[]).await.status {
+                    200 => ok += 1,
+                    other => bad.push(other),
+                }
+            }
+            (ok, bad)
+        }));
+    }
+    for v in 1..=5 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        write_policy(&s.policy_file, &version_with(v));
+    }
+    let last_in_force =
+        eventually(Duration::from_secs(5), || async { s.send("admin", "GET", "/extra-4", &[]).await.status == 403 })
+            .await;
+    assert!(last_in_force, "the last version is in force");
+    let metrics = s.metrics().await;
+    assert!(
+        !metrics.contains("palisade_policy_updates_total{result=\"applied\"} 1\n"),
+        "versions were applied: {metrics}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut bad) = (0, Vec::new());
+    for w in workers {
+        let (o, b) = w.await.unwrap();
+        ok += o;
+        bad.extend(b);
+    }
+    assert!(bad.is_empty(), "{} of {} requests failed during reloads: {:?}", bad.len(), ok + bad.len(), bad);
+    assert!(ok > 50, "the load ran: {ok}");
+
+    // A broken file: rejected, reported, and the policy in force stays.
+    let before = s.config_dump().await["policy"]["version"].as_str().unwrap().to_string();
+    assert_ne!(before, first_version);
+    write_policy(&s.policy_file, &policy("reloading", "  authorization:\n    default: MAYBE\n"));
+    let rejected = eventually(Duration::from_secs(5), || async {
+        s.metrics().await.contains("palisade_policy_updates_total{result=\"rejected\"} 1")
+    })
+    .await;
+    assert!(rejected, "{}", s.metrics().await);
+    assert_eq!(s.config_dump().await["policy"]["version"], before.as_str());
+    assert_eq!(s.send("frontend", "GET", "/orders", &[]).await.status, 200);
+    assert_eq!(s.send("frontend", "GET", "/admin", &[]).await.status, 403, "the old DENY still holds");
+
+    // Fixing the file takes effect: now GET is denied too.
+    write_policy(&s.policy_file, &policy("reloading", "  authorization:\n    default: DENY\n"));
+    let denied =
+        eventually(Duration::from_secs(5), || async { s.send("frontend", "GET", "/orders", &[]).await.status == 403 })
+            .await;
+    assert!(denied);
+    match Arc::try_unwrap(s) {
+        Ok(s) => s.shutdown(),
+        Err(_) => panic!("workers still hold the sidecar"),
+    }
+}

@@ -1,0 +1,110 @@
+//! Local rate limits through a real sidecar: burst, refill, isolation, the 429 and its headers,
+//! and a flood of distinct keys that does not stay in memory.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const LIMITS: &str = r#"  rateLimits:
+    - {name: per-caller, match: {methods: [GET], paths: ["/api*"]}, key: source.principal, rate: 4, per: 1s, burst: 3}
+    - {name: everyone, match: {paths: ["/global*"]}, key: global, rate: 10, per: 1s, burst: 10}
+    - {name: per-key, match: {paths: ["/keyed*"]}, key: "request.headers[x-api-key]", rate: 1, per: 60s, burst: 2}
+    - {name: per-ip, match: {paths: ["/ip*"]}, key: source.ip, rate: 1, per: 60s, burst: 1}
+"#;
+
+async fn admitted(
+    s: &PolicedSidecar,
+    caller: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    n: usize,
+) -> usize {
+    let mut ok = 0;
+    for _ in 0..n {
+        if s.send(caller, method, path, headers).await.status == 200 {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burst_then_refill_with_standard_headers() {
+    let s = PolicedSidecar::start(&policy("limits", LIMITS)).await;
+    assert_eq!(admitted(&s, "frontend", "GET", "/api/x", &[], 3).await, 3, "the burst");
+    let refused = s.send("frontend", "GET", "/api/x", &[]).await;
+    assert_eq!(refused.status, 429);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(refused.header("ratelimit-policy"), Some(r#""per-caller";q=4;w=1"#));
+    assert_eq!(refused.header("ratelimit"), Some(r#""per-caller";r=0;t=1"#));
+    assert_eq!(refused.header("content-type"), Some("application/json"));
+    assert!(refused.body.contains(r#""error":"rate_limited""#), "{}", refused.body);
+
+    // Isolated: another principal has its own bucket; another method is not limited.
+    assert_eq!(admitted(&s, "billing", "GET", "/api/x", &[], 3).await, 3);
+    assert_eq!(admitted(&s, "frontend", "POST", "/api/x", &[], 5).await, 5);
+
+    // Refill at 4/s: after 0.5 s, two tokens (within one).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let refilled = admitted(&s, "frontend", "GET", "/api/x", &[], 5).await;
+    assert!((1..=3).contains(&refilled), "0.5 s at 4/s refills 2 tokens (±1): {refilled}");
+    // A full second later, the bucket is full again but no fuller than its size.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(admitted(&s, "frontend", "GET", "/api/x", &[], 6).await, 3, "capped at the burst");
+
+    let metrics = s.metrics().await;
+    assert!(
+        metrics.contains(
+            r#"palisade_ratelimit_decisions_total{limit="per-caller",policy="shop/limits",result="limited"}"#
+        ),
+        "{metrics}"
+    );
+    s.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_limit_is_shared_and_keyed_limits_are_not() {
+    let s = PolicedSidecar::start(&policy("limits", LIMITS)).await;
+    let a = admitted(&s, "frontend", "GET", "/global", &[], 8).await;
+    let b = admitted(&s, "billing", "GET", "/global", &[], 8).await;
+    let c = admitted(&s, "plain", "GET", "/global", &[], 4).await;
+    assert!((10..=11).contains(&(a + b + c)), "one shared bucket of 10 (+1 refilled): {a}+{b}+{c}");
+
+    assert_eq!(admitted(&s, "plain", "GET", "/keyed", &[("x-api-key", "k1")], 4).await, 2);
+    assert_eq!(admitted(&s, "plain", "GET", "/keyed", &[("x-api-key", "k2")], 4).await, 2);
+    assert_eq!(admitted(&s, "plain", "GET", "/keyed", &[], 4).await, 2, "requests without the header share a bucket");
+
+    assert_eq!(admitted(&s, "plain", "GET", "/ip", &[], 3).await, 1, "per source IP");
+    s.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keys_are_forgotten() {
+    let limits =
+        "  rateLimits:\n    - {name: per-key, key: \"request.headers[x-api-key]\", rate: 50, per: 1s, burst: 5}\n";
+    let s = PolicedSidecar::start(&policy("flood", limits)).await;
+    // 3,000 distinct keys, sent 16 at a time.
+    let sidecar = &s;
+    let mut sent = 0;
+    for batch in 0..(3000 / 16) {
+        let requests = (0..16).map(|i| {
+            let key = format!("key-{batch}-{i}");
+            async move { sidecar.send("plain", "GET", "/", &[("x-api-key", key.as_str())]).await.status }
+        });
+        for status in futures::future::join_all(requests).await {
+            assert_eq!(status, 200);
+            sent += 1;
+        }
+    }
+    assert!(sent >= 2990);
+    let keys = |dump: serde_json::Value| dump["policy"]["rateLimitKeys"].as_u64().unwrap();
+    let live = keys(s.config_dump().await);
+    assert!(live > 0, "buckets exist while the keys are fresh");
+    // A bucket of 5 at 50/s is full again after 0.1 s; the reload loop forgets it within ~1 s.
+    let forgotten = eventually(Duration::from_secs(5), || async { keys(s.config_dump().await) == 0 }).await;
+    assert!(forgotten, "idle buckets are dropped (was {live})");
+    s.shutdown();
+}
