@@ -30,7 +30,7 @@
 # Usage
 #   bench/pair.sh                           # 1000 req/s, 16 connections, 15 s
 #   RATE=2000 CONNS=32 DURATION=30s bench/pair.sh
-# Other overrides: WARMUP (2s), BASE_PORT (38000), PALISADE_THREADS (1), KEEP_TMP=1,
+# Other overrides: WARMUP (2s), BASE_PORT (27000), PALISADE_THREADS (1), KEEP_TMP=1,
 #   SKIP_INSTALL=1 (do not try apt/cargo), SKIP_BUILD=1 (use the existing release binary).
 set -euo pipefail
 
@@ -38,7 +38,7 @@ RATE=${RATE:-1000}
 CONNS=${CONNS:-16}
 DURATION=${DURATION:-15s}
 WARMUP=${WARMUP:-2s}
-BASE_PORT=${BASE_PORT:-38000}
+BASE_PORT=${BASE_PORT:-27000}   # ports BASE..BASE+296; keep below the ephemeral range
 PALISADE_THREADS=${PALISADE_THREADS:-1}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -104,7 +104,12 @@ build_palisade() {
 }
 
 check_ports_free() {
-    local p
+    local p lo hi
+    read -r lo hi < /proc/sys/net/ipv4/ip_local_port_range
+    if (( BASE_PORT + 296 >= lo && BASE_PORT <= hi )); then
+        log "warning: ports $BASE_PORT-$((BASE_PORT + 296)) overlap the ephemeral range $lo-$hi;" \
+            "another program's outgoing connection may take one of them mid-run"
+    fi
     for p in $P_APP $P_APP_STATUS $P_A_ADMIN $P_A_OUT $P_A_IN $P_B_ADMIN $P_B_OUT $P_B_IN \
              $P_NGX_A $P_NGX_A_STATUS $P_NGX_B $P_NGX_B_STATUS; do
         if ss -Htln "sport = :$p" | grep -q .; then die "port $p is in use (set BASE_PORT)"; fi

@@ -20,6 +20,7 @@ use crate::telemetry::Metrics;
 /// What a decision looks at.
 pub struct RequestView<'a> {
     pub principal: Option<&'a SpiffeId>,
+    /// Canonical: an IPv4 client of a dual-stack listener as IPv4, not `::ffff:a.b.c.d`.
     pub source_ip: Option<IpAddr>,
     pub method: &'a Method,
     /// Normalised, in match form (no trailing slash).
@@ -42,8 +43,50 @@ impl Default for InputLimits {
     }
 }
 
+/// Which headers that conditions look at are present in a request: one bit per header name
+/// (names past the 64th share the last bit, which then means "look it up"). A rule whose header
+/// is absent fails without a header-map lookup.
+#[derive(Default)]
+struct HeaderBits {
+    names: std::collections::HashMap<http::HeaderName, u64, std::hash::BuildHasherDefault<Fnv1a>>,
+}
+
+/// FNV-1a: the table is fixed when the policy is compiled and only looked up per request, so a
+/// caller choosing colliding header names can slow a lookup by a few compares, never grow it.
+#[derive(Default)]
+struct Fnv1a(u64);
+
+impl std::hash::Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl HeaderBits {
+    fn bit(&mut self, name: &http::HeaderName) -> u64 {
+        let next = (self.names.len() as u32).min(63);
+        *self.names.entry(name.clone()).or_insert(1u64 << next)
+    }
+
+    fn present(&self, headers: &HeaderMap) -> u64 {
+        if self.names.is_empty() {
+            return 0;
+        }
+        headers.keys().filter_map(|k| self.names.get(k)).fold(0, |bits, b| bits | b)
+    }
+}
+
 pub struct PolicySnapshot {
     pub version: String,
+    header_bits: HeaderBits,
     pub policies: Vec<CompiledPolicy>,
     pub limits: InputLimits,
     /// The strictest `spec.mtls` among the selecting policies.
@@ -69,13 +112,18 @@ struct Decision {
 
 struct CompiledRule {
     decision: Decision,
+    /// Standard methods as bits (0: any method); the rare extension methods in `methods`.
+    method_bits: u16,
+    /// The bits of every header the conditions need: a quick reject when one is absent.
+    when_bits: u64,
     principals: Vec<Pattern>,
     namespaces: Vec<Pattern>,
     ip_blocks: Vec<IpBlock>,
     methods: Vec<Method>,
     paths: Vec<PathPattern>,
     ports: Vec<u16>,
-    when: Vec<(http::HeaderName, Vec<Pattern>)>,
+    /// Header conditions, each with its bit in [`HeaderBits`].
+    when: Vec<(http::HeaderName, u64, Vec<Pattern>)>,
 }
 
 pub struct CompiledLimit {
@@ -140,6 +188,7 @@ impl PolicySnapshot {
         let mut mtls = None;
         let mut policies = Vec::new();
         let mut documents = Vec::new();
+        let mut header_bits = HeaderBits::default();
         for doc in located.iter().filter(|l| selects(&l.policy, workload)) {
             let p = &doc.policy;
             let name: Arc<str> = format!("{}/{}", p.metadata.namespace, p.metadata.name).into();
@@ -167,7 +216,7 @@ impl PolicySnapshot {
                 counter: metrics.authz_decisions.with_label_values(&[&name, rule, action_label(action), mode_label]),
             };
             let rules: Vec<CompiledRule> =
-                authz.rules.iter().map(|r| compile_rule(r, decision(&r.name.0, r.action))).collect();
+                authz.rules.iter().map(|r| compile_rule(r, decision(&r.name.0, r.action), &mut header_bits)).collect();
             let has_allow = rules.iter().any(|r| r.decision.action == Action::ALLOW);
             let default_action = authz.default.unwrap_or(if has_allow { Action::DENY } else { Action::ALLOW });
             let (deny, allow) = rules.into_iter().partition(|r| r.decision.action == Action::DENY);
@@ -182,7 +231,7 @@ impl PolicySnapshot {
             });
             documents.push(doc.clone());
         }
-        PolicySnapshot { version, policies, limits, mtls, documents }
+        PolicySnapshot { version, header_bits, policies, limits, mtls, documents }
     }
 
     /// Steps 4 of SPEC section 5. Every ENFORCE policy must allow; AUDIT policies are counted
@@ -190,8 +239,14 @@ impl PolicySnapshot {
     /// `audit` hears of every denial an AUDIT policy would have made.
     pub fn authorize(&self, req: &RequestView<'_>, mut audit: impl FnMut(Denied)) -> Result<(), Denied> {
         let mut refused = None;
+        let facts = Facts {
+            headers_present: self.header_bits.present(req.headers),
+            method_bit: method_bit(req.method),
+            namespace: std::cell::OnceCell::new(),
+            principal: req.principal,
+        };
         for policy in &self.policies {
-            let decision = policy.decide(req);
+            let decision = policy.decide(req, &facts);
             decision.counter.inc();
             if decision.action == Action::DENY {
                 let denied = Denied { policy: policy.name.clone(), rule: decision.rule.clone() };
@@ -245,48 +300,84 @@ fn action_label(action: Action) -> &'static str {
 
 impl CompiledPolicy {
     /// Every DENY rule before any ALLOW rule, then the default.
-    fn decide(&self, req: &RequestView<'_>) -> &Decision {
-        self.deny.iter().chain(&self.allow).find(|r| r.matches(req)).map_or(&self.default, |r| &r.decision)
+    fn decide(&self, req: &RequestView<'_>, facts: &Facts<'_>) -> &Decision {
+        self.deny.iter().chain(&self.allow).find(|r| r.matches(req, facts)).map_or(&self.default, |r| &r.decision)
     }
 }
 
-fn compile_rule(rule: &Rule, decision: Decision) -> CompiledRule {
+/// One bit per standard method; extension methods get none and are compared by name.
+fn method_bit(method: &Method) -> u16 {
+    match *method {
+        Method::GET => 1,
+        Method::HEAD => 1 << 1,
+        Method::POST => 1 << 2,
+        Method::PUT => 1 << 3,
+        Method::DELETE => 1 << 4,
+        Method::PATCH => 1 << 5,
+        Method::OPTIONS => 1 << 6,
+        Method::CONNECT => 1 << 7,
+        Method::TRACE => 1 << 8,
+        _ => 0,
+    }
+}
+
+/// What every rule of a request's evaluation would otherwise work out again.
+struct Facts<'a> {
+    headers_present: u64,
+    method_bit: u16,
+    /// Read from the principal only when a rule asks.
+    namespace: std::cell::OnceCell<Option<&'a str>>,
+    principal: Option<&'a SpiffeId>,
+}
+
+impl<'a> Facts<'a> {
+    fn namespace(&self) -> Option<&'a str> {
+        *self.namespace.get_or_init(|| self.principal.and_then(SpiffeId::namespace))
+    }
+}
+
+fn compile_rule(rule: &Rule, decision: Decision, header_bits: &mut HeaderBits) -> CompiledRule {
     let from = rule.from.clone().unwrap_or_default();
     let to = rule.to.clone().unwrap_or_default();
+    let methods: Vec<Method> = to.methods.into_iter().map(|m| m.0).collect();
+    let method_bits = methods.iter().fold(0, |bits, m| bits | method_bit(m));
+    let when: Vec<(http::HeaderName, u64, Vec<Pattern>)> = rule
+        .when
+        .iter()
+        .map(|c| match &c.key {
+            ConditionKey::Header(h) => (h.clone(), header_bits.bit(h), c.values.clone()),
+        })
+        .collect();
     CompiledRule {
         decision,
+        method_bits,
+        when_bits: when.iter().fold(0, |bits, (_, bit, _)| bits | bit),
         principals: from.principals,
         namespaces: from.namespaces,
         ip_blocks: from.ip_blocks,
-        methods: to.methods.into_iter().map(|m| m.0).collect(),
+        // Only extension methods need comparing by name.
+        methods: methods.into_iter().filter(|m| method_bit(m) == 0).collect(),
         paths: to.paths,
         ports: to.ports,
-        when: rule
-            .when
-            .iter()
-            .map(|c| match &c.key {
-                ConditionKey::Header(h) => (h.clone(), c.values.clone()),
-            })
-            .collect(),
+        when,
     }
 }
 
 impl CompiledRule {
     /// All listed fields must match; a list matches when any entry does. Cheapest checks first.
-    fn matches(&self, req: &RequestView<'_>) -> bool {
-        (self.methods.is_empty() || self.methods.contains(req.method))
+    fn matches(&self, req: &RequestView<'_>, facts: &Facts<'_>) -> bool {
+        let any_method = self.method_bits == 0 && self.methods.is_empty();
+        (any_method || self.method_bits & facts.method_bit != 0 || self.methods.contains(req.method))
+            && facts.headers_present & self.when_bits == self.when_bits
             && (self.ports.is_empty() || self.ports.contains(&req.port))
             && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(req.path)))
             && (self.principals.is_empty()
                 || req.principal.is_some_and(|id| self.principals.iter().any(|p| p.matches(id.as_str()))))
             && (self.namespaces.is_empty()
-                || req
-                    .principal
-                    .and_then(SpiffeId::namespace)
-                    .is_some_and(|ns| self.namespaces.iter().any(|p| p.matches(ns))))
+                || facts.namespace().is_some_and(|ns| self.namespaces.iter().any(|p| p.matches(ns))))
             && (self.ip_blocks.is_empty()
                 || req.source_ip.is_some_and(|ip| self.ip_blocks.iter().any(|b| b.contains(ip))))
-            && self.when.iter().all(|(header, values)| {
+            && self.when.iter().all(|(header, _, values)| {
                 req.headers
                     .get_all(header)
                     .iter()
