@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 cargo build --locked --all-targets --quiet
-cargo test --locked --all-targets -- --test-threads 2
+# Benchmarks run once each, as a smoke test (timings come from `cargo bench`).
+cargo test --locked --benches
+cargo test --locked --lib --bins --tests

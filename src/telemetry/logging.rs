@@ -14,10 +14,15 @@ impl LogLevel {
     /// Installs the global subscriber, logging to stderr (stdout carries security events).
     /// The filter comes from `PALISADE_LOG`, in `RUST_LOG` syntax.
     pub fn init() -> Self {
+        Self::init_with(DEFAULT_FILTER)
+    }
+
+    /// As [`LogLevel::init`], with another filter when `PALISADE_LOG` is not set.
+    pub fn init_with(default_filter: &str) -> Self {
         let filter = std::env::var("PALISADE_LOG")
             .ok()
             .and_then(|f| EnvFilter::try_new(f).ok())
-            .unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER));
+            .unwrap_or_else(|| EnvFilter::new(default_filter));
         let (filter, handle) = reload::Layer::new(filter);
         let installed = tracing_subscriber::registry()
             .with(filter)

@@ -74,7 +74,14 @@ drainPeriod: 2s
 }
 
 pub fn start_sidecar(config: SidecarConfig) -> Sidecar {
-    Sidecar::start(config, RunOptions { handle_signals: false, log_level: LogLevel::init() }).unwrap()
+    // Quiet unless PALISADE_LOG asks otherwise; security events go to a file, not the test output.
+    let mut config = config;
+    if config.telemetry.events.sink == palisade::config::EventSink::Stdout {
+        let events = std::env::temp_dir().join(format!("palisade-test-events-{}.jsonl", std::process::id()));
+        config.telemetry.events.sink = palisade::config::EventSink::File(events);
+    }
+    Sidecar::start(config, RunOptions { handle_signals: false, log_level: LogLevel::init_with("warn,pingora_core=error,pingora_proxy=error") })
+        .unwrap()
 }
 
 pub fn route(authority: &str, address: SocketAddr, identity: Option<&str>) -> config::Destination {
