@@ -20,6 +20,9 @@ use crate::tls::TlsStore;
 /// A TLS ClientHello starts with a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open connections per listener; past it new ones are closed at once, so a flood of idle or
+/// half-open connections cannot exhaust file descriptors or memory.
+pub const MAX_CONNECTIONS_PER_LISTENER: usize = 16_384;
 
 pub enum Transport {
     Plain,
@@ -81,6 +84,7 @@ pub async fn serve<A>(
     A: ServerApp + Send + Sync + 'static,
 {
     let transport = Arc::new(transport);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -95,6 +99,10 @@ pub async fn serve<A>(
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit = MAX_CONNECTIONS_PER_LISTENER, "connection limit reached; closing");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let guard = tracker.open();
         let app = app.clone();
@@ -103,6 +111,7 @@ pub async fn serve<A>(
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _guard = guard;
+            let _slot = slot;
             let Some(stream) = handshake(tcp, peer, &transport, &telemetry).await else {
                 return;
             };
