@@ -19,7 +19,15 @@
 #   measured run (Palisade B: inbound TLS handshakes from /metrics; nginx: stub_status
 #   "accepts" on a separate status port), and how busy the whole machine was.
 #   A warm-up load (WARMUP, same rate and connections) precedes each measured run and is
-#   excluded from every figure.
+#   excluded from every figure. oha cancels the requests still in flight at the deadline;
+#   those are listed as "cut at deadline", not as failures. The "machine busy / oha / other"
+#   column says how much CPU the rest of the machine used during the run: a run with a large
+#   "other" share was disturbed and its tail latencies are not comparable.
+#   Every nginx gets keepalive_requests 1000000 (default 1000) so neither pair closes
+#   keep-alive connections in the middle of a run.
+#
+# Cost: about 60 s of load phase; plus a release build when the sources changed, and on a
+#   fresh machine `cargo install oha` (about 6-7 min on 2 cores).
 #
 # How
 #   Everything listens on 127.0.0.1 only; every load is bounded by oha's -z duration and a
@@ -30,6 +38,7 @@
 # Usage
 #   bench/pair.sh                           # 1000 req/s, 16 connections, 15 s
 #   RATE=2000 CONNS=32 DURATION=30s bench/pair.sh
+#   POLICY_RULES=20 bench/pair.sh           # sidecar B enforces a 20-rule policy and two rate limits
 # Other overrides: WARMUP (2s), BASE_PORT (27000), PALISADE_THREADS (1), KEEP_TMP=1,
 #   SKIP_INSTALL=1 (do not try apt/cargo), SKIP_BUILD=1 (use the existing release binary).
 set -euo pipefail
@@ -242,6 +251,43 @@ threads: $PALISADE_THREADS
 drainPeriod: 1s
 telemetry: {accessLog: false}
 EOF
+    if [[ $name == b && ${POLICY_RULES:-0} -gt 0 ]]; then
+        write_policy "$TMP/policy.yaml" "$POLICY_RULES"
+        cat >> "$TMP/$name.yaml" <<EOF
+workload: {namespace: demo, serviceAccount: b, labels: {app: b}}
+policy: {files: ["$TMP/policy.yaml"]}
+EOF
+    fi
+}
+
+# write_policy FILE N: N authorisation rules (N-1 DENY rules that do not match the benchmark's
+# requests, so every request is checked against all of them, and one ALLOW for sidecar A), a
+# per-caller and a global rate limit set high enough never to refuse at the benchmark's rate.
+write_policy() {
+    local file=$1 n=$2 i
+    {
+        echo "apiVersion: palisade.dev/v1alpha1"
+        echo "kind: SecurityPolicy"
+        echo "metadata: {name: bench, namespace: demo}"
+        echo "spec:"
+        echo "  selector: {matchLabels: {app: b}}"
+        echo "  authorization:"
+        echo "    default: DENY"
+        echo "    rules:"
+        for ((i = 1; i < n; i++)); do
+            case $((i % 3)) in
+                0) echo "      - {name: deny-$i, action: DENY, to: {paths: [\"/private-$i/*\"]}}" ;;
+                1) echo "      - {name: deny-$i, action: DENY, from: {principals: [\"spiffe://demo.local/ns/x$i/*\"]}}" ;;
+                2) echo "      - {name: deny-$i, action: DENY, to: {methods: [DELETE]}, when: [{key: \"request.headers[x-d$i]\", values: [\"*\"]}]}" ;;
+            esac
+        done
+        echo "      - {name: from-a, action: ALLOW, from: {principals: [\"spiffe://demo.local/ns/demo/sa/a\"]}, to: {methods: [GET]}}"
+        echo "  rateLimits:"
+        echo "    - {name: per-caller, key: source.principal, rate: 50000, per: 1s, burst: 50000}"
+        echo "    - {name: everyone, key: global, rate: 100000, per: 1s, burst: 100000}"
+        echo "  inputValidation: {maxBodyBytes: 1048576, maxHeaderBytes: 65536, maxUriBytes: 8192}"
+    } > "$file"
+    "$PALISADE" check "$file" >&2 || die "generated policy does not check"
 }
 
 # start_sidecar NAME ADMIN_PORT: prints "PID READY_MS". The launch and the /ready polling
@@ -294,6 +340,7 @@ cleanup() {
         done
         if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
     fi
+    [[ $rc == 0 ]] || log "exit $rc; stopped the processes this script started (logs: $OUT/logs)"
     exit "$rc"
 }
 
@@ -472,7 +519,8 @@ main() {
 
     local rev
     rev="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
-    git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml 2>/dev/null || rev+=" + uncommitted changes"
+    [[ -z $(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] ||
+        rev+=" + uncommitted changes"
     rev+=", binary sha256 $(sha256sum "$PALISADE" | cut -c1-12)"
     report "$(( SECONDS - t_start ))" "$(( SECONDS - t_load ))" "$rev" > "$OUT/results.md"
     cat "$OUT/results.md"
