@@ -5,6 +5,11 @@
 set -euo pipefail
 
 need=()
+# --test: also what the test suite drives (iptables for the transparent-capture test).
+if [ "${1:-}" = "--test" ]; then
+  command -v iptables >/dev/null 2>&1 || need+=(iptables)
+  command -v python3 >/dev/null 2>&1 || need+=(python3)
+fi
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
 command -v cc >/dev/null 2>&1 || need+=(gcc)
 command -v curl >/dev/null 2>&1 || need+=(curl)

@@ -80,8 +80,14 @@ pub fn start_sidecar(config: SidecarConfig) -> Sidecar {
         let events = std::env::temp_dir().join(format!("palisade-test-events-{}.jsonl", std::process::id()));
         config.telemetry.events.sink = palisade::config::EventSink::File(events);
     }
-    Sidecar::start(config, RunOptions { handle_signals: false, log_level: LogLevel::init_with("warn,pingora_core=error,pingora_proxy=error") })
-        .unwrap()
+    Sidecar::start(
+        config,
+        RunOptions {
+            handle_signals: false,
+            log_level: LogLevel::init_with("warn,pingora_core=error,pingora_proxy=error"),
+        },
+    )
+    .unwrap()
 }
 
 pub fn route(authority: &str, address: SocketAddr, identity: Option<&str>) -> config::Destination {
