@@ -261,50 +261,63 @@ async fn run(
     let _ = admin_task.await;
 }
 
-/// Polls the policy files, swaps in a new snapshot when they change and they are valid, and
-/// drops idle rate-limit buckets.
+/// Runs `check` on the blocking pool every `every` (it reads files: a slow disk must never stall
+/// requests) and hands its result to `handle` on the runtime, until `stop` turns true.
+async fn poll_files<T, C, H>(every: Duration, mut stop: watch::Receiver<bool>, check: C, mut handle: H)
+where
+    T: Send + 'static,
+    C: Fn() -> T + Clone + Send + 'static,
+    H: FnMut(T),
+{
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match tokio::task::spawn_blocking(check.clone()).await {
+            Ok(result) => handle(result),
+            Err(e) => tracing::error!(error = %e, "file watcher task failed"),
+        }
+    }
+}
+
+/// Swaps in a new policy snapshot when the files change and are valid; drops idle buckets.
 async fn watch_policy(
     policy: Arc<PolicyStore>,
     on_change: impl Fn(&PolicySnapshot) + Send + 'static,
     every: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let store = policy.clone();
-        match tokio::task::spawn_blocking(move || store.reload_if_changed()).await {
-            Ok(Some(snapshot)) => on_change(&snapshot),
-            Ok(None) => {}
-            Err(e) => tracing::error!(error = %e, "policy reload task failed"),
-        }
-        policy.current().forget_idle_buckets();
-    }
+    let store = policy.clone();
+    poll_files(
+        every,
+        stop,
+        move || store.reload_if_changed(),
+        |changed| {
+            if let Some(snapshot) = changed {
+                on_change(&snapshot);
+            }
+            policy.current().forget_idle_buckets();
+        },
+    )
+    .await
 }
 
-/// Polls the identity files and swaps in new credentials when they change.
+/// Swaps in new credentials when the identity files change and are usable.
 async fn watch_certificates(
     tls: Arc<TlsStore>,
     telemetry: Arc<Telemetry>,
     every: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        // Reading three small files; off the runtime so a slow disk never stalls requests.
-        let store = tls.clone();
-        let outcome = tokio::task::spawn_blocking(move || store.reload_if_changed()).await;
-        match outcome {
-            Ok(Ok(Some(state))) => {
+    poll_files(
+        every,
+        stop,
+        move || tls.reload_if_changed(),
+        |outcome| match outcome {
+            Ok(Some(state)) => {
                 let creds = &state.credentials;
                 tracing::info!(identity = %creds.id, serial = %creds.serial, "certificate and trust bundle reloaded");
                 telemetry.metrics.certificate_expiry.set(creds.not_after as f64);
@@ -314,12 +327,12 @@ async fn watch_certificates(
                     not_after: creds.not_after,
                 });
             }
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
+            Ok(None) => {}
+            Err(e) => {
                 tracing::warn!(error = %e, "new certificate files are not usable; keeping the current ones");
                 telemetry.events.emit(SecurityEvent::CertificateReloadFailed { reason: e.to_string() });
             }
-            Err(e) => tracing::error!(error = %e, "certificate reload task failed"),
-        }
-    }
+        },
+    )
+    .await
 }
