@@ -167,7 +167,13 @@ async fn run(
 
     let inbound = proxy_app(
         &conf,
-        Inbound::new(config.inbound.app.0, config.inbound.app_protocol, policy.clone(), telemetry.clone()),
+        Inbound::new(
+            config.inbound.app.0,
+            config.inbound.app_protocol,
+            config.inbound.app_timeout.map(|t| t.0),
+            policy.clone(),
+            telemetry.clone(),
+        ),
     );
     let outbound =
         proxy_app(&conf, Outbound::new(&config.outbound.destinations, bound.outbound, tls.clone(), telemetry.clone()));

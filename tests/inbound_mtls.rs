@@ -183,6 +183,24 @@ async fn request_limits_answer_414_and_431_with_json() {
     sidecar.shutdown();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_app_gives_a_json_504_after_app_timeout() {
+    let pki = Pki::new();
+    let server = pki.workload("server", &id("shop", "orders"));
+    let client = pki.workload("client", &id("shop", "frontend"));
+    let app = EchoApp::start().await;
+    let mut config = sidecar_config(&server, app.addr);
+    config.inbound.app_timeout = Some("300ms".parse().unwrap());
+    let sidecar = start_sidecar(config);
+    let https = https_client(Some(&client));
+    let response = https.get(format!("https://{}/slow/2000", sidecar.inbound)).send().await.unwrap();
+    assert_eq!(response.status(), 504);
+    assert_eq!(response.json::<serde_json::Value>().await.unwrap()["error"], "gateway_timeout");
+    let response = https.get(format!("https://{}/slow/50", sidecar.inbound)).send().await.unwrap();
+    assert_eq!(response.status(), 200, "a prompt app is unaffected");
+    sidecar.shutdown();
+}
+
 /// The value of one sample in Prometheus text, 0 when absent.
 fn metric(text: &str, series: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().unwrap())).unwrap_or(0.0)

@@ -131,6 +131,10 @@ pub struct InboundConfig {
     pub mtls: MtlsMode,
     /// The protocol the app speaks; `auto` forwards in the caller's own protocol.
     pub app_protocol: AppProtocol,
+    /// How long the app may stay silent while a request waits for its response (504 after);
+    /// none by default, so long-lived streams are not cut.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -150,6 +154,7 @@ impl Default for InboundConfig {
             app: "127.0.0.1:8080".parse().expect("default"),
             mtls: MtlsMode::STRICT,
             app_protocol: AppProtocol::Auto,
+            app_timeout: None,
         }
     }
 }

@@ -26,6 +26,7 @@ use crate::tls::PeerIdentity;
 pub struct Inbound {
     app: SocketAddr,
     app_protocol: AppProtocol,
+    app_timeout: Option<Duration>,
     policy: Arc<PolicyStore>,
     telemetry: Arc<Telemetry>,
 }
@@ -41,10 +42,11 @@ impl Inbound {
     pub fn new(
         app: SocketAddr,
         app_protocol: AppProtocol,
+        app_timeout: Option<Duration>,
         policy: Arc<PolicyStore>,
         telemetry: Arc<Telemetry>,
     ) -> Self {
-        Inbound { app, app_protocol, policy, telemetry }
+        Inbound { app, app_protocol, app_timeout, policy, telemetry }
     }
 
     /// The port the caller addressed: the original destination behind an iptables REDIRECT,
@@ -205,6 +207,7 @@ impl ProxyHttp for Inbound {
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<Box<HttpPeer>> {
         let mut peer = HttpPeer::new(self.app, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
+        peer.options.read_timeout = self.app_timeout;
         if ctx.app_h2 {
             peer.options.alpn = ALPN::H2; // h2c with prior knowledge, as gRPC servers expect
             peer.group_key = 2;
