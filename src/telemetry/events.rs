@@ -134,7 +134,7 @@ fn ocsf(event: &SecurityEvent) -> Value {
             json!({"unmapped": {"errors": errors}}),
         ),
         SecurityEvent::RequestDenied { status, policy, rule, audit, principal, source, method, path, request_id } => (
-            1,
+            http_activity(method),
             if *audit { 1 } else { 2 },
             if *audit { 1 } else { 2 },
             3,
@@ -163,6 +163,21 @@ fn ocsf(event: &SecurityEvent) -> Value {
     });
     merge(&mut record, extra);
     record
+}
+
+/// OCSF HTTP Activity's activity_id for a method (99: other).
+fn http_activity(method: &str) -> u32 {
+    match method {
+        "CONNECT" => 1,
+        "DELETE" => 2,
+        "GET" => 3,
+        "HEAD" => 4,
+        "OPTIONS" => 5,
+        "POST" => 6,
+        "PUT" => 7,
+        "TRACE" => 8,
+        _ => 99,
+    }
 }
 
 fn ecs(event: &SecurityEvent) -> Value {

@@ -358,6 +358,8 @@ pub struct PolicedSidecar {
     pub sidecar: Sidecar,
     pub app: EchoApp,
     pub policy_file: PathBuf,
+    /// Where this sidecar's security events go (one JSON object per line).
+    pub events: PathBuf,
     identities: BTreeMap<&'static str, WorkloadFiles>,
 }
 
@@ -417,6 +419,11 @@ pub const CALLERS: &[(&str, &str, &str)] =
 
 impl PolicedSidecar {
     pub async fn start(documents: &str) -> Self {
+        Self::start_with(documents, |_| {}).await
+    }
+
+    /// As [`PolicedSidecar::start`], with a last word on the configuration.
+    pub async fn start_with(documents: &str, adjust: impl FnOnce(&mut SidecarConfig)) -> Self {
         let pki = Pki::new();
         let app = EchoApp::start().await;
         let server = pki.workload("orders", &id("shop", "orders"));
@@ -428,9 +435,12 @@ impl PolicedSidecar {
         config.workload.namespace = "shop".into();
         config.workload.service_account = "orders".into();
         config.workload.labels = [("app".to_string(), "orders".to_string())].into();
+        let events = pki.path("events.jsonl");
+        config.telemetry.events.sink = palisade::config::EventSink::File(events.clone());
+        adjust(&mut config);
         let sidecar = start_sidecar(config);
         let identities = CALLERS.iter().map(|(name, ns, sa)| (*name, pki.workload(name, &id(ns, sa)))).collect();
-        PolicedSidecar { pki, sidecar, app, policy_file, identities }
+        PolicedSidecar { pki, sidecar, app, policy_file, events, identities }
     }
 
     /// Sends one HTTP/1.1 request as `caller`, the request target byte for byte as written
@@ -469,5 +479,14 @@ impl PolicedSidecar {
 
     pub fn shutdown(self) {
         self.sidecar.shutdown();
+    }
+
+    /// The security events written so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.events)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event is not JSON ({e}): {l}")))
+            .collect()
     }
 }
