@@ -5,9 +5,11 @@
 set -euo pipefail
 
 need=()
-# --test: also what the test suite drives (iptables for the transparent-capture test).
+# --test: also what the test suite drives: iptables (transparent capture), promtool (Debian's
+# prometheus package, to check /metrics).
 if [ "${1:-}" = "--test" ]; then
   command -v iptables >/dev/null 2>&1 || need+=(iptables)
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
   command -v python3 >/dev/null 2>&1 || need+=(python3)
 fi
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
