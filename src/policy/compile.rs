@@ -48,26 +48,7 @@ impl Default for InputLimits {
 /// is absent fails without a header-map lookup.
 #[derive(Default)]
 struct HeaderBits {
-    names: std::collections::HashMap<http::HeaderName, u64, std::hash::BuildHasherDefault<Fnv1a>>,
-}
-
-/// FNV-1a: the table is fixed when the policy is compiled and only looked up per request, so a
-/// caller choosing colliding header names can slow a lookup by a few compares, never grow it.
-#[derive(Default)]
-struct Fnv1a(u64);
-
-impl std::hash::Hasher for Fnv1a {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut h = if self.0 == 0 { 0xcbf2_9ce4_8422_2325 } else { self.0 };
-        for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        self.0 = h;
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
+    names: std::collections::HashMap<http::HeaderName, u64, std::hash::BuildHasherDefault<crate::telemetry::Fnv1a>>,
 }
 
 impl HeaderBits {
@@ -76,6 +57,8 @@ impl HeaderBits {
         *self.names.entry(name.clone()).or_insert(1u64 << next)
     }
 
+    /// The table is fixed at compile time and only looked up per request, so a caller choosing
+    /// colliding header names can slow a lookup by a few compares, never grow it.
     fn present(&self, headers: &HeaderMap) -> u64 {
         if self.names.is_empty() {
             return 0;

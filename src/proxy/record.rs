@@ -58,9 +58,15 @@ pub fn status_label(code: u16) -> &'static str {
 /// Counts the request and its duration once it has ended.
 pub fn finish(telemetry: &Telemetry, direction: &'static str, session: &Session, principal: &str, ctx: &RequestCtx) {
     let code = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-    let code = status_label(code);
     let method = method_label(&session.req_header().method);
-    let metrics = &telemetry.metrics;
-    metrics.requests.with_label_values(&[direction, method, code, principal, ctx.decision]).inc();
-    metrics.request_duration.with_label_values(&[direction, code]).observe(ctx.started.elapsed().as_secs_f64());
+    telemetry.requests.record(
+        &telemetry.metrics,
+        direction,
+        method,
+        code,
+        status_label(code),
+        principal,
+        ctx.decision,
+        ctx.started.elapsed().as_secs_f64(),
+    );
 }
