@@ -60,3 +60,62 @@ async fn metrics_pass_promtool_and_carry_the_spec_series() {
     assert!(!text.contains("/ok/1") && !text.contains("/admin\""), "{text}");
     s.shutdown();
 }
+
+/// A real Prometheus server scrapes the admin port; its query API returns the request counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prometheus_server_scrapes_the_sidecar() {
+    let s = PolicedSidecar::start(&policy("metrics", POLICY)).await;
+    for _ in 0..4 {
+        assert_eq!(s.send("billing", "GET", "/ok", &[]).await.status, 200);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: palisade\n    static_configs: [{{targets: [\"{}\"]}}]\n",
+            s.sidecar.admin
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .expect("prometheus is installed by scripts/setup.sh --test (Debian package prometheus)");
+    let query = format!(
+        "http://127.0.0.1:{port}/api/v1/query?query=palisade_requests_total%7Bsource_principal%3D%22{}%22%7D",
+        id("shop", "billing").replace(':', "%3A").replace('/', "%2F")
+    );
+    let answer = std::sync::Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
+    let found = eventually(std::time::Duration::from_secs(30), || {
+        let (query, answer) = (query.clone(), answer.clone());
+        async move {
+            let Ok(response) = http_client().get(&query).send().await else { return false };
+            let value: serde_json::Value = response.json().await.unwrap_or_default();
+            let done = value["data"]["result"].as_array().is_some_and(|r| !r.is_empty());
+            *answer.lock().unwrap() = value;
+            done
+        }
+    })
+    .await;
+    let answer = answer.lock().unwrap().clone();
+    let _ = prometheus.kill();
+    let _ = prometheus.wait();
+    assert!(
+        found,
+        "Prometheus never returned the series: {answer}\n{}",
+        std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+    );
+    let series = &answer["data"]["result"][0];
+    assert_eq!(series["metric"]["direction"], "inbound");
+    assert_eq!(series["metric"]["method"], "GET");
+    assert_eq!(series["metric"]["code"], "200");
+    assert_eq!(series["metric"]["decision"], "allow");
+    assert_eq!(series["value"][1], "4");
+    s.shutdown();
+}
