@@ -114,7 +114,8 @@ impl Parts {
         let trust_domain = &config.trust_domain.0;
         let tls = TlsStore::load(identity_files, trust_domain, TrustDomains::new([trust_domain.as_str()]))
             .context("identity.files")?;
-        let telemetry = Arc::new(Telemetry::new(&config.telemetry.events).context("telemetry.events.sink")?);
+        let telemetry =
+            Arc::new(Telemetry::new(&config.telemetry).context("telemetry.events.sink / telemetry.accessLogSink")?);
         let policy = PolicyStore::load(config.policy.files.clone(), config.workload.clone(), telemetry.clone())
             .map_err(|errors| {
                 let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::config::EventsConfig;
+use crate::config::TelemetryConfig;
 use crate::identity::{DevCa, LeafSpec, WorkloadFiles};
 use crate::proxy::{serve, ConnectionTracker, Transport};
 use crate::telemetry::Telemetry;
@@ -159,7 +159,7 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
 
     // The two demo services.
     let (stop, stop_rx) = watch::channel(false);
-    let telemetry = Arc::new(Telemetry::new(&EventsConfig::default())?);
+    let telemetry = Arc::new(Telemetry::new(&TelemetryConfig { access_log: false, ..TelemetryConfig::default() })?);
     let apps = [
         (ports.orders_app, Arc::new(DemoApp::Orders) as Arc<DemoApp>),
         (ports.frontend_app, Arc::new(DemoApp::Frontend { outbound: loopback(ports.a[1]) })),

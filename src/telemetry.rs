@@ -3,6 +3,7 @@
 //! Other modules record through [`Telemetry`]; it owns the registry and the event writer.
 
 mod events;
+mod lines;
 mod logging;
 mod metrics;
 mod recorder;
@@ -12,18 +13,57 @@ pub use logging::LogLevel;
 pub use metrics::Metrics;
 pub use recorder::{Fnv1a, RequestRecorder};
 
-use crate::config::EventsConfig;
+use crate::config::TelemetryConfig;
+use lines::JsonLines;
 
 pub struct Telemetry {
     pub metrics: Metrics,
     pub requests: RequestRecorder,
     pub events: EventWriter,
+    access_log: Option<JsonLines>,
+}
+
+/// One request as the access log tells it.
+pub struct AccessRecord<'a> {
+    pub direction: &'static str,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub seconds: f64,
+    pub source: Option<std::net::SocketAddr>,
+    pub principal: &'a str,
+    pub decision: &'static str,
+    pub request_id: &'a str,
 }
 
 impl Telemetry {
-    pub fn new(events: &EventsConfig) -> std::io::Result<Self> {
+    pub fn new(config: &TelemetryConfig) -> std::io::Result<Self> {
         let metrics = Metrics::new();
-        let events = EventWriter::start(events, metrics.events_dropped.clone())?;
-        Ok(Telemetry { metrics, requests: RequestRecorder::default(), events })
+        let events = EventWriter::start(&config.events, metrics.events_dropped.clone())?;
+        let access_log = match config.access_log {
+            true => Some(JsonLines::start("palisade-access", &config.access_log_sink, metrics.events_dropped.clone())?),
+            false => None,
+        };
+        Ok(Telemetry { metrics, requests: RequestRecorder::default(), events, access_log })
+    }
+
+    pub fn access_log_enabled(&self) -> bool {
+        self.access_log.is_some()
+    }
+
+    pub fn access(&self, r: AccessRecord<'_>) {
+        let Some(lines) = &self.access_log else { return };
+        lines.send(serde_json::json!({
+            "time": events::now_millis(),
+            "direction": r.direction,
+            "method": r.method,
+            "path": r.path,
+            "status": r.status,
+            "duration_ms": (r.seconds * 1e6).round() / 1e3,
+            "source": r.source.map(|s| s.to_string()),
+            "principal": r.principal,
+            "decision": r.decision,
+            "request_id": r.request_id,
+        }));
     }
 }

@@ -129,3 +129,45 @@ async fn ecs_events_carry_the_same_facts() {
     assert!(events.iter().any(|e| e["event"]["action"] == "policy-applied"));
     s.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_has_one_line_per_request_apart_from_the_events() {
+    let s = PolicedSidecar::start(&policy("events", POLICY)).await;
+    assert_eq!(s.send("frontend", "GET", "/orders/1", &[]).await.status, 200);
+    assert_eq!(s.send("plain", "GET", "/admin", &[]).await.status, 403);
+    let lines = || -> Vec<Value> {
+        std::fs::read_to_string(&s.access_log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            let n = lines().len();
+            async move { n >= 2 }
+        })
+        .await
+    );
+    let lines = lines();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[0]["path"], "/orders/1");
+    assert_eq!(lines[0]["status"], 200);
+    assert_eq!(lines[0]["direction"], "inbound");
+    assert_eq!(lines[0]["principal"], id("shop", "frontend").as_str());
+    assert_eq!(lines[1]["status"], 403);
+    assert_eq!(lines[1]["decision"], "deny");
+    assert_eq!(lines[1]["principal"], "");
+    assert!(lines[1]["duration_ms"].as_f64().is_some());
+    assert!(s.events().iter().all(|e| e.get("duration_ms").is_none()), "access lines stay out of the event stream");
+    s.shutdown();
+
+    let quiet = PolicedSidecar::start_with(&policy("events", POLICY), |c| c.telemetry.access_log = false).await;
+    assert_eq!(quiet.send("frontend", "GET", "/orders/1", &[]).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        std::fs::read_to_string(&quiet.access_log).unwrap_or_default().is_empty(),
+        "accessLog: false writes nothing"
+    );
+    quiet.shutdown();
+}

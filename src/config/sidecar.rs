@@ -252,12 +252,21 @@ pub struct TelemetryConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp: Option<serde_yaml::Value>,
     pub events: EventsConfig,
+    /// One JSON line per request, apart from the security events.
     pub access_log: bool,
+    /// Where access log lines go; stderr by default, so they never interleave with the events
+    /// on stdout.
+    pub access_log_sink: EventSink,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
-        TelemetryConfig { otlp: None, events: EventsConfig::default(), access_log: true }
+        TelemetryConfig {
+            otlp: None,
+            events: EventsConfig::default(),
+            access_log: true,
+            access_log_sink: EventSink::Stderr,
+        }
     }
 }
 
@@ -268,11 +277,12 @@ pub struct EventsConfig {
     pub format: EventFormat,
 }
 
-/// `stdout`, or `file:PATH`.
+/// `stdout`, `stderr`, or `file:PATH`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum EventSink {
     #[default]
     Stdout,
+    Stderr,
     File(PathBuf),
 }
 
@@ -281,9 +291,10 @@ impl std::str::FromStr for EventSink {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "stdout" => Ok(EventSink::Stdout),
+            "stderr" => Ok(EventSink::Stderr),
             _ => match s.strip_prefix("file:") {
                 Some(path) if !path.is_empty() => Ok(EventSink::File(path.into())),
-                _ => Err(format!("expected stdout or file:PATH, got {s:?}")),
+                _ => Err(format!("expected stdout, stderr or file:PATH, got {s:?}")),
             },
         }
     }
@@ -299,6 +310,7 @@ impl Serialize for EventSink {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             EventSink::Stdout => s.serialize_str("stdout"),
+            EventSink::Stderr => s.serialize_str("stderr"),
             EventSink::File(p) => s.collect_str(&format_args!("file:{}", p.display())),
         }
     }

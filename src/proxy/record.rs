@@ -8,7 +8,7 @@ use pingora::proxy::Session;
 
 use super::RequestId;
 use crate::policy::Limited;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{AccessRecord, Telemetry};
 
 /// State carried across the phases of one request.
 pub struct RequestCtx {
@@ -69,4 +69,18 @@ pub fn finish(telemetry: &Telemetry, direction: &'static str, session: &Session,
         ctx.decision,
         ctx.started.elapsed().as_secs_f64(),
     );
+    if telemetry.access_log_enabled() {
+        let req = session.req_header();
+        telemetry.access(AccessRecord {
+            direction,
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status: code,
+            seconds: ctx.started.elapsed().as_secs_f64(),
+            source: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            principal,
+            decision: ctx.decision,
+            request_id: ctx.id.as_str(),
+        });
+    }
 }

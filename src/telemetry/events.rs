@@ -1,17 +1,13 @@
 //! Security events as JSON lines, for a SIEM: OCSF HTTP Activity (class 4002) by default, ECS as
-//! the alternative. Writing happens on a thread of its own behind a bounded queue, so a slow
-//! sink never slows a request; what does not fit is counted and dropped.
+//! the alternative.
 
-use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
-use crate::config::{EventFormat, EventSink, EventsConfig};
-
-const QUEUE: usize = 4096;
+use super::lines::JsonLines;
+use crate::config::{EventFormat, EventsConfig};
 
 /// What happened. Each kind maps to an OCSF disposition and an ECS category.
 #[derive(Debug, Clone)]
@@ -42,52 +38,33 @@ pub enum SecurityEvent {
 }
 
 pub struct EventWriter {
-    queue: Option<SyncSender<Value>>,
+    lines: Option<JsonLines>,
     format: EventFormat,
-    dropped: prometheus::IntCounter,
 }
 
 impl EventWriter {
     pub fn start(config: &EventsConfig, dropped: prometheus::IntCounter) -> std::io::Result<Self> {
-        let mut sink: Box<dyn Write + Send> = match &config.sink {
-            EventSink::Stdout => Box::new(std::io::stdout()),
-            EventSink::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
-        };
-        let (tx, rx) = sync_channel::<Value>(QUEUE);
-        std::thread::Builder::new().name("palisade-events".into()).spawn(move || {
-            for event in rx {
-                let mut line = serde_json::to_vec(&event).expect("event serialises");
-                line.push(b'\n');
-                if sink.write_all(&line).and_then(|_| sink.flush()).is_err() {
-                    break;
-                }
-            }
-        })?;
-        Ok(EventWriter { queue: Some(tx), format: config.format, dropped })
+        Ok(EventWriter {
+            lines: Some(JsonLines::start("palisade-events", &config.sink, dropped)?),
+            format: config.format,
+        })
     }
 
     /// A writer that discards everything (tools that emit no events).
     pub fn disabled() -> Self {
-        EventWriter {
-            queue: None,
-            format: EventFormat::Ocsf,
-            dropped: prometheus::IntCounter::new("unused", "unused").expect("counter"),
-        }
+        EventWriter { lines: None, format: EventFormat::Ocsf }
     }
 
     pub fn emit(&self, event: SecurityEvent) {
-        let Some(queue) = &self.queue else { return };
-        let record = match self.format {
+        let Some(lines) = &self.lines else { return };
+        lines.send(match self.format {
             EventFormat::Ocsf => ocsf(&event),
             EventFormat::Ecs => ecs(&event),
-        };
-        if let Err(TrySendError::Full(_)) = queue.try_send(record) {
-            self.dropped.inc();
-        }
+        });
     }
 }
 
-fn now_millis() -> u64 {
+pub(super) fn now_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 

@@ -80,6 +80,10 @@ pub fn start_sidecar(config: SidecarConfig) -> Sidecar {
         let events = std::env::temp_dir().join(format!("palisade-test-events-{}.jsonl", std::process::id()));
         config.telemetry.events.sink = palisade::config::EventSink::File(events);
     }
+    if config.telemetry.access_log_sink == palisade::config::EventSink::Stderr {
+        let access = std::env::temp_dir().join(format!("palisade-test-access-{}.jsonl", std::process::id()));
+        config.telemetry.access_log_sink = palisade::config::EventSink::File(access);
+    }
     Sidecar::start(
         config,
         RunOptions {
@@ -360,6 +364,8 @@ pub struct PolicedSidecar {
     pub policy_file: PathBuf,
     /// Where this sidecar's security events go (one JSON object per line).
     pub events: PathBuf,
+    /// Where this sidecar's access log goes.
+    pub access_log: PathBuf,
     identities: BTreeMap<&'static str, WorkloadFiles>,
 }
 
@@ -437,10 +443,12 @@ impl PolicedSidecar {
         config.workload.labels = [("app".to_string(), "orders".to_string())].into();
         let events = pki.path("events.jsonl");
         config.telemetry.events.sink = palisade::config::EventSink::File(events.clone());
+        let access_log = pki.path("access.jsonl");
+        config.telemetry.access_log_sink = palisade::config::EventSink::File(access_log.clone());
         adjust(&mut config);
         let sidecar = start_sidecar(config);
         let identities = CALLERS.iter().map(|(name, ns, sa)| (*name, pki.workload(name, &id(ns, sa)))).collect();
-        PolicedSidecar { pki, sidecar, app, policy_file, events, identities }
+        PolicedSidecar { pki, sidecar, app, policy_file, events, access_log, identities }
     }
 
     /// Sends one HTTP/1.1 request as `caller`, the request target byte for byte as written
