@@ -79,14 +79,16 @@ async fn a_prometheus_server_scrapes_the_sidecar() {
     )
     .unwrap();
     let port = free_port();
-    let mut prometheus = Command::new("prometheus")
-        .arg(format!("--config.file={}", config.display()))
-        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-        .spawn()
-        .expect("prometheus is installed by scripts/setup.sh --test (Debian package prometheus)");
+    let _prometheus = KillOnDrop(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+            .spawn()
+            .expect("prometheus is installed by scripts/setup.sh --test (Debian package prometheus)"),
+    );
     let query = format!(
         "http://127.0.0.1:{port}/api/v1/query?query=palisade_requests_total%7Bsource_principal%3D%22{}%22%7D",
         id("shop", "billing").replace(':', "%3A").replace('/', "%2F")
@@ -104,8 +106,6 @@ async fn a_prometheus_server_scrapes_the_sidecar() {
     })
     .await;
     let answer = answer.lock().unwrap().clone();
-    let _ = prometheus.kill();
-    let _ = prometheus.wait();
     assert!(
         found,
         "Prometheus never returned the series: {answer}\n{}",
@@ -117,5 +117,64 @@ async fn a_prometheus_server_scrapes_the_sidecar() {
     assert_eq!(series["metric"]["code"], "200");
     assert_eq!(series["metric"]["decision"], "allow");
     assert_eq!(series["value"][1], "4");
+
+    // Every query of the Grafana dashboard in deploy/ is valid PromQL for this server, and names
+    // metrics the sidecar exports.
+    let exposed = s.metrics().await;
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string("deploy/grafana/palisade-dashboard.json").unwrap()).unwrap();
+    let mut checked = 0;
+    for target in dashboard["panels"].as_array().unwrap().iter().flat_map(|p| p["targets"].as_array().unwrap()) {
+        let expr = target["expr"].as_str().unwrap();
+        let url = format!("http://127.0.0.1:{port}/api/v1/query");
+        let answer: serde_json::Value =
+            http_client().get(&url).query(&[("query", expr)]).send().await.unwrap().json().await.unwrap();
+        assert_eq!(answer["status"], "success", "{expr}: {answer}");
+        for name in expr
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("palisade_") || w.starts_with("process_"))
+        {
+            let base = name.trim_end_matches("_bucket");
+            assert!(exposed.contains(base), "{expr} uses {name}, which /metrics lacks");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 9, "{checked}");
     s.shutdown();
+}
+
+#[test]
+fn the_deploy_examples_are_valid() {
+    // Debian's Prometheus is built without Kubernetes service discovery, so the check runs on a
+    // copy that discovers no targets; the relabelling and everything else are checked as written.
+    let scrape = std::fs::read_to_string("deploy/prometheus/scrape.yaml").unwrap();
+    assert!(scrape.contains("kubernetes_sd_configs:\n      - role: pod\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("scrape.yaml");
+    std::fs::write(
+        &copy,
+        scrape.replace("kubernetes_sd_configs:\n      - role: pod\n", "static_configs:\n      - targets: []\n"),
+    )
+    .unwrap();
+    let out = Command::new("promtool").args(["check", "config"]).arg(&copy).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let collector: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string("deploy/otel-collector/config.yaml").unwrap()).unwrap();
+    assert!(collector["receivers"]["otlp"]["protocols"]["grpc"].is_mapping());
+    assert!(collector["receivers"]["otlp"]["protocols"]["http"].is_mapping());
+    let pipeline = &collector["service"]["pipelines"]["traces"];
+    assert_eq!(pipeline["receivers"][0], "otlp");
+    for exporter in pipeline["exporters"].as_sequence().unwrap() {
+        assert!(collector["exporters"][exporter.as_str().unwrap()].is_mapping(), "{exporter:?} is defined");
+    }
+}
+
+/// Stops a server the test started, whether the test passes or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
