@@ -122,6 +122,48 @@ async fn rotating_certificates_and_bundles_under_load_fails_no_request() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotations_and_refused_reloads_are_security_events() {
+    let pki = Pki::new();
+    let files = pki.workload("b", &id("shop", "orders"));
+    let app = EchoApp::start().await;
+    let events = pki.path("events.jsonl");
+    let mut config = sidecar_config(&files, app.addr);
+    config.telemetry.events.sink = palisade::config::EventSink::File(events.clone());
+    let sidecar = start_sidecar(config);
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&events).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    // A certificate from a CA the bundle does not hold is refused, and says so.
+    let stranger = DevCa::generate(TD).unwrap();
+    let (cert, key) = stranger.issue(&LeafSpec::workload(&id("shop", "orders"))).unwrap();
+    write_atomically(&files.cert, &cert);
+    write_atomically(&files.key, &key);
+    let has = |events: &[serde_json::Value], words: &str| {
+        events.iter().find(|e| e["message"].as_str().unwrap_or("").contains(words)).cloned()
+    };
+    assert!(eventually(Duration::from_secs(5), || async { has(&read(), "certificate reload failed").is_some() }).await);
+    let refused = has(&read(), "certificate reload failed").unwrap();
+    assert_eq!(refused["class_uid"], 4002);
+    assert_eq!(refused["severity_id"], 4);
+    // A good one is a rotation, with the new serial and expiry.
+    let (cert, key) = pki.ca.issue(&LeafSpec::workload(&id("shop", "orders"))).unwrap();
+    write_atomically(&files.cert, &cert);
+    write_atomically(&files.key, &key);
+    let serial = serial_of(&files.cert);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            read().iter().any(|e| e["message"].as_str().unwrap_or("").contains("rotated"))
+        })
+        .await
+    );
+    let rotated = read().into_iter().find(|e| e["message"].as_str().unwrap_or("").contains("rotated")).unwrap();
+    assert_eq!(rotated["tls"]["certificate"]["serial_number"], serial.as_str());
+    assert!(rotated["tls"]["certificate"]["expiration_time"].as_i64().unwrap() > 0);
+    assert_eq!(rotated["actor"]["user"]["uid"], id("shop", "orders").as_str());
+    sidecar.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_certificate_file_keeps_the_current_one() {
     let pair = Pair::start().await;
     let b_dir = pair.pki.path("b");

@@ -265,9 +265,15 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A refusal the pipeline decided on is reported by metrics and events, not as an error log.
+/// A refusal the pipeline decided on is reported by metrics and events, and a caller hanging up
+/// is the caller's business: neither is an error log.
 pub(super) fn is_decision(e: &Error) -> bool {
-    matches!(e.etype(), pingora::ErrorType::HTTPStatus(code) if *code < 500)
+    use pingora::ErrorType::*;
+    match e.etype() {
+        HTTPStatus(code) => *code < 500,
+        ConnectionClosed | ReadError | WriteError => e.esource() == &pingora::ErrorSource::Downstream,
+        _ => false,
+    }
 }
 
 /// Answers a failed request with the JSON error body; shared by both directions.
