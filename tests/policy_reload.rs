@@ -90,3 +90,33 @@ async fn reloads_under_load_fail_no_request_and_a_broken_file_changes_nothing() 
         Err(_) => panic!("workers still hold the sidecar"),
     }
 }
+
+/// Kubernetes updates a mounted ConfigMap by pointing the `..data` symlink at a new directory;
+/// the file the sidecar was given is a symlink through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configmap_style_symlink_swap_is_picked_up() {
+    use std::os::unix::fs::symlink;
+    let mount = tempfile::tempdir().unwrap();
+    let publish = |version: &str, documents: &str| {
+        let dir = mount.path().join(format!("..{version}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("policy.yaml"), documents).unwrap();
+        let tmp = mount.path().join("..data_tmp");
+        symlink(format!("..{version}"), &tmp).unwrap();
+        std::fs::rename(&tmp, mount.path().join("..data")).unwrap();
+    };
+    publish("v1", &policy("cm", "  authorization:\n    default: ALLOW\n"));
+    symlink("..data/policy.yaml", mount.path().join("policy.yaml")).unwrap();
+
+    let policy_path = mount.path().join("policy.yaml");
+    let s = PolicedSidecar::start_with(&policy("unused", "  mtls: PERMISSIVE\n"), |c| {
+        c.policy.files = vec![policy_path.clone()]
+    })
+    .await;
+    assert_eq!(s.send("plain", "GET", "/x", &[]).await.status, 200);
+    publish("v2", &policy("cm", "  authorization:\n    default: DENY\n"));
+    let denied =
+        eventually(Duration::from_secs(5), || async { s.send("plain", "GET", "/x", &[]).await.status == 403 }).await;
+    assert!(denied, "the new ConfigMap version is in force");
+    s.shutdown();
+}
