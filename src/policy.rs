@@ -12,14 +12,13 @@ mod ratelimit;
 
 pub use compile::{selects, Denied, InputLimits, Limited, PolicySnapshot, RequestView};
 pub use document::{Action, Mode, SecurityPolicy};
-pub use load::{load_files, parse_file, Located};
+pub use load::{load_files, parse_file, Located, Sources};
 pub use normalize::{match_form, normalize, PathError};
 pub use patterns::{IpBlock, PathPattern, Pattern};
 pub use ratelimit::Buckets;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 
@@ -30,7 +29,8 @@ pub struct PolicyStore {
     files: Vec<PathBuf>,
     workload: WorkloadConfig,
     current: ArcSwap<PolicySnapshot>,
-    last_seen: Mutex<Vec<(Option<std::time::SystemTime>, u64, u64)>>,
+    /// The version last tried, good or bad, so a bad file is reported once, not every tick.
+    last_tried: std::sync::Mutex<String>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -41,13 +41,12 @@ impl PolicyStore {
         workload: WorkloadConfig,
         telemetry: Arc<Telemetry>,
     ) -> Result<Self, Vec<ConfigError>> {
-        let stamps = stamps(&files);
-        let snapshot = build(&files, &workload, &telemetry, None)?;
+        let snapshot = build(Sources::read(&files), &workload, &telemetry, None)?;
         let store = PolicyStore {
+            last_tried: std::sync::Mutex::new(snapshot.version.clone()),
             files,
             workload,
             current: ArcSwap::from_pointee(snapshot),
-            last_seen: Mutex::new(stamps),
             telemetry,
         };
         store.published(&store.current());
@@ -63,20 +62,20 @@ impl PolicyStore {
         &self.files
     }
 
-    /// Reloads when a file changed. On error the snapshot in force stays, and the error is
-    /// logged, counted and reported as a security event.
+    /// Reloads when the files' contents changed (they are read and hashed: file times can miss
+    /// a same-size rewrite). On error the snapshot in force stays, and the error is logged,
+    /// counted and reported as a security event.
     pub fn reload_if_changed(&self) -> Option<Arc<PolicySnapshot>> {
-        let now = stamps(&self.files);
+        let sources = Sources::read(&self.files);
         {
-            let mut seen = self.last_seen.lock().expect("stamp lock");
-            if *seen == now {
+            let mut tried = self.last_tried.lock().expect("version lock");
+            if *tried == sources.version {
                 return None;
             }
-            *seen = now;
+            *tried = sources.version.clone();
         }
         let previous = self.current.load_full();
-        match build(&self.files, &self.workload, &self.telemetry, Some(&previous)) {
-            Ok(snapshot) if snapshot.version == previous.version => None,
+        match build(sources, &self.workload, &self.telemetry, Some(&previous)) {
             Ok(snapshot) => {
                 let snapshot = Arc::new(snapshot);
                 self.current.store(snapshot.clone());
@@ -109,35 +108,14 @@ impl PolicyStore {
 }
 
 fn build(
-    files: &[PathBuf],
+    sources: Sources,
     workload: &WorkloadConfig,
     telemetry: &Telemetry,
     previous: Option<&PolicySnapshot>,
 ) -> Result<PolicySnapshot, Vec<ConfigError>> {
-    let (located, errors) = load_files(files);
+    let (located, errors) = sources.parse();
     if !errors.is_empty() {
         return Err(errors);
     }
-    let version = version_of(files);
-    Ok(PolicySnapshot::compile(version, &located, workload, &telemetry.metrics, previous))
-}
-
-/// A short digest of the files' contents: the same files give the same version on every pod.
-fn version_of(files: &[PathBuf]) -> String {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for file in files {
-        ctx.update(std::fs::read(file).unwrap_or_default().as_slice());
-        ctx.update(b"\0");
-    }
-    ctx.finish().as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn stamps(files: &[PathBuf]) -> Vec<(Option<std::time::SystemTime>, u64, u64)> {
-    files
-        .iter()
-        .map(|f| match std::fs::metadata(f) {
-            Ok(m) => (m.modified().ok(), m.len(), m.ino()),
-            Err(_) => (None, 0, 0),
-        })
-        .collect()
+    Ok(PolicySnapshot::compile(sources.version, &located, workload, &telemetry.metrics, previous))
 }

@@ -105,6 +105,10 @@ const MAIN_POLICY: &str = r#"  authorization:
         action: ALLOW
         from: {principals: ["spiffe://cluster.local/ns/shop/sa/frontend", "spiffe://cluster.local/ns/shop/sa/billing"]}
         to: {methods: [DELETE], paths: ["/carts/*"]}
+      - name: mapped-loopback-deny
+        action: DENY
+        from: {ipBlocks: ["::ffff:127.0.0.0/104"]}
+        to: {paths: ["/mapped"]}
       - name: web-namespace-reads
         action: ALLOW
         from: {namespaces: ["web"]}
@@ -170,8 +174,23 @@ async fn normalisation_closes_every_bypass_of_a_deny() {
         case("admin", "GET", "/../admin", 400, "escaping the root is refused"),
         case("admin", "GET", "/%2e%2e/admin", 400, "escaping the root, encoded"),
         case("admin", "GET", "/public/./x", 200, "a harmless dot segment still gets through"),
+        case("admin", "GET", "x:/admin", 400, "a target not in origin form"),
+        case("admin", "GET", "admin/users", 400, "a relative target"),
+        case("admin", "GET", "/admin;x", 400, "path parameters (Tomcat, Spring strip them)"),
+        case("admin", "GET", "/public/..;/admin", 400, "the ..; traversal"),
+        case("admin", "GET", "/public\\..\\admin", 400, "backslashes (IIS, WHATWG)"),
+        case("admin", "delete", "/orders/7", 400, "a lower-case method would dodge method rules"),
+        case("admin", "GET", "/mapped", 403, "an IPv4-mapped ipBlock matches the IPv4 caller"),
+        with(
+            "plain",
+            "GET",
+            "/tenant/1",
+            &[("x-tenant", "other"), ("x-tenant", "acme")],
+            403,
+            "a repeated header does not satisfy an ALLOW",
+        ),
     ];
-    assert!(run(&policy("main", MAIN_POLICY), &cases).await >= 14);
+    assert!(run(&policy("main", MAIN_POLICY), &cases).await >= 22);
 
     // The app receives the path the policy judged.
     let sidecar = PolicedSidecar::start(&policy("main", MAIN_POLICY)).await;

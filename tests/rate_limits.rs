@@ -108,3 +108,17 @@ async fn idle_keys_are_forgotten() {
     assert!(forgotten, "idle buckets are dropped (was {live})");
     s.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_spends_no_token_of_a_later_limit() {
+    let limits = "  rateLimits:\n    - {name: per-key, key: \"request.headers[x-api-key]\", rate: 1, per: 60s, burst: 1}\n    - {name: everyone, key: global, rate: 1, per: 60s, burst: 5}\n";
+    let s = PolicedSidecar::start(&policy("order", limits)).await;
+    // One noisy key: one request through, then refused by its own limit only.
+    assert_eq!(admitted(&s, "plain", "GET", "/", &[("x-api-key", "noisy")], 10).await, 1);
+    // The shared bucket still holds the other four tokens for everyone else.
+    for key in ["a", "b", "c", "d"] {
+        assert_eq!(s.send("plain", "GET", "/", &[("x-api-key", key)]).await.status, 200, "{key}");
+    }
+    assert_eq!(s.send("plain", "GET", "/", &[("x-api-key", "e")]).await.status, 429, "now the global limit is spent");
+    s.shutdown();
+}

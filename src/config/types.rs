@@ -42,11 +42,12 @@ impl FromStr for HumanDuration {
         let bad = || format!("expected a duration such as 500ms, 5s, 10m or 24h, got {s:?}");
         let digits = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         let n: u64 = s[..digits].parse().map_err(|_| bad())?;
+        let secs = |unit: u64| n.checked_mul(unit).map(Duration::from_secs).ok_or_else(bad);
         let d = match &s[digits..] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
+            "m" => secs(60)?,
+            "h" => secs(3600)?,
             _ => return Err(bad()),
         };
         Ok(HumanDuration(d))
@@ -94,7 +95,7 @@ mod tests {
         assert_eq!("24h".parse::<HumanDuration>().unwrap().0, Duration::from_secs(86400));
         assert_eq!("24h".parse::<HumanDuration>().unwrap().to_string(), "24h");
         assert_eq!("90s".parse::<HumanDuration>().unwrap().to_string(), "90s");
-        for bad in ["", "5", "s", "5 s", "5d", "-1s"] {
+        for bad in ["", "5", "s", "5 s", "5d", "-1s", "99999999999999999h"] {
             assert!(bad.parse::<HumanDuration>().is_err(), "{bad}");
         }
     }

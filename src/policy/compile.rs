@@ -244,22 +244,20 @@ impl PolicySnapshot {
         refused.map_or(Ok(()), Err)
     }
 
-    /// Step 5: every matching limit takes a token.
+    /// Step 5: matching limits take a token each, in order; the first refusal stops there, so
+    /// a refused request spends no token of a later (say, global) limit.
     pub fn rate_limit(&self, req: &RequestView<'_>) -> Result<(), Limited> {
-        let mut refused: Option<Limited> = None;
         for limit in self.policies.iter().flat_map(|p| &p.rate_limits) {
             if let Err(wait) = limit.take(req) {
-                if refused.as_ref().is_none_or(|r| r.retry_after < wait) {
-                    refused = Some(Limited {
-                        policy: limit.policy.clone(),
-                        limit: limit.name.clone(),
-                        retry_after: wait,
-                        policy_header: limit.policy_header.clone(),
-                    });
-                }
+                return Err(Limited {
+                    policy: limit.policy.clone(),
+                    limit: limit.name.clone(),
+                    retry_after: wait,
+                    policy_header: limit.policy_header.clone(),
+                });
             }
         }
-        refused.map_or(Ok(()), Err)
+        Ok(())
     }
 
     /// Drops idle rate-limit buckets; run periodically.
@@ -361,10 +359,15 @@ impl CompiledRule {
             && (self.ip_blocks.is_empty()
                 || req.source_ip.is_some_and(|ip| self.ip_blocks.iter().any(|b| b.contains(ip))))
             && self.when.iter().all(|(header, _, values)| {
-                req.headers
-                    .get_all(header)
-                    .iter()
-                    .any(|v| v.to_str().is_ok_and(|v| values.iter().any(|p| p.matches(v))))
+                // One value, in visible ASCII, or the condition fails closed: it holds for a
+                // DENY rule and not for an ALLOW rule, so a repeated header (the app may read
+                // either value) can neither dodge a DENY nor satisfy an ALLOW.
+                let mut all = req.headers.get_all(header).iter();
+                match (all.next().map(|v| v.to_str()), all.next()) {
+                    (Some(Ok(v)), None) => values.iter().any(|p| p.matches(v)),
+                    (None, _) => false,
+                    _ => self.decision.action == Action::DENY,
+                }
             })
     }
 }
@@ -397,9 +400,12 @@ fn compile_limit(
     if let Some(old) = carried {
         return old.clone();
     }
-    let window = limit.per.0.as_secs().max(1);
+    // The draft's window is whole seconds: scale the quota to the window when `per` is not.
+    let per = limit.per.0.as_secs_f64();
+    let window = per.ceil().max(1.0);
+    let quota = (f64::from(spec.rate) * window / per).floor() as u64;
     let policy_header =
-        HeaderValue::from_str(&format!("\"{name}\";q={};w={window}", spec.rate)).expect("names are header-safe");
+        HeaderValue::from_str(&format!("\"{name}\";q={quota};w={window}")).expect("names are header-safe");
     Arc::new(CompiledLimit {
         policy: policy.clone(),
         buckets: Buckets::new(limit.rate, limit.per.0, burst),
@@ -425,7 +431,8 @@ impl CompiledLimit {
             LimitKey::SourcePrincipal => self.buckets.key_of(req.principal.map_or(&[][..], |p| p.as_str().as_bytes())),
             LimitKey::SourceIp => match req.source_ip {
                 Some(IpAddr::V4(ip)) => self.buckets.key_of(&ip.octets()),
-                Some(IpAddr::V6(ip)) => self.buckets.key_of(&ip.octets()),
+                // One client usually holds a whole /64: one bucket for it, not one per address.
+                Some(IpAddr::V6(ip)) => self.buckets.key_of(&ip.octets()[..8]),
                 None => 0,
             },
             LimitKey::Header(h) => self.buckets.key_of(req.headers.get(h).map_or(&[][..], |v| v.as_bytes())),

@@ -10,6 +10,17 @@ use std::num::NonZeroU32;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::patterns::{string_serde, IpBlock, PathPattern, Pattern};
+
+/// A listed field must list something: an empty list would read as "anyone" in an ALLOW and as
+/// "no one" in a DENY, and often comes from a template that rendered nothing. Leave the field out
+/// to match anything.
+fn non_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec<T>, D::Error> {
+    let items = Vec::<T>::deserialize(d)?;
+    if items.is_empty() {
+        return Err(serde::de::Error::custom("an empty list matches nothing; leave the field out to match anything"));
+    }
+    Ok(items)
+}
 use crate::config::{HumanDuration, MtlsMode};
 
 pub const API_VERSION: &str = "palisade.dev/v1alpha1";
@@ -158,11 +169,11 @@ pub struct Rule {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct From {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
     pub principals: Vec<Pattern>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<Pattern>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
     pub ip_blocks: Vec<IpBlock>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_principals: Option<NotYet<JwtFeature>>,
@@ -171,11 +182,11 @@ pub struct From {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct To {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<Method>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<PathPattern>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
 }
 
@@ -203,6 +214,7 @@ string_serde!(Method);
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Condition {
     pub key: ConditionKey,
+    #[serde(deserialize_with = "non_empty")]
     pub values: Vec<Pattern>,
 }
 
@@ -245,7 +257,7 @@ impl std::fmt::Display for ConditionKey {
 string_serde!(ConditionKey);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(deny_unknown_fields, rename_all = "camelCase", try_from = "RateLimitFields")]
 pub struct RateLimit {
     pub name: UniqueName,
     #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
@@ -260,6 +272,40 @@ pub struct RateLimit {
     pub burst: Option<NonZeroU32>,
 }
 
+/// What a limit may say: `per` from 1 ms to 7 days, and a bucket that empties or refills within
+/// a century (the token arithmetic works in nanoseconds).
+const MAX_PER: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct RateLimitFields {
+    name: UniqueName,
+    #[serde(default, rename = "match")]
+    matches: Option<LimitMatch>,
+    #[serde(default)]
+    key: LimitKey,
+    rate: NonZeroU32,
+    #[serde(default = "one_second")]
+    per: HumanDuration,
+    #[serde(default)]
+    burst: Option<NonZeroU32>,
+}
+
+impl TryFrom<RateLimitFields> for RateLimit {
+    type Error = String;
+    fn try_from(f: RateLimitFields) -> Result<Self, String> {
+        if f.per.0 < std::time::Duration::from_millis(1) || f.per.0 > MAX_PER {
+            return Err(format!("per must be between 1ms and 168h, got {}", f.per));
+        }
+        let period = f.per.0 / f.rate.get();
+        let burst = f.burst.unwrap_or(f.rate).get();
+        if period.is_zero() || period.as_secs_f64() * f64::from(burst) > 100.0 * 365.0 * 86400.0 {
+            return Err(format!("rate {} per {} with burst {burst} is out of range", f.rate, f.per));
+        }
+        Ok(RateLimit { name: f.name, matches: f.matches, key: f.key, rate: f.rate, per: f.per, burst: f.burst })
+    }
+}
+
 fn one_second() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(1))
 }
@@ -267,9 +313,9 @@ fn one_second() -> HumanDuration {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LimitMatch {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<Method>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<PathPattern>,
 }
 

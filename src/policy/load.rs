@@ -35,36 +35,66 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Located>, Vec<ConfigError>) {
     (policies, errors)
 }
 
-/// Reads and parses files; errors also for unreadable files and for one policy (namespace and
-/// name) defined twice.
-pub fn load_files(files: &[PathBuf]) -> (Vec<Located>, Vec<ConfigError>) {
-    let mut all: Vec<Located> = Vec::new();
-    let mut errors = Vec::new();
-    for file in files {
-        match std::fs::read_to_string(file) {
-            Ok(text) => {
-                let (policies, file_errors) = parse_file(file, &text);
-                errors.extend(file_errors);
-                for located in policies {
-                    let m = &located.policy.metadata;
-                    if let Some(first) = all
-                        .iter()
-                        .find(|o| o.policy.metadata.name == m.name && o.policy.metadata.namespace == m.namespace)
-                    {
-                        errors.push(ConfigError::new(
-                            file,
-                            "metadata.name",
-                            format!("policy {}/{} is also defined in {}", m.namespace, m.name, first.file.display()),
-                        ));
-                    } else {
-                        all.push(located);
-                    }
+/// The policy files as read at one moment, with a digest of exactly those bytes: the version.
+pub struct Sources {
+    pub texts: Vec<(PathBuf, std::io::Result<String>)>,
+    pub version: String,
+}
+
+impl Sources {
+    pub fn read(files: &[PathBuf]) -> Sources {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        let texts: Vec<_> = files
+            .iter()
+            .map(|file| {
+                let text = std::fs::read_to_string(file);
+                ctx.update(file.as_os_str().as_encoded_bytes());
+                ctx.update(b"\0");
+                ctx.update(text.as_deref().unwrap_or("\0unreadable").as_bytes());
+                ctx.update(b"\0");
+                (file.clone(), text)
+            })
+            .collect();
+        let version = ctx.finish().as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect();
+        Sources { texts, version }
+    }
+
+    /// Parses every file; errors also for unreadable files and for one policy (namespace and
+    /// name) defined twice.
+    pub fn parse(&self) -> (Vec<Located>, Vec<ConfigError>) {
+        let mut all: Vec<Located> = Vec::new();
+        let mut errors = Vec::new();
+        for (file, text) in &self.texts {
+            let text = match text {
+                Ok(text) => text,
+                Err(e) => {
+                    errors.push(ConfigError::new(file, "", format!("cannot read the file: {e}")));
+                    continue;
+                }
+            };
+            let (policies, file_errors) = parse_file(file, text);
+            errors.extend(file_errors);
+            for located in policies {
+                let m = &located.policy.metadata;
+                let twice =
+                    all.iter().find(|o| o.policy.metadata.name == m.name && o.policy.metadata.namespace == m.namespace);
+                match twice {
+                    Some(first) => errors.push(ConfigError::new(
+                        file,
+                        "metadata.name",
+                        format!("policy {}/{} is also defined in {}", m.namespace, m.name, first.file.display()),
+                    )),
+                    None => all.push(located),
                 }
             }
-            Err(e) => errors.push(ConfigError::new(file, "", format!("cannot read the file: {e}"))),
         }
+        (all, errors)
     }
-    (all, errors)
+}
+
+/// Reads and parses files (what `palisade check` does).
+pub fn load_files(files: &[PathBuf]) -> (Vec<Located>, Vec<ConfigError>) {
+    Sources::read(files).parse()
 }
 
 #[cfg(test)]
@@ -101,6 +131,9 @@ mod tests {
             ("  authorization:\n    rules:\n      - {name: a, action: ALLOW, to: {paths: [\"orders\"]}}\n", 7, "paths", "must start with '/'"),
             ("  authentication:\n    jwt: []\n", 5, "spec.authentication", "not yet available"),
             ("  inputValidation:\n    waf: {mode: BLOCK}\n", 6, "spec.inputValidation.waf.mode", "not yet available"),
+            ("  authorization:\n    rules:\n      - {name: a, action: ALLOW, from: {principals: []}}\n", 7, "principals", "empty list"),
+            ("  rateLimits:\n    - {name: r, rate: 1, per: 10000000h}\n", 6, "rateLimits[0]", "per must be between"),
+            ("  rateLimits:\n    - {name: r, rate: 1, per: 0s}\n", 6, "rateLimits[0]", "per must be between"),
         ];
         for (spec, line, field, words) in cases {
             let errors = errors_of(&format!("{HEAD}{spec}"));

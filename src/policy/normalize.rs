@@ -15,6 +15,11 @@ pub enum PathError {
     NotAbsolute,
     #[error("path holds a malformed percent-escape")]
     BadEscape,
+    /// `;` starts path parameters that Tomcat, Jetty and Spring strip before routing, and `\`
+    /// is a separator to IIS and WHATWG URL parsers: either lets a path mean one thing to the
+    /// policy and another to the app.
+    #[error("path holds ';' or '\\'")]
+    Ambiguous,
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -62,6 +67,8 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
                 }
             }
             i += 3;
+        } else if matches!(b, b';' | b'\\') {
+            return Err(PathError::Ambiguous);
         } else {
             decoded.push(b);
             i += 1;
@@ -98,6 +105,7 @@ fn is_normal(bytes: &[u8]) -> Result<bool, PathError> {
     for (i, &b) in bytes.iter().enumerate() {
         match b {
             0 => return Err(PathError::Nul),
+            b';' | b'\\' => return Err(PathError::Ambiguous),
             b'%' => return Ok(false),
             b'/' if prev_slash => return Ok(false),
             b'.' if prev_slash => {
@@ -171,6 +179,10 @@ mod tests {
         assert_eq!(normalize("/a%zz"), Err(PathError::BadEscape));
         assert_eq!(normalize("/a%4"), Err(PathError::BadEscape));
         assert_eq!(normalize("admin"), Err(PathError::NotAbsolute));
+        assert_eq!(normalize("/admin;x"), Err(PathError::Ambiguous));
+        assert_eq!(normalize("/public/..;/admin"), Err(PathError::Ambiguous));
+        assert_eq!(normalize("/public\\..\\admin"), Err(PathError::Ambiguous));
+        assert_eq!(normalize("/%61dmin;x"), Err(PathError::Ambiguous));
     }
 
     #[test]

@@ -85,7 +85,15 @@ impl FromStr for PathPattern {
             }
         };
         if prefix {
-            return Ok(PathPattern::Prefix(base.into()));
+            // Requests are matched in normalised form; a prefix written otherwise could never match.
+            match normalize(base) {
+                Ok(std::borrow::Cow::Borrowed(_)) => return Ok(PathPattern::Prefix(base.into())),
+                _ => {
+                    return Err(format!(
+                        "prefix {s:?} must be written in normalised form (no '//', '.', '..', escapes, ';' or '\\')"
+                    ))
+                }
+            }
         }
         let normalized = normalize(base).map_err(|e| format!("path {s:?}: {e}"))?;
         Ok(PathPattern::Exact(match_form(&normalized).into()))
@@ -149,6 +157,15 @@ impl FromStr for IpBlock {
             Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
             None => max,
         };
+        // Requests carry IPv4 clients of a dual-stack listener as IPv4, so an IPv4-mapped block
+        // (::ffff:a.b.c.d/96+) is kept as the IPv4 block it means.
+        let (network, prefix) = match network {
+            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), prefix - 96),
+                None => (network, prefix),
+            },
+            _ => (network, prefix),
+        };
         let network = match network {
             IpAddr::V4(v4) => IpAddr::V4(mask32(u32::from(v4), prefix).into()),
             IpAddr::V6(v6) => IpAddr::V6(mask128(u128::from(v6), prefix).into()),
@@ -204,7 +221,7 @@ mod tests {
         assert!(exact.matches("/orders"));
         let prefix: PathPattern = "/orders/*".parse().unwrap();
         assert!(prefix.matches("/orders/7") && !prefix.matches("/orders"));
-        for bad in ["orders", "/a*b", "/*/x"] {
+        for bad in ["orders", "/a*b", "/*/x", "/%61dmin*", "/a//b*", "/a;b*"] {
             assert!(bad.parse::<PathPattern>().is_err(), "{bad}");
         }
     }
@@ -217,6 +234,8 @@ mod tests {
         let v6: IpBlock = "fd00::/8".parse().unwrap();
         assert!(v6.contains("fd12::1".parse().unwrap()));
         assert!(!v6.contains("fe80::1".parse().unwrap()));
+        let mapped: IpBlock = "::ffff:127.0.0.0/104".parse().unwrap();
+        assert!(mapped.contains("127.0.0.5".parse().unwrap()), "IPv4-mapped blocks match IPv4 clients");
         let host: IpBlock = "127.0.0.1".parse().unwrap();
         assert!(host.contains("127.0.0.1".parse().unwrap()) && !host.contains("127.0.0.2".parse().unwrap()));
         assert!("0.0.0.0/0".parse::<IpBlock>().unwrap().contains("8.8.8.8".parse().unwrap()));

@@ -99,6 +99,16 @@ fn peer_identity(session: &Session) -> Option<&PeerIdentity> {
 /// Step 2: sizes. Declared bodies are refused before a byte is forwarded; chunked ones as they
 /// cross the limit (in `request_body_filter`).
 fn check_limits(req: &RequestHeader, limits: &InputLimits) -> Result<(), Box<Error>> {
+    // Only origin-form targets ("/path?query"): anything else is forwarded as written by pingora
+    // while its parsed path is "/", so the policy and the app would see different paths.
+    if req.raw_path().first() != Some(&b'/') {
+        return Err(ErrorKind::InvalidRequest.fail("request target is not in origin form"));
+    }
+    // Methods are case-sensitive; "delete" would dodge a rule on DELETE yet reach frameworks
+    // that upper-case it.
+    if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(ErrorKind::InvalidRequest.fail("method is not upper case"));
+    }
     // Both framings at once is how requests are smuggled past one parser and into another.
     if req.headers.contains_key(http::header::TRANSFER_ENCODING)
         && req.headers.contains_key(http::header::CONTENT_LENGTH)
