@@ -263,7 +263,10 @@ impl PolicySnapshot {
     /// Drops idle rate-limit buckets; run periodically.
     pub fn forget_idle_buckets(&self) {
         for limit in self.policies.iter().flat_map(|p| &p.rate_limits) {
-            limit.buckets.forget_idle();
+            if limit.buckets.forget_idle() {
+                tracing::warn!(policy = %limit.policy, limit = %limit.name, max = super::ratelimit::MAX_KEYS,
+                    "more live rate-limit keys than the cap; the limit's buckets start afresh");
+            }
         }
     }
 
