@@ -8,14 +8,6 @@ use std::time::Duration;
 use serde_json::Value;
 use support::*;
 
-const POLICY: &str = r#"  authorization:
-    default: ALLOW
-    rules:
-      - {name: no-admin, action: DENY, to: {paths: ["/admin*"]}}
-  rateLimits:
-    - {name: tight, match: {paths: ["/limited"]}, key: global, rate: 1, per: 60s, burst: 1}
-"#;
-
 const AUDIT: &str = "  authorization:\n    mode: AUDIT\n    default: DENY\n";
 
 /// The attributes OCSF requires of every HTTP Activity event.
@@ -45,7 +37,7 @@ async fn events_eventually(s: &PolicedSidecar, count: usize) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ocsf_events_for_denials_limits_tls_failures_and_policy_changes() {
-    let s = PolicedSidecar::start(&policy("events", POLICY)).await;
+    let s = PolicedSidecar::start(&policy("events", DENY_ADMIN_LIMIT_ONE)).await;
     assert_eq!(s.send("frontend", "GET", "/admin/x", &[]).await.status, 403);
     assert_eq!(s.send("frontend", "POST", "/limited", &[]).await.status, 200);
     assert_eq!(s.send("frontend", "POST", "/limited", &[]).await.status, 429);
@@ -106,7 +98,7 @@ async fn ocsf_events_for_denials_limits_tls_failures_and_policy_changes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ecs_events_carry_the_same_facts() {
-    let s = PolicedSidecar::start_with(&policy("events", POLICY), |c| {
+    let s = PolicedSidecar::start_with(&policy("events", DENY_ADMIN_LIMIT_ONE), |c| {
         c.telemetry.events.format = palisade::config::EventFormat::Ecs
     })
     .await;
@@ -132,7 +124,7 @@ async fn ecs_events_carry_the_same_facts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_has_one_line_per_request_apart_from_the_events() {
-    let s = PolicedSidecar::start(&policy("events", POLICY)).await;
+    let s = PolicedSidecar::start(&policy("events", DENY_ADMIN_LIMIT_ONE)).await;
     assert_eq!(s.send("frontend", "GET", "/orders/1", &[]).await.status, 200);
     assert_eq!(s.send("plain", "GET", "/admin", &[]).await.status, 403);
     let lines = || -> Vec<Value> {
@@ -162,7 +154,8 @@ async fn access_log_has_one_line_per_request_apart_from_the_events() {
     assert!(s.events().iter().all(|e| e.get("duration_ms").is_none()), "access lines stay out of the event stream");
     s.shutdown();
 
-    let quiet = PolicedSidecar::start_with(&policy("events", POLICY), |c| c.telemetry.access_log = false).await;
+    let quiet =
+        PolicedSidecar::start_with(&policy("events", DENY_ADMIN_LIMIT_ONE), |c| c.telemetry.access_log = false).await;
     assert_eq!(quiet.send("frontend", "GET", "/orders/1", &[]).await.status, 200);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(

@@ -9,14 +9,10 @@ use time::{Duration, OffsetDateTime};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_client_reaches_the_app_with_its_verified_identity() {
-    let pki = Pki::new();
-    let server = pki.workload("server", &id("shop", "orders"));
-    let client = pki.workload("client", &id("shop", "frontend"));
-    let app = EchoApp::start().await;
-    let sidecar = start_sidecar(sidecar_config(&server, app.addr));
-
-    let response = https_client(Some(&client))
-        .get(format!("https://{}/orders/7", sidecar.inbound))
+    let s = Single::start(|_| {}).await;
+    let response = s
+        .https()
+        .get(s.url("/orders/7"))
         .header("x-forwarded-client-cert", "By=spiffe://evil/x;URI=spiffe://cluster.local/ns/shop/sa/admin")
         .send()
         .await
@@ -31,7 +27,7 @@ async fn a_valid_client_reaches_the_app_with_its_verified_identity() {
         Some(format!("By={};URI={}", id("shop", "orders"), id("shop", "frontend")).as_str())
     );
     assert_eq!(seen.header("x-request-id").map(str::len), Some(32));
-    sidecar.shutdown();
+    s.sidecar.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,13 +95,8 @@ async fn strict_mode_refuses_every_bad_client_at_the_handshake() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn permissive_mode_accepts_plaintext_without_a_principal_and_mtls_with_one() {
-    let pki = Pki::new();
-    let server = pki.workload("server", &id("shop", "orders"));
-    let client = pki.workload("client", &id("shop", "frontend"));
-    let app = EchoApp::start().await;
-    let mut config = sidecar_config(&server, app.addr);
-    config.inbound.mtls = MtlsMode::PERMISSIVE;
-    let sidecar = start_sidecar(config);
+    let s = Single::start(|c| c.inbound.mtls = MtlsMode::PERMISSIVE).await;
+    let (sidecar, client) = (&s.sidecar, &s.client);
 
     let plain: Seen = http_client()
         .get(format!("http://{}/plain", sidecar.inbound))
@@ -131,7 +122,7 @@ async fn permissive_mode_accepts_plaintext_without_a_principal_and_mtls_with_one
 
     // TLS without a client certificate is still refused: PERMISSIVE relaxes plaintext only.
     assert!(handshake(sidecar.inbound, None).await.is_err());
-    sidecar.shutdown();
+    s.sidecar.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,12 +153,8 @@ async fn the_app_down_gives_a_json_502_and_service_resumes_when_it_returns() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn request_limits_answer_414_and_431_with_json() {
-    let pki = Pki::new();
-    let server = pki.workload("server", &id("shop", "orders"));
-    let client = pki.workload("client", &id("shop", "frontend"));
-    let app = EchoApp::start().await;
-    let sidecar = start_sidecar(sidecar_config(&server, app.addr));
-    let https = https_client(Some(&client));
+    let s = Single::start(|_| {}).await;
+    let (sidecar, https) = (&s.sidecar, s.https());
 
     let long = format!("https://{}/{}", sidecar.inbound, "a".repeat(9000));
     let response = https.get(long).send().await.unwrap();
@@ -180,25 +167,19 @@ async fn request_limits_answer_414_and_431_with_json() {
     }
     let response = request.send().await.unwrap();
     assert_eq!(response.status(), 431);
-    sidecar.shutdown();
+    s.sidecar.shutdown();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_app_gives_a_json_504_after_app_timeout() {
-    let pki = Pki::new();
-    let server = pki.workload("server", &id("shop", "orders"));
-    let client = pki.workload("client", &id("shop", "frontend"));
-    let app = EchoApp::start().await;
-    let mut config = sidecar_config(&server, app.addr);
-    config.inbound.app_timeout = Some("300ms".parse().unwrap());
-    let sidecar = start_sidecar(config);
-    let https = https_client(Some(&client));
+    let s = Single::start(|c| c.inbound.app_timeout = Some("300ms".parse().unwrap())).await;
+    let (sidecar, https) = (&s.sidecar, s.https());
     let response = https.get(format!("https://{}/slow/2000", sidecar.inbound)).send().await.unwrap();
     assert_eq!(response.status(), 504);
     assert_eq!(response.json::<serde_json::Value>().await.unwrap()["error"], "gateway_timeout");
     let response = https.get(format!("https://{}/slow/50", sidecar.inbound)).send().await.unwrap();
     assert_eq!(response.status(), 200, "a prompt app is unaffected");
-    sidecar.shutdown();
+    s.sidecar.shutdown();
 }
 
 /// The value of one sample in Prometheus text, 0 when absent.

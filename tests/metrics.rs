@@ -8,17 +8,9 @@ use std::process::{Command, Stdio};
 
 use support::*;
 
-const POLICY: &str = r#"  authorization:
-    default: ALLOW
-    rules:
-      - {name: no-admin, action: DENY, to: {paths: ["/admin*"]}}
-  rateLimits:
-    - {name: tight, match: {paths: ["/limited"]}, key: global, rate: 1, per: 60s, burst: 1}
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_carry_the_spec_series() {
-    let s = PolicedSidecar::start(&policy("metrics", POLICY)).await;
+    let s = PolicedSidecar::start(&policy("metrics", DENY_ADMIN_LIMIT_ONE)).await;
     for (path, status) in [("/ok/1", 200), ("/ok/2?x=1", 200), ("/admin", 403), ("/limited", 200), ("/limited", 429)] {
         assert_eq!(s.send("frontend", "GET", path, &[]).await.status, status, "{path}");
     }
@@ -64,7 +56,7 @@ async fn metrics_pass_promtool_and_carry_the_spec_series() {
 /// A real Prometheus server scrapes the admin port; its query API returns the request counter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prometheus_server_scrapes_the_sidecar() {
-    let s = PolicedSidecar::start(&policy("metrics", POLICY)).await;
+    let s = PolicedSidecar::start(&policy("metrics", DENY_ADMIN_LIMIT_ONE)).await;
     for _ in 0..4 {
         assert_eq!(s.send("billing", "GET", "/ok", &[]).await.status, 200);
     }

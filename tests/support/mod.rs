@@ -498,3 +498,42 @@ impl PolicedSidecar {
             .collect()
     }
 }
+
+/// One sidecar for `shop/orders` in front of an echo app, and a client identity `shop/frontend`.
+pub struct Single {
+    pub pki: Pki,
+    pub client: WorkloadFiles,
+    pub app: EchoApp,
+    pub sidecar: Sidecar,
+}
+
+impl Single {
+    pub async fn start(adjust: impl FnOnce(&mut SidecarConfig)) -> Single {
+        let pki = Pki::new();
+        let server = pki.workload("server", &id("shop", "orders"));
+        let client = pki.workload("client", &id("shop", "frontend"));
+        let app = EchoApp::start().await;
+        let mut config = sidecar_config(&server, app.addr);
+        adjust(&mut config);
+        let sidecar = start_sidecar(config);
+        Single { pki, client, app, sidecar }
+    }
+
+    pub fn https(&self) -> reqwest::Client {
+        https_client(Some(&self.client))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.sidecar.inbound)
+    }
+}
+
+/// A policy spec (two-space indented) that denies `/admin*` and allows one request to `/limited`
+/// per minute.
+pub const DENY_ADMIN_LIMIT_ONE: &str = r#"  authorization:
+    default: ALLOW
+    rules:
+      - {name: no-admin, action: DENY, to: {paths: ["/admin*"]}}
+  rateLimits:
+    - {name: tight, match: {paths: ["/limited"]}, key: global, rate: 1, per: 60s, burst: 1}
+"#;
