@@ -85,13 +85,14 @@ impl Drop for SidecarProcess {
         let deadline = Instant::now() + Duration::from_secs(5);
         while asked && Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
+                eprintln!("stopped sidecar {} (drained)", self.name);
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        eprintln!("stopped sidecar {}", self.name);
+        eprintln!("stopped sidecar {} (killed: it did not drain in 5 s)", self.name);
     }
 }
 
