@@ -28,3 +28,12 @@ pub enum TlsError {
 pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     std::sync::Arc::new(rustls::crypto::ring::default_provider())
 }
+
+/// The verifier's own words when a handshake failed on a certificate (rustls prints our
+/// `LeafError` through `Debug` otherwise); `None` when the I/O error is not a TLS one.
+pub fn refusal_reason(e: &std::io::Error) -> Option<String> {
+    match e.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => Some(other.0.to_string()),
+        other => Some(other.to_string()),
+    }
+}

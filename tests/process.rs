@@ -39,6 +39,19 @@ fn write_config(
     path
 }
 
+/// `palisade sidecar --config CONFIG`, once its admin port says it is ready.
+async fn spawn_ready(config: &std::path::Path, admin: u16) -> std::process::Child {
+    let child = Command::new(BIN)
+        .args(["sidecar", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_ready(admin).await;
+    child
+}
+
 async fn wait_ready(admin: u16) {
     let ready = eventually(Duration::from_secs(10), || async move {
         matches!(http_client().get(format!("http://127.0.0.1:{admin}/ready")).send().await, Ok(r) if r.status() == 200)
@@ -67,14 +80,7 @@ async fn sigterm_lets_in_flight_requests_finish_refuses_new_ones_and_exits_zero(
     let app = EchoApp::start().await;
     let ports = [free_port(), free_port(), free_port()];
     let config = write_config(pki.dir.path(), &server, app.addr.port(), ports);
-    let mut child = Command::new(BIN)
-        .args(["sidecar", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(ports[2]).await;
+    let mut child = spawn_ready(&config, ports[2]).await;
 
     let https = https_client(Some(&client));
     let slow: Vec<_> = (0..3)
@@ -106,14 +112,7 @@ async fn post_shutdown_from_localhost_drains_and_exits_zero() {
     let server = pki.workload("server", &id("shop", "orders"));
     let ports = [free_port(), free_port(), free_port()];
     let config = write_config(pki.dir.path(), &server, 9, ports);
-    let mut child = Command::new(BIN)
-        .args(["sidecar", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_ready(ports[2]).await;
+    let mut child = spawn_ready(&config, ports[2]).await;
     let admin = format!("http://127.0.0.1:{}", ports[2]);
     let client = http_client();
     assert_eq!(client.get(format!("{admin}/live")).send().await.unwrap().status(), 200);

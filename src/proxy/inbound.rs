@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::ALPN;
@@ -16,7 +15,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::Error;
 
 use super::record::{self, RequestCtx};
-use super::respond::{self, ErrorKind};
+use super::respond::{fail, is_decision, ErrorKind};
 use super::{RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER, XFCC_HEADER};
 use crate::config::AppProtocol;
 use crate::policy::{match_form, normalize, InputLimits, PolicyStore, RequestView};
@@ -273,54 +272,4 @@ fn canonical_ip(ip: IpAddr) -> IpAddr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
     }
-}
-
-/// A refusal the pipeline decided on is reported by metrics and events, and a caller hanging up
-/// is the caller's business: neither is an error log.
-pub(super) fn is_decision(e: &Error) -> bool {
-    use pingora::ErrorType::*;
-    match e.etype() {
-        HTTPStatus(code) => *code < 500,
-        ConnectionClosed | ReadError | WriteError => e.esource() == &pingora::ErrorSource::Downstream,
-        _ => false,
-    }
-}
-
-/// Answers a failed request with the JSON error body; shared by both directions.
-pub(super) async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-    let Some(kind) = ErrorKind::classify(e) else {
-        return FailToProxy { error_code: 0, can_reuse_downstream: false };
-    };
-    // Once the app's response has started, writing our own would splice two responses into one
-    // that looks complete: abort the stream instead.
-    ctx.id = ctx.id.or_generate();
-    if let Some(started) = session.response_written() {
-        return FailToProxy { error_code: started.status.as_u16(), can_reuse_downstream: false };
-    }
-    if kind.status() < 500 && ctx.decision == "allow" {
-        ctx.decision = "invalid";
-    } else if kind.status() >= 500 {
-        tracing::debug!(error = %e, request_id = ctx.id.as_str(), "request failed");
-    }
-    let extra = match &ctx.limited {
-        Some(limited) => {
-            // Whole seconds, rounded up: a client that waits this long gets a token.
-            let secs = limited.retry_after.as_secs() + u64::from(limited.retry_after.subsec_nanos() > 0);
-            let secs = secs.max(1);
-            vec![
-                ("retry-after", HeaderValue::from(secs)),
-                ("ratelimit-policy", limited.policy_header.clone()),
-                (
-                    "ratelimit",
-                    HeaderValue::from_str(&format!("\"{}\";r=0;t={secs}", limited.limit))
-                        .expect("names are header-safe"),
-                ),
-            ]
-        }
-        None => Vec::new(),
-    };
-    if let Err(write_error) = respond::write(session, kind, &ctx.id, &extra).await {
-        tracing::debug!(error = %write_error, "could not send the error response");
-    }
-    FailToProxy { error_code: kind.status(), can_reuse_downstream: false }
 }

@@ -61,7 +61,7 @@ impl MeshConnector {
     /// Keeps connections apart by destination, expected identity and credential generation: a
     /// new trust bundle or certificate means new connections.
     pub fn pool_key(&self) -> u64 {
-        self.key ^ self.tls.current().generation.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        self.key ^ self.tls.generation().wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
 
     fn refuse(&self, reason: String) -> Box<Error> {
@@ -95,7 +95,12 @@ impl L4Connect for MeshConnector {
         let handshake = tokio_rustls::TlsConnector::from(config).connect(ServerName::IpAddress(addr.ip().into()), tcp);
         let mut tls = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
             Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return Err(self.refuse(format!("handshake with {addr} failed: {}", tls_reason(&e)))),
+            Ok(Err(e)) => {
+                return Err(self.refuse(format!(
+                    "handshake with {addr} failed: {}",
+                    crate::tls::refusal_reason(&e).unwrap_or_else(|| e.to_string())
+                )))
+            }
             Err(_) => return Err(Error::explain(ErrorType::TLSHandshakeTimedout, format!("TLS with {addr}"))),
         };
         let presented = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| spiffe_id_from_der(c));
@@ -114,15 +119,6 @@ impl L4Connect for MeshConnector {
             let _ = tokio::io::copy_bidirectional(&mut relay_end, &mut tls).await;
         });
         Ok(ours.into())
-    }
-}
-
-/// The verifier's own words when it refused the certificate.
-fn tls_reason(e: &std::io::Error) -> String {
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => other.0.to_string(),
-        Some(other) => other.to_string(),
-        None => e.to_string(),
     }
 }
 

@@ -13,10 +13,9 @@ use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
-use super::inbound::{fail, is_decision};
 use super::mesh_connector::{Connectors, MeshConnector};
 use super::record::{self, RequestCtx};
-use super::respond::ErrorKind;
+use super::respond::{fail, is_decision, ErrorKind};
 use super::{RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER};
 use crate::config::Destination;
 use crate::identity::SpiffeId;

@@ -6,6 +6,10 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use http::HeaderValue;
+use pingora::proxy::FailToProxy;
+
+use super::record::RequestCtx;
 use super::RequestId;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +128,56 @@ pub async fn write(
     session.set_keepalive(None);
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+/// A refusal the pipeline decided on is reported by metrics and events, and a caller hanging up
+/// is the caller's business: neither is an error log.
+pub fn is_decision(e: &Error) -> bool {
+    use pingora::ErrorType::*;
+    match e.etype() {
+        HTTPStatus(code) => *code < 500,
+        ConnectionClosed | ReadError | WriteError => e.esource() == &pingora::ErrorSource::Downstream,
+        _ => false,
+    }
+}
+
+/// Answers a failed request with the JSON error body; shared by both directions.
+pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    let Some(kind) = ErrorKind::classify(e) else {
+        return FailToProxy { error_code: 0, can_reuse_downstream: false };
+    };
+    // Once the app's response has started, writing our own would splice two responses into one
+    // that looks complete: abort the stream instead.
+    ctx.id = ctx.id.or_generate();
+    if let Some(started) = session.response_written() {
+        return FailToProxy { error_code: started.status.as_u16(), can_reuse_downstream: false };
+    }
+    if kind.status() < 500 && ctx.decision == "allow" {
+        ctx.decision = "invalid";
+    } else if kind.status() >= 500 {
+        tracing::debug!(error = %e, request_id = ctx.id.as_str(), "request failed");
+    }
+    let extra = match &ctx.limited {
+        Some(limited) => {
+            // Whole seconds, rounded up: a client that waits this long gets a token.
+            let secs = limited.retry_after.as_secs() + u64::from(limited.retry_after.subsec_nanos() > 0);
+            let secs = secs.max(1);
+            vec![
+                ("retry-after", HeaderValue::from(secs)),
+                ("ratelimit-policy", limited.policy_header.clone()),
+                (
+                    "ratelimit",
+                    HeaderValue::from_str(&format!("\"{}\";r=0;t={secs}", limited.limit))
+                        .expect("names are header-safe"),
+                ),
+            ]
+        }
+        None => Vec::new(),
+    };
+    if let Err(write_error) = write(session, kind, &ctx.id, &extra).await {
+        tracing::debug!(error = %write_error, "could not send the error response");
+    }
+    FailToProxy { error_code: kind.status(), can_reuse_downstream: false }
 }
 
 #[cfg(test)]

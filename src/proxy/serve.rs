@@ -171,16 +171,10 @@ async fn handshake(
 
 /// The verifier's own words when it refused the certificate, else pingora's description.
 fn handshake_failure_reason(e: &pingora::Error) -> String {
-    let rustls_error = e
-        .root_cause()
+    e.root_cause()
         .downcast_ref::<std::io::Error>()
-        .and_then(|io| io.get_ref())
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
-    match rustls_error {
-        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => other.0.to_string(),
-        Some(other) => other.to_string(),
-        None => e.to_string(),
-    }
+        .and_then(crate::tls::refusal_reason)
+        .unwrap_or_else(|| e.to_string().trim().to_string())
 }
 
 /// Wraps a socket the way pingora's own listener does, so the session digest knows the peer,

@@ -74,6 +74,11 @@ impl TlsStore {
         self.state.load_full()
     }
 
+    /// The generation of the credentials in force, read without taking a reference (per request).
+    pub fn generation(&self) -> u64 {
+        self.state.load().generation
+    }
+
     pub fn files(&self) -> &IdentityFiles {
         &self.files
     }
