@@ -12,6 +12,7 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 use tokio::sync::watch;
 
+use crate::control::ChannelState;
 use crate::policy::PolicyStore;
 use crate::telemetry::{LogLevel, Telemetry};
 use crate::tls::TlsStore;
@@ -33,6 +34,8 @@ pub struct Admin {
     pub telemetry: Arc<Telemetry>,
     pub tls: Arc<TlsStore>,
     pub policy: Arc<PolicyStore>,
+    /// The control channel, when a control plane is configured.
+    pub channel: Option<Arc<ChannelState>>,
     pub readiness: Arc<Readiness>,
     /// The effective configuration, as loaded (it holds paths, never key material).
     pub config: serde_json::Value,
@@ -42,7 +45,7 @@ pub struct Admin {
 
 const MAX_BODY: usize = 4096;
 
-fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
+pub(crate) fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
     Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, content_type)
@@ -51,11 +54,11 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
         .expect("valid response")
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
     reply(status, "text/plain; charset=utf-8", format!("{body}\n").into_bytes())
 }
 
-fn json_reply(status: StatusCode, value: serde_json::Value) -> Response<Vec<u8>> {
+pub(crate) fn json_reply(status: StatusCode, value: serde_json::Value) -> Response<Vec<u8>> {
     let mut body = serde_json::to_vec_pretty(&value).expect("json");
     body.push(b'\n');
     reply(status, "application/json", body)
@@ -77,7 +80,12 @@ impl Admin {
             },
             "policy": {
                 "version": policy.version,
-                "sources": self.policy.files(),
+                "source": self.policy.source().label(),
+                "files": self.policy.files(),
+                "controlPlane": self.channel.as_ref().map(|c| json!({
+                    "connected": c.connected(),
+                    "lastError": c.last_error(),
+                })),
                 "limits": {"maxUriBytes": policy.limits.max_uri_bytes, "maxHeaderBytes": policy.limits.max_header_bytes,
                            "maxBodyBytes": policy.limits.max_body_bytes},
                 "mtls": policy.mtls,
@@ -110,6 +118,9 @@ impl ServeHttp for Admin {
         });
         match (method, path.as_str()) {
             (Method::GET, "/live") => text(StatusCode::OK, "live"),
+            (Method::GET, "/ready") if !self.policy.ready() => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no policy loaded yet (policy.failMode: closed)")
+            }
             (Method::GET, "/ready") if self.readiness.is_ready() => text(StatusCode::OK, "ready"),
             (Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
             (Method::GET, "/metrics") => {

@@ -15,7 +15,8 @@ use tokio::sync::watch;
 
 use crate::admin::{Admin, Readiness};
 use crate::config::{MtlsMode, SidecarConfig};
-use crate::policy::{PolicySnapshot, PolicyStore};
+use crate::control::{ChannelState, PolicyChannel};
+use crate::policy::{PolicyOptions, PolicySnapshot, PolicyStore};
 use crate::proxy::{serve, ConnectionTracker, Inbound, Outbound, Transport};
 use crate::telemetry::{LogLevel, SecurityEvent, Telemetry};
 use crate::tls::{IdentityFiles, TlsStore, TrustDomains};
@@ -83,6 +84,7 @@ struct Bound {
 
 /// Everything built from the configuration before any port is bound.
 struct Parts {
+    channel: Option<Arc<ChannelState>>,
     telemetry: Arc<Telemetry>,
     tls: Arc<TlsStore>,
     policy: Arc<PolicyStore>,
@@ -93,11 +95,6 @@ impl Parts {
     fn build(config: &SidecarConfig) -> anyhow::Result<Parts> {
         if config.identity.control_plane.is_some() {
             bail!("identity.controlPlane: certificates from the control plane's CA are not yet available in this version; use identity.files");
-        }
-        if config.policy.control_plane.is_some() {
-            bail!(
-                "policy.controlPlane: the control plane channel is not yet available in this version; use policy.files"
-            );
         }
         if config.threads == 0 {
             bail!("threads: must be at least 1");
@@ -116,16 +113,29 @@ impl Parts {
             .context("identity.files")?;
         let telemetry =
             Arc::new(Telemetry::new(&config.telemetry).context("telemetry.events.sink / telemetry.accessLogSink")?);
-        let policy = PolicyStore::load(config.policy.files.clone(), config.workload.clone(), telemetry.clone())
-            .map_err(|errors| {
-                let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
-                anyhow::anyhow!("policy.files: {} error(s):\n{}", errors.len(), list.join("\n"))
-            })?;
-        Ok(Parts { telemetry, tls: Arc::new(tls), policy: Arc::new(policy), reload_interval: files.reload_interval.0 })
+        let options = PolicyOptions {
+            files: config.policy.files.clone(),
+            workload: config.workload.clone(),
+            allow_permissive: config.inbound.allow_permissive,
+            fail_mode: config.policy.fail_mode,
+            control_plane: config.policy.control_plane.is_some(),
+        };
+        let policy = PolicyStore::load(options, telemetry.clone()).map_err(|errors| {
+            let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
+            anyhow::anyhow!("policy.files: {} error(s):\n{}", errors.len(), list.join("\n"))
+        })?;
+        let channel = config.policy.control_plane.as_ref().map(|_| Arc::new(ChannelState::default()));
+        Ok(Parts {
+            channel,
+            telemetry,
+            tls: Arc::new(tls),
+            policy: Arc::new(policy),
+            reload_interval: files.reload_interval.0,
+        })
     }
 }
 
-fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     let runtime = if threads == 1 {
         tokio::runtime::Builder::new_current_thread().enable_all().build()?
     } else {
@@ -135,7 +145,7 @@ fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// Binds before the runtime starts, so a taken port fails `start` rather than a task.
-fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<std::net::TcpListener> {
+pub(crate) fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("{field}: cannot listen on {addr}"))?;
     listener.set_nonblocking(true)?;
     Ok(listener)
@@ -159,7 +169,7 @@ async fn run(
     drain: Duration,
     options: RunOptions,
 ) {
-    let Parts { telemetry, tls, policy, reload_interval } = parts;
+    let Parts { channel, telemetry, tls, policy, reload_interval } = parts;
     let [inbound_listener, outbound_listener, admin_listener] =
         listeners.map(|l| TcpListener::from_std(l).expect("listener joins the runtime"));
     let conf = Arc::new(ServerConf::default());
@@ -182,6 +192,7 @@ async fn run(
         telemetry: telemetry.clone(),
         tls: tls.clone(),
         policy: policy.clone(),
+        channel: channel.clone(),
         readiness: readiness.clone(),
         config: serde_json::to_value(&config).expect("configuration serialises"),
         log_level: options.log_level.clone(),
@@ -191,10 +202,10 @@ async fn run(
     let mtls_default = config.inbound.mtls;
     let apply_mtls = {
         let plaintext_allowed = plaintext_allowed.clone();
-        move |snapshot: &PolicySnapshot| {
+        Arc::new(move |snapshot: &PolicySnapshot| {
             let mode = snapshot.mtls.unwrap_or(mtls_default);
             plaintext_allowed.store(mode == MtlsMode::PERMISSIVE, Ordering::Relaxed);
-        }
+        })
     };
     apply_mtls(&policy.current());
     let inbound_transport = Transport::Mesh { tls: tls.clone(), plaintext_allowed };
@@ -229,7 +240,29 @@ async fn run(
         admin_stop_rx,
     ));
     tokio::spawn(watch_certificates(tls.clone(), telemetry.clone(), reload_interval, stop.clone()));
-    tokio::spawn(watch_policy(policy.clone(), apply_mtls, reload_interval, stop.clone()));
+    let on_change = apply_mtls.clone();
+    tokio::spawn(watch_policy(policy.clone(), move |s| on_change(s), reload_interval, stop.clone()));
+    if let (Some(address), Some(state)) = (&config.policy.control_plane, &channel) {
+        let expected = match &config.policy.control_plane_identity {
+            Some(id) => id.0.clone(),
+            None => crate::control::default_identity(&config.trust_domain.0),
+        };
+        let node = std::env::var("POD_NAME").unwrap_or_else(|_| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}:{}", host.trim(), bound.inbound.port())
+        });
+        let channel = PolicyChannel {
+            address: address.clone(),
+            expected,
+            tls: tls.clone(),
+            policy: policy.clone(),
+            workload: config.workload.clone(),
+            node,
+            telemetry: telemetry.clone(),
+            state: state.clone(),
+        };
+        tokio::spawn(channel.run(move |s| apply_mtls(s), stop.clone()));
+    }
     readiness.listeners.store(true, Ordering::Release);
     tracing::info!(
         identity = %tls.current().credentials.id,
@@ -237,23 +270,8 @@ async fn run(
         "sidecar ready"
     );
 
-    let mut stop_requested = stop.clone();
-    if options.handle_signals {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(t), Ok(i)) => (t, i),
-            _ => {
-                tracing::error!("cannot install signal handlers");
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = int.recv() => tracing::info!("SIGINT: draining"),
-            _ = stop_requested.wait_for(|s| *s) => {}
-        }
-    } else {
-        let _ = stop_requested.wait_for(|s| *s).await;
+    if !stop_requested(options.handle_signals, stop.clone()).await {
+        return;
     }
     readiness.draining.store(true, Ordering::Release);
     shutdown.send_replace(true);
@@ -268,9 +286,32 @@ async fn run(
     let _ = admin_task.await;
 }
 
+/// Waits for SIGTERM or SIGINT (when `handle_signals`) or for `stop`; false when the signal
+/// handlers cannot be installed.
+pub(crate) async fn stop_requested(handle_signals: bool, mut stop: watch::Receiver<bool>) -> bool {
+    if handle_signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(t), Ok(i)) => (t, i),
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                return false;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    } else {
+        let _ = stop.wait_for(|s| *s).await;
+    }
+    true
+}
+
 /// Runs `check` on the blocking pool every `every` (it reads files: a slow disk must never stall
 /// requests) and hands its result to `handle` on the runtime, until `stop` turns true.
-async fn poll_files<T, C, H>(every: Duration, mut stop: watch::Receiver<bool>, check: C, mut handle: H)
+pub(crate) async fn poll_files<T, C, H>(every: Duration, mut stop: watch::Receiver<bool>, check: C, mut handle: H)
 where
     T: Send + 'static,
     C: Fn() -> T + Clone + Send + 'static,

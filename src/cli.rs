@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use crate::app::{RunOptions, Sidecar};
-use crate::config::{self, ProcessEnv, SidecarConfig};
+use crate::config::{self, ControlConfig, ProcessEnv, SidecarConfig};
+use crate::control::ControlPlane;
 use crate::identity::{DevCa, LeafSpec, SpiffeId};
 use crate::telemetry::LogLevel;
 
@@ -26,7 +27,8 @@ struct Cli {
 enum Command {
     /// Run the per-pod proxy: inbound, outbound and admin listeners.
     Sidecar(ConfigArg),
-    /// Run the control plane: policy push server, workload CA, injection webhook, status API.
+    /// Run the control plane: the policy stream to every sidecar and its status API (the workload
+    /// CA and the injection webhook come in a later version).
     Control(ConfigArg),
     /// Add the sidecar to Kubernetes manifests (YAML in, YAML out).
     Inject {
@@ -95,7 +97,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Sidecar(arg) => run_sidecar(&arg.config),
-        Command::Control(_) => not_yet("palisade control (the control plane)"),
+        Command::Control(arg) => run_control(&arg.config),
         Command::Inject { .. } => not_yet("palisade inject"),
         Command::InitNet { .. } => not_yet("palisade init-net"),
         Command::Check { files } => check(&files),
@@ -189,6 +191,26 @@ fn run_sidecar(path: &std::path::Path) -> ExitCode {
         }
     };
     sidecar.wait();
+    ExitCode::SUCCESS
+}
+
+fn run_control(path: &std::path::Path) -> ExitCode {
+    let log_level = LogLevel::init();
+    let config: ControlConfig = match config::load(path, &ProcessEnv) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut plane = match ControlPlane::start(config, RunOptions { handle_signals: true, log_level }) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {}: {e:#}", path.display());
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    plane.wait();
     ExitCode::SUCCESS
 }
 

@@ -4,14 +4,17 @@
 //! Values are checked while they are parsed (addresses, durations, modes are typed), so every
 //! error carries the position serde_yaml saw. Nothing binds a port before the whole file is good.
 
+mod control;
 mod env;
 mod sidecar;
 mod types;
 
+pub use control::{ControlConfig, ControlIdentityFiles, Listen, PolicyDirConfig};
 pub use env::{Env, ProcessEnv};
 pub use sidecar::{
-    AdminConfig, AppProtocol, Destination, EventFormat, EventSink, EventsConfig, FailMode, IdentityConfig,
-    InboundConfig, MtlsMode, OutboundConfig, PolicySourceConfig, SidecarConfig, TelemetryConfig, WorkloadConfig,
+    AdminConfig, AppProtocol, ControlPlaneAddress, Destination, EventFormat, EventSink, EventsConfig, FailMode,
+    IdentityConfig, InboundConfig, MtlsMode, OutboundConfig, PolicySourceConfig, SidecarConfig, SpiffeIdField,
+    TelemetryConfig, TrustDomain, WorkloadConfig,
 };
 pub use types::{HumanDuration, ListenAddr};
 

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod identity;
 pub mod policy;

@@ -17,39 +17,79 @@ pub use normalize::{match_form, normalize, PathError};
 pub use patterns::{IpBlock, PathPattern, Pattern};
 pub use ratelimit::Buckets;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 
-use crate::config::{ConfigError, WorkloadConfig};
+use crate::config::{ConfigError, FailMode, MtlsMode, WorkloadConfig};
 use crate::telemetry::{SecurityEvent, Telemetry};
 
+/// Where the policies of a sidecar come from and what it will accept.
+#[derive(Debug, Clone)]
+pub struct PolicyOptions {
+    pub files: Vec<PathBuf>,
+    pub workload: WorkloadConfig,
+    /// `inbound.allowPermissive`: false refuses any policy asking for PERMISSIVE.
+    pub allow_permissive: bool,
+    pub fail_mode: FailMode,
+    /// A control plane is configured: without files, there is no policy until it answers.
+    pub control_plane: bool,
+}
+
+/// Which source the snapshot in force came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Nothing loaded yet; `failMode` decides.
+    None,
+    Files,
+    ControlPlane,
+}
+
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::None => "none",
+            Source::Files => "files",
+            Source::ControlPlane => "controlPlane",
+        }
+    }
+}
+
 pub struct PolicyStore {
-    files: Vec<PathBuf>,
-    workload: WorkloadConfig,
+    options: PolicyOptions,
     current: ArcSwap<PolicySnapshot>,
-    /// The version last tried, good or bad, so a bad file is reported once, not every tick.
+    /// The version last tried from files, good or bad, so a bad file is reported once, not
+    /// every tick.
     last_tried: std::sync::Mutex<String>,
+    source: ArcSwap<Source>,
+    /// Once the control plane delivered a snapshot it is authoritative: file changes no longer
+    /// replace it (the files were the bootstrap).
+    from_control_plane: AtomicBool,
     telemetry: Arc<Telemetry>,
 }
 
 impl PolicyStore {
-    /// Loads and compiles the files; any error is fatal here (nothing listens yet).
-    pub fn load(
-        files: Vec<PathBuf>,
-        workload: WorkloadConfig,
-        telemetry: Arc<Telemetry>,
-    ) -> Result<Self, Vec<ConfigError>> {
-        let snapshot = build(Sources::read(&files), &workload, &telemetry, None)?;
+    /// Loads and compiles the files; any error is fatal here (nothing listens yet). With a
+    /// control plane and no files, starts with no policy: `failMode` decides until one arrives.
+    pub fn load(options: PolicyOptions, telemetry: Arc<Telemetry>) -> Result<Self, Vec<ConfigError>> {
+        let (snapshot, source) = if options.files.is_empty() && options.control_plane {
+            (no_policy_yet(&options, &telemetry), Source::None)
+        } else {
+            (build(Sources::read(&options.files), &options, &telemetry, None)?, Source::Files)
+        };
         let store = PolicyStore {
             last_tried: std::sync::Mutex::new(snapshot.version.clone()),
-            files,
-            workload,
+            options,
             current: ArcSwap::from_pointee(snapshot),
+            source: ArcSwap::from_pointee(source),
+            from_control_plane: AtomicBool::new(false),
             telemetry,
         };
-        store.published(&store.current());
+        if source != Source::None {
+            store.published(&store.current(), source);
+        }
         Ok(store)
     }
 
@@ -59,14 +99,32 @@ impl PolicyStore {
     }
 
     pub fn files(&self) -> &[PathBuf] {
-        &self.files
+        &self.options.files
+    }
+
+    pub fn source(&self) -> Source {
+        **self.source.load()
+    }
+
+    /// Whether the sidecar may say it is ready as far as policy goes: a policy was loaded, or
+    /// `failMode: open` lets traffic through without one.
+    pub fn ready(&self) -> bool {
+        self.source() != Source::None || self.options.fail_mode == FailMode::Open
+    }
+
+    /// The version the control plane gave, for a reconnect to resume from.
+    pub fn control_plane_version(&self) -> Option<String> {
+        (self.source() == Source::ControlPlane).then(|| self.current().version.clone())
     }
 
     /// Reloads when the files' contents changed (they are read and hashed: file times can miss
     /// a same-size rewrite). On error the snapshot in force stays, and the error is logged,
     /// counted and reported as a security event.
     pub fn reload_if_changed(&self) -> Option<Arc<PolicySnapshot>> {
-        let sources = Sources::read(&self.files);
+        if self.options.files.is_empty() || self.from_control_plane.load(Ordering::Acquire) {
+            return None;
+        }
+        let sources = Sources::read(&self.options.files);
         {
             let mut tried = self.last_tried.lock().expect("version lock");
             if *tried == sources.version {
@@ -75,41 +133,136 @@ impl PolicyStore {
             *tried = sources.version.clone();
         }
         let previous = self.current.load_full();
-        match build(sources, &self.workload, &self.telemetry, Some(&previous)) {
-            Ok(snapshot) => {
-                let snapshot = Arc::new(snapshot);
-                self.current.store(snapshot.clone());
-                self.published(&snapshot);
-                Some(snapshot)
-            }
+        match build(sources, &self.options, &self.telemetry, Some(&previous)) {
+            Ok(snapshot) => Some(self.install(snapshot, Source::Files)),
             Err(errors) => {
-                self.telemetry.metrics.policy_updates.with_label_values(&["rejected"]).inc();
-                let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
-                for reason in &reasons {
-                    tracing::warn!(error = %reason, version = %previous.version, "policy update rejected; the policy in force stays");
-                }
-                self.telemetry
-                    .events
-                    .emit(SecurityEvent::PolicyRejected { kept_version: previous.version.clone(), errors: reasons });
+                self.rejected(&previous, errors.iter().map(ToString::to_string).collect());
                 None
             }
         }
     }
 
-    fn published(&self, snapshot: &PolicySnapshot) {
+    /// Applies a snapshot from the control plane: `documents` are (source file, YAML) pairs.
+    /// Everything is checked as for files, and every policy must select this workload; on any
+    /// error nothing changes and the reasons come back for the NACK.
+    pub fn apply_remote(&self, version: String, documents: &[(String, String)]) -> Result<Arc<PolicySnapshot>, String> {
+        let previous = self.current.load_full();
+        let mut located = Vec::new();
+        let mut errors = Vec::new();
+        for (source, text) in documents {
+            let file = PathBuf::from(format!("controlPlane:{source}"));
+            let (policies, file_errors) = parse_file(&file, text);
+            errors.extend(file_errors.iter().map(ToString::to_string));
+            for l in policies {
+                if !selects(&l.policy, &self.options.workload) {
+                    let m = &l.policy.metadata;
+                    errors.push(format!(
+                        "{}: policy {}/{} does not select this workload (namespace {}, labels {:?})",
+                        file.display(),
+                        m.namespace,
+                        m.name,
+                        self.options.workload.namespace,
+                        self.options.workload.labels
+                    ));
+                }
+                located.push(l);
+            }
+        }
+        if errors.is_empty() {
+            if let Err(local) = check_local(&located, &self.options) {
+                errors.extend(local.iter().map(ToString::to_string));
+            }
+        }
+        if !errors.is_empty() {
+            self.rejected(&previous, errors.clone());
+            return Err(errors.join("; "));
+        }
+        let snapshot = PolicySnapshot::compile(
+            version,
+            &located,
+            &self.options.workload,
+            &self.telemetry.metrics,
+            Some(&previous),
+        );
+        self.from_control_plane.store(true, Ordering::Release);
+        Ok(self.install(snapshot, Source::ControlPlane))
+    }
+
+    fn install(&self, snapshot: PolicySnapshot, source: Source) -> Arc<PolicySnapshot> {
+        let snapshot = Arc::new(snapshot);
+        self.current.store(snapshot.clone());
+        self.source.store(Arc::new(source));
+        self.published(&snapshot, source);
+        snapshot
+    }
+
+    fn rejected(&self, kept: &PolicySnapshot, reasons: Vec<String>) {
+        self.telemetry.metrics.policy_updates.with_label_values(&["rejected"]).inc();
+        for reason in &reasons {
+            tracing::warn!(error = %reason, version = %kept.version, "policy update rejected; the policy in force stays");
+        }
+        self.telemetry
+            .events
+            .emit(SecurityEvent::PolicyRejected { kept_version: kept.version.clone(), errors: reasons });
+    }
+
+    fn published(&self, snapshot: &PolicySnapshot, source: Source) {
         let metrics = &self.telemetry.metrics;
         metrics.policy_updates.with_label_values(&["applied"]).inc();
         metrics.policy_version.reset();
-        metrics.policy_version.with_label_values(&["files", &snapshot.version]).set(1);
+        metrics.policy_version.with_label_values(&[source.label(), &snapshot.version]).set(1);
         let names: Vec<String> = snapshot.policies.iter().map(|p| p.name.to_string()).collect();
-        tracing::info!(version = %snapshot.version, policies = ?names, "policy in force");
+        tracing::info!(version = %snapshot.version, source = source.label(), policies = ?names, "policy in force");
         self.telemetry.events.emit(SecurityEvent::PolicyApplied { version: snapshot.version.clone(), policies: names });
+    }
+}
+
+/// What a sidecar enforces before any policy was loaded: with `failMode: closed`, one policy
+/// that denies every request (its denials name it, so the event log says why); with `open`,
+/// none.
+fn no_policy_yet(options: &PolicyOptions, telemetry: &Telemetry) -> PolicySnapshot {
+    let mut located = Vec::new();
+    if options.fail_mode == FailMode::Closed {
+        let text = format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: no-policy-loaded, namespace: {}}}\nspec:\n  authorization: {{default: DENY}}\n",
+            options.workload.namespace
+        );
+        let (policies, errors) = parse_file(Path::new("failMode: closed"), &text);
+        debug_assert!(errors.is_empty(), "{errors:?}");
+        located = policies;
+    }
+    PolicySnapshot::compile("none".into(), &located, &options.workload, &telemetry.metrics, None)
+}
+
+/// Checks this sidecar makes on top of the documents' own validity: settings its local
+/// configuration forbids.
+fn check_local(located: &[Located], options: &PolicyOptions) -> Result<(), Vec<ConfigError>> {
+    let errors: Vec<ConfigError> = located
+        .iter()
+        .filter(|l| !options.allow_permissive && l.policy.spec.mtls == Some(MtlsMode::PERMISSIVE))
+        .filter(|l| selects(&l.policy, &options.workload))
+        .map(|l| {
+            let m = &l.policy.metadata;
+            ConfigError::new(
+                &l.file,
+                "spec.mtls",
+                format!(
+                    "policy {}/{} asks for PERMISSIVE, which this sidecar refuses (inbound.allowPermissive is false)",
+                    m.namespace, m.name
+                ),
+            )
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
     }
 }
 
 fn build(
     sources: Sources,
-    workload: &WorkloadConfig,
+    options: &PolicyOptions,
     telemetry: &Telemetry,
     previous: Option<&PolicySnapshot>,
 ) -> Result<PolicySnapshot, Vec<ConfigError>> {
@@ -117,5 +270,6 @@ fn build(
     if !errors.is_empty() {
         return Err(errors);
     }
-    Ok(PolicySnapshot::compile(sources.version, &located, workload, &telemetry.metrics, previous))
+    check_local(&located, options)?;
+    Ok(PolicySnapshot::compile(sources.version, &located, &options.workload, &telemetry.metrics, previous))
 }

@@ -4,10 +4,12 @@
 //! The store publishes one immutable [`TlsState`] per credential set through an `ArcSwap`:
 //! handshakes read it without a lock, and a reload swaps in a whole new set at once.
 
+mod connect;
 mod credentials;
 mod store;
 mod verify;
 
+pub use connect::{connect, ConnectError};
 pub use credentials::{Credentials, IdentityFiles};
 pub use store::{PeerIdentity, TlsState, TlsStore};
 pub use verify::{LeafError, TrustDomains};

@@ -204,11 +204,42 @@ fn every_command_has_help_and_unbuilt_ones_say_so() {
         assert!(out.status.success(), "{command} --help");
         assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"), "{command} --help");
     }
-    for args in [&["control", "--config", "x.yaml"][..], &["inject"], &["init-net"]] {
+    for args in [&["inject"][..], &["init-net"]] {
         let out = palisade(args);
         assert_eq!(out.status.code(), Some(69), "{args:?}");
         assert!(String::from_utf8_lossy(&out.stderr).contains("not yet available"), "{args:?}");
     }
+}
+
+#[test]
+fn control_plane_configuration_errors_exit_64_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("control.yaml");
+    std::fs::write(&config, "grpc: {listen: \"127.0.0.1:0\"}\npolicies: {dir: /p, pollIntervall: 1s}\n").unwrap();
+    let out = palisade(&["control", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("control.yaml:2:") && stderr.contains("unknown field `pollIntervall`"), "{stderr}");
+
+    // A valid file whose policy directory does not exist.
+    let pki = Pki::new();
+    let files = pki.workload("control", "spiffe://cluster.local/ns/palisade-system/sa/palisade-control");
+    std::fs::write(
+        &config,
+        format!(
+            "identity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\ngrpc: {{listen: \"127.0.0.1:0\"}}\n\
+             admin: {{listen: \"127.0.0.1:0\"}}\npolicies: {{dir: \"{}\"}}\n",
+            files.cert.display(),
+            files.key.display(),
+            files.trust_bundle.display(),
+            dir.path().join("missing").display()
+        ),
+    )
+    .unwrap();
+    let out = palisade(&["control", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("policies.dir: cannot read") && stderr.contains("missing"), "{stderr}");
 }
 
 #[test]

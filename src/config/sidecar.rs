@@ -135,6 +135,9 @@ pub struct InboundConfig {
     /// none by default, so long-lived streams are not cut.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_timeout: Option<HumanDuration>,
+    /// `false` pins this workload to STRICT: a policy that asks for PERMISSIVE, from a file or
+    /// from the control plane, is refused, so no policy push can open the port to plaintext.
+    pub allow_permissive: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -155,6 +158,7 @@ impl Default for InboundConfig {
             mtls: MtlsMode::STRICT,
             app_protocol: AppProtocol::Auto,
             app_timeout: None,
+            allow_permissive: true,
         }
     }
 }
@@ -241,9 +245,65 @@ pub enum FailMode {
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct PolicySourceConfig {
     pub files: Vec<PathBuf>,
+    /// `https://host:port` (or `host:port`) of the control plane's policy stream.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub control_plane: Option<String>,
+    pub control_plane: Option<ControlPlaneAddress>,
+    /// The SPIFFE ID the control plane must present; by default
+    /// `spiffe://<trustDomain>/ns/palisade-system/sa/palisade-control`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_plane_identity: Option<SpiffeIdField>,
     pub fail_mode: FailMode,
+}
+
+/// Where the control plane listens: a host (a DNS name or an address) and a port. The name is
+/// only used to find it; the control plane is authenticated by its SPIFFE ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlaneAddress {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for ControlPlaneAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "https://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "https://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::str::FromStr for ControlPlaneAddress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let expected = || {
+            format!("expected https://HOST:PORT such as https://palisade-control.palisade-system.svc:15010, got {s:?}")
+        };
+        let rest = s.strip_prefix("https://").unwrap_or(s);
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains("://") || rest.contains('/') {
+            return Err(expected());
+        }
+        let (host, port) = rest.rsplit_once(':').ok_or_else(expected)?;
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let port: u16 = port.parse().map_err(|_| expected())?;
+        if host.is_empty() || port == 0 {
+            return Err(expected());
+        }
+        Ok(ControlPlaneAddress { host: host.to_string(), port })
+    }
+}
+
+impl<'de> Deserialize<'de> for ControlPlaneAddress {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for ControlPlaneAddress {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -360,6 +420,24 @@ threads: 1
         assert_eq!(cfg.workload.service_account, "orders");
         assert_eq!(cfg.inbound.mtls, MtlsMode::STRICT);
         assert_eq!(cfg.admin.listen.to_string(), "0.0.0.0:15000");
+        let cp = cfg.policy.control_plane.unwrap();
+        assert_eq!((cp.host.as_str(), cp.port), ("palisade-control.palisade-system.svc", 15010));
+    }
+
+    #[test]
+    fn control_plane_addresses() {
+        for (text, host, port) in
+            [("https://cp:15010", "cp", 15010), ("127.0.0.1:1", "127.0.0.1", 1), ("https://[::1]:9/", "::1", 9)]
+        {
+            let a: ControlPlaneAddress = text.parse().unwrap();
+            assert_eq!((a.host.as_str(), a.port), (host, port));
+        }
+        for bad in ["cp", "http://cp:1", "https://cp:1/x", "https://:1", "cp:0", "cp:99999"] {
+            assert!(bad.parse::<ControlPlaneAddress>().is_err(), "{bad}");
+        }
+        let err = parse("policy:\n  controlPlane: cp\n").unwrap_err();
+        assert_eq!((err.line, err.field.as_str()), (Some(2), "policy.controlPlane"));
+        assert!(err.message.contains("https://HOST:PORT"), "{err}");
     }
 
     #[test]

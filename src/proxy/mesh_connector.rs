@@ -22,12 +22,11 @@ use pingora::connectors::L4Connect;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::{Error, ErrorType};
-use rustls_pki_types::ServerName;
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::UnixStream;
 
-use crate::identity::{spiffe_id_from_der, CertIdentity, SpiffeId};
+use crate::identity::SpiffeId;
 use crate::telemetry::{SecurityEvent, Telemetry};
-use crate::tls::TlsStore;
+use crate::tls::{connect, ConnectError, TlsStore};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connectors remembered for destinations that are not configured routes.
@@ -81,37 +80,20 @@ impl MeshConnector {
 impl L4Connect for MeshConnector {
     async fn connect(&self, _unused: &PingoraAddr) -> pingora::Result<L4Stream> {
         let addr = self.target;
-        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                return Err(Error::because(ErrorType::ConnectRefused, format!("connecting to {addr}"), e))
+        let mut tls = match connect(&self.tls, addr, self.expected.as_ref(), CONNECT_TIMEOUT).await {
+            Ok(tls) => tls,
+            Err(ConnectError::Refusal(reason)) => return Err(self.refuse(reason)),
+            Err(e @ ConnectError::Refused(_)) => return Err(Error::explain(ErrorType::ConnectRefused, e.to_string())),
+            Err(e @ ConnectError::ConnectTimeout(_)) => {
+                return Err(Error::explain(ErrorType::ConnectTimedout, e.to_string()))
             }
-            Ok(Err(e)) => return Err(Error::because(ErrorType::ConnectError, format!("connecting to {addr}"), e)),
-            Err(_) => return Err(Error::explain(ErrorType::ConnectTimedout, format!("connecting to {addr}"))),
+            Err(e @ ConnectError::HandshakeTimeout(_)) => {
+                return Err(Error::explain(ErrorType::TLSHandshakeTimedout, e.to_string()))
+            }
+            Err(e @ ConnectError::Unreachable(..)) => {
+                return Err(Error::explain(ErrorType::ConnectError, e.to_string()))
+            }
         };
-        let _ = tcp.set_nodelay(true);
-        let config = self.tls.current().client_config.clone();
-        // SNI is off; the name only satisfies the API, the identity is checked below.
-        let handshake = tokio_rustls::TlsConnector::from(config).connect(ServerName::IpAddress(addr.ip().into()), tcp);
-        let mut tls = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                return Err(self.refuse(format!(
-                    "handshake with {addr} failed: {}",
-                    crate::tls::refusal_reason(&e).unwrap_or_else(|| e.to_string())
-                )))
-            }
-            Err(_) => return Err(Error::explain(ErrorType::TLSHandshakeTimedout, format!("TLS with {addr}"))),
-        };
-        let presented = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| spiffe_id_from_der(c));
-        match (&self.expected, presented) {
-            (Some(expected), Some(CertIdentity::Spiffe(id))) if id == *expected => {}
-            (None, Some(CertIdentity::Spiffe(_))) => {}
-            (Some(expected), Some(CertIdentity::Spiffe(id))) => {
-                return Err(self.refuse(format!("{addr} presented {id}, expected {expected}")))
-            }
-            _ => return Err(self.refuse(format!("{addr} presented no SPIFFE identity"))),
-        }
         self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "success"]).inc();
         let (ours, mut relay_end) =
             UnixStream::pair().map_err(|e| Error::because(ErrorType::InternalError, "socket pair", e))?;

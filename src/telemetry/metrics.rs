@@ -17,6 +17,7 @@ pub struct Metrics {
     pub ratelimit_decisions: IntCounterVec,
     pub policy_version: IntGaugeVec,
     pub policy_updates: IntCounterVec,
+    pub control_plane_connected: prometheus::IntGauge,
 }
 
 impl Metrics {
@@ -68,6 +69,11 @@ impl Metrics {
             &["result"],
         )
         .expect("metric");
+        let control_plane_connected = prometheus::IntGauge::new(
+            "palisade_control_plane_connected",
+            "1 while the policy stream to the control plane is open.",
+        )
+        .expect("metric");
         let build_info =
             IntGaugeVec::new(Opts::new("palisade_build_info", "Build information."), &["version"]).expect("metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -83,6 +89,7 @@ impl Metrics {
             Box::new(ratelimit_decisions.clone()),
             Box::new(policy_version.clone()),
             Box::new(policy_updates.clone()),
+            Box::new(control_plane_connected.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(c).expect("metric registers once");
@@ -98,6 +105,7 @@ impl Metrics {
             ratelimit_decisions,
             policy_version,
             policy_updates,
+            control_plane_connected,
         }
     }
 

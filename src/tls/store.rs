@@ -13,7 +13,7 @@ use pingora::utils::tls::{parse_x509, CertKey, WrappedX509};
 use rustls::client::ResolvesClientCert;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{ClientConfig, SignatureScheme};
+use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 
 use super::verify::{SpiffeClientVerifier, SpiffeServerVerifier};
 use super::{Credentials, IdentityFiles, TlsError, TrustDomains};
@@ -33,8 +33,11 @@ pub struct TlsState {
     pub generation: u64,
     pub credentials: Credentials,
     pub acceptor: Acceptor,
-    /// For connections this sidecar verifies itself (identity probes).
+    /// For connections this sidecar originates and verifies itself ([`super::connect`]).
     pub client_config: Arc<ClientConfig>,
+    /// Mutual TLS for servers outside pingora (the control plane's gRPC listener): a client
+    /// certificate of the trust domain is required, and HTTP/2 is offered.
+    pub server_config: Arc<ServerConfig>,
     /// The workload certificate and the trust bundle in the form pingora's connector takes.
     pub upstream_cert: Arc<CertKey>,
     pub upstream_ca: Arc<CaType>,
@@ -112,11 +115,11 @@ fn stamps(files: &IdentityFiles) -> [FileStamp; 3] {
 }
 
 fn build(credentials: Credentials, domains: &TrustDomains, generation: u64) -> Result<TlsState, TlsError> {
-    let verifier = SpiffeClientVerifier::new(credentials.roots.clone(), domains.clone())?;
+    let verifier = Arc::new(SpiffeClientVerifier::new(credentials.roots.clone(), domains.clone())?);
     let mut settings = TlsSettings::with_callbacks(Box::new(IdentityCallback { own: credentials.id.clone() }))
         .map_err(|e| TlsError::Config(e.to_string()))?;
     settings.set_cert_resolver(Arc::new(FixedCert(credentials.certified_key.clone())));
-    settings.set_client_cert_verifier(Arc::new(verifier));
+    settings.set_client_cert_verifier(verifier.clone());
     settings.enable_h2();
     let acceptor = settings.build();
 
@@ -135,6 +138,12 @@ fn build(credentials: Credentials, domains: &TrustDomains, generation: u64) -> R
     client_config.enable_sni = false;
     // A resumed session skips the certificate; every pooled connection proves its identity afresh.
     client_config.resumption = rustls::client::Resumption::disabled();
+    let mut server_config = ServerConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(FixedCert(credentials.certified_key.clone())));
+    server_config.alpn_protocols = vec![b"h2".to_vec()];
     let upstream_cert =
         Arc::new(CertKey::new(credentials.chain.iter().map(|c| c.to_vec()).collect(), credentials.key_der.clone()));
     let upstream_ca: Arc<CaType> =
@@ -144,6 +153,7 @@ fn build(credentials: Credentials, domains: &TrustDomains, generation: u64) -> R
         credentials,
         acceptor,
         client_config: Arc::new(client_config),
+        server_config: Arc::new(server_config),
         upstream_cert,
         upstream_ca,
     })

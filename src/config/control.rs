@@ -1,0 +1,125 @@
+//! The control plane's configuration (SPEC section 8).
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::sidecar::{EventsConfig, TrustDomain};
+use super::{HumanDuration, ListenAddr};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ControlConfig {
+    pub trust_domain: TrustDomain,
+    pub identity: ControlIdentity,
+    pub grpc: Listen,
+    /// The workload CA (a later version); accepted so one values file serves both versions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ca: Option<serde_yaml::Value>,
+    /// The injection webhook (a later version); accepted likewise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<serde_yaml::Value>,
+    pub admin: Listen,
+    pub policies: PolicyDirConfig,
+    /// The control plane's own security events (policy files refused, subscriptions refused).
+    pub events: EventsConfig,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        ControlConfig {
+            trust_domain: TrustDomain("cluster.local".into()),
+            identity: ControlIdentity::default(),
+            grpc: Listen { listen: "0.0.0.0:15010".parse().expect("default") },
+            ca: None,
+            webhook: None,
+            admin: Listen { listen: "0.0.0.0:15014".parse().expect("default") },
+            policies: PolicyDirConfig::default(),
+            events: EventsConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ControlIdentity {
+    pub files: ControlIdentityFiles,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ControlIdentityFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub trust_bundle: PathBuf,
+    pub reload_interval: HumanDuration,
+}
+
+impl Default for ControlIdentityFiles {
+    fn default() -> Self {
+        ControlIdentityFiles {
+            cert: "/etc/palisade/control/tls.crt".into(),
+            key: "/etc/palisade/control/tls.key".into(),
+            trust_bundle: "/etc/palisade/control/ca.crt".into(),
+            reload_interval: HumanDuration(std::time::Duration::from_secs(1)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Listen {
+    pub listen: ListenAddr,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct PolicyDirConfig {
+    /// Every `*.yaml` / `*.yml` file here (symlinks followed, dot-entries skipped: a mounted
+    /// ConfigMap's `..data` machinery is invisible).
+    pub dir: PathBuf,
+    /// How often the directory is read; a change reaches the sidecars within about this long.
+    pub poll_interval: HumanDuration,
+}
+
+impl Default for PolicyDirConfig {
+    fn default() -> Self {
+        PolicyDirConfig {
+            dir: "/etc/palisade/policies".into(),
+            poll_interval: HumanDuration(std::time::Duration::from_millis(250)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_yaml;
+    use std::path::Path;
+
+    #[test]
+    fn the_spec_example_parses_and_errors_name_the_field() {
+        let cfg: ControlConfig = parse_yaml(
+            Path::new("control.yaml"),
+            r#"
+trustDomain: cluster.local
+identity: {files: {cert: /etc/palisade/control/tls.crt, key: /etc/palisade/control/tls.key, trustBundle: /etc/palisade/control/ca.crt}}
+grpc:    {listen: "0.0.0.0:15010"}
+ca:      {listen: "0.0.0.0:15012", cert: /etc/palisade/ca/ca.crt, key: /etc/palisade/ca/ca.key, certTtl: 24h,
+          tokens: {audience: palisade, tokenReview: {}}}
+webhook: {listen: "0.0.0.0:15017", cert: /etc/palisade/webhook/tls.crt, key: /etc/palisade/webhook/tls.key}
+admin:   {listen: "0.0.0.0:15014"}
+policies: {dir: /etc/palisade/policies}
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.grpc.listen.to_string(), "0.0.0.0:15010");
+        assert_eq!(cfg.policies.poll_interval.0, std::time::Duration::from_millis(250));
+
+        let err =
+            parse_yaml::<ControlConfig>(Path::new("control.yaml"), "policies:\n  dir: /p\n  pollInterval: soon\n")
+                .unwrap_err();
+        assert_eq!(err.field, "policies.pollInterval");
+        assert!(err.line.is_some() && err.message.contains("duration"), "{err}");
+    }
+}

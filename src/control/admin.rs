@@ -1,0 +1,79 @@
+//! The control plane's admin listener: `/live`, `/ready`, `/metrics`, and `/status`, which shows
+//! every connected sidecar and the version it applied, so an operator can see that a change
+//! reached every pod.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::catalog::Catalog;
+use super::metrics::ControlMetrics;
+use super::status::{Registry, SyncState};
+use crate::admin::{json_reply, reply, text};
+
+pub struct ControlAdmin {
+    pub identity: String,
+    pub policies_dir: std::path::PathBuf,
+    pub catalog: watch::Receiver<Arc<Catalog>>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<ControlMetrics>,
+    pub listening: Arc<AtomicBool>,
+    pub draining: Arc<AtomicBool>,
+}
+
+impl ControlAdmin {
+    fn ready(&self) -> bool {
+        self.listening.load(Ordering::Acquire)
+            && !self.draining.load(Ordering::Acquire)
+            && self.catalog.borrow().readable
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let catalog = self.catalog.borrow().clone();
+        let sidecars = self.registry.list();
+        let count = |state: SyncState| sidecars.iter().filter(|s| s.state == state).count();
+        json!({
+            "controlPlane": {"identity": self.identity, "version": env!("CARGO_PKG_VERSION")},
+            "policies": {
+                "dir": self.policies_dir,
+                "readable": catalog.readable,
+                "version": catalog.version,
+                "count": catalog.len(),
+                "sources": catalog.sources,
+            },
+            "summary": {
+                "connected": sidecars.len(),
+                "synced": count(SyncState::Synced),
+                "pending": count(SyncState::Pending),
+                "rejected": count(SyncState::Rejected),
+            },
+            "sidecars": sidecars,
+        })
+    }
+}
+
+#[async_trait]
+impl ServeHttp for ControlAdmin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        match (method, session.req_header().uri.path()) {
+            (Method::GET, "/live") => text(StatusCode::OK, "live"),
+            (Method::GET, "/ready") if self.ready() => text(StatusCode::OK, "ready"),
+            (Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+            (Method::GET, "/metrics") => {
+                reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render())
+            }
+            (Method::GET, "/status") => json_reply(StatusCode::OK, self.status()),
+            (_, "/live" | "/ready" | "/metrics" | "/status") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found; try /live /ready /metrics /status"),
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! The control plane's source: a directory of policy files, read into an immutable [`Catalog`].
+//!
+//! Each file is validated as `palisade check` does. A file that turns bad keeps its last good
+//! version in force (its error is reported); a file that is removed takes its policies with it.
+//! The directory is read by name, following symlinks and skipping dot-entries, so a mounted
+//! ConfigMap's `..data` swap reads as one consistent change.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::WorkloadConfig;
+use crate::policy::{parse_file, selects, SecurityPolicy};
+
+/// One policy as the control plane serves it.
+#[derive(Debug)]
+pub struct CatalogEntry {
+    pub namespace: String,
+    pub name: String,
+    /// The file name in the directory.
+    pub source: String,
+    pub policy: SecurityPolicy,
+    /// The policy as one YAML document: what a sidecar receives and parses.
+    pub document: String,
+    digest: [u8; 32],
+}
+
+/// How one file of the directory stands.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    pub file: String,
+    /// The policies of its last good version, which are in force.
+    pub policies: Vec<String>,
+    /// Why the current contents were refused; empty when they are in force.
+    pub errors: Vec<String>,
+}
+
+/// Every good policy of the directory, at one moment.
+#[derive(Debug, Default)]
+pub struct Catalog {
+    /// A digest of every policy in force: changes whenever any does.
+    pub version: String,
+    by_namespace: BTreeMap<String, Vec<Arc<CatalogEntry>>>,
+    pub sources: Vec<SourceStatus>,
+    /// Whether the directory could be read at all the last time.
+    pub readable: bool,
+    /// When this catalog was made: the start of every push it causes.
+    pub made_at: Option<std::time::Instant>,
+}
+
+/// The policies that select one workload, and the version naming exactly that set.
+pub struct Selection {
+    pub version: String,
+    pub entries: Vec<Arc<CatalogEntry>>,
+}
+
+impl Catalog {
+    pub fn len(&self) -> usize {
+        self.by_namespace.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The selecting policies, in (namespace, name) order. The version is a digest of their
+    /// content alone, so a change elsewhere in the directory leaves it alone, and every replica
+    /// reading the same files computes the same version.
+    pub fn select(&self, workload: &WorkloadConfig) -> Selection {
+        let entries: Vec<Arc<CatalogEntry>> = self
+            .by_namespace
+            .get(&workload.namespace)
+            .map(|all| all.iter().filter(|e| selects(&e.policy, workload)).cloned().collect())
+            .unwrap_or_default();
+        let version = digest_version(entries.iter().map(|e| &e.digest[..]));
+        Selection { version, entries }
+    }
+}
+
+fn digest_version<'a>(parts: impl Iterator<Item = &'a [u8]>) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        ctx.update(part);
+    }
+    ctx.finish().as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
+}
+
+#[derive(Default)]
+struct FileState {
+    /// Digest of the bytes last read, good or bad.
+    seen: [u8; 32],
+    good: Vec<Arc<CatalogEntry>>,
+    errors: Vec<String>,
+}
+
+/// Reads the directory and remembers each file's last good version.
+pub struct PolicyDirectory {
+    dir: PathBuf,
+    files: BTreeMap<String, FileState>,
+    readable: Option<bool>,
+}
+
+/// What one scan found.
+pub struct ScanOutcome {
+    /// A new catalog when anything changed: policies, errors, or readability.
+    pub catalog: Option<Catalog>,
+    /// Files refused in this scan, with their errors, for logs, metrics and events.
+    pub rejected: Vec<(String, Vec<String>)>,
+    /// Files whose new contents were taken.
+    pub accepted: Vec<String>,
+}
+
+impl PolicyDirectory {
+    pub fn new(dir: PathBuf) -> Self {
+        PolicyDirectory { dir, files: BTreeMap::new(), readable: None }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Reads every policy file; returns a new catalog when anything changed.
+    pub fn scan(&mut self) -> ScanOutcome {
+        let mut outcome = ScanOutcome { catalog: None, rejected: Vec::new(), accepted: Vec::new() };
+        let listing = match self.list() {
+            Ok(listing) => listing,
+            Err(e) => {
+                if self.readable != Some(false) {
+                    self.readable = Some(false);
+                    outcome
+                        .rejected
+                        .push((self.dir.display().to_string(), vec![format!("cannot read the directory: {e}")]));
+                    outcome.catalog = Some(self.catalog());
+                }
+                return outcome;
+            }
+        };
+        let mut changed = self.readable != Some(true);
+        self.readable = Some(true);
+
+        let before = self.files.len();
+        self.files.retain(|name, _| listing.contains_key(name));
+        changed |= self.files.len() != before;
+
+        for (name, contents) in listing {
+            let digest = sha256(contents.as_ref().map_or(b"\0unreadable".as_slice(), |t| t.as_bytes()));
+            if self.files.get(&name).is_some_and(|f| f.seen == digest) {
+                continue;
+            }
+            changed = true;
+            let result = match contents {
+                Ok(text) => self.parse(&name, &text),
+                Err(e) => Err(vec![format!("{}: cannot read the file: {e}", self.dir.join(&name).display())]),
+            };
+            let state = self.files.entry(name.clone()).or_default();
+            state.seen = digest;
+            match result {
+                Ok(entries) => {
+                    state.good = entries;
+                    state.errors.clear();
+                    outcome.accepted.push(name);
+                }
+                Err(errors) => {
+                    state.errors = errors.clone();
+                    outcome.rejected.push((name, errors));
+                }
+            }
+        }
+        if changed {
+            outcome.catalog = Some(self.catalog());
+        }
+        outcome
+    }
+
+    /// Policy files by name: `*.yaml` and `*.yml`, symlinks followed, dot-entries skipped.
+    fn list(&self) -> std::io::Result<BTreeMap<String, std::io::Result<String>>> {
+        let mut listing = BTreeMap::new();
+        for entry in std::fs::read_dir(&self.dir)? {
+            let entry = entry?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+            if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+                continue;
+            }
+            let path = self.dir.join(&name);
+            if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+                continue;
+            }
+            listing.insert(name, std::fs::read_to_string(&path));
+        }
+        Ok(listing)
+    }
+
+    /// Parses one file into entries, refusing it whole on any error, including a policy that
+    /// another file already defines.
+    fn parse(&self, name: &str, text: &str) -> Result<Vec<Arc<CatalogEntry>>, Vec<String>> {
+        let path = self.dir.join(name);
+        let (policies, errors) = parse_file(&path, text);
+        let mut errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let mut entries = Vec::new();
+        for located in policies {
+            let m = &located.policy.metadata;
+            let (namespace, policy_name) = (m.namespace.to_string(), m.name.to_string());
+            let elsewhere = self
+                .files
+                .iter()
+                .filter(|(other, _)| other.as_str() != name)
+                .find(|(_, f)| f.good.iter().any(|e| e.namespace == namespace && e.name == policy_name));
+            if let Some((other, _)) = elsewhere {
+                errors.push(format!(
+                    "{}: metadata.name: policy {namespace}/{policy_name} is also defined in {other}",
+                    path.display()
+                ));
+                continue;
+            }
+            let document = match serde_yaml::to_string(&located.policy) {
+                Ok(document) => document,
+                Err(e) => {
+                    errors.push(format!("{}: cannot serialise {namespace}/{policy_name}: {e}", path.display()));
+                    continue;
+                }
+            };
+            let mut hashed = format!("{namespace}\0{policy_name}\0").into_bytes();
+            hashed.extend_from_slice(document.as_bytes());
+            entries.push(Arc::new(CatalogEntry {
+                digest: sha256(&hashed),
+                namespace,
+                name: policy_name,
+                source: name.to_string(),
+                policy: located.policy,
+                document,
+            }));
+        }
+        if errors.is_empty() {
+            Ok(entries)
+        } else {
+            Err(errors)
+        }
+    }
+
+    fn catalog(&self) -> Catalog {
+        let mut by_namespace: BTreeMap<String, Vec<Arc<CatalogEntry>>> = BTreeMap::new();
+        for entry in self.files.values().flat_map(|f| f.good.iter()) {
+            by_namespace.entry(entry.namespace.clone()).or_default().push(entry.clone());
+        }
+        for entries in by_namespace.values_mut() {
+            entries.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        let version = digest_version(by_namespace.values().flatten().map(|e| &e.digest[..]));
+        let sources = self
+            .files
+            .iter()
+            .map(|(file, state)| SourceStatus {
+                file: file.clone(),
+                policies: state.good.iter().map(|e| format!("{}/{}", e.namespace, e.name)).collect(),
+                errors: state.errors.clone(),
+            })
+            .collect();
+        Catalog {
+            version,
+            by_namespace,
+            sources,
+            readable: self.readable == Some(true),
+            made_at: Some(std::time::Instant::now()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(name: &str, ns: &str, spec: &str) -> String {
+        format!("apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}")
+    }
+
+    fn workload(ns: &str, app: &str) -> WorkloadConfig {
+        WorkloadConfig {
+            namespace: ns.into(),
+            service_account: app.into(),
+            labels: [("app".to_string(), app.to_string())].into(),
+        }
+    }
+
+    const ORDERS: &str = "  selector: {matchLabels: {app: orders}}\n  mtls: STRICT\n  authorization:\n    rules:\n      - {name: reads, action: ALLOW, from: {principals: [\"spiffe://cluster.local/ns/shop/*\"]}, to: {methods: [GET], paths: [\"/orders*\"]}}\n  rateLimits:\n    - {name: r, key: source.principal, rate: 5, per: 1s, burst: 10}\n  inputValidation: {maxBodyBytes: 1024}\n";
+
+    #[test]
+    fn a_served_document_parses_back_to_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("orders.yaml"), policy("orders", "shop", ORDERS)).unwrap();
+        let mut directory = PolicyDirectory::new(dir.path().into());
+        let catalog = directory.scan().catalog.unwrap();
+        let selection = catalog.select(&workload("shop", "orders"));
+        assert_eq!(selection.entries.len(), 1);
+        let document = &selection.entries[0].document;
+        let (again, errors) = parse_file(Path::new("x"), document);
+        assert!(errors.is_empty(), "{errors:?}\n{document}");
+        assert_eq!(&serde_yaml::to_string(&again[0].policy).unwrap(), document);
+    }
+
+    #[test]
+    fn versions_follow_exactly_the_selected_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |file: &str, text: &str| std::fs::write(dir.path().join(file), text).unwrap();
+        write("orders.yaml", &policy("orders", "shop", ORDERS));
+        write("billing.yaml", &policy("billing", "shop", "  selector: {matchLabels: {app: billing}}\n"));
+        let mut directory = PolicyDirectory::new(dir.path().into());
+        let first = directory.scan().catalog.unwrap();
+        let (orders, billing) = (workload("shop", "orders"), workload("shop", "billing"));
+        let v_orders = first.select(&orders).version;
+        let v_billing = first.select(&billing).version;
+        assert_ne!(v_orders, v_billing);
+        assert!(directory.scan().catalog.is_none(), "nothing changed");
+
+        write(
+            "billing.yaml",
+            &policy("billing", "shop", "  selector: {matchLabels: {app: billing}}\n  mtls: STRICT\n"),
+        );
+        let second = directory.scan().catalog.unwrap();
+        assert_eq!(second.select(&orders).version, v_orders, "an unrelated change keeps the version");
+        assert_ne!(second.select(&billing).version, v_billing);
+        assert!(second.select(&workload("other", "orders")).entries.is_empty());
+
+        // Another replica reading the same files computes the same versions.
+        let replica = PolicyDirectory::new(dir.path().into()).scan().catalog.unwrap();
+        assert_eq!(replica.select(&orders).version, v_orders);
+        assert_eq!(replica.version, second.version);
+    }
+
+    #[test]
+    fn a_bad_file_keeps_its_last_good_version_and_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("orders.yaml");
+        std::fs::write(&file, policy("orders", "shop", ORDERS)).unwrap();
+        let mut directory = PolicyDirectory::new(dir.path().into());
+        let good = directory.scan().catalog.unwrap();
+        std::fs::write(&file, policy("orders", "shop", "  mtls: LOOSE\n")).unwrap();
+        let outcome = directory.scan();
+        assert_eq!(outcome.rejected.len(), 1);
+        let error = &outcome.rejected[0].1[0];
+        assert!(error.contains("orders.yaml:5:") && error.contains("spec.mtls"), "{error}");
+        let bad = outcome.catalog.unwrap();
+        assert_eq!(bad.select(&workload("shop", "orders")).version, good.select(&workload("shop", "orders")).version);
+        assert_eq!(bad.sources[0].errors.len(), 1);
+
+        // The same policy in a second file is refused; the first keeps it.
+        std::fs::write(&file, policy("orders", "shop", ORDERS)).unwrap();
+        std::fs::write(dir.path().join("copy.yaml"), policy("orders", "shop", "")).unwrap();
+        let outcome = directory.scan();
+        assert!(outcome.rejected.iter().any(|(f, e)| f == "copy.yaml" && e[0].contains("also defined in orders.yaml")));
+
+        // A removed file takes its policies with it.
+        std::fs::remove_file(&file).unwrap();
+        std::fs::remove_file(dir.path().join("copy.yaml")).unwrap();
+        assert!(directory.scan().catalog.unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_configmap_mount_reads_through_its_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let mount = |generation: &str, text: &str| {
+            let data = d.join(generation);
+            std::fs::create_dir(&data).unwrap();
+            std::fs::write(data.join("orders.yaml"), text).unwrap();
+            let _ = std::fs::remove_file(d.join("..data_tmp"));
+            std::os::unix::fs::symlink(generation, d.join("..data_tmp")).unwrap();
+            std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+        };
+        mount("..2026_01", &policy("orders", "shop", ORDERS));
+        std::os::unix::fs::symlink("..data/orders.yaml", d.join("orders.yaml")).unwrap();
+        let mut directory = PolicyDirectory::new(d.into());
+        let first = directory.scan().catalog.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first.sources.len(), 1, "dot-entries are not sources");
+        mount("..2026_02", &policy("orders", "shop", "  mtls: STRICT\n"));
+        let second = directory.scan().catalog.unwrap();
+        assert_ne!(second.version, first.version);
+    }
+}

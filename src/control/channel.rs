@@ -1,0 +1,210 @@
+//! The policy stream, sidecar side: one stream to the control plane, kept open; every snapshot
+//! is validated and applied through the [`PolicyStore`] and answered with ACK or NACK. When the
+//! stream breaks, the policy in force stays and the channel reconnects with jittered
+//! exponential backoff, saying which version it holds so an unchanged set is not sent again.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::proto::policy_discovery_client::PolicyDiscoveryClient;
+use super::proto::{control_message, sidecar_message, Ack, Hello, Nack, SidecarMessage};
+use crate::config::{ControlPlaneAddress, WorkloadConfig};
+use crate::identity::SpiffeId;
+use crate::policy::{PolicySnapshot, PolicyStore};
+use crate::telemetry::Telemetry;
+use crate::tls::TlsStore;
+
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const LONGEST_RETRY: Duration = Duration::from_secs(10);
+
+/// What `/config_dump` shows of the channel.
+#[derive(Default)]
+pub struct ChannelState {
+    connected: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ChannelState {
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Acquire)
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("channel state lock").clone()
+    }
+}
+
+pub struct PolicyChannel {
+    pub address: ControlPlaneAddress,
+    pub expected: SpiffeId,
+    pub tls: Arc<TlsStore>,
+    pub policy: Arc<PolicyStore>,
+    pub workload: WorkloadConfig,
+    /// Shown in the control plane's /status: the pod name in Kubernetes.
+    pub node: String,
+    pub telemetry: Arc<Telemetry>,
+    pub state: Arc<ChannelState>,
+}
+
+impl PolicyChannel {
+    /// Runs until `stop`; `on_applied` hears of every snapshot put in force.
+    pub async fn run(
+        self,
+        on_applied: impl Fn(&PolicySnapshot) + Send + Sync + 'static,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut backoff = Backoff::new(FIRST_RETRY, LONGEST_RETRY);
+        loop {
+            let outcome = tokio::select! {
+                outcome = self.session(&on_applied, &mut backoff) => outcome,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            self.set_connected(false);
+            let reason = outcome.err().unwrap_or_else(|| "the control plane closed the stream".into());
+            let delay = backoff.next();
+            tracing::warn!(control_plane = %self.address, %reason, retry_in = ?delay,
+                version = %self.policy.current().version, "policy stream down; the policy in force stays");
+            *self.state.last_error.lock().expect("channel state lock") = Some(reason);
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    fn set_connected(&self, connected: bool) {
+        self.state.connected.store(connected, Ordering::Release);
+        self.telemetry.metrics.control_plane_connected.set(connected as i64);
+    }
+
+    async fn session(
+        &self,
+        on_applied: &(impl Fn(&PolicySnapshot) + Sync),
+        backoff: &mut Backoff,
+    ) -> Result<(), String> {
+        let connector = super::transport::connector(
+            self.address.host.clone(),
+            self.address.port,
+            self.expected.clone(),
+            self.tls.clone(),
+        );
+        let channel = tonic::transport::Endpoint::from_static("http://palisade-control")
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| format!("connecting to {}: {}", self.address, chain(&e)))?;
+        let (sender, receiver) = mpsc::channel(4);
+        let hello = Hello {
+            namespace: self.workload.namespace.clone(),
+            labels: self.workload.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            version: self.policy.control_plane_version().unwrap_or_default(),
+            node: self.node.clone(),
+        };
+        let _ = sender.send(message(sidecar_message::Kind::Hello(hello))).await;
+        let mut inbound = PolicyDiscoveryClient::new(channel)
+            .stream_policies(ReceiverStream::new(receiver))
+            .await
+            .map_err(|status| format!("the control plane refused the stream: {}", status.message()))?
+            .into_inner();
+        self.set_connected(true);
+        backoff.reset();
+        *self.state.last_error.lock().expect("channel state lock") = None;
+        tracing::info!(control_plane = %self.address, identity = %self.expected, "policy stream open");
+        loop {
+            let Some(received) = inbound.message().await.map_err(|s| format!("stream broke: {}", s.message()))? else {
+                return Ok(());
+            };
+            let Some(control_message::Kind::Snapshot(snapshot)) = received.kind else { continue };
+            let version = snapshot.version;
+            let documents: Vec<(String, String)> =
+                snapshot.policies.into_iter().map(|p| (p.source, p.document)).collect();
+            let store = self.policy.clone();
+            let applying = version.clone();
+            // Parsing and compiling take up to a few milliseconds: off the request threads.
+            let applied = tokio::task::spawn_blocking(move || store.apply_remote(applying, &documents))
+                .await
+                .map_err(|e| format!("applying a snapshot failed: {e}"))?;
+            let reply = match applied {
+                Ok(snapshot) => {
+                    on_applied(&snapshot);
+                    sidecar_message::Kind::Ack(Ack { version })
+                }
+                Err(reason) => sidecar_message::Kind::Nack(Nack { version, reason }),
+            };
+            if sender.send(message(reply)).await.is_err() {
+                return Err("stream closed".into());
+            }
+        }
+    }
+}
+
+fn message(kind: sidecar_message::Kind) -> SidecarMessage {
+    SidecarMessage { kind: Some(kind) }
+}
+
+/// An error and its causes on one line (tonic's own message is only "transport error").
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// Exponential backoff with jitter: each delay is drawn from the upper half of the current
+/// step, so a control plane restart does not see every sidecar return at the same instant.
+struct Backoff {
+    first: Duration,
+    longest: Duration,
+    step: Duration,
+}
+
+impl Backoff {
+    fn new(first: Duration, longest: Duration) -> Self {
+        Backoff { first, longest, step: first }
+    }
+
+    fn reset(&mut self) {
+        self.step = self.first;
+    }
+
+    fn next(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (step * 2).min(self.longest);
+        let mut random = [0u8; 4];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+        let fraction = u32::from_le_bytes(random) as f64 / u32::MAX as f64;
+        step / 2 + step.mul_f64(fraction / 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_ceiling_with_jitter_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..8).map(|_| backoff.next()).collect();
+        for (delay, step) in delays.iter().zip([100u64, 200, 400, 800, 1000, 1000, 1000, 1000]) {
+            let step = Duration::from_millis(step);
+            assert!(*delay >= step / 2 && *delay <= step, "{delay:?} for a step of {step:?}");
+        }
+        assert!(delays[4..].windows(2).any(|w| w[0] != w[1]), "jittered: {delays:?}");
+        backoff.reset();
+        assert!(backoff.next() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,228 @@
+//! `palisade control`: the policy directory watched, the gRPC policy stream over mutual TLS, and
+//! the admin listener, on one runtime.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::admin::ControlAdmin;
+use super::catalog::{Catalog, PolicyDirectory, ScanOutcome};
+use super::metrics::ControlMetrics;
+use super::proto::policy_discovery_server::PolicyDiscoveryServer;
+use super::server::PolicyService;
+use super::status::Registry;
+use crate::app::{bind, poll_files, runtime, stop_requested, RunOptions};
+use crate::config::{ControlConfig, TelemetryConfig};
+use crate::proxy::{serve, ConnectionTracker, Transport};
+use crate::telemetry::{SecurityEvent, Telemetry};
+use crate::tls::{IdentityFiles, TlsStore, TrustDomains};
+
+/// A running control plane. Call [`ControlPlane::shutdown`] to stop it.
+pub struct ControlPlane {
+    pub grpc: SocketAddr,
+    pub admin: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Loads the identity and reads the policy directory, binds both listeners, then serves on
+    /// a thread of its own. Fails before binding on any bad input.
+    pub fn start(config: ControlConfig, options: RunOptions) -> anyhow::Result<ControlPlane> {
+        let trust_domain = config.trust_domain.0.clone();
+        let files = &config.identity.files;
+        let identity_files = IdentityFiles {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            trust_bundle: files.trust_bundle.clone(),
+        };
+        let tls = Arc::new(
+            TlsStore::load(identity_files, &trust_domain, TrustDomains::new([trust_domain.as_str()]))
+                .context("identity.files")?,
+        );
+        if config.policies.poll_interval.0.is_zero() {
+            anyhow::bail!("policies.pollInterval: must be more than 0");
+        }
+        std::fs::read_dir(&config.policies.dir)
+            .with_context(|| format!("policies.dir: cannot read {}", config.policies.dir.display()))?;
+        for (section, value) in [("ca", &config.ca), ("webhook", &config.webhook)] {
+            if value.is_some() {
+                tracing::warn!("{section}: not yet available in this version; the section is accepted and not served");
+            }
+        }
+        let telemetry = Arc::new(
+            Telemetry::new(&TelemetryConfig { events: config.events.clone(), access_log: false, ..Default::default() })
+                .context("events.sink")?,
+        );
+        let runtime = runtime(2)?;
+        let grpc_listener = bind(config.grpc.listen.0, "grpc.listen")?;
+        let admin_listener = bind(config.admin.listen.0, "admin.listen")?;
+        let grpc = grpc_listener.local_addr()?;
+        let admin = admin_listener.local_addr()?;
+        let (shutdown, _) = watch::channel(false);
+        let sender = shutdown.clone();
+        let thread = std::thread::Builder::new().name("palisade-control".into()).spawn(move || {
+            runtime.block_on(run(config, tls, telemetry, [grpc_listener, admin_listener], sender, options));
+        })?;
+        Ok(ControlPlane { grpc, admin, shutdown, thread: Some(thread) })
+    }
+
+    /// Closes every stream (sidecars reconnect elsewhere) and waits.
+    pub fn shutdown(mut self) {
+        self.shutdown.send_replace(true);
+        self.wait();
+    }
+
+    /// Waits until the control plane has stopped (after SIGTERM).
+    pub fn wait(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+async fn run(
+    config: ControlConfig,
+    tls: Arc<TlsStore>,
+    telemetry: Arc<Telemetry>,
+    listeners: [std::net::TcpListener; 2],
+    shutdown: watch::Sender<bool>,
+    options: RunOptions,
+) {
+    let [grpc_listener, admin_listener] =
+        listeners.map(|l| TcpListener::from_std(l).expect("listener joins the runtime"));
+    let metrics = Arc::new(ControlMetrics::new());
+    let registry = Registry::new(metrics.clone());
+    let directory = Arc::new(Mutex::new(PolicyDirectory::new(config.policies.dir.clone())));
+    let first = directory.lock().expect("directory lock").scan();
+    let (catalog_sender, catalog) = watch::channel(Arc::new(Catalog::default()));
+    publish(first, &catalog_sender, &metrics, &telemetry);
+
+    let stop = shutdown.subscribe();
+    let listening = Arc::new(AtomicBool::new(false));
+    let draining = Arc::new(AtomicBool::new(false));
+    let identity = tls.current().credentials.id.to_string();
+    let admin = Arc::new(ControlAdmin {
+        identity: identity.clone(),
+        policies_dir: config.policies.dir.clone(),
+        catalog: catalog.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        listening: listening.clone(),
+        draining: draining.clone(),
+    });
+    let admin_task = tokio::spawn(serve(
+        admin_listener,
+        Transport::Plain,
+        admin,
+        telemetry.clone(),
+        ConnectionTracker::default(),
+        stop.clone(),
+    ));
+
+    let service = PolicyService {
+        catalog: catalog.clone(),
+        registry,
+        metrics: metrics.clone(),
+        telemetry: telemetry.clone(),
+        trust_domain: config.trust_domain.0.clone(),
+        stop: stop.clone(),
+    };
+    let refused = {
+        let (metrics, telemetry) = (metrics.clone(), telemetry.clone());
+        move |peer: SocketAddr, reason: String| {
+            metrics.refused.with_label_values(&["handshake"]).inc();
+            tracing::info!(%peer, %reason, "control plane TLS handshake refused");
+            telemetry.events.emit(SecurityEvent::TlsFailure {
+                direction: "control",
+                peer: Some(peer),
+                expected: None,
+                reason,
+            });
+        }
+    };
+    let incoming = super::transport::accept_mtls(grpc_listener, tls.clone(), refused, stop.clone());
+    let mut grpc_stop = stop.clone();
+    let grpc_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(10)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+            .add_service(PolicyDiscoveryServer::new(service))
+            .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async move {
+                let _ = grpc_stop.wait_for(|s| *s).await;
+            }),
+    );
+
+    let every = config.policies.poll_interval.0;
+    let scanning = directory.clone();
+    let (sender, m, t) = (catalog_sender, metrics.clone(), telemetry.clone());
+    tokio::spawn(poll_files(
+        every,
+        stop.clone(),
+        move || scanning.lock().expect("directory lock").scan(),
+        move |outcome| publish(outcome, &sender, &m, &t),
+    ));
+    let reload_every = config.identity.files.reload_interval.0;
+    let certificates = tls.clone();
+    tokio::spawn(poll_files(
+        reload_every,
+        stop.clone(),
+        move || certificates.reload_if_changed(),
+        |outcome| match outcome {
+            Ok(Some(state)) => tracing::info!(serial = %state.credentials.serial, "control plane certificate reloaded"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "new certificate files are not usable; keeping the current ones"),
+        },
+    ));
+    listening.store(true, Ordering::Release);
+    tracing::info!(%identity, grpc = %config.grpc.listen, admin = %config.admin.listen,
+        policies = %config.policies.dir.display(), "control plane ready");
+
+    if !stop_requested(options.handle_signals, stop.clone()).await {
+        return;
+    }
+    draining.store(true, Ordering::Release);
+    shutdown.send_replace(true);
+    match tokio::time::timeout(Duration::from_secs(5), grpc_task).await {
+        Ok(_) => tracing::info!("streams closed; exiting"),
+        Err(_) => tracing::warn!("streams still open after 5 s; exiting"),
+    }
+    let _ = admin_task.await;
+}
+
+/// Reports what a scan found and hands a changed catalog to every stream.
+fn publish(
+    outcome: ScanOutcome,
+    sender: &watch::Sender<Arc<Catalog>>,
+    metrics: &ControlMetrics,
+    telemetry: &Telemetry,
+) {
+    let kept = sender.borrow().version.clone();
+    for (file, errors) in &outcome.rejected {
+        metrics.policy_updates.with_label_values(&["rejected"]).inc();
+        for error in errors {
+            tracing::warn!(%file, %error, "policy file rejected; its last good version stays in force");
+        }
+        telemetry.events.emit(SecurityEvent::PolicyRejected { kept_version: kept.clone(), errors: errors.clone() });
+    }
+    for file in &outcome.accepted {
+        metrics.policy_updates.with_label_values(&["applied"]).inc();
+        tracing::info!(%file, "policy file accepted");
+    }
+    let Some(catalog) = outcome.catalog else { return };
+    metrics.policies.set(catalog.len() as i64);
+    metrics.version.reset();
+    metrics.version.with_label_values(&["dir", &catalog.version]).set(1);
+    if catalog.version != kept {
+        let names: Vec<String> = catalog.sources.iter().flat_map(|s| s.policies.iter().cloned()).collect();
+        tracing::info!(version = %catalog.version, policies = names.len(), "policy catalog in force");
+        telemetry.events.emit(SecurityEvent::PolicyApplied { version: catalog.version.clone(), policies: names });
+    }
+    sender.send_replace(Arc::new(catalog));
+}

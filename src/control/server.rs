@@ -1,0 +1,177 @@
+//! The policy stream, control-plane side: who may subscribe, what each sidecar is sent, and
+//! what it answered.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::catalog::Catalog;
+use super::metrics::ControlMetrics;
+use super::proto::policy_discovery_server::PolicyDiscovery;
+use super::proto::{control_message, sidecar_message, ControlMessage, Hello, Policy, PolicySnapshot, SidecarMessage};
+use super::status::{Registry, Session};
+use super::transport::Peer;
+use crate::config::WorkloadConfig;
+use crate::telemetry::{SecurityEvent, Telemetry};
+
+/// A sidecar that opened a stream must say who it is promptly.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+const STREAM_PATH: &str = "/palisade.control.v1.PolicyDiscovery/StreamPolicies";
+/// Labels are for selection; a flood of them is not a workload.
+const MAX_LABELS: usize = 64;
+
+pub struct PolicyService {
+    pub catalog: watch::Receiver<Arc<Catalog>>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<ControlMetrics>,
+    pub telemetry: Arc<Telemetry>,
+    pub trust_domain: String,
+    /// Turns true at shutdown: every stream ends, so sidecars reconnect to another replica.
+    pub stop: watch::Receiver<bool>,
+}
+
+impl PolicyService {
+    fn refuse(&self, peer: &Peer, reason: &'static str, message: String) -> Status {
+        self.metrics.refused.with_label_values(&[reason]).inc();
+        tracing::warn!(identity = %peer.id, address = %peer.address, %message, "policy subscription refused");
+        // The stream is an HTTP/2 POST: an HTTP Activity refused by the control plane's own rule.
+        self.telemetry.events.emit(SecurityEvent::RequestDenied {
+            status: 403,
+            policy: "palisade-control".into(),
+            rule: reason.into(),
+            audit: false,
+            principal: Some(peer.id.to_string()),
+            source: Some(peer.address),
+            method: "POST".into(),
+            path: STREAM_PATH.into(),
+            request_id: String::new(),
+        });
+        Status::permission_denied(message)
+    }
+
+    /// The workload a Hello describes, if the certificate allows it.
+    fn workload(&self, peer: &Peer, hello: &Hello) -> Result<WorkloadConfig, Status> {
+        let (Some(namespace), Some(service_account)) = (peer.id.namespace(), peer.id.service_account()) else {
+            return Err(self.refuse(
+                peer,
+                "identity",
+                format!("{} is not a workload identity (spiffe://<td>/ns/<namespace>/sa/<account>)", peer.id),
+            ));
+        };
+        if peer.id.trust_domain() != self.trust_domain {
+            return Err(self.refuse(
+                peer,
+                "identity",
+                format!("{} is not in trust domain {}", peer.id, self.trust_domain),
+            ));
+        }
+        if hello.namespace != namespace {
+            return Err(self.refuse(
+                peer,
+                "namespace",
+                format!("{} may not subscribe as a workload of namespace {:?}", peer.id, hello.namespace),
+            ));
+        }
+        if hello.labels.len() > MAX_LABELS {
+            return Err(self.refuse(peer, "labels", format!("more than {MAX_LABELS} labels")));
+        }
+        Ok(WorkloadConfig {
+            namespace: namespace.to_string(),
+            service_account: service_account.to_string(),
+            labels: hello.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<BTreeMap<_, _>>(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl PolicyDiscovery for PolicyService {
+    type StreamPoliciesStream = ReceiverStream<Result<ControlMessage, Status>>;
+
+    async fn stream_policies(
+        &self,
+        request: Request<Streaming<SidecarMessage>>,
+    ) -> Result<Response<Self::StreamPoliciesStream>, Status> {
+        let peer = request
+            .extensions()
+            .get::<Peer>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let mut inbound = request.into_inner();
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(SidecarMessage { kind: Some(sidecar_message::Kind::Hello(hello)) }))) => hello,
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(Status::deadline_exceeded("no Hello within 10 s")),
+            _ => return Err(Status::invalid_argument("the first message of a stream must be a Hello")),
+        };
+        let workload = self.workload(&peer, &hello)?;
+        let session = self.registry.open(
+            peer.id.to_string(),
+            workload.namespace.clone(),
+            workload.labels.clone(),
+            hello.node.clone(),
+            Some(peer.address),
+        );
+        tracing::info!(identity = %peer.id, address = %peer.address, node = %hello.node, "sidecar subscribed");
+        let (sender, receiver) = mpsc::channel(2);
+        let catalog = self.catalog.clone();
+        let held = (!hello.version.is_empty()).then_some(hello.version);
+        tokio::spawn(serve_stream(session, workload, held, inbound, sender, catalog, self.stop.clone()));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+/// Sends a snapshot whenever the set selecting this workload changes (and only then), and
+/// records every answer, until either side goes away.
+async fn serve_stream(
+    session: Session,
+    workload: WorkloadConfig,
+    held: Option<String>,
+    mut inbound: Streaming<SidecarMessage>,
+    sender: mpsc::Sender<Result<ControlMessage, Status>>,
+    mut catalog: watch::Receiver<Arc<Catalog>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut sent = held.clone();
+    let mut first = true;
+    loop {
+        let current = catalog.borrow_and_update().clone();
+        let selection = current.select(&workload);
+        if sent.as_deref() != Some(selection.version.as_str()) {
+            let snapshot = PolicySnapshot {
+                version: selection.version.clone(),
+                policies: selection
+                    .entries
+                    .iter()
+                    .map(|e| Policy { source: e.source.clone(), document: e.document.clone() })
+                    .collect(),
+            };
+            let message = ControlMessage { kind: Some(control_message::Kind::Snapshot(snapshot)) };
+            if sender.send(Ok(message)).await.is_err() {
+                return;
+            }
+            let since = if first { Instant::now() } else { current.made_at.unwrap_or_else(Instant::now) };
+            session.pushed(&selection.version, since);
+            sent = Some(selection.version);
+        } else if first {
+            session.resumed(&selection.version);
+        }
+        first = false;
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            changed = catalog.changed() => if changed.is_err() { return },
+            message = inbound.message() => match message {
+                Ok(Some(SidecarMessage { kind: Some(sidecar_message::Kind::Ack(ack)) })) => session.acked(&ack.version),
+                Ok(Some(SidecarMessage { kind: Some(sidecar_message::Kind::Nack(nack)) })) => {
+                    tracing::warn!(version = %nack.version, reason = %nack.reason, "a sidecar refused a snapshot");
+                    session.nacked(&nack.version, &nack.reason);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return,
+            },
+        }
+    }
+}

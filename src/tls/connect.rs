@@ -1,0 +1,68 @@
+//! Originating mutual TLS to a mesh peer: TCP, the handshake with the workload certificate, and
+//! the server's SPIFFE ID checked against the one expected, before a byte of data is sent. The
+//! outbound data path and the control channel both connect this way.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::TlsStore;
+use crate::identity::{spiffe_id_from_der, CertIdentity, SpiffeId};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connecting to {0}: connection refused")]
+    Refused(SocketAddr),
+    #[error("connecting to {0}: {1}")]
+    Unreachable(SocketAddr, std::io::Error),
+    #[error("connecting to {0}: timed out")]
+    ConnectTimeout(SocketAddr),
+    #[error("TLS with {0}: timed out")]
+    HandshakeTimeout(SocketAddr),
+    /// The peer failed the handshake or presented an identity other than the one expected:
+    /// a security event, not just an outage.
+    #[error("{0}")]
+    Refusal(String),
+}
+
+/// Connects to `addr` and proves both identities; `expected: None` accepts any SPIFFE ID of the
+/// trust domain (the verifier checks that much during the handshake).
+pub async fn connect(
+    store: &TlsStore,
+    addr: SocketAddr,
+    expected: Option<&SpiffeId>,
+    timeout: Duration,
+) -> Result<TlsStream<TcpStream>, ConnectError> {
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Err(ConnectError::Refused(addr)),
+        Ok(Err(e)) => return Err(ConnectError::Unreachable(addr, e)),
+        Err(_) => return Err(ConnectError::ConnectTimeout(addr)),
+    };
+    let _ = tcp.set_nodelay(true);
+    let config = store.current().client_config.clone();
+    // SNI is off; the name only satisfies the API, the identity is checked below.
+    let handshake = tokio_rustls::TlsConnector::from(config).connect(ServerName::IpAddress(addr.ip().into()), tcp);
+    let tls = match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            return Err(ConnectError::Refusal(format!(
+                "handshake with {addr} failed: {}",
+                super::refusal_reason(&e).unwrap_or_else(|| e.to_string())
+            )))
+        }
+        Err(_) => return Err(ConnectError::HandshakeTimeout(addr)),
+    };
+    let presented = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| spiffe_id_from_der(c));
+    match (expected, presented) {
+        (Some(expected), Some(CertIdentity::Spiffe(id))) if id == *expected => Ok(tls),
+        (None, Some(CertIdentity::Spiffe(_))) => Ok(tls),
+        (Some(expected), Some(CertIdentity::Spiffe(id))) => {
+            Err(ConnectError::Refusal(format!("{addr} presented {id}, expected {expected}")))
+        }
+        _ => Err(ConnectError::Refusal(format!("{addr} presented no SPIFFE identity"))),
+    }
+}

@@ -1,0 +1,517 @@
+//! The control plane as a user runs it: a `palisade control` process serving a directory of
+//! policy files over mutual TLS, and sidecars that subscribe, apply, ACK or NACK, and keep
+//! their last good policy through outages.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use palisade::config::{FailMode, SidecarConfig};
+use serde_json::Value;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+const CONTROL_ID: &str = "spiffe://cluster.local/ns/palisade-system/sa/palisade-control";
+
+/// A `palisade control` process on fixed loopback ports (so a restart is found at the same
+/// address), serving `dir`.
+struct ControlPlane {
+    child: Option<Child>,
+    config: PathBuf,
+    grpc: u16,
+    admin: u16,
+    dir: PathBuf,
+    events: PathBuf,
+}
+
+impl ControlPlane {
+    async fn start(pki: &Pki, name: &str, dir: &Path) -> ControlPlane {
+        Self::start_as(pki, name, dir, CONTROL_ID).await
+    }
+
+    /// A control plane whose certificate names `identity`.
+    async fn start_as(pki: &Pki, name: &str, dir: &Path, identity: &str) -> ControlPlane {
+        let files = pki.workload(name, identity);
+        let (grpc, admin) = (free_port(), free_port());
+        let events = pki.path(&format!("{name}-events.jsonl"));
+        let config = pki.path(&format!("{name}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "trustDomain: {TD}\nidentity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\n\
+                 grpc: {{listen: \"127.0.0.1:{grpc}\"}}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n\
+                 policies: {{dir: \"{}\", pollInterval: 100ms}}\nevents: {{sink: \"file:{}\"}}\n",
+                files.cert.display(),
+                files.key.display(),
+                files.trust_bundle.display(),
+                dir.display(),
+                events.display()
+            ),
+        )
+        .unwrap();
+        let mut plane = ControlPlane { child: None, config, grpc, admin, dir: dir.to_path_buf(), events };
+        plane.spawn().await;
+        plane
+    }
+
+    async fn spawn(&mut self) {
+        let child = Command::new(BIN)
+            .args(["control", "--config"])
+            .arg(&self.config)
+            .env("PALISADE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let admin = self.admin;
+        let ready = eventually(Duration::from_secs(10), || async move {
+            matches!(http_client().get(format!("http://127.0.0.1:{admin}/ready")).send().await, Ok(r) if r.status() == 200)
+        })
+        .await;
+        assert!(ready, "control plane became ready");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn address(&self) -> String {
+        format!("https://127.0.0.1:{}", self.grpc)
+    }
+
+    async fn status(&self) -> Value {
+        let url = format!("http://127.0.0.1:{}/status", self.admin);
+        http_client().get(url).send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn metrics(&self) -> String {
+        let url = format!("http://127.0.0.1:{}/metrics", self.admin);
+        http_client().get(url).send().await.unwrap().text().await.unwrap()
+    }
+
+    /// The /status entry of the sidecar with this identity and node.
+    async fn sidecar(&self, identity: &str, node_port: u16) -> Option<Value> {
+        let status = self.status().await;
+        status["sidecars"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| {
+                s["identity"] == identity && s["node"].as_str().is_some_and(|n| n.ends_with(&format!(":{node_port}")))
+            })
+            .cloned()
+    }
+
+    fn write(&self, file: &str, documents: &str) {
+        write_policy(&self.dir.join(file), documents);
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A `SecurityPolicy` for `app: <app>` in namespace shop.
+fn policy_for(app: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: {app}}}}}\n{spec}"
+    )
+}
+
+fn deny_paths(paths: &[&str]) -> String {
+    let list: Vec<String> = paths.iter().map(|p| format!("\"{p}*\"")).collect();
+    format!(
+        "  authorization:\n    default: ALLOW\n    rules:\n      - {{name: closed-paths, action: DENY, to: {{paths: [{}]}}}}\n",
+        list.join(", ")
+    )
+}
+
+/// A workload of namespace shop behind its own sidecar that takes its policy from `plane`.
+struct Workload {
+    sidecar: palisade::app::Sidecar,
+    app: EchoApp,
+    client: reqwest::Client,
+}
+
+impl Workload {
+    async fn start(
+        pki: &Pki,
+        plane: &ControlPlane,
+        app_label: &str,
+        adjust: impl FnOnce(&mut SidecarConfig),
+    ) -> Workload {
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = MADE.fetch_add(1, Ordering::Relaxed);
+        let files = pki.workload(&format!("{app_label}-{n}"), &id("shop", app_label));
+        let app = EchoApp::start().await;
+        let mut config = sidecar_config(&files, app.addr);
+        config.workload.namespace = "shop".into();
+        config.workload.service_account = app_label.into();
+        config.workload.labels = [("app".to_string(), app_label.to_string())].into();
+        config.policy.control_plane = Some(plane.address().parse().unwrap());
+        config.telemetry.events.sink =
+            palisade::config::EventSink::File(pki.path(&format!("{app_label}-events.jsonl")));
+        adjust(&mut config);
+        let sidecar = start_sidecar(config);
+        let caller = pki.workload(&format!("{app_label}-{n}-caller"), &id("shop", "frontend"));
+        Workload { sidecar, app, client: https_client(Some(&caller)) }
+    }
+
+    async fn get(&self, path: &str) -> u16 {
+        let url = format!("https://{}{path}", self.sidecar.inbound);
+        self.client.get(url).send().await.map(|r| r.status().as_u16()).unwrap_or(0)
+    }
+
+    async fn admin(&self, path: &str) -> reqwest::Response {
+        http_client().get(format!("http://{}{path}", self.sidecar.admin)).send().await.unwrap()
+    }
+
+    async fn ready(&self) -> bool {
+        self.admin("/ready").await.status() == 200
+    }
+
+    async fn metrics(&self) -> String {
+        self.admin("/metrics").await.text().await.unwrap()
+    }
+
+    async fn config_dump(&self) -> Value {
+        self.admin("/config_dump").await.json().await.unwrap()
+    }
+
+    fn port(&self) -> u16 {
+        self.sidecar.inbound.port()
+    }
+
+    fn stop(self) {
+        self.sidecar.shutdown();
+        self.app.stop();
+    }
+}
+
+async fn wait_for(what: &str, patience: Duration, check: impl AsyncFnMut() -> bool) {
+    let mut check = check;
+    let deadline = Instant::now() + patience;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{what} within {patience:?}");
+}
+
+fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok()))
+}
+
+async fn synced(plane: &ControlPlane, identity: &str, port: u16) -> Value {
+    let mut found = Value::Null;
+    wait_for("the sidecar synced", Duration::from_secs(10), async || match plane.sidecar(identity, port).await {
+        Some(s) if s["state"] == "synced" => {
+            found = s;
+            true
+        }
+        _ => false,
+    })
+    .await;
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_reaches_exactly_the_selected_sidecars_and_status_shows_every_ack() {
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    write_policy(&dir.join("orders.yaml"), &policy_for("orders", "orders-api", &deny_paths(&["/admin"])));
+    write_policy(&dir.join("billing.yaml"), &policy_for("billing", "billing-api", &deny_paths(&["/internal"])));
+    let plane = ControlPlane::start(&pki, "control", &dir).await;
+    let orders = Workload::start(&pki, &plane, "orders", |_| {}).await;
+    let billing = Workload::start(&pki, &plane, "billing", |_| {}).await;
+
+    let first_orders = synced(&plane, &id("shop", "orders"), orders.port()).await;
+    let first_billing = synced(&plane, &id("shop", "billing"), billing.port()).await;
+    assert_eq!(first_orders["pushes"], 1);
+    assert_eq!(first_orders["acked"]["version"], first_orders["sent"]["version"]);
+    assert_ne!(first_orders["acked"]["version"], first_billing["acked"]["version"]);
+    assert!(orders.ready().await && billing.ready().await);
+    assert_eq!((orders.get("/admin/x").await, orders.get("/secret").await), (403, 200));
+    assert_eq!((billing.get("/admin/x").await, billing.get("/internal").await), (200, 403));
+
+    // The operator edits the orders policy once.
+    let edited = Instant::now();
+    plane.write("orders.yaml", &policy_for("orders", "orders-api", &deny_paths(&["/admin", "/secret"])));
+    wait_for("orders enforces the edit", Duration::from_secs(3), async || orders.get("/secret").await == 403).await;
+    eprintln!("file change -> enforced by the sidecar: {:?}", edited.elapsed());
+    let after = synced(&plane, &id("shop", "orders"), orders.port()).await;
+    assert_eq!(after["pushes"], 2);
+    assert_ne!(after["acked"]["version"], first_orders["acked"]["version"]);
+    let version = after["acked"]["version"].as_str().unwrap().to_string();
+    assert!(orders
+        .metrics()
+        .await
+        .contains(&format!("palisade_policy_version_info{{source=\"controlPlane\",version=\"{version}\"}} 1")));
+    assert_eq!(orders.config_dump().await["policy"]["source"], "controlPlane");
+
+    // The unrelated sidecar was not sent anything.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let billing_now = plane.sidecar(&id("shop", "billing"), billing.port()).await.unwrap();
+    assert_eq!(billing_now["pushes"], 1, "{billing_now}");
+    assert_eq!(billing_now["acked"], first_billing["acked"]);
+    assert_eq!(billing.get("/secret").await, 200);
+
+    let status = plane.status().await;
+    assert_eq!(status["summary"]["connected"], 2);
+    assert_eq!(status["summary"]["synced"], 2);
+    let metrics = plane.metrics().await;
+    assert_eq!(metric(&metrics, "palisade_control_connected_sidecars"), Some(2.0));
+    assert_eq!(metric(&metrics, "palisade_control_pushes_total"), Some(3.0));
+    assert_eq!(metric(&metrics, "palisade_control_acks_total"), Some(3.0));
+    assert_eq!(metric(&metrics, "palisade_control_push_latency_seconds_count"), Some(3.0));
+    assert_eq!(metric(&orders.metrics().await, "palisade_control_plane_connected"), Some(1.0));
+    orders.stop();
+    billing.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_file_is_refused_at_the_control_plane_and_nothing_changes() {
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    let good = policy_for("orders", "orders-api", &deny_paths(&["/admin"]));
+    write_policy(&dir.join("orders.yaml"), &good);
+    let plane = ControlPlane::start(&pki, "control", &dir).await;
+    let orders = Workload::start(&pki, &plane, "orders", |_| {}).await;
+    let before = synced(&plane, &id("shop", "orders"), orders.port()).await;
+
+    let broken = good.replace("default: ALLOW", "default: ALLOW\n    mode: SOMETIMES");
+    plane.write("orders.yaml", &broken);
+    let mut source = Value::Null;
+    wait_for("the control plane reports the error", Duration::from_secs(5), async || {
+        let status = plane.status().await;
+        source = status["policies"]["sources"][0].clone();
+        source["errors"].as_array().is_some_and(|e| !e.is_empty())
+    })
+    .await;
+    let error = source["errors"][0].as_str().unwrap();
+    assert!(error.contains("orders.yaml:8:") && error.contains("spec.authorization.mode"), "{error}");
+    assert_eq!(source["policies"], serde_json::json!(["shop/orders-api"]), "the last good version stays");
+    assert!(plane.metrics().await.contains("palisade_policy_updates_total{result=\"rejected\"} 1"));
+    let events = std::fs::read_to_string(&plane.events).unwrap();
+    assert!(events.contains("policy update rejected") && events.contains("spec.authorization.mode"), "{events}");
+
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after = plane.sidecar(&id("shop", "orders"), orders.port()).await.unwrap();
+    assert_eq!(after["pushes"], 1, "nothing was pushed: {after}");
+    assert_eq!(after["acked"], before["acked"]);
+    assert_eq!(orders.get("/admin").await, 403, "the old policy is in force");
+    orders.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_the_sidecar_refuses_is_nacked_with_the_reason_and_the_old_policy_stays() {
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    write_policy(&dir.join("orders.yaml"), &policy_for("orders", "orders-api", &deny_paths(&["/admin"])));
+    let plane = ControlPlane::start(&pki, "control", &dir).await;
+    // This workload is pinned to STRICT locally; the control plane cannot know that.
+    let orders = Workload::start(&pki, &plane, "orders", |c| c.inbound.allow_permissive = false).await;
+    let before = synced(&plane, &id("shop", "orders"), orders.port()).await;
+
+    let permissive = format!("  mtls: PERMISSIVE\n{}", deny_paths(&["/admin", "/secret"]));
+    plane.write("orders.yaml", &policy_for("orders", "orders-api", &permissive));
+    let mut record = Value::Null;
+    wait_for("the NACK reaches /status", Duration::from_secs(5), async || {
+        record = plane.sidecar(&id("shop", "orders"), orders.port()).await.unwrap_or_default();
+        record["state"] == "rejected"
+    })
+    .await;
+    let reason = record["nacked"]["reason"].as_str().unwrap();
+    assert!(reason.contains("allowPermissive") && reason.contains("orders-api"), "{reason}");
+    assert_eq!(record["nacked"]["version"], record["sent"]["version"]);
+    assert_eq!(record["acked"], before["acked"], "the last ACK is still the old version");
+    assert_eq!(metric(&plane.metrics().await, "palisade_control_nacks_total"), Some(1.0));
+
+    assert_eq!(orders.get("/secret").await, 200, "the old policy is in force");
+    assert_eq!(orders.get("/admin").await, 403);
+    let plaintext = http_client().get(format!("http://{}/", orders.sidecar.inbound)).send().await;
+    assert!(plaintext.is_err(), "still STRICT: {plaintext:?}");
+    assert!(orders.metrics().await.contains("palisade_policy_updates_total{result=\"rejected\"} 1"));
+    orders.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecars_ride_out_a_control_plane_outage_under_load_and_resync() {
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    write_policy(&dir.join("orders.yaml"), &policy_for("orders", "orders-api", &deny_paths(&["/admin"])));
+    let mut plane = ControlPlane::start(&pki, "control", &dir).await;
+    let orders = Arc::new(Workload::start(&pki, &plane, "orders", |_| {}).await);
+    let first = synced(&plane, &id("shop", "orders"), orders.port()).await;
+
+    // A steady load, bounded in count and time, for the whole outage.
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (orders, sent, failed, stop) = (orders.clone(), sent.clone(), failed.clone(), stop.clone());
+        tokio::spawn(async move {
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let status = orders.get("/orders").await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if status != 200 {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    // Down and up again with nothing changed: the sidecar resumes without a push.
+    plane.kill();
+    wait_for("the sidecar sees the outage", Duration::from_secs(5), async || {
+        metric(&orders.metrics().await, "palisade_control_plane_connected") == Some(0.0)
+    })
+    .await;
+    assert_eq!(orders.get("/admin").await, 403, "the last good policy stays in force");
+    assert!(orders.ready().await, "a sidecar with a policy stays ready without its control plane");
+    let during = sent.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(sent.load(Ordering::Relaxed) > during + 20, "requests flowed while the control plane was down");
+    plane.spawn().await;
+    let resumed = synced(&plane, &id("shop", "orders"), orders.port()).await;
+    assert_eq!(resumed["pushes"], 0, "same version, nothing to send: {resumed}");
+    assert_eq!(resumed["acked"]["version"], first["acked"]["version"]);
+
+    // Down; the policy changes meanwhile; up: the sidecar resyncs to the new version.
+    plane.kill();
+    plane.write("orders.yaml", &policy_for("orders", "orders-api", &deny_paths(&["/admin", "/secret"])));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(orders.get("/secret").await, 200);
+    plane.spawn().await;
+    wait_for("the resynced policy is enforced", Duration::from_secs(15), async || orders.get("/secret").await == 403)
+        .await;
+    let resynced = synced(&plane, &id("shop", "orders"), orders.port()).await;
+    assert_eq!(resynced["pushes"], 1);
+    assert_ne!(resynced["acked"]["version"], first["acked"]["version"]);
+
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("{sent} requests during two outages, {failed} failed");
+    assert!(sent > 50, "the load ran: {sent}");
+    assert_eq!(failed, 0);
+    let orders = Arc::into_inner(orders).unwrap();
+    orders.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_one_namespace_cannot_subscribe_as_another_and_a_fake_control_plane_is_refused() {
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    write_policy(&dir.join("orders.yaml"), &policy_for("orders", "orders-api", &deny_paths(&["/admin"])));
+    let plane = ControlPlane::start(&pki, "control", &dir).await;
+
+    // Its certificate names namespace `a`; it claims to be a workload of `shop`.
+    let impostor = {
+        let files = pki.workload("impostor", &id("a", "orders"));
+        let app = EchoApp::start().await;
+        let mut config = sidecar_config(&files, app.addr);
+        config.workload.namespace = "shop".into();
+        config.workload.labels = [("app".to_string(), "orders".to_string())].into();
+        config.policy.control_plane = Some(plane.address().parse().unwrap());
+        config.policy.fail_mode = FailMode::Closed;
+        (start_sidecar(config), app)
+    };
+    let admin = impostor.0.admin;
+    let dump = || async move {
+        let url = format!("http://{admin}/config_dump");
+        http_client().get(url).send().await.unwrap().json::<Value>().await.unwrap()
+    };
+    wait_for("the impostor is refused", Duration::from_secs(5), async || {
+        dump().await["policy"]["controlPlane"]["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("may not subscribe as a workload of namespace \"shop\""))
+    })
+    .await;
+    assert!(plane.status().await["sidecars"].as_array().unwrap().is_empty());
+    assert!(plane.metrics().await.contains("palisade_control_subscriptions_refused_total{reason=\"namespace\"}"));
+    let events = std::fs::read_to_string(&plane.events).unwrap();
+    assert!(events.contains("\"name\":\"namespace\"") || events.contains("namespace"), "{events}");
+    // Without any policy and failMode closed: not ready, and every request is refused.
+    let ready = http_client().get(format!("http://{admin}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("no policy loaded"));
+    let caller = pki.workload("caller", &id("shop", "frontend"));
+    let refused = https_client(Some(&caller)).get(format!("https://{}/", impostor.0.inbound)).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    impostor.0.shutdown();
+    impostor.1.stop();
+
+    // A server with a valid mesh certificate that is not the control plane's identity.
+    let fake_dir = pki.path("fake-policies");
+    std::fs::create_dir(&fake_dir).unwrap();
+    let fake = ControlPlane::start_as(&pki, "fake", &fake_dir, &id("palisade-system", "not-control")).await;
+    let orders = Workload::start(&pki, &fake, "orders", |c| c.policy.fail_mode = FailMode::Closed).await;
+    let admin = orders.sidecar.admin;
+    wait_for("the fake control plane is refused", Duration::from_secs(5), async || {
+        let url = format!("http://{admin}/config_dump");
+        let dump: Value = http_client().get(url).send().await.unwrap().json().await.unwrap();
+        dump["policy"]["controlPlane"]["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("expected {CONTROL_ID}")))
+    })
+    .await;
+    assert!(fake.status().await["sidecars"].as_array().unwrap().is_empty());
+    assert!(!orders.ready().await);
+    orders.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_open_serves_without_a_policy_and_replicas_agree_on_versions() {
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    write_policy(&dir.join("orders.yaml"), &policy_for("orders", "orders-api", &deny_paths(&["/admin"])));
+
+    // failMode open, control plane unreachable: ready, and traffic passes.
+    let nowhere = ControlPlane::start(&pki, "nowhere", &dir).await;
+    let open = Workload::start(&pki, &nowhere, "orders", |c| c.policy.fail_mode = FailMode::Open).await;
+    drop(nowhere);
+    let open_admin = open.sidecar.admin;
+    wait_for("disconnected", Duration::from_secs(5), async || {
+        let url = format!("http://{open_admin}/metrics");
+        let text = http_client().get(url).send().await.unwrap().text().await.unwrap();
+        metric(&text, "palisade_control_plane_connected") == Some(0.0)
+    })
+    .await;
+    assert!(open.ready().await);
+    assert_eq!(open.get("/admin").await, 200, "open: no policy, nothing denied");
+    open.stop();
+
+    // Two replicas of the control plane on the same directory; a sidecar on each.
+    let one = ControlPlane::start(&pki, "replica-1", &dir).await;
+    let two = ControlPlane::start(&pki, "replica-2", &dir).await;
+    let a = Workload::start(&pki, &one, "orders", |_| {}).await;
+    let b = Workload::start(&pki, &two, "orders", |_| {}).await;
+    let on_one = synced(&one, &id("shop", "orders"), a.port()).await;
+    let on_two = synced(&two, &id("shop", "orders"), b.port()).await;
+    assert_eq!(on_one["acked"]["version"], on_two["acked"]["version"]);
+    assert_eq!((a.get("/admin").await, b.get("/admin").await), (403, 403));
+    a.stop();
+    b.stop();
+}
