@@ -3,6 +3,7 @@
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(["palisade/control/v1/policy.proto"], ["proto"])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Small initial buffers per stream: a control plane holds thousands of idle streams.
+    tonic_prost_build::configure().codec_path("crate::control::codec::SmallBufferCodec").compile_fds(descriptors)?;
     Ok(())
 }

@@ -11,6 +11,7 @@
 mod admin;
 pub mod catalog;
 pub mod channel;
+mod codec;
 mod metrics;
 pub mod plane;
 mod server;

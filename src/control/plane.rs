@@ -60,7 +60,7 @@ impl ControlPlane {
             Telemetry::new(&TelemetryConfig { events: config.events.clone(), access_log: false, ..Default::default() })
                 .context("events.sink")?,
         );
-        let runtime = runtime(2)?;
+        let runtime = runtime(1)?;
         let grpc_listener = bind(config.grpc.listen.0, "grpc.listen")?;
         let admin_listener = bind(config.admin.listen.0, "admin.listen")?;
         let grpc = grpc_listener.local_addr()?;

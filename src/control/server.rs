@@ -54,7 +54,7 @@ impl PolicyService {
     }
 
     /// The workload a Hello describes, if the certificate allows it.
-    fn workload(&self, peer: &Peer, hello: &Hello) -> Result<WorkloadConfig, Status> {
+    fn workload(&self, peer: &Peer, hello: &mut Hello) -> Result<WorkloadConfig, Status> {
         let (Some(namespace), Some(service_account)) = (peer.id.namespace(), peer.id.service_account()) else {
             return Err(self.refuse(
                 peer,
@@ -82,7 +82,7 @@ impl PolicyService {
         Ok(WorkloadConfig {
             namespace: namespace.to_string(),
             service_account: service_account.to_string(),
-            labels: hello.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<BTreeMap<_, _>>(),
+            labels: std::mem::take(&mut hello.labels).into_iter().collect::<BTreeMap<_, _>>(),
         })
     }
 }
@@ -107,15 +107,16 @@ impl PolicyDiscovery for PolicyService {
             Err(_) => return Err(Status::deadline_exceeded("no Hello within 10 s")),
             _ => return Err(Status::invalid_argument("the first message of a stream must be a Hello")),
         };
-        let workload = self.workload(&peer, &hello)?;
+        let mut hello = hello;
+        let workload = self.workload(&peer, &mut hello)?;
+        tracing::info!(identity = %peer.id, address = %peer.address, node = %hello.node, "sidecar subscribed");
         let session = self.registry.open(
             peer.id.to_string(),
             workload.namespace.clone(),
             workload.labels.clone(),
-            hello.node.clone(),
+            std::mem::take(&mut hello.node),
             Some(peer.address),
         );
-        tracing::info!(identity = %peer.id, address = %peer.address, node = %hello.node, "sidecar subscribed");
         let (sender, receiver) = mpsc::channel(2);
         let catalog = self.catalog.clone();
         let held = (!hello.version.is_empty()).then_some(hello.version);

@@ -144,6 +144,10 @@ fn build(credentials: Credentials, domains: &TrustDomains, generation: u64) -> R
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(FixedCert(credentials.certified_key.clone())));
     server_config.alpn_protocols = vec![b"h2".to_vec()];
+    // Mesh clients never resume (see the client config): tickets and a session cache would only
+    // cost each handshake work and each connection memory.
+    server_config.send_tls13_tickets = 0;
+    server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     let upstream_cert =
         Arc::new(CertKey::new(credentials.chain.iter().map(|c| c.to_vec()).collect(), credentials.key_der.clone()));
     let upstream_ca: Arc<CaType> =

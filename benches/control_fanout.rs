@@ -1,0 +1,289 @@
+//! Issue 4's measure: one `palisade control` process (the release binary) and N sidecar streams
+//! (real gRPC clients over mutual TLS, one connection each, in this process), then the time
+//! from a policy file change to the last ACK, and the control plane's CPU and memory.
+//!
+//! Run: `cargo bench --bench control_fanout` (N = 1, 100, 1000), or with the counts to run:
+//! `cargo bench --bench control_fanout -- 1000`.
+//!
+//! Each client parses the snapshot's documents as a sidecar does before it ACKs, so the time
+//! includes the sidecar's own validation. The control plane reads its directory every 250 ms (its
+//! default), which is most of the latency.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use palisade::control::proto::policy_discovery_client::PolicyDiscoveryClient;
+use palisade::control::proto::{control_message, sidecar_message, Ack, Hello, SidecarMessage};
+use palisade::identity::{DevCa, LeafSpec, SpiffeId};
+use palisade::tls::{IdentityFiles, TlsStore, TrustDomains};
+use tokio::sync::{mpsc, Notify};
+use tokio_stream::wrappers::ReceiverStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+const CONTROL_ID: &str = "spiffe://cluster.local/ns/palisade-system/sa/palisade-control";
+const ROUNDS: usize = 20;
+/// Set when a run is over and its control plane stopped: streams ending then is no news.
+static RUN_OVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// When each version was ACKed, by how many streams, and the last of them.
+#[derive(Default)]
+struct Acks {
+    seen: Mutex<HashMap<String, (usize, Instant)>>,
+    changed: Notify,
+}
+
+impl Acks {
+    fn record(&self, version: &str) {
+        let mut seen = self.seen.lock().unwrap();
+        let entry = seen.entry(version.to_string()).or_insert((0, Instant::now()));
+        entry.0 += 1;
+        entry.1 = Instant::now();
+        drop(seen);
+        self.changed.notify_waiters();
+    }
+
+    /// Forgets every ACK so far.
+    fn clear(&self) {
+        self.seen.lock().unwrap().clear();
+    }
+
+    /// Waits until `count` streams ACKed one version; returns it and when its last ACK came.
+    async fn all_acked(&self, count: usize, patience: Duration) -> (String, Instant) {
+        let deadline = Instant::now() + patience;
+        loop {
+            let notified = self.changed.notified();
+            if let Some((v, (_, at))) = self.seen.lock().unwrap().iter().find(|(_, (n, _))| *n >= count) {
+                return (v.clone(), *at);
+            }
+            let left = deadline.checked_duration_since(Instant::now()).expect("every stream ACKed in time");
+            let _ = tokio::time::timeout(left.min(Duration::from_millis(50)), notified).await;
+        }
+    }
+}
+
+fn policy(round: usize) -> String {
+    format!(
+        "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: orders-api, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{app: orders}}}}\n  authorization:\n    default: ALLOW\n    rules:\n      - {{name: closed, action: DENY, to: {{paths: [\"/round-{round}*\"]}}}}\n  rateLimits:\n    - {{name: per-caller, key: source.principal, rate: 100, per: 1s, burst: 200}}\n"
+    )
+}
+
+fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn stream_client(
+    tls: Arc<TlsStore>,
+    addr: SocketAddr,
+    acks: Arc<Acks>,
+    index: usize,
+    mut first_ack: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(), String> {
+    let expected = SpiffeId::parse(CONTROL_ID).unwrap();
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let (tls, expected) = (tls.clone(), expected.clone());
+        async move {
+            palisade::tls::connect(&tls, addr, Some(&expected), Duration::from_secs(30))
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+                .map_err(std::io::Error::other)
+        }
+    });
+    let channel = tonic::transport::Endpoint::from_static("http://palisade-control")
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let (sender, receiver) = mpsc::channel(4);
+    let hello = Hello {
+        namespace: "shop".into(),
+        labels: [("app".to_string(), "orders".to_string())].into(),
+        version: String::new(),
+        node: format!("bench-{index}"),
+    };
+    sender.send(SidecarMessage { kind: Some(sidecar_message::Kind::Hello(hello)) }).await.unwrap();
+    let mut inbound = PolicyDiscoveryClient::new(channel)
+        .stream_policies(ReceiverStream::new(receiver))
+        .await
+        .map_err(|s| format!("stream: {s}"))?
+        .into_inner();
+    while let Some(message) = inbound.message().await.map_err(|s| format!("receive: {s}"))? {
+        let Some(control_message::Kind::Snapshot(snapshot)) = message.kind else { continue };
+        for p in &snapshot.policies {
+            let (_, errors) = palisade::policy::parse_file(Path::new(&p.source), &p.document);
+            assert!(errors.is_empty(), "{errors:?}");
+        }
+        let ack = SidecarMessage { kind: Some(sidecar_message::Kind::Ack(Ack { version: snapshot.version.clone() })) };
+        if sender.send(ack).await.is_err() {
+            break;
+        }
+        acks.record(&snapshot.version);
+        if let Some(first) = first_ack.take() {
+            let _ = first.send(());
+        }
+    }
+    Ok(())
+}
+
+/// utime + stime in seconds, and VmRSS / VmHWM in MB, from /proc.
+fn usage(pid: u32) -> (f64, f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks = 100.0; // sysconf(_SC_CLK_TCK) on Linux
+    let cpu = (fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()) / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = |key: &str| -> f64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .trim()
+            .parse::<f64>()
+            .unwrap()
+            / 1024.0
+    };
+    (cpu, kb("VmRSS:"), kb("VmHWM:"))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+struct Plane(Child);
+
+impl Drop for Plane {
+    /// SIGTERM first (a profiler wrapping it writes its report then), SIGKILL after 30 s.
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        for _ in 0..300 {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn run(n: usize, dir: &Path, pki: &Path, ca: &DevCa) {
+    let policies = dir.join(format!("policies-{n}"));
+    std::fs::create_dir_all(&policies).unwrap();
+    let file = policies.join("orders.yaml");
+    write_atomically(&file, &policy(0));
+    let control = ca.issue_to(&LeafSpec::workload(CONTROL_ID), &pki.join("control")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.join(format!("control-{n}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "identity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\ngrpc: {{listen: \"127.0.0.1:{port}\"}}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\npolicies: {{dir: \"{}\"}}\nevents: {{sink: \"file:{}\"}}\n",
+            control.cert.display(),
+            control.key.display(),
+            control.trust_bundle.display(),
+            policies.display(),
+            dir.join("events.jsonl").display()
+        ),
+    )
+    .unwrap();
+    // PALISADE_BENCH_WRAPPER runs the control plane under a profiler, e.g. "valgrind --tool=massif".
+    let wrapper = std::env::var("PALISADE_BENCH_WRAPPER").unwrap_or_default();
+    let mut words = wrapper.split_whitespace().chain([BIN]);
+    let child = Command::new(words.next().unwrap())
+        .args(words)
+        .args(["control", "--config"])
+        .arg(&config)
+        .env("PALISADE_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let plane = Plane(child);
+    let pid = plane.0.id();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = Instant::now();
+    while std::net::TcpStream::connect(addr).is_err() {
+        assert!(started.elapsed() < Duration::from_secs(60), "control plane listening");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (_, idle_rss, _) = usage(pid);
+
+    RUN_OVER.store(false, std::sync::atomic::Ordering::Release);
+    let client =
+        ca.issue_to(&LeafSpec::workload("spiffe://cluster.local/ns/shop/sa/orders"), &pki.join("client")).unwrap();
+    let identity = IdentityFiles { cert: client.cert, key: client.key, trust_bundle: client.trust_bundle };
+    let tls = Arc::new(TlsStore::load(identity, "cluster.local", TrustDomains::new(["cluster.local"])).unwrap());
+    let acks = Arc::new(Acks::default());
+    let connecting = Instant::now();
+    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    for i in 0..n {
+        let (tls, acks, limit) = (tls.clone(), acks.clone(), limit.clone());
+        tokio::spawn(async move {
+            // Connect at most 64 at a time, as sidecars of a rolling deployment would.
+            let permit = limit.acquire_owned().await.unwrap();
+            let (first, acked) = tokio::sync::oneshot::channel();
+            let client = tokio::spawn(stream_client(tls, addr, acks, i, Some(first)));
+            let _ = acked.await;
+            drop(permit);
+            let client = async { client.await.unwrap() };
+            if let Err(e) = client.await {
+                if !RUN_OVER.load(std::sync::atomic::Ordering::Acquire) {
+                    panic!("stream {i} broke during the run: {e}");
+                }
+            }
+        });
+    }
+    let (mut version, _) = acks.all_acked(n, Duration::from_secs(120)).await;
+    let connect_time = connecting.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (cpu_before, connected_rss, _) = usage(pid);
+
+    let mut latencies = Vec::with_capacity(ROUNDS);
+    for round in 1..=ROUNDS {
+        acks.clear();
+        let changed = Instant::now();
+        write_atomically(&file, &policy(round));
+        let (next, last_ack) = acks.all_acked(n, Duration::from_secs(30)).await;
+        assert_ne!(next, version);
+        latencies.push(last_ack.duration_since(changed));
+        version = next;
+        // Spread the changes so each starts at a random point of the directory poll.
+        tokio::time::sleep(Duration::from_millis(97 + (round as u64 * 37) % 150)).await;
+    }
+    let (cpu_after, rss, peak) = usage(pid);
+    RUN_OVER.store(true, std::sync::atomic::Ordering::Release);
+    let status: serde_json::Value =
+        reqwest::get(format!("http://127.0.0.1:{admin}/status")).await.unwrap().json().await.unwrap();
+    assert_eq!(status["summary"]["connected"], n, "every stream is still connected");
+    assert_eq!(status["summary"]["synced"], n, "and synced");
+    latencies.sort();
+    let per_thousand = 1000.0 / n as f64;
+    println!(
+        "N={n:>5}  file change -> last ACK: p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms | connect all {:>6.0} ms | control plane: RSS idle {idle_rss:.1} MB, with streams {connected_rss:.1} MB (now {rss:.1}, peak {peak:.1}); CPU {:.3} s for {ROUNDS} pushes to every stream ({:.4} s per push round per 1,000 streams)",
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        latencies.last().unwrap().as_secs_f64() * 1e3,
+        connect_time.as_secs_f64() * 1e3,
+        cpu_after - cpu_before,
+        (cpu_after - cpu_before) / ROUNDS as f64 * per_thousand,
+    );
+}
+
+fn main() {
+    let counts: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let counts = if counts.is_empty() { vec![1, 100, 1000] } else { counts };
+    let dir = tempfile::tempdir().unwrap();
+    let pki: PathBuf = dir.path().join("pki");
+    let ca = DevCa::generate("cluster.local").unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    for n in counts {
+        runtime.block_on(run(n, dir.path(), &pki, &ca));
+    }
+}
