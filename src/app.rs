@@ -14,11 +14,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{Admin, Readiness};
-use crate::config::{MtlsMode, SidecarConfig};
+use crate::config::{MtlsMode, ProcessEnv, SidecarConfig};
 use crate::control::{ChannelState, PolicyChannel};
 use crate::policy::{PolicyOptions, PolicySnapshot, PolicyStore};
 use crate::proxy::{serve, ConnectionTracker, Inbound, Outbound, Transport};
-use crate::telemetry::{LogLevel, SecurityEvent, Telemetry};
+use crate::telemetry::{LogLevel, SecurityEvent, Telemetry, TraceSettings};
 use crate::tls::{IdentityFiles, TlsStore, TrustDomains};
 
 /// A running sidecar. Dropping it does not stop it; call [`Sidecar::shutdown`].
@@ -111,8 +111,11 @@ impl Parts {
         let trust_domain = &config.trust_domain.0;
         let tls = TlsStore::load(identity_files, trust_domain, TrustDomains::new([trust_domain.as_str()]))
             .context("identity.files")?;
-        let telemetry =
-            Arc::new(Telemetry::new(&config.telemetry).context("telemetry.events.sink / telemetry.accessLogSink")?);
+        let traces = TraceSettings::resolve(config.telemetry.otlp.as_ref(), &ProcessEnv, &config.workload)
+            .map_err(|e| anyhow::anyhow!("telemetry.otlp: {e}"))?;
+        let telemetry = Arc::new(
+            Telemetry::new(&config.telemetry, traces).context("telemetry.events.sink / telemetry.accessLogSink")?,
+        );
         let options = PolicyOptions {
             files: config.policy.files.clone(),
             workload: config.workload.clone(),
@@ -262,6 +265,14 @@ async fn run(
             state: state.clone(),
         };
         tokio::spawn(channel.run(move |s| apply_mtls(s), stop.clone()));
+    }
+    if telemetry.traces.is_some() {
+        let telemetry = telemetry.clone();
+        tokio::spawn(async move {
+            if let Some(traces) = &telemetry.traces {
+                traces.export().await;
+            }
+        });
     }
     readiness.listeners.store(true, Ordering::Release);
     tracing::info!(

@@ -13,8 +13,8 @@ pub use control::{ControlConfig, ControlIdentityFiles, Listen, PolicyDirConfig};
 pub use env::{Env, ProcessEnv};
 pub use sidecar::{
     AdminConfig, AppProtocol, ControlPlaneAddress, Destination, EventFormat, EventSink, EventsConfig, FailMode,
-    IdentityConfig, InboundConfig, MtlsMode, OutboundConfig, PolicySourceConfig, SidecarConfig, SpiffeIdField,
-    TelemetryConfig, TrustDomain, WorkloadConfig,
+    IdentityConfig, InboundConfig, MtlsMode, OtlpConfig, OtlpProtocol, OutboundConfig, PolicySourceConfig,
+    SidecarConfig, SpiffeIdField, TelemetryConfig, TrustDomain, WorkloadConfig,
 };
 pub use types::{HumanDuration, ListenAddr};
 

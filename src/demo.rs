@@ -160,7 +160,8 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
 
     // The two demo services.
     let (stop, stop_rx) = watch::channel(false);
-    let telemetry = Arc::new(Telemetry::new(&TelemetryConfig { access_log: false, ..TelemetryConfig::default() })?);
+    let telemetry =
+        Arc::new(Telemetry::new(&TelemetryConfig { access_log: false, ..TelemetryConfig::default() }, None)?);
     let apps = [
         (ports.orders_app, Arc::new(DemoApp::Orders) as Arc<DemoApp>),
         (ports.frontend_app, Arc::new(DemoApp::Frontend { outbound: loopback(ports.a[1]) })),

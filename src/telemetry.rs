@@ -7,11 +7,13 @@ mod lines;
 mod logging;
 mod metrics;
 mod recorder;
+mod traces;
 
 pub use events::{EventWriter, SecurityEvent};
 pub use logging::LogLevel;
 pub use metrics::Metrics;
 pub use recorder::{Fnv1a, RequestRecorder};
+pub use traces::{RequestSpan, SpanEnd, TraceCounters, TraceSettings, Traces};
 
 use crate::config::TelemetryConfig;
 use lines::JsonLines;
@@ -20,6 +22,8 @@ pub struct Telemetry {
     pub metrics: Metrics,
     pub requests: RequestRecorder,
     pub events: EventWriter,
+    /// OpenTelemetry traces, when configured.
+    pub traces: Option<Traces>,
     access_log: Option<JsonLines>,
 }
 
@@ -37,14 +41,21 @@ pub struct AccessRecord<'a> {
 }
 
 impl Telemetry {
-    pub fn new(config: &TelemetryConfig) -> std::io::Result<Self> {
+    pub fn new(config: &TelemetryConfig, traces: Option<TraceSettings>) -> std::io::Result<Self> {
         let metrics = Metrics::new();
         let events = EventWriter::start(&config.events, metrics.events_dropped.clone())?;
         let access_log = match config.access_log {
             true => Some(JsonLines::start("palisade-access", &config.access_log_sink, metrics.events_dropped.clone())?),
             false => None,
         };
-        Ok(Telemetry { metrics, requests: RequestRecorder::default(), events, access_log })
+        let traces = traces.map(|settings| {
+            let counters = TraceCounters {
+                exported: metrics.trace_spans_exported.clone(),
+                dropped: metrics.trace_spans_dropped.clone(),
+            };
+            Traces::new(settings, counters)
+        });
+        Ok(Telemetry { metrics, requests: RequestRecorder::default(), events, traces, access_log })
     }
 
     pub fn access_log_enabled(&self) -> bool {

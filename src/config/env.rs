@@ -18,6 +18,10 @@ const NOT_OVERRIDES: &[&str] = &["PALISADE_LOG"];
 /// Where the environment comes from; tests pass a map instead of touching the process.
 pub trait Env {
     fn vars(&self) -> Vec<(String, String)>;
+
+    fn var(&self, name: &str) -> Option<String> {
+        self.vars().into_iter().find_map(|(k, v)| (k == name).then_some(v))
+    }
 }
 
 pub struct ProcessEnv;

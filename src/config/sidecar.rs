@@ -309,8 +309,9 @@ impl Serialize for ControlPlaneAddress {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct TelemetryConfig {
+    /// OpenTelemetry traces over OTLP; the standard `OTEL_*` variables also apply.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub otlp: Option<serde_yaml::Value>,
+    pub otlp: Option<OtlpConfig>,
     pub events: EventsConfig,
     /// One JSON line per request, apart from the security events.
     pub access_log: bool,
@@ -327,6 +328,73 @@ impl Default for TelemetryConfig {
             access_log: true,
             access_log_sink: EventSink::Stderr,
         }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct OtlpConfig {
+    /// The collector: `http://host:4317` for gRPC, `http://host:4318` for HTTP/protobuf.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// The share of traces started here that are recorded (a caller's decision is followed).
+    #[serde(deserialize_with = "ratio")]
+    pub sampling: f64,
+    /// `service.name` of this sidecar's spans; `<serviceAccount>.<namespace>` by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Option<String>,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        OtlpConfig {
+            endpoint: "http://localhost:4317".into(),
+            protocol: OtlpProtocol::Grpc,
+            sampling: 0.01,
+            service_name: None,
+        }
+    }
+}
+
+fn ratio<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    let value = f64::deserialize(d)?;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(serde::de::Error::custom(format!("expected a ratio from 0 to 1, got {value}")))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OtlpProtocol {
+    #[default]
+    Grpc,
+    HttpProtobuf,
+}
+
+impl std::str::FromStr for OtlpProtocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "grpc" => Ok(OtlpProtocol::Grpc),
+            "http/protobuf" | "http" => Ok(OtlpProtocol::HttpProtobuf),
+            _ => Err(format!("expected grpc or http/protobuf, got {s:?}")),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for OtlpProtocol {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for OtlpProtocol {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match self {
+            OtlpProtocol::Grpc => "grpc",
+            OtlpProtocol::HttpProtobuf => "http/protobuf",
+        })
     }
 }
 

@@ -57,8 +57,11 @@ impl ControlPlane {
             }
         }
         let telemetry = Arc::new(
-            Telemetry::new(&TelemetryConfig { events: config.events.clone(), access_log: false, ..Default::default() })
-                .context("events.sink")?,
+            Telemetry::new(
+                &TelemetryConfig { events: config.events.clone(), access_log: false, ..Default::default() },
+                None,
+            )
+            .context("events.sink")?,
         );
         let runtime = runtime(1)?;
         let grpc_listener = bind(config.grpc.listen.0, "grpc.listen")?;

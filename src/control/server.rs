@@ -49,6 +49,7 @@ impl PolicyService {
             method: "POST".into(),
             path: STREAM_PATH.into(),
             request_id: String::new(),
+            trace_id: None,
         });
         Status::permission_denied(message)
     }

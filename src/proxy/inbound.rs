@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use opentelemetry::trace::SpanKind;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::ALPN;
@@ -86,6 +87,7 @@ impl Inbound {
             method: req.method.to_string(),
             path: path.to_string(),
             request_id: ctx.id.as_str().to_string(),
+            trace_id: ctx.trace_id(),
         });
     }
 }
@@ -139,6 +141,7 @@ impl ProxyHttp for Inbound {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<bool> {
+        record::start_span(&self.telemetry, SpanKind::Server, session, &mut ctx.request);
         let policy = self.policy.current();
         let req = session.req_header();
         // A request id from a meshed peer is kept, so one id follows the request end to end.
@@ -174,12 +177,14 @@ impl ProxyHttp for Inbound {
         if let Err(denied) = authorized {
             ctx.request.decision = "deny";
             self.denied_event(session, &ctx.request, 403, &denied.policy, &denied.rule, false, view.path);
+            ctx.request.decided_by = Some((denied.policy, denied.rule));
             return Err(ErrorKind::Forbidden.fail("denied by policy"));
         }
         // 5. Rate limits.
         if let Err(limited) = policy.rate_limit(&view) {
             ctx.request.decision = "rate_limited";
             self.denied_event(session, &ctx.request, 429, &limited.policy, &limited.limit, false, view.path);
+            ctx.request.decided_by = Some((limited.policy.clone(), limited.limit.clone()));
             ctx.request.limited = Some(limited);
             return Err(ErrorKind::RateLimited.fail("rate limited"));
         }
@@ -237,7 +242,7 @@ impl ProxyHttp for Inbound {
             upstream.insert_header(XFCC_HEADER, peer.xfcc.clone())?;
         }
         upstream.insert_header(REQUEST_ID_HEADER, ctx.request.id.header_value())?;
-        Ok(())
+        record::propagate(upstream, &ctx.request)
     }
 
     fn fail_to_connect(
@@ -262,7 +267,7 @@ impl ProxyHttp for Inbound {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InboundCtx) {
         let principal = peer_identity(session).map(|p| p.id.as_str()).unwrap_or("");
-        record::finish(&self.telemetry, "inbound", session, principal, &ctx.request);
+        record::finish(&self.telemetry, "inbound", session, principal, principal, &mut ctx.request);
     }
 }
 

@@ -57,6 +57,11 @@ impl MeshConnector {
         self.target
     }
 
+    /// The identity the server must present, when it is known.
+    pub fn expected(&self) -> Option<&SpiffeId> {
+        self.expected.as_ref()
+    }
+
     /// Keeps connections apart by destination, expected identity and credential generation: a
     /// new trust bundle or certificate means new connections.
     pub fn pool_key(&self) -> u64 {

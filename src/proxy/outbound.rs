@@ -7,6 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use opentelemetry::trace::SpanKind;
 use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::ALPN;
@@ -130,6 +131,7 @@ impl ProxyHttp for Outbound {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutboundCtx) -> pingora::Result<bool> {
+        record::start_span(&self.telemetry, SpanKind::Client, session, &mut ctx.request);
         ctx.request.id = RequestId::from_header(session.req_header().headers.get(REQUEST_ID_HEADER));
         ctx.connector = Some(self.resolve(session).await?);
         Ok(false)
@@ -159,7 +161,7 @@ impl ProxyHttp for Outbound {
             upstream.insert_header(ORIG_PROTO_HEADER, "HTTP/1.1")?;
         }
         upstream.insert_header(REQUEST_ID_HEADER, ctx.request.id.header_value())?;
-        Ok(())
+        record::propagate(upstream, &ctx.request)
     }
 
     fn fail_to_connect(
@@ -183,6 +185,7 @@ impl ProxyHttp for Outbound {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut OutboundCtx) {
-        record::finish(&self.telemetry, "outbound", session, "", &ctx.request);
+        let expected = ctx.connector.as_ref().and_then(|c| c.expected()).map(SpiffeId::as_str).unwrap_or("");
+        record::finish(&self.telemetry, "outbound", session, "", expected, &mut ctx.request);
     }
 }

@@ -1,14 +1,19 @@
 //! Per-request bookkeeping shared by both directions: the context, and metric labels that cost
 //! no allocation.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use opentelemetry::trace::SpanKind;
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
 use super::RequestId;
 use crate::policy::Limited;
-use crate::telemetry::{AccessRecord, Telemetry};
+use crate::telemetry::{AccessRecord, RequestSpan, SpanEnd, Telemetry};
+
+const TRACEPARENT: &str = "traceparent";
+const TRACESTATE: &str = "tracestate";
 
 /// State carried across the phases of one request.
 pub struct RequestCtx {
@@ -18,12 +23,51 @@ pub struct RequestCtx {
     pub decision: &'static str,
     /// Set when a rate limit refused the request: the 429 carries its headers.
     pub limited: Option<Limited>,
+    /// The policy and rule (or limit) that decided, when one refused the request.
+    pub decided_by: Option<(Arc<str>, Arc<str>)>,
+    /// This hop's span, when traces are on.
+    pub span: Option<RequestSpan>,
 }
 
 impl RequestCtx {
     pub fn new() -> Self {
-        RequestCtx { id: RequestId::NONE, started: Instant::now(), decision: "allow", limited: None }
+        RequestCtx {
+            id: RequestId::NONE,
+            started: Instant::now(),
+            decision: "allow",
+            limited: None,
+            decided_by: None,
+            span: None,
+        }
     }
+
+    pub fn trace_id(&self) -> Option<String> {
+        self.span.as_ref().map(RequestSpan::trace_id)
+    }
+}
+
+/// Starts this hop's span (inbound: a server span; outbound: a client span), continuing the
+/// caller's trace.
+pub fn start_span(telemetry: &Telemetry, kind: SpanKind, session: &Session, ctx: &mut RequestCtx) {
+    if let Some(traces) = &telemetry.traces {
+        let req = session.req_header();
+        ctx.span = Some(traces.start(method_label(&req.method), kind, &req.headers));
+    }
+}
+
+/// Names this hop's span as the parent of the next one; without traces, the caller's
+/// `traceparent` passes through untouched.
+pub fn propagate(upstream: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
+    if let Some(span) = &ctx.span {
+        upstream.insert_header(TRACEPARENT, span.traceparent())?;
+        match span.tracestate() {
+            Some(state) => upstream.insert_header(TRACESTATE, state)?,
+            None => {
+                upstream.remove_header(TRACESTATE);
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Default for RequestCtx {
@@ -55,8 +99,17 @@ pub fn status_label(code: u16) -> &'static str {
     labels.get(code as usize).map(String::as_str).unwrap_or("other")
 }
 
-/// Counts the request and its duration once it has ended.
-pub fn finish(telemetry: &Telemetry, direction: &'static str, session: &Session, principal: &str, ctx: &RequestCtx) {
+/// Counts the request and its duration once it has ended, and ends its span. `principal` is
+/// the caller's (inbound); `peer` is the other side's identity for the span (the caller
+/// inbound, the server outbound).
+pub fn finish(
+    telemetry: &Telemetry,
+    direction: &'static str,
+    session: &Session,
+    principal: &str,
+    peer: &str,
+    ctx: &mut RequestCtx,
+) {
     let code = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
     let method = method_label(&session.req_header().method);
     telemetry.requests.record(
@@ -80,6 +133,31 @@ pub fn finish(telemetry: &Telemetry, direction: &'static str, session: &Session,
             source: session.client_addr().and_then(|a| a.as_inet()).copied(),
             principal,
             decision: ctx.decision,
+            request_id: ctx.id.as_str(),
+        });
+    }
+    if let Some(span) = ctx.span.take() {
+        let req = session.req_header();
+        let authority = req
+            .uri
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()));
+        let server = (direction == "outbound").then_some(authority).flatten().map(|a| match a.rsplit_once(':') {
+            Some((host, port)) if port.parse::<u16>().is_ok() => (host, port.parse().unwrap_or(80)),
+            _ => (a, 80),
+        });
+        span.end(SpanEnd {
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            status: code,
+            protocol: if session.is_http2() { "2" } else { "1.1" },
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            server,
+            decision: ctx.decision,
+            policy: ctx.decided_by.as_ref().map(|(p, _)| &**p),
+            rule: ctx.decided_by.as_ref().map(|(_, r)| &**r),
+            principal: peer,
             request_id: ctx.id.as_str(),
         });
     }

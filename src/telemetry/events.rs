@@ -34,6 +34,8 @@ pub enum SecurityEvent {
         method: String,
         path: String,
         request_id: String,
+        /// The request's trace, when traces are on: `metadata.correlation_uid` in OCSF.
+        trace_id: Option<String>,
     },
 }
 
@@ -110,7 +112,18 @@ fn ocsf(event: &SecurityEvent) -> Value {
             format!("policy update rejected; version {kept_version} stays in force"),
             json!({"unmapped": {"errors": errors}}),
         ),
-        SecurityEvent::RequestDenied { status, policy, rule, audit, principal, source, method, path, request_id } => (
+        SecurityEvent::RequestDenied {
+            status,
+            policy,
+            rule,
+            audit,
+            principal,
+            source,
+            method,
+            path,
+            request_id,
+            ..
+        } => (
             http_activity(method),
             if *audit { 1 } else { 2 },
             if *audit { 1 } else { 2 },
@@ -139,7 +152,17 @@ fn ocsf(event: &SecurityEvent) -> Value {
                      "version": env!("CARGO_PKG_VERSION")}},
     });
     merge(&mut record, extra);
+    if let Some(trace_id) = trace_id(event) {
+        record["metadata"]["correlation_uid"] = json!(trace_id);
+    }
     record
+}
+
+fn trace_id(event: &SecurityEvent) -> Option<&str> {
+    match event {
+        SecurityEvent::RequestDenied { trace_id, .. } => trace_id.as_deref(),
+        _ => None,
+    }
 }
 
 /// OCSF HTTP Activity's activity_id for a method (99: other).
@@ -196,7 +219,18 @@ fn ecs(event: &SecurityEvent) -> Value {
             format!("policy update rejected; version {kept_version} stays in force"),
             json!({"error": {"message": errors.join("; ")}}),
         ),
-        SecurityEvent::RequestDenied { status, policy, rule, audit, principal, source, method, path, request_id } => (
+        SecurityEvent::RequestDenied {
+            status,
+            policy,
+            rule,
+            audit,
+            principal,
+            source,
+            method,
+            path,
+            request_id,
+            ..
+        } => (
             if *audit { "request-audit-deny" } else { "request-denied" },
             if *audit { "success" } else { "failure" },
             "web",
@@ -216,6 +250,9 @@ fn ecs(event: &SecurityEvent) -> Value {
         "observer": {"product": "Palisade", "version": env!("CARGO_PKG_VERSION")},
     });
     merge(&mut record, extra);
+    if let Some(trace_id) = trace_id(event) {
+        record["trace"] = json!({"id": trace_id});
+    }
     record
 }
 

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub policy_version: IntGaugeVec,
     pub policy_updates: IntCounterVec,
     pub control_plane_connected: prometheus::IntGauge,
+    pub trace_spans_exported: prometheus::IntCounter,
+    pub trace_spans_dropped: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -74,6 +76,14 @@ impl Metrics {
             "1 while the policy stream to the control plane is open.",
         )
         .expect("metric");
+        let trace_spans_exported =
+            prometheus::IntCounter::new("palisade_trace_spans_exported_total", "Spans the OTLP collector accepted.")
+                .expect("metric");
+        let trace_spans_dropped = prometheus::IntCounter::new(
+            "palisade_trace_spans_dropped_total",
+            "Sampled spans dropped: the export queue was full, or the collector refused or did not answer.",
+        )
+        .expect("metric");
         let build_info =
             IntGaugeVec::new(Opts::new("palisade_build_info", "Build information."), &["version"]).expect("metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -90,6 +100,8 @@ impl Metrics {
             Box::new(policy_version.clone()),
             Box::new(policy_updates.clone()),
             Box::new(control_plane_connected.clone()),
+            Box::new(trace_spans_exported.clone()),
+            Box::new(trace_spans_dropped.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(c).expect("metric registers once");
@@ -106,6 +118,8 @@ impl Metrics {
             policy_version,
             policy_updates,
             control_plane_connected,
+            trace_spans_exported,
+            trace_spans_dropped,
         }
     }
 

@@ -298,12 +298,28 @@ impl Pair {
     }
 
     pub async fn start_with_app(app: EchoApp) -> Pair {
+        Self::start_configured(app, |_| {}, |_| {}).await
+    }
+
+    /// As [`Pair::start_with_app`], with a last word on each sidecar's configuration.
+    pub async fn start_configured(
+        app: EchoApp,
+        adjust_a: impl FnOnce(&mut SidecarConfig),
+        adjust_b: impl FnOnce(&mut SidecarConfig),
+    ) -> Pair {
         let pki = Pki::new();
         let files_a = pki.workload("a", &id("shop", "frontend"));
         let files_b = pki.workload("b", &id("shop", "orders"));
-        let b = start_sidecar(sidecar_config(&files_b, app.addr));
+        let mut config_b = sidecar_config(&files_b, app.addr);
+        config_b.workload.namespace = "shop".into();
+        config_b.workload.service_account = "orders".into();
+        adjust_b(&mut config_b);
+        let b = start_sidecar(config_b);
         let mut config_a = sidecar_config(&files_a, "127.0.0.1:9".parse().unwrap());
         config_a.outbound.destinations = vec![route(B_AUTHORITY, b.inbound, Some(&id("shop", "orders")))];
+        config_a.workload.namespace = "shop".into();
+        config_a.workload.service_account = "frontend".into();
+        adjust_a(&mut config_a);
         let a = start_sidecar(config_a);
         Pair { pki, a, b, app }
     }

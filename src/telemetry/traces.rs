@@ -1,0 +1,505 @@
+//! OpenTelemetry traces: one span per request and direction, W3C `traceparent`/`tracestate`
+//! extracted and injected (B3 accepted), parent-based ratio sampling, and OTLP export (gRPC or
+//! HTTP/protobuf) from a task of its own.
+//!
+//! The SDK makes the spans; ended spans go into a bounded queue that the export task drains in
+//! batches. A request never waits on the collector: when the queue is full the span is dropped
+//! and counted (`palisade_trace_spans_dropped_total`).
+
+use std::borrow::Cow;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue};
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::{
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
+    TracerProvider as _,
+};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::Resource;
+use prometheus::IntCounter;
+use tokio::sync::mpsc;
+
+use crate::config::{Env, OtlpConfig, OtlpProtocol, WorkloadConfig};
+
+/// Ended spans waiting for export; past it spans are dropped (OTel's default queue size).
+const QUEUE: usize = 2048;
+const BATCH: usize = 512;
+const BATCH_DELAY: Duration = Duration::from_secs(1);
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and how traces go, after the standard `OTEL_*` variables are applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceSettings {
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// The sampler of `OTEL_TRACES_SAMPLER` (`parentbased_traceidratio` unless set).
+    pub sampler: SamplerChoice,
+    pub service_name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum SamplerChoice {
+    AlwaysOn,
+    AlwaysOff,
+    Ratio(f64),
+    ParentBased(ParentRoot),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ParentRoot {
+    AlwaysOn,
+    AlwaysOff,
+    Ratio(f64),
+}
+
+impl TraceSettings {
+    /// Traces are on when `telemetry.otlp` is set or an OTLP endpoint variable is; the variables
+    /// win over the file (as `PALISADE_*` ones do), and `OTEL_SDK_DISABLED=true` or
+    /// `OTEL_TRACES_EXPORTER=none` turn traces off.
+    pub fn resolve(
+        config: Option<&OtlpConfig>,
+        env: &dyn Env,
+        workload: &WorkloadConfig,
+    ) -> Result<Option<TraceSettings>, String> {
+        let var = |name: &str| env.var(name).filter(|v| !v.trim().is_empty());
+        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
+        {
+            return Ok(None);
+        }
+        let env_endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        if config.is_none() && env_endpoint.is_none() {
+            return Ok(None);
+        }
+        let defaults = OtlpConfig::default();
+        let config = config.unwrap_or(&defaults);
+        let protocol = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL")) {
+            Some(p) => p.parse().map_err(|e| format!("OTEL_EXPORTER_OTLP_PROTOCOL: {e}"))?,
+            None => config.protocol,
+        };
+        let endpoint = env_endpoint.unwrap_or_else(|| config.endpoint.clone());
+        let ratio = |arg: Option<String>| -> Result<f64, String> {
+            match arg {
+                None => Ok(config.sampling),
+                Some(a) => match a.trim().parse::<f64>() {
+                    Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                    _ => Err(format!("OTEL_TRACES_SAMPLER_ARG: expected a ratio from 0 to 1, got {a:?}")),
+                },
+            }
+        };
+        let arg = var("OTEL_TRACES_SAMPLER_ARG");
+        let sampler = match var("OTEL_TRACES_SAMPLER").as_deref().map(str::trim) {
+            None | Some("parentbased_traceidratio") => SamplerChoice::ParentBased(ParentRoot::Ratio(ratio(arg)?)),
+            Some("parentbased_always_on") => SamplerChoice::ParentBased(ParentRoot::AlwaysOn),
+            Some("parentbased_always_off") => SamplerChoice::ParentBased(ParentRoot::AlwaysOff),
+            Some("traceidratio") => SamplerChoice::Ratio(ratio(arg)?),
+            Some("always_on") => SamplerChoice::AlwaysOn,
+            Some("always_off") => SamplerChoice::AlwaysOff,
+            Some(other) => {
+                return Err(format!(
+                    "OTEL_TRACES_SAMPLER: {other:?} is not one of always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio"
+                ))
+            }
+        };
+        let service_name = var("OTEL_SERVICE_NAME")
+            .or_else(|| config.service_name.clone())
+            .unwrap_or_else(|| format!("{}.{}", workload.service_account, workload.namespace));
+        Ok(Some(TraceSettings { endpoint, protocol, sampler, service_name }))
+    }
+
+    fn sampler(&self) -> Sampler {
+        let root = |r: ParentRoot| match r {
+            ParentRoot::AlwaysOn => Sampler::AlwaysOn,
+            ParentRoot::AlwaysOff => Sampler::AlwaysOff,
+            ParentRoot::Ratio(r) => Sampler::TraceIdRatioBased(r),
+        };
+        match self.sampler {
+            SamplerChoice::AlwaysOn => Sampler::AlwaysOn,
+            SamplerChoice::AlwaysOff => Sampler::AlwaysOff,
+            SamplerChoice::Ratio(r) => Sampler::TraceIdRatioBased(r),
+            SamplerChoice::ParentBased(r) => Sampler::ParentBased(Box::new(root(r))),
+        }
+    }
+}
+
+/// Hands ended spans to the export task without waiting; a full queue drops the span.
+#[derive(Debug)]
+struct QueueProcessor {
+    queue: mpsc::Sender<SpanData>,
+    dropped: IntCounter,
+}
+
+impl SpanProcessor for QueueProcessor {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if self.queue.try_send(span).is_err() {
+            self.dropped.inc();
+        }
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// The metrics the export path keeps.
+#[derive(Clone)]
+pub struct TraceCounters {
+    pub exported: IntCounter,
+    pub dropped: IntCounter,
+}
+
+pub struct Traces {
+    settings: TraceSettings,
+    tracer: SdkTracer,
+    /// Kept alive: it owns the processor the tracer reports to.
+    _provider: SdkTracerProvider,
+    resource: Resource,
+    queue: Mutex<Option<mpsc::Receiver<SpanData>>>,
+    counters: TraceCounters,
+    propagator: TraceContextPropagator,
+}
+
+impl Traces {
+    pub fn new(settings: TraceSettings, counters: TraceCounters) -> Traces {
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let resource = Resource::builder_empty()
+            .with_service_name(settings.service_name.clone())
+            .with_attributes([KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))])
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(QueueProcessor { queue: sender, dropped: counters.dropped.clone() })
+            .with_sampler(settings.sampler())
+            .with_resource(resource.clone())
+            .build();
+        let tracer = provider.tracer("palisade");
+        Traces {
+            settings,
+            tracer,
+            _provider: provider,
+            resource,
+            queue: Mutex::new(Some(receiver)),
+            counters,
+            propagator: TraceContextPropagator::new(),
+        }
+    }
+
+    pub fn settings(&self) -> &TraceSettings {
+        &self.settings
+    }
+
+    /// Starts a span for a request, a child of the caller's context when it sent one.
+    pub fn start(&self, name: &'static str, kind: SpanKind, headers: &HeaderMap) -> RequestSpan {
+        let parent = self.propagator.extract(&Headers(headers));
+        let parent = if parent.span().span_context().is_valid() {
+            parent
+        } else {
+            match b3(headers) {
+                Some(remote) => Context::new().with_remote_span_context(remote),
+                None => parent,
+            }
+        };
+        let span =
+            self.tracer.span_builder(Cow::Borrowed(name)).with_kind(kind).start_with_context(&self.tracer, &parent);
+        RequestSpan { span }
+    }
+
+    /// Drains the queue into the exporter until the queue closes. Runs on the sidecar's
+    /// runtime; the exporter is built here because tonic's needs one.
+    pub async fn export(&self) {
+        let Some(mut queue) = self.queue.lock().expect("queue lock").take() else { return };
+        let mut exporter = match build_exporter(&self.settings) {
+            Ok(exporter) => exporter,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build the OTLP exporter; spans will be dropped");
+                while let Some(_span) = queue.recv().await {
+                    self.counters.dropped.inc();
+                }
+                return;
+            }
+        };
+        exporter.set_resource(&self.resource);
+        let mut batch = Vec::with_capacity(BATCH);
+        while let Some(first) = queue.recv().await {
+            batch.push(first);
+            let deadline = tokio::time::Instant::now() + BATCH_DELAY;
+            while batch.len() < BATCH {
+                match tokio::time::timeout_at(deadline, queue.recv()).await {
+                    Ok(Some(span)) => batch.push(span),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            let count = batch.len() as u64;
+            let spans = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(spans)).await {
+                Ok(Ok(())) => self.counters.exported.inc_by(count),
+                Ok(Err(e)) => {
+                    self.counters.dropped.inc_by(count);
+                    tracing::debug!(error = %e, spans = count, "trace export failed; spans dropped");
+                }
+                Err(_) => {
+                    self.counters.dropped.inc_by(count);
+                    tracing::debug!(spans = count, "trace export timed out; spans dropped");
+                }
+            }
+        }
+    }
+}
+
+fn build_exporter(settings: &TraceSettings) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    let built = match settings.protocol {
+        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(settings.endpoint.clone())
+            .with_timeout(EXPORT_TIMEOUT)
+            .build(),
+        OtlpProtocol::HttpProtobuf => {
+            // Given programmatically, the endpoint is used as written: add the traces path.
+            let endpoint = match settings.endpoint.trim_end_matches('/') {
+                e if e.ends_with("/v1/traces") => e.to_string(),
+                e => format!("{e}/v1/traces"),
+            };
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .with_endpoint(endpoint)
+                .with_timeout(EXPORT_TIMEOUT)
+                .build()
+        }
+    };
+    built.map_err(|e| e.to_string())
+}
+
+/// One request's span. Attributes are only built when the span is sampled.
+pub struct RequestSpan {
+    span: opentelemetry_sdk::trace::Span,
+}
+
+/// What a finished request adds to its span.
+pub struct SpanEnd<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub status: u16,
+    pub protocol: &'static str,
+    pub client: Option<std::net::SocketAddr>,
+    pub server: Option<(&'a str, u16)>,
+    pub decision: &'static str,
+    pub policy: Option<&'a str>,
+    pub rule: Option<&'a str>,
+    pub principal: &'a str,
+    pub request_id: &'a str,
+}
+
+impl RequestSpan {
+    pub fn context(&self) -> &SpanContext {
+        self.span.span_context()
+    }
+
+    /// The trace id as 32 hex digits, for events and logs.
+    pub fn trace_id(&self) -> String {
+        self.context().trace_id().to_string()
+    }
+
+    /// `traceparent` naming this span as the parent of the next hop; its sampled flag carries
+    /// the decision, so every hop samples the same traces.
+    pub fn traceparent(&self) -> HeaderValue {
+        use std::io::Write;
+        let cx = self.context();
+        let mut buf = [0u8; 55];
+        let mut out = &mut buf[..];
+        let flags = cx.trace_flags().to_u8() & TraceFlags::SAMPLED.to_u8();
+        write!(out, "00-{}-{}-{flags:02x}", cx.trace_id(), cx.span_id()).expect("55 bytes hold a traceparent");
+        HeaderValue::from_bytes(&buf).expect("hex digits and dashes")
+    }
+
+    /// `tracestate` to pass on, when the caller sent one.
+    pub fn tracestate(&self) -> Option<HeaderValue> {
+        let state = self.context().trace_state().header();
+        (!state.is_empty()).then(|| HeaderValue::from_str(&state).ok()).flatten()
+    }
+
+    pub fn end(mut self, end: SpanEnd<'_>) {
+        if self.span.is_recording() {
+            let mut attributes = Vec::with_capacity(12);
+            attributes.push(KeyValue::new("http.request.method", end.method.to_string()));
+            attributes.push(KeyValue::new("url.path", end.path.to_string()));
+            attributes.push(KeyValue::new("http.response.status_code", end.status as i64));
+            attributes.push(KeyValue::new("network.protocol.name", "http"));
+            attributes.push(KeyValue::new("network.protocol.version", end.protocol));
+            if let Some(client) = end.client {
+                attributes.push(KeyValue::new("client.address", client.ip().to_string()));
+                attributes.push(KeyValue::new("client.port", client.port() as i64));
+            }
+            if let Some((host, port)) = end.server {
+                attributes.push(KeyValue::new("server.address", host.to_string()));
+                attributes.push(KeyValue::new("server.port", port as i64));
+            }
+            attributes.push(KeyValue::new("palisade.decision", end.decision));
+            if let Some(policy) = end.policy {
+                attributes.push(KeyValue::new("palisade.policy", policy.to_string()));
+            }
+            if let Some(rule) = end.rule {
+                attributes.push(KeyValue::new("palisade.rule", rule.to_string()));
+            }
+            if !end.principal.is_empty() {
+                attributes.push(KeyValue::new("palisade.peer.principal", end.principal.to_string()));
+            }
+            attributes.push(KeyValue::new("palisade.request_id", end.request_id.to_string()));
+            self.span.set_attributes(attributes);
+            // Server spans fail on 5xx, client spans on any 4xx or 5xx (semantic conventions).
+            let client_span = end.server.is_some();
+            if end.status >= 500 || end.status == 0 || (client_span && end.status >= 400) {
+                self.span.set_status(Status::error(""));
+            }
+        }
+        self.span.end();
+    }
+}
+
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// A B3 parent (single `b3` header or the `x-b3-*` ones), for callers that do not speak W3C.
+fn b3(headers: &HeaderMap) -> Option<SpanContext> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let (trace, span, sampled) = match text("b3") {
+        Some(single) => {
+            let mut parts = single.split('-');
+            let (trace, span) = (parts.next()?, parts.next()?);
+            (trace, span, parts.next())
+        }
+        None => (text("x-b3-traceid")?, text("x-b3-spanid")?, text("x-b3-sampled")),
+    };
+    // 64-bit B3 trace ids are left-padded to W3C's 128 bits.
+    let trace_id = match trace.len() {
+        16 | 32 => TraceId::from_hex(trace).ok()?,
+        _ => return None,
+    };
+    let span_id = (span.len() == 16).then(|| SpanId::from_hex(span).ok()).flatten()?;
+    let flags = match sampled {
+        Some("1" | "d" | "true") => TraceFlags::SAMPLED,
+        _ => TraceFlags::default(),
+    };
+    let context = SpanContext::new(trace_id, span_id, flags, true, TraceState::default());
+    context.is_valid().then_some(context)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn resolve(config: Option<OtlpConfig>, env: &[(&str, &str)]) -> Result<Option<TraceSettings>, String> {
+        let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let workload =
+            WorkloadConfig { namespace: "shop".into(), service_account: "orders".into(), labels: BTreeMap::new() };
+        TraceSettings::resolve(config.as_ref(), &env, &workload)
+    }
+
+    #[test]
+    fn otel_variables_turn_traces_on_override_the_file_and_are_checked() {
+        assert_eq!(resolve(None, &[]).unwrap(), None);
+        let on = resolve(None, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")]).unwrap().unwrap();
+        assert_eq!(on.endpoint, "http://collector:4317");
+        assert_eq!(on.service_name, "orders.shop");
+        assert_eq!(on.sampler, SamplerChoice::ParentBased(ParentRoot::Ratio(0.01)));
+
+        let file = OtlpConfig {
+            endpoint: "http://file:4318".into(),
+            protocol: OtlpProtocol::HttpProtobuf,
+            sampling: 0.5,
+            service_name: None,
+        };
+        let s = resolve(Some(file.clone()), &[]).unwrap().unwrap();
+        assert_eq!((s.endpoint.as_str(), s.protocol), ("http://file:4318", OtlpProtocol::HttpProtobuf));
+        assert_eq!(s.sampler, SamplerChoice::ParentBased(ParentRoot::Ratio(0.5)));
+        let s = resolve(
+            Some(file.clone()),
+            &[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                ("OTEL_SERVICE_NAME", "orders-sidecar"),
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ],
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!((s.endpoint.as_str(), s.protocol), ("http://env:4317", OtlpProtocol::Grpc));
+        assert_eq!((s.service_name.as_str(), s.sampler), ("orders-sidecar", SamplerChoice::Ratio(0.25)));
+        assert_eq!(resolve(Some(file.clone()), &[("OTEL_SDK_DISABLED", "true")]).unwrap(), None);
+        assert_eq!(resolve(Some(file.clone()), &[("OTEL_TRACES_EXPORTER", "none")]).unwrap(), None);
+        assert!(resolve(Some(file.clone()), &[("OTEL_TRACES_SAMPLER", "sometimes")])
+            .unwrap_err()
+            .contains("OTEL_TRACES_SAMPLER"));
+        assert!(resolve(Some(file), &[("OTEL_TRACES_SAMPLER_ARG", "2")]).unwrap_err().contains("0 to 1"));
+    }
+
+    #[test]
+    fn b3_parents_are_accepted_in_both_forms() {
+        let mut single = HeaderMap::new();
+        single.insert("b3", HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"));
+        let cx = b3(&single).unwrap();
+        assert_eq!(cx.trace_id().to_string(), "80f198ee56343ba864fe8b2a57d3eff7");
+        assert_eq!(cx.span_id().to_string(), "e457b5a2e4d86bd1");
+        assert!(cx.is_sampled() && cx.is_remote());
+
+        let mut multi = HeaderMap::new();
+        multi.insert("x-b3-traceid", HeaderValue::from_static("64fe8b2a57d3eff7"));
+        multi.insert("x-b3-spanid", HeaderValue::from_static("e457b5a2e4d86bd1"));
+        multi.insert("x-b3-sampled", HeaderValue::from_static("0"));
+        let cx = b3(&multi).unwrap();
+        assert_eq!(cx.trace_id().to_string(), "000000000000000064fe8b2a57d3eff7");
+        assert!(!cx.is_sampled());
+
+        let mut bad = HeaderMap::new();
+        bad.insert("b3", HeaderValue::from_static("zz-e457b5a2e4d86bd1-1"));
+        assert!(b3(&bad).is_none());
+    }
+
+    #[test]
+    fn a_span_continues_the_callers_trace_and_names_itself_as_the_next_parent() {
+        let dropped = IntCounter::new("d", "d").unwrap();
+        let settings = TraceSettings {
+            endpoint: "http://127.0.0.1:9".into(),
+            protocol: OtlpProtocol::Grpc,
+            sampler: SamplerChoice::ParentBased(ParentRoot::AlwaysOff),
+            service_name: "t".into(),
+        };
+        let traces = Traces::new(settings, TraceCounters { exported: IntCounter::new("e", "e").unwrap(), dropped });
+        let mut headers = HeaderMap::new();
+        headers
+            .insert("traceparent", HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+        headers.insert("tracestate", HeaderValue::from_static("vendor=x"));
+        let span = traces.start("GET", SpanKind::Server, &headers);
+        let parent = span.traceparent();
+        let parent = parent.to_str().unwrap();
+        assert!(parent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{parent}");
+        assert!(parent.ends_with("-01"), "a sampled parent makes a sampled child: {parent}");
+        assert!(!parent.contains("b7ad6b7169203331"), "a new span id");
+        assert_eq!(span.tracestate().unwrap(), "vendor=x");
+
+        // No parent: the root sampler (off here) decides, and the flag says so downstream.
+        let root = traces.start("GET", SpanKind::Server, &HeaderMap::new());
+        assert!(root.traceparent().to_str().unwrap().ends_with("-00"));
+    }
+}

@@ -1,0 +1,313 @@
+//! OpenTelemetry traces as a collector sees them: real OTLP receivers (gRPC with the official
+//! OTLP protobuf service, and HTTP/protobuf), a real sidecar pair, and real W3C and B3 headers.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use palisade::config::{OtlpConfig, OtlpProtocol, SidecarConfig};
+use prost::Message;
+use support::*;
+
+/// A span as received, with the service that sent it.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    trace_id: String,
+    span_id: String,
+    parent_span_id: String,
+    kind: i32,
+    name: String,
+    attributes: BTreeMap<String, String>,
+    error: bool,
+}
+
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Received>>>,
+}
+
+impl Collector {
+    fn take(&self, request: ExportTraceServiceRequest) {
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| r.attributes.iter())
+                .find(|a| a.key == "service.name")
+                .map(|a| value(a.value.as_ref()))
+                .unwrap_or_default();
+            for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
+                spans.push(Received {
+                    service: service.clone(),
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    kind: span.kind,
+                    name: span.name.clone(),
+                    attributes: span.attributes.iter().map(|a| (a.key.clone(), value(a.value.as_ref()))).collect(),
+                    error: span.status.as_ref().is_some_and(|s| s.code == 2),
+                });
+            }
+        }
+    }
+
+    fn spans(&self) -> Vec<Received> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, count: usize) -> Vec<Received> {
+        let arrived = eventually(Duration::from_secs(10), || async { self.spans().len() >= count }).await;
+        assert!(arrived, "{count} spans arrived; have {:?}", self.spans());
+        self.spans()
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn value(v: Option<&opentelemetry_proto::tonic::common::v1::AnyValue>) -> String {
+    match v.and_then(|v| v.value.as_ref()) {
+        Some(AnyValue::StringValue(s)) => s.clone(),
+        Some(AnyValue::IntValue(i)) => i.to_string(),
+        Some(AnyValue::BoolValue(b)) => b.to_string(),
+        Some(AnyValue::DoubleValue(d)) => d.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.take(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+/// An OTLP/gRPC receiver on loopback.
+async fn grpc_collector() -> (Collector, SocketAddr) {
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = TraceServiceServer::new(collector.clone());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (collector, addr)
+}
+
+/// An OTLP/HTTP receiver: `POST /v1/traces` with a protobuf body.
+async fn http_collector() -> (Collector, SocketAddr) {
+    use http_body_util::BodyExt;
+    let collector = Collector::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let shared = collector.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let collector = shared.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let collector = collector.clone();
+                    async move {
+                        let ok = req.uri().path() == "/v1/traces"
+                            && req.headers().get("content-type").is_some_and(|v| v == "application/x-protobuf");
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let status = match (ok, ExportTraceServiceRequest::decode(body)) {
+                            (true, Ok(request)) => {
+                                collector.take(request);
+                                200
+                            }
+                            _ => 400,
+                        };
+                        let reply = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+                        Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder()
+                                .status(status)
+                                .header("content-type", "application/x-protobuf")
+                                .body(http_body_util::Full::new(bytes::Bytes::from(reply)))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (collector, addr)
+}
+
+fn otlp(endpoint: String, protocol: OtlpProtocol, sampling: f64) -> impl Fn(&mut SidecarConfig) {
+    move |c: &mut SidecarConfig| {
+        c.telemetry.otlp = Some(OtlpConfig { endpoint: endpoint.clone(), protocol, sampling, service_name: None });
+    }
+}
+
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_trace_crosses_both_sidecars_with_the_right_parents_and_attributes() {
+    let (collector, addr) = grpc_collector().await;
+    let endpoint = format!("http://{addr}");
+    let app = EchoApp::start().await;
+    let events = tempfile::NamedTempFile::new().unwrap();
+    let events_path = events.path().to_path_buf();
+    let pair = Pair::start_configured(app, otlp(endpoint.clone(), OtlpProtocol::Grpc, 0.01), |c| {
+        otlp(endpoint.clone(), OtlpProtocol::Grpc, 0.01)(c);
+        c.telemetry.events.sink = palisade::config::EventSink::File(events_path.clone());
+    })
+    .await;
+
+    // App A's own span is the caller's traceparent; the sampled flag makes both sidecars record
+    // even at 1% sampling (parent-based).
+    let seen: Seen = http_client()
+        .get(pair.url("/orders/7?x=1"))
+        .header("host", B_AUTHORITY)
+        .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
+        .header("tracestate", "acme=1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let spans = collector.wait_for(2).await;
+    let outbound = spans.iter().find(|s| s.kind == SpanKind::Client as i32).expect("sidecar A's client span");
+    let inbound = spans.iter().find(|s| s.kind == SpanKind::Server as i32).expect("sidecar B's server span");
+
+    assert_eq!((outbound.trace_id.as_str(), inbound.trace_id.as_str()), (CALLER_TRACE, CALLER_TRACE));
+    assert_eq!(outbound.parent_span_id, CALLER_SPAN, "A's span is the parent of sidecar A's");
+    assert_eq!(inbound.parent_span_id, outbound.span_id, "sidecar A's span is the parent of sidecar B's");
+    let at_app = seen.header("traceparent").expect("app B got a traceparent");
+    assert_eq!(at_app, format!("00-{CALLER_TRACE}-{}-01", inbound.span_id), "B's span is a child of sidecar B's");
+    assert_eq!(seen.header("tracestate"), Some("acme=1"));
+
+    assert_eq!((outbound.service.as_str(), inbound.service.as_str()), ("frontend.shop", "orders.shop"));
+    assert_eq!(outbound.name, "GET");
+    for span in [outbound, inbound] {
+        assert_eq!(span.attributes["http.request.method"], "GET");
+        assert_eq!(span.attributes["url.path"], "/orders/7");
+        assert_eq!(span.attributes["http.response.status_code"], "200");
+        assert_eq!(span.attributes["palisade.decision"], "allow");
+        assert_eq!(span.attributes["palisade.request_id"], seen.header("x-request-id").unwrap());
+        assert!(!span.error);
+    }
+    assert_eq!(inbound.attributes["palisade.peer.principal"], id("shop", "frontend"));
+    assert_eq!(outbound.attributes["palisade.peer.principal"], id("shop", "orders"));
+    assert_eq!(outbound.attributes["server.address"], "orders.shop");
+    assert_eq!(inbound.attributes["network.protocol.version"], "2", "sidecars speak HTTP/2 to each other");
+    assert!(inbound.attributes.contains_key("client.address"));
+    drop(events);
+    pair.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_names_its_policy_and_rule_and_the_event_carries_the_trace_id() {
+    let (collector, addr) = grpc_collector().await;
+    let sidecar = PolicedSidecar::start_with(&policy("orders-api", DENY_ADMIN_LIMIT_ONE), |c| {
+        otlp(format!("http://{addr}"), OtlpProtocol::Grpc, 1.0)(c)
+    })
+    .await;
+    let answer = sidecar.send("frontend", "GET", "/admin/users", &[]).await;
+    assert_eq!(answer.status, 403);
+    let spans = collector.wait_for(1).await;
+    let span = &spans[0];
+    assert_eq!(span.attributes["palisade.decision"], "deny");
+    assert_eq!(span.attributes["palisade.policy"], "shop/orders-api");
+    assert_eq!(span.attributes["palisade.rule"], "no-admin");
+    assert_eq!(span.attributes["http.response.status_code"], "403");
+    assert!(!span.error, "a 403 is the server doing its job, not a server error");
+
+    let event = sidecar.events().into_iter().find(|e| e["firewall_rule"]["name"] == "no-admin").expect("a deny event");
+    assert_eq!(event["metadata"]["correlation_uid"], span.trace_id.as_str());
+    assert_eq!(event["metadata"]["product"]["name"], "Palisade", "the rest of metadata stays");
+    sidecar.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_follows_the_ratio_for_new_traces_and_the_callers_decision_otherwise() {
+    let (collector, addr) = grpc_collector().await;
+    let single = Single::start(otlp(format!("http://{addr}"), OtlpProtocol::Grpc, 0.25)).await;
+    let client = single.https();
+    let mut flagged = 0;
+    for _ in 0..400 {
+        let seen: Seen = client.get(single.url("/")).send().await.unwrap().json().await.unwrap();
+        if seen.header("traceparent").unwrap().ends_with("-01") {
+            flagged += 1;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let recorded = collector.spans().len();
+    // 400 draws at 0.25: mean 100, standard deviation about 8.7.
+    assert!((55..=145).contains(&recorded), "{recorded} of 400 sampled at 0.25");
+    assert_eq!(flagged, recorded, "the app is told exactly which traces are sampled");
+
+    // A caller's decision is followed, both ways.
+    for (flag, expected) in [("01", 20), ("00", 0)] {
+        let before = collector.spans().len();
+        for i in 0..20 {
+            let parent = format!("00-{CALLER_TRACE}-{:016x}-{flag}", i + 1);
+            client.get(single.url("/")).header("traceparent", parent).send().await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(collector.spans().len() - before, expected, "parent flag {flag}");
+    }
+
+    // B3 is accepted as the parent when no traceparent is sent.
+    let before = collector.spans().len();
+    client.get(single.url("/")).header("b3", format!("{CALLER_TRACE}-{CALLER_SPAN}-1")).send().await.unwrap();
+    let spans = collector.wait_for(before + 1).await;
+    assert_eq!(spans[before].trace_id, CALLER_TRACE);
+    assert_eq!(spans[before].parent_span_id, CALLER_SPAN);
+    single.sidecar.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_protobuf_export_works_and_a_dead_collector_costs_only_dropped_spans() {
+    let (collector, addr) = http_collector().await;
+    let single = Single::start(otlp(format!("http://{addr}"), OtlpProtocol::HttpProtobuf, 1.0)).await;
+    let status = single.https().get(single.url("/over-http")).send().await.unwrap().status();
+    assert_eq!(status, 200);
+    let spans = collector.wait_for(1).await;
+    assert_eq!(spans[0].attributes["url.path"], "/over-http");
+    assert_eq!(spans[0].service, "default.default");
+    single.sidecar.shutdown();
+
+    // Nothing listens at the collector's address: every request still succeeds, and every
+    // sampled span is counted as dropped.
+    let dead = free_port();
+    let single = Single::start(otlp(format!("http://127.0.0.1:{dead}"), OtlpProtocol::Grpc, 1.0)).await;
+    let client = single.https();
+    for _ in 0..200 {
+        assert_eq!(client.get(single.url("/")).send().await.unwrap().status(), 200);
+    }
+    let metrics = format!("http://{}/metrics", single.sidecar.admin);
+    let counted = eventually(Duration::from_secs(15), || {
+        let metrics = metrics.clone();
+        async move {
+            let text = http_client().get(metrics).send().await.unwrap().text().await.unwrap();
+            text.contains("palisade_trace_spans_dropped_total 200")
+                && text.contains("palisade_trace_spans_exported_total 0")
+        }
+    })
+    .await;
+    assert!(counted, "all 200 spans counted as dropped");
+    single.sidecar.shutdown();
+}
