@@ -39,6 +39,9 @@
 #   bench/pair.sh                           # 1000 req/s, 16 connections, 15 s
 #   RATE=2000 CONNS=32 DURATION=30s bench/pair.sh
 #   POLICY_RULES=20 bench/pair.sh           # sidecar B enforces a 20-rule policy and two rate limits
+#   TELEMETRY=full bench/pair.sh            # both sidecars: 1% of traces to a live OTLP receiver
+#                                           # (examples/otlp_sink), security events and access log
+#                                           # to files (off by default: metrics only, no access log)
 # Other overrides: WARMUP (2s), BASE_PORT (27000), PALISADE_THREADS (1), KEEP_TMP=1,
 #   SKIP_INSTALL=1 (do not try apt/cargo), SKIP_BUILD=1 (use the existing release binary).
 set -euo pipefail
@@ -69,6 +72,9 @@ P_NGX_A=$((BASE_PORT + 201))       # nginx A (plaintext in)
 P_NGX_A_STATUS=$((BASE_PORT + 290))
 P_NGX_B=$((BASE_PORT + 206))       # nginx B (mTLS in)
 P_NGX_B_STATUS=$((BASE_PORT + 296))
+P_OTLP=$((BASE_PORT + 150))        # OTLP/gRPC receiver (TELEMETRY=full)
+TELEMETRY=${TELEMETRY:-off}
+OTLP_SINK="$ROOT/target/release/examples/otlp_sink"
 
 PIDS=()           # palisade processes we started
 NGINX_PIDFILES=() # nginx masters we started
@@ -108,6 +114,7 @@ build_palisade() {
     if [[ ${SKIP_BUILD:-0} != 1 ]]; then
         log "building palisade (release)"
         (cd "$ROOT" && cargo build --release --quiet)
+        if [[ $TELEMETRY == full ]]; then (cd "$ROOT" && cargo build --release --quiet --example otlp_sink); fi
     fi
     [[ -x $PALISADE ]] || die "no $PALISADE"
 }
@@ -249,8 +256,18 @@ outbound:
 admin: {listen: "127.0.0.1:$admin"}
 threads: $PALISADE_THREADS
 drainPeriod: 1s
-telemetry: {accessLog: false}
 EOF
+    if [[ $TELEMETRY == full ]]; then
+        cat >> "$TMP/$name.yaml" <<EOF
+telemetry:
+  accessLog: true
+  accessLogSink: "file:$TMP/$name-access.jsonl"
+  events: {sink: "file:$TMP/$name-events.jsonl", format: ocsf}
+  otlp: {endpoint: "http://127.0.0.1:$P_OTLP", protocol: grpc, sampling: 0.01}
+EOF
+    else
+        echo "telemetry: {accessLog: false}" >> "$TMP/$name.yaml"
+    fi
     if [[ $name == b && ${POLICY_RULES:-0} -gt 0 ]]; then
         write_policy "$TMP/policy.yaml" "$POLICY_RULES"
         cat >> "$TMP/$name.yaml" <<EOF
@@ -485,6 +502,11 @@ main() {
     measure direct "http://127.0.0.1:$P_APP/" "app=$app_pids" "app_conns=ngx:$P_APP_STATUS"
 
     # b) palisade pair
+    if [[ $TELEMETRY == full ]]; then
+        [[ -x $OTLP_SINK ]] || die "no $OTLP_SINK (cargo build --release --example otlp_sink)"
+        "$OTLP_SINK" "127.0.0.1:$P_OTLP" "$TMP/spans.count" > "$OUT/logs/otlp-sink.log" 2>&1 &
+        PIDS+=("$!")
+    fi
     write_sidecar_conf b "$TMP/pki/b" "$P_B_ADMIN" "$P_B_OUT" "$P_B_IN" "$P_APP"
     write_sidecar_conf a "$TMP/pki/a" "$P_A_ADMIN" "$P_A_OUT" "$P_A_IN" "$P_A_APP" \
         "[{authority: b.demo, address: \"127.0.0.1:$P_B_IN\", identity: \"spiffe://demo.local/ns/demo/sa/b\"}]"
@@ -504,6 +526,16 @@ main() {
     curl -sS --max-time 2 "http://127.0.0.1:$P_A_ADMIN/metrics" > "$OUT/raw/palisade-a.metrics" || true
     curl -sS --max-time 2 "http://127.0.0.1:$P_B_ADMIN/metrics" > "$OUT/raw/palisade-b.metrics" || true
     stop_pid "$pa"; stop_pid "$pb"
+    if [[ $TELEMETRY == full ]]; then
+        sleep 1.5   # the sink writes its count once a second
+        local exported dropped
+        exported=$(cat "$OUT"/raw/palisade-[ab].metrics | awk '/^palisade_trace_spans_exported_total/ {s += $2} END {print s + 0}')
+        dropped=$(cat "$OUT"/raw/palisade-[ab].metrics | awk '/^palisade_trace_spans_dropped_total/ {s += $2} END {print s + 0}')
+        echo "full: 1% sampled traces to a live OTLP/gRPC receiver (it received $(cat "$TMP/spans.count" 2>/dev/null || echo '?') spans; at the end of the run the sidecars had counted $exported exported, $dropped dropped), security events and access log as JSON lines to files, metrics" > "$TMP/telemetry.txt"
+    else
+        echo "metrics only (no traces, no access log; no security events occur)" > "$TMP/telemetry.txt"
+    fi
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
     PIDS=()
 
     # c) nginx pair
@@ -527,7 +559,7 @@ main() {
 }
 
 report() {  # WALL_SECONDS LOAD_PHASE_SECONDS PALISADE_REVISION
-    python3 - "$OUT/raw" "$TMP/measure.txt" "$TMP/ready.txt" "$CLK_TCK" \
+    TELEMETRY_NOTE=$(cat "$TMP/telemetry.txt") python3 - "$OUT/raw" "$TMP/measure.txt" "$TMP/ready.txt" "$CLK_TCK" \
         "$RATE" "$CONNS" "$DURATION" "$WARMUP" "$PALISADE_THREADS" "$1" "$2" "$3" <<'PY'
 import json, sys, datetime, os, subprocess
 raw, measure_f, ready_f, tck, rate, conns, dur, warm, threads, wall, load_wall, rev = sys.argv[1:13]
@@ -586,6 +618,7 @@ print(f"- load: {version(['oha', '--version'], 'stdout')}, `-q {rate} -c {conns}
 print(f"- machine: {os.cpu_count()} CPUs ({cpu}), 1-min load average at start {os.environ['LOAD_AT_START']}; "
       f"{version(['nginx', '-v'], 'stderr').split(': ')[-1]}; Palisade threads: {threads}, nginx worker_processes 1")
 print(f"- palisade: {version([os.environ['PALISADE'], '--version'], 'stdout')} built from {rev}")
+print(f"- Palisade telemetry: {os.environ['TELEMETRY_NOTE']}")
 print(f"- script wall time {wall} s (load phase {load_wall} s)")
 print()
 print("| run | 200 / all responses | other errors | achieved req/s | p50 ms | p99 ms | p99.9 ms | max ms | machine busy / oha / other |")

@@ -97,7 +97,9 @@ impl Parts {
             bail!("identity.controlPlane: certificates from the control plane's CA are not yet available in this version; use identity.files");
         }
         if !config.inbound.allow_permissive && config.inbound.mtls == MtlsMode::PERMISSIVE {
-            bail!("inbound.mtls: PERMISSIVE contradicts inbound.allowPermissive: false; use STRICT or allow PERMISSIVE");
+            bail!(
+                "inbound.mtls: PERMISSIVE contradicts inbound.allowPermissive: false; use STRICT or allow PERMISSIVE"
+            );
         }
         if config.threads == 0 {
             bail!("threads: must be at least 1");

@@ -1,6 +1,7 @@
-//! `palisade demo`: a whole mesh on loopback. Two demo services, each with its own sidecar
-//! process, a development PKI in a temporary directory, traffic through the mesh, attacks that
-//! must fail, and a summary. Runs until Ctrl-C, or exits after the summary with `--once`.
+//! `palisade demo`: a whole mesh on loopback. A control plane process serving a policy directory,
+//! two demo services each with its own sidecar process, a development PKI in a temporary
+//! directory, traffic through the mesh, attacks that must fail, a live policy edit, and a
+//! summary. Runs until Ctrl-C, or exits after the summary with `--once`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -49,6 +50,72 @@ struct Ports {
     orders_app: u16,
     a: [u16; 3],
     b: [u16; 3],
+    /// The control plane's gRPC and admin ports.
+    control: [u16; 2],
+}
+
+const CONTROL_ID: &str = "spiffe://demo.local/ns/palisade-system/sa/palisade-control";
+
+/// The orders service's policy as the operator first writes it, and after the live edit.
+fn orders_policy(also_closed: &[&str]) -> String {
+    let mut closed = vec!["\"/admin*\"".to_string()];
+    closed.extend(also_closed.iter().map(|p| format!("\"{p}*\"")));
+    format!(
+        "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: orders-api, namespace: demo}}\nspec:\n  selector: {{matchLabels: {{app: orders}}}}\n  authorization:\n    rules:\n      - {{name: closed-paths, action: DENY, to: {{paths: [{}]}}}}\n      - {{name: frontend-calls, action: ALLOW, from: {{principals: [\"spiffe://{TRUST_DOMAIN}/ns/demo/sa/frontend\"]}}}}\n  rateLimits:\n    - {{name: per-caller, key: source.principal, rate: 100, per: 1s, burst: 200}}\n",
+        closed.join(", ")
+    )
+}
+
+/// A control plane child process; stopped with SIGTERM when dropped.
+struct ControlProcess {
+    child: Child,
+    admin: SocketAddr,
+}
+
+impl Drop for ControlProcess {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                eprintln!("stopped the control plane");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!("stopped the control plane (killed: it did not stop in 5 s)");
+    }
+}
+
+fn spawn_control(
+    dir: &Path,
+    files: &WorkloadFiles,
+    policies: &Path,
+    [grpc, admin]: [u16; 2],
+) -> anyhow::Result<ControlProcess> {
+    let config = dir.join("control.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "trustDomain: {TRUST_DOMAIN}\nidentity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\ngrpc: {{listen: \"127.0.0.1:{grpc}\"}}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\npolicies: {{dir: \"{}\", pollInterval: 100ms}}\nevents: {{sink: \"file:{}\"}}\n",
+            files.cert.display(),
+            files.key.display(),
+            files.trust_bundle.display(),
+            policies.display(),
+            dir.join("control.events.jsonl").display()
+        ),
+    )?;
+    let child = Command::new(std::env::current_exe()?)
+        .arg("control")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("control.log"))?)
+        .spawn()?;
+    Ok(ControlProcess { child, admin: loopback(admin) })
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -103,6 +170,7 @@ fn sidecar_yaml(
     app: u16,
     [inbound, outbound, admin]: [u16; 3],
     routes: &str,
+    control: u16,
 ) -> String {
     format!(
         r#"identity:
@@ -114,7 +182,8 @@ outbound:
   destinations: {routes}
 admin: {{listen: "127.0.0.1:{admin}"}}
 workload: {{namespace: demo, serviceAccount: {sa}, labels: {{app: {sa}}}}}
-telemetry: {{events: {{sink: stdout, format: ocsf}}}}
+policy: {{controlPlane: "https://127.0.0.1:{control}", failMode: closed}}
+telemetry: {{events: {{sink: stdout, format: ocsf}}, accessLog: false}}
 "#,
         files.cert.display(),
         files.key.display(),
@@ -148,6 +217,7 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
     let orders_id = format!("spiffe://{TRUST_DOMAIN}/ns/demo/sa/orders");
     let frontend_files = ca.issue_to(&LeafSpec::workload(&frontend_id), &dir.path().join("frontend"))?;
     let orders_files = ca.issue_to(&LeafSpec::workload(&orders_id), &dir.path().join("orders"))?;
+    let control_files = ca.issue_to(&LeafSpec::workload(CONTROL_ID), &dir.path().join("control"))?;
     let rogue = DevCa::generate(TRUST_DOMAIN)?;
     let rogue_files = rogue.issue_to(&LeafSpec::workload(&frontend_id), &dir.path().join("rogue"))?;
 
@@ -156,7 +226,18 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
         orders_app: free_port()?,
         a: [free_port()?, free_port()?, free_port()?],
         b: [free_port()?, free_port()?, free_port()?],
+        control: [free_port()?, free_port()?],
     };
+
+    // The control plane and the directory it serves (a ConfigMap in Kubernetes).
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies)?;
+    let policy_file = policies.join("orders.yaml");
+    write_atomically(&policy_file, &orders_policy(&[]))?;
+    let control = spawn_control(dir.path(), &control_files, &policies, ports.control)?;
+    if !wait_ready(control.admin, Duration::from_secs(15)).await {
+        anyhow::bail!("the control plane did not become ready; its log is in {}", dir.path().display());
+    }
 
     // The two demo services.
     let (stop, stop_rx) = watch::channel(false);
@@ -187,13 +268,13 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
     let sidecar_b = spawn_sidecar(
         "sidecar-orders",
         dir.path(),
-        &sidecar_yaml(&orders_files, "orders", ports.orders_app, ports.b, "[]"),
+        &sidecar_yaml(&orders_files, "orders", ports.orders_app, ports.b, "[]", ports.control[0]),
         ports.b[2],
     )?;
     let sidecar_a = spawn_sidecar(
         "sidecar-frontend",
         dir.path(),
-        &sidecar_yaml(&frontend_files, "frontend", ports.frontend_app, ports.a, &routes_a),
+        &sidecar_yaml(&frontend_files, "frontend", ports.frontend_app, ports.a, &routes_a, ports.control[0]),
         ports.a[2],
     )?;
     for sidecar in [&sidecar_a, &sidecar_b] {
@@ -207,8 +288,14 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
         "Palisade demo: a two-service mesh on loopback, trust domain {TRUST_DOMAIN} (ready in {} ms)\n",
         ready_after.as_millis()
     );
-    println!("  frontend app 127.0.0.1:{}  ->  sidecar A (outbound :{})  == mTLS, HTTP/2 ==>  sidecar B (inbound :{})  ->  orders app 127.0.0.1:{}\n",
+    println!("  frontend app 127.0.0.1:{}  ->  sidecar A (outbound :{})  == mTLS, HTTP/2 ==>  sidecar B (inbound :{})  ->  orders app 127.0.0.1:{}",
         ports.frontend_app, ports.a[1], ports.b[0], ports.orders_app);
+    println!(
+        "  control plane (gRPC :{}, admin :{}) pushes each sidecar the policies that select it, from {}\n",
+        ports.control[0],
+        ports.control[1],
+        policies.display()
+    );
 
     let mut all_good = true;
     let mut check = |ok: bool, line: String| {
@@ -258,7 +345,59 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
         format!("a server whose identity is not the expected one refused by sidecar A ({})", describe(&impostor)),
     );
 
-    // 3. What the sidecars reported.
+    // 3. Policy from the control plane, and a live edit.
+    let admin_path = http_get(loopback(ports.a[1]), ORDERS_AUTHORITY, "/admin/users").await;
+    check(
+        matches!(admin_path, Ok((403, _))),
+        format!(
+            "GET /admin/users refused by policy demo/orders-api, pushed by the control plane ({})",
+            describe(&admin_path)
+        ),
+    );
+    let status = control_status(control.admin).await;
+    check(
+        status["summary"]["synced"] == 2,
+        format!(
+            "control plane /status: {} sidecars connected, {} synced (version {})",
+            status["summary"]["connected"], status["summary"]["synced"], status["policies"]["version"]
+        ),
+    );
+    let before = http_get(loopback(ports.a[1]), ORDERS_AUTHORITY, "/orders/export").await;
+    let edited = Instant::now();
+    write_atomically(&policy_file, &orders_policy(&["/orders/export"]))?;
+    let mut enforced = None;
+    while edited.elapsed() < Duration::from_secs(5) {
+        if let Ok((403, _)) = http_get(loopback(ports.a[1]), ORDERS_AUTHORITY, "/orders/export").await {
+            enforced = Some(edited.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    check(
+        matches!(before, Ok((200, _))) && enforced.is_some(),
+        format!(
+            "policy edit (close /orders/export) enforced by sidecar B {} after the file changed (before: {})",
+            enforced.map_or("never".to_string(), |d| format!("{} ms", d.as_millis())),
+            describe(&before)
+        ),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let status = control_status(control.admin).await;
+    let orders_entry =
+        status["sidecars"].as_array().and_then(|all| all.iter().find(|s| s["identity"] == orders_id.as_str()));
+    let frontend_entry =
+        status["sidecars"].as_array().and_then(|all| all.iter().find(|s| s["identity"] == frontend_id.as_str()));
+    check(
+        orders_entry.is_some_and(|s| s["pushes"] == 2 && s["state"] == "synced")
+            && frontend_entry.is_some_and(|s| s["pushes"] == 1),
+        format!(
+            "/status: orders ACKed version {} (2 pushes); frontend, not selected by the edit, got no push ({} push)",
+            orders_entry.map_or(serde_json::Value::Null, |s| s["acked"]["version"].clone()),
+            frontend_entry.map_or(serde_json::Value::Null, |s| s["pushes"].clone())
+        ),
+    );
+
+    // 4. What the sidecars reported.
     tokio::time::sleep(Duration::from_millis(200)).await;
     for sidecar in [&sidecar_a, &sidecar_b] {
         let metrics = http_get(sidecar.admin, "localhost", "/metrics").await.map(|(_, b)| b).unwrap_or_default();
@@ -300,6 +439,14 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
             "  curl http://127.0.0.1:{}/config_dump                # sidecar A's effective configuration",
             ports.a[2]
         );
+        println!(
+            "  curl http://127.0.0.1:{}/status                     # the control plane: every sidecar and the version it ACKed",
+            ports.control[1]
+        );
+        println!(
+            "  edit {} and watch /status              # the change is pushed to the sidecars it selects",
+            policy_file.display()
+        );
         println!("  files (certificates, configs, logs, events): {}", dir.path().display());
         println!("Press Ctrl-C to stop.");
         tokio::signal::ctrl_c().await?;
@@ -308,7 +455,20 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
     stop.send_replace(true);
     drop(sidecar_a);
     drop(sidecar_b);
+    drop(control);
     Ok(all_good)
+}
+
+async fn control_status(admin: SocketAddr) -> serde_json::Value {
+    let body = http_get(admin, "localhost", "/status").await.map(|(_, b)| b).unwrap_or_default();
+    serde_json::from_str(&body).unwrap_or_default()
+}
+
+/// Replaces a file in one step, as a ConfigMap update does.
+fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
 
 fn describe<T: std::fmt::Debug>(r: &Result<(u16, T), anyhow::Error>) -> String {

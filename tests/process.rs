@@ -282,5 +282,9 @@ fn the_demo_runs_a_mesh_and_passes_its_checks() {
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("20/20 requests"), "{stdout}");
     assert!(stdout.contains("plaintext to sidecar B refused"), "{stdout}");
+    assert!(stdout.contains("pushed by the control plane (HTTP 403)"), "{stdout}");
+    assert!(stdout.contains("2 sidecars connected, 2 synced"), "{stdout}");
+    assert!(stdout.contains("policy edit (close /orders/export) enforced by sidecar B"), "{stdout}");
     assert!(stdout.contains("all checks passed"), "{stdout}");
+    assert!(!stdout.contains("FAIL"), "{stdout}");
 }

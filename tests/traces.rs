@@ -239,6 +239,30 @@ async fn a_refused_request_names_its_policy_and_rule_and_the_event_carries_the_t
     assert_eq!(event["metadata"]["correlation_uid"], span.trace_id.as_str());
     assert_eq!(event["metadata"]["product"]["name"], "Palisade", "the rest of metadata stays");
     sidecar.shutdown();
+
+    // ECS carries it as trace.id.
+    let sidecar = PolicedSidecar::start_with(&policy("orders-api", DENY_ADMIN_LIMIT_ONE), |c| {
+        otlp(format!("http://{addr}"), OtlpProtocol::Grpc, 1.0)(c);
+        c.telemetry.events.format = palisade::config::EventFormat::Ecs;
+    })
+    .await;
+    let parent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    assert_eq!(sidecar.send("frontend", "GET", "/admin", &[("traceparent", &parent)]).await.status, 403);
+    let event = eventually_event(&sidecar, |e| e["rule"]["name"] == "no-admin").await;
+    assert_eq!(event["trace"]["id"], CALLER_TRACE);
+    assert_eq!(event["rule"]["name"], "no-admin");
+    sidecar.shutdown();
+}
+
+/// The first event that `wanted` picks, once the event writer has written it.
+async fn eventually_event(sidecar: &PolicedSidecar, wanted: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    for _ in 0..100 {
+        if let Some(found) = sidecar.events().into_iter().find(&wanted) {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no such event in {:?}", sidecar.events())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
