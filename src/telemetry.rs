@@ -62,19 +62,28 @@ impl Telemetry {
         self.access_log.is_some()
     }
 
+    /// One access log line, written straight into its buffer (no JSON value tree per request).
     pub fn access(&self, r: AccessRecord<'_>) {
+        use std::io::Write;
         let Some(lines) = &self.access_log else { return };
-        lines.send(serde_json::json!({
-            "time": events::now_millis(),
-            "direction": r.direction,
-            "method": r.method,
-            "path": r.path,
-            "status": r.status,
-            "duration_ms": (r.seconds * 1e6).round() / 1e3,
-            "source": r.source.map(|s| s.to_string()),
-            "principal": r.principal,
-            "decision": r.decision,
-            "request_id": r.request_id,
-        }));
+        let mut line = Vec::with_capacity(256);
+        let text = |line: &mut Vec<u8>, s: &str| serde_json::to_writer(line, s).expect("a string serialises");
+        let _ = write!(line, "{{\"time\":{},\"direction\":\"{}\",\"method\":", events::now_millis(), r.direction);
+        text(&mut line, r.method);
+        line.extend_from_slice(b",\"path\":");
+        text(&mut line, r.path);
+        let _ = write!(line, ",\"status\":{},\"duration_ms\":{:.3},\"source\":", r.status, r.seconds * 1e3);
+        match r.source {
+            Some(source) => {
+                let _ = write!(line, "\"{source}\"");
+            }
+            None => line.extend_from_slice(b"null"),
+        }
+        line.extend_from_slice(b",\"principal\":");
+        text(&mut line, r.principal);
+        let _ = write!(line, ",\"decision\":\"{}\",\"request_id\":", r.decision);
+        text(&mut line, r.request_id);
+        line.extend_from_slice(b"}\n");
+        lines.send_line(line);
     }
 }

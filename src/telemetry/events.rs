@@ -59,7 +59,7 @@ impl EventWriter {
 
     pub fn emit(&self, event: SecurityEvent) {
         let Some(lines) = &self.lines else { return };
-        lines.send(match self.format {
+        lines.send(&match self.format {
             EventFormat::Ocsf => ocsf(&event),
             EventFormat::Ecs => ecs(&event),
         });
