@@ -25,7 +25,9 @@ use tokio_stream::wrappers::ReceiverStream;
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 const CONTROL_ID: &str = "spiffe://cluster.local/ns/palisade-system/sa/palisade-control";
+/// Policy changes timed per run (`cargo bench`); a smoke run (`cargo test --benches`) does 3.
 const ROUNDS: usize = 20;
+const SMOKE_ROUNDS: usize = 3;
 /// Set when a run is over and its control plane stopped: streams ending then is no news.
 static RUN_OVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -172,7 +174,7 @@ impl Drop for Plane {
     }
 }
 
-async fn run(n: usize, dir: &Path, pki: &Path, ca: &DevCa) {
+async fn run(n: usize, rounds: usize, dir: &Path, pki: &Path, ca: &DevCa) {
     let policies = dir.join(format!("policies-{n}"));
     std::fs::create_dir_all(&policies).unwrap();
     let file = policies.join("orders.yaml");
@@ -245,8 +247,8 @@ async fn run(n: usize, dir: &Path, pki: &Path, ca: &DevCa) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (cpu_before, connected_rss, _) = usage(pid);
 
-    let mut latencies = Vec::with_capacity(ROUNDS);
-    for round in 1..=ROUNDS {
+    let mut latencies = Vec::with_capacity(rounds);
+    for round in 1..=rounds {
         acks.clear();
         let changed = Instant::now();
         write_atomically(&file, &policy(round));
@@ -266,24 +268,30 @@ async fn run(n: usize, dir: &Path, pki: &Path, ca: &DevCa) {
     latencies.sort();
     let per_thousand = 1000.0 / n as f64;
     println!(
-        "N={n:>5}  file change -> last ACK: p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms | connect all {:>6.0} ms | control plane: RSS idle {idle_rss:.1} MB, with streams {connected_rss:.1} MB (now {rss:.1}, peak {peak:.1}); CPU {:.3} s for {ROUNDS} pushes to every stream ({:.4} s per push round per 1,000 streams)",
+        "N={n:>5}  file change -> last ACK: p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms | connect all {:>6.0} ms | control plane: RSS idle {idle_rss:.1} MB, with streams {connected_rss:.1} MB (now {rss:.1}, peak {peak:.1}); CPU {:.3} s for {rounds} pushes to every stream ({:.4} s per push round per 1,000 streams)",
         percentile(&latencies, 0.5).as_secs_f64() * 1e3,
         percentile(&latencies, 0.99).as_secs_f64() * 1e3,
         latencies.last().unwrap().as_secs_f64() * 1e3,
         connect_time.as_secs_f64() * 1e3,
         cpu_after - cpu_before,
-        (cpu_after - cpu_before) / ROUNDS as f64 * per_thousand,
+        (cpu_after - cpu_before) / rounds as f64 * per_thousand,
     );
 }
 
 fn main() {
+    // `cargo bench` passes --bench; `cargo test --benches` runs this once as a smoke test.
+    let measuring = std::env::args().any(|a| a == "--bench");
     let counts: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let counts = if counts.is_empty() { vec![1, 100, 1000] } else { counts };
+    let (counts, rounds) = match (measuring, counts.is_empty()) {
+        (true, true) => (vec![1, 100, 1000], ROUNDS),
+        (true, false) => (counts, ROUNDS),
+        (false, _) => (vec![1, 10], SMOKE_ROUNDS),
+    };
     let dir = tempfile::tempdir().unwrap();
     let pki: PathBuf = dir.path().join("pki");
     let ca = DevCa::generate("cluster.local").unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     for n in counts {
-        runtime.block_on(run(n, dir.path(), &pki, &ca));
+        runtime.block_on(run(n, rounds, dir.path(), &pki, &ca));
     }
 }
