@@ -41,7 +41,8 @@
 #   POLICY_RULES=20 bench/pair.sh           # sidecar B enforces a 20-rule policy and two rate limits
 #   TELEMETRY=full bench/pair.sh            # both sidecars: 1% of traces to a live OTLP receiver
 #                                           # (examples/otlp_sink), security events and access log
-#                                           # to files (off by default: metrics only, no access log)
+#                                           # to files (off by default: metrics only, no access log);
+#                                           # TELEMETRY=traces or accesslog: only that one on
 # Other overrides: WARMUP (2s), BASE_PORT (27000), PALISADE_THREADS (1), KEEP_TMP=1,
 #   SKIP_INSTALL=1 (do not try apt/cargo), SKIP_BUILD=1 (use the existing release binary).
 set -euo pipefail
@@ -114,7 +115,7 @@ build_palisade() {
     if [[ ${SKIP_BUILD:-0} != 1 ]]; then
         log "building palisade (release)"
         (cd "$ROOT" && cargo build --release --quiet)
-        if [[ $TELEMETRY == full ]]; then (cd "$ROOT" && cargo build --release --quiet --example otlp_sink); fi
+        if [[ $TELEMETRY != off ]]; then (cd "$ROOT" && cargo build --release --quiet --example otlp_sink); fi
     fi
     [[ -x $PALISADE ]] || die "no $PALISADE"
 }
@@ -257,13 +258,17 @@ admin: {listen: "127.0.0.1:$admin"}
 threads: $PALISADE_THREADS
 drainPeriod: 1s
 EOF
-    if [[ $TELEMETRY == full ]]; then
+    if [[ $TELEMETRY != off ]]; then
+        local access=false otlp=""
+        [[ $TELEMETRY == full || $TELEMETRY == accesslog ]] && access=true
+        [[ $TELEMETRY == full || $TELEMETRY == traces ]] &&
+            otlp="  otlp: {endpoint: \"http://127.0.0.1:$P_OTLP\", protocol: grpc, sampling: 0.01}"
         cat >> "$TMP/$name.yaml" <<EOF
 telemetry:
-  accessLog: true
+  accessLog: $access
   accessLogSink: "file:$TMP/$name-access.jsonl"
   events: {sink: "file:$TMP/$name-events.jsonl", format: ocsf}
-  otlp: {endpoint: "http://127.0.0.1:$P_OTLP", protocol: grpc, sampling: 0.01}
+$otlp
 EOF
     else
         echo "telemetry: {accessLog: false}" >> "$TMP/$name.yaml"
@@ -502,7 +507,7 @@ main() {
     measure direct "http://127.0.0.1:$P_APP/" "app=$app_pids" "app_conns=ngx:$P_APP_STATUS"
 
     # b) palisade pair
-    if [[ $TELEMETRY == full ]]; then
+    if [[ $TELEMETRY != off ]]; then
         [[ -x $OTLP_SINK ]] || die "no $OTLP_SINK (cargo build --release --example otlp_sink)"
         "$OTLP_SINK" "127.0.0.1:$P_OTLP" "$TMP/spans.count" > "$OUT/logs/otlp-sink.log" 2>&1 &
         PIDS+=("$!")
@@ -526,12 +531,12 @@ main() {
     curl -sS --max-time 2 "http://127.0.0.1:$P_A_ADMIN/metrics" > "$OUT/raw/palisade-a.metrics" || true
     curl -sS --max-time 2 "http://127.0.0.1:$P_B_ADMIN/metrics" > "$OUT/raw/palisade-b.metrics" || true
     stop_pid "$pa"; stop_pid "$pb"
-    if [[ $TELEMETRY == full ]]; then
+    if [[ $TELEMETRY != off ]]; then
         sleep 1.5   # the sink writes its count once a second
         local exported dropped
         exported=$(cat "$OUT"/raw/palisade-[ab].metrics | awk '/^palisade_trace_spans_exported_total/ {s += $2} END {print s + 0}')
         dropped=$(cat "$OUT"/raw/palisade-[ab].metrics | awk '/^palisade_trace_spans_dropped_total/ {s += $2} END {print s + 0}')
-        echo "full: 1% sampled traces to a live OTLP/gRPC receiver (it received $(cat "$TMP/spans.count" 2>/dev/null || echo '?') spans; at the end of the run the sidecars had counted $exported exported, $dropped dropped), security events and access log as JSON lines to files, metrics" > "$TMP/telemetry.txt"
+        echo "$TELEMETRY: traces (1% sampled, to a live OTLP/gRPC receiver) $([[ $TELEMETRY == full || $TELEMETRY == traces ]] && echo on || echo off), access log (JSON lines to a file) $([[ $TELEMETRY == full || $TELEMETRY == accesslog ]] && echo on || echo off); the receiver got $(cat "$TMP/spans.count" 2>/dev/null || echo '?') spans (the sidecars had counted $exported exported, $dropped dropped at the end of the run); security events to a file; metrics" > "$TMP/telemetry.txt"
     else
         echo "metrics only (no traces, no access log; no security events occur)" > "$TMP/telemetry.txt"
     fi

@@ -13,7 +13,7 @@ pub use events::{EventWriter, SecurityEvent};
 pub use logging::LogLevel;
 pub use metrics::Metrics;
 pub use recorder::{Fnv1a, RequestRecorder};
-pub use traces::{RequestSpan, SpanEnd, TraceCounters, TraceSettings, Traces};
+pub use traces::{ParentRoot, RequestSpan, SamplerChoice, SpanEnd, TraceCounters, TraceSettings, Traces};
 
 use crate::config::TelemetryConfig;
 use lines::JsonLines;
