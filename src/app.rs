@@ -21,13 +21,35 @@ use crate::proxy::{serve, ConnectionTracker, Inbound, Outbound, Transport};
 use crate::telemetry::{LogLevel, SecurityEvent, Telemetry, TraceSettings};
 use crate::tls::{IdentityFiles, TlsStore, TrustDomains};
 
+/// A service running on a thread of its own, stopped through a watch channel.
+pub(crate) struct Running {
+    shutdown: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    pub(crate) fn new(shutdown: watch::Sender<bool>, thread: std::thread::JoinHandle<()>) -> Self {
+        Running { shutdown, thread: Some(thread) }
+    }
+
+    pub(crate) fn stop(&mut self) {
+        self.shutdown.send_replace(true);
+        self.wait();
+    }
+
+    pub(crate) fn wait(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// A running sidecar. Dropping it does not stop it; call [`Sidecar::shutdown`].
 pub struct Sidecar {
     pub inbound: SocketAddr,
     pub outbound: SocketAddr,
     pub admin: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    running: Running,
 }
 
 /// Options that differ between the `palisade sidecar` process and an embedded sidecar.
@@ -57,20 +79,17 @@ impl Sidecar {
         let thread = std::thread::Builder::new().name("palisade".into()).spawn(move || {
             runtime.block_on(run(config, parts, listeners, bound, sender, drain, options));
         })?;
-        Ok(Sidecar { inbound, outbound, admin, shutdown, thread: Some(thread) })
+        Ok(Sidecar { inbound, outbound, admin, running: Running::new(shutdown, thread) })
     }
 
     /// Stops accepting, lets in-flight requests finish (up to the drain period) and waits.
     pub fn shutdown(mut self) {
-        self.shutdown.send_replace(true);
-        self.wait();
+        self.running.stop();
     }
 
     /// Waits until the sidecar has stopped (after SIGTERM or `POST /shutdown`).
     pub fn wait(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.running.wait();
     }
 }
 

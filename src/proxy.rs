@@ -24,3 +24,11 @@ pub use serve::{serve, ConnectionTracker, Transport};
 pub(crate) const ORIG_PROTO_HEADER: &str = "palisade-orig-proto";
 pub(crate) const XFCC_HEADER: &str = "x-forwarded-client-cert";
 pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Where a request is addressed: the absolute-form authority, else the `Host` header.
+pub(crate) fn request_authority(req: &pingora::http::RequestHeader) -> Option<&str> {
+    req.uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+}

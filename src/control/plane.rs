@@ -17,7 +17,7 @@ use super::metrics::ControlMetrics;
 use super::proto::policy_discovery_server::PolicyDiscoveryServer;
 use super::server::PolicyService;
 use super::status::Registry;
-use crate::app::{bind, poll_files, runtime, stop_requested, RunOptions};
+use crate::app::{bind, poll_files, runtime, stop_requested, RunOptions, Running};
 use crate::config::{ControlConfig, TelemetryConfig};
 use crate::proxy::{serve, ConnectionTracker, Transport};
 use crate::telemetry::{SecurityEvent, Telemetry};
@@ -27,8 +27,7 @@ use crate::tls::{IdentityFiles, TlsStore, TrustDomains};
 pub struct ControlPlane {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    running: Running,
 }
 
 impl ControlPlane {
@@ -73,20 +72,17 @@ impl ControlPlane {
         let thread = std::thread::Builder::new().name("palisade-control".into()).spawn(move || {
             runtime.block_on(run(config, tls, telemetry, [grpc_listener, admin_listener], sender, options));
         })?;
-        Ok(ControlPlane { grpc, admin, shutdown, thread: Some(thread) })
+        Ok(ControlPlane { grpc, admin, running: Running::new(shutdown, thread) })
     }
 
     /// Closes every stream (sidecars reconnect elsewhere) and waits.
     pub fn shutdown(mut self) {
-        self.shutdown.send_replace(true);
-        self.wait();
+        self.running.stop();
     }
 
     /// Waits until the control plane has stopped (after SIGTERM).
     pub fn wait(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        self.running.wait();
     }
 }
 

@@ -76,12 +76,7 @@ impl Outbound {
     }
 
     async fn resolve(&self, session: &Session) -> Result<Arc<MeshConnector>, Box<Error>> {
-        let req = session.req_header();
-        let authority = req
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()));
+        let authority = super::request_authority(session.req_header());
         let route = authority.and_then(|a| self.route(a));
         if let Some(connector) = route.and_then(|r| r.connector.as_ref()) {
             return Ok(connector.clone());

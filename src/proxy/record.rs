@@ -138,14 +138,11 @@ pub fn finish(
     }
     if let Some(span) = ctx.span.take() {
         let req = session.req_header();
-        let authority = req
-            .uri
-            .authority()
-            .map(|a| a.as_str())
-            .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()));
-        let server = (direction == "outbound").then_some(authority).flatten().map(|a| match a.rsplit_once(':') {
-            Some((host, port)) if port.parse::<u16>().is_ok() => (host, port.parse().unwrap_or(80)),
-            _ => (a, 80),
+        let server = (direction == "outbound").then(|| super::request_authority(req)).flatten().map(|a| {
+            match a.rsplit_once(':') {
+                Some((host, port)) if port.parse::<u16>().is_ok() => (host, port.parse().unwrap_or(80)),
+                _ => (a, 80),
+            }
         });
         span.end(SpanEnd {
             method: req.method.as_str(),
