@@ -199,7 +199,13 @@ async fn run(
     let Parts { channel, telemetry, tls, policy, reload_interval } = parts;
     let [inbound_listener, outbound_listener, admin_listener] =
         listeners.map(|l| TcpListener::from_std(l).expect("listener joins the runtime"));
-    let conf = Arc::new(ServerConf::default());
+    // pingora builds a TLS connector per proxy and, without a CA file, parses the platform's
+    // whole public root store into it. Sidecars never use that connector (both hops are ours),
+    // and a mesh proxy should trust no public CA anyway: point it at the mesh's bundle.
+    let conf = Arc::new(ServerConf {
+        ca_file: Some(tls.files().trust_bundle.display().to_string()),
+        ..ServerConf::default()
+    });
     let readiness = Arc::new(Readiness::default());
     let data_path = ConnectionTracker::default();
 

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::config::EventSink;
 
-const QUEUE: usize = 4096;
+const QUEUE: usize = 1024;
 /// How long the writer rests after a batch: the most a line waits when lines keep coming.
 const REST: Duration = Duration::from_millis(10);
 
