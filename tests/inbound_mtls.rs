@@ -110,7 +110,7 @@ async fn permissive_mode_accepts_plaintext_without_a_principal_and_mtls_with_one
     assert_eq!(plain.path, "/plain");
     assert_eq!(plain.header("x-forwarded-client-cert"), None, "plaintext callers have no principal");
 
-    let mtls: Seen = https_client(Some(&client))
+    let mtls: Seen = https_client(Some(client))
         .get(format!("https://{}/tls", sidecar.inbound))
         .send()
         .await

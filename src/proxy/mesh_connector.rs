@@ -109,10 +109,13 @@ impl L4Connect for MeshConnector {
     }
 }
 
+/// A connector per destination and expected identity.
+type KnownConnectors = HashMap<(SocketAddr, Option<SpiffeId>), Arc<MeshConnector>>;
+
 /// Connectors for destinations learned per request (original destination or authority),
 /// made once per destination and identity.
 pub struct Connectors {
-    known: ArcSwap<HashMap<(SocketAddr, Option<SpiffeId>), Arc<MeshConnector>>>,
+    known: ArcSwap<KnownConnectors>,
     tls: Arc<TlsStore>,
     telemetry: Arc<Telemetry>,
 }
