@@ -202,10 +202,8 @@ async fn run(
     // pingora builds a TLS connector per proxy and, without a CA file, parses the platform's
     // whole public root store into it. Sidecars never use that connector (both hops are ours),
     // and a mesh proxy should trust no public CA anyway: point it at the mesh's bundle.
-    let conf = Arc::new(ServerConf {
-        ca_file: Some(tls.files().trust_bundle.display().to_string()),
-        ..ServerConf::default()
-    });
+    let conf =
+        Arc::new(ServerConf { ca_file: Some(tls.files().trust_bundle.display().to_string()), ..ServerConf::default() });
     let readiness = Arc::new(Readiness::default());
     let data_path = ConnectionTracker::default();
 

@@ -515,3 +515,18 @@ async fn fail_open_serves_without_a_policy_and_replicas_agree_on_versions() {
     a.stop();
     b.stop();
 }
+
+#[test]
+fn a_local_strict_pin_contradicting_a_local_permissive_mode_is_refused_at_start() {
+    let pki = Pki::new();
+    let files = pki.workload("orders", &id("shop", "orders"));
+    let mut config = sidecar_config(&files, "127.0.0.1:9".parse().unwrap());
+    config.inbound.mtls = palisade::config::MtlsMode::PERMISSIVE;
+    config.inbound.allow_permissive = false;
+    let options = palisade::app::RunOptions {
+        handle_signals: false,
+        log_level: palisade::telemetry::LogLevel::init_with("error"),
+    };
+    let error = palisade::app::Sidecar::start(config, options).err().expect("refused");
+    assert!(error.to_string().contains("inbound.allowPermissive"), "{error}");
+}
