@@ -92,12 +92,21 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     out
 }
 
-#[derive(Default)]
 struct FileState {
     /// Digest of the bytes last read, good or bad.
     seen: [u8; 32],
+    /// The current contents, parsed: their policies, or why they cannot be read.
+    parsed: Result<Vec<Arc<CatalogEntry>>, Vec<String>>,
+    /// The policies in force from this file: its last version that was taken.
     good: Vec<Arc<CatalogEntry>>,
+    /// Why the current contents are not in force; empty when they are.
     errors: Vec<String>,
+}
+
+impl Default for FileState {
+    fn default() -> Self {
+        FileState { seen: [0; 32], parsed: Ok(Vec::new()), good: Vec::new(), errors: Vec::new() }
+    }
 }
 
 /// Reads the directory and remembers each file's last good version.
@@ -155,28 +164,81 @@ impl PolicyDirectory {
                 continue;
             }
             changed = true;
-            let result = match contents {
+            let parsed = match contents {
                 Ok(text) => self.parse(&name, &text),
                 Err(e) => Err(vec![format!("{}: cannot read the file: {e}", self.dir.join(&name).display())]),
             };
-            let state = self.files.entry(name.clone()).or_default();
+            let state = self.files.entry(name).or_default();
             state.seen = digest;
-            match result {
-                Ok(entries) => {
-                    state.good = entries;
-                    state.errors.clear();
-                    outcome.accepted.push(name);
-                }
-                Err(errors) => {
-                    state.errors = errors.clone();
-                    outcome.rejected.push((name, errors));
-                }
-            }
+            state.parsed = parsed;
         }
         if changed {
+            self.settle(&mut outcome);
             outcome.catalog = Some(self.catalog());
         }
         outcome
+    }
+
+    /// Decides which files' current contents are taken, across the whole directory, every time
+    /// anything changed: a file refused because another file defined the same policy is taken
+    /// as soon as that other file no longer does. The policies in force never conflict: a
+    /// policy defined twice stays with the file that had it in force, else the first by name,
+    /// and the other file keeps its last good version.
+    fn settle(&mut self, outcome: &mut ScanOutcome) {
+        let key = |e: &CatalogEntry| (e.namespace.clone(), e.name.clone());
+        let mut refused: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        loop {
+            let mut owners: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
+            for (file, state) in &self.files {
+                let taken = match &state.parsed {
+                    Ok(entries) if !refused.contains_key(file) => entries,
+                    _ => &state.good,
+                };
+                for entry in taken {
+                    owners.entry(key(entry)).or_default().push(file);
+                }
+            }
+            let mut more = Vec::new();
+            for ((namespace, name), files) in owners.iter().filter(|(_, files)| files.len() > 1) {
+                let had_it =
+                    |f: &&str| self.files[*f].good.iter().any(|e| &e.namespace == namespace && &e.name == name);
+                let keeper = files.iter().copied().find(had_it).unwrap_or(files[0]).to_string();
+                for file in files.iter().filter(|f| **f != keeper) {
+                    more.push((
+                        file.to_string(),
+                        format!(
+                            "{}: metadata.name: policy {namespace}/{name} is also defined in {keeper}",
+                            self.dir.join(file).display()
+                        ),
+                    ));
+                }
+            }
+            if more.is_empty() {
+                break;
+            }
+            for (file, error) in more {
+                refused.entry(file).or_default().push(error);
+            }
+        }
+        for (file, state) in self.files.iter_mut() {
+            let errors = match (&state.parsed, refused.remove(file)) {
+                (Ok(_), Some(duplicates)) => duplicates,
+                (Ok(entries), None) => {
+                    if state.good.iter().map(|e| e.digest).ne(entries.iter().map(|e| e.digest))
+                        || !state.errors.is_empty()
+                    {
+                        outcome.accepted.push(file.clone());
+                    }
+                    state.good = entries.clone();
+                    Vec::new()
+                }
+                (Err(errors), _) => errors.clone(),
+            };
+            if !errors.is_empty() && errors != state.errors {
+                outcome.rejected.push((file.clone(), errors.clone()));
+            }
+            state.errors = errors;
+        }
     }
 
     /// Policy files by name: `*.yaml` and `*.yml`, symlinks followed, dot-entries skipped.
@@ -204,17 +266,13 @@ impl PolicyDirectory {
         let (policies, errors) = parse_file(&path, text);
         let mut errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
         let mut entries = Vec::new();
+        let mut seen_here = std::collections::BTreeSet::new();
         for located in policies {
             let m = &located.policy.metadata;
             let (namespace, policy_name) = (m.namespace.to_string(), m.name.to_string());
-            let elsewhere = self
-                .files
-                .iter()
-                .filter(|(other, _)| other.as_str() != name)
-                .find(|(_, f)| f.good.iter().any(|e| e.namespace == namespace && e.name == policy_name));
-            if let Some((other, _)) = elsewhere {
+            if !seen_here.insert((namespace.clone(), policy_name.clone())) {
                 errors.push(format!(
-                    "{}: metadata.name: policy {namespace}/{policy_name} is also defined in {other}",
+                    "{}: metadata.name: policy {namespace}/{policy_name} is defined twice in this file",
                     path.display()
                 ));
                 continue;
@@ -359,6 +417,43 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         std::fs::remove_file(dir.path().join("copy.yaml")).unwrap();
         assert!(directory.scan().catalog.unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_policy_moved_to_another_file_stays_in_force() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |file: &str, text: &str| std::fs::write(dir.path().join(file), text).unwrap();
+        let deny = "  authorization: {default: DENY}\n";
+        write("b.yaml", &policy("orders-api", "shop", deny));
+        let mut directory = PolicyDirectory::new(dir.path().into());
+        assert_eq!(directory.scan().catalog.unwrap().len(), 1);
+
+        // In one update the policy moves from b.yaml to a.yaml, and b.yaml gets another one.
+        write("a.yaml", &policy("orders-api", "shop", deny));
+        write("b.yaml", &policy("other", "shop", ""));
+        let outcome = directory.scan();
+        assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
+        let catalog = outcome.catalog.unwrap();
+        assert_eq!(catalog.len(), 2);
+        assert!(catalog.sources.iter().all(|s| s.errors.is_empty()), "{:?}", catalog.sources);
+
+        // Defined in both: the file that had it keeps it; the other is refused until it stops.
+        write("c.yaml", &policy("orders-api", "shop", deny));
+        let outcome = directory.scan();
+        assert_eq!(outcome.rejected.len(), 1);
+        assert!(outcome.rejected[0].0 == "c.yaml" && outcome.rejected[0].1[0].contains("also defined in a.yaml"));
+        assert_eq!(outcome.catalog.unwrap().len(), 2);
+        // a.yaml drops it: c.yaml is taken without being touched.
+        write("a.yaml", &policy("unrelated", "shop", ""));
+        let catalog = directory.scan().catalog.unwrap();
+        let c = catalog.sources.iter().find(|s| s.file == "c.yaml").unwrap();
+        assert!(c.errors.is_empty() && c.policies == ["shop/orders-api"], "{c:?}");
+        assert_eq!(catalog.len(), 3);
+
+        // Twice in one file is refused too.
+        write("d.yaml", &format!("{}---\n{}", policy("twice", "shop", ""), policy("twice", "shop", "")));
+        let outcome = directory.scan();
+        assert!(outcome.rejected.iter().any(|(f, e)| f == "d.yaml" && e[0].contains("defined twice")));
     }
 
     #[test]
