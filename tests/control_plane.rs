@@ -530,3 +530,68 @@ fn a_local_strict_pin_contradicting_a_local_permissive_mode_is_refused_at_start(
     let error = palisade::app::Sidecar::start(config, options).err().expect("refused");
     assert!(error.to_string().contains("inbound.allowPermissive"), "{error}");
 }
+
+/// A raw subscription as `identity` (no sidecar behind it), as a misbehaving client would make.
+async fn subscribe(
+    pki: &Pki,
+    plane: &ControlPlane,
+    identity: &str,
+    hello: palisade::control::proto::Hello,
+) -> Result<(), tonic::Status> {
+    use palisade::control::proto::policy_discovery_client::PolicyDiscoveryClient;
+    use palisade::control::proto::{sidecar_message, SidecarMessage};
+    let files = pki.workload("raw-client", identity);
+    let tls = Arc::new(
+        palisade::tls::TlsStore::load(
+            palisade::tls::IdentityFiles { cert: files.cert, key: files.key, trust_bundle: files.trust_bundle },
+            TD,
+            palisade::tls::TrustDomains::new([TD]),
+        )
+        .unwrap(),
+    );
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", plane.grpc).parse().unwrap();
+    let expected = palisade::identity::SpiffeId::parse(CONTROL_ID).unwrap();
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let (tls, expected) = (tls.clone(), expected.clone());
+        async move {
+            palisade::tls::connect(&tls, addr, Some(&expected), Duration::from_secs(5))
+                .await
+                .map(hyper_util::rt::TokioIo::new)
+                .map_err(std::io::Error::other)
+        }
+    });
+    let channel =
+        tonic::transport::Endpoint::from_static("http://control").connect_with_connector(connector).await.unwrap();
+    let (sender, receiver) = tokio::sync::mpsc::channel(2);
+    sender.send(SidecarMessage { kind: Some(sidecar_message::Kind::Hello(hello)) }).await.unwrap();
+    let mut stream = PolicyDiscoveryClient::new(channel)
+        .stream_policies(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await?
+        .into_inner();
+    stream.message().await.map(|_| ())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_hellos_are_refused_without_being_kept() {
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    let plane = ControlPlane::start(&pki, "control", &dir).await;
+    let hello = |node: String| palisade::control::proto::Hello {
+        namespace: "shop".into(),
+        labels: [("app".to_string(), "orders".to_string())].into(),
+        version: String::new(),
+        node,
+    };
+    let ok = subscribe(&pki, &plane, &id("shop", "orders"), hello("orders-1".into())).await;
+    assert!(ok.is_ok(), "{ok:?}");
+    let long = subscribe(&pki, &plane, &id("shop", "orders"), hello("n".repeat(300))).await.unwrap_err();
+    assert_eq!(long.code(), tonic::Code::PermissionDenied, "{long:?}");
+    let huge = subscribe(&pki, &plane, &id("shop", "orders"), hello("n".repeat(100_000))).await.unwrap_err();
+    assert_ne!(huge.code(), tonic::Code::Ok, "{huge:?}");
+    wait_for("nothing kept of the refused streams (the good one ended too)", Duration::from_secs(3), async || {
+        plane.status().await["sidecars"].as_array().unwrap().is_empty()
+    })
+    .await;
+    assert!(plane.metrics().await.contains("palisade_control_subscriptions_refused_total{reason=\"hello\"} 1"));
+}

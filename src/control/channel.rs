@@ -20,6 +20,9 @@ use crate::tls::TlsStore;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LONGEST_RETRY: Duration = Duration::from_secs(10);
+/// A snapshot of a few hundred large policies; tonic's default of 4 MB would fail silently
+/// into a reconnect loop before a workload reached that many.
+const MAX_SNAPSHOT_BYTES: usize = 32 * 1024 * 1024;
 
 /// What `/config_dump` shows of the channel.
 #[derive(Default)]
@@ -109,6 +112,7 @@ impl PolicyChannel {
         };
         let _ = sender.send(message(sidecar_message::Kind::Hello(hello))).await;
         let mut inbound = PolicyDiscoveryClient::new(channel)
+            .max_decoding_message_size(MAX_SNAPSHOT_BYTES)
             .stream_policies(ReceiverStream::new(receiver))
             .await
             .map_err(|status| format!("the control plane refused the stream: {}", status.message()))?

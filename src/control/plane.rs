@@ -152,7 +152,10 @@ async fn run(
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(10)))
             .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-            .add_service(PolicyDiscoveryServer::new(service))
+            .max_concurrent_streams(Some(super::server::MAX_STREAMS_PER_CONNECTION))
+            .add_service(
+                PolicyDiscoveryServer::new(service).max_decoding_message_size(super::server::MAX_MESSAGE_BYTES),
+            )
             .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async move {
                 let _ = grpc_stop.wait_for(|s| *s).await;
             }),

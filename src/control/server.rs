@@ -23,6 +23,25 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const STREAM_PATH: &str = "/palisade.control.v1.PolicyDiscovery/StreamPolicies";
 /// Labels are for selection; a flood of them is not a workload.
 const MAX_LABELS: usize = 64;
+/// A pod name (a DNS subdomain).
+const MAX_NODE: usize = 253;
+/// Versions are 12 hex digits; anything much longer is not one of ours.
+const MAX_VERSION: usize = 64;
+/// What /status keeps of a NACK's reason.
+const MAX_REASON: usize = 4096;
+/// Streams per connection: a sidecar needs one (two while it reconnects).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 4;
+/// Sidecars send Hellos, ACKs and NACKs: small messages.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn bounded(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
 
 pub struct PolicyService {
     pub catalog: watch::Receiver<Arc<Catalog>>,
@@ -77,8 +96,18 @@ impl PolicyService {
                 format!("{} may not subscribe as a workload of namespace {:?}", peer.id, hello.namespace),
             ));
         }
-        if hello.labels.len() > MAX_LABELS {
-            return Err(self.refuse(peer, "labels", format!("more than {MAX_LABELS} labels")));
+        // Kubernetes' own limits: a qualified key of up to 253 + 1 + 63 characters, values of up
+        // to 63; what a stream holds for its whole life stays small.
+        let too_long = hello.labels.iter().any(|(k, v)| k.len() > 317 || v.len() > 63);
+        if hello.labels.len() > MAX_LABELS || too_long {
+            return Err(self.refuse(
+                peer,
+                "labels",
+                format!("more than {MAX_LABELS} labels, or a label over Kubernetes' length limits"),
+            ));
+        }
+        if hello.node.len() > MAX_NODE || hello.version.len() > MAX_VERSION {
+            return Err(self.refuse(peer, "hello", "node or version too long".to_string()));
         }
         Ok(WorkloadConfig {
             namespace: namespace.to_string(),
@@ -166,10 +195,12 @@ async fn serve_stream(
             _ = stop.wait_for(|s| *s) => return,
             changed = catalog.changed() => if changed.is_err() { return },
             message = inbound.message() => match message {
-                Ok(Some(SidecarMessage { kind: Some(sidecar_message::Kind::Ack(ack)) })) => session.acked(&ack.version),
+                Ok(Some(SidecarMessage { kind: Some(sidecar_message::Kind::Ack(ack)) })) => {
+                    session.acked(bounded(&ack.version, MAX_VERSION))
+                }
                 Ok(Some(SidecarMessage { kind: Some(sidecar_message::Kind::Nack(nack)) })) => {
                     tracing::warn!(version = %nack.version, reason = %nack.reason, "a sidecar refused a snapshot");
-                    session.nacked(&nack.version, &nack.reason);
+                    session.nacked(bounded(&nack.version, MAX_VERSION), bounded(&nack.reason, MAX_REASON));
                 }
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => return,

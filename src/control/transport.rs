@@ -33,7 +33,13 @@ pub struct Peer {
 pub struct AuthenticatedStream {
     inner: TlsStream<TcpStream>,
     peer: Peer,
+    /// Held for the connection's life: the listener's cap on open connections.
+    _slot: tokio::sync::OwnedSemaphorePermit,
 }
+
+/// Open connections (handshaking or serving); past it new ones are closed at once, so a flood
+/// of idle connections cannot exhaust file descriptors.
+const MAX_CONNECTIONS: usize = 16_384;
 
 impl Connected for AuthenticatedStream {
     type ConnectInfo = Peer;
@@ -80,6 +86,7 @@ pub fn accept_mtls(
 ) -> mpsc::Receiver<std::io::Result<AuthenticatedStream>> {
     let (sender, receiver) = mpsc::channel(64);
     let on_refused = Arc::new(on_refused);
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -93,6 +100,10 @@ pub fn accept_mtls(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(%address, limit = MAX_CONNECTIONS, "control plane connection limit reached; closing");
+                continue;
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.current().server_config.clone());
@@ -109,7 +120,7 @@ pub fn accept_mtls(
                             .map(|c| spiffe_id_from_der(c));
                         if let Some(CertIdentity::Spiffe(id)) = presented {
                             let peer = Peer { id, address };
-                            let _ = sender.send(Ok(AuthenticatedStream { inner: stream, peer })).await;
+                            let _ = sender.send(Ok(AuthenticatedStream { inner: stream, peer, _slot: slot })).await;
                             return;
                         }
                         "no SPIFFE identity".to_string()
