@@ -30,15 +30,31 @@ impl JsonLines {
             EventSink::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
         let (queue, rx) = sync_channel::<Vec<u8>>(QUEUE);
+        let lost = dropped.clone();
+        let name = thread.to_string();
         std::thread::Builder::new().name(thread.into()).spawn(move || {
             let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+            let mut failing = false;
             while let Ok(line) = rx.recv() {
+                let mut lines = 1;
                 let mut written = out.write_all(&line);
-                while let (Ok(()), Ok(line)) = (&written, rx.try_recv()) {
-                    written = out.write_all(&line);
+                while let Ok(line) = rx.try_recv() {
+                    lines += 1;
+                    written = written.and_then(|_| out.write_all(&line));
                 }
-                if written.and_then(|_| out.flush()).is_err() {
-                    break;
+                // A failed write (disk full, a closed pipe) loses this batch, not the writer: the
+                // lines are counted, the failure is logged once, and the next batch tries again.
+                match written.and_then(|_| out.flush()) {
+                    Ok(()) => failing = false,
+                    Err(e) => {
+                        lost.inc_by(lines);
+                        if !failing {
+                            tracing::error!(writer = %name, error = %e, "cannot write; lines are dropped and counted until it works again");
+                        }
+                        failing = true;
+                        // What the sink did not take would only repeat with the next batch.
+                        out = std::io::BufWriter::with_capacity(64 * 1024, out.into_parts().0);
+                    }
                 }
                 std::thread::sleep(REST);
             }
@@ -55,8 +71,27 @@ impl JsonLines {
 
     /// Queues one line that is already JSON and ends with a newline.
     pub fn send_line(&self, line: Vec<u8>) {
-        if let Err(TrySendError::Full(_)) = self.queue.try_send(line) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.queue.try_send(line) {
             self.dropped.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sink_that_fails_loses_lines_counted_never_silently() {
+        let dropped = prometheus::IntCounter::new("d", "d").unwrap();
+        let lines = JsonLines::start("t", &EventSink::File("/dev/full".into()), dropped.clone()).unwrap();
+        for round in 1..=3u64 {
+            lines.send(&serde_json::json!({"round": round}));
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while dropped.get() < round && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(dropped.get(), round, "every line the sink refused is counted");
         }
     }
 }
