@@ -67,6 +67,9 @@ pub struct PolicyStore {
     /// Once the control plane delivered a snapshot it is authoritative: file changes no longer
     /// replace it (the files were the bootstrap).
     from_control_plane: AtomicBool,
+    /// Held from the source check to the swap, so a file reload and a control-plane snapshot
+    /// that arrive together cannot interleave (never taken on a request's path).
+    updating: std::sync::Mutex<()>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -85,6 +88,7 @@ impl PolicyStore {
             current: ArcSwap::from_pointee(snapshot),
             source: ArcSwap::from_pointee(source),
             from_control_plane: AtomicBool::new(false),
+            updating: std::sync::Mutex::new(()),
             telemetry,
         };
         if source != Source::None {
@@ -121,6 +125,7 @@ impl PolicyStore {
     /// a same-size rewrite). On error the snapshot in force stays, and the error is logged,
     /// counted and reported as a security event.
     pub fn reload_if_changed(&self) -> Option<Arc<PolicySnapshot>> {
+        let _updating = self.updating.lock().expect("update lock");
         if self.options.files.is_empty() || self.from_control_plane.load(Ordering::Acquire) {
             return None;
         }
@@ -146,6 +151,7 @@ impl PolicyStore {
     /// Everything is checked as for files, and every policy must select this workload; on any
     /// error nothing changes and the reasons come back for the NACK.
     pub fn apply_remote(&self, version: String, documents: &[(String, String)]) -> Result<Arc<PolicySnapshot>, String> {
+        let _updating = self.updating.lock().expect("update lock");
         let previous = self.current.load_full();
         let mut located = Vec::new();
         let mut errors = Vec::new();
