@@ -294,12 +294,39 @@ async fn sampling_follows_the_ratio_for_new_traces_and_the_callers_decision_othe
         assert_eq!(collector.spans().len() - before, expected, "parent flag {flag}");
     }
 
-    // B3 is accepted as the parent when no traceparent is sent.
+    // B3 is accepted as the parent when no traceparent is sent, and the app gets B3 back, naming
+    // this hop's span.
     let before = collector.spans().len();
-    client.get(single.url("/")).header("b3", format!("{CALLER_TRACE}-{CALLER_SPAN}-1")).send().await.unwrap();
+    let seen: Seen = client
+        .get(single.url("/"))
+        .header("b3", format!("{CALLER_TRACE}-{CALLER_SPAN}-1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let spans = collector.wait_for(before + 1).await;
     assert_eq!(spans[before].trace_id, CALLER_TRACE);
     assert_eq!(spans[before].parent_span_id, CALLER_SPAN);
+    assert_eq!(seen.header("b3"), Some(format!("{CALLER_TRACE}-{}-1", spans[before].span_id).as_str()));
+    let seen: Seen = client
+        .get(single.url("/"))
+        .header("x-b3-traceid", CALLER_TRACE)
+        .header("x-b3-spanid", CALLER_SPAN)
+        .header("x-b3-parentspanid", "1111111111111111")
+        .header("x-b3-sampled", "1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let spans = collector.wait_for(before + 2).await;
+    assert_eq!(seen.header("x-b3-traceid"), Some(CALLER_TRACE));
+    assert_eq!(seen.header("x-b3-spanid"), Some(spans[before + 1].span_id.as_str()));
+    assert_eq!(seen.header("x-b3-sampled"), Some("1"));
+    assert_eq!(seen.header("x-b3-parentspanid"), None);
     single.sidecar.shutdown();
 }
 

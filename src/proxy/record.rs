@@ -66,6 +66,18 @@ pub fn propagate(upstream: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Res
                 upstream.remove_header(TRACESTATE);
             }
         }
+        // A caller that spoke B3 gets B3 on the next hop too, naming this hop's span, so an app
+        // that only reads B3 does not attach its span to the caller's.
+        if upstream.headers.contains_key("b3") {
+            upstream.insert_header("b3", span.b3_single())?;
+        }
+        if upstream.headers.contains_key("x-b3-traceid") {
+            let [trace, span_id, sampled] = span.b3_multi();
+            upstream.insert_header("x-b3-traceid", trace)?;
+            upstream.insert_header("x-b3-spanid", span_id)?;
+            upstream.insert_header("x-b3-sampled", sampled)?;
+            upstream.remove_header("x-b3-parentspanid");
+        }
     }
     Ok(())
 }

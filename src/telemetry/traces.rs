@@ -322,6 +322,24 @@ impl RequestSpan {
         HeaderValue::from_bytes(&buf).expect("hex digits and dashes")
     }
 
+    /// This span as a single `b3` header: `{trace}-{span}-{0|1}`.
+    pub fn b3_single(&self) -> HeaderValue {
+        let cx = self.context();
+        let text = format!("{}-{}-{}", cx.trace_id(), cx.span_id(), u8::from(cx.is_sampled()));
+        HeaderValue::from_str(&text).expect("hex digits and dashes")
+    }
+
+    /// This span as `x-b3-traceid`, `x-b3-spanid` and `x-b3-sampled` values.
+    pub fn b3_multi(&self) -> [HeaderValue; 3] {
+        let cx = self.context();
+        let hex = |text: String| HeaderValue::from_str(&text).expect("hex digits");
+        [
+            hex(cx.trace_id().to_string()),
+            hex(cx.span_id().to_string()),
+            HeaderValue::from_static(if cx.is_sampled() { "1" } else { "0" }),
+        ]
+    }
+
     /// `tracestate` to pass on, when the caller sent one.
     pub fn tracestate(&self) -> Option<HeaderValue> {
         let state = self.context().trace_state().header();
