@@ -4,6 +4,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(["palisade/control/v1/policy.proto"], ["proto"])?;
     // Small initial buffers per stream: a control plane holds thousands of idle streams.
-    tonic_prost_build::configure().codec_path("crate::control::codec::SmallBufferCodec").compile_fds(descriptors)?;
+    tonic_prost_build::configure()
+        .codec_path("crate::control::codec::SmallBufferCodec")
+        .bytes(".palisade.control.v1.Policy.document")
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -116,7 +116,8 @@ async fn stream_client(
     while let Some(message) = inbound.message().await.map_err(|s| format!("receive: {s}"))? {
         let Some(control_message::Kind::Snapshot(snapshot)) = message.kind else { continue };
         for p in &snapshot.policies {
-            let (_, errors) = palisade::policy::parse_file(Path::new(&p.source), &p.document);
+            let text = std::str::from_utf8(&p.document).expect("UTF-8");
+            let (_, errors) = palisade::policy::parse_file(Path::new(&p.source), text);
             assert!(errors.is_empty(), "{errors:?}");
         }
         let ack = SidecarMessage { kind: Some(sidecar_message::Kind::Ack(Ack { version: snapshot.version.clone() })) };

@@ -20,8 +20,9 @@ pub struct CatalogEntry {
     /// The file name in the directory.
     pub source: String,
     pub policy: SecurityPolicy,
-    /// The policy as one YAML document: what a sidecar receives and parses.
-    pub document: String,
+    /// The policy as one YAML document: what a sidecar receives and parses. Shared by every
+    /// stream that sends it.
+    pub document: bytes::Bytes,
     digest: [u8; 32],
 }
 
@@ -292,7 +293,7 @@ impl PolicyDirectory {
                 name: policy_name,
                 source: name.to_string(),
                 policy: located.policy,
-                document,
+                document: document.into(),
             }));
         }
         if errors.is_empty() {
@@ -356,7 +357,7 @@ mod tests {
         let catalog = directory.scan().catalog.unwrap();
         let selection = catalog.select(&workload("shop", "orders"));
         assert_eq!(selection.entries.len(), 1);
-        let document = &selection.entries[0].document;
+        let document = std::str::from_utf8(&selection.entries[0].document).unwrap();
         let (again, errors) = parse_file(Path::new("x"), document);
         assert!(errors.is_empty(), "{errors:?}\n{document}");
         assert_eq!(&serde_yaml::to_string(&again[0].policy).unwrap(), document);
