@@ -18,7 +18,6 @@ pub use patterns::{IpBlock, PathPattern, Pattern};
 pub use ratelimit::Buckets;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
@@ -63,10 +62,9 @@ pub struct PolicyStore {
     /// The version last tried from files, good or bad, so a bad file is reported once, not
     /// every tick.
     last_tried: std::sync::Mutex<String>,
+    /// Once it is `ControlPlane` the control plane is authoritative: file changes no longer
+    /// replace its snapshot (the files were the bootstrap).
     source: ArcSwap<Source>,
-    /// Once the control plane delivered a snapshot it is authoritative: file changes no longer
-    /// replace it (the files were the bootstrap).
-    from_control_plane: AtomicBool,
     /// Held from the source check to the swap, so a file reload and a control-plane snapshot
     /// that arrive together cannot interleave (never taken on a request's path).
     updating: std::sync::Mutex<()>,
@@ -87,7 +85,6 @@ impl PolicyStore {
             options,
             current: ArcSwap::from_pointee(snapshot),
             source: ArcSwap::from_pointee(source),
-            from_control_plane: AtomicBool::new(false),
             updating: std::sync::Mutex::new(()),
             telemetry,
         };
@@ -126,7 +123,7 @@ impl PolicyStore {
     /// counted and reported as a security event.
     pub fn reload_if_changed(&self) -> Option<Arc<PolicySnapshot>> {
         let _updating = self.updating.lock().expect("update lock");
-        if self.options.files.is_empty() || self.from_control_plane.load(Ordering::Acquire) {
+        if self.options.files.is_empty() || self.source() == Source::ControlPlane {
             return None;
         }
         let sources = Sources::read(&self.options.files);
@@ -147,16 +144,24 @@ impl PolicyStore {
         }
     }
 
-    /// Applies a snapshot from the control plane: `documents` are (source file, YAML) pairs.
-    /// Everything is checked as for files, and every policy must select this workload; on any
-    /// error nothing changes and the reasons come back for the NACK.
-    pub fn apply_remote(&self, version: String, documents: &[(String, String)]) -> Result<Arc<PolicySnapshot>, String> {
+    /// Applies a snapshot from the control plane: `documents` are (source file, YAML bytes)
+    /// pairs. Everything is checked as for files, and every policy must select this workload; on
+    /// any error nothing changes and the reasons come back for the NACK.
+    pub fn apply_remote(
+        &self,
+        version: String,
+        documents: &[(String, bytes::Bytes)],
+    ) -> Result<Arc<PolicySnapshot>, String> {
         let _updating = self.updating.lock().expect("update lock");
         let previous = self.current.load_full();
         let mut located = Vec::new();
         let mut errors = Vec::new();
-        for (source, text) in documents {
+        for (source, bytes) in documents {
             let file = PathBuf::from(format!("controlPlane:{source}"));
+            let Ok(text) = std::str::from_utf8(bytes) else {
+                errors.push(format!("{}: the document is not UTF-8 text", file.display()));
+                continue;
+            };
             let (policies, file_errors) = parse_file(&file, text);
             errors.extend(file_errors.iter().map(ToString::to_string));
             for l in policies {
@@ -190,7 +195,6 @@ impl PolicyStore {
             &self.telemetry.metrics,
             Some(&previous),
         );
-        self.from_control_plane.store(true, Ordering::Release);
         Ok(self.install(snapshot, Source::ControlPlane))
     }
 
@@ -278,4 +282,32 @@ fn build(
     }
     check_local(&located, options)?;
     Ok(PolicySnapshot::compile(sources.version, &located, &options.workload, &telemetry.metrics, previous))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{EventSink, EventsConfig, TelemetryConfig};
+
+    #[test]
+    fn a_remote_document_that_is_not_utf8_is_refused_with_its_source_and_nothing_changes() {
+        let config = TelemetryConfig {
+            events: EventsConfig { sink: EventSink::Stderr, ..Default::default() },
+            access_log: false,
+            ..Default::default()
+        };
+        let telemetry = Arc::new(Telemetry::new(&config, None).unwrap());
+        let options = PolicyOptions {
+            files: Vec::new(),
+            workload: WorkloadConfig::default(),
+            allow_permissive: true,
+            fail_mode: FailMode::Closed,
+            control_plane: true,
+        };
+        let store = PolicyStore::load(options, telemetry).unwrap_or_else(|e| panic!("{e:?}"));
+        let documents = [("orders.yaml".to_string(), bytes::Bytes::from_static(b"\xff\xfe"))];
+        let reason = store.apply_remote("v1".into(), &documents).err().expect("refused");
+        assert_eq!(reason, "controlPlane:orders.yaml: the document is not UTF-8 text");
+        assert_eq!((store.source(), store.current().version.as_str()), (Source::None, "none"));
+    }
 }

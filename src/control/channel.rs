@@ -127,15 +127,8 @@ impl PolicyChannel {
             };
             let Some(control_message::Kind::Snapshot(snapshot)) = received.kind else { continue };
             let version = snapshot.version;
-            // A document that is not UTF-8 reaches the store as text it refuses, with its source.
-            let documents: Vec<(String, String)> = snapshot
-                .policies
-                .into_iter()
-                .map(|p| {
-                    let text = String::from_utf8(p.document.to_vec()).unwrap_or_else(|_| "\0not UTF-8\0".to_string());
-                    (p.source, text)
-                })
-                .collect();
+            let documents: Vec<(String, bytes::Bytes)> =
+                snapshot.policies.into_iter().map(|p| (p.source, p.document)).collect();
             let store = self.policy.clone();
             let applying = version.clone();
             // Parsing and compiling take up to a few milliseconds: off the request threads.
