@@ -2,7 +2,6 @@
 //! every connected sidecar and the version it applied, so an operator can see that a change
 //! reached every pod.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -15,7 +14,7 @@ use tokio::sync::watch;
 use super::catalog::Catalog;
 use super::metrics::ControlMetrics;
 use super::status::{Registry, SyncState};
-use crate::admin::{json_reply, reply, text};
+use crate::admin::{json_reply, reply, text, Readiness};
 
 pub struct ControlAdmin {
     pub identity: String,
@@ -23,15 +22,13 @@ pub struct ControlAdmin {
     pub catalog: watch::Receiver<Arc<Catalog>>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<ControlMetrics>,
-    pub listening: Arc<AtomicBool>,
-    pub draining: Arc<AtomicBool>,
+    /// Listeners up and not draining: the same conditions as a sidecar's.
+    pub readiness: Arc<Readiness>,
 }
 
 impl ControlAdmin {
     fn ready(&self) -> bool {
-        self.listening.load(Ordering::Acquire)
-            && !self.draining.load(Ordering::Acquire)
-            && self.catalog.borrow().readable
+        self.readiness.is_ready() && self.catalog.borrow().readable
     }
 
     fn status(&self) -> serde_json::Value {

@@ -2,7 +2,7 @@
 //! the admin listener, on one runtime.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use super::metrics::ControlMetrics;
 use super::proto::policy_discovery_server::PolicyDiscoveryServer;
 use super::server::PolicyService;
 use super::status::Registry;
+use crate::admin::Readiness;
 use crate::app::{bind, poll_files, runtime, stop_requested, RunOptions, Running};
 use crate::config::{ControlConfig, TelemetryConfig};
 use crate::proxy::{serve, ConnectionTracker, Transport};
@@ -104,8 +105,7 @@ async fn run(
     publish(first, &catalog_sender, &metrics, &telemetry);
 
     let stop = shutdown.subscribe();
-    let listening = Arc::new(AtomicBool::new(false));
-    let draining = Arc::new(AtomicBool::new(false));
+    let readiness = Arc::new(Readiness::default());
     let identity = tls.current().credentials.id.to_string();
     let admin = Arc::new(ControlAdmin {
         identity: identity.clone(),
@@ -113,8 +113,7 @@ async fn run(
         catalog: catalog.clone(),
         registry: registry.clone(),
         metrics: metrics.clone(),
-        listening: listening.clone(),
-        draining: draining.clone(),
+        readiness: readiness.clone(),
     });
     let admin_task = tokio::spawn(serve(
         admin_listener,
@@ -182,14 +181,14 @@ async fn run(
             Err(e) => tracing::warn!(error = %e, "new certificate files are not usable; keeping the current ones"),
         },
     ));
-    listening.store(true, Ordering::Release);
+    readiness.listeners.store(true, Ordering::Release);
     tracing::info!(%identity, grpc = %config.grpc.listen, admin = %config.admin.listen,
         policies = %config.policies.dir.display(), "control plane ready");
 
     if !stop_requested(options.handle_signals, stop.clone()).await {
         return;
     }
-    draining.store(true, Ordering::Release);
+    readiness.draining.store(true, Ordering::Release);
     shutdown.send_replace(true);
     match tokio::time::timeout(Duration::from_secs(5), grpc_task).await {
         Ok(_) => tracing::info!("streams closed; exiting"),
