@@ -87,15 +87,7 @@ async fn stream_client(
     mut first_ack: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), String> {
     let expected = SpiffeId::parse(CONTROL_ID).unwrap();
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let (tls, expected) = (tls.clone(), expected.clone());
-        async move {
-            palisade::tls::connect(&tls, addr, Some(&expected), Duration::from_secs(30))
-                .await
-                .map(hyper_util::rt::TokioIo::new)
-                .map_err(std::io::Error::other)
-        }
-    });
+    let connector = palisade::control::connector(addr.ip().to_string(), addr.port(), expected, tls);
     let channel = tonic::transport::Endpoint::from_static("http://palisade-control")
         .connect_with_connector(connector)
         .await

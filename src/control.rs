@@ -27,6 +27,7 @@ pub mod proto {
 pub use catalog::{Catalog, PolicyDirectory};
 pub use channel::{ChannelState, PolicyChannel};
 pub use plane::ControlPlane;
+pub use transport::connector;
 
 /// The identity sidecars expect of the control plane unless configured otherwise.
 pub fn default_identity(trust_domain: &str) -> crate::identity::SpiffeId {

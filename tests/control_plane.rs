@@ -549,17 +549,8 @@ async fn subscribe(
         )
         .unwrap(),
     );
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", plane.grpc).parse().unwrap();
     let expected = palisade::identity::SpiffeId::parse(CONTROL_ID).unwrap();
-    let connector = tower::service_fn(move |_: http::Uri| {
-        let (tls, expected) = (tls.clone(), expected.clone());
-        async move {
-            palisade::tls::connect(&tls, addr, Some(&expected), Duration::from_secs(5))
-                .await
-                .map(hyper_util::rt::TokioIo::new)
-                .map_err(std::io::Error::other)
-        }
-    });
+    let connector = palisade::control::connector("127.0.0.1".into(), plane.grpc, expected, tls);
     let channel =
         tonic::transport::Endpoint::from_static("http://control").connect_with_connector(connector).await.unwrap();
     let (sender, receiver) = tokio::sync::mpsc::channel(2);
