@@ -16,7 +16,7 @@ use super::proto::{control_message, sidecar_message, ControlMessage, Hello, Poli
 use super::status::{Registry, Session};
 use super::transport::Peer;
 use crate::config::WorkloadConfig;
-use crate::telemetry::{SecurityEvent, Telemetry};
+use crate::telemetry::{DeniedRequest, SecurityEvent, Telemetry};
 
 /// A sidecar that opened a stream must say who it is promptly.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,7 +58,7 @@ impl PolicyService {
         self.metrics.refused.with_label_values(&[reason]).inc();
         tracing::warn!(identity = %peer.id, address = %peer.address, %message, "policy subscription refused");
         // The stream is an HTTP/2 POST: an HTTP Activity refused by the control plane's own rule.
-        self.telemetry.events.emit(SecurityEvent::RequestDenied {
+        self.telemetry.events.emit(SecurityEvent::RequestDenied(DeniedRequest {
             status: 403,
             policy: "palisade-control".into(),
             rule: reason.into(),
@@ -69,7 +69,7 @@ impl PolicyService {
             path: STREAM_PATH.into(),
             request_id: String::new(),
             trace_id: None,
-        });
+        }));
         Status::permission_denied(message)
     }
 

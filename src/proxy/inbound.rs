@@ -20,7 +20,7 @@ use super::respond::{fail, is_decision, ErrorKind};
 use super::{RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER, XFCC_HEADER};
 use crate::config::AppProtocol;
 use crate::policy::{match_form, normalize, InputLimits, PolicyStore, RequestView};
-use crate::telemetry::{SecurityEvent, Telemetry};
+use crate::telemetry::{DeniedRequest, SecurityEvent, Telemetry};
 use crate::tls::PeerIdentity;
 
 pub struct Inbound {
@@ -77,7 +77,7 @@ impl Inbound {
         tracing::info!(status, policy, rule, audit, method = %req.method, path,
             principal = principal.as_deref().unwrap_or("-"), request_id = ctx.id.as_str(),
             "{}", if audit { "audit: request would be denied" } else { "request denied" });
-        self.telemetry.events.emit(SecurityEvent::RequestDenied {
+        self.telemetry.events.emit(SecurityEvent::RequestDenied(DeniedRequest {
             status,
             policy: policy.to_string(),
             rule: rule.to_string(),
@@ -88,7 +88,7 @@ impl Inbound {
             path: path.to_string(),
             request_id: ctx.id.as_str().to_string(),
             trace_id: ctx.trace_id(),
-        });
+        }));
     }
 }
 

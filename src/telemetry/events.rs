@@ -24,19 +24,30 @@ pub enum SecurityEvent {
     PolicyRejected { kept_version: String, errors: Vec<String> },
     /// A request was refused by authorisation (403) or a rate limit (429), or would have been
     /// refused by an AUDIT policy.
-    RequestDenied {
-        status: u16,
-        policy: String,
-        rule: String,
-        audit: bool,
-        principal: Option<String>,
-        source: Option<SocketAddr>,
-        method: String,
-        path: String,
-        request_id: String,
-        /// The request's trace, when traces are on: `metadata.correlation_uid` in OCSF.
-        trace_id: Option<String>,
-    },
+    RequestDenied(DeniedRequest),
+}
+
+/// A refused (or, under AUDIT, would-be refused) request, as both formats report it.
+#[derive(Debug, Clone)]
+pub struct DeniedRequest {
+    pub status: u16,
+    pub policy: String,
+    pub rule: String,
+    pub audit: bool,
+    pub principal: Option<String>,
+    pub source: Option<SocketAddr>,
+    pub method: String,
+    pub path: String,
+    pub request_id: String,
+    /// The request's trace, when traces are on: `metadata.correlation_uid` in OCSF.
+    pub trace_id: Option<String>,
+}
+
+impl DeniedRequest {
+    fn message(&self) -> String {
+        let verdict = if self.audit { "audit, would deny" } else { "denied" };
+        format!("{verdict} {} {}: {} rule {}", self.method, self.path, self.policy, self.rule)
+    }
 }
 
 pub struct EventWriter {
@@ -112,28 +123,17 @@ fn ocsf(event: &SecurityEvent) -> Value {
             format!("policy update rejected; version {kept_version} stays in force"),
             json!({"unmapped": {"errors": errors}}),
         ),
-        SecurityEvent::RequestDenied {
-            status,
-            policy,
-            rule,
-            audit,
-            principal,
-            source,
-            method,
-            path,
-            request_id,
-            ..
-        } => (
-            http_activity(method),
-            if *audit { 1 } else { 2 },
-            if *audit { 1 } else { 2 },
+        SecurityEvent::RequestDenied(r) => (
+            http_activity(&r.method),
+            if r.audit { 1 } else { 2 },
+            if r.audit { 1 } else { 2 },
             3,
-            format!("{} {method} {path}: {policy} rule {rule}", if *audit { "audit, would deny" } else { "denied" }),
-            json!({"firewall_rule": {"uid": format!("{policy}/{rule}"), "name": rule},
-                   "src_endpoint": endpoint(*source),
-                   "actor": {"user": {"uid": principal}},
-                   "http_request": {"http_method": method, "url": {"path": path}, "uid": request_id},
-                   "http_response": {"code": status}}),
+            r.message(),
+            json!({"firewall_rule": {"uid": format!("{}/{}", r.policy, r.rule), "name": r.rule},
+                   "src_endpoint": endpoint(r.source),
+                   "actor": {"user": {"uid": r.principal}},
+                   "http_request": {"http_method": r.method, "url": {"path": r.path}, "uid": r.request_id},
+                   "http_response": {"code": r.status}}),
         ),
     };
     let mut record = json!({
@@ -160,7 +160,7 @@ fn ocsf(event: &SecurityEvent) -> Value {
 
 fn trace_id(event: &SecurityEvent) -> Option<&str> {
     match event {
-        SecurityEvent::RequestDenied { trace_id, .. } => trace_id.as_deref(),
+        SecurityEvent::RequestDenied(r) => r.trace_id.as_deref(),
         _ => None,
     }
 }
@@ -219,27 +219,16 @@ fn ecs(event: &SecurityEvent) -> Value {
             format!("policy update rejected; version {kept_version} stays in force"),
             json!({"error": {"message": errors.join("; ")}}),
         ),
-        SecurityEvent::RequestDenied {
-            status,
-            policy,
-            rule,
-            audit,
-            principal,
-            source,
-            method,
-            path,
-            request_id,
-            ..
-        } => (
-            if *audit { "request-audit-deny" } else { "request-denied" },
-            if *audit { "success" } else { "failure" },
+        SecurityEvent::RequestDenied(r) => (
+            if r.audit { "request-audit-deny" } else { "request-denied" },
+            if r.audit { "success" } else { "failure" },
             "web",
-            format!("{} {method} {path}: {policy} rule {rule}", if *audit { "audit, would deny" } else { "denied" }),
-            json!({"rule": {"id": format!("{policy}/{rule}"), "name": rule, "ruleset": policy},
-                   "source": source.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
-                   "user": {"name": principal},
-                   "http": {"request": {"method": method, "id": request_id}, "response": {"status_code": status}},
-                   "url": {"path": path}}),
+            r.message(),
+            json!({"rule": {"id": format!("{}/{}", r.policy, r.rule), "name": r.rule, "ruleset": r.policy},
+                   "source": r.source.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
+                   "user": {"name": r.principal},
+                   "http": {"request": {"method": r.method, "id": r.request_id}, "response": {"status_code": r.status}},
+                   "url": {"path": r.path}}),
         ),
     };
     let mut record = json!({
