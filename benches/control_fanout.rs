@@ -173,8 +173,10 @@ async fn run(n: usize, rounds: usize, dir: &Path, pki: &Path, ca: &DevCa) {
     let file = policies.join("orders.yaml");
     write_atomically(&file, &policy(0));
     let control = ca.issue_to(&LeafSpec::workload(CONTROL_ID), &pki.join("control")).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // Both held until both are chosen, so the kernel cannot hand the same port out twice.
+    let held = [0; 2].map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let [port, admin] = held.each_ref().map(|l| l.local_addr().unwrap().port());
+    drop(held);
     let config = dir.join(format!("control-{n}.yaml"));
     std::fs::write(
         &config,

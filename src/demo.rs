@@ -118,8 +118,19 @@ fn spawn_control(
     Ok(ControlProcess { child, admin: loopback(admin) })
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// Reserves `N` distinct loopback ports by holding a listener on each until all are chosen: ports
+/// taken one at a time and released in between can come back twice from the kernel, and two demo
+/// processes sharing a port is a demo that fails for no reason of its own.
+fn reserve_ports<const N: usize>() -> anyhow::Result<[std::net::TcpListener; N]> {
+    let mut held = Vec::with_capacity(N);
+    for _ in 0..N {
+        held.push(std::net::TcpListener::bind("127.0.0.1:0")?);
+    }
+    held.try_into().map_err(|_| anyhow::anyhow!("could not reserve {N} ports"))
+}
+
+fn port_of(listener: &std::net::TcpListener) -> anyhow::Result<u16> {
+    Ok(listener.local_addr()?.port())
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -221,21 +232,25 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
     let rogue = DevCa::generate(TRUST_DOMAIN)?;
     let rogue_files = rogue.issue_to(&LeafSpec::workload(&frontend_id), &dir.path().join("rogue"))?;
 
+    // The apps keep their listeners; the ports written into the children's configuration are
+    // released just before the children start.
+    let [frontend_listener, orders_listener, a0, a1, a2, b0, b1, b2, c0, c1] = reserve_ports::<10>()?;
     let ports = Ports {
-        frontend_app: free_port()?,
-        orders_app: free_port()?,
-        a: [free_port()?, free_port()?, free_port()?],
-        b: [free_port()?, free_port()?, free_port()?],
-        control: [free_port()?, free_port()?],
+        frontend_app: port_of(&frontend_listener)?,
+        orders_app: port_of(&orders_listener)?,
+        a: [port_of(&a0)?, port_of(&a1)?, port_of(&a2)?],
+        b: [port_of(&b0)?, port_of(&b1)?, port_of(&b2)?],
+        control: [port_of(&c0)?, port_of(&c1)?],
     };
+    drop([a0, a1, a2, b0, b1, b2, c0, c1]);
 
     // The control plane and the directory it serves (a ConfigMap in Kubernetes).
     let policies = dir.path().join("policies");
     std::fs::create_dir(&policies)?;
     let policy_file = policies.join("orders.yaml");
     write_atomically(&policy_file, &orders_policy(&[]))?;
-    let control = spawn_control(dir.path(), &control_files, &policies, ports.control)?;
-    if !wait_ready(control.admin, Duration::from_secs(15)).await {
+    let mut control = spawn_control(dir.path(), &control_files, &policies, ports.control)?;
+    if !wait_ready(control.admin, &mut control.child, Duration::from_secs(15)).await {
         anyhow::bail!("the control plane did not become ready; its log is in {}", dir.path().display());
     }
 
@@ -244,11 +259,12 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
     let telemetry =
         Arc::new(Telemetry::new(&TelemetryConfig { access_log: false, ..TelemetryConfig::default() }, None)?);
     let apps = [
-        (ports.orders_app, Arc::new(DemoApp::Orders) as Arc<DemoApp>),
-        (ports.frontend_app, Arc::new(DemoApp::Frontend { outbound: loopback(ports.a[1]) })),
+        (orders_listener, Arc::new(DemoApp::Orders) as Arc<DemoApp>),
+        (frontend_listener, Arc::new(DemoApp::Frontend { outbound: loopback(ports.a[1]) })),
     ];
-    for (port, app) in apps {
-        let listener = TcpListener::bind(loopback(port)).await?;
+    for (listener, app) in apps {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
         tokio::spawn(serve(
             listener,
             Transport::Plain,
@@ -265,20 +281,20 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
          {{authority: {IMPOSTOR_AUTHORITY}, address: \"127.0.0.1:{b}\", identity: \"spiffe://{TRUST_DOMAIN}/ns/demo/sa/payments\"}}]",
         b = ports.b[0]
     );
-    let sidecar_b = spawn_sidecar(
+    let mut sidecar_b = spawn_sidecar(
         "sidecar-orders",
         dir.path(),
         &sidecar_yaml(&orders_files, "orders", ports.orders_app, ports.b, "[]", ports.control[0]),
         ports.b[2],
     )?;
-    let sidecar_a = spawn_sidecar(
+    let mut sidecar_a = spawn_sidecar(
         "sidecar-frontend",
         dir.path(),
         &sidecar_yaml(&frontend_files, "frontend", ports.frontend_app, ports.a, &routes_a, ports.control[0]),
         ports.a[2],
     )?;
-    for sidecar in [&sidecar_a, &sidecar_b] {
-        if !wait_ready(sidecar.admin, Duration::from_secs(15)).await {
+    for sidecar in [&mut sidecar_a, &mut sidecar_b] {
+        if !wait_ready(sidecar.admin, &mut sidecar.child, Duration::from_secs(15)).await {
             anyhow::bail!("{} did not become ready; its log is in {}", sidecar.name, dir.path().display());
         }
     }
@@ -478,11 +494,18 @@ fn describe<T: std::fmt::Debug>(r: &Result<(u16, T), anyhow::Error>) -> String {
     }
 }
 
-async fn wait_ready(admin: SocketAddr, patience: Duration) -> bool {
+/// Waits for `child` to answer ready on its admin port. A child that exited is not ready, whatever
+/// else may be listening there now.
+async fn wait_ready(admin: SocketAddr, child: &mut Child, patience: Duration) -> bool {
     let deadline = Instant::now() + patience;
     while Instant::now() < deadline {
-        if let Ok((200, _)) = http_get(admin, "localhost", "/ready").await {
-            return true;
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false;
+        }
+        if let Ok((200, body)) = http_get(admin, "localhost", "/ready").await {
+            if body.trim() == "ready" {
+                return true;
+            }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -351,9 +351,19 @@ where
     false
 }
 
-/// A free loopback port (for processes that need one written in their config).
+/// A free loopback port (for processes that need one written in their config), never one this
+/// test process was handed before: the kernel may give a just-released port out again, and two
+/// listeners of one test written to the same port fail for a reason that is not the test's.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap();
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// Writes `documents` (YAML) to `path` atomically, as a ConfigMap update or an editor would.
