@@ -39,6 +39,10 @@
 #   bench/pair.sh                           # 1000 req/s, 16 connections, 15 s
 #   RATE=2000 CONNS=32 DURATION=30s bench/pair.sh
 #   POLICY_RULES=20 bench/pair.sh           # sidecar B enforces a 20-rule policy and two rate limits
+#   PROFILE=1 bench/pair.sh                 # also `perf record -g` each proxy process during its
+#                                           # measured run: bench/out/raw/LABEL-NAME.perf.data
+#                                           # (perf report -i ...); profiling costs CPU, so the
+#                                           # figures of a profiled run are not comparable
 #   TELEMETRY=full bench/pair.sh            # both sidecars: 1% of traces to a live OTLP receiver
 #                                           # (examples/otlp_sink), security events and access log
 #                                           # to files (off by default: metrics only, no access log);
@@ -455,7 +459,16 @@ measure() {
     local own1=0 oha0 oha1
     m0=$(machine_ticks); oha0=$(child_ticks)
     log "$label: measured run $DURATION at $RATE req/s, $CONNS connections"
+    local perfs=()
+    if [[ -n ${PROFILE:-} ]]; then
+        for g in $procs; do
+            [[ ${g%%=*} == app ]] && continue
+            perf record -q -F 4999 -g -p "${g#*=}" -o "$OUT/raw/$label-${g%%=*}.perf.data" >/dev/null 2>&1 &
+            perfs+=("$!")
+        done
+    fi
     oha_run "$url" "$OUT/raw/$label.json" "$DURATION" "$@"
+    for g in "${perfs[@]}"; do kill -INT "$g" 2>/dev/null || true; wait "$g" 2>/dev/null || true; done
     m1=$(machine_ticks); oha1=$(child_ticks)
     local i=0 line="$label|"
     for g in $procs; do
