@@ -171,3 +171,80 @@ async fn grpc_unary_and_streaming_calls_pass_through_the_pair() {
     a.shutdown();
     b.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_hop_headers_and_concurrent_callers_cross_the_pair_on_one_connection() {
+    let pair = Pair::start().await;
+
+    // A body much larger than an HTTP/2 window, sent while the response may already be coming.
+    let big = vec![b'x'; 3 * 1024 * 1024 + 17];
+    let response = http_client()
+        .post(pair.url("/upload"))
+        .header("host", B_AUTHORITY)
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: Seen = response.json().await.unwrap();
+    assert_eq!((seen.method.as_str(), seen.body_bytes), ("POST", big.len()), "every byte arrives");
+
+    // Connection-specific headers describe the app's connection to A, not the next hop.
+    let mut stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    let request = format!(
+        "GET /hop HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nConnection: keep-alive, x-hop-secret\r\nKeep-Alive: timeout=5\r\n\
+         X-Hop-Secret: only-for-a\r\nTE: gzip\r\nX-End-To-End: kept\r\nContent-Length: 0\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+    let raw = read_http1_response(&mut stream).await;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seen: Seen = serde_json::from_str(body).unwrap();
+    assert_eq!(seen.header("x-end-to-end"), Some("kept"));
+    for hop in ["x-hop-secret", "keep-alive", "te", "connection"] {
+        assert_eq!(seen.header(hop), None, "{hop} must not cross the hop: {:?}", seen.headers);
+    }
+
+    // A streamed answer without a length reaches an HTTP/1.1 caller chunked and whole.
+    let streamed = http_client().get(pair.url("/trailers")).header("host", B_AUTHORITY).send().await.unwrap();
+    assert_eq!(streamed.status(), 200);
+    assert_eq!(streamed.text().await.unwrap(), "body");
+
+    // Sixteen callers at once, each on its own connection, share one connection between the sidecars.
+    let calls = (0..16).map(|i| {
+        let url = pair.url(&format!("/slow/50?caller={i}"));
+        async move {
+            let r = http_client().get(url).header("host", B_AUTHORITY).send().await.unwrap();
+            r.status()
+        }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let metrics = http_client().get(format!("http://{}/metrics", pair.a.admin)).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("palisade_tls_handshakes_total{direction=\"outbound\",result=\"success\"} 1\n"),
+        "one connection for every request so far: {metrics}"
+    );
+    pair.shutdown();
+}
+
+/// Reads one HTTP/1.1 response with a Content-Length body.
+async fn read_http1_response(stream: &mut tokio::net::TcpStream) -> String {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let n = tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(stream, &mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "connection closed early: {}", String::from_utf8_lossy(&raw));
+        raw.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&raw).to_string();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()));
+            if length.is_some_and(|l| body.len() >= l) {
+                return text;
+            }
+        }
+    }
+}

@@ -1,28 +1,29 @@
 //! Connections to other sidecars: TCP, then mutual TLS with the workload's current credentials
 //! and the SPIFFE-aware verifier, then the server's identity checked against the expected one,
-//! all before pingora sees the connection.
+//! then HTTP/2; each connector keeps its own few connections and opens streams on them.
 //!
-//! pingora's rustls connector can only check DNS names, and it pools only connections that have
-//! a real file descriptor whose peer matches the `HttpPeer` address. So the TLS session lives
-//! here, and pingora gets one end of a socket pair whose other end a relay task copies to and
-//! from the TLS stream. The `HttpPeer` address is `0.0.0.0:<port>`, which pingora's reuse check
-//! accepts for any socket; the real destination and identity are part of the pool key. This
-//! verifies the identity inside the handshake, so it holds when the destination is a
-//! load-balanced virtual IP whose backends each have their own certificate.
+//! pingora's rustls connector can only check DNS names, and its pools re-check every reused
+//! connection's file descriptor against the peer address, which a TLS session held outside
+//! pingora does not have. So the session lives here and pingora's HTTP/2 client runs directly
+//! on it: no socket pair, no relay task, no `getpeername` per request. This verifies the
+//! identity inside the handshake, so it holds when the destination is a load-balanced virtual
+//! IP whose backends each have their own certificate.
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
-use pingora::connectors::L4Connect;
-use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::connectors::http::v2::{handshake as h2_handshake, ConnectionRef, H2HandshakeSettings};
+use pingora::protocols::http::v2::client::Http2Session;
 use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
 use pingora::{Error, ErrorType};
-use tokio::net::UnixStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use crate::identity::SpiffeId;
 use crate::telemetry::{SecurityEvent, Telemetry};
@@ -31,13 +32,25 @@ use crate::tls::{connect, ConnectError, TlsStore};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connectors remembered for destinations that are not configured routes.
 const MAX_DYNAMIC: usize = 4096;
+/// Concurrent requests on one HTTP/2 connection to a peer sidecar.
+const STREAMS_PER_CONNECTION: usize = 100;
+
+/// One pooled connection and the credential generation it was made with.
+struct Pooled {
+    generation: u64,
+    connection: ConnectionRef,
+}
 
 pub struct MeshConnector {
     target: SocketAddr,
     expected: Option<SpiffeId>,
     tls: Arc<TlsStore>,
     telemetry: Arc<Telemetry>,
-    key: u64,
+    /// Held only to pick a connection, never across an await.
+    pool: Mutex<Vec<Pooled>>,
+    /// One connection attempt at a time per destination, so a burst of first requests shares
+    /// one new connection instead of opening one each.
+    connecting: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for MeshConnector {
@@ -48,13 +61,14 @@ impl std::fmt::Debug for MeshConnector {
 
 impl MeshConnector {
     pub fn new(target: SocketAddr, expected: Option<SpiffeId>, tls: Arc<TlsStore>, telemetry: Arc<Telemetry>) -> Self {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        (target, expected.as_ref().map(SpiffeId::as_str)).hash(&mut hasher);
-        MeshConnector { target, expected, tls, telemetry, key: hasher.finish() }
-    }
-
-    pub fn target(&self) -> SocketAddr {
-        self.target
+        MeshConnector {
+            target,
+            expected,
+            tls,
+            telemetry,
+            pool: Mutex::new(Vec::new()),
+            connecting: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// The identity the server must present, when it is known.
@@ -62,10 +76,70 @@ impl MeshConnector {
         self.expected.as_ref()
     }
 
-    /// Keeps connections apart by destination, expected identity and credential generation: a
-    /// new trust bundle or certificate means new connections.
-    pub fn pool_key(&self) -> u64 {
-        self.key ^ self.tls.generation().wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    /// A new HTTP/2 stream to the destination, on a pooled connection when one has room.
+    /// Connections made with older credentials (a rotated certificate or trust bundle) take no
+    /// new streams; they close once their last stream ends.
+    pub async fn open_stream(&self) -> pingora::Result<Http2Session> {
+        if let Some(stream) = self.pooled_stream().await? {
+            return Ok(stream);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(stream) = self.pooled_stream().await? {
+            return Ok(stream);
+        }
+        let generation = self.tls.generation();
+        let connection = self.connect().await?;
+        let stream = connection
+            .spawn_stream()
+            .await?
+            .ok_or_else(|| Error::explain(ErrorType::H2Error, "new connection to the peer sidecar has no free stream"))?;
+        self.pool.lock().expect("pool lock").push(Pooled { generation, connection });
+        Ok(stream)
+    }
+
+    async fn pooled_stream(&self) -> pingora::Result<Option<Http2Session>> {
+        loop {
+            let candidate = {
+                let generation = self.tls.generation();
+                let mut pool = self.pool.lock().expect("pool lock");
+                pool.retain(|p| p.generation == generation && !p.connection.is_closed() && !p.connection.is_shutting_down());
+                pool.iter().find(|p| p.connection.more_streams_allowed()).map(|p| p.connection.clone())
+            };
+            let Some(connection) = candidate else { return Ok(None) };
+            match connection.spawn_stream().await {
+                Ok(Some(stream)) => return Ok(Some(stream)),
+                // Full after all, or going away: look again.
+                Ok(None) => {
+                    if !connection.more_streams_allowed() && !connection.is_shutting_down() {
+                        return Ok(None);
+                    }
+                }
+                Err(_) => connection.mark_shutdown(),
+            }
+        }
+    }
+
+    async fn connect(&self) -> pingora::Result<ConnectionRef> {
+        let addr = self.target;
+        let tls = match connect(&self.tls, addr, self.expected.as_ref(), CONNECT_TIMEOUT).await {
+            Ok(tls) => tls,
+            Err(ConnectError::Refusal(reason)) => return Err(self.refuse(reason)),
+            Err(e @ ConnectError::Refused(_)) => return Err(Error::explain(ErrorType::ConnectRefused, e.to_string())),
+            Err(e @ ConnectError::ConnectTimeout(_)) => {
+                return Err(Error::explain(ErrorType::ConnectTimedout, e.to_string()))
+            }
+            Err(e @ ConnectError::HandshakeTimeout(_)) => {
+                return Err(Error::explain(ErrorType::TLSHandshakeTimedout, e.to_string()))
+            }
+            Err(e @ ConnectError::Unreachable(..)) => {
+                return Err(Error::explain(ErrorType::ConnectError, e.to_string()))
+            }
+        };
+        self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "success"]).inc();
+        let stream = L4Stream::from(VirtualSocketStream::new(Box::new(MeshTls(tls))));
+        let mut settings = H2HandshakeSettings::new();
+        settings.max_streams = STREAMS_PER_CONNECTION;
+        h2_handshake(Box::new(stream), settings).await
     }
 
     fn refuse(&self, reason: String) -> Box<Error> {
@@ -81,31 +155,41 @@ impl MeshConnector {
     }
 }
 
-#[async_trait]
-impl L4Connect for MeshConnector {
-    async fn connect(&self, _unused: &PingoraAddr) -> pingora::Result<L4Stream> {
-        let addr = self.target;
-        let mut tls = match connect(&self.tls, addr, self.expected.as_ref(), CONNECT_TIMEOUT).await {
-            Ok(tls) => tls,
-            Err(ConnectError::Refusal(reason)) => return Err(self.refuse(reason)),
-            Err(e @ ConnectError::Refused(_)) => return Err(Error::explain(ErrorType::ConnectRefused, e.to_string())),
-            Err(e @ ConnectError::ConnectTimeout(_)) => {
-                return Err(Error::explain(ErrorType::ConnectTimedout, e.to_string()))
-            }
-            Err(e @ ConnectError::HandshakeTimeout(_)) => {
-                return Err(Error::explain(ErrorType::TLSHandshakeTimedout, e.to_string()))
-            }
-            Err(e @ ConnectError::Unreachable(..)) => {
-                return Err(Error::explain(ErrorType::ConnectError, e.to_string()))
-            }
-        };
-        self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "success"]).inc();
-        let (ours, mut relay_end) =
-            UnixStream::pair().map_err(|e| Error::because(ErrorType::InternalError, "socket pair", e))?;
-        tokio::spawn(async move {
-            let _ = tokio::io::copy_bidirectional(&mut relay_end, &mut tls).await;
-        });
-        Ok(ours.into())
+/// The verified TLS session, as the socket pingora's HTTP/2 client writes to.
+struct MeshTls(tokio_rustls::client::TlsStream<TcpStream>);
+
+impl std::fmt::Debug for MeshTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("MeshTls").field(&self.0.get_ref().0.peer_addr().ok()).finish()
+    }
+}
+
+impl VirtualSocket for MeshTls {
+    fn set_socket_option(&self, opt: VirtualSockOpt) -> std::io::Result<()> {
+        match opt {
+            VirtualSockOpt::NoDelay => self.0.get_ref().0.set_nodelay(true),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl AsyncRead for MeshTls {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MeshTls {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 

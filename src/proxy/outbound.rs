@@ -3,17 +3,16 @@
 //! authority; the server must prove a SPIFFE ID of the trust domain, and exactly the expected
 //! one when the destination's identity is known (see [`super::mesh_connector`]).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use opentelemetry::trace::SpanKind;
-use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
-use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
+use super::forward;
 use super::mesh_connector::{Connectors, MeshConnector};
 use super::record::{self, RequestCtx};
 use super::respond::{fail, is_decision, ErrorKind};
@@ -22,9 +21,6 @@ use crate::config::Destination;
 use crate::identity::SpiffeId;
 use crate::telemetry::Telemetry;
 use crate::tls::TlsStore;
-
-/// Concurrent requests on one pooled HTTP/2 connection to a peer sidecar.
-const H2_STREAMS_PER_CONNECTION: usize = 100;
 
 /// A configured destination: who must answer, and (when its address is fixed) its connector.
 struct Route {
@@ -125,50 +121,30 @@ impl ProxyHttp for Outbound {
         OutboundCtx { request: RequestCtx::new(), connector: None }
     }
 
+    /// The whole exchange happens here: the request goes to the peer sidecar on the connector's
+    /// own HTTP/2 connections (see [`super::mesh_connector`]), not through pingora's upstream
+    /// phases, and `true` tells pingora the response has been written.
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutboundCtx) -> pingora::Result<bool> {
         record::start_span(&self.telemetry, SpanKind::Client, session, &mut ctx.request);
         ctx.request.id = RequestId::from_header(session.req_header().headers.get(REQUEST_ID_HEADER));
-        ctx.connector = Some(self.resolve(session).await?);
-        Ok(false)
-    }
-
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut OutboundCtx) -> pingora::Result<Box<HttpPeer>> {
-        let connector = ctx.connector.as_ref().ok_or_else(|| ErrorKind::Internal.fail("no route"))?;
-        // The connector owns the TLS session; pingora speaks HTTP/2 over a socket pair to it.
-        let relay_address = SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), connector.target().port());
-        let mut peer = HttpPeer::new(relay_address, false, String::new());
-        peer.group_key = connector.pool_key();
-        peer.options.custom_l4 = Some(connector.clone());
-        peer.options.alpn = ALPN::H2;
-        peer.options.max_h2_streams = H2_STREAMS_PER_CONNECTION;
-        Ok(Box::new(peer))
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream: &mut RequestHeader,
-        ctx: &mut OutboundCtx,
-    ) -> pingora::Result<()> {
+        let connector = self.resolve(session).await?;
+        ctx.connector = Some(connector.clone());
+        let mut request = session.req_header().clone();
         // Only this sidecar may say what the app spoke.
-        upstream.remove_header(ORIG_PROTO_HEADER);
+        request.remove_header(ORIG_PROTO_HEADER);
         if !session.is_http2() {
-            upstream.insert_header(ORIG_PROTO_HEADER, "HTTP/1.1")?;
+            request.insert_header(ORIG_PROTO_HEADER, "HTTP/1.1")?;
         }
-        upstream.insert_header(REQUEST_ID_HEADER, ctx.request.id.header_value())?;
-        record::propagate(upstream, &ctx.request)
+        request.insert_header(REQUEST_ID_HEADER, ctx.request.id.header_value())?;
+        record::propagate(&mut request, &ctx.request)?;
+        forward::to_h2(&mut request)?;
+        let mut upstream = connector.open_stream().await?;
+        forward::exchange(session, &mut upstream, request).await?;
+        Ok(true)
     }
 
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        _ctx: &mut OutboundCtx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        // A server that failed verification fails it again; a refused port stays refused.
-        e.set_retry(false);
-        e
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut OutboundCtx) -> pingora::Result<Box<HttpPeer>> {
+        Err(ErrorKind::Internal.fail("outbound requests are forwarded in request_filter"))
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut OutboundCtx) -> FailToProxy {

@@ -111,6 +111,8 @@ pub struct Seen {
     pub path: String,
     pub version: String,
     pub headers: BTreeMap<String, Vec<String>>,
+    /// How many body bytes arrived.
+    pub body_bytes: usize,
 }
 
 impl Seen {
@@ -183,13 +185,16 @@ async fn echo(req: Request<hyper::body::Incoming>) -> Result<Response<EchoBody>,
     for (name, value) in req.headers() {
         headers.entry(name.as_str().to_string()).or_default().push(value.to_str().unwrap_or("?").to_string());
     }
+    let method = req.method().as_str().to_string();
+    let version = format!("{:?}", req.version());
+    let body_bytes = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
     let seen = serde_json::json!({
-        "method": req.method().as_str(),
+        "method": method,
         "path": path,
-        "version": format!("{:?}", req.version()),
+        "version": version,
         "headers": headers,
+        "body_bytes": body_bytes,
     });
-    let _ = req.into_body().collect().await;
     Ok(Response::builder()
         .status(status)
         .header("content-type", "application/json")
