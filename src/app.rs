@@ -303,6 +303,9 @@ async fn run(
         });
     }
     readiness.listeners.store(true, Ordering::Release);
+    if let Err(e) = crate::memory::release_startup_pages() {
+        tracing::debug!(error = %e, "start-up pages stay resident");
+    }
     tracing::info!(
         identity = %tls.current().credentials.id,
         inbound = %bound.inbound, outbound = %bound.outbound, admin = %bound.admin,
@@ -423,3 +426,4 @@ async fn watch_certificates(
     )
     .await
 }
+
