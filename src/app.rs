@@ -303,9 +303,12 @@ async fn run(
         });
     }
     readiness.listeners.store(true, Ordering::Release);
-    if let Err(e) = crate::memory::release_startup_pages() {
-        tracing::debug!(error = %e, "start-up pages stay resident");
-    }
+    // Off the runtime thread: the first requests need not wait for it.
+    tokio::task::spawn_blocking(|| {
+        if let Err(e) = crate::memory::release_startup_pages() {
+            tracing::debug!(error = %e, "start-up pages stay resident");
+        }
+    });
     tracing::info!(
         identity = %tls.current().credentials.id,
         inbound = %bound.inbound, outbound = %bound.outbound, admin = %bound.admin,

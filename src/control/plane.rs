@@ -182,9 +182,12 @@ async fn run(
         },
     ));
     readiness.listeners.store(true, Ordering::Release);
-    if let Err(e) = crate::memory::release_startup_pages() {
-        tracing::debug!(error = %e, "start-up pages stay resident");
-    }
+    // Off the runtime thread: the first requests need not wait for it.
+    tokio::task::spawn_blocking(|| {
+        if let Err(e) = crate::memory::release_startup_pages() {
+            tracing::debug!(error = %e, "start-up pages stay resident");
+        }
+    });
     tracing::info!(%identity, grpc = %config.grpc.listen, admin = %config.admin.listen,
         policies = %config.policies.dir.display(), "control plane ready");
 
