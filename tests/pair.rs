@@ -248,3 +248,117 @@ async fn read_http1_response(stream: &mut tokio::net::TcpStream) -> String {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callers_framing_headers_cannot_remove_the_sidecars_own_or_smuggle_a_body() {
+    let pair = Pair::start().await;
+
+    // `Connection` may name hop-by-hop headers; it cannot name away what the sidecar adds.
+    let mut stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    let request = format!(
+        "GET /named HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nConnection: palisade-orig-proto, x-request-id, traceparent\r\n\
+         X-Request-Id: keep-me-7\r\nContent-Length: 0\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+    let raw = read_http1_response(&mut stream).await;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seen: Seen = serde_json::from_str(body).unwrap();
+    assert_eq!(seen.version, "HTTP/1.1", "B still knows the app spoke HTTP/1.1");
+    assert!(seen.header("x-request-id").is_some(), "the request id still travels: {:?}", seen.headers);
+
+    // Content-Length beside Transfer-Encoding: the chunked framing wins, the length never
+    // travels, and A closes the connection, so the bytes after the chunked body cannot become a
+    // second request.
+    let mut stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    let smuggle = format!(
+        "POST /smuggle HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+         GET /smuggled HTTP/1.1\r\nHost: {B_AUTHORITY}\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut stream, smuggle.as_bytes()).await.unwrap();
+    let raw = read_http1_response(&mut stream).await;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
+    let seen: Seen = serde_json::from_str(body).unwrap();
+    assert_eq!((seen.path.as_str(), seen.body_bytes), ("/smuggle", 0));
+    assert_eq!(seen.header("content-length"), None, "{:?}", seen.headers);
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest)).await;
+    assert!(closed.is_ok() && rest.is_empty(), "no answer to a smuggled request: {}", String::from_utf8_lossy(&rest));
+    pair.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_refusal_by_the_peer_reaches_the_caller_and_expect_continue_is_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.yaml");
+    write_policy(&policy_path, &policy("small", "  inputValidation: {maxBodyBytes: 1024}\n"));
+    let pair = Pair::start_configured(
+        EchoApp::start().await,
+        |_| {},
+        |b| {
+            b.workload.labels.insert("app".into(), "orders".into());
+            b.policy.files = vec![policy_path.clone()];
+        },
+    )
+    .await;
+
+    // B refuses after reading past its limit, while A is still sending: the caller gets B's 413,
+    // not a 502 about the upload that B stopped taking.
+    let response = http_client()
+        .post(pair.url("/upload"))
+        .header("host", B_AUTHORITY)
+        .body(vec![b'x'; 4 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413, "{:?}", response.text().await);
+
+    // A small body behind Expect: 100-continue: A says continue, the body crosses, no stall.
+    let mut stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    let head = format!("POST /expect HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_millis(800), tokio::io::AsyncReadExt::read(&mut stream, &mut buf))
+        .await
+        .expect("100 Continue arrives before the client's own timeout")
+        .unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 100"), "{}", String::from_utf8_lossy(&buf[..n]));
+    tokio::io::AsyncWriteExt::write_all(&mut stream, b"hello").await.unwrap();
+    let raw = read_http1_response(&mut stream).await;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seen: Seen = serde_json::from_str(body).unwrap();
+    assert_eq!(seen.body_bytes, 5);
+    assert_eq!(seen.header("expect"), None, "the expectation was met at this hop");
+    pair.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_peer_costs_no_request() {
+    let app = EchoApp::start().await;
+    let pki = Pki::new();
+    let files_a = pki.workload("a", &id("shop", "frontend"));
+    let files_b = pki.workload("b", &id("shop", "orders"));
+    let b_port = free_port();
+    let mut config_b = sidecar_config(&files_b, app.addr);
+    config_b.inbound.listen = format!("127.0.0.1:{b_port}").parse().unwrap();
+    let b = start_sidecar(config_b.clone());
+    let mut config_a = sidecar_config(&files_a, "127.0.0.1:9".parse().unwrap());
+    config_a.outbound.destinations = vec![route(B_AUTHORITY, b.inbound, Some(&id("shop", "orders")))];
+    let a = start_sidecar(config_a);
+    let url = format!("http://{}/before", a.outbound);
+    let client = http_client();
+    assert_eq!(client.get(&url).header("host", B_AUTHORITY).send().await.unwrap().status(), 200);
+
+    // B restarts (a rolling update): its pooled connection in A goes away with a GOAWAY.
+    b.shutdown();
+    let b = start_sidecar(config_b);
+    for i in 0..5 {
+        let r = client.get(format!("http://{}/after/{i}", a.outbound)).header("host", B_AUTHORITY).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i} after the restart");
+    }
+    a.shutdown();
+    b.shutdown();
+}

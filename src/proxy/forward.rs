@@ -3,57 +3,73 @@
 //! back the way the app spoke. The request body and the response travel at the same time, so
 //! streaming gRPC works in both directions; trailers pass to HTTP/2 callers.
 
+use std::future::poll_fn;
+
 use bytes::Bytes;
+use h2::SendStream;
 use http::header::{self, HeaderName};
 use http::{StatusCode, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v2::client::Http2Session;
-use pingora::protocols::http::v2::write_body;
+use pingora::protocols::http::HttpTask;
 use pingora::proxy::Session;
-use pingora::{Error, ErrorType};
+use pingora::{Error, ErrorType, OrErr};
 
 /// Headers that describe one HTTP/1.1 connection and are forbidden in HTTP/2 (RFC 9113 §8.2.2).
-const CONNECTION_SPECIFIC: [HeaderName; 5] = [
+const CONNECTION_SPECIFIC: [HeaderName; 6] = [
     header::CONNECTION,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("http2-settings"),
 ];
+/// More names than this in `Connection` is not a real client.
+const MAX_CONNECTION_NAMES: usize = 32;
 
-/// Turns the app's request into an HTTP/2 request: `:authority` from the absolute-form target
-/// or `Host`, no connection-specific headers (nor those the `Connection` header names), and
-/// `te` only as `trailers`.
+fn invalid(why: &'static str) -> Box<Error> {
+    Error::explain(ErrorType::InvalidHTTPHeader, why).into_down()
+}
+
+/// Turns the app's request into an HTTP/2 request before the sidecar adds headers of its own
+/// (so a `Connection` header cannot name them away): `:authority` from the absolute-form target
+/// or `Host`, no connection-specific headers nor those `Connection` names, `te` only as
+/// `trailers`, no `expect` (the sidecar answers it). Content-Length beside Transfer-Encoding never
+/// gets here: pingora's HTTP/1 parser drops it, reads the body as chunked and closes the
+/// connection afterwards (RFC 9112 §6.1, §6.3).
 pub fn to_h2(request: &mut RequestHeader) -> pingora::Result<()> {
     if !request.raw_path_is_utf8() {
-        return Err(Error::explain(ErrorType::InvalidHTTPHeader, "a request target that is not UTF-8 cannot travel over HTTP/2").into_down());
+        return Err(invalid("a request target that is not UTF-8 cannot travel over HTTP/2"));
     }
     if request.version != Version::HTTP_2 {
-        let named: Vec<HeaderName> = request
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-            .collect();
+        let mut named = Vec::new();
+        for value in request.headers.get_all(header::CONNECTION) {
+            let value = value.to_str().map_err(|_| invalid("Connection is not text"))?;
+            for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid("Connection names a bad header"))?;
+                named.push(name);
+                if named.len() > MAX_CONNECTION_NAMES {
+                    return Err(invalid("Connection names too many headers"));
+                }
+            }
+        }
         for name in named.iter().chain(CONNECTION_SPECIFIC.iter()) {
             request.remove_header(name);
         }
-        if request.headers.get(header::TE).is_some_and(|te| !te.as_bytes().eq_ignore_ascii_case(b"trailers")) {
+        let trailers_only = request.headers.get_all(header::TE).iter().all(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        if !trailers_only {
             request.remove_header(&header::TE);
         }
+        request.remove_header(&header::EXPECT);
         if request.uri.authority().is_none() {
-            let host = request
-                .remove_header(&header::HOST)
-                .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no Host header").into_down())?;
+            let host = request.remove_header(&header::HOST).ok_or_else(|| invalid("no Host header"))?;
             let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
             let uri = http::Uri::builder()
                 .scheme("https")
                 .authority(host.as_bytes())
                 .path_and_query(path)
                 .build()
-                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "Host is not an authority").into_down())?;
+                .map_err(|_| invalid("Host is not an authority"))?;
             request.set_uri(uri);
         } else {
             request.remove_header(&header::HOST);
@@ -66,29 +82,59 @@ pub fn to_h2(request: &mut RequestHeader) -> pingora::Result<()> {
 /// Sends `request` (already HTTP/2, see [`to_h2`]) and its body on `upstream` and writes the
 /// response to the app. An error says whose side failed (`esource`), which decides the status
 /// of the error response, when one can still be written.
-pub async fn exchange(session: &mut Session, upstream: &mut Http2Session, request: RequestHeader) -> pingora::Result<()> {
+pub async fn exchange(
+    session: &mut Session,
+    upstream: &mut Http2Session,
+    request: RequestHeader,
+    expects_continue: bool,
+) -> pingora::Result<()> {
     let mut request_done = session.is_body_empty() && session.is_body_done();
     upstream.write_request_header(Box::new(request), request_done).map_err(Error::into_up)?;
+    if expects_continue && !request_done {
+        // The peer's interim answer cannot cross HTTP/2 (h2 drops 1xx), so this hop says go on.
+        session.write_continue_response().await.map_err(Error::into_down)?;
+    }
     let mut body_writer = upstream.take_request_body_writer();
+    let mut pending: Option<(Bytes, bool)> = None;
     let mut header_seen = false;
     loop {
-        // Only the reads race; each write happens once its read has won, with both sides free.
+        // Only reads and flow-control waits race; each write happens once its branch has won.
         tokio::select! {
-            chunk = session.read_request_body(), if !request_done => {
-                let chunk = chunk.map_err(Error::into_down)?;
-                let Some(writer) = body_writer.as_mut() else {
-                    return Err(Error::explain(ErrorType::InternalError, "request body without a stream to send it on"));
-                };
-                request_done = chunk.is_none();
-                write_body(writer, chunk.unwrap_or_default(), request_done, None).await.map_err(Error::into_up)?;
+            // Once the body is in, this watches for the caller going away.
+            read = session.read_body_or_idle(request_done), if pending.is_none() => {
+                let read = read.map_err(Error::into_down)?;
+                if !request_done {
+                    let end = read.is_none() || session.is_body_done();
+                    pending = Some((read.unwrap_or_default(), end));
+                }
+            }
+            sent = send_pending(body_writer.as_mut(), &mut pending), if pending.is_some() => {
+                match sent {
+                    Ok(true) => request_done = true,
+                    Ok(false) => {}
+                    // The peer stopped taking the body: it may have answered already (an early
+                    // 413, RFC 9113 §8.1); the response decides.
+                    Err(_) => {
+                        body_writer = None;
+                        pending = None;
+                        request_done = true;
+                    }
+                }
             }
             event = next_event(upstream, header_seen) => match event? {
-                Event::Header => {
+                Event::Header(end) => {
                     header_seen = true;
                     let header = downstream_header(session, upstream)?;
+                    if end {
+                        // HEADERS with END_STREAM (a gRPC status without a body) stays one frame.
+                        session.write_response_tasks(vec![HttpTask::Header(header, true)]).await.map_err(Error::into_down)?;
+                        return Ok(());
+                    }
                     session.write_response_header(header, false).await.map_err(Error::into_down)?;
                 }
-                Event::Data(data) => session.write_response_body(Some(data), false).await.map_err(Error::into_down)?,
+                Event::Data(data) => {
+                    session.write_response_body(Some(data), false).await.map_err(Error::into_down)?
+                }
                 Event::End(trailers) => {
                     match trailers {
                         Some(trailers) if session.is_http2() => {
@@ -104,8 +150,43 @@ pub async fn exchange(session: &mut Session, upstream: &mut Http2Session, reques
     }
 }
 
+/// Sends as much of the pending chunk as the peer's flow-control window allows; true once the
+/// end of the body is sent. Cancel-safe: the chunk is split only after capacity is granted, and
+/// nothing awaits after that.
+async fn send_pending(writer: Option<&mut SendStream<Bytes>>, pending: &mut Option<(Bytes, bool)>) -> pingora::Result<bool> {
+    let writer =
+        writer.ok_or_else(|| Error::explain(ErrorType::InternalError, "request body without a stream to send it on"))?;
+    let Some((data, end)) = pending.as_mut() else { return Ok(false) };
+    if data.is_empty() {
+        let end = *end;
+        *pending = None;
+        if end {
+            writer.send_data(Bytes::new(), true).or_err(ErrorType::WriteError, "ending the request body")?;
+        }
+        return Ok(end);
+    }
+    writer.reserve_capacity(data.len());
+    let granted = match poll_fn(|cx| writer.poll_capacity(cx)).await {
+        Some(Ok(granted)) => granted,
+        Some(Err(e)) => return Err(e).or_err(ErrorType::WriteError, "waiting to send the request body"),
+        None => return Error::e_explain(ErrorType::WriteError, "the peer closed the request stream"),
+    };
+    if granted == 0 {
+        return Ok(false);
+    }
+    let chunk = data.split_to(granted.min(data.len()));
+    let last = data.is_empty();
+    let end = last && *end;
+    writer.send_data(chunk, end).or_err(ErrorType::WriteError, "sending the request body")?;
+    if last {
+        *pending = None;
+    }
+    Ok(end)
+}
+
 enum Event {
-    Header,
+    /// The response header; true when it ended the stream.
+    Header(bool),
     Data(Bytes),
     End(Option<http::HeaderMap>),
 }
@@ -115,7 +196,7 @@ enum Event {
 async fn next_event(upstream: &mut Http2Session, header_seen: bool) -> pingora::Result<Event> {
     if !header_seen {
         upstream.read_response_header().await.map_err(Error::into_up)?;
-        return Ok(Event::Header);
+        return Ok(Event::Header(upstream.response_finished()));
     }
     match upstream.read_response_body().await.map_err(Error::into_up)? {
         Some(data) => Ok(Event::Data(data)),
@@ -133,7 +214,14 @@ fn downstream_header(session: &Session, upstream: &Http2Session) -> pingora::Res
     );
     header.set_version(Version::HTTP_11);
     let bodiless = session.req_header().method == http::Method::HEAD
-        || matches!(header.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED);
+        || matches!(header.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+        || upstream.response_finished();
+    if upstream.response_finished()
+        && header.headers.get(header::CONTENT_LENGTH).is_some_and(|l| l.as_bytes() != b"0")
+        && session.req_header().method != http::Method::HEAD
+    {
+        return Err(Error::explain(ErrorType::InvalidHTTPHeader, "a response with a length and no body").into_up());
+    }
     if !session.is_http2() && !bodiless && header.headers.get(header::CONTENT_LENGTH).is_none() {
         header.insert_header(header::TRANSFER_ENCODING, "chunked")?;
     }

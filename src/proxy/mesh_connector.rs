@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use pingora::connectors::http::v2::{handshake as h2_handshake, ConnectionRef, H2HandshakeSettings};
@@ -34,6 +34,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_DYNAMIC: usize = 4096;
 /// Concurrent requests on one HTTP/2 connection to a peer sidecar.
 const STREAMS_PER_CONNECTION: usize = 100;
+/// A pooled connection whose peer vanished without a word (a node lost, a partition) is found
+/// out by a PING left unanswered, instead of by the requests that would hang on it.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// One pooled connection and the credential generation it was made with.
 struct Pooled {
@@ -49,8 +52,16 @@ pub struct MeshConnector {
     /// Held only to pick a connection, never across an await.
     pool: Mutex<Vec<Pooled>>,
     /// One connection attempt at a time per destination, so a burst of first requests shares
-    /// one new connection instead of opening one each.
-    connecting: tokio::sync::Mutex<()>,
+    /// one new connection instead of opening one each; it holds when the last attempt failed,
+    /// so the requests that waited for it share its failure instead of each trying in turn.
+    connecting: tokio::sync::Mutex<Option<Failure>>,
+}
+
+/// A failed connection attempt, as the requests that waited for it see it.
+struct Failure {
+    at: Instant,
+    etype: ErrorType,
+    reason: String,
 }
 
 impl std::fmt::Debug for MeshConnector {
@@ -67,7 +78,7 @@ impl MeshConnector {
             tls,
             telemetry,
             pool: Mutex::new(Vec::new()),
-            connecting: tokio::sync::Mutex::new(()),
+            connecting: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -76,25 +87,35 @@ impl MeshConnector {
         self.expected.as_ref()
     }
 
-    /// A new HTTP/2 stream to the destination, on a pooled connection when one has room.
-    /// Connections made with older credentials (a rotated certificate or trust bundle) take no
-    /// new streams; they close once their last stream ends.
-    pub async fn open_stream(&self) -> pingora::Result<Http2Session> {
+    /// A new HTTP/2 stream to the destination, on a pooled connection when one has room, and
+    /// whether that connection was reused. Connections made with older credentials (a rotated
+    /// certificate or trust bundle) take no new streams; they close once their last stream ends.
+    pub async fn open_stream(&self) -> pingora::Result<(Http2Session, bool)> {
         if let Some(stream) = self.pooled_stream().await? {
-            return Ok(stream);
+            return Ok((stream, true));
         }
-        let _connecting = self.connecting.lock().await;
+        let waited_since = Instant::now();
+        let mut last_failure = self.connecting.lock().await;
         if let Some(stream) = self.pooled_stream().await? {
-            return Ok(stream);
+            return Ok((stream, true));
+        }
+        if let Some(failure) = last_failure.as_ref().filter(|f| f.at >= waited_since) {
+            return Err(Error::explain(failure.etype.clone(), failure.reason.clone()));
         }
         let generation = self.tls.generation();
-        let connection = self.connect().await?;
+        let connection = match self.connect().await {
+            Ok(connection) => connection,
+            Err(e) => {
+                *last_failure = Some(Failure { at: Instant::now(), etype: e.etype().clone(), reason: e.to_string() });
+                return Err(e);
+            }
+        };
         let stream = connection
             .spawn_stream()
             .await?
             .ok_or_else(|| Error::explain(ErrorType::H2Error, "new connection to the peer sidecar has no free stream"))?;
         self.pool.lock().expect("pool lock").push(Pooled { generation, connection });
-        Ok(stream)
+        Ok((stream, false))
     }
 
     async fn pooled_stream(&self) -> pingora::Result<Option<Http2Session>> {
@@ -139,6 +160,7 @@ impl MeshConnector {
         let stream = L4Stream::from(VirtualSocketStream::new(Box::new(MeshTls(tls))));
         let mut settings = H2HandshakeSettings::new();
         settings.max_streams = STREAMS_PER_CONNECTION;
+        settings.ping_interval = Some(PING_INTERVAL);
         h2_handshake(Box::new(stream), settings).await
     }
 
@@ -219,11 +241,19 @@ impl Connectors {
             return found.clone();
         }
         let made = self.make(target, expected.cloned());
+        // A request racing this one may have added the destination first: keep its connector
+        // (and so its connections), and hand that one out.
+        let mut kept = made.clone();
         self.known.rcu(|known| {
+            if let Some(existing) = known.get(&key) {
+                kept = existing.clone();
+                return Arc::clone(known);
+            }
             let mut next = if known.len() >= MAX_DYNAMIC { HashMap::new() } else { HashMap::clone(known) };
             next.insert(key.clone(), made.clone());
-            next
+            kept = made.clone();
+            Arc::new(next)
         });
-        made
+        kept
     }
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use opentelemetry::trace::SpanKind;
+use pingora::http::RequestHeader;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
@@ -71,6 +72,21 @@ impl Outbound {
             .or_else(|| self.routes.iter().find(|r| r.authority.eq_ignore_ascii_case(host)))
     }
 
+    /// The request as the peer sidecar gets it: HTTP/2 first (so the app's `Connection` header
+    /// cannot name the sidecar's own headers away), then the sidecar's headers.
+    fn upstream_request(&self, session: &Session, ctx: &OutboundCtx) -> pingora::Result<RequestHeader> {
+        let mut request = session.req_header().clone();
+        forward::to_h2(&mut request)?;
+        // Only this sidecar may say what the app spoke.
+        request.remove_header(ORIG_PROTO_HEADER);
+        if !session.is_http2() {
+            request.insert_header(ORIG_PROTO_HEADER, "HTTP/1.1")?;
+        }
+        request.insert_header(REQUEST_ID_HEADER, ctx.request.id.header_value())?;
+        record::propagate(&mut request, &ctx.request)?;
+        Ok(request)
+    }
+
     async fn resolve(&self, session: &Session) -> Result<Arc<MeshConnector>, Box<Error>> {
         let authority = super::request_authority(session.req_header());
         let route = authority.and_then(|a| self.route(a));
@@ -129,17 +145,25 @@ impl ProxyHttp for Outbound {
         ctx.request.id = RequestId::from_header(session.req_header().headers.get(REQUEST_ID_HEADER));
         let connector = self.resolve(session).await?;
         ctx.connector = Some(connector.clone());
-        let mut request = session.req_header().clone();
-        // Only this sidecar may say what the app spoke.
-        request.remove_header(ORIG_PROTO_HEADER);
-        if !session.is_http2() {
-            request.insert_header(ORIG_PROTO_HEADER, "HTTP/1.1")?;
+        let expects_continue = !session.is_http2()
+            && session.req_header().headers.get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        let (mut upstream, reused) = connector.open_stream().await.map_err(Error::into_up)?;
+        let request = self.upstream_request(session, ctx)?;
+        let Err(mut e) = forward::exchange(session, &mut upstream, request, expects_continue).await else {
+            return Ok(true);
+        };
+        // A pooled connection the peer is closing (GOAWAY), a stream it refused, or a reused
+        // connection found dead: nothing of the request was processed, so a request without a
+        // body goes once more on another connection, as pingora's own proxy would retry it.
+        e.retry.decide_reuse(reused);
+        if !(e.retry() && session.is_body_empty() && session.response_written().is_none()) {
+            return Err(e);
         }
-        request.insert_header(REQUEST_ID_HEADER, ctx.request.id.header_value())?;
-        record::propagate(&mut request, &ctx.request)?;
-        forward::to_h2(&mut request)?;
-        let mut upstream = connector.open_stream().await?;
-        forward::exchange(session, &mut upstream, request).await?;
+        upstream.conn.mark_shutdown();
+        drop(upstream);
+        let (mut upstream, _) = connector.open_stream().await.map_err(Error::into_up)?;
+        let request = self.upstream_request(session, ctx)?;
+        forward::exchange(session, &mut upstream, request, expects_continue).await?;
         Ok(true)
     }
 
