@@ -97,11 +97,14 @@ pub async fn exchange(
     let mut body_writer = upstream.take_request_body_writer();
     let mut pending: Option<(Bytes, bool)> = None;
     let mut header_seen = false;
+    // False once the peer stopped taking the body: the rest of it is still arriving from the
+    // caller, and reading it as "idle" would call it a protocol error.
+    let mut watch_caller = true;
     loop {
         // Only reads and flow-control waits race; each write happens once its branch has won.
         tokio::select! {
             // Once the body is in, this watches for the caller going away.
-            read = session.read_body_or_idle(request_done), if pending.is_none() => {
+            read = session.read_body_or_idle(request_done), if pending.is_none() && watch_caller => {
                 let read = read.map_err(Error::into_down)?;
                 if !request_done {
                     let end = read.is_none() || session.is_body_done();
@@ -118,6 +121,7 @@ pub async fn exchange(
                         body_writer = None;
                         pending = None;
                         request_done = true;
+                        watch_caller = false;
                     }
                 }
             }
