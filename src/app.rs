@@ -429,4 +429,3 @@ async fn watch_certificates(
     )
     .await
 }
-

@@ -178,13 +178,8 @@ async fn bodies_hop_headers_and_concurrent_callers_cross_the_pair_on_one_connect
 
     // A body much larger than an HTTP/2 window, sent while the response may already be coming.
     let big = vec![b'x'; 3 * 1024 * 1024 + 17];
-    let response = http_client()
-        .post(pair.url("/upload"))
-        .header("host", B_AUTHORITY)
-        .body(big.clone())
-        .send()
-        .await
-        .unwrap();
+    let response =
+        http_client().post(pair.url("/upload")).header("host", B_AUTHORITY).body(big.clone()).send().await.unwrap();
     assert_eq!(response.status(), 200);
     let seen: Seen = response.json().await.unwrap();
     assert_eq!((seen.method.as_str(), seen.body_bytes), ("POST", big.len()), "every byte arrives");
@@ -220,7 +215,8 @@ async fn bodies_hop_headers_and_concurrent_callers_cross_the_pair_on_one_connect
     });
     let statuses = futures::future::join_all(calls).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    let metrics = http_client().get(format!("http://{}/metrics", pair.a.admin)).send().await.unwrap().text().await.unwrap();
+    let metrics =
+        http_client().get(format!("http://{}/metrics", pair.a.admin)).send().await.unwrap().text().await.unwrap();
     assert!(
         metrics.contains("palisade_tls_handshakes_total{direction=\"outbound\",result=\"success\"} 1\n"),
         "one connection for every request so far: {metrics}"
@@ -234,14 +230,15 @@ async fn read_http1_response(stream: &mut tokio::net::TcpStream) -> String {
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let n = tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(stream, &mut buf)).await.unwrap().unwrap();
+        let n =
+            tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(stream, &mut buf)).await.unwrap().unwrap();
         assert!(n > 0, "connection closed early: {}", String::from_utf8_lossy(&raw));
         raw.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&raw).to_string();
         if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()));
+            let length = head.lines().find_map(|l| {
+                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap())
+            });
             if length.is_some_and(|l| body.len() >= l) {
                 return text;
             }
@@ -284,7 +281,9 @@ async fn the_callers_framing_headers_cannot_remove_the_sidecars_own_or_smuggle_a
     assert_eq!((seen.path.as_str(), seen.body_bytes), ("/smuggle", 0));
     assert_eq!(seen.header("content-length"), None, "{:?}", seen.headers);
     let mut rest = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest)).await;
+    let closed =
+        tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest))
+            .await;
     assert!(closed.is_ok() && rest.is_empty(), "no answer to a smuggled request: {}", String::from_utf8_lossy(&rest));
     pair.shutdown();
 }
@@ -317,7 +316,8 @@ async fn an_early_refusal_by_the_peer_reaches_the_caller_and_expect_continue_is_
 
     // A small body behind Expect: 100-continue: A says continue, the body crosses, no stall.
     let mut stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
-    let head = format!("POST /expect HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
+    let head =
+        format!("POST /expect HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n");
     tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await.unwrap();
     let mut buf = [0u8; 64];
     let n = tokio::time::timeout(Duration::from_millis(800), tokio::io::AsyncReadExt::read(&mut stream, &mut buf))
@@ -356,7 +356,8 @@ async fn a_restarted_peer_costs_no_request() {
     b.shutdown();
     let b = start_sidecar(config_b);
     for i in 0..5 {
-        let r = client.get(format!("http://{}/after/{i}", a.outbound)).header("host", B_AUTHORITY).send().await.unwrap();
+        let r =
+            client.get(format!("http://{}/after/{i}", a.outbound)).header("host", B_AUTHORITY).send().await.unwrap();
         assert_eq!(r.status(), 200, "request {i} after the restart");
     }
     a.shutdown();

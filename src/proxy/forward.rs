@@ -46,7 +46,8 @@ pub fn to_h2(request: &mut RequestHeader) -> pingora::Result<()> {
         for value in request.headers.get_all(header::CONNECTION) {
             let value = value.to_str().map_err(|_| invalid("Connection is not text"))?;
             for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid("Connection names a bad header"))?;
+                let name =
+                    HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid("Connection names a bad header"))?;
                 named.push(name);
                 if named.len() > MAX_CONNECTION_NAMES {
                     return Err(invalid("Connection names too many headers"));
@@ -56,7 +57,8 @@ pub fn to_h2(request: &mut RequestHeader) -> pingora::Result<()> {
         for name in named.iter().chain(CONNECTION_SPECIFIC.iter()) {
             request.remove_header(name);
         }
-        let trailers_only = request.headers.get_all(header::TE).iter().all(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+        let trailers_only =
+            request.headers.get_all(header::TE).iter().all(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
         if !trailers_only {
             request.remove_header(&header::TE);
         }
@@ -157,9 +159,12 @@ pub async fn exchange(
 /// Sends as much of the pending chunk as the peer's flow-control window allows; true once the
 /// end of the body is sent. Cancel-safe: the chunk is split only after capacity is granted, and
 /// nothing awaits after that.
-async fn send_pending(writer: Option<&mut SendStream<Bytes>>, pending: &mut Option<(Bytes, bool)>) -> pingora::Result<bool> {
-    let writer =
-        writer.ok_or_else(|| Error::explain(ErrorType::InternalError, "request body without a stream to send it on"))?;
+async fn send_pending(
+    writer: Option<&mut SendStream<Bytes>>,
+    pending: &mut Option<(Bytes, bool)>,
+) -> pingora::Result<bool> {
+    let writer = writer
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "request body without a stream to send it on"))?;
     let Some((data, end)) = pending.as_mut() else { return Ok(false) };
     if data.is_empty() {
         let end = *end;

@@ -110,10 +110,9 @@ impl MeshConnector {
                 return Err(e);
             }
         };
-        let stream = connection
-            .spawn_stream()
-            .await?
-            .ok_or_else(|| Error::explain(ErrorType::H2Error, "new connection to the peer sidecar has no free stream"))?;
+        let stream = connection.spawn_stream().await?.ok_or_else(|| {
+            Error::explain(ErrorType::H2Error, "new connection to the peer sidecar has no free stream")
+        })?;
         self.pool.lock().expect("pool lock").push(Pooled { generation, connection });
         Ok((stream, false))
     }
@@ -123,7 +122,9 @@ impl MeshConnector {
             let candidate = {
                 let generation = self.tls.generation();
                 let mut pool = self.pool.lock().expect("pool lock");
-                pool.retain(|p| p.generation == generation && !p.connection.is_closed() && !p.connection.is_shutting_down());
+                pool.retain(|p| {
+                    p.generation == generation && !p.connection.is_closed() && !p.connection.is_shutting_down()
+                });
                 pool.iter().find(|p| p.connection.more_streams_allowed()).map(|p| p.connection.clone())
             };
             let Some(connection) = candidate else { return Ok(None) };

@@ -146,7 +146,11 @@ impl ProxyHttp for Outbound {
         let connector = self.resolve(session).await?;
         ctx.connector = Some(connector.clone());
         let expects_continue = !session.is_http2()
-            && session.req_header().headers.get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+            && session
+                .req_header()
+                .headers
+                .get(http::header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         let (mut upstream, reused) = connector.open_stream().await.map_err(Error::into_up)?;
         let request = self.upstream_request(session, ctx)?;
         let Err(mut e) = forward::exchange(session, &mut upstream, request, expects_continue).await else {
