@@ -264,27 +264,34 @@ async fn the_callers_framing_headers_cannot_remove_the_sidecars_own_or_smuggle_a
     assert_eq!(seen.version, "HTTP/1.1", "B still knows the app spoke HTTP/1.1");
     assert!(seen.header("x-request-id").is_some(), "the request id still travels: {:?}", seen.headers);
 
-    // Content-Length beside Transfer-Encoding: the chunked framing wins, the length never
-    // travels, and A closes the connection, so the bytes after the chunked body cannot become a
-    // second request.
-    let mut stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
-    let smuggle = format!(
-        "POST /smuggle HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
-         GET /smuggled HTTP/1.1\r\nHost: {B_AUTHORITY}\r\n\r\n"
-    );
-    tokio::io::AsyncWriteExt::write_all(&mut stream, smuggle.as_bytes()).await.unwrap();
-    let raw = read_http1_response(&mut stream).await;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("connection: close"), "{head}");
-    let seen: Seen = serde_json::from_str(body).unwrap();
-    assert_eq!((seen.path.as_str(), seen.body_bytes), ("/smuggle", 0));
-    assert_eq!(seen.header("content-length"), None, "{:?}", seen.headers);
-    let mut rest = Vec::new();
-    let closed =
-        tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest))
-            .await;
-    assert!(closed.is_ok() && rest.is_empty(), "no answer to a smuggled request: {}", String::from_utf8_lossy(&rest));
+    // Content-Length beside Transfer-Encoding (SPEC section 5: ambiguous framing, 400): refused at
+    // A before anything is forwarded, and the connection closes, so the bytes after the chunked
+    // body cannot become a second request. B refuses the same request from a plaintext caller.
+    let smuggle = |authority: &str| {
+        format!(
+            "POST /smuggle HTTP/1.1\r\nHost: {authority}\r\nContent-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+             GET /smuggled HTTP/1.1\r\nHost: {authority}\r\n\r\n"
+        )
+    };
+    let policed = PolicedSidecar::start_with(&policy("open", "  mtls: PERMISSIVE\n"), |_| {}).await;
+    for (side, addr) in [("outbound", pair.a.outbound), ("inbound", policed.sidecar.inbound)] {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, smuggle(B_AUTHORITY).as_bytes()).await.unwrap();
+        let raw = read_http1_response(&mut stream).await;
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 400"), "{side}: {head}");
+        assert!(body.contains("invalid_request"), "{side}: {body}");
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest))
+                .await;
+        assert!(
+            closed.is_ok() && rest.is_empty(),
+            "{side}: no answer to a smuggled request: {}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+    policed.shutdown();
     pair.shutdown();
 }
 

@@ -35,8 +35,7 @@ fn invalid(why: &'static str) -> Box<Error> {
 /// (so a `Connection` header cannot name them away): `:authority` from the absolute-form target
 /// or `Host`, no connection-specific headers nor those `Connection` names, `te` only as
 /// `trailers`, no `expect` (the sidecar answers it). Content-Length beside Transfer-Encoding never
-/// gets here: pingora's HTTP/1 parser drops it, reads the body as chunked and closes the
-/// connection afterwards (RFC 9112 §6.1, §6.3).
+/// gets here: it is refused first (see [`super::has_conflicting_framing`]).
 pub fn to_h2(request: &mut RequestHeader) -> pingora::Result<()> {
     if !request.raw_path_is_utf8() {
         return Err(invalid("a request target that is not UTF-8 cannot travel over HTTP/2"));

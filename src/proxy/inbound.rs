@@ -110,12 +110,6 @@ fn check_limits(req: &RequestHeader, limits: &InputLimits) -> Result<(), Box<Err
     if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
         return Err(ErrorKind::InvalidRequest.fail("method is not upper case"));
     }
-    // Both framings at once is how requests are smuggled past one parser and into another.
-    if req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        && req.headers.contains_key(http::header::CONTENT_LENGTH)
-    {
-        return Err(ErrorKind::InvalidRequest.fail("both Content-Length and Transfer-Encoding"));
-    }
     if req.raw_path().len() > limits.max_uri_bytes {
         return Err(ErrorKind::UriTooLong.fail("request target over maxUriBytes"));
     }
@@ -155,6 +149,9 @@ impl ProxyHttp for Inbound {
         };
 
         // 2. HTTP parsing and limits (malformed framing is refused by pingora's parser).
+        if super::has_conflicting_framing(session) {
+            return Err(ErrorKind::InvalidRequest.fail("both Content-Length and Transfer-Encoding"));
+        }
         check_limits(req, &policy.limits)?;
         ctx.body_limit = policy.limits.max_body_bytes;
         let normalized =

@@ -143,6 +143,9 @@ impl ProxyHttp for Outbound {
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutboundCtx) -> pingora::Result<bool> {
         record::start_span(&self.telemetry, SpanKind::Client, session, &mut ctx.request);
         ctx.request.id = RequestId::from_header(session.req_header().headers.get(REQUEST_ID_HEADER));
+        if super::has_conflicting_framing(session) {
+            return Err(ErrorKind::InvalidRequest.fail("both Content-Length and Transfer-Encoding"));
+        }
         let connector = self.resolve(session).await?;
         ctx.connector = Some(connector.clone());
         let expects_continue = !session.is_http2()
