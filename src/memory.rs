@@ -1,5 +1,15 @@
 //! Resident memory of a long-running process: most of a sidecar's is its own code.
 
+/// [`release_startup_pages`] on the blocking pool, so the first requests need not wait for it.
+/// Call it from the runtime once the process is ready.
+pub fn release_startup_pages_soon() {
+    tokio::task::spawn_blocking(|| {
+        if let Err(e) = release_startup_pages() {
+            tracing::debug!(error = %e, "start-up pages stay resident");
+        }
+    });
+}
+
 /// Hands the pages of the executable touched only while starting (configuration parsing,
 /// certificate loading, the CLI) back to the kernel once the process is ready, and returns how
 /// many bytes of mappings it advised. Start-up touches code spread across the binary that the

@@ -182,12 +182,7 @@ async fn run(
         },
     ));
     readiness.listeners.store(true, Ordering::Release);
-    // Off the runtime thread: the first requests need not wait for it.
-    tokio::task::spawn_blocking(|| {
-        if let Err(e) = crate::memory::release_startup_pages() {
-            tracing::debug!(error = %e, "start-up pages stay resident");
-        }
-    });
+    crate::memory::release_startup_pages_soon();
     tracing::info!(%identity, grpc = %config.grpc.listen, admin = %config.admin.listen,
         policies = %config.policies.dir.display(), "control plane ready");
 

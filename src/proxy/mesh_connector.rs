@@ -100,13 +100,23 @@ impl MeshConnector {
             return Ok((stream, true));
         }
         if let Some(failure) = last_failure.as_ref().filter(|f| f.at >= waited_since) {
-            return Err(Error::explain(failure.etype.clone(), failure.reason.clone()));
+            return Err(Error::explain(
+                failure.etype.clone(),
+                format!("{} (the attempt this request waited for)", failure.reason),
+            ));
         }
         let generation = self.tls.generation();
         let connection = match self.connect().await {
             Ok(connection) => connection,
             Err(e) => {
-                *last_failure = Some(Failure { at: Instant::now(), etype: e.etype().clone(), reason: e.to_string() });
+                *last_failure = Some(Failure {
+                    at: Instant::now(),
+                    etype: e.etype().clone(),
+                    reason: e
+                        .context
+                        .as_ref()
+                        .map_or_else(|| e.etype().as_str().to_string(), |c| c.as_str().to_string()),
+                });
                 return Err(e);
             }
         };

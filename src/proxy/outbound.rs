@@ -154,24 +154,23 @@ impl ProxyHttp for Outbound {
                 .headers
                 .get(http::header::EXPECT)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        let (mut upstream, reused) = connector.open_stream().await.map_err(Error::into_up)?;
-        let request = self.upstream_request(session, ctx)?;
-        let Err(mut e) = forward::exchange(session, &mut upstream, request, expects_continue).await else {
-            return Ok(true);
-        };
         // A pooled connection the peer is closing (GOAWAY), a stream it refused, or a reused
         // connection found dead: nothing of the request was processed, so a request without a
         // body goes once more on another connection, as pingora's own proxy would retry it.
-        e.retry.decide_reuse(reused);
-        if !(e.retry() && session.is_body_empty() && session.response_written().is_none()) {
-            return Err(e);
+        let mut retried = false;
+        loop {
+            let (mut upstream, reused) = connector.open_stream().await.map_err(Error::into_up)?;
+            let request = self.upstream_request(session, ctx)?;
+            let Err(mut e) = forward::exchange(session, &mut upstream, request, expects_continue).await else {
+                return Ok(true);
+            };
+            e.retry.decide_reuse(reused);
+            if retried || !(e.retry() && session.is_body_empty() && session.response_written().is_none()) {
+                return Err(e);
+            }
+            upstream.conn.mark_shutdown();
+            retried = true;
         }
-        upstream.conn.mark_shutdown();
-        drop(upstream);
-        let (mut upstream, _) = connector.open_stream().await.map_err(Error::into_up)?;
-        let request = self.upstream_request(session, ctx)?;
-        forward::exchange(session, &mut upstream, request, expects_continue).await?;
-        Ok(true)
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut OutboundCtx) -> pingora::Result<Box<HttpPeer>> {
