@@ -250,8 +250,8 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
     let policy_file = policies.join("orders.yaml");
     write_atomically(&policy_file, &orders_policy(&[]))?;
     let mut control = spawn_control(dir.path(), &control_files, &policies, ports.control)?;
-    if !wait_ready(control.admin, &mut control.child, Duration::from_secs(15)).await {
-        anyhow::bail!("the control plane did not become ready; its log is in {}", dir.path().display());
+    if let Err(why) = wait_ready(control.admin, &mut control.child, Duration::from_secs(15)).await {
+        anyhow::bail!("the control plane did not become ready: {why}; its log is kept in {}", dir.keep().display());
     }
 
     // The two demo services.
@@ -294,8 +294,9 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
         ports.a[2],
     )?;
     for sidecar in [&mut sidecar_a, &mut sidecar_b] {
-        if !wait_ready(sidecar.admin, &mut sidecar.child, Duration::from_secs(15)).await {
-            anyhow::bail!("{} did not become ready; its log is in {}", sidecar.name, dir.path().display());
+        if let Err(why) = wait_ready(sidecar.admin, &mut sidecar.child, Duration::from_secs(15)).await {
+            let name = sidecar.name;
+            anyhow::bail!("{name} did not become ready: {why}; its log is kept in {}", dir.keep().display());
         }
     }
     let ready_after = started.elapsed();
@@ -496,20 +497,22 @@ fn describe<T: std::fmt::Debug>(r: &Result<(u16, T), anyhow::Error>) -> String {
 
 /// Waits for `child` to answer ready on its admin port. A child that exited is not ready, whatever
 /// else may be listening there now.
-async fn wait_ready(admin: SocketAddr, child: &mut Child, patience: Duration) -> bool {
+async fn wait_ready(admin: SocketAddr, child: &mut Child, patience: Duration) -> Result<(), String> {
     let deadline = Instant::now() + patience;
     while Instant::now() < deadline {
-        if !matches!(child.try_wait(), Ok(None)) {
-            return false;
+        match child.try_wait() {
+            Ok(None) => {}
+            Ok(Some(status)) => return Err(format!("it exited ({status})")),
+            Err(e) => return Err(format!("its state is unknown ({e})")),
         }
         if let Ok((200, body)) = http_get(admin, "localhost", "/ready").await {
             if body.trim() == "ready" {
-                return true;
+                return Ok(());
             }
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    false
+    Err(format!("no ready answer on {admin} within {} s", patience.as_secs()))
 }
 
 /// A one-shot HTTP/1.1 GET, enough for the demo's own calls.
