@@ -132,13 +132,15 @@ async fn handshake(
     telemetry: &Telemetry,
 ) -> Option<Stream> {
     let (store, plaintext_allowed) = match transport {
-        Transport::Plain => return Some(Box::new(l4_stream(tcp, peer))),
+        Transport::Plain => return Some(Box::new(CoalescedWrites::new(l4_stream(tcp, peer)))),
         Transport::Mesh { tls, plaintext_allowed } => (tls, plaintext_allowed.load(Ordering::Relaxed)),
     };
     if plaintext_allowed {
         let mut first = [0u8; 1];
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
-            Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => return Some(Box::new(l4_stream(tcp, peer))),
+            Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => {
+                return Some(Box::new(CoalescedWrites::new(l4_stream(tcp, peer))))
+            }
             Ok(Ok(1)) => {}
             _ => return None,
         }
@@ -186,4 +188,127 @@ fn l4_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> L4Stream {
     let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(peer)));
     stream.set_socket_digest(digest);
     stream
+}
+
+/// A plaintext connection whose small writes wait for a flush. pingora's own listener gives its
+/// streams a write buffer, but only through a crate-private call; a stream made from a socket
+/// here writes straight through, so an HTTP/1.1 answer left as a header and then a body — two
+/// segments, two wake-ups of the app. pingora's HTTP/1.1 code flushes wherever the other side
+/// must see the bytes now (1xx, bodies of unknown length, the end of a body), so only writes that
+/// were going to be followed by more wait. (TLS streams need no such layer: rustls writes a whole
+/// flight of HTTP/2 frames as one record.)
+#[derive(Debug)]
+struct CoalescedWrites(tokio::io::BufWriter<L4Stream>);
+
+/// pingora's own listener's default: one Ethernet-sized segment.
+const WRITE_BUFFER: usize = 1460;
+
+impl CoalescedWrites {
+    fn new(stream: L4Stream) -> Self {
+        CoalescedWrites(tokio::io::BufWriter::with_capacity(WRITE_BUFFER, stream))
+    }
+}
+
+impl tokio::io::AsyncRead for CoalescedWrites {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CoalescedWrites {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::protocols::Shutdown for CoalescedWrites {
+    async fn shutdown(&mut self) {
+        if let Err(e) = tokio::io::AsyncWriteExt::shutdown(&mut self.0).await {
+            tracing::debug!(error = %e, "shutting down a connection");
+        }
+    }
+}
+
+impl pingora::protocols::UniqueID for CoalescedWrites {
+    fn id(&self) -> pingora::protocols::UniqueIDType {
+        self.0.get_ref().id()
+    }
+}
+
+impl pingora::protocols::Ssl for CoalescedWrites {}
+
+#[async_trait::async_trait]
+impl pingora::protocols::Peek for CoalescedWrites {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.0.get_mut().try_peek(buf).await
+    }
+}
+
+impl pingora::protocols::GetTimingDigest for CoalescedWrites {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.0.get_ref().get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.0.get_ref().get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.0.get_ref().get_write_pending_time()
+    }
+}
+
+impl pingora::protocols::GetProxyDigest for CoalescedWrites {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.0.get_ref().get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+        self.0.get_mut().set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for CoalescedWrites {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.0.get_ref().get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.0.get_mut().set_socket_digest(digest)
+    }
 }
