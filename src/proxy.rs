@@ -5,6 +5,7 @@
 //! between accept, inbound, the app and back (pingora's own `Server` gives each service a runtime
 //! of its own, which costs a cross-thread wake-up per hop).
 
+mod app_pool;
 mod forward;
 mod inbound;
 mod mesh_connector;

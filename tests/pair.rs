@@ -370,3 +370,105 @@ async fn a_restarted_peer_costs_no_request() {
     a.shutdown();
     b.shutdown();
 }
+
+/// An HTTP/1.1 app that answers the first request on each connection and then, on the next one,
+/// reads it and closes without a word: the keep-alive race every pooled client meets when an
+/// app closes an idle connection just as a request is sent on it. Reports each request it read.
+async fn closing_app() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (seen, requests) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                for answered in [true, false] {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match tokio::io::AsyncReadExt::read(&mut stream, &mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let _ = seen.send(head.clone());
+                    if !answered {
+                        return; // closes without answering
+                    }
+                    let host = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("host: ").or_else(|| l.strip_prefix("Host: ")))
+                        .unwrap_or("-");
+                    let body = format!("{} host={host}", head.lines().next().unwrap_or(""));
+                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                    if tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_closing_kept_alive_connections_costs_no_safe_request_and_never_repeats_an_unsafe_one() {
+    let (app_addr, mut app_read) = closing_app().await;
+    let app = EchoApp::start().await;
+    let pair = Pair::start_configured(app, |_| {}, |b| b.inbound.app.0 = app_addr).await;
+    let client = http_client();
+
+    // Every other request finds its pooled connection closed under it; B sends it again on a new
+    // connection, so the caller never sees the race.
+    for i in 0..10 {
+        let response = client.get(pair.url(&format!("/read/{i}"))).header("host", B_AUTHORITY).send().await.unwrap();
+        assert_eq!(response.status(), 200, "request {i}");
+        assert_eq!(response.text().await.unwrap(), format!("GET /read/{i} HTTP/1.1 host={B_AUTHORITY}"));
+    }
+    let mut reads = Vec::new();
+    while let Ok(head) = app_read.try_recv() {
+        reads.push(head.lines().next().unwrap_or("").to_string());
+    }
+    assert!(reads.len() > 10, "some requests met a closed connection and were sent again: {reads:?}");
+
+    // A POST without a body may have been acted on before the connection closed: it is not sent
+    // twice, and the caller learns the app failed it (502) instead.
+    let mut outcomes = Vec::new();
+    for i in 0..4 {
+        let response = client.post(pair.url(&format!("/write/{i}"))).header("host", B_AUTHORITY).send().await.unwrap();
+        outcomes.push(response.status().as_u16());
+    }
+    assert!(outcomes.contains(&502) && outcomes.contains(&200), "{outcomes:?}");
+    let mut writes = Vec::new();
+    while let Ok(head) = app_read.try_recv() {
+        writes.push(head.lines().next().unwrap_or("").to_string());
+    }
+    for i in 0..4 {
+        let times = writes.iter().filter(|w| w.starts_with(&format!("POST /write/{i} "))).count();
+        assert_eq!(times, 1, "POST /write/{i} reached the app once: {writes:?}");
+    }
+    pair.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_normalised_path_still_reaches_the_app_at_the_callers_authority() {
+    let pair = Pair::start().await;
+    // Dot segments are resolved before the policy judges the path, and the app gets the judged
+    // path; over the HTTP/2 hop the authority is the request's only Host, so it must survive.
+    for (method, body) in [("GET", ""), ("POST", "hello")] {
+        let mut stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+        let request = format!(
+            "{method} /shop/../orders/./7?x=1 HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+        let raw = read_http1_response(&mut stream).await;
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 200"), "{method}: {head}");
+        let seen: Seen = serde_json::from_str(body).unwrap();
+        assert_eq!(seen.path, "/orders/7", "{method}");
+        assert_eq!(seen.header("host"), Some(B_AUTHORITY), "{method}: {:?}", seen.headers);
+    }
+    pair.shutdown();
+}

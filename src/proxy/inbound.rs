@@ -15,6 +15,7 @@ use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::Error;
 
+use super::app_pool::{self, AppPool};
 use super::record::{self, RequestCtx};
 use super::respond::{fail, is_decision, ErrorKind};
 use super::{RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER, XFCC_HEADER};
@@ -27,6 +28,7 @@ pub struct Inbound {
     app: SocketAddr,
     app_protocol: AppProtocol,
     app_timeout: Option<Duration>,
+    app_pool: AppPool,
     policy: Arc<PolicyStore>,
     telemetry: Arc<Telemetry>,
 }
@@ -46,7 +48,8 @@ impl Inbound {
         policy: Arc<PolicyStore>,
         telemetry: Arc<Telemetry>,
     ) -> Self {
-        Inbound { app, app_protocol, app_timeout, policy, telemetry }
+        let app_pool = AppPool::new(app, app_timeout);
+        Inbound { app, app_protocol, app_timeout, app_pool, policy, telemetry }
     }
 
     /// The port the caller addressed: the original destination behind an iptables REDIRECT,
@@ -90,6 +93,18 @@ impl Inbound {
             trace_id: ctx.trace_id(),
         }));
     }
+}
+
+/// What only this sidecar may tell the app: who the caller is (any `x-forwarded-client-cert`
+/// from outside is dropped), the request id and the trace context.
+fn add_sidecar_headers(session: &Session, upstream: &mut RequestHeader, ctx: &InboundCtx) -> pingora::Result<()> {
+    upstream.remove_header(XFCC_HEADER);
+    upstream.remove_header(ORIG_PROTO_HEADER);
+    if let Some(peer) = peer_identity(session) {
+        upstream.insert_header(XFCC_HEADER, peer.xfcc.clone())?;
+    }
+    upstream.insert_header(REQUEST_ID_HEADER, ctx.request.id.header_value())?;
+    record::propagate(upstream, &ctx.request)
 }
 
 /// The verified caller of this connection, if it came over mutual TLS.
@@ -187,14 +202,31 @@ impl ProxyHttp for Inbound {
         }
         // 6. Input validation (WAF) will run here.
 
-        // The app sees the path the policy judged.
+        // The app sees the path the policy judged, at the authority the caller named (an
+        // HTTP/2 caller's only Host).
         if let Cow::Owned(path) = normalized {
-            let target = match session.req_header().uri.query() {
+            let uri = &session.req_header().uri;
+            let target = match uri.query() {
                 Some(q) => format!("{path}?{q}"),
                 None => path,
             };
-            let uri = target.parse::<http::Uri>().map_err(|_| ErrorKind::InvalidRequest.fail("bad request target"))?;
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = uri.scheme().cloned();
+            parts.authority = uri.authority().cloned();
+            parts.path_and_query =
+                Some(target.parse().map_err(|_| ErrorKind::InvalidRequest.fail("bad request target"))?);
+            let uri = http::Uri::from_parts(parts).map_err(|_| ErrorKind::InvalidRequest.fail("bad request target"))?;
             session.req_header_mut().set_uri(uri);
+        }
+        if AppPool::serves(session, ctx.app_h2) {
+            self.app_pool
+                .forward_bodiless(session, |session| {
+                    let mut request = app_pool::app_request(session)?;
+                    add_sidecar_headers(session, &mut request, ctx)?;
+                    Ok(request)
+                })
+                .await?;
+            return Ok(true);
         }
         Ok(false)
     }
@@ -232,14 +264,7 @@ impl ProxyHttp for Inbound {
         upstream: &mut RequestHeader,
         ctx: &mut InboundCtx,
     ) -> pingora::Result<()> {
-        // Only this sidecar may say who the caller is.
-        upstream.remove_header(XFCC_HEADER);
-        upstream.remove_header(ORIG_PROTO_HEADER);
-        if let Some(peer) = peer_identity(session) {
-            upstream.insert_header(XFCC_HEADER, peer.xfcc.clone())?;
-        }
-        upstream.insert_header(REQUEST_ID_HEADER, ctx.request.id.header_value())?;
-        record::propagate(upstream, &ctx.request)
+        add_sidecar_headers(session, upstream, ctx)
     }
 
     fn fail_to_connect(

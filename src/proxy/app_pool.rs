@@ -1,0 +1,246 @@
+//! The inbound side's keep-alive HTTP/1.1 connections to the local app, and the request without
+//! a body that crosses one of them directly.
+//!
+//! Most requests between sidecars carry no body (reads, deletes, health checks). pingora's proxy
+//! sends each one through a pair of task channels and a connection pool that re-checks the
+//! socket's peer (`getpeername`) on every reuse and spawns an idle-watch task on every release;
+//! for a request that is one header each way that machinery is most of what the sidecar does.
+//! Here such a request is written to a pooled connection and its answer copied back, with the
+//! same request rewriting as pingora's proxy would do. Requests with a body, upgrades and apps
+//! spoken to over HTTP/2 still go through pingora.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::task::{Context, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderValue, Version};
+use pingora::http::RequestHeader;
+use pingora::protocols::http::v1::client::HttpSession as AppSession;
+use pingora::protocols::http::HttpTask;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType};
+use tokio::io::AsyncReadExt;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an idle connection is kept when the app does not say (`Keep-Alive: timeout=N`).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept; more than this many concurrent requests to one app is rare, and the
+/// extra connections are closed instead of held.
+const MAX_IDLE: usize = 128;
+
+/// Hop-by-hop headers that never reach the app (the ones pingora's proxy strips too).
+const HOP_BY_HOP: [HeaderName; 10] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::CONNECTION,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
+
+struct Idle {
+    stream: Stream,
+    until: Instant,
+}
+
+pub struct AppPool {
+    address: SocketAddr,
+    idle: Mutex<Vec<Idle>>,
+    read_timeout: Option<Duration>,
+}
+
+impl AppPool {
+    pub fn new(address: SocketAddr, read_timeout: Option<Duration>) -> Self {
+        AppPool { address, idle: Mutex::new(Vec::new()), read_timeout }
+    }
+
+    /// Whether [`Self::forward_bodiless`] serves this request: an HTTP/2 request (every request
+    /// from a peer sidecar) whose stream ended with its headers, for an app spoken to over
+    /// HTTP/1.1. HTTP/1.1 callers keep pingora's handling of their connection-level headers.
+    pub fn serves(session: &mut Session, app_h2: bool) -> bool {
+        !app_h2 && session.is_http2() && session.is_body_empty()
+    }
+
+    /// Sends `request` (see [`app_request`]) to the app and writes its answer to the caller. A
+    /// reused connection the app had closed costs no idempotent request: it is sent once more on
+    /// a new connection.
+    pub async fn forward_bodiless(
+        &self,
+        session: &mut Session,
+        request: impl Fn(&Session) -> pingora::Result<RequestHeader>,
+    ) -> pingora::Result<()> {
+        let mut retried = false;
+        loop {
+            let (stream, reused) = self.take().await?;
+            let mut app = AppSession::new(stream);
+            app.read_timeout = self.read_timeout;
+            let request = request(session)?;
+            match exchange(session, &mut app, request).await {
+                Ok(()) => {
+                    app.respect_keepalive();
+                    let idle_for = keep_alive_timeout(&app).unwrap_or(IDLE_TIMEOUT);
+                    if let Some(stream) = app.reuse().await {
+                        self.put(stream, idle_for);
+                    }
+                    return Ok(());
+                }
+                Err(mut e) => {
+                    e.retry.decide_reuse(reused);
+                    let app_side = e.esource() == &pingora::ErrorSource::Upstream;
+                    // The app may have acted on a request it read before closing; only one that
+                    // is safe to repeat (RFC 9110 §9.2.2) is sent again.
+                    let idempotent = session.req_header().method.is_idempotent();
+                    if retried || !(app_side && idempotent && e.retry() && session.response_written().is_none()) {
+                        return Err(e);
+                    }
+                    retried = true;
+                }
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still open, else a new one; true when
+    /// reused.
+    async fn take(&self) -> pingora::Result<(Stream, bool)> {
+        let now = Instant::now();
+        loop {
+            let Some(mut idle) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() else { break };
+            if idle.until > now && still_open(&mut idle.stream) {
+                return Ok((idle.stream, true));
+            }
+        }
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(self.address)).await {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                let etype = match e.kind() {
+                    std::io::ErrorKind::ConnectionRefused => ErrorType::ConnectRefused,
+                    _ => ErrorType::ConnectError,
+                };
+                return Err(Error::because(etype, "connecting to the app", e));
+            }
+            Err(_) => return Err(Error::explain(ErrorType::ConnectTimedout, "connecting to the app")),
+        };
+        let _ = tcp.set_nodelay(true);
+        Ok((Box::new(L4Stream::from(tcp)), false))
+    }
+
+    fn put(&self, stream: Stream, idle_for: Duration) {
+        if idle_for.is_zero() {
+            return;
+        }
+        let now = Instant::now();
+        let closed = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            // The oldest connection sits at the front; one expired there is closed now rather
+            // than held until the pool is drained that far.
+            let expired = idle.first().is_some_and(|c| c.until <= now).then(|| idle.remove(0));
+            let refused = if idle.len() < MAX_IDLE {
+                idle.push(Idle { stream, until: now + idle_for });
+                None
+            } else {
+                Some(stream)
+            };
+            (expired, refused)
+        };
+        // Closing happens outside the lock.
+        drop(closed);
+    }
+}
+
+/// A pooled connection is open and idle while a read would block: the app closing it reads as
+/// the end of the stream, and bytes it sent unasked mean the connection is out of step.
+fn still_open(stream: &mut Stream) -> bool {
+    let mut byte = [0u8; 1];
+    // Unconstrained: tokio's cooperative budget could otherwise answer "not yet" for a read
+    // that is ready.
+    let read = std::pin::pin!(tokio::task::unconstrained(stream.read(&mut byte)));
+    read.poll(&mut Context::from_waker(Waker::noop())).is_pending()
+}
+
+/// `Keep-Alive: timeout=N` from the app, less a second so the connection is not reused just as
+/// the app closes it; zero means not worth keeping.
+fn keep_alive_timeout(app: &AppSession) -> Option<Duration> {
+    parse_keep_alive_timeout(app.get_header("keep-alive")?.to_str().ok()?)
+}
+
+fn parse_keep_alive_timeout(value: &str) -> Option<Duration> {
+    let seconds = value.split(',').find_map(|p| p.trim().strip_prefix("timeout=")?.trim().parse::<u64>().ok())?;
+    Some(Duration::from_secs(seconds.saturating_sub(1)).min(IDLE_TIMEOUT))
+}
+
+/// The caller's HTTP/2 request as the app gets it over HTTP/1.1: `:authority` becomes `Host`,
+/// hop-by-hop headers are dropped.
+pub fn app_request(session: &Session) -> pingora::Result<RequestHeader> {
+    let mut request = session.req_header().clone();
+    request.set_version(Version::HTTP_11);
+    for name in &HOP_BY_HOP {
+        request.remove_header(name);
+    }
+    match request.uri.authority() {
+        Some(authority) if authority.as_str().contains('@') => {
+            return Err(Error::explain(ErrorType::InvalidHTTPHeader, "userinfo in the request authority").into_down());
+        }
+        Some(authority) => {
+            let host = HeaderValue::from_str(authority.as_str())
+                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "authority is not a Host").into_down())?;
+            request.insert_header(header::HOST, host)?;
+        }
+        None if !request.headers.contains_key(header::HOST) => request.insert_header(header::HOST, "")?,
+        None => {}
+    }
+    Ok(request)
+}
+
+async fn exchange(session: &mut Session, app: &mut AppSession, request: RequestHeader) -> pingora::Result<()> {
+    app.write_request_header(Box::new(request)).await.map_err(Error::into_up)?;
+    loop {
+        match app.read_response_task().await.map_err(Error::into_up)? {
+            // An interim answer cannot be forwarded to an HTTP/2 caller before the final one
+            // (pingora drops it too); a bodiless request has nothing to continue with.
+            HttpTask::Header(header, _) if header.status.is_informational() => {}
+            HttpTask::Header(header, true) => {
+                session.write_response_tasks(vec![HttpTask::Header(header, true)]).await.map_err(Error::into_down)?;
+                return Ok(());
+            }
+            HttpTask::Header(header, false) => {
+                session.write_response_header(header, false).await.map_err(Error::into_down)?
+            }
+            HttpTask::Body(data, end) => {
+                session.write_response_body(data, end).await.map_err(Error::into_down)?;
+                if end {
+                    return Ok(());
+                }
+            }
+            HttpTask::Done => {
+                session.write_response_body(Some(Bytes::new()), true).await.map_err(Error::into_down)?;
+                return Ok(());
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_apps_keep_alive_timeout_bounds_how_long_a_connection_waits() {
+        assert_eq!(parse_keep_alive_timeout("timeout=5, max=1000"), Some(Duration::from_secs(4)));
+        assert_eq!(parse_keep_alive_timeout("max=10,timeout=2"), Some(Duration::from_secs(1)));
+        assert_eq!(parse_keep_alive_timeout("timeout=1"), Some(Duration::ZERO), "too short to keep");
+        assert_eq!(parse_keep_alive_timeout("timeout=3600"), Some(IDLE_TIMEOUT));
+        assert_eq!(parse_keep_alive_timeout("max=5"), None);
+        assert_eq!(parse_keep_alive_timeout("timeout=soon"), None);
+    }
+}
