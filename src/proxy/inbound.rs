@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use opentelemetry::trace::SpanKind;
 use pingora::http::RequestHeader;
+use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -144,6 +145,10 @@ fn check_limits(req: &RequestHeader, limits: &InputLimits) -> Result<(), Box<Err
 #[async_trait]
 impl ProxyHttp for Inbound {
     type CTX = InboundCtx;
+
+    /// None: pingora's default adds a response-compression module that stays disabled yet
+    /// runs on every request; a sidecar forwards bodies as they are.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> InboundCtx {
         InboundCtx { request: RequestCtx::new(), app_h2: false, body_limit: None, body_seen: 0 }

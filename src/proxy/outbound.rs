@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use opentelemetry::trace::SpanKind;
 use pingora::http::RequestHeader;
+use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
@@ -132,6 +133,10 @@ async fn resolve_name(authority: &str) -> Result<SocketAddr, Box<Error>> {
 #[async_trait]
 impl ProxyHttp for Outbound {
     type CTX = OutboundCtx;
+
+    /// None: pingora's default adds a response-compression module that stays disabled yet
+    /// runs on every request; a sidecar forwards bodies as they are.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> OutboundCtx {
         OutboundCtx { request: RequestCtx::new(), connector: None }
