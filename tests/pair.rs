@@ -472,3 +472,43 @@ async fn a_normalised_path_still_reaches_the_app_at_the_callers_authority() {
     }
     pair.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_gives_up_frees_the_apps_connection() {
+    // An app that reads a request and never answers (a long poll), and says when its
+    // connection closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = listener.local_addr().unwrap();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let mut first = true;
+                loop {
+                    match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            if first {
+                                first = false;
+                                let _ = closed_tx.send("request");
+                            }
+                        }
+                    }
+                }
+                let _ = closed_tx.send("closed");
+            });
+        }
+    });
+    let app = EchoApp::start().await;
+    let pair = Pair::start_configured(app, |_| {}, |b| b.inbound.app.0 = app_addr).await;
+
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
+    let gave_up = impatient.get(pair.url("/poll")).header("host", B_AUTHORITY).send().await;
+    assert!(gave_up.is_err(), "the app never answers: {gave_up:?}");
+    assert_eq!(closed.recv().await, Some("request"), "the request reached the app");
+    let freed = tokio::time::timeout(Duration::from_secs(5), closed.recv()).await;
+    assert_eq!(freed.ok().flatten(), Some("closed"), "B closes the app's connection once the caller is gone");
+    pair.shutdown();
+}

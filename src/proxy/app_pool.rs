@@ -204,7 +204,15 @@ pub fn app_request(session: &Session) -> pingora::Result<RequestHeader> {
 async fn exchange(session: &mut Session, app: &mut AppSession, request: RequestHeader) -> pingora::Result<()> {
     app.write_request_header(Box::new(request)).await.map_err(Error::into_up)?;
     loop {
-        match app.read_response_task().await.map_err(Error::into_up)? {
+        let task = tokio::select! {
+            task = app.read_response_task() => task.map_err(Error::into_up)?,
+            // The caller reset its stream (a long poll given up): the app's connection is closed
+            // now instead of held until the app answers.
+            gone = session.read_body_or_idle(true) => {
+                return Err(gone.err().unwrap_or_else(|| Error::new(ErrorType::ConnectionClosed)).into_down());
+            }
+        };
+        match task {
             // An interim answer cannot be forwarded to an HTTP/2 caller before the final one
             // (pingora drops it too); a bodiless request has nothing to continue with.
             HttpTask::Header(header, _) if header.status.is_informational() => {}
