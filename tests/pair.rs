@@ -512,3 +512,80 @@ async fn a_caller_that_gives_up_frees_the_apps_connection() {
     assert_eq!(freed.ok().flatten(), Some("closed"), "B closes the app's connection once the caller is gone");
     pair.shutdown();
 }
+
+/// An HTTP/1.1 app that answers every request on a connection with `answer` and keeps the
+/// connection open; it reports "open" for each connection, "request" for each request and
+/// "closed" when the other side closes a connection.
+async fn scripted_app(
+    answer: &'static str,
+) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<&'static str>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let events = events.clone();
+            let _ = events.send("open");
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while let Ok(1) = tokio::io::AsyncReadExt::read(&mut stream, &mut byte).await {
+                    head.push(byte[0]);
+                    if head.ends_with(b"\r\n\r\n") {
+                        head.clear();
+                        let _ = events.send("request");
+                        if tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+                let _ = events.send("closed");
+            });
+        }
+    });
+    (addr, receiver)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_to_the_app_are_closed_in_time_without_waiting_for_traffic() {
+    let (app_addr, mut events) =
+        scripted_app("HTTP/1.1 200 OK\r\nKeep-Alive: timeout=2\r\nContent-Length: 2\r\n\r\nok").await;
+    let app = EchoApp::start().await;
+    let pair = Pair::start_configured(app, |_| {}, |b| b.inbound.app.0 = app_addr).await;
+    // A burst opens several connections to the app, then nothing more is sent.
+    let calls = (0..6).map(|i| {
+        let url = pair.url(&format!("/burst/{i}"));
+        async move { http_client().get(url).header("host", B_AUTHORITY).send().await.unwrap().status() }
+    });
+    let statuses = futures::future::join_all(calls).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // The app allows 2 s idle; the sidecar keeps them 1 s and sweeps every 5 s, so every
+    // connection is closed by the sidecar within seconds though no request follows.
+    let (mut opened, mut requests, mut closed) = (0, 0, 0);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while requests < 6 || closed < opened {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some("open")) => opened += 1,
+            Ok(Some("request")) => requests += 1,
+            Ok(Some(_)) => closed += 1,
+            _ => break,
+        }
+    }
+    assert_eq!(requests, 6);
+    assert!(opened >= 1 && closed == opened, "{closed} of {opened} idle connections closed");
+    pair.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_switching_protocols_unasked_is_a_bad_gateway() {
+    let (app_addr, _events) =
+        scripted_app("HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: upgrade\r\n\r\n").await;
+    let app = EchoApp::start().await;
+    let pair = Pair::start_configured(app, |_| {}, |b| b.inbound.app.0 = app_addr).await;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let response = client.get(pair.url("/plain")).header("host", B_AUTHORITY).send().await.unwrap();
+    assert_eq!(response.status(), 502);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "bad_gateway");
+    pair.shutdown();
+}

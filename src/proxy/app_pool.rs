@@ -11,7 +11,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept; more than this many concurrent requests to one app is rare, and the
 /// extra connections are closed instead of held.
 const MAX_IDLE: usize = 128;
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Hop-by-hop headers that never reach the app (the ones pingora's proxy strips too).
 const HOP_BY_HOP: [HeaderName; 10] = [
@@ -53,15 +54,18 @@ struct Idle {
     until: Instant,
 }
 
+type IdleList = Arc<Mutex<Vec<Idle>>>;
+
 pub struct AppPool {
     address: SocketAddr,
-    idle: Mutex<Vec<Idle>>,
+    idle: IdleList,
+    sweeping: OnceLock<()>,
     read_timeout: Option<Duration>,
 }
 
 impl AppPool {
     pub fn new(address: SocketAddr, read_timeout: Option<Duration>) -> Self {
-        AppPool { address, idle: Mutex::new(Vec::new()), read_timeout }
+        AppPool { address, idle: IdleList::default(), sweeping: OnceLock::new(), read_timeout }
     }
 
     /// Whether [`Self::forward_bodiless`] serves this request: an HTTP/2 request (every request
@@ -81,7 +85,9 @@ impl AppPool {
     ) -> pingora::Result<()> {
         let mut retried = false;
         loop {
-            let (stream, reused) = self.take().await?;
+            // The retry goes on a new connection: the next pooled one may be as stale as the
+            // first, when the app closed several at once.
+            let (stream, reused) = self.take(!retried).await?;
             let mut app = AppSession::new(stream);
             app.read_timeout = self.read_timeout;
             let request = request(session)?;
@@ -109,12 +115,12 @@ impl AppPool {
         }
     }
 
-    /// The most recently used idle connection that is still open, else a new one; true when
-    /// reused.
-    async fn take(&self) -> pingora::Result<(Stream, bool)> {
+    /// The most recently used idle connection that is still open (when `pooled`), else a new
+    /// one; true when reused.
+    async fn take(&self, pooled: bool) -> pingora::Result<(Stream, bool)> {
         let now = Instant::now();
-        loop {
-            let Some(mut idle) = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop() else { break };
+        while pooled {
+            let Some(mut idle) = lock(&self.idle).pop() else { break };
             if idle.until > now && still_open(&mut idle.stream) {
                 return Ok((idle.stream, true));
             }
@@ -138,9 +144,12 @@ impl AppPool {
         if idle_for.is_zero() {
             return;
         }
+        self.sweeping.get_or_init(|| {
+            tokio::spawn(sweep(Arc::downgrade(&self.idle)));
+        });
         let now = Instant::now();
         let closed = {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let mut idle = lock(&self.idle);
             // The oldest connection sits at the front; one expired there is closed now rather
             // than held until the pool is drained that far.
             let expired = idle.first().is_some_and(|c| c.until <= now).then(|| idle.remove(0));
@@ -151,6 +160,39 @@ impl AppPool {
                 Some(stream)
             };
             (expired, refused)
+        };
+        // Closing happens outside the lock.
+        drop(closed);
+    }
+}
+
+fn lock(idle: &IdleList) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    idle.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Every few seconds, closes the idle connections that expired or that the app closed, so a
+/// burst followed by silence does not leave them open (or half-closed) until the next request.
+/// Ends with the pool.
+async fn sweep(idle: Weak<Mutex<Vec<Idle>>>) {
+    let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(idle) = idle.upgrade() else { return };
+        let now = Instant::now();
+        let closed: Vec<Idle> = {
+            let mut list = lock(&idle);
+            let mut closed = Vec::new();
+            let mut i = 0;
+            while i < list.len() {
+                if list[i].until <= now || !still_open(&mut list[i].stream) {
+                    closed.push(list.remove(i));
+                } else {
+                    i += 1;
+                }
+            }
+            closed
         };
         // Closing happens outside the lock.
         drop(closed);
@@ -208,13 +250,19 @@ async fn exchange(session: &mut Session, app: &mut AppSession, request: RequestH
             task = app.read_response_task() => task.map_err(Error::into_up)?,
             // The caller reset its stream (a long poll given up): the app's connection is closed
             // now instead of held until the app answers.
-            gone = session.read_body_or_idle(true) => {
-                return Err(gone.err().unwrap_or_else(|| Error::new(ErrorType::ConnectionClosed)).into_down());
+            _ = session.read_body_or_idle(true) => {
+                return Err(Error::explain(ErrorType::ConnectionClosed, "the caller reset its stream").into_down());
             }
         };
         match task {
             // An interim answer cannot be forwarded to an HTTP/2 caller before the final one
             // (pingora drops it too); a bodiless request has nothing to continue with.
+            // Nothing asked to switch protocols (HTTP/2 carries no Upgrade): the app is wrong.
+            HttpTask::Header(header, _) if header.status == http::StatusCode::SWITCHING_PROTOCOLS => {
+                return Err(
+                    Error::explain(ErrorType::InvalidHTTPHeader, "the app switched protocols unasked").into_up()
+                );
+            }
             HttpTask::Header(header, _) if header.status.is_informational() => {}
             HttpTask::Header(header, true) => {
                 session.write_response_tasks(vec![HttpTask::Header(header, true)]).await.map_err(Error::into_down)?;
