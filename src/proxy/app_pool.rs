@@ -119,10 +119,11 @@ impl AppPool {
     /// one; true when reused.
     async fn take(&self, pooled: bool) -> pingora::Result<(Stream, bool)> {
         let now = Instant::now();
-        while pooled {
-            let Some(mut idle) = lock(&self.idle).pop() else { break };
-            if idle.until > now && still_open(&mut idle.stream) {
-                return Ok((idle.stream, true));
+        if pooled {
+            while let Some(mut idle) = lock(&self.idle).pop() {
+                if idle.until > now && still_open(&mut idle.stream) {
+                    return Ok((idle.stream, true));
+                }
             }
         }
         let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(self.address)).await {
