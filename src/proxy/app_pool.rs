@@ -120,7 +120,10 @@ impl AppPool {
     async fn take(&self, pooled: bool) -> pingora::Result<(Stream, bool)> {
         let now = Instant::now();
         if pooled {
-            while let Some(mut idle) = lock(&self.idle).pop() {
+            loop {
+                // The lock is released before a stale connection is checked or closed.
+                let next = lock(&self.idle).pop();
+                let Some(mut idle) = next else { break };
                 if idle.until > now && still_open(&mut idle.stream) {
                     return Ok((idle.stream, true));
                 }
