@@ -39,6 +39,21 @@ pub(crate) fn has_conflicting_framing(session: &pingora::proxy::Session) -> bool
     raw.split(|&b| b == b'\n').any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
 }
 
+/// A connection that could not be made, as the pingora error whose type decides the caller's
+/// status (refused or unreachable 502, timed out 504); the message names the address.
+pub(crate) fn connect_failure(e: &crate::tls::ConnectError) -> Box<pingora::Error> {
+    use crate::tls::ConnectError::*;
+    use pingora::ErrorType;
+    let etype = match e {
+        Refused(_) => ErrorType::ConnectRefused,
+        Unreachable(..) => ErrorType::ConnectError,
+        ConnectTimeout(_) => ErrorType::ConnectTimedout,
+        HandshakeTimeout(_) => ErrorType::TLSHandshakeTimedout,
+        Refusal(_) => ErrorType::TLSHandshakeFailure,
+    };
+    pingora::Error::explain(etype, e.to_string())
+}
+
 /// Where a request is addressed: the absolute-form authority, else the `Host` header.
 pub(crate) fn request_authority(req: &pingora::http::RequestHeader) -> Option<&str> {
     req.uri

@@ -9,7 +9,7 @@ mod credentials;
 mod store;
 mod verify;
 
-pub use connect::{connect, ConnectError};
+pub use connect::{connect, connect_tcp, ConnectError};
 pub use credentials::{Credentials, IdentityFiles};
 pub use store::{PeerIdentity, TlsState, TlsStore};
 pub use verify::{LeafError, TrustDomains};

@@ -27,6 +27,8 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 use tokio::io::AsyncReadExt;
 
+use crate::tls::connect_tcp;
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long an idle connection is kept when the app does not say (`Keep-Alive: timeout=N`).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -129,18 +131,7 @@ impl AppPool {
                 }
             }
         }
-        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(self.address)).await {
-            Ok(Ok(tcp)) => tcp,
-            Ok(Err(e)) => {
-                let etype = match e.kind() {
-                    std::io::ErrorKind::ConnectionRefused => ErrorType::ConnectRefused,
-                    _ => ErrorType::ConnectError,
-                };
-                return Err(Error::because(etype, "connecting to the app", e));
-            }
-            Err(_) => return Err(Error::explain(ErrorType::ConnectTimedout, "connecting to the app")),
-        };
-        let _ = tcp.set_nodelay(true);
+        let tcp = connect_tcp(self.address, CONNECT_TIMEOUT).await.map_err(|e| super::connect_failure(&e))?;
         Ok((Box::new(L4Stream::from(tcp)), false))
     }
 

@@ -156,16 +156,7 @@ impl MeshConnector {
         let tls = match connect(&self.tls, addr, self.expected.as_ref(), CONNECT_TIMEOUT).await {
             Ok(tls) => tls,
             Err(ConnectError::Refusal(reason)) => return Err(self.refuse(reason)),
-            Err(e @ ConnectError::Refused(_)) => return Err(Error::explain(ErrorType::ConnectRefused, e.to_string())),
-            Err(e @ ConnectError::ConnectTimeout(_)) => {
-                return Err(Error::explain(ErrorType::ConnectTimedout, e.to_string()))
-            }
-            Err(e @ ConnectError::HandshakeTimeout(_)) => {
-                return Err(Error::explain(ErrorType::TLSHandshakeTimedout, e.to_string()))
-            }
-            Err(e @ ConnectError::Unreachable(..)) => {
-                return Err(Error::explain(ErrorType::ConnectError, e.to_string()))
-            }
+            Err(e) => return Err(super::connect_failure(&e)),
         };
         self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "success"]).inc();
         let stream = L4Stream::from(VirtualSocketStream::new(Box::new(MeshTls(tls))));

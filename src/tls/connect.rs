@@ -28,6 +28,19 @@ pub enum ConnectError {
     Refusal(String),
 }
 
+/// TCP to `addr` within `timeout`, Nagle off: the first step of every connection a sidecar
+/// makes, to a peer (then TLS, see [`connect`]) or to its own app.
+pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Err(ConnectError::Refused(addr)),
+        Ok(Err(e)) => return Err(ConnectError::Unreachable(addr, e)),
+        Err(_) => return Err(ConnectError::ConnectTimeout(addr)),
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
+}
+
 /// Connects to `addr` and proves both identities; `expected: None` accepts any SPIFFE ID of the
 /// trust domain (the verifier checks that much during the handshake).
 pub async fn connect(
@@ -36,13 +49,7 @@ pub async fn connect(
     expected: Option<&SpiffeId>,
     timeout: Duration,
 ) -> Result<TlsStream<TcpStream>, ConnectError> {
-    let tcp = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => return Err(ConnectError::Refused(addr)),
-        Ok(Err(e)) => return Err(ConnectError::Unreachable(addr, e)),
-        Err(_) => return Err(ConnectError::ConnectTimeout(addr)),
-    };
-    let _ = tcp.set_nodelay(true);
+    let tcp = connect_tcp(addr, timeout).await?;
     let config = store.current().client_config.clone();
     // SNI is off; the name only satisfies the API, the identity is checked below.
     let handshake = tokio_rustls::TlsConnector::from(config).connect(ServerName::IpAddress(addr.ip().into()), tcp);
