@@ -27,6 +27,16 @@ pub(crate) const ORIG_PROTO_HEADER: &str = "palisade-orig-proto";
 pub(crate) const XFCC_HEADER: &str = "x-forwarded-client-cert";
 pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
+/// Headers that describe one HTTP/1.1 connection and are forbidden in HTTP/2 (RFC 9113 §8.2.2).
+pub(crate) const CONNECTION_SPECIFIC: [http::HeaderName; 6] = [
+    http::header::CONNECTION,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::HeaderName::from_static("keep-alive"),
+    http::HeaderName::from_static("proxy-connection"),
+    http::HeaderName::from_static("http2-settings"),
+];
+
 /// Content-Length and Transfer-Encoding on one HTTP/1 request: the shape of request smuggling,
 /// which SPEC section 5 answers with 400. pingora's parser drops the Content-Length before any
 /// phase runs (the body is then read as chunked), so the parsed headers never show both; the
@@ -52,6 +62,14 @@ pub(crate) fn connect_failure(e: &crate::tls::ConnectError) -> Box<pingora::Erro
         Refusal(_) => ErrorType::TLSHandshakeFailure,
     };
     pingora::Error::explain(etype, e.to_string())
+}
+
+/// Whether a request that failed on a connection may be sent once more on another: the error
+/// allows it (on a reused connection only, where pingora says so) and nothing of an answer has
+/// reached the caller. Each hop adds what else it needs (no body; an idempotent method).
+pub(crate) fn may_send_again(e: &mut pingora::Error, reused: bool, session: &pingora::proxy::Session) -> bool {
+    e.retry.decide_reuse(reused);
+    e.retry() && session.response_written().is_none()
 }
 
 /// Where a request is addressed: the absolute-form authority, else the `Host` header.

@@ -8,6 +8,8 @@ use std::future::poll_fn;
 use bytes::Bytes;
 use h2::SendStream;
 use http::header::{self, HeaderName};
+
+use super::CONNECTION_SPECIFIC;
 use http::{StatusCode, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::http::v2::client::Http2Session;
@@ -15,15 +17,6 @@ use pingora::protocols::http::HttpTask;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, OrErr};
 
-/// Headers that describe one HTTP/1.1 connection and are forbidden in HTTP/2 (RFC 9113 §8.2.2).
-const CONNECTION_SPECIFIC: [HeaderName; 6] = [
-    header::CONNECTION,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    HeaderName::from_static("http2-settings"),
-];
 /// More names than this in `Connection` is not a real client.
 const MAX_CONNECTION_NAMES: usize = 32;
 
@@ -129,13 +122,10 @@ pub async fn exchange(
             event = next_event(upstream, header_seen) => match event? {
                 Event::Header(end) => {
                     header_seen = true;
-                    let header = downstream_header(session, upstream)?;
+                    write_header(session, downstream_header(session, upstream)?, end).await?;
                     if end {
-                        // HEADERS with END_STREAM (a gRPC status without a body) stays one frame.
-                        session.write_response_tasks(vec![HttpTask::Header(header, true)]).await.map_err(Error::into_down)?;
                         return Ok(());
                     }
-                    session.write_response_header(header, false).await.map_err(Error::into_down)?;
                 }
                 Event::Data(data) => {
                     session.write_response_body(Some(data), false).await.map_err(Error::into_down)?
@@ -153,6 +143,17 @@ pub async fn exchange(
             }
         }
     }
+}
+
+/// Writes a response header to the caller; one that ends the response (a gRPC status without a
+/// body) stays a single HTTP/2 frame.
+pub async fn write_header(session: &mut Session, header: Box<ResponseHeader>, end: bool) -> pingora::Result<()> {
+    let written = if end {
+        session.write_response_tasks(vec![HttpTask::Header(header, true)]).await.map(drop)
+    } else {
+        session.write_response_header(header, false).await
+    };
+    written.map_err(Error::into_down)
 }
 
 /// Sends as much of the pending chunk as the peer's flow-control window allows; true once the

@@ -169,8 +169,7 @@ impl ProxyHttp for Outbound {
             let Err(mut e) = forward::exchange(session, &mut upstream, request, expects_continue).await else {
                 return Ok(true);
             };
-            e.retry.decide_reuse(reused);
-            if retried || !(e.retry() && session.is_body_empty() && session.response_written().is_none()) {
+            if retried || !(super::may_send_again(&mut e, reused, session) && session.is_body_empty()) {
                 return Err(e);
             }
             upstream.conn.mark_shutdown();
