@@ -37,19 +37,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const MAX_IDLE: usize = 128;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Hop-by-hop headers that never reach the app (the ones pingora's proxy strips too).
-const HOP_BY_HOP: [HeaderName; 10] = [
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::CONNECTION,
-    header::UPGRADE,
-    HeaderName::from_static("http2-settings"),
-];
+/// Hop-by-hop headers beyond the connection-specific ones that never reach the app: together
+/// they are the list pingora's proxy strips.
+const HOP_BY_HOP: [HeaderName; 4] =
+    [header::PROXY_AUTHENTICATE, header::PROXY_AUTHORIZATION, header::TE, header::TRAILER];
 
 struct Idle {
     stream: Stream,
@@ -103,12 +94,11 @@ impl AppPool {
                     return Ok(());
                 }
                 Err(mut e) => {
-                    e.retry.decide_reuse(reused);
                     let app_side = e.esource() == &pingora::ErrorSource::Upstream;
                     // The app may have acted on a request it read before closing; only one that
                     // is safe to repeat (RFC 9110 §9.2.2) is sent again.
                     let idempotent = session.req_header().method.is_idempotent();
-                    if retried || !(app_side && idempotent && e.retry() && session.response_written().is_none()) {
+                    if retried || !(app_side && idempotent && super::may_send_again(&mut e, reused, session)) {
                         return Err(e);
                     }
                     retried = true;
@@ -142,22 +132,17 @@ impl AppPool {
         self.sweeping.get_or_init(|| {
             tokio::spawn(sweep(Arc::downgrade(&self.idle)));
         });
-        let now = Instant::now();
-        let closed = {
+        let refused = {
             let mut idle = lock(&self.idle);
-            // The oldest connection sits at the front; one expired there is closed now rather
-            // than held until the pool is drained that far.
-            let expired = idle.first().is_some_and(|c| c.until <= now).then(|| idle.remove(0));
-            let refused = if idle.len() < MAX_IDLE {
-                idle.push(Idle { stream, until: now + idle_for });
+            if idle.len() < MAX_IDLE {
+                idle.push(Idle { stream, until: Instant::now() + idle_for });
                 None
             } else {
                 Some(stream)
-            };
-            (expired, refused)
+            }
         };
         // Closing happens outside the lock.
-        drop(closed);
+        drop(refused);
     }
 }
 
@@ -176,19 +161,7 @@ async fn sweep(idle: Weak<Mutex<Vec<Idle>>>) {
         ticks.tick().await;
         let Some(idle) = idle.upgrade() else { return };
         let now = Instant::now();
-        let closed: Vec<Idle> = {
-            let mut list = lock(&idle);
-            let mut closed = Vec::new();
-            let mut i = 0;
-            while i < list.len() {
-                if list[i].until <= now || !still_open(&mut list[i].stream) {
-                    closed.push(list.remove(i));
-                } else {
-                    i += 1;
-                }
-            }
-            closed
-        };
+        let closed: Vec<Idle> = lock(&idle).extract_if(.., |c| c.until <= now || !still_open(&mut c.stream)).collect();
         // Closing happens outside the lock.
         drop(closed);
     }
@@ -220,7 +193,7 @@ fn parse_keep_alive_timeout(value: &str) -> Option<Duration> {
 pub fn app_request(session: &Session) -> pingora::Result<RequestHeader> {
     let mut request = session.req_header().clone();
     request.set_version(Version::HTTP_11);
-    for name in &HOP_BY_HOP {
+    for name in super::CONNECTION_SPECIFIC.iter().chain(&HOP_BY_HOP) {
         request.remove_header(name);
     }
     match request.uri.authority() {
@@ -250,21 +223,20 @@ async fn exchange(session: &mut Session, app: &mut AppSession, request: RequestH
             }
         };
         match task {
-            // An interim answer cannot be forwarded to an HTTP/2 caller before the final one
-            // (pingora drops it too); a bodiless request has nothing to continue with.
             // Nothing asked to switch protocols (HTTP/2 carries no Upgrade): the app is wrong.
             HttpTask::Header(header, _) if header.status == http::StatusCode::SWITCHING_PROTOCOLS => {
                 return Err(
                     Error::explain(ErrorType::InvalidHTTPHeader, "the app switched protocols unasked").into_up()
                 );
             }
+            // An interim answer cannot be forwarded to an HTTP/2 caller before the final one
+            // (pingora drops it too); a bodiless request has nothing to continue with.
             HttpTask::Header(header, _) if header.status.is_informational() => {}
-            HttpTask::Header(header, true) => {
-                session.write_response_tasks(vec![HttpTask::Header(header, true)]).await.map_err(Error::into_down)?;
-                return Ok(());
-            }
-            HttpTask::Header(header, false) => {
-                session.write_response_header(header, false).await.map_err(Error::into_down)?
+            HttpTask::Header(header, end) => {
+                super::forward::write_header(session, header, end).await?;
+                if end {
+                    return Ok(());
+                }
             }
             HttpTask::Body(data, end) => {
                 session.write_response_body(data, end).await.map_err(Error::into_down)?;
