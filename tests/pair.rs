@@ -185,16 +185,13 @@ async fn bodies_hop_headers_and_concurrent_callers_cross_the_pair_on_one_connect
     assert_eq!((seen.method.as_str(), seen.body_bytes), ("POST", big.len()), "every byte arrives");
 
     // Connection-specific headers describe the app's connection to A, not the next hop.
-    let mut stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
     let request = format!(
         "GET /hop HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nConnection: keep-alive, x-hop-secret\r\nKeep-Alive: timeout=5\r\n\
          X-Hop-Secret: only-for-a\r\nTE: gzip\r\nX-End-To-End: kept\r\nContent-Length: 0\r\n\r\n"
     );
-    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
-    let raw = read_http1_response(&mut stream).await;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let (head, body, _) = raw_exchange(pair.a.outbound, &request).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let seen: Seen = serde_json::from_str(body).unwrap();
+    let seen: Seen = serde_json::from_str(&body).unwrap();
     assert_eq!(seen.header("x-end-to-end"), Some("kept"));
     for hop in ["x-hop-secret", "keep-alive", "te", "connection"] {
         assert_eq!(seen.header(hop), None, "{hop} must not cross the hop: {:?}", seen.headers);
@@ -246,21 +243,28 @@ async fn read_http1_response(stream: &mut tokio::net::TcpStream) -> String {
     }
 }
 
+/// Writes `request` as raw bytes to `addr` and reads one HTTP/1.1 response: its head, its body,
+/// and the connection for whatever the test reads next.
+async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> (String, String, tokio::net::TcpStream) {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+    let raw = read_http1_response(&mut stream).await;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.to_string(), body.to_string(), stream)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_callers_framing_headers_cannot_remove_the_sidecars_own_or_smuggle_a_body() {
     let pair = Pair::start().await;
 
     // `Connection` may name hop-by-hop headers; it cannot name away what the sidecar adds.
-    let mut stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
     let request = format!(
         "GET /named HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nConnection: palisade-orig-proto, x-request-id, traceparent\r\n\
          X-Request-Id: keep-me-7\r\nContent-Length: 0\r\n\r\n"
     );
-    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
-    let raw = read_http1_response(&mut stream).await;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let (head, body, _) = raw_exchange(pair.a.outbound, &request).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    let seen: Seen = serde_json::from_str(body).unwrap();
+    let seen: Seen = serde_json::from_str(&body).unwrap();
     assert_eq!(seen.version, "HTTP/1.1", "B still knows the app spoke HTTP/1.1");
     assert!(seen.header("x-request-id").is_some(), "the request id still travels: {:?}", seen.headers);
 
@@ -275,10 +279,7 @@ async fn the_callers_framing_headers_cannot_remove_the_sidecars_own_or_smuggle_a
     };
     let policed = PolicedSidecar::start_with(&policy("open", "  mtls: PERMISSIVE\n"), |_| {}).await;
     for (side, addr) in [("outbound", pair.a.outbound), ("inbound", policed.sidecar.inbound)] {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        tokio::io::AsyncWriteExt::write_all(&mut stream, smuggle(B_AUTHORITY).as_bytes()).await.unwrap();
-        let raw = read_http1_response(&mut stream).await;
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let (head, body, mut stream) = raw_exchange(addr, &smuggle(B_AUTHORITY)).await;
         assert!(head.starts_with("HTTP/1.1 400"), "{side}: {head}");
         assert!(body.contains("invalid_request"), "{side}: {body}");
         let mut rest = Vec::new();
@@ -457,16 +458,13 @@ async fn a_normalised_path_still_reaches_the_app_at_the_callers_authority() {
     // Dot segments are resolved before the policy judges the path, and the app gets the judged
     // path; over the HTTP/2 hop the authority is the request's only Host, so it must survive.
     for (method, body) in [("GET", ""), ("POST", "hello")] {
-        let mut stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
         let request = format!(
             "{method} /shop/../orders/./7?x=1 HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
-        let raw = read_http1_response(&mut stream).await;
-        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        let (head, body, _) = raw_exchange(pair.a.outbound, &request).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{method}: {head}");
-        let seen: Seen = serde_json::from_str(body).unwrap();
+        let seen: Seen = serde_json::from_str(&body).unwrap();
         assert_eq!(seen.path, "/orders/7", "{method}");
         assert_eq!(seen.header("host"), Some(B_AUTHORITY), "{method}: {:?}", seen.headers);
     }
@@ -477,47 +475,25 @@ async fn a_normalised_path_still_reaches_the_app_at_the_callers_authority() {
 async fn a_caller_that_gives_up_frees_the_apps_connection() {
     // An app that reads a request and never answers (a long poll), and says when its
     // connection closes.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app_addr = listener.local_addr().unwrap();
-    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let closed_tx = closed_tx.clone();
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                let mut first = true;
-                loop {
-                    match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(_) => {
-                            if first {
-                                first = false;
-                                let _ = closed_tx.send("request");
-                            }
-                        }
-                    }
-                }
-                let _ = closed_tx.send("closed");
-            });
-        }
-    });
+    let (app_addr, mut closed) = scripted_app(None).await;
     let app = EchoApp::start().await;
     let pair = Pair::start_configured(app, |_| {}, |b| b.inbound.app.0 = app_addr).await;
 
     let impatient = reqwest::Client::builder().timeout(Duration::from_millis(300)).build().unwrap();
     let gave_up = impatient.get(pair.url("/poll")).header("host", B_AUTHORITY).send().await;
     assert!(gave_up.is_err(), "the app never answers: {gave_up:?}");
+    assert_eq!(closed.recv().await, Some("open"), "B connected to the app");
     assert_eq!(closed.recv().await, Some("request"), "the request reached the app");
     let freed = tokio::time::timeout(Duration::from_secs(5), closed.recv()).await;
     assert_eq!(freed.ok().flatten(), Some("closed"), "B closes the app's connection once the caller is gone");
     pair.shutdown();
 }
 
-/// An HTTP/1.1 app that answers every request on a connection with `answer` and keeps the
-/// connection open; it reports "open" for each connection, "request" for each request and
-/// "closed" when the other side closes a connection.
+/// An HTTP/1.1 app that answers every request on a connection with `answer` (or, without one,
+/// never answers: a long poll) and keeps the connection open; it reports "open" for each
+/// connection, "request" for each request and "closed" when the other side closes a connection.
 async fn scripted_app(
-    answer: &'static str,
+    answer: Option<&'static str>,
 ) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<&'static str>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -534,6 +510,7 @@ async fn scripted_app(
                     if head.ends_with(b"\r\n\r\n") {
                         head.clear();
                         let _ = events.send("request");
+                        let Some(answer) = answer else { continue };
                         if tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes()).await.is_err() {
                             break;
                         }
@@ -549,7 +526,7 @@ async fn scripted_app(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_to_the_app_are_closed_in_time_without_waiting_for_traffic() {
     let (app_addr, mut events) =
-        scripted_app("HTTP/1.1 200 OK\r\nKeep-Alive: timeout=2\r\nContent-Length: 2\r\n\r\nok").await;
+        scripted_app(Some("HTTP/1.1 200 OK\r\nKeep-Alive: timeout=2\r\nContent-Length: 2\r\n\r\nok")).await;
     let app = EchoApp::start().await;
     let pair = Pair::start_configured(app, |_| {}, |b| b.inbound.app.0 = app_addr).await;
     // A burst opens several connections to the app, then nothing more is sent.
@@ -579,7 +556,7 @@ async fn idle_connections_to_the_app_are_closed_in_time_without_waiting_for_traf
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_switching_protocols_unasked_is_a_bad_gateway() {
     let (app_addr, _events) =
-        scripted_app("HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: upgrade\r\n\r\n").await;
+        scripted_app(Some("HTTP/1.1 101 Switching Protocols\r\nUpgrade: other\r\nConnection: upgrade\r\n\r\n")).await;
     let app = EchoApp::start().await;
     let pair = Pair::start_configured(app, |_| {}, |b| b.inbound.app.0 = app_addr).await;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
