@@ -6,13 +6,14 @@
 use std::future::poll_fn;
 
 use bytes::Bytes;
-use h2::SendStream;
+use h2::client::ResponseFuture;
+use h2::{RecvStream, SendStream};
 use http::header::{self, HeaderName};
 
+use super::mesh_connector::MeshStream;
 use super::CONNECTION_SPECIFIC;
 use http::{StatusCode, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::v2::client::Http2Session;
 use pingora::protocols::http::HttpTask;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType, OrErr};
@@ -78,19 +79,19 @@ pub fn to_h2(request: &mut RequestHeader) -> pingora::Result<()> {
 /// of the error response, when one can still be written.
 pub async fn exchange(
     session: &mut Session,
-    upstream: &mut Http2Session,
+    upstream: &mut MeshStream,
     request: RequestHeader,
     expects_continue: bool,
 ) -> pingora::Result<()> {
     let mut request_done = session.is_body_empty() && session.is_body_done();
-    upstream.write_request_header(Box::new(request), request_done).map_err(Error::into_up)?;
+    let (response, body_writer) = upstream.send_request(request, request_done).map_err(Error::into_up)?;
     if expects_continue && !request_done {
         // The peer's interim answer cannot cross HTTP/2 (h2 drops 1xx), so this hop says go on.
         session.write_continue_response().await.map_err(Error::into_down)?;
     }
-    let mut body_writer = upstream.take_request_body_writer();
+    let mut body_writer = Some(body_writer);
+    let mut incoming = Incoming::Header(response);
     let mut pending: Option<(Bytes, bool)> = None;
-    let mut header_seen = false;
     // False once the peer stopped taking the body: the rest of it is still arriving from the
     // caller, and reading it as "idle" would call it a protocol error.
     let mut watch_caller = true;
@@ -119,10 +120,9 @@ pub async fn exchange(
                     }
                 }
             }
-            event = next_event(upstream, header_seen) => match event? {
-                Event::Header(end) => {
-                    header_seen = true;
-                    write_header(session, downstream_header(session, upstream)?, end).await?;
+            event = incoming.next(upstream) => match event.map_err(Error::into_up)? {
+                Event::Header(header, end) => {
+                    write_header(session, downstream_header(session, header, end)?, end).await?;
                     if end {
                         return Ok(());
                     }
@@ -195,46 +195,96 @@ async fn send_pending(
 
 enum Event {
     /// The response header; true when it ended the stream.
-    Header(bool),
+    Header(ResponseHeader, bool),
     Data(Bytes),
     End(Option<http::HeaderMap>),
 }
 
-/// The next step of the response. Every read here is cancel-safe, so the request body may win
-/// the race at any point without losing a byte.
-async fn next_event(upstream: &mut Http2Session, header_seen: bool) -> pingora::Result<Event> {
-    if !header_seen {
-        upstream.read_response_header().await.map_err(Error::into_up)?;
-        return Ok(Event::Header(upstream.response_finished()));
-    }
-    match upstream.read_response_body().await.map_err(Error::into_up)? {
-        Some(data) => Ok(Event::Data(data)),
-        None => Ok(Event::End(upstream.read_trailers().await.map_err(Error::into_up)?)),
+/// Where the response from the peer is.
+enum Incoming {
+    Header(ResponseFuture),
+    Body(RecvStream),
+}
+
+impl Incoming {
+    /// The next step of the response. Every read here is cancel-safe, so the request body may
+    /// win the race at any point without losing a byte.
+    async fn next(&mut self, upstream: &MeshStream) -> pingora::Result<Event> {
+        match self {
+            Incoming::Header(response) => {
+                let response = response
+                    .await
+                    .map_err(|e| upstream.failure(e, ErrorType::H2Error, "reading the response header", true))?;
+                let (parts, body) = response.into_parts();
+                let end = body.is_end_stream();
+                *self = Incoming::Body(body);
+                Ok(Event::Header(ResponseHeader::from(parts), end))
+            }
+            Incoming::Body(body) => match body.data().await {
+                Some(Ok(data)) => {
+                    body.flow_control()
+                        .release_capacity(data.len())
+                        .map_err(|e| upstream.failure(e, ErrorType::ReadError, "reading the response body", false))?;
+                    Ok(Event::Data(data))
+                }
+                Some(Err(e)) => Err(upstream.failure(e, ErrorType::ReadError, "reading the response body", false)),
+                None => match body.trailers().await {
+                    Ok(trailers) => Ok(Event::End(trailers)),
+                    // A peer that ends its side in good order (GOAWAY, or a reset without an
+                    // error once it has answered, RFC 9113 §8.1) has no trailers to send.
+                    Err(e)
+                        if (e.is_go_away() || e.is_reset())
+                            && e.is_remote()
+                            && e.reason() == Some(h2::Reason::NO_ERROR) =>
+                    {
+                        Ok(Event::End(None))
+                    }
+                    Err(e) => Err(upstream.failure(e, ErrorType::ReadError, "reading the response trailers", false)),
+                },
+            },
+        }
     }
 }
 
-/// The peer's response header as the app's protocol carries it.
-fn downstream_header(session: &Session, upstream: &Http2Session) -> pingora::Result<Box<ResponseHeader>> {
-    let mut header = Box::new(
-        upstream
-            .response_header()
-            .ok_or_else(|| Error::explain(ErrorType::InvalidHTTPHeader, "no response header").into_up())?
-            .clone(),
-    );
+/// The peer's response header as the app's protocol carries it; `finished` when the header
+/// ended the response.
+fn downstream_header(
+    session: &Session,
+    mut header: ResponseHeader,
+    finished: bool,
+) -> pingora::Result<Box<ResponseHeader>> {
+    single_content_length(&header)?;
     header.set_version(Version::HTTP_11);
-    let bodiless = session.req_header().method == http::Method::HEAD
-        || matches!(header.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
-        || upstream.response_finished();
-    if upstream.response_finished()
-        && header.headers.get(header::CONTENT_LENGTH).is_some_and(|l| l.as_bytes() != b"0")
-        && session.req_header().method != http::Method::HEAD
-    {
+    let head = session.req_header().method == http::Method::HEAD;
+    let bodiless = head || matches!(header.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) || finished;
+    if finished && !head && header.headers.get(header::CONTENT_LENGTH).is_some_and(|l| l.as_bytes() != b"0") {
         return Err(Error::explain(ErrorType::InvalidHTTPHeader, "a response with a length and no body").into_up());
     }
     if !session.is_http2() && !bodiless && header.headers.get(header::CONTENT_LENGTH).is_none() {
         header.insert_header(header::TRANSFER_ENCODING, "chunked")?;
     }
-    Ok(header)
+    Ok(Box::new(header))
+}
+
+/// A response whose `Content-Length` values disagree (or are not numbers) would be framed one
+/// way by this hop and another by the app's client: refused (RFC 9110 §8.6).
+fn single_content_length(header: &ResponseHeader) -> pingora::Result<()> {
+    let mut length = None;
+    for value in header.headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            let parsed =
+                std::str::from_utf8(part).ok().filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            let Some(parsed) = parsed.and_then(|p| p.parse::<u64>().ok()) else {
+                return Err(Error::explain(ErrorType::InvalidHTTPHeader, "Content-Length is not a number").into_up());
+            };
+            if length.is_some_and(|l| l != parsed) {
+                return Err(Error::explain(ErrorType::InvalidHTTPHeader, "Content-Length values disagree").into_up());
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -276,6 +326,25 @@ mod tests {
         let mut gzip = h1(b"/", &[("host", "a"), ("te", "gzip")]);
         to_h2(&mut gzip).unwrap();
         assert!(gzip.headers.get("te").is_none(), "HTTP/2 allows te only as trailers");
+    }
+
+    #[test]
+    fn a_response_framed_two_ways_is_refused() {
+        let response = |lengths: &[&str]| {
+            let mut header = ResponseHeader::build(200, None).unwrap();
+            for length in lengths {
+                header.append_header("content-length", *length).unwrap();
+            }
+            single_content_length(&header)
+        };
+        assert!(response(&[]).is_ok());
+        assert!(response(&["12"]).is_ok());
+        assert!(response(&["12", "12"]).is_ok(), "the same length twice is one length");
+        assert!(response(&["12, 12"]).is_ok());
+        for ambiguous in [&["12", "13"][..], &["12, 13"], &["-1"], &["0x10"], &["12 13"], &[""], &["12,"]] {
+            let e = response(ambiguous).unwrap_err();
+            assert_eq!(e.esource(), &pingora::ErrorSource::Upstream, "{ambiguous:?}");
+        }
     }
 
     #[test]

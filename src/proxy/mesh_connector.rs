@@ -4,26 +4,24 @@
 //!
 //! pingora's rustls connector can only check DNS names, and its pools re-check every reused
 //! connection's file descriptor against the peer address, which a TLS session held outside
-//! pingora does not have. So the session lives here and pingora's HTTP/2 client runs directly
-//! on it: no socket pair, no relay task, no `getpeername` per request. This verifies the
-//! identity inside the handshake, so it holds when the destination is a load-balanced virtual
-//! IP whose backends each have their own certificate.
+//! pingora does not have. So the session lives here, and the `h2` client runs directly on it:
+//! no socket pair, no relay task, no `getpeername` per request, and no request header copied
+//! into a second form per request. This verifies the identity inside the handshake, so it
+//! holds when the destination is a load-balanced virtual IP whose backends each have their own
+//! certificate.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use pingora::connectors::http::v2::{handshake as h2_handshake, ConnectionRef, H2HandshakeSettings};
-use pingora::protocols::http::v2::client::Http2Session;
-use pingora::protocols::l4::stream::Stream as L4Stream;
-use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
-use pingora::{Error, ErrorType};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+use bytes::Bytes;
+use h2::client::{ResponseFuture, SendRequest};
+use h2::{Reason, SendStream};
+use pingora::http::RequestHeader;
+use pingora::{Error, ErrorType, RetryType};
 
 use crate::identity::SpiffeId;
 use crate::telemetry::{SecurityEvent, Telemetry};
@@ -37,11 +35,50 @@ const STREAMS_PER_CONNECTION: usize = 100;
 /// A pooled connection whose peer vanished without a word (a node lost, a partition) is found
 /// out by a PING left unanswered, instead of by the requests that would hang on it.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Flow-control windows large enough that a sidecar never throttles a stream the app reads at
+/// full speed (pingora's defaults).
+const WINDOW_SIZE: u32 = 1 << 23;
+/// Invites the peer to send large DATA frames.
+const MAX_FRAME_SIZE: u32 = 64 * 1024;
 
 /// One pooled connection and the credential generation it was made with.
 struct Pooled {
     generation: u64,
-    connection: ConnectionRef,
+    connection: MeshConnection,
+}
+
+/// An HTTP/2 connection to a peer sidecar; its frames are read and written by its own task.
+#[derive(Clone)]
+struct MeshConnection {
+    sender: SendRequest<Bytes>,
+    state: Arc<ConnectionState>,
+}
+
+struct ConnectionState {
+    open_streams: AtomicUsize,
+    /// This side's limit or the peer's, whichever is lower.
+    max_streams: usize,
+    /// The connection's task ended: closed by either side, or its PING went unanswered.
+    closed: AtomicBool,
+    /// Takes no new streams (the peer is going away, or a stream on it failed as if it were).
+    shutting_down: AtomicBool,
+    ping_timed_out: AtomicBool,
+}
+
+/// One request's stream, before it is sent.
+pub struct MeshStream {
+    sender: SendRequest<Bytes>,
+    slot: StreamSlot,
+}
+
+/// A stream's place in its connection's count, given back when dropped.
+struct StreamSlot(Arc<ConnectionState>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.open_streams.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub struct MeshConnector {
@@ -90,7 +127,7 @@ impl MeshConnector {
     /// A new HTTP/2 stream to the destination, on a pooled connection when one has room, and
     /// whether that connection was reused. Connections made with older credentials (a rotated
     /// certificate or trust bundle) take no new streams; they close once their last stream ends.
-    pub async fn open_stream(&self) -> pingora::Result<(Http2Session, bool)> {
+    pub async fn open_stream(&self) -> pingora::Result<(MeshStream, bool)> {
         if let Some(stream) = self.pooled_stream().await? {
             return Ok((stream, true));
         }
@@ -120,38 +157,36 @@ impl MeshConnector {
                 return Err(e);
             }
         };
-        let stream = connection.spawn_stream().await?.ok_or_else(|| {
+        let stream = connection.open_stream().await?.ok_or_else(|| {
             Error::explain(ErrorType::H2Error, "new connection to the peer sidecar has no free stream")
         })?;
         self.pool.lock().expect("pool lock").push(Pooled { generation, connection });
         Ok((stream, false))
     }
 
-    async fn pooled_stream(&self) -> pingora::Result<Option<Http2Session>> {
+    async fn pooled_stream(&self) -> pingora::Result<Option<MeshStream>> {
         loop {
             let candidate = {
                 let generation = self.tls.generation();
                 let mut pool = self.pool.lock().expect("pool lock");
-                pool.retain(|p| {
-                    p.generation == generation && !p.connection.is_closed() && !p.connection.is_shutting_down()
-                });
-                pool.iter().find(|p| p.connection.more_streams_allowed()).map(|p| p.connection.clone())
+                pool.retain(|p| p.generation == generation && p.connection.usable());
+                pool.iter().find(|p| p.connection.has_room()).map(|p| p.connection.clone())
             };
             let Some(connection) = candidate else { return Ok(None) };
-            match connection.spawn_stream().await {
+            match connection.open_stream().await {
                 Ok(Some(stream)) => return Ok(Some(stream)),
                 // Full after all, or going away: look again.
                 Ok(None) => {
-                    if !connection.more_streams_allowed() && !connection.is_shutting_down() {
+                    if connection.usable() {
                         return Ok(None);
                     }
                 }
-                Err(_) => connection.mark_shutdown(),
+                Err(_) => connection.state.shutting_down.store(true, Ordering::Relaxed),
             }
         }
     }
 
-    async fn connect(&self) -> pingora::Result<ConnectionRef> {
+    async fn connect(&self) -> pingora::Result<MeshConnection> {
         let addr = self.target;
         let tls = match connect(&self.tls, addr, self.expected.as_ref(), CONNECT_TIMEOUT).await {
             Ok(tls) => tls,
@@ -159,11 +194,30 @@ impl MeshConnector {
             Err(e) => return Err(super::connect_failure(&e)),
         };
         self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "success"]).inc();
-        let stream = L4Stream::from(VirtualSocketStream::new(Box::new(MeshTls(tls))));
-        let mut settings = H2HandshakeSettings::new();
-        settings.max_streams = STREAMS_PER_CONNECTION;
-        settings.ping_interval = Some(PING_INTERVAL);
-        h2_handshake(Box::new(stream), settings).await
+        let (sender, connection) = h2::client::Builder::new()
+            .enable_push(false)
+            .initial_max_send_streams(STREAMS_PER_CONNECTION)
+            // Only limits pushed streams, and push is off.
+            .max_concurrent_streams(1)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .initial_window_size(WINDOW_SIZE)
+            .initial_connection_window_size(WINDOW_SIZE)
+            .handshake::<_, Bytes>(tls)
+            .await
+            .map_err(|e| Error::because(ErrorType::HandshakeError, format!("HTTP/2 handshake with {addr}"), e))?;
+        let max_streams = STREAMS_PER_CONNECTION.min(connection.max_concurrent_send_streams());
+        if max_streams == 0 {
+            return Error::e_explain(ErrorType::H2Error, format!("{addr} allows no HTTP/2 streams"));
+        }
+        let state = Arc::new(ConnectionState {
+            open_streams: AtomicUsize::new(0),
+            max_streams,
+            closed: AtomicBool::new(false),
+            shutting_down: AtomicBool::new(false),
+            ping_timed_out: AtomicBool::new(false),
+        });
+        tokio::spawn(drive(connection, state.clone(), addr));
+        Ok(MeshConnection { sender, state })
     }
 
     fn refuse(&self, reason: String) -> Box<Error> {
@@ -179,41 +233,131 @@ impl MeshConnector {
     }
 }
 
-/// The verified TLS session, as the socket pingora's HTTP/2 client writes to.
-struct MeshTls(tokio_rustls::client::TlsStream<TcpStream>);
-
-impl std::fmt::Debug for MeshTls {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("MeshTls").field(&self.0.get_ref().0.peer_addr().ok()).finish()
+/// Reads and writes a connection's frames until it closes, or until its peer leaves a PING
+/// unanswered.
+async fn drive(
+    mut connection: h2::client::Connection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Bytes>,
+    state: Arc<ConnectionState>,
+    peer: SocketAddr,
+) {
+    let ping_pong = connection.ping_pong();
+    tokio::select! {
+        ended = &mut connection => {
+            if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "connection to the peer sidecar ended");
+            }
+        }
+        () = keep_alive(ping_pong) => {
+            state.ping_timed_out.store(true, Ordering::Relaxed);
+            tracing::warn!(%peer, "peer sidecar left a PING unanswered; closing the connection");
+        }
     }
+    state.closed.store(true, Ordering::Release);
 }
 
-impl VirtualSocket for MeshTls {
-    fn set_socket_option(&self, opt: VirtualSockOpt) -> std::io::Result<()> {
-        match opt {
-            VirtualSockOpt::NoDelay => self.0.get_ref().0.set_nodelay(true),
-            _ => Ok(()),
+/// Returns when a PING goes unanswered. The first one waits an interval, so it never races the
+/// connection's first request.
+async fn keep_alive(ping_pong: Option<h2::PingPong>) {
+    let Some(mut ping_pong) = ping_pong else { return std::future::pending().await };
+    loop {
+        tokio::time::sleep(PING_INTERVAL).await;
+        match tokio::time::timeout(PING_TIMEOUT, ping_pong.ping(h2::Ping::opaque())).await {
+            Ok(Ok(_)) => {}
+            // An error means the connection is ending: the connection's own future says how.
+            Ok(Err(_)) => return std::future::pending().await,
+            Err(_) => return,
         }
     }
 }
 
-impl AsyncRead for MeshTls {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+impl MeshConnection {
+    fn usable(&self) -> bool {
+        !self.state.closed.load(Ordering::Acquire) && !self.state.shutting_down.load(Ordering::Relaxed)
+    }
+
+    fn has_room(&self) -> bool {
+        self.state.open_streams.load(Ordering::Relaxed) < self.state.max_streams
+    }
+
+    /// A stream slot on this connection; `None` when it is full or going away.
+    async fn open_stream(&self) -> pingora::Result<Option<MeshStream>> {
+        // Checked and taken in one step, so concurrent requests cannot overfill the connection.
+        if self.state.open_streams.fetch_add(1, Ordering::AcqRel) >= self.state.max_streams {
+            self.state.open_streams.fetch_sub(1, Ordering::AcqRel);
+            return Ok(None);
+        }
+        // From here the slot is given back on every path.
+        let slot = StreamSlot(self.state.clone());
+        match self.sender.clone().ready().await {
+            Ok(sender) => Ok(Some(MeshStream { sender, slot })),
+            Err(e) if is_graceful_end(&e) => {
+                self.state.shutting_down.store(true, Ordering::Relaxed);
+                Ok(None)
+            }
+            Err(e) => Err(Error::because(ErrorType::H2Error, "opening a stream to the peer sidecar", e)),
+        }
     }
 }
 
-impl AsyncWrite for MeshTls {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+/// The peer is closing the connection in good order (GOAWAY without an error), or the socket
+/// is gone: another connection will do.
+fn is_graceful_end(e: &h2::Error) -> bool {
+    (e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR))
+        || e.get_io().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+}
+
+impl MeshStream {
+    /// Sends the request header (already HTTP/2, see [`super::forward::to_h2`]); `end` when
+    /// no body follows.
+    pub fn send_request(
+        &mut self,
+        request: RequestHeader,
+        end: bool,
+    ) -> pingora::Result<(ResponseFuture, SendStream<Bytes>)> {
+        let request = http::Request::from_parts(request.into(), ());
+        self.sender.send_request(request, end).map_err(|e| {
+            let retry = e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR);
+            let mut e = Error::because(ErrorType::H2Error, "sending the request to the peer sidecar", e);
+            e.retry = retry.into();
+            e
+        })
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+    /// This connection takes no new streams.
+    pub fn mark_shutdown(&self) {
+        self.slot.0.shutting_down.store(true, Ordering::Relaxed);
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+    /// The error for a stream that failed on this connection. Before the response header,
+    /// failures that mean the peer did not process the request may be retried: a GOAWAY or a
+    /// REFUSED_STREAM (RFC 9113 §8.7), or a reused connection found dead.
+    pub fn failure(&self, e: h2::Error, etype: ErrorType, context: &'static str, before_header: bool) -> Box<Error> {
+        let retry = if !before_header {
+            RetryType::Decided(false)
+        } else if e.is_remote()
+            && ((e.is_go_away() && e.reason() == Some(Reason::NO_ERROR))
+                || (e.is_reset() && e.reason() == Some(Reason::REFUSED_STREAM)))
+        {
+            RetryType::Decided(true)
+        } else if e.get_io().is_some_and(|io| {
+            io.raw_os_error().is_some()
+                || matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::TimedOut | std::io::ErrorKind::BrokenPipe
+                )
+        }) {
+            RetryType::ReusedOnly
+        } else {
+            RetryType::Decided(false)
+        };
+        let context = if self.slot.0.ping_timed_out.load(Ordering::Relaxed) {
+            "the peer sidecar stopped answering PINGs"
+        } else {
+            context
+        };
+        let mut e = Error::because(etype, context, e);
+        e.retry = retry;
+        e
     }
 }
 

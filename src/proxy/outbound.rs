@@ -172,7 +172,7 @@ impl ProxyHttp for Outbound {
             if retried || !(super::may_send_again(&mut e, reused, session) && session.is_body_empty()) {
                 return Err(e);
             }
-            upstream.conn.mark_shutdown();
+            upstream.mark_shutdown();
             retried = true;
         }
     }
