@@ -47,8 +47,14 @@
 #                                           # (examples/otlp_sink), security events and access log
 #                                           # to files (off by default: metrics only, no access log);
 #                                           # TELEMETRY=traces or accesslog: only that one on
+#   PGO=0 bench/pair.sh                     # measure a plain `cargo build --release` binary instead of
+#                                           # the profile-guided build (scripts/build-pgo.sh) that is
+#                                           # what Palisade ships
+#   BODY_BYTES=1024 bench/pair.sh           # every run POSTs a body of that many bytes
 # Other overrides: WARMUP (2s), BASE_PORT (27000), PALISADE_THREADS (1), KEEP_TMP=1,
-#   SKIP_INSTALL=1 (do not try apt/cargo), SKIP_BUILD=1 (use the existing release binary).
+#   SKIP_INSTALL=1 (do not try apt/cargo), SKIP_BUILD=1 (use the binary already built),
+#   PALISADE_BIN (the binary to measure), BENCH_OUT (bench/out), ONLY=palisade (the Palisade
+#   pair alone, no report: how scripts/build-pgo.sh trains its profile).
 set -euo pipefail
 
 RATE=${RATE:-1000}
@@ -59,8 +65,17 @@ BASE_PORT=${BASE_PORT:-27000}   # ports BASE..BASE+296; keep below the ephemeral
 PALISADE_THREADS=${PALISADE_THREADS:-1}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-OUT="$ROOT/bench/out"
-PALISADE="$ROOT/target/release/palisade"
+OUT=${BENCH_OUT:-$ROOT/bench/out}
+PGO=${PGO:-1}
+if [[ $PGO == 1 ]]; then
+    PALISADE=${PALISADE_BIN:-$ROOT/target/pgo/release/palisade}
+else
+    PALISADE=${PALISADE_BIN:-$ROOT/target/release/palisade}
+fi
+ONLY=${ONLY:-all}
+BODY_BYTES=${BODY_BYTES:-0}
+BODY_ARGS=()
+if (( BODY_BYTES > 0 )); then BODY_ARGS=(-m POST -d "$(head -c "$BODY_BYTES" /dev/zero | tr '\0' x)"); fi
 CLK_TCK=$(getconf CLK_TCK)
 
 # Ports (all on 127.0.0.1).
@@ -117,8 +132,12 @@ install_deps() {
 
 build_palisade() {
     if [[ ${SKIP_BUILD:-0} != 1 ]]; then
-        log "building palisade (release)"
-        (cd "$ROOT" && cargo build --release --quiet)
+        if [[ $PGO == 1 ]]; then
+            "$ROOT/scripts/build-pgo.sh"
+        else
+            log "building palisade (release)"
+            (cd "$ROOT" && cargo build --release --quiet)
+        fi
         if [[ $TELEMETRY != off ]]; then (cd "$ROOT" && cargo build --release --quiet --example otlp_sink); fi
     fi
     [[ -x $PALISADE ]] || die "no $PALISADE"
@@ -424,7 +443,7 @@ counter() {
 oha_run() {
     local url=$1 outf=$2 dur=$3; shift 3
     oha --no-tui --latency-correction -q "$RATE" -c "$CONNS" -z "$dur" -t 10s \
-        --output-format json -o "$outf" "$@" "$url"
+        --output-format json -o "$outf" "${BODY_ARGS[@]}" "$@" "$url"
 }
 
 check_ok() {  # URL [curl args]: one request must answer 200 "ok"
@@ -517,7 +536,7 @@ main() {
     local t_load=$SECONDS
 
     # a) direct
-    measure direct "http://127.0.0.1:$P_APP/" "app=$app_pids" "app_conns=ngx:$P_APP_STATUS"
+    [[ $ONLY == palisade ]] || measure direct "http://127.0.0.1:$P_APP/" "app=$app_pids" "app_conns=ngx:$P_APP_STATUS"
 
     # b) palisade pair
     if [[ $TELEMETRY != off ]]; then
@@ -555,6 +574,10 @@ main() {
     fi
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
     PIDS=()
+    if [[ $ONLY == palisade ]]; then
+        log "the Palisade pair alone (ONLY=palisade): no report"
+        return 0
+    fi
 
     # c) nginx pair
     start_nginx_pair
@@ -572,6 +595,8 @@ main() {
     [[ -z $(git -C "$ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]] ||
         rev+=" + uncommitted changes"
     rev+=", binary sha256 $(sha256sum "$PALISADE" | cut -c1-12)"
+    if [[ $PGO == 1 ]]; then rev+=", profile-guided build (scripts/build-pgo.sh)"; else rev+=", plain release build (PGO=0)"; fi
+    (( BODY_BYTES == 0 )) || rev+="; every request a POST with a ${BODY_BYTES}-byte body"
     report "$(( SECONDS - t_start ))" "$(( SECONDS - t_load ))" "$rev" > "$OUT/results.md"
     cat "$OUT/results.md"
 }
