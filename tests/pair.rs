@@ -372,9 +372,35 @@ async fn a_restarted_peer_costs_no_request() {
     b.shutdown();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_bodies_reach_the_app_whole_below_and_above_the_held_size() {
+    // 40 KB crosses the mesh hop in several HTTP/2 DATA frames and is read whole by B before the
+    // request is sent; 70 KB is over the held size and streams through pingora's proxy.
+    for size in [40_000usize, 70_000] {
+        let (app_addr, mut app_read) = closing_app().await;
+        let app = EchoApp::start().await;
+        let pair = Pair::start_configured(app, |_| {}, |b| b.inbound.app.0 = app_addr).await;
+        let body: String = (0..size).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let response = http_client()
+            .post(pair.url("/upload"))
+            .header("host", B_AUTHORITY)
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{size} bytes");
+        let seen = app_read.recv().await.unwrap();
+        let (head, received) = seen.split_once("\r\n\r\n").unwrap();
+        assert!(head.to_ascii_lowercase().contains(&format!("content-length: {size}")), "{head}");
+        assert!(received == body, "{size} bytes arrive in order ({} arrived)", received.len());
+        pair.shutdown();
+    }
+}
+
 /// An HTTP/1.1 app that answers the first request on each connection and then, on the next one,
 /// reads it and closes without a word: the keep-alive race every pooled client meets when an
-/// app closes an idle connection just as a request is sent on it. Reports each request it read.
+/// app closes an idle connection just as a request is sent on it. Reports each request it read,
+/// head and body.
 async fn closing_app() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -393,7 +419,15 @@ async fn closing_app() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedRec
                         }
                     }
                     let head = String::from_utf8_lossy(&head).to_string();
-                    let _ = seen.send(head.clone());
+                    let length = head
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ")?.trim().parse().ok())
+                        .unwrap_or(0usize);
+                    let mut body = vec![0u8; length];
+                    if tokio::io::AsyncReadExt::read_exact(&mut stream, &mut body).await.is_err() {
+                        return;
+                    }
+                    let _ = seen.send(format!("{head}{}", String::from_utf8_lossy(&body)));
                     if !answered {
                         return; // closes without answering
                     }
@@ -448,6 +482,41 @@ async fn an_app_closing_kept_alive_connections_costs_no_safe_request_and_never_r
     for i in 0..4 {
         let times = writes.iter().filter(|w| w.starts_with(&format!("POST /write/{i} "))).count();
         assert_eq!(times, 1, "POST /write/{i} reached the app once: {writes:?}");
+    }
+
+    // The same with small bodies (read whole by B before the request is sent): a PUT is safe to
+    // repeat and is sent again with its body; a POST with a body is never sent twice.
+    for i in 0..6 {
+        let body = format!("put-body-{i}");
+        let response =
+            client.put(pair.url(&format!("/put/{i}"))).header("host", B_AUTHORITY).body(body).send().await.unwrap();
+        assert_eq!(response.status(), 200, "PUT {i}");
+    }
+    let mut outcomes = Vec::new();
+    for i in 0..4 {
+        let body = format!("post-body-{i}");
+        let response =
+            client.post(pair.url(&format!("/post/{i}"))).header("host", B_AUTHORITY).body(body).send().await.unwrap();
+        outcomes.push(response.status().as_u16());
+    }
+    assert!(outcomes.contains(&502) && outcomes.contains(&200), "{outcomes:?}");
+    let mut seen = Vec::new();
+    while let Ok(request) = app_read.try_recv() {
+        seen.push(request);
+    }
+    let puts: Vec<_> = seen.iter().filter(|r| r.starts_with("PUT /put/")).collect();
+    assert!(puts.len() > 6, "some PUTs met a closed connection and were sent again: {seen:?}");
+    for i in 0..6 {
+        let copies = puts.iter().filter(|r| r.starts_with(&format!("PUT /put/{i} "))).collect::<Vec<_>>();
+        assert!(!copies.is_empty(), "PUT {i} reached the app");
+        for copy in copies {
+            assert!(copy.ends_with(&format!("\r\n\r\nput-body-{i}")), "each copy carries the whole body: {copy:?}");
+        }
+    }
+    for i in 0..4 {
+        let copies: Vec<_> = seen.iter().filter(|r| r.starts_with(&format!("POST /post/{i} "))).collect();
+        assert_eq!(copies.len(), 1, "POST /post/{i} reached the app once: {seen:?}");
+        assert!(copies[0].ends_with(&format!("post-body-{i}")), "{copies:?}");
     }
     pair.shutdown();
 }

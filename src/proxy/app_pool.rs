@@ -1,13 +1,17 @@
-//! The inbound side's keep-alive HTTP/1.1 connections to the local app, and the request without
-//! a body that crosses one of them directly.
+//! The inbound side's keep-alive HTTP/1.1 connections to the local app, and the requests that
+//! cross one of them directly: those without a body, and those with a small body of declared
+//! length.
 //!
-//! Most requests between sidecars carry no body (reads, deletes, health checks). pingora's proxy
-//! sends each one through a pair of task channels and a connection pool that re-checks the
-//! socket's peer (`getpeername`) on every reuse and spawns an idle-watch task on every release;
-//! for a request that is one header each way that machinery is most of what the sidecar does.
-//! Here such a request is written to a pooled connection and its answer copied back, with the
-//! same request rewriting as pingora's proxy would do. Requests with a body, upgrades and apps
-//! spoken to over HTTP/2 still go through pingora.
+//! Most requests between sidecars carry no body (reads, deletes, health checks) or a small one
+//! (an API call's JSON). pingora's proxy sends each one through a pair of task channels and a
+//! connection pool that re-checks the socket's peer (`getpeername`) on every reuse and spawns an
+//! idle-watch task on every release; for a request that is a header and a few bytes each way
+//! that machinery is most of what the sidecar does. Here such a request is written to a pooled
+//! connection and its answer copied back, with the same request rewriting as pingora's proxy
+//! would do. A small body is read whole first (it is one DATA frame or a few), so the request is
+//! written at once and, when it is safe to repeat, can be sent again. Larger or unannounced
+//! bodies (streams, gRPC), `Expect`, upgrades and apps spoken to over HTTP/2 still go through
+//! pingora, which carries both directions at once.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -15,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use http::{HeaderValue, Version};
 use pingora::http::RequestHeader;
@@ -27,6 +31,7 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 use tokio::io::AsyncReadExt;
 
+use super::respond::ErrorKind;
 use crate::tls::connect_tcp;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -36,6 +41,9 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// extra connections are closed instead of held.
 const MAX_IDLE: usize = 128;
 const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// The largest request body read whole before the request is sent. Held in memory per request,
+/// and small enough that writing it never waits on an app that answers before reading it.
+const HELD_BODY_MAX: u64 = 64 * 1024;
 
 /// Hop-by-hop headers beyond the connection-specific ones that never reach the app: together
 /// they are the list pingora's proxy strips.
@@ -61,21 +69,31 @@ impl AppPool {
         AppPool { address, idle: IdleList::default(), sweeping: OnceLock::new(), read_timeout }
     }
 
-    /// Whether [`Self::forward_bodiless`] serves this request: an HTTP/2 request (every request
-    /// from a peer sidecar) whose stream ended with its headers, for an app spoken to over
-    /// HTTP/1.1. HTTP/1.1 callers keep pingora's handling of their connection-level headers.
+    /// Whether [`Self::forward`] serves this request: an HTTP/2 request (every request from a
+    /// peer sidecar) for an app spoken to over HTTP/1.1, whose stream ended with its headers or
+    /// which declares a body of at most [`HELD_BODY_MAX`] bytes and expects no interim answer.
+    /// HTTP/1.1 callers keep pingora's handling of their connection-level headers.
     pub fn serves(session: &mut Session, app_h2: bool) -> bool {
-        !app_h2 && session.is_http2() && session.is_body_empty()
+        if app_h2 || !session.is_http2() {
+            return false;
+        }
+        let req = session.req_header();
+        let small_body =
+            declared_length(req).is_some_and(|n| n <= HELD_BODY_MAX) && !req.headers.contains_key(header::EXPECT);
+        small_body || session.is_body_empty()
     }
 
-    /// Sends `request` (see [`app_request`]) to the app and writes its answer to the caller. A
-    /// reused connection the app had closed costs no idempotent request: it is sent once more on
-    /// a new connection.
-    pub async fn forward_bodiless(
+    /// Sends `request` (see [`app_request`]) and the request's body, read whole first and held
+    /// to `body_limit` (maxBodyBytes), to the app and writes its answer to the caller. A reused
+    /// connection the app had closed costs no idempotent request: it is sent once more on a new
+    /// connection.
+    pub async fn forward(
         &self,
         session: &mut Session,
+        body_limit: Option<u64>,
         request: impl Fn(&Session) -> pingora::Result<RequestHeader>,
     ) -> pingora::Result<()> {
+        let body = held_body(session, body_limit).await?;
         let mut retried = false;
         loop {
             // The retry goes on a new connection: the next pooled one may be as stale as the
@@ -84,7 +102,7 @@ impl AppPool {
             let mut app = AppSession::new(stream);
             app.read_timeout = self.read_timeout;
             let request = request(session)?;
-            match exchange(session, &mut app, request).await {
+            match exchange(session, &mut app, request, &body).await {
                 Ok(()) => {
                     app.respect_keepalive();
                     let idle_for = keep_alive_timeout(&app).unwrap_or(IDLE_TIMEOUT);
@@ -177,6 +195,45 @@ fn still_open(stream: &mut Stream) -> bool {
     read.poll(&mut Context::from_waker(Waker::noop())).is_pending()
 }
 
+/// The request's one `Content-Length`, when it has exactly one that is a number.
+fn declared_length(req: &RequestHeader) -> Option<u64> {
+    let mut lengths = req.headers.get_all(header::CONTENT_LENGTH).iter();
+    let length = lengths.next()?;
+    if lengths.next().is_some() {
+        return None;
+    }
+    length.to_str().ok()?.parse().ok()
+}
+
+/// The whole request body (empty when there is none). One DATA frame, the usual case, is kept
+/// as it came; more are joined.
+async fn held_body(session: &mut Session, limit: Option<u64>) -> pingora::Result<Bytes> {
+    let mut first = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
+    let mut seen = 0u64;
+    while let Some(chunk) = session.read_request_body().await.map_err(Error::into_down)? {
+        seen += chunk.len() as u64;
+        // HTTP/2 already holds a body to its declared length; this holds it to the limits even so.
+        if limit.is_some_and(|max| seen > max) {
+            return Err(ErrorKind::PayloadTooLarge.fail("body over maxBodyBytes"));
+        }
+        if seen > HELD_BODY_MAX {
+            return Err(ErrorKind::InvalidRequest.fail("body longer than its Content-Length"));
+        }
+        match joined.as_mut() {
+            Some(joined) => joined.extend_from_slice(&chunk),
+            None if first.is_empty() => first = chunk,
+            None => {
+                let mut both = BytesMut::with_capacity(first.len() + chunk.len());
+                both.extend_from_slice(&first);
+                both.extend_from_slice(&chunk);
+                joined = Some(both);
+            }
+        }
+    }
+    Ok(joined.map_or(first, BytesMut::freeze))
+}
+
 /// `Keep-Alive: timeout=N` from the app, less a second so the connection is not reused just as
 /// the app closes it; zero means not worth keeping.
 fn keep_alive_timeout(app: &AppSession) -> Option<Duration> {
@@ -211,8 +268,17 @@ pub fn app_request(session: &Session) -> pingora::Result<RequestHeader> {
     Ok(request)
 }
 
-async fn exchange(session: &mut Session, app: &mut AppSession, request: RequestHeader) -> pingora::Result<()> {
+async fn exchange(
+    session: &mut Session,
+    app: &mut AppSession,
+    request: RequestHeader,
+    body: &Bytes,
+) -> pingora::Result<()> {
     app.write_request_header(Box::new(request)).await.map_err(Error::into_up)?;
+    if !body.is_empty() {
+        app.write_body(body).await.map_err(Error::into_up)?;
+        app.finish_body().await.map_err(Error::into_up)?;
+    }
     loop {
         let task = tokio::select! {
             task = app.read_response_task() => task.map_err(Error::into_up)?,
@@ -230,7 +296,7 @@ async fn exchange(session: &mut Session, app: &mut AppSession, request: RequestH
                 );
             }
             // An interim answer cannot be forwarded to an HTTP/2 caller before the final one
-            // (pingora drops it too); a bodiless request has nothing to continue with.
+            // (pingora drops it too); the body, if any, is sent already.
             HttpTask::Header(header, _) if header.status.is_informational() => {}
             HttpTask::Header(header, end) => {
                 super::forward::write_header(session, header, end).await?;

@@ -225,7 +225,7 @@ impl ProxyHttp for Inbound {
         }
         if AppPool::serves(session, ctx.app_h2) {
             self.app_pool
-                .forward_bodiless(session, |session| {
+                .forward(session, ctx.body_limit, |session| {
                     let mut request = app_pool::app_request(session)?;
                     add_sidecar_headers(session, &mut request, ctx)?;
                     Ok(request)
