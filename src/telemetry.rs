@@ -13,7 +13,10 @@ pub use events::{DeniedRequest, EventWriter, SecurityEvent};
 pub use logging::LogLevel;
 pub use metrics::Metrics;
 pub use recorder::{Fnv1a, RequestRecorder};
-pub use traces::{ParentRoot, RequestSpan, SamplerChoice, SpanEnd, TraceCounters, TraceSettings, Traces};
+pub use traces::{
+    header_names as trace_headers, ParentRoot, RequestSpan, SamplerChoice, SpanEnd, TraceCounters, TraceSettings,
+    Traces,
+};
 
 use crate::config::TelemetryConfig;
 use lines::JsonLines;

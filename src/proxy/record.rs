@@ -10,10 +10,10 @@ use pingora::proxy::Session;
 
 use super::RequestId;
 use crate::policy::Limited;
+use crate::telemetry::trace_headers::{
+    B3, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, TRACEPARENT, TRACESTATE,
+};
 use crate::telemetry::{AccessRecord, RequestSpan, SpanEnd, Telemetry};
-
-const TRACEPARENT: &str = "traceparent";
-const TRACESTATE: &str = "tracestate";
 
 /// State carried across the phases of one request.
 pub struct RequestCtx {
@@ -63,20 +63,20 @@ pub fn propagate(upstream: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Res
         match span.tracestate() {
             Some(state) => upstream.insert_header(TRACESTATE, state)?,
             None => {
-                upstream.remove_header(TRACESTATE);
+                upstream.remove_header(&TRACESTATE);
             }
         }
         // A caller that spoke B3 gets B3 on the next hop too, naming this hop's span, so an app
         // that only reads B3 does not attach its span to the caller's.
-        if upstream.headers.contains_key("b3") {
-            upstream.insert_header("b3", span.b3_single())?;
+        if upstream.headers.contains_key(B3) {
+            upstream.insert_header(B3, span.b3_single())?;
         }
-        if upstream.headers.contains_key("x-b3-traceid") {
+        if upstream.headers.contains_key(B3_TRACE_ID) {
             let [trace, span_id, sampled] = span.b3_multi();
-            upstream.insert_header("x-b3-traceid", trace)?;
-            upstream.insert_header("x-b3-spanid", span_id)?;
-            upstream.insert_header("x-b3-sampled", sampled)?;
-            upstream.remove_header("x-b3-parentspanid");
+            upstream.insert_header(B3_TRACE_ID, trace)?;
+            upstream.insert_header(B3_SPAN_ID, span_id)?;
+            upstream.insert_header(B3_SAMPLED, sampled)?;
+            upstream.remove_header(&B3_PARENT_SPAN_ID);
         }
     }
     Ok(())

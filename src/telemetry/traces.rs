@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer as _,
@@ -384,11 +384,31 @@ impl RequestSpan {
     }
 }
 
+/// The trace-context header names, made once: a name given as text is parsed on every lookup.
+pub mod header_names {
+    use http::HeaderName;
+
+    pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+    pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+    pub const B3: HeaderName = HeaderName::from_static("b3");
+    pub const B3_TRACE_ID: HeaderName = HeaderName::from_static("x-b3-traceid");
+    pub const B3_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-spanid");
+    pub const B3_SAMPLED: HeaderName = HeaderName::from_static("x-b3-sampled");
+    pub const B3_PARENT_SPAN_ID: HeaderName = HeaderName::from_static("x-b3-parentspanid");
+}
+use header_names::{B3, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, TRACEPARENT, TRACESTATE};
+
 struct Headers<'a>(&'a HeaderMap);
 
 impl Extractor for Headers<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+        // The W3C propagator asks for these two on every request.
+        let value = match key {
+            "traceparent" => self.0.get(TRACEPARENT),
+            "tracestate" => self.0.get(TRACESTATE),
+            other => self.0.get(other),
+        };
+        value.and_then(|v| v.to_str().ok())
     }
 
     fn keys(&self) -> Vec<&str> {
@@ -398,14 +418,14 @@ impl Extractor for Headers<'_> {
 
 /// A B3 parent (single `b3` header or the `x-b3-*` ones), for callers that do not speak W3C.
 fn b3(headers: &HeaderMap) -> Option<SpanContext> {
-    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    let (trace, span, sampled) = match text("b3") {
+    let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let (trace, span, sampled) = match text(B3) {
         Some(single) => {
             let mut parts = single.split('-');
             let (trace, span) = (parts.next()?, parts.next()?);
             (trace, span, parts.next())
         }
-        None => (text("x-b3-traceid")?, text("x-b3-spanid")?, text("x-b3-sampled")),
+        None => (text(B3_TRACE_ID)?, text(B3_SPAN_ID)?, text(B3_SAMPLED)),
     };
     // 64-bit B3 trace ids are left-padded to W3C's 128 bits.
     let trace_id = match trace.len() {
