@@ -10,7 +10,7 @@ use h2::client::ResponseFuture;
 use h2::{RecvStream, SendStream};
 use http::header::{self, HeaderName};
 
-use super::mesh_connector::MeshStream;
+use super::mesh_connector::{self, MeshStream};
 use super::CONNECTION_SPECIFIC;
 use http::{StatusCode, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -230,15 +230,9 @@ impl Incoming {
                 Some(Err(e)) => Err(upstream.failure(e, ErrorType::ReadError, "reading the response body", false)),
                 None => match body.trailers().await {
                     Ok(trailers) => Ok(Event::End(trailers)),
-                    // A peer that ends its side in good order (GOAWAY, or a reset without an
-                    // error once it has answered, RFC 9113 §8.1) has no trailers to send.
-                    Err(e)
-                        if (e.is_go_away() || e.is_reset())
-                            && e.is_remote()
-                            && e.reason() == Some(h2::Reason::NO_ERROR) =>
-                    {
-                        Ok(Event::End(None))
-                    }
+                    // A peer that ended its side in good order once it had answered has no
+                    // trailers to send.
+                    Err(e) if mesh_connector::ended_in_good_order(&e) => Ok(Event::End(None)),
                     Err(e) => Err(upstream.failure(e, ErrorType::ReadError, "reading the response trailers", false)),
                 },
             },

@@ -72,6 +72,13 @@ pub struct MeshStream {
     slot: StreamSlot,
 }
 
+impl ConnectionState {
+    /// No new streams on this connection.
+    fn mark_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+    }
+}
+
 /// A stream's place in its connection's count, given back when dropped.
 struct StreamSlot(Arc<ConnectionState>);
 
@@ -181,7 +188,7 @@ impl MeshConnector {
                         return Ok(None);
                     }
                 }
-                Err(_) => connection.state.shutting_down.store(true, Ordering::Relaxed),
+                Err(_) => connection.state.mark_shutdown(),
             }
         }
     }
@@ -288,22 +295,29 @@ impl MeshConnection {
         }
         // From here the slot is given back on every path.
         let slot = StreamSlot(self.state.clone());
-        match self.sender.clone().ready().await {
-            Ok(sender) => Ok(Some(MeshStream { sender, slot })),
-            Err(e) if is_graceful_end(&e) => {
-                self.state.shutting_down.store(true, Ordering::Relaxed);
-                Ok(None)
-            }
-            Err(e) => Err(Error::because(ErrorType::H2Error, "opening a stream to the peer sidecar", e)),
+        let e = match self.sender.clone().ready().await {
+            Ok(sender) => return Ok(Some(MeshStream { sender, slot })),
+            Err(e) => e,
+        };
+        // Going away, or its socket already gone: another connection will do.
+        if peer_going_away(&e) || e.get_io().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) {
+            self.state.mark_shutdown();
+            return Ok(None);
         }
+        Err(Error::because(ErrorType::H2Error, "opening a stream to the peer sidecar", e))
     }
 }
 
-/// The peer is closing the connection in good order (GOAWAY without an error), or the socket
-/// is gone: another connection will do.
-fn is_graceful_end(e: &h2::Error) -> bool {
-    (e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR))
-        || e.get_io().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+/// The peer is closing the connection in good order (GOAWAY without an error): what it had not
+/// begun to process may go on another connection.
+fn peer_going_away(e: &h2::Error) -> bool {
+    e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR)
+}
+
+/// The peer ended the stream in good order after its answer: a GOAWAY, or a reset without an
+/// error (RFC 9113 §8.1, "stop sending the request body").
+pub fn ended_in_good_order(e: &h2::Error) -> bool {
+    (e.is_go_away() || e.is_reset()) && e.is_remote() && e.reason() == Some(Reason::NO_ERROR)
 }
 
 impl MeshStream {
@@ -315,17 +329,14 @@ impl MeshStream {
         end: bool,
     ) -> pingora::Result<(ResponseFuture, SendStream<Bytes>)> {
         let request = http::Request::from_parts(request.into(), ());
-        self.sender.send_request(request, end).map_err(|e| {
-            let retry = e.is_go_away() && e.is_remote() && e.reason() == Some(Reason::NO_ERROR);
-            let mut e = Error::because(ErrorType::H2Error, "sending the request to the peer sidecar", e);
-            e.retry = retry.into();
-            e
-        })
+        self.sender
+            .send_request(request, end)
+            .map_err(|e| self.failure(e, ErrorType::H2Error, "sending the request to the peer sidecar", true))
     }
 
     /// This connection takes no new streams.
     pub fn mark_shutdown(&self) {
-        self.slot.0.shutting_down.store(true, Ordering::Relaxed);
+        self.slot.0.mark_shutdown();
     }
 
     /// The error for a stream that failed on this connection. Before the response header,
@@ -334,10 +345,7 @@ impl MeshStream {
     pub fn failure(&self, e: h2::Error, etype: ErrorType, context: &'static str, before_header: bool) -> Box<Error> {
         let retry = if !before_header {
             RetryType::Decided(false)
-        } else if e.is_remote()
-            && ((e.is_go_away() && e.reason() == Some(Reason::NO_ERROR))
-                || (e.is_reset() && e.reason() == Some(Reason::REFUSED_STREAM)))
-        {
+        } else if peer_going_away(&e) || (e.is_reset() && e.is_remote() && e.reason() == Some(Reason::REFUSED_STREAM)) {
             RetryType::Decided(true)
         } else if e.get_io().is_some_and(|io| {
             io.raw_os_error().is_some()
