@@ -83,17 +83,15 @@ impl AppPool {
         small_body || session.is_body_empty()
     }
 
-    /// Sends `request` (see [`app_request`]) and the request's body, read whole first and held
-    /// to `body_limit` (maxBodyBytes), to the app and writes its answer to the caller. A reused
-    /// connection the app had closed costs no idempotent request: it is sent once more on a new
-    /// connection.
+    /// Sends `request` (see [`app_request`]) and the request's `body` (see [`held_body`]) to the
+    /// app and writes its answer to the caller. A reused connection the app had closed costs no
+    /// idempotent request: it is sent once more on a new connection.
     pub async fn forward(
         &self,
         session: &mut Session,
-        body_limit: Option<u64>,
+        body: Bytes,
         request: impl Fn(&Session) -> pingora::Result<RequestHeader>,
     ) -> pingora::Result<()> {
-        let body = held_body(session, body_limit).await?;
         let mut retried = false;
         loop {
             // The retry goes on a new connection: the next pooled one may be as stale as the
@@ -205,18 +203,21 @@ fn declared_length(req: &RequestHeader) -> Option<u64> {
     length.to_str().ok()?.parse().ok()
 }
 
-/// The whole request body (empty when there is none). One DATA frame, the usual case, is kept
-/// as it came; more are joined.
-async fn held_body(session: &mut Session, limit: Option<u64>) -> pingora::Result<Bytes> {
+/// The whole request body of a request [`AppPool::serves`] (empty when there is none), each
+/// chunk first passed to `count` (the inbound's maxBodyBytes count). One DATA frame, the usual
+/// case, is kept as it came; more are joined.
+pub async fn held_body(
+    session: &mut Session,
+    mut count: impl FnMut(usize) -> pingora::Result<()>,
+) -> pingora::Result<Bytes> {
     let mut first = Bytes::new();
     let mut joined: Option<BytesMut> = None;
     let mut seen = 0u64;
     while let Some(chunk) = session.read_request_body().await.map_err(Error::into_down)? {
+        count(chunk.len())?;
         seen += chunk.len() as u64;
-        // HTTP/2 already holds a body to its declared length; this holds it to the limits even so.
-        if limit.is_some_and(|max| seen > max) {
-            return Err(ErrorKind::PayloadTooLarge.fail("body over maxBodyBytes"));
-        }
+        // HTTP/2 already holds a body to its declared length; this holds it to the held size
+        // even so.
         if seen > HELD_BODY_MAX {
             return Err(ErrorKind::InvalidRequest.fail("body longer than its Content-Length"));
         }

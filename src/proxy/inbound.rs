@@ -96,6 +96,18 @@ impl Inbound {
     }
 }
 
+impl InboundCtx {
+    /// Counts body bytes as they arrive against maxBodyBytes: a body of unannounced length is
+    /// refused (413) as it crosses the limit.
+    fn count_body(&mut self, len: usize) -> pingora::Result<()> {
+        self.body_seen += len as u64;
+        match self.body_limit {
+            Some(max) if self.body_seen > max => Err(ErrorKind::PayloadTooLarge.fail("body over maxBodyBytes")),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What only this sidecar may tell the app: who the caller is (any `x-forwarded-client-cert`
 /// from outside is dropped), the request id and the trace context.
 fn add_sidecar_headers(session: &Session, upstream: &mut RequestHeader, ctx: &InboundCtx) -> pingora::Result<()> {
@@ -224,8 +236,9 @@ impl ProxyHttp for Inbound {
             session.req_header_mut().set_uri(uri);
         }
         if AppPool::serves(session, ctx.app_h2) {
+            let body = app_pool::held_body(session, |len| ctx.count_body(len)).await?;
             self.app_pool
-                .forward(session, ctx.body_limit, |session| {
+                .forward(session, body, |session| {
                     let mut request = app_pool::app_request(session)?;
                     add_sidecar_headers(session, &mut request, ctx)?;
                     Ok(request)
@@ -243,13 +256,10 @@ impl ProxyHttp for Inbound {
         _end_of_stream: bool,
         ctx: &mut InboundCtx,
     ) -> pingora::Result<()> {
-        if let (Some(max), Some(chunk)) = (ctx.body_limit, body.as_ref()) {
-            ctx.body_seen += chunk.len() as u64;
-            if ctx.body_seen > max {
-                return Err(ErrorKind::PayloadTooLarge.fail("body over maxBodyBytes"));
-            }
+        match body {
+            Some(chunk) => ctx.count_body(chunk.len()),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<Box<HttpPeer>> {
