@@ -397,54 +397,68 @@ async fn request_bodies_reach_the_app_whole_below_and_above_the_held_size() {
     }
 }
 
+/// A raw HTTP/1.1 app on loopback: `serve` runs for each connection, with a sender for what it
+/// reports.
+async fn raw_app<T, F, Fut>(serve: F) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<T>)
+where
+    T: Send + 'static,
+    F: Fn(tokio::net::TcpStream, tokio::sync::mpsc::UnboundedSender<T>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream, sender.clone()));
+        }
+    });
+    (addr, receiver)
+}
+
+/// The next request on `stream`: its head (up to the blank line) and its Content-Length body;
+/// `None` once the other side closes.
+async fn read_request(stream: &mut tokio::net::TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::io::AsyncReadExt::read(stream, &mut byte).await {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let length = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ")?.trim().parse().ok())
+        .unwrap_or(0usize);
+    let mut body = vec![0u8; length];
+    tokio::io::AsyncReadExt::read_exact(stream, &mut body).await.ok()?;
+    Some((head, body))
+}
+
 /// An HTTP/1.1 app that answers the first request on each connection and then, on the next one,
 /// reads it and closes without a word: the keep-alive race every pooled client meets when an
 /// app closes an idle connection just as a request is sent on it. Reports each request it read,
 /// head and body.
 async fn closing_app() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (seen, requests) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                for answered in [true, false] {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match tokio::io::AsyncReadExt::read(&mut stream, &mut byte).await {
-                            Ok(1) => head.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).to_string();
-                    let length = head
-                        .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ")?.trim().parse().ok())
-                        .unwrap_or(0usize);
-                    let mut body = vec![0u8; length];
-                    if tokio::io::AsyncReadExt::read_exact(&mut stream, &mut body).await.is_err() {
-                        return;
-                    }
-                    let _ = seen.send(format!("{head}{}", String::from_utf8_lossy(&body)));
-                    if !answered {
-                        return; // closes without answering
-                    }
-                    let host = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("host: ").or_else(|| l.strip_prefix("Host: ")))
-                        .unwrap_or("-");
-                    let body = format!("{} host={host}", head.lines().next().unwrap_or(""));
-                    let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-                    if tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
+    raw_app(|mut stream, seen| async move {
+        for answered in [true, false] {
+            let Some((head, body)) = read_request(&mut stream).await else { return };
+            let _ = seen.send(format!("{head}{}", String::from_utf8_lossy(&body)));
+            if !answered {
+                return; // closes without answering
+            }
+            let host =
+                head.lines().find_map(|l| l.strip_prefix("host: ").or_else(|| l.strip_prefix("Host: "))).unwrap_or("-");
+            let body = format!("{} host={host}", head.lines().next().unwrap_or(""));
+            let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+            if tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes()).await.is_err() {
+                return;
+            }
         }
-    });
-    (addr, requests)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -564,32 +578,18 @@ async fn a_caller_that_gives_up_frees_the_apps_connection() {
 async fn scripted_app(
     answer: Option<&'static str>,
 ) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<&'static str>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (events, receiver) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let events = events.clone();
-            let _ = events.send("open");
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while let Ok(1) = tokio::io::AsyncReadExt::read(&mut stream, &mut byte).await {
-                    head.push(byte[0]);
-                    if head.ends_with(b"\r\n\r\n") {
-                        head.clear();
-                        let _ = events.send("request");
-                        let Some(answer) = answer else { continue };
-                        if tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes()).await.is_err() {
-                            break;
-                        }
-                    }
-                }
-                let _ = events.send("closed");
-            });
+    raw_app(move |mut stream, events| async move {
+        let _ = events.send("open");
+        while read_request(&mut stream).await.is_some() {
+            let _ = events.send("request");
+            let Some(answer) = answer else { continue };
+            if tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes()).await.is_err() {
+                break;
+            }
         }
-    });
-    (addr, receiver)
+        let _ = events.send("closed");
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
