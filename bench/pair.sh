@@ -140,7 +140,12 @@ build_palisade() {
         fi
         if [[ $TELEMETRY != off ]]; then (cd "$ROOT" && cargo build --release --quiet --example otlp_sink); fi
     fi
-    [[ -x $PALISADE ]] || die "no $PALISADE"
+    if [[ ! -x $PALISADE ]]; then
+        if [[ $PGO == 1 ]]; then
+            die "no $PALISADE: build it with scripts/build-pgo.sh (or measure the plain build: PGO=0)"
+        fi
+        die "no $PALISADE: build it with cargo build --release"
+    fi
 }
 
 check_ports_free() {
