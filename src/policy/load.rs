@@ -16,16 +16,24 @@ pub struct Located {
 /// Parses every document of `text`; returns the good ones and an error for each bad one.
 pub fn parse_file(file: &Path, text: &str) -> (Vec<Located>, Vec<ConfigError>) {
     let mut policies = Vec::new();
-    let mut errors = Vec::new();
+    let mut errors: Vec<ConfigError> = Vec::new();
     for document in serde_yaml::Deserializer::from_str(text) {
         match serde_path_to_error::deserialize::<_, Option<SecurityPolicy>>(document) {
             Ok(Some(policy)) => policies.push(Located { policy, file: file.to_path_buf() }),
             Ok(None) => {} // an empty document, e.g. after a trailing `---`
             Err(e) => {
                 let error = crate::config::yaml_error(file, e);
+                // A syntax error leaves the rest of the stream unreadable, and serde_yaml's
+                // document iterator then returns that same error for ever: stop at the first
+                // repeat, or the error list grows until memory runs out.
+                let repeated = errors.last().is_some_and(|last| {
+                    (last.line, last.column, &last.message) == (error.line, error.column, &error.message)
+                });
+                if repeated {
+                    break;
+                }
                 let unpositioned = error.line.is_none();
                 errors.push(error);
-                // A syntax error leaves the rest of the stream unreadable.
                 if unpositioned {
                     break;
                 }
@@ -142,6 +150,18 @@ mod tests {
             assert_eq!(e.line, Some(*line), "{spec}: {e}");
             assert!(e.field.contains(field), "{spec}: field {:?} lacks {field}", e.field);
             assert!(e.message.contains(words), "{spec}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_is_reported_once_and_parsing_ends() {
+        for bad in ["spec: {a: [}\n", "spec: a: b\n", "spec:\n\tmtls: STRICT\n", "metadata: {name: \"p\n"] {
+            let text = format!("apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\n{bad}");
+            let (policies, errors) = parse_file(Path::new("p.yaml"), &text);
+            assert!(policies.is_empty(), "{bad:?}");
+            // The document's own error may come first; the syntax error ends the list.
+            assert!((1..=2).contains(&errors.len()), "{bad:?}: {errors:?}");
+            assert!(errors.iter().all(|e| e.line.is_some()), "{bad:?}: {errors:?}");
         }
     }
 
