@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use std::path::Path;
+
+use anyhow::Context;
 use pingora::apps::HttpServerOptions;
 use pingora::proxy::{http_proxy, ProxyHttp};
 use pingora::server::configuration::ServerConf;
@@ -14,11 +16,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::{Admin, Readiness};
-use crate::config::{MtlsMode, ProcessEnv, SidecarConfig};
+use crate::config::{ConfigError, MtlsMode, ProcessEnv, SidecarConfig, TraceSettings, Validate};
 use crate::control::{ChannelState, PolicyChannel};
 use crate::policy::{PolicyOptions, PolicySnapshot, PolicyStore};
 use crate::proxy::{serve, ConnectionTracker, Inbound, Outbound, Transport};
-use crate::telemetry::{LogLevel, SecurityEvent, Telemetry, TraceSettings};
+use crate::telemetry::{LogLevel, SecurityEvent, Telemetry};
 use crate::tls::{IdentityFiles, TlsStore, TrustDomains};
 
 /// A service running on a thread of its own, stopped through a watch channel.
@@ -63,13 +65,13 @@ pub struct RunOptions {
 impl Sidecar {
     /// Checks everything, binds every listener, then serves on a thread of its own.
     /// Returns once the sidecar accepts connections; fails before binding on any bad input.
-    pub fn start(config: SidecarConfig, options: RunOptions) -> anyhow::Result<Sidecar> {
+    pub fn start(config: SidecarConfig, options: RunOptions) -> Result<Sidecar, StartError> {
         let parts = Parts::build(&config)?;
-        let runtime = runtime(config.threads)?;
+        let runtime = runtime(config.threads).map_err(StartError::System)?;
         let listeners = [
-            bind(config.inbound.listen.0, "inbound.listen")?,
-            bind(config.outbound.listen.0, "outbound.listen")?,
-            bind(config.admin.listen.0, "admin.listen")?,
+            bind(config.inbound.listen.0, "inbound.listen").map_err(StartError::System)?,
+            bind(config.outbound.listen.0, "outbound.listen").map_err(StartError::System)?,
+            bind(config.admin.listen.0, "admin.listen").map_err(StartError::System)?,
         ];
         let [inbound, outbound, admin] = listeners.each_ref().map(|l| l.local_addr().expect("bound address"));
         let (shutdown, _) = watch::channel(false);
@@ -111,22 +113,11 @@ struct Parts {
 }
 
 impl Parts {
-    fn build(config: &SidecarConfig) -> anyhow::Result<Parts> {
-        if config.identity.control_plane.is_some() {
-            bail!("identity.controlPlane: certificates from the control plane's CA are not yet available in this version; use identity.files");
-        }
-        if !config.inbound.allow_permissive && config.inbound.mtls == MtlsMode::PERMISSIVE {
-            bail!(
-                "inbound.mtls: PERMISSIVE contradicts inbound.allowPermissive: false; use STRICT or allow PERMISSIVE"
-            );
-        }
-        if config.threads == 0 {
-            bail!("threads: must be at least 1");
-        }
+    /// Everything that can be checked before binding, every mistake at once.
+    fn build(config: &SidecarConfig) -> Result<Parts, StartError> {
+        let mut errors: Vec<ConfigError> =
+            config.validate(&ProcessEnv).into_iter().map(|i| ConfigError::from_invalid(Path::new(""), i)).collect();
         let files = config.identity.files.clone().unwrap_or_default();
-        if files.reload_interval.0.is_zero() {
-            bail!("identity.files.reloadInterval: must be more than 0");
-        }
         let identity_files = IdentityFiles {
             cert: files.cert.clone(),
             key: files.key.clone(),
@@ -134,12 +125,23 @@ impl Parts {
         };
         let trust_domain = &config.trust_domain.0;
         let tls = TlsStore::load(identity_files, trust_domain, TrustDomains::new([trust_domain.as_str()]))
-            .context("identity.files")?;
-        let traces = TraceSettings::resolve(config.telemetry.otlp.as_ref(), &ProcessEnv, &config.workload)
-            .map_err(|e| anyhow::anyhow!("telemetry.otlp: {e}"))?;
-        let telemetry = Arc::new(
-            Telemetry::new(&config.telemetry, traces).context("telemetry.events.sink / telemetry.accessLogSink")?,
-        );
+            .map_err(|e| errors.push(ConfigError::new(Path::new(""), "identity.files", format!("{e:#}"))))
+            .ok();
+        let traces =
+            TraceSettings::resolve(config.telemetry.otlp.as_ref(), &ProcessEnv, &config.workload).unwrap_or_default();
+        let telemetry = Telemetry::new(&config.telemetry, traces)
+            .map_err(|e| {
+                errors.push(ConfigError::new(
+                    Path::new(""),
+                    "telemetry.events.sink / telemetry.accessLogSink",
+                    e.to_string(),
+                ))
+            })
+            .ok()
+            .map(Arc::new);
+        let (Some(tls), Some(telemetry)) = (tls, telemetry) else {
+            return Err(StartError::Config(errors));
+        };
         let options = PolicyOptions {
             files: config.policy.files.clone(),
             workload: config.workload.clone(),
@@ -147,18 +149,44 @@ impl Parts {
             fail_mode: config.policy.fail_mode,
             control_plane: config.policy.control_plane.is_some(),
         };
-        let policy = PolicyStore::load(options, telemetry.clone()).map_err(|errors| {
-            let list: Vec<String> = errors.iter().map(|e| format!("  {e}")).collect();
-            anyhow::anyhow!("policy.files: {} error(s):\n{}", errors.len(), list.join("\n"))
-        })?;
-        let channel = config.policy.control_plane.as_ref().map(|_| Arc::new(ChannelState::default()));
-        Ok(Parts {
-            channel,
-            telemetry,
-            tls: Arc::new(tls),
-            policy: Arc::new(policy),
-            reload_interval: files.reload_interval.0,
-        })
+        let policy = PolicyStore::load(options, telemetry.clone()).map_err(|mut e| errors.append(&mut e)).ok();
+        match policy {
+            Some(policy) if errors.is_empty() => Ok(Parts {
+                channel: config.policy.control_plane.as_ref().map(|_| Arc::new(ChannelState::default())),
+                telemetry,
+                tls: Arc::new(tls),
+                policy: Arc::new(policy),
+                reload_interval: files.reload_interval.0,
+            }),
+            _ => Err(StartError::Config(errors)),
+        }
+    }
+}
+
+/// Why a sidecar or control plane did not start, and the exit status that says so.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration (or a file it names) is wrong: every mistake, each located.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<ConfigError>),
+    /// The configuration is good but the system refused (a port taken, no threads).
+    #[error("{0:#}")]
+    System(anyhow::Error),
+}
+
+impl StartError {
+    /// sysexits: EX_CONFIG (78) for configuration, EX_OSERR (71) for the system.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) => 78,
+            StartError::System(_) => 71,
+        }
+    }
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::System(e.into())
     }
 }
 

@@ -5,14 +5,16 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::app::{RunOptions, Sidecar};
+use crate::app::{RunOptions, Sidecar, StartError};
 use crate::config::{self, ControlConfig, ProcessEnv, SidecarConfig};
 use crate::control::ControlPlane;
 use crate::identity::{DevCa, LeafSpec, SpiffeId};
 use crate::telemetry::LogLevel;
 
-/// Exit status for bad configuration or arguments (sysexits EX_CONFIG / EX_USAGE family).
-const EXIT_CONFIG: u8 = 64;
+/// Exit status for bad configuration (sysexits EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+/// Exit status for bad arguments to a command (sysexits EX_USAGE).
+const EXIT_USAGE: u8 = 64;
 /// Exit status for a command this version does not provide yet (EX_UNAVAILABLE).
 const EXIT_UNAVAILABLE: u8 = 69;
 
@@ -176,42 +178,55 @@ fn not_yet(what: &str) -> ExitCode {
 
 fn run_sidecar(path: &std::path::Path) -> ExitCode {
     let log_level = LogLevel::init();
-    let config: SidecarConfig = match config::load(path, &ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+    let Some(config) = load_config::<SidecarConfig>(path) else { return ExitCode::from(EXIT_CONFIG) };
+    match Sidecar::start(config, RunOptions { handle_signals: true, log_level }) {
+        Ok(mut sidecar) => {
+            sidecar.wait();
+            ExitCode::SUCCESS
         }
-    };
-    let mut sidecar = match Sidecar::start(config, RunOptions { handle_signals: true, log_level }) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {}: {e:#}", path.display());
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    sidecar.wait();
-    ExitCode::SUCCESS
+        Err(e) => start_failed(path, &e),
+    }
 }
 
 fn run_control(path: &std::path::Path) -> ExitCode {
     let log_level = LogLevel::init();
-    let config: ControlConfig = match config::load(path, &ProcessEnv) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(EXIT_CONFIG);
+    let Some(config) = load_config::<ControlConfig>(path) else { return ExitCode::from(EXIT_CONFIG) };
+    match ControlPlane::start(config, RunOptions { handle_signals: true, log_level }) {
+        Ok(mut plane) => {
+            plane.wait();
+            ExitCode::SUCCESS
         }
-    };
-    let mut plane = match ControlPlane::start(config, RunOptions { handle_signals: true, log_level }) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {}: {e:#}", path.display());
-            return ExitCode::from(EXIT_CONFIG);
+        Err(e) => start_failed(path, &e),
+    }
+}
+
+/// Reads a configuration file, printing every mistake in it.
+fn load_config<T>(path: &std::path::Path) -> Option<T>
+where
+    T: serde::de::DeserializeOwned + serde::Serialize + config::Validate,
+{
+    match config::load(path, &ProcessEnv) {
+        Ok(config) => Some(config),
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!("{} error(s) in the configuration; nothing was started", errors.len());
+            None
         }
-    };
-    plane.wait();
-    ExitCode::SUCCESS
+    }
+}
+
+fn start_failed(path: &std::path::Path, e: &StartError) -> ExitCode {
+    match e {
+        StartError::Config(errors) => {
+            for e in errors {
+                eprintln!("error: {}: {e}", path.display());
+            }
+        }
+        StartError::System(e) => eprintln!("error: {}: {e:#}", path.display()),
+    }
+    ExitCode::from(e.exit_code())
 }
 
 fn ca(cmd: CaCommand) -> ExitCode {
@@ -222,7 +237,7 @@ fn ca(cmd: CaCommand) -> ExitCode {
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::from(EXIT_CONFIG)
+            ExitCode::from(EXIT_USAGE)
         }
     }
 }

@@ -2,19 +2,26 @@
 //! environment overrides, and errors that name the file, line, field and the expected form.
 //!
 //! Values are checked while they are parsed (addresses, durations, modes are typed), so every
-//! error carries the position serde_yaml saw. Nothing binds a port before the whole file is good.
+//! error carries its position; rules across fields are checked next and located the same way.
+//! Every mistake of a file is reported at once. Nothing binds a port before the whole file is
+//! good.
 
 mod control;
 mod env;
+mod otel;
 mod sidecar;
 mod types;
 
-pub use control::{ControlConfig, ControlIdentityFiles, Listen, PolicyDirConfig};
+pub use control::{
+    CaConfig, ControlConfig, ControlIdentityFiles, JwksSourceConfig, Listen, PolicyDirConfig, TokenReviewConfig,
+    TokensConfig, WebhookConfig,
+};
 pub use env::{Env, ProcessEnv};
+pub use otel::{ParentRoot, SamplerChoice, TraceSettings};
 pub use sidecar::{
     AdminConfig, AppProtocol, ControlPlaneAddress, Destination, EventFormat, EventSink, EventsConfig, FailMode,
-    IdentityConfig, InboundConfig, MtlsMode, OtlpConfig, OtlpProtocol, OutboundConfig, PolicySourceConfig,
-    SidecarConfig, SpiffeIdField, TelemetryConfig, TrustDomain, WorkloadConfig,
+    IdentityConfig, IdentityFromControlPlane, InboundConfig, MtlsMode, OtlpConfig, OtlpProtocol, OutboundConfig,
+    PolicySourceConfig, SidecarConfig, SpiffeIdField, TelemetryConfig, TrustDomain, WorkloadConfig, MAX_THREADS,
 };
 pub use types::{HumanDuration, ListenAddr};
 
@@ -29,7 +36,7 @@ use serde::Serialize;
 pub struct ConfigError {
     pub file: PathBuf,
     pub line: Option<usize>,
-    pub column: Option<usize>,
+    pub column: Option<u32>,
     /// Dotted path of the field, e.g. `inbound.mtls`; empty for the whole document.
     pub field: String,
     /// What was wrong and what was expected.
@@ -41,20 +48,33 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.env_var, self.line) {
+            (Some(var), _) if self.field == *var => write!(f, "environment variable {var}")?,
             (Some(var), _) => {
                 write!(f, "environment variable {var} (overrides {} in {})", self.field, self.file.display())?
             }
             (None, Some(line)) => write!(f, "{}:{line}:{}", self.file.display(), self.column.unwrap_or(1))?,
             (None, None) => write!(f, "{}", self.file.display())?,
         }
+        let mut separator = if self.file.as_os_str().is_empty() && self.env_var.is_none() { "" } else { ": " };
         if !self.field.is_empty() && self.env_var.is_none() {
-            write!(f, ": {}", self.field)?;
+            write!(f, "{separator}{}", self.field)?;
+            separator = ": ";
         }
-        write!(f, ": {}", self.message)
+        write!(f, "{separator}{}", self.message)
     }
 }
 
 impl ConfigError {
+    /// A cross-field mistake found in a configuration made in code (no file, no lines).
+    pub fn from_invalid(file: &Path, invalid: Invalid) -> Self {
+        match invalid {
+            Invalid::Field { field, message } => ConfigError::new(file, &field, message),
+            Invalid::Var { name, message } => {
+                ConfigError { env_var: Some(name.clone()), ..ConfigError::new(file, &name, message) }
+            }
+        }
+    }
+
     pub fn new(file: &Path, field: &str, message: impl Into<String>) -> Self {
         ConfigError {
             file: file.to_path_buf(),
@@ -67,54 +87,126 @@ impl ConfigError {
     }
 }
 
-/// Reads a YAML file into `T`, then applies `PALISADE_*` overrides from `env`.
-pub fn load<T>(file: &Path, env: &dyn Env) -> Result<T, ConfigError>
-where
-    T: DeserializeOwned + Serialize,
-{
-    let text =
-        std::fs::read_to_string(file).map_err(|e| ConfigError::new(file, "", format!("cannot read the file: {e}")))?;
-    let parsed: T = parse_yaml(file, &text)?;
-    env::apply_overrides(file, parsed, env)
+/// Cross-field rules a configuration checks once it is read: the field (dotted path) or the
+/// environment variable each mistake is in, and what is wrong.
+pub trait Validate {
+    fn validate(&self, env: &dyn Env) -> Vec<Invalid>;
 }
 
-/// Parses YAML text into `T`, reporting the line, column and field of the first error.
-pub fn parse_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
-    // An empty file is an empty mapping: every field takes its default.
-    let text = if text.trim().is_empty() { "{}" } else { text };
-    let de = serde_yaml::Deserializer::from_str(text);
-    serde_path_to_error::deserialize(de).map_err(|e| yaml_error(file, e))
+/// One mistake found by [`Validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invalid {
+    /// A setting of the file, by its dotted path (`inbound.mtls`).
+    Field { field: String, message: String },
+    /// A variable read directly from the environment (`OTEL_TRACES_SAMPLER`).
+    Var { name: String, message: String },
 }
 
-/// A positioned error from serde_yaml, with the field path serde_path_to_error tracked.
-pub(crate) fn yaml_error(file: &Path, e: serde_path_to_error::Error<serde_yaml::Error>) -> ConfigError {
-    let field = e.path().to_string();
-    let field = if field == "." { String::new() } else { field };
-    let inner = e.into_inner();
-    let location = inner.location();
-    let message = strip_location(&inner.to_string());
-    // serde_yaml sometimes starts its message with its own spelling of the path; say it once.
-    let unindexed: String = field.split('[').map(|part| part.split_once(']').map_or(part, |(_, rest)| rest)).collect();
-    let message = match message.split_once(": ") {
-        Some((head, rest)) if !head.is_empty() && !head.contains(' ') && unindexed.starts_with(head) => {
-            rest.to_string()
-        }
-        _ => message,
-    };
-    ConfigError {
-        file: file.to_path_buf(),
-        line: location.as_ref().map(|l| l.line()),
-        column: location.as_ref().map(|l| l.column()),
-        field,
-        message,
-        env_var: None,
+impl Invalid {
+    pub fn field(field: &str, message: impl Into<String>) -> Invalid {
+        Invalid::Field { field: field.to_string(), message: message.into() }
     }
 }
 
-/// serde_yaml appends " at line L column C"; the error carries those as fields already.
-fn strip_location(message: &str) -> String {
-    match message.rfind(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message.to_string(),
+/// The most mistakes reported from one file: enough for any real file, and a bound on the
+/// read-remove-read-again loop of [`crate::yaml::from_node_all`].
+const MAX_ERRORS: usize = 20;
+
+/// Reads a YAML file into `T`, applies `PALISADE_*` overrides from `env`, and checks `T`'s
+/// cross-field rules: every mistake is reported, each with its line and field or its
+/// environment variable.
+pub fn load<T>(file: &Path, env: &dyn Env) -> Result<T, Vec<ConfigError>>
+where
+    T: DeserializeOwned + Serialize + Validate,
+{
+    let text = crate::yaml::read_file(file, crate::yaml::Limits::FILE.max_bytes)
+        .map_err(|e| vec![ConfigError::new(file, "", format!("cannot read the file: {e}"))])?;
+    let root = parse_root(file, &text).map_err(|e| vec![e])?;
+    let (value, mut errors) = read_all::<T>(file, &root);
+    let Some(value) = value else { return Err(errors) };
+    let overridden = env::apply_overrides(file, value, env);
+    errors.extend(overridden.errors);
+    let Some(value) = overridden.value else { return Err(errors) };
+    for invalid in value.validate(env) {
+        errors.push(locate(file, &root, &overridden.applied, invalid));
+    }
+    match errors.is_empty() {
+        true => Ok(value),
+        false => Err(errors),
+    }
+}
+
+/// Parses YAML text into `T`, reporting the line, column and field of the first error (tests
+/// and configurations made in code; [`load`] reports every error of a file).
+pub fn parse_yaml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    let root = parse_root(file, text)?;
+    crate::yaml::from_node(&root).map_err(|(path, e)| located(file, path, e))
+}
+
+/// The one document of a configuration file; an empty file is an empty mapping (every field
+/// takes its default).
+fn parse_root(file: &Path, text: &str) -> Result<crate::yaml::Node, ConfigError> {
+    let mut documents =
+        crate::yaml::parse(text, &crate::yaml::Limits::FILE).map_err(|e| located(file, String::new(), e))?;
+    if documents.len() > 1 {
+        let second = documents[1].start;
+        return Err(ConfigError {
+            line: Some(second.line),
+            column: Some(second.column as u32),
+            ..ConfigError::new(file, "", "a configuration file holds one document; this is a second one")
+        });
+    }
+    Ok(documents.pop().map(|d| d.root).unwrap_or_else(|| crate::yaml::Node::new(crate::yaml::Value::Null)))
+}
+
+/// Every independent error of the document, and the value read without the bad entries.
+pub(crate) fn read_all<T: DeserializeOwned>(file: &Path, root: &crate::yaml::Node) -> (Option<T>, Vec<ConfigError>) {
+    let (value, errors) = crate::yaml::from_node_all::<T>(root, MAX_ERRORS);
+    (value, errors.into_iter().map(|(path, e)| located(file, path, e)).collect())
+}
+
+/// A YAML error as a configuration error: the field's path, its position, and the variable it
+/// came from when it was an environment override.
+pub(crate) fn located(file: &Path, field: String, e: crate::yaml::Error) -> ConfigError {
+    ConfigError {
+        file: file.to_path_buf(),
+        line: e.mark.map(|m| m.line),
+        column: e.mark.map(|m| m.column as u32),
+        field,
+        message: e.message,
+        env_var: e.origin.map(|o| o.to_string()),
+    }
+}
+
+/// Places a cross-field mistake: the variable that set the field, else the field's line.
+fn locate(file: &Path, root: &crate::yaml::Node, overridden: &[(String, String)], invalid: Invalid) -> ConfigError {
+    match invalid {
+        Invalid::Var { name, message } => ConfigError {
+            env_var: Some(name.clone()),
+            file: PathBuf::from("the environment"),
+            ..ConfigError::new(Path::new(""), &name, message)
+        },
+        Invalid::Field { field, message } => {
+            if let Some((_, var)) = overridden.iter().find(|(f, _)| field.starts_with(f.as_str())) {
+                return ConfigError { env_var: Some(var.clone()), ..ConfigError::new(file, &field, message) };
+            }
+            // The field itself when the file sets it, else the nearest section that is there.
+            let mut path = field.as_str();
+            let node = loop {
+                if let Some(node) = root.find(path) {
+                    break Some(node);
+                }
+                match path.rsplit_once('.') {
+                    Some((parent, _)) => path = parent,
+                    None => break None,
+                }
+            };
+            let mark = node.filter(|n| n.mark.line > 0).map(|n| n.mark);
+            ConfigError {
+                line: mark.map(|m| m.line),
+                column: mark.map(|m| m.column as u32),
+                ..ConfigError::new(file, &field, message)
+            }
+        }
     }
 }

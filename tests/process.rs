@@ -126,13 +126,13 @@ async fn post_shutdown_from_localhost_drains_and_exits_zero() {
 }
 
 #[test]
-fn configuration_errors_name_file_line_and_field_and_exit_64() {
+fn configuration_errors_name_file_line_and_field_and_exit_78() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "trustDomain: cluster.local\ninbound:\n  listen: \"0.0.0.0:15006\"\n  mtls: STRIKT\n")
         .unwrap();
     let out = palisade(&["sidecar", "--config", bad.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("{}:4:", bad.display())), "{stderr}");
     assert!(stderr.contains("inbound.mtls"), "{stderr}");
@@ -145,7 +145,7 @@ fn configuration_errors_name_file_line_and_field_and_exit_64() {
     )
     .unwrap();
     let out = palisade(&["sidecar", "--config", missing.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("identity.files") && stderr.contains("/nonexistent/tls.crt"), "{stderr}");
 
@@ -154,7 +154,7 @@ fn configuration_errors_name_file_line_and_field_and_exit_64() {
         .env("PALISADE_ADMIN_LISTEN", "not-an-address")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("PALISADE_ADMIN_LISTEN"));
 }
 
@@ -212,12 +212,12 @@ fn every_command_has_help_and_unbuilt_ones_say_so() {
 }
 
 #[test]
-fn control_plane_configuration_errors_exit_64_before_listening() {
+fn control_plane_configuration_errors_exit_78_before_listening() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("control.yaml");
     std::fs::write(&config, "grpc: {listen: \"127.0.0.1:0\"}\npolicies: {dir: /p, pollIntervall: 1s}\n").unwrap();
     let out = palisade(&["control", "--config", config.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("control.yaml:2:") && stderr.contains("unknown field `pollIntervall`"), "{stderr}");
 
@@ -237,7 +237,7 @@ fn control_plane_configuration_errors_exit_64_before_listening() {
     )
     .unwrap();
     let out = palisade(&["control", "--config", config.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(64));
+    assert_eq!(out.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("policies.dir: cannot read") && stderr.contains("missing"), "{stderr}");
 }

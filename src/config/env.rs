@@ -5,9 +5,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use std::sync::Arc;
+
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_yaml::Value;
+
+use crate::yaml::{Node, Quoted, Value};
 
 use super::ConfigError;
 
@@ -38,77 +41,119 @@ impl Env for BTreeMap<String, String> {
     }
 }
 
-pub(super) fn apply_overrides<T>(file: &Path, parsed: T, env: &dyn Env) -> Result<T, ConfigError>
+/// What the overrides made of a configuration.
+pub(super) struct Overridden<T> {
+    /// The value with every good override applied (a bad one leaves its setting at the file's
+    /// value or default, so the rules across fields can still be checked).
+    pub value: Option<T>,
+    /// Which field each variable set, so a rule broken across fields can name the variable.
+    pub applied: Vec<(String, String)>,
+    /// Every bad variable.
+    pub errors: Vec<ConfigError>,
+}
+
+/// Applies the `PALISADE_*` variables to `parsed`.
+pub(super) fn apply_overrides<T>(file: &Path, parsed: T, env: &dyn Env) -> Overridden<T>
 where
     T: DeserializeOwned + Serialize,
 {
     let mut overrides: Vec<(String, String)> =
         env.vars().into_iter().filter(|(k, _)| k.starts_with(PREFIX) && !NOT_OVERRIDES.contains(&k.as_str())).collect();
     if overrides.is_empty() {
-        return Ok(parsed);
+        return Overridden { value: Some(parsed), applied: Vec::new(), errors: Vec::new() };
     }
     overrides.sort();
-    let mut root = serde_yaml::to_value(&parsed).expect("configuration serialises");
+    let mut root = Node::from_json(&serde_json::to_value(&parsed).expect("configuration serialises"));
     // Kubernetes injects PALISADE_<SERVICE>_PORT and friends for every Service named palisade-*:
     // only a variable that starts with a known section is an override.
     overrides.retain(|(name, _)| {
         let section = name[PREFIX.len()..].split('_').next().unwrap_or_default();
-        let known = root
-            .as_mapping()
-            .is_some_and(|m| m.keys().filter_map(Value::as_str).any(|k| k.eq_ignore_ascii_case(section)));
+        let known = keys(&root).any(|k| k.eq_ignore_ascii_case(section));
         if !known {
             tracing::debug!(variable = %name, "not a configuration override; ignored");
         }
         known
     });
     let mut applied: Vec<(String, String)> = Vec::new();
+    let mut errors = Vec::new();
     for (name, raw) in &overrides {
-        let field = set_path(&mut root, &name[PREFIX.len()..]).map_err(|message| ConfigError {
-            env_var: Some(name.clone()),
-            ..ConfigError::new(file, &name[PREFIX.len()..].to_lowercase().replace('_', "."), message)
-        })?;
-        let slot = lookup_mut(&mut root, &field);
-        // A string setting takes the text as it is ("123" stays a name); others read it as YAML.
-        *slot = match slot {
-            Value::String(_) => Value::String(raw.clone()),
-            _ => serde_yaml::from_str::<Value>(raw).unwrap_or_else(|_| Value::String(raw.clone())),
+        let field = match set_path(&root, &name[PREFIX.len()..]) {
+            Ok(field) => field,
+            Err(message) => {
+                errors.push(ConfigError {
+                    env_var: Some(name.clone()),
+                    ..ConfigError::new(file, &name[PREFIX.len()..].to_lowercase().replace('_', "."), message)
+                });
+                continue;
+            }
         };
+        let slot = lookup_mut(&mut root, &field);
+        let origin: Option<Arc<str>> = Some(name.as_str().into());
+        // A string setting takes the text as it is ("123" stays a name); others read it as YAML.
+        let value = match &slot.value {
+            Value::Scalar(_, Quoted::Yes) => Node::new(Value::Scalar(raw.clone(), Quoted::Yes)),
+            _ => crate::yaml::parse(raw, &crate::yaml::Limits::FILE)
+                .ok()
+                .and_then(|mut docs| docs.pop())
+                .map(|d| d.root)
+                .unwrap_or_else(|| Node::new(Value::Scalar(raw.clone(), Quoted::Yes))),
+        };
+        *slot = with_origin(value, &origin);
         applied.push((field.join("."), name.clone()));
     }
-    serde_path_to_error::deserialize(root).map_err(|e| {
-        let path = e.path().to_string();
-        let (field, var) = applied
-            .iter()
-            .find(|(field, _)| path.starts_with(field.as_str()))
-            .cloned()
-            .unwrap_or_else(|| (path.clone(), applied[0].1.clone()));
-        ConfigError { env_var: Some(var), ..ConfigError::new(file, &field, e.into_inner().to_string()) }
-    })
+    let (value, read_errors) = super::read_all::<T>(file, &root);
+    errors.extend(read_errors.into_iter().map(|mut e| {
+        // Every node the overrides did not touch came from a value that read once already.
+        if e.env_var.is_none() {
+            e.env_var = applied.iter().find(|(f, _)| e.field.starts_with(f.as_str())).map(|(_, v)| v.clone());
+        }
+        e.line = None;
+        e.column = None;
+        e
+    }));
+    Overridden { value, applied, errors }
+}
+
+fn keys(node: &Node) -> impl Iterator<Item = &str> {
+    let entries: &[(Node, Node)] = match &node.value {
+        Value::Map(entries) => entries,
+        _ => &[],
+    };
+    entries.iter().filter_map(|(k, _)| k.as_str())
+}
+
+fn with_origin(mut node: Node, origin: &Option<Arc<str>>) -> Node {
+    node.origin = origin.clone();
+    node.mark = Default::default();
+    node.value = match node.value {
+        Value::Seq(items) => Value::Seq(items.into_iter().map(|n| with_origin(n, origin)).collect()),
+        Value::Map(entries) => {
+            Value::Map(entries.into_iter().map(|(k, v)| (with_origin(k, origin), with_origin(v, origin))).collect())
+        }
+        other => other,
+    };
+    node
 }
 
 /// Resolves `SECTION_KEY` to the real field names of the document; the names of the path.
-fn set_path(root: &mut Value, name: &str) -> Result<Vec<String>, String> {
+fn set_path(root: &Node, name: &str) -> Result<Vec<String>, String> {
     let mut path = Vec::new();
-    let mut node: &Value = root;
+    let mut node: &Node = root;
     for part in name.split('_') {
-        let Value::Mapping(map) = node else {
+        if !matches!(node.value, Value::Map(_)) {
             return Err(format!("{} is not a section with settings", path.join(".")));
-        };
-        let key = map
-            .keys()
-            .filter_map(Value::as_str)
-            .find(|k| k.eq_ignore_ascii_case(part))
-            .ok_or_else(|| {
-                let known: Vec<&str> = map.keys().filter_map(Value::as_str).collect();
-                format!("no setting {part:?} here; expected one of: {}", known.join(", "))
-            })?
-            .to_string();
-        node = &map[key.as_str()];
+        }
+        let key = keys(node).find(|k| k.eq_ignore_ascii_case(part)).ok_or_else(|| {
+            let known: Vec<&str> = keys(node).collect();
+            format!("no setting {part:?} here; expected one of: {}", known.join(", "))
+        })?;
+        let key = key.to_string();
+        node = node.get(&key).expect("the key was just found");
         path.push(key);
     }
     Ok(path)
 }
 
-fn lookup_mut<'a>(root: &'a mut Value, path: &[String]) -> &'a mut Value {
-    path.iter().fold(root, |node, key| &mut node[key.as_str()])
+fn lookup_mut<'a>(root: &'a mut Node, path: &[String]) -> &'a mut Node {
+    path.iter().fold(root, |node, key| node.get_mut(key).expect("the path was resolved on this tree"))
 }

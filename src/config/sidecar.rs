@@ -81,8 +81,31 @@ impl Serialize for TrustDomain {
 pub struct IdentityConfig {
     #[serde(default)]
     pub files: Option<IdentityFilesConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub control_plane: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub control_plane: Option<IdentityFromControlPlane>,
+}
+
+/// Certificates from the control plane's CA (SPEC section 2 (b)): the sidecar makes its key,
+/// proves its service account with a projected token, and renews before expiry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct IdentityFromControlPlane {
+    /// `host:port` of the CA (the control plane's Service, port 15012).
+    pub address: String,
+    /// The roots that sign the CA's own certificate.
+    pub trust_bundle: PathBuf,
+    /// A Kubernetes projected service-account token with audience `palisade`.
+    pub token_file: PathBuf,
+}
+
+impl Default for IdentityFromControlPlane {
+    fn default() -> Self {
+        IdentityFromControlPlane {
+            address: "palisade-control.palisade-system.svc:15012".into(),
+            trust_bundle: "/var/run/palisade/ca.crt".into(),
+            token_file: "/var/run/secrets/palisade/token".into(),
+        }
+    }
 }
 
 impl Default for IdentityConfig {
@@ -133,7 +156,7 @@ pub struct InboundConfig {
     pub app_protocol: AppProtocol,
     /// How long the app may stay silent while a request waits for its response (504 after);
     /// none by default, so long-lived streams are not cut.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub app_timeout: Option<HumanDuration>,
     /// `false` pins this workload to STRICT: a policy that asks for PERMISSIVE, from a file or
     /// from the control plane, is refused, so no policy push can open the port to plaintext.
@@ -246,11 +269,9 @@ pub enum FailMode {
 pub struct PolicySourceConfig {
     pub files: Vec<PathBuf>,
     /// `https://host:port` (or `host:port`) of the control plane's policy stream.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub control_plane: Option<ControlPlaneAddress>,
     /// The SPIFFE ID the control plane must present; by default
     /// `spiffe://<trustDomain>/ns/palisade-system/sa/palisade-control`.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub control_plane_identity: Option<SpiffeIdField>,
     pub fail_mode: FailMode,
 }
@@ -310,7 +331,6 @@ impl Serialize for ControlPlaneAddress {
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct TelemetryConfig {
     /// OpenTelemetry traces over OTLP; the standard `OTEL_*` variables also apply.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub otlp: Option<OtlpConfig>,
     pub events: EventsConfig,
     /// One JSON line per request, apart from the security events.
@@ -341,7 +361,6 @@ pub struct OtlpConfig {
     #[serde(deserialize_with = "ratio")]
     pub sampling: f64,
     /// `service.name` of this sidecar's spans; `<serviceAccount>.<namespace>` by default.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub service_name: Option<String>,
 }
 
@@ -452,6 +471,54 @@ pub enum EventFormat {
     Ecs,
 }
 
+/// Worker threads a sidecar may ask for: a sidecar that needs more than this is not one.
+pub const MAX_THREADS: usize = 64;
+
+impl super::Validate for SidecarConfig {
+    fn validate(&self, env: &dyn super::Env) -> Vec<super::Invalid> {
+        use super::Invalid;
+        let mut invalid = Vec::new();
+        match (&self.identity.files, &self.identity.control_plane) {
+            (Some(_), Some(_)) => invalid
+                .push(Invalid::field("identity", "give one source of certificates, files or controlPlane, not both")),
+            (None, None) => {
+                invalid.push(Invalid::field("identity", "give a source of certificates: files or controlPlane"))
+            }
+            (_, Some(_)) => invalid.push(Invalid::field(
+                "identity.controlPlane",
+                "certificates from the control plane's CA are not yet available in this version; use identity.files",
+            )),
+            (Some(files), None) if files.reload_interval.0.is_zero() => {
+                invalid.push(Invalid::field("identity.files.reloadInterval", "must be more than 0"))
+            }
+            _ => {}
+        }
+        if !self.inbound.allow_permissive && self.inbound.mtls == MtlsMode::PERMISSIVE {
+            invalid.push(Invalid::field(
+                "inbound.mtls",
+                "PERMISSIVE contradicts inbound.allowPermissive: false; use STRICT or allow PERMISSIVE",
+            ));
+        }
+        if !(1..=MAX_THREADS).contains(&self.threads) {
+            invalid.push(Invalid::field("threads", format!("must be from 1 to {MAX_THREADS}, got {}", self.threads)));
+        }
+        let listeners = [
+            ("inbound.listen", self.inbound.listen),
+            ("outbound.listen", self.outbound.listen),
+            ("admin.listen", self.admin.listen),
+        ];
+        for (i, (field, addr)) in listeners.iter().enumerate() {
+            if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a.0.port() != 0 && a.0 == addr.0) {
+                invalid.push(Invalid::field(field, format!("{addr} is also {other}")));
+            }
+        }
+        if let Err(errors) = super::TraceSettings::resolve(self.telemetry.otlp.as_ref(), env, &self.workload) {
+            invalid.extend(errors);
+        }
+        invalid
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -552,13 +619,13 @@ threads: 1
 
         let env: std::collections::BTreeMap<String, String> =
             [("PALISADE_INBOUND_MTLS".to_string(), "SOMETIMES".to_string())].into();
-        let err = load::<SidecarConfig>(&file, &env).unwrap_err();
+        let err = load::<SidecarConfig>(&file, &env).unwrap_err().remove(0);
         assert_eq!(err.env_var.as_deref(), Some("PALISADE_INBOUND_MTLS"));
         assert!(err.to_string().contains("PERMISSIVE"), "{err}");
 
         let env: std::collections::BTreeMap<String, String> =
             [("PALISADE_ADMIN_PORT".to_string(), "1".to_string())].into();
-        let err = load::<SidecarConfig>(&file, &env).unwrap_err();
+        let err = load::<SidecarConfig>(&file, &env).unwrap_err().remove(0);
         assert!(err.to_string().contains("expected one of: listen"), "{err}");
 
         // Kubernetes service links, string settings that look like numbers, absent sections.
@@ -574,5 +641,78 @@ threads: 1
         let cfg: SidecarConfig = load(&file, &env).unwrap();
         assert_eq!(cfg.workload.service_account, "123");
         assert_eq!(cfg.identity.files.unwrap().cert, std::path::PathBuf::from("/elsewhere/tls.crt"));
+
+        // Settings without a value in the file can be set too.
+        let env: std::collections::BTreeMap<String, String> = [
+            ("PALISADE_POLICY_CONTROLPLANE", "https://cp.palisade-system.svc:15010"),
+            ("PALISADE_INBOUND_APPTIMEOUT", "30s"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let cfg: SidecarConfig = load(&file, &env).unwrap();
+        assert_eq!(cfg.policy.control_plane.map(|c| c.port), Some(15010));
+        assert_eq!(cfg.inbound.app_timeout.map(|t| t.0.as_secs()), Some(30));
+    }
+
+    #[test]
+    fn every_mistake_of_a_configuration_is_reported_at_once_and_located() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sidecar.yaml");
+        // One mistake in the file, one in the environment, one rule across fields, one OTEL_*.
+        std::fs::write(
+            &file,
+            "inbound:\n  mtls: PERMISSIVE\n  allowPermissive: false\nadmin:\n  listen: nowhere\nthreads: 2\n",
+        )
+        .unwrap();
+        let env: std::collections::BTreeMap<String, String> = [
+            ("PALISADE_OUTBOUND_LISTEN", "x"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let errors = load::<SidecarConfig>(&file, &env).unwrap_err();
+        let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 4, "{shown:#?}");
+        assert!(
+            shown[0].starts_with(&format!("{}:5:11: admin.listen: expected an IP address", file.display())),
+            "{}",
+            shown[0]
+        );
+        assert!(
+            shown[1].starts_with("environment variable PALISADE_OUTBOUND_LISTEN (overrides outbound.listen"),
+            "{}",
+            shown[1]
+        );
+        assert!(
+            shown[2].starts_with(&format!("{}:2:9: inbound.mtls: PERMISSIVE contradicts", file.display())),
+            "{}",
+            shown[2]
+        );
+        assert!(
+            shown[3].starts_with("environment variable OTEL_TRACES_SAMPLER: \"sometimes\" is not one of"),
+            "{}",
+            shown[3]
+        );
+    }
+
+    #[test]
+    fn threads_are_bounded_and_sections_not_built_yet_are_refused_by_name() {
+        use crate::config::{Invalid, Validate};
+        let env = std::collections::BTreeMap::<String, String>::new();
+        let mut cfg = SidecarConfig { threads: 100_000, ..Default::default() };
+        cfg.identity.control_plane = Some(Default::default());
+        cfg.identity.files = None;
+        let fields: Vec<String> = cfg
+            .validate(&env)
+            .into_iter()
+            .map(|i| match i {
+                Invalid::Field { field, .. } => field,
+                Invalid::Var { name, .. } => name,
+            })
+            .collect();
+        assert_eq!(fields, ["identity.controlPlane", "threads"]);
     }
 }

@@ -278,7 +278,7 @@ impl PolicyDirectory {
                 ));
                 continue;
             }
-            let document = match serde_yaml::to_string(&located.policy) {
+            let document = match crate::yaml::to_string(&located.policy) {
                 Ok(document) => document,
                 Err(e) => {
                     errors.push(format!("{}: cannot serialise {namespace}/{policy_name}: {e}", path.display()));
@@ -360,7 +360,7 @@ mod tests {
         let document = std::str::from_utf8(&selection.entries[0].document).unwrap();
         let (again, errors) = parse_file(Path::new("x"), document);
         assert!(errors.is_empty(), "{errors:?}\n{document}");
-        assert_eq!(&serde_yaml::to_string(&again[0].policy).unwrap(), document);
+        assert_eq!(&crate::yaml::to_string(&again[0].policy).unwrap(), document);
     }
 
     #[test]

@@ -6,7 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context;
+use std::path::Path;
+
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
@@ -18,8 +19,8 @@ use super::proto::policy_discovery_server::PolicyDiscoveryServer;
 use super::server::PolicyService;
 use super::status::Registry;
 use crate::admin::Readiness;
-use crate::app::{bind, poll_files, runtime, stop_requested, RunOptions, Running};
-use crate::config::{ControlConfig, TelemetryConfig};
+use crate::app::{bind, poll_files, runtime, stop_requested, RunOptions, Running, StartError};
+use crate::config::{ConfigError, ControlConfig, ProcessEnv, TelemetryConfig, Validate};
 use crate::proxy::{serve, ConnectionTracker, Transport};
 use crate::telemetry::{SecurityEvent, Telemetry};
 use crate::tls::{IdentityFiles, TlsStore, TrustDomains};
@@ -34,7 +35,9 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Loads the identity and reads the policy directory, binds both listeners, then serves on
     /// a thread of its own. Fails before binding on any bad input.
-    pub fn start(config: ControlConfig, options: RunOptions) -> anyhow::Result<ControlPlane> {
+    pub fn start(config: ControlConfig, options: RunOptions) -> Result<ControlPlane, StartError> {
+        let mut errors: Vec<ConfigError> =
+            config.validate(&ProcessEnv).into_iter().map(|i| ConfigError::from_invalid(Path::new(""), i)).collect();
         let trust_domain = config.trust_domain.0.clone();
         let files = &config.identity.files;
         let identity_files = IdentityFiles {
@@ -42,30 +45,26 @@ impl ControlPlane {
             key: files.key.clone(),
             trust_bundle: files.trust_bundle.clone(),
         };
-        let tls = Arc::new(
-            TlsStore::load(identity_files, &trust_domain, TrustDomains::new([trust_domain.as_str()]))
-                .context("identity.files")?,
-        );
-        if config.policies.poll_interval.0.is_zero() {
-            anyhow::bail!("policies.pollInterval: must be more than 0");
+        let tls = TlsStore::load(identity_files, &trust_domain, TrustDomains::new([trust_domain.as_str()]))
+            .map_err(|e| errors.push(ConfigError::new(Path::new(""), "identity.files", format!("{e:#}"))))
+            .ok();
+        if let Err(e) = std::fs::read_dir(&config.policies.dir) {
+            let message = format!("cannot read {}: {e}", config.policies.dir.display());
+            errors.push(ConfigError::new(Path::new(""), "policies.dir", message));
         }
-        std::fs::read_dir(&config.policies.dir)
-            .with_context(|| format!("policies.dir: cannot read {}", config.policies.dir.display()))?;
-        for (section, value) in [("ca", &config.ca), ("webhook", &config.webhook)] {
-            if value.is_some() {
-                tracing::warn!("{section}: not yet available in this version; the section is accepted and not served");
-            }
-        }
-        let telemetry = Arc::new(
-            Telemetry::new(
-                &TelemetryConfig { events: config.events.clone(), access_log: false, ..Default::default() },
-                None,
-            )
-            .context("events.sink")?,
-        );
-        let runtime = runtime(1)?;
-        let grpc_listener = bind(config.grpc.listen.0, "grpc.listen")?;
-        let admin_listener = bind(config.admin.listen.0, "admin.listen")?;
+        let telemetry = Telemetry::new(
+            &TelemetryConfig { events: config.events.clone(), access_log: false, ..Default::default() },
+            None,
+        )
+        .map_err(|e| errors.push(ConfigError::new(Path::new(""), "events.sink", e.to_string())))
+        .ok();
+        let (Some(tls), Some(telemetry), true) = (tls, telemetry, errors.is_empty()) else {
+            return Err(StartError::Config(errors));
+        };
+        let (tls, telemetry) = (Arc::new(tls), Arc::new(telemetry));
+        let runtime = runtime(1).map_err(StartError::System)?;
+        let grpc_listener = bind(config.grpc.listen.0, "grpc.listen").map_err(StartError::System)?;
+        let admin_listener = bind(config.admin.listen.0, "admin.listen").map_err(StartError::System)?;
         let grpc = grpc_listener.local_addr()?;
         let admin = admin_listener.local_addr()?;
         let (shutdown, _) = watch::channel(false);

@@ -380,7 +380,7 @@ pub struct Waf {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub detectors: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub exclusions: Vec<serde_yaml::Value>,
+    pub exclusions: Vec<serde_json::Value>,
 }
 
 /// The WAF's only mode in this version.

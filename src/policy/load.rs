@@ -11,34 +11,37 @@ use crate::config::ConfigError;
 pub struct Located {
     pub policy: SecurityPolicy,
     pub file: PathBuf,
+    /// The line of its `metadata.name`.
+    pub line: usize,
 }
 
-/// Parses every document of `text`; returns the good ones and an error for each bad one.
+/// Parses every document of `text`; returns the good ones and an error for each bad one. A text
+/// with no policy at all is an error: an empty or truncated file must never read as "no policy".
 pub fn parse_file(file: &Path, text: &str) -> (Vec<Located>, Vec<ConfigError>) {
+    let documents = match crate::yaml::parse(text, &crate::yaml::Limits::FILE) {
+        Ok(documents) => documents,
+        // A syntax error leaves the rest of the stream unreadable: one error for the file.
+        Err(e) => return (Vec::new(), vec![crate::config::located(file, String::new(), e)]),
+    };
     let mut policies = Vec::new();
     let mut errors: Vec<ConfigError> = Vec::new();
-    for document in serde_yaml::Deserializer::from_str(text) {
-        match serde_path_to_error::deserialize::<_, Option<SecurityPolicy>>(document) {
-            Ok(Some(policy)) => policies.push(Located { policy, file: file.to_path_buf() }),
-            Ok(None) => {} // an empty document, e.g. after a trailing `---`
-            Err(e) => {
-                let error = crate::config::yaml_error(file, e);
-                // A syntax error leaves the rest of the stream unreadable, and serde_yaml's
-                // document iterator then returns that same error for ever: stop at the first
-                // repeat, or the error list grows until memory runs out.
-                let repeated = errors.last().is_some_and(|last| {
-                    (last.line, last.column, &last.message) == (error.line, error.column, &error.message)
-                });
-                if repeated {
-                    break;
-                }
-                let unpositioned = error.line.is_none();
-                errors.push(error);
-                if unpositioned {
-                    break;
-                }
+    for document in documents.iter().filter(|d| !d.root.is_null()) {
+        let (policy, document_errors) = crate::config::read_all::<SecurityPolicy>(file, &document.root);
+        if document_errors.is_empty() {
+            if let Some(policy) = policy {
+                // Where the policy names itself: what a duplicate's error points at.
+                let line = document.root.find("metadata.name").map_or(document.start.line, |n| n.mark.line);
+                policies.push(Located { policy, file: file.to_path_buf(), line });
             }
         }
+        errors.extend(document_errors);
+    }
+    if policies.is_empty() && errors.is_empty() {
+        errors.push(ConfigError::new(
+            file,
+            "",
+            "holds no SecurityPolicy document (an empty or truncated file is refused; the policy in force stays)",
+        ));
     }
     (policies, errors)
 }
@@ -51,53 +54,79 @@ pub struct Sources {
 
 impl Sources {
     pub fn read(files: &[PathBuf]) -> Sources {
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
         let texts: Vec<_> = files
             .iter()
-            .map(|file| {
-                let text = std::fs::read_to_string(file);
-                ctx.update(file.as_os_str().as_encoded_bytes());
-                ctx.update(b"\0");
-                ctx.update(text.as_deref().unwrap_or("\0unreadable").as_bytes());
-                ctx.update(b"\0");
-                (file.clone(), text)
-            })
+            .map(|file| (file.clone(), crate::yaml::read_file(file, crate::yaml::Limits::FILE.max_bytes)))
             .collect();
-        let version = ctx.finish().as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect();
+        let version = digest(texts.iter().map(|(file, text)| {
+            (file.as_os_str().as_encoded_bytes(), text.as_deref().map(str::as_bytes).unwrap_or(b"\0unreadable"))
+        }));
         Sources { texts, version }
     }
 
     /// Parses every file; errors also for unreadable files and for one policy (namespace and
     /// name) defined twice.
     pub fn parse(&self) -> (Vec<Located>, Vec<ConfigError>) {
-        let mut all: Vec<Located> = Vec::new();
         let mut errors = Vec::new();
+        let mut parsed = Vec::new();
         for (file, text) in &self.texts {
-            let text = match text {
-                Ok(text) => text,
-                Err(e) => {
-                    errors.push(ConfigError::new(file, "", format!("cannot read the file: {e}")));
-                    continue;
+            match text {
+                Ok(text) => {
+                    let (policies, file_errors) = parse_file(file, text);
+                    parsed.extend(policies);
+                    errors.extend(file_errors);
                 }
-            };
-            let (policies, file_errors) = parse_file(file, text);
-            errors.extend(file_errors);
-            for located in policies {
-                let m = &located.policy.metadata;
-                let twice =
-                    all.iter().find(|o| o.policy.metadata.name == m.name && o.policy.metadata.namespace == m.namespace);
-                match twice {
-                    Some(first) => errors.push(ConfigError::new(
-                        file,
-                        "metadata.name",
-                        format!("policy {}/{} is also defined in {}", m.namespace, m.name, first.file.display()),
-                    )),
-                    None => all.push(located),
-                }
+                Err(e) => errors.push(ConfigError::new(file, "", format!("cannot read the file: {e}"))),
             }
         }
+        let (all, twice) = unique(parsed);
+        errors.extend(twice);
         (all, errors)
     }
+}
+
+/// A short digest of named byte strings: the version of a set of files or documents, which
+/// depends on their content only.
+pub(crate) fn digest<'a>(parts: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> String {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for (name, bytes) in parts {
+        ctx.update(name);
+        ctx.update(b"\0");
+        ctx.update(bytes);
+        ctx.update(b"\0");
+    }
+    ctx.finish().as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Keeps the first of each policy (namespace and name); every later one is an error at its
+/// own file and line. Files, the control plane's snapshots and `palisade check` all go
+/// through here.
+pub fn unique(located: Vec<Located>) -> (Vec<Located>, Vec<ConfigError>) {
+    let mut all: Vec<Located> = Vec::new();
+    let mut errors = Vec::new();
+    for l in located {
+        let m = &l.policy.metadata;
+        let first = all.iter().find(|o| o.policy.metadata.name == m.name && o.policy.metadata.namespace == m.namespace);
+        match first {
+            Some(first) => errors.push(ConfigError {
+                line: Some(l.line),
+                column: Some(1),
+                ..ConfigError::new(
+                    &l.file,
+                    "metadata.name",
+                    format!(
+                        "policy {}/{} is also defined in {}:{}",
+                        m.namespace,
+                        m.name,
+                        first.file.display(),
+                        first.line
+                    ),
+                )
+            }),
+            None => all.push(l),
+        }
+    }
+    (all, errors)
 }
 
 /// Reads and parses files (what `palisade check` does).
@@ -137,7 +166,7 @@ mod tests {
             ("  authorization:\n    rulez: []\n", 6, "spec.authorization", "unknown field `rulez`"),
             ("  authorization:\n    mode: SOMETIMES\n", 6, "spec.authorization.mode", "ENFORCE"),
             ("  authorization:\n    rules:\n      - {name: a, action: ALLOW, to: {paths: [\"orders\"]}}\n", 7, "paths", "must start with '/'"),
-            ("  authentication:\n    jwt: []\n", 5, "spec.authentication", "not yet available"),
+            ("  authentication:\n    jwt: []\n", 6, "spec.authentication", "not yet available"),
             ("  inputValidation:\n    waf: {mode: BLOCK}\n", 6, "spec.inputValidation.waf.mode", "not yet available"),
             ("  authorization:\n    rules:\n      - {name: a, action: ALLOW, from: {principals: []}}\n", 7, "principals", "empty list"),
             ("  rateLimits:\n    - {name: r, rate: 1, per: 10000000h}\n", 6, "rateLimits[0]", "per must be between"),
@@ -159,10 +188,40 @@ mod tests {
             let text = format!("apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\n{bad}");
             let (policies, errors) = parse_file(Path::new("p.yaml"), &text);
             assert!(policies.is_empty(), "{bad:?}");
-            // The document's own error may come first; the syntax error ends the list.
-            assert!((1..=2).contains(&errors.len()), "{bad:?}: {errors:?}");
-            assert!(errors.iter().all(|e| e.line.is_some()), "{bad:?}: {errors:?}");
+            assert_eq!(errors.len(), 1, "{bad:?}: {errors:?}");
+            assert!(errors[0].line.is_some_and(|l| l >= 3), "{bad:?}: {}", errors[0]);
         }
+    }
+
+    #[test]
+    fn a_file_without_a_policy_is_an_error() {
+        for text in ["", "# nothing yet\n", "---\n", "\n\n"] {
+            let (policies, errors) = parse_file(Path::new("p.yaml"), text);
+            assert!(policies.is_empty());
+            assert_eq!(errors.len(), 1, "{text:?}");
+            assert!(errors[0].message.contains("holds no SecurityPolicy"), "{}", errors[0]);
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_and_tags_are_errors_at_their_line() {
+        let (_, errors) =
+            parse_file(Path::new("p.yaml"), &format!("{HEAD}  selector: {{matchLabels: {{app: a, app: b}}}}\n"));
+        assert_eq!((errors.len(), errors[0].line), (1, Some(5)), "{errors:?}");
+        assert!(errors[0].message.contains("duplicate key"), "{}", errors[0]);
+        let (_, errors) = parse_file(Path::new("p.yaml"), &format!("{HEAD}  mtls: !Evil STRICT\n"));
+        assert!(errors[0].message.contains("!Evil"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn a_policy_defined_twice_is_an_error_at_the_second() {
+        let text = format!("{HEAD}  mtls: STRICT\n---\n{HEAD}  mtls: STRICT\n");
+        let (policies, errors) = parse_file(Path::new("p.yaml"), &text);
+        let (kept, twice) = unique(policies);
+        assert!(errors.is_empty());
+        assert_eq!(kept.len(), 1);
+        assert_eq!(twice[0].line, Some(9), "{}", twice[0]);
+        assert!(twice[0].message.contains("also defined in p.yaml:3"), "{}", twice[0]);
     }
 
     #[test]

@@ -24,7 +24,8 @@ use opentelemetry_sdk::Resource;
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
-use crate::config::{Env, OtlpConfig, OtlpProtocol, WorkloadConfig};
+use crate::config::OtlpProtocol;
+pub use crate::config::{ParentRoot, SamplerChoice, TraceSettings};
 
 /// Ended spans waiting for export; past it spans are dropped (OTel's default queue size).
 const QUEUE: usize = 2048;
@@ -32,98 +33,18 @@ const BATCH: usize = 512;
 const BATCH_DELAY: Duration = Duration::from_secs(1);
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where and how traces go, after the standard `OTEL_*` variables are applied.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TraceSettings {
-    pub endpoint: String,
-    pub protocol: OtlpProtocol,
-    /// The sampler of `OTEL_TRACES_SAMPLER` (`parentbased_traceidratio` unless set).
-    pub sampler: SamplerChoice,
-    pub service_name: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum SamplerChoice {
-    AlwaysOn,
-    AlwaysOff,
-    Ratio(f64),
-    ParentBased(ParentRoot),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum ParentRoot {
-    AlwaysOn,
-    AlwaysOff,
-    Ratio(f64),
-}
-
-impl TraceSettings {
-    /// Traces are on when `telemetry.otlp` is set or an OTLP endpoint variable is; the variables
-    /// win over the file (as `PALISADE_*` ones do), and `OTEL_SDK_DISABLED=true` or
-    /// `OTEL_TRACES_EXPORTER=none` turn traces off.
-    pub fn resolve(
-        config: Option<&OtlpConfig>,
-        env: &dyn Env,
-        workload: &WorkloadConfig,
-    ) -> Result<Option<TraceSettings>, String> {
-        let var = |name: &str| env.var(name).filter(|v| !v.trim().is_empty());
-        if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
-            || var("OTEL_TRACES_EXPORTER").is_some_and(|v| v.eq_ignore_ascii_case("none"))
-        {
-            return Ok(None);
-        }
-        let env_endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
-        if config.is_none() && env_endpoint.is_none() {
-            return Ok(None);
-        }
-        let defaults = OtlpConfig::default();
-        let config = config.unwrap_or(&defaults);
-        let protocol = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL")) {
-            Some(p) => p.parse().map_err(|e| format!("OTEL_EXPORTER_OTLP_PROTOCOL: {e}"))?,
-            None => config.protocol,
-        };
-        let endpoint = env_endpoint.unwrap_or_else(|| config.endpoint.clone());
-        let ratio = |arg: Option<String>| -> Result<f64, String> {
-            match arg {
-                None => Ok(config.sampling),
-                Some(a) => match a.trim().parse::<f64>() {
-                    Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-                    _ => Err(format!("OTEL_TRACES_SAMPLER_ARG: expected a ratio from 0 to 1, got {a:?}")),
-                },
-            }
-        };
-        let arg = var("OTEL_TRACES_SAMPLER_ARG");
-        let sampler = match var("OTEL_TRACES_SAMPLER").as_deref().map(str::trim) {
-            None | Some("parentbased_traceidratio") => SamplerChoice::ParentBased(ParentRoot::Ratio(ratio(arg)?)),
-            Some("parentbased_always_on") => SamplerChoice::ParentBased(ParentRoot::AlwaysOn),
-            Some("parentbased_always_off") => SamplerChoice::ParentBased(ParentRoot::AlwaysOff),
-            Some("traceidratio") => SamplerChoice::Ratio(ratio(arg)?),
-            Some("always_on") => SamplerChoice::AlwaysOn,
-            Some("always_off") => SamplerChoice::AlwaysOff,
-            Some(other) => {
-                return Err(format!(
-                    "OTEL_TRACES_SAMPLER: {other:?} is not one of always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio"
-                ))
-            }
-        };
-        let service_name = var("OTEL_SERVICE_NAME")
-            .or_else(|| config.service_name.clone())
-            .unwrap_or_else(|| format!("{}.{}", workload.service_account, workload.namespace));
-        Ok(Some(TraceSettings { endpoint, protocol, sampler, service_name }))
-    }
-
-    fn sampler(&self) -> Sampler {
-        let root = |r: ParentRoot| match r {
-            ParentRoot::AlwaysOn => Sampler::AlwaysOn,
-            ParentRoot::AlwaysOff => Sampler::AlwaysOff,
-            ParentRoot::Ratio(r) => Sampler::TraceIdRatioBased(r),
-        };
-        match self.sampler {
-            SamplerChoice::AlwaysOn => Sampler::AlwaysOn,
-            SamplerChoice::AlwaysOff => Sampler::AlwaysOff,
-            SamplerChoice::Ratio(r) => Sampler::TraceIdRatioBased(r),
-            SamplerChoice::ParentBased(r) => Sampler::ParentBased(Box::new(root(r))),
-        }
+/// The SDK's sampler for the configured choice.
+fn sampler(settings: &TraceSettings) -> Sampler {
+    let root = |r: ParentRoot| match r {
+        ParentRoot::AlwaysOn => Sampler::AlwaysOn,
+        ParentRoot::AlwaysOff => Sampler::AlwaysOff,
+        ParentRoot::Ratio(r) => Sampler::TraceIdRatioBased(r),
+    };
+    match settings.sampler {
+        SamplerChoice::AlwaysOn => Sampler::AlwaysOn,
+        SamplerChoice::AlwaysOff => Sampler::AlwaysOff,
+        SamplerChoice::Ratio(r) => Sampler::TraceIdRatioBased(r),
+        SamplerChoice::ParentBased(r) => Sampler::ParentBased(Box::new(root(r))),
     }
 }
 
@@ -179,7 +100,7 @@ impl Traces {
             .build();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(QueueProcessor { queue: sender, dropped: counters.dropped.clone() })
-            .with_sampler(settings.sampler())
+            .with_sampler(sampler(&settings))
             .with_resource(resource.clone())
             .build();
         let tracer = provider.tracer("palisade");
@@ -444,53 +365,6 @@ fn b3(headers: &HeaderMap) -> Option<SpanContext> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
-
-    fn resolve(config: Option<OtlpConfig>, env: &[(&str, &str)]) -> Result<Option<TraceSettings>, String> {
-        let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let workload =
-            WorkloadConfig { namespace: "shop".into(), service_account: "orders".into(), labels: BTreeMap::new() };
-        TraceSettings::resolve(config.as_ref(), &env, &workload)
-    }
-
-    #[test]
-    fn otel_variables_turn_traces_on_override_the_file_and_are_checked() {
-        assert_eq!(resolve(None, &[]).unwrap(), None);
-        let on = resolve(None, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")]).unwrap().unwrap();
-        assert_eq!(on.endpoint, "http://collector:4317");
-        assert_eq!(on.service_name, "orders.shop");
-        assert_eq!(on.sampler, SamplerChoice::ParentBased(ParentRoot::Ratio(0.01)));
-
-        let file = OtlpConfig {
-            endpoint: "http://file:4318".into(),
-            protocol: OtlpProtocol::HttpProtobuf,
-            sampling: 0.5,
-            service_name: None,
-        };
-        let s = resolve(Some(file.clone()), &[]).unwrap().unwrap();
-        assert_eq!((s.endpoint.as_str(), s.protocol), ("http://file:4318", OtlpProtocol::HttpProtobuf));
-        assert_eq!(s.sampler, SamplerChoice::ParentBased(ParentRoot::Ratio(0.5)));
-        let s = resolve(
-            Some(file.clone()),
-            &[
-                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317"),
-                ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
-                ("OTEL_SERVICE_NAME", "orders-sidecar"),
-                ("OTEL_TRACES_SAMPLER", "traceidratio"),
-                ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
-            ],
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!((s.endpoint.as_str(), s.protocol), ("http://env:4317", OtlpProtocol::Grpc));
-        assert_eq!((s.service_name.as_str(), s.sampler), ("orders-sidecar", SamplerChoice::Ratio(0.25)));
-        assert_eq!(resolve(Some(file.clone()), &[("OTEL_SDK_DISABLED", "true")]).unwrap(), None);
-        assert_eq!(resolve(Some(file.clone()), &[("OTEL_TRACES_EXPORTER", "none")]).unwrap(), None);
-        assert!(resolve(Some(file.clone()), &[("OTEL_TRACES_SAMPLER", "sometimes")])
-            .unwrap_err()
-            .contains("OTEL_TRACES_SAMPLER"));
-        assert!(resolve(Some(file), &[("OTEL_TRACES_SAMPLER_ARG", "2")]).unwrap_err().contains("0 to 1"));
-    }
 
     #[test]
     fn b3_parents_are_accepted_in_both_forms() {
