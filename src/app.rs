@@ -105,6 +105,8 @@ struct Bound {
 
 /// Everything built from the configuration before any port is bound.
 struct Parts {
+    /// The workload with its downward-API labels read.
+    workload: crate::config::WorkloadConfig,
     channel: Option<Arc<ChannelState>>,
     telemetry: Arc<Telemetry>,
     tls: Arc<TlsStore>,
@@ -117,6 +119,10 @@ impl Parts {
     fn build(config: &SidecarConfig) -> Result<Parts, StartError> {
         let mut errors: Vec<ConfigError> =
             config.validate(&ProcessEnv).into_iter().map(|i| ConfigError::from_invalid(Path::new(""), i)).collect();
+        let workload = config.workload.resolve_labels().unwrap_or_else(|e| {
+            errors.push(ConfigError::new(Path::new(""), "workload.labelsFile", e));
+            config.workload.clone()
+        });
         let files = config.identity.files.clone().unwrap_or_default();
         let identity_files = IdentityFiles {
             cert: files.cert.clone(),
@@ -127,8 +133,7 @@ impl Parts {
         let tls = TlsStore::load(identity_files, trust_domain, TrustDomains::new([trust_domain.as_str()]))
             .map_err(|e| errors.push(ConfigError::new(Path::new(""), "identity.files", format!("{e:#}"))))
             .ok();
-        let traces =
-            TraceSettings::resolve(config.telemetry.otlp.as_ref(), &ProcessEnv, &config.workload).unwrap_or_default();
+        let traces = TraceSettings::resolve(config.telemetry.otlp.as_ref(), &ProcessEnv, &workload).unwrap_or_default();
         let telemetry = Telemetry::new(&config.telemetry, traces)
             .map_err(|e| {
                 errors.push(ConfigError::new(
@@ -144,7 +149,7 @@ impl Parts {
         };
         let options = PolicyOptions {
             files: config.policy.files.clone(),
-            workload: config.workload.clone(),
+            workload: workload.clone(),
             allow_permissive: config.inbound.allow_permissive,
             fail_mode: config.policy.fail_mode,
             control_plane: config.policy.control_plane.is_some(),
@@ -152,6 +157,7 @@ impl Parts {
         let policy = PolicyStore::load(options, telemetry.clone()).map_err(|mut e| errors.append(&mut e)).ok();
         match policy {
             Some(policy) if errors.is_empty() => Ok(Parts {
+                workload,
                 channel: config.policy.control_plane.as_ref().map(|_| Arc::new(ChannelState::default())),
                 telemetry,
                 tls: Arc::new(tls),
@@ -224,7 +230,7 @@ async fn run(
     drain: Duration,
     options: RunOptions,
 ) {
-    let Parts { channel, telemetry, tls, policy, reload_interval } = parts;
+    let Parts { workload, channel, telemetry, tls, policy, reload_interval } = parts;
     let [inbound_listener, outbound_listener, admin_listener] =
         listeners.map(|l| TcpListener::from_std(l).expect("listener joins the runtime"));
     // pingora builds a TLS connector per proxy and, without a CA file, parses the platform's
@@ -315,7 +321,7 @@ async fn run(
             expected,
             tls: tls.clone(),
             policy: policy.clone(),
-            workload: config.workload.clone(),
+            workload,
             node,
             telemetry: telemetry.clone(),
             state: state.clone(),

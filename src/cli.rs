@@ -61,9 +61,10 @@ enum Command {
 
 #[derive(Args)]
 struct ConfigArg {
-    /// YAML configuration file; PALISADE_<SECTION>_<KEY> variables override its values.
+    /// YAML configuration file; PALISADE_<SECTION>_<KEY> variables override its values. Without
+    /// it, the configuration is the text of PALISADE_CONFIG, else every default.
     #[arg(short, long)]
-    config: PathBuf,
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -98,8 +99,8 @@ enum CaCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Sidecar(arg) => run_sidecar(&arg.config),
-        Command::Control(arg) => run_control(&arg.config),
+        Command::Sidecar(arg) => run_sidecar(arg.config.as_deref()),
+        Command::Control(arg) => run_control(arg.config.as_deref()),
         Command::Inject { .. } => not_yet("palisade inject"),
         Command::InitNet { .. } => not_yet("palisade init-net"),
         Command::Check { files } => check(&files),
@@ -176,9 +177,10 @@ fn not_yet(what: &str) -> ExitCode {
     ExitCode::from(EXIT_UNAVAILABLE)
 }
 
-fn run_sidecar(path: &std::path::Path) -> ExitCode {
+fn run_sidecar(file: Option<&std::path::Path>) -> ExitCode {
     let log_level = LogLevel::init();
-    let Some(config) = load_config::<SidecarConfig>(path) else { return ExitCode::from(EXIT_CONFIG) };
+    let Some((path, config)) = load_config::<SidecarConfig>(file) else { return ExitCode::from(EXIT_CONFIG) };
+    let path = path.as_path();
     match Sidecar::start(config, RunOptions { handle_signals: true, log_level }) {
         Ok(mut sidecar) => {
             sidecar.wait();
@@ -188,9 +190,10 @@ fn run_sidecar(path: &std::path::Path) -> ExitCode {
     }
 }
 
-fn run_control(path: &std::path::Path) -> ExitCode {
+fn run_control(file: Option<&std::path::Path>) -> ExitCode {
     let log_level = LogLevel::init();
-    let Some(config) = load_config::<ControlConfig>(path) else { return ExitCode::from(EXIT_CONFIG) };
+    let Some((path, config)) = load_config::<ControlConfig>(file) else { return ExitCode::from(EXIT_CONFIG) };
+    let path = path.as_path();
     match ControlPlane::start(config, RunOptions { handle_signals: true, log_level }) {
         Ok(mut plane) => {
             plane.wait();
@@ -200,13 +203,22 @@ fn run_control(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Reads a configuration file, printing every mistake in it.
-fn load_config<T>(path: &std::path::Path) -> Option<T>
+/// Reads a configuration (the file, else PALISADE_CONFIG, else the defaults), printing every
+/// mistake in it; also where it came from, for later messages.
+fn load_config<T>(file: Option<&std::path::Path>) -> Option<(PathBuf, T)>
 where
     T: serde::de::DeserializeOwned + serde::Serialize + config::Validate,
 {
-    match config::load(path, &ProcessEnv) {
-        Ok(config) => Some(config),
+    let loaded = match file {
+        Some(path) => config::load(path, &ProcessEnv).map(|c| (path.to_path_buf(), c)),
+        None => {
+            let text = std::env::var(config::CONFIG_VAR).unwrap_or_default();
+            let source = PathBuf::from(config::CONFIG_VAR);
+            config::load_text(&source, &text, &ProcessEnv).map(|c| (source, c))
+        }
+    };
+    match loaded {
+        Ok(loaded) => Some(loaded),
         Err(errors) => {
             for e in &errors {
                 eprintln!("error: {e}");

@@ -121,7 +121,20 @@ where
 {
     let text = crate::yaml::read_file(file, crate::yaml::Limits::FILE.max_bytes)
         .map_err(|e| vec![ConfigError::new(file, "", format!("cannot read the file: {e}"))])?;
-    let root = parse_root(file, &text).map_err(|e| vec![e])?;
+    load_text(file, &text, env)
+}
+
+/// The variable that holds a whole configuration when no file is given: how an injected
+/// sidecar gets its configuration, since a pod cannot mount a ConfigMap of another namespace.
+pub const CONFIG_VAR: &str = "PALISADE_CONFIG";
+
+/// As [`load`], for configuration text from `source` (a file's name, or [`CONFIG_VAR`]).
+pub fn load_text<T>(source: &Path, text: &str, env: &dyn Env) -> Result<T, Vec<ConfigError>>
+where
+    T: DeserializeOwned + Serialize + Validate,
+{
+    let file = source;
+    let root = parse_root(file, text).map_err(|e| vec![e])?;
     let (value, mut errors) = read_all::<T>(file, &root);
     let Some(value) = value else { return Err(errors) };
     let overridden = env::apply_overrides(file, value, env);

@@ -16,7 +16,7 @@ use super::ConfigError;
 
 const PREFIX: &str = "PALISADE_";
 /// Variables with the prefix that are not configuration overrides.
-const NOT_OVERRIDES: &[&str] = &["PALISADE_LOG"];
+const NOT_OVERRIDES: &[&str] = &["PALISADE_LOG", super::CONFIG_VAR];
 
 /// Where the environment comes from; tests pass a map instead of touching the process.
 pub trait Env {

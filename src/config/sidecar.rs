@@ -96,6 +96,9 @@ pub struct IdentityFromControlPlane {
     pub trust_bundle: PathBuf,
     /// A Kubernetes projected service-account token with audience `palisade`.
     pub token_file: PathBuf,
+    /// The same roots as PEM text, instead of `trustBundle`: what an injected sidecar is given
+    /// in its environment, since a pod cannot mount a ConfigMap of another namespace.
+    pub trust_anchors: Option<String>,
 }
 
 impl Default for IdentityFromControlPlane {
@@ -104,6 +107,7 @@ impl Default for IdentityFromControlPlane {
             address: "palisade-control.palisade-system.svc:15012".into(),
             trust_bundle: "/var/run/palisade/ca.crt".into(),
             token_file: "/var/run/secrets/palisade/token".into(),
+            trust_anchors: None,
         }
     }
 }
@@ -248,12 +252,57 @@ pub struct WorkloadConfig {
     pub namespace: String,
     pub service_account: String,
     pub labels: BTreeMap<String, String>,
+    /// A Kubernetes downward-API file of the pod's labels (`key="value"` per line), read at
+    /// start and merged over `labels`: how an injected sidecar learns its pod's labels.
+    pub labels_file: Option<PathBuf>,
 }
 
 impl Default for WorkloadConfig {
     fn default() -> Self {
-        WorkloadConfig { namespace: "default".into(), service_account: "default".into(), labels: BTreeMap::new() }
+        WorkloadConfig {
+            namespace: "default".into(),
+            service_account: "default".into(),
+            labels: BTreeMap::new(),
+            labels_file: None,
+        }
     }
+}
+
+impl WorkloadConfig {
+    /// The workload with the labels of `labelsFile` merged in (they win: they are the pod's).
+    pub fn resolve_labels(&self) -> Result<WorkloadConfig, String> {
+        let Some(file) = &self.labels_file else { return Ok(self.clone()) };
+        let text = crate::yaml::read_file(file, 256 * 1024).map_err(|e| format!("{}: {e}", file.display()))?;
+        let mut resolved = self.clone();
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let parsed = line.split_once('=').and_then(|(k, v)| {
+                let v = v.strip_prefix('"')?.strip_suffix('"')?;
+                Some((k.to_string(), unescape_label(v)?))
+            });
+            let (key, value) =
+                parsed.ok_or_else(|| format!("{}:{}: expected key=\"value\", got {line:?}", file.display(), n + 1))?;
+            resolved.labels.insert(key, value);
+        }
+        Ok(resolved)
+    }
+}
+
+/// The downward API writes label values as Go-quoted strings; labels themselves allow only
+/// letters, digits, '-', '_' and '.', so only the escapes of `"` and `\\` can appear.
+fn unescape_label(v: &str) -> Option<String> {
+    let mut out = String::with_capacity(v.len());
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(match chars.next()? {
+                'n' => '\n',
+                't' => '\t',
+                other => other,
+            }),
+            c => out.push(c),
+        }
+    }
+    Some(out)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -696,6 +745,25 @@ threads: 1
             "{}",
             shown[3]
         );
+    }
+
+    #[test]
+    fn labels_come_from_the_downward_api_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("labels");
+        std::fs::write(&file, "app=\"orders\"\npod-template-hash=\"7d9f\"\nquote=\"a\\\"b\"\n").unwrap();
+        let workload = WorkloadConfig {
+            labels: [("app".to_string(), "old".to_string()), ("team".to_string(), "x".to_string())].into(),
+            labels_file: Some(file.clone()),
+            ..Default::default()
+        };
+        let labels = workload.resolve_labels().unwrap().labels;
+        assert_eq!(labels["app"], "orders");
+        assert_eq!(labels["team"], "x");
+        assert_eq!(labels["pod-template-hash"], "7d9f");
+        assert_eq!(labels["quote"], "a\"b");
+        std::fs::write(&file, "app=orders\n").unwrap();
+        assert!(workload.resolve_labels().unwrap_err().contains("labels:1"));
     }
 
     #[test]

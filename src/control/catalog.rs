@@ -344,6 +344,7 @@ mod tests {
             namespace: ns.into(),
             service_account: app.into(),
             labels: [("app".to_string(), app.to_string())].into(),
+            labels_file: None,
         }
     }
 

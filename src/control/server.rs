@@ -113,6 +113,7 @@ impl PolicyService {
             namespace: namespace.to_string(),
             service_account: service_account.to_string(),
             labels: std::mem::take(&mut hello.labels).into_iter().collect::<BTreeMap<_, _>>(),
+            labels_file: None,
         })
     }
 }
