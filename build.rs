@@ -5,7 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = protox::compile(["palisade/control/v1/policy.proto"], ["proto"])?;
     // Small initial buffers per stream: a control plane holds thousands of idle streams.
     tonic_prost_build::configure()
-        .codec_path("crate::control::codec::SmallBufferCodec")
+        .codec_path("crate::proto::SmallBufferCodec")
         .bytes(".palisade.control.v1.Policy.document")
         .compile_fds(descriptors)?;
     Ok(())

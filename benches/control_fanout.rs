@@ -16,9 +16,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use palisade::control::proto::policy_discovery_client::PolicyDiscoveryClient;
-use palisade::control::proto::{control_message, sidecar_message, Ack, Hello, SidecarMessage};
 use palisade::identity::{DevCa, LeafSpec, SpiffeId};
+use palisade::proto::policy_discovery_client::PolicyDiscoveryClient;
+use palisade::proto::{control_message, sidecar_message, Ack, Hello, SidecarMessage};
 use palisade::tls::{IdentityFiles, TlsStore, TrustDomains};
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
@@ -87,7 +87,7 @@ async fn stream_client(
     mut first_ack: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), String> {
     let expected = SpiffeId::parse(CONTROL_ID).unwrap();
-    let connector = palisade::control::connector(addr.ip().to_string(), addr.port(), expected, tls);
+    let connector = palisade::channel::connector(addr.ip().to_string(), addr.port(), expected, tls);
     let channel = tonic::transport::Endpoint::from_static("http://palisade-control")
         .connect_with_connector(connector)
         .await

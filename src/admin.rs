@@ -2,7 +2,6 @@
 //! configuration, log level and shutdown.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -12,23 +11,11 @@ use pingora::protocols::http::ServerSession;
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::control::ChannelState;
+use crate::channel::ChannelState;
+use crate::lifecycle::Readiness;
 use crate::policy::PolicyStore;
 use crate::telemetry::{LogLevel, Telemetry};
 use crate::tls::TlsStore;
-
-/// The readiness conditions; `/ready` answers 200 only when all hold.
-#[derive(Default)]
-pub struct Readiness {
-    pub listeners: AtomicBool,
-    pub draining: AtomicBool,
-}
-
-impl Readiness {
-    pub fn is_ready(&self) -> bool {
-        self.listeners.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
-    }
-}
 
 pub struct Admin {
     pub telemetry: Arc<Telemetry>,

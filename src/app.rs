@@ -8,43 +8,22 @@ use std::time::Duration;
 
 use std::path::Path;
 
-use anyhow::Context;
 use pingora::apps::HttpServerOptions;
 use pingora::proxy::{http_proxy, ProxyHttp};
 use pingora::server::configuration::ServerConf;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::admin::{Admin, Readiness};
+use crate::admin::Admin;
+use crate::channel::{ChannelState, PolicyChannel};
 use crate::config::{ConfigError, MtlsMode, ProcessEnv, SidecarConfig, TraceSettings, Validate};
-use crate::control::{ChannelState, PolicyChannel};
+pub use crate::lifecycle::StartError;
+use crate::lifecycle::{bind, poll_files, runtime, stop_requested, Readiness, Running};
 use crate::policy::{PolicyOptions, PolicySnapshot, PolicyStore};
-use crate::proxy::{serve, ConnectionTracker, Inbound, Outbound, Transport};
+use crate::proxy::{Inbound, Outbound};
+use crate::serve::{serve, ConnectionTracker, Transport};
 use crate::telemetry::{LogLevel, SecurityEvent, Telemetry};
 use crate::tls::{IdentityFiles, TlsStore, TrustDomains};
-
-/// A service running on a thread of its own, stopped through a watch channel.
-pub(crate) struct Running {
-    shutdown: watch::Sender<bool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Running {
-    pub(crate) fn new(shutdown: watch::Sender<bool>, thread: std::thread::JoinHandle<()>) -> Self {
-        Running { shutdown, thread: Some(thread) }
-    }
-
-    pub(crate) fn stop(&mut self) {
-        self.shutdown.send_replace(true);
-        self.wait();
-    }
-
-    pub(crate) fn wait(&mut self) {
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
 
 /// A running sidecar. Dropping it does not stop it; call [`Sidecar::shutdown`].
 pub struct Sidecar {
@@ -169,49 +148,6 @@ impl Parts {
     }
 }
 
-/// Why a sidecar or control plane did not start, and the exit status that says so.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The configuration (or a file it names) is wrong: every mistake, each located.
-    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
-    Config(Vec<ConfigError>),
-    /// The configuration is good but the system refused (a port taken, no threads).
-    #[error("{0:#}")]
-    System(anyhow::Error),
-}
-
-impl StartError {
-    /// sysexits: EX_CONFIG (78) for configuration, EX_OSERR (71) for the system.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            StartError::Config(_) => 78,
-            StartError::System(_) => 71,
-        }
-    }
-}
-
-impl From<std::io::Error> for StartError {
-    fn from(e: std::io::Error) -> Self {
-        StartError::System(e.into())
-    }
-}
-
-pub(crate) fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
-    let runtime = if threads == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
-    };
-    Ok(runtime)
-}
-
-/// Binds before the runtime starts, so a taken port fails `start` rather than a task.
-pub(crate) fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("{field}: cannot listen on {addr}"))?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
-}
-
 fn proxy_app<P: ProxyHttp>(conf: &Arc<ServerConf>, inner: P) -> Arc<pingora::proxy::HttpProxy<P>> {
     let mut app = http_proxy(conf, inner);
     let mut options = HttpServerOptions::default();
@@ -310,7 +246,7 @@ async fn run(
     if let (Some(address), Some(state)) = (&config.policy.control_plane, &channel) {
         let expected = match &config.policy.control_plane_identity {
             Some(id) => id.0.clone(),
-            None => crate::control::default_identity(&config.trust_domain.0),
+            None => crate::channel::default_identity(&config.trust_domain.0),
         };
         let node = std::env::var("POD_NAME").unwrap_or_else(|_| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -358,51 +294,6 @@ async fn run(
     }
     admin_stop.send_replace(true);
     let _ = admin_task.await;
-}
-
-/// Waits for SIGTERM or SIGINT (when `handle_signals`) or for `stop`; false when the signal
-/// handlers cannot be installed.
-pub(crate) async fn stop_requested(handle_signals: bool, mut stop: watch::Receiver<bool>) -> bool {
-    if handle_signals {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(t), Ok(i)) => (t, i),
-            _ => {
-                tracing::error!("cannot install signal handlers");
-                return false;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = int.recv() => tracing::info!("SIGINT: draining"),
-            _ = stop.wait_for(|s| *s) => {}
-        }
-    } else {
-        let _ = stop.wait_for(|s| *s).await;
-    }
-    true
-}
-
-/// Runs `check` on the blocking pool every `every` (it reads files: a slow disk must never stall
-/// requests) and hands its result to `handle` on the runtime, until `stop` turns true.
-pub(crate) async fn poll_files<T, C, H>(every: Duration, mut stop: watch::Receiver<bool>, check: C, mut handle: H)
-where
-    T: Send + 'static,
-    C: Fn() -> T + Clone + Send + 'static,
-    H: FnMut(T),
-{
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        match tokio::task::spawn_blocking(check.clone()).await {
-            Ok(result) => handle(result),
-            Err(e) => tracing::error!(error = %e, "file watcher task failed"),
-        }
-    }
 }
 
 /// Swaps in a new policy snapshot when the files change and are valid; drops idle buckets.

@@ -194,7 +194,8 @@ fn run_control(file: Option<&std::path::Path>) -> ExitCode {
     let log_level = LogLevel::init();
     let Some((path, config)) = load_config::<ControlConfig>(file) else { return ExitCode::from(EXIT_CONFIG) };
     let path = path.as_path();
-    match ControlPlane::start(config, RunOptions { handle_signals: true, log_level }) {
+    let _ = log_level;
+    match ControlPlane::start(config, true) {
         Ok(mut plane) => {
             plane.wait();
             ExitCode::SUCCESS

@@ -19,7 +19,7 @@ use tokio::sync::watch;
 
 use crate::config::TelemetryConfig;
 use crate::identity::{DevCa, LeafSpec, WorkloadFiles};
-use crate::proxy::{serve, ConnectionTracker, Transport};
+use crate::serve::{serve, ConnectionTracker, Transport};
 use crate::telemetry::Telemetry;
 
 const TRUST_DOMAIN: &str = "demo.local";

@@ -8,14 +8,18 @@
 
 pub mod admin;
 pub mod app;
+pub mod channel;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
 pub mod identity;
+pub mod lifecycle;
 mod memory;
 pub mod policy;
+pub mod proto;
 pub mod proxy;
+pub mod serve;
 pub mod telemetry;
 pub mod tls;
 pub mod yaml;

@@ -1,5 +1,5 @@
-//! The data path: the inbound and outbound proxies (pingora `ProxyHttp` implementations), the
-//! accept loop that feeds them, and the one place that turns failures into responses.
+//! The data path: the inbound and outbound proxies (pingora `ProxyHttp` implementations) and
+//! the one place that turns failures into responses; [`crate::serve`] feeds them connections.
 //!
 //! Every listener of a sidecar runs on one tokio runtime: a request crosses no thread boundary
 //! between accept, inbound, the app and back (pingora's own `Server` gives each service a runtime
@@ -13,13 +13,11 @@ mod outbound;
 mod record;
 mod request_id;
 mod respond;
-mod serve;
 
 pub use inbound::Inbound;
 pub use outbound::Outbound;
 pub use request_id::RequestId;
 pub use respond::ErrorKind;
-pub use serve::{serve, ConnectionTracker, Transport};
 
 /// Carries the caller's HTTP version across the sidecar-to-sidecar hop, which is always HTTP/2,
 /// so the inbound side speaks to its app as the caller spoke (Linkerd's `l5d-orig-proto`).

@@ -536,10 +536,10 @@ async fn subscribe(
     pki: &Pki,
     plane: &ControlPlane,
     identity: &str,
-    hello: palisade::control::proto::Hello,
+    hello: palisade::proto::Hello,
 ) -> Result<(), tonic::Status> {
-    use palisade::control::proto::policy_discovery_client::PolicyDiscoveryClient;
-    use palisade::control::proto::{sidecar_message, SidecarMessage};
+    use palisade::proto::policy_discovery_client::PolicyDiscoveryClient;
+    use palisade::proto::{sidecar_message, SidecarMessage};
     let files = pki.workload("raw-client", identity);
     let tls = Arc::new(
         palisade::tls::TlsStore::load(
@@ -550,7 +550,7 @@ async fn subscribe(
         .unwrap(),
     );
     let expected = palisade::identity::SpiffeId::parse(CONTROL_ID).unwrap();
-    let connector = palisade::control::connector("127.0.0.1".into(), plane.grpc, expected, tls);
+    let connector = palisade::channel::connector("127.0.0.1".into(), plane.grpc, expected, tls);
     let channel =
         tonic::transport::Endpoint::from_static("http://control").connect_with_connector(connector).await.unwrap();
     let (sender, receiver) = tokio::sync::mpsc::channel(2);
@@ -568,7 +568,7 @@ async fn oversized_hellos_are_refused_without_being_kept() {
     let dir = pki.path("policies");
     std::fs::create_dir(&dir).unwrap();
     let plane = ControlPlane::start(&pki, "control", &dir).await;
-    let hello = |node: String| palisade::control::proto::Hello {
+    let hello = |node: String| palisade::proto::Hello {
         namespace: "shop".into(),
         labels: [("app".to_string(), "orders".to_string())].into(),
         version: String::new(),

@@ -14,7 +14,8 @@ use tokio::sync::watch;
 use super::catalog::Catalog;
 use super::metrics::ControlMetrics;
 use super::status::{Registry, SyncState};
-use crate::admin::{json_reply, reply, text, Readiness};
+use crate::admin::{json_reply, reply, text};
+use crate::lifecycle::Readiness;
 
 pub struct ControlAdmin {
     pub identity: String,

@@ -15,13 +15,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::admin::ControlAdmin;
 use super::catalog::{Catalog, PolicyDirectory, ScanOutcome};
 use super::metrics::ControlMetrics;
-use super::proto::policy_discovery_server::PolicyDiscoveryServer;
 use super::server::PolicyService;
 use super::status::Registry;
-use crate::admin::Readiness;
-use crate::app::{bind, poll_files, runtime, stop_requested, RunOptions, Running, StartError};
+use crate::app::StartError;
 use crate::config::{ConfigError, ControlConfig, ProcessEnv, TelemetryConfig, Validate};
-use crate::proxy::{serve, ConnectionTracker, Transport};
+use crate::lifecycle::{bind, poll_files, runtime, stop_requested, Readiness, Running};
+use crate::proto::policy_discovery_server::PolicyDiscoveryServer;
+use crate::serve::{serve, ConnectionTracker, Transport};
 use crate::telemetry::{SecurityEvent, Telemetry};
 use crate::tls::{IdentityFiles, TlsStore, TrustDomains};
 
@@ -35,7 +35,7 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Loads the identity and reads the policy directory, binds both listeners, then serves on
     /// a thread of its own. Fails before binding on any bad input.
-    pub fn start(config: ControlConfig, options: RunOptions) -> Result<ControlPlane, StartError> {
+    pub fn start(config: ControlConfig, handle_signals: bool) -> Result<ControlPlane, StartError> {
         let mut errors: Vec<ConfigError> =
             config.validate(&ProcessEnv).into_iter().map(|i| ConfigError::from_invalid(Path::new(""), i)).collect();
         let trust_domain = config.trust_domain.0.clone();
@@ -70,7 +70,7 @@ impl ControlPlane {
         let (shutdown, _) = watch::channel(false);
         let sender = shutdown.clone();
         let thread = std::thread::Builder::new().name("palisade-control".into()).spawn(move || {
-            runtime.block_on(run(config, tls, telemetry, [grpc_listener, admin_listener], sender, options));
+            runtime.block_on(run(config, tls, telemetry, [grpc_listener, admin_listener], sender, handle_signals));
         })?;
         Ok(ControlPlane { grpc, admin, running: Running::new(shutdown, thread) })
     }
@@ -92,7 +92,7 @@ async fn run(
     telemetry: Arc<Telemetry>,
     listeners: [std::net::TcpListener; 2],
     shutdown: watch::Sender<bool>,
-    options: RunOptions,
+    handle_signals: bool,
 ) {
     let [grpc_listener, admin_listener] =
         listeners.map(|l| TcpListener::from_std(l).expect("listener joins the runtime"));
@@ -185,7 +185,7 @@ async fn run(
     tracing::info!(%identity, grpc = %config.grpc.listen, admin = %config.admin.listen,
         policies = %config.policies.dir.display(), "control plane ready");
 
-    if !stop_requested(options.handle_signals, stop.clone()).await {
+    if !stop_requested(handle_signals, stop.clone()).await {
         return;
     }
     readiness.draining.store(true, Ordering::Release);

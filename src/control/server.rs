@@ -11,11 +11,11 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::catalog::Catalog;
 use super::metrics::ControlMetrics;
-use super::proto::policy_discovery_server::PolicyDiscovery;
-use super::proto::{control_message, sidecar_message, ControlMessage, Hello, Policy, PolicySnapshot, SidecarMessage};
 use super::status::{Registry, Session};
 use super::transport::Peer;
 use crate::config::WorkloadConfig;
+use crate::proto::policy_discovery_server::PolicyDiscovery;
+use crate::proto::{control_message, sidecar_message, ControlMessage, Hello, Policy, PolicySnapshot, SidecarMessage};
 use crate::telemetry::{DeniedRequest, SecurityEvent, Telemetry};
 
 /// A sidecar that opened a stream must say who it is promptly.

@@ -1,9 +1,6 @@
-//! Mutual TLS under tonic, with our SPIFFE verifiers on both ends.
-//!
-//! Server: an accept loop that runs each handshake on its own task and hands tonic the streams
-//! that passed, each carrying the client's SPIFFE ID. Client: a connector that dials with
-//! [`crate::tls::connect`], so the control plane is checked by its SPIFFE ID, whatever address
-//! reached it.
+//! Mutual TLS under tonic, server side: an accept loop that runs each handshake on its own task
+//! and hands tonic the streams that passed, each carrying the client's SPIFFE ID. (The client
+//! side is [`crate::channel::connector`].)
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -133,34 +130,4 @@ pub fn accept_mtls(
         }
     });
     receiver
-}
-
-/// A tonic connector that dials `address` (resolved on every attempt, so a Service name follows
-/// its endpoints) and proves the control plane is `expected`.
-pub fn connector(
-    host: String,
-    port: u16,
-    expected: SpiffeId,
-    tls: Arc<TlsStore>,
-) -> impl tower::Service<
-    http::Uri,
-    Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>,
-    Error = std::io::Error,
-    Future = impl Send,
-> + Clone
-       + Send
-       + 'static {
-    tower::service_fn(move |_: http::Uri| {
-        let (host, expected, tls) = (host.clone(), expected.clone(), tls.clone());
-        async move {
-            let mut last = std::io::Error::other(format!("{host}:{port} resolved to no address"));
-            for addr in tokio::net::lookup_host((host.as_str(), port)).await? {
-                match crate::tls::connect(&tls, addr, Some(&expected), HANDSHAKE_TIMEOUT).await {
-                    Ok(stream) => return Ok(hyper_util::rt::TokioIo::new(stream)),
-                    Err(e) => last = std::io::Error::other(e.to_string()),
-                }
-            }
-            Err(last)
-        }
-    })
 }

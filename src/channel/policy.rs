@@ -10,11 +10,11 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::proto::policy_discovery_client::PolicyDiscoveryClient;
-use super::proto::{control_message, sidecar_message, Ack, Hello, Nack, SidecarMessage};
 use crate::config::{ControlPlaneAddress, WorkloadConfig};
 use crate::identity::SpiffeId;
 use crate::policy::{PolicySnapshot, PolicyStore};
+use crate::proto::policy_discovery_client::PolicyDiscoveryClient;
+use crate::proto::{control_message, sidecar_message, Ack, Hello, Nack, SidecarMessage};
 use crate::telemetry::Telemetry;
 use crate::tls::TlsStore;
 
@@ -89,12 +89,8 @@ impl PolicyChannel {
         on_applied: &(impl Fn(&PolicySnapshot) + Sync),
         backoff: &mut Backoff,
     ) -> Result<(), String> {
-        let connector = super::transport::connector(
-            self.address.host.clone(),
-            self.address.port,
-            self.expected.clone(),
-            self.tls.clone(),
-        );
+        let connector =
+            super::connector(self.address.host.clone(), self.address.port, self.expected.clone(), self.tls.clone());
         let channel = tonic::transport::Endpoint::from_static("http://palisade-control")
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(10))

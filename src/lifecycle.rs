@@ -1,0 +1,137 @@
+//! How a process of Palisade lives: runtimes and threads, listeners bound before anything runs,
+//! readiness, polling files off the runtime, stopping on a signal or a request, and why it did
+//! not start. The sidecar and the control plane share it; it knows no Palisade type but the
+//! configuration's error.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::watch;
+
+use crate::config::ConfigError;
+
+/// A service running on a thread of its own, stopped through a watch channel.
+pub struct Running {
+    shutdown: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn new(shutdown: watch::Sender<bool>, thread: std::thread::JoinHandle<()>) -> Self {
+        Running { shutdown, thread: Some(thread) }
+    }
+
+    pub fn stop(&mut self) {
+        self.shutdown.send_replace(true);
+        self.wait();
+    }
+
+    pub fn wait(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The readiness conditions; `/ready` answers 200 only when all hold.
+#[derive(Default)]
+pub struct Readiness {
+    pub listeners: AtomicBool,
+    pub draining: AtomicBool,
+}
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        self.listeners.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+    }
+}
+
+pub fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+    };
+    Ok(runtime)
+}
+
+/// Binds before the runtime starts, so a taken port fails `start` rather than a task.
+pub fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("{field}: cannot listen on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Waits for SIGTERM or SIGINT (when `handle_signals`) or for `stop`; false when the signal
+/// handlers cannot be installed.
+pub async fn stop_requested(handle_signals: bool, mut stop: watch::Receiver<bool>) -> bool {
+    if handle_signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(t), Ok(i)) => (t, i),
+            _ => {
+                tracing::error!("cannot install signal handlers");
+                return false;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: draining"),
+            _ = int.recv() => tracing::info!("SIGINT: draining"),
+            _ = stop.wait_for(|s| *s) => {}
+        }
+    } else {
+        let _ = stop.wait_for(|s| *s).await;
+    }
+    true
+}
+
+/// Runs `check` on the blocking pool every `every` (it reads files: a slow disk must never stall
+/// requests) and hands its result to `handle` on the runtime, until `stop` turns true.
+pub async fn poll_files<T, C, H>(every: Duration, mut stop: watch::Receiver<bool>, check: C, mut handle: H)
+where
+    T: Send + 'static,
+    C: Fn() -> T + Clone + Send + 'static,
+    H: FnMut(T),
+{
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match tokio::task::spawn_blocking(check.clone()).await {
+            Ok(result) => handle(result),
+            Err(e) => tracing::error!(error = %e, "file watcher task failed"),
+        }
+    }
+}
+
+/// Why a sidecar or control plane did not start, and the exit status that says so.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration (or a file it names) is wrong: every mistake, each located.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<ConfigError>),
+    /// The configuration is good but the system refused (a port taken, no threads).
+    #[error("{0:#}")]
+    System(anyhow::Error),
+}
+
+impl StartError {
+    /// sysexits: EX_CONFIG (78) for configuration, EX_OSERR (71) for the system.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            StartError::Config(_) => 78,
+            StartError::System(_) => 71,
+        }
+    }
+}
+
+impl From<std::io::Error> for StartError {
+    fn from(e: std::io::Error) -> Self {
+        StartError::System(e.into())
+    }
+}

@@ -1,0 +1,14 @@
+//! The control channel's protocol (`proto/palisade/control/v1/policy.proto`), compiled by
+//! `build.rs` with protox, and shared by both ends: the control plane's server and the
+//! sidecar's client.
+
+mod codec;
+
+pub use codec::SmallBufferCodec;
+
+#[allow(clippy::all, missing_docs)]
+mod generated {
+    tonic::include_proto!("palisade.control.v1");
+}
+
+pub use generated::*;
