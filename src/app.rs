@@ -2,7 +2,7 @@
 //! binds its listeners, runs it on one runtime, and drains it on shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,10 +16,10 @@ use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::channel::{ChannelState, PolicyChannel};
-use crate::config::{ConfigError, MtlsMode, ProcessEnv, SidecarConfig, TraceSettings, Validate};
+use crate::config::{ConfigError, ProcessEnv, SidecarConfig, TraceSettings, Validate};
 pub use crate::lifecycle::StartError;
 use crate::lifecycle::{bind, poll_files, runtime, stop_requested, Readiness, Running};
-use crate::policy::{PolicyOptions, PolicySnapshot, PolicyStore};
+use crate::policy::{PolicyOptions, PolicyStore};
 use crate::proxy::{Inbound, Outbound};
 use crate::serve::{serve, ConnectionTracker, Transport};
 use crate::telemetry::{LogLevel, SecurityEvent, Telemetry};
@@ -127,6 +127,7 @@ impl Parts {
             return Err(StartError::Config(errors));
         };
         let options = PolicyOptions {
+            default_mtls: config.inbound.mtls,
             files: config.policy.files.clone(),
             workload: workload.clone(),
             allow_permissive: config.inbound.allow_permissive,
@@ -199,17 +200,7 @@ async fn run(
         log_level: options.log_level.clone(),
         shutdown: shutdown.clone(),
     });
-    let plaintext_allowed = Arc::new(AtomicBool::new(false));
-    let mtls_default = config.inbound.mtls;
-    let apply_mtls = {
-        let plaintext_allowed = plaintext_allowed.clone();
-        Arc::new(move |snapshot: &PolicySnapshot| {
-            let mode = snapshot.mtls.unwrap_or(mtls_default);
-            plaintext_allowed.store(mode == MtlsMode::PERMISSIVE, Ordering::Relaxed);
-        })
-    };
-    apply_mtls(&policy.current());
-    let inbound_transport = Transport::Mesh { tls: tls.clone(), plaintext_allowed };
+    let inbound_transport = Transport::Mesh { tls: tls.clone(), policy: policy.clone() };
 
     let stop = shutdown.subscribe();
     let serving = [
@@ -241,8 +232,7 @@ async fn run(
         admin_stop_rx,
     ));
     tokio::spawn(watch_certificates(tls.clone(), telemetry.clone(), reload_interval, stop.clone()));
-    let on_change = apply_mtls.clone();
-    tokio::spawn(watch_policy(policy.clone(), move |s| on_change(s), reload_interval, stop.clone()));
+    tokio::spawn(watch_policy(policy.clone(), reload_interval, stop.clone()));
     if let (Some(address), Some(state)) = (&config.policy.control_plane, &channel) {
         let expected = match &config.policy.control_plane_identity {
             Some(id) => id.0.clone(),
@@ -262,7 +252,7 @@ async fn run(
             telemetry: telemetry.clone(),
             state: state.clone(),
         };
-        tokio::spawn(channel.run(move |s| apply_mtls(s), stop.clone()));
+        tokio::spawn(channel.run(stop.clone()));
     }
     if telemetry.traces.is_some() {
         let telemetry = telemetry.clone();
@@ -297,23 +287,15 @@ async fn run(
 }
 
 /// Swaps in a new policy snapshot when the files change and are valid; drops idle buckets.
-async fn watch_policy(
-    policy: Arc<PolicyStore>,
-    on_change: impl Fn(&PolicySnapshot) + Send + 'static,
-    every: Duration,
-    stop: watch::Receiver<bool>,
-) {
+async fn watch_policy(policy: Arc<PolicyStore>, every: Duration, stop: watch::Receiver<bool>) {
     let store = policy.clone();
     poll_files(
         every,
         stop,
-        move || store.reload_if_changed(),
-        |changed| {
-            if let Some(snapshot) = changed {
-                on_change(&snapshot);
-            }
-            policy.current().forget_idle_buckets();
+        move || {
+            store.reload_if_changed();
         },
+        |()| policy.current().forget_idle_buckets(),
     )
     .await
 }

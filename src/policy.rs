@@ -4,15 +4,17 @@
 //! the files change, keeping the last good one when they are bad.
 
 mod compile;
+mod decide;
 mod document;
 mod load;
 mod normalize;
 mod patterns;
 mod ratelimit;
 
-pub use compile::{selects, Denied, InputLimits, Limited, PolicySnapshot, RequestView};
+pub use compile::{selects, InputLimits, PolicySnapshot};
+pub use decide::{Allowed, DecidedBy, Limited, Refusal, RequestView};
 pub use document::{Action, Mode, SecurityPolicy};
-pub use load::{load_files, parse_file, Located, Sources};
+pub use load::{load_files, parse_file, unique, Located, Sources};
 pub use normalize::{match_form, normalize, PathError};
 pub use patterns::{IpBlock, PathPattern, Pattern};
 pub use ratelimit::Buckets;
@@ -21,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
+use tokio::sync::watch;
 
 use crate::config::{ConfigError, FailMode, MtlsMode, WorkloadConfig};
 use crate::telemetry::{SecurityEvent, Telemetry};
@@ -30,6 +33,8 @@ use crate::telemetry::{SecurityEvent, Telemetry};
 pub struct PolicyOptions {
     pub files: Vec<PathBuf>,
     pub workload: WorkloadConfig,
+    /// `inbound.mtls`: the mode while no policy says otherwise.
+    pub default_mtls: MtlsMode,
     /// `inbound.allowPermissive`: false refuses any policy asking for PERMISSIVE.
     pub allow_permissive: bool,
     pub fail_mode: FailMode,
@@ -56,15 +61,18 @@ impl Source {
     }
 }
 
+/// The policy in force and how it changes. Requests read one [`PolicySnapshot`] without a
+/// lock; an update validates a whole new snapshot first and publishes it with one store, so no
+/// request ever sees half of an update (or a mode from one update and rules from another).
 pub struct PolicyStore {
     options: PolicyOptions,
     current: ArcSwap<PolicySnapshot>,
+    /// Wakes whoever must act when the snapshot changes (connections admitted as plaintext
+    /// re-check the mode); it carries no state of its own.
+    changed: watch::Sender<()>,
     /// The version last tried from files, good or bad, so a bad file is reported once, not
     /// every tick.
     last_tried: std::sync::Mutex<String>,
-    /// Once it is `ControlPlane` the control plane is authoritative: file changes no longer
-    /// replace its snapshot (the files were the bootstrap).
-    source: ArcSwap<Source>,
     /// Held from the source check to the swap, so a file reload and a control-plane snapshot
     /// that arrive together cannot interleave (never taken on a request's path).
     updating: std::sync::Mutex<()>,
@@ -75,21 +83,24 @@ impl PolicyStore {
     /// Loads and compiles the files; any error is fatal here (nothing listens yet). With a
     /// control plane and no files, starts with no policy: `failMode` decides until one arrives.
     pub fn load(options: PolicyOptions, telemetry: Arc<Telemetry>) -> Result<Self, Vec<ConfigError>> {
-        let (snapshot, source) = if options.files.is_empty() && options.control_plane {
-            (no_policy_yet(&options, &telemetry), Source::None)
+        let snapshot = if options.files.is_empty() && options.control_plane {
+            no_policy_yet(&options, &telemetry)
         } else {
-            (build(Sources::read(&options.files), &options, &telemetry, None)?, Source::Files)
+            let sources = Sources::read(&options.files);
+            let version = sources.version.clone();
+            let located = validate(sources.parse(), &options, false)?;
+            compile(version, Source::Files, &located, &options, &telemetry, None)
         };
         let store = PolicyStore {
             last_tried: std::sync::Mutex::new(snapshot.version.clone()),
             options,
             current: ArcSwap::from_pointee(snapshot),
-            source: ArcSwap::from_pointee(source),
+            changed: watch::Sender::new(()),
             updating: std::sync::Mutex::new(()),
             telemetry,
         };
-        if source != Source::None {
-            store.published(&store.current(), source);
+        if store.source() != Source::None {
+            store.published(&store.current());
         }
         Ok(store)
     }
@@ -99,12 +110,17 @@ impl PolicyStore {
         self.current.load()
     }
 
+    /// Fires after every change of the snapshot in force.
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
     pub fn files(&self) -> &[PathBuf] {
         &self.options.files
     }
 
     pub fn source(&self) -> Source {
-        **self.source.load()
+        self.current().source
     }
 
     /// Whether the sidecar may say it is ready as far as policy goes: a policy was loaded, or
@@ -115,7 +131,8 @@ impl PolicyStore {
 
     /// The version the control plane gave, for a reconnect to resume from.
     pub fn control_plane_version(&self) -> Option<String> {
-        (self.source() == Source::ControlPlane).then(|| self.current().version.clone())
+        let current = self.current();
+        (current.source == Source::ControlPlane).then(|| current.version.clone())
     }
 
     /// Reloads when the files' contents changed (they are read and hashed: file times can miss
@@ -135,8 +152,12 @@ impl PolicyStore {
             *tried = sources.version.clone();
         }
         let previous = self.current.load_full();
-        match build(sources, &self.options, &self.telemetry, Some(&previous)) {
-            Ok(snapshot) => Some(self.install(snapshot, Source::Files)),
+        match validate(sources.parse(), &self.options, false) {
+            Ok(located) => {
+                let snapshot =
+                    compile(sources.version, Source::Files, &located, &self.options, &self.telemetry, Some(&previous));
+                Some(self.install(snapshot))
+            }
             Err(errors) => {
                 self.rejected(&previous, errors.iter().map(ToString::to_string).collect());
                 None
@@ -145,8 +166,8 @@ impl PolicyStore {
     }
 
     /// Applies a snapshot from the control plane: `documents` are (source file, YAML bytes)
-    /// pairs. Everything is checked as for files, and every policy must select this workload; on
-    /// any error nothing changes and the reasons come back for the NACK.
+    /// pairs. They go through the same validation as files, and every policy must select this
+    /// workload; on any error nothing changes and the reasons come back for the NACK.
     pub fn apply_remote(
         &self,
         version: String,
@@ -158,51 +179,34 @@ impl PolicyStore {
         let mut errors = Vec::new();
         for (source, bytes) in documents {
             let file = PathBuf::from(format!("controlPlane:{source}"));
-            let Ok(text) = std::str::from_utf8(bytes) else {
-                errors.push(format!("{}: the document is not UTF-8 text", file.display()));
-                continue;
-            };
-            let (policies, file_errors) = parse_file(&file, text);
-            errors.extend(file_errors.iter().map(ToString::to_string));
-            for l in policies {
-                if !selects(&l.policy, &self.options.workload) {
-                    let m = &l.policy.metadata;
-                    errors.push(format!(
-                        "{}: policy {}/{} does not select this workload (namespace {}, labels {:?})",
-                        file.display(),
-                        m.namespace,
-                        m.name,
-                        self.options.workload.namespace,
-                        self.options.workload.labels
-                    ));
+            match std::str::from_utf8(bytes) {
+                Ok(text) => {
+                    let (policies, file_errors) = parse_file(&file, text);
+                    located.extend(policies);
+                    errors.extend(file_errors);
                 }
-                located.push(l);
+                Err(_) => errors.push(ConfigError::new(&file, "", "the document is not UTF-8 text")),
             }
         }
-        if errors.is_empty() {
-            if let Err(local) = check_local(&located, &self.options) {
-                errors.extend(local.iter().map(ToString::to_string));
+        match validate((located, errors), &self.options, true) {
+            Ok(located) => {
+                let snapshot =
+                    compile(version, Source::ControlPlane, &located, &self.options, &self.telemetry, Some(&previous));
+                Ok(self.install(snapshot))
+            }
+            Err(errors) => {
+                let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                self.rejected(&previous, reasons.clone());
+                Err(reasons.join("; "))
             }
         }
-        if !errors.is_empty() {
-            self.rejected(&previous, errors.clone());
-            return Err(errors.join("; "));
-        }
-        let snapshot = PolicySnapshot::compile(
-            version,
-            &located,
-            &self.options.workload,
-            &self.telemetry.metrics,
-            Some(&previous),
-        );
-        Ok(self.install(snapshot, Source::ControlPlane))
     }
 
-    fn install(&self, snapshot: PolicySnapshot, source: Source) -> Arc<PolicySnapshot> {
+    fn install(&self, snapshot: PolicySnapshot) -> Arc<PolicySnapshot> {
         let snapshot = Arc::new(snapshot);
         self.current.store(snapshot.clone());
-        self.source.store(Arc::new(source));
-        self.published(&snapshot, source);
+        self.changed.send_replace(());
+        self.published(&snapshot);
         snapshot
     }
 
@@ -216,15 +220,35 @@ impl PolicyStore {
             .emit(SecurityEvent::PolicyRejected { kept_version: kept.version.clone(), errors: reasons });
     }
 
-    fn published(&self, snapshot: &PolicySnapshot, source: Source) {
+    fn published(&self, snapshot: &PolicySnapshot) {
         let metrics = &self.telemetry.metrics;
+        let source = snapshot.source.label();
         metrics.policy_updates.with_label_values(&["applied"]).inc();
         metrics.policy_version.reset();
-        metrics.policy_version.with_label_values(&[source.label(), &snapshot.version]).set(1);
+        metrics.policy_version.with_label_values(&[source, &snapshot.version]).set(1);
         let names: Vec<String> = snapshot.policies.iter().map(|p| p.name.to_string()).collect();
-        tracing::info!(version = %snapshot.version, source = source.label(), policies = ?names, "policy in force");
+        tracing::info!(version = %snapshot.version, source, mtls = ?snapshot.mtls, policies = ?names, "policy in force");
         self.telemetry.events.emit(SecurityEvent::PolicyApplied { version: snapshot.version.clone(), policies: names });
     }
+}
+
+fn compile(
+    version: String,
+    source: Source,
+    located: &[Located],
+    options: &PolicyOptions,
+    telemetry: &Telemetry,
+    previous: Option<&PolicySnapshot>,
+) -> PolicySnapshot {
+    PolicySnapshot::compile(
+        version,
+        source,
+        located,
+        &options.workload,
+        options.default_mtls,
+        &telemetry.metrics,
+        previous,
+    )
 }
 
 /// What a sidecar enforces before any policy was loaded: with `failMode: closed`, one policy
@@ -241,47 +265,48 @@ fn no_policy_yet(options: &PolicyOptions, telemetry: &Telemetry) -> PolicySnapsh
         debug_assert!(errors.is_empty(), "{errors:?}");
         located = policies;
     }
-    PolicySnapshot::compile("none".into(), &located, &options.workload, &telemetry.metrics, None)
+    compile("none".into(), Source::None, &located, options, telemetry, None)
 }
 
-/// Checks this sidecar makes on top of the documents' own validity: settings its local
-/// configuration forbids.
-fn check_local(located: &[Located], options: &PolicyOptions) -> Result<(), Vec<ConfigError>> {
-    let errors: Vec<ConfigError> = located
-        .iter()
-        .filter(|l| !options.allow_permissive && l.policy.spec.mtls == Some(MtlsMode::PERMISSIVE))
-        .filter(|l| selects(&l.policy, &options.workload))
-        .map(|l| {
-            let m = &l.policy.metadata;
-            ConfigError::new(
+/// The one validation every update goes through, from files or from the control plane: the
+/// documents' own errors, a policy defined twice, settings this sidecar's configuration
+/// forbids, and (from the control plane, which sends only what selects this workload) a policy
+/// that does not select it.
+fn validate(
+    (located, mut errors): (Vec<Located>, Vec<ConfigError>),
+    options: &PolicyOptions,
+    must_select: bool,
+) -> Result<Vec<Located>, Vec<ConfigError>> {
+    let (located, twice) = unique(located);
+    errors.extend(twice);
+    for l in &located {
+        let m = &l.policy.metadata;
+        let selected = selects(&l.policy, &options.workload);
+        if must_select && !selected {
+            errors.push(ConfigError::new(
+                &l.file,
+                "spec.selector",
+                format!(
+                    "policy {}/{} does not select this workload (namespace {}, labels {:?})",
+                    m.namespace, m.name, options.workload.namespace, options.workload.labels
+                ),
+            ));
+        }
+        if selected && !options.allow_permissive && l.policy.spec.mtls == Some(MtlsMode::PERMISSIVE) {
+            errors.push(ConfigError::new(
                 &l.file,
                 "spec.mtls",
                 format!(
                     "policy {}/{} asks for PERMISSIVE, which this sidecar refuses (inbound.allowPermissive is false)",
                     m.namespace, m.name
                 ),
-            )
-        })
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors)
+            ));
+        }
     }
-}
-
-fn build(
-    sources: Sources,
-    options: &PolicyOptions,
-    telemetry: &Telemetry,
-    previous: Option<&PolicySnapshot>,
-) -> Result<PolicySnapshot, Vec<ConfigError>> {
-    let (located, errors) = sources.parse();
-    if !errors.is_empty() {
-        return Err(errors);
+    match errors.is_empty() {
+        true => Ok(located),
+        false => Err(errors),
     }
-    check_local(&located, options)?;
-    Ok(PolicySnapshot::compile(sources.version, &located, &options.workload, &telemetry.metrics, previous))
 }
 
 #[cfg(test)]
@@ -300,6 +325,7 @@ mod tests {
         let options = PolicyOptions {
             files: Vec::new(),
             workload: WorkloadConfig::default(),
+            default_mtls: MtlsMode::STRICT,
             allow_permissive: true,
             fail_mode: FailMode::Closed,
             control_plane: true,

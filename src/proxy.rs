@@ -70,6 +70,11 @@ pub(crate) fn may_send_again(e: &mut pingora::Error, reused: bool, session: &pin
     e.retry() && session.response_written().is_none()
 }
 
+/// The verified caller of this connection, if it came over mutual TLS.
+pub(crate) fn peer_identity(session: &pingora::proxy::Session) -> Option<&crate::tls::PeerIdentity> {
+    session.digest()?.ssl_digest.as_ref()?.extension.get::<crate::tls::PeerIdentity>()
+}
+
 /// Where a request is addressed: the absolute-form authority, else the `Host` header.
 pub(crate) fn request_authority(req: &pingora::http::RequestHeader) -> Option<&str> {
     req.uri

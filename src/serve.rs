@@ -14,6 +14,8 @@ use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
+use crate::config::MtlsMode;
+use crate::policy::PolicyStore;
 use crate::telemetry::{SecurityEvent, Telemetry};
 use crate::tls::TlsStore;
 
@@ -26,12 +28,13 @@ pub const MAX_CONNECTIONS_PER_LISTENER: usize = 16_384;
 
 pub enum Transport {
     Plain,
-    /// Mutual TLS; plaintext too while `plaintext_allowed` holds (PERMISSIVE), without a
-    /// principal. The flag follows the policy in force, so a policy's `mtls` takes effect for
-    /// new connections without a restart.
+    /// Mutual TLS; plaintext too while the policy in force says PERMISSIVE, without a
+    /// principal. A policy's `mtls` takes effect for new connections at once, and a plaintext
+    /// connection let in under PERMISSIVE is closed when the mode becomes STRICT, after the
+    /// request it is serving (ztunnel re-checks live connections on a policy change too).
     Mesh {
         tls: Arc<TlsStore>,
-        plaintext_allowed: Arc<std::sync::atomic::AtomicBool>,
+        policy: Arc<PolicyStore>,
     },
 }
 
@@ -112,12 +115,19 @@ pub async fn serve<A>(
         tokio::spawn(async move {
             let _guard = guard;
             let _slot = slot;
-            let Some(stream) = handshake(tcp, peer, &transport, &telemetry).await else {
+            let Some((stream, gate)) = handshake(tcp, peer, &transport, &telemetry).await else {
                 return;
             };
-            let mut next = app.process_new(stream, &shutdown).await;
-            while let Some(stream) = next {
-                next = app.process_new(stream, &shutdown).await;
+            match (gate, &*transport) {
+                (Some(gate), Transport::Mesh { policy, .. }) => {
+                    serve_revocable(app, stream, gate, policy, shutdown).await;
+                }
+                _ => {
+                    let mut next = app.process_new(stream, &shutdown).await;
+                    while let Some(stream) = next {
+                        next = app.process_new(stream, &shutdown).await;
+                    }
+                }
             }
         });
     }
@@ -125,21 +135,62 @@ pub async fn serve<A>(
     app.cleanup().await;
 }
 
+/// Serves a plaintext connection let in under PERMISSIVE. When the policy makes the workload
+/// STRICT, it is told to stop: HTTP/2 with a GOAWAY after its streams, HTTP/1.1 after the
+/// response in flight (or at once when idle between requests).
+async fn serve_revocable<A: ServerApp + Send + Sync + 'static>(
+    app: Arc<A>,
+    stream: Stream,
+    gate: Arc<IdleGate>,
+    policy: &PolicyStore,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (stop, stopping) = watch::channel(false);
+    let serving = async {
+        let mut next = app.process_new(stream, &stopping).await;
+        while let Some(stream) = next {
+            next = app.process_new(stream, &stopping).await;
+        }
+    };
+    tokio::pin!(serving);
+    let mut changes = policy.subscribe();
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            () = &mut serving => return,
+            _ = shutdown.wait_for(|s| *s), if !closing => {
+                closing = true;
+                stop.send_replace(true);
+            }
+            changed = changes.changed(), if !closing => {
+                if changed.is_err() || policy.current().mtls == MtlsMode::STRICT {
+                    tracing::debug!("the workload is STRICT now; closing a plaintext connection");
+                    closing = true;
+                    stop.send_replace(true);
+                    gate.close();
+                }
+            }
+        }
+    }
+}
+
 async fn handshake(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     transport: &Transport,
     telemetry: &Telemetry,
-) -> Option<Stream> {
+) -> Option<(Stream, Option<Arc<IdleGate>>)> {
     let (store, plaintext_allowed) = match transport {
-        Transport::Plain => return Some(Box::new(CoalescedWrites::new(l4_stream(tcp, peer)))),
-        Transport::Mesh { tls, plaintext_allowed } => (tls, plaintext_allowed.load(Ordering::Relaxed)),
+        Transport::Plain => return Some((Box::new(CoalescedWrites::new(l4_stream(tcp, peer), None)), None)),
+        Transport::Mesh { tls, policy } => (tls, policy.current().mtls == MtlsMode::PERMISSIVE),
     };
     if plaintext_allowed {
         let mut first = [0u8; 1];
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
             Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => {
-                return Some(Box::new(CoalescedWrites::new(l4_stream(tcp, peer))))
+                let gate = Arc::new(IdleGate::default());
+                let stream = CoalescedWrites::new(l4_stream(tcp, peer), Some(gate.clone()));
+                return Some((Box::new(stream), Some(gate)));
             }
             Ok(Ok(1)) => {}
             _ => return None,
@@ -150,7 +201,7 @@ async fn handshake(
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, state.acceptor.tls_handshake(l4_stream(tcp, peer))).await {
         Ok(Ok(tls)) => {
             handshakes.with_label_values(&["inbound", "success"]).inc();
-            Some(Box::new(tls))
+            Some((Box::new(tls), None))
         }
         Ok(Err(e)) => {
             handshakes.with_label_values(&["inbound", "failure"]).inc();
@@ -198,14 +249,52 @@ fn l4_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> L4Stream {
 /// were going to be followed by more wait. (TLS streams need no such layer: rustls writes a whole
 /// flight of HTTP/2 frames as one record.)
 #[derive(Debug)]
-struct CoalescedWrites(tokio::io::BufWriter<L4Stream>);
+struct CoalescedWrites {
+    io: tokio::io::BufWriter<L4Stream>,
+    /// Set on plaintext connections of a PERMISSIVE port: lets the connection be ended between
+    /// two HTTP/1.1 requests.
+    gate: Option<Arc<IdleGate>>,
+    /// Whether the last bytes moved were read (a request is in flight) or written (its answer).
+    last_read: bool,
+    /// HTTP/2 (the connection preface came first): its requests interleave, so it is ended
+    /// with a GOAWAY instead.
+    h2: bool,
+}
 
 /// pingora's own listener's default: one Ethernet-sized segment.
 const WRITE_BUFFER: usize = 1460;
 
+/// Ends an HTTP/1.1 connection at its next idle moment: the next read after an answer is an end
+/// of stream, so pingora closes the connection instead of waiting for another request.
+#[derive(Debug, Default)]
+pub struct IdleGate {
+    closing: std::sync::atomic::AtomicBool,
+    /// The reader parked on the socket, woken when the gate closes.
+    reader: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl IdleGate {
+    fn close(&self) {
+        self.closing.store(true, Ordering::Release);
+        if let Some(waker) = self.reader.lock().expect("gate lock").take() {
+            waker.wake();
+        }
+    }
+}
+
 impl CoalescedWrites {
-    fn new(stream: L4Stream) -> Self {
-        CoalescedWrites(tokio::io::BufWriter::with_capacity(WRITE_BUFFER, stream))
+    fn new(stream: L4Stream, gate: Option<Arc<IdleGate>>) -> Self {
+        CoalescedWrites {
+            io: tokio::io::BufWriter::with_capacity(WRITE_BUFFER, stream),
+            gate,
+            last_read: false,
+            h2: false,
+        }
+    }
+
+    /// Between requests on a connection whose gate closed.
+    fn ended(&self) -> bool {
+        self.gate.as_ref().is_some_and(|g| g.closing.load(Ordering::Acquire)) && !self.last_read && !self.h2
     }
 }
 
@@ -215,7 +304,30 @@ impl tokio::io::AsyncRead for CoalescedWrites {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        if self.ended() {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
+        match polled {
+            std::task::Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                if !self.last_read && self.gate.is_some() && buf.filled()[before..].starts_with(b"PRI ") {
+                    self.h2 = true;
+                }
+                self.last_read = true;
+            }
+            std::task::Poll::Pending => {
+                if let Some(gate) = &self.gate {
+                    *gate.reader.lock().expect("gate lock") = Some(cx.waker().clone());
+                    // The gate may have closed between the first check and the registration.
+                    if self.ended() {
+                        return std::task::Poll::Ready(Ok(()));
+                    }
+                }
+            }
+            _ => {}
+        }
+        polled
     }
 }
 
@@ -225,7 +337,11 @@ impl tokio::io::AsyncWrite for CoalescedWrites {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+        let written = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.last_read = false;
+        }
+        written
     }
 
     fn poll_write_vectored(
@@ -233,32 +349,36 @@ impl tokio::io::AsyncWrite for CoalescedWrites {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+        let written = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(written, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.last_read = false;
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
 #[async_trait::async_trait]
 impl pingora::protocols::Shutdown for CoalescedWrites {
     async fn shutdown(&mut self) {
-        if let Err(e) = tokio::io::AsyncWriteExt::shutdown(&mut self.0).await {
+        if let Err(e) = tokio::io::AsyncWriteExt::shutdown(&mut self.io).await {
             tracing::debug!(error = %e, "shutting down a connection");
         }
     }
@@ -266,7 +386,7 @@ impl pingora::protocols::Shutdown for CoalescedWrites {
 
 impl pingora::protocols::UniqueID for CoalescedWrites {
     fn id(&self) -> pingora::protocols::UniqueIDType {
-        self.0.get_ref().id()
+        self.io.get_ref().id()
     }
 }
 
@@ -275,40 +395,40 @@ impl pingora::protocols::Ssl for CoalescedWrites {}
 #[async_trait::async_trait]
 impl pingora::protocols::Peek for CoalescedWrites {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
-        self.0.get_mut().try_peek(buf).await
+        self.io.get_mut().try_peek(buf).await
     }
 }
 
 impl pingora::protocols::GetTimingDigest for CoalescedWrites {
     fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
-        self.0.get_ref().get_timing_digest()
+        self.io.get_ref().get_timing_digest()
     }
 
     fn get_read_pending_time(&self) -> Duration {
-        self.0.get_ref().get_read_pending_time()
+        self.io.get_ref().get_read_pending_time()
     }
 
     fn get_write_pending_time(&self) -> Duration {
-        self.0.get_ref().get_write_pending_time()
+        self.io.get_ref().get_write_pending_time()
     }
 }
 
 impl pingora::protocols::GetProxyDigest for CoalescedWrites {
     fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
-        self.0.get_ref().get_proxy_digest()
+        self.io.get_ref().get_proxy_digest()
     }
 
     fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
-        self.0.get_mut().set_proxy_digest(digest)
+        self.io.get_mut().set_proxy_digest(digest)
     }
 }
 
 impl GetSocketDigest for CoalescedWrites {
     fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.0.get_ref().get_socket_digest()
+        self.io.get_ref().get_socket_digest()
     }
 
     fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.0.get_mut().set_socket_digest(digest)
+        self.io.get_mut().set_socket_digest(digest)
     }
 }

@@ -12,7 +12,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::config::{ControlPlaneAddress, WorkloadConfig};
 use crate::identity::SpiffeId;
-use crate::policy::{PolicySnapshot, PolicyStore};
+use crate::policy::PolicyStore;
 use crate::proto::policy_discovery_client::PolicyDiscoveryClient;
 use crate::proto::{control_message, sidecar_message, Ack, Hello, Nack, SidecarMessage};
 use crate::telemetry::Telemetry;
@@ -54,16 +54,12 @@ pub struct PolicyChannel {
 }
 
 impl PolicyChannel {
-    /// Runs until `stop`; `on_applied` hears of every snapshot put in force.
-    pub async fn run(
-        self,
-        on_applied: impl Fn(&PolicySnapshot) + Send + Sync + 'static,
-        mut stop: watch::Receiver<bool>,
-    ) {
+    /// Runs until `stop`.
+    pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(FIRST_RETRY, LONGEST_RETRY);
         loop {
             let outcome = tokio::select! {
-                outcome = self.session(&on_applied, &mut backoff) => outcome,
+                outcome = self.session(&mut backoff) => outcome,
                 _ = stop.wait_for(|s| *s) => return,
             };
             self.set_connected(false);
@@ -84,11 +80,7 @@ impl PolicyChannel {
         self.telemetry.metrics.control_plane_connected.set(connected as i64);
     }
 
-    async fn session(
-        &self,
-        on_applied: &(impl Fn(&PolicySnapshot) + Sync),
-        backoff: &mut Backoff,
-    ) -> Result<(), String> {
+    async fn session(&self, backoff: &mut Backoff) -> Result<(), String> {
         let connector =
             super::connector(self.address.host.clone(), self.address.port, self.expected.clone(), self.tls.clone());
         let channel = tonic::transport::Endpoint::from_static("http://palisade-control")
@@ -132,10 +124,7 @@ impl PolicyChannel {
                 .await
                 .map_err(|e| format!("applying a snapshot failed: {e}"))?;
             let reply = match applied {
-                Ok(snapshot) => {
-                    on_applied(&snapshot);
-                    sidecar_message::Kind::Ack(Ack { version })
-                }
+                Ok(_) => sidecar_message::Kind::Ack(Ack { version }),
                 Err(reason) => sidecar_message::Kind::Nack(Nack { version, reason }),
             };
             if sender.send(message(reply)).await.is_err() {

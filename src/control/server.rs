@@ -16,7 +16,7 @@ use super::transport::Peer;
 use crate::config::WorkloadConfig;
 use crate::proto::policy_discovery_server::PolicyDiscovery;
 use crate::proto::{control_message, sidecar_message, ControlMessage, Hello, Policy, PolicySnapshot, SidecarMessage};
-use crate::telemetry::{DeniedRequest, SecurityEvent, Telemetry};
+use crate::telemetry::{DeniedRequest, RequestFacts, SecurityEvent, Telemetry};
 
 /// A sidecar that opened a stream must say who it is promptly.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,12 +63,13 @@ impl PolicyService {
             policy: "palisade-control".into(),
             rule: reason.into(),
             audit: false,
-            principal: Some(peer.id.to_string()),
-            source: Some(peer.address),
-            method: "POST".into(),
-            path: STREAM_PATH.into(),
-            request_id: String::new(),
-            trace_id: None,
+            request: RequestFacts {
+                principal: Some(peer.id.to_string()),
+                source: Some(peer.address),
+                method: "POST".into(),
+                path: STREAM_PATH.into(),
+                ..Default::default()
+            },
         }));
         Status::permission_denied(message)
     }

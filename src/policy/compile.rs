@@ -7,27 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method};
+
 use prometheus::IntCounter;
 
+use super::decide::{DecidedBy, Limited, RequestView};
 use super::document::{Action, ConditionKey, LimitKey, Mode, RateLimit, Rule, SecurityPolicy};
 use super::load::Located;
 use super::patterns::{IpBlock, PathPattern, Pattern};
 use super::ratelimit::Buckets;
+use super::Source;
 use crate::config::{MtlsMode, WorkloadConfig};
 use crate::identity::SpiffeId;
 use crate::telemetry::Metrics;
-
-/// What a decision looks at.
-pub struct RequestView<'a> {
-    pub principal: Option<&'a SpiffeId>,
-    /// Canonical: an IPv4 client of a dual-stack listener as IPv4, not `::ffff:a.b.c.d`.
-    pub source_ip: Option<IpAddr>,
-    pub method: &'a Method,
-    /// Normalised, in match form (no trailing slash).
-    pub path: &'a str,
-    pub port: u16,
-    pub headers: &'a HeaderMap,
-}
 
 /// Size limits in force (the smallest any selecting policy sets).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,13 +58,17 @@ impl HeaderBits {
     }
 }
 
+/// Everything a sidecar enforces, as one immutable value published at once: where it came
+/// from, its version, the mTLS mode of the port, and the compiled policies.
 pub struct PolicySnapshot {
     pub version: String,
+    pub source: Source,
+    /// The mode in force: the strictest `spec.mtls` among the selecting policies, else the
+    /// sidecar's `inbound.mtls`.
+    pub mtls: MtlsMode,
     header_bits: HeaderBits,
     pub policies: Vec<CompiledPolicy>,
     pub limits: InputLimits,
-    /// The strictest `spec.mtls` among the selecting policies.
-    pub mtls: Option<MtlsMode>,
     /// The selecting documents, for `/config_dump`.
     pub documents: Vec<Located>,
 }
@@ -131,21 +126,6 @@ struct LimitSpec {
     paths: Vec<PathPattern>,
 }
 
-/// A refusal: which policy and rule (never told to the caller; logged and counted).
-#[derive(Debug, Clone)]
-pub struct Denied {
-    pub policy: Arc<str>,
-    pub rule: Arc<str>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Limited {
-    pub policy: Arc<str>,
-    pub limit: Arc<str>,
-    pub retry_after: Duration,
-    pub policy_header: HeaderValue,
-}
-
 /// Whether `policy` applies to the workload: same namespace, and its labels carry every
 /// `matchLabels` pair (no selector: every workload of the namespace).
 pub fn selects(policy: &SecurityPolicy, workload: &WorkloadConfig) -> bool {
@@ -162,8 +142,10 @@ impl PolicySnapshot {
     /// when a limit is unchanged, so a reload does not hand every caller a fresh burst.
     pub fn compile(
         version: String,
+        source: Source,
         located: &[Located],
         workload: &WorkloadConfig,
+        default_mtls: MtlsMode,
         metrics: &Metrics,
         previous: Option<&PolicySnapshot>,
     ) -> PolicySnapshot {
@@ -214,25 +196,31 @@ impl PolicySnapshot {
             });
             documents.push(doc.clone());
         }
-        PolicySnapshot { version, header_bits, policies, limits, mtls, documents }
+        let mtls = mtls.unwrap_or(default_mtls);
+        PolicySnapshot { version, source, mtls, header_bits, policies, limits, documents }
     }
 
-    /// Steps 4 of SPEC section 5. Every ENFORCE policy must allow; AUDIT policies are counted
-    /// and logged, never blocking.
-    /// `audit` hears of every denial an AUDIT policy would have made.
-    pub fn authorize(&self, req: &RequestView<'_>, mut audit: impl FnMut(Denied)) -> Result<(), Denied> {
+    /// Step 4: every ENFORCE policy must allow; AUDIT policies are counted and reported to
+    /// `audit`, never blocking. `path` is the normalised path in match form.
+    pub(super) fn authorize(
+        &self,
+        req: &RequestView<'_>,
+        path: &str,
+        mut audit: impl FnMut(DecidedBy),
+    ) -> Result<(), DecidedBy> {
         let mut refused = None;
         let facts = Facts {
             headers_present: self.header_bits.present(req.headers),
             method_bit: method_bit(req.method),
             namespace: std::cell::OnceCell::new(),
             principal: req.principal,
+            path,
         };
         for policy in &self.policies {
             let decision = policy.decide(req, &facts);
             decision.counter.inc();
             if decision.action == Action::DENY {
-                let denied = Denied { policy: policy.name.clone(), rule: decision.rule.clone() };
+                let denied = DecidedBy { policy: policy.name.clone(), rule: decision.rule.clone() };
                 match policy.mode {
                     Mode::ENFORCE => {
                         refused.get_or_insert(denied);
@@ -246,12 +234,11 @@ impl PolicySnapshot {
 
     /// Step 5: matching limits take a token each, in order; the first refusal stops there, so
     /// a refused request spends no token of a later (say, global) limit.
-    pub fn rate_limit(&self, req: &RequestView<'_>) -> Result<(), Limited> {
+    pub(super) fn rate_limit(&self, req: &RequestView<'_>, path: &str) -> Result<(), Limited> {
         for limit in self.policies.iter().flat_map(|p| &p.rate_limits) {
-            if let Err(wait) = limit.take(req) {
+            if let Err(wait) = limit.take(req, path) {
                 return Err(Limited {
-                    policy: limit.policy.clone(),
-                    limit: limit.name.clone(),
+                    by: DecidedBy { policy: limit.policy.clone(), rule: limit.name.clone() },
                     retry_after: wait,
                     policy_header: limit.policy_header.clone(),
                 });
@@ -312,6 +299,8 @@ struct Facts<'a> {
     /// Read from the principal only when a rule asks.
     namespace: std::cell::OnceCell<Option<&'a str>>,
     principal: Option<&'a SpiffeId>,
+    /// Normalised, in match form (no trailing slash).
+    path: &'a str,
 }
 
 impl<'a> Facts<'a> {
@@ -354,7 +343,7 @@ impl CompiledRule {
         (any_method || self.method_bits & facts.method_bit != 0 || self.methods.contains(req.method))
             && facts.headers_present & self.when_bits == self.when_bits
             && (self.ports.is_empty() || self.ports.contains(&req.port))
-            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(req.path)))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(facts.path)))
             && (self.principals.is_empty()
                 || req.principal.is_some_and(|id| self.principals.iter().any(|p| p.matches(id.as_str()))))
             && (self.namespaces.is_empty()
@@ -421,10 +410,10 @@ fn compile_limit(
 }
 
 impl CompiledLimit {
-    fn take(&self, req: &RequestView<'_>) -> Result<(), Duration> {
+    fn take(&self, req: &RequestView<'_>, path: &str) -> Result<(), Duration> {
         let spec = &self.spec;
         if !(spec.methods.is_empty() || spec.methods.contains(req.method))
-            || !(spec.paths.is_empty() || spec.paths.iter().any(|p| p.matches(req.path)))
+            || !(spec.paths.is_empty() || spec.paths.iter().any(|p| p.matches(path)))
         {
             return Ok(());
         }

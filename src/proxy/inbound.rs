@@ -1,11 +1,13 @@
 //! Inbound: requests from other workloads (mutual TLS, or plaintext in PERMISSIVE mode) to the
-//! local app. The order of checks is SPEC section 5; each step fails with an [`ErrorKind`].
+//! local app. The policy decides (`PolicySnapshot::decide`, SPEC section 5's steps); a refusal
+//! is answered here and never reaches the app.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use opentelemetry::trace::SpanKind;
@@ -14,22 +16,20 @@ use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
-use pingora::Error;
+use pingora::{Error, ErrorType};
 
 use super::app_pool::{self, AppPool};
 use super::record::{self, RequestCtx};
-use super::respond::{fail, is_decision, ErrorKind};
-use super::{RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER, XFCC_HEADER};
+use super::respond::{self, fail, is_decision};
+use super::{peer_identity, RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER, XFCC_HEADER};
 use crate::config::AppProtocol;
-use crate::policy::{match_form, normalize, InputLimits, PolicyStore, RequestView};
-use crate::telemetry::{DeniedRequest, SecurityEvent, Telemetry};
-use crate::tls::PeerIdentity;
+use crate::policy::{PolicyStore, Refusal, RequestView};
+use crate::telemetry::Telemetry;
 
 pub struct Inbound {
-    app: SocketAddr,
+    app: AppAddress,
     app_protocol: AppProtocol,
     app_timeout: Option<Duration>,
-    app_pool: AppPool,
     policy: Arc<PolicyStore>,
     telemetry: Arc<Telemetry>,
 }
@@ -37,8 +37,51 @@ pub struct Inbound {
 pub struct InboundCtx {
     request: RequestCtx,
     app_h2: bool,
+    /// Where this request goes: the app's address (its port the caller's when configured so).
+    app: Option<SocketAddr>,
     body_limit: Option<u64>,
     body_seen: u64,
+}
+
+/// The app, and its keep-alive connections: at one address, or (`inbound.app` with port 0) at
+/// the port each caller addressed, as an injected sidecar reaches every port of its pod.
+struct AppAddress {
+    ip: IpAddr,
+    /// 0: the port the caller addressed.
+    port: u16,
+    timeout: Option<Duration>,
+    /// One pool per port, looked up without a lock; ports are few (a pod's own).
+    pools: ArcSwap<Vec<(u16, Arc<AppPool>)>>,
+}
+
+/// More app ports than any pod has: past it, a caller probing ports cannot grow the table.
+const MAX_APP_PORTS: usize = 256;
+
+impl AppAddress {
+    fn new(app: SocketAddr, timeout: Option<Duration>) -> Self {
+        AppAddress { ip: app.ip(), port: app.port(), timeout, pools: ArcSwap::from_pointee(Vec::new()) }
+    }
+
+    fn address(&self, addressed_port: u16) -> SocketAddr {
+        SocketAddr::new(self.ip, if self.port == 0 { addressed_port } else { self.port })
+    }
+
+    fn pool(&self, address: SocketAddr) -> Option<Arc<AppPool>> {
+        let port = address.port();
+        if let Some((_, pool)) = self.pools.load().iter().find(|(p, _)| *p == port) {
+            return Some(pool.clone());
+        }
+        let mut made = None;
+        self.pools.rcu(|pools| {
+            let mut pools = Vec::clone(pools);
+            if !pools.iter().any(|(p, _)| *p == port) && pools.len() < MAX_APP_PORTS {
+                pools.push((port, Arc::new(AppPool::new(address, self.timeout))));
+            }
+            made = pools.iter().find(|(p, _)| *p == port).map(|(_, pool)| pool.clone());
+            pools
+        });
+        made
+    }
 }
 
 impl Inbound {
@@ -49,8 +92,7 @@ impl Inbound {
         policy: Arc<PolicyStore>,
         telemetry: Arc<Telemetry>,
     ) -> Self {
-        let app_pool = AppPool::new(app, app_timeout);
-        Inbound { app, app_protocol, app_timeout, app_pool, policy, telemetry }
+        Inbound { app: AppAddress::new(app, app_timeout), app_protocol, app_timeout, policy, telemetry }
     }
 
     /// The port the caller addressed: the original destination behind an iptables REDIRECT,
@@ -63,36 +105,7 @@ impl Inbound {
                 let original = s.original_dst()?.as_inet()?;
                 (Some(original) != s.local_addr().and_then(|l| l.as_inet())).then_some(original.port())
             })
-            .unwrap_or(self.app.port())
-    }
-
-    fn denied_event(
-        &self,
-        session: &Session,
-        ctx: &RequestCtx,
-        status: u16,
-        policy: &str,
-        rule: &str,
-        audit: bool,
-        path: &str,
-    ) {
-        let req = session.req_header();
-        let principal = peer_identity(session).map(|p| p.id.to_string());
-        tracing::info!(status, policy, rule, audit, method = %req.method, path,
-            principal = principal.as_deref().unwrap_or("-"), request_id = ctx.id.as_str(),
-            "{}", if audit { "audit: request would be denied" } else { "request denied" });
-        self.telemetry.events.emit(SecurityEvent::RequestDenied(DeniedRequest {
-            status,
-            policy: policy.to_string(),
-            rule: rule.to_string(),
-            audit,
-            principal,
-            source: session.client_addr().and_then(|a| a.as_inet()).copied(),
-            method: req.method.to_string(),
-            path: path.to_string(),
-            request_id: ctx.id.as_str().to_string(),
-            trace_id: ctx.trace_id(),
-        }));
+            .unwrap_or(self.app.port)
     }
 }
 
@@ -102,7 +115,10 @@ impl InboundCtx {
     fn count_body(&mut self, len: usize) -> pingora::Result<()> {
         self.body_seen += len as u64;
         match self.body_limit {
-            Some(max) if self.body_seen > max => Err(ErrorKind::PayloadTooLarge.fail("body over maxBodyBytes")),
+            Some(max) if self.body_seen > max => {
+                self.request.refusal = Some(Refusal::PayloadTooLarge);
+                Err(Error::explain(ErrorType::HTTPStatus(413), "body over maxBodyBytes"))
+            }
             _ => Ok(()),
         }
     }
@@ -120,37 +136,21 @@ fn add_sidecar_headers(session: &Session, upstream: &mut RequestHeader, ctx: &In
     record::propagate(upstream, &ctx.request)
 }
 
-/// The verified caller of this connection, if it came over mutual TLS.
-fn peer_identity(session: &Session) -> Option<&PeerIdentity> {
-    session.digest()?.ssl_digest.as_ref()?.extension.get::<PeerIdentity>()
-}
-
-/// Step 2: sizes. Declared bodies are refused before a byte is forwarded; chunked ones as they
-/// cross the limit (in `request_body_filter`).
-fn check_limits(req: &RequestHeader, limits: &InputLimits) -> Result<(), Box<Error>> {
-    // Only origin-form targets ("/path?query"): anything else is forwarded as written by pingora
-    // while its parsed path is "/", so the policy and the app would see different paths.
-    if req.raw_path().first() != Some(&b'/') {
-        return Err(ErrorKind::InvalidRequest.fail("request target is not in origin form"));
-    }
-    // Methods are case-sensitive; "delete" would dodge a rule on DELETE yet reach frameworks
-    // that upper-case it.
-    if req.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
-        return Err(ErrorKind::InvalidRequest.fail("method is not upper case"));
-    }
-    if req.raw_path().len() > limits.max_uri_bytes {
-        return Err(ErrorKind::UriTooLong.fail("request target over maxUriBytes"));
-    }
-    let header_bytes: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
-    if header_bytes > limits.max_header_bytes {
-        return Err(ErrorKind::HeadersTooLarge.fail("request headers over maxHeaderBytes"));
-    }
-    if let Some(max) = limits.max_body_bytes {
-        let declared = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > max) {
-            return Err(ErrorKind::PayloadTooLarge.fail("declared body over maxBodyBytes"));
-        }
-    }
+/// The app sees the path the policy judged, at the authority the caller named (an HTTP/2
+/// caller's only Host).
+fn set_path(session: &mut Session, path: String) -> pingora::Result<()> {
+    let bad = || Error::explain(ErrorType::HTTPStatus(400), "bad request target");
+    let uri = &session.req_header().uri;
+    let target = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = uri.scheme().cloned();
+    parts.authority = uri.authority().cloned();
+    parts.path_and_query = Some(target.parse().map_err(|_| bad())?);
+    let uri = http::Uri::from_parts(parts).map_err(|_| bad())?;
+    session.req_header_mut().set_uri(uri);
     Ok(())
 }
 
@@ -163,87 +163,78 @@ impl ProxyHttp for Inbound {
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> InboundCtx {
-        InboundCtx { request: RequestCtx::new(), app_h2: false, body_limit: None, body_seen: 0 }
+        InboundCtx { request: RequestCtx::new(), app_h2: false, app: None, body_limit: None, body_seen: 0 }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<bool> {
         record::start_span(&self.telemetry, SpanKind::Server, session, &mut ctx.request);
         let policy = self.policy.current();
-        let req = session.req_header();
-        // A request id from a meshed peer is kept, so one id follows the request end to end.
-        ctx.request.id = RequestId::from_header(req.headers.get(REQUEST_ID_HEADER));
-        // The hop between sidecars is always HTTP/2; the header says whether the caller spoke
-        // HTTP/1.1, which is then what the app gets.
-        ctx.app_h2 = match self.app_protocol {
-            AppProtocol::Auto => session.is_http2() && !req.headers.contains_key(ORIG_PROTO_HEADER),
-            AppProtocol::Http1 => false,
-            AppProtocol::Http2 => true,
-        };
-
-        // 2. HTTP parsing and limits (malformed framing is refused by pingora's parser).
-        if super::has_conflicting_framing(session) {
-            return Err(ErrorKind::InvalidRequest.fail("both Content-Length and Transfer-Encoding"));
-        }
-        check_limits(req, &policy.limits)?;
-        ctx.body_limit = policy.limits.max_body_bytes;
-        let normalized =
-            normalize(req.uri.path()).map_err(|_| ErrorKind::InvalidRequest.fail("path cannot be normalised"))?;
-        let view = RequestView {
-            principal: peer_identity(session).map(|p| &p.id),
-            source_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()).map(canonical_ip),
-            method: &req.method,
-            path: match_form(&normalized),
-            port: self.destination_port(session),
-            headers: &req.headers,
-        };
-        // 3. Authentication (JWT) will run here.
-        // 4. Authorisation.
+        let port = self.destination_port(session);
         let mut audited = Vec::new();
-        let authorized = policy.authorize(&view, |d| audited.push(d));
-        for d in &audited {
-            self.denied_event(session, &ctx.request, 403, &d.policy, &d.rule, true, view.path);
-        }
-        if let Err(denied) = authorized {
-            ctx.request.decision = "deny";
-            self.denied_event(session, &ctx.request, 403, &denied.policy, &denied.rule, false, view.path);
-            ctx.request.decided_by = Some((denied.policy, denied.rule));
-            return Err(ErrorKind::Forbidden.fail("denied by policy"));
-        }
-        // 5. Rate limits.
-        if let Err(limited) = policy.rate_limit(&view) {
-            ctx.request.decision = "rate_limited";
-            self.denied_event(session, &ctx.request, 429, &limited.policy, &limited.limit, false, view.path);
-            ctx.request.decided_by = Some((limited.policy.clone(), limited.limit.clone()));
-            ctx.request.limited = Some(limited);
-            return Err(ErrorKind::RateLimited.fail("rate limited"));
-        }
-        // 6. Input validation (WAF) will run here.
-
-        // The app sees the path the policy judged, at the authority the caller named (an
-        // HTTP/2 caller's only Host).
-        if let Cow::Owned(path) = normalized {
-            let uri = &session.req_header().uri;
-            let target = match uri.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
+        // The decision borrows the request; what it leaves is owned, so the session can be
+        // written to afterwards.
+        let verdict = {
+            let req = session.req_header();
+            // A request id from a meshed peer is kept, so one id follows the request end to end.
+            ctx.request.id = RequestId::from_header(req.headers.get(REQUEST_ID_HEADER));
+            // The hop between sidecars is always HTTP/2; the header says whether the caller
+            // spoke HTTP/1.1, which is then what the app gets.
+            ctx.app_h2 = match self.app_protocol {
+                AppProtocol::Auto => session.is_http2() && !req.headers.contains_key(ORIG_PROTO_HEADER),
+                AppProtocol::Http1 => false,
+                AppProtocol::Http2 => true,
             };
-            let mut parts = http::uri::Parts::default();
-            parts.scheme = uri.scheme().cloned();
-            parts.authority = uri.authority().cloned();
-            parts.path_and_query =
-                Some(target.parse().map_err(|_| ErrorKind::InvalidRequest.fail("bad request target"))?);
-            let uri = http::Uri::from_parts(parts).map_err(|_| ErrorKind::InvalidRequest.fail("bad request target"))?;
-            session.req_header_mut().set_uri(uri);
+            let peer = peer_identity(session);
+            let view = RequestView {
+                principal: peer.map(|p| &p.id),
+                source_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| canonical_ip(a.ip())),
+                plaintext: session.digest().is_none_or(|d| d.ssl_digest.is_none()),
+                method: &req.method,
+                target: req.raw_path(),
+                path: req.uri.path(),
+                port,
+                headers: &req.headers,
+                ambiguous_framing: super::has_conflicting_framing(session),
+            };
+            policy.decide(&view, |by| audited.push(by)).map(|allowed| {
+                let changed = match allowed.path {
+                    Cow::Owned(path) => Some(path),
+                    Cow::Borrowed(_) => None,
+                };
+                (changed, allowed.max_body_bytes)
+            })
+        };
+        let path = |session: &Session| session.req_header().uri.path().to_string();
+        for by in audited {
+            record::report_audit(&self.telemetry, session, &ctx.request, by, &path(session));
         }
+        let (normalized, body_limit) = match verdict {
+            Ok(allowed) => allowed,
+            Err(refusal) => {
+                if refusal.is_security_event() {
+                    record::report(&self.telemetry, session, &ctx.request, &refusal, false, &path(session));
+                }
+                respond::refuse(session, refusal, &mut ctx.request).await;
+                return Ok(true);
+            }
+        };
+        ctx.body_limit = body_limit;
+        if let Some(path) = normalized {
+            set_path(session, path)?;
+        }
+        let app = self.app.address(port);
+        ctx.app = Some(app);
         if AppPool::serves(session, ctx.app_h2) {
+            let Some(pool) = self.app.pool(app) else {
+                return Err(Error::explain(ErrorType::ConnectRefused, "more app ports than a pod has"));
+            };
             let body = app_pool::held_body(session, |len| ctx.count_body(len)).await?;
-            self.app_pool
-                .forward(session, body, |session| {
-                    let mut request = app_pool::app_request(session)?;
-                    add_sidecar_headers(session, &mut request, ctx)?;
-                    Ok(request)
-                })
-                .await?;
+            pool.forward(session, body, |session| {
+                let mut request = app_pool::app_request(session)?;
+                add_sidecar_headers(session, &mut request, ctx)?;
+                Ok(request)
+            })
+            .await?;
             return Ok(true);
         }
         Ok(false)
@@ -263,7 +254,8 @@ impl ProxyHttp for Inbound {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<Box<HttpPeer>> {
-        let mut peer = HttpPeer::new(self.app, false, String::new());
+        let app = ctx.app.unwrap_or_else(|| self.app.address(self.app.port));
+        let mut peer = HttpPeer::new(app, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.read_timeout = self.app_timeout;
         if ctx.app_h2 {
@@ -298,8 +290,8 @@ impl ProxyHttp for Inbound {
         fail(session, e, &mut ctx.request).await
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &InboundCtx, e: &Error) -> bool {
-        is_decision(e)
+    fn suppress_error_log(&self, _session: &Session, ctx: &InboundCtx, e: &Error) -> bool {
+        ctx.request.refusal.is_some() || is_decision(e)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InboundCtx) {

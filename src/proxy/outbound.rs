@@ -17,10 +17,11 @@ use pingora::{Error, ErrorType};
 use super::forward;
 use super::mesh_connector::{Connectors, MeshConnector};
 use super::record::{self, RequestCtx};
-use super::respond::{fail, is_decision, ErrorKind};
+use super::respond::{self, fail, is_decision, ErrorKind};
 use super::{RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER};
 use crate::config::Destination;
 use crate::identity::SpiffeId;
+use crate::policy::Refusal;
 use crate::telemetry::Telemetry;
 use crate::tls::TlsStore;
 
@@ -149,7 +150,9 @@ impl ProxyHttp for Outbound {
         record::start_span(&self.telemetry, SpanKind::Client, session, &mut ctx.request);
         ctx.request.id = RequestId::from_header(session.req_header().headers.get(REQUEST_ID_HEADER));
         if super::has_conflicting_framing(session) {
-            return Err(ErrorKind::InvalidRequest.fail("both Content-Length and Transfer-Encoding"));
+            let refusal = Refusal::Malformed("both Content-Length and Transfer-Encoding");
+            respond::refuse(session, refusal, &mut ctx.request).await;
+            return Ok(true);
         }
         let connector = self.resolve(session).await?;
         ctx.connector = Some(connector.clone());

@@ -1,7 +1,7 @@
 //! Per-request bookkeeping shared by both directions: the context, and metric labels that cost
 //! no allocation.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use opentelemetry::trace::SpanKind;
@@ -9,41 +9,66 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
 use super::RequestId;
-use crate::policy::Limited;
+use crate::policy::{DecidedBy, Refusal};
 use crate::telemetry::trace_headers::{
     B3, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, TRACEPARENT, TRACESTATE,
 };
-use crate::telemetry::{AccessRecord, RequestSpan, SpanEnd, Telemetry};
+use crate::telemetry::{AccessRecord, RequestFacts, RequestSpan, SecurityEvent, SpanEnd, Telemetry};
 
 /// State carried across the phases of one request.
 pub struct RequestCtx {
     pub id: RequestId,
     pub started: Instant,
-    /// `allow` unless a step refused the request.
-    pub decision: &'static str,
-    /// Set when a rate limit refused the request: the 429 carries its headers.
-    pub limited: Option<Limited>,
-    /// The policy and rule (or limit) that decided, when one refused the request.
-    pub decided_by: Option<(Arc<str>, Arc<str>)>,
+    /// Why the pipeline refused the request, when it did: the response, the metric labels, the
+    /// span and the event all come from this one value.
+    pub refusal: Option<Refusal>,
+    /// The request was refused before the pipeline could judge it (pingora's parser).
+    pub invalid: bool,
     /// This hop's span, when traces are on.
     pub span: Option<RequestSpan>,
 }
 
 impl RequestCtx {
     pub fn new() -> Self {
-        RequestCtx {
-            id: RequestId::NONE,
-            started: Instant::now(),
-            decision: "allow",
-            limited: None,
-            decided_by: None,
-            span: None,
-        }
+        RequestCtx { id: RequestId::NONE, started: Instant::now(), refusal: None, invalid: false, span: None }
     }
 
     pub fn trace_id(&self) -> Option<String> {
         self.span.as_ref().map(RequestSpan::trace_id)
     }
+
+    /// The `decision` label: what refused the request, else `allow`.
+    pub fn decision(&self) -> &'static str {
+        match (&self.refusal, self.invalid) {
+            (Some(refusal), _) => refusal.decision(),
+            (None, true) => "invalid",
+            (None, false) => "allow",
+        }
+    }
+}
+
+/// Reports a refusal (or, with `audit`, what an AUDIT policy would have refused) to the log and
+/// the security events, from the refusal itself.
+pub fn report(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusal: &Refusal, audit: bool, path: &str) {
+    let req = session.req_header();
+    let facts = RequestFacts {
+        principal: super::peer_identity(session).map(|p| p.id.to_string()),
+        source: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        method: req.method.to_string(),
+        path: path.to_string(),
+        request_id: ctx.id.as_str().to_string(),
+        trace_id: ctx.trace_id(),
+    };
+    let denied = refusal.denied(audit, facts);
+    tracing::info!(status = denied.status, policy = %denied.policy, rule = %denied.rule, audit, method = %req.method,
+        path, principal = denied.request.principal.as_deref().unwrap_or("-"), request_id = ctx.id.as_str(),
+        "{}", if audit { "audit: request would be denied" } else { "request denied" });
+    telemetry.events.emit(SecurityEvent::RequestDenied(denied));
+}
+
+/// What an AUDIT policy would have refused.
+pub fn report_audit(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, by: DecidedBy, path: &str) {
+    report(telemetry, session, ctx, &Refusal::Forbidden(by), true, path);
 }
 
 /// Starts this hop's span (inbound: a server span; outbound: a client span), continuing the
@@ -131,7 +156,7 @@ pub fn finish(
         code,
         status_label(code),
         principal,
-        ctx.decision,
+        ctx.decision(),
         ctx.started.elapsed().as_secs_f64(),
     );
     if telemetry.access_log_enabled() {
@@ -144,7 +169,7 @@ pub fn finish(
             seconds: ctx.started.elapsed().as_secs_f64(),
             source: session.client_addr().and_then(|a| a.as_inet()).copied(),
             principal,
-            decision: ctx.decision,
+            decision: ctx.decision(),
             request_id: ctx.id.as_str(),
         });
     }
@@ -163,9 +188,9 @@ pub fn finish(
             protocol: if session.is_http2() { "2" } else { "1.1" },
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             server,
-            decision: ctx.decision,
-            policy: ctx.decided_by.as_ref().map(|(p, _)| &**p),
-            rule: ctx.decided_by.as_ref().map(|(_, r)| &**r),
+            decision: ctx.decision(),
+            policy: ctx.refusal.as_ref().and_then(Refusal::decided_by).map(|by| &*by.policy),
+            rule: ctx.refusal.as_ref().and_then(Refusal::decided_by).map(|by| &*by.rule),
             principal: peer,
             request_id: ctx.id.as_str(),
         });

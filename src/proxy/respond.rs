@@ -1,16 +1,18 @@
-//! The one place where a failure becomes a response. Each step of the pipeline fails with an
-//! [`ErrorKind`]; the caller sees only the kind and the request id, never which rule matched.
+//! The one place where a refusal or a failure becomes a response. The pipeline refuses with a
+//! [`Refusal`] (from `policy::decide`); what goes wrong while forwarding is an [`ErrorKind`].
+//! The caller sees the status, a code and the request id, never which rule matched.
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::proxy::FailToProxy;
 
 use super::record::RequestCtx;
 use super::RequestId;
+use crate::policy::Refusal;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -109,25 +111,39 @@ impl ErrorKind {
     }
 }
 
-/// Writes `{"error": ..., "request_id": ...}` with `x-request-id` and any `extra` headers.
+/// Writes `{"error": ..., "request_id": ...}` with `x-request-id` and any `extra` headers: every
+/// response the sidecar writes itself goes through here.
 pub async fn write(
     session: &mut Session,
-    kind: ErrorKind,
+    status: u16,
+    code: &'static str,
     request_id: &RequestId,
-    extra: &[(&'static str, http::HeaderValue)],
+    extra: &[(HeaderName, HeaderValue)],
 ) -> pingora::Result<()> {
-    let body = format!(r#"{{"error":"{}","request_id":"{}"}}"#, kind.code(), request_id.as_str());
-    let mut header = ResponseHeader::build(kind.status(), Some(4))?;
+    let body = format!(r#"{{"error":"{code}","request_id":"{}"}}"#, request_id.as_str());
+    let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
     header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     header.insert_header(super::REQUEST_ID_HEADER, request_id.header_value())?;
     header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     for (name, value) in extra {
-        header.insert_header(*name, value.clone())?;
+        header.insert_header(name.clone(), value.clone())?;
     }
     session.set_keepalive(None);
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(Bytes::from(body)), true).await
+}
+
+/// Answers a refused request from its refusal, which stays in the context for the metrics and
+/// the span.
+pub async fn refuse(session: &mut Session, refusal: Refusal, ctx: &mut RequestCtx) {
+    ctx.id = ctx.id.or_generate();
+    let mut extra = Vec::new();
+    refusal.headers(|name, value| extra.push((name, value)));
+    if let Err(e) = write(session, refusal.status(), refusal.code(), &ctx.id, &extra).await {
+        tracing::debug!(error = %e, "could not send the refusal");
+    }
+    ctx.refusal = Some(refusal);
 }
 
 /// A refusal the pipeline decided on is reported by metrics and events, and a caller hanging up
@@ -141,40 +157,30 @@ pub fn is_decision(e: &Error) -> bool {
     }
 }
 
-/// Answers a failed request with the JSON error body; shared by both directions.
+/// Answers a failed request with the JSON error body; shared by both directions. A refusal
+/// already recorded in the context (a body that crossed maxBodyBytes while streaming) is
+/// answered as that refusal.
 pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-    let Some(kind) = ErrorKind::classify(e) else {
-        return FailToProxy { error_code: 0, can_reuse_downstream: false };
-    };
+    ctx.id = ctx.id.or_generate();
     // Once the app's response has started, writing our own would splice two responses into one
     // that looks complete: abort the stream instead.
-    ctx.id = ctx.id.or_generate();
     if let Some(started) = session.response_written() {
         return FailToProxy { error_code: started.status.as_u16(), can_reuse_downstream: false };
     }
-    if kind.status() < 500 && ctx.decision == "allow" {
-        ctx.decision = "invalid";
-    } else if kind.status() >= 500 {
+    if let Some(refusal) = ctx.refusal.take() {
+        let status = refusal.status();
+        refuse(session, refusal, ctx).await;
+        return FailToProxy { error_code: status, can_reuse_downstream: false };
+    }
+    let Some(kind) = ErrorKind::classify(e) else {
+        return FailToProxy { error_code: 0, can_reuse_downstream: false };
+    };
+    if kind.status() < 500 {
+        ctx.invalid = true;
+    } else {
         tracing::debug!(error = %e, request_id = ctx.id.as_str(), "request failed");
     }
-    let extra = match &ctx.limited {
-        Some(limited) => {
-            // Whole seconds, rounded up: a client that waits this long gets a token.
-            let secs = limited.retry_after.as_secs() + u64::from(limited.retry_after.subsec_nanos() > 0);
-            let secs = secs.max(1);
-            vec![
-                ("retry-after", HeaderValue::from(secs)),
-                ("ratelimit-policy", limited.policy_header.clone()),
-                (
-                    "ratelimit",
-                    HeaderValue::from_str(&format!("\"{}\";r=0;t={secs}", limited.limit))
-                        .expect("names are header-safe"),
-                ),
-            ]
-        }
-        None => Vec::new(),
-    };
-    if let Err(write_error) = write(session, kind, &ctx.id, &extra).await {
+    if let Err(write_error) = write(session, kind.status(), kind.code(), &ctx.id, &[]).await {
         tracing::debug!(error = %write_error, "could not send the error response");
     }
     FailToProxy { error_code: kind.status(), can_reuse_downstream: false }

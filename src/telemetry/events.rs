@@ -27,13 +27,20 @@ pub enum SecurityEvent {
     RequestDenied(DeniedRequest),
 }
 
-/// A refused (or, under AUDIT, would-be refused) request, as both formats report it.
-#[derive(Debug, Clone)]
+/// A refused (or, under AUDIT, would-be refused) request, as both formats report it: what
+/// refused it, and the request.
+#[derive(Debug, Clone, PartialEq)]
 pub struct DeniedRequest {
     pub status: u16,
     pub policy: String,
     pub rule: String,
     pub audit: bool,
+    pub request: RequestFacts,
+}
+
+/// What an event says about the request itself.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RequestFacts {
     pub principal: Option<String>,
     pub source: Option<SocketAddr>,
     pub method: String,
@@ -46,7 +53,17 @@ pub struct DeniedRequest {
 impl DeniedRequest {
     fn message(&self) -> String {
         let verdict = if self.audit { "audit, would deny" } else { "denied" };
-        format!("{verdict} {} {}: {} rule {}", self.method, self.path, self.policy, self.rule)
+        format!("{verdict} {} {}: {} rule {}", self.request.method, self.request.path, self.policy, self.rule)
+    }
+}
+
+impl SecurityEvent {
+    /// The event as one JSON object in `format`: what a sink receives.
+    pub fn render(&self, format: EventFormat) -> Value {
+        match format {
+            EventFormat::Ocsf => ocsf(self),
+            EventFormat::Ecs => ecs(self),
+        }
     }
 }
 
@@ -70,10 +87,7 @@ impl EventWriter {
 
     pub fn emit(&self, event: SecurityEvent) {
         let Some(lines) = &self.lines else { return };
-        lines.send(&match self.format {
-            EventFormat::Ocsf => ocsf(&event),
-            EventFormat::Ecs => ecs(&event),
-        });
+        lines.send(&event.render(self.format));
     }
 }
 
@@ -124,15 +138,15 @@ fn ocsf(event: &SecurityEvent) -> Value {
             json!({"unmapped": {"errors": errors}}),
         ),
         SecurityEvent::RequestDenied(r) => (
-            http_activity(&r.method),
+            http_activity(&r.request.method),
             if r.audit { 1 } else { 2 },
             if r.audit { 1 } else { 2 },
             3,
             r.message(),
             json!({"firewall_rule": {"uid": format!("{}/{}", r.policy, r.rule), "name": r.rule},
-                   "src_endpoint": endpoint(r.source),
-                   "actor": {"user": {"uid": r.principal}},
-                   "http_request": {"http_method": r.method, "url": {"path": r.path}, "uid": r.request_id},
+                   "src_endpoint": endpoint(r.request.source),
+                   "actor": {"user": {"uid": r.request.principal}},
+                   "http_request": {"http_method": r.request.method, "url": {"path": r.request.path}, "uid": r.request.request_id},
                    "http_response": {"code": r.status}}),
         ),
     };
@@ -160,7 +174,7 @@ fn ocsf(event: &SecurityEvent) -> Value {
 
 fn trace_id(event: &SecurityEvent) -> Option<&str> {
     match event {
-        SecurityEvent::RequestDenied(r) => r.trace_id.as_deref(),
+        SecurityEvent::RequestDenied(r) => r.request.trace_id.as_deref(),
         _ => None,
     }
 }
@@ -225,10 +239,10 @@ fn ecs(event: &SecurityEvent) -> Value {
             "web",
             r.message(),
             json!({"rule": {"id": format!("{}/{}", r.policy, r.rule), "name": r.rule, "ruleset": r.policy},
-                   "source": r.source.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
-                   "user": {"name": r.principal},
-                   "http": {"request": {"method": r.method, "id": r.request_id}, "response": {"status_code": r.status}},
-                   "url": {"path": r.path}}),
+                   "source": r.request.source.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
+                   "user": {"name": r.request.principal},
+                   "http": {"request": {"method": r.request.method, "id": r.request.request_id}, "response": {"status_code": r.status}},
+                   "url": {"path": r.request.path}}),
         ),
     };
     let mut record = json!({

@@ -340,6 +340,13 @@ impl Pair {
     }
 }
 
+/// How long a test waits for a positive signal before it gives up: `PALISADE_TEST_PATIENCE`
+/// seconds (default 30), so a slow or busy machine can be given more without editing tests.
+pub fn patience() -> Duration {
+    let seconds = std::env::var("PALISADE_TEST_PATIENCE").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    Duration::from_secs(seconds)
+}
+
 /// Polls `check` until it holds or `patience` runs out.
 pub async fn eventually<F, Fut>(patience: Duration, mut check: F) -> bool
 where

@@ -1,0 +1,502 @@
+//! The decision (SPEC section 5): one pure function from what a request looks like to a verdict,
+//! either allowed (with the path the app must see) or a typed [`Refusal`] that carries
+//! everything the response, the metrics, the span and the security event need. The steps run in
+//! the SPEC's order; JWT authentication and the WAF have their slots.
+//!
+//! Nothing here touches a socket or a session: the proxy builds a [`RequestView`], calls
+//! [`PolicySnapshot::decide`], and answers a refusal with [`Refusal::status`],
+//! [`Refusal::code`] and [`Refusal::headers`].
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::{HeaderMap, Method};
+
+use super::compile::PolicySnapshot;
+use super::normalize::{match_form, normalize};
+use crate::config::MtlsMode;
+use crate::identity::SpiffeId;
+use crate::telemetry::{DeniedRequest, RequestFacts};
+
+/// What a decision looks at: the request as received, and who sent it.
+pub struct RequestView<'a> {
+    pub principal: Option<&'a SpiffeId>,
+    /// Canonical: an IPv4 client of a dual-stack listener as IPv4, not `::ffff:a.b.c.d`.
+    pub source_ip: Option<IpAddr>,
+    /// The connection came without mutual TLS (a PERMISSIVE port's plaintext).
+    pub plaintext: bool,
+    pub method: &'a Method,
+    /// The request target as it arrived, byte for byte.
+    pub target: &'a [u8],
+    /// The target's path as parsed (still percent-encoded).
+    pub path: &'a str,
+    /// The port the caller addressed.
+    pub port: u16,
+    pub headers: &'a HeaderMap,
+    /// `Content-Length` beside `Transfer-Encoding` on the wire (the parser keeps only one of
+    /// them, so the proxy says whether both came).
+    pub ambiguous_framing: bool,
+}
+
+/// A request the decision let through.
+#[derive(Debug)]
+pub struct Allowed<'a> {
+    /// The normalised path: what the policy judged and what the app must be sent.
+    pub path: Cow<'a, str>,
+    /// `maxBodyBytes` in force: the proxy counts the body as it streams.
+    pub max_body_bytes: Option<u64>,
+}
+
+/// Which policy and rule (or limit) decided; never told to the caller, always to the event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecidedBy {
+    pub policy: Arc<str>,
+    pub rule: Arc<str>,
+}
+
+/// Why a request is refused. Every refusal of the pipeline is one of these.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// Step 2: the request cannot be judged as written (framing, target form, path).
+    Malformed(&'static str),
+    UriTooLong,
+    HeadersTooLarge,
+    PayloadTooLarge,
+    /// Plaintext on a connection admitted under PERMISSIVE, after the mode became STRICT.
+    MtlsRequired,
+    /// Step 4: an ENFORCE policy denies (or an AUDIT one would, see [`PolicySnapshot::decide`]).
+    Forbidden(DecidedBy),
+    /// Step 5: a rate limit is spent.
+    RateLimited(Limited),
+}
+
+/// A spent rate limit and what the 429 tells the caller about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limited {
+    pub by: DecidedBy,
+    pub retry_after: Duration,
+    /// `RateLimit-Policy`, made once per limit.
+    pub policy_header: HeaderValue,
+}
+
+const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+
+impl Refusal {
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::Malformed(_) => 400,
+            Refusal::UriTooLong => 414,
+            Refusal::HeadersTooLarge => 431,
+            Refusal::PayloadTooLarge => 413,
+            Refusal::MtlsRequired | Refusal::Forbidden(_) => 403,
+            Refusal::RateLimited(_) => 429,
+        }
+    }
+
+    /// The `error` of the JSON body (SPEC section 5).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::Malformed(_) => "invalid_request",
+            Refusal::UriTooLong => "uri_too_long",
+            Refusal::HeadersTooLarge => "headers_too_large",
+            Refusal::PayloadTooLarge => "payload_too_large",
+            Refusal::MtlsRequired | Refusal::Forbidden(_) => "forbidden",
+            Refusal::RateLimited(_) => "rate_limited",
+        }
+    }
+
+    /// The `decision` label of `palisade_requests_total` and the span's `palisade.decision`.
+    pub fn decision(&self) -> &'static str {
+        match self {
+            Refusal::Malformed(_) | Refusal::UriTooLong | Refusal::HeadersTooLarge | Refusal::PayloadTooLarge => {
+                "invalid"
+            }
+            Refusal::MtlsRequired | Refusal::Forbidden(_) => "deny",
+            Refusal::RateLimited(_) => "rate_limited",
+        }
+    }
+
+    /// Which policy and rule decided, for the event, the span and the log.
+    pub fn decided_by(&self) -> Option<&DecidedBy> {
+        match self {
+            Refusal::Forbidden(by) | Refusal::RateLimited(Limited { by, .. }) => Some(by),
+            _ => None,
+        }
+    }
+
+    /// Whether the security event log hears of it (SPEC section 7: every deny and rate limit;
+    /// malformed requests are counted, not reported one by one).
+    pub fn is_security_event(&self) -> bool {
+        matches!(self, Refusal::MtlsRequired | Refusal::Forbidden(_) | Refusal::RateLimited(_))
+    }
+
+    /// What the log says; the caller only ever sees [`Refusal::code`].
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Malformed(why) => why,
+            Refusal::UriTooLong => "request target over maxUriBytes",
+            Refusal::HeadersTooLarge => "request headers over maxHeaderBytes",
+            Refusal::PayloadTooLarge => "body over maxBodyBytes",
+            Refusal::MtlsRequired => "plaintext after the workload became STRICT",
+            Refusal::Forbidden(_) => "denied by policy",
+            Refusal::RateLimited(_) => "rate limited",
+        }
+    }
+
+    /// The security event for this refusal of the request `facts` describe (`audit`: what an
+    /// AUDIT policy would have refused).
+    pub fn denied(&self, audit: bool, request: RequestFacts) -> DeniedRequest {
+        let (policy, rule) = match self.decided_by() {
+            Some(by) => (by.policy.to_string(), by.rule.to_string()),
+            None => ("-".to_string(), self.reason().to_string()),
+        };
+        DeniedRequest { status: self.status(), policy, rule, audit, request }
+    }
+
+    /// The response headers that go with the status: `Retry-After` and the IETF RateLimit
+    /// headers for a 429.
+    pub fn headers(&self, mut add: impl FnMut(HeaderName, HeaderValue)) {
+        if let Refusal::RateLimited(limited) = self {
+            // Whole seconds, rounded up: a client that waits this long gets a token.
+            let wait = limited.retry_after;
+            let secs = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+            add(RETRY_AFTER, HeaderValue::from(secs));
+            add(RATELIMIT_POLICY, limited.policy_header.clone());
+            let remaining = HeaderValue::from_str(&format!("\"{}\";r=0;t={secs}", limited.by.rule))
+                .expect("limit names are header-safe");
+            add(RATELIMIT, remaining);
+        }
+    }
+}
+
+impl PolicySnapshot {
+    /// Decides a request, steps in SPEC section 5's order. `audit` hears of every denial an
+    /// AUDIT policy would have made (decided, logged, counted, never enforced).
+    pub fn decide<'a>(&self, view: &RequestView<'a>, audit: impl FnMut(DecidedBy)) -> Result<Allowed<'a>, Refusal> {
+        // 1. A connection let in as plaintext while the port was PERMISSIVE carries no
+        //    identity; once the workload is STRICT its requests are refused like a handshake.
+        if view.plaintext && self.mtls == MtlsMode::STRICT {
+            return Err(Refusal::MtlsRequired);
+        }
+        // 2. HTTP parsing and limits.
+        let path = self.check_request(view)?;
+        // 3. JWT authentication runs here (crate::authn).
+        // 4. Authorisation.
+        self.authorize(view, match_form(&path), audit).map_err(Refusal::Forbidden)?;
+        // 5. Rate limits.
+        self.rate_limit(view, match_form(&path)).map_err(Refusal::RateLimited)?;
+        // 6. Input validation (the WAF) runs here (crate::waf).
+        Ok(Allowed { path, max_body_bytes: self.limits.max_body_bytes })
+    }
+
+    /// Step 2: what makes a request unjudgeable, then sizes, then the path's normal form.
+    /// Declared bodies are refused here, before a byte is forwarded; chunked ones as they cross
+    /// the limit (the proxy counts them).
+    fn check_request<'a>(&self, view: &RequestView<'a>) -> Result<Cow<'a, str>, Refusal> {
+        if view.ambiguous_framing {
+            return Err(Refusal::Malformed("both Content-Length and Transfer-Encoding"));
+        }
+        // Only origin-form targets ("/path?query"): anything else is forwarded as written while
+        // its parsed path is "/", so the policy and the app would see different paths.
+        if view.target.first() != Some(&b'/') {
+            return Err(Refusal::Malformed("request target is not in origin form"));
+        }
+        // Methods are case-sensitive; "delete" would dodge a rule on DELETE yet reach frameworks
+        // that upper-case it.
+        if view.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+            return Err(Refusal::Malformed("method is not upper case"));
+        }
+        let limits = &self.limits;
+        if view.target.len() > limits.max_uri_bytes {
+            return Err(Refusal::UriTooLong);
+        }
+        let header_bytes: usize = view.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+        if header_bytes > limits.max_header_bytes {
+            return Err(Refusal::HeadersTooLarge);
+        }
+        if let Some(max) = limits.max_body_bytes {
+            let declared =
+                view.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                return Err(Refusal::PayloadTooLarge);
+            }
+        }
+        normalize(view.path).map_err(|_| Refusal::Malformed("path cannot be normalised"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WorkloadConfig;
+    use crate::policy::{parse_file, Source};
+    use crate::telemetry::Metrics;
+    use std::path::Path;
+
+    fn snapshot(spec: &str) -> PolicySnapshot {
+        snapshot_with(spec, MtlsMode::STRICT)
+    }
+
+    fn snapshot_with(spec: &str, default_mtls: MtlsMode) -> PolicySnapshot {
+        let text = format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n{spec}"
+        );
+        let (located, errors) = parse_file(Path::new("p.yaml"), &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let workload = WorkloadConfig { namespace: "shop".into(), ..Default::default() };
+        PolicySnapshot::compile("v1".into(), Source::Files, &located, &workload, default_mtls, &Metrics::new(), None)
+    }
+
+    /// A request as a test states it; `view` lends it out as the proxy would.
+    struct Req {
+        principal: Option<SpiffeId>,
+        ip: Option<IpAddr>,
+        plaintext: bool,
+        method: Method,
+        target: String,
+        headers: HeaderMap,
+        port: u16,
+        ambiguous: bool,
+    }
+
+    fn req(method: &str, target: &str) -> Req {
+        Req {
+            principal: Some(SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/frontend").unwrap()),
+            ip: Some("10.1.2.3".parse().unwrap()),
+            plaintext: false,
+            method: Method::from_bytes(method.as_bytes()).unwrap(),
+            target: target.to_string(),
+            headers: HeaderMap::new(),
+            port: 8080,
+            ambiguous: false,
+        }
+    }
+
+    impl Req {
+        fn from(mut self, id: &str) -> Self {
+            self.principal = SpiffeId::parse(id).ok();
+            self
+        }
+        fn header(mut self, name: &'static str, value: &str) -> Self {
+            self.headers.append(name, HeaderValue::from_str(value).unwrap());
+            self
+        }
+        fn decide(&self, snapshot: &PolicySnapshot) -> (Result<Option<String>, Refusal>, Vec<DecidedBy>) {
+            let path = self.target.split('?').next().unwrap_or_default();
+            let view = RequestView {
+                principal: self.principal.as_ref(),
+                source_ip: self.ip,
+                plaintext: self.plaintext,
+                method: &self.method,
+                target: self.target.as_bytes(),
+                path,
+                port: self.port,
+                headers: &self.headers,
+                ambiguous_framing: self.ambiguous,
+            };
+            let mut audits = Vec::new();
+            let verdict = snapshot.decide(&view, |by| audits.push(by)).map(|a| match a.path {
+                Cow::Owned(p) => Some(p),
+                Cow::Borrowed(_) => None,
+            });
+            (verdict, audits)
+        }
+    }
+
+    fn by(policy: &str, rule: &str) -> DecidedBy {
+        DecidedBy { policy: policy.into(), rule: rule.into() }
+    }
+
+    fn headers_of(refusal: &Refusal) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        refusal.headers(|n, v| out.push((n.to_string(), v.to_str().unwrap().to_string())));
+        out
+    }
+
+    const RULES: &str = "  authorization:\n    default: DENY\n    rules:\n      - {name: reads, action: ALLOW, from: {namespaces: [shop]}, to: {methods: [GET], paths: [\"/orders*\"]}}\n      - {name: no-admin, action: DENY, to: {paths: [\"/admin*\"]}}\n      - {name: tenant, action: ALLOW, when: [{key: \"request.headers[x-tenant]\", values: [acme]}]}\n  rateLimits:\n    - {name: tight, match: {paths: [\"/orders/limited\"]}, key: global, rate: 1, per: 60s, burst: 1}\n  inputValidation: {maxUriBytes: 64, maxHeaderBytes: 200, maxBodyBytes: 10}\n";
+
+    /// A case: what it is, the request, then status, code, decision label and decider.
+    type Case<'a> = (&'a str, Req, u16, &'a str, &'a str, Option<DecidedBy>);
+
+    #[test]
+    fn every_refusal_kind_has_its_status_code_headers_and_decider() {
+        let s = snapshot(RULES);
+        let limited_first = req("GET", "/orders/limited").decide(&s).0;
+        assert_eq!(limited_first, Ok(None), "the first request takes the only token");
+        let long = format!("/orders/{}", "a".repeat(64));
+        let cases: Vec<Case<'_>> = vec![
+            ("CL beside TE", Req { ambiguous: true, ..req("GET", "/orders") }, 400, "invalid_request", "invalid", None),
+            ("absolute form", req("GET", "http://x/orders"), 400, "invalid_request", "invalid", None),
+            ("lower-case method", req("get", "/orders"), 400, "invalid_request", "invalid", None),
+            ("path above the root", req("GET", "/../etc/passwd"), 400, "invalid_request", "invalid", None),
+            ("encoded slash", req("GET", "/orders%2f1"), 400, "invalid_request", "invalid", None),
+            ("uri over the limit", req("GET", &long), 414, "uri_too_long", "invalid", None),
+            (
+                "headers over the limit",
+                req("GET", "/orders").header("x-big", &"b".repeat(200)),
+                431,
+                "headers_too_large",
+                "invalid",
+                None,
+            ),
+            (
+                "declared body over the limit",
+                req("POST", "/orders").header("content-length", "11"),
+                413,
+                "payload_too_large",
+                "invalid",
+                None,
+            ),
+            (
+                "plaintext under STRICT",
+                Req { plaintext: true, principal: None, ..req("GET", "/orders") },
+                403,
+                "forbidden",
+                "deny",
+                None,
+            ),
+            ("a DENY rule", req("GET", "/admin/users"), 403, "forbidden", "deny", Some(by("shop/p", "no-admin"))),
+            ("the default", req("DELETE", "/orders/1"), 403, "forbidden", "deny", Some(by("shop/p", "default"))),
+            (
+                "a spent limit",
+                req("GET", "/orders/limited"),
+                429,
+                "rate_limited",
+                "rate_limited",
+                Some(by("shop/p", "tight")),
+            ),
+        ];
+        for (what, request, status, code, decision, decided_by) in cases {
+            let refusal = request.decide(&s).0.expect_err(what);
+            assert_eq!(
+                (refusal.status(), refusal.code(), refusal.decision(), refusal.decided_by().cloned()),
+                (status, code, decision, decided_by),
+                "{what}: {refusal:?}"
+            );
+            assert_eq!(refusal.is_security_event(), status == 403 || status == 429, "{what}");
+            let headers = headers_of(&refusal);
+            if status == 429 {
+                assert_eq!(headers[0], ("retry-after".into(), "60".into()), "{what}");
+                assert_eq!(headers[1], ("ratelimit-policy".into(), "\"tight\";q=1;w=60".into()), "{what}");
+                assert_eq!(headers[2], ("ratelimit".into(), "\"tight\";r=0;t=60".into()), "{what}");
+            } else {
+                assert!(headers.is_empty(), "{what}: {headers:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_event_of_a_refusal_names_what_refused_the_request_in_both_formats() {
+        use crate::config::EventFormat;
+        use crate::telemetry::SecurityEvent;
+        let s = snapshot(RULES);
+        let facts = RequestFacts {
+            principal: Some("spiffe://cluster.local/ns/shop/sa/frontend".into()),
+            source: Some("10.1.2.3:4567".parse().unwrap()),
+            method: "GET".into(),
+            path: "/admin/users".into(),
+            request_id: "req-1".into(),
+            trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        };
+        let refusal = req("GET", "/admin/users").decide(&s).0.unwrap_err();
+        let event = SecurityEvent::RequestDenied(refusal.denied(false, facts.clone()));
+        let ocsf = event.render(EventFormat::Ocsf);
+        assert_eq!(ocsf["class_uid"], 4002);
+        assert_eq!(ocsf["activity_id"], 3, "GET");
+        assert_eq!((ocsf["action_id"].clone(), ocsf["disposition_id"].clone()), (2.into(), 2.into()));
+        assert_eq!(ocsf["firewall_rule"]["uid"], "shop/p/no-admin");
+        assert_eq!(ocsf["firewall_rule"]["name"], "no-admin");
+        assert_eq!(ocsf["http_response"]["code"], 403);
+        assert_eq!(ocsf["http_request"]["url"]["path"], "/admin/users");
+        assert_eq!(ocsf["http_request"]["uid"], "req-1");
+        assert_eq!(ocsf["src_endpoint"]["ip"], "10.1.2.3");
+        assert_eq!(ocsf["actor"]["user"]["uid"], "spiffe://cluster.local/ns/shop/sa/frontend");
+        assert_eq!(ocsf["metadata"]["correlation_uid"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        let ecs = event.render(EventFormat::Ecs);
+        assert_eq!(ecs["rule"]["id"], "shop/p/no-admin");
+        assert_eq!(ecs["event"]["outcome"], "failure");
+        assert_eq!(ecs["http"]["response"]["status_code"], 403);
+
+        // A 429 names its limit; an audit is an allowed request that would have been denied.
+        let _ = req("GET", "/orders/limited").decide(&s);
+        let limited = req("GET", "/orders/limited").decide(&s).0.unwrap_err().denied(false, facts.clone());
+        assert_eq!((limited.status, limited.rule.as_str()), (429, "tight"));
+        let audited = Refusal::Forbidden(by("shop/p", "no-admin")).denied(true, facts.clone());
+        let ocsf = SecurityEvent::RequestDenied(audited).render(EventFormat::Ocsf);
+        assert_eq!((ocsf["action_id"].clone(), ocsf["disposition_id"].clone()), (1.into(), 1.into()));
+        // Refusals no rule made say why in the rule's place.
+        let plain = Refusal::MtlsRequired.denied(false, facts);
+        assert_eq!((plain.policy.as_str(), plain.rule.as_str()), ("-", "plaintext after the workload became STRICT"));
+    }
+
+    #[test]
+    fn allowed_requests_carry_the_normalised_path_and_the_body_limit() {
+        let s = snapshot(RULES);
+        let (verdict, _) = req("GET", "/public/..//orders/./7").decide(&s);
+        assert_eq!(verdict, Ok(Some("/orders/7".to_string())));
+        assert_eq!(req("GET", "/orders/7").decide(&s).0, Ok(None), "an already normal path is not copied");
+        let view_limits = req("GET", "/orders");
+        let path = view_limits.target.clone();
+        let view = RequestView {
+            principal: view_limits.principal.as_ref(),
+            source_ip: None,
+            plaintext: false,
+            method: &view_limits.method,
+            target: path.as_bytes(),
+            path: &path,
+            port: 8080,
+            headers: &view_limits.headers,
+            ambiguous_framing: false,
+        };
+        assert_eq!(s.decide(&view, |_| {}).unwrap().max_body_bytes, Some(10));
+    }
+
+    #[test]
+    fn authorisation_table() {
+        let s = snapshot(RULES);
+        let other_ns = "spiffe://cluster.local/ns/web/sa/ui";
+        let table: Vec<(&str, Req, Result<(), &str>)> = vec![
+            ("ALLOW matches namespace, method and path", req("GET", "/orders/1"), Ok(())),
+            ("another namespace falls to the default", req("GET", "/orders/1").from(other_ns), Err("default")),
+            ("DENY wins over a matching ALLOW", req("GET", "/admin").header("x-tenant", "acme"), Err("no-admin")),
+            ("a header condition allows", req("POST", "/x").from(other_ns).header("x-tenant", "acme"), Ok(())),
+            ("a header value that differs does not", req("POST", "/x").header("x-tenant", "evil"), Err("default")),
+            (
+                "a repeated header never satisfies an ALLOW",
+                req("POST", "/x").header("x-tenant", "acme").header("x-tenant", "acme"),
+                Err("default"),
+            ),
+            ("no principal matches no namespace", Req { principal: None, ..req("GET", "/orders") }, Err("default")),
+            ("paths are judged normalised", req("GET", "/orders/../admin"), Err("no-admin")),
+            ("and case-sensitive", req("GET", "/ADMIN"), Err("default")),
+        ];
+        for (what, request, expected) in table {
+            let got = request.decide(&s).0.map(|_| ()).map_err(|r| r.decided_by().map(|b| b.rule.to_string()));
+            assert_eq!(got, expected.map_err(|rule| Some(rule.to_string())), "{what}");
+        }
+    }
+
+    #[test]
+    fn audit_policies_report_what_they_would_deny_and_never_refuse() {
+        let s = snapshot("  authorization:\n    mode: AUDIT\n    rules:\n      - {name: no-admin, action: DENY, to: {paths: [\"/admin*\"]}}\n");
+        let (verdict, audits) = req("GET", "/admin").decide(&s);
+        assert!(verdict.is_ok());
+        assert_eq!(audits, [by("shop/p", "no-admin")]);
+        let (_, audits) = req("GET", "/orders").decide(&s);
+        assert!(audits.is_empty());
+    }
+
+    #[test]
+    fn the_mode_in_force_is_the_strictest_policy_else_the_sidecars_own() {
+        assert_eq!(snapshot_with("  mtls: PERMISSIVE\n", MtlsMode::STRICT).mtls, MtlsMode::PERMISSIVE);
+        assert_eq!(snapshot_with("  authorization: {}\n", MtlsMode::PERMISSIVE).mtls, MtlsMode::PERMISSIVE);
+        assert_eq!(snapshot_with("  mtls: STRICT\n", MtlsMode::PERMISSIVE).mtls, MtlsMode::STRICT);
+        let permissive = snapshot_with("  mtls: PERMISSIVE\n", MtlsMode::STRICT);
+        let plain = Req { plaintext: true, principal: None, ..req("GET", "/orders") };
+        assert!(plain.decide(&permissive).0.is_ok());
+    }
+}

@@ -1,0 +1,144 @@
+//! A workload turning from PERMISSIVE to STRICT: plaintext connections let in before are closed
+//! once the request they carry is answered, while mutual-TLS callers see no failure at all.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+
+use support::*;
+
+/// An HTTP/1.1 keep-alive app: answers every request at once with 200, except `/hold`, which it
+/// answers only once `release` is notified; `held` is notified when a `/hold` arrived.
+async fn holding_app(release: Arc<Notify>, held: Arc<Notify>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (release, held) = (release.clone(), held.clone());
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                loop {
+                    let mut line = String::new();
+                    if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let hold = line.starts_with("GET /hold ");
+                    loop {
+                        let mut header = String::new();
+                        if stream.read_line(&mut header).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header == "\r\n" {
+                            break;
+                        }
+                    }
+                    if hold {
+                        held.notify_one();
+                        release.notified().await;
+                    }
+                    let body = if hold { "held" } else { "ok" };
+                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                    if stream.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads one response of known length; its status line and body.
+async fn read_answer(stream: &mut TcpStream) -> (String, String, String) {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "the head arrives whole: {raw:?}");
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8(raw).unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).await.unwrap();
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (status, head, String::from_utf8(body).unwrap())
+}
+
+/// Whether the peer closed the connection (a read returns the end of the stream).
+async fn closed_by_peer(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(tokio::time::timeout(patience(), stream.read(&mut buf)).await, Ok(Ok(0)) | Ok(Err(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_connections_are_closed_after_their_request_when_the_workload_becomes_strict() {
+    let (release, held) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let app = holding_app(release.clone(), held.clone()).await;
+    let open = policy("mode", "  mtls: PERMISSIVE\n  authorization: {default: ALLOW}\n");
+    let s = Arc::new(PolicedSidecar::start_with(&open, |c| c.inbound.app = palisade::config::ListenAddr(app)).await);
+    let request = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: orders.shop\r\n\r\n");
+
+    // An idle keep-alive connection and one with a request in flight, both plaintext.
+    let mut idle = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    idle.write_all(request("/first").as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut idle).await.2, "ok");
+    let mut busy = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    busy.write_all(request("/hold").as_bytes()).await.unwrap();
+    tokio::time::timeout(patience(), held.notified()).await.expect("the held request reached the app");
+
+    // Mutual-TLS callers keep calling through the switch.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (s, stop, ok, failed) = (s.clone(), stop.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            for _ in 0..20_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match s.send("frontend", "GET", "/mtls", &[]).await.status {
+                    200 => ok.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+    assert!(eventually(patience(), || async { ok.load(Ordering::Relaxed) > 0 }).await, "mTLS load runs");
+    let before_switch = ok.load(Ordering::Relaxed);
+
+    write_policy(&s.policy_file, &policy("mode", "  mtls: STRICT\n  authorization: {default: ALLOW}\n"));
+    let strict = eventually(patience(), || async { s.config_dump().await["policy"]["mtls"] == "STRICT" }).await;
+    assert!(strict, "the STRICT policy is in force");
+
+    // The idle connection is closed at once; the busy one gets its answer, then is closed.
+    assert!(closed_by_peer(&mut idle).await, "the idle plaintext connection is closed");
+    release.notify_one();
+    let (status, head, body) = read_answer(&mut busy).await;
+    assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "held"), "{head}");
+    assert!(closed_by_peer(&mut busy).await, "the busy plaintext connection is closed after its answer");
+
+    // New plaintext connections are refused at the handshake, as any STRICT port does: what
+    // comes back (a TLS alert, or nothing) is no HTTP answer.
+    let mut fresh = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    let _ = fresh.write_all(request("/late").as_bytes()).await;
+    let mut answer = Vec::new();
+    let ended = tokio::time::timeout(patience(), fresh.read_to_end(&mut answer)).await;
+    assert!(ended.is_ok(), "the sidecar closes the connection");
+    assert!(!answer.starts_with(b"HTTP/"), "a new plaintext connection gets no HTTP answer: {answer:?}");
+
+    // Calls over mutual TLS went on through the switch, none failed.
+    let after = ok.load(Ordering::Relaxed);
+    assert!(eventually(patience(), || async { ok.load(Ordering::Relaxed) > after + 20 }).await);
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    assert!(ok.load(Ordering::Relaxed) > before_switch);
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no mTLS request failed during the switch");
+}
