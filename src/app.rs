@@ -59,6 +59,8 @@ impl Sidecar {
         let bound = Bound { inbound, outbound, admin };
         let thread = std::thread::Builder::new().name("palisade".into()).spawn(move || {
             runtime.block_on(run(config, parts, listeners, bound, sender, drain, options));
+            // Work still on the blocking pool (a file read) must not hold the exit.
+            runtime.shutdown_timeout(crate::lifecycle::SHUTDOWN_GRACE);
         })?;
         Ok(Sidecar { inbound, outbound, admin, running: Running::new(shutdown, thread) })
     }

@@ -12,6 +12,10 @@ use tokio::sync::watch;
 
 use crate::config::ConfigError;
 
+/// How long tasks left after the drain (a file being read on the blocking pool) may hold the
+/// exit.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
+
 /// A service running on a thread of its own, stopped through a watch channel.
 pub struct Running {
     shutdown: watch::Sender<bool>,

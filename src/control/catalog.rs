@@ -102,11 +102,14 @@ struct FileState {
     good: Vec<Arc<CatalogEntry>>,
     /// Why the current contents are not in force; empty when they are.
     errors: Vec<String>,
+    /// The contents changed in this scan: refusing them is a new refusal, even when it says
+    /// what the last one said.
+    fresh: bool,
 }
 
 impl Default for FileState {
     fn default() -> Self {
-        FileState { seen: [0; 32], parsed: Ok(Vec::new()), good: Vec::new(), errors: Vec::new() }
+        FileState { seen: [0; 32], parsed: Ok(Vec::new()), good: Vec::new(), errors: Vec::new(), fresh: false }
     }
 }
 
@@ -160,7 +163,12 @@ impl PolicyDirectory {
         changed |= self.files.len() != before;
 
         for (name, contents) in listing {
-            let digest = sha256(contents.as_ref().map_or(b"\0unreadable".as_slice(), |t| t.as_bytes()));
+            // An unreadable file is as changed as its reason: a FIFO after an oversized file is
+            // a new refusal.
+            let digest = match &contents {
+                Ok(text) => sha256(text.as_bytes()),
+                Err(e) => sha256(format!("\0unreadable: {e}").as_bytes()),
+            };
             if self.files.get(&name).is_some_and(|f| f.seen == digest) {
                 continue;
             }
@@ -172,6 +180,7 @@ impl PolicyDirectory {
             let state = self.files.entry(name).or_default();
             state.seen = digest;
             state.parsed = parsed;
+            state.fresh = true;
         }
         if changed {
             self.settle(&mut outcome);
@@ -235,14 +244,17 @@ impl PolicyDirectory {
                 }
                 (Err(errors), _) => errors.clone(),
             };
-            if !errors.is_empty() && errors != state.errors {
+            if !errors.is_empty() && (errors != state.errors || state.fresh) {
                 outcome.rejected.push((file.clone(), errors.clone()));
             }
+            state.fresh = false;
             state.errors = errors;
         }
     }
 
-    /// Policy files by name: `*.yaml` and `*.yml`, symlinks followed, dot-entries skipped.
+    /// Policy files by name: `*.yaml` and `*.yml`, symlinks followed, dot-entries skipped. Each
+    /// is read with the limits of every policy file (regular files only, at most 1 MiB), so a
+    /// FIFO, a device or a huge file is that file's error, never a stuck or swollen scan.
     fn list(&self) -> std::io::Result<BTreeMap<String, std::io::Result<String>>> {
         let mut listing = BTreeMap::new();
         for entry in std::fs::read_dir(&self.dir)? {
@@ -252,10 +264,7 @@ impl PolicyDirectory {
                 continue;
             }
             let path = self.dir.join(&name);
-            if !std::fs::metadata(&path).is_ok_and(|m| m.is_file()) {
-                continue;
-            }
-            listing.insert(name, std::fs::read_to_string(&path));
+            listing.insert(name, crate::yaml::read_file(&path, crate::yaml::Limits::FILE.max_bytes));
         }
         Ok(listing)
     }

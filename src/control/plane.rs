@@ -71,6 +71,7 @@ impl ControlPlane {
         let sender = shutdown.clone();
         let thread = std::thread::Builder::new().name("palisade-control".into()).spawn(move || {
             runtime.block_on(run(config, tls, telemetry, [grpc_listener, admin_listener], sender, handle_signals));
+            runtime.shutdown_timeout(crate::lifecycle::SHUTDOWN_GRACE);
         })?;
         Ok(ControlPlane { grpc, admin, running: Running::new(shutdown, thread) })
     }

@@ -58,8 +58,13 @@ impl Sources {
             .iter()
             .map(|file| (file.clone(), crate::yaml::read_file(file, crate::yaml::Limits::FILE.max_bytes)))
             .collect();
-        let version = digest(texts.iter().map(|(file, text)| {
-            (file.as_os_str().as_encoded_bytes(), text.as_deref().map(str::as_bytes).unwrap_or(b"\0unreadable"))
+        // An unreadable file's version is its reason, so a new reason is a new (refused) update.
+        let reasons: Vec<String> = texts
+            .iter()
+            .map(|(_, t)| t.as_ref().err().map(|e| format!("\0unreadable: {e}")).unwrap_or_default())
+            .collect();
+        let version = digest(texts.iter().zip(&reasons).map(|((file, text), reason)| {
+            (file.as_os_str().as_encoded_bytes(), text.as_deref().map(str::as_bytes).unwrap_or(reason.as_bytes()))
         }));
         Sources { texts, version }
     }
