@@ -42,6 +42,7 @@ impl ControlAdmin {
                 "dir": self.policies_dir,
                 "readable": catalog.readable,
                 "version": catalog.version,
+                "generation": catalog.generation,
                 "count": catalog.len(),
                 "sources": catalog.sources,
             },

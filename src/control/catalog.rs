@@ -48,6 +48,9 @@ pub struct Catalog {
     pub readable: bool,
     /// When this catalog was made: the start of every push it causes.
     pub made_at: Option<std::time::Instant>,
+    /// How many catalogs were published before this one: a stream that has looked at this
+    /// generation has sent whatever it had to (`/status` shows both).
+    pub generation: u64,
 }
 
 /// The policies that select one workload, and the version naming exactly that set.
@@ -336,6 +339,7 @@ impl PolicyDirectory {
             sources,
             readable: self.readable == Some(true),
             made_at: Some(std::time::Instant::now()),
+            generation: 0,
         }
     }
 }

@@ -217,7 +217,8 @@ fn publish(
         metrics.policy_updates.with_label_values(&["applied"]).inc();
         tracing::info!(%file, "policy file accepted");
     }
-    let Some(catalog) = outcome.catalog else { return };
+    let Some(mut catalog) = outcome.catalog else { return };
+    catalog.generation = sender.borrow().generation + 1;
     metrics.policies.set(catalog.len() as i64);
     metrics.version.reset();
     metrics.version.with_label_values(&["dir", &catalog.version]).set(1);

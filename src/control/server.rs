@@ -173,6 +173,7 @@ async fn serve_stream(
     loop {
         let current = catalog.borrow_and_update().clone();
         let selection = current.select(&workload);
+        session.evaluated(current.generation);
         if sent.as_deref() != Some(selection.version.as_str()) {
             let snapshot = PolicySnapshot {
                 version: selection.version.clone(),

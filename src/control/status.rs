@@ -50,6 +50,9 @@ pub struct SidecarRecord {
     pub state: SyncState,
     /// Snapshots sent on this stream.
     pub pushes: u64,
+    /// The catalog generation this stream last looked at: once it equals the catalog's, the
+    /// stream has sent whatever that catalog asked for.
+    pub evaluated: u64,
     pub sent: Option<VersionAt>,
     pub acked: Option<VersionAt>,
     pub nacked: Option<Refusal>,
@@ -93,6 +96,7 @@ impl Registry {
             connected_at: now(),
             state: SyncState::Pending,
             pushes: 0,
+            evaluated: 0,
             sent: None,
             acked: None,
             nacked: None,
@@ -133,6 +137,11 @@ impl Session {
             r.sent = Some(VersionAt { version: version.to_string(), at: now() });
             r.awaiting = Some((version.to_string(), since));
         });
+    }
+
+    /// The stream looked at catalog `generation` (and sent what it had to).
+    pub fn evaluated(&self, generation: u64) {
+        self.registry.update(self.id, |r| r.evaluated = generation);
     }
 
     /// The sidecar reconnected already holding the current version: nothing to send.
