@@ -13,6 +13,8 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod identity;
+pub mod initnet;
+pub mod inject;
 mod memory;
 pub mod policy;
 pub mod proxy;
