@@ -201,7 +201,9 @@ pub fn install(args: &InitNetArgs) -> Result<String, InitNetError> {
         let restore = backend.tool(family, "restore");
         run_with_input(&restore, &["--noflush"], &file)?;
         let count = file.lines().filter(|l| l.starts_with("-A")).count();
-        out.push_str(&format!("{restore}: {count} rules in the nat table's PALISADE_* chains\n"));
+        out.push_str(&format!(
+            "{restore}: {count} rules written to the nat table's PALISADE_* chains (the jumps to them added once)\n"
+        ));
     }
     Ok(out)
 }
