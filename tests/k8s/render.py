@@ -29,6 +29,18 @@ def render(values=None, name="palisade"):
     return {path: text for path, text in sorted(out.items()) if not path.endswith("NOTES.txt") and text.strip()}
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the control plane's config file) as literal blocks, readable in the file."""
+
+
+def _text(dumper, value):
+    style = "|" if "\n" in value and not any(line != line.rstrip() for line in value.splitlines()) else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _text)
+
+
 def masked(obj):
     if obj.get("kind") == "Secret" and obj["metadata"]["name"] in ("palisade-ca", "palisade-webhook-tls"):
         obj["data"] = {k: PLACEHOLDER for k in obj["data"]}
@@ -43,7 +55,7 @@ def deploy_text():
     for path, text in render().items():
         for obj in yaml.safe_load_all(text):
             if obj:
-                parts.append(f"---\n# Source: {path}\n" + yaml.safe_dump(masked(obj), sort_keys=False, width=120))
+                parts.append(f"---\n# Source: {path}\n" + yaml.dump(masked(obj), Dumper=_Dumper, sort_keys=False, width=120))
     return "".join(parts)
 
 
