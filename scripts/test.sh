@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds Palisade and runs the whole test suite: unit tests, integration tests against real
-# listeners with real TLS and real HTTP/gRPC clients, and the command-line tests.
+# listeners with real TLS and real HTTP/gRPC clients, the command-line tests, and the Kubernetes
+# validation tests (tests/k8s: the chart through the Helm SDK, kubernetes-validate, checkov).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh --test
@@ -8,3 +9,5 @@ cargo build --locked --all-targets --quiet
 # Benchmarks run once each, as a smoke test (timings come from `cargo bench`).
 cargo test --locked --benches
 cargo test --locked --lib --bins --tests
+# The Helm chart, the manifests, the injected pods and the Dockerfile, with the real tools (about 30 s).
+"${PALISADE_K8S_VENV:-target/k8s-venv}/bin/python" -m pytest tests/k8s -q -p no:cacheprovider

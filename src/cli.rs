@@ -15,8 +15,6 @@ use crate::telemetry::LogLevel;
 const EXIT_CONFIG: u8 = 78;
 /// Exit status for bad arguments to a command (sysexits EX_USAGE).
 const EXIT_USAGE: u8 = 64;
-/// Exit status for a command this version does not provide yet (EX_UNAVAILABLE).
-const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
 #[command(name = "palisade", version, about = "An API-security sidecar for service meshes")]
@@ -32,17 +30,12 @@ enum Command {
     /// Run the control plane: the policy stream to every sidecar and its status API (the workload
     /// CA and the injection webhook come in a later version).
     Control(ConfigArg),
-    /// Add the sidecar to Kubernetes manifests (YAML in, YAML out).
-    Inject {
-        /// Manifest file, or - for standard input.
-        #[arg(short = 'f', long = "filename", default_value = "-")]
-        file: String,
-    },
-    /// Install the iptables rules that send the pod's traffic through the sidecar.
-    InitNet {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-        args: Vec<String>,
-    },
+    /// Add the sidecar to Kubernetes manifests (YAML in, YAML out): Pods, Deployments,
+    /// StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs, lists; comments kept.
+    Inject(crate::inject::command::InjectArgs),
+    /// Install the iptables rules that send the pod's traffic through the sidecar (what the
+    /// injected init container runs; needs NET_ADMIN and NET_RAW).
+    InitNet(crate::initnet::InitNetArgs),
     /// Validate policy files; exits non-zero with file, line and field of each error.
     Check {
         #[arg(required = true)]
@@ -101,8 +94,8 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Sidecar(arg) => run_sidecar(arg.config.as_deref()),
         Command::Control(arg) => run_control(arg.config.as_deref()),
-        Command::Inject { .. } => not_yet("palisade inject"),
-        Command::InitNet { .. } => not_yet("palisade init-net"),
+        Command::Inject(args) => crate::inject::command::run(args),
+        Command::InitNet(args) => crate::initnet::run(args),
         Command::Check { files } => check(&files),
         Command::Ca(cmd) => ca(cmd),
         Command::Demo { once } => crate::demo::run(once),
@@ -170,11 +163,6 @@ fn describe_policy(p: &crate::policy::SecurityPolicy) -> String {
         }
     }
     parts.join("; ")
-}
-
-fn not_yet(what: &str) -> ExitCode {
-    eprintln!("error: {what} is not yet available in palisade {}", env!("CARGO_PKG_VERSION"));
-    ExitCode::from(EXIT_UNAVAILABLE)
 }
 
 fn run_sidecar(file: Option<&std::path::Path>) -> ExitCode {

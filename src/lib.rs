@@ -14,6 +14,8 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod identity;
+pub mod initnet;
+pub mod inject;
 pub mod lifecycle;
 mod memory;
 pub mod policy;

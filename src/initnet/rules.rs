@@ -1,0 +1,220 @@
+//! The capture rules as `iptables-restore` input: a pure function of the options, one file per
+//! address family, tested as text.
+//!
+//! Everything lives in Palisade's own nat chains, which the file declares (so applying it with
+//! `--noflush` empties and refills them and leaves every other rule alone); the two jumps from
+//! the built-in chains are added only when they are not there yet, so a second run leaves one
+//! set of rules.
+
+use std::net::IpAddr;
+
+pub const CHAIN_INBOUND: &str = "PALISADE_INBOUND";
+pub const CHAIN_IN_REDIRECT: &str = "PALISADE_IN_REDIRECT";
+pub const CHAIN_OUTPUT: &str = "PALISADE_OUTPUT";
+pub const CHAIN_REDIRECT: &str = "PALISADE_REDIRECT";
+
+/// The jumps into Palisade's chains, as `iptables-save` prints them.
+pub const JUMP_PREROUTING: &str = "-A PREROUTING -p tcp -j PALISADE_INBOUND";
+pub const JUMP_OUTPUT: &str = "-A OUTPUT -p tcp -j PALISADE_OUTPUT";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+/// What to capture.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capture {
+    /// The sidecar's uid: its own connections leave uncaptured.
+    pub proxy_uid: u32,
+    pub inbound_port: u16,
+    pub outbound_port: u16,
+    pub admin_port: u16,
+    /// Inbound ports sent to the sidecar; `None`: every port.
+    pub inbound_ports: Option<Vec<u16>>,
+    pub exclude_inbound_ports: Vec<u16>,
+    pub exclude_outbound_ports: Vec<u16>,
+    pub exclude_outbound_cidrs: Vec<(IpAddr, u8)>,
+}
+
+impl Default for Capture {
+    fn default() -> Self {
+        Capture {
+            proxy_uid: 2102,
+            inbound_port: 15006,
+            outbound_port: 15001,
+            admin_port: 15000,
+            inbound_ports: None,
+            exclude_inbound_ports: Vec::new(),
+            exclude_outbound_ports: Vec::new(),
+            exclude_outbound_cidrs: Vec::new(),
+        }
+    }
+}
+
+/// The jumps already installed, read from `iptables-save -t nat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Installed {
+    pub prerouting: bool,
+    pub output: bool,
+}
+
+impl Installed {
+    pub fn from_save(save: &str) -> Installed {
+        let has = |rule: &str| save.lines().any(|l| l.trim_end() == rule);
+        Installed { prerouting: has(JUMP_PREROUTING), output: has(JUMP_OUTPUT) }
+    }
+}
+
+/// The `iptables-restore --noflush` input for one family.
+pub fn restore_file(capture: &Capture, family: Family, installed: Installed) -> String {
+    let mut lines: Vec<String> = vec!["*nat".into()];
+    for chain in [CHAIN_INBOUND, CHAIN_IN_REDIRECT, CHAIN_OUTPUT, CHAIN_REDIRECT] {
+        lines.push(format!(":{chain} - [0:0]"));
+    }
+    lines.push(format!("-A {CHAIN_IN_REDIRECT} -p tcp -j REDIRECT --to-ports {}", capture.inbound_port));
+    lines.push(format!("-A {CHAIN_REDIRECT} -p tcp -j REDIRECT --to-ports {}", capture.outbound_port));
+
+    // Inbound: the sidecar's own ports (admin for the kubelet's probes) and the excluded ones
+    // pass; then the chosen ports, or all, go to the inbound listener.
+    let mut passing = vec![capture.admin_port, capture.inbound_port, capture.outbound_port];
+    passing.extend(&capture.exclude_inbound_ports);
+    passing.sort_unstable();
+    passing.dedup();
+    for port in &passing {
+        lines.push(format!("-A {CHAIN_INBOUND} -p tcp --dport {port} -j RETURN"));
+    }
+    match &capture.inbound_ports {
+        None => lines.push(format!("-A {CHAIN_INBOUND} -p tcp -j {CHAIN_IN_REDIRECT}")),
+        Some(ports) => {
+            for port in ports.iter().filter(|p| !passing.contains(p)) {
+                lines.push(format!("-A {CHAIN_INBOUND} -p tcp --dport {port} -j {CHAIN_IN_REDIRECT}"));
+            }
+        }
+    }
+
+    // Outbound: the sidecar's own connections, loopback and the exclusions leave as they are;
+    // every other TCP connection goes to the outbound listener.
+    lines.push(format!("-A {CHAIN_OUTPUT} -m owner --uid-owner {} -j RETURN", capture.proxy_uid));
+    lines.push(format!("-A {CHAIN_OUTPUT} -o lo -j RETURN"));
+    let loopback = match family {
+        Family::V4 => "127.0.0.0/8",
+        Family::V6 => "::1/128",
+    };
+    lines.push(format!("-A {CHAIN_OUTPUT} -d {loopback} -j RETURN"));
+    for (addr, len) in &capture.exclude_outbound_cidrs {
+        if addr.is_ipv4() == (family == Family::V4) {
+            lines.push(format!("-A {CHAIN_OUTPUT} -d {}/{len} -j RETURN", network(*addr, *len)));
+        }
+    }
+    for port in &capture.exclude_outbound_ports {
+        lines.push(format!("-A {CHAIN_OUTPUT} -p tcp --dport {port} -j RETURN"));
+    }
+    lines.push(format!("-A {CHAIN_OUTPUT} -p tcp -j {CHAIN_REDIRECT}"));
+
+    if !installed.prerouting {
+        lines.push(JUMP_PREROUTING.into());
+    }
+    if !installed.output {
+        lines.push(JUMP_OUTPUT.into());
+    }
+    lines.push("COMMIT".into());
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
+/// The address with the host bits cleared: iptables-restore refuses nothing, but
+/// `iptables-save` prints the network, and the dry run should say what will be installed.
+fn network(addr: IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(text: &str) -> Vec<&str> {
+        text.lines().filter(|l| l.starts_with("-A")).collect()
+    }
+
+    #[test]
+    fn a_second_run_adds_no_second_jump() {
+        let first = restore_file(&Capture::default(), Family::V4, Installed::default());
+        let save = format!("*nat\n:PREROUTING ACCEPT [0:0]\n{JUMP_PREROUTING}\n{JUMP_OUTPUT}\nCOMMIT\n");
+        let second = restore_file(&Capture::default(), Family::V4, Installed::from_save(&save));
+        assert!(first.contains(JUMP_PREROUTING) && first.contains(JUMP_OUTPUT), "{first}");
+        assert!(!second.contains("-A PREROUTING") && !second.contains("-A OUTPUT "), "{second}");
+        // The own chains are declared every time: --noflush empties and refills them.
+        assert_eq!(second.lines().filter(|l| l.starts_with(':')).count(), 4);
+    }
+
+    #[test]
+    fn the_default_rules_capture_every_tcp_port_except_the_sidecars_own() {
+        let text = restore_file(&Capture::default(), Family::V4, Installed::default());
+        assert_eq!(
+            rules(&text),
+            [
+                "-A PALISADE_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
+                "-A PALISADE_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
+                "-A PALISADE_INBOUND -p tcp --dport 15000 -j RETURN",
+                "-A PALISADE_INBOUND -p tcp --dport 15001 -j RETURN",
+                "-A PALISADE_INBOUND -p tcp --dport 15006 -j RETURN",
+                "-A PALISADE_INBOUND -p tcp -j PALISADE_IN_REDIRECT",
+                "-A PALISADE_OUTPUT -m owner --uid-owner 2102 -j RETURN",
+                "-A PALISADE_OUTPUT -o lo -j RETURN",
+                "-A PALISADE_OUTPUT -d 127.0.0.0/8 -j RETURN",
+                "-A PALISADE_OUTPUT -p tcp -j PALISADE_REDIRECT",
+                "-A PREROUTING -p tcp -j PALISADE_INBOUND",
+                "-A OUTPUT -p tcp -j PALISADE_OUTPUT",
+            ]
+        );
+        assert!(text.starts_with("*nat\n") && text.ends_with("COMMIT\n"), "{text}");
+    }
+
+    #[test]
+    fn exclusions_and_chosen_ports_become_rules_of_their_family() {
+        let capture = Capture {
+            proxy_uid: 1337,
+            inbound_ports: Some(vec![8080, 15000, 9090]),
+            exclude_inbound_ports: vec![9090],
+            exclude_outbound_ports: vec![5432],
+            exclude_outbound_cidrs: vec![
+                ("10.96.0.1".parse().unwrap(), 12),
+                ("fd00::1".parse().unwrap(), 8),
+                ("169.254.169.254".parse().unwrap(), 32),
+            ],
+            ..Capture::default()
+        };
+        let v4 = restore_file(&capture, Family::V4, Installed::default());
+        let v4 = rules(&v4);
+        assert!(v4.contains(&"-A PALISADE_INBOUND -p tcp --dport 8080 -j PALISADE_IN_REDIRECT"), "{v4:#?}");
+        assert!(v4.contains(&"-A PALISADE_INBOUND -p tcp --dport 9090 -j RETURN"), "{v4:#?}");
+        // A port both chosen and excluded (or the admin port) is not captured.
+        assert!(!v4.iter().any(|r| r.contains("9090 -j PALISADE_IN_REDIRECT") || r.contains("15000 -j PALISADE_IN")));
+        assert!(!v4.contains(&"-A PALISADE_INBOUND -p tcp -j PALISADE_IN_REDIRECT"));
+        assert!(v4.contains(&"-A PALISADE_OUTPUT -m owner --uid-owner 1337 -j RETURN"));
+        assert!(v4.contains(&"-A PALISADE_OUTPUT -d 10.96.0.0/12 -j RETURN"), "{v4:#?}");
+        assert!(v4.contains(&"-A PALISADE_OUTPUT -d 169.254.169.254/32 -j RETURN"));
+        assert!(v4.contains(&"-A PALISADE_OUTPUT -p tcp --dport 5432 -j RETURN"));
+        assert!(!v4.iter().any(|r| r.contains("fd00")));
+        let v6 = restore_file(&capture, Family::V6, Installed::default());
+        let v6 = rules(&v6);
+        assert!(v6.contains(&"-A PALISADE_OUTPUT -d ::1/128 -j RETURN"));
+        assert!(v6.contains(&"-A PALISADE_OUTPUT -d fd00::/8 -j RETURN"), "{v6:#?}");
+        assert!(!v6.iter().any(|r| r.contains("10.96") || r.contains("127.0.0.0")));
+        // The last outbound rule captures what no exclusion let pass.
+        let last_output = v6.iter().rposition(|r| r.starts_with("-A PALISADE_OUTPUT")).unwrap();
+        assert_eq!(v6[last_output], "-A PALISADE_OUTPUT -p tcp -j PALISADE_REDIRECT");
+    }
+}

@@ -1,0 +1,247 @@
+//! The per-pod annotations injection honours, read and checked before anything is added: a
+//! value that would make a broken pod is refused with the annotation's name.
+
+use std::net::IpAddr;
+
+use crate::config::AppProtocol;
+
+/// `enabled` / `disabled` (also as a label): opts a pod in or out.
+pub const INJECT: &str = "palisade.dev/inject";
+/// Set by injection to the injecting version: marks the result.
+pub const INJECTED: &str = "palisade.dev/injected";
+/// Inbound ports to capture (`8080,8443`); all by default (`*`).
+pub const INBOUND_PORTS: &str = "palisade.dev/inbound-ports";
+pub const EXCLUDE_INBOUND_PORTS: &str = "palisade.dev/exclude-inbound-ports";
+pub const EXCLUDE_OUTBOUND_PORTS: &str = "palisade.dev/exclude-outbound-ports";
+pub const EXCLUDE_OUTBOUND_CIDRS: &str = "palisade.dev/exclude-outbound-cidrs";
+/// `PALISADE_LOG` of this pod's sidecar.
+pub const LOG_LEVEL: &str = "palisade.dev/log-level";
+/// `inbound.appProtocol`: `auto`, `http1`, `http2` (gRPC servers without TLS).
+pub const APP_PROTOCOL: &str = "palisade.dev/app-protocol";
+pub const PROXY_CPU_REQUEST: &str = "palisade.dev/proxy-cpu-request";
+pub const PROXY_CPU_LIMIT: &str = "palisade.dev/proxy-cpu-limit";
+pub const PROXY_MEMORY_REQUEST: &str = "palisade.dev/proxy-memory-request";
+pub const PROXY_MEMORY_LIMIT: &str = "palisade.dev/proxy-memory-limit";
+
+/// The value of [`INJECT`] that opts a pod out.
+pub const DISABLED: &str = "disabled";
+
+/// A bad annotation value: which annotation and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("annotation {key}: {message}")]
+pub struct BadAnnotation {
+    pub key: &'static str,
+    pub message: String,
+}
+
+/// What a pod's annotations ask of its sidecar.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PodOptions {
+    /// `None`: every inbound port.
+    pub inbound_ports: Option<Vec<u16>>,
+    pub exclude_inbound_ports: Vec<u16>,
+    pub exclude_outbound_ports: Vec<u16>,
+    pub exclude_outbound_cidrs: Vec<String>,
+    pub log_level: Option<String>,
+    pub app_protocol: Option<AppProtocol>,
+    /// `(requests|limits, resource, quantity)`.
+    pub resources: Vec<(&'static str, &'static str, String)>,
+}
+
+impl PodOptions {
+    /// Reads the annotations (a JSON object, or none).
+    pub fn read(annotations: Option<&serde_json::Map<String, serde_json::Value>>) -> Result<PodOptions, BadAnnotation> {
+        let get = |key: &'static str| -> Result<Option<&str>, BadAnnotation> {
+            match annotations.and_then(|a| a.get(key)) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s.trim())),
+                Some(other) => Err(BadAnnotation { key, message: format!("expected a string, got {other}") }),
+            }
+        };
+        let mut options = PodOptions::default();
+        if let Some(v) = get(INBOUND_PORTS)? {
+            if v != "*" {
+                options.inbound_ports = Some(ports(INBOUND_PORTS, v)?);
+            }
+        }
+        if let Some(v) = get(EXCLUDE_INBOUND_PORTS)? {
+            options.exclude_inbound_ports = ports(EXCLUDE_INBOUND_PORTS, v)?;
+        }
+        if let Some(v) = get(EXCLUDE_OUTBOUND_PORTS)? {
+            options.exclude_outbound_ports = ports(EXCLUDE_OUTBOUND_PORTS, v)?;
+        }
+        if let Some(v) = get(EXCLUDE_OUTBOUND_CIDRS)? {
+            for cidr in list(v) {
+                parse_cidr(cidr).map_err(|message| BadAnnotation { key: EXCLUDE_OUTBOUND_CIDRS, message })?;
+                options.exclude_outbound_cidrs.push(cidr.to_string());
+            }
+        }
+        if let Some(v) = get(LOG_LEVEL)? {
+            if !is_log_filter(v) {
+                return Err(BadAnnotation {
+                    key: LOG_LEVEL,
+                    message: format!("expected a log filter such as debug or palisade=trace,info, got {v:?}"),
+                });
+            }
+            options.log_level = Some(v.to_string());
+        }
+        if let Some(v) = get(APP_PROTOCOL)? {
+            options.app_protocol = Some(match v {
+                "auto" => AppProtocol::Auto,
+                "http1" => AppProtocol::Http1,
+                "http2" => AppProtocol::Http2,
+                _ => {
+                    return Err(BadAnnotation {
+                        key: APP_PROTOCOL,
+                        message: format!("expected auto, http1 or http2, got {v:?}"),
+                    })
+                }
+            });
+        }
+        for (key, kind, resource) in [
+            (PROXY_CPU_REQUEST, "requests", "cpu"),
+            (PROXY_CPU_LIMIT, "limits", "cpu"),
+            (PROXY_MEMORY_REQUEST, "requests", "memory"),
+            (PROXY_MEMORY_LIMIT, "limits", "memory"),
+        ] {
+            if let Some(v) = get(key)? {
+                if !is_quantity(v) {
+                    return Err(BadAnnotation {
+                        key,
+                        message: format!("expected a Kubernetes quantity such as 100m, 1 or 64Mi, got {v:?}"),
+                    });
+                }
+                options.resources.push((kind, resource, v.to_string()));
+            }
+        }
+        Ok(options)
+    }
+}
+
+fn list(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// `8080,9090` or ranges `9000-9010` (expanded; at most 1,000 ports in all, so a typo such as
+/// `1-65535` in an exclude list is still fine but cannot make a huge rule set).
+fn ports(key: &'static str, value: &str) -> Result<Vec<u16>, BadAnnotation> {
+    let bad = |what: &str| BadAnnotation {
+        key,
+        message: format!("expected ports such as 8080,9090 or 9000-9010, got {what:?}"),
+    };
+    let mut out = Vec::new();
+    for item in list(value) {
+        let (lo, hi) = match item.split_once('-') {
+            Some((lo, hi)) => (lo.trim(), hi.trim()),
+            None => (item, item),
+        };
+        let (lo, hi): (u16, u16) = match (lo.parse(), hi.parse()) {
+            (Ok(lo), Ok(hi)) if lo > 0 && lo <= hi => (lo, hi),
+            _ => return Err(bad(item)),
+        };
+        if out.len() + usize::from(hi - lo) >= 1000 {
+            return Err(BadAnnotation { key, message: "more than 1000 ports; list fewer".into() });
+        }
+        out.extend(lo..=hi);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// An address block: `10.0.0.0/8`, `fd00::/8`, or one address.
+pub fn parse_cidr(value: &str) -> Result<(IpAddr, u8), String> {
+    let expected = || format!("expected an address block such as 10.96.0.0/12 or fd00::/8, got {value:?}");
+    let (addr, len) = match value.split_once('/') {
+        Some((a, l)) => (a, Some(l)),
+        None => (value, None),
+    };
+    let addr: IpAddr = addr.parse().map_err(|_| expected())?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = match len {
+        Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(expected)?,
+        None => max,
+    };
+    Ok((addr, len))
+}
+
+/// A Kubernetes resource quantity (the forms a request or limit is written in).
+pub fn is_quantity(value: &str) -> bool {
+    const SUFFIXES: [&str; 14] = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E", ""];
+    let Some(number) = SUFFIXES.iter().find_map(|s| value.strip_suffix(s).filter(|n| !n.is_empty())) else {
+        return false;
+    };
+    let (int, frac) = number.split_once('.').unwrap_or((number, "0"));
+    !int.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && !frac.is_empty()
+        && frac.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A `PALISADE_LOG` filter (`RUST_LOG` syntax) in the characters such filters use, so a value
+/// can never carry anything else into the pod.
+pub fn is_log_filter(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 256
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_=,:.-".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn read(value: serde_json::Value) -> Result<PodOptions, BadAnnotation> {
+        PodOptions::read(value.as_object())
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_the_annotation_named() {
+        for (key, value) in [
+            (INBOUND_PORTS, "http"),
+            (INBOUND_PORTS, "0"),
+            (EXCLUDE_INBOUND_PORTS, "70000"),
+            (EXCLUDE_OUTBOUND_PORTS, "9-3"),
+            (EXCLUDE_OUTBOUND_PORTS, "1-5000"),
+            (EXCLUDE_OUTBOUND_CIDRS, "10.0.0.0/33"),
+            (EXCLUDE_OUTBOUND_CIDRS, "example.com"),
+            (LOG_LEVEL, "debug; rm -rf /"),
+            (APP_PROTOCOL, "grpc"),
+            (PROXY_MEMORY_LIMIT, "lots"),
+            (PROXY_CPU_REQUEST, "1.5.2"),
+        ] {
+            let err = read(json!({ key: value })).expect_err(value);
+            assert_eq!(err.key, key, "{value}");
+        }
+        let err = read(json!({ LOG_LEVEL: 3 })).unwrap_err();
+        assert!(err.message.contains("a string"), "{err}");
+    }
+
+    #[test]
+    fn good_values_are_read() {
+        let options = read(json!({
+            INBOUND_PORTS: "8080, 9000-9002", EXCLUDE_INBOUND_PORTS: "9090", EXCLUDE_OUTBOUND_PORTS: "5432,5432",
+            EXCLUDE_OUTBOUND_CIDRS: "10.96.0.0/12, fd00::/8, 169.254.169.254", LOG_LEVEL: "palisade=debug,info",
+            APP_PROTOCOL: "http2", PROXY_CPU_LIMIT: "500m", PROXY_MEMORY_REQUEST: "64Mi"
+        }))
+        .unwrap();
+        assert_eq!(options.inbound_ports, Some(vec![8080, 9000, 9001, 9002]));
+        assert_eq!(options.exclude_inbound_ports, [9090]);
+        assert_eq!(options.exclude_outbound_ports, [5432]);
+        assert_eq!(options.exclude_outbound_cidrs, ["10.96.0.0/12", "fd00::/8", "169.254.169.254"]);
+        assert_eq!(options.app_protocol, Some(AppProtocol::Http2));
+        assert_eq!(options.resources.len(), 2);
+        assert_eq!(read(json!({ INBOUND_PORTS: "*" })).unwrap().inbound_ports, None);
+        assert_eq!(read(json!(null)).unwrap(), PodOptions::default());
+    }
+
+    #[test]
+    fn quantities() {
+        for good in ["1", "100m", "0.5", "64Mi", "1Gi", "2k"] {
+            assert!(is_quantity(good), "{good}");
+        }
+        for bad in ["", "m", "1.", ".5", "-1", "1 Gi", "1gb"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! One pod (or a workload's pod template): whether to inject it, and the JSON Patch that does.
+//! Everything here works on JSON, so the webhook and `palisade inject` share it whole.
+
+use std::net::SocketAddr;
+
+use serde_json::{json, Map, Value};
+
+use super::annotations::{self as ann, PodOptions};
+use super::patch::{escape, Op};
+use super::settings::{IdentityMode, InjectSettings};
+use crate::config::{ControlPlaneAddress, IdentityFromControlPlane, ListenAddr, SidecarConfig, SpiffeIdField};
+use crate::identity::SpiffeId;
+
+pub const PROXY_NAME: &str = "palisade-proxy";
+pub const INIT_NAME: &str = "palisade-init";
+/// Where the downward API writes the pod's labels for the sidecar.
+pub const PODINFO_DIR: &str = "/var/run/palisade/podinfo";
+/// The projected service-account token the sidecar shows the CA.
+pub const TOKEN_DIR: &str = "/var/run/secrets/palisade";
+/// `secret` mode: the mounted Secret (`tls.crt`, `tls.key`, `ca.crt`).
+pub const IDENTITY_DIR: &str = "/var/run/palisade/identity";
+/// The audience of the projected token, as the CA checks it (`ca.tokens.audience`).
+pub const TOKEN_AUDIENCE: &str = "palisade";
+const VOLUME_PODINFO: &str = "palisade-podinfo";
+const VOLUME_TOKEN: &str = "palisade-token";
+const VOLUME_IDENTITY: &str = "palisade-identity";
+/// A writable /run for the init container: iptables-legacy takes its lock file there, and the
+/// container's root filesystem is read-only.
+const VOLUME_INIT_RUN: &str = "palisade-init-run";
+
+/// Why a pod is left as it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Skip {
+    /// `kube-system`, the control plane's own, or one the settings exclude.
+    ExcludedNamespace(String),
+    /// `palisade.dev/inject: disabled` as an annotation or a label.
+    OptedOut,
+    /// The pod shares the node's network: rules installed there would capture the node's traffic.
+    HostNetwork,
+    /// It already has the sidecar: injecting again would change nothing.
+    AlreadyInjected,
+}
+
+impl std::fmt::Display for Skip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Skip::ExcludedNamespace(ns) => write!(f, "namespace {ns} is never injected"),
+            Skip::OptedOut => write!(f, "{}: {}", ann::INJECT, ann::DISABLED),
+            Skip::HostNetwork => f.write_str("hostNetwork: true (the rules would capture the node's traffic)"),
+            Skip::AlreadyInjected => write!(f, "already injected (it has the {PROXY_NAME} container)"),
+        }
+    }
+}
+
+/// A pod that cannot be injected as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PodError {
+    #[error("{0}")]
+    Annotation(#[from] ann::BadAnnotation),
+    #[error("{field}: {message}")]
+    Shape { field: String, message: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Inject(Vec<Op>),
+    Skip(Skip),
+}
+
+/// Decides for the pod `pod` (an object with `metadata` and `spec`) found at JSON Pointer
+/// `base` of its document, in `namespace` when known; the operations' paths start at `base`.
+pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectSettings) -> Result<Decision, PodError> {
+    let shape =
+        |field: &str, message: &str| PodError::Shape { field: format!("{base}{field}"), message: message.into() };
+    let metadata = pod.get("metadata").filter(|m| !m.is_null());
+    if metadata.is_some_and(|m| !m.is_object()) {
+        return Err(shape("/metadata", "expected a mapping"));
+    }
+    let member = |name: &str| -> Result<Option<&Map<String, Value>>, PodError> {
+        match metadata.and_then(|m| m.get(name)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(map)),
+            Some(_) => Err(shape(&format!("/metadata/{name}"), "expected a mapping")),
+        }
+    };
+    let annotations = member("annotations")?;
+    let labels = member("labels")?;
+    let says_disabled = |map: Option<&Map<String, Value>>| {
+        map.and_then(|m| m.get(ann::INJECT)).and_then(Value::as_str).is_some_and(|v| v.trim() == ann::DISABLED)
+    };
+    if let Some(ns) = namespace {
+        if ns == settings.control_plane.namespace || settings.excluded_namespaces.iter().any(|n| n == ns) {
+            return Ok(Decision::Skip(Skip::ExcludedNamespace(ns.to_string())));
+        }
+    }
+    if says_disabled(annotations) || says_disabled(labels) {
+        return Ok(Decision::Skip(Skip::OptedOut));
+    }
+    let spec = pod.get("spec").and_then(Value::as_object).ok_or_else(|| shape("/spec", "expected the pod's spec"))?;
+    if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
+        return Ok(Decision::Skip(Skip::HostNetwork));
+    }
+    let list = |name: &str| -> Result<Option<&Vec<Value>>, PodError> {
+        match spec.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => Ok(Some(items)),
+            Some(_) => Err(shape(&format!("/spec/{name}"), "expected a list")),
+        }
+    };
+    let containers = list("containers")?.ok_or_else(|| shape("/spec/containers", "expected the pod's containers"))?;
+    let init_containers = list("initContainers")?;
+    let has_proxy = containers
+        .iter()
+        .chain(init_containers.into_iter().flatten())
+        .any(|c| c.get("name").and_then(Value::as_str).is_some_and(|n| n == PROXY_NAME || n == INIT_NAME));
+    if has_proxy {
+        return Ok(Decision::Skip(Skip::AlreadyInjected));
+    }
+    let options = PodOptions::read(annotations)?;
+    let service_account = spec
+        .get("serviceAccountName")
+        .or_else(|| spec.get("serviceAccount"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default");
+
+    let mut ops = Vec::new();
+    let version = Value::String(env!("CARGO_PKG_VERSION").into());
+    match (metadata, annotations) {
+        (None, _) => ops.push(add(format!("{base}/metadata"), json!({"annotations": {ann::INJECTED: version}}))),
+        (Some(_), None) => ops.push(add(format!("{base}/metadata/annotations"), json!({ann::INJECTED: version}))),
+        (Some(_), Some(a)) => {
+            let path = format!("{base}/metadata/annotations/{}", escape(ann::INJECTED));
+            ops.push(match a.contains_key(ann::INJECTED) {
+                true => Op::Replace { path, value: version },
+                false => add(path, version),
+            })
+        }
+    }
+    let added = [init_container(settings, &options), proxy_container(settings, &options)];
+    match init_containers {
+        None => ops.push(add(format!("{base}/spec/initContainers"), Value::Array(added.to_vec()))),
+        // First: the capture is in place, and the sidecar ready, before any other container runs.
+        Some(_) => {
+            ops.extend(added.into_iter().enumerate().map(|(i, c)| add(format!("{base}/spec/initContainers/{i}"), c)))
+        }
+    }
+    let volumes = volumes(settings, service_account);
+    match list("volumes")? {
+        None => ops.push(add(format!("{base}/spec/volumes"), Value::Array(volumes))),
+        Some(_) => ops.extend(volumes.into_iter().enumerate().map(|(i, v)| add(format!("{base}/spec/volumes/{i}"), v))),
+    }
+    Ok(Decision::Inject(ops))
+}
+
+fn add(path: String, value: Value) -> Op {
+    Op::Add { path, value }
+}
+
+fn joined(ports: &[u16]) -> String {
+    ports.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn merged<T: Clone + Ord>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut all: Vec<T> = a.iter().chain(b).cloned().collect();
+    all.sort();
+    all.dedup();
+    all
+}
+
+fn init_container(settings: &InjectSettings, options: &PodOptions) -> Value {
+    let ports = &settings.ports;
+    let mut args: Vec<String> = vec![
+        "init-net".into(),
+        "--proxy-uid".into(),
+        settings.proxy_uid.to_string(),
+        "--inbound-port".into(),
+        ports.inbound.to_string(),
+        "--outbound-port".into(),
+        ports.outbound.to_string(),
+        "--admin-port".into(),
+        ports.admin.to_string(),
+    ];
+    if let Some(inbound) = &options.inbound_ports {
+        args.extend(["--inbound-ports".into(), joined(inbound)]);
+    }
+    let mut flag = |name: &str, value: String| {
+        if !value.is_empty() {
+            args.extend([name.to_string(), value]);
+        }
+    };
+    flag("--exclude-inbound-ports", joined(&merged(&settings.exclude_inbound_ports, &options.exclude_inbound_ports)));
+    flag(
+        "--exclude-outbound-ports",
+        joined(&merged(&settings.exclude_outbound_ports, &options.exclude_outbound_ports)),
+    );
+    flag(
+        "--exclude-outbound-cidrs",
+        merged(&settings.exclude_outbound_cidrs, &options.exclude_outbound_cidrs).join(","),
+    );
+    json!({
+        "name": INIT_NAME,
+        "image": settings.init_image,
+        "imagePullPolicy": settings.image_pull_policy.as_str(),
+        "args": args,
+        "resources": resources(&settings.init_resources, &[]),
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsGroup": 0,
+            "runAsNonRoot": false,
+            "privileged": false,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": VOLUME_INIT_RUN, "mountPath": "/run"}],
+    })
+}
+
+fn proxy_container(settings: &InjectSettings, options: &PodOptions) -> Value {
+    let ports = &settings.ports;
+    let probe = |path: &str, period: u32, failures: u32| json!({"httpGet": {"path": path, "port": ports.admin}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 1});
+    let field = |path: &str| json!({"fieldRef": {"fieldPath": path}});
+    let mut mounts = vec![
+        json!({"name": VOLUME_PODINFO, "mountPath": PODINFO_DIR, "readOnly": true}),
+        json!({"name": VOLUME_TOKEN, "mountPath": TOKEN_DIR, "readOnly": true}),
+    ];
+    if settings.identity.mode == IdentityMode::Secret {
+        mounts.push(json!({"name": VOLUME_IDENTITY, "mountPath": IDENTITY_DIR, "readOnly": true}));
+    }
+    json!({
+        "name": PROXY_NAME,
+        "image": settings.image,
+        "imagePullPolicy": settings.image_pull_policy.as_str(),
+        "args": ["sidecar"],
+        // A native sidecar: started before the app and kept running beside it; a Job's pod
+        // completes when its app containers do.
+        "restartPolicy": "Always",
+        "ports": [
+            {"name": "palisade-admin", "containerPort": ports.admin, "protocol": "TCP"},
+            {"name": "palisade-in", "containerPort": ports.inbound, "protocol": "TCP"},
+        ],
+        "env": [
+            {"name": crate::config::CONFIG_VAR, "value": sidecar_config(settings, options)},
+            {"name": "PALISADE_WORKLOAD_NAMESPACE", "valueFrom": field("metadata.namespace")},
+            {"name": "PALISADE_WORKLOAD_SERVICEACCOUNT", "valueFrom": field("spec.serviceAccountName")},
+            {"name": "POD_NAME", "valueFrom": field("metadata.name")},
+            {"name": "PALISADE_LOG", "value": options.log_level.as_deref().unwrap_or(&settings.log_level)},
+        ],
+        "resources": resources(&settings.resources, &options.resources),
+        "securityContext": {
+            "runAsUser": settings.proxy_uid,
+            "runAsGroup": settings.proxy_uid,
+            "runAsNonRoot": true,
+            "privileged": false,
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        // The app starts only once this passes: the sidecar has its identity and policy.
+        "startupProbe": probe("/ready", 1, 120),
+        "readinessProbe": probe("/ready", 5, 3),
+        "livenessProbe": probe("/live", 10, 3),
+        "volumeMounts": mounts,
+    })
+}
+
+fn resources(base: &super::settings::Resources, overrides: &[(&str, &str, String)]) -> Value {
+    let mut requests = base.requests.clone();
+    let mut limits = base.limits.clone();
+    for (kind, name, quantity) in overrides {
+        let map = if *kind == "requests" { &mut requests } else { &mut limits };
+        map.insert(name.to_string(), quantity.clone());
+    }
+    let mut out = Map::new();
+    if !requests.is_empty() {
+        out.insert("requests".into(), json!(requests));
+    }
+    if !limits.is_empty() {
+        out.insert("limits".into(), json!(limits));
+    }
+    Value::Object(out)
+}
+
+fn volumes(settings: &InjectSettings, service_account: &str) -> Vec<Value> {
+    let mut volumes = vec![
+        json!({"name": VOLUME_PODINFO, "downwardAPI": {"items": [
+            {"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}},
+        ]}}),
+        // Readable by the sidecar's uid; no other container of the pod mounts it.
+        json!({"name": VOLUME_TOKEN, "projected": {"defaultMode": 0o444, "sources": [
+            {"serviceAccountToken": {"audience": TOKEN_AUDIENCE, "expirationSeconds": 3600, "path": "token"}},
+        ]}}),
+        json!({"name": VOLUME_INIT_RUN, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}}),
+    ];
+    if settings.identity.mode == IdentityMode::Secret {
+        let name = settings.identity.secret_name.replace("{serviceAccount}", service_account);
+        volumes.push(json!({"name": VOLUME_IDENTITY, "secret": {"secretName": name, "defaultMode": 0o444}}));
+    }
+    volumes
+}
+
+/// The sidecar's configuration as YAML, made from the sidecar's own configuration type (so it
+/// always reads back) and written as what differs from the defaults (so a newer sidecar's
+/// defaults still apply to everything the injector did not choose).
+pub fn sidecar_config(settings: &InjectSettings, options: &PodOptions) -> String {
+    let ports = &settings.ports;
+    let any = |port: u16| ListenAddr(SocketAddr::from(([0, 0, 0, 0], port)));
+    let local = |port: u16| ListenAddr(SocketAddr::from(([127, 0, 0, 1], port)));
+    let host = settings.control_plane.host();
+    let mut config = SidecarConfig { trust_domain: settings.trust_domain.clone(), ..SidecarConfig::default() };
+    config.inbound.listen = any(ports.inbound);
+    // Port 0: the port the caller addressed (the original destination of the redirect).
+    config.inbound.app = local(0);
+    if let Some(protocol) = options.app_protocol {
+        config.inbound.app_protocol = protocol;
+    }
+    config.outbound.listen = local(ports.outbound);
+    config.admin.listen = any(ports.admin);
+    let cp = &settings.control_plane;
+    config.policy.control_plane = Some(ControlPlaneAddress { host: host.clone(), port: cp.grpc_port });
+    // Named even when it is the default, so a control plane in another namespace is still verified.
+    config.policy.control_plane_identity =
+        SpiffeId::for_workload(&settings.trust_domain.0, &cp.namespace, &cp.service_account).ok().map(SpiffeIdField);
+    config.workload.labels_file = Some(format!("{PODINFO_DIR}/labels").into());
+    match settings.identity.mode {
+        IdentityMode::ControlPlane => {
+            config.identity.files = None;
+            config.identity.control_plane = Some(IdentityFromControlPlane {
+                address: format!("{host}:{}", settings.control_plane.ca_port),
+                token_file: format!("{TOKEN_DIR}/token").into(),
+                trust_anchors: settings.identity.trust_anchors.clone(),
+                ..IdentityFromControlPlane::default()
+            });
+        }
+        IdentityMode::Secret => {
+            if let Some(files) = config.identity.files.as_mut() {
+                files.cert = format!("{IDENTITY_DIR}/tls.crt").into();
+                files.key = format!("{IDENTITY_DIR}/tls.key").into();
+                files.trust_bundle = format!("{IDENTITY_DIR}/ca.crt").into();
+            }
+        }
+    }
+    let defaults = serde_json::to_value(SidecarConfig::default()).unwrap_or(Value::Null);
+    let chosen = serde_json::to_value(&config).unwrap_or(Value::Null);
+    let text = crate::yaml::to_string(&difference(&chosen, &defaults).unwrap_or_else(|| json!({})));
+    text.unwrap_or_default()
+}
+
+/// What of `value` differs from `base`: objects member by member, anything else whole.
+fn difference(value: &Value, base: &Value) -> Option<Value> {
+    match (value, base) {
+        (Value::Object(v), Value::Object(b)) => {
+            let out: Map<String, Value> = v
+                .iter()
+                .filter_map(|(k, x)| match b.get(k) {
+                    Some(y) => difference(x, y).map(|d| (k.clone(), d)),
+                    None => Some((k.clone(), x.clone())),
+                })
+                .collect();
+            (!out.is_empty()).then_some(Value::Object(out))
+        }
+        _ if value == base => None,
+        _ => Some(value.clone()),
+    }
+}

@@ -1,0 +1,281 @@
+//! What injection adds, as the operator configures it: one struct shared by `palisade inject`
+//! and the webhook (the control plane's `webhook.sidecar` section, the chart's `sidecar` values).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::TrustDomain;
+
+/// The sidecar every injected pod gets. Every field has a default, so a section may name only
+/// what differs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct InjectSettings {
+    /// The sidecar's image (the Dockerfile's final target).
+    pub image: String,
+    /// The init container's image: the same binary with iptables (the Dockerfile's `init` target).
+    pub init_image: String,
+    pub image_pull_policy: PullPolicy,
+    /// Where the control plane runs; its namespace is never injected.
+    pub control_plane: ControlPlaneRef,
+    pub trust_domain: TrustDomain,
+    pub identity: IdentitySettings,
+    /// The sidecar's uid and gid; the iptables rules let this uid's traffic out uncaptured.
+    pub proxy_uid: u32,
+    pub ports: ProxyPorts,
+    /// The sidecar container's resources (`requests`/`limits` of `cpu`, `memory`, ...).
+    pub resources: Resources,
+    /// The init container's resources.
+    pub init_resources: Resources,
+    /// `PALISADE_LOG` of every sidecar unless a pod says otherwise (`palisade.dev/log-level`).
+    pub log_level: String,
+    /// Namespaces never injected, besides the control plane's own.
+    pub excluded_namespaces: Vec<String>,
+    /// Inbound ports never captured, in every pod (besides the sidecar's own).
+    pub exclude_inbound_ports: Vec<u16>,
+    /// Outbound ports never captured, in every pod.
+    pub exclude_outbound_ports: Vec<u16>,
+    /// Destinations never captured, in every pod (e.g. the API server's address).
+    pub exclude_outbound_cidrs: Vec<String>,
+}
+
+impl Default for InjectSettings {
+    fn default() -> Self {
+        let version = env!("CARGO_PKG_VERSION");
+        InjectSettings {
+            image: format!("ghcr.io/palisade-mesh/palisade:{version}"),
+            init_image: format!("ghcr.io/palisade-mesh/palisade-init:{version}"),
+            image_pull_policy: PullPolicy::IfNotPresent,
+            control_plane: ControlPlaneRef::default(),
+            trust_domain: TrustDomain("cluster.local".into()),
+            identity: IdentitySettings::default(),
+            proxy_uid: 2102,
+            ports: ProxyPorts::default(),
+            resources: Resources {
+                requests: quantities(&[("cpu", "50m"), ("memory", "32Mi")]),
+                limits: quantities(&[("cpu", "1"), ("memory", "256Mi")]),
+            },
+            init_resources: Resources {
+                requests: quantities(&[("cpu", "10m"), ("memory", "10Mi")]),
+                limits: quantities(&[("cpu", "100m"), ("memory", "32Mi")]),
+            },
+            log_level: "info".into(),
+            excluded_namespaces: vec!["kube-system".into()],
+            exclude_inbound_ports: Vec::new(),
+            exclude_outbound_ports: Vec::new(),
+            exclude_outbound_cidrs: Vec::new(),
+        }
+    }
+}
+
+fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+/// The control plane's Service: the sidecars reach its policy stream (15010) and CA (15012).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ControlPlaneRef {
+    pub service: String,
+    pub namespace: String,
+    /// Its service account: with the namespace, the SPIFFE ID the sidecars expect of it.
+    pub service_account: String,
+    pub grpc_port: u16,
+    pub ca_port: u16,
+}
+
+impl Default for ControlPlaneRef {
+    fn default() -> Self {
+        ControlPlaneRef {
+            service: "palisade-control".into(),
+            namespace: "palisade-system".into(),
+            service_account: "palisade-control".into(),
+            grpc_port: 15010,
+            ca_port: 15012,
+        }
+    }
+}
+
+impl ControlPlaneRef {
+    /// The Service's cluster DNS name.
+    pub fn host(&self) -> String {
+        format!("{}.{}.svc", self.service, self.namespace)
+    }
+}
+
+/// Where an injected sidecar's certificate comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct IdentitySettings {
+    pub mode: IdentityMode,
+    /// `controlPlane` mode: the mesh's root certificates (PEM), with which the sidecar checks
+    /// the CA; given inline because a pod cannot mount a ConfigMap of another namespace.
+    pub trust_anchors: Option<String>,
+    /// Or a file the PEM is read from when the settings are loaded (the mesh CA Secret's
+    /// `ca.crt`, mounted in the control plane).
+    pub trust_anchors_file: Option<std::path::PathBuf>,
+    /// `secret` mode: the Secret (`tls.crt`, `tls.key`, `ca.crt`, as cert-manager writes it) in
+    /// the pod's namespace; `{serviceAccount}` is replaced by the pod's service account.
+    pub secret_name: String,
+}
+
+impl Default for IdentitySettings {
+    fn default() -> Self {
+        IdentitySettings {
+            mode: IdentityMode::ControlPlane,
+            trust_anchors: None,
+            trust_anchors_file: None,
+            secret_name: "palisade-identity-{serviceAccount}".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub enum IdentityMode {
+    /// The sidecar makes its key and has the control plane's CA sign it (SPEC section 2 (b)).
+    #[default]
+    ControlPlane,
+    /// The sidecar reads a mounted Secret per service account (cert-manager, or made by hand).
+    Secret,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct ProxyPorts {
+    pub inbound: u16,
+    pub outbound: u16,
+    pub admin: u16,
+}
+
+impl Default for ProxyPorts {
+    fn default() -> Self {
+        ProxyPorts { inbound: 15006, outbound: 15001, admin: 15000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Resources {
+    pub requests: BTreeMap<String, String>,
+    pub limits: BTreeMap<String, String>,
+}
+
+/// What the API server does when the webhook cannot answer or cannot inject: `Fail` refuses
+/// the pod (no pod runs unprotected), `Ignore` admits it without a sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum FailurePolicy {
+    #[default]
+    Fail,
+    Ignore,
+}
+
+impl FailurePolicy {
+    /// How events and logs say it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            FailurePolicy::Fail => "Fail (closed: a pod that cannot be injected is refused)",
+            FailurePolicy::Ignore => "Ignore (open: a pod that cannot be injected runs without a sidecar)",
+        }
+    }
+}
+
+impl InjectSettings {
+    /// Reads what the settings name by file (`identity.trustAnchorsFile`) into the settings.
+    pub fn resolve_files(mut self) -> Result<InjectSettings, (String, String)> {
+        if let Some(path) = &self.identity.trust_anchors_file {
+            let pem = crate::yaml::read_file(path, 1 << 20)
+                .map_err(|e| ("identity.trustAnchorsFile".to_string(), format!("{}: {e}", path.display())))?;
+            self.identity.trust_anchors = Some(pem);
+        }
+        Ok(self)
+    }
+
+    /// Mistakes no pod could fix, as `(field, message)`, fields relative to this section.
+    pub fn check(&self) -> Vec<(String, String)> {
+        let mut invalid = Vec::new();
+        let mut bad = |field: &str, message: String| invalid.push((field.to_string(), message));
+        if self.image.trim().is_empty() {
+            bad("image", "must name an image".into());
+        }
+        if self.init_image.trim().is_empty() {
+            bad("initImage", "must name an image".into());
+        }
+        if self.proxy_uid == 0 {
+            bad("proxyUid", "must not be 0: the sidecar runs as a non-root user whose traffic is not captured".into());
+        }
+        let ports = [
+            ("ports.inbound", self.ports.inbound),
+            ("ports.outbound", self.ports.outbound),
+            ("ports.admin", self.ports.admin),
+        ];
+        for (i, (field, port)) in ports.iter().enumerate() {
+            if *port == 0 {
+                bad(field, "must be a port from 1 to 65535".into());
+            } else if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+                bad(field, format!("{port} is also {other}"));
+            }
+        }
+        let cp = &self.control_plane;
+        if crate::identity::SpiffeId::for_workload(&self.trust_domain.0, &cp.namespace, &cp.service_account).is_err() {
+            bad(
+                "controlPlane",
+                format!("namespace {:?} and serviceAccount {:?} make no SPIFFE ID", cp.namespace, cp.service_account),
+            );
+        }
+        if self.identity.mode == IdentityMode::ControlPlane {
+            match &self.identity.trust_anchors {
+                Some(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => {}
+                Some(_) => bad("identity.trustAnchors", "expected PEM certificates (-----BEGIN CERTIFICATE-----)".into()),
+                None if self.identity.trust_anchors_file.is_some() => {}
+                None => bad(
+                    "identity.trustAnchors",
+                    "the mesh's root certificates (PEM, or trustAnchorsFile) are needed in controlPlane mode; give them, or use mode: secret".into(),
+                ),
+            }
+        }
+        if self.identity.mode == IdentityMode::Secret && self.identity.secret_name.trim().is_empty() {
+            bad("identity.secretName", "must name a Secret".into());
+        }
+        for (section, resources) in [("resources", &self.resources), ("initResources", &self.init_resources)] {
+            for (kind, map) in [("requests", &resources.requests), ("limits", &resources.limits)] {
+                for (name, quantity) in map {
+                    if !super::annotations::is_quantity(quantity) {
+                        bad(
+                            &format!("{section}.{kind}.{name}"),
+                            format!("expected a Kubernetes quantity such as 100m, 1 or 64Mi, got {quantity:?}"),
+                        );
+                    }
+                }
+            }
+        }
+        if !super::annotations::is_log_filter(&self.log_level) {
+            bad("logLevel", format!("expected a log filter such as info or palisade=debug, got {:?}", self.log_level));
+        }
+        for (i, cidr) in self.exclude_outbound_cidrs.iter().enumerate() {
+            if let Err(e) = super::annotations::parse_cidr(cidr) {
+                bad(&format!("excludeOutboundCidrs[{i}]"), e);
+            }
+        }
+        invalid
+    }
+}

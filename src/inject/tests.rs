@@ -1,0 +1,481 @@
+//! Injection as `palisade inject` and the webhook do it, on manifests written as people write them.
+
+use serde_json::{json, Value};
+
+use super::annotations as ann;
+use super::patch;
+use super::pod::{INIT_NAME, PROXY_NAME};
+use super::webhook::{decide, Decided};
+use super::*;
+use crate::yaml::{parse, Limits};
+
+const ANCHORS: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
+fn settings() -> InjectSettings {
+    let mut s = InjectSettings::default();
+    s.identity.trust_anchors = Some(ANCHORS.into());
+    s
+}
+
+fn inject_text(text: &str) -> (String, Vec<Report>) {
+    inject(text, &settings()).unwrap_or_else(|e| panic!("{text}\n{e}"))
+}
+
+/// The documents of a YAML stream as JSON.
+fn docs(text: &str) -> Vec<Value> {
+    parse(text, &Limits::MANIFESTS)
+        .unwrap()
+        .into_iter()
+        .filter(|d| !d.root.is_null())
+        .map(|d| d.root.to_json())
+        .collect()
+}
+
+fn names(containers: &Value) -> Vec<&str> {
+    containers.as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect()
+}
+
+const DEPLOYMENT: &str = r#"# The orders service.
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: orders   # keep this comment
+  namespace: shop
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: orders}}
+  template:
+    metadata:
+      labels:
+        app: orders
+    spec:
+      serviceAccountName: orders
+      # the app
+      containers:
+        - name: app
+          image: "example/orders:1.0"
+          ports: [{containerPort: 8080}]
+          x-unknown-field: kept
+"#;
+
+fn pod(extra_meta: Value, extra_spec: Value) -> Value {
+    let mut pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "app", "image": "nginx", "ports": [{"containerPort": 80}]}]},
+    });
+    for (k, v) in extra_meta.as_object().into_iter().flatten() {
+        pod["metadata"][k] = v.clone();
+    }
+    for (k, v) in extra_spec.as_object().into_iter().flatten() {
+        pod["spec"][k] = v.clone();
+    }
+    pod
+}
+
+fn admission_review(object: &Value, namespace: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace, "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller", "groups": ["system:serviceaccounts"]},
+            "object": object, "oldObject": null, "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+        }
+    }))
+    .unwrap()
+}
+
+/// The webhook's response, and the pod with its patch applied.
+fn webhook(object: &Value, namespace: &str, policy: FailurePolicy) -> (Value, Value) {
+    let outcome = decide(&admission_review(object, namespace), &settings(), policy);
+    assert_eq!(outcome.status, 200);
+    let review: Value = serde_json::from_slice(&outcome.body).unwrap();
+    assert_eq!(review["apiVersion"], "admission.k8s.io/v1");
+    assert_eq!(review["kind"], "AdmissionReview");
+    let response = review["response"].clone();
+    assert_eq!(response["uid"], "705ab4f5-6393-11e8-b7cc-42010a800002", "the uid is echoed");
+    let mut patched = object.clone();
+    if let Some(encoded) = response["patch"].as_str() {
+        use base64::Engine;
+        assert_eq!(response["patchType"], "JSONPatch");
+        let ops: Vec<Value> =
+            serde_json::from_slice(&base64::engine::general_purpose::STANDARD.decode(encoded).unwrap()).unwrap();
+        apply_json_patch(&mut patched, &ops);
+    }
+    (response, patched)
+}
+
+/// RFC 6902 as the API server reads it (independent of `patch::Op`): from the wire form.
+fn apply_json_patch(doc: &mut Value, ops: &[Value]) {
+    let ops: Vec<patch::Op> = ops
+        .iter()
+        .map(|op| {
+            let (path, value) = (op["path"].as_str().unwrap().to_string(), op["value"].clone());
+            match op["op"].as_str().unwrap() {
+                "add" => patch::Op::Add { path, value },
+                "replace" => patch::Op::Replace { path, value },
+                other => panic!("unexpected op {other}"),
+            }
+        })
+        .collect();
+    patch::apply(doc, &ops).unwrap();
+}
+
+// === what is refused or left alone ===
+
+#[test]
+fn manifests_that_cannot_be_read_or_have_no_pod_spec_are_refused_with_their_line() {
+    for (text, words) in [
+        ("kind: Pod\nmetadata: {name: a}\nspec: [\n", "line"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n", "/spec"),
+        ("---\nkind: Service\n---\nkind: Deployment\nmetadata: {name: d}\nspec: {replicas: 1}\n", "line 4: Deployment/d"),
+        ("kind: Pod\nmetadata: {name: a}\nspec: {containers: {app: x}}\n", "/spec/containers"),
+        (
+            "kind: Pod\nmetadata: {name: a, annotations: {palisade.dev/exclude-outbound-ports: http}}\nspec: {containers: []}\n",
+            "palisade.dev/exclude-outbound-ports",
+        ),
+    ] {
+        let err = inject(text, &settings()).expect_err(text).to_string();
+        assert!(err.contains(words), "{text}: {err}");
+    }
+}
+
+#[test]
+fn kube_system_the_control_planes_namespace_and_excluded_namespaces_are_never_injected() {
+    let mut s = settings();
+    s.excluded_namespaces.push("legacy".into());
+    for ns in ["kube-system", "palisade-system", "legacy"] {
+        let text = format!("kind: Pod\nmetadata: {{name: a, namespace: {ns}}}\nspec: {{containers: [{{name: c}}]}}\n");
+        let (out, reports) = inject(&text, &s).unwrap();
+        assert_eq!(out, text);
+        assert!(matches!(&reports[0].outcome, Outcome::Skipped(Skip::ExcludedNamespace(n)) if n == ns), "{reports:?}");
+        if ns != "legacy" {
+            let (response, patched) = webhook(&pod(json!({"namespace": ns}), json!({})), ns, FailurePolicy::Fail);
+            assert_eq!((response["allowed"].as_bool(), response.get("patch")), (Some(true), None), "{response}");
+            assert_eq!(patched, pod(json!({"namespace": ns}), json!({})));
+        }
+    }
+}
+
+#[test]
+fn host_network_pods_and_pods_that_opt_out_are_never_injected() {
+    let cases = [
+        (json!({}), json!({"hostNetwork": true}), Skip::HostNetwork),
+        (json!({"annotations": {"palisade.dev/inject": "disabled"}}), json!({}), Skip::OptedOut),
+        (json!({"labels": {"palisade.dev/inject": "disabled"}}), json!({}), Skip::OptedOut),
+    ];
+    for (meta, spec, why) in cases {
+        let object = pod(meta, spec);
+        let text = serde_json::to_string_pretty(&object).unwrap();
+        let (out, reports) = inject_text(&text);
+        assert_eq!(out, text, "untouched");
+        assert_eq!(reports[0].outcome, Outcome::Skipped(why.clone()));
+        let (response, patched) = webhook(&object, "shop", FailurePolicy::Fail);
+        assert_eq!(response["allowed"], true);
+        assert!(response.get("patch").is_none(), "{response}");
+        assert!(response["auditAnnotations"]["injection"].as_str().unwrap().starts_with("skipped"), "{response}");
+        assert_eq!(patched, object);
+    }
+    // A workload's own opt-out counts for its pods.
+    let text = DEPLOYMENT.replace(
+        "  name: orders   # keep this comment\n",
+        "  name: orders\n  annotations: {palisade.dev/inject: disabled}\n",
+    );
+    let (out, reports) = inject_text(&text);
+    assert_eq!((out.as_str(), &reports[0].outcome), (text.as_str(), &Outcome::Skipped(Skip::OptedOut)));
+}
+
+#[test]
+fn injecting_twice_changes_nothing() {
+    let (once, _) = inject_text(DEPLOYMENT);
+    let (twice, reports) = inject_text(&once);
+    assert_eq!(once, twice);
+    assert_eq!(reports[0].outcome, Outcome::Skipped(Skip::AlreadyInjected));
+    // The webhook, called again (reinvocationPolicy: IfNeeded), agrees.
+    let (_, injected) = webhook(&pod(json!({}), json!({})), "shop", FailurePolicy::Fail);
+    let (response, again) = webhook(&injected, "shop", FailurePolicy::Fail);
+    assert!(response.get("patch").is_none(), "{response}");
+    assert_eq!(again, injected);
+}
+
+#[test]
+fn other_kinds_pass_through_byte_for_byte() {
+    let text = "# a service\napiVersion: v1\nkind: Service\nmetadata: {name: s}   # odd   spacing\nspec:\n  ports: [{port: 80}]\n---\nkind: ConfigMap\ndata: {a: \"1\"}\n";
+    let (out, reports) = inject_text(text);
+    assert_eq!(out, text);
+    assert!(reports.iter().all(|r| r.outcome == Outcome::NoPods));
+}
+
+// === what injection adds ===
+
+#[test]
+fn every_workload_kind_gets_the_sidecar_in_its_pod_template() {
+    let template = "metadata: {labels: {app: a}}\n    spec:\n      containers: [{name: app, image: a}]\n";
+    let cases = [
+        ("v1", "Pod", String::from("spec:\n  containers: [{name: app, image: a}]\n"), ""),
+        ("apps/v1", "Deployment", format!("spec:\n  template:\n    {template}"), "/spec/template"),
+        ("apps/v1", "StatefulSet", format!("spec:\n  serviceName: s\n  template:\n    {template}"), "/spec/template"),
+        ("apps/v1", "DaemonSet", format!("spec:\n  template:\n    {template}"), "/spec/template"),
+        ("apps/v1", "ReplicaSet", format!("spec:\n  template:\n    {template}"), "/spec/template"),
+        ("batch/v1", "Job", format!("spec:\n  template:\n    {template}"), "/spec/template"),
+        (
+            "batch/v1",
+            "CronJob",
+            String::from("spec:\n  schedule: \"* * * * *\"\n  jobTemplate:\n    spec:\n      template:\n        metadata: {labels: {app: a}}\n        spec:\n          containers: [{name: app, image: a}]\n"),
+            "/spec/jobTemplate/spec/template",
+        ),
+    ];
+    for (api, kind, body, path) in cases {
+        let text = format!("apiVersion: {api}\nkind: {kind}\nmetadata:\n  name: w\n  namespace: shop\n{body}");
+        let (out, reports) = inject_text(&text);
+        assert_eq!(reports[0].outcome, Outcome::Injected, "{kind}");
+        let doc = &docs(&out)[0];
+        let pod = doc.pointer(path).unwrap();
+        assert_eq!(names(&pod["spec"]["initContainers"]), [INIT_NAME, PROXY_NAME], "{kind}: {out}");
+        assert_eq!(names(&pod["spec"]["containers"]), ["app"], "{kind}");
+        assert_eq!(pod["metadata"]["annotations"][ann::INJECTED], env!("CARGO_PKG_VERSION"), "{kind}");
+        if !path.is_empty() {
+            assert_eq!(pod["metadata"]["labels"]["app"], "a", "{kind}");
+        }
+        assert!(out.starts_with(&format!("apiVersion: {api}\nkind: {kind}\nmetadata:\n")), "{out}");
+    }
+}
+
+#[test]
+fn a_list_and_a_multi_document_stream_keep_every_untouched_byte() {
+    let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: s}\n- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: p\n  spec:\n    initContainers:\n    - name: setup\n      image: busybox\n    containers:\n    - name: app\n      image: a\n";
+    let text = format!("{DEPLOYMENT}---\n# between documents\n{list}---\n");
+    let (out, reports) = inject_text(&text);
+    let outcomes: Vec<&Outcome> = reports.iter().map(|r| &r.outcome).collect();
+    assert_eq!(outcomes, [&Outcome::Injected, &Outcome::NoPods, &Outcome::Injected]);
+    // Every line of the input is still there, in order, unchanged: only lines were added.
+    let mut out_lines = out.lines();
+    for line in text.lines() {
+        assert!(out_lines.any(|l| l == line), "line {line:?} lost or changed in:\n{out}");
+    }
+    let docs = docs(&out);
+    assert_eq!(docs[0]["spec"]["template"]["spec"]["containers"][0]["x-unknown-field"], "kept");
+    let list_pod = &docs[1]["items"][1];
+    // The existing init container runs after the capture and the sidecar.
+    assert_eq!(names(&list_pod["spec"]["initContainers"]), [INIT_NAME, PROXY_NAME, "setup"]);
+    assert_eq!(docs[1]["items"][0], json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}));
+    assert!(out.contains("  name: orders   # keep this comment\n") && out.contains("      # the app\n"), "{out}");
+}
+
+#[test]
+fn the_injected_pod_has_what_the_spec_asks() {
+    let (out, _) = inject_text(DEPLOYMENT);
+    let pod = docs(&out)[0]["spec"]["template"].clone();
+    let init = &pod["spec"]["initContainers"][0];
+    assert_eq!(init["args"][0], "init-net");
+    assert_eq!(
+        init["args"],
+        json!([
+            "init-net",
+            "--proxy-uid",
+            "2102",
+            "--inbound-port",
+            "15006",
+            "--outbound-port",
+            "15001",
+            "--admin-port",
+            "15000"
+        ])
+    );
+    let sc = &init["securityContext"];
+    assert_eq!(sc["capabilities"], json!({"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}));
+    assert_eq!((sc["runAsUser"].as_u64(), sc["runAsNonRoot"].as_bool()), (Some(0), Some(false)));
+    assert_eq!(
+        (sc["allowPrivilegeEscalation"].as_bool(), sc["readOnlyRootFilesystem"].as_bool()),
+        (Some(false), Some(true))
+    );
+
+    let proxy = &pod["spec"]["initContainers"][1];
+    assert_eq!((proxy["restartPolicy"].as_str(), &proxy["args"]), (Some("Always"), &json!(["sidecar"])));
+    let sc = &proxy["securityContext"];
+    assert_eq!(
+        (sc["runAsUser"].as_u64(), sc["runAsGroup"].as_u64(), sc["runAsNonRoot"].as_bool()),
+        (Some(2102), Some(2102), Some(true))
+    );
+    assert_eq!((sc["readOnlyRootFilesystem"].as_bool(), &sc["capabilities"]), (Some(true), &json!({"drop": ["ALL"]})));
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(proxy["ports"][0], json!({"name": "palisade-admin", "containerPort": 15000, "protocol": "TCP"}));
+    for (probe, path) in [("startupProbe", "/ready"), ("readinessProbe", "/ready"), ("livenessProbe", "/live")] {
+        assert_eq!(proxy[probe]["httpGet"], json!({"path": path, "port": 15000}), "{probe}");
+    }
+    assert_eq!(proxy["resources"]["requests"]["memory"], "32Mi");
+    let env: std::collections::BTreeMap<&str, &Value> =
+        proxy["env"].as_array().unwrap().iter().map(|e| (e["name"].as_str().unwrap(), e)).collect();
+    assert_eq!(env["PALISADE_WORKLOAD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.namespace");
+    assert_eq!(
+        env["PALISADE_WORKLOAD_SERVICEACCOUNT"]["valueFrom"]["fieldRef"]["fieldPath"],
+        "spec.serviceAccountName"
+    );
+    assert_eq!(env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"], "metadata.name");
+    assert_eq!(env["PALISADE_LOG"]["value"], "info");
+    let config = env["PALISADE_CONFIG"]["value"].as_str().unwrap();
+    let config = crate::yaml::parse(config, &Limits::FILE).unwrap()[0].root.to_json();
+    assert_eq!(config["inbound"]["app"], "127.0.0.1:0");
+    assert_eq!(config["policy"]["controlPlane"], "https://palisade-control.palisade-system.svc:15010");
+    assert_eq!(
+        config["policy"]["controlPlaneIdentity"],
+        "spiffe://cluster.local/ns/palisade-system/sa/palisade-control"
+    );
+    assert!(
+        out.contains("PALISADE_CONFIG\n") && out.contains("value: |\n"),
+        "the configuration is readable text:\n{out}"
+    );
+
+    let volumes: Vec<&str> =
+        pod["spec"]["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(volumes, ["palisade-podinfo", "palisade-token", "palisade-init-run"]);
+    assert_eq!(pod["spec"]["volumes"][1]["projected"]["sources"][0]["serviceAccountToken"]["audience"], "palisade");
+}
+
+#[test]
+fn annotations_tune_the_capture_the_log_level_and_the_resources() {
+    let object = pod(
+        json!({"annotations": {
+            ann::INBOUND_PORTS: "80", ann::EXCLUDE_INBOUND_PORTS: "9090", ann::EXCLUDE_OUTBOUND_PORTS: "5432",
+            ann::EXCLUDE_OUTBOUND_CIDRS: "10.96.0.0/12", ann::LOG_LEVEL: "debug", ann::APP_PROTOCOL: "http2",
+            ann::PROXY_MEMORY_LIMIT: "512Mi", ann::INJECTED: "stale",
+        }}),
+        json!({"initContainers": [], "volumes": [{"name": "data", "emptyDir": {}}]}),
+    );
+    let (_, patched) = webhook(&object, "shop", FailurePolicy::Fail);
+    let init = &patched["spec"]["initContainers"][0];
+    let args: Vec<&str> = init["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    for pair in [
+        ["--inbound-ports", "80"],
+        ["--exclude-inbound-ports", "9090"],
+        ["--exclude-outbound-ports", "5432"],
+        ["--exclude-outbound-cidrs", "10.96.0.0/12"],
+    ] {
+        assert!(args.windows(2).any(|w| w == pair), "{pair:?} in {args:?}");
+    }
+    let proxy = &patched["spec"]["initContainers"][1];
+    assert!(proxy["env"].as_array().unwrap().contains(&json!({"name": "PALISADE_LOG", "value": "debug"})));
+    assert!(proxy["env"][0]["value"].as_str().unwrap().contains("appProtocol: http2"));
+    assert_eq!(proxy["resources"]["limits"]["memory"], "512Mi");
+    assert_eq!(proxy["resources"]["requests"]["memory"], "32Mi");
+    assert_eq!(
+        patched["metadata"]["annotations"][ann::INJECTED],
+        env!("CARGO_PKG_VERSION"),
+        "a stale mark is replaced"
+    );
+    let volumes: Vec<&str> =
+        patched["spec"]["volumes"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    assert_eq!(volumes, ["palisade-podinfo", "palisade-token", "palisade-init-run", "data"]);
+}
+
+#[test]
+fn secret_mode_mounts_the_service_accounts_secret() {
+    let mut s = settings();
+    s.identity.mode = IdentityMode::Secret;
+    let (out, _) = inject(DEPLOYMENT, &s).unwrap();
+    let pod = docs(&out)[0]["spec"]["template"].clone();
+    let secret = pod["spec"]["volumes"].as_array().unwrap().iter().find(|v| v["name"] == "palisade-identity").unwrap();
+    assert_eq!(secret["secret"]["secretName"], "palisade-identity-orders");
+    let mounts = &pod["spec"]["initContainers"][1]["volumeMounts"];
+    assert!(mounts
+        .as_array()
+        .unwrap()
+        .contains(&json!({"name": "palisade-identity", "mountPath": "/var/run/palisade/identity", "readOnly": true})));
+}
+
+#[test]
+fn the_sidecar_configuration_reads_back_as_the_sidecars_own() {
+    use crate::config::{load_text, SidecarConfig};
+    use std::path::Path;
+    let env = std::collections::BTreeMap::<String, String>::new();
+    let mut s = settings();
+    s.identity.mode = IdentityMode::Secret;
+    let text = pod::sidecar_config(&s, &Default::default());
+    let config: SidecarConfig =
+        load_text(Path::new("PALISADE_CONFIG"), &text, &env).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
+    assert_eq!(config.inbound.app.to_string(), "127.0.0.1:0");
+    assert_eq!(config.inbound.listen.to_string(), "0.0.0.0:15006");
+    assert_eq!(config.outbound.listen.to_string(), "127.0.0.1:15001");
+    assert_eq!(config.admin.listen.to_string(), "0.0.0.0:15000");
+    assert_eq!(config.workload.labels_file.as_deref(), Some(Path::new("/var/run/palisade/podinfo/labels")));
+    assert_eq!(config.identity.files.unwrap().key, Path::new("/var/run/palisade/identity/tls.key"));
+    // Only what differs from the defaults is written.
+    assert!(!text.contains("drainPeriod") && !text.contains("telemetry"), "{text}");
+
+    // controlPlane mode reads too; until the CA is built the sidecar refuses that one source by name.
+    let text = pod::sidecar_config(&settings(), &Default::default());
+    assert!(text.contains("files: null") && text.contains("trustAnchors:"), "{text}");
+    let errors = load_text::<SidecarConfig>(Path::new("PALISADE_CONFIG"), &text, &env).err().unwrap_or_default();
+    assert!(errors.iter().all(|e| e.field == "identity.controlPlane"), "{errors:?}");
+    let value = crate::yaml::parse(&text, &Limits::FILE).unwrap()[0].root.to_json();
+    assert_eq!(value["identity"]["controlPlane"]["address"], "palisade-control.palisade-system.svc:15012");
+    assert_eq!(value["identity"]["controlPlane"]["tokenFile"], "/var/run/secrets/palisade/token");
+    assert_eq!(value["identity"]["controlPlane"]["trustAnchors"], ANCHORS);
+}
+
+// === the webhook ===
+
+#[test]
+fn a_malformed_review_is_a_400_with_the_reason() {
+    for (body, words) in [
+        (&b"not json"[..], "not an AdmissionReview"),
+        (
+            br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"u"}}"#,
+            "admission.k8s.io/v1",
+        ),
+        (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#, "no request"),
+        (br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"object":{}}}"#, "uid"),
+    ] {
+        let outcome = decide(body, &settings(), FailurePolicy::Fail);
+        assert_eq!(outcome.status, 400);
+        let error: Value = serde_json::from_slice(&outcome.body).unwrap();
+        assert!(error["message"].as_str().unwrap().contains(words), "{error}");
+        assert!(matches!(outcome.decision, Decided::Malformed(_)));
+    }
+}
+
+#[test]
+fn a_pod_that_cannot_be_injected_is_refused_or_admitted_as_the_failure_policy_says() {
+    let object = pod(json!({"annotations": {ann::INBOUND_PORTS: "http"}}), json!({}));
+    let (response, _) = webhook(&object, "shop", FailurePolicy::Fail);
+    assert_eq!(response["allowed"], false);
+    assert!(response["status"]["message"].as_str().unwrap().contains(ann::INBOUND_PORTS), "{response}");
+    let (response, patched) = webhook(&object, "shop", FailurePolicy::Ignore);
+    assert_eq!(response["allowed"], true);
+    assert!(response["warnings"][0].as_str().unwrap().contains("without a sidecar"), "{response}");
+    assert_eq!(patched, object);
+}
+
+#[test]
+fn the_webhook_injects_a_pod_of_an_opted_in_namespace_as_palisade_inject_does() {
+    let object = pod(json!({"annotations": {"team": "web"}}), json!({"serviceAccountName": "web"}));
+    let (response, patched) = webhook(&object, "shop", FailurePolicy::Fail);
+    assert_eq!(response["allowed"], true);
+    assert_eq!(names(&patched["spec"]["initContainers"]), [INIT_NAME, PROXY_NAME]);
+    // The same pod through the command's path: YAML text in, text out.
+    let text = crate::yaml::to_string(&object).unwrap();
+    let (out, _) = inject_text(&text);
+    assert_eq!(docs(&out)[0], patched);
+    // And from JSON text, as `kubectl get -o json` gives it.
+    let (out, _) = inject_text(&serde_json::to_string_pretty(&object).unwrap());
+    assert_eq!(docs(&out)[0], patched);
+}
+
+#[test]
+fn reviews_of_other_objects_and_operations_are_allowed_unchanged() {
+    let mut review: Value = serde_json::from_slice(&admission_review(&pod(json!({}), json!({})), "shop")).unwrap();
+    review["request"]["operation"] = json!("UPDATE");
+    let outcome = decide(&serde_json::to_vec(&review).unwrap(), &settings(), FailurePolicy::Fail);
+    let body: Value = serde_json::from_slice(&outcome.body).unwrap();
+    assert_eq!((body["response"]["allowed"].as_bool(), body["response"].get("patch")), (Some(true), None));
+    review["request"]["operation"] = json!("CREATE");
+    review["request"]["kind"] = json!({"group": "apps", "version": "v1", "kind": "Deployment"});
+    let outcome = decide(&serde_json::to_vec(&review).unwrap(), &settings(), FailurePolicy::Fail);
+    assert!(matches!(outcome.decision, Decided::Skipped(ref why) if why == "not a Pod"), "{:?}", outcome.decision);
+}

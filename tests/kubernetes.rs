@@ -1,0 +1,409 @@
+//! The Kubernetes commands as a pod runs them: `palisade inject` on manifests, `palisade init-net`
+//! in network namespaces made here, and a pod simulation: two "pods" (network namespaces on a
+//! bridge), each with an app, the rules init-net installs and a sidecar running as uid 2102, and a
+//! third namespace without a sidecar. Tests that need root say so and skip without it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+
+fn palisade(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(text) = stdin {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().unwrap()
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n")
+}
+
+/// Runs `check` until it holds or `patience` runs out: the one way these tests wait.
+fn eventually(patience: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + patience;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// === palisade inject ===
+
+const MANIFEST: &str = "# shop\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: orders  # the API\nspec:\n  template:\n    metadata: {labels: {app: orders}}\n    spec:\n      containers:\n      - name: app\n        image: orders:1\n---\napiVersion: v1\nkind: Service\nmetadata: {name: orders}\nspec: {ports: [{port: 80}]}\n";
+
+#[test]
+fn inject_without_trust_anchors_or_with_a_bad_manifest_fails_with_the_reason() {
+    let out = palisade(&["inject"], Some(MANIFEST));
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--trust-anchors"), "{out:?}");
+    let out = palisade(&["inject", "--identity-mode", "secret"], Some("kind: Pod\nspec: [\n"));
+    assert_eq!(out.status.code(), Some(65));
+    let out = palisade(&["inject", "-f", "/nonexistent.yaml", "--identity-mode", "secret"], None);
+    assert_eq!(out.status.code(), Some(66));
+}
+
+#[test]
+fn inject_adds_the_sidecar_keeps_comments_and_a_second_pass_changes_nothing() {
+    let out = palisade(&["inject", "--identity-mode", "secret"], Some(MANIFEST));
+    assert!(out.status.success(), "{out:?}");
+    let once = String::from_utf8(out.stdout).unwrap();
+    assert!(once.contains("- name: palisade-proxy") && once.contains("restartPolicy: Always"), "{once}");
+    assert!(once.starts_with("# shop\n") && once.contains("  name: orders  # the API\n"), "{once}");
+    assert!(
+        once.ends_with("---\napiVersion: v1\nkind: Service\nmetadata: {name: orders}\nspec: {ports: [{port: 80}]}\n")
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("deployment/orders injected") && stderr.contains("service/orders passed through"),
+        "{stderr}"
+    );
+    let out = palisade(&["inject", "--identity-mode", "secret"], Some(&once));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), once);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already injected"));
+}
+
+#[test]
+fn inject_reads_its_settings_from_the_control_planes_configuration() {
+    let dir = tempfile::tempdir().unwrap();
+    let anchors = dir.path().join("ca.crt");
+    std::fs::write(&anchors, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+    let config = dir.path().join("control.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "webhook:\n  failurePolicy: Ignore\n  sidecar:\n    image: registry.example/palisade:test\n    identity: {{trustAnchorsFile: {}}}\n",
+            anchors.display()
+        ),
+    )
+    .unwrap();
+    let out = palisade(&["inject", "--config", config.to_str().unwrap()], Some(MANIFEST));
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("image: \"registry.example/palisade:test\"") && text.contains("trustAnchors:"), "{text}");
+    std::fs::write(&config, "webhook:\n  sidecar:\n    proxyUid: 0\n    identity: {mode: secret}\n").unwrap();
+    let out = palisade(&["inject", "--config", config.to_str().unwrap()], Some(MANIFEST));
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("webhook.sidecar.proxyUid"), "{out:?}");
+}
+
+// === palisade init-net ===
+
+#[test]
+fn init_net_without_net_admin_is_a_clean_error() {
+    let mut command = if is_root() {
+        // The pod's init container without its capabilities: a user with none.
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", BIN]);
+        c
+    } else {
+        Command::new(BIN)
+    };
+    let out = command.args(["init-net", "--ipv6", "off"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(77), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("NET_ADMIN") && !stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn init_net_dry_run_prints_the_restore_input_and_bad_flags_are_named() {
+    let out = palisade(
+        &["init-net", "--dry-run", "--ipv6", "on", "--mode", "legacy", "--exclude-outbound-cidrs", "10.96.0.0/12"],
+        None,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("iptables-legacy-restore --noflush <<'RULES'\n*nat\n"), "{text}");
+    assert!(
+        text.contains("ip6tables-legacy-restore --noflush") && text.contains("-d 10.96.0.0/12 -j RETURN"),
+        "{text}"
+    );
+    let out = palisade(&["init-net", "--dry-run", "--exclude-outbound-cidrs", "10.0.0.0/40"], None);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--exclude-outbound-cidrs"), "{out:?}");
+}
+
+/// Network namespaces made for one test, removed (with what runs in them) however it ends.
+struct Namespaces {
+    names: Vec<String>,
+    children: Vec<Child>,
+}
+
+impl Namespaces {
+    fn new(prefix: &str, names: &[&str]) -> Namespaces {
+        let mut made = Namespaces { names: Vec::new(), children: Vec::new() };
+        for name in names {
+            let full = format!("{prefix}{}-{name}", std::process::id() % 100_000);
+            sh(&["ip", "netns", "add", &full]);
+            made.names.push(full.clone());
+            sh(&["ip", "-n", &full, "link", "set", "lo", "up"]);
+        }
+        made
+    }
+
+    fn name(&self, short: &str) -> &str {
+        self.names.iter().find(|n| n.ends_with(&format!("-{short}"))).unwrap()
+    }
+
+    /// A command in namespace `ns`, optionally as `uid`.
+    fn command(&self, ns: &str, uid: Option<u32>, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", self.name(ns)]);
+        if let Some(uid) = uid {
+            c.args(["setpriv", "--reuid", &uid.to_string(), "--regid", &uid.to_string(), "--clear-groups"]);
+        }
+        c.args(args);
+        c
+    }
+
+    fn run(&self, ns: &str, uid: Option<u32>, args: &[&str]) -> Output {
+        self.command(ns, uid, args).output().unwrap()
+    }
+
+    fn spawn(&mut self, ns: &str, uid: Option<u32>, args: &[&str], log: &Path) {
+        let log = std::fs::File::create(log).unwrap();
+        let child = self.command(ns, uid, args).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        self.children.push(child);
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for name in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+        }
+    }
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn nat_rules(ns: &Namespaces, tool: &str) -> Vec<String> {
+    let out = ns.run("p", None, &[tool, "-t", "nat"]);
+    assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("-A")).map(str::to_string).collect()
+}
+
+#[test]
+fn init_net_twice_leaves_one_set_of_rules_with_either_iptables() {
+    if !is_root() {
+        eprintln!("skipped: needs root to make a network namespace and change its iptables rules");
+        return;
+    }
+    for mode in ["nft", "legacy"] {
+        let ns = Namespaces::new("pin", &["p"]);
+        let first = ns.run("p", None, &[BIN, "init-net", "--mode", mode]);
+        assert!(first.status.success(), "{mode}: {}", String::from_utf8_lossy(&first.stderr));
+        let after_one = nat_rules(&ns, &format!("iptables-{mode}-save"));
+        let second = ns.run("p", None, &[BIN, "init-net", "--mode", mode]);
+        assert!(second.status.success(), "{mode}: {}", String::from_utf8_lossy(&second.stderr));
+        let after_two = nat_rules(&ns, &format!("iptables-{mode}-save"));
+        assert_eq!(after_one, after_two, "{mode}: the second run changed the rules");
+        let jumps = after_two
+            .iter()
+            .filter(|r| r.ends_with("-j PALISADE_INBOUND") || r.ends_with("-j PALISADE_OUTPUT"))
+            .count();
+        assert_eq!(jumps, 2, "{mode}: {after_two:#?}");
+        assert!(after_two.iter().any(|r| r.contains("--uid-owner 2102 -j RETURN")), "{after_two:#?}");
+        let v6 = nat_rules(&ns, &format!("ip6tables-{mode}-save"));
+        assert!(v6.iter().any(|r| r.contains("-d ::1/128 -j RETURN")), "{mode}: {v6:#?}");
+    }
+}
+
+// === the pod simulation ===
+
+const APP: &str = r#"
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = ("pod=%s xfcc=%s\n" % (sys.argv[1], self.headers.get("x-forwarded-client-cert"))).encode()
+        self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"#;
+
+const APP_UID: u32 = 1000;
+const PROXY_UID: u32 = 2102;
+
+struct Pod {
+    short: &'static str,
+    ip: &'static str,
+    sidecar: bool,
+}
+
+const PODS: [Pod; 3] = [
+    Pod { short: "a", ip: "198.18.0.1", sidecar: true },
+    Pod { short: "b", ip: "198.18.0.2", sidecar: true },
+    // No sidecar, no rules: a workload outside the mesh.
+    Pod { short: "c", ip: "198.18.0.3", sidecar: false },
+];
+
+fn sidecar_yaml(dir: &Path, pod: &str, policy: Option<&Path>) -> PathBuf {
+    let files = dir.join(pod);
+    let policy = policy.map_or(String::new(), |p| format!("policy: {{files: [\"{}\"]}}\n", p.display()));
+    let yaml = format!(
+        "identity: {{files: {{cert: \"{f}/tls.crt\", key: \"{f}/tls.key\", trustBundle: \"{f}/ca.crt\"}}}}\n\
+         trustDomain: cluster.local\n\
+         # Until the data path forwards to the original destination port (inbound.app port 0),\n\
+         # the app's port is given.\n\
+         inbound: {{listen: \"0.0.0.0:15006\", app: \"127.0.0.1:8080\", mtls: STRICT}}\n\
+         outbound: {{listen: \"127.0.0.1:15001\"}}\n\
+         admin: {{listen: \"0.0.0.0:15000\"}}\n\
+         workload: {{namespace: {pod}, serviceAccount: {pod}, labels: {{app: {pod}}}}}\n\
+         telemetry: {{events: {{sink: stderr}}, accessLog: false}}\n{policy}",
+        f = files.display(),
+    );
+    let path = dir.join(format!("{pod}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn curl(ns: &Namespaces, pod: &str, uid: u32, url: &str) -> (bool, String) {
+    let out = ns.run(pod, Some(uid), &["curl", "-s", "--max-time", "5", "-w", " status=%{http_code}", url]);
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and_policy() {
+    if !is_root() {
+        eprintln!("skipped: needs root for network namespaces, veth pairs, iptables and running as uid 2102");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    // The sidecars run as uid 2102 and the apps as 1000: both must read what they use.
+    sh(&["chmod", "0755", work.to_str().unwrap()]);
+    let ca = work.join("ca");
+    assert!(palisade(&["ca", "init", "--trust-domain", "cluster.local", "--out", ca.to_str().unwrap()], None)
+        .status
+        .success());
+    for pod in ["a", "b"] {
+        let id = format!("spiffe://cluster.local/ns/{pod}/sa/{pod}");
+        let out = work.join(pod);
+        let issued = palisade(
+            &["ca", "issue", "--ca", ca.to_str().unwrap(), "--spiffe-id", &id, "--out", out.to_str().unwrap()],
+            None,
+        );
+        assert!(issued.status.success(), "{issued:?}");
+    }
+    sh(&["chmod", "-R", "a+rX", work.to_str().unwrap()]);
+    let policy = work.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: b-api, namespace: b}\nspec:\n  mtls: STRICT\n  authorization:\n    default: DENY\n    rules:\n      - {name: from-a, action: ALLOW, from: {principals: [\"spiffe://cluster.local/ns/a/sa/a\"]}, to: {paths: [\"/orders*\"]}}\n",
+    )
+    .unwrap();
+    std::fs::write(work.join("app.py"), APP).unwrap();
+    sh(&["chmod", "-R", "a+rX", work.to_str().unwrap()]);
+
+    // The node: a bridge in a namespace of its own; each pod's eth0 is a veth to it.
+    let mut ns = Namespaces::new("psim", &["node", "a", "b", "c"]);
+    let node = ns.name("node").to_string();
+    sh(&["ip", "-n", &node, "link", "add", "br0", "type", "bridge"]);
+    sh(&["ip", "-n", &node, "link", "set", "br0", "up"]);
+    for pod in &PODS {
+        let host_end = format!("veth-{}", pod.short);
+        sh(&[
+            "ip",
+            "-n",
+            &node,
+            "link",
+            "add",
+            &host_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(pod.short),
+        ]);
+        sh(&["ip", "-n", &node, "link", "set", &host_end, "master", "br0", "up"]);
+        sh(&["ip", "-n", ns.name(pod.short), "addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"]);
+        sh(&["ip", "-n", ns.name(pod.short), "link", "set", "eth0", "up"]);
+    }
+
+    let app = work.join("app.py");
+    for pod in &PODS {
+        if pod.sidecar {
+            // The init container: the rules are in place before anything else of the pod runs.
+            let out = ns.run(pod.short, None, &[BIN, "init-net"]);
+            assert!(out.status.success(), "init-net in {}: {}", pod.short, String::from_utf8_lossy(&out.stderr));
+            let config = sidecar_yaml(work, pod.short, (pod.short == "b").then_some(policy.as_path()));
+            let log = work.join(format!("{}.log", pod.short));
+            ns.spawn(pod.short, Some(PROXY_UID), &[BIN, "sidecar", "--config", config.to_str().unwrap()], &log);
+        }
+        let log = work.join(format!("{}-app.log", pod.short));
+        // The app's own uid does not matter to the rules (only 2102's connections pass): root
+        // here, so the interpreter is found wherever it is installed.
+        ns.spawn(pod.short, None, &["python3", app.to_str().unwrap(), pod.short], &log);
+    }
+    let logs = || {
+        ["a.log", "b.log", "a-app.log", "b-app.log", "c-app.log"]
+            .iter()
+            .map(|f| format!("== {f}\n{}", std::fs::read_to_string(work.join(f)).unwrap_or_default()))
+            .collect::<String>()
+    };
+    for pod in &PODS {
+        let ready = eventually(Duration::from_secs(20), || {
+            let app_up =
+                ns.run(pod.short, None, &["curl", "-sf", "--max-time", "1", "http://127.0.0.1:8080/"]).status.success();
+            let sidecar_up = !pod.sidecar
+                || ns
+                    .run(pod.short, None, &["curl", "-sf", "--max-time", "1", "http://127.0.0.1:15000/ready"])
+                    .status
+                    .success();
+            app_up && sidecar_up
+        });
+        assert!(ready, "pod {} became ready\n{}", pod.short, logs());
+    }
+
+    // 1. A's app calls B's plain address as if there were no mesh; B's app is told A's identity.
+    let (ok, body) = curl(&ns, "a", APP_UID, "http://198.18.0.2:8080/orders");
+    assert!(ok, "{body}\n{}", logs());
+    assert!(
+        body.contains("pod=b xfcc=By=spiffe://cluster.local/ns/b/sa/b;URI=spiffe://cluster.local/ns/a/sa/a")
+            && body.ends_with("status=200"),
+        "{body}\n{}",
+        logs()
+    );
+
+    // 2. A plaintext call from C, which has no sidecar, meets B's STRICT inbound: no HTTP at all.
+    let (_, body) = curl(&ns, "c", APP_UID, "http://198.18.0.2:8080/orders");
+    assert!(!body.contains("pod=b") && body.ends_with("status=000"), "{body}");
+
+    // 3. The sidecar's own connections (uid 2102) leave uncaptured: as 2102, A reaches C's app
+    //    directly in plaintext; the app's own call to C is captured and, C having no sidecar
+    //    to answer mTLS, refused by A's sidecar.
+    let (ok, body) = curl(&ns, "a", PROXY_UID, "http://198.18.0.3:8080/");
+    assert!(ok && body.contains("pod=c xfcc=None") && body.ends_with("status=200"), "{body}");
+    let (_, body) = curl(&ns, "a", APP_UID, "http://198.18.0.3:8080/");
+    assert!(!body.contains("pod=c") && body.ends_with("status=502"), "{body}\n{}", logs());
+
+    // 4. B's policy decides: A may read /orders only; anything else is denied with 403.
+    let (_, body) = curl(&ns, "a", APP_UID, "http://198.18.0.2:8080/admin");
+    assert!(!body.contains("pod=b") && body.contains("forbidden") && body.ends_with("status=403"), "{body}");
+}
