@@ -190,8 +190,16 @@ async fn run(
             telemetry.clone(),
         ),
     );
-    let outbound =
-        proxy_app(&conf, Outbound::new(&config.outbound.destinations, bound.outbound, tls.clone(), telemetry.clone()));
+    let outbound = proxy_app(
+        &conf,
+        Outbound::new(
+            &config.outbound.destinations,
+            &config.outbound.passthrough,
+            bound.outbound,
+            tls.clone(),
+            telemetry.clone(),
+        ),
+    );
     let admin = Arc::new(Admin {
         telemetry: telemetry.clone(),
         tls: tls.clone(),

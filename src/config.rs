@@ -23,7 +23,7 @@ pub use sidecar::{
     IdentityConfig, IdentityFromControlPlane, InboundConfig, MtlsMode, OtlpConfig, OtlpProtocol, OutboundConfig,
     PolicySourceConfig, SidecarConfig, SpiffeIdField, TelemetryConfig, TrustDomain, WorkloadConfig, MAX_THREADS,
 };
-pub use types::{HumanDuration, ListenAddr};
+pub use types::{HumanDuration, IpBlock, ListenAddr};
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -11,12 +11,13 @@ mod normalize;
 mod patterns;
 mod ratelimit;
 
+pub use crate::config::IpBlock;
 pub use compile::{selects, InputLimits, PolicySnapshot};
 pub use decide::{Allowed, DecidedBy, Limited, Refusal, RequestView};
 pub use document::{Action, Mode, SecurityPolicy};
 pub use load::{load_files, parse_file, unique, Located, Sources};
 pub use normalize::{match_form, normalize, PathError};
-pub use patterns::{IpBlock, PathPattern, Pattern};
+pub use patterns::{PathPattern, Pattern};
 pub use ratelimit::Buckets;
 
 use std::path::{Path, PathBuf};

@@ -82,3 +82,11 @@ pub(crate) fn request_authority(req: &pingora::http::RequestHeader) -> Option<&s
         .map(|a| a.as_str())
         .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
 }
+
+/// An IPv4 client on a dual-stack listener is an IPv4 client.
+pub(crate) fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::apps::ServerApp;
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
@@ -36,6 +37,9 @@ pub enum Transport {
         tls: Arc<TlsStore>,
         policy: Arc<PolicyStore>,
     },
+    /// Server TLS without client certificates (the injection webhook, called by the API
+    /// server).
+    Tls(Acceptor),
 }
 
 /// Counts open connections so a drain can wait for them.
@@ -183,6 +187,16 @@ async fn handshake(
     let (store, plaintext_allowed) = match transport {
         Transport::Plain => return Some((Box::new(CoalescedWrites::new(l4_stream(tcp, peer), None)), None)),
         Transport::Mesh { tls, policy } => (tls, policy.current().mtls == MtlsMode::PERMISSIVE),
+        Transport::Tls(acceptor) => {
+            return match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(l4_stream(tcp, peer))).await {
+                Ok(Ok(tls)) => Some((Box::new(tls), None)),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake refused");
+                    None
+                }
+                Err(_) => None,
+            };
+        }
     };
     if plaintext_allowed {
         let mut first = [0u8; 1];

@@ -6,11 +6,13 @@
 
 mod connect;
 mod credentials;
+mod serving;
 mod store;
 mod verify;
 
 pub use connect::{connect, connect_tcp, ConnectError};
 pub use credentials::{Credentials, IdentityFiles};
+pub use serving::ServingCert;
 pub use store::{PeerIdentity, TlsState, TlsStore};
 pub use verify::{LeafError, TrustDomains};
 

@@ -407,3 +407,86 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
     let (_, body) = curl(&ns, "a", APP_UID, "http://198.18.0.2:8080/admin");
     assert!(!body.contains("pod=b") && body.contains("forbidden") && body.ends_with("status=403"), "{body}");
 }
+
+// === the webhook over HTTPS, as the API server calls it ===
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_planes_webhook_answers_admission_reviews_over_tls() {
+    use palisade::identity::{DevCa, LeafSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::generate("cluster.local").unwrap();
+    let control = ca
+        .issue_to(
+            &LeafSpec::workload("spiffe://cluster.local/ns/palisade-system/sa/palisade-control"),
+            &dir.path().join("control"),
+        )
+        .unwrap();
+    let mut serving = LeafSpec::workload("spiffe://cluster.local/ns/palisade-system/sa/palisade-webhook");
+    serving.dns_names = vec!["palisade-control.palisade-system.svc".into()];
+    let webhook = ca.issue_to(&serving, &dir.path().join("webhook")).unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let yaml = format!(
+        "identity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\n\
+         grpc: {{listen: \"127.0.0.1:0\"}}\nadmin: {{listen: \"127.0.0.1:0\"}}\npolicies: {{dir: \"{}\"}}\n\
+         events: {{sink: stderr}}\n\
+         webhook:\n  listen: \"127.0.0.1:0\"\n  cert: \"{}\"\n  key: \"{}\"\n  failurePolicy: Ignore\n\
+         \x20 sidecar: {{identity: {{trustAnchorsFile: \"{}\"}}}}\n",
+        control.cert.display(),
+        control.key.display(),
+        control.trust_bundle.display(),
+        policies.display(),
+        webhook.cert.display(),
+        webhook.key.display(),
+        control.trust_bundle.display(),
+    );
+    let config: palisade::config::ControlConfig =
+        palisade::config::parse_yaml(Path::new("control.yaml"), &yaml).unwrap();
+    let plane = palisade::control::ControlPlane::start(config, false).unwrap();
+    let address = plane.webhook.expect("the webhook listens");
+
+    let root = reqwest::Certificate::from_pem(&std::fs::read(&webhook.trust_bundle).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(root)
+        .resolve("palisade-control.palisade-system.svc", address)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("https://palisade-control.palisade-system.svc:{}/inject", address.port());
+    let pod = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "orders-1", "namespace": "shop", "labels": {"app": "orders"}},
+        "spec": {"serviceAccountName": "orders", "containers": [{"name": "app", "image": "orders:1"}]}
+    });
+    let review = |uid: &str, pod: serde_json::Value| {
+        serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                        "resource": {"group": "", "version": "v1", "resource": "pods"},
+                        "namespace": "shop", "operation": "CREATE", "object": pod}
+        })
+    };
+    let answer: serde_json::Value =
+        client.post(&url).json(&review("u-1", pod.clone())).send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["response"]["uid"], "u-1");
+    assert_eq!(answer["response"]["allowed"], true);
+    assert_eq!(answer["response"]["patchType"], "JSONPatch", "{answer}");
+    use base64::Engine;
+    let patch =
+        base64::engine::general_purpose::STANDARD.decode(answer["response"]["patch"].as_str().unwrap()).unwrap();
+    let patch = String::from_utf8(patch).unwrap();
+    assert!(patch.contains("palisade-proxy") && patch.contains("palisade-init"), "{patch}");
+
+    // An opted-out pod is allowed untouched; a body that is no review gets 400.
+    let mut opted_out = pod;
+    opted_out["metadata"]["annotations"] = serde_json::json!({"palisade.dev/inject": "disabled"});
+    let answer: serde_json::Value =
+        client.post(&url).json(&review("u-2", opted_out)).send().await.unwrap().json().await.unwrap();
+    assert_eq!((answer["response"]["allowed"].clone(), answer["response"].get("patch")), (true.into(), None));
+    let bad = client.post(&url).body("{\"kind\": \"Nope\"}").send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    // The API server only speaks TLS to a webhook; so does the webhook.
+    let plain = reqwest::Client::new().post(format!("http://{address}/inject")).body("{}").send().await;
+    assert!(plain.is_err() || plain.unwrap().status() != 200);
+    plane.shutdown();
+}

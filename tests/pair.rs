@@ -92,6 +92,33 @@ async fn outbound_refuses_a_server_with_the_wrong_identity() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_without_a_sidecar_is_refused_unless_configured_as_passthrough() {
+    let pki = Pki::new();
+    let plain = EchoApp::start().await;
+    let files = pki.workload("a", &id("shop", "frontend"));
+    // The app calls a plaintext server by its address, as it would a database outside the mesh.
+    let call = |a: &palisade::app::Sidecar| {
+        http_client().get(format!("http://{}/db", a.outbound)).header("host", plain.addr.to_string()).send()
+    };
+    let strict = start_sidecar(sidecar_config(&files, "127.0.0.1:9".parse().unwrap()));
+    let refused = call(&strict).await.unwrap();
+    assert_eq!(refused.status(), 502, "no mesh identity at the destination: refused, never plaintext");
+    assert_eq!(refused.json::<serde_json::Value>().await.unwrap()["error"], "bad_gateway");
+    strict.shutdown();
+
+    let mut config = sidecar_config(&files, "127.0.0.1:9".parse().unwrap());
+    config.outbound.passthrough = vec!["127.0.0.0/8".parse().unwrap()];
+    let open = start_sidecar(config);
+    let answer = call(&open).await.unwrap();
+    assert_eq!(answer.status(), 200, "a passthrough destination is reached as it is");
+    let seen: Seen = answer.json().await.unwrap();
+    assert_eq!(seen.path, "/db");
+    assert!(seen.header("x-forwarded-client-cert").is_none(), "no mesh identity is claimed in plaintext");
+    assert!(seen.header("x-request-id").is_some());
+    open.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_prior_knowledge_reaches_the_app_as_http2_with_trailers() {
     let pair = Pair::start().await;
     let client =

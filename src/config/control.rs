@@ -177,12 +177,6 @@ impl super::Validate for ControlConfig {
                 "the workload CA is not yet available in this version; remove the section and give sidecars certificates from files",
             ));
         }
-        if self.webhook.is_some() {
-            invalid.push(Invalid::field(
-                "webhook",
-                "the injection webhook is not yet available in this version; remove the section",
-            ));
-        }
         if self.identity.files.reload_interval.0.is_zero() {
             invalid.push(Invalid::field("identity.files.reloadInterval", "must be more than 0"));
         }

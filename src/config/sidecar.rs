@@ -196,11 +196,21 @@ pub struct OutboundConfig {
     pub listen: ListenAddr,
     /// Known destinations: where an authority is reached and which identity must answer there.
     pub destinations: Vec<Destination>,
+    /// Destinations without a sidecar that the app may reach in plaintext (a database outside
+    /// the mesh, a cloud API behind its own TLS): their requests are forwarded as they are.
+    /// Every other destination must prove a mesh identity, or the request is refused (502 and
+    /// a security event): a mesh never falls back to plaintext on its own, since whoever can
+    /// break a handshake could then read the traffic.
+    pub passthrough: Vec<super::IpBlock>,
 }
 
 impl Default for OutboundConfig {
     fn default() -> Self {
-        OutboundConfig { listen: "127.0.0.1:15001".parse().expect("default"), destinations: Vec::new() }
+        OutboundConfig {
+            listen: "127.0.0.1:15001".parse().expect("default"),
+            destinations: Vec::new(),
+            passthrough: Vec::new(),
+        }
     }
 }
 

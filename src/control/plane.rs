@@ -19,17 +19,27 @@ use super::server::PolicyService;
 use super::status::Registry;
 use crate::app::StartError;
 use crate::config::{ConfigError, ControlConfig, ProcessEnv, TelemetryConfig, Validate};
+use crate::inject::InjectWebhook;
 use crate::lifecycle::{bind, poll_files, runtime, stop_requested, Readiness, Running};
 use crate::proto::policy_discovery_server::PolicyDiscoveryServer;
 use crate::serve::{serve, ConnectionTracker, Transport};
 use crate::telemetry::{SecurityEvent, Telemetry};
-use crate::tls::{IdentityFiles, TlsStore, TrustDomains};
+use crate::tls::{IdentityFiles, ServingCert, TlsStore, TrustDomains};
 
 /// A running control plane. Call [`ControlPlane::shutdown`] to stop it.
 pub struct ControlPlane {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// The injection webhook's listener, when `webhook` is configured.
+    pub webhook: Option<SocketAddr>,
     running: Running,
+}
+
+/// The injection webhook: what it answers, and the certificate it answers with.
+struct Webhook {
+    app: InjectWebhook,
+    cert: ServingCert,
+    listener: std::net::TcpListener,
 }
 
 impl ControlPlane {
@@ -58,8 +68,23 @@ impl ControlPlane {
         )
         .map_err(|e| errors.push(ConfigError::new(Path::new(""), "events.sink", e.to_string())))
         .ok();
+        let webhook = config.webhook.as_ref().map(|w| {
+            let app = InjectWebhook::from_config(w).map_err(|list| {
+                errors.extend(list.into_iter().map(|(field, message)| ConfigError::new(Path::new(""), &field, message)))
+            });
+            let cert = ServingCert::load(&w.cert, &w.key)
+                .map_err(|e| errors.push(ConfigError::new(Path::new(""), "webhook.cert", e.to_string())));
+            (app, cert)
+        });
         let (Some(tls), Some(telemetry), true) = (tls, telemetry, errors.is_empty()) else {
             return Err(StartError::Config(errors));
+        };
+        let webhook = match (webhook, &config.webhook) {
+            (Some((Ok(app), Ok(cert))), Some(w)) => {
+                let listener = bind(w.listen.0, "webhook.listen").map_err(StartError::System)?;
+                Some(Webhook { app, cert, listener })
+            }
+            _ => None,
         };
         let (tls, telemetry) = (Arc::new(tls), Arc::new(telemetry));
         let runtime = runtime(1).map_err(StartError::System)?;
@@ -67,13 +92,15 @@ impl ControlPlane {
         let admin_listener = bind(config.admin.listen.0, "admin.listen").map_err(StartError::System)?;
         let grpc = grpc_listener.local_addr()?;
         let admin = admin_listener.local_addr()?;
+        let webhook_address = webhook.as_ref().map(|w| w.listener.local_addr()).transpose()?;
         let (shutdown, _) = watch::channel(false);
         let sender = shutdown.clone();
         let thread = std::thread::Builder::new().name("palisade-control".into()).spawn(move || {
-            runtime.block_on(run(config, tls, telemetry, [grpc_listener, admin_listener], sender, handle_signals));
+            let listeners = [grpc_listener, admin_listener];
+            runtime.block_on(run(config, tls, telemetry, listeners, webhook, sender, handle_signals));
             runtime.shutdown_timeout(crate::lifecycle::SHUTDOWN_GRACE);
         })?;
-        Ok(ControlPlane { grpc, admin, running: Running::new(shutdown, thread) })
+        Ok(ControlPlane { grpc, admin, webhook: webhook_address, running: Running::new(shutdown, thread) })
     }
 
     /// Closes every stream (sidecars reconnect elsewhere) and waits.
@@ -92,6 +119,7 @@ async fn run(
     tls: Arc<TlsStore>,
     telemetry: Arc<Telemetry>,
     listeners: [std::net::TcpListener; 2],
+    webhook: Option<Webhook>,
     shutdown: watch::Sender<bool>,
     handle_signals: bool,
 ) {
@@ -181,6 +209,31 @@ async fn run(
             Err(e) => tracing::warn!(error = %e, "new certificate files are not usable; keeping the current ones"),
         },
     ));
+    let webhook_task = webhook.map(|Webhook { app, cert, listener }| {
+        let listener = TcpListener::from_std(listener).expect("listener joins the runtime");
+        let acceptor = cert.acceptor().expect("a certificate that loaded makes an acceptor");
+        let cert = Arc::new(cert);
+        tokio::spawn(poll_files(
+            reload_every,
+            stop.clone(),
+            move || cert.reload_if_changed(),
+            |outcome| match outcome {
+                Ok(true) => tracing::info!("webhook certificate reloaded"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "new webhook certificate files are not usable; keeping the current ones")
+                }
+            },
+        ));
+        tokio::spawn(serve(
+            listener,
+            Transport::Tls(acceptor),
+            Arc::new(app),
+            telemetry.clone(),
+            ConnectionTracker::default(),
+            stop.clone(),
+        ))
+    });
     readiness.listeners.store(true, Ordering::Release);
     crate::memory::release_startup_pages_soon();
     tracing::info!(%identity, grpc = %config.grpc.listen, admin = %config.admin.listen,
@@ -196,6 +249,9 @@ async fn run(
         Err(_) => tracing::warn!("streams still open after 5 s; exiting"),
     }
     let _ = admin_task.await;
+    if let Some(task) = webhook_task {
+        let _ = task.await;
+    }
 }
 
 /// Reports what a scan found and hands a changed catalog to every stream.

@@ -6,7 +6,7 @@
 //! the built-in chains are added only when they are not there yet, so a second run leaves one
 //! set of rules.
 
-use std::net::IpAddr;
+use crate::config::IpBlock;
 
 pub const CHAIN_INBOUND: &str = "PALISADE_INBOUND";
 pub const CHAIN_IN_REDIRECT: &str = "PALISADE_IN_REDIRECT";
@@ -35,7 +35,7 @@ pub struct Capture {
     pub inbound_ports: Option<Vec<u16>>,
     pub exclude_inbound_ports: Vec<u16>,
     pub exclude_outbound_ports: Vec<u16>,
-    pub exclude_outbound_cidrs: Vec<(IpAddr, u8)>,
+    pub exclude_outbound_cidrs: Vec<IpBlock>,
 }
 
 impl Default for Capture {
@@ -103,9 +103,9 @@ pub fn restore_file(capture: &Capture, family: Family, installed: Installed) -> 
         Family::V6 => "::1/128",
     };
     lines.push(format!("-A {CHAIN_OUTPUT} -d {loopback} -j RETURN"));
-    for (addr, len) in &capture.exclude_outbound_cidrs {
-        if addr.is_ipv4() == (family == Family::V4) {
-            lines.push(format!("-A {CHAIN_OUTPUT} -d {}/{len} -j RETURN", network(*addr, *len)));
+    for block in &capture.exclude_outbound_cidrs {
+        if block.network().is_ipv4() == (family == Family::V4) {
+            lines.push(format!("-A {CHAIN_OUTPUT} -d {block} -j RETURN"));
         }
     }
     for port in &capture.exclude_outbound_ports {
@@ -127,18 +127,6 @@ pub fn restore_file(capture: &Capture, family: Family, installed: Installed) -> 
 
 /// The address with the host bits cleared: iptables-restore refuses nothing, but
 /// `iptables-save` prints the network, and the dry run should say what will be installed.
-fn network(addr: IpAddr, len: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
-            IpAddr::V4((u32::from(a) & mask).into())
-        }
-        IpAddr::V6(a) => {
-            let mask = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
-            IpAddr::V6((u128::from(a) & mask).into())
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -189,11 +177,9 @@ mod tests {
             inbound_ports: Some(vec![8080, 15000, 9090]),
             exclude_inbound_ports: vec![9090],
             exclude_outbound_ports: vec![5432],
-            exclude_outbound_cidrs: vec![
-                ("10.96.0.1".parse().unwrap(), 12),
-                ("fd00::1".parse().unwrap(), 8),
-                ("169.254.169.254".parse().unwrap(), 32),
-            ],
+            exclude_outbound_cidrs: ["10.96.0.1/12", "fd00::1/8", "169.254.169.254"]
+                .map(|b| b.parse().unwrap())
+                .to_vec(),
             ..Capture::default()
         };
         let v4 = restore_file(&capture, Family::V4, Installed::default());

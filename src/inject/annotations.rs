@@ -1,9 +1,7 @@
 //! The per-pod annotations injection honours, read and checked before anything is added: a
 //! value that would make a broken pod is refused with the annotation's name.
 
-use std::net::IpAddr;
-
-use crate::config::AppProtocol;
+use crate::config::{AppProtocol, IpBlock};
 
 /// `enabled` / `disabled` (also as a label): opts a pod in or out.
 pub const INJECT: &str = "palisade.dev/inject";
@@ -150,19 +148,8 @@ fn ports(key: &'static str, value: &str) -> Result<Vec<u16>, BadAnnotation> {
 }
 
 /// An address block: `10.0.0.0/8`, `fd00::/8`, or one address.
-pub fn parse_cidr(value: &str) -> Result<(IpAddr, u8), String> {
-    let expected = || format!("expected an address block such as 10.96.0.0/12 or fd00::/8, got {value:?}");
-    let (addr, len) = match value.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (value, None),
-    };
-    let addr: IpAddr = addr.parse().map_err(|_| expected())?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    let len = match len {
-        Some(l) => l.parse::<u8>().ok().filter(|l| *l <= max).ok_or_else(expected)?,
-        None => max,
-    };
-    Ok((addr, len))
+pub fn parse_cidr(value: &str) -> Result<IpBlock, String> {
+    value.parse()
 }
 
 /// A Kubernetes resource quantity (the forms a request or limit is written in).

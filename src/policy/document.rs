@@ -9,7 +9,8 @@ use std::num::NonZeroU32;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::patterns::{string_serde, IpBlock, PathPattern, Pattern};
+use super::patterns::{string_serde, PathPattern, Pattern};
+use crate::config::IpBlock;
 
 /// A listed field must list something: an empty list would read as "anyone" in an ALLOW and as
 /// "no one" in a DENY, and often comes from a template that rendered nothing. Leave the field out

@@ -1,6 +1,5 @@
 //! The value patterns of a policy, checked when the policy is read so errors carry a position.
 
-use std::net::IpAddr;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -109,77 +108,6 @@ impl std::fmt::Display for PathPattern {
     }
 }
 
-/// An IPv4 or IPv6 network in CIDR notation; a bare address is a single host.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpBlock {
-    network: IpAddr,
-    prefix: u8,
-}
-
-impl IpBlock {
-    /// `ip` in canonical form: an IPv4 client of a dual-stack socket as IPv4 (see `RequestView`).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => mask32(u32::from(ip), self.prefix) == u32::from(net),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => mask128(u128::from(ip), self.prefix) == u128::from(net),
-            _ => false,
-        }
-    }
-}
-
-fn mask32(v: u32, prefix: u8) -> u32 {
-    if prefix == 0 {
-        0
-    } else {
-        v & (u32::MAX << (32 - prefix))
-    }
-}
-
-fn mask128(v: u128, prefix: u8) -> u128 {
-    if prefix == 0 {
-        0
-    } else {
-        v & (u128::MAX << (128 - prefix))
-    }
-}
-
-impl FromStr for IpBlock {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("expected an IP address or CIDR block such as 10.0.0.0/8 or fd00::/8, got {s:?}");
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let network: IpAddr = addr.parse().map_err(|_| bad())?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
-            None => max,
-        };
-        // Requests carry IPv4 clients of a dual-stack listener as IPv4, so an IPv4-mapped block
-        // (::ffff:a.b.c.d/96+) is kept as the IPv4 block it means.
-        let (network, prefix) = match network {
-            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
-                Some(v4) => (IpAddr::V4(v4), prefix - 96),
-                None => (network, prefix),
-            },
-            _ => (network, prefix),
-        };
-        let network = match network {
-            IpAddr::V4(v4) => IpAddr::V4(mask32(u32::from(v4), prefix).into()),
-            IpAddr::V6(v6) => IpAddr::V6(mask128(u128::from(v6), prefix).into()),
-        };
-        Ok(IpBlock { network, prefix })
-    }
-}
-
-impl std::fmt::Display for IpBlock {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
-}
-
 macro_rules! string_serde {
     ($t:ty) => {
         impl<'de> Deserialize<'de> for $t {
@@ -198,7 +126,6 @@ pub(crate) use string_serde;
 
 string_serde!(Pattern);
 string_serde!(PathPattern);
-string_serde!(IpBlock);
 
 #[cfg(test)]
 mod tests {
@@ -223,24 +150,6 @@ mod tests {
         assert!(prefix.matches("/orders/7") && !prefix.matches("/orders"));
         for bad in ["orders", "/a*b", "/*/x", "/%61dmin*", "/a//b*", "/a;b*"] {
             assert!(bad.parse::<PathPattern>().is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn ip_blocks() {
-        let v4: IpBlock = "10.0.0.0/8".parse().unwrap();
-        assert!(v4.contains("10.1.2.3".parse().unwrap()));
-        assert!(!v4.contains("11.0.0.1".parse().unwrap()));
-        let v6: IpBlock = "fd00::/8".parse().unwrap();
-        assert!(v6.contains("fd12::1".parse().unwrap()));
-        assert!(!v6.contains("fe80::1".parse().unwrap()));
-        let mapped: IpBlock = "::ffff:127.0.0.0/104".parse().unwrap();
-        assert!(mapped.contains("127.0.0.5".parse().unwrap()), "IPv4-mapped blocks match IPv4 clients");
-        let host: IpBlock = "127.0.0.1".parse().unwrap();
-        assert!(host.contains("127.0.0.1".parse().unwrap()) && !host.contains("127.0.0.2".parse().unwrap()));
-        assert!("0.0.0.0/0".parse::<IpBlock>().unwrap().contains("8.8.8.8".parse().unwrap()));
-        for bad in ["10.0.0.0/33", "10.0.0/8", "fd00::/129", "x"] {
-            assert!(bad.parse::<IpBlock>().is_err(), "{bad}");
         }
     }
 }

@@ -187,7 +187,7 @@ impl ProxyHttp for Inbound {
             let peer = peer_identity(session);
             let view = RequestView {
                 principal: peer.map(|p| &p.id),
-                source_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| canonical_ip(a.ip())),
+                source_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| super::canonical_ip(a.ip())),
                 plaintext: session.digest().is_none_or(|d| d.ssl_digest.is_none()),
                 method: &req.method,
                 target: req.raw_path(),
@@ -297,13 +297,5 @@ impl ProxyHttp for Inbound {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InboundCtx) {
         let principal = peer_identity(session).map(|p| p.id.as_str()).unwrap_or("");
         record::finish(&self.telemetry, "inbound", session, principal, principal, &mut ctx.request);
-    }
-}
-
-/// An IPv4 client on a dual-stack listener is an IPv4 client.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
     }
 }

@@ -19,7 +19,7 @@ use super::mesh_connector::{Connectors, MeshConnector};
 use super::record::{self, RequestCtx};
 use super::respond::{self, fail, is_decision, ErrorKind};
 use super::{RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER};
-use crate::config::Destination;
+use crate::config::{Destination, IpBlock};
 use crate::identity::SpiffeId;
 use crate::policy::Refusal;
 use crate::telemetry::Telemetry;
@@ -36,17 +36,28 @@ pub struct Outbound {
     routes: Vec<Route>,
     connectors: Connectors,
     own_listener: SocketAddr,
+    /// Destinations forwarded in plaintext (`outbound.passthrough`).
+    passthrough: Vec<IpBlock>,
     telemetry: Arc<Telemetry>,
 }
 
 pub struct OutboundCtx {
     request: RequestCtx,
     connector: Option<Arc<MeshConnector>>,
+    /// A destination outside the mesh the configuration lets the app reach in plaintext.
+    passthrough: Option<SocketAddr>,
+}
+
+/// Where a request goes: to a peer sidecar over mutual TLS, or (configured) as it is.
+enum Next {
+    Mesh(Arc<MeshConnector>),
+    Passthrough(SocketAddr),
 }
 
 impl Outbound {
     pub fn new(
         destinations: &[Destination],
+        passthrough: &[IpBlock],
         own_listener: SocketAddr,
         tls: Arc<TlsStore>,
         telemetry: Arc<Telemetry>,
@@ -63,7 +74,7 @@ impl Outbound {
                 }
             })
             .collect();
-        Outbound { routes, connectors, own_listener, telemetry }
+        Outbound { routes, connectors, own_listener, passthrough: passthrough.to_vec(), telemetry }
     }
 
     fn route(&self, authority: &str) -> Option<&Route> {
@@ -89,11 +100,11 @@ impl Outbound {
         Ok(request)
     }
 
-    async fn resolve(&self, session: &Session) -> Result<Arc<MeshConnector>, Box<Error>> {
+    async fn resolve(&self, session: &Session) -> Result<Next, Box<Error>> {
         let authority = super::request_authority(session.req_header());
         let route = authority.and_then(|a| self.route(a));
         if let Some(connector) = route.and_then(|r| r.connector.as_ref()) {
-            return Ok(connector.clone());
+            return Ok(Next::Mesh(connector.clone()));
         }
         let expected = route.and_then(|r| r.expected.as_ref());
         let socket = session.digest().and_then(|d| d.socket_digest.as_ref());
@@ -114,7 +125,11 @@ impl Outbound {
         if target == self.own_listener {
             return Err(ErrorKind::InvalidRequest.fail("request addressed to the outbound listener itself"));
         }
-        Ok(self.connectors.get(target, expected))
+        // A destination with an expected identity is always a mesh one.
+        if expected.is_none() && self.passthrough.iter().any(|b| b.contains(super::canonical_ip(target.ip()))) {
+            return Ok(Next::Passthrough(target));
+        }
+        Ok(Next::Mesh(self.connectors.get(target, expected)))
     }
 }
 
@@ -140,7 +155,7 @@ impl ProxyHttp for Outbound {
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> OutboundCtx {
-        OutboundCtx { request: RequestCtx::new(), connector: None }
+        OutboundCtx { request: RequestCtx::new(), connector: None, passthrough: None }
     }
 
     /// The whole exchange happens here: the request goes to the peer sidecar on the connector's
@@ -154,7 +169,14 @@ impl ProxyHttp for Outbound {
             respond::refuse(session, refusal, &mut ctx.request).await;
             return Ok(true);
         }
-        let connector = self.resolve(session).await?;
+        let connector = match self.resolve(session).await? {
+            Next::Mesh(connector) => connector,
+            Next::Passthrough(target) => {
+                // pingora's own upstream phases forward it, in the app's protocol, as it is.
+                ctx.passthrough = Some(target);
+                return Ok(false);
+            }
+        };
         ctx.connector = Some(connector.clone());
         let expects_continue = !session.is_http2()
             && session
@@ -180,8 +202,23 @@ impl ProxyHttp for Outbound {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut OutboundCtx) -> pingora::Result<Box<HttpPeer>> {
-        Err(ErrorKind::Internal.fail("outbound requests are forwarded in request_filter"))
+    /// Only passthrough destinations get here; mesh requests are forwarded in request_filter.
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut OutboundCtx) -> pingora::Result<Box<HttpPeer>> {
+        let target = ctx.passthrough.ok_or_else(|| ErrorKind::Internal.fail("no passthrough destination"))?;
+        let mut peer = HttpPeer::new(target, false, String::new());
+        peer.options.connection_timeout = Some(std::time::Duration::from_secs(5));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut OutboundCtx,
+    ) -> pingora::Result<()> {
+        upstream.remove_header(ORIG_PROTO_HEADER);
+        upstream.insert_header(REQUEST_ID_HEADER, ctx.request.id.header_value())?;
+        record::propagate(upstream, &ctx.request)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut OutboundCtx) -> FailToProxy {
