@@ -126,8 +126,6 @@ pub fn restore_file(capture: &Capture, family: Family, installed: Installed) -> 
 }
 
 /// The address with the host bits cleared: iptables-restore refuses nothing, but
-/// `iptables-save` prints the network, and the dry run should say what will be installed.
-
 #[cfg(test)]
 mod tests {
     use super::*;
