@@ -63,6 +63,9 @@ impl Admin {
                 "spiffeId": creds.id.as_str(),
                 "serial": creds.serial,
                 "notAfter": creds.not_after,
+                // Counts every credential set put in force (certificate or trust bundle).
+                "generation": tls.generation,
+                "trustBundle": {"certificates": creds.bundle.len()},
                 "source": {"files": self.tls.files()},
             },
             "policy": {
@@ -71,6 +74,7 @@ impl Admin {
                 "files": self.policy.files(),
                 "controlPlane": self.channel.as_ref().map(|c| json!({
                     "connected": c.connected(),
+                    "attempts": c.attempts(),
                     "lastError": c.last_error(),
                 })),
                 "limits": {"maxUriBytes": policy.limits.max_uri_bytes, "maxHeaderBytes": policy.limits.max_header_bytes,

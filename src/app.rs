@@ -325,6 +325,7 @@ async fn watch_certificates(
             Ok(Some(state)) => {
                 let creds = &state.credentials;
                 tracing::info!(identity = %creds.id, serial = %creds.serial, "certificate and trust bundle reloaded");
+                telemetry.metrics.certificate_reloads.with_label_values(&["applied"]).inc();
                 telemetry.metrics.certificate_expiry.set(creds.not_after as f64);
                 telemetry.events.emit(SecurityEvent::CertificateRotated {
                     identity: creds.id.to_string(),
@@ -335,6 +336,7 @@ async fn watch_certificates(
             Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "new certificate files are not usable; keeping the current ones");
+                telemetry.metrics.certificate_reloads.with_label_values(&["rejected"]).inc();
                 telemetry.events.emit(SecurityEvent::CertificateReloadFailed { reason: e.to_string() });
             }
         },

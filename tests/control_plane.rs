@@ -69,7 +69,7 @@ impl ControlPlane {
             .unwrap();
         self.child = Some(child);
         let admin = self.admin;
-        let ready = eventually(Duration::from_secs(10), || async move {
+        let ready = eventually(|| async move {
             matches!(http_client().get(format!("http://127.0.0.1:{admin}/ready")).send().await, Ok(r) if r.status() == 200)
         })
         .await;
@@ -198,25 +198,31 @@ impl Workload {
     }
 }
 
-async fn wait_for(what: &str, patience: Duration, check: impl AsyncFnMut() -> bool) {
-    let mut check = check;
-    let deadline = Instant::now() + patience;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{what} within {patience:?}");
-}
-
 fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name_and_labels).and_then(|v| v.trim().parse().ok()))
 }
 
+/// The sidecar's /status entry once its stream has looked at the catalog in force: whatever that
+/// catalog asked for has been sent by then.
+async fn evaluated(plane: &ControlPlane, identity: &str, port: u16) -> Value {
+    let mut found = Value::Null;
+    wait_for("the stream looked at the catalog in force", async || {
+        let generation = plane.status().await["policies"]["generation"].clone();
+        match plane.sidecar(identity, port).await {
+            Some(s) if s["evaluated"] == generation => {
+                found = s;
+                true
+            }
+            _ => false,
+        }
+    })
+    .await;
+    found
+}
+
 async fn synced(plane: &ControlPlane, identity: &str, port: u16) -> Value {
     let mut found = Value::Null;
-    wait_for("the sidecar synced", Duration::from_secs(10), async || match plane.sidecar(identity, port).await {
+    wait_for("the sidecar synced", async || match plane.sidecar(identity, port).await {
         Some(s) if s["state"] == "synced" => {
             found = s;
             true
@@ -250,7 +256,7 @@ async fn an_edit_reaches_exactly_the_selected_sidecars_and_status_shows_every_ac
     // The operator edits the orders policy once.
     let edited = Instant::now();
     plane.write("orders.yaml", &policy_for("orders", "orders-api", &deny_paths(&["/admin", "/secret"])));
-    wait_for("orders enforces the edit", Duration::from_secs(3), async || orders.get("/secret").await == 403).await;
+    wait_for("orders enforces the edit", async || orders.get("/secret").await == 403).await;
     eprintln!("file change -> enforced by the sidecar: {:?}", edited.elapsed());
     let after = synced(&plane, &id("shop", "orders"), orders.port()).await;
     assert_eq!(after["pushes"], 2);
@@ -262,9 +268,8 @@ async fn an_edit_reaches_exactly_the_selected_sidecars_and_status_shows_every_ac
         .contains(&format!("palisade_policy_version_info{{source=\"controlPlane\",version=\"{version}\"}} 1")));
     assert_eq!(orders.config_dump().await["policy"]["source"], "controlPlane");
 
-    // The unrelated sidecar was not sent anything.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let billing_now = plane.sidecar(&id("shop", "billing"), billing.port()).await.unwrap();
+    // The unrelated sidecar was not sent anything, once its stream has looked at the new catalog.
+    let billing_now = evaluated(&plane, &id("shop", "billing"), billing.port()).await;
     assert_eq!(billing_now["pushes"], 1, "{billing_now}");
     assert_eq!(billing_now["acked"], first_billing["acked"]);
     assert_eq!(billing.get("/secret").await, 200);
@@ -296,7 +301,7 @@ async fn an_invalid_file_is_refused_at_the_control_plane_and_nothing_changes() {
     let broken = good.replace("default: ALLOW", "default: ALLOW\n    mode: SOMETIMES");
     plane.write("orders.yaml", &broken);
     let mut source = Value::Null;
-    wait_for("the control plane reports the error", Duration::from_secs(5), async || {
+    wait_for("the control plane reports the error", async || {
         let status = plane.status().await;
         source = status["policies"]["sources"][0].clone();
         source["errors"].as_array().is_some_and(|e| !e.is_empty())
@@ -309,8 +314,7 @@ async fn an_invalid_file_is_refused_at_the_control_plane_and_nothing_changes() {
     let events = std::fs::read_to_string(&plane.events).unwrap();
     assert!(events.contains("policy update rejected") && events.contains("spec.authorization.mode"), "{events}");
 
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let after = plane.sidecar(&id("shop", "orders"), orders.port()).await.unwrap();
+    let after = evaluated(&plane, &id("shop", "orders"), orders.port()).await;
     assert_eq!(after["pushes"], 1, "nothing was pushed: {after}");
     assert_eq!(after["acked"], before["acked"]);
     assert_eq!(orders.get("/admin").await, 403, "the old policy is in force");
@@ -331,7 +335,7 @@ async fn a_snapshot_the_sidecar_refuses_is_nacked_with_the_reason_and_the_old_po
     let permissive = format!("  mtls: PERMISSIVE\n{}", deny_paths(&["/admin", "/secret"]));
     plane.write("orders.yaml", &policy_for("orders", "orders-api", &permissive));
     let mut record = Value::Null;
-    wait_for("the NACK reaches /status", Duration::from_secs(5), async || {
+    wait_for("the NACK reaches /status", async || {
         record = plane.sidecar(&id("shop", "orders"), orders.port()).await.unwrap_or_default();
         record["state"] == "rejected"
     })
@@ -375,6 +379,7 @@ async fn sidecars_ride_out_a_control_plane_outage_under_load_and_resync() {
                 if status != 200 {
                     failed.fetch_add(1, Ordering::Relaxed);
                 }
+                // Pacing, so the load stays a load and not a flood; nothing waits on it.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         })
@@ -382,15 +387,15 @@ async fn sidecars_ride_out_a_control_plane_outage_under_load_and_resync() {
 
     // Down and up again with nothing changed: the sidecar resumes without a push.
     plane.kill();
-    wait_for("the sidecar sees the outage", Duration::from_secs(5), async || {
+    wait_for("the sidecar sees the outage", async || {
         metric(&orders.metrics().await, "palisade_control_plane_connected") == Some(0.0)
     })
     .await;
     assert_eq!(orders.get("/admin").await, 403, "the last good policy stays in force");
     assert!(orders.ready().await, "a sidecar with a policy stays ready without its control plane");
     let during = sent.load(Ordering::Relaxed);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(sent.load(Ordering::Relaxed) > during + 20, "requests flowed while the control plane was down");
+    wait_for("requests flowed while the control plane was down", async || sent.load(Ordering::Relaxed) > during + 20)
+        .await;
     plane.spawn().await;
     let resumed = synced(&plane, &id("shop", "orders"), orders.port()).await;
     assert_eq!(resumed["pushes"], 0, "same version, nothing to send: {resumed}");
@@ -399,11 +404,10 @@ async fn sidecars_ride_out_a_control_plane_outage_under_load_and_resync() {
     // Down; the policy changes meanwhile; up: the sidecar resyncs to the new version.
     plane.kill();
     plane.write("orders.yaml", &policy_for("orders", "orders-api", &deny_paths(&["/admin", "/secret"])));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The control plane is gone (kill waited for it): the sidecar has no way to learn of it.
     assert_eq!(orders.get("/secret").await, 200);
     plane.spawn().await;
-    wait_for("the resynced policy is enforced", Duration::from_secs(15), async || orders.get("/secret").await == 403)
-        .await;
+    wait_for("the resynced policy is enforced", async || orders.get("/secret").await == 403).await;
     let resynced = synced(&plane, &id("shop", "orders"), orders.port()).await;
     assert_eq!(resynced["pushes"], 1);
     assert_ne!(resynced["acked"]["version"], first["acked"]["version"]);
@@ -412,7 +416,7 @@ async fn sidecars_ride_out_a_control_plane_outage_under_load_and_resync() {
     load.await.unwrap();
     let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     eprintln!("{sent} requests during two outages, {failed} failed");
-    assert!(sent > 50, "the load ran: {sent}");
+    assert!(sent > 20, "the load ran (and, above, ran during the outage): {sent}");
     assert_eq!(failed, 0);
     let orders = Arc::into_inner(orders).unwrap();
     orders.stop();
@@ -442,7 +446,7 @@ async fn a_certificate_for_one_namespace_cannot_subscribe_as_another_and_a_fake_
         let url = format!("http://{admin}/config_dump");
         http_client().get(url).send().await.unwrap().json::<Value>().await.unwrap()
     };
-    wait_for("the impostor is refused", Duration::from_secs(5), async || {
+    wait_for("the impostor is refused", async || {
         dump().await["policy"]["controlPlane"]["lastError"]
             .as_str()
             .is_some_and(|e| e.contains("may not subscribe as a workload of namespace \"shop\""))
@@ -468,7 +472,7 @@ async fn a_certificate_for_one_namespace_cannot_subscribe_as_another_and_a_fake_
     let fake = ControlPlane::start_as(&pki, "fake", &fake_dir, &id("palisade-system", "not-control")).await;
     let orders = Workload::start(&pki, &fake, "orders", |c| c.policy.fail_mode = FailMode::Closed).await;
     let admin = orders.sidecar.admin;
-    wait_for("the fake control plane is refused", Duration::from_secs(5), async || {
+    wait_for("the fake control plane is refused", async || {
         let url = format!("http://{admin}/config_dump");
         let dump: Value = http_client().get(url).send().await.unwrap().json().await.unwrap();
         dump["policy"]["controlPlane"]["lastError"]
@@ -493,7 +497,7 @@ async fn fail_open_serves_without_a_policy_and_replicas_agree_on_versions() {
     let open = Workload::start(&pki, &nowhere, "orders", |c| c.policy.fail_mode = FailMode::Open).await;
     drop(nowhere);
     let open_admin = open.sidecar.admin;
-    wait_for("disconnected", Duration::from_secs(5), async || {
+    wait_for("disconnected", async || {
         let url = format!("http://{open_admin}/metrics");
         let text = http_client().get(url).send().await.unwrap().text().await.unwrap();
         metric(&text, "palisade_control_plane_connected") == Some(0.0)
@@ -580,7 +584,7 @@ async fn oversized_hellos_are_refused_without_being_kept() {
     assert_eq!(long.code(), tonic::Code::PermissionDenied, "{long:?}");
     let huge = subscribe(&pki, &plane, &id("shop", "orders"), hello("n".repeat(100_000))).await.unwrap_err();
     assert_ne!(huge.code(), tonic::Code::Ok, "{huge:?}");
-    wait_for("nothing kept of the refused streams (the good one ended too)", Duration::from_secs(3), async || {
+    wait_for("nothing kept of the refused streams (the good one ended too)", async || {
         plane.status().await["sidecars"].as_array().unwrap().is_empty()
     })
     .await;

@@ -133,7 +133,8 @@ async fn the_app_down_gives_a_json_502_and_service_resumes_when_it_returns() {
     let app = EchoApp::start().await;
     let app_addr = app.addr;
     app.stop();
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let gone = eventually(async || tokio::net::TcpStream::connect(app_addr).await.is_err()).await;
+    assert!(gone, "the app stopped listening");
     let sidecar = start_sidecar(sidecar_config(&server, app_addr));
     let https = https_client(Some(&client));
 

@@ -5,7 +5,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod support;
+
+use support::eventually_blocking;
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
@@ -27,20 +31,6 @@ fn palisade(args: &[&str], stdin: Option<&str>) -> Output {
 
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n")
-}
-
-/// Runs `check` until it holds or `patience` runs out: the one way these tests wait.
-fn eventually(patience: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + patience;
-    loop {
-        if check() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 // === palisade inject ===
@@ -368,7 +358,7 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
             .collect::<String>()
     };
     for pod in &PODS {
-        let ready = eventually(Duration::from_secs(20), || {
+        let ready = eventually_blocking(|| {
             let app_up =
                 ns.run(pod.short, None, &["curl", "-sf", "--max-time", "1", "http://127.0.0.1:8080/"]).status.success();
             let sidecar_up = !pod.sidecar

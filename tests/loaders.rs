@@ -37,14 +37,12 @@ fn capped(args: &[&str]) -> Command {
 fn run(mut command: Command) -> (Output, Duration) {
     let started = Instant::now();
     let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    while child.try_wait().unwrap().is_none() {
-        if started.elapsed() > patience() {
-            child.kill().unwrap();
-            panic!("{command:?} still running after {:?}", patience());
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    if !eventually_blocking(|| child.try_wait().unwrap().is_some()) {
+        child.kill().unwrap();
+        panic!("{command:?} still running after {:?}", patience());
     }
-    (child.wait_with_output().unwrap(), started.elapsed())
+    let took = started.elapsed();
+    (child.wait_with_output().unwrap(), took)
 }
 
 const HEAD: &str =
@@ -172,7 +170,7 @@ impl SidecarProcess {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let ready = eventually(patience(), || async move {
+        let ready = eventually(|| async move {
             matches!(http_client().get(format!("http://127.0.0.1:{admin}/ready")).send().await, Ok(r) if r.status() == 200)
         })
         .await;
@@ -217,17 +215,15 @@ fn resident_kib(pid: u32) -> u64 {
 
 fn terminate(child: &mut Child) -> std::process::ExitStatus {
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let started = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status;
-        }
-        if started.elapsed() > patience() {
-            child.kill().unwrap();
-            panic!("still running {:?} after SIGTERM", patience());
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let mut status = None;
+    if !eventually_blocking(|| {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    }) {
+        child.kill().unwrap();
+        panic!("still running {:?} after SIGTERM", patience());
     }
+    status.unwrap()
 }
 
 /// Growth of resident memory that means a loader kept what it read (50 MB inputs are part of
@@ -249,7 +245,7 @@ async fn a_running_sidecar_keeps_its_policy_through_every_hostile_rewrite() {
         let count = sidecar.metric(rejected).await;
         let started = Instant::now();
         put(&policy);
-        let seen = eventually(patience(), || async { sidecar.metric(rejected).await > count }).await;
+        let seen = eventually(|| async { sidecar.metric(rejected).await > count }).await;
         eprintln!("sidecar reload, {what}: rejected in {:?}", started.elapsed());
         assert!(seen, "{what}: the update is rejected");
         assert_eq!(sidecar.status_of("/admin").await, 403, "{what}: the last good policy stays in force");
@@ -260,7 +256,7 @@ async fn a_running_sidecar_keeps_its_policy_through_every_hostile_rewrite() {
     assert!(after < before + FLAT_KIB, "memory stays flat: {before} KiB -> {after} KiB");
     // A good file is taken again, and SIGTERM ends the process.
     write(&policy, &guard().replace("/admin*", "/secret*"));
-    assert!(eventually(patience(), || async { sidecar.status_of("/secret").await == 403 }).await);
+    assert!(eventually(|| async { sidecar.status_of("/secret").await == 403 }).await);
     assert!(sidecar.terminate().success());
 }
 
@@ -297,7 +293,7 @@ async fn the_control_plane_refuses_hostile_files_keeps_serving_and_exits_on_sigt
     let metric = |text: &str, series: &str| {
         text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse::<f64>().ok())).unwrap_or(0.0)
     };
-    assert!(eventually(patience(), || async { metrics().await.is_some() }).await, "the control plane is up");
+    assert!(eventually(|| async { metrics().await.is_some() }).await, "the control plane is up");
 
     let app = EchoApp::start().await;
     let sidecar = SidecarProcess::start(&pki, app.addr, None, Some(format!("https://127.0.0.1:{grpc}"))).await;
@@ -308,8 +304,7 @@ async fn the_control_plane_refuses_hostile_files_keeps_serving_and_exits_on_sigt
         let count = metric(&metrics().await.unwrap(), rejected);
         let started = Instant::now();
         put(&dir.join("hostile.yaml"));
-        let seen =
-            eventually(patience(), || async { metric(&metrics().await.unwrap_or_default(), rejected) > count }).await;
+        let seen = eventually(|| async { metric(&metrics().await.unwrap_or_default(), rejected) > count }).await;
         eprintln!("control plane, {what}: rejected in {:?}", started.elapsed());
         assert!(seen, "{what}: the file is rejected");
         assert_eq!(sidecar.status_of("/admin").await, 403, "{what}: the sidecar keeps its policy");

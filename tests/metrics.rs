@@ -86,7 +86,7 @@ async fn a_prometheus_server_scrapes_the_sidecar() {
         id("shop", "billing").replace(':', "%3A").replace('/', "%2F")
     );
     let answer = std::sync::Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
-    let found = eventually(std::time::Duration::from_secs(30), || {
+    let found = eventually(|| {
         let (query, answer) = (query.clone(), answer.clone());
         async move {
             let Ok(response) = http_client().get(&query).send().await else { return false };

@@ -4,7 +4,6 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -39,13 +38,16 @@ fn write_config(
     path
 }
 
-/// `palisade sidecar --config CONFIG`, once its admin port says it is ready.
+/// `palisade sidecar --config CONFIG`, once its admin port says it is ready; its log goes to
+/// `sidecar.log` beside the configuration.
 async fn spawn_ready(config: &std::path::Path, admin: u16) -> std::process::Child {
+    let log = std::fs::File::create(config.with_file_name("sidecar.log")).unwrap();
     let child = Command::new(BIN)
         .args(["sidecar", "--config"])
         .arg(config)
+        .env("PALISADE_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     wait_ready(admin).await;
@@ -53,23 +55,23 @@ async fn spawn_ready(config: &std::path::Path, admin: u16) -> std::process::Chil
 }
 
 async fn wait_ready(admin: u16) {
-    let ready = eventually(Duration::from_secs(10), || async move {
+    let ready = eventually(async || {
         matches!(http_client().get(format!("http://127.0.0.1:{admin}/ready")).send().await, Ok(r) if r.status() == 200)
     })
     .await;
     assert!(ready, "sidecar became ready");
 }
 
-fn wait_exit(child: &mut std::process::Child, patience: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + patience;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        std::thread::sleep(Duration::from_millis(20));
+/// The exit status, once the process has ended (or the test's patience ran out: then killed).
+fn wait_exit(child: &mut std::process::Child) -> Option<std::process::ExitStatus> {
+    let mut status = None;
+    if !eventually_blocking(|| {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    }) {
+        let _ = child.kill();
     }
-    let _ = child.kill();
-    None
+    status
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,33 +79,33 @@ async fn sigterm_lets_in_flight_requests_finish_refuses_new_ones_and_exits_zero(
     let pki = Pki::new();
     let server = pki.workload("server", &id("shop", "orders"));
     let client = pki.workload("client", &id("shop", "frontend"));
-    let app = EchoApp::start().await;
+    let app = HoldingApp::start().await;
     let ports = [free_port(), free_port(), free_port()];
     let config = write_config(pki.dir.path(), &server, app.addr.port(), ports);
     let mut child = spawn_ready(&config, ports[2]).await;
 
-    let https = https_client(Some(&client));
-    let slow: Vec<_> = (0..3)
-        .map(|_| {
-            let request = https.get(format!("https://127.0.0.1:{}/slow/1500", ports[0])).send();
-            tokio::spawn(request)
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let started = Instant::now();
+    // Three requests in flight: the app holds them until the test lets go.
+    let mut tls = client_tls(Some(&client));
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let https = reqwest::Client::builder().use_preconfigured_tls(tls).build().unwrap();
+    let held: Vec<_> =
+        (0..3).map(|_| tokio::spawn(https.get(format!("https://127.0.0.1:{}/hold", ports[0])).send())).collect();
+    app.wait_held(3).await;
     assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    tokio::time::sleep(Duration::from_millis(200)).await;
 
     // New connections are refused while the old requests are still running.
-    let refused = tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await;
-    assert!(refused.is_err(), "the listener is closed during the drain");
-    for request in slow {
+    let closed = eventually(async || tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.is_err()).await;
+    assert!(closed, "the listener is closed during the drain");
+    app.release(3);
+    for request in held {
         let response = request.await.unwrap().expect("in-flight request completes");
         assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), "held");
     }
-    let status = wait_exit(&mut child, Duration::from_secs(8)).expect("the sidecar exits");
+    let status = wait_exit(&mut child).expect("the sidecar exits");
     assert!(status.success(), "exit status {status:?}");
-    assert!(started.elapsed() < Duration::from_secs(5), "exits once drained, not at the deadline");
+    let log = std::fs::read_to_string(config.with_file_name("sidecar.log")).unwrap();
+    assert!(log.contains("drained; exiting"), "exits once drained, not at the deadline: {log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -121,7 +123,7 @@ async fn post_shutdown_from_localhost_drains_and_exits_zero() {
     assert!(dump.contains(&id("shop", "orders")), "{dump}");
     assert!(!dump.contains("PRIVATE KEY"), "no key material in the dump");
     assert_eq!(client.post(format!("{admin}/shutdown")).send().await.unwrap().status(), 200);
-    let status = wait_exit(&mut child, Duration::from_secs(8)).expect("the sidecar exits");
+    let status = wait_exit(&mut child).expect("the sidecar exits");
     assert!(status.success(), "exit status {status:?}");
 }
 

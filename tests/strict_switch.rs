@@ -6,52 +6,10 @@ mod support;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Notify;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 use support::*;
-
-/// An HTTP/1.1 keep-alive app: answers every request at once with 200, except `/hold`, which it
-/// answers only once `release` is notified; `held` is notified when a `/hold` arrived.
-async fn holding_app(release: Arc<Notify>, held: Arc<Notify>) -> std::net::SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (release, held) = (release.clone(), held.clone());
-            tokio::spawn(async move {
-                let mut stream = BufReader::new(stream);
-                loop {
-                    let mut line = String::new();
-                    if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let hold = line.starts_with("GET /hold ");
-                    loop {
-                        let mut header = String::new();
-                        if stream.read_line(&mut header).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if header == "\r\n" {
-                            break;
-                        }
-                    }
-                    if hold {
-                        held.notify_one();
-                        release.notified().await;
-                    }
-                    let body = if hold { "held" } else { "ok" };
-                    let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
-                    if stream.get_mut().write_all(answer.as_bytes()).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 /// Reads one response of known length; its status line and body.
 async fn read_answer(stream: &mut TcpStream) -> (String, String, String) {
@@ -80,10 +38,10 @@ async fn closed_by_peer(stream: &mut TcpStream) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plaintext_connections_are_closed_after_their_request_when_the_workload_becomes_strict() {
-    let (release, held) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
-    let app = holding_app(release.clone(), held.clone()).await;
+    let app = HoldingApp::start().await;
     let open = policy("mode", "  mtls: PERMISSIVE\n  authorization: {default: ALLOW}\n");
-    let s = Arc::new(PolicedSidecar::start_with(&open, |c| c.inbound.app = palisade::config::ListenAddr(app)).await);
+    let s =
+        Arc::new(PolicedSidecar::start_with(&open, |c| c.inbound.app = palisade::config::ListenAddr(app.addr)).await);
     let request = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: orders.shop\r\n\r\n");
 
     // An idle keep-alive connection and one with a request in flight, both plaintext.
@@ -92,7 +50,7 @@ async fn plaintext_connections_are_closed_after_their_request_when_the_workload_
     assert_eq!(read_answer(&mut idle).await.2, "ok");
     let mut busy = TcpStream::connect(s.sidecar.inbound).await.unwrap();
     busy.write_all(request("/hold").as_bytes()).await.unwrap();
-    tokio::time::timeout(patience(), held.notified()).await.expect("the held request reached the app");
+    app.wait_held(1).await;
 
     // Mutual-TLS callers keep calling through the switch.
     let stop = Arc::new(AtomicBool::new(false));
@@ -111,16 +69,16 @@ async fn plaintext_connections_are_closed_after_their_request_when_the_workload_
             }
         })
     };
-    assert!(eventually(patience(), || async { ok.load(Ordering::Relaxed) > 0 }).await, "mTLS load runs");
+    assert!(eventually(|| async { ok.load(Ordering::Relaxed) > 0 }).await, "mTLS load runs");
     let before_switch = ok.load(Ordering::Relaxed);
 
     write_policy(&s.policy_file, &policy("mode", "  mtls: STRICT\n  authorization: {default: ALLOW}\n"));
-    let strict = eventually(patience(), || async { s.config_dump().await["policy"]["mtls"] == "STRICT" }).await;
+    let strict = eventually(|| async { s.config_dump().await["policy"]["mtls"] == "STRICT" }).await;
     assert!(strict, "the STRICT policy is in force");
 
     // The idle connection is closed at once; the busy one gets its answer, then is closed.
     assert!(closed_by_peer(&mut idle).await, "the idle plaintext connection is closed");
-    release.notify_one();
+    app.release(1);
     let (status, head, body) = read_answer(&mut busy).await;
     assert_eq!((status.as_str(), body.as_str()), ("HTTP/1.1 200 OK", "held"), "{head}");
     assert!(closed_by_peer(&mut busy).await, "the busy plaintext connection is closed after its answer");
@@ -136,7 +94,7 @@ async fn plaintext_connections_are_closed_after_their_request_when_the_workload_
 
     // Calls over mutual TLS went on through the switch, none failed.
     let after = ok.load(Ordering::Relaxed);
-    assert!(eventually(patience(), || async { ok.load(Ordering::Relaxed) > after + 20 }).await);
+    assert!(eventually(|| async { ok.load(Ordering::Relaxed) > after + 20 }).await);
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
     assert!(ok.load(Ordering::Relaxed) > before_switch);

@@ -29,11 +29,17 @@ const MAX_SNAPSHOT_BYTES: usize = 32 * 1024 * 1024;
 pub struct ChannelState {
     connected: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// Streams tried since start: with `connected`, whether a sidecar is stuck retrying.
+    attempts: std::sync::atomic::AtomicU64,
 }
 
 impl ChannelState {
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Acquire)
+    }
+
+    pub fn attempts(&self) -> u64 {
+        self.attempts.load(Ordering::Acquire)
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -81,6 +87,7 @@ impl PolicyChannel {
     }
 
     async fn session(&self, backoff: &mut Backoff) -> Result<(), String> {
+        self.state.attempts.fetch_add(1, Ordering::AcqRel);
         let connector =
             super::connector(self.address.host.clone(), self.address.port, self.expected.clone(), self.tls.clone());
         let channel = tonic::transport::Endpoint::from_static("http://palisade-control")
@@ -183,6 +190,71 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A channel to a control plane that is not there, on a runtime whose clock only moves when
+    /// every task waits: the retries follow the backoff in virtual time, and no test waits for
+    /// real seconds.
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_control_plane_is_retried_with_doubling_jittered_delays() {
+        use crate::config::{EventSink, EventsConfig, FailMode, MtlsMode, TelemetryConfig};
+        use crate::identity::{DevCa, LeafSpec};
+        use crate::policy::PolicyOptions;
+        use crate::tls::{IdentityFiles, TrustDomains};
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::generate("cluster.local").unwrap();
+        let files = ca.issue_to(&LeafSpec::workload("spiffe://cluster.local/ns/shop/sa/orders"), dir.path()).unwrap();
+        let identity = IdentityFiles {
+            cert: files.cert.clone(),
+            key: files.key.clone(),
+            trust_bundle: files.trust_bundle.clone(),
+        };
+        let tls = TlsStore::load(identity, "cluster.local", TrustDomains::new(["cluster.local"])).unwrap();
+        let telemetry = Arc::new(
+            Telemetry::new(
+                &TelemetryConfig {
+                    events: EventsConfig { sink: EventSink::Stderr, ..Default::default() },
+                    access_log: false,
+                    ..Default::default()
+                },
+                None,
+            )
+            .unwrap(),
+        );
+        let options = PolicyOptions {
+            files: Vec::new(),
+            workload: WorkloadConfig::default(),
+            default_mtls: MtlsMode::STRICT,
+            allow_permissive: true,
+            fail_mode: FailMode::Closed,
+            control_plane: true,
+        };
+        let state = Arc::new(ChannelState::default());
+        // Port 1 on loopback: refused at once, every time.
+        let channel = PolicyChannel {
+            address: "https://127.0.0.1:1".parse().unwrap(),
+            expected: crate::channel::default_identity("cluster.local"),
+            tls: Arc::new(tls),
+            policy: Arc::new(PolicyStore::load(options, telemetry.clone()).unwrap()),
+            workload: WorkloadConfig::default(),
+            node: "test".into(),
+            telemetry,
+            state: state.clone(),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(channel.run(stopped));
+        while state.attempts() < 8 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let waited = started.elapsed();
+        // Seven delays: steps of 100 ms doubling, each jittered to between half and all of it.
+        let steps: Duration =
+            [100u64, 200, 400, 800, 1600, 3200, 6400].iter().map(|ms| Duration::from_millis(*ms)).sum();
+        assert!(waited >= steps / 2 && waited <= steps + Duration::from_millis(100), "{waited:?} for {steps:?}");
+        assert!(!state.connected() && state.last_error().is_some_and(|e| e.contains("127.0.0.1:1")));
+        stop.send_replace(true);
+        task.await.unwrap();
+    }
 
     #[test]
     fn backoff_doubles_to_its_ceiling_with_jitter_and_resets() {

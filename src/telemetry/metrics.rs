@@ -12,6 +12,7 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub tls_handshakes: IntCounterVec,
     pub certificate_expiry: Gauge,
+    pub certificate_reloads: IntCounterVec,
     pub events_dropped: prometheus::IntCounter,
     pub authz_decisions: IntCounterVec,
     pub ratelimit_decisions: IntCounterVec,
@@ -44,6 +45,14 @@ impl Metrics {
         let certificate_expiry = Gauge::new(
             "palisade_certificate_expiry_timestamp_seconds",
             "When the workload certificate in use expires (Unix time).",
+        )
+        .expect("metric");
+        let certificate_reloads = IntCounterVec::new(
+            Opts::new(
+                "palisade_certificate_reloads_total",
+                "New certificates or trust bundles, put in force (applied) or refused (rejected).",
+            ),
+            &["result"],
         )
         .expect("metric");
         let events_dropped = prometheus::IntCounter::new(
@@ -93,6 +102,7 @@ impl Metrics {
             Box::new(request_duration.clone()),
             Box::new(tls_handshakes.clone()),
             Box::new(certificate_expiry.clone()),
+            Box::new(certificate_reloads.clone()),
             Box::new(events_dropped.clone()),
             Box::new(build_info),
             Box::new(authz_decisions.clone()),
@@ -112,6 +122,7 @@ impl Metrics {
             request_duration,
             tls_handshakes,
             certificate_expiry,
+            certificate_reloads,
             events_dropped,
             authz_decisions,
             ratelimit_decisions,

@@ -347,21 +347,39 @@ pub fn patience() -> Duration {
     Duration::from_secs(seconds)
 }
 
-/// Polls `check` until it holds or `patience` runs out.
-pub async fn eventually<F, Fut>(patience: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + patience;
+/// Waits for a positive signal: polls `check` until it holds, or the test's [`patience`] runs
+/// out (then false, and the caller's assertion says what did not happen). The one way tests
+/// wait; none sleeps for a fixed time and then assumes.
+pub async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + patience();
     while tokio::time::Instant::now() < deadline {
         if check().await {
             return true;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL).await;
     }
     false
 }
+
+/// [`eventually`], or the test fails saying `what` did not happen.
+pub async fn wait_for(what: &str, check: impl AsyncFnMut() -> bool) {
+    assert!(eventually(check).await, "{what} within {:?}", patience());
+}
+
+/// [`eventually`] for tests that wait on processes and commands without a runtime.
+pub fn eventually_blocking(mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + patience();
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(POLL);
+    }
+    false
+}
+
+/// How often a condition is looked at again: often enough that waiting costs little.
+const POLL: Duration = Duration::from_millis(25);
 
 /// A free loopback port (for processes that need one written in their config), never one this
 /// test process was handed before: the kernel may give a just-released port out again, and two
@@ -575,3 +593,67 @@ pub const DENY_ADMIN_LIMIT_ONE: &str = r#"  authorization:
   rateLimits:
     - {name: tight, match: {paths: ["/limited"]}, key: global, rate: 1, per: 60s, burst: 1}
 "#;
+
+/// An HTTP/1.1 keep-alive app that answers at once with 200 "ok", except `GET /hold`, which it
+/// answers ("held") only when the test hands out a permit: so a test knows a request is in
+/// flight, and decides when it ends, without timing anything.
+pub struct HoldingApp {
+    pub addr: SocketAddr,
+    /// `/hold` requests that reached the app.
+    pub held: Arc<std::sync::atomic::AtomicUsize>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+impl HoldingApp {
+    pub async fn start() -> Self {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let (counter, gate) = (held.clone(), release.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (counter, gate) = (counter.clone(), gate.clone());
+                tokio::spawn(async move {
+                    let mut stream = BufReader::new(stream);
+                    loop {
+                        let mut line = String::new();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let hold = line.starts_with("GET /hold ");
+                        loop {
+                            let mut header = String::new();
+                            if stream.read_line(&mut header).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if header == "\r\n" {
+                                break;
+                            }
+                        }
+                        if hold {
+                            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            gate.acquire().await.unwrap().forget();
+                        }
+                        let body = if hold { "held" } else { "ok" };
+                        let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                        if stream.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        HoldingApp { addr, held, release }
+    }
+
+    /// Lets `n` held requests be answered.
+    pub fn release(&self, n: usize) {
+        self.release.add_permits(n);
+    }
+
+    pub async fn wait_held(&self, n: usize) {
+        wait_for("requests held by the app", async || self.held.load(std::sync::atomic::Ordering::SeqCst) >= n).await;
+    }
+}
