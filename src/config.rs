@@ -8,6 +8,7 @@
 
 mod control;
 mod env;
+mod inject;
 mod otel;
 mod sidecar;
 mod types;
@@ -17,6 +18,10 @@ pub use control::{
     TokensConfig, WebhookConfig,
 };
 pub use env::{Env, ProcessEnv};
+pub use inject::{
+    is_log_filter, is_quantity, ControlPlaneRef, FailurePolicy, IdentityMode, IdentitySettings, InjectSettings,
+    ProxyPorts, PullPolicy, Resources,
+};
 pub use otel::{ParentRoot, SamplerChoice, TraceSettings};
 pub use sidecar::{
     AdminConfig, AppProtocol, ControlPlaneAddress, Destination, EventFormat, EventSink, EventsConfig, FailMode,

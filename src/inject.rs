@@ -16,15 +16,14 @@ pub mod command;
 mod manifest;
 pub mod patch;
 pub mod pod;
-mod settings;
 pub mod text;
 pub mod webhook;
 
-pub use manifest::{inject, plan_object, pod_path, ManifestError, Outcome, Report};
-pub use pod::{plan, Decision, PodError, Skip};
-pub use settings::{
+pub use crate::config::{
     ControlPlaneRef, FailurePolicy, IdentityMode, IdentitySettings, InjectSettings, ProxyPorts, PullPolicy, Resources,
 };
+pub use manifest::{inject, plan_object, pod_path, ManifestError, Outcome, Report};
+pub use pod::{plan, Decision, PodError, Skip};
 pub use webhook::{review, InjectWebhook};
 
 #[cfg(test)]

@@ -150,9 +150,9 @@ pub struct WebhookConfig {
     pub key: PathBuf,
     /// The MutatingWebhookConfiguration's failurePolicy, which the webhook also follows when a
     /// pod cannot be injected (`Fail`: refused; `Ignore`: admitted without a sidecar).
-    pub failure_policy: crate::inject::FailurePolicy,
+    pub failure_policy: super::FailurePolicy,
     /// What injection adds to each pod (also read by `palisade inject --config`).
-    pub sidecar: crate::inject::InjectSettings,
+    pub sidecar: super::InjectSettings,
 }
 
 impl Default for WebhookConfig {
@@ -161,8 +161,8 @@ impl Default for WebhookConfig {
             listen: "0.0.0.0:15017".parse().expect("default"),
             cert: "/etc/palisade/webhook/tls.crt".into(),
             key: "/etc/palisade/webhook/tls.key".into(),
-            failure_policy: crate::inject::FailurePolicy::default(),
-            sidecar: crate::inject::InjectSettings::default(),
+            failure_policy: super::FailurePolicy::default(),
+            sidecar: super::InjectSettings::default(),
         }
     }
 }

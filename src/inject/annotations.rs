@@ -1,6 +1,7 @@
 //! The per-pod annotations injection honours, read and checked before anything is added: a
 //! value that would make a broken pod is refused with the annotation's name.
 
+pub use crate::config::{is_log_filter, is_quantity};
 use crate::config::{AppProtocol, IpBlock};
 
 /// `enabled` / `disabled` (also as a label): opts a pod in or out.
@@ -150,27 +151,6 @@ fn ports(key: &'static str, value: &str) -> Result<Vec<u16>, BadAnnotation> {
 /// An address block: `10.0.0.0/8`, `fd00::/8`, or one address.
 pub fn parse_cidr(value: &str) -> Result<IpBlock, String> {
     value.parse()
-}
-
-/// A Kubernetes resource quantity (the forms a request or limit is written in).
-pub fn is_quantity(value: &str) -> bool {
-    const SUFFIXES: [&str; 14] = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E", ""];
-    let Some(number) = SUFFIXES.iter().find_map(|s| value.strip_suffix(s).filter(|n| !n.is_empty())) else {
-        return false;
-    };
-    let (int, frac) = number.split_once('.').unwrap_or((number, "0"));
-    !int.is_empty()
-        && int.bytes().all(|b| b.is_ascii_digit())
-        && !frac.is_empty()
-        && frac.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// A `PALISADE_LOG` filter (`RUST_LOG` syntax) in the characters such filters use, so a value
-/// can never carry anything else into the pod.
-pub fn is_log_filter(value: &str) -> bool {
-    !value.is_empty()
-        && value.len() <= 256
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_=,:.-".contains(&b))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use super::settings::{FailurePolicy, IdentityMode, InjectSettings};
+use crate::config::{FailurePolicy, IdentityMode, InjectSettings};
 
 /// EX_DATAERR: a manifest that cannot be injected.
 const EXIT_DATA: u8 = 65;

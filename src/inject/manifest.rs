@@ -5,8 +5,8 @@ use serde_json::Value;
 
 use super::patch::Op;
 use super::pod::{self, Decision, PodError, Skip};
-use super::settings::InjectSettings;
 use super::text::{self, Chars, TextError};
+use crate::config::InjectSettings;
 use crate::yaml::{self, Limits};
 
 /// Where a kind keeps its pod: the JSON Pointer of the pod template, or of the pod itself.

@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 
 use super::annotations::{self as ann, PodOptions};
 use super::patch::{escape, Op};
-use super::settings::{IdentityMode, InjectSettings};
 use crate::config::{ControlPlaneAddress, IdentityFromControlPlane, ListenAddr, SidecarConfig, SpiffeIdField};
+use crate::config::{IdentityMode, InjectSettings};
 use crate::identity::SpiffeId;
 
 pub const PROXY_NAME: &str = "palisade-proxy";
@@ -267,7 +267,7 @@ fn proxy_container(settings: &InjectSettings, options: &PodOptions) -> Value {
     })
 }
 
-fn resources(base: &super::settings::Resources, overrides: &[(&str, &str, String)]) -> Value {
+fn resources(base: &crate::config::Resources, overrides: &[(&str, &str, String)]) -> Value {
     let mut requests = base.requests.clone();
     let mut limits = base.limits.clone();
     for (kind, name, quantity) in overrides {

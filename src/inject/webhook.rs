@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::pod::{self, Decision};
-use super::settings::{FailurePolicy, InjectSettings};
+use crate::config::{FailurePolicy, InjectSettings};
 
 /// The largest review read: a pod is at most about 1.5 MB in etcd, and the review holds it once
 /// (twice for an update, which is never sent here).

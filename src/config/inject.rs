@@ -1,11 +1,12 @@
 //! What injection adds, as the operator configures it: one struct shared by `palisade inject`
 //! and the webhook (the control plane's `webhook.sidecar` section, the chart's `sidecar` values).
+//! Here with the rest of the configuration; `crate::inject` uses it.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::TrustDomain;
+use super::{IpBlock, TrustDomain};
 
 /// The sidecar every injected pod gets. Every field has a default, so a section may name only
 /// what differs.
@@ -259,7 +260,7 @@ impl InjectSettings {
         for (section, resources) in [("resources", &self.resources), ("initResources", &self.init_resources)] {
             for (kind, map) in [("requests", &resources.requests), ("limits", &resources.limits)] {
                 for (name, quantity) in map {
-                    if !super::annotations::is_quantity(quantity) {
+                    if !is_quantity(quantity) {
                         bad(
                             &format!("{section}.{kind}.{name}"),
                             format!("expected a Kubernetes quantity such as 100m, 1 or 64Mi, got {quantity:?}"),
@@ -268,14 +269,34 @@ impl InjectSettings {
                 }
             }
         }
-        if !super::annotations::is_log_filter(&self.log_level) {
+        if !is_log_filter(&self.log_level) {
             bad("logLevel", format!("expected a log filter such as info or palisade=debug, got {:?}", self.log_level));
         }
         for (i, cidr) in self.exclude_outbound_cidrs.iter().enumerate() {
-            if let Err(e) = super::annotations::parse_cidr(cidr) {
+            if let Err(e) = cidr.parse::<IpBlock>() {
                 bad(&format!("excludeOutboundCidrs[{i}]"), e);
             }
         }
         invalid
     }
+}
+/// A Kubernetes resource quantity (the forms a request or limit is written in).
+pub fn is_quantity(value: &str) -> bool {
+    const SUFFIXES: [&str; 14] = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E", ""];
+    let Some(number) = SUFFIXES.iter().find_map(|s| value.strip_suffix(s).filter(|n| !n.is_empty())) else {
+        return false;
+    };
+    let (int, frac) = number.split_once('.').unwrap_or((number, "0"));
+    !int.is_empty()
+        && int.bytes().all(|b| b.is_ascii_digit())
+        && !frac.is_empty()
+        && frac.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A `PALISADE_LOG` filter (`RUST_LOG` syntax) in the characters such filters use, so a value
+/// can never carry anything else into the pod.
+pub fn is_log_filter(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 256
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_=,:.-".contains(&b))
 }
