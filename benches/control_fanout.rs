@@ -94,6 +94,7 @@ async fn stream_client(
         .map_err(|e| format!("connect: {e:?}"))?;
     let (sender, receiver) = mpsc::channel(4);
     let hello = Hello {
+        token: String::new(),
         namespace: "shop".into(),
         labels: [("app".to_string(), "orders".to_string())].into(),
         version: String::new(),

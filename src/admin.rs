@@ -66,7 +66,10 @@ impl Admin {
                 // Counts every credential set put in force (certificate or trust bundle).
                 "generation": tls.generation,
                 "trustBundle": {"certificates": creds.bundle.len()},
-                "source": {"files": self.tls.files()},
+                "source": match self.tls.files() {
+                    Some(files) => json!({"files": files}),
+                    None => json!({"controlPlane": {"issued": !creds.placeholder}}),
+                },
             },
             "policy": {
                 "version": policy.version,

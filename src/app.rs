@@ -176,7 +176,7 @@ async fn run(
     // whole public root store into it. Sidecars never use that connector (both hops are ours),
     // and a mesh proxy should trust no public CA anyway: point it at the mesh's bundle.
     let conf =
-        Arc::new(ServerConf { ca_file: Some(tls.files().trust_bundle.display().to_string()), ..ServerConf::default() });
+        Arc::new(ServerConf { ca_file: tls.files().map(|f| f.trust_bundle.display().to_string()), ..ServerConf::default() });
     let readiness = Arc::new(Readiness::default());
     let data_path = ConnectionTracker::default();
 
@@ -259,6 +259,7 @@ async fn run(
             policy: policy.clone(),
             workload,
             node,
+            token_file: config.identity.control_plane.as_ref().map(|cp| cp.token_file.clone()),
             telemetry: telemetry.clone(),
             state: state.clone(),
         };

@@ -11,4 +11,10 @@ mod generated {
     tonic::include_proto!("palisade.control.v1");
 }
 
+/// The workload CA's protocol (`proto/palisade/identity/v1/ca.proto`).
+#[allow(clippy::all, missing_docs)]
+pub mod identity {
+    tonic::include_proto!("palisade.identity.v1");
+}
+
 pub use generated::*;

@@ -55,6 +55,10 @@ pub struct PolicyChannel {
     pub workload: WorkloadConfig,
     /// Shown in the control plane's /status: the pod name in Kubernetes.
     pub node: String,
+    /// A projected service-account token, read at every connect (the kubelet rotates it): it
+    /// lets the control plane read this pod's labels from the API server instead of trusting
+    /// the ones the Hello claims.
+    pub token_file: Option<std::path::PathBuf>,
     pub telemetry: Arc<Telemetry>,
     pub state: Arc<ChannelState>,
 }
@@ -104,6 +108,12 @@ impl PolicyChannel {
             labels: self.workload.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             version: self.policy.control_plane_version().unwrap_or_default(),
             node: self.node.clone(),
+            token: match &self.token_file {
+                Some(file) => crate::yaml::read_file(file, 64 * 1024)
+                    .map(|t| t.trim().to_string())
+                    .map_err(|e| format!("the service-account token {}: {e}", file.display()))?,
+                None => String::new(),
+            },
         };
         let _ = sender.send(message(sidecar_message::Kind::Hello(hello))).await;
         let mut inbound = PolicyDiscoveryClient::new(channel)
@@ -237,6 +247,7 @@ mod tests {
             policy: Arc::new(PolicyStore::load(options, telemetry.clone()).unwrap()),
             workload: WorkloadConfig::default(),
             node: "test".into(),
+            token_file: None,
             telemetry,
             state: state.clone(),
         };

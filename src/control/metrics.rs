@@ -86,6 +86,11 @@ impl ControlMetrics {
         }
     }
 
+    /// For metrics of parts of the control plane with their own types (the CA).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(4096);
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding");

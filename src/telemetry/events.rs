@@ -25,6 +25,13 @@ pub enum SecurityEvent {
     /// A request was refused by authorisation (403) or a rate limit (429), or would have been
     /// refused by an AUDIT policy.
     RequestDenied(DeniedRequest),
+    /// The workload CA signed a certificate.
+    CertificateIssued { identity: String, serial: String, not_after: i64, peer: Option<SocketAddr>, pod: Option<String> },
+    /// The workload CA refused a request, or a sidecar's renewal failed: `reason` says why.
+    CertificateRefused { identity: Option<String>, peer: Option<SocketAddr>, reason: String },
+    /// The control plane read a pod's labels from the API server and they disagree with the
+    /// ones its sidecar claimed: the claim is ignored.
+    LabelsMismatch { identity: String, pod: String, claimed: String, actual: String },
 }
 
 /// A refused (or, under AUDIT, would-be refused) request, as both formats report it: what
@@ -126,6 +133,34 @@ fn ocsf(event: &SecurityEvent) -> Value {
         SecurityEvent::CertificateReloadFailed { reason } => {
             (99, 1, 1, 4, format!("certificate reload failed, previous kept: {reason}"), json!({}))
         }
+        SecurityEvent::CertificateIssued { identity, serial, not_after, peer, pod } => (
+            99,
+            1,
+            1,
+            1,
+            format!("certificate issued for {identity}"),
+            json!({"tls": {"certificate": {"serial_number": serial, "expiration_time": not_after * 1000}},
+                   "actor": {"user": {"uid": identity}}, "src_endpoint": endpoint(*peer),
+                   "unmapped": {"pod": pod}}),
+        ),
+        SecurityEvent::CertificateRefused { identity, peer, reason } => (
+            99,
+            2,
+            2,
+            3,
+            format!("certificate refused: {reason}"),
+            json!({"actor": {"user": {"uid": identity}}, "src_endpoint": endpoint(*peer),
+                   "firewall_rule": {"uid": "workload-ca", "name": "workload-ca"}}),
+        ),
+        SecurityEvent::LabelsMismatch { identity, pod, claimed, actual } => (
+            99,
+            2,
+            2,
+            4,
+            format!("{identity} (pod {pod}) claimed labels {claimed}; the API server says {actual}; the claim is ignored"),
+            json!({"actor": {"user": {"uid": identity}},
+                   "firewall_rule": {"uid": "workload-labels", "name": "workload-labels"}}),
+        ),
         SecurityEvent::PolicyApplied { version, policies } => {
             (99, 1, 1, 1, format!("policy version {version} in force"), json!({"unmapped": {"policies": policies}}))
         }
@@ -218,6 +253,30 @@ fn ecs(event: &SecurityEvent) -> Value {
             "configuration",
             format!("certificate reload failed, previous kept: {reason}"),
             json!({}),
+        ),
+        SecurityEvent::CertificateIssued { identity, serial, not_after, peer, .. } => (
+            "certificate-issued",
+            "success",
+            "iam",
+            format!("certificate issued for {identity}"),
+            json!({"tls": {"client": {"x509": {"serial_number": serial, "not_after": not_after}}},
+                   "user": {"name": identity},
+                   "source": peer.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()}))}),
+        ),
+        SecurityEvent::CertificateRefused { identity, peer, reason } => (
+            "certificate-refused",
+            "failure",
+            "iam",
+            format!("certificate refused: {reason}"),
+            json!({"user": {"name": identity},
+                   "source": peer.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()}))}),
+        ),
+        SecurityEvent::LabelsMismatch { identity, pod, claimed, actual } => (
+            "workload-labels-mismatch",
+            "failure",
+            "iam",
+            format!("{identity} (pod {pod}) claimed labels {claimed}; the API server says {actual}; the claim is ignored"),
+            json!({"user": {"name": identity}}),
         ),
         SecurityEvent::PolicyApplied { version, policies } => (
             "policy-applied",

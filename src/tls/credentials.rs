@@ -31,6 +31,8 @@ pub struct Credentials {
     pub serial: String,
     /// Seconds since the epoch.
     pub not_after: i64,
+    /// A stand-in until the control plane's CA signs the real certificate.
+    pub placeholder: bool,
 }
 
 impl Credentials {
@@ -43,25 +45,80 @@ impl Credentials {
             path: files.key.clone(),
             reason: format!("no PEM private key found ({e})"),
         })?;
-        let key_der = key.secret_der().to_vec();
         let bundle = read_certs(&files.trust_bundle)?;
-        let mut roots = RootCertStore::empty();
-        for cert in bundle.iter().cloned() {
-            roots.add(cert).map_err(|e| TlsError::File {
-                path: files.trust_bundle.clone(),
-                reason: format!("trust bundle holds an unusable certificate: {e}"),
-            })?;
+        let origin = Origin { cert: &files.cert, key: &files.key, bundle: &files.trust_bundle };
+        Self::from_parts(chain, key, bundle, trust_domain, &origin)
+    }
+
+    /// Credentials from memory (a certificate the control plane's CA just signed), checked as
+    /// files are; errors name `source`.
+    pub fn from_memory(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        bundle: Vec<CertificateDer<'static>>,
+        trust_domain: &str,
+        source: &Path,
+    ) -> Result<Self, TlsError> {
+        Self::from_parts(chain, key, bundle, trust_domain, &Origin { cert: source, key: source, bundle: source })
+    }
+
+    /// The same certificate and key with another trust bundle (a CA rotation's roots).
+    pub fn with_bundle(&self, bundle: Vec<CertificateDer<'static>>, source: &Path) -> Result<Self, TlsError> {
+        let key = PrivateKeyDer::try_from(self.key_der.clone())
+            .map_err(|e| TlsError::File { path: source.to_path_buf(), reason: e.to_string() })?;
+        let trust_domain = self.id.trust_domain().to_string();
+        Self::from_memory(self.chain.clone(), key, bundle, &trust_domain, source)
+    }
+
+    /// What a sidecar presents before its CA answered: a certificate for its own SPIFFE ID that
+    /// no root signed, so every peer refuses it (the sidecar is not ready, and says so), beside
+    /// the roots it was given, so it can already check the CA.
+    pub fn placeholder(id: &SpiffeId, bundle: Vec<CertificateDer<'static>>, source: &Path) -> Result<Self, TlsError> {
+        let fail = |e: &dyn std::fmt::Display| TlsError::File { path: source.to_path_buf(), reason: e.to_string() };
+        let key = rcgen::KeyPair::generate().map_err(|e| fail(&e))?;
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names =
+            vec![rcgen::SanType::URI(id.as_str().try_into().map_err(|e: rcgen::Error| fail(&e))?)];
+        let cert = params.self_signed(&key).map_err(|e| fail(&e))?;
+        let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| fail(&e))?;
+        let roots = roots_of(&bundle, source)?;
+        let certified_key =
+            CertifiedKey::from_der(vec![cert.der().clone()], key_der.clone_key(), &super::provider()).map_err(|e| fail(&e))?;
+        Ok(Credentials {
+            id: id.clone(),
+            serial: "none".into(),
+            not_after: 0,
+            chain: vec![cert.der().clone()],
+            certified_key: Arc::new(certified_key),
+            key_der: key_der.secret_der().to_vec(),
+            roots: Arc::new(roots),
+            bundle,
+            placeholder: true,
+        })
+    }
+
+    fn from_parts(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        bundle: Vec<CertificateDer<'static>>,
+        trust_domain: &str,
+        origin: &Origin<'_>,
+    ) -> Result<Self, TlsError> {
+        if chain.is_empty() {
+            return Err(TlsError::File { path: origin.cert.to_path_buf(), reason: "no certificate".into() });
         }
+        let key_der = key.secret_der().to_vec();
+        let roots = roots_of(&bundle, origin.bundle)?;
         let certified_key =
             CertifiedKey::from_der(chain.clone(), key, &super::provider()).map_err(|e| TlsError::File {
-                path: files.key.clone(),
-                reason: format!("private key does not match {}: {e}", files.cert.display()),
+                path: origin.key.to_path_buf(),
+                reason: format!("private key does not match {}: {e}", origin.cert.display()),
             })?;
         let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| TlsError::File {
-            path: files.cert.clone(),
+            path: origin.cert.to_path_buf(),
             reason: format!("certificate does not parse: {e}"),
         })?;
-        let identity_error = |reason: String| TlsError::Identity { path: files.cert.clone(), reason };
+        let identity_error = |reason: String| TlsError::Identity { path: origin.cert.to_path_buf(), reason };
         let id = match cert_identity(&leaf) {
             CertIdentity::Spiffe(id) => id,
             CertIdentity::None => return Err(identity_error("certificate has no spiffe:// URI SAN".into())),
@@ -79,7 +136,7 @@ impl Credentials {
             super::provider().signature_verification_algorithms.all,
         )
         .map_err(|e| {
-            identity_error(format!("certificate does not verify against {}: {e}", files.trust_bundle.display()))
+            identity_error(format!("certificate does not verify against {}: {e}", origin.bundle.display()))
         })?;
         for usage in [super::verify::Usage::Server, super::verify::Usage::Client] {
             let domains = super::TrustDomains::new([trust_domain]);
@@ -99,8 +156,30 @@ impl Credentials {
             key_der,
             roots: Arc::new(roots),
             bundle,
+            placeholder: false,
         })
     }
+}
+
+/// Where each part came from, for errors.
+struct Origin<'a> {
+    cert: &'a Path,
+    key: &'a Path,
+    bundle: &'a Path,
+}
+
+fn roots_of(bundle: &[CertificateDer<'static>], path: &Path) -> Result<RootCertStore, TlsError> {
+    if bundle.is_empty() {
+        return Err(TlsError::File { path: path.to_path_buf(), reason: "no certificate in the trust bundle".into() });
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in bundle.iter().cloned() {
+        roots.add(cert).map_err(|e| TlsError::File {
+            path: path.to_path_buf(),
+            reason: format!("trust bundle holds an unusable certificate: {e}"),
+        })?;
+    }
+    Ok(roots)
 }
 
 pub(super) fn read(path: &Path) -> Result<Vec<u8>, TlsError> {

@@ -38,14 +38,19 @@ pub struct TlsState {
     /// Mutual TLS for servers outside pingora (the control plane's gRPC listener): a client
     /// certificate of the trust domain is required, and HTTP/2 is offered.
     pub server_config: Arc<ServerConfig>,
+    /// The same server identity asking no client certificate: the CA, whose callers have none
+    /// yet and prove themselves with a token instead.
+    pub server_config_open: Arc<ServerConfig>,
     /// The workload certificate and the trust bundle in the form pingora's connector takes.
     pub upstream_cert: Arc<CertKey>,
     pub upstream_ca: Arc<CaType>,
 }
 
-/// Holds the current [`TlsState`] and replaces it when the files change.
+/// Holds the current [`TlsState`] and replaces it: when the files change, or (credentials from
+/// the control plane's CA) when a new certificate or trust bundle is installed.
 pub struct TlsStore {
-    files: IdentityFiles,
+    /// None when the credentials come from the CA, not from files.
+    files: Option<IdentityFiles>,
     trust_domain: String,
     domains: TrustDomains,
     state: ArcSwap<TlsState>,
@@ -65,7 +70,7 @@ impl TlsStore {
         let credentials = Credentials::load(&files, trust_domain)?;
         let state = build(credentials, &domains, 0)?;
         Ok(TlsStore {
-            files,
+            files: Some(files),
             trust_domain: trust_domain.to_string(),
             domains,
             state: ArcSwap::from_pointee(state),
@@ -82,8 +87,35 @@ impl TlsStore {
         self.state.load().generation
     }
 
-    pub fn files(&self) -> &IdentityFiles {
-        &self.files
+    /// A store for credentials from the control plane's CA: until the first is installed it
+    /// holds a [`Credentials::placeholder`] for `own` beside the roots given, so handshakes with
+    /// peers fail (the sidecar is not ready) while the CA can already be checked.
+    pub fn bootstrap(own: &SpiffeId, roots: Vec<rustls_pki_types::CertificateDer<'static>>, domains: TrustDomains) -> Result<Self, TlsError> {
+        let credentials = Credentials::placeholder(own, roots, std::path::Path::new("identity.controlPlane"))?;
+        let state = build(credentials, &domains, 0)?;
+        Ok(TlsStore {
+            files: None,
+            trust_domain: own.trust_domain().to_string(),
+            domains,
+            state: ArcSwap::from_pointee(state),
+            last_seen: Mutex::new([FileStamp::default(); 3]),
+        })
+    }
+
+    pub fn files(&self) -> Option<&IdentityFiles> {
+        self.files.as_ref()
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Puts credentials in force for new handshakes (open connections keep theirs).
+    pub fn install(&self, credentials: Credentials) -> Result<Arc<TlsState>, TlsError> {
+        let generation = self.state.load().generation + 1;
+        let state = Arc::new(build(credentials, &self.domains, generation)?);
+        self.state.store(state.clone());
+        Ok(state)
     }
 
     /// Reloads when any of the three files changed since the last look. Returns the new state
@@ -91,7 +123,8 @@ impl TlsStore {
     /// are tried again once they change again (a writer that replaces the certificate before the
     /// key gets a retry on the next look).
     pub fn reload_if_changed(&self) -> Result<Option<Arc<TlsState>>, TlsError> {
-        let now = stamps(&self.files);
+        let Some(files) = &self.files else { return Ok(None) };
+        let now = stamps(files);
         {
             let mut seen = self.last_seen.lock().expect("stamp lock");
             if *seen == now {
@@ -99,11 +132,8 @@ impl TlsStore {
             }
             *seen = now;
         }
-        let credentials = Credentials::load(&self.files, &self.trust_domain)?;
-        let generation = self.state.load().generation + 1;
-        let state = Arc::new(build(credentials, &self.domains, generation)?);
-        self.state.store(state.clone());
-        Ok(Some(state))
+        let credentials = Credentials::load(files, &self.trust_domain)?;
+        self.install(credentials).map(Some)
     }
 }
 
@@ -148,6 +178,13 @@ fn build(credentials: Credentials, domains: &TrustDomains, generation: u64) -> R
     // cost each handshake work and each connection memory.
     server_config.send_tls13_tickets = 0;
     server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    let mut server_config_open = ServerConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(FixedCert(credentials.certified_key.clone())));
+    server_config_open.alpn_protocols = vec![b"h2".to_vec()];
+    server_config_open.send_tls13_tickets = 0;
     let upstream_cert =
         Arc::new(CertKey::new(credentials.chain.iter().map(|c| c.to_vec()).collect(), credentials.key_der.clone()));
     let upstream_ca: Arc<CaType> =
@@ -158,6 +195,7 @@ fn build(credentials: Credentials, domains: &TrustDomains, generation: u64) -> R
         acceptor,
         client_config: Arc::new(client_config),
         server_config: Arc::new(server_config),
+        server_config_open: Arc::new(server_config_open),
         upstream_cert,
         upstream_ca,
     })

@@ -1,0 +1,256 @@
+//! Signing: the CA's key and certificate, the roots workloads trust, and what a certification
+//! request may ask for. A request gets exactly one certificate shape: the SPIFFE ID its token
+//! proved as the only name, both TLS usages, no CA bit, a short life.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, PrivateKeyDer};
+use x509_parser::extensions::{GeneralName, ParsedExtension};
+use x509_parser::prelude::FromDer;
+
+use super::Refused;
+use crate::identity::SpiffeId;
+
+/// Where the CA's files are (a Kubernetes Secret's keys).
+#[derive(Debug, Clone)]
+pub struct CaFiles {
+    /// The signing certificate, then any intermediates up to (not including) a root.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The roots workloads trust; the signing certificate's own root when not given. During a
+    /// rotation it holds the old root and the new one.
+    pub trust_bundle: Option<PathBuf>,
+}
+
+/// A certificate the CA signed, with what the workload needs beside it.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    /// The leaf, then the CA's chain below the root.
+    pub chain: Vec<CertificateDer<'static>>,
+    pub trust_bundle: Vec<CertificateDer<'static>>,
+    pub not_after: SystemTime,
+    pub serial: String,
+}
+
+/// The CA in force: reloaded whole when its files change, like a workload's credentials.
+pub struct CaSigner {
+    key: KeyPair,
+    issuer: rcgen::Certificate,
+    /// The signing certificate and its intermediates, as given (DER).
+    chain: Vec<CertificateDer<'static>>,
+    trust_bundle: Vec<CertificateDer<'static>>,
+    trust_domain: String,
+    /// The signing certificate's own end: nothing it signs may outlive it.
+    not_after: SystemTime,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error("{path}: {reason}")]
+    File { path: PathBuf, reason: String },
+}
+
+fn file_error(path: &Path, reason: impl ToString) -> CaError {
+    CaError::File { path: path.to_path_buf(), reason: reason.to_string() }
+}
+
+impl CaSigner {
+    /// Loads the CA: its certificate must be a CA for `trust_domain` (a `spiffe://` URI SAN of
+    /// the trust domain, as the development CA and most SPIFFE CAs carry, or none), and the key
+    /// must be its key.
+    pub fn load(files: &CaFiles, trust_domain: &str) -> Result<Self, CaError> {
+        let chain = read_certs(&files.cert)?;
+        let key_pem = std::fs::read_to_string(&files.key).map_err(|e| file_error(&files.key, e))?;
+        let key = load_key(&key_pem).map_err(|e| file_error(&files.key, e))?;
+        let signing = &chain[0];
+        let (_, parsed) = x509_parser::parse_x509_certificate(signing).map_err(|e| file_error(&files.cert, e))?;
+        if !parsed.is_ca() {
+            return Err(file_error(&files.cert, "the first certificate is not a CA certificate (no CA bit)"));
+        }
+        if parsed.public_key().raw != key.public_key_der().as_slice() {
+            return Err(file_error(&files.key, format!("the key is not the key of {}", files.cert.display())));
+        }
+        if let Some(other) = spiffe_trust_domain(&parsed).filter(|td| td != trust_domain) {
+            return Err(file_error(&files.cert, format!("names trust domain {other}, not {trust_domain}")));
+        }
+        let not_after = to_system_time(parsed.validity().not_after.timestamp());
+        let params = CertificateParams::from_ca_cert_der(signing).map_err(|e| file_error(&files.cert, e))?;
+        // rcgen signs with a Certificate; one rebuilt from the CA's own fields and key names
+        // the same issuer and key identifier as the real one.
+        let issuer = params.self_signed(&key).map_err(|e| file_error(&files.cert, e))?;
+        let trust_bundle = match &files.trust_bundle {
+            Some(path) => read_certs(path)?,
+            // A self-signed CA is its own root; an intermediate's root must be given.
+            None if parsed.subject() == parsed.issuer() => vec![signing.clone()],
+            None => {
+                return Err(file_error(
+                    &files.cert,
+                    "is an intermediate: give the roots workloads trust in ca.trustBundle",
+                ))
+            }
+        };
+        Ok(CaSigner { key, issuer, chain, trust_bundle, trust_domain: trust_domain.to_string(), not_after })
+    }
+
+    pub fn trust_bundle(&self) -> &[CertificateDer<'static>] {
+        &self.trust_bundle
+    }
+
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Signs `csr` for `identity` (what the token proved), valid for `ttl` from `now` (never
+    /// past the CA's own end). The request must be signed by its key and may ask for that one
+    /// SPIFFE ID at most; anything more (another name, a CA certificate, other extensions) is
+    /// refused, not silently dropped, so a confused or hostile client learns why.
+    pub fn sign(&self, csr: &[u8], identity: &SpiffeId, ttl: Duration, now: SystemTime) -> Result<Issued, Refused> {
+        check_request(csr, identity)?;
+        let request = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr.to_vec()))
+            .map_err(|e| Refused::Csr(format!("not a usable certification request: {e}")))?;
+        let mut params = CertificateParams::default();
+        let mut name = DistinguishedName::new();
+        name.push(DnType::OrganizationName, self.trust_domain.clone());
+        params.distinguished_name = name;
+        params.subject_alt_names =
+            vec![SanType::URI(identity.as_str().try_into().map_err(|_| Refused::Csr("bad SPIFFE ID".into()))?)];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        // A minute of slack for clocks that run behind; the end never past the CA's.
+        let not_before = now - Duration::from_secs(60);
+        let not_after = (now + ttl).min(self.not_after);
+        params.not_before = to_offset(not_before);
+        params.not_after = to_offset(not_after);
+        let serial = random_serial();
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        let leaf = params
+            .signed_by(&request.public_key, &self.issuer, &self.key)
+            .map_err(|e| Refused::Csr(format!("cannot sign: {e}")))?;
+        let mut chain = vec![leaf.der().clone()];
+        // Intermediates travel with the leaf; a self-signed CA is in the bundle already.
+        chain.extend(self.chain.iter().filter(|c| !self.trust_bundle.contains(c)).cloned());
+        Ok(Issued {
+            chain,
+            trust_bundle: self.trust_bundle.clone(),
+            not_after,
+            serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+        })
+    }
+}
+
+/// What a certification request asks for, checked before anything is signed.
+fn check_request(csr: &[u8], identity: &SpiffeId) -> Result<(), Refused> {
+    let (_, request) = x509_parser::certification_request::X509CertificationRequest::from_der(csr)
+        .map_err(|e| Refused::Csr(format!("not a PKCS#10 request: {e}")))?;
+    request.verify_signature().map_err(|_| Refused::Csr("the request's signature does not verify".into()))?;
+    for extension in request.requested_extensions().into_iter().flatten() {
+        match extension {
+            ParsedExtension::BasicConstraints(bc) if bc.ca => {
+                return Err(Refused::Csr("the request asks for a CA certificate".into()));
+            }
+            ParsedExtension::BasicConstraints(_)
+            | ParsedExtension::KeyUsage(_)
+            | ParsedExtension::ExtendedKeyUsage(_) => {}
+            ParsedExtension::SubjectAlternativeName(san) => {
+                for name in &san.general_names {
+                    match name {
+                        GeneralName::URI(uri) if *uri == identity.as_str() => {}
+                        GeneralName::URI(uri) => {
+                            return Err(Refused::Csr(format!(
+                                "the request asks for {uri}, but the token proves {identity}"
+                            )))
+                        }
+                        other => {
+                            return Err(Refused::Csr(format!(
+                                "the request asks for {other}; a workload certificate carries its SPIFFE ID only"
+                            )))
+                        }
+                    }
+                }
+            }
+            other => {
+                return Err(Refused::Csr(format!("the request asks for an extension the CA does not grant ({other:?})")))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
+    let pem = std::fs::read(path).map_err(|e| file_error(path, e))?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| file_error(path, e))?;
+    if certs.is_empty() {
+        return Err(file_error(path, "no PEM certificate found"));
+    }
+    Ok(certs)
+}
+
+/// The CA's key: ECDSA or Ed25519 in PKCS#8, or RSA in PKCS#8 or PKCS#1 (what Helm's `genCA`
+/// writes; ring signs with it, rcgen alone cannot read it).
+fn load_key(pem: &str) -> Result<KeyPair, String> {
+    if let Ok(key) = KeyPair::from_pem(pem) {
+        return Ok(key);
+    }
+    match PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|e| format!("no PEM private key found ({e})"))? {
+        PrivateKeyDer::Pkcs1(der) => {
+            let key = ring::signature::RsaKeyPair::from_der(der.secret_pkcs1_der())
+                .map_err(|e| format!("not a usable RSA key: {e}"))?;
+            KeyPair::from_remote(Box::new(RsaPkcs1(key))).map_err(|e| e.to_string())
+        }
+        _ => Err("not a key the CA can sign with (ECDSA P-256/P-384, Ed25519 or RSA)".into()),
+    }
+}
+
+/// An RSA key in PKCS#1 form, signing with SHA-256.
+struct RsaPkcs1(ring::signature::RsaKeyPair);
+
+impl rcgen::RemoteKeyPair for RsaPkcs1 {
+    fn public_key(&self) -> &[u8] {
+        ring::signature::KeyPair::public_key(&self.0).as_ref()
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        let mut signature = vec![0; self.0.public().modulus_len()];
+        self.0
+            .sign(&ring::signature::RSA_PKCS1_SHA256, &ring::rand::SystemRandom::new(), msg, &mut signature)
+            .map_err(|_| rcgen::Error::RingUnspecified)?;
+        Ok(signature)
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_RSA_SHA256
+    }
+}
+
+fn spiffe_trust_domain(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
+    cert.subject_alternative_name().ok().flatten().and_then(|san| {
+        san.value.general_names.iter().find_map(|name| match name {
+            GeneralName::URI(uri) => uri.strip_prefix("spiffe://").map(|rest| rest.split('/').next().unwrap_or(rest).to_string()),
+            _ => None,
+        })
+    })
+}
+
+fn random_serial() -> [u8; 16] {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).expect("system randomness");
+    bytes[0] &= 0x7f; // positive
+    bytes
+}
+
+fn to_system_time(unix: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64)
+}
+
+fn to_offset(t: SystemTime) -> time::OffsetDateTime {
+    let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
