@@ -28,7 +28,7 @@
 
 mod body;
 mod cmdi;
-pub(crate) mod decode;
+pub mod decode;
 mod protocol;
 mod sqli;
 mod traversal;
@@ -272,10 +272,10 @@ impl Class {
         // [sqli, xss, path_traversal, command_injection, protocol]
         match self {
             Class::Arg => [1, 1, 1, 1, 1],
-            Class::Path => [2, 1, 1, 3, 1],
-            Class::UserAgent => [1, 1, 1, 2, 1],
-            Class::Referer => [1, 1, 2, 2, 1],
-            Class::Header => [2, 1, 1, 2, 1],
+            Class::Path => [1, 1, 1, 3, 1],
+            Class::UserAgent => [1, 1, 1, 1, 1],
+            Class::Referer => [1, 1, 2, 1, 1],
+            Class::Header => [2, 1, 1, 1, 1],
         }
     }
 }
@@ -402,8 +402,15 @@ impl Waf {
         let text = decode::canonical(v.value);
         let text = &*text;
         if active.contains(Detector::PathTraversal) {
-            let hit =
-                if v.class == Class::Path { traversal::path(text, pl) } else { traversal::value(text, pl) };
+            let upload = v.kind == LocationKind::MultipartFilename
+                || (v.kind == LocationKind::Header && matches!(v.name, b"x-filename" | b"x_filename" | b"x-file-name"));
+            let hit = if v.class == Class::Path {
+                traversal::path(text, pl)
+            } else if upload {
+                traversal::upload_name(text, pl)
+            } else {
+                traversal::value(text, pl)
+            };
             if let Some(hit) = hit {
                 return Some(report(Detector::PathTraversal, text, hit));
             }
@@ -415,12 +422,16 @@ impl Waf {
             }
         }
         if active.contains(Detector::Sqli) {
-            if let Some(hit) = sqli::check(text, pl) {
+            // libinjection reads the path from 2, as CRS; our own checks from 1.
+            let libinjection = v.class != Class::Path || pl >= 2;
+            if let Some(hit) = sqli::check(text, libinjection, pl) {
                 return Some(report(Detector::Sqli, text, hit));
             }
         }
         if active.contains(Detector::CommandInjection) {
-            if let Some(hit) = cmdi::check(text, pl) {
+            // Other headers get only the Shellshock check below paranoia 2.
+            let full = v.class != Class::Header || pl >= 2;
+            if let Some(hit) = cmdi::check(text, full, pl) {
                 return Some(report(Detector::CommandInjection, text, hit));
             }
         }

@@ -311,9 +311,17 @@ fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> O
                 disposition = Some(&line[20..]);
             }
         }
-        let Some(next) = find(body, &delim, pos) else { return bad(pos) };
+        // A body cut short before its closing delimiter is read up to where it ends.
+        let next = find(body, &delim, pos).unwrap_or(body.len());
         let content = trim_eol(&body[pos..next]);
-        let Some(disposition) = disposition else { return bad(pos) };
+        // A part without a disposition is no field; browsers never send one, parsers skip it.
+        let Some(disposition) = disposition else {
+            if next >= body.len() {
+                return None;
+            }
+            pos = next + delim.len();
+            continue;
+        };
         if !starts_with_ci(disposition.trim_ascii_start(), b"form-data") {
             return bad(pos);
         }
@@ -335,6 +343,9 @@ fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> O
             if let Some(f) = waf.value(v, skip) {
                 return Some(f);
             }
+        }
+        if next >= body.len() {
+            return None;
         }
         pos = next + delim.len();
     }
@@ -527,7 +538,6 @@ mod tests {
         for (ct, b) in [
             ("multipart/form-data", "--b\n\n"),
             ("multipart/form-data; boundary=b", "no delimiter at all"),
-            ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"a\"\n\nunterminated"),
             ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"a\"; filename=\"a\\\"b.txt\"\n\nx\n--b--"),
         ] {
             assert_eq!(body(ct, b).map(|f| f.detector), Some(Detector::Protocol), "{b}");

@@ -7,7 +7,12 @@
 
 use super::decode::{find_ci, is_word, starts_with_ci, Hit};
 
-pub(crate) fn check(v: &[u8], level: u8) -> Option<Hit> {
+/// `full`: every check (arguments, and headers that CRS reads whole); otherwise only the
+/// Shellshock function definition, the one command injection carried by any header.
+pub(crate) fn check(v: &[u8], full: bool, level: u8) -> Option<Hit> {
+    if !full {
+        return shellshock(v, level);
+    }
     syntax(v, level).or_else(|| commands(v, level)).or_else(|| batch(v)).or_else(|| powershell(v)).or_else(|| {
         if level >= 2 {
             mail_protocol(v)
@@ -46,6 +51,12 @@ fn syntax(v: &[u8], level: u8) -> Option<Hit> {
                 return hit(1, i, end, level);
             }
             (b'$', Some(b'@' | b'*')) if i > 0 && v[i - 1].is_ascii_alphanumeric() => return hit(1, i - 1, end, level),
+            (b'$', Some(b'S' | b's' | b'B' | b'b'))
+                if (starts_with_ci(&v[i + 1..], b"shell") || starts_with_ci(&v[i + 1..], b"bash"))
+                    && v.get(i + 1 + if matches!(next, Some(b'S' | b's')) { 5 } else { 4 }).is_none_or(|&b| !is_word(b)) =>
+            {
+                return hit(1, i, end, level);
+            }
             (b'<' | b'>', Some(b'(')) => return hit(1, i, end, level),
             (b'(', _) => {
                 // `() {`: a function definition (Shellshock and friends).
@@ -81,6 +92,14 @@ fn syntax(v: &[u8], level: u8) -> Option<Hit> {
                 if let Some(end) = globbed_system_path(&v[i..]) {
                     return hit(1, i, i + end, level);
                 }
+                if let Some(end) = binary_path(&v[i..]) {
+                    return hit(1, i, i + end, level);
+                }
+            }
+            (b'b' | b's', _) if i == 0 => {
+                if let Some(end) = binary_path(v) {
+                    return hit(1, 0, end, level);
+                }
             }
             (b'`', _) => {
                 if let Some(h) = backticks(v, i, level) {
@@ -93,6 +112,14 @@ fn syntax(v: &[u8], level: u8) -> Option<Hit> {
     None
 }
 
+/// `() {` opening a header value: bash before 4.3 ran what followed (CVE-2014-6271).
+fn shellshock(v: &[u8], level: u8) -> Option<Hit> {
+    let t = v.trim_ascii_start();
+    let t = t.strip_prefix(b"(")?.trim_ascii_start();
+    let t = t.strip_prefix(b")")?.trim_ascii_start();
+    t.starts_with(b"{").then(|| Hit::new(1, 0, v.len().min(24))).filter(|h| h.level <= level)
+}
+
 /// `{cat,/etc/passwd}`, `c{a,ou}t`, `{,ifconfig}`: a comma list in braces, no spaces, with a
 /// letter in it (not a JSON object, not a set of numbers). Returns the offset of `}`.
 fn brace_expansion(v: &[u8]) -> Option<usize> {
@@ -102,6 +129,26 @@ fn brace_expansion(v: &[u8]) -> Option<usize> {
         && inner.iter().any(u8::is_ascii_alphabetic)
         && !inner.iter().any(|&b| b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b':' | b'{' | b'='));
     ok.then_some(close)
+}
+
+/// A program in a system binary directory: `/bin/ab`, `/usr/local/sbin/x`, or `bin/visudo` with
+/// a known command. Returns the length of the path.
+fn binary_path(v: &[u8]) -> Option<usize> {
+    let absolute = v.first() == Some(&b'/');
+    let mut rest = if absolute { &v[1..] } else { v };
+    for prefix in [&b"usr/"[..], b"local/"] {
+        if let Some(r) = rest.strip_prefix(prefix) {
+            rest = r;
+        }
+    }
+    let rest = rest.strip_prefix(b"bin/").or_else(|| rest.strip_prefix(b"sbin/"))?;
+    let name_end = rest.iter().position(|&b| !(is_word(b) || matches!(b, b'-' | b'.' | b'+'))).unwrap_or(rest.len());
+    let name = &rest[..name_end];
+    if name.is_empty() {
+        return None;
+    }
+    let known = classify(&name.to_ascii_lowercase()).is_some();
+    (absolute || known).then_some(v.len() - rest.len() + name_end)
 }
 
 /// System directories whose contents an attacker names with globs to dodge word filters.
@@ -143,9 +190,6 @@ fn globbed_system_path(v: &[u8]) -> Option<usize> {
         }
     }
     let first = &path[1..seg_end];
-    if seg_end == path.len() {
-        return None;
-    }
     SYSTEM_DIRS.iter().any(|d| glob_matches(first, d)).then_some(end)
 }
 
@@ -240,8 +284,19 @@ fn read_command(v: &[u8], mut i: usize) -> (Word, usize) {
         let b = v[i];
         match b {
             b'\'' | b'"' | b'\\' | b'^' => {
-                w.evasive |= w.len > 0 || matches!(b, b'\\' | b'^');
-                i += 1;
+                // Inside a word (`c''at`, `w\hoami`, `w^hoami`) these vanish in the shell; a
+                // quote closing the word (`"WRITE" DESIGN`) is just a quote.
+                let mut j = i;
+                while j < v.len() && matches!(v[j], b'\'' | b'"' | b'\\' | b'^') {
+                    j += 1;
+                }
+                let inside = v.get(j).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'/');
+                w.evasive |= inside && (w.len > 0 || matches!(b, b'\\' | b'^'));
+                if !inside && w.len > 0 {
+                    i = j;
+                    break;
+                }
+                i = j;
             }
             b'$' if matches!(v.get(i + 1), Some(b'@' | b'*')) => {
                 w.evasive = true;
@@ -303,14 +358,14 @@ fn classify(word: &[u8]) -> Option<Kind> {
     // Versioned interpreters: python3.10, perl5, php8.2.
     let stem_end = word.iter().position(|b| b.is_ascii_digit()).unwrap_or(word.len());
     let stem = &word[..stem_end];
-    if stem_end < word.len() && matches!(stem, b"python" | b"perl" | b"php" | b"ruby" | b"lua" | b"node" | b"pip") {
+    if stem_end < word.len() && matches!(stem, b"python" | b"perl" | b"php" | b"ruby" | b"lua" | b"node" | b"pip" | b"gcc" | b"g++" | b"clang") {
         return Some(Kind::Rare);
     }
-    if word.starts_with(b"ansible") || word.starts_with(b"chef-") {
+    if word.starts_with(b"ansible") || word.starts_with(b"chef-") || word.starts_with(b"aa-") {
         return Some(Kind::Rare);
     }
     let kind = match word {
-        b"whoami" | b"uname" | b"ifconfig" | b"ipconfig" | b"netstat" | b"nslookup" | b"wget" | b"curl" | b"netcat"
+        b"whoami" | b"ifconfig" | b"ipconfig" | b"netstat" | b"nslookup" | b"wget" | b"curl" | b"netcat"
         | b"nc" | b"ncat" | b"socat" | b"bash" | b"sh" | b"zsh" | b"ksh" | b"csh" | b"tcsh" | b"dash" | b"busybox"
         | b"chmod" | b"chown" | b"chgrp" | b"mkfifo" | b"mknod" | b"useradd" | b"usermod" | b"adduser" | b"sudo"
         | b"crontab" | b"systemctl" | b"iptables" | b"tcpdump" | b"nmap" | b"telnet" | b"scp" | b"sftp" | b"tftp"
@@ -326,7 +381,8 @@ fn classify(word: &[u8]) -> Option<Kind> {
         | b"nltest" | b"dsquery" | b"runas" | b"findstr" | b"msiexec" | b"installutil" | b"regasm" | b"msbuild"
         | b"cmstp" | b"ncat.exe" | b"passwd" | b"ifup" | b"ifdown" | b"readelf" | b"objdump" | b"sysctl" | b"jexec"
         | b"pkexec" | b"doas" | b"exiftool" | b"dig" | b"ps" | b"pwd" | b"env" | b"wc" | b"uniq" | b"nl"
-        | b"od" | b"unset" | b"chattr" | b"lsattr" | b"xterm" | b"gcc" | b"nproc" | b"lscpu" | b"lsblk" | b"arp" => {
+        | b"od" | b"unset" | b"chattr" | b"lsattr" | b"xterm" | b"gcc" | b"nproc" | b"lscpu" | b"lsblk" | b"arp" | b"c89" | b"c99" | b"cc" | b"g++" | b"clang" | b"irb"
+        | b"rmt" | b"chef" | b"knife" | b"kubectl" | b"docker" | b"nsenter" | b"unshare" | b"capsh" | b"setcap" => {
             Kind::Rare
         }
         b"cat" | b"more" | b"less" | b"head" | b"tail" | b"sort" | b"find" | b"time" | b"kill" | b"touch" | b"top"
@@ -338,7 +394,7 @@ fn classify(word: &[u8]) -> Option<Kind> {
         | b"whereis" | b"gem" | b"pip" | b"npm" | b"perf" | b"tar" | b"zip" | b"reg" | b"ftp" | b"ssh" | b"del"
         | b"erase" | b"ren" | b"attrib" | b"sc" | b"at" | b"python" | b"perl" | b"php" | b"ruby" | b"lua" | b"node"
         | b"nodejs" | b"java" | b"w" | b"id" | b"xz" | b"history" | b"chroot" | b"shutdown" | b"reboot" | b"halt"
-        | b"systemd" | b"lp" | b"users" | b"groups" | b"stat" | b"file.exe" => Kind::Common,
+        | b"systemd" | b"lp" | b"users" | b"groups" | b"stat" | b"uname" => Kind::Common,
         _ => return None,
     };
     Some(kind)
@@ -412,11 +468,29 @@ fn commands(v: &[u8], level: u8) -> Option<Hit> {
 
 fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: u8) -> Option<Hit> {
     let (word, end) = read_command(v, at + separator_len);
-    let text = word.text();
-    let kind = classify(text)?;
+    let mut text = word.text();
+    let mut kind = classify(text);
+    // `bcdboot/r`: a Windows switch glued to the command.
+    if kind.is_none() && !word.buf[..word.len].starts_with(b"/") {
+        if let Some(slash) = word.buf[..word.len].iter().position(|&b| b == b'/') {
+            text = &word.buf[..slash];
+            kind = classify(text);
+        }
+    }
+    let kind = kind?;
     let mut next = follow(v, end);
     if next == Follow::Word && known_subcommand(text, &v[end..]) {
         next = Follow::ShellArgument;
+    }
+    // `time sh -c id`, `nohup curl ...`: a prefix runs the command after it.
+    if next == Follow::Word && is_prefix(text) {
+        let (inner, inner_end) = read_command(v, end);
+        if let Some(inner_kind) = classify(inner.text()) {
+            let inner_next = follow(v, inner_end);
+            if inner_kind == Kind::Rare || inner_next == Follow::ShellArgument {
+                return hit(1, at, (inner_end + 24).min(v.len()), level);
+            }
+        }
     }
     let lvl = match (at_start, kind, next) {
         (_, _, Follow::Other) => return None,
@@ -427,9 +501,27 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
         (true, _, Follow::ShellArgument) => 1,
         (true, _, Follow::Word) if word.pathed => 1,
         (true, Kind::Rare, Follow::Word | Follow::Operator) if !is_interpreter(text) && !is_language(text) => 1,
+        // A value that is nothing but an administration tool's name.
+        (true, Kind::Rare, Follow::End) if is_admin_tool(text) => 1,
         (true, _, _) => 3,
     };
     (lvl <= level).then(|| Hit::new(lvl, at, (end + 24).min(v.len())))
+}
+
+/// Commands that run the command after them.
+fn is_prefix(w: &[u8]) -> bool {
+    matches!(w, b"time" | b"nice" | b"nohup" | b"sudo" | b"env" | b"exec" | b"timeout" | b"strace" | b"xargs" | b"command" | b"builtin" | b"busybox" | b"doas" | b"setsid" | b"stdbuf")
+}
+
+/// Administration tools whose name alone, as a whole value, is a command: nobody's name, word
+/// or product (`visudo`, `ansible-console`, `chef-shell`).
+fn is_admin_tool(w: &[u8]) -> bool {
+    w.contains(&b'-')
+        || matches!(
+            w,
+            b"visudo" | b"useradd" | b"usermod" | b"adduser" | b"crontab" | b"iptables" | b"systemctl" | b"cscli" | b"whoami"
+                | b"ifconfig" | b"ipconfig" | b"netstat" | b"systeminfo" | b"tasklist" | b"lastlog" | b"getent" | b"modprobe"
+        )
 }
 
 /// Windows tools whose first argument is a verb of their own: `net user`, `reg add`.
@@ -487,9 +579,12 @@ fn batch_for(rest: &[u8]) -> bool {
             i += 2;
             continue;
         }
-        if rest.get(i) == Some(&b'"') {
-            let Some(close) = rest[i + 1..].iter().position(|&b| b == b'"') else { return false };
-            i += close + 2;
+        // Options in quotes, also as `\"...\"` when the payload was escaped for a shell.
+        let escaped = rest.get(i) == Some(&b'\\') && rest.get(i + 1) == Some(&b'"');
+        if rest.get(i) == Some(&b'"') || escaped {
+            let open = i + 1 + usize::from(escaped);
+            let Some(close) = rest[open..].iter().position(|&b| b == b'"') else { return false };
+            i = open + close + 1;
             continue;
         }
         if i < rest.len() && !matches!(rest[i], b'%') && !rest[i].is_ascii_whitespace() {
@@ -604,7 +699,7 @@ mod tests {
     use super::*;
 
     fn cmdi(s: &str, level: u8) -> bool {
-        check(s.as_bytes(), level).is_some()
+        check(s.as_bytes(), true, level).is_some()
     }
 
     #[test]

@@ -266,8 +266,8 @@ fn entity(rest: &[u8]) -> Option<(usize, Decoded)> {
         b"plus" => b'+',
         b"ast" | b"midast" => b'*',
         b"vert" | b"verbar" => b'|',
-        b"Tab" => b'\t',
-        b"NewLine" => b'\n',
+        b"Tab" | b"tab" => b'\t',
+        b"NewLine" | b"newline" => b'\n',
         b"nbsp" => b' ',
         _ => return None,
     };

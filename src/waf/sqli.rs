@@ -4,21 +4,91 @@
 //! same hidden behind comments and odd whitespace.
 
 use libinjectionrs::sqli::{sqli_data::lookup_word, TokenType};
+use libinjectionrs::{SqliFlags, SqliState};
 
-use super::decode::{find_ci, is_word, Hit};
+use super::decode::{find_ci, is_word, starts_with_ci, Hit};
 
 /// libinjection reads the first few tokens of a value; past this many bytes it has decided.
 /// Bounds its cost on long values without losing what it sees.
 const LIBINJECTION_PREFIX: usize = 2048;
 
-pub(crate) fn check(v: &[u8], level: u8) -> Option<Hit> {
-    if might_be_sql(v) {
+pub(crate) fn check(v: &[u8], libinjection: bool, level: u8) -> Option<Hit> {
+    if libinjection && might_be_sql(v) {
         let head = &v[..v.len().min(LIBINJECTION_PREFIX)];
-        if libinjectionrs::detect_sqli(head).is_injection() {
-            return Some(Hit::new(1, 0, v.len()));
+        let mut state = SqliState::new(head, SqliFlags::FLAG_NONE);
+        if state.detect() {
+            let lvl = weight(&state, head);
+            if lvl <= level {
+                return Some(Hit::new(lvl, 0, v.len()));
+            }
         }
     }
     own_checks(v, level)
+}
+
+/// The paranoia level a libinjection match counts at. Its three-token fingerprints are where
+/// its own false positives live ("CHRISTMAS STOCKING \"NOT\" STUFFER", "80% ACRYLIC AND 20%
+/// WOOL", "1,1--"): those count at 1 only with the evidence a real break-out leaves, and at 2
+/// otherwise.
+fn weight(state: &SqliState<'_>, input: &[u8]) -> u8 {
+    let tokens = &state.tokens;
+    // A T-SQL statement word leading ordinary punctuation (`while (foo) is bar.`): real T-SQL
+    // injections bring quotes, `;`, `@` variables or comments.
+    if tokens.first().is_some_and(|t| t.token_type == TokenType::Tsql)
+        && !input.iter().any(|b| matches!(b, b'\'' | b'"' | b'`' | b';' | b'=' | b'@' | b'#'))
+        && find_ci(input, b"--", 0).is_none()
+        && find_ci(input, b"/*", 0).is_none()
+    {
+        return 2;
+    }
+    if tokens.len() > 3 || tokens.is_empty() {
+        return 1;
+    }
+    let kinds: Vec<TokenType> = tokens.iter().map(|t| t.token_type).collect();
+    let at = |i: usize| input.get(i).copied();
+    match kinds.as_slice() {
+        // string, operator, string: a word or `&`/`*` wrapped in its own quotes (`"NOT"`,
+        // `'*'`) is a quoted word in text; a comparison is a break-out (`x'='x`).
+        [TokenType::String, TokenType::Operator | TokenType::LogicOperator, TokenType::String] => {
+            let op = &tokens[1];
+            let before = op.pos.checked_sub(1).and_then(at);
+            let after = at(op.pos + op.len);
+            let hugged = matches!(before, Some(b'\'' | b'"' | b'`')) && before == after;
+            let comparison = op.val[..op.len.min(32)].iter().all(|b| matches!(b, b'=' | b'<' | b'>' | b'!'));
+            // A symbol glued to a word (`href="/APPS/"`) is a path or markup, not an operator.
+            let symbol = op.val.first().is_some_and(|b| !b.is_ascii_alphabetic());
+            let glued = symbol && (before.is_some_and(|b| b.is_ascii_alphanumeric()) || after.is_some_and(|b| b.is_ascii_alphanumeric()));
+            if (hugged && !comparison) || glued {
+                2
+            } else {
+                1
+            }
+        }
+        // number or word, logic operator, number or word: a tautology needs a comparison,
+        // a parenthesis, a quote or a comment around it to be SQL rather than "20% WOOL".
+        [TokenType::Number | TokenType::Bareword, TokenType::LogicOperator, TokenType::Number | TokenType::Bareword] => {
+            let sql_marks = input.iter().any(|b| matches!(b, b'=' | b'<' | b'>' | b'(' | b')' | b'\'' | b'"' | b'`' | b'#'))
+                || find_ci(input, b"--", 0).is_some()
+                || find_ci(input, b"/*", 0).is_some();
+            if sql_marks {
+                1
+            } else {
+                2
+            }
+        }
+        // number or word, then a comment: only when nothing but blanks stands between them
+        // (`417652--` truncates a query; `1611-IioXX--` is a token).
+        [TokenType::Number | TokenType::Bareword, TokenType::Comment] => {
+            let first_end = tokens[0].pos + tokens[0].len;
+            let gap = input.get(first_end..tokens[1].pos).unwrap_or(b"");
+            if gap.iter().all(u8::is_ascii_whitespace) {
+                1
+            } else {
+                2
+            }
+        }
+        _ => 1,
+    }
 }
 
 /// Whether a value can hold an injection at all, so most values skip the tokenizer: breaking out
@@ -84,7 +154,7 @@ impl<'a> Words<'a> {
         }
     }
 
-    /// The next word (letters, digits, `_`, `.`, `@`, `$`) or single other byte, and its span.
+    /// The next word (letters, digits, `_`, `.`, `@`, `$`, `:`) or single other byte, and its span.
     fn next(&mut self) -> Option<(&'a [u8], usize)> {
         let start = self.skip_gap(self.i);
         let v = self.v;
@@ -108,50 +178,285 @@ fn eq(word: &[u8], kw: &[u8]) -> bool {
     word.eq_ignore_ascii_case(kw)
 }
 
-/// Word pairs (and word-parenthesis pairs) that are SQL and rarely anything else.
+/// Our own checks: SQL phrases and constructs that are SQL and rarely anything else, read
+/// through comments and odd whitespace.
 fn own_checks(v: &[u8], level: u8) -> Option<Hit> {
-    if v.len() < 4 {
+    if v.len() < 3 {
         return None;
     }
+    phrases(v, level)
+        .or_else(|| nosql_operator(v))
+        .or_else(|| json_operator(v))
+        .or_else(|| cast_or_number_trick(v))
+        .or_else(|| quote_breakout(v))
+        .or_else(|| magic_number(v))
+        .or_else(|| find_ci(v, b"/*!", 0).map(|at| Hit::new(1, at, (at + 16).min(v.len()))))
+}
+
+/// Word sequences, seen through a window of the last few SQL words.
+fn phrases(v: &[u8], level: u8) -> Option<Hit> {
     let mut words = Words { v, i: 0 };
-    let mut prev: Option<(&[u8], usize)> = None;
-    let mut prev2: Option<&[u8]> = None;
+    // The last five words, newest last.
+    let mut win: [(&[u8], usize); 5] = [(b"", 0); 5];
+    let mut seen_group_by = false;
     // Bounded: every step consumes at least one byte.
     while let Some((w, at)) = words.next() {
-        if let Some((p, p_at)) = prev {
-            let hit = |lvl: u8| (lvl <= level).then(|| Hit::new(lvl, p_at, at + w.len()));
-            let pair = if eq(p, b"union") && (eq(w, b"select") || eq(w, b"all") || eq(w, b"distinct") || w == b"(") {
-                hit(1)
-            } else if eq(p, b"into") && (eq(w, b"outfile") || eq(w, b"dumpfile")) {
-                hit(1)
-            } else if eq(p, b"waitfor") && (eq(w, b"delay") || eq(w, b"time")) {
-                hit(1)
-            } else if w == b"(" && is_probe_function(p) {
-                hit(1)
-            } else if eq(p, b"select") && w == b"@" && v.get(at + 1) == Some(&b'@') {
-                hit(1)
-            } else if p == b";" && is_statement(w) && prev2.is_some() {
-                hit(2)
-            } else if eq(p, b"exec") && (starts_with_ci_word(w, b"xp_") || starts_with_ci_word(w, b"sp_")) {
-                hit(1)
-            } else {
-                None
-            };
-            if pair.is_some() {
-                return pair;
-            }
+        win.rotate_left(1);
+        win[4] = (w, at);
+        let [(p4, _), (p3, _), (p2, a2), (p1, a1), _] = win;
+        let end = at + w.len();
+        let hit = |lvl: u8, start: usize| (lvl <= level).then(|| Hit::new(lvl, start, end));
+        let found = if eq(p1, b"union") && (eq(w, b"select") || eq(w, b"all") || eq(w, b"distinct") || eq(w, b"distinctrow") || w == b"(") {
+            hit(1, a1)
+        } else if eq(p1, b"into") && (eq(w, b"outfile") || eq(w, b"dumpfile")) {
+            hit(1, a1)
+        } else if eq(p1, b"waitfor") && (eq(w, b"delay") || eq(w, b"time")) {
+            hit(1, a1)
+        } else if w == b"(" && ((is_probe_function(p1) && probe_arguments(p1, &v[end..])) || is_catalog_function(p1)) {
+            hit(1, a1)
+        } else if eq(p1, b"select") && (is_probe_function(w) || w.starts_with(b"@@")) {
+            hit(1, a1)
+        } else if w == b"(" && eq(p2, b"select") && matches!(lookup_word_bytes(p1), Some(TokenType::Function)) {
+            hit(1, a2)
+        } else if (eq(p1, b"exec") || eq(p1, b"execute"))
+            && (starts_with_ci_word(w, b"xp_")
+                || starts_with_ci_word(w, b"sp_")
+                || eq(w, b"immediate")
+                || w.starts_with(b"@")
+                || starts_with_ci(w, b"master.")
+                || (w == b"(" && matches!(Words { v, i: end }.next(), Some((n, _)) if n.starts_with(b"@") || is_quote(n) || eq(n, b"select"))))
+        {
+            hit(1, a1)
+        } else if eq(p1, b"declare") && w.starts_with(b"@") {
+            hit(1, a1)
+        } else if eq(p1, b"procedure") && eq(w, b"analyse") {
+            hit(1, a1)
+        } else if p2 == b";" && is_statement(p1) && statement_follow(w) {
+            hit(1, a2)
+        } else if p1 == b";" && is_statement(w) && v[end..].starts_with(b"/*") {
+            hit(1, a1)
+        } else if p1 == b";" && is_statement(w) && at + w.len() == v.len() {
+            hit(1, a1)
+        } else if is_ddl(p1) && is_ddl_object(w) {
+            hit(1, a1)
+        } else if (eq(p2, b"insert") || eq(p2, b"replace")) && eq(p1, b"into") && (w == b"(" || w.iter().all(|&b| is_word(b) || b == b'.')) && find_ci(&v[end..], b"values", 0).is_some()
+        {
+            hit(1, a2)
+        } else if eq(w, b"from") && is_quote(p1) && (eq(p4, b"as") || eq(p3, b"as") || eq(p2, b"as")) {
+            hit(1, a2)
+        } else if is_quote(p1) && (eq(w, b"regexp") || eq(w, b"rlike")) {
+            hit(1, a1)
+        } else if p2 == b")" && eq(p1, b"like") && w == b"(" {
+            hit(1, a2)
+        } else if eq(p2, b"if") && p1 == b"(" && w.first().is_some_and(u8::is_ascii_digit) && v.get(end..).is_some_and(|r| r.trim_ascii_start().starts_with(b"=")) {
+            hit(1, a2)
+        } else if eq(p1, b"case") && eq(w, b"when") {
+            hit(1, a1)
+        } else if seen_group_by && eq(w, b"having") {
+            hit(1, at)
+        } else {
+            None
+        };
+        if found.is_some() {
+            return found;
+        }
+        if eq(p1, b"group") && eq(w, b"by") {
+            seen_group_by = true;
         }
         if is_catalog(w) {
-            return (1 <= level).then(|| Hit::new(1, at, at + w.len()));
+            return hit(1, at);
         }
-        prev2 = prev.map(|(p, _)| p);
-        prev = Some((w, at));
     }
-    // MySQL's executable comment is never ordinary text.
-    if let Some(at) = find_ci(v, b"/*!", 0) {
-        return (2 <= level).then(|| Hit::new(2, at, (at + 16).min(v.len())));
+    // `unionselect`: the words glued together, then a FROM.
+    if let Some(at) = find_ci(v, b"unionselect", 0) {
+        if find_ci(v, b"from", at).is_some() {
+            return (1 <= level).then(|| Hit::new(1, at, (at + 24).min(v.len())));
+        }
     }
     None
+}
+
+/// The arguments of a probe function look like a probe: `sleep(5)`, `benchmark(9999,md5(1))`,
+/// `load_file('/etc/passwd')` (not `benchmark(2999 999` nor `sleep (well)`).
+fn probe_arguments(function: &[u8], after_paren: &[u8]) -> bool {
+    let mut words = Words { v: after_paren, i: 0 };
+    let Some((first, _)) = words.next() else { return false };
+    if eq(function, b"benchmark") {
+        return first.iter().all(u8::is_ascii_digit) && matches!(words.next(), Some((b",", _)));
+    }
+    first.first().is_some_and(|b| b.is_ascii_digit() || matches!(b, b'(' | b'@' | b'\'' | b'"' | b'0'))
+        || matches!(lookup_word_bytes(first), Some(TokenType::Function | TokenType::Keyword | TokenType::Expression))
+        || first == b")"
+}
+
+fn lookup_word_bytes(w: &[u8]) -> Option<TokenType> {
+    if w.is_empty() || w.len() > 32 {
+        return None;
+    }
+    std::str::from_utf8(w).ok().map(lookup_word)
+}
+
+fn is_quote(w: &[u8]) -> bool {
+    matches!(w, b"'" | b"\"" | b"`")
+}
+
+fn is_ddl(w: &[u8]) -> bool {
+    eq(w, b"create") || eq(w, b"alter") || eq(w, b"drop") || eq(w, b"truncate") || eq(w, b"rename")
+}
+
+fn is_ddl_object(w: &[u8]) -> bool {
+    const O: &[&[u8]] = &[b"table", b"database", b"function", b"procedure", b"trigger", b"schema", b"view", b"index", b"user", b"login"];
+    O.iter().any(|o| eq(w, o))
+}
+
+/// What may follow a statement keyword after `;` for it to be a stacked query.
+fn statement_follow(w: &[u8]) -> bool {
+    const F: &[&[u8]] = &[
+        b"into", b"table", b"from", b"set", b"values", b"database", b"function", b"procedure", b"view", b"index", b"trigger",
+        b"user", b"column", b"delay", b"immediate", b"(", b"[", b"@", b"*", b";",
+    ];
+    F.iter().any(|f| eq(w, f)) || w.starts_with(b"@") || starts_with_ci_word(w, b"xp_") || starts_with_ci_word(w, b"sp_")
+}
+
+/// MongoDB query operators where a parameter name, JSON key or value starts: `u_id[$ne]=1`,
+/// `{"$where": ...}`. Applications take them from users only by mistake.
+fn nosql_operator(v: &[u8]) -> Option<Hit> {
+    const OPS: &[&[u8]] = &[
+        b"ne", b"eq", b"gt", b"gte", b"lt", b"lte", b"in", b"nin", b"regex", b"where", b"exists", b"elemmatch", b"not",
+        b"nor", b"or", b"and", b"text", b"expr", b"function", b"accumulator", b"size", b"all", b"type", b"mod", b"jsonschema",
+    ];
+    let mut from = 0;
+    while let Some(p) = v[from..].iter().position(|&b| b == b'$') {
+        let at = from + p;
+        from = at + 1;
+        let starts = at == 0 || matches!(v[at - 1], b'[' | b'{' | b'"' | b'\'');
+        if !starts {
+            continue;
+        }
+        let name_end = v[at + 1..].iter().position(|b| !b.is_ascii_alphabetic()).map_or(v.len(), |n| at + 1 + n);
+        let name = &v[at + 1..name_end];
+        let closes = v.get(name_end).is_none_or(|&b| matches!(b, b']' | b'"' | b'\'' | b':' | b' '));
+        if closes && OPS.iter().any(|o| name.eq_ignore_ascii_case(o)) {
+            return Some(Hit::new(1, at.saturating_sub(1), (name_end + 1).min(v.len())));
+        }
+    }
+    None
+}
+
+/// A quoted JSON literal used with a JSON operator (PostgreSQL `'{"a":1}'::jsonb @> ...`,
+/// `'[1,2]' ? '1'`, `-> '$.a'`), or a JSON function: how JSON-aware databases are injected
+/// past filters that only know classic SQL.
+fn json_operator(v: &[u8]) -> Option<Hit> {
+    for f in [&b"json_extract"[..], b"json_value", b"json_query", b"jsonb_path_query", b"json_contains", b"json_keys"] {
+        if let Some(at) = find_ci(v, f, 0) {
+            let rest = v[at + f.len()..].trim_ascii_start();
+            if rest.starts_with(b"(") {
+                return Some(Hit::new(1, at, (at + f.len() + 1).min(v.len())));
+            }
+        }
+    }
+    let mut from = 0;
+    while let Some(p) = v[from..].windows(2).position(|w| w[0] == b'\'' && matches!(w[1], b'{' | b'[')) {
+        let at = from + p;
+        from = at + 1;
+        let close = if v[at + 1] == b'{' { b'}' } else { b']' };
+        let Some(end) = v[at + 2..].windows(2).position(|w| w[0] == close && w[1] == b'\'').map(|e| at + 2 + e + 2) else {
+            continue;
+        };
+        let rest = v[end..].trim_ascii_start();
+        const OPS: &[&[u8]] = &[b"::json", b"<@", b"@>", b"->", b"#>", b"?|", b"?&", b"?", b"@?", b"@@", b"||", b"-", b"<", b">", b"="];
+        if OPS.iter().any(|o| rest.starts_with(o)) {
+            return Some(Hit::new(1, at, (end + 8).min(v.len())));
+        }
+        // What comes before: `OR '{...}'`, `= '{...}'`.
+        let before = v[..at].trim_ascii_end();
+        if before.len() >= 2 && (before.ends_with(b"<@") || before.ends_with(b"@>") || before.ends_with(b"->") || before.ends_with(b"->>")) {
+            return Some(Hit::new(1, at, (end + 8).min(v.len())));
+        }
+    }
+    None
+}
+
+/// PostgreSQL casts on an identifier or literal (`password::int`, `'x'::bool`) and MySQL's
+/// scientific-notation glue (`1.e(ascii`, `1.e.tables`).
+fn cast_or_number_trick(v: &[u8]) -> Option<Hit> {
+    const TYPES: &[&[u8]] = &[
+        b"int", b"integer", b"bigint", b"smallint", b"bool", b"boolean", b"text", b"varchar", b"char", b"numeric", b"float",
+        b"json", b"jsonb", b"bytea", b"regclass", b"oid", b"date", b"timestamp", b"inet", b"xml", b"money", b"real",
+    ];
+    let mut from = 0;
+    while let Some(at) = find_ci(v, b"::", from) {
+        from = at + 2;
+        let before_ok = at > 0 && (is_word(v[at - 1]) || matches!(v[at - 1], b'\'' | b')' | b'"'));
+        let rest = &v[at + 2..];
+        let ty_end = rest.iter().position(|b| !b.is_ascii_alphanumeric()).unwrap_or(rest.len());
+        if before_ok && TYPES.iter().any(|t| rest[..ty_end].eq_ignore_ascii_case(t)) {
+            return Some(Hit::new(1, at.saturating_sub(12), (at + 2 + ty_end).min(v.len())));
+        }
+    }
+    for i in 1..v.len().saturating_sub(2) {
+        if v[i] == b'.'
+            && v[i - 1].is_ascii_digit()
+            && (i < 2 || !is_word(v[i - 2]) || v[i - 2].is_ascii_digit())
+            && matches!(v[i + 1], b'e' | b'E')
+            && matches!(v[i + 2], b'(' | b'.' | b',' | b')')
+        {
+            return Some(Hit::new(1, i - 1, (i + 8).min(v.len())));
+        }
+    }
+    None
+}
+
+/// Leaving a string: a token closed by a stray quote and a `;` (`admin@example.com';`), or
+/// two quoted strings compared (`x'='x`, `'a'!='b`).
+fn quote_breakout(v: &[u8]) -> Option<Hit> {
+    // `token';` at the end, the token without blanks, the quote unbalanced.
+    let t = v.trim_ascii_end();
+    if let Some(body) = t.strip_suffix(b";") {
+        let body = strip_trailing_comment(body.trim_ascii_end());
+        if let Some(&q) = body.last() {
+            if matches!(q, b'\'' | b'"' | b'`') {
+                let token = &body[..body.len() - 1];
+                let balanced = token.iter().filter(|&&b| b == q).count() % 2 == 1;
+                if !token.is_empty() && !balanced && !token.iter().any(u8::is_ascii_whitespace) {
+                    return Some(Hit::new(1, 0, t.len()));
+                }
+            }
+        }
+    }
+    // quote, comparison, quote, with a quote-closed token before.
+    for i in 1..v.len() {
+        if !matches!(v[i], b'\'' | b'"') || !is_word(v[i - 1]) {
+            continue;
+        }
+        let rest = &v[i + 1..];
+        let op_end = rest.iter().position(|b| !matches!(b, b'=' | b'!' | b'<' | b'>')).unwrap_or(rest.len());
+        let op = &rest[..op_end];
+        if matches!(op, b"=" | b"!=" | b"<>" | b"<=>") && rest.get(op_end) == Some(&v[i]) {
+            return Some(Hit::new(1, i - 1, (i + 2 + op_end + 2).min(v.len())));
+        }
+    }
+    None
+}
+
+fn strip_trailing_comment(v: &[u8]) -> &[u8] {
+    if v.ends_with(b"*/") {
+        if let Some(open) = v.windows(2).rposition(|w| w == b"/*") {
+            return v[..open].trim_ascii_end();
+        }
+    }
+    v
+}
+
+/// Boundary values that probe integer overflow or the PHP/Java float-parsing hang, sent alone.
+fn magic_number(v: &[u8]) -> Option<Hit> {
+    const N: &[&[u8]] = &[
+        b"4294967295", b"4294967296", b"2147483647", b"2147483648", b"-2147483648", b"-2147483649", b"9223372036854775807",
+        b"9223372036854775808", b"18446744073709551615", b"18446744073709551616", b"2.2250738585072011e-308",
+        b"2.2250738585072012e-308", b"1e309",
+    ];
+    let t = v.trim_ascii();
+    N.iter().any(|n| t.eq_ignore_ascii_case(n)).then(|| Hit::new(1, 0, v.len()))
 }
 
 fn starts_with_ci_word(w: &[u8], prefix: &[u8]) -> bool {
@@ -182,23 +487,38 @@ fn is_probe_function(w: &[u8]) -> bool {
     F.iter().any(|f| eq(w, f))
 }
 
-/// Catalogs an application never names in a parameter.
+/// Catalogs and system databases an application never names in a parameter.
 fn is_catalog(w: &[u8]) -> bool {
     const C: &[&[u8]] = &[
         b"information_schema",
         b"mysql.user",
+        b"mysql.db",
         b"pg_catalog",
         b"pg_shadow",
+        b"pg_user",
         b"sqlite_master",
         b"sqlite_schema",
+        b"sqlite_temp_master",
         b"sysobjects",
         b"syscolumns",
+        b"sysdatabases",
         b"sys.objects",
         b"sys.tables",
+        b"sys.databases",
+        b"sys.sql_logins",
         b"all_tables",
         b"user_tables",
         b"all_tab_columns",
+        b"user_tab_columns",
         b"msysobjects",
+        b"msysaccessobjects",
+        b"msysqueries",
+        b"msysrelationships",
+        b"tempdb",
+        b"msdb",
+        b"northwind",
+        b"schema_name",
+        b"table_schema",
     ];
     C.iter().any(|c| {
         w.len() >= c.len()
@@ -207,10 +527,16 @@ fn is_catalog(w: &[u8]) -> bool {
     })
 }
 
+/// Functions that name the database itself.
+fn is_catalog_function(w: &[u8]) -> bool {
+    const F: &[&[u8]] = &[b"database", b"db_name", b"schema", b"user_name", b"current_database", b"current_schema", b"lo_import", b"lo_export", b"lo_get", b"lo_put", b"pg_read_file", b"pg_ls_dir", b"div", b"unistr"];
+    F.iter().any(|f| eq(w, f))
+}
+
 fn is_statement(w: &[u8]) -> bool {
     const S: &[&[u8]] = &[
         b"select", b"insert", b"update", b"delete", b"drop", b"create", b"alter", b"truncate", b"exec", b"execute",
-        b"declare", b"shutdown", b"waitfor", b"grant", b"revoke",
+        b"declare", b"shutdown", b"waitfor", b"grant", b"revoke", b"replace",
     ];
     S.iter().any(|s| eq(w, s))
 }
@@ -220,7 +546,7 @@ mod tests {
     use super::*;
 
     fn sqli(s: &str, level: u8) -> bool {
-        check(s.as_bytes(), level).is_some()
+        check(s.as_bytes(), true, level).is_some()
     }
 
     #[test]

@@ -6,7 +6,33 @@
 use super::decode::{find_ci, is_word, Hit};
 
 pub(crate) fn value(v: &[u8], level: u8) -> Option<Hit> {
-    climbs(v, level).or_else(|| sensitive_target(v, level))
+    climbs(v, level).or_else(|| sensitive_target(v, level)).or_else(|| hex_spelled(v, level))
+}
+
+/// `0x2e0x2e0x2f`: dots and slashes written as hex literals, which some applications decode.
+fn hex_spelled(v: &[u8], level: u8) -> Option<Hit> {
+    find_ci(v, b"0x2e", 0)?;
+    let mut out = Vec::with_capacity(v.len());
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] == b'0' && v.get(i + 1).is_some_and(|b| b.eq_ignore_ascii_case(&b'x')) {
+            let lit = v.get(i + 2..i + 4).map(|h| h.to_ascii_lowercase());
+            let ch = match lit.as_deref() {
+                Some(b"2e") => Some(b'.'),
+                Some(b"2f") => Some(b'/'),
+                Some(b"5c") => Some(b'\\'),
+                _ => None,
+            };
+            if let Some(ch) = ch {
+                out.push(ch);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(v[i]);
+        i += 1;
+    }
+    climbs(&out, level).map(|h| Hit::new(h.level, 0, v.len().min(32)))
 }
 
 /// The normalised path: `..` segments are already resolved (or refused) by the normaliser, so
@@ -33,6 +59,24 @@ pub(crate) fn path(p: &[u8], level: u8) -> Option<Hit> {
     value(p, level)
 }
 
+/// The name of an uploaded file: a traversal, or the name of a configuration file the server
+/// would run or obey (`.htaccess`, `web.config`, `wp-config.php`, `settings.php`).
+pub(crate) fn upload_name(v: &[u8], level: u8) -> Option<Hit> {
+    if let Some(h) = value(v, level) {
+        return Some(h);
+    }
+    // Blanks inside the name are dropped by some servers (`wp-config. php`).
+    let name: Vec<u8> = v.iter().filter(|b| !b.is_ascii_whitespace()).map(u8::to_ascii_lowercase).collect();
+    let base = name.rsplit(|&b| b == b'/' || b == b'\\').next().unwrap_or(&name);
+    const NAMES: &[&[u8]] = &[
+        b".htaccess", b".htpasswd", b"web.config", b".user.ini", b"php.ini", b".env", b".boto", b".bashrc", b".profile",
+        b"settings.php", b"config.php", b"configuration.php", b"localsettings.php", b"config.yml", b"config.yaml",
+        b"settings.py", b"application.yml", b"application.properties", b"app.config", b"authorized_keys",
+    ];
+    let hit = NAMES.contains(&base) || base.starts_with(b"wp-config");
+    hit.then(|| Hit::new(1, 0, v.len().min(64)))
+}
+
 /// A traversal step: two or more dots, then a separator (or the end), where the dots start a
 /// segment. `.../` and `..;/` (Tomcat) count too.
 fn climbs(v: &[u8], level: u8) -> Option<Hit> {
@@ -46,13 +90,11 @@ fn climbs(v: &[u8], level: u8) -> Option<Hit> {
             while j < v.len() && v[j] == b'.' {
                 j += 1;
             }
-            if j < v.len() && v[j] == b';' {
-                j += 1;
-            }
-            if j == v.len() || matches!(v[j], b'/' | b'\\') {
+            // `;` separates path parameters in Tomcat and Jetty: `..;/` climbs there.
+            if j == v.len() || matches!(v[j], b'/' | b'\\' | b';') {
                 steps += 1;
                 first.get_or_insert(i);
-                if i == 0 {
+                if i == 0 || (i == 1 && matches!(v[0], b'/' | b'\\')) {
                     at_start = true;
                 }
                 i = j;
