@@ -497,6 +497,169 @@ mod tests {
         }
     }
 
+    /// Values ordinary API traffic carries, some chosen to look like attacks to a naive filter.
+    const ORDINARY: &[&str] = &[
+        "Conan O'Brien",
+        "Jane O'Neil-Smith",
+        "Rock 'n' roll",
+        "Tom & Jerry's \"Big\" Adventure",
+        "Ben & Jerry's; half-baked",
+        "Please select a size from the menu, then update your order or delete it.",
+        "The union representatives will select a delegate from each branch where possible.",
+        "Drop me a line; I'll call you back | thanks & regards",
+        "Insert the card into the reader and wait",
+        "I need to sleep (8 hours at least)",
+        "alert: disk almost full",
+        "Please confirm (by email) before Friday",
+        "eval report for Q3",
+        "if you want, call me at +44 20 7946 0958",
+        "for each item in the list, do the obvious thing",
+        "x = y + 1; z = x * 2",
+        "a < b && c > d",
+        "50% off everything, 100% cotton",
+        "$5.00 + tax",
+        "C:\\Program Files\\Example\\app.exe",
+        "/usr/local/share/doc/readme.txt",
+        "~/Documents/notes.md",
+        "https://example.com/search?q=rock+%26+roll&page=2#results",
+        "mailto:jane.doe+news@example.co.uk",
+        "jane.doe@example.com",
+        "550e8400-e29b-41d4-a716-446655440000",
+        "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0.POstGetfAytaZS82wHcjoTyoqhMyxXiWdR7Nn7A29DNSl0EiXLdwJ6xC6AfgZWF1bOsS_TuYI3OG85AmiExREkrS6tDfTQ2B3WXlrr-wp5AokiRbz3_oB4OxG-W9KcEEbDRcZc0nH3L7LzYptiy1PtAylQGxHTWZXtGz4ht0bAecBgmpdgXMguEIcoqPJ1n3pIWk_dUZegpqx0Lka21H6XxUTxiy8OcaarA8zdnPUnV6AmNP3ecFawIFYdvJB_cm-GvpCSbr8G8y_Mllj8f4x9nBH8pQux89_6gUY618iYv7tuPWBFfEbLxtF2pZS6YC1aSfLQxeNe8djT9YjpvRZA",
+        "SGVsbG8gV29ybGQhIFRoaXMgaXMgYmFzZTY0Lg==",
+        "d41d8cd98f00b204e9800998ecf8427e",
+        "2024-02-29T23:59:59.999+01:00",
+        "# Release notes\n\n- Fixed the `select` box\n- See [the guide](https://example.com/guide) and `npm install`\n\n**Bold** _italic_",
+        "Use `git log --oneline` to list commits",
+        "SELECT is a reserved word; avoid it as a column name",
+        "The document.pdf is attached",
+        "window seat please",
+        "Dear team,\r\nNote: the meeting moved.\r\nRegards",
+        "{1,2,3}",
+        "e.g. (see above) i.e. the rest",
+        "I <3 Rust -> it's fast => great",
+        "#hashtag @mention",
+        "tar and feathers",
+        "sh",
+        "id",
+        "curl",
+        "Python, Perl and PHP developer",
+        "version 1.2.3 (build 456)",
+        "ping pong",
+        "time is money",
+        "Set the value to 42",
+        "Type your name",
+        "Copy that",
+        "Net income rose 5%",
+        "Dir. of Engineering",
+        "ÀÉÎÕÜ çà et là — naïve café",
+        "日本語のテキスト",
+        "Привет, мир",
+        "normal-looking-slug_with_underscores",
+        "price:asc,name:desc",
+        "fields=id,name,email",
+        "status in (active, pending)",
+        "(555) 123-4567",
+        "1/2 cup of sugar, 3/4 cup flour",
+        "¼ cup butter, ¾ cup milk",
+        "path/to/file.txt",
+        "a--b",
+        "100-200",
+        "-5",
+        "1e10",
+        "true",
+        "null",
+        "OR",
+        "AND",
+        "Robert'); DROP TABLE Students;-- is a famous comic",
+    ];
+
+    #[test]
+    fn ordinary_values_pass_as_query_json_and_form_at_paranoia_one() {
+        let w = waf(1);
+        let h = headers(&[]);
+        let mut failures = Vec::new();
+        for v in ORDINARY.iter().filter(|v| !v.starts_with("Robert'")) {
+            let mut q = String::from("v=");
+            for b in v.bytes() {
+                if b.is_ascii_alphanumeric() {
+                    q.push(b as char);
+                } else {
+                    q.push_str(&format!("%{b:02X}"));
+                }
+            }
+            if let Some(f) = w.inspect_head(&head("/api/items", Some(&q), &h), &Skips::NONE) {
+                failures.push(format!("query {v:?}: {f:?}"));
+            }
+            let json = format!("{{\"note\":{}}}", json_string(v));
+            if let Some(f) = w.inspect_body(Some(b"application/json"), json.as_bytes(), &Skips::NONE) {
+                failures.push(format!("json {v:?}: {f:?}"));
+            }
+        }
+        assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    #[test]
+    fn the_famous_bobby_tables_is_an_injection() {
+        let v = ORDINARY.iter().find(|v| v.starts_with("Robert'")).unwrap();
+        let json = format!("{{\"name\":{}}}", json_string(v));
+        assert!(waf(1).inspect_body(Some(b"application/json"), json.as_bytes(), &Skips::NONE).is_some());
+    }
+
+    fn json_string(v: &str) -> String {
+        let mut s = String::from("\"");
+        for c in v.chars() {
+            match c {
+                '"' => s.push_str("\\\""),
+                '\\' => s.push_str("\\\\"),
+                '\n' => s.push_str("\\n"),
+                '\r' => s.push_str("\\r"),
+                c => s.push(c),
+            }
+        }
+        s.push('"');
+        s
+    }
+
+    #[test]
+    fn common_user_agents_and_headers_pass() {
+        let w = waf(1);
+        for ua in [
+            "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+            "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_2) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.2 Safari/605.1.15",
+            "Mozilla/5.0 (X11; Ubuntu; Linux x86_64; rv:121.0) Gecko/20100101 Firefox/121.0",
+            "curl/8.5.0",
+            "Wget/1.21.4",
+            "python-requests/2.31.0",
+            "Go-http-client/2.0",
+            "okhttp/4.12.0",
+            "PostmanRuntime/7.36.0",
+            "kube-probe/1.29",
+            "grpc-java-netty/1.60.0",
+            "aws-sdk-go-v2/1.24.0 os/linux lang/go#1.21.5 md/GOOS#linux md/GOARCH#amd64",
+            "Apache-HttpClient/4.5.14 (Java/17.0.9)",
+        ] {
+            let h = headers(&[("user-agent", ua)]);
+            assert_eq!(w.inspect_head(&head("/", None, &h), &Skips::NONE), None, "{ua}");
+        }
+        let h = headers(&[
+            ("accept", "application/json, text/plain, */*"),
+            ("accept-encoding", "gzip, deflate, br, zstd"),
+            ("content-type", "application/json; charset=utf-8"),
+            ("x-forwarded-for", "203.0.113.7, 10.0.0.1"),
+            ("x-forwarded-proto", "https"),
+            ("if-none-match", "W/\"5e15153d-120f\""),
+            ("cache-control", "no-cache, no-store, must-revalidate"),
+            ("sec-ch-ua", "\"Chromium\";v=\"120\", \"Not?A_Brand\";v=\"24\""),
+            ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
+            ("x-amz-date", "20240101T000000Z"),
+            ("range", "bytes=0-1023"),
+            ("origin", "https://app.example.com"),
+            ("referer", "https://app.example.com/orders?sort=-date&filter=status:open"),
+        ]);
+        assert_eq!(w.inspect_head(&head("/api/v1/orders", Some("page=1"), &h), &Skips::NONE), None);
+    }
+
     #[test]
     fn a_query_attack_is_reported_with_its_location_level_and_a_short_fragment() {
         let h = headers(&[]);

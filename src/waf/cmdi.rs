@@ -238,7 +238,9 @@ fn glob_matches(pattern: &[u8], name: &[u8]) -> bool {
     go(pattern, name, &mut budget)
 }
 
-/// A backtick pair: empty inside a word (`pi``ng`), or holding a command.
+/// A backtick pair: empty inside a word (`pi``ng`), or holding a command. Markdown puts code in
+/// backticks too, so a pair inside prose counts at 1 only when what it holds runs something
+/// (`` `cat /etc/passwd` ``), and at 2 when it merely names a command (`` `npm install` ``).
 fn backticks(v: &[u8], open: usize, level: u8) -> Option<Hit> {
     let close = v[open + 1..].iter().position(|&b| b == b'`').map(|c| open + 1 + c)?;
     let inner = &v[open + 1..close];
@@ -246,11 +248,18 @@ fn backticks(v: &[u8], open: usize, level: u8) -> Option<Hit> {
         let in_word = open > 0 && v[open - 1].is_ascii_alphanumeric() || v.get(close + 1).is_some_and(u8::is_ascii_alphanumeric);
         return if in_word { hit(1, open.saturating_sub(4), (close + 5).min(v.len()), level) } else { None };
     }
-    let (word, _) = read_command(inner, 0);
-    match classify(&word.text()) {
-        Some(_) => hit(1, open, close + 1, level),
-        None => hit(3, open, close + 1, level),
-    }
+    let (word, end) = read_command(inner, 0);
+    let Some(kind) = classify(word.text()) else { return hit(3, open, close + 1, level) };
+    let glued = open > 0 && is_word(v[open - 1]);
+    let whole = v[..open].trim_ascii().is_empty() && v[close + 1..].trim_ascii().is_empty();
+    let runs = word.evasive
+        || match (kind, follow(inner, end)) {
+            (_, Follow::ShellArgument) => true,
+            (Kind::Rare, Follow::End | Follow::Operator) => true,
+            _ => false,
+        };
+    let lvl = if glued || whole || runs { 1 } else { 2 };
+    hit(lvl, open, close + 1, level)
 }
 
 /// A command word as a shell would see it once evasions are undone, lower-cased.

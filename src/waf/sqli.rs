@@ -284,7 +284,11 @@ fn probe_arguments(function: &[u8], after_paren: &[u8]) -> bool {
     if eq(function, b"benchmark") {
         return first.iter().all(u8::is_ascii_digit) && matches!(words.next(), Some((b",", _)));
     }
-    first.first().is_some_and(|b| b.is_ascii_digit() || matches!(b, b'(' | b'@' | b'\'' | b'"' | b'0'))
+    if first.first().is_some_and(u8::is_ascii_digit) {
+        // A number closes the call or joins an expression: `sleep(5)`, not `sleep(8 hours`.
+        return matches!(words.next(), None | Some((b")" | b"," | b"*" | b"+" | b"-" | b"/", _)));
+    }
+    first.first().is_some_and(|b| matches!(b, b'(' | b'@' | b'\'' | b'"'))
         || matches!(lookup_word_bytes(first), Some(TokenType::Function | TokenType::Keyword | TokenType::Expression))
         || first == b")"
 }
