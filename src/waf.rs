@@ -28,7 +28,7 @@
 
 mod body;
 mod cmdi;
-pub mod decode;
+mod decode;
 mod protocol;
 mod sqli;
 mod traversal;
@@ -437,6 +437,12 @@ impl Waf {
         }
         None
     }
+}
+
+/// The decodings every value meets before the detectors (exposed for fuzzing and benchmarks).
+#[doc(hidden)]
+pub fn canonical(value: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    decode::canonical(value)
 }
 
 fn finding(detector: Detector, kind: LocationKind, name: &[u8], buf: &[u8], hit: Hit) -> Finding {

@@ -512,7 +512,9 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
         (true, Kind::Rare, Follow::Word | Follow::Operator) if !is_interpreter(text) && !is_language(text) => 1,
         // A value that is nothing but an administration tool's name.
         (true, Kind::Rare, Follow::End) if is_admin_tool(text) => 1,
-        (true, _, _) => 3,
+        (true, _, Follow::Word | Follow::Operator) => 3,
+        // A lone word (`sort`, `id`) is a name, not a command line.
+        (true, _, _) => return None,
     };
     (lvl <= level).then(|| Hit::new(lvl, at, (end + 24).min(v.len())))
 }
@@ -640,6 +642,9 @@ fn batch_if(rest: &[u8]) -> bool {
 
 /// PowerShell: `Verb-Noun` cmdlets that fetch, run or write, and the shell itself with options.
 fn powershell(v: &[u8]) -> Option<Hit> {
+    if !v.contains(&b'-') && find_ci(v, b"iex", 0).is_none() {
+        return None;
+    }
     const VERBS: &[&[u8]] = &[b"invoke-", b"start-", b"new-", b"get-", b"set-", b"out-", b"add-", b"remove-", b"stop-", b"import-", b"export-", b"convertto-", b"convertfrom-", b"copy-", b"move-"];
     const NOUNS: &[&[u8]] = &[
         b"webrequest", b"restmethod", b"expression", b"command", b"item", b"itemproperty", b"process", b"object",

@@ -101,12 +101,19 @@ fn might_be_sql(v: &[u8]) -> bool {
         return true;
     }
     let strong = v.iter().enumerate().any(|(i, &b)| {
-        matches!(
-            b,
-            b'\'' | b'"' | b'`' | b';' | b'(' | b')' | b'=' | b'<' | b'>' | b'|' | b'&' | b'!' | b'#' | b'@' | b'\\'
-                | b'{' | b'}' | b'*' | b'%' | b'^' | b'~' | b'+' | b'$' | 0..=0x08 | 0x0e..=0x1f | 0x7f | 0xa0
-        ) || (b == b'-' && v.get(i + 1) == Some(&b'-'))
-            || (b == b'/' && v.get(i + 1) == Some(&b'*'))
+        let prev = i.checked_sub(1).map(|p| v[p]);
+        let next = v.get(i + 1).copied();
+        match b {
+            b'\'' | b'"' | b'`' | b';' | b'(' | b')' | b'=' | b'<' | b'>' | b'|' | b'!' | b'#' | b'\\' | b'{' | b'}'
+            | b'*' | b'%' | b'^' | b'~' | b'+' | b'$' | 0..=0x08 | 0x0e..=0x1f | 0x7f | 0xa0 => true,
+            // `@var` and `@@version`, not `jane@example.com`.
+            b'@' => prev.is_none_or(|p| !is_word(p)) || next == Some(b'@'),
+            // `&&` or a glued `1&1`, not "Tom & Jerry".
+            b'&' => next == Some(b'&') || prev.is_some_and(|p| !p.is_ascii_whitespace()) || next.is_some_and(|n| !n.is_ascii_whitespace()),
+            b'-' => next == Some(b'-'),
+            b'/' => next == Some(b'*'),
+            _ => false,
+        }
     });
     if strong {
         return true;

@@ -225,31 +225,38 @@ fn sensitive_target(v: &[u8], level: u8) -> Option<Hit> {
     if v.len() < 3 {
         return None;
     }
-    for t in TARGETS {
-        let mut from = 0;
-        // Bounded: `from` moves forward on every miss.
-        while let Some(at) = find_ci(v, t, from) {
-            from = at + 1;
-            let before = if at == 0 { None } else { Some(v[at - 1]) };
+    // One pass over the places a component can start (the start, after a separator, at a dot
+    // or `@`), trying only the targets that begin with that byte.
+    for at in 0..v.len() {
+        let b = v[at].to_ascii_lowercase();
+        let before = if at == 0 { None } else { Some(v[at - 1]) };
+        let after_separator = before.is_none_or(|c| matches!(c, b'/' | b'\\'));
+        if !after_separator && b != b'.' && b != b'@' {
+            continue;
+        }
+        for t in TARGETS {
+            if t[0] != b || !v[at..].get(..t.len()).is_some_and(|w| w.eq_ignore_ascii_case(t)) {
+                continue;
+            }
             let dotted = t[0] == b'.' || t[0] == b'@';
             let starts_component = match before {
                 None => !dotted || t.len() > 2,
-                Some(b) => matches!(b, b'/' | b'\\') || (dotted && !is_word(b) && b != b'.' && b != b'-'),
+                Some(c) => matches!(c, b'/' | b'\\') || (dotted && !is_word(c) && c != b'.' && c != b'-'),
             };
             if !starts_component {
                 continue;
             }
             let end = at + t.len();
-            let ends_component = t.ends_with(b"/") || v.get(end).is_none_or(|&b| !(is_word(b) || b == b'-'));
+            let ends_component = t.ends_with(b"/") || v.get(end).is_none_or(|&c| !(is_word(c) || c == b'-'));
             if !ends_component {
                 continue;
             }
             // A bare short name (`sam`, `tmp/`) only counts when it is reached by a path.
             let needs_path = matches!(*t, b"sam" | b"tmp/" | b".profile" | b".history" | b".env" | b"sys/class");
-            if needs_path && before.is_none_or(|b| !matches!(b, b'/' | b'\\')) {
+            if needs_path && before.is_none_or(|c| !matches!(c, b'/' | b'\\')) {
                 continue;
             }
-            if *t == b"tmp/" && v.get(end).is_none_or(|&b| !is_word(b)) {
+            if *t == b"tmp/" && v.get(end).is_none_or(|&c| !is_word(c)) {
                 continue;
             }
             return (1 <= level).then(|| Hit::new(1, at.saturating_sub(1), end.min(v.len())));

@@ -192,6 +192,10 @@ fn js_property(p: &[u8]) -> bool {
 /// that make a URL or document of their value.
 fn markup_tricks(v: &[u8]) -> Option<Hit> {
     let n = v.len();
+    // Every trick below needs one of these bytes; most values have none.
+    if !v.iter().any(|&b| matches!(b, b'+' | b'<' | b':' | b'=' | b'(' | 0xBC)) {
+        return None;
+    }
     for needle in [&b"+ADw"[..], b"+AD4"] {
         if let Some(at) = v.windows(needle.len()).position(|w| w == needle) {
             return Some(Hit::new(1, at, (at + 16).min(n)));
