@@ -30,7 +30,10 @@ fn large_json() -> String {
 fn headers() -> http::HeaderMap {
     let mut h = http::HeaderMap::new();
     for (k, v) in [
-        ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"),
+        (
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+        ),
         ("accept", "application/json, text/plain, */*"),
         ("accept-language", "en-GB,en;q=0.9"),
         ("content-type", "application/json"),
@@ -57,7 +60,8 @@ fn bench(c: &mut Criterion) {
         group.throughput(Throughput::Bytes((typical.len() + QUERY.len()) as u64));
         group.bench_with_input(BenchmarkId::new("typical_request", format!("pl{pl}")), &pl, |b, _| {
             b.iter(|| {
-                let head = HeadView { path: black_box("/api/v1/orders/42"), query: Some(black_box(QUERY)), headers: &headers };
+                let head =
+                    HeadView { path: black_box("/api/v1/orders/42"), query: Some(black_box(QUERY)), headers: &headers };
                 let a = waf.inspect_head(&head, &Skips::NONE);
                 let b2 = waf.inspect_body(Some(b"application/json"), black_box(typical.as_bytes()), &Skips::NONE);
                 (a, b2)

@@ -323,7 +323,8 @@ impl Waf {
         for (plan, class) in plans.iter_mut().zip(CLASSES) {
             let levels = class.min_levels();
             for d in Detector::ALL {
-                if settings.detectors.contains(d) && levels[d as usize] != 0 && levels[d as usize] <= settings.paranoia {
+                if settings.detectors.contains(d) && levels[d as usize] != 0 && levels[d as usize] <= settings.paranoia
+                {
                     *plan = plan.with(d);
                 }
             }
@@ -338,7 +339,8 @@ impl Waf {
     /// Inspects the path, the query (names and values), the headers and the cookies.
     pub fn inspect_head(&self, head: &HeadView<'_>, skip: &Skips<'_>) -> Option<Finding> {
         let path = head.path.as_bytes();
-        if let Some(f) = self.value(Value { class: Class::Path, kind: LocationKind::Path, name: b"", value: path }, skip)
+        if let Some(f) =
+            self.value(Value { class: Class::Path, kind: LocationKind::Path, name: b"", value: path }, skip)
         {
             return Some(f);
         }
@@ -346,7 +348,8 @@ impl Waf {
             if let Some(f) = self.raw_encoded(query.as_bytes(), false, skip) {
                 return Some(f);
             }
-            if let Some(f) = body::form(self, query.as_bytes(), LocationKind::QueryName, LocationKind::QueryValue, skip) {
+            if let Some(f) = body::form(self, query.as_bytes(), LocationKind::QueryName, LocationKind::QueryValue, skip)
+            {
                 return Some(f);
             }
         }
@@ -490,7 +493,10 @@ mod tests {
     #[test]
     fn ordinary_api_requests_pass_at_every_paranoia_level_they_should() {
         let h = headers(&[
-            ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36"),
+            (
+                "user-agent",
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36",
+            ),
             ("accept", "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
             ("accept-language", "en-GB,en;q=0.9,fr;q=0.8"),
             ("referer", "https://shop.example.com/orders?page=2&sort=-created_at"),

@@ -51,7 +51,13 @@ fn anomaly(waf: &Waf, skip: &Skips<'_>, kind: LocationKind, body: &[u8], at: usi
 }
 
 /// `a=1&b=2` (query or form body): each name and value, decoded once.
-pub(crate) fn form(waf: &Waf, raw: &[u8], name_kind: LocationKind, value_kind: LocationKind, skip: &Skips<'_>) -> Option<Finding> {
+pub(crate) fn form(
+    waf: &Waf,
+    raw: &[u8],
+    name_kind: LocationKind,
+    value_kind: LocationKind,
+    skip: &Skips<'_>,
+) -> Option<Finding> {
     for pair in raw.split(|&b| b == b'&') {
         if pair.is_empty() {
             continue;
@@ -124,17 +130,18 @@ fn json_unescape(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
             b'u' => {
                 let cp = hex4(raw.get(i..i + 4)?)?;
                 i += 4;
-                let cp = if (0xD800..0xDC00).contains(&cp) && raw.get(i) == Some(&b'\\') && raw.get(i + 1) == Some(&b'u') {
-                    let lo = hex4(raw.get(i + 2..i + 6)?)?;
-                    if (0xDC00..0xE000).contains(&lo) {
-                        i += 6;
-                        0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
+                let cp =
+                    if (0xD800..0xDC00).contains(&cp) && raw.get(i) == Some(&b'\\') && raw.get(i + 1) == Some(&b'u') {
+                        let lo = hex4(raw.get(i + 2..i + 6)?)?;
+                        if (0xDC00..0xE000).contains(&lo) {
+                            i += 6;
+                            0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
+                        } else {
+                            cp
+                        }
                     } else {
                         cp
-                    }
-                } else {
-                    cp
-                };
+                    };
                 // Lone surrogates become U+FFFD, as lenient parsers do.
                 let c = char::from_u32(cp).unwrap_or('\u{FFFD}');
                 let mut buf = [0; 4];
@@ -234,9 +241,14 @@ fn json(waf: &Waf, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
                 i = j + 1;
             }
             b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
-                let end = body[i..].iter().position(|c| !(c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.'))).map_or(n, |p| i + p);
+                let end = body[i..]
+                    .iter()
+                    .position(|c| !(c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')))
+                    .map_or(n, |p| i + p);
                 let tok = &body[i..end];
-                let ok = matches!(tok, b"true" | b"false" | b"null") || (tok[0] == b'-' || tok[0].is_ascii_digit()) && tok.iter().all(|c| c.is_ascii_digit() || matches!(c, b'+' | b'-' | b'.' | b'e' | b'E'));
+                let ok = matches!(tok, b"true" | b"false" | b"null")
+                    || (tok[0] == b'-' || tok[0].is_ascii_digit())
+                        && tok.iter().all(|c| c.is_ascii_digit() || matches!(c, b'+' | b'-' | b'.' | b'e' | b'E'));
                 if !ok {
                     return bad(i);
                 }
@@ -359,7 +371,9 @@ fn suspicious_filename(waf: &Waf, skip: &Skips<'_>, filename: &[u8]) -> Option<F
             b'"' | b'\'' | b'=' | b'\\' => true,
             b';' => {
                 let start = filename[..i].iter().rposition(|&c| c == b'&');
-                !start.is_some_and(|s| i - s > 1 && filename[s + 1..i].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'#'))
+                !start.is_some_and(|s| {
+                    i - s > 1 && filename[s + 1..i].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'#')
+                })
             }
             _ => false,
         };
@@ -507,7 +521,8 @@ mod tests {
 
     #[test]
     fn attacks_are_found_at_any_depth_and_named_by_their_key() {
-        let f = body("application/json", r#"{"a":{"b":[1,{"c":["x","1' union select password from users--"]}]}}"#).unwrap();
+        let f =
+            body("application/json", r#"{"a":{"b":[1,{"c":["x","1' union select password from users--"]}]}}"#).unwrap();
         assert_eq!(f.detector, Detector::Sqli);
         assert_eq!((f.location.kind, f.location.name.as_str()), (LocationKind::JsonValue, "c"));
         let f = body("application/json", r#"{"<script>alert(1)</script>":1}"#).unwrap();
@@ -516,9 +531,17 @@ mod tests {
         assert_eq!(f.detector, Detector::PathTraversal);
         let f = body("application/x-www-form-urlencoded", "a=1&cmd=x%3Bcat+%2Fetc%2Fpasswd").unwrap();
         assert_eq!((f.location.kind, f.location.name.as_str()), (LocationKind::FormValue, "cmd"));
-        let f = body("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"q\"\n\n<svg onload=alert(1)>\n--b--\n").unwrap();
+        let f = body(
+            "multipart/form-data; boundary=b",
+            "--b\nContent-Disposition: form-data; name=\"q\"\n\n<svg onload=alert(1)>\n--b--\n",
+        )
+        .unwrap();
         assert_eq!((f.detector, f.location.kind), (Detector::Xss, LocationKind::MultipartValue));
-        let f = body("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"f\"; filename=\"../../x.php\"\n\nhi\n--b--\n").unwrap();
+        let f = body(
+            "multipart/form-data; boundary=b",
+            "--b\nContent-Disposition: form-data; name=\"f\"; filename=\"../../x.php\"\n\nhi\n--b--\n",
+        )
+        .unwrap();
         assert_eq!((f.detector, f.location.kind), (Detector::PathTraversal, LocationKind::MultipartFilename));
         let f = body("text/xml", "<a probe=\"/etc/passwd\"></a>").unwrap();
         assert_eq!((f.detector, f.location.name.as_str()), (Detector::PathTraversal, "probe"));
@@ -538,7 +561,10 @@ mod tests {
         for (ct, b) in [
             ("multipart/form-data", "--b\n\n"),
             ("multipart/form-data; boundary=b", "no delimiter at all"),
-            ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"a\"; filename=\"a\\\"b.txt\"\n\nx\n--b--"),
+            (
+                "multipart/form-data; boundary=b",
+                "--b\nContent-Disposition: form-data; name=\"a\"; filename=\"a\\\"b.txt\"\n\nx\n--b--",
+            ),
         ] {
             assert_eq!(body(ct, b).map(|f| f.detector), Some(Detector::Protocol), "{b}");
         }

@@ -41,19 +41,26 @@ fn syntax(v: &[u8], level: u8) -> Option<Hit> {
                 // `${name}` is also every template language's placeholder; what shells alone do
                 // (IFS, operators inside, lookups like `${jndi:`) is an attack.
                 let plain = !inner.is_empty() && inner.iter().all(|&b| is_word(b) || b == b'.');
-                let shell_var = starts_with_ci(inner, b"ifs") || inner.eq_ignore_ascii_case(b"path") || inner.eq_ignore_ascii_case(b"home") || inner.eq_ignore_ascii_case(b"shell");
+                let shell_var = starts_with_ci(inner, b"ifs")
+                    || inner.eq_ignore_ascii_case(b"path")
+                    || inner.eq_ignore_ascii_case(b"home")
+                    || inner.eq_ignore_ascii_case(b"shell");
                 if !plain || shell_var {
                     return hit(1, i, end, level);
                 }
                 return hit(2, i, end, level);
             }
-            (b'$', Some(b'I' | b'i')) if starts_with_ci(&v[i + 1..], b"ifs") && v.get(i + 4).is_none_or(|&b| !is_word(b) || b.is_ascii_digit()) => {
+            (b'$', Some(b'I' | b'i'))
+                if starts_with_ci(&v[i + 1..], b"ifs")
+                    && v.get(i + 4).is_none_or(|&b| !is_word(b) || b.is_ascii_digit()) =>
+            {
                 return hit(1, i, end, level);
             }
             (b'$', Some(b'@' | b'*')) if i > 0 && v[i - 1].is_ascii_alphanumeric() => return hit(1, i - 1, end, level),
             (b'$', Some(b'S' | b's' | b'B' | b'b'))
                 if (starts_with_ci(&v[i + 1..], b"shell") || starts_with_ci(&v[i + 1..], b"bash"))
-                    && v.get(i + 1 + if matches!(next, Some(b'S' | b's')) { 5 } else { 4 }).is_none_or(|&b| !is_word(b)) =>
+                    && v.get(i + 1 + if matches!(next, Some(b'S' | b's')) { 5 } else { 4 })
+                        .is_none_or(|&b| !is_word(b)) =>
             {
                 return hit(1, i, end, level);
             }
@@ -79,7 +86,8 @@ fn syntax(v: &[u8], level: u8) -> Option<Hit> {
             }
             (b'!', Some(b'-')) if v.get(i + 2).is_some_and(u8::is_ascii_digit) => return hit(1, i, end, level),
             (b'~', Some(b'+' | b'-'))
-                if (i == 0 || v[i - 1].is_ascii_whitespace()) && v.get(i + 2).is_none_or(|b| b.is_ascii_digit() || b.is_ascii_whitespace() || *b == b'/') =>
+                if (i == 0 || v[i - 1].is_ascii_whitespace())
+                    && v.get(i + 2).is_none_or(|b| b.is_ascii_digit() || b.is_ascii_whitespace() || *b == b'/') =>
             {
                 return hit(1, i, end, level);
             }
@@ -88,7 +96,13 @@ fn syntax(v: &[u8], level: u8) -> Option<Hit> {
                     return hit(1, i, i + close + 1, level);
                 }
             }
-            (b'/', _) if i == 0 || matches!(v[i - 1], b' ' | b'\t' | b'=' | b';' | b'|' | b'&' | b'`' | b'(' | b'\'' | b'"' | b'\n') => {
+            (b'/', _)
+                if i == 0
+                    || matches!(
+                        v[i - 1],
+                        b' ' | b'\t' | b'=' | b';' | b'|' | b'&' | b'`' | b'(' | b'\'' | b'"' | b'\n'
+                    ) =>
+            {
                 if let Some(end) = globbed_system_path(&v[i..]) {
                     return hit(1, i, i + end, level);
                 }
@@ -152,7 +166,8 @@ fn binary_path(v: &[u8]) -> Option<usize> {
 }
 
 /// System directories whose contents an attacker names with globs to dodge word filters.
-const SYSTEM_DIRS: &[&[u8]] = &[b"bin", b"sbin", b"etc", b"usr", b"dev", b"tmp", b"var", b"proc", b"lib", b"opt", b"root", b"home"];
+const SYSTEM_DIRS: &[&[u8]] =
+    &[b"bin", b"sbin", b"etc", b"usr", b"dev", b"tmp", b"var", b"proc", b"lib", b"opt", b"root", b"home"];
 
 /// A path from the root with a glob (`?`, `*`, `[...]`) where a system directory or file name
 /// stands: `/???/b?n/c?t`, `/etc/pa[s]swd`, `/bi[n]/bash`. Returns the length of the path.
@@ -245,7 +260,8 @@ fn backticks(v: &[u8], open: usize, level: u8) -> Option<Hit> {
     let close = v[open + 1..].iter().position(|&b| b == b'`').map(|c| open + 1 + c)?;
     let inner = &v[open + 1..close];
     if inner.is_empty() {
-        let in_word = open > 0 && v[open - 1].is_ascii_alphanumeric() || v.get(close + 1).is_some_and(u8::is_ascii_alphanumeric);
+        let in_word =
+            open > 0 && v[open - 1].is_ascii_alphanumeric() || v.get(close + 1).is_some_and(u8::is_ascii_alphanumeric);
         return if in_word { hit(1, open.saturating_sub(4), (close + 5).min(v.len()), level) } else { None };
     }
     let (word, end) = read_command(inner, 0);
@@ -253,11 +269,10 @@ fn backticks(v: &[u8], open: usize, level: u8) -> Option<Hit> {
     let glued = open > 0 && is_word(v[open - 1]);
     let whole = v[..open].trim_ascii().is_empty() && v[close + 1..].trim_ascii().is_empty();
     let runs = word.evasive
-        || match (kind, follow(inner, end)) {
-            (_, Follow::ShellArgument) => true,
-            (Kind::Rare, Follow::End | Follow::Operator) => true,
-            _ => false,
-        };
+        || matches!(
+            (kind, follow(inner, end)),
+            (_, Follow::ShellArgument) | (Kind::Rare, Follow::End | Follow::Operator)
+        );
     let lvl = if glued || whole || runs { 1 } else { 2 };
     hit(lvl, open, close + 1, level)
 }
@@ -367,39 +382,43 @@ fn classify(word: &[u8]) -> Option<Kind> {
     // Versioned interpreters: python3.10, perl5, php8.2.
     let stem_end = word.iter().position(|b| b.is_ascii_digit()).unwrap_or(word.len());
     let stem = &word[..stem_end];
-    if stem_end < word.len() && matches!(stem, b"python" | b"perl" | b"php" | b"ruby" | b"lua" | b"node" | b"pip" | b"gcc" | b"g++" | b"clang") {
+    if stem_end < word.len()
+        && matches!(
+            stem,
+            b"python" | b"perl" | b"php" | b"ruby" | b"lua" | b"node" | b"pip" | b"gcc" | b"g++" | b"clang"
+        )
+    {
         return Some(Kind::Rare);
     }
     if word.starts_with(b"ansible") || word.starts_with(b"chef-") || word.starts_with(b"aa-") {
         return Some(Kind::Rare);
     }
     let kind = match word {
-        b"whoami" | b"ifconfig" | b"ipconfig" | b"netstat" | b"nslookup" | b"wget" | b"curl" | b"netcat"
-        | b"nc" | b"ncat" | b"socat" | b"bash" | b"sh" | b"zsh" | b"ksh" | b"csh" | b"tcsh" | b"dash" | b"busybox"
+        b"whoami" | b"ifconfig" | b"ipconfig" | b"netstat" | b"nslookup" | b"wget" | b"curl" | b"netcat" | b"nc"
+        | b"ncat" | b"socat" | b"bash" | b"sh" | b"zsh" | b"ksh" | b"csh" | b"tcsh" | b"dash" | b"busybox"
         | b"chmod" | b"chown" | b"chgrp" | b"mkfifo" | b"mknod" | b"useradd" | b"usermod" | b"adduser" | b"sudo"
         | b"crontab" | b"systemctl" | b"iptables" | b"tcpdump" | b"nmap" | b"telnet" | b"scp" | b"sftp" | b"tftp"
         | b"rsync" | b"base64" | b"xxd" | b"hexdump" | b"gawk" | b"awk" | b"sed" | b"grep" | b"egrep" | b"fgrep"
         | b"xargs" | b"nohup" | b"setsid" | b"printenv" | b"ls" | b"lsof" | b"lsmod" | b"insmod" | b"modprobe"
         | b"dmesg" | b"getent" | b"uptime" | b"lastlog" | b"htop" | b"killall" | b"pkill" | b"pgrep" | b"rmdir"
-        | b"mkdir" | b"bsdtar" | b"gzip" | b"gunzip" | b"zcat" | b"bzip2" | b"bunzip2" | b"bzcat" | b"unxz" | b"xzcat"
-        | b"zstd" | b"zstdcat" | b"unzip" | b"7z" | b"tac" | b"strings" | b"traceroute" | b"whois" | b"fdisk"
-        | b"shred" | b"visudo" | b"cscli" | b"aptitude" | b"apt-get" | b"yum" | b"dnf" | b"rpm" | b"dpkg" | b"strace"
-        | b"ltrace" | b"gdb" | b"openssl" | b"certutil" | b"bitsadmin" | b"powershell" | b"pwsh" | b"cmd" | b"regedit"
-        | b"mshta" | b"rundll32" | b"regsvr32" | b"wmic" | b"wscript" | b"cscript" | b"tasklist" | b"taskkill"
-        | b"systeminfo" | b"schtasks" | b"bcdboot" | b"bcdedit" | b"vssadmin" | b"wevtutil" | b"icacls" | b"cacls"
-        | b"nltest" | b"dsquery" | b"runas" | b"findstr" | b"msiexec" | b"installutil" | b"regasm" | b"msbuild"
-        | b"cmstp" | b"ncat.exe" | b"passwd" | b"ifup" | b"ifdown" | b"readelf" | b"objdump" | b"sysctl" | b"jexec"
-        | b"pkexec" | b"doas" | b"exiftool" | b"dig" | b"ps" | b"pwd" | b"env" | b"wc" | b"uniq" | b"nl"
-        | b"od" | b"unset" | b"chattr" | b"lsattr" | b"xterm" | b"gcc" | b"nproc" | b"lscpu" | b"lsblk" | b"arp" | b"c89" | b"c99" | b"cc" | b"g++" | b"clang" | b"irb"
-        | b"rmt" | b"chef" | b"knife" | b"kubectl" | b"docker" | b"nsenter" | b"unshare" | b"capsh" | b"setcap" => {
-            Kind::Rare
-        }
+        | b"mkdir" | b"bsdtar" | b"gzip" | b"gunzip" | b"zcat" | b"bzip2" | b"bunzip2" | b"bzcat" | b"unxz"
+        | b"xzcat" | b"zstd" | b"zstdcat" | b"unzip" | b"7z" | b"tac" | b"strings" | b"traceroute" | b"whois"
+        | b"fdisk" | b"shred" | b"visudo" | b"cscli" | b"aptitude" | b"apt-get" | b"yum" | b"dnf" | b"rpm"
+        | b"dpkg" | b"strace" | b"ltrace" | b"gdb" | b"openssl" | b"certutil" | b"bitsadmin" | b"powershell"
+        | b"pwsh" | b"cmd" | b"regedit" | b"mshta" | b"rundll32" | b"regsvr32" | b"wmic" | b"wscript" | b"cscript"
+        | b"tasklist" | b"taskkill" | b"systeminfo" | b"schtasks" | b"bcdboot" | b"bcdedit" | b"vssadmin"
+        | b"wevtutil" | b"icacls" | b"cacls" | b"nltest" | b"dsquery" | b"runas" | b"findstr" | b"msiexec"
+        | b"installutil" | b"regasm" | b"msbuild" | b"cmstp" | b"ncat.exe" | b"passwd" | b"ifup" | b"ifdown"
+        | b"readelf" | b"objdump" | b"sysctl" | b"jexec" | b"pkexec" | b"doas" | b"exiftool" | b"dig" | b"ps"
+        | b"pwd" | b"env" | b"wc" | b"uniq" | b"nl" | b"od" | b"unset" | b"chattr" | b"lsattr" | b"xterm" | b"gcc"
+        | b"nproc" | b"lscpu" | b"lsblk" | b"arp" | b"c89" | b"c99" | b"cc" | b"g++" | b"clang" | b"irb" | b"rmt"
+        | b"chef" | b"knife" | b"kubectl" | b"docker" | b"nsenter" | b"unshare" | b"capsh" | b"setcap" => Kind::Rare,
         b"cat" | b"more" | b"less" | b"head" | b"tail" | b"sort" | b"find" | b"time" | b"kill" | b"touch" | b"top"
         | b"who" | b"which" | b"last" | b"make" | b"man" | b"cut" | b"date" | b"file" | b"join" | b"look" | b"mail"
         | b"nice" | b"paste" | b"ping" | b"print" | b"printf" | b"read" | b"rev" | b"split" | b"tee" | b"test"
-        | b"wall" | b"watch" | b"write" | b"yes" | b"host" | b"set" | b"type" | b"copy" | b"start" | b"net" | b"dir"
-        | b"echo" | b"exec" | b"eval" | b"source" | b"export" | b"alias" | b"sleep" | b"mount" | b"ip" | b"ss"
-        | b"dd" | b"route" | b"apt" | b"su" | b"ln" | b"cp" | b"mv" | b"rm" | b"tr" | b"diff" | b"locate"
+        | b"wall" | b"watch" | b"write" | b"yes" | b"host" | b"set" | b"type" | b"copy" | b"start" | b"net"
+        | b"dir" | b"echo" | b"exec" | b"eval" | b"source" | b"export" | b"alias" | b"sleep" | b"mount" | b"ip"
+        | b"ss" | b"dd" | b"route" | b"apt" | b"su" | b"ln" | b"cp" | b"mv" | b"rm" | b"tr" | b"diff" | b"locate"
         | b"whereis" | b"gem" | b"pip" | b"npm" | b"perf" | b"tar" | b"zip" | b"reg" | b"ftp" | b"ssh" | b"del"
         | b"erase" | b"ren" | b"attrib" | b"sc" | b"at" | b"python" | b"perl" | b"php" | b"ruby" | b"lua" | b"node"
         | b"nodejs" | b"java" | b"w" | b"id" | b"xz" | b"history" | b"chroot" | b"shutdown" | b"reboot" | b"halt"
@@ -441,7 +460,9 @@ fn follow(v: &[u8], mut i: usize) -> Follow {
         Some(b'-') if v.get(i + 1).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'-') => Follow::ShellArgument,
         Some(b'/' | b'.' | b'\\') if i > start => Follow::ShellArgument,
         // A drive: `c:\`, `C:/`.
-        Some(b) if b.is_ascii_alphabetic() && v.get(i + 1) == Some(&b':') && matches!(v.get(i + 2), Some(b'\\' | b'/')) => {
+        Some(b)
+            if b.is_ascii_alphabetic() && v.get(i + 1) == Some(&b':') && matches!(v.get(i + 2), Some(b'\\' | b'/')) =>
+        {
             Follow::ShellArgument
         }
         Some(_) if i == start => Follow::Other,
@@ -521,7 +542,24 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
 
 /// Commands that run the command after them.
 fn is_prefix(w: &[u8]) -> bool {
-    matches!(w, b"time" | b"nice" | b"nohup" | b"sudo" | b"env" | b"exec" | b"timeout" | b"strace" | b"xargs" | b"command" | b"builtin" | b"busybox" | b"doas" | b"setsid" | b"stdbuf")
+    matches!(
+        w,
+        b"time"
+            | b"nice"
+            | b"nohup"
+            | b"sudo"
+            | b"env"
+            | b"exec"
+            | b"timeout"
+            | b"strace"
+            | b"xargs"
+            | b"command"
+            | b"builtin"
+            | b"busybox"
+            | b"doas"
+            | b"setsid"
+            | b"stdbuf"
+    )
 }
 
 /// Administration tools whose name alone, as a whole value, is a command: nobody's name, word
@@ -530,8 +568,23 @@ fn is_admin_tool(w: &[u8]) -> bool {
     w.contains(&b'-')
         || matches!(
             w,
-            b"visudo" | b"useradd" | b"usermod" | b"adduser" | b"crontab" | b"iptables" | b"systemctl" | b"cscli" | b"whoami"
-                | b"ifconfig" | b"ipconfig" | b"netstat" | b"systeminfo" | b"tasklist" | b"lastlog" | b"getent" | b"modprobe"
+            b"visudo"
+                | b"useradd"
+                | b"usermod"
+                | b"adduser"
+                | b"crontab"
+                | b"iptables"
+                | b"systemctl"
+                | b"cscli"
+                | b"whoami"
+                | b"ifconfig"
+                | b"ipconfig"
+                | b"netstat"
+                | b"systeminfo"
+                | b"tasklist"
+                | b"lastlog"
+                | b"getent"
+                | b"modprobe"
         )
 }
 
@@ -541,7 +594,10 @@ fn known_subcommand(command: &[u8], rest: &[u8]) -> bool {
     let word_end = rest.iter().position(|b| !b.is_ascii_alphanumeric()).unwrap_or(rest.len());
     let sub = rest[..word_end].to_ascii_lowercase();
     match command {
-        b"net" => matches!(sub.as_slice(), b"user" | b"localgroup" | b"group" | b"share" | b"use" | b"view" | b"session" | b"accounts" | b"config"),
+        b"net" => matches!(
+            sub.as_slice(),
+            b"user" | b"localgroup" | b"group" | b"share" | b"use" | b"view" | b"session" | b"accounts" | b"config"
+        ),
         b"reg" => matches!(sub.as_slice(), b"query" | b"add" | b"delete" | b"save" | b"export" | b"import"),
         b"sc" => matches!(sub.as_slice(), b"query" | b"create" | b"config" | b"qc" | b"delete"),
         _ => false,
@@ -554,7 +610,21 @@ fn is_language(w: &[u8]) -> bool {
 }
 
 fn is_interpreter(w: &[u8]) -> bool {
-    matches!(w, b"bash" | b"sh" | b"zsh" | b"ksh" | b"csh" | b"dash" | b"powershell" | b"pwsh" | b"cmd" | b"gcc" | b"awk" | b"sed")
+    matches!(
+        w,
+        b"bash"
+            | b"sh"
+            | b"zsh"
+            | b"ksh"
+            | b"csh"
+            | b"dash"
+            | b"powershell"
+            | b"pwsh"
+            | b"cmd"
+            | b"gcc"
+            | b"awk"
+            | b"sed"
+    )
 }
 
 /// Windows batch control flow: `FOR [/D|/R|/L|/F ...] %x IN (...) DO ...` and `IF [/I] [NOT]
@@ -600,7 +670,8 @@ fn batch_for(rest: &[u8]) -> bool {
         }
         if i < rest.len() && !matches!(rest[i], b'%') && !rest[i].is_ascii_whitespace() {
             // A drive or path after /R.
-            if rest[..i].iter().rev().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b.eq_ignore_ascii_case(&b'r')) {
+            if rest[..i].iter().rev().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b.eq_ignore_ascii_case(&b'r'))
+            {
                 while i < rest.len() && !rest[i].is_ascii_whitespace() {
                     i += 1;
                 }
@@ -652,12 +723,52 @@ fn powershell(v: &[u8]) -> Option<Hit> {
     if !v.contains(&b'-') && find_ci(v, b"iex", 0).is_none() {
         return None;
     }
-    const VERBS: &[&[u8]] = &[b"invoke-", b"start-", b"new-", b"get-", b"set-", b"out-", b"add-", b"remove-", b"stop-", b"import-", b"export-", b"convertto-", b"convertfrom-", b"copy-", b"move-"];
+    const VERBS: &[&[u8]] = &[
+        b"invoke-",
+        b"start-",
+        b"new-",
+        b"get-",
+        b"set-",
+        b"out-",
+        b"add-",
+        b"remove-",
+        b"stop-",
+        b"import-",
+        b"export-",
+        b"convertto-",
+        b"convertfrom-",
+        b"copy-",
+        b"move-",
+    ];
     const NOUNS: &[&[u8]] = &[
-        b"webrequest", b"restmethod", b"expression", b"command", b"item", b"itemproperty", b"process", b"object",
-        b"content", b"childitem", b"service", b"wmiobject", b"ciminstance", b"file", b"type", b"executionpolicy",
-        b"mppreference", b"localuser", b"scheduledtask", b"module", b"securestring", b"bitstransfer", b"clixml",
-        b"psdrive", b"psession", b"pssession", b"nettcpconnection", b"history",
+        b"webrequest",
+        b"restmethod",
+        b"expression",
+        b"command",
+        b"item",
+        b"itemproperty",
+        b"process",
+        b"object",
+        b"content",
+        b"childitem",
+        b"service",
+        b"wmiobject",
+        b"ciminstance",
+        b"file",
+        b"type",
+        b"executionpolicy",
+        b"mppreference",
+        b"localuser",
+        b"scheduledtask",
+        b"module",
+        b"securestring",
+        b"bitstransfer",
+        b"clixml",
+        b"psdrive",
+        b"psession",
+        b"pssession",
+        b"nettcpconnection",
+        b"history",
     ];
     let mut i = 0;
     while i < v.len() {
@@ -684,10 +795,41 @@ fn powershell(v: &[u8]) -> Option<Hit> {
 /// SMTP, IMAP and POP3 commands smuggled after a line break into a mail-sending parameter.
 fn mail_protocol(v: &[u8]) -> Option<Hit> {
     const CMDS: &[&[u8]] = &[
-        b"mail from:", b"rcpt to:", b"ehlo ", b"helo ", b"data\r", b"data\n", b"auth ", b"retr ", b"list ", b"top ",
-        b"apop ", b"user ", b"pass ", b"dele ", b"stat\r", b"quit\r",
+        b"mail from:",
+        b"rcpt to:",
+        b"ehlo ",
+        b"helo ",
+        b"data\r",
+        b"data\n",
+        b"auth ",
+        b"retr ",
+        b"list ",
+        b"top ",
+        b"apop ",
+        b"user ",
+        b"pass ",
+        b"dele ",
+        b"stat\r",
+        b"quit\r",
     ];
-    const IMAP: &[&[u8]] = &[b"login", b"select", b"append", b"fetch", b"store", b"status", b"uid", b"authenticate", b"examine", b"search", b"capability", b"logout", b"delete", b"rename", b"copy", b"list"];
+    const IMAP: &[&[u8]] = &[
+        b"login",
+        b"select",
+        b"append",
+        b"fetch",
+        b"store",
+        b"status",
+        b"uid",
+        b"authenticate",
+        b"examine",
+        b"search",
+        b"capability",
+        b"logout",
+        b"delete",
+        b"rename",
+        b"copy",
+        b"list",
+    ];
     let mut i = 0;
     while i < v.len() {
         if v[i] == b'\n' || v[i] == b'\r' {

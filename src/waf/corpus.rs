@@ -20,34 +20,230 @@ use super::{DetectorSet, Finding, HeadView, Skips, Waf, WafSettings};
 /// Paranoia level of each CRS rule in the corpus (tag `paranoia-level/N` in the rule files of
 /// coreruleset @ 2cbd1d0, the commit the tests come from). Rules not listed count as PL1.
 const RULE_LEVELS: &[(u32, u8)] = &[
-    (920100, 1), (920120, 1), (920160, 1), (920170, 1), (920180, 1), (920190, 1), (920200, 2), (920202, 4),
-    (920210, 1), (920230, 2), (920240, 2), (920250, 1), (920260, 1), (920270, 1), (920272, 3), (920274, 4),
-    (920280, 1), (920290, 1), (920300, 3), (920310, 1), (920320, 2), (920330, 1), (920340, 1), (920350, 1),
-    (920360, 1), (920370, 1), (920380, 1), (920390, 1), (920400, 1), (920410, 1), (920420, 1), (920430, 1),
-    (920440, 1), (920450, 1), (920460, 4), (920470, 1), (920480, 1), (920490, 3), (920500, 1), (920510, 3),
-    (920520, 1), (920530, 1), (920540, 1), (920600, 1), (920610, 1), (920620, 1), (920640, 1), (920650, 2),
-    (920660, 1), (921110, 1), (921120, 1), (921130, 1), (921140, 1), (921150, 1), (921160, 1), (921180, 3),
-    (921190, 1), (921200, 1), (921210, 3), (921220, 4), (921230, 3), (921240, 1), (921250, 1), (921422, 2),
-    (930100, 1), (930110, 1), (930120, 1), (930130, 1), (930140, 1), (931100, 1), (931110, 1), (931120, 1),
-    (931130, 2), (932120, 1), (932130, 1), (932140, 1), (932160, 1), (932170, 1), (932180, 1), (932190, 3),
-    (932200, 2), (932206, 2), (932210, 2), (932220, 2), (932230, 1), (932232, 3), (932236, 2), (932238, 3),
-    (932240, 2), (932250, 1), (932260, 1), (932270, 1), (932280, 1), (932290, 3), (932300, 2), (932310, 2),
-    (932320, 2), (932330, 1), (932340, 1), (932350, 3), (932370, 1), (932380, 1), (932390, 2), (933100, 1),
-    (933110, 1), (933120, 1), (933130, 1), (933140, 1), (933150, 1), (933152, 2), (933160, 1), (933170, 1),
-    (933180, 1), (933190, 3), (933200, 1), (933210, 1), (933220, 1), (934100, 1), (934110, 1), (934120, 2),
-    (934130, 1), (934140, 2), (934150, 1), (934160, 1), (934170, 1), (934180, 2), (934190, 1), (934200, 1),
-    (934210, 3), (934220, 2), (941100, 1), (941110, 1), (941120, 1), (941130, 1), (941140, 1), (941150, 2),
-    (941160, 1), (941170, 1), (941180, 1), (941190, 1), (941200, 1), (941210, 1), (941220, 1), (941230, 1),
-    (941240, 1), (941250, 1), (941260, 1), (941270, 1), (941280, 1), (941290, 1), (941300, 1), (941310, 1),
-    (941320, 2), (941330, 2), (941340, 2), (941350, 1), (941360, 1), (941370, 1), (941380, 2), (941390, 1),
-    (941400, 1), (942100, 1), (942120, 2), (942130, 2), (942140, 1), (942150, 2), (942152, 2), (942160, 1),
-    (942170, 1), (942180, 2), (942190, 1), (942200, 2), (942210, 2), (942220, 1), (942230, 1), (942240, 1),
-    (942250, 1), (942260, 2), (942270, 1), (942280, 1), (942290, 1), (942300, 2), (942310, 2), (942320, 1),
-    (942330, 2), (942340, 2), (942350, 1), (942360, 1), (942362, 2), (942370, 2), (942380, 2), (942390, 2),
-    (942400, 2), (942410, 2), (942420, 3), (942430, 2), (942432, 4), (942440, 2), (942450, 2), (942460, 3),
-    (942470, 2), (942480, 2), (942490, 3), (942500, 1), (942510, 2), (942520, 2), (942522, 2), (942530, 3),
-    (942540, 1), (942550, 1), (942560, 1), (944100, 1), (944110, 1), (944120, 1), (944130, 1), (944140, 1),
-    (944150, 1), (944152, 4), (944200, 2), (944210, 2), (944240, 2), (944250, 2), (944260, 2), (944300, 3),
+    (920100, 1),
+    (920120, 1),
+    (920160, 1),
+    (920170, 1),
+    (920180, 1),
+    (920190, 1),
+    (920200, 2),
+    (920202, 4),
+    (920210, 1),
+    (920230, 2),
+    (920240, 2),
+    (920250, 1),
+    (920260, 1),
+    (920270, 1),
+    (920272, 3),
+    (920274, 4),
+    (920280, 1),
+    (920290, 1),
+    (920300, 3),
+    (920310, 1),
+    (920320, 2),
+    (920330, 1),
+    (920340, 1),
+    (920350, 1),
+    (920360, 1),
+    (920370, 1),
+    (920380, 1),
+    (920390, 1),
+    (920400, 1),
+    (920410, 1),
+    (920420, 1),
+    (920430, 1),
+    (920440, 1),
+    (920450, 1),
+    (920460, 4),
+    (920470, 1),
+    (920480, 1),
+    (920490, 3),
+    (920500, 1),
+    (920510, 3),
+    (920520, 1),
+    (920530, 1),
+    (920540, 1),
+    (920600, 1),
+    (920610, 1),
+    (920620, 1),
+    (920640, 1),
+    (920650, 2),
+    (920660, 1),
+    (921110, 1),
+    (921120, 1),
+    (921130, 1),
+    (921140, 1),
+    (921150, 1),
+    (921160, 1),
+    (921180, 3),
+    (921190, 1),
+    (921200, 1),
+    (921210, 3),
+    (921220, 4),
+    (921230, 3),
+    (921240, 1),
+    (921250, 1),
+    (921422, 2),
+    (930100, 1),
+    (930110, 1),
+    (930120, 1),
+    (930130, 1),
+    (930140, 1),
+    (931100, 1),
+    (931110, 1),
+    (931120, 1),
+    (931130, 2),
+    (932120, 1),
+    (932130, 1),
+    (932140, 1),
+    (932160, 1),
+    (932170, 1),
+    (932180, 1),
+    (932190, 3),
+    (932200, 2),
+    (932206, 2),
+    (932210, 2),
+    (932220, 2),
+    (932230, 1),
+    (932232, 3),
+    (932236, 2),
+    (932238, 3),
+    (932240, 2),
+    (932250, 1),
+    (932260, 1),
+    (932270, 1),
+    (932280, 1),
+    (932290, 3),
+    (932300, 2),
+    (932310, 2),
+    (932320, 2),
+    (932330, 1),
+    (932340, 1),
+    (932350, 3),
+    (932370, 1),
+    (932380, 1),
+    (932390, 2),
+    (933100, 1),
+    (933110, 1),
+    (933120, 1),
+    (933130, 1),
+    (933140, 1),
+    (933150, 1),
+    (933152, 2),
+    (933160, 1),
+    (933170, 1),
+    (933180, 1),
+    (933190, 3),
+    (933200, 1),
+    (933210, 1),
+    (933220, 1),
+    (934100, 1),
+    (934110, 1),
+    (934120, 2),
+    (934130, 1),
+    (934140, 2),
+    (934150, 1),
+    (934160, 1),
+    (934170, 1),
+    (934180, 2),
+    (934190, 1),
+    (934200, 1),
+    (934210, 3),
+    (934220, 2),
+    (941100, 1),
+    (941110, 1),
+    (941120, 1),
+    (941130, 1),
+    (941140, 1),
+    (941150, 2),
+    (941160, 1),
+    (941170, 1),
+    (941180, 1),
+    (941190, 1),
+    (941200, 1),
+    (941210, 1),
+    (941220, 1),
+    (941230, 1),
+    (941240, 1),
+    (941250, 1),
+    (941260, 1),
+    (941270, 1),
+    (941280, 1),
+    (941290, 1),
+    (941300, 1),
+    (941310, 1),
+    (941320, 2),
+    (941330, 2),
+    (941340, 2),
+    (941350, 1),
+    (941360, 1),
+    (941370, 1),
+    (941380, 2),
+    (941390, 1),
+    (941400, 1),
+    (942100, 1),
+    (942120, 2),
+    (942130, 2),
+    (942140, 1),
+    (942150, 2),
+    (942152, 2),
+    (942160, 1),
+    (942170, 1),
+    (942180, 2),
+    (942190, 1),
+    (942200, 2),
+    (942210, 2),
+    (942220, 1),
+    (942230, 1),
+    (942240, 1),
+    (942250, 1),
+    (942260, 2),
+    (942270, 1),
+    (942280, 1),
+    (942290, 1),
+    (942300, 2),
+    (942310, 2),
+    (942320, 1),
+    (942330, 2),
+    (942340, 2),
+    (942350, 1),
+    (942360, 1),
+    (942362, 2),
+    (942370, 2),
+    (942380, 2),
+    (942390, 2),
+    (942400, 2),
+    (942410, 2),
+    (942420, 3),
+    (942430, 2),
+    (942432, 4),
+    (942440, 2),
+    (942450, 2),
+    (942460, 3),
+    (942470, 2),
+    (942480, 2),
+    (942490, 3),
+    (942500, 1),
+    (942510, 2),
+    (942520, 2),
+    (942522, 2),
+    (942530, 3),
+    (942540, 1),
+    (942550, 1),
+    (942560, 1),
+    (944100, 1),
+    (944110, 1),
+    (944120, 1),
+    (944130, 1),
+    (944140, 1),
+    (944150, 1),
+    (944152, 4),
+    (944200, 2),
+    (944210, 2),
+    (944240, 2),
+    (944250, 2),
+    (944260, 2),
+    (944300, 3),
 ];
 
 fn rule_level(rule: u32) -> u8 {
@@ -176,7 +372,8 @@ fn normalise(path: &str) -> Result<String, &'static str> {
     while i < b.len() {
         match b[i] {
             b'%' => {
-                let (Some(hi), Some(lo)) = (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) else {
+                let (Some(hi), Some(lo)) = (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex))
+                else {
                     return Err("bad escape in path");
                 };
                 let v = hi << 4 | lo;
@@ -303,7 +500,9 @@ const ATTACKS_MARKED_BENIGN: &[(u32, u32)] = &[
 
 fn is_benign(desc: &str) -> bool {
     let d = desc.to_ascii_lowercase();
-    ["false positive", "false-positive", "falsepositive", "legitimate", "negative", "benign"].iter().any(|k| d.contains(k))
+    ["false positive", "false-positive", "falsepositive", "legitimate", "negative", "benign"]
+        .iter()
+        .any(|k| d.contains(k))
 }
 
 #[derive(Default, Debug, Clone, Copy)]
@@ -383,11 +582,30 @@ fn score_crs(waf: &Waf, verbose: bool, report: &mut String) -> BTreeMap<&'static
                             .headers
                             .iter()
                             .flatten()
-                            .filter(|(k, _)| !matches!(k.to_ascii_lowercase().as_str(), "host" | "accept" | "user-agent" | "content-type" | "connection" | "accept-encoding" | "accept-language" | "accept-charset" | "keep-alive" | "proxy-connection" | "cache-control"))
+                            .filter(|(k, _)| {
+                                !matches!(
+                                    k.to_ascii_lowercase().as_str(),
+                                    "host"
+                                        | "accept"
+                                        | "user-agent"
+                                        | "content-type"
+                                        | "connection"
+                                        | "accept-encoding"
+                                        | "accept-language"
+                                        | "accept-charset"
+                                        | "keep-alive"
+                                        | "proxy-connection"
+                                        | "cache-control"
+                                )
+                            })
                             .map(|(k, v)| format!("{k}: {}", v.text()))
                             .collect();
                         let data = stage.input.data.as_deref().map(|d| &d[..d.floor_char_boundary(120)]);
-                        let _ = writeln!(report, "MISS {id} (PL{level}) {:?} {:?} {:?}", stage.input.uri, data, odd_headers);
+                        let _ = writeln!(
+                            report,
+                            "MISS {id} (PL{level}) {:?} {:?} {:?}",
+                            stage.input.uri, data, odd_headers
+                        );
                     }
                 } else if let Outcome::Rejected(_) = outcome {
                     t.benign_rejected += 1;
@@ -426,7 +644,9 @@ fn score_list(waf: &Waf, prefix: &str, verbose: bool, report: &mut String) -> (u
     let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(".txt")))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(prefix) && n.ends_with(".txt"))
+        })
         .collect();
     names.sort();
     let headers = http::HeaderMap::new();
@@ -445,7 +665,12 @@ fn score_list(waf: &Waf, prefix: &str, verbose: bool, report: &mut String) -> (u
             total += 1;
             blocked += u32::from(finding.is_some());
             if verbose && (finding.is_some() == (prefix == "false")) {
-                let _ = writeln!(report, "{prefix} {} {:?}", String::from_utf8_lossy(&decoded), finding.map(|f| f.detector));
+                let _ = writeln!(
+                    report,
+                    "{prefix} {} {:?}",
+                    String::from_utf8_lossy(&decoded),
+                    finding.map(|f| f.detector)
+                );
             }
         }
     }
@@ -471,7 +696,11 @@ fn corpus_figures_at_paranoia_one_hold() {
     let (fp_total, fp_blocked) = score_list(&waf, "false", verbose, &mut report);
 
     let _ = writeln!(report, "\nCRS regression tests at paranoia 1 (attacks by the rule's paranoia level; rejected = refused by the parser/normaliser first)");
-    let _ = writeln!(report, "{:<28} {:>16} {:>16} {:>9} {:>14}", "family", "PL1 attacks", "PL2-4 attacks", "rejected", "benign FP");
+    let _ = writeln!(
+        report,
+        "{:<28} {:>16} {:>16} {:>9} {:>14}",
+        "family", "PL1 attacks", "PL2-4 attacks", "rejected", "benign FP"
+    );
     for (name, t) in &crs {
         let _ = writeln!(
             report,
@@ -488,12 +717,22 @@ fn corpus_figures_at_paranoia_one_hold() {
             t.benign
         );
     }
-    let _ = writeln!(report, "libinjection sqli lists: {sqli_blocked}/{sqli_total} ({:.2}%)", pct(sqli_blocked, sqli_total));
+    let _ = writeln!(
+        report,
+        "libinjection sqli lists: {sqli_blocked}/{sqli_total} ({:.2}%)",
+        pct(sqli_blocked, sqli_total)
+    );
     let _ = writeln!(report, "libinjection xss lists: {xss_blocked}/{xss_total} ({:.2}%)", pct(xss_blocked, xss_total));
     let benign_crs: (u32, u32) = crs.values().fold((0, 0), |(b, n), t| (b + t.benign_blocked, n + t.benign));
     let _ = writeln!(report, "libinjection false_positives.txt: {fp_blocked}/{fp_total} blocked");
     let benign_all = (fp_blocked + benign_crs.0, fp_total + benign_crs.1);
-    let _ = writeln!(report, "benign overall (false_positives.txt + CRS benign): {}/{} ({:.2}%)", benign_all.0, benign_all.1, pct(benign_all.0, benign_all.1));
+    let _ = writeln!(
+        report,
+        "benign overall (false_positives.txt + CRS benign): {}/{} ({:.2}%)",
+        benign_all.0,
+        benign_all.1,
+        pct(benign_all.0, benign_all.1)
+    );
     println!("{report}");
 
     // Floors: the figures reached; raise them when detection improves, never lower them.

@@ -205,7 +205,9 @@ fn decode_at(b: &[u8], i: usize) -> Option<(usize, Decoded)> {
             // Fullwidth forms U+FF01..U+FF5E are EF BC 81..BF and EF BD 80..9E.
             let (c1, c2) = (*rest.get(1)?, *rest.get(2)?);
             let cp = match (c1, c2) {
-                (0xBC, 0x81..=0xBF) | (0xBD, 0x80..=0x9E) => 0xF000 | (u32::from(c1 & 0x3F) << 6) | u32::from(c2 & 0x3F),
+                (0xBC, 0x81..=0xBF) | (0xBD, 0x80..=0x9E) => {
+                    0xF000 | (u32::from(c1 & 0x3F) << 6) | u32::from(c2 & 0x3F)
+                }
                 _ => return None,
             };
             Some((3, Decoded::Byte(fold_fullwidth(cp) as u8)))

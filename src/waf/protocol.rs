@@ -13,7 +13,8 @@ pub(crate) fn encoding(raw: &[u8], level: u8, body: bool) -> Option<Hit> {
     while let Some(p) = raw[i..].iter().position(|&b| b == b'%') {
         let at = i + p;
         let rest = &raw[at + 1..];
-        if matches!(rest.first(), Some(b'u' | b'U')) && rest.len() >= 5 && rest[1..5].iter().all(|&b| hex(b).is_some()) {
+        if matches!(rest.first(), Some(b'u' | b'U')) && rest.len() >= 5 && rest[1..5].iter().all(|&b| hex(b).is_some())
+        {
             return Some(Hit::new(1, at, at + 6));
         }
         let valid = rest.len() >= 2 && hex(rest[0]).is_some() && hex(rest[1]).is_some();
@@ -26,9 +27,8 @@ pub(crate) fn encoding(raw: &[u8], level: u8, body: bool) -> Option<Hit> {
     None
 }
 
-const METHODS: &[&[u8]] = &[
-    b"get ", b"post ", b"put ", b"head ", b"delete ", b"patch ", b"options ", b"connect ", b"trace ", b"propfind ",
-];
+const METHODS: &[&[u8]] =
+    &[b"get ", b"post ", b"put ", b"head ", b"delete ", b"patch ", b"options ", b"connect ", b"trace ", b"propfind "];
 
 /// One value as the application receives it (decoded once).
 pub(crate) fn value(v: &[u8], arg: bool, kind: LocationKind, level: u8) -> Option<Hit> {
@@ -46,7 +46,11 @@ pub(crate) fn value(v: &[u8], arg: bool, kind: LocationKind, level: u8) -> Optio
     }
     let name = matches!(
         kind,
-        LocationKind::QueryName | LocationKind::FormName | LocationKind::CookieName | LocationKind::JsonKey | LocationKind::MultipartName
+        LocationKind::QueryName
+            | LocationKind::FormName
+            | LocationKind::CookieName
+            | LocationKind::JsonKey
+            | LocationKind::MultipartName
     );
     let mut i = 0;
     // Bounded: every branch moves `i` forward.
@@ -110,7 +114,8 @@ fn utf8_len(v: &[u8]) -> usize {
 /// attackers put before the colon. Headers that steer a client or a proxy count at 1; any other
 /// `Word:` line (common in text: "Note: ...") from 2.
 fn header_line(line: &[u8], level: u8) -> Option<u8> {
-    let name_end = line.iter().position(|&b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_')).unwrap_or(line.len());
+    let name_end =
+        line.iter().position(|&b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_')).unwrap_or(line.len());
     if name_end == 0 || name_end > 64 {
         return None;
     }
@@ -122,11 +127,33 @@ fn header_line(line: &[u8], level: u8) -> Option<u8> {
         return None;
     }
     const STEERING: &[&[u8]] = &[
-        b"set-cookie", b"cookie", b"location", b"refresh", b"content-type", b"content-length", b"transfer-encoding",
-        b"host", b"via", b"x-forwarded-for", b"x-forwarded-host", b"x-forwarded-proto", b"x-forwarded-server",
-        b"forwarded", b"remote-addr", b"remote-ip", b"originating-ip", b"x-originating-ip", b"x-real-ip",
-        b"x-client-ip", b"authorization", b"connection", b"upgrade", b"content-security-policy",
-        b"x-xss-protection", b"access-control-allow-origin", b"access-control-allow-credentials",
+        b"set-cookie",
+        b"cookie",
+        b"location",
+        b"refresh",
+        b"content-type",
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"via",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-forwarded-server",
+        b"forwarded",
+        b"remote-addr",
+        b"remote-ip",
+        b"originating-ip",
+        b"x-originating-ip",
+        b"x-real-ip",
+        b"x-client-ip",
+        b"authorization",
+        b"connection",
+        b"upgrade",
+        b"content-security-policy",
+        b"x-xss-protection",
+        b"access-control-allow-origin",
+        b"access-control-allow-credentials",
     ];
     let name = &line[..name_end];
     let lvl = if STEERING.iter().any(|h| name.eq_ignore_ascii_case(h)) { 1 } else { 2 };
@@ -154,7 +181,13 @@ mod tests {
 
     #[test]
     fn ordinary_values_pass() {
-        for s in [&b"hello"[..], b"line one\nline two\n\nline four", b"caf\xc3\xa9 \xe2\x82\xac", b"tab\there", b"Dear team,\r\nthanks: all"] {
+        for s in [
+            &b"hello"[..],
+            b"line one\nline two\n\nline four",
+            b"caf\xc3\xa9 \xe2\x82\xac",
+            b"tab\there",
+            b"Dear team,\r\nthanks: all",
+        ] {
             assert_eq!(value(s, true, LocationKind::JsonValue, 1), None, "{s:?}");
         }
         for q in [&b"a=1&b=%20%41"[..], b"q=100%25", b""] {

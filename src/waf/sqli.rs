@@ -57,7 +57,9 @@ fn weight(state: &SqliState<'_>, input: &[u8]) -> u8 {
             let comparison = op.val[..op.len.min(32)].iter().all(|b| matches!(b, b'=' | b'<' | b'>' | b'!'));
             // A symbol glued to a word (`href="/APPS/"`) is a path or markup, not an operator.
             let symbol = op.val.first().is_some_and(|b| !b.is_ascii_alphabetic());
-            let glued = symbol && (before.is_some_and(|b| b.is_ascii_alphanumeric()) || after.is_some_and(|b| b.is_ascii_alphanumeric()));
+            let glued = symbol
+                && (before.is_some_and(|b| b.is_ascii_alphanumeric())
+                    || after.is_some_and(|b| b.is_ascii_alphanumeric()));
             if (hugged && !comparison) || glued {
                 2
             } else {
@@ -67,9 +69,10 @@ fn weight(state: &SqliState<'_>, input: &[u8]) -> u8 {
         // number or word, logic operator, number or word: a tautology needs a comparison,
         // a parenthesis, a quote or a comment around it to be SQL rather than "20% WOOL".
         [TokenType::Number | TokenType::Bareword, TokenType::LogicOperator, TokenType::Number | TokenType::Bareword] => {
-            let sql_marks = input.iter().any(|b| matches!(b, b'=' | b'<' | b'>' | b'(' | b')' | b'\'' | b'"' | b'`' | b'#'))
-                || find_ci(input, b"--", 0).is_some()
-                || find_ci(input, b"/*", 0).is_some();
+            let sql_marks =
+                input.iter().any(|b| matches!(b, b'=' | b'<' | b'>' | b'(' | b')' | b'\'' | b'"' | b'`' | b'#'))
+                    || find_ci(input, b"--", 0).is_some()
+                    || find_ci(input, b"/*", 0).is_some();
             if sql_marks {
                 1
             } else {
@@ -104,12 +107,39 @@ fn might_be_sql(v: &[u8]) -> bool {
         let prev = i.checked_sub(1).map(|p| v[p]);
         let next = v.get(i + 1).copied();
         match b {
-            b'\'' | b'"' | b'`' | b';' | b'(' | b')' | b'=' | b'<' | b'>' | b'|' | b'!' | b'#' | b'\\' | b'{' | b'}'
-            | b'*' | b'%' | b'^' | b'~' | b'+' | b'$' | 0..=0x08 | 0x0e..=0x1f | 0x7f | 0xa0 => true,
+            b'\''
+            | b'"'
+            | b'`'
+            | b';'
+            | b'('
+            | b')'
+            | b'='
+            | b'<'
+            | b'>'
+            | b'|'
+            | b'!'
+            | b'#'
+            | b'\\'
+            | b'{'
+            | b'}'
+            | b'*'
+            | b'%'
+            | b'^'
+            | b'~'
+            | b'+'
+            | b'$'
+            | 0..=0x08
+            | 0x0e..=0x1f
+            | 0x7f
+            | 0xa0 => true,
             // `@var` and `@@version`, not `jane@example.com`.
             b'@' => prev.is_none_or(|p| !is_word(p)) || next == Some(b'@'),
             // `&&` or a glued `1&1`, not "Tom & Jerry".
-            b'&' => next == Some(b'&') || prev.is_some_and(|p| !p.is_ascii_whitespace()) || next.is_some_and(|n| !n.is_ascii_whitespace()),
+            b'&' => {
+                next == Some(b'&')
+                    || prev.is_some_and(|p| !p.is_ascii_whitespace())
+                    || next.is_some_and(|n| !n.is_ascii_whitespace())
+            }
             b'-' => next == Some(b'-'),
             b'/' => next == Some(b'*'),
             _ => false,
@@ -213,51 +243,36 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
         let [(p4, _), (p3, _), (p2, a2), (p1, a1), _] = win;
         let end = at + w.len();
         let hit = |lvl: u8, start: usize| (lvl <= level).then(|| Hit::new(lvl, start, end));
-        let found = if eq(p1, b"union") && (eq(w, b"select") || eq(w, b"all") || eq(w, b"distinct") || eq(w, b"distinctrow") || w == b"(") {
-            hit(1, a1)
-        } else if eq(p1, b"into") && (eq(w, b"outfile") || eq(w, b"dumpfile")) {
-            hit(1, a1)
-        } else if eq(p1, b"waitfor") && (eq(w, b"delay") || eq(w, b"time")) {
-            hit(1, a1)
-        } else if w == b"(" && ((is_probe_function(p1) && probe_arguments(p1, &v[end..])) || is_catalog_function(p1)) {
-            hit(1, a1)
-        } else if eq(p1, b"select") && (is_probe_function(w) || w.starts_with(b"@@")) {
-            hit(1, a1)
-        } else if w == b"(" && eq(p2, b"select") && matches!(lookup_word_bytes(p1), Some(TokenType::Function)) {
+        // Two-word phrases, reported from their first word.
+        let pair = (eq(p1, b"union")
+            && (eq(w, b"select") || eq(w, b"all") || eq(w, b"distinct") || eq(w, b"distinctrow") || w == b"("))
+            || (eq(p1, b"into") && (eq(w, b"outfile") || eq(w, b"dumpfile")))
+            || (eq(p1, b"waitfor") && (eq(w, b"delay") || eq(w, b"time")))
+            || (w == b"(" && ((is_probe_function(p1) && probe_arguments(p1, &v[end..])) || is_catalog_function(p1)))
+            || (eq(p1, b"select") && (is_probe_function(w) || w.starts_with(b"@@")))
+            || ((eq(p1, b"exec") || eq(p1, b"execute")) && executes(w, Words { v, i: end }.next().map(|(n, _)| n)))
+            || (eq(p1, b"declare") && w.starts_with(b"@"))
+            || (eq(p1, b"procedure") && eq(w, b"analyse"))
+            || (p1 == b";" && is_statement(w) && (v[end..].starts_with(b"/*") || end == v.len()))
+            || (is_ddl(p1) && is_ddl_object(w))
+            || (is_quote(p1) && (eq(w, b"regexp") || eq(w, b"rlike")))
+            || (eq(p1, b"case") && eq(w, b"when"));
+        // Three-word phrases, reported from their first word.
+        let triple = (w == b"(" && eq(p2, b"select") && matches!(lookup_word_bytes(p1), Some(TokenType::Function)))
+            || (p2 == b";" && is_statement(p1) && statement_follow(w))
+            || ((eq(p2, b"insert") || eq(p2, b"replace"))
+                && eq(p1, b"into")
+                && (w == b"(" || w.iter().all(|&b| is_word(b) || b == b'.'))
+                && find_ci(&v[end..], b"values", 0).is_some())
+            || (eq(w, b"from") && is_quote(p1) && (eq(p4, b"as") || eq(p3, b"as") || eq(p2, b"as")))
+            || (p2 == b")" && eq(p1, b"like") && w == b"(")
+            || (eq(p2, b"if")
+                && p1 == b"("
+                && w.first().is_some_and(u8::is_ascii_digit)
+                && v.get(end..).is_some_and(|r| r.trim_ascii_start().starts_with(b"=")));
+        let found = if triple {
             hit(1, a2)
-        } else if (eq(p1, b"exec") || eq(p1, b"execute"))
-            && (starts_with_ci_word(w, b"xp_")
-                || starts_with_ci_word(w, b"sp_")
-                || eq(w, b"immediate")
-                || w.starts_with(b"@")
-                || starts_with_ci(w, b"master.")
-                || (w == b"(" && matches!(Words { v, i: end }.next(), Some((n, _)) if n.starts_with(b"@") || is_quote(n) || eq(n, b"select"))))
-        {
-            hit(1, a1)
-        } else if eq(p1, b"declare") && w.starts_with(b"@") {
-            hit(1, a1)
-        } else if eq(p1, b"procedure") && eq(w, b"analyse") {
-            hit(1, a1)
-        } else if p2 == b";" && is_statement(p1) && statement_follow(w) {
-            hit(1, a2)
-        } else if p1 == b";" && is_statement(w) && v[end..].starts_with(b"/*") {
-            hit(1, a1)
-        } else if p1 == b";" && is_statement(w) && at + w.len() == v.len() {
-            hit(1, a1)
-        } else if is_ddl(p1) && is_ddl_object(w) {
-            hit(1, a1)
-        } else if (eq(p2, b"insert") || eq(p2, b"replace")) && eq(p1, b"into") && (w == b"(" || w.iter().all(|&b| is_word(b) || b == b'.')) && find_ci(&v[end..], b"values", 0).is_some()
-        {
-            hit(1, a2)
-        } else if eq(w, b"from") && is_quote(p1) && (eq(p4, b"as") || eq(p3, b"as") || eq(p2, b"as")) {
-            hit(1, a2)
-        } else if is_quote(p1) && (eq(w, b"regexp") || eq(w, b"rlike")) {
-            hit(1, a1)
-        } else if p2 == b")" && eq(p1, b"like") && w == b"(" {
-            hit(1, a2)
-        } else if eq(p2, b"if") && p1 == b"(" && w.first().is_some_and(u8::is_ascii_digit) && v.get(end..).is_some_and(|r| r.trim_ascii_start().starts_with(b"=")) {
-            hit(1, a2)
-        } else if eq(p1, b"case") && eq(w, b"when") {
+        } else if pair {
             hit(1, a1)
         } else if seen_group_by && eq(w, b"having") {
             hit(1, at)
@@ -300,6 +315,16 @@ fn probe_arguments(function: &[u8], after_paren: &[u8]) -> bool {
         || first == b")"
 }
 
+/// What follows EXEC that runs something: a stored procedure, a variable, dynamic SQL.
+fn executes(w: &[u8], next: Option<&[u8]>) -> bool {
+    starts_with_ci_word(w, b"xp_")
+        || starts_with_ci_word(w, b"sp_")
+        || eq(w, b"immediate")
+        || w.starts_with(b"@")
+        || starts_with_ci(w, b"master.")
+        || (w == b"(" && next.is_some_and(|n| n.starts_with(b"@") || is_quote(n) || eq(n, b"select")))
+}
+
 fn lookup_word_bytes(w: &[u8]) -> Option<TokenType> {
     if w.is_empty() || w.len() > 32 {
         return None;
@@ -316,25 +341,80 @@ fn is_ddl(w: &[u8]) -> bool {
 }
 
 fn is_ddl_object(w: &[u8]) -> bool {
-    const O: &[&[u8]] = &[b"table", b"database", b"function", b"procedure", b"trigger", b"schema", b"view", b"index", b"user", b"login"];
+    const O: &[&[u8]] = &[
+        b"table",
+        b"database",
+        b"function",
+        b"procedure",
+        b"trigger",
+        b"schema",
+        b"view",
+        b"index",
+        b"user",
+        b"login",
+    ];
     O.iter().any(|o| eq(w, o))
 }
 
 /// What may follow a statement keyword after `;` for it to be a stacked query.
 fn statement_follow(w: &[u8]) -> bool {
     const F: &[&[u8]] = &[
-        b"into", b"table", b"from", b"set", b"values", b"database", b"function", b"procedure", b"view", b"index", b"trigger",
-        b"user", b"column", b"delay", b"immediate", b"(", b"[", b"@", b"*", b";",
+        b"into",
+        b"table",
+        b"from",
+        b"set",
+        b"values",
+        b"database",
+        b"function",
+        b"procedure",
+        b"view",
+        b"index",
+        b"trigger",
+        b"user",
+        b"column",
+        b"delay",
+        b"immediate",
+        b"(",
+        b"[",
+        b"@",
+        b"*",
+        b";",
     ];
-    F.iter().any(|f| eq(w, f)) || w.starts_with(b"@") || starts_with_ci_word(w, b"xp_") || starts_with_ci_word(w, b"sp_")
+    F.iter().any(|f| eq(w, f))
+        || w.starts_with(b"@")
+        || starts_with_ci_word(w, b"xp_")
+        || starts_with_ci_word(w, b"sp_")
 }
 
 /// MongoDB query operators where a parameter name, JSON key or value starts: `u_id[$ne]=1`,
 /// `{"$where": ...}`. Applications take them from users only by mistake.
 fn nosql_operator(v: &[u8]) -> Option<Hit> {
     const OPS: &[&[u8]] = &[
-        b"ne", b"eq", b"gt", b"gte", b"lt", b"lte", b"in", b"nin", b"regex", b"where", b"exists", b"elemmatch", b"not",
-        b"nor", b"or", b"and", b"text", b"expr", b"function", b"accumulator", b"size", b"all", b"type", b"mod", b"jsonschema",
+        b"ne",
+        b"eq",
+        b"gt",
+        b"gte",
+        b"lt",
+        b"lte",
+        b"in",
+        b"nin",
+        b"regex",
+        b"where",
+        b"exists",
+        b"elemmatch",
+        b"not",
+        b"nor",
+        b"or",
+        b"and",
+        b"text",
+        b"expr",
+        b"function",
+        b"accumulator",
+        b"size",
+        b"all",
+        b"type",
+        b"mod",
+        b"jsonschema",
     ];
     let mut from = 0;
     while let Some(p) = v[from..].iter().position(|&b| b == b'$') {
@@ -371,17 +451,24 @@ fn json_operator(v: &[u8]) -> Option<Hit> {
         let at = from + p;
         from = at + 1;
         let close = if v[at + 1] == b'{' { b'}' } else { b']' };
-        let Some(end) = v[at + 2..].windows(2).position(|w| w[0] == close && w[1] == b'\'').map(|e| at + 2 + e + 2) else {
+        let Some(end) = v[at + 2..].windows(2).position(|w| w[0] == close && w[1] == b'\'').map(|e| at + 2 + e + 2)
+        else {
             continue;
         };
         let rest = v[end..].trim_ascii_start();
-        const OPS: &[&[u8]] = &[b"::json", b"<@", b"@>", b"->", b"#>", b"?|", b"?&", b"?", b"@?", b"@@", b"||", b"-", b"<", b">", b"="];
+        const OPS: &[&[u8]] =
+            &[b"::json", b"<@", b"@>", b"->", b"#>", b"?|", b"?&", b"?", b"@?", b"@@", b"||", b"-", b"<", b">", b"="];
         if OPS.iter().any(|o| rest.starts_with(o)) {
             return Some(Hit::new(1, at, (end + 8).min(v.len())));
         }
         // What comes before: `OR '{...}'`, `= '{...}'`.
         let before = v[..at].trim_ascii_end();
-        if before.len() >= 2 && (before.ends_with(b"<@") || before.ends_with(b"@>") || before.ends_with(b"->") || before.ends_with(b"->>")) {
+        if before.len() >= 2
+            && (before.ends_with(b"<@")
+                || before.ends_with(b"@>")
+                || before.ends_with(b"->")
+                || before.ends_with(b"->>"))
+        {
             return Some(Hit::new(1, at, (end + 8).min(v.len())));
         }
     }
@@ -392,8 +479,28 @@ fn json_operator(v: &[u8]) -> Option<Hit> {
 /// scientific-notation glue (`1.e(ascii`, `1.e.tables`).
 fn cast_or_number_trick(v: &[u8]) -> Option<Hit> {
     const TYPES: &[&[u8]] = &[
-        b"int", b"integer", b"bigint", b"smallint", b"bool", b"boolean", b"text", b"varchar", b"char", b"numeric", b"float",
-        b"json", b"jsonb", b"bytea", b"regclass", b"oid", b"date", b"timestamp", b"inet", b"xml", b"money", b"real",
+        b"int",
+        b"integer",
+        b"bigint",
+        b"smallint",
+        b"bool",
+        b"boolean",
+        b"text",
+        b"varchar",
+        b"char",
+        b"numeric",
+        b"float",
+        b"json",
+        b"jsonb",
+        b"bytea",
+        b"regclass",
+        b"oid",
+        b"date",
+        b"timestamp",
+        b"inet",
+        b"xml",
+        b"money",
+        b"real",
     ];
     let mut from = 0;
     while let Some(at) = find_ci(v, b"::", from) {
@@ -462,9 +569,19 @@ fn strip_trailing_comment(v: &[u8]) -> &[u8] {
 /// Boundary values that probe integer overflow or the PHP/Java float-parsing hang, sent alone.
 fn magic_number(v: &[u8]) -> Option<Hit> {
     const N: &[&[u8]] = &[
-        b"4294967295", b"4294967296", b"2147483647", b"2147483648", b"-2147483648", b"-2147483649", b"9223372036854775807",
-        b"9223372036854775808", b"18446744073709551615", b"18446744073709551616", b"2.2250738585072011e-308",
-        b"2.2250738585072012e-308", b"1e309",
+        b"4294967295",
+        b"4294967296",
+        b"2147483647",
+        b"2147483648",
+        b"-2147483648",
+        b"-2147483649",
+        b"9223372036854775807",
+        b"9223372036854775808",
+        b"18446744073709551615",
+        b"18446744073709551616",
+        b"2.2250738585072011e-308",
+        b"2.2250738585072012e-308",
+        b"1e309",
     ];
     let t = v.trim_ascii();
     N.iter().any(|n| t.eq_ignore_ascii_case(n)).then(|| Hit::new(1, 0, v.len()))
@@ -540,14 +657,43 @@ fn is_catalog(w: &[u8]) -> bool {
 
 /// Functions that name the database itself.
 fn is_catalog_function(w: &[u8]) -> bool {
-    const F: &[&[u8]] = &[b"database", b"db_name", b"schema", b"user_name", b"current_database", b"current_schema", b"lo_import", b"lo_export", b"lo_get", b"lo_put", b"pg_read_file", b"pg_ls_dir", b"div", b"unistr"];
+    const F: &[&[u8]] = &[
+        b"database",
+        b"db_name",
+        b"schema",
+        b"user_name",
+        b"current_database",
+        b"current_schema",
+        b"lo_import",
+        b"lo_export",
+        b"lo_get",
+        b"lo_put",
+        b"pg_read_file",
+        b"pg_ls_dir",
+        b"div",
+        b"unistr",
+    ];
     F.iter().any(|f| eq(w, f))
 }
 
 fn is_statement(w: &[u8]) -> bool {
     const S: &[&[u8]] = &[
-        b"select", b"insert", b"update", b"delete", b"drop", b"create", b"alter", b"truncate", b"exec", b"execute",
-        b"declare", b"shutdown", b"waitfor", b"grant", b"revoke", b"replace",
+        b"select",
+        b"insert",
+        b"update",
+        b"delete",
+        b"drop",
+        b"create",
+        b"alter",
+        b"truncate",
+        b"exec",
+        b"execute",
+        b"declare",
+        b"shutdown",
+        b"waitfor",
+        b"grant",
+        b"revoke",
+        b"replace",
     ];
     S.iter().any(|s| eq(w, s))
 }

@@ -69,9 +69,26 @@ pub(crate) fn upload_name(v: &[u8], level: u8) -> Option<Hit> {
     let name: Vec<u8> = v.iter().filter(|b| !b.is_ascii_whitespace()).map(u8::to_ascii_lowercase).collect();
     let base = name.rsplit(|&b| b == b'/' || b == b'\\').next().unwrap_or(&name);
     const NAMES: &[&[u8]] = &[
-        b".htaccess", b".htpasswd", b"web.config", b".user.ini", b"php.ini", b".env", b".boto", b".bashrc", b".profile",
-        b"settings.php", b"config.php", b"configuration.php", b"localsettings.php", b"config.yml", b"config.yaml",
-        b"settings.py", b"application.yml", b"application.properties", b"app.config", b"authorized_keys",
+        b".htaccess",
+        b".htpasswd",
+        b"web.config",
+        b".user.ini",
+        b"php.ini",
+        b".env",
+        b".boto",
+        b".bashrc",
+        b".profile",
+        b"settings.php",
+        b"config.php",
+        b"configuration.php",
+        b"localsettings.php",
+        b"config.yml",
+        b"config.yaml",
+        b"settings.py",
+        b"application.yml",
+        b"application.properties",
+        b"app.config",
+        b"authorized_keys",
     ];
     let hit = NAMES.contains(&base) || base.starts_with(b"wp-config");
     hit.then(|| Hit::new(1, 0, v.len().min(64)))
@@ -85,7 +102,14 @@ fn climbs(v: &[u8], level: u8) -> Option<Hit> {
     let mut first: Option<usize> = None;
     let mut at_start = false;
     while i + 1 < v.len() {
-        if v[i] == b'.' && v[i + 1] == b'.' && (i == 0 || matches!(v[i - 1], b'/' | b'\\' | b'=' | b' ' | b'"' | b'\'' | b';' | b':' | b'|' | b'>' | b'(' | b'[')) {
+        if v[i] == b'.'
+            && v[i + 1] == b'.'
+            && (i == 0
+                || matches!(
+                    v[i - 1],
+                    b'/' | b'\\' | b'=' | b' ' | b'"' | b'\'' | b';' | b':' | b'|' | b'>' | b'(' | b'['
+                ))
+        {
             let mut j = i;
             while j < v.len() && v[j] == b'.' {
                 j += 1;
@@ -266,7 +290,10 @@ fn sensitive_target(v: &[u8], level: u8) -> Option<Hit> {
     if let Some(at) = find_ci(v, b".sql.", 0) {
         let ext = &v[at + 5..];
         let word_end = ext.iter().position(|&b| !b.is_ascii_alphanumeric()).unwrap_or(ext.len());
-        if matches!(ext[..word_end].to_ascii_lowercase().as_slice(), b"gz" | b"zip" | b"bz2" | b"xz" | b"7z" | b"tar" | b"tgz" | b"zst") {
+        if matches!(
+            ext[..word_end].to_ascii_lowercase().as_slice(),
+            b"gz" | b"zip" | b"bz2" | b"xz" | b"7z" | b"tar" | b"tgz" | b"zst"
+        ) {
             return Some(Hit::new(1, at, at + 5 + word_end));
         }
     }
@@ -282,8 +309,30 @@ fn restricted_extension(last: &[u8]) -> bool {
     }
     let ext = &last[dot + 1..];
     const EXT: &[&[u8]] = &[
-        b"bak", b"backup", b"old", b"orig", b"swp", b"sql", b"log", b"ini", b"conf", b"cfg", b"config", b"mdb", b"pwd",
-        b"passwd", b"htpasswd", b"key", b"pem", b"p12", b"pfx", b"dbf", b"sqlite", b"sqlite3", b"tmp", b"save",
+        b"bak",
+        b"backup",
+        b"old",
+        b"orig",
+        b"swp",
+        b"sql",
+        b"log",
+        b"ini",
+        b"conf",
+        b"cfg",
+        b"config",
+        b"mdb",
+        b"pwd",
+        b"passwd",
+        b"htpasswd",
+        b"key",
+        b"pem",
+        b"p12",
+        b"pfx",
+        b"dbf",
+        b"sqlite",
+        b"sqlite3",
+        b"tmp",
+        b"save",
     ];
     EXT.iter().any(|e| ext.eq_ignore_ascii_case(e)) || last.ends_with(b"~")
 }
@@ -349,7 +398,16 @@ mod tests {
         ] {
             assert!(value(s.as_bytes(), 1).is_some(), "{s}");
         }
-        for p in ["/.git/config", "/.env", "/app/.claude/settings.json", "/get/sys/class", "/get/proc/interrupts", "/wp-content/debug.log", "/@fs/etc/passwd", "/index.php.bak"] {
+        for p in [
+            "/.git/config",
+            "/.env",
+            "/app/.claude/settings.json",
+            "/get/sys/class",
+            "/get/proc/interrupts",
+            "/wp-content/debug.log",
+            "/@fs/etc/passwd",
+            "/index.php.bak",
+        ] {
             assert!(path(p.as_bytes(), 1).is_some(), "{p}");
         }
     }

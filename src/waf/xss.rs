@@ -46,8 +46,24 @@ fn after_xml_prolog(mut v: &[u8]) -> &[u8] {
 
 /// Tags that load or run active content, or change where the page's URLs point.
 const ACTIVE_TAGS: &[&[u8]] = &[
-    b"script", b"iframe", b"frame", b"frameset", b"object", b"embed", b"applet", b"meta", b"base", b"link", b"style",
-    b"import", b"isindex", b"portal", b"form", b"dialog", b"vmlframe", b"xss",
+    b"script",
+    b"iframe",
+    b"frame",
+    b"frameset",
+    b"object",
+    b"embed",
+    b"applet",
+    b"meta",
+    b"base",
+    b"link",
+    b"style",
+    b"import",
+    b"isindex",
+    b"portal",
+    b"form",
+    b"dialog",
+    b"vmlframe",
+    b"xss",
 ];
 
 /// URL schemes that run script when followed.
@@ -80,11 +96,9 @@ fn own_checks(v: &[u8], level: u8) -> Option<Hit> {
                     }
                 }
             }
-            b'(' if level >= 2 => {
-                // CSS expression() is an old IE script vector.
-                if v[..i].len() >= 10 && v[..i].trim_ascii_end().to_ascii_lowercase().ends_with(b"expression") {
-                    return Some(Hit::new(2, i.saturating_sub(10), i + 1));
-                }
+            // CSS expression() is an old IE script vector.
+            b'(' if level >= 2 && ends_with_ci(v[..i].trim_ascii_end(), b"expression") => {
+                return Some(Hit::new(2, i.saturating_sub(10), i + 1));
             }
             _ => {}
         }
@@ -97,9 +111,19 @@ fn own_checks(v: &[u8], level: u8) -> Option<Hit> {
 /// `(document)/**/["cookie"]`, `alert(1)`, `setTimeout(...)`, JSFuck's `![]`, and tagged
 /// templates (`` [].sort.call`${alert}1` ``).
 fn script_code(v: &[u8]) -> Option<Hit> {
-    const GLOBALS: &[&[u8]] = &[b"document", b"window", b"self", b"top", b"parent", b"frames", b"globalthis", b"opener", b"content"];
+    const GLOBALS: &[&[u8]] =
+        &[b"document", b"window", b"self", b"top", b"parent", b"frames", b"globalthis", b"opener", b"content"];
     const CALLS: &[&[u8]] = &[
-        b"alert", b"prompt", b"confirm", b"eval", b"settimeout", b"setinterval", b"execscript", b"atob", b"btoa", b"fromcharcode",
+        b"alert",
+        b"prompt",
+        b"confirm",
+        b"eval",
+        b"settimeout",
+        b"setinterval",
+        b"execscript",
+        b"atob",
+        b"btoa",
+        b"fromcharcode",
         b"globaleval",
     ];
     let n = v.len();
@@ -145,10 +169,15 @@ fn script_code(v: &[u8]) -> Option<Hit> {
                 }
             } else if word.eq_ignore_ascii_case(b"new") {
                 let j = skip_js_gap(v, end);
-                if starts_with_ci(&v[j..], b"function") && skip_js_gap(v, j + 8) < n && v[skip_js_gap(v, j + 8)] == b'(' {
+                if starts_with_ci(&v[j..], b"function") && skip_js_gap(v, j + 8) < n && v[skip_js_gap(v, j + 8)] == b'('
+                {
                     return Some(Hit::new(1, i, (j + 9).min(n)));
                 }
-            } else if (word.eq_ignore_ascii_case(b"call") || word.eq_ignore_ascii_case(b"apply")) && i > 0 && v[i - 1] == b'.' && v.get(end) == Some(&b'`') {
+            } else if (word.eq_ignore_ascii_case(b"call") || word.eq_ignore_ascii_case(b"apply"))
+                && i > 0
+                && v[i - 1] == b'.'
+                && v.get(end) == Some(&b'`')
+            {
                 return Some(Hit::new(1, i - 1, (end + 12).min(n)));
             }
             i = end;
@@ -161,6 +190,10 @@ fn script_code(v: &[u8]) -> Option<Hit> {
         i += 1;
     }
     None
+}
+
+fn ends_with_ci(v: &[u8], suffix: &[u8]) -> bool {
+    v.len() >= suffix.len() && v[v.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
 fn skip_js_gap(v: &[u8], mut j: usize) -> usize {
@@ -179,10 +212,37 @@ fn skip_js_gap(v: &[u8], mut j: usize) -> usize {
 /// Properties of the script globals that read or write the page.
 fn js_property(p: &[u8]) -> bool {
     const P: &[&[u8]] = &[
-        b"cookie", b"domain", b"location", b"write", b"writeln", b"body", b"createelement", b"queryselector",
-        b"queryselectorall", b"getelementbyid", b"getelementsbytagname", b"alert", b"eval", b"open", b"name", b"href",
-        b"documentelement", b"head", b"forms", b"localstorage", b"sessionstorage", b"fetch", b"execcommand", b"referrer",
-        b"url", b"innerhtml", b"outerhtml", b"origin", b"navigate", b"atob", b"constructor",
+        b"cookie",
+        b"domain",
+        b"location",
+        b"write",
+        b"writeln",
+        b"body",
+        b"createelement",
+        b"queryselector",
+        b"queryselectorall",
+        b"getelementbyid",
+        b"getelementsbytagname",
+        b"alert",
+        b"eval",
+        b"open",
+        b"name",
+        b"href",
+        b"documentelement",
+        b"head",
+        b"forms",
+        b"localstorage",
+        b"sessionstorage",
+        b"fetch",
+        b"execcommand",
+        b"referrer",
+        b"url",
+        b"innerhtml",
+        b"outerhtml",
+        b"origin",
+        b"navigate",
+        b"atob",
+        b"constructor",
     ];
     P.iter().any(|x| p.eq_ignore_ascii_case(x))
 }
@@ -206,14 +266,19 @@ fn markup_tricks(v: &[u8]) -> Option<Hit> {
         let close = v[at..].iter().position(|&b| b == 0xBE).map(|c| at + c);
         if let Some(close) = close {
             let inner = &v[at + 1..close];
-            if inner.first().is_some_and(|&b| b.is_ascii_alphabetic() || b == b'/') && !inner.iter().any(u8::is_ascii_whitespace) {
+            if inner.first().is_some_and(|&b| b.is_ascii_alphabetic() || b == b'/')
+                && !inner.iter().any(u8::is_ascii_whitespace)
+            {
                 return Some(Hit::new(1, at, close + 1));
             }
         }
     }
     if let Some(at) = find_ci(v, b"<!--#", 0) {
         let d = &v[at + 5..];
-        if [&b"exec"[..], b"set", b"echo", b"include", b"config", b"fsize", b"flastmod", b"printenv"].iter().any(|k| starts_with_ci(d, k)) {
+        if [&b"exec"[..], b"set", b"echo", b"include", b"config", b"fsize", b"flastmod", b"printenv"]
+            .iter()
+            .any(|k| starts_with_ci(d, k))
+        {
             return Some(Hit::new(1, at, (at + 16).min(n)));
         }
     }
@@ -242,7 +307,9 @@ fn markup_tricks(v: &[u8]) -> Option<Hit> {
             continue;
         }
         let rest = &v[at + 5..v.len().min(at + 512)];
-        let markup_type = [&b"text/html"[..], b"image/svg", b"application/xhtml", b"text/xml", b"application/x-"].iter().any(|t| starts_with_ci(rest.trim_ascii_start(), t));
+        let markup_type = [&b"text/html"[..], b"image/svg", b"application/xhtml", b"text/xml", b"application/x-"]
+            .iter()
+            .any(|t| starts_with_ci(rest.trim_ascii_start(), t));
         let markup_after_comma = rest.iter().position(|&b| b == b',').is_some_and(|c| rest[c..].contains(&b'<'));
         if markup_type || markup_after_comma {
             return Some(Hit::new(1, at, (at + 24).min(n)));
@@ -259,7 +326,8 @@ fn tag_at(v: &[u8], lt: usize, level: u8) -> Option<Hit> {
     while j < v.len() && (v[j] == b'/' || v[j] == 0) {
         j += 1;
     }
-    let name_end = v[j..].iter().position(|&b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b':')).map_or(v.len(), |n| j + n);
+    let name_end =
+        v[j..].iter().position(|&b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b':')).map_or(v.len(), |n| j + n);
     let name = &v[j..name_end];
     if name.is_empty() || !(name[0].is_ascii_alphabetic() || name[0] == b':') {
         return None;
@@ -298,7 +366,9 @@ fn tag_at(v: &[u8], lt: usize, level: u8) -> Option<Hit> {
 }
 
 fn handler_delimiter(b: u8) -> bool {
-    b.is_ascii_whitespace() || b.is_ascii_digit() || matches!(b, b'"' | b'\'' | b'/' | b';' | b',' | b'(' | b'`' | b'=' | 0x0b | 0x0c | 0)
+    b.is_ascii_whitespace()
+        || b.is_ascii_digit()
+        || matches!(b, b'"' | b'\'' | b'/' | b';' | b',' | b'(' | b'`' | b'=' | 0x0b | 0x0c | 0)
 }
 
 /// `on` + 3..50 letters + optional whitespace + `=` (not `==`): an event-handler attribute.
