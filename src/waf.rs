@@ -415,6 +415,7 @@ impl Waf {
         }
         let text = decode::canonical(v.value);
         let text = &*text;
+        let shape = decode::Shape::of(text);
         if active.contains(Detector::PathTraversal) {
             let upload = v.kind == LocationKind::MultipartFilename
                 || (v.kind == LocationKind::Header && matches!(v.name, b"x-filename" | b"x_filename" | b"x-file-name"));
@@ -423,7 +424,7 @@ impl Waf {
             } else if upload {
                 traversal::upload_name(text, pl)
             } else {
-                traversal::value(text, pl)
+                traversal::value(text, shape, pl)
             };
             if let Some(hit) = hit {
                 return Some(report(Detector::PathTraversal, text, hit));
@@ -431,21 +432,21 @@ impl Waf {
         }
         if active.contains(Detector::Xss) {
             let libinjection = matches!(v.class, Class::Arg | Class::UserAgent | Class::Referer) || pl >= 2;
-            if let Some(hit) = xss::check(text, libinjection, pl) {
+            if let Some(hit) = xss::check(text, shape, libinjection, pl) {
                 return Some(report(Detector::Xss, text, hit));
             }
         }
         if active.contains(Detector::Sqli) {
             // libinjection reads the path from 2, as CRS; our own checks from 1.
             let libinjection = v.class != Class::Path || pl >= 2;
-            if let Some(hit) = sqli::check(text, libinjection, pl) {
+            if let Some(hit) = sqli::check(text, shape, libinjection, pl) {
                 return Some(report(Detector::Sqli, text, hit));
             }
         }
         if active.contains(Detector::CommandInjection) {
             // Other headers get only the Shellshock check below paranoia 2.
             let full = v.class != Class::Header || pl >= 2;
-            if let Some(hit) = cmdi::check(text, full, pl) {
+            if let Some(hit) = cmdi::check(text, shape, full, pl) {
                 return Some(report(Detector::CommandInjection, text, hit));
             }
         }

@@ -5,21 +5,26 @@
 //! and backslashes inside a word (`c''at`, `w\hoami`), empty expansions (`who$@ami`,
 //! `pi$()ng`), `${IFS}` for a space, and carets (`w^hoami`).
 
-use super::decode::{find_ci, is_word, starts_with_ci, Hit};
+use super::decode::{find_ci, has_word, is_word, starts_with_ci, word_keys, Hit, Shape};
 
 /// `full`: every check (arguments, and headers that CRS reads whole); otherwise only the
 /// Shellshock function definition, the one command injection carried by any header.
-pub(crate) fn check(v: &[u8], full: bool, level: u8) -> Option<Hit> {
+pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit> {
     if !full {
-        return shellshock(v, level);
+        return if shape.any(b"(") { shellshock(v, level) } else { None };
     }
-    syntax(v, level).or_else(|| commands(v, level)).or_else(|| batch(v)).or_else(|| powershell(v)).or_else(|| {
-        if level >= 2 {
-            mail_protocol(v)
-        } else {
-            None
+    if shape.any(b"$<>({/!~`") {
+        if let Some(hit) = syntax(v, level) {
+            return Some(hit);
         }
-    })
+    }
+    // Without a separator a command can only open the value.
+    let separated = shape.any(b";|&`$") || shape.line_break();
+    let found = if separated { commands(v, level) } else { command_at(v, 0, 0, true, level) };
+    found
+        .or_else(|| if shape.whitespace() || shape.any(b"/") { batch(v) } else { None })
+        .or_else(|| if shape.any(b"-") { powershell(v) } else { None })
+        .or_else(|| if level >= 2 && shape.line_break() { mail_protocol(v) } else { None })
 }
 
 fn hit(level: u8, start: usize, end: usize, max: u8) -> Option<Hit> {
@@ -375,6 +380,42 @@ enum Kind {
     Common,
 }
 
+/// Command names with no other common meaning (sorted: looked up by binary search).
+const RARE: &[&[u8]; 170] = &[
+    b"7z", b"adduser", b"apt-get", b"aptitude", b"arp", b"awk", b"base64", b"bash", b"bcdboot", b"bcdedit",
+    b"bitsadmin", b"bsdtar", b"bunzip2", b"busybox", b"bzcat", b"bzip2", b"c89", b"c99", b"cacls", b"capsh", b"cc",
+    b"certutil", b"chattr", b"chef", b"chgrp", b"chmod", b"chown", b"clang", b"cmd", b"cmstp", b"crontab", b"cscli",
+    b"cscript", b"csh", b"curl", b"dash", b"dig", b"dmesg", b"dnf", b"doas", b"docker", b"dpkg", b"dsquery", b"egrep",
+    b"env", b"exiftool", b"fdisk", b"fgrep", b"findstr", b"g++", b"gawk", b"gcc", b"gdb", b"getent", b"grep",
+    b"gunzip", b"gzip", b"hexdump", b"htop", b"icacls", b"ifconfig", b"ifdown", b"ifup", b"insmod", b"installutil",
+    b"ipconfig", b"iptables", b"irb", b"jexec", b"killall", b"knife", b"ksh", b"kubectl", b"lastlog", b"ls",
+    b"lsattr", b"lsblk", b"lscpu", b"lsmod", b"lsof", b"ltrace", b"mkdir", b"mkfifo", b"mknod", b"modprobe",
+    b"msbuild", b"mshta", b"msiexec", b"nc", b"ncat", b"netcat", b"netstat", b"nl", b"nltest", b"nmap", b"nohup",
+    b"nproc", b"nsenter", b"nslookup", b"objdump", b"od", b"openssl", b"passwd", b"pgrep", b"pkexec", b"pkill",
+    b"powershell", b"printenv", b"ps", b"pwd", b"pwsh", b"readelf", b"regasm", b"regedit", b"regsvr32", b"rmdir",
+    b"rmt", b"rpm", b"rsync", b"runas", b"rundll32", b"schtasks", b"scp", b"sed", b"setcap", b"setsid", b"sftp",
+    b"sh", b"shred", b"socat", b"strace", b"strings", b"sudo", b"sysctl", b"systemctl", b"systeminfo", b"tac",
+    b"taskkill", b"tasklist", b"tcpdump", b"tcsh", b"telnet", b"tftp", b"traceroute", b"uniq", b"unset", b"unshare",
+    b"unxz", b"unzip", b"uptime", b"useradd", b"usermod", b"visudo", b"vssadmin", b"wc", b"wevtutil", b"wget",
+    b"whoami", b"whois", b"wmic", b"wscript", b"xargs", b"xterm", b"xxd", b"xzcat", b"yum", b"zcat", b"zsh", b"zstd",
+    b"zstdcat",
+];
+static RARE_KEYS: [u128; 170] = word_keys(RARE);
+
+/// Commands that are also words of English or names of languages (sorted).
+const COMMON: &[&[u8]; 102] = &[
+    b"alias", b"apt", b"at", b"attrib", b"cat", b"chroot", b"copy", b"cp", b"cut", b"date", b"dd", b"del", b"diff",
+    b"dir", b"echo", b"erase", b"eval", b"exec", b"export", b"file", b"find", b"ftp", b"gem", b"groups", b"halt",
+    b"head", b"history", b"host", b"id", b"ip", b"java", b"join", b"kill", b"last", b"less", b"ln", b"locate",
+    b"look", b"lp", b"lua", b"mail", b"make", b"man", b"more", b"mount", b"mv", b"net", b"nice", b"node", b"nodejs",
+    b"npm", b"paste", b"perf", b"perl", b"php", b"ping", b"pip", b"print", b"printf", b"python", b"read", b"reboot",
+    b"reg", b"ren", b"rev", b"rm", b"route", b"ruby", b"sc", b"set", b"shutdown", b"sleep", b"sort", b"source",
+    b"split", b"ss", b"ssh", b"start", b"stat", b"su", b"systemd", b"tail", b"tar", b"tee", b"test", b"time", b"top",
+    b"touch", b"tr", b"type", b"uname", b"users", b"w", b"wall", b"watch", b"whereis", b"which", b"who", b"write",
+    b"xz", b"yes", b"zip",
+];
+static COMMON_KEYS: [u128; 102] = word_keys(COMMON);
+
 fn classify(word: &[u8]) -> Option<Kind> {
     if word.is_empty() {
         return None;
@@ -393,39 +434,13 @@ fn classify(word: &[u8]) -> Option<Kind> {
     if word.starts_with(b"ansible") || word.starts_with(b"chef-") || word.starts_with(b"aa-") {
         return Some(Kind::Rare);
     }
-    let kind = match word {
-        b"whoami" | b"ifconfig" | b"ipconfig" | b"netstat" | b"nslookup" | b"wget" | b"curl" | b"netcat" | b"nc"
-        | b"ncat" | b"socat" | b"bash" | b"sh" | b"zsh" | b"ksh" | b"csh" | b"tcsh" | b"dash" | b"busybox"
-        | b"chmod" | b"chown" | b"chgrp" | b"mkfifo" | b"mknod" | b"useradd" | b"usermod" | b"adduser" | b"sudo"
-        | b"crontab" | b"systemctl" | b"iptables" | b"tcpdump" | b"nmap" | b"telnet" | b"scp" | b"sftp" | b"tftp"
-        | b"rsync" | b"base64" | b"xxd" | b"hexdump" | b"gawk" | b"awk" | b"sed" | b"grep" | b"egrep" | b"fgrep"
-        | b"xargs" | b"nohup" | b"setsid" | b"printenv" | b"ls" | b"lsof" | b"lsmod" | b"insmod" | b"modprobe"
-        | b"dmesg" | b"getent" | b"uptime" | b"lastlog" | b"htop" | b"killall" | b"pkill" | b"pgrep" | b"rmdir"
-        | b"mkdir" | b"bsdtar" | b"gzip" | b"gunzip" | b"zcat" | b"bzip2" | b"bunzip2" | b"bzcat" | b"unxz"
-        | b"xzcat" | b"zstd" | b"zstdcat" | b"unzip" | b"7z" | b"tac" | b"strings" | b"traceroute" | b"whois"
-        | b"fdisk" | b"shred" | b"visudo" | b"cscli" | b"aptitude" | b"apt-get" | b"yum" | b"dnf" | b"rpm"
-        | b"dpkg" | b"strace" | b"ltrace" | b"gdb" | b"openssl" | b"certutil" | b"bitsadmin" | b"powershell"
-        | b"pwsh" | b"cmd" | b"regedit" | b"mshta" | b"rundll32" | b"regsvr32" | b"wmic" | b"wscript" | b"cscript"
-        | b"tasklist" | b"taskkill" | b"systeminfo" | b"schtasks" | b"bcdboot" | b"bcdedit" | b"vssadmin"
-        | b"wevtutil" | b"icacls" | b"cacls" | b"nltest" | b"dsquery" | b"runas" | b"findstr" | b"msiexec"
-        | b"installutil" | b"regasm" | b"msbuild" | b"cmstp" | b"ncat.exe" | b"passwd" | b"ifup" | b"ifdown"
-        | b"readelf" | b"objdump" | b"sysctl" | b"jexec" | b"pkexec" | b"doas" | b"exiftool" | b"dig" | b"ps"
-        | b"pwd" | b"env" | b"wc" | b"uniq" | b"nl" | b"od" | b"unset" | b"chattr" | b"lsattr" | b"xterm" | b"gcc"
-        | b"nproc" | b"lscpu" | b"lsblk" | b"arp" | b"c89" | b"c99" | b"cc" | b"g++" | b"clang" | b"irb" | b"rmt"
-        | b"chef" | b"knife" | b"kubectl" | b"docker" | b"nsenter" | b"unshare" | b"capsh" | b"setcap" => Kind::Rare,
-        b"cat" | b"more" | b"less" | b"head" | b"tail" | b"sort" | b"find" | b"time" | b"kill" | b"touch" | b"top"
-        | b"who" | b"which" | b"last" | b"make" | b"man" | b"cut" | b"date" | b"file" | b"join" | b"look" | b"mail"
-        | b"nice" | b"paste" | b"ping" | b"print" | b"printf" | b"read" | b"rev" | b"split" | b"tee" | b"test"
-        | b"wall" | b"watch" | b"write" | b"yes" | b"host" | b"set" | b"type" | b"copy" | b"start" | b"net"
-        | b"dir" | b"echo" | b"exec" | b"eval" | b"source" | b"export" | b"alias" | b"sleep" | b"mount" | b"ip"
-        | b"ss" | b"dd" | b"route" | b"apt" | b"su" | b"ln" | b"cp" | b"mv" | b"rm" | b"tr" | b"diff" | b"locate"
-        | b"whereis" | b"gem" | b"pip" | b"npm" | b"perf" | b"tar" | b"zip" | b"reg" | b"ftp" | b"ssh" | b"del"
-        | b"erase" | b"ren" | b"attrib" | b"sc" | b"at" | b"python" | b"perl" | b"php" | b"ruby" | b"lua" | b"node"
-        | b"nodejs" | b"java" | b"w" | b"id" | b"xz" | b"history" | b"chroot" | b"shutdown" | b"reboot" | b"halt"
-        | b"systemd" | b"lp" | b"users" | b"groups" | b"stat" | b"uname" => Kind::Common,
-        _ => return None,
-    };
-    Some(kind)
+    if has_word(&RARE_KEYS, word) {
+        Some(Kind::Rare)
+    } else if has_word(&COMMON_KEYS, word) {
+        Some(Kind::Common)
+    } else {
+        None
+    }
 }
 
 /// What follows a command word.
@@ -862,7 +877,7 @@ mod tests {
     use super::*;
 
     fn cmdi(s: &str, level: u8) -> bool {
-        check(s.as_bytes(), true, level).is_some()
+        check(s.as_bytes(), Shape::of(s.as_bytes()), true, level).is_some()
     }
 
     #[test]
@@ -946,6 +961,13 @@ mod tests {
         let s = "\r\nMAIL FROM:<a@b.com>";
         assert!(!cmdi(s, 1));
         assert!(cmdi(s, 2));
+    }
+
+    #[test]
+    fn command_tables_are_sorted_for_binary_search() {
+        assert!(RARE.windows(2).all(|w| w[0] < w[1]));
+        assert!(COMMON.windows(2).all(|w| w[0] < w[1]));
+        assert!(!RARE.iter().any(|r| COMMON.contains(r)));
     }
 
     #[test]

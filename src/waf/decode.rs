@@ -17,6 +17,79 @@ impl Hit {
     }
 }
 
+/// Which kinds of bytes a value holds, from one pass over it: the detectors skip the checks whose
+/// syntax cannot occur (most values are words, numbers and identifiers, and need almost none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shape(u64);
+
+const PUNCTUATION: &[u8; 32] = b"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
+const WS: u64 = 1 << 32;
+const CRLF: u64 = 1 << 33;
+const CTRL: u64 = 1 << 34;
+const HIGH: u64 = 1 << 35;
+const DIGIT: u64 = 1 << 36;
+const ALPHA: u64 = 1 << 37;
+
+const fn class_of(b: u8) -> u64 {
+    let mut i = 0;
+    while i < PUNCTUATION.len() {
+        if PUNCTUATION[i] == b {
+            return 1 << i;
+        }
+        i += 1;
+    }
+    match b {
+        b'\r' | b'\n' => CRLF | WS,
+        b' ' | b'\t' | 0x0b | 0x0c => WS,
+        b'0'..=b'9' => DIGIT,
+        b'a'..=b'z' | b'A'..=b'Z' => ALPHA,
+        0x80..=0xff => HIGH,
+        _ => CTRL,
+    }
+}
+
+static CLASSES: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = class_of(b as u8);
+        b += 1;
+    }
+    t
+};
+
+impl Shape {
+    pub fn of(v: &[u8]) -> Shape {
+        Shape(v.iter().fold(0, |acc, &b| acc | CLASSES[b as usize]))
+    }
+
+    /// Whether any of these punctuation bytes occurs.
+    pub fn any(self, bytes: &[u8]) -> bool {
+        let mask = bytes.iter().fold(0, |acc, &b| acc | CLASSES[b as usize]);
+        self.0 & mask != 0
+    }
+
+    pub fn whitespace(self) -> bool {
+        self.0 & WS != 0
+    }
+
+    pub fn line_break(self) -> bool {
+        self.0 & CRLF != 0
+    }
+
+    pub fn control(self) -> bool {
+        self.0 & CTRL != 0
+    }
+
+    pub fn non_ascii(self) -> bool {
+        self.0 & HIGH != 0
+    }
+
+    pub fn digit(self) -> bool {
+        self.0 & DIGIT != 0
+    }
+}
+
 /// How often a value is decoded again: URL-in-URL-in-entity is three; a fourth layer is noise.
 pub const MAX_ROUNDS: usize = 3;
 
@@ -330,6 +403,45 @@ pub fn escape(bytes: &[u8], max: usize) -> String {
     out
 }
 
+/// A word of at most 16 bytes packed big-endian into a `u128`, so sorted word tables become
+/// sorted integer tables: a lookup is a binary search without a single `memcmp`.
+pub const fn word_key(w: &[u8]) -> u128 {
+    let mut key = 0u128;
+    let mut i = 0;
+    while i < 16 {
+        key <<= 8;
+        if i < w.len() {
+            key |= w[i] as u128;
+        }
+        i += 1;
+    }
+    key
+}
+
+/// The keys of a sorted table of lower-case words (each at most 16 bytes), built at compile time.
+pub const fn word_keys<const N: usize>(words: &[&[u8]; N]) -> [u128; N] {
+    let mut keys = [0u128; N];
+    let mut i = 0;
+    while i < N {
+        assert!(words[i].len() <= 16);
+        keys[i] = word_key(words[i]);
+        i += 1;
+    }
+    keys
+}
+
+/// Whether `w`, in any case, is one of the words behind `keys`.
+pub fn has_word(keys: &[u128], w: &[u8]) -> bool {
+    if w.is_empty() || w.len() > 16 {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    buf[..w.len()].copy_from_slice(w);
+    buf.make_ascii_lowercase();
+    // The same packing as `word_key`, in one byte swap.
+    keys.binary_search(&u128::from_be_bytes(buf)).is_ok()
+}
+
 /// Where `needle` (lower-case ASCII) occurs in `hay` without regard to ASCII case, from `from`.
 pub fn find_ci(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     let first = *needle.first()?;
@@ -428,6 +540,24 @@ mod tests {
         let long = escape(&[b'x'; 500], 64);
         assert!(long.len() <= 67 && long.ends_with("..."));
         assert!(escape(&[0u8; 100], 64).len() <= 67);
+    }
+
+    #[test]
+    fn shapes_record_each_kind_of_byte() {
+        let s = Shape::of(b"a b;\r");
+        assert!(s.whitespace() && s.line_break() && s.any(b";") && !s.any(b"<'") && !s.digit());
+        let s = Shape::of(b"caf\xc3\xa9\x01");
+        assert!(s.non_ascii() && s.control() && !s.whitespace());
+        assert!(Shape::of(b"\\").any(b"\\") && Shape::of(b"~").any(b"~") && Shape::of(b"!").any(b"!"));
+    }
+
+    #[test]
+    fn word_tables_find_words_in_any_case_and_nothing_else() {
+        const WORDS: &[&[u8]; 3] = &[b"ab", b"abc", b"zz"];
+        static KEYS: [u128; 3] = word_keys(WORDS);
+        assert!(has_word(&KEYS, b"ABC") && has_word(&KEYS, b"ab") && has_word(&KEYS, b"zZ"));
+        assert!(!has_word(&KEYS, b"a") && !has_word(&KEYS, b"abcd") && !has_word(&KEYS, b"") && !has_word(&KEYS, &[b'a'; 17]));
+        assert_eq!(word_key(b"abc"), u128::from_be_bytes(*b"abc\0\0\0\0\0\0\0\0\0\0\0\0\0"));
     }
 
     #[test]

@@ -6,14 +6,14 @@
 use libinjectionrs::sqli::{sqli_data::lookup_word, TokenType};
 use libinjectionrs::{SqliFlags, SqliState};
 
-use super::decode::{find_ci, is_word, starts_with_ci, Hit};
+use super::decode::{find_ci, has_word, is_word, starts_with_ci, word_keys, Hit, Shape};
 
 /// libinjection reads the first few tokens of a value; past this many bytes it has decided.
 /// Bounds its cost on long values without losing what it sees.
 const LIBINJECTION_PREFIX: usize = 2048;
 
-pub(crate) fn check(v: &[u8], libinjection: bool, level: u8) -> Option<Hit> {
-    if libinjection && might_be_sql(v) {
+pub(crate) fn check(v: &[u8], shape: Shape, libinjection: bool, level: u8) -> Option<Hit> {
+    if libinjection && might_be_sql(v, shape) {
         let head = &v[..v.len().min(LIBINJECTION_PREFIX)];
         let mut state = SqliState::new(head, SqliFlags::FLAG_NONE);
         if state.detect() {
@@ -23,7 +23,7 @@ pub(crate) fn check(v: &[u8], libinjection: bool, level: u8) -> Option<Hit> {
             }
         }
     }
-    own_checks(v, level)
+    own_checks(v, shape, level)
 }
 
 /// The paranoia level a libinjection match counts at. Its three-token fingerprints are where
@@ -94,68 +94,79 @@ fn weight(state: &SqliState<'_>, input: &[u8]) -> u8 {
     }
 }
 
-/// Whether a value can hold an injection at all, so most values skip the tokenizer: breaking out
-/// of a string needs a quote, of a number an operator or keyword after a leading number, and a
-/// statement of its own a leading keyword; everything else libinjection would call barewords.
-fn might_be_sql(v: &[u8]) -> bool {
-    let first = v.iter().position(|b| !b.is_ascii_whitespace());
-    let Some(first) = first else { return false };
-    if matches!(v[first], b'0'..=b'9' | b'-' | b'.' | b'+' | b'@' | b'$') {
-        return true;
-    }
-    let strong = v.iter().enumerate().any(|(i, &b)| {
-        let prev = i.checked_sub(1).map(|p| v[p]);
-        let next = v.get(i + 1).copied();
-        match b {
-            b'\''
-            | b'"'
-            | b'`'
-            | b';'
-            | b'('
-            | b')'
-            | b'='
-            | b'<'
-            | b'>'
-            | b'|'
-            | b'!'
-            | b'#'
-            | b'\\'
-            | b'{'
-            | b'}'
-            | b'*'
-            | b'%'
-            | b'^'
-            | b'~'
-            | b'+'
-            | b'$'
-            | 0..=0x08
-            | 0x0e..=0x1f
-            | 0x7f
-            | 0xa0 => true,
-            // `@var` and `@@version`, not `jane@example.com`.
-            b'@' => prev.is_none_or(|p| !is_word(p)) || next == Some(b'@'),
-            // `&&` or a glued `1&1`, not "Tom & Jerry".
-            b'&' => {
-                next == Some(b'&')
-                    || prev.is_some_and(|p| !p.is_ascii_whitespace())
-                    || next.is_some_and(|n| !n.is_ascii_whitespace())
-            }
-            b'-' => next == Some(b'-'),
-            b'/' => next == Some(b'*'),
-            _ => false,
-        }
-    });
-    if strong {
-        return true;
-    }
-    // A leading SQL keyword: the value may be a statement of its own.
-    let word_end = v[first..].iter().position(|&b| !is_word(b)).map_or(v.len(), |n| first + n);
-    let word = &v[first..word_end];
-    if word.is_empty() || word.len() > 32 {
+/// Whether a value can hold an injection at all, so most values skip the tokenizer (its port
+/// costs some 20,000 instructions a call). An injection needs SQL punctuation (an operator, a
+/// comment, `;`) or an SQL word between blanks (`1 or 1`, `union select`): "Conan O'Brien",
+/// "Digestive biscuits (500 g)" and "221B Baker Street" have neither. A single token (an id, a
+/// date, a URL) needs more than `=`, `&`, `+` or `%`.
+fn might_be_sql(v: &[u8], shape: Shape) -> bool {
+    let blanks = shape.whitespace() || shape.control() || shape.non_ascii();
+    let punctuated = shape.any(b"'\"`;()=<>|!#\\{}*%^~+$@&-/");
+    if !punctuated && !blanks {
         return false;
     }
-    let Ok(word) = std::str::from_utf8(word) else { return false };
-    !matches!(lookup_word(word), TokenType::Bareword)
+    let marked = punctuated
+        && v.iter().enumerate().any(|(i, &b)| {
+            let prev = i.checked_sub(1).map(|p| v[p]);
+            let next = v.get(i + 1).copied();
+            match b {
+                b';' | b'<' | b'>' | b'|' | b'!' | b'\\' | b'{' | b'}' | b'^' | b'$' | 0..=0x08 | 0x0e..=0x1f | 0x7f | 0xa0 => true,
+                // A quote next to an operator or a parenthesis (`'='`, `' - '`, `')`), or doubled.
+                b'\'' | b'"' | b'`' => {
+                    let after = v[i + 1..].iter().find(|c| !c.is_ascii_whitespace()).copied();
+                    let before = v[..i].iter().rev().find(|c| !c.is_ascii_whitespace()).copied();
+                    let operator = |c: u8| matches!(c, b'=' | b'(' | b')' | b'+' | b'|' | b'&' | b'-' | b'*' | b'/' | b'%' | b'^' | b'<' | b'>');
+                    after.is_some_and(|c| operator(c) || matches!(c, b'#' | b';'))
+                        || next.is_some_and(|c| matches!(c, b'\'' | b'"' | b'`'))
+                        || before.is_some_and(operator)
+                }
+                b'(' | b')' => {
+                    prev.is_some_and(|p| p.is_ascii_digit() || p == b'\'' || p == b'(' || p == b')')
+                        || next.is_some_and(|n| matches!(n, b'(' | b')' | b'\'' | b'"' | b'@'))
+                }
+                // In running text these are operators; inside one token (`a=1&b=2`, `50%`,
+                // `C++`, `#tag`) they are not.
+                b'=' | b'%' | b'+' | b'~' | b'#' | b'*' => blanks,
+                // `@var` and `@@version`, not `jane@example.com`.
+                b'@' => prev.is_none_or(|p| !is_word(p)) || next == Some(b'@'),
+                // `&&` or a glued `1&1`, not "Tom & Jerry".
+                b'&' => {
+                    blanks
+                        && (next == Some(b'&')
+                            || prev.is_some_and(|p| !p.is_ascii_whitespace())
+                            || next.is_some_and(|n| !n.is_ascii_whitespace()))
+                }
+                b'-' => next == Some(b'-'),
+                b'/' => next == Some(b'*'),
+                _ => false,
+            }
+        });
+    if marked {
+        return true;
+    }
+    // Otherwise some word must be SQL for libinjection to see more than barewords and strings.
+    v.split(|b| !(is_word(*b) || *b == b'@')).any(is_sql_word)
+}
+
+/// Words an injection without SQL punctuation needs at least one of (sorted): logic operators,
+/// statement and clause keywords, and the functions blind injections lean on.
+const SQL_WORDS: &[&[u8]; 78] = &[
+    b"all", b"alter", b"and", b"as", b"ascii", b"benchmark", b"between", b"binary", b"by", b"case", b"cast", b"char",
+    b"collate", b"concat", b"convert", b"count", b"create", b"database", b"declare", b"delete", b"distinct", b"div",
+    b"drop", b"else", b"end", b"exec", b"execute", b"exists", b"extractvalue", b"false", b"from", b"glob", b"group",
+    b"having", b"if", b"ifnull", b"in", b"insert", b"into", b"is", b"isnull", b"join", b"like", b"limit", b"load_file",
+    b"match", b"mod", b"not", b"null", b"offset", b"or", b"order", b"pg_sleep", b"procedure", b"regexp", b"replace",
+    b"rlike", b"select", b"set", b"shutdown", b"sleep", b"sounds", b"substr", b"substring", b"table", b"then", b"true",
+    b"truncate", b"union", b"update", b"updatexml", b"user", b"values", b"version", b"waitfor", b"when", b"where", b"xor",
+];
+static SQL_WORD_KEYS: [u128; 78] = word_keys(SQL_WORDS);
+
+fn is_sql_word(w: &[u8]) -> bool {
+    if w.is_empty() || w.len() > 16 || w[0].is_ascii_digit() {
+        // `@var` and `@@version` are SQL by their sigil.
+        return w.first() == Some(&b'@');
+    }
+    w[0] == b'@' || has_word(&SQL_WORD_KEYS, w)
 }
 
 /// A view of the value as SQL words: comments and every kind of SQL whitespace between words
@@ -217,32 +228,62 @@ fn eq(word: &[u8], kw: &[u8]) -> bool {
 
 /// Our own checks: SQL phrases and constructs that are SQL and rarely anything else, read
 /// through comments and odd whitespace.
-fn own_checks(v: &[u8], level: u8) -> Option<Hit> {
+fn own_checks(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
     if v.len() < 3 {
         return None;
     }
+    if shape.digit() {
+        if let Some(hit) = magic_number(v) {
+            return Some(hit);
+        }
+    }
+    // A single word: only a catalog name or the glued `unionselect` can be SQL.
+    if !shape.whitespace() && !shape.any(b"'\"`;()[]{}=<>|!#/*@$:+,") && !shape.control() {
+        if is_catalog(v) {
+            return Some(Hit::new(1, 0, v.len()));
+        }
+        return glued_union(v, level).or_else(|| if shape.any(b".:") { cast_or_number_trick(v) } else { None });
+    }
     phrases(v, level)
-        .or_else(|| nosql_operator(v))
-        .or_else(|| json_operator(v))
-        .or_else(|| cast_or_number_trick(v))
-        .or_else(|| quote_breakout(v))
-        .or_else(|| magic_number(v))
+        .or_else(|| if shape.any(b"$") { nosql_operator(v) } else { None })
+        .or_else(|| if shape.any(b"'(") { json_operator(v) } else { None })
+        .or_else(|| if shape.any(b":.") { cast_or_number_trick(v) } else { None })
+        .or_else(|| if shape.any(b"'\"`") { quote_breakout(v) } else { None })
         .or_else(|| find_ci(v, b"/*!", 0).map(|at| Hit::new(1, at, (at + 16).min(v.len()))))
 }
+
+/// The keywords the phrase checks look for (sorted): a word that is none of these, next to
+/// another such word, can start or end no phrase.
+const PHRASE_WORDS: &[&[u8]; 52] = &[
+    b"all", b"alter", b"analyse", b"as", b"by", b"case", b"column", b"create", b"database", b"declare", b"delay",
+    b"delete", b"distinct", b"distinctrow", b"drop", b"dumpfile", b"exec", b"execute", b"from", b"function", b"grant",
+    b"group", b"having", b"if", b"immediate", b"index", b"insert", b"into", b"like", b"login", b"outfile",
+    b"procedure", b"regexp", b"rename", b"replace", b"revoke", b"rlike", b"schema", b"select", b"set", b"shutdown",
+    b"table", b"time", b"trigger", b"truncate", b"union", b"update", b"user", b"values", b"view", b"waitfor", b"when",
+];
+static PHRASE_WORD_KEYS: [u128; 52] = word_keys(PHRASE_WORDS);
 
 /// Word sequences, seen through a window of the last few SQL words.
 fn phrases(v: &[u8], level: u8) -> Option<Hit> {
     let mut words = Words { v, i: 0 };
-    // The last five words, newest last.
-    let mut win: [(&[u8], usize); 5] = [(b"", 0); 5];
+    // The last five words, newest last, with whether each is a phrase keyword or punctuation.
+    let mut win: [(&[u8], usize, bool); 5] = [(b"", 0, false); 5];
     let mut seen_group_by = false;
     // Bounded: every step consumes at least one byte.
     while let Some((w, at)) = words.next() {
-        win.rotate_left(1);
-        win[4] = (w, at);
-        let [(p4, _), (p3, _), (p2, a2), (p1, a1), _] = win;
+        let notable = (w.len() == 1 && !is_word(w[0])) || has_word(&PHRASE_WORD_KEYS, w);
+        win = [win[1], win[2], win[3], win[4], (w, at, notable)];
+        let [(p4, _, _), (p3, _, _), (p2, a2, _), (p1, a1, p1_notable), _] = win;
         let end = at + w.len();
         let hit = |lvl: u8, start: usize| (lvl <= level).then(|| Hit::new(lvl, start, end));
+        // Every phrase below involves a keyword or punctuation among the last two words; prose
+        // words between them only need the catalog check.
+        if !notable && !p1_notable {
+            if is_catalog(w) {
+                return hit(1, at);
+            }
+            continue;
+        }
         // Two-word phrases, reported from their first word.
         let pair = (eq(p1, b"union")
             && (eq(w, b"select") || eq(w, b"all") || eq(w, b"distinct") || eq(w, b"distinctrow") || w == b"("))
@@ -289,13 +330,14 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
             return hit(1, at);
         }
     }
-    // `unionselect`: the words glued together, then a FROM.
-    if let Some(at) = find_ci(v, b"unionselect", 0) {
-        if find_ci(v, b"from", at).is_some() {
-            return (1 <= level).then(|| Hit::new(1, at, (at + 24).min(v.len())));
-        }
-    }
-    None
+    glued_union(v, level)
+}
+
+/// `unionselect`: the words glued together, then a FROM.
+fn glued_union(v: &[u8], level: u8) -> Option<Hit> {
+    let at = find_ci(v, b"unionselect", 0)?;
+    find_ci(v, b"from", at)?;
+    (1 <= level).then(|| Hit::new(1, at, (at + 24).min(v.len())))
 }
 
 /// The arguments of a probe function look like a probe: `sleep(5)`, `benchmark(9999,md5(1))`,
@@ -501,6 +543,7 @@ fn cast_or_number_trick(v: &[u8]) -> Option<Hit> {
         b"xml",
         b"money",
         b"real",
+        b"double",
     ];
     let mut from = 0;
     while let Some(at) = find_ci(v, b"::", from) {
@@ -615,40 +658,21 @@ fn is_probe_function(w: &[u8]) -> bool {
     F.iter().any(|f| eq(w, f))
 }
 
-/// Catalogs and system databases an application never names in a parameter.
+/// Catalogs and system databases an application never names in a parameter (sorted).
+const CATALOGS: &[&[u8]] = &[
+    b"all_tab_columns", b"all_tables", b"information_schema", b"msdb", b"msysaccessobjects", b"msysobjects",
+    b"msysqueries", b"msysrelationships", b"mysql.db", b"mysql.user", b"northwind", b"pg_catalog", b"pg_shadow",
+    b"pg_user", b"schema_name", b"sqlite_master", b"sqlite_schema", b"sqlite_temp_master", b"sys.databases",
+    b"sys.objects", b"sys.sql_logins", b"sys.tables", b"syscolumns", b"sysdatabases", b"sysobjects", b"table_schema",
+    b"tempdb", b"user_tab_columns", b"user_tables",
+];
+
+/// A catalog name, alone or qualified (`information_schema.tables`), in any case.
 fn is_catalog(w: &[u8]) -> bool {
-    const C: &[&[u8]] = &[
-        b"information_schema",
-        b"mysql.user",
-        b"mysql.db",
-        b"pg_catalog",
-        b"pg_shadow",
-        b"pg_user",
-        b"sqlite_master",
-        b"sqlite_schema",
-        b"sqlite_temp_master",
-        b"sysobjects",
-        b"syscolumns",
-        b"sysdatabases",
-        b"sys.objects",
-        b"sys.tables",
-        b"sys.databases",
-        b"sys.sql_logins",
-        b"all_tables",
-        b"user_tables",
-        b"all_tab_columns",
-        b"user_tab_columns",
-        b"msysobjects",
-        b"msysaccessobjects",
-        b"msysqueries",
-        b"msysrelationships",
-        b"tempdb",
-        b"msdb",
-        b"northwind",
-        b"schema_name",
-        b"table_schema",
-    ];
-    C.iter().any(|c| {
+    let Some(&first) = w.first() else { return false };
+    let first = first.to_ascii_lowercase();
+    let from = CATALOGS.partition_point(|c| c[0] < first);
+    CATALOGS[from..].iter().take_while(|c| c[0] == first).any(|c| {
         w.len() >= c.len()
             && w[..c.len()].eq_ignore_ascii_case(c)
             && w.get(c.len()).is_none_or(|&b| b == b'.' || !is_word(b))
@@ -703,7 +727,7 @@ mod tests {
     use super::*;
 
     fn sqli(s: &str, level: u8) -> bool {
-        check(s.as_bytes(), true, level).is_some()
+        check(s.as_bytes(), Shape::of(s.as_bytes()), true, level).is_some()
     }
 
     #[test]
@@ -757,11 +781,37 @@ mod tests {
     }
 
     #[test]
-    fn the_prefilter_keeps_leading_keywords() {
-        assert!(might_be_sql(b"select password from users where 1"));
-        assert!(might_be_sql(b"case when 1 then 2 end"));
-        assert!(!might_be_sql(b"hello world"));
-        assert!(!might_be_sql(b"   "));
+    fn the_prefilter_keeps_sql_words_and_skips_plain_tokens() {
+        let pass = |v: &[u8]| might_be_sql(v, Shape::of(v));
+        assert!(pass(b"select password from users where 1"));
+        assert!(pass(b"case when 1 then 2 end"));
+        assert!(pass(b"1 or 1"));
+        assert!(pass(b"x' or 1=1"));
+        assert!(!pass(b"hello world"));
+        assert!(!pass(b"221B Baker Street"));
+        assert!(!pass(b"550e8400-e29b-41d4-a716-446655440000"));
+        assert!(!pass(b"https://example.com/a?b=c&d=e"));
+        assert!(!pass(b"   "));
+        assert!(!pass(b"Conan O'Brien"));
+        assert!(!pass(b"Digestive biscuits (500 g)"));
+    }
+
+    #[test]
+    fn sql_words_are_sorted_lower_case_for_binary_search() {
+        assert!(SQL_WORDS.windows(2).all(|w| w[0] < w[1]));
+        assert!(SQL_WORDS.iter().all(|c| !c.iter().any(u8::is_ascii_uppercase) && c.len() <= 16));
+    }
+
+    #[test]
+    fn phrase_words_are_sorted_lower_case_for_binary_search() {
+        assert!(PHRASE_WORDS.windows(2).all(|w| w[0] < w[1]));
+        assert!(PHRASE_WORDS.iter().all(|c| !c.iter().any(u8::is_ascii_uppercase)));
+    }
+
+    #[test]
+    fn catalogs_are_sorted_lower_case_for_binary_search() {
+        assert!(CATALOGS.windows(2).all(|w| w[0] < w[1]));
+        assert!(CATALOGS.iter().all(|c| !c.iter().any(u8::is_ascii_uppercase)));
     }
 
     #[test]

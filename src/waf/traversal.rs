@@ -3,10 +3,18 @@
 //! secrets, version-control and tool directories, backups and dumps), in parameters and in the
 //! path itself.
 
-use super::decode::{find_ci, is_word, Hit};
+use super::decode::{find_ci, is_word, Hit, Shape};
 
-pub(crate) fn value(v: &[u8], level: u8) -> Option<Hit> {
-    climbs(v, level).or_else(|| sensitive_target(v, level)).or_else(|| hex_spelled(v, level))
+pub(crate) fn value(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
+    if shape.any(b"./\\") {
+        if let Some(hit) = climbs(v, level).or_else(|| sensitive_target(v, level)) {
+            return Some(hit);
+        }
+    }
+    if shape.digit() {
+        return hex_spelled(v, level);
+    }
+    None
 }
 
 /// `0x2e0x2e0x2f`: dots and slashes written as hex literals, which some applications decode.
@@ -56,13 +64,13 @@ pub(crate) fn path(p: &[u8], level: u8) -> Option<Hit> {
             return Some(Hit::new(1, p.len() - last.len(), p.len()));
         }
     }
-    value(p, level)
+    value(p, Shape::of(p), level)
 }
 
 /// The name of an uploaded file: a traversal, or the name of a configuration file the server
 /// would run or obey (`.htaccess`, `web.config`, `wp-config.php`, `settings.php`).
 pub(crate) fn upload_name(v: &[u8], level: u8) -> Option<Hit> {
-    if let Some(h) = value(v, level) {
+    if let Some(h) = value(v, Shape::of(v), level) {
         return Some(h);
     }
     // Blanks inside the name are dropped by some servers (`wp-config. php`).
@@ -136,113 +144,27 @@ fn climbs(v: &[u8], level: u8) -> Option<Hit> {
     (level_needed <= level).then(|| Hit::new(level_needed, first, (first + 32).min(v.len())))
 }
 
-/// Files and directories read after a traversal, or named outright by absolute path.
+/// Files and directories read after a traversal, or named outright by absolute path (Unix
+/// system files and pseudo-filesystems, Windows system files, secrets and tool directories in a
+/// home or project); sorted, so the entries for one first byte are found by binary search.
 /// Each entry is matched as a path component: preceded by a separator or the start (or, for
 /// entries beginning with a dot, anything that cannot make it part of a longer name), and
 /// followed by the end or a non-name character.
 const TARGETS: &[&[u8]] = &[
-    // Unix system files and pseudo-filesystems.
-    b"etc/passwd",
-    b"etc/shadow",
-    b"etc/group",
-    b"etc/gshadow",
-    b"etc/hosts",
-    b"etc/issue",
-    b"etc/subuid",
-    b"etc/subgid",
-    b"etc/sudoers",
-    b"etc/crontab",
-    b"etc/fstab",
-    b"etc/mtab",
-    b"etc/motd",
-    b"etc/profile",
-    b"etc/environment",
-    b"etc/hostname",
-    b"etc/resolv.conf",
-    b"etc/ssh/",
-    b"etc/mysql/",
-    b"etc/httpd/",
-    b"etc/apache2/",
-    b"etc/nginx/",
-    b"etc/security/",
-    b"etc/pam.d/",
-    b"etc/init.d/",
-    b"etc/redhat-release",
-    b"etc/os-release",
-    b"etc/lsb-release",
-    b"etc/debian_version",
-    b"proc/self/",
-    b"proc/version",
-    b"proc/cpuinfo",
-    b"proc/meminfo",
-    b"proc/mounts",
-    b"proc/interrupts",
-    b"proc/net/",
-    b"proc/sched_debug",
-    b"proc/kcore",
-    b"sys/class/",
-    b"sys/kernel/",
-    b"sys/devices/",
-    b"sys/firmware/",
-    b"sys/module/",
-    b"sys/block/",
-    b"sys/class",
-    b"dev/tcp/",
-    b"dev/udp/",
-    b"var/log/",
-    b"var/run/secrets/",
-    b"var/lib/mysql/",
-    b"usr/local/apache",
-    b"root/.",
-    b"tmp/",
-    b"@fs/",
-    b"@id/",
-    // Windows.
-    b"boot.ini",
-    b"win.ini",
-    b"system.ini",
-    b"windows/system32",
-    b"winnt/system32",
-    b"windows/repair",
-    b"inetpub/",
-    b"pagefile.sys",
-    b"web.config",
-    b"autoexec.bat",
-    b"sam",
-    // Secrets and tool directories in a home or project.
-    b".ssh",
-    b"id_rsa",
-    b"id_dsa",
-    b"id_ecdsa",
-    b"id_ed25519",
-    b"authorized_keys",
-    b"known_hosts",
-    b".aws",
-    b".azure",
-    b".gcloud",
-    b".kube",
-    b".docker",
-    b".gnupg",
-    b".git",
-    b".svn",
-    b".hg",
-    b".bzr",
-    b".env",
-    b".htaccess",
-    b".htpasswd",
-    b".netrc",
-    b".npmrc",
-    b".pypirc",
-    b".pgpass",
-    b".my.cnf",
-    b".bash_history",
-    b".zsh_history",
-    b".mysql_history",
-    b".psql_history",
-    b".history",
-    b".bashrc",
-    b".profile",
-    b"wp-config.php",
+    b".aws", b".azure", b".bash_history", b".bashrc", b".bzr", b".docker", b".env", b".gcloud", b".git", b".gnupg",
+    b".hg", b".history", b".htaccess", b".htpasswd", b".kube", b".my.cnf", b".mysql_history", b".netrc", b".npmrc",
+    b".pgpass", b".profile", b".psql_history", b".pypirc", b".ssh", b".svn", b".zsh_history", b"@fs/", b"@id/",
+    b"authorized_keys", b"autoexec.bat", b"boot.ini", b"dev/tcp/", b"dev/udp/", b"etc/apache2/", b"etc/crontab",
+    b"etc/debian_version", b"etc/environment", b"etc/fstab", b"etc/group", b"etc/gshadow", b"etc/hostname",
+    b"etc/hosts", b"etc/httpd/", b"etc/init.d/", b"etc/issue", b"etc/lsb-release", b"etc/motd", b"etc/mtab",
+    b"etc/mysql/", b"etc/nginx/", b"etc/os-release", b"etc/pam.d/", b"etc/passwd", b"etc/profile",
+    b"etc/redhat-release", b"etc/resolv.conf", b"etc/security/", b"etc/shadow", b"etc/ssh/", b"etc/subgid",
+    b"etc/subuid", b"etc/sudoers", b"id_dsa", b"id_ecdsa", b"id_ed25519", b"id_rsa", b"inetpub/", b"known_hosts",
+    b"pagefile.sys", b"proc/cpuinfo", b"proc/interrupts", b"proc/kcore", b"proc/meminfo", b"proc/mounts",
+    b"proc/net/", b"proc/sched_debug", b"proc/self/", b"proc/version", b"root/.", b"sam", b"sys/block/", b"sys/class",
+    b"sys/class/", b"sys/devices/", b"sys/firmware/", b"sys/kernel/", b"sys/module/", b"system.ini", b"tmp/",
+    b"usr/local/apache", b"var/lib/mysql/", b"var/log/", b"var/run/secrets/", b"web.config", b"win.ini",
+    b"windows/repair", b"windows/system32", b"winnt/system32", b"wp-config.php",
 ];
 
 fn sensitive_target(v: &[u8], level: u8) -> Option<Hit> {
@@ -258,8 +180,9 @@ fn sensitive_target(v: &[u8], level: u8) -> Option<Hit> {
         if !after_separator && b != b'.' && b != b'@' {
             continue;
         }
-        for t in TARGETS {
-            if t[0] != b || !v[at..].get(..t.len()).is_some_and(|w| w.eq_ignore_ascii_case(t)) {
+        let first = TARGETS.partition_point(|t| t[0] < b);
+        for t in TARGETS[first..].iter().take_while(|t| t[0] == b) {
+            if !v[at..].get(..t.len()).is_some_and(|w| w.eq_ignore_ascii_case(t)) {
                 continue;
             }
             let dotted = t[0] == b'.' || t[0] == b'@';
@@ -361,7 +284,7 @@ mod tests {
             "jquery.history.min.js",
             "[link](../docs/readme.md)",
         ] {
-            assert_eq!(value(s.as_bytes(), 1), None, "{s}");
+            assert_eq!(value(s.as_bytes(), Shape::of(s.as_bytes()), 1), None, "{s}");
         }
         for p in [
             "/",
@@ -396,7 +319,7 @@ mod tests {
             ">/tmp/curl",
             "/var/run/secrets/kubernetes.io/serviceaccount/token",
         ] {
-            assert!(value(s.as_bytes(), 1).is_some(), "{s}");
+            assert!(value(s.as_bytes(), Shape::of(s.as_bytes()), 1).is_some(), "{s}");
         }
         for p in [
             "/.git/config",
@@ -413,9 +336,15 @@ mod tests {
     }
 
     #[test]
+    fn targets_are_sorted_lower_case_for_binary_search() {
+        assert!(TARGETS.windows(2).all(|w| w[0] < w[1]));
+        assert!(TARGETS.iter().all(|t| !t.iter().any(u8::is_ascii_uppercase)));
+    }
+
+    #[test]
     fn a_single_relative_step_in_text_waits_for_paranoia_two() {
         let s = b"see [the guide](../guide.md)";
-        assert_eq!(value(s, 1), None);
-        assert_eq!(value(s, 2).map(|h| h.level), Some(2));
+        assert_eq!(value(s, Shape::of(s), 1), None);
+        assert_eq!(value(s, Shape::of(s), 2).map(|h| h.level), Some(2));
     }
 }

@@ -3,19 +3,25 @@
 //! tag of their own to run script (`javascript:` URLs, event handlers) and tags that load
 //! active content, seen through whitespace and control-character tricks.
 
-use super::decode::{find_ci, is_word, starts_with_ci, Hit};
+use super::decode::{find_ci, is_word, starts_with_ci, Hit, Shape};
 
 /// Past this many bytes libinjection is not asked; our own checks still read everything.
 const LIBINJECTION_MAX: usize = 4096;
 
-pub(crate) fn check(v: &[u8], libinjection: bool, level: u8) -> Option<Hit> {
-    if let Some(hit) = own_checks(v, level) {
+pub(crate) fn check(v: &[u8], shape: Shape, libinjection: bool, level: u8) -> Option<Hit> {
+    // Every check needs one of these (or a byte of IE's seven-bit `<`).
+    if !shape.any(b"<>:(=[.+`!") && !shape.non_ascii() {
+        return None;
+    }
+    if let Some(hit) = own_checks(v, shape, level) {
         return Some(hit);
     }
-    // libinjection reads every attribute context; a value with no `<`, quote or backtick cannot
-    // open a tag or leave a quoted attribute, and what it can do unquoted (event handlers,
-    // script URLs) the checks above see. Its verdict on `style=color:red` is noise.
-    if libinjection && v.iter().any(|&b| matches!(b, b'<' | b'"' | b'\'' | b'`')) {
+    // libinjection reads every attribute context; a value without `<` or `>` and without a quote
+    // followed by an attribute cannot open a tag or leave a quoted attribute, and what it can do
+    // unquoted (event handlers, script URLs) the checks above see. Its verdict on
+    // `style=color:red` or `O'Brien` is noise.
+    let breaks_out = shape.any(b"<>") || (shape.any(b"\"'`") && shape.any(b"="));
+    if libinjection && breaks_out {
         let text = after_xml_prolog(v);
         let head = &text[..text.len().min(LIBINJECTION_MAX)];
         if libinjectionrs::detect_xss(head).is_injection() {
@@ -69,7 +75,7 @@ const ACTIVE_TAGS: &[&[u8]] = &[
 /// URL schemes that run script when followed.
 const SCRIPT_SCHEMES: &[&[u8]] = &[b"javascript", b"vbscript", b"livescript", b"mocha"];
 
-fn own_checks(v: &[u8], level: u8) -> Option<Hit> {
+fn own_checks(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
     let mut i = 0;
     // Bounded: each iteration moves past at least one byte.
     while i < v.len() {
@@ -104,7 +110,12 @@ fn own_checks(v: &[u8], level: u8) -> Option<Hit> {
         }
         i += 1;
     }
-    script_code(v).or_else(|| markup_tricks(v))
+    if shape.any(b".[(`!+") {
+        if let Some(hit) = script_code(v) {
+            return Some(hit);
+        }
+    }
+    markup_tricks(v)
 }
 
 /// Objects and functions only script uses: `document.cookie`, `window["alert"]`,
@@ -133,6 +144,12 @@ fn script_code(v: &[u8]) -> Option<Hit> {
         if b.is_ascii_alphabetic() && (i == 0 || !is_word(v[i - 1])) {
             let end = v[i..].iter().position(|c| !is_word(*c)).map_or(n, |p| i + p);
             let word = &v[i..end];
+            // Only a word followed by member access, a call or a template can be script.
+            let next = v.get(skip_js_gap(v, end)).copied();
+            if !matches!(next, Some(b'.' | b'[' | b')' | b'(' | b'`')) && !word.eq_ignore_ascii_case(b"new") {
+                i = end;
+                continue;
+            }
             let lower_eq = |list: &[&[u8]]| list.iter().any(|w| word.eq_ignore_ascii_case(w));
             if lower_eq(GLOBALS) {
                 // Skip blanks, comments and a closing parenthesis, then expect `.prop` or `[`.
@@ -433,7 +450,7 @@ mod tests {
     use super::*;
 
     fn xss(s: &str, level: u8) -> bool {
-        check(s.as_bytes(), true, level).is_some()
+        check(s.as_bytes(), Shape::of(s.as_bytes()), true, level).is_some()
     }
 
     #[test]
