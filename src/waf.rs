@@ -408,14 +408,21 @@ impl Waf {
             let hit = Hit { level: hit.level.max(min[d as usize]), ..hit };
             finding(d, v.kind, v.name, buf, hit)
         };
-        if active.contains(Detector::Protocol) {
-            if let Some(hit) = protocol::value(v.value, v.class == Class::Arg, v.kind, pl) {
-                return Some(report(Detector::Protocol, v.value, hit));
-            }
-        }
         let text = decode::canonical(v.value);
+        let decoded = matches!(text, std::borrow::Cow::Owned(_));
         let text = &*text;
         let shape = decode::Shape::of(text);
+        if active.contains(Detector::Protocol) {
+            // Control bytes, line breaks, non-ASCII or a blank before `HTTP/`: nothing else here
+            // is a protocol anomaly.
+            let raw = if decoded { decode::Shape::of(v.value) } else { shape };
+            let suspect = raw.control() || raw.line_break() || raw.non_ascii() || (raw.whitespace() && raw.any(b"/"));
+            if suspect || v.class == Class::Path {
+                if let Some(hit) = protocol::value(v.value, v.class == Class::Arg, v.kind, pl) {
+                    return Some(report(Detector::Protocol, v.value, hit));
+                }
+            }
+        }
         if active.contains(Detector::PathTraversal) {
             let upload = v.kind == LocationKind::MultipartFilename
                 || (v.kind == LocationKind::Header && matches!(v.name, b"x-filename" | b"x_filename" | b"x-file-name"));

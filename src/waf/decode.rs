@@ -556,7 +556,12 @@ mod tests {
         const WORDS: &[&[u8]; 3] = &[b"ab", b"abc", b"zz"];
         static KEYS: [u128; 3] = word_keys(WORDS);
         assert!(has_word(&KEYS, b"ABC") && has_word(&KEYS, b"ab") && has_word(&KEYS, b"zZ"));
-        assert!(!has_word(&KEYS, b"a") && !has_word(&KEYS, b"abcd") && !has_word(&KEYS, b"") && !has_word(&KEYS, &[b'a'; 17]));
+        assert!(
+            !has_word(&KEYS, b"a")
+                && !has_word(&KEYS, b"abcd")
+                && !has_word(&KEYS, b"")
+                && !has_word(&KEYS, &[b'a'; 17])
+        );
         assert_eq!(word_key(b"abc"), u128::from_be_bytes(*b"abc\0\0\0\0\0\0\0\0\0\0\0\0\0"));
     }
 

@@ -110,12 +110,30 @@ fn might_be_sql(v: &[u8], shape: Shape) -> bool {
             let prev = i.checked_sub(1).map(|p| v[p]);
             let next = v.get(i + 1).copied();
             match b {
-                b';' | b'<' | b'>' | b'|' | b'!' | b'\\' | b'{' | b'}' | b'^' | b'$' | 0..=0x08 | 0x0e..=0x1f | 0x7f | 0xa0 => true,
+                b';'
+                | b'<'
+                | b'>'
+                | b'|'
+                | b'!'
+                | b'\\'
+                | b'{'
+                | b'}'
+                | b'^'
+                | b'$'
+                | 0..=0x08
+                | 0x0e..=0x1f
+                | 0x7f
+                | 0xa0 => true,
                 // A quote next to an operator or a parenthesis (`'='`, `' - '`, `')`), or doubled.
                 b'\'' | b'"' | b'`' => {
                     let after = v[i + 1..].iter().find(|c| !c.is_ascii_whitespace()).copied();
                     let before = v[..i].iter().rev().find(|c| !c.is_ascii_whitespace()).copied();
-                    let operator = |c: u8| matches!(c, b'=' | b'(' | b')' | b'+' | b'|' | b'&' | b'-' | b'*' | b'/' | b'%' | b'^' | b'<' | b'>');
+                    let operator = |c: u8| {
+                        matches!(
+                            c,
+                            b'=' | b'(' | b')' | b'+' | b'|' | b'&' | b'-' | b'*' | b'/' | b'%' | b'^' | b'<' | b'>'
+                        )
+                    };
                     after.is_some_and(|c| operator(c) || matches!(c, b'#' | b';'))
                         || next.is_some_and(|c| matches!(c, b'\'' | b'"' | b'`'))
                         || before.is_some_and(operator)
@@ -151,13 +169,84 @@ fn might_be_sql(v: &[u8], shape: Shape) -> bool {
 /// Words an injection without SQL punctuation needs at least one of (sorted): logic operators,
 /// statement and clause keywords, and the functions blind injections lean on.
 const SQL_WORDS: &[&[u8]; 78] = &[
-    b"all", b"alter", b"and", b"as", b"ascii", b"benchmark", b"between", b"binary", b"by", b"case", b"cast", b"char",
-    b"collate", b"concat", b"convert", b"count", b"create", b"database", b"declare", b"delete", b"distinct", b"div",
-    b"drop", b"else", b"end", b"exec", b"execute", b"exists", b"extractvalue", b"false", b"from", b"glob", b"group",
-    b"having", b"if", b"ifnull", b"in", b"insert", b"into", b"is", b"isnull", b"join", b"like", b"limit", b"load_file",
-    b"match", b"mod", b"not", b"null", b"offset", b"or", b"order", b"pg_sleep", b"procedure", b"regexp", b"replace",
-    b"rlike", b"select", b"set", b"shutdown", b"sleep", b"sounds", b"substr", b"substring", b"table", b"then", b"true",
-    b"truncate", b"union", b"update", b"updatexml", b"user", b"values", b"version", b"waitfor", b"when", b"where", b"xor",
+    b"all",
+    b"alter",
+    b"and",
+    b"as",
+    b"ascii",
+    b"benchmark",
+    b"between",
+    b"binary",
+    b"by",
+    b"case",
+    b"cast",
+    b"char",
+    b"collate",
+    b"concat",
+    b"convert",
+    b"count",
+    b"create",
+    b"database",
+    b"declare",
+    b"delete",
+    b"distinct",
+    b"div",
+    b"drop",
+    b"else",
+    b"end",
+    b"exec",
+    b"execute",
+    b"exists",
+    b"extractvalue",
+    b"false",
+    b"from",
+    b"glob",
+    b"group",
+    b"having",
+    b"if",
+    b"ifnull",
+    b"in",
+    b"insert",
+    b"into",
+    b"is",
+    b"isnull",
+    b"join",
+    b"like",
+    b"limit",
+    b"load_file",
+    b"match",
+    b"mod",
+    b"not",
+    b"null",
+    b"offset",
+    b"or",
+    b"order",
+    b"pg_sleep",
+    b"procedure",
+    b"regexp",
+    b"replace",
+    b"rlike",
+    b"select",
+    b"set",
+    b"shutdown",
+    b"sleep",
+    b"sounds",
+    b"substr",
+    b"substring",
+    b"table",
+    b"then",
+    b"true",
+    b"truncate",
+    b"union",
+    b"update",
+    b"updatexml",
+    b"user",
+    b"values",
+    b"version",
+    b"waitfor",
+    b"when",
+    b"where",
+    b"xor",
 ];
 static SQL_WORD_KEYS: [u128; 78] = word_keys(SQL_WORDS);
 
@@ -255,11 +344,58 @@ fn own_checks(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
 /// The keywords the phrase checks look for (sorted): a word that is none of these, next to
 /// another such word, can start or end no phrase.
 const PHRASE_WORDS: &[&[u8]; 52] = &[
-    b"all", b"alter", b"analyse", b"as", b"by", b"case", b"column", b"create", b"database", b"declare", b"delay",
-    b"delete", b"distinct", b"distinctrow", b"drop", b"dumpfile", b"exec", b"execute", b"from", b"function", b"grant",
-    b"group", b"having", b"if", b"immediate", b"index", b"insert", b"into", b"like", b"login", b"outfile",
-    b"procedure", b"regexp", b"rename", b"replace", b"revoke", b"rlike", b"schema", b"select", b"set", b"shutdown",
-    b"table", b"time", b"trigger", b"truncate", b"union", b"update", b"user", b"values", b"view", b"waitfor", b"when",
+    b"all",
+    b"alter",
+    b"analyse",
+    b"as",
+    b"by",
+    b"case",
+    b"column",
+    b"create",
+    b"database",
+    b"declare",
+    b"delay",
+    b"delete",
+    b"distinct",
+    b"distinctrow",
+    b"drop",
+    b"dumpfile",
+    b"exec",
+    b"execute",
+    b"from",
+    b"function",
+    b"grant",
+    b"group",
+    b"having",
+    b"if",
+    b"immediate",
+    b"index",
+    b"insert",
+    b"into",
+    b"like",
+    b"login",
+    b"outfile",
+    b"procedure",
+    b"regexp",
+    b"rename",
+    b"replace",
+    b"revoke",
+    b"rlike",
+    b"schema",
+    b"select",
+    b"set",
+    b"shutdown",
+    b"table",
+    b"time",
+    b"trigger",
+    b"truncate",
+    b"union",
+    b"update",
+    b"user",
+    b"values",
+    b"view",
+    b"waitfor",
+    b"when",
 ];
 static PHRASE_WORD_KEYS: [u128; 52] = word_keys(PHRASE_WORDS);
 
@@ -660,11 +796,35 @@ fn is_probe_function(w: &[u8]) -> bool {
 
 /// Catalogs and system databases an application never names in a parameter (sorted).
 const CATALOGS: &[&[u8]] = &[
-    b"all_tab_columns", b"all_tables", b"information_schema", b"msdb", b"msysaccessobjects", b"msysobjects",
-    b"msysqueries", b"msysrelationships", b"mysql.db", b"mysql.user", b"northwind", b"pg_catalog", b"pg_shadow",
-    b"pg_user", b"schema_name", b"sqlite_master", b"sqlite_schema", b"sqlite_temp_master", b"sys.databases",
-    b"sys.objects", b"sys.sql_logins", b"sys.tables", b"syscolumns", b"sysdatabases", b"sysobjects", b"table_schema",
-    b"tempdb", b"user_tab_columns", b"user_tables",
+    b"all_tab_columns",
+    b"all_tables",
+    b"information_schema",
+    b"msdb",
+    b"msysaccessobjects",
+    b"msysobjects",
+    b"msysqueries",
+    b"msysrelationships",
+    b"mysql.db",
+    b"mysql.user",
+    b"northwind",
+    b"pg_catalog",
+    b"pg_shadow",
+    b"pg_user",
+    b"schema_name",
+    b"sqlite_master",
+    b"sqlite_schema",
+    b"sqlite_temp_master",
+    b"sys.databases",
+    b"sys.objects",
+    b"sys.sql_logins",
+    b"sys.tables",
+    b"syscolumns",
+    b"sysdatabases",
+    b"sysobjects",
+    b"table_schema",
+    b"tempdb",
+    b"user_tab_columns",
+    b"user_tables",
 ];
 
 /// A catalog name, alone or qualified (`information_schema.tables`), in any case.
