@@ -11,7 +11,7 @@
 //!
 //! Every value meets the decodings attackers use before any detector sees it (URL, double URL,
 //! `%uXXXX`, HTML entities, `\uXXXX` / `\xNN`, UTF-8 overlongs, fullwidth forms, NULs removed),
-//! each bounded: a value is rewritten at most [`decode::MAX_ROUNDS`] times and never grows.
+//! each bounded: a value is rewritten at most three times and never grows.
 //! A value that no decoding changes is never copied.
 //!
 //! Which locations a detector reads at which paranoia level follows the OWASP Core Rule Set:
