@@ -294,8 +294,6 @@ impl Scalar {
 #[derive(Deserialize)]
 struct Input {
     #[serde(default)]
-    method: Option<String>,
-    #[serde(default)]
     uri: Option<String>,
     #[serde(default)]
     headers: Option<BTreeMap<String, Scalar>>,
@@ -461,7 +459,6 @@ fn build(input: &Input) -> Result<Request, &'static str> {
     if !body.is_empty() && !headers.contains_key(http::header::CONTENT_TYPE) {
         headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-www-form-urlencoded"));
     }
-    let _ = &input.method;
     Ok(Request { path, query, headers, body })
 }
 
