@@ -25,4 +25,5 @@ pub mod proxy;
 pub mod serve;
 pub mod telemetry;
 pub mod tls;
+pub mod waf;
 pub mod yaml;

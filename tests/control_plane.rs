@@ -577,6 +577,7 @@ async fn oversized_hellos_are_refused_without_being_kept() {
         labels: [("app".to_string(), "orders".to_string())].into(),
         version: String::new(),
         node,
+        token: String::new(),
     };
     let ok = subscribe(&pki, &plane, &id("shop", "orders"), hello("orders-1".into())).await;
     assert!(ok.is_ok(), "{ok:?}");

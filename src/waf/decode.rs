@@ -1,0 +1,574 @@
+//! The decodings attackers use to hide a payload from a filter and have the application undo it,
+//! and small byte helpers the detectors share. Nothing here allocates unless a value changes.
+
+use std::borrow::Cow;
+
+/// What a detector matched: the span in the text it read, and the paranoia level of its check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Hit {
+    pub level: u8,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Hit {
+    pub fn new(level: u8, start: usize, end: usize) -> Hit {
+        Hit { level, start, end }
+    }
+}
+
+/// Which kinds of bytes a value holds, from one pass over it: the detectors skip the checks whose
+/// syntax cannot occur (most values are words, numbers and identifiers, and need almost none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Shape(u64);
+
+const PUNCTUATION: &[u8; 32] = b"!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~";
+const WS: u64 = 1 << 32;
+const CRLF: u64 = 1 << 33;
+const CTRL: u64 = 1 << 34;
+const HIGH: u64 = 1 << 35;
+const DIGIT: u64 = 1 << 36;
+const ALPHA: u64 = 1 << 37;
+
+const fn class_of(b: u8) -> u64 {
+    let mut i = 0;
+    while i < PUNCTUATION.len() {
+        if PUNCTUATION[i] == b {
+            return 1 << i;
+        }
+        i += 1;
+    }
+    match b {
+        b'\r' | b'\n' => CRLF | WS,
+        b' ' | b'\t' | 0x0b | 0x0c => WS,
+        b'0'..=b'9' => DIGIT,
+        b'a'..=b'z' | b'A'..=b'Z' => ALPHA,
+        0x80..=0xff => HIGH,
+        _ => CTRL,
+    }
+}
+
+static CLASSES: [u64; 256] = {
+    let mut t = [0u64; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = class_of(b as u8);
+        b += 1;
+    }
+    t
+};
+
+impl Shape {
+    pub fn of(v: &[u8]) -> Shape {
+        Shape(v.iter().fold(0, |acc, &b| acc | CLASSES[b as usize]))
+    }
+
+    /// Whether any of these punctuation bytes occurs.
+    pub fn any(self, bytes: &[u8]) -> bool {
+        let mask = bytes.iter().fold(0, |acc, &b| acc | CLASSES[b as usize]);
+        self.0 & mask != 0
+    }
+
+    pub fn whitespace(self) -> bool {
+        self.0 & WS != 0
+    }
+
+    pub fn line_break(self) -> bool {
+        self.0 & CRLF != 0
+    }
+
+    pub fn control(self) -> bool {
+        self.0 & CTRL != 0
+    }
+
+    pub fn non_ascii(self) -> bool {
+        self.0 & HIGH != 0
+    }
+
+    pub fn digit(self) -> bool {
+        self.0 & DIGIT != 0
+    }
+}
+
+/// How often a value is decoded again: URL-in-URL-in-entity is three; a fourth layer is noise.
+pub const MAX_ROUNDS: usize = 3;
+
+/// Bytes that may start an encoded form.
+fn may_start(b: u8) -> bool {
+    matches!(b, b'%' | b'&' | b'\\' | 0 | 0xC0 | 0xC1 | 0xE0 | 0xEF | 0xF0)
+}
+
+/// The value after the decodings attackers use, applied until nothing changes (at most
+/// [`MAX_ROUNDS`] times). Every decoding shortens the text, so the result is never longer than
+/// the input and the cost is bounded by `MAX_ROUNDS` passes.
+pub fn canonical(input: &[u8]) -> Cow<'_, [u8]> {
+    let mut text = Cow::Borrowed(input);
+    for _ in 0..MAX_ROUNDS {
+        match round(&text) {
+            Some(next) => text = Cow::Owned(next),
+            None => break,
+        }
+    }
+    text
+}
+
+/// One decoding pass; `None` when nothing decodes (without allocating).
+fn round(b: &[u8]) -> Option<Vec<u8>> {
+    let mut i = b.iter().position(|&c| may_start(c))?;
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    while i < b.len() {
+        if !may_start(b[i]) {
+            i += 1;
+            continue;
+        }
+        if let Some((used, ch)) = decode_at(b, i) {
+            let o = out.get_or_insert_with(|| Vec::with_capacity(b.len()));
+            o.extend_from_slice(&b[copied..i]);
+            ch.push_to(o);
+            i += used;
+            copied = i;
+        } else {
+            i += 1;
+        }
+    }
+    let mut o = out?;
+    o.extend_from_slice(&b[copied..]);
+    Some(o)
+}
+
+/// A decoded character: nothing (a removed NUL), one byte, or a UTF-8 sequence.
+enum Decoded {
+    Nothing,
+    Byte(u8),
+    Char(char),
+}
+
+impl Decoded {
+    fn push_to(self, out: &mut Vec<u8>) {
+        match self {
+            Decoded::Nothing => {}
+            Decoded::Byte(b) => out.push(b),
+            Decoded::Char(c) => {
+                let mut buf = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+
+    /// A code point as the text an application would see, folded to ASCII where a lenient
+    /// decoder (IIS best-fit, JavaScript, HTML) makes fullwidth forms their ASCII twins.
+    fn code_point(cp: u32, used: usize) -> Option<Decoded> {
+        let folded = fold_fullwidth(cp);
+        let d = match folded {
+            0 => Decoded::Nothing,
+            1..=0x7f => Decoded::Byte(folded as u8),
+            _ => Decoded::Char(char::from_u32(folded)?),
+        };
+        // A multi-byte UTF-8 encoding may not be shorter than its escape: keeps decoding shrinking.
+        let len = match &d {
+            Decoded::Char(c) => c.len_utf8(),
+            Decoded::Byte(_) => 1,
+            Decoded::Nothing => 0,
+        };
+        (len <= used).then_some(d)
+    }
+}
+
+fn fold_fullwidth(cp: u32) -> u32 {
+    match cp {
+        0xFF01..=0xFF5E => cp - 0xFEE0,
+        0x3000 => 0x20,
+        _ => cp,
+    }
+}
+
+pub fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn hex_run(b: &[u8], max: usize) -> (u32, usize) {
+    let mut value = 0u32;
+    let mut n = 0;
+    while n < max && n < b.len() {
+        match hex(b[n]) {
+            Some(h) => value = value << 4 | u32::from(h),
+            None => break,
+        }
+        n += 1;
+    }
+    (value, n)
+}
+
+fn dec_run(b: &[u8], max: usize) -> (u32, usize) {
+    let mut value = 0u32;
+    let mut n = 0;
+    while n < max && n < b.len() && b[n].is_ascii_digit() {
+        value = value * 10 + u32::from(b[n] - b'0');
+        n += 1;
+    }
+    (value, n)
+}
+
+/// The encoded form starting at `b[i]`, if any: how many bytes it spans and what it means.
+fn decode_at(b: &[u8], i: usize) -> Option<(usize, Decoded)> {
+    let rest = &b[i..];
+    match rest[0] {
+        0 => Some((1, Decoded::Nothing)),
+        b'%' => {
+            if rest.len() >= 6 && matches!(rest[1], b'u' | b'U') {
+                let (cp, n) = hex_run(&rest[2..], 4);
+                if n == 4 {
+                    return Decoded::code_point(cp, 6).map(|d| (6, d));
+                }
+            }
+            let hi = hex(*rest.get(1)?)?;
+            let lo = hex(*rest.get(2)?)?;
+            Some((3, Decoded::Byte(hi << 4 | lo)))
+        }
+        b'\\' => match rest.get(1)? {
+            b'u' | b'U' => {
+                if rest.get(2) == Some(&b'{') {
+                    let (cp, n) = hex_run(&rest[3..], 6);
+                    if n > 0 && rest.get(3 + n) == Some(&b'}') {
+                        return Decoded::code_point(cp, n + 4).map(|d| (n + 4, d));
+                    }
+                    return None;
+                }
+                let (cp, n) = hex_run(&rest[2..], 4);
+                (n == 4).then_some(())?;
+                Decoded::code_point(cp, 6).map(|d| (6, d))
+            }
+            b'x' | b'X' => {
+                let (v, n) = hex_run(&rest[2..], 2);
+                (n == 2).then_some((4, Decoded::Byte(v as u8)))
+            }
+            _ => None,
+        },
+        b'&' => entity(rest),
+        0xC0 | 0xC1 => {
+            // Overlong two-byte form of an ASCII character (`%c0%ae` is `.`).
+            let c = *rest.get(1)?;
+            (c & 0xC0 == 0x80).then(|| (2, Decoded::Byte(((rest[0] & 0x1F) << 6) | (c & 0x3F))))
+        }
+        0xE0 => {
+            let (c1, c2) = (*rest.get(1)?, *rest.get(2)?);
+            if (0x80..=0x9F).contains(&c1) && c2 & 0xC0 == 0x80 {
+                let cp = (u32::from(c1 & 0x3F) << 6) | u32::from(c2 & 0x3F);
+                Decoded::code_point(cp, 3).map(|d| (3, d))
+            } else {
+                None
+            }
+        }
+        0xF0 => {
+            let (c1, c2, c3) = (*rest.get(1)?, *rest.get(2)?, *rest.get(3)?);
+            if (0x80..=0x8F).contains(&c1) && c2 & 0xC0 == 0x80 && c3 & 0xC0 == 0x80 {
+                let cp = (u32::from(c1 & 0x3F) << 12) | (u32::from(c2 & 0x3F) << 6) | u32::from(c3 & 0x3F);
+                Decoded::code_point(cp, 4).map(|d| (4, d))
+            } else {
+                None
+            }
+        }
+        0xEF => {
+            // Fullwidth forms U+FF01..U+FF5E are EF BC 81..BF and EF BD 80..9E.
+            let (c1, c2) = (*rest.get(1)?, *rest.get(2)?);
+            let cp = match (c1, c2) {
+                (0xBC, 0x81..=0xBF) | (0xBD, 0x80..=0x9E) => {
+                    0xF000 | (u32::from(c1 & 0x3F) << 6) | u32::from(c2 & 0x3F)
+                }
+                _ => return None,
+            };
+            Some((3, Decoded::Byte(fold_fullwidth(cp) as u8)))
+        }
+        _ => None,
+    }
+}
+
+/// The HTML character references a browser decodes in attribute values and text: numeric ones
+/// with or without `;`, and the named ones that spell syntax.
+fn entity(rest: &[u8]) -> Option<(usize, Decoded)> {
+    if rest.get(1) == Some(&b'#') {
+        let (cp, n, start) = match rest.get(2) {
+            Some(b'x' | b'X') => {
+                let (cp, n) = hex_run(&rest[3..], 8);
+                (cp, n, 3)
+            }
+            _ => {
+                let (cp, n) = dec_run(&rest[2..], 8);
+                (cp, n, 2)
+            }
+        };
+        if n == 0 {
+            return None;
+        }
+        let mut used = start + n;
+        if rest.get(used) == Some(&b';') {
+            used += 1;
+        }
+        return Decoded::code_point(cp, used).map(|d| (used, d));
+    }
+    let end = rest.iter().take(12).position(|&c| c == b';')?;
+    let name = &rest[1..end];
+    let ch = match name {
+        b"lt" | b"LT" => b'<',
+        b"gt" | b"GT" => b'>',
+        b"quot" | b"QUOT" => b'"',
+        b"apos" => b'\'',
+        b"amp" | b"AMP" => b'&',
+        b"colon" => b':',
+        b"sol" => b'/',
+        b"bsol" => b'\\',
+        b"lpar" => b'(',
+        b"rpar" => b')',
+        b"semi" => b';',
+        b"equals" => b'=',
+        b"grave" => b'`',
+        b"lsqb" | b"lbrack" => b'[',
+        b"rsqb" | b"rbrack" => b']',
+        b"lcub" | b"lbrace" => b'{',
+        b"rcub" | b"rbrace" => b'}',
+        b"excl" => b'!',
+        b"num" => b'#',
+        b"dollar" => b'$',
+        b"percnt" => b'%',
+        b"period" => b'.',
+        b"comma" => b',',
+        b"plus" => b'+',
+        b"ast" | b"midast" => b'*',
+        b"vert" | b"verbar" => b'|',
+        b"Tab" | b"tab" => b'\t',
+        b"NewLine" | b"newline" => b'\n',
+        b"nbsp" => b' ',
+        _ => return None,
+    };
+    Some((end + 1, Decoded::Byte(ch)))
+}
+
+/// `application/x-www-form-urlencoded` decoding of one name or value: `%XX` and `+` as space.
+/// Malformed escapes stay as they are (the protocol detector reports them).
+pub fn form_component(raw: &[u8]) -> Cow<'_, [u8]> {
+    if !raw.iter().any(|&b| b == b'%' || b == b'+') {
+        return Cow::Borrowed(raw);
+    }
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match raw[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (raw.get(i + 1).copied().and_then(hex), raw.get(i + 2).copied().and_then(hex)) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+/// Text for logs: printable ASCII as is (backslash and quote escaped), the rest as `\xNN`, cut
+/// to `max` characters of output with `...` when cut.
+pub fn escape(bytes: &[u8], max: usize) -> String {
+    let mut out = String::with_capacity(max.min(bytes.len() * 4) + 3);
+    for &b in bytes {
+        let piece_len = match b {
+            b'\\' | b'"' => 2,
+            0x20..=0x7e => 1,
+            _ => 4,
+        };
+        if out.len() + piece_len > max {
+            out.push_str("...");
+            return out;
+        }
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            b'"' => out.push_str("\\\""),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\x");
+                out.push(HEX[(b >> 4) as usize] as char);
+                out.push(HEX[(b & 0xf) as usize] as char);
+            }
+        }
+    }
+    out
+}
+
+/// A word of at most 16 bytes packed big-endian into a `u128`, so sorted word tables become
+/// sorted integer tables: a lookup is a binary search without a single `memcmp`.
+pub const fn word_key(w: &[u8]) -> u128 {
+    let mut key = 0u128;
+    let mut i = 0;
+    while i < 16 {
+        key <<= 8;
+        if i < w.len() {
+            key |= w[i] as u128;
+        }
+        i += 1;
+    }
+    key
+}
+
+/// The keys of a sorted table of lower-case words (each at most 16 bytes), built at compile time.
+pub const fn word_keys<const N: usize>(words: &[&[u8]; N]) -> [u128; N] {
+    let mut keys = [0u128; N];
+    let mut i = 0;
+    while i < N {
+        assert!(words[i].len() <= 16);
+        keys[i] = word_key(words[i]);
+        i += 1;
+    }
+    keys
+}
+
+/// Whether `w`, in any case, is one of the words behind `keys`.
+pub fn has_word(keys: &[u128], w: &[u8]) -> bool {
+    if w.is_empty() || w.len() > 16 {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    buf[..w.len()].copy_from_slice(w);
+    buf.make_ascii_lowercase();
+    // The same packing as `word_key`, in one byte swap.
+    keys.binary_search(&u128::from_be_bytes(buf)).is_ok()
+}
+
+/// Where `needle` (lower-case ASCII) occurs in `hay` without regard to ASCII case, from `from`.
+pub fn find_ci(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    let first = *needle.first()?;
+    if hay.len() < needle.len() {
+        return None;
+    }
+    let last_start = hay.len() - needle.len();
+    let mut i = from;
+    while i <= last_start {
+        if hay[i].to_ascii_lowercase() == first && hay[i..i + needle.len()].eq_ignore_ascii_case(needle) {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+pub fn starts_with_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.len() >= needle.len() && hay[..needle.len()].eq_ignore_ascii_case(needle)
+}
+
+pub fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(s: &[u8]) -> Vec<u8> {
+        canonical(s).into_owned()
+    }
+
+    #[test]
+    fn values_without_encodings_are_borrowed_not_copied() {
+        for s in [&b"plain text"[..], b"Tom & Jerry", b"100% sure", b"C:\\Users\\me", b"a;b", b"caf\xc3\xa9"] {
+            assert!(matches!(canonical(s), Cow::Borrowed(_)), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn every_layer_attackers_use_is_undone() {
+        let table: &[(&[u8], &[u8])] = &[
+            (b"%3Cscript%3E", b"<script>"),
+            (b"%253Cscript%253E", b"<script>"),
+            (b"%25253Cscript%25253E", b"<script>"),
+            (b"%u003Cscript%u003E", b"<script>"),
+            (b"&lt;img src=x&gt;", b"<img src=x>"),
+            (b"&#60;&#x3c;&#X3C&#0000060;", b"<<<<"),
+            (b"java&Tab;script&colon;", b"java\tscript:"),
+            (b"\\u003cb\\x3e", b"<b>"),
+            (b"\\u{3c}", b"<"),
+            (b"%c0%ae%c0%ae/", b"../"),
+            (b"\xc0\xae\xc0\xae\xc1\x9c", b"..\\"),
+            (b"\xe0\x80\xae", b"."),
+            (b"\xef\xbc\x9cscript\xef\xbc\x9e", b"<script>"),
+            (b"%uff1cscript%uff1e", b"<script>"),
+            (b"un%00ion", b"union"),
+            (b"%26lt%3B", b"<"),
+        ];
+        for (input, want) in table {
+            assert_eq!(canon(input), *want, "{}", String::from_utf8_lossy(input));
+        }
+    }
+
+    #[test]
+    fn broken_escapes_are_left_alone() {
+        for s in [&b"%"[..], b"%4", b"%zz", b"&#;", b"&#x;", b"&unknown;", b"\\u12", b"\\x4", b"\xc0", b"\xef\xbc"] {
+            assert_eq!(canon(s), s.to_vec(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn decoding_stops_after_the_round_limit() {
+        // Five layers: three are undone, two stay.
+        assert_eq!(canon(b"%2525252541"), b"%2541".to_vec());
+    }
+
+    #[test]
+    fn decoding_never_grows_a_value() {
+        for s in [&b"&#x10FFFF;"[..], b"%u20AC", b"\\u20ac", b"&#8364", b"\\u{1F600}"] {
+            assert!(canon(s).len() <= s.len(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn form_components_decode_plus_and_percent_once() {
+        assert_eq!(&*form_component(b"a+b%20c%2527"), b"a b c%27");
+        assert_eq!(&*form_component(b"100%"), b"100%");
+        assert!(matches!(form_component(b"plain"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn escaped_fragments_are_printable_and_short() {
+        assert_eq!(escape(b"a\"b\\c\n\xff", 64), "a\\\"b\\\\c\\x0a\\xff");
+        let long = escape(&[b'x'; 500], 64);
+        assert!(long.len() <= 67 && long.ends_with("..."));
+        assert!(escape(&[0u8; 100], 64).len() <= 67);
+    }
+
+    #[test]
+    fn shapes_record_each_kind_of_byte() {
+        let s = Shape::of(b"a b;\r");
+        assert!(s.whitespace() && s.line_break() && s.any(b";") && !s.any(b"<'") && !s.digit());
+        let s = Shape::of(b"caf\xc3\xa9\x01");
+        assert!(s.non_ascii() && s.control() && !s.whitespace());
+        assert!(Shape::of(b"\\").any(b"\\") && Shape::of(b"~").any(b"~") && Shape::of(b"!").any(b"!"));
+    }
+
+    #[test]
+    fn word_tables_find_words_in_any_case_and_nothing_else() {
+        const WORDS: &[&[u8]; 3] = &[b"ab", b"abc", b"zz"];
+        static KEYS: [u128; 3] = word_keys(WORDS);
+        assert!(has_word(&KEYS, b"ABC") && has_word(&KEYS, b"ab") && has_word(&KEYS, b"zZ"));
+        assert!(
+            !has_word(&KEYS, b"a")
+                && !has_word(&KEYS, b"abcd")
+                && !has_word(&KEYS, b"")
+                && !has_word(&KEYS, &[b'a'; 17])
+        );
+        assert_eq!(word_key(b"abc"), u128::from_be_bytes(*b"abc\0\0\0\0\0\0\0\0\0\0\0\0\0"));
+    }
+
+    #[test]
+    fn case_insensitive_search_finds_every_case() {
+        assert_eq!(find_ci(b"xx UnIoN", b"union", 0), Some(3));
+        assert_eq!(find_ci(b"union", b"union", 1), None);
+        assert_eq!(find_ci(b"ab", b"abc", 0), None);
+    }
+}

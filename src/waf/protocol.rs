@@ -1,0 +1,216 @@
+//! Protocol anomalies visible in parsed parts (raw framing is the HTTP parser's job): broken or
+//! IIS-only percent-encoding, NUL and control bytes, invalid or overlong UTF-8, line breaks that
+//! inject headers or split a request, request lines smuggled inside a parameter.
+
+use super::decode::{find_ci, hex, starts_with_ci, Hit};
+use super::LocationKind;
+
+/// A still percent-encoded query or form body: `%` not followed by two hex digits, and `%uXXXX`
+/// (an IIS-only form no ordinary client sends). Invalid escapes in a form body wait for
+/// paranoia 2, as in CRS.
+pub(crate) fn encoding(raw: &[u8], level: u8, body: bool) -> Option<Hit> {
+    let mut i = 0;
+    while let Some(p) = raw[i..].iter().position(|&b| b == b'%') {
+        let at = i + p;
+        let rest = &raw[at + 1..];
+        if matches!(rest.first(), Some(b'u' | b'U')) && rest.len() >= 5 && rest[1..5].iter().all(|&b| hex(b).is_some())
+        {
+            return Some(Hit::new(1, at, at + 6));
+        }
+        let valid = rest.len() >= 2 && hex(rest[0]).is_some() && hex(rest[1]).is_some();
+        if !valid {
+            let lvl = if body { 2 } else { 1 };
+            return (lvl <= level).then(|| Hit::new(lvl, at, (at + 3).min(raw.len())));
+        }
+        i = at + 3;
+    }
+    None
+}
+
+const METHODS: &[&[u8]] =
+    &[b"get ", b"post ", b"put ", b"head ", b"delete ", b"patch ", b"options ", b"connect ", b"trace ", b"propfind "];
+
+/// One value as the application receives it (decoded once).
+pub(crate) fn value(v: &[u8], arg: bool, kind: LocationKind, level: u8) -> Option<Hit> {
+    if kind == LocationKind::Path {
+        // The normaliser keeps reserved escapes encoded: an encoded line break is still visible.
+        for needle in [&b"%0a"[..], b"%0d"] {
+            if let Some(at) = find_ci(v, needle, 0) {
+                return Some(Hit::new(1, at, (at + 12).min(v.len())));
+            }
+        }
+        return None;
+    }
+    if !arg {
+        return None;
+    }
+    let name = matches!(
+        kind,
+        LocationKind::QueryName
+            | LocationKind::FormName
+            | LocationKind::CookieName
+            | LocationKind::JsonKey
+            | LocationKind::MultipartName
+    );
+    let mut i = 0;
+    // Bounded: every branch moves `i` forward.
+    while i < v.len() {
+        let b = v[i];
+        match b {
+            0 => return Some(Hit::new(1, i.saturating_sub(8), (i + 8).min(v.len()))),
+            b'\r' | b'\n' => {
+                if name {
+                    return Some(Hit::new(1, i, (i + 16).min(v.len())));
+                }
+                let mut j = i;
+                while j < v.len() && matches!(v[j], b'\r' | b'\n') {
+                    j += 1;
+                }
+                if let Some(lvl) = header_line(&v[j..], level) {
+                    return Some(Hit::new(lvl, i, (j + 24).min(v.len())));
+                }
+                if starts_with_ci(&v[j..], b"http/") || METHODS.iter().any(|m| starts_with_ci(&v[j..], m)) {
+                    return Some(Hit::new(1, i, (j + 24).min(v.len())));
+                }
+                i = j;
+                continue;
+            }
+            0x01..=0x08 | 0x0b | 0x0c | 0x0e..=0x1f | 0x7f if level >= 2 => {
+                return Some(Hit::new(2, i.saturating_sub(8), (i + 8).min(v.len())));
+            }
+            0x80..=0xff => {
+                let len = utf8_len(&v[i..]);
+                if len == 0 {
+                    return Some(Hit::new(1, i, (i + 4).min(v.len())));
+                }
+                i += len;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    smuggled_request_line(v)
+}
+
+/// The length of the valid, shortest-form UTF-8 sequence at the start of `v`, or 0.
+fn utf8_len(v: &[u8]) -> usize {
+    let n = match v[0] {
+        0xC2..=0xDF => 2,
+        0xE0..=0xEF => 3,
+        0xF0..=0xF4 => 4,
+        _ => return 0,
+    };
+    if v.len() < n {
+        return 0;
+    }
+    match std::str::from_utf8(&v[..n]) {
+        Ok(_) => n,
+        Err(_) => 0,
+    }
+}
+
+/// After a line break: `Name:` (a header being injected), allowing the stray CRs and blanks
+/// attackers put before the colon. Headers that steer a client or a proxy count at 1; any other
+/// `Word:` line (common in text: "Note: ...") from 2.
+fn header_line(line: &[u8], level: u8) -> Option<u8> {
+    let name_end =
+        line.iter().position(|&b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_')).unwrap_or(line.len());
+    if name_end == 0 || name_end > 64 {
+        return None;
+    }
+    let mut j = name_end;
+    while j < line.len() && matches!(line[j], b'\r' | b' ' | b'\t') {
+        j += 1;
+    }
+    if line.get(j) != Some(&b':') {
+        return None;
+    }
+    const STEERING: &[&[u8]] = &[
+        b"set-cookie",
+        b"cookie",
+        b"location",
+        b"refresh",
+        b"content-type",
+        b"content-length",
+        b"transfer-encoding",
+        b"host",
+        b"via",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-forwarded-server",
+        b"forwarded",
+        b"remote-addr",
+        b"remote-ip",
+        b"originating-ip",
+        b"x-originating-ip",
+        b"x-real-ip",
+        b"x-client-ip",
+        b"authorization",
+        b"connection",
+        b"upgrade",
+        b"content-security-policy",
+        b"x-xss-protection",
+        b"access-control-allow-origin",
+        b"access-control-allow-credentials",
+    ];
+    let name = &line[..name_end];
+    let lvl = if STEERING.iter().any(|h| name.eq_ignore_ascii_case(h)) { 1 } else { 2 };
+    (lvl <= level).then_some(lvl)
+}
+
+/// `GET http://host/ HTTP/1.1` inside a parameter: a request for a proxy or a backend to split.
+fn smuggled_request_line(v: &[u8]) -> Option<Hit> {
+    let http = find_ci(v, b" http/", 0)?;
+    if !v.get(http + 6).is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    let line_start = v[..http].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    let line = &v[line_start..http];
+    let method_end = line.iter().position(|&b| b == b' ')?;
+    let method = &line[..=method_end];
+    let target = &line[method_end + 1..];
+    let known = METHODS.iter().any(|m| method.eq_ignore_ascii_case(m));
+    (known && !target.is_empty() && !target.contains(&b' ')).then(|| Hit::new(1, line_start, (http + 9).min(v.len())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinary_values_pass() {
+        for s in [
+            &b"hello"[..],
+            b"line one\nline two\n\nline four",
+            b"caf\xc3\xa9 \xe2\x82\xac",
+            b"tab\there",
+            b"Dear team,\r\nthanks: all",
+        ] {
+            assert_eq!(value(s, true, LocationKind::JsonValue, 1), None, "{s:?}");
+        }
+        for q in [&b"a=1&b=%20%41"[..], b"q=100%25", b""] {
+            assert_eq!(encoding(q, 4, false), None);
+        }
+    }
+
+    #[test]
+    fn anomalies_are_caught() {
+        let pl1 = |s: &[u8], kind| value(s, true, kind, 1).is_some();
+        assert!(pl1(b"test1\0", LocationKind::QueryValue));
+        assert!(pl1(b"x\r\nSet-Cookie: a=b", LocationKind::QueryValue));
+        assert!(pl1(b"\r\nRemote-addr\r\r\r: foo", LocationKind::QueryValue));
+        assert!(pl1(b"x\r\n\r\nGET /admin HTTP/1.1", LocationKind::FormValue));
+        assert!(pl1(b"GET http://www.foo.bar HTTP/1.2", LocationKind::QueryValue));
+        assert!(pl1(b"parameter\r\n", LocationKind::QueryName));
+        assert!(pl1(b"\xc0\xaf", LocationKind::QueryValue));
+        assert!(pl1(b"\xe2\xa3", LocationKind::QueryValue));
+        assert!(value(b"/foo%0Abar", false, LocationKind::Path, 1).is_some());
+        assert!(encoding(b"a=%uff0F", 1, false).is_some());
+        assert!(encoding(b"a=%zz", 1, false).is_some());
+        assert_eq!(encoding(b"a=%zz", 1, true), None);
+        assert!(value(b"a\x01b", true, LocationKind::QueryValue, 2).is_some());
+        assert_eq!(value(b"a\x01b", true, LocationKind::QueryValue, 1), None);
+    }
+}

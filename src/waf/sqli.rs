@@ -1,0 +1,982 @@
+//! SQL injection: libinjection's tokenizer and fingerprints (the `libinjectionrs` port) for the
+//! grammar of an injection, and a few checks of our own for what its five-token fingerprint
+//! cannot see: multi-word keywords (`into outfile`), time-based probes, catalog tables, and the
+//! same hidden behind comments and odd whitespace.
+
+use libinjectionrs::sqli::{sqli_data::lookup_word, TokenType};
+use libinjectionrs::{SqliFlags, SqliState};
+
+use super::decode::{find_ci, has_word, is_word, starts_with_ci, word_keys, Hit, Shape};
+
+/// libinjection reads the first few tokens of a value; past this many bytes it has decided.
+/// Bounds its cost on long values without losing what it sees.
+const LIBINJECTION_PREFIX: usize = 2048;
+
+pub(crate) fn check(v: &[u8], shape: Shape, libinjection: bool, level: u8) -> Option<Hit> {
+    if libinjection && might_be_sql(v, shape) {
+        let head = &v[..v.len().min(LIBINJECTION_PREFIX)];
+        let mut state = SqliState::new(head, SqliFlags::FLAG_NONE);
+        if state.detect() {
+            let lvl = weight(&state, head);
+            if lvl <= level {
+                return Some(Hit::new(lvl, 0, v.len()));
+            }
+        }
+    }
+    own_checks(v, shape, level)
+}
+
+/// The paranoia level a libinjection match counts at. Its three-token fingerprints are where
+/// its own false positives live ("CHRISTMAS STOCKING \"NOT\" STUFFER", "80% ACRYLIC AND 20%
+/// WOOL", "1,1--"): those count at 1 only with the evidence a real break-out leaves, and at 2
+/// otherwise.
+fn weight(state: &SqliState<'_>, input: &[u8]) -> u8 {
+    let tokens = &state.tokens;
+    // A T-SQL statement word leading ordinary punctuation (`while (foo) is bar.`): real T-SQL
+    // injections bring quotes, `;`, `@` variables or comments.
+    if tokens.first().is_some_and(|t| t.token_type == TokenType::Tsql)
+        && !input.iter().any(|b| matches!(b, b'\'' | b'"' | b'`' | b';' | b'=' | b'@' | b'#'))
+        && find_ci(input, b"--", 0).is_none()
+        && find_ci(input, b"/*", 0).is_none()
+    {
+        return 2;
+    }
+    if tokens.len() > 3 || tokens.is_empty() {
+        return 1;
+    }
+    let kinds: Vec<TokenType> = tokens.iter().map(|t| t.token_type).collect();
+    let at = |i: usize| input.get(i).copied();
+    match kinds.as_slice() {
+        // string, operator, string: a word or `&`/`*` wrapped in its own quotes (`"NOT"`,
+        // `'*'`) is a quoted word in text; a comparison is a break-out (`x'='x`).
+        [TokenType::String, TokenType::Operator | TokenType::LogicOperator, TokenType::String] => {
+            let op = &tokens[1];
+            let before = op.pos.checked_sub(1).and_then(at);
+            let after = at(op.pos + op.len);
+            let hugged = matches!(before, Some(b'\'' | b'"' | b'`')) && before == after;
+            let comparison = op.val[..op.len.min(32)].iter().all(|b| matches!(b, b'=' | b'<' | b'>' | b'!'));
+            // A symbol glued to a word (`href="/APPS/"`) is a path or markup, not an operator.
+            let symbol = op.val.first().is_some_and(|b| !b.is_ascii_alphabetic());
+            let glued = symbol
+                && (before.is_some_and(|b| b.is_ascii_alphanumeric())
+                    || after.is_some_and(|b| b.is_ascii_alphanumeric()));
+            if (hugged && !comparison) || glued {
+                2
+            } else {
+                1
+            }
+        }
+        // number or word, logic operator, number or word: a tautology needs a comparison,
+        // a parenthesis, a quote or a comment around it to be SQL rather than "20% WOOL".
+        [TokenType::Number | TokenType::Bareword, TokenType::LogicOperator, TokenType::Number | TokenType::Bareword] => {
+            let sql_marks =
+                input.iter().any(|b| matches!(b, b'=' | b'<' | b'>' | b'(' | b')' | b'\'' | b'"' | b'`' | b'#'))
+                    || find_ci(input, b"--", 0).is_some()
+                    || find_ci(input, b"/*", 0).is_some();
+            if sql_marks {
+                1
+            } else {
+                2
+            }
+        }
+        // number or word, then a comment: only when nothing but blanks stands between them
+        // (`417652--` truncates a query; `1611-IioXX--` is a token).
+        [TokenType::Number | TokenType::Bareword, TokenType::Comment] => {
+            let first_end = tokens[0].pos + tokens[0].len;
+            let gap = input.get(first_end..tokens[1].pos).unwrap_or(b"");
+            if gap.iter().all(u8::is_ascii_whitespace) {
+                1
+            } else {
+                2
+            }
+        }
+        _ => 1,
+    }
+}
+
+/// Whether a value can hold an injection at all, so most values skip the tokenizer (its port
+/// costs some 20,000 instructions a call). An injection needs SQL punctuation (an operator, a
+/// comment, `;`) or an SQL word between blanks (`1 or 1`, `union select`): "Conan O'Brien",
+/// "Digestive biscuits (500 g)" and "221B Baker Street" have neither. A single token (an id, a
+/// date, a URL) needs more than `=`, `&`, `+` or `%`.
+fn might_be_sql(v: &[u8], shape: Shape) -> bool {
+    let blanks = shape.whitespace() || shape.control() || shape.non_ascii();
+    let punctuated = shape.any(b"'\"`;()=<>|!#\\{}*%^~+$@&-/");
+    if !punctuated && !blanks {
+        return false;
+    }
+    let marked = punctuated
+        && v.iter().enumerate().any(|(i, &b)| {
+            let prev = i.checked_sub(1).map(|p| v[p]);
+            let next = v.get(i + 1).copied();
+            match b {
+                b';'
+                | b'<'
+                | b'>'
+                | b'|'
+                | b'!'
+                | b'\\'
+                | b'{'
+                | b'}'
+                | b'^'
+                | b'$'
+                | 0..=0x08
+                | 0x0e..=0x1f
+                | 0x7f
+                | 0xa0 => true,
+                // A quote next to an operator or a parenthesis (`'='`, `' - '`, `')`), or doubled.
+                b'\'' | b'"' | b'`' => {
+                    let after = v[i + 1..].iter().find(|c| !c.is_ascii_whitespace()).copied();
+                    let before = v[..i].iter().rev().find(|c| !c.is_ascii_whitespace()).copied();
+                    let operator = |c: u8| {
+                        matches!(
+                            c,
+                            b'=' | b'(' | b')' | b'+' | b'|' | b'&' | b'-' | b'*' | b'/' | b'%' | b'^' | b'<' | b'>'
+                        )
+                    };
+                    after.is_some_and(|c| operator(c) || matches!(c, b'#' | b';'))
+                        || next.is_some_and(|c| matches!(c, b'\'' | b'"' | b'`'))
+                        || before.is_some_and(operator)
+                }
+                b'(' | b')' => {
+                    prev.is_some_and(|p| p.is_ascii_digit() || p == b'\'' || p == b'(' || p == b')')
+                        || next.is_some_and(|n| matches!(n, b'(' | b')' | b'\'' | b'"' | b'@'))
+                }
+                // In running text these are operators; inside one token (`a=1&b=2`, `50%`,
+                // `C++`, `#tag`) they are not.
+                b'=' | b'%' | b'+' | b'~' | b'#' | b'*' => blanks,
+                // `@var` and `@@version`, not `jane@example.com`.
+                b'@' => prev.is_none_or(|p| !is_word(p)) || next == Some(b'@'),
+                // `&&` or a glued `1&1`, not "Tom & Jerry".
+                b'&' => {
+                    blanks
+                        && (next == Some(b'&')
+                            || prev.is_some_and(|p| !p.is_ascii_whitespace())
+                            || next.is_some_and(|n| !n.is_ascii_whitespace()))
+                }
+                b'-' => next == Some(b'-'),
+                b'/' => next == Some(b'*'),
+                _ => false,
+            }
+        });
+    if marked {
+        return true;
+    }
+    // Otherwise some word must be SQL for libinjection to see more than barewords and strings.
+    v.split(|b| !(is_word(*b) || *b == b'@')).any(is_sql_word)
+}
+
+/// Words an injection without SQL punctuation needs at least one of (sorted): logic operators,
+/// statement and clause keywords, and the functions blind injections lean on.
+const SQL_WORDS: &[&[u8]; 78] = &[
+    b"all",
+    b"alter",
+    b"and",
+    b"as",
+    b"ascii",
+    b"benchmark",
+    b"between",
+    b"binary",
+    b"by",
+    b"case",
+    b"cast",
+    b"char",
+    b"collate",
+    b"concat",
+    b"convert",
+    b"count",
+    b"create",
+    b"database",
+    b"declare",
+    b"delete",
+    b"distinct",
+    b"div",
+    b"drop",
+    b"else",
+    b"end",
+    b"exec",
+    b"execute",
+    b"exists",
+    b"extractvalue",
+    b"false",
+    b"from",
+    b"glob",
+    b"group",
+    b"having",
+    b"if",
+    b"ifnull",
+    b"in",
+    b"insert",
+    b"into",
+    b"is",
+    b"isnull",
+    b"join",
+    b"like",
+    b"limit",
+    b"load_file",
+    b"match",
+    b"mod",
+    b"not",
+    b"null",
+    b"offset",
+    b"or",
+    b"order",
+    b"pg_sleep",
+    b"procedure",
+    b"regexp",
+    b"replace",
+    b"rlike",
+    b"select",
+    b"set",
+    b"shutdown",
+    b"sleep",
+    b"sounds",
+    b"substr",
+    b"substring",
+    b"table",
+    b"then",
+    b"true",
+    b"truncate",
+    b"union",
+    b"update",
+    b"updatexml",
+    b"user",
+    b"values",
+    b"version",
+    b"waitfor",
+    b"when",
+    b"where",
+    b"xor",
+];
+static SQL_WORD_KEYS: [u128; 78] = word_keys(SQL_WORDS);
+
+fn is_sql_word(w: &[u8]) -> bool {
+    if w.is_empty() || w.len() > 16 || w[0].is_ascii_digit() {
+        // `@var` and `@@version` are SQL by their sigil.
+        return w.first() == Some(&b'@');
+    }
+    w[0] == b'@' || has_word(&SQL_WORD_KEYS, w)
+}
+
+/// A view of the value as SQL words: comments and every kind of SQL whitespace between words
+/// are skipped, so `UNION/**/SELECT`, `UNION%0bSELECT` and `UNION#x\nSELECT` read alike.
+struct Words<'a> {
+    v: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Words<'a> {
+    /// Skips whitespace and comments from `i`; MySQL's `/*! ... */` is code, so only its marker
+    /// is skipped.
+    fn skip_gap(&self, mut i: usize) -> usize {
+        let v = self.v;
+        loop {
+            while i < v.len() && (v[i].is_ascii_whitespace() || matches!(v[i], 0x0b | 0xa0 | b'+' | 0)) {
+                i += 1;
+            }
+            if v[i..].starts_with(b"/*!") {
+                i += 3;
+                while i < v.len() && v[i].is_ascii_digit() {
+                    i += 1;
+                }
+            } else if v[i..].starts_with(b"/*") {
+                i = find_ci(v, b"*/", i + 2).map_or(v.len(), |e| e + 2);
+            } else if v[i..].starts_with(b"*/") {
+                i += 2;
+            } else if v[i..].starts_with(b"--") || v.get(i) == Some(&b'#') {
+                i = v[i..].iter().position(|&b| b == b'\n').map_or(v.len(), |n| i + n + 1);
+            } else {
+                return i;
+            }
+        }
+    }
+
+    /// The next word (letters, digits, `_`, `.`, `@`, `$`, `:`) or single other byte, and its span.
+    fn next(&mut self) -> Option<(&'a [u8], usize)> {
+        let start = self.skip_gap(self.i);
+        let v = self.v;
+        if start >= v.len() {
+            self.i = start;
+            return None;
+        }
+        let mut end = start;
+        while end < v.len() && (is_word(v[end]) || matches!(v[end], b'.' | b'@' | b'$')) {
+            end += 1;
+        }
+        if end == start {
+            end += 1;
+        }
+        self.i = end;
+        Some((&v[start..end], start))
+    }
+}
+
+fn eq(word: &[u8], kw: &[u8]) -> bool {
+    word.eq_ignore_ascii_case(kw)
+}
+
+/// Our own checks: SQL phrases and constructs that are SQL and rarely anything else, read
+/// through comments and odd whitespace.
+fn own_checks(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
+    if v.len() < 3 {
+        return None;
+    }
+    if shape.digit() {
+        if let Some(hit) = magic_number(v) {
+            return Some(hit);
+        }
+    }
+    // A single word: only a catalog name or the glued `unionselect` can be SQL.
+    if !shape.whitespace() && !shape.any(b"'\"`;()[]{}=<>|!#/*@$:+,") && !shape.control() {
+        if is_catalog(v) {
+            return Some(Hit::new(1, 0, v.len()));
+        }
+        return glued_union(v, level).or_else(|| if shape.any(b".:") { cast_or_number_trick(v) } else { None });
+    }
+    phrases(v, level)
+        .or_else(|| if shape.any(b"$") { nosql_operator(v) } else { None })
+        .or_else(|| if shape.any(b"'(") { json_operator(v) } else { None })
+        .or_else(|| if shape.any(b":.") { cast_or_number_trick(v) } else { None })
+        .or_else(|| if shape.any(b"'\"`") { quote_breakout(v) } else { None })
+        .or_else(|| find_ci(v, b"/*!", 0).map(|at| Hit::new(1, at, (at + 16).min(v.len()))))
+}
+
+/// The keywords the phrase checks look for (sorted): a word that is none of these, next to
+/// another such word, can start or end no phrase.
+const PHRASE_WORDS: &[&[u8]; 52] = &[
+    b"all",
+    b"alter",
+    b"analyse",
+    b"as",
+    b"by",
+    b"case",
+    b"column",
+    b"create",
+    b"database",
+    b"declare",
+    b"delay",
+    b"delete",
+    b"distinct",
+    b"distinctrow",
+    b"drop",
+    b"dumpfile",
+    b"exec",
+    b"execute",
+    b"from",
+    b"function",
+    b"grant",
+    b"group",
+    b"having",
+    b"if",
+    b"immediate",
+    b"index",
+    b"insert",
+    b"into",
+    b"like",
+    b"login",
+    b"outfile",
+    b"procedure",
+    b"regexp",
+    b"rename",
+    b"replace",
+    b"revoke",
+    b"rlike",
+    b"schema",
+    b"select",
+    b"set",
+    b"shutdown",
+    b"table",
+    b"time",
+    b"trigger",
+    b"truncate",
+    b"union",
+    b"update",
+    b"user",
+    b"values",
+    b"view",
+    b"waitfor",
+    b"when",
+];
+static PHRASE_WORD_KEYS: [u128; 52] = word_keys(PHRASE_WORDS);
+
+/// Word sequences, seen through a window of the last few SQL words.
+fn phrases(v: &[u8], level: u8) -> Option<Hit> {
+    let mut words = Words { v, i: 0 };
+    // The last five words, newest last, with whether each is a phrase keyword or punctuation.
+    let mut win: [(&[u8], usize, bool); 5] = [(b"", 0, false); 5];
+    let mut seen_group_by = false;
+    // Bounded: every step consumes at least one byte.
+    while let Some((w, at)) = words.next() {
+        let notable = (w.len() == 1 && !is_word(w[0])) || has_word(&PHRASE_WORD_KEYS, w);
+        win = [win[1], win[2], win[3], win[4], (w, at, notable)];
+        let [(p4, _, _), (p3, _, _), (p2, a2, _), (p1, a1, p1_notable), _] = win;
+        let end = at + w.len();
+        let hit = |lvl: u8, start: usize| (lvl <= level).then(|| Hit::new(lvl, start, end));
+        // Every phrase below involves a keyword or punctuation among the last two words; prose
+        // words between them only need the catalog check.
+        if !notable && !p1_notable {
+            if is_catalog(w) {
+                return hit(1, at);
+            }
+            continue;
+        }
+        // Two-word phrases, reported from their first word.
+        let pair = (eq(p1, b"union")
+            && (eq(w, b"select") || eq(w, b"all") || eq(w, b"distinct") || eq(w, b"distinctrow") || w == b"("))
+            || (eq(p1, b"into") && (eq(w, b"outfile") || eq(w, b"dumpfile")))
+            || (eq(p1, b"waitfor") && (eq(w, b"delay") || eq(w, b"time")))
+            || (w == b"(" && ((is_probe_function(p1) && probe_arguments(p1, &v[end..])) || is_catalog_function(p1)))
+            || (eq(p1, b"select") && (is_probe_function(w) || w.starts_with(b"@@")))
+            || ((eq(p1, b"exec") || eq(p1, b"execute")) && executes(w, Words { v, i: end }.next().map(|(n, _)| n)))
+            || (eq(p1, b"declare") && w.starts_with(b"@"))
+            || (eq(p1, b"procedure") && eq(w, b"analyse"))
+            || (p1 == b";" && is_statement(w) && (v[end..].starts_with(b"/*") || end == v.len()))
+            || (is_ddl(p1) && is_ddl_object(w))
+            || (is_quote(p1) && (eq(w, b"regexp") || eq(w, b"rlike")))
+            || (eq(p1, b"case") && eq(w, b"when"));
+        // Three-word phrases, reported from their first word.
+        let triple = (w == b"(" && eq(p2, b"select") && matches!(lookup_word_bytes(p1), Some(TokenType::Function)))
+            || (p2 == b";" && is_statement(p1) && statement_follow(w))
+            || ((eq(p2, b"insert") || eq(p2, b"replace"))
+                && eq(p1, b"into")
+                && (w == b"(" || w.iter().all(|&b| is_word(b) || b == b'.'))
+                && find_ci(&v[end..], b"values", 0).is_some())
+            || (eq(w, b"from") && is_quote(p1) && (eq(p4, b"as") || eq(p3, b"as") || eq(p2, b"as")))
+            || (p2 == b")" && eq(p1, b"like") && w == b"(")
+            || (eq(p2, b"if")
+                && p1 == b"("
+                && w.first().is_some_and(u8::is_ascii_digit)
+                && v.get(end..).is_some_and(|r| r.trim_ascii_start().starts_with(b"=")));
+        let found = if triple {
+            hit(1, a2)
+        } else if pair {
+            hit(1, a1)
+        } else if seen_group_by && eq(w, b"having") {
+            hit(1, at)
+        } else {
+            None
+        };
+        if found.is_some() {
+            return found;
+        }
+        if eq(p1, b"group") && eq(w, b"by") {
+            seen_group_by = true;
+        }
+        if is_catalog(w) {
+            return hit(1, at);
+        }
+    }
+    glued_union(v, level)
+}
+
+/// `unionselect`: the words glued together, then a FROM.
+fn glued_union(v: &[u8], level: u8) -> Option<Hit> {
+    let at = find_ci(v, b"unionselect", 0)?;
+    find_ci(v, b"from", at)?;
+    (1 <= level).then(|| Hit::new(1, at, (at + 24).min(v.len())))
+}
+
+/// The arguments of a probe function look like a probe: `sleep(5)`, `benchmark(9999,md5(1))`,
+/// `load_file('/etc/passwd')` (not `benchmark(2999 999` nor `sleep (well)`).
+fn probe_arguments(function: &[u8], after_paren: &[u8]) -> bool {
+    let mut words = Words { v: after_paren, i: 0 };
+    let Some((first, _)) = words.next() else { return false };
+    if eq(function, b"benchmark") {
+        return first.iter().all(u8::is_ascii_digit) && matches!(words.next(), Some((b",", _)));
+    }
+    if first.first().is_some_and(u8::is_ascii_digit) {
+        // A number closes the call or joins an expression: `sleep(5)`, not `sleep(8 hours`.
+        return matches!(words.next(), None | Some((b")" | b"," | b"*" | b"+" | b"-" | b"/", _)));
+    }
+    first.first().is_some_and(|b| matches!(b, b'(' | b'@' | b'\'' | b'"'))
+        || matches!(lookup_word_bytes(first), Some(TokenType::Function | TokenType::Keyword | TokenType::Expression))
+        || first == b")"
+}
+
+/// What follows EXEC that runs something: a stored procedure, a variable, dynamic SQL.
+fn executes(w: &[u8], next: Option<&[u8]>) -> bool {
+    starts_with_ci_word(w, b"xp_")
+        || starts_with_ci_word(w, b"sp_")
+        || eq(w, b"immediate")
+        || w.starts_with(b"@")
+        || starts_with_ci(w, b"master.")
+        || (w == b"(" && next.is_some_and(|n| n.starts_with(b"@") || is_quote(n) || eq(n, b"select")))
+}
+
+fn lookup_word_bytes(w: &[u8]) -> Option<TokenType> {
+    if w.is_empty() || w.len() > 32 {
+        return None;
+    }
+    std::str::from_utf8(w).ok().map(lookup_word)
+}
+
+fn is_quote(w: &[u8]) -> bool {
+    matches!(w, b"'" | b"\"" | b"`")
+}
+
+fn is_ddl(w: &[u8]) -> bool {
+    eq(w, b"create") || eq(w, b"alter") || eq(w, b"drop") || eq(w, b"truncate") || eq(w, b"rename")
+}
+
+fn is_ddl_object(w: &[u8]) -> bool {
+    const O: &[&[u8]] = &[
+        b"table",
+        b"database",
+        b"function",
+        b"procedure",
+        b"trigger",
+        b"schema",
+        b"view",
+        b"index",
+        b"user",
+        b"login",
+    ];
+    O.iter().any(|o| eq(w, o))
+}
+
+/// What may follow a statement keyword after `;` for it to be a stacked query.
+fn statement_follow(w: &[u8]) -> bool {
+    const F: &[&[u8]] = &[
+        b"into",
+        b"table",
+        b"from",
+        b"set",
+        b"values",
+        b"database",
+        b"function",
+        b"procedure",
+        b"view",
+        b"index",
+        b"trigger",
+        b"user",
+        b"column",
+        b"delay",
+        b"immediate",
+        b"(",
+        b"[",
+        b"@",
+        b"*",
+        b";",
+    ];
+    F.iter().any(|f| eq(w, f))
+        || w.starts_with(b"@")
+        || starts_with_ci_word(w, b"xp_")
+        || starts_with_ci_word(w, b"sp_")
+}
+
+/// MongoDB query operators where a parameter name, JSON key or value starts: `u_id[$ne]=1`,
+/// `{"$where": ...}`. Applications take them from users only by mistake.
+fn nosql_operator(v: &[u8]) -> Option<Hit> {
+    const OPS: &[&[u8]] = &[
+        b"ne",
+        b"eq",
+        b"gt",
+        b"gte",
+        b"lt",
+        b"lte",
+        b"in",
+        b"nin",
+        b"regex",
+        b"where",
+        b"exists",
+        b"elemmatch",
+        b"not",
+        b"nor",
+        b"or",
+        b"and",
+        b"text",
+        b"expr",
+        b"function",
+        b"accumulator",
+        b"size",
+        b"all",
+        b"type",
+        b"mod",
+        b"jsonschema",
+    ];
+    let mut from = 0;
+    while let Some(p) = v[from..].iter().position(|&b| b == b'$') {
+        let at = from + p;
+        from = at + 1;
+        let starts = at == 0 || matches!(v[at - 1], b'[' | b'{' | b'"' | b'\'');
+        if !starts {
+            continue;
+        }
+        let name_end = v[at + 1..].iter().position(|b| !b.is_ascii_alphabetic()).map_or(v.len(), |n| at + 1 + n);
+        let name = &v[at + 1..name_end];
+        let closes = v.get(name_end).is_none_or(|&b| matches!(b, b']' | b'"' | b'\'' | b':' | b' '));
+        if closes && OPS.iter().any(|o| name.eq_ignore_ascii_case(o)) {
+            return Some(Hit::new(1, at.saturating_sub(1), (name_end + 1).min(v.len())));
+        }
+    }
+    None
+}
+
+/// A quoted JSON literal used with a JSON operator (PostgreSQL `'{"a":1}'::jsonb @> ...`,
+/// `'[1,2]' ? '1'`, `-> '$.a'`), or a JSON function: how JSON-aware databases are injected
+/// past filters that only know classic SQL.
+fn json_operator(v: &[u8]) -> Option<Hit> {
+    for f in [&b"json_extract"[..], b"json_value", b"json_query", b"jsonb_path_query", b"json_contains", b"json_keys"] {
+        if let Some(at) = find_ci(v, f, 0) {
+            let rest = v[at + f.len()..].trim_ascii_start();
+            if rest.starts_with(b"(") {
+                return Some(Hit::new(1, at, (at + f.len() + 1).min(v.len())));
+            }
+        }
+    }
+    let mut from = 0;
+    while let Some(p) = v[from..].windows(2).position(|w| w[0] == b'\'' && matches!(w[1], b'{' | b'[')) {
+        let at = from + p;
+        from = at + 1;
+        let close = if v[at + 1] == b'{' { b'}' } else { b']' };
+        let Some(end) = v[at + 2..].windows(2).position(|w| w[0] == close && w[1] == b'\'').map(|e| at + 2 + e + 2)
+        else {
+            continue;
+        };
+        let rest = v[end..].trim_ascii_start();
+        const OPS: &[&[u8]] =
+            &[b"::json", b"<@", b"@>", b"->", b"#>", b"?|", b"?&", b"?", b"@?", b"@@", b"||", b"-", b"<", b">", b"="];
+        if OPS.iter().any(|o| rest.starts_with(o)) {
+            return Some(Hit::new(1, at, (end + 8).min(v.len())));
+        }
+        // What comes before: `OR '{...}'`, `= '{...}'`.
+        let before = v[..at].trim_ascii_end();
+        if before.len() >= 2
+            && (before.ends_with(b"<@")
+                || before.ends_with(b"@>")
+                || before.ends_with(b"->")
+                || before.ends_with(b"->>"))
+        {
+            return Some(Hit::new(1, at, (end + 8).min(v.len())));
+        }
+    }
+    None
+}
+
+/// PostgreSQL casts on an identifier or literal (`password::int`, `'x'::bool`) and MySQL's
+/// scientific-notation glue (`1.e(ascii`, `1.e.tables`).
+fn cast_or_number_trick(v: &[u8]) -> Option<Hit> {
+    const TYPES: &[&[u8]] = &[
+        b"int",
+        b"integer",
+        b"bigint",
+        b"smallint",
+        b"bool",
+        b"boolean",
+        b"text",
+        b"varchar",
+        b"char",
+        b"numeric",
+        b"float",
+        b"json",
+        b"jsonb",
+        b"bytea",
+        b"regclass",
+        b"oid",
+        b"date",
+        b"timestamp",
+        b"inet",
+        b"xml",
+        b"money",
+        b"real",
+        b"double",
+    ];
+    let mut from = 0;
+    while let Some(at) = find_ci(v, b"::", from) {
+        from = at + 2;
+        let before_ok = at > 0 && (is_word(v[at - 1]) || matches!(v[at - 1], b'\'' | b')' | b'"'));
+        let rest = &v[at + 2..];
+        let ty_end = rest.iter().position(|b| !b.is_ascii_alphanumeric()).unwrap_or(rest.len());
+        if before_ok && TYPES.iter().any(|t| rest[..ty_end].eq_ignore_ascii_case(t)) {
+            return Some(Hit::new(1, at.saturating_sub(12), (at + 2 + ty_end).min(v.len())));
+        }
+    }
+    for i in 1..v.len().saturating_sub(2) {
+        if v[i] == b'.'
+            && v[i - 1].is_ascii_digit()
+            && (i < 2 || !is_word(v[i - 2]) || v[i - 2].is_ascii_digit())
+            && matches!(v[i + 1], b'e' | b'E')
+            && matches!(v[i + 2], b'(' | b'.' | b',' | b')')
+        {
+            return Some(Hit::new(1, i - 1, (i + 8).min(v.len())));
+        }
+    }
+    None
+}
+
+/// Leaving a string: a token closed by a stray quote and a `;` (`admin@example.com';`), or
+/// two quoted strings compared (`x'='x`, `'a'!='b`).
+fn quote_breakout(v: &[u8]) -> Option<Hit> {
+    // `token';` at the end, the token without blanks, the quote unbalanced.
+    let t = v.trim_ascii_end();
+    if let Some(body) = t.strip_suffix(b";") {
+        let body = strip_trailing_comment(body.trim_ascii_end());
+        if let Some(&q) = body.last() {
+            if matches!(q, b'\'' | b'"' | b'`') {
+                let token = &body[..body.len() - 1];
+                let balanced = token.iter().filter(|&&b| b == q).count() % 2 == 1;
+                if !token.is_empty() && !balanced && !token.iter().any(u8::is_ascii_whitespace) {
+                    return Some(Hit::new(1, 0, t.len()));
+                }
+            }
+        }
+    }
+    // quote, comparison, quote, with a quote-closed token before.
+    for i in 1..v.len() {
+        if !matches!(v[i], b'\'' | b'"') || !is_word(v[i - 1]) {
+            continue;
+        }
+        let rest = &v[i + 1..];
+        let op_end = rest.iter().position(|b| !matches!(b, b'=' | b'!' | b'<' | b'>')).unwrap_or(rest.len());
+        let op = &rest[..op_end];
+        if matches!(op, b"=" | b"!=" | b"<>" | b"<=>") && rest.get(op_end) == Some(&v[i]) {
+            return Some(Hit::new(1, i - 1, (i + 2 + op_end + 2).min(v.len())));
+        }
+    }
+    None
+}
+
+fn strip_trailing_comment(v: &[u8]) -> &[u8] {
+    if v.ends_with(b"*/") {
+        if let Some(open) = v.windows(2).rposition(|w| w == b"/*") {
+            return v[..open].trim_ascii_end();
+        }
+    }
+    v
+}
+
+/// Boundary values that probe integer overflow or the PHP/Java float-parsing hang, sent alone.
+fn magic_number(v: &[u8]) -> Option<Hit> {
+    const N: &[&[u8]] = &[
+        b"4294967295",
+        b"4294967296",
+        b"2147483647",
+        b"2147483648",
+        b"-2147483648",
+        b"-2147483649",
+        b"9223372036854775807",
+        b"9223372036854775808",
+        b"18446744073709551615",
+        b"18446744073709551616",
+        b"2.2250738585072011e-308",
+        b"2.2250738585072012e-308",
+        b"1e309",
+    ];
+    let t = v.trim_ascii();
+    N.iter().any(|n| t.eq_ignore_ascii_case(n)).then(|| Hit::new(1, 0, v.len()))
+}
+
+fn starts_with_ci_word(w: &[u8], prefix: &[u8]) -> bool {
+    w.len() > prefix.len() && w[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// Functions whose only use in a parameter is probing a database (time delays, file reads,
+/// error-based extraction).
+fn is_probe_function(w: &[u8]) -> bool {
+    const F: &[&[u8]] = &[
+        b"sleep",
+        b"pg_sleep",
+        b"benchmark",
+        b"load_file",
+        b"extractvalue",
+        b"updatexml",
+        b"dbms_pipe.receive_message",
+        b"dbms_lock.sleep",
+        b"utl_inaddr.get_host_address",
+        b"utl_http.request",
+        b"randomblob",
+        b"xp_cmdshell",
+        b"group_concat",
+        b"json_keys",
+        b"gtid_subset",
+        b"name_const",
+    ];
+    F.iter().any(|f| eq(w, f))
+}
+
+/// Catalogs and system databases an application never names in a parameter (sorted).
+const CATALOGS: &[&[u8]] = &[
+    b"all_tab_columns",
+    b"all_tables",
+    b"information_schema",
+    b"msdb",
+    b"msysaccessobjects",
+    b"msysobjects",
+    b"msysqueries",
+    b"msysrelationships",
+    b"mysql.db",
+    b"mysql.user",
+    b"northwind",
+    b"pg_catalog",
+    b"pg_shadow",
+    b"pg_user",
+    b"schema_name",
+    b"sqlite_master",
+    b"sqlite_schema",
+    b"sqlite_temp_master",
+    b"sys.databases",
+    b"sys.objects",
+    b"sys.sql_logins",
+    b"sys.tables",
+    b"syscolumns",
+    b"sysdatabases",
+    b"sysobjects",
+    b"table_schema",
+    b"tempdb",
+    b"user_tab_columns",
+    b"user_tables",
+];
+
+/// A catalog name, alone or qualified (`information_schema.tables`), in any case.
+fn is_catalog(w: &[u8]) -> bool {
+    let Some(&first) = w.first() else { return false };
+    let first = first.to_ascii_lowercase();
+    let from = CATALOGS.partition_point(|c| c[0] < first);
+    CATALOGS[from..].iter().take_while(|c| c[0] == first).any(|c| {
+        w.len() >= c.len()
+            && w[..c.len()].eq_ignore_ascii_case(c)
+            && w.get(c.len()).is_none_or(|&b| b == b'.' || !is_word(b))
+    })
+}
+
+/// Functions that name the database itself.
+fn is_catalog_function(w: &[u8]) -> bool {
+    const F: &[&[u8]] = &[
+        b"database",
+        b"db_name",
+        b"schema",
+        b"user_name",
+        b"current_database",
+        b"current_schema",
+        b"lo_import",
+        b"lo_export",
+        b"lo_get",
+        b"lo_put",
+        b"pg_read_file",
+        b"pg_ls_dir",
+        b"div",
+        b"unistr",
+    ];
+    F.iter().any(|f| eq(w, f))
+}
+
+fn is_statement(w: &[u8]) -> bool {
+    const S: &[&[u8]] = &[
+        b"select",
+        b"insert",
+        b"update",
+        b"delete",
+        b"drop",
+        b"create",
+        b"alter",
+        b"truncate",
+        b"exec",
+        b"execute",
+        b"declare",
+        b"shutdown",
+        b"waitfor",
+        b"grant",
+        b"revoke",
+        b"replace",
+    ];
+    S.iter().any(|s| eq(w, s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sqli(s: &str, level: u8) -> bool {
+        check(s.as_bytes(), Shape::of(s.as_bytes()), true, level).is_some()
+    }
+
+    #[test]
+    fn ordinary_text_and_identifiers_pass() {
+        for s in [
+            "O'Brien",
+            "Jane O'Neil-Smith",
+            "hello world",
+            "The quick brown fox jumps over the lazy dog",
+            "Please select a size from the menu and update your order",
+            "550e8400-e29b-41d4-a716-446655440000",
+            "jane.doe+tag@example.com",
+            "https://example.com/a/b?c=d",
+            "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c",
+            "SGVsbG8gV29ybGQh",
+            "# Title\n\n- item one\n- item two\n\n**bold** and _italic_",
+            "2024-01-01T10:00:00Z",
+            "+44 20 7946 0958",
+            "I don't know",
+            "union station, platform 4",
+            "sleep well",
+            "drop me a line; I'll call",
+            "information about schemas",
+        ] {
+            assert!(!sqli(s, 1), "{s}");
+        }
+    }
+
+    #[test]
+    fn injections_are_caught_at_paranoia_one() {
+        for s in [
+            "1' OR '1'='1",
+            "1 OR 1=1",
+            "-1839' or '1'='1",
+            "1 union select password from users",
+            "1 UNION/**/SELECT 1,2,3",
+            "1 UnIoN%0bSeLeCt 1",
+            "1 into outfile '/tmp/x'",
+            "x' into dumpfile '/var/www/shell.php' --",
+            "1; waitfor delay '0:0:5'--",
+            "1 and sleep(5)",
+            "(select load_file('/etc/passwd'))",
+            "x' and extractvalue(1,concat(0x7e,version()))--",
+            "1 and 1 in (select table_name from information_schema.tables)",
+            "admin'--",
+            "1;exec xp_cmdshell 'dir'",
+        ] {
+            let s2 = String::from_utf8(super::super::decode::canonical(s.as_bytes()).into_owned()).unwrap();
+            assert!(sqli(&s2, 1), "{s}");
+        }
+    }
+
+    #[test]
+    fn the_prefilter_keeps_sql_words_and_skips_plain_tokens() {
+        let pass = |v: &[u8]| might_be_sql(v, Shape::of(v));
+        assert!(pass(b"select password from users where 1"));
+        assert!(pass(b"case when 1 then 2 end"));
+        assert!(pass(b"1 or 1"));
+        assert!(pass(b"x' or 1=1"));
+        assert!(!pass(b"hello world"));
+        assert!(!pass(b"221B Baker Street"));
+        assert!(!pass(b"550e8400-e29b-41d4-a716-446655440000"));
+        assert!(!pass(b"https://example.com/a?b=c&d=e"));
+        assert!(!pass(b"   "));
+        assert!(!pass(b"Conan O'Brien"));
+        assert!(!pass(b"Digestive biscuits (500 g)"));
+    }
+
+    #[test]
+    fn sql_words_are_sorted_lower_case_for_binary_search() {
+        assert!(SQL_WORDS.windows(2).all(|w| w[0] < w[1]));
+        assert!(SQL_WORDS.iter().all(|c| !c.iter().any(u8::is_ascii_uppercase) && c.len() <= 16));
+    }
+
+    #[test]
+    fn phrase_words_are_sorted_lower_case_for_binary_search() {
+        assert!(PHRASE_WORDS.windows(2).all(|w| w[0] < w[1]));
+        assert!(PHRASE_WORDS.iter().all(|c| !c.iter().any(u8::is_ascii_uppercase)));
+    }
+
+    #[test]
+    fn catalogs_are_sorted_lower_case_for_binary_search() {
+        assert!(CATALOGS.windows(2).all(|w| w[0] < w[1]));
+        assert!(CATALOGS.iter().all(|c| !c.iter().any(u8::is_ascii_uppercase)));
+    }
+
+    #[test]
+    fn stacked_statements_wait_for_paranoia_two() {
+        assert!(!sqli("fine; drop it", 1));
+        assert!(sqli("abc; drop table users", 2));
+    }
+}
