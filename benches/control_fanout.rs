@@ -182,7 +182,7 @@ async fn run(n: usize, rounds: usize, dir: &Path, pki: &Path, ca: &DevCa) {
     std::fs::write(
         &config,
         format!(
-            "identity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\ngrpc: {{listen: \"127.0.0.1:{port}\"}}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\npolicies: {{dir: \"{}\"}}\nevents: {{sink: \"file:{}\"}}\n",
+            "identity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\ngrpc: {{listen: \"127.0.0.1:{port}\"}}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\npolicies: {{dir: \"{}\", trustHelloLabels: true}}\nevents: {{sink: \"file:{}\"}}\n",
             control.cert.display(),
             control.key.display(),
             control.trust_bundle.display(),

@@ -18,6 +18,8 @@ use crate::telemetry::{LogLevel, Telemetry};
 use crate::tls::TlsStore;
 
 pub struct Admin {
+    /// The certificate from the control plane's CA, when that is where it comes from.
+    pub identity: Option<Arc<crate::channel::IdentityState>>,
     pub telemetry: Arc<Telemetry>,
     pub tls: Arc<TlsStore>,
     pub policy: Arc<PolicyStore>,
@@ -52,6 +54,18 @@ pub(crate) fn json_reply(status: StatusCode, value: serde_json::Value) -> Respon
 }
 
 impl Admin {
+    /// A certificate that a peer would accept: issued by the CA when that is the source, and
+    /// not past its end whatever the source.
+    fn identity_ready(&self) -> bool {
+        let now = std::time::SystemTime::now();
+        let expired = self.tls.current().credentials.not_after
+            <= now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        match &self.identity {
+            Some(state) => state.ready(now),
+            None => !expired,
+        }
+    }
+
     fn config_dump(&self) -> serde_json::Value {
         let tls = self.tls.current();
         let creds = &tls.credentials;
@@ -68,7 +82,12 @@ impl Admin {
                 "trustBundle": {"certificates": creds.bundle.len()},
                 "source": match self.tls.files() {
                     Some(files) => json!({"files": files}),
-                    None => json!({"controlPlane": {"issued": !creds.placeholder}}),
+                    None => json!({"controlPlane": self.identity.as_ref().map(|s| json!({
+                        "issued": !creds.placeholder,
+                        "renewals": s.renewals(),
+                        "failures": s.failures(),
+                        "lastError": s.last_error(),
+                    }))}),
                 },
             },
             "policy": {
@@ -112,6 +131,9 @@ impl ServeHttp for Admin {
         });
         match (method, path.as_str()) {
             (Method::GET, "/live") => text(StatusCode::OK, "live"),
+            (Method::GET, "/ready") if !self.identity_ready() => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no valid certificate (not yet issued, or expired)")
+            }
             (Method::GET, "/ready") if !self.policy.ready() => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no policy loaded yet (policy.failMode: closed)")
             }

@@ -86,6 +86,9 @@ struct Bound {
 
 /// Everything built from the configuration before any port is bound.
 struct Parts {
+    /// Where the certificate comes from when the control plane's CA signs it: the CA's
+    /// address, the identity it must present, and the token file.
+    identity: Option<IdentityFromCa>,
     /// The workload with its downward-API labels read.
     workload: crate::config::WorkloadConfig,
     channel: Option<Arc<ChannelState>>,
@@ -105,15 +108,28 @@ impl Parts {
             config.workload.clone()
         });
         let files = config.identity.files.clone().unwrap_or_default();
-        let identity_files = IdentityFiles {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
-            trust_bundle: files.trust_bundle.clone(),
-        };
         let trust_domain = &config.trust_domain.0;
-        let tls = TlsStore::load(identity_files, trust_domain, TrustDomains::new([trust_domain.as_str()]))
-            .map_err(|e| errors.push(ConfigError::new(Path::new(""), "identity.files", format!("{e:#}"))))
-            .ok();
+        let domains = TrustDomains::new([trust_domain.as_str()]);
+        let (tls, identity) = match &config.identity.control_plane {
+            Some(cp) => match from_control_plane(cp, trust_domain, &workload, domains) {
+                Ok((tls, client)) => (Some(tls), Some(client)),
+                Err((field, e)) => {
+                    errors.push(ConfigError::new(Path::new(""), &field, e));
+                    (None, None)
+                }
+            },
+            None => {
+                let identity_files = IdentityFiles {
+                    cert: files.cert.clone(),
+                    key: files.key.clone(),
+                    trust_bundle: files.trust_bundle.clone(),
+                };
+                let tls = TlsStore::load(identity_files, trust_domain, domains)
+                    .map_err(|e| errors.push(ConfigError::new(Path::new(""), "identity.files", format!("{e:#}"))))
+                    .ok();
+                (tls, None)
+            }
+        };
         let traces = TraceSettings::resolve(config.telemetry.otlp.as_ref(), &ProcessEnv, &workload).unwrap_or_default();
         let telemetry = Telemetry::new(&config.telemetry, traces)
             .map_err(|e| {
@@ -139,6 +155,7 @@ impl Parts {
         let policy = PolicyStore::load(options, telemetry.clone()).map_err(|mut e| errors.append(&mut e)).ok();
         match policy {
             Some(policy) if errors.is_empty() => Ok(Parts {
+                identity,
                 workload,
                 channel: config.policy.control_plane.as_ref().map(|_| Arc::new(ChannelState::default())),
                 telemetry,
@@ -149,6 +166,54 @@ impl Parts {
             _ => Err(StartError::Config(errors)),
         }
     }
+}
+
+/// A sidecar's certificate from the control plane's CA: where the CA is, and what proves this
+/// workload to it.
+struct IdentityFromCa {
+    host: String,
+    port: u16,
+    expected: crate::identity::SpiffeId,
+    own: crate::identity::SpiffeId,
+    token_file: std::path::PathBuf,
+    state: Arc<crate::channel::IdentityState>,
+}
+
+/// A store that starts with a placeholder beside the roots given (trustAnchors, else the
+/// trustBundle file), and what the identity client needs to replace it.
+fn from_control_plane(
+    cp: &crate::config::IdentityFromControlPlane,
+    trust_domain: &str,
+    workload: &crate::config::WorkloadConfig,
+    domains: TrustDomains,
+) -> Result<(TlsStore, IdentityFromCa), (String, String)> {
+    use rustls_pki_types::pem::PemObject;
+    let field = |f: &str| format!("identity.controlPlane.{f}");
+    let (host, port) = crate::channel::parse_address(&cp.address).map_err(|e| (field("address"), e))?;
+    let (pem, from) = match &cp.trust_anchors {
+        Some(pem) => (pem.clone().into_bytes(), "trustAnchors"),
+        None => (
+            std::fs::read(&cp.trust_bundle)
+                .map_err(|e| (field("trustBundle"), format!("{}: {e}", cp.trust_bundle.display())))?,
+            "trustBundle",
+        ),
+    };
+    let roots: Vec<rustls_pki_types::CertificateDer<'static>> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| (field(from), format!("not PEM certificates: {e}")))?;
+    let own = crate::identity::SpiffeId::for_workload(trust_domain, &workload.namespace, &workload.service_account)
+        .map_err(|e| ("workload".to_string(), e.to_string()))?;
+    let tls = TlsStore::bootstrap(&own, roots, domains).map_err(|e| (field(from), e.to_string()))?;
+    let expected = crate::channel::default_identity(trust_domain);
+    let identity = IdentityFromCa {
+        host,
+        port,
+        expected,
+        own,
+        token_file: cp.token_file.clone(),
+        state: Arc::new(crate::channel::IdentityState::default()),
+    };
+    Ok((tls, identity))
 }
 
 fn proxy_app<P: ProxyHttp>(conf: &Arc<ServerConf>, inner: P) -> Arc<pingora::proxy::HttpProxy<P>> {
@@ -169,14 +234,16 @@ async fn run(
     drain: Duration,
     options: RunOptions,
 ) {
-    let Parts { workload, channel, telemetry, tls, policy, reload_interval } = parts;
+    let Parts { identity, workload, channel, telemetry, tls, policy, reload_interval } = parts;
     let [inbound_listener, outbound_listener, admin_listener] =
         listeners.map(|l| TcpListener::from_std(l).expect("listener joins the runtime"));
     // pingora builds a TLS connector per proxy and, without a CA file, parses the platform's
     // whole public root store into it. Sidecars never use that connector (both hops are ours),
     // and a mesh proxy should trust no public CA anyway: point it at the mesh's bundle.
-    let conf =
-        Arc::new(ServerConf { ca_file: tls.files().map(|f| f.trust_bundle.display().to_string()), ..ServerConf::default() });
+    let conf = Arc::new(ServerConf {
+        ca_file: tls.files().map(|f| f.trust_bundle.display().to_string()),
+        ..ServerConf::default()
+    });
     let readiness = Arc::new(Readiness::default());
     let data_path = ConnectionTracker::default();
 
@@ -200,7 +267,9 @@ async fn run(
             telemetry.clone(),
         ),
     );
+    let identity_state = identity.as_ref().map(|i| i.state.clone());
     let admin = Arc::new(Admin {
+        identity: identity_state.clone(),
         telemetry: telemetry.clone(),
         tls: tls.clone(),
         policy: policy.clone(),
@@ -242,6 +311,19 @@ async fn run(
         admin_stop_rx,
     ));
     tokio::spawn(watch_certificates(tls.clone(), telemetry.clone(), reload_interval, stop.clone()));
+    if let Some(identity) = identity {
+        let client = crate::channel::IdentityClient {
+            host: identity.host,
+            port: identity.port,
+            expected: identity.expected,
+            own: identity.own,
+            token_file: identity.token_file,
+            tls: tls.clone(),
+            telemetry: telemetry.clone(),
+            state: identity.state,
+        };
+        tokio::spawn(client.run(stop.clone()));
+    }
     tokio::spawn(watch_policy(policy.clone(), reload_interval, stop.clone()));
     if let (Some(address), Some(state)) = (&config.policy.control_plane, &channel) {
         let expected = match &config.policy.control_plane_identity {
@@ -260,6 +342,7 @@ async fn run(
             workload,
             node,
             token_file: config.identity.control_plane.as_ref().map(|cp| cp.token_file.clone()),
+            identity: identity_state.clone(),
             telemetry: telemetry.clone(),
             state: state.clone(),
         };

@@ -2,6 +2,7 @@
 //! TLS, kept open and reconnected with backoff ([`policy`]), to a control plane verified by
 //! its SPIFFE ID ([`connector`]).
 
+mod identity;
 mod policy;
 
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+pub use identity::{parse_address, IdentityClient, IdentityState};
 pub use policy::{ChannelState, PolicyChannel};
 
 use crate::identity::SpiffeId;
@@ -50,4 +52,49 @@ pub fn connector(
             Err(last)
         }
     })
+}
+
+/// Jittered exponential backoff: each delay is between half and all of a step that doubles up to
+/// a ceiling, so sidecars that lost their control plane together do not return together.
+pub(crate) struct Backoff {
+    first: Duration,
+    longest: Duration,
+    step: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(first: Duration, longest: Duration) -> Self {
+        Backoff { first, longest, step: first }
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.step = self.first;
+    }
+
+    pub(crate) fn next(&mut self) -> Duration {
+        let step = self.step;
+        self.step = (step * 2).min(self.longest);
+        let mut random = [0u8; 4];
+        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+        let fraction = u32::from_le_bytes(random) as f64 / u32::MAX as f64;
+        step / 2 + step.mul_f64(fraction / 2.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_its_ceiling_with_jitter_and_resets() {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        let delays: Vec<Duration> = (0..8).map(|_| backoff.next()).collect();
+        for (delay, step) in delays.iter().zip([100u64, 200, 400, 800, 1000, 1000, 1000, 1000]) {
+            let step = Duration::from_millis(step);
+            assert!(*delay >= step / 2 && *delay <= step, "{delay:?} for a step of {step:?}");
+        }
+        assert!(delays[4..].windows(2).any(|w| w[0] != w[1]), "jittered: {delays:?}");
+        backoff.reset();
+        assert!(backoff.next() <= Duration::from_millis(100));
+    }
 }

@@ -14,8 +14,8 @@ mod sidecar;
 mod types;
 
 pub use control::{
-    CaConfig, ControlConfig, ControlIdentityFiles, JwksSourceConfig, Listen, PolicyDirConfig, TokenReviewConfig,
-    TokensConfig, WebhookConfig,
+    CaConfig, ControlConfig, ControlIdentityFiles, JwksSourceConfig, KubernetesConfig, Listen, PolicyDirConfig,
+    TokenReviewConfig, TokensConfig, WebhookConfig,
 };
 pub use env::{Env, ProcessEnv};
 pub use inject::{

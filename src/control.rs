@@ -15,6 +15,7 @@ pub mod plane;
 mod server;
 mod status;
 mod transport;
+mod workload_ca;
 
 pub use catalog::{Catalog, PolicyDirectory};
 pub use plane::ControlPlane;

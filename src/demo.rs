@@ -99,7 +99,7 @@ fn spawn_control(
     std::fs::write(
         &config,
         format!(
-            "trustDomain: {TRUST_DOMAIN}\nidentity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\ngrpc: {{listen: \"127.0.0.1:{grpc}\"}}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\npolicies: {{dir: \"{}\", pollInterval: 100ms}}\nevents: {{sink: \"file:{}\"}}\n",
+            "trustDomain: {TRUST_DOMAIN}\nidentity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\ngrpc: {{listen: \"127.0.0.1:{grpc}\"}}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\npolicies: {{dir: \"{}\", pollInterval: 100ms, trustHelloLabels: true}}\nevents: {{sink: \"file:{}\"}}\n",
             files.cert.display(),
             files.key.display(),
             files.trust_bundle.display(),

@@ -44,7 +44,7 @@ impl ControlPlane {
             format!(
                 "trustDomain: {TD}\nidentity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\n\
                  grpc: {{listen: \"127.0.0.1:{grpc}\"}}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n\
-                 policies: {{dir: \"{}\", pollInterval: 100ms}}\nevents: {{sink: \"file:{}\"}}\n",
+                 policies: {{dir: \"{}\", pollInterval: 100ms, trustHelloLabels: true}}\nevents: {{sink: \"file:{}\"}}\n",
                 files.cert.display(),
                 files.key.display(),
                 files.trust_bundle.display(),

@@ -274,7 +274,7 @@ async fn the_control_plane_refuses_hostile_files_keeps_serving_and_exits_on_sigt
         format!(
             "identity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\n\
              grpc: {{listen: \"127.0.0.1:{grpc}\"}}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n\
-             policies: {{dir: \"{}\", pollInterval: 100ms}}\nevents: {{sink: stderr}}\n",
+             policies: {{dir: \"{}\", pollInterval: 100ms, trustHelloLabels: true}}\nevents: {{sink: stderr}}\n",
             control.cert.display(),
             control.key.display(),
             control.trust_bundle.display(),

@@ -46,8 +46,9 @@ impl KubeApi {
     /// The API server as a pod sees it: `KUBERNETES_SERVICE_HOST`/`_PORT`, the service
     /// account's CA and token.
     pub fn in_cluster() -> Result<KubeApi, String> {
-        let host = std::env::var("KUBERNETES_SERVICE_HOST")
-            .map_err(|_| "KUBERNETES_SERVICE_HOST is not set: not running in a pod; give the API server's url".to_string())?;
+        let host = std::env::var("KUBERNETES_SERVICE_HOST").map_err(|_| {
+            "KUBERNETES_SERVICE_HOST is not set: not running in a pod; give the API server's url".to_string()
+        })?;
         let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_else(|_| "443".into());
         let host = if host.contains(':') { format!("[{host}]") } else { host };
         let dir = Path::new(SERVICE_ACCOUNT_DIR);
@@ -62,7 +63,9 @@ impl KubeApi {
         let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
         let https = match uri.scheme_str() {
             Some("https") => true,
-            Some("http") if host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) || host == "localhost" => {
+            Some("http")
+                if host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) || host == "localhost" =>
+            {
                 false
             }
             _ => return Err(format!("{url}: the API server is reached over https (plain http on loopback only)")),
@@ -81,11 +84,12 @@ impl KubeApi {
             if roots.is_empty() {
                 return Err(format!("{url}: give the API server's CA (caFile)"));
             }
-            let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            let config =
+                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| e.to_string())?
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
             let name = ServerName::try_from(host.clone()).map_err(|e| format!("{url}: {e}"))?;
             Some((TlsConnector::from(Arc::new(config)), name))
         } else {
@@ -120,7 +124,8 @@ impl KubeApi {
                 Refused::Token(error)
             });
         }
-        let audiences: Vec<&str> = result["audiences"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        let audiences: Vec<&str> =
+            result["audiences"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
         if !audiences.is_empty() && !audiences.contains(&audience) {
             return Err(Refused::Audience(format!("the API server validated it for {audiences:?}")));
         }
@@ -181,7 +186,8 @@ impl KubeApi {
         let request = request.body(Full::new(bytes)).map_err(|e| e.to_string())?;
         let response = match &self.tls {
             Some((connector, name)) => {
-                let tls = connector.connect(name.clone(), tcp).await.map_err(|e| format!("TLS to the API server: {e}"))?;
+                let tls =
+                    connector.connect(name.clone(), tcp).await.map_err(|e| format!("TLS to the API server: {e}"))?;
                 send(TokioIo::new(tls), request).await?
             }
             None => send(TokioIo::new(tcp), request).await?,

@@ -83,7 +83,8 @@ impl CaService {
 impl Certificates for CaService {
     async fn sign(&self, request: Request<SignRequest>) -> Result<Response<SignResponse>, Status> {
         let started = Instant::now();
-        let peer: Option<SocketAddr> = request.remote_addr();
+        // The CA's listener records each connection's address (control/transport.rs).
+        let peer: Option<SocketAddr> = request.extensions().get::<Option<SocketAddr>>().copied().flatten();
         let request = request.into_inner();
         let outcome = self.issue(&request).await;
         self.metrics.duration.observe(started.elapsed().as_secs_f64());

@@ -145,6 +145,28 @@ impl CaSigner {
     }
 }
 
+impl CaSigner {
+    /// A certificate for the control plane itself (or any identity the CA's owner vouches for,
+    /// no token involved): a key made here, signed at once.
+    pub fn issue_own(&self, identity: &SpiffeId, ttl: Duration) -> Result<crate::tls::Credentials, String> {
+        let key = KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names =
+            vec![SanType::URI(identity.as_str().try_into().map_err(|e: rcgen::Error| e.to_string())?)];
+        let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
+        let issued = self.sign(csr.der(), identity, ttl, SystemTime::now()).map_err(|e| e.to_string())?;
+        let key = PrivateKeyDer::Pkcs8(rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()));
+        crate::tls::Credentials::from_memory(
+            issued.chain,
+            key,
+            issued.trust_bundle,
+            &self.trust_domain,
+            Path::new("the control plane's own CA"),
+        )
+        .map_err(|e| e.to_string())
+    }
+}
+
 /// What a certification request asks for, checked before anything is signed.
 fn check_request(csr: &[u8], identity: &SpiffeId) -> Result<(), Refused> {
     let (_, request) = x509_parser::certification_request::X509CertificationRequest::from_der(csr)
@@ -176,7 +198,9 @@ fn check_request(csr: &[u8], identity: &SpiffeId) -> Result<(), Refused> {
                 }
             }
             other => {
-                return Err(Refused::Csr(format!("the request asks for an extension the CA does not grant ({other:?})")))
+                return Err(Refused::Csr(format!(
+                    "the request asks for an extension the CA does not grant ({other:?})"
+                )))
             }
         }
     }
@@ -233,7 +257,9 @@ impl rcgen::RemoteKeyPair for RsaPkcs1 {
 fn spiffe_trust_domain(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
     cert.subject_alternative_name().ok().flatten().and_then(|san| {
         san.value.general_names.iter().find_map(|name| match name {
-            GeneralName::URI(uri) => uri.strip_prefix("spiffe://").map(|rest| rest.split('/').next().unwrap_or(rest).to_string()),
+            GeneralName::URI(uri) => {
+                uri.strip_prefix("spiffe://").map(|rest| rest.split('/').next().unwrap_or(rest).to_string())
+            }
             _ => None,
         })
     })
@@ -253,4 +279,174 @@ fn to_system_time(unix: i64) -> SystemTime {
 fn to_offset(t: SystemTime) -> time::OffsetDateTime {
     let secs = t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
     time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{DevCa, LeafSpec};
+
+    fn ca(dir: &Path) -> CaSigner {
+        let dev = DevCa::generate("cluster.local").unwrap();
+        let files = dev.write(dir).unwrap();
+        CaSigner::load(&CaFiles { cert: files.cert, key: files.key, trust_bundle: None }, "cluster.local").unwrap()
+    }
+
+    fn id(sa: &str) -> SpiffeId {
+        SpiffeId::parse(&format!("spiffe://cluster.local/ns/shop/sa/{sa}")).unwrap()
+    }
+
+    fn request(params: CertificateParams) -> Vec<u8> {
+        let key = KeyPair::generate().unwrap();
+        params.serialize_request(&key).unwrap().der().to_vec()
+    }
+
+    fn asking_for(names: Vec<SanType>) -> Vec<u8> {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = names;
+        request(params)
+    }
+
+    fn uri(s: &str) -> SanType {
+        SanType::URI(s.try_into().unwrap())
+    }
+
+    #[test]
+    fn a_request_for_the_proven_identity_gets_a_short_lived_workload_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = ca(dir.path());
+        let now = SystemTime::now();
+        let issued = signer
+            .sign(
+                &asking_for(vec![uri("spiffe://cluster.local/ns/shop/sa/orders")]),
+                &id("orders"),
+                Duration::from_secs(3600),
+                now,
+            )
+            .unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&issued.chain[0]).unwrap();
+        let names: Vec<String> = cert
+            .subject_alternative_name()
+            .unwrap()
+            .unwrap()
+            .value
+            .general_names
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(names, ["URI(spiffe://cluster.local/ns/shop/sa/orders)"]);
+        assert!(!cert.is_ca());
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.server_auth && eku.client_auth);
+        let life = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
+        assert_eq!(life, 3600 + 60, "the hour asked for, and a minute of slack before now");
+        // It chains to the bundle handed out with it.
+        let roots = {
+            let mut r = rustls::RootCertStore::empty();
+            r.add(issued.trust_bundle[0].clone()).unwrap();
+            r
+        };
+        let parsed = rustls::server::ParsedCertificate::try_from(&issued.chain[0]).unwrap();
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &roots,
+            &issued.chain[1..],
+            rustls_pki_types::UnixTime::now(),
+            rustls::crypto::ring::default_provider().signature_verification_algorithms.all,
+        )
+        .unwrap();
+        // A request naming nothing gets the proven identity too.
+        assert!(signer.sign(&asking_for(vec![]), &id("orders"), Duration::from_secs(60), now).is_ok());
+    }
+
+    #[test]
+    fn requests_for_anything_more_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = ca(dir.path());
+        let ttl = Duration::from_secs(60);
+        let now = SystemTime::now();
+        let refusal = |csr: Vec<u8>| signer.sign(&csr, &id("orders"), ttl, now).unwrap_err().to_string();
+
+        let other = refusal(asking_for(vec![uri("spiffe://cluster.local/ns/shop/sa/payments")]));
+        assert!(
+            other.contains("asks for spiffe://cluster.local/ns/shop/sa/payments") && other.contains("proves"),
+            "{other}"
+        );
+        let dns = refusal(asking_for(vec![
+            uri("spiffe://cluster.local/ns/shop/sa/orders"),
+            SanType::DnsName("orders.shop".try_into().unwrap()),
+        ]));
+        assert!(dns.contains("SPIFFE ID only"), "{dns}");
+        // basicConstraints (2.5.29.19) with cA TRUE: SEQUENCE { BOOLEAN TRUE }.
+        let mut ca_params = CertificateParams::default();
+        ca_params.custom_extensions =
+            vec![rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 19], vec![0x30, 0x03, 0x01, 0x01, 0xff])];
+        let ca_request = refusal(request(ca_params));
+        assert!(ca_request.contains("CA certificate"), "{ca_request}");
+        let mut tampered = asking_for(vec![uri("spiffe://cluster.local/ns/shop/sa/orders")]);
+        let at = tampered.len() - 10;
+        tampered[at] ^= 0xff;
+        let bad = refusal(tampered);
+        assert!(bad.contains("signature") || bad.contains("PKCS#10"), "{bad}");
+        assert!(refusal(b"not a request".to_vec()).contains("PKCS#10"));
+    }
+
+    #[test]
+    fn certificates_never_outlive_the_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = ca(dir.path());
+        let far = Duration::from_secs(3650 * 24 * 3600 * 2);
+        let issued = signer.sign(&asking_for(vec![]), &id("orders"), far, SystemTime::now()).unwrap();
+        assert!(issued.not_after <= signer.not_after);
+    }
+
+    #[test]
+    fn an_rsa_ca_in_pkcs1_as_helm_writes_it_signs() {
+        // An independent tool makes the CA: Python's cryptography, RSA 2048, PKCS#1 PEM.
+        let dir = tempfile::tempdir().unwrap();
+        let script = r#"
+import datetime, sys
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "palisade-ca")])
+now = datetime.datetime.now(datetime.timezone.utc)
+cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+    .not_valid_after(now + datetime.timedelta(days=365))
+    .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False,
+        decipher_only=False), critical=True)
+    .sign(key, hashes.SHA256()))
+open(sys.argv[1] + "/ca.crt", "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+open(sys.argv[1] + "/ca.key", "wb").write(key.private_bytes(serialization.Encoding.PEM,
+    serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
+"#;
+        let out = std::process::Command::new("python3").arg("-c").arg(script).arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let key = std::fs::read_to_string(dir.path().join("ca.key")).unwrap();
+        assert!(key.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "PKCS#1, as genCA writes");
+        let files = CaFiles { cert: dir.path().join("ca.crt"), key: dir.path().join("ca.key"), trust_bundle: None };
+        let signer = CaSigner::load(&files, "cluster.local").unwrap();
+        let credentials = signer.issue_own(&id("orders"), Duration::from_secs(600)).unwrap();
+        assert_eq!(credentials.id, id("orders"), "checked against the bundle on the way in");
+    }
+
+    #[test]
+    fn a_key_that_is_not_the_cas_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = DevCa::generate("cluster.local").unwrap().write(&dir.path().join("one")).unwrap();
+        let two = DevCa::generate("cluster.local").unwrap().write(&dir.path().join("two")).unwrap();
+        let files = CaFiles { cert: one.cert, key: two.key, trust_bundle: None };
+        let err = CaSigner::load(&files, "cluster.local").err().unwrap().to_string();
+        assert!(err.contains("is not the key of"), "{err}");
+        let leaf = DevCa::generate("cluster.local").unwrap();
+        let leaf_files =
+            leaf.issue_to(&LeafSpec::workload("spiffe://cluster.local/ns/a/sa/b"), &dir.path().join("leaf")).unwrap();
+        let files = CaFiles { cert: leaf_files.cert, key: leaf_files.key, trust_bundle: None };
+        assert!(CaSigner::load(&files, "cluster.local").err().unwrap().to_string().contains("not a CA certificate"));
+    }
 }

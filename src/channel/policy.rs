@@ -59,6 +59,10 @@ pub struct PolicyChannel {
     /// lets the control plane read this pod's labels from the API server instead of trusting
     /// the ones the Hello claims.
     pub token_file: Option<std::path::PathBuf>,
+    /// The certificate from the control plane's CA, when that is where it comes from: the
+    /// stream waits for it (the placeholder would be refused), and a trust bundle this
+    /// certificate no longer chains to asks it to be renewed.
+    pub identity: Option<Arc<super::IdentityState>>,
     pub telemetry: Arc<Telemetry>,
     pub state: Arc<ChannelState>,
 }
@@ -66,7 +70,7 @@ pub struct PolicyChannel {
 impl PolicyChannel {
     /// Runs until `stop`.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new(FIRST_RETRY, LONGEST_RETRY);
+        let mut backoff = super::Backoff::new(FIRST_RETRY, LONGEST_RETRY);
         loop {
             let outcome = tokio::select! {
                 outcome = self.session(&mut backoff) => outcome,
@@ -85,12 +89,40 @@ impl PolicyChannel {
         }
     }
 
+    /// Roots from the control plane (a CA rotation): put in force beside the certificate when
+    /// the certificate comes from the CA; a certificate they do not cover is renewed first.
+    fn trust(&self, roots: Vec<Vec<u8>>) {
+        if self.tls.files().is_some() {
+            return; // the trust bundle file rules
+        }
+        let roots: Vec<rustls_pki_types::CertificateDer<'static>> =
+            roots.into_iter().map(rustls_pki_types::CertificateDer::from).collect();
+        if roots.is_empty() || roots == self.tls.current().credentials.bundle {
+            return;
+        }
+        let source = std::path::Path::new("the control plane's trust bundle");
+        match self.tls.current().credentials.with_bundle(roots, source).and_then(|c| self.tls.install(c)) {
+            Ok(state) => {
+                tracing::info!(roots = state.credentials.bundle.len(), "trust bundle from the control plane in force")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the certificate in force does not chain to the new roots; renewing it");
+                if let Some(identity) = &self.identity {
+                    identity.renew_soon();
+                }
+            }
+        }
+    }
+
     fn set_connected(&self, connected: bool) {
         self.state.connected.store(connected, Ordering::Release);
         self.telemetry.metrics.control_plane_connected.set(connected as i64);
     }
 
-    async fn session(&self, backoff: &mut Backoff) -> Result<(), String> {
+    async fn session(&self, backoff: &mut super::Backoff) -> Result<(), String> {
+        if let Some(identity) = &self.identity {
+            identity.wait_issued().await;
+        }
         self.state.attempts.fetch_add(1, Ordering::AcqRel);
         let connector =
             super::connector(self.address.host.clone(), self.address.port, self.expected.clone(), self.tls.clone());
@@ -130,7 +162,14 @@ impl PolicyChannel {
             let Some(received) = inbound.message().await.map_err(|s| format!("stream broke: {}", s.message()))? else {
                 return Ok(());
             };
-            let Some(control_message::Kind::Snapshot(snapshot)) = received.kind else { continue };
+            let snapshot = match received.kind {
+                Some(control_message::Kind::Snapshot(snapshot)) => snapshot,
+                Some(control_message::Kind::TrustBundle(bundle)) => {
+                    self.trust(bundle.roots);
+                    continue;
+                }
+                None => continue,
+            };
             let version = snapshot.version;
             let documents: Vec<(String, bytes::Bytes)> =
                 snapshot.policies.into_iter().map(|p| (p.source, p.document)).collect();
@@ -156,7 +195,7 @@ fn message(kind: sidecar_message::Kind) -> SidecarMessage {
 }
 
 /// An error and its causes on one line (tonic's own message is only "transport error").
-fn chain(e: &dyn std::error::Error) -> String {
+pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -172,31 +211,6 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// Exponential backoff with jitter: each delay is drawn from the upper half of the current
 /// step, so a control plane restart does not see every sidecar return at the same instant.
-struct Backoff {
-    first: Duration,
-    longest: Duration,
-    step: Duration,
-}
-
-impl Backoff {
-    fn new(first: Duration, longest: Duration) -> Self {
-        Backoff { first, longest, step: first }
-    }
-
-    fn reset(&mut self) {
-        self.step = self.first;
-    }
-
-    fn next(&mut self) -> Duration {
-        let step = self.step;
-        self.step = (step * 2).min(self.longest);
-        let mut random = [0u8; 4];
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
-        let fraction = u32::from_le_bytes(random) as f64 / u32::MAX as f64;
-        step / 2 + step.mul_f64(fraction / 2.0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +262,7 @@ mod tests {
             workload: WorkloadConfig::default(),
             node: "test".into(),
             token_file: None,
+            identity: None,
             telemetry,
             state: state.clone(),
         };
@@ -265,18 +280,5 @@ mod tests {
         assert!(!state.connected() && state.last_error().is_some_and(|e| e.contains("127.0.0.1:1")));
         stop.send_replace(true);
         task.await.unwrap();
-    }
-
-    #[test]
-    fn backoff_doubles_to_its_ceiling_with_jitter_and_resets() {
-        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let delays: Vec<Duration> = (0..8).map(|_| backoff.next()).collect();
-        for (delay, step) in delays.iter().zip([100u64, 200, 400, 800, 1000, 1000, 1000, 1000]) {
-            let step = Duration::from_millis(step);
-            assert!(*delay >= step / 2 && *delay <= step, "{delay:?} for a step of {step:?}");
-        }
-        assert!(delays[4..].windows(2).any(|w| w[0] != w[1]), "jittered: {delays:?}");
-        backoff.reset();
-        assert!(backoff.next() <= Duration::from_millis(100));
     }
 }

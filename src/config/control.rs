@@ -15,6 +15,8 @@ pub struct ControlConfig {
     pub grpc: Listen,
     /// The workload CA (SPEC section 8); without it, sidecars use certificates from files.
     pub ca: Option<CaConfig>,
+    /// The API server (TokenReview, pods' labels); in a pod, found without this section.
+    pub kubernetes: Option<KubernetesConfig>,
     /// The injection webhook (SPEC section 9).
     pub webhook: Option<WebhookConfig>,
     pub admin: Listen,
@@ -30,6 +32,7 @@ impl Default for ControlConfig {
             identity: ControlIdentity::default(),
             grpc: Listen { listen: "0.0.0.0:15010".parse().expect("default") },
             ca: None,
+            kubernetes: None,
             webhook: None,
             admin: Listen { listen: "0.0.0.0:15014".parse().expect("default") },
             policies: PolicyDirConfig::default(),
@@ -38,10 +41,18 @@ impl Default for ControlConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct ControlIdentity {
-    pub files: ControlIdentityFiles,
+    /// The control plane's own certificate. Without it (`files: null`), a control plane with a
+    /// `ca` signs its own certificate and renews it, and nothing needs to be mounted.
+    pub files: Option<ControlIdentityFiles>,
+}
+
+impl Default for ControlIdentity {
+    fn default() -> Self {
+        ControlIdentity { files: Some(ControlIdentityFiles::default()) }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +89,10 @@ pub struct PolicyDirConfig {
     pub dir: PathBuf,
     /// How often the directory is read; a change reaches the sidecars within about this long.
     pub poll_interval: HumanDuration,
+    /// Select policies by the labels a sidecar's Hello claims when it sends no token to prove
+    /// its pod (local meshes, certificates from files). Off by default: in a cluster the labels
+    /// come from the API server, for the pod the sidecar's token names.
+    pub trust_hello_labels: bool,
 }
 
 impl Default for PolicyDirConfig {
@@ -85,6 +100,7 @@ impl Default for PolicyDirConfig {
         PolicyDirConfig {
             dir: "/etc/palisade/policies".into(),
             poll_interval: HumanDuration(std::time::Duration::from_millis(250)),
+            trust_hello_labels: false,
         }
     }
 }
@@ -98,6 +114,9 @@ pub struct CaConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub cert_ttl: HumanDuration,
+    /// The roots workloads trust, when not the CA certificate's own (an intermediate CA, or a
+    /// rotation: the old root and the new one side by side).
+    pub trust_bundle: Option<PathBuf>,
     pub tokens: TokensConfig,
 }
 
@@ -108,6 +127,7 @@ impl Default for CaConfig {
             cert: "/etc/palisade/ca/ca.crt".into(),
             key: "/etc/palisade/ca/ca.key".into(),
             cert_ttl: HumanDuration(std::time::Duration::from_secs(24 * 3600)),
+            trust_bundle: None,
             tokens: TokensConfig::default(),
         }
     }
@@ -129,16 +149,33 @@ impl Default for TokensConfig {
     }
 }
 
-/// The API server's TokenReview; every setting from the in-cluster environment by default.
+/// The API server's TokenReview (at the API server of `kubernetes`).
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct TokenReviewConfig {}
 
+/// Offline checks against the service-account issuer's keys.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct JwksSourceConfig {
     pub file: Option<PathBuf>,
     pub uri: Option<String>,
+    /// The issuer tokens must name (`--service-account-issuer`), e.g.
+    /// `https://kubernetes.default.svc.cluster.local`.
+    pub issuer: String,
+    /// The CA of `uri`'s server, when it is not in the system's roots (the API server's).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The API server: where the control plane finds it and how it proves itself to it. Without
+/// this section, the in-cluster environment (`KUBERNETES_SERVICE_HOST`, the service account's
+/// token and CA).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct KubernetesConfig {
+    pub url: String,
+    pub ca_file: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
 }
 
 /// The mutating admission webhook (`POST /inject` over TLS).
@@ -171,13 +208,42 @@ impl super::Validate for ControlConfig {
     fn validate(&self, _env: &dyn super::Env) -> Vec<super::Invalid> {
         use super::Invalid;
         let mut invalid = Vec::new();
-        if self.ca.is_some() {
+        if let Some(ca) = &self.ca {
+            match (&ca.tokens.token_review, &ca.tokens.jwks) {
+                (Some(_), Some(_)) => invalid.push(Invalid::field("ca.tokens", "choose tokenReview or jwks, not both")),
+                (None, None) => {
+                    invalid.push(Invalid::field("ca.tokens", "choose how tokens are checked: tokenReview or jwks"))
+                }
+                (None, Some(jwks)) => {
+                    if jwks.file.is_some() == jwks.uri.is_some() {
+                        invalid.push(Invalid::field(
+                            "ca.tokens.jwks",
+                            "give the issuer's keys as file or uri (one of them)",
+                        ));
+                    }
+                    if jwks.issuer.is_empty() {
+                        invalid.push(Invalid::field(
+                            "ca.tokens.jwks.issuer",
+                            "name the service-account issuer tokens must carry",
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            if ca.tokens.audience.is_empty() {
+                invalid.push(Invalid::field("ca.tokens.audience", "must not be empty"));
+            }
+            if ca.cert_ttl.0 < std::time::Duration::from_secs(5) {
+                invalid.push(Invalid::field("ca.certTtl", format!("must be at least 5s, got {}", ca.cert_ttl)));
+            }
+        }
+        if self.identity.files.is_none() && self.ca.is_none() {
             invalid.push(Invalid::field(
-                "ca",
-                "the workload CA is not yet available in this version; remove the section and give sidecars certificates from files",
+                "identity.files",
+                "give the control plane's certificate files, or a ca to sign its own",
             ));
         }
-        if self.identity.files.reload_interval.0.is_zero() {
+        if self.identity.files.as_ref().is_some_and(|f| f.reload_interval.0.is_zero()) {
             invalid.push(Invalid::field("identity.files.reloadInterval", "must be more than 0"));
         }
         if self.policies.poll_interval.0.is_zero() {

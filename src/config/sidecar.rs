@@ -333,6 +333,10 @@ pub struct PolicySourceConfig {
     /// `spiffe://<trustDomain>/ns/palisade-system/sa/palisade-control`.
     pub control_plane_identity: Option<SpiffeIdField>,
     pub fail_mode: FailMode,
+    /// A projected service-account token shown to the control plane on the policy stream, so it
+    /// reads this pod's labels from the API server (`identity.controlPlane.tokenFile` when
+    /// certificates come from the CA).
+    pub token_file: Option<PathBuf>,
 }
 
 /// Where the control plane listens: a host (a DNS name or an address) and a port. The name is
@@ -543,10 +547,7 @@ impl super::Validate for SidecarConfig {
             (None, None) => {
                 invalid.push(Invalid::field("identity", "give a source of certificates: files or controlPlane"))
             }
-            (_, Some(_)) => invalid.push(Invalid::field(
-                "identity.controlPlane",
-                "certificates from the control plane's CA are not yet available in this version; use identity.files",
-            )),
+
             (Some(files), None) if files.reload_interval.0.is_zero() => {
                 invalid.push(Invalid::field("identity.files.reloadInterval", "must be more than 0"))
             }
@@ -777,12 +778,11 @@ threads: 1
     }
 
     #[test]
-    fn threads_are_bounded_and_sections_not_built_yet_are_refused_by_name() {
+    fn threads_are_bounded_and_one_source_of_certificates_is_given() {
         use crate::config::{Invalid, Validate};
         let env = std::collections::BTreeMap::<String, String>::new();
         let mut cfg = SidecarConfig { threads: 100_000, ..Default::default() };
         cfg.identity.control_plane = Some(Default::default());
-        cfg.identity.files = None;
         let fields: Vec<String> = cfg
             .validate(&env)
             .into_iter()
@@ -791,6 +791,9 @@ threads: 1
                 Invalid::Var { name, .. } => name,
             })
             .collect();
-        assert_eq!(fields, ["identity.controlPlane", "threads"]);
+        assert_eq!(fields, ["identity", "threads"], "files and controlPlane both given");
+        cfg.identity.files = None;
+        cfg.threads = 1;
+        assert!(cfg.validate(&env).is_empty(), "certificates from the control plane's CA");
     }
 }

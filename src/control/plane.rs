@@ -17,6 +17,7 @@ use super::catalog::{Catalog, PolicyDirectory, ScanOutcome};
 use super::metrics::ControlMetrics;
 use super::server::PolicyService;
 use super::status::Registry;
+use super::workload_ca::{self, WorkloadCa};
 use crate::config::{ConfigError, ControlConfig, ProcessEnv, TelemetryConfig, Validate};
 use crate::inject::InjectWebhook;
 use crate::lifecycle::{bind, poll_files, runtime, stop_requested, Readiness, Running, StartError};
@@ -31,7 +32,20 @@ pub struct ControlPlane {
     pub admin: SocketAddr,
     /// The injection webhook's listener, when `webhook` is configured.
     pub webhook: Option<SocketAddr>,
+    /// The workload CA's listener, when `ca` is configured.
+    pub ca: Option<SocketAddr>,
     running: Running,
+}
+
+/// What `start` checked and built before binding, for `run`.
+struct Parts {
+    tls: TlsStore,
+    telemetry: Telemetry,
+    webhook: Option<Webhook>,
+    ca: Option<WorkloadCa>,
+    api: Option<Arc<crate::ca::KubeApi>>,
+    /// The control plane's own identity, when its CA signs it (no files given).
+    own: Option<crate::identity::SpiffeId>,
 }
 
 /// The injection webhook: what it answers, and the certificate it answers with.
@@ -48,15 +62,36 @@ impl ControlPlane {
         let mut errors: Vec<ConfigError> =
             config.validate(&ProcessEnv).into_iter().map(|i| ConfigError::from_invalid(Path::new(""), i)).collect();
         let trust_domain = config.trust_domain.0.clone();
-        let files = &config.identity.files;
-        let identity_files = IdentityFiles {
-            cert: files.cert.clone(),
-            key: files.key.clone(),
-            trust_bundle: files.trust_bundle.clone(),
+        let api = workload_ca::kube_api(&config)
+            .map_err(|e| errors.push(ConfigError::new(Path::new(""), "kubernetes", e)))
+            .ok()
+            .flatten();
+        let mut ca =
+            config.ca.as_ref().and_then(|ca| WorkloadCa::prepare(ca, &trust_domain, api.as_ref(), &mut errors));
+        let own_id = crate::channel::default_identity(&trust_domain);
+        let (tls, signs_own) = match (&config.identity.files, &ca) {
+            (Some(files), _) => {
+                let identity_files = IdentityFiles {
+                    cert: files.cert.clone(),
+                    key: files.key.clone(),
+                    trust_bundle: files.trust_bundle.clone(),
+                };
+                let tls = TlsStore::load(identity_files, &trust_domain, TrustDomains::new([trust_domain.as_str()]))
+                    .map_err(|e| errors.push(ConfigError::new(Path::new(""), "identity.files", format!("{e:#}"))))
+                    .ok();
+                (tls, false)
+            }
+            (None, Some(ca)) => {
+                let tls = ca
+                    .own_store(&own_id)
+                    .map_err(|e| {
+                        errors.push(ConfigError::new(Path::new(""), "ca", format!("signing our own certificate: {e}")))
+                    })
+                    .ok();
+                (tls, true)
+            }
+            (None, None) => (None, false), // reported by the configuration's own checks
         };
-        let tls = TlsStore::load(identity_files, &trust_domain, TrustDomains::new([trust_domain.as_str()]))
-            .map_err(|e| errors.push(ConfigError::new(Path::new(""), "identity.files", format!("{e:#}"))))
-            .ok();
         if let Err(e) = std::fs::read_dir(&config.policies.dir) {
             let message = format!("cannot read {}: {e}", config.policies.dir.display());
             errors.push(ConfigError::new(Path::new(""), "policies.dir", message));
@@ -85,7 +120,10 @@ impl ControlPlane {
             }
             _ => None,
         };
-        let (tls, telemetry) = (Arc::new(tls), Arc::new(telemetry));
+        if let (Some(ca), Some(ca_config)) = (&mut ca, &config.ca) {
+            ca.listener = Some(bind(ca_config.listen.0, "ca.listen").map_err(StartError::System)?);
+        }
+        let ca_address = ca.as_ref().and_then(|c| c.listener.as_ref()).map(|l| l.local_addr()).transpose()?;
         let runtime = runtime(1).map_err(StartError::System)?;
         let grpc_listener = bind(config.grpc.listen.0, "grpc.listen").map_err(StartError::System)?;
         let admin_listener = bind(config.admin.listen.0, "admin.listen").map_err(StartError::System)?;
@@ -94,12 +132,19 @@ impl ControlPlane {
         let webhook_address = webhook.as_ref().map(|w| w.listener.local_addr()).transpose()?;
         let (shutdown, _) = watch::channel(false);
         let sender = shutdown.clone();
+        let parts = Parts { tls, telemetry, webhook, ca, api, own: signs_own.then_some(own_id) };
         let thread = std::thread::Builder::new().name("palisade-control".into()).spawn(move || {
             let listeners = [grpc_listener, admin_listener];
-            runtime.block_on(run(config, tls, telemetry, listeners, webhook, sender, handle_signals));
+            runtime.block_on(run(config, parts, listeners, sender, handle_signals));
             runtime.shutdown_timeout(crate::lifecycle::SHUTDOWN_GRACE);
         })?;
-        Ok(ControlPlane { grpc, admin, webhook: webhook_address, running: Running::new(shutdown, thread) })
+        Ok(ControlPlane {
+            grpc,
+            admin,
+            webhook: webhook_address,
+            ca: ca_address,
+            running: Running::new(shutdown, thread),
+        })
     }
 
     /// Closes every stream (sidecars reconnect elsewhere) and waits.
@@ -115,13 +160,13 @@ impl ControlPlane {
 
 async fn run(
     config: ControlConfig,
-    tls: Arc<TlsStore>,
-    telemetry: Arc<Telemetry>,
+    parts: Parts,
     listeners: [std::net::TcpListener; 2],
-    webhook: Option<Webhook>,
     shutdown: watch::Sender<bool>,
     handle_signals: bool,
 ) {
+    let Parts { tls, telemetry, webhook, ca, api, own } = parts;
+    let (tls, telemetry) = (Arc::new(tls), Arc::new(telemetry));
     let [grpc_listener, admin_listener] =
         listeners.map(|l| TcpListener::from_std(l).expect("listener joins the runtime"));
     let metrics = Arc::new(ControlMetrics::new());
@@ -151,7 +196,20 @@ async fn run(
         stop.clone(),
     ));
 
+    let tokens: Option<Arc<dyn crate::ca::TokenChecker>> = match (&ca, &api) {
+        (Some(ca), _) => Some(ca.tokens()),
+        (None, Some(api)) => {
+            Some(Arc::new(crate::ca::TokenReviewTokens { api: api.clone(), audience: "palisade".into() }))
+        }
+        (None, None) => None,
+    };
     let service = PolicyService {
+        labels: super::server::LabelSource {
+            tokens,
+            api: api.clone(),
+            trust_hello: config.policies.trust_hello_labels,
+        },
+        bundle: ca.as_ref().map(|ca| ca.bundle.subscribe()),
         catalog: catalog.clone(),
         registry,
         metrics: metrics.clone(),
@@ -196,7 +254,9 @@ async fn run(
         move || scanning.lock().expect("directory lock").scan(),
         move |outcome| publish(outcome, &sender, &m, &t),
     ));
-    let reload_every = config.identity.files.reload_interval.0;
+    let reload_every =
+        config.identity.files.as_ref().map_or(std::time::Duration::from_secs(1), |f| f.reload_interval.0);
+    let ca_task = ca.and_then(|ca| ca.spawn(tls.clone(), own, &metrics, telemetry.clone(), reload_every, stop.clone()));
     let certificates = tls.clone();
     tokio::spawn(poll_files(
         reload_every,
@@ -248,7 +308,7 @@ async fn run(
         Err(_) => tracing::warn!("streams still open after 5 s; exiting"),
     }
     let _ = admin_task.await;
-    if let Some(task) = webhook_task {
+    for task in [webhook_task, ca_task].into_iter().flatten() {
         let _ = task.await;
     }
 }

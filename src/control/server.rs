@@ -13,9 +13,12 @@ use super::catalog::Catalog;
 use super::metrics::ControlMetrics;
 use super::status::{Registry, Session};
 use super::transport::Peer;
+use crate::ca::{KubeApi, TokenChecker};
 use crate::config::WorkloadConfig;
 use crate::proto::policy_discovery_server::PolicyDiscovery;
-use crate::proto::{control_message, sidecar_message, ControlMessage, Hello, Policy, PolicySnapshot, SidecarMessage};
+use crate::proto::{
+    control_message, sidecar_message, ControlMessage, Hello, Policy, PolicySnapshot, SidecarMessage, TrustBundle,
+};
 use crate::telemetry::{DeniedRequest, RequestFacts, SecurityEvent, Telemetry};
 
 /// A sidecar that opened a stream must say who it is promptly.
@@ -43,8 +46,19 @@ fn bounded(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// Where a workload's labels come from: the API server, for the pod a verified token names; or,
+/// when configured to, the labels the sidecar's Hello claims.
+pub struct LabelSource {
+    pub tokens: Option<Arc<dyn TokenChecker>>,
+    pub api: Option<Arc<KubeApi>>,
+    pub trust_hello: bool,
+}
+
 pub struct PolicyService {
     pub catalog: watch::Receiver<Arc<Catalog>>,
+    pub labels: LabelSource,
+    /// The mesh's roots, when the control plane runs the CA: sent on every stream.
+    pub bundle: Option<watch::Receiver<Arc<Vec<Vec<u8>>>>>,
     pub registry: Arc<Registry>,
     pub metrics: Arc<ControlMetrics>,
     pub telemetry: Arc<Telemetry>,
@@ -72,6 +86,80 @@ impl PolicyService {
             },
         }));
         Status::permission_denied(message)
+    }
+
+    /// The labels that select this workload's policies, and where they came from. A token
+    /// names the pod; the API server says what its labels are (a claim that differs is ignored
+    /// and reported). Without a token, the Hello's claim only when the configuration trusts it.
+    async fn trusted_labels(
+        &self,
+        peer: &Peer,
+        hello: &Hello,
+        claimed: &BTreeMap<String, String>,
+    ) -> Result<(BTreeMap<String, String>, &'static str), Status> {
+        let source = &self.labels;
+        let (token, Some(tokens), Some(api)) = (hello.token.trim(), &source.tokens, &source.api) else {
+            if source.trust_hello {
+                return Ok((claimed.clone(), "hello"));
+            }
+            return Err(self.refuse(
+                peer,
+                "labels",
+                "the control plane cannot verify this workload's labels: give the sidecar a service-account token                  (policy.tokenFile), or set policies.trustHelloLabels on the control plane"
+                    .into(),
+            ));
+        };
+        if token.is_empty() {
+            if source.trust_hello {
+                return Ok((claimed.clone(), "hello"));
+            }
+            return Err(self.refuse(
+                peer,
+                "labels",
+                "no service-account token in the Hello: labels cannot be verified".into(),
+            ));
+        }
+        let proven = tokens.check(token).await.map_err(|e| self.refuse(peer, "token", e.to_string()))?;
+        let (Some(ns), Some(sa)) = (peer.id.namespace(), peer.id.service_account()) else {
+            return Err(self.refuse(peer, "identity", format!("{} is not a workload identity", peer.id)));
+        };
+        if proven.namespace != ns || proven.service_account != sa {
+            return Err(self.refuse(
+                peer,
+                "token",
+                format!(
+                    "the token is for {}/{}, the certificate for {ns}/{sa}",
+                    proven.namespace, proven.service_account
+                ),
+            ));
+        }
+        let Some((pod_name, pod_uid)) = &proven.pod else {
+            return Err(self.refuse(peer, "token", "the token names no pod (use a projected, bound token)".into()));
+        };
+        let pod = api.pod(ns, pod_name).await.map_err(|e| {
+            self.metrics.refused.with_label_values(&["labels"]).inc();
+            tracing::warn!(identity = %peer.id, error = %e, "cannot read the pod's labels");
+            Status::unavailable(format!("cannot read pod {ns}/{pod_name} from the API server: {e}"))
+        })?;
+        if pod.uid != *pod_uid || pod.service_account != sa {
+            return Err(self.refuse(
+                peer,
+                "token",
+                format!("pod {ns}/{pod_name} is not the token's (uid or service account differ)"),
+            ));
+        }
+        if !claimed.is_empty() && *claimed != pod.labels {
+            self.metrics.refused.with_label_values(&["labels_mismatch"]).inc();
+            tracing::warn!(identity = %peer.id, pod = %pod_name, claimed = ?claimed, actual = ?pod.labels,
+                "a sidecar claimed labels its pod does not have; the pod's are used");
+            self.telemetry.events.emit(SecurityEvent::LabelsMismatch {
+                identity: peer.id.to_string(),
+                pod: format!("{ns}/{pod_name}"),
+                claimed: format!("{claimed:?}"),
+                actual: format!("{:?}", pod.labels),
+            });
+        }
+        Ok((pod.labels, "apiServer"))
     }
 
     /// The workload a Hello describes, if the certificate allows it.
@@ -140,7 +228,9 @@ impl PolicyDiscovery for PolicyService {
             _ => return Err(Status::invalid_argument("the first message of a stream must be a Hello")),
         };
         let mut hello = hello;
-        let workload = self.workload(&peer, &mut hello)?;
+        let mut workload = self.workload(&peer, &mut hello)?;
+        let (labels, labels_source) = self.trusted_labels(&peer, &hello, &workload.labels).await?;
+        workload.labels = labels;
         tracing::info!(identity = %peer.id, address = %peer.address, node = %hello.node, "sidecar subscribed");
         let session = self.registry.open(
             peer.id.to_string(),
@@ -148,17 +238,20 @@ impl PolicyDiscovery for PolicyService {
             workload.labels.clone(),
             std::mem::take(&mut hello.node),
             Some(peer.address),
+            labels_source,
         );
         let (sender, receiver) = mpsc::channel(2);
         let catalog = self.catalog.clone();
         let held = (!hello.version.is_empty()).then_some(hello.version);
-        tokio::spawn(serve_stream(session, workload, held, inbound, sender, catalog, self.stop.clone()));
+        let bundle = self.bundle.clone();
+        tokio::spawn(serve_stream(session, workload, held, inbound, sender, catalog, bundle, self.stop.clone()));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
 
-/// Sends a snapshot whenever the set selecting this workload changes (and only then), and
-/// records every answer, until either side goes away.
+/// Sends a snapshot whenever the set selecting this workload changes (and only then), the
+/// mesh's roots whenever they change, and records every answer, until either side goes away.
+#[allow(clippy::too_many_arguments)]
 async fn serve_stream(
     session: Session,
     workload: WorkloadConfig,
@@ -166,10 +259,18 @@ async fn serve_stream(
     mut inbound: Streaming<SidecarMessage>,
     sender: mpsc::Sender<Result<ControlMessage, Status>>,
     mut catalog: watch::Receiver<Arc<Catalog>>,
+    mut bundle: Option<watch::Receiver<Arc<Vec<Vec<u8>>>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut sent = held.clone();
     let mut first = true;
+    if let Some(bundle) = &mut bundle {
+        let roots = bundle.borrow_and_update().to_vec();
+        let message = ControlMessage { kind: Some(control_message::Kind::TrustBundle(TrustBundle { roots })) };
+        if sender.send(Ok(message)).await.is_err() {
+            return;
+        }
+    }
     loop {
         let current = catalog.borrow_and_update().clone();
         let selection = current.select(&workload);
@@ -194,9 +295,25 @@ async fn serve_stream(
             session.resumed(&selection.version);
         }
         first = false;
+        let roots_changed = async {
+            match &mut bundle {
+                Some(bundle) => bundle.changed().await.ok().map(|()| bundle.borrow_and_update().to_vec()),
+                None => std::future::pending().await,
+            }
+        };
+        let stopping = async {
+            let _ = stop.wait_for(|s| *s).await;
+        };
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
+            () = stopping => return,
             changed = catalog.changed() => if changed.is_err() { return },
+            roots = roots_changed => {
+                let Some(roots) = roots else { return };
+                let message = ControlMessage { kind: Some(control_message::Kind::TrustBundle(TrustBundle { roots })) };
+                if sender.send(Ok(message)).await.is_err() {
+                    return;
+                }
+            }
             message = inbound.message() => match message {
                 Ok(Some(SidecarMessage { kind: Some(sidecar_message::Kind::Ack(ack)) })) => {
                     session.acked(bounded(&ack.version, MAX_VERSION))

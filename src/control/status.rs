@@ -44,6 +44,8 @@ pub struct SidecarRecord {
     pub identity: String,
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
+    /// Where the labels came from: `apiServer` (the pod a verified token names) or `hello`.
+    pub labels_source: &'static str,
     pub node: String,
     pub address: Option<SocketAddr>,
     pub connected_at: String,
@@ -85,12 +87,14 @@ impl Registry {
         labels: BTreeMap<String, String>,
         node: String,
         address: Option<SocketAddr>,
+        labels_source: &'static str,
     ) -> Session {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let record = SidecarRecord {
             identity,
             namespace,
             labels,
+            labels_source,
             node,
             address,
             connected_at: now(),

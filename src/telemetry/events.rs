@@ -26,7 +26,13 @@ pub enum SecurityEvent {
     /// refused by an AUDIT policy.
     RequestDenied(DeniedRequest),
     /// The workload CA signed a certificate.
-    CertificateIssued { identity: String, serial: String, not_after: i64, peer: Option<SocketAddr>, pod: Option<String> },
+    CertificateIssued {
+        identity: String,
+        serial: String,
+        not_after: i64,
+        peer: Option<SocketAddr>,
+        pod: Option<String>,
+    },
     /// The workload CA refused a request, or a sidecar's renewal failed: `reason` says why.
     CertificateRefused { identity: Option<String>, peer: Option<SocketAddr>, reason: String },
     /// The control plane read a pod's labels from the API server and they disagree with the
@@ -157,7 +163,9 @@ fn ocsf(event: &SecurityEvent) -> Value {
             2,
             2,
             4,
-            format!("{identity} (pod {pod}) claimed labels {claimed}; the API server says {actual}; the claim is ignored"),
+            format!(
+                "{identity} (pod {pod}) claimed labels {claimed}; the API server says {actual}; the claim is ignored"
+            ),
             json!({"actor": {"user": {"uid": identity}},
                    "firewall_rule": {"uid": "workload-labels", "name": "workload-labels"}}),
         ),
@@ -275,7 +283,9 @@ fn ecs(event: &SecurityEvent) -> Value {
             "workload-labels-mismatch",
             "failure",
             "iam",
-            format!("{identity} (pod {pod}) claimed labels {claimed}; the API server says {actual}; the claim is ignored"),
+            format!(
+                "{identity} (pod {pod}) claimed labels {claimed}; the API server says {actual}; the claim is ignored"
+            ),
             json!({"user": {"name": identity}}),
         ),
         SecurityEvent::PolicyApplied { version, policies } => (

@@ -82,8 +82,8 @@ impl Credentials {
         let cert = params.self_signed(&key).map_err(|e| fail(&e))?;
         let key_der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| fail(&e))?;
         let roots = roots_of(&bundle, source)?;
-        let certified_key =
-            CertifiedKey::from_der(vec![cert.der().clone()], key_der.clone_key(), &super::provider()).map_err(|e| fail(&e))?;
+        let certified_key = CertifiedKey::from_der(vec![cert.der().clone()], key_der.clone_key(), &super::provider())
+            .map_err(|e| fail(&e))?;
         Ok(Credentials {
             id: id.clone(),
             serial: "none".into(),
@@ -135,9 +135,7 @@ impl Credentials {
             rustls_pki_types::UnixTime::now(),
             super::provider().signature_verification_algorithms.all,
         )
-        .map_err(|e| {
-            identity_error(format!("certificate does not verify against {}: {e}", origin.bundle.display()))
-        })?;
+        .map_err(|e| identity_error(format!("certificate does not verify against {}: {e}", origin.bundle.display())))?;
         for usage in [super::verify::Usage::Server, super::verify::Usage::Client] {
             let domains = super::TrustDomains::new([trust_domain]);
             super::verify::check_leaf(&chain[0], usage, &domains).map_err(|e| identity_error(e.to_string()))?;

@@ -90,7 +90,11 @@ impl TlsStore {
     /// A store for credentials from the control plane's CA: until the first is installed it
     /// holds a [`Credentials::placeholder`] for `own` beside the roots given, so handshakes with
     /// peers fail (the sidecar is not ready) while the CA can already be checked.
-    pub fn bootstrap(own: &SpiffeId, roots: Vec<rustls_pki_types::CertificateDer<'static>>, domains: TrustDomains) -> Result<Self, TlsError> {
+    pub fn bootstrap(
+        own: &SpiffeId,
+        roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+        domains: TrustDomains,
+    ) -> Result<Self, TlsError> {
         let credentials = Credentials::placeholder(own, roots, std::path::Path::new("identity.controlPlane"))?;
         let state = build(credentials, &domains, 0)?;
         Ok(TlsStore {

@@ -1,0 +1,199 @@
+//! The workload CA inside `palisade control`: built from the `ca` section (the signer, how tokens
+//! are checked), serving `Certificates/Sign` on its own TLS listener, reloading its files (a
+//! rotation's new root reaches every sidecar through the policy streams), and signing the
+//! control plane's own certificate when no files are given for it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::metrics::ControlMetrics;
+use crate::ca::{CaFiles, CaMetrics, CaService, CaSigner, KubeApi, TokenChecker, TokenReviewTokens};
+use crate::config::{CaConfig, ConfigError, ControlConfig};
+use crate::identity::SpiffeId;
+use crate::lifecycle::poll_files;
+use crate::proto::identity::certificates_server::CertificatesServer;
+use crate::telemetry::{SecurityEvent, Telemetry};
+use crate::tls::TlsStore;
+
+/// A CA ready to serve: what `ControlPlane::start` checked before binding.
+pub struct WorkloadCa {
+    pub signer: Arc<ArcSwap<CaSigner>>,
+    files: CaFiles,
+    tokens: Arc<dyn TokenChecker>,
+    ttl: Duration,
+    /// The roots in force, DER: every policy stream sends them when they change.
+    pub bundle: watch::Sender<Arc<Vec<Vec<u8>>>>,
+    pub listener: Option<std::net::TcpListener>,
+}
+
+/// The API server, when the control plane can reach one: configured, or the pod's own.
+pub fn kube_api(config: &ControlConfig) -> Result<Option<Arc<KubeApi>>, String> {
+    match &config.kubernetes {
+        Some(k) => KubeApi::new(&k.url, k.ca_file.as_deref(), k.token_file.as_deref()).map(|api| Some(Arc::new(api))),
+        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+            KubeApi::in_cluster().map(|api| Some(Arc::new(api)))
+        }
+        None => Ok(None),
+    }
+}
+
+impl WorkloadCa {
+    /// Loads the CA and its token checker; every mistake goes to `errors`, named by field.
+    pub fn prepare(
+        ca: &CaConfig,
+        trust_domain: &str,
+        api: Option<&Arc<KubeApi>>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<WorkloadCa> {
+        let mut fail = |field: &str, message: String| errors.push(ConfigError::new(Path::new(""), field, message));
+        let files = CaFiles { cert: ca.cert.clone(), key: ca.key.clone(), trust_bundle: ca.trust_bundle.clone() };
+        let signer = CaSigner::load(&files, trust_domain).map_err(|e| fail("ca.cert", e.to_string())).ok();
+        let tokens: Option<Arc<dyn TokenChecker>> = match (&ca.tokens.token_review, &ca.tokens.jwks, api) {
+            (Some(_), _, Some(api)) => {
+                Some(Arc::new(TokenReviewTokens { api: api.clone(), audience: ca.tokens.audience.clone() }))
+            }
+            (Some(_), _, None) => {
+                fail(
+                    "ca.tokens.tokenReview",
+                    "no API server to ask: not in a pod (KUBERNETES_SERVICE_HOST) and no kubernetes section".into(),
+                );
+                None
+            }
+            (None, Some(_), _) => {
+                fail("ca.tokens.jwks", "offline token checks are not yet available; use tokenReview".into());
+                None
+            }
+            (None, None, _) => None, // reported by the configuration's own checks
+        };
+        let (signer, tokens) = (signer?, tokens?);
+        let bundle = watch::Sender::new(Arc::new(der_of(&signer)));
+        Some(WorkloadCa {
+            signer: Arc::new(ArcSwap::from_pointee(signer)),
+            files,
+            tokens,
+            ttl: ca.cert_ttl.0,
+            bundle,
+            listener: None,
+        })
+    }
+
+    pub fn tokens(&self) -> Arc<dyn TokenChecker> {
+        self.tokens.clone()
+    }
+
+    /// The control plane's own credentials, signed by this CA for `identity`.
+    pub fn own_store(&self, identity: &SpiffeId) -> Result<TlsStore, String> {
+        let signer = self.signer.load();
+        let domains = crate::tls::TrustDomains::new([signer.trust_domain()]);
+        let store =
+            TlsStore::bootstrap(identity, signer.trust_bundle().to_vec(), domains).map_err(|e| e.to_string())?;
+        store.install(signer.issue_own(identity, self.ttl)?).map_err(|e| e.to_string())?;
+        Ok(store)
+    }
+
+    /// Serves `Certificates/Sign` until `stop`, reloads the CA's files every `every`, and renews
+    /// the control plane's own certificate when it signed it (`own`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn spawn(
+        self,
+        tls: Arc<TlsStore>,
+        own: Option<SpiffeId>,
+        metrics: &ControlMetrics,
+        telemetry: Arc<Telemetry>,
+        every: Duration,
+        stop: watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let WorkloadCa { signer, files, tokens, ttl, bundle, listener } = self;
+        let trust_domain = signer.load().trust_domain().to_string();
+        // The CA's files: a new key, certificate or bundle is in force for the next request.
+        let reloading = signer.clone();
+        tokio::spawn(poll_files(
+            every,
+            stop.clone(),
+            move || CaSigner::load(&files, &trust_domain),
+            move |loaded| match loaded {
+                Ok(new) => {
+                    let roots = der_of(&new);
+                    reloading.store(Arc::new(new));
+                    if **bundle.borrow() != roots {
+                        tracing::info!(
+                            roots = roots.len(),
+                            "the CA's trust bundle changed; sending it to every sidecar"
+                        );
+                        bundle.send_replace(Arc::new(roots));
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "the CA's files are not usable; the CA in force stays"),
+            },
+        ));
+        if let Some(own) = own {
+            tokio::spawn(renew_own(signer.clone(), tls.clone(), own, ttl, telemetry.clone(), stop.clone()));
+        }
+        let listener = TcpListener::from_std(listener?).expect("listener joins the runtime");
+        let service = CaService {
+            signer,
+            tokens,
+            ttl,
+            metrics: CaMetrics::register(metrics.registry()),
+            telemetry: telemetry.clone(),
+        };
+        let refused = move |peer: SocketAddr, reason: String| {
+            tracing::debug!(%peer, %reason, "CA TLS handshake refused");
+        };
+        let incoming = super::transport::accept_tls(listener, tls, refused, stop.clone());
+        let mut ca_stop = stop;
+        Some(tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(CertificatesServer::new(service).max_decoding_message_size(crate::ca::MAX_REQUEST_BYTES))
+                .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async move {
+                    let _ = ca_stop.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "the CA's listener failed");
+            }
+        }))
+    }
+}
+
+/// Keeps the control plane's own certificate renewed at 70% of its life.
+async fn renew_own(
+    signer: Arc<ArcSwap<CaSigner>>,
+    tls: Arc<TlsStore>,
+    own: SpiffeId,
+    ttl: Duration,
+    telemetry: Arc<Telemetry>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let wait = ttl.mul_f64(0.7);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match signer.load().issue_own(&own, ttl).map(|c| tls.install(c)) {
+            Ok(Ok(state)) => {
+                let c = &state.credentials;
+                tracing::info!(serial = %c.serial, "control plane certificate renewed by its own CA");
+                telemetry.events.emit(SecurityEvent::CertificateRotated {
+                    identity: c.id.to_string(),
+                    serial: c.serial.clone(),
+                    not_after: c.not_after,
+                });
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "the control plane's own certificate could not be renewed"),
+            Err(e) => tracing::error!(error = %e, "the control plane's own certificate could not be renewed"),
+        }
+    }
+}
+
+fn der_of(signer: &CaSigner) -> Vec<Vec<u8>> {
+    signer.trust_bundle().iter().map(|c| c.to_vec()).collect()
+}
