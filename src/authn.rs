@@ -81,7 +81,7 @@ mod provider;
 mod token;
 
 pub use alg::Algorithm;
-pub use authenticator::{AuthnOptions, Authenticator, Found, Verified};
+pub use authenticator::{Authenticator, AuthnOptions, Found, Verified};
 pub use b64::encode as base64url_encode;
 pub use claims::{ClaimPath, Claims, Clock, SystemClock};
 pub use failure::{www_authenticate, Failure, Reason};

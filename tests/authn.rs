@@ -19,7 +19,7 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use jwt::{jwks, Signer};
 use palisade::authn::{
-    www_authenticate, AuthnOptions, AuthnRuntime, Authenticator, ClaimPath, Clock, JwksSpec, ProviderSpec, Reason,
+    www_authenticate, Authenticator, AuthnOptions, AuthnRuntime, ClaimPath, Clock, JwksSpec, ProviderSpec, Reason,
     SecretSpec,
 };
 use serde_json::{json, Value};
@@ -135,26 +135,42 @@ fn attacks_are_refused_with_their_reason() {
     let cases = [
         ("alg none", none, Reason::UnsupportedAlg),
         ("PS256 under an RS256-pinned key", pinned.token(&claims()), Reason::UnsupportedAlg),
-        ("ES256 under an RSA kid", attacker.token_with_header(&json!({"alg": "ES256", "kid": "rsa"}), &claims()),
-            Reason::UnsupportedAlg),
+        (
+            "ES256 under an RSA kid",
+            attacker.token_with_header(&json!({"alg": "ES256", "kid": "rsa"}), &claims()),
+            Reason::UnsupportedAlg,
+        ),
         ("another EC key", attacker.token(&claims()), Reason::BadSignature),
-        ("embedded jwk", attacker.token_with_header(&json!({"alg": "ES256", "kid": "evil", "jwk": attacker.jwk}),
-            &claims()), Reason::UnknownKey),
-        ("jku", attacker.token_with_header(&json!({"alg": "ES256", "kid": "ec", "jku": "http://127.0.0.1/"}),
-            &claims()), Reason::BadSignature),
-        ("crit", rsa.token_with_header(&json!({"alg": "RS256", "kid": "rsa", "crit": ["x"], "x": 1}), &claims()),
-            Reason::CritUnsupported),
+        (
+            "embedded jwk",
+            attacker.token_with_header(&json!({"alg": "ES256", "kid": "evil", "jwk": attacker.jwk}), &claims()),
+            Reason::UnknownKey,
+        ),
+        (
+            "jku",
+            attacker.token_with_header(&json!({"alg": "ES256", "kid": "ec", "jku": "http://127.0.0.1/"}), &claims()),
+            Reason::BadSignature,
+        ),
+        (
+            "crit",
+            rsa.token_with_header(&json!({"alg": "RS256", "kid": "rsa", "crit": ["x"], "x": 1}), &claims()),
+            Reason::CritUnsupported,
+        ),
         ("duplicate claim", rsa.token_from_parts(r#"{"alg":"RS256","kid":"rsa"}"#, dup), Reason::Malformed),
         ("too large", rsa.token(&json!({"iss": ISS, "exp": NOW + 1, "pad": "x".repeat(9000)})), Reason::TooLarge),
         ("expired", rsa.token(&json!({"iss": ISS, "aud": "orders", "exp": NOW - 61})), Reason::Expired),
-        ("not yet valid", rsa.token(&json!({"iss": ISS, "aud": "orders", "exp": NOW + 900, "nbf": NOW + 61})),
-            Reason::NotYetValid),
-        ("wrong issuer", rsa.token(&json!({"iss": "https://evil", "aud": "orders", "exp": NOW + 1})),
-            Reason::WrongIssuer),
-        ("wrong audience", rsa.token(&json!({"iss": ISS, "aud": ["payments"], "exp": NOW + 1})),
-            Reason::WrongAudience),
-        ("unknown kid", rsa.token_with_header(&json!({"alg": "RS256", "kid": "gone"}), &claims()),
-            Reason::UnknownKey),
+        (
+            "not yet valid",
+            rsa.token(&json!({"iss": ISS, "aud": "orders", "exp": NOW + 900, "nbf": NOW + 61})),
+            Reason::NotYetValid,
+        ),
+        (
+            "wrong issuer",
+            rsa.token(&json!({"iss": "https://evil", "aud": "orders", "exp": NOW + 1})),
+            Reason::WrongIssuer,
+        ),
+        ("wrong audience", rsa.token(&json!({"iss": ISS, "aud": ["payments"], "exp": NOW + 1})), Reason::WrongAudience),
+        ("unknown kid", rsa.token_with_header(&json!({"alg": "RS256", "kid": "gone"}), &claims()), Reason::UnknownKey),
     ];
     for (name, token, want) in cases {
         assert_eq!(reason(&authn, &token), want, "{name}");

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use palisade::authn::{
-    AuthnOptions, AuthnRuntime, Authenticator, ClaimPath, Clock, FromHeader, JwksSpec, ProviderSpec, SecretSpec,
+    Authenticator, AuthnOptions, AuthnRuntime, ClaimPath, Clock, FromHeader, JwksSpec, ProviderSpec, SecretSpec,
 };
 use serde_json::Value;
 
@@ -101,12 +101,8 @@ fn a_kubernetes_service_account_token_exposes_its_pod_and_service_account() {
     let runtime = AuthnRuntime::new(Arc::new(Fixed(manifest["now"].as_u64().unwrap())));
     let authn = Authenticator::from_specs(&runtime, &[k8s], AuthnOptions::default()).unwrap();
 
-    let case = manifest["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "kubernetes service-account token")
-        .unwrap();
+    let case =
+        manifest["cases"].as_array().unwrap().iter().find(|c| c["name"] == "kubernetes service-account token").unwrap();
     let v = authn.verify_cached(case["token"].as_str().unwrap()).unwrap();
     let claim = |p: &str| v.claims().text(&ClaimPath::parse(p).unwrap()).map(|c| c.into_owned());
     assert_eq!(v.subject(), Some("system:serviceaccount:shop:orders"));

@@ -101,7 +101,13 @@ impl Authenticator {
                 return Err(AuthnError::Options(format!("{h} both carries a token and receives a forwarded claim")));
             }
         }
-        Ok(Authenticator { providers: providers.into_iter().map(Arc::new).collect(), locations, masks, forwarded, options })
+        Ok(Authenticator {
+            providers: providers.into_iter().map(Arc::new).collect(),
+            locations,
+            masks,
+            forwarded,
+            options,
+        })
     }
 
     pub fn providers(&self) -> impl Iterator<Item = &Provider> {
@@ -174,11 +180,7 @@ impl Authenticator {
     }
 
     /// One try with the current keys; a failure that a refresh may cure carries its JWKS.
-    fn attempt(
-        &self,
-        token: &str,
-        mask: u64,
-    ) -> Result<Verified, (Failure, Option<Arc<super::jwks::RemoteJwks>>)> {
+    fn attempt(&self, token: &str, mask: u64) -> Result<Verified, (Failure, Option<Arc<super::jwks::RemoteJwks>>)> {
         let parsed = token::parse(token, self.options.max_token_bytes).map_err(|f| (f, None))?;
         // `iss` is read before the signature is checked only to choose the provider; it is
         // trusted once that provider's keys verified the token.
@@ -187,8 +189,7 @@ impl Authenticator {
             Some(_) => return Err((Failure::new(Reason::Malformed, "iss is not a string"), None)),
             None => return Err((Failure::new(Reason::WrongIssuer, "no iss claim"), None)),
         };
-        let mut candidates =
-            self.providers.iter().zip(&self.masks).filter(|(p, _)| p.issuer == iss).peekable();
+        let mut candidates = self.providers.iter().zip(&self.masks).filter(|(p, _)| p.issuer == iss).peekable();
         if candidates.peek().is_none() {
             return Err((Failure::new(Reason::WrongIssuer, format!("iss {:?}", token::truncate(&iss))), None));
         }

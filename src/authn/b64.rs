@@ -81,7 +81,9 @@ mod tests {
     #[test]
     fn known_vectors() {
         // RFC 4648 section 10, in the URL-safe alphabet without padding.
-        for (plain, enc) in [("", ""), ("f", "Zg"), ("fo", "Zm8"), ("foo", "Zm9v"), ("foob", "Zm9vYg"), ("fooba", "Zm9vYmE")] {
+        for (plain, enc) in
+            [("", ""), ("f", "Zg"), ("fo", "Zm8"), ("foo", "Zm9v"), ("foob", "Zm9vYg"), ("fooba", "Zm9vYmE")]
+        {
             assert_eq!(encode(plain.as_bytes()), enc);
             assert_eq!(decode(enc.as_bytes()).unwrap(), plain.as_bytes());
         }

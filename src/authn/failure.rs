@@ -187,10 +187,7 @@ mod tests {
     #[test]
     fn a_bad_token_gets_invalid_token_with_a_description() {
         let v = Failure::new(Reason::Expired, "exp 1 < now 2").www_authenticate("shop");
-        assert_eq!(
-            v,
-            "Bearer realm=\"shop\", error=\"invalid_token\", error_description=\"the token has expired\""
-        );
+        assert_eq!(v, "Bearer realm=\"shop\", error=\"invalid_token\", error_description=\"the token has expired\"");
     }
 
     #[test]

@@ -150,9 +150,8 @@ fn is_loopback(host: &str) -> bool {
 fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, AuthnError> {
     let path = match ca_file {
         Some(p) => p.to_path_buf(),
-        None => system_bundle().ok_or_else(|| {
-            AuthnError::Fetch("no CA bundle found in the image; set the JWKS caFile".into())
-        })?,
+        None => system_bundle()
+            .ok_or_else(|| AuthnError::Fetch("no CA bundle found in the image; set the JWKS caFile".into()))?,
     };
     let file_err = |reason: String| AuthnError::File { path: path.clone(), reason };
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)

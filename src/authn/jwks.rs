@@ -106,7 +106,11 @@ impl JwksSpec {
                 if secs == 0 {
                     return Err("jwks.cacheSeconds must be at least 1".into());
                 }
-                Ok(JwksLocation::Uri { uri: u.clone(), cache: Duration::from_secs(secs), ca_file: self.ca_file.clone() })
+                Ok(JwksLocation::Uri {
+                    uri: u.clone(),
+                    cache: Duration::from_secs(secs),
+                    ca_file: self.ca_file.clone(),
+                })
             }
             (None, None, None) => Err("jwks needs one of file, inline or uri".into()),
             _ if remote_only && self.uri.is_none() => Err("jwks.cacheSeconds and jwks.caFile go with uri only".into()),
@@ -347,8 +351,14 @@ mod tests {
     fn remote(outcomes: Vec<Result<&'static str, &'static str>>) -> (Arc<RemoteJwks>, Arc<Scripted>) {
         let fetcher = Arc::new(Scripted { outcomes, calls: AtomicU64::new(0) });
         let clock = Arc::new(TokioClock(tokio::time::Instant::now()));
-        let r = RemoteJwks::spawn("test".into(), fetcher.clone(), Duration::from_secs(600), DEFAULT_MIN_REFRESH_INTERVAL, clock)
-            .unwrap();
+        let r = RemoteJwks::spawn(
+            "test".into(),
+            fetcher.clone(),
+            Duration::from_secs(600),
+            DEFAULT_MIN_REFRESH_INTERVAL,
+            clock,
+        )
+        .unwrap();
         (r, fetcher)
     }
 

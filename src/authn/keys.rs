@@ -391,8 +391,9 @@ mod tests {
 
     #[test]
     fn without_kid_tries_a_bounded_number_of_keys() {
-        let keys: Vec<_> =
-            (0..10).map(|i| serde_json::json!({"kty": "RSA", "kid": i.to_string(), "n": rsa_n(2048), "e": "AQAB"})).collect();
+        let keys: Vec<_> = (0..10)
+            .map(|i| serde_json::json!({"kty": "RSA", "kid": i.to_string(), "n": rsa_n(2048), "e": "AQAB"}))
+            .collect();
         let s = set(Value::Array(keys)).unwrap();
         match s.lookup(None, Algorithm::RS256) {
             Lookup::Found(k) => assert_eq!(k.len(), MAX_KEYS_WITHOUT_KID),

@@ -105,10 +105,14 @@ pub struct AuthnRuntime {
     clock: Arc<dyn Clock>,
     min_refresh_interval: Duration,
     fetcher: FetcherFactory,
-    remotes: Mutex<HashMap<(String, Duration, Option<PathBuf>), Weak<RemoteJwks>>>,
+    remotes: Mutex<HashMap<RemoteKey, Weak<RemoteJwks>>>,
 }
 
-type FetcherFactory = Arc<dyn Fn(&str, Option<&std::path::Path>) -> Result<Arc<dyn FetchJwks>, AuthnError> + Send + Sync>;
+/// A remote JWKS is shared by providers that name the same URI, cache period and CA file.
+type RemoteKey = (String, Duration, Option<PathBuf>);
+
+type FetcherFactory =
+    Arc<dyn Fn(&str, Option<&std::path::Path>) -> Result<Arc<dyn FetchJwks>, AuthnError> + Send + Sync>;
 
 // === impl Provider ===
 
@@ -302,7 +306,8 @@ impl AuthnRuntime {
         }
         let mut from_headers = Vec::new();
         for h in &spec.from_headers {
-            let name = HeaderName::try_from(h.name.as_str()).map_err(|_| err(format!("bad header name {:?}", h.name)))?;
+            let name =
+                HeaderName::try_from(h.name.as_str()).map_err(|_| err(format!("bad header name {:?}", h.name)))?;
             if h.prefix.bytes().any(|b| !(b' '..=b'~').contains(&b)) {
                 return Err(err(format!("prefix {:?} must be printable ASCII", h.prefix)));
             }
@@ -341,8 +346,8 @@ impl AuthnRuntime {
         match spec.check().map_err(AuthnError::Jwks)? {
             JwksLocation::Inline(text) => Ok(KeySource::Static(Arc::new(KeySet::from_json(text.as_bytes())?))),
             JwksLocation::File(path) => {
-                let bytes = std::fs::read(&path)
-                    .map_err(|e| AuthnError::File { path: path.clone(), reason: e.to_string() })?;
+                let bytes =
+                    std::fs::read(&path).map_err(|e| AuthnError::File { path: path.clone(), reason: e.to_string() })?;
                 let set = KeySet::from_json(&bytes)
                     .map_err(|e| AuthnError::File { path: path.clone(), reason: e.to_string() })?;
                 Ok(KeySource::Static(Arc::new(set)))

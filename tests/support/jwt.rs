@@ -58,7 +58,8 @@ impl Signer {
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(signing, &rng).unwrap();
         let pair = EcdsaKeyPair::from_pkcs8(signing, pkcs8.as_ref(), &rng).unwrap();
         let point = pair.public_key().as_ref().to_vec();
-        let jwk = json!({"kty": "EC", "kid": kid, "crv": crv, "x": b64(&point[1..1 + len]), "y": b64(&point[1 + len..])});
+        let jwk =
+            json!({"kty": "EC", "kid": kid, "crv": crv, "x": b64(&point[1..1 + len]), "y": b64(&point[1 + len..])});
         let sign = Box::new(move |msg: &[u8]| pair.sign(&SystemRandom::new(), msg).unwrap().as_ref().to_vec());
         Signer { alg, kid: kid.into(), jwk, sign }
     }
