@@ -261,6 +261,8 @@ struct JwksServer {
     https: bool,
     body: Arc<Mutex<Option<String>>>,
     hits: Arc<AtomicUsize>,
+    /// The `Authorization` header of the last request.
+    auth: Arc<Mutex<Option<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -271,14 +273,17 @@ impl JwksServer {
         let body = Arc::new(Mutex::new(Some(body)));
         let hits = Arc::new(AtomicUsize::new(0));
         let https = tls.is_some();
-        let (b, h) = (body.clone(), hits.clone());
+        let auth = Arc::new(Mutex::new(None));
+        let (b, h, a) = (body.clone(), hits.clone(), auth.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { return };
-                let (b, h, tls) = (b.clone(), h.clone(), tls.clone());
+                let (b, h, a, tls) = (b.clone(), h.clone(), a.clone(), tls.clone());
                 tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |_req| {
+                    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         h.fetch_add(1, Ordering::SeqCst);
+                        *a.lock().unwrap() =
+                            req.headers().get("authorization").map(|v| v.to_str().unwrap_or("").to_string());
                         let current = b.lock().unwrap().clone();
                         async move {
                             Ok::<_, Infallible>(match current {
@@ -301,7 +306,7 @@ impl JwksServer {
                 });
             }
         });
-        JwksServer { addr, https, body, hits, task }
+        JwksServer { addr, https, body, hits, auth, task }
     }
 
     fn uri(&self) -> String {
@@ -490,4 +495,42 @@ fn plain_http_jwks_is_refused_off_loopback() {
     .err()
     .unwrap();
     assert!(err.to_string().contains("loopback"), "{err}");
+}
+
+#[tokio::test]
+async fn a_bearer_token_file_is_sent_with_each_fetch() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "sa-token-1\n").unwrap();
+    let key = Signer::ed25519("k1");
+    let server = JwksServer::start(jwks(&[&key]), None).await;
+    let clock = ManualClock::new();
+    let jwks_spec =
+        JwksSpec { uri: Some(server.uri()), bearer_token_file: Some(token_file.clone()), ..Default::default() };
+    let authn = authenticator(&[spec(jwks_spec)], clock.clone());
+    authn.providers().next().unwrap().remote_jwks().unwrap().wait_for_attempts(1).await;
+    assert_eq!(server.auth.lock().unwrap().as_deref(), Some("Bearer sa-token-1"));
+
+    // The kubelet rotated the token: the next fetch reads the new one.
+    std::fs::write(&token_file, "sa-token-2").unwrap();
+    clock.advance(31);
+    let _ = authn.verify(&key.token_with_header(&json!({"alg": "EdDSA", "kid": "k2"}), &claims())).await;
+    assert_eq!(server.auth.lock().unwrap().as_deref(), Some("Bearer sa-token-2"));
+}
+
+#[test]
+fn checking_a_policy_fetches_and_starts_nothing() {
+    // No tokio runtime here: a check must not need one.
+    let runtime = AuthnRuntime::default();
+    assert!(runtime.check(&spec(uri("http://127.0.0.1:9/jwks".into()))).is_ok());
+    let missing = JwksSpec { file: Some("/nonexistent/jwks.json".into()), ..Default::default() };
+    let err = runtime.check(&spec(missing)).unwrap_err().to_string();
+    assert!(err.contains("/nonexistent/jwks.json"), "{err}");
+    let no_ca = JwksSpec {
+        uri: Some("https://a.example/j".into()),
+        ca_file: Some("/nonexistent/ca.pem".into()),
+        ..Default::default()
+    };
+    assert!(runtime.check(&spec(no_ca)).is_err());
+    assert!(runtime.provider(&spec(uri("http://127.0.0.1:9/jwks".into()))).is_err(), "building needs a runtime");
 }

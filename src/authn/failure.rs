@@ -104,6 +104,12 @@ impl Failure {
         Failure { reason, detail: detail.into() }
     }
 
+    /// The refusal of a request without a token under `requireJwt` (the authenticator itself
+    /// returns `Ok(None)` for such a request; the policy decides).
+    pub fn missing() -> Self {
+        Failure::new(Reason::Missing, "no bearer token")
+    }
+
     pub fn reason(&self) -> Reason {
         self.reason
     }

@@ -51,6 +51,7 @@ pub struct HttpFetcher {
     host: String,
     port: u16,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    bearer_token_file: Option<PathBuf>,
 }
 
 // === impl HttpFetcher ===
@@ -89,7 +90,13 @@ impl HttpFetcher {
             }
             None
         };
-        Ok(HttpFetcher { uri: parsed, host, port, tls })
+        Ok(HttpFetcher { uri: parsed, host, port, tls, bearer_token_file: None })
+    }
+
+    /// Sends the content of `path` as a bearer token with every fetch.
+    pub fn with_bearer_token_file(mut self, path: Option<PathBuf>) -> Self {
+        self.bearer_token_file = path;
+        self
     }
 
     async fn exchange<S>(&self, io: S) -> Result<Vec<u8>, AuthnError>
@@ -103,12 +110,19 @@ impl HttpFetcher {
         tokio::spawn(conn);
         let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
         let authority = self.uri.authority().map_or("", |a| a.as_str());
-        let request = Request::get(path)
+        let mut request = Request::get(path)
             .header(header::HOST, authority)
             .header(header::ACCEPT, "application/json, application/jwk-set+json")
             .header(header::USER_AGENT, concat!("palisade/", env!("CARGO_PKG_VERSION")))
             .body(Empty::<Bytes>::new())
             .map_err(|e| err("request", &e))?;
+        if let Some(path) = &self.bearer_token_file {
+            let token = std::fs::read_to_string(path)
+                .map_err(|e| AuthnError::File { path: path.clone(), reason: e.to_string() })?;
+            let value = http::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
+                .map_err(|_| AuthnError::File { path: path.clone(), reason: "not a valid bearer token".into() })?;
+            request.headers_mut().insert(header::AUTHORIZATION, value);
+        }
         let response = sender.send_request(request).await.map_err(|e| err("request", &e))?;
         if response.status() != StatusCode::OK {
             return Err(AuthnError::Fetch(format!("{}: status {}", self.uri, response.status())));

@@ -49,6 +49,11 @@ pub struct JwksSpec {
     /// `uri` only: PEM CA certificates that verify the JWKS host instead of the system bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
+    /// `uri` only: a file whose content is sent as `Authorization: Bearer`, read again on every
+    /// fetch (projected tokens rotate). For a Kubernetes API server whose `/openid/v1/jwks`
+    /// does not allow anonymous reads: `/var/run/secrets/kubernetes.io/serviceaccount/token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 /// The checked form of a [`JwksSpec`].
@@ -56,7 +61,7 @@ pub struct JwksSpec {
 pub(crate) enum JwksLocation {
     File(PathBuf),
     Inline(String),
-    Uri { uri: String, cache: Duration, ca_file: Option<PathBuf> },
+    Uri { uri: String, cache: Duration, ca_file: Option<PathBuf>, bearer_token_file: Option<PathBuf> },
 }
 
 /// The keys a provider verifies with.
@@ -97,7 +102,7 @@ struct RefreshState {
 
 impl JwksSpec {
     pub(crate) fn check(&self) -> Result<JwksLocation, String> {
-        let remote_only = self.cache_seconds.is_some() || self.ca_file.is_some();
+        let remote_only = self.cache_seconds.is_some() || self.ca_file.is_some() || self.bearer_token_file.is_some();
         match (&self.file, &self.inline, &self.uri) {
             (Some(f), None, None) if !remote_only => Ok(JwksLocation::File(f.clone())),
             (None, Some(i), None) if !remote_only => Ok(JwksLocation::Inline(i.clone())),
@@ -110,10 +115,13 @@ impl JwksSpec {
                     uri: u.clone(),
                     cache: Duration::from_secs(secs),
                     ca_file: self.ca_file.clone(),
+                    bearer_token_file: self.bearer_token_file.clone(),
                 })
             }
             (None, None, None) => Err("jwks needs one of file, inline or uri".into()),
-            _ if remote_only && self.uri.is_none() => Err("jwks.cacheSeconds and jwks.caFile go with uri only".into()),
+            _ if remote_only && self.uri.is_none() => {
+                Err("jwks.cacheSeconds, caFile and bearerTokenFile go with uri only".into())
+            }
             _ => Err("jwks takes only one of file, inline or uri".into()),
         }
     }

@@ -108,11 +108,10 @@ pub struct AuthnRuntime {
     remotes: Mutex<HashMap<RemoteKey, Weak<RemoteJwks>>>,
 }
 
-/// A remote JWKS is shared by providers that name the same URI, cache period and CA file.
-type RemoteKey = (String, Duration, Option<PathBuf>);
+/// A remote JWKS is shared by providers that name the same URI, cache period, CA and token.
+type RemoteKey = JwksLocation;
 
-type FetcherFactory =
-    Arc<dyn Fn(&str, Option<&std::path::Path>) -> Result<Arc<dyn FetchJwks>, AuthnError> + Send + Sync>;
+type FetcherFactory = Arc<dyn Fn(&JwksSpec) -> Result<Arc<dyn FetchJwks>, AuthnError> + Send + Sync>;
 
 // === impl Provider ===
 
@@ -220,7 +219,12 @@ impl AuthnRuntime {
         AuthnRuntime {
             clock,
             min_refresh_interval: DEFAULT_MIN_REFRESH_INTERVAL,
-            fetcher: Arc::new(|uri, ca| Ok(Arc::new(HttpFetcher::new(uri, ca)?) as Arc<dyn FetchJwks>)),
+            fetcher: Arc::new(|spec: &JwksSpec| {
+                let uri = spec.uri.as_deref().unwrap_or_default();
+                let fetcher = HttpFetcher::new(uri, spec.ca_file.as_deref())?
+                    .with_bearer_token_file(spec.bearer_token_file.clone());
+                Ok(Arc::new(fetcher) as Arc<dyn FetchJwks>)
+            }),
             remotes: Mutex::new(HashMap::new()),
         }
     }
@@ -234,7 +238,7 @@ impl AuthnRuntime {
     /// Replaces how a JWKS URI is fetched (another transport, a Kubernetes API client).
     pub fn with_fetcher<F>(mut self, factory: F) -> Self
     where
-        F: Fn(&str, Option<&std::path::Path>) -> Result<Arc<dyn FetchJwks>, AuthnError> + Send + Sync + 'static,
+        F: Fn(&JwksSpec) -> Result<Arc<dyn FetchJwks>, AuthnError> + Send + Sync + 'static,
     {
         self.fetcher = Arc::new(factory);
         self
@@ -247,13 +251,24 @@ impl AuthnRuntime {
     /// Checks `spec` and builds its provider: files are read and JWKS parsed now; a remote
     /// JWKS starts fetching in the background (this needs a tokio runtime).
     pub fn provider(&self, spec: &ProviderSpec) -> Result<Provider, AuthnError> {
+        self.build(spec, Mode::Run)
+    }
+
+    /// Everything [`AuthnRuntime::provider`] checks (files read, JWKS parsed, URIs and CA
+    /// files valid) without fetching or starting anything: for `palisade check` and for
+    /// validating a policy snapshot before it is applied.
+    pub fn check(&self, spec: &ProviderSpec) -> Result<(), AuthnError> {
+        self.build(spec, Mode::Check).map(|_| ())
+    }
+
+    fn build(&self, spec: &ProviderSpec, mode: Mode) -> Result<Provider, AuthnError> {
         let err = |reason: String| AuthnError::Provider { issuer: spec.issuer.clone(), reason };
         if spec.issuer.is_empty() {
             return Err(err("issuer is empty".into()));
         }
         let keys = match &spec.jwks {
             None => None,
-            Some(jwks) => Some(self.key_source(jwks).map_err(|e| err(e.to_string()))?),
+            Some(jwks) => Some(self.key_source(jwks, mode).map_err(|e| err(e.to_string()))?),
         };
         let secret = match &spec.hmac_secret {
             None => None,
@@ -342,30 +357,43 @@ impl AuthnRuntime {
         })
     }
 
-    fn key_source(&self, spec: &JwksSpec) -> Result<KeySource, AuthnError> {
-        match spec.check().map_err(AuthnError::Jwks)? {
+    fn key_source(&self, spec: &JwksSpec, mode: Mode) -> Result<KeySource, AuthnError> {
+        let location = spec.check().map_err(AuthnError::Jwks)?;
+        match &location {
             JwksLocation::Inline(text) => Ok(KeySource::Static(Arc::new(KeySet::from_json(text.as_bytes())?))),
             JwksLocation::File(path) => {
-                let bytes =
-                    std::fs::read(&path).map_err(|e| AuthnError::File { path: path.clone(), reason: e.to_string() })?;
-                let set = KeySet::from_json(&bytes)
-                    .map_err(|e| AuthnError::File { path: path.clone(), reason: e.to_string() })?;
+                let file_err = |reason: String| AuthnError::File { path: path.clone(), reason };
+                let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
+                let set = KeySet::from_json(&bytes).map_err(|e| file_err(e.to_string()))?;
                 Ok(KeySource::Static(Arc::new(set)))
             }
-            JwksLocation::Uri { uri, cache, ca_file } => {
-                let key = (uri.clone(), cache, ca_file.clone());
+            JwksLocation::Uri { uri, cache, .. } => {
+                if mode == Mode::Check {
+                    // The URI, CA file and scheme are checked by building the fetcher; nothing
+                    // is fetched and no task starts.
+                    (self.fetcher)(spec)?;
+                    return Ok(KeySource::Static(Arc::new(KeySet::default())));
+                }
                 let mut remotes = self.remotes.lock().unwrap_or_else(|e| e.into_inner());
                 remotes.retain(|_, weak| weak.strong_count() > 0);
-                if let Some(existing) = remotes.get(&key).and_then(Weak::upgrade) {
+                if let Some(existing) = remotes.get(&location).and_then(Weak::upgrade) {
                     return Ok(KeySource::Remote(existing));
                 }
-                let fetcher = (self.fetcher)(&uri, ca_file.as_deref())?;
-                let remote = RemoteJwks::spawn(uri, fetcher, cache, self.min_refresh_interval, self.clock.clone())?;
-                remotes.insert(key, Arc::downgrade(&remote));
+                let fetcher = (self.fetcher)(spec)?;
+                let remote =
+                    RemoteJwks::spawn(uri.clone(), fetcher, *cache, self.min_refresh_interval, self.clock.clone())?;
+                remotes.insert(location.clone(), Arc::downgrade(&remote));
                 Ok(KeySource::Remote(remote))
             }
         }
     }
+}
+
+/// Whether building a provider may start a remote JWKS (`Run`) or only checks (`Check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Run,
+    Check,
 }
 
 fn read_secret(spec: &SecretSpec) -> Result<Vec<u8>, String> {
