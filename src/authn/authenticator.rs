@@ -205,11 +205,16 @@ impl Authenticator {
             };
         }
         // Several providers share the issuer (policies with different audiences): the first
-        // that accepts wins; the first failure is reported.
+        // that accepts wins; the first failure is reported. Each gets its own parse, as a
+        // provider consumes the claims it verifies.
         let mut first_failure = None;
+        let mut parsed = Some(parsed);
         for p in std::iter::once(first).chain(candidates) {
-            let again = token::parse(token, self.options.max_token_bytes).map_err(|f| (f, None))?;
-            match p.verify(again) {
+            let token = match parsed.take() {
+                Some(t) => t,
+                None => token::parse(token, self.options.max_token_bytes).map_err(|f| (f, None))?,
+            };
+            match p.verify(token) {
                 Ok(claims) => return verified(p, claims),
                 Err((f, r)) => {
                     first_failure.get_or_insert((f, r.cloned()));
@@ -358,6 +363,19 @@ mod tests {
         let err = futures_block(a.authenticate(&h)).unwrap_err();
         assert_eq!(err.reason, Reason::WrongIssuer);
         assert!(futures_block(a.authenticate(&headers(&[("authorization", &format!("Bearer {token}"))]))).is_ok());
+    }
+
+    #[test]
+    fn providers_sharing_an_issuer_are_each_tried() {
+        let (mut orders, mut payments) = (hs_spec("a"), hs_spec("a"));
+        orders.audiences = vec!["orders".into()];
+        payments.audiences = vec!["payments".into()];
+        let a =
+            Authenticator::from_specs(&AuthnRuntime::default(), &[orders, payments], AuthnOptions::default()).unwrap();
+        assert!(a.verify_cached(&hs256(r#"{"iss":"a","aud":"payments","exp":99999999999}"#)).is_ok());
+        assert!(a.verify_cached(&hs256(r#"{"iss":"a","aud":"orders","exp":99999999999}"#)).is_ok());
+        let other = a.verify_cached(&hs256(r#"{"iss":"a","aud":"other","exp":99999999999}"#)).unwrap_err();
+        assert_eq!(other.reason, Reason::WrongAudience);
     }
 
     #[test]
