@@ -366,6 +366,20 @@ mod tests {
     }
 
     #[test]
+    fn shared_across_threads_and_awaited_in_send_futures() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>(_: &T) {}
+        send_sync::<Authenticator>();
+        send_sync::<Verified>();
+        send_sync::<Failure>();
+        send_sync::<AuthnRuntime>();
+        let a = authn();
+        let h = HeaderMap::new();
+        send(&a.authenticate(&h));
+        send(&a.verify("t"));
+    }
+
+    #[test]
     fn providers_sharing_an_issuer_are_each_tried() {
         let (mut orders, mut payments) = (hs_spec("a"), hs_spec("a"));
         orders.audiences = vec!["orders".into()];
