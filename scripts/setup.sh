@@ -6,7 +6,8 @@ set -euo pipefail
 
 need=()
 # --test: also what the test suite drives: iptables (transparent capture), promtool (Debian's
-# prometheus package, to check /metrics).
+# prometheus package, to check /metrics), and PyJWT with cryptography (the independent JWT
+# signer of tests/authn_crosscheck.rs).
 if [ "${1:-}" = "--test" ]; then
   command -v iptables >/dev/null 2>&1 || need+=(iptables)
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)
@@ -25,6 +26,16 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -qq
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+if [ "${1:-}" = "--test" ] && ! python3 -c 'import jwt, cryptography' >/dev/null 2>&1; then
+  echo "setup: installing pyjwt cryptography" >&2
+  # pip where Python allows it; Debian's own packages where Python is the system's (PEP 668).
+  python3 -m pip install --quiet pyjwt cryptography >/dev/null 2>&1 || {
+    sudo_cmd=()
+    [ "$(id -u)" -ne 0 ] && sudo_cmd=(sudo)
+    "${sudo_cmd[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq python3-jwt python3-cryptography >/dev/null
+  }
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found; install Rust first (https://rustup.rs)" >&2; exit 1; }
 

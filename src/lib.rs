@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authn;
 pub mod ca;
 pub mod channel;
 pub mod cli;

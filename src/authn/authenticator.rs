@@ -1,0 +1,416 @@
+//! The request-side entry: find the one token in a request, pick its provider by `iss`, verify.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::claims::Claims;
+use super::failure::{Failure, Reason};
+use super::provider::{AuthnRuntime, Provider, ProviderSpec};
+use super::token::{self, DEFAULT_MAX_TOKEN_BYTES};
+use super::AuthnError;
+
+/// At most this many distinct header locations over all providers (a bit each in a mask).
+const MAX_LOCATIONS: usize = 64;
+
+/// Settings that apply before a provider is known.
+#[derive(Debug, Clone)]
+pub struct AuthnOptions {
+    /// Tokens longer than this are refused undecoded (`too_large`).
+    pub max_token_bytes: usize,
+}
+
+impl Default for AuthnOptions {
+    fn default() -> Self {
+        AuthnOptions { max_token_bytes: DEFAULT_MAX_TOKEN_BYTES }
+    }
+}
+
+/// The JWT providers of a workload's policies, compiled once per policy update and shared by
+/// every request (`Send + Sync`, no locks on the verification path).
+pub struct Authenticator {
+    providers: Vec<Arc<Provider>>,
+    /// Every (header, prefix) any provider reads, once each.
+    locations: Vec<(HeaderName, String)>,
+    /// Per provider, the bits of `locations` it reads.
+    masks: Vec<u64>,
+    /// Headers that carry forwarded claims: removed from every incoming request.
+    forwarded: Vec<HeaderName>,
+    options: AuthnOptions,
+}
+
+/// A token found in a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found<'h> {
+    pub token: &'h str,
+    mask: u64,
+}
+
+/// A verified token: who it names and what it claims.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    provider: Arc<Provider>,
+    principal: String,
+    claims: Claims,
+}
+
+// === impl Authenticator ===
+
+impl Authenticator {
+    /// Builds every provider with `runtime` (see [`AuthnRuntime::provider`]).
+    pub fn from_specs(
+        runtime: &AuthnRuntime,
+        specs: &[ProviderSpec],
+        options: AuthnOptions,
+    ) -> Result<Authenticator, AuthnError> {
+        let providers = specs.iter().map(|s| runtime.provider(s)).collect::<Result<Vec<_>, _>>()?;
+        Authenticator::new(providers, options)
+    }
+
+    pub fn new(providers: Vec<Provider>, options: AuthnOptions) -> Result<Authenticator, AuthnError> {
+        if options.max_token_bytes == 0 {
+            return Err(AuthnError::Options("maxTokenBytes must be positive".into()));
+        }
+        let mut locations: Vec<(HeaderName, String)> = Vec::new();
+        let mut masks = Vec::new();
+        let mut forwarded: Vec<HeaderName> = Vec::new();
+        for p in &providers {
+            let mut mask = 0u64;
+            for (name, prefix) in &p.from_headers {
+                let i = match locations.iter().position(|(n, pre)| n == name && pre.eq_ignore_ascii_case(prefix)) {
+                    Some(i) => i,
+                    None => {
+                        locations.push((name.clone(), prefix.clone()));
+                        locations.len() - 1
+                    }
+                };
+                if i >= MAX_LOCATIONS {
+                    return Err(AuthnError::Options(format!("more than {MAX_LOCATIONS} token locations")));
+                }
+                mask |= 1 << i;
+            }
+            masks.push(mask);
+            for (_, header) in &p.forward {
+                if !forwarded.contains(header) {
+                    forwarded.push(header.clone());
+                }
+            }
+        }
+        for h in &forwarded {
+            if locations.iter().any(|(n, _)| n == h) {
+                return Err(AuthnError::Options(format!("{h} both carries a token and receives a forwarded claim")));
+            }
+        }
+        Ok(Authenticator {
+            providers: providers.into_iter().map(Arc::new).collect(),
+            locations,
+            masks,
+            forwarded,
+            options,
+        })
+    }
+
+    pub fn providers(&self) -> impl Iterator<Item = &Provider> {
+        self.providers.iter().map(|p| &**p)
+    }
+
+    /// Headers that `forwardClaims` set. Remove them from every request before it reaches the
+    /// app, with a token or without, or a caller could send its own `x-user-id`.
+    pub fn forwarded_headers(&self) -> &[HeaderName] {
+        &self.forwarded
+    }
+
+    /// Finds the request's token. `Ok(None)`: no configured header holds one (a header with
+    /// another scheme, such as `Authorization: Basic`, is not a token). The same token in
+    /// several places is one token; two different ones are refused.
+    pub fn extract<'h>(&self, headers: &'h HeaderMap) -> Result<Option<Found<'h>>, Failure> {
+        let mut found: Option<Found<'h>> = None;
+        for (i, (name, prefix)) in self.locations.iter().enumerate() {
+            for value in headers.get_all(name) {
+                let bytes = value.as_bytes();
+                let Some(rest) = strip_prefix_ignore_case(bytes, prefix.as_bytes()) else { continue };
+                let rest = rest.trim_ascii();
+                if rest.is_empty() {
+                    return Err(Failure::new(Reason::Malformed, format!("empty token in {name}")));
+                }
+                let Ok(text) = std::str::from_utf8(rest) else {
+                    return Err(Failure::new(Reason::Malformed, format!("non-ASCII token in {name}")));
+                };
+                match &mut found {
+                    None => found = Some(Found { token: text, mask: 1 << i }),
+                    Some(f) if f.token == text => f.mask |= 1 << i,
+                    Some(_) => return Err(Failure::new(Reason::MultipleTokens, format!("a second token in {name}"))),
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The whole request step: extract, then verify. `Ok(None)` when the request has no token
+    /// (`requireJwt` decides); waits only when a remote JWKS must be refreshed for an unknown
+    /// `kid` (see [`Authenticator::verify`]).
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Verified>, Failure> {
+        match self.extract(headers)? {
+            None => Ok(None),
+            Some(found) => self.verify_in(found.token, found.mask).await.map(Some),
+        }
+    }
+
+    /// Verifies a token given directly (a service-account token in a CSR, say), with any
+    /// provider whose issuer it names. On an unknown `kid` with a remote JWKS, refreshes it
+    /// (rate-limited) and tries once more.
+    pub async fn verify(&self, token: &str) -> Result<Verified, Failure> {
+        self.verify_in(token, u64::MAX).await
+    }
+
+    /// Verifies with the keys in hand only: never waits, never triggers a refresh.
+    pub fn verify_cached(&self, token: &str) -> Result<Verified, Failure> {
+        self.attempt(token, u64::MAX).map_err(|(f, _)| f)
+    }
+
+    async fn verify_in(&self, token: &str, mask: u64) -> Result<Verified, Failure> {
+        match self.attempt(token, mask) {
+            Ok(v) => Ok(v),
+            Err((_, Some(remote))) => {
+                remote.refresh_for_unknown_kid().await;
+                self.attempt(token, mask).map_err(|(f, _)| f)
+            }
+            Err((f, None)) => Err(f),
+        }
+    }
+
+    /// One try with the current keys; a failure that a refresh may cure carries its JWKS.
+    fn attempt(&self, token: &str, mask: u64) -> Result<Verified, (Failure, Option<Arc<super::jwks::RemoteJwks>>)> {
+        let parsed = token::parse(token, self.options.max_token_bytes).map_err(|f| (f, None))?;
+        // `iss` is read before the signature is checked only to choose the provider; it is
+        // trusted once that provider's keys verified the token.
+        let iss = match parsed.claims.get("iss") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(_) => return Err((Failure::new(Reason::Malformed, "iss is not a string"), None)),
+            None => return Err((Failure::new(Reason::WrongIssuer, "no iss claim"), None)),
+        };
+        let mut candidates = self.providers.iter().zip(&self.masks).filter(|(p, _)| p.issuer == iss).peekable();
+        if candidates.peek().is_none() {
+            return Err((Failure::new(Reason::WrongIssuer, format!("iss {:?}", token::truncate(&iss))), None));
+        }
+        let mut candidates = candidates.filter(|(_, m)| *m & mask != 0).map(|(p, _)| p).peekable();
+        let Some(first) = candidates.next() else {
+            return Err((Failure::new(Reason::WrongIssuer, "the token is in a header its issuer does not use"), None));
+        };
+        if candidates.peek().is_none() {
+            // The common case: one provider per issuer, and the parsed claims move into it.
+            return match first.verify(parsed) {
+                Ok(claims) => verified(first, claims),
+                Err((f, remote)) => Err((f, remote.cloned())),
+            };
+        }
+        // Several providers share the issuer (policies with different audiences): the first
+        // that accepts wins; the first failure is reported. Each gets its own parse, as a
+        // provider consumes the claims it verifies.
+        let mut first_failure = None;
+        let mut parsed = Some(parsed);
+        for p in std::iter::once(first).chain(candidates) {
+            let token = match parsed.take() {
+                Some(t) => t,
+                None => token::parse(token, self.options.max_token_bytes).map_err(|f| (f, None))?,
+            };
+            match p.verify(token) {
+                Ok(claims) => return verified(p, claims),
+                Err((f, r)) => {
+                    first_failure.get_or_insert((f, r.cloned()));
+                }
+            }
+        }
+        Err(first_failure.unwrap_or_else(|| (Failure::new(Reason::WrongIssuer, "no provider"), None)))
+    }
+}
+
+fn verified(
+    provider: &Arc<Provider>,
+    claims: Claims,
+) -> Result<Verified, (Failure, Option<Arc<super::jwks::RemoteJwks>>)> {
+    let principal = provider.principal(&claims).map_err(|f| (f, None))?;
+    Ok(Verified { provider: provider.clone(), principal, claims })
+}
+
+fn strip_prefix_ignore_case<'a>(value: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
+    if value.len() >= prefix.len() && value[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        Some(&value[prefix.len()..])
+    } else {
+        None
+    }
+}
+
+// === impl Verified ===
+
+impl Verified {
+    /// `request.auth.principal`: `<iss>/<sub>`.
+    pub fn principal(&self) -> &str {
+        &self.principal
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.provider.issuer
+    }
+
+    pub fn subject(&self) -> Option<&str> {
+        self.claims.as_map().get("sub").and_then(|v| v.as_str())
+    }
+
+    /// `request.auth.claims[...]`.
+    pub fn claims(&self) -> &Claims {
+        &self.claims
+    }
+
+    /// The `forwardClaims` headers to set on the request to the app (after removing
+    /// [`Authenticator::forwarded_headers`]). A claim that is absent, an object, or not a valid
+    /// header value sets nothing.
+    pub fn forward_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
+        self.provider.forward_headers(&self.claims)
+    }
+
+    /// Headers to remove so the token does not reach the app (Envoy's and Istio's default);
+    /// empty when the provider sets `forwardOriginalToken`.
+    pub fn token_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        let keep = self.provider.forward_original_token;
+        self.provider.from_headers.iter().filter(move |_| !keep).map(|(n, _)| n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authn::{b64, JwksSpec, SecretSpec};
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// A provider with only a shared secret: these tests need no key pairs.
+    fn hs_spec(issuer: &str) -> ProviderSpec {
+        ProviderSpec {
+            issuer: issuer.into(),
+            audiences: vec![],
+            jwks: None,
+            hmac_secret: Some(SecretSpec { file: None, inline: Some(SECRET.into()) }),
+            from_headers: vec![
+                super::super::FromHeader { name: "authorization".into(), prefix: "Bearer ".into() },
+                super::super::FromHeader { name: "x-jwt".into(), prefix: String::new() },
+            ],
+            forward_claims: vec![],
+            forward_original_token: false,
+            algorithms: None,
+            clock_skew_seconds: None,
+        }
+    }
+
+    fn hs256(claims: &str) -> String {
+        let input = format!("{}.{}", b64::encode(br#"{"alg":"HS256"}"#), b64::encode(claims.as_bytes()));
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
+        format!("{input}.{}", b64::encode(ring::hmac::sign(&key, input.as_bytes()).as_ref()))
+    }
+
+    fn authn() -> Authenticator {
+        Authenticator::from_specs(&AuthnRuntime::default(), &[hs_spec("a")], AuthnOptions::default()).unwrap()
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::try_from(*k).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn extraction_finds_exactly_one_token() {
+        let a = authn();
+        assert_eq!(a.extract(&headers(&[])).unwrap(), None);
+        assert_eq!(a.extract(&headers(&[("authorization", "Basic dXNlcg==")])).unwrap(), None);
+        assert_eq!(a.extract(&headers(&[("authorization", "bearer t1")])).unwrap().unwrap().token, "t1");
+        assert_eq!(a.extract(&headers(&[("x-jwt", " t1 ")])).unwrap().unwrap().token, "t1");
+        let same = headers(&[("authorization", "Bearer t1"), ("x-jwt", "t1")]);
+        assert_eq!(a.extract(&same).unwrap().unwrap().mask, 0b11);
+        for (h, r) in [
+            (headers(&[("authorization", "Bearer t1"), ("x-jwt", "t2")]), Reason::MultipleTokens),
+            (headers(&[("authorization", "Bearer t1"), ("authorization", "Bearer t2")]), Reason::MultipleTokens),
+            (headers(&[("authorization", "Bearer ")]), Reason::Malformed),
+        ] {
+            assert_eq!(a.extract(&h).unwrap_err().reason, r);
+        }
+    }
+
+    #[test]
+    fn hs_tokens_verify_with_the_configured_secret() {
+        let a = authn();
+        let v = a.verify_cached(&hs256(r#"{"iss":"a","sub":"u","exp":99999999999}"#)).unwrap();
+        assert_eq!(v.principal(), "a/u");
+        let wrong_iss = a.verify_cached(&hs256(r#"{"iss":"b","sub":"u","exp":99999999999}"#)).unwrap_err();
+        assert_eq!(wrong_iss.reason, Reason::WrongIssuer);
+        let mut t = hs256(r#"{"iss":"a","exp":99999999999}"#);
+        t.replace_range(t.len() - 2.., "AA");
+        assert_eq!(a.verify_cached(&t).unwrap_err().reason, Reason::BadSignature);
+    }
+
+    #[test]
+    fn a_provider_reads_only_its_own_headers() {
+        let mut only_bearer = hs_spec("a");
+        only_bearer.from_headers.truncate(1);
+        let mut other = hs_spec("b");
+        other.from_headers.remove(0);
+        let a = Authenticator::from_specs(&AuthnRuntime::default(), &[only_bearer, other], AuthnOptions::default())
+            .unwrap();
+        let token = hs256(r#"{"iss":"a","exp":99999999999}"#);
+        let h = headers(&[("x-jwt", &token)]);
+        let err = futures_block(a.authenticate(&h)).unwrap_err();
+        assert_eq!(err.reason, Reason::WrongIssuer);
+        assert!(futures_block(a.authenticate(&headers(&[("authorization", &format!("Bearer {token}"))]))).is_ok());
+    }
+
+    #[test]
+    fn shared_across_threads_and_awaited_in_send_futures() {
+        fn send_sync<T: Send + Sync>() {}
+        fn send<T: Send>(_: &T) {}
+        send_sync::<Authenticator>();
+        send_sync::<Verified>();
+        send_sync::<Failure>();
+        send_sync::<AuthnRuntime>();
+        let a = authn();
+        let h = HeaderMap::new();
+        send(&a.authenticate(&h));
+        send(&a.verify("t"));
+    }
+
+    #[test]
+    fn providers_sharing_an_issuer_are_each_tried() {
+        let (mut orders, mut payments) = (hs_spec("a"), hs_spec("a"));
+        orders.audiences = vec!["orders".into()];
+        payments.audiences = vec!["payments".into()];
+        let a =
+            Authenticator::from_specs(&AuthnRuntime::default(), &[orders, payments], AuthnOptions::default()).unwrap();
+        assert!(a.verify_cached(&hs256(r#"{"iss":"a","aud":"payments","exp":99999999999}"#)).is_ok());
+        assert!(a.verify_cached(&hs256(r#"{"iss":"a","aud":"orders","exp":99999999999}"#)).is_ok());
+        let other = a.verify_cached(&hs256(r#"{"iss":"a","aud":"other","exp":99999999999}"#)).unwrap_err();
+        assert_eq!(other.reason, Reason::WrongAudience);
+    }
+
+    #[test]
+    fn config_errors_are_caught_when_built() {
+        let rt = AuthnRuntime::default();
+        let mut no_keys = hs_spec("a");
+        no_keys.hmac_secret = None;
+        let mut short = hs_spec("a");
+        short.hmac_secret = Some(SecretSpec { file: None, inline: Some("short".into()) });
+        let mut rs_without_jwks = hs_spec("a");
+        rs_without_jwks.algorithms = Some(vec![crate::authn::Algorithm::RS256]);
+        let mut bad_forward = hs_spec("a");
+        bad_forward.forward_claims = vec![super::super::ForwardClaim { claim: "sub".into(), header: "host".into() }];
+        let mut bad_jwks = hs_spec("a");
+        bad_jwks.jwks = Some(JwksSpec { inline: Some("{\"keys\":[]}".into()), ..Default::default() });
+        for spec in [no_keys, short, rs_without_jwks, bad_forward, bad_jwks] {
+            assert!(rt.provider(&spec).is_err(), "{spec:?}");
+        }
+    }
+
+    fn futures_block<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+}

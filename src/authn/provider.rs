@@ -1,0 +1,405 @@
+//! One JWT issuer as a policy configures it (`authentication.jwt[]`), built into a verifier.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue};
+use ring::hmac;
+use serde::{Deserialize, Serialize};
+
+use super::alg::{Algorithm, KeyKind};
+use super::claims::{ClaimPath, Claims, Clock, SystemClock, TimeRules};
+use super::failure::{Failure, Reason};
+use super::fetch::{FetchJwks, HttpFetcher};
+use super::jwks::{JwksLocation, JwksSpec, KeySource, RemoteJwks, DEFAULT_MIN_REFRESH_INTERVAL};
+use super::keys::{KeySet, Lookup};
+use super::token::Unverified;
+use super::AuthnError;
+
+/// Envoy's `clock_skew_seconds` default.
+pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// Headers a claim must never be forwarded into: they frame the request or route it.
+const RESERVED_HEADERS: [&str; 6] = ["host", "content-length", "transfer-encoding", "connection", "te", "upgrade"];
+
+/// One entry of `authentication.jwt`, as written in a policy (field names as in SPEC section 4).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ProviderSpec {
+    pub issuer: String,
+    /// Any one of these in `aud` is enough; empty means `aud` is not checked.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<JwksSpec>,
+    /// Enables HS256/384/512 for this issuer only; never serialised (`/config_dump`).
+    #[serde(default, skip_serializing)]
+    pub hmac_secret: Option<SecretSpec>,
+    #[serde(default = "default_from_headers")]
+    pub from_headers: Vec<FromHeader>,
+    #[serde(default)]
+    pub forward_claims: Vec<ForwardClaim>,
+    /// Keep the token's header on the request to the app (Envoy's `forward`); default removes it.
+    #[serde(default)]
+    pub forward_original_token: bool,
+    /// Accepted algorithms; default every public-key one, plus HS* when `hmacSecret` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithms: Option<Vec<Algorithm>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew_seconds: Option<u64>,
+}
+
+/// A shared secret: the exact bytes of a file, or inline text.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretSpec {
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub inline: Option<String>,
+}
+
+/// `fromHeaders` entry: the token is the header's value after `prefix` (matched without regard
+/// to ASCII case, as the `Bearer` scheme is).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FromHeader {
+    pub name: String,
+    #[serde(default)]
+    pub prefix: String,
+}
+
+/// `forwardClaims` entry. `claim` is a top-level name (`sub`) or a bracketed path
+/// (`[kubernetes.io][namespace]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForwardClaim {
+    pub claim: String,
+    pub header: String,
+}
+
+fn default_from_headers() -> Vec<FromHeader> {
+    vec![FromHeader { name: "authorization".into(), prefix: "Bearer ".into() }]
+}
+
+/// A provider ready to verify: keys parsed, names checked.
+pub struct Provider {
+    pub(crate) issuer: String,
+    audiences: Vec<String>,
+    keys: Option<KeySource>,
+    hmac: Vec<(Algorithm, hmac::Key)>,
+    algorithms: Vec<Algorithm>,
+    pub(crate) from_headers: Vec<(HeaderName, String)>,
+    pub(crate) forward: Vec<(ClaimPath, HeaderName)>,
+    pub(crate) forward_original_token: bool,
+    time: TimeRules,
+    clock: Arc<dyn Clock>,
+}
+
+/// What providers share across policy updates: the clock and the remote JWKS caches, so a
+/// recompiled policy naming the same URI keeps its keys and its refresh task. Make one per
+/// sidecar (or control plane) and keep it.
+pub struct AuthnRuntime {
+    clock: Arc<dyn Clock>,
+    min_refresh_interval: Duration,
+    fetcher: FetcherFactory,
+    remotes: Mutex<HashMap<RemoteKey, Weak<RemoteJwks>>>,
+}
+
+/// A remote JWKS is shared by providers that name the same URI, cache period, CA and token.
+type RemoteKey = JwksLocation;
+
+type FetcherFactory = Arc<dyn Fn(&JwksSpec) -> Result<Arc<dyn FetchJwks>, AuthnError> + Send + Sync>;
+
+// === impl Provider ===
+
+impl Provider {
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The remote JWKS behind this provider, if its keys come from a URI.
+    pub fn remote_jwks(&self) -> Option<&Arc<RemoteJwks>> {
+        self.keys.as_ref().and_then(KeySource::remote)
+    }
+
+    /// Verifies a parsed token that names this provider's issuer. `Err` carries the remote
+    /// set to refresh when the failure is an unknown key.
+    pub(crate) fn verify(&self, token: Unverified<'_>) -> Result<Claims, (Failure, Option<&Arc<RemoteJwks>>)> {
+        let alg = token.alg;
+        if !self.algorithms.contains(&alg) {
+            return Err((Failure::new(Reason::UnsupportedAlg, format!("{alg} is not accepted for this issuer")), None));
+        }
+        if alg.key_kind() == KeyKind::Hmac {
+            let key = self.hmac.iter().find(|(a, _)| *a == alg).map(|(_, k)| k);
+            let ok = key.is_some_and(|k| hmac::verify(k, token.signing_input, &token.signature).is_ok());
+            if !ok {
+                return Err((Failure::new(Reason::BadSignature, format!("{alg} signature does not verify")), None));
+            }
+        } else {
+            self.verify_with_jwks(&token)?;
+        }
+        let claims = Claims::new(token.claims);
+        claims.check_times(self.clock.since_epoch(), &self.time).map_err(|f| (f, None))?;
+        claims.check_audience(&self.audiences).map_err(|f| (f, None))?;
+        Ok(claims)
+    }
+
+    fn verify_with_jwks(&self, token: &Unverified<'_>) -> Result<(), (Failure, Option<&Arc<RemoteJwks>>)> {
+        let Some(source) = &self.keys else {
+            return Err((Failure::new(Reason::UnsupportedAlg, "no JWKS for public-key algorithms"), None));
+        };
+        let remote = source.remote();
+        let current = source.current();
+        let kid = token.kid.as_deref();
+        let unknown = || {
+            let kid = kid.map_or_else(|| "(none)".to_string(), |k| format!("{:?}", super::token::truncate(k)));
+            Failure::new(Reason::UnknownKey, format!("no {} key with kid {kid}", token.alg))
+        };
+        let Some(set) = current.get() else {
+            return Err((Failure::new(Reason::UnknownKey, "the JWKS has not been fetched yet"), remote));
+        };
+        match set.lookup(kid, token.alg) {
+            Lookup::Unknown => Err((unknown(), remote)),
+            Lookup::WrongAlgorithm => Err((
+                Failure::new(Reason::UnsupportedAlg, format!("the key with this kid does not verify {}", token.alg)),
+                None,
+            )),
+            Lookup::Found(keys) => {
+                if keys.iter().any(|k| k.verify(token.alg, token.signing_input, &token.signature)) {
+                    Ok(())
+                } else {
+                    Err((Failure::new(Reason::BadSignature, format!("{} signature does not verify", token.alg)), None))
+                }
+            }
+        }
+    }
+
+    /// `<iss>/<sub>`, Istio's request principal; `sub` may be absent (then empty).
+    pub(crate) fn principal(&self, claims: &Claims) -> Result<String, Failure> {
+        let sub = claims.str_claim("sub")?.unwrap_or("");
+        Ok(format!("{}/{}", self.issuer, sub))
+    }
+
+    pub(crate) fn forward_headers(&self, claims: &Claims) -> Vec<(HeaderName, HeaderValue)> {
+        let mut out = Vec::with_capacity(self.forward.len());
+        for (path, header) in &self.forward {
+            // A value that cannot be a header value (control characters) is not forwarded;
+            // the header stays removed.
+            if let Some(v) = claims.text(path).and_then(|t| HeaderValue::from_bytes(t.as_bytes()).ok()) {
+                out.push((header.clone(), v));
+            }
+        }
+        out
+    }
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("issuer", &self.issuer)
+            .field("audiences", &self.audiences)
+            .field("algorithms", &self.algorithms)
+            .finish_non_exhaustive()
+    }
+}
+
+// === impl AuthnRuntime ===
+
+impl Default for AuthnRuntime {
+    fn default() -> Self {
+        AuthnRuntime::new(Arc::new(SystemClock))
+    }
+}
+
+impl AuthnRuntime {
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        AuthnRuntime {
+            clock,
+            min_refresh_interval: DEFAULT_MIN_REFRESH_INTERVAL,
+            fetcher: Arc::new(|spec: &JwksSpec| {
+                let uri = spec.uri.as_deref().unwrap_or_default();
+                let fetcher = HttpFetcher::new(uri, spec.ca_file.as_deref())?
+                    .with_bearer_token_file(spec.bearer_token_file.clone());
+                Ok(Arc::new(fetcher) as Arc<dyn FetchJwks>)
+            }),
+            remotes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Spacing of fetches triggered by unknown `kid`s (default 30 s).
+    pub fn with_min_refresh_interval(mut self, interval: Duration) -> Self {
+        self.min_refresh_interval = interval;
+        self
+    }
+
+    /// Replaces how a JWKS URI is fetched (another transport, a Kubernetes API client).
+    pub fn with_fetcher<F>(mut self, factory: F) -> Self
+    where
+        F: Fn(&JwksSpec) -> Result<Arc<dyn FetchJwks>, AuthnError> + Send + Sync + 'static,
+    {
+        self.fetcher = Arc::new(factory);
+        self
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Checks `spec` and builds its provider: files are read and JWKS parsed now; a remote
+    /// JWKS starts fetching in the background (this needs a tokio runtime).
+    pub fn provider(&self, spec: &ProviderSpec) -> Result<Provider, AuthnError> {
+        self.build(spec, Mode::Run)
+    }
+
+    /// Everything [`AuthnRuntime::provider`] checks (files read, JWKS parsed, URIs and CA
+    /// files valid) without fetching or starting anything: for `palisade check` and for
+    /// validating a policy snapshot before it is applied.
+    pub fn check(&self, spec: &ProviderSpec) -> Result<(), AuthnError> {
+        self.build(spec, Mode::Check).map(|_| ())
+    }
+
+    fn build(&self, spec: &ProviderSpec, mode: Mode) -> Result<Provider, AuthnError> {
+        let err = |reason: String| AuthnError::Provider { issuer: spec.issuer.clone(), reason };
+        if spec.issuer.is_empty() {
+            return Err(err("issuer is empty".into()));
+        }
+        let keys = match &spec.jwks {
+            None => None,
+            Some(jwks) => Some(self.key_source(jwks, mode).map_err(|e| err(e.to_string()))?),
+        };
+        let secret = match &spec.hmac_secret {
+            None => None,
+            Some(s) => Some(read_secret(s).map_err(err)?),
+        };
+        let algorithms = match &spec.algorithms {
+            Some(list) if list.is_empty() => return Err(err("algorithms is empty".into())),
+            Some(list) => list.clone(),
+            None => {
+                let mut list = if keys.is_some() { Algorithm::ASYMMETRIC.to_vec() } else { Vec::new() };
+                if let Some(secret) = &secret {
+                    list.extend(
+                        [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]
+                            .into_iter()
+                            .filter(|a| secret.len() >= a.min_secret_len()),
+                    );
+                }
+                list
+            }
+        };
+        if keys.is_none() && secret.is_none() {
+            return Err(err("needs jwks or hmacSecret".into()));
+        }
+        let mut hmac_keys = Vec::new();
+        for &alg in &algorithms {
+            if !alg.is_hmac() {
+                if keys.is_none() {
+                    return Err(err(format!("{alg} needs a jwks")));
+                }
+                continue;
+            }
+            // HS* only with the provider's own secret: never a JWKS key, never an RSA key's
+            // bytes (the classic confusion of RS256 tokens re-signed as HS256).
+            let secret = secret.as_ref().ok_or_else(|| err(format!("{alg} needs hmacSecret")))?;
+            if secret.len() < alg.min_secret_len() {
+                return Err(err(format!("{alg} needs a secret of at least {} bytes", alg.min_secret_len())));
+            }
+            let digest = match alg {
+                Algorithm::HS256 => hmac::HMAC_SHA256,
+                Algorithm::HS384 => hmac::HMAC_SHA384,
+                _ => hmac::HMAC_SHA512,
+            };
+            hmac_keys.push((alg, hmac::Key::new(digest, secret)));
+        }
+        if secret.is_some() && hmac_keys.is_empty() {
+            return Err(err("hmacSecret is set but no HS algorithm is accepted (secret too short?)".into()));
+        }
+        if spec.from_headers.is_empty() {
+            return Err(err("fromHeaders is empty".into()));
+        }
+        let mut from_headers = Vec::new();
+        for h in &spec.from_headers {
+            let name =
+                HeaderName::try_from(h.name.as_str()).map_err(|_| err(format!("bad header name {:?}", h.name)))?;
+            if h.prefix.bytes().any(|b| !(b' '..=b'~').contains(&b)) {
+                return Err(err(format!("prefix {:?} must be printable ASCII", h.prefix)));
+            }
+            from_headers.push((name, h.prefix.clone()));
+        }
+        let mut forward = Vec::new();
+        for f in &spec.forward_claims {
+            let path = if f.claim.starts_with('[') || f.claim.starts_with("request.auth.claims") {
+                ClaimPath::parse(&f.claim)?
+            } else {
+                ClaimPath::from_names([f.claim.as_str()])?
+            };
+            let header =
+                HeaderName::try_from(f.header.as_str()).map_err(|_| err(format!("bad header name {:?}", f.header)))?;
+            if RESERVED_HEADERS.contains(&header.as_str()) || from_headers.iter().any(|(n, _)| n == header) {
+                return Err(err(format!("claims cannot be forwarded in {header}")));
+            }
+            forward.push((path, header));
+        }
+        let skew = spec.clock_skew_seconds.map_or(DEFAULT_CLOCK_SKEW, Duration::from_secs);
+        Ok(Provider {
+            issuer: spec.issuer.clone(),
+            audiences: spec.audiences.clone(),
+            keys,
+            hmac: hmac_keys,
+            algorithms,
+            from_headers,
+            forward,
+            forward_original_token: spec.forward_original_token,
+            time: TimeRules { skew },
+            clock: self.clock.clone(),
+        })
+    }
+
+    fn key_source(&self, spec: &JwksSpec, mode: Mode) -> Result<KeySource, AuthnError> {
+        let location = spec.check().map_err(AuthnError::Jwks)?;
+        match &location {
+            JwksLocation::Inline(text) => Ok(KeySource::Static(Arc::new(KeySet::from_json(text.as_bytes())?))),
+            JwksLocation::File(path) => {
+                let file_err = |reason: String| AuthnError::File { path: path.clone(), reason };
+                let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
+                let set = KeySet::from_json(&bytes).map_err(|e| file_err(e.to_string()))?;
+                Ok(KeySource::Static(Arc::new(set)))
+            }
+            JwksLocation::Uri { uri, cache, .. } => {
+                if mode == Mode::Check {
+                    // The URI, CA file and scheme are checked by building the fetcher; nothing
+                    // is fetched and no task starts.
+                    (self.fetcher)(spec)?;
+                    return Ok(KeySource::Static(Arc::new(KeySet::default())));
+                }
+                let mut remotes = self.remotes.lock().unwrap_or_else(|e| e.into_inner());
+                remotes.retain(|_, weak| weak.strong_count() > 0);
+                if let Some(existing) = remotes.get(&location).and_then(Weak::upgrade) {
+                    return Ok(KeySource::Remote(existing));
+                }
+                let fetcher = (self.fetcher)(spec)?;
+                let remote =
+                    RemoteJwks::spawn(uri.clone(), fetcher, *cache, self.min_refresh_interval, self.clock.clone())?;
+                remotes.insert(location.clone(), Arc::downgrade(&remote));
+                Ok(KeySource::Remote(remote))
+            }
+        }
+    }
+}
+
+/// Whether building a provider may start a remote JWKS (`Run`) or only checks (`Check`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Run,
+    Check,
+}
+
+fn read_secret(spec: &SecretSpec) -> Result<Vec<u8>, String> {
+    match (&spec.file, &spec.inline) {
+        (Some(path), None) => std::fs::read(path).map_err(|e| format!("hmacSecret {}: {e}", path.display())),
+        (None, Some(text)) => Ok(text.as_bytes().to_vec()),
+        _ => Err("hmacSecret needs exactly one of file or inline".into()),
+    }
+}
