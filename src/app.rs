@@ -341,7 +341,11 @@ async fn run(
             policy: policy.clone(),
             workload,
             node,
-            token_file: config.identity.control_plane.as_ref().map(|cp| cp.token_file.clone()),
+            token_file: config
+                .policy
+                .token_file
+                .clone()
+                .or_else(|| config.identity.control_plane.as_ref().map(|cp| cp.token_file.clone())),
             identity: identity_state.clone(),
             telemetry: telemetry.clone(),
             state: state.clone(),

@@ -18,7 +18,7 @@ mod tokens;
 pub use kube::{KubeApi, PodInfo};
 pub use service::{CaMetrics, CaService, MAX_REQUEST_BYTES};
 pub use signer::{CaError, CaFiles, CaSigner, Issued};
-pub use tokens::{Proven, TokenChecker, TokenReviewTokens};
+pub use tokens::{JwksTokens, Proven, TokenChecker, TokenReviewTokens};
 
 /// Why a request for a certificate was refused: what the caller is told, what the event says,
 /// and (`label`) the bounded reason of `palisade_ca_requests_total{result}`.
@@ -38,6 +38,9 @@ pub enum Refused {
     NotServiceAccount(String),
     #[error("the token's service account is not allowed here: {0}")]
     Identity(String),
+    /// A well-formed request for an identity the token does not prove.
+    #[error("{0}")]
+    OtherIdentity(String),
     #[error("{0}")]
     Csr(String),
     #[error("the token could not be checked now: {0}")]
@@ -54,6 +57,7 @@ impl Refused {
             Refused::UnknownSigner(_) => "unknown_signer",
             Refused::NotServiceAccount(_) => "not_a_service_account",
             Refused::Identity(_) => "wrong_identity",
+            Refused::OtherIdentity(_) => "other_identity",
             Refused::Csr(_) => "bad_request",
             Refused::Unavailable(_) => "unavailable",
         }

@@ -54,15 +54,18 @@ fn claims() -> Value {
 
 /// The provider as SPEC section 4 writes it, with `jwks` filled in by the test.
 fn spec(jwks: JwksSpec) -> ProviderSpec {
-    let mut spec: ProviderSpec = palisade::config::parse_yaml(std::path::Path::new("provider.yaml"), &format!(
-        r#"
+    let mut spec: ProviderSpec = palisade::config::parse_yaml(
+        std::path::Path::new("provider.yaml"),
+        &format!(
+            r#"
 issuer: {ISS}
 audiences: [orders]
 jwks: {{inline: "{{}}"}}
 fromHeaders: [{{name: Authorization, prefix: "Bearer "}}]
 forwardClaims: [{{claim: sub, header: x-user-id}}, {{claim: "[groups]", header: x-groups}}]
 "#
-    ))
+        ),
+    )
     .unwrap();
     spec.jwks = Some(jwks);
     spec

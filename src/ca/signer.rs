@@ -102,6 +102,12 @@ impl CaSigner {
         &self.trust_bundle
     }
 
+    /// Whether `other` signs with the same certificates and hands out the same roots: a
+    /// reload that changes neither changes nothing.
+    pub fn same_as(&self, other: &CaSigner) -> bool {
+        self.chain == other.chain && self.trust_bundle == other.trust_bundle
+    }
+
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
     }
@@ -185,7 +191,7 @@ fn check_request(csr: &[u8], identity: &SpiffeId) -> Result<(), Refused> {
                     match name {
                         GeneralName::URI(uri) if *uri == identity.as_str() => {}
                         GeneralName::URI(uri) => {
-                            return Err(Refused::Csr(format!(
+                            return Err(Refused::OtherIdentity(format!(
                                 "the request asks for {uri}, but the token proves {identity}"
                             )))
                         }

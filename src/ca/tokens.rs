@@ -8,6 +8,8 @@ use async_trait::async_trait;
 
 use super::kube::KubeApi;
 use super::Refused;
+use crate::authn::{Authenticator, AuthnOptions, AuthnRuntime, ClaimPath, Claims, JwksSpec, ProviderSpec, Reason};
+use crate::config::JwksSourceConfig;
 use crate::identity::SpiffeId;
 
 /// What a valid token proves.
@@ -63,4 +65,117 @@ impl TokenChecker for TokenReviewTokens {
         }
         self.api.token_review(token.trim(), &self.audience).await
     }
+}
+
+/// Offline, against the service-account issuer's keys (a JWKS file, or a URI such as the API
+/// server's `/openid/v1/jwks`, refreshed when a token names a key not yet seen). Cheaper than a
+/// TokenReview per CSR and independent of the API server's availability; what it cannot see is
+/// revocation: a bound token stays valid until it expires after its pod or account is deleted
+/// (the TokenReview mode sees that).
+pub struct JwksTokens {
+    /// Rebuilt when a file-based JWKS changes on disk (checked when a token names an unknown key).
+    authenticator: arc_swap::ArcSwap<Authenticator>,
+    runtime: AuthnRuntime,
+    spec: ProviderSpec,
+    file_stamp: std::sync::Mutex<Option<std::time::SystemTime>>,
+}
+
+// The private claims of a projected service-account token (`"kubernetes.io": {...}`).
+const NAMESPACE: &[&str] = &["kubernetes.io", "namespace"];
+const SERVICE_ACCOUNT: &[&str] = &["kubernetes.io", "serviceaccount", "name"];
+const POD_NAME: &[&str] = &["kubernetes.io", "pod", "name"];
+const POD_UID: &[&str] = &["kubernetes.io", "pod", "uid"];
+
+impl JwksTokens {
+    /// Reads a JWKS file now, or starts fetching a URI's (this needs a tokio runtime).
+    pub fn new(config: &JwksSourceConfig, audience: &str) -> Result<JwksTokens, String> {
+        // Through the policy format, so every field a policy's provider defaults to is the same.
+        let spec: ProviderSpec = serde_json::from_value(serde_json::json!({
+            "issuer": config.issuer,
+            "audiences": [audience],
+            "jwks": JwksSpec {
+                file: config.file.clone(),
+                uri: config.uri.clone(),
+                ca_file: config.ca_file.clone(),
+                bearer_token_file: config.bearer_token_file.clone(),
+                ..JwksSpec::default()
+            },
+        }))
+        .map_err(|e| e.to_string())?;
+        let runtime = AuthnRuntime::default();
+        let authenticator = build(&runtime, &spec)?;
+        let file_stamp = std::sync::Mutex::new(config.file.as_deref().and_then(modified));
+        Ok(JwksTokens { authenticator: arc_swap::ArcSwap::from_pointee(authenticator), runtime, spec, file_stamp })
+    }
+
+    /// A JWKS file that changed since it was read is read again; true when the keys changed.
+    fn reload_file(&self) -> bool {
+        let Some(path) = self.spec.jwks.as_ref().and_then(|j| j.file.as_deref()) else { return false };
+        let now = modified(path);
+        {
+            let mut stamp = self.file_stamp.lock().unwrap_or_else(|e| e.into_inner());
+            if *stamp == now {
+                return false;
+            }
+            *stamp = now;
+        }
+        match build(&self.runtime, &self.spec) {
+            Ok(fresh) => {
+                tracing::info!(path = %path.display(), "the service-account issuer's keys were read again");
+                self.authenticator.store(Arc::new(fresh));
+                true
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "the issuer's JWKS file is not usable; the keys in force stay");
+                false
+            }
+        }
+    }
+}
+
+fn build(runtime: &AuthnRuntime, spec: &ProviderSpec) -> Result<Authenticator, String> {
+    Authenticator::from_specs(runtime, std::slice::from_ref(spec), AuthnOptions::default()).map_err(|e| e.to_string())
+}
+
+fn modified(path: &std::path::Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+#[async_trait]
+impl TokenChecker for JwksTokens {
+    async fn check(&self, token: &str) -> Result<Proven, Refused> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(Refused::NoToken);
+        }
+        let verified = match self.authenticator.load_full().verify(token).await {
+            Err(f) if f.reason() == Reason::UnknownKey && self.reload_file() => {
+                self.authenticator.load_full().verify(token).await
+            }
+            other => other,
+        }
+        .map_err(|f| match f.reason() {
+            Reason::Expired => Refused::Expired,
+            Reason::WrongAudience => Refused::Audience(f.to_string()),
+            Reason::UnknownKey | Reason::WrongIssuer | Reason::BadSignature => Refused::UnknownSigner(f.to_string()),
+            _ => Refused::Token(f.to_string()),
+        })?;
+        proven_from_claims(verified.claims())
+    }
+}
+
+/// The service account a verified token's `kubernetes.io` claims name: both namespace and
+/// account, else it is some other issuer's token that happens to verify.
+fn proven_from_claims(claims: &Claims) -> Result<Proven, Refused> {
+    let text = |names: &[&str]| {
+        let path = ClaimPath::from_names(names.iter().copied()).expect("constant claim path");
+        claims.text(&path).map(|v| v.into_owned()).filter(|v| !v.is_empty())
+    };
+    let (Some(namespace), Some(service_account)) = (text(NAMESPACE), text(SERVICE_ACCOUNT)) else {
+        return Err(Refused::NotServiceAccount(
+            "the token has no kubernetes.io namespace and service account claims".into(),
+        ));
+    };
+    let username = format!("system:serviceaccount:{namespace}:{service_account}");
+    Proven::from_username(&username, text(POD_NAME), text(POD_UID))
 }

@@ -135,17 +135,26 @@ impl Default for CaConfig {
 
 /// How service-account tokens are checked: by the API server's TokenReview, or offline
 /// against the service-account issuer's keys.
+///
+/// Without a `tokens` section, TokenReview with audience `palisade`; a section names its way.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TokensConfig {
+    #[serde(default = "default_audience")]
     pub audience: String,
+    #[serde(default)]
     pub token_review: Option<TokenReviewConfig>,
+    #[serde(default)]
     pub jwks: Option<JwksSourceConfig>,
+}
+
+fn default_audience() -> String {
+    "palisade".into()
 }
 
 impl Default for TokensConfig {
     fn default() -> Self {
-        TokensConfig { audience: "palisade".into(), token_review: Some(TokenReviewConfig::default()), jwks: None }
+        TokensConfig { audience: default_audience(), token_review: Some(TokenReviewConfig::default()), jwks: None }
     }
 }
 
@@ -165,6 +174,10 @@ pub struct JwksSourceConfig {
     pub issuer: String,
     /// The CA of `uri`'s server, when it is not in the system's roots (the API server's).
     pub ca_file: Option<PathBuf>,
+    /// `uri` only: a file sent as `Authorization: Bearer` on every fetch, for an API server
+    /// whose `/openid/v1/jwks` needs an authenticated caller (the control plane's own
+    /// service-account token).
+    pub bearer_token_file: Option<PathBuf>,
 }
 
 /// The API server: where the control plane finds it and how it proves itself to it. Without

@@ -54,6 +54,15 @@ pub struct LabelSource {
     pub trust_hello: bool,
 }
 
+/// What [`PolicyService::trusted_labels`] settled on.
+struct TrustedLabels {
+    labels: BTreeMap<String, String>,
+    /// `apiServer` or `hello`, as `/status` shows it.
+    source: &'static str,
+    /// The pod a verified token names.
+    pod: Option<String>,
+}
+
 pub struct PolicyService {
     pub catalog: watch::Receiver<Arc<Catalog>>,
     pub labels: LabelSource,
@@ -96,22 +105,23 @@ impl PolicyService {
         peer: &Peer,
         hello: &Hello,
         claimed: &BTreeMap<String, String>,
-    ) -> Result<(BTreeMap<String, String>, &'static str), Status> {
+    ) -> Result<TrustedLabels, Status> {
         let source = &self.labels;
         let (token, Some(tokens), Some(api)) = (hello.token.trim(), &source.tokens, &source.api) else {
             if source.trust_hello {
-                return Ok((claimed.clone(), "hello"));
+                return Ok(TrustedLabels { labels: claimed.clone(), source: "hello", pod: None });
             }
             return Err(self.refuse(
                 peer,
                 "labels",
-                "the control plane cannot verify this workload's labels: give the sidecar a service-account token                  (policy.tokenFile), or set policies.trustHelloLabels on the control plane"
+                "the control plane cannot verify this workload's labels: give the sidecar a service-account token \
+                 (policy.tokenFile), or set policies.trustHelloLabels on the control plane"
                     .into(),
             ));
         };
         if token.is_empty() {
             if source.trust_hello {
-                return Ok((claimed.clone(), "hello"));
+                return Ok(TrustedLabels { labels: claimed.clone(), source: "hello", pod: None });
             }
             return Err(self.refuse(
                 peer,
@@ -159,7 +169,7 @@ impl PolicyService {
                 actual: format!("{:?}", pod.labels),
             });
         }
-        Ok((pod.labels, "apiServer"))
+        Ok(TrustedLabels { labels: pod.labels, source: "apiServer", pod: Some(pod_name.clone()) })
     }
 
     /// The workload a Hello describes, if the certificate allows it.
@@ -229,16 +239,18 @@ impl PolicyDiscovery for PolicyService {
         };
         let mut hello = hello;
         let mut workload = self.workload(&peer, &mut hello)?;
-        let (labels, labels_source) = self.trusted_labels(&peer, &hello, &workload.labels).await?;
-        workload.labels = labels;
+        let trusted = self.trusted_labels(&peer, &hello, &workload.labels).await?;
+        workload.labels = trusted.labels;
+        // A verified token names the pod; the Hello's node is only the sidecar's word.
+        let node = trusted.pod.unwrap_or_else(|| std::mem::take(&mut hello.node));
         tracing::info!(identity = %peer.id, address = %peer.address, node = %hello.node, "sidecar subscribed");
         let session = self.registry.open(
             peer.id.to_string(),
             workload.namespace.clone(),
             workload.labels.clone(),
-            std::mem::take(&mut hello.node),
+            node,
             Some(peer.address),
-            labels_source,
+            trusted.source,
         );
         let (sender, receiver) = mpsc::channel(2);
         let catalog = self.catalog.clone();

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::metrics::ControlMetrics;
-use crate::ca::{CaFiles, CaMetrics, CaService, CaSigner, KubeApi, TokenChecker, TokenReviewTokens};
+use crate::ca::{CaFiles, CaMetrics, CaService, CaSigner, JwksTokens, KubeApi, TokenChecker, TokenReviewTokens};
 use crate::config::{CaConfig, ConfigError, ControlConfig};
 use crate::identity::SpiffeId;
 use crate::lifecycle::poll_files;
@@ -66,10 +66,13 @@ impl WorkloadCa {
                 );
                 None
             }
-            (None, Some(_), _) => {
-                fail("ca.tokens.jwks", "offline token checks are not yet available; use tokenReview".into());
-                None
-            }
+            (None, Some(jwks), _) => match JwksTokens::new(jwks, &ca.tokens.audience) {
+                Ok(tokens) => Some(Arc::new(tokens)),
+                Err(e) => {
+                    fail("ca.tokens.jwks", e);
+                    None
+                }
+            },
             (None, None, _) => None, // reported by the configuration's own checks
         };
         let (signer, tokens) = (signer?, tokens?);
@@ -112,16 +115,22 @@ impl WorkloadCa {
     ) -> Option<tokio::task::JoinHandle<()>> {
         let WorkloadCa { signer, files, tokens, ttl, bundle, listener } = self;
         let trust_domain = signer.load().trust_domain().to_string();
-        // The CA's files: a new key, certificate or bundle is in force for the next request.
+        // The CA's files: a new key, certificate or bundle is in force for the next request,
+        // and the control plane's own certificate is signed again so that it chains to a root
+        // the sidecars are sent (a rotation's last step removes the old one).
         let reloading = signer.clone();
+        let changed = Arc::new(Notify::new());
+        let own_changed = changed.clone();
         tokio::spawn(poll_files(
             every,
             stop.clone(),
             move || CaSigner::load(&files, &trust_domain),
             move |loaded| match loaded {
+                Ok(new) if new.same_as(&reloading.load()) => {}
                 Ok(new) => {
                     let roots = der_of(&new);
                     reloading.store(Arc::new(new));
+                    tracing::info!(roots = roots.len(), "the CA's files changed; the new CA is in force");
                     if **bundle.borrow() != roots {
                         tracing::info!(
                             roots = roots.len(),
@@ -129,12 +138,13 @@ impl WorkloadCa {
                         );
                         bundle.send_replace(Arc::new(roots));
                     }
+                    own_changed.notify_one();
                 }
                 Err(e) => tracing::warn!(error = %e, "the CA's files are not usable; the CA in force stays"),
             },
         ));
         if let Some(own) = own {
-            tokio::spawn(renew_own(signer.clone(), tls.clone(), own, ttl, telemetry.clone(), stop.clone()));
+            tokio::spawn(renew_own(signer.clone(), tls.clone(), own, ttl, changed, telemetry.clone(), stop.clone()));
         }
         let listener = TcpListener::from_std(listener?).expect("listener joins the runtime");
         let service = CaService {
@@ -163,12 +173,14 @@ impl WorkloadCa {
     }
 }
 
-/// Keeps the control plane's own certificate renewed at 70% of its life.
+/// Keeps the control plane's own certificate renewed at 70% of its life, and signed by the CA
+/// in force when that changes.
 async fn renew_own(
     signer: Arc<ArcSwap<CaSigner>>,
     tls: Arc<TlsStore>,
     own: SpiffeId,
     ttl: Duration,
+    ca_changed: Arc<Notify>,
     telemetry: Arc<Telemetry>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -176,6 +188,7 @@ async fn renew_own(
         let wait = ttl.mul_f64(0.7);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            _ = ca_changed.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         match signer.load().issue_own(&own, ttl).map(|c| tls.install(c)) {
