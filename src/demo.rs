@@ -18,7 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::TelemetryConfig;
-use crate::identity::{DevCa, LeafSpec, WorkloadFiles};
+use crate::identity::{DevCa, DevTokenIssuer, LeafSpec, WorkloadFiles, DEV_TOKEN_ISSUER};
 use crate::serve::{serve, ConnectionTracker, Transport};
 use crate::telemetry::Telemetry;
 
@@ -50,11 +50,9 @@ struct Ports {
     orders_app: u16,
     a: [u16; 3],
     b: [u16; 3],
-    /// The control plane's gRPC and admin ports.
-    control: [u16; 2],
+    /// The control plane's gRPC, admin and CA ports.
+    control: [u16; 3],
 }
-
-const CONTROL_ID: &str = "spiffe://demo.local/ns/palisade-system/sa/palisade-control";
 
 /// The orders service's policy as the operator first writes it, and after the live edit.
 fn orders_policy(also_closed: &[&str]) -> String {
@@ -89,22 +87,22 @@ impl Drop for ControlProcess {
     }
 }
 
-fn spawn_control(
-    dir: &Path,
-    files: &WorkloadFiles,
-    policies: &Path,
-    [grpc, admin]: [u16; 2],
-) -> anyhow::Result<ControlProcess> {
+fn spawn_control(dir: &Path, policies: &Path, [grpc, admin, ca]: [u16; 3]) -> anyhow::Result<ControlProcess> {
     let config = dir.join("control.yaml");
+    // The control plane signs its own certificate and every sidecar's with the development CA;
+    // it checks service-account tokens offline against the demo issuer's keys (in a cluster:
+    // the API server's TokenReview). No API server here, so workloads' labels come from Hello.
     std::fs::write(
         &config,
         format!(
-            "trustDomain: {TRUST_DOMAIN}\nidentity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\ngrpc: {{listen: \"127.0.0.1:{grpc}\"}}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\npolicies: {{dir: \"{}\", pollInterval: 100ms, trustHelloLabels: true}}\nevents: {{sink: \"file:{}\"}}\n",
-            files.cert.display(),
-            files.key.display(),
-            files.trust_bundle.display(),
+            "trustDomain: {TRUST_DOMAIN}\nidentity: {{files: null}}\n\
+             grpc: {{listen: \"127.0.0.1:{grpc}\"}}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n\
+             ca: {{listen: \"127.0.0.1:{ca}\", cert: \"{root}/ca/ca.crt\", key: \"{root}/ca/ca.key\", certTtl: 1h,\n\
+             \x20     tokens: {{audience: palisade, jwks: {{file: \"{root}/sa-issuer.jwks\", issuer: \"{DEV_TOKEN_ISSUER}\"}}}}}}\n\
+             policies: {{dir: \"{}\", pollInterval: 100ms, trustHelloLabels: true}}\nevents: {{sink: \"file:{}\"}}\n",
             policies.display(),
-            dir.join("control.events.jsonl").display()
+            dir.join("control.events.jsonl").display(),
+            root = dir.display(),
         ),
     )?;
     let child = Command::new(std::env::current_exe()?)
@@ -174,18 +172,19 @@ impl Drop for SidecarProcess {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn sidecar_yaml(
-    files: &WorkloadFiles,
+    token: &Path,
     sa: &str,
     app: u16,
     [inbound, outbound, admin]: [u16; 3],
     routes: &str,
-    control: u16,
+    [control, _, ca]: [u16; 3],
+    anchors: &str,
 ) -> String {
     format!(
         r#"identity:
-  files: {{cert: "{}", key: "{}", trustBundle: "{}"}}
+  files: null
+  controlPlane: {{address: "127.0.0.1:{ca}", tokenFile: "{}", trustAnchors: {anchors:?}}}
 trustDomain: {TRUST_DOMAIN}
 inbound: {{listen: "127.0.0.1:{inbound}", app: "127.0.0.1:{app}", mtls: STRICT}}
 outbound:
@@ -196,9 +195,7 @@ workload: {{namespace: demo, serviceAccount: {sa}, labels: {{app: {sa}}}}}
 policy: {{controlPlane: "https://127.0.0.1:{control}", failMode: closed}}
 telemetry: {{events: {{sink: stdout, format: ocsf}}, accessLog: false}}
 "#,
-        files.cert.display(),
-        files.key.display(),
-        files.trust_bundle.display()
+        token.display()
     )
 }
 
@@ -226,30 +223,41 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
     ca.write(&dir.path().join("ca"))?;
     let frontend_id = format!("spiffe://{TRUST_DOMAIN}/ns/demo/sa/frontend");
     let orders_id = format!("spiffe://{TRUST_DOMAIN}/ns/demo/sa/orders");
-    let frontend_files = ca.issue_to(&LeafSpec::workload(&frontend_id), &dir.path().join("frontend"))?;
-    let orders_files = ca.issue_to(&LeafSpec::workload(&orders_id), &dir.path().join("orders"))?;
-    let control_files = ca.issue_to(&LeafSpec::workload(CONTROL_ID), &dir.path().join("control"))?;
+    // Sidecars get their certificates from the control plane's CA, proving their service
+    // account with a projected token, as in a cluster.
+    let issuer = DevTokenIssuer::generate().map_err(anyhow::Error::msg)?;
+    std::fs::write(dir.path().join("sa-issuer.jwks"), issuer.jwks())?;
+    let token_of = |account: &str| -> anyhow::Result<PathBuf> {
+        let path = dir.path().join(format!("{account}.token"));
+        std::fs::write(
+            &path,
+            issuer.token("demo", account, &format!("{account}-1"), 3600).map_err(anyhow::Error::msg)?,
+        )?;
+        Ok(path)
+    };
+    let (frontend_token, orders_token) = (token_of("frontend")?, token_of("orders")?);
+    let anchors = ca.cert_pem().to_string();
     let rogue = DevCa::generate(TRUST_DOMAIN)?;
     let rogue_files = rogue.issue_to(&LeafSpec::workload(&frontend_id), &dir.path().join("rogue"))?;
 
     // The apps keep their listeners; the ports written into the children's configuration are
     // released just before the children start.
-    let [frontend_listener, orders_listener, a0, a1, a2, b0, b1, b2, c0, c1] = reserve_ports::<10>()?;
+    let [frontend_listener, orders_listener, a0, a1, a2, b0, b1, b2, c0, c1, c2] = reserve_ports::<11>()?;
     let ports = Ports {
         frontend_app: port_of(&frontend_listener)?,
         orders_app: port_of(&orders_listener)?,
         a: [port_of(&a0)?, port_of(&a1)?, port_of(&a2)?],
         b: [port_of(&b0)?, port_of(&b1)?, port_of(&b2)?],
-        control: [port_of(&c0)?, port_of(&c1)?],
+        control: [port_of(&c0)?, port_of(&c1)?, port_of(&c2)?],
     };
-    drop([a0, a1, a2, b0, b1, b2, c0, c1]);
+    drop([a0, a1, a2, b0, b1, b2, c0, c1, c2]);
 
     // The control plane and the directory it serves (a ConfigMap in Kubernetes).
     let policies = dir.path().join("policies");
     std::fs::create_dir(&policies)?;
     let policy_file = policies.join("orders.yaml");
     write_atomically(&policy_file, &orders_policy(&[]))?;
-    let mut control = spawn_control(dir.path(), &control_files, &policies, ports.control)?;
+    let mut control = spawn_control(dir.path(), &policies, ports.control)?;
     if let Err(why) = wait_ready(control.admin, &mut control.child, Duration::from_secs(15)).await {
         anyhow::bail!("the control plane did not become ready: {why}; its log is kept in {}", dir.keep().display());
     }
@@ -284,13 +292,13 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
     let mut sidecar_b = spawn_sidecar(
         "sidecar-orders",
         dir.path(),
-        &sidecar_yaml(&orders_files, "orders", ports.orders_app, ports.b, "[]", ports.control[0]),
+        &sidecar_yaml(&orders_token, "orders", ports.orders_app, ports.b, "[]", ports.control, &anchors),
         ports.b[2],
     )?;
     let mut sidecar_a = spawn_sidecar(
         "sidecar-frontend",
         dir.path(),
-        &sidecar_yaml(&frontend_files, "frontend", ports.frontend_app, ports.a, &routes_a, ports.control[0]),
+        &sidecar_yaml(&frontend_token, "frontend", ports.frontend_app, ports.a, &routes_a, ports.control, &anchors),
         ports.a[2],
     )?;
     for sidecar in [&mut sidecar_a, &mut sidecar_b] {
@@ -308,9 +316,10 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
     println!("  frontend app 127.0.0.1:{}  ->  sidecar A (outbound :{})  == mTLS, HTTP/2 ==>  sidecar B (inbound :{})  ->  orders app 127.0.0.1:{}",
         ports.frontend_app, ports.a[1], ports.b[0], ports.orders_app);
     println!(
-        "  control plane (gRPC :{}, admin :{}) pushes each sidecar the policies that select it, from {}\n",
+        "  control plane (gRPC :{}, admin :{}, CA :{}) signs each sidecar's certificate and pushes it the policies that select it, from {}\n",
         ports.control[0],
         ports.control[1],
+        ports.control[2],
         policies.display()
     );
 
@@ -319,6 +328,20 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
         all_good &= ok;
         println!("  {} {line}", if ok { "ok  " } else { "FAIL" });
     };
+
+    // 0. Identity: each sidecar holds a certificate the CA signed for exactly its account.
+    for (sidecar, expected) in [(&sidecar_a, &frontend_id), (&sidecar_b, &orders_id)] {
+        let dump = control_status_at(sidecar.admin, "/config_dump").await;
+        let identity = &dump["identity"];
+        check(
+            identity["spiffeId"] == expected.as_str() && identity["source"]["controlPlane"]["issued"] == true,
+            format!(
+                "{} holds a certificate from the control plane's CA for {} (asked with its service-account token; key never left memory)",
+                sidecar.name,
+                identity["spiffeId"].as_str().unwrap_or("nothing")
+            ),
+        );
+    }
 
     // 1. Traffic through the mesh.
     let mut latencies = Vec::with_capacity(REQUESTS);
@@ -477,7 +500,12 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
 }
 
 async fn control_status(admin: SocketAddr) -> serde_json::Value {
-    let body = http_get(admin, "localhost", "/status").await.map(|(_, b)| b).unwrap_or_default();
+    control_status_at(admin, "/status").await
+}
+
+/// An admin endpoint's JSON (`Null` when it cannot be read).
+async fn control_status_at(admin: SocketAddr, path: &str) -> serde_json::Value {
+    let body = http_get(admin, "localhost", path).await.map(|(_, b)| b).unwrap_or_default();
     serde_json::from_str(&body).unwrap_or_default()
 }
 

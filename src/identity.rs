@@ -3,8 +3,10 @@
 //! An identity is a SPIFFE ID carried in the URI SAN of an X.509 certificate:
 //! `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
 
+mod dev_tokens;
 mod devca;
 mod spiffe;
 
+pub use dev_tokens::{DevTokenIssuer, DEV_TOKEN_ISSUER};
 pub use devca::{CaFiles, DevCa, DevCaError, LeafSpec, WorkloadFiles};
 pub use spiffe::{cert_identity, spiffe_id_from_der, CertIdentity, InvalidSpiffeId, SpiffeId};

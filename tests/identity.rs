@@ -525,7 +525,9 @@ async fn the_ca_refuses_what_a_token_does_not_prove_and_says_why() {
         expired: false,
     });
     let orders_id = id("shop", "orders");
-    let cases: Vec<(&str, Vec<u8>, String, tonic::Code, &str, &str)> = vec![
+    // (case, request, token, gRPC code, metric label, what the reason says)
+    type Case<'a> = (&'a str, Vec<u8>, String, tonic::Code, &'a str, &'a str);
+    let cases: Vec<Case> = vec![
         // A token for another service account: shop/orders proven, shop/payments asked for.
         (
             "another account",
@@ -893,10 +895,6 @@ impl Load {
         });
     }
 
-    fn ok(&self) -> u64 {
-        self.ok.load(Ordering::Relaxed)
-    }
-
     /// Stops the workers; (succeeded, failed, the first errors).
     async fn finish(self) -> (u64, u64, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
@@ -925,10 +923,10 @@ async fn short_lived_certificates_rotate_under_load_without_failing_a_request() 
     load.through_pair(&pair);
     load.fresh_connections(mesh.peer("ca1", &["ca1"], &id("shop", "frontend")), pair.b.inbound, &id("shop", "orders"));
 
-    // Load for the soak's length, measured by the signal that matters: requests answered.
+    // The soak's length is what the test is about (how many rotations the load spans), not a
+    // wait for an outcome: every outcome is counted by the workers.
     let soak = rotation_soak();
-    let until = tokio::time::Instant::now() + soak;
-    wait_for("the soak ran its length", async || tokio::time::Instant::now() >= until && load.ok() > 0).await;
+    tokio::time::sleep(soak).await;
     let (ok, failed, errors) = load.finish().await;
     let (rotated_a, rotated_b) = (renewals(&pair.a).await - first_a, renewals(&pair.b).await - first_b);
     eprintln!("{soak:?}: {ok} requests, {failed} failed, rotations a={rotated_a} b={rotated_b}");

@@ -47,11 +47,15 @@ pub struct ControlIdentity {
     /// The control plane's own certificate. Without it (`files: null`), a control plane with a
     /// `ca` signs its own certificate and renews it, and nothing needs to be mounted.
     pub files: Option<ControlIdentityFiles>,
+    /// The identity the control plane signs for itself when `files` is null, and that sidecars
+    /// are told to expect (`policy.controlPlaneIdentity`); by default
+    /// `spiffe://<trustDomain>/ns/palisade-system/sa/palisade-control`.
+    pub spiffe_id: Option<super::SpiffeIdField>,
 }
 
 impl Default for ControlIdentity {
     fn default() -> Self {
-        ControlIdentity { files: Some(ControlIdentityFiles::default()) }
+        ControlIdentity { files: Some(ControlIdentityFiles::default()), spiffe_id: None }
     }
 }
 
@@ -255,6 +259,14 @@ impl super::Validate for ControlConfig {
                 "identity.files",
                 "give the control plane's certificate files, or a ca to sign its own",
             ));
+        }
+        if let Some(id) = &self.identity.spiffe_id {
+            if id.0.trust_domain() != self.trust_domain.0 {
+                invalid.push(Invalid::field(
+                    "identity.spiffeId",
+                    format!("{} is not in trust domain {}", id.0, self.trust_domain.0),
+                ));
+            }
         }
         if self.identity.files.as_ref().is_some_and(|f| f.reload_interval.0.is_zero()) {
             invalid.push(Invalid::field("identity.files.reloadInterval", "must be more than 0"));

@@ -68,7 +68,10 @@ impl ControlPlane {
             .flatten();
         let mut ca =
             config.ca.as_ref().and_then(|ca| WorkloadCa::prepare(ca, &trust_domain, api.as_ref(), &mut errors));
-        let own_id = crate::channel::default_identity(&trust_domain);
+        let own_id = match &config.identity.spiffe_id {
+            Some(id) => id.0.clone(),
+            None => crate::channel::default_identity(&trust_domain),
+        };
         let (tls, signs_own) = match (&config.identity.files, &ca) {
             (Some(files), _) => {
                 let identity_files = IdentityFiles {

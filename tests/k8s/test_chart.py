@@ -9,7 +9,7 @@ import helm_python
 import pytest
 import yaml
 
-from conftest import CHART, NAMESPACE, documents, palisade, validate
+from conftest import CHART, NAMESPACE, binary, documents, palisade, validate
 from render import render
 
 POLICY = {
@@ -118,7 +118,7 @@ def test_the_control_plane_runs_locked_down_with_two_replicas_and_a_budget():
 def test_rbac_grants_pods_reads_and_token_reviews_only():
     (role,) = by_kind(objects({}), "ClusterRole")
     grants = sorted((tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"])) for r in role["rules"])
-    assert grants == [(("",), ("pods",), ("get", "list", "watch")), (("authentication.k8s.io",), ("tokenreviews",), ("create",))]
+    assert grants == [(("",), ("pods",), ("get",)), (("authentication.k8s.io",), ("tokenreviews",), ("create",))]
 
 
 def test_the_webhook_selects_opted_in_namespaces_and_pods_and_follows_the_failure_policy():
@@ -188,3 +188,80 @@ def test_the_rendered_control_plane_configuration_gives_palisade_inject_its_sett
             (injected,) = documents(out.stdout)
             assert [c["name"] for c in injected["spec"]["initContainers"]] == ["palisade-init", "palisade-proxy"]
             assert injected["spec"]["initContainers"][1]["image"] == "ghcr.io/palisade-mesh/palisade:0.1.0"
+
+
+def test_the_default_install_needs_no_secret_made_by_hand_and_its_control_plane_starts():
+    """identity.mode controlPlane: the control plane signs its own certificate with the CA the chart
+    generated (Sprig's RSA key), so nothing is mounted for it and no manual step precedes the install.
+    The rendered configuration, with its paths moved to a temp dir, starts a real `palisade control`
+    that presents exactly the SPIFFE ID sidecars are told to expect, signed by the chart's CA."""
+    import base64
+    import socket
+    import ssl
+    import subprocess
+    import time
+    import urllib.request
+
+    from cryptography import x509
+
+    objs = objects({})
+    (deployment,) = [o for o in objs if o["kind"] == "Deployment"]
+    secrets = [v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert "palisade-control-identity" not in secrets, secrets
+    assert not [o for o in objs if o["kind"] == "Certificate"], "no cert-manager objects with pki.source generate"
+    (cm,) = [o for o in objs if o["metadata"]["name"] == "palisade-control-config"]
+    text = cm["data"]["control.yaml"]
+    control = yaml.safe_load(text)
+    expected = f"spiffe://cluster.local/ns/{NAMESPACE}/sa/palisade-control"
+    assert control["identity"] == {"files": None, "spiffeId": expected}
+    assert control["webhook"]["sidecar"]["controlPlane"]["namespace"] == NAMESPACE
+
+    by_name = {o["metadata"]["name"]: o for o in objs if o["kind"] == "Secret"}
+    with tempfile.TemporaryDirectory() as d:
+        d = pathlib.Path(d)
+        for sub, secret in (("ca", "palisade-ca"), ("webhook", "palisade-webhook-tls")):
+            (d / sub).mkdir()
+            for key, value in by_name[secret]["data"].items():
+                (d / sub / key).write_bytes(base64.b64decode(value))
+        (d / "policies").mkdir()
+        ports = []
+        for _ in range(4):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            ports.append(s)
+        grpc, ca, webhook, admin = [s.getsockname()[1] for s in ports]
+        for s in ports:
+            s.close()
+        local = (text.replace("/etc/palisade/", f"{d}/")
+                 .replace("0.0.0.0:15010", f"127.0.0.1:{grpc}").replace("0.0.0.0:15012", f"127.0.0.1:{ca}")
+                 .replace("0.0.0.0:15017", f"127.0.0.1:{webhook}").replace("0.0.0.0:15014", f"127.0.0.1:{admin}"))
+        # No API server here: one on loopback that is never asked (no sidecar sends a token).
+        local += "kubernetes: {url: \"http://127.0.0.1:9\"}\nevents: {sink: stderr}\n"
+        config = d / "control.yaml"
+        config.write_text(local)
+        child = subprocess.Popen([binary(), "control", "--config", str(config)],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            ready = False
+            while time.monotonic() < deadline and child.poll() is None:
+                try:
+                    ready = urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=2).status == 200
+                except OSError:
+                    pass
+                if ready:
+                    break
+                time.sleep(0.05)
+            assert ready, child.stderr.read() if child.poll() is not None else "not ready in 30 s"
+            context = ssl.create_default_context(cafile=str(d / "ca" / "ca.crt"))
+            context.check_hostname = False  # a SPIFFE certificate names no host; the URI is checked below
+            with socket.create_connection(("127.0.0.1", grpc)) as raw:
+                with context.wrap_socket(raw) as tls:
+                    der = tls.getpeercert(binary_form=True)
+            cert = x509.load_der_x509_certificate(der)
+            uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+                x509.UniformResourceIdentifier)
+            assert uris == [expected]
+        finally:
+            child.terminate()
+            child.wait(timeout=10)
