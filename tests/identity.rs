@@ -581,10 +581,12 @@ async fn the_ca_refuses_what_a_token_does_not_prove_and_says_why() {
             metric(&metrics, &format!("palisade_ca_requests_total{{result=\"{label}\"}} ")) >= 1.0,
             "{case}: {label}"
         );
-        let event = mesh
-            .events()
-            .into_iter()
-            .any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("certificate refused") && m.contains(reason)));
+        let event = eventually(async || {
+            mesh.events()
+                .into_iter()
+                .any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("certificate refused") && m.contains(reason)))
+        })
+        .await;
         assert!(event, "{case}: an event with the reason {reason:?}");
     }
     // The right token and request: signed, for that identity only.
@@ -668,7 +670,10 @@ async fn offline_checks_take_tokens_signed_as_the_api_server_signs_them_and_noth
             "{case}: counted as {label} ({refused:?})"
         );
         let reason = refused.message().to_string();
-        let event = mesh.events().into_iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains(&reason)));
+        let event = eventually(async || {
+            mesh.events().into_iter().any(|e| e["message"].as_str().is_some_and(|m| m.contains(&reason)))
+        })
+        .await;
         assert!(event, "{case}: an event says {reason:?}");
     }
 
@@ -1008,6 +1013,8 @@ async fn with_the_ca_down_the_sidecar_keeps_serving_and_renews_when_it_returns()
         .into_iter()
         .any(|e| e["message"].as_str().is_some_and(|m| m.contains("certificate refused") && m.contains("connecting")));
     assert!(refused, "the failed renewal is a security event on the sidecar");
+    let metrics = admin_get(&sidecar, "/metrics").await.text().await.unwrap();
+    assert!(metric(&metrics, "palisade_certificate_reloads_total{result=\"rejected\"} ") >= 1.0, "and counted");
 
     mesh.restart();
     wait_for("a new certificate once the CA is back", async || {

@@ -100,6 +100,7 @@ impl IdentityClient {
                 }
                 Err(reason) => {
                     self.state.failures.fetch_add(1, Ordering::AcqRel);
+                    self.telemetry.metrics.certificate_reloads.with_label_values(&["rejected"]).inc();
                     *self.state.last_error.lock().expect("identity state lock") = Some(reason.clone());
                     let delay = backoff.next();
                     tracing::warn!(ca = %format!("{}:{}", self.host, self.port), %reason, retry_in = ?delay,
