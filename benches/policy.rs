@@ -3,12 +3,16 @@
 
 use std::num::NonZeroU32;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
+use palisade::authn::{AuthnRuntime, SystemClock};
 use palisade::config::{MtlsMode, WorkloadConfig};
 use palisade::identity::SpiffeId;
-use palisade::policy::{match_form, normalize, parse_file, Buckets, PolicySnapshot, RequestView, Source};
+use palisade::policy::{
+    match_form, normalize, parse_file, Authenticated, Buckets, PolicySnapshot, RequestView, Source,
+};
 use palisade::telemetry::Metrics;
 
 /// A policy with `n` rules of every kind, none of which matches the benchmark's request, so a
@@ -36,7 +40,9 @@ fn workload() -> WorkloadConfig {
 fn compile(n: usize, metrics: &Metrics) -> PolicySnapshot {
     let (docs, errors) = parse_file(Path::new("bench.yaml"), &policy_with(n));
     assert!(errors.is_empty(), "{errors:?}");
-    PolicySnapshot::compile("bench".into(), Source::Files, &docs, &workload(), MtlsMode::STRICT, metrics, None)
+    let authn = AuthnRuntime::new(Arc::new(SystemClock));
+    PolicySnapshot::compile("bench".into(), Source::Files, &docs, &workload(), MtlsMode::STRICT, metrics, &authn, None)
+        .expect("the bench policy compiles")
 }
 
 fn decisions(c: &mut Criterion) {
@@ -61,6 +67,7 @@ fn decisions(c: &mut Criterion) {
             port: 8080,
             headers: &headers,
             ambiguous_framing: false,
+            auth: Authenticated::Nobody,
         };
         assert!(snapshot.decide(&view, |_| {}).is_ok());
         group.bench_with_input(BenchmarkId::from_parameter(n), &view, |b, view| {

@@ -104,7 +104,8 @@ pub fn main() -> ExitCode {
 
 /// `palisade check`: every error with file, line and field; or what each policy does.
 fn check(files: &[PathBuf]) -> ExitCode {
-    let (policies, errors) = crate::policy::load_files(files);
+    let (policies, mut errors) = crate::policy::load_files(files);
+    errors.extend(crate::policy::check_authentication(&policies));
     if !errors.is_empty() {
         for e in &errors {
             eprintln!("error: {e}");

@@ -13,7 +13,9 @@ mod ratelimit;
 
 pub use crate::config::IpBlock;
 pub use compile::{selects, InputLimits, PolicySnapshot};
-pub use decide::{Allowed, DecidedBy, Limited, Refusal, RequestView};
+pub use decide::{
+    Allowed, Authenticated, BodyPlan, DecidedBy, Limited, Note, Refusal, RequestView, Unauthenticated, WafFinding,
+};
 pub use document::{Action, Mode, SecurityPolicy};
 pub use load::{load_files, parse_file, unique, Located, Sources};
 pub use normalize::{match_form, normalize, PathError};
@@ -78,21 +80,26 @@ pub struct PolicyStore {
     /// that arrive together cannot interleave (never taken on a request's path).
     updating: std::sync::Mutex<()>,
     telemetry: Arc<Telemetry>,
+    /// JWKS caches and their refresh tasks, kept across updates: a recompiled policy naming the
+    /// same JWKS URI keeps its keys.
+    authn: crate::authn::AuthnRuntime,
 }
 
 impl PolicyStore {
     /// Loads and compiles the files; any error is fatal here (nothing listens yet). With a
     /// control plane and no files, starts with no policy: `failMode` decides until one arrives.
     pub fn load(options: PolicyOptions, telemetry: Arc<Telemetry>) -> Result<Self, Vec<ConfigError>> {
+        let authn = crate::authn::AuthnRuntime::default();
         let snapshot = if options.files.is_empty() && options.control_plane {
-            no_policy_yet(&options, &telemetry)
+            no_policy_yet(&options, &telemetry, &authn)
         } else {
             let sources = Sources::read(&options.files);
             let version = sources.version.clone();
             let located = validate(sources.parse(), &options, false)?;
-            compile(version, Source::Files, &located, &options, &telemetry, None)
+            compile(version, Source::Files, &located, &options, &telemetry, &authn, None)?
         };
         let store = PolicyStore {
+            authn,
             last_tried: std::sync::Mutex::new(snapshot.version.clone()),
             options,
             current: ArcSwap::from_pointee(snapshot),
@@ -153,12 +160,12 @@ impl PolicyStore {
             *tried = sources.version.clone();
         }
         let previous = self.current.load_full();
-        match validate(sources.parse(), &self.options, false) {
-            Ok(located) => {
-                let snapshot =
-                    compile(sources.version, Source::Files, &located, &self.options, &self.telemetry, Some(&previous));
-                Some(self.install(snapshot))
-            }
+        let compiled = validate(sources.parse(), &self.options, false).and_then(|located| {
+            let version = sources.version.clone();
+            compile(version, Source::Files, &located, &self.options, &self.telemetry, &self.authn, Some(&previous))
+        });
+        match compiled {
+            Ok(snapshot) => Some(self.install(snapshot)),
             Err(errors) => {
                 self.rejected(&previous, errors.iter().map(ToString::to_string).collect());
                 None
@@ -189,12 +196,12 @@ impl PolicyStore {
                 Err(_) => errors.push(ConfigError::new(&file, "", "the document is not UTF-8 text")),
             }
         }
-        match validate((located, errors), &self.options, true) {
-            Ok(located) => {
-                let snapshot =
-                    compile(version, Source::ControlPlane, &located, &self.options, &self.telemetry, Some(&previous));
-                Ok(self.install(snapshot))
-            }
+        let compiled = validate((located, errors), &self.options, true).and_then(|located| {
+            let source = Source::ControlPlane;
+            compile(version, source, &located, &self.options, &self.telemetry, &self.authn, Some(&previous))
+        });
+        match compiled {
+            Ok(snapshot) => Ok(self.install(snapshot)),
             Err(errors) => {
                 let reasons: Vec<String> = errors.iter().map(ToString::to_string).collect();
                 self.rejected(&previous, reasons.clone());
@@ -239,8 +246,9 @@ fn compile(
     located: &[Located],
     options: &PolicyOptions,
     telemetry: &Telemetry,
+    authn: &crate::authn::AuthnRuntime,
     previous: Option<&PolicySnapshot>,
-) -> PolicySnapshot {
+) -> Result<PolicySnapshot, Vec<ConfigError>> {
     PolicySnapshot::compile(
         version,
         source,
@@ -248,14 +256,32 @@ fn compile(
         &options.workload,
         options.default_mtls,
         &telemetry.metrics,
+        authn,
         previous,
     )
+}
+
+/// What `palisade check` adds to parsing: every JWT issuer's keys read (files) or their
+/// address checked (URIs), without fetching anything.
+pub fn check_authentication(located: &[Located]) -> Vec<ConfigError> {
+    let runtime = crate::authn::AuthnRuntime::default();
+    let mut errors = Vec::new();
+    for l in located {
+        for (i, spec) in l.policy.spec.authentication.iter().flat_map(|a| a.jwt.iter()).enumerate() {
+            if let Err(e) = runtime.check(spec) {
+                let mut error = ConfigError::new(&l.file, &format!("spec.authentication.jwt[{i}]"), e.to_string());
+                error.line = Some(l.line);
+                errors.push(error);
+            }
+        }
+    }
+    errors
 }
 
 /// What a sidecar enforces before any policy was loaded: with `failMode: closed`, one policy
 /// that denies every request (its denials name it, so the event log says why); with `open`,
 /// none.
-fn no_policy_yet(options: &PolicyOptions, telemetry: &Telemetry) -> PolicySnapshot {
+fn no_policy_yet(options: &PolicyOptions, telemetry: &Telemetry, authn: &crate::authn::AuthnRuntime) -> PolicySnapshot {
     let mut located = Vec::new();
     if options.fail_mode == FailMode::Closed {
         let text = format!(
@@ -266,7 +292,8 @@ fn no_policy_yet(options: &PolicyOptions, telemetry: &Telemetry) -> PolicySnapsh
         debug_assert!(errors.is_empty(), "{errors:?}");
         located = policies;
     }
-    compile("none".into(), Source::None, &located, options, telemetry, None)
+    compile("none".into(), Source::None, &located, options, telemetry, authn, None)
+        .expect("the fail-closed policy names no JWT issuer")
 }
 
 /// The one validation every update goes through, from files or from the control plane: the

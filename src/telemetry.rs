@@ -9,7 +9,7 @@ mod metrics;
 mod recorder;
 mod traces;
 
-pub use events::{DeniedRequest, EventWriter, RequestFacts, SecurityEvent};
+pub use events::{DeniedRequest, EventWriter, RequestFacts, SecurityEvent, WafEvent};
 pub use logging::LogLevel;
 pub use metrics::Metrics;
 pub use recorder::{Fnv1a, RequestRecorder};

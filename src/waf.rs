@@ -386,6 +386,13 @@ impl Waf {
         body::inspect(self, content_type, body, skip)
     }
 
+    /// Whether [`Waf::inspect_body`] reads a body of this `Content-Type` at all: forms,
+    /// multipart, JSON and XML (and a body without a type, read as a form); any type from
+    /// paranoia 2. A caller need not hold back a body this answers no for.
+    pub fn reads_body(&self, content_type: Option<&[u8]>) -> bool {
+        self.paranoia >= 2 || body::structured(content_type)
+    }
+
     /// Protocol checks on a still percent-encoded string (the query, or a form body).
     fn raw_encoded(&self, raw: &[u8], body: bool, skip: &Skips<'_>) -> Option<Finding> {
         let active = self.plans[Class::Arg as usize].without(skip.everywhere);

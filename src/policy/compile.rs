@@ -11,13 +11,16 @@ use http::{HeaderMap, HeaderValue, Method};
 use prometheus::IntCounter;
 
 use super::decide::{DecidedBy, Limited, RequestView};
-use super::document::{Action, ConditionKey, LimitKey, Mode, RateLimit, Rule, SecurityPolicy};
+use super::document::{
+    Action, ConditionKey, Exclusion, LimitKey, Mode, OverLimit, RateLimit, Rule, SecurityPolicy, WafMode,
+};
 use super::load::Located;
 use super::patterns::{PathPattern, Pattern};
 use super::ratelimit::Buckets;
 use super::Source;
+use crate::authn::{Authenticator, AuthnOptions, AuthnRuntime, ClaimPath, Reason};
 use crate::config::IpBlock;
-use crate::config::{MtlsMode, WorkloadConfig};
+use crate::config::{ConfigError, MtlsMode, WorkloadConfig};
 use crate::identity::SpiffeId;
 use crate::telemetry::Metrics;
 
@@ -70,8 +73,69 @@ pub struct PolicySnapshot {
     header_bits: HeaderBits,
     pub policies: Vec<CompiledPolicy>,
     pub limits: InputLimits,
+    /// JWT authentication: every selecting policy's issuers, and whether a token is required.
+    pub(super) authn: Option<SnapshotAuthn>,
+    /// Each selecting policy's WAF (BLOCK or DETECT): a request must pass every one.
+    pub(super) wafs: Vec<PolicyWaf>,
     /// The selecting documents, for `/config_dump`.
     pub documents: Vec<Located>,
+}
+
+pub(super) struct SnapshotAuthn {
+    pub authenticator: Authenticator,
+    /// Some selecting policy says `requireJwt`: the first that did, for the event.
+    pub required_by: Option<Arc<str>>,
+    /// `palisade_authn_failures_total`, per [`Reason::ALL`].
+    failures: Vec<IntCounter>,
+}
+
+impl SnapshotAuthn {
+    pub fn failed(&self, reason: Reason) {
+        if let Some(i) = Reason::ALL.iter().position(|r| *r == reason) {
+            self.failures[i].inc();
+        }
+    }
+}
+
+/// One policy's `inputValidation.waf`.
+pub(super) struct PolicyWaf {
+    pub policy: Arc<str>,
+    pub block: bool,
+    pub waf: crate::waf::Waf,
+    exclusions: Vec<CompiledExclusion>,
+    pub inspect_body_bytes: usize,
+    pub over_limit: OverLimit,
+    /// `palisade_waf_findings_total{detector, action}`, per detector (`Detector as usize`).
+    findings: Vec<IntCounter>,
+}
+
+struct CompiledExclusion {
+    paths: Vec<PathPattern>,
+    parameters: Vec<String>,
+    detectors: crate::waf::DetectorSet,
+}
+
+impl PolicyWaf {
+    pub fn found(&self, detector: crate::waf::Detector) {
+        self.findings[detector as usize].inc();
+    }
+
+    /// The exclusions that apply to a request for `path` (match form): detectors skipped for
+    /// the whole request, and `params` filled with those skipped for single parameters.
+    pub fn skips<'s>(&'s self, path: &str, params: &mut Vec<crate::waf::ParamSkip<'s>>) -> crate::waf::DetectorSet {
+        let mut everywhere = crate::waf::DetectorSet::EMPTY;
+        for e in &self.exclusions {
+            if !(e.paths.is_empty() || e.paths.iter().any(|p| p.matches(path))) {
+                continue;
+            }
+            if e.parameters.is_empty() {
+                everywhere = everywhere.union(e.detectors);
+            } else {
+                params.extend(e.parameters.iter().map(|name| crate::waf::ParamSkip { name, detectors: e.detectors }));
+            }
+        }
+        everywhere
+    }
 }
 
 pub struct CompiledPolicy {
@@ -101,8 +165,12 @@ struct CompiledRule {
     methods: Vec<Method>,
     paths: Vec<PathPattern>,
     ports: Vec<u16>,
+    /// `<iss>/<sub>` of the verified JWT.
+    request_principals: Vec<Pattern>,
     /// Header conditions, each with its bit in [`HeaderBits`].
     when: Vec<(http::HeaderName, u64, Vec<Pattern>)>,
+    /// Claim conditions: the verified token's claim, any element of a list.
+    claims: Vec<(ClaimPath, Vec<Pattern>)>,
 }
 
 pub struct CompiledLimit {
@@ -141,6 +209,8 @@ pub fn selects(policy: &SecurityPolicy, workload: &WorkloadConfig) -> bool {
 impl PolicySnapshot {
     /// Compiles the policies that select `workload`. Rate-limit buckets of `previous` carry over
     /// when a limit is unchanged, so a reload does not hand every caller a fresh burst.
+    /// Fails only when a JWT issuer's keys cannot be read (a JWKS file gone since the check).
+    #[allow(clippy::too_many_arguments)]
     pub fn compile(
         version: String,
         source: Source,
@@ -148,8 +218,13 @@ impl PolicySnapshot {
         workload: &WorkloadConfig,
         default_mtls: MtlsMode,
         metrics: &Metrics,
+        authn: &AuthnRuntime,
         previous: Option<&PolicySnapshot>,
-    ) -> PolicySnapshot {
+    ) -> Result<PolicySnapshot, Vec<ConfigError>> {
+        let mut errors = Vec::new();
+        let mut providers = Vec::new();
+        let mut required_by = None;
+        let mut wafs = Vec::new();
         let mut limits = InputLimits::default();
         let mut mtls = None;
         let mut policies = Vec::new();
@@ -187,6 +262,25 @@ impl PolicySnapshot {
             let default_action = authz.default.unwrap_or(if has_allow { Action::DENY } else { Action::ALLOW });
             let (deny, allow) = rules.into_iter().partition(|r| r.decision.action == Action::DENY);
             let rate_limits = p.spec.rate_limits.iter().map(|l| compile_limit(&name, l, metrics, previous)).collect();
+            if let Some(a) = &p.spec.authentication {
+                for (i, spec) in a.jwt.iter().enumerate() {
+                    match authn.provider(spec) {
+                        Ok(provider) => providers.push(provider),
+                        Err(e) => errors.push(located_error(doc, &format!("spec.authentication.jwt[{i}]"), e)),
+                    }
+                }
+                if a.require_jwt && required_by.is_none() {
+                    required_by = Some(name.clone());
+                }
+            }
+            if let Some(w) = p.spec.input_validation.as_ref().and_then(|v| v.waf.as_ref()) {
+                if w.mode != WafMode::OFF {
+                    match compile_waf(&name, w, metrics) {
+                        Ok(waf) => wafs.push(waf),
+                        Err(e) => errors.push(located_error(doc, "spec.inputValidation.waf", e)),
+                    }
+                }
+            }
             policies.push(CompiledPolicy {
                 name: name.clone(),
                 mode: authz.mode,
@@ -198,7 +292,38 @@ impl PolicySnapshot {
             documents.push(doc.clone());
         }
         let mtls = mtls.unwrap_or(default_mtls);
-        PolicySnapshot { version, source, mtls, header_bits, policies, limits, documents }
+        if required_by.is_some() && providers.is_empty() {
+            let doc = documents.iter().find(|d| d.policy.spec.authentication.as_ref().is_some_and(|a| a.require_jwt));
+            if let Some(doc) = doc {
+                errors.push(located_error(
+                    doc,
+                    "spec.authentication.requireJwt",
+                    "requires a token, but no policy selecting this workload names a JWT issuer",
+                ));
+            }
+        }
+        let authn = if providers.is_empty() {
+            None
+        } else {
+            match Authenticator::new(providers, AuthnOptions::default()) {
+                Ok(authenticator) => Some(SnapshotAuthn {
+                    authenticator,
+                    required_by,
+                    failures: Reason::ALL
+                        .iter()
+                        .map(|r| metrics.authn_failures.with_label_values(&[r.label()]))
+                        .collect(),
+                }),
+                Err(e) => {
+                    errors.push(ConfigError::new(std::path::Path::new(""), "spec.authentication.jwt", e.to_string()));
+                    None
+                }
+            }
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(PolicySnapshot { version, source, mtls, header_bits, policies, limits, authn, wafs, documents })
     }
 
     /// Step 4: every ENFORCE policy must allow; AUDIT policies are counted and reported to
@@ -315,13 +440,14 @@ fn compile_rule(rule: &Rule, decision: Decision, header_bits: &mut HeaderBits) -
     let to = rule.to.clone().unwrap_or_default();
     let methods: Vec<Method> = to.methods.into_iter().map(|m| m.0).collect();
     let method_bits = methods.iter().fold(0, |bits, m| bits | method_bit(m));
-    let when: Vec<(http::HeaderName, u64, Vec<Pattern>)> = rule
-        .when
-        .iter()
-        .map(|c| match &c.key {
-            ConditionKey::Header(h) => (h.clone(), header_bits.bit(h), c.values.clone()),
-        })
-        .collect();
+    let mut when = Vec::new();
+    let mut claims = Vec::new();
+    for c in &rule.when {
+        match &c.key {
+            ConditionKey::Header(h) => when.push((h.clone(), header_bits.bit(h), c.values.clone())),
+            ConditionKey::Claim(path) => claims.push((path.clone(), c.values.clone())),
+        }
+    }
     CompiledRule {
         decision,
         method_bits,
@@ -333,7 +459,9 @@ fn compile_rule(rule: &Rule, decision: Decision, header_bits: &mut HeaderBits) -
         methods: methods.into_iter().filter(|m| method_bit(m) == 0).collect(),
         paths: to.paths,
         ports: to.ports,
+        request_principals: from.request_principals,
         when,
+        claims,
     }
 }
 
@@ -361,6 +489,11 @@ impl CompiledRule {
                     (None, _) => false,
                     _ => self.decision.action == Action::DENY,
                 }
+            })
+            && (self.request_principals.is_empty()
+                || req.token().is_some_and(|t| self.request_principals.iter().any(|p| p.matches(t.principal()))))
+            && self.claims.iter().all(|(path, values)| {
+                req.token().is_some_and(|t| t.claims().matches(path, |v| values.iter().any(|p| p.matches(v))))
             })
     }
 }
@@ -429,6 +562,10 @@ impl CompiledLimit {
                 None => 0,
             },
             LimitKey::Header(h) => self.buckets.key_of(req.headers.get(h).map_or(&[][..], |v| v.as_bytes())),
+            LimitKey::Claim(path) => match req.token().and_then(|t| t.claims().text(path)) {
+                Some(text) => self.buckets.key_of(text.as_bytes()),
+                None => self.buckets.key_of(&[]),
+            },
         };
         match self.buckets.take(key) {
             Ok(()) => {
@@ -441,4 +578,40 @@ impl CompiledLimit {
             }
         }
     }
+}
+
+fn located_error(doc: &Located, field: &str, message: impl ToString) -> ConfigError {
+    let mut e = ConfigError::new(&doc.file, field, message.to_string());
+    e.line = Some(doc.line);
+    e
+}
+
+fn compile_waf(policy: &Arc<str>, w: &super::document::Waf, metrics: &Metrics) -> Result<PolicyWaf, String> {
+    use crate::waf::{Detector, DetectorSet, Waf, WafSettings};
+    let detectors = if w.detectors.is_empty() {
+        DetectorSet::of(&Detector::ALL)
+    } else {
+        w.detectors.iter().fold(DetectorSet::EMPTY, |set, d| set.with(d.0))
+    };
+    let waf = Waf::new(WafSettings { paranoia: w.paranoia.0, detectors }).map_err(|e| e.to_string())?;
+    let block = w.mode == WafMode::BLOCK;
+    let action = if block { "blocked" } else { "detected" };
+    let exclusions = w
+        .exclusions
+        .iter()
+        .map(|e: &Exclusion| CompiledExclusion {
+            paths: e.paths.clone(),
+            parameters: e.parameters.clone(),
+            detectors: e.detectors.iter().fold(DetectorSet::EMPTY, |set, d| set.with(d.0)),
+        })
+        .collect();
+    Ok(PolicyWaf {
+        policy: policy.clone(),
+        block,
+        waf,
+        exclusions,
+        inspect_body_bytes: w.inspect_body_bytes.0 as usize,
+        over_limit: w.body_over_limit,
+        findings: Detector::ALL.iter().map(|d| metrics.waf_findings.with_label_values(&[d.as_str(), action])).collect(),
+    })
 }

@@ -12,11 +12,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, Method};
 
 use super::compile::PolicySnapshot;
+use super::document::OverLimit;
 use super::normalize::{match_form, normalize};
+use crate::authn::{Failure, Reason, Verified};
 use crate::config::MtlsMode;
 use crate::identity::SpiffeId;
 use crate::telemetry::{DeniedRequest, RequestFacts};
@@ -39,6 +41,51 @@ pub struct RequestView<'a> {
     /// `Content-Length` beside `Transfer-Encoding` on the wire (the parser keeps only one of
     /// them, so the proxy says whether both came).
     pub ambiguous_framing: bool,
+    /// What [`PolicySnapshot::authenticate`] made of the request's token.
+    pub auth: Authenticated<'a>,
+}
+
+/// The outcome of JWT authentication, made before the decision (it may wait for a JWKS).
+#[derive(Debug, Clone, Copy)]
+pub enum Authenticated<'a> {
+    /// No token, or no issuer configured.
+    Nobody,
+    Token(&'a Verified),
+    Failed(&'a Failure),
+}
+
+impl<'a> RequestView<'a> {
+    /// The verified token, if any.
+    pub fn token(&self) -> Option<&'a Verified> {
+        match self.auth {
+            Authenticated::Token(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// What a decision reports without refusing: an AUDIT policy's would-be denial, a DETECT WAF's
+/// finding.
+#[derive(Debug, Clone)]
+pub enum Note {
+    Audit(DecidedBy),
+    Detected(WafFinding),
+}
+
+/// A WAF finding and the policy whose WAF made it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WafFinding {
+    pub policy: Arc<str>,
+    pub finding: crate::waf::Finding,
+    pub blocked: bool,
+}
+
+/// A request whose body the WAF reads before it goes on: at most `limit` bytes of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BodyPlan {
+    pub limit: usize,
+    /// A longer body with a declared length: refused (413), or passed on uninspected.
+    pub reject_over_limit: bool,
 }
 
 /// A request the decision let through.
@@ -71,7 +118,31 @@ pub enum Refusal {
     Forbidden(DecidedBy),
     /// Step 5: a rate limit is spent.
     RateLimited(Limited),
+    /// Step 3: a token that does not verify, or none where one is required.
+    Unauthenticated(Unauthenticated),
+    /// Step 6: a WAF in BLOCK mode found an attack.
+    Blocked(Box<WafFinding>),
 }
+
+/// A 401 and what it tells the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unauthenticated {
+    /// `None`: no token at all.
+    pub reason: Option<Reason>,
+    pub www_authenticate: HeaderValue,
+    /// The policy whose `requireJwt` refused a request without a token.
+    pub required_by: Option<Arc<str>>,
+}
+
+impl Unauthenticated {
+    /// The metric and event label of why: `missing` when no token came.
+    pub fn reason_label(&self) -> &'static str {
+        self.reason.map_or("missing", Reason::label)
+    }
+}
+
+/// The realm of `WWW-Authenticate`.
+const REALM: &str = "palisade";
 
 /// A spent rate limit and what the 429 tells the caller about it.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,8 +163,9 @@ impl Refusal {
             Refusal::UriTooLong => 414,
             Refusal::HeadersTooLarge => 431,
             Refusal::PayloadTooLarge => 413,
-            Refusal::MtlsRequired | Refusal::Forbidden(_) => 403,
+            Refusal::MtlsRequired | Refusal::Forbidden(_) | Refusal::Blocked(_) => 403,
             Refusal::RateLimited(_) => 429,
+            Refusal::Unauthenticated(_) => 401,
         }
     }
 
@@ -104,8 +176,9 @@ impl Refusal {
             Refusal::UriTooLong => "uri_too_long",
             Refusal::HeadersTooLarge => "headers_too_large",
             Refusal::PayloadTooLarge => "payload_too_large",
-            Refusal::MtlsRequired | Refusal::Forbidden(_) => "forbidden",
+            Refusal::MtlsRequired | Refusal::Forbidden(_) | Refusal::Blocked(_) => "forbidden",
             Refusal::RateLimited(_) => "rate_limited",
+            Refusal::Unauthenticated(_) => "unauthenticated",
         }
     }
 
@@ -117,6 +190,8 @@ impl Refusal {
             }
             Refusal::MtlsRequired | Refusal::Forbidden(_) => "deny",
             Refusal::RateLimited(_) => "rate_limited",
+            Refusal::Unauthenticated(_) => "unauthenticated",
+            Refusal::Blocked(_) => "waf",
         }
     }
 
@@ -131,7 +206,14 @@ impl Refusal {
     /// Whether the security event log hears of it (SPEC section 7: every deny and rate limit;
     /// malformed requests are counted, not reported one by one).
     pub fn is_security_event(&self) -> bool {
-        matches!(self, Refusal::MtlsRequired | Refusal::Forbidden(_) | Refusal::RateLimited(_))
+        matches!(
+            self,
+            Refusal::MtlsRequired
+                | Refusal::Forbidden(_)
+                | Refusal::RateLimited(_)
+                | Refusal::Unauthenticated(_)
+                | Refusal::Blocked(_)
+        )
     }
 
     /// What the log says; the caller only ever sees [`Refusal::code`].
@@ -144,15 +226,22 @@ impl Refusal {
             Refusal::MtlsRequired => "plaintext after the workload became STRICT",
             Refusal::Forbidden(_) => "denied by policy",
             Refusal::RateLimited(_) => "rate limited",
+            Refusal::Unauthenticated(u) => u.reason.map_or("no token where one is required", Reason::description),
+            Refusal::Blocked(_) => "blocked by input validation",
         }
     }
 
     /// The security event for this refusal of the request `facts` describe (`audit`: what an
     /// AUDIT policy would have refused).
     pub fn denied(&self, audit: bool, request: RequestFacts) -> DeniedRequest {
-        let (policy, rule) = match self.decided_by() {
-            Some(by) => (by.policy.to_string(), by.rule.to_string()),
-            None => ("-".to_string(), self.reason().to_string()),
+        let (policy, rule) = match (self.decided_by(), self) {
+            (Some(by), _) => (by.policy.to_string(), by.rule.to_string()),
+            (None, Refusal::Unauthenticated(u)) => (
+                u.required_by.as_deref().unwrap_or("-").to_string(),
+                format!("jwt:{}", u.reason.map_or("missing", Reason::label)),
+            ),
+            (None, Refusal::Blocked(b)) => (b.policy.to_string(), format!("waf:{}", b.finding.detector.as_str())),
+            (None, _) => ("-".to_string(), self.reason().to_string()),
         };
         DeniedRequest { status: self.status(), policy, rule, audit, request }
     }
@@ -160,6 +249,9 @@ impl Refusal {
     /// The response headers that go with the status: `Retry-After` and the IETF RateLimit
     /// headers for a 429.
     pub fn headers(&self, mut add: impl FnMut(HeaderName, HeaderValue)) {
+        if let Refusal::Unauthenticated(u) = self {
+            add(WWW_AUTHENTICATE, u.www_authenticate.clone());
+        }
         if let Refusal::RateLimited(limited) = self {
             // Whole seconds, rounded up: a client that waits this long gets a token.
             let wait = limited.retry_after;
@@ -176,7 +268,7 @@ impl Refusal {
 impl PolicySnapshot {
     /// Decides a request, steps in SPEC section 5's order. `audit` hears of every denial an
     /// AUDIT policy would have made (decided, logged, counted, never enforced).
-    pub fn decide<'a>(&self, view: &RequestView<'a>, audit: impl FnMut(DecidedBy)) -> Result<Allowed<'a>, Refusal> {
+    pub fn decide<'a>(&self, view: &RequestView<'a>, mut note: impl FnMut(Note)) -> Result<Allowed<'a>, Refusal> {
         // 1. A connection let in as plaintext while the port was PERMISSIVE carries no
         //    identity; once the workload is STRICT its requests are refused like a handshake.
         if view.plaintext && self.mtls == MtlsMode::STRICT {
@@ -184,13 +276,124 @@ impl PolicySnapshot {
         }
         // 2. HTTP parsing and limits.
         let path = self.check_request(view)?;
-        // 3. JWT authentication runs here (crate::authn).
+        // 3. JWT authentication (verified before the decision; judged here).
+        self.check_authentication(view)?;
         // 4. Authorisation.
-        self.authorize(view, match_form(&path), audit).map_err(Refusal::Forbidden)?;
+        self.authorize(view, match_form(&path), |by| note(Note::Audit(by))).map_err(Refusal::Forbidden)?;
         // 5. Rate limits.
         self.rate_limit(view, match_form(&path)).map_err(Refusal::RateLimited)?;
-        // 6. Input validation (the WAF) runs here (crate::waf).
+        // 6. Input validation of the head; the body, when one is read, in `inspect_body`.
+        self.inspect_head(view, &path, &mut note)?;
         Ok(Allowed { path, max_body_bytes: self.limits.max_body_bytes })
+    }
+
+    /// Verifies the request's token, when the policies name issuers. Waits only when a token
+    /// names a key a remote JWKS has not shown yet (a rate-limited refresh).
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Verified>, Failure> {
+        match &self.authn {
+            Some(authn) => authn.authenticator.authenticate(headers).await,
+            None => Ok(None),
+        }
+    }
+
+    fn check_authentication(&self, view: &RequestView<'_>) -> Result<(), Refusal> {
+        let Some(authn) = &self.authn else { return Ok(()) };
+        match view.auth {
+            Authenticated::Token(_) => Ok(()),
+            Authenticated::Failed(failure) => {
+                authn.failed(failure.reason());
+                Err(Refusal::Unauthenticated(Unauthenticated {
+                    reason: Some(failure.reason()),
+                    www_authenticate: failure.www_authenticate(REALM),
+                    required_by: None,
+                }))
+            }
+            Authenticated::Nobody => match &authn.required_by {
+                Some(policy) => {
+                    authn.failed(Reason::Missing);
+                    Err(Refusal::Unauthenticated(Unauthenticated {
+                        reason: None,
+                        www_authenticate: crate::authn::www_authenticate(REALM, None),
+                        required_by: Some(policy.clone()),
+                    }))
+                }
+                None => Ok(()),
+            },
+        }
+    }
+
+    /// What the app must not receive and what it must: incoming copies of the headers claims
+    /// are forwarded in, the verified token (unless its issuer forwards it), and the claims.
+    pub fn app_headers(
+        &self,
+        token: Option<&Verified>,
+        mut remove: impl FnMut(&HeaderName),
+        mut add: impl FnMut(HeaderName, HeaderValue),
+    ) {
+        let Some(authn) = &self.authn else { return };
+        authn.authenticator.forwarded_headers().iter().for_each(&mut remove);
+        if let Some(token) = token {
+            token.token_headers().for_each(&mut remove);
+            for (name, value) in token.forward_headers() {
+                add(name, value);
+            }
+        }
+    }
+
+    /// Step 6 on the head: the normalised path, the query, headers and cookies, by every WAF.
+    fn inspect_head(&self, view: &RequestView<'_>, path: &str, note: &mut impl FnMut(Note)) -> Result<(), Refusal> {
+        if self.wafs.is_empty() {
+            return Ok(());
+        }
+        let query = view.target.iter().position(|&b| b == b'?').map(|at| &view.target[at + 1..]);
+        let head = crate::waf::HeadView {
+            path,
+            query: query.and_then(|q| std::str::from_utf8(q).ok()),
+            headers: view.headers,
+        };
+        self.each_waf(match_form(path), note, |waf, skips| waf.inspect_head(&head, skips))
+    }
+
+    /// Whether any WAF reads a body of this type, and how much of it.
+    pub fn body_plan(&self, content_type: Option<&[u8]>) -> Option<BodyPlan> {
+        let reading = || self.wafs.iter().filter(|w| w.waf.reads_body(content_type));
+        let limit = reading().map(|w| w.inspect_body_bytes).min()?;
+        let reject_over_limit = reading().any(|w| w.over_limit == OverLimit::REJECT);
+        Some(BodyPlan { limit, reject_over_limit })
+    }
+
+    /// Step 6 on a body read whole (at most [`BodyPlan::limit`] bytes), for the request whose
+    /// normalised path was `path`.
+    pub fn inspect_body(
+        &self,
+        path: &str,
+        content_type: Option<&[u8]>,
+        body: &[u8],
+        mut note: impl FnMut(Note),
+    ) -> Result<(), Refusal> {
+        self.each_waf(match_form(path), &mut note, |waf, skips| waf.inspect_body(content_type, body, skips))
+    }
+
+    fn each_waf(
+        &self,
+        path: &str,
+        note: &mut impl FnMut(Note),
+        inspect: impl Fn(&crate::waf::Waf, &crate::waf::Skips<'_>) -> Option<crate::waf::Finding>,
+    ) -> Result<(), Refusal> {
+        let mut params = Vec::new();
+        for w in &self.wafs {
+            params.clear();
+            let everywhere = w.skips(path, &mut params);
+            let skips = crate::waf::Skips::new(everywhere, &params);
+            let Some(finding) = inspect(&w.waf, &skips) else { continue };
+            w.found(finding.detector);
+            let found = WafFinding { policy: w.policy.clone(), finding, blocked: w.block };
+            if w.block {
+                return Err(Refusal::Blocked(Box::new(found)));
+            }
+            note(Note::Detected(found));
+        }
+        Ok(())
     }
 
     /// Step 2: what makes a request unjudgeable, then sizes, then the path's normal form.
@@ -248,7 +451,18 @@ mod tests {
         let (located, errors) = parse_file(Path::new("p.yaml"), &text);
         assert!(errors.is_empty(), "{errors:?}");
         let workload = WorkloadConfig { namespace: "shop".into(), ..Default::default() };
-        PolicySnapshot::compile("v1".into(), Source::Files, &located, &workload, default_mtls, &Metrics::new(), None)
+        let authn = crate::authn::AuthnRuntime::default();
+        PolicySnapshot::compile(
+            "v1".into(),
+            Source::Files,
+            &located,
+            &workload,
+            default_mtls,
+            &Metrics::new(),
+            &authn,
+            None,
+        )
+        .unwrap()
     }
 
     /// A request as a test states it; `view` lends it out as the proxy would.
@@ -286,6 +500,21 @@ mod tests {
             self
         }
         fn decide(&self, snapshot: &PolicySnapshot) -> (Result<Option<String>, Refusal>, Vec<DecidedBy>) {
+            let (verdict, notes) = self.decide_noting(snapshot);
+            let audits = notes
+                .into_iter()
+                .filter_map(|n| match n {
+                    Note::Audit(by) => Some(by),
+                    Note::Detected(_) => None,
+                })
+                .collect();
+            (verdict, audits)
+        }
+
+        /// The verdict (the normalised path when it changed) and everything noted.
+        fn decide_noting(&self, snapshot: &PolicySnapshot) -> (Result<Option<String>, Refusal>, Vec<Note>) {
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let auth = runtime.block_on(snapshot.authenticate(&self.headers));
             let path = self.target.split('?').next().unwrap_or_default();
             let view = RequestView {
                 principal: self.principal.as_ref(),
@@ -297,13 +526,18 @@ mod tests {
                 port: self.port,
                 headers: &self.headers,
                 ambiguous_framing: self.ambiguous,
+                auth: match &auth {
+                    Ok(Some(t)) => Authenticated::Token(t),
+                    Ok(None) => Authenticated::Nobody,
+                    Err(f) => Authenticated::Failed(f),
+                },
             };
-            let mut audits = Vec::new();
-            let verdict = snapshot.decide(&view, |by| audits.push(by)).map(|a| match a.path {
+            let mut notes = Vec::new();
+            let verdict = snapshot.decide(&view, |n| notes.push(n)).map(|a| match a.path {
                 Cow::Owned(p) => Some(p),
                 Cow::Borrowed(_) => None,
             });
-            (verdict, audits)
+            (verdict, notes)
         }
     }
 
@@ -451,6 +685,7 @@ mod tests {
             port: 8080,
             headers: &view_limits.headers,
             ambiguous_framing: false,
+            auth: Authenticated::Nobody,
         };
         assert_eq!(s.decide(&view, |_| {}).unwrap().max_body_bytes, Some(10));
     }

@@ -112,13 +112,25 @@ pub struct Spec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MtlsMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub authentication: Option<NotYet<JwtFeature>>,
+    pub authentication: Option<Authentication>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<Authorization>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rate_limits: UniqueList<RateLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_validation: Option<InputValidation>,
+}
+
+/// End-user authentication (SPEC section 4): the JWT issuers this workload accepts.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Authentication {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jwt: Vec<crate::authn::ProviderSpec>,
+    /// A request without a token is refused (401); without this, it goes on unauthenticated
+    /// and only rules that ask for a request principal or a claim fail for it.
+    #[serde(default)]
+    pub require_jwt: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -176,8 +188,9 @@ pub struct From {
     pub namespaces: Vec<Pattern>,
     #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
     pub ip_blocks: Vec<IpBlock>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_principals: Option<NotYet<JwtFeature>>,
+    /// `<iss>/<sub>` of the request's verified JWT.
+    #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
+    pub request_principals: Vec<Pattern>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -223,6 +236,8 @@ pub struct Condition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConditionKey {
     Header(http::HeaderName),
+    /// A claim of the verified JWT (a list claim matches when any element does).
+    Claim(crate::authn::ClaimPath),
 }
 
 fn bracketed<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
@@ -234,7 +249,10 @@ fn header_name(name: &str, whole: &str) -> Result<http::HeaderName, String> {
         .map_err(|_| format!("{whole:?}: {name:?} is not a valid header name"))
 }
 
-const JWT_NOT_YET: &str = "needs JWT authentication, which is not yet available in this version";
+/// `request.auth.claims[a][b]`: the prefix is required in a policy.
+fn claim_path(s: &str) -> Option<Result<crate::authn::ClaimPath, String>> {
+    s.starts_with("request.auth.claims[").then(|| crate::authn::ClaimPath::parse(s).map_err(|e| e.to_string()))
+}
 
 impl std::str::FromStr for ConditionKey {
     type Err = String;
@@ -242,8 +260,8 @@ impl std::str::FromStr for ConditionKey {
         if let Some(name) = bracketed(s, "request.headers") {
             return header_name(name, s).map(ConditionKey::Header);
         }
-        if bracketed(s, "request.auth.claims").is_some() {
-            return Err(format!("{s:?} {JWT_NOT_YET}"));
+        if let Some(claim) = claim_path(s) {
+            return claim.map(ConditionKey::Claim);
         }
         Err(format!("expected request.headers[NAME] or request.auth.claims[NAME], got {s:?}"))
     }
@@ -252,6 +270,7 @@ impl std::fmt::Display for ConditionKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ConditionKey::Header(h) => write!(f, "request.headers[{h}]"),
+            ConditionKey::Claim(c) => write!(f, "{c}"),
         }
     }
 }
@@ -326,6 +345,8 @@ pub enum LimitKey {
     SourcePrincipal,
     SourceIp,
     Header(http::HeaderName),
+    /// A claim of the verified JWT (its text; requests without one share a bucket).
+    Claim(crate::authn::ClaimPath),
     #[default]
     Global,
 }
@@ -340,10 +361,12 @@ impl std::str::FromStr for LimitKey {
             _ if bracketed(s, "request.headers").is_some() => {
                 header_name(bracketed(s, "request.headers").unwrap_or_default(), s).map(LimitKey::Header)
             }
-            _ if bracketed(s, "request.auth.claims").is_some() => Err(format!("{s:?} {JWT_NOT_YET}")),
-            _ => Err(format!(
+            _ => match claim_path(s) {
+                Some(claim) => claim.map(LimitKey::Claim),
+                None => Err(format!(
                 "unknown key kind {s:?}; expected source.principal, source.ip, request.headers[NAME], request.auth.claims[NAME] or global"
-            )),
+                )),
+            },
         }
     }
 }
@@ -353,6 +376,7 @@ impl std::fmt::Display for LimitKey {
             LimitKey::SourcePrincipal => f.write_str("source.principal"),
             LimitKey::SourceIp => f.write_str("source.ip"),
             LimitKey::Header(h) => write!(f, "request.headers[{h}]"),
+            LimitKey::Claim(c) => write!(f, "{c}"),
             LimitKey::Global => f.write_str("global"),
         }
     }
@@ -372,65 +396,139 @@ pub struct InputValidation {
     pub waf: Option<Waf>,
 }
 
+/// `inputValidation.waf` (SPEC section 4, step 6 of section 5).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Waf {
-    pub mode: WafOff,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub paranoia: Option<u8>,
+    pub mode: WafMode,
+    #[serde(default = "first_level")]
+    pub paranoia: Paranoia,
+    /// Every detector when not given.
+    #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
+    pub detectors: Vec<DetectorName>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub detectors: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub exclusions: Vec<serde_json::Value>,
+    pub exclusions: Vec<Exclusion>,
+    /// How much of a body is read and inspected before the request goes on: 1 to 65536 bytes.
+    #[serde(default = "full_inspection")]
+    pub inspect_body_bytes: InspectBytes,
+    /// A body of an inspected type that is longer: `REJECT` (413) or `PASS` uninspected
+    /// (counted). A body without a declared length that runs past the limit is always refused,
+    /// as it can be neither inspected nor passed on without buffering it whole.
+    #[serde(default)]
+    pub body_over_limit: OverLimit,
 }
 
-/// The WAF's only mode in this version.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WafOff;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WafMode {
+    /// A finding refuses the request (403).
+    BLOCK,
+    /// A finding is reported (event and metric); the request goes on.
+    DETECT,
+    OFF,
+}
 
-impl std::str::FromStr for WafOff {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum OverLimit {
+    #[default]
+    REJECT,
+    PASS,
+}
+
+/// 1..=4, as in the OWASP Core Rule Set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Paranoia(pub u8);
+
+impl std::str::FromStr for Paranoia {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "OFF" => Ok(WafOff),
-            "BLOCK" | "DETECT" => {
-                Err(format!("WAF mode {s} is not yet available in this version; use OFF or leave waf out"))
-            }
-            _ => Err(format!("expected BLOCK, DETECT or OFF, got {s:?}")),
+        match s.parse::<u8>() {
+            Ok(n @ 1..=4) => Ok(Paranoia(n)),
+            _ => Err(format!("paranoia is 1, 2, 3 or 4, got {s:?}")),
         }
     }
 }
-impl std::fmt::Display for WafOff {
+impl std::fmt::Display for Paranoia {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("OFF")
-    }
-}
-string_serde!(WafOff);
-
-/// A feature this version cannot enforce; refusing the field beats ignoring it.
-pub trait Feature {
-    const WHAT: &'static str;
-}
-
-#[derive(Debug, Clone)]
-pub struct JwtFeature;
-impl Feature for JwtFeature {
-    const WHAT: &'static str = "JWT authentication";
-}
-
-#[derive(Debug, Clone)]
-pub struct NotYet<F>(std::marker::PhantomData<F>);
-
-impl<'de, F: Feature> Deserialize<'de> for NotYet<F> {
-    fn deserialize<D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(serde::de::Error::custom(format!("{} is not yet available in this version", F::WHAT)))
+        write!(f, "{}", self.0)
     }
 }
 
-impl<F> Serialize for NotYet<F> {
+impl Serialize for Paranoia {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_unit()
+        s.serialize_u8(self.0)
     }
+}
+impl<'de> Deserialize<'de> for Paranoia {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        n.to_string().parse().map_err(serde::de::Error::custom)
+    }
+}
+
+fn first_level() -> Paranoia {
+    Paranoia(1)
+}
+
+/// The most a body read before forwarding can hold: pingora replays at most 64 KiB.
+pub const MAX_INSPECT_BYTES: u32 = 64 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InspectBytes(pub u32);
+
+impl Serialize for InspectBytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.0)
+    }
+}
+impl<'de> Deserialize<'de> for InspectBytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u64::deserialize(d)?;
+        if n == 0 || n > u64::from(MAX_INSPECT_BYTES) {
+            return Err(serde::de::Error::custom(format!(
+                "inspectBodyBytes is 1 to {MAX_INSPECT_BYTES} (what can be held and replayed), got {n}"
+            )));
+        }
+        Ok(InspectBytes(n as u32))
+    }
+}
+
+fn full_inspection() -> InspectBytes {
+    InspectBytes(MAX_INSPECT_BYTES)
+}
+
+/// A detector by its policy name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DetectorName(pub crate::waf::Detector);
+
+impl std::str::FromStr for DetectorName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        crate::waf::Detector::parse(s).map(DetectorName).ok_or_else(|| {
+            format!("unknown detector {s:?}; expected sqli, xss, path_traversal, command_injection or protocol")
+        })
+    }
+}
+impl std::fmt::Display for DetectorName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.as_str())
+    }
+}
+string_serde!(DetectorName);
+
+/// Detectors not run on some requests, or on some of their parameters: for a search box that
+/// takes SQL-looking text, say. Without `paths`, every path; without `parameters`, the whole
+/// request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Exclusion {
+    #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathPattern>,
+    /// Query, form, JSON or multipart parameter names, cookie names, or header names (headers
+    /// without regard to case).
+    #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<String>,
+    #[serde(deserialize_with = "non_empty")]
+    pub detectors: Vec<DetectorName>,
 }
 
 thread_local! {

@@ -151,9 +151,9 @@ mod tests {
         "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n";
 
     #[test]
-    fn the_spec_shape_parses_without_the_features_not_built_yet() {
+    fn the_spec_shape_parses() {
         let text = format!(
-            "{HEAD}  selector: {{matchLabels: {{app: orders}}}}\n  mtls: STRICT\n  authorization:\n    mode: ENFORCE\n    default: DENY\n    rules:\n      - name: frontend-reads\n        action: ALLOW\n        from: {{principals: [\"spiffe://cluster.local/ns/shop/sa/frontend\"], namespaces: [shop], ipBlocks: [\"10.0.0.0/8\"]}}\n        to: {{methods: [GET, HEAD], paths: [\"/orders\", \"/orders/*\"], ports: [8080]}}\n        when:\n          - {{key: \"request.headers[x-tenant]\", values: [acme]}}\n  rateLimits:\n    - {{name: per-caller, match: {{methods: [POST], paths: [\"/orders*\"]}}, key: source.principal, rate: 100, per: 1s, burst: 200}}\n  inputValidation: {{maxBodyBytes: 1048576, maxHeaderBytes: 65536, maxUriBytes: 8192, waf: {{mode: OFF}}}}\n"
+            "{HEAD}  selector: {{matchLabels: {{app: orders}}}}\n  mtls: STRICT\n  authorization:\n    mode: ENFORCE\n    default: DENY\n    rules:\n      - name: frontend-reads\n        action: ALLOW\n        from: {{principals: [\"spiffe://cluster.local/ns/shop/sa/frontend\"], namespaces: [shop], ipBlocks: [\"10.0.0.0/8\"], requestPrincipals: [\"https://auth.example.com/*\"]}}\n        to: {{methods: [GET, HEAD], paths: [\"/orders\", \"/orders/*\"], ports: [8080]}}\n        when:\n          - {{key: \"request.headers[x-tenant]\", values: [acme]}}\n          - {{key: \"request.auth.claims[scope]\", values: [\"orders:read\"]}}\n  rateLimits:\n    - {{name: per-caller, match: {{methods: [POST], paths: [\"/orders*\"]}}, key: source.principal, rate: 100, per: 1s, burst: 200}}\n  inputValidation: {{maxBodyBytes: 1048576, maxHeaderBytes: 65536, maxUriBytes: 8192, waf: {{mode: BLOCK, paranoia: 1, detectors: [sqli, xss, path_traversal, command_injection, protocol], exclusions: [{{paths: [\"/search\"], detectors: [sqli]}}]}}}}\n  authentication:\n    jwt:\n      - issuer: https://auth.example.com\n        audiences: [orders]\n        jwks: {{file: /etc/palisade/jwks.json}}\n        fromHeaders: [{{name: Authorization, prefix: \"Bearer \"}}]\n        forwardClaims: [{{claim: sub, header: x-user-id}}]\n    requireJwt: false\n"
         );
         let (policies, errors) = parse_file(Path::new("p.yaml"), &text);
         assert!(errors.is_empty(), "{errors:?}");
@@ -171,8 +171,15 @@ mod tests {
             ("  authorization:\n    rulez: []\n", 6, "spec.authorization", "unknown field `rulez`"),
             ("  authorization:\n    mode: SOMETIMES\n", 6, "spec.authorization.mode", "ENFORCE"),
             ("  authorization:\n    rules:\n      - {name: a, action: ALLOW, to: {paths: [\"orders\"]}}\n", 7, "paths", "must start with '/'"),
-            ("  authentication:\n    jwt: []\n", 6, "spec.authentication", "not yet available"),
-            ("  inputValidation:\n    waf: {mode: BLOCK}\n", 6, "spec.inputValidation.waf.mode", "not yet available"),
+            ("  authentication:\n    jwt:\n      - {issuer: \"https://a\", jwks: {file: /j}, forwardToken: true}\n", 7, "spec.authentication.jwt[0]", "unknown field `forwardToken`"),
+            ("  authentication:\n    jwt:\n      - {issuer: \"https://a\", algorithms: [none]}\n", 7, "spec.authentication.jwt[0].algorithms[0]", "none"),
+            ("  authorization:\n    rules:\n      - {name: a, action: ALLOW, when: [{key: \"request.auth.claims[]\", values: [x]}]}\n", 7, "when[0].key", "empty"),
+            ("  rateLimits:\n    - {name: r, rate: 5, key: \"request.auth.claims[sub\"}\n", 6, "spec.rateLimits[0].key", "missing ]"),
+            ("  inputValidation:\n    waf: {mode: BLOCK, paranoia: 5}\n", 6, "spec.inputValidation.waf.paranoia", "1, 2, 3 or 4"),
+            ("  inputValidation:\n    waf: {mode: BLOCK, detectors: [sqlx]}\n", 6, "spec.inputValidation.waf.detectors[0]", "unknown detector"),
+            ("  inputValidation:\n    waf: {mode: BLOCK, inspectBodyBytes: 100000}\n", 6, "spec.inputValidation.waf.inspectBodyBytes", "65536"),
+            ("  inputValidation:\n    waf: {mode: BLOCK, exclusions: [{paths: [\"/search\"]}]}\n", 6, "spec.inputValidation.waf.exclusions[0]", "detectors"),
+            ("  inputValidation:\n    waf: {mode: ON}\n", 6, "spec.inputValidation.waf.mode", "BLOCK"),
             ("  authorization:\n    rules:\n      - {name: a, action: ALLOW, from: {principals: []}}\n", 7, "principals", "empty list"),
             ("  rateLimits:\n    - {name: r, rate: 1, per: 10000000h}\n", 6, "rateLimits[0]", "per must be between"),
             ("  rateLimits:\n    - {name: r, rate: 1, per: 0s}\n", 6, "rateLimits[0]", "per must be between"),

@@ -194,7 +194,7 @@ fn still_open(stream: &mut Stream) -> bool {
 }
 
 /// The request's one `Content-Length`, when it has exactly one that is a number.
-fn declared_length(req: &RequestHeader) -> Option<u64> {
+pub fn declared_length(req: &RequestHeader) -> Option<u64> {
     let mut lengths = req.headers.get_all(header::CONTENT_LENGTH).iter();
     let length = lengths.next()?;
     if lengths.next().is_some() {
@@ -210,29 +210,61 @@ pub async fn held_body(
     session: &mut Session,
     mut count: impl FnMut(usize) -> pingora::Result<()>,
 ) -> pingora::Result<Bytes> {
-    let mut first = Bytes::new();
-    let mut joined: Option<BytesMut> = None;
-    let mut seen = 0u64;
+    let mut body = Joined::default();
     while let Some(chunk) = session.read_request_body().await.map_err(Error::into_down)? {
         count(chunk.len())?;
-        seen += chunk.len() as u64;
         // HTTP/2 already holds a body to its declared length; this holds it to the held size
         // even so.
-        if seen > HELD_BODY_MAX {
+        if !body.push(chunk, HELD_BODY_MAX as usize) {
             return Err(ErrorKind::InvalidRequest.fail("body longer than its Content-Length"));
         }
-        match joined.as_mut() {
-            Some(joined) => joined.extend_from_slice(&chunk),
-            None if first.is_empty() => first = chunk,
-            None => {
-                let mut both = BytesMut::with_capacity(first.len() + chunk.len());
-                both.extend_from_slice(&first);
-                both.extend_from_slice(&chunk);
-                joined = Some(both);
-            }
+    }
+    Ok(body.bytes())
+}
+
+/// Reads the whole request body if it is at most `max` bytes; `None` when it is longer (what
+/// was read is then lost to the caller: only pingora's retry buffer keeps it, up to 64 KiB).
+pub async fn read_body_up_to(session: &mut Session, max: usize) -> pingora::Result<Option<Bytes>> {
+    let mut body = Joined::default();
+    while let Some(chunk) = session.read_request_body().await.map_err(Error::into_down)? {
+        if !body.push(chunk, max) {
+            return Ok(None);
         }
     }
-    Ok(joined.map_or(first, BytesMut::freeze))
+    Ok(Some(body.bytes()))
+}
+
+/// A body's chunks, copied together only when there is more than one.
+#[derive(Default)]
+struct Joined {
+    first: Bytes,
+    joined: Option<BytesMut>,
+    seen: usize,
+}
+
+impl Joined {
+    /// False once the body is longer than `max`.
+    fn push(&mut self, chunk: Bytes, max: usize) -> bool {
+        self.seen += chunk.len();
+        if self.seen > max {
+            return false;
+        }
+        match self.joined.as_mut() {
+            Some(joined) => joined.extend_from_slice(&chunk),
+            None if self.first.is_empty() => self.first = chunk,
+            None => {
+                let mut both = BytesMut::with_capacity(self.first.len() + chunk.len());
+                both.extend_from_slice(&self.first);
+                both.extend_from_slice(&chunk);
+                self.joined = Some(both);
+            }
+        }
+        true
+    }
+
+    fn bytes(self) -> Bytes {
+        self.joined.map_or(self.first, BytesMut::freeze)
+    }
 }
 
 /// `Keep-Alive: timeout=N` from the app, less a second so the connection is not reused just as

@@ -10,6 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::header::CONTENT_TYPE;
 use opentelemetry::trace::SpanKind;
 use pingora::http::RequestHeader;
 use pingora::modules::http::HttpModules;
@@ -23,7 +24,7 @@ use super::record::{self, RequestCtx};
 use super::respond::{self, fail, is_decision};
 use super::{peer_identity, RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER, XFCC_HEADER};
 use crate::config::AppProtocol;
-use crate::policy::{PolicyStore, Refusal, RequestView};
+use crate::policy::{Authenticated, PolicySnapshot, PolicyStore, Refusal, RequestView};
 use crate::telemetry::Telemetry;
 
 pub struct Inbound {
@@ -109,6 +110,36 @@ impl Inbound {
     }
 }
 
+impl Inbound {
+    /// Answers a refusal (reported first when it is a security event); the request is done.
+    async fn refuse(&self, session: &mut Session, ctx: &mut InboundCtx, refusal: Refusal) -> pingora::Result<bool> {
+        if refusal.is_security_event() {
+            let path = session.req_header().uri.path().to_string();
+            record::report(&self.telemetry, session, &ctx.request, &refusal, false, &path);
+        }
+        respond::refuse(session, refusal, &mut ctx.request).await;
+        Ok(true)
+    }
+
+    /// Step 6 on a body read whole; DETECT findings are reported here.
+    fn inspect_body(
+        &self,
+        policy: &PolicySnapshot,
+        session: &Session,
+        ctx: &InboundCtx,
+        body: &[u8],
+    ) -> Option<Refusal> {
+        let req = session.req_header();
+        let mut notes = Vec::new();
+        let content_type = req.headers.get(CONTENT_TYPE).map(|v| v.as_bytes());
+        let verdict = policy.inspect_body(req.uri.path(), content_type, body, |note| notes.push(note));
+        for note in notes {
+            record::report_note(&self.telemetry, session, &ctx.request, note, req.uri.path());
+        }
+        verdict.err()
+    }
+}
+
 impl InboundCtx {
     /// Counts body bytes as they arrive against maxBodyBytes: a body of unannounced length is
     /// refused (413) as it crosses the limit.
@@ -170,7 +201,10 @@ impl ProxyHttp for Inbound {
         record::start_span(&self.telemetry, SpanKind::Server, session, &mut ctx.request);
         let policy = self.policy.current();
         let port = self.destination_port(session);
-        let mut audited = Vec::new();
+        // Step 3's token check runs first, as it may wait for a JWKS refresh; the decision
+        // judges its outcome in the SPEC's order.
+        let auth = policy.authenticate(&session.req_header().headers).await;
+        let mut notes = Vec::new();
         // The decision borrows the request; what it leaves is owned, so the session can be
         // written to afterwards.
         let verdict = {
@@ -195,8 +229,13 @@ impl ProxyHttp for Inbound {
                 port,
                 headers: &req.headers,
                 ambiguous_framing: super::has_conflicting_framing(session),
+                auth: match &auth {
+                    Ok(Some(token)) => Authenticated::Token(token),
+                    Ok(None) => Authenticated::Nobody,
+                    Err(failure) => Authenticated::Failed(failure),
+                },
             };
-            policy.decide(&view, |by| audited.push(by)).map(|allowed| {
+            policy.decide(&view, |note| notes.push(note)).map(|allowed| {
                 let changed = match allowed.path {
                     Cow::Owned(path) => Some(path),
                     Cow::Borrowed(_) => None,
@@ -205,22 +244,45 @@ impl ProxyHttp for Inbound {
             })
         };
         let path = |session: &Session| session.req_header().uri.path().to_string();
-        for by in audited {
-            record::report_audit(&self.telemetry, session, &ctx.request, by, &path(session));
+        for note in notes {
+            record::report_note(&self.telemetry, session, &ctx.request, note, &path(session));
         }
         let (normalized, body_limit) = match verdict {
             Ok(allowed) => allowed,
-            Err(refusal) => {
-                if refusal.is_security_event() {
-                    record::report(&self.telemetry, session, &ctx.request, &refusal, false, &path(session));
-                }
-                respond::refuse(session, refusal, &mut ctx.request).await;
-                return Ok(true);
-            }
+            Err(refusal) => return self.refuse(session, ctx, refusal).await,
         };
         ctx.body_limit = body_limit;
         if let Some(path) = normalized {
             set_path(session, path)?;
+        }
+        // What only this sidecar may tell the app about the caller's token.
+        let mut claims = Vec::new();
+        let token = auth.as_ref().ok().and_then(Option::as_ref);
+        policy.app_headers(
+            token,
+            |name| {
+                session.req_header_mut().remove_header(name);
+            },
+            |name, value| claims.push((name, value)),
+        );
+        for (name, value) in claims {
+            session.req_header_mut().insert_header(name, value)?;
+        }
+        // Step 6 on the body, when a WAF reads this type: read before anything is forwarded.
+        let plan = if session.is_body_empty() {
+            None
+        } else {
+            policy.body_plan(session.req_header().headers.get(CONTENT_TYPE).map(|v| v.as_bytes()))
+        };
+        let mut inspect = plan.is_some();
+        if let Some(plan) = plan {
+            if app_pool::declared_length(session.req_header()).is_some_and(|n| n > plan.limit as u64) {
+                if plan.reject_over_limit {
+                    return self.refuse(session, ctx, Refusal::PayloadTooLarge).await;
+                }
+                self.telemetry.metrics.waf_uninspected.inc();
+                inspect = false;
+            }
         }
         let app = self.app.address(port);
         ctx.app = Some(app);
@@ -229,6 +291,11 @@ impl ProxyHttp for Inbound {
                 return Err(Error::explain(ErrorType::ConnectRefused, "more app ports than a pod has"));
             };
             let body = app_pool::held_body(session, |len| ctx.count_body(len)).await?;
+            if inspect {
+                if let Some(refusal) = self.inspect_body(&policy, session, ctx, &body) {
+                    return self.refuse(session, ctx, refusal).await;
+                }
+            }
             pool.forward(session, body, |session| {
                 let mut request = app_pool::app_request(session)?;
                 add_sidecar_headers(session, &mut request, ctx)?;
@@ -236,6 +303,18 @@ impl ProxyHttp for Inbound {
             })
             .await?;
             return Ok(true);
+        }
+        if let (true, Some(plan)) = (inspect, plan) {
+            // pingora replays what was read here to the app (its retry buffer, 64 KiB).
+            session.enable_retry_buffering();
+            let refusal = match app_pool::read_body_up_to(session, plan.limit).await? {
+                Some(body) => self.inspect_body(&policy, session, ctx, &body),
+                // Neither inspected nor replayable: longer than the buffer pingora keeps.
+                None => Some(Refusal::PayloadTooLarge),
+            };
+            if let Some(refusal) = refusal {
+                return self.refuse(session, ctx, refusal).await;
+            }
         }
         Ok(false)
     }

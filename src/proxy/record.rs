@@ -9,11 +9,11 @@ use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
 use super::RequestId;
-use crate::policy::{DecidedBy, Refusal};
+use crate::policy::{Note, Refusal, WafFinding};
 use crate::telemetry::trace_headers::{
     B3, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, TRACEPARENT, TRACESTATE,
 };
-use crate::telemetry::{AccessRecord, RequestFacts, RequestSpan, SecurityEvent, SpanEnd, Telemetry};
+use crate::telemetry::{AccessRecord, RequestFacts, RequestSpan, SecurityEvent, SpanEnd, Telemetry, WafEvent};
 
 /// State carried across the phases of one request.
 pub struct RequestCtx {
@@ -51,14 +51,22 @@ impl RequestCtx {
 /// the security events, from the refusal itself.
 pub fn report(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusal: &Refusal, audit: bool, path: &str) {
     let req = session.req_header();
-    let facts = RequestFacts {
-        principal: super::peer_identity(session).map(|p| p.id.to_string()),
-        source: session.client_addr().and_then(|a| a.as_inet()).copied(),
-        method: req.method.to_string(),
-        path: path.to_string(),
-        request_id: ctx.id.as_str().to_string(),
-        trace_id: ctx.trace_id(),
-    };
+    let facts = facts(session, ctx, path);
+    match refusal {
+        Refusal::Blocked(found) => return report_finding(telemetry, found, facts),
+        Refusal::Unauthenticated(u) => {
+            let reason = u.reason_label();
+            tracing::info!(reason, method = %req.method, path, request_id = ctx.id.as_str(), "request unauthenticated");
+            telemetry.events.emit(SecurityEvent::AuthenticationFailed {
+                reason,
+                description: refusal.reason(),
+                policy: u.required_by.as_deref().map(str::to_string),
+                request: facts,
+            });
+            return;
+        }
+        _ => {}
+    }
     let denied = refusal.denied(audit, facts);
     tracing::info!(status = denied.status, policy = %denied.policy, rule = %denied.rule, audit, method = %req.method,
         path, principal = denied.request.principal.as_deref().unwrap_or("-"), request_id = ctx.id.as_str(),
@@ -66,9 +74,42 @@ pub fn report(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusa
     telemetry.events.emit(SecurityEvent::RequestDenied(denied));
 }
 
-/// What an AUDIT policy would have refused.
-pub fn report_audit(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, by: DecidedBy, path: &str) {
-    report(telemetry, session, ctx, &Refusal::Forbidden(by), true, path);
+/// What a decision noted without refusing: an AUDIT policy's would-be denial, a DETECT
+/// WAF's finding.
+pub fn report_note(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, note: Note, path: &str) {
+    match note {
+        Note::Audit(by) => report(telemetry, session, ctx, &Refusal::Forbidden(by), true, path),
+        Note::Detected(found) => report_finding(telemetry, &found, facts(session, ctx, path)),
+    }
+}
+
+fn report_finding(telemetry: &Telemetry, found: &WafFinding, request: RequestFacts) {
+    let f = &found.finding;
+    tracing::info!(policy = %found.policy, detector = f.detector.as_str(), location = f.location.kind.as_str(),
+        name = %f.location.name, paranoia = f.paranoia, blocked = found.blocked, request_id = %request.request_id,
+        "{}", if found.blocked { "WAF blocked a request" } else { "WAF finding (DETECT)" });
+    telemetry.events.emit(SecurityEvent::WafFinding(WafEvent {
+        policy: found.policy.to_string(),
+        detector: f.detector.as_str(),
+        location: f.location.kind.as_str(),
+        name: f.location.name.clone(),
+        paranoia: f.paranoia,
+        fragment: f.fragment.clone(),
+        blocked: found.blocked,
+        request,
+    }));
+}
+
+fn facts(session: &Session, ctx: &RequestCtx, path: &str) -> RequestFacts {
+    let req = session.req_header();
+    RequestFacts {
+        principal: super::peer_identity(session).map(|p| p.id.to_string()),
+        source: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        method: req.method.to_string(),
+        path: path.to_string(),
+        request_id: ctx.id.as_str().to_string(),
+        trace_id: ctx.trace_id(),
+    }
 }
 
 /// Starts this hop's span (inbound: a server span; outbound: a client span), continuing the

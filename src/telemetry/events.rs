@@ -38,6 +38,32 @@ pub enum SecurityEvent {
     /// The control plane read a pod's labels from the API server and they disagree with the
     /// ones its sidecar claimed: the claim is ignored.
     LabelsMismatch { identity: String, pod: String, claimed: String, actual: String },
+    /// A request's JWT was refused, or it had none where one is required (401).
+    AuthenticationFailed {
+        /// The `palisade_authn_failures_total` reason label.
+        reason: &'static str,
+        /// What is wrong with the token, as the caller is told.
+        description: &'static str,
+        /// The policy whose `requireJwt` refused a request without a token.
+        policy: Option<String>,
+        request: RequestFacts,
+    },
+    /// The WAF found an attack: blocked (403) in BLOCK mode, reported in DETECT mode.
+    WafFinding(WafEvent),
+}
+
+/// A WAF finding: where it was and what matched (cut short; never the whole value or body).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WafEvent {
+    pub policy: String,
+    pub detector: &'static str,
+    pub location: &'static str,
+    /// The parameter, cookie or header name; empty for the path and the body.
+    pub name: String,
+    pub paranoia: u8,
+    pub fragment: String,
+    pub blocked: bool,
+    pub request: RequestFacts,
 }
 
 /// A refused (or, under AUDIT, would-be refused) request, as both formats report it: what
@@ -180,6 +206,42 @@ fn ocsf(event: &SecurityEvent) -> Value {
             format!("policy update rejected; version {kept_version} stays in force"),
             json!({"unmapped": {"errors": errors}}),
         ),
+        SecurityEvent::AuthenticationFailed { reason, description, policy, request } => (
+            http_activity(&request.method),
+            2,
+            2,
+            3,
+            format!("unauthenticated {} {}: {description}", request.method, request.path),
+            json!({"firewall_rule": {"uid": format!("{}/jwt", policy.as_deref().unwrap_or("-")), "name": format!("jwt:{reason}")},
+                   "src_endpoint": endpoint(request.source),
+                   "actor": {"user": {"uid": request.principal}},
+                   "http_request": {"http_method": request.method, "url": {"path": request.path}, "uid": request.request_id},
+                   "http_response": {"code": 401},
+                   "status_detail": reason}),
+        ),
+        SecurityEvent::WafFinding(w) => (
+            http_activity(&w.request.method),
+            if w.blocked { 2 } else { 1 },
+            if w.blocked { 2 } else { 15 }, // blocked, or detected
+            if w.blocked { 4 } else { 3 },
+            format!(
+                "{} {} {}: {} in {}{}",
+                if w.blocked { "blocked" } else { "detected" },
+                w.request.method,
+                w.request.path,
+                w.detector,
+                w.location,
+                if w.name.is_empty() { String::new() } else { format!(" {}", w.name) }
+            ),
+            json!({"firewall_rule": {"uid": format!("{}/waf:{}", w.policy, w.detector), "name": w.detector,
+                                     "category": "input-validation"},
+                   "src_endpoint": endpoint(w.request.source),
+                   "actor": {"user": {"uid": w.request.principal}},
+                   "http_request": {"http_method": w.request.method, "url": {"path": w.request.path}, "uid": w.request.request_id},
+                   "http_response": if w.blocked { json!({"code": 403}) } else { Value::Null },
+                   "unmapped": {"waf": {"detector": w.detector, "location": w.location, "name": w.name,
+                                        "paranoia": w.paranoia, "fragment": w.fragment}}}),
+        ),
         SecurityEvent::RequestDenied(r) => (
             http_activity(&r.request.method),
             if r.audit { 1 } else { 2 },
@@ -218,6 +280,8 @@ fn ocsf(event: &SecurityEvent) -> Value {
 fn trace_id(event: &SecurityEvent) -> Option<&str> {
     match event {
         SecurityEvent::RequestDenied(r) => r.request.trace_id.as_deref(),
+        SecurityEvent::AuthenticationFailed { request, .. } => request.trace_id.as_deref(),
+        SecurityEvent::WafFinding(w) => w.request.trace_id.as_deref(),
         _ => None,
     }
 }
@@ -301,6 +365,38 @@ fn ecs(event: &SecurityEvent) -> Value {
             "configuration",
             format!("policy update rejected; version {kept_version} stays in force"),
             json!({"error": {"message": errors.join("; ")}}),
+        ),
+        SecurityEvent::AuthenticationFailed { reason, description, policy, request } => (
+            "authentication-failed",
+            "failure",
+            "authentication",
+            format!("unauthenticated {} {}: {description}", request.method, request.path),
+            json!({"rule": {"id": format!("{}/jwt", policy.as_deref().unwrap_or("-")), "name": format!("jwt:{reason}")},
+                   "source": request.source.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
+                   "user": {"name": request.principal},
+                   "http": {"request": {"method": request.method, "id": request.request_id}, "response": {"status_code": 401}},
+                   "url": {"path": request.path}}),
+        ),
+        SecurityEvent::WafFinding(w) => (
+            if w.blocked { "waf-blocked" } else { "waf-detected" },
+            if w.blocked { "failure" } else { "success" },
+            "intrusion_detection",
+            format!(
+                "{} {} {}: {} in {}",
+                if w.blocked { "blocked" } else { "detected" },
+                w.request.method,
+                w.request.path,
+                w.detector,
+                w.location
+            ),
+            json!({"rule": {"id": format!("{}/waf:{}", w.policy, w.detector), "name": w.detector, "ruleset": w.policy},
+                   "source": w.request.source.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
+                   "user": {"name": w.request.principal},
+                   "http": {"request": {"method": w.request.method, "id": w.request.request_id},
+                            "response": if w.blocked { json!({"status_code": 403}) } else { Value::Null }},
+                   "url": {"path": w.request.path},
+                   "labels": {"waf_location": w.location, "waf_name": w.name, "waf_paranoia": w.paranoia,
+                              "waf_fragment": w.fragment}}),
         ),
         SecurityEvent::RequestDenied(r) => (
             if r.audit { "request-audit-deny" } else { "request-denied" },

@@ -21,6 +21,10 @@ pub struct Metrics {
     pub control_plane_connected: prometheus::IntGauge,
     pub trace_spans_exported: prometheus::IntCounter,
     pub trace_spans_dropped: prometheus::IntCounter,
+    pub authn_failures: IntCounterVec,
+    pub waf_findings: IntCounterVec,
+    /// Bodies of an inspected type over `inspectBodyBytes`, passed on uninspected (`PASS`).
+    pub waf_uninspected: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -93,6 +97,24 @@ impl Metrics {
             "Sampled spans dropped: the export queue was full, or the collector refused or did not answer.",
         )
         .expect("metric");
+        let authn_failures = IntCounterVec::new(
+            Opts::new("palisade_authn_failures_total", "Requests refused by JWT authentication (401), by reason."),
+            &["reason"],
+        )
+        .expect("metric");
+        let waf_findings = IntCounterVec::new(
+            Opts::new(
+                "palisade_waf_findings_total",
+                "Input-validation findings, by detector and what was done (blocked, detected).",
+            ),
+            &["detector", "action"],
+        )
+        .expect("metric");
+        let waf_uninspected = prometheus::IntCounter::new(
+            "palisade_waf_uninspected_bodies_total",
+            "Bodies longer than inspectBodyBytes passed on uninspected (bodyOverLimit: PASS).",
+        )
+        .expect("metric");
         let build_info =
             IntGaugeVec::new(Opts::new("palisade_build_info", "Build information."), &["version"]).expect("metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -112,6 +134,9 @@ impl Metrics {
             Box::new(control_plane_connected.clone()),
             Box::new(trace_spans_exported.clone()),
             Box::new(trace_spans_dropped.clone()),
+            Box::new(authn_failures.clone()),
+            Box::new(waf_findings.clone()),
+            Box::new(waf_uninspected.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(c).expect("metric registers once");
@@ -131,6 +156,9 @@ impl Metrics {
             control_plane_connected,
             trace_spans_exported,
             trace_spans_dropped,
+            authn_failures,
+            waf_findings,
+            waf_uninspected,
         }
     }
 

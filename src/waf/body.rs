@@ -35,6 +35,21 @@ pub(crate) fn inspect(waf: &Waf, content_type: Option<&[u8]>, body: &[u8], skip:
     }
 }
 
+/// Whether [`inspect`] parses a body of this type (rather than treating it as opaque text).
+pub(crate) fn structured(content_type: Option<&[u8]>) -> bool {
+    let media = content_type.map(media_type).unwrap_or(b"").to_ascii_lowercase();
+    matches!(
+        media.as_slice(),
+        b"" | b"application/x-www-form-urlencoded"
+            | b"multipart/form-data"
+            | b"application/json"
+            | b"text/json"
+            | b"application/xml"
+            | b"text/xml"
+    ) || media.ends_with(b"+json")
+        || media.ends_with(b"+xml")
+}
+
 /// `type/subtype` without parameters or surrounding blanks.
 fn media_type(ct: &[u8]) -> &[u8] {
     let end = ct.iter().position(|&b| b == b';').unwrap_or(ct.len());
