@@ -408,14 +408,16 @@ impl Waf {
             let hit = Hit { level: hit.level.max(min[d as usize]), ..hit };
             finding(d, v.kind, v.name, buf, hit)
         };
-        let text = decode::canonical(v.value);
+        // One pass over the raw value says which bytes it holds; a value without a byte that can
+        // start an escape is never handed to the decoders (nor copied).
+        let raw = decode::Shape::of(v.value);
+        let text = if raw.may_escape() { decode::canonical(v.value) } else { std::borrow::Cow::Borrowed(v.value) };
         let decoded = matches!(text, std::borrow::Cow::Owned(_));
         let text = &*text;
-        let shape = decode::Shape::of(text);
+        let shape = if decoded { decode::Shape::of(text) } else { raw };
         if active.contains(Detector::Protocol) {
             // Control bytes, line breaks, non-ASCII or a blank before `HTTP/`: nothing else here
             // is a protocol anomaly.
-            let raw = if decoded { decode::Shape::of(v.value) } else { shape };
             let suspect = raw.control() || raw.line_break() || raw.non_ascii() || (raw.whitespace() && raw.any(b"/"));
             if suspect || v.class == Class::Path {
                 if let Some(hit) = protocol::value(v.value, v.class == Class::Arg, v.kind, pl) {

@@ -88,6 +88,13 @@ impl Shape {
     pub fn digit(self) -> bool {
         self.0 & DIGIT != 0
     }
+
+    /// Whether a byte that can start an escape [`canonical`] undoes is present: `%`, `&`, `\\`,
+    /// NUL (a control byte) or a lead byte of an overlong or fullwidth form (non-ASCII).
+    pub fn may_escape(self) -> bool {
+        const MASK: u64 = CLASSES[b'%' as usize] | CLASSES[b'&' as usize] | CLASSES[b'\\' as usize] | CTRL | HIGH;
+        self.0 & MASK != 0
+    }
 }
 
 /// How often a value is decoded again: URL-in-URL-in-entity is three; a fourth layer is noise.
@@ -443,6 +450,9 @@ pub fn has_word(keys: &[u128], w: &[u8]) -> bool {
 }
 
 /// Where `needle` (lower-case ASCII) occurs in `hay` without regard to ASCII case, from `from`.
+/// Candidates for the needle's first byte are found eight bytes at a time: `b | 0x20` equals
+/// `first | 0x20` only for the two cases of a letter (or one other byte, which the comparison
+/// after rejects).
 pub fn find_ci(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     let first = *needle.first()?;
     if hay.len() < needle.len() {
@@ -450,8 +460,30 @@ pub fn find_ci(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     }
     let last_start = hay.len() - needle.len();
     let mut i = from;
+    let folded = first | 0x20;
+    let pattern = u64::from_ne_bytes([folded; 8]);
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const CASE: u64 = 0x2020_2020_2020_2020;
     while i <= last_start {
-        if hay[i].to_ascii_lowercase() == first && hay[i..i + needle.len()].eq_ignore_ascii_case(needle) {
+        if let Some(chunk) = hay.get(i..i + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            let t = (word | CASE) ^ pattern;
+            let zero = t.wrapping_sub(LOW) & !t & HIGH;
+            if zero == 0 {
+                i += 8;
+                continue;
+            }
+            // The lowest flagged byte is a true match; later ones may not be.
+            i += (zero.trailing_zeros() / 8) as usize;
+        } else if hay[i] | 0x20 != folded {
+            i += 1;
+            continue;
+        }
+        if i > last_start {
+            return None;
+        }
+        if hay[i..i + needle.len()].eq_ignore_ascii_case(needle) {
             return Some(i);
         }
         i += 1;
@@ -570,5 +602,29 @@ mod tests {
         assert_eq!(find_ci(b"xx UnIoN", b"union", 0), Some(3));
         assert_eq!(find_ci(b"union", b"union", 1), None);
         assert_eq!(find_ci(b"ab", b"abc", 0), None);
+    }
+
+    #[test]
+    fn case_insensitive_search_agrees_with_a_naive_one() {
+        let naive = |hay: &[u8], needle: &[u8], from: usize| {
+            (from..=hay.len().saturating_sub(needle.len()))
+                .find(|&i| hay.len() >= needle.len() && hay[i..i + needle.len()].eq_ignore_ascii_case(needle))
+        };
+        // Every byte value around the needles' first bytes, at every offset across chunk edges.
+        let alphabet = [b'a', b'A', b'b', b'@', b'`', b'\x01', b'\x81', b'(', b'\x08', b'u', b'U', b'/', b'*'];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 40) as usize;
+            let hay: Vec<u8> =
+                (0..len).map(|k| alphabet[((seed >> (k % 50)) as usize + k * 7) % alphabet.len()]).collect();
+            for needle in [&b"a"[..], b"ab", b"ba", b"union", b"(", b"/*", b"@a", b"`b", b"aaaaaaaaa"] {
+                for from in [0, 1, 7, 8, 9] {
+                    assert_eq!(find_ci(&hay, needle, from), naive(&hay, needle, from), "{hay:?} {needle:?} {from}");
+                }
+            }
+        }
     }
 }
