@@ -437,6 +437,18 @@ pub const fn word_keys<const N: usize>(words: &[&[u8]; N]) -> [u128; N] {
     keys
 }
 
+/// The [`word_key`] of `w` lower-cased, or 0 when `w` is empty or longer than 16 bytes: equal
+/// keys mean the same word without regard to ASCII case (a word holds no NUL byte).
+pub fn lower_key(w: &[u8]) -> u128 {
+    if w.is_empty() || w.len() > 16 {
+        return 0;
+    }
+    let mut buf = [0u8; 16];
+    buf[..w.len()].copy_from_slice(w);
+    buf.make_ascii_lowercase();
+    u128::from_be_bytes(buf)
+}
+
 /// Whether `w`, in any case, is one of the words behind `keys`.
 pub fn has_word(keys: &[u128], w: &[u8]) -> bool {
     if w.is_empty() || w.len() > 16 {

@@ -6,7 +6,7 @@
 use libinjectionrs::sqli::{sqli_data::lookup_word, TokenType};
 use libinjectionrs::{SqliFlags, SqliState};
 
-use super::decode::{find_ci, has_word, is_word, starts_with_ci, word_keys, Hit, Shape};
+use super::decode::{find_ci, has_word, is_word, lower_key, starts_with_ci, word_key, word_keys, Hit, Shape};
 
 /// libinjection reads the first few tokens of a value; past this many bytes it has decided.
 /// Bounds its cost on long values without losing what it sees.
@@ -335,10 +335,12 @@ fn own_checks(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
     }
     phrases(v, level)
         .or_else(|| if shape.any(b"$") { nosql_operator(v) } else { None })
-        .or_else(|| if shape.any(b"'(") { json_operator(v) } else { None })
+        .or_else(|| if shape.any(b"'(") { json_operator(v, shape) } else { None })
         .or_else(|| if shape.any(b":.") { cast_or_number_trick(v) } else { None })
         .or_else(|| if shape.any(b"'\"`") { quote_breakout(v) } else { None })
-        .or_else(|| find_ci(v, b"/*!", 0).map(|at| Hit::new(1, at, (at + 16).min(v.len()))))
+        .or_else(|| {
+            if shape.any(b"*") { find_ci(v, b"/*!", 0) } else { None }.map(|at| Hit::new(1, at, (at + 16).min(v.len())))
+        })
 }
 
 /// The keywords the phrase checks look for (sorted): a word that is none of these, next to
@@ -399,17 +401,27 @@ const PHRASE_WORDS: &[&[u8]; 52] = &[
 ];
 static PHRASE_WORD_KEYS: [u128; 52] = word_keys(PHRASE_WORDS);
 
-/// Word sequences, seen through a window of the last few SQL words.
+/// A keyword's key for comparing with a window word's [`lower_key`], computed at compile time.
+macro_rules! k {
+    ($w:literal) => {
+        const { word_key($w) }
+    };
+}
+
+/// Word sequences, seen through a window of the last few SQL words. Each word is folded once
+/// to its lower-case key, so every keyword comparison below is one integer comparison.
 fn phrases(v: &[u8], level: u8) -> Option<Hit> {
     let mut words = Words { v, i: 0 };
-    // The last five words, newest last, with whether each is a phrase keyword or punctuation.
-    let mut win: [(&[u8], usize, bool); 5] = [(b"", 0, false); 5];
+    // The last five words, newest last, with their keys and whether each is a phrase keyword
+    // or punctuation.
+    let mut win: [(&[u8], usize, bool, u128); 5] = [(b"", 0, false, 0); 5];
     let mut seen_group_by = false;
     // Bounded: every step consumes at least one byte.
     while let Some((w, at)) = words.next() {
-        let notable = (w.len() == 1 && !is_word(w[0])) || has_word(&PHRASE_WORD_KEYS, w);
-        win = [win[1], win[2], win[3], win[4], (w, at, notable)];
-        let [(p4, _, _), (p3, _, _), (p2, a2, _), (p1, a1, p1_notable), _] = win;
+        let key = lower_key(w);
+        let notable = (w.len() == 1 && !is_word(w[0])) || (key != 0 && PHRASE_WORD_KEYS.binary_search(&key).is_ok());
+        win = [win[1], win[2], win[3], win[4], (w, at, notable, key)];
+        let [(_, _, _, k4), (_, _, _, k3), (p2, a2, _, k2), (p1, a1, p1_notable, k1), _] = win;
         let end = at + w.len();
         let hit = |lvl: u8, start: usize| (lvl <= level).then(|| Hit::new(lvl, start, end));
         // Every phrase below involves a keyword or punctuation among the last two words; prose
@@ -421,29 +433,33 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
             continue;
         }
         // Two-word phrases, reported from their first word.
-        let pair = (eq(p1, b"union")
-            && (eq(w, b"select") || eq(w, b"all") || eq(w, b"distinct") || eq(w, b"distinctrow") || w == b"("))
-            || (eq(p1, b"into") && (eq(w, b"outfile") || eq(w, b"dumpfile")))
-            || (eq(p1, b"waitfor") && (eq(w, b"delay") || eq(w, b"time")))
+        let pair = (k1 == k!(b"union")
+            && (key == k!(b"select")
+                || key == k!(b"all")
+                || key == k!(b"distinct")
+                || key == k!(b"distinctrow")
+                || w == b"("))
+            || (k1 == k!(b"into") && (key == k!(b"outfile") || key == k!(b"dumpfile")))
+            || (k1 == k!(b"waitfor") && (key == k!(b"delay") || key == k!(b"time")))
             || (w == b"(" && ((is_probe_function(p1) && probe_arguments(p1, &v[end..])) || is_catalog_function(p1)))
-            || (eq(p1, b"select") && (is_probe_function(w) || w.starts_with(b"@@")))
-            || ((eq(p1, b"exec") || eq(p1, b"execute")) && executes(w, Words { v, i: end }.next().map(|(n, _)| n)))
-            || (eq(p1, b"declare") && w.starts_with(b"@"))
-            || (eq(p1, b"procedure") && eq(w, b"analyse"))
+            || (k1 == k!(b"select") && (is_probe_function(w) || w.starts_with(b"@@")))
+            || ((k1 == k!(b"exec") || k1 == k!(b"execute")) && executes(w, Words { v, i: end }.next().map(|(n, _)| n)))
+            || (k1 == k!(b"declare") && w.starts_with(b"@"))
+            || (k1 == k!(b"procedure") && key == k!(b"analyse"))
             || (p1 == b";" && is_statement(w) && (v[end..].starts_with(b"/*") || end == v.len()))
-            || (is_ddl(p1) && is_ddl_object(w))
-            || (is_quote(p1) && (eq(w, b"regexp") || eq(w, b"rlike")))
-            || (eq(p1, b"case") && eq(w, b"when"));
+            || (is_ddl(k1) && is_ddl_object(w))
+            || (is_quote(p1) && (key == k!(b"regexp") || key == k!(b"rlike")))
+            || (k1 == k!(b"case") && key == k!(b"when"));
         // Three-word phrases, reported from their first word.
-        let triple = (w == b"(" && eq(p2, b"select") && matches!(lookup_word_bytes(p1), Some(TokenType::Function)))
+        let triple = (w == b"(" && k2 == k!(b"select") && matches!(lookup_word_bytes(p1), Some(TokenType::Function)))
             || (p2 == b";" && is_statement(p1) && statement_follow(w))
-            || ((eq(p2, b"insert") || eq(p2, b"replace"))
-                && eq(p1, b"into")
+            || ((k2 == k!(b"insert") || k2 == k!(b"replace"))
+                && k1 == k!(b"into")
                 && (w == b"(" || w.iter().all(|&b| is_word(b) || b == b'.'))
                 && find_ci(&v[end..], b"values", 0).is_some())
-            || (eq(w, b"from") && is_quote(p1) && (eq(p4, b"as") || eq(p3, b"as") || eq(p2, b"as")))
-            || (p2 == b")" && eq(p1, b"like") && w == b"(")
-            || (eq(p2, b"if")
+            || (key == k!(b"from") && is_quote(p1) && (k4 == k!(b"as") || k3 == k!(b"as") || k2 == k!(b"as")))
+            || (p2 == b")" && k1 == k!(b"like") && w == b"(")
+            || (k2 == k!(b"if")
                 && p1 == b"("
                 && w.first().is_some_and(u8::is_ascii_digit)
                 && v.get(end..).is_some_and(|r| r.trim_ascii_start().starts_with(b"=")));
@@ -451,7 +467,7 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
             hit(1, a2)
         } else if pair {
             hit(1, a1)
-        } else if seen_group_by && eq(w, b"having") {
+        } else if seen_group_by && key == k!(b"having") {
             hit(1, at)
         } else {
             None
@@ -459,7 +475,7 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
         if found.is_some() {
             return found;
         }
-        if eq(p1, b"group") && eq(w, b"by") {
+        if k1 == k!(b"group") && key == k!(b"by") {
             seen_group_by = true;
         }
         if is_catalog(w) {
@@ -514,8 +530,8 @@ fn is_quote(w: &[u8]) -> bool {
     matches!(w, b"'" | b"\"" | b"`")
 }
 
-fn is_ddl(w: &[u8]) -> bool {
-    eq(w, b"create") || eq(w, b"alter") || eq(w, b"drop") || eq(w, b"truncate") || eq(w, b"rename")
+fn is_ddl(key: u128) -> bool {
+    key == k!(b"create") || key == k!(b"alter") || key == k!(b"drop") || key == k!(b"truncate") || key == k!(b"rename")
 }
 
 fn is_ddl_object(w: &[u8]) -> bool {
@@ -615,8 +631,13 @@ fn nosql_operator(v: &[u8]) -> Option<Hit> {
 /// A quoted JSON literal used with a JSON operator (PostgreSQL `'{"a":1}'::jsonb @> ...`,
 /// `'[1,2]' ? '1'`, `-> '$.a'`), or a JSON function: how JSON-aware databases are injected
 /// past filters that only know classic SQL.
-fn json_operator(v: &[u8]) -> Option<Hit> {
+fn json_operator(v: &[u8], shape: Shape) -> Option<Hit> {
+    // Every function name starts with `json`; one search finds whether any can be there.
+    let named = shape.any(b"(") && find_ci(v, b"json", 0).is_some();
     for f in [&b"json_extract"[..], b"json_value", b"json_query", b"jsonb_path_query", b"json_contains", b"json_keys"] {
+        if !named {
+            break;
+        }
         if let Some(at) = find_ci(v, f, 0) {
             let rest = v[at + f.len()..].trim_ascii_start();
             if rest.starts_with(b"(") {
@@ -624,7 +645,8 @@ fn json_operator(v: &[u8]) -> Option<Hit> {
             }
         }
     }
-    let mut from = 0;
+    // A quoted JSON literal opens with `'{` or `'[`.
+    let mut from = if shape.any(b"'") && shape.any(b"{[") { 0 } else { v.len() };
     while let Some(p) = v[from..].windows(2).position(|w| w[0] == b'\'' && matches!(w[1], b'{' | b'[')) {
         let at = from + p;
         from = at + 1;
@@ -829,8 +851,23 @@ const CATALOGS: &[&[u8]] = &[
 
 /// A catalog name, alone or qualified (`information_schema.tables`), in any case.
 fn is_catalog(w: &[u8]) -> bool {
-    let Some(&first) = w.first() else { return false };
-    let first = first.to_ascii_lowercase();
+    // The shortest catalog name has four bytes, and all start with one of a few letters.
+    const FIRST: u32 = {
+        let mut set = 0u32;
+        let mut i = 0;
+        while i < CATALOGS.len() {
+            set |= 1 << (CATALOGS[i][0] - b'a');
+            i += 1;
+        }
+        set
+    };
+    if w.len() < 4 {
+        return false;
+    }
+    let first = w[0].to_ascii_lowercase();
+    if !first.is_ascii_lowercase() || FIRST & (1 << (first - b'a')) == 0 {
+        return false;
+    }
     let from = CATALOGS.partition_point(|c| c[0] < first);
     CATALOGS[from..].iter().take_while(|c| c[0] == first).any(|c| {
         w.len() >= c.len()

@@ -115,7 +115,7 @@ fn own_checks(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
             return Some(hit);
         }
     }
-    markup_tricks(v)
+    markup_tricks(v, shape)
 }
 
 /// Objects and functions only script uses: `document.cookie`, `window["alert"]`,
@@ -267,18 +267,22 @@ fn js_property(p: &[u8]) -> bool {
 /// Encodings and markup that smuggle script: UTF-7 `+ADw-`, IE's US-ASCII `\xbcscript\xbe`, SSI
 /// directives, CSS bindings and `url(javascript:...)`, `data:` URLs holding markup, attributes
 /// that make a URL or document of their value.
-fn markup_tricks(v: &[u8]) -> Option<Hit> {
+fn markup_tricks(v: &[u8], shape: Shape) -> Option<Hit> {
     let n = v.len();
-    // Every trick below needs one of these bytes; most values have none.
-    if !v.iter().any(|&b| matches!(b, b'+' | b'<' | b':' | b'=' | b'(' | 0xBC)) {
+    // Every trick below needs one of these bytes; most values have none. Each search below is
+    // asked only when its own punctuation is present.
+    if !shape.any(b"+<:=(") && !shape.non_ascii() {
         return None;
     }
     for needle in [&b"+ADw"[..], b"+AD4"] {
+        if !shape.any(b"+") {
+            break;
+        }
         if let Some(at) = v.windows(needle.len()).position(|w| w == needle) {
             return Some(Hit::new(1, at, (at + 16).min(n)));
         }
     }
-    if let Some(at) = v.iter().position(|&b| b == 0xBC) {
+    if let Some(at) = if shape.non_ascii() { v.iter().position(|&b| b == 0xBC) } else { None } {
         // Seven-bit readers see 0xBC as `<` and 0xBE as `>`.
         let close = v[at..].iter().position(|&b| b == 0xBE).map(|c| at + c);
         if let Some(close) = close {
@@ -290,7 +294,7 @@ fn markup_tricks(v: &[u8]) -> Option<Hit> {
             }
         }
     }
-    if let Some(at) = find_ci(v, b"<!--#", 0) {
+    if let Some(at) = if shape.any(b"<") { find_ci(v, b"<!--#", 0) } else { None } {
         let d = &v[at + 5..];
         if [&b"exec"[..], b"set", b"echo", b"include", b"config", b"fsize", b"flastmod", b"printenv"]
             .iter()
@@ -299,7 +303,11 @@ fn markup_tricks(v: &[u8]) -> Option<Hit> {
             return Some(Hit::new(1, at, (at + 16).min(n)));
         }
     }
+    // Each of these assigns with `=` or `:`.
     for needle in [&b"-moz-binding"[..], b"behavior:", b"formaction", b"xlink:href", b"srcdoc"] {
+        if !shape.any(b"=:") {
+            break;
+        }
         if let Some(at) = find_ci(v, needle, 0) {
             let rest = v[at + needle.len()..].trim_ascii_start();
             let assigns = needle.ends_with(b":") || rest.starts_with(b"=") || rest.starts_with(b":");
@@ -308,7 +316,7 @@ fn markup_tricks(v: &[u8]) -> Option<Hit> {
             }
         }
     }
-    let mut from = 0;
+    let mut from = if shape.any(b"(") { 0 } else { n };
     while let Some(at) = find_ci(v, b"url(", from) {
         from = at + 4;
         let rest = v[at + 4..].trim_ascii_start();
@@ -317,7 +325,7 @@ fn markup_tricks(v: &[u8]) -> Option<Hit> {
             return Some(Hit::new(1, at, (at + 24).min(n)));
         }
     }
-    let mut from = 0;
+    let mut from = if shape.any(b":") { 0 } else { n };
     while let Some(at) = find_ci(v, b"data:", from) {
         from = at + 5;
         if at > 0 && is_word(v[at - 1]) {
