@@ -418,7 +418,10 @@ impl Waf {
         if active.contains(Detector::Protocol) {
             // Control bytes, line breaks, non-ASCII or a blank before `HTTP/`: nothing else here
             // is a protocol anomaly.
-            let suspect = raw.control() || raw.line_break() || raw.non_ascii() || (raw.whitespace() && raw.any(b"/"));
+            let suspect = raw.control()
+                || raw.line_break()
+                || raw.non_ascii()
+                || (raw.whitespace() && raw.has(const { decode::Shape::mask(b"/") }));
             if suspect || v.class == Class::Path {
                 if let Some(hit) = protocol::value(v.value, v.class == Class::Arg, v.kind, pl) {
                     return Some(report(Detector::Protocol, v.value, hit));

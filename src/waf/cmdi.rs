@@ -11,17 +11,18 @@ use super::decode::{find_ci, has_word, is_word, starts_with_ci, word_keys, Hit, 
 /// Shellshock function definition, the one command injection carried by any header.
 pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit> {
     if !full {
-        return if shape.any(b"(") { shellshock(v, level) } else { None };
+        return if shape.has(const { Shape::mask(b"(") }) { shellshock(v, level) } else { None };
     }
-    if shape.any(b"$<>({/!~`") {
+    if shape.has(const { Shape::mask(b"$<>({/!~`") }) {
         if let Some(hit) = syntax(v, level) {
             return Some(hit);
         }
     }
     // Without a separator a command can only open the value; a single plain token (an id, a
     // slug, an email) only as an administration tool's name on its own.
-    let separated = shape.any(b";|&`$") || shape.line_break();
-    let plain_token = !shape.whitespace() && !shape.any(b"/\\'\"^{}()[]<>!~*?%") && !shape.control();
+    let separated = shape.has(const { Shape::mask(b";|&`$") }) || shape.line_break();
+    let plain_token =
+        !shape.whitespace() && !shape.has(const { Shape::mask(b"/\\'\"^{}()[]<>!~*?%") }) && !shape.control();
     let found = if separated {
         commands(v, level)
     } else if plain_token && !lone_admin_tool(v) {
@@ -30,8 +31,8 @@ pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit
         command_at(v, 0, 0, true, level)
     };
     found
-        .or_else(|| if shape.whitespace() || shape.any(b"/") { batch(v) } else { None })
-        .or_else(|| if shape.any(b"-") { powershell(v) } else { None })
+        .or_else(|| if shape.whitespace() || shape.has(const { Shape::mask(b"/") }) { batch(v) } else { None })
+        .or_else(|| if shape.has(const { Shape::mask(b"-") }) { powershell(v) } else { None })
         .or_else(|| if level >= 2 && shape.line_break() { mail_protocol(v) } else { None })
 }
 

@@ -64,8 +64,26 @@ impl Shape {
     }
 
     /// Whether any of these punctuation bytes occurs.
+    #[cfg(test)]
     pub fn any(self, bytes: &[u8]) -> bool {
-        let mask = bytes.iter().fold(0, |acc, &b| acc | CLASSES[b as usize]);
+        self.has(Shape::mask(bytes))
+    }
+
+    /// The classes of these punctuation bytes, for [`Shape::has`]; callers compute it at compile
+    /// time (`shape.has(const { Shape::mask(b"<>") })`), so a check is one `and`.
+    pub const fn mask(bytes: &[u8]) -> u64 {
+        let mut mask = 0;
+        let mut i = 0;
+        while i < bytes.len() {
+            mask |= class_of(bytes[i]);
+            i += 1;
+        }
+        mask
+    }
+
+    /// Whether any byte of the classes in `mask` occurs.
+    #[inline(always)]
+    pub fn has(self, mask: u64) -> bool {
         self.0 & mask != 0
     }
 
@@ -92,7 +110,7 @@ impl Shape {
     /// Whether a byte that can start an escape [`canonical`] undoes is present: `%`, `&`, `\\`,
     /// NUL (a control byte) or a lead byte of an overlong or fullwidth form (non-ASCII).
     pub fn may_escape(self) -> bool {
-        const MASK: u64 = CLASSES[b'%' as usize] | CLASSES[b'&' as usize] | CLASSES[b'\\' as usize] | CTRL | HIGH;
+        const MASK: u64 = Shape::mask(b"%&\\") | CTRL | HIGH;
         self.0 & MASK != 0
     }
 }
@@ -589,7 +607,13 @@ mod tests {
     #[test]
     fn shapes_record_each_kind_of_byte() {
         let s = Shape::of(b"a b;\r");
-        assert!(s.whitespace() && s.line_break() && s.any(b";") && !s.any(b"<'") && !s.digit());
+        assert!(
+            s.whitespace()
+                && s.line_break()
+                && s.has(const { Shape::mask(b";") })
+                && !s.has(const { Shape::mask(b"<'") })
+                && !s.digit()
+        );
         let s = Shape::of(b"caf\xc3\xa9\x01");
         assert!(s.non_ascii() && s.control() && !s.whitespace());
         assert!(Shape::of(b"\\").any(b"\\") && Shape::of(b"~").any(b"~") && Shape::of(b"!").any(b"!"));

@@ -101,12 +101,17 @@ fn weight(state: &SqliState<'_>, input: &[u8]) -> u8 {
 /// date, a URL) needs more than `=`, `&`, `+` or `%`.
 fn might_be_sql(v: &[u8], shape: Shape) -> bool {
     let blanks = shape.whitespace() || shape.control() || shape.non_ascii();
-    let punctuated = shape.any(b"'\"`;()=<>|!#\\{}*%^~+$@&-/");
+    let punctuated = shape.has(const { Shape::mask(b"'\"`;()=<>|!#\\{}*%^~+$@&-/") });
     if !punctuated && !blanks {
         return false;
     }
     let marked = punctuated
-        && v.iter().enumerate().any(|(i, &b)| {
+        && (0..v.len()).any(|i| {
+            let b = v[i];
+            // Letters, digits, blanks and the remaining punctuation mark nothing.
+            if !MARKS[b as usize] {
+                return false;
+            }
             let prev = i.checked_sub(1).map(|p| v[p]);
             let next = v.get(i + 1).copied();
             match b {
@@ -163,8 +168,41 @@ fn might_be_sql(v: &[u8], shape: Shape) -> bool {
         return true;
     }
     // Otherwise some word must be SQL for libinjection to see more than barewords and strings.
-    v.split(|b| !(is_word(*b) || *b == b'@')).any(is_sql_word)
+    let mut i = 0;
+    while i < v.len() {
+        if !(is_word(v[i]) || v[i] == b'@') {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < v.len() && (is_word(v[i]) || v[i] == b'@') {
+            i += 1;
+        }
+        if is_sql_word(&v[start..i]) {
+            return true;
+        }
+    }
+    false
 }
+
+/// The bytes `might_be_sql` looks at more closely (every byte its `match` names).
+static MARKS: [bool; 256] = {
+    let mut t = [false; 256];
+    let named = b";<>|!\\{}^$'\"`()=%+~#*@&-/";
+    let mut i = 0;
+    while i < named.len() {
+        t[named[i] as usize] = true;
+        i += 1;
+    }
+    let mut b = 0;
+    while b < 256 {
+        if b <= 0x08 || (b >= 0x0e && b <= 0x1f) || b == 0x7f || b == 0xa0 {
+            t[b] = true;
+        }
+        b += 1;
+    }
+    t
+};
 
 /// Words an injection without SQL punctuation needs at least one of (sorted): logic operators,
 /// statement and clause keywords, and the functions blind injections lean on.
@@ -255,7 +293,8 @@ fn is_sql_word(w: &[u8]) -> bool {
         // `@var` and `@@version` are SQL by their sigil.
         return w.first() == Some(&b'@');
     }
-    w[0] == b'@' || has_word(&SQL_WORD_KEYS, w)
+    const SHAPE: (u32, usize, usize) = word_shape(SQL_WORDS);
+    w[0] == b'@' || (in_word_shape(SHAPE, w) && has_word(&SQL_WORD_KEYS, w))
 }
 
 /// A view of the value as SQL words: comments and every kind of SQL whitespace between words
@@ -273,6 +312,10 @@ impl<'a> Words<'a> {
         loop {
             while i < v.len() && (v[i].is_ascii_whitespace() || matches!(v[i], 0x0b | 0xa0 | b'+' | 0)) {
                 i += 1;
+            }
+            // Only these bytes can open a comment.
+            if i >= v.len() || !matches!(v[i], b'/' | b'*' | b'-' | b'#') {
+                return i;
             }
             if v[i..].starts_with(b"/*!") {
                 i += 3;
@@ -327,19 +370,26 @@ fn own_checks(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
         }
     }
     // A single word: only a catalog name or the glued `unionselect` can be SQL.
-    if !shape.whitespace() && !shape.any(b"'\"`;()[]{}=<>|!#/*@$:+,") && !shape.control() {
+    if !shape.whitespace() && !shape.has(const { Shape::mask(b"'\"`;()[]{}=<>|!#/*@$:+,") }) && !shape.control() {
         if is_catalog(v) {
             return Some(Hit::new(1, 0, v.len()));
         }
-        return glued_union(v, level).or_else(|| if shape.any(b".:") { cast_or_number_trick(v) } else { None });
+        return glued_union(v, level).or_else(|| {
+            if shape.has(const { Shape::mask(b".:") }) {
+                cast_or_number_trick(v)
+            } else {
+                None
+            }
+        });
     }
     phrases(v, level)
-        .or_else(|| if shape.any(b"$") { nosql_operator(v) } else { None })
-        .or_else(|| if shape.any(b"'(") { json_operator(v, shape) } else { None })
-        .or_else(|| if shape.any(b":.") { cast_or_number_trick(v) } else { None })
-        .or_else(|| if shape.any(b"'\"`") { quote_breakout(v) } else { None })
+        .or_else(|| if shape.has(const { Shape::mask(b"$") }) { nosql_operator(v) } else { None })
+        .or_else(|| if shape.has(const { Shape::mask(b"'(") }) { json_operator(v, shape) } else { None })
+        .or_else(|| if shape.has(const { Shape::mask(b":.") }) { cast_or_number_trick(v) } else { None })
+        .or_else(|| if shape.has(const { Shape::mask(b"'\"`") }) { quote_breakout(v) } else { None })
         .or_else(|| {
-            if shape.any(b"*") { find_ci(v, b"/*!", 0) } else { None }.map(|at| Hit::new(1, at, (at + 16).min(v.len())))
+            if shape.has(const { Shape::mask(b"*") }) { find_ci(v, b"/*!", 0) } else { None }
+                .map(|at| Hit::new(1, at, (at + 16).min(v.len())))
         })
 }
 
@@ -408,6 +458,39 @@ macro_rules! k {
     };
 }
 
+/// Lengths and first letters of [`PHRASE_WORDS`], so most words are ruled out before a lookup.
+fn may_be_phrase_word(w: &[u8]) -> bool {
+    const SHAPE: (u32, usize, usize) = word_shape(PHRASE_WORDS);
+    in_word_shape(SHAPE, w)
+}
+
+/// The first letters (one bit each), shortest and longest length of a table of lower-case words.
+const fn word_shape(words: &[&[u8]]) -> (u32, usize, usize) {
+    let (mut first, mut min, mut max) = (0u32, usize::MAX, 0);
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i];
+        assert!(w[0].is_ascii_lowercase());
+        first |= 1 << (w[0] - b'a');
+        if w.len() < min {
+            min = w.len();
+        }
+        if w.len() > max {
+            max = w.len();
+        }
+        i += 1;
+    }
+    (first, min, max)
+}
+
+fn in_word_shape((first, min, max): (u32, usize, usize), w: &[u8]) -> bool {
+    if w.len() < min || w.len() > max {
+        return false;
+    }
+    let c = w[0] | 0x20;
+    c.is_ascii_lowercase() && first & (1 << (c - b'a')) != 0
+}
+
 /// Word sequences, seen through a window of the last few SQL words. Each word is folded once
 /// to its lower-case key, so every keyword comparison below is one integer comparison.
 fn phrases(v: &[u8], level: u8) -> Option<Hit> {
@@ -418,8 +501,17 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
     let mut seen_group_by = false;
     // Bounded: every step consumes at least one byte.
     while let Some((w, at)) = words.next() {
-        let key = lower_key(w);
-        let notable = (w.len() == 1 && !is_word(w[0])) || (key != 0 && PHRASE_WORD_KEYS.binary_search(&key).is_ok());
+        // Of punctuation, only parentheses, `;` and quotes take part in a phrase; any other
+        // symbol between two prose words leaves both to the catalog check.
+        let (key, notable) = if w.len() == 1 && !is_word(w[0]) {
+            (0, matches!(w[0], b'(' | b')' | b';' | b'\'' | b'"' | b'`'))
+        } else if may_be_phrase_word(w) {
+            let key = lower_key(w);
+            (key, PHRASE_WORD_KEYS.binary_search(&key).is_ok())
+        } else {
+            // Keys are compared only with phrase keywords: any other word may keep 0.
+            (0, false)
+        };
         win = [win[1], win[2], win[3], win[4], (w, at, notable, key)];
         let [(_, _, _, k4), (_, _, _, k3), (p2, a2, _, k2), (p1, a1, p1_notable, k1), _] = win;
         let end = at + w.len();
@@ -633,7 +725,7 @@ fn nosql_operator(v: &[u8]) -> Option<Hit> {
 /// past filters that only know classic SQL.
 fn json_operator(v: &[u8], shape: Shape) -> Option<Hit> {
     // Every function name starts with `json`; one search finds whether any can be there.
-    let named = shape.any(b"(") && find_ci(v, b"json", 0).is_some();
+    let named = shape.has(const { Shape::mask(b"(") }) && find_ci(v, b"json", 0).is_some();
     for f in [&b"json_extract"[..], b"json_value", b"json_query", b"jsonb_path_query", b"json_contains", b"json_keys"] {
         if !named {
             break;
@@ -646,7 +738,8 @@ fn json_operator(v: &[u8], shape: Shape) -> Option<Hit> {
         }
     }
     // A quoted JSON literal opens with `'{` or `'[`.
-    let mut from = if shape.any(b"'") && shape.any(b"{[") { 0 } else { v.len() };
+    let mut from =
+        if shape.has(const { Shape::mask(b"'") }) && shape.has(const { Shape::mask(b"{[") }) { 0 } else { v.len() };
     while let Some(p) = v[from..].windows(2).position(|w| w[0] == b'\'' && matches!(w[1], b'{' | b'[')) {
         let at = from + p;
         from = at + 1;

@@ -6,7 +6,7 @@
 use super::decode::{find_ci, is_word, Hit, Shape};
 
 pub(crate) fn value(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
-    if shape.any(b"./\\") {
+    if shape.has(const { Shape::mask(b"./\\") }) {
         if let Some(hit) = climbs(v, level).or_else(|| sensitive_target(v, level)) {
             return Some(hit);
         }

@@ -10,7 +10,7 @@ const LIBINJECTION_MAX: usize = 4096;
 
 pub(crate) fn check(v: &[u8], shape: Shape, libinjection: bool, level: u8) -> Option<Hit> {
     // Every check needs one of these (or a byte of IE's seven-bit `<`).
-    if !shape.any(b"<>:(=[.+`!") && !shape.non_ascii() {
+    if !shape.has(const { Shape::mask(b"<>:(=[.+`!") }) && !shape.non_ascii() {
         return None;
     }
     if let Some(hit) = own_checks(v, shape, level) {
@@ -20,7 +20,8 @@ pub(crate) fn check(v: &[u8], shape: Shape, libinjection: bool, level: u8) -> Op
     // followed by an attribute cannot open a tag or leave a quoted attribute, and what it can do
     // unquoted (event handlers, script URLs) the checks above see. Its verdict on
     // `style=color:red` or `O'Brien` is noise.
-    let breaks_out = shape.any(b"<>") || (shape.any(b"\"'`") && shape.any(b"="));
+    let breaks_out = shape.has(const { Shape::mask(b"<>") })
+        || (shape.has(const { Shape::mask(b"\"'`") }) && shape.has(const { Shape::mask(b"=") }));
     if libinjection && breaks_out {
         let text = after_xml_prolog(v);
         let head = &text[..text.len().min(LIBINJECTION_MAX)];
@@ -110,7 +111,7 @@ fn own_checks(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
         }
         i += 1;
     }
-    if shape.any(b".[(`!+") {
+    if shape.has(const { Shape::mask(b".[(`!+") }) {
         if let Some(hit) = script_code(v) {
             return Some(hit);
         }
@@ -271,11 +272,11 @@ fn markup_tricks(v: &[u8], shape: Shape) -> Option<Hit> {
     let n = v.len();
     // Every trick below needs one of these bytes; most values have none. Each search below is
     // asked only when its own punctuation is present.
-    if !shape.any(b"+<:=(") && !shape.non_ascii() {
+    if !shape.has(const { Shape::mask(b"+<:=(") }) && !shape.non_ascii() {
         return None;
     }
     for needle in [&b"+ADw"[..], b"+AD4"] {
-        if !shape.any(b"+") {
+        if !shape.has(const { Shape::mask(b"+") }) {
             break;
         }
         if let Some(at) = v.windows(needle.len()).position(|w| w == needle) {
@@ -294,7 +295,7 @@ fn markup_tricks(v: &[u8], shape: Shape) -> Option<Hit> {
             }
         }
     }
-    if let Some(at) = if shape.any(b"<") { find_ci(v, b"<!--#", 0) } else { None } {
+    if let Some(at) = if shape.has(const { Shape::mask(b"<") }) { find_ci(v, b"<!--#", 0) } else { None } {
         let d = &v[at + 5..];
         if [&b"exec"[..], b"set", b"echo", b"include", b"config", b"fsize", b"flastmod", b"printenv"]
             .iter()
@@ -305,7 +306,7 @@ fn markup_tricks(v: &[u8], shape: Shape) -> Option<Hit> {
     }
     // Each of these assigns with `=` or `:`.
     for needle in [&b"-moz-binding"[..], b"behavior:", b"formaction", b"xlink:href", b"srcdoc"] {
-        if !shape.any(b"=:") {
+        if !shape.has(const { Shape::mask(b"=:") }) {
             break;
         }
         if let Some(at) = find_ci(v, needle, 0) {
@@ -316,7 +317,7 @@ fn markup_tricks(v: &[u8], shape: Shape) -> Option<Hit> {
             }
         }
     }
-    let mut from = if shape.any(b"(") { 0 } else { n };
+    let mut from = if shape.has(const { Shape::mask(b"(") }) { 0 } else { n };
     while let Some(at) = find_ci(v, b"url(", from) {
         from = at + 4;
         let rest = v[at + 4..].trim_ascii_start();
@@ -325,7 +326,7 @@ fn markup_tricks(v: &[u8], shape: Shape) -> Option<Hit> {
             return Some(Hit::new(1, at, (at + 24).min(n)));
         }
     }
-    let mut from = if shape.any(b":") { 0 } else { n };
+    let mut from = if shape.has(const { Shape::mask(b":") }) { 0 } else { n };
     while let Some(at) = find_ci(v, b"data:", from) {
         from = at + 5;
         if at > 0 && is_word(v[at - 1]) {
