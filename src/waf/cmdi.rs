@@ -42,8 +42,22 @@ fn hit(level: u8, start: usize, end: usize, max: u8) -> Option<Hit> {
 
 /// Shell constructs with no reading as text.
 fn syntax(v: &[u8], level: u8) -> Option<Hit> {
+    /// The bytes the `match` below opens with (`b` and `s` only at the start).
+    static OPENS: [bool; 256] = {
+        let mut t = [false; 256];
+        let bytes = b"$<>(!~{/`";
+        let mut i = 0;
+        while i < bytes.len() {
+            t[bytes[i] as usize] = true;
+            i += 1;
+        }
+        t
+    };
     let n = v.len();
     for i in 0..n {
+        if !OPENS[v[i] as usize] && i > 0 {
+            continue;
+        }
         let next = v.get(i + 1).copied();
         let end = (i + 24).min(n);
         match (v[i], next) {
@@ -914,6 +928,11 @@ fn is_interpreter(w: &[u8]) -> bool {
 fn batch(v: &[u8]) -> Option<Hit> {
     let mut i = 0;
     while i < v.len() {
+        // `for` and `if`, in any case, open with these two letters.
+        if !matches!(v[i] | 0x20, b'f' | b'i') {
+            i += 1;
+            continue;
+        }
         let boundary = i == 0 || !is_word(v[i - 1]);
         if boundary && (starts_with_ci(&v[i..], b"for") || starts_with_ci(&v[i..], b"if")) {
             let kw_len = if starts_with_ci(&v[i..], b"for") { 3 } else { 2 };
@@ -1052,22 +1071,29 @@ fn powershell(v: &[u8]) -> Option<Hit> {
         b"nettcpconnection",
         b"history",
     ];
+    if starts_with_ci(v, b"iex") && v.get(3).is_some_and(|&b| b == b'(' || b == b' ') {
+        return Some(Hit::new(1, 0, v.len().min(16)));
+    }
     let mut i = 0;
     while i < v.len() {
         if (i == 0 || !is_word(v[i - 1])) && v[i].is_ascii_alphabetic() {
-            for verb in VERBS {
-                if starts_with_ci(&v[i..], verb) {
-                    let rest = &v[i + verb.len()..];
-                    let noun_end = rest.iter().position(|&b| !b.is_ascii_alphanumeric()).unwrap_or(rest.len());
-                    let noun = &rest[..noun_end];
-                    if NOUNS.iter().any(|n| noun.eq_ignore_ascii_case(n)) {
-                        return Some(Hit::new(1, i, (i + verb.len() + noun_end).min(v.len())));
+            // A verb is letters and a `-`: only a run of letters ending in `-` can be one.
+            let run = v[i..].iter().position(|b| !b.is_ascii_alphabetic()).map_or(v.len(), |p| i + p);
+            if v.get(run) == Some(&b'-') {
+                for verb in VERBS.iter().filter(|verb| verb.len() == run + 1 - i) {
+                    if starts_with_ci(&v[i..], verb) {
+                        let rest = &v[i + verb.len()..];
+                        let noun_end = rest.iter().position(|&b| !b.is_ascii_alphanumeric()).unwrap_or(rest.len());
+                        let noun = &rest[..noun_end];
+                        if NOUNS.iter().any(|n| noun.eq_ignore_ascii_case(n)) {
+                            return Some(Hit::new(1, i, (i + verb.len() + noun_end).min(v.len())));
+                        }
                     }
                 }
             }
-            if starts_with_ci(&v[i..], b"iex") && v.get(i + 3).is_some_and(|&b| b == b'(' || b == b' ') && i == 0 {
-                return Some(Hit::new(1, i, (i + 16).min(v.len())));
-            }
+            // No verb starts inside the run.
+            i = run;
+            continue;
         }
         i += 1;
     }

@@ -252,6 +252,22 @@ const TARGETS: &[&[u8]] = &[
     b"wp-config.php",
 ];
 
+/// Per first byte, the range of [`TARGETS`] that begin with it.
+static TARGETS_BY_FIRST: [(u16, u16); 256] = {
+    let mut t = [(0u16, 0u16); 256];
+    let mut i = 0;
+    while i < TARGETS.len() {
+        assert!(TARGETS[i].len() >= 2);
+        let b = TARGETS[i][0] as usize;
+        if t[b].1 == 0 {
+            t[b].0 = i as u16;
+        }
+        t[b].1 = i as u16 + 1;
+        i += 1;
+    }
+    t
+};
+
 fn sensitive_target(v: &[u8], level: u8) -> Option<Hit> {
     if v.len() < 3 {
         return None;
@@ -265,9 +281,11 @@ fn sensitive_target(v: &[u8], level: u8) -> Option<Hit> {
         if !after_separator && b != b'.' && b != b'@' {
             continue;
         }
-        let first = TARGETS.partition_point(|t| t[0] < b);
-        for t in TARGETS[first..].iter().take_while(|t| t[0] == b) {
-            if !v[at..].get(..t.len()).is_some_and(|w| w.eq_ignore_ascii_case(t)) {
+        let (from, to) = TARGETS_BY_FIRST[b as usize];
+        let second = v.get(at + 1).map(u8::to_ascii_lowercase);
+        for t in &TARGETS[from as usize..to as usize] {
+            // Every target has at least two bytes; the second rules most out.
+            if second != Some(t[1]) || !v[at..].get(..t.len()).is_some_and(|w| w.eq_ignore_ascii_case(t)) {
                 continue;
             }
             let dotted = t[0] == b'.' || t[0] == b'@';
