@@ -461,22 +461,37 @@ pub fn lower_key(w: &[u8]) -> u128 {
     if w.is_empty() || w.len() > 16 {
         return 0;
     }
-    let mut buf = [0u8; 16];
-    buf[..w.len()].copy_from_slice(w);
-    buf.make_ascii_lowercase();
-    u128::from_be_bytes(buf)
+    let mut key = 0u128;
+    for &b in w {
+        key = key << 8 | u128::from(b.to_ascii_lowercase());
+    }
+    key << (8 * (16 - w.len()))
+}
+
+/// Per first byte, the range of a sorted table of lower-case words (each of at least two bytes)
+/// that begins with it, built at compile time.
+pub const fn first_byte_ranges(table: &[&[u8]]) -> [(u16, u16); 256] {
+    let mut t = [(0u16, 0u16); 256];
+    let mut i = 0;
+    while i < table.len() {
+        assert!(table[i].len() >= 2);
+        let b = table[i][0] as usize;
+        if t[b].1 == 0 {
+            t[b].0 = i as u16;
+        } else {
+            // Sorted: the entries for one first byte are contiguous.
+            assert!(t[b].1 == i as u16);
+        }
+        t[b].1 = i as u16 + 1;
+        i += 1;
+    }
+    t
 }
 
 /// Whether `w`, in any case, is one of the words behind `keys`.
 pub fn has_word(keys: &[u128], w: &[u8]) -> bool {
-    if w.is_empty() || w.len() > 16 {
-        return false;
-    }
-    let mut buf = [0u8; 16];
-    buf[..w.len()].copy_from_slice(w);
-    buf.make_ascii_lowercase();
-    // The same packing as `word_key`, in one byte swap.
-    keys.binary_search(&u128::from_be_bytes(buf)).is_ok()
+    let key = lower_key(w);
+    key != 0 && keys.binary_search(&key).is_ok()
 }
 
 /// Where `needle` (lower-case ASCII) occurs in `hay` without regard to ASCII case, from `from`.
@@ -525,9 +540,22 @@ pub fn starts_with_ci(hay: &[u8], needle: &[u8]) -> bool {
     hay.len() >= needle.len() && hay[..needle.len()].eq_ignore_ascii_case(needle)
 }
 
+#[inline(always)]
 pub fn is_word(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
+    WORD_BYTES[b as usize]
 }
+
+/// ASCII letters, digits and `_`.
+static WORD_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'_';
+        b += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,9 @@
 use libinjectionrs::sqli::{sqli_data::lookup_word, TokenType};
 use libinjectionrs::{SqliFlags, SqliState};
 
-use super::decode::{find_ci, has_word, is_word, lower_key, starts_with_ci, word_key, word_keys, Hit, Shape};
+use super::decode::{
+    find_ci, first_byte_ranges, has_word, is_word, lower_key, starts_with_ci, word_key, word_keys, Hit, Shape,
+};
 
 /// libinjection reads the first few tokens of a value; past this many bytes it has decided.
 /// Bounds its cost on long values without losing what it sees.
@@ -495,9 +497,10 @@ fn in_word_shape((first, min, max): (u32, usize, usize), w: &[u8]) -> bool {
 /// to its lower-case key, so every keyword comparison below is one integer comparison.
 fn phrases(v: &[u8], level: u8) -> Option<Hit> {
     let mut words = Words { v, i: 0 };
-    // The last five words, newest last, with their keys and whether each is a phrase keyword
-    // or punctuation.
-    let mut win: [(&[u8], usize, bool, u128); 5] = [(b"", 0, false, 0); 5];
+    // The last words in a ring (the newest at `count - 1`): span, whether each is a phrase
+    // keyword or punctuation, and key. Only the newest is written per word.
+    let mut ring = [(0u32, 0u32, false, 0u128); 8];
+    let mut count = 0usize;
     let mut seen_group_by = false;
     // Bounded: every step consumes at least one byte.
     while let Some((w, at)) = words.next() {
@@ -512,8 +515,11 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
             // Keys are compared only with phrase keywords: any other word may keep 0.
             (0, false)
         };
-        win = [win[1], win[2], win[3], win[4], (w, at, notable, key)];
-        let [(_, _, _, k4), (_, _, _, k3), (p2, a2, _, k2), (p1, a1, p1_notable, k1), _] = win;
+        let p1_notable = count >= 1 && ring[(count - 1) & 7].2;
+        ring[count & 7] = (at as u32, w.len() as u32, notable, key);
+        count += 1;
+        // The word `back` places before the newest, or nothing before the first.
+        let before = |back: usize| if count > back { ring[(count - 1 - back) & 7] } else { (0, 0, false, 0) };
         let end = at + w.len();
         let hit = |lvl: u8, start: usize| (lvl <= level).then(|| Hit::new(lvl, start, end));
         // Every phrase below involves a keyword or punctuation among the last two words; prose
@@ -524,6 +530,11 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
             }
             continue;
         }
+        let word = |(start, len, _, _): (u32, u32, bool, u128)| &v[start as usize..(start + len) as usize];
+        let (e1, e2) = (before(1), before(2));
+        let (p1, a1, k1) = (word(e1), e1.0 as usize, e1.3);
+        let (p2, a2, k2) = (word(e2), e2.0 as usize, e2.3);
+        let (k3, k4) = (before(3).3, before(4).3);
         // Two-word phrases, reported from their first word.
         let pair = (k1 == k!(b"union")
             && (key == k!(b"select")
@@ -944,26 +955,16 @@ const CATALOGS: &[&[u8]] = &[
 
 /// A catalog name, alone or qualified (`information_schema.tables`), in any case.
 fn is_catalog(w: &[u8]) -> bool {
-    // The shortest catalog name has four bytes, and all start with one of a few letters.
-    const FIRST: u32 = {
-        let mut set = 0u32;
-        let mut i = 0;
-        while i < CATALOGS.len() {
-            set |= 1 << (CATALOGS[i][0] - b'a');
-            i += 1;
-        }
-        set
-    };
+    static BY_FIRST: [(u16, u16); 256] = first_byte_ranges(CATALOGS);
+    // The shortest catalog name has four bytes.
     if w.len() < 4 {
         return false;
     }
-    let first = w[0].to_ascii_lowercase();
-    if !first.is_ascii_lowercase() || FIRST & (1 << (first - b'a')) == 0 {
-        return false;
-    }
-    let from = CATALOGS.partition_point(|c| c[0] < first);
-    CATALOGS[from..].iter().take_while(|c| c[0] == first).any(|c| {
-        w.len() >= c.len()
+    let (from, to) = BY_FIRST[w[0].to_ascii_lowercase() as usize];
+    let second = w[1].to_ascii_lowercase();
+    CATALOGS[from as usize..to as usize].iter().any(|c| {
+        c[1] == second
+            && w.len() >= c.len()
             && w[..c.len()].eq_ignore_ascii_case(c)
             && w.get(c.len()).is_none_or(|&b| b == b'.' || !is_word(b))
     })

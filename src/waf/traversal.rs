@@ -3,7 +3,7 @@
 //! secrets, version-control and tool directories, backups and dumps), in parameters and in the
 //! path itself.
 
-use super::decode::{find_ci, is_word, Hit, Shape};
+use super::decode::{find_ci, first_byte_ranges, is_word, Hit, Shape};
 
 pub(crate) fn value(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
     if shape.has(const { Shape::mask(b"./\\") }) {
@@ -253,20 +253,7 @@ const TARGETS: &[&[u8]] = &[
 ];
 
 /// Per first byte, the range of [`TARGETS`] that begin with it.
-static TARGETS_BY_FIRST: [(u16, u16); 256] = {
-    let mut t = [(0u16, 0u16); 256];
-    let mut i = 0;
-    while i < TARGETS.len() {
-        assert!(TARGETS[i].len() >= 2);
-        let b = TARGETS[i][0] as usize;
-        if t[b].1 == 0 {
-            t[b].0 = i as u16;
-        }
-        t[b].1 = i as u16 + 1;
-        i += 1;
-    }
-    t
-};
+static TARGETS_BY_FIRST: [(u16, u16); 256] = first_byte_ranges(TARGETS);
 
 fn sensitive_target(v: &[u8], level: u8) -> Option<Hit> {
     if v.len() < 3 {
