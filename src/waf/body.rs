@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use super::decode::{find_ci, form_component, starts_with_ci, Hit};
+use super::decode::{find_ci, find_either, form_component, starts_with_ci, Hit};
 use super::{finding, Class, Detector, Finding, LocationKind, Skips, Value, Waf};
 
 /// JSON nested deeper than this is refused as a protocol anomaly rather than walked.
@@ -212,14 +212,30 @@ fn json(waf: &Waf, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
             b'"' => {
                 let start = i + 1;
                 let mut j = start;
-                while j < n && body[j] != b'"' {
-                    j += if body[j] == b'\\' { 2 } else { 1 };
+                let mut escaped = false;
+                // To the closing quote, eight bytes at a time; an escape skips the byte after it.
+                loop {
+                    match find_either(body, j, b'"', b'\\') {
+                        Some(at) if body[at] == b'\\' => {
+                            escaped = true;
+                            j = at + 2;
+                        }
+                        Some(at) => {
+                            j = at;
+                            break;
+                        }
+                        None => {
+                            j = n;
+                            break;
+                        }
+                    }
                 }
                 if j >= n {
                     return bad(i);
                 }
                 let raw = &body[start..j];
-                let Some(text) = json_unescape(raw) else { return bad(i) };
+                let text = if escaped { json_unescape(raw) } else { Some(Cow::Borrowed(raw)) };
+                let Some(text) = text else { return bad(i) };
                 let key_span = if depth > 0 { keys[depth - 1] } else { (0, 0) };
                 let key_raw = &body[key_span.0..key_span.1];
                 let key_name = json_unescape(key_raw).unwrap_or(Cow::Borrowed(key_raw));

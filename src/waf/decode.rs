@@ -494,6 +494,32 @@ pub fn has_word(keys: &[u128], w: &[u8]) -> bool {
     key != 0 && keys.binary_search(&key).is_ok()
 }
 
+const LOW_BITS: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// Bit 7 of each byte of `word` that equals the byte broadcast in `pattern`; the lowest one
+/// marks the first match (bits above a match may be false).
+#[inline(always)]
+fn zero_bytes(word: u64, pattern: u64) -> u64 {
+    let t = word ^ pattern;
+    t.wrapping_sub(LOW_BITS) & !t & HIGH_BITS
+}
+
+/// The first position from `from` holding `a` or `b`, eight bytes at a time.
+pub fn find_either(hay: &[u8], from: usize, a: u8, b: u8) -> Option<usize> {
+    let (pa, pb) = (u64::from_ne_bytes([a; 8]), u64::from_ne_bytes([b; 8]));
+    let mut i = from;
+    while let Some(chunk) = hay.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let hits = zero_bytes(word, pa) | zero_bytes(word, pb);
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    hay.get(i..)?.iter().position(|&c| c == a || c == b).map(|p| i + p)
+}
+
 /// Where `needle` (lower-case ASCII) occurs in `hay` without regard to ASCII case, from `from`.
 /// Candidates for the needle's first byte are found eight bytes at a time: `b | 0x20` equals
 /// `first | 0x20` only for the two cases of a letter (or one other byte, which the comparison
@@ -507,14 +533,11 @@ pub fn find_ci(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     let mut i = from;
     let folded = first | 0x20;
     let pattern = u64::from_ne_bytes([folded; 8]);
-    const LOW: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     const CASE: u64 = 0x2020_2020_2020_2020;
     while i <= last_start {
         if let Some(chunk) = hay.get(i..i + 8) {
             let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
-            let t = (word | CASE) ^ pattern;
-            let zero = t.wrapping_sub(LOW) & !t & HIGH;
+            let zero = zero_bytes(word | CASE, pattern);
             if zero == 0 {
                 i += 8;
                 continue;
@@ -666,6 +689,25 @@ mod tests {
         assert_eq!(find_ci(b"xx UnIoN", b"union", 0), Some(3));
         assert_eq!(find_ci(b"union", b"union", 1), None);
         assert_eq!(find_ci(b"ab", b"abc", 0), None);
+    }
+
+    #[test]
+    fn byte_search_agrees_with_a_naive_one() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 40) as usize;
+            let hay: Vec<u8> = (0..len)
+                .map(|k| [b'"', b'\\', b'a', 0x80, 0xa2, 0xdc, 0x22 ^ 0x80][((seed >> (k % 60)) % 7) as usize])
+                .collect();
+            for from in [0, 1, 5, 8, 9, 40] {
+                let naive =
+                    hay.get(from..).and_then(|r| r.iter().position(|&c| c == b'"' || c == b'\\')).map(|p| from + p);
+                assert_eq!(find_either(&hay, from, b'"', b'\\'), naive, "{hay:?} {from}");
+            }
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! secrets, version-control and tool directories, backups and dumps), in parameters and in the
 //! path itself.
 
-use super::decode::{find_ci, first_byte_ranges, is_word, Hit, Shape};
+use super::decode::{find_ci, find_either, first_byte_ranges, is_word, Hit, Shape};
 
 pub(crate) fn value(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
     if shape.has(const { Shape::mask(b"./\\") }) {
@@ -110,6 +110,14 @@ fn climbs(v: &[u8], level: u8) -> Option<Hit> {
     let mut first: Option<usize> = None;
     let mut at_start = false;
     while i + 1 < v.len() {
+        // Straight to the next dot.
+        match find_either(v, i, b'.', b'.') {
+            Some(dot) => i = dot,
+            None => break,
+        }
+        if i + 1 >= v.len() {
+            break;
+        }
         if v[i] == b'.'
             && v[i + 1] == b'.'
             && (i == 0
@@ -255,6 +263,16 @@ const TARGETS: &[&[u8]] = &[
 /// Per first byte, the range of [`TARGETS`] that begin with it.
 static TARGETS_BY_FIRST: [(u16, u16); 256] = first_byte_ranges(TARGETS);
 
+/// Bytes next to which a component can start: separators before it, `.` and `@` at it.
+static STARTS_NEAR: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'/' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[b'.' as usize] = true;
+    t[b'@' as usize] = true;
+    t
+};
+
 fn sensitive_target(v: &[u8], level: u8) -> Option<Hit> {
     if v.len() < 3 {
         return None;
@@ -262,6 +280,9 @@ fn sensitive_target(v: &[u8], level: u8) -> Option<Hit> {
     // One pass over the places a component can start (the start, after a separator, at a dot
     // or `@`), trying only the targets that begin with that byte.
     for at in 0..v.len() {
+        if at > 0 && !STARTS_NEAR[v[at - 1] as usize] && !STARTS_NEAR[v[at] as usize] {
+            continue;
+        }
         let b = v[at].to_ascii_lowercase();
         let before = if at == 0 { None } else { Some(v[at - 1]) };
         let after_separator = before.is_none_or(|c| matches!(c, b'/' | b'\\'));
