@@ -5,7 +5,9 @@
 //! and backslashes inside a word (`c''at`, `w\hoami`), empty expansions (`who$@ami`,
 //! `pi$()ng`), `${IFS}` for a space, and carets (`w^hoami`).
 
-use super::decode::{find_ci, has_word, is_word, starts_with_ci, word_keys, Hit, Shape};
+use super::decode::{
+    byte_set, find_ci, find_either_ci, find_in, has_word, is_word, starts_with_ci, word_keys, Hit, Shape,
+};
 
 /// `full`: every check (arguments, and headers that CRS reads whole); otherwise only the
 /// Shellshock function definition, the one command injection carried by any header.
@@ -42,114 +44,121 @@ fn hit(level: u8, start: usize, end: usize, max: u8) -> Option<Hit> {
 
 /// Shell constructs with no reading as text.
 fn syntax(v: &[u8], level: u8) -> Option<Hit> {
-    /// The bytes the `match` below opens with (`b` and `s` only at the start).
-    static OPENS: [bool; 256] = {
-        let mut t = [false; 256];
-        let bytes = b"$<>(!~{/`";
-        let mut i = 0;
-        while i < bytes.len() {
-            t[bytes[i] as usize] = true;
-            i += 1;
+    /// The bytes the checks open with (`b` and `s` only at the start).
+    static OPENS: [bool; 256] = byte_set(b"$<>(!~{/`");
+    let mut i = 0;
+    while i < v.len() {
+        if i > 0 {
+            match find_in(v, i, &OPENS) {
+                Some(at) => i = at,
+                None => break,
+            }
         }
-        t
-    };
+        if let Some(verdict) = syntax_at(v, i, level) {
+            return verdict;
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The checks of [`syntax`] at `i`: `Some` ends the scan with its verdict.
+#[inline(never)]
+fn syntax_at(v: &[u8], i: usize, level: u8) -> Option<Option<Hit>> {
     let n = v.len();
-    for i in 0..n {
-        if !OPENS[v[i] as usize] && i > 0 {
-            continue;
+    let next = v.get(i + 1).copied();
+    let end = (i + 24).min(n);
+    match (v[i], next) {
+        (b'$', Some(b'(')) | (b'$', Some(b'[')) => return Some(hit(1, i, end, level)),
+        (b'$', Some(b'{')) => {
+            let body = &v[i + 2..];
+            let close = body.iter().position(|&b| b == b'}').unwrap_or(body.len());
+            let inner = &body[..close];
+            // `${name}` is also every template language's placeholder; what shells alone do
+            // (IFS, operators inside, lookups like `${jndi:`) is an attack.
+            let plain = !inner.is_empty() && inner.iter().all(|&b| is_word(b) || b == b'.');
+            let shell_var = starts_with_ci(inner, b"ifs")
+                || inner.eq_ignore_ascii_case(b"path")
+                || inner.eq_ignore_ascii_case(b"home")
+                || inner.eq_ignore_ascii_case(b"shell");
+            if !plain || shell_var {
+                return Some(hit(1, i, end, level));
+            }
+            return Some(hit(2, i, end, level));
         }
-        let next = v.get(i + 1).copied();
-        let end = (i + 24).min(n);
-        match (v[i], next) {
-            (b'$', Some(b'(')) | (b'$', Some(b'[')) => return hit(1, i, end, level),
-            (b'$', Some(b'{')) => {
-                let body = &v[i + 2..];
-                let close = body.iter().position(|&b| b == b'}').unwrap_or(body.len());
-                let inner = &body[..close];
-                // `${name}` is also every template language's placeholder; what shells alone do
-                // (IFS, operators inside, lookups like `${jndi:`) is an attack.
-                let plain = !inner.is_empty() && inner.iter().all(|&b| is_word(b) || b == b'.');
-                let shell_var = starts_with_ci(inner, b"ifs")
-                    || inner.eq_ignore_ascii_case(b"path")
-                    || inner.eq_ignore_ascii_case(b"home")
-                    || inner.eq_ignore_ascii_case(b"shell");
-                if !plain || shell_var {
-                    return hit(1, i, end, level);
-                }
-                return hit(2, i, end, level);
+        (b'$', Some(b'I' | b'i'))
+            if starts_with_ci(&v[i + 1..], b"ifs")
+                && v.get(i + 4).is_none_or(|&b| !is_word(b) || b.is_ascii_digit()) =>
+        {
+            return Some(hit(1, i, end, level));
+        }
+        (b'$', Some(b'@' | b'*')) if i > 0 && v[i - 1].is_ascii_alphanumeric() => {
+            return Some(hit(1, i - 1, end, level))
+        }
+        (b'$', Some(b'S' | b's' | b'B' | b'b'))
+            if (starts_with_ci(&v[i + 1..], b"shell") || starts_with_ci(&v[i + 1..], b"bash"))
+                && v.get(i + 1 + if matches!(next, Some(b'S' | b's')) { 5 } else { 4 })
+                    .is_none_or(|&b| !is_word(b)) =>
+        {
+            return Some(hit(1, i, end, level));
+        }
+        (b'<' | b'>', Some(b'(')) => return Some(hit(1, i, end, level)),
+        (b'(', _) => {
+            // `() {`: a function definition (Shellshock and friends).
+            let mut j = i + 1;
+            while j < n && v[j] == b' ' {
+                j += 1;
             }
-            (b'$', Some(b'I' | b'i'))
-                if starts_with_ci(&v[i + 1..], b"ifs")
-                    && v.get(i + 4).is_none_or(|&b| !is_word(b) || b.is_ascii_digit()) =>
-            {
-                return hit(1, i, end, level);
-            }
-            (b'$', Some(b'@' | b'*')) if i > 0 && v[i - 1].is_ascii_alphanumeric() => return hit(1, i - 1, end, level),
-            (b'$', Some(b'S' | b's' | b'B' | b'b'))
-                if (starts_with_ci(&v[i + 1..], b"shell") || starts_with_ci(&v[i + 1..], b"bash"))
-                    && v.get(i + 1 + if matches!(next, Some(b'S' | b's')) { 5 } else { 4 })
-                        .is_none_or(|&b| !is_word(b)) =>
-            {
-                return hit(1, i, end, level);
-            }
-            (b'<' | b'>', Some(b'(')) => return hit(1, i, end, level),
-            (b'(', _) => {
-                // `() {`: a function definition (Shellshock and friends).
-                let mut j = i + 1;
+            if v.get(j) == Some(&b')') {
+                j += 1;
                 while j < n && v[j] == b' ' {
                     j += 1;
                 }
-                if v.get(j) == Some(&b')') {
-                    j += 1;
-                    while j < n && v[j] == b' ' {
-                        j += 1;
-                    }
-                    if v.get(j) == Some(&b'{') {
-                        let lvl = if i == 0 || v[..i].iter().all(|b| b.is_ascii_whitespace()) { 1 } else { 2 };
-                        if let Some(h) = hit(lvl, i, (j + 16).min(n), level) {
-                            return Some(h);
-                        }
+                if v.get(j) == Some(&b'{') {
+                    let lvl = if i == 0 || v[..i].iter().all(|b| b.is_ascii_whitespace()) { 1 } else { 2 };
+                    if let Some(h) = hit(lvl, i, (j + 16).min(n), level) {
+                        return Some(Some(h));
                     }
                 }
             }
-            (b'!', Some(b'-')) if v.get(i + 2).is_some_and(u8::is_ascii_digit) => return hit(1, i, end, level),
-            (b'~', Some(b'+' | b'-'))
-                if (i == 0 || v[i - 1].is_ascii_whitespace())
-                    && v.get(i + 2).is_none_or(|b| b.is_ascii_digit() || b.is_ascii_whitespace() || *b == b'/') =>
-            {
-                return hit(1, i, end, level);
-            }
-            (b'{', _) => {
-                if let Some(close) = brace_expansion(&v[i..]) {
-                    return hit(1, i, i + close + 1, level);
-                }
-            }
-            (b'/', _)
-                if i == 0
-                    || matches!(
-                        v[i - 1],
-                        b' ' | b'\t' | b'=' | b';' | b'|' | b'&' | b'`' | b'(' | b'\'' | b'"' | b'\n'
-                    ) =>
-            {
-                if let Some(end) = globbed_system_path(&v[i..]) {
-                    return hit(1, i, i + end, level);
-                }
-                if let Some(end) = binary_path(&v[i..]) {
-                    return hit(1, i, i + end, level);
-                }
-            }
-            (b'b' | b's', _) if i == 0 => {
-                if let Some(end) = binary_path(v) {
-                    return hit(1, 0, end, level);
-                }
-            }
-            (b'`', _) => {
-                if let Some(h) = backticks(v, i, level) {
-                    return Some(h);
-                }
-            }
-            _ => {}
         }
+        (b'!', Some(b'-')) if v.get(i + 2).is_some_and(u8::is_ascii_digit) => return Some(hit(1, i, end, level)),
+        (b'~', Some(b'+' | b'-'))
+            if (i == 0 || v[i - 1].is_ascii_whitespace())
+                && v.get(i + 2).is_none_or(|b| b.is_ascii_digit() || b.is_ascii_whitespace() || *b == b'/') =>
+        {
+            return Some(hit(1, i, end, level));
+        }
+        (b'{', _) => {
+            if let Some(close) = brace_expansion(&v[i..]) {
+                return Some(hit(1, i, i + close + 1, level));
+            }
+        }
+        (b'/', _)
+            if i == 0
+                || matches!(
+                    v[i - 1],
+                    b' ' | b'\t' | b'=' | b';' | b'|' | b'&' | b'`' | b'(' | b'\'' | b'"' | b'\n'
+                ) =>
+        {
+            if let Some(end) = globbed_system_path(&v[i..]) {
+                return Some(hit(1, i, i + end, level));
+            }
+            if let Some(end) = binary_path(&v[i..]) {
+                return Some(hit(1, i, i + end, level));
+            }
+        }
+        (b'b' | b's', _) if i == 0 => {
+            if let Some(end) = binary_path(v) {
+                return Some(hit(1, 0, end, level));
+            }
+        }
+        (b'`', _) => {
+            if let Some(h) = backticks(v, i, level) {
+                return Some(Some(h));
+            }
+        }
+        _ => {}
     }
     None
 }
@@ -759,9 +768,11 @@ fn commands(v: &[u8], level: u8) -> Option<Hit> {
     if let Some(h) = command_at(v, 0, 0, true, level) {
         return Some(h);
     }
+    static SEPARATORS: [bool; 256] = byte_set(b";\n\r`|&$");
     let mut i = 0;
     // Bounded: each iteration advances `i` by at least one byte.
-    while i < v.len() {
+    while let Some(at) = find_in(v, i, &SEPARATORS) {
+        i = at;
         let separator_len = match (v[i], v.get(i + 1).copied()) {
             (b';' | b'\n' | b'\r' | b'`', _) => 1,
             (b'|', Some(b'|')) | (b'&', Some(b'&')) => 2,
@@ -780,6 +791,7 @@ fn commands(v: &[u8], level: u8) -> Option<Hit> {
     None
 }
 
+#[inline(never)]
 fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: u8) -> Option<Hit> {
     let (word, end) = read_command(v, at + separator_len);
     let mut text = word.text();
@@ -926,26 +938,30 @@ fn is_interpreter(w: &[u8]) -> bool {
 /// Windows batch control flow: `FOR [/D|/R|/L|/F ...] %x IN (...) DO ...` and `IF [/I] [NOT]
 /// EXIST|DEFINED|ERRORLEVEL|CMDEXTVERSION ...` or `IF a==b ...`.
 fn batch(v: &[u8]) -> Option<Hit> {
-    let mut i = 0;
-    while i < v.len() {
-        // `for` and `if`, in any case, open with these two letters.
-        if !matches!(v[i] | 0x20, b'f' | b'i') {
-            i += 1;
-            continue;
+    // `for` and `if`, in any case, open with these two letters.
+    let mut from = 0;
+    while let Some(i) = find_either_ci(v, from, b'f', b'i') {
+        if let Some(hit) = batch_at(v, i) {
+            return Some(hit);
         }
-        let boundary = i == 0 || !is_word(v[i - 1]);
-        if boundary && (starts_with_ci(&v[i..], b"for") || starts_with_ci(&v[i..], b"if")) {
-            let kw_len = if starts_with_ci(&v[i..], b"for") { 3 } else { 2 };
-            let after = v.get(i + kw_len).copied();
-            if after.is_some_and(|b| b == b' ' || b == b'\t' || b == b'/' || b == b'(') {
-                let rest = &v[i + kw_len..v.len().min(i + 2048)];
-                let matched = if kw_len == 3 { batch_for(rest) } else { batch_if(rest) };
-                if matched {
-                    return Some(Hit::new(1, i, (i + 40).min(v.len())));
-                }
+        from = i + 1;
+    }
+    None
+}
+
+#[inline(never)]
+fn batch_at(v: &[u8], i: usize) -> Option<Hit> {
+    let boundary = i == 0 || !is_word(v[i - 1]);
+    if boundary && (starts_with_ci(&v[i..], b"for") || starts_with_ci(&v[i..], b"if")) {
+        let kw_len = if starts_with_ci(&v[i..], b"for") { 3 } else { 2 };
+        let after = v.get(i + kw_len).copied();
+        if after.is_some_and(|b| b == b' ' || b == b'\t' || b == b'/' || b == b'(') {
+            let rest = &v[i + kw_len..v.len().min(i + 2048)];
+            let matched = if kw_len == 3 { batch_for(rest) } else { batch_if(rest) };
+            if matched {
+                return Some(Hit::new(1, i, (i + 40).min(v.len())));
             }
         }
-        i += 1;
     }
     None
 }

@@ -520,6 +520,41 @@ pub fn find_either(hay: &[u8], from: usize, a: u8, b: u8) -> Option<usize> {
     hay.get(i..)?.iter().position(|&c| c == a || c == b).map(|p| i + p)
 }
 
+/// The first position from `from` holding either of two lower-case ASCII letters in any case,
+/// eight bytes at a time.
+pub fn find_either_ci(hay: &[u8], from: usize, a: u8, b: u8) -> Option<usize> {
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    let (pa, pb) = (u64::from_ne_bytes([a; 8]), u64::from_ne_bytes([b; 8]));
+    let mut i = from;
+    while let Some(chunk) = hay.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])) | CASE;
+        let hits = zero_bytes(word, pa) | zero_bytes(word, pb);
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    hay.get(i..)?.iter().position(|&c| c | 0x20 == a || c | 0x20 == b).map(|p| i + p)
+}
+
+/// The first position from `from` whose byte is in `set`: a loop tight enough to keep the
+/// work done at each hit out of it.
+#[inline]
+pub fn find_in(hay: &[u8], from: usize, set: &[bool; 256]) -> Option<usize> {
+    hay.get(from..)?.iter().position(|&b| set[b as usize]).map(|p| from + p)
+}
+
+/// A byte set for [`find_in`], built at compile time.
+pub const fn byte_set(bytes: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        t[bytes[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
 /// Where `needle` (lower-case ASCII) occurs in `hay` without regard to ASCII case, from `from`.
 /// Candidates for the needle's first byte are found eight bytes at a time: `b | 0x20` equals
 /// `first | 0x20` only for the two cases of a letter (or one other byte, which the comparison
@@ -706,6 +741,27 @@ mod tests {
                 let naive =
                     hay.get(from..).and_then(|r| r.iter().position(|&c| c == b'"' || c == b'\\')).map(|p| from + p);
                 assert_eq!(find_either(&hay, from, b'"', b'\\'), naive, "{hay:?} {from}");
+            }
+        }
+    }
+
+    #[test]
+    fn letter_search_agrees_with_a_naive_one() {
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 40) as usize;
+            let hay: Vec<u8> = (0..len)
+                .map(|k| [b'f', b'F', b'i', b'I', b'x', 0x46 ^ 0x80, 0x06][((seed >> (k % 60)) % 7) as usize])
+                .collect();
+            for from in [0, 1, 5, 8, 9, 40] {
+                let naive = hay
+                    .get(from..)
+                    .and_then(|r| r.iter().position(|&c| matches!(c, b'f' | b'F' | b'i' | b'I')))
+                    .map(|p| from + p);
+                assert_eq!(find_either_ci(&hay, from, b'f', b'i'), naive, "{hay:?} {from}");
             }
         }
     }
