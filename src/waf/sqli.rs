@@ -7,7 +7,8 @@ use libinjectionrs::sqli::{sqli_data::lookup_word, TokenType};
 use libinjectionrs::{SqliFlags, SqliState};
 
 use super::decode::{
-    find_ci, first_byte_ranges, has_word, is_word, lower_key, starts_with_ci, word_key, word_keys, Hit, Shape,
+    find_ci, find_either, find_in, first_byte_ranges, has_word, is_word, lower_key, starts_with_ci, word_keys, Hit,
+    Shape,
 };
 
 /// libinjection reads the first few tokens of a value; past this many bytes it has decided.
@@ -107,84 +108,96 @@ fn might_be_sql(v: &[u8], shape: Shape) -> bool {
     if !punctuated && !blanks {
         return false;
     }
-    let marked = punctuated
-        && (0..v.len()).any(|i| {
-            let b = v[i];
-            // Letters, digits, blanks and the remaining punctuation mark nothing.
-            if !MARKS[b as usize] {
-                return false;
+    let mut marked = false;
+    if punctuated {
+        let mut from = 0;
+        while let Some(i) = find_in(v, from, &MARKS) {
+            if marks(v, i, blanks) {
+                marked = true;
+                break;
             }
-            let prev = i.checked_sub(1).map(|p| v[p]);
-            let next = v.get(i + 1).copied();
-            match b {
-                b';'
-                | b'<'
-                | b'>'
-                | b'|'
-                | b'!'
-                | b'\\'
-                | b'{'
-                | b'}'
-                | b'^'
-                | b'$'
-                | 0..=0x08
-                | 0x0e..=0x1f
-                | 0x7f
-                | 0xa0 => true,
-                // A quote next to an operator or a parenthesis (`'='`, `' - '`, `')`), or doubled.
-                b'\'' | b'"' | b'`' => {
-                    let after = v[i + 1..].iter().find(|c| !c.is_ascii_whitespace()).copied();
-                    let before = v[..i].iter().rev().find(|c| !c.is_ascii_whitespace()).copied();
-                    let operator = |c: u8| {
-                        matches!(
-                            c,
-                            b'=' | b'(' | b')' | b'+' | b'|' | b'&' | b'-' | b'*' | b'/' | b'%' | b'^' | b'<' | b'>'
-                        )
-                    };
-                    after.is_some_and(|c| operator(c) || matches!(c, b'#' | b';'))
-                        || next.is_some_and(|c| matches!(c, b'\'' | b'"' | b'`'))
-                        || before.is_some_and(operator)
-                }
-                b'(' | b')' => {
-                    prev.is_some_and(|p| p.is_ascii_digit() || p == b'\'' || p == b'(' || p == b')')
-                        || next.is_some_and(|n| matches!(n, b'(' | b')' | b'\'' | b'"' | b'@'))
-                }
-                // In running text these are operators; inside one token (`a=1&b=2`, `50%`,
-                // `C++`, `#tag`) they are not.
-                b'=' | b'%' | b'+' | b'~' | b'#' | b'*' => blanks,
-                // `@var` and `@@version`, not `jane@example.com`.
-                b'@' => prev.is_none_or(|p| !is_word(p)) || next == Some(b'@'),
-                // `&&` or a glued `1&1`, not "Tom & Jerry".
-                b'&' => {
-                    blanks
-                        && (next == Some(b'&')
-                            || prev.is_some_and(|p| !p.is_ascii_whitespace())
-                            || next.is_some_and(|n| !n.is_ascii_whitespace()))
-                }
-                b'-' => next == Some(b'-'),
-                b'/' => next == Some(b'*'),
-                _ => false,
-            }
-        });
+            from = i + 1;
+        }
+    }
     if marked {
         return true;
     }
     // Otherwise some word must be SQL for libinjection to see more than barewords and strings.
+    static NOT_WORD: [bool; 256] = {
+        let mut t = [true; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            t[b] = !(c.is_ascii_alphanumeric() || c == b'_' || c == b'@');
+            b += 1;
+        }
+        t
+    };
+    static WORD: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            t[b] = !NOT_WORD[b];
+            b += 1;
+        }
+        t
+    };
     let mut i = 0;
-    while i < v.len() {
-        if !(is_word(v[i]) || v[i] == b'@') {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < v.len() && (is_word(v[i]) || v[i] == b'@') {
-            i += 1;
-        }
-        if is_sql_word(&v[start..i]) {
+    while let Some(start) = find_in(v, i, &WORD) {
+        let end = find_in(v, start, &NOT_WORD).unwrap_or(v.len());
+        if is_sql_word(&v[start..end]) {
             return true;
         }
+        i = end;
     }
     false
+}
+
+/// Whether the byte at `i` (one of [`MARKS`]) marks the value as possibly SQL.
+#[inline(never)]
+fn marks(v: &[u8], i: usize, blanks: bool) -> bool {
+    let b = v[i];
+    // Letters, digits, blanks and the remaining punctuation mark nothing.
+    if !MARKS[b as usize] {
+        return false;
+    }
+    let prev = i.checked_sub(1).map(|p| v[p]);
+    let next = v.get(i + 1).copied();
+    match b {
+        b';' | b'<' | b'>' | b'|' | b'!' | b'\\' | b'{' | b'}' | b'^' | b'$' | 0..=0x08 | 0x0e..=0x1f | 0x7f | 0xa0 => {
+            true
+        }
+        // A quote next to an operator or a parenthesis (`'='`, `' - '`, `')`), or doubled.
+        b'\'' | b'"' | b'`' => {
+            let after = v[i + 1..].iter().find(|c| !c.is_ascii_whitespace()).copied();
+            let before = v[..i].iter().rev().find(|c| !c.is_ascii_whitespace()).copied();
+            let operator = |c: u8| {
+                matches!(c, b'=' | b'(' | b')' | b'+' | b'|' | b'&' | b'-' | b'*' | b'/' | b'%' | b'^' | b'<' | b'>')
+            };
+            after.is_some_and(|c| operator(c) || matches!(c, b'#' | b';'))
+                || next.is_some_and(|c| matches!(c, b'\'' | b'"' | b'`'))
+                || before.is_some_and(operator)
+        }
+        b'(' | b')' => {
+            prev.is_some_and(|p| p.is_ascii_digit() || p == b'\'' || p == b'(' || p == b')')
+                || next.is_some_and(|n| matches!(n, b'(' | b')' | b'\'' | b'"' | b'@'))
+        }
+        // In running text these are operators; inside one token (`a=1&b=2`, `50%`,
+        // `C++`, `#tag`) they are not.
+        b'=' | b'%' | b'+' | b'~' | b'#' | b'*' => blanks,
+        // `@var` and `@@version`, not `jane@example.com`.
+        b'@' => prev.is_none_or(|p| !is_word(p)) || next == Some(b'@'),
+        // `&&` or a glued `1&1`, not "Tom & Jerry".
+        b'&' => {
+            blanks
+                && (next == Some(b'&')
+                    || prev.is_some_and(|p| !p.is_ascii_whitespace())
+                    || next.is_some_and(|n| !n.is_ascii_whitespace()))
+        }
+        b'-' => next == Some(b'-'),
+        b'/' => next == Some(b'*'),
+        _ => false,
+    }
 }
 
 /// The bytes `might_be_sql` looks at more closely (every byte its `match` names).
@@ -344,8 +357,19 @@ impl<'a> Words<'a> {
             self.i = start;
             return None;
         }
+        // Letters, digits, `_`, `.`, `@`, `$`.
+        static WORDISH: [bool; 256] = {
+            let mut t = [false; 256];
+            let mut b = 0;
+            while b < 256 {
+                let c = b as u8;
+                t[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'@' | b'$');
+                b += 1;
+            }
+            t
+        };
         let mut end = start;
-        while end < v.len() && (is_word(v[end]) || matches!(v[end], b'.' | b'@' | b'$')) {
+        while end < v.len() && WORDISH[v[end] as usize] {
             end += 1;
         }
         if end == start {
@@ -453,11 +477,33 @@ const PHRASE_WORDS: &[&[u8]; 52] = &[
 ];
 static PHRASE_WORD_KEYS: [u128; 52] = word_keys(PHRASE_WORDS);
 
-/// A keyword's key for comparing with a window word's [`lower_key`], computed at compile time.
+/// A phrase keyword's place in [`PHRASE_WORDS`], the id a window word carries (computed at
+/// compile time; a word not in the table fails the build).
 macro_rules! k {
     ($w:literal) => {
-        const { word_key($w) }
+        const { phrase_id($w) }
     };
+}
+
+/// The id of a window word that is no phrase keyword.
+const NO_ID: u8 = u8::MAX;
+
+const fn phrase_id(w: &[u8]) -> u8 {
+    let mut i = 0;
+    while i < PHRASE_WORDS.len() {
+        let p = PHRASE_WORDS[i];
+        if p.len() == w.len() {
+            let mut j = 0;
+            while j < w.len() && p[j] == w[j] {
+                j += 1;
+            }
+            if j == w.len() {
+                return i as u8;
+            }
+        }
+        i += 1;
+    }
+    panic!("not a phrase word")
 }
 
 /// Lengths and first letters of [`PHRASE_WORDS`], so most words are ruled out before a lookup.
@@ -499,7 +545,7 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
     let mut words = Words { v, i: 0 };
     // The last words in a ring (the newest at `count - 1`): span, whether each is a phrase
     // keyword or punctuation, and key. Only the newest is written per word.
-    let mut ring = [(0u32, 0u32, false, 0u128); 8];
+    let mut ring = [(0u32, 0u32, false, NO_ID); 8];
     let mut count = 0usize;
     let mut seen_group_by = false;
     // Bounded: every step consumes at least one byte.
@@ -507,19 +553,20 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
         // Of punctuation, only parentheses, `;` and quotes take part in a phrase; any other
         // symbol between two prose words leaves both to the catalog check.
         let (key, notable) = if w.len() == 1 && !is_word(w[0]) {
-            (0, matches!(w[0], b'(' | b')' | b';' | b'\'' | b'"' | b'`'))
+            (NO_ID, matches!(w[0], b'(' | b')' | b';' | b'\'' | b'"' | b'`'))
         } else if may_be_phrase_word(w) {
-            let key = lower_key(w);
-            (key, PHRASE_WORD_KEYS.binary_search(&key).is_ok())
+            match PHRASE_WORD_KEYS.binary_search(&lower_key(w)) {
+                Ok(id) => (id as u8, true),
+                Err(_) => (NO_ID, false),
+            }
         } else {
-            // Keys are compared only with phrase keywords: any other word may keep 0.
-            (0, false)
+            (NO_ID, false)
         };
         let p1_notable = count >= 1 && ring[(count - 1) & 7].2;
         ring[count & 7] = (at as u32, w.len() as u32, notable, key);
         count += 1;
         // The word `back` places before the newest, or nothing before the first.
-        let before = |back: usize| if count > back { ring[(count - 1 - back) & 7] } else { (0, 0, false, 0) };
+        let before = |back: usize| if count > back { ring[(count - 1 - back) & 7] } else { (0, 0, false, NO_ID) };
         let end = at + w.len();
         let hit = |lvl: u8, start: usize| (lvl <= level).then(|| Hit::new(lvl, start, end));
         // Every phrase below involves a keyword or punctuation among the last two words; prose
@@ -530,7 +577,7 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
             }
             continue;
         }
-        let word = |(start, len, _, _): (u32, u32, bool, u128)| &v[start as usize..(start + len) as usize];
+        let word = |(start, len, _, _): (u32, u32, bool, u8)| &v[start as usize..(start + len) as usize];
         let (e1, e2) = (before(1), before(2));
         let (p1, a1, k1) = (word(e1), e1.0 as usize, e1.3);
         let (p2, a2, k2) = (word(e2), e2.0 as usize, e2.3);
@@ -633,7 +680,7 @@ fn is_quote(w: &[u8]) -> bool {
     matches!(w, b"'" | b"\"" | b"`")
 }
 
-fn is_ddl(key: u128) -> bool {
+fn is_ddl(key: u8) -> bool {
     key == k!(b"create") || key == k!(b"alter") || key == k!(b"drop") || key == k!(b"truncate") || key == k!(b"rename")
 }
 
@@ -817,7 +864,12 @@ fn cast_or_number_trick(v: &[u8]) -> Option<Hit> {
             return Some(Hit::new(1, at.saturating_sub(12), (at + 2 + ty_end).min(v.len())));
         }
     }
-    for i in 1..v.len().saturating_sub(2) {
+    let mut from = 1;
+    while let Some(i) = find_either(v, from, b'.', b'.') {
+        from = i + 1;
+        if i + 2 >= v.len() {
+            break;
+        }
         if v[i] == b'.'
             && v[i - 1].is_ascii_digit()
             && (i < 2 || !is_word(v[i - 2]) || v[i - 2].is_ascii_digit())
@@ -848,8 +900,10 @@ fn quote_breakout(v: &[u8]) -> Option<Hit> {
         }
     }
     // quote, comparison, quote, with a quote-closed token before.
-    for i in 1..v.len() {
-        if !matches!(v[i], b'\'' | b'"') || !is_word(v[i - 1]) {
+    let mut from = 1;
+    while let Some(i) = find_either(v, from, b'\'', b'"') {
+        from = i + 1;
+        if !is_word(v[i - 1]) {
             continue;
         }
         let rest = &v[i + 1..];
