@@ -3,7 +3,7 @@
 //! tag of their own to run script (`javascript:` URLs, event handlers) and tags that load
 //! active content, seen through whitespace and control-character tricks.
 
-use super::decode::{find_ci, is_word, starts_with_ci, Hit, Shape};
+use super::decode::{byte_set, find_ci, find_in, is_word, starts_with_ci, Hit, Shape};
 
 /// Past this many bytes libinjection is not asked; our own checks still read everything.
 const LIBINJECTION_MAX: usize = 4096;
@@ -77,39 +77,15 @@ const ACTIVE_TAGS: &[&[u8]] = &[
 const SCRIPT_SCHEMES: &[&[u8]] = &[b"javascript", b"vbscript", b"livescript", b"mocha"];
 
 fn own_checks(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
+    /// The bytes the checks below open with.
+    static OPENS: [bool; 256] = byte_set(b"<oO:(");
     let mut i = 0;
     // Bounded: each iteration moves past at least one byte.
-    while i < v.len() {
-        match v[i] {
-            b'<' => {
-                if let Some(hit) = tag_at(v, i, level) {
-                    return Some(hit);
-                }
-            }
-            b'o' | b'O' if i > 0 && handler_delimiter(v[i - 1]) => {
-                if let Some(end) = event_handler_at(v, i) {
-                    // Ending the value, a handler needs a tag or quote to sit in (base64 ends
-                    // in `/onafe=` by chance).
-                    let in_markup = end < v.len() || matches!(v[i - 1], b'"' | b'\'' | b'`') || v[..i].contains(&b'<');
-                    if in_markup {
-                        return Some(Hit::new(1, i, end));
-                    }
-                }
-            }
-            b':' => {
-                if let Some((start, obfuscated)) = script_scheme_before(v, i) {
-                    if obfuscated || looks_like_code(&v[i + 1..]) {
-                        return Some(Hit::new(1, start, (i + 24).min(v.len())));
-                    }
-                }
-            }
-            // CSS expression() is an old IE script vector.
-            b'(' if level >= 2 && ends_with_ci(v[..i].trim_ascii_end(), b"expression") => {
-                return Some(Hit::new(2, i.saturating_sub(10), i + 1));
-            }
-            _ => {}
+    while let Some(at) = find_in(v, i, &OPENS) {
+        if let Some(hit) = own_check_at(v, at, level) {
+            return Some(hit);
         }
-        i += 1;
+        i = at + 1;
     }
     if shape.has(const { Shape::mask(b".[(`!+") }) {
         if let Some(hit) = script_code(v) {
@@ -117,6 +93,41 @@ fn own_checks(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
         }
     }
     markup_tricks(v, shape)
+}
+
+/// The checks of [`own_checks`] at `i`, one of its opening bytes.
+#[inline(never)]
+fn own_check_at(v: &[u8], i: usize, level: u8) -> Option<Hit> {
+    match v[i] {
+        b'<' => {
+            if let Some(hit) = tag_at(v, i, level) {
+                return Some(hit);
+            }
+        }
+        b'o' | b'O' if i > 0 && handler_delimiter(v[i - 1]) => {
+            if let Some(end) = event_handler_at(v, i) {
+                // Ending the value, a handler needs a tag or quote to sit in (base64 ends
+                // in `/onafe=` by chance).
+                let in_markup = end < v.len() || matches!(v[i - 1], b'"' | b'\'' | b'`') || v[..i].contains(&b'<');
+                if in_markup {
+                    return Some(Hit::new(1, i, end));
+                }
+            }
+        }
+        b':' => {
+            if let Some((start, obfuscated)) = script_scheme_before(v, i) {
+                if obfuscated || looks_like_code(&v[i + 1..]) {
+                    return Some(Hit::new(1, start, (i + 24).min(v.len())));
+                }
+            }
+        }
+        // CSS expression() is an old IE script vector.
+        b'(' if level >= 2 && ends_with_ci(v[..i].trim_ascii_end(), b"expression") => {
+            return Some(Hit::new(2, i.saturating_sub(10), i + 1));
+        }
+        _ => {}
+    }
+    None
 }
 
 /// Objects and functions only script uses: `document.cookie`, `window["alert"]`,
