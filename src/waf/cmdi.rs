@@ -5,9 +5,7 @@
 //! and backslashes inside a word (`c''at`, `w\hoami`), empty expansions (`who$@ami`,
 //! `pi$()ng`), `${IFS}` for a space, and carets (`w^hoami`).
 
-use super::decode::{
-    byte_set, find_ci, find_either_ci, find_in, has_word, is_word, starts_with_ci, word_keys, Hit, Shape,
-};
+use super::decode::{byte_set, find_ci, find_either_ci, find_in, is_word, starts_with_ci, Hit, Shape, WordTable};
 
 /// `full`: every check (arguments, and headers that CRS reads whole); otherwise only the
 /// Shellshock function definition, the one command injection carried by any header.
@@ -412,7 +410,7 @@ enum Kind {
     Common,
 }
 
-/// Command names with no other common meaning (sorted: looked up by binary search).
+/// Command names with no other common meaning (sorted; looked up through a hash index).
 const RARE: &[&[u8]; 170] = &[
     b"7z",
     b"adduser",
@@ -585,7 +583,7 @@ const RARE: &[&[u8]; 170] = &[
     b"zstd",
     b"zstdcat",
 ];
-static RARE_KEYS: [u128; 170] = word_keys(RARE);
+static RARE_TABLE: WordTable<170> = WordTable::new(RARE);
 
 /// Commands that are also words of English or names of languages (sorted).
 const COMMON: &[&[u8]; 102] = &[
@@ -692,7 +690,7 @@ const COMMON: &[&[u8]; 102] = &[
     b"yes",
     b"zip",
 ];
-static COMMON_KEYS: [u128; 102] = word_keys(COMMON);
+static COMMON_TABLE: WordTable<102> = WordTable::new(COMMON);
 
 fn classify(word: &[u8]) -> Option<Kind> {
     if word.is_empty() {
@@ -712,9 +710,9 @@ fn classify(word: &[u8]) -> Option<Kind> {
     if word.starts_with(b"ansible") || word.starts_with(b"chef-") || word.starts_with(b"aa-") {
         return Some(Kind::Rare);
     }
-    if has_word(&RARE_KEYS, word) {
+    if RARE_TABLE.contains(word) {
         Some(Kind::Rare)
-    } else if has_word(&COMMON_KEYS, word) {
+    } else if COMMON_TABLE.contains(word) {
         Some(Kind::Common)
     } else {
         None

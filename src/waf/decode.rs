@@ -455,6 +455,67 @@ pub const fn word_keys<const N: usize>(words: &[&[u8]; N]) -> [u128; N] {
     keys
 }
 
+/// Slots of a [`WordTable`]'s hash index: at least twice as many as words.
+const SLOTS: usize = 512;
+
+/// A table of lower-case words (each at most 16 bytes) with a hash index over their keys,
+/// built at compile time: a lookup is one multiplication and, on average, little more than one
+/// comparison of keys.
+pub struct WordTable<const N: usize> {
+    keys: [u128; N],
+    /// Index + 1 of the word in each slot (open addressing, linear probing), 0 when empty.
+    slots: [u16; SLOTS],
+}
+
+const fn slot_of(key: u128) -> usize {
+    let x = (key as u64) ^ ((key >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (x.wrapping_mul(0xd6e8_feb8_6659_fd93) >> (64 - SLOTS.trailing_zeros())) as usize
+}
+
+impl<const N: usize> WordTable<N> {
+    pub const fn new(words: &[&[u8]; N]) -> WordTable<N> {
+        assert!(2 * N <= SLOTS);
+        let keys = word_keys(words);
+        let mut slots = [0u16; SLOTS];
+        let mut i = 0;
+        while i < N {
+            let mut s = slot_of(keys[i]);
+            while slots[s] != 0 {
+                assert!(keys[slots[s] as usize - 1] != keys[i], "a word twice");
+                s = (s + 1) % SLOTS;
+            }
+            slots[s] = i as u16 + 1;
+            i += 1;
+        }
+        WordTable { keys, slots }
+    }
+
+    /// The place in the table of the word with this [`lower_key`].
+    #[inline]
+    pub fn index_of(&self, key: u128) -> Option<usize> {
+        if key == 0 {
+            return None;
+        }
+        let mut s = slot_of(key);
+        loop {
+            let at = self.slots[s] as usize;
+            if at == 0 {
+                return None;
+            }
+            if self.keys[at - 1] == key {
+                return Some(at - 1);
+            }
+            s = (s + 1) % SLOTS;
+        }
+    }
+
+    /// Whether `w`, in any case, is in the table.
+    #[inline]
+    pub fn contains(&self, w: &[u8]) -> bool {
+        self.index_of(lower_key(w)).is_some()
+    }
+}
+
 /// The [`word_key`] of `w` lower-cased, or 0 when `w` is empty or longer than 16 bytes: equal
 /// keys mean the same word without regard to ASCII case (a word holds no NUL byte).
 pub fn lower_key(w: &[u8]) -> u128 {
@@ -486,12 +547,6 @@ pub const fn first_byte_ranges(table: &[&[u8]]) -> [(u16, u16); 256] {
         i += 1;
     }
     t
-}
-
-/// Whether `w`, in any case, is one of the words behind `keys`.
-pub fn has_word(keys: &[u128], w: &[u8]) -> bool {
-    let key = lower_key(w);
-    key != 0 && keys.binary_search(&key).is_ok()
 }
 
 const LOW_BITS: u64 = 0x0101_0101_0101_0101;
@@ -708,14 +763,35 @@ mod tests {
     #[test]
     fn word_tables_find_words_in_any_case_and_nothing_else() {
         const WORDS: &[&[u8]; 3] = &[b"ab", b"abc", b"zz"];
-        static KEYS: [u128; 3] = word_keys(WORDS);
-        assert!(has_word(&KEYS, b"ABC") && has_word(&KEYS, b"ab") && has_word(&KEYS, b"zZ"));
+        static TABLE: WordTable<3> = WordTable::new(WORDS);
+        assert!(TABLE.contains(b"ABC") && TABLE.contains(b"ab") && TABLE.contains(b"zZ"));
         assert!(
-            !has_word(&KEYS, b"a")
-                && !has_word(&KEYS, b"abcd")
-                && !has_word(&KEYS, b"")
-                && !has_word(&KEYS, &[b'a'; 17])
+            !TABLE.contains(b"a") && !TABLE.contains(b"abcd") && !TABLE.contains(b"") && !TABLE.contains(&[b'a'; 17])
         );
+        assert_eq!(TABLE.index_of(lower_key(b"ZZ")), Some(2));
+        // Many words, probing past collisions.
+        static MANY: WordTable<200> = WordTable::new(&{
+            let mut w: [&[u8]; 200] = [&[]; 200];
+            let mut i = 0;
+            while i < 200 {
+                w[i] = NAMES[i].as_slice();
+                i += 1;
+            }
+            w
+        });
+        static NAMES: [[u8; 3]; 200] = {
+            let mut n = [[0u8; 3]; 200];
+            let mut i = 0;
+            while i < 200 {
+                n[i] = [b'a' + (i / 26) as u8, b'a' + (i % 26) as u8, b'q'];
+                i += 1;
+            }
+            n
+        };
+        for (i, name) in NAMES.iter().enumerate() {
+            assert_eq!(MANY.index_of(lower_key(&name.to_ascii_uppercase())), Some(i));
+        }
+        assert!(!MANY.contains(b"zzq") && !MANY.contains(b"aa"));
         assert_eq!(word_key(b"abc"), u128::from_be_bytes(*b"abc\0\0\0\0\0\0\0\0\0\0\0\0\0"));
     }
 

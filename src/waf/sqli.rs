@@ -7,8 +7,7 @@ use libinjectionrs::sqli::{sqli_data::lookup_word, TokenType};
 use libinjectionrs::{SqliFlags, SqliState};
 
 use super::decode::{
-    find_ci, find_either, find_in, first_byte_ranges, has_word, is_word, lower_key, starts_with_ci, word_keys, Hit,
-    Shape,
+    find_ci, find_either, find_in, first_byte_ranges, is_word, lower_key, starts_with_ci, Hit, Shape, WordTable,
 };
 
 /// libinjection reads the first few tokens of a value; past this many bytes it has decided.
@@ -301,7 +300,7 @@ const SQL_WORDS: &[&[u8]; 78] = &[
     b"where",
     b"xor",
 ];
-static SQL_WORD_KEYS: [u128; 78] = word_keys(SQL_WORDS);
+static SQL_WORD_TABLE: WordTable<78> = WordTable::new(SQL_WORDS);
 
 fn is_sql_word(w: &[u8]) -> bool {
     if w.is_empty() || w.len() > 16 || w[0].is_ascii_digit() {
@@ -309,7 +308,7 @@ fn is_sql_word(w: &[u8]) -> bool {
         return w.first() == Some(&b'@');
     }
     const SHAPE: (u32, usize, usize) = word_shape(SQL_WORDS);
-    w[0] == b'@' || (in_word_shape(SHAPE, w) && has_word(&SQL_WORD_KEYS, w))
+    w[0] == b'@' || (in_word_shape(SHAPE, w) && SQL_WORD_TABLE.contains(w))
 }
 
 /// A view of the value as SQL words: comments and every kind of SQL whitespace between words
@@ -475,7 +474,7 @@ const PHRASE_WORDS: &[&[u8]; 52] = &[
     b"waitfor",
     b"when",
 ];
-static PHRASE_WORD_KEYS: [u128; 52] = word_keys(PHRASE_WORDS);
+static PHRASE_WORD_TABLE: WordTable<52> = WordTable::new(PHRASE_WORDS);
 
 /// A phrase keyword's place in [`PHRASE_WORDS`], the id a window word carries (computed at
 /// compile time; a word not in the table fails the build).
@@ -555,9 +554,9 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
         let (key, notable) = if w.len() == 1 && !is_word(w[0]) {
             (NO_ID, matches!(w[0], b'(' | b')' | b';' | b'\'' | b'"' | b'`'))
         } else if may_be_phrase_word(w) {
-            match PHRASE_WORD_KEYS.binary_search(&lower_key(w)) {
-                Ok(id) => (id as u8, true),
-                Err(_) => (NO_ID, false),
+            match PHRASE_WORD_TABLE.index_of(lower_key(w)) {
+                Some(id) => (id as u8, true),
+                None => (NO_ID, false),
             }
         } else {
             (NO_ID, false)
