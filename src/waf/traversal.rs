@@ -3,7 +3,7 @@
 //! secrets, version-control and tool directories, backups and dumps), in parameters and in the
 //! path itself.
 
-use super::decode::{find_ci, find_either, first_byte_ranges, is_word, Hit, Shape};
+use super::decode::{find_ci, find_either, find_in, first_byte_ranges, is_word, Hit, Shape};
 
 pub(crate) fn value(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
     if shape.has(const { Shape::mask(b"./\\") }) {
@@ -278,47 +278,21 @@ fn sensitive_target(v: &[u8], level: u8) -> Option<Hit> {
         return None;
     }
     // One pass over the places a component can start (the start, after a separator, at a dot
-    // or `@`), trying only the targets that begin with that byte.
-    for at in 0..v.len() {
-        if at > 0 && !STARTS_NEAR[v[at - 1] as usize] && !STARTS_NEAR[v[at] as usize] {
-            continue;
+    // or `@`), trying only the targets that begin with that byte; from one such place straight
+    // to the next.
+    let mut at = 0;
+    while at < v.len() {
+        if let Some(verdict) = target_at(v, at, level) {
+            return verdict;
         }
-        let b = v[at].to_ascii_lowercase();
-        let before = if at == 0 { None } else { Some(v[at - 1]) };
-        let after_separator = before.is_none_or(|c| matches!(c, b'/' | b'\\'));
-        if !after_separator && b != b'.' && b != b'@' {
-            continue;
-        }
-        let (from, to) = TARGETS_BY_FIRST[b as usize];
-        let second = v.get(at + 1).map(u8::to_ascii_lowercase);
-        for t in &TARGETS[from as usize..to as usize] {
-            // Every target has at least two bytes; the second rules most out.
-            if second != Some(t[1]) || !v[at..].get(..t.len()).is_some_and(|w| w.eq_ignore_ascii_case(t)) {
-                continue;
+        at = if STARTS_NEAR[v[at] as usize] {
+            at + 1
+        } else {
+            match find_in(v, at + 1, &STARTS_NEAR) {
+                Some(p) => p,
+                None => break,
             }
-            let dotted = t[0] == b'.' || t[0] == b'@';
-            let starts_component = match before {
-                None => !dotted || t.len() > 2,
-                Some(c) => matches!(c, b'/' | b'\\') || (dotted && !is_word(c) && c != b'.' && c != b'-'),
-            };
-            if !starts_component {
-                continue;
-            }
-            let end = at + t.len();
-            let ends_component = t.ends_with(b"/") || v.get(end).is_none_or(|&c| !(is_word(c) || c == b'-'));
-            if !ends_component {
-                continue;
-            }
-            // A bare short name (`sam`, `tmp/`) only counts when it is reached by a path.
-            let needs_path = matches!(*t, b"sam" | b"tmp/" | b".profile" | b".history" | b".env" | b"sys/class");
-            if needs_path && before.is_none_or(|c| !matches!(c, b'/' | b'\\')) {
-                continue;
-            }
-            if *t == b"tmp/" && v.get(end).is_none_or(|&c| !is_word(c)) {
-                continue;
-            }
-            return (1 <= level).then(|| Hit::new(1, at.saturating_sub(1), end.min(v.len())));
-        }
+        };
     }
     // Compressed database dumps are fetched, never typed.
     if let Some(at) = find_ci(v, b".sql.", 0) {
@@ -330,6 +304,49 @@ fn sensitive_target(v: &[u8], level: u8) -> Option<Hit> {
         ) {
             return Some(Hit::new(1, at, at + 5 + word_end));
         }
+    }
+    None
+}
+
+/// The targets of [`sensitive_target`] that start at `at`: `Some` ends the search with its
+/// verdict.
+#[inline(never)]
+fn target_at(v: &[u8], at: usize, level: u8) -> Option<Option<Hit>> {
+    let b = v[at].to_ascii_lowercase();
+    let before = if at == 0 { None } else { Some(v[at - 1]) };
+    let after_separator = before.is_none_or(|c| matches!(c, b'/' | b'\\'));
+    if !after_separator && b != b'.' && b != b'@' {
+        return None;
+    }
+    let (from, to) = TARGETS_BY_FIRST[b as usize];
+    let second = v.get(at + 1).map(u8::to_ascii_lowercase);
+    for t in &TARGETS[from as usize..to as usize] {
+        // Every target has at least two bytes; the second rules most out.
+        if second != Some(t[1]) || !v[at..].get(..t.len()).is_some_and(|w| w.eq_ignore_ascii_case(t)) {
+            continue;
+        }
+        let dotted = t[0] == b'.' || t[0] == b'@';
+        let starts_component = match before {
+            None => !dotted || t.len() > 2,
+            Some(c) => matches!(c, b'/' | b'\\') || (dotted && !is_word(c) && c != b'.' && c != b'-'),
+        };
+        if !starts_component {
+            continue;
+        }
+        let end = at + t.len();
+        let ends_component = t.ends_with(b"/") || v.get(end).is_none_or(|&c| !(is_word(c) || c == b'-'));
+        if !ends_component {
+            continue;
+        }
+        // A bare short name (`sam`, `tmp/`) only counts when it is reached by a path.
+        let needs_path = matches!(*t, b"sam" | b"tmp/" | b".profile" | b".history" | b".env" | b"sys/class");
+        if needs_path && before.is_none_or(|c| !matches!(c, b'/' | b'\\')) {
+            continue;
+        }
+        if *t == b"tmp/" && v.get(end).is_none_or(|&c| !is_word(c)) {
+            continue;
+        }
+        return Some((1 <= level).then(|| Hit::new(1, at.saturating_sub(1), end.min(v.len()))));
     }
     None
 }
