@@ -311,6 +311,52 @@ fn is_sql_word(w: &[u8]) -> bool {
     w[0] == b'@' || (in_word_shape(SHAPE, w) && SQL_WORD_TABLE.contains(w))
 }
 
+/// The bytes of a word as [`Words`] reads it: letters, digits, `_`, `.`, `@`, `$`.
+static WORDISH: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'@' | b'$');
+        b += 1;
+    }
+    t
+};
+
+/// The complement of [`WORDISH`].
+static NOT_WORDISH: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = !WORDISH[b];
+        b += 1;
+    }
+    t
+};
+
+/// Whether [`phrases`] can find more than a glued `unionselect`: some word of the value is a
+/// phrase keyword or a catalog name, or the value holds punctuation a phrase uses or a comment
+/// opener (a comment skipped can change which words are next to each other). Otherwise every
+/// step of the phrase window would only confirm that nothing is notable.
+fn phrase_possible(v: &[u8], shape: Shape) -> bool {
+    if shape.has(const { Shape::mask(b"();'\"`#") })
+        || (shape.has(const { Shape::mask(b"*") }) && find_ci(v, b"/*", 0).is_some())
+        || (shape.has(const { Shape::mask(b"-") }) && find_ci(v, b"--", 0).is_some())
+    {
+        return true;
+    }
+    let mut i = 0;
+    while let Some(start) = find_in(v, i, &WORDISH) {
+        let end = find_in(v, start, &NOT_WORDISH).unwrap_or(v.len());
+        let w = &v[start..end];
+        if (may_be_phrase_word(w) && PHRASE_WORD_TABLE.contains(w)) || is_catalog(w) {
+            return true;
+        }
+        i = end;
+    }
+    false
+}
+
 /// A view of the value as SQL words: comments and every kind of SQL whitespace between words
 /// are skipped, so `UNION/**/SELECT`, `UNION%0bSELECT` and `UNION#x\nSELECT` read alike.
 struct Words<'a> {
@@ -356,17 +402,6 @@ impl<'a> Words<'a> {
             self.i = start;
             return None;
         }
-        // Letters, digits, `_`, `.`, `@`, `$`.
-        static WORDISH: [bool; 256] = {
-            let mut t = [false; 256];
-            let mut b = 0;
-            while b < 256 {
-                let c = b as u8;
-                t[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'@' | b'$');
-                b += 1;
-            }
-            t
-        };
         let mut end = start;
         while end < v.len() && WORDISH[v[end] as usize] {
             end += 1;
@@ -407,7 +442,7 @@ fn own_checks(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
             }
         });
     }
-    phrases(v, level)
+    (if phrase_possible(v, shape) { phrases(v, level) } else { glued_union(v, level) })
         .or_else(|| if shape.has(const { Shape::mask(b"$") }) { nosql_operator(v) } else { None })
         .or_else(|| if shape.has(const { Shape::mask(b"'(") }) { json_operator(v, shape) } else { None })
         .or_else(|| if shape.has(const { Shape::mask(b":.") }) { cast_or_number_trick(v) } else { None })
