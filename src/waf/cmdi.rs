@@ -861,12 +861,37 @@ fn lone_admin_tool(v: &[u8]) -> bool {
     if v.len() > 16 || !v.first().is_some_and(u8::is_ascii_alphabetic) {
         return false;
     }
+    // A name without `-` must be one of the few in `is_admin_tool`.
+    if !v.contains(&b'-') && !ADMIN_TOOLS.contains(v) {
+        return false;
+    }
     let mut buf = [0u8; 16];
     let lower = &mut buf[..v.len()];
     lower.copy_from_slice(v);
     lower.make_ascii_lowercase();
     is_admin_tool(lower) && classify(lower) == Some(Kind::Rare)
 }
+
+/// The names without `-` that [`is_admin_tool`] accepts.
+static ADMIN_TOOLS: WordTable<17> = WordTable::new(&[
+    b"visudo",
+    b"useradd",
+    b"usermod",
+    b"adduser",
+    b"crontab",
+    b"iptables",
+    b"systemctl",
+    b"cscli",
+    b"whoami",
+    b"ifconfig",
+    b"ipconfig",
+    b"netstat",
+    b"systeminfo",
+    b"tasklist",
+    b"lastlog",
+    b"getent",
+    b"modprobe",
+]);
 
 /// Administration tools whose name alone, as a whole value, is a command: nobody's name, word
 /// or product (`visudo`, `ansible-console`, `chef-shell`).
@@ -1268,6 +1293,34 @@ mod tests {
         let s = "\r\nMAIL FROM:<a@b.com>";
         assert!(!cmdi(s, 1));
         assert!(cmdi(s, 2));
+    }
+
+    #[test]
+    fn admin_tool_names_without_a_dash_are_all_in_the_quick_table() {
+        for name in [
+            &b"visudo"[..],
+            b"useradd",
+            b"usermod",
+            b"adduser",
+            b"crontab",
+            b"iptables",
+            b"systemctl",
+            b"cscli",
+            b"whoami",
+            b"ifconfig",
+            b"ipconfig",
+            b"netstat",
+            b"systeminfo",
+            b"tasklist",
+            b"lastlog",
+            b"getent",
+            b"modprobe",
+        ] {
+            assert!(is_admin_tool(name) && ADMIN_TOOLS.contains(name), "{}", String::from_utf8_lossy(name));
+        }
+        for word in RARE.iter().chain(COMMON.iter()).filter(|w| !w.contains(&b'-')) {
+            assert_eq!(is_admin_tool(word), ADMIN_TOOLS.contains(word), "{}", String::from_utf8_lossy(word));
+        }
     }
 
     #[test]

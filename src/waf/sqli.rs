@@ -671,6 +671,10 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
 
 /// `unionselect`: the words glued together, then a FROM.
 fn glued_union(v: &[u8], level: u8) -> Option<Hit> {
+    // `unionselect` and a `from` after it.
+    if v.len() < 15 {
+        return None;
+    }
     let at = find_ci(v, b"unionselect", 0)?;
     find_ci(v, b"from", at)?;
     (1 <= level).then(|| Hit::new(1, at, (at + 24).min(v.len())))
@@ -889,6 +893,10 @@ fn cast_or_number_trick(v: &[u8]) -> Option<Hit> {
         b"double",
     ];
     let mut from = 0;
+    // A cast needs `::`, a number trick a dot.
+    if !v.contains(&b':') {
+        from = v.len();
+    }
     while let Some(at) = find_ci(v, b"::", from) {
         from = at + 2;
         let before_ok = at > 0 && (is_word(v[at - 1]) || matches!(v[at - 1], b'\'' | b')' | b'"'));
