@@ -19,7 +19,15 @@ pub(crate) fn value(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
 
 /// `0x2e0x2e0x2f`: dots and slashes written as hex literals, which some applications decode.
 fn hex_spelled(v: &[u8], level: u8) -> Option<Hit> {
-    find_ci(v, b"0x2e", 0)?;
+    // A `0x2e` somewhere: `x` is rarer than `0`, so look for `x2e` and the `0` before it.
+    let mut from = 1;
+    loop {
+        let at = find_ci(v, b"x2e", from)?;
+        if v[at - 1] == b'0' {
+            break;
+        }
+        from = at + 1;
+    }
     let mut out = Vec::with_capacity(v.len());
     let mut i = 0;
     while i < v.len() {

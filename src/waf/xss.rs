@@ -320,6 +320,12 @@ fn markup_tricks(v: &[u8], shape: Shape) -> Option<Hit> {
         if !shape.has(const { Shape::mask(b"=:") }) {
             break;
         }
+        // The needle's own punctuation must be there too.
+        if (needle[0] == b'-' && !shape.has(const { Shape::mask(b"-") }))
+            || (needle.contains(&b':') && !shape.has(const { Shape::mask(b":") }))
+        {
+            continue;
+        }
         if let Some(at) = find_ci(v, needle, 0) {
             let rest = v[at + needle.len()..].trim_ascii_start();
             let assigns = needle.ends_with(b":") || rest.starts_with(b"=") || rest.starts_with(b":");
