@@ -14,6 +14,15 @@
 //! each bounded: a value is rewritten at most three times and never grows.
 //! A value that no decoding changes is never copied.
 //!
+//! Cost: one pass over a value records which byte classes it holds (its `Shape`);
+//! the decoders run only when a byte that starts an escape is present, and each check runs only
+//! when the bytes it needs are. Scans jump between the bytes a check opens with (eight bytes at a
+//! time where one or two bytes are sought) and keep the work at each hit out of the scanning
+//! loop; word tables are hashed at compile time. libinjection's SQL tokenizer, the dearest step
+//! (some 20,000 instructions a call), runs only on values with SQL punctuation or an SQL word.
+//! A typical request (1 KB JSON body, 10 query parameters, 8 headers) costs some 250,000
+//! instructions, about a quarter of them in libinjection (`benches/waf.rs`).
+//!
 //! Which locations a detector reads at which paranoia level follows the OWASP Core Rule Set:
 //!
 //! | location | sqli | xss | path_traversal | command_injection | protocol |
