@@ -14,6 +14,15 @@
 //! each bounded: a value is rewritten at most three times and never grows.
 //! A value that no decoding changes is never copied.
 //!
+//! Cost: one pass over a value records which byte classes it holds (its `Shape`);
+//! the decoders run only when a byte that starts an escape is present, and each check runs only
+//! when the bytes it needs are. Scans jump between the bytes a check opens with (eight bytes at a
+//! time where one or two bytes are sought) and keep the work at each hit out of the scanning
+//! loop; word tables are hashed at compile time. libinjection's SQL tokenizer, the dearest step
+//! (some 20,000 instructions a call), runs only on values with SQL punctuation or an SQL word.
+//! A typical request (1 KB JSON body, 10 query parameters, 8 headers) costs some 250,000
+//! instructions, about a quarter of them in libinjection (`benches/waf.rs`).
+//!
 //! Which locations a detector reads at which paranoia level follows the OWASP Core Rule Set:
 //!
 //! | location | sqli | xss | path_traversal | command_injection | protocol |
@@ -415,15 +424,20 @@ impl Waf {
             let hit = Hit { level: hit.level.max(min[d as usize]), ..hit };
             finding(d, v.kind, v.name, buf, hit)
         };
-        let text = decode::canonical(v.value);
+        // One pass over the raw value says which bytes it holds; a value without a byte that can
+        // start an escape is never handed to the decoders (nor copied).
+        let raw = decode::Shape::of(v.value);
+        let text = if raw.may_escape() { decode::canonical(v.value) } else { std::borrow::Cow::Borrowed(v.value) };
         let decoded = matches!(text, std::borrow::Cow::Owned(_));
         let text = &*text;
-        let shape = decode::Shape::of(text);
+        let shape = if decoded { decode::Shape::of(text) } else { raw };
         if active.contains(Detector::Protocol) {
             // Control bytes, line breaks, non-ASCII or a blank before `HTTP/`: nothing else here
             // is a protocol anomaly.
-            let raw = if decoded { decode::Shape::of(v.value) } else { shape };
-            let suspect = raw.control() || raw.line_break() || raw.non_ascii() || (raw.whitespace() && raw.any(b"/"));
+            let suspect = raw.control()
+                || raw.line_break()
+                || raw.non_ascii()
+                || (raw.whitespace() && raw.has(const { decode::Shape::mask(b"/") }));
             if suspect || v.class == Class::Path {
                 if let Some(hit) = protocol::value(v.value, v.class == Class::Arg, v.kind, pl) {
                     return Some(report(Detector::Protocol, v.value, hit));

@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use super::decode::{find_ci, form_component, starts_with_ci, Hit};
+use super::decode::{find_ci, find_either, form_component, starts_with_ci, Hit};
 use super::{finding, Class, Detector, Finding, LocationKind, Skips, Value, Waf};
 
 /// JSON nested deeper than this is refused as a protocol anomaly rather than walked.
@@ -180,7 +180,8 @@ fn hex4(b: &[u8]) -> Option<u32> {
 fn json(waf: &Waf, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
     // Per depth: whether the container is an object, and the span of its current key.
     let mut is_object = [false; MAX_JSON_DEPTH];
-    let mut keys: [(usize, usize); MAX_JSON_DEPTH] = [(0, 0); MAX_JSON_DEPTH];
+    // (start, end, whether it holds an escape)
+    let mut keys: [(usize, usize, bool); MAX_JSON_DEPTH] = [(0, 0, false); MAX_JSON_DEPTH];
     let mut depth = 0usize;
     let mut expect_key = false;
     // After a key, a `:` must come before its value.
@@ -210,7 +211,7 @@ fn json(waf: &Waf, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
                 }
                 is_object[depth] = b == b'{';
                 // An array inherits the key it is the value of.
-                keys[depth] = if depth > 0 { keys[depth - 1] } else { (0, 0) };
+                keys[depth] = if depth > 0 { keys[depth - 1] } else { (0, 0, false) };
                 depth += 1;
                 expect_key = b == b'{';
                 seen_value = true;
@@ -227,19 +228,39 @@ fn json(waf: &Waf, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
             b'"' => {
                 let start = i + 1;
                 let mut j = start;
-                while j < n && body[j] != b'"' {
-                    j += if body[j] == b'\\' { 2 } else { 1 };
+                let mut escaped = false;
+                // To the closing quote, eight bytes at a time; an escape skips the byte after it.
+                loop {
+                    match find_either(body, j, b'"', b'\\') {
+                        Some(at) if body[at] == b'\\' => {
+                            escaped = true;
+                            j = at + 2;
+                        }
+                        Some(at) => {
+                            j = at;
+                            break;
+                        }
+                        None => {
+                            j = n;
+                            break;
+                        }
+                    }
                 }
                 if j >= n {
                     return bad(i);
                 }
                 let raw = &body[start..j];
-                let Some(text) = json_unescape(raw) else { return bad(i) };
-                let key_span = if depth > 0 { keys[depth - 1] } else { (0, 0) };
+                let text = if escaped { json_unescape(raw) } else { Some(Cow::Borrowed(raw)) };
+                let Some(text) = text else { return bad(i) };
+                let key_span = if depth > 0 { keys[depth - 1] } else { (0, 0, false) };
                 let key_raw = &body[key_span.0..key_span.1];
-                let key_name = json_unescape(key_raw).unwrap_or(Cow::Borrowed(key_raw));
+                let key_name = if key_span.2 {
+                    json_unescape(key_raw).unwrap_or(Cow::Borrowed(key_raw))
+                } else {
+                    Cow::Borrowed(key_raw)
+                };
                 if expect_key && depth > 0 && is_object[depth - 1] {
-                    keys[depth - 1] = (start, j);
+                    keys[depth - 1] = (start, j, escaped);
                     expect_colon = true;
                     let v = Value { class: Class::Arg, kind: LocationKind::JsonKey, name: &text, value: &text };
                     if let Some(f) = waf.value(v, skip) {

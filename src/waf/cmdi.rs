@@ -5,23 +5,24 @@
 //! and backslashes inside a word (`c''at`, `w\hoami`), empty expansions (`who$@ami`,
 //! `pi$()ng`), `${IFS}` for a space, and carets (`w^hoami`).
 
-use super::decode::{find_ci, has_word, is_word, starts_with_ci, word_keys, Hit, Shape};
+use super::decode::{byte_set, find_ci, find_either_ci, find_in, is_word, starts_with_ci, Hit, Shape, WordTable};
 
 /// `full`: every check (arguments, and headers that CRS reads whole); otherwise only the
 /// Shellshock function definition, the one command injection carried by any header.
 pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit> {
     if !full {
-        return if shape.any(b"(") { shellshock(v, level) } else { None };
+        return if shape.has(const { Shape::mask(b"(") }) { shellshock(v, level) } else { None };
     }
-    if shape.any(b"$<>({/!~`") {
+    if shape.has(const { Shape::mask(b"$<>({/!~`") }) {
         if let Some(hit) = syntax(v, level) {
             return Some(hit);
         }
     }
     // Without a separator a command can only open the value; a single plain token (an id, a
     // slug, an email) only as an administration tool's name on its own.
-    let separated = shape.any(b";|&`$") || shape.line_break();
-    let plain_token = !shape.whitespace() && !shape.any(b"/\\'\"^{}()[]<>!~*?%") && !shape.control();
+    let separated = shape.has(const { Shape::mask(b";|&`$") }) || shape.line_break();
+    let plain_token =
+        !shape.whitespace() && !shape.has(const { Shape::mask(b"/\\'\"^{}()[]<>!~*?%") }) && !shape.control();
     let found = if separated {
         commands(v, level)
     } else if plain_token && !lone_admin_tool(v) {
@@ -30,8 +31,8 @@ pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit
         command_at(v, 0, 0, true, level)
     };
     found
-        .or_else(|| if shape.whitespace() || shape.any(b"/") { batch(v) } else { None })
-        .or_else(|| if shape.any(b"-") { powershell(v) } else { None })
+        .or_else(|| if shape.whitespace() || shape.has(const { Shape::mask(b"/") }) { batch(v) } else { None })
+        .or_else(|| if shape.has(const { Shape::mask(b"-") }) { powershell(v) } else { None })
         .or_else(|| if level >= 2 && shape.line_break() { mail_protocol(v) } else { None })
 }
 
@@ -41,100 +42,121 @@ fn hit(level: u8, start: usize, end: usize, max: u8) -> Option<Hit> {
 
 /// Shell constructs with no reading as text.
 fn syntax(v: &[u8], level: u8) -> Option<Hit> {
+    /// The bytes the checks open with (`b` and `s` only at the start).
+    static OPENS: [bool; 256] = byte_set(b"$<>(!~{/`");
+    let mut i = 0;
+    while i < v.len() {
+        if i > 0 {
+            match find_in(v, i, &OPENS) {
+                Some(at) => i = at,
+                None => break,
+            }
+        }
+        if let Some(verdict) = syntax_at(v, i, level) {
+            return verdict;
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The checks of [`syntax`] at `i`: `Some` ends the scan with its verdict.
+#[inline(never)]
+fn syntax_at(v: &[u8], i: usize, level: u8) -> Option<Option<Hit>> {
     let n = v.len();
-    for i in 0..n {
-        let next = v.get(i + 1).copied();
-        let end = (i + 24).min(n);
-        match (v[i], next) {
-            (b'$', Some(b'(')) | (b'$', Some(b'[')) => return hit(1, i, end, level),
-            (b'$', Some(b'{')) => {
-                let body = &v[i + 2..];
-                let close = body.iter().position(|&b| b == b'}').unwrap_or(body.len());
-                let inner = &body[..close];
-                // `${name}` is also every template language's placeholder; what shells alone do
-                // (IFS, operators inside, lookups like `${jndi:`) is an attack.
-                let plain = !inner.is_empty() && inner.iter().all(|&b| is_word(b) || b == b'.');
-                let shell_var = starts_with_ci(inner, b"ifs")
-                    || inner.eq_ignore_ascii_case(b"path")
-                    || inner.eq_ignore_ascii_case(b"home")
-                    || inner.eq_ignore_ascii_case(b"shell");
-                if !plain || shell_var {
-                    return hit(1, i, end, level);
-                }
-                return hit(2, i, end, level);
+    let next = v.get(i + 1).copied();
+    let end = (i + 24).min(n);
+    match (v[i], next) {
+        (b'$', Some(b'(')) | (b'$', Some(b'[')) => return Some(hit(1, i, end, level)),
+        (b'$', Some(b'{')) => {
+            let body = &v[i + 2..];
+            let close = body.iter().position(|&b| b == b'}').unwrap_or(body.len());
+            let inner = &body[..close];
+            // `${name}` is also every template language's placeholder; what shells alone do
+            // (IFS, operators inside, lookups like `${jndi:`) is an attack.
+            let plain = !inner.is_empty() && inner.iter().all(|&b| is_word(b) || b == b'.');
+            let shell_var = starts_with_ci(inner, b"ifs")
+                || inner.eq_ignore_ascii_case(b"path")
+                || inner.eq_ignore_ascii_case(b"home")
+                || inner.eq_ignore_ascii_case(b"shell");
+            if !plain || shell_var {
+                return Some(hit(1, i, end, level));
             }
-            (b'$', Some(b'I' | b'i'))
-                if starts_with_ci(&v[i + 1..], b"ifs")
-                    && v.get(i + 4).is_none_or(|&b| !is_word(b) || b.is_ascii_digit()) =>
-            {
-                return hit(1, i, end, level);
+            return Some(hit(2, i, end, level));
+        }
+        (b'$', Some(b'I' | b'i'))
+            if starts_with_ci(&v[i + 1..], b"ifs")
+                && v.get(i + 4).is_none_or(|&b| !is_word(b) || b.is_ascii_digit()) =>
+        {
+            return Some(hit(1, i, end, level));
+        }
+        (b'$', Some(b'@' | b'*')) if i > 0 && v[i - 1].is_ascii_alphanumeric() => {
+            return Some(hit(1, i - 1, end, level))
+        }
+        (b'$', Some(b'S' | b's' | b'B' | b'b'))
+            if (starts_with_ci(&v[i + 1..], b"shell") || starts_with_ci(&v[i + 1..], b"bash"))
+                && v.get(i + 1 + if matches!(next, Some(b'S' | b's')) { 5 } else { 4 })
+                    .is_none_or(|&b| !is_word(b)) =>
+        {
+            return Some(hit(1, i, end, level));
+        }
+        (b'<' | b'>', Some(b'(')) => return Some(hit(1, i, end, level)),
+        (b'(', _) => {
+            // `() {`: a function definition (Shellshock and friends).
+            let mut j = i + 1;
+            while j < n && v[j] == b' ' {
+                j += 1;
             }
-            (b'$', Some(b'@' | b'*')) if i > 0 && v[i - 1].is_ascii_alphanumeric() => return hit(1, i - 1, end, level),
-            (b'$', Some(b'S' | b's' | b'B' | b'b'))
-                if (starts_with_ci(&v[i + 1..], b"shell") || starts_with_ci(&v[i + 1..], b"bash"))
-                    && v.get(i + 1 + if matches!(next, Some(b'S' | b's')) { 5 } else { 4 })
-                        .is_none_or(|&b| !is_word(b)) =>
-            {
-                return hit(1, i, end, level);
-            }
-            (b'<' | b'>', Some(b'(')) => return hit(1, i, end, level),
-            (b'(', _) => {
-                // `() {`: a function definition (Shellshock and friends).
-                let mut j = i + 1;
+            if v.get(j) == Some(&b')') {
+                j += 1;
                 while j < n && v[j] == b' ' {
                     j += 1;
                 }
-                if v.get(j) == Some(&b')') {
-                    j += 1;
-                    while j < n && v[j] == b' ' {
-                        j += 1;
-                    }
-                    if v.get(j) == Some(&b'{') {
-                        let lvl = if i == 0 || v[..i].iter().all(|b| b.is_ascii_whitespace()) { 1 } else { 2 };
-                        if let Some(h) = hit(lvl, i, (j + 16).min(n), level) {
-                            return Some(h);
-                        }
+                if v.get(j) == Some(&b'{') {
+                    let lvl = if i == 0 || v[..i].iter().all(|b| b.is_ascii_whitespace()) { 1 } else { 2 };
+                    if let Some(h) = hit(lvl, i, (j + 16).min(n), level) {
+                        return Some(Some(h));
                     }
                 }
             }
-            (b'!', Some(b'-')) if v.get(i + 2).is_some_and(u8::is_ascii_digit) => return hit(1, i, end, level),
-            (b'~', Some(b'+' | b'-'))
-                if (i == 0 || v[i - 1].is_ascii_whitespace())
-                    && v.get(i + 2).is_none_or(|b| b.is_ascii_digit() || b.is_ascii_whitespace() || *b == b'/') =>
-            {
-                return hit(1, i, end, level);
-            }
-            (b'{', _) => {
-                if let Some(close) = brace_expansion(&v[i..]) {
-                    return hit(1, i, i + close + 1, level);
-                }
-            }
-            (b'/', _)
-                if i == 0
-                    || matches!(
-                        v[i - 1],
-                        b' ' | b'\t' | b'=' | b';' | b'|' | b'&' | b'`' | b'(' | b'\'' | b'"' | b'\n'
-                    ) =>
-            {
-                if let Some(end) = globbed_system_path(&v[i..]) {
-                    return hit(1, i, i + end, level);
-                }
-                if let Some(end) = binary_path(&v[i..]) {
-                    return hit(1, i, i + end, level);
-                }
-            }
-            (b'b' | b's', _) if i == 0 => {
-                if let Some(end) = binary_path(v) {
-                    return hit(1, 0, end, level);
-                }
-            }
-            (b'`', _) => {
-                if let Some(h) = backticks(v, i, level) {
-                    return Some(h);
-                }
-            }
-            _ => {}
         }
+        (b'!', Some(b'-')) if v.get(i + 2).is_some_and(u8::is_ascii_digit) => return Some(hit(1, i, end, level)),
+        (b'~', Some(b'+' | b'-'))
+            if (i == 0 || v[i - 1].is_ascii_whitespace())
+                && v.get(i + 2).is_none_or(|b| b.is_ascii_digit() || b.is_ascii_whitespace() || *b == b'/') =>
+        {
+            return Some(hit(1, i, end, level));
+        }
+        (b'{', _) => {
+            if let Some(close) = brace_expansion(&v[i..]) {
+                return Some(hit(1, i, i + close + 1, level));
+            }
+        }
+        (b'/', _)
+            if i == 0
+                || matches!(
+                    v[i - 1],
+                    b' ' | b'\t' | b'=' | b';' | b'|' | b'&' | b'`' | b'(' | b'\'' | b'"' | b'\n'
+                ) =>
+        {
+            if let Some(end) = globbed_system_path(&v[i..]) {
+                return Some(hit(1, i, i + end, level));
+            }
+            if let Some(end) = binary_path(&v[i..]) {
+                return Some(hit(1, i, i + end, level));
+            }
+        }
+        (b'b' | b's', _) if i == 0 => {
+            if let Some(end) = binary_path(v) {
+                return Some(hit(1, 0, end, level));
+            }
+        }
+        (b'`', _) => {
+            if let Some(h) = backticks(v, i, level) {
+                return Some(Some(h));
+            }
+        }
+        _ => {}
     }
     None
 }
@@ -388,7 +410,7 @@ enum Kind {
     Common,
 }
 
-/// Command names with no other common meaning (sorted: looked up by binary search).
+/// Command names with no other common meaning (sorted; looked up through a hash index).
 const RARE: &[&[u8]; 170] = &[
     b"7z",
     b"adduser",
@@ -561,7 +583,7 @@ const RARE: &[&[u8]; 170] = &[
     b"zstd",
     b"zstdcat",
 ];
-static RARE_KEYS: [u128; 170] = word_keys(RARE);
+static RARE_TABLE: WordTable<170> = WordTable::new(RARE);
 
 /// Commands that are also words of English or names of languages (sorted).
 const COMMON: &[&[u8]; 102] = &[
@@ -668,7 +690,7 @@ const COMMON: &[&[u8]; 102] = &[
     b"yes",
     b"zip",
 ];
-static COMMON_KEYS: [u128; 102] = word_keys(COMMON);
+static COMMON_TABLE: WordTable<102> = WordTable::new(COMMON);
 
 fn classify(word: &[u8]) -> Option<Kind> {
     if word.is_empty() {
@@ -688,9 +710,9 @@ fn classify(word: &[u8]) -> Option<Kind> {
     if word.starts_with(b"ansible") || word.starts_with(b"chef-") || word.starts_with(b"aa-") {
         return Some(Kind::Rare);
     }
-    if has_word(&RARE_KEYS, word) {
+    if RARE_TABLE.contains(word) {
         Some(Kind::Rare)
-    } else if has_word(&COMMON_KEYS, word) {
+    } else if COMMON_TABLE.contains(word) {
         Some(Kind::Common)
     } else {
         None
@@ -744,9 +766,11 @@ fn commands(v: &[u8], level: u8) -> Option<Hit> {
     if let Some(h) = command_at(v, 0, 0, true, level) {
         return Some(h);
     }
+    static SEPARATORS: [bool; 256] = byte_set(b";\n\r`|&$");
     let mut i = 0;
     // Bounded: each iteration advances `i` by at least one byte.
-    while i < v.len() {
+    while let Some(at) = find_in(v, i, &SEPARATORS) {
+        i = at;
         let separator_len = match (v[i], v.get(i + 1).copied()) {
             (b';' | b'\n' | b'\r' | b'`', _) => 1,
             (b'|', Some(b'|')) | (b'&', Some(b'&')) => 2,
@@ -765,6 +789,7 @@ fn commands(v: &[u8], level: u8) -> Option<Hit> {
     None
 }
 
+#[inline(never)]
 fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: u8) -> Option<Hit> {
     let (word, end) = read_command(v, at + separator_len);
     let mut text = word.text();
@@ -836,12 +861,37 @@ fn lone_admin_tool(v: &[u8]) -> bool {
     if v.len() > 16 || !v.first().is_some_and(u8::is_ascii_alphabetic) {
         return false;
     }
+    // A name without `-` must be one of the few in `is_admin_tool`.
+    if !v.contains(&b'-') && !ADMIN_TOOLS.contains(v) {
+        return false;
+    }
     let mut buf = [0u8; 16];
     let lower = &mut buf[..v.len()];
     lower.copy_from_slice(v);
     lower.make_ascii_lowercase();
     is_admin_tool(lower) && classify(lower) == Some(Kind::Rare)
 }
+
+/// The names without `-` that [`is_admin_tool`] accepts.
+static ADMIN_TOOLS: WordTable<17> = WordTable::new(&[
+    b"visudo",
+    b"useradd",
+    b"usermod",
+    b"adduser",
+    b"crontab",
+    b"iptables",
+    b"systemctl",
+    b"cscli",
+    b"whoami",
+    b"ifconfig",
+    b"ipconfig",
+    b"netstat",
+    b"systeminfo",
+    b"tasklist",
+    b"lastlog",
+    b"getent",
+    b"modprobe",
+]);
 
 /// Administration tools whose name alone, as a whole value, is a command: nobody's name, word
 /// or product (`visudo`, `ansible-console`, `chef-shell`).
@@ -911,21 +961,30 @@ fn is_interpreter(w: &[u8]) -> bool {
 /// Windows batch control flow: `FOR [/D|/R|/L|/F ...] %x IN (...) DO ...` and `IF [/I] [NOT]
 /// EXIST|DEFINED|ERRORLEVEL|CMDEXTVERSION ...` or `IF a==b ...`.
 fn batch(v: &[u8]) -> Option<Hit> {
-    let mut i = 0;
-    while i < v.len() {
-        let boundary = i == 0 || !is_word(v[i - 1]);
-        if boundary && (starts_with_ci(&v[i..], b"for") || starts_with_ci(&v[i..], b"if")) {
-            let kw_len = if starts_with_ci(&v[i..], b"for") { 3 } else { 2 };
-            let after = v.get(i + kw_len).copied();
-            if after.is_some_and(|b| b == b' ' || b == b'\t' || b == b'/' || b == b'(') {
-                let rest = &v[i + kw_len..v.len().min(i + 2048)];
-                let matched = if kw_len == 3 { batch_for(rest) } else { batch_if(rest) };
-                if matched {
-                    return Some(Hit::new(1, i, (i + 40).min(v.len())));
-                }
+    // `for` and `if`, in any case, open with these two letters.
+    let mut from = 0;
+    while let Some(i) = find_either_ci(v, from, b'f', b'i') {
+        if let Some(hit) = batch_at(v, i) {
+            return Some(hit);
+        }
+        from = i + 1;
+    }
+    None
+}
+
+#[inline(never)]
+fn batch_at(v: &[u8], i: usize) -> Option<Hit> {
+    let boundary = i == 0 || !is_word(v[i - 1]);
+    if boundary && (starts_with_ci(&v[i..], b"for") || starts_with_ci(&v[i..], b"if")) {
+        let kw_len = if starts_with_ci(&v[i..], b"for") { 3 } else { 2 };
+        let after = v.get(i + kw_len).copied();
+        if after.is_some_and(|b| b == b' ' || b == b'\t' || b == b'/' || b == b'(') {
+            let rest = &v[i + kw_len..v.len().min(i + 2048)];
+            let matched = if kw_len == 3 { batch_for(rest) } else { batch_if(rest) };
+            if matched {
+                return Some(Hit::new(1, i, (i + 40).min(v.len())));
             }
         }
-        i += 1;
     }
     None
 }
@@ -1051,22 +1110,29 @@ fn powershell(v: &[u8]) -> Option<Hit> {
         b"nettcpconnection",
         b"history",
     ];
+    if starts_with_ci(v, b"iex") && v.get(3).is_some_and(|&b| b == b'(' || b == b' ') {
+        return Some(Hit::new(1, 0, v.len().min(16)));
+    }
     let mut i = 0;
     while i < v.len() {
         if (i == 0 || !is_word(v[i - 1])) && v[i].is_ascii_alphabetic() {
-            for verb in VERBS {
-                if starts_with_ci(&v[i..], verb) {
-                    let rest = &v[i + verb.len()..];
-                    let noun_end = rest.iter().position(|&b| !b.is_ascii_alphanumeric()).unwrap_or(rest.len());
-                    let noun = &rest[..noun_end];
-                    if NOUNS.iter().any(|n| noun.eq_ignore_ascii_case(n)) {
-                        return Some(Hit::new(1, i, (i + verb.len() + noun_end).min(v.len())));
+            // A verb is letters and a `-`: only a run of letters ending in `-` can be one.
+            let run = v[i..].iter().position(|b| !b.is_ascii_alphabetic()).map_or(v.len(), |p| i + p);
+            if v.get(run) == Some(&b'-') {
+                for verb in VERBS.iter().filter(|verb| verb.len() == run + 1 - i) {
+                    if starts_with_ci(&v[i..], verb) {
+                        let rest = &v[i + verb.len()..];
+                        let noun_end = rest.iter().position(|&b| !b.is_ascii_alphanumeric()).unwrap_or(rest.len());
+                        let noun = &rest[..noun_end];
+                        if NOUNS.iter().any(|n| noun.eq_ignore_ascii_case(n)) {
+                            return Some(Hit::new(1, i, (i + verb.len() + noun_end).min(v.len())));
+                        }
                     }
                 }
             }
-            if starts_with_ci(&v[i..], b"iex") && v.get(i + 3).is_some_and(|&b| b == b'(' || b == b' ') && i == 0 {
-                return Some(Hit::new(1, i, (i + 16).min(v.len())));
-            }
+            // No verb starts inside the run.
+            i = run;
+            continue;
         }
         i += 1;
     }
@@ -1227,6 +1293,34 @@ mod tests {
         let s = "\r\nMAIL FROM:<a@b.com>";
         assert!(!cmdi(s, 1));
         assert!(cmdi(s, 2));
+    }
+
+    #[test]
+    fn admin_tool_names_without_a_dash_are_all_in_the_quick_table() {
+        for name in [
+            &b"visudo"[..],
+            b"useradd",
+            b"usermod",
+            b"adduser",
+            b"crontab",
+            b"iptables",
+            b"systemctl",
+            b"cscli",
+            b"whoami",
+            b"ifconfig",
+            b"ipconfig",
+            b"netstat",
+            b"systeminfo",
+            b"tasklist",
+            b"lastlog",
+            b"getent",
+            b"modprobe",
+        ] {
+            assert!(is_admin_tool(name) && ADMIN_TOOLS.contains(name), "{}", String::from_utf8_lossy(name));
+        }
+        for word in RARE.iter().chain(COMMON.iter()).filter(|w| !w.contains(&b'-')) {
+            assert_eq!(is_admin_tool(word), ADMIN_TOOLS.contains(word), "{}", String::from_utf8_lossy(word));
+        }
     }
 
     #[test]

@@ -64,8 +64,26 @@ impl Shape {
     }
 
     /// Whether any of these punctuation bytes occurs.
+    #[cfg(test)]
     pub fn any(self, bytes: &[u8]) -> bool {
-        let mask = bytes.iter().fold(0, |acc, &b| acc | CLASSES[b as usize]);
+        self.has(Shape::mask(bytes))
+    }
+
+    /// The classes of these punctuation bytes, for [`Shape::has`]; callers compute it at compile
+    /// time (`shape.has(const { Shape::mask(b"<>") })`), so a check is one `and`.
+    pub const fn mask(bytes: &[u8]) -> u64 {
+        let mut mask = 0;
+        let mut i = 0;
+        while i < bytes.len() {
+            mask |= class_of(bytes[i]);
+            i += 1;
+        }
+        mask
+    }
+
+    /// Whether any byte of the classes in `mask` occurs.
+    #[inline(always)]
+    pub fn has(self, mask: u64) -> bool {
         self.0 & mask != 0
     }
 
@@ -87,6 +105,13 @@ impl Shape {
 
     pub fn digit(self) -> bool {
         self.0 & DIGIT != 0
+    }
+
+    /// Whether a byte that can start an escape [`canonical`] undoes is present: `%`, `&`, `\\`,
+    /// NUL (a control byte) or a lead byte of an overlong or fullwidth form (non-ASCII).
+    pub fn may_escape(self) -> bool {
+        const MASK: u64 = Shape::mask(b"%&\\") | CTRL | HIGH;
+        self.0 & MASK != 0
     }
 }
 
@@ -430,19 +455,165 @@ pub const fn word_keys<const N: usize>(words: &[&[u8]; N]) -> [u128; N] {
     keys
 }
 
-/// Whether `w`, in any case, is one of the words behind `keys`.
-pub fn has_word(keys: &[u128], w: &[u8]) -> bool {
-    if w.is_empty() || w.len() > 16 {
-        return false;
+/// Slots of a [`WordTable`]'s hash index: at least twice as many as words.
+const SLOTS: usize = 512;
+
+/// A table of lower-case words (each at most 16 bytes) with a hash index over their keys,
+/// built at compile time: a lookup is one multiplication and, on average, little more than one
+/// comparison of keys.
+pub struct WordTable<const N: usize> {
+    keys: [u128; N],
+    /// Index + 1 of the word in each slot (open addressing, linear probing), 0 when empty.
+    slots: [u16; SLOTS],
+}
+
+const fn slot_of(key: u128) -> usize {
+    let x = (key as u64) ^ ((key >> 64) as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    (x.wrapping_mul(0xd6e8_feb8_6659_fd93) >> (64 - SLOTS.trailing_zeros())) as usize
+}
+
+impl<const N: usize> WordTable<N> {
+    pub const fn new(words: &[&[u8]; N]) -> WordTable<N> {
+        assert!(2 * N <= SLOTS);
+        let keys = word_keys(words);
+        let mut slots = [0u16; SLOTS];
+        let mut i = 0;
+        while i < N {
+            let mut s = slot_of(keys[i]);
+            while slots[s] != 0 {
+                assert!(keys[slots[s] as usize - 1] != keys[i], "a word twice");
+                s = (s + 1) % SLOTS;
+            }
+            slots[s] = i as u16 + 1;
+            i += 1;
+        }
+        WordTable { keys, slots }
     }
-    let mut buf = [0u8; 16];
-    buf[..w.len()].copy_from_slice(w);
-    buf.make_ascii_lowercase();
-    // The same packing as `word_key`, in one byte swap.
-    keys.binary_search(&u128::from_be_bytes(buf)).is_ok()
+
+    /// The place in the table of the word with this [`lower_key`].
+    #[inline]
+    pub fn index_of(&self, key: u128) -> Option<usize> {
+        if key == 0 {
+            return None;
+        }
+        let mut s = slot_of(key);
+        loop {
+            let at = self.slots[s] as usize;
+            if at == 0 {
+                return None;
+            }
+            if self.keys[at - 1] == key {
+                return Some(at - 1);
+            }
+            s = (s + 1) % SLOTS;
+        }
+    }
+
+    /// Whether `w`, in any case, is in the table.
+    #[inline]
+    pub fn contains(&self, w: &[u8]) -> bool {
+        self.index_of(lower_key(w)).is_some()
+    }
+}
+
+/// The [`word_key`] of `w` lower-cased, or 0 when `w` is empty or longer than 16 bytes: equal
+/// keys mean the same word without regard to ASCII case (a word holds no NUL byte).
+pub fn lower_key(w: &[u8]) -> u128 {
+    if w.is_empty() || w.len() > 16 {
+        return 0;
+    }
+    let mut key = 0u128;
+    for &b in w {
+        key = key << 8 | u128::from(b.to_ascii_lowercase());
+    }
+    key << (8 * (16 - w.len()))
+}
+
+/// Per first byte, the range of a sorted table of lower-case words (each of at least two bytes)
+/// that begins with it, built at compile time.
+pub const fn first_byte_ranges(table: &[&[u8]]) -> [(u16, u16); 256] {
+    let mut t = [(0u16, 0u16); 256];
+    let mut i = 0;
+    while i < table.len() {
+        assert!(table[i].len() >= 2);
+        let b = table[i][0] as usize;
+        if t[b].1 == 0 {
+            t[b].0 = i as u16;
+        } else {
+            // Sorted: the entries for one first byte are contiguous.
+            assert!(t[b].1 == i as u16);
+        }
+        t[b].1 = i as u16 + 1;
+        i += 1;
+    }
+    t
+}
+
+const LOW_BITS: u64 = 0x0101_0101_0101_0101;
+const HIGH_BITS: u64 = 0x8080_8080_8080_8080;
+
+/// Bit 7 of each byte of `word` that equals the byte broadcast in `pattern`; the lowest one
+/// marks the first match (bits above a match may be false).
+#[inline(always)]
+fn zero_bytes(word: u64, pattern: u64) -> u64 {
+    let t = word ^ pattern;
+    t.wrapping_sub(LOW_BITS) & !t & HIGH_BITS
+}
+
+/// The first position from `from` holding `a` or `b`, eight bytes at a time.
+pub fn find_either(hay: &[u8], from: usize, a: u8, b: u8) -> Option<usize> {
+    let (pa, pb) = (u64::from_ne_bytes([a; 8]), u64::from_ne_bytes([b; 8]));
+    let mut i = from;
+    while let Some(chunk) = hay.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        let hits = zero_bytes(word, pa) | zero_bytes(word, pb);
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    hay.get(i..)?.iter().position(|&c| c == a || c == b).map(|p| i + p)
+}
+
+/// The first position from `from` holding either of two lower-case ASCII letters in any case,
+/// eight bytes at a time.
+pub fn find_either_ci(hay: &[u8], from: usize, a: u8, b: u8) -> Option<usize> {
+    const CASE: u64 = 0x2020_2020_2020_2020;
+    let (pa, pb) = (u64::from_ne_bytes([a; 8]), u64::from_ne_bytes([b; 8]));
+    let mut i = from;
+    while let Some(chunk) = hay.get(i..i + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])) | CASE;
+        let hits = zero_bytes(word, pa) | zero_bytes(word, pb);
+        if hits != 0 {
+            return Some(i + (hits.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    hay.get(i..)?.iter().position(|&c| c | 0x20 == a || c | 0x20 == b).map(|p| i + p)
+}
+
+/// The first position from `from` whose byte is in `set`: a loop tight enough to keep the
+/// work done at each hit out of it.
+#[inline]
+pub fn find_in(hay: &[u8], from: usize, set: &[bool; 256]) -> Option<usize> {
+    hay.get(from..)?.iter().position(|&b| set[b as usize]).map(|p| from + p)
+}
+
+/// A byte set for [`find_in`], built at compile time.
+pub const fn byte_set(bytes: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < bytes.len() {
+        t[bytes[i] as usize] = true;
+        i += 1;
+    }
+    t
 }
 
 /// Where `needle` (lower-case ASCII) occurs in `hay` without regard to ASCII case, from `from`.
+/// Candidates for the needle's first byte are found eight bytes at a time: `b | 0x20` equals
+/// `first | 0x20` only for the two cases of a letter (or one other byte, which the comparison
+/// after rejects).
 pub fn find_ci(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     let first = *needle.first()?;
     if hay.len() < needle.len() {
@@ -450,8 +621,27 @@ pub fn find_ci(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     }
     let last_start = hay.len() - needle.len();
     let mut i = from;
+    let folded = first | 0x20;
+    let pattern = u64::from_ne_bytes([folded; 8]);
+    const CASE: u64 = 0x2020_2020_2020_2020;
     while i <= last_start {
-        if hay[i].to_ascii_lowercase() == first && hay[i..i + needle.len()].eq_ignore_ascii_case(needle) {
+        if let Some(chunk) = hay.get(i..i + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            let zero = zero_bytes(word | CASE, pattern);
+            if zero == 0 {
+                i += 8;
+                continue;
+            }
+            // The lowest flagged byte is a true match; later ones may not be.
+            i += (zero.trailing_zeros() / 8) as usize;
+        } else if hay[i] | 0x20 != folded {
+            i += 1;
+            continue;
+        }
+        if i > last_start {
+            return None;
+        }
+        if hay[i..i + needle.len()].eq_ignore_ascii_case(needle) {
             return Some(i);
         }
         i += 1;
@@ -463,9 +653,22 @@ pub fn starts_with_ci(hay: &[u8], needle: &[u8]) -> bool {
     hay.len() >= needle.len() && hay[..needle.len()].eq_ignore_ascii_case(needle)
 }
 
+#[inline(always)]
 pub fn is_word(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
+    WORD_BYTES[b as usize]
 }
+
+/// ASCII letters, digits and `_`.
+static WORD_BYTES: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || c == b'_';
+        b += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {
@@ -545,7 +748,13 @@ mod tests {
     #[test]
     fn shapes_record_each_kind_of_byte() {
         let s = Shape::of(b"a b;\r");
-        assert!(s.whitespace() && s.line_break() && s.any(b";") && !s.any(b"<'") && !s.digit());
+        assert!(
+            s.whitespace()
+                && s.line_break()
+                && s.has(const { Shape::mask(b";") })
+                && !s.has(const { Shape::mask(b"<'") })
+                && !s.digit()
+        );
         let s = Shape::of(b"caf\xc3\xa9\x01");
         assert!(s.non_ascii() && s.control() && !s.whitespace());
         assert!(Shape::of(b"\\").any(b"\\") && Shape::of(b"~").any(b"~") && Shape::of(b"!").any(b"!"));
@@ -554,14 +763,35 @@ mod tests {
     #[test]
     fn word_tables_find_words_in_any_case_and_nothing_else() {
         const WORDS: &[&[u8]; 3] = &[b"ab", b"abc", b"zz"];
-        static KEYS: [u128; 3] = word_keys(WORDS);
-        assert!(has_word(&KEYS, b"ABC") && has_word(&KEYS, b"ab") && has_word(&KEYS, b"zZ"));
+        static TABLE: WordTable<3> = WordTable::new(WORDS);
+        assert!(TABLE.contains(b"ABC") && TABLE.contains(b"ab") && TABLE.contains(b"zZ"));
         assert!(
-            !has_word(&KEYS, b"a")
-                && !has_word(&KEYS, b"abcd")
-                && !has_word(&KEYS, b"")
-                && !has_word(&KEYS, &[b'a'; 17])
+            !TABLE.contains(b"a") && !TABLE.contains(b"abcd") && !TABLE.contains(b"") && !TABLE.contains(&[b'a'; 17])
         );
+        assert_eq!(TABLE.index_of(lower_key(b"ZZ")), Some(2));
+        // Many words, probing past collisions.
+        static MANY: WordTable<200> = WordTable::new(&{
+            let mut w: [&[u8]; 200] = [&[]; 200];
+            let mut i = 0;
+            while i < 200 {
+                w[i] = NAMES[i].as_slice();
+                i += 1;
+            }
+            w
+        });
+        static NAMES: [[u8; 3]; 200] = {
+            let mut n = [[0u8; 3]; 200];
+            let mut i = 0;
+            while i < 200 {
+                n[i] = [b'a' + (i / 26) as u8, b'a' + (i % 26) as u8, b'q'];
+                i += 1;
+            }
+            n
+        };
+        for (i, name) in NAMES.iter().enumerate() {
+            assert_eq!(MANY.index_of(lower_key(&name.to_ascii_uppercase())), Some(i));
+        }
+        assert!(!MANY.contains(b"zzq") && !MANY.contains(b"aa"));
         assert_eq!(word_key(b"abc"), u128::from_be_bytes(*b"abc\0\0\0\0\0\0\0\0\0\0\0\0\0"));
     }
 
@@ -570,5 +800,69 @@ mod tests {
         assert_eq!(find_ci(b"xx UnIoN", b"union", 0), Some(3));
         assert_eq!(find_ci(b"union", b"union", 1), None);
         assert_eq!(find_ci(b"ab", b"abc", 0), None);
+    }
+
+    #[test]
+    fn byte_search_agrees_with_a_naive_one() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 40) as usize;
+            let hay: Vec<u8> = (0..len)
+                .map(|k| [b'"', b'\\', b'a', 0x80, 0xa2, 0xdc, 0x22 ^ 0x80][((seed >> (k % 60)) % 7) as usize])
+                .collect();
+            for from in [0, 1, 5, 8, 9, 40] {
+                let naive =
+                    hay.get(from..).and_then(|r| r.iter().position(|&c| c == b'"' || c == b'\\')).map(|p| from + p);
+                assert_eq!(find_either(&hay, from, b'"', b'\\'), naive, "{hay:?} {from}");
+            }
+        }
+    }
+
+    #[test]
+    fn letter_search_agrees_with_a_naive_one() {
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 40) as usize;
+            let hay: Vec<u8> = (0..len)
+                .map(|k| [b'f', b'F', b'i', b'I', b'x', 0x46 ^ 0x80, 0x06][((seed >> (k % 60)) % 7) as usize])
+                .collect();
+            for from in [0, 1, 5, 8, 9, 40] {
+                let naive = hay
+                    .get(from..)
+                    .and_then(|r| r.iter().position(|&c| matches!(c, b'f' | b'F' | b'i' | b'I')))
+                    .map(|p| from + p);
+                assert_eq!(find_either_ci(&hay, from, b'f', b'i'), naive, "{hay:?} {from}");
+            }
+        }
+    }
+
+    #[test]
+    fn case_insensitive_search_agrees_with_a_naive_one() {
+        let naive = |hay: &[u8], needle: &[u8], from: usize| {
+            (from..=hay.len().saturating_sub(needle.len()))
+                .find(|&i| hay.len() >= needle.len() && hay[i..i + needle.len()].eq_ignore_ascii_case(needle))
+        };
+        // Every byte value around the needles' first bytes, at every offset across chunk edges.
+        let alphabet = [b'a', b'A', b'b', b'@', b'`', b'\x01', b'\x81', b'(', b'\x08', b'u', b'U', b'/', b'*'];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..20_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 40) as usize;
+            let hay: Vec<u8> =
+                (0..len).map(|k| alphabet[((seed >> (k % 50)) as usize + k * 7) % alphabet.len()]).collect();
+            for needle in [&b"a"[..], b"ab", b"ba", b"union", b"(", b"/*", b"@a", b"`b", b"aaaaaaaaa"] {
+                for from in [0, 1, 7, 8, 9] {
+                    assert_eq!(find_ci(&hay, needle, from), naive(&hay, needle, from), "{hay:?} {needle:?} {from}");
+                }
+            }
+        }
     }
 }

@@ -6,7 +6,9 @@
 use libinjectionrs::sqli::{sqli_data::lookup_word, TokenType};
 use libinjectionrs::{SqliFlags, SqliState};
 
-use super::decode::{find_ci, has_word, is_word, starts_with_ci, word_keys, Hit, Shape};
+use super::decode::{
+    find_ci, find_either, find_in, first_byte_ranges, is_word, lower_key, starts_with_ci, Hit, Shape, WordTable,
+};
 
 /// libinjection reads the first few tokens of a value; past this many bytes it has decided.
 /// Bounds its cost on long values without losing what it sees.
@@ -101,70 +103,120 @@ fn weight(state: &SqliState<'_>, input: &[u8]) -> u8 {
 /// date, a URL) needs more than `=`, `&`, `+` or `%`.
 fn might_be_sql(v: &[u8], shape: Shape) -> bool {
     let blanks = shape.whitespace() || shape.control() || shape.non_ascii();
-    let punctuated = shape.any(b"'\"`;()=<>|!#\\{}*%^~+$@&-/");
+    let punctuated = shape.has(const { Shape::mask(b"'\"`;()=<>|!#\\{}*%^~+$@&-/") });
     if !punctuated && !blanks {
         return false;
     }
-    let marked = punctuated
-        && v.iter().enumerate().any(|(i, &b)| {
-            let prev = i.checked_sub(1).map(|p| v[p]);
-            let next = v.get(i + 1).copied();
-            match b {
-                b';'
-                | b'<'
-                | b'>'
-                | b'|'
-                | b'!'
-                | b'\\'
-                | b'{'
-                | b'}'
-                | b'^'
-                | b'$'
-                | 0..=0x08
-                | 0x0e..=0x1f
-                | 0x7f
-                | 0xa0 => true,
-                // A quote next to an operator or a parenthesis (`'='`, `' - '`, `')`), or doubled.
-                b'\'' | b'"' | b'`' => {
-                    let after = v[i + 1..].iter().find(|c| !c.is_ascii_whitespace()).copied();
-                    let before = v[..i].iter().rev().find(|c| !c.is_ascii_whitespace()).copied();
-                    let operator = |c: u8| {
-                        matches!(
-                            c,
-                            b'=' | b'(' | b')' | b'+' | b'|' | b'&' | b'-' | b'*' | b'/' | b'%' | b'^' | b'<' | b'>'
-                        )
-                    };
-                    after.is_some_and(|c| operator(c) || matches!(c, b'#' | b';'))
-                        || next.is_some_and(|c| matches!(c, b'\'' | b'"' | b'`'))
-                        || before.is_some_and(operator)
-                }
-                b'(' | b')' => {
-                    prev.is_some_and(|p| p.is_ascii_digit() || p == b'\'' || p == b'(' || p == b')')
-                        || next.is_some_and(|n| matches!(n, b'(' | b')' | b'\'' | b'"' | b'@'))
-                }
-                // In running text these are operators; inside one token (`a=1&b=2`, `50%`,
-                // `C++`, `#tag`) they are not.
-                b'=' | b'%' | b'+' | b'~' | b'#' | b'*' => blanks,
-                // `@var` and `@@version`, not `jane@example.com`.
-                b'@' => prev.is_none_or(|p| !is_word(p)) || next == Some(b'@'),
-                // `&&` or a glued `1&1`, not "Tom & Jerry".
-                b'&' => {
-                    blanks
-                        && (next == Some(b'&')
-                            || prev.is_some_and(|p| !p.is_ascii_whitespace())
-                            || next.is_some_and(|n| !n.is_ascii_whitespace()))
-                }
-                b'-' => next == Some(b'-'),
-                b'/' => next == Some(b'*'),
-                _ => false,
+    let mut marked = false;
+    if punctuated {
+        let mut from = 0;
+        while let Some(i) = find_in(v, from, &MARKS) {
+            if marks(v, i, blanks) {
+                marked = true;
+                break;
             }
-        });
+            from = i + 1;
+        }
+    }
     if marked {
         return true;
     }
     // Otherwise some word must be SQL for libinjection to see more than barewords and strings.
-    v.split(|b| !(is_word(*b) || *b == b'@')).any(is_sql_word)
+    static NOT_WORD: [bool; 256] = {
+        let mut t = [true; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            t[b] = !(c.is_ascii_alphanumeric() || c == b'_' || c == b'@');
+            b += 1;
+        }
+        t
+    };
+    static WORD: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            t[b] = !NOT_WORD[b];
+            b += 1;
+        }
+        t
+    };
+    let mut i = 0;
+    while let Some(start) = find_in(v, i, &WORD) {
+        let end = find_in(v, start, &NOT_WORD).unwrap_or(v.len());
+        if is_sql_word(&v[start..end]) {
+            return true;
+        }
+        i = end;
+    }
+    false
 }
+
+/// Whether the byte at `i` (one of [`MARKS`]) marks the value as possibly SQL.
+#[inline(never)]
+fn marks(v: &[u8], i: usize, blanks: bool) -> bool {
+    let b = v[i];
+    // Letters, digits, blanks and the remaining punctuation mark nothing.
+    if !MARKS[b as usize] {
+        return false;
+    }
+    let prev = i.checked_sub(1).map(|p| v[p]);
+    let next = v.get(i + 1).copied();
+    match b {
+        b';' | b'<' | b'>' | b'|' | b'!' | b'\\' | b'{' | b'}' | b'^' | b'$' | 0..=0x08 | 0x0e..=0x1f | 0x7f | 0xa0 => {
+            true
+        }
+        // A quote next to an operator or a parenthesis (`'='`, `' - '`, `')`), or doubled.
+        b'\'' | b'"' | b'`' => {
+            let after = v[i + 1..].iter().find(|c| !c.is_ascii_whitespace()).copied();
+            let before = v[..i].iter().rev().find(|c| !c.is_ascii_whitespace()).copied();
+            let operator = |c: u8| {
+                matches!(c, b'=' | b'(' | b')' | b'+' | b'|' | b'&' | b'-' | b'*' | b'/' | b'%' | b'^' | b'<' | b'>')
+            };
+            after.is_some_and(|c| operator(c) || matches!(c, b'#' | b';'))
+                || next.is_some_and(|c| matches!(c, b'\'' | b'"' | b'`'))
+                || before.is_some_and(operator)
+        }
+        b'(' | b')' => {
+            prev.is_some_and(|p| p.is_ascii_digit() || p == b'\'' || p == b'(' || p == b')')
+                || next.is_some_and(|n| matches!(n, b'(' | b')' | b'\'' | b'"' | b'@'))
+        }
+        // In running text these are operators; inside one token (`a=1&b=2`, `50%`,
+        // `C++`, `#tag`) they are not.
+        b'=' | b'%' | b'+' | b'~' | b'#' | b'*' => blanks,
+        // `@var` and `@@version`, not `jane@example.com`.
+        b'@' => prev.is_none_or(|p| !is_word(p)) || next == Some(b'@'),
+        // `&&` or a glued `1&1`, not "Tom & Jerry".
+        b'&' => {
+            blanks
+                && (next == Some(b'&')
+                    || prev.is_some_and(|p| !p.is_ascii_whitespace())
+                    || next.is_some_and(|n| !n.is_ascii_whitespace()))
+        }
+        b'-' => next == Some(b'-'),
+        b'/' => next == Some(b'*'),
+        _ => false,
+    }
+}
+
+/// The bytes `might_be_sql` looks at more closely (every byte its `match` names).
+static MARKS: [bool; 256] = {
+    let mut t = [false; 256];
+    let named = b";<>|!\\{}^$'\"`()=%+~#*@&-/";
+    let mut i = 0;
+    while i < named.len() {
+        t[named[i] as usize] = true;
+        i += 1;
+    }
+    let mut b = 0;
+    while b < 256 {
+        if b <= 0x08 || (b >= 0x0e && b <= 0x1f) || b == 0x7f || b == 0xa0 {
+            t[b] = true;
+        }
+        b += 1;
+    }
+    t
+};
 
 /// Words an injection without SQL punctuation needs at least one of (sorted): logic operators,
 /// statement and clause keywords, and the functions blind injections lean on.
@@ -248,14 +300,61 @@ const SQL_WORDS: &[&[u8]; 78] = &[
     b"where",
     b"xor",
 ];
-static SQL_WORD_KEYS: [u128; 78] = word_keys(SQL_WORDS);
+static SQL_WORD_TABLE: WordTable<78> = WordTable::new(SQL_WORDS);
 
 fn is_sql_word(w: &[u8]) -> bool {
     if w.is_empty() || w.len() > 16 || w[0].is_ascii_digit() {
         // `@var` and `@@version` are SQL by their sigil.
         return w.first() == Some(&b'@');
     }
-    w[0] == b'@' || has_word(&SQL_WORD_KEYS, w)
+    const SHAPE: (u32, usize, usize) = word_shape(SQL_WORDS);
+    w[0] == b'@' || (in_word_shape(SHAPE, w) && SQL_WORD_TABLE.contains(w))
+}
+
+/// The bytes of a word as [`Words`] reads it: letters, digits, `_`, `.`, `@`, `$`.
+static WORDISH: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'@' | b'$');
+        b += 1;
+    }
+    t
+};
+
+/// The complement of [`WORDISH`].
+static NOT_WORDISH: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = !WORDISH[b];
+        b += 1;
+    }
+    t
+};
+
+/// Whether [`phrases`] can find more than a glued `unionselect`: some word of the value is a
+/// phrase keyword or a catalog name, or the value holds punctuation a phrase uses or a comment
+/// opener (a comment skipped can change which words are next to each other). Otherwise every
+/// step of the phrase window would only confirm that nothing is notable.
+fn phrase_possible(v: &[u8], shape: Shape) -> bool {
+    if shape.has(const { Shape::mask(b"();'\"`#") })
+        || (shape.has(const { Shape::mask(b"*") }) && find_ci(v, b"/*", 0).is_some())
+        || (shape.has(const { Shape::mask(b"-") }) && find_ci(v, b"--", 0).is_some())
+    {
+        return true;
+    }
+    let mut i = 0;
+    while let Some(start) = find_in(v, i, &WORDISH) {
+        let end = find_in(v, start, &NOT_WORDISH).unwrap_or(v.len());
+        let w = &v[start..end];
+        if (may_be_phrase_word(w) && PHRASE_WORD_TABLE.contains(w)) || is_catalog(w) {
+            return true;
+        }
+        i = end;
+    }
+    false
 }
 
 /// A view of the value as SQL words: comments and every kind of SQL whitespace between words
@@ -273,6 +372,10 @@ impl<'a> Words<'a> {
         loop {
             while i < v.len() && (v[i].is_ascii_whitespace() || matches!(v[i], 0x0b | 0xa0 | b'+' | 0)) {
                 i += 1;
+            }
+            // Only these bytes can open a comment.
+            if i >= v.len() || !matches!(v[i], b'/' | b'*' | b'-' | b'#') {
+                return i;
             }
             if v[i..].starts_with(b"/*!") {
                 i += 3;
@@ -300,7 +403,7 @@ impl<'a> Words<'a> {
             return None;
         }
         let mut end = start;
-        while end < v.len() && (is_word(v[end]) || matches!(v[end], b'.' | b'@' | b'$')) {
+        while end < v.len() && WORDISH[v[end] as usize] {
             end += 1;
         }
         if end == start {
@@ -327,18 +430,27 @@ fn own_checks(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
         }
     }
     // A single word: only a catalog name or the glued `unionselect` can be SQL.
-    if !shape.whitespace() && !shape.any(b"'\"`;()[]{}=<>|!#/*@$:+,") && !shape.control() {
+    if !shape.whitespace() && !shape.has(const { Shape::mask(b"'\"`;()[]{}=<>|!#/*@$:+,") }) && !shape.control() {
         if is_catalog(v) {
             return Some(Hit::new(1, 0, v.len()));
         }
-        return glued_union(v, level).or_else(|| if shape.any(b".:") { cast_or_number_trick(v) } else { None });
+        return glued_union(v, level).or_else(|| {
+            if shape.has(const { Shape::mask(b".:") }) {
+                cast_or_number_trick(v)
+            } else {
+                None
+            }
+        });
     }
-    phrases(v, level)
-        .or_else(|| if shape.any(b"$") { nosql_operator(v) } else { None })
-        .or_else(|| if shape.any(b"'(") { json_operator(v) } else { None })
-        .or_else(|| if shape.any(b":.") { cast_or_number_trick(v) } else { None })
-        .or_else(|| if shape.any(b"'\"`") { quote_breakout(v) } else { None })
-        .or_else(|| find_ci(v, b"/*!", 0).map(|at| Hit::new(1, at, (at + 16).min(v.len()))))
+    (if phrase_possible(v, shape) { phrases(v, level) } else { glued_union(v, level) })
+        .or_else(|| if shape.has(const { Shape::mask(b"$") }) { nosql_operator(v) } else { None })
+        .or_else(|| if shape.has(const { Shape::mask(b"'(") }) { json_operator(v, shape) } else { None })
+        .or_else(|| if shape.has(const { Shape::mask(b":.") }) { cast_or_number_trick(v) } else { None })
+        .or_else(|| if shape.has(const { Shape::mask(b"'\"`") }) { quote_breakout(v) } else { None })
+        .or_else(|| {
+            if shape.has(const { Shape::mask(b"*") }) { find_ci(v, b"/*!", 0) } else { None }
+                .map(|at| Hit::new(1, at, (at + 16).min(v.len())))
+        })
 }
 
 /// The keywords the phrase checks look for (sorted): a word that is none of these, next to
@@ -397,19 +509,98 @@ const PHRASE_WORDS: &[&[u8]; 52] = &[
     b"waitfor",
     b"when",
 ];
-static PHRASE_WORD_KEYS: [u128; 52] = word_keys(PHRASE_WORDS);
+static PHRASE_WORD_TABLE: WordTable<52> = WordTable::new(PHRASE_WORDS);
 
-/// Word sequences, seen through a window of the last few SQL words.
+/// A phrase keyword's place in [`PHRASE_WORDS`], the id a window word carries (computed at
+/// compile time; a word not in the table fails the build).
+macro_rules! k {
+    ($w:literal) => {
+        const { phrase_id($w) }
+    };
+}
+
+/// The id of a window word that is no phrase keyword.
+const NO_ID: u8 = u8::MAX;
+
+const fn phrase_id(w: &[u8]) -> u8 {
+    let mut i = 0;
+    while i < PHRASE_WORDS.len() {
+        let p = PHRASE_WORDS[i];
+        if p.len() == w.len() {
+            let mut j = 0;
+            while j < w.len() && p[j] == w[j] {
+                j += 1;
+            }
+            if j == w.len() {
+                return i as u8;
+            }
+        }
+        i += 1;
+    }
+    panic!("not a phrase word")
+}
+
+/// Lengths and first letters of [`PHRASE_WORDS`], so most words are ruled out before a lookup.
+fn may_be_phrase_word(w: &[u8]) -> bool {
+    const SHAPE: (u32, usize, usize) = word_shape(PHRASE_WORDS);
+    in_word_shape(SHAPE, w)
+}
+
+/// The first letters (one bit each), shortest and longest length of a table of lower-case words.
+const fn word_shape(words: &[&[u8]]) -> (u32, usize, usize) {
+    let (mut first, mut min, mut max) = (0u32, usize::MAX, 0);
+    let mut i = 0;
+    while i < words.len() {
+        let w = words[i];
+        assert!(w[0].is_ascii_lowercase());
+        first |= 1 << (w[0] - b'a');
+        if w.len() < min {
+            min = w.len();
+        }
+        if w.len() > max {
+            max = w.len();
+        }
+        i += 1;
+    }
+    (first, min, max)
+}
+
+fn in_word_shape((first, min, max): (u32, usize, usize), w: &[u8]) -> bool {
+    if w.len() < min || w.len() > max {
+        return false;
+    }
+    let c = w[0] | 0x20;
+    c.is_ascii_lowercase() && first & (1 << (c - b'a')) != 0
+}
+
+/// Word sequences, seen through a window of the last few SQL words. Each word is folded once
+/// to its lower-case key, so every keyword comparison below is one integer comparison.
 fn phrases(v: &[u8], level: u8) -> Option<Hit> {
     let mut words = Words { v, i: 0 };
-    // The last five words, newest last, with whether each is a phrase keyword or punctuation.
-    let mut win: [(&[u8], usize, bool); 5] = [(b"", 0, false); 5];
+    // The last words in a ring (the newest at `count - 1`): span, whether each is a phrase
+    // keyword or punctuation, and key. Only the newest is written per word.
+    let mut ring = [(0u32, 0u32, false, NO_ID); 8];
+    let mut count = 0usize;
     let mut seen_group_by = false;
     // Bounded: every step consumes at least one byte.
     while let Some((w, at)) = words.next() {
-        let notable = (w.len() == 1 && !is_word(w[0])) || has_word(&PHRASE_WORD_KEYS, w);
-        win = [win[1], win[2], win[3], win[4], (w, at, notable)];
-        let [(p4, _, _), (p3, _, _), (p2, a2, _), (p1, a1, p1_notable), _] = win;
+        // Of punctuation, only parentheses, `;` and quotes take part in a phrase; any other
+        // symbol between two prose words leaves both to the catalog check.
+        let (key, notable) = if w.len() == 1 && !is_word(w[0]) {
+            (NO_ID, matches!(w[0], b'(' | b')' | b';' | b'\'' | b'"' | b'`'))
+        } else if may_be_phrase_word(w) {
+            match PHRASE_WORD_TABLE.index_of(lower_key(w)) {
+                Some(id) => (id as u8, true),
+                None => (NO_ID, false),
+            }
+        } else {
+            (NO_ID, false)
+        };
+        let p1_notable = count >= 1 && ring[(count - 1) & 7].2;
+        ring[count & 7] = (at as u32, w.len() as u32, notable, key);
+        count += 1;
+        // The word `back` places before the newest, or nothing before the first.
+        let before = |back: usize| if count > back { ring[(count - 1 - back) & 7] } else { (0, 0, false, NO_ID) };
         let end = at + w.len();
         let hit = |lvl: u8, start: usize| (lvl <= level).then(|| Hit::new(lvl, start, end));
         // Every phrase below involves a keyword or punctuation among the last two words; prose
@@ -420,30 +611,39 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
             }
             continue;
         }
+        let word = |(start, len, _, _): (u32, u32, bool, u8)| &v[start as usize..(start + len) as usize];
+        let (e1, e2) = (before(1), before(2));
+        let (p1, a1, k1) = (word(e1), e1.0 as usize, e1.3);
+        let (p2, a2, k2) = (word(e2), e2.0 as usize, e2.3);
+        let (k3, k4) = (before(3).3, before(4).3);
         // Two-word phrases, reported from their first word.
-        let pair = (eq(p1, b"union")
-            && (eq(w, b"select") || eq(w, b"all") || eq(w, b"distinct") || eq(w, b"distinctrow") || w == b"("))
-            || (eq(p1, b"into") && (eq(w, b"outfile") || eq(w, b"dumpfile")))
-            || (eq(p1, b"waitfor") && (eq(w, b"delay") || eq(w, b"time")))
+        let pair = (k1 == k!(b"union")
+            && (key == k!(b"select")
+                || key == k!(b"all")
+                || key == k!(b"distinct")
+                || key == k!(b"distinctrow")
+                || w == b"("))
+            || (k1 == k!(b"into") && (key == k!(b"outfile") || key == k!(b"dumpfile")))
+            || (k1 == k!(b"waitfor") && (key == k!(b"delay") || key == k!(b"time")))
             || (w == b"(" && ((is_probe_function(p1) && probe_arguments(p1, &v[end..])) || is_catalog_function(p1)))
-            || (eq(p1, b"select") && (is_probe_function(w) || w.starts_with(b"@@")))
-            || ((eq(p1, b"exec") || eq(p1, b"execute")) && executes(w, Words { v, i: end }.next().map(|(n, _)| n)))
-            || (eq(p1, b"declare") && w.starts_with(b"@"))
-            || (eq(p1, b"procedure") && eq(w, b"analyse"))
+            || (k1 == k!(b"select") && (is_probe_function(w) || w.starts_with(b"@@")))
+            || ((k1 == k!(b"exec") || k1 == k!(b"execute")) && executes(w, Words { v, i: end }.next().map(|(n, _)| n)))
+            || (k1 == k!(b"declare") && w.starts_with(b"@"))
+            || (k1 == k!(b"procedure") && key == k!(b"analyse"))
             || (p1 == b";" && is_statement(w) && (v[end..].starts_with(b"/*") || end == v.len()))
-            || (is_ddl(p1) && is_ddl_object(w))
-            || (is_quote(p1) && (eq(w, b"regexp") || eq(w, b"rlike")))
-            || (eq(p1, b"case") && eq(w, b"when"));
+            || (is_ddl(k1) && is_ddl_object(w))
+            || (is_quote(p1) && (key == k!(b"regexp") || key == k!(b"rlike")))
+            || (k1 == k!(b"case") && key == k!(b"when"));
         // Three-word phrases, reported from their first word.
-        let triple = (w == b"(" && eq(p2, b"select") && matches!(lookup_word_bytes(p1), Some(TokenType::Function)))
+        let triple = (w == b"(" && k2 == k!(b"select") && matches!(lookup_word_bytes(p1), Some(TokenType::Function)))
             || (p2 == b";" && is_statement(p1) && statement_follow(w))
-            || ((eq(p2, b"insert") || eq(p2, b"replace"))
-                && eq(p1, b"into")
+            || ((k2 == k!(b"insert") || k2 == k!(b"replace"))
+                && k1 == k!(b"into")
                 && (w == b"(" || w.iter().all(|&b| is_word(b) || b == b'.'))
                 && find_ci(&v[end..], b"values", 0).is_some())
-            || (eq(w, b"from") && is_quote(p1) && (eq(p4, b"as") || eq(p3, b"as") || eq(p2, b"as")))
-            || (p2 == b")" && eq(p1, b"like") && w == b"(")
-            || (eq(p2, b"if")
+            || (key == k!(b"from") && is_quote(p1) && (k4 == k!(b"as") || k3 == k!(b"as") || k2 == k!(b"as")))
+            || (p2 == b")" && k1 == k!(b"like") && w == b"(")
+            || (k2 == k!(b"if")
                 && p1 == b"("
                 && w.first().is_some_and(u8::is_ascii_digit)
                 && v.get(end..).is_some_and(|r| r.trim_ascii_start().starts_with(b"=")));
@@ -451,7 +651,7 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
             hit(1, a2)
         } else if pair {
             hit(1, a1)
-        } else if seen_group_by && eq(w, b"having") {
+        } else if seen_group_by && key == k!(b"having") {
             hit(1, at)
         } else {
             None
@@ -459,7 +659,7 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
         if found.is_some() {
             return found;
         }
-        if eq(p1, b"group") && eq(w, b"by") {
+        if k1 == k!(b"group") && key == k!(b"by") {
             seen_group_by = true;
         }
         if is_catalog(w) {
@@ -471,6 +671,10 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
 
 /// `unionselect`: the words glued together, then a FROM.
 fn glued_union(v: &[u8], level: u8) -> Option<Hit> {
+    // `unionselect` and a `from` after it.
+    if v.len() < 15 {
+        return None;
+    }
     let at = find_ci(v, b"unionselect", 0)?;
     find_ci(v, b"from", at)?;
     (1 <= level).then(|| Hit::new(1, at, (at + 24).min(v.len())))
@@ -514,8 +718,8 @@ fn is_quote(w: &[u8]) -> bool {
     matches!(w, b"'" | b"\"" | b"`")
 }
 
-fn is_ddl(w: &[u8]) -> bool {
-    eq(w, b"create") || eq(w, b"alter") || eq(w, b"drop") || eq(w, b"truncate") || eq(w, b"rename")
+fn is_ddl(key: u8) -> bool {
+    key == k!(b"create") || key == k!(b"alter") || key == k!(b"drop") || key == k!(b"truncate") || key == k!(b"rename")
 }
 
 fn is_ddl_object(w: &[u8]) -> bool {
@@ -615,8 +819,13 @@ fn nosql_operator(v: &[u8]) -> Option<Hit> {
 /// A quoted JSON literal used with a JSON operator (PostgreSQL `'{"a":1}'::jsonb @> ...`,
 /// `'[1,2]' ? '1'`, `-> '$.a'`), or a JSON function: how JSON-aware databases are injected
 /// past filters that only know classic SQL.
-fn json_operator(v: &[u8]) -> Option<Hit> {
+fn json_operator(v: &[u8], shape: Shape) -> Option<Hit> {
+    // Every function name starts with `json`; one search finds whether any can be there.
+    let named = shape.has(const { Shape::mask(b"(") }) && find_ci(v, b"json", 0).is_some();
     for f in [&b"json_extract"[..], b"json_value", b"json_query", b"jsonb_path_query", b"json_contains", b"json_keys"] {
+        if !named {
+            break;
+        }
         if let Some(at) = find_ci(v, f, 0) {
             let rest = v[at + f.len()..].trim_ascii_start();
             if rest.starts_with(b"(") {
@@ -624,7 +833,9 @@ fn json_operator(v: &[u8]) -> Option<Hit> {
             }
         }
     }
-    let mut from = 0;
+    // A quoted JSON literal opens with `'{` or `'[`.
+    let mut from =
+        if shape.has(const { Shape::mask(b"'") }) && shape.has(const { Shape::mask(b"{[") }) { 0 } else { v.len() };
     while let Some(p) = v[from..].windows(2).position(|w| w[0] == b'\'' && matches!(w[1], b'{' | b'[')) {
         let at = from + p;
         from = at + 1;
@@ -682,6 +893,10 @@ fn cast_or_number_trick(v: &[u8]) -> Option<Hit> {
         b"double",
     ];
     let mut from = 0;
+    // A cast needs `::`, a number trick a dot.
+    if !v.contains(&b':') {
+        from = v.len();
+    }
     while let Some(at) = find_ci(v, b"::", from) {
         from = at + 2;
         let before_ok = at > 0 && (is_word(v[at - 1]) || matches!(v[at - 1], b'\'' | b')' | b'"'));
@@ -691,7 +906,12 @@ fn cast_or_number_trick(v: &[u8]) -> Option<Hit> {
             return Some(Hit::new(1, at.saturating_sub(12), (at + 2 + ty_end).min(v.len())));
         }
     }
-    for i in 1..v.len().saturating_sub(2) {
+    let mut from = 1;
+    while let Some(i) = find_either(v, from, b'.', b'.') {
+        from = i + 1;
+        if i + 2 >= v.len() {
+            break;
+        }
         if v[i] == b'.'
             && v[i - 1].is_ascii_digit()
             && (i < 2 || !is_word(v[i - 2]) || v[i - 2].is_ascii_digit())
@@ -722,8 +942,10 @@ fn quote_breakout(v: &[u8]) -> Option<Hit> {
         }
     }
     // quote, comparison, quote, with a quote-closed token before.
-    for i in 1..v.len() {
-        if !matches!(v[i], b'\'' | b'"') || !is_word(v[i - 1]) {
+    let mut from = 1;
+    while let Some(i) = find_either(v, from, b'\'', b'"') {
+        from = i + 1;
+        if !is_word(v[i - 1]) {
             continue;
         }
         let rest = &v[i + 1..];
@@ -829,11 +1051,16 @@ const CATALOGS: &[&[u8]] = &[
 
 /// A catalog name, alone or qualified (`information_schema.tables`), in any case.
 fn is_catalog(w: &[u8]) -> bool {
-    let Some(&first) = w.first() else { return false };
-    let first = first.to_ascii_lowercase();
-    let from = CATALOGS.partition_point(|c| c[0] < first);
-    CATALOGS[from..].iter().take_while(|c| c[0] == first).any(|c| {
-        w.len() >= c.len()
+    static BY_FIRST: [(u16, u16); 256] = first_byte_ranges(CATALOGS);
+    // The shortest catalog name has four bytes.
+    if w.len() < 4 {
+        return false;
+    }
+    let (from, to) = BY_FIRST[w[0].to_ascii_lowercase() as usize];
+    let second = w[1].to_ascii_lowercase();
+    CATALOGS[from as usize..to as usize].iter().any(|c| {
+        c[1] == second
+            && w.len() >= c.len()
             && w[..c.len()].eq_ignore_ascii_case(c)
             && w.get(c.len()).is_none_or(|&b| b == b'.' || !is_word(b))
     })

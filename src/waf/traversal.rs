@@ -3,10 +3,10 @@
 //! secrets, version-control and tool directories, backups and dumps), in parameters and in the
 //! path itself.
 
-use super::decode::{find_ci, is_word, Hit, Shape};
+use super::decode::{find_ci, find_either, find_in, first_byte_ranges, is_word, Hit, Shape};
 
 pub(crate) fn value(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
-    if shape.any(b"./\\") {
+    if shape.has(const { Shape::mask(b"./\\") }) {
         if let Some(hit) = climbs(v, level).or_else(|| sensitive_target(v, level)) {
             return Some(hit);
         }
@@ -19,7 +19,15 @@ pub(crate) fn value(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
 
 /// `0x2e0x2e0x2f`: dots and slashes written as hex literals, which some applications decode.
 fn hex_spelled(v: &[u8], level: u8) -> Option<Hit> {
-    find_ci(v, b"0x2e", 0)?;
+    // A `0x2e` somewhere: `x` is rarer than `0`, so look for `x2e` and the `0` before it.
+    let mut from = 1;
+    loop {
+        let at = find_ci(v, b"x2e", from)?;
+        if v[at - 1] == b'0' {
+            break;
+        }
+        from = at + 1;
+    }
     let mut out = Vec::with_capacity(v.len());
     let mut i = 0;
     while i < v.len() {
@@ -110,6 +118,14 @@ fn climbs(v: &[u8], level: u8) -> Option<Hit> {
     let mut first: Option<usize> = None;
     let mut at_start = false;
     while i + 1 < v.len() {
+        // Straight to the next dot.
+        match find_either(v, i, b'.', b'.') {
+            Some(dot) => i = dot,
+            None => break,
+        }
+        if i + 1 >= v.len() {
+            break;
+        }
         if v[i] == b'.'
             && v[i + 1] == b'.'
             && (i == 0
@@ -252,47 +268,39 @@ const TARGETS: &[&[u8]] = &[
     b"wp-config.php",
 ];
 
+/// Per first byte, the range of [`TARGETS`] that begin with it.
+static TARGETS_BY_FIRST: [(u16, u16); 256] = first_byte_ranges(TARGETS);
+
+/// Bytes next to which a component can start: separators before it, `.` and `@` at it.
+static STARTS_NEAR: [bool; 256] = {
+    let mut t = [false; 256];
+    t[b'/' as usize] = true;
+    t[b'\\' as usize] = true;
+    t[b'.' as usize] = true;
+    t[b'@' as usize] = true;
+    t
+};
+
 fn sensitive_target(v: &[u8], level: u8) -> Option<Hit> {
     if v.len() < 3 {
         return None;
     }
     // One pass over the places a component can start (the start, after a separator, at a dot
-    // or `@`), trying only the targets that begin with that byte.
-    for at in 0..v.len() {
-        let b = v[at].to_ascii_lowercase();
-        let before = if at == 0 { None } else { Some(v[at - 1]) };
-        let after_separator = before.is_none_or(|c| matches!(c, b'/' | b'\\'));
-        if !after_separator && b != b'.' && b != b'@' {
-            continue;
+    // or `@`), trying only the targets that begin with that byte; from one such place straight
+    // to the next.
+    let mut at = 0;
+    while at < v.len() {
+        if let Some(verdict) = target_at(v, at, level) {
+            return verdict;
         }
-        let first = TARGETS.partition_point(|t| t[0] < b);
-        for t in TARGETS[first..].iter().take_while(|t| t[0] == b) {
-            if !v[at..].get(..t.len()).is_some_and(|w| w.eq_ignore_ascii_case(t)) {
-                continue;
+        at = if STARTS_NEAR[v[at] as usize] {
+            at + 1
+        } else {
+            match find_in(v, at + 1, &STARTS_NEAR) {
+                Some(p) => p,
+                None => break,
             }
-            let dotted = t[0] == b'.' || t[0] == b'@';
-            let starts_component = match before {
-                None => !dotted || t.len() > 2,
-                Some(c) => matches!(c, b'/' | b'\\') || (dotted && !is_word(c) && c != b'.' && c != b'-'),
-            };
-            if !starts_component {
-                continue;
-            }
-            let end = at + t.len();
-            let ends_component = t.ends_with(b"/") || v.get(end).is_none_or(|&c| !(is_word(c) || c == b'-'));
-            if !ends_component {
-                continue;
-            }
-            // A bare short name (`sam`, `tmp/`) only counts when it is reached by a path.
-            let needs_path = matches!(*t, b"sam" | b"tmp/" | b".profile" | b".history" | b".env" | b"sys/class");
-            if needs_path && before.is_none_or(|c| !matches!(c, b'/' | b'\\')) {
-                continue;
-            }
-            if *t == b"tmp/" && v.get(end).is_none_or(|&c| !is_word(c)) {
-                continue;
-            }
-            return (1 <= level).then(|| Hit::new(1, at.saturating_sub(1), end.min(v.len())));
-        }
+        };
     }
     // Compressed database dumps are fetched, never typed.
     if let Some(at) = find_ci(v, b".sql.", 0) {
@@ -304,6 +312,49 @@ fn sensitive_target(v: &[u8], level: u8) -> Option<Hit> {
         ) {
             return Some(Hit::new(1, at, at + 5 + word_end));
         }
+    }
+    None
+}
+
+/// The targets of [`sensitive_target`] that start at `at`: `Some` ends the search with its
+/// verdict.
+#[inline(never)]
+fn target_at(v: &[u8], at: usize, level: u8) -> Option<Option<Hit>> {
+    let b = v[at].to_ascii_lowercase();
+    let before = if at == 0 { None } else { Some(v[at - 1]) };
+    let after_separator = before.is_none_or(|c| matches!(c, b'/' | b'\\'));
+    if !after_separator && b != b'.' && b != b'@' {
+        return None;
+    }
+    let (from, to) = TARGETS_BY_FIRST[b as usize];
+    let second = v.get(at + 1).map(u8::to_ascii_lowercase);
+    for t in &TARGETS[from as usize..to as usize] {
+        // Every target has at least two bytes; the second rules most out.
+        if second != Some(t[1]) || !v[at..].get(..t.len()).is_some_and(|w| w.eq_ignore_ascii_case(t)) {
+            continue;
+        }
+        let dotted = t[0] == b'.' || t[0] == b'@';
+        let starts_component = match before {
+            None => !dotted || t.len() > 2,
+            Some(c) => matches!(c, b'/' | b'\\') || (dotted && !is_word(c) && c != b'.' && c != b'-'),
+        };
+        if !starts_component {
+            continue;
+        }
+        let end = at + t.len();
+        let ends_component = t.ends_with(b"/") || v.get(end).is_none_or(|&c| !(is_word(c) || c == b'-'));
+        if !ends_component {
+            continue;
+        }
+        // A bare short name (`sam`, `tmp/`) only counts when it is reached by a path.
+        let needs_path = matches!(*t, b"sam" | b"tmp/" | b".profile" | b".history" | b".env" | b"sys/class");
+        if needs_path && before.is_none_or(|c| !matches!(c, b'/' | b'\\')) {
+            continue;
+        }
+        if *t == b"tmp/" && v.get(end).is_none_or(|&c| !is_word(c)) {
+            continue;
+        }
+        return Some((1 <= level).then(|| Hit::new(1, at.saturating_sub(1), end.min(v.len()))));
     }
     None
 }

@@ -3,14 +3,14 @@
 //! tag of their own to run script (`javascript:` URLs, event handlers) and tags that load
 //! active content, seen through whitespace and control-character tricks.
 
-use super::decode::{find_ci, is_word, starts_with_ci, Hit, Shape};
+use super::decode::{byte_set, find_ci, find_in, is_word, starts_with_ci, Hit, Shape};
 
 /// Past this many bytes libinjection is not asked; our own checks still read everything.
 const LIBINJECTION_MAX: usize = 4096;
 
 pub(crate) fn check(v: &[u8], shape: Shape, libinjection: bool, level: u8) -> Option<Hit> {
     // Every check needs one of these (or a byte of IE's seven-bit `<`).
-    if !shape.any(b"<>:(=[.+`!") && !shape.non_ascii() {
+    if !shape.has(const { Shape::mask(b"<>:(=[.+`!") }) && !shape.non_ascii() {
         return None;
     }
     if let Some(hit) = own_checks(v, shape, level) {
@@ -20,7 +20,8 @@ pub(crate) fn check(v: &[u8], shape: Shape, libinjection: bool, level: u8) -> Op
     // followed by an attribute cannot open a tag or leave a quoted attribute, and what it can do
     // unquoted (event handlers, script URLs) the checks above see. Its verdict on
     // `style=color:red` or `O'Brien` is noise.
-    let breaks_out = shape.any(b"<>") || (shape.any(b"\"'`") && shape.any(b"="));
+    let breaks_out = shape.has(const { Shape::mask(b"<>") })
+        || (shape.has(const { Shape::mask(b"\"'`") }) && shape.has(const { Shape::mask(b"=") }));
     if libinjection && breaks_out {
         let text = after_xml_prolog(v);
         let head = &text[..text.len().min(LIBINJECTION_MAX)];
@@ -76,46 +77,57 @@ const ACTIVE_TAGS: &[&[u8]] = &[
 const SCRIPT_SCHEMES: &[&[u8]] = &[b"javascript", b"vbscript", b"livescript", b"mocha"];
 
 fn own_checks(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
+    /// The bytes the checks below open with.
+    static OPENS: [bool; 256] = byte_set(b"<oO:(");
     let mut i = 0;
     // Bounded: each iteration moves past at least one byte.
-    while i < v.len() {
-        match v[i] {
-            b'<' => {
-                if let Some(hit) = tag_at(v, i, level) {
-                    return Some(hit);
-                }
-            }
-            b'o' | b'O' if i > 0 && handler_delimiter(v[i - 1]) => {
-                if let Some(end) = event_handler_at(v, i) {
-                    // Ending the value, a handler needs a tag or quote to sit in (base64 ends
-                    // in `/onafe=` by chance).
-                    let in_markup = end < v.len() || matches!(v[i - 1], b'"' | b'\'' | b'`') || v[..i].contains(&b'<');
-                    if in_markup {
-                        return Some(Hit::new(1, i, end));
-                    }
-                }
-            }
-            b':' => {
-                if let Some((start, obfuscated)) = script_scheme_before(v, i) {
-                    if obfuscated || looks_like_code(&v[i + 1..]) {
-                        return Some(Hit::new(1, start, (i + 24).min(v.len())));
-                    }
-                }
-            }
-            // CSS expression() is an old IE script vector.
-            b'(' if level >= 2 && ends_with_ci(v[..i].trim_ascii_end(), b"expression") => {
-                return Some(Hit::new(2, i.saturating_sub(10), i + 1));
-            }
-            _ => {}
+    while let Some(at) = find_in(v, i, &OPENS) {
+        if let Some(hit) = own_check_at(v, at, level) {
+            return Some(hit);
         }
-        i += 1;
+        i = at + 1;
     }
-    if shape.any(b".[(`!+") {
+    if shape.has(const { Shape::mask(b".[(`!+") }) {
         if let Some(hit) = script_code(v) {
             return Some(hit);
         }
     }
-    markup_tricks(v)
+    markup_tricks(v, shape)
+}
+
+/// The checks of [`own_checks`] at `i`, one of its opening bytes.
+#[inline(never)]
+fn own_check_at(v: &[u8], i: usize, level: u8) -> Option<Hit> {
+    match v[i] {
+        b'<' => {
+            if let Some(hit) = tag_at(v, i, level) {
+                return Some(hit);
+            }
+        }
+        b'o' | b'O' if i > 0 && handler_delimiter(v[i - 1]) => {
+            if let Some(end) = event_handler_at(v, i) {
+                // Ending the value, a handler needs a tag or quote to sit in (base64 ends
+                // in `/onafe=` by chance).
+                let in_markup = end < v.len() || matches!(v[i - 1], b'"' | b'\'' | b'`') || v[..i].contains(&b'<');
+                if in_markup {
+                    return Some(Hit::new(1, i, end));
+                }
+            }
+        }
+        b':' => {
+            if let Some((start, obfuscated)) = script_scheme_before(v, i) {
+                if obfuscated || looks_like_code(&v[i + 1..]) {
+                    return Some(Hit::new(1, start, (i + 24).min(v.len())));
+                }
+            }
+        }
+        // CSS expression() is an old IE script vector.
+        b'(' if level >= 2 && ends_with_ci(v[..i].trim_ascii_end(), b"expression") => {
+            return Some(Hit::new(2, i.saturating_sub(10), i + 1));
+        }
+        _ => {}
+    }
+    None
 }
 
 /// Objects and functions only script uses: `document.cookie`, `window["alert"]`,
@@ -267,18 +279,22 @@ fn js_property(p: &[u8]) -> bool {
 /// Encodings and markup that smuggle script: UTF-7 `+ADw-`, IE's US-ASCII `\xbcscript\xbe`, SSI
 /// directives, CSS bindings and `url(javascript:...)`, `data:` URLs holding markup, attributes
 /// that make a URL or document of their value.
-fn markup_tricks(v: &[u8]) -> Option<Hit> {
+fn markup_tricks(v: &[u8], shape: Shape) -> Option<Hit> {
     let n = v.len();
-    // Every trick below needs one of these bytes; most values have none.
-    if !v.iter().any(|&b| matches!(b, b'+' | b'<' | b':' | b'=' | b'(' | 0xBC)) {
+    // Every trick below needs one of these bytes; most values have none. Each search below is
+    // asked only when its own punctuation is present.
+    if !shape.has(const { Shape::mask(b"+<:=(") }) && !shape.non_ascii() {
         return None;
     }
     for needle in [&b"+ADw"[..], b"+AD4"] {
+        if !shape.has(const { Shape::mask(b"+") }) {
+            break;
+        }
         if let Some(at) = v.windows(needle.len()).position(|w| w == needle) {
             return Some(Hit::new(1, at, (at + 16).min(n)));
         }
     }
-    if let Some(at) = v.iter().position(|&b| b == 0xBC) {
+    if let Some(at) = if shape.non_ascii() { v.iter().position(|&b| b == 0xBC) } else { None } {
         // Seven-bit readers see 0xBC as `<` and 0xBE as `>`.
         let close = v[at..].iter().position(|&b| b == 0xBE).map(|c| at + c);
         if let Some(close) = close {
@@ -290,7 +306,7 @@ fn markup_tricks(v: &[u8]) -> Option<Hit> {
             }
         }
     }
-    if let Some(at) = find_ci(v, b"<!--#", 0) {
+    if let Some(at) = if shape.has(const { Shape::mask(b"<") }) { find_ci(v, b"<!--#", 0) } else { None } {
         let d = &v[at + 5..];
         if [&b"exec"[..], b"set", b"echo", b"include", b"config", b"fsize", b"flastmod", b"printenv"]
             .iter()
@@ -299,7 +315,17 @@ fn markup_tricks(v: &[u8]) -> Option<Hit> {
             return Some(Hit::new(1, at, (at + 16).min(n)));
         }
     }
+    // Each of these assigns with `=` or `:`.
     for needle in [&b"-moz-binding"[..], b"behavior:", b"formaction", b"xlink:href", b"srcdoc"] {
+        if !shape.has(const { Shape::mask(b"=:") }) {
+            break;
+        }
+        // The needle's own punctuation must be there too.
+        if (needle[0] == b'-' && !shape.has(const { Shape::mask(b"-") }))
+            || (needle.contains(&b':') && !shape.has(const { Shape::mask(b":") }))
+        {
+            continue;
+        }
         if let Some(at) = find_ci(v, needle, 0) {
             let rest = v[at + needle.len()..].trim_ascii_start();
             let assigns = needle.ends_with(b":") || rest.starts_with(b"=") || rest.starts_with(b":");
@@ -308,7 +334,7 @@ fn markup_tricks(v: &[u8]) -> Option<Hit> {
             }
         }
     }
-    let mut from = 0;
+    let mut from = if shape.has(const { Shape::mask(b"(") }) { 0 } else { n };
     while let Some(at) = find_ci(v, b"url(", from) {
         from = at + 4;
         let rest = v[at + 4..].trim_ascii_start();
@@ -317,7 +343,7 @@ fn markup_tricks(v: &[u8]) -> Option<Hit> {
             return Some(Hit::new(1, at, (at + 24).min(n)));
         }
     }
-    let mut from = 0;
+    let mut from = if shape.has(const { Shape::mask(b":") }) { 0 } else { n };
     while let Some(at) = find_ci(v, b"data:", from) {
         from = at + 5;
         if at > 0 && is_word(v[at - 1]) {
