@@ -734,4 +734,185 @@ mod tests {
         let plain = Req { plaintext: true, principal: None, ..req("GET", "/orders") };
         assert!(plain.decide(&permissive).0.is_ok());
     }
+
+    // === JWT and the WAF as steps of the decision ===
+
+    const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// An HS256 token of `claims`, signed with `secret`.
+    fn hs256(claims: &str, secret: &str) -> String {
+        use crate::authn::base64url_encode as b64;
+        let input = format!("{}.{}", b64(br#"{"alg":"HS256","typ":"JWT"}"#), b64(claims.as_bytes()));
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+        format!("{input}.{}", b64(ring::hmac::sign(&key, input.as_bytes()).as_ref()))
+    }
+
+    fn claims(sub: &str, extra: &str) -> String {
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+        format!(r#"{{"iss":"https://auth.example","sub":"{sub}","aud":"orders","exp":{exp}{extra}}}"#)
+    }
+
+    fn bearer(r: Req, token: &str) -> Req {
+        r.header("authorization", &format!("Bearer {token}"))
+    }
+
+    fn jwt_policy(rules: &str, require: bool) -> PolicySnapshot {
+        snapshot(&format!(
+            "  authentication:\n    requireJwt: {require}\n    jwt:\n      - issuer: https://auth.example\n        audiences: [orders]\n        hmacSecret: {{inline: \"{SECRET}\"}}\n        forwardClaims: [{{claim: sub, header: x-user}}]\n{rules}"
+        ))
+    }
+
+    fn unauthenticated(r: Result<Option<String>, Refusal>) -> Unauthenticated {
+        match r {
+            Err(Refusal::Unauthenticated(u)) => u,
+            other => panic!("expected a 401, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tokens_that_do_not_verify_are_refused_with_401_and_say_why() {
+        let s = jwt_policy("", false);
+        let good = hs256(&claims("alice", ""), SECRET);
+        assert!(bearer(req("GET", "/orders"), &good).decide(&s).0.is_ok(), "a valid token");
+        assert!(req("GET", "/orders").decide(&s).0.is_ok(), "no token, not required");
+
+        let forged = hs256(&claims("alice", ""), "another-secret-another-secret-another-secret!!");
+        let expired = hs256(r#"{"iss":"https://auth.example","sub":"a","aud":"orders","exp":1000}"#, SECRET);
+        let other_aud = hs256(&claims("a", "").replace("\"orders\"", "\"billing\""), SECRET);
+        let other_iss = hs256(&claims("a", "").replace("auth.example", "evil.example"), SECRET);
+        let none = format!(
+            "{}.{}.",
+            crate::authn::base64url_encode(br#"{"alg":"none"}"#),
+            crate::authn::base64url_encode(claims("a", "").as_bytes())
+        );
+        for (what, token) in [
+            ("a forged signature", forged.as_str()),
+            ("an expired token", &expired),
+            ("another audience", &other_aud),
+            ("another issuer", &other_iss),
+            ("alg none", &none),
+            ("not a JWT", "abc"),
+        ] {
+            let refusal = unauthenticated(bearer(req("GET", "/orders"), token).decide(&s).0);
+            assert!(refusal.reason.is_some(), "{what}");
+            let challenge = refusal.www_authenticate.to_str().unwrap();
+            assert!(challenge.starts_with("Bearer realm=\"palisade\""), "{what}: {challenge}");
+            assert!(challenge.contains("error="), "{what}: {challenge}");
+            let r = Refusal::Unauthenticated(refusal);
+            assert_eq!((r.status(), r.code()), (401, "unauthenticated"), "{what}");
+            assert!(headers_of(&r).iter().any(|(n, _)| n == "www-authenticate"), "{what}");
+        }
+    }
+
+    #[test]
+    fn require_jwt_refuses_a_request_without_a_token_and_names_the_policy() {
+        let s = jwt_policy("", true);
+        let refusal = unauthenticated(req("GET", "/orders").decide(&s).0);
+        assert_eq!(refusal.reason, None);
+        assert_eq!(refusal.reason_label(), "missing");
+        // RFC 6750 3.1: no error code when the request carried no token at all.
+        assert_eq!(refusal.www_authenticate, "Bearer realm=\"palisade\"");
+        assert_eq!(refusal.required_by.as_deref(), Some("shop/p"));
+        assert!(bearer(req("GET", "/orders"), &hs256(&claims("a", ""), SECRET)).decide(&s).0.is_ok());
+    }
+
+    #[test]
+    fn request_principals_and_claims_decide_and_key_rate_limits() {
+        let rules = "  authorization:\n    default: DENY\n    rules:\n      - {name: users, action: ALLOW, from: {requestPrincipals: [\"https://auth.example/alice\"]}, to: {paths: [\"/orders*\"]}}\n      - {name: any-user-limited, action: ALLOW, from: {requestPrincipals: [\"*\"]}, to: {paths: [\"/orders/limited\"]}}\n      - {name: admins, action: ALLOW, to: {paths: [\"/admin*\"]}, when: [{key: \"request.auth.claims[groups]\", values: [admin]}]}\n  rateLimits:\n    - {name: per-user, match: {paths: [\"/orders/limited\"]}, key: \"request.auth.claims[sub]\", rate: 1, per: 60s, burst: 1}\n";
+        let s = jwt_policy(rules, false);
+        let alice = hs256(&claims("alice", r#","groups":["staff"]"#), SECRET);
+        let bob = hs256(&claims("bob", r#","groups":["staff","admin"]"#), SECRET);
+        let rule = |r: Req| r.decide(&s).0.map(|_| ()).map_err(|e| e.decided_by().map(|b| b.rule.to_string()));
+        assert_eq!(rule(bearer(req("GET", "/orders/1"), &alice)), Ok(()));
+        assert_eq!(rule(bearer(req("GET", "/orders/1"), &bob)), Err(Some("default".into())), "another principal");
+        assert_eq!(rule(req("GET", "/orders/1")), Err(Some("default".into())), "no token, no principal");
+        assert_eq!(rule(bearer(req("GET", "/admin/x"), &bob)), Ok(()), "a claim in an array");
+        assert_eq!(rule(bearer(req("GET", "/admin/x"), &alice)), Err(Some("default".into())));
+        // A header that claims what a token would say is not a token.
+        assert_eq!(rule(req("GET", "/admin/x").header("x-groups", "admin")), Err(Some("default".into())));
+
+        // One bucket per subject: alice's second request is limited, bob's first is not.
+        assert!(bearer(req("GET", "/orders/limited"), &alice).decide(&s).0.is_ok());
+        let second = bearer(req("GET", "/orders/limited"), &alice).decide(&s).0;
+        assert!(matches!(second, Err(Refusal::RateLimited(_))), "{second:?}");
+        assert!(bearer(req("GET", "/orders/limited"), &bob).decide(&s).0.is_ok(), "bob has his own bucket");
+    }
+
+    #[test]
+    fn forwarded_claims_replace_what_the_caller_sent_and_the_token_is_removed() {
+        let s = jwt_policy("", false);
+        let token = hs256(&claims("alice", ""), SECRET);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        let verified = runtime.block_on(s.authenticate(&h)).unwrap().expect("verified");
+        let (mut removed, mut added) = (Vec::new(), Vec::new());
+        s.app_headers(Some(&verified), |n| removed.push(n.to_string()), |n, v| added.push((n.to_string(), v)));
+        assert!(removed.contains(&"x-user".to_string()), "a caller's own x-user is removed: {removed:?}");
+        assert!(removed.contains(&"authorization".to_string()), "the token does not reach the app: {removed:?}");
+        assert_eq!(added, [("x-user".to_string(), HeaderValue::from_static("alice"))]);
+        // Without a token the caller's copy is still removed.
+        let (mut removed, mut added) = (Vec::new(), Vec::new());
+        s.app_headers(None, |n| removed.push(n.to_string()), |n, v| added.push((n.to_string(), v)));
+        assert_eq!(removed, ["x-user"]);
+        assert!(added.is_empty());
+    }
+
+    fn waf_policy(waf: &str) -> PolicySnapshot {
+        snapshot(&format!("  inputValidation:\n    waf: {waf}\n"))
+    }
+
+    #[test]
+    fn the_waf_blocks_in_block_mode_notes_in_detect_mode_and_keeps_to_its_exclusions() {
+        let attack = "/search?q=1%27%20OR%20%271%27%3D%271";
+        let block = waf_policy("{mode: BLOCK, exclusions: [{paths: [\"/reports*\"], parameters: [filter], detectors: [sqli]}]}");
+        match req("GET", attack).decide(&block).0 {
+            Err(r @ Refusal::Blocked(_)) => {
+                assert_eq!((r.status(), r.code(), r.decision()), (403, "forbidden", "waf"));
+                let Refusal::Blocked(found) = &r else { unreachable!() };
+                assert_eq!(found.finding.detector.as_str(), "sqli");
+                assert!(found.blocked);
+                // The refusal's reason never names the detector (the 403 body says only "forbidden").
+                assert!(!r.reason().contains("sql"), "{}", r.reason());
+            }
+            other => panic!("expected a WAF block, got {other:?}"),
+        }
+        assert!(req("GET", "/search?q=shoes").decide(&block).0.is_ok(), "benign");
+        assert!(req("GET", "/reports/1?filter=1%27%20OR%20%271%27%3D%271").decide(&block).0.is_ok(), "excluded");
+        assert!(req("GET", "/reports/1?other=1%27%20OR%20%271%27%3D%271").decide(&block).0.is_err(), "another param");
+        assert!(
+            req("GET", "/reports/1?filter=%3Cscript%3Ealert(1)%3C/script%3E").decide(&block).0.is_err(),
+            "another detector"
+        );
+
+        let detect = waf_policy("{mode: DETECT}");
+        let (verdict, notes) = req("GET", attack).decide_noting(&detect);
+        assert!(verdict.is_ok());
+        assert!(
+            matches!(notes.as_slice(), [Note::Detected(f)] if !f.blocked && f.finding.detector.as_str() == "sqli"),
+            "{notes:?}"
+        );
+        let off = waf_policy("{mode: OFF}");
+        let (verdict, notes) = req("GET", attack).decide_noting(&off);
+        assert!(verdict.is_ok() && notes.is_empty());
+    }
+
+    #[test]
+    fn bodies_are_read_only_when_a_waf_wants_them_and_judged_by_type() {
+        let none = snapshot("  authorization: {}\n");
+        assert_eq!(none.body_plan(Some(b"application/json")), None, "no WAF: the body streams");
+        let s = waf_policy("{mode: BLOCK, inspectBodyBytes: 1024, bodyOverLimit: PASS}");
+        let plan = s.body_plan(Some(b"application/json")).expect("JSON bodies are read");
+        assert_eq!((plan.limit, plan.reject_over_limit), (1024, false));
+        let json = br#"{"items":[{"note":"<script>alert(document.cookie)</script>"}]}"#;
+        let verdict = s.inspect_body("/orders", Some(b"application/json"), json, |_| {});
+        assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{verdict:?}");
+        let form = b"name=alice&comment=1%27%20UNION%20SELECT%20password%20FROM%20users--";
+        let verdict = s.inspect_body("/orders", Some(b"application/x-www-form-urlencoded"), form, |_| {});
+        assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{verdict:?}");
+        assert!(s.inspect_body("/orders", Some(b"application/json"), br#"{"name":"O'Brien"}"#, |_| {}).is_ok());
+        let reject = waf_policy("{mode: BLOCK}");
+        let plan = reject.body_plan(Some(b"application/json")).unwrap();
+        assert_eq!((plan.limit, plan.reject_over_limit), (65536, true), "the defaults");
+    }
 }
