@@ -45,8 +45,12 @@ impl Sidecar {
     /// Checks everything, binds every listener, then serves on a thread of its own.
     /// Returns once the sidecar accepts connections; fails before binding on any bad input.
     pub fn start(config: SidecarConfig, options: RunOptions) -> Result<Sidecar, StartError> {
-        let parts = Parts::build(&config)?;
         let runtime = runtime(config.threads).map_err(StartError::System)?;
+        // Policies that name a remote JWKS start its background fetch as they compile.
+        let parts = {
+            let _entered = runtime.enter();
+            Parts::build(&config)?
+        };
         let listeners = [
             bind(config.inbound.listen.0, "inbound.listen").map_err(StartError::System)?,
             bind(config.outbound.listen.0, "outbound.listen").map_err(StartError::System)?,

@@ -582,9 +582,9 @@ async fn the_ca_refuses_what_a_token_does_not_prove_and_says_why() {
             "{case}: {label}"
         );
         let event = eventually(async || {
-            mesh.events()
-                .into_iter()
-                .any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("certificate refused") && m.contains(reason)))
+            mesh.events().into_iter().any(|e| {
+                e["message"].as_str().is_some_and(|m| m.starts_with("certificate refused") && m.contains(reason))
+            })
         })
         .await;
         assert!(event, "{case}: an event with the reason {reason:?}");

@@ -865,7 +865,9 @@ mod tests {
     #[test]
     fn the_waf_blocks_in_block_mode_notes_in_detect_mode_and_keeps_to_its_exclusions() {
         let attack = "/search?q=1%27%20OR%20%271%27%3D%271";
-        let block = waf_policy("{mode: BLOCK, exclusions: [{paths: [\"/reports*\"], parameters: [filter], detectors: [sqli]}]}");
+        let block = waf_policy(
+            "{mode: BLOCK, exclusions: [{paths: [\"/reports*\"], parameters: [filter], detectors: [sqli]}]}",
+        );
         match req("GET", attack).decide(&block).0 {
             Err(r @ Refusal::Blocked(_)) => {
                 assert_eq!((r.status(), r.code(), r.decision()), (403, "forbidden", "waf"));

