@@ -162,6 +162,29 @@ fn describe_policy(p: &crate::policy::SecurityPolicy) -> String {
         if !limits.is_empty() {
             parts.push(limits.join(", "));
         }
+        if let Some(waf) = v.waf.as_ref().filter(|w| w.mode != crate::policy::WafMode::OFF) {
+            let detectors = if waf.detectors.is_empty() {
+                "every detector".to_string()
+            } else {
+                waf.detectors.iter().map(|d| d.0.as_str()).collect::<Vec<_>>().join(",")
+            };
+            parts.push(format!(
+                "waf {:?} paranoia {} ({detectors}), {} exclusion(s), bodies up to {} bytes else {:?}",
+                waf.mode,
+                waf.paranoia.0,
+                waf.exclusions.len(),
+                waf.inspect_body_bytes.0,
+                waf.body_over_limit
+            ));
+        }
+    }
+    if let Some(authn) = p.spec.authentication.as_ref().filter(|a| !a.jwt.is_empty()) {
+        let issuers: Vec<&str> = authn.jwt.iter().map(|j| j.issuer.as_str()).collect();
+        parts.push(format!(
+            "jwt from {} ({})",
+            issuers.join(", "),
+            if authn.require_jwt { "required" } else { "optional" }
+        ));
     }
     parts.join("; ")
 }

@@ -16,7 +16,7 @@ pub use compile::{selects, InputLimits, PolicySnapshot};
 pub use decide::{
     Allowed, Authenticated, BodyPlan, DecidedBy, Limited, Note, Refusal, RequestView, Unauthenticated, WafFinding,
 };
-pub use document::{Action, Mode, SecurityPolicy};
+pub use document::{Action, Mode, SecurityPolicy, WafMode};
 pub use load::{load_files, parse_file, unique, Located, Sources};
 pub use normalize::{match_form, normalize, PathError};
 pub use patterns::{PathPattern, Pattern};
