@@ -51,6 +51,11 @@
 #                                           # the profile-guided build (scripts/build-pgo.sh) that is
 #                                           # what Palisade ships
 #   BODY_BYTES=1024 bench/pair.sh           # every run POSTs a body of that many bytes
+#   API_PROTECTION=1 bench/pair.sh          # sidecar B also requires a JWT (RS256, JWKS file) and runs
+#                                           # the WAF in BLOCK mode at paranoia 1; every run (nginx and
+#                                           # direct too) sends the same Authorization header, a query of
+#                                           # ten parameters and, with BODY_BYTES, a JSON body; implies
+#                                           # POLICY_RULES=20 unless set
 # Other overrides: WARMUP (2s), BASE_PORT (27000), PALISADE_THREADS (1), KEEP_TMP=1,
 #   SKIP_INSTALL=1 (do not try apt/cargo), SKIP_BUILD=1 (use the binary already built),
 #   PALISADE_BIN (the binary to measure), BENCH_OUT (bench/out), ONLY=palisade (the Palisade
@@ -74,8 +79,24 @@ else
 fi
 ONLY=${ONLY:-all}
 BODY_BYTES=${BODY_BYTES:-0}
+API_PROTECTION=${API_PROTECTION:-0}
+if [[ $API_PROTECTION == 1 ]]; then POLICY_RULES=${POLICY_RULES:-20}; fi
 BODY_ARGS=()
-if (( BODY_BYTES > 0 )); then BODY_ARGS=(-m POST -d "$(head -c "$BODY_BYTES" /dev/zero | tr '\0' x)"); fi
+if (( BODY_BYTES > 0 )) && [[ $API_PROTECTION == 1 ]]; then
+    # A JSON order of about BODY_BYTES: what the WAF reads at any depth.
+    BODY_ARGS=(-m POST -T application/json -d "$(python3 -c '
+import json, sys
+n = int(sys.argv[1]); items = []
+while len(json.dumps({"items": items})) < n:
+    items.append({"sku": "A-%04d" % len(items), "qty": 2, "note": "leave at the door, ring twice"})
+print(json.dumps({"customer": "c-1042", "items": items}))' "$BODY_BYTES")")
+elif (( BODY_BYTES > 0 )); then
+    BODY_ARGS=(-m POST -d "$(head -c "$BODY_BYTES" /dev/zero | tr '\0' x)")
+fi
+# The query every run sends with API_PROTECTION=1 (ten parameters, as a typical API call).
+QUERY=""
+AUTH_ARGS=()
+[[ $API_PROTECTION == 1 ]] && QUERY="?page=2&size=50&sort=created&order=desc&status=open&q=blue+shoes&from=2026-01-01&to=2026-12-31&currency=EUR&lang=en"
 CLK_TCK=$(getconf CLK_TCK)
 
 # Ports (all on 127.0.0.1).
@@ -310,6 +331,38 @@ EOF
     fi
 }
 
+# make_token: an RS256 key pair, its JWKS ($TMP/jwks.json) and a token valid for an hour in
+# AUTH_ARGS, signed by Python's `cryptography` (an independent signer; installed into
+# target/bench-venv when the system Python lacks it).
+make_token() {
+    local py=python3
+    if ! python3 -c 'import cryptography' 2>/dev/null; then
+        py=$ROOT/target/bench-venv/bin/python
+        if [[ ! -x $py ]] || ! "$py" -c 'import cryptography' 2>/dev/null; then
+            log "installing Python cryptography into target/bench-venv (for the benchmark's JWT)"
+            python3 -m venv "$ROOT/target/bench-venv" && "$ROOT/target/bench-venv/bin/pip" install -q cryptography==50.0.2 ||
+                die "cannot install cryptography for API_PROTECTION=1"
+        fi
+    fi
+    local token
+    token=$("$py" - "$TMP/jwks.json" <<'PY'
+import base64, json, sys, time
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+n = key.public_key().public_numbers()
+as_bytes = lambda i: i.to_bytes((i.bit_length() + 7) // 8, "big")
+json.dump({"keys": [{"kty": "RSA", "kid": "bench", "alg": "RS256", "use": "sig", "n": b64(as_bytes(n.n)), "e": b64(as_bytes(n.e))}]}, open(sys.argv[1], "w"))
+header = b64(json.dumps({"alg": "RS256", "kid": "bench", "typ": "JWT"}).encode())
+claims = b64(json.dumps({"iss": "https://issuer.bench.local", "sub": "user-1042", "aud": "b", "exp": int(time.time()) + 3600, "scope": "orders:read"}).encode())
+signature = key.sign(f"{header}.{claims}".encode(), padding.PKCS1v15(), hashes.SHA256())
+print(f"{header}.{claims}.{b64(signature)}")
+PY
+) || die "token generation failed"
+    AUTH_ARGS=(-H "Authorization: Bearer $token")
+}
+
 # write_policy FILE N: N authorisation rules (N-1 DENY rules that do not match the benchmark's
 # requests, so every request is checked against all of them, and one ALLOW for sidecar A), a
 # per-caller and a global rate limit set high enough never to refuse at the benchmark's rate.
@@ -335,7 +388,15 @@ write_policy() {
         echo "  rateLimits:"
         echo "    - {name: per-caller, key: source.principal, rate: 50000, per: 1s, burst: 50000}"
         echo "    - {name: everyone, key: global, rate: 100000, per: 1s, burst: 100000}"
-        echo "  inputValidation: {maxBodyBytes: 1048576, maxHeaderBytes: 65536, maxUriBytes: 8192}"
+        if [[ $API_PROTECTION == 1 ]]; then
+            echo "  inputValidation: {maxBodyBytes: 1048576, maxHeaderBytes: 65536, maxUriBytes: 8192, waf: {mode: BLOCK, paranoia: 1}}"
+            echo "  authentication:"
+            echo "    requireJwt: true"
+            echo "    jwt:"
+            echo "      - {issuer: \"https://issuer.bench.local\", audiences: [b], jwks: {file: \"$TMP/jwks.json\"}, forwardClaims: [{claim: sub, header: x-user}]}"
+        else
+            echo "  inputValidation: {maxBodyBytes: 1048576, maxHeaderBytes: 65536, maxUriBytes: 8192}"
+        fi
     } > "$file"
     "$PALISADE" check "$file" >&2 || die "generated policy does not check"
 }
@@ -448,7 +509,7 @@ counter() {
 oha_run() {
     local url=$1 outf=$2 dur=$3; shift 3
     oha --no-tui --latency-correction -q "$RATE" -c "$CONNS" -z "$dur" -t 10s \
-        --output-format json -o "$outf" "${BODY_ARGS[@]}" "$@" "$url"
+        --output-format json -o "$outf" "${BODY_ARGS[@]}" "${AUTH_ARGS[@]}" "$@" "$url$QUERY"
 }
 
 check_ok() {  # URL [curl args]: one request must answer 200 "ok"
@@ -549,6 +610,7 @@ main() {
         "$OTLP_SINK" "127.0.0.1:$P_OTLP" "$TMP/spans.count" > "$OUT/logs/otlp-sink.log" 2>&1 &
         PIDS+=("$!")
     fi
+    [[ $API_PROTECTION == 1 ]] && make_token
     write_sidecar_conf b "$TMP/pki/b" "$P_B_ADMIN" "$P_B_OUT" "$P_B_IN" "$P_APP"
     write_sidecar_conf a "$TMP/pki/a" "$P_A_ADMIN" "$P_A_OUT" "$P_A_IN" "$P_A_APP" \
         "[{authority: b.demo, address: \"127.0.0.1:$P_B_IN\", identity: \"spiffe://demo.local/ns/demo/sa/b\"}]"
@@ -561,7 +623,7 @@ main() {
     PIDS+=("$pa")
     log "palisade ready: B ${ready_b} ms, A ${ready_a} ms"
     echo "$ready_a $ready_b" > "$TMP/ready.txt"
-    check_ok "http://127.0.0.1:$P_A_OUT/" -H "Host: b.demo"
+    check_ok "http://127.0.0.1:$P_A_OUT/$QUERY" -H "Host: b.demo" "${AUTH_ARGS[@]}"
     check_no_cert_refused "https://127.0.0.1:$P_B_IN/"
     measure palisade "http://127.0.0.1:$P_A_OUT/" "A=$pa B=$pb app=$app_pids" \
         "b_conns=pal:$P_B_ADMIN app_conns=ngx:$P_APP_STATUS" -H "Host: b.demo"
@@ -602,6 +664,7 @@ main() {
     rev+=", binary sha256 $(sha256sum "$PALISADE" | cut -c1-12)"
     if [[ $PGO == 1 ]]; then rev+=", profile-guided build (scripts/build-pgo.sh)"; else rev+=", plain release build (PGO=0)"; fi
     (( BODY_BYTES == 0 )) || rev+="; every request a POST with a ${BODY_BYTES}-byte body"
+    [[ $API_PROTECTION == 0 ]] || rev+="; API protection on B: RS256 JWT required, WAF BLOCK paranoia 1, a ${POLICY_RULES}-rule policy; every request carries the token and a ten-parameter query"
     report "$(( SECONDS - t_start ))" "$(( SECONDS - t_load ))" "$rev" > "$OUT/results.md"
     cat "$OUT/results.md"
 }
