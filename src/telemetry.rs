@@ -10,7 +10,7 @@ mod recorder;
 mod traces;
 
 pub use events::{DeniedRequest, EventWriter, RequestFacts, SecurityEvent, WafEvent};
-pub use logging::LogLevel;
+pub use logging::{LogFormat, LogLevel};
 pub use metrics::Metrics;
 pub use recorder::{Fnv1a, RequestRecorder};
 pub use traces::{
