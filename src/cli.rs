@@ -208,7 +208,9 @@ fn run_sidecar(arg: &ConfigArg) -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let Some((path, config)) = load_config::<SidecarConfig>(arg.config.as_deref()) else { return ExitCode::from(EXIT_CONFIG) };
+    let Some((path, config)) = load_config::<SidecarConfig>(arg.config.as_deref()) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
     let path = path.as_path();
     match Sidecar::start(config, RunOptions { handle_signals: true, log_level }) {
         Ok(mut sidecar) => {
@@ -224,7 +226,9 @@ fn run_control(arg: &ConfigArg) -> ExitCode {
         Ok(l) => l,
         Err(code) => return code,
     };
-    let Some((path, config)) = load_config::<ControlConfig>(arg.config.as_deref()) else { return ExitCode::from(EXIT_CONFIG) };
+    let Some((path, config)) = load_config::<ControlConfig>(arg.config.as_deref()) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
     let path = path.as_path();
     let _ = log_level;
     match ControlPlane::start(config, true) {

@@ -40,7 +40,8 @@ impl LogLevel {
 
     /// As [`LogLevel::init`] in text, with another filter when neither variable is set (tests).
     pub fn init_with(default_filter: &str) -> Self {
-        let filter = filter_from_env(&|name| std::env::var(name).ok(), default_filter).unwrap_or_else(|e| panic!("{e}"));
+        let filter =
+            filter_from_env(&|name| std::env::var(name).ok(), default_filter).unwrap_or_else(|e| panic!("{e}"));
         Self::install(filter, LogFormat::Text)
     }
 
