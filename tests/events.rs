@@ -54,6 +54,7 @@ async fn ocsf_events_for_denials_limits_tls_failures_and_policy_changes() {
     write_policy(&s.policy_file, "apiVersion: palisade.dev/v1alpha1\nkind: Nonsense\n");
 
     let events = events_eventually(&s, 7).await;
+    keep_for_the_schema_check("ocsf-sidecar-denials.jsonl", &events);
     for e in &events {
         assert_ocsf_base(e);
     }
@@ -360,4 +361,51 @@ fn every_event_kind_written_through_the_event_writer() {
             assert!(outbound.get("tls").is_none(), "no tls object without the version OCSF requires");
         }
     }
+}
+
+/// Writes events a real sidecar emitted where tests/k8s/test_events.py validates them too.
+fn keep_for_the_schema_check(file: &str, events: &[Value]) {
+    let dir = samples_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let lines: String = events.iter().map(|e| format!("{e}\n")).collect();
+    std::fs::write(dir.join(file), lines).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waf_findings_and_authentication_failures_from_real_requests() {
+    const ATTACK: &str = "/orders?id=1%27%20OR%20%271%27%3D%271";
+    let mut all = Vec::new();
+    for (mode, status) in [("BLOCK", 403), ("DETECT", 200)] {
+        let s =
+            PolicedSidecar::start(&policy("waf", &format!("  inputValidation:\n    waf: {{mode: {mode}}}\n"))).await;
+        assert_eq!(s.send("frontend", "GET", ATTACK, &[]).await.status, status, "{mode}");
+        let events = events_eventually(&s, 2).await;
+        let finding = events
+            .iter()
+            .find(|e| e["unmapped"]["waf"]["detector"] == "sqli")
+            .unwrap_or_else(|| panic!("{mode}: {events:#?}"));
+        assert_eq!(finding["class_uid"], 4002);
+        assert_eq!(finding["disposition"], if mode == "BLOCK" { "Blocked" } else { "Detected" });
+        assert_eq!(finding["dst_endpoint"]["port"], s.sidecar.inbound.port());
+        all.extend(events);
+        s.shutdown();
+    }
+    let jwt =
+        "  authentication:\n    jwt:\n      - issuer: https://auth.example.com\n        audiences: [orders]\n        \
+               hmacSecret: {inline: \"0123456789abcdef0123456789abcdef\"}\n    requireJwt: true\n";
+    let s = PolicedSidecar::start(&policy("jwt", jwt)).await;
+    assert_eq!(s.send("frontend", "GET", "/orders/1", &[]).await.status, 401);
+    assert_eq!(s.send("frontend", "GET", "/orders/1", &[("authorization", "Bearer not.a.token")]).await.status, 401);
+    let events = events_eventually(&s, 3).await;
+    let failed: Vec<&Value> = events.iter().filter(|e| e["http_response"]["code"] == 401).collect();
+    assert_eq!(failed.len(), 2, "{events:#?}");
+    assert!(failed
+        .iter()
+        .all(|e| e["status_id"] == 2 && e["firewall_rule"]["name"].as_str().unwrap().starts_with("jwt:")));
+    all.extend(events);
+    s.shutdown();
+    for e in &all {
+        assert_ocsf_base(e);
+    }
+    keep_for_the_schema_check("ocsf-sidecar-waf-jwt.jsonl", &all);
 }

@@ -3,9 +3,11 @@ PyPI `ocsf-emitter` (OCSF 1.5.0, generated from the OCSF metaschema with ocsf-li
 `validate()` (required attributes, types, enums, class and category identity, type_uid, the schema
 version).
 
-The events are one of every kind the code can emit, written by the real event writer
-(tests/events.rs `every_event_kind_written_through_the_event_writer`, which runs before this in
-scripts/test.sh) into <target>/tmp/event-samples/ocsf.jsonl.
+The events come from tests/events.rs, which runs before this in scripts/test.sh and leaves them
+in <target>/tmp/event-samples: ocsf.jsonl holds one event of every kind the code can emit, built
+and written by the real event writer (`every_event_kind_written_through_the_event_writer`), and
+ocsf-sidecar-*.jsonl what real sidecars emitted for real requests (denials, rate limits, TLS
+refusals, policy changes, WAF findings in both modes, JWT failures).
 
 ocsf-emitter's models accept attributes they do not declare (pydantic `extra='allow'`) and leave
 profiles out, so two checks are added here: every attribute must be one the models declare at its
@@ -62,9 +64,12 @@ AT_LEAST_ONE = {
 }
 
 
+def samples_dir():
+    return pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")) / "tmp" / "event-samples"
+
+
 def samples(name):
-    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-    path = target / "tmp" / "event-samples" / name
+    path = samples_dir() / name
     if not path.exists():
         message = f"{path} is missing: run `cargo test --test events` first (scripts/test.sh does)"
         if os.environ.get("CI"):
@@ -154,6 +159,14 @@ def test_every_event_kind_is_valid_ocsf_1_5():
     classes = {(e["class_uid"], e["activity_id"]) for e in events}
     assert (4001, 5) in classes, "TLS refusals: Network Activity, Refuse"
     assert {c for c, _ in classes} == {4001, 4002, 3004}, classes
+
+
+@pytest.mark.parametrize("name", ["ocsf-sidecar-denials.jsonl", "ocsf-sidecar-waf-jwt.jsonl"])
+def test_what_real_sidecars_emitted_is_valid_ocsf_1_5(name):
+    events = samples(name)
+    assert events
+    failures = {e["message"]: p for e in events if (p := check(e))}
+    assert not failures, json.dumps(failures, indent=2)
 
 
 def test_the_check_finds_what_the_schema_forbids():
