@@ -15,6 +15,7 @@ fn traces(ratio: f64) -> Traces {
         protocol: OtlpProtocol::Grpc,
         sampler: palisade::telemetry::SamplerChoice::ParentBased(palisade::telemetry::ParentRoot::Ratio(ratio)),
         service_name: "bench".into(),
+        resource: vec![],
     };
     let counters = TraceCounters {
         exported: prometheus::IntCounter::new("e", "e").unwrap(),

@@ -9,7 +9,7 @@ use crate::app::{RunOptions, Sidecar, StartError};
 use crate::config::{self, ControlConfig, ProcessEnv, SidecarConfig};
 use crate::control::ControlPlane;
 use crate::identity::{DevCa, LeafSpec, SpiffeId};
-use crate::telemetry::LogLevel;
+use crate::telemetry::{LogFormat, LogLevel};
 
 /// Exit status for bad configuration (sysexits EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
@@ -58,6 +58,10 @@ struct ConfigArg {
     /// it, the configuration is the text of PALISADE_CONFIG, else every default.
     #[arg(short, long)]
     config: Option<PathBuf>,
+    /// How diagnostic logs on stderr are written. The filter comes from PALISADE_LOG, else
+    /// RUST_LOG (e.g. "info,palisade=debug").
+    #[arg(long, value_enum, env = "PALISADE_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
 }
 
 #[derive(Subcommand)]
@@ -92,8 +96,8 @@ enum CaCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Sidecar(arg) => run_sidecar(arg.config.as_deref()),
-        Command::Control(arg) => run_control(arg.config.as_deref()),
+        Command::Sidecar(arg) => run_sidecar(&arg),
+        Command::Control(arg) => run_control(&arg),
         Command::Inject(args) => crate::inject::command::run(args),
         Command::InitNet(args) => crate::initnet::run(args),
         Command::Check { files } => check(&files),
@@ -189,9 +193,24 @@ fn describe_policy(p: &crate::policy::SecurityPolicy) -> String {
     parts.join("; ")
 }
 
-fn run_sidecar(file: Option<&std::path::Path>) -> ExitCode {
-    let log_level = LogLevel::init();
-    let Some((path, config)) = load_config::<SidecarConfig>(file) else { return ExitCode::from(EXIT_CONFIG) };
+/// Logging first, so that everything after it is logged as asked; a bad filter is a mistake in
+/// the configuration like any other.
+fn init_logs(arg: &ConfigArg) -> Result<LogLevel, ExitCode> {
+    LogLevel::init(arg.log_format).map_err(|e| {
+        eprintln!("error: {e}");
+        eprintln!("1 error(s) in the configuration; nothing was started");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn run_sidecar(arg: &ConfigArg) -> ExitCode {
+    let log_level = match init_logs(arg) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let Some((path, config)) = load_config::<SidecarConfig>(arg.config.as_deref()) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
     let path = path.as_path();
     match Sidecar::start(config, RunOptions { handle_signals: true, log_level }) {
         Ok(mut sidecar) => {
@@ -202,9 +221,14 @@ fn run_sidecar(file: Option<&std::path::Path>) -> ExitCode {
     }
 }
 
-fn run_control(file: Option<&std::path::Path>) -> ExitCode {
-    let log_level = LogLevel::init();
-    let Some((path, config)) = load_config::<ControlConfig>(file) else { return ExitCode::from(EXIT_CONFIG) };
+fn run_control(arg: &ConfigArg) -> ExitCode {
+    let log_level = match init_logs(arg) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let Some((path, config)) = load_config::<ControlConfig>(arg.config.as_deref()) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
     let path = path.as_path();
     let _ = log_level;
     match ControlPlane::start(config, true) {

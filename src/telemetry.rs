@@ -10,7 +10,7 @@ mod recorder;
 mod traces;
 
 pub use events::{DeniedRequest, EventWriter, RequestFacts, SecurityEvent, WafEvent};
-pub use logging::LogLevel;
+pub use logging::{LogFormat, LogLevel};
 pub use metrics::Metrics;
 pub use recorder::{Fnv1a, RequestRecorder};
 pub use traces::{
@@ -48,7 +48,9 @@ impl Telemetry {
         let metrics = Metrics::new();
         let events = EventWriter::start(&config.events, metrics.events_dropped.clone())?;
         let access_log = match config.access_log {
-            true => Some(JsonLines::start("palisade-access", &config.access_log_sink, metrics.events_dropped.clone())?),
+            true => {
+                Some(JsonLines::start("palisade-access", &config.access_log_sink, metrics.access_log_dropped.clone())?)
+            }
             false => None,
         };
         let traces = traces.map(|settings| {
@@ -88,5 +90,47 @@ impl Telemetry {
         text(&mut line, r.request_id);
         line.extend_from_slice(b"}\n");
         lines.send_line(line);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EventSink;
+
+    #[test]
+    fn access_log_drops_are_not_counted_as_lost_security_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = TelemetryConfig::default();
+        config.events.sink = EventSink::File(dir.path().join("events.jsonl"));
+        // A sink that refuses every write: each access line is lost and counted.
+        config.access_log_sink = EventSink::File("/dev/full".into());
+        let telemetry = Telemetry::new(&config, None).unwrap();
+        let record = || AccessRecord {
+            direction: "inbound",
+            method: "GET",
+            path: "/",
+            status: 200,
+            seconds: 0.001,
+            source: None,
+            principal: "",
+            decision: "allow",
+            request_id: "r",
+        };
+        telemetry.access(record());
+        telemetry.events.emit(SecurityEvent::PolicyApplied { version: "v1".into(), policies: vec![] });
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let written = || std::fs::read_to_string(dir.path().join("events.jsonl")).unwrap_or_default();
+        while (telemetry.metrics.access_log_dropped.get() < 1 || written().is_empty())
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(telemetry.metrics.access_log_dropped.get(), 1, "the lost access line is counted as such");
+        assert_eq!(telemetry.metrics.events_dropped.get(), 0, "and not as a lost security event");
+        assert_eq!(written().lines().count(), 1, "the event itself was written");
+        let text = String::from_utf8(telemetry.metrics.render()).unwrap();
+        assert!(text.contains("palisade_access_log_lines_dropped_total 1"), "{text}");
+        assert!(text.contains("palisade_security_events_dropped_total 0"), "{text}");
     }
 }

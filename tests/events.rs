@@ -1,19 +1,25 @@
-//! Security events from real requests, checked field by field: OCSF HTTP Activity (class 4002)
-//! by default, ECS as the alternative.
+//! Security events from real requests, checked field by field: OCSF by default, ECS as the
+//! alternative; and one event of every kind written for the schema check of
+//! tests/k8s/test_events.py.
 
 mod support;
 
+use palisade::config::{EventFormat, EventSink, EventsConfig};
+use palisade::telemetry::{DeniedRequest, EventWriter, RequestFacts, SecurityEvent, WafEvent};
 use serde_json::Value;
 use support::*;
 
 const AUDIT: &str = "  authorization:\n    mode: AUDIT\n    default: DENY\n";
 
-/// The attributes OCSF requires of every HTTP Activity event.
+/// The attributes OCSF requires of every event (the whole schema is checked by
+/// tests/k8s/test_events.py).
 fn assert_ocsf_base(e: &Value) {
-    assert_eq!(e["class_uid"], 4002, "{e}");
-    assert_eq!(e["category_uid"], 4, "{e}");
+    let class = e["class_uid"].as_u64().expect("class_uid");
+    assert!([4002, 4001, 3004].contains(&class), "{e}");
+    assert_eq!(e["category_uid"].as_u64(), Some(class / 1000), "{e}");
     let activity = e["activity_id"].as_u64().expect("activity_id");
-    assert_eq!(e["type_uid"].as_u64(), Some(4002 * 100 + activity), "{e}");
+    assert_eq!(e["type_uid"].as_u64(), Some(class * 100 + activity), "{e}");
+    assert!(e["status_id"].as_u64().is_some(), "{e}");
     assert!(e["time"].as_u64().is_some_and(|t| t > 1_700_000_000_000), "time in ms: {e}");
     assert!(e["severity_id"].as_u64().is_some(), "{e}");
     assert_eq!(e["metadata"]["product"]["name"], "Palisade", "{e}");
@@ -48,6 +54,7 @@ async fn ocsf_events_for_denials_limits_tls_failures_and_policy_changes() {
     write_policy(&s.policy_file, "apiVersion: palisade.dev/v1alpha1\nkind: Nonsense\n");
 
     let events = events_eventually(&s, 7).await;
+    keep_for_the_schema_check("ocsf-sidecar-denials.jsonl", &events);
     for e in &events {
         assert_ocsf_base(e);
     }
@@ -68,6 +75,9 @@ async fn ocsf_events_for_denials_limits_tls_failures_and_policy_changes() {
     assert_eq!(denied["http_request"]["url"]["path"], "/admin/x");
     assert_eq!(denied["http_response"]["code"], 403);
     assert_eq!(denied["src_endpoint"]["ip"], "127.0.0.1");
+    assert_eq!(denied["dst_endpoint"]["port"], s.sidecar.inbound.port(), "the sidecar's inbound listener");
+    assert_eq!(denied["status_id"], 2, "failure");
+    assert_eq!(denied["metadata"]["profiles"], serde_json::json!(["security_control", "host"]));
     assert_eq!(denied["actor"]["user"]["uid"], id("shop", "frontend").as_str());
     assert_eq!(denied["http_request"]["uid"].as_str().map(str::len), Some(32), "the request id");
 
@@ -77,6 +87,11 @@ async fn ocsf_events_for_denials_limits_tls_failures_and_policy_changes() {
     assert_eq!(limited["firewall_rule"]["uid"], "shop/events/tight");
 
     let tls = by("inbound TLS handshake refused");
+    assert_eq!(
+        (tls["class_uid"].clone(), tls["activity_id"].clone()),
+        (4001.into(), 5.into()),
+        "Network Activity: Refuse"
+    );
     assert_eq!(tls["action_id"], 2);
     assert_eq!(tls["src_endpoint"]["ip"], "127.0.0.1");
 
@@ -87,7 +102,11 @@ async fn ocsf_events_for_denials_limits_tls_failures_and_policy_changes() {
     let applied: Vec<&Value> =
         events.iter().filter(|e| e["message"].as_str().unwrap_or("").contains("in force")).collect();
     assert!(applied.len() >= 2, "the first policy and the AUDIT one: {applied:?}");
+    assert_eq!(applied[0]["class_uid"], 3004, "Entity Management");
+    assert_eq!(applied[0]["entity"]["type"], "Policy");
+    assert_eq!(applied[0]["entity"]["data"]["policies"][0], "shop/events");
     let rejected = by("policy update rejected");
+    assert_eq!(rejected["status_id"], 2);
     assert!(rejected["unmapped"]["errors"][0].as_str().unwrap().contains("Nonsense"), "{rejected}");
     s.shutdown();
 }
@@ -104,8 +123,9 @@ async fn ecs_events_carry_the_same_facts() {
         events.iter().find(|e| e["event"]["action"] == "request-denied").unwrap_or_else(|| panic!("{events:#?}"));
     assert_eq!(denied["event"]["kind"], "event");
     assert_eq!(denied["event"]["outcome"], "failure");
-    assert!(denied["event"]["category"].is_array());
-    assert!(denied["@timestamp"].is_u64());
+    assert_eq!(denied["event"]["category"], serde_json::json!(["network", "web"]));
+    assert_eq!(denied["event"]["type"], serde_json::json!(["denied", "access"]));
+    assert_rfc3339_millis(&denied["@timestamp"]);
     assert_eq!(denied["ecs"]["version"], "8.11.0");
     assert_eq!(denied["rule"]["id"], "shop/events/no-admin");
     assert_eq!(denied["rule"]["ruleset"], "shop/events");
@@ -159,4 +179,233 @@ async fn access_log_has_one_line_per_request_apart_from_the_events() {
     // ...and with accessLog: false no access log is even opened.
     assert!(!quiet.access_log.exists(), "accessLog: false writes nothing");
     quiet.shutdown();
+}
+
+/// `2026-12-02T16:04:05.123Z`: RFC 3339, UTC, milliseconds, as ECS `@timestamp` wants it.
+fn assert_rfc3339_millis(t: &Value) {
+    let t = t.as_str().unwrap_or_else(|| panic!("@timestamp is a string: {t}"));
+    let parsed = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{t}: {e}"));
+    assert_eq!(parsed.offset(), time::UtcOffset::UTC, "{t}");
+    assert_eq!(t.len(), "2026-12-02T16:04:05.123Z".len(), "milliseconds: {t}");
+    let age = time::OffsetDateTime::now_utc() - parsed;
+    assert!(age.whole_seconds().abs() < 300, "now-ish: {t}");
+}
+
+/// One event of every kind the code can emit.
+fn every_kind() -> Vec<SecurityEvent> {
+    let request = |method: &str| RequestFacts {
+        principal: Some(id("shop", "frontend")),
+        source: Some("10.0.0.7:41234".parse().unwrap()),
+        destination: Some("10.0.0.9:15006".parse().unwrap()),
+        method: method.into(),
+        path: "/orders/1".into(),
+        request_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+    };
+    let waf = |blocked: bool| {
+        SecurityEvent::WafFinding(WafEvent {
+            policy: "shop/orders".into(),
+            detector: "sqli",
+            location: "query",
+            name: "id".into(),
+            paranoia: 1,
+            fragment: "1' OR '1'='1".into(),
+            blocked,
+            request: request("GET"),
+        })
+    };
+    let denied = |status: u16, method: &str, audit: bool| {
+        SecurityEvent::RequestDenied(DeniedRequest {
+            status,
+            policy: "shop/orders".into(),
+            rule: "no-admin".into(),
+            audit,
+            request: request(method),
+        })
+    };
+    vec![
+        SecurityEvent::TlsFailure {
+            direction: "inbound",
+            peer: Some("10.0.0.7:41234".parse().unwrap()),
+            expected: None,
+            reason: "certificate from an unknown CA".into(),
+        },
+        SecurityEvent::TlsFailure {
+            direction: "outbound",
+            peer: Some("10.0.0.9:15006".parse().unwrap()),
+            expected: Some(id("shop", "orders")),
+            reason: "server presented spiffe://cluster.local/ns/shop/sa/other".into(),
+        },
+        SecurityEvent::CertificateRotated {
+            identity: id("shop", "orders"),
+            serial: "1a2b".into(),
+            not_after: 1_900_000_000,
+        },
+        SecurityEvent::CertificateReloadFailed { reason: "certificate not signed by the trust bundle".into() },
+        SecurityEvent::PolicyApplied { version: "v7".into(), policies: vec!["shop/orders".into()] },
+        SecurityEvent::PolicyRejected {
+            kept_version: "v7".into(),
+            errors: vec!["orders.yaml:3: kind: Nonsense".into()],
+        },
+        denied(403, "GET", false),
+        denied(429, "POST", false),
+        denied(403, "PATCH", false),
+        denied(403, "DELETE", true),
+        SecurityEvent::CertificateIssued {
+            identity: id("shop", "orders"),
+            serial: "1a2b".into(),
+            not_after: 1_900_000_000,
+            peer: Some("10.0.0.9:40000".parse().unwrap()),
+            pod: Some("orders-7d9f".into()),
+        },
+        SecurityEvent::CertificateRefused {
+            identity: Some(id("shop", "orders")),
+            peer: Some("10.0.0.9:40000".parse().unwrap()),
+            reason: "token audience".into(),
+        },
+        SecurityEvent::CertificateRefused { identity: None, peer: None, reason: "no token".into() },
+        SecurityEvent::LabelsMismatch {
+            identity: id("shop", "orders"),
+            pod: "orders-7d9f".into(),
+            claimed: "app=admin".into(),
+            actual: "app=orders".into(),
+        },
+        SecurityEvent::AuthenticationFailed {
+            reason: "expired",
+            description: "the token has expired",
+            policy: Some("shop/orders".into()),
+            request: request("POST"),
+        },
+        SecurityEvent::AuthenticationFailed {
+            reason: "missing",
+            description: "a token is required",
+            policy: None,
+            request: RequestFacts { principal: None, ..request("PUT") },
+        },
+        waf(true),
+        waf(false),
+    ]
+}
+
+/// The name of an event's kind; a new kind does not compile here until it is named, and
+/// [`KINDS`] makes the test fail until [`every_kind`] emits one.
+fn kind(event: &SecurityEvent) -> &'static str {
+    match event {
+        SecurityEvent::TlsFailure { .. } => "TlsFailure",
+        SecurityEvent::CertificateRotated { .. } => "CertificateRotated",
+        SecurityEvent::CertificateReloadFailed { .. } => "CertificateReloadFailed",
+        SecurityEvent::PolicyApplied { .. } => "PolicyApplied",
+        SecurityEvent::PolicyRejected { .. } => "PolicyRejected",
+        SecurityEvent::RequestDenied(_) => "RequestDenied",
+        SecurityEvent::CertificateIssued { .. } => "CertificateIssued",
+        SecurityEvent::CertificateRefused { .. } => "CertificateRefused",
+        SecurityEvent::LabelsMismatch { .. } => "LabelsMismatch",
+        SecurityEvent::AuthenticationFailed { .. } => "AuthenticationFailed",
+        SecurityEvent::WafFinding(_) => "WafFinding",
+    }
+}
+
+const KINDS: usize = 11;
+
+/// Where [`every_event_kind_written_through_the_event_writer`] leaves its files for
+/// tests/k8s/test_events.py: `<target dir>/tmp/event-samples`.
+fn samples_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("event-samples")
+}
+
+#[test]
+fn every_event_kind_written_through_the_event_writer() {
+    let events = every_kind();
+    let kinds: std::collections::BTreeSet<&str> = events.iter().map(kind).collect();
+    assert_eq!(kinds.len(), KINDS, "every kind has a sample: {kinds:?}");
+    let dir = samples_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    for (format, file) in [(EventFormat::Ocsf, "ocsf.jsonl"), (EventFormat::Ecs, "ecs.jsonl")] {
+        let path = dir.join(file);
+        let _ = std::fs::remove_file(&path);
+        let dropped = prometheus::IntCounter::new("dropped", "dropped").unwrap();
+        let writer =
+            EventWriter::start(&EventsConfig { sink: EventSink::File(path.clone()), format }, dropped).unwrap();
+        for e in events.iter().cloned() {
+            writer.emit(e);
+        }
+        let read = || -> Vec<Value> {
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect()
+        };
+        assert!(eventually_blocking(|| read().len() == events.len()), "{file}: {} lines", read().len());
+        let lines = read();
+        for (event, line) in events.iter().zip(&lines) {
+            assert!(!line.to_string().contains("null"), "absent facts are left out: {line}");
+            match format {
+                EventFormat::Ocsf => assert_ocsf_base(line),
+                EventFormat::Ecs => {
+                    assert_rfc3339_millis(&line["@timestamp"]);
+                    let types = line["event"]["type"].as_array().unwrap_or_else(|| panic!("{line}"));
+                    assert!(!types.is_empty() && line["event"]["category"].as_array().is_some_and(|c| !c.is_empty()));
+                    let expected = if kind(event) == "WafFinding" { "alert" } else { "event" };
+                    assert_eq!(line["event"]["kind"], expected, "{line}");
+                }
+            }
+        }
+        if format == EventFormat::Ocsf {
+            let patch = lines.iter().find(|l| l["http_request"]["http_method"] == "PATCH").unwrap();
+            assert_eq!((patch["activity_id"].clone(), patch["activity_name"].clone()), (99.into(), "Patch".into()));
+            let outbound = lines.iter().find(|l| l["unmapped"]["direction"] == "outbound").unwrap();
+            assert_eq!(outbound["dst_endpoint"]["port"], 15006, "outbound refuses the server it called");
+            assert_eq!(outbound["unmapped"]["expected_identity"], id("shop", "orders").as_str());
+            assert!(outbound.get("tls").is_none(), "no tls object without the version OCSF requires");
+        }
+    }
+}
+
+/// Writes events a real sidecar emitted where tests/k8s/test_events.py validates them too.
+fn keep_for_the_schema_check(file: &str, events: &[Value]) {
+    let dir = samples_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    let lines: String = events.iter().map(|e| format!("{e}\n")).collect();
+    std::fs::write(dir.join(file), lines).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waf_findings_and_authentication_failures_from_real_requests() {
+    const ATTACK: &str = "/orders?id=1%27%20OR%20%271%27%3D%271";
+    let mut all = Vec::new();
+    for (mode, status) in [("BLOCK", 403), ("DETECT", 200)] {
+        let s =
+            PolicedSidecar::start(&policy("waf", &format!("  inputValidation:\n    waf: {{mode: {mode}}}\n"))).await;
+        assert_eq!(s.send("frontend", "GET", ATTACK, &[]).await.status, status, "{mode}");
+        let events = events_eventually(&s, 2).await;
+        let finding = events
+            .iter()
+            .find(|e| e["unmapped"]["waf"]["detector"] == "sqli")
+            .unwrap_or_else(|| panic!("{mode}: {events:#?}"));
+        assert_eq!(finding["class_uid"], 4002);
+        assert_eq!(finding["disposition"], if mode == "BLOCK" { "Blocked" } else { "Detected" });
+        assert_eq!(finding["dst_endpoint"]["port"], s.sidecar.inbound.port());
+        all.extend(events);
+        s.shutdown();
+    }
+    let jwt =
+        "  authentication:\n    jwt:\n      - issuer: https://auth.example.com\n        audiences: [orders]\n        \
+               hmacSecret: {inline: \"0123456789abcdef0123456789abcdef\"}\n    requireJwt: true\n";
+    let s = PolicedSidecar::start(&policy("jwt", jwt)).await;
+    assert_eq!(s.send("frontend", "GET", "/orders/1", &[]).await.status, 401);
+    assert_eq!(s.send("frontend", "GET", "/orders/1", &[("authorization", "Bearer not.a.token")]).await.status, 401);
+    let events = events_eventually(&s, 3).await;
+    let failed: Vec<&Value> = events.iter().filter(|e| e["http_response"]["code"] == 401).collect();
+    assert_eq!(failed.len(), 2, "{events:#?}");
+    assert!(failed
+        .iter()
+        .all(|e| e["status_id"] == 2 && e["firewall_rule"]["name"].as_str().unwrap().starts_with("jwt:")));
+    all.extend(events);
+    s.shutdown();
+    for e in &all {
+        assert_ocsf_base(e);
+    }
+    keep_for_the_schema_check("ocsf-sidecar-waf-jwt.jsonl", &all);
 }

@@ -127,6 +127,83 @@ async fn post_shutdown_from_localhost_drains_and_exits_zero() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// Runs a sidecar with these arguments and variables (and no log variables of the test's own),
+/// shuts it down through its admin API and returns what it wrote on stderr.
+async fn stderr_of_a_run(args: &[&str], env: &[(&str, &str)]) -> String {
+    let pki = Pki::new();
+    let server = pki.workload("server", &id("shop", "orders"));
+    let ports = [free_port(), free_port(), free_port()];
+    let config = write_config(pki.dir.path(), &server, 9, ports);
+    let log = config.with_file_name("sidecar.log");
+    let mut child = Command::new(BIN)
+        .args(["sidecar", "--config"])
+        .arg(&config)
+        .args(args)
+        .env_remove("PALISADE_LOG")
+        .env_remove("RUST_LOG")
+        .env_remove("PALISADE_LOG_FORMAT")
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    wait_ready(ports[2]).await;
+    let shutdown = http_client().post(format!("http://127.0.0.1:{}/shutdown", ports[2])).send().await.unwrap();
+    assert_eq!(shutdown.status(), 200);
+    assert!(wait_exit(&mut child).expect("the sidecar exits").success());
+    std::fs::read_to_string(log).unwrap()
+}
+
+/// Every line of `stderr` as a JSON object; fails on the first line that is not one.
+fn json_lines(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .map(|line| match serde_json::from_str::<serde_json::Value>(line) {
+            Ok(v) if v.is_object() => v,
+            _ => panic!("not a JSON object: {line:?}\nin:\n{stderr}"),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_json_lines_when_asked_and_plain_text_without_colour_in_a_file() {
+    // --log-format json, the filter from RUST_LOG alone.
+    let stderr = stderr_of_a_run(&["--log-format", "json"], &[("RUST_LOG", "info")]).await;
+    let lines = json_lines(&stderr);
+    let drained = lines.iter().find(|l| l["message"] == "drained; exiting").unwrap_or_else(|| panic!("{stderr}"));
+    assert_eq!(drained["level"], "INFO");
+    assert!(drained["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{drained}");
+    assert!(!stderr.contains('\x1b'), "no colour codes: {stderr}");
+
+    // PALISADE_LOG_FORMAT does the same, and PALISADE_LOG wins over RUST_LOG.
+    let stderr =
+        stderr_of_a_run(&[], &[("PALISADE_LOG_FORMAT", "json"), ("PALISADE_LOG", "warn"), ("RUST_LOG", "info")]).await;
+    let lines = json_lines(&stderr);
+    assert!(lines.iter().all(|l| l["level"] == "WARN" || l["level"] == "ERROR"), "{stderr}");
+
+    // Text by default; stderr is a file here, so no ANSI escape sequences.
+    let stderr = stderr_of_a_run(&[], &[("RUST_LOG", "info")]).await;
+    let drained = stderr.lines().find(|l| l.contains("drained; exiting")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(drained.contains("INFO") && !drained.starts_with('{'), "{drained}");
+    assert!(!stderr.contains('\x1b'), "no colour codes: {stderr}");
+}
+
+#[test]
+fn a_log_filter_that_does_not_parse_is_a_configuration_error() {
+    for var in ["PALISADE_LOG", "RUST_LOG"] {
+        let out = Command::new(BIN)
+            .args(["sidecar"])
+            .env_remove("PALISADE_LOG")
+            .env_remove("RUST_LOG")
+            .env(var, "info,palisade=loud")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(78), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("error: {var}: bad log filter \"info,palisade=loud\"")), "{stderr}");
+    }
+}
+
 #[test]
 fn configuration_errors_name_file_line_and_field_and_exit_78() {
     let dir = tempfile::tempdir().unwrap();

@@ -175,7 +175,8 @@ async fn rotations_and_refused_reloads_are_security_events() {
     };
     assert!(eventually(|| async { has(&read(), "certificate reload failed").is_some() }).await);
     let refused = has(&read(), "certificate reload failed").unwrap();
-    assert_eq!(refused["class_uid"], 4002);
+    assert_eq!(refused["class_uid"], 3004, "Entity Management");
+    assert_eq!(refused["status_id"], 2, "failure");
     assert_eq!(refused["severity_id"], 4);
     // A good one is a rotation, with the new serial and expiry.
     let (cert, key) = pki.ca.issue(&LeafSpec::workload(&id("shop", "orders"))).unwrap();
@@ -186,8 +187,9 @@ async fn rotations_and_refused_reloads_are_security_events() {
         eventually(|| async { read().iter().any(|e| e["message"].as_str().unwrap_or("").contains("rotated")) }).await
     );
     let rotated = read().into_iter().find(|e| e["message"].as_str().unwrap_or("").contains("rotated")).unwrap();
-    assert_eq!(rotated["tls"]["certificate"]["serial_number"], serial.as_str());
-    assert!(rotated["tls"]["certificate"]["expiration_time"].as_i64().unwrap() > 0);
+    assert_eq!(rotated["entity"]["type"], "Certificate");
+    assert_eq!(rotated["entity"]["uid"], serial.as_str());
+    assert!(rotated["entity"]["data"]["expiration_time"].as_i64().unwrap() > 0);
     assert_eq!(rotated["actor"]["user"]["uid"], id("shop", "orders").as_str());
     sidecar.shutdown();
 }

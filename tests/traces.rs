@@ -19,6 +19,8 @@ use support::*;
 #[derive(Debug, Clone)]
 struct Received {
     service: String,
+    /// The resource's attributes, `service.name` included.
+    resource: BTreeMap<String, String>,
     trace_id: String,
     span_id: String,
     parent_span_id: String,
@@ -37,16 +39,17 @@ impl Collector {
     fn take(&self, request: ExportTraceServiceRequest) {
         let mut spans = self.spans.lock().unwrap();
         for resource_spans in request.resource_spans {
-            let service = resource_spans
+            let resource: BTreeMap<String, String> = resource_spans
                 .resource
                 .iter()
                 .flat_map(|r| r.attributes.iter())
-                .find(|a| a.key == "service.name")
-                .map(|a| value(a.value.as_ref()))
-                .unwrap_or_default();
+                .map(|a| (a.key.clone(), value(a.value.as_ref())))
+                .collect();
+            let service = resource.get("service.name").cloned().unwrap_or_default();
             for span in resource_spans.scope_spans.into_iter().flat_map(|s| s.spans) {
                 spans.push(Received {
                     service: service.clone(),
+                    resource: resource.clone(),
                     trace_id: hex(&span.trace_id),
                     span_id: hex(&span.span_id),
                     parent_span_id: hex(&span.parent_span_id),
@@ -367,4 +370,70 @@ async fn http_protobuf_export_works_and_a_dead_collector_costs_only_dropped_span
     .await;
     assert!(counted, "all 200 spans counted as dropped");
     single.sidecar.shutdown();
+}
+
+/// A `palisade sidecar` process, killed when dropped (also when the test fails).
+struct Process(std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_carry_the_k8s_resource_attributes_from_the_environment() {
+    // The real binary: the variables are read from its own environment, as in a pod.
+    let (collector, collector_addr) = grpc_collector().await;
+    let app = EchoApp::start().await;
+    let pki = Pki::new();
+    let server = pki.workload("server", &id("shop", "orders"));
+    let client = pki.workload("client", &id("shop", "frontend"));
+    let [inbound, outbound, admin] = [free_port(), free_port(), free_port()];
+    let config = pki.dir.path().join("sidecar.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "identity:\n  files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}\ntrustDomain: {TD}\n\
+             workload: {{namespace: shop, serviceAccount: orders}}\n\
+             inbound: {{listen: \"127.0.0.1:{inbound}\", app: \"{}\"}}\noutbound: {{listen: \"127.0.0.1:{outbound}\"}}\n\
+             admin: {{listen: \"127.0.0.1:{admin}\"}}\n",
+            server.cert.display(),
+            server.key.display(),
+            server.trust_bundle.display(),
+            app.addr,
+        ),
+    )
+    .unwrap();
+    let _sidecar = Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(["sidecar", "--config"])
+            .arg(&config)
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}"))
+            .env("OTEL_TRACES_SAMPLER", "always_on")
+            .env("POD_NAME", "orders-7d9f")
+            .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test,k8s.cluster.name=kind%2Dlocal")
+            .env_remove("OTEL_SERVICE_NAME")
+            .env("PALISADE_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("the sidecar is ready", async || {
+        matches!(http_client().get(format!("http://127.0.0.1:{admin}/ready")).send().await, Ok(r) if r.status() == 200)
+    })
+    .await;
+    let answer = https_client(Some(&client)).get(format!("https://127.0.0.1:{inbound}/orders/1")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+
+    let span = collector.wait_for(1).await.remove(0);
+    assert_eq!(span.service, "orders.shop", "service.name from the workload: {span:?}");
+    assert_eq!(span.resource["k8s.namespace.name"], "shop");
+    assert_eq!(span.resource["k8s.pod.name"], "orders-7d9f");
+    assert_eq!(span.resource["deployment.environment"], "test");
+    assert_eq!(span.resource["k8s.cluster.name"], "kind-local", "percent-decoded");
+    assert_eq!(span.resource["service.version"], env!("CARGO_PKG_VERSION"));
+    app.stop();
 }

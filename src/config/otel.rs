@@ -12,6 +12,10 @@ pub struct TraceSettings {
     /// The sampler of `OTEL_TRACES_SAMPLER` (`parentbased_traceidratio` unless set).
     pub sampler: SamplerChoice,
     pub service_name: String,
+    /// Resource attributes besides `service.name`: `k8s.namespace.name` (the workload's
+    /// namespace), `k8s.pod.name` (`POD_NAME`, which injection sets from the downward API), then
+    /// `OTEL_RESOURCE_ATTRIBUTES`, which wins over both.
+    pub resource: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -89,14 +93,62 @@ impl TraceSettings {
                 SamplerChoice::ParentBased(ParentRoot::Ratio(ratio))
             }
         };
+        let mut resource = std::collections::BTreeMap::new();
+        resource.insert("k8s.namespace.name".to_string(), workload.namespace.clone());
+        if let Some(pod) = var("POD_NAME") {
+            resource.insert("k8s.pod.name".to_string(), pod.trim().to_string());
+        }
+        if let Some(attributes) = var("OTEL_RESOURCE_ATTRIBUTES") {
+            match resource_attributes(&attributes) {
+                Ok(attributes) => resource.extend(attributes),
+                Err(e) => bad("OTEL_RESOURCE_ATTRIBUTES", e),
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
+        // OTEL_SERVICE_NAME wins over a service.name in OTEL_RESOURCE_ATTRIBUTES (the OTel SDK
+        // configuration spec), and both, being variables, over the file.
+        let from_attributes = resource.remove("service.name");
         let service_name = var("OTEL_SERVICE_NAME")
+            .or(from_attributes)
             .or_else(|| config.service_name.clone())
             .unwrap_or_else(|| format!("{}.{}", workload.service_account, workload.namespace));
-        Ok(Some(TraceSettings { endpoint, protocol, sampler, service_name }))
+        Ok(Some(TraceSettings { endpoint, protocol, sampler, service_name, resource: resource.into_iter().collect() }))
     }
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES`: `key=value` pairs separated by commas, values percent-encoded
+/// (the OTel SDK configuration spec, W3C Baggage's syntax). A pair that does not parse makes the
+/// whole variable an error: silently dropping part of it would mislabel every span.
+fn resource_attributes(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut attributes = Vec::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(format!("{pair:?} has no key"));
+        }
+        attributes.push((key.to_string(), percent_decode(value.trim()).map_err(|e| format!("{pair:?}: {e}"))?));
+    }
+    Ok(attributes)
+}
+
+fn percent_decode(text: &str) -> Result<String, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3).ok_or("a % without two hex digits")?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("%{hex} is not a hex escape"))?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "not UTF-8 once decoded".to_string())
 }
 
 #[cfg(test)]
@@ -174,5 +226,38 @@ mod tests {
             })
             .collect();
         assert_eq!(names, ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_TRACES_SAMPLER_ARG", "OTEL_TRACES_SAMPLER"]);
+    }
+
+    #[test]
+    fn resource_attributes_come_from_the_workload_pod_name_and_otel_resource_attributes() {
+        let on = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")];
+        let settings = resolve(None, &on).unwrap().unwrap();
+        assert_eq!(settings.resource, [("k8s.namespace.name".to_string(), "shop".to_string())]);
+
+        let settings = resolve(
+            None,
+            &[
+                on[0],
+                ("POD_NAME", "orders-7d9f"),
+                ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=prod, team=a%2Cb%3Dc ,service.name=from-attrs"),
+            ],
+        )
+        .unwrap()
+        .unwrap();
+        let resource: BTreeMap<_, _> = settings.resource.into_iter().collect();
+        assert_eq!(resource["k8s.pod.name"], "orders-7d9f");
+        assert_eq!(resource["deployment.environment"], "prod");
+        assert_eq!(resource["team"], "a,b=c", "values are percent-decoded");
+        assert!(!resource.contains_key("service.name"), "service.name is the service name, not an extra");
+        assert_eq!(settings.service_name, "from-attrs");
+        let named = resolve(None, &[on[0], ("OTEL_RESOURCE_ATTRIBUTES", "service.name=x"), ("OTEL_SERVICE_NAME", "y")]);
+        assert_eq!(named.unwrap().unwrap().service_name, "y", "OTEL_SERVICE_NAME wins");
+        let overridden = resolve(None, &[on[0], ("OTEL_RESOURCE_ATTRIBUTES", "k8s.namespace.name=other")]);
+        assert_eq!(overridden.unwrap().unwrap().resource, [("k8s.namespace.name".to_string(), "other".to_string())]);
+
+        for bad in ["novalue", "=x", "k=%zz", "k=%4"] {
+            let e = resolve(None, &[on[0], ("OTEL_RESOURCE_ATTRIBUTES", bad)]).unwrap_err();
+            assert!(e.contains("OTEL_RESOURCE_ATTRIBUTES"), "{bad}: {e}");
+        }
     }
 }

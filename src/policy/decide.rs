@@ -631,6 +631,7 @@ mod tests {
         let facts = RequestFacts {
             principal: Some("spiffe://cluster.local/ns/shop/sa/frontend".into()),
             source: Some("10.1.2.3:4567".parse().unwrap()),
+            destination: Some("10.1.2.4:15006".parse().unwrap()),
             method: "GET".into(),
             path: "/admin/users".into(),
             request_id: "req-1".into(),
@@ -648,6 +649,7 @@ mod tests {
         assert_eq!(ocsf["http_request"]["url"]["path"], "/admin/users");
         assert_eq!(ocsf["http_request"]["uid"], "req-1");
         assert_eq!(ocsf["src_endpoint"]["ip"], "10.1.2.3");
+        assert_eq!(ocsf["dst_endpoint"]["port"], 15006);
         assert_eq!(ocsf["actor"]["user"]["uid"], "spiffe://cluster.local/ns/shop/sa/frontend");
         assert_eq!(ocsf["metadata"]["correlation_uid"], "4bf92f3577b34da6a3ce929d0e0e4736");
         let ecs = event.render(EventFormat::Ecs);

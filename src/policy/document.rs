@@ -418,6 +418,8 @@ pub struct Waf {
     pub body_over_limit: OverLimit,
 }
 
+// The variants are spelled as the policy YAML spells them (serde names), like `Mode` and `Action`.
+#[allow(clippy::upper_case_acronyms)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WafMode {
     /// A finding refuses the request (403).
@@ -427,6 +429,7 @@ pub enum WafMode {
     OFF,
 }
 
+#[allow(clippy::upper_case_acronyms)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum OverLimit {
     #[default]

@@ -105,6 +105,7 @@ fn facts(session: &Session, ctx: &RequestCtx, path: &str) -> RequestFacts {
     RequestFacts {
         principal: super::peer_identity(session).map(|p| p.id.to_string()),
         source: session.client_addr().and_then(|a| a.as_inet()).copied(),
+        destination: session.server_addr().and_then(|a| a.as_inet()).copied(),
         method: req.method.to_string(),
         path: path.to_string(),
         request_id: ctx.id.as_str().to_string(),

@@ -1,5 +1,17 @@
-//! Security events as JSON lines, for a SIEM: OCSF HTTP Activity (class 4002) by default, ECS as
-//! the alternative.
+//! Security events as JSON lines, for a SIEM: OCSF 1.5.0 by default, ECS as the alternative.
+//!
+//! OCSF classes, each checked against an independent implementation of the schema
+//! (tests/k8s/test_events.py, the pydantic models of PyPI `ocsf-emitter`):
+//! - requests (denied, rate-limited, unauthenticated, WAF findings): HTTP Activity (4002), with the
+//!   `security_control` profile (`action_id`, `disposition_id`, `firewall_rule`) and the `host`
+//!   profile (`actor`, the caller's SPIFFE ID);
+//! - TLS refusals: Network Activity (4001), activity Refuse;
+//! - policy sets, workload certificates and workload labels: Entity Management (3004, Identity &
+//!   Access Management), the managed entity being the policy set, the certificate or the
+//!   workload. Device Config State Change (5019) would need a `device` and reports a device's
+//!   posture, and Application Lifecycle (6002) is for installing, starting and stopping
+//!   software; Entity Management is the class for "this managed object was created, updated or
+//!   refused", which is what these events say.
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -85,6 +97,8 @@ pub struct RequestFacts {
     pub method: String,
     pub path: String,
     pub request_id: String,
+    /// The address the request was sent to (the sidecar's listener): OCSF `dst_endpoint`.
+    pub destination: Option<SocketAddr>,
     /// The request's trace, when traces are on: `metadata.correlation_uid` in OCSF.
     pub trace_id: Option<String>,
 }
@@ -134,6 +148,21 @@ pub(super) fn now_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Now as RFC 3339 in UTC with milliseconds (`2026-12-02T16:04:05.123Z`): ECS `@timestamp`.
+pub(super) fn now_rfc3339_millis() -> String {
+    let t = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        t.month() as u8,
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
 fn endpoint(addr: Option<SocketAddr>) -> Value {
     match addr {
         Some(a) => json!({"ip": a.ip().to_string(), "port": a.port()}),
@@ -141,140 +170,265 @@ fn endpoint(addr: Option<SocketAddr>) -> Value {
     }
 }
 
+/// OCSF classes the events use: (class_uid, class_name, category_uid, category_name).
+const HTTP_ACTIVITY: (u32, &str, u32, &str) = (4002, "HTTP Activity", 4, "Network Activity");
+const NETWORK_ACTIVITY: (u32, &str, u32, &str) = (4001, "Network Activity", 4, "Network Activity");
+const ENTITY_MANAGEMENT: (u32, &str, u32, &str) = (3004, "Entity Management", 3, "Identity & Access Management");
+
+/// OCSF `status_id`.
+const SUCCESS: u32 = 1;
+const FAILURE: u32 = 2;
+
+/// The `security_control` profile's `action_id` / `disposition_id`.
+const ALLOWED: u32 = 1;
+const DENIED: u32 = 2;
+const BLOCKED: u32 = 2;
+const DETECTED: u32 = 15;
+
+/// What an OCSF record is made of, before the common attributes are added.
+struct Ocsf {
+    class: (u32, &'static str, u32, &'static str),
+    activity: (u32, &'static str),
+    status_id: u32,
+    severity_id: u32,
+    message: String,
+    /// `action_id` and `disposition_id`, for events a security control decided (the
+    /// `security_control` profile).
+    control: Option<(u32, u32)>,
+    /// The class's (and profiles') own attributes.
+    extra: Value,
+}
+
 fn ocsf(event: &SecurityEvent) -> Value {
-    // HTTP Activity: category 4 (Network Activity), class 4002; type_uid = class * 100 + activity.
-    let (activity_id, action_id, disposition_id, severity_id, message, extra) = match event {
-        SecurityEvent::TlsFailure { direction, peer, expected, reason } => (
-            0,
-            2,
-            2, // blocked
-            3,
-            format!("{direction} TLS handshake refused: {reason}"),
-            json!({"src_endpoint": endpoint(*peer), "tls": {"expected_identity": expected},
-                   "firewall_rule": {"uid": "mtls", "name": format!("{direction}-mtls")}}),
-        ),
-        SecurityEvent::CertificateRotated { identity, serial, not_after } => (
-            99,
-            1,
-            1, // allowed
-            1,
-            format!("certificate rotated for {identity}"),
-            json!({"tls": {"certificate": {"serial_number": serial, "expiration_time": not_after * 1000}},
-                   "actor": {"user": {"uid": identity}}}),
-        ),
-        SecurityEvent::CertificateReloadFailed { reason } => {
-            (99, 1, 1, 4, format!("certificate reload failed, previous kept: {reason}"), json!({}))
-        }
-        SecurityEvent::CertificateIssued { identity, serial, not_after, peer, pod } => (
-            99,
-            1,
-            1,
-            1,
-            format!("certificate issued for {identity}"),
-            json!({"tls": {"certificate": {"serial_number": serial, "expiration_time": not_after * 1000}},
-                   "actor": {"user": {"uid": identity}}, "src_endpoint": endpoint(*peer),
-                   "unmapped": {"pod": pod}}),
-        ),
-        SecurityEvent::CertificateRefused { identity, peer, reason } => (
-            99,
-            2,
-            2,
-            3,
-            format!("certificate refused: {reason}"),
-            json!({"actor": {"user": {"uid": identity}}, "src_endpoint": endpoint(*peer),
-                   "firewall_rule": {"uid": "workload-ca", "name": "workload-ca"}}),
-        ),
-        SecurityEvent::LabelsMismatch { identity, pod, claimed, actual } => (
-            99,
-            2,
-            2,
-            4,
-            format!(
-                "{identity} (pod {pod}) claimed labels {claimed}; the API server says {actual}; the claim is ignored"
-            ),
-            json!({"actor": {"user": {"uid": identity}},
-                   "firewall_rule": {"uid": "workload-labels", "name": "workload-labels"}}),
-        ),
-        SecurityEvent::PolicyApplied { version, policies } => {
-            (99, 1, 1, 1, format!("policy version {version} in force"), json!({"unmapped": {"policies": policies}}))
-        }
-        SecurityEvent::PolicyRejected { kept_version, errors } => (
-            99,
-            1,
-            1,
-            4,
-            format!("policy update rejected; version {kept_version} stays in force"),
-            json!({"unmapped": {"errors": errors}}),
-        ),
-        SecurityEvent::AuthenticationFailed { reason, description, policy, request } => (
-            http_activity(&request.method),
-            2,
-            2,
-            3,
-            format!("unauthenticated {} {}: {description}", request.method, request.path),
-            json!({"firewall_rule": {"uid": format!("{}/jwt", policy.as_deref().unwrap_or("-")), "name": format!("jwt:{reason}")},
-                   "src_endpoint": endpoint(request.source),
-                   "actor": {"user": {"uid": request.principal}},
-                   "http_request": {"http_method": request.method, "url": {"path": request.path}, "uid": request.request_id},
-                   "http_response": {"code": 401},
-                   "status_detail": reason}),
-        ),
-        SecurityEvent::WafFinding(w) => (
-            http_activity(&w.request.method),
-            if w.blocked { 2 } else { 1 },
-            if w.blocked { 2 } else { 15 }, // blocked, or detected
-            if w.blocked { 4 } else { 3 },
-            format!(
-                "{} {} {}: {} in {}{}",
-                if w.blocked { "blocked" } else { "detected" },
-                w.request.method,
-                w.request.path,
-                w.detector,
-                w.location,
-                if w.name.is_empty() { String::new() } else { format!(" {}", w.name) }
-            ),
-            json!({"firewall_rule": {"uid": format!("{}/waf:{}", w.policy, w.detector), "name": w.detector,
-                                     "category": "input-validation"},
-                   "src_endpoint": endpoint(w.request.source),
-                   "actor": {"user": {"uid": w.request.principal}},
-                   "http_request": {"http_method": w.request.method, "url": {"path": w.request.path}, "uid": w.request.request_id},
-                   "http_response": if w.blocked { json!({"code": 403}) } else { Value::Null },
-                   "unmapped": {"waf": {"detector": w.detector, "location": w.location, "name": w.name,
-                                        "paranoia": w.paranoia, "fragment": w.fragment}}}),
-        ),
-        SecurityEvent::RequestDenied(r) => (
-            http_activity(&r.request.method),
-            if r.audit { 1 } else { 2 },
-            if r.audit { 1 } else { 2 },
-            3,
-            r.message(),
-            json!({"firewall_rule": {"uid": format!("{}/{}", r.policy, r.rule), "name": r.rule},
-                   "src_endpoint": endpoint(r.request.source),
-                   "actor": {"user": {"uid": r.request.principal}},
-                   "http_request": {"http_method": r.request.method, "url": {"path": r.request.path}, "uid": r.request.request_id},
-                   "http_response": {"code": r.status}}),
-        ),
-    };
+    let o = ocsf_parts(event);
+    let (class_uid, class_name, category_uid, category_name) = o.class;
+    let (activity_id, activity_name) = o.activity;
+    let mut profiles = Vec::new();
     let mut record = json!({
-        "class_uid": 4002,
-        "class_name": "HTTP Activity",
-        "category_uid": 4,
-        "category_name": "Network Activity",
+        "class_uid": class_uid,
+        "class_name": class_name,
+        "category_uid": category_uid,
+        "category_name": category_name,
         "activity_id": activity_id,
-        "type_uid": 4002 * 100 + activity_id,
+        "activity_name": activity_name,
+        "type_uid": class_uid * 100 + activity_id,
+        "type_name": format!("{class_name}: {activity_name}"),
         "time": now_millis(),
-        "severity_id": severity_id,
-        "action_id": action_id,
-        "disposition_id": disposition_id,
-        "message": message,
-        "metadata": {"version": "1.3.0", "product": {"name": "Palisade", "vendor_name": "Palisade",
+        "severity_id": o.severity_id,
+        "severity": severity_name(o.severity_id),
+        "status_id": o.status_id,
+        "status": if o.status_id == SUCCESS { "Success" } else { "Failure" },
+        "message": o.message,
+        "metadata": {"version": OCSF_VERSION, "product": {"name": "Palisade", "vendor_name": "Palisade",
                      "version": env!("CARGO_PKG_VERSION")}},
     });
-    merge(&mut record, extra);
+    if let Some((action_id, disposition_id)) = o.control {
+        profiles.push("security_control");
+        record["action_id"] = json!(action_id);
+        record["action"] = json!(if action_id == ALLOWED { "Allowed" } else { "Denied" });
+        record["disposition_id"] = json!(disposition_id);
+        record["disposition"] = json!(match disposition_id {
+            BLOCKED => "Blocked",
+            DETECTED => "Detected",
+            _ => "Allowed",
+        });
+    }
+    merge(&mut record, o.extra);
+    // `actor` is not an attribute of the network classes: the `host` profile adds it.
+    if o.class != ENTITY_MANAGEMENT && record.get("actor").is_some_and(|a| !a.is_null()) {
+        profiles.push("host");
+    }
+    record["metadata"]["profiles"] = json!(profiles);
     if let Some(trace_id) = trace_id(event) {
         record["metadata"]["correlation_uid"] = json!(trace_id);
     }
+    // OCSF leaves out what is not known rather than writing null.
+    strip_nulls(&mut record);
     record
+}
+
+/// The OCSF schema version the events follow.
+const OCSF_VERSION: &str = "1.5.0";
+
+fn severity_name(id: u32) -> &'static str {
+    match id {
+        1 => "Informational",
+        2 => "Low",
+        3 => "Medium",
+        4 => "High",
+        5 => "Critical",
+        _ => "Unknown",
+    }
+}
+
+/// An HTTP Activity record's request attributes: the caller, the request, the sidecar it reached.
+fn http_attributes(request: &RequestFacts, code: Option<u16>) -> Value {
+    json!({"src_endpoint": endpoint(request.source),
+           "dst_endpoint": endpoint(request.destination),
+           "actor": request.principal.as_ref().map(|p| json!({"user": {"uid": p, "type_id": 99, "type": "Workload"}})),
+           "http_request": {"http_method": request.method, "url": {"path": request.path}, "uid": request.request_id},
+           "http_response": code.map(|code| json!({"code": code}))})
+}
+
+fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
+    let entity = |activity: (u32, &'static str), status_id: u32, severity_id: u32, message: String, extra: Value| {
+        Ocsf { class: ENTITY_MANAGEMENT, activity, status_id, severity_id, message, control: None, extra }
+    };
+    match event {
+        SecurityEvent::TlsFailure { direction, peer, expected, reason } => {
+            // Inbound (and the control plane's listener) refuse a caller; outbound refuses the
+            // server it connected to.
+            let (src, dst) = match *direction {
+                "outbound" => (Value::Null, endpoint(*peer)),
+                _ => (endpoint(*peer), Value::Null),
+            };
+            Ocsf {
+                class: NETWORK_ACTIVITY,
+                activity: (5, "Refuse"),
+                status_id: FAILURE,
+                severity_id: 3,
+                message: format!("{direction} TLS handshake refused: {reason}"),
+                control: Some((DENIED, BLOCKED)),
+                // No `tls` object: the schema requires its `version`, and a refused handshake
+                // ends (in rustls, through tokio-rustls) without telling which was negotiated.
+                extra: json!({"src_endpoint": src, "dst_endpoint": dst, "status_detail": reason,
+                              "firewall_rule": {"uid": "mtls", "name": format!("{direction}-mtls")},
+                              "unmapped": {"direction": direction, "expected_identity": expected}}),
+            }
+        }
+        SecurityEvent::CertificateRotated { identity, serial, not_after } => entity(
+            (3, "Update"),
+            SUCCESS,
+            1,
+            format!("certificate rotated for {identity}"),
+            json!({"entity": certificate(identity, serial, *not_after), "actor": workload(identity)}),
+        ),
+        SecurityEvent::CertificateReloadFailed { reason } => entity(
+            (3, "Update"),
+            FAILURE,
+            4,
+            format!("certificate reload failed, previous kept: {reason}"),
+            json!({"entity": {"type": "Certificate", "name": "workload certificate"}, "status_detail": reason}),
+        ),
+        SecurityEvent::CertificateIssued { identity, serial, not_after, peer, pod } => entity(
+            (1, "Create"),
+            SUCCESS,
+            1,
+            format!("certificate issued for {identity}"),
+            json!({"entity": certificate(identity, serial, *not_after), "actor": workload(identity),
+                   "src_endpoint": endpoint(*peer), "unmapped": {"pod": pod}}),
+        ),
+        SecurityEvent::CertificateRefused { identity, peer, reason } => Ocsf {
+            control: Some((DENIED, BLOCKED)),
+            extra: json!({"entity": {"type": "Certificate", "name": identity},
+                          "actor": identity.as_deref().map(workload), "src_endpoint": endpoint(*peer),
+                          "status_detail": reason,
+                          "firewall_rule": {"uid": "workload-ca", "name": "workload-ca"}}),
+            ..entity((1, "Create"), FAILURE, 3, format!("certificate refused: {reason}"), Value::Null)
+        },
+        SecurityEvent::LabelsMismatch { identity, pod, claimed, actual } => Ocsf {
+            control: Some((DENIED, BLOCKED)),
+            extra: json!({"entity": {"type": "Workload", "name": pod, "uid": identity,
+                                     "data": {"claimed_labels": claimed, "labels": actual}},
+                          "actor": workload(identity),
+                          "firewall_rule": {"uid": "workload-labels", "name": "workload-labels"}}),
+            ..entity(
+                (99, "Verify"),
+                FAILURE,
+                4,
+                format!(
+                    "{identity} (pod {pod}) claimed labels {claimed}; the API server says {actual}; the claim is ignored"
+                ),
+                Value::Null,
+            )
+        },
+        SecurityEvent::PolicyApplied { version, policies } => entity(
+            (3, "Update"),
+            SUCCESS,
+            1,
+            format!("policy version {version} in force"),
+            json!({"entity": {"type": "Policy", "name": "security policies", "version": version,
+                              "data": {"policies": policies}}}),
+        ),
+        SecurityEvent::PolicyRejected { kept_version, errors } => entity(
+            (3, "Update"),
+            FAILURE,
+            4,
+            format!("policy update rejected; version {kept_version} stays in force"),
+            json!({"entity": {"type": "Policy", "name": "security policies", "version": kept_version},
+                   "status_detail": errors.join("; "), "unmapped": {"errors": errors}}),
+        ),
+        SecurityEvent::AuthenticationFailed { reason, description, policy, request } => {
+            let mut extra = http_attributes(request, Some(401));
+            merge(
+                &mut extra,
+                json!({"firewall_rule": {"uid": format!("{}/jwt", policy.as_deref().unwrap_or("-")),
+                                         "name": format!("jwt:{reason}")},
+                       "status_detail": reason}),
+            );
+            Ocsf {
+                class: HTTP_ACTIVITY,
+                activity: http_activity(&request.method),
+                status_id: FAILURE,
+                severity_id: 3,
+                message: format!("unauthenticated {} {}: {description}", request.method, request.path),
+                control: Some((DENIED, BLOCKED)),
+                extra,
+            }
+        }
+        SecurityEvent::WafFinding(w) => {
+            let mut extra = http_attributes(&w.request, w.blocked.then_some(403));
+            merge(
+                &mut extra,
+                json!({"firewall_rule": {"uid": format!("{}/waf:{}", w.policy, w.detector), "name": w.detector,
+                                         "category": "input-validation"},
+                       "unmapped": {"waf": {"detector": w.detector, "location": w.location, "name": w.name,
+                                            "paranoia": w.paranoia, "fragment": w.fragment}}}),
+            );
+            Ocsf {
+                class: HTTP_ACTIVITY,
+                activity: http_activity(&w.request.method),
+                status_id: if w.blocked { FAILURE } else { SUCCESS },
+                severity_id: if w.blocked { 4 } else { 3 },
+                message: format!(
+                    "{} {} {}: {} in {}{}",
+                    if w.blocked { "blocked" } else { "detected" },
+                    w.request.method,
+                    w.request.path,
+                    w.detector,
+                    w.location,
+                    if w.name.is_empty() { String::new() } else { format!(" {}", w.name) }
+                ),
+                control: Some(if w.blocked { (DENIED, BLOCKED) } else { (ALLOWED, DETECTED) }),
+                extra,
+            }
+        }
+        SecurityEvent::RequestDenied(r) => {
+            let mut extra = http_attributes(&r.request, (!r.audit).then_some(r.status));
+            merge(&mut extra, json!({"firewall_rule": {"uid": format!("{}/{}", r.policy, r.rule), "name": r.rule}}));
+            Ocsf {
+                class: HTTP_ACTIVITY,
+                activity: http_activity(&r.request.method),
+                status_id: if r.audit { SUCCESS } else { FAILURE },
+                severity_id: 3,
+                message: r.message(),
+                control: Some(if r.audit { (ALLOWED, ALLOWED) } else { (DENIED, BLOCKED) }),
+                extra,
+            }
+        }
+    }
+}
+
+/// A workload's SPIFFE ID as an OCSF actor (user type Other: a workload, not a person).
+fn workload(identity: &str) -> Value {
+    json!({"user": {"uid": identity, "type_id": 99, "type": "Workload"}})
+}
+
+/// A workload certificate as the managed entity. (Entity Management has no `tls` object; OCSF's
+/// `certificate` object requires an issuer name these events do not carry.)
+fn certificate(identity: &str, serial: &str, not_after: i64) -> Value {
+    json!({"type": "Certificate", "uid": serial, "name": identity,
+           "data": {"serial_number": serial, "expiration_time": not_after * 1000}})
 }
 
 fn trace_id(event: &SecurityEvent) -> Option<&str> {
@@ -286,50 +440,80 @@ fn trace_id(event: &SecurityEvent) -> Option<&str> {
     }
 }
 
-/// OCSF HTTP Activity's activity_id for a method (99: other).
-fn http_activity(method: &str) -> u32 {
+/// OCSF 1.5.0 HTTP Activity's activity for a method. PATCH has no activity of its own in 1.5.0
+/// (its enum is Connect..Trace), so it is Other (99) with the method as the activity's name, as
+/// OCSF asks of 99.
+fn http_activity(method: &str) -> (u32, &'static str) {
     match method {
-        "CONNECT" => 1,
-        "DELETE" => 2,
-        "GET" => 3,
-        "HEAD" => 4,
-        "OPTIONS" => 5,
-        "POST" => 6,
-        "PUT" => 7,
-        "TRACE" => 8,
-        _ => 99,
+        "CONNECT" => (1, "Connect"),
+        "DELETE" => (2, "Delete"),
+        "GET" => (3, "Get"),
+        "HEAD" => (4, "Head"),
+        "OPTIONS" => (5, "Options"),
+        "POST" => (6, "Post"),
+        "PUT" => (7, "Put"),
+        "TRACE" => (8, "Trace"),
+        "PATCH" => (99, "Patch"),
+        _ => (99, "Other"),
+    }
+}
+
+/// ECS `event.kind`, `event.category` and `event.type` of each event, from the values the ECS
+/// field reference allows (each type is one the reference lists for one of the categories).
+fn ecs_classification(event: &SecurityEvent) -> (&'static str, &'static [&'static str], &'static [&'static str]) {
+    match event {
+        SecurityEvent::TlsFailure { .. } => ("event", &["network"], &["connection", "denied"]),
+        SecurityEvent::CertificateRotated { .. } | SecurityEvent::CertificateReloadFailed { .. } => {
+            ("event", &["configuration"], &["change"])
+        }
+        SecurityEvent::CertificateIssued { .. } | SecurityEvent::CertificateRefused { .. } => {
+            ("event", &["iam"], &["creation"])
+        }
+        SecurityEvent::LabelsMismatch { .. } => ("event", &["iam"], &["info"]),
+        SecurityEvent::PolicyApplied { .. } | SecurityEvent::PolicyRejected { .. } => {
+            ("event", &["configuration"], &["change"])
+        }
+        // A failed login is authentication / start / failure in ECS.
+        SecurityEvent::AuthenticationFailed { .. } => ("event", &["authentication", "web"], &["start", "access"]),
+        // A detection rule fired: an alert, whether or not it blocked.
+        SecurityEvent::WafFinding(w) => (
+            "alert",
+            &["intrusion_detection", "web"],
+            if w.blocked { &["denied", "access"] } else { &["allowed", "access"] },
+        ),
+        SecurityEvent::RequestDenied(r) => {
+            ("event", &["network", "web"], if r.audit { &["allowed", "access"] } else { &["denied", "access"] })
+        }
     }
 }
 
 fn ecs(event: &SecurityEvent) -> Value {
-    let (action, outcome, category, message, extra) = match event {
+    let (action, outcome, message, extra) = match event {
         SecurityEvent::TlsFailure { direction, peer, expected, reason } => (
             "tls-handshake-refused",
             "failure",
-            "network",
             format!("{direction} TLS handshake refused: {reason}"),
             json!({"source": peer.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
-                   "tls": {"server": {"x509": {"subject": {"common_name": expected}}}},
+                   // The identity the server was expected to prove: a SPIFFE ID (a URI SAN), not
+                   // a field of the presented certificate, so a label.
+                   "labels": {"direction": direction, "expected_identity": expected},
                    "rule": {"id": "mtls", "name": format!("{direction}-mtls")}}),
         ),
         SecurityEvent::CertificateRotated { identity, serial, not_after } => (
             "certificate-rotated",
             "success",
-            "configuration",
             format!("certificate rotated for {identity}"),
             json!({"tls": {"server": {"x509": {"serial_number": serial, "not_after": not_after}}}}),
         ),
         SecurityEvent::CertificateReloadFailed { reason } => (
             "certificate-reload-failed",
             "failure",
-            "configuration",
             format!("certificate reload failed, previous kept: {reason}"),
             json!({}),
         ),
         SecurityEvent::CertificateIssued { identity, serial, not_after, peer, .. } => (
             "certificate-issued",
             "success",
-            "iam",
             format!("certificate issued for {identity}"),
             json!({"tls": {"client": {"x509": {"serial_number": serial, "not_after": not_after}}},
                    "user": {"name": identity},
@@ -338,7 +522,6 @@ fn ecs(event: &SecurityEvent) -> Value {
         SecurityEvent::CertificateRefused { identity, peer, reason } => (
             "certificate-refused",
             "failure",
-            "iam",
             format!("certificate refused: {reason}"),
             json!({"user": {"name": identity},
                    "source": peer.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()}))}),
@@ -346,7 +529,6 @@ fn ecs(event: &SecurityEvent) -> Value {
         SecurityEvent::LabelsMismatch { identity, pod, claimed, actual } => (
             "workload-labels-mismatch",
             "failure",
-            "iam",
             format!(
                 "{identity} (pod {pod}) claimed labels {claimed}; the API server says {actual}; the claim is ignored"
             ),
@@ -355,21 +537,18 @@ fn ecs(event: &SecurityEvent) -> Value {
         SecurityEvent::PolicyApplied { version, policies } => (
             "policy-applied",
             "success",
-            "configuration",
             format!("policy version {version} in force"),
             json!({"labels": {"policies": policies.join(",")}}),
         ),
         SecurityEvent::PolicyRejected { kept_version, errors } => (
             "policy-rejected",
             "failure",
-            "configuration",
             format!("policy update rejected; version {kept_version} stays in force"),
             json!({"error": {"message": errors.join("; ")}}),
         ),
         SecurityEvent::AuthenticationFailed { reason, description, policy, request } => (
             "authentication-failed",
             "failure",
-            "authentication",
             format!("unauthenticated {} {}: {description}", request.method, request.path),
             json!({"rule": {"id": format!("{}/jwt", policy.as_deref().unwrap_or("-")), "name": format!("jwt:{reason}")},
                    "source": request.source.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
@@ -380,7 +559,6 @@ fn ecs(event: &SecurityEvent) -> Value {
         SecurityEvent::WafFinding(w) => (
             if w.blocked { "waf-blocked" } else { "waf-detected" },
             if w.blocked { "failure" } else { "success" },
-            "intrusion_detection",
             format!(
                 "{} {} {}: {} in {}",
                 if w.blocked { "blocked" } else { "detected" },
@@ -401,7 +579,6 @@ fn ecs(event: &SecurityEvent) -> Value {
         SecurityEvent::RequestDenied(r) => (
             if r.audit { "request-audit-deny" } else { "request-denied" },
             if r.audit { "success" } else { "failure" },
-            "web",
             r.message(),
             json!({"rule": {"id": format!("{}/{}", r.policy, r.rule), "name": r.rule, "ruleset": r.policy},
                    "source": r.request.source.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
@@ -410,10 +587,11 @@ fn ecs(event: &SecurityEvent) -> Value {
                    "url": {"path": r.request.path}}),
         ),
     };
+    let (kind, category, types) = ecs_classification(event);
     let mut record = json!({
-        "@timestamp": now_millis(),
+        "@timestamp": now_rfc3339_millis(),
         "ecs": {"version": "8.11.0"},
-        "event": {"kind": "event", "category": [category], "action": action, "outcome": outcome},
+        "event": {"kind": kind, "category": category, "type": types, "action": action, "outcome": outcome},
         "message": message,
         "observer": {"product": "Palisade", "version": env!("CARGO_PKG_VERSION")},
     });
@@ -421,11 +599,25 @@ fn ecs(event: &SecurityEvent) -> Value {
     if let Some(trace_id) = trace_id(event) {
         record["trace"] = json!({"id": trace_id});
     }
+    strip_nulls(&mut record);
     record
 }
 
 fn merge(into: &mut Value, extra: Value) {
     if let (Value::Object(into), Value::Object(extra)) = (into, extra) {
         into.extend(extra);
+    }
+}
+
+/// Removes null members, recursively: absent facts are left out, not written as null.
+fn strip_nulls(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+            map.retain(|_, v| !matches!(v, Value::Object(m) if m.is_empty()));
+        }
+        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
     }
 }

@@ -1,4 +1,7 @@
-//! Diagnostic logs (tracing), with a level that can be changed at run time through the admin API.
+//! Diagnostic logs (tracing), as text or JSON lines on stderr, with a filter that can be changed
+//! at run time through the admin API.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -8,27 +11,54 @@ use tracing_subscriber::{reload, EnvFilter, Registry};
 #[derive(Clone)]
 pub struct LogLevel(Option<reload::Handle<EnvFilter, Registry>>);
 
+/// How each log line is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `target`, `message`, the event's fields),
+    /// for log shippers and `kubectl logs | jq`.
+    Json,
+}
+
 const DEFAULT_FILTER: &str = "info,pingora_core=warn,pingora_proxy=warn";
+
+/// The variables a filter is read from, in order: the project's own first, so a `RUST_LOG` meant
+/// for another program in the same environment can be overridden without unsetting it.
+const FILTER_VARS: [&str; 2] = ["PALISADE_LOG", "RUST_LOG"];
 
 impl LogLevel {
     /// Installs the global subscriber, logging to stderr (stdout carries security events).
-    /// The filter comes from `PALISADE_LOG`, in `RUST_LOG` syntax.
-    pub fn init() -> Self {
-        Self::init_with(DEFAULT_FILTER)
+    /// The filter comes from `PALISADE_LOG`, else `RUST_LOG` (both in `RUST_LOG` syntax), else
+    /// the default; a filter that does not parse is an error naming the variable, never a
+    /// silent fallback to the default.
+    pub fn init(format: LogFormat) -> Result<Self, String> {
+        let filter = filter_from_env(&|name| std::env::var(name).ok(), DEFAULT_FILTER)?;
+        Ok(Self::install(filter, format))
     }
 
-    /// As [`LogLevel::init`], with another filter when `PALISADE_LOG` is not set.
+    /// As [`LogLevel::init`] in text, with another filter when neither variable is set (tests).
     pub fn init_with(default_filter: &str) -> Self {
-        let filter = std::env::var("PALISADE_LOG")
-            .ok()
-            .and_then(|f| EnvFilter::try_new(f).ok())
-            .unwrap_or_else(|| EnvFilter::new(default_filter));
+        let filter =
+            filter_from_env(&|name| std::env::var(name).ok(), default_filter).unwrap_or_else(|e| panic!("{e}"));
+        Self::install(filter, LogFormat::Text)
+    }
+
+    fn install(filter: EnvFilter, format: LogFormat) -> Self {
         let (filter, handle) = reload::Layer::new(filter);
-        let installed = tracing_subscriber::registry()
-            .with(filter)
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
-            .try_init()
-            .is_ok();
+        // Colour codes only for a person at a terminal: `kubectl logs`, files and log shippers
+        // read stderr through a pipe and would store the escape sequences. NO_COLOR is honoured
+        // too (no-color.org).
+        let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        let text = (format == LogFormat::Text)
+            .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi));
+        // Flattened: the message and the event's fields at the top level, where log pipelines
+        // look for them, rather than under "fields".
+        let json = (format == LogFormat::Json).then(|| {
+            tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr).with_ansi(false)
+        });
+        let installed = tracing_subscriber::registry().with(filter).with(text).with(json).try_init().is_ok();
         // A second sidecar in the same process (tests) shares the first one's subscriber.
         LogLevel(installed.then_some(handle))
     }
@@ -43,5 +73,41 @@ impl LogLevel {
             Some(handle) => handle.reload(filter).map_err(|e| e.to_string()),
             None => Err("the log level is managed by another component in this process".into()),
         }
+    }
+}
+
+/// The filter from the first of [`FILTER_VARS`] that is set and not empty, else `default`.
+fn filter_from_env(var: &dyn Fn(&str) -> Option<String>, default: &str) -> Result<EnvFilter, String> {
+    for name in FILTER_VARS {
+        if let Some(value) = var(name).filter(|v| !v.trim().is_empty()) {
+            return EnvFilter::builder()
+                .parse(&value)
+                .map_err(|e| format!("{name}: bad log filter {value:?}: {e} (e.g. \"info,palisade=debug\")"));
+        }
+    }
+    Ok(EnvFilter::new(default))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+    }
+
+    #[test]
+    fn palisade_log_wins_then_rust_log_then_the_default() {
+        let f = |vars: &[(&str, &str)]| filter_from_env(&env(vars), "warn").unwrap().to_string();
+        assert_eq!(f(&[("PALISADE_LOG", "debug"), ("RUST_LOG", "trace")]), "debug");
+        assert_eq!(f(&[("RUST_LOG", "trace")]), "trace");
+        assert_eq!(f(&[("PALISADE_LOG", ""), ("RUST_LOG", "error")]), "error");
+        assert_eq!(f(&[]), "warn");
+    }
+
+    #[test]
+    fn a_filter_that_does_not_parse_is_an_error_naming_its_variable() {
+        let e = filter_from_env(&env(&[("RUST_LOG", "info,palisade=loud")]), "warn").unwrap_err();
+        assert!(e.starts_with("RUST_LOG: bad log filter \"info,palisade=loud\""), "{e}");
     }
 }

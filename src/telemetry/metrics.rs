@@ -14,6 +14,9 @@ pub struct Metrics {
     pub certificate_expiry: Gauge,
     pub certificate_reloads: IntCounterVec,
     pub events_dropped: prometheus::IntCounter,
+    /// Access log lines lost, apart from the security events: an access log that cannot keep up
+    /// must not look like lost security events to an alert on those.
+    pub access_log_dropped: prometheus::IntCounter,
     pub authz_decisions: IntCounterVec,
     pub ratelimit_decisions: IntCounterVec,
     pub policy_version: IntGaugeVec,
@@ -61,7 +64,12 @@ impl Metrics {
         .expect("metric");
         let events_dropped = prometheus::IntCounter::new(
             "palisade_security_events_dropped_total",
-            "Security events dropped because the event writer fell behind.",
+            "Security events dropped because the event writer fell behind or its sink failed.",
+        )
+        .expect("metric");
+        let access_log_dropped = prometheus::IntCounter::new(
+            "palisade_access_log_lines_dropped_total",
+            "Access log lines dropped because the access log writer fell behind or its sink failed.",
         )
         .expect("metric");
         let authz_decisions = IntCounterVec::new(
@@ -126,6 +134,7 @@ impl Metrics {
             Box::new(certificate_expiry.clone()),
             Box::new(certificate_reloads.clone()),
             Box::new(events_dropped.clone()),
+            Box::new(access_log_dropped.clone()),
             Box::new(build_info),
             Box::new(authz_decisions.clone()),
             Box::new(ratelimit_decisions.clone()),
@@ -149,6 +158,7 @@ impl Metrics {
             certificate_expiry,
             certificate_reloads,
             events_dropped,
+            access_log_dropped,
             authz_decisions,
             ratelimit_decisions,
             policy_version,

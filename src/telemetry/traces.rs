@@ -97,6 +97,7 @@ impl Traces {
         let resource = Resource::builder_empty()
             .with_service_name(settings.service_name.clone())
             .with_attributes([KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))])
+            .with_attributes(settings.resource.iter().map(|(k, v)| KeyValue::new(k.clone(), v.clone())))
             .build();
         let provider = SdkTracerProvider::builder()
             .with_span_processor(QueueProcessor { queue: sender, dropped: counters.dropped.clone() })
@@ -396,6 +397,7 @@ mod tests {
             protocol: OtlpProtocol::Grpc,
             sampler: SamplerChoice::ParentBased(ParentRoot::AlwaysOff),
             service_name: "t".into(),
+            resource: vec![],
         };
         let traces = Traces::new(settings, TraceCounters { exported: IntCounter::new("e", "e").unwrap(), dropped });
         let mut headers = HeaderMap::new();
