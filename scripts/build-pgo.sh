@@ -8,8 +8,10 @@
 # request by about a third (docs/benchmarks.md, "Profile-guided build").
 #
 # Steps
-#   1. an llvm-profdata that reads what rustc's instrumentation writes: the newest one installed,
-#      else Debian's llvm-19 (rustc 1.95 is LLVM 22; llvm-profdata 19 reads its raw profiles);
+#   1. an llvm-profdata that reads what rustc's instrumentation writes, checked by merging a
+#      probe profile: rustc's own LLVM major first, then newer, then older ones; tools whose
+#      --version fails are skipped. None: Debian's llvm-19 is installed (rustc 1.95 is LLVM 22;
+#      llvm-profdata 19 reads its raw profiles);
 #   2. an instrumented release build (target/pgo-instrumented);
 #   3. training: bench/pair.sh runs the Palisade pair alone (ONLY=palisade) under three loads —
 #      GETs; POSTs with a 1 KB body; GETs against a 20-rule policy and two rate limits with
@@ -21,7 +23,8 @@
 # Cost: two release builds (about 10-12 min on 2 cores) and about 30 s of load; bench/pair.sh
 # installs what the training needs (nginx as the app, oha as the load).
 #
-# Usage: scripts/build-pgo.sh            (then target/pgo/release/palisade)
+# Usage: scripts/build-pgo.sh                  (then target/pgo/release/palisade)
+#        scripts/build-pgo.sh --find-profdata  (step 1 only, installs nothing; prints "MAJOR PATH")
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,28 +36,101 @@ OPTIMISED="$ROOT/target/pgo/release/palisade"
 log() { printf '[build-pgo.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
-# The newest llvm-profdata on the machine, as "MAJOR PATH".
-find_profdata() {
-    local tool major best="" best_major=0
-    for tool in /usr/lib/llvm-*/bin/llvm-profdata /usr/bin/llvm-profdata*; do
-        [[ -x $tool ]] || continue
-        major=$("$tool" --version 2>/dev/null | sed -n 's/.*LLVM version \([0-9]*\).*/\1/p' | head -1)
-        if [[ -n $major ]] && (( major > best_major )); then best=$tool; best_major=$major; fi
+# Every llvm-profdata on the machine, one path a line: rustup's llvm-tools (built from rustc's own
+# LLVM), then each one on PATH, then Debian's /usr/lib/llvm-*.
+profdata_candidates() {
+    local dir sysroot
+    sysroot=$(rustc --print sysroot 2>/dev/null) || sysroot=""
+    # `|| true`: under `set -e` a glob that matches nothing (compgen's exit 1) would end the search.
+    [[ -z $sysroot ]] || compgen -G "$sysroot/lib/rustlib/*/bin/llvm-profdata" || true
+    local -a dirs
+    IFS=: read -ra dirs <<<"$PATH"
+    for dir in "${dirs[@]}"; do
+        [[ -z $dir ]] || compgen -G "$dir/llvm-profdata*" || true
     done
-    [[ -n $best ]] && echo "$best_major $best"
+    compgen -G "/usr/lib/llvm-*/bin/llvm-profdata" || true
+}
+
+# The LLVM major version a tool reports, or nothing. Some builds answer `--version` with an error
+# (Debian's llvm-profdata-14: "Unknown command!", exit 1) but answer `merge --version`; a tool that
+# fails both is skipped, never fatal.
+profdata_major() {
+    local out
+    out=$("$1" --version 2>/dev/null) || out=$("$1" merge --version 2>/dev/null) || return 1
+    sed -n 's/.*LLVM version \([0-9][0-9]*\).*/\1/p' <<<"$out" | sed -n 1p
+}
+
+# A raw profile written by this rustc, so that each candidate is tried on what it will be given:
+# the raw format changes between LLVM majors and an old llvm-profdata refuses a newer one
+# ("unsupported instrumentation profile format version"). A trivial program, well under a second.
+make_probe_profile() {
+    local dir=$1
+    printf 'fn main() {}\n' >"$dir/probe.rs"
+    rustc -Cprofile-generate="$dir/raw" -o "$dir/probe" "$dir/probe.rs" 2>/dev/null &&
+        "$dir/probe" && compgen -G "$dir/raw/*.profraw" >/dev/null
+}
+
+# The llvm-profdata to use, as "MAJOR PATH": one that merges a raw profile of rustc's LLVM
+# ($1, its major). Tried in order: the same major as rustc, then newer ones, then older ones (newest
+# first); each is checked by merging the probe profile, so a tool that cannot read rustc's format
+# is passed over whatever its version says. Returns 1 when none works.
+find_profdata() {
+    local want=$1 tool real major probe rank
+    local -A seen=()
+    local -a ranked=()
+    probe=$(mktemp -d)
+    # shellcheck disable=SC2064 # expand now: the path is local
+    trap "rm -rf '$probe'" RETURN
+    if ! make_probe_profile "$probe"; then
+        log "rustc could not write a probe profile (no profiler runtime in this toolchain?)"
+        return 1
+    fi
+    while IFS= read -r tool; do
+        [[ -x $tool && ! -d $tool ]] || continue
+        real=$(readlink -f "$tool") || real=$tool
+        [[ -z ${seen[$real]:-} ]] || continue
+        seen[$real]=1
+        if ! major=$(profdata_major "$tool") || [[ -z $major ]]; then
+            log "   skipping $tool: its --version fails"
+            continue
+        fi
+        # Sort key: 0 for rustc's major, 1 for newer, 2 for older; newest first within each.
+        if ((major == want)); then rank=0; elif ((major > want)); then rank=1; else rank=2; fi
+        ranked+=("$rank $((1000 - major)) $major $tool")
+    done < <(profdata_candidates)
+    while read -r _ _ major tool; do
+        [[ -n ${tool:-} ]] || continue
+        if "$tool" merge -o "$probe/probe.profdata" "$probe/raw" >/dev/null 2>&1; then
+            echo "$major $tool"
+            return 0
+        fi
+        log "   skipping $tool (LLVM $major): it cannot read rustc's LLVM $want profiles"
+    done < <(printf '%s\n' "${ranked[@]}" | sort -n -k1,1 -k2,2)
+    return 1
 }
 
 cd "$ROOT"
 rustc_llvm=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
-read -r profdata_major profdata < <(find_profdata || true) || true
-if [[ -z ${profdata:-} ]] || (( profdata_major < 19 )); then
+[[ -n $rustc_llvm ]] || die "rustc -vV does not say its LLVM version"
+
+# `--find-profdata`: only step 1, without installing anything; prints "MAJOR PATH" (exit 1 if none).
+if [[ ${1:-} == --find-profdata ]]; then
+    find_profdata "$rustc_llvm" || die "no llvm-profdata reads rustc's LLVM $rustc_llvm profiles"
+    exit 0
+fi
+
+profdata="" profdata_major=""
+if found=$(find_profdata "$rustc_llvm"); then
+    read -r profdata_major profdata <<<"$found"
+else
     log "installing llvm-19 for llvm-profdata (rustc's LLVM is $rustc_llvm)"
     if [[ $(id -u) == 0 ]]; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq llvm-19 >/dev/null
     else
         sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq llvm-19 >/dev/null
     fi
-    read -r profdata_major profdata < <(find_profdata) || die "no llvm-profdata after installing llvm-19"
+    found=$(find_profdata "$rustc_llvm") || die "no llvm-profdata reads rustc's LLVM $rustc_llvm profiles after installing llvm-19 (try: rustup component add llvm-tools)"
+    read -r profdata_major profdata <<<"$found"
 fi
 log "llvm-profdata $profdata_major ($profdata), rustc's LLVM $rustc_llvm"
 
