@@ -376,9 +376,10 @@ impl PolicySnapshot {
     /// Drops idle rate-limit buckets; run periodically.
     pub fn forget_idle_buckets(&self) {
         for limit in self.policies.iter().flat_map(|p| &p.rate_limits) {
-            if limit.buckets.forget_idle() {
+            let overflowed = limit.buckets.forget_idle();
+            if overflowed > 0 {
                 tracing::warn!(policy = %limit.policy, limit = %limit.name, max = super::ratelimit::MAX_KEYS,
-                    "more live rate-limit keys than the cap; the limit's buckets start afresh");
+                    overflowed, "rate-limit key table full: requests with new keys shared one overflow bucket");
             }
         }
     }

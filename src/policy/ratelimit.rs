@@ -1,28 +1,125 @@
 //! Local rate limits: a token bucket (GCRA, via governor) per limit and key. Keys are hashed
-//! with a per-process random key, so the map holds 8-byte keys whatever the caller sends, and
-//! buckets that have refilled are dropped by [`Buckets::forget_idle`]. Past a hard cap of live
-//! keys the whole set starts afresh: memory stays bounded even when a caller mints keys faster
-//! than buckets refill (at worst, a flood resets the buckets it filled).
+//! with a per-process random key, so the table holds 8-byte keys whatever the caller sends, and
+//! buckets that have refilled are dropped by [`Buckets::forget_idle`].
+//!
+//! Memory is bounded without forgiving anyone (issue 16: resetting the table past a cap let a
+//! flood of new keys reset a limited one). The table ([`CappedStore`]) admits at most `max_keys`
+//! keys; a bucket leaves it only once it is full again, which is indistinguishable from a new
+//! bucket. While the table is full, a key not in it shares one overflow bucket with every other such
+//! key: a limited key keeps its bucket, and a flood of new keys limits itself (and new callers, until
+//! the next sweep frees full buckets) instead of the keys already tracked.
 
 use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
+use governor::nanos::Nanos;
+use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::{InMemoryState, NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 
-type Limiter<C> = RateLimiter<u64, DefaultKeyedStateStore<u64>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+type Limiter<C> = RateLimiter<u64, CappedStore, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
-/// Live keys per limit before the buckets start afresh (a few MB at most).
+/// Live keys per limit (a few MB at most); past it, new keys share the overflow bucket.
 pub const MAX_KEYS: usize = 100_000;
 
+/// governor's DashMap store with a bound on its entries and an overflow bucket past it.
+pub struct CappedStore {
+    map: DashMapStateStore<u64>,
+    /// Entries in `map`, counted exactly: a slot is reserved before an insert and given back when
+    /// another thread inserted the key first; the sweep subtracts what it removes.
+    live: AtomicUsize,
+    cap: usize,
+    /// The bucket shared by keys that found the table full.
+    overflow: InMemoryState,
+    /// Requests that went to the overflow bucket since the last sweep (shared with [`Buckets`]:
+    /// governor's limiter owns the store and lends no reference to it).
+    overflowed: Arc<AtomicU64>,
+}
+
+impl CappedStore {
+    fn new(cap: usize, overflowed: Arc<AtomicU64>) -> Self {
+        CappedStore {
+            map: DashMapStateStore::default(),
+            live: AtomicUsize::new(0),
+            cap,
+            overflow: InMemoryState::default(),
+            overflowed,
+        }
+    }
+
+    /// A bucket's theoretical arrival time, read without changing it (the closure refuses).
+    fn tat(state: &InMemoryState) -> u64 {
+        state
+            .measure_and_replace(&NotKeyed::NonKey, |prev: Option<Nanos>| Err::<((), Nanos), _>(prev))
+            .err()
+            .flatten()
+            .map_or(0, u64::from)
+    }
+}
+
+impl StateStore for CappedStore {
+    type Key = u64;
+
+    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
+    {
+        // The common case, a known key: one shard read lock, as in governor's own store.
+        if let Some(state) = self.map.get(key) {
+            return state.measure_and_replace(&NotKeyed::NonKey, f);
+        }
+        if self.live.fetch_add(1, Ordering::Relaxed) >= self.cap {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+            return self.overflow.measure_and_replace(&NotKeyed::NonKey, f);
+        }
+        let mut inserted = false;
+        let state = self.map.entry(*key).or_insert_with(|| {
+            inserted = true;
+            InMemoryState::default()
+        });
+        if !inserted {
+            self.live.fetch_sub(1, Ordering::Relaxed);
+        }
+        state.measure_and_replace(&NotKeyed::NonKey, f)
+    }
+}
+
+impl ShrinkableKeyedStateStore<u64> for CappedStore {
+    /// Drops the buckets that are full again: their arrival time is not after `drop_below` (now).
+    /// A limited bucket's is in the future, so it is never dropped.
+    fn retain_recent(&self, drop_below: Nanos) {
+        let drop_below = u64::from(drop_below);
+        let mut removed = 0;
+        self.map.retain(|_, state| {
+            let keep = Self::tat(state) > drop_below;
+            removed += usize::from(!keep);
+            keep
+        });
+        self.live.fetch_sub(removed, Ordering::Relaxed);
+    }
+
+    fn shrink_to_fit(&self) {
+        self.map.shrink_to_fit();
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
 pub struct Buckets<C: Clock = DefaultClock> {
-    limiter: arc_swap::ArcSwap<Limiter<C>>,
-    quota: Quota,
-    clock: C,
-    max_keys: usize,
+    limiter: Limiter<C>,
+    overflowed: Arc<AtomicU64>,
     hasher: RandomState,
 }
 
@@ -32,18 +129,13 @@ impl Buckets<DefaultClock> {
     }
 }
 
-impl<C: Clock + Clone> Buckets<C> {
+impl<C: Clock> Buckets<C> {
     pub fn with_clock(rate: NonZeroU32, per: Duration, burst: NonZeroU32, clock: C, max_keys: usize) -> Self {
         let period = (per / rate.get()).max(Duration::from_nanos(1));
         let quota = Quota::with_period(period).expect("non-zero period").allow_burst(burst);
-        let limiter = RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone());
-        Buckets {
-            limiter: arc_swap::ArcSwap::from_pointee(limiter),
-            quota,
-            clock,
-            max_keys,
-            hasher: RandomState::new(),
-        }
+        let overflowed = Arc::new(AtomicU64::new(0));
+        let store = CappedStore::new(max_keys, overflowed.clone());
+        Buckets { limiter: RateLimiter::new(quota, store, clock), overflowed, hasher: RandomState::new() }
     }
 
     pub fn key_of(&self, key: &[u8]) -> u64 {
@@ -52,26 +144,19 @@ impl<C: Clock + Clone> Buckets<C> {
 
     /// Takes a token; on refusal, how long until the next one.
     pub fn take(&self, key: u64) -> Result<(), Duration> {
-        let limiter = self.limiter.load();
-        limiter.check_key(&key).map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
+        self.limiter.check_key(&key).map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
     }
 
-    /// Drops the buckets that are full again (indistinguishable from new ones); past the cap,
-    /// starts afresh. Returns whether it had to.
-    pub fn forget_idle(&self) -> bool {
-        let limiter = self.limiter.load();
-        limiter.retain_recent();
-        if limiter.len() > self.max_keys {
-            let fresh = RateLimiter::new(self.quota, DefaultKeyedStateStore::default(), self.clock.clone());
-            self.limiter.store(std::sync::Arc::new(fresh));
-            return true;
-        }
-        limiter.shrink_to_fit();
-        false
+    /// Drops the buckets that are full again (indistinguishable from new ones). Returns how many
+    /// requests since the last call found the table full and used the overflow bucket.
+    pub fn forget_idle(&self) -> u64 {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+        self.overflowed.swap(0, Ordering::Relaxed)
     }
 
     pub fn keys(&self) -> usize {
-        self.limiter.load().len()
+        self.limiter.len()
     }
 }
 
@@ -133,15 +218,78 @@ mod tests {
     }
 
     #[test]
-    fn keys_that_never_refill_in_time_are_capped() {
-        // One token an hour: a bucket stays live for an hour, so only the cap bounds the map.
-        let buckets = Buckets::with_clock(nz(1), Duration::from_secs(3600), nz(1), FakeRelativeClock::default(), 1000);
-        for i in 0..1500u32 {
-            let _ = buckets.take(buckets.key_of(&i.to_le_bytes()));
+    fn a_limited_key_stays_limited_through_200k_new_keys_and_the_table_stays_under_the_cap() {
+        // Issue 16: past the cap the table used to start afresh, so 101,000 new header values
+        // gave a key at 429 a full bucket again. Here: 1 token a minute, 200,000 new keys over 50
+        // (simulated) seconds, a sweep every half second (the sidecar sweeps every second).
+        let clock = FakeRelativeClock::default();
+        let cap = 50_000;
+        let buckets = Buckets::with_clock(nz(1), Duration::from_secs(60), nz(1), clock.clone(), cap);
+        let limited = buckets.key_of(b"tenant-limited");
+        assert!(buckets.take(limited).is_ok());
+        assert!(buckets.take(limited).is_err(), "at 429 before the flood");
+        let mut peak = 0;
+        let mut overflowed = 0;
+        for step in 0..100u32 {
+            for i in 0..2_000u32 {
+                let _ = buckets.take(buckets.key_of(format!("flood-{step}-{i}").as_bytes()));
+            }
+            peak = peak.max(buckets.keys());
+            // Still limited, and still waiting for the same token: the minute since its last one.
+            let wait = buckets.take(limited).expect_err("forgiven by the flood");
+            let elapsed = Duration::from_millis(500) * step;
+            assert!(wait > Duration::from_secs(60) - elapsed - Duration::from_secs(1), "{wait:?} at {elapsed:?}");
+            clock.advance(Duration::from_millis(500));
+            overflowed += buckets.forget_idle();
         }
-        assert_eq!(buckets.keys(), 1500);
-        assert!(buckets.forget_idle(), "over the cap: start afresh");
-        assert_eq!(buckets.keys(), 0);
-        assert!(!buckets.forget_idle());
+        assert!(peak <= cap, "entries {peak} over the cap {cap}");
+        assert!(overflowed > 100_000, "new keys beyond the cap used the overflow bucket: {overflowed}");
+        clock.advance(Duration::from_secs(10));
+        assert!(buckets.take(limited).is_ok(), "its token came at the minute, as without the flood");
+    }
+
+    #[test]
+    fn past_the_cap_new_keys_share_one_bucket_and_tracked_keys_keep_theirs() {
+        let clock = FakeRelativeClock::default();
+        let buckets = Buckets::with_clock(nz(1), Duration::from_secs(3600), nz(2), clock.clone(), 1000);
+        for i in 0..1000u32 {
+            assert!(buckets.take(buckets.key_of(&i.to_le_bytes())).is_ok());
+        }
+        assert_eq!(buckets.keys(), 1000);
+        // Tracked keys: own buckets, one token left each.
+        assert!(buckets.take(buckets.key_of(&7u32.to_le_bytes())).is_ok());
+        assert!(buckets.take(buckets.key_of(&7u32.to_le_bytes())).is_err());
+        // New keys: the table is full, so they share the overflow bucket (burst 2), and stay out.
+        let shared: Vec<bool> = (0..4u32).map(|i| buckets.take(buckets.key_of(&(5000 + i).to_le_bytes())).is_ok()).collect();
+        assert_eq!(shared, [true, true, false, false]);
+        assert_eq!(buckets.keys(), 1000);
+        assert_eq!(buckets.forget_idle(), 4, "four requests used the overflow bucket");
+        assert_eq!(buckets.keys(), 1000, "no bucket is full yet: none is dropped");
+        assert_eq!(buckets.forget_idle(), 0, "the count is per sweep");
+    }
+
+    #[test]
+    fn idle_full_buckets_are_evicted_first_and_free_their_slots() {
+        let clock = FakeRelativeClock::default();
+        let buckets = Buckets::with_clock(nz(10), Duration::from_secs(1), nz(1), clock.clone(), 100);
+        let limited = buckets.key_of(b"limited");
+        assert!(buckets.take(limited).is_ok());
+        for i in 0..99u32 {
+            assert!(buckets.take(buckets.key_of(&i.to_le_bytes())).is_ok());
+        }
+        assert_eq!(buckets.keys(), 100);
+        // 0.2 s later all 99 have refilled (governor forgets a bucket one token period after it is
+        // full), and so has `limited`, but it spends again and is limited at the sweep.
+        clock.advance(Duration::from_millis(200));
+        while buckets.take(limited).is_ok() {}
+        buckets.forget_idle();
+        assert_eq!(buckets.keys(), 1, "only the bucket that is not full stays");
+        assert!(buckets.take(limited).is_err(), "and it was not forgiven");
+        // The freed slots take new keys with buckets of their own again.
+        for i in 0..99u32 {
+            assert!(buckets.take(buckets.key_of(&(1000 + i).to_le_bytes())).is_ok());
+        }
+        assert_eq!(buckets.keys(), 100);
+        assert_eq!(buckets.forget_idle(), 0);
     }
 }
