@@ -2,7 +2,7 @@
 //! configuration, log level and shutdown.
 
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -53,6 +53,124 @@ pub(crate) fn json_reply(status: StatusCode, value: serde_json::Value) -> Respon
     reply(status, "application/json", body)
 }
 
+/// This machine's (the pod's) own host name, read once: a `Host` it may be addressed by.
+fn own_host_name() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+            .map(|n| n.trim().to_ascii_lowercase())
+            .unwrap_or_default()
+    })
+}
+
+/// A host the admin port may be addressed by: an IP literal, `localhost`, or the pod's own name.
+/// A name that resolves here only because an attacker's DNS says so (DNS rebinding: a web page
+/// on `evil.example` whose name now points at 127.0.0.1) is none of these.
+fn own_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    let unbracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    unbracketed.parse::<IpAddr>().is_ok()
+        || host.eq_ignore_ascii_case("localhost")
+        || (!own_host_name().is_empty() && host.eq_ignore_ascii_case(own_host_name()))
+}
+
+/// Splits `host[:port]` (`[v6]:port` too) into host and port.
+fn split_authority(authority: &str) -> (&str, Option<&str>) {
+    match authority.rfind(':') {
+        // A colon inside brackets is part of an IPv6 literal, not a port separator.
+        Some(i) if !authority[i..].contains(']') && (authority.starts_with('[') || !authority[..i].contains(':')) => {
+            (&authority[..i], Some(&authority[i + 1..]))
+        }
+        _ => (authority, None),
+    }
+}
+
+/// Why a state-changing request is refused before it is looked at: a `Host` that is not one of
+/// the admin's own names, or an `Origin` other than the admin's own (a web page's request).
+/// Clients that are not browsers (curl, kubelet hooks) send no `Origin`, and HTTP/1.0 clients may
+/// send no `Host`: both are accepted.
+fn foreign_request(session: &ServerSession) -> Option<&'static str> {
+    let own_port = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port());
+    const FOREIGN_HOST: &str = "the Host header is not this pod's address or name";
+    if let Some(host) = session.get_header(http::header::HOST) {
+        if !host.to_str().is_ok_and(|h| own_host(split_authority(h).0)) {
+            return Some(FOREIGN_HOST);
+        }
+    }
+    // An absolute-form target (`POST http://evil.example/shutdown`) names a host too.
+    if session.req_header().uri.host().is_some_and(|h| !own_host(h)) {
+        return Some(FOREIGN_HOST);
+    }
+    if let Some(origin) = session.get_header(http::header::ORIGIN) {
+        let own = origin.to_str().ok().and_then(|o| o.strip_prefix("http://")).is_some_and(|authority| {
+            let (host, port) = split_authority(authority);
+            let port = match port {
+                None => Some(80),
+                Some(p) => p.parse::<u16>().ok(),
+            };
+            own_host(host) && port.is_some() && port == own_port
+        });
+        if !own {
+            return Some("the request comes from another origin (a web page)");
+        }
+    }
+    None
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// What `/config_dump` must not show: condition values (`when`: they may hold API keys or
+/// tenant names a policy singles out), secrets and tokens, and the private or symmetric parts of
+/// inline JWKS keys. Names are matched, so a field added later under such a name is covered too.
+fn redact(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Object(map) => {
+            for (key, field) in map.iter_mut() {
+                let lower = key.to_ascii_lowercase();
+                if key == "when" {
+                    for condition in field.as_array_mut().into_iter().flatten() {
+                        if let Some(values) = condition.get_mut("values") {
+                            *values = Value::from(REDACTED);
+                        }
+                    }
+                } else if (lower.contains("secret") || lower.contains("password") || lower == "token")
+                    && !field.is_boolean()
+                    && !field.is_null()
+                {
+                    *field = Value::from(REDACTED);
+                } else if key == "inline" {
+                    // An inline JWKS: public keys may stay, "k" (HMAC) and private parts may not.
+                    if let Some(text) = field.as_str() {
+                        *field = Value::from(redact_jwks(text));
+                    }
+                } else {
+                    redact(field);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
+    }
+}
+
+fn redact_jwks(text: &str) -> String {
+    const PRIVATE: [&str; 8] = ["k", "d", "p", "q", "dp", "dq", "qi", "oth"];
+    let Ok(mut jwks) = serde_json::from_str::<serde_json::Value>(text) else {
+        return REDACTED.to_string();
+    };
+    for key in jwks.get_mut("keys").and_then(|k| k.as_array_mut()).into_iter().flatten() {
+        for member in PRIVATE {
+            if let Some(v) = key.get_mut(member) {
+                *v = serde_json::Value::from(REDACTED);
+            }
+        }
+    }
+    jwks.to_string()
+}
+
 impl Admin {
     /// A certificate that a peer would accept: issued by the CA when that is the source, and
     /// not past its end whatever the source.
@@ -67,6 +185,12 @@ impl Admin {
     }
 
     fn config_dump(&self) -> serde_json::Value {
+        let mut dump = self.config_dump_unredacted();
+        redact(&mut dump);
+        dump
+    }
+
+    fn config_dump_unredacted(&self) -> serde_json::Value {
         let tls = self.tls.current();
         let creds = &tls.credentials;
         let policy = self.policy.current();
@@ -129,6 +253,13 @@ impl ServeHttp for Admin {
             IpAddr::V4(ip) => ip.is_loopback(),
             IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
         });
+        // Whatever changes state (every method but GET and HEAD, on any path).
+        if method != Method::GET && method != Method::HEAD {
+            if let Some(why) = foreign_request(session) {
+                tracing::warn!(path, why, "admin request refused");
+                return text(StatusCode::FORBIDDEN, why);
+            }
+        }
         match (method, path.as_str()) {
             (Method::GET, "/live") => text(StatusCode::OK, "live"),
             (Method::GET, "/ready") if !self.identity_ready() => {
@@ -169,5 +300,46 @@ impl ServeHttp for Admin {
             }
             _ => text(StatusCode::NOT_FOUND, "not found; try /live /ready /metrics /config_dump /log_level"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_hosts_are_ip_literals_localhost_and_the_pods_name() {
+        for host in ["127.0.0.1", "10.1.2.3", "[::1]", "::1", "localhost", "LOCALHOST", "localhost."] {
+            assert!(own_host(host), "{host}");
+        }
+        for host in ["evil.example", "127.0.0.1.nip.io", "localhost.evil.example", ""] {
+            assert!(!own_host(host), "{host}");
+        }
+        assert_eq!(split_authority("[::1]:15000"), ("[::1]", Some("15000")));
+        assert_eq!(split_authority("[::1]"), ("[::1]", None));
+        assert_eq!(split_authority("::1"), ("::1", None));
+        assert_eq!(split_authority("evil.example:80"), ("evil.example", Some("80")));
+    }
+
+    #[test]
+    fn redaction_covers_conditions_secrets_tokens_and_private_jwk_parts() {
+        let mut dump = json!({
+            "rules": [{"name": "r", "when": [{"key": "request.headers[x-k]", "values": ["v1"]}]}],
+            "hmacSecret": {"inline": "s1"},
+            "clientSecret": "s2",
+            "token": "t1",
+            "forwardOriginalToken": true,
+            "tokenFile": "/var/run/token",
+            "jwks": {"inline": r#"{"keys":[{"kty":"oct","kid":"a","k":"s3"},{"kty":"RSA","n":"pub","e":"AQAB","d":"s4"}]}"#},
+        });
+        redact(&mut dump);
+        let text = dump.to_string();
+        for secret in ["v1", "s1", "s2", "t1", "s3", "s4"] {
+            assert!(!text.contains(&format!("\"{secret}\"")) && !text.contains(&format!("\\\"{secret}\\\"")), "{secret}: {text}");
+        }
+        assert_eq!(dump["rules"][0]["when"][0]["key"], "request.headers[x-k]");
+        assert_eq!(dump["forwardOriginalToken"], true);
+        assert_eq!(dump["tokenFile"], "/var/run/token", "paths to secrets are not secrets");
+        assert!(text.contains("pub"), "public key parts stay: {text}");
     }
 }

@@ -1,0 +1,99 @@
+//! The admin listener under the issue 16 findings: a web page must not be able to change state
+//! through it (DNS rebinding: a foreign `Host`; a foreign `Origin`), and `/config_dump` must not
+//! show policy condition values or secrets. Real sidecar, real admin listener, reqwest.
+
+mod support;
+
+use reqwest::StatusCode;
+use support::*;
+
+const SECRET_VALUE: &str = "sk-live-condition-value-4711";
+const HMAC: &str = "hmac-secret-value-0123456789abcdef";
+
+fn documents() -> String {
+    policy(
+        "guarded",
+        &format!(
+            r#"  authentication:
+    jwt:
+      - issuer: https://issuer.example
+        hmacSecret: {{inline: "{HMAC}"}}
+  authorization:
+    default: ALLOW
+    rules:
+      - name: key-holder
+        action: ALLOW
+        when: [{{key: "request.headers[x-api-key]", values: ["{SECRET_VALUE}"]}}]
+"#
+        ),
+    )
+}
+
+async fn post(s: &PolicedSidecar, path: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
+    let mut request = http_client().post(format!("http://{}{path}", s.sidecar.admin)).body("debug");
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
+async fn live(s: &PolicedSidecar) -> bool {
+    let url = format!("http://{}/live", s.sidecar.admin);
+    http_client().get(url).send().await.is_ok_and(|r| r.status() == StatusCode::OK)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changes_from_a_foreign_origin_or_host_are_refused_and_own_ones_accepted() {
+    let s = PolicedSidecar::start(&documents()).await;
+    let port = s.sidecar.admin.port();
+    let evil_host = format!("evil.example:{port}");
+    let evil_origin = format!("http://evil.example:{port}");
+    let other_port_origin = format!("http://127.0.0.1:{}", port.wrapping_add(1));
+
+    // Refused: what a page on evil.example sends once its name resolves to 127.0.0.1.
+    for (path, headers) in [
+        ("/shutdown", vec![("origin", evil_origin.as_str())]),
+        ("/shutdown", vec![("host", evil_host.as_str())]),
+        ("/shutdown", vec![("host", evil_host.as_str()), ("origin", evil_origin.as_str())]),
+        // Own host, but a page of another origin (another local port, or a sandboxed page).
+        ("/shutdown", vec![("origin", other_port_origin.as_str())]),
+        ("/shutdown", vec![("origin", "null")]),
+        ("/log_level", vec![("host", evil_host.as_str())]),
+        ("/log_level", vec![("origin", "https://evil.example")]),
+    ] {
+        let (status, body) = post(&s, path, &headers).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path} {headers:?}: {body}");
+        assert!(live(&s).await, "{path} {headers:?} shut the sidecar down");
+    }
+    // Past the guard, /log_level answers for itself: 200, or 400 when the test process's log
+    // filter belongs to another sidecar in it. Either way, not the guard's 403.
+    let (status, body) = post(&s, "/log_level", &[]).await;
+    assert_ne!(status, StatusCode::FORBIDDEN, "{body}");
+
+    // Accepted: the admin's own origin, localhost by name, no Origin (curl, kubelet hooks).
+    let own_origin = format!("http://127.0.0.1:{port}");
+    let (status, body) = post(&s, "/log_level", &[("origin", own_origin.as_str())]).await;
+    assert_ne!(status, StatusCode::FORBIDDEN, "{body}");
+    let localhost = format!("localhost:{port}");
+    let localhost_origin = format!("http://localhost:{port}");
+    let (status, body) =
+        post(&s, "/shutdown", &[("host", localhost.as_str()), ("origin", localhost_origin.as_str())]).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(eventually(async || !live(&s).await).await, "the accepted /shutdown stopped the sidecar");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_dump_redacts_condition_values_and_secrets() {
+    let s = PolicedSidecar::start(&documents()).await;
+    let dump = s.config_dump().await;
+    let text = dump.to_string();
+    assert!(!text.contains(SECRET_VALUE), "a `when` value shows: {text}");
+    assert!(!text.contains(HMAC), "the HMAC secret shows: {text}");
+    let rule = &dump["policy"]["policies"][0]["policy"]["spec"]["authorization"]["rules"][0];
+    assert_eq!(rule["when"][0]["key"], "request.headers[x-api-key]", "the condition's key stays: {rule}");
+    assert_eq!(rule["when"][0]["values"], "<redacted>", "{rule}");
+    // Still there: what is not secret.
+    assert_eq!(rule["name"], "key-holder");
+    s.shutdown();
+}
