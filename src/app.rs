@@ -21,7 +21,7 @@ pub use crate::lifecycle::StartError;
 use crate::lifecycle::{bind, poll_files, runtime, stop_requested, Readiness, Running};
 use crate::policy::{PolicyOptions, PolicyStore};
 use crate::proxy::{Inbound, Outbound};
-use crate::serve::{serve, ConnectionTracker, Transport};
+use crate::serve::{serve_with, ConnectionLimits, ConnectionTracker, Transport};
 use crate::telemetry::{LogLevel, SecurityEvent, Telemetry};
 use crate::tls::{IdentityFiles, TlsStore, TrustDomains};
 
@@ -220,11 +220,17 @@ fn from_control_plane(
     Ok((tls, identity))
 }
 
-fn proxy_app<P: ProxyHttp>(conf: &Arc<ServerConf>, inner: P) -> Arc<pingora::proxy::HttpProxy<P>> {
+fn proxy_app<P: ProxyHttp>(
+    conf: &Arc<ServerConf>,
+    inner: P,
+    limits: &crate::config::LimitsConfig,
+) -> Arc<pingora::proxy::HttpProxy<P>> {
     let mut app = http_proxy(conf, inner);
     let mut options = HttpServerOptions::default();
     // gRPC clients speak HTTP/2 over plaintext with prior knowledge.
     options.h2c = true;
+    // An HTTP/2 connection with no stream open is idle (HTTP/1.1's idleness is serve.rs's).
+    options.h2_idle_timeout = Some(limits.idle_timeout.0);
     app.server_options = Some(options);
     Arc::new(app)
 }
@@ -260,6 +266,7 @@ async fn run(
             policy.clone(),
             telemetry.clone(),
         ),
+        &config.limits,
     );
     let outbound = proxy_app(
         &conf,
@@ -270,6 +277,7 @@ async fn run(
             tls.clone(),
             telemetry.clone(),
         ),
+        &config.limits,
     );
     let identity_state = identity.as_ref().map(|i| i.state.clone());
     let admin = Arc::new(Admin {
@@ -286,33 +294,43 @@ async fn run(
     let inbound_transport = Transport::Mesh { tls: tls.clone(), policy: policy.clone() };
 
     let stop = shutdown.subscribe();
+    let limits = |direction| ConnectionLimits {
+        direction,
+        header_timeout: config.limits.header_timeout.0,
+        idle_timeout: config.limits.idle_timeout.0,
+        max_connections: config.limits.max_connections,
+    };
     let serving = [
-        tokio::spawn(serve(
+        tokio::spawn(serve_with(
             inbound_listener,
             inbound_transport,
             inbound,
             telemetry.clone(),
             data_path.clone(),
             stop.clone(),
+            limits("inbound"),
         )),
-        tokio::spawn(serve(
+        tokio::spawn(serve_with(
             outbound_listener,
             Transport::Plain,
             outbound,
             telemetry.clone(),
             data_path.clone(),
             stop.clone(),
+            limits("outbound"),
         )),
     ];
-    // The admin listener outlives the drain, so /ready can say 503 while it runs.
+    // The admin listener outlives the drain, so /ready can say 503 while it runs. It has its own
+    // connection slots, so a data port at its limit leaves /ready answering.
     let (admin_stop, admin_stop_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(serve(
+    let admin_task = tokio::spawn(serve_with(
         admin_listener,
         Transport::Plain,
         admin,
         telemetry.clone(),
         ConnectionTracker::default(),
         admin_stop_rx,
+        limits("admin"),
     ));
     tokio::spawn(watch_certificates(tls.clone(), telemetry.clone(), reload_interval, stop.clone()));
     if let Some(identity) = identity {

@@ -24,7 +24,7 @@ pub use inject::{
 };
 pub use otel::{ParentRoot, SamplerChoice, TraceSettings};
 pub use sidecar::{
-    AdminConfig, AppProtocol, ControlPlaneAddress, Destination, EventFormat, EventSink, EventsConfig, FailMode,
+    AdminConfig, LimitsConfig, AppProtocol, ControlPlaneAddress, Destination, EventFormat, EventSink, EventsConfig, FailMode,
     IdentityConfig, IdentityFromControlPlane, InboundConfig, MtlsMode, OtlpConfig, OtlpProtocol, OutboundConfig,
     PolicySourceConfig, SidecarConfig, SpiffeIdField, TelemetryConfig, TrustDomain, WorkloadConfig, MAX_THREADS,
 };

@@ -1,6 +1,7 @@
 //! Accepting connections: TLS (STRICT), TLS or plaintext sniffed by the first byte (PERMISSIVE),
 //! or plaintext (outbound, admin); then handing each stream to a pingora app.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,9 +24,34 @@ use crate::tls::TlsStore;
 /// A TLS ClientHello starts with a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Open connections per listener; past it new ones are closed at once, so a flood of idle or
-/// half-open connections cannot exhaust file descriptors or memory.
-pub const MAX_CONNECTIONS_PER_LISTENER: usize = 16_384;
+/// Open connections per listener by default (SPEC `limits.maxConnections`); past it new ones are
+/// closed at once, so a flood of idle or half-open connections cannot exhaust file descriptors or
+/// memory.
+pub const MAX_CONNECTIONS_PER_LISTENER: usize = 10_000;
+
+/// What one listener's connections may cost (SPEC section 3 `limits`), and the label its closures
+/// are counted under.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// `direction` of `palisade_connections_closed_total`: inbound, outbound, admin...
+    pub direction: &'static str,
+    /// The whole request head, from the connection's start or a later request's first byte.
+    pub header_timeout: Duration,
+    /// Between requests (HTTP/1.1; HTTP/2 idleness is pingora's `h2_idle_timeout`).
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            direction: "other",
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_connections: MAX_CONNECTIONS_PER_LISTENER,
+        }
+    }
+}
 
 pub enum Transport {
     Plain,
@@ -79,19 +105,42 @@ impl Drop for ConnectionGuard {
 }
 
 /// Accepts on `listener` until `shutdown` turns true, then drops the listener (new connections
-/// are refused) and returns; connections already open finish on their own tasks.
+/// are refused) and returns; connections already open finish on their own tasks. Default limits.
 pub async fn serve<A>(
     listener: TcpListener,
     transport: Transport,
     app: Arc<A>,
     telemetry: Arc<Telemetry>,
     tracker: ConnectionTracker,
+    shutdown: watch::Receiver<bool>,
+) where
+    A: ServerApp + Send + Sync + 'static,
+{
+    serve_with(listener, transport, app, telemetry, tracker, shutdown, ConnectionLimits::default()).await
+}
+
+/// [`serve`] with the given limits.
+pub async fn serve_with<A>(
+    listener: TcpListener,
+    transport: Transport,
+    app: Arc<A>,
+    telemetry: Arc<Telemetry>,
+    tracker: ConnectionTracker,
     mut shutdown: watch::Receiver<bool>,
+    limits: ConnectionLimits,
 ) where
     A: ServerApp + Send + Sync + 'static,
 {
     let transport = Arc::new(transport);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS_PER_LISTENER));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    // Label lookups once per listener, not per connection.
+    let closed = &telemetry.metrics.connections_closed;
+    let counters = Closures {
+        direction: limits.direction,
+        header: closed.with_label_values(&[limits.direction, "header_timeout"]),
+        idle: closed.with_label_values(&[limits.direction, "idle_timeout"]),
+    };
+    let at_limit = closed.with_label_values(&[limits.direction, "connection_limit"]);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -107,7 +156,9 @@ pub async fn serve<A>(
             }
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, limit = MAX_CONNECTIONS_PER_LISTENER, "connection limit reached; closing");
+            at_limit.inc();
+            tracing::warn!(%peer, direction = limits.direction, limit = limits.max_connections,
+                "connection limit reached; closing");
             continue;
         };
         let _ = tcp.set_nodelay(true);
@@ -116,12 +167,14 @@ pub async fn serve<A>(
         let transport = transport.clone();
         let telemetry = telemetry.clone();
         let shutdown = shutdown.clone();
+        let counters = counters.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let _slot = slot;
             let Some((stream, gate)) = handshake(tcp, peer, &transport, &telemetry).await else {
                 return;
             };
+            let stream: Stream = Box::new(Deadlined::new(stream, peer, &limits, counters));
             match (gate, &*transport) {
                 (Some(gate), Transport::Mesh { policy, .. }) => {
                     serve_revocable(app, stream, gate, policy, shutdown).await;
@@ -444,5 +497,346 @@ impl GetSocketDigest for CoalescedWrites {
 
     fn set_socket_digest(&mut self, digest: SocketDigest) {
         self.io.get_mut().set_socket_digest(digest)
+    }
+}
+
+/// The counters a connection's closures go to, resolved once per listener.
+#[derive(Clone)]
+struct Closures {
+    direction: &'static str,
+    header: prometheus::IntCounter,
+    idle: prometheus::IntCounter,
+}
+
+/// Where an HTTP/1.1 connection is, as far as its bytes tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for a request head: `seen` bytes of it so far, `crlf` the length of the
+    /// `\r\n\r\n` that ends a head matched at the end of what was read. Deadline: the head's.
+    Head { seen: bool, crlf: u8 },
+    /// The head arrived; the body and the answer are pingora's (its own read and write timeouts).
+    Request,
+    /// An answer is being written, or was: the next request head may come. Deadline: idle, from
+    /// the last byte moved.
+    Answered,
+    /// HTTP/2: its idle connections are closed by pingora (`h2_idle_timeout`), its requests
+    /// interleave, and heads are frames.
+    H2,
+}
+
+/// A data-path connection with the deadlines pingora's per-read timeouts do not give (issue 16):
+/// the whole request head within `header_timeout` (pingora restarts its timer on every byte, so a
+/// client sending one byte a second held a connection forever), and `idle_timeout` between
+/// HTTP/1.1 requests. Requests themselves are not parsed: the end of a head is the first
+/// `\r\n\r\n`, and an answer starts with the first write after it. When a deadline passes while
+/// pingora waits to read, the read ends the connection (an error mid-head, an end of stream when
+/// idle), so it closes the way a client that left would.
+///
+/// Cost: one timer per connection, reset at most twice per request (at a head's first byte and
+/// when it is found idle); the idle deadline moves lazily (the time of the last byte is kept and
+/// the timer re-armed only when it fires).
+struct Deadlined {
+    io: Stream,
+    phase: Phase,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// Whether `timer` runs for the phase (armed at the phase's start).
+    armed: bool,
+    /// The last byte moved while `Answered`: the idle deadline is this plus `idle_timeout`.
+    last_activity: tokio::time::Instant,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+    peer: SocketAddr,
+    closures: Closures,
+}
+
+impl std::fmt::Debug for Deadlined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Deadlined").field("io", &self.io).field("phase", &self.phase).finish()
+    }
+}
+
+/// The interim answer pingora may write before reading a body (`100 Continue`): not an answer.
+const INTERIM: &[u8] = b"HTTP/1.1 1";
+
+impl Deadlined {
+    fn new(io: Stream, peer: SocketAddr, limits: &ConnectionLimits, closures: Closures) -> Self {
+        let now = tokio::time::Instant::now();
+        // The first head's deadline runs from the start: a connection that sends nothing is a
+        // slowloris connection too. HTTP/2 (negotiated by ALPN) is still held to it for its
+        // first bytes, the connection preface.
+        Deadlined {
+            io,
+            phase: Phase::Head { seen: false, crlf: 0 },
+            timer: Box::pin(tokio::time::sleep_until(now + limits.header_timeout)),
+            armed: true,
+            last_activity: now,
+            header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
+            peer,
+            closures,
+        }
+    }
+
+    /// Follows the request bytes just read.
+    fn on_read(&mut self, bytes: &[u8]) {
+        match self.phase {
+            Phase::Head { seen, crlf } => {
+                if !seen && bytes.starts_with(b"PRI ") {
+                    // HTTP/2 (by ALPN or prior knowledge): its preface came; the rest is pingora's.
+                    self.phase = Phase::H2;
+                    self.armed = false;
+                    return;
+                }
+                let mut matched = crlf;
+                for &b in bytes {
+                    matched = match (matched, b) {
+                        (0 | 2, b'\r') => matched + 1,
+                        (1 | 3, b'\n') => matched + 1,
+                        (_, b'\r') => 1,
+                        _ => 0,
+                    };
+                    if matched == 4 {
+                        break;
+                    }
+                }
+                // Bytes past a head's end (a body, a pipelined request) are pingora's to parse.
+                self.phase = if matched == 4 { Phase::Request } else { Phase::Head { seen: true, crlf: matched } };
+                if matched == 4 {
+                    self.armed = false;
+                }
+            }
+            Phase::Answered => {
+                // A new request: a method starts with a letter. Anything else after an answer
+                // (the rest of a body pingora drains) is not held to the head deadline.
+                if bytes.first().is_some_and(u8::is_ascii_alphabetic) {
+                    self.phase = Phase::Head { seen: false, crlf: 0 };
+                    self.on_read(bytes);
+                    if matches!(self.phase, Phase::Head { .. }) {
+                        let deadline = tokio::time::Instant::now() + self.header_timeout;
+                        self.timer.as_mut().reset(deadline);
+                        self.armed = true;
+                    }
+                } else {
+                    self.phase = Phase::Request;
+                    self.armed = false;
+                }
+            }
+            Phase::Request | Phase::H2 => {}
+        }
+    }
+
+    fn on_write(&mut self, bytes: &[u8]) {
+        match self.phase {
+            Phase::Request if !bytes.starts_with(INTERIM) => {
+                self.phase = Phase::Answered;
+                self.last_activity = tokio::time::Instant::now();
+                // Armed lazily: when a read finds the connection waiting (see poll_read).
+                self.armed = false;
+            }
+            Phase::Answered => self.last_activity = tokio::time::Instant::now(),
+            _ => {}
+        }
+    }
+
+    /// A read is parked: whether a deadline has passed, as the reason to close.
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> Option<&'static str> {
+        if self.phase == Phase::Answered && !self.armed {
+            self.timer.as_mut().reset(self.last_activity + self.idle_timeout);
+            self.armed = true;
+        }
+        if !self.armed || self.timer.as_mut().poll(cx).is_pending() {
+            return None;
+        }
+        if self.phase == Phase::Answered {
+            // Bytes moved since the timer was set: move the deadline, not the connection.
+            let deadline = self.last_activity + self.idle_timeout;
+            if deadline > tokio::time::Instant::now() {
+                self.timer.as_mut().reset(deadline);
+                return self.timer.as_mut().poll(cx).is_ready().then_some("idle_timeout");
+            }
+            return Some("idle_timeout");
+        }
+        Some("header_timeout")
+    }
+}
+
+impl Deadlined {
+    /// Counts and logs a closure; what the parked read returns so that pingora closes the
+    /// connection: an end of stream when idle (as if the client had left between requests), an
+    /// error mid-head.
+    fn close(&mut self, reason: &'static str) -> std::io::Result<()> {
+        self.armed = false;
+        let idle = reason == "idle_timeout";
+        let (counter, timeout) =
+            if idle { (&self.closures.idle, self.idle_timeout) } else { (&self.closures.header, self.header_timeout) };
+        counter.inc();
+        tracing::info!(peer = %self.peer, direction = self.closures.direction, reason, ?timeout, "closing a connection");
+        if idle {
+            Ok(())
+        } else {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the request head did not arrive within limits.headerTimeout",
+            ))
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Deadlined {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match std::pin::Pin::new(&mut self.io).poll_read(cx, buf) {
+            std::task::Poll::Ready(Ok(())) => {
+                let this = &mut *self;
+                if buf.filled().len() > before && this.phase != Phase::H2 && this.phase != Phase::Request {
+                    this.on_read(&buf.filled()[before..]);
+                }
+                std::task::Poll::Ready(Ok(()))
+            }
+            std::task::Poll::Pending => match self.expired(cx) {
+                None => std::task::Poll::Pending,
+                Some(reason) => std::task::Poll::Ready(self.close(reason)),
+            },
+            other => other,
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Deadlined {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = written {
+            if n > 0 && self.phase != Phase::H2 {
+                self.on_write(&buf[..n]);
+            }
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let written = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if let std::task::Poll::Ready(Ok(n)) = written {
+            if n > 0 && self.phase != Phase::H2 {
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+                self.on_write(first);
+            }
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::protocols::Shutdown for Deadlined {
+    async fn shutdown(&mut self) {
+        self.io.shutdown().await
+    }
+}
+
+impl pingora::protocols::UniqueID for Deadlined {
+    fn id(&self) -> pingora::protocols::UniqueIDType {
+        self.io.id()
+    }
+}
+
+impl pingora::protocols::Ssl for Deadlined {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.io.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.io.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<pingora::protocols::ALPN> {
+        self.io.selected_alpn_proto()
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora::protocols::Peek for Deadlined {
+    /// pingora peeks for an HTTP/2 preface on plaintext ports before each HTTP/1.1 request, and
+    /// waits for it without a timer: the same deadlines as a read.
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        loop {
+            let (deadline, reason) = match self.phase {
+                Phase::Head { .. } if self.armed => (self.timer.deadline(), "header_timeout"),
+                Phase::Answered => (self.last_activity + self.idle_timeout, "idle_timeout"),
+                _ => return self.io.try_peek(buf).await,
+            };
+            match tokio::time::timeout_at(deadline, self.io.try_peek(buf)).await {
+                Ok(peeked) => return peeked,
+                // Bytes moved since (an answer still being written): wait on.
+                Err(_) if reason == "idle_timeout" && self.last_activity + self.idle_timeout > deadline => {}
+                Err(_) => {
+                    return self.close(reason).and_then(|()| {
+                        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle (limits.idleTimeout)"))
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl pingora::protocols::GetTimingDigest for Deadlined {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.io.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.io.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.io.get_write_pending_time()
+    }
+}
+
+impl pingora::protocols::GetProxyDigest for Deadlined {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.io.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+        self.io.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Deadlined {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.io.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: SocketDigest) {
+        self.io.set_socket_digest(digest)
     }
 }

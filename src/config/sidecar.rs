@@ -23,6 +23,34 @@ pub struct SidecarConfig {
     pub threads: usize,
     /// How long SIGTERM waits for in-flight requests before exiting.
     pub drain_period: HumanDuration,
+    /// DoS defences on the data listeners (SPEC section 3 `limits`).
+    pub limits: LimitsConfig,
+}
+
+/// SPEC section 3 `limits`: what a connection may cost before it is closed. Only the settings
+/// implemented are accepted; the SPEC's others are refused as unknown fields until they are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct LimitsConfig {
+    /// The whole request head must arrive within this, counted from the connection's start (its
+    /// first request) or from the first byte of a later one: a slowloris client that sends a byte
+    /// at a time is closed however often it sends.
+    pub header_timeout: HumanDuration,
+    /// A keep-alive connection with no request in flight (HTTP/1.1: no bytes either way; HTTP/2:
+    /// no open stream) is closed after this.
+    pub idle_timeout: HumanDuration,
+    /// Open connections per listener; past it new connections are closed at accept.
+    pub max_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            header_timeout: HumanDuration(std::time::Duration::from_secs(10)),
+            idle_timeout: HumanDuration(std::time::Duration::from_secs(300)),
+            max_connections: 10_000,
+        }
+    }
 }
 
 impl Default for SidecarConfig {
@@ -38,6 +66,7 @@ impl Default for SidecarConfig {
             telemetry: TelemetryConfig::default(),
             threads: 1,
             drain_period: HumanDuration(std::time::Duration::from_secs(5)),
+            limits: LimitsConfig::default(),
         }
     }
 }
@@ -559,6 +588,16 @@ impl super::Validate for SidecarConfig {
                 "PERMISSIVE contradicts inbound.allowPermissive: false; use STRICT or allow PERMISSIVE",
             ));
         }
+        for (field, value) in
+            [("limits.headerTimeout", self.limits.header_timeout), ("limits.idleTimeout", self.limits.idle_timeout)]
+        {
+            if value.0.is_zero() {
+                invalid.push(Invalid::field(field, "must be more than 0"));
+            }
+        }
+        if self.limits.max_connections == 0 {
+            invalid.push(Invalid::field("limits.maxConnections", "must be at least 1"));
+        }
         if !(1..=MAX_THREADS).contains(&self.threads) {
             invalid.push(Invalid::field("threads", format!("must be from 1 to {MAX_THREADS}, got {}", self.threads)));
         }
@@ -587,6 +626,30 @@ mod tests {
 
     fn parse(text: &str) -> Result<SidecarConfig, ConfigError> {
         parse_yaml(Path::new("sidecar.yaml"), text)
+    }
+
+    #[test]
+    fn limits_default_as_the_spec_says_and_refuse_zero() {
+        let cfg = parse("threads: 1\n").unwrap();
+        assert_eq!(cfg.limits.header_timeout.0, std::time::Duration::from_secs(10));
+        assert_eq!(cfg.limits.idle_timeout.0, std::time::Duration::from_secs(300));
+        assert_eq!(cfg.limits.max_connections, 10_000);
+        let cfg = parse("limits: {headerTimeout: 2s, idleTimeout: 30s, maxConnections: 50}\n").unwrap();
+        assert_eq!(cfg.limits.header_timeout.0, std::time::Duration::from_secs(2));
+        assert_eq!(cfg.limits.max_connections, 50);
+        use crate::config::{Invalid, Validate};
+        let env = std::collections::BTreeMap::<String, String>::new();
+        let cfg = parse("limits: {headerTimeout: 0s, idleTimeout: 0s, maxConnections: 0}\n").unwrap();
+        let fields: Vec<String> = cfg
+            .validate(&env)
+            .into_iter()
+            .map(|i| match i {
+                Invalid::Field { field, .. } => field,
+                Invalid::Var { name, .. } => name,
+            })
+            .collect();
+        assert_eq!(fields, ["limits.headerTimeout", "limits.idleTimeout", "limits.maxConnections"]);
+        assert!(parse("limits: {bodyTimeout: 60s}\n").is_err(), "not implemented: refused, not ignored");
     }
 
     #[test]

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub waf_findings: IntCounterVec,
     /// Bodies of an inspected type over `inspectBodyBytes`, passed on uninspected (`PASS`).
     pub waf_uninspected: prometheus::IntCounter,
+    pub connections_closed: IntCounterVec,
 }
 
 impl Metrics {
@@ -123,6 +124,15 @@ impl Metrics {
             "Bodies longer than inspectBodyBytes passed on uninspected (bodyOverLimit: PASS).",
         )
         .expect("metric");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "palisade_connections_closed_total",
+                "Connections the sidecar closed to protect itself, by listener and reason \
+                 (header_timeout, idle_timeout, connection_limit).",
+            ),
+            &["direction", "reason"],
+        )
+        .expect("metric");
         let build_info =
             IntGaugeVec::new(Opts::new("palisade_build_info", "Build information."), &["version"]).expect("metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -146,6 +156,7 @@ impl Metrics {
             Box::new(authn_failures.clone()),
             Box::new(waf_findings.clone()),
             Box::new(waf_uninspected.clone()),
+            Box::new(connections_closed.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(c).expect("metric registers once");
@@ -169,6 +180,7 @@ impl Metrics {
             authn_failures,
             waf_findings,
             waf_uninspected,
+            connections_closed,
         }
     }
 

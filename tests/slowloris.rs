@@ -1,0 +1,192 @@
+//! Connection deadlines on the data listeners (issue 16): a client that sends its request head a
+//! byte at a time, or nothing, or stays connected between requests, is closed at
+//! `limits.headerTimeout` / `limits.idleTimeout`, and each closure is counted. Real listeners: raw
+//! TCP on the plaintext outbound port, raw mTLS on the inbound port. Short configured deadlines;
+//! every wait is bounded well above them.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade::config::HumanDuration;
+use rustls::pki_types::ServerName;
+use support::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+const HEADER_TIMEOUT: Duration = Duration::from_secs(1);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Far above either deadline: a connection still open then was not closed by them.
+const BOUND: Duration = Duration::from_secs(10);
+/// One byte of request head per this: pingora's per-read timers restart on every byte.
+const DRIP: Duration = Duration::from_millis(200);
+/// A request head longer than BOUND / DRIP bytes, so it can never be finished in the test.
+const LONG_HEAD: &[u8] = b"GET /slow HTTP/1.1\r\nhost: orders.shop\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+
+async fn start() -> Single {
+    Single::start(|c| {
+        c.limits.header_timeout = HumanDuration(HEADER_TIMEOUT);
+        c.limits.idle_timeout = HumanDuration(IDLE_TIMEOUT);
+    })
+    .await
+}
+
+/// Sends `LONG_HEAD` a byte per `DRIP` (at most BOUND / DRIP bytes) until the sidecar closes the
+/// connection; how long after the first byte that was.
+async fn drip_until_closed<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> Duration {
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(DRIP);
+    let mut scratch = [0u8; 256];
+    for byte in LONG_HEAD.iter().take((BOUND.as_millis() / DRIP.as_millis()) as usize) {
+        tokio::select! {
+            _ = ticks.tick() => {
+                if stream.write_all(&[*byte]).await.is_err() || stream.flush().await.is_err() {
+                    return started.elapsed();
+                }
+            }
+            read = stream.read(&mut scratch) => {
+                // End of stream or reset: closed. Bytes: the sidecar answered (it must not).
+                match read {
+                    Ok(0) | Err(_) => return started.elapsed(),
+                    Ok(n) => panic!("the sidecar answered a head it never got whole: {:?}",
+                        String::from_utf8_lossy(&scratch[..n])),
+                }
+            }
+        }
+    }
+    panic!("still open after {:?} of one byte per {DRIP:?}", started.elapsed());
+}
+
+/// Reads until the sidecar closes the connection (at most BOUND); what it sent.
+async fn read_until_closed<S: AsyncRead + Unpin>(stream: &mut S) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(BOUND, stream.read(&mut buf)).await.expect("closed within the bound") {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+async fn closed(s: &Single, direction: &str, reason: &str) -> u64 {
+    closed_at(s.sidecar.admin, direction, reason).await
+}
+
+async fn closed_at(admin: std::net::SocketAddr, direction: &str, reason: &str) -> u64 {
+    let text = http_client().get(format!("http://{admin}/metrics")).send().await.unwrap();
+    let text = text.text().await.unwrap();
+    let series = format!("palisade_connections_closed_total{{direction=\"{direction}\",reason=\"{reason}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |v| v.trim().parse().unwrap())
+}
+
+async fn mtls(s: &Single) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut tls = client_tls(Some(&s.client));
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(ServerName::try_from("orders.shop").unwrap(), tcp).await.unwrap()
+}
+
+fn assert_at_deadline(elapsed: Duration, deadline: Duration, what: &str) {
+    assert!(elapsed >= deadline - Duration::from_millis(100), "{what}: closed after {elapsed:?}, before {deadline:?}");
+    assert!(elapsed < deadline + Duration::from_secs(5), "{what}: closed only after {elapsed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_sent_a_byte_at_a_time_is_closed_at_the_header_timeout_on_both_listeners() {
+    let s = start().await;
+
+    let outbound = tokio::net::TcpStream::connect(s.sidecar.outbound).await.unwrap();
+    let elapsed = drip_until_closed(outbound).await;
+    assert_at_deadline(elapsed, HEADER_TIMEOUT, "outbound, plaintext");
+    assert_eq!(closed(&s, "outbound", "header_timeout").await, 1);
+
+    let inbound = mtls(&s).await;
+    let elapsed = drip_until_closed(inbound).await;
+    assert_at_deadline(elapsed, HEADER_TIMEOUT, "inbound, mTLS");
+    assert_eq!(closed(&s, "inbound", "header_timeout").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
+    let s = start().await;
+    let mut outbound = tokio::net::TcpStream::connect(s.sidecar.outbound).await.unwrap();
+    let started = Instant::now();
+    assert!(read_until_closed(&mut outbound).await.is_empty());
+    assert_at_deadline(started.elapsed(), HEADER_TIMEOUT, "outbound, silent");
+    let mut inbound = mtls(&s).await;
+    let started = Instant::now();
+    assert!(read_until_closed(&mut inbound).await.is_empty());
+    assert_at_deadline(started.elapsed(), HEADER_TIMEOUT, "inbound, silent after the handshake");
+    assert_eq!(closed(&s, "outbound", "header_timeout").await, 1);
+    assert_eq!(closed(&s, "inbound", "header_timeout").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout_after_its_answer() {
+    let s = start().await;
+    let mut inbound = mtls(&s).await;
+    inbound.write_all(b"GET /first HTTP/1.1\r\nhost: orders.shop\r\n\r\n").await.unwrap();
+    let started = Instant::now();
+    let answer = read_until_closed(&mut inbound).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer));
+    // The answer comes at once; the close only at the idle deadline, not the head's.
+    assert_at_deadline(started.elapsed(), IDLE_TIMEOUT, "inbound, idle after an answer");
+    assert_eq!(closed(&s, "inbound", "idle_timeout").await, 1);
+    assert_eq!(closed(&s, "inbound", "header_timeout").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_head_in_time_is_served_and_keep_alive_carries_the_next_request() {
+    // The control case: prompt clients are never cut, whatever the deadlines.
+    let s = start().await;
+    let client = s.https();
+    for i in 0..3 {
+        let response = client.get(s.url(&format!("/ok/{i}"))).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(closed(&s, "inbound", "header_timeout").await, 0);
+    assert_eq!(closed(&s, "inbound", "idle_timeout").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_keep_alive_serves_the_next_request_then_closes_when_idle() {
+    let pair = Pair::start_configured(
+        EchoApp::start().await,
+        |a| {
+            a.limits.header_timeout = HumanDuration(HEADER_TIMEOUT);
+            a.limits.idle_timeout = HumanDuration(IDLE_TIMEOUT);
+        },
+        |_| {},
+    )
+    .await;
+    let mut outbound = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    // Two requests on one connection, the second after the first's answer: keep-alive works.
+    for i in 0..2 {
+        let request = format!("GET /ka/{i} HTTP/1.1\r\nhost: {B_AUTHORITY}\r\ncontent-length: 0\r\n\r\n");
+        outbound.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = tokio::time::timeout(BOUND, outbound.read(&mut byte)).await.expect("an answer").unwrap();
+            assert_eq!(n, 1, "closed before answering request {i}: {:?}", String::from_utf8_lossy(&head));
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .map(|v| v.trim().parse().unwrap())
+            .expect("a sized answer");
+        let mut body = vec![0u8; length];
+        outbound.read_exact(&mut body).await.unwrap();
+    }
+    let started = Instant::now();
+    assert!(read_until_closed(&mut outbound).await.is_empty(), "nothing more is sent");
+    assert_at_deadline(started.elapsed(), IDLE_TIMEOUT, "outbound, idle after two answers");
+    assert_eq!(closed_at(pair.a.admin, "outbound", "idle_timeout").await, 1);
+    assert_eq!(closed_at(pair.a.admin, "outbound", "header_timeout").await, 0);
+    pair.shutdown();
+}
