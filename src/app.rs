@@ -257,6 +257,10 @@ async fn run(
     let readiness = Arc::new(Readiness::default());
     let data_path = ConnectionTracker::default();
 
+    let inflight = |direction| {
+        let shed = telemetry.metrics.requests_shed.with_label_values(&[direction]);
+        crate::proxy::Inflight::new(config.limits.max_inflight, shed)
+    };
     let inbound = proxy_app(
         &conf,
         Inbound::new(
@@ -265,7 +269,8 @@ async fn run(
             config.inbound.app_timeout.map(|t| t.0),
             policy.clone(),
             telemetry.clone(),
-        ),
+        )
+        .shedding(inflight("inbound")),
         &config.limits,
     );
     let outbound = proxy_app(
@@ -276,7 +281,8 @@ async fn run(
             bound.outbound,
             tls.clone(),
             telemetry.clone(),
-        ),
+        )
+        .shedding(inflight("outbound")),
         &config.limits,
     );
     let identity_state = identity.as_ref().map(|i| i.state.clone());

@@ -13,11 +13,13 @@ mod outbound;
 mod record;
 mod request_id;
 mod respond;
+mod shed;
 
 pub use inbound::Inbound;
 pub use outbound::Outbound;
 pub use request_id::RequestId;
 pub use respond::ErrorKind;
+pub use shed::Inflight;
 
 /// Carries the caller's HTTP version across the sidecar-to-sidecar hop, which is always HTTP/2,
 /// so the inbound side speaks to its app as the caller spoke (Linkerd's `l5d-orig-proto`).

@@ -41,6 +41,8 @@ pub struct LimitsConfig {
     pub idle_timeout: HumanDuration,
     /// Open connections per listener; past it new connections are closed at accept.
     pub max_connections: usize,
+    /// Requests in flight per data listener; past it new ones get 503 with `Retry-After`.
+    pub max_inflight: usize,
 }
 
 impl Default for LimitsConfig {
@@ -49,6 +51,7 @@ impl Default for LimitsConfig {
             header_timeout: HumanDuration(std::time::Duration::from_secs(10)),
             idle_timeout: HumanDuration(std::time::Duration::from_secs(300)),
             max_connections: 10_000,
+            max_inflight: 5_000,
         }
     }
 }
@@ -598,6 +601,9 @@ impl super::Validate for SidecarConfig {
         if self.limits.max_connections == 0 {
             invalid.push(Invalid::field("limits.maxConnections", "must be at least 1"));
         }
+        if self.limits.max_inflight == 0 {
+            invalid.push(Invalid::field("limits.maxInflight", "must be at least 1"));
+        }
         if !(1..=MAX_THREADS).contains(&self.threads) {
             invalid.push(Invalid::field("threads", format!("must be from 1 to {MAX_THREADS}, got {}", self.threads)));
         }
@@ -634,12 +640,13 @@ mod tests {
         assert_eq!(cfg.limits.header_timeout.0, std::time::Duration::from_secs(10));
         assert_eq!(cfg.limits.idle_timeout.0, std::time::Duration::from_secs(300));
         assert_eq!(cfg.limits.max_connections, 10_000);
+        assert_eq!(cfg.limits.max_inflight, 5_000);
         let cfg = parse("limits: {headerTimeout: 2s, idleTimeout: 30s, maxConnections: 50}\n").unwrap();
         assert_eq!(cfg.limits.header_timeout.0, std::time::Duration::from_secs(2));
         assert_eq!(cfg.limits.max_connections, 50);
         use crate::config::{Invalid, Validate};
         let env = std::collections::BTreeMap::<String, String>::new();
-        let cfg = parse("limits: {headerTimeout: 0s, idleTimeout: 0s, maxConnections: 0}\n").unwrap();
+        let cfg = parse("limits: {headerTimeout: 0s, idleTimeout: 0s, maxConnections: 0, maxInflight: 0}\n").unwrap();
         let fields: Vec<String> = cfg
             .validate(&env)
             .into_iter()
@@ -648,7 +655,10 @@ mod tests {
                 Invalid::Var { name, .. } => name,
             })
             .collect();
-        assert_eq!(fields, ["limits.headerTimeout", "limits.idleTimeout", "limits.maxConnections"]);
+        assert_eq!(
+            fields,
+            ["limits.headerTimeout", "limits.idleTimeout", "limits.maxConnections", "limits.maxInflight"]
+        );
         assert!(parse("limits: {bodyTimeout: 60s}\n").is_err(), "not implemented: refused, not ignored");
     }
 

@@ -33,6 +33,7 @@ pub struct Inbound {
     app_timeout: Option<Duration>,
     policy: Arc<PolicyStore>,
     telemetry: Arc<Telemetry>,
+    inflight: Arc<super::Inflight>,
 }
 
 pub struct InboundCtx {
@@ -93,7 +94,14 @@ impl Inbound {
         policy: Arc<PolicyStore>,
         telemetry: Arc<Telemetry>,
     ) -> Self {
-        Inbound { app: AppAddress::new(app, app_timeout), app_protocol, app_timeout, policy, telemetry }
+        let inflight = super::Inflight::unlimited();
+        Inbound { app: AppAddress::new(app, app_timeout), app_protocol, app_timeout, policy, telemetry, inflight }
+    }
+
+    /// Sheds requests past `inflight`'s limit (503).
+    pub fn shedding(mut self, inflight: Arc<super::Inflight>) -> Self {
+        self.inflight = inflight;
+        self
     }
 
     /// The port the caller addressed: the original destination behind an iptables REDIRECT,
@@ -199,6 +207,9 @@ impl ProxyHttp for Inbound {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<bool> {
         record::start_span(&self.telemetry, SpanKind::Server, session, &mut ctx.request);
+        if !respond::admit(session, &self.inflight, &mut ctx.request).await {
+            return Ok(true);
+        }
         let policy = self.policy.current();
         let port = self.destination_port(session);
         // Step 3's token check runs first, as it may wait for a JWKS refresh; the decision

@@ -39,6 +39,7 @@ pub struct Outbound {
     /// Destinations forwarded in plaintext (`outbound.passthrough`).
     passthrough: Vec<IpBlock>,
     telemetry: Arc<Telemetry>,
+    inflight: Arc<super::Inflight>,
 }
 
 pub struct OutboundCtx {
@@ -74,7 +75,14 @@ impl Outbound {
                 }
             })
             .collect();
-        Outbound { routes, connectors, own_listener, passthrough: passthrough.to_vec(), telemetry }
+        let inflight = super::Inflight::unlimited();
+        Outbound { routes, connectors, own_listener, passthrough: passthrough.to_vec(), telemetry, inflight }
+    }
+
+    /// Sheds requests past `inflight`'s limit (503).
+    pub fn shedding(mut self, inflight: Arc<super::Inflight>) -> Self {
+        self.inflight = inflight;
+        self
     }
 
     fn route(&self, authority: &str) -> Option<&Route> {
@@ -164,6 +172,9 @@ impl ProxyHttp for Outbound {
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutboundCtx) -> pingora::Result<bool> {
         record::start_span(&self.telemetry, SpanKind::Client, session, &mut ctx.request);
         ctx.request.id = RequestId::from_header(session.req_header().headers.get(REQUEST_ID_HEADER));
+        if !respond::admit(session, &self.inflight, &mut ctx.request).await {
+            return Ok(true);
+        }
         if super::has_conflicting_framing(session) {
             let refusal = Refusal::Malformed("both Content-Length and Transfer-Encoding");
             respond::refuse(session, refusal, &mut ctx.request).await;

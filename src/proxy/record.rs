@@ -26,11 +26,23 @@ pub struct RequestCtx {
     pub invalid: bool,
     /// This hop's span, when traces are on.
     pub span: Option<RequestSpan>,
+    /// Its place among the listener's requests in flight; `None` when shed (or not yet counted).
+    pub inflight: Option<super::shed::Slot>,
+    /// Answered 503 by load shedding.
+    pub shed: bool,
 }
 
 impl RequestCtx {
     pub fn new() -> Self {
-        RequestCtx { id: RequestId::NONE, started: Instant::now(), refusal: None, invalid: false, span: None }
+        RequestCtx {
+            id: RequestId::NONE,
+            started: Instant::now(),
+            refusal: None,
+            invalid: false,
+            span: None,
+            inflight: None,
+            shed: false,
+        }
     }
 
     pub fn trace_id(&self) -> Option<String> {
@@ -40,6 +52,7 @@ impl RequestCtx {
     /// The `decision` label: what refused the request, else `allow`.
     pub fn decision(&self) -> &'static str {
         match (&self.refusal, self.invalid) {
+            _ if self.shed => "shed",
             (Some(refusal), _) => refusal.decision(),
             (None, true) => "invalid",
             (None, false) => "allow",

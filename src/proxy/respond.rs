@@ -146,6 +146,22 @@ pub async fn refuse(session: &mut Session, refusal: Refusal, ctx: &mut RequestCt
     ctx.refusal = Some(refusal);
 }
 
+/// Takes a place among the requests in flight, or answers 503 with `Retry-After: 1` (load
+/// shedding); whether the request may go on.
+pub async fn admit(session: &mut Session, inflight: &std::sync::Arc<super::Inflight>, ctx: &mut RequestCtx) -> bool {
+    if let Some(slot) = inflight.enter() {
+        ctx.inflight = Some(slot);
+        return true;
+    }
+    ctx.shed = true;
+    ctx.id = ctx.id.or_generate();
+    let retry = [(http::header::RETRY_AFTER, HeaderValue::from_static("1"))];
+    if let Err(e) = write(session, 503, ErrorKind::Unavailable.code(), &ctx.id, &retry).await {
+        tracing::debug!(error = %e, "could not send the 503");
+    }
+    false
+}
+
 /// A refusal the pipeline decided on is reported by metrics and events, and a caller hanging up
 /// is the caller's business: neither is an error log.
 pub fn is_decision(e: &Error) -> bool {

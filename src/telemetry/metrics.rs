@@ -29,6 +29,7 @@ pub struct Metrics {
     /// Bodies of an inspected type over `inspectBodyBytes`, passed on uninspected (`PASS`).
     pub waf_uninspected: prometheus::IntCounter,
     pub connections_closed: IntCounterVec,
+    pub requests_shed: IntCounterVec,
 }
 
 impl Metrics {
@@ -133,6 +134,14 @@ impl Metrics {
             &["direction", "reason"],
         )
         .expect("metric");
+        let requests_shed = IntCounterVec::new(
+            Opts::new(
+                "palisade_requests_shed_total",
+                "Requests answered 503 because limits.maxInflight requests were in flight on the listener.",
+            ),
+            &["direction"],
+        )
+        .expect("metric");
         let build_info =
             IntGaugeVec::new(Opts::new("palisade_build_info", "Build information."), &["version"]).expect("metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
@@ -157,6 +166,7 @@ impl Metrics {
             Box::new(waf_findings.clone()),
             Box::new(waf_uninspected.clone()),
             Box::new(connections_closed.clone()),
+            Box::new(requests_shed.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
             registry.register(c).expect("metric registers once");
@@ -181,6 +191,7 @@ impl Metrics {
             waf_findings,
             waf_uninspected,
             connections_closed,
+            requests_shed,
         }
     }
 

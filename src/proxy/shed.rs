@@ -1,0 +1,72 @@
+//! Load shedding (SPEC section 3 `limits.maxInflight`): past a number of requests in flight on a
+//! listener, a new request is answered 503 with `Retry-After` at once instead of queueing without
+//! bound behind the others (queued requests only add latency and memory, and time out anyway).
+//! The count is one atomic per request in and out: no lock, no allocation.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// One listener's requests in flight.
+pub struct Inflight {
+    now: AtomicUsize,
+    max: usize,
+    /// `palisade_requests_shed_total{direction}`, resolved once.
+    shed: prometheus::IntCounter,
+}
+
+/// A request's place among those in flight; given back when the request's context is dropped,
+/// after its response and its log line.
+pub struct Slot(Arc<Inflight>);
+
+impl Inflight {
+    pub fn new(max: usize, shed: prometheus::IntCounter) -> Arc<Self> {
+        Arc::new(Inflight { now: AtomicUsize::new(0), max, shed })
+    }
+
+    /// No limit (a proxy built without one, as in unit tests).
+    pub fn unlimited() -> Arc<Self> {
+        let shed = prometheus::IntCounter::new("palisade_requests_shed_total", "unregistered").expect("counter");
+        Self::new(usize::MAX, shed)
+    }
+
+    /// A slot, or `None` (counted) when `max` requests are in flight already.
+    pub fn enter(self: &Arc<Self>) -> Option<Slot> {
+        if self.now.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.now.fetch_sub(1, Ordering::AcqRel);
+            self.shed.inc();
+            return None;
+        }
+        Some(Slot(self.clone()))
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.now.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_the_limit_requests_are_shed_and_a_freed_slot_lets_the_next_one_in() {
+        let shed = prometheus::IntCounter::new("shed", "shed").unwrap();
+        let inflight = Inflight::new(2, shed.clone());
+        let a = inflight.enter().expect("first");
+        let _b = inflight.enter().expect("second");
+        assert!(inflight.enter().is_none(), "third, over the limit");
+        assert_eq!((inflight.in_flight(), shed.get()), (2, 1));
+        drop(a);
+        let c = inflight.enter();
+        assert!(c.is_some(), "recovers as soon as one ends");
+        assert_eq!(inflight.in_flight(), 2);
+        drop(c);
+        assert_eq!(inflight.in_flight(), 1, "a slot is given back when dropped");
+    }
+}
