@@ -335,7 +335,10 @@ mod tests {
         redact(&mut dump);
         let text = dump.to_string();
         for secret in ["v1", "s1", "s2", "t1", "s3", "s4"] {
-            assert!(!text.contains(&format!("\"{secret}\"")) && !text.contains(&format!("\\\"{secret}\\\"")), "{secret}: {text}");
+            assert!(
+                !text.contains(&format!("\"{secret}\"")) && !text.contains(&format!("\\\"{secret}\\\"")),
+                "{secret}: {text}"
+            );
         }
         assert_eq!(dump["rules"][0]["when"][0]["key"], "request.headers[x-k]");
         assert_eq!(dump["forwardOriginalToken"], true);

@@ -24,9 +24,10 @@ pub use inject::{
 };
 pub use otel::{ParentRoot, SamplerChoice, TraceSettings};
 pub use sidecar::{
-    AdminConfig, LimitsConfig, AppProtocol, ControlPlaneAddress, Destination, EventFormat, EventSink, EventsConfig, FailMode,
-    IdentityConfig, IdentityFromControlPlane, InboundConfig, MtlsMode, OtlpConfig, OtlpProtocol, OutboundConfig,
-    PolicySourceConfig, SidecarConfig, SpiffeIdField, TelemetryConfig, TrustDomain, WorkloadConfig, MAX_THREADS,
+    AdminConfig, AppProtocol, ControlPlaneAddress, Destination, EventFormat, EventSink, EventsConfig, FailMode,
+    IdentityConfig, IdentityFromControlPlane, InboundConfig, LimitsConfig, MtlsMode, OtlpConfig, OtlpProtocol,
+    OutboundConfig, PolicySourceConfig, SidecarConfig, SpiffeIdField, TelemetryConfig, TrustDomain, WorkloadConfig,
+    MAX_THREADS,
 };
 pub use types::{HumanDuration, IpBlock, ListenAddr};
 

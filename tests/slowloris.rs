@@ -22,7 +22,8 @@ const BOUND: Duration = Duration::from_secs(10);
 /// One byte of request head per this: pingora's per-read timers restart on every byte.
 const DRIP: Duration = Duration::from_millis(200);
 /// A request head longer than BOUND / DRIP bytes, so it can never be finished in the test.
-const LONG_HEAD: &[u8] = b"GET /slow HTTP/1.1\r\nhost: orders.shop\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+const LONG_HEAD: &[u8] =
+    b"GET /slow HTTP/1.1\r\nhost: orders.shop\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
 
 async fn start() -> Single {
     Single::start(|c| {
@@ -85,7 +86,10 @@ async fn mtls(s: &Single) -> tokio_rustls::client::TlsStream<tokio::net::TcpStre
     let mut tls = client_tls(Some(&s.client));
     tls.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(ServerName::try_from("orders.shop").unwrap(), tcp).await.unwrap()
+    tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(ServerName::try_from("orders.shop").unwrap(), tcp)
+        .await
+        .unwrap()
 }
 
 fn assert_at_deadline(elapsed: Duration, deadline: Duration, what: &str) {

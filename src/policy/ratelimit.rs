@@ -11,8 +11,8 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -260,7 +260,8 @@ mod tests {
         assert!(buckets.take(buckets.key_of(&7u32.to_le_bytes())).is_ok());
         assert!(buckets.take(buckets.key_of(&7u32.to_le_bytes())).is_err());
         // New keys: the table is full, so they share the overflow bucket (burst 2), and stay out.
-        let shared: Vec<bool> = (0..4u32).map(|i| buckets.take(buckets.key_of(&(5000 + i).to_le_bytes())).is_ok()).collect();
+        let shared: Vec<bool> =
+            (0..4u32).map(|i| buckets.take(buckets.key_of(&(5000 + i).to_le_bytes())).is_ok()).collect();
         assert_eq!(shared, [true, true, false, false]);
         assert_eq!(buckets.keys(), 1000);
         assert_eq!(buckets.forget_idle(), 4, "four requests used the overflow bucket");
