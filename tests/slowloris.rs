@@ -194,3 +194,30 @@ async fn outbound_keep_alive_serves_the_next_request_then_closes_when_idle() {
     assert_eq!(closed_at(pair.a.admin, "outbound", "header_timeout").await, 0);
     pair.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_a_data_ports_connection_limit_new_connections_are_closed_and_the_admin_port_answers() {
+    const LIMIT: usize = 3;
+    let s = Single::start(|c| {
+        c.limits.max_connections = LIMIT;
+        // Long enough that the held connections stay for the whole test.
+        c.limits.header_timeout = HumanDuration(Duration::from_secs(60));
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..LIMIT {
+        held.push(tokio::net::TcpStream::connect(s.sidecar.outbound).await.unwrap());
+    }
+    // The accept loop takes them in order; one more is closed at once, without an answer.
+    wait_for("the connection past the limit closed", async || {
+        let mut extra = tokio::net::TcpStream::connect(s.sidecar.outbound).await.unwrap();
+        let _ = extra.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        let mut buf = [0u8; 64];
+        matches!(tokio::time::timeout(BOUND, extra.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    })
+    .await;
+    assert!(closed(&s, "outbound", "connection_limit").await >= 1);
+    let ready = http_client().get(format!("http://{}/ready", s.sidecar.admin)).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "the admin port has its own connection slots");
+    drop(held);
+}
