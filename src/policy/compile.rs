@@ -467,13 +467,22 @@ fn compile_rule(rule: &Rule, decision: Decision, header_bits: &mut HeaderBits) -
 }
 
 impl CompiledRule {
+    /// A DENY rule's paths ignore ASCII case (backends that route `/ADMIN` to `/admin` are
+    /// common); an ALLOW rule's do not, so ignoring case never lets more through.
+    fn path_matches(&self, pattern: &PathPattern, path: &str) -> bool {
+        match self.decision.action {
+            Action::DENY => pattern.matches_ignoring_case(path),
+            _ => pattern.matches(path),
+        }
+    }
+
     /// All listed fields must match; a list matches when any entry does. Cheapest checks first.
     fn matches(&self, req: &RequestView<'_>, facts: &Facts<'_>) -> bool {
         let any_method = self.method_bits == 0 && self.methods.is_empty();
         (any_method || self.method_bits & facts.method_bit != 0 || self.methods.contains(req.method))
             && facts.headers_present & self.when_bits == self.when_bits
             && (self.ports.is_empty() || self.ports.contains(&req.port))
-            && (self.paths.is_empty() || self.paths.iter().any(|p| p.matches(facts.path)))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| self.path_matches(p, facts.path)))
             && (self.principals.is_empty()
                 || req.principal.is_some_and(|id| self.principals.iter().any(|p| p.matches(id.as_str()))))
             && (self.namespaces.is_empty()

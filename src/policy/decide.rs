@@ -38,9 +38,10 @@ pub struct RequestView<'a> {
     /// The port the caller addressed.
     pub port: u16,
     pub headers: &'a HeaderMap,
-    /// `Content-Length` beside `Transfer-Encoding` on the wire (the parser keeps only one of
-    /// them, so the proxy says whether both came).
-    pub ambiguous_framing: bool,
+    /// Why the body's framing is ambiguous, when it is: `Content-Length` beside
+    /// `Transfer-Encoding` on the wire (the parser keeps only one of them, so the proxy says
+    /// whether both came), more than one length, a coding other than one `chunked`.
+    pub ambiguous_framing: Option<&'static str>,
     /// What [`PolicySnapshot::authenticate`] made of the request's token.
     pub auth: Authenticated<'a>,
 }
@@ -265,6 +266,13 @@ impl Refusal {
     }
 }
 
+/// Headers that frameworks read as the request's real method.
+const METHOD_OVERRIDES: [HeaderName; 3] = [
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
+
 impl PolicySnapshot {
     /// Decides a request, steps in SPEC section 5's order. `audit` hears of every denial an
     /// AUDIT policy would have made (decided, logged, counted, never enforced).
@@ -400,8 +408,14 @@ impl PolicySnapshot {
     /// Declared bodies are refused here, before a byte is forwarded; chunked ones as they cross
     /// the limit (the proxy counts them).
     fn check_request<'a>(&self, view: &RequestView<'a>) -> Result<Cow<'a, str>, Refusal> {
-        if view.ambiguous_framing {
-            return Err(Refusal::Malformed("both Content-Length and Transfer-Encoding"));
+        if let Some(why) = view.ambiguous_framing {
+            return Err(Refusal::Malformed(why));
+        }
+        // A method override makes Express, Rails, Laravel, ASP.NET and Spring handle the request
+        // as another method than the one judged (a GET the policy allows, a DELETE to the app).
+        // Refused rather than stripped: a client that relies on it learns why it fails.
+        if METHOD_OVERRIDES.iter().any(|name| view.headers.contains_key(name)) {
+            return Err(Refusal::Malformed("method override header"));
         }
         // Only origin-form targets ("/path?query"): anything else is forwarded as written while
         // its parsed path is "/", so the policy and the app would see different paths.
@@ -474,7 +488,7 @@ mod tests {
         target: String,
         headers: HeaderMap,
         port: u16,
-        ambiguous: bool,
+        ambiguous: Option<&'static str>,
     }
 
     fn req(method: &str, target: &str) -> Req {
@@ -486,7 +500,7 @@ mod tests {
             target: target.to_string(),
             headers: HeaderMap::new(),
             port: 8080,
-            ambiguous: false,
+            ambiguous: None,
         }
     }
 
@@ -563,11 +577,54 @@ mod tests {
         assert_eq!(limited_first, Ok(None), "the first request takes the only token");
         let long = format!("/orders/{}", "a".repeat(64));
         let cases: Vec<Case<'_>> = vec![
-            ("CL beside TE", Req { ambiguous: true, ..req("GET", "/orders") }, 400, "invalid_request", "invalid", None),
+            (
+                "CL beside TE",
+                Req { ambiguous: Some("CL and TE"), ..req("GET", "/orders") },
+                400,
+                "invalid_request",
+                "invalid",
+                None,
+            ),
             ("absolute form", req("GET", "http://x/orders"), 400, "invalid_request", "invalid", None),
             ("lower-case method", req("get", "/orders"), 400, "invalid_request", "invalid", None),
             ("path above the root", req("GET", "/../etc/passwd"), 400, "invalid_request", "invalid", None),
             ("encoded slash", req("GET", "/orders%2f1"), 400, "invalid_request", "invalid", None),
+            ("trailing dot", req("GET", "/admin."), 400, "invalid_request", "invalid", None),
+            ("double encoding", req("GET", "/%2561dmin"), 400, "invalid_request", "invalid", None),
+            ("fullwidth letter", req("GET", "/%EF%BD%81dmin"), 400, "invalid_request", "invalid", None),
+            (
+                "method override",
+                req("GET", "/orders").header("x-http-method-override", "DELETE"),
+                400,
+                "invalid_request",
+                "invalid",
+                None,
+            ),
+            (
+                "x-http-method",
+                req("GET", "/orders").header("x-http-method", "DELETE"),
+                400,
+                "invalid_request",
+                "invalid",
+                None,
+            ),
+            (
+                "x-method-override",
+                req("GET", "/orders").header("X-Method-Override", "PUT"),
+                400,
+                "invalid_request",
+                "invalid",
+                None,
+            ),
+            ("upper-case deny", req("GET", "/ADMIN"), 403, "forbidden", "deny", Some(by("shop/p", "no-admin"))),
+            (
+                "mixed-case deny prefix",
+                req("GET", "/AdMiN/users"),
+                403,
+                "forbidden",
+                "deny",
+                Some(by("shop/p", "no-admin")),
+            ),
             ("uri over the limit", req("GET", &long), 414, "uri_too_long", "invalid", None),
             (
                 "headers over the limit",
@@ -594,6 +651,14 @@ mod tests {
                 None,
             ),
             ("a DENY rule", req("GET", "/admin/users"), 403, "forbidden", "deny", Some(by("shop/p", "no-admin"))),
+            (
+                "ALLOW stays case-sensitive",
+                req("GET", "/ORDERS"),
+                403,
+                "forbidden",
+                "deny",
+                Some(by("shop/p", "default")),
+            ),
             ("the default", req("DELETE", "/orders/1"), 403, "forbidden", "deny", Some(by("shop/p", "default"))),
             (
                 "a spent limit",
@@ -686,7 +751,7 @@ mod tests {
             path: &path,
             port: 8080,
             headers: &view_limits.headers,
-            ambiguous_framing: false,
+            ambiguous_framing: None,
             auth: Authenticated::Nobody,
         };
         assert_eq!(s.decide(&view, |_| {}).unwrap().max_body_bytes, Some(10));
@@ -709,7 +774,8 @@ mod tests {
             ),
             ("no principal matches no namespace", Req { principal: None, ..req("GET", "/orders") }, Err("default")),
             ("paths are judged normalised", req("GET", "/orders/../admin"), Err("no-admin")),
-            ("and case-sensitive", req("GET", "/ADMIN"), Err("default")),
+            ("DENY paths ignore case", req("GET", "/ADMIN"), Err("no-admin")),
+            ("ALLOW paths do not", req("GET", "/ORDERS"), Err("default")),
         ];
         for (what, request, expected) in table {
             let got = request.decide(&s).0.map(|_| ()).map_err(|r| r.decided_by().map(|b| b.rule.to_string()));

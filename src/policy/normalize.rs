@@ -1,5 +1,12 @@
 //! Path normalisation (SPEC section 4), so that a rule on `/admin` also catches `/public/../admin`,
 //! `//admin`, `/%61dmin` and `/admin/`. The result is what both the policy and the app see.
+//!
+//! Forms that common backends route somewhere the policy cannot tell are refused instead of
+//! guessed at (docs/policy.md, "Path forms"): control characters raw or encoded, raw spaces and
+//! non-ASCII bytes, a segment ending in a dot or a space (Windows and IIS drop those, Spring can
+//! trim them), an encoded `%` before two hex digits (a second decoding makes a new path), and
+//! encoded UTF-8 that is malformed or holds a character some stack folds to ASCII (fullwidth
+//! `ａ`, the Kelvin sign, long s, ...).
 
 use std::borrow::Cow;
 
@@ -20,6 +27,22 @@ pub enum PathError {
     /// policy and another to the app.
     #[error("path holds ';' or '\\'")]
     Ambiguous,
+    /// A control character, raw or encoded (a raw TAB arrives encoded: pingora re-encodes
+    /// it), a raw space or a raw non-ASCII byte: servers strip, split at or mangle them.
+    #[error("path holds a control character, a raw space or a raw non-ASCII byte")]
+    Control,
+    /// `%25` before two hex digits: a backend or framework that decodes twice sees another path
+    /// (`/%2561dmin` becomes `/admin`).
+    #[error("path is double percent-encoded")]
+    DoubleEncoded,
+    /// A segment ending in `.` or a space (other than `.` and `..`): Windows and IIS drop
+    /// them, so `/admin.` and `/admin%20` are `/admin` there.
+    #[error("path segment ends in a dot or a space")]
+    TrailingDotOrSpace,
+    /// Encoded bytes that are not UTF-8 (overlongs such as `%C0%AF`), or a character some
+    /// stack folds to ASCII by Unicode compatibility or case mapping.
+    #[error("path holds malformed UTF-8 or a character that folds to ASCII")]
+    Confusable,
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -60,15 +83,28 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
             match value {
                 0 => return Err(PathError::Nul),
                 b'/' | b'\\' => return Err(PathError::EncodedSlash),
+                v if is_control(v) => return Err(PathError::Control),
+                b'%' if bytes.get(i + 3).copied().and_then(hex).is_some()
+                    && bytes.get(i + 4).copied().and_then(hex).is_some() =>
+                {
+                    return Err(PathError::DoubleEncoded)
+                }
                 v if is_unreserved(v) => decoded.push(v),
                 v => {
-                    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                    decoded.extend_from_slice(&[b'%', HEX[(v >> 4) as usize], HEX[(v & 0xf) as usize]]);
+                    // An encoded UTF-8 sequence is judged whole and kept encoded.
+                    let len = if v >= 0x80 { check_encoded_utf8(&bytes[i..])? } else { 1 };
+                    for k in 0..len {
+                        let e = &bytes[i + 3 * k..i + 3 * k + 3];
+                        decoded.extend_from_slice(&[b'%', e[1].to_ascii_uppercase(), e[2].to_ascii_uppercase()]);
+                    }
+                    i += 3 * (len - 1);
                 }
             }
             i += 3;
         } else if matches!(b, b';' | b'\\') {
             return Err(PathError::Ambiguous);
+        } else if is_control(b) || b == b' ' || b >= 0x80 {
+            return Err(PathError::Control);
         } else {
             decoded.push(b);
             i += 1;
@@ -85,6 +121,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
                     return Err(PathError::EscapesRoot);
                 }
             }
+            s if ends_in_dot_or_space(s) => return Err(PathError::TrailingDotOrSpace),
             s => segments.push(s),
         }
     }
@@ -99,6 +136,65 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(out))
 }
 
+fn is_control(b: u8) -> bool {
+    b < 0x20 || b == 0x7f
+}
+
+/// `segment` (decoded, other escapes still encoded) is not `.` or `..` and ends in `.` or an
+/// encoded space.
+fn ends_in_dot_or_space(segment: &[u8]) -> bool {
+    segment.ends_with(b".") || segment.ends_with(b"%20")
+}
+
+/// `escaped` starts with a `%XX` escape of a byte >= 0x80: the UTF-8 sequence it starts, all of
+/// it percent-encoded, must be well-formed and must not be a character that folds to ASCII.
+/// A lone continuation byte or a sequence broken by a raw byte is malformed. Returns how many
+/// escapes the sequence takes.
+fn check_encoded_utf8(escaped: &[u8]) -> Result<usize, PathError> {
+    let byte_at = |k: usize| -> Option<u8> {
+        let e = escaped.get(3 * k..3 * k + 3)?;
+        (e[0] == b'%').then_some(hex(e[1])? << 4 | hex(e[2])?)
+    };
+    let first = byte_at(0).ok_or(PathError::BadEscape)?;
+    let len = match first {
+        0xc2..=0xdf => 2,
+        0xe0..=0xef => 3,
+        0xf0..=0xf4 => 4,
+        // Continuation bytes are consumed with their lead byte (below); one here stands alone.
+        // 0xc0, 0xc1 and 0xf5.. only ever start overlong or out-of-range forms.
+        _ => return Err(PathError::Confusable),
+    };
+    let mut buf = [0u8; 4];
+    for (k, slot) in buf.iter_mut().enumerate().take(len) {
+        *slot = byte_at(k).ok_or(PathError::Confusable)?;
+    }
+    let c = std::str::from_utf8(&buf[..len]).map_err(|_| PathError::Confusable)?.chars().next();
+    match c {
+        Some(c) if folds_to_ascii(c) => Err(PathError::Confusable),
+        _ => Ok(len),
+    }
+}
+
+/// Characters that some server, framework or file system turns into ASCII: NFKC compatibility
+/// forms (fullwidth and halfwidth forms, mathematical alphanumerics, enclosed and letterlike
+/// symbols, ligatures, superscripts, odd spaces and slashes) and the non-ASCII letters whose
+/// upper or lower case is ASCII (`ı` -> `I`, `ſ` -> `S`, Kelvin `K` -> `k`). Not a full Unicode
+/// confusables table: these are the ones that turn into the ASCII a rule names.
+fn folds_to_ascii(c: char) -> bool {
+    matches!(c as u32,
+        0x00a0 | 0x00aa | 0x00b2 | 0x00b3 | 0x00b9 | 0x00ba // NBSP, ordinals, superscripts
+        | 0x0130 | 0x0131 | 0x017f // dotted I, dotless i, long s
+        | 0x1d2c..=0x1d6a // modifier letters
+        | 0x2000..=0x200f | 0x2024..=0x2026 | 0x2028..=0x202f | 0x205f..=0x2064 // spaces, dots, zero-width
+        | 0x2044 | 0x2070..=0x209c | 0x2100..=0x214f | 0x2150..=0x218b // fraction slash, sub/superscripts, letterlike, numbers
+        | 0x2215 | 0x2460..=0x24ff | 0x3000 | 0xfb00..=0xfb06 // division slash, enclosed, ideographic space, ligatures
+        | 0xfe10..=0xfe19 | 0xfe30..=0xfe6f | 0xfeff // vertical and small forms, BOM
+        | 0xff00..=0xffef // fullwidth and halfwidth forms
+        | 0x1d400..=0x1d7ff | 0x1f100..=0x1f1ff // mathematical alphanumerics, enclosed supplement
+        | 0xe0000..=0xe007f // tags
+    )
+}
+
 /// True when nothing needs rewriting; errors on bytes that are never allowed.
 fn is_normal(bytes: &[u8]) -> Result<bool, PathError> {
     let mut prev_slash = false;
@@ -107,6 +203,9 @@ fn is_normal(bytes: &[u8]) -> Result<bool, PathError> {
             0 => return Err(PathError::Nul),
             b';' | b'\\' => return Err(PathError::Ambiguous),
             b'%' => return Ok(false),
+            _ if is_control(b) || b == b' ' || b >= 0x80 => return Err(PathError::Control),
+            // A segment ending in '.': the slow path tells "." and ".." from "a." and refuses.
+            b'/' if i > 0 && bytes[i - 1] == b'.' => return Ok(false),
             b'/' if prev_slash => return Ok(false),
             b'.' if prev_slash => {
                 // "/." or "/.." as a whole segment
@@ -120,7 +219,7 @@ fn is_normal(bytes: &[u8]) -> Result<bool, PathError> {
         }
         prev_slash = b == b'/';
     }
-    Ok(true)
+    Ok(!bytes.ends_with(b"."))
 }
 
 /// The form rules are matched against: normalised, without a trailing slash (except the root).
@@ -183,6 +282,51 @@ mod tests {
         assert_eq!(normalize("/public/..;/admin"), Err(PathError::Ambiguous));
         assert_eq!(normalize("/public\\..\\admin"), Err(PathError::Ambiguous));
         assert_eq!(normalize("/%61dmin;x"), Err(PathError::Ambiguous));
+    }
+
+    #[test]
+    fn forms_backends_route_to_admin_are_refused() {
+        use PathError::*;
+        for (raw, why) in [
+            ("/admin.", TrailingDotOrSpace),
+            ("/admin..", TrailingDotOrSpace),
+            ("/admin./x", TrailingDotOrSpace),
+            ("/admin%2e", TrailingDotOrSpace),
+            ("/admin%2E/", TrailingDotOrSpace),
+            ("/admin%20", TrailingDotOrSpace),
+            ("/admin%09", Control),
+            ("/admin%7f", Control),
+            ("/admin%0d%0a", Control),
+            ("/admin\t", Control),
+            ("/admin\tx", Control),
+            ("/ad\x01min", Control),
+            ("/admin\x7f", Control),
+            ("/admin ", Control),
+            ("/%2561dmin", DoubleEncoded),
+            ("/%252e%252e/admin", DoubleEncoded),
+            ("/%EF%BD%81dmin", Confusable), // fullwidth a
+            ("/%ef%bd%81dmin", Confusable),
+            ("/%E2%84%AAelvin", Confusable), // Kelvin sign
+            ("/%C5%BFecret", Confusable),    // long s
+            ("/%C0%AFadmin", Confusable),    // overlong '/'
+            ("/%E0%80%AEadmin", Confusable), // overlong '.'
+            ("/%BDadmin", Confusable),       // lone continuation byte
+            ("/%E2%84", Confusable),         // cut short
+            ("/%ED%A0%80", Confusable),      // surrogate
+            ("/caf\u{e9}", Control),         // raw non-ASCII
+        ] {
+            assert_eq!(normalize(raw), Err(why), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn ordinary_encoded_text_is_kept_encoded() {
+        assert_eq!(normalize("/caf%c3%a9").unwrap(), "/caf%C3%A9");
+        assert_eq!(normalize("/%E6%97%A5%E6%9C%AC").unwrap(), "/%E6%97%A5%E6%9C%AC");
+        assert_eq!(normalize("/a%20b/c").unwrap(), "/a%20b/c");
+        assert_eq!(normalize("/100%25").unwrap(), "/100%25");
+        assert_eq!(normalize("/v1.2/x.json").unwrap(), "/v1.2/x.json");
+        assert_eq!(normalize("/a/./b/..").unwrap(), "/a");
     }
 
     #[test]

@@ -68,6 +68,15 @@ impl PathPattern {
             PathPattern::Prefix(p) => path.starts_with(&**p),
         }
     }
+
+    /// As [`PathPattern::matches`], ASCII case ignored: how DENY rules match, since IIS,
+    /// ASP.NET, Windows file systems and case-insensitive routers serve `/ADMIN` as `/admin`.
+    pub fn matches_ignoring_case(&self, path: &str) -> bool {
+        match self {
+            PathPattern::Exact(e) => path.eq_ignore_ascii_case(e),
+            PathPattern::Prefix(p) => path.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p)),
+        }
+    }
 }
 
 impl FromStr for PathPattern {
