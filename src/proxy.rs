@@ -37,16 +37,67 @@ pub(crate) const CONNECTION_SPECIFIC: [http::HeaderName; 6] = [
     http::HeaderName::from_static("http2-settings"),
 ];
 
-/// Content-Length and Transfer-Encoding on one HTTP/1 request: the shape of request smuggling,
-/// which SPEC section 5 answers with 400. pingora's parser drops the Content-Length before any
-/// phase runs (the body is then read as chunked), so the parsed headers never show both; the
-/// request as received does. Only requests that carry Transfer-Encoding are looked at again.
-pub(crate) fn has_conflicting_framing(session: &pingora::proxy::Session) -> bool {
-    if session.is_http2() || !session.req_header().headers.contains_key(http::header::TRANSFER_ENCODING) {
-        return false;
+/// Why a request's body framing is ambiguous, if it is: the shape of request smuggling, which
+/// SPEC section 5 answers with 400. More than one Content-Length, or one that is not a plain
+/// number (`5, 5`: RFC 9110 lets a recipient collapse the list, and an app or a proxy behind us
+/// may not); on HTTP/1, a Transfer-Encoding other than exactly one `chunked` (pingora reads
+/// `gzip, chunked` or a second header its own way, the app may read it another), or one beside
+/// a Content-Length. pingora's parser drops the Content-Length in that case before any phase
+/// runs, so the parsed headers never show both; the request as received does. Only requests
+/// that carry Transfer-Encoding are looked at again.
+pub(crate) fn ambiguous_framing(session: &pingora::proxy::Session) -> Option<&'static str> {
+    let headers = &session.req_header().headers;
+    let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
+    if let Some(length) = lengths.next() {
+        if lengths.next().is_some() {
+            return Some("more than one Content-Length");
+        }
+        if length.is_empty() || !length.as_bytes().iter().all(u8::is_ascii_digit) {
+            return Some("Content-Length is not a number");
+        }
+    }
+    if session.is_http2() {
+        return None;
+    }
+    let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
+    let coding = codings.next()?;
+    if codings.next().is_some() || !coding.as_bytes().eq_ignore_ascii_case(b"chunked") {
+        return Some("Transfer-Encoding other than one chunked");
     }
     let raw = session.as_downstream().to_h1_raw();
-    raw.split(|&b| b == b'\n').any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+    raw.split(|&b| b == b'\n')
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
+        .then_some("both Content-Length and Transfer-Encoding")
+}
+
+/// An HTTP/1 request whose body is chunked: its framing is known only as the body is read.
+pub(crate) fn is_chunked_h1(session: &pingora::proxy::Session) -> bool {
+    !session.is_http2() && session.req_header().headers.contains_key(http::header::TRANSFER_ENCODING)
+}
+
+/// Reads the first piece of a chunked body before anything of the request is forwarded, so a
+/// malformed chunk head (a bad size, an overlong extension) is refused with 400 while the app
+/// and the peer have seen nothing. One piece, because pingora's retry buffer, which replays it
+/// on its own proxy path, holds one read (64 KiB) and no more; a body that goes bad further on
+/// is cut off mid-stream and the app never sees it complete. A caller that waits for
+/// `100 Continue` gets it here, as it would from the app. Returns the piece and whether it
+/// ended the body.
+pub(crate) async fn read_first_piece(session: &mut pingora::proxy::Session) -> pingora::Result<(bytes::Bytes, bool)> {
+    let expects_continue = session
+        .req_header()
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        session.write_continue_response().await.map_err(pingora::Error::into_down)?;
+        session.req_header_mut().remove_header(&http::header::EXPECT);
+    }
+    let piece = session.read_request_body().await.map_err(pingora::Error::into_down)?;
+    let done = piece.is_none() || session.is_body_done();
+    if session.retry_buffer_truncated() {
+        return Err(respond::ErrorKind::PayloadTooLarge.fail("first body piece over the retry buffer"));
+    }
+    Ok((piece.unwrap_or_default(), done))
 }
 
 /// A connection that could not be made, as the pingora error whose type decides the caller's

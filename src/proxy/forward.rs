@@ -29,7 +29,7 @@ fn invalid(why: &'static str) -> Box<Error> {
 /// (so a `Connection` header cannot name them away): `:authority` from the absolute-form target
 /// or `Host`, no connection-specific headers nor those `Connection` names, `te` only as
 /// `trailers`, no `expect` (the sidecar answers it). Content-Length beside Transfer-Encoding never
-/// gets here: it is refused first (see [`super::has_conflicting_framing`]).
+/// gets here: it is refused first (see [`super::ambiguous_framing`]).
 pub fn to_h2(request: &mut RequestHeader) -> pingora::Result<()> {
     if !request.raw_path_is_utf8() {
         return Err(invalid("a request target that is not UTF-8 cannot travel over HTTP/2"));
@@ -77,13 +77,16 @@ pub fn to_h2(request: &mut RequestHeader) -> pingora::Result<()> {
 /// Sends `request` (already HTTP/2, see [`to_h2`]) and its body on `upstream` and writes the
 /// response to the app. An error says whose side failed (`esource`), which decides the status
 /// of the error response, when one can still be written.
+/// `first` is the body's first piece when it was read before the request was sent (see
+/// [`super::read_first_piece`]), with whether it ended the body.
 pub async fn exchange(
     session: &mut Session,
     upstream: &mut MeshStream,
     request: RequestHeader,
     expects_continue: bool,
+    first: Option<(Bytes, bool)>,
 ) -> pingora::Result<()> {
-    let mut request_done = session.is_body_empty() && session.is_body_done();
+    let mut request_done = first.is_none() && session.is_body_empty() && session.is_body_done();
     let (response, body_writer) = upstream.send_request(request, request_done).map_err(Error::into_up)?;
     if expects_continue && !request_done {
         // The peer's interim answer cannot cross HTTP/2 (h2 drops 1xx), so this hop says go on.
@@ -91,7 +94,7 @@ pub async fn exchange(
     }
     let mut body_writer = Some(body_writer);
     let mut incoming = Incoming::Header(response);
-    let mut pending: Option<(Bytes, bool)> = None;
+    let mut pending: Option<(Bytes, bool)> = first;
     // False once the peer stopped taking the body: the rest of it is still arriving from the
     // caller, and reading it as "idle" would call it a protocol error.
     let mut watch_caller = true;

@@ -220,8 +220,14 @@ impl ProxyHttp for Inbound {
         // written to afterwards.
         let verdict = {
             let req = session.req_header();
-            // A request id from a meshed peer is kept, so one id follows the request end to end.
-            ctx.request.id = RequestId::from_header(req.headers.get(REQUEST_ID_HEADER));
+            // A request id from a meshed peer (its sidecar set it) is kept, so one id follows
+            // the request end to end; a plaintext caller's is replaced, as Envoy does at the
+            // edge: ids from outside are not trusted for correlation.
+            let peer = peer_identity(session);
+            ctx.request.id = match peer {
+                Some(_) => RequestId::from_header(req.headers.get(REQUEST_ID_HEADER)),
+                None => RequestId::generate(),
+            };
             // The hop between sidecars is always HTTP/2; the header says whether the caller
             // spoke HTTP/1.1, which is then what the app gets.
             ctx.app_h2 = match self.app_protocol {
@@ -229,7 +235,6 @@ impl ProxyHttp for Inbound {
                 AppProtocol::Http1 => false,
                 AppProtocol::Http2 => true,
             };
-            let peer = peer_identity(session);
             let view = RequestView {
                 principal: peer.map(|p| &p.id),
                 source_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| super::canonical_ip(a.ip())),
@@ -239,7 +244,7 @@ impl ProxyHttp for Inbound {
                 path: req.uri.path(),
                 port,
                 headers: &req.headers,
-                ambiguous_framing: super::has_conflicting_framing(session),
+                ambiguous_framing: super::ambiguous_framing(session),
                 auth: match &auth {
                     Ok(Some(token)) => Authenticated::Token(token),
                     Ok(None) => Authenticated::Nobody,
@@ -326,6 +331,10 @@ impl ProxyHttp for Inbound {
             if let Some(refusal) = refusal {
                 return self.refuse(session, ctx, refusal).await;
             }
+        } else if super::is_chunked_h1(session) {
+            // pingora replays the piece read here to the app (its retry buffer).
+            session.enable_retry_buffering();
+            super::read_first_piece(session).await?;
         }
         Ok(false)
     }

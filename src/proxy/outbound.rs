@@ -175,20 +175,28 @@ impl ProxyHttp for Outbound {
         if !respond::admit(session, &self.inflight, &mut ctx.request).await {
             return Ok(true);
         }
-        if super::has_conflicting_framing(session) {
-            let refusal = Refusal::Malformed("both Content-Length and Transfer-Encoding");
-            respond::refuse(session, refusal, &mut ctx.request).await;
+        if let Some(why) = super::ambiguous_framing(session) {
+            respond::refuse(session, Refusal::Malformed(why), &mut ctx.request).await;
             return Ok(true);
         }
         let connector = match self.resolve(session).await? {
             Next::Mesh(connector) => connector,
             Next::Passthrough(target) => {
-                // pingora's own upstream phases forward it, in the app's protocol, as it is.
+                // pingora's own upstream phases forward it, in the app's protocol, as it is;
+                // its retry buffer replays what was read first.
+                if super::is_chunked_h1(session) {
+                    session.enable_retry_buffering();
+                    super::read_first_piece(session).await?;
+                }
                 ctx.passthrough = Some(target);
                 return Ok(false);
             }
         };
         ctx.connector = Some(connector.clone());
+        let mut first = match super::is_chunked_h1(session) {
+            true => Some(super::read_first_piece(session).await?),
+            false => None,
+        };
         let expects_continue = !session.is_http2()
             && session
                 .req_header()
@@ -202,7 +210,8 @@ impl ProxyHttp for Outbound {
         loop {
             let (mut upstream, reused) = connector.open_stream().await.map_err(Error::into_up)?;
             let request = self.upstream_request(session, ctx)?;
-            let Err(mut e) = forward::exchange(session, &mut upstream, request, expects_continue).await else {
+            let Err(mut e) = forward::exchange(session, &mut upstream, request, expects_continue, first.take()).await
+            else {
                 return Ok(true);
             };
             if retried || !(super::may_send_again(&mut e, reused, session) && session.is_body_empty()) {
