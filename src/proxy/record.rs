@@ -136,8 +136,17 @@ pub fn start_span(telemetry: &Telemetry, kind: SpanKind, session: &Session, ctx:
 }
 
 /// Names this hop's span as the parent of the next one; without traces, the caller's
-/// `traceparent` passes through untouched.
+/// `traceparent` passes through when it is well-formed and is dropped with its `tracestate`
+/// when it is not (or comes twice), so the app never parses what the sidecar would not.
 pub fn propagate(upstream: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
+    if ctx.span.is_none() {
+        let mut parents = upstream.headers.get_all(TRACEPARENT).iter();
+        let first = parents.next();
+        if first.is_some_and(|p| parents.next().is_some() || !valid_traceparent(p.as_bytes())) {
+            upstream.remove_header(&TRACEPARENT);
+            upstream.remove_header(&TRACESTATE);
+        }
+    }
     if let Some(span) = &ctx.span {
         upstream.insert_header(TRACEPARENT, span.traceparent())?;
         match span.tracestate() {
@@ -160,6 +169,29 @@ pub fn propagate(upstream: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Res
         }
     }
     Ok(())
+}
+
+/// W3C Trace Context: `version-traceid-parentid-flags`, lower-case hex, neither id all zeros,
+/// version `ff` invalid; version 00 is exactly 55 bytes, a later version may append
+/// `-`-separated fields.
+pub fn valid_traceparent(v: &[u8]) -> bool {
+    let hex = |s: &[u8]| s.iter().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+    let nonzero = |s: &[u8]| s.iter().any(|&b| b != b'0');
+    if v.len() < 55 || v[2] != b'-' || v[35] != b'-' || v[52] != b'-' {
+        return false;
+    }
+    let (version, trace, parent, flags) = (&v[..2], &v[3..35], &v[36..52], &v[53..55]);
+    hex(version)
+        && version != b"ff"
+        && hex(trace)
+        && nonzero(trace)
+        && hex(parent)
+        && nonzero(parent)
+        && hex(flags)
+        && match version {
+            b"00" => v.len() == 55,
+            _ => v.len() == 55 || v[55] == b'-',
+        }
 }
 
 impl Default for RequestCtx {
@@ -249,5 +281,28 @@ pub fn finish(
             principal: peer,
             request_id: ctx.id.as_str(),
         });
+    }
+}
+
+#[cfg(test)]
+mod traceparent_tests {
+    use super::valid_traceparent;
+
+    #[test]
+    fn only_well_formed_traceparents_are_valid() {
+        assert!(valid_traceparent(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert!(valid_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra"));
+        for bad in [
+            &b"garbage"[..],
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            b"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            b"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            b"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+            b"00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert!(!valid_traceparent(bad), "{}", String::from_utf8_lossy(bad));
+        }
     }
 }
