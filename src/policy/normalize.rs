@@ -84,11 +84,6 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
                 0 => return Err(PathError::Nul),
                 b'/' | b'\\' => return Err(PathError::EncodedSlash),
                 v if is_control(v) => return Err(PathError::Control),
-                b'%' if bytes.get(i + 3).copied().and_then(hex).is_some()
-                    && bytes.get(i + 4).copied().and_then(hex).is_some() =>
-                {
-                    return Err(PathError::DoubleEncoded)
-                }
                 v if is_unreserved(v) => decoded.push(v),
                 v => {
                     // An encoded UTF-8 sequence is judged whole and kept encoded.
@@ -109,6 +104,10 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
             decoded.push(b);
             i += 1;
         }
+    }
+    // Judged on the decoded form, so `%25%34%31` (which decodes to `%2541`) is caught too.
+    if decoded.windows(5).any(|w| w.starts_with(b"%25") && hex(w[3]).is_some() && hex(w[4]).is_some()) {
+        return Err(PathError::DoubleEncoded);
     }
     // Resolve segments.
     let trailing_slash = decoded.len() > 1 && decoded.ends_with(b"/");
@@ -304,6 +303,7 @@ mod tests {
             ("/admin ", Control),
             ("/%2561dmin", DoubleEncoded),
             ("/%252e%252e/admin", DoubleEncoded),
+            ("/%25%36%31dmin", DoubleEncoded),
             ("/%EF%BD%81dmin", Confusable), // fullwidth a
             ("/%ef%bd%81dmin", Confusable),
             ("/%E2%84%AAelvin", Confusable), // Kelvin sign
