@@ -220,11 +220,16 @@ fn from_control_plane(
     Ok((tls, identity))
 }
 
-fn proxy_app<P: ProxyHttp>(
+/// A proxy whose parser refusals carry the sidecar's JSON body (see [`crate::proxy::Strict`]).
+fn proxy_app<P>(
     conf: &Arc<ServerConf>,
     inner: P,
     limits: &crate::config::LimitsConfig,
-) -> Arc<pingora::proxy::HttpProxy<P>> {
+) -> Arc<crate::proxy::Strict<pingora::proxy::HttpProxy<P>>>
+where
+    P: ProxyHttp + Send + Sync + 'static,
+    P::CTX: Send + Sync,
+{
     let mut app = http_proxy(conf, inner);
     let mut options = HttpServerOptions::default();
     // gRPC clients speak HTTP/2 over plaintext with prior knowledge.
@@ -232,7 +237,7 @@ fn proxy_app<P: ProxyHttp>(
     // An HTTP/2 connection with no stream open is idle (HTTP/1.1's idleness is serve.rs's).
     options.h2_idle_timeout = Some(limits.idle_timeout.0);
     app.server_options = Some(options);
-    Arc::new(app)
+    Arc::new(crate::proxy::Strict(Arc::new(app)))
 }
 
 async fn run(

@@ -10,6 +10,7 @@ mod forward;
 mod inbound;
 mod mesh_connector;
 mod outbound;
+mod parse_guard;
 mod record;
 mod request_id;
 mod respond;
@@ -17,6 +18,7 @@ mod shed;
 
 pub use inbound::Inbound;
 pub use outbound::Outbound;
+pub use parse_guard::Strict;
 pub use request_id::RequestId;
 pub use respond::ErrorKind;
 pub use shed::Inflight;

@@ -201,6 +201,12 @@ impl ProxyHttp for Inbound {
     /// runs on every request; a sidecar forwards bodies as they are.
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
+    /// The parser accepted the head: from here on, our phases answer (see [`super::parse_guard`]).
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut InboundCtx) -> pingora::Result<()> {
+        super::parse_guard::request_started(session);
+        Ok(())
+    }
+
     fn new_ctx(&self) -> InboundCtx {
         InboundCtx { request: RequestCtx::new(), app_h2: false, app: None, body_limit: None, body_seen: 0 }
     }
@@ -394,6 +400,7 @@ impl ProxyHttp for Inbound {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InboundCtx) {
+        super::parse_guard::request_finished(session);
         let principal = peer_identity(session).map(|p| p.id.as_str()).unwrap_or("");
         record::finish(&self.telemetry, "inbound", session, principal, principal, &mut ctx.request);
     }

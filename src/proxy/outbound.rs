@@ -141,6 +141,17 @@ impl Outbound {
     }
 }
 
+/// pingora's HTTP/2 server limit (`SETTINGS_MAX_HEADER_LIST_SIZE`), which the peer sidecar's
+/// inbound listener announces.
+const PEER_MAX_HEADER_LIST: usize = 64 * 1024;
+
+/// The size RFC 9113 §6.5.2 counts: each field's name and value plus 32, pseudo-headers
+/// included (`:path` and `:authority` are the long ones).
+fn header_list_size(req: &RequestHeader) -> usize {
+    let fields: usize = req.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 32).sum();
+    fields + req.raw_path().len() + req.method.as_str().len() + 4 * 32 + 64
+}
+
 async fn resolve_name(authority: &str) -> Result<SocketAddr, Box<Error>> {
     let with_port = if authority.rsplit_once(':').is_some_and(|(_, p)| p.parse::<u16>().is_ok()) {
         authority.to_string()
@@ -162,6 +173,12 @@ impl ProxyHttp for Outbound {
     /// runs on every request; a sidecar forwards bodies as they are.
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
+    /// The parser accepted the head: from here on, our phases answer (see [`super::parse_guard`]).
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut OutboundCtx) -> pingora::Result<()> {
+        super::parse_guard::request_started(session);
+        Ok(())
+    }
+
     fn new_ctx(&self) -> OutboundCtx {
         OutboundCtx { request: RequestCtx::new(), connector: None, passthrough: None }
     }
@@ -177,6 +194,12 @@ impl ProxyHttp for Outbound {
         }
         if let Some(why) = super::ambiguous_framing(session) {
             respond::refuse(session, Refusal::Malformed(why), &mut ctx.request).await;
+            return Ok(true);
+        }
+        // The peer's HTTP/2 server takes a header list of at most 64 KiB and refuses a larger
+        // one with a bare 431 of its own; refused here, the caller gets the JSON answer.
+        if header_list_size(session.req_header()) > PEER_MAX_HEADER_LIST {
+            respond::refuse(session, Refusal::HeadersTooLarge, &mut ctx.request).await;
             return Ok(true);
         }
         let connector = match self.resolve(session).await? {
@@ -250,6 +273,7 @@ impl ProxyHttp for Outbound {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut OutboundCtx) {
+        super::parse_guard::request_finished(session);
         let expected = ctx.connector.as_ref().and_then(|c| c.expected()).map(SpiffeId::as_str).unwrap_or("");
         record::finish(&self.telemetry, "outbound", session, "", expected, &mut ctx.request);
     }

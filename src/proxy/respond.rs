@@ -63,7 +63,7 @@ impl ErrorKind {
         }
     }
 
-    fn from_status(status: u16) -> Self {
+    pub(crate) fn from_status(status: u16) -> Self {
         match status {
             401 => ErrorKind::Unauthenticated,
             403 => ErrorKind::Forbidden,
@@ -180,7 +180,8 @@ pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> Fai
     ctx.id = ctx.id.or_generate();
     // Once the app's response has started, writing our own would splice two responses into one
     // that looks complete: abort the stream instead.
-    if let Some(started) = session.response_written() {
+    // A `100 Continue` the sidecar sent is not the start of an answer.
+    if let Some(started) = session.response_written().filter(|r| !r.status.is_informational()) {
         return FailToProxy { error_code: started.status.as_u16(), can_reuse_downstream: false };
     }
     if let Some(refusal) = ctx.refusal.take() {

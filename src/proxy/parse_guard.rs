@@ -1,0 +1,254 @@
+//! pingora's own refusals in SPEC section 5's shape. When pingora's HTTP/1 parser refuses a
+//! request head (a NUL or bare CR in a header, obs-fold, a duplicate Host, conflicting
+//! Content-Lengths, a head over its size limit), it writes a bare `400` itself and closes,
+//! before any `ProxyHttp` phase runs, so no hook of ours can answer instead. This stream wrapper
+//! sees that write: bytes pingora sends on an HTTP/1 connection while no request of ours is in
+//! progress can only be such a refusal, and they are replaced by the JSON body and
+//! `x-request-id` every response of the sidecar carries.
+//!
+//! A request is "in progress" from `early_request_filter` (the first phase, so the parser
+//! accepted the head) to `logging` (the last). HTTP/2 connections are left alone: their
+//! parser's refusals are stream resets, and the connection writes frames before any request.
+//! The cost on the data path: one pointer hop and one atomic load per read and write.
+
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use pingora::apps::ServerApp;
+use pingora::protocols::{GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID};
+use pingora::protocols::{ALPN, UniqueIDType};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::respond::ErrorKind;
+use super::RequestId;
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+
+/// A [`ServerApp`] (the proxy) whose connections are wrapped in a [`Guarded`] stream.
+pub struct Strict<A>(pub Arc<A>);
+
+#[async_trait::async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Strict<A> {
+    async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        self.0.process_new(Box::new(Guarded::new(stream)), shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.0.cleanup().await
+    }
+}
+
+/// Marks the session's request as accepted by the parser (`early_request_filter`).
+pub fn request_started(session: &pingora::proxy::Session) {
+    if let Some(guarded) = guarded(session) {
+        guarded.in_request.store(true, Ordering::Release);
+    }
+}
+
+/// Marks the session's request as finished (`logging`): the connection may carry another.
+pub fn request_finished(session: &pingora::proxy::Session) {
+    if let Some(guarded) = guarded(session) {
+        guarded.in_request.store(false, Ordering::Release);
+    }
+}
+
+fn guarded(session: &pingora::proxy::Session) -> Option<&Guarded> {
+    session.stream()?.as_any().downcast_ref::<Guarded>()
+}
+
+#[derive(Debug)]
+pub struct Guarded {
+    inner: Stream,
+    in_request: AtomicBool,
+    /// HTTP/2 (by ALPN or the h2c preface): never touched.
+    h2: bool,
+    /// Our answer in place of pingora's, and how much of it is written.
+    replacement: Option<(Vec<u8>, usize)>,
+}
+
+impl Guarded {
+    fn new(inner: Stream) -> Self {
+        let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
+        Guarded { inner, in_request: AtomicBool::new(false), h2, replacement: None }
+    }
+
+    /// Whether `buf`, written now, is pingora refusing a head it could not parse.
+    fn is_refusal(&self, buf: &[u8]) -> bool {
+        !self.h2 && !self.in_request.load(Ordering::Acquire) && (self.replacement.is_some() || buf.starts_with(b"HTTP/1."))
+    }
+
+    /// Writes our answer in place of pingora's `buf` (whose status it keeps); pingora's own
+    /// bytes are dropped, and so is whatever else it writes for this answer.
+    fn poll_replace(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let (answer, written) = self.replacement.get_or_insert_with(|| (answer(buf), 0));
+        while *written < answer.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &answer[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(buf.len()))
+    }
+}
+
+/// The sidecar's JSON refusal for the status pingora chose (`HTTP/1.1 400 ...`).
+fn answer(pingora_wrote: &[u8]) -> Vec<u8> {
+    let status = pingora_wrote
+        .get(9..12)
+        .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok())
+        .filter(|s| (400..600).contains(s))
+        .unwrap_or(400);
+    let kind = ErrorKind::from_status(status);
+    let id = RequestId::generate();
+    let body = format!(r#"{{"error":"{}","request_id":"{}"}}"#, kind.code(), id.as_str());
+    let reason = http::StatusCode::from_u16(kind.status()).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
+    format!(
+        "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{body}",
+        kind.status(),
+        body.len(),
+        id.as_str()
+    )
+    .into_bytes()
+}
+
+impl AsyncRead for Guarded {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Guarded {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        if self.is_refusal(buf) {
+            return self.poll_replace(cx, buf);
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+        if self.is_refusal(first) {
+            let len = bufs.iter().map(|b| b.len()).sum();
+            return match self.poll_replace(cx, first) {
+                Poll::Ready(Ok(_)) => Poll::Ready(Ok(len)),
+                other => other,
+            };
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[async_trait::async_trait]
+impl Shutdown for Guarded {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for Guarded {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for Guarded {
+    fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<pingora::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+#[async_trait::async_trait]
+impl Peek for Guarded {
+    /// pingora peeks a plaintext connection for the h2c preface before it picks a protocol.
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        let peeked = self.inner.try_peek(buf).await?;
+        if peeked && buf.starts_with(H2_PREFACE) {
+            self.h2 = true;
+        }
+        Ok(peeked)
+    }
+}
+
+impl GetTimingDigest for Guarded {
+    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for Guarded {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+
+    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
+        self.inner.set_proxy_digest(digest)
+    }
+}
+
+impl GetSocketDigest for Guarded {
+    fn get_socket_digest(&self) -> Option<Arc<pingora::protocols::SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+
+    fn set_socket_digest(&mut self, digest: pingora::protocols::SocketDigest) {
+        self.inner.set_socket_digest(digest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_keeps_pingoras_status_and_carries_the_json_body() {
+        let answer = String::from_utf8(answer(b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\n\r\n")).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"], "invalid_request");
+        let id = json["request_id"].as_str().unwrap();
+        assert!(head.contains(&format!("x-request-id: {id}\r\n")), "{head}");
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+        let large = String::from_utf8(answer(b"HTTP/1.1 431 Request Header Fields Too Large\r\n\r\n")).unwrap();
+        assert!(large.contains("\"error\":\"headers_too_large\""), "{large}");
+    }
+}
