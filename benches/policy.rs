@@ -66,7 +66,7 @@ fn decisions(c: &mut Criterion) {
             path: "/orders/7",
             port: 8080,
             headers: &headers,
-            ambiguous_framing: false,
+            ambiguous_framing: None,
             auth: Authenticated::Nobody,
         };
         assert!(snapshot.decide(&view, |_| {}).is_ok());

@@ -102,8 +102,10 @@ async fn serve(mut stream: TcpStream, log: Log) {
         let target = head.split(' ').nth(1).unwrap_or("").to_string();
         log.heads.lock().unwrap().push(head);
         let body = serde_json::json!({ "target": target }).to_string();
-        let response =
-            format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
         if stream.write_all(response.as_bytes()).await.is_err() {
             return;
         }
@@ -441,7 +443,11 @@ async fn parser_refusals_carry_the_json_body_and_request_id() {
         ("obs-fold", format!("{start}x-a: a\r\n  folded\r\n\r\n").into_bytes()),
         ("duplicate Host", format!("{start}host: evil.example\r\n\r\n").into_bytes()),
         ("space before the colon", format!("{start}x-a : b\r\n\r\n").into_bytes()),
-        ("two different Content-Lengths", format!("POST /orders HTTP/1.1\r\nhost: orders.shop\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!").into_bytes()),
+        (
+            "two different Content-Lengths",
+            b"POST /orders HTTP/1.1\r\nhost: orders.shop\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello!"
+                .to_vec(),
+        ),
         ("a 70 KiB head", big.into_bytes()),
     ];
     for via in ALL {

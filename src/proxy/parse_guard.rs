@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use pingora::apps::ServerApp;
 use pingora::protocols::{GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, UniqueID};
-use pingora::protocols::{ALPN, UniqueIDType};
+use pingora::protocols::{UniqueIDType, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -79,7 +79,9 @@ impl Guarded {
 
     /// Whether `buf`, written now, is pingora refusing a head it could not parse.
     fn is_refusal(&self, buf: &[u8]) -> bool {
-        !self.h2 && !self.in_request.load(Ordering::Acquire) && (self.replacement.is_some() || buf.starts_with(b"HTTP/1."))
+        !self.h2
+            && !self.in_request.load(Ordering::Acquire)
+            && (self.replacement.is_some() || buf.starts_with(b"HTTP/1."))
     }
 
     /// Writes our answer in place of pingora's `buf` (whose status it keeps); pingora's own
@@ -240,9 +242,9 @@ mod tests {
 
     #[test]
     fn the_answer_keeps_pingoras_status_and_carries_the_json_body() {
-        let answer = String::from_utf8(answer(b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\n\r\n")).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
-        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        let ours = String::from_utf8(answer(b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\n\r\n")).unwrap();
+        assert!(ours.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{ours}");
+        let (head, body) = ours.split_once("\r\n\r\n").unwrap();
         let json: serde_json::Value = serde_json::from_str(body).unwrap();
         assert_eq!(json["error"], "invalid_request");
         let id = json["request_id"].as_str().unwrap();
