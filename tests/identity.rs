@@ -768,10 +768,16 @@ async fn a_sidecar_that_claims_another_workloads_labels_gets_only_its_own_polici
         metric(&mesh.metrics().await, "palisade_control_subscriptions_refused_total{reason=\"token\"} ") >= 1.0
     })
     .await;
-    let thief_dump = config_dump(&thief).await;
+    // The sidecar hears why (its status), after the control plane counted the refusal.
+    let mut thief_dump = Value::Null;
+    wait_for("the refused sidecar says why", async || {
+        thief_dump = config_dump(&thief).await;
+        thief_dump["policy"]["controlPlane"]["lastError"]
+            .as_str()
+            .is_some_and(|e| e.contains("the token is for shop/orders, the certificate for shop/frontend"))
+    })
+    .await;
     assert!(!thief_dump.to_string().contains("x-secret-admin"));
-    let error = thief_dump["policy"]["controlPlane"]["lastError"].as_str().unwrap_or_default().to_string();
-    assert!(error.contains("the token is for shop/orders, the certificate for shop/frontend"), "{error}");
     thief.shutdown();
     spoofer.shutdown();
     app.stop();

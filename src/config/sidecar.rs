@@ -627,6 +627,18 @@ impl super::Validate for SidecarConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `validate` names: each invalid field, or environment variable.
+    fn invalid_fields(cfg: &SidecarConfig, env: &std::collections::BTreeMap<String, String>) -> Vec<String> {
+        use crate::config::{Invalid, Validate};
+        cfg.validate(env)
+            .into_iter()
+            .map(|i| match i {
+                Invalid::Field { field, .. } => field,
+                Invalid::Var { name, .. } => name,
+            })
+            .collect()
+    }
     use crate::config::{load, parse_yaml, ConfigError};
     use std::path::Path;
 
@@ -644,17 +656,9 @@ mod tests {
         let cfg = parse("limits: {headerTimeout: 2s, idleTimeout: 30s, maxConnections: 50}\n").unwrap();
         assert_eq!(cfg.limits.header_timeout.0, std::time::Duration::from_secs(2));
         assert_eq!(cfg.limits.max_connections, 50);
-        use crate::config::{Invalid, Validate};
         let env = std::collections::BTreeMap::<String, String>::new();
         let cfg = parse("limits: {headerTimeout: 0s, idleTimeout: 0s, maxConnections: 0, maxInflight: 0}\n").unwrap();
-        let fields: Vec<String> = cfg
-            .validate(&env)
-            .into_iter()
-            .map(|i| match i {
-                Invalid::Field { field, .. } => field,
-                Invalid::Var { name, .. } => name,
-            })
-            .collect();
+        let fields = invalid_fields(&cfg, &env);
         assert_eq!(
             fields,
             ["limits.headerTimeout", "limits.idleTimeout", "limits.maxConnections", "limits.maxInflight"]
@@ -852,18 +856,11 @@ threads: 1
 
     #[test]
     fn threads_are_bounded_and_one_source_of_certificates_is_given() {
-        use crate::config::{Invalid, Validate};
+        use crate::config::Validate;
         let env = std::collections::BTreeMap::<String, String>::new();
         let mut cfg = SidecarConfig { threads: 100_000, ..Default::default() };
         cfg.identity.control_plane = Some(Default::default());
-        let fields: Vec<String> = cfg
-            .validate(&env)
-            .into_iter()
-            .map(|i| match i {
-                Invalid::Field { field, .. } => field,
-                Invalid::Var { name, .. } => name,
-            })
-            .collect();
+        let fields = invalid_fields(&cfg, &env);
         assert_eq!(fields, ["identity", "threads"], "files and controlPlane both given");
         cfg.identity.files = None;
         cfg.threads = 1;
