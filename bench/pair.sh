@@ -384,7 +384,7 @@ write_policy() {
                 2) echo "      - {name: deny-$i, action: DENY, to: {methods: [DELETE]}, when: [{key: \"request.headers[x-d$i]\", values: [\"*\"]}]}" ;;
             esac
         done
-        echo "      - {name: from-a, action: ALLOW, from: {principals: [\"spiffe://demo.local/ns/demo/sa/a\"]}, to: {methods: [GET]}}"
+        echo "      - {name: from-a, action: ALLOW, from: {principals: [\"spiffe://demo.local/ns/demo/sa/a\"]}, to: {methods: [GET, POST]}}"
         echo "  rateLimits:"
         echo "    - {name: per-caller, key: source.principal, rate: 50000, per: 1s, burst: 50000}"
         echo "    - {name: everyone, key: global, rate: 100000, per: 1s, burst: 100000}"
