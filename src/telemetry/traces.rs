@@ -19,7 +19,9 @@ use opentelemetry::trace::{
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::trace::{
+    Sampler, SamplingDecision, SdkTracer, SdkTracerProvider, ShouldSample, SpanData, SpanExporter, SpanProcessor,
+};
 use opentelemetry_sdk::Resource;
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
@@ -35,16 +37,28 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The SDK's sampler for the configured choice.
 fn sampler(settings: &TraceSettings) -> Sampler {
-    let root = |r: ParentRoot| match r {
-        ParentRoot::AlwaysOn => Sampler::AlwaysOn,
-        ParentRoot::AlwaysOff => Sampler::AlwaysOff,
-        ParentRoot::Ratio(r) => Sampler::TraceIdRatioBased(r),
-    };
     match settings.sampler {
+        SamplerChoice::ParentBased(r) => Sampler::ParentBased(Box::new(root_sampler(settings_root(r)))),
+        _ => root_sampler(settings.sampler),
+    }
+}
+
+/// What decides for a trace that starts here: the configured sampler, or a parent-based one's
+/// root. A B3 caller that defers its decision is decided by it too.
+fn root_sampler(choice: SamplerChoice) -> Sampler {
+    match choice {
         SamplerChoice::AlwaysOn => Sampler::AlwaysOn,
         SamplerChoice::AlwaysOff => Sampler::AlwaysOff,
         SamplerChoice::Ratio(r) => Sampler::TraceIdRatioBased(r),
-        SamplerChoice::ParentBased(r) => Sampler::ParentBased(Box::new(root(r))),
+        SamplerChoice::ParentBased(r) => root_sampler(settings_root(r)),
+    }
+}
+
+fn settings_root(root: ParentRoot) -> SamplerChoice {
+    match root {
+        ParentRoot::AlwaysOn => SamplerChoice::AlwaysOn,
+        ParentRoot::AlwaysOff => SamplerChoice::AlwaysOff,
+        ParentRoot::Ratio(r) => SamplerChoice::Ratio(r),
     }
 }
 
@@ -89,6 +103,8 @@ pub struct Traces {
     queue: Mutex<Option<mpsc::Receiver<SpanData>>>,
     counters: TraceCounters,
     propagator: TraceContextPropagator,
+    /// Decides for B3 callers that defer.
+    root: Sampler,
 }
 
 impl Traces {
@@ -105,6 +121,7 @@ impl Traces {
             .with_resource(resource.clone())
             .build();
         let tracer = provider.tracer("palisade");
+        let root = root_sampler(settings.sampler);
         Traces {
             settings,
             tracer,
@@ -113,6 +130,7 @@ impl Traces {
             queue: Mutex::new(Some(receiver)),
             counters,
             propagator: TraceContextPropagator::new(),
+            root,
         }
     }
 
@@ -127,7 +145,20 @@ impl Traces {
             parent
         } else {
             match b3(headers) {
-                Some(remote) => Context::new().with_remote_span_context(remote),
+                Some(B3Parent { context, deferred: false }) => Context::new().with_remote_span_context(context),
+                // B3 without a sampling state defers the decision to the receiver: the trace
+                // goes on, sampled as if it started here.
+                Some(B3Parent { context, deferred: true }) => {
+                    let decision = self.root.should_sample(None, context.trace_id(), name, &kind, &[], &[]).decision;
+                    let flags = if decision == SamplingDecision::RecordAndSample {
+                        TraceFlags::SAMPLED
+                    } else {
+                        TraceFlags::default()
+                    };
+                    let context =
+                        SpanContext::new(context.trace_id(), context.span_id(), flags, true, TraceState::default());
+                    Context::new().with_remote_span_context(context)
+                }
                 None => parent,
             }
         };
@@ -338,8 +369,14 @@ impl Extractor for Headers<'_> {
     }
 }
 
+/// A caller's B3 context; `deferred` when it sent no sampling state (B3: the receiver decides).
+struct B3Parent {
+    context: SpanContext,
+    deferred: bool,
+}
+
 /// A B3 parent (single `b3` header or the `x-b3-*` ones), for callers that do not speak W3C.
-fn b3(headers: &HeaderMap) -> Option<SpanContext> {
+fn b3(headers: &HeaderMap) -> Option<B3Parent> {
     let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let (trace, span, sampled) = match text(B3) {
         Some(single) => {
@@ -355,12 +392,13 @@ fn b3(headers: &HeaderMap) -> Option<SpanContext> {
         _ => return None,
     };
     let span_id = (span.len() == 16).then(|| SpanId::from_hex(span).ok()).flatten()?;
-    let flags = match sampled {
-        Some("1" | "d" | "true") => TraceFlags::SAMPLED,
-        _ => TraceFlags::default(),
+    let (flags, deferred) = match sampled {
+        Some("1" | "d" | "true") => (TraceFlags::SAMPLED, false),
+        Some("0" | "false") => (TraceFlags::default(), false),
+        _ => (TraceFlags::default(), true),
     };
     let context = SpanContext::new(trace_id, span_id, flags, true, TraceState::default());
-    context.is_valid().then_some(context)
+    context.is_valid().then_some(B3Parent { context, deferred })
 }
 
 #[cfg(test)]
@@ -371,7 +409,7 @@ mod tests {
     fn b3_parents_are_accepted_in_both_forms() {
         let mut single = HeaderMap::new();
         single.insert("b3", HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"));
-        let cx = b3(&single).unwrap();
+        let cx = b3(&single).unwrap().context;
         assert_eq!(cx.trace_id().to_string(), "80f198ee56343ba864fe8b2a57d3eff7");
         assert_eq!(cx.span_id().to_string(), "e457b5a2e4d86bd1");
         assert!(cx.is_sampled() && cx.is_remote());
@@ -380,9 +418,16 @@ mod tests {
         multi.insert("x-b3-traceid", HeaderValue::from_static("64fe8b2a57d3eff7"));
         multi.insert("x-b3-spanid", HeaderValue::from_static("e457b5a2e4d86bd1"));
         multi.insert("x-b3-sampled", HeaderValue::from_static("0"));
-        let cx = b3(&multi).unwrap();
-        assert_eq!(cx.trace_id().to_string(), "000000000000000064fe8b2a57d3eff7");
-        assert!(!cx.is_sampled());
+        let parent = b3(&multi).unwrap();
+        assert_eq!(parent.context.trace_id().to_string(), "000000000000000064fe8b2a57d3eff7");
+        assert!(!parent.context.is_sampled() && !parent.deferred, "0 is a decision");
+
+        // No sampling state: the receiver decides (B3's "defer").
+        multi.remove("x-b3-sampled");
+        assert!(b3(&multi).unwrap().deferred);
+        let mut deferring = HeaderMap::new();
+        deferring.insert("b3", HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1"));
+        assert!(b3(&deferring).unwrap().deferred);
 
         let mut bad = HeaderMap::new();
         bad.insert("b3", HeaderValue::from_static("zz-e457b5a2e4d86bd1-1"));
@@ -415,5 +460,39 @@ mod tests {
         // No parent: the root sampler (off here) decides, and the flag says so downstream.
         let root = traces.start("GET", SpanKind::Server, &HeaderMap::new());
         assert!(root.traceparent().to_str().unwrap().ends_with("-00"));
+    }
+
+    #[test]
+    fn a_b3_caller_that_defers_is_sampled_by_the_root_sampler_and_keeps_its_trace() {
+        let counters = || TraceCounters {
+            exported: IntCounter::new("e", "e").unwrap(),
+            dropped: IntCounter::new("d", "d").unwrap(),
+        };
+        let with_root = |root: ParentRoot| {
+            let settings = TraceSettings {
+                endpoint: "http://127.0.0.1:9".into(),
+                protocol: OtlpProtocol::Grpc,
+                sampler: SamplerChoice::ParentBased(root),
+                service_name: "t".into(),
+                resource: vec![],
+            };
+            Traces::new(settings, counters())
+        };
+        let b3 = |value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert("b3", HeaderValue::from_static(value));
+            h
+        };
+        let deferring = b3("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1");
+        let denying = b3("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-0");
+        let on = with_root(ParentRoot::AlwaysOn);
+        let parent = on.start("GET", SpanKind::Server, &deferring).traceparent();
+        let parent = parent.to_str().unwrap();
+        assert!(parent.starts_with("00-80f198ee56343ba864fe8b2a57d3eff7-"), "the caller's trace goes on: {parent}");
+        assert!(parent.ends_with("-01"), "deferred, and the root sampler samples: {parent}");
+        let denied = on.start("GET", SpanKind::Server, &denying).traceparent();
+        assert!(denied.to_str().unwrap().ends_with("-00"), "an explicit 0 is the caller's decision");
+        let off = with_root(ParentRoot::AlwaysOff);
+        assert!(off.start("GET", SpanKind::Server, &deferring).traceparent().to_str().unwrap().ends_with("-00"));
     }
 }
