@@ -212,7 +212,8 @@ impl PolicyStore {
 
     fn install(&self, snapshot: PolicySnapshot) -> Arc<PolicySnapshot> {
         let snapshot = Arc::new(snapshot);
-        self.current.store(snapshot.clone());
+        let previous = self.current.swap(snapshot.clone());
+        snapshot.drop_series_left_by(&previous, &self.telemetry.metrics);
         self.changed.send_replace(());
         self.published(&snapshot);
         snapshot

@@ -124,3 +124,33 @@ async fn a_configmap_style_symlink_swap_is_picked_up() {
     assert!(denied, "the new ConfigMap version is in force");
     s.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_of_a_rule_or_limit_removed_by_an_update_leave_metrics_and_the_rest_keep_their_counts() {
+    let limited =
+        "  rateLimits:\n    - {name: temporary, match: {paths: [\"/extra-0\"]}, key: global, rate: 100, per: 1s}\n";
+    let s = PolicedSidecar::start(&format!("{}{limited}", version_with(1))).await;
+    assert_eq!(s.send("admin", "GET", "/extra-0", &[]).await.status, 403);
+    assert_eq!(s.send("admin", "GET", "/admin", &[]).await.status, 403);
+    let metrics = s.metrics().await;
+    let rule =
+        r#"palisade_authz_decisions_total{decision="deny",mode="ENFORCE",policy="shop/reloading",rule="extra-0"} 1"#;
+    let kept =
+        r#"palisade_authz_decisions_total{decision="deny",mode="ENFORCE",policy="shop/reloading",rule="no-admin"} 1"#;
+    let limit = r#"palisade_ratelimit_decisions_total{limit="temporary",policy="shop/reloading",result="allowed"}"#;
+    assert!(metrics.contains(rule) && metrics.contains(kept) && metrics.contains(limit), "{metrics}");
+
+    // The update drops the rule and the limit: their series go, the others keep their counts.
+    write_policy(&s.policy_file, &version_with(0));
+    let gone = eventually(async || {
+        let metrics = s.metrics().await;
+        metrics.contains("palisade_policy_updates_total{result=\"applied\"} 2\n")
+            && !metrics.contains("rule=\"extra-0\"")
+            && !metrics.contains("limit=\"temporary\"")
+    })
+    .await;
+    let metrics = s.metrics().await;
+    assert!(gone, "{metrics}");
+    assert!(metrics.contains(kept), "{metrics}");
+    s.shutdown();
+}

@@ -247,10 +247,7 @@ impl PolicySnapshot {
                 (_, m) => m,
             };
             let authz = p.spec.authorization.clone().unwrap_or_default();
-            let mode_label = match authz.mode {
-                Mode::ENFORCE => "ENFORCE",
-                Mode::AUDIT => "AUDIT",
-            };
+            let mode_label = mode_label(authz.mode);
             let decision = |rule: &str, action: Action| Decision {
                 action,
                 rule: rule.into(),
@@ -386,6 +383,47 @@ impl PolicySnapshot {
 
     pub fn rate_limit_keys(&self) -> usize {
         self.policies.iter().flat_map(|p| &p.rate_limits).map(|l| l.buckets.keys()).sum()
+    }
+}
+
+impl PolicySnapshot {
+    /// Drops the per-policy series that `previous` counted into and this snapshot does not, so a
+    /// policy, rule or limit removed by an update leaves nothing behind on `/metrics`. Series
+    /// both count into stay, with their counts.
+    pub(super) fn drop_series_left_by(&self, previous: &PolicySnapshot, metrics: &Metrics) {
+        let kept: std::collections::HashSet<[&str; 4]> = self.authz_series().collect();
+        for labels in previous.authz_series().filter(|l| !kept.contains(l)) {
+            let _ = metrics.authz_decisions.remove_label_values(&labels);
+        }
+        let kept: std::collections::HashSet<[&str; 3]> = self.limit_series().collect();
+        for labels in previous.limit_series().filter(|l| !kept.contains(l)) {
+            let _ = metrics.ratelimit_decisions.remove_label_values(&labels);
+        }
+    }
+
+    /// `palisade_authz_decisions_total`'s labels (policy, rule, decision, mode) of every rule
+    /// and default.
+    fn authz_series(&self) -> impl Iterator<Item = [&str; 4]> {
+        self.policies.iter().flat_map(|p| {
+            let mode = mode_label(p.mode);
+            let rules = p.deny.iter().chain(&p.allow).map(|r| &r.decision);
+            rules.chain(std::iter::once(&p.default)).map(move |d| [&*p.name, &*d.rule, action_label(d.action), mode])
+        })
+    }
+
+    /// `palisade_ratelimit_decisions_total`'s labels (policy, limit, result) of every limit.
+    fn limit_series(&self) -> impl Iterator<Item = [&str; 3]> {
+        self.policies
+            .iter()
+            .flat_map(|p| &p.rate_limits)
+            .flat_map(|l| ["allowed", "limited"].map(|result| [&*l.policy, &*l.name, result]))
+    }
+}
+
+fn mode_label(mode: Mode) -> &'static str {
+    match mode {
+        Mode::ENFORCE => "ENFORCE",
+        Mode::AUDIT => "AUDIT",
     }
 }
 
