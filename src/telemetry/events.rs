@@ -138,6 +138,13 @@ impl EventWriter {
         EventWriter { lines: None, format: EventFormat::Ocsf }
     }
 
+    /// Waits until every event emitted before this call is written, or counted as dropped.
+    pub fn flush(&self) {
+        if let Some(lines) = &self.lines {
+            lines.flush();
+        }
+    }
+
     pub fn emit(&self, event: SecurityEvent) {
         let Some(lines) = &self.lines else { return };
         lines.send(&event.render(self.format));

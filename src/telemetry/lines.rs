@@ -17,8 +17,14 @@ const QUEUE: usize = 1024;
 /// How long the writer rests after a batch: the most a line waits when lines keep coming.
 const REST: Duration = Duration::from_millis(10);
 
+/// What the writer thread receives: a line, or a request to say when all before it is written.
+enum Item {
+    Line(Vec<u8>),
+    Flushed(SyncSender<()>),
+}
+
 pub struct JsonLines {
-    queue: SyncSender<Vec<u8>>,
+    queue: SyncSender<Item>,
     dropped: prometheus::IntCounter,
 }
 
@@ -29,18 +35,24 @@ impl JsonLines {
             EventSink::Stderr => Box::new(std::io::stderr()),
             EventSink::File(path) => Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?),
         };
-        let (queue, rx) = sync_channel::<Vec<u8>>(QUEUE);
+        let (queue, rx) = sync_channel::<Item>(QUEUE);
         let lost = dropped.clone();
         let name = thread.to_string();
         std::thread::Builder::new().name(thread.into()).spawn(move || {
             let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
             let mut failing = false;
-            while let Ok(line) = rx.recv() {
-                let mut lines = 1;
-                let mut written = out.write_all(&line);
-                while let Ok(line) = rx.try_recv() {
-                    lines += 1;
-                    written = written.and_then(|_| out.write_all(&line));
+            let mut waiting = Vec::new();
+            while let Ok(first) = rx.recv() {
+                let mut lines = 0;
+                let mut written = Ok(());
+                for item in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                    match item {
+                        Item::Line(line) => {
+                            lines += 1;
+                            written = written.and_then(|_| out.write_all(&line));
+                        }
+                        Item::Flushed(done) => waiting.push(done),
+                    }
                 }
                 // A failed write (disk full, a closed pipe) loses this batch, not the writer: the
                 // lines are counted, the failure is logged once, and the next batch tries again.
@@ -55,6 +67,10 @@ impl JsonLines {
                         // What the sink did not take would only repeat with the next batch.
                         out = std::io::BufWriter::with_capacity(64 * 1024, out.into_parts().0);
                     }
+                }
+                // Every line queued before a flush request is written (or counted as lost) now.
+                for done in waiting.drain(..) {
+                    let _ = done.send(());
                 }
                 std::thread::sleep(REST);
             }
@@ -71,8 +87,16 @@ impl JsonLines {
 
     /// Queues one line that is already JSON and ends with a newline.
     pub fn send_line(&self, line: Vec<u8>) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.queue.try_send(line) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.queue.try_send(Item::Line(line)) {
             self.dropped.inc();
+        }
+    }
+
+    /// Waits until every line queued before this call is written, or counted as dropped.
+    pub fn flush(&self) {
+        let (done, written) = sync_channel(1);
+        if self.queue.send(Item::Flushed(done)).is_ok() {
+            let _ = written.recv();
         }
     }
 }
@@ -87,10 +111,7 @@ mod tests {
         let lines = JsonLines::start("t", &EventSink::File("/dev/full".into()), dropped.clone()).unwrap();
         for round in 1..=3u64 {
             lines.send(&serde_json::json!({"round": round}));
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while dropped.get() < round && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            lines.flush();
             assert_eq!(dropped.get(), round, "every line the sink refused is counted");
         }
     }

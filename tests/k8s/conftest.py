@@ -3,6 +3,7 @@
 import os
 import pathlib
 import subprocess
+import time
 
 import kubernetes_validate
 import pytest
@@ -28,6 +29,22 @@ def binary():
     if not path.exists():
         pytest.skip(f"{path} is not built: run cargo build first (scripts/test.sh does)")
     return str(path)
+
+
+def patience():
+    """Seconds a test waits for a positive signal: PALISADE_TEST_PATIENCE (default 30), as in Rust."""
+    return float(os.environ.get("PALISADE_TEST_PATIENCE", "30"))
+
+
+def eventually(check, give_up=lambda: False):
+    """Polls `check` until it holds (True), `give_up` holds, or patience runs out (False): the
+    one way these tests wait, as `eventually` in tests/support/mod.rs."""
+    deadline = time.monotonic() + patience()
+    while time.monotonic() < deadline and not give_up():
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def palisade(*args, stdin=None, check=True):

@@ -9,7 +9,7 @@ import helm_python
 import pytest
 import yaml
 
-from conftest import CHART, NAMESPACE, binary, documents, palisade, validate
+from conftest import CHART, NAMESPACE, binary, documents, eventually, palisade, validate
 from render import render
 
 POLICY = {
@@ -199,7 +199,6 @@ def test_the_default_install_needs_no_secret_made_by_hand_and_its_control_plane_
     import socket
     import ssl
     import subprocess
-    import time
     import urllib.request
 
     from cryptography import x509
@@ -242,17 +241,14 @@ def test_the_default_install_needs_no_secret_made_by_hand_and_its_control_plane_
         child = subprocess.Popen([binary(), "control", "--config", str(config)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 30
-            ready = False
-            while time.monotonic() < deadline and child.poll() is None:
+            def is_ready():
                 try:
-                    ready = urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=2).status == 200
+                    return urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=2).status == 200
                 except OSError:
-                    pass
-                if ready:
-                    break
-                time.sleep(0.05)
-            assert ready, child.stderr.read() if child.poll() is not None else "not ready in 30 s"
+                    return False
+
+            ready = eventually(is_ready, give_up=lambda: child.poll() is not None)
+            assert ready, child.stderr.read() if child.poll() is not None else "not ready in time"
             context = ssl.create_default_context(cafile=str(d / "ca" / "ca.crt"))
             context.check_hostname = False  # a SPIFFE certificate names no host; the URI is checked below
             with socket.create_connection(("127.0.0.1", grpc)) as raw:

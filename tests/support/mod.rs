@@ -350,8 +350,14 @@ pub fn patience() -> Duration {
 /// Waits for a positive signal: polls `check` until it holds, or the test's [`patience`] runs
 /// out (then false, and the caller's assertion says what did not happen). The one way tests
 /// wait; none sleeps for a fixed time and then assumes.
-pub async fn eventually(mut check: impl AsyncFnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + patience();
+pub async fn eventually(check: impl AsyncFnMut() -> bool) -> bool {
+    eventually_within(Duration::ZERO, check).await
+}
+
+/// [`eventually`] for a signal that takes `expected` to come even on a fast machine (a number of
+/// certificate rotations, say): patience on top of it.
+pub async fn eventually_within(expected: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + expected + patience();
     while tokio::time::Instant::now() < deadline {
         if check().await {
             return true;
