@@ -451,11 +451,7 @@ impl pingora::protocols::Shutdown for CoalescedWrites {
     }
 }
 
-impl pingora::protocols::UniqueID for CoalescedWrites {
-    fn id(&self) -> pingora::protocols::UniqueIDType {
-        self.io.get_ref().id()
-    }
-}
+pass_stream_digests!(CoalescedWrites, s => s.io.get_ref(), s => s.io.get_mut());
 
 impl pingora::protocols::Ssl for CoalescedWrites {}
 
@@ -463,40 +459,6 @@ impl pingora::protocols::Ssl for CoalescedWrites {}
 impl pingora::protocols::Peek for CoalescedWrites {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         self.io.get_mut().try_peek(buf).await
-    }
-}
-
-impl pingora::protocols::GetTimingDigest for CoalescedWrites {
-    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
-        self.io.get_ref().get_timing_digest()
-    }
-
-    fn get_read_pending_time(&self) -> Duration {
-        self.io.get_ref().get_read_pending_time()
-    }
-
-    fn get_write_pending_time(&self) -> Duration {
-        self.io.get_ref().get_write_pending_time()
-    }
-}
-
-impl pingora::protocols::GetProxyDigest for CoalescedWrites {
-    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
-        self.io.get_ref().get_proxy_digest()
-    }
-
-    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
-        self.io.get_mut().set_proxy_digest(digest)
-    }
-}
-
-impl GetSocketDigest for CoalescedWrites {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.io.get_ref().get_socket_digest()
-    }
-
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.io.get_mut().set_socket_digest(digest)
     }
 }
 
@@ -762,11 +724,7 @@ impl pingora::protocols::Shutdown for Deadlined {
     }
 }
 
-impl pingora::protocols::UniqueID for Deadlined {
-    fn id(&self) -> pingora::protocols::UniqueIDType {
-        self.io.id()
-    }
-}
+pass_stream_digests!(Deadlined, s => s.io, s => s.io);
 
 impl pingora::protocols::Ssl for Deadlined {
     fn get_ssl(&self) -> Option<&pingora::protocols::tls::TlsRef> {
@@ -804,39 +762,5 @@ impl pingora::protocols::Peek for Deadlined {
                 }
             }
         }
-    }
-}
-
-impl pingora::protocols::GetTimingDigest for Deadlined {
-    fn get_timing_digest(&self) -> Vec<Option<pingora::protocols::TimingDigest>> {
-        self.io.get_timing_digest()
-    }
-
-    fn get_read_pending_time(&self) -> Duration {
-        self.io.get_read_pending_time()
-    }
-
-    fn get_write_pending_time(&self) -> Duration {
-        self.io.get_write_pending_time()
-    }
-}
-
-impl pingora::protocols::GetProxyDigest for Deadlined {
-    fn get_proxy_digest(&self) -> Option<Arc<pingora::protocols::raw_connect::ProxyDigest>> {
-        self.io.get_proxy_digest()
-    }
-
-    fn set_proxy_digest(&mut self, digest: pingora::protocols::raw_connect::ProxyDigest) {
-        self.io.set_proxy_digest(digest)
-    }
-}
-
-impl GetSocketDigest for Deadlined {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        self.io.get_socket_digest()
-    }
-
-    fn set_socket_digest(&mut self, digest: SocketDigest) {
-        self.io.set_socket_digest(digest)
     }
 }
