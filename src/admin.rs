@@ -119,6 +119,14 @@ fn foreign_request(session: &ServerSession) -> Option<&'static str> {
     None
 }
 
+const FROM_THE_POD_ONLY: &str =
+    "this endpoint answers on localhost only; the pod address serves GET /live, /ready and /metrics";
+
+/// What the admin listener serves to callers other than the pod itself: the probes and the scrape.
+fn served_to_the_network(method: &Method, path: &str) -> bool {
+    *method == Method::GET && matches!(path, "/live" | "/ready" | "/metrics")
+}
+
 const REDACTED: &str = "<redacted>";
 
 /// What `/config_dump` must not show: condition values (`when`: they may hold API keys or
@@ -253,6 +261,12 @@ impl ServeHttp for Admin {
             IpAddr::V4(ip) => ip.is_loopback(),
             IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
         });
+        // The pod address serves what kubelet and Prometheus need; what shows policies or changes
+        // state is for the pod itself, so another pod (or a node) cannot read a policy's shape,
+        // raise the log level to flood the logs, or shut the sidecar down.
+        if !from_loopback && !served_to_the_network(&method, &path) {
+            return text(StatusCode::FORBIDDEN, FROM_THE_POD_ONLY);
+        }
         // Whatever changes state (every method but GET and HEAD, on any path).
         if method != Method::GET && method != Method::HEAD {
             if let Some(why) = foreign_request(session) {
@@ -276,14 +290,13 @@ impl ServeHttp for Admin {
                 reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.telemetry.metrics.render())
             }
             (Method::GET, "/config_dump") => json_reply(StatusCode::OK, self.config_dump()),
-            (Method::POST, "/shutdown") if from_loopback => {
+            (Method::POST, "/shutdown") => {
                 tracing::info!("shutdown requested through the admin API");
                 self.shutdown.send_replace(true);
                 text(StatusCode::OK, "shutting down")
             }
-            (Method::POST, "/shutdown") => text(StatusCode::FORBIDDEN, "shutdown is accepted from localhost only"),
             (Method::GET, "/log_level") => text(StatusCode::OK, &self.log_level.get()),
-            (Method::POST, "/log_level") if from_loopback => {
+            (Method::POST, "/log_level") => {
                 let Some(body) = Self::read_body(session).await else {
                     return text(StatusCode::PAYLOAD_TOO_LARGE, "filter too long");
                 };
@@ -291,9 +304,6 @@ impl ServeHttp for Admin {
                     Ok(()) => text(StatusCode::OK, &self.log_level.get()),
                     Err(e) => text(StatusCode::BAD_REQUEST, &e),
                 }
-            }
-            (Method::POST, "/log_level") => {
-                text(StatusCode::FORBIDDEN, "log level changes are accepted from localhost only")
             }
             (_, "/live" | "/ready" | "/metrics" | "/config_dump" | "/shutdown" | "/log_level") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")

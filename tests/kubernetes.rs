@@ -396,6 +396,32 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
     // 4. B's policy decides: A may read /orders only; anything else is denied with 403.
     let (_, body) = curl(&ns, "a", APP_UID, "http://198.18.0.2:8080/admin");
     assert!(!body.contains("pod=b") && body.contains("forbidden") && body.ends_with("status=403"), "{body}");
+
+    // 5. B's admin port on the pod address serves the probes and the scrape to other pods (as it
+    //    does to the kubelet); policies, the log level and shutdown only to B itself.
+    for path in ["/live", "/ready", "/metrics"] {
+        let (ok, body) = curl(&ns, "c", APP_UID, &format!("http://198.18.0.2:15000{path}"));
+        assert!(ok && body.ends_with("status=200"), "{path} from another pod: {body}");
+    }
+    for (method, path) in
+        [("GET", "/config_dump"), ("GET", "/log_level"), ("POST", "/log_level"), ("POST", "/shutdown")]
+    {
+        let url = format!("http://198.18.0.2:15000{path}");
+        let out = ns.run(
+            "c",
+            Some(APP_UID),
+            &["curl", "-s", "--max-time", "5", "-X", method, "-w", " status=%{http_code}", &url],
+        );
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            body.ends_with("status=403") && body.contains("localhost only"),
+            "{method} {path} from another pod: {body}"
+        );
+    }
+    let (ok, body) = curl(&ns, "b", APP_UID, "http://127.0.0.1:15000/config_dump");
+    assert!(ok && body.contains("\"policy\"") && body.ends_with("status=200"), "/config_dump from B itself: {body}");
+    let (ok, body) = curl(&ns, "b", APP_UID, "http://198.18.0.2:15000/ready");
+    assert!(ok && body.ends_with("status=200"), "B still serves after the refused shutdown: {body}\n{}", logs());
 }
 
 // === the webhook over HTTPS, as the API server calls it ===
