@@ -214,8 +214,46 @@ fn spawn_sidecar(name: &'static str, dir: &Path, yaml: &str, admin: u16) -> anyh
     Ok(SidecarProcess { name, child, admin: loopback(admin), events })
 }
 
+/// The demo's private scratch directory (keys, configs, logs), removed when the demo ends unless
+/// it is kept to show a failure's logs.
+struct WorkDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl WorkDir {
+    fn create(prefix: &str) -> std::io::Result<WorkDir> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut suffix = [0u8; 8];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut suffix)
+            .map_err(|_| std::io::Error::other("no randomness for the demo's directory name"))?;
+        let name: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
+        let path = std::env::temp_dir().join(format!("{prefix}{name}"));
+        // 0700 and created fresh (fails if the name exists): the directory holds private keys.
+        std::fs::DirBuilder::new().mode(0o700).create(&path)?;
+        Ok(WorkDir { path, keep: false })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn keep(mut self) -> PathBuf {
+        self.keep = true;
+        std::mem::take(&mut self.path)
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
 async fn demo(once: bool) -> anyhow::Result<bool> {
-    let dir = tempfile::Builder::new().prefix("palisade-demo-").tempdir()?;
+    let dir = WorkDir::create("palisade-demo-")?;
     let started = Instant::now();
 
     // A PKI for the mesh, and one outside it.
