@@ -12,7 +12,7 @@ mod traces;
 pub use events::{DeniedRequest, EventWriter, RequestFacts, SecurityEvent, WafEvent};
 pub use logging::{LogFormat, LogLevel};
 pub use metrics::Metrics;
-pub use recorder::{Fnv1a, RequestRecorder};
+pub use recorder::{Destinations, Fnv1a, Recorded, RequestRecorder, MAX_DESTINATIONS, OTHER_DESTINATION};
 pub use traces::{
     header_names as trace_headers, ParentRoot, RequestSpan, SamplerChoice, SpanEnd, TraceCounters, TraceSettings,
     Traces,

@@ -33,9 +33,9 @@ async fn metrics_pass_promtool_and_carry_the_spec_series() {
     );
 
     for series in [
-        r#"palisade_requests_total{code="200",decision="allow",direction="inbound",method="GET",source_principal="spiffe://cluster.local/ns/shop/sa/frontend"} 3"#,
-        r#"palisade_requests_total{code="403",decision="deny",direction="inbound",method="GET",source_principal="spiffe://cluster.local/ns/shop/sa/frontend"} 1"#,
-        r#"palisade_requests_total{code="429",decision="rate_limited",direction="inbound",method="GET",source_principal="spiffe://cluster.local/ns/shop/sa/frontend"} 1"#,
+        r#"palisade_requests_total{code="200",decision="allow",destination="",direction="inbound",method="GET",source_principal="spiffe://cluster.local/ns/shop/sa/frontend"} 3"#,
+        r#"palisade_requests_total{code="403",decision="deny",destination="",direction="inbound",method="GET",source_principal="spiffe://cluster.local/ns/shop/sa/frontend"} 1"#,
+        r#"palisade_requests_total{code="429",decision="rate_limited",destination="",direction="inbound",method="GET",source_principal="spiffe://cluster.local/ns/shop/sa/frontend"} 1"#,
         r#"palisade_authz_decisions_total{decision="deny",mode="ENFORCE",policy="shop/metrics",rule="no-admin"} 1"#,
         r#"palisade_ratelimit_decisions_total{limit="tight",policy="shop/metrics",result="limited"} 1"#,
         r#"palisade_tls_handshakes_total{direction="inbound",result="success"}"#,
@@ -53,6 +53,75 @@ async fn metrics_pass_promtool_and_carry_the_spec_series() {
     s.shutdown();
 }
 
+/// A real Prometheus server scraping sidecars' admin ports, as deploy/prometheus/scrape.yaml
+/// labels them (job `palisade-sidecars`, `namespace`, `pod`, `app`), every second.
+struct Prometheus {
+    port: u16,
+    dir: tempfile::TempDir,
+    _process: KillOnDrop,
+}
+
+impl Prometheus {
+    fn start(targets: &[std::net::SocketAddr]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        let static_configs: Vec<String> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("{{targets: [\"{t}\"], labels: {{namespace: shop, pod: sidecar-{i}, app: orders}}}}"))
+            .collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: palisade-sidecars\n    static_configs: [{}]\n",
+                static_configs.join(", ")
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let process = KillOnDrop(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+                .spawn()
+                .expect("prometheus is installed by scripts/setup.sh --test (Debian package prometheus)"),
+        );
+        Prometheus { port, dir, _process: process }
+    }
+
+    /// The answer of `/api/v1/query` to `expr` (`Null` while the server is not up yet).
+    async fn query(&self, expr: &str) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}/api/v1/query", self.port);
+        match http_client().get(&url).query(&[("query", expr)]).send().await {
+            Ok(response) => response.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        }
+    }
+
+    /// The result of `expr` once `done` holds for it; the test fails, with the last answer and
+    /// the server's log, if it never does.
+    async fn wait_for(&self, expr: &str, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+        let last = std::sync::Mutex::new(serde_json::Value::Null);
+        let held = eventually(async || {
+            let answer = self.query(expr).await;
+            let result = answer["data"]["result"].as_array().cloned().unwrap_or_default();
+            *last.lock().unwrap() = answer;
+            done(&result)
+        })
+        .await;
+        let last = last.into_inner().unwrap();
+        assert!(held, "{expr}: Prometheus answered {last}\n{}", self.log());
+        last["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+}
+
 /// A real Prometheus server scrapes the admin port; its query API returns the request counter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prometheus_server_scrapes_the_sidecar() {
@@ -60,54 +129,15 @@ async fn a_prometheus_server_scrapes_the_sidecar() {
     for _ in 0..4 {
         assert_eq!(s.send("billing", "GET", "/ok", &[]).await.status, 200);
     }
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: palisade\n    static_configs: [{{targets: [\"{}\"]}}]\n",
-            s.sidecar.admin
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let _prometheus = KillOnDrop(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-            .spawn()
-            .expect("prometheus is installed by scripts/setup.sh --test (Debian package prometheus)"),
-    );
-    let query = format!(
-        "http://127.0.0.1:{port}/api/v1/query?query=palisade_requests_total%7Bsource_principal%3D%22{}%22%7D",
-        id("shop", "billing").replace(':', "%3A").replace('/', "%2F")
-    );
-    let answer = std::sync::Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
-    let found = eventually(|| {
-        let (query, answer) = (query.clone(), answer.clone());
-        async move {
-            let Ok(response) = http_client().get(&query).send().await else { return false };
-            let value: serde_json::Value = response.json().await.unwrap_or_default();
-            let done = value["data"]["result"].as_array().is_some_and(|r| !r.is_empty());
-            *answer.lock().unwrap() = value;
-            done
-        }
-    })
-    .await;
-    let answer = answer.lock().unwrap().clone();
-    assert!(
-        found,
-        "Prometheus never returned the series: {answer}\n{}",
-        std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
-    );
-    let series = &answer["data"]["result"][0];
+    let prometheus = Prometheus::start(&[s.sidecar.admin]);
+    let expr = format!("palisade_requests_total{{source_principal=\"{}\"}}", id("shop", "billing"));
+    let result = prometheus.wait_for(&expr, |r| !r.is_empty()).await;
+    let series = &result[0];
     assert_eq!(series["metric"]["direction"], "inbound");
     assert_eq!(series["metric"]["method"], "GET");
     assert_eq!(series["metric"]["code"], "200");
     assert_eq!(series["metric"]["decision"], "allow");
+    assert!(series["metric"].get("destination").is_none(), "inbound series have no destination: {series}");
     assert_eq!(series["value"][1], "4");
 
     // Every query of the Grafana dashboard in deploy/ is valid PromQL for this server, and names
@@ -118,9 +148,7 @@ async fn a_prometheus_server_scrapes_the_sidecar() {
     let mut checked = 0;
     for target in dashboard["panels"].as_array().unwrap().iter().flat_map(|p| p["targets"].as_array().unwrap()) {
         let expr = target["expr"].as_str().unwrap();
-        let url = format!("http://127.0.0.1:{port}/api/v1/query");
-        let answer: serde_json::Value =
-            http_client().get(&url).query(&[("query", expr)]).send().await.unwrap().json().await.unwrap();
+        let answer = prometheus.query(expr).await;
         assert_eq!(answer["status"], "success", "{expr}: {answer}");
         for name in expr
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
@@ -133,6 +161,58 @@ async fn a_prometheus_server_scrapes_the_sidecar() {
     }
     assert!(checked >= 9, "{checked}");
     s.shutdown();
+}
+
+/// Outbound series name where each request went: the SPIFFE ID the peer sidecar proved, the
+/// authority of a passthrough destination outside the mesh, or, when no peer answered, the
+/// authority the app addressed. Scraped by a real Prometheus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_series_carry_the_destination() {
+    // A web service outside the mesh, reached in plaintext through `outbound.passthrough`.
+    let outside = EchoApp::start_on("127.0.0.2:0".parse().unwrap()).await;
+    let pair = Pair::start_configured(
+        EchoApp::start().await,
+        |a| a.outbound.passthrough = vec!["127.0.0.2/32".parse().unwrap()],
+        |_| {},
+    )
+    .await;
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let b_by_address = pair.b.inbound.to_string();
+    let outside_authority = outside.addr.to_string();
+    let client = http_client();
+    for (authority, count, status) in [
+        (B_AUTHORITY, 3, 200),           // a configured route, expecting orders' identity
+        (b_by_address.as_str(), 1, 200), // no route: any identity of the trust domain, the one proved is named
+        (outside_authority.as_str(), 2, 200),
+        (nobody.as_str(), 1, 502), // nothing answers: named by the authority
+    ] {
+        for _ in 0..count {
+            let answer = client.get(pair.url("/orders")).header("host", authority).send().await.unwrap();
+            assert_eq!(answer.status(), status, "{authority}");
+        }
+    }
+
+    let prometheus = Prometheus::start(&[pair.a.admin]);
+    let expr = r#"sum by (destination, code) (palisade_requests_total{direction="outbound"})"#;
+    let expected =
+        [(id("shop", "orders"), "200", "4"), (outside_authority.clone(), "200", "2"), (nobody.clone(), "502", "1")];
+    let found = |result: &[serde_json::Value]| {
+        let mut seen: Vec<(String, String, String)> = result
+            .iter()
+            .map(|s| {
+                let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+                (text(&s["metric"]["destination"]), text(&s["metric"]["code"]), text(&s["value"][1]))
+            })
+            .collect();
+        seen.sort();
+        let mut want: Vec<(String, String, String)> =
+            expected.iter().map(|(d, c, n)| (d.clone(), c.to_string(), n.to_string())).collect();
+        want.sort();
+        seen == want
+    };
+    prometheus.wait_for(expr, found).await;
+    outside.stop();
+    pair.shutdown();
 }
 
 #[test]

@@ -13,7 +13,9 @@ use crate::policy::{Note, Refusal, WafFinding};
 use crate::telemetry::trace_headers::{
     B3, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, TRACEPARENT, TRACESTATE,
 };
-use crate::telemetry::{AccessRecord, RequestFacts, RequestSpan, SecurityEvent, SpanEnd, Telemetry, WafEvent};
+use crate::telemetry::{
+    AccessRecord, Recorded, RequestFacts, RequestSpan, SecurityEvent, SpanEnd, Telemetry, WafEvent,
+};
 
 /// State carried across the phases of one request.
 pub struct RequestCtx {
@@ -224,13 +226,15 @@ pub fn status_label(code: u16) -> &'static str {
 }
 
 /// Counts the request and its duration once it has ended, and ends its span. `principal` is
-/// the caller's (inbound); `peer` is the other side's identity for the span (the caller
-/// inbound, the server outbound).
+/// the caller's (inbound); `destination` the label of where it went (outbound, see
+/// [`crate::telemetry::Destinations`]); `peer` is the other side's identity for the span (the
+/// caller inbound, the server outbound).
 pub fn finish(
     telemetry: &Telemetry,
     direction: &'static str,
     session: &Session,
     principal: &str,
+    destination: &'static str,
     peer: &str,
     ctx: &mut RequestCtx,
 ) {
@@ -238,13 +242,16 @@ pub fn finish(
     let method = method_label(&session.req_header().method);
     telemetry.requests.record(
         &telemetry.metrics,
-        direction,
-        method,
-        code,
-        status_label(code),
-        principal,
-        ctx.decision(),
-        ctx.started.elapsed().as_secs_f64(),
+        Recorded {
+            direction,
+            method,
+            code,
+            code_label: status_label(code),
+            principal,
+            decision: ctx.decision(),
+            destination,
+            seconds: ctx.started.elapsed().as_secs_f64(),
+        },
     );
     if telemetry.access_log_enabled() {
         let req = session.req_header();

@@ -42,13 +42,14 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStrea
 }
 
 /// Connects to `addr` and proves both identities; `expected: None` accepts any SPIFFE ID of the
-/// trust domain (the verifier checks that much during the handshake).
+/// trust domain (the verifier checks that much during the handshake). Returns the stream and
+/// the SPIFFE ID the server proved.
 pub async fn connect(
     store: &TlsStore,
     addr: SocketAddr,
     expected: Option<&SpiffeId>,
     timeout: Duration,
-) -> Result<TlsStream<TcpStream>, ConnectError> {
+) -> Result<(TlsStream<TcpStream>, SpiffeId), ConnectError> {
     let tcp = connect_tcp(addr, timeout).await?;
     let config = store.current().client_config.clone();
     // SNI is off; the name only satisfies the API, the identity is checked below.
@@ -65,8 +66,8 @@ pub async fn connect(
     };
     let presented = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| spiffe_id_from_der(c));
     match (expected, presented) {
-        (Some(expected), Some(CertIdentity::Spiffe(id))) if id == *expected => Ok(tls),
-        (None, Some(CertIdentity::Spiffe(_))) => Ok(tls),
+        (Some(expected), Some(CertIdentity::Spiffe(id))) if id == *expected => Ok((tls, id)),
+        (None, Some(CertIdentity::Spiffe(id))) => Ok((tls, id)),
         (Some(expected), Some(CertIdentity::Spiffe(id))) => {
             Err(ConnectError::Refusal(format!("{addr} presented {id}, expected {expected}")))
         }
