@@ -14,8 +14,8 @@ pub use logging::{LogFormat, LogLevel};
 pub use metrics::Metrics;
 pub use recorder::{Destinations, Fnv1a, Recorded, RequestRecorder, MAX_DESTINATIONS, OTHER_DESTINATION};
 pub use traces::{
-    header_names as trace_headers, ParentRoot, RequestSpan, SamplerChoice, SpanEnd, TraceCounters, TraceSettings,
-    Traces,
+    header_names as trace_headers, ParentRoot, Propagators, RequestSpan, SamplerChoice, SpanEnd, TraceCounters,
+    TraceSettings, Traces,
 };
 
 use crate::config::TelemetryConfig;

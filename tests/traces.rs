@@ -382,14 +382,11 @@ impl Drop for Process {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_carry_the_k8s_resource_attributes_from_the_environment() {
-    // The real binary: the variables are read from its own environment, as in a pod.
-    let (collector, collector_addr) = grpc_collector().await;
-    let app = EchoApp::start().await;
-    let pki = Pki::new();
+/// A `palisade sidecar` process for `shop/orders` in front of `app`, with `env` set (the `OTEL_*`
+/// variables are read from its own environment, as in a pod), once it is ready; and its inbound
+/// address.
+async fn sidecar_process(pki: &Pki, app: SocketAddr, env: &[(&str, &str)]) -> (Process, SocketAddr) {
     let server = pki.workload("server", &id("shop", "orders"));
-    let client = pki.workload("client", &id("shop", "frontend"));
     let [inbound, outbound, admin] = [free_port(), free_port(), free_port()];
     let config = pki.dir.path().join("sidecar.yaml");
     std::fs::write(
@@ -397,35 +394,54 @@ async fn spans_carry_the_k8s_resource_attributes_from_the_environment() {
         format!(
             "identity:\n  files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}\ntrustDomain: {TD}\n\
              workload: {{namespace: shop, serviceAccount: orders}}\n\
-             inbound: {{listen: \"127.0.0.1:{inbound}\", app: \"{}\"}}\noutbound: {{listen: \"127.0.0.1:{outbound}\"}}\n\
+             inbound: {{listen: \"127.0.0.1:{inbound}\", app: \"{app}\"}}\noutbound: {{listen: \"127.0.0.1:{outbound}\"}}\n\
              admin: {{listen: \"127.0.0.1:{admin}\"}}\n",
             server.cert.display(),
             server.key.display(),
             server.trust_bundle.display(),
-            app.addr,
         ),
     )
     .unwrap();
-    let _sidecar = Process(
-        std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .args(["sidecar", "--config"])
-            .arg(&config)
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}"))
-            .env("OTEL_TRACES_SAMPLER", "always_on")
-            .env("POD_NAME", "orders-7d9f")
-            .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test,k8s.cluster.name=kind%2Dlocal")
-            .env_remove("OTEL_SERVICE_NAME")
-            .env("PALISADE_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"));
+    command
+        .args(["sidecar", "--config"])
+        .arg(&config)
+        .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("OTEL_PROPAGATORS")
+        .env("PALISADE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let sidecar = Process(command.spawn().unwrap());
     wait_for("the sidecar is ready", async || {
         matches!(http_client().get(format!("http://127.0.0.1:{admin}/ready")).send().await, Ok(r) if r.status() == 200)
     })
     .await;
-    let answer = https_client(Some(&client)).get(format!("https://127.0.0.1:{inbound}/orders/1")).send().await.unwrap();
+    (sidecar, format!("127.0.0.1:{inbound}").parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_carry_the_k8s_resource_attributes_from_the_environment() {
+    // The real binary: the variables are read from its own environment, as in a pod.
+    let (collector, collector_addr) = grpc_collector().await;
+    let app = EchoApp::start().await;
+    let pki = Pki::new();
+    let client = pki.workload("client", &id("shop", "frontend"));
+    let endpoint = format!("http://{collector_addr}");
+    let (_sidecar, inbound) = sidecar_process(
+        &pki,
+        app.addr,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+            ("POD_NAME", "orders-7d9f"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test,k8s.cluster.name=kind%2Dlocal"),
+        ],
+    )
+    .await;
+    let answer = https_client(Some(&client)).get(format!("https://{inbound}/orders/1")).send().await.unwrap();
     assert_eq!(answer.status(), 200);
 
     let span = collector.wait_for(1).await.remove(0);
@@ -435,5 +451,81 @@ async fn spans_carry_the_k8s_resource_attributes_from_the_environment() {
     assert_eq!(span.resource["deployment.environment"], "test");
     assert_eq!(span.resource["k8s.cluster.name"], "kind-local", "percent-decoded");
     assert_eq!(span.resource["service.version"], env!("CARGO_PKG_VERSION"));
+    app.stop();
+}
+
+/// `OTEL_PROPAGATORS` decides which trace-context headers are read and which are written; the
+/// formats not in use pass through to the app untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_propagators_choose_the_headers_read_and_written() {
+    const B3_TRACE: &str = "80f198ee56343ba864fe8b2a57d3eff7";
+    const B3_SPAN: &str = "e457b5a2e4d86bd1";
+    let (collector, collector_addr) = grpc_collector().await;
+    let endpoint = format!("http://{collector_addr}");
+    let app = EchoApp::start().await;
+    let pki = Pki::new();
+    let client = https_client(Some(&pki.workload("client", &id("shop", "frontend"))));
+    let w3c_parent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+
+    // b3multi: the x-b3-* parent is followed (its sampled flag records the span, the root sampler
+    // would not), the traceparent is neither read nor written, and only x-b3-* name this hop.
+    let (sidecar, inbound) = sidecar_process(
+        &pki,
+        app.addr,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_PROPAGATORS", "b3multi"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_always_off"),
+        ],
+    )
+    .await;
+    let seen: Seen = client
+        .get(format!("https://{inbound}/b3multi"))
+        .header("traceparent", &w3c_parent)
+        .header("x-b3-traceid", B3_TRACE)
+        .header("x-b3-spanid", B3_SPAN)
+        .header("x-b3-sampled", "1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let span = collector.wait_for(1).await.remove(0);
+    assert_eq!((span.trace_id.as_str(), span.parent_span_id.as_str()), (B3_TRACE, B3_SPAN), "{span:?}");
+    assert_eq!(seen.header("x-b3-traceid"), Some(B3_TRACE));
+    assert_eq!(seen.header("x-b3-spanid"), Some(span.span_id.as_str()), "the app's parent is this hop's span");
+    assert_eq!(seen.header("x-b3-sampled"), Some("1"));
+    assert_eq!(seen.header("traceparent"), Some(w3c_parent.as_str()), "not read, not written: passed through");
+    assert_eq!(seen.header("b3"), None, "the single-header form is not in use");
+    drop(sidecar);
+
+    // tracecontext: a b3 parent is not read, so the trace starts here; only traceparent is written.
+    let b3_parent = format!("{B3_TRACE}-{B3_SPAN}-1");
+    let (_sidecar, inbound) = sidecar_process(
+        &pki,
+        app.addr,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_PROPAGATORS", "tracecontext"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+        ],
+    )
+    .await;
+    let seen: Seen = client
+        .get(format!("https://{inbound}/tracecontext"))
+        .header("b3", &b3_parent)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let span = collector.wait_for(2).await.remove(1);
+    assert_eq!(span.attributes["url.path"], "/tracecontext");
+    assert!(span.trace_id != B3_TRACE && span.parent_span_id.is_empty(), "a new trace: {span:?}");
+    assert_eq!(seen.header("traceparent"), Some(format!("00-{}-{}-01", span.trace_id, span.span_id).as_str()));
+    assert_eq!(seen.header("b3"), Some(b3_parent.as_str()), "not read, not written: passed through");
+    assert_eq!(seen.header("x-b3-traceid"), None);
     app.stop();
 }

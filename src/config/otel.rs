@@ -16,6 +16,67 @@ pub struct TraceSettings {
     /// namespace), `k8s.pod.name` (`POD_NAME`, which injection sets from the downward API), then
     /// `OTEL_RESOURCE_ATTRIBUTES`, which wins over both.
     pub resource: Vec<(String, String)>,
+    /// The trace-context formats read and written (`OTEL_PROPAGATORS`).
+    pub propagators: Propagators,
+}
+
+/// Which trace-context headers a sidecar reads from a request (its parent) and writes for the
+/// next hop. When a request carries several, W3C `traceparent` is the parent, then `b3`, then
+/// `x-b3-*`. Headers of a format not in use pass through untouched, as an OpenTelemetry SDK
+/// leaves them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Propagators {
+    /// W3C `traceparent` and `tracestate`.
+    pub tracecontext: bool,
+    /// The single `b3` header.
+    pub b3: bool,
+    /// `x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`.
+    pub b3multi: bool,
+    /// B3 is written only in the form the caller sent it in (the default); otherwise every
+    /// format in use is written.
+    pub b3_as_received: bool,
+}
+
+impl Propagators {
+    /// Without `OTEL_PROPAGATORS`: W3C read and written; B3 in either form read when no W3C
+    /// parent came, and passed on in the form it came in.
+    pub const DEFAULT: Propagators = Propagators { tracecontext: true, b3: true, b3multi: true, b3_as_received: true };
+    /// `none`: every request starts a trace here, and nothing is written.
+    pub const NONE: Propagators = Propagators { tracecontext: false, b3: false, b3multi: false, b3_as_received: false };
+}
+
+impl Default for Propagators {
+    fn default() -> Self {
+        Propagators::DEFAULT
+    }
+}
+
+/// `OTEL_PROPAGATORS`: a comma-separated list of `tracecontext`, `b3` (one header), `b3multi`
+/// (`x-b3-*`), `baggage` (accepted: a `baggage` header passes through to the app as it is either
+/// way) or `none` alone. Formats the sidecar does not speak are an error, not silently ignored.
+fn propagators(text: &str) -> Result<Propagators, String> {
+    let mut chosen = Propagators::NONE;
+    let mut none = false;
+    let mut others = false;
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let is = |known: &str| name.eq_ignore_ascii_case(known);
+        match () {
+            _ if is("tracecontext") => chosen.tracecontext = true,
+            _ if is("b3") => chosen.b3 = true,
+            _ if is("b3multi") => chosen.b3multi = true,
+            _ if is("baggage") => {}
+            _ if is("none") => none = true,
+            _ if ["jaeger", "xray", "ottrace"].iter().any(|n| is(n)) => {
+                return Err(format!("{name:?} is not supported; use tracecontext, b3, b3multi, baggage or none"))
+            }
+            _ => return Err(format!("{name:?} is not one of tracecontext, baggage, b3, b3multi, none")),
+        }
+        others |= !is("none");
+    }
+    if none && others {
+        return Err("none cannot be combined with other propagators".into());
+    }
+    Ok(chosen)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -93,6 +154,13 @@ impl TraceSettings {
                 SamplerChoice::ParentBased(ParentRoot::Ratio(ratio))
             }
         };
+        let propagators = match var("OTEL_PROPAGATORS") {
+            None => Propagators::DEFAULT,
+            Some(list) => propagators(&list).unwrap_or_else(|e| {
+                bad("OTEL_PROPAGATORS", e);
+                Propagators::DEFAULT
+            }),
+        };
         let mut resource = std::collections::BTreeMap::new();
         resource.insert("k8s.namespace.name".to_string(), workload.namespace.clone());
         if let Some(pod) = var("POD_NAME") {
@@ -114,7 +182,14 @@ impl TraceSettings {
             .or(from_attributes)
             .or_else(|| config.service_name.clone())
             .unwrap_or_else(|| format!("{}.{}", workload.service_account, workload.namespace));
-        Ok(Some(TraceSettings { endpoint, protocol, sampler, service_name, resource: resource.into_iter().collect() }))
+        Ok(Some(TraceSettings {
+            endpoint,
+            protocol,
+            sampler,
+            service_name,
+            resource: resource.into_iter().collect(),
+            propagators,
+        }))
     }
 }
 
@@ -258,6 +333,29 @@ mod tests {
         for bad in ["novalue", "=x", "k=%zz", "k=%4"] {
             let e = resolve(None, &[on[0], ("OTEL_RESOURCE_ATTRIBUTES", bad)]).unwrap_err();
             assert!(e.contains("OTEL_RESOURCE_ATTRIBUTES"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn otel_propagators_choose_the_trace_context_formats() {
+        let on = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317");
+        let with = |list: &str| resolve(None, &[on, ("OTEL_PROPAGATORS", list)]).map(|s| s.unwrap().propagators);
+        assert_eq!(resolve(None, &[on]).unwrap().unwrap().propagators, Propagators::DEFAULT);
+        let only = |tracecontext, b3, b3multi| Propagators { tracecontext, b3, b3multi, b3_as_received: false };
+        assert_eq!(with("tracecontext").unwrap(), only(true, false, false));
+        assert_eq!(with("b3multi").unwrap(), only(false, false, true));
+        assert_eq!(with(" tracecontext , baggage,B3 ").unwrap(), only(true, true, false), "spaces and case");
+        assert_eq!(with("baggage").unwrap(), Propagators::NONE, "baggage passes through either way");
+        assert_eq!(with("none").unwrap(), Propagators::NONE);
+        assert_eq!(with("  ").unwrap(), Propagators::DEFAULT, "empty is unset");
+        for (bad, says) in [
+            ("tracecontext,w3c", "not one of"),
+            ("jaeger", "not supported"),
+            ("xray", "not supported"),
+            ("none,b3", "none cannot be combined"),
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(e.contains("OTEL_PROPAGATORS") && e.contains(says), "{bad}: {e}");
         }
     }
 }

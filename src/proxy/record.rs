@@ -137,11 +137,13 @@ pub fn start_span(telemetry: &Telemetry, kind: SpanKind, session: &Session, ctx:
     }
 }
 
-/// Names this hop's span as the parent of the next one; without traces, the caller's
-/// `traceparent` passes through when it is well-formed and is dropped with its `tracestate`
-/// when it is not (or comes twice), so the app never parses what the sidecar would not.
+/// Names this hop's span as the parent of the next one, in the formats in use
+/// ([`crate::telemetry::Propagators`]). A `traceparent` the sidecar does not write passes
+/// through when it is well-formed and is dropped with its `tracestate` when it is not (or comes
+/// twice), so the app never parses what the sidecar would not.
 pub fn propagate(upstream: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
-    if ctx.span.is_none() {
+    let propagators = ctx.span.as_ref().map(RequestSpan::propagators);
+    if !propagators.is_some_and(|p| p.tracecontext) {
         let mut parents = upstream.headers.get_all(TRACEPARENT).iter();
         let first = parents.next();
         if first.is_some_and(|p| parents.next().is_some() || !valid_traceparent(p.as_bytes())) {
@@ -149,7 +151,8 @@ pub fn propagate(upstream: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Res
             upstream.remove_header(&TRACESTATE);
         }
     }
-    if let Some(span) = &ctx.span {
+    let (Some(span), Some(propagators)) = (&ctx.span, propagators) else { return Ok(()) };
+    if propagators.tracecontext {
         upstream.insert_header(TRACEPARENT, span.traceparent())?;
         match span.tracestate() {
             Some(state) => upstream.insert_header(TRACESTATE, state)?,
@@ -157,18 +160,22 @@ pub fn propagate(upstream: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Res
                 upstream.remove_header(&TRACESTATE);
             }
         }
-        // A caller that spoke B3 gets B3 on the next hop too, naming this hop's span, so an app
-        // that only reads B3 does not attach its span to the caller's.
-        if upstream.headers.contains_key(B3) {
-            upstream.insert_header(B3, span.b3_single())?;
-        }
-        if upstream.headers.contains_key(B3_TRACE_ID) {
-            let [trace, span_id, sampled] = span.b3_multi();
-            upstream.insert_header(B3_TRACE_ID, trace)?;
-            upstream.insert_header(B3_SPAN_ID, span_id)?;
-            upstream.insert_header(B3_SAMPLED, sampled)?;
-            upstream.remove_header(&B3_PARENT_SPAN_ID);
-        }
+    }
+    // By default a caller that spoke B3 gets B3 on the next hop too, in its form, naming this
+    // hop's span, so an app that only reads B3 does not attach its span to the caller's.
+    let (single, multi) = match propagators.b3_as_received {
+        true => (upstream.headers.contains_key(B3), upstream.headers.contains_key(B3_TRACE_ID)),
+        false => (propagators.b3, propagators.b3multi),
+    };
+    if single {
+        upstream.insert_header(B3, span.b3_single())?;
+    }
+    if multi {
+        let [trace, span_id, sampled] = span.b3_multi();
+        upstream.insert_header(B3_TRACE_ID, trace)?;
+        upstream.insert_header(B3_SPAN_ID, span_id)?;
+        upstream.insert_header(B3_SAMPLED, sampled)?;
+        upstream.remove_header(&B3_PARENT_SPAN_ID);
     }
     Ok(())
 }
