@@ -17,6 +17,7 @@ fn traces(ratio: f64) -> Traces {
         service_name: "bench".into(),
         resource: vec![],
         propagators: palisade::telemetry::Propagators::DEFAULT,
+        tls_roots: None,
     };
     let counters = TraceCounters {
         exported: prometheus::IntCounter::new("e", "e").unwrap(),

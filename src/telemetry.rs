@@ -6,6 +6,7 @@ mod events;
 mod lines;
 mod logging;
 mod metrics;
+mod otlp_tls;
 mod recorder;
 mod traces;
 

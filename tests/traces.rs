@@ -114,50 +114,115 @@ async fn grpc_collector() -> (Collector, SocketAddr) {
 
 /// An OTLP/HTTP receiver: `POST /v1/traces` with a protobuf body.
 async fn http_collector() -> (Collector, SocketAddr) {
-    use http_body_util::BodyExt;
     let collector = Collector::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shared = collector.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let collector = shared.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let collector = collector.clone();
-                    async move {
-                        let ok = req.uri().path() == "/v1/traces"
-                            && req.headers().get("content-type").is_some_and(|v| v == "application/x-protobuf");
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let status = match (ok, ExportTraceServiceRequest::decode(body)) {
-                            (true, Ok(request)) => {
-                                collector.take(request);
-                                200
-                            }
-                            _ => 400,
-                        };
-                        let reply = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
-                        Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
-                                .status(status)
-                                .header("content-type", "application/x-protobuf")
-                                .body(http_body_util::Full::new(bytes::Bytes::from(reply)))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
+            tokio::spawn(serve_otlp_http(stream, shared.clone()));
         }
     });
     (collector, addr)
 }
 
+/// OTLP/HTTP on one connection.
+async fn serve_otlp_http<I>(io: I, collector: Collector)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let collector = collector.clone();
+        async move {
+            let ok = req.uri().path() == "/v1/traces"
+                && req.headers().get("content-type").is_some_and(|v| v == "application/x-protobuf");
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let status = match (ok, ExportTraceServiceRequest::decode(body)) {
+                (true, Ok(request)) => {
+                    collector.take(request);
+                    200
+                }
+                _ => 400,
+            };
+            let reply = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+            Ok::<_, std::convert::Infallible>(
+                hyper::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/x-protobuf")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(reply)))
+                    .unwrap(),
+            )
+        }
+    });
+    let _ =
+        hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), service).await;
+}
+
+/// An OTLP receiver over TLS on loopback (gRPC or HTTP/protobuf), as `localhost` with a
+/// certificate from `pki`'s CA. Also returns, for each handshake that failed, the reason rustls
+/// gave on its side.
+async fn tls_collector(pki: &Pki, protocol: OtlpProtocol) -> (Collector, u16, Arc<Mutex<Vec<String>>>) {
+    use rustls::pki_types::pem::PemObject;
+    let files = pki.issue(
+        "collector",
+        &palisade::identity::LeafSpec {
+            spiffe_id: None,
+            dns_names: vec!["localhost".into()],
+            client_auth: false,
+            ..palisade::identity::LeafSpec::workload("spiffe://unused")
+        },
+    );
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(&files.cert).unwrap().map(Result::unwrap).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&files.key).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![match protocol {
+        OtlpProtocol::Grpc => b"h2".to_vec(),
+        OtlpProtocol::HttpProtobuf => b"http/1.1".to_vec(),
+    }];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let collector = Collector::default();
+    let refused = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (streams, incoming) = tokio::sync::mpsc::unbounded_channel();
+    if protocol == OtlpProtocol::Grpc {
+        let incoming = futures::stream::unfold(incoming, |mut incoming| async move {
+            incoming.recv().await.map(|stream| (Ok::<_, std::io::Error>(stream), incoming))
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(collector.clone()))
+                .serve_with_incoming(incoming),
+        );
+    }
+    let (shared, failures) = (collector.clone(), refused.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, collector, failures, streams) =
+                (acceptor.clone(), shared.clone(), failures.clone(), streams.clone());
+            tokio::spawn(async move {
+                match acceptor.accept(tcp).await {
+                    Err(e) => failures.lock().unwrap().push(e.to_string()),
+                    Ok(tls) if protocol == OtlpProtocol::Grpc => {
+                        let _ = streams.send(tls);
+                    }
+                    Ok(tls) => serve_otlp_http(tls, collector).await,
+                }
+            });
+        }
+    });
+    (collector, port, refused)
+}
+
 fn otlp(endpoint: String, protocol: OtlpProtocol, sampling: f64) -> impl Fn(&mut SidecarConfig) {
     move |c: &mut SidecarConfig| {
-        c.telemetry.otlp = Some(OtlpConfig { endpoint: endpoint.clone(), protocol, sampling, service_name: None });
+        c.telemetry.otlp = Some(OtlpConfig { endpoint: endpoint.clone(), protocol, sampling, ..OtlpConfig::default() });
     }
 }
 
@@ -370,6 +435,85 @@ async fn http_protobuf_export_works_and_a_dead_collector_costs_only_dropped_span
     .await;
     assert!(counted, "all 200 spans counted as dropped");
     single.sidecar.shutdown();
+}
+
+/// A sidecar's spans reach a collector that serves `https://` with a certificate from the CA the
+/// sidecar was given, over gRPC and HTTP/protobuf; a collector whose certificate another CA
+/// signed gets nothing: the sidecar refuses its certificate (the collector sees the alert) and
+/// counts the spans as dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_over_tls_to_a_collector_the_given_ca_vouches_for_and_no_other() {
+    let collector_pki = Pki::new();
+    let collector_ca = collector_pki.path("collector-ca.pem");
+    std::fs::write(&collector_ca, collector_pki.ca.cert_pem()).unwrap();
+    // Another CA, named differently (one of the same name fails the signature check instead).
+    let stranger = Pki::for_domain("elsewhere.test");
+    let stranger_ca = stranger.path("stranger-ca.pem");
+    std::fs::write(&stranger_ca, stranger.ca.cert_pem()).unwrap();
+    let https = |port: u16, protocol, trust: &std::path::Path| {
+        let trust = trust.to_path_buf();
+        move |c: &mut SidecarConfig| {
+            c.telemetry.otlp = Some(OtlpConfig {
+                endpoint: format!("https://localhost:{port}"),
+                protocol,
+                sampling: 1.0,
+                trust_bundle: Some(trust),
+                ..OtlpConfig::default()
+            })
+        }
+    };
+    for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
+        let (collector, port, refused) = tls_collector(&collector_pki, protocol).await;
+        let single = Single::start(https(port, protocol, &collector_ca)).await;
+        assert_eq!(single.https().get(single.url("/over-tls")).send().await.unwrap().status(), 200);
+        let spans = collector.wait_for(1).await;
+        assert_eq!(spans[0].attributes["url.path"], "/over-tls", "{protocol:?}");
+        assert!(refused.lock().unwrap().is_empty(), "{protocol:?}: {:?}", refused.lock().unwrap());
+        single.sidecar.shutdown();
+
+        // The same collector, but the sidecar trusts another CA.
+        let (collector, port, refused) = tls_collector(&collector_pki, protocol).await;
+        let single = Single::start(https(port, protocol, &stranger_ca)).await;
+        for _ in 0..3 {
+            assert_eq!(single.https().get(single.url("/")).send().await.unwrap().status(), 200);
+        }
+        let metrics = format!("http://{}/metrics", single.sidecar.admin);
+        let sample = |text: &str, name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok()).unwrap_or(0)
+        };
+        let failed = eventually(async || {
+            let text = http_client().get(&metrics).send().await.unwrap().text().await.unwrap();
+            let alerted = refused.lock().unwrap().iter().any(|reason| reason.contains("UnknownCA"));
+            sample(&text, "palisade_trace_spans_dropped_total") == 3 && alerted
+        })
+        .await;
+        let text = http_client().get(&metrics).send().await.unwrap().text().await.unwrap();
+        assert!(failed, "{protocol:?}: the collector saw {:?}; the sidecar counted\n{text}", refused.lock().unwrap());
+        assert_eq!(sample(&text, "palisade_trace_spans_exported_total"), 0, "{protocol:?}");
+        assert!(collector.spans().is_empty(), "{protocol:?}: {:?}", collector.spans());
+        single.sidecar.shutdown();
+    }
+
+    // The standard variables, read by a `palisade sidecar` process from its environment.
+    let (collector, port, _) = tls_collector(&collector_pki, OtlpProtocol::Grpc).await;
+    let app = EchoApp::start().await;
+    let pki = Pki::new();
+    let client = pki.workload("client", &id("shop", "frontend"));
+    let (endpoint, ca) = (format!("https://localhost:{port}"), collector_ca.to_str().unwrap().to_string());
+    let (_sidecar, inbound) = sidecar_process(
+        &pki,
+        app.addr,
+        &[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", &ca),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+        ],
+    )
+    .await;
+    let answer = https_client(Some(&client)).get(format!("https://{inbound}/from-env")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(collector.wait_for(1).await[0].attributes["url.path"], "/from-env");
+    app.stop();
 }
 
 /// A `palisade sidecar` process, killed when dropped (also when the test fails).

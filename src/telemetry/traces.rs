@@ -17,7 +17,7 @@ use opentelemetry::trace::{
     TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     Sampler, SamplingDecision, SdkTracer, SdkTracerProvider, ShouldSample, SpanData, SpanExporter, SpanProcessor,
@@ -26,6 +26,7 @@ use opentelemetry_sdk::Resource;
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
+use super::otlp_tls::CollectorRoots;
 use crate::config::OtlpProtocol;
 pub use crate::config::{ParentRoot, Propagators, SamplerChoice, TraceSettings};
 
@@ -187,6 +188,9 @@ impl Traces {
         };
         exporter.set_resource(&self.resource);
         let mut batch = Vec::with_capacity(BATCH);
+        // The first failure of an outage is a warning (a collector down, a certificate it
+        // does not accept); the rest of it only counts.
+        let mut failing = false;
         while let Some(first) = queue.recv().await {
             batch.push(first);
             let deadline = tokio::time::Instant::now() + BATCH_DELAY;
@@ -198,15 +202,26 @@ impl Traces {
             }
             let count = batch.len() as u64;
             let spans = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-            match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(spans)).await {
-                Ok(Ok(())) => self.counters.exported.inc_by(count),
-                Ok(Err(e)) => {
-                    self.counters.dropped.inc_by(count);
-                    tracing::debug!(error = %e, spans = count, "trace export failed; spans dropped");
+            let failure = match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(spans)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("timed out".to_string()),
+            };
+            match failure {
+                None => {
+                    self.counters.exported.inc_by(count);
+                    if std::mem::take(&mut failing) {
+                        tracing::info!(endpoint = %self.settings.endpoint, "trace export works again");
+                    }
                 }
-                Err(_) => {
+                Some(error) => {
                     self.counters.dropped.inc_by(count);
-                    tracing::debug!(spans = count, "trace export timed out; spans dropped");
+                    if std::mem::replace(&mut failing, true) {
+                        tracing::debug!(%error, spans = count, "trace export failed; spans dropped");
+                    } else {
+                        tracing::warn!(endpoint = %self.settings.endpoint, %error, spans = count,
+                            "trace export failed; spans are dropped (and counted) until it works again");
+                    }
                 }
             }
         }
@@ -214,24 +229,35 @@ impl Traces {
 }
 
 fn build_exporter(settings: &TraceSettings) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    // An https:// endpoint is verified against these CA certificates only (the configuration
+    // found them: see `TraceSettings::tls_roots`).
+    let roots = settings.tls_roots.as_deref().map(CollectorRoots::read).transpose()?;
     let built = match settings.protocol {
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(settings.endpoint.clone())
-            .with_timeout(EXPORT_TIMEOUT)
-            .build(),
+        OtlpProtocol::Grpc => {
+            let builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(settings.endpoint.clone())
+                .with_timeout(EXPORT_TIMEOUT);
+            match &roots {
+                Some(roots) => builder.with_tls_config(roots.grpc()).build(),
+                None => builder.build(),
+            }
+        }
         OtlpProtocol::HttpProtobuf => {
             // Given programmatically, the endpoint is used as written: add the traces path.
             let endpoint = match settings.endpoint.trim_end_matches('/') {
                 e if e.ends_with("/v1/traces") => e.to_string(),
                 e => format!("{e}/v1/traces"),
             };
-            opentelemetry_otlp::SpanExporter::builder()
+            let builder = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(Protocol::HttpBinary)
                 .with_endpoint(endpoint)
-                .with_timeout(EXPORT_TIMEOUT)
-                .build()
+                .with_timeout(EXPORT_TIMEOUT);
+            match &roots {
+                Some(roots) => builder.with_http_client(roots.http_client(EXPORT_TIMEOUT)?).build(),
+                None => builder.build(),
+            }
         }
     };
     built.map_err(|e| e.to_string())
@@ -458,6 +484,7 @@ mod tests {
             service_name: "t".into(),
             resource: vec![],
             propagators: Propagators::DEFAULT,
+            tls_roots: None,
         };
         let traces = Traces::new(settings, TraceCounters { exported: IntCounter::new("e", "e").unwrap(), dropped });
         let mut headers = HeaderMap::new();
@@ -491,6 +518,7 @@ mod tests {
                 service_name: "t".into(),
                 resource: vec![],
                 propagators: Propagators::DEFAULT,
+                tls_roots: None,
             };
             Traces::new(settings, counters())
         };
@@ -524,6 +552,7 @@ mod tests {
                 service_name: "t".into(),
                 resource: vec![],
                 propagators,
+                tls_roots: None,
             };
             Traces::new(settings, counters.clone())
         };
