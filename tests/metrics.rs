@@ -1,6 +1,10 @@
 //! /metrics as Prometheus sees it: `promtool check metrics` (Debian's prometheus package) finds
-//! nothing to complain about, and the series SPEC section 7 names are there with bounded labels.
+//! nothing to complain about, the series SPEC section 7 names are there with bounded labels, a
+//! real Prometheus scrapes them (outbound ones by destination), and every panel of the Grafana
+//! dashboard in deploy/ shows a sidecar's traffic.
 
+#[path = "support/jwt.rs"]
+mod jwt;
 mod support;
 
 use std::io::Write;
@@ -139,27 +143,119 @@ async fn a_prometheus_server_scrapes_the_sidecar() {
     assert_eq!(series["metric"]["decision"], "allow");
     assert!(series["metric"].get("destination").is_none(), "inbound series have no destination: {series}");
     assert_eq!(series["value"][1], "4");
+    s.shutdown();
+}
 
-    // Every query of the Grafana dashboard in deploy/ is valid PromQL for this server, and names
-    // metrics the sidecar exports.
-    let exposed = s.metrics().await;
+/// The PromQL of every panel of the Grafana dashboard in deploy/, with Grafana's own variables
+/// given values as Grafana would (`$__rate_interval` a minute: at least four scrapes).
+fn dashboard_queries() -> Vec<(String, String)> {
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string("deploy/grafana/palisade-dashboard.json").unwrap()).unwrap();
-    let mut checked = 0;
-    for target in dashboard["panels"].as_array().unwrap().iter().flat_map(|p| p["targets"].as_array().unwrap()) {
-        let expr = target["expr"].as_str().unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let expr = expr.replace("$__rate_interval", "1m").replace("$__interval", "15s").replace("$__range", "1h");
+            assert!(!expr.contains('$'), "a variable the test does not know: {expr}");
+            queries.push((panel["title"].as_str().unwrap().to_string(), expr));
+        }
+    }
+    queries
+}
+
+/// Every panel of the Grafana dashboard shows a sidecar's traffic: a real Prometheus scrapes a
+/// sidecar that allows, denies, rate-limits, refuses JWTs and WAF findings inbound, reloads its
+/// policy, and sends requests outbound to a mesh peer and to an address where nothing listens;
+/// each panel's query then returns a series above zero (and none is an error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_panel_shows_the_traffic() {
+    const ISS: &str = "https://auth.example.com";
+    let signer = jwt::Signer::ec("ES256", "k1");
+    let keys = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(keys.path(), jwt::jwks(&[&signer])).unwrap();
+    let api = |extra_rule: &str| {
+        policy(
+            "api",
+            &format!(
+                r#"  authentication:
+    jwt:
+      - {{issuer: "{ISS}", audiences: [orders], jwks: {{file: "{}"}}}}
+  authorization:
+    default: ALLOW
+    rules: [{{name: fine, action: ALLOW, to: {{paths: ["/fine*"]}}}}{extra_rule}]
+  inputValidation:
+    waf: {{mode: BLOCK}}
+"#,
+                keys.path().display()
+            ),
+        )
+    };
+    let documents = |extra_rule: &str| format!("{}{}", policy("metrics", DENY_ADMIN_LIMIT_ONE), api(extra_rule));
+    let s = PolicedSidecar::start(&documents("")).await;
+    let prometheus = Prometheus::start(&[s.sidecar.admin]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let expired = signer.token(&serde_json::json!({"iss": ISS, "sub": "a", "aud": "orders", "exp": now - 3600}));
+    let bearer = format!("Bearer {expired}");
+    // Outbound: to this sidecar's own inbound port (a mesh peer proving shop/orders), and to an
+    // address where nothing listens.
+    let (peer, nobody) = (s.sidecar.inbound.to_string(), format!("127.0.0.1:{}", free_port()));
+    let traffic = async || {
+        for (path, headers, status) in [
+            ("/ok", vec![], 200),
+            ("/admin", vec![], 403),
+            ("/ok", vec![("authorization", bearer.as_str())], 401),
+            ("/search?q=1%27%20UNION%20SELECT%20password%20FROM%20users--", vec![], 403),
+        ] {
+            assert_eq!(s.send("frontend", "GET", path, &headers).await.status, status, "{path}");
+        }
+        let limited =
+            [s.send("frontend", "GET", "/limited", &[]).await, s.send("frontend", "GET", "/limited", &[]).await];
+        assert_eq!(limited[1].status, 429);
+        for (authority, status) in [(peer.as_str(), 200), (nobody.as_str(), 502)] {
+            let url = format!("http://{}/ok", s.sidecar.outbound);
+            let answer = http_client().get(url).header("host", authority).send().await.unwrap();
+            assert_eq!(answer.status(), status, "outbound to {authority}");
+        }
+    };
+
+    // A rate needs two samples: the traffic's series are scraped once, then the traffic comes
+    // again (and the policy changes), so every series moves between two scrapes.
+    traffic().await;
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 13, "{queries:?}");
+    for (title, expr) in &queries {
         let answer = prometheus.query(expr).await;
-        assert_eq!(answer["status"], "success", "{expr}: {answer}");
+        assert_ne!(answer["status"], "error", "{title}: {expr}: {answer}");
+        prometheus.wait_for(expr, |result| !result.is_empty()).await;
+    }
+    write_policy(&s.policy_file, &documents(r#", {name: also-fine, action: ALLOW, to: {paths: ["/also*"]}}"#));
+    wait_for("the changed policy is applied", async || {
+        s.metrics().await.contains(r#"palisade_policy_updates_total{result="applied"} 2"#)
+    })
+    .await;
+    traffic().await;
+
+    let exposed = s.metrics().await;
+    for (title, expr) in &queries {
         for name in expr
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| w.starts_with("palisade_") || w.starts_with("process_"))
         {
-            let base = name.trim_end_matches("_bucket");
-            assert!(exposed.contains(base), "{expr} uses {name}, which /metrics lacks");
+            assert!(
+                exposed.contains(name.trim_end_matches("_bucket")),
+                "{title}: {expr} uses {name}, which /metrics lacks"
+            );
         }
-        checked += 1;
+        let above_zero = |result: &[serde_json::Value]| {
+            result.iter().any(|series| {
+                series["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|v| v.is_finite() && v > 0.0)
+            })
+        };
+        prometheus.wait_for(expr, above_zero).await;
     }
-    assert!(checked >= 9, "{checked}");
     s.shutdown();
 }
 
