@@ -10,7 +10,7 @@ mod otlp_tls;
 mod recorder;
 mod traces;
 
-pub use events::{DeniedRequest, EventWriter, RequestFacts, SecurityEvent, WafEvent};
+pub use events::{DeniedRequest, EventWriter, RequestFacts, SecurityEvent, TlsSession, WafEvent};
 pub use logging::{LogFormat, LogLevel};
 pub use metrics::Metrics;
 pub use recorder::{Destinations, Fnv1a, Recorded, RequestRecorder, MAX_DESTINATIONS, OTHER_DESTINATION};

@@ -24,8 +24,8 @@ use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, RetryType};
 
 use crate::identity::SpiffeId;
-use crate::telemetry::{SecurityEvent, Telemetry};
-use crate::tls::{connect, ConnectError, TlsStore};
+use crate::telemetry::{SecurityEvent, Telemetry, TlsSession};
+use crate::tls::{connect, ConnectError, Negotiated, TlsStore};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connectors remembered for destinations that are not configured routes.
@@ -200,7 +200,7 @@ impl MeshConnector {
         let addr = self.target;
         let (tls, peer) = match connect(&self.tls, addr, self.expected.as_ref(), CONNECT_TIMEOUT).await {
             Ok(connected) => connected,
-            Err(ConnectError::Refusal(reason)) => return Err(self.refuse(reason)),
+            Err(ConnectError::Refusal(reason, negotiated)) => return Err(self.refuse(reason, negotiated)),
             Err(e) => return Err(super::connect_failure(&e)),
         };
         self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "success"]).inc();
@@ -231,7 +231,7 @@ impl MeshConnector {
         Ok(MeshConnection { sender, state, destination })
     }
 
-    fn refuse(&self, reason: String) -> Box<Error> {
+    fn refuse(&self, reason: String, negotiated: Option<Negotiated>) -> Box<Error> {
         self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "failure"]).inc();
         tracing::warn!(peer = %self.target, %reason, "outbound server refused");
         self.telemetry.events.emit(SecurityEvent::TlsFailure {
@@ -239,6 +239,7 @@ impl MeshConnector {
             peer: Some(self.target),
             expected: self.expected.as_ref().map(|e| e.to_string()),
             reason: reason.clone(),
+            tls: negotiated.map(|n| TlsSession { version: n.version, cipher: n.cipher, presented: n.presented }),
         });
         Error::explain(ErrorType::TLSHandshakeFailure, reason)
     }
