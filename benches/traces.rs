@@ -16,6 +16,8 @@ fn traces(ratio: f64) -> Traces {
         sampler: palisade::telemetry::SamplerChoice::ParentBased(palisade::telemetry::ParentRoot::Ratio(ratio)),
         service_name: "bench".into(),
         resource: vec![],
+        propagators: palisade::telemetry::Propagators::DEFAULT,
+        tls_roots: None,
     };
     let counters = TraceCounters {
         exported: prometheus::IntCounter::new("e", "e").unwrap(),

@@ -45,7 +45,7 @@ pub fn connector(
             let mut last = std::io::Error::other(format!("{host}:{port} resolved to no address"));
             for addr in tokio::net::lookup_host((host.as_str(), port)).await? {
                 match crate::tls::connect(&tls, addr, Some(&expected), HANDSHAKE_TIMEOUT).await {
-                    Ok(stream) => return Ok(hyper_util::rt::TokioIo::new(stream)),
+                    Ok((stream, _)) => return Ok(hyper_util::rt::TokioIo::new(stream)),
                     Err(e) => last = std::io::Error::other(e.to_string()),
                 }
             }

@@ -22,7 +22,7 @@ pub use inject::{
     is_log_filter, is_quantity, ControlPlaneRef, FailurePolicy, IdentityMode, IdentitySettings, InjectSettings,
     ProxyPorts, PullPolicy, Resources,
 };
-pub use otel::{ParentRoot, SamplerChoice, TraceSettings};
+pub use otel::{ParentRoot, Propagators, SamplerChoice, TraceSettings};
 pub use sidecar::{
     AdminConfig, AppProtocol, ControlPlaneAddress, Destination, EventFormat, EventSink, EventsConfig, FailMode,
     IdentityConfig, IdentityFromControlPlane, InboundConfig, LimitsConfig, MtlsMode, OtlpConfig, OtlpProtocol,

@@ -112,7 +112,7 @@ pub(crate) fn connect_failure(e: &crate::tls::ConnectError) -> Box<pingora::Erro
         Unreachable(..) => ErrorType::ConnectError,
         ConnectTimeout(_) => ErrorType::ConnectTimedout,
         HandshakeTimeout(_) => ErrorType::TLSHandshakeTimedout,
-        Refusal(_) => ErrorType::TLSHandshakeFailure,
+        Refusal(..) => ErrorType::TLSHandshakeFailure,
     };
     pingora::Error::explain(etype, e.to_string())
 }

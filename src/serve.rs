@@ -279,6 +279,9 @@ async fn handshake(
                 peer: Some(peer),
                 expected: None,
                 reason,
+                // Refused inside the handshake: pingora (through tokio-rustls) drops rustls's
+                // connection with the error, so the version it chose is not known.
+                tls: None,
             });
             None
         }

@@ -6,16 +6,17 @@ mod events;
 mod lines;
 mod logging;
 mod metrics;
+mod otlp_tls;
 mod recorder;
 mod traces;
 
-pub use events::{DeniedRequest, EventWriter, RequestFacts, SecurityEvent, WafEvent};
+pub use events::{DeniedRequest, EventWriter, RequestFacts, SecurityEvent, TlsSession, WafEvent};
 pub use logging::{LogFormat, LogLevel};
 pub use metrics::Metrics;
-pub use recorder::{Fnv1a, RequestRecorder};
+pub use recorder::{Destinations, Fnv1a, Recorded, RequestRecorder, MAX_DESTINATIONS, OTHER_DESTINATION};
 pub use traces::{
-    header_names as trace_headers, ParentRoot, RequestSpan, SamplerChoice, SpanEnd, TraceCounters, TraceSettings,
-    Traces,
+    header_names as trace_headers, ParentRoot, Propagators, RequestSpan, SamplerChoice, SpanEnd, TraceCounters,
+    TraceSettings, Traces,
 };
 
 use crate::config::TelemetryConfig;

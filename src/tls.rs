@@ -10,7 +10,7 @@ mod serving;
 mod store;
 mod verify;
 
-pub use connect::{connect, connect_tcp, ConnectError};
+pub use connect::{connect, connect_tcp, ConnectError, Negotiated};
 pub use credentials::{Credentials, IdentityFiles};
 pub use serving::ServingCert;
 pub use store::{PeerIdentity, TlsState, TlsStore};

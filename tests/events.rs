@@ -5,7 +5,7 @@
 mod support;
 
 use palisade::config::{EventFormat, EventSink, EventsConfig};
-use palisade::telemetry::{DeniedRequest, EventWriter, RequestFacts, SecurityEvent, WafEvent};
+use palisade::telemetry::{DeniedRequest, EventWriter, RequestFacts, SecurityEvent, TlsSession, WafEvent};
 use serde_json::Value;
 use support::*;
 
@@ -41,7 +41,17 @@ async fn events_eventually(s: &PolicedSidecar, count: usize) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ocsf_events_for_denials_limits_tls_failures_and_policy_changes() {
-    let s = PolicedSidecar::start(&policy("events", DENY_ADMIN_LIMIT_ONE)).await;
+    // Outbound, `impostor.shop` is this sidecar's own inbound port, which proves shop/orders
+    // where shop/payments is expected.
+    let inbound: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let s = PolicedSidecar::start_with(&policy("events", DENY_ADMIN_LIMIT_ONE), |c| {
+        c.inbound.listen = palisade::config::ListenAddr(inbound);
+        c.outbound.destinations = vec![route("impostor.shop", inbound, Some(&id("shop", "payments")))];
+    })
+    .await;
+    let impostor =
+        http_client().get(format!("http://{}/", s.sidecar.outbound)).header("host", "impostor.shop").send().await;
+    assert_eq!(impostor.unwrap().status(), 502);
     assert_eq!(s.send("frontend", "GET", "/admin/x", &[]).await.status, 403);
     assert_eq!(s.send("frontend", "POST", "/limited", &[]).await.status, 200);
     assert_eq!(s.send("frontend", "POST", "/limited", &[]).await.status, 429);
@@ -53,7 +63,7 @@ async fn ocsf_events_for_denials_limits_tls_failures_and_policy_changes() {
     assert_eq!(s.send("plain", "PUT", "/x", &[]).await.status, 200, "AUDIT never blocks");
     write_policy(&s.policy_file, "apiVersion: palisade.dev/v1alpha1\nkind: Nonsense\n");
 
-    let events = events_eventually(&s, 7).await;
+    let events = events_eventually(&s, 8).await;
     keep_for_the_schema_check("ocsf-sidecar-denials.jsonl", &events);
     for e in &events {
         assert_ocsf_base(e);
@@ -94,6 +104,15 @@ async fn ocsf_events_for_denials_limits_tls_failures_and_policy_changes() {
     );
     assert_eq!(tls["action_id"], 2);
     assert_eq!(tls["src_endpoint"]["ip"], "127.0.0.1");
+    assert!(tls.get("tls").is_none(), "refused inside the handshake: its version is not known, so no tls object");
+
+    // Outbound, the handshake completed before the identity was compared: what it negotiated.
+    let outbound = by("outbound TLS handshake refused");
+    assert_eq!(outbound["dst_endpoint"]["port"], inbound.port());
+    assert_eq!(outbound["unmapped"]["expected_identity"], id("shop", "payments").as_str());
+    assert_eq!(outbound["tls"]["version"], "1.3", "{outbound}");
+    assert!(outbound["tls"]["cipher"].as_str().is_some_and(|c| c.starts_with("TLS13_")), "{outbound}");
+    assert_eq!(outbound["tls"]["sans"], serde_json::json!([{"name": id("shop", "orders"), "type": "URI"}]));
 
     let audit = by("audit, would deny");
     assert_eq!(audit["action_id"], 1, "allowed: AUDIT never blocks");
@@ -230,12 +249,18 @@ fn every_kind() -> Vec<SecurityEvent> {
             peer: Some("10.0.0.7:41234".parse().unwrap()),
             expected: None,
             reason: "certificate from an unknown CA".into(),
+            tls: None,
         },
         SecurityEvent::TlsFailure {
             direction: "outbound",
             peer: Some("10.0.0.9:15006".parse().unwrap()),
             expected: Some(id("shop", "orders")),
-            reason: "server presented spiffe://cluster.local/ns/shop/sa/other".into(),
+            reason: "10.0.0.9:15006 presented spiffe://cluster.local/ns/shop/sa/other".into(),
+            tls: Some(TlsSession {
+                version: "1.3",
+                cipher: Some("TLS13_AES_128_GCM_SHA256"),
+                presented: Some(id("shop", "other")),
+            }),
         },
         SecurityEvent::CertificateRotated {
             identity: id("shop", "orders"),
@@ -349,6 +374,11 @@ fn every_event_kind_written_through_the_event_writer() {
                     assert!(!types.is_empty() && line["event"]["category"].as_array().is_some_and(|c| !c.is_empty()));
                     let expected = if kind(event) == "WafFinding" { "alert" } else { "event" };
                     assert_eq!(line["event"]["kind"], expected, "{line}");
+                    if line["labels"]["direction"] == "outbound" {
+                        assert_eq!(line["tls"]["version"], "1.3", "{line}");
+                        assert_eq!(line["tls"]["version_protocol"], "tls", "{line}");
+                        assert_eq!(line["tls"]["server"]["x509"]["alternative_names"][0], id("shop", "other").as_str());
+                    }
                 }
             }
         }
@@ -358,7 +388,9 @@ fn every_event_kind_written_through_the_event_writer() {
             let outbound = lines.iter().find(|l| l["unmapped"]["direction"] == "outbound").unwrap();
             assert_eq!(outbound["dst_endpoint"]["port"], 15006, "outbound refuses the server it called");
             assert_eq!(outbound["unmapped"]["expected_identity"], id("shop", "orders").as_str());
-            assert!(outbound.get("tls").is_none(), "no tls object without the version OCSF requires");
+            assert_eq!(outbound["tls"]["version"], "1.3", "after a completed handshake: {outbound}");
+            let inbound = lines.iter().find(|l| l["unmapped"]["direction"] == "inbound").unwrap();
+            assert!(inbound.get("tls").is_none(), "no tls object without the version OCSF requires");
         }
     }
 }

@@ -421,7 +421,7 @@ async fn renewals(sidecar: &Sidecar) -> u64 {
 /// names `expected`), DER.
 async fn presented(peer: &TlsStore, addr: SocketAddr, expected: &str) -> Result<Vec<u8>, String> {
     let expected = SpiffeId::parse(expected).unwrap();
-    let stream =
+    let (stream, _) =
         palisade::tls::connect(peer, addr, Some(&expected), Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
     let (_, session) = stream.get_ref();
     Ok(session.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()).unwrap_or_default())
@@ -883,7 +883,7 @@ impl Load {
         self.add(move || {
             let (peer, expected) = (peer.clone(), expected.clone());
             async move {
-                let tls = palisade::tls::connect(&peer, target, Some(&expected), Duration::from_secs(5))
+                let (tls, _) = palisade::tls::connect(&peer, target, Some(&expected), Duration::from_secs(5))
                     .await
                     .map_err(|e| format!("handshake: {e}"))?;
                 // The mesh speaks HTTP/2 (ALPN h2), as a sidecar calling this one would.

@@ -1,6 +1,10 @@
 //! /metrics as Prometheus sees it: `promtool check metrics` (Debian's prometheus package) finds
-//! nothing to complain about, and the series SPEC section 7 names are there with bounded labels.
+//! nothing to complain about, the series SPEC section 7 names are there with bounded labels, a
+//! real Prometheus scrapes them (outbound ones by destination), and every panel of the Grafana
+//! dashboard in deploy/ shows a sidecar's traffic.
 
+#[path = "support/jwt.rs"]
+mod jwt;
 mod support;
 
 use std::io::Write;
@@ -33,9 +37,9 @@ async fn metrics_pass_promtool_and_carry_the_spec_series() {
     );
 
     for series in [
-        r#"palisade_requests_total{code="200",decision="allow",direction="inbound",method="GET",source_principal="spiffe://cluster.local/ns/shop/sa/frontend"} 3"#,
-        r#"palisade_requests_total{code="403",decision="deny",direction="inbound",method="GET",source_principal="spiffe://cluster.local/ns/shop/sa/frontend"} 1"#,
-        r#"palisade_requests_total{code="429",decision="rate_limited",direction="inbound",method="GET",source_principal="spiffe://cluster.local/ns/shop/sa/frontend"} 1"#,
+        r#"palisade_requests_total{code="200",decision="allow",destination="",direction="inbound",method="GET",source_principal="spiffe://cluster.local/ns/shop/sa/frontend"} 3"#,
+        r#"palisade_requests_total{code="403",decision="deny",destination="",direction="inbound",method="GET",source_principal="spiffe://cluster.local/ns/shop/sa/frontend"} 1"#,
+        r#"palisade_requests_total{code="429",decision="rate_limited",destination="",direction="inbound",method="GET",source_principal="spiffe://cluster.local/ns/shop/sa/frontend"} 1"#,
         r#"palisade_authz_decisions_total{decision="deny",mode="ENFORCE",policy="shop/metrics",rule="no-admin"} 1"#,
         r#"palisade_ratelimit_decisions_total{limit="tight",policy="shop/metrics",result="limited"} 1"#,
         r#"palisade_tls_handshakes_total{direction="inbound",result="success"}"#,
@@ -53,6 +57,75 @@ async fn metrics_pass_promtool_and_carry_the_spec_series() {
     s.shutdown();
 }
 
+/// A real Prometheus server scraping sidecars' admin ports, as deploy/prometheus/scrape.yaml
+/// labels them (job `palisade-sidecars`, `namespace`, `pod`, `app`), every second.
+struct Prometheus {
+    port: u16,
+    dir: tempfile::TempDir,
+    _process: KillOnDrop,
+}
+
+impl Prometheus {
+    fn start(targets: &[std::net::SocketAddr]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        let static_configs: Vec<String> = targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| format!("{{targets: [\"{t}\"], labels: {{namespace: shop, pod: sidecar-{i}, app: orders}}}}"))
+            .collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: palisade-sidecars\n    static_configs: [{}]\n",
+                static_configs.join(", ")
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let process = KillOnDrop(
+            Command::new("prometheus")
+                .arg(format!("--config.file={}", config.display()))
+                .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+                .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
+                .spawn()
+                .expect("prometheus is installed by scripts/setup.sh --test (Debian package prometheus)"),
+        );
+        Prometheus { port, dir, _process: process }
+    }
+
+    /// The answer of `/api/v1/query` to `expr` (`Null` while the server is not up yet).
+    async fn query(&self, expr: &str) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}/api/v1/query", self.port);
+        match http_client().get(&url).query(&[("query", expr)]).send().await {
+            Ok(response) => response.json().await.unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        }
+    }
+
+    /// The result of `expr` once `done` holds for it; the test fails, with the last answer and
+    /// the server's log, if it never does.
+    async fn wait_for(&self, expr: &str, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+        let last = std::sync::Mutex::new(serde_json::Value::Null);
+        let held = eventually(async || {
+            let answer = self.query(expr).await;
+            let result = answer["data"]["result"].as_array().cloned().unwrap_or_default();
+            *last.lock().unwrap() = answer;
+            done(&result)
+        })
+        .await;
+        let last = last.into_inner().unwrap();
+        assert!(held, "{expr}: Prometheus answered {last}\n{}", self.log());
+        last["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("prometheus.log")).unwrap_or_default()
+    }
+}
+
 /// A real Prometheus server scrapes the admin port; its query API returns the request counter.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prometheus_server_scrapes_the_sidecar() {
@@ -60,79 +133,182 @@ async fn a_prometheus_server_scrapes_the_sidecar() {
     for _ in 0..4 {
         assert_eq!(s.send("billing", "GET", "/ok", &[]).await.status, 200);
     }
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global: {{scrape_interval: 1s}}\nscrape_configs:\n  - job_name: palisade\n    static_configs: [{{targets: [\"{}\"]}}]\n",
-            s.sidecar.admin
-        ),
-    )
-    .unwrap();
-    let port = free_port();
-    let _prometheus = KillOnDrop(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("prometheus.log")).unwrap())
-            .spawn()
-            .expect("prometheus is installed by scripts/setup.sh --test (Debian package prometheus)"),
-    );
-    let query = format!(
-        "http://127.0.0.1:{port}/api/v1/query?query=palisade_requests_total%7Bsource_principal%3D%22{}%22%7D",
-        id("shop", "billing").replace(':', "%3A").replace('/', "%2F")
-    );
-    let answer = std::sync::Arc::new(std::sync::Mutex::new(serde_json::Value::Null));
-    let found = eventually(|| {
-        let (query, answer) = (query.clone(), answer.clone());
-        async move {
-            let Ok(response) = http_client().get(&query).send().await else { return false };
-            let value: serde_json::Value = response.json().await.unwrap_or_default();
-            let done = value["data"]["result"].as_array().is_some_and(|r| !r.is_empty());
-            *answer.lock().unwrap() = value;
-            done
-        }
-    })
-    .await;
-    let answer = answer.lock().unwrap().clone();
-    assert!(
-        found,
-        "Prometheus never returned the series: {answer}\n{}",
-        std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
-    );
-    let series = &answer["data"]["result"][0];
+    let prometheus = Prometheus::start(&[s.sidecar.admin]);
+    let expr = format!("palisade_requests_total{{source_principal=\"{}\"}}", id("shop", "billing"));
+    let result = prometheus.wait_for(&expr, |r| !r.is_empty()).await;
+    let series = &result[0];
     assert_eq!(series["metric"]["direction"], "inbound");
     assert_eq!(series["metric"]["method"], "GET");
     assert_eq!(series["metric"]["code"], "200");
     assert_eq!(series["metric"]["decision"], "allow");
+    assert!(series["metric"].get("destination").is_none(), "inbound series have no destination: {series}");
     assert_eq!(series["value"][1], "4");
+    s.shutdown();
+}
 
-    // Every query of the Grafana dashboard in deploy/ is valid PromQL for this server, and names
-    // metrics the sidecar exports.
-    let exposed = s.metrics().await;
+/// The PromQL of every panel of the Grafana dashboard in deploy/, with Grafana's own variables
+/// given values as Grafana would (`$__rate_interval` a minute: at least four scrapes).
+fn dashboard_queries() -> Vec<(String, String)> {
     let dashboard: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string("deploy/grafana/palisade-dashboard.json").unwrap()).unwrap();
-    let mut checked = 0;
-    for target in dashboard["panels"].as_array().unwrap().iter().flat_map(|p| p["targets"].as_array().unwrap()) {
-        let expr = target["expr"].as_str().unwrap();
-        let url = format!("http://127.0.0.1:{port}/api/v1/query");
-        let answer: serde_json::Value =
-            http_client().get(&url).query(&[("query", expr)]).send().await.unwrap().json().await.unwrap();
-        assert_eq!(answer["status"], "success", "{expr}: {answer}");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let expr = expr.replace("$__rate_interval", "1m").replace("$__interval", "15s").replace("$__range", "1h");
+            assert!(!expr.contains('$'), "a variable the test does not know: {expr}");
+            queries.push((panel["title"].as_str().unwrap().to_string(), expr));
+        }
+    }
+    queries
+}
+
+/// Every panel of the Grafana dashboard shows a sidecar's traffic: a real Prometheus scrapes a
+/// sidecar that allows, denies, rate-limits, refuses JWTs and WAF findings inbound, reloads its
+/// policy, and sends requests outbound to a mesh peer and to an address where nothing listens;
+/// each panel's query then returns a series above zero (and none is an error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dashboard_panel_shows_the_traffic() {
+    const ISS: &str = "https://auth.example.com";
+    let signer = jwt::Signer::ec("ES256", "k1");
+    let keys = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(keys.path(), jwt::jwks(&[&signer])).unwrap();
+    let api = |extra_rule: &str| {
+        policy(
+            "api",
+            &format!(
+                r#"  authentication:
+    jwt:
+      - {{issuer: "{ISS}", audiences: [orders], jwks: {{file: "{}"}}}}
+  authorization:
+    default: ALLOW
+    rules: [{{name: fine, action: ALLOW, to: {{paths: ["/fine*"]}}}}{extra_rule}]
+  inputValidation:
+    waf: {{mode: BLOCK}}
+"#,
+                keys.path().display()
+            ),
+        )
+    };
+    let documents = |extra_rule: &str| format!("{}{}", policy("metrics", DENY_ADMIN_LIMIT_ONE), api(extra_rule));
+    let s = PolicedSidecar::start(&documents("")).await;
+    let prometheus = Prometheus::start(&[s.sidecar.admin]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let expired = signer.token(&serde_json::json!({"iss": ISS, "sub": "a", "aud": "orders", "exp": now - 3600}));
+    let bearer = format!("Bearer {expired}");
+    // Outbound: to this sidecar's own inbound port (a mesh peer proving shop/orders), and to an
+    // address where nothing listens.
+    let (peer, nobody) = (s.sidecar.inbound.to_string(), format!("127.0.0.1:{}", free_port()));
+    let traffic = async || {
+        for (path, headers, status) in [
+            ("/ok", vec![], 200),
+            ("/admin", vec![], 403),
+            ("/ok", vec![("authorization", bearer.as_str())], 401),
+            ("/search?q=1%27%20UNION%20SELECT%20password%20FROM%20users--", vec![], 403),
+        ] {
+            assert_eq!(s.send("frontend", "GET", path, &headers).await.status, status, "{path}");
+        }
+        let limited =
+            [s.send("frontend", "GET", "/limited", &[]).await, s.send("frontend", "GET", "/limited", &[]).await];
+        assert_eq!(limited[1].status, 429);
+        for (authority, status) in [(peer.as_str(), 200), (nobody.as_str(), 502)] {
+            let url = format!("http://{}/ok", s.sidecar.outbound);
+            let answer = http_client().get(url).header("host", authority).send().await.unwrap();
+            assert_eq!(answer.status(), status, "outbound to {authority}");
+        }
+    };
+
+    // A rate needs two samples: the traffic's series are scraped once, then the traffic comes
+    // again (and the policy changes), so every series moves between two scrapes.
+    traffic().await;
+    let queries = dashboard_queries();
+    assert!(queries.len() >= 13, "{queries:?}");
+    for (title, expr) in &queries {
+        let answer = prometheus.query(expr).await;
+        assert_ne!(answer["status"], "error", "{title}: {expr}: {answer}");
+        prometheus.wait_for(expr, |result| !result.is_empty()).await;
+    }
+    write_policy(&s.policy_file, &documents(r#", {name: also-fine, action: ALLOW, to: {paths: ["/also*"]}}"#));
+    wait_for("the changed policy is applied", async || {
+        s.metrics().await.contains(r#"palisade_policy_updates_total{result="applied"} 2"#)
+    })
+    .await;
+    traffic().await;
+
+    let exposed = s.metrics().await;
+    for (title, expr) in &queries {
         for name in expr
             .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .filter(|w| w.starts_with("palisade_") || w.starts_with("process_"))
         {
-            let base = name.trim_end_matches("_bucket");
-            assert!(exposed.contains(base), "{expr} uses {name}, which /metrics lacks");
+            assert!(
+                exposed.contains(name.trim_end_matches("_bucket")),
+                "{title}: {expr} uses {name}, which /metrics lacks"
+            );
         }
-        checked += 1;
+        let above_zero = |result: &[serde_json::Value]| {
+            result.iter().any(|series| {
+                series["value"][1]
+                    .as_str()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .is_some_and(|v| v.is_finite() && v > 0.0)
+            })
+        };
+        prometheus.wait_for(expr, above_zero).await;
     }
-    assert!(checked >= 9, "{checked}");
     s.shutdown();
+}
+
+/// Outbound series name where each request went: the SPIFFE ID the peer sidecar proved, the
+/// authority of a passthrough destination outside the mesh, or, when no peer answered, the
+/// authority the app addressed. Scraped by a real Prometheus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbound_series_carry_the_destination() {
+    // A web service outside the mesh, reached in plaintext through `outbound.passthrough`.
+    let outside = EchoApp::start_on("127.0.0.2:0".parse().unwrap()).await;
+    let pair = Pair::start_configured(
+        EchoApp::start().await,
+        |a| a.outbound.passthrough = vec!["127.0.0.2/32".parse().unwrap()],
+        |_| {},
+    )
+    .await;
+    let nobody = format!("127.0.0.1:{}", free_port());
+    let b_by_address = pair.b.inbound.to_string();
+    let outside_authority = outside.addr.to_string();
+    let client = http_client();
+    for (authority, count, status) in [
+        (B_AUTHORITY, 3, 200),           // a configured route, expecting orders' identity
+        (b_by_address.as_str(), 1, 200), // no route: any identity of the trust domain, the one proved is named
+        (outside_authority.as_str(), 2, 200),
+        (nobody.as_str(), 1, 502), // nothing answers: named by the authority
+    ] {
+        for _ in 0..count {
+            let answer = client.get(pair.url("/orders")).header("host", authority).send().await.unwrap();
+            assert_eq!(answer.status(), status, "{authority}");
+        }
+    }
+
+    let prometheus = Prometheus::start(&[pair.a.admin]);
+    let expr = r#"sum by (destination, code) (palisade_requests_total{direction="outbound"})"#;
+    let expected =
+        [(id("shop", "orders"), "200", "4"), (outside_authority.clone(), "200", "2"), (nobody.clone(), "502", "1")];
+    let found = |result: &[serde_json::Value]| {
+        let mut seen: Vec<(String, String, String)> = result
+            .iter()
+            .map(|s| {
+                let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+                (text(&s["metric"]["destination"]), text(&s["metric"]["code"]), text(&s["value"][1]))
+            })
+            .collect();
+        seen.sort();
+        let mut want: Vec<(String, String, String)> =
+            expected.iter().map(|(d, c, n)| (d.clone(), c.to_string(), n.to_string())).collect();
+        want.sort();
+        seen == want
+    };
+    prometheus.wait_for(expr, found).await;
+    outside.stop();
+    pair.shutdown();
 }
 
 #[test]

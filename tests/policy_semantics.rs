@@ -291,6 +291,6 @@ async fn denials_are_counted_by_policy_and_rule() {
         ),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"decision="deny",direction="inbound",method="GET",source_principal="spiffe://cluster.local/ns/ops/sa/admin"} 3"#), "{metrics}");
+    assert!(metrics.contains(r#"decision="deny",destination="",direction="inbound",method="GET",source_principal="spiffe://cluster.local/ns/ops/sa/admin"} 3"#), "{metrics}");
     sidecar.shutdown();
 }

@@ -114,50 +114,115 @@ async fn grpc_collector() -> (Collector, SocketAddr) {
 
 /// An OTLP/HTTP receiver: `POST /v1/traces` with a protobuf body.
 async fn http_collector() -> (Collector, SocketAddr) {
-    use http_body_util::BodyExt;
     let collector = Collector::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shared = collector.clone();
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let collector = shared.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let collector = collector.clone();
-                    async move {
-                        let ok = req.uri().path() == "/v1/traces"
-                            && req.headers().get("content-type").is_some_and(|v| v == "application/x-protobuf");
-                        let body = req.into_body().collect().await.unwrap().to_bytes();
-                        let status = match (ok, ExportTraceServiceRequest::decode(body)) {
-                            (true, Ok(request)) => {
-                                collector.take(request);
-                                200
-                            }
-                            _ => 400,
-                        };
-                        let reply = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
-                        Ok::<_, std::convert::Infallible>(
-                            hyper::Response::builder()
-                                .status(status)
-                                .header("content-type", "application/x-protobuf")
-                                .body(http_body_util::Full::new(bytes::Bytes::from(reply)))
-                                .unwrap(),
-                        )
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
+            tokio::spawn(serve_otlp_http(stream, shared.clone()));
         }
     });
     (collector, addr)
 }
 
+/// OTLP/HTTP on one connection.
+async fn serve_otlp_http<I>(io: I, collector: Collector)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let collector = collector.clone();
+        async move {
+            let ok = req.uri().path() == "/v1/traces"
+                && req.headers().get("content-type").is_some_and(|v| v == "application/x-protobuf");
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let status = match (ok, ExportTraceServiceRequest::decode(body)) {
+                (true, Ok(request)) => {
+                    collector.take(request);
+                    200
+                }
+                _ => 400,
+            };
+            let reply = ExportTraceServiceResponse { partial_success: None }.encode_to_vec();
+            Ok::<_, std::convert::Infallible>(
+                hyper::Response::builder()
+                    .status(status)
+                    .header("content-type", "application/x-protobuf")
+                    .body(http_body_util::Full::new(bytes::Bytes::from(reply)))
+                    .unwrap(),
+            )
+        }
+    });
+    let _ =
+        hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(io), service).await;
+}
+
+/// An OTLP receiver over TLS on loopback (gRPC or HTTP/protobuf), as `localhost` with a
+/// certificate from `pki`'s CA. Also returns, for each handshake that failed, the reason rustls
+/// gave on its side.
+async fn tls_collector(pki: &Pki, protocol: OtlpProtocol) -> (Collector, u16, Arc<Mutex<Vec<String>>>) {
+    use rustls::pki_types::pem::PemObject;
+    let files = pki.issue(
+        "collector",
+        &palisade::identity::LeafSpec {
+            spiffe_id: None,
+            dns_names: vec!["localhost".into()],
+            client_auth: false,
+            ..palisade::identity::LeafSpec::workload("spiffe://unused")
+        },
+    );
+    let chain = rustls::pki_types::CertificateDer::pem_file_iter(&files.cert).unwrap().map(Result::unwrap).collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&files.key).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![match protocol {
+        OtlpProtocol::Grpc => b"h2".to_vec(),
+        OtlpProtocol::HttpProtobuf => b"http/1.1".to_vec(),
+    }];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let collector = Collector::default();
+    let refused = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (streams, incoming) = tokio::sync::mpsc::unbounded_channel();
+    if protocol == OtlpProtocol::Grpc {
+        let incoming = futures::stream::unfold(incoming, |mut incoming| async move {
+            incoming.recv().await.map(|stream| (Ok::<_, std::io::Error>(stream), incoming))
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(collector.clone()))
+                .serve_with_incoming(incoming),
+        );
+    }
+    let (shared, failures) = (collector.clone(), refused.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, collector, failures, streams) =
+                (acceptor.clone(), shared.clone(), failures.clone(), streams.clone());
+            tokio::spawn(async move {
+                match acceptor.accept(tcp).await {
+                    Err(e) => failures.lock().unwrap().push(e.to_string()),
+                    Ok(tls) if protocol == OtlpProtocol::Grpc => {
+                        let _ = streams.send(tls);
+                    }
+                    Ok(tls) => serve_otlp_http(tls, collector).await,
+                }
+            });
+        }
+    });
+    (collector, port, refused)
+}
+
 fn otlp(endpoint: String, protocol: OtlpProtocol, sampling: f64) -> impl Fn(&mut SidecarConfig) {
     move |c: &mut SidecarConfig| {
-        c.telemetry.otlp = Some(OtlpConfig { endpoint: endpoint.clone(), protocol, sampling, service_name: None });
+        c.telemetry.otlp = Some(OtlpConfig { endpoint: endpoint.clone(), protocol, sampling, ..OtlpConfig::default() });
     }
 }
 
@@ -372,6 +437,85 @@ async fn http_protobuf_export_works_and_a_dead_collector_costs_only_dropped_span
     single.sidecar.shutdown();
 }
 
+/// A sidecar's spans reach a collector that serves `https://` with a certificate from the CA the
+/// sidecar was given, over gRPC and HTTP/protobuf; a collector whose certificate another CA
+/// signed gets nothing: the sidecar refuses its certificate (the collector sees the alert) and
+/// counts the spans as dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_over_tls_to_a_collector_the_given_ca_vouches_for_and_no_other() {
+    let collector_pki = Pki::new();
+    let collector_ca = collector_pki.path("collector-ca.pem");
+    std::fs::write(&collector_ca, collector_pki.ca.cert_pem()).unwrap();
+    // Another CA, named differently (one of the same name fails the signature check instead).
+    let stranger = Pki::for_domain("elsewhere.test");
+    let stranger_ca = stranger.path("stranger-ca.pem");
+    std::fs::write(&stranger_ca, stranger.ca.cert_pem()).unwrap();
+    let https = |port: u16, protocol, trust: &std::path::Path| {
+        let trust = trust.to_path_buf();
+        move |c: &mut SidecarConfig| {
+            c.telemetry.otlp = Some(OtlpConfig {
+                endpoint: format!("https://localhost:{port}"),
+                protocol,
+                sampling: 1.0,
+                trust_bundle: Some(trust),
+                ..OtlpConfig::default()
+            })
+        }
+    };
+    for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
+        let (collector, port, refused) = tls_collector(&collector_pki, protocol).await;
+        let single = Single::start(https(port, protocol, &collector_ca)).await;
+        assert_eq!(single.https().get(single.url("/over-tls")).send().await.unwrap().status(), 200);
+        let spans = collector.wait_for(1).await;
+        assert_eq!(spans[0].attributes["url.path"], "/over-tls", "{protocol:?}");
+        assert!(refused.lock().unwrap().is_empty(), "{protocol:?}: {:?}", refused.lock().unwrap());
+        single.sidecar.shutdown();
+
+        // The same collector, but the sidecar trusts another CA.
+        let (collector, port, refused) = tls_collector(&collector_pki, protocol).await;
+        let single = Single::start(https(port, protocol, &stranger_ca)).await;
+        for _ in 0..3 {
+            assert_eq!(single.https().get(single.url("/")).send().await.unwrap().status(), 200);
+        }
+        let metrics = format!("http://{}/metrics", single.sidecar.admin);
+        let sample = |text: &str, name: &str| {
+            text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok()).unwrap_or(0)
+        };
+        let failed = eventually(async || {
+            let text = http_client().get(&metrics).send().await.unwrap().text().await.unwrap();
+            let alerted = refused.lock().unwrap().iter().any(|reason| reason.contains("UnknownCA"));
+            sample(&text, "palisade_trace_spans_dropped_total") == 3 && alerted
+        })
+        .await;
+        let text = http_client().get(&metrics).send().await.unwrap().text().await.unwrap();
+        assert!(failed, "{protocol:?}: the collector saw {:?}; the sidecar counted\n{text}", refused.lock().unwrap());
+        assert_eq!(sample(&text, "palisade_trace_spans_exported_total"), 0, "{protocol:?}");
+        assert!(collector.spans().is_empty(), "{protocol:?}: {:?}", collector.spans());
+        single.sidecar.shutdown();
+    }
+
+    // The standard variables, read by a `palisade sidecar` process from its environment.
+    let (collector, port, _) = tls_collector(&collector_pki, OtlpProtocol::Grpc).await;
+    let app = EchoApp::start().await;
+    let pki = Pki::new();
+    let client = pki.workload("client", &id("shop", "frontend"));
+    let (endpoint, ca) = (format!("https://localhost:{port}"), collector_ca.to_str().unwrap().to_string());
+    let (_sidecar, inbound) = sidecar_process(
+        &pki,
+        app.addr,
+        &[
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", &ca),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+        ],
+    )
+    .await;
+    let answer = https_client(Some(&client)).get(format!("https://{inbound}/from-env")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(collector.wait_for(1).await[0].attributes["url.path"], "/from-env");
+    app.stop();
+}
+
 /// A `palisade sidecar` process, killed when dropped (also when the test fails).
 struct Process(std::process::Child);
 
@@ -382,14 +526,11 @@ impl Drop for Process {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_carry_the_k8s_resource_attributes_from_the_environment() {
-    // The real binary: the variables are read from its own environment, as in a pod.
-    let (collector, collector_addr) = grpc_collector().await;
-    let app = EchoApp::start().await;
-    let pki = Pki::new();
+/// A `palisade sidecar` process for `shop/orders` in front of `app`, with `env` set (the `OTEL_*`
+/// variables are read from its own environment, as in a pod), once it is ready; and its inbound
+/// address.
+async fn sidecar_process(pki: &Pki, app: SocketAddr, env: &[(&str, &str)]) -> (Process, SocketAddr) {
     let server = pki.workload("server", &id("shop", "orders"));
-    let client = pki.workload("client", &id("shop", "frontend"));
     let [inbound, outbound, admin] = [free_port(), free_port(), free_port()];
     let config = pki.dir.path().join("sidecar.yaml");
     std::fs::write(
@@ -397,35 +538,54 @@ async fn spans_carry_the_k8s_resource_attributes_from_the_environment() {
         format!(
             "identity:\n  files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}\ntrustDomain: {TD}\n\
              workload: {{namespace: shop, serviceAccount: orders}}\n\
-             inbound: {{listen: \"127.0.0.1:{inbound}\", app: \"{}\"}}\noutbound: {{listen: \"127.0.0.1:{outbound}\"}}\n\
+             inbound: {{listen: \"127.0.0.1:{inbound}\", app: \"{app}\"}}\noutbound: {{listen: \"127.0.0.1:{outbound}\"}}\n\
              admin: {{listen: \"127.0.0.1:{admin}\"}}\n",
             server.cert.display(),
             server.key.display(),
             server.trust_bundle.display(),
-            app.addr,
         ),
     )
     .unwrap();
-    let _sidecar = Process(
-        std::process::Command::new(env!("CARGO_BIN_EXE_palisade"))
-            .args(["sidecar", "--config"])
-            .arg(&config)
-            .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}"))
-            .env("OTEL_TRACES_SAMPLER", "always_on")
-            .env("POD_NAME", "orders-7d9f")
-            .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test,k8s.cluster.name=kind%2Dlocal")
-            .env_remove("OTEL_SERVICE_NAME")
-            .env("PALISADE_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_palisade"));
+    command
+        .args(["sidecar", "--config"])
+        .arg(&config)
+        .env_remove("OTEL_SERVICE_NAME")
+        .env_remove("OTEL_PROPAGATORS")
+        .env("PALISADE_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let sidecar = Process(command.spawn().unwrap());
     wait_for("the sidecar is ready", async || {
         matches!(http_client().get(format!("http://127.0.0.1:{admin}/ready")).send().await, Ok(r) if r.status() == 200)
     })
     .await;
-    let answer = https_client(Some(&client)).get(format!("https://127.0.0.1:{inbound}/orders/1")).send().await.unwrap();
+    (sidecar, format!("127.0.0.1:{inbound}").parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_carry_the_k8s_resource_attributes_from_the_environment() {
+    // The real binary: the variables are read from its own environment, as in a pod.
+    let (collector, collector_addr) = grpc_collector().await;
+    let app = EchoApp::start().await;
+    let pki = Pki::new();
+    let client = pki.workload("client", &id("shop", "frontend"));
+    let endpoint = format!("http://{collector_addr}");
+    let (_sidecar, inbound) = sidecar_process(
+        &pki,
+        app.addr,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_TRACES_SAMPLER", "always_on"),
+            ("POD_NAME", "orders-7d9f"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test,k8s.cluster.name=kind%2Dlocal"),
+        ],
+    )
+    .await;
+    let answer = https_client(Some(&client)).get(format!("https://{inbound}/orders/1")).send().await.unwrap();
     assert_eq!(answer.status(), 200);
 
     let span = collector.wait_for(1).await.remove(0);
@@ -435,5 +595,81 @@ async fn spans_carry_the_k8s_resource_attributes_from_the_environment() {
     assert_eq!(span.resource["deployment.environment"], "test");
     assert_eq!(span.resource["k8s.cluster.name"], "kind-local", "percent-decoded");
     assert_eq!(span.resource["service.version"], env!("CARGO_PKG_VERSION"));
+    app.stop();
+}
+
+/// `OTEL_PROPAGATORS` decides which trace-context headers are read and which are written; the
+/// formats not in use pass through to the app untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otel_propagators_choose_the_headers_read_and_written() {
+    const B3_TRACE: &str = "80f198ee56343ba864fe8b2a57d3eff7";
+    const B3_SPAN: &str = "e457b5a2e4d86bd1";
+    let (collector, collector_addr) = grpc_collector().await;
+    let endpoint = format!("http://{collector_addr}");
+    let app = EchoApp::start().await;
+    let pki = Pki::new();
+    let client = https_client(Some(&pki.workload("client", &id("shop", "frontend"))));
+    let w3c_parent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+
+    // b3multi: the x-b3-* parent is followed (its sampled flag records the span, the root sampler
+    // would not), the traceparent is neither read nor written, and only x-b3-* name this hop.
+    let (sidecar, inbound) = sidecar_process(
+        &pki,
+        app.addr,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_PROPAGATORS", "b3multi"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_always_off"),
+        ],
+    )
+    .await;
+    let seen: Seen = client
+        .get(format!("https://{inbound}/b3multi"))
+        .header("traceparent", &w3c_parent)
+        .header("x-b3-traceid", B3_TRACE)
+        .header("x-b3-spanid", B3_SPAN)
+        .header("x-b3-sampled", "1")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let span = collector.wait_for(1).await.remove(0);
+    assert_eq!((span.trace_id.as_str(), span.parent_span_id.as_str()), (B3_TRACE, B3_SPAN), "{span:?}");
+    assert_eq!(seen.header("x-b3-traceid"), Some(B3_TRACE));
+    assert_eq!(seen.header("x-b3-spanid"), Some(span.span_id.as_str()), "the app's parent is this hop's span");
+    assert_eq!(seen.header("x-b3-sampled"), Some("1"));
+    assert_eq!(seen.header("traceparent"), Some(w3c_parent.as_str()), "not read, not written: passed through");
+    assert_eq!(seen.header("b3"), None, "the single-header form is not in use");
+    drop(sidecar);
+
+    // tracecontext: a b3 parent is not read, so the trace starts here; only traceparent is written.
+    let b3_parent = format!("{B3_TRACE}-{B3_SPAN}-1");
+    let (_sidecar, inbound) = sidecar_process(
+        &pki,
+        app.addr,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_PROPAGATORS", "tracecontext"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+        ],
+    )
+    .await;
+    let seen: Seen = client
+        .get(format!("https://{inbound}/tracecontext"))
+        .header("b3", &b3_parent)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let span = collector.wait_for(2).await.remove(1);
+    assert_eq!(span.attributes["url.path"], "/tracecontext");
+    assert!(span.trace_id != B3_TRACE && span.parent_span_id.is_empty(), "a new trace: {span:?}");
+    assert_eq!(seen.header("traceparent"), Some(format!("00-{}-{}-01", span.trace_id, span.span_id).as_str()));
+    assert_eq!(seen.header("b3"), Some(b3_parent.as_str()), "not read, not written: passed through");
+    assert_eq!(seen.header("x-b3-traceid"), None);
     app.stop();
 }

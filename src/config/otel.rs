@@ -2,6 +2,8 @@
 //! a sidecar exports and where. Read here, with the rest of the configuration, so a bad
 //! variable is reported with every other mistake before anything starts.
 
+use std::path::{Path, PathBuf};
+
 use super::{Env, Invalid, OtlpConfig, OtlpProtocol, WorkloadConfig};
 
 /// Where and how traces go, after the standard `OTEL_*` variables are applied.
@@ -16,6 +18,111 @@ pub struct TraceSettings {
     /// namespace), `k8s.pod.name` (`POD_NAME`, which injection sets from the downward API), then
     /// `OTEL_RESOURCE_ATTRIBUTES`, which wins over both.
     pub resource: Vec<(String, String)>,
+    /// The trace-context formats read and written (`OTEL_PROPAGATORS`).
+    pub propagators: Propagators,
+    /// For an `https://` endpoint, the PEM file of the CA certificates the collector's
+    /// certificate must chain to: `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE`, else
+    /// `OTEL_EXPORTER_OTLP_CERTIFICATE`, else `telemetry.otlp.trustBundle`, else the system's
+    /// bundle (`SSL_CERT_FILE`, then the usual places). `None` for `http://`.
+    pub tls_roots: Option<PathBuf>,
+}
+
+/// Where the system's CA bundle usually is (Debian and distroless, Fedora and RHEL, Alpine and
+/// macOS, SUSE); the JWKS fetcher looks in the same places.
+const SYSTEM_BUNDLES: [&str; 4] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+    "/etc/ssl/ca-bundle.pem",
+];
+
+/// Where a setting came from, for its error.
+enum Source {
+    Var(&'static str),
+    Field(&'static str),
+}
+
+impl Source {
+    fn invalid(&self, message: String) -> Invalid {
+        match self {
+            Source::Var(name) => Invalid::Var { name: name.to_string(), message },
+            Source::Field(field) => Invalid::field(field, message),
+        }
+    }
+}
+
+/// A PEM file holding at least one certificate, every one of them readable.
+fn check_ca_file(path: &Path) -> Result<(), String> {
+    use rustls_pki_types::pem::PemObject;
+    let why = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let mut count = 0;
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| why(&e))? {
+        cert.map_err(|e| why(&e))?;
+        count += 1;
+    }
+    match count {
+        0 => Err(why(&"no PEM certificate in it")),
+        _ => Ok(()),
+    }
+}
+
+/// Which trace-context headers a sidecar reads from a request (its parent) and writes for the
+/// next hop. When a request carries several, W3C `traceparent` is the parent, then `b3`, then
+/// `x-b3-*`. Headers of a format not in use pass through untouched, as an OpenTelemetry SDK
+/// leaves them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Propagators {
+    /// W3C `traceparent` and `tracestate`.
+    pub tracecontext: bool,
+    /// The single `b3` header.
+    pub b3: bool,
+    /// `x-b3-traceid`, `x-b3-spanid`, `x-b3-sampled`.
+    pub b3multi: bool,
+    /// B3 is written only in the form the caller sent it in (the default); otherwise every
+    /// format in use is written.
+    pub b3_as_received: bool,
+}
+
+impl Propagators {
+    /// Without `OTEL_PROPAGATORS`: W3C read and written; B3 in either form read when no W3C
+    /// parent came, and passed on in the form it came in.
+    pub const DEFAULT: Propagators = Propagators { tracecontext: true, b3: true, b3multi: true, b3_as_received: true };
+    /// `none`: every request starts a trace here, and nothing is written.
+    pub const NONE: Propagators = Propagators { tracecontext: false, b3: false, b3multi: false, b3_as_received: false };
+}
+
+impl Default for Propagators {
+    fn default() -> Self {
+        Propagators::DEFAULT
+    }
+}
+
+/// `OTEL_PROPAGATORS`: a comma-separated list of `tracecontext`, `b3` (one header), `b3multi`
+/// (`x-b3-*`), `baggage` (accepted: a `baggage` header passes through to the app as it is either
+/// way) or `none` alone. Formats the sidecar does not speak are an error, not silently ignored.
+fn propagators(text: &str) -> Result<Propagators, String> {
+    let mut chosen = Propagators::NONE;
+    let mut none = false;
+    let mut others = false;
+    for name in text.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let is = |known: &str| name.eq_ignore_ascii_case(known);
+        match () {
+            _ if is("tracecontext") => chosen.tracecontext = true,
+            _ if is("b3") => chosen.b3 = true,
+            _ if is("b3multi") => chosen.b3multi = true,
+            _ if is("baggage") => {}
+            _ if is("none") => none = true,
+            _ if ["jaeger", "xray", "ottrace"].iter().any(|n| is(n)) => {
+                return Err(format!("{name:?} is not supported; use tracecontext, b3, b3multi, baggage or none"))
+            }
+            _ => return Err(format!("{name:?} is not one of tracecontext, baggage, b3, b3multi, none")),
+        }
+        others |= !is("none");
+    }
+    if none && others {
+        return Err("none cannot be combined with other propagators".into());
+    }
+    Ok(chosen)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,7 +155,9 @@ impl TraceSettings {
         {
             return Ok(None);
         }
-        let env_endpoint = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").or_else(|| var("OTEL_EXPORTER_OTLP_ENDPOINT"));
+        let env_endpoint = ["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]
+            .into_iter()
+            .find_map(|name| var(name).map(|v| (name, v)));
         if config.is_none() && env_endpoint.is_none() {
             return Ok(None);
         }
@@ -67,7 +176,10 @@ impl TraceSettings {
             }),
             None => config.protocol,
         };
-        let endpoint = env_endpoint.unwrap_or_else(|| config.endpoint.clone());
+        let (endpoint_source, endpoint) = match env_endpoint {
+            Some((name, endpoint)) => (Source::Var(name), endpoint.trim().to_string()),
+            None => (Source::Field("telemetry.otlp.endpoint"), config.endpoint.clone()),
+        };
         let ratio = match var("OTEL_TRACES_SAMPLER_ARG") {
             None => config.sampling,
             Some(a) => match a.trim().parse::<f64>() {
@@ -93,6 +205,13 @@ impl TraceSettings {
                 SamplerChoice::ParentBased(ParentRoot::Ratio(ratio))
             }
         };
+        let propagators = match var("OTEL_PROPAGATORS") {
+            None => Propagators::DEFAULT,
+            Some(list) => propagators(&list).unwrap_or_else(|e| {
+                bad("OTEL_PROPAGATORS", e);
+                Propagators::DEFAULT
+            }),
+        };
         let mut resource = std::collections::BTreeMap::new();
         resource.insert("k8s.namespace.name".to_string(), workload.namespace.clone());
         if let Some(pod) = var("POD_NAME") {
@@ -104,6 +223,7 @@ impl TraceSettings {
                 Err(e) => bad("OTEL_RESOURCE_ATTRIBUTES", e),
             }
         }
+        let tls_roots = tls_roots(config, &endpoint, endpoint_source, &var, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -114,7 +234,82 @@ impl TraceSettings {
             .or(from_attributes)
             .or_else(|| config.service_name.clone())
             .unwrap_or_else(|| format!("{}.{}", workload.service_account, workload.namespace));
-        Ok(Some(TraceSettings { endpoint, protocol, sampler, service_name, resource: resource.into_iter().collect() }))
+        Ok(Some(TraceSettings {
+            endpoint,
+            protocol,
+            sampler,
+            service_name,
+            resource: resource.into_iter().collect(),
+            propagators,
+            tls_roots,
+        }))
+    }
+}
+
+/// The CA file for the collector's certificate (see [`TraceSettings::tls_roots`]). The endpoint
+/// must say `http://` or `https://` (the exporter would otherwise guess), CA certificates are
+/// only for `https://`, and a CA file must hold certificates.
+fn tls_roots(
+    config: &OtlpConfig,
+    endpoint: &str,
+    endpoint_source: Source,
+    var: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<Invalid>,
+) -> Option<PathBuf> {
+    let scheme = endpoint.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
+    let https = match scheme.as_deref() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => {
+            errors.push(endpoint_source.invalid(format!("expected an http:// or https:// URL, got {endpoint:?}")));
+            return None;
+        }
+    };
+    // Sending no client certificate where one was asked for would only fail at the collector.
+    for name in [
+        "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+        "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+    ] {
+        if var(name).is_some() {
+            errors.push(Source::Var(name).invalid("client certificates for the collector are not supported".into()));
+        }
+    }
+    let given = ["OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"]
+        .into_iter()
+        .find_map(|name| var(name).map(|path| (Source::Var(name), PathBuf::from(path.trim()))))
+        .or_else(|| config.trust_bundle.clone().map(|path| (Source::Field("telemetry.otlp.trustBundle"), path)));
+    match (https, given) {
+        (false, None) => None,
+        (false, Some((source, _))) => {
+            errors.push(source.invalid(format!(
+                "CA certificates verify an https:// collector, and the endpoint in use is {endpoint}"
+            )));
+            None
+        }
+        (true, Some((source, path))) => {
+            if let Err(e) = check_ca_file(&path) {
+                errors.push(source.invalid(e));
+            }
+            Some(path)
+        }
+        (true, None) => {
+            let system = var("SSL_CERT_FILE")
+                .map(|p| PathBuf::from(p.trim()))
+                .into_iter()
+                .chain(SYSTEM_BUNDLES.iter().map(PathBuf::from))
+                .find(|p| p.is_file());
+            if system.is_none() {
+                errors.push(endpoint_source.invalid(format!(
+                    "{endpoint} is https, and no CA certificates were given to verify the collector \
+                     (OTEL_EXPORTER_OTLP_CERTIFICATE, telemetry.otlp.trustBundle) nor found \
+                     (SSL_CERT_FILE, {})",
+                    SYSTEM_BUNDLES.join(", ")
+                )));
+            }
+            system
+        }
     }
 }
 
@@ -177,6 +372,7 @@ mod tests {
             protocol: OtlpProtocol::HttpProtobuf,
             sampling: 0.5,
             service_name: None,
+            trust_bundle: None,
         };
         let s = resolve(Some(file.clone()), &[]).unwrap().unwrap();
         assert_eq!((s.endpoint.as_str(), s.protocol), ("http://file:4318", OtlpProtocol::HttpProtobuf));
@@ -259,5 +455,79 @@ mod tests {
             let e = resolve(None, &[on[0], ("OTEL_RESOURCE_ATTRIBUTES", bad)]).unwrap_err();
             assert!(e.contains("OTEL_RESOURCE_ATTRIBUTES"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn otel_propagators_choose_the_trace_context_formats() {
+        let on = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317");
+        let with = |list: &str| resolve(None, &[on, ("OTEL_PROPAGATORS", list)]).map(|s| s.unwrap().propagators);
+        assert_eq!(resolve(None, &[on]).unwrap().unwrap().propagators, Propagators::DEFAULT);
+        let only = |tracecontext, b3, b3multi| Propagators { tracecontext, b3, b3multi, b3_as_received: false };
+        assert_eq!(with("tracecontext").unwrap(), only(true, false, false));
+        assert_eq!(with("b3multi").unwrap(), only(false, false, true));
+        assert_eq!(with(" tracecontext , baggage,B3 ").unwrap(), only(true, true, false), "spaces and case");
+        assert_eq!(with("baggage").unwrap(), Propagators::NONE, "baggage passes through either way");
+        assert_eq!(with("none").unwrap(), Propagators::NONE);
+        assert_eq!(with("  ").unwrap(), Propagators::DEFAULT, "empty is unset");
+        for (bad, says) in [
+            ("tracecontext,w3c", "not one of"),
+            ("jaeger", "not supported"),
+            ("xray", "not supported"),
+            ("none,b3", "none cannot be combined"),
+        ] {
+            let e = with(bad).unwrap_err();
+            assert!(e.contains("OTEL_PROPAGATORS") && e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_https_collector_is_verified_with_the_ca_file_given_or_the_systems() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, crate::identity::DevCa::generate("collector.test").unwrap().cert_pem()).unwrap();
+        let other = dir.path().join("other.pem");
+        std::fs::write(&other, crate::identity::DevCa::generate("other.test").unwrap().cert_pem()).unwrap();
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        let (ca, other, junk) = (ca.to_str().unwrap(), other.to_str().unwrap(), junk.to_str().unwrap());
+        let https = ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://collector:4317");
+        let roots =
+            |config: Option<OtlpConfig>, env: &[(&str, &str)]| resolve(config, env).map(|s| s.unwrap().tls_roots);
+
+        assert_eq!(roots(None, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")]).unwrap(), None);
+        assert_eq!(roots(None, &[https, ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca)]).unwrap(), Some(ca.into()));
+        let file = OtlpConfig {
+            endpoint: "https://collector:4318".into(),
+            trust_bundle: Some(other.into()),
+            ..OtlpConfig::default()
+        };
+        assert_eq!(roots(Some(file.clone()), &[]).unwrap(), Some(other.into()), "the file's trustBundle");
+        assert_eq!(
+            roots(
+                Some(file.clone()),
+                &[("OTEL_EXPORTER_OTLP_CERTIFICATE", junk), ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", ca)]
+            )
+            .unwrap(),
+            Some(ca.into()),
+            "the traces variable wins over the general one, which wins over the file"
+        );
+        assert_eq!(roots(None, &[https, ("SSL_CERT_FILE", ca)]).unwrap(), Some(ca.into()), "the system's bundle");
+
+        for (env, names) in [
+            (vec![https, ("OTEL_EXPORTER_OTLP_CERTIFICATE", "/nonexistent/ca.pem")], "OTEL_EXPORTER_OTLP_CERTIFICATE"),
+            (vec![https, ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", junk)], "no PEM certificate"),
+            (
+                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"), ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca)],
+                "verify an https:// collector",
+            ),
+            (vec![("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4317")], "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            (vec![https, ("SSL_CERT_FILE", ca), ("OTEL_EXPORTER_OTLP_CLIENT_KEY", ca)], "not supported"),
+        ] {
+            let e = roots(None, &env).unwrap_err();
+            assert!(e.contains(names), "{env:?}: {e}");
+        }
+        let plain = OtlpConfig { endpoint: "http://collector:4318".into(), ..file };
+        let e = roots(Some(plain), &[]).unwrap_err();
+        assert!(e.contains("telemetry.otlp.trustBundle") && e.contains("http://collector:4318"), "{e}");
     }
 }

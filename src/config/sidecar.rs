@@ -457,6 +457,10 @@ pub struct OtlpConfig {
     pub sampling: f64,
     /// `service.name` of this sidecar's spans; `<serviceAccount>.<namespace>` by default.
     pub service_name: Option<String>,
+    /// For an `https://` endpoint: a PEM file of the CA certificates the collector's certificate
+    /// must chain to (`OTEL_EXPORTER_OTLP_(TRACES_)CERTIFICATE` win over it); without it, the
+    /// system's bundle.
+    pub trust_bundle: Option<PathBuf>,
 }
 
 impl Default for OtlpConfig {
@@ -466,6 +470,7 @@ impl Default for OtlpConfig {
             protocol: OtlpProtocol::Grpc,
             sampling: 0.01,
             service_name: None,
+            trust_bundle: None,
         }
     }
 }

@@ -230,6 +230,7 @@ async fn run(
                 peer: Some(peer),
                 expected: None,
                 reason,
+                tls: None,
             });
         }
     };

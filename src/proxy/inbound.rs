@@ -402,6 +402,7 @@ impl ProxyHttp for Inbound {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InboundCtx) {
         super::parse_guard::request_finished(session);
         let principal = peer_identity(session).map(|p| p.id.as_str()).unwrap_or("");
-        record::finish(&self.telemetry, "inbound", session, principal, principal, &mut ctx.request);
+        // Inbound series name the caller; the destination is this workload, so it stays empty.
+        record::finish(&self.telemetry, "inbound", session, principal, "", principal, &mut ctx.request);
     }
 }

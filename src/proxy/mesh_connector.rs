@@ -24,8 +24,8 @@ use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, RetryType};
 
 use crate::identity::SpiffeId;
-use crate::telemetry::{SecurityEvent, Telemetry};
-use crate::tls::{connect, ConnectError, TlsStore};
+use crate::telemetry::{SecurityEvent, Telemetry, TlsSession};
+use crate::tls::{connect, ConnectError, Negotiated, TlsStore};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connectors remembered for destinations that are not configured routes.
@@ -53,6 +53,8 @@ struct Pooled {
 struct MeshConnection {
     sender: SendRequest<Bytes>,
     state: Arc<ConnectionState>,
+    /// The `destination` label of its requests: the SPIFFE ID the peer proved, interned.
+    destination: &'static str,
 }
 
 struct ConnectionState {
@@ -70,6 +72,7 @@ struct ConnectionState {
 pub struct MeshStream {
     sender: SendRequest<Bytes>,
     slot: StreamSlot,
+    destination: &'static str,
 }
 
 impl ConnectionState {
@@ -195,9 +198,9 @@ impl MeshConnector {
 
     async fn connect(&self) -> pingora::Result<MeshConnection> {
         let addr = self.target;
-        let tls = match connect(&self.tls, addr, self.expected.as_ref(), CONNECT_TIMEOUT).await {
-            Ok(tls) => tls,
-            Err(ConnectError::Refusal(reason)) => return Err(self.refuse(reason)),
+        let (tls, peer) = match connect(&self.tls, addr, self.expected.as_ref(), CONNECT_TIMEOUT).await {
+            Ok(connected) => connected,
+            Err(ConnectError::Refusal(reason, negotiated)) => return Err(self.refuse(reason, negotiated)),
             Err(e) => return Err(super::connect_failure(&e)),
         };
         self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "success"]).inc();
@@ -224,10 +227,11 @@ impl MeshConnector {
             ping_timed_out: AtomicBool::new(false),
         });
         tokio::spawn(drive(connection, state.clone(), addr));
-        Ok(MeshConnection { sender, state })
+        let destination = self.telemetry.requests.destinations.label(peer.as_str());
+        Ok(MeshConnection { sender, state, destination })
     }
 
-    fn refuse(&self, reason: String) -> Box<Error> {
+    fn refuse(&self, reason: String, negotiated: Option<Negotiated>) -> Box<Error> {
         self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "failure"]).inc();
         tracing::warn!(peer = %self.target, %reason, "outbound server refused");
         self.telemetry.events.emit(SecurityEvent::TlsFailure {
@@ -235,6 +239,7 @@ impl MeshConnector {
             peer: Some(self.target),
             expected: self.expected.as_ref().map(|e| e.to_string()),
             reason: reason.clone(),
+            tls: negotiated.map(|n| TlsSession { version: n.version, cipher: n.cipher, presented: n.presented }),
         });
         Error::explain(ErrorType::TLSHandshakeFailure, reason)
     }
@@ -296,7 +301,7 @@ impl MeshConnection {
         // From here the slot is given back on every path.
         let slot = StreamSlot(self.state.clone());
         let e = match self.sender.clone().ready().await {
-            Ok(sender) => return Ok(Some(MeshStream { sender, slot })),
+            Ok(sender) => return Ok(Some(MeshStream { sender, slot, destination: self.destination })),
             Err(e) => e,
         };
         // Going away, or its socket already gone: another connection will do.
@@ -321,6 +326,11 @@ pub fn ended_in_good_order(e: &h2::Error) -> bool {
 }
 
 impl MeshStream {
+    /// The `destination` label of this stream's request: the SPIFFE ID its peer proved.
+    pub fn destination(&self) -> &'static str {
+        self.destination
+    }
+
     /// Sends the request header (already HTTP/2, see [`super::forward::to_h2`]); `end` when
     /// no body follows.
     pub fn send_request(

@@ -47,6 +47,11 @@ pub struct OutboundCtx {
     connector: Option<Arc<MeshConnector>>,
     /// A destination outside the mesh the configuration lets the app reach in plaintext.
     passthrough: Option<SocketAddr>,
+    /// The request got as far as choosing where it goes.
+    routed: bool,
+    /// The `destination` label, once known: the SPIFFE ID the peer proved, or the authority of
+    /// a passthrough destination (see [`Outbound::destination`] for the rest).
+    destination: &'static str,
 }
 
 /// Where a request goes: to a peer sidecar over mutual TLS, or (configured) as it is.
@@ -83,6 +88,20 @@ impl Outbound {
     pub fn shedding(mut self, inflight: Arc<super::Inflight>) -> Self {
         self.inflight = inflight;
         self
+    }
+
+    /// The `destination` label of a finished request: the SPIFFE ID its peer proved; when no
+    /// peer proved one (the connection failed, or the peer was refused), the identity expected
+    /// there, else the authority the request was addressed to; empty when the request was
+    /// answered before it was routed (malformed, shed). Bounded: see
+    /// [`crate::telemetry::Destinations`].
+    fn destination(&self, session: &Session, ctx: &OutboundCtx) -> &'static str {
+        if !ctx.destination.is_empty() || !ctx.routed {
+            return ctx.destination;
+        }
+        let expected = ctx.connector.as_ref().and_then(|c| c.expected()).map(SpiffeId::as_str);
+        let named = expected.or_else(|| super::request_authority(session.req_header())).unwrap_or("");
+        self.telemetry.requests.destinations.label(named)
     }
 
     fn route(&self, authority: &str) -> Option<&Route> {
@@ -180,7 +199,7 @@ impl ProxyHttp for Outbound {
     }
 
     fn new_ctx(&self) -> OutboundCtx {
-        OutboundCtx { request: RequestCtx::new(), connector: None, passthrough: None }
+        OutboundCtx { request: RequestCtx::new(), connector: None, passthrough: None, routed: false, destination: "" }
     }
 
     /// The whole exchange happens here: the request goes to the peer sidecar on the connector's
@@ -202,9 +221,15 @@ impl ProxyHttp for Outbound {
             respond::refuse(session, Refusal::HeadersTooLarge, &mut ctx.request).await;
             return Ok(true);
         }
+        ctx.routed = true;
         let connector = match self.resolve(session).await? {
             Next::Mesh(connector) => connector,
             Next::Passthrough(target) => {
+                let destinations = &self.telemetry.requests.destinations;
+                ctx.destination = match super::request_authority(session.req_header()) {
+                    Some(authority) => destinations.label(authority),
+                    None => destinations.label(&target.to_string()),
+                };
                 // pingora's own upstream phases forward it, in the app's protocol, as it is;
                 // its retry buffer replays what was read first.
                 if super::is_chunked_h1(session) {
@@ -232,6 +257,7 @@ impl ProxyHttp for Outbound {
         let mut retried = false;
         loop {
             let (mut upstream, reused) = connector.open_stream().await.map_err(Error::into_up)?;
+            ctx.destination = upstream.destination();
             let request = self.upstream_request(session, ctx)?;
             let Err(mut e) = forward::exchange(session, &mut upstream, request, expects_continue, first.take()).await
             else {
@@ -275,6 +301,7 @@ impl ProxyHttp for Outbound {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut OutboundCtx) {
         super::parse_guard::request_finished(session);
         let expected = ctx.connector.as_ref().and_then(|c| c.expected()).map(SpiffeId::as_str).unwrap_or("");
-        record::finish(&self.telemetry, "outbound", session, "", expected, &mut ctx.request);
+        let destination = self.destination(session, ctx);
+        record::finish(&self.telemetry, "outbound", session, "", destination, expected, &mut ctx.request);
     }
 }

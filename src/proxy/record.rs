@@ -13,7 +13,9 @@ use crate::policy::{Note, Refusal, WafFinding};
 use crate::telemetry::trace_headers::{
     B3, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, TRACEPARENT, TRACESTATE,
 };
-use crate::telemetry::{AccessRecord, RequestFacts, RequestSpan, SecurityEvent, SpanEnd, Telemetry, WafEvent};
+use crate::telemetry::{
+    AccessRecord, Recorded, RequestFacts, RequestSpan, SecurityEvent, SpanEnd, Telemetry, WafEvent,
+};
 
 /// State carried across the phases of one request.
 pub struct RequestCtx {
@@ -135,11 +137,13 @@ pub fn start_span(telemetry: &Telemetry, kind: SpanKind, session: &Session, ctx:
     }
 }
 
-/// Names this hop's span as the parent of the next one; without traces, the caller's
-/// `traceparent` passes through when it is well-formed and is dropped with its `tracestate`
-/// when it is not (or comes twice), so the app never parses what the sidecar would not.
+/// Names this hop's span as the parent of the next one, in the formats in use
+/// ([`crate::telemetry::Propagators`]). A `traceparent` the sidecar does not write passes
+/// through when it is well-formed and is dropped with its `tracestate` when it is not (or comes
+/// twice), so the app never parses what the sidecar would not.
 pub fn propagate(upstream: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
-    if ctx.span.is_none() {
+    let propagators = ctx.span.as_ref().map(RequestSpan::propagators);
+    if !propagators.is_some_and(|p| p.tracecontext) {
         let mut parents = upstream.headers.get_all(TRACEPARENT).iter();
         let first = parents.next();
         if first.is_some_and(|p| parents.next().is_some() || !valid_traceparent(p.as_bytes())) {
@@ -147,7 +151,8 @@ pub fn propagate(upstream: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Res
             upstream.remove_header(&TRACESTATE);
         }
     }
-    if let Some(span) = &ctx.span {
+    let (Some(span), Some(propagators)) = (&ctx.span, propagators) else { return Ok(()) };
+    if propagators.tracecontext {
         upstream.insert_header(TRACEPARENT, span.traceparent())?;
         match span.tracestate() {
             Some(state) => upstream.insert_header(TRACESTATE, state)?,
@@ -155,18 +160,22 @@ pub fn propagate(upstream: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Res
                 upstream.remove_header(&TRACESTATE);
             }
         }
-        // A caller that spoke B3 gets B3 on the next hop too, naming this hop's span, so an app
-        // that only reads B3 does not attach its span to the caller's.
-        if upstream.headers.contains_key(B3) {
-            upstream.insert_header(B3, span.b3_single())?;
-        }
-        if upstream.headers.contains_key(B3_TRACE_ID) {
-            let [trace, span_id, sampled] = span.b3_multi();
-            upstream.insert_header(B3_TRACE_ID, trace)?;
-            upstream.insert_header(B3_SPAN_ID, span_id)?;
-            upstream.insert_header(B3_SAMPLED, sampled)?;
-            upstream.remove_header(&B3_PARENT_SPAN_ID);
-        }
+    }
+    // By default a caller that spoke B3 gets B3 on the next hop too, in its form, naming this
+    // hop's span, so an app that only reads B3 does not attach its span to the caller's.
+    let (single, multi) = match propagators.b3_as_received {
+        true => (upstream.headers.contains_key(B3), upstream.headers.contains_key(B3_TRACE_ID)),
+        false => (propagators.b3, propagators.b3multi),
+    };
+    if single {
+        upstream.insert_header(B3, span.b3_single())?;
+    }
+    if multi {
+        let [trace, span_id, sampled] = span.b3_multi();
+        upstream.insert_header(B3_TRACE_ID, trace)?;
+        upstream.insert_header(B3_SPAN_ID, span_id)?;
+        upstream.insert_header(B3_SAMPLED, sampled)?;
+        upstream.remove_header(&B3_PARENT_SPAN_ID);
     }
     Ok(())
 }
@@ -224,13 +233,15 @@ pub fn status_label(code: u16) -> &'static str {
 }
 
 /// Counts the request and its duration once it has ended, and ends its span. `principal` is
-/// the caller's (inbound); `peer` is the other side's identity for the span (the caller
-/// inbound, the server outbound).
+/// the caller's (inbound); `destination` the label of where it went (outbound, see
+/// [`crate::telemetry::Destinations`]); `peer` is the other side's identity for the span (the
+/// caller inbound, the server outbound).
 pub fn finish(
     telemetry: &Telemetry,
     direction: &'static str,
     session: &Session,
     principal: &str,
+    destination: &'static str,
     peer: &str,
     ctx: &mut RequestCtx,
 ) {
@@ -238,13 +249,16 @@ pub fn finish(
     let method = method_label(&session.req_header().method);
     telemetry.requests.record(
         &telemetry.metrics,
-        direction,
-        method,
-        code,
-        status_label(code),
-        principal,
-        ctx.decision(),
-        ctx.started.elapsed().as_secs_f64(),
+        Recorded {
+            direction,
+            method,
+            code,
+            code_label: status_label(code),
+            principal,
+            decision: ctx.decision(),
+            destination,
+            seconds: ctx.started.elapsed().as_secs_f64(),
+        },
     );
     if telemetry.access_log_enabled() {
         let req = session.req_header();

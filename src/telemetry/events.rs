@@ -21,11 +21,31 @@ use serde_json::{json, Value};
 use super::lines::JsonLines;
 use crate::config::{EventFormat, EventsConfig};
 
+/// What a completed TLS handshake negotiated, as a refusal event reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsSession {
+    /// `1.2` or `1.3`.
+    pub version: &'static str,
+    /// The cipher suite, as rustls names it (`TLS13_AES_128_GCM_SHA256`).
+    pub cipher: Option<&'static str>,
+    /// The SPIFFE ID (URI SAN) the peer's certificate presented.
+    pub presented: Option<String>,
+}
+
 /// What happened. Each kind maps to an OCSF disposition and an ECS category.
 #[derive(Debug, Clone)]
 pub enum SecurityEvent {
     /// A TLS handshake was refused (inbound) or the server failed verification (outbound).
-    TlsFailure { direction: &'static str, peer: Option<SocketAddr>, expected: Option<String>, reason: String },
+    TlsFailure {
+        direction: &'static str,
+        peer: Option<SocketAddr>,
+        expected: Option<String>,
+        reason: String,
+        /// What the handshake negotiated, when the refusal came after it completed (a server
+        /// that proved another identity than the one expected); `None` for a refusal inside the
+        /// handshake, whose version rustls does not tell.
+        tls: Option<TlsSession>,
+    },
     /// A new workload certificate or trust bundle is in use.
     CertificateRotated { identity: String, serial: String, not_after: i64 },
     /// A new certificate could not be loaded; the previous one stays in use.
@@ -282,7 +302,7 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
         Ocsf { class: ENTITY_MANAGEMENT, activity, status_id, severity_id, message, control: None, extra }
     };
     match event {
-        SecurityEvent::TlsFailure { direction, peer, expected, reason } => {
+        SecurityEvent::TlsFailure { direction, peer, expected, reason, tls } => {
             // Inbound (and the control plane's listener) refuse a caller; outbound refuses the
             // server it connected to.
             let (src, dst) = match *direction {
@@ -296,9 +316,12 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
                 severity_id: 3,
                 message: format!("{direction} TLS handshake refused: {reason}"),
                 control: Some((DENIED, BLOCKED)),
-                // No `tls` object: the schema requires its `version`, and a refused handshake
-                // ends (in rustls, through tokio-rustls) without telling which was negotiated.
+                // A `tls` object only after a completed handshake: the schema requires its
+                // `version`, and a handshake refused midway ends (in rustls, through tokio-rustls
+                // and pingora) without telling which was negotiated.
                 extra: json!({"src_endpoint": src, "dst_endpoint": dst, "status_detail": reason,
+                              "tls": tls.as_ref().map(|t| json!({"version": t.version, "cipher": t.cipher,
+                                  "sans": t.presented.as_ref().map(|p| [json!({"name": p, "type": "URI"})])})),
                               "firewall_rule": {"uid": "mtls", "name": format!("{direction}-mtls")},
                               "unmapped": {"direction": direction, "expected_identity": expected}}),
             }
@@ -496,11 +519,15 @@ fn ecs_classification(event: &SecurityEvent) -> (&'static str, &'static [&'stati
 
 fn ecs(event: &SecurityEvent) -> Value {
     let (action, outcome, message, extra) = match event {
-        SecurityEvent::TlsFailure { direction, peer, expected, reason } => (
+        SecurityEvent::TlsFailure { direction, peer, expected, reason, tls } => (
             "tls-handshake-refused",
             "failure",
             format!("{direction} TLS handshake refused: {reason}"),
             json!({"source": peer.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
+                   // Only an outbound refusal comes after a completed handshake: the server's.
+                   "tls": tls.as_ref().map(|t| json!({"version": t.version, "version_protocol": "tls",
+                       "cipher": t.cipher,
+                       "server": t.presented.as_ref().map(|p| json!({"x509": {"alternative_names": [p]}}))})),
                    // The identity the server was expected to prove: a SPIFFE ID (a URI SAN), not
                    // a field of the presented certificate, so a label.
                    "labels": {"direction": direction, "expected_identity": expected},

@@ -36,8 +36,11 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("palisade_requests_total", "Requests handled, by direction, method, status and caller."),
-            &["direction", "method", "code", "source_principal", "decision"],
+            Opts::new(
+                "palisade_requests_total",
+                "Requests handled, by direction, method, status, caller (inbound) and destination (outbound).",
+            ),
+            &["direction", "method", "code", "source_principal", "decision", "destination"],
         )
         .expect("metric");
         let request_duration = HistogramVec::new(

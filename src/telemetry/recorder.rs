@@ -2,18 +2,24 @@
 //! counter and histogram of each label combination are looked up in prometheus once, then kept
 //! in an immutable map that requests read through an `ArcSwap`. A new combination (a new caller,
 //! a new status) copies the map once.
+//!
+//! Outbound requests carry a `destination`: the SPIFFE ID the peer proved, or the authority of a
+//! destination outside the mesh. Those values are interned ([`Destinations`]): at most
+//! [`MAX_DESTINATIONS`] per process, past it `other`, so a caller cannot grow the label set, and a
+//! destination already seen costs a lookup, not an allocation.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use prometheus::{Histogram, IntCounter};
 
 use super::Metrics;
 
-/// Label values that are static strings, plus the status code.
-type Outer = (&'static str, &'static str, u16, &'static str);
+/// Label values that are static strings, plus the status code: direction, method, code,
+/// decision, destination.
+type Outer = (&'static str, &'static str, u16, &'static str, &'static str);
 
 #[derive(Clone)]
 struct Series {
@@ -26,29 +32,42 @@ type ByPrincipal = HashMap<Box<str>, Series, BuildHasherDefault<Fnv1a>>;
 #[derive(Default)]
 pub struct RequestRecorder {
     series: ArcSwap<HashMap<Outer, Arc<ByPrincipal>, BuildHasherDefault<Fnv1a>>>,
+    /// The `destination` values in use.
+    pub destinations: Destinations,
+}
+
+/// One request as `palisade_requests_total` and `palisade_request_duration_seconds` count it.
+pub struct Recorded<'a> {
+    pub direction: &'static str,
+    pub method: &'static str,
+    pub code: u16,
+    pub code_label: &'static str,
+    /// The caller's SPIFFE ID (inbound), else empty.
+    pub principal: &'a str,
+    pub decision: &'static str,
+    /// A label from [`Destinations::label`] (outbound), else empty.
+    pub destination: &'static str,
+    pub seconds: f64,
 }
 
 impl RequestRecorder {
     /// Counts one request: `palisade_requests_total` and `palisade_request_duration_seconds`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record(
-        &self,
-        metrics: &Metrics,
-        direction: &'static str,
-        method: &'static str,
-        code: u16,
-        code_label: &'static str,
-        principal: &str,
-        decision: &'static str,
-        seconds: f64,
-    ) {
-        let key = (direction, method, code, decision);
+    pub fn record(&self, metrics: &Metrics, r: Recorded<'_>) {
+        let Recorded { direction, method, code, code_label, principal, decision, destination, seconds } = r;
+        let key = (direction, method, code, decision, destination);
         let found = self.series.load().get(&key).and_then(|by| by.get(principal).cloned());
         let series = match found {
             Some(series) => series,
             None => {
                 let series = Series {
-                    requests: metrics.requests.with_label_values(&[direction, method, code_label, principal, decision]),
+                    requests: metrics.requests.with_label_values(&[
+                        direction,
+                        method,
+                        code_label,
+                        principal,
+                        decision,
+                        destination,
+                    ]),
                     duration: metrics.request_duration.with_label_values(&[direction, code_label]),
                 };
                 self.series.rcu(|all| {
@@ -63,6 +82,52 @@ impl RequestRecorder {
         };
         series.requests.inc();
         series.duration.observe(seconds);
+    }
+}
+
+/// At most this many distinct `destination` label values per process; later ones are `other`.
+pub const MAX_DESTINATIONS: usize = 100;
+
+/// What a destination past [`MAX_DESTINATIONS`] is counted as.
+pub const OTHER_DESTINATION: &str = "other";
+
+/// The `destination` label values of this process, interned. Each is made once, as a
+/// `&'static str` (at most [`MAX_DESTINATIONS`] of them, so the memory is bounded), so a request
+/// carries its label without a copy and looks it up without a lock.
+#[derive(Default)]
+pub struct Destinations {
+    known: ArcSwap<HashMap<Box<str>, &'static str, BuildHasherDefault<Fnv1a>>>,
+    /// Taken only to add a value, so the bound is exact when requests race to add.
+    adding: Mutex<()>,
+}
+
+impl Destinations {
+    /// The label for `destination`: itself while there is room, else `other`; empty stays empty.
+    pub fn label(&self, destination: &str) -> &'static str {
+        if destination.is_empty() {
+            return "";
+        }
+        let known = self.known.load();
+        if let Some(label) = known.get(destination) {
+            return label;
+        }
+        if known.len() >= MAX_DESTINATIONS {
+            return OTHER_DESTINATION;
+        }
+        drop(known);
+        let _adding = self.adding.lock().expect("destinations lock");
+        let known = self.known.load();
+        if let Some(label) = known.get(destination) {
+            return label;
+        }
+        if known.len() >= MAX_DESTINATIONS {
+            return OTHER_DESTINATION;
+        }
+        let label: &'static str = Box::leak(destination.into());
+        let mut next = HashMap::clone(&known);
+        next.insert(destination.into(), label);
+        self.known.store(Arc::new(next));
+        label
     }
 }
 
@@ -92,16 +157,46 @@ mod tests {
     fn counts_land_in_the_right_series() {
         let metrics = Metrics::new();
         let recorder = RequestRecorder::default();
+        let request = |code: u16, principal, decision, destination: &'static str| Recorded {
+            direction: if destination.is_empty() { "inbound" } else { "outbound" },
+            method: "GET",
+            code,
+            code_label: if code == 200 { "200" } else { "403" },
+            principal,
+            decision,
+            destination,
+            seconds: 0.001,
+        };
         for _ in 0..3 {
-            recorder.record(&metrics, "inbound", "GET", 200, "200", "spiffe://td/ns/a/sa/b", "allow", 0.001);
+            recorder.record(&metrics, request(200, "spiffe://td/ns/a/sa/b", "allow", ""));
         }
-        recorder.record(&metrics, "inbound", "GET", 403, "403", "", "deny", 0.0002);
+        recorder.record(&metrics, request(403, "", "deny", ""));
+        let orders = recorder.destinations.label("spiffe://td/ns/shop/sa/orders");
+        recorder.record(&metrics, request(200, "", "allow", orders));
+        recorder
+            .record(&metrics, request(200, "", "allow", recorder.destinations.label("spiffe://td/ns/shop/sa/orders")));
         let text = String::from_utf8(metrics.render()).unwrap();
-        assert!(text.contains(r#"palisade_requests_total{code="200",decision="allow",direction="inbound",method="GET",source_principal="spiffe://td/ns/a/sa/b"} 3"#), "{text}");
-        assert!(text.contains(r#"palisade_requests_total{code="403",decision="deny",direction="inbound",method="GET",source_principal=""} 1"#), "{text}");
+        assert!(text.contains(r#"palisade_requests_total{code="200",decision="allow",destination="",direction="inbound",method="GET",source_principal="spiffe://td/ns/a/sa/b"} 3"#), "{text}");
+        assert!(text.contains(r#"palisade_requests_total{code="403",decision="deny",destination="",direction="inbound",method="GET",source_principal=""} 1"#), "{text}");
+        assert!(text.contains(r#"palisade_requests_total{code="200",decision="allow",destination="spiffe://td/ns/shop/sa/orders",direction="outbound",method="GET",source_principal=""} 2"#), "{text}");
         assert!(
             text.contains(r#"palisade_request_duration_seconds_count{code="200",direction="inbound"} 3"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn destinations_are_interned_and_bounded() {
+        let destinations = Destinations::default();
+        let first = destinations.label("spiffe://td/ns/a/sa/b");
+        assert_eq!(first, "spiffe://td/ns/a/sa/b");
+        assert!(std::ptr::eq(first, destinations.label("spiffe://td/ns/a/sa/b")), "made once, then looked up");
+        assert_eq!(destinations.label(""), "", "no destination stays empty");
+        for i in 1..MAX_DESTINATIONS {
+            assert_eq!(destinations.label(&format!("svc-{i}.shop:80")), format!("svc-{i}.shop:80"));
+        }
+        assert_eq!(destinations.label("one-too-many.shop:80"), OTHER_DESTINATION);
+        assert_eq!(destinations.label("svc-1.shop:80"), "svc-1.shop:80", "values seen before keep their label");
+        assert_eq!(destinations.known.load().len(), MAX_DESTINATIONS);
     }
 }

@@ -17,7 +17,7 @@ use opentelemetry::trace::{
     TracerProvider as _,
 };
 use opentelemetry::{Context, KeyValue};
-use opentelemetry_otlp::{Protocol, WithExportConfig};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
     Sampler, SamplingDecision, SdkTracer, SdkTracerProvider, ShouldSample, SpanData, SpanExporter, SpanProcessor,
@@ -26,8 +26,9 @@ use opentelemetry_sdk::Resource;
 use prometheus::IntCounter;
 use tokio::sync::mpsc;
 
+use super::otlp_tls::CollectorRoots;
 use crate::config::OtlpProtocol;
-pub use crate::config::{ParentRoot, SamplerChoice, TraceSettings};
+pub use crate::config::{ParentRoot, Propagators, SamplerChoice, TraceSettings};
 
 /// Ended spans waiting for export; past it spans are dropped (OTel's default queue size).
 const QUEUE: usize = 2048;
@@ -140,11 +141,15 @@ impl Traces {
 
     /// Starts a span for a request, a child of the caller's context when it sent one.
     pub fn start(&self, name: &'static str, kind: SpanKind, headers: &HeaderMap) -> RequestSpan {
-        let parent = self.propagator.extract(&Headers(headers));
+        let propagators = self.settings.propagators;
+        let parent = match propagators.tracecontext {
+            true => self.propagator.extract(&Headers(headers)),
+            false => Context::new(),
+        };
         let parent = if parent.span().span_context().is_valid() {
             parent
         } else {
-            match b3(headers) {
+            match b3(headers, propagators) {
                 Some(B3Parent { context, deferred: false }) => Context::new().with_remote_span_context(context),
                 // B3 without a sampling state defers the decision to the receiver: the trace
                 // goes on, sampled as if it started here.
@@ -164,7 +169,7 @@ impl Traces {
         };
         let span =
             self.tracer.span_builder(Cow::Borrowed(name)).with_kind(kind).start_with_context(&self.tracer, &parent);
-        RequestSpan { span }
+        RequestSpan { span, propagators }
     }
 
     /// Drains the queue into the exporter until the queue closes. Runs on the sidecar's
@@ -183,6 +188,9 @@ impl Traces {
         };
         exporter.set_resource(&self.resource);
         let mut batch = Vec::with_capacity(BATCH);
+        // The first failure of an outage is a warning (a collector down, a certificate it
+        // does not accept); the rest of it only counts.
+        let mut failing = false;
         while let Some(first) = queue.recv().await {
             batch.push(first);
             let deadline = tokio::time::Instant::now() + BATCH_DELAY;
@@ -194,15 +202,26 @@ impl Traces {
             }
             let count = batch.len() as u64;
             let spans = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-            match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(spans)).await {
-                Ok(Ok(())) => self.counters.exported.inc_by(count),
-                Ok(Err(e)) => {
-                    self.counters.dropped.inc_by(count);
-                    tracing::debug!(error = %e, spans = count, "trace export failed; spans dropped");
+            let failure = match tokio::time::timeout(EXPORT_TIMEOUT, exporter.export(spans)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("timed out".to_string()),
+            };
+            match failure {
+                None => {
+                    self.counters.exported.inc_by(count);
+                    if std::mem::take(&mut failing) {
+                        tracing::info!(endpoint = %self.settings.endpoint, "trace export works again");
+                    }
                 }
-                Err(_) => {
+                Some(error) => {
                     self.counters.dropped.inc_by(count);
-                    tracing::debug!(spans = count, "trace export timed out; spans dropped");
+                    if std::mem::replace(&mut failing, true) {
+                        tracing::debug!(%error, spans = count, "trace export failed; spans dropped");
+                    } else {
+                        tracing::warn!(endpoint = %self.settings.endpoint, %error, spans = count,
+                            "trace export failed; spans are dropped (and counted) until it works again");
+                    }
                 }
             }
         }
@@ -210,24 +229,35 @@ impl Traces {
 }
 
 fn build_exporter(settings: &TraceSettings) -> Result<opentelemetry_otlp::SpanExporter, String> {
+    // An https:// endpoint is verified against these CA certificates only (the configuration
+    // found them: see `TraceSettings::tls_roots`).
+    let roots = settings.tls_roots.as_deref().map(CollectorRoots::read).transpose()?;
     let built = match settings.protocol {
-        OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(settings.endpoint.clone())
-            .with_timeout(EXPORT_TIMEOUT)
-            .build(),
+        OtlpProtocol::Grpc => {
+            let builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(settings.endpoint.clone())
+                .with_timeout(EXPORT_TIMEOUT);
+            match &roots {
+                Some(roots) => builder.with_tls_config(roots.grpc()).build(),
+                None => builder.build(),
+            }
+        }
         OtlpProtocol::HttpProtobuf => {
             // Given programmatically, the endpoint is used as written: add the traces path.
             let endpoint = match settings.endpoint.trim_end_matches('/') {
                 e if e.ends_with("/v1/traces") => e.to_string(),
                 e => format!("{e}/v1/traces"),
             };
-            opentelemetry_otlp::SpanExporter::builder()
+            let builder = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(Protocol::HttpBinary)
                 .with_endpoint(endpoint)
-                .with_timeout(EXPORT_TIMEOUT)
-                .build()
+                .with_timeout(EXPORT_TIMEOUT);
+            match &roots {
+                Some(roots) => builder.with_http_client(roots.http_client(EXPORT_TIMEOUT)?).build(),
+                None => builder.build(),
+            }
         }
     };
     built.map_err(|e| e.to_string())
@@ -236,6 +266,8 @@ fn build_exporter(settings: &TraceSettings) -> Result<opentelemetry_otlp::SpanEx
 /// One request's span. Attributes are only built when the span is sampled.
 pub struct RequestSpan {
     span: opentelemetry_sdk::trace::Span,
+    /// The formats to write for the next hop.
+    propagators: Propagators,
 }
 
 /// What a finished request adds to its span.
@@ -256,6 +288,11 @@ pub struct SpanEnd<'a> {
 impl RequestSpan {
     pub fn context(&self) -> &SpanContext {
         self.span.span_context()
+    }
+
+    /// The trace-context formats this span is passed on in (see [`Propagators`]).
+    pub fn propagators(&self) -> Propagators {
+        self.propagators
     }
 
     /// The trace id as 32 hex digits, for events and logs.
@@ -375,16 +412,19 @@ struct B3Parent {
     deferred: bool,
 }
 
-/// A B3 parent (single `b3` header or the `x-b3-*` ones), for callers that do not speak W3C.
-fn b3(headers: &HeaderMap) -> Option<B3Parent> {
+/// A B3 parent (single `b3` header or the `x-b3-*` ones, as far as `propagators` read them), for
+/// callers that do not speak W3C.
+fn b3(headers: &HeaderMap, propagators: Propagators) -> Option<B3Parent> {
     let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
-    let (trace, span, sampled) = match text(B3) {
+    let single = propagators.b3.then(|| text(B3)).flatten();
+    let (trace, span, sampled) = match single {
         Some(single) => {
             let mut parts = single.split('-');
             let (trace, span) = (parts.next()?, parts.next()?);
             (trace, span, parts.next())
         }
-        None => (text(B3_TRACE_ID)?, text(B3_SPAN_ID)?, text(B3_SAMPLED)),
+        None if propagators.b3multi => (text(B3_TRACE_ID)?, text(B3_SPAN_ID)?, text(B3_SAMPLED)),
+        None => return None,
     };
     // 64-bit B3 trace ids are left-padded to W3C's 128 bits.
     let trace_id = match trace.len() {
@@ -409,7 +449,7 @@ mod tests {
     fn b3_parents_are_accepted_in_both_forms() {
         let mut single = HeaderMap::new();
         single.insert("b3", HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"));
-        let cx = b3(&single).unwrap().context;
+        let cx = b3(&single, Propagators::DEFAULT).unwrap().context;
         assert_eq!(cx.trace_id().to_string(), "80f198ee56343ba864fe8b2a57d3eff7");
         assert_eq!(cx.span_id().to_string(), "e457b5a2e4d86bd1");
         assert!(cx.is_sampled() && cx.is_remote());
@@ -418,20 +458,20 @@ mod tests {
         multi.insert("x-b3-traceid", HeaderValue::from_static("64fe8b2a57d3eff7"));
         multi.insert("x-b3-spanid", HeaderValue::from_static("e457b5a2e4d86bd1"));
         multi.insert("x-b3-sampled", HeaderValue::from_static("0"));
-        let parent = b3(&multi).unwrap();
+        let parent = b3(&multi, Propagators::DEFAULT).unwrap();
         assert_eq!(parent.context.trace_id().to_string(), "000000000000000064fe8b2a57d3eff7");
         assert!(!parent.context.is_sampled() && !parent.deferred, "0 is a decision");
 
         // No sampling state: the receiver decides (B3's "defer").
         multi.remove("x-b3-sampled");
-        assert!(b3(&multi).unwrap().deferred);
+        assert!(b3(&multi, Propagators::DEFAULT).unwrap().deferred);
         let mut deferring = HeaderMap::new();
         deferring.insert("b3", HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1"));
-        assert!(b3(&deferring).unwrap().deferred);
+        assert!(b3(&deferring, Propagators::DEFAULT).unwrap().deferred);
 
         let mut bad = HeaderMap::new();
         bad.insert("b3", HeaderValue::from_static("zz-e457b5a2e4d86bd1-1"));
-        assert!(b3(&bad).is_none());
+        assert!(b3(&bad, Propagators::DEFAULT).is_none());
     }
 
     #[test]
@@ -443,6 +483,8 @@ mod tests {
             sampler: SamplerChoice::ParentBased(ParentRoot::AlwaysOff),
             service_name: "t".into(),
             resource: vec![],
+            propagators: Propagators::DEFAULT,
+            tls_roots: None,
         };
         let traces = Traces::new(settings, TraceCounters { exported: IntCounter::new("e", "e").unwrap(), dropped });
         let mut headers = HeaderMap::new();
@@ -475,6 +517,8 @@ mod tests {
                 sampler: SamplerChoice::ParentBased(root),
                 service_name: "t".into(),
                 resource: vec![],
+                propagators: Propagators::DEFAULT,
+                tls_roots: None,
             };
             Traces::new(settings, counters())
         };
@@ -494,5 +538,53 @@ mod tests {
         assert!(denied.to_str().unwrap().ends_with("-00"), "an explicit 0 is the caller's decision");
         let off = with_root(ParentRoot::AlwaysOff);
         assert!(off.start("GET", SpanKind::Server, &deferring).traceparent().to_str().unwrap().ends_with("-00"));
+    }
+
+    #[test]
+    fn only_the_formats_in_use_are_read() {
+        let counters =
+            TraceCounters { exported: IntCounter::new("e", "e").unwrap(), dropped: IntCounter::new("d", "d").unwrap() };
+        let traces = |propagators| {
+            let settings = TraceSettings {
+                endpoint: "http://127.0.0.1:9".into(),
+                protocol: OtlpProtocol::Grpc,
+                sampler: SamplerChoice::ParentBased(ParentRoot::AlwaysOff),
+                service_name: "t".into(),
+                resource: vec![],
+                propagators,
+                tls_roots: None,
+            };
+            Traces::new(settings, counters.clone())
+        };
+        let w3c = "0af7651916cd43dd8448eb211c80319c";
+        let single = "80f198ee56343ba864fe8b2a57d3eff7";
+        let multi = "000000000000000064fe8b2a57d3eff7";
+        let mut all = HeaderMap::new();
+        all.insert("traceparent", HeaderValue::from_str(&format!("00-{w3c}-b7ad6b7169203331-01")).unwrap());
+        all.insert("b3", HeaderValue::from_str(&format!("{single}-e457b5a2e4d86bd1-1")).unwrap());
+        all.insert("x-b3-traceid", HeaderValue::from_static("64fe8b2a57d3eff7"));
+        all.insert("x-b3-spanid", HeaderValue::from_static("e457b5a2e4d86bd1"));
+        all.insert("x-b3-sampled", HeaderValue::from_static("1"));
+        let only = |tracecontext, b3, b3multi| Propagators { tracecontext, b3, b3multi, b3_as_received: false };
+        for (propagators, parent) in [
+            (Propagators::DEFAULT, Some(w3c)),
+            (only(false, true, true), Some(single)),
+            (only(false, false, true), Some(multi)),
+            (only(true, false, false), Some(w3c)),
+            (Propagators::NONE, None),
+        ] {
+            let span = traces(propagators).start("GET", SpanKind::Server, &all);
+            let trace = span.trace_id();
+            match parent {
+                Some(parent) => assert_eq!(trace, parent, "{propagators:?}"),
+                // No parent read: a new trace, decided by the root sampler (off).
+                None => assert!(![w3c, single, multi].contains(&trace.as_str()) && !span.context().is_sampled()),
+            }
+            assert_eq!(span.propagators(), propagators);
+        }
+        let mut b3_only = HeaderMap::new();
+        b3_only.insert("b3", HeaderValue::from_str(&format!("{single}-e457b5a2e4d86bd1-1")).unwrap());
+        let span = traces(only(true, false, true)).start("GET", SpanKind::Server, &b3_only);
+        assert_ne!(span.trace_id(), single, "the single b3 header is not read unless b3 is in use");
     }
 }

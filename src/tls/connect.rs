@@ -23,9 +23,34 @@ pub enum ConnectError {
     #[error("TLS with {0}: timed out")]
     HandshakeTimeout(SocketAddr),
     /// The peer failed the handshake or presented an identity other than the one expected:
-    /// a security event, not just an outage.
+    /// a security event, not just an outage. After a completed handshake (the identity
+    /// compared), what it negotiated; a handshake refused midway tells nothing (tokio-rustls drops
+    /// rustls's connection with the error).
     #[error("{0}")]
-    Refusal(String),
+    Refusal(String, Option<Negotiated>),
+}
+
+/// What a completed handshake negotiated, for the event of a refusal that came after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Negotiated {
+    /// `1.2` or `1.3`.
+    pub version: &'static str,
+    /// The cipher suite, as rustls names it (`TLS13_AES_128_GCM_SHA256`).
+    pub cipher: Option<&'static str>,
+    /// The SPIFFE ID the peer's certificate presented, if any.
+    pub presented: Option<String>,
+}
+
+impl Negotiated {
+    fn of(session: &rustls::ClientConnection, presented: Option<String>) -> Option<Negotiated> {
+        let version = match session.protocol_version()? {
+            rustls::ProtocolVersion::TLSv1_3 => "1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "1.2",
+            _ => return None,
+        };
+        let cipher = session.negotiated_cipher_suite().and_then(|s| s.suite().as_str());
+        Some(Negotiated { version, cipher, presented })
+    }
 }
 
 /// TCP to `addr` within `timeout`, Nagle off: the first step of every connection a sidecar
@@ -42,13 +67,14 @@ pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStrea
 }
 
 /// Connects to `addr` and proves both identities; `expected: None` accepts any SPIFFE ID of the
-/// trust domain (the verifier checks that much during the handshake).
+/// trust domain (the verifier checks that much during the handshake). Returns the stream and
+/// the SPIFFE ID the server proved.
 pub async fn connect(
     store: &TlsStore,
     addr: SocketAddr,
     expected: Option<&SpiffeId>,
     timeout: Duration,
-) -> Result<TlsStream<TcpStream>, ConnectError> {
+) -> Result<(TlsStream<TcpStream>, SpiffeId), ConnectError> {
     let tcp = connect_tcp(addr, timeout).await?;
     let config = store.current().client_config.clone();
     // SNI is off; the name only satisfies the API, the identity is checked below.
@@ -56,20 +82,24 @@ pub async fn connect(
     let tls = match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            return Err(ConnectError::Refusal(format!(
-                "handshake with {addr} failed: {}",
-                super::refusal_reason(&e).unwrap_or_else(|| e.to_string())
-            )))
+            return Err(ConnectError::Refusal(
+                format!("handshake with {addr} failed: {}", super::refusal_reason(&e).unwrap_or_else(|| e.to_string())),
+                None,
+            ))
         }
         Err(_) => return Err(ConnectError::HandshakeTimeout(addr)),
     };
     let presented = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|c| spiffe_id_from_der(c));
     match (expected, presented) {
-        (Some(expected), Some(CertIdentity::Spiffe(id))) if id == *expected => Ok(tls),
-        (None, Some(CertIdentity::Spiffe(_))) => Ok(tls),
-        (Some(expected), Some(CertIdentity::Spiffe(id))) => {
-            Err(ConnectError::Refusal(format!("{addr} presented {id}, expected {expected}")))
-        }
-        _ => Err(ConnectError::Refusal(format!("{addr} presented no SPIFFE identity"))),
+        (Some(expected), Some(CertIdentity::Spiffe(id))) if id == *expected => Ok((tls, id)),
+        (None, Some(CertIdentity::Spiffe(id))) => Ok((tls, id)),
+        (Some(expected), Some(CertIdentity::Spiffe(id))) => Err(ConnectError::Refusal(
+            format!("{addr} presented {id}, expected {expected}"),
+            Negotiated::of(tls.get_ref().1, Some(id.to_string())),
+        )),
+        _ => Err(ConnectError::Refusal(
+            format!("{addr} presented no SPIFFE identity"),
+            Negotiated::of(tls.get_ref().1, None),
+        )),
     }
 }
