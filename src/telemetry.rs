@@ -41,6 +41,8 @@ pub struct AccessRecord<'a> {
     pub principal: &'a str,
     pub decision: &'static str,
     pub request_id: &'a str,
+    /// How long a `DELAY` rate limit held the request back (`ratelimit_delay_ms`, only when it did).
+    pub ratelimit_delay: Option<std::time::Duration>,
 }
 
 impl Telemetry {
@@ -97,6 +99,9 @@ impl Telemetry {
         text(&mut line, r.principal);
         let _ = write!(line, ",\"decision\":\"{}\",\"request_id\":", r.decision);
         text(&mut line, r.request_id);
+        if let Some(delay) = r.ratelimit_delay {
+            let _ = write!(line, ",\"ratelimit_delay_ms\":{:.3}", delay.as_secs_f64() * 1e3);
+        }
         line.extend_from_slice(b"}\n");
         lines.send_line(line);
     }
@@ -125,6 +130,7 @@ mod tests {
             principal: "",
             decision: "allow",
             request_id: "r",
+            ratelimit_delay: None,
         };
         telemetry.access(record());
         telemetry.events.emit(SecurityEvent::PolicyApplied { version: "v1".into(), policies: vec![] });

@@ -262,17 +262,24 @@ impl ProxyHttp for Inbound {
                     Cow::Owned(path) => Some(path),
                     Cow::Borrowed(_) => None,
                 };
-                (changed, allowed.max_body_bytes)
+                (changed, allowed.max_body_bytes, allowed.delay)
             })
         };
         let path = |session: &Session| session.req_header().uri.path().to_string();
         for note in notes {
             record::report_note(&self.telemetry, session, &ctx.request, note, &path(session));
         }
-        let (normalized, body_limit) = match verdict {
+        let (normalized, body_limit, delay) = match verdict {
             Ok(allowed) => allowed,
             Err(refusal) => return self.refuse(session, ctx, refusal).await,
         };
+        // Throttled (a DELAY rate limit): the token is reserved; wait for it on this task's
+        // timer (no thread blocked, no lock held), then go on. The place in the limits' queues
+        // is given back when `delay` drops, after the wait.
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay.wait).await;
+            ctx.request.ratelimit_delay = Some(delay.wait);
+        }
         ctx.body_limit = body_limit;
         if let Some(path) = normalized {
             set_path(session, path)?;
