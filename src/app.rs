@@ -262,9 +262,11 @@ async fn run(
     let readiness = Arc::new(Readiness::default());
     let data_path = ConnectionTracker::default();
 
-    let inflight = |direction| {
+    let inflight = |direction, listener| {
         let shed = telemetry.metrics.requests_shed.with_label_values(&[direction]);
-        crate::proxy::Inflight::new(config.limits.max_inflight, shed)
+        let reason = crate::telemetry::RefusalReason::Shed;
+        let counted = telemetry.refusals.counter(direction, reason, config.limits.max_inflight, shed).at(listener);
+        crate::proxy::Inflight::new(config.limits.max_inflight, counted)
     };
     let inbound = proxy_app(
         &conf,
@@ -275,7 +277,7 @@ async fn run(
             policy.clone(),
             telemetry.clone(),
         )
-        .shedding(inflight("inbound")),
+        .shedding(inflight("inbound", bound.inbound)),
         &config.limits,
     );
     let outbound = proxy_app(
@@ -287,7 +289,7 @@ async fn run(
             tls.clone(),
             telemetry.clone(),
         )
-        .shedding(inflight("outbound")),
+        .shedding(inflight("outbound", bound.outbound)),
         &config.limits,
     );
     let identity_state = identity.as_ref().map(|i| i.state.clone());

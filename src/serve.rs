@@ -16,9 +16,9 @@ use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
-use crate::config::MtlsMode;
+use crate::config::{HumanDuration, MtlsMode};
 use crate::policy::PolicyStore;
-use crate::telemetry::{SecurityEvent, Telemetry};
+use crate::telemetry::{RefusalCounter, RefusalReason, SecurityEvent, Telemetry};
 use crate::tls::TlsStore;
 
 /// A TLS ClientHello starts with a handshake record.
@@ -133,18 +133,33 @@ pub async fn serve_with<A>(
 {
     let transport = Arc::new(transport);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    // Label lookups once per listener, not per connection.
-    let closed = &telemetry.metrics.connections_closed;
+    // Counters looked up once per listener, not per connection; each closure is counted at once
+    // and reported as an event in aggregate (`Telemetry::report_refusals`, below).
+    let listening = listener.local_addr().ok();
+    let counter = |reason: RefusalReason, limit: String| {
+        let series = telemetry.metrics.connections_closed.with_label_values(&[limits.direction, reason.label()]);
+        let counter = telemetry.refusals.counter(limits.direction, reason, limit, series);
+        match listening {
+            Some(addr) => counter.at(addr),
+            None => counter,
+        }
+    };
     let counters = Closures {
         direction: limits.direction,
-        header: closed.with_label_values(&[limits.direction, "header_timeout"]),
-        idle: closed.with_label_values(&[limits.direction, "idle_timeout"]),
+        header: counter(RefusalReason::HeaderTimeout, HumanDuration(limits.header_timeout).to_string()),
+        idle: counter(RefusalReason::IdleTimeout, HumanDuration(limits.idle_timeout).to_string()),
     };
-    let at_limit = closed.with_label_values(&[limits.direction, "connection_limit"]);
+    let at_limit = counter(RefusalReason::ConnectionLimit, limits.max_connections.to_string());
+    let mut report = tokio::time::interval(REPORT_EVERY);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = report.tick() => {
+                telemetry.report_refusals();
+                continue;
+            }
         };
         let (tcp, peer) = match accepted {
             Ok(conn) => conn,
@@ -155,9 +170,11 @@ pub async fn serve_with<A>(
                 continue;
             }
         };
+        // Closed at once, each counted; logged one by one only at debug level (the event and
+        // the warning of each second's report say how many).
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            at_limit.inc();
-            tracing::warn!(%peer, direction = limits.direction, limit = limits.max_connections,
+            at_limit.refused(Some(peer.ip()));
+            tracing::debug!(%peer, direction = limits.direction, limit = limits.max_connections,
                 "connection limit reached; closing");
             continue;
         };
@@ -189,8 +206,12 @@ pub async fn serve_with<A>(
         });
     }
     drop(listener);
+    telemetry.report_refusals();
     app.cleanup().await;
 }
+
+/// How often the accept loops report the refusals counted since the last report.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
 
 /// Serves a plaintext connection let in under PERMISSIVE. When the policy makes the workload
 /// STRICT, it is told to stop: HTTP/2 with a GOAWAY after its streams, HTTP/1.1 after the
@@ -466,8 +487,8 @@ impl pingora::protocols::Peek for CoalescedWrites {
 #[derive(Clone)]
 struct Closures {
     direction: &'static str,
-    header: prometheus::IntCounter,
-    idle: prometheus::IntCounter,
+    header: RefusalCounter,
+    idle: RefusalCounter,
 }
 
 /// Where an HTTP/1.1 connection is, as far as its bytes tell.
@@ -631,8 +652,8 @@ impl Deadlined {
         let idle = reason == "idle_timeout";
         let (counter, timeout) =
             if idle { (&self.closures.idle, self.idle_timeout) } else { (&self.closures.header, self.header_timeout) };
-        counter.inc();
-        tracing::info!(peer = %self.peer, direction = self.closures.direction, reason, ?timeout, "closing a connection");
+        counter.refused(Some(self.peer.ip()));
+        tracing::debug!(peer = %self.peer, direction = self.closures.direction, reason, ?timeout, "closing a connection");
         if idle {
             Ok(())
         } else {

@@ -7,12 +7,14 @@ mod lines;
 mod logging;
 mod metrics;
 mod recorder;
+mod refusals;
 mod traces;
 
-pub use events::{DeniedRequest, EventWriter, RequestFacts, SecurityEvent, WafEvent};
+pub use events::{DeniedRequest, DosRefusal, EventWriter, RequestFacts, SecurityEvent, WafEvent};
 pub use logging::{LogFormat, LogLevel};
 pub use metrics::Metrics;
 pub use recorder::{Fnv1a, RequestRecorder};
+pub use refusals::{RefusalCounter, RefusalReason, Refusals};
 pub use traces::{
     header_names as trace_headers, ParentRoot, RequestSpan, SamplerChoice, SpanEnd, TraceCounters, TraceSettings,
     Traces,
@@ -27,6 +29,8 @@ pub struct Telemetry {
     pub events: EventWriter,
     /// OpenTelemetry traces, when configured.
     pub traces: Option<Traces>,
+    /// The DoS defences' refusals, reported in aggregate ([`Telemetry::report_refusals`]).
+    pub refusals: Refusals,
     access_log: Option<JsonLines>,
 }
 
@@ -62,7 +66,22 @@ impl Telemetry {
             };
             Traces::new(settings, counters)
         });
-        Ok(Telemetry { metrics, requests: RequestRecorder::default(), events, traces, access_log })
+        Ok(Telemetry {
+            metrics,
+            requests: RequestRecorder::default(),
+            events,
+            traces,
+            refusals: Refusals::default(),
+            access_log,
+        })
+    }
+
+    /// Emits the DoS refusals counted since the last report: one event per listener and reason.
+    /// The accept loops call it every second.
+    pub fn report_refusals(&self) {
+        for event in self.refusals.flush() {
+            self.events.emit(event);
+        }
     }
 
     /// Waits until the security events and access-log lines emitted so far are written (or
