@@ -262,6 +262,13 @@ async fn run(
     let readiness = Arc::new(Readiness::default());
     let data_path = ConnectionTracker::default();
 
+    let body_timeout = |direction, listener| {
+        let timeout = config.limits.body_timeout;
+        let series = telemetry.metrics.connections_closed.with_label_values(&[direction, "body_timeout"]);
+        let reason = crate::telemetry::RefusalReason::BodyTimeout;
+        let counted = telemetry.refusals.counter(direction, reason, timeout, series).at(listener);
+        crate::proxy::BodyTimeout::new(timeout.0, counted)
+    };
     let inflight = |direction, listener| {
         let shed = telemetry.metrics.requests_shed.with_label_values(&[direction]);
         let reason = crate::telemetry::RefusalReason::Shed;
@@ -277,7 +284,8 @@ async fn run(
             policy.clone(),
             telemetry.clone(),
         )
-        .shedding(inflight("inbound", bound.inbound)),
+        .shedding(inflight("inbound", bound.inbound))
+        .body_timeout(body_timeout("inbound", bound.inbound)),
         &config.limits,
     );
     let outbound = proxy_app(
@@ -289,7 +297,8 @@ async fn run(
             tls.clone(),
             telemetry.clone(),
         )
-        .shedding(inflight("outbound", bound.outbound)),
+        .shedding(inflight("outbound", bound.outbound))
+        .body_timeout(body_timeout("outbound", bound.outbound)),
         &config.limits,
     );
     let identity_state = identity.as_ref().map(|i| i.state.clone());
@@ -312,6 +321,8 @@ async fn run(
         header_timeout: config.limits.header_timeout.0,
         idle_timeout: config.limits.idle_timeout.0,
         max_connections: config.limits.max_connections,
+        // The outbound listener's only caller is the pod's own app: one source.
+        max_connections_per_source: (direction != "outbound").then_some(config.limits.max_connections_per_source),
     };
     let serving = [
         tokio::spawn(serve_with(

@@ -40,6 +40,8 @@ pub struct ConnectionLimits {
     /// Between requests (HTTP/1.1; HTTP/2 idleness is pingora's `h2_idle_timeout`).
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Open connections from one source address (IPv6: one /64); `None`: no such limit.
+    pub max_connections_per_source: Option<usize>,
 }
 
 impl Default for ConnectionLimits {
@@ -49,6 +51,59 @@ impl Default for ConnectionLimits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             max_connections: MAX_CONNECTIONS_PER_LISTENER,
+            max_connections_per_source: None,
+        }
+    }
+}
+
+/// Open connections per source address on one listener (`limits.maxConnectionsPerSource`).
+/// Entries exist only for sources with a connection open, so the table is never larger than the
+/// listener's connection limit.
+struct PerSource {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    max: usize,
+}
+
+/// A connection's place in its source's count, given back when the connection ends.
+struct SourceSlot {
+    table: Arc<PerSource>,
+    source: std::net::IpAddr,
+}
+
+impl PerSource {
+    /// The address connections are counted under: an IPv4 peer of a dual-stack listener as
+    /// IPv4; an IPv6 peer by its /64 (one client usually holds a whole one).
+    fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+        match ip {
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => std::net::IpAddr::V4(v4),
+                None => std::net::IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            },
+            v4 => v4,
+        }
+    }
+
+    /// A place for one more connection from `ip`, or `None` when its source has `max` open.
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourceSlot> {
+        let source = Self::source_of(ip);
+        let mut open = self.open.lock().expect("per-source lock");
+        let n = open.entry(source).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { table: self.clone(), source })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().expect("per-source lock");
+        if let Some(n) = open.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.source);
+            }
         }
     }
 }
@@ -133,6 +188,9 @@ pub async fn serve_with<A>(
 {
     let transport = Arc::new(transport);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let per_source = limits
+        .max_connections_per_source
+        .map(|max| Arc::new(PerSource { open: std::sync::Mutex::new(Default::default()), max }));
     // Counters looked up once per listener, not per connection; each closure is counted at once
     // and reported as an event in aggregate (`Telemetry::report_refusals`, below).
     let listening = listener.local_addr().ok();
@@ -150,6 +208,7 @@ pub async fn serve_with<A>(
         idle: counter(RefusalReason::IdleTimeout, HumanDuration(limits.idle_timeout).to_string()),
     };
     let at_limit = counter(RefusalReason::ConnectionLimit, limits.max_connections.to_string());
+    let at_source_limit = per_source.as_ref().map(|p| counter(RefusalReason::SourceLimit, p.max.to_string()));
     let mut report = tokio::time::interval(REPORT_EVERY);
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -178,6 +237,20 @@ pub async fn serve_with<A>(
                 "connection limit reached; closing");
             continue;
         };
+        let source_slot = match &per_source {
+            Some(table) => match table.enter(peer.ip()) {
+                Some(s) => Some(s),
+                None => {
+                    if let Some(counter) = &at_source_limit {
+                        counter.refused(Some(peer.ip()));
+                    }
+                    tracing::debug!(%peer, direction = limits.direction, limit = table.max,
+                        "connection limit per source reached; closing");
+                    continue;
+                }
+            },
+            None => None,
+        };
         let _ = tcp.set_nodelay(true);
         let guard = tracker.open();
         let app = app.clone();
@@ -188,6 +261,7 @@ pub async fn serve_with<A>(
         tokio::spawn(async move {
             let _guard = guard;
             let _slot = slot;
+            let _source_slot = source_slot;
             let Some((stream, gate)) = handshake(tcp, peer, &transport, &telemetry).await else {
                 return;
             };

@@ -39,8 +39,15 @@ pub struct LimitsConfig {
     /// A keep-alive connection with no request in flight (HTTP/1.1: no bytes either way; HTTP/2:
     /// no open stream) is closed after this.
     pub idle_timeout: HumanDuration,
+    /// No request-body bytes for this long: the request fails (408 when no answer has started)
+    /// and its connection closes.
+    pub body_timeout: HumanDuration,
     /// Open connections per listener; past it new connections are closed at accept.
     pub max_connections: usize,
+    /// Open connections from one source address (IPv6: one /64) per listener; past it new ones
+    /// from that source are closed at accept. Not on the outbound listener, whose only caller is
+    /// the pod's own app.
+    pub max_connections_per_source: usize,
     /// Requests in flight per data listener; past it new ones get 503 with `Retry-After`.
     pub max_inflight: usize,
 }
@@ -50,7 +57,9 @@ impl Default for LimitsConfig {
         LimitsConfig {
             header_timeout: HumanDuration(std::time::Duration::from_secs(10)),
             idle_timeout: HumanDuration(std::time::Duration::from_secs(300)),
+            body_timeout: HumanDuration(std::time::Duration::from_secs(60)),
             max_connections: 10_000,
+            max_connections_per_source: 1_000,
             max_inflight: 5_000,
         }
     }
@@ -591,15 +600,20 @@ impl super::Validate for SidecarConfig {
                 "PERMISSIVE contradicts inbound.allowPermissive: false; use STRICT or allow PERMISSIVE",
             ));
         }
-        for (field, value) in
-            [("limits.headerTimeout", self.limits.header_timeout), ("limits.idleTimeout", self.limits.idle_timeout)]
-        {
+        for (field, value) in [
+            ("limits.headerTimeout", self.limits.header_timeout),
+            ("limits.idleTimeout", self.limits.idle_timeout),
+            ("limits.bodyTimeout", self.limits.body_timeout),
+        ] {
             if value.0.is_zero() {
                 invalid.push(Invalid::field(field, "must be more than 0"));
             }
         }
         if self.limits.max_connections == 0 {
             invalid.push(Invalid::field("limits.maxConnections", "must be at least 1"));
+        }
+        if self.limits.max_connections_per_source == 0 {
+            invalid.push(Invalid::field("limits.maxConnectionsPerSource", "must be at least 1"));
         }
         if self.limits.max_inflight == 0 {
             invalid.push(Invalid::field("limits.maxInflight", "must be at least 1"));
@@ -653,17 +667,36 @@ mod tests {
         assert_eq!(cfg.limits.idle_timeout.0, std::time::Duration::from_secs(300));
         assert_eq!(cfg.limits.max_connections, 10_000);
         assert_eq!(cfg.limits.max_inflight, 5_000);
-        let cfg = parse("limits: {headerTimeout: 2s, idleTimeout: 30s, maxConnections: 50}\n").unwrap();
+        assert_eq!(cfg.limits.body_timeout.0, std::time::Duration::from_secs(60));
+        assert_eq!(cfg.limits.max_connections_per_source, 1_000);
+        let cfg = parse(
+            "limits: {headerTimeout: 2s, idleTimeout: 30s, bodyTimeout: 5s, maxConnections: 50, maxConnectionsPerSource: 7}\n",
+        )
+        .unwrap();
         assert_eq!(cfg.limits.header_timeout.0, std::time::Duration::from_secs(2));
-        assert_eq!(cfg.limits.max_connections, 50);
+        assert_eq!(cfg.limits.body_timeout.0, std::time::Duration::from_secs(5));
+        assert_eq!((cfg.limits.max_connections, cfg.limits.max_connections_per_source), (50, 7));
         let env = std::collections::BTreeMap::<String, String>::new();
-        let cfg = parse("limits: {headerTimeout: 0s, idleTimeout: 0s, maxConnections: 0, maxInflight: 0}\n").unwrap();
+        let cfg = parse(
+            "limits: {headerTimeout: 0s, idleTimeout: 0s, bodyTimeout: 0s, maxConnections: 0, maxConnectionsPerSource: 0, maxInflight: 0}\n",
+        )
+        .unwrap();
         let fields = invalid_fields(&cfg, &env);
         assert_eq!(
             fields,
-            ["limits.headerTimeout", "limits.idleTimeout", "limits.maxConnections", "limits.maxInflight"]
+            [
+                "limits.headerTimeout",
+                "limits.idleTimeout",
+                "limits.bodyTimeout",
+                "limits.maxConnections",
+                "limits.maxConnectionsPerSource",
+                "limits.maxInflight"
+            ]
         );
-        assert!(parse("limits: {bodyTimeout: 60s}\n").is_err(), "not implemented: refused, not ignored");
+        assert!(
+            parse("limits: {http2: {maxConcurrentStreams: 256}}\n").is_err(),
+            "not implemented: refused, not ignored"
+        );
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub struct Outbound {
     passthrough: Vec<IpBlock>,
     telemetry: Arc<Telemetry>,
     inflight: Arc<super::Inflight>,
+    body_timeout: super::BodyTimeout,
 }
 
 pub struct OutboundCtx {
@@ -76,12 +77,27 @@ impl Outbound {
             })
             .collect();
         let inflight = super::Inflight::unlimited();
-        Outbound { routes, connectors, own_listener, passthrough: passthrough.to_vec(), telemetry, inflight }
+        let body_timeout = super::BodyTimeout::default_uncounted();
+        Outbound {
+            routes,
+            connectors,
+            own_listener,
+            passthrough: passthrough.to_vec(),
+            telemetry,
+            inflight,
+            body_timeout,
+        }
     }
 
     /// Sheds requests past `inflight`'s limit (503).
     pub fn shedding(mut self, inflight: Arc<super::Inflight>) -> Self {
         self.inflight = inflight;
+        self
+    }
+
+    /// Fails requests whose body stalls past `body_timeout` (408).
+    pub fn body_timeout(mut self, body_timeout: super::BodyTimeout) -> Self {
+        self.body_timeout = body_timeout;
         self
     }
 
@@ -188,6 +204,7 @@ impl ProxyHttp for Outbound {
     /// phases, and `true` tells pingora the response has been written.
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutboundCtx) -> pingora::Result<bool> {
         record::start_span(&self.telemetry, SpanKind::Client, session, &mut ctx.request);
+        self.body_timeout.start(session);
         ctx.request.id = RequestId::from_header(session.req_header().headers.get(REQUEST_ID_HEADER));
         if !respond::admit(session, &self.inflight, &mut ctx.request).await {
             return Ok(true);
@@ -233,7 +250,15 @@ impl ProxyHttp for Outbound {
         loop {
             let (mut upstream, reused) = connector.open_stream().await.map_err(Error::into_up)?;
             let request = self.upstream_request(session, ctx)?;
-            let Err(mut e) = forward::exchange(session, &mut upstream, request, expects_continue, first.take()).await
+            let Err(mut e) = forward::exchange(
+                session,
+                &mut upstream,
+                request,
+                expects_continue,
+                first.take(),
+                self.body_timeout.timeout,
+            )
+            .await
             else {
                 return Ok(true);
             };
@@ -265,6 +290,7 @@ impl ProxyHttp for Outbound {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut OutboundCtx) -> FailToProxy {
+        self.body_timeout.count(session, e);
         fail(session, e, &mut ctx.request).await
     }
 
