@@ -323,6 +323,7 @@ async fn run(
         max_connections: config.limits.max_connections,
         // The outbound listener's only caller is the pod's own app: one source.
         max_connections_per_source: (direction != "outbound").then_some(config.limits.max_connections_per_source),
+        head_timeout_answer: Some(crate::proxy::request_timeout_answer),
     };
     let serving = [
         tokio::spawn(serve_with(

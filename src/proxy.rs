@@ -18,7 +18,7 @@ mod shed;
 
 pub use inbound::Inbound;
 pub use outbound::Outbound;
-pub use parse_guard::Strict;
+pub use parse_guard::{request_timeout_answer, Strict};
 pub use request_id::RequestId;
 pub use respond::ErrorKind;
 pub use shed::Inflight;

@@ -42,6 +42,9 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Open connections from one source address (IPv6: one /64); `None`: no such limit.
     pub max_connections_per_source: Option<usize>,
+    /// The answer to an HTTP/1.1 request head cut short by `header_timeout` (SPEC section 5: 408
+    /// and close), written before the connection closes; `None`: closed without one.
+    pub head_timeout_answer: Option<fn() -> Vec<u8>>,
 }
 
 impl Default for ConnectionLimits {
@@ -52,6 +55,7 @@ impl Default for ConnectionLimits {
             idle_timeout: Duration::from_secs(300),
             max_connections: MAX_CONNECTIONS_PER_LISTENER,
             max_connections_per_source: None,
+            head_timeout_answer: None,
         }
     }
 }
@@ -604,7 +608,14 @@ struct Deadlined {
     idle_timeout: Duration,
     peer: SocketAddr,
     closures: Closures,
+    head_timeout_answer: Option<fn() -> Vec<u8>>,
+    /// The 408 being written to a client whose head did not arrive in time, and how much of it.
+    answering: Option<(Vec<u8>, usize)>,
 }
+
+/// How long the 408 for a late head may take to write before the connection is closed anyway
+/// (a client that does not read is not waited for).
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Deadlined {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -631,7 +642,36 @@ impl Deadlined {
             idle_timeout: limits.idle_timeout,
             peer,
             closures,
+            head_timeout_answer: limits.head_timeout_answer,
+            answering: None,
         }
+    }
+
+    /// Part of an HTTP/1.1 request head came, not all of it: what SPEC section 5 answers with
+    /// 408 when the head's deadline passes. (Nothing at all, or HTTP/2, is closed silently.)
+    fn partial_head(&self) -> Option<fn() -> Vec<u8>> {
+        matches!(self.phase, Phase::Head { seen: true, .. }).then_some(self.head_timeout_answer).flatten()
+    }
+
+    /// Writes the 408 for a late head (at most `ANSWER_GRACE` long), then fails the read that
+    /// was waiting for the head, so pingora closes the connection.
+    fn poll_answer(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        use tokio::io::AsyncWrite;
+        while let Some((answer, written)) = self.answering.as_mut() {
+            let step = if *written < answer.len() {
+                std::pin::Pin::new(&mut self.io).poll_write(cx, &answer[*written..]).map_ok(Some)
+            } else {
+                std::pin::Pin::new(&mut self.io).poll_flush(cx).map_ok(|()| None)
+            };
+            match step {
+                Poll::Ready(Ok(Some(n))) if n > 0 => *written += n,
+                Poll::Pending if self.timer.as_mut().poll(cx).is_pending() => return Poll::Pending,
+                // Flushed, or the client cannot take it (gone, or not reading): close either way.
+                _ => self.answering = None,
+            }
+        }
+        Poll::Ready(self.close("header_timeout"))
     }
 
     /// Follows the request bytes just read.
@@ -745,6 +785,9 @@ impl tokio::io::AsyncRead for Deadlined {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if self.answering.is_some() {
+            return self.poll_answer(cx);
+        }
         let before = buf.filled().len();
         match std::pin::Pin::new(&mut self.io).poll_read(cx, buf) {
             std::task::Poll::Ready(Ok(())) => {
@@ -756,6 +799,13 @@ impl tokio::io::AsyncRead for Deadlined {
             }
             std::task::Poll::Pending => match self.expired(cx) {
                 None => std::task::Poll::Pending,
+                Some("header_timeout") if self.partial_head().is_some() => {
+                    let answer = self.partial_head().map(|answer| answer()).unwrap_or_default();
+                    self.answering = Some((answer, 0));
+                    let grace = tokio::time::Instant::now() + ANSWER_GRACE;
+                    self.timer.as_mut().reset(grace);
+                    self.poll_answer(cx)
+                }
                 Some(reason) => std::task::Poll::Ready(self.close(reason)),
             },
             other => other,
@@ -846,11 +896,29 @@ impl pingora::protocols::Peek for Deadlined {
                 Phase::Answered => (self.last_activity + self.idle_timeout, "idle_timeout"),
                 _ => return self.io.try_peek(buf).await,
             };
+            // pingora's peek reads until it has the whole preface: what came of it so far shows
+            // in `buf` (zeroed first; a request head starts with a letter) if the deadline ends it.
+            buf.fill(0);
             match tokio::time::timeout_at(deadline, self.io.try_peek(buf)).await {
                 Ok(peeked) => return peeked,
                 // Bytes moved since (an answer still being written): wait on.
                 Err(_) if reason == "idle_timeout" && self.last_activity + self.idle_timeout > deadline => {}
                 Err(_) => {
+                    let peeked_head = buf.iter().any(|&b| b != 0) && !buf.starts_with(b"PRI");
+                    let answer = match self.partial_head() {
+                        Some(answer) => Some(answer),
+                        None if peeked_head => self.head_timeout_answer,
+                        None => None,
+                    };
+                    if let (Some(answer), "header_timeout") = (answer, reason) {
+                        use tokio::io::AsyncWriteExt;
+                        let answer = answer();
+                        let write = async {
+                            self.io.write_all(&answer).await?;
+                            self.io.flush().await
+                        };
+                        let _: Result<std::io::Result<()>, _> = tokio::time::timeout(ANSWER_GRACE, write).await;
+                    }
                     return self.close(reason).and_then(|()| {
                         Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle (limits.idleTimeout)"))
                     });
