@@ -237,6 +237,12 @@ where
     // An HTTP/2 connection with no stream open is idle (HTTP/1.1's idleness is serve.rs's).
     options.h2_idle_timeout = Some(limits.idle_timeout.0);
     app.server_options = Some(options);
+    // limits.http2, on pingora's bounded defaults (h2's own rapid-reset and CONTINUATION guards
+    // stay; the reset rate is serve.rs's).
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_concurrent_streams(limits.http2.max_concurrent_streams);
+    h2.max_header_list_size(limits.http2.max_header_list_bytes);
+    app.h2_options = Some(h2);
     Arc::new(crate::proxy::Strict(Arc::new(app)))
 }
 
@@ -324,6 +330,7 @@ async fn run(
         // The outbound listener's only caller is the pod's own app: one source.
         max_connections_per_source: (direction != "outbound").then_some(config.limits.max_connections_per_source),
         head_timeout_answer: Some(crate::proxy::request_timeout_answer),
+        max_resets_per_second: Some(config.limits.http2.max_resets_per_second),
     };
     let serving = [
         tokio::spawn(serve_with(

@@ -45,6 +45,9 @@ pub struct ConnectionLimits {
     /// The answer to an HTTP/1.1 request head cut short by `header_timeout` (SPEC section 5: 408
     /// and close), written before the connection closes; `None`: closed without one.
     pub head_timeout_answer: Option<fn() -> Vec<u8>>,
+    /// RST_STREAM frames an HTTP/2 peer may send within a second before its connection is
+    /// closed (`limits.http2.maxResetsPerSecond`); `None`: not counted.
+    pub max_resets_per_second: Option<u32>,
 }
 
 impl Default for ConnectionLimits {
@@ -56,6 +59,7 @@ impl Default for ConnectionLimits {
             max_connections: MAX_CONNECTIONS_PER_LISTENER,
             max_connections_per_source: None,
             head_timeout_answer: None,
+            max_resets_per_second: None,
         }
     }
 }
@@ -210,6 +214,10 @@ pub async fn serve_with<A>(
         direction: limits.direction,
         header: counter(RefusalReason::HeaderTimeout, HumanDuration(limits.header_timeout).to_string()),
         idle: counter(RefusalReason::IdleTimeout, HumanDuration(limits.idle_timeout).to_string()),
+        resets: counter(
+            RefusalReason::RapidReset,
+            limits.max_resets_per_second.map_or_else(|| "none".to_string(), |n| n.to_string()),
+        ),
     };
     let at_limit = counter(RefusalReason::ConnectionLimit, limits.max_connections.to_string());
     let at_source_limit = per_source.as_ref().map(|p| counter(RefusalReason::SourceLimit, p.max.to_string()));
@@ -567,6 +575,74 @@ struct Closures {
     direction: &'static str,
     header: RefusalCounter,
     idle: RefusalCounter,
+    resets: RefusalCounter,
+}
+
+/// Counts the RST_STREAM frames an HTTP/2 peer sends (rapid reset, CVE-2023-44487: streams opened
+/// and cancelled at once cost the server work the client never waits for). h2 limits resets of
+/// streams not yet accepted; this limits all of them, per connection and second. It reads only
+/// frame headers, from the bytes the connection delivers anyway: the 9 bytes of each frame's
+/// header are looked at, payloads are skipped over.
+#[derive(Debug)]
+struct ResetCount {
+    max: u32,
+    /// Bytes still to skip: the rest of the connection preface, or of a frame's payload.
+    skip: usize,
+    header: [u8; 9],
+    /// How much of `header` has arrived.
+    have: usize,
+    window: tokio::time::Instant,
+    resets: u32,
+}
+
+/// The client's connection preface, before the first frame.
+const H2_PREFACE_LEN: usize = 24;
+const RST_STREAM: u8 = 0x3;
+
+impl ResetCount {
+    fn new(max: u32) -> Self {
+        ResetCount {
+            max,
+            skip: H2_PREFACE_LEN,
+            header: [0; 9],
+            have: 0,
+            window: tokio::time::Instant::now(),
+            resets: 0,
+        }
+    }
+
+    /// Follows `bytes`, the next ones the peer sent; whether the peer is past its resets.
+    fn read(&mut self, mut bytes: &[u8]) -> bool {
+        let mut resets = 0u32;
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (9 - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == 9 {
+                self.have = 0;
+                self.skip =
+                    usize::from(self.header[0]) << 16 | usize::from(self.header[1]) << 8 | usize::from(self.header[2]);
+                resets += u32::from(self.header[3] == RST_STREAM);
+            }
+        }
+        if resets == 0 {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.resets = 0;
+        }
+        self.resets = self.resets.saturating_add(resets);
+        self.resets > self.max
+    }
 }
 
 /// Where an HTTP/1.1 connection is, as far as its bytes tell.
@@ -611,6 +687,9 @@ struct Deadlined {
     head_timeout_answer: Option<fn() -> Vec<u8>>,
     /// The 408 being written to a client whose head did not arrive in time, and how much of it.
     answering: Option<(Vec<u8>, usize)>,
+    /// HTTP/2: the peer's stream resets, when limited.
+    max_resets_per_second: Option<u32>,
+    resets: Option<ResetCount>,
 }
 
 /// How long the 408 for a late head may take to write before the connection is closed anyway
@@ -644,6 +723,8 @@ impl Deadlined {
             closures,
             head_timeout_answer: limits.head_timeout_answer,
             answering: None,
+            max_resets_per_second: limits.max_resets_per_second,
+            resets: None,
         }
     }
 
@@ -679,9 +760,11 @@ impl Deadlined {
         match self.phase {
             Phase::Head { seen, crlf } => {
                 if !seen && bytes.starts_with(b"PRI ") {
-                    // HTTP/2 (by ALPN or prior knowledge): its preface came; the rest is pingora's.
+                    // HTTP/2 (by ALPN or prior knowledge): its preface came; the rest is pingora's
+                    // (and its resets are counted from here).
                     self.phase = Phase::H2;
                     self.armed = false;
+                    self.resets = self.max_resets_per_second.map(ResetCount::new);
                     return;
                 }
                 let mut matched = crlf;
@@ -758,6 +841,18 @@ impl Deadlined {
 }
 
 impl Deadlined {
+    /// Closes an HTTP/2 connection whose peer reset more streams in a second than it may: the
+    /// read that brought the resets fails (h2 never sees them), and pingora closes the connection.
+    fn close_for_resets(&mut self) -> std::io::Result<()> {
+        self.resets = None;
+        self.closures.resets.refused(Some(self.peer.ip()));
+        tracing::debug!(peer = %self.peer, direction = self.closures.direction, "closing an HTTP/2 connection: rapid reset");
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "more stream resets than limits.http2.maxResetsPerSecond",
+        ))
+    }
+
     /// Counts and logs a closure; what the parked read returns so that pingora closes the
     /// connection: an end of stream when idle (as if the client had left between requests), an
     /// error mid-head.
@@ -792,8 +887,21 @@ impl tokio::io::AsyncRead for Deadlined {
         match std::pin::Pin::new(&mut self.io).poll_read(cx, buf) {
             std::task::Poll::Ready(Ok(())) => {
                 let this = &mut *self;
-                if buf.filled().len() > before && this.phase != Phase::H2 && this.phase != Phase::Request {
-                    this.on_read(&buf.filled()[before..]);
+                let read = &buf.filled()[before..];
+                if read.is_empty() {
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                let was_h2 = this.phase == Phase::H2;
+                if !was_h2 && this.phase != Phase::Request {
+                    this.on_read(read);
+                }
+                // The bytes that made the connection HTTP/2 start with the preface: counted too.
+                if this.phase == Phase::H2 {
+                    if let Some(resets) = this.resets.as_mut() {
+                        if resets.read(read) {
+                            return std::task::Poll::Ready(this.close_for_resets());
+                        }
+                    }
                 }
                 std::task::Poll::Ready(Ok(()))
             }
@@ -925,5 +1033,45 @@ impl pingora::protocols::Peek for Deadlined {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/2 frame header: length, type, flags, stream id.
+    fn frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, 0];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stream_resets_are_counted_from_frame_headers_per_second_whatever_the_read_boundaries() {
+        let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        wire.extend(frame(0x4, 0, &[0; 12])); // SETTINGS
+        for stream in (1..=9u32).step_by(2) {
+            wire.extend(frame(0x1, stream, &[0x82, 0x86, 0x84])); // HEADERS
+            wire.extend(frame(0x0, stream, &[0x3; 1000])); // DATA: a payload holding 0x03 bytes
+            wire.extend(frame(RST_STREAM, stream, &8u32.to_be_bytes()));
+        }
+        // Five resets: at the limit of five, not past it, however the bytes are split up.
+        for chunk in [1, 7, 9, 100, wire.len()] {
+            let mut count = ResetCount::new(5);
+            assert!(!wire.chunks(chunk).any(|c| count.read(c)), "split every {chunk}");
+            assert_eq!(count.resets, 5, "split every {chunk}: only RST_STREAM frames count");
+            // One more within the second: past it.
+            assert!(count.read(&frame(RST_STREAM, 11, &8u32.to_be_bytes())));
+        }
+        // A second later the count starts again.
+        let mut count = ResetCount::new(5);
+        assert!(!count.read(&wire));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let more: Vec<u8> = (0..5).flat_map(|i| frame(RST_STREAM, 13 + 2 * i, &8u32.to_be_bytes())).collect();
+        assert!(!count.read(&more), "five in the next second");
+        assert!(count.read(&frame(RST_STREAM, 31, &8u32.to_be_bytes())), "and the sixth is one too many");
     }
 }

@@ -291,6 +291,7 @@ fn every_kind() -> Vec<SecurityEvent> {
         dos("inbound", "idle_timeout", "limits.idleTimeout", "300s", Some("10.0.0.7"), false),
         dos("inbound", "body_timeout", "limits.bodyTimeout", "60s", Some("10.0.0.7"), false),
         dos("inbound", "shed", "limits.maxInflight", "5000", None, true),
+        dos("inbound", "rapid_reset", "limits.http2.maxResetsPerSecond", "200", Some("10.0.0.66"), false),
     ]
 }
 
@@ -397,6 +398,7 @@ fn every_event_kind_written_through_the_event_writer() {
                 ("idle_timeout", 4001, 2),
                 ("body_timeout", 4002, 0),
                 ("shed", 4002, 0),
+                ("rapid_reset", 4001, 2),
             ] {
                 let e = by_reason(reason);
                 assert_eq!((e["class_uid"].as_u64(), e["activity_id"].as_u64()), (Some(class), Some(activity)), "{e}");

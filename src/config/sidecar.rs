@@ -27,8 +27,8 @@ pub struct SidecarConfig {
     pub limits: LimitsConfig,
 }
 
-/// SPEC section 3 `limits`: what a connection may cost before it is closed. Only the settings
-/// implemented are accepted; the SPEC's others are refused as unknown fields until they are.
+/// SPEC section 3 `limits`: what a connection or a request may cost before it is refused. Every
+/// setting the SPEC names is implemented; anything else is refused as an unknown field.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct LimitsConfig {
@@ -50,6 +50,28 @@ pub struct LimitsConfig {
     pub max_connections_per_source: usize,
     /// Requests in flight per data listener; past it new ones get 503 with `Retry-After`.
     pub max_inflight: usize,
+    /// HTTP/2 connections on the data listeners.
+    pub http2: Http2Limits,
+}
+
+/// SPEC section 3 `limits.http2`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Http2Limits {
+    /// Streams a peer may have open on one connection (SETTINGS_MAX_CONCURRENT_STREAMS); more are
+    /// refused (REFUSED_STREAM).
+    pub max_concurrent_streams: u32,
+    /// A request's decoded header list (SETTINGS_MAX_HEADER_LIST_SIZE); a longer one is answered 431.
+    pub max_header_list_bytes: u32,
+    /// RST_STREAM frames a peer may send on one connection within a second; past it the connection
+    /// is closed (rapid reset, CVE-2023-44487).
+    pub max_resets_per_second: u32,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Http2Limits { max_concurrent_streams: 256, max_header_list_bytes: 65536, max_resets_per_second: 200 }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -61,6 +83,7 @@ impl Default for LimitsConfig {
             max_connections: 10_000,
             max_connections_per_source: 1_000,
             max_inflight: 5_000,
+            http2: Http2Limits::default(),
         }
     }
 }
@@ -618,6 +641,21 @@ impl super::Validate for SidecarConfig {
         if self.limits.max_inflight == 0 {
             invalid.push(Invalid::field("limits.maxInflight", "must be at least 1"));
         }
+        let h2 = &self.limits.http2;
+        if h2.max_concurrent_streams == 0 {
+            invalid.push(Invalid::field("limits.http2.maxConcurrentStreams", "must be at least 1"));
+        }
+        // Below about a kilobyte no ordinary request head fits; past 16 MiB HPACK's memory is the
+        // attacker's to choose.
+        if !(1024..=16 << 20).contains(&h2.max_header_list_bytes) {
+            invalid.push(Invalid::field(
+                "limits.http2.maxHeaderListBytes",
+                format!("must be from 1024 to 16777216, got {}", h2.max_header_list_bytes),
+            ));
+        }
+        if h2.max_resets_per_second == 0 {
+            invalid.push(Invalid::field("limits.http2.maxResetsPerSecond", "must be at least 1"));
+        }
         if !(1..=MAX_THREADS).contains(&self.threads) {
             invalid.push(Invalid::field("threads", format!("must be from 1 to {MAX_THREADS}, got {}", self.threads)));
         }
@@ -693,10 +731,15 @@ mod tests {
                 "limits.maxInflight"
             ]
         );
-        assert!(
-            parse("limits: {http2: {maxConcurrentStreams: 256}}\n").is_err(),
-            "not implemented: refused, not ignored"
+        let h2 = parse("threads: 1\n").unwrap().limits.http2;
+        assert_eq!((h2.max_concurrent_streams, h2.max_header_list_bytes, h2.max_resets_per_second), (256, 65536, 200));
+        let cfg = parse("limits: {http2: {maxConcurrentStreams: 0, maxHeaderListBytes: 100, maxResetsPerSecond: 0}}\n")
+            .unwrap();
+        assert_eq!(
+            invalid_fields(&cfg, &env),
+            ["limits.http2.maxConcurrentStreams", "limits.http2.maxHeaderListBytes", "limits.http2.maxResetsPerSecond"]
         );
+        assert!(parse("limits: {http2: {maxContinuationFrames: 5}}\n").is_err(), "unknown: refused");
     }
 
     #[test]

@@ -120,6 +120,9 @@ impl DosRefusal {
                 "{n} request{plural} on {direction} answered 408: no body bytes within {setting} ({limit})"
             ),
             "shed" => format!("{n} request{plural} on {direction} shed (503): {setting} ({limit}) in flight"),
+            "rapid_reset" => format!(
+                "{n} HTTP/2 connection{plural} on {direction} closed: more stream resets than {setting} ({limit}) a second"
+            ),
             other => format!("{n} refused on {direction}: {other}"),
         }
     }

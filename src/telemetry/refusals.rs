@@ -31,6 +31,9 @@ pub enum RefusalReason {
     BodyTimeout,
     /// `limits.maxInflight`: a request answered 503 (load shedding).
     Shed,
+    /// `limits.http2.maxResetsPerSecond`: an HTTP/2 connection closed for resetting too many of
+    /// its streams (rapid reset).
+    RapidReset,
 }
 
 impl RefusalReason {
@@ -42,6 +45,7 @@ impl RefusalReason {
             RefusalReason::IdleTimeout => "idle_timeout",
             RefusalReason::BodyTimeout => "body_timeout",
             RefusalReason::Shed => "shed",
+            RefusalReason::RapidReset => "rapid_reset",
         }
     }
 
@@ -54,6 +58,7 @@ impl RefusalReason {
             RefusalReason::IdleTimeout => "limits.idleTimeout",
             RefusalReason::BodyTimeout => "limits.bodyTimeout",
             RefusalReason::Shed => "limits.maxInflight",
+            RefusalReason::RapidReset => "limits.http2.maxResetsPerSecond",
         }
     }
 }
