@@ -292,12 +292,13 @@ pub async fn serve_with<A>(
         });
     }
     drop(listener);
-    telemetry.report_refusals();
+    telemetry.flush_refusals();
     app.cleanup().await;
 }
 
-/// How often the accept loops report the refusals counted since the last report.
-const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How often an accept loop asks for the refusals counted since the last report to be reported:
+/// a report is made once a second at most (`Refusals::report`), by whichever loop asks first.
+const REPORT_EVERY: Duration = Duration::from_millis(250);
 
 /// Serves a plaintext connection let in under PERMISSIVE. When the policy makes the workload
 /// STRICT, it is told to stop: HTTP/2 with a GOAWAY after its streams, HTTP/1.1 after the

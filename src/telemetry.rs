@@ -76,9 +76,16 @@ impl Telemetry {
         })
     }
 
-    /// Emits the DoS refusals counted since the last report: one event per listener and reason.
-    /// The accept loops call it every second.
+    /// Emits the DoS refusals counted since the last report: one event per listener and reason,
+    /// at most once a second however many accept loops ask (each does every second).
     pub fn report_refusals(&self) {
+        for event in self.refusals.report() {
+            self.events.emit(event);
+        }
+    }
+
+    /// Emits the refusals not yet reported at once (a listener that stops).
+    pub fn flush_refusals(&self) {
         for event in self.refusals.flush() {
             self.events.emit(event);
         }

@@ -1,8 +1,10 @@
 //! The DoS defences' refusals (SPEC section 3 `limits`): connections closed at accept, heads and
 //! bodies that did not arrive in time, idle connections reaped, requests shed. Each is counted at
 //! once (its Prometheus counter), and reported as a security event in aggregate: at most one event
-//! per listener and reason per flush (the accept loops flush every second), carrying how many
-//! there were, so a flood of 10,000 connections writes a line a second, not 10,000.
+//! per listener and reason a second (the accept loops ask for a report several times a second; one
+//! is made when a second has passed since the last), carrying how many there were, so a flood of
+//! 10,000 connections writes a line a second, not 10,000. A listener that stops reports what is
+//! left at once.
 //!
 //! Recording is two atomic adds and, when the source is known, one uncontended `try_lock`; the
 //! event is built only by the flush.
@@ -68,7 +70,13 @@ impl RefusalReason {
 pub struct Refusals {
     /// One slot per (listener, reason); touched when a listener starts and by the flush only.
     slots: Mutex<Vec<Arc<Slot>>>,
+    /// When the last report was made (Unix ms): every accept loop asks for one each second, and
+    /// only the first to ask after a second has passed gets it.
+    last_report: AtomicU64,
 }
+
+/// The least time between two reports of the same listener and reason.
+pub const REPORT_EVERY_MS: u64 = 1000;
 
 struct Slot {
     direction: &'static str,
@@ -157,6 +165,19 @@ impl Refusals {
         RefusalCounter(slot)
     }
 
+    /// [`Refusals::flush`], unless the last report was less than a second ago (then nothing, and
+    /// the counts wait for the next).
+    pub fn report(&self) -> Vec<SecurityEvent> {
+        let now = now_millis();
+        let last = self.last_report.load(Ordering::Acquire);
+        if now.saturating_sub(last) < REPORT_EVERY_MS
+            || self.last_report.compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire).is_err()
+        {
+            return Vec::new();
+        }
+        self.flush()
+    }
+
     /// The refusals counted since the last flush, one event per listener and reason that had
     /// any, each with its count, and one log line each.
     pub fn flush(&self) -> Vec<SecurityEvent> {
@@ -216,6 +237,15 @@ mod tests {
         assert_eq!(r.listener, Some("127.0.0.1:15006".parse().unwrap()));
         assert!(r.start_ms <= r.end_ms && r.start_ms > 0);
         assert!(refusals.flush().is_empty(), "nothing new, nothing reported");
+        // Reports (what the accept loops ask for) come a second apart at most, whoever asks.
+        at_accept.refused(Some(attacker));
+        assert_eq!(refusals.report().len(), 1, "the first report");
+        at_accept.refused(Some(attacker));
+        assert!(refusals.report().is_empty(), "another within the second: nothing yet");
+        refusals.last_report.store(now_millis() - REPORT_EVERY_MS, Ordering::Release);
+        let events = refusals.report();
+        let SecurityEvent::DosRefused(r) = &events[0] else { panic!() };
+        assert_eq!(r.count, 1, "the refusal that waited is in the next report");
 
         // Two sources: none is named as the source.
         at_accept.refused(Some(attacker));
@@ -223,6 +253,6 @@ mod tests {
         let events = refusals.flush();
         let SecurityEvent::DosRefused(r) = &events[0] else { panic!() };
         assert_eq!((r.count, r.source, r.several_sources), (2, None, true));
-        assert_eq!(metric.get(), 10_002);
+        assert_eq!(metric.get(), 10_004);
     }
 }
