@@ -237,6 +237,12 @@ where
     // An HTTP/2 connection with no stream open is idle (HTTP/1.1's idleness is serve.rs's).
     options.h2_idle_timeout = Some(limits.idle_timeout.0);
     app.server_options = Some(options);
+    // limits.http2, on pingora's bounded defaults (h2's own rapid-reset and CONTINUATION guards
+    // stay; the reset rate is serve.rs's).
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_concurrent_streams(limits.http2.max_concurrent_streams);
+    h2.max_header_list_size(limits.http2.max_header_list_bytes);
+    app.h2_options = Some(h2);
     Arc::new(crate::proxy::Strict(Arc::new(app)))
 }
 
@@ -262,9 +268,18 @@ async fn run(
     let readiness = Arc::new(Readiness::default());
     let data_path = ConnectionTracker::default();
 
-    let inflight = |direction| {
+    let body_timeout = |direction, listener| {
+        let timeout = config.limits.body_timeout;
+        let series = telemetry.metrics.connections_closed.with_label_values(&[direction, "body_timeout"]);
+        let reason = crate::telemetry::RefusalReason::BodyTimeout;
+        let counted = telemetry.refusals.counter(direction, reason, timeout, series).at(listener);
+        crate::proxy::BodyTimeout::new(timeout.0, counted)
+    };
+    let inflight = |direction, listener| {
         let shed = telemetry.metrics.requests_shed.with_label_values(&[direction]);
-        crate::proxy::Inflight::new(config.limits.max_inflight, shed)
+        let reason = crate::telemetry::RefusalReason::Shed;
+        let counted = telemetry.refusals.counter(direction, reason, config.limits.max_inflight, shed).at(listener);
+        crate::proxy::Inflight::new(config.limits.max_inflight, counted)
     };
     let inbound = proxy_app(
         &conf,
@@ -275,7 +290,8 @@ async fn run(
             policy.clone(),
             telemetry.clone(),
         )
-        .shedding(inflight("inbound")),
+        .shedding(inflight("inbound", bound.inbound))
+        .body_timeout(body_timeout("inbound", bound.inbound)),
         &config.limits,
     );
     let outbound = proxy_app(
@@ -287,7 +303,8 @@ async fn run(
             tls.clone(),
             telemetry.clone(),
         )
-        .shedding(inflight("outbound")),
+        .shedding(inflight("outbound", bound.outbound))
+        .body_timeout(body_timeout("outbound", bound.outbound)),
         &config.limits,
     );
     let identity_state = identity.as_ref().map(|i| i.state.clone());
@@ -310,6 +327,10 @@ async fn run(
         header_timeout: config.limits.header_timeout.0,
         idle_timeout: config.limits.idle_timeout.0,
         max_connections: config.limits.max_connections,
+        // The outbound listener's only caller is the pod's own app: one source.
+        max_connections_per_source: (direction != "outbound").then_some(config.limits.max_connections_per_source),
+        head_timeout_answer: Some(crate::proxy::request_timeout_answer),
+        max_resets_per_second: Some(config.limits.http2.max_resets_per_second),
     };
     let serving = [
         tokio::spawn(serve_with(

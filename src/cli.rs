@@ -152,7 +152,11 @@ fn describe_policy(p: &crate::policy::SecurityPolicy) -> String {
     }
     for l in p.spec.rate_limits.iter() {
         let burst = l.burst.unwrap_or(l.rate);
-        parts.push(format!("rate limit {} {}/{} burst {burst} by {}", l.name.0, l.rate, l.per, l.key));
+        let delay = match l.action {
+            crate::policy::LimitAction::DELAY => format!(", delayed up to {:?}", l.max_wait()),
+            crate::policy::LimitAction::REJECT => String::new(),
+        };
+        parts.push(format!("rate limit {} {}/{} burst {burst} by {}{delay}", l.name.0, l.rate, l.per, l.key));
     }
     if let Some(v) = &p.spec.input_validation {
         let limits: Vec<String> = [

@@ -25,9 +25,9 @@ pub use inject::{
 pub use otel::{ParentRoot, Propagators, SamplerChoice, TraceSettings};
 pub use sidecar::{
     AdminConfig, AppProtocol, ControlPlaneAddress, Destination, EventFormat, EventSink, EventsConfig, FailMode,
-    IdentityConfig, IdentityFromControlPlane, InboundConfig, LimitsConfig, MtlsMode, OtlpConfig, OtlpProtocol,
-    OutboundConfig, PolicySourceConfig, SidecarConfig, SpiffeIdField, TelemetryConfig, TrustDomain, WorkloadConfig,
-    MAX_THREADS,
+    Http2Limits, IdentityConfig, IdentityFromControlPlane, InboundConfig, LimitsConfig, MtlsMode, OtlpConfig,
+    OtlpProtocol, OutboundConfig, PolicySourceConfig, SidecarConfig, SpiffeIdField, TelemetryConfig, TrustDomain,
+    WorkloadConfig, MAX_THREADS,
 };
 pub use types::{HumanDuration, IpBlock, ListenAddr};
 

@@ -14,9 +14,10 @@ mod ratelimit;
 pub use crate::config::IpBlock;
 pub use compile::{selects, InputLimits, PolicySnapshot};
 pub use decide::{
-    Allowed, Authenticated, BodyPlan, DecidedBy, Limited, Note, Refusal, RequestView, Unauthenticated, WafFinding,
+    Allowed, Authenticated, BodyPlan, DecidedBy, Limited, Note, Refusal, RequestView, Throttle, Unauthenticated,
+    WafFinding,
 };
-pub use document::{Action, Mode, SecurityPolicy, WafMode};
+pub use document::{Action, LimitAction, Mode, SecurityPolicy, WafMode};
 pub use load::{load_files, parse_file, unique, Located, Sources};
 pub use normalize::{match_form, normalize, PathError};
 pub use patterns::{PathPattern, Pattern};

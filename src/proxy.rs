@@ -18,7 +18,7 @@ mod shed;
 
 pub use inbound::Inbound;
 pub use outbound::Outbound;
-pub use parse_guard::Strict;
+pub use parse_guard::{request_timeout_answer, Strict};
 pub use request_id::RequestId;
 pub use respond::ErrorKind;
 pub use shed::Inflight;
@@ -70,6 +70,59 @@ pub(crate) fn ambiguous_framing(session: &pingora::proxy::Session) -> Option<&'s
     raw.split(|&b| b == b'\n')
         .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
         .then_some("both Content-Length and Transfer-Encoding")
+}
+
+/// `limits.bodyTimeout` for one proxy: how long a request's body may stall, and where its
+/// timeouts are counted. HTTP/1.1 bodies are held to it by pingora's own read timer, set per
+/// request ([`BodyTimeout::start`]), wherever they are read; HTTP/2 bodies where this crate reads
+/// them ([`BodyTimeout::read`], [`forward::exchange`]).
+#[derive(Clone)]
+pub struct BodyTimeout {
+    pub timeout: std::time::Duration,
+    timeouts: crate::telemetry::RefusalCounter,
+}
+
+impl BodyTimeout {
+    pub fn new(timeout: std::time::Duration, timeouts: crate::telemetry::RefusalCounter) -> Self {
+        BodyTimeout { timeout, timeouts }
+    }
+
+    /// The SPEC's default (60 s), counted nowhere (proxies built without limits, unit tests).
+    pub(crate) fn default_uncounted() -> Self {
+        use crate::telemetry::{RefusalReason, Refusals};
+        let counter =
+            prometheus::IntCounter::new("palisade_connections_closed_total", "unregistered").expect("counter");
+        let timeouts = Refusals::default().counter("other", RefusalReason::BodyTimeout, "60s", counter);
+        BodyTimeout::new(std::time::Duration::from_secs(60), timeouts)
+    }
+
+    /// Holds an HTTP/1.1 request's body reads to the timeout (pingora's per-read timer).
+    pub(crate) fn start(&self, session: &mut pingora::proxy::Session) {
+        session.set_read_timeout(Some(self.timeout));
+    }
+
+    /// One read of the request body, at most the timeout long.
+    pub(crate) async fn read(&self, session: &mut pingora::proxy::Session) -> pingora::Result<Option<bytes::Bytes>> {
+        match tokio::time::timeout(self.timeout, session.read_request_body()).await {
+            Ok(read) => read.map_err(pingora::Error::into_down),
+            Err(_) => Err(body_timed_out()),
+        }
+    }
+
+    /// Counts a request that failed for its body's stalling (`e`, the failure).
+    pub(crate) fn count(&self, session: &pingora::proxy::Session, e: &pingora::Error) {
+        if respond::is_body_timeout(e) {
+            let source = session.client_addr().and_then(|a| a.as_inet()).map(|a| canonical_ip(a.ip()));
+            self.timeouts.refused(source);
+        }
+    }
+}
+
+/// The failure of a request whose body stalled: pingora's own (an HTTP/1.1 read timed out) has
+/// this type and side too.
+pub(crate) fn body_timed_out() -> Box<pingora::Error> {
+    pingora::Error::explain(pingora::ErrorType::ReadTimedout, "no request body bytes within limits.bodyTimeout")
+        .into_down()
 }
 
 /// An HTTP/1 request whose body is chunked: its framing is known only as the body is read.

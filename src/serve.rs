@@ -16,9 +16,9 @@ use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
-use crate::config::MtlsMode;
+use crate::config::{HumanDuration, MtlsMode};
 use crate::policy::PolicyStore;
-use crate::telemetry::{SecurityEvent, Telemetry};
+use crate::telemetry::{RefusalCounter, RefusalReason, SecurityEvent, Telemetry};
 use crate::tls::TlsStore;
 
 /// A TLS ClientHello starts with a handshake record.
@@ -40,6 +40,14 @@ pub struct ConnectionLimits {
     /// Between requests (HTTP/1.1; HTTP/2 idleness is pingora's `h2_idle_timeout`).
     pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Open connections from one source address (IPv6: one /64); `None`: no such limit.
+    pub max_connections_per_source: Option<usize>,
+    /// The answer to an HTTP/1.1 request head cut short by `header_timeout` (SPEC section 5: 408
+    /// and close), written before the connection closes; `None`: closed without one.
+    pub head_timeout_answer: Option<fn() -> Vec<u8>>,
+    /// RST_STREAM frames an HTTP/2 peer may send within a second before its connection is
+    /// closed (`limits.http2.maxResetsPerSecond`); `None`: not counted.
+    pub max_resets_per_second: Option<u32>,
 }
 
 impl Default for ConnectionLimits {
@@ -49,6 +57,61 @@ impl Default for ConnectionLimits {
             header_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             max_connections: MAX_CONNECTIONS_PER_LISTENER,
+            max_connections_per_source: None,
+            head_timeout_answer: None,
+            max_resets_per_second: None,
+        }
+    }
+}
+
+/// Open connections per source address on one listener (`limits.maxConnectionsPerSource`).
+/// Entries exist only for sources with a connection open, so the table is never larger than the
+/// listener's connection limit.
+struct PerSource {
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    max: usize,
+}
+
+/// A connection's place in its source's count, given back when the connection ends.
+struct SourceSlot {
+    table: Arc<PerSource>,
+    source: std::net::IpAddr,
+}
+
+impl PerSource {
+    /// The address connections are counted under: an IPv4 peer of a dual-stack listener as
+    /// IPv4; an IPv6 peer by its /64 (one client usually holds a whole one).
+    fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
+        match ip {
+            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => std::net::IpAddr::V4(v4),
+                None => std::net::IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            },
+            v4 => v4,
+        }
+    }
+
+    /// A place for one more connection from `ip`, or `None` when its source has `max` open.
+    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourceSlot> {
+        let source = Self::source_of(ip);
+        let mut open = self.open.lock().expect("per-source lock");
+        let n = open.entry(source).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot { table: self.clone(), source })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().expect("per-source lock");
+        if let Some(n) = open.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.source);
+            }
         }
     }
 }
@@ -133,18 +196,41 @@ pub async fn serve_with<A>(
 {
     let transport = Arc::new(transport);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    // Label lookups once per listener, not per connection.
-    let closed = &telemetry.metrics.connections_closed;
+    let per_source = limits
+        .max_connections_per_source
+        .map(|max| Arc::new(PerSource { open: std::sync::Mutex::new(Default::default()), max }));
+    // Counters looked up once per listener, not per connection; each closure is counted at once
+    // and reported as an event in aggregate (`Telemetry::report_refusals`, below).
+    let listening = listener.local_addr().ok();
+    let counter = |reason: RefusalReason, limit: String| {
+        let series = telemetry.metrics.connections_closed.with_label_values(&[limits.direction, reason.label()]);
+        let counter = telemetry.refusals.counter(limits.direction, reason, limit, series);
+        match listening {
+            Some(addr) => counter.at(addr),
+            None => counter,
+        }
+    };
     let counters = Closures {
         direction: limits.direction,
-        header: closed.with_label_values(&[limits.direction, "header_timeout"]),
-        idle: closed.with_label_values(&[limits.direction, "idle_timeout"]),
+        header: counter(RefusalReason::HeaderTimeout, HumanDuration(limits.header_timeout).to_string()),
+        idle: counter(RefusalReason::IdleTimeout, HumanDuration(limits.idle_timeout).to_string()),
+        resets: counter(
+            RefusalReason::RapidReset,
+            limits.max_resets_per_second.map_or_else(|| "none".to_string(), |n| n.to_string()),
+        ),
     };
-    let at_limit = closed.with_label_values(&[limits.direction, "connection_limit"]);
+    let at_limit = counter(RefusalReason::ConnectionLimit, limits.max_connections.to_string());
+    let at_source_limit = per_source.as_ref().map(|p| counter(RefusalReason::SourceLimit, p.max.to_string()));
+    let mut report = tokio::time::interval(REPORT_EVERY);
+    report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = report.tick() => {
+                telemetry.report_refusals();
+                continue;
+            }
         };
         let (tcp, peer) = match accepted {
             Ok(conn) => conn,
@@ -155,11 +241,27 @@ pub async fn serve_with<A>(
                 continue;
             }
         };
+        // Closed at once, each counted; logged one by one only at debug level (the event and
+        // the warning of each second's report say how many).
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            at_limit.inc();
-            tracing::warn!(%peer, direction = limits.direction, limit = limits.max_connections,
+            at_limit.refused(Some(peer.ip()));
+            tracing::debug!(%peer, direction = limits.direction, limit = limits.max_connections,
                 "connection limit reached; closing");
             continue;
+        };
+        let source_slot = match &per_source {
+            Some(table) => match table.enter(peer.ip()) {
+                Some(s) => Some(s),
+                None => {
+                    if let Some(counter) = &at_source_limit {
+                        counter.refused(Some(peer.ip()));
+                    }
+                    tracing::debug!(%peer, direction = limits.direction, limit = table.max,
+                        "connection limit per source reached; closing");
+                    continue;
+                }
+            },
+            None => None,
         };
         let _ = tcp.set_nodelay(true);
         let guard = tracker.open();
@@ -171,6 +273,7 @@ pub async fn serve_with<A>(
         tokio::spawn(async move {
             let _guard = guard;
             let _slot = slot;
+            let _source_slot = source_slot;
             let Some((stream, gate)) = handshake(tcp, peer, &transport, &telemetry).await else {
                 return;
             };
@@ -189,8 +292,13 @@ pub async fn serve_with<A>(
         });
     }
     drop(listener);
+    telemetry.flush_refusals();
     app.cleanup().await;
 }
+
+/// How often an accept loop asks for the refusals counted since the last report to be reported:
+/// a report is made once a second at most (`Refusals::report`), by whichever loop asks first.
+const REPORT_EVERY: Duration = Duration::from_millis(250);
 
 /// Serves a plaintext connection let in under PERMISSIVE. When the policy makes the workload
 /// STRICT, it is told to stop: HTTP/2 with a GOAWAY after its streams, HTTP/1.1 after the
@@ -469,8 +577,76 @@ impl pingora::protocols::Peek for CoalescedWrites {
 #[derive(Clone)]
 struct Closures {
     direction: &'static str,
-    header: prometheus::IntCounter,
-    idle: prometheus::IntCounter,
+    header: RefusalCounter,
+    idle: RefusalCounter,
+    resets: RefusalCounter,
+}
+
+/// Counts the RST_STREAM frames an HTTP/2 peer sends (rapid reset, CVE-2023-44487: streams opened
+/// and cancelled at once cost the server work the client never waits for). h2 limits resets of
+/// streams not yet accepted; this limits all of them, per connection and second. It reads only
+/// frame headers, from the bytes the connection delivers anyway: the 9 bytes of each frame's
+/// header are looked at, payloads are skipped over.
+#[derive(Debug)]
+struct ResetCount {
+    max: u32,
+    /// Bytes still to skip: the rest of the connection preface, or of a frame's payload.
+    skip: usize,
+    header: [u8; 9],
+    /// How much of `header` has arrived.
+    have: usize,
+    window: tokio::time::Instant,
+    resets: u32,
+}
+
+/// The client's connection preface, before the first frame.
+const H2_PREFACE_LEN: usize = 24;
+const RST_STREAM: u8 = 0x3;
+
+impl ResetCount {
+    fn new(max: u32) -> Self {
+        ResetCount {
+            max,
+            skip: H2_PREFACE_LEN,
+            header: [0; 9],
+            have: 0,
+            window: tokio::time::Instant::now(),
+            resets: 0,
+        }
+    }
+
+    /// Follows `bytes`, the next ones the peer sent; whether the peer is past its resets.
+    fn read(&mut self, mut bytes: &[u8]) -> bool {
+        let mut resets = 0u32;
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (9 - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == 9 {
+                self.have = 0;
+                self.skip =
+                    usize::from(self.header[0]) << 16 | usize::from(self.header[1]) << 8 | usize::from(self.header[2]);
+                resets += u32::from(self.header[3] == RST_STREAM);
+            }
+        }
+        if resets == 0 {
+            return false;
+        }
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.resets = 0;
+        }
+        self.resets = self.resets.saturating_add(resets);
+        self.resets > self.max
+    }
 }
 
 /// Where an HTTP/1.1 connection is, as far as its bytes tell.
@@ -512,7 +688,17 @@ struct Deadlined {
     idle_timeout: Duration,
     peer: SocketAddr,
     closures: Closures,
+    head_timeout_answer: Option<fn() -> Vec<u8>>,
+    /// The 408 being written to a client whose head did not arrive in time, and how much of it.
+    answering: Option<(Vec<u8>, usize)>,
+    /// HTTP/2: the peer's stream resets, when limited.
+    max_resets_per_second: Option<u32>,
+    resets: Option<ResetCount>,
 }
+
+/// How long the 408 for a late head may take to write before the connection is closed anyway
+/// (a client that does not read is not waited for).
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for Deadlined {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -539,7 +725,38 @@ impl Deadlined {
             idle_timeout: limits.idle_timeout,
             peer,
             closures,
+            head_timeout_answer: limits.head_timeout_answer,
+            answering: None,
+            max_resets_per_second: limits.max_resets_per_second,
+            resets: None,
         }
+    }
+
+    /// Part of an HTTP/1.1 request head came, not all of it: what SPEC section 5 answers with
+    /// 408 when the head's deadline passes. (Nothing at all, or HTTP/2, is closed silently.)
+    fn partial_head(&self) -> Option<fn() -> Vec<u8>> {
+        matches!(self.phase, Phase::Head { seen: true, .. }).then_some(self.head_timeout_answer).flatten()
+    }
+
+    /// Writes the 408 for a late head (at most `ANSWER_GRACE` long), then fails the read that
+    /// was waiting for the head, so pingora closes the connection.
+    fn poll_answer(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        use tokio::io::AsyncWrite;
+        while let Some((answer, written)) = self.answering.as_mut() {
+            let step = if *written < answer.len() {
+                std::pin::Pin::new(&mut self.io).poll_write(cx, &answer[*written..]).map_ok(Some)
+            } else {
+                std::pin::Pin::new(&mut self.io).poll_flush(cx).map_ok(|()| None)
+            };
+            match step {
+                Poll::Ready(Ok(Some(n))) if n > 0 => *written += n,
+                Poll::Pending if self.timer.as_mut().poll(cx).is_pending() => return Poll::Pending,
+                // Flushed, or the client cannot take it (gone, or not reading): close either way.
+                _ => self.answering = None,
+            }
+        }
+        Poll::Ready(self.close("header_timeout"))
     }
 
     /// Follows the request bytes just read.
@@ -547,9 +764,11 @@ impl Deadlined {
         match self.phase {
             Phase::Head { seen, crlf } => {
                 if !seen && bytes.starts_with(b"PRI ") {
-                    // HTTP/2 (by ALPN or prior knowledge): its preface came; the rest is pingora's.
+                    // HTTP/2 (by ALPN or prior knowledge): its preface came; the rest is pingora's
+                    // (and its resets are counted from here).
                     self.phase = Phase::H2;
                     self.armed = false;
+                    self.resets = self.max_resets_per_second.map(ResetCount::new);
                     return;
                 }
                 let mut matched = crlf;
@@ -626,6 +845,18 @@ impl Deadlined {
 }
 
 impl Deadlined {
+    /// Closes an HTTP/2 connection whose peer reset more streams in a second than it may: the
+    /// read that brought the resets fails (h2 never sees them), and pingora closes the connection.
+    fn close_for_resets(&mut self) -> std::io::Result<()> {
+        self.resets = None;
+        self.closures.resets.refused(Some(self.peer.ip()));
+        tracing::debug!(peer = %self.peer, direction = self.closures.direction, "closing an HTTP/2 connection: rapid reset");
+        Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            "more stream resets than limits.http2.maxResetsPerSecond",
+        ))
+    }
+
     /// Counts and logs a closure; what the parked read returns so that pingora closes the
     /// connection: an end of stream when idle (as if the client had left between requests), an
     /// error mid-head.
@@ -634,8 +865,8 @@ impl Deadlined {
         let idle = reason == "idle_timeout";
         let (counter, timeout) =
             if idle { (&self.closures.idle, self.idle_timeout) } else { (&self.closures.header, self.header_timeout) };
-        counter.inc();
-        tracing::info!(peer = %self.peer, direction = self.closures.direction, reason, ?timeout, "closing a connection");
+        counter.refused(Some(self.peer.ip()));
+        tracing::debug!(peer = %self.peer, direction = self.closures.direction, reason, ?timeout, "closing a connection");
         if idle {
             Ok(())
         } else {
@@ -653,17 +884,40 @@ impl tokio::io::AsyncRead for Deadlined {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if self.answering.is_some() {
+            return self.poll_answer(cx);
+        }
         let before = buf.filled().len();
         match std::pin::Pin::new(&mut self.io).poll_read(cx, buf) {
             std::task::Poll::Ready(Ok(())) => {
                 let this = &mut *self;
-                if buf.filled().len() > before && this.phase != Phase::H2 && this.phase != Phase::Request {
-                    this.on_read(&buf.filled()[before..]);
+                let read = &buf.filled()[before..];
+                if read.is_empty() {
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                let was_h2 = this.phase == Phase::H2;
+                if !was_h2 && this.phase != Phase::Request {
+                    this.on_read(read);
+                }
+                // The bytes that made the connection HTTP/2 start with the preface: counted too.
+                if this.phase == Phase::H2 {
+                    if let Some(resets) = this.resets.as_mut() {
+                        if resets.read(read) {
+                            return std::task::Poll::Ready(this.close_for_resets());
+                        }
+                    }
                 }
                 std::task::Poll::Ready(Ok(()))
             }
             std::task::Poll::Pending => match self.expired(cx) {
                 None => std::task::Poll::Pending,
+                Some("header_timeout") if self.partial_head().is_some() => {
+                    let answer = self.partial_head().map(|answer| answer()).unwrap_or_default();
+                    self.answering = Some((answer, 0));
+                    let grace = tokio::time::Instant::now() + ANSWER_GRACE;
+                    self.timer.as_mut().reset(grace);
+                    self.poll_answer(cx)
+                }
                 Some(reason) => std::task::Poll::Ready(self.close(reason)),
             },
             other => other,
@@ -754,16 +1008,74 @@ impl pingora::protocols::Peek for Deadlined {
                 Phase::Answered => (self.last_activity + self.idle_timeout, "idle_timeout"),
                 _ => return self.io.try_peek(buf).await,
             };
+            // pingora's peek reads until it has the whole preface: what came of it so far shows
+            // in `buf` (zeroed first; a request head starts with a letter) if the deadline ends it.
+            buf.fill(0);
             match tokio::time::timeout_at(deadline, self.io.try_peek(buf)).await {
                 Ok(peeked) => return peeked,
                 // Bytes moved since (an answer still being written): wait on.
                 Err(_) if reason == "idle_timeout" && self.last_activity + self.idle_timeout > deadline => {}
                 Err(_) => {
+                    let peeked_head = buf.iter().any(|&b| b != 0) && !buf.starts_with(b"PRI");
+                    let answer = match self.partial_head() {
+                        Some(answer) => Some(answer),
+                        None if peeked_head => self.head_timeout_answer,
+                        None => None,
+                    };
+                    if let (Some(answer), "header_timeout") = (answer, reason) {
+                        use tokio::io::AsyncWriteExt;
+                        let answer = answer();
+                        let write = async {
+                            self.io.write_all(&answer).await?;
+                            self.io.flush().await
+                        };
+                        let _: Result<std::io::Result<()>, _> = tokio::time::timeout(ANSWER_GRACE, write).await;
+                    }
                     return self.close(reason).and_then(|()| {
                         Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle (limits.idleTimeout)"))
                     });
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/2 frame header: length, type, flags, stream id.
+    fn frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, 0];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stream_resets_are_counted_from_frame_headers_per_second_whatever_the_read_boundaries() {
+        let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        wire.extend(frame(0x4, 0, &[0; 12])); // SETTINGS
+        for stream in (1..=9u32).step_by(2) {
+            wire.extend(frame(0x1, stream, &[0x82, 0x86, 0x84])); // HEADERS
+            wire.extend(frame(0x0, stream, &[0x3; 1000])); // DATA: a payload holding 0x03 bytes
+            wire.extend(frame(RST_STREAM, stream, &8u32.to_be_bytes()));
+        }
+        // Five resets: at the limit of five, not past it, however the bytes are split up.
+        for chunk in [1, 7, 9, 100, wire.len()] {
+            let mut count = ResetCount::new(5);
+            assert!(!wire.chunks(chunk).any(|c| count.read(c)), "split every {chunk}");
+            assert_eq!(count.resets, 5, "split every {chunk}: only RST_STREAM frames count");
+            // One more within the second: past it.
+            assert!(count.read(&frame(RST_STREAM, 11, &8u32.to_be_bytes())));
+        }
+        // A second later the count starts again.
+        let mut count = ResetCount::new(5);
+        assert!(!count.read(&wire));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let more: Vec<u8> = (0..5).flat_map(|i| frame(RST_STREAM, 13 + 2 * i, &8u32.to_be_bytes())).collect();
+        assert!(!count.read(&more), "five in the next second");
+        assert!(count.read(&frame(RST_STREAM, 31, &8u32.to_be_bytes())), "and the sixth is one too many");
     }
 }

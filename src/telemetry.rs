@@ -8,12 +8,14 @@ mod logging;
 mod metrics;
 mod otlp_tls;
 mod recorder;
+mod refusals;
 mod traces;
 
-pub use events::{DeniedRequest, EventWriter, RequestFacts, SecurityEvent, TlsSession, WafEvent};
+pub use events::{DeniedRequest, DosRefusal, EventWriter, RequestFacts, SecurityEvent, TlsSession, WafEvent};
 pub use logging::{LogFormat, LogLevel};
 pub use metrics::Metrics;
 pub use recorder::{Destinations, Fnv1a, Recorded, RequestRecorder, MAX_DESTINATIONS, OTHER_DESTINATION};
+pub use refusals::{RefusalCounter, RefusalReason, Refusals};
 pub use traces::{
     header_names as trace_headers, ParentRoot, Propagators, RequestSpan, SamplerChoice, SpanEnd, TraceCounters,
     TraceSettings, Traces,
@@ -28,6 +30,8 @@ pub struct Telemetry {
     pub events: EventWriter,
     /// OpenTelemetry traces, when configured.
     pub traces: Option<Traces>,
+    /// The DoS defences' refusals, reported in aggregate ([`Telemetry::report_refusals`]).
+    pub refusals: Refusals,
     access_log: Option<JsonLines>,
 }
 
@@ -42,6 +46,8 @@ pub struct AccessRecord<'a> {
     pub principal: &'a str,
     pub decision: &'static str,
     pub request_id: &'a str,
+    /// How long a `DELAY` rate limit held the request back (`ratelimit_delay_ms`, only when it did).
+    pub ratelimit_delay: Option<std::time::Duration>,
 }
 
 impl Telemetry {
@@ -61,7 +67,29 @@ impl Telemetry {
             };
             Traces::new(settings, counters)
         });
-        Ok(Telemetry { metrics, requests: RequestRecorder::default(), events, traces, access_log })
+        Ok(Telemetry {
+            metrics,
+            requests: RequestRecorder::default(),
+            events,
+            traces,
+            refusals: Refusals::default(),
+            access_log,
+        })
+    }
+
+    /// Emits the DoS refusals counted since the last report: one event per listener and reason,
+    /// at most once a second however many accept loops ask (each does every second).
+    pub fn report_refusals(&self) {
+        for event in self.refusals.report() {
+            self.events.emit(event);
+        }
+    }
+
+    /// Emits the refusals not yet reported at once (a listener that stops).
+    pub fn flush_refusals(&self) {
+        for event in self.refusals.flush() {
+            self.events.emit(event);
+        }
     }
 
     /// Waits until the security events and access-log lines emitted so far are written (or
@@ -98,6 +126,9 @@ impl Telemetry {
         text(&mut line, r.principal);
         let _ = write!(line, ",\"decision\":\"{}\",\"request_id\":", r.decision);
         text(&mut line, r.request_id);
+        if let Some(delay) = r.ratelimit_delay {
+            let _ = write!(line, ",\"ratelimit_delay_ms\":{:.3}", delay.as_secs_f64() * 1e3);
+        }
         line.extend_from_slice(b"}\n");
         lines.send_line(line);
     }
@@ -126,6 +157,7 @@ mod tests {
             principal: "",
             decision: "allow",
             request_id: "r",
+            ratelimit_delay: None,
         };
         telemetry.access(record());
         telemetry.events.emit(SecurityEvent::PolicyApplied { version: "v1".into(), policies: vec![] });

@@ -5,7 +5,7 @@
 mod support;
 
 use palisade::config::{EventFormat, EventSink, EventsConfig};
-use palisade::telemetry::{DeniedRequest, EventWriter, RequestFacts, SecurityEvent, TlsSession, WafEvent};
+use palisade::telemetry::{DeniedRequest, DosRefusal, EventWriter, RequestFacts, SecurityEvent, TlsSession, WafEvent};
 use serde_json::Value;
 use support::*;
 
@@ -310,7 +310,36 @@ fn every_kind() -> Vec<SecurityEvent> {
         },
         waf(true),
         waf(false),
+        dos("inbound", "connection_limit", "limits.maxConnections", "10000", Some("10.0.0.66"), false),
+        dos("inbound", "source_limit", "limits.maxConnectionsPerSource", "1000", Some("10.0.0.66"), false),
+        dos("outbound", "header_timeout", "limits.headerTimeout", "10s", None, true),
+        dos("inbound", "idle_timeout", "limits.idleTimeout", "300s", Some("10.0.0.7"), false),
+        dos("inbound", "body_timeout", "limits.bodyTimeout", "60s", Some("10.0.0.7"), false),
+        dos("inbound", "shed", "limits.maxInflight", "5000", None, true),
+        dos("inbound", "rapid_reset", "limits.http2.maxResetsPerSecond", "200", Some("10.0.0.66"), false),
     ]
+}
+
+fn dos(
+    direction: &'static str,
+    reason: &'static str,
+    setting: &'static str,
+    limit: &str,
+    source: Option<&str>,
+    several_sources: bool,
+) -> SecurityEvent {
+    SecurityEvent::DosRefused(DosRefusal {
+        direction,
+        reason,
+        setting,
+        limit: limit.into(),
+        count: 1234,
+        start_ms: 1_796_000_000_000,
+        end_ms: 1_796_000_001_000,
+        listener: Some("10.0.0.9:15006".parse().unwrap()),
+        source: source.map(|s| s.parse().unwrap()),
+        several_sources,
+    })
 }
 
 /// The name of an event's kind; a new kind does not compile here until it is named, and
@@ -328,10 +357,11 @@ fn kind(event: &SecurityEvent) -> &'static str {
         SecurityEvent::LabelsMismatch { .. } => "LabelsMismatch",
         SecurityEvent::AuthenticationFailed { .. } => "AuthenticationFailed",
         SecurityEvent::WafFinding(_) => "WafFinding",
+        SecurityEvent::DosRefused(_) => "DosRefused",
     }
 }
 
-const KINDS: usize = 11;
+const KINDS: usize = 12;
 
 /// Where [`every_event_kind_written_through_the_event_writer`] leaves its files for
 /// tests/k8s/test_events.py: `<target dir>/tmp/event-samples`.
@@ -391,6 +421,26 @@ fn every_event_kind_written_through_the_event_writer() {
             assert_eq!(outbound["tls"]["version"], "1.3", "after a completed handshake: {outbound}");
             let inbound = lines.iter().find(|l| l["unmapped"]["direction"] == "inbound").unwrap();
             assert!(inbound.get("tls").is_none(), "no tls object without the version OCSF requires");
+            let dos: Vec<&Value> = lines.iter().filter(|l| l["firewall_rule"]["category"] == "dos").collect();
+            let by_reason = |reason: &str| *dos.iter().find(|l| l["firewall_rule"]["name"] == reason).unwrap();
+            for (reason, class, activity) in [
+                ("connection_limit", 4001, 5),
+                ("source_limit", 4001, 5),
+                ("header_timeout", 4001, 2),
+                ("idle_timeout", 4001, 2),
+                ("body_timeout", 4002, 0),
+                ("shed", 4002, 0),
+                ("rapid_reset", 4001, 2),
+            ] {
+                let e = by_reason(reason);
+                assert_eq!((e["class_uid"].as_u64(), e["activity_id"].as_u64()), (Some(class), Some(activity)), "{e}");
+                assert_eq!((e["count"].as_u64(), e["start_time"].as_u64()), (Some(1234), Some(1_796_000_000_000)));
+                assert_eq!(e["dst_endpoint"]["port"], 15006, "the listener");
+            }
+            assert_eq!(by_reason("shed")["http_response"]["code"], 503);
+            assert_eq!(by_reason("body_timeout")["http_response"]["code"], 408);
+            assert_eq!(by_reason("source_limit")["src_endpoint"]["ip"], "10.0.0.66", "one source: named");
+            assert!(by_reason("header_timeout").get("src_endpoint").is_none(), "several: none named");
         }
     }
 }
@@ -440,4 +490,122 @@ async fn waf_findings_and_authentication_failures_from_real_requests() {
         assert_ocsf_base(e);
     }
     keep_for_the_schema_check("ocsf-sidecar-waf-jwt.jsonl", &all);
+}
+
+/// The DoS refusals of a real sidecar's events: (reason, sum of counts, number of events).
+fn dos_counts(events: &[Value]) -> std::collections::BTreeMap<String, (u64, usize)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for e in events.iter().filter(|e| e["firewall_rule"]["category"] == "dos") {
+        let key = format!(
+            "{}/{}",
+            e["unmapped"]["direction"].as_str().unwrap(),
+            e["firewall_rule"]["name"].as_str().unwrap()
+        );
+        let entry = counts.entry(key).or_insert((0, 0));
+        entry.0 += e["count"].as_u64().unwrap();
+        entry.1 += 1;
+    }
+    counts
+}
+
+/// A series' value on a sidecar's /metrics (0 when absent).
+async fn series(admin: std::net::SocketAddr, series: &str) -> u64 {
+    let text = http_client().get(format!("http://{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dos_refusals_are_counted_each_and_reported_in_aggregate() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LIMIT: usize = 3;
+    const FLOOD: usize = 200;
+    let app = HoldingApp::start().await;
+    let app_addr = app.addr;
+    let started = std::time::Instant::now();
+    let s = PolicedSidecar::start_with(&policy("open", "  authorization: {}\n"), |c| {
+        c.inbound.app = app_addr.to_string().parse().unwrap();
+        c.inbound.app_protocol = palisade::config::AppProtocol::Http1;
+        c.limits.max_connections = LIMIT;
+        c.limits.max_inflight = 1;
+        c.limits.header_timeout = palisade::config::HumanDuration(std::time::Duration::from_millis(1500));
+        c.limits.idle_timeout = palisade::config::HumanDuration(std::time::Duration::from_millis(500));
+    })
+    .await;
+    let admin = s.sidecar.admin;
+    let closed =
+        |reason: &str| format!("palisade_connections_closed_total{{direction=\"outbound\",reason=\"{reason}\"}}");
+
+    // Outbound: LIMIT connections that send nothing (each closed at the header timeout), and a
+    // flood of connections past the limit while they are open (each closed at accept). Some of
+    // the flood may come after the first ones closed: then they are held, and time out, too.
+    let mut held = Vec::new();
+    for _ in 0..LIMIT {
+        held.push(tokio::net::TcpStream::connect(s.sidecar.outbound).await.unwrap());
+    }
+    for _ in 0..FLOOD {
+        let mut extra = tokio::net::TcpStream::connect(s.sidecar.outbound).await.unwrap();
+        let mut buf = [0u8; 16];
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), extra.read(&mut buf)).await;
+    }
+    // Inbound: a keep-alive connection left idle after its answer; then load shedding, one
+    // request held by the app and two more past maxInflight.
+    let client = s.https("frontend");
+    let mut idle = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    idle.write_all(b"GET /idle HTTP/1.1\r\nhost: orders.shop\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), idle.read_to_end(&mut answer)).await;
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer));
+    let hold = tokio::spawn({
+        let (client, url) = (client.clone(), s.url("/hold"));
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    app.wait_held(1).await;
+    for _ in 0..2 {
+        assert_eq!(client.get(s.url("/over")).send().await.unwrap().status(), 503);
+    }
+    app.release(1);
+    assert_eq!(hold.await.unwrap().unwrap(), 200);
+
+    // Every refusal is counted, and the events carry exactly those counts, in at most one event
+    // per listener and reason a second.
+    let mut events = Vec::new();
+    let mut seen = String::new();
+    let added_up = eventually(async || {
+        events = s.events();
+        let counts = dos_counts(&events);
+        let expected = [
+            ("outbound/connection_limit", series(admin, &closed("connection_limit")).await),
+            ("outbound/header_timeout", series(admin, &closed("header_timeout")).await),
+            (
+                "inbound/idle_timeout",
+                series(admin, r#"palisade_connections_closed_total{direction="inbound",reason="idle_timeout"}"#).await,
+            ),
+            ("inbound/shed", series(admin, r#"palisade_requests_shed_total{direction="inbound"}"#).await),
+        ];
+        seen = format!("counters {expected:?}, events {counts:?}");
+        expected.iter().all(|(key, n)| *n > 0 && counts.get(*key).map(|c| c.0) == Some(*n))
+    })
+    .await;
+    assert!(added_up, "events that add up to the counters: {seen}");
+    drop(held);
+    let counts = dos_counts(&events);
+    let seconds = started.elapsed().as_secs() as usize;
+    for (key, (count, lines)) in &counts {
+        assert!(*lines <= seconds + 2, "{key}: {lines} events for {count} refusals in {seconds} s");
+    }
+    let (refused, lines) = counts["outbound/connection_limit"];
+    assert_eq!(refused + counts["outbound/header_timeout"].0, (FLOOD + LIMIT) as u64, "each connection counted once");
+    assert!(lines < refused as usize || refused == 1, "{refused} refusals in {lines} events: aggregated");
+    assert_eq!(counts["inbound/shed"].0, 2);
+    let shed = events.iter().find(|e| e["firewall_rule"]["name"] == "shed").unwrap();
+    assert_eq!((shed["class_uid"].as_u64(), shed["http_response"]["code"].as_u64()), (Some(4002), Some(503)));
+    assert_eq!(shed["dst_endpoint"]["port"], s.sidecar.inbound.port());
+    let at_accept = events.iter().find(|e| e["firewall_rule"]["name"] == "connection_limit").unwrap();
+    assert_eq!((at_accept["class_uid"].as_u64(), at_accept["activity_id"].as_u64()), (Some(4001), Some(5)));
+    assert_eq!(at_accept["src_endpoint"]["ip"], "127.0.0.1", "one source: named");
+    for e in &events {
+        assert_ocsf_base(e);
+    }
+    keep_for_the_schema_check("ocsf-sidecar-dos.jsonl", &events);
+    s.shutdown();
 }

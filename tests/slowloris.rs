@@ -1,6 +1,7 @@
 //! Connection deadlines on the data listeners (issue 16): a client that sends its request head a
 //! byte at a time, or nothing, or stays connected between requests, is closed at
-//! `limits.headerTimeout` / `limits.idleTimeout`, and each closure is counted. Real listeners: raw
+//! `limits.headerTimeout` / `limits.idleTimeout`, and each closure is counted. A head that was
+//! started and not finished is answered 408 first (SPEC section 5); silence is closed silently. Real listeners: raw
 //! TCP on the plaintext outbound port, raw mTLS on the inbound port. Short configured deadlines;
 //! every wait is bounded well above them.
 
@@ -34,29 +35,41 @@ async fn start() -> Single {
 }
 
 /// Sends `LONG_HEAD` a byte per `DRIP` (at most BOUND / DRIP bytes) until the sidecar closes the
-/// connection; how long after the first byte that was.
-async fn drip_until_closed<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> Duration {
+/// connection: how long after the first byte that was, and what the sidecar sent before.
+async fn drip_until_closed<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) -> (Duration, String) {
     let started = Instant::now();
     let mut ticks = tokio::time::interval(DRIP);
-    let mut scratch = [0u8; 256];
-    for byte in LONG_HEAD.iter().take((BOUND.as_millis() / DRIP.as_millis()) as usize) {
+    let mut scratch = [0u8; 512];
+    let mut answer = Vec::new();
+    let mut bytes = LONG_HEAD.iter().take((BOUND.as_millis() / DRIP.as_millis()) as usize);
+    loop {
         tokio::select! {
-            _ = ticks.tick() => {
+            biased;
+            read = stream.read(&mut scratch) => match read {
+                // End of stream or reset: closed.
+                Ok(0) | Err(_) => return (started.elapsed(), String::from_utf8_lossy(&answer).to_string()),
+                Ok(n) => answer.extend_from_slice(&scratch[..n]),
+            },
+            _ = ticks.tick(), if answer.is_empty() => {
+                let Some(byte) = bytes.next() else {
+                    panic!("still open after {:?} of one byte per {DRIP:?}", started.elapsed());
+                };
                 if stream.write_all(&[*byte]).await.is_err() || stream.flush().await.is_err() {
-                    return started.elapsed();
-                }
-            }
-            read = stream.read(&mut scratch) => {
-                // End of stream or reset: closed. Bytes: the sidecar answered (it must not).
-                match read {
-                    Ok(0) | Err(_) => return started.elapsed(),
-                    Ok(n) => panic!("the sidecar answered a head it never got whole: {:?}",
-                        String::from_utf8_lossy(&scratch[..n])),
+                    return (started.elapsed(), String::from_utf8_lossy(&answer).to_string());
                 }
             }
         }
     }
-    panic!("still open after {:?} of one byte per {DRIP:?}", started.elapsed());
+}
+
+/// SPEC section 5: a head that did not arrive in time is answered 408, then closed.
+fn assert_408(answer: &str, what: &str) {
+    assert!(answer.starts_with("HTTP/1.1 408"), "{what}: {answer:?}");
+    let lower = answer.to_ascii_lowercase();
+    for header in ["content-type: application/json", "x-request-id:", "connection: close"] {
+        assert!(lower.contains(header), "{what}: no {header} in {answer}");
+    }
+    assert!(answer.contains(r#""error":"request_timeout""#), "{what}: {answer}");
 }
 
 /// Reads until the sidecar closes the connection (at most BOUND); what it sent.
@@ -98,17 +111,19 @@ fn assert_at_deadline(elapsed: Duration, deadline: Duration, what: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_head_sent_a_byte_at_a_time_is_closed_at_the_header_timeout_on_both_listeners() {
+async fn a_head_sent_a_byte_at_a_time_is_answered_408_and_closed_at_the_header_timeout_on_both_listeners() {
     let s = start().await;
 
     let outbound = tokio::net::TcpStream::connect(s.sidecar.outbound).await.unwrap();
-    let elapsed = drip_until_closed(outbound).await;
+    let (elapsed, answer) = drip_until_closed(outbound).await;
     assert_at_deadline(elapsed, HEADER_TIMEOUT, "outbound, plaintext");
+    assert_408(&answer, "outbound, plaintext");
     assert_eq!(closed(&s, "outbound", "header_timeout").await, 1);
 
     let inbound = mtls(&s).await;
-    let elapsed = drip_until_closed(inbound).await;
+    let (elapsed, answer) = drip_until_closed(inbound).await;
     assert_at_deadline(elapsed, HEADER_TIMEOUT, "inbound, mTLS");
+    assert_408(&answer, "inbound, mTLS");
     assert_eq!(closed(&s, "inbound", "header_timeout").await, 1);
 }
 

@@ -27,8 +27,8 @@ pub struct SidecarConfig {
     pub limits: LimitsConfig,
 }
 
-/// SPEC section 3 `limits`: what a connection may cost before it is closed. Only the settings
-/// implemented are accepted; the SPEC's others are refused as unknown fields until they are.
+/// SPEC section 3 `limits`: what a connection or a request may cost before it is refused. Every
+/// setting the SPEC names is implemented; anything else is refused as an unknown field.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct LimitsConfig {
@@ -39,10 +39,39 @@ pub struct LimitsConfig {
     /// A keep-alive connection with no request in flight (HTTP/1.1: no bytes either way; HTTP/2:
     /// no open stream) is closed after this.
     pub idle_timeout: HumanDuration,
+    /// No request-body bytes for this long: the request fails (408 when no answer has started)
+    /// and its connection closes.
+    pub body_timeout: HumanDuration,
     /// Open connections per listener; past it new connections are closed at accept.
     pub max_connections: usize,
+    /// Open connections from one source address (IPv6: one /64) per listener; past it new ones
+    /// from that source are closed at accept. Not on the outbound listener, whose only caller is
+    /// the pod's own app.
+    pub max_connections_per_source: usize,
     /// Requests in flight per data listener; past it new ones get 503 with `Retry-After`.
     pub max_inflight: usize,
+    /// HTTP/2 connections on the data listeners.
+    pub http2: Http2Limits,
+}
+
+/// SPEC section 3 `limits.http2`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+pub struct Http2Limits {
+    /// Streams a peer may have open on one connection (SETTINGS_MAX_CONCURRENT_STREAMS); more are
+    /// refused (REFUSED_STREAM).
+    pub max_concurrent_streams: u32,
+    /// A request's decoded header list (SETTINGS_MAX_HEADER_LIST_SIZE); a longer one is answered 431.
+    pub max_header_list_bytes: u32,
+    /// RST_STREAM frames a peer may send on one connection within a second; past it the connection
+    /// is closed (rapid reset, CVE-2023-44487).
+    pub max_resets_per_second: u32,
+}
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Http2Limits { max_concurrent_streams: 256, max_header_list_bytes: 65536, max_resets_per_second: 200 }
+    }
 }
 
 impl Default for LimitsConfig {
@@ -50,8 +79,11 @@ impl Default for LimitsConfig {
         LimitsConfig {
             header_timeout: HumanDuration(std::time::Duration::from_secs(10)),
             idle_timeout: HumanDuration(std::time::Duration::from_secs(300)),
+            body_timeout: HumanDuration(std::time::Duration::from_secs(60)),
             max_connections: 10_000,
+            max_connections_per_source: 1_000,
             max_inflight: 5_000,
+            http2: Http2Limits::default(),
         }
     }
 }
@@ -596,9 +628,11 @@ impl super::Validate for SidecarConfig {
                 "PERMISSIVE contradicts inbound.allowPermissive: false; use STRICT or allow PERMISSIVE",
             ));
         }
-        for (field, value) in
-            [("limits.headerTimeout", self.limits.header_timeout), ("limits.idleTimeout", self.limits.idle_timeout)]
-        {
+        for (field, value) in [
+            ("limits.headerTimeout", self.limits.header_timeout),
+            ("limits.idleTimeout", self.limits.idle_timeout),
+            ("limits.bodyTimeout", self.limits.body_timeout),
+        ] {
             if value.0.is_zero() {
                 invalid.push(Invalid::field(field, "must be more than 0"));
             }
@@ -606,8 +640,26 @@ impl super::Validate for SidecarConfig {
         if self.limits.max_connections == 0 {
             invalid.push(Invalid::field("limits.maxConnections", "must be at least 1"));
         }
+        if self.limits.max_connections_per_source == 0 {
+            invalid.push(Invalid::field("limits.maxConnectionsPerSource", "must be at least 1"));
+        }
         if self.limits.max_inflight == 0 {
             invalid.push(Invalid::field("limits.maxInflight", "must be at least 1"));
+        }
+        let h2 = &self.limits.http2;
+        if h2.max_concurrent_streams == 0 {
+            invalid.push(Invalid::field("limits.http2.maxConcurrentStreams", "must be at least 1"));
+        }
+        // Below about a kilobyte no ordinary request head fits; past 16 MiB HPACK's memory is the
+        // attacker's to choose.
+        if !(1024..=16 << 20).contains(&h2.max_header_list_bytes) {
+            invalid.push(Invalid::field(
+                "limits.http2.maxHeaderListBytes",
+                format!("must be from 1024 to 16777216, got {}", h2.max_header_list_bytes),
+            ));
+        }
+        if h2.max_resets_per_second == 0 {
+            invalid.push(Invalid::field("limits.http2.maxResetsPerSecond", "must be at least 1"));
         }
         if !(1..=MAX_THREADS).contains(&self.threads) {
             invalid.push(Invalid::field("threads", format!("must be from 1 to {MAX_THREADS}, got {}", self.threads)));
@@ -658,17 +710,41 @@ mod tests {
         assert_eq!(cfg.limits.idle_timeout.0, std::time::Duration::from_secs(300));
         assert_eq!(cfg.limits.max_connections, 10_000);
         assert_eq!(cfg.limits.max_inflight, 5_000);
-        let cfg = parse("limits: {headerTimeout: 2s, idleTimeout: 30s, maxConnections: 50}\n").unwrap();
+        assert_eq!(cfg.limits.body_timeout.0, std::time::Duration::from_secs(60));
+        assert_eq!(cfg.limits.max_connections_per_source, 1_000);
+        let cfg = parse(
+            "limits: {headerTimeout: 2s, idleTimeout: 30s, bodyTimeout: 5s, maxConnections: 50, maxConnectionsPerSource: 7}\n",
+        )
+        .unwrap();
         assert_eq!(cfg.limits.header_timeout.0, std::time::Duration::from_secs(2));
-        assert_eq!(cfg.limits.max_connections, 50);
+        assert_eq!(cfg.limits.body_timeout.0, std::time::Duration::from_secs(5));
+        assert_eq!((cfg.limits.max_connections, cfg.limits.max_connections_per_source), (50, 7));
         let env = std::collections::BTreeMap::<String, String>::new();
-        let cfg = parse("limits: {headerTimeout: 0s, idleTimeout: 0s, maxConnections: 0, maxInflight: 0}\n").unwrap();
+        let cfg = parse(
+            "limits: {headerTimeout: 0s, idleTimeout: 0s, bodyTimeout: 0s, maxConnections: 0, maxConnectionsPerSource: 0, maxInflight: 0}\n",
+        )
+        .unwrap();
         let fields = invalid_fields(&cfg, &env);
         assert_eq!(
             fields,
-            ["limits.headerTimeout", "limits.idleTimeout", "limits.maxConnections", "limits.maxInflight"]
+            [
+                "limits.headerTimeout",
+                "limits.idleTimeout",
+                "limits.bodyTimeout",
+                "limits.maxConnections",
+                "limits.maxConnectionsPerSource",
+                "limits.maxInflight"
+            ]
         );
-        assert!(parse("limits: {bodyTimeout: 60s}\n").is_err(), "not implemented: refused, not ignored");
+        let h2 = parse("threads: 1\n").unwrap().limits.http2;
+        assert_eq!((h2.max_concurrent_streams, h2.max_header_list_bytes, h2.max_resets_per_second), (256, 65536, 200));
+        let cfg = parse("limits: {http2: {maxConcurrentStreams: 0, maxHeaderListBytes: 100, maxResetsPerSecond: 0}}\n")
+            .unwrap();
+        assert_eq!(
+            invalid_fields(&cfg, &env),
+            ["limits.http2.maxConcurrentStreams", "limits.http2.maxHeaderListBytes", "limits.http2.maxResetsPerSecond"]
+        );
+        assert!(parse("limits: {http2: {maxContinuationFrames: 5}}\n").is_err(), "unknown: refused");
     }
 
     #[test]

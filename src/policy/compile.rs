@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, Method};
 
-use prometheus::IntCounter;
+use prometheus::{Histogram, IntCounter};
 
-use super::decide::{DecidedBy, Limited, RequestView};
+use super::decide::{DecidedBy, Limited, RequestView, Throttle};
 use super::document::{
-    Action, ConditionKey, Exclusion, LimitKey, Mode, OverLimit, RateLimit, Rule, SecurityPolicy, WafMode,
+    Action, ConditionKey, Exclusion, LimitAction, LimitKey, Mode, OverLimit, RateLimit, Rule, SecurityPolicy, WafMode,
 };
 use super::load::Located;
 use super::patterns::{PathPattern, Pattern};
@@ -180,8 +180,76 @@ pub struct CompiledLimit {
     buckets: Buckets,
     allowed: IntCounter,
     limited: IntCounter,
+    /// `DELAY` limits: requests waiting for a token now, and their counters.
+    throttle: Option<Throttling>,
     /// `RateLimit-Policy` for a 429, made once.
     pub policy_header: HeaderValue,
+}
+
+/// A `DELAY` limit's queue: its bound and what it counts.
+struct Throttling {
+    queue: WaitQueue,
+    /// `palisade_ratelimit_decisions_total{result="delayed"}`.
+    delayed: IntCounter,
+    /// `palisade_ratelimit_delay_seconds`.
+    delay: Histogram,
+}
+
+/// Requests that wait on one `DELAY` limit, whatever their keys: each key's own queue is bounded
+/// by its bucket (`maxDelay` at the limit's rate), and this bounds them all together, so many keys
+/// at once cannot hold an unbounded number of requests (and their connections) waiting.
+pub(super) struct WaitQueue {
+    waiting: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+/// Requests waiting on one limit at most (see [`WaitQueue`]).
+pub const MAX_WAITING_PER_LIMIT: usize = 1024;
+
+impl WaitQueue {
+    pub(super) fn new(max: usize) -> Self {
+        WaitQueue { waiting: std::sync::atomic::AtomicUsize::new(0), max }
+    }
+
+    /// Whether another request may wait. Checked before the token is reserved and counted
+    /// after, so threads deciding at the same instant may overshoot by their number (at most
+    /// `threads`), never more.
+    pub(super) fn has_room(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed) < self.max
+    }
+
+    pub(super) fn enter(&self) {
+        self.waiting.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(super) fn leave(&self) {
+        self.waiting.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// One request's place in a limit's [`WaitQueue`], given back when dropped (the wait is over, or
+/// the request was refused or went away).
+pub struct Waiting {
+    limit: Arc<CompiledLimit>,
+    pub wait: Duration,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(t) = &self.limit.throttle {
+            t.queue.leave();
+        }
+    }
+}
+
+impl std::fmt::Debug for Waiting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Waiting({}/{}, {:?})", self.limit.policy, self.limit.name, self.wait)
+    }
 }
 
 /// The parts of a limit that decide whether its buckets can carry over a reload.
@@ -193,6 +261,8 @@ struct LimitSpec {
     burst: u32,
     methods: Vec<Method>,
     paths: Vec<PathPattern>,
+    /// How long a request may wait for a token (`DELAY`'s `maxDelay`; zero: `REJECT`).
+    max_wait: Duration,
 }
 
 /// Whether `policy` applies to the workload: same namespace, and its labels carry every
@@ -356,18 +426,29 @@ impl PolicySnapshot {
     }
 
     /// Step 5: matching limits take a token each, in order; the first refusal stops there, so
-    /// a refused request spends no token of a later (say, global) limit.
-    pub(super) fn rate_limit(&self, req: &RequestView<'_>, path: &str) -> Result<(), Limited> {
+    /// a refused request spends no token of a later (say, global) limit. `DELAY` limits may hand
+    /// out a token that comes later: the request then waits for the longest such wait
+    /// ([`Throttle`]) before it goes on.
+    pub(super) fn rate_limit(&self, req: &RequestView<'_>, path: &str) -> Result<Option<Throttle>, Limited> {
+        let mut throttle: Option<Throttle> = None;
         for limit in self.policies.iter().flat_map(|p| &p.rate_limits) {
-            if let Err(wait) = limit.take(req, path) {
-                return Err(Limited {
-                    by: DecidedBy { policy: limit.policy.clone(), rule: limit.name.clone() },
-                    retry_after: wait,
-                    policy_header: limit.policy_header.clone(),
-                });
+            match limit.take(req, path) {
+                Ok(None) => {}
+                Ok(Some(waiting)) => match &mut throttle {
+                    None => throttle = Some(Throttle::new(waiting)),
+                    Some(t) => t.also(waiting),
+                },
+                // Places already taken in queues are given back as `throttle` drops.
+                Err(wait) => {
+                    return Err(Limited {
+                        by: DecidedBy { policy: limit.policy.clone(), rule: limit.name.clone() },
+                        retry_after: wait,
+                        policy_header: limit.policy_header.clone(),
+                    })
+                }
             }
         }
-        Ok(())
+        Ok(throttle)
     }
 
     /// Drops idle rate-limit buckets; run periodically.
@@ -399,6 +480,14 @@ impl PolicySnapshot {
         for labels in previous.limit_series().filter(|l| !kept.contains(l)) {
             let _ = metrics.ratelimit_decisions.remove_label_values(&labels);
         }
+        let delaying = |s: &'_ PolicySnapshot| -> std::collections::HashSet<[Arc<str>; 2]> {
+            let limits = s.policies.iter().flat_map(|p| &p.rate_limits);
+            limits.filter(|l| l.throttle.is_some()).map(|l| [l.policy.clone(), l.name.clone()]).collect()
+        };
+        let kept = delaying(self);
+        for [policy, limit] in delaying(previous).iter().filter(|l| !kept.contains(*l)) {
+            let _ = metrics.ratelimit_delay.remove_label_values(&[policy, limit]);
+        }
     }
 
     /// `palisade_authz_decisions_total`'s labels (policy, rule, decision, mode) of every rule
@@ -413,12 +502,15 @@ impl PolicySnapshot {
 
     /// `palisade_ratelimit_decisions_total`'s labels (policy, limit, result) of every limit.
     fn limit_series(&self) -> impl Iterator<Item = [&str; 3]> {
-        self.policies
-            .iter()
-            .flat_map(|p| &p.rate_limits)
-            .flat_map(|l| ["allowed", "limited"].map(|result| [&*l.policy, &*l.name, result]))
+        self.policies.iter().flat_map(|p| &p.rate_limits).flat_map(|l| {
+            let results: &[&str] = if l.throttle.is_some() { &LIMIT_RESULTS } else { &LIMIT_RESULTS[..2] };
+            results.iter().map(|result| [&*l.policy, &*l.name, *result])
+        })
     }
 }
+
+/// `palisade_ratelimit_decisions_total`'s results; `delayed` only for `DELAY` limits.
+const LIMIT_RESULTS: [&str; 3] = ["allowed", "limited", "delayed"];
 
 fn mode_label(mode: Mode) -> &'static str {
     match mode {
@@ -561,6 +653,7 @@ fn compile_limit(
         burst: burst.get(),
         methods: matches.methods.into_iter().map(|m| m.0).collect(),
         paths: matches.paths,
+        max_wait: limit.max_wait(),
     };
     let name: Arc<str> = limit.name.0.as_str().into();
     // Same policy, same limit, same numbers: keep the buckets (and the callers' spent tokens).
@@ -585,6 +678,11 @@ fn compile_limit(
         buckets: Buckets::new(limit.rate, limit.per.0, burst),
         allowed: metrics.ratelimit_decisions.with_label_values(&[policy, &name, "allowed"]),
         limited: metrics.ratelimit_decisions.with_label_values(&[policy, &name, "limited"]),
+        throttle: (limit.action == LimitAction::DELAY).then(|| Throttling {
+            queue: WaitQueue::new(MAX_WAITING_PER_LIMIT),
+            delayed: metrics.ratelimit_decisions.with_label_values(&[policy, &name, "delayed"]),
+            delay: metrics.ratelimit_delay.with_label_values(&[policy, &name]),
+        }),
         name,
         spec,
         policy_header,
@@ -592,12 +690,15 @@ fn compile_limit(
 }
 
 impl CompiledLimit {
-    fn take(&self, req: &RequestView<'_>, path: &str) -> Result<(), Duration> {
+    /// Takes a token of this limit's bucket for the request, when the limit applies: `Ok(None)`
+    /// at once, `Ok(Some(waiting))` one that comes within `maxDelay` (a `DELAY` limit whose queue
+    /// has room), else `Err` with how long until a retry would be let in.
+    fn take(self: &Arc<Self>, req: &RequestView<'_>, path: &str) -> Result<Option<Waiting>, Duration> {
         let spec = &self.spec;
         if !(spec.methods.is_empty() || spec.methods.contains(req.method))
             || !(spec.paths.is_empty() || spec.paths.iter().any(|p| p.matches(path)))
         {
-            return Ok(());
+            return Ok(None);
         }
         // Callers without the key's attribute (no principal, no header) share one bucket.
         let key = match &spec.key {
@@ -615,16 +716,34 @@ impl CompiledLimit {
                 None => self.buckets.key_of(&[]),
             },
         };
-        match self.buckets.take(key) {
-            Ok(()) => {
+        // A full queue takes no more waiters: only a token free now will do.
+        let max_wait = match &self.throttle {
+            Some(t) if t.queue.has_room() => spec.max_wait,
+            _ => Duration::ZERO,
+        };
+        match self.buckets.reserve(key, max_wait) {
+            Ok(Duration::ZERO) => {
                 self.allowed.inc();
-                Ok(())
+                Ok(None)
+            }
+            Ok(wait) => {
+                let t = self.throttle.as_ref().expect("only DELAY limits wait");
+                t.queue.enter();
+                t.delayed.inc();
+                t.delay.observe(wait.as_secs_f64());
+                Ok(Some(Waiting { limit: self.clone(), wait }))
             }
             Err(wait) => {
                 self.limited.inc();
-                Err(wait)
+                // DELAY: a retry is let in (to wait) once the queue has room again.
+                Err(wait.saturating_sub(max_wait))
             }
         }
+    }
+
+    /// Requests waiting on this limit now.
+    pub fn waiting(&self) -> usize {
+        self.throttle.as_ref().map_or(0, |t| t.queue.len())
     }
 }
 

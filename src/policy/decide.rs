@@ -15,7 +15,7 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderMap, Method};
 
-use super::compile::PolicySnapshot;
+use super::compile::{PolicySnapshot, Waiting};
 use super::document::OverLimit;
 use super::normalize::{match_form, normalize};
 use crate::authn::{Failure, Reason, Verified};
@@ -96,6 +96,41 @@ pub struct Allowed<'a> {
     pub path: Cow<'a, str>,
     /// `maxBodyBytes` in force: the proxy counts the body as it streams.
     pub max_body_bytes: Option<u64>,
+    /// `DELAY` rate limits gave the request a token that comes later: it waits this long first.
+    pub delay: Option<Throttle>,
+}
+
+/// A request throttled by `DELAY` limits: the tokens are taken, and the request must wait
+/// [`Throttle::wait`] before it goes on. It holds its place in each limit's queue (counted
+/// against the limit's bound) until dropped, so drop it when the wait is over.
+#[derive(Debug)]
+pub struct Throttle {
+    /// The longest wait of the limits that delay it.
+    pub wait: Duration,
+    first: Waiting,
+    /// More than one `DELAY` limit delays it (rare: no allocation otherwise).
+    more: Vec<Waiting>,
+}
+
+impl Throttle {
+    pub(super) fn new(first: Waiting) -> Self {
+        Throttle { wait: first.wait, first, more: Vec::new() }
+    }
+
+    pub(super) fn also(&mut self, waiting: Waiting) {
+        self.wait = self.wait.max(waiting.wait);
+        self.more.push(waiting);
+    }
+
+    /// How many limits delay the request.
+    pub fn limits(&self) -> usize {
+        1 + self.more.len()
+    }
+
+    /// The wait each limit imposed, in limit order.
+    pub fn waits(&self) -> impl Iterator<Item = Duration> + '_ {
+        std::iter::once(&self.first).chain(&self.more).map(|w| w.wait)
+    }
 }
 
 /// Which policy and rule (or limit) decided; never told to the caller, always to the event log.
@@ -288,11 +323,11 @@ impl PolicySnapshot {
         self.check_authentication(view)?;
         // 4. Authorisation.
         self.authorize(view, match_form(&path), |by| note(Note::Audit(by))).map_err(Refusal::Forbidden)?;
-        // 5. Rate limits.
-        self.rate_limit(view, match_form(&path)).map_err(Refusal::RateLimited)?;
+        // 5. Rate limits (a DELAY limit's wait is the proxy's, after the decision).
+        let delay = self.rate_limit(view, match_form(&path)).map_err(Refusal::RateLimited)?;
         // 6. Input validation of the head; the body, when one is read, in `inspect_body`.
         self.inspect_head(view, &path, &mut note)?;
-        Ok(Allowed { path, max_body_bytes: self.limits.max_body_bytes })
+        Ok(Allowed { path, max_body_bytes: self.limits.max_body_bytes, delay })
     }
 
     /// Verifies the request's token, when the policies name issuers. Waits only when a token
@@ -984,5 +1019,108 @@ mod tests {
         let reject = waf_policy("{mode: BLOCK}");
         let plan = reject.body_plan(Some(b"application/json")).unwrap();
         assert_eq!((plan.limit, plan.reject_over_limit), (65536, true), "the defaults");
+    }
+
+    // === Throttling (DELAY limits) ===
+
+    /// The verdict's throttle, for a request the decision let through.
+    fn throttle_of(s: &PolicySnapshot, r: &Req) -> Result<Option<Throttle>, Refusal> {
+        let path = r.target.split('?').next().unwrap_or_default().to_string();
+        let view = RequestView {
+            principal: r.principal.as_ref(),
+            source_ip: r.ip,
+            plaintext: false,
+            method: &r.method,
+            target: r.target.as_bytes(),
+            path: &path,
+            port: r.port,
+            headers: &r.headers,
+            ambiguous_framing: None,
+            auth: Authenticated::Nobody,
+        };
+        s.decide(&view, |_| {}).map(|a| a.delay)
+    }
+
+    fn waiting(s: &PolicySnapshot) -> usize {
+        s.policies.iter().flat_map(|p| &p.rate_limits).map(|l| l.waiting()).sum()
+    }
+
+    #[test]
+    fn a_delay_limit_holds_a_request_back_for_the_next_token_then_refuses_past_max_delay() {
+        // One token a minute, waits of up to a minute: the second request waits for the next token
+        // (a minute, less the nanoseconds this test took), the third would wait two: 429.
+        let s = snapshot("  rateLimits:\n    - {name: slow, key: global, rate: 1, per: 60s, burst: 1, action: DELAY, maxDelay: 60s}\n");
+        assert!(throttle_of(&s, &req("GET", "/a")).unwrap().is_none(), "the burst: at once");
+        let delayed = throttle_of(&s, &req("GET", "/a")).unwrap().expect("throttled");
+        assert!(delayed.wait > Duration::from_secs(59) && delayed.wait <= Duration::from_secs(60), "{delayed:?}");
+        assert_eq!((delayed.limits(), waiting(&s)), (1, 1), "one request waits on the limit");
+        let refused = throttle_of(&s, &req("GET", "/a")).expect_err("the queue holds one minute's worth");
+        assert_eq!((refused.status(), refused.code(), refused.decision()), (429, "rate_limited", "rate_limited"));
+        // Retry-After says when a retry would be let into the queue: a minute on.
+        assert_eq!(headers_of(&refused)[0], ("retry-after".into(), "60".into()));
+        drop(delayed);
+        assert_eq!(waiting(&s), 0, "the place is given back once the wait is over");
+    }
+
+    #[test]
+    fn several_keys_waiting_at_once_are_bounded_per_limit() {
+        // Every key may queue one request (a minute's wait at one a minute); past
+        // MAX_WAITING_PER_LIMIT waiting in all, the next over-limit request is refused even though
+        // its own key's queue is empty.
+        let s = snapshot("  rateLimits:\n    - {name: per-key, key: \"request.headers[x-key]\", rate: 1, per: 60s, burst: 1, action: DELAY, maxDelay: 60s}\n");
+        let max = super::super::compile::MAX_WAITING_PER_LIMIT;
+        let mut held = Vec::new();
+        for i in 0..max {
+            let r = req("GET", "/").header("x-key", &format!("k{i}"));
+            assert!(throttle_of(&s, &r).unwrap().is_none());
+            held.push(throttle_of(&s, &r).unwrap().expect("waits"));
+        }
+        assert_eq!(waiting(&s), max);
+        let r = req("GET", "/").header("x-key", "one-more");
+        assert!(throttle_of(&s, &r).unwrap().is_none(), "a token free now is still handed out");
+        assert!(matches!(throttle_of(&s, &r), Err(Refusal::RateLimited(_))), "no room to wait");
+        held.truncate(max - 1);
+        assert!(throttle_of(&s, &r).unwrap().is_some(), "room again: it waits");
+    }
+
+    #[test]
+    fn the_longest_wait_of_several_delay_limits_is_the_requests_and_a_later_refusal_frees_the_places() {
+        let s = snapshot("  rateLimits:\n    - {name: a, key: global, rate: 1, per: 10s, burst: 1, action: DELAY, maxDelay: 20s}\n    - {name: b, key: global, rate: 1, per: 30s, burst: 1, action: DELAY, maxDelay: 60s}\n    - {name: c, match: {paths: [\"/c\"]}, key: global, rate: 1, per: 60s, burst: 1}\n");
+        assert!(throttle_of(&s, &req("GET", "/c")).unwrap().is_none());
+        // a would wait ~10 s, b ~30 s; c is spent: 429, and the places a and b gave the request in
+        // their queues are given back at once (their tokens stay spent, as a REJECT limit's do).
+        let refused = throttle_of(&s, &req("GET", "/c")).expect_err("c refuses");
+        assert_eq!(refused.decided_by().map(|b| &*b.rule), Some("c"));
+        assert_eq!(waiting(&s), 0);
+        let both = throttle_of(&s, &req("GET", "/x")).unwrap().expect("throttled by a and b");
+        assert_eq!(both.limits(), 2);
+        let waits: Vec<Duration> = both.waits().collect();
+        assert!(waits[0] > Duration::from_secs(19) && waits[0] <= Duration::from_secs(20), "{waits:?}");
+        assert!(waits[1] > Duration::from_secs(59) && both.wait == waits[1], "{both:?}");
+    }
+
+    #[test]
+    fn max_delay_is_checked_where_it_is_written() {
+        use crate::policy::parse_file;
+        let head = "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  rateLimits:\n";
+        for (limit, field, words) in [
+            ("{name: r, rate: 1, maxDelay: 500ms}", "spec.rateLimits[0]", "applies only to action: DELAY"),
+            ("{name: r, rate: 1, action: REJECT, maxDelay: 1s}", "spec.rateLimits[0]", "applies only to action: DELAY"),
+            ("{name: r, rate: 1, action: DELAY, maxDelay: 0s}", "spec.rateLimits[0].maxDelay", "more than 0"),
+            ("{name: r, rate: 1, action: DELAY, maxDelay: 61s}", "spec.rateLimits[0].maxDelay", "at most 60s"),
+            ("{name: r, rate: 1, action: DELAY, maxDelay: soon}", "spec.rateLimits[0].maxDelay", ""),
+            ("{name: r, rate: 1, action: WAIT}", "spec.rateLimits[0].action", "DELAY"),
+        ] {
+            let (_, errors) = parse_file(Path::new("p.yaml"), &format!("{head}    - {limit}\n"));
+            assert_eq!(errors.len(), 1, "{limit}: {errors:?}");
+            let e = &errors[0];
+            assert_eq!((e.line, e.field.as_str()), (Some(6), field), "{limit}: {e}");
+            assert!(e.message.contains(words), "{limit}: {e}");
+        }
+        let (policies, errors) =
+            parse_file(Path::new("p.yaml"), &format!("{head}    - {{name: r, rate: 1, action: DELAY}}\n"));
+        assert!(errors.is_empty(), "{errors:?}");
+        let limit = &policies[0].policy.spec.rate_limits[0];
+        assert_eq!(limit.max_wait(), Duration::from_millis(500), "SPEC's 500ms when not given");
     }
 }

@@ -290,7 +290,70 @@ pub struct RateLimit {
     /// Bucket size; the rate when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<NonZeroU32>,
+    /// What a request over the limit gets: 429 at once, or a wait for a token first.
+    #[serde(default, skip_serializing_if = "LimitAction::is_reject")]
+    pub action: LimitAction,
+    /// `DELAY` only: the longest a request waits for a token ([`DEFAULT_MAX_DELAY`] when not
+    /// given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<MaxDelay>,
 }
+
+impl RateLimit {
+    /// How long a request over this limit may wait for a token: zero under `REJECT`.
+    pub fn max_wait(&self) -> std::time::Duration {
+        match self.action {
+            LimitAction::REJECT => std::time::Duration::ZERO,
+            LimitAction::DELAY => self.max_delay.map_or(DEFAULT_MAX_DELAY, |d| d.0),
+        }
+    }
+}
+
+/// What a request over a limit gets (SPEC section 4 `rateLimits[].action`).
+// The variants are spelled as the policy YAML spells them (serde names), like `Mode` and `Action`.
+#[allow(clippy::upper_case_acronyms)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum LimitAction {
+    /// 429 at once.
+    #[default]
+    REJECT,
+    /// Throttling: wait for a token up to `maxDelay`, then go on; 429 when the wait would be
+    /// longer (the key's queue is full).
+    DELAY,
+}
+
+impl LimitAction {
+    fn is_reject(&self) -> bool {
+        *self == LimitAction::REJECT
+    }
+}
+
+/// `maxDelay` when a `DELAY` limit does not say (SPEC section 4's example).
+pub const DEFAULT_MAX_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+/// The longest `maxDelay`: a request held longer than this is better refused, and a client's
+/// own timeout would end it anyway.
+pub const MAX_MAX_DELAY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `rateLimits[].maxDelay`: more than 0, at most [`MAX_MAX_DELAY`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MaxDelay(pub std::time::Duration);
+
+impl std::str::FromStr for MaxDelay {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let d: HumanDuration = s.parse()?;
+        if d.0.is_zero() || d.0 > MAX_MAX_DELAY {
+            return Err(format!("maxDelay must be more than 0 and at most 60s, got {d}"));
+        }
+        Ok(MaxDelay(d.0))
+    }
+}
+impl std::fmt::Display for MaxDelay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        HumanDuration(self.0).fmt(f)
+    }
+}
+string_serde!(MaxDelay);
 
 /// What a limit may say: `per` from 1 ms to 7 days, and a bucket that empties or refills within
 /// a century (the token arithmetic works in nanoseconds).
@@ -309,6 +372,10 @@ struct RateLimitFields {
     per: HumanDuration,
     #[serde(default)]
     burst: Option<NonZeroU32>,
+    #[serde(default)]
+    action: LimitAction,
+    #[serde(default)]
+    max_delay: Option<MaxDelay>,
 }
 
 impl TryFrom<RateLimitFields> for RateLimit {
@@ -322,7 +389,19 @@ impl TryFrom<RateLimitFields> for RateLimit {
         if period.is_zero() || period.as_secs_f64() * f64::from(burst) > 100.0 * 365.0 * 86400.0 {
             return Err(format!("rate {} per {} with burst {burst} is out of range", f.rate, f.per));
         }
-        Ok(RateLimit { name: f.name, matches: f.matches, key: f.key, rate: f.rate, per: f.per, burst: f.burst })
+        if let (LimitAction::REJECT, Some(d)) = (f.action, f.max_delay) {
+            return Err(format!("maxDelay ({d}) applies only to action: DELAY; a REJECT limit answers 429 at once"));
+        }
+        Ok(RateLimit {
+            name: f.name,
+            matches: f.matches,
+            key: f.key,
+            rate: f.rate,
+            per: f.per,
+            burst: f.burst,
+            action: f.action,
+            max_delay: f.max_delay,
+        })
     }
 }
 

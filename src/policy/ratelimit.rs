@@ -1,6 +1,6 @@
-//! Local rate limits: a token bucket (GCRA, via governor) per limit and key. Keys are hashed
-//! with a per-process random key, so the table holds 8-byte keys whatever the caller sends, and
-//! buckets that have refilled are dropped by [`Buckets::forget_idle`].
+//! Local rate limits: a token bucket (GCRA, on governor's keyed state store) per limit and key.
+//! Keys are hashed with a per-process random key, so the table holds 8-byte keys whatever the
+//! caller sends, and buckets that have refilled are dropped by [`Buckets::forget_idle`].
 //!
 //! Memory is bounded without forgiving anyone (issue 16: resetting the table past a cap let a
 //! flood of new keys reset a limited one). The table ([`CappedStore`]) admits at most `max_keys`
@@ -8,21 +8,22 @@
 //! bucket. While the table is full, a key not in it shares one overflow bucket with every other such
 //! key: a limited key keeps its bucket, and a flood of new keys limits itself (and new callers, until
 //! the next sweep frees full buckets) instead of the keys already tracked.
+//!
+//! Throttling (`action: DELAY`) is a reservation on the same bucket: a request that finds no
+//! token may take the next one that comes within `maxDelay`, and waits for it. Each reservation
+//! moves the bucket's arrival time on by one token, so a key has at most `maxDelay / period`
+//! requests waiting (its queue, bounded by the arithmetic, with no list kept), and a reserved
+//! bucket is in the future, so the sweep never drops it.
 
 use std::hash::{BuildHasher, RandomState};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use governor::clock::{Clock, DefaultClock};
-use governor::middleware::NoOpMiddleware;
+use governor::clock::{Clock, MonotonicClock, Reference};
 use governor::nanos::Nanos;
 use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
 use governor::state::{InMemoryState, NotKeyed, StateStore};
-use governor::{Quota, RateLimiter};
-
-type Limiter<C> = RateLimiter<u64, CappedStore, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// Live keys per limit (a few MB at most); past it, new keys share the overflow bucket.
 pub const MAX_KEYS: usize = 100_000;
@@ -36,19 +37,18 @@ pub struct CappedStore {
     cap: usize,
     /// The bucket shared by keys that found the table full.
     overflow: InMemoryState,
-    /// Requests that went to the overflow bucket since the last sweep (shared with [`Buckets`]:
-    /// governor's limiter owns the store and lends no reference to it).
-    overflowed: Arc<AtomicU64>,
+    /// Requests that went to the overflow bucket since the last sweep.
+    overflowed: AtomicU64,
 }
 
 impl CappedStore {
-    fn new(cap: usize, overflowed: Arc<AtomicU64>) -> Self {
+    fn new(cap: usize) -> Self {
         CappedStore {
             map: DashMapStateStore::default(),
             live: AtomicUsize::new(0),
             cap,
             overflow: InMemoryState::default(),
-            overflowed,
+            overflowed: AtomicU64::new(0),
         }
     }
 
@@ -117,46 +117,80 @@ impl ShrinkableKeyedStateStore<u64> for CappedStore {
     }
 }
 
-pub struct Buckets<C: Clock = DefaultClock> {
-    limiter: Limiter<C>,
-    overflowed: Arc<AtomicU64>,
+/// The buckets of one limit: GCRA over [`CappedStore`]. A bucket's state is its theoretical
+/// arrival time (TAT), in nanoseconds since `start`: a request at `now` conforms when
+/// `now >= tat - tau`, and moves the TAT to `max(tat, now) + t`.
+///
+/// The clock is the monotonic one tokio's timers run on (not governor's default TSC clock), so a
+/// throttled request's wait, slept on a tokio timer, ends when its token is due.
+pub struct Buckets<C: Clock = MonotonicClock> {
+    store: CappedStore,
+    clock: C,
+    start: C::Instant,
+    /// One token's worth of time (the period), in nanoseconds.
+    t: u64,
+    /// How far ahead of now a bucket's TAT may be and still conform: `t * (burst - 1)`.
+    tau: u64,
     hasher: RandomState,
 }
 
-impl Buckets<DefaultClock> {
+impl Buckets<MonotonicClock> {
     pub fn new(rate: NonZeroU32, per: Duration, burst: NonZeroU32) -> Self {
-        Self::with_clock(rate, per, burst, DefaultClock::default(), MAX_KEYS)
+        Self::with_clock(rate, per, burst, MonotonicClock, MAX_KEYS)
     }
 }
 
 impl<C: Clock> Buckets<C> {
     pub fn with_clock(rate: NonZeroU32, per: Duration, burst: NonZeroU32, clock: C, max_keys: usize) -> Self {
         let period = (per / rate.get()).max(Duration::from_nanos(1));
-        let quota = Quota::with_period(period).expect("non-zero period").allow_burst(burst);
-        let overflowed = Arc::new(AtomicU64::new(0));
-        let store = CappedStore::new(max_keys, overflowed.clone());
-        Buckets { limiter: RateLimiter::new(quota, store, clock), overflowed, hasher: RandomState::new() }
+        let t = u64::try_from(period.as_nanos()).unwrap_or(u64::MAX);
+        let tau = t.saturating_mul(u64::from(burst.get() - 1));
+        let start = clock.now();
+        Buckets { store: CappedStore::new(max_keys), clock, start, t, tau, hasher: RandomState::new() }
     }
 
     pub fn key_of(&self, key: &[u8]) -> u64 {
         self.hasher.hash_one(key)
     }
 
+    fn now(&self) -> u64 {
+        self.clock.now().duration_since(self.start).as_u64()
+    }
+
     /// Takes a token; on refusal, how long until the next one.
     pub fn take(&self, key: u64) -> Result<(), Duration> {
-        self.limiter.check_key(&key).map_err(|not_until| not_until.wait_time_from(self.limiter.clock().now()))
+        self.reserve(key, Duration::ZERO).map(|_| ())
+    }
+
+    /// Takes a token that comes within `max_wait`: `Ok(wait)`, the time until it is the
+    /// request's (zero: at once). Past `max_wait` nothing is taken: `Err(wait)`, how long until a
+    /// token would be free.
+    pub fn reserve(&self, key: u64, max_wait: Duration) -> Result<Duration, Duration> {
+        let now = self.now();
+        let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
+        let (t, tau) = (self.t, self.tau);
+        let outcome = self.store.measure_and_replace(&key, |tat: Option<Nanos>| {
+            let tat = tat.map_or(now, u64::from);
+            let wait = tat.saturating_sub(tau).saturating_sub(now);
+            if wait > max_wait {
+                return Err(wait);
+            }
+            Ok((wait, Nanos::from(tat.max(now).saturating_add(t))))
+        });
+        outcome.map(Duration::from_nanos).map_err(Duration::from_nanos)
     }
 
     /// Drops the buckets that are full again (indistinguishable from new ones). Returns how many
     /// requests since the last call found the table full and used the overflow bucket.
     pub fn forget_idle(&self) -> u64 {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
-        self.overflowed.swap(0, Ordering::Relaxed)
+        // A TAT in the past means a full bucket; a token's margin, as governor's own sweep keeps.
+        self.store.retain_recent(Nanos::from(self.now().saturating_sub(self.t)));
+        self.store.shrink_to_fit();
+        self.store.overflowed.swap(0, Ordering::Relaxed)
     }
 
     pub fn keys(&self) -> usize {
-        self.limiter.len()
+        self.store.len()
     }
 }
 
@@ -292,5 +326,88 @@ mod tests {
         }
         assert_eq!(buckets.keys(), 100);
         assert_eq!(buckets.forget_idle(), 0);
+    }
+
+    // === Throttling: reservations (DELAY) ===
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_reservation_waits_for_the_next_free_token_and_the_queue_is_what_max_wait_admits() {
+        // 10/s (a token every 100 ms), burst 2, waits of at most 300 ms.
+        let clock = FakeRelativeClock::default();
+        let buckets = Buckets::with_clock(nz(10), Duration::from_secs(1), nz(2), clock.clone(), MAX_KEYS);
+        let key = buckets.key_of(b"caller");
+        let max = 300 * MS;
+        let got: Vec<_> = (0..6).map(|_| buckets.reserve(key, max)).collect();
+        assert_eq!(
+            got,
+            [Ok(Duration::ZERO), Ok(Duration::ZERO), Ok(100 * MS), Ok(200 * MS), Ok(300 * MS), Err(400 * MS)],
+            "the burst at once, then one token a period apart, as far as max_wait reaches; then refused"
+        );
+        assert_eq!(buckets.reserve(key, max), Err(400 * MS), "a refusal takes nothing");
+        // 100 ms on, one waiter has had its token: one place in the queue is free again.
+        clock.advance(100 * MS);
+        assert_eq!(buckets.reserve(key, max), Ok(300 * MS));
+        assert_eq!(buckets.reserve(key, max), Err(400 * MS));
+        // Another key has a bucket of its own.
+        assert_eq!(buckets.reserve(buckets.key_of(b"other"), max), Ok(Duration::ZERO));
+        // No wait allowed: the REJECT path, the same bucket arithmetic.
+        assert_eq!(buckets.take(key), Err(400 * MS));
+    }
+
+    #[test]
+    fn reserved_tokens_never_come_faster_than_the_rate_whatever_the_arrivals() {
+        // Every grant is released at `now + wait`; whatever the arrival pattern, the releases up to
+        // any time T number at most burst + rate * T (T from the first request), and none waits
+        // past max_wait. Arrivals from a fixed pseudo-random sequence: deterministic.
+        let clock = FakeRelativeClock::default();
+        let (rate, burst, max) = (20u32, 5u32, 250 * MS);
+        let buckets = Buckets::with_clock(nz(rate), Duration::from_secs(1), nz(burst), clock.clone(), MAX_KEYS);
+        let key = buckets.key_of(b"k");
+        let (mut now, mut seed, mut releases) = (Duration::ZERO, 0x2545_f491_u64, Vec::new());
+        let mut refused = 0;
+        for _ in 0..5000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            // Bursts of arrivals (0 ms apart) mixed with gaps of up to 120 ms.
+            let gap = if seed % 3 == 0 { Duration::ZERO } else { Duration::from_millis(seed % 120) };
+            clock.advance(gap);
+            now += gap;
+            match buckets.reserve(key, max) {
+                Ok(wait) => {
+                    assert!(wait <= max, "{wait:?}");
+                    releases.push(now + wait);
+                }
+                Err(wait) => {
+                    assert!(wait > max);
+                    refused += 1;
+                }
+            }
+        }
+        releases.sort();
+        for (i, at) in releases.iter().enumerate() {
+            let allowed = f64::from(burst) + f64::from(rate) * at.as_secs_f64();
+            assert!((i + 1) as f64 <= allowed + 1e-9, "release {} at {at:?}: more than {allowed}", i + 1);
+        }
+        assert!(refused > 0 && releases.len() > 1000, "both happened: {refused} refused, {} let in", releases.len());
+    }
+
+    #[test]
+    fn a_bucket_with_reservations_is_not_forgotten_until_they_are_spent_and_it_refills() {
+        let clock = FakeRelativeClock::default();
+        let buckets = Buckets::with_clock(nz(1), Duration::from_secs(1), nz(1), clock.clone(), MAX_KEYS);
+        let key = buckets.key_of(b"k");
+        assert_eq!(buckets.reserve(key, Duration::from_secs(5)), Ok(Duration::ZERO));
+        assert_eq!(buckets.reserve(key, Duration::from_secs(5)), Ok(Duration::from_secs(1)));
+        assert_eq!(buckets.reserve(key, Duration::from_secs(5)), Ok(Duration::from_secs(2)));
+        clock.advance(Duration::from_secs(2));
+        buckets.forget_idle();
+        assert_eq!(buckets.keys(), 1, "its tokens are promised into the future: kept");
+        assert_eq!(buckets.take(key), Err(Duration::from_secs(1)), "and not forgiven");
+        clock.advance(Duration::from_secs(3));
+        buckets.forget_idle();
+        assert_eq!(buckets.keys(), 0, "refilled: forgotten");
     }
 }

@@ -208,10 +208,11 @@ pub fn declared_length(req: &RequestHeader) -> Option<u64> {
 /// case, is kept as it came; more are joined.
 pub async fn held_body(
     session: &mut Session,
+    timeout: &super::BodyTimeout,
     mut count: impl FnMut(usize) -> pingora::Result<()>,
 ) -> pingora::Result<Bytes> {
     let mut body = Joined::default();
-    while let Some(chunk) = session.read_request_body().await.map_err(Error::into_down)? {
+    while let Some(chunk) = timeout.read(session).await? {
         count(chunk.len())?;
         // HTTP/2 already holds a body to its declared length; this holds it to the held size
         // even so.
@@ -224,9 +225,13 @@ pub async fn held_body(
 
 /// Reads the whole request body if it is at most `max` bytes; `None` when it is longer (what
 /// was read is then lost to the caller: only pingora's retry buffer keeps it, up to 64 KiB).
-pub async fn read_body_up_to(session: &mut Session, max: usize) -> pingora::Result<Option<Bytes>> {
+pub async fn read_body_up_to(
+    session: &mut Session,
+    timeout: &super::BodyTimeout,
+    max: usize,
+) -> pingora::Result<Option<Bytes>> {
     let mut body = Joined::default();
-    while let Some(chunk) = session.read_request_body().await.map_err(Error::into_down)? {
+    while let Some(chunk) = timeout.read(session).await? {
         if !body.push(chunk, max) {
             return Ok(None);
         }

@@ -78,13 +78,15 @@ pub fn to_h2(request: &mut RequestHeader) -> pingora::Result<()> {
 /// response to the app. An error says whose side failed (`esource`), which decides the status
 /// of the error response, when one can still be written.
 /// `first` is the body's first piece when it was read before the request was sent (see
-/// [`super::read_first_piece`]), with whether it ended the body.
+/// [`super::read_first_piece`]), with whether it ended the body. A caller whose body stalls for
+/// `body_timeout` while the peer waits for it fails the request (408, `limits.bodyTimeout`).
 pub async fn exchange(
     session: &mut Session,
     upstream: &mut MeshStream,
     request: RequestHeader,
     expects_continue: bool,
     first: Option<(Bytes, bool)>,
+    body_timeout: std::time::Duration,
 ) -> pingora::Result<()> {
     let mut request_done = first.is_none() && session.is_body_empty() && session.is_body_done();
     let (response, body_writer) = upstream.send_request(request, request_done).map_err(Error::into_up)?;
@@ -98,6 +100,9 @@ pub async fn exchange(
     // False once the peer stopped taking the body: the rest of it is still arriving from the
     // caller, and reading it as "idle" would call it a protocol error.
     let mut watch_caller = true;
+    // From the last body bytes read or passed on: how long the caller may keep the rest.
+    let stalled = tokio::time::sleep(body_timeout);
+    tokio::pin!(stalled);
     loop {
         // Only reads and flow-control waits race; each write happens once its branch has won.
         tokio::select! {
@@ -107,9 +112,16 @@ pub async fn exchange(
                 if !request_done {
                     let end = read.is_none() || session.is_body_done();
                     pending = Some((read.unwrap_or_default(), end));
+                    stalled.as_mut().reset(tokio::time::Instant::now() + body_timeout);
                 }
             }
+            // Waiting for the caller's body (not for the peer's flow control): HTTP/1.1 reads
+            // time out in pingora too; HTTP/2 ones only here.
+            () = &mut stalled, if pending.is_none() && watch_caller && !request_done => {
+                return Err(super::body_timed_out());
+            }
             sent = send_pending(body_writer.as_mut(), &mut pending), if pending.is_some() => {
+                stalled.as_mut().reset(tokio::time::Instant::now() + body_timeout);
                 match sent {
                     Ok(true) => request_done = true,
                     Ok(false) => {}

@@ -34,6 +34,7 @@ pub struct Inbound {
     policy: Arc<PolicyStore>,
     telemetry: Arc<Telemetry>,
     inflight: Arc<super::Inflight>,
+    body_timeout: super::BodyTimeout,
 }
 
 pub struct InboundCtx {
@@ -95,12 +96,27 @@ impl Inbound {
         telemetry: Arc<Telemetry>,
     ) -> Self {
         let inflight = super::Inflight::unlimited();
-        Inbound { app: AppAddress::new(app, app_timeout), app_protocol, app_timeout, policy, telemetry, inflight }
+        let body_timeout = super::BodyTimeout::default_uncounted();
+        Inbound {
+            app: AppAddress::new(app, app_timeout),
+            app_protocol,
+            app_timeout,
+            policy,
+            telemetry,
+            inflight,
+            body_timeout,
+        }
     }
 
     /// Sheds requests past `inflight`'s limit (503).
     pub fn shedding(mut self, inflight: Arc<super::Inflight>) -> Self {
         self.inflight = inflight;
+        self
+    }
+
+    /// Fails requests whose body stalls past `body_timeout` (408).
+    pub fn body_timeout(mut self, body_timeout: super::BodyTimeout) -> Self {
+        self.body_timeout = body_timeout;
         self
     }
 
@@ -213,6 +229,7 @@ impl ProxyHttp for Inbound {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<bool> {
         record::start_span(&self.telemetry, SpanKind::Server, session, &mut ctx.request);
+        self.body_timeout.start(session);
         if !respond::admit(session, &self.inflight, &mut ctx.request).await {
             return Ok(true);
         }
@@ -262,17 +279,24 @@ impl ProxyHttp for Inbound {
                     Cow::Owned(path) => Some(path),
                     Cow::Borrowed(_) => None,
                 };
-                (changed, allowed.max_body_bytes)
+                (changed, allowed.max_body_bytes, allowed.delay)
             })
         };
         let path = |session: &Session| session.req_header().uri.path().to_string();
         for note in notes {
             record::report_note(&self.telemetry, session, &ctx.request, note, &path(session));
         }
-        let (normalized, body_limit) = match verdict {
+        let (normalized, body_limit, delay) = match verdict {
             Ok(allowed) => allowed,
             Err(refusal) => return self.refuse(session, ctx, refusal).await,
         };
+        // Throttled (a DELAY rate limit): the token is reserved; wait for it on this task's
+        // timer (no thread blocked, no lock held), then go on. The place in the limits' queues
+        // is given back when `delay` drops, after the wait.
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay.wait).await;
+            ctx.request.ratelimit_delay = Some(delay.wait);
+        }
         ctx.body_limit = body_limit;
         if let Some(path) = normalized {
             set_path(session, path)?;
@@ -312,7 +336,7 @@ impl ProxyHttp for Inbound {
             let Some(pool) = self.app.pool(app) else {
                 return Err(Error::explain(ErrorType::ConnectRefused, "more app ports than a pod has"));
             };
-            let body = app_pool::held_body(session, |len| ctx.count_body(len)).await?;
+            let body = app_pool::held_body(session, &self.body_timeout, |len| ctx.count_body(len)).await?;
             if inspect {
                 if let Some(refusal) = self.inspect_body(&policy, session, ctx, &body) {
                     return self.refuse(session, ctx, refusal).await;
@@ -329,7 +353,7 @@ impl ProxyHttp for Inbound {
         if let (true, Some(plan)) = (inspect, plan) {
             // pingora replays what was read here to the app (its retry buffer, 64 KiB).
             session.enable_retry_buffering();
-            let refusal = match app_pool::read_body_up_to(session, plan.limit).await? {
+            let refusal = match app_pool::read_body_up_to(session, &self.body_timeout, plan.limit).await? {
                 Some(body) => self.inspect_body(&policy, session, ctx, &body),
                 // Neither inspected nor replayable: longer than the buffer pingora keeps.
                 None => Some(Refusal::PayloadTooLarge),
@@ -392,6 +416,7 @@ impl ProxyHttp for Inbound {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut InboundCtx) -> FailToProxy {
+        self.body_timeout.count(session, e);
         fail(session, e, &mut ctx.request).await
     }
 

@@ -40,6 +40,7 @@ pub struct Outbound {
     passthrough: Vec<IpBlock>,
     telemetry: Arc<Telemetry>,
     inflight: Arc<super::Inflight>,
+    body_timeout: super::BodyTimeout,
 }
 
 pub struct OutboundCtx {
@@ -81,7 +82,16 @@ impl Outbound {
             })
             .collect();
         let inflight = super::Inflight::unlimited();
-        Outbound { routes, connectors, own_listener, passthrough: passthrough.to_vec(), telemetry, inflight }
+        let body_timeout = super::BodyTimeout::default_uncounted();
+        Outbound {
+            routes,
+            connectors,
+            own_listener,
+            passthrough: passthrough.to_vec(),
+            telemetry,
+            inflight,
+            body_timeout,
+        }
     }
 
     /// Sheds requests past `inflight`'s limit (503).
@@ -102,6 +112,12 @@ impl Outbound {
         let expected = ctx.connector.as_ref().and_then(|c| c.expected()).map(SpiffeId::as_str);
         let named = expected.or_else(|| super::request_authority(session.req_header())).unwrap_or("");
         self.telemetry.requests.destinations.label(named)
+    }
+
+    /// Fails requests whose body stalls past `body_timeout` (408).
+    pub fn body_timeout(mut self, body_timeout: super::BodyTimeout) -> Self {
+        self.body_timeout = body_timeout;
+        self
     }
 
     fn route(&self, authority: &str) -> Option<&Route> {
@@ -207,6 +223,7 @@ impl ProxyHttp for Outbound {
     /// phases, and `true` tells pingora the response has been written.
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutboundCtx) -> pingora::Result<bool> {
         record::start_span(&self.telemetry, SpanKind::Client, session, &mut ctx.request);
+        self.body_timeout.start(session);
         ctx.request.id = RequestId::from_header(session.req_header().headers.get(REQUEST_ID_HEADER));
         if !respond::admit(session, &self.inflight, &mut ctx.request).await {
             return Ok(true);
@@ -259,7 +276,15 @@ impl ProxyHttp for Outbound {
             let (mut upstream, reused) = connector.open_stream().await.map_err(Error::into_up)?;
             ctx.destination = upstream.destination();
             let request = self.upstream_request(session, ctx)?;
-            let Err(mut e) = forward::exchange(session, &mut upstream, request, expects_continue, first.take()).await
+            let Err(mut e) = forward::exchange(
+                session,
+                &mut upstream,
+                request,
+                expects_continue,
+                first.take(),
+                self.body_timeout.timeout,
+            )
+            .await
             else {
                 return Ok(true);
             };
@@ -291,6 +316,7 @@ impl ProxyHttp for Outbound {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut OutboundCtx) -> FailToProxy {
+        self.body_timeout.count(session, e);
         fail(session, e, &mut ctx.request).await
     }
 

@@ -99,6 +99,12 @@ impl Guarded {
     }
 }
 
+/// What an HTTP/1.1 connection whose request head did not arrive within `limits.headerTimeout`
+/// is answered before it closes (SPEC section 5): 408 with the JSON body and `x-request-id`.
+pub fn request_timeout_answer() -> Vec<u8> {
+    answer(b"HTTP/1.1 408 ")
+}
+
 /// The sidecar's JSON refusal for the status pingora chose (`HTTP/1.1 400 ...`).
 fn answer(pingora_wrote: &[u8]) -> Vec<u8> {
     let status = pingora_wrote

@@ -32,6 +32,8 @@ pub struct RequestCtx {
     pub inflight: Option<super::shed::Slot>,
     /// Answered 503 by load shedding.
     pub shed: bool,
+    /// How long a `DELAY` rate limit held the request back.
+    pub ratelimit_delay: Option<std::time::Duration>,
 }
 
 impl RequestCtx {
@@ -44,6 +46,7 @@ impl RequestCtx {
             span: None,
             inflight: None,
             shed: false,
+            ratelimit_delay: None,
         }
     }
 
@@ -272,6 +275,7 @@ pub fn finish(
             principal,
             decision: ctx.decision(),
             request_id: ctx.id.as_str(),
+            ratelimit_delay: ctx.ratelimit_delay,
         });
     }
     if let Some(span) = ctx.span.take() {

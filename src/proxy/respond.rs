@@ -19,6 +19,9 @@ pub enum ErrorKind {
     InvalidRequest,
     Unauthenticated,
     Forbidden,
+    /// A request body that stalled past `limits.bodyTimeout` (or a head past
+    /// `limits.headerTimeout`, answered by the accept loop).
+    RequestTimeout,
     PayloadTooLarge,
     UriTooLong,
     RateLimited,
@@ -35,6 +38,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => 400,
             ErrorKind::Unauthenticated => 401,
             ErrorKind::Forbidden => 403,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::UriTooLong => 414,
             ErrorKind::RateLimited => 429,
@@ -52,6 +56,7 @@ impl ErrorKind {
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::Unauthenticated => "unauthenticated",
             ErrorKind::Forbidden => "forbidden",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::UriTooLong => "uri_too_long",
             ErrorKind::RateLimited => "rate_limited",
@@ -67,6 +72,7 @@ impl ErrorKind {
         match status {
             401 => ErrorKind::Unauthenticated,
             403 => ErrorKind::Forbidden,
+            408 => ErrorKind::RequestTimeout,
             413 => ErrorKind::PayloadTooLarge,
             414 => ErrorKind::UriTooLong,
             429 => ErrorKind::RateLimited,
@@ -98,6 +104,8 @@ impl ErrorKind {
                 ErrorSource::Upstream => ErrorKind::BadGateway,
                 ErrorSource::Downstream => match e.etype() {
                     WriteError | ReadError | ConnectionClosed => return None,
+                    // The caller's body stalled (limits.bodyTimeout).
+                    ReadTimedout => ErrorKind::RequestTimeout,
                     _ => ErrorKind::InvalidRequest,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
@@ -149,7 +157,8 @@ pub async fn refuse(session: &mut Session, refusal: Refusal, ctx: &mut RequestCt
 /// Takes a place among the requests in flight, or answers 503 with `Retry-After: 1` (load
 /// shedding); whether the request may go on.
 pub async fn admit(session: &mut Session, inflight: &std::sync::Arc<super::Inflight>, ctx: &mut RequestCtx) -> bool {
-    if let Some(slot) = inflight.enter() {
+    let source = session.client_addr().and_then(|a| a.as_inet()).map(|a| super::canonical_ip(a.ip()));
+    if let Some(slot) = inflight.enter(source) {
         ctx.inflight = Some(slot);
         return true;
     }
@@ -162,13 +171,19 @@ pub async fn admit(session: &mut Session, inflight: &std::sync::Arc<super::Infli
     false
 }
 
+/// A request that failed because its body stalled past `limits.bodyTimeout`.
+pub fn is_body_timeout(e: &Error) -> bool {
+    e.etype() == &ErrorType::ReadTimedout && e.esource() == &ErrorSource::Downstream
+}
+
 /// A refusal the pipeline decided on is reported by metrics and events, and a caller hanging up
 /// is the caller's business: neither is an error log.
 pub fn is_decision(e: &Error) -> bool {
     use pingora::ErrorType::*;
     match e.etype() {
         HTTPStatus(code) => *code < 500,
-        ConnectionClosed | ReadError | WriteError => e.esource() == &pingora::ErrorSource::Downstream,
+        // A stalled body is counted and reported as a DoS refusal (limits.bodyTimeout).
+        ConnectionClosed | ReadError | WriteError | ReadTimedout => e.esource() == &pingora::ErrorSource::Downstream,
         _ => false,
     }
 }
@@ -215,5 +230,13 @@ mod tests {
         assert_eq!(ErrorKind::classify(&timeout), Some(ErrorKind::GatewayTimeout));
         let status = ErrorKind::UriTooLong.fail("long");
         assert_eq!(ErrorKind::classify(&status), Some(ErrorKind::UriTooLong));
+        // A caller's body that stalled is the caller's timeout (408), an app's silence is 504.
+        let stalled = super::super::body_timed_out();
+        assert!(is_body_timeout(&stalled));
+        assert_eq!(ErrorKind::classify(&stalled).map(|k| (k.status(), k.code())), Some((408, "request_timeout")));
+        let pingora_h1 = Error::explain(ErrorType::ReadTimedout, "reading body, timeout: 60s").into_down();
+        assert_eq!(ErrorKind::classify(&pingora_h1), Some(ErrorKind::RequestTimeout));
+        let app = Error::explain(ErrorType::ReadTimedout, "app").into_up();
+        assert_eq!(ErrorKind::classify(&app), Some(ErrorKind::GatewayTimeout));
     }
 }

@@ -3,15 +3,18 @@
 //! bound behind the others (queued requests only add latency and memory, and time out anyway).
 //! The count is one atomic per request in and out: no lock, no allocation.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use crate::telemetry::{RefusalCounter, RefusalReason, Refusals};
 
 /// One listener's requests in flight.
 pub struct Inflight {
     now: AtomicUsize,
     max: usize,
-    /// `palisade_requests_shed_total{direction}`, resolved once.
-    shed: prometheus::IntCounter,
+    /// `palisade_requests_shed_total{direction}`, resolved once, and the shed events' count.
+    shed: RefusalCounter,
 }
 
 /// A request's place among those in flight; given back when the request's context is dropped,
@@ -19,21 +22,21 @@ pub struct Inflight {
 pub struct Slot(Arc<Inflight>);
 
 impl Inflight {
-    pub fn new(max: usize, shed: prometheus::IntCounter) -> Arc<Self> {
+    pub fn new(max: usize, shed: RefusalCounter) -> Arc<Self> {
         Arc::new(Inflight { now: AtomicUsize::new(0), max, shed })
     }
 
     /// No limit (a proxy built without one, as in unit tests).
     pub fn unlimited() -> Arc<Self> {
         let shed = prometheus::IntCounter::new("palisade_requests_shed_total", "unregistered").expect("counter");
-        Self::new(usize::MAX, shed)
+        Self::new(usize::MAX, Refusals::default().counter("other", RefusalReason::Shed, "unlimited", shed))
     }
 
-    /// A slot, or `None` (counted) when `max` requests are in flight already.
-    pub fn enter(self: &Arc<Self>) -> Option<Slot> {
+    /// A slot, or `None` (counted, for `source`) when `max` requests are in flight already.
+    pub fn enter(self: &Arc<Self>, source: Option<IpAddr>) -> Option<Slot> {
         if self.now.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.now.fetch_sub(1, Ordering::AcqRel);
-            self.shed.inc();
+            self.shed.refused(source);
             return None;
         }
         Some(Slot(self.clone()))
@@ -57,13 +60,15 @@ mod tests {
     #[test]
     fn past_the_limit_requests_are_shed_and_a_freed_slot_lets_the_next_one_in() {
         let shed = prometheus::IntCounter::new("shed", "shed").unwrap();
-        let inflight = Inflight::new(2, shed.clone());
-        let a = inflight.enter().expect("first");
-        let _b = inflight.enter().expect("second");
-        assert!(inflight.enter().is_none(), "third, over the limit");
+        let refusals = Refusals::default();
+        let inflight = Inflight::new(2, refusals.counter("inbound", RefusalReason::Shed, 2, shed.clone()));
+        let a = inflight.enter(None).expect("first");
+        let _b = inflight.enter(None).expect("second");
+        assert!(inflight.enter(None).is_none(), "third, over the limit");
         assert_eq!((inflight.in_flight(), shed.get()), (2, 1));
+        assert_eq!(refusals.flush().len(), 1, "and reported");
         drop(a);
-        let c = inflight.enter();
+        let c = inflight.enter(None);
         assert!(c.is_some(), "recovers as soon as one ends");
         assert_eq!(inflight.in_flight(), 2);
         drop(c);

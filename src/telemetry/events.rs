@@ -6,6 +6,10 @@
 //!   `security_control` profile (`action_id`, `disposition_id`, `firewall_rule`) and the `host`
 //!   profile (`actor`, the caller's SPIFFE ID);
 //! - TLS refusals: Network Activity (4001), activity Refuse;
+//! - the DoS defences' refusals, aggregated (`count`, `start_time`, `end_time`): connections
+//!   closed at accept as Network Activity (4001) Refuse, closed for a head that did not arrive or
+//!   for idleness as Network Activity Close; requests shed (503) or whose body stalled (408) as HTTP
+//!   Activity (4002) with that `http_response`;
 //! - policy sets, workload certificates and workload labels: Entity Management (3004, Identity &
 //!   Access Management), the managed entity being the policy set, the certificate or the
 //!   workload. Device Config State Change (5019) would need a `device` and reports a device's
@@ -82,6 +86,66 @@ pub enum SecurityEvent {
     },
     /// The WAF found an attack: blocked (403) in BLOCK mode, reported in DETECT mode.
     WafFinding(WafEvent),
+    /// Connections or requests a DoS defence (SPEC section 3 `limits`) refused since the last
+    /// report on one listener, for one reason: one event for many (see `refusals.rs`).
+    DosRefused(DosRefusal),
+}
+
+/// How many connections or requests one listener refused for one reason, over a time span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DosRefusal {
+    /// The listener: inbound, outbound, admin...
+    pub direction: &'static str,
+    /// `palisade_connections_closed_total`'s reason label, or `shed`.
+    pub reason: &'static str,
+    /// The `limits` setting that refused (`limits.maxConnections`).
+    pub setting: &'static str,
+    /// Its value (`10000`, `10s`).
+    pub limit: String,
+    pub count: u64,
+    /// The first and the last refusal reported (Unix ms).
+    pub start_ms: u64,
+    pub end_ms: u64,
+    /// The listener's address.
+    pub listener: Option<SocketAddr>,
+    /// The one address every refused connection came from, when it was one.
+    pub source: Option<std::net::IpAddr>,
+    /// They came from more than one address.
+    pub several_sources: bool,
+}
+
+impl DosRefusal {
+    /// A refused request with an HTTP answer (503 shed, 408 body timeout), rather than a
+    /// connection closed.
+    pub fn http_status(&self) -> Option<u16> {
+        match self.reason {
+            "shed" => Some(503),
+            "body_timeout" => Some(408),
+            _ => None,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        let (n, direction, setting, limit) = (self.count, self.direction, self.setting, &self.limit);
+        let plural = if n == 1 { "" } else { "s" };
+        match self.reason {
+            "connection_limit" | "source_limit" => {
+                format!("{n} connection{plural} closed at accept on {direction}: {setting} ({limit}) reached")
+            }
+            "header_timeout" => format!(
+                "{n} connection{plural} on {direction} closed: the request head did not arrive within {setting} ({limit})"
+            ),
+            "idle_timeout" => format!("{n} idle connection{plural} on {direction} closed after {setting} ({limit})"),
+            "body_timeout" => format!(
+                "{n} request{plural} on {direction} answered 408: no body bytes within {setting} ({limit})"
+            ),
+            "shed" => format!("{n} request{plural} on {direction} shed (503): {setting} ({limit}) in flight"),
+            "rapid_reset" => format!(
+                "{n} HTTP/2 connection{plural} on {direction} closed: more stream resets than {setting} ({limit}) a second"
+            ),
+            other => format!("{n} refused on {direction}: {other}"),
+        }
+    }
 }
 
 /// A WAF finding: where it was and what matched (cut short; never the whole value or body).
@@ -177,7 +241,17 @@ pub(super) fn now_millis() -> u64 {
 
 /// Now as RFC 3339 in UTC with milliseconds (`2026-12-02T16:04:05.123Z`): ECS `@timestamp`.
 pub(super) fn now_rfc3339_millis() -> String {
-    let t = time::OffsetDateTime::now_utc();
+    format_rfc3339_millis(time::OffsetDateTime::now_utc())
+}
+
+/// A Unix time in milliseconds as RFC 3339 in UTC with milliseconds.
+fn rfc3339_millis(unix_ms: u64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format_rfc3339_millis(t)
+}
+
+fn format_rfc3339_millis(t: time::OffsetDateTime) -> String {
     format!(
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
         t.year(),
@@ -433,6 +507,33 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
                 extra,
             }
         }
+        SecurityEvent::DosRefused(d) => {
+            let mut extra = json!({"count": d.count, "start_time": d.start_ms, "end_time": d.end_ms,
+                                   "src_endpoint": d.source.map(|ip| json!({"ip": ip.to_string()})),
+                                   "dst_endpoint": endpoint(d.listener),
+                                   "firewall_rule": {"uid": d.setting, "name": d.reason, "category": "dos"},
+                                   "status_detail": d.reason,
+                                   "unmapped": {"direction": d.direction, "limit": d.limit,
+                                                "several_sources": d.several_sources}});
+            let (class, activity) = match d.http_status() {
+                Some(code) => {
+                    // Many requests, of any method: the activity is not one method's.
+                    merge(&mut extra, json!({"http_response": {"code": code}}));
+                    (HTTP_ACTIVITY, (0, "Unknown"))
+                }
+                None if d.reason.ends_with("_limit") => (NETWORK_ACTIVITY, (5, "Refuse")),
+                None => (NETWORK_ACTIVITY, (2, "Close")),
+            };
+            Ocsf {
+                class,
+                activity,
+                status_id: FAILURE,
+                severity_id: 3,
+                message: d.message(),
+                control: Some((DENIED, BLOCKED)),
+                extra,
+            }
+        }
         SecurityEvent::RequestDenied(r) => {
             let mut extra = http_attributes(&r.request, (!r.audit).then_some(r.status));
             merge(&mut extra, json!({"firewall_rule": {"uid": format!("{}/{}", r.policy, r.rule), "name": r.rule}}));
@@ -514,6 +615,10 @@ fn ecs_classification(event: &SecurityEvent) -> (&'static str, &'static [&'stati
         SecurityEvent::RequestDenied(r) => {
             ("event", &["network", "web"], if r.audit { &["allowed", "access"] } else { &["denied", "access"] })
         }
+        SecurityEvent::DosRefused(d) => match d.http_status() {
+            Some(_) => ("event", &["network", "web"], &["denied", "access"]),
+            None => ("event", &["network"], &["connection", "denied"]),
+        },
     }
 }
 
@@ -610,6 +715,17 @@ fn ecs(event: &SecurityEvent) -> Value {
                    "labels": {"waf_location": w.location, "waf_name": w.name, "waf_paranoia": w.paranoia,
                               "waf_fragment": w.fragment}}),
         ),
+        SecurityEvent::DosRefused(d) => (
+            if d.http_status().is_some() { "requests-refused" } else { "connections-refused" },
+            "failure",
+            d.message(),
+            json!({"rule": {"id": d.setting, "name": d.reason, "category": "dos"},
+                   "source": d.source.map(|ip| json!({"ip": ip.to_string()})),
+                   "destination": d.listener.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
+                   "http": d.http_status().map(|code| json!({"response": {"status_code": code}})),
+                   "labels": {"direction": d.direction, "reason": d.reason, "count": d.count, "limit": d.limit,
+                              "several_sources": d.several_sources}}),
+        ),
         SecurityEvent::RequestDenied(r) => (
             if r.audit { "request-audit-deny" } else { "request-denied" },
             if r.audit { "success" } else { "failure" },
@@ -622,6 +738,10 @@ fn ecs(event: &SecurityEvent) -> Value {
         ),
     };
     let (kind, category, types) = ecs_classification(event);
+    let span = match event {
+        SecurityEvent::DosRefused(d) => Some((rfc3339_millis(d.start_ms), rfc3339_millis(d.end_ms))),
+        _ => None,
+    };
     let mut record = json!({
         "@timestamp": now_rfc3339_millis(),
         "ecs": {"version": "8.11.0"},
@@ -630,6 +750,10 @@ fn ecs(event: &SecurityEvent) -> Value {
         "observer": {"product": "Palisade", "version": env!("CARGO_PKG_VERSION")},
     });
     merge(&mut record, extra);
+    if let Some((start, end)) = span {
+        record["event"]["start"] = json!(start);
+        record["event"]["end"] = json!(end);
+    }
     if let Some(trace_id) = trace_id(event) {
         record["trace"] = json!({"id": trace_id});
     }

@@ -6,6 +6,9 @@ use prometheus::{
 const LATENCY_BUCKETS: &[f64] =
     &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Throttling waits: from a millisecond to `maxDelay`'s bound (60 s).
+const DELAY_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
@@ -19,6 +22,8 @@ pub struct Metrics {
     pub access_log_dropped: prometheus::IntCounter,
     pub authz_decisions: IntCounterVec,
     pub ratelimit_decisions: IntCounterVec,
+    /// How long `DELAY` rate limits held requests back, by policy and limit.
+    pub ratelimit_delay: HistogramVec,
     pub policy_version: IntGaugeVec,
     pub policy_updates: IntCounterVec,
     pub control_plane_connected: prometheus::IntGauge,
@@ -83,8 +88,20 @@ impl Metrics {
         )
         .expect("metric");
         let ratelimit_decisions = IntCounterVec::new(
-            Opts::new("palisade_ratelimit_decisions_total", "Rate-limit decisions, by policy and limit."),
+            Opts::new(
+                "palisade_ratelimit_decisions_total",
+                "Rate-limit decisions, by policy and limit: allowed, limited (429), delayed (DELAY: waited, then allowed).",
+            ),
             &["policy", "limit", "result"],
+        )
+        .expect("metric");
+        let ratelimit_delay = HistogramVec::new(
+            HistogramOpts::new(
+                "palisade_ratelimit_delay_seconds",
+                "How long requests over a DELAY rate limit waited for a token, by policy and limit.",
+            )
+            .buckets(DELAY_BUCKETS.to_vec()),
+            &["policy", "limit"],
         )
         .expect("metric");
         let policy_version = IntGaugeVec::new(
@@ -160,6 +177,7 @@ impl Metrics {
             Box::new(build_info),
             Box::new(authz_decisions.clone()),
             Box::new(ratelimit_decisions.clone()),
+            Box::new(ratelimit_delay.clone()),
             Box::new(policy_version.clone()),
             Box::new(policy_updates.clone()),
             Box::new(control_plane_connected.clone()),
@@ -185,6 +203,7 @@ impl Metrics {
             access_log_dropped,
             authz_decisions,
             ratelimit_decisions,
+            ratelimit_delay,
             policy_version,
             policy_updates,
             control_plane_connected,

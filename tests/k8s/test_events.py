@@ -7,7 +7,8 @@ The events come from tests/events.rs, which runs before this in scripts/test.sh 
 in <target>/tmp/event-samples: ocsf.jsonl holds one event of every kind the code can emit, built
 and written by the real event writer (`every_event_kind_written_through_the_event_writer`), and
 ocsf-sidecar-*.jsonl what real sidecars emitted for real requests (denials, rate limits, TLS
-refusals, policy changes, WAF findings in both modes, JWT failures).
+refusals, policy changes, WAF findings in both modes, JWT failures, and the DoS defences' aggregated
+refusals: connections closed at accept, at the header and idle timeouts, requests shed).
 
 ocsf-emitter's models accept attributes they do not declare (pydantic `extra='allow'`) and leave
 profiles out, so two checks are added here: every attribute must be one the models declare at its
@@ -158,10 +159,19 @@ def test_every_event_kind_is_valid_ocsf_1_5():
     assert not failures, json.dumps(failures, indent=2)
     classes = {(e["class_uid"], e["activity_id"]) for e in events}
     assert (4001, 5) in classes, "TLS refusals: Network Activity, Refuse"
+    assert (4001, 2) in classes, "connections closed at a deadline: Network Activity, Close"
     assert {c for c, _ in classes} == {4001, 4002, 3004}, classes
+    dos = [e for e in events if e.get("firewall_rule", {}).get("category") == "dos"]
+    assert {e["firewall_rule"]["name"] for e in dos} == {
+        "connection_limit", "source_limit", "header_timeout", "idle_timeout", "body_timeout", "shed", "rapid_reset"
+    }, dos
+    # Many refusals in one event: OCSF's count and time span.
+    assert all(e["count"] > 1 and e["start_time"] <= e["end_time"] for e in dos), dos
 
 
-@pytest.mark.parametrize("name", ["ocsf-sidecar-denials.jsonl", "ocsf-sidecar-waf-jwt.jsonl"])
+@pytest.mark.parametrize(
+    "name", ["ocsf-sidecar-denials.jsonl", "ocsf-sidecar-waf-jwt.jsonl", "ocsf-sidecar-dos.jsonl"]
+)
 def test_what_real_sidecars_emitted_is_valid_ocsf_1_5(name):
     events = samples(name)
     assert events

@@ -1,0 +1,258 @@
+//! The DoS defences' refusals (SPEC section 3 `limits`): connections closed at accept, heads and
+//! bodies that did not arrive in time, idle connections reaped, requests shed. Each is counted at
+//! once (its Prometheus counter), and reported as a security event in aggregate: at most one event
+//! per listener and reason a second (the accept loops ask for a report several times a second; one
+//! is made when a second has passed since the last), carrying how many there were, so a flood of
+//! 10,000 connections writes a line a second, not 10,000. A listener that stops reports what is
+//! left at once.
+//!
+//! Recording is two atomic adds and, when the source is known, one uncontended `try_lock`; the
+//! event is built only by the flush.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use prometheus::IntCounter;
+
+use super::events::{now_millis, DosRefusal, SecurityEvent};
+
+/// Why a DoS defence refused a connection or a request; the `reason` label of
+/// `palisade_connections_closed_total` (load shedding has `palisade_requests_shed_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalReason {
+    /// `limits.maxConnections`: closed at accept.
+    ConnectionLimit,
+    /// `limits.maxConnectionsPerSource`: closed at accept.
+    SourceLimit,
+    /// `limits.headerTimeout`: the request head did not arrive in time (408 when part of it did).
+    HeaderTimeout,
+    /// `limits.idleTimeout`: a keep-alive connection with nothing in flight.
+    IdleTimeout,
+    /// `limits.bodyTimeout`: no request-body bytes for this long (408).
+    BodyTimeout,
+    /// `limits.maxInflight`: a request answered 503 (load shedding).
+    Shed,
+    /// `limits.http2.maxResetsPerSecond`: an HTTP/2 connection closed for resetting too many of
+    /// its streams (rapid reset).
+    RapidReset,
+}
+
+impl RefusalReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusalReason::ConnectionLimit => "connection_limit",
+            RefusalReason::SourceLimit => "source_limit",
+            RefusalReason::HeaderTimeout => "header_timeout",
+            RefusalReason::IdleTimeout => "idle_timeout",
+            RefusalReason::BodyTimeout => "body_timeout",
+            RefusalReason::Shed => "shed",
+            RefusalReason::RapidReset => "rapid_reset",
+        }
+    }
+
+    /// The `limits` setting that refused.
+    pub fn setting(self) -> &'static str {
+        match self {
+            RefusalReason::ConnectionLimit => "limits.maxConnections",
+            RefusalReason::SourceLimit => "limits.maxConnectionsPerSource",
+            RefusalReason::HeaderTimeout => "limits.headerTimeout",
+            RefusalReason::IdleTimeout => "limits.idleTimeout",
+            RefusalReason::BodyTimeout => "limits.bodyTimeout",
+            RefusalReason::Shed => "limits.maxInflight",
+            RefusalReason::RapidReset => "limits.http2.maxResetsPerSecond",
+        }
+    }
+}
+
+/// Every listener's refusal counts, for the flush.
+#[derive(Default)]
+pub struct Refusals {
+    /// One slot per (listener, reason); touched when a listener starts and by the flush only.
+    slots: Mutex<Vec<Arc<Slot>>>,
+    /// When the last report was made (Unix ms): every accept loop asks for one each second, and
+    /// only the first to ask after a second has passed gets it.
+    last_report: AtomicU64,
+}
+
+/// The least time between two reports of the same listener and reason.
+pub const REPORT_EVERY_MS: u64 = 1000;
+
+struct Slot {
+    direction: &'static str,
+    reason: RefusalReason,
+    /// What the limit was, for the event's message ("10000").
+    limit: String,
+    counter: IntCounter,
+    /// Refusals since the last flush.
+    pending: AtomicU64,
+    /// When the first of them happened (Unix ms; 0: none pending).
+    since: AtomicU64,
+    /// The listener's own address.
+    listener: Mutex<Option<SocketAddr>>,
+    /// Who was refused since the last flush: one address, or several.
+    sources: Mutex<Sources>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Sources {
+    #[default]
+    Unknown,
+    One(IpAddr),
+    Several,
+}
+
+/// Where one listener counts one kind of refusal.
+#[derive(Clone)]
+pub struct RefusalCounter(Arc<Slot>);
+
+impl RefusalCounter {
+    /// Counts one refusal of a connection or request from `source` (when known).
+    pub fn refused(&self, source: Option<IpAddr>) {
+        let slot = &*self.0;
+        slot.counter.inc();
+        if slot.pending.fetch_add(1, Ordering::AcqRel) == 0 {
+            let _ = slot.since.compare_exchange(0, now_millis(), Ordering::AcqRel, Ordering::Acquire);
+        }
+        // Never waits: a flush or another refusal holding the lock just means this source is not
+        // the one named (the count is exact either way).
+        if let (Some(ip), Ok(mut sources)) = (source, slot.sources.try_lock()) {
+            *sources = match *sources {
+                Sources::Unknown => Sources::One(ip),
+                Sources::One(seen) if seen == ip => Sources::One(ip),
+                _ => Sources::Several,
+            };
+        }
+    }
+
+    /// The listener's address, for the events (known once it is bound).
+    pub fn at(&self, listener: SocketAddr) -> Self {
+        *self.0.listener.lock().expect("listener lock") = Some(listener);
+        self.clone()
+    }
+
+    /// How many were counted (the Prometheus counter's value).
+    pub fn total(&self) -> u64 {
+        self.0.counter.get()
+    }
+}
+
+impl Refusals {
+    /// The counter for `reason` on the listener `direction` (one per pair: asking again returns
+    /// the same), counted in `counter` (the metric's series) as well.
+    pub fn counter(
+        &self,
+        direction: &'static str,
+        reason: RefusalReason,
+        limit: impl ToString,
+        counter: IntCounter,
+    ) -> RefusalCounter {
+        let mut slots = self.slots.lock().expect("refusal slots lock");
+        if let Some(slot) = slots.iter().find(|s| s.direction == direction && s.reason == reason) {
+            return RefusalCounter(slot.clone());
+        }
+        let slot = Arc::new(Slot {
+            direction,
+            reason,
+            limit: limit.to_string(),
+            counter,
+            pending: AtomicU64::new(0),
+            since: AtomicU64::new(0),
+            listener: Mutex::new(None),
+            sources: Mutex::new(Sources::Unknown),
+        });
+        slots.push(slot.clone());
+        RefusalCounter(slot)
+    }
+
+    /// [`Refusals::flush`], unless the last report was less than a second ago (then nothing, and
+    /// the counts wait for the next).
+    pub fn report(&self) -> Vec<SecurityEvent> {
+        let now = now_millis();
+        let last = self.last_report.load(Ordering::Acquire);
+        if now.saturating_sub(last) < REPORT_EVERY_MS
+            || self.last_report.compare_exchange(last, now, Ordering::AcqRel, Ordering::Acquire).is_err()
+        {
+            return Vec::new();
+        }
+        self.flush()
+    }
+
+    /// The refusals counted since the last flush, one event per listener and reason that had
+    /// any, each with its count, and one log line each.
+    pub fn flush(&self) -> Vec<SecurityEvent> {
+        let slots: Vec<Arc<Slot>> = self.slots.lock().expect("refusal slots lock").clone();
+        let mut events = Vec::new();
+        for slot in slots {
+            let count = slot.pending.swap(0, Ordering::AcqRel);
+            if count == 0 {
+                continue;
+            }
+            let since = slot.since.swap(0, Ordering::AcqRel);
+            let sources = std::mem::take(&mut *slot.sources.lock().expect("sources lock"));
+            let refusal = DosRefusal {
+                direction: slot.direction,
+                reason: slot.reason.label(),
+                setting: slot.reason.setting(),
+                limit: slot.limit.clone(),
+                count,
+                start_ms: if since == 0 { now_millis() } else { since },
+                end_ms: now_millis(),
+                listener: *slot.listener.lock().expect("listener lock"),
+                source: match sources {
+                    Sources::One(ip) => Some(ip),
+                    _ => None,
+                },
+                several_sources: sources == Sources::Several,
+            };
+            tracing::warn!(direction = slot.direction, reason = refusal.reason, count, setting = refusal.setting,
+                limit = %refusal.limit, source = ?refusal.source, "{}", refusal.message());
+            events.push(SecurityEvent::DosRefused(refusal));
+        }
+        events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_counted_each_and_reported_once_per_flush_with_their_count() {
+        let refusals = Refusals::default();
+        let metric = IntCounter::new("closed", "closed").unwrap();
+        let at_accept = refusals
+            .counter("inbound", RefusalReason::ConnectionLimit, 10, metric.clone())
+            .at("127.0.0.1:15006".parse().unwrap());
+        let again = refusals.counter("inbound", RefusalReason::ConnectionLimit, 10, metric.clone());
+        let attacker: IpAddr = "10.9.9.9".parse().unwrap();
+        for _ in 0..10_000 {
+            again.refused(Some(attacker));
+        }
+        assert_eq!((metric.get(), at_accept.total()), (10_000, 10_000), "one counter per listener and reason");
+        let events = refusals.flush();
+        assert_eq!(events.len(), 1, "10,000 refusals, one event");
+        let SecurityEvent::DosRefused(r) = &events[0] else { panic!("{events:?}") };
+        assert_eq!((r.count, r.reason, r.direction, r.source), (10_000, "connection_limit", "inbound", Some(attacker)));
+        assert_eq!(r.listener, Some("127.0.0.1:15006".parse().unwrap()));
+        assert!(r.start_ms <= r.end_ms && r.start_ms > 0);
+        assert!(refusals.flush().is_empty(), "nothing new, nothing reported");
+        // Reports (what the accept loops ask for) come a second apart at most, whoever asks.
+        at_accept.refused(Some(attacker));
+        assert_eq!(refusals.report().len(), 1, "the first report");
+        at_accept.refused(Some(attacker));
+        assert!(refusals.report().is_empty(), "another within the second: nothing yet");
+        refusals.last_report.store(now_millis() - REPORT_EVERY_MS, Ordering::Release);
+        let events = refusals.report();
+        let SecurityEvent::DosRefused(r) = &events[0] else { panic!() };
+        assert_eq!(r.count, 1, "the refusal that waited is in the next report");
+
+        // Two sources: none is named as the source.
+        at_accept.refused(Some(attacker));
+        at_accept.refused(Some("10.1.1.1".parse().unwrap()));
+        let events = refusals.flush();
+        let SecurityEvent::DosRefused(r) = &events[0] else { panic!() };
+        assert_eq!((r.count, r.source, r.several_sources), (2, None, true));
+        assert_eq!(metric.get(), 10_004);
+    }
+}

@@ -1,0 +1,204 @@
+//! `limits.bodyTimeout` and `limits.maxConnectionsPerSource` through real sidecars (issue 16):
+//! a request whose body stops arriving fails with 408 and its connection closes, on both
+//! listeners and over HTTP/1.1 and HTTP/2, counted; a body that keeps coming, however slowly, is
+//! not cut; one source address past its connection limit is closed at accept while another is
+//! served. Raw TCP, raw mTLS and an h2 client, so nothing between the test and the sidecar
+//! finishes a body on its own.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use palisade::config::HumanDuration;
+use rustls::pki_types::ServerName;
+use support::*;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+const BODY_TIMEOUT: Duration = Duration::from_secs(1);
+/// Far above the timeout: an answer that has not come by then was not made by it.
+const BOUND: Duration = Duration::from_secs(15);
+
+/// A head announcing a 100-byte body and the first 10 bytes of it; the other 90 never come.
+const STALLED: &[u8] =
+    b"POST /upload HTTP/1.1\r\nhost: orders.shop\r\ncontent-type: text/plain\r\ncontent-length: 100\r\n\r\n0123456789";
+
+async fn series(admin: SocketAddr, series: &str) -> u64 {
+    let text = http_client().get(format!("http://{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).map_or(0, |v| v.trim().parse().unwrap())
+}
+
+fn closed(direction: &str, reason: &str) -> String {
+    format!("palisade_connections_closed_total{{direction=\"{direction}\",reason=\"{reason}\"}}")
+}
+
+/// Writes `request`, then reads until the sidecar closes the connection (at most BOUND): what
+/// it answered, and how long after the write the connection closed.
+async fn stall<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, request: &[u8]) -> (String, Duration) {
+    stream.write_all(request).await.unwrap();
+    stream.flush().await.unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(BOUND, stream.read(&mut buf)).await.expect("closed within the bound") {
+            Ok(0) | Err(_) => return (String::from_utf8_lossy(&out).to_string(), started.elapsed()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+fn assert_timed_out(answer: &str, elapsed: Duration, what: &str) {
+    assert!(answer.starts_with("HTTP/1.1 408"), "{what}: {answer:?}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("content-type: application/json") && lower.contains("x-request-id:"), "{what}: {answer}");
+    assert!(answer.contains(r#""error":"request_timeout""#), "{what}: {answer}");
+    assert!(elapsed >= BODY_TIMEOUT - Duration::from_millis(100), "{what}: answered after {elapsed:?}");
+}
+
+async fn mtls(addr: SocketAddr, client: &palisade::identity::WorkloadFiles, alpn: &[u8]) -> TlsStream {
+    let mut tls = client_tls(Some(client));
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(ServerName::try_from("orders.shop").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http1_body_gets_408_and_the_connection_closes_on_both_listeners() {
+    // Outbound: the app's plaintext HTTP/1.1, on its way to the peer (whose own timeout is
+    // longer, so only this hop's is tested).
+    let pair =
+        Pair::start_configured(EchoApp::start().await, |a| a.limits.body_timeout = HumanDuration(BODY_TIMEOUT), |_| {})
+            .await;
+    let outbound = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    let (answer, elapsed) = stall(outbound, STALLED).await;
+    assert_timed_out(&answer, elapsed, "outbound");
+    assert_eq!(series(pair.a.admin, &closed("outbound", "body_timeout")).await, 1);
+    pair.shutdown();
+
+    // Inbound: an HTTP/1.1 caller over mutual TLS.
+    let s = Single::start(|c| c.limits.body_timeout = HumanDuration(BODY_TIMEOUT)).await;
+    let inbound = mtls(s.sidecar.inbound, &s.client, b"http/1.1").await;
+    let (answer, elapsed) = stall(inbound, STALLED).await;
+    assert_timed_out(&answer, elapsed, "inbound");
+    assert_eq!(series(s.sidecar.admin, &closed("inbound", "body_timeout")).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_http2_body_gets_408_on_its_stream() {
+    let s = Single::start(|c| {
+        c.limits.body_timeout = HumanDuration(BODY_TIMEOUT);
+        c.inbound.app_protocol = palisade::config::AppProtocol::Http1;
+    })
+    .await;
+    let tls = mtls(s.sidecar.inbound, &s.client, b"h2").await;
+    let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(connection);
+    let request = http::Request::post("https://orders.shop/upload")
+        .header("content-type", "text/plain")
+        .header("content-length", "100")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(b"0123456789"), false).unwrap();
+    let started = Instant::now();
+    let response = tokio::time::timeout(BOUND, response).await.expect("answered within the bound").unwrap();
+    assert_eq!(response.status(), 408);
+    assert!(started.elapsed() >= BODY_TIMEOUT - Duration::from_millis(100), "after {:?}", started.elapsed());
+    let mut answer = response.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = answer.data().await {
+        text.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(String::from_utf8_lossy(&text).contains(r#""error":"request_timeout""#));
+    assert_eq!(series(s.sidecar.admin, &closed("inbound", "body_timeout")).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_keeps_coming_is_not_cut_however_long_it_takes_in_all() {
+    // The timeout is for silence: five pieces, each well within it, take longer in all.
+    let s = Single::start(|c| c.limits.body_timeout = HumanDuration(Duration::from_secs(3))).await;
+    let mut inbound = mtls(s.sidecar.inbound, &s.client, b"http/1.1").await;
+    inbound
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: orders.shop\r\ncontent-length: 5\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    // The client's pace, not a wait for the sidecar: a byte every 700 ms.
+    let mut pace = tokio::time::interval(Duration::from_millis(700));
+    for byte in b"abcde" {
+        pace.tick().await;
+        inbound.write_all(&[*byte]).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(BOUND, inbound.read_to_end(&mut answer)).await.expect("answered").unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""body_bytes":5"#), "{answer}");
+    assert_eq!(series(s.sidecar.admin, &closed("inbound", "body_timeout")).await, 0);
+}
+
+/// Connects from `source` (a loopback address) to `to`.
+async fn connect_from(source: &str, to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// A mutual TLS handshake from `source` (a loopback address): whether it completed.
+async fn handshake_from(source: &str, s: &Single) -> Option<TlsStream> {
+    let tcp = connect_from(source, s.sidecar.inbound).await;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(Some(&s.client))));
+    let mut tls = connector.connect(ServerName::try_from("orders.shop").unwrap(), tcp).await.ok()?;
+    // TLS 1.3: the client's side is done before the server's; a closed connection shows on use.
+    tls.write_all(b"GET /ok HTTP/1.1\r\nhost: orders.shop\r\n\r\n").await.ok()?;
+    let mut buf = [0u8; 12];
+    tokio::time::timeout(BOUND, tls.read_exact(&mut buf)).await.ok()?.ok()?;
+    buf.starts_with(b"HTTP/1.1 200").then_some(tls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_past_its_connection_limit_is_closed_at_accept_and_others_are_served() {
+    const PER_SOURCE: usize = 2;
+    let s = Single::start(|c| {
+        c.limits.max_connections_per_source = PER_SOURCE;
+        // The held connections stay for the whole test.
+        c.limits.header_timeout = HumanDuration(Duration::from_secs(60));
+    })
+    .await;
+    // Connections that were served and stay open (keep-alive).
+    let mut held = Vec::new();
+    for _ in 0..PER_SOURCE {
+        held.push(handshake_from("127.0.0.1", &s).await.expect("served below the limit"));
+    }
+    // One more from the same address is closed at accept: no handshake, counted.
+    assert!(handshake_from("127.0.0.1", &s).await.is_none(), "past the source's limit");
+    wait_for("the refusal counted", async || series(s.sidecar.admin, &closed("inbound", "source_limit")).await >= 1)
+        .await;
+    // Another source is not limited by this one's connections.
+    assert!(handshake_from("127.0.0.2", &s).await.is_some(), "another source is served");
+    // A connection of the limited source ends: it gets its place back.
+    drop(held.pop());
+    wait_for("a place for the source again", async || handshake_from("127.0.0.1", &s).await.is_some()).await;
+
+    // The outbound listener's one caller is the pod's own app: not limited per source.
+    let mut outbound = Vec::new();
+    for _ in 0..PER_SOURCE + 2 {
+        outbound.push(connect_from("127.0.0.1", s.sidecar.outbound).await);
+    }
+    for stream in outbound.iter_mut() {
+        // No route there: a 502, but an answer, not a connection closed at accept.
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: 127.0.0.1:9\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        tokio::time::timeout(BOUND, stream.read_to_end(&mut answer)).await.expect("answered").unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 "), "answered, not closed at accept");
+    }
+    assert_eq!(series(s.sidecar.admin, &closed("outbound", "source_limit")).await, 0);
+    drop(held);
+}
