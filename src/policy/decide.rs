@@ -1104,8 +1104,6 @@ mod tests {
         use crate::policy::parse_file;
         let head = "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  rateLimits:\n";
         for (limit, field, words) in [
-            ("{name: r, rate: 1, maxDelay: 500ms}", "spec.rateLimits[0]", "applies only to action: DELAY"),
-            ("{name: r, rate: 1, action: REJECT, maxDelay: 1s}", "spec.rateLimits[0]", "applies only to action: DELAY"),
             ("{name: r, rate: 1, action: DELAY, maxDelay: 0s}", "spec.rateLimits[0].maxDelay", "more than 0"),
             ("{name: r, rate: 1, action: DELAY, maxDelay: 61s}", "spec.rateLimits[0].maxDelay", "at most 60s"),
             ("{name: r, rate: 1, action: DELAY, maxDelay: soon}", "spec.rateLimits[0].maxDelay", ""),
@@ -1122,5 +1120,11 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         let limit = &policies[0].policy.spec.rate_limits[0];
         assert_eq!(limit.max_wait(), Duration::from_millis(500), "SPEC's 500ms when not given");
+        // SPEC section 4's example: REJECT with a maxDelay, which a REJECT limit does not use.
+        for limit in ["{name: r, rate: 1, maxDelay: 500ms}", "{name: r, rate: 1, action: REJECT, maxDelay: 500ms}"] {
+            let (policies, errors) = parse_file(Path::new("p.yaml"), &format!("{head}    - {limit}\n"));
+            assert!(errors.is_empty(), "{limit}: {errors:?}");
+            assert_eq!(policies[0].policy.spec.rate_limits[0].max_wait(), Duration::ZERO, "{limit}: answers at once");
+        }
     }
 }

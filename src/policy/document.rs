@@ -389,9 +389,8 @@ impl TryFrom<RateLimitFields> for RateLimit {
         if period.is_zero() || period.as_secs_f64() * f64::from(burst) > 100.0 * 365.0 * 86400.0 {
             return Err(format!("rate {} per {} with burst {burst} is out of range", f.rate, f.per));
         }
-        if let (LimitAction::REJECT, Some(d)) = (f.action, f.max_delay) {
-            return Err(format!("maxDelay ({d}) applies only to action: DELAY; a REJECT limit answers 429 at once"));
-        }
+        // `maxDelay` beside `REJECT` is accepted and has no effect: SPEC's own example writes both,
+        // and switching a limit between the two actions should not need a second edit.
         Ok(RateLimit {
             name: f.name,
             matches: f.matches,
