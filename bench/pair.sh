@@ -56,6 +56,10 @@
 #                                           # direct too) sends the same Authorization header, a query of
 #                                           # ten parameters and, with BODY_BYTES, a JSON body; implies
 #                                           # POLICY_RULES=20 unless set
+#   RESPONSE_BYTES=16384 bench/pair.sh      # the app answers with a body of that many bytes (not "ok")
+#   HEADERS=30 bench/pair.sh                # every request carries 30 extra headers (x-h1..x-h30)
+#   RATE=max CONNS=32 bench/pair.sh         # saturation: oha sends as fast as the CONNS connections
+#                                           # allow (closed model); compare requests per CPU-second
 # Other overrides: WARMUP (2s), BASE_PORT (27000), PALISADE_THREADS (1), KEEP_TMP=1,
 #   SKIP_INSTALL=1 (do not try apt/cargo), SKIP_BUILD=1 (use the binary already built),
 #   PALISADE_BIN (the binary to measure), BENCH_OUT (bench/out), ONLY=palisade (the Palisade
@@ -79,6 +83,10 @@ else
 fi
 ONLY=${ONLY:-all}
 BODY_BYTES=${BODY_BYTES:-0}
+RESPONSE_BYTES=${RESPONSE_BYTES:-0}
+HEADERS=${HEADERS:-0}
+HEADER_ARGS=()
+for ((i = 1; i <= HEADERS; i++)); do HEADER_ARGS+=(-H "x-h$i: value-$i-of-a-typical-api-header"); done
 API_PROTECTION=${API_PROTECTION:-0}
 if [[ $API_PROTECTION == 1 ]]; then POLICY_RULES=${POLICY_RULES:-20}; fi
 BODY_ARGS=()
@@ -245,8 +253,16 @@ start_app() {
     nginx_conf app "$P_APP_STATUS" "
     server {
         listen 127.0.0.1:$P_APP;
-        location / { default_type text/plain; return 200 \"ok\n\"; }
+        $(if (( RESPONSE_BYTES > 0 )); then
+            echo "root $TMP/www; location / { default_type text/plain; try_files /body.txt =404; }"
+        else
+            echo "location / { default_type text/plain; return 200 \"ok\n\"; }"
+        fi)
     }"
+    if (( RESPONSE_BYTES > 0 )); then
+        mkdir -p "$TMP/www"
+        { printf ok; head -c $((RESPONSE_BYTES - 2)) /dev/zero | tr '\0' x; } > "$TMP/www/body.txt"
+    fi
     nginx_start app
 }
 
@@ -508,15 +524,17 @@ counter() {
 # oha_run URL OUTFILE DURATION [oha args...]
 oha_run() {
     local url=$1 outf=$2 dur=$3; shift 3
-    oha --no-tui --latency-correction -q "$RATE" -c "$CONNS" -z "$dur" -t 10s \
-        --output-format json -o "$outf" "${BODY_ARGS[@]}" "${AUTH_ARGS[@]}" "$@" "$url$QUERY"
+    local rate=(--latency-correction -q "$RATE")
+    [[ $RATE == max ]] && rate=()
+    oha --no-tui "${rate[@]}" -c "$CONNS" -z "$dur" -t 10s \
+        --output-format json -o "$outf" "${BODY_ARGS[@]}" "${AUTH_ARGS[@]}" "${HEADER_ARGS[@]}" "$@" "$url$QUERY"
 }
 
 check_ok() {  # URL [curl args]: one request must answer 200 "ok"
     local url=$1; shift
     local i body
     for i in $(seq 1 100); do
-        body=$(curl -sS --max-time 2 -f "$@" "$url" 2>/dev/null) && [[ $body == ok ]] && return 0
+        body=$(curl -sS --max-time 2 -f "$@" "$url" 2>/dev/null) && [[ $body == ok* ]] && return 0
         sleep 0.05
     done
     die "no 200 ok from $url"
@@ -740,19 +758,21 @@ for l, title in labels:
           f"{st['p50']:.3f} | {st['p99']:.3f} | {st['p999']:.3f} | {st['mx']:.2f} | "
           f"{M[l]['busy']:.0f}% / {M[l]['oha']:.0f}% / {M[l]['other']:.0f}% |")
 print()
-print("| run | process | CPU-s per 1,000 req | peak RSS MB | start-to-ready ms |")
-print("|---|---|---:|---:|---:|")
+print("| run | process | CPU-s per 1,000 req | req per CPU-s | peak RSS MB | start-to-ready ms |")
+print("|---|---|---:|---:|---:|---:|")
+rps_cpu = lambda k: f"{1000 / k:.0f}" if k > 0 else "—"
 for l, title in labels:
     P = M[l]["procs"]
     names = [n for n in ("A", "B") if n in P]
     for n in names:
         kind = "Palisade sidecar" if l == "palisade" else "nginx master+worker"
         ready = (ready_a if n == "A" else ready_b) if l == "palisade" else "—"
-        print(f"| {title} | {kind} {n} | {per_k(l, P[n][0]):.3f} | {P[n][1]:.1f} | {ready} |")
+        print(f"| {title} | {kind} {n} | {per_k(l, P[n][0]):.3f} | {rps_cpu(per_k(l, P[n][0]))} | {P[n][1]:.1f} | {ready} |")
     if names:
-        print(f"| {title} | **A + B** | **{per_k(l, sum(P[n][0] for n in names)):.3f}** | "
+        both = per_k(l, sum(P[n][0] for n in names))
+        print(f"| {title} | **A + B** | **{both:.3f}** | **{rps_cpu(both)}** | "
               f"**{sum(P[n][1] for n in names):.1f}** | |")
-    print(f"| {title} | app nginx (context) | {per_k(l, P['app'][0]):.3f} | {P['app'][1]:.1f} | |")
+    print(f"| {title} | app nginx (context) | {per_k(l, P['app'][0]):.3f} | | {P['app'][1]:.1f} | |")
 print()
 print("| run | new connections into B during the run | new connections into the app during the run |")
 print("|---|---:|---:|")

@@ -1,0 +1,370 @@
+#!/usr/bin/env python3
+"""bench/under_attack.py: legitimate mTLS traffic through a Palisade pair while sidecar B's inbound
+port is attacked (issue 16).
+
+    client --HTTP/1.1--> sidecar A outbound --mTLS h2--> sidecar B inbound --> app
+                                                            ^
+                         attackers (other source addresses: 127.0.1.x, 127.0.2.x, 127.0.3.x)
+
+Phases, in turn, each while 200 req/s of legitimate requests flow (open model: latency counts from
+the scheduled send time, so queueing counts against the proxy):
+  baseline     no attack
+  slowloris    1,000 connections with a valid mesh certificate, each dripping an HTTP/1.1 request
+               head at one byte per second (reconnecting when B closes them)
+  rapid-reset  HTTP/2 over mTLS: streams opened and cancelled (RST_STREAM) as fast as the socket
+               takes them, on 8 connections (reconnecting when B closes them)
+  idle         a burst of 10,000 TCP connections to B's inbound that send nothing, held
+Reported per phase: legitimate requests sent / 200 / failed, p50 / p99 / max latency, sidecar B's
+resident memory (VmRSS at the end, VmHWM so far), and what the attack achieved (connections
+opened, closed by B). Everything on loopback; every loop is bounded by the phase's duration.
+
+Usage: bench/under_attack.py [--palisade target/release/palisade] [--phase-seconds 20]
+Needs: root (raises the file-descriptor limit for 10,000 connections), Python 3.9+.
+"""
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+
+LEGIT_RATE = 200
+PORTS = dict(app=28080, a_out=28001, a_in=28006, a_admin=28000, b_out=28101, b_in=28106, b_admin=28100)
+
+
+def sidecar_yaml(d, name, pki, dest):
+    p = PORTS
+    own = "a" if name == "a" else "b"
+    return f"""identity: {{files: {{cert: {pki}/{name}/tls.crt, key: {pki}/{name}/tls.key, trustBundle: {pki}/{name}/ca.crt}}}}
+trustDomain: demo.local
+inbound: {{listen: "127.0.0.1:{p[own + '_in']}", app: "127.0.0.1:{p['app']}", mtls: STRICT}}
+outbound:
+  listen: "127.0.0.1:{p[own + '_out']}"
+  destinations: {dest}
+admin: {{listen: "127.0.0.1:{p[own + '_admin']}"}}
+threads: 1
+drainPeriod: 1s
+telemetry: {{accessLog: false, events: {{sink: "file:{d}/{name}-events.jsonl", format: ocsf}}}}
+"""
+
+
+# ---------------------------------------------------------------- the app
+async def app_main(port):
+    body = b"ok\n"
+    resp = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-type: text/plain\r\n\r\n" + body
+
+    async def handle(r, w):
+        try:
+            while True:
+                head = await r.readuntil(b"\r\n\r\n")
+                cl = 0
+                for line in head.split(b"\r\n"):
+                    if line.lower().startswith(b"content-length:"):
+                        cl = int(line.split(b":")[1])
+                if cl:
+                    await r.readexactly(cl)
+                w.write(resp)
+                await w.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            w.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+# ---------------------------------------------------------------- legitimate load
+async def legit(seconds, out):
+    """200 req/s, open model, HTTP/1.1 keep-alive to A's outbound; JSON summary to `out`."""
+    idle = []
+    lat, failures, ok, sent = [], 0, 0, 0
+    host = b"GET / HTTP/1.1\r\nhost: b.demo\r\n\r\n"
+
+    async def one(scheduled):
+        nonlocal failures, ok
+        conn = idle.pop() if idle else None
+        try:
+            if conn is None:
+                conn = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", PORTS["a_out"]), 2)
+            r, w = conn
+            w.write(host)
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 2)
+            status = int(head.split(b" ", 2)[1])
+            cl = 0
+            for line in head.split(b"\r\n"):
+                if line.lower().startswith(b"content-length:"):
+                    cl = int(line.split(b":")[1])
+            if cl:
+                await asyncio.wait_for(r.readexactly(cl), 2)
+            lat.append(time.monotonic() - scheduled)
+            if status == 200:
+                ok += 1
+            else:
+                failures += 1
+            idle.append(conn)
+        except Exception:
+            failures += 1
+            if conn:
+                conn[1].close()
+
+    start = time.monotonic()
+    tasks = []
+    while True:
+        scheduled = start + sent / LEGIT_RATE
+        if scheduled - start >= seconds:
+            break
+        delay = scheduled - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(scheduled)))
+        sent += 1
+    await asyncio.gather(*tasks)
+    lat.sort()
+    pct = lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))] * 1000, 2) if lat else None
+    json.dump(dict(sent=sent, ok=ok, failed=failures, p50=pct(0.5), p99=pct(0.99),
+                   max=round(lat[-1] * 1000, 2) if lat else None), open(out, "w"))
+
+
+# ---------------------------------------------------------------- attacks
+def client_tls(pki, alpn):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(f"{pki}/atk/ca.crt")
+    ctx.load_cert_chain(f"{pki}/atk/tls.crt", f"{pki}/atk/tls.key")
+    ctx.check_hostname = False  # B is checked by its chain; its SAN is a SPIFFE ID
+    ctx.set_alpn_protocols([alpn])
+    return ctx
+
+
+class Tally:
+    def __init__(self):
+        self.opened = self.closed_by_peer = self.errors = 0
+
+
+async def connect_b(ctx, src, t, backoff):
+    """One mTLS connection to B's inbound from `src`, counted in `t`; None (after `backoff`) if refused."""
+    try:
+        conn = await asyncio.wait_for(asyncio.open_connection(
+            "127.0.0.1", PORTS["b_in"], ssl=ctx, local_addr=(src, 0)), 10)
+    except Exception:
+        t.errors += 1
+        await asyncio.sleep(backoff)
+        return None
+    t.opened += 1
+    return conn
+
+
+async def slowloris(seconds, pki, conns, out):
+    ctx = client_tls(pki, "http/1.1")
+    head = b"GET /slow HTTP/1.1\r\nhost: b.demo\r\nx-padding: " + b"a" * 200 + b"\r\n\r\n"
+    t = Tally()
+    end = time.monotonic() + seconds
+
+    async def worker(i):
+        src = f"127.0.1.{1 + i % 250}"
+        while time.monotonic() < end:
+            conn = await connect_b(ctx, src, t, 1)
+            if conn is None:
+                continue
+            r, w = conn
+            try:
+                for b in head:
+                    if time.monotonic() >= end:
+                        break
+                    w.write(bytes([b]))
+                    await w.drain()
+                    try:
+                        data = await asyncio.wait_for(r.read(4096), 1.0)
+                        # Anything back (the 408) or end of stream: B ended it.
+                        t.closed_by_peer += 1
+                        t.answered = getattr(t, "answered", 0) + (1 if data.startswith(b"HTTP/1.1 408") else 0)
+                        break
+                    except asyncio.TimeoutError:
+                        pass
+            except (ConnectionError, ssl.SSLError, OSError):
+                t.closed_by_peer += 1
+            finally:
+                w.close()
+
+    await asyncio.gather(*(worker(i) for i in range(conns)))
+    json.dump(vars(t), open(out, "w"))
+
+
+def h2_frame(ftype, flags, stream, payload=b""):
+    return len(payload).to_bytes(3, "big") + bytes([ftype, flags]) + stream.to_bytes(4, "big") + payload
+
+
+async def rapid_reset(seconds, pki, conns, out):
+    ctx = client_tls(pki, "h2")
+    # HPACK: :method GET (static 2), :scheme https (7), :path / (4), :authority b.demo (literal, name 1)
+    headers = bytes([0x82, 0x87, 0x84, 0x01, 6]) + b"b.demo"
+    t = Tally()
+    t.streams_reset = 0
+    end = time.monotonic() + seconds
+
+    async def worker(i):
+        src = f"127.0.2.{1 + i}"
+        while time.monotonic() < end:
+            conn = await connect_b(ctx, src, t, 0.2)
+            if conn is None:
+                continue
+            r, w = conn
+
+            async def drain():
+                while await r.read(65536):
+                    pass
+
+            reader = asyncio.create_task(drain())
+            try:
+                w.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0))
+                stream = 1
+                while time.monotonic() < end and not reader.done() and stream < 2**31 - 2:
+                    batch = bytearray()
+                    for _ in range(50):
+                        batch += h2_frame(1, 0x5, stream, headers) + h2_frame(3, 0, stream, (8).to_bytes(4, "big"))
+                        stream += 2
+                    w.write(bytes(batch))
+                    await w.drain()
+                    t.streams_reset += 50
+                if reader.done():
+                    t.closed_by_peer += 1
+            except (ConnectionError, ssl.SSLError, OSError):
+                t.closed_by_peer += 1
+            finally:
+                reader.cancel()
+                w.close()
+
+    await asyncio.gather(*(worker(i) for i in range(conns)))
+    json.dump(vars(t), open(out, "w"))
+
+
+async def idle(seconds, conns, out):
+    t = Tally()
+    socks = []
+    end = time.monotonic() + seconds
+    for i in range(conns):
+        src = f"127.0.3.{1 + i % 250}"
+        try:
+            socks.append(await asyncio.wait_for(asyncio.open_connection(
+                "127.0.0.1", PORTS["b_in"], local_addr=(src, 0)), 2))
+            t.opened += 1
+        except Exception:
+            t.errors += 1
+    remaining = end - time.monotonic()
+    if remaining > 0:
+        await asyncio.sleep(remaining)
+    for r, w in socks:
+        if r.at_eof() or w.is_closing():
+            t.closed_by_peer += 1
+        w.close()
+    json.dump(vars(t), open(out, "w"))
+
+
+# ---------------------------------------------------------------- orchestration
+def rss_kb(pid):
+    f = {l.split(":")[0]: l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith(("VmRSS", "VmHWM"))}
+    return int(f["VmRSS"]), int(f["VmHWM"])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--palisade", default="target/release/palisade")
+    ap.add_argument("--phase-seconds", type=float, default=20)
+    ap.add_argument("--role")
+    ap.add_argument("--args", default="[]")
+    a = ap.parse_args()
+    if a.role:
+        args = json.loads(a.args)
+        coro = {"app": app_main, "legit": legit, "slowloris": slowloris, "rapid-reset": rapid_reset,
+                "idle": idle}[a.role]
+        asyncio.run(coro(*args))
+        return
+    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    binary = os.path.abspath(a.palisade)
+    d = tempfile.mkdtemp(prefix="palisade-attack-")
+    pki = f"{d}/pki"
+    subprocess.run([binary, "ca", "init", "--trust-domain", "demo.local", "--out", f"{pki}/ca"], check=True,
+                   stdout=subprocess.DEVNULL)
+    for name in ["a", "b", "atk"]:
+        subprocess.run([binary, "ca", "issue", "--ca", f"{pki}/ca", "--spiffe-id",
+                        f"spiffe://demo.local/ns/demo/sa/{name}", "--out", f"{pki}/{name}"], check=True,
+                       stdout=subprocess.DEVNULL)
+    me = [sys.executable, os.path.abspath(__file__)]
+    procs = []
+
+    def spawn(cmd, log):
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(f"{d}/{log}", "w"), stderr=subprocess.STDOUT)
+        procs.append(p)
+        return p
+
+    try:
+        spawn(me + ["--role", "app", "--args", json.dumps([PORTS["app"]])], "app.log")
+        dest = f'[{{authority: b.demo, address: "127.0.0.1:{PORTS["b_in"]}", identity: "spiffe://demo.local/ns/demo/sa/b"}}]'
+        for name, dst in [("b", "[]"), ("a", dest)]:
+            open(f"{d}/{name}.yaml", "w").write(sidecar_yaml(d, name, pki, dst))
+        b = spawn([binary, "sidecar", "--config", f"{d}/b.yaml"], "b.log")
+        spawn([binary, "sidecar", "--config", f"{d}/a.yaml"], "a.log")
+        deadline = time.monotonic() + 20
+        import urllib.request
+        for port in (PORTS["a_admin"], PORTS["b_admin"]):
+            while True:
+                try:
+                    if urllib.request.urlopen(f"http://127.0.0.1:{port}/ready", timeout=1).status == 200:
+                        break
+                except Exception:
+                    pass
+                if time.monotonic() > deadline:
+                    sys.exit(f"sidecars not ready; logs in {d}")
+                time.sleep(0.05)
+        secs = a.phase_seconds
+        phases = [("baseline", None), ("slowloris", ["slowloris", [secs, pki, 1000]]),
+                  ("rapid-reset", ["rapid-reset", [secs, pki, 8]]), ("idle", ["idle", [secs, 10000]])]
+        rows = []
+        for name, attack in phases:
+            lp = spawn(me + ["--role", "legit", "--args", json.dumps([secs, f"{d}/{name}-legit.json"])], f"{name}-legit.log")
+            ap_ = None
+            if attack:
+                ap_ = spawn(me + ["--role", attack[0], "--args", json.dumps(attack[1] + [f"{d}/{name}-attack.json"])],
+                            f"{name}-attack.log")
+            peak_rss = 0
+            while lp.poll() is None:
+                peak_rss = max(peak_rss, rss_kb(b.pid)[0])
+                time.sleep(0.2)
+            if ap_:
+                ap_.wait(timeout=secs + 60)
+            rss, hwm = rss_kb(b.pid)
+            legit_r = json.load(open(f"{d}/{name}-legit.json"))
+            atk = json.load(open(f"{d}/{name}-attack.json")) if attack else {}
+            rows.append((name, legit_r, atk, peak_rss, hwm))
+            # Let B reap what the attack left before the next phase.
+            time.sleep(2)
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{PORTS['b_admin']}/metrics", timeout=5).read().decode()
+        closed = [l for l in metrics.splitlines() if l.startswith(("palisade_connections_closed_total", "palisade_requests_shed_total"))]
+        print(f"| phase | legit sent | 200 | failed | p50 ms | p99 ms | max ms | B RSS peak MB (during) | B VmHWM MB | attack |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        for name, l, atk, peak, hwm in rows:
+            print(f"| {name} | {l['sent']} | {l['ok']} | {l['failed']} | {l['p50']} | {l['p99']} | {l['max']} | "
+                  f"{peak / 1024:.1f} | {hwm / 1024:.1f} | {json.dumps(atk) if atk else '-'} |")
+        print()
+        print("sidecar B counters at the end:")
+        for l in closed:
+            print("   ", l)
+        print(f"logs: {d}")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+if __name__ == "__main__":
+    main()
