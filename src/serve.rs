@@ -582,11 +582,13 @@ struct Closures {
     resets: RefusalCounter,
 }
 
-/// Counts the RST_STREAM frames an HTTP/2 peer sends (rapid reset, CVE-2023-44487: streams opened
-/// and cancelled at once cost the server work the client never waits for). h2 limits resets of
-/// streams not yet accepted; this limits all of them, per connection and second. It reads only
-/// frame headers, from the bytes the connection delivers anyway: the 9 bytes of each frame's
-/// header are looked at, payloads are skipped over.
+/// Counts the premature RST_STREAM frames an HTTP/2 peer sends (rapid reset, CVE-2023-44487:
+/// streams opened and cancelled at once cost the server work the client never waits for), per
+/// connection and second. Premature: for a stream opened after the server last wrote anything, so
+/// no answer to it can have been sent. Clients reset streams they are done with too (hyper cancels a
+/// stream whose response body it drops unread); those resets come after the server wrote the
+/// answer and are not counted. It reads only frame headers, from the bytes the connection delivers
+/// anyway: the 9 bytes of each frame's header are looked at, payloads are skipped over.
 #[derive(Debug)]
 struct ResetCount {
     max: u32,
@@ -597,11 +599,16 @@ struct ResetCount {
     have: usize,
     window: tokio::time::Instant,
     resets: u32,
+    /// The highest stream id the peer opened (HEADERS) so far.
+    highest_opened: u32,
+    /// `highest_opened` when the server last wrote: streams up to it may have been answered.
+    written_past: u32,
 }
 
 /// The client's connection preface, before the first frame.
 const H2_PREFACE_LEN: usize = 24;
 const RST_STREAM: u8 = 0x3;
+const HEADERS: u8 = 0x1;
 
 impl ResetCount {
     fn new(max: u32) -> Self {
@@ -612,7 +619,14 @@ impl ResetCount {
             have: 0,
             window: tokio::time::Instant::now(),
             resets: 0,
+            highest_opened: 0,
+            written_past: 0,
         }
+    }
+
+    /// The server wrote to the peer: streams opened so far may have their answers.
+    fn wrote(&mut self) {
+        self.written_past = self.highest_opened;
     }
 
     /// Follows `bytes`, the next ones the peer sent; whether the peer is past its resets.
@@ -633,7 +647,13 @@ impl ResetCount {
                 self.have = 0;
                 self.skip =
                     usize::from(self.header[0]) << 16 | usize::from(self.header[1]) << 8 | usize::from(self.header[2]);
-                resets += u32::from(self.header[3] == RST_STREAM);
+                let stream =
+                    u32::from_be_bytes([self.header[5], self.header[6], self.header[7], self.header[8]]) & 0x7fff_ffff;
+                match self.header[3] {
+                    HEADERS => self.highest_opened = self.highest_opened.max(stream),
+                    RST_STREAM => resets += u32::from(stream > self.written_past),
+                    _ => {}
+                }
             }
         }
         if resets == 0 {
@@ -935,6 +955,8 @@ impl tokio::io::AsyncWrite for Deadlined {
         if let std::task::Poll::Ready(Ok(n)) = written {
             if n > 0 && self.phase != Phase::H2 {
                 self.on_write(&buf[..n]);
+            } else if let Some(resets) = self.resets.as_mut().filter(|_| n > 0) {
+                resets.wrote();
             }
         }
         written
@@ -950,6 +972,8 @@ impl tokio::io::AsyncWrite for Deadlined {
             if n > 0 && self.phase != Phase::H2 {
                 let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
                 self.on_write(first);
+            } else if let Some(resets) = self.resets.as_mut().filter(|_| n > 0) {
+                resets.wrote();
             }
         }
         written
@@ -1077,5 +1101,27 @@ mod tests {
         let more: Vec<u8> = (0..5).flat_map(|i| frame(RST_STREAM, 13 + 2 * i, &8u32.to_be_bytes())).collect();
         assert!(!count.read(&more), "five in the next second");
         assert!(count.read(&frame(RST_STREAM, 31, &8u32.to_be_bytes())), "and the sixth is one too many");
+    }
+
+    #[test]
+    fn resets_of_streams_the_server_may_have_answered_are_not_counted() {
+        let mut count = ResetCount::new(5);
+        let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        wire.extend(frame(0x4, 0, &[]));
+        assert!(!count.read(&wire));
+        // A client done with each answer: opens a stream, the server answers, the client cancels
+        // what is left of it. Any number of those.
+        for stream in (1..200u32).step_by(2) {
+            assert!(!count.read(&frame(HEADERS, stream, &[0x82, 0x87, 0x84])));
+            count.wrote();
+            assert!(!count.read(&frame(RST_STREAM, stream, &8u32.to_be_bytes())), "stream {stream}");
+        }
+        assert_eq!(count.resets, 0);
+        // Rapid reset: streams opened and cancelled before the server wrote anything.
+        let flood: Vec<u8> = (0..6u32)
+            .flat_map(|i| [frame(HEADERS, 201 + 2 * i, &[0x82]), frame(RST_STREAM, 201 + 2 * i, &8u32.to_be_bytes())])
+            .flatten()
+            .collect();
+        assert!(count.read(&flood), "six premature resets, five allowed");
     }
 }
