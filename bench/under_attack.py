@@ -216,15 +216,17 @@ async def rapid_reset(seconds, pki, conns, out):
                 continue
             r, w = conn
 
+            t.alpn = w.get_extra_info("ssl_object").selected_alpn_protocol()
+
             async def drain():
-                while await r.read(65536):
-                    pass
+                while data := await r.read(65536):
+                    t.bytes_back = getattr(t, "bytes_back", 0) + len(data)
 
             reader = asyncio.create_task(drain())
             try:
                 w.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0))
                 stream = 1
-                while time.monotonic() < end and not reader.done() and stream < 2**31 - 2:
+                while time.monotonic() < end and not reader.done() and not w.is_closing() and stream < 2**31 - 2:
                     batch = bytearray()
                     for _ in range(50):
                         batch += h2_frame(1, 0x5, stream, headers) + h2_frame(3, 0, stream, (8).to_bytes(4, "big"))
@@ -232,7 +234,9 @@ async def rapid_reset(seconds, pki, conns, out):
                     w.write(bytes(batch))
                     await w.drain()
                     t.streams_reset += 50
-                if reader.done():
+                    # Let the reader see B's frames (and its close): drain() need not yield.
+                    await asyncio.sleep(0)
+                if reader.done() or w.is_closing():
                     t.closed_by_peer += 1
             except (ConnectionError, ssl.SSLError, OSError):
                 t.closed_by_peer += 1
@@ -276,6 +280,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--palisade", default="target/release/palisade")
     ap.add_argument("--phase-seconds", type=float, default=20)
+    ap.add_argument("--phases", default="baseline,slowloris,rapid-reset,idle")
     ap.add_argument("--role")
     ap.add_argument("--args", default="[]")
     a = ap.parse_args()
@@ -285,7 +290,15 @@ def main():
                 "idle": idle}[a.role]
         asyncio.run(coro(*args))
         return
-    resource.setrlimit(resource.RLIMIT_NOFILE, (65536, 65536))
+    # 10,000 idle connections need more descriptors than the usual 1,024 (the hard limit may be
+    # raised only by root; below it, as far as it goes).
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (65536, max(hard, 65536)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < 12000:
+        sys.exit(f"needs 12,000 file descriptors for the idle phase; the limit is {hard}")
     binary = os.path.abspath(a.palisade)
     d = tempfile.mkdtemp(prefix="palisade-attack-")
     pki = f"{d}/pki"
@@ -308,6 +321,16 @@ def main():
         dest = f'[{{authority: b.demo, address: "127.0.0.1:{PORTS["b_in"]}", identity: "spiffe://demo.local/ns/demo/sa/b"}}]'
         for name, dst in [("b", "[]"), ("a", dest)]:
             open(f"{d}/{name}.yaml", "w").write(sidecar_yaml(d, name, pki, dst))
+        import socket
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", PORTS["app"]), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    sys.exit(f"the app did not start; logs in {d}")
+                time.sleep(0.05)
         b = spawn([binary, "sidecar", "--config", f"{d}/b.yaml"], "b.log")
         spawn([binary, "sidecar", "--config", f"{d}/a.yaml"], "a.log")
         deadline = time.monotonic() + 20
@@ -325,6 +348,7 @@ def main():
         secs = a.phase_seconds
         phases = [("baseline", None), ("slowloris", ["slowloris", [secs, pki, 1000]]),
                   ("rapid-reset", ["rapid-reset", [secs, pki, 8]]), ("idle", ["idle", [secs, 10000]])]
+        phases = [p for p in phases if p[0] in a.phases.split(",")]
         rows = []
         for name, attack in phases:
             lp = spawn(me + ["--role", "legit", "--args", json.dumps([secs, f"{d}/{name}-legit.json"])], f"{name}-legit.log")
