@@ -100,6 +100,13 @@ pub async fn exchange(
     // False once the peer stopped taking the body: the rest of it is still arriving from the
     // caller, and reading it as "idle" would call it a protocol error.
     let mut watch_caller = true;
+    // Set once the response header went to an HTTP/1.1 caller: from then on, with the request
+    // body in, the caller is not watched. A client that has the whole body (by its
+    // Content-Length) sends its next request at once, often before the peer's end of stream
+    // arrives here, and pingora reads those bytes as data after the end of the body: an error
+    // that would drop a healthy keep-alive connection. A caller that went away shows when the
+    // next bytes are written.
+    let mut caller_may_pipeline = false;
     // From the last body bytes read or passed on: how long the caller may keep the rest.
     let stalled = tokio::time::sleep(body_timeout);
     tokio::pin!(stalled);
@@ -107,7 +114,8 @@ pub async fn exchange(
         // Only reads and flow-control waits race; each write happens once its branch has won.
         tokio::select! {
             // Once the body is in, this watches for the caller going away.
-            read = session.read_body_or_idle(request_done), if pending.is_none() && watch_caller => {
+            read = session.read_body_or_idle(request_done),
+                if pending.is_none() && watch_caller && !(request_done && caller_may_pipeline) => {
                 let read = read.map_err(Error::into_down)?;
                 if !request_done {
                     let end = read.is_none() || session.is_body_done();
@@ -141,6 +149,7 @@ pub async fn exchange(
                     if end {
                         return Ok(());
                     }
+                    caller_may_pipeline = !session.is_http2();
                 }
                 Event::Data(data) => {
                     session.write_response_body(Some(data), false).await.map_err(Error::into_down)?
