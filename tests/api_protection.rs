@@ -94,12 +94,10 @@ async fn tokens_that_do_not_verify_never_reach_the_app() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(failures, 6.0, "{metrics}");
-    let events = side.events();
-    let unauthenticated: Vec<_> = events
-        .iter()
-        .filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with("unauthenticated GET /orders")))
-        .collect();
-    assert_eq!(unauthenticated.len(), 6, "{events:?}");
+    let unauthenticated = side
+        .events_where(6, |e| e["message"].as_str().is_some_and(|m| m.starts_with("unauthenticated GET /orders")))
+        .await;
+    assert_eq!(unauthenticated.len(), 6, "{unauthenticated:?}");
     // The event names why, never the token.
     for e in &unauthenticated {
         let text = e.to_string();
@@ -211,12 +209,12 @@ async fn the_waf_blocks_attacks_in_the_query_and_in_bodies_and_lets_users_throug
     let shell = ["command_injection", "path_traversal"]
         .map(|d| sample(&metrics, &format!(r#"palisade_waf_findings_total{{action="blocked",detector="{d}"}}"#)));
     assert_eq!(shell.iter().sum::<f64>(), 1.0, "{metrics}");
-    let blocked: Vec<Value> = side
-        .events()
-        .into_iter()
-        .filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with("blocked POST /orders: xss in json_value")))
-        .collect();
-    assert_eq!(blocked.len(), 2, "{:?}", side.events());
+    let blocked = side
+        .events_where(2, |e| {
+            e["message"].as_str().is_some_and(|m| m.starts_with("blocked POST /orders: xss in json_value"))
+        })
+        .await;
+    assert_eq!(blocked.len(), 2, "{blocked:?}");
     let text = blocked[0].to_string();
     assert!(text.contains("script"), "the event carries the matched fragment: {text}");
     assert!(!text.contains("evil.example"), "never the whole body: {text}");
@@ -242,12 +240,6 @@ async fn detect_mode_reports_and_forwards_and_pass_forwards_big_bodies_unread() 
     assert_eq!(sample(&metrics, r#"palisade_waf_findings_total{action="detected",detector="sqli"}"#), 1.0, "{metrics}");
     assert_eq!(sample(&metrics, r#"palisade_waf_findings_total{action="detected",detector="xss"}"#), 1.0, "{metrics}");
     assert_eq!(sample(&metrics, "palisade_waf_uninspected_bodies_total"), 1.0, "{metrics}");
-    assert!(
-        side.events()
-            .iter()
-            .any(|e| e["message"].as_str().is_some_and(|m| m.starts_with("detected GET /search: sqli"))),
-        "{:?}",
-        side.events()
-    );
+    side.events_where(1, |e| e["message"].as_str().is_some_and(|m| m.starts_with("detected GET /search: sqli"))).await;
     side.shutdown();
 }

@@ -29,14 +29,7 @@ fn assert_ocsf_base(e: &Value) {
 }
 
 async fn events_eventually(s: &PolicedSidecar, count: usize) -> Vec<Value> {
-    let mut events = Vec::new();
-    eventually(|| {
-        events = s.events();
-        let n = events.len();
-        async move { n >= count }
-    })
-    .await;
-    s.events()
+    s.events_where(count, |_| true).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,13 +155,7 @@ async fn access_log_has_one_line_per_request_apart_from_the_events() {
     let s = PolicedSidecar::start(&policy("events", DENY_ADMIN_LIMIT_ONE)).await;
     assert_eq!(s.send("frontend", "GET", "/orders/1", &[]).await.status, 200);
     assert_eq!(s.send("plain", "GET", "/admin", &[]).await.status, 403);
-    let lines = || -> Vec<Value> {
-        std::fs::read_to_string(&s.access_log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let lines = || read_jsonl(&s.access_log);
     assert!(
         eventually(|| {
             let n = lines().len();
@@ -385,13 +372,7 @@ fn every_event_kind_written_through_the_event_writer() {
         for e in events.iter().cloned() {
             writer.emit(e);
         }
-        let read = || -> Vec<Value> {
-            std::fs::read_to_string(&path)
-                .unwrap_or_default()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect()
-        };
+        let read = || read_jsonl(&path);
         assert!(eventually_blocking(|| read().len() == events.len()), "{file}: {} lines", read().len());
         let lines = read();
         for (event, line) in events.iter().zip(&lines) {

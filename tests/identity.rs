@@ -364,7 +364,7 @@ fn root_certificates(path: &Path) -> Vec<rustls::pki_types::CertificateDer<'stat
 }
 
 fn read_events(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    read_jsonl(path)
 }
 
 fn metric(text: &str, name_and_labels: &str) -> f64 {
@@ -491,15 +491,20 @@ async fn a_sidecar_with_only_a_token_and_the_cas_roots_becomes_ready_with_exactl
     assert!((expiry - cert.validity().not_after.timestamp() as f64).abs() < 1.0, "{expiry}");
 
     // Both sides report the issuance.
-    let issued = mesh.events().into_iter().any(|e| {
-        e["message"].as_str().is_some_and(|m| m.contains("certificate issued for") && m.contains("/sa/orders"))
-    });
-    assert!(issued, "{:?}", mesh.events());
+    events_where(
+        1,
+        || mesh.events(),
+        |e| e["message"].as_str().is_some_and(|m| m.contains("certificate issued for") && m.contains("/sa/orders")),
+    )
+    .await;
     assert_eq!(metric(&mesh.metrics().await, "palisade_ca_requests_total{result=\"issued\"} "), 1.0);
-    let rotated = read_events(&mesh.path("events-orders.jsonl"))
-        .into_iter()
-        .any(|e| e["message"].as_str().is_some_and(|m| m.contains("certificate rotated")));
-    assert!(rotated);
+    let sidecar_events = mesh.path("events-orders.jsonl");
+    events_where(
+        1,
+        || read_events(&sidecar_events),
+        |e| e["message"].as_str().is_some_and(|m| m.contains("certificate rotated")),
+    )
+    .await;
     sidecar.shutdown();
     app.stop();
     kube.stop();
@@ -730,11 +735,13 @@ async fn a_sidecar_that_claims_another_workloads_labels_gets_only_its_own_polici
     assert_eq!(entry["labelsSource"], "apiServer");
     assert_eq!(entry["labels"], json!({"app": "frontend", "tier": "web"}));
     assert_eq!(entry["node"], "frontend-1", "the pod the token names, not the sidecar's word");
-    let mismatch = mesh
-        .events()
-        .into_iter()
-        .any(|e| e["message"].as_str().is_some_and(|m| m.contains("claimed labels") && m.contains("frontend-1")));
-    assert!(mismatch, "the spoof is a security event: {:?}", mesh.events());
+    // The spoof is a security event.
+    events_where(
+        1,
+        || mesh.events(),
+        |e| e["message"].as_str().is_some_and(|m| m.contains("claimed labels") && m.contains("frontend-1")),
+    )
+    .await;
     assert!(kube.state.lock().unwrap().pod_reads >= 1);
 
     // An honest frontend sidecar applies exactly frontend's policy.
@@ -1023,10 +1030,14 @@ async fn with_the_ca_down_the_sidecar_keeps_serving_and_renews_when_it_returns()
     assert!(ready(&sidecar).await, "still ready: the certificate is valid");
     let during = presented(&peer, sidecar.inbound, &id("shop", "orders")).await.expect("still serving mTLS");
     assert_eq!(during, first, "the same certificate");
-    let refused = read_events(&mesh.path("events-orders.jsonl"))
-        .into_iter()
-        .any(|e| e["message"].as_str().is_some_and(|m| m.contains("certificate refused") && m.contains("connecting")));
-    assert!(refused, "the failed renewal is a security event on the sidecar");
+    // The failed renewal is a security event on the sidecar.
+    let sidecar_events = mesh.path("events-orders.jsonl");
+    events_where(
+        1,
+        || read_events(&sidecar_events),
+        |e| e["message"].as_str().is_some_and(|m| m.contains("certificate refused") && m.contains("connecting")),
+    )
+    .await;
     let metrics = admin_get(&sidecar, "/metrics").await.text().await.unwrap();
     assert!(metric(&metrics, "palisade_certificate_reloads_total{result=\"rejected\"} ") >= 1.0, "and counted");
 

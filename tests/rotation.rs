@@ -162,9 +162,7 @@ async fn rotations_and_refused_reloads_are_security_events() {
     let mut config = sidecar_config(&files, app.addr);
     config.telemetry.events.sink = palisade::config::EventSink::File(events.clone());
     let sidecar = start_sidecar(config);
-    let read = || -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&events).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-    };
+    let read = || read_jsonl(&events);
     // A certificate from a CA the bundle does not hold is refused, and says so.
     let stranger = DevCa::generate(TD).unwrap();
     let (cert, key) = stranger.issue(&LeafSpec::workload(&id("shop", "orders"))).unwrap();

@@ -302,7 +302,7 @@ async fn a_refused_request_names_its_policy_and_rule_and_the_event_carries_the_t
     assert_eq!(span.attributes["http.response.status_code"], "403");
     assert!(!span.error, "a 403 is the server doing its job, not a server error");
 
-    let event = sidecar.events().into_iter().find(|e| e["firewall_rule"]["name"] == "no-admin").expect("a deny event");
+    let event = eventually_event(&sidecar, |e| e["firewall_rule"]["name"] == "no-admin").await;
     assert_eq!(event["metadata"]["correlation_uid"], span.trace_id.as_str());
     assert_eq!(event["metadata"]["product"]["name"], "Palisade", "the rest of metadata stays");
     sidecar.shutdown();
@@ -323,9 +323,7 @@ async fn a_refused_request_names_its_policy_and_rule_and_the_event_carries_the_t
 
 /// The first event that `wanted` picks, once the event writer has written it.
 async fn eventually_event(sidecar: &PolicedSidecar, wanted: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let written = eventually(async || sidecar.events().iter().any(&wanted)).await;
-    assert!(written, "no such event in {:?}", sidecar.events());
-    sidecar.events().into_iter().find(&wanted).unwrap()
+    sidecar.events_where(1, wanted).await.remove(0)
 }
 
 /// Sends a request whose trace is sampled by its caller, and waits for its span: spans leave in

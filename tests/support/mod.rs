@@ -384,6 +384,28 @@ pub fn eventually_blocking(mut check: impl FnMut() -> bool) -> bool {
     false
 }
 
+/// One JSON value per finished line of the file at `path` (none while it does not exist); a
+/// line still being written is left for the next read.
+pub fn read_jsonl(path: &std::path::Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let finished = text.rfind('\n').map_or("", |end| &text[..end]);
+    finished.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect()
+}
+
+/// The events of `read` that `wanted` picks, once at least `count` of them are written: the
+/// event writer works after the answer has gone, so a test that reads at once races it. Fails
+/// the test, showing every event, when they do not come.
+pub async fn events_where(
+    count: usize,
+    read: impl Fn() -> Vec<serde_json::Value>,
+    wanted: impl Fn(&serde_json::Value) -> bool,
+) -> Vec<serde_json::Value> {
+    let came = eventually(async || read().iter().filter(|e| wanted(e)).count() >= count).await;
+    let events = read();
+    assert!(came, "fewer than {count} such events within {:?}: {events:?}", patience());
+    events.into_iter().filter(|e| wanted(e)).collect()
+}
+
 /// How often a condition is looked at again: often enough that waiting costs little.
 const POLL: Duration = Duration::from_millis(25);
 
@@ -567,11 +589,16 @@ impl PolicedSidecar {
 
     /// The security events written so far.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event is not JSON ({e}): {l}")))
-            .collect()
+        read_jsonl(&self.events)
+    }
+
+    /// The events `wanted` picks, once at least `count` of them are written.
+    pub async fn events_where(
+        &self,
+        count: usize,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        events_where(count, || self.events(), wanted).await
     }
 }
 
