@@ -50,6 +50,9 @@
 #   PGO=0 bench/pair.sh                     # measure a plain `cargo build --release` binary instead of
 #                                           # the profile-guided build (scripts/build-pgo.sh) that is
 #                                           # what Palisade ships
+#   PLAIN=1 bench/pair.sh                   # both: the profile-guided pair and then the plain build's
+#                                           # pair (PALISADE_PLAIN_BIN, default target/release/palisade),
+#                                           # with nginx, in the same run
 #   BODY_BYTES=1024 bench/pair.sh           # every run POSTs a body of that many bytes
 #   API_PROTECTION=1 bench/pair.sh          # sidecar B also requires a JWT (RS256, JWKS file) and runs
 #                                           # the WAF in BLOCK mode at paranoia 1; every run (nginx and
@@ -82,6 +85,9 @@ else
     PALISADE=${PALISADE_BIN:-$ROOT/target/release/palisade}
 fi
 ONLY=${ONLY:-all}
+PLAIN=${PLAIN:-0}
+[[ $PGO == 1 ]] || PLAIN=0
+PALISADE_PLAIN=${PALISADE_PLAIN_BIN:-$ROOT/target/release/palisade}
 BODY_BYTES=${BODY_BYTES:-0}
 RESPONSE_BYTES=${RESPONSE_BYTES:-0}
 HEADERS=${HEADERS:-0}
@@ -163,7 +169,8 @@ build_palisade() {
     if [[ ${SKIP_BUILD:-0} != 1 ]]; then
         if [[ $PGO == 1 ]]; then
             "$ROOT/scripts/build-pgo.sh"
-        else
+        fi
+        if [[ $PGO == 0 || $PLAIN == 1 ]]; then
             log "building palisade (release)"
             (cd "$ROOT" && cargo build --release --quiet)
         fi
@@ -175,6 +182,7 @@ build_palisade() {
         fi
         die "no $PALISADE: build it with cargo build --release"
     fi
+    [[ $PLAIN == 0 || -x $PALISADE_PLAIN ]] || die "no $PALISADE_PLAIN: build it with cargo build --release"
 }
 
 check_ports_free() {
@@ -595,6 +603,39 @@ measure() {
     echo "$line" >> "$TMP/measure.txt"
 }
 
+# palisade_pair LABEL BINARY: starts sidecars B and A from BINARY, measures the pair as LABEL, stops them.
+palisade_pair() {
+    local label=$1 binary=$2
+    write_sidecar_conf b "$TMP/pki/b" "$P_B_ADMIN" "$P_B_OUT" "$P_B_IN" "$P_APP"
+    write_sidecar_conf a "$TMP/pki/a" "$P_A_ADMIN" "$P_A_OUT" "$P_A_IN" "$P_A_APP" \
+        "[{authority: b.demo, address: \"127.0.0.1:$P_B_IN\", identity: \"spiffe://demo.local/ns/demo/sa/b\"}]"
+    local pa pb ready_a ready_b
+    read -r pb ready_b < <(PALISADE=$binary start_sidecar b "$P_B_ADMIN") || true
+    [[ -n ${pb:-} ]] || die "sidecar b did not start (see $OUT/logs)"
+    PIDS+=("$pb")
+    read -r pa ready_a < <(PALISADE=$binary start_sidecar a "$P_A_ADMIN") || true
+    [[ -n ${pa:-} ]] || die "sidecar a did not start (see $OUT/logs)"
+    PIDS+=("$pa")
+    log "$label ready: B ${ready_b} ms, A ${ready_a} ms"
+    echo "$ready_a $ready_b" > "$TMP/ready-$label.txt"
+    check_ok "http://127.0.0.1:$P_A_OUT/$QUERY" -H "Host: b.demo" "${AUTH_ARGS[@]}"
+    check_no_cert_refused "https://127.0.0.1:$P_B_IN/"
+    measure "$label" "http://127.0.0.1:$P_A_OUT/" "A=$pa B=$pb app=$app_pids" \
+        "b_conns=pal:$P_B_ADMIN app_conns=ngx:$P_APP_STATUS" -H "Host: b.demo"
+    curl -sS --max-time 2 "http://127.0.0.1:$P_A_ADMIN/metrics" > "$OUT/raw/$label-a.metrics" || true
+    curl -sS --max-time 2 "http://127.0.0.1:$P_B_ADMIN/metrics" > "$OUT/raw/$label-b.metrics" || true
+    stop_pid "$pa"; stop_pid "$pb"
+    if [[ $TELEMETRY != off ]]; then
+        sleep 1.5   # the sink writes its count once a second
+        local exported dropped
+        exported=$(cat "$OUT"/raw/"$label"-[ab].metrics | awk '/^palisade_trace_spans_exported_total/ {s += $2} END {print s + 0}')
+        dropped=$(cat "$OUT"/raw/"$label"-[ab].metrics | awk '/^palisade_trace_spans_dropped_total/ {s += $2} END {print s + 0}')
+        echo "$TELEMETRY: traces (1% sampled, to a live OTLP/gRPC receiver) $([[ $TELEMETRY == full || $TELEMETRY == traces ]] && echo on || echo off), access log (JSON lines to a file) $([[ $TELEMETRY == full || $TELEMETRY == accesslog ]] && echo on || echo off); the receiver got $(cat "$TMP/spans.count" 2>/dev/null || echo '?') spans in all (the $label sidecars had counted $exported exported, $dropped dropped at the end of their run); security events to a file; metrics" >> "$TMP/telemetry.txt"
+    else
+        echo "metrics only (no traces, no access log; no security events occur)" > "$TMP/telemetry.txt"
+    fi
+}
+
 # ---------------------------------------------------------------- main
 
 main() {
@@ -622,41 +663,15 @@ main() {
     # a) direct
     [[ $ONLY == palisade ]] || measure direct "http://127.0.0.1:$P_APP/" "app=$app_pids" "app_conns=ngx:$P_APP_STATUS"
 
-    # b) palisade pair
+    # b) palisade pair (and b2, the plain build's, with PLAIN=1)
     if [[ $TELEMETRY != off ]]; then
         [[ -x $OTLP_SINK ]] || die "no $OTLP_SINK (cargo build --release --example otlp_sink)"
         "$OTLP_SINK" "127.0.0.1:$P_OTLP" "$TMP/spans.count" > "$OUT/logs/otlp-sink.log" 2>&1 &
         PIDS+=("$!")
     fi
     [[ $API_PROTECTION == 1 ]] && make_token
-    write_sidecar_conf b "$TMP/pki/b" "$P_B_ADMIN" "$P_B_OUT" "$P_B_IN" "$P_APP"
-    write_sidecar_conf a "$TMP/pki/a" "$P_A_ADMIN" "$P_A_OUT" "$P_A_IN" "$P_A_APP" \
-        "[{authority: b.demo, address: \"127.0.0.1:$P_B_IN\", identity: \"spiffe://demo.local/ns/demo/sa/b\"}]"
-    local pa pb ready_a ready_b
-    read -r pb ready_b < <(start_sidecar b "$P_B_ADMIN") || true
-    [[ -n ${pb:-} ]] || die "sidecar b did not start (see $OUT/logs)"
-    PIDS+=("$pb")
-    read -r pa ready_a < <(start_sidecar a "$P_A_ADMIN") || true
-    [[ -n ${pa:-} ]] || die "sidecar a did not start (see $OUT/logs)"
-    PIDS+=("$pa")
-    log "palisade ready: B ${ready_b} ms, A ${ready_a} ms"
-    echo "$ready_a $ready_b" > "$TMP/ready.txt"
-    check_ok "http://127.0.0.1:$P_A_OUT/$QUERY" -H "Host: b.demo" "${AUTH_ARGS[@]}"
-    check_no_cert_refused "https://127.0.0.1:$P_B_IN/"
-    measure palisade "http://127.0.0.1:$P_A_OUT/" "A=$pa B=$pb app=$app_pids" \
-        "b_conns=pal:$P_B_ADMIN app_conns=ngx:$P_APP_STATUS" -H "Host: b.demo"
-    curl -sS --max-time 2 "http://127.0.0.1:$P_A_ADMIN/metrics" > "$OUT/raw/palisade-a.metrics" || true
-    curl -sS --max-time 2 "http://127.0.0.1:$P_B_ADMIN/metrics" > "$OUT/raw/palisade-b.metrics" || true
-    stop_pid "$pa"; stop_pid "$pb"
-    if [[ $TELEMETRY != off ]]; then
-        sleep 1.5   # the sink writes its count once a second
-        local exported dropped
-        exported=$(cat "$OUT"/raw/palisade-[ab].metrics | awk '/^palisade_trace_spans_exported_total/ {s += $2} END {print s + 0}')
-        dropped=$(cat "$OUT"/raw/palisade-[ab].metrics | awk '/^palisade_trace_spans_dropped_total/ {s += $2} END {print s + 0}')
-        echo "$TELEMETRY: traces (1% sampled, to a live OTLP/gRPC receiver) $([[ $TELEMETRY == full || $TELEMETRY == traces ]] && echo on || echo off), access log (JSON lines to a file) $([[ $TELEMETRY == full || $TELEMETRY == accesslog ]] && echo on || echo off); the receiver got $(cat "$TMP/spans.count" 2>/dev/null || echo '?') spans (the sidecars had counted $exported exported, $dropped dropped at the end of the run); security events to a file; metrics" > "$TMP/telemetry.txt"
-    else
-        echo "metrics only (no traces, no access log; no security events occur)" > "$TMP/telemetry.txt"
-    fi
+    palisade_pair palisade "$PALISADE"
+    [[ $PLAIN == 0 ]] || palisade_pair palisade_plain "$PALISADE_PLAIN"
     for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
     PIDS=()
     if [[ $ONLY == palisade ]]; then
@@ -683,15 +698,16 @@ main() {
     if [[ $PGO == 1 ]]; then rev+=", profile-guided build (scripts/build-pgo.sh)"; else rev+=", plain release build (PGO=0)"; fi
     (( BODY_BYTES == 0 )) || rev+="; every request a POST with a ${BODY_BYTES}-byte body"
     [[ $API_PROTECTION == 0 ]] || rev+="; API protection on B: RS256 JWT required, WAF BLOCK paranoia 1, a ${POLICY_RULES}-rule policy; every request carries the token and a ten-parameter query"
+    (( PLAIN == 0 )) || rev+="; b2) is the plain release build, binary sha256 $(sha256sum "$PALISADE_PLAIN" | cut -c1-12)"
     report "$(( SECONDS - t_start ))" "$(( SECONDS - t_load ))" "$rev" > "$OUT/results.md"
     cat "$OUT/results.md"
 }
 
 report() {  # WALL_SECONDS LOAD_PHASE_SECONDS PALISADE_REVISION
-    TELEMETRY_NOTE=$(cat "$TMP/telemetry.txt") python3 - "$OUT/raw" "$TMP/measure.txt" "$TMP/ready.txt" "$CLK_TCK" \
+    TELEMETRY_NOTE=$(cat "$TMP/telemetry.txt") python3 - "$OUT/raw" "$TMP/measure.txt" "$TMP" "$CLK_TCK" \
         "$RATE" "$CONNS" "$DURATION" "$WARMUP" "$PALISADE_THREADS" "$1" "$2" "$3" <<'PY'
 import json, sys, datetime, os, subprocess
-raw, measure_f, ready_f, tck, rate, conns, dur, warm, threads, wall, load_wall, rev = sys.argv[1:13]
+raw, measure_f, tmp, tck, rate, conns, dur, warm, threads, wall, load_wall, rev = sys.argv[1:13]
 tck = int(tck)
 M = {}
 for line in open(measure_f):
@@ -705,7 +721,10 @@ for line in open(measure_f):
         name, delta, kind, _port = item.split(":")
         # a stub_status read counts its own connection: the "after" read adds one
         m["conns"][name] = int(delta) - (1 if kind == "ngx" else 0)
-ready_a, ready_b = open(ready_f).read().split()
+ready = {}
+for label in M:
+    if label.startswith("palisade"):
+        ready[label] = open(f"{tmp}/ready-{label}.txt").read().split()
 
 def stats(label):
     d = json.load(open(f"{raw}/{label}.json"))
@@ -718,7 +737,9 @@ def stats(label):
                 p50=ms(lp.get("p50")), p99=ms(lp.get("p99")), p999=ms(lp.get("p99.9")),
                 mx=ms(s.get("slowest")))
 
-labels = [("direct", "a) direct"), ("palisade", "b) Palisade pair"), ("nginx", "c) nginx pair")]
+titles = {"direct": "a) direct", "palisade": "b) Palisade pair", "palisade_plain": "b2) Palisade pair, plain build",
+          "nginx": "c) nginx pair"}
+labels = [(l, titles[l]) for l in M]
 S = {l: stats(l) for l, _ in labels}
 
 def codes(st):
@@ -765,15 +786,24 @@ for l, title in labels:
     P = M[l]["procs"]
     names = [n for n in ("A", "B") if n in P]
     for n in names:
-        kind = "Palisade sidecar" if l == "palisade" else "nginx master+worker"
-        ready = (ready_a if n == "A" else ready_b) if l == "palisade" else "—"
-        print(f"| {title} | {kind} {n} | {per_k(l, P[n][0]):.3f} | {rps_cpu(per_k(l, P[n][0]))} | {P[n][1]:.1f} | {ready} |")
+        kind = "Palisade sidecar" if l in ready else "nginx master+worker"
+        ready_ms = ready[l][0 if n == "A" else 1] if l in ready else "—"
+        print(f"| {title} | {kind} {n} | {per_k(l, P[n][0]):.3f} | {rps_cpu(per_k(l, P[n][0]))} | {P[n][1]:.1f} | {ready_ms} |")
     if names:
         both = per_k(l, sum(P[n][0] for n in names))
         print(f"| {title} | **A + B** | **{both:.3f}** | **{rps_cpu(both)}** | "
               f"**{sum(P[n][1] for n in names):.1f}** | |")
     print(f"| {title} | app nginx (context) | {per_k(l, P['app'][0]):.3f} | | {P['app'][1]:.1f} | |")
 print()
+def pair_cpu(l):
+    return per_k(l, sum(M[l]["procs"][n][0] for n in ("A", "B")))
+if "nginx" in M:
+    for l, title in labels:
+        if l in ready and S[l]["done"] and S["nginx"]["done"]:
+            print(f"- {title} against the nginx pair: CPU per request {pair_cpu(l) / pair_cpu('nginx'):.2f}x, "
+                  f"requests per CPU-second {pair_cpu('nginx') / pair_cpu(l):.2f}x, achieved req/s "
+                  f"{S[l]['rps'] / S['nginx']['rps']:.2f}x, p99 {S[l]['p99'] / S['nginx']['p99']:.2f}x")
+    print()
 print("| run | new connections into B during the run | new connections into the app during the run |")
 print("|---|---:|---:|")
 for l, title in labels:
