@@ -270,6 +270,8 @@ start_app() {
     if (( RESPONSE_BYTES > 0 )); then
         mkdir -p "$TMP/www"
         { printf ok; head -c $((RESPONSE_BYTES - 2)) /dev/zero | tr '\0' x; } > "$TMP/www/body.txt"
+        # nginx's worker runs as another user: it may pass through $TMP (not list it) and read the body.
+        chmod o+x "$TMP"; chmod 755 "$TMP/www"; chmod 644 "$TMP/www/body.txt"
     fi
     nginx_start app
 }
