@@ -95,7 +95,9 @@ async fn tokens_that_do_not_verify_never_reach_the_app() {
         .sum();
     assert_eq!(failures, 6.0, "{metrics}");
     let unauthenticated = side
-        .events_where(6, |e| e["message"].as_str().is_some_and(|m| m.starts_with("unauthenticated GET /orders")))
+        .events_where("an event for each 401", 6, |e| {
+            e["message"].as_str().is_some_and(|m| m.starts_with("unauthenticated GET /orders"))
+        })
         .await;
     assert_eq!(unauthenticated.len(), 6, "{unauthenticated:?}");
     // The event names why, never the token.
@@ -210,7 +212,7 @@ async fn the_waf_blocks_attacks_in_the_query_and_in_bodies_and_lets_users_throug
         .map(|d| sample(&metrics, &format!(r#"palisade_waf_findings_total{{action="blocked",detector="{d}"}}"#)));
     assert_eq!(shell.iter().sum::<f64>(), 1.0, "{metrics}");
     let blocked = side
-        .events_where(2, |e| {
+        .events_where("an event for each blocked XSS body", 2, |e| {
             e["message"].as_str().is_some_and(|m| m.starts_with("blocked POST /orders: xss in json_value"))
         })
         .await;
@@ -240,6 +242,9 @@ async fn detect_mode_reports_and_forwards_and_pass_forwards_big_bodies_unread() 
     assert_eq!(sample(&metrics, r#"palisade_waf_findings_total{action="detected",detector="sqli"}"#), 1.0, "{metrics}");
     assert_eq!(sample(&metrics, r#"palisade_waf_findings_total{action="detected",detector="xss"}"#), 1.0, "{metrics}");
     assert_eq!(sample(&metrics, "palisade_waf_uninspected_bodies_total"), 1.0, "{metrics}");
-    side.events_where(1, |e| e["message"].as_str().is_some_and(|m| m.starts_with("detected GET /search: sqli"))).await;
+    side.events_where("DETECT reports the SQL injection it forwards", 1, |e| {
+        e["message"].as_str().is_some_and(|m| m.starts_with("detected GET /search: sqli"))
+    })
+    .await;
     side.shutdown();
 }

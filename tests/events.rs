@@ -28,10 +28,6 @@ fn assert_ocsf_base(e: &Value) {
     assert!(e["message"].is_string(), "{e}");
 }
 
-async fn events_eventually(s: &PolicedSidecar, count: usize) -> Vec<Value> {
-    s.events_where(count, |_| true).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ocsf_events_for_denials_limits_tls_failures_and_policy_changes() {
     // Outbound, `impostor.shop` is this sidecar's own inbound port, which proves shop/orders
@@ -56,7 +52,7 @@ async fn ocsf_events_for_denials_limits_tls_failures_and_policy_changes() {
     assert_eq!(s.send("plain", "PUT", "/x", &[]).await.status, 200, "AUDIT never blocks");
     write_policy(&s.policy_file, "apiVersion: palisade.dev/v1alpha1\nkind: Nonsense\n");
 
-    let events = events_eventually(&s, 8).await;
+    let events = s.events_where("the events of the requests above", 8, |_| true).await;
     keep_for_the_schema_check("ocsf-sidecar-denials.jsonl", &events);
     for e in &events {
         assert_ocsf_base(e);
@@ -130,7 +126,7 @@ async fn ecs_events_carry_the_same_facts() {
     })
     .await;
     assert_eq!(s.send("billing", "DELETE", "/admin", &[]).await.status, 403);
-    let events = events_eventually(&s, 2).await;
+    let events = s.events_where("the events of the requests above", 2, |_| true).await;
     let denied =
         events.iter().find(|e| e["event"]["action"] == "request-denied").unwrap_or_else(|| panic!("{events:#?}"));
     assert_eq!(denied["event"]["kind"], "event");
@@ -446,7 +442,7 @@ async fn waf_findings_and_authentication_failures_from_real_requests() {
         let s =
             PolicedSidecar::start(&policy("waf", &format!("  inputValidation:\n    waf: {{mode: {mode}}}\n"))).await;
         assert_eq!(s.send("frontend", "GET", ATTACK, &[]).await.status, status, "{mode}");
-        let events = events_eventually(&s, 2).await;
+        let events = s.events_where("the events of the requests above", 2, |_| true).await;
         let finding = events
             .iter()
             .find(|e| e["unmapped"]["waf"]["detector"] == "sqli")
@@ -463,7 +459,7 @@ async fn waf_findings_and_authentication_failures_from_real_requests() {
     let s = PolicedSidecar::start(&policy("jwt", jwt)).await;
     assert_eq!(s.send("frontend", "GET", "/orders/1", &[]).await.status, 401);
     assert_eq!(s.send("frontend", "GET", "/orders/1", &[("authorization", "Bearer not.a.token")]).await.status, 401);
-    let events = events_eventually(&s, 3).await;
+    let events = s.events_where("the events of the requests above", 3, |_| true).await;
     let failed: Vec<&Value> = events.iter().filter(|e| e["http_response"]["code"] == 401).collect();
     assert_eq!(failed.len(), 2, "{events:#?}");
     assert!(failed

@@ -312,7 +312,7 @@ impl Mesh {
     }
 
     fn events(&self) -> Vec<Value> {
-        read_events(&self.path("control-events.jsonl"))
+        read_jsonl(&self.path("control-events.jsonl"))
     }
 
     async fn metrics(&self) -> String {
@@ -361,10 +361,6 @@ impl Drop for Mesh {
 fn root_certificates(path: &Path) -> Vec<rustls::pki_types::CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::CertificateDer::pem_file_iter(path).unwrap().map(Result::unwrap).collect()
-}
-
-fn read_events(path: &Path) -> Vec<Value> {
-    read_jsonl(path)
 }
 
 fn metric(text: &str, name_and_labels: &str) -> f64 {
@@ -492,6 +488,7 @@ async fn a_sidecar_with_only_a_token_and_the_cas_roots_becomes_ready_with_exactl
 
     // Both sides report the issuance.
     events_where(
+        "the CA reports the issuance",
         1,
         || mesh.events(),
         |e| e["message"].as_str().is_some_and(|m| m.contains("certificate issued for") && m.contains("/sa/orders")),
@@ -500,8 +497,9 @@ async fn a_sidecar_with_only_a_token_and_the_cas_roots_becomes_ready_with_exactl
     assert_eq!(metric(&mesh.metrics().await, "palisade_ca_requests_total{result=\"issued\"} "), 1.0);
     let sidecar_events = mesh.path("events-orders.jsonl");
     events_where(
+        "the sidecar reports the rotation",
         1,
-        || read_events(&sidecar_events),
+        || read_jsonl(&sidecar_events),
         |e| e["message"].as_str().is_some_and(|m| m.contains("certificate rotated")),
     )
     .await;
@@ -735,8 +733,8 @@ async fn a_sidecar_that_claims_another_workloads_labels_gets_only_its_own_polici
     assert_eq!(entry["labelsSource"], "apiServer");
     assert_eq!(entry["labels"], json!({"app": "frontend", "tier": "web"}));
     assert_eq!(entry["node"], "frontend-1", "the pod the token names, not the sidecar's word");
-    // The spoof is a security event.
     events_where(
+        "the spoof is a security event",
         1,
         || mesh.events(),
         |e| e["message"].as_str().is_some_and(|m| m.contains("claimed labels") && m.contains("frontend-1")),
@@ -1030,11 +1028,11 @@ async fn with_the_ca_down_the_sidecar_keeps_serving_and_renews_when_it_returns()
     assert!(ready(&sidecar).await, "still ready: the certificate is valid");
     let during = presented(&peer, sidecar.inbound, &id("shop", "orders")).await.expect("still serving mTLS");
     assert_eq!(during, first, "the same certificate");
-    // The failed renewal is a security event on the sidecar.
     let sidecar_events = mesh.path("events-orders.jsonl");
     events_where(
+        "the failed renewal is a security event on the sidecar",
         1,
-        || read_events(&sidecar_events),
+        || read_jsonl(&sidecar_events),
         |e| e["message"].as_str().is_some_and(|m| m.contains("certificate refused") && m.contains("connecting")),
     )
     .await;

@@ -302,7 +302,8 @@ async fn a_refused_request_names_its_policy_and_rule_and_the_event_carries_the_t
     assert_eq!(span.attributes["http.response.status_code"], "403");
     assert!(!span.error, "a 403 is the server doing its job, not a server error");
 
-    let event = eventually_event(&sidecar, |e| e["firewall_rule"]["name"] == "no-admin").await;
+    let event =
+        sidecar.events_where("the OCSF deny event", 1, |e| e["firewall_rule"]["name"] == "no-admin").await.remove(0);
     assert_eq!(event["metadata"]["correlation_uid"], span.trace_id.as_str());
     assert_eq!(event["metadata"]["product"]["name"], "Palisade", "the rest of metadata stays");
     sidecar.shutdown();
@@ -315,15 +316,10 @@ async fn a_refused_request_names_its_policy_and_rule_and_the_event_carries_the_t
     .await;
     let parent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
     assert_eq!(sidecar.send("frontend", "GET", "/admin", &[("traceparent", &parent)]).await.status, 403);
-    let event = eventually_event(&sidecar, |e| e["rule"]["name"] == "no-admin").await;
+    let event = sidecar.events_where("the ECS deny event", 1, |e| e["rule"]["name"] == "no-admin").await.remove(0);
     assert_eq!(event["trace"]["id"], CALLER_TRACE);
     assert_eq!(event["rule"]["name"], "no-admin");
     sidecar.shutdown();
-}
-
-/// The first event that `wanted` picks, once the event writer has written it.
-async fn eventually_event(sidecar: &PolicedSidecar, wanted: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    sidecar.events_where(1, wanted).await.remove(0)
 }
 
 /// Sends a request whose trace is sampled by its caller, and waits for its span: spans leave in

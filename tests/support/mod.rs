@@ -393,16 +393,18 @@ pub fn read_jsonl(path: &std::path::Path) -> Vec<serde_json::Value> {
 }
 
 /// The events of `read` that `wanted` picks, once at least `count` of them are written: the
-/// event writer works after the answer has gone, so a test that reads at once races it. Fails
-/// the test, showing every event, when they do not come.
+/// event writer works after the answer has gone, so a test that reads at once races it. When
+/// they do not come, the test fails saying `what` was awaited and showing every event there is
+/// ([`wait_for`] cannot show them).
 pub async fn events_where(
+    what: &str,
     count: usize,
     read: impl Fn() -> Vec<serde_json::Value>,
     wanted: impl Fn(&serde_json::Value) -> bool,
 ) -> Vec<serde_json::Value> {
     let came = eventually(async || read().iter().filter(|e| wanted(e)).count() >= count).await;
     let events = read();
-    assert!(came, "fewer than {count} such events within {:?}: {events:?}", patience());
+    assert!(came, "{what}: fewer than {count} such events within {:?} in {events:?}", patience());
     events.into_iter().filter(|e| wanted(e)).collect()
 }
 
@@ -592,13 +594,14 @@ impl PolicedSidecar {
         read_jsonl(&self.events)
     }
 
-    /// The events `wanted` picks, once at least `count` of them are written.
+    /// The events `wanted` picks, once at least `count` of them are written (see [`events_where`]).
     pub async fn events_where(
         &self,
+        what: &str,
         count: usize,
         wanted: impl Fn(&serde_json::Value) -> bool,
     ) -> Vec<serde_json::Value> {
-        events_where(count, || self.events(), wanted).await
+        events_where(what, count, || self.events(), wanted).await
     }
 }
 
