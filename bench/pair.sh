@@ -86,7 +86,10 @@ else
 fi
 ONLY=${ONLY:-all}
 PLAIN=${PLAIN:-0}
-[[ $PGO == 1 ]] || PLAIN=0
+if [[ $PLAIN == 1 && $PGO != 1 ]]; then
+    echo "bench/pair.sh: PLAIN=1 adds the plain build beside the PGO one; with PGO=0 the pair already is the plain build" >&2
+    PLAIN=0
+fi
 PALISADE_PLAIN=${PALISADE_PLAIN_BIN:-$ROOT/target/release/palisade}
 BODY_BYTES=${BODY_BYTES:-0}
 RESPONSE_BYTES=${RESPONSE_BYTES:-0}
@@ -134,6 +137,7 @@ OTLP_SINK="$ROOT/target/release/examples/otlp_sink"
 PIDS=()           # palisade processes we started
 NGINX_PIDFILES=() # nginx masters we started
 TMP=""
+WWW=""            # the app's response body (RESPONSE_BYTES), readable by nginx's worker
 
 log() { printf '[pair.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -258,21 +262,23 @@ EOF
 }
 
 start_app() {
+    if (( RESPONSE_BYTES > 0 )); then
+        # nginx's worker, another user than this script, reads the body: it lives in a directory
+        # of its own that anyone may read, not in $TMP beside the keys and tokens.
+        WWW=$(mktemp -d /tmp/palisade-bench-www.XXXXXX)
+        chmod 755 "$WWW"
+        { printf ok; head -c $((RESPONSE_BYTES - 2)) /dev/zero | tr '\0' x; } > "$WWW/body.txt"
+        chmod 644 "$WWW/body.txt"
+    fi
     nginx_conf app "$P_APP_STATUS" "
     server {
         listen 127.0.0.1:$P_APP;
         $(if (( RESPONSE_BYTES > 0 )); then
-            echo "root $TMP/www; location / { default_type text/plain; try_files /body.txt =404; }"
+            echo "root $WWW; location / { default_type text/plain; try_files /body.txt =404; }"
         else
             echo "location / { default_type text/plain; return 200 \"ok\n\"; }"
         fi)
     }"
-    if (( RESPONSE_BYTES > 0 )); then
-        mkdir -p "$TMP/www"
-        { printf ok; head -c $((RESPONSE_BYTES - 2)) /dev/zero | tr '\0' x; } > "$TMP/www/body.txt"
-        # nginx's worker runs as another user: it may pass through $TMP (not list it) and read the body.
-        chmod o+x "$TMP"; chmod 755 "$TMP/www"; chmod 644 "$TMP/www/body.txt"
-    fi
     nginx_start app
 }
 
@@ -477,6 +483,7 @@ cleanup() {
         done
         if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
     fi
+    [[ -z ${WWW:-} ]] || rm -rf "$WWW"
     [[ $rc == 0 ]] || log "exit $rc; stopped the processes this script started (logs: $OUT/logs)"
     exit "$rc"
 }
@@ -758,6 +765,10 @@ def errs(st):
 def per_k(label, secs):
     return secs / S[label]["done"] * 1000 if S[label]["done"] else float("nan")
 
+def pair_cpu(label):
+    """CPU-seconds per 1,000 requests of the pair's two proxies (A and B) together."""
+    return per_k(label, sum(cpu for name, (cpu, _) in M[label]["procs"].items() if name in ("A", "B")))
+
 def version(cmd, stream):
     r = subprocess.run(cmd, capture_output=True, text=True)
     return getattr(r, stream).strip()
@@ -792,13 +803,11 @@ for l, title in labels:
         ready_ms = ready[l][0 if n == "A" else 1] if l in ready else "—"
         print(f"| {title} | {kind} {n} | {per_k(l, P[n][0]):.3f} | {rps_cpu(per_k(l, P[n][0]))} | {P[n][1]:.1f} | {ready_ms} |")
     if names:
-        both = per_k(l, sum(P[n][0] for n in names))
+        both = pair_cpu(l)
         print(f"| {title} | **A + B** | **{both:.3f}** | **{rps_cpu(both)}** | "
               f"**{sum(P[n][1] for n in names):.1f}** | |")
     print(f"| {title} | app nginx (context) | {per_k(l, P['app'][0]):.3f} | | {P['app'][1]:.1f} | |")
 print()
-def pair_cpu(l):
-    return per_k(l, sum(M[l]["procs"][n][0] for n in ("A", "B")))
 if "nginx" in M:
     for l, title in labels:
         if l in ready and S[l]["done"] and S["nginx"]["done"]:
