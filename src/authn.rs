@@ -71,6 +71,7 @@
 mod alg;
 mod authenticator;
 mod b64;
+mod cache;
 mod claims;
 mod failure;
 mod fetch;
@@ -83,6 +84,7 @@ mod token;
 pub use alg::Algorithm;
 pub use authenticator::{Authenticator, AuthnOptions, Found, Verified};
 pub use b64::encode as base64url_encode;
+pub use cache::VERIFIED_CACHE_SLOTS;
 pub use claims::{ClaimPath, Claims, Clock, SystemClock};
 pub use failure::{www_authenticate, Failure, Reason};
 pub use fetch::{FetchJwks, HttpFetcher, MAX_JWKS_BYTES};

@@ -256,6 +256,88 @@ fn several_providers_are_chosen_by_issuer() {
     assert_eq!(reason(&authn, &b.token(&claims())), Reason::UnknownKey);
 }
 
+// --- the cache of verified tokens ---
+
+/// Swaps the claims of `token` for `claims`, keeping its header and signature.
+fn with_claims(token: &str, claims: &Value) -> String {
+    let parts: Vec<&str> = token.split('.').collect();
+    format!("{}.{}.{}", parts[0], palisade::authn::base64url_encode(claims.to_string().as_bytes()), parts[2])
+}
+
+#[test]
+fn forged_tokens_are_refused_while_the_real_one_is_cached() {
+    let key = Signer::rsa("RS256", "k1");
+    let authn = authenticator(&[spec(inline(jwks(&[&key])))], ManualClock::new());
+    let good = key.token(&claims());
+    assert!(authn.verify_cached(&good).is_ok());
+    assert!(authn.verify_cached(&good).is_ok());
+    assert_eq!(authn.cache_counts(), (1, 1), "the second verification is the cache's");
+
+    // The cached token's signature on other claims, and the cached token with its signature's
+    // last character changed: both share the cached token's slot, neither is it.
+    let mut admin = claims();
+    admin["sub"] = json!("admin");
+    assert_eq!(reason(&authn, &with_claims(&good, &admin)), Reason::BadSignature);
+    let last = good.chars().last().unwrap();
+    let tampered = format!("{}{}", &good[..good.len() - 1], if last == 'A' { 'Q' } else { 'A' });
+    assert_ne!(reason(&authn, &tampered), Reason::Expired, "not taken for the cached token");
+    assert!(authn.verify_cached(&tampered).is_err());
+    // A prefix of the cached token, and the cached token with a byte added.
+    assert!(authn.verify_cached(&good[..good.len() - 1]).is_err());
+    assert!(authn.verify_cached(&format!("{good}A")).is_err());
+    assert_eq!(authn.cache_counts().0, 1, "no forged token was a hit");
+    // The real one still is.
+    assert_eq!(authn.verify_cached(&good).unwrap().principal(), format!("{ISS}/alice"));
+    assert_eq!(authn.cache_counts().0, 2);
+}
+
+#[test]
+fn a_cached_token_is_refused_once_it_expires_or_before_it_may_be_used() {
+    let key = Signer::ec("ES256", "k1");
+    let clock = ManualClock::new();
+    let authn = authenticator(&[spec(inline(jwks(&[&key])))], clock.clone());
+    let token = key.token(&claims());
+    assert!(authn.verify_cached(&token).is_ok());
+    // exp is NOW + 600, with 60 s of skew allowed.
+    clock.advance(659);
+    assert!(authn.verify_cached(&token).is_ok());
+    clock.advance(1);
+    assert_eq!(reason(&authn, &token), Reason::Expired);
+    assert_eq!(reason(&authn, &token), Reason::Expired);
+    assert_eq!(authn.cache_counts(), (3, 1), "the cached result was rechecked, not trusted");
+
+    // nbf in the future: refused until it comes, then the same token is accepted.
+    let clock = ManualClock::new();
+    let authn = authenticator(&[spec(inline(jwks(&[&key])))], clock.clone());
+    let mut later = claims();
+    later["nbf"] = json!(NOW + 120);
+    let token = key.token(&later);
+    assert_eq!(reason(&authn, &token), Reason::NotYetValid);
+    clock.advance(61);
+    assert!(authn.verify_cached(&token).is_ok());
+    assert!(authn.verify_cached(&token).is_ok());
+    assert_eq!(authn.cache_counts(), (1, 2), "a refusal is never cached");
+}
+
+#[tokio::test]
+async fn a_token_in_a_header_its_issuer_does_not_read_is_refused_after_it_was_cached() {
+    let (a, b) = (Signer::ec("ES256", "a"), Signer::ed25519("b"));
+    let mut spec_b = spec(inline(jwks(&[&b])));
+    spec_b.issuer = "https://other.example.com".into();
+    spec_b.from_headers = vec![palisade::authn::FromHeader { name: "x-jwt".into(), prefix: String::new() }];
+    let authn = authenticator(&[spec(inline(jwks(&[&a]))), spec_b], ManualClock::new());
+    let token = a.token(&claims());
+    assert!(authn.authenticate(&bearer(&token)).await.unwrap().is_some());
+    assert!(authn.authenticate(&bearer(&token)).await.unwrap().is_some());
+    assert_eq!(authn.cache_counts(), (1, 1));
+
+    // The same token where only the other issuer's provider looks.
+    let mut elsewhere = HeaderMap::new();
+    elsewhere.insert("x-jwt", HeaderValue::from_str(&token).unwrap());
+    assert_eq!(authn.authenticate(&elsewhere).await.unwrap_err().reason(), Reason::WrongIssuer);
+    assert_eq!(authn.cache_counts().0, 1);
+}
+
 // --- JWKS from a URI, served for real on 127.0.0.1 ---
 
 /// An HTTP(S) server for one JWKS document that can be changed or taken down.
@@ -353,6 +435,7 @@ async fn rotation_adds_the_new_key_and_drops_the_old_one() {
     let unknown = new.token_with_header(&json!({"alg": "ES256", "kid": "2026-03"}), &claims());
     assert_eq!(authn.verify(&unknown).await.unwrap_err().reason(), Reason::UnknownKey);
     assert_eq!(server.hits(), 3);
+    // The old key's token was verified (and cached) above; with its key gone it is refused.
     assert_eq!(authn.verify(&old.token(&claims())).await.unwrap_err().reason(), Reason::UnknownKey);
     assert!(authn.verify(&new.token(&claims())).await.is_ok());
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use super::cache::VerifiedCache;
 use super::claims::Claims;
 use super::failure::{Failure, Reason};
 use super::provider::{AuthnRuntime, Provider, ProviderSpec};
@@ -37,6 +38,7 @@ pub struct Authenticator {
     /// Headers that carry forwarded claims: removed from every incoming request.
     forwarded: Vec<HeaderName>,
     options: AuthnOptions,
+    cache: VerifiedCache,
 }
 
 /// A token found in a request.
@@ -46,9 +48,13 @@ pub struct Found<'h> {
     mask: u64,
 }
 
-/// A verified token: who it names and what it claims.
+/// A verified token: who it names and what it claims. Cloning it (from the cache of verified
+/// tokens into a request) copies a pointer, not the claims.
 #[derive(Debug, Clone)]
-pub struct Verified {
+pub struct Verified(Arc<VerifiedToken>);
+
+#[derive(Debug)]
+struct VerifiedToken {
     provider: Arc<Provider>,
     principal: String,
     claims: Claims,
@@ -107,6 +113,7 @@ impl Authenticator {
             masks,
             forwarded,
             options,
+            cache: VerifiedCache::new(),
         })
     }
 
@@ -179,8 +186,17 @@ impl Authenticator {
         }
     }
 
+    /// Lookups of the cache of verified tokens: (hits, misses). A hit skipped the signature
+    /// check; a miss was verified in full (or refused).
+    pub fn cache_counts(&self) -> (u64, u64) {
+        self.cache.counts()
+    }
+
     /// One try with the current keys; a failure that a refresh may cure carries its JWKS.
     fn attempt(&self, token: &str, mask: u64) -> Result<Verified, (Failure, Option<Arc<super::jwks::RemoteJwks>>)> {
+        if let Some(cached) = self.cache.get(token, mask) {
+            return cached.map_err(|f| (f, None));
+        }
         let parsed = token::parse(token, self.options.max_token_bytes).map_err(|f| (f, None))?;
         // `iss` is read before the signature is checked only to choose the provider; it is
         // trusted once that provider's keys verified the token.
@@ -199,8 +215,14 @@ impl Authenticator {
         };
         if candidates.peek().is_none() {
             // The common case: one provider per issuer, and the parsed claims move into it.
+            // Only here is a result cached: with one candidate, the same token in the same
+            // headers can only ever be this provider's.
             return match first.verify(parsed) {
-                Ok(claims) => verified(first, claims),
+                Ok((claims, keys)) => {
+                    let v = verified(first, claims)?;
+                    self.cache.insert(token, mask, keys, &v);
+                    Ok(v)
+                }
                 Err((f, remote)) => Err((f, remote.cloned())),
             };
         }
@@ -215,7 +237,7 @@ impl Authenticator {
                 None => token::parse(token, self.options.max_token_bytes).map_err(|f| (f, None))?,
             };
             match p.verify(token) {
-                Ok(claims) => return verified(p, claims),
+                Ok((claims, _)) => return verified(p, claims),
                 Err((f, r)) => {
                     first_failure.get_or_insert((f, r.cloned()));
                 }
@@ -230,7 +252,7 @@ fn verified(
     claims: Claims,
 ) -> Result<Verified, (Failure, Option<Arc<super::jwks::RemoteJwks>>)> {
     let principal = provider.principal(&claims).map_err(|f| (f, None))?;
-    Ok(Verified { provider: provider.clone(), principal, claims })
+    Ok(Verified(Arc::new(VerifiedToken { provider: provider.clone(), principal, claims })))
 }
 
 fn strip_prefix_ignore_case<'a>(value: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
@@ -246,34 +268,38 @@ fn strip_prefix_ignore_case<'a>(value: &'a [u8], prefix: &[u8]) -> Option<&'a [u
 impl Verified {
     /// `request.auth.principal`: `<iss>/<sub>`.
     pub fn principal(&self) -> &str {
-        &self.principal
+        &self.0.principal
     }
 
     pub fn issuer(&self) -> &str {
-        &self.provider.issuer
+        &self.0.provider.issuer
     }
 
     pub fn subject(&self) -> Option<&str> {
-        self.claims.as_map().get("sub").and_then(|v| v.as_str())
+        self.0.claims.as_map().get("sub").and_then(|v| v.as_str())
     }
 
     /// `request.auth.claims[...]`.
     pub fn claims(&self) -> &Claims {
-        &self.claims
+        &self.0.claims
+    }
+
+    pub(crate) fn provider(&self) -> &Provider {
+        &self.0.provider
     }
 
     /// The `forwardClaims` headers to set on the request to the app (after removing
     /// [`Authenticator::forwarded_headers`]). A claim that is absent, an object, or not a valid
     /// header value sets nothing.
     pub fn forward_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
-        self.provider.forward_headers(&self.claims)
+        self.0.provider.forward_headers(&self.0.claims)
     }
 
     /// Headers to remove so the token does not reach the app (Envoy's and Istio's default);
     /// empty when the provider sets `forwardOriginalToken`.
     pub fn token_headers(&self) -> impl Iterator<Item = &HeaderName> {
-        let keep = self.provider.forward_original_token;
-        self.provider.from_headers.iter().filter(move |_| !keep).map(|(n, _)| n)
+        let keep = self.0.provider.forward_original_token;
+        self.0.provider.from_headers.iter().filter(move |_| !keep).map(|(n, _)| n)
     }
 }
 

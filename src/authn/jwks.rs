@@ -158,6 +158,37 @@ impl Current<'_> {
             Current::Remote(guard) => guard.as_deref(),
         }
     }
+
+    /// What a verification with these keys leaves for a cache to recheck.
+    pub(crate) fn into_used(self) -> KeysUsed {
+        match self {
+            Current::Static(_) => KeysUsed::Fixed,
+            Current::Remote(guard) => KeysUsed::Remote(Guard::into_inner(guard)),
+        }
+    }
+}
+
+/// The keys a successful verification used. A remote set is held (not just its address), so
+/// a later set can never be mistaken for it at the same address.
+pub(crate) enum KeysUsed {
+    /// A shared secret, or a JWKS from a file or inline text: fixed for the provider's life
+    /// (a changed file is a new policy snapshot, with a new provider).
+    Fixed,
+    Remote(Option<Arc<KeySet>>),
+}
+
+impl KeySource {
+    /// Whether the keys a verification used are still the ones in force: a refresh that
+    /// dropped the token's key must be seen by a cached result.
+    pub(crate) fn still_in_force(&self, used: &KeysUsed) -> bool {
+        match (self, used) {
+            (_, KeysUsed::Fixed) => true,
+            (KeySource::Remote(remote), KeysUsed::Remote(Some(set))) => {
+                remote.shared.keys.load().as_ref().is_some_and(|now| Arc::ptr_eq(now, set))
+            }
+            (KeySource::Remote(_), KeysUsed::Remote(None)) | (KeySource::Static(_), KeysUsed::Remote(_)) => false,
+        }
+    }
 }
 
 // === impl RemoteJwks ===

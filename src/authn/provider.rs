@@ -13,7 +13,7 @@ use super::alg::{Algorithm, KeyKind};
 use super::claims::{ClaimPath, Claims, Clock, SystemClock, TimeRules};
 use super::failure::{Failure, Reason};
 use super::fetch::{FetchJwks, HttpFetcher};
-use super::jwks::{JwksLocation, JwksSpec, KeySource, RemoteJwks, DEFAULT_MIN_REFRESH_INTERVAL};
+use super::jwks::{JwksLocation, JwksSpec, KeySource, KeysUsed, RemoteJwks, DEFAULT_MIN_REFRESH_INTERVAL};
 use super::keys::{KeySet, Lookup};
 use super::token::Unverified;
 use super::AuthnError;
@@ -84,6 +84,9 @@ fn default_from_headers() -> Vec<FromHeader> {
     vec![FromHeader { name: "authorization".into(), prefix: "Bearer ".into() }]
 }
 
+/// Why a token was refused, with the remote set to refresh when its key was unknown.
+pub(crate) type Refusal<'a> = (Failure, Option<&'a Arc<RemoteJwks>>);
+
 /// A provider ready to verify: keys parsed, names checked.
 pub struct Provider {
     pub(crate) issuer: String,
@@ -127,27 +130,41 @@ impl Provider {
 
     /// Verifies a parsed token that names this provider's issuer. `Err` carries the remote
     /// set to refresh when the failure is an unknown key.
-    pub(crate) fn verify(&self, token: Unverified<'_>) -> Result<Claims, (Failure, Option<&Arc<RemoteJwks>>)> {
+    pub(crate) fn verify(&self, token: Unverified<'_>) -> Result<(Claims, KeysUsed), Refusal<'_>> {
         let alg = token.alg;
         if !self.algorithms.contains(&alg) {
             return Err((Failure::new(Reason::UnsupportedAlg, format!("{alg} is not accepted for this issuer")), None));
         }
-        if alg.key_kind() == KeyKind::Hmac {
+        let used = if alg.key_kind() == KeyKind::Hmac {
             let key = self.hmac.iter().find(|(a, _)| *a == alg).map(|(_, k)| k);
             let ok = key.is_some_and(|k| hmac::verify(k, token.signing_input, &token.signature).is_ok());
             if !ok {
                 return Err((Failure::new(Reason::BadSignature, format!("{alg} signature does not verify")), None));
             }
+            KeysUsed::Fixed
         } else {
-            self.verify_with_jwks(&token)?;
-        }
+            self.verify_with_jwks(&token)?
+        };
         let claims = Claims::new(token.claims);
-        claims.check_times(self.clock.since_epoch(), &self.time).map_err(|f| (f, None))?;
+        self.check_times(&claims).map_err(|f| (f, None))?;
         claims.check_audience(&self.audiences).map_err(|f| (f, None))?;
-        Ok(claims)
+        Ok((claims, used))
     }
 
-    fn verify_with_jwks(&self, token: &Unverified<'_>) -> Result<(), (Failure, Option<&Arc<RemoteJwks>>)> {
+    /// `exp`, `nbf` and `iat` against now: on every verification, and on every use of a cached one.
+    pub(crate) fn check_times(&self, claims: &Claims) -> Result<(), Failure> {
+        claims.check_times(self.clock.since_epoch(), &self.time)
+    }
+
+    /// Whether a verification that used `keys` would still find them (see [`KeySource::still_in_force`]).
+    pub(crate) fn keys_in_force(&self, keys: &KeysUsed) -> bool {
+        match &self.keys {
+            Some(source) => source.still_in_force(keys),
+            None => matches!(keys, KeysUsed::Fixed),
+        }
+    }
+
+    fn verify_with_jwks(&self, token: &Unverified<'_>) -> Result<KeysUsed, Refusal<'_>> {
         let Some(source) = &self.keys else {
             return Err((Failure::new(Reason::UnsupportedAlg, "no JWKS for public-key algorithms"), None));
         };
@@ -169,7 +186,8 @@ impl Provider {
             )),
             Lookup::Found(keys) => {
                 if keys.iter().any(|k| k.verify(token.alg, token.signing_input, &token.signature)) {
-                    Ok(())
+                    drop(keys);
+                    Ok(current.into_used())
                 } else {
                     Err((Failure::new(Reason::BadSignature, format!("{} signature does not verify", token.alg)), None))
                 }
