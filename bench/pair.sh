@@ -43,6 +43,12 @@
 #                                           # measured run: bench/out/raw/LABEL-NAME.perf.data
 #                                           # (perf report -i ...); profiling costs CPU, so the
 #                                           # figures of a profiled run are not comparable
+#   PROFILE=1 PROFILE_ARGS="-e probe_libc:malloc -c 10 --call-graph dwarf,16384" bench/pair.sh
+#                                           # perf record's arguments instead of "-F 4999 -g": here
+#                                           # every tenth call of an uprobe made first with
+#                                           # `perf probe -x /lib/x86_64-linux-gnu/libc.so.6 malloc`
+#                                           # (allocations per request: 10 x samples / responses;
+#                                           # DWARF stacks, as release builds keep no frame pointers)
 #   TELEMETRY=full bench/pair.sh            # both sidecars: 1% of traces to a live OTLP receiver
 #                                           # (examples/otlp_sink), security events and access log
 #                                           # to files (off by default: metrics only, no access log);
@@ -115,6 +121,7 @@ QUERY=""
 AUTH_ARGS=()
 [[ $API_PROTECTION == 1 ]] && QUERY="?page=2&size=50&sort=created&order=desc&status=open&q=blue+shoes&from=2026-01-01&to=2026-12-31&currency=EUR&lang=en"
 CLK_TCK=$(getconf CLK_TCK)
+read -ra PERF_ARGS <<<"${PROFILE_ARGS:--F 4999 -g}"
 
 # Ports (all on 127.0.0.1).
 P_APP=$((BASE_PORT + 80))          # backend app (nginx, return 200)
@@ -583,7 +590,7 @@ measure() {
     if [[ -n ${PROFILE:-} ]]; then
         for g in $procs; do
             [[ ${g%%=*} == app ]] && continue
-            perf record -q -F 4999 -g -p "${g#*=}" -o "$OUT/raw/$label-${g%%=*}.perf.data" >/dev/null 2>&1 &
+            perf record -q "${PERF_ARGS[@]}" -p "${g#*=}" -o "$OUT/raw/$label-${g%%=*}.perf.data" >/dev/null 2>&1 &
             perfs+=("$!")
         done
     fi
