@@ -30,13 +30,17 @@ fn invalid(why: &'static str) -> Box<Error> {
 /// or `Host`, no connection-specific headers nor those `Connection` names, `te` only as
 /// `trailers`, no `expect` (the sidecar answers it). Content-Length beside Transfer-Encoding never
 /// gets here: it is refused first (see [`super::ambiguous_framing`]).
-pub fn to_h2(request: &mut RequestHeader) -> pingora::Result<()> {
+pub fn to_h2(request: &RequestHeader) -> pingora::Result<http::request::Parts> {
     if !request.raw_path_is_utf8() {
         return Err(invalid("a request target that is not UTF-8 cannot travel over HTTP/2"));
     }
-    if request.version != Version::HTTP_2 {
+    // The parts alone: an HTTP/1.1 caller's header-case map has no use on HTTP/2, and a header
+    // the sidecar adds to a plain map is not re-parsed to keep one.
+    let mut parts = request.as_owned_parts();
+    if parts.version != Version::HTTP_2 {
+        let headers = &mut parts.headers;
         let mut named = Vec::new();
-        for value in request.headers.get_all(header::CONNECTION) {
+        for value in headers.get_all(header::CONNECTION) {
             let value = value.to_str().map_err(|_| invalid("Connection is not text"))?;
             for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
                 let name =
@@ -48,30 +52,29 @@ pub fn to_h2(request: &mut RequestHeader) -> pingora::Result<()> {
             }
         }
         for name in named.iter().chain(CONNECTION_SPECIFIC.iter()) {
-            request.remove_header(name);
+            headers.remove(name);
         }
         let trailers_only =
-            request.headers.get_all(header::TE).iter().all(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
+            headers.get_all(header::TE).iter().all(|te| te.as_bytes().eq_ignore_ascii_case(b"trailers"));
         if !trailers_only {
-            request.remove_header(&header::TE);
+            headers.remove(header::TE);
         }
-        request.remove_header(&header::EXPECT);
-        if request.uri.authority().is_none() {
-            let host = request.remove_header(&header::HOST).ok_or_else(|| invalid("no Host header"))?;
-            let path = request.uri.path_and_query().map_or("/", |p| p.as_str());
-            let uri = http::Uri::builder()
+        headers.remove(header::EXPECT);
+        if parts.uri.authority().is_none() {
+            let host = headers.remove(header::HOST).ok_or_else(|| invalid("no Host header"))?;
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            parts.uri = http::Uri::builder()
                 .scheme("https")
                 .authority(host.as_bytes())
                 .path_and_query(path)
                 .build()
                 .map_err(|_| invalid("Host is not an authority"))?;
-            request.set_uri(uri);
         } else {
-            request.remove_header(&header::HOST);
+            headers.remove(header::HOST);
         }
     }
-    request.set_version(Version::HTTP_2);
-    Ok(())
+    parts.version = Version::HTTP_2;
+    Ok(parts)
 }
 
 /// Sends `request` (already HTTP/2, see [`to_h2`]) and its body on `upstream` and writes the
@@ -83,7 +86,7 @@ pub fn to_h2(request: &mut RequestHeader) -> pingora::Result<()> {
 pub async fn exchange(
     session: &mut Session,
     upstream: &mut MeshStream,
-    request: RequestHeader,
+    request: http::request::Parts,
     expects_continue: bool,
     first: Option<(Bytes, bool)>,
     body_timeout: std::time::Duration,
@@ -319,7 +322,7 @@ mod tests {
 
     #[test]
     fn an_http1_request_becomes_http2_without_its_connection_headers() {
-        let mut request = h1(
+        let request = h1(
             b"/orders?id=7",
             &[
                 ("host", "orders.shop:8080"),
@@ -332,7 +335,7 @@ mod tests {
                 ("x-kept", "yes"),
             ],
         );
-        to_h2(&mut request).unwrap();
+        let request = to_h2(&request).unwrap();
         assert_eq!(request.version, Version::HTTP_2);
         assert_eq!(request.uri.to_string(), "https://orders.shop:8080/orders?id=7");
         for gone in ["host", "connection", "x-private", "keep-alive", "proxy-connection", "upgrade"] {
@@ -341,8 +344,7 @@ mod tests {
         assert_eq!(request.headers.get("te").unwrap(), "trailers");
         assert_eq!(request.headers.get("x-kept").unwrap(), "yes");
 
-        let mut gzip = h1(b"/", &[("host", "a"), ("te", "gzip")]);
-        to_h2(&mut gzip).unwrap();
+        let gzip = to_h2(&h1(b"/", &[("host", "a"), ("te", "gzip")])).unwrap();
         assert!(gzip.headers.get("te").is_none(), "HTTP/2 allows te only as trailers");
     }
 
@@ -367,9 +369,9 @@ mod tests {
 
     #[test]
     fn requests_http2_cannot_carry_are_refused_as_the_callers_fault() {
-        let no_host = to_h2(&mut h1(b"/", &[])).unwrap_err();
-        let bad_host = to_h2(&mut h1(b"/", &[("host", "a b")])).unwrap_err();
-        let not_utf8 = to_h2(&mut h1(b"/caf\xe9", &[("host", "a")])).unwrap_err();
+        let no_host = to_h2(&h1(b"/", &[])).unwrap_err();
+        let bad_host = to_h2(&h1(b"/", &[("host", "a b")])).unwrap_err();
+        let not_utf8 = to_h2(&h1(b"/caf\xe9", &[("host", "a")])).unwrap_err();
         for e in [no_host, bad_host, not_utf8] {
             assert_eq!(e.esource(), &pingora::ErrorSource::Downstream, "{e}");
             assert_eq!(e.etype(), &ErrorType::InvalidHTTPHeader, "{e}");

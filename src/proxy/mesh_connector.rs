@@ -20,7 +20,6 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use h2::client::{ResponseFuture, SendRequest};
 use h2::{Reason, SendStream};
-use pingora::http::RequestHeader;
 use pingora::{Error, ErrorType, RetryType};
 
 use crate::identity::SpiffeId;
@@ -335,10 +334,10 @@ impl MeshStream {
     /// no body follows.
     pub fn send_request(
         &mut self,
-        request: RequestHeader,
+        request: http::request::Parts,
         end: bool,
     ) -> pingora::Result<(ResponseFuture, SendStream<Bytes>)> {
-        let request = http::Request::from_parts(request.into(), ());
+        let request = http::Request::from_parts(request, ());
         self.sender
             .send_request(request, end)
             .map_err(|e| self.failure(e, ErrorType::H2Error, "sending the request to the peer sidecar", true))

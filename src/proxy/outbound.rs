@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
 use opentelemetry::trace::SpanKind;
 use pingora::http::RequestHeader;
 use pingora::modules::http::HttpModules;
@@ -130,15 +131,16 @@ impl Outbound {
 
     /// The request as the peer sidecar gets it: HTTP/2 first (so the app's `Connection` header
     /// cannot name the sidecar's own headers away), then the sidecar's headers.
-    fn upstream_request(&self, session: &Session, ctx: &OutboundCtx) -> pingora::Result<RequestHeader> {
-        let mut request = session.req_header().clone();
-        forward::to_h2(&mut request)?;
+    fn upstream_request(&self, session: &Session, ctx: &OutboundCtx) -> pingora::Result<http::request::Parts> {
+        const ORIG_PROTO: HeaderName = HeaderName::from_static(ORIG_PROTO_HEADER);
+        const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+        let mut request = forward::to_h2(session.req_header())?;
         // Only this sidecar may say what the app spoke.
-        request.remove_header(ORIG_PROTO_HEADER);
-        if !session.is_http2() {
-            request.insert_header(ORIG_PROTO_HEADER, "HTTP/1.1")?;
-        }
-        request.insert_header(REQUEST_ID_HEADER, ctx.request.id.header_value())?;
+        match session.is_http2() {
+            true => request.headers.remove(ORIG_PROTO),
+            false => request.headers.insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1")),
+        };
+        request.headers.insert(REQUEST_ID, ctx.request.id.header_value());
         record::propagate(&mut request, &ctx.request)?;
         Ok(request)
     }

@@ -140,45 +140,80 @@ pub fn start_span(telemetry: &Telemetry, kind: SpanKind, session: &Session, ctx:
     }
 }
 
+/// A request on its way out, that trace headers are written into: pingora's header for the
+/// app, or the HTTP/2 parts for a peer sidecar (a plain map: nothing re-parses the name).
+pub trait Outgoing {
+    fn headers(&self) -> &http::HeaderMap;
+    fn set(&mut self, name: http::HeaderName, value: http::HeaderValue) -> pingora::Result<()>;
+    fn remove(&mut self, name: &http::HeaderName);
+}
+
+impl Outgoing for RequestHeader {
+    fn headers(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+
+    fn set(&mut self, name: http::HeaderName, value: http::HeaderValue) -> pingora::Result<()> {
+        self.insert_header(name, value)
+    }
+
+    fn remove(&mut self, name: &http::HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl Outgoing for http::request::Parts {
+    fn headers(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+
+    fn set(&mut self, name: http::HeaderName, value: http::HeaderValue) -> pingora::Result<()> {
+        self.headers.insert(name, value);
+        Ok(())
+    }
+
+    fn remove(&mut self, name: &http::HeaderName) {
+        self.headers.remove(name);
+    }
+}
+
 /// Names this hop's span as the parent of the next one, in the formats in use
 /// ([`crate::telemetry::Propagators`]). A `traceparent` the sidecar does not write passes
 /// through when it is well-formed and is dropped with its `tracestate` when it is not (or comes
 /// twice), so the app never parses what the sidecar would not.
-pub fn propagate(upstream: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
+pub fn propagate(upstream: &mut impl Outgoing, ctx: &RequestCtx) -> pingora::Result<()> {
     let propagators = ctx.span.as_ref().map(RequestSpan::propagators);
     if !propagators.is_some_and(|p| p.tracecontext) {
-        let mut parents = upstream.headers.get_all(TRACEPARENT).iter();
+        let mut parents = upstream.headers().get_all(TRACEPARENT).iter();
         let first = parents.next();
         if first.is_some_and(|p| parents.next().is_some() || !valid_traceparent(p.as_bytes())) {
-            upstream.remove_header(&TRACEPARENT);
-            upstream.remove_header(&TRACESTATE);
+            upstream.remove(&TRACEPARENT);
+            upstream.remove(&TRACESTATE);
         }
     }
     let (Some(span), Some(propagators)) = (&ctx.span, propagators) else { return Ok(()) };
     if propagators.tracecontext {
-        upstream.insert_header(TRACEPARENT, span.traceparent())?;
+        upstream.set(TRACEPARENT, span.traceparent())?;
         match span.tracestate() {
-            Some(state) => upstream.insert_header(TRACESTATE, state)?,
-            None => {
-                upstream.remove_header(&TRACESTATE);
-            }
+            Some(state) => upstream.set(TRACESTATE, state)?,
+            None => upstream.remove(&TRACESTATE),
         }
     }
     // By default a caller that spoke B3 gets B3 on the next hop too, in its form, naming this
     // hop's span, so an app that only reads B3 does not attach its span to the caller's.
     let (single, multi) = match propagators.b3_as_received {
-        true => (upstream.headers.contains_key(B3), upstream.headers.contains_key(B3_TRACE_ID)),
+        true => (upstream.headers().contains_key(B3), upstream.headers().contains_key(B3_TRACE_ID)),
         false => (propagators.b3, propagators.b3multi),
     };
     if single {
-        upstream.insert_header(B3, span.b3_single())?;
+        upstream.set(B3, span.b3_single())?;
     }
     if multi {
         let [trace, span_id, sampled] = span.b3_multi();
-        upstream.insert_header(B3_TRACE_ID, trace)?;
-        upstream.insert_header(B3_SPAN_ID, span_id)?;
-        upstream.insert_header(B3_SAMPLED, sampled)?;
-        upstream.remove_header(&B3_PARENT_SPAN_ID);
+        upstream.set(B3_TRACE_ID, trace)?;
+        upstream.set(B3_SPAN_ID, span_id)?;
+        upstream.set(B3_SAMPLED, sampled)?;
+        upstream.remove(&B3_PARENT_SPAN_ID);
     }
     Ok(())
 }
