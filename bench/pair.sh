@@ -43,12 +43,14 @@
 #                                           # measured run: bench/out/raw/LABEL-NAME.perf.data
 #                                           # (perf report -i ...); profiling costs CPU, so the
 #                                           # figures of a profiled run are not comparable
-#   PROFILE=1 PROFILE_ARGS="-e probe_libc:malloc -c 10 --call-graph dwarf,16384" bench/pair.sh
+#   PROFILE=1 PROFILE_ARGS="-e probe_libc:malloc" bench/pair.sh
 #                                           # perf record's arguments instead of "-F 4999 -g": here
-#                                           # every tenth call of an uprobe made first with
+#                                           # every call of an uprobe made first with
 #                                           # `perf probe -x /lib/x86_64-linux-gnu/libc.so.6 malloc`
-#                                           # (allocations per request: 10 x samples / responses;
-#                                           # DWARF stacks, as release builds keep no frame pointers)
+#                                           # (allocations per request: samples / responses); add
+#                                           # "--call-graph dwarf,16384" for where they come from
+#                                           # (release builds keep no frame pointers; perf then
+#                                           # loses samples, so read shares, not counts)
 #   TELEMETRY=full bench/pair.sh            # both sidecars: 1% of traces to a live OTLP receiver
 #                                           # (examples/otlp_sink), security events and access log
 #                                           # to files (off by default: metrics only, no access log);
