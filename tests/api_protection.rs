@@ -94,6 +94,9 @@ async fn tokens_that_do_not_verify_never_reach_the_app() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(failures, 6.0, "{metrics}");
+    // None of the refused tokens was ever taken from the cache of verified ones.
+    assert_eq!(sample(&metrics, r#"palisade_authn_cache_lookups_total{result="hit"}"#), 0.0, "{metrics}");
+    assert_eq!(sample(&metrics, r#"palisade_authn_cache_lookups_total{result="miss"}"#), 5.0, "{metrics}");
     let unauthenticated = side
         .events_where("an event for each 401", 6, |e| {
             e["message"].as_str().is_some_and(|m| m.starts_with("unauthenticated GET /orders"))
@@ -133,6 +136,11 @@ async fn a_verified_token_reaches_the_app_as_claims_and_not_as_a_token() {
     assert_refused(&answer, 403, "forbidden", "a token without the group");
     let answer = side.send("frontend", "GET", "/staff/1", &[("authorization", &format!("Bearer {alice}"))]).await;
     assert_eq!(answer.status, 200, "{answer:?}");
+    // alice's token came twice: the second time it was found among the verified tokens; eve's
+    // was verified in full, and a request without a token looks nothing up.
+    let metrics = side.metrics().await;
+    assert_eq!(sample(&metrics, r#"palisade_authn_cache_lookups_total{result="hit"}"#), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, r#"palisade_authn_cache_lookups_total{result="miss"}"#), 2.0, "{metrics}");
     side.shutdown();
 }
 

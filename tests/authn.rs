@@ -186,9 +186,16 @@ fn the_size_limit_is_configurable() {
     let specs = [spec(inline(jwks(&[&rsa])))];
     let t = rsa.token(&json!({"iss": ISS, "aud": "orders", "exp": NOW + 1, "pad": "x".repeat(9000)}));
     let runtime = AuthnRuntime::new(ManualClock::new());
-    let big = Authenticator::from_specs(&runtime, &specs, AuthnOptions { max_token_bytes: 16 * 1024 }).unwrap();
+    let big = Authenticator::from_specs(
+        &runtime,
+        &specs,
+        AuthnOptions { max_token_bytes: 16 * 1024, ..AuthnOptions::default() },
+    )
+    .unwrap();
     assert!(big.verify_cached(&t).is_ok());
-    let small = Authenticator::from_specs(&runtime, &specs, AuthnOptions { max_token_bytes: 512 }).unwrap();
+    let small =
+        Authenticator::from_specs(&runtime, &specs, AuthnOptions { max_token_bytes: 512, ..AuthnOptions::default() })
+            .unwrap();
     assert_eq!(reason(&small, &rsa.token(&claims())), Reason::TooLarge);
 }
 

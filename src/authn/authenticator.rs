@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use prometheus::IntCounter;
 
 use super::cache::VerifiedCache;
 use super::claims::Claims;
@@ -19,11 +20,21 @@ const MAX_LOCATIONS: usize = 64;
 pub struct AuthnOptions {
     /// Tokens longer than this are refused undecoded (`too_large`).
     pub max_token_bytes: usize,
+    /// Where the cache of verified tokens counts its lookups (a sidecar's metrics); `None`:
+    /// counters of its own, read with [`Authenticator::cache_counts`].
+    pub cache_lookups: Option<CacheLookups>,
+}
+
+/// Counters of the cache of verified tokens: lookups that found the token, and the rest.
+#[derive(Debug, Clone)]
+pub struct CacheLookups {
+    pub hits: IntCounter,
+    pub misses: IntCounter,
 }
 
 impl Default for AuthnOptions {
     fn default() -> Self {
-        AuthnOptions { max_token_bytes: DEFAULT_MAX_TOKEN_BYTES }
+        AuthnOptions { max_token_bytes: DEFAULT_MAX_TOKEN_BYTES, cache_lookups: None }
     }
 }
 
@@ -107,13 +118,14 @@ impl Authenticator {
                 return Err(AuthnError::Options(format!("{h} both carries a token and receives a forwarded claim")));
             }
         }
+        let cache = VerifiedCache::new(options.cache_lookups.clone().unwrap_or_else(CacheLookups::unregistered));
         Ok(Authenticator {
             providers: providers.into_iter().map(Arc::new).collect(),
             locations,
             masks,
             forwarded,
             options,
-            cache: VerifiedCache::new(),
+            cache,
         })
     }
 
@@ -260,6 +272,13 @@ fn strip_prefix_ignore_case<'a>(value: &'a [u8], prefix: &[u8]) -> Option<&'a [u
         Some(&value[prefix.len()..])
     } else {
         None
+    }
+}
+
+impl CacheLookups {
+    fn unregistered() -> CacheLookups {
+        let counter = |name| IntCounter::new(name, "lookups of the cache of verified tokens").expect("a valid name");
+        CacheLookups { hits: counter("hits"), misses: counter("misses") }
     }
 }
 

@@ -11,12 +11,11 @@
 //! snapshot: a policy update starts with an empty one.
 
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwapOption;
 
-use super::authenticator::Verified;
+use super::authenticator::{CacheLookups, Verified};
 use super::failure::Failure;
 use super::jwks::KeysUsed;
 
@@ -32,8 +31,7 @@ const HASHED_TAIL: usize = 32;
 pub(crate) struct VerifiedCache {
     slots: Box<[ArcSwapOption<Entry>]>,
     hasher: RandomState,
-    hits: AtomicU64,
-    misses: AtomicU64,
+    lookups: CacheLookups,
 }
 
 struct Entry {
@@ -46,12 +44,11 @@ struct Entry {
 }
 
 impl VerifiedCache {
-    pub(crate) fn new() -> VerifiedCache {
+    pub(crate) fn new(lookups: CacheLookups) -> VerifiedCache {
         VerifiedCache {
             slots: (0..VERIFIED_CACHE_SLOTS).map(|_| ArcSwapOption::empty()).collect(),
             hasher: RandomState::new(),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
+            lookups,
         }
     }
 
@@ -63,10 +60,10 @@ impl VerifiedCache {
             e.mask == mask && same_bytes(&e.token, token.as_bytes()) && e.verified.provider().keys_in_force(&e.keys)
         });
         let Some(entry) = found else {
-            self.misses.fetch_add(1, Ordering::Relaxed);
+            self.lookups.misses.inc();
             return None;
         };
-        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.lookups.hits.inc();
         Some(entry.verified.provider().check_times(entry.verified.claims()).map(|()| entry.verified.clone()))
     }
 
@@ -77,7 +74,7 @@ impl VerifiedCache {
 
     /// Lookups that found a verified token, and lookups that did not.
     pub(crate) fn counts(&self) -> (u64, u64) {
-        (self.hits.load(Ordering::Relaxed), self.misses.load(Ordering::Relaxed))
+        (self.lookups.hits.get(), self.lookups.misses.get())
     }
 
     fn slot(&self, token: &str) -> &ArcSwapOption<Entry> {

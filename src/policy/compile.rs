@@ -18,7 +18,7 @@ use super::load::Located;
 use super::patterns::{PathPattern, Pattern};
 use super::ratelimit::Buckets;
 use super::Source;
-use crate::authn::{Authenticator, AuthnOptions, AuthnRuntime, ClaimPath, Reason};
+use crate::authn::{Authenticator, AuthnOptions, AuthnRuntime, CacheLookups, ClaimPath, Reason};
 use crate::config::IpBlock;
 use crate::config::{ConfigError, MtlsMode, WorkloadConfig};
 use crate::identity::SpiffeId;
@@ -372,7 +372,14 @@ impl PolicySnapshot {
         let authn = if providers.is_empty() {
             None
         } else {
-            match Authenticator::new(providers, AuthnOptions::default()) {
+            let options = AuthnOptions {
+                cache_lookups: Some(CacheLookups {
+                    hits: metrics.authn_cache_lookups.with_label_values(&["hit"]),
+                    misses: metrics.authn_cache_lookups.with_label_values(&["miss"]),
+                }),
+                ..AuthnOptions::default()
+            };
+            match Authenticator::new(providers, options) {
                 Ok(authenticator) => Some(SnapshotAuthn {
                     authenticator,
                     required_by,

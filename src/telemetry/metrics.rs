@@ -30,6 +30,7 @@ pub struct Metrics {
     pub trace_spans_exported: prometheus::IntCounter,
     pub trace_spans_dropped: prometheus::IntCounter,
     pub authn_failures: IntCounterVec,
+    pub authn_cache_lookups: IntCounterVec,
     pub waf_findings: IntCounterVec,
     /// Bodies of an inspected type over `inspectBodyBytes`, passed on uninspected (`PASS`).
     pub waf_uninspected: prometheus::IntCounter,
@@ -132,6 +133,14 @@ impl Metrics {
             &["reason"],
         )
         .expect("metric");
+        let authn_cache_lookups = IntCounterVec::new(
+            Opts::new(
+                "palisade_authn_cache_lookups_total",
+                "Requests with a token, by whether its verification was found in the cache of verified tokens (hit) or done in full (miss, refusals included).",
+            ),
+            &["result"],
+        )
+        .expect("metric");
         let waf_findings = IntCounterVec::new(
             Opts::new(
                 "palisade_waf_findings_total",
@@ -184,6 +193,7 @@ impl Metrics {
             Box::new(trace_spans_exported.clone()),
             Box::new(trace_spans_dropped.clone()),
             Box::new(authn_failures.clone()),
+            Box::new(authn_cache_lookups.clone()),
             Box::new(waf_findings.clone()),
             Box::new(waf_uninspected.clone()),
             Box::new(connections_closed.clone()),
@@ -210,6 +220,7 @@ impl Metrics {
             trace_spans_exported,
             trace_spans_dropped,
             authn_failures,
+            authn_cache_lookups,
             waf_findings,
             waf_uninspected,
             connections_closed,
