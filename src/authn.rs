@@ -84,7 +84,6 @@ mod token;
 pub use alg::Algorithm;
 pub use authenticator::{Authenticator, AuthnOptions, CacheLookups, Found, Verified};
 pub use b64::encode as base64url_encode;
-pub use cache::VERIFIED_CACHE_SLOTS;
 pub use claims::{ClaimPath, Claims, Clock, SystemClock};
 pub use failure::{www_authenticate, Failure, Reason};
 pub use fetch::{FetchJwks, HttpFetcher, MAX_JWKS_BYTES};

@@ -435,6 +435,7 @@ async fn rotation_adds_the_new_key_and_drops_the_old_one() {
     clock.advance(31);
     assert!(authn.verify(&new.token(&claims())).await.is_ok());
     assert_eq!(server.hits(), 2);
+    assert_eq!(authn.cache_counts(), (0, 2), "a refresh and the retry after it are one lookup");
 
     // The old key is retired; the next refresh drops it.
     server.serve(Some(jwks(&[&new])));

@@ -20,9 +20,9 @@ const MAX_LOCATIONS: usize = 64;
 pub struct AuthnOptions {
     /// Tokens longer than this are refused undecoded (`too_large`).
     pub max_token_bytes: usize,
-    /// Where the cache of verified tokens counts its lookups (a sidecar's metrics); `None`:
-    /// counters of its own, read with [`Authenticator::cache_counts`].
-    pub cache_lookups: Option<CacheLookups>,
+    /// Where the cache of verified tokens counts its lookups: a sidecar's metrics, or by
+    /// default counters of its own (read with [`Authenticator::cache_counts`]).
+    pub cache_lookups: CacheLookups,
 }
 
 /// Counters of the cache of verified tokens: lookups that found the token, and the rest.
@@ -34,7 +34,7 @@ pub struct CacheLookups {
 
 impl Default for AuthnOptions {
     fn default() -> Self {
-        AuthnOptions { max_token_bytes: DEFAULT_MAX_TOKEN_BYTES, cache_lookups: None }
+        AuthnOptions { max_token_bytes: DEFAULT_MAX_TOKEN_BYTES, cache_lookups: CacheLookups::default() }
     }
 }
 
@@ -118,7 +118,7 @@ impl Authenticator {
                 return Err(AuthnError::Options(format!("{h} both carries a token and receives a forwarded claim")));
             }
         }
-        let cache = VerifiedCache::new(options.cache_lookups.clone().unwrap_or_else(CacheLookups::unregistered));
+        let cache = VerifiedCache::new(options.cache_lookups.clone());
         Ok(Authenticator {
             providers: providers.into_iter().map(Arc::new).collect(),
             locations,
@@ -184,10 +184,18 @@ impl Authenticator {
 
     /// Verifies with the keys in hand only: never waits, never triggers a refresh.
     pub fn verify_cached(&self, token: &str) -> Result<Verified, Failure> {
+        if let Some(cached) = self.cache.get(token, u64::MAX) {
+            return cached;
+        }
         self.attempt(token, u64::MAX).map_err(|(f, _)| f)
     }
 
+    /// A token verified before is taken from the cache (one lookup per verification, however
+    /// many attempts a refresh makes).
     async fn verify_in(&self, token: &str, mask: u64) -> Result<Verified, Failure> {
+        if let Some(cached) = self.cache.get(token, mask) {
+            return cached;
+        }
         match self.attempt(token, mask) {
             Ok(v) => Ok(v),
             Err((_, Some(remote))) => {
@@ -204,11 +212,9 @@ impl Authenticator {
         self.cache.counts()
     }
 
-    /// One try with the current keys; a failure that a refresh may cure carries its JWKS.
+    /// One try with the current keys, in full; a failure that a refresh may cure carries its
+    /// JWKS.
     fn attempt(&self, token: &str, mask: u64) -> Result<Verified, (Failure, Option<Arc<super::jwks::RemoteJwks>>)> {
-        if let Some(cached) = self.cache.get(token, mask) {
-            return cached.map_err(|f| (f, None));
-        }
         let parsed = token::parse(token, self.options.max_token_bytes).map_err(|f| (f, None))?;
         // `iss` is read before the signature is checked only to choose the provider; it is
         // trusted once that provider's keys verified the token.
@@ -275,8 +281,9 @@ fn strip_prefix_ignore_case<'a>(value: &'a [u8], prefix: &[u8]) -> Option<&'a [u
     }
 }
 
-impl CacheLookups {
-    fn unregistered() -> CacheLookups {
+impl Default for CacheLookups {
+    /// Counters registered nowhere.
+    fn default() -> CacheLookups {
         let counter = |name| IntCounter::new(name, "lookups of the cache of verified tokens").expect("a valid name");
         CacheLookups { hits: counter("hits"), misses: counter("misses") }
     }

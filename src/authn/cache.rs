@@ -22,7 +22,7 @@ use super::jwks::KeysUsed;
 /// Tokens kept. A token lives in the slot its keyed hash names and a new token evicts the one
 /// there: no lock, no list to maintain, and memory bounded by this many tokens (each at most
 /// `maxTokenBytes`) with their claims. Envoy's default is 100.
-pub const VERIFIED_CACHE_SLOTS: usize = 128;
+const VERIFIED_CACHE_SLOTS: usize = 128;
 
 /// The slot is chosen from the token's last bytes: the signature, which no one can choose for
 /// a token that verifies (a forged one only ever misses).

@@ -159,11 +159,12 @@ impl Current<'_> {
         }
     }
 
-    /// What a verification with these keys leaves for a cache to recheck.
-    pub(crate) fn into_used(self) -> KeysUsed {
+    /// What a verification with these keys leaves for a cache to recheck; `None` while a
+    /// remote set was never fetched (then nothing verified).
+    pub(crate) fn into_used(self) -> Option<KeysUsed> {
         match self {
-            Current::Static(_) => KeysUsed::Fixed,
-            Current::Remote(guard) => KeysUsed::Remote(Guard::into_inner(guard)),
+            Current::Static(_) => Some(KeysUsed::Fixed),
+            Current::Remote(guard) => Guard::into_inner(guard).map(KeysUsed::Remote),
         }
     }
 }
@@ -174,7 +175,7 @@ pub(crate) enum KeysUsed {
     /// A shared secret, or a JWKS from a file or inline text: fixed for the provider's life
     /// (a changed file is a new policy snapshot, with a new provider).
     Fixed,
-    Remote(Option<Arc<KeySet>>),
+    Remote(Arc<KeySet>),
 }
 
 impl KeySource {
@@ -183,10 +184,10 @@ impl KeySource {
     pub(crate) fn still_in_force(&self, used: &KeysUsed) -> bool {
         match (self, used) {
             (_, KeysUsed::Fixed) => true,
-            (KeySource::Remote(remote), KeysUsed::Remote(Some(set))) => {
+            (KeySource::Remote(remote), KeysUsed::Remote(set)) => {
                 remote.shared.keys.load().as_ref().is_some_and(|now| Arc::ptr_eq(now, set))
             }
-            (KeySource::Remote(_), KeysUsed::Remote(None)) | (KeySource::Static(_), KeysUsed::Remote(_)) => false,
+            (KeySource::Static(_), KeysUsed::Remote(_)) => false,
         }
     }
 }

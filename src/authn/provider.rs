@@ -175,9 +175,8 @@ impl Provider {
             let kid = kid.map_or_else(|| "(none)".to_string(), |k| format!("{:?}", super::token::truncate(k)));
             Failure::new(Reason::UnknownKey, format!("no {} key with kid {kid}", token.alg))
         };
-        let Some(set) = current.get() else {
-            return Err((Failure::new(Reason::UnknownKey, "the JWKS has not been fetched yet"), remote));
-        };
+        let not_fetched = || (Failure::new(Reason::UnknownKey, "the JWKS has not been fetched yet"), remote);
+        let Some(set) = current.get() else { return Err(not_fetched()) };
         match set.lookup(kid, token.alg) {
             Lookup::Unknown => Err((unknown(), remote)),
             Lookup::WrongAlgorithm => Err((
@@ -187,7 +186,7 @@ impl Provider {
             Lookup::Found(keys) => {
                 if keys.iter().any(|k| k.verify(token.alg, token.signing_input, &token.signature)) {
                     drop(keys);
-                    Ok(current.into_used())
+                    current.into_used().ok_or_else(not_fetched)
                 } else {
                     Err((Failure::new(Reason::BadSignature, format!("{} signature does not verify", token.alg)), None))
                 }

@@ -373,10 +373,10 @@ impl PolicySnapshot {
             None
         } else {
             let options = AuthnOptions {
-                cache_lookups: Some(CacheLookups {
+                cache_lookups: CacheLookups {
                     hits: metrics.authn_cache_lookups.with_label_values(&["hit"]),
                     misses: metrics.authn_cache_lookups.with_label_values(&["miss"]),
-                }),
+                },
                 ..AuthnOptions::default()
             };
             match Authenticator::new(providers, options) {
