@@ -54,10 +54,7 @@ impl RequestId {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let value = ((splitmix64(n ^ a) as u128) << 64) | splitmix64(n.wrapping_add(b)) as u128;
         let mut id = RequestId { buf: [0; MAX_LEN], len: 32 };
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for i in 0..32 {
-            id.buf[i] = HEX[((value >> (124 - 4 * i)) & 0xf) as usize];
-        }
+        crate::telemetry::hex_into(&mut id.buf[..32], &value.to_be_bytes());
         id
     }
 

@@ -446,8 +446,8 @@ fn b3(headers: &HeaderMap, propagators: Propagators) -> Option<B3Parent> {
     context.is_valid().then_some(B3Parent { context, deferred })
 }
 
-/// Lowercase hex of `bytes` into `out`, which is twice as long.
-fn hex_into(out: &mut [u8], bytes: &[u8]) {
+/// Lowercase hex of `bytes` into `out`, which is twice as long: trace context and request ids.
+pub(crate) fn hex_into(out: &mut [u8], bytes: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     debug_assert_eq!(out.len(), 2 * bytes.len());
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
