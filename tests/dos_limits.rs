@@ -91,6 +91,24 @@ async fn a_stalled_http1_body_gets_408_and_the_connection_closes_on_both_listene
     assert_eq!(series(s.sidecar.admin, &closed("inbound", "body_timeout")).await, 1);
 }
 
+/// An HTTP/2 caller over mutual TLS to a sidecar whose app speaks HTTP/1.1.
+async fn h2_caller(s: &Single) -> h2::client::SendRequest<bytes::Bytes> {
+    let tls = mtls(s.sidecar.inbound, &s.client, b"h2").await;
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(connection);
+    client.ready().await.unwrap()
+}
+
+async fn read_all(body: &mut h2::RecvStream) -> String {
+    let mut text = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    String::from_utf8_lossy(&text).to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_http2_body_gets_408_on_its_stream() {
     let s = Single::start(|c| {
@@ -98,27 +116,102 @@ async fn a_stalled_http2_body_gets_408_on_its_stream() {
         c.inbound.app_protocol = palisade::config::AppProtocol::Http1;
     })
     .await;
-    let tls = mtls(s.sidecar.inbound, &s.client, b"h2").await;
-    let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(connection);
-    let request = http::Request::post("https://orders.shop/upload")
-        .header("content-type", "text/plain")
-        .header("content-length", "100")
-        .body(())
-        .unwrap();
-    let (response, mut body) = client.send_request(request, false).unwrap();
-    body.send_data(bytes::Bytes::from_static(b"0123456789"), false).unwrap();
-    let started = Instant::now();
-    let response = tokio::time::timeout(BOUND, response).await.expect("answered within the bound").unwrap();
-    assert_eq!(response.status(), 408);
-    assert!(started.elapsed() >= BODY_TIMEOUT - Duration::from_millis(100), "after {:?}", started.elapsed());
-    let mut answer = response.into_body();
-    let mut text = Vec::new();
-    while let Some(chunk) = answer.data().await {
-        text.extend_from_slice(&chunk.unwrap());
+    // A small declared body (read whole before the app sees the request), a large one and one
+    // of no declared length (both passed to the app as they arrive): each stalls after 10 bytes.
+    let cases = [("small declared", Some("100")), ("large declared", Some("1000000")), ("undeclared", None)];
+    for (n, (what, length)) in cases.into_iter().enumerate() {
+        let mut client = h2_caller(&s).await;
+        let mut request = http::Request::post("https://orders.shop/upload").header("content-type", "text/plain");
+        if let Some(length) = length {
+            request = request.header("content-length", length);
+        }
+        let (response, mut body) = client.send_request(request.body(()).unwrap(), false).unwrap();
+        body.send_data(bytes::Bytes::from_static(b"0123456789"), false).unwrap();
+        let started = Instant::now();
+        let response = tokio::time::timeout(BOUND, response).await.expect(what).unwrap();
+        assert_eq!(response.status(), 408, "{what}");
+        assert!(
+            started.elapsed() >= BODY_TIMEOUT - Duration::from_millis(100),
+            "{what}: after {:?}",
+            started.elapsed()
+        );
+        let text = read_all(&mut response.into_body()).await;
+        assert!(text.contains(r#""error":"request_timeout""#), "{what}: {text}");
+        assert_eq!(series(s.sidecar.admin, &closed("inbound", "body_timeout")).await, n as u64 + 1, "{what}");
     }
-    assert!(String::from_utf8_lossy(&text).contains(r#""error":"request_timeout""#));
-    assert_eq!(series(s.sidecar.admin, &closed("inbound", "body_timeout")).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_http2_body_of_no_declared_length_reaches_the_app_whole() {
+    let s = Single::start(|c| c.inbound.app_protocol = palisade::config::AppProtocol::Http1).await;
+    let mut client = h2_caller(&s).await;
+    let request = http::Request::post("https://orders.shop/upload").body(()).unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    // 300 pieces of 1 KiB, far past what the sidecar reads whole (h2 sends them as the
+    // window allows).
+    let piece = bytes::Bytes::from(vec![b'x'; 1024]);
+    for i in 0..300 {
+        body.send_data(piece.clone(), i == 299).unwrap();
+    }
+    let response = tokio::time::timeout(BOUND, response).await.expect("answered").unwrap();
+    assert_eq!(response.status(), 200);
+    let text = read_all(&mut response.into_body()).await;
+    assert!(text.contains(r#""body_bytes":307200"#), "{text}");
+}
+
+/// An app that answers `413` as soon as it has a request head, without reading the body, and
+/// keeps the connection: the sidecar must not pool it, as the rest of the body would be read as
+/// the next request. Counts the connections it accepted.
+async fn refusing_app() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 4\r\n\r\nbig!";
+                if conn.write_all(answer).await.is_err() {
+                    return;
+                }
+                // Reads (and drops) whatever else comes, until the sidecar closes.
+                while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_answers_before_the_streamed_body_ends_is_heard_and_its_connection_not_reused() {
+    let (app, accepted) = refusing_app().await;
+    let s = Single::start(|c| {
+        c.inbound.app = palisade::config::ListenAddr(app);
+        c.inbound.app_protocol = palisade::config::AppProtocol::Http1;
+    })
+    .await;
+    let mut client = h2_caller(&s).await;
+    for i in 1..=2 {
+        let request = http::Request::post("https://orders.shop/upload").body(()).unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        // A first piece of an unannounced body; the rest would follow, were it wanted.
+        body.send_data(bytes::Bytes::from(vec![b'x'; 100 * 1024]), false).unwrap();
+        let response = tokio::time::timeout(BOUND, response).await.expect("answered").unwrap();
+        assert_eq!(response.status(), 413, "request {i}");
+        assert_eq!(read_all(&mut response.into_body()).await, "big!", "request {i}");
+        client = client.ready().await.unwrap();
+        // Each request had a connection of its own: the first, left mid-body, was not reused.
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), i, "request {i}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

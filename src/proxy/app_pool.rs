@@ -9,9 +9,11 @@
 //! that machinery is most of what the sidecar does. Here such a request is written to a pooled
 //! connection and its answer copied back, with the same request rewriting as pingora's proxy
 //! would do. A small body is read whole first (it is one DATA frame or a few), so the request is
-//! written at once and, when it is safe to repeat, can be sent again. Larger or unannounced
-//! bodies (streams, gRPC), `Expect`, upgrades and apps spoken to over HTTP/2 still go through
-//! pingora, which carries both directions at once.
+//! written at once and, when it is safe to repeat, can be sent again. A larger or unannounced
+//! body is passed on as it arrives, each wait for it held to `limits.bodyTimeout` (pingora's own
+//! HTTP/2 body reads have no timer, so a caller could otherwise hold a stream and an app
+//! connection open with a body that never ends). `Expect`, upgrades and apps spoken to over
+//! HTTP/2 (gRPC) still go through pingora.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -50,6 +52,33 @@ const HELD_BODY_MAX: u64 = 64 * 1024;
 const HOP_BY_HOP: [HeaderName; 4] =
     [header::PROXY_AUTHENTICATE, header::PROXY_AUTHORIZATION, header::TE, header::TRAILER];
 
+/// How [`AppPool::forward`] takes a request's body (see [`AppPool::serves`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyMode {
+    Held,
+    Streamed,
+}
+
+/// A request body as [`AppPool::forward`] sends it.
+pub enum Body<'a> {
+    /// Read whole before the request is sent ([`held_body`]); empty when there is none.
+    Held(Bytes),
+    /// Read from the caller as the app takes it: each wait for the caller held to `timeout`,
+    /// each piece passed to `count` (the inbound's maxBodyBytes count) before it is sent.
+    Streamed {
+        timeout: &'a super::BodyTimeout,
+        count: &'a mut (dyn FnMut(usize) -> pingora::Result<()> + Send),
+        /// Some of it was read: the request can no longer be sent again.
+        started: bool,
+    },
+}
+
+impl Body<'_> {
+    fn partly_read(&self) -> bool {
+        matches!(self, Body::Streamed { started: true, .. })
+    }
+}
+
 struct Idle {
     stream: Stream,
     until: Instant,
@@ -69,27 +98,33 @@ impl AppPool {
         AppPool { address, idle: IdleList::default(), sweeping: OnceLock::new(), read_timeout }
     }
 
-    /// Whether [`Self::forward`] serves this request: an HTTP/2 request (every request from a
-    /// peer sidecar) for an app spoken to over HTTP/1.1, whose stream ended with its headers or
-    /// which declares a body of at most [`HELD_BODY_MAX`] bytes and expects no interim answer.
-    /// HTTP/1.1 callers keep pingora's handling of their connection-level headers.
-    pub fn serves(session: &mut Session, app_h2: bool) -> bool {
+    /// Whether [`Self::forward`] serves this request, and how it takes the body: an HTTP/2
+    /// request (every request from a peer sidecar) for an app spoken to over HTTP/1.1 that
+    /// expects no interim answer. Its body is held when it has none or declares at most
+    /// [`HELD_BODY_MAX`] bytes, else streamed. HTTP/1.1 callers keep pingora's handling of
+    /// their connection-level headers.
+    pub fn serves(session: &mut Session, app_h2: bool) -> Option<BodyMode> {
         if app_h2 || !session.is_http2() {
-            return false;
+            return None;
         }
         let req = session.req_header();
-        let small_body =
-            declared_length(req).is_some_and(|n| n <= HELD_BODY_MAX) && !req.headers.contains_key(header::EXPECT);
-        small_body || session.is_body_empty()
+        if req.headers.contains_key(header::EXPECT) {
+            return session.is_body_empty().then_some(BodyMode::Held);
+        }
+        let small_body = declared_length(req).is_some_and(|n| n <= HELD_BODY_MAX);
+        Some(match small_body || session.is_body_empty() {
+            true => BodyMode::Held,
+            false => BodyMode::Streamed,
+        })
     }
 
-    /// Sends `request` (see [`app_request`]) and the request's `body` (see [`held_body`]) to the
-    /// app and writes its answer to the caller. A reused connection the app had closed costs no
-    /// idempotent request: it is sent once more on a new connection.
+    /// Sends `request` (see [`app_request`]) and the request's body to the app and writes its
+    /// answer to the caller. A reused connection the app had closed costs no idempotent request
+    /// whose body is still whole: it is sent once more on a new connection.
     pub async fn forward(
         &self,
         session: &mut Session,
-        body: Bytes,
+        mut body: Body<'_>,
         request: impl Fn(&Session) -> pingora::Result<RequestHeader>,
     ) -> pingora::Result<()> {
         let mut retried = false;
@@ -99,22 +134,33 @@ impl AppPool {
             let (stream, reused) = self.take(!retried).await?;
             let mut app = AppSession::new(stream);
             app.read_timeout = self.read_timeout;
-            let request = request(session)?;
-            match exchange(session, &mut app, request, &body).await {
-                Ok(()) => {
-                    app.respect_keepalive();
-                    let idle_for = keep_alive_timeout(&app).unwrap_or(IDLE_TIMEOUT);
-                    if let Some(stream) = app.reuse().await {
-                        self.put(stream, idle_for);
+            let mut request = request(session)?;
+            if matches!(body, Body::Streamed { .. }) && !request.headers.contains_key(header::CONTENT_LENGTH) {
+                request.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+            }
+            match exchange(session, &mut app, request, &mut body).await {
+                Ok(request_done) => {
+                    // An app that answered before it had the whole body leaves the connection
+                    // in the middle of a request.
+                    if request_done {
+                        app.respect_keepalive();
+                        let idle_for = keep_alive_timeout(&app).unwrap_or(IDLE_TIMEOUT);
+                        if let Some(stream) = app.reuse().await {
+                            self.put(stream, idle_for);
+                        }
                     }
                     return Ok(());
                 }
                 Err(mut e) => {
                     let app_side = e.esource() == &pingora::ErrorSource::Upstream;
                     // The app may have acted on a request it read before closing; only one that
-                    // is safe to repeat (RFC 9110 §9.2.2) is sent again.
+                    // is safe to repeat (RFC 9110 §9.2.2) is sent again, and only while the
+                    // body is still whole.
                     let idempotent = session.req_header().method.is_idempotent();
-                    if retried || !(app_side && idempotent && super::may_send_again(&mut e, reused, session)) {
+                    if retried
+                        || body.partly_read()
+                        || !(app_side && idempotent && super::may_send_again(&mut e, reused, session))
+                    {
                         return Err(e);
                     }
                     retried = true;
@@ -306,25 +352,62 @@ pub fn app_request(session: &Session) -> pingora::Result<RequestHeader> {
     Ok(request)
 }
 
+/// One request and its answer on `app`; true when the whole request body went to the app (the
+/// connection is then between requests once the answer has been read).
 async fn exchange(
     session: &mut Session,
     app: &mut AppSession,
     request: RequestHeader,
-    body: &Bytes,
-) -> pingora::Result<()> {
+    body: &mut Body<'_>,
+) -> pingora::Result<bool> {
     app.write_request_header(Box::new(request)).await.map_err(Error::into_up)?;
-    if !body.is_empty() {
-        app.write_body(body).await.map_err(Error::into_up)?;
-        app.finish_body().await.map_err(Error::into_up)?;
-    }
-    loop {
-        let task = tokio::select! {
-            task = app.read_response_task() => task.map_err(Error::into_up)?,
-            // The caller reset its stream (a long poll given up): the app's connection is closed
-            // now instead of held until the app answers.
-            _ = session.read_body_or_idle(true) => {
-                return Err(Error::explain(ErrorType::ConnectionClosed, "the caller reset its stream").into_down());
+    let mut request_done = match body {
+        Body::Held(held) => {
+            if !held.is_empty() {
+                app.write_body(held).await.map_err(Error::into_up)?;
+                app.finish_body().await.map_err(Error::into_up)?;
             }
+            true
+        }
+        Body::Streamed { .. } => false,
+    };
+    // A held body is sent already: its timer is never awaited.
+    let idle = match body {
+        Body::Streamed { timeout, .. } => timeout.timeout,
+        Body::Held(_) => Duration::ZERO,
+    };
+    // From the last body bytes read or passed on: how long the caller may keep the rest. The
+    // app answering meanwhile does not count, as on the outbound side.
+    let stalled = tokio::time::sleep(idle);
+    tokio::pin!(stalled);
+    loop {
+        // Only reads race; each write happens once its branch has won (pingora's reads of a
+        // response head and of an HTTP/2 body are both safe to drop half-way).
+        let task = tokio::select! {
+            // Once the body is in, this watches for the caller resetting its stream (a long poll
+            // given up): the app's connection is closed then instead of held until it answers.
+            read = session.read_body_or_idle(request_done) => {
+                let (false, Body::Streamed { count, started, .. }) = (request_done, &mut *body) else {
+                    return Err(Error::explain(ErrorType::ConnectionClosed, "the caller reset its stream").into_down());
+                };
+                let read = read.map_err(Error::into_down)?;
+                *started = true;
+                let ended = read.is_none();
+                if let Some(piece) = read.filter(|piece| !piece.is_empty()) {
+                    count(piece.len())?;
+                    app.write_body(&piece).await.map_err(Error::into_up)?;
+                }
+                // The last piece leaves the body done (a further read would wait for the
+                // caller's next move instead of saying so).
+                if ended || session.is_body_done() {
+                    app.finish_body().await.map_err(Error::into_up)?;
+                    request_done = true;
+                }
+                stalled.as_mut().reset(tokio::time::Instant::now() + idle);
+                continue;
+            }
+            () = &mut stalled, if !request_done => return Err(super::body_timed_out()),
+            task = app.read_response_task() => task.map_err(Error::into_up)?,
         };
         match task {
             // Nothing asked to switch protocols (HTTP/2 carries no Upgrade): the app is wrong.
@@ -334,23 +417,23 @@ async fn exchange(
                 );
             }
             // An interim answer cannot be forwarded to an HTTP/2 caller before the final one
-            // (pingora drops it too); the body, if any, is sent already.
+            // (pingora drops it too).
             HttpTask::Header(header, _) if header.status.is_informational() => {}
             HttpTask::Header(header, end) => {
                 super::forward::write_header(session, header, end).await?;
                 if end {
-                    return Ok(());
+                    return Ok(request_done);
                 }
             }
             HttpTask::Body(data, end) => {
                 session.write_response_body(data, end).await.map_err(Error::into_down)?;
                 if end {
-                    return Ok(());
+                    return Ok(request_done);
                 }
             }
             HttpTask::Done => {
                 session.write_response_body(Some(Bytes::new()), true).await.map_err(Error::into_down)?;
-                return Ok(());
+                return Ok(request_done);
             }
             _ => {}
         }

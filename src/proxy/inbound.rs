@@ -19,7 +19,7 @@ use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
-use super::app_pool::{self, AppPool};
+use super::app_pool::{self, AppPool, Body, BodyMode};
 use super::record::{self, RequestCtx};
 use super::respond::{self, fail, is_decision};
 use super::{peer_identity, RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER, XFCC_HEADER};
@@ -168,27 +168,37 @@ impl InboundCtx {
     /// Counts body bytes as they arrive against maxBodyBytes: a body of unannounced length is
     /// refused (413) as it crosses the limit.
     fn count_body(&mut self, len: usize) -> pingora::Result<()> {
-        self.body_seen += len as u64;
-        match self.body_limit {
-            Some(max) if self.body_seen > max => {
-                self.request.refusal = Some(Refusal::PayloadTooLarge);
-                Err(Error::explain(ErrorType::HTTPStatus(413), "body over maxBodyBytes"))
-            }
-            _ => Ok(()),
+        let counted = count_body(&mut self.body_seen, self.body_limit, len);
+        if counted.as_ref().is_err_and(is_over_body_limit) {
+            self.request.refusal = Some(Refusal::PayloadTooLarge);
         }
+        counted
     }
+}
+
+/// Adds `len` body bytes to `seen`; past the policy's `maxBodyBytes` the request fails (413).
+fn count_body(seen: &mut u64, limit: Option<u64>, len: usize) -> pingora::Result<()> {
+    *seen += len as u64;
+    match limit {
+        Some(max) if *seen > max => Err(Error::explain(ErrorType::HTTPStatus(413), "body over maxBodyBytes")),
+        _ => Ok(()),
+    }
+}
+
+fn is_over_body_limit(e: &Box<Error>) -> bool {
+    e.etype() == &ErrorType::HTTPStatus(413)
 }
 
 /// What only this sidecar may tell the app: who the caller is (any `x-forwarded-client-cert`
 /// from outside is dropped), the request id and the trace context.
-fn add_sidecar_headers(session: &Session, upstream: &mut RequestHeader, ctx: &InboundCtx) -> pingora::Result<()> {
+fn add_sidecar_headers(session: &Session, upstream: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
     upstream.remove_header(XFCC_HEADER);
     upstream.remove_header(ORIG_PROTO_HEADER);
     if let Some(peer) = peer_identity(session) {
         upstream.insert_header(XFCC_HEADER, peer.xfcc.clone())?;
     }
-    upstream.insert_header(REQUEST_ID_HEADER, ctx.request.id.header_value())?;
-    record::propagate(upstream, &ctx.request)
+    upstream.insert_header(REQUEST_ID_HEADER, ctx.id.header_value())?;
+    record::propagate(upstream, ctx)
 }
 
 /// The app sees the path the policy judged, at the authority the caller named (an HTTP/2
@@ -332,22 +342,41 @@ impl ProxyHttp for Inbound {
         }
         let app = self.app.address(port);
         ctx.app = Some(app);
-        if AppPool::serves(session, ctx.app_h2) {
+        // A streamed body the WAF reads goes through pingora's replay buffer below.
+        let served = AppPool::serves(session, ctx.app_h2).filter(|mode| *mode == BodyMode::Held || !inspect);
+        if let Some(mode) = served {
             let Some(pool) = self.app.pool(app) else {
                 return Err(Error::explain(ErrorType::ConnectRefused, "more app ports than a pod has"));
             };
-            let body = app_pool::held_body(session, &self.body_timeout, |len| ctx.count_body(len)).await?;
-            if inspect {
-                if let Some(refusal) = self.inspect_body(&policy, session, ctx, &body) {
-                    return self.refuse(session, ctx, refusal).await;
+            let body = match mode {
+                BodyMode::Held => {
+                    let body = app_pool::held_body(session, &self.body_timeout, |len| ctx.count_body(len)).await?;
+                    if inspect {
+                        if let Some(refusal) = self.inspect_body(&policy, session, ctx, &body) {
+                            return self.refuse(session, ctx, refusal).await;
+                        }
+                    }
+                    Some(body)
                 }
-            }
-            pool.forward(session, body, |session| {
+                BodyMode::Streamed => None,
+            };
+            let request = |session: &Session| {
                 let mut request = app_pool::app_request(session)?;
-                add_sidecar_headers(session, &mut request, ctx)?;
+                add_sidecar_headers(session, &mut request, &ctx.request)?;
                 Ok(request)
-            })
-            .await?;
+            };
+            if let Some(body) = body {
+                pool.forward(session, Body::Held(body), request).await?;
+                return Ok(true);
+            }
+            let (seen, limit) = (&mut ctx.body_seen, ctx.body_limit);
+            let mut count = |len| count_body(seen, limit, len);
+            let body = Body::Streamed { timeout: &self.body_timeout, count: &mut count, started: false };
+            let forwarded = pool.forward(session, body, request).await;
+            if forwarded.as_ref().is_err_and(is_over_body_limit) {
+                ctx.request.refusal = Some(Refusal::PayloadTooLarge);
+            }
+            forwarded?;
             return Ok(true);
         }
         if let (true, Some(plan)) = (inspect, plan) {
@@ -400,7 +429,7 @@ impl ProxyHttp for Inbound {
         upstream: &mut RequestHeader,
         ctx: &mut InboundCtx,
     ) -> pingora::Result<()> {
-        add_sidecar_headers(session, upstream, ctx)
+        add_sidecar_headers(session, upstream, &ctx.request)
     }
 
     fn fail_to_connect(
