@@ -169,7 +169,7 @@ impl InboundCtx {
     /// refused (413) as it crosses the limit.
     fn count_body(&mut self, len: usize) -> pingora::Result<()> {
         let counted = count_body(&mut self.body_seen, self.body_limit, len);
-        if counted.as_ref().is_err_and(is_over_body_limit) {
+        if counted.as_ref().is_err_and(|e| is_over_body_limit(e)) {
             self.request.refusal = Some(Refusal::PayloadTooLarge);
         }
         counted
@@ -185,7 +185,7 @@ fn count_body(seen: &mut u64, limit: Option<u64>, len: usize) -> pingora::Result
     }
 }
 
-fn is_over_body_limit(e: &Box<Error>) -> bool {
+fn is_over_body_limit(e: &Error) -> bool {
     e.etype() == &ErrorType::HTTPStatus(413)
 }
 
@@ -373,7 +373,7 @@ impl ProxyHttp for Inbound {
             let mut count = |len| count_body(seen, limit, len);
             let body = Body::Streamed { timeout: &self.body_timeout, count: &mut count, started: false };
             let forwarded = pool.forward(session, body, request).await;
-            if forwarded.as_ref().is_err_and(is_over_body_limit) {
+            if forwarded.as_ref().is_err_and(|e| is_over_body_limit(e)) {
                 ctx.request.refusal = Some(Refusal::PayloadTooLarge);
             }
             forwarded?;
