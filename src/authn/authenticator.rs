@@ -69,6 +69,9 @@ struct VerifiedToken {
     provider: Arc<Provider>,
     principal: String,
     claims: Claims,
+    /// The `forwardClaims` headers, made once: a token from the cache sets them without
+    /// reading its claims again.
+    forwarded: Vec<(HeaderName, HeaderValue)>,
 }
 
 // === impl Authenticator ===
@@ -270,7 +273,8 @@ fn verified(
     claims: Claims,
 ) -> Result<Verified, (Failure, Option<Arc<super::jwks::RemoteJwks>>)> {
     let principal = provider.principal(&claims).map_err(|f| (f, None))?;
-    Ok(Verified(Arc::new(VerifiedToken { provider: provider.clone(), principal, claims })))
+    let forwarded = provider.forward_headers(&claims);
+    Ok(Verified(Arc::new(VerifiedToken { provider: provider.clone(), principal, claims, forwarded })))
 }
 
 fn strip_prefix_ignore_case<'a>(value: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
@@ -317,8 +321,8 @@ impl Verified {
     /// The `forwardClaims` headers to set on the request to the app (after removing
     /// [`Authenticator::forwarded_headers`]). A claim that is absent, an object, or not a valid
     /// header value sets nothing.
-    pub fn forward_headers(&self) -> Vec<(HeaderName, HeaderValue)> {
-        self.0.provider.forward_headers(&self.0.claims)
+    pub fn forward_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.0.forwarded
     }
 
     /// Headers to remove so the token does not reach the app (Envoy's and Istio's default);

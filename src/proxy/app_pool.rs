@@ -125,7 +125,7 @@ impl AppPool {
         &self,
         session: &mut Session,
         mut body: Body<'_>,
-        request: impl Fn(&Session) -> pingora::Result<RequestHeader>,
+        request: impl Fn(&Session) -> pingora::Result<http::request::Parts>,
     ) -> pingora::Result<()> {
         let mut retried = false;
         loop {
@@ -136,9 +136,9 @@ impl AppPool {
             app.read_timeout = self.read_timeout;
             let mut request = request(session)?;
             if matches!(body, Body::Streamed { .. }) && !request.headers.contains_key(header::CONTENT_LENGTH) {
-                request.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+                request.headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
             }
-            match exchange(session, &mut app, request, &mut body).await {
+            match exchange(session, &mut app, RequestHeader::from(request), &mut body).await {
                 Ok(request_done) => {
                     // An app that answered before it had the whole body leaves the connection
                     // in the middle of a request.
@@ -330,12 +330,14 @@ fn parse_keep_alive_timeout(value: &str) -> Option<Duration> {
 }
 
 /// The caller's HTTP/2 request as the app gets it over HTTP/1.1: `:authority` becomes `Host`,
-/// hop-by-hop headers are dropped.
-pub fn app_request(session: &Session) -> pingora::Result<RequestHeader> {
-    let mut request = session.req_header().clone();
-    request.set_version(Version::HTTP_11);
+/// hop-by-hop headers are dropped. Plain parts, so the headers the sidecar adds go into the map
+/// as they are (pingora's header would parse and copy each name); an HTTP/2 request's target is
+/// its URI, so nothing of it is lost.
+pub fn app_request(session: &Session) -> pingora::Result<http::request::Parts> {
+    let mut request = session.req_header().as_owned_parts();
+    request.version = Version::HTTP_11;
     for name in super::CONNECTION_SPECIFIC.iter().chain(&HOP_BY_HOP) {
-        request.remove_header(name);
+        request.headers.remove(name);
     }
     match request.uri.authority() {
         Some(authority) if authority.as_str().contains('@') => {
@@ -344,9 +346,11 @@ pub fn app_request(session: &Session) -> pingora::Result<RequestHeader> {
         Some(authority) => {
             let host = HeaderValue::from_str(authority.as_str())
                 .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "authority is not a Host").into_down())?;
-            request.insert_header(header::HOST, host)?;
+            request.headers.insert(header::HOST, host);
         }
-        None if !request.headers.contains_key(header::HOST) => request.insert_header(header::HOST, "")?,
+        None if !request.headers.contains_key(header::HOST) => {
+            request.headers.insert(header::HOST, HeaderValue::from_static(""));
+        }
         None => {}
     }
     Ok(request)

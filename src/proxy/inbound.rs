@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
+use http::header::{HeaderName, CONTENT_TYPE};
 use opentelemetry::trace::SpanKind;
 use pingora::http::RequestHeader;
 use pingora::modules::http::HttpModules;
@@ -20,9 +20,10 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
 use super::app_pool::{self, AppPool, Body, BodyMode};
-use super::record::{self, RequestCtx};
+use super::record::{self, Outgoing, RequestCtx};
 use super::respond::{self, fail, is_decision};
 use super::{peer_identity, RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER, XFCC_HEADER};
+use crate::authn::Verified;
 use crate::config::AppProtocol;
 use crate::policy::{Authenticated, PolicySnapshot, PolicyStore, Refusal, RequestView};
 use crate::telemetry::Telemetry;
@@ -44,6 +45,8 @@ pub struct InboundCtx {
     app: Option<SocketAddr>,
     body_limit: Option<u64>,
     body_seen: u64,
+    /// The caller's verified token, whose forwarded claims the app gets.
+    token: Option<Verified>,
 }
 
 /// The app, and its keep-alive connections: at one address, or (`inbound.app` with port 0) at
@@ -191,14 +194,25 @@ fn is_over_body_limit(e: &Error) -> bool {
 
 /// What only this sidecar may tell the app: who the caller is (any `x-forwarded-client-cert`
 /// from outside is dropped), the request id and the trace context.
-fn add_sidecar_headers(session: &Session, upstream: &mut RequestHeader, ctx: &RequestCtx) -> pingora::Result<()> {
-    upstream.remove_header(XFCC_HEADER);
-    upstream.remove_header(ORIG_PROTO_HEADER);
+fn add_sidecar_headers(
+    session: &Session,
+    upstream: &mut impl Outgoing,
+    request: &RequestCtx,
+    token: Option<&Verified>,
+) -> pingora::Result<()> {
+    const XFCC: HeaderName = HeaderName::from_static(XFCC_HEADER);
+    const ORIG_PROTO: HeaderName = HeaderName::from_static(ORIG_PROTO_HEADER);
+    const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+    upstream.remove(&XFCC);
+    upstream.remove(&ORIG_PROTO);
     if let Some(peer) = peer_identity(session) {
-        upstream.insert_header(XFCC_HEADER, peer.xfcc.clone())?;
+        upstream.set(XFCC, peer.xfcc.clone())?;
     }
-    upstream.insert_header(REQUEST_ID_HEADER, ctx.id.header_value())?;
-    record::propagate(upstream, ctx)
+    for (name, value) in token.map_or(&[][..], Verified::forward_headers) {
+        upstream.set(name.clone(), value.clone())?;
+    }
+    upstream.set(REQUEST_ID, request.id.header_value())?;
+    record::propagate(upstream, request)
 }
 
 /// The app sees the path the policy judged, at the authority the caller named (an HTTP/2
@@ -234,7 +248,7 @@ impl ProxyHttp for Inbound {
     }
 
     fn new_ctx(&self) -> InboundCtx {
-        InboundCtx { request: RequestCtx::new(), app_h2: false, app: None, body_limit: None, body_seen: 0 }
+        InboundCtx { request: RequestCtx::new(), app_h2: false, app: None, body_limit: None, body_seen: 0, token: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<bool> {
@@ -311,19 +325,13 @@ impl ProxyHttp for Inbound {
         if let Some(path) = normalized {
             set_path(session, path)?;
         }
-        // What only this sidecar may tell the app about the caller's token.
-        let mut claims = Vec::new();
-        let token = auth.as_ref().ok().and_then(Option::as_ref);
-        policy.app_headers(
-            token,
-            |name| {
-                session.req_header_mut().remove_header(name);
-            },
-            |name, value| claims.push((name, value)),
-        );
-        for (name, value) in claims {
-            session.req_header_mut().insert_header(name, value)?;
+        // What only this sidecar may tell the app about the caller's token: what the caller
+        // sent in its place goes now, the token's claims are set with the sidecar's headers.
+        let token = auth.ok().flatten();
+        for name in policy.removed_app_headers(token.as_ref()) {
+            session.req_header_mut().remove_header(name);
         }
+        ctx.token = token;
         // Step 6 on the body, when a WAF reads this type: read before anything is forwarded.
         let plan = if session.is_body_empty() {
             None
@@ -362,7 +370,7 @@ impl ProxyHttp for Inbound {
             };
             let request = |session: &Session| {
                 let mut request = app_pool::app_request(session)?;
-                add_sidecar_headers(session, &mut request, &ctx.request)?;
+                add_sidecar_headers(session, &mut request, &ctx.request, ctx.token.as_ref())?;
                 Ok(request)
             };
             if let Some(body) = body {
@@ -429,7 +437,7 @@ impl ProxyHttp for Inbound {
         upstream: &mut RequestHeader,
         ctx: &mut InboundCtx,
     ) -> pingora::Result<()> {
-        add_sidecar_headers(session, upstream, &ctx.request)
+        add_sidecar_headers(session, upstream, &ctx.request, ctx.token.as_ref())
     }
 
     fn fail_to_connect(
