@@ -62,13 +62,13 @@ pub fn to_h2(request: &RequestHeader) -> pingora::Result<http::request::Parts> {
         headers.remove(header::EXPECT);
         if parts.uri.authority().is_none() {
             let host = headers.remove(header::HOST).ok_or_else(|| invalid("no Host header"))?;
-            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            parts.uri = http::Uri::builder()
-                .scheme("https")
-                .authority(host.as_bytes())
-                .path_and_query(path)
-                .build()
-                .map_err(|_| invalid("Host is not an authority"))?;
+            // The target is moved, not copied, into the new URI.
+            let mut uri = std::mem::take(&mut parts.uri).into_parts();
+            uri.scheme = Some(http::uri::Scheme::HTTPS);
+            uri.authority =
+                Some(http::uri::Authority::try_from(host.as_bytes()).map_err(|_| invalid("Host is not an authority"))?);
+            uri.path_and_query.get_or_insert(http::uri::PathAndQuery::from_static("/"));
+            parts.uri = http::Uri::from_parts(uri).map_err(|_| invalid("Host is not an authority"))?;
         } else {
             headers.remove(header::HOST);
         }
