@@ -16,11 +16,11 @@ pub use logging::{LogFormat, LogLevel};
 pub use metrics::Metrics;
 pub use recorder::{Destinations, Fnv1a, Recorded, RequestRecorder, MAX_DESTINATIONS, OTHER_DESTINATION};
 pub use refusals::{RefusalCounter, RefusalReason, Refusals};
-pub(crate) use traces::hex_into;
 pub use traces::{
     header_names as trace_headers, ParentRoot, Propagators, RequestSpan, SamplerChoice, SpanEnd, TraceCounters,
     TraceSettings, Traces,
 };
+pub(crate) use traces::{hex_into, unique_header_value};
 
 use crate::config::TelemetryConfig;
 use lines::JsonLines;

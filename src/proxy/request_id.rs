@@ -80,7 +80,7 @@ impl RequestId {
     }
 
     pub fn header_value(&self) -> HeaderValue {
-        HeaderValue::from_bytes(&self.buf[..self.len as usize]).expect("ids are valid header bytes")
+        crate::telemetry::unique_header_value(&self.buf[..self.len as usize])
     }
 }
 
@@ -101,6 +101,8 @@ mod tests {
         assert_ne!(a.as_str(), b.as_str());
         assert_eq!(a.as_str().len(), 32);
         assert!(a.as_str().bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a.header_value(), a.as_str());
+        assert!(a.header_value().is_sensitive(), "new on every request: never entered in an HPACK table");
     }
 
     #[test]

@@ -309,7 +309,7 @@ impl RequestSpan {
         hex_into(&mut buf[3..35], &cx.trace_id().to_bytes());
         hex_into(&mut buf[36..52], &cx.span_id().to_bytes());
         hex_into(&mut buf[53..55], &[cx.trace_flags().to_u8() & TraceFlags::SAMPLED.to_u8()]);
-        HeaderValue::from_bytes(&buf).expect("hex digits and dashes")
+        unique_header_value(&buf)
     }
 
     /// This span as a single `b3` header: `{trace}-{span}-{0|1}`.
@@ -319,7 +319,7 @@ impl RequestSpan {
         hex_into(&mut buf[..32], &cx.trace_id().to_bytes());
         hex_into(&mut buf[33..49], &cx.span_id().to_bytes());
         buf[50] = if cx.is_sampled() { b'1' } else { b'0' };
-        HeaderValue::from_bytes(&buf).expect("hex digits and dashes")
+        unique_header_value(&buf)
     }
 
     /// This span as `x-b3-traceid`, `x-b3-spanid` and `x-b3-sampled` values.
@@ -329,8 +329,8 @@ impl RequestSpan {
         hex_into(&mut trace, &cx.trace_id().to_bytes());
         hex_into(&mut span, &cx.span_id().to_bytes());
         [
-            HeaderValue::from_bytes(&trace).expect("hex digits"),
-            HeaderValue::from_bytes(&span).expect("hex digits"),
+            unique_header_value(&trace),
+            unique_header_value(&span),
             HeaderValue::from_static(if cx.is_sampled() { "1" } else { "0" }),
         ]
     }
@@ -456,6 +456,16 @@ pub(crate) fn hex_into(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
+/// A header value that is new on every request (trace context, request ids), marked so HPACK
+/// sends it as a literal that is never indexed: indexed, each one would enter the connection's
+/// table on both sidecars (a copy per request) and push out the entries that do repeat, such as
+/// `palisade-orig-proto` or a client's `user-agent`, which then cost a literal again.
+pub(crate) fn unique_header_value(bytes: &[u8]) -> HeaderValue {
+    let mut value = HeaderValue::from_bytes(bytes).expect("ids are valid header bytes");
+    value.set_sensitive(true);
+    value
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,6 +530,9 @@ mod tests {
         assert_eq!(span.b3_single(), format!("{trace}-{id}-1").as_str());
         let [t, s, sampled] = span.b3_multi();
         assert_eq!((t.to_str().unwrap(), s.to_str().unwrap(), sampled.to_str().unwrap()), (&*trace, &*id, "1"));
+        // New on every request: never entered in an HPACK table.
+        assert!(span.traceparent().is_sensitive() && span.b3_single().is_sensitive());
+        assert!(t.is_sensitive() && s.is_sensitive());
 
         // No parent: the root sampler (off here) decides, and the flag says so downstream.
         let root = traces.start("GET", SpanKind::Server, &HeaderMap::new());
