@@ -147,6 +147,7 @@ PIDS=()           # palisade processes we started
 NGINX_PIDFILES=() # nginx masters we started
 TMP=""
 WWW=""            # the app's response body (RESPONSE_BYTES), readable by nginx's worker
+NGX_TMP=""        # nginx's temporary files (request bodies past its buffer), writable by its worker
 
 log() { printf '[pair.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -246,7 +247,14 @@ nginx_stop() {
 # keep-alive limits out of the way, and a stub_status server on its own port.
 nginx_conf() {
     local name=$1 status_port=$2 servers=$3 dir="$TMP/nginx-$1"
-    mkdir -p "$dir/tmp"
+    # nginx's worker (another user than this script) writes a request body larger than its
+    # buffer to a file: in a directory of its own that the worker can reach, not in $TMP beside
+    # the keys and tokens (a body it cannot write there is a 500).
+    if [[ -z $NGX_TMP ]]; then
+        NGX_TMP=$(mktemp -d /tmp/palisade-bench-nginx.XXXXXX)
+        chmod 755 "$NGX_TMP"
+    fi
+    mkdir -p "$dir" "$NGX_TMP/$name"
     cat > "$dir/nginx.conf" <<EOF
 worker_processes 1;
 pid $dir/nginx.pid;
@@ -254,11 +262,11 @@ error_log $dir/error.log warn;
 events { worker_connections 4096; }
 http {
     access_log off;
-    client_body_temp_path $dir/tmp/body;
-    proxy_temp_path $dir/tmp/proxy;
-    fastcgi_temp_path $dir/tmp/fastcgi;
-    uwsgi_temp_path $dir/tmp/uwsgi;
-    scgi_temp_path $dir/tmp/scgi;
+    client_body_temp_path $NGX_TMP/$name/body;
+    proxy_temp_path $NGX_TMP/$name/proxy;
+    fastcgi_temp_path $NGX_TMP/$name/fastcgi;
+    uwsgi_temp_path $NGX_TMP/$name/uwsgi;
+    scgi_temp_path $NGX_TMP/$name/scgi;
     keepalive_requests 1000000;
     keepalive_timeout 75s;
     server {
@@ -493,6 +501,7 @@ cleanup() {
         if [[ ${KEEP_TMP:-0} == 1 ]]; then log "kept $TMP"; else rm -rf "$TMP"; fi
     fi
     [[ -z ${WWW:-} ]] || rm -rf "$WWW"
+    [[ -z ${NGX_TMP:-} ]] || rm -rf "$NGX_TMP"
     [[ $rc == 0 ]] || log "exit $rc; stopped the processes this script started (logs: $OUT/logs)"
     exit "$rc"
 }
