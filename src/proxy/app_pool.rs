@@ -365,20 +365,16 @@ async fn exchange(
     body: &mut Body<'_>,
 ) -> pingora::Result<bool> {
     app.write_request_header(Box::new(request)).await.map_err(Error::into_up)?;
-    let mut request_done = match body {
+    // A held body is sent at once, and its timer is never awaited.
+    let (mut request_done, idle) = match body {
         Body::Held(held) => {
             if !held.is_empty() {
                 app.write_body(held).await.map_err(Error::into_up)?;
                 app.finish_body().await.map_err(Error::into_up)?;
             }
-            true
+            (true, Duration::ZERO)
         }
-        Body::Streamed { .. } => false,
-    };
-    // A held body is sent already: its timer is never awaited.
-    let idle = match body {
-        Body::Streamed { timeout, .. } => timeout.timeout,
-        Body::Held(_) => Duration::ZERO,
+        Body::Streamed { timeout, .. } => (false, timeout.timeout),
     };
     // From the last body bytes read or passed on: how long the caller may keep the rest. The
     // app answering meanwhile does not count, as on the outbound side.

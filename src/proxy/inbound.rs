@@ -21,7 +21,7 @@ use pingora::{Error, ErrorType};
 
 use super::app_pool::{self, AppPool, Body, BodyMode};
 use super::record::{self, Outgoing, RequestCtx};
-use super::respond::{self, fail, is_decision};
+use super::respond::{self, fail, is_decision, ErrorKind};
 use super::{peer_identity, RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER, XFCC_HEADER};
 use crate::authn::Verified;
 use crate::config::AppProtocol;
@@ -43,8 +43,7 @@ pub struct InboundCtx {
     app_h2: bool,
     /// Where this request goes: the app's address (its port the caller's when configured so).
     app: Option<SocketAddr>,
-    body_limit: Option<u64>,
-    body_seen: u64,
+    body: BodyCount,
     /// The caller's verified token, whose forwarded claims the app gets.
     token: Option<Verified>,
 }
@@ -167,29 +166,22 @@ impl Inbound {
     }
 }
 
-impl InboundCtx {
-    /// Counts body bytes as they arrive against maxBodyBytes: a body of unannounced length is
-    /// refused (413) as it crosses the limit.
-    fn count_body(&mut self, len: usize) -> pingora::Result<()> {
-        let counted = count_body(&mut self.body_seen, self.body_limit, len);
-        if counted.as_ref().is_err_and(|e| is_over_body_limit(e)) {
-            self.request.refusal = Some(Refusal::PayloadTooLarge);
+/// A request body's bytes so far against the policy's `maxBodyBytes`, counted as they arrive
+/// wherever the body is read: a body of unannounced length fails (413) as it crosses the limit.
+#[derive(Default)]
+struct BodyCount {
+    seen: u64,
+    limit: Option<u64>,
+}
+
+impl BodyCount {
+    fn count(&mut self, len: usize) -> pingora::Result<()> {
+        self.seen += len as u64;
+        match self.limit {
+            Some(max) if self.seen > max => Err(ErrorKind::PayloadTooLarge.fail("body over maxBodyBytes")),
+            _ => Ok(()),
         }
-        counted
     }
-}
-
-/// Adds `len` body bytes to `seen`; past the policy's `maxBodyBytes` the request fails (413).
-fn count_body(seen: &mut u64, limit: Option<u64>, len: usize) -> pingora::Result<()> {
-    *seen += len as u64;
-    match limit {
-        Some(max) if *seen > max => Err(Error::explain(ErrorType::HTTPStatus(413), "body over maxBodyBytes")),
-        _ => Ok(()),
-    }
-}
-
-fn is_over_body_limit(e: &Error) -> bool {
-    e.etype() == &ErrorType::HTTPStatus(413)
 }
 
 /// What only this sidecar may tell the app: who the caller is (any `x-forwarded-client-cert`
@@ -248,7 +240,7 @@ impl ProxyHttp for Inbound {
     }
 
     fn new_ctx(&self) -> InboundCtx {
-        InboundCtx { request: RequestCtx::new(), app_h2: false, app: None, body_limit: None, body_seen: 0, token: None }
+        InboundCtx { request: RequestCtx::new(), app_h2: false, app: None, body: BodyCount::default(), token: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<bool> {
@@ -321,7 +313,7 @@ impl ProxyHttp for Inbound {
             tokio::time::sleep(delay.wait).await;
             ctx.request.ratelimit_delay = Some(delay.wait);
         }
-        ctx.body_limit = body_limit;
+        ctx.body.limit = body_limit;
         if let Some(path) = normalized {
             set_path(session, path)?;
         }
@@ -356,35 +348,28 @@ impl ProxyHttp for Inbound {
             let Some(pool) = self.app.pool(app) else {
                 return Err(Error::explain(ErrorType::ConnectRefused, "more app ports than a pod has"));
             };
+            let mut count;
             let body = match mode {
                 BodyMode::Held => {
-                    let body = app_pool::held_body(session, &self.body_timeout, |len| ctx.count_body(len)).await?;
+                    let body = app_pool::held_body(session, &self.body_timeout, |len| ctx.body.count(len)).await?;
                     if inspect {
                         if let Some(refusal) = self.inspect_body(&policy, session, ctx, &body) {
                             return self.refuse(session, ctx, refusal).await;
                         }
                     }
-                    Some(body)
+                    Body::Held(body)
                 }
-                BodyMode::Streamed => None,
+                BodyMode::Streamed => {
+                    count = |len| ctx.body.count(len);
+                    Body::Streamed { timeout: &self.body_timeout, count: &mut count, started: false }
+                }
             };
-            let request = |session: &Session| {
+            pool.forward(session, body, |session: &Session| {
                 let mut request = app_pool::app_request(session)?;
                 add_sidecar_headers(session, &mut request, &ctx.request, ctx.token.as_ref())?;
                 Ok(request)
-            };
-            if let Some(body) = body {
-                pool.forward(session, Body::Held(body), request).await?;
-                return Ok(true);
-            }
-            let (seen, limit) = (&mut ctx.body_seen, ctx.body_limit);
-            let mut count = |len| count_body(seen, limit, len);
-            let body = Body::Streamed { timeout: &self.body_timeout, count: &mut count, started: false };
-            let forwarded = pool.forward(session, body, request).await;
-            if forwarded.as_ref().is_err_and(|e| is_over_body_limit(e)) {
-                ctx.request.refusal = Some(Refusal::PayloadTooLarge);
-            }
-            forwarded?;
+            })
+            .await?;
             return Ok(true);
         }
         if let (true, Some(plan)) = (inspect, plan) {
@@ -414,7 +399,7 @@ impl ProxyHttp for Inbound {
         ctx: &mut InboundCtx,
     ) -> pingora::Result<()> {
         match body {
-            Some(chunk) => ctx.count_body(chunk.len()),
+            Some(chunk) => ctx.body.count(chunk.len()),
             None => Ok(()),
         }
     }
@@ -457,8 +442,8 @@ impl ProxyHttp for Inbound {
         fail(session, e, &mut ctx.request).await
     }
 
-    fn suppress_error_log(&self, _session: &Session, ctx: &InboundCtx, e: &Error) -> bool {
-        ctx.request.refusal.is_some() || is_decision(e)
+    fn suppress_error_log(&self, _session: &Session, _ctx: &InboundCtx, e: &Error) -> bool {
+        is_decision(e)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InboundCtx) {

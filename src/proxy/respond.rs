@@ -188,9 +188,7 @@ pub fn is_decision(e: &Error) -> bool {
     }
 }
 
-/// Answers a failed request with the JSON error body; shared by both directions. A refusal
-/// already recorded in the context (a body that crossed maxBodyBytes while streaming) is
-/// answered as that refusal.
+/// Answers a failed request with the JSON error body; shared by both directions.
 pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
     ctx.id = ctx.id.or_generate();
     // Once the app's response has started, writing our own would splice two responses into one
@@ -198,11 +196,6 @@ pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> Fai
     // A `100 Continue` the sidecar sent is not the start of an answer.
     if let Some(started) = session.response_written().filter(|r| !r.status.is_informational()) {
         return FailToProxy { error_code: started.status.as_u16(), can_reuse_downstream: false };
-    }
-    if let Some(refusal) = ctx.refusal.take() {
-        let status = refusal.status();
-        refuse(session, refusal, ctx).await;
-        return FailToProxy { error_code: status, can_reuse_downstream: false };
     }
     let Some(kind) = ErrorKind::classify(e) else {
         return FailToProxy { error_code: 0, can_reuse_downstream: false };
