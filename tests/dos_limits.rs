@@ -117,13 +117,23 @@ async fn a_stalled_http2_body_gets_408_on_its_stream() {
     })
     .await;
     // A small declared body (read whole before the app sees the request), a large one and one
-    // of no declared length (both passed to the app as they arrive): each stalls after 10 bytes.
-    let cases = [("small declared", Some("100")), ("large declared", Some("1000000")), ("undeclared", None)];
-    for (n, (what, length)) in cases.into_iter().enumerate() {
+    // of no declared length (both passed to the app as they arrive), and both sizes again with
+    // `Expect: 100-continue`: each stalls after 10 bytes.
+    let cases = [
+        ("small declared", Some("100"), false),
+        ("large declared", Some("1000000"), false),
+        ("undeclared", None, false),
+        ("small declared, expecting 100-continue", Some("100"), true),
+        ("large declared, expecting 100-continue", Some("1000000"), true),
+    ];
+    for (n, (what, length, expect)) in cases.into_iter().enumerate() {
         let mut client = h2_caller(&s).await;
         let mut request = http::Request::post("https://orders.shop/upload").header("content-type", "text/plain");
         if let Some(length) = length {
             request = request.header("content-length", length);
+        }
+        if expect {
+            request = request.header("expect", "100-continue");
         }
         let (response, mut body) = client.send_request(request.body(()).unwrap(), false).unwrap();
         body.send_data(bytes::Bytes::from_static(b"0123456789"), false).unwrap();
@@ -157,6 +167,27 @@ async fn a_large_http2_body_of_no_declared_length_reaches_the_app_whole() {
     assert_eq!(response.status(), 200);
     let text = read_all(&mut response.into_body()).await;
     assert!(text.contains(r#""body_bytes":307200"#), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_sent_with_expect_100_continue_reaches_the_app_whole() {
+    let s = Single::start(|c| c.inbound.app_protocol = palisade::config::AppProtocol::Http1).await;
+    // Read whole by the sidecar first, and passed on as it arrives (the app answers the
+    // `Expect` itself then; its interim answer goes no further).
+    for size in [100usize, 200 * 1024] {
+        let mut client = h2_caller(&s).await;
+        let request = http::Request::post("https://orders.shop/upload")
+            .header("content-length", size.to_string())
+            .header("expect", "100-continue")
+            .body(())
+            .unwrap();
+        let (response, mut body) = client.send_request(request, false).unwrap();
+        body.send_data(bytes::Bytes::from(vec![b'x'; size]), true).unwrap();
+        let response = tokio::time::timeout(BOUND, response).await.expect("answered").unwrap();
+        assert_eq!(response.status(), 200, "{size} bytes");
+        let text = read_all(&mut response.into_body()).await;
+        assert!(text.contains(&format!(r#""body_bytes":{size}"#)), "{size} bytes: {text}");
+    }
 }
 
 /// An app that answers `413` as soon as it has a request head, without reading the body, and

@@ -12,8 +12,8 @@
 //! written at once and, when it is safe to repeat, can be sent again. A larger or unannounced
 //! body is passed on as it arrives, each wait for it held to `limits.bodyTimeout` (pingora's own
 //! HTTP/2 body reads have no timer, so a caller could otherwise hold a stream and an app
-//! connection open with a body that never ends). `Expect`, upgrades and apps spoken to over
-//! HTTP/2 (gRPC) still go through pingora.
+//! connection open with a body that never ends). Apps spoken to over HTTP/2 (gRPC) still go
+//! through pingora.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -99,23 +99,28 @@ impl AppPool {
     }
 
     /// Whether [`Self::forward`] serves this request, and how it takes the body: an HTTP/2
-    /// request (every request from a peer sidecar) for an app spoken to over HTTP/1.1 that
-    /// expects no interim answer. Its body is held when it has none or declares at most
-    /// [`HELD_BODY_MAX`] bytes, else streamed. HTTP/1.1 callers keep pingora's handling of
-    /// their connection-level headers.
+    /// request (every request from a peer sidecar) for an app spoken to over HTTP/1.1. Its body
+    /// is held when it has none or declares at most [`HELD_BODY_MAX`] bytes, else streamed.
+    /// HTTP/1.1 callers keep pingora's handling of their connection-level headers.
+    ///
+    /// `Expect: 100-continue` changes nothing for the caller (an interim answer cannot go to an
+    /// HTTP/2 caller: pingora drops it too, so the caller sends its body when it tires of
+    /// waiting). A streamed body's app still sees the header and may refuse before the body;
+    /// a held body is already here, and an app that refused it without reading it would leave
+    /// it on a connection that goes back to the pool, so the header is not passed on.
     pub fn serves(session: &mut Session, app_h2: bool) -> Option<BodyMode> {
         if app_h2 || !session.is_http2() {
             return None;
         }
-        let req = session.req_header();
-        if req.headers.contains_key(header::EXPECT) {
-            return session.is_body_empty().then_some(BodyMode::Held);
-        }
-        let small_body = declared_length(req).is_some_and(|n| n <= HELD_BODY_MAX);
-        Some(match small_body || session.is_body_empty() {
+        let small_body = declared_length(session.req_header()).is_some_and(|n| n <= HELD_BODY_MAX);
+        let mode = match small_body || session.is_body_empty() {
             true => BodyMode::Held,
             false => BodyMode::Streamed,
-        })
+        };
+        if mode == BodyMode::Held && session.req_header().headers.contains_key(header::EXPECT) {
+            session.req_header_mut().remove_header(&header::EXPECT);
+        }
+        Some(mode)
     }
 
     /// Sends `request` (see [`app_request`]) and the request's body to the app and writes its
