@@ -268,12 +268,15 @@ async fn run(
     let readiness = Arc::new(Readiness::default());
     let data_path = ConnectionTracker::default();
 
-    let body_timeout = |direction, listener| {
-        let timeout = config.limits.body_timeout;
-        let series = telemetry.metrics.connections_closed.with_label_values(&[direction, "body_timeout"]);
-        let reason = crate::telemetry::RefusalReason::BodyTimeout;
-        let counted = telemetry.refusals.counter(direction, reason, timeout, series).at(listener);
-        crate::proxy::BodyTimeout::new(timeout.0, counted)
+    let caller_timeouts = |direction, listener| {
+        let counted = |reason: crate::telemetry::RefusalReason, timeout: crate::config::HumanDuration| {
+            let series = telemetry.metrics.connections_closed.with_label_values(&[direction, reason.label()]);
+            (timeout.0, telemetry.refusals.counter(direction, reason, timeout, series).at(listener))
+        };
+        crate::proxy::CallerTimeouts::new(
+            counted(crate::telemetry::RefusalReason::BodyTimeout, config.limits.body_timeout),
+            counted(crate::telemetry::RefusalReason::SendTimeout, config.limits.send_timeout),
+        )
     };
     let inflight = |direction, listener| {
         let shed = telemetry.metrics.requests_shed.with_label_values(&[direction]);
@@ -291,7 +294,7 @@ async fn run(
             telemetry.clone(),
         )
         .shedding(inflight("inbound", bound.inbound))
-        .body_timeout(body_timeout("inbound", bound.inbound)),
+        .caller_timeouts(caller_timeouts("inbound", bound.inbound)),
         &config.limits,
     );
     let outbound = proxy_app(
@@ -304,7 +307,7 @@ async fn run(
             telemetry.clone(),
         )
         .shedding(inflight("outbound", bound.outbound))
-        .body_timeout(body_timeout("outbound", bound.outbound)),
+        .caller_timeouts(caller_timeouts("outbound", bound.outbound)),
         &config.limits,
     );
     let identity_state = identity.as_ref().map(|i| i.state.clone());

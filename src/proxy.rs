@@ -72,49 +72,64 @@ pub(crate) fn ambiguous_framing(session: &pingora::proxy::Session) -> Option<&'s
         .then_some("both Content-Length and Transfer-Encoding")
 }
 
-/// `limits.bodyTimeout` for one proxy: how long a request's body may stall, and where its
-/// timeouts are counted. HTTP/1.1 bodies are held to it by pingora's own read timer, set per
-/// request ([`BodyTimeout::start`]), wherever they are read; HTTP/2 bodies where this crate reads
-/// them ([`BodyTimeout::read`], [`forward::exchange`]).
+/// `limits.bodyTimeout` and `limits.sendTimeout` for one proxy: how long a caller may leave its
+/// request's body unsent or its answer unread, and where those timeouts are counted.
+/// HTTP/1.1 bodies are held to the first by pingora's own read timer, set per request
+/// ([`CallerTimeouts::start`]), wherever they are read; HTTP/2 bodies where this crate reads them
+/// ([`CallerTimeouts::read`], [`forward::exchange`]). Every answer, on either protocol, is held
+/// to the second by pingora's write timer, set per request: whoever wrote it (pingora's proxy or
+/// this crate), it goes through the session.
 #[derive(Clone)]
-pub struct BodyTimeout {
-    pub timeout: std::time::Duration,
-    timeouts: crate::telemetry::RefusalCounter,
+pub struct CallerTimeouts {
+    pub body: std::time::Duration,
+    send: std::time::Duration,
+    body_timeouts: crate::telemetry::RefusalCounter,
+    send_timeouts: crate::telemetry::RefusalCounter,
 }
 
-impl BodyTimeout {
-    pub fn new(timeout: std::time::Duration, timeouts: crate::telemetry::RefusalCounter) -> Self {
-        BodyTimeout { timeout, timeouts }
+impl CallerTimeouts {
+    pub fn new(
+        (body, body_timeouts): (std::time::Duration, crate::telemetry::RefusalCounter),
+        (send, send_timeouts): (std::time::Duration, crate::telemetry::RefusalCounter),
+    ) -> Self {
+        CallerTimeouts { body, send, body_timeouts, send_timeouts }
     }
 
-    /// The SPEC's default (60 s), counted nowhere (proxies built without limits, unit tests).
+    /// The SPEC's defaults (60 s each), counted nowhere (proxies built without limits, unit tests).
     pub(crate) fn default_uncounted() -> Self {
         use crate::telemetry::{RefusalReason, Refusals};
-        let counter =
-            prometheus::IntCounter::new("palisade_connections_closed_total", "unregistered").expect("counter");
-        let timeouts = Refusals::default().counter("other", RefusalReason::BodyTimeout, "60s", counter);
-        BodyTimeout::new(std::time::Duration::from_secs(60), timeouts)
+        let uncounted = |reason| {
+            let counter =
+                prometheus::IntCounter::new("palisade_connections_closed_total", "unregistered").expect("counter");
+            (std::time::Duration::from_secs(60), Refusals::default().counter("other", reason, "60s", counter))
+        };
+        CallerTimeouts::new(uncounted(RefusalReason::BodyTimeout), uncounted(RefusalReason::SendTimeout))
     }
 
-    /// Holds an HTTP/1.1 request's body reads to the timeout (pingora's per-read timer).
+    /// Holds an HTTP/1.1 request's body reads, and the answer's writes on either protocol, to
+    /// their timeouts (pingora's per-read and per-write timers).
     pub(crate) fn start(&self, session: &mut pingora::proxy::Session) {
-        session.set_read_timeout(Some(self.timeout));
+        session.set_read_timeout(Some(self.body));
+        session.set_write_timeout(Some(self.send));
     }
 
-    /// One read of the request body, at most the timeout long.
+    /// One read of the request body, at most the body timeout long.
     pub(crate) async fn read(&self, session: &mut pingora::proxy::Session) -> pingora::Result<Option<bytes::Bytes>> {
-        match tokio::time::timeout(self.timeout, session.read_request_body()).await {
+        match tokio::time::timeout(self.body, session.read_request_body()).await {
             Ok(read) => read.map_err(pingora::Error::into_down),
             Err(_) => Err(body_timed_out()),
         }
     }
 
-    /// Counts a request that failed for its body's stalling (`e`, the failure).
+    /// Counts a request that failed for its caller's stalling (`e`, the failure).
     pub(crate) fn count(&self, session: &pingora::proxy::Session, e: &pingora::Error) {
-        if respond::is_body_timeout(e) {
-            let source = session.client_addr().and_then(|a| a.as_inet()).map(|a| canonical_ip(a.ip()));
-            self.timeouts.refused(source);
-        }
+        let counter = match (respond::is_body_timeout(e), respond::is_send_timeout(e)) {
+            (true, _) => &self.body_timeouts,
+            (_, true) => &self.send_timeouts,
+            _ => return,
+        };
+        let source = session.client_addr().and_then(|a| a.as_inet()).map(|a| canonical_ip(a.ip()));
+        counter.refused(source);
     }
 }
 

@@ -1,8 +1,8 @@
-//! `limits.bodyTimeout` and `limits.maxConnectionsPerSource` through real sidecars (issue 16):
-//! a request whose body stops arriving fails with 408 and its connection closes, on both
-//! listeners and over HTTP/1.1 and HTTP/2, counted; a body that keeps coming, however slowly, is
-//! not cut; one source address past its connection limit is closed at accept while another is
-//! served. Raw TCP, raw mTLS and an h2 client, so nothing between the test and the sidecar
+//! `limits.bodyTimeout`, `limits.sendTimeout` and `limits.maxConnectionsPerSource` through real
+//! sidecars (issue 16): a request whose body stops arriving fails with 408 and its connection
+//! closes, on both listeners and over HTTP/1.1 and HTTP/2, counted; a body that keeps coming,
+//! however slowly, is not cut; a caller that stops reading its answer is cut off, counted; one
+//! source address past its connection limit is closed at accept while another is served. Raw TCP, raw mTLS and an h2 client, so nothing between the test and the sidecar
 //! finishes a body on its own.
 
 mod support;
@@ -325,4 +325,77 @@ async fn one_source_past_its_connection_limit_is_closed_at_accept_and_others_are
     }
     assert_eq!(series(s.sidecar.admin, &closed("outbound", "source_limit")).await, 0);
     drop(held);
+}
+
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Far more than the socket buffers, the windows and the sidecar's pieces between the app and a
+/// caller that stopped reading can hold: the answer cannot all be sent without the caller.
+const LARGE_ANSWER: usize = 64 << 20;
+
+/// Asks over HTTP/1.1 for a large answer, reads its first bytes and then nothing until the
+/// sidecar has counted the request cut off (`series` on `admin`); then reads what was left in the
+/// buffers: the connection must end, well short of the whole answer.
+async fn stop_reading<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, admin: SocketAddr, series_name: &str) {
+    let request = format!("GET /bytes/{LARGE_ANSWER} HTTP/1.1\r\nhost: orders.shop\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let first = tokio::time::timeout(BOUND, stream.read(&mut buf)).await.expect("answer started").unwrap();
+    assert!(String::from_utf8_lossy(&buf[..first]).starts_with("HTTP/1.1 200"), "{series_name}");
+    assert!(eventually(async || series(admin, series_name).await == 1).await, "{series_name} never counted");
+    let mut total = first;
+    loop {
+        match tokio::time::timeout(BOUND, stream.read(&mut buf)).await.expect("the connection ended") {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    assert!(total < LARGE_ANSWER, "{series_name}: the whole answer came ({total} bytes)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_stops_reading_is_cut_off_on_both_listeners() {
+    // Outbound: the app's plaintext HTTP/1.1; the answer comes from the peer.
+    let pair =
+        Pair::start_configured(EchoApp::start().await, |a| a.limits.send_timeout = HumanDuration(SEND_TIMEOUT), |_| {})
+            .await;
+    let outbound = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    stop_reading(outbound, pair.a.admin, &closed("outbound", "send_timeout")).await;
+    pair.shutdown();
+
+    // Inbound: an HTTP/1.1 caller over mutual TLS, then an HTTP/2 one whose stream is reset while
+    // its connection stays for other streams.
+    let s = Single::start(|c| c.limits.send_timeout = HumanDuration(SEND_TIMEOUT)).await;
+    let inbound = mtls(s.sidecar.inbound, &s.client, b"http/1.1").await;
+    let series_name = closed("inbound", "send_timeout");
+    stop_reading(inbound, s.sidecar.admin, &series_name).await;
+
+    let mut client = h2_caller(&s).await;
+    let request = http::Request::get(format!("https://orders.shop/bytes/{LARGE_ANSWER}")).body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(BOUND, response).await.expect("answered").unwrap();
+    assert_eq!(response.status(), 200);
+    // Nothing is read (no window given back) until the sidecar has given up on the stream.
+    let mut body = response.into_body();
+    assert!(eventually(async || series(s.sidecar.admin, &series_name).await == 2).await, "h2 never counted");
+    let mut total = 0;
+    let reset = loop {
+        match tokio::time::timeout(BOUND, body.data()).await.expect("the stream ended") {
+            Some(Ok(chunk)) => {
+                total += chunk.len();
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended cleanly after {total} bytes"),
+        }
+    };
+    assert!(reset.is_reset(), "{reset}");
+    assert!(total < LARGE_ANSWER, "{total}");
+    // The connection serves on.
+    let (response, _) = client
+        .ready()
+        .await
+        .unwrap()
+        .send_request(http::Request::get("https://orders.shop/ok").body(()).unwrap(), true)
+        .unwrap();
+    assert_eq!(tokio::time::timeout(BOUND, response).await.expect("answered").unwrap().status(), 200);
 }

@@ -298,6 +298,7 @@ fn every_kind() -> Vec<SecurityEvent> {
         dos("outbound", "header_timeout", "limits.headerTimeout", "10s", None, true),
         dos("inbound", "idle_timeout", "limits.idleTimeout", "300s", Some("10.0.0.7"), false),
         dos("inbound", "body_timeout", "limits.bodyTimeout", "60s", Some("10.0.0.7"), false),
+        dos("outbound", "send_timeout", "limits.sendTimeout", "60s", None, true),
         dos("inbound", "shed", "limits.maxInflight", "5000", None, true),
         dos("inbound", "rapid_reset", "limits.http2.maxResetsPerSecond", "200", Some("10.0.0.66"), false),
     ]

@@ -28,7 +28,8 @@ pub struct SidecarConfig {
 }
 
 /// SPEC section 3 `limits`: what a connection or a request may cost before it is refused. Every
-/// setting the SPEC names is implemented; anything else is refused as an unknown field.
+/// setting the SPEC names is implemented, and `sendTimeout` beside them (the SPEC is silent on
+/// callers that stop reading); anything else is refused as an unknown field.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct LimitsConfig {
@@ -42,6 +43,9 @@ pub struct LimitsConfig {
     /// No request-body bytes for this long: the request fails (408 when no answer has started)
     /// and its connection closes.
     pub body_timeout: HumanDuration,
+    /// The caller took none of the answer for this long (a slow-read attack): the request is cut
+    /// off, its HTTP/1.1 connection closed or its HTTP/2 stream reset. nginx's `send_timeout`.
+    pub send_timeout: HumanDuration,
     /// Open connections per listener; past it new connections are closed at accept.
     pub max_connections: usize,
     /// Open connections from one source address (IPv6: one /64) per listener; past it new ones
@@ -80,6 +84,7 @@ impl Default for LimitsConfig {
             header_timeout: HumanDuration(std::time::Duration::from_secs(10)),
             idle_timeout: HumanDuration(std::time::Duration::from_secs(300)),
             body_timeout: HumanDuration(std::time::Duration::from_secs(60)),
+            send_timeout: HumanDuration(std::time::Duration::from_secs(60)),
             max_connections: 10_000,
             max_connections_per_source: 1_000,
             max_inflight: 5_000,
@@ -632,6 +637,7 @@ impl super::Validate for SidecarConfig {
             ("limits.headerTimeout", self.limits.header_timeout),
             ("limits.idleTimeout", self.limits.idle_timeout),
             ("limits.bodyTimeout", self.limits.body_timeout),
+            ("limits.sendTimeout", self.limits.send_timeout),
         ] {
             if value.0.is_zero() {
                 invalid.push(Invalid::field(field, "must be more than 0"));

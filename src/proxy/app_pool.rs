@@ -66,7 +66,7 @@ pub enum Body<'a> {
     /// Read from the caller as the app takes it: each wait for the caller held to `timeout`,
     /// each piece passed to `count` (the inbound's maxBodyBytes count) before it is sent.
     Streamed {
-        timeout: &'a super::BodyTimeout,
+        timeout: &'a super::CallerTimeouts,
         count: &'a mut (dyn FnMut(usize) -> pingora::Result<()> + Send),
         /// Some of it was read: the request can no longer be sent again.
         started: bool,
@@ -259,7 +259,7 @@ pub fn declared_length(req: &RequestHeader) -> Option<u64> {
 /// case, is kept as it came; more are joined.
 pub async fn held_body(
     session: &mut Session,
-    timeout: &super::BodyTimeout,
+    timeout: &super::CallerTimeouts,
     mut count: impl FnMut(usize) -> pingora::Result<()>,
 ) -> pingora::Result<Bytes> {
     let mut body = Joined::default();
@@ -278,7 +278,7 @@ pub async fn held_body(
 /// was read is then lost to the caller: only pingora's retry buffer keeps it, up to 64 KiB).
 pub async fn read_body_up_to(
     session: &mut Session,
-    timeout: &super::BodyTimeout,
+    timeout: &super::CallerTimeouts,
     max: usize,
 ) -> pingora::Result<Option<Bytes>> {
     let mut body = Joined::default();
@@ -379,7 +379,7 @@ async fn exchange(
             }
             (true, Duration::ZERO)
         }
-        Body::Streamed { timeout, .. } => (false, timeout.timeout),
+        Body::Streamed { timeout, .. } => (false, timeout.body),
     };
     // From the last body bytes read or passed on: how long the caller may keep the rest. The
     // app answering meanwhile does not count, as on the outbound side.

@@ -35,7 +35,7 @@ pub struct Inbound {
     policy: Arc<PolicyStore>,
     telemetry: Arc<Telemetry>,
     inflight: Arc<super::Inflight>,
-    body_timeout: super::BodyTimeout,
+    caller_timeouts: super::CallerTimeouts,
 }
 
 pub struct InboundCtx {
@@ -98,7 +98,7 @@ impl Inbound {
         telemetry: Arc<Telemetry>,
     ) -> Self {
         let inflight = super::Inflight::unlimited();
-        let body_timeout = super::BodyTimeout::default_uncounted();
+        let caller_timeouts = super::CallerTimeouts::default_uncounted();
         Inbound {
             app: AppAddress::new(app, app_timeout),
             app_protocol,
@@ -106,7 +106,7 @@ impl Inbound {
             policy,
             telemetry,
             inflight,
-            body_timeout,
+            caller_timeouts,
         }
     }
 
@@ -116,9 +116,9 @@ impl Inbound {
         self
     }
 
-    /// Fails requests whose body stalls past `body_timeout` (408).
-    pub fn body_timeout(mut self, body_timeout: super::BodyTimeout) -> Self {
-        self.body_timeout = body_timeout;
+    /// Fails requests whose body stalls (408) or whose answer goes unread past their timeouts.
+    pub fn caller_timeouts(mut self, caller_timeouts: super::CallerTimeouts) -> Self {
+        self.caller_timeouts = caller_timeouts;
         self
     }
 
@@ -245,7 +245,7 @@ impl ProxyHttp for Inbound {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<bool> {
         record::start_span(&self.telemetry, SpanKind::Server, session, &mut ctx.request);
-        self.body_timeout.start(session);
+        self.caller_timeouts.start(session);
         if !respond::admit(session, &self.inflight, &mut ctx.request).await {
             return Ok(true);
         }
@@ -351,7 +351,7 @@ impl ProxyHttp for Inbound {
             let mut count;
             let body = match mode {
                 BodyMode::Held => {
-                    let body = app_pool::held_body(session, &self.body_timeout, |len| ctx.body.count(len)).await?;
+                    let body = app_pool::held_body(session, &self.caller_timeouts, |len| ctx.body.count(len)).await?;
                     if inspect {
                         if let Some(refusal) = self.inspect_body(&policy, session, ctx, &body) {
                             return self.refuse(session, ctx, refusal).await;
@@ -361,7 +361,7 @@ impl ProxyHttp for Inbound {
                 }
                 BodyMode::Streamed => {
                     count = |len| ctx.body.count(len);
-                    Body::Streamed { timeout: &self.body_timeout, count: &mut count, started: false }
+                    Body::Streamed { timeout: &self.caller_timeouts, count: &mut count, started: false }
                 }
             };
             pool.forward(session, body, |session: &Session| {
@@ -375,7 +375,7 @@ impl ProxyHttp for Inbound {
         if let (true, Some(plan)) = (inspect, plan) {
             // pingora replays what was read here to the app (its retry buffer, 64 KiB).
             session.enable_retry_buffering();
-            let refusal = match app_pool::read_body_up_to(session, &self.body_timeout, plan.limit).await? {
+            let refusal = match app_pool::read_body_up_to(session, &self.caller_timeouts, plan.limit).await? {
                 Some(body) => self.inspect_body(&policy, session, ctx, &body),
                 // Neither inspected nor replayable: longer than the buffer pingora keeps.
                 None => Some(Refusal::PayloadTooLarge),
@@ -438,7 +438,7 @@ impl ProxyHttp for Inbound {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut InboundCtx) -> FailToProxy {
-        self.body_timeout.count(session, e);
+        self.caller_timeouts.count(session, e);
         fail(session, e, &mut ctx.request).await
     }
 

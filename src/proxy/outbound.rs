@@ -41,7 +41,7 @@ pub struct Outbound {
     passthrough: Vec<IpBlock>,
     telemetry: Arc<Telemetry>,
     inflight: Arc<super::Inflight>,
-    body_timeout: super::BodyTimeout,
+    caller_timeouts: super::CallerTimeouts,
 }
 
 pub struct OutboundCtx {
@@ -83,7 +83,7 @@ impl Outbound {
             })
             .collect();
         let inflight = super::Inflight::unlimited();
-        let body_timeout = super::BodyTimeout::default_uncounted();
+        let caller_timeouts = super::CallerTimeouts::default_uncounted();
         Outbound {
             routes,
             connectors,
@@ -91,7 +91,7 @@ impl Outbound {
             passthrough: passthrough.to_vec(),
             telemetry,
             inflight,
-            body_timeout,
+            caller_timeouts,
         }
     }
 
@@ -115,9 +115,9 @@ impl Outbound {
         self.telemetry.requests.destinations.label(named)
     }
 
-    /// Fails requests whose body stalls past `body_timeout` (408).
-    pub fn body_timeout(mut self, body_timeout: super::BodyTimeout) -> Self {
-        self.body_timeout = body_timeout;
+    /// Fails requests whose body stalls (408) or whose answer goes unread past their timeouts.
+    pub fn caller_timeouts(mut self, caller_timeouts: super::CallerTimeouts) -> Self {
+        self.caller_timeouts = caller_timeouts;
         self
     }
 
@@ -225,7 +225,7 @@ impl ProxyHttp for Outbound {
     /// phases, and `true` tells pingora the response has been written.
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutboundCtx) -> pingora::Result<bool> {
         record::start_span(&self.telemetry, SpanKind::Client, session, &mut ctx.request);
-        self.body_timeout.start(session);
+        self.caller_timeouts.start(session);
         ctx.request.id = RequestId::from_header(session.req_header().headers.get(REQUEST_ID_HEADER));
         if !respond::admit(session, &self.inflight, &mut ctx.request).await {
             return Ok(true);
@@ -284,7 +284,7 @@ impl ProxyHttp for Outbound {
                 request,
                 expects_continue,
                 first.take(),
-                self.body_timeout.timeout,
+                self.caller_timeouts.body,
             )
             .await
             else {
@@ -318,7 +318,7 @@ impl ProxyHttp for Outbound {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut OutboundCtx) -> FailToProxy {
-        self.body_timeout.count(session, e);
+        self.caller_timeouts.count(session, e);
         fail(session, e, &mut ctx.request).await
     }
 

@@ -103,7 +103,8 @@ impl ErrorKind {
             _ => match e.esource() {
                 ErrorSource::Upstream => ErrorKind::BadGateway,
                 ErrorSource::Downstream => match e.etype() {
-                    WriteError | ReadError | ConnectionClosed => return None,
+                    // Gone, or not reading (limits.sendTimeout): nothing more can reach it.
+                    WriteError | ReadError | ConnectionClosed | WriteTimedout => return None,
                     // The caller's body stalled (limits.bodyTimeout).
                     ReadTimedout => ErrorKind::RequestTimeout,
                     _ => ErrorKind::InvalidRequest,
@@ -176,14 +177,22 @@ pub fn is_body_timeout(e: &Error) -> bool {
     e.etype() == &ErrorType::ReadTimedout && e.esource() == &ErrorSource::Downstream
 }
 
+/// A request cut off because its caller took none of the answer within `limits.sendTimeout`.
+pub fn is_send_timeout(e: &Error) -> bool {
+    e.etype() == &ErrorType::WriteTimedout && e.esource() == &ErrorSource::Downstream
+}
+
 /// A refusal the pipeline decided on is reported by metrics and events, and a caller hanging up
 /// is the caller's business: neither is an error log.
 pub fn is_decision(e: &Error) -> bool {
     use pingora::ErrorType::*;
     match e.etype() {
         HTTPStatus(code) => *code < 500,
-        // A stalled body is counted and reported as a DoS refusal (limits.bodyTimeout).
-        ConnectionClosed | ReadError | WriteError | ReadTimedout => e.esource() == &pingora::ErrorSource::Downstream,
+        // A stalled body or an unread answer is counted and reported as a DoS refusal
+        // (limits.bodyTimeout, limits.sendTimeout).
+        ConnectionClosed | ReadError | WriteError | ReadTimedout | WriteTimedout => {
+            e.esource() == &pingora::ErrorSource::Downstream
+        }
         _ => false,
     }
 }

@@ -139,6 +139,9 @@ impl DosRefusal {
             "body_timeout" => format!(
                 "{n} request{plural} on {direction} answered 408: no body bytes within {setting} ({limit})"
             ),
+            "send_timeout" => format!(
+                "{n} request{plural} on {direction} cut off: the caller took none of the answer within {setting} ({limit})"
+            ),
             "shed" => format!("{n} request{plural} on {direction} shed (503): {setting} ({limit}) in flight"),
             "rapid_reset" => format!(
                 "{n} HTTP/2 connection{plural} on {direction} closed: more stream resets than {setting} ({limit}) a second"

@@ -31,6 +31,8 @@ pub enum RefusalReason {
     IdleTimeout,
     /// `limits.bodyTimeout`: no request-body bytes for this long (408).
     BodyTimeout,
+    /// `limits.sendTimeout`: the caller took none of the answer for this long (slow read).
+    SendTimeout,
     /// `limits.maxInflight`: a request answered 503 (load shedding).
     Shed,
     /// `limits.http2.maxResetsPerSecond`: an HTTP/2 connection closed for resetting too many of
@@ -46,6 +48,7 @@ impl RefusalReason {
             RefusalReason::HeaderTimeout => "header_timeout",
             RefusalReason::IdleTimeout => "idle_timeout",
             RefusalReason::BodyTimeout => "body_timeout",
+            RefusalReason::SendTimeout => "send_timeout",
             RefusalReason::Shed => "shed",
             RefusalReason::RapidReset => "rapid_reset",
         }
@@ -59,6 +62,7 @@ impl RefusalReason {
             RefusalReason::HeaderTimeout => "limits.headerTimeout",
             RefusalReason::IdleTimeout => "limits.idleTimeout",
             RefusalReason::BodyTimeout => "limits.bodyTimeout",
+            RefusalReason::SendTimeout => "limits.sendTimeout",
             RefusalReason::Shed => "limits.maxInflight",
             RefusalReason::RapidReset => "limits.http2.maxResetsPerSecond",
         }

@@ -122,7 +122,8 @@ impl Seen {
 }
 
 /// A real HTTP/1.1 and h2c server that answers with what it saw, as JSON.
-/// `/slow/<ms>` waits before answering; `/status/<code>` answers with that status.
+/// `/slow/<ms>` waits before answering; `/status/<code>` answers with that status; `/bytes/<n>`
+/// answers `n` bytes.
 pub struct EchoApp {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -166,6 +167,15 @@ async fn echo(req: Request<hyper::body::Incoming>) -> Result<Response<EchoBody>,
     let path = req.uri().path().to_string();
     if let Some(ms) = path.strip_prefix("/slow/").and_then(|ms| ms.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(n) = path.strip_prefix("/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+        // `n` bytes (rounded up to 64 KiB pieces), made as they are sent: a large answer costs
+        // the app no memory.
+        static PIECE: [u8; 65536] = [b'x'; 65536];
+        let frames: Vec<_> =
+            (0..n.div_ceil(PIECE.len())).map(|_| Ok(hyper::body::Frame::data(Bytes::from_static(&PIECE)))).collect();
+        let body = http_body_util::StreamBody::new(tokio_stream::iter(frames));
+        return Ok(Response::new(http_body_util::Either::Right(body)));
     }
     if path == "/trailers" {
         // A body followed by trailers, as gRPC answers.
