@@ -14,6 +14,11 @@ the scheduled send time, so queueing counts against the proxy):
   rapid-reset  HTTP/2 over mTLS: streams opened and cancelled (RST_STREAM) as fast as the socket
                takes them, on 8 connections (reconnecting when B closes them)
   idle         a burst of 10,000 TCP connections to B's inbound that send nothing, held
+  slow-read    250 connections with a valid mesh certificate, opened 50 a second, each asking for
+               an 8 MB answer through a 4 KB receive buffer and then reading nothing (held past
+               B's 60 s limits.sendTimeout: this phase lasts at least 95 s). Fewer than the other
+               attacks because each holds up to 8 MB of the kernel's socket buffers
+               (sender's and receiver's) until it is cut off
 Reported per phase: legitimate requests sent / 200 / failed, p50 / p99 / max latency, sidecar B's
 resident memory (VmRSS at the end, VmHWM so far), and what the attack achieved (connections
 opened, closed by B). Everything on loopback; every loop is bounded by the phase's duration.
@@ -54,9 +59,25 @@ telemetry: {{accessLog: false, events: {{sink: "file:{d}/{name}-events.jsonl", f
 
 
 # ---------------------------------------------------------------- the app
+# Twice the kernel's largest send buffer (tcp_wmem's 4 MB here): a reader that takes nothing
+# leaves the sidecar's write waiting.
+LARGE = 8 << 20
+MEDIUM = 1 << 20
+
+
 async def app_main(port):
     body = b"ok\n"
     resp = b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ncontent-type: text/plain\r\n\r\n" + body
+    piece = b"x" * 65536
+
+    async def answer(w, size):
+        # In pieces, each waiting for the socket: asyncio's transport would otherwise copy the
+        # whole answer into its buffer and move what is left of it on every send, and the app,
+        # not the sidecar, would be what slows the legitimate requests down.
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\ncontent-type: text/plain\r\n\r\n" % size)
+        for _ in range(size // len(piece)):
+            w.write(piece)
+            await w.drain()
 
     async def handle(r, w):
         try:
@@ -68,8 +89,13 @@ async def app_main(port):
                         cl = int(line.split(b":")[1])
                 if cl:
                     await r.readexactly(cl)
-                w.write(resp)
-                await w.drain()
+                if head.startswith(b"GET /large "):
+                    await answer(w, LARGE)
+                elif head.startswith(b"GET /medium "):
+                    await answer(w, MEDIUM)
+                else:
+                    w.write(resp)
+                    await w.drain()
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
             pass
         finally:
@@ -270,6 +296,117 @@ async def idle(seconds, conns, out):
     json.dump(vars(t), open(out, "w"))
 
 
+async def slow_read(seconds, pki, conns, out):
+    """Each connection asks for LARGE bytes through a small receive window and reads none of
+    them; at the end, what each got before its end of stream says whether B cut it."""
+    import socket
+    ctx = client_tls(pki, "http/1.1")
+    t = Tally()
+    t.cut = 0
+    end = time.monotonic() + seconds
+    loop = asyncio.get_running_loop()
+
+    async def worker(i):
+        # 50 a second: an attacker holding connections, not a burst of downloads (answers of
+        # 8 MB all at once are a load of gigabytes, whatever the reader does).
+        await asyncio.sleep(i / 50)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind((f"127.0.4.{1 + i % 250}", 0))
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", PORTS["b_in"])), 10)
+            r, w = await asyncio.wait_for(asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="b.demo"), 10)
+        except Exception:
+            t.errors += 1
+            sock.close()
+            return
+        t.opened += 1
+        try:
+            w.write(b"GET /large HTTP/1.1\r\nhost: b.demo\r\n\r\n")
+            await w.drain()
+            await asyncio.sleep(max(0, end - time.monotonic()))
+            got = 0
+            try:
+                while True:
+                    data = await asyncio.wait_for(r.read(65536), 5)
+                    if not data:
+                        break
+                    got += len(data)
+            except (asyncio.TimeoutError, ConnectionError, ssl.SSLError, OSError):
+                pass
+            if got < LARGE:
+                t.cut += 1
+        finally:
+            w.close()
+
+    await asyncio.gather(*(worker(i) for i in range(conns)))
+    json.dump(vars(t), open(out, "w"))
+
+
+async def slow_read_h2(seconds, pki, conns, out):
+    """HTTP/2: each connection grants the largest flow-control windows, opens 50 streams asking for
+    1 MB each and reads nothing; at the end, whether B reset the streams (RST_STREAM seen)."""
+    import socket
+    ctx = client_tls(pki, "h2")
+    # HPACK: :method GET (static 2), :scheme https (7), :path /medium (literal, name 4), :authority
+    # b.demo, and palisade-orig-proto: HTTP/1.1 (new name), as a peer sidecar sends for an HTTP/1.1
+    # app (B then speaks HTTP/1.1 to its app, as for every request from A).
+    headers = bytes([0x82, 0x87, 0x04, 7]) + b"/medium" + bytes([0x01, 6]) + b"b.demo"
+    headers += bytes([0x00, 19]) + b"palisade-orig-proto" + bytes([8]) + b"HTTP/1.1"
+    streams = 50
+    t = Tally()
+    t.streams = t.streams_reset = 0
+    end = time.monotonic() + seconds
+    loop = asyncio.get_running_loop()
+
+    async def worker(i):
+        await asyncio.sleep(i / 5)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind((f"127.0.5.{1 + i % 250}", 0))
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", PORTS["b_in"])), 10)
+            r, w = await asyncio.wait_for(asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="b.demo"), 10)
+        except Exception:
+            t.errors += 1
+            sock.close()
+            return
+        t.opened += 1
+        try:
+            big = (2**31 - 1).to_bytes(4, "big")
+            frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, (4).to_bytes(2, "big") + big)
+            frames += h2_frame(8, 0, 0, (2**31 - 1 - 65535).to_bytes(4, "big"))
+            for n in range(streams):
+                frames += h2_frame(1, 0x5, 1 + 2 * n, headers)
+            w.write(frames)
+            await w.drain()
+            t.streams += streams
+            await asyncio.sleep(max(0, end - time.monotonic()))
+            # Now read it all: RST_STREAM frames (type 3) B sent for the streams it gave up on.
+            buf = bytearray()
+            try:
+                while True:
+                    data = await asyncio.wait_for(r.read(1 << 20), 5)
+                    if not data:
+                        break
+                    buf += data
+            except (asyncio.TimeoutError, ConnectionError, ssl.SSLError, OSError):
+                pass
+            pos = 0
+            while pos + 9 <= len(buf):
+                length = int.from_bytes(buf[pos:pos + 3], "big")
+                if buf[pos + 3] == 3:
+                    t.streams_reset += 1
+                pos += 9 + length
+        finally:
+            w.close()
+
+    await asyncio.gather(*(worker(i) for i in range(conns)))
+    json.dump(vars(t), open(out, "w"))
+
+
 # ---------------------------------------------------------------- orchestration
 def rss_kb(pid):
     f = {l.split(":")[0]: l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith(("VmRSS", "VmHWM"))}
@@ -280,14 +417,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--palisade", default="target/release/palisade")
     ap.add_argument("--phase-seconds", type=float, default=20)
-    ap.add_argument("--phases", default="baseline,slowloris,rapid-reset,idle")
+    ap.add_argument("--phases", default="baseline,slowloris,rapid-reset,idle,slow-read,slow-read-h2")
     ap.add_argument("--role")
     ap.add_argument("--args", default="[]")
     a = ap.parse_args()
     if a.role:
         args = json.loads(a.args)
         coro = {"app": app_main, "legit": legit, "slowloris": slowloris, "rapid-reset": rapid_reset,
-                "idle": idle}[a.role]
+                "idle": idle, "slow-read": slow_read, "slow-read-h2": slow_read_h2}[a.role]
         asyncio.run(coro(*args))
         return
     # 10,000 idle connections need more descriptors than the usual 1,024 (the hard limit may be
@@ -347,11 +484,16 @@ def main():
                 time.sleep(0.05)
         secs = a.phase_seconds
         phases = [("baseline", None), ("slowloris", ["slowloris", [secs, pki, 1000]]),
-                  ("rapid-reset", ["rapid-reset", [secs, pki, 8]]), ("idle", ["idle", [secs, 10000]])]
+                  ("rapid-reset", ["rapid-reset", [secs, pki, 8]]), ("idle", ["idle", [secs, 10000]]),
+                  ("slow-read", ["slow-read", [max(secs, 95), pki, 250]]),
+                  ("slow-read-h2", ["slow-read-h2", [max(secs, 95), pki, 10]])]
         phases = [p for p in phases if p[0] in a.phases.split(",")]
         rows = []
         for name, attack in phases:
-            lp = spawn(me + ["--role", "legit", "--args", json.dumps([secs, f"{d}/{name}-legit.json"])], f"{name}-legit.log")
+            # Legitimate load for as long as the attack lasts (its first argument).
+            phase_secs = attack[1][0] if attack else secs
+            lp = spawn(me + ["--role", "legit", "--args", json.dumps([phase_secs, f"{d}/{name}-legit.json"])],
+                       f"{name}-legit.log")
             ap_ = None
             if attack:
                 ap_ = spawn(me + ["--role", attack[0], "--args", json.dumps(attack[1] + [f"{d}/{name}-attack.json"])],
@@ -361,7 +503,7 @@ def main():
                 peak_rss = max(peak_rss, rss_kb(b.pid)[0])
                 time.sleep(0.2)
             if ap_:
-                ap_.wait(timeout=secs + 60)
+                ap_.wait(timeout=phase_secs + 60)
             rss, hwm = rss_kb(b.pid)
             legit_r = json.load(open(f"{d}/{name}-legit.json"))
             atk = json.load(open(f"{d}/{name}-attack.json")) if attack else {}

@@ -220,6 +220,9 @@ fn from_control_plane(
     Ok((tls, identity))
 }
 
+/// The most of a stream's answer h2 holds for a caller that is not taking it.
+const H2_SEND_BUFFER_BYTES: usize = 64 * 1024;
+
 /// A proxy whose parser refusals carry the sidecar's JSON body (see [`crate::proxy::Strict`]).
 fn proxy_app<P>(
     conf: &Arc<ServerConf>,
@@ -242,6 +245,11 @@ where
     let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
     h2.max_concurrent_streams(limits.http2.max_concurrent_streams);
     h2.max_header_list_size(limits.http2.max_header_list_bytes);
+    // What a stream's answer may hold in memory while its caller reads nothing: with h2's ~400 KB,
+    // a caller that granted large windows and stopped reading pinned over 500 KB per stream
+    // (streams × connections of it) until limits.sendTimeout; one 64 KiB piece keeps a
+    // stream's answer flowing while the sidecar reads the next.
+    h2.max_send_buffer_size(H2_SEND_BUFFER_BYTES);
     app.h2_options = Some(h2);
     Arc::new(crate::proxy::Strict(Arc::new(app)))
 }
