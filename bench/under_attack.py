@@ -407,6 +407,50 @@ async def slow_read_h2(seconds, pki, conns, out):
     json.dump(vars(t), open(out, "w"))
 
 
+async def slow_client(seconds, conns, out):
+    """Not an attack: the pod's own app, through A's outbound, downloading 8 MB answers it reads
+    nothing of for a while (a slow consumer); what A holds for it shows in A's memory."""
+    import socket
+    t = Tally()
+    t.cut = 0
+    end = time.monotonic() + seconds
+    loop = asyncio.get_running_loop()
+
+    async def worker(i):
+        await asyncio.sleep(i / 10)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", PORTS["a_out"])), 10)
+            r, w = await asyncio.open_connection(sock=sock)
+        except Exception:
+            t.errors += 1
+            sock.close()
+            return
+        t.opened += 1
+        try:
+            w.write(b"GET /large HTTP/1.1\r\nhost: b.demo\r\n\r\n")
+            await w.drain()
+            await asyncio.sleep(max(0, end - time.monotonic()))
+            got = 0
+            try:
+                while True:
+                    data = await asyncio.wait_for(r.read(1 << 20), 5)
+                    if not data:
+                        break
+                    got += len(data)
+            except (asyncio.TimeoutError, ConnectionError, OSError):
+                pass
+            if got < LARGE:
+                t.cut += 1
+        finally:
+            w.close()
+
+    await asyncio.gather(*(worker(i) for i in range(conns)))
+    json.dump(vars(t), open(out, "w"))
+
+
 # ---------------------------------------------------------------- orchestration
 def rss_kb(pid):
     f = {l.split(":")[0]: l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith(("VmRSS", "VmHWM"))}
@@ -424,7 +468,8 @@ def main():
     if a.role:
         args = json.loads(a.args)
         coro = {"app": app_main, "legit": legit, "slowloris": slowloris, "rapid-reset": rapid_reset,
-                "idle": idle, "slow-read": slow_read, "slow-read-h2": slow_read_h2}[a.role]
+                "idle": idle, "slow-read": slow_read, "slow-read-h2": slow_read_h2,
+                "slow-client": slow_client}[a.role]
         asyncio.run(coro(*args))
         return
     # 10,000 idle connections need more descriptors than the usual 1,024 (the hard limit may be
@@ -469,7 +514,7 @@ def main():
                     sys.exit(f"the app did not start; logs in {d}")
                 time.sleep(0.05)
         b = spawn([binary, "sidecar", "--config", f"{d}/b.yaml"], "b.log")
-        spawn([binary, "sidecar", "--config", f"{d}/a.yaml"], "a.log")
+        a_proc = spawn([binary, "sidecar", "--config", f"{d}/a.yaml"], "a.log")
         deadline = time.monotonic() + 20
         import urllib.request
         for port in (PORTS["a_admin"], PORTS["b_admin"]):
@@ -486,7 +531,8 @@ def main():
         phases = [("baseline", None), ("slowloris", ["slowloris", [secs, pki, 1000]]),
                   ("rapid-reset", ["rapid-reset", [secs, pki, 8]]), ("idle", ["idle", [secs, 10000]]),
                   ("slow-read", ["slow-read", [max(secs, 95), pki, 250]]),
-                  ("slow-read-h2", ["slow-read-h2", [max(secs, 95), pki, 10]])]
+                  ("slow-read-h2", ["slow-read-h2", [max(secs, 95), pki, 10]]),
+                  ("slow-client", ["slow-client", [secs, 20]])]
         phases = [p for p in phases if p[0] in a.phases.split(",")]
         rows = []
         for name, attack in phases:
@@ -498,25 +544,27 @@ def main():
             if attack:
                 ap_ = spawn(me + ["--role", attack[0], "--args", json.dumps(attack[1] + [f"{d}/{name}-attack.json"])],
                             f"{name}-attack.log")
-            peak_rss = 0
+            peak_rss = a_peak = 0
             while lp.poll() is None:
                 peak_rss = max(peak_rss, rss_kb(b.pid)[0])
+                a_peak = max(a_peak, rss_kb(a_proc.pid)[0])
                 time.sleep(0.2)
             if ap_:
                 ap_.wait(timeout=phase_secs + 60)
             rss, hwm = rss_kb(b.pid)
             legit_r = json.load(open(f"{d}/{name}-legit.json"))
             atk = json.load(open(f"{d}/{name}-attack.json")) if attack else {}
-            rows.append((name, legit_r, atk, peak_rss, hwm))
+            rows.append((name, legit_r, atk, peak_rss, hwm, a_peak))
             # Let B reap what the attack left before the next phase.
             time.sleep(2)
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{PORTS['b_admin']}/metrics", timeout=5).read().decode()
         closed = [l for l in metrics.splitlines() if l.startswith(("palisade_connections_closed_total", "palisade_requests_shed_total"))]
-        print(f"| phase | legit sent | 200 | failed | p50 ms | p99 ms | max ms | B RSS peak MB (during) | B VmHWM MB | attack |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
-        for name, l, atk, peak, hwm in rows:
+        print(f"| phase | legit sent | 200 | failed | p50 ms | p99 ms | max ms | B RSS peak MB (during) | B VmHWM MB "
+              f"| A RSS peak MB | attack |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        for name, l, atk, peak, hwm, a_peak in rows:
             print(f"| {name} | {l['sent']} | {l['ok']} | {l['failed']} | {l['p50']} | {l['p99']} | {l['max']} | "
-                  f"{peak / 1024:.1f} | {hwm / 1024:.1f} | {json.dumps(atk) if atk else '-'} |")
+                  f"{peak / 1024:.1f} | {hwm / 1024:.1f} | {a_peak / 1024:.1f} | {json.dumps(atk) if atk else '-'} |")
         print()
         print("sidecar B counters at the end:")
         for l in closed:

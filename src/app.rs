@@ -222,6 +222,10 @@ fn from_control_plane(
 
 /// The most of a stream's answer h2 holds for a caller that is not taking it.
 const H2_SEND_BUFFER_BYTES: usize = 64 * 1024;
+/// What one stream's body may hold of the sidecar's memory while the app is not taking it.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+/// The largest window HTTP/2 allows (RFC 9113, 6.9.1).
+const H2_MAX_WINDOW: u32 = (1 << 31) - 1;
 
 /// A proxy whose parser refusals carry the sidecar's JSON body (see [`crate::proxy::Strict`]).
 fn proxy_app<P>(
@@ -250,6 +254,13 @@ where
     // (streams × connections of it) until limits.sendTimeout; one 64 KiB piece keeps a
     // stream's answer flowing while the sidecar reads the next.
     h2.max_send_buffer_size(H2_SEND_BUFFER_BYTES);
+    // What a caller may send of a body before the app takes it. h2's default of 64 KiB for the
+    // stream and the whole connection alike meant that one upload the app stopped reading held up
+    // every other body on the connection (all of a peer sidecar's requests to this pod), and that
+    // uploads across nodes went no faster than 64 KiB per round trip on a connection.
+    h2.initial_window_size(H2_STREAM_WINDOW);
+    let streams = limits.http2.max_concurrent_streams.max(1);
+    h2.initial_connection_window_size(H2_STREAM_WINDOW.saturating_mul(streams).min(H2_MAX_WINDOW));
     app.h2_options = Some(h2);
     Arc::new(crate::proxy::Strict(Arc::new(app)))
 }

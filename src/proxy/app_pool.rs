@@ -153,6 +153,9 @@ impl AppPool {
                         if let Some(stream) = app.reuse().await {
                             self.put(stream, idle_for);
                         }
+                    } else {
+                        drop(app);
+                        drain_answered_body(session).await;
                     }
                     return Ok(());
                 }
@@ -359,6 +362,30 @@ pub fn app_request(session: &Session) -> pingora::Result<http::request::Parts> {
         None => {}
     }
     Ok(request)
+}
+
+/// What is read and dropped of a body the app answered before it ended, at most.
+const DRAIN_MAX: usize = 256 * 1024;
+/// How long that may take: what is left is usually in flight already.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+
+/// Reads and drops the rest of a body the app answered before it ended (as nginx discards one),
+/// when it is small and near, so its stream ends cleanly. Ended early instead, the stream is
+/// reset while the rest is on its way, and h2 answers each late piece as an error it counts:
+/// past 1,024 of them on a connection (from a peer sidecar, all of its requests to this pod)
+/// it closes the connection, failing every request on it. A larger or slower rest is left to
+/// the reset.
+async fn drain_answered_body(session: &mut Session) {
+    let drain = async {
+        let mut left = DRAIN_MAX;
+        while !session.is_body_done() {
+            match session.read_request_body().await {
+                Ok(Some(piece)) if piece.len() <= left => left -= piece.len(),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
 }
 
 /// One request and its answer on `app`; true when the whole request body went to the app (the

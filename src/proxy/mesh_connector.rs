@@ -35,9 +35,15 @@ const STREAMS_PER_CONNECTION: usize = 100;
 /// out by a PING left unanswered, instead of by the requests that would hang on it.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
-/// Flow-control windows large enough that a sidecar never throttles a stream the app reads at
-/// full speed (pingora's defaults).
-const WINDOW_SIZE: u32 = 1 << 23;
+/// A stream's flow-control window: what the peer may send of an answer before the app has taken
+/// it, and so what one answer the app is slow to read may hold of this sidecar's memory. Large
+/// enough for a stream at full speed across nodes (512 KiB per round trip).
+const STREAM_WINDOW: u32 = 512 * 1024;
+/// The connection's window is every stream's at once: answers the app stops reading (each holding
+/// its stream's window) must leave the rest of the connection to the other requests on it. With
+/// one shared 8 MiB window for streams of 8 MiB, one stalled download stopped every request to
+/// that peer until sendTimeout.
+const CONNECTION_WINDOW: u32 = STREAM_WINDOW * STREAMS_PER_CONNECTION as u32;
 /// Invites the peer to send large DATA frames.
 const MAX_FRAME_SIZE: u32 = 64 * 1024;
 
@@ -209,8 +215,8 @@ impl MeshConnector {
             // Only limits pushed streams, and push is off.
             .max_concurrent_streams(1)
             .max_frame_size(MAX_FRAME_SIZE)
-            .initial_window_size(WINDOW_SIZE)
-            .initial_connection_window_size(WINDOW_SIZE)
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .handshake::<_, Bytes>(tls)
             .await
             .map_err(|e| Error::because(ErrorType::HandshakeError, format!("HTTP/2 handshake with {addr}"), e))?;
