@@ -19,8 +19,11 @@ the scheduled send time, so queueing counts against the proxy):
                B's 60 s limits.sendTimeout: this phase lasts at least 95 s). Fewer than the other
                attacks because each holds up to 8 MB of the kernel's socket buffers
                (sender's and receiver's) until it is cut off
+  slow-client  not an attack: 20 downloads of 8 MB through A's outbound by the pod's own app,
+               which reads nothing of them for the phase (a slow consumer); A's memory and the
+               legitimate requests sharing A's connection to B show what it holds up
 Reported per phase: legitimate requests sent / 200 / failed, p50 / p99 / max latency, sidecar B's
-resident memory (VmRSS at the end, VmHWM so far), and what the attack achieved (connections
+resident memory (VmRSS at the end, VmHWM so far), A's peak, and what the attack achieved (connections
 opened, closed by B). Everything on loopback; every loop is bounded by the phase's duration.
 
 Usage: bench/under_attack.py [--palisade target/release/palisade] [--phase-seconds 20]
@@ -461,7 +464,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--palisade", default="target/release/palisade")
     ap.add_argument("--phase-seconds", type=float, default=20)
-    ap.add_argument("--phases", default="baseline,slowloris,rapid-reset,idle,slow-read,slow-read-h2")
+    ap.add_argument("--phases", default="baseline,slowloris,rapid-reset,idle,slow-read,slow-read-h2,slow-client")
     ap.add_argument("--role")
     ap.add_argument("--args", default="[]")
     a = ap.parse_args()
