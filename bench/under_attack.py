@@ -299,49 +299,68 @@ async def idle(seconds, conns, out):
     json.dump(vars(t), open(out, "w"))
 
 
+async def small_window_connection(src, port, ctx, t):
+    """A connection from `src` whose receive buffer is 4 KB (TLS when `ctx`), counted in `t`;
+    None if it could not be made."""
+    import socket
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    if src:
+        sock.bind((src, 0))
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port)), 10)
+        tls = dict(ssl=ctx, server_hostname="b.demo") if ctx else {}
+        conn = await asyncio.wait_for(asyncio.open_connection(sock=sock, **tls), 10)
+    except Exception:
+        t.errors += 1
+        sock.close()
+        return None
+    t.opened += 1
+    return conn
+
+
+async def read_to_end(r):
+    """Whatever is left to read, until the end of the stream or 5 s of silence."""
+    got = bytearray()
+    try:
+        while data := await asyncio.wait_for(r.read(1 << 20), 5):
+            got += data
+    except (asyncio.TimeoutError, ConnectionError, ssl.SSLError, OSError):
+        pass
+    return got
+
+
+async def hold_download(conn, end, t):
+    """Asks for LARGE bytes and reads none of them until `end`; then reads what is left: short
+    of the whole answer, the download was cut off (counted in `t.cut`)."""
+    r, w = conn
+    try:
+        w.write(b"GET /large HTTP/1.1\r\nhost: b.demo\r\n\r\n")
+        await w.drain()
+        await asyncio.sleep(max(0, end - time.monotonic()))
+        if len(await read_to_end(r)) < LARGE:
+            t.cut += 1
+    finally:
+        w.close()
+
+
 async def slow_read(seconds, pki, conns, out):
     """Each connection asks for LARGE bytes through a small receive window and reads none of
     them; at the end, what each got before its end of stream says whether B cut it."""
-    import socket
     ctx = client_tls(pki, "http/1.1")
     t = Tally()
     t.cut = 0
     end = time.monotonic() + seconds
-    loop = asyncio.get_running_loop()
 
     async def worker(i):
         # 50 a second: an attacker holding connections, not a burst of downloads (answers of
         # 8 MB all at once are a load of gigabytes, whatever the reader does).
         await asyncio.sleep(i / 50)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.bind((f"127.0.4.{1 + i % 250}", 0))
-        sock.setblocking(False)
-        try:
-            await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", PORTS["b_in"])), 10)
-            r, w = await asyncio.wait_for(asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="b.demo"), 10)
-        except Exception:
-            t.errors += 1
-            sock.close()
+        conn = await small_window_connection(f"127.0.4.{1 + i % 250}", PORTS["b_in"], ctx, t)
+        if conn is None:
             return
-        t.opened += 1
-        try:
-            w.write(b"GET /large HTTP/1.1\r\nhost: b.demo\r\n\r\n")
-            await w.drain()
-            await asyncio.sleep(max(0, end - time.monotonic()))
-            got = 0
-            try:
-                while True:
-                    data = await asyncio.wait_for(r.read(65536), 5)
-                    if not data:
-                        break
-                    got += len(data)
-            except (asyncio.TimeoutError, ConnectionError, ssl.SSLError, OSError):
-                pass
-            if got < LARGE:
-                t.cut += 1
-        finally:
-            w.close()
+        await hold_download(conn, end, t)
 
     await asyncio.gather(*(worker(i) for i in range(conns)))
     json.dump(vars(t), open(out, "w"))
@@ -350,7 +369,6 @@ async def slow_read(seconds, pki, conns, out):
 async def slow_read_h2(seconds, pki, conns, out):
     """HTTP/2: each connection grants the largest flow-control windows, opens 50 streams asking for
     1 MB each and reads nothing; at the end, whether B reset the streams (RST_STREAM seen)."""
-    import socket
     ctx = client_tls(pki, "h2")
     # HPACK: :method GET (static 2), :scheme https (7), :path /medium (literal, name 4), :authority
     # b.demo, and palisade-orig-proto: HTTP/1.1 (new name), as a peer sidecar sends for an HTTP/1.1
@@ -361,22 +379,13 @@ async def slow_read_h2(seconds, pki, conns, out):
     t = Tally()
     t.streams = t.streams_reset = 0
     end = time.monotonic() + seconds
-    loop = asyncio.get_running_loop()
 
     async def worker(i):
         await asyncio.sleep(i / 5)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.bind((f"127.0.5.{1 + i % 250}", 0))
-        sock.setblocking(False)
-        try:
-            await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", PORTS["b_in"])), 10)
-            r, w = await asyncio.wait_for(asyncio.open_connection(sock=sock, ssl=ctx, server_hostname="b.demo"), 10)
-        except Exception:
-            t.errors += 1
-            sock.close()
+        conn = await small_window_connection(f"127.0.5.{1 + i % 250}", PORTS["b_in"], ctx, t)
+        if conn is None:
             return
-        t.opened += 1
+        r, w = conn
         try:
             big = (2**31 - 1).to_bytes(4, "big")
             frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0, (4).to_bytes(2, "big") + big)
@@ -388,15 +397,7 @@ async def slow_read_h2(seconds, pki, conns, out):
             t.streams += streams
             await asyncio.sleep(max(0, end - time.monotonic()))
             # Now read it all: RST_STREAM frames (type 3) B sent for the streams it gave up on.
-            buf = bytearray()
-            try:
-                while True:
-                    data = await asyncio.wait_for(r.read(1 << 20), 5)
-                    if not data:
-                        break
-                    buf += data
-            except (asyncio.TimeoutError, ConnectionError, ssl.SSLError, OSError):
-                pass
+            buf = await read_to_end(r)
             pos = 0
             while pos + 9 <= len(buf):
                 length = int.from_bytes(buf[pos:pos + 3], "big")
@@ -413,42 +414,16 @@ async def slow_read_h2(seconds, pki, conns, out):
 async def slow_client(seconds, conns, out):
     """Not an attack: the pod's own app, through A's outbound, downloading 8 MB answers it reads
     nothing of for a while (a slow consumer); what A holds for it shows in A's memory."""
-    import socket
     t = Tally()
     t.cut = 0
     end = time.monotonic() + seconds
-    loop = asyncio.get_running_loop()
 
     async def worker(i):
         await asyncio.sleep(i / 10)
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        try:
-            await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", PORTS["a_out"])), 10)
-            r, w = await asyncio.open_connection(sock=sock)
-        except Exception:
-            t.errors += 1
-            sock.close()
+        conn = await small_window_connection(None, PORTS["a_out"], None, t)
+        if conn is None:
             return
-        t.opened += 1
-        try:
-            w.write(b"GET /large HTTP/1.1\r\nhost: b.demo\r\n\r\n")
-            await w.drain()
-            await asyncio.sleep(max(0, end - time.monotonic()))
-            got = 0
-            try:
-                while True:
-                    data = await asyncio.wait_for(r.read(1 << 20), 5)
-                    if not data:
-                        break
-                    got += len(data)
-            except (asyncio.TimeoutError, ConnectionError, OSError):
-                pass
-            if got < LARGE:
-                t.cut += 1
-        finally:
-            w.close()
+        await hold_download(conn, end, t)
 
     await asyncio.gather(*(worker(i) for i in range(conns)))
     json.dump(vars(t), open(out, "w"))

@@ -224,8 +224,10 @@ fn from_control_plane(
 const H2_SEND_BUFFER_BYTES: usize = 64 * 1024;
 /// What one stream's body may hold of the sidecar's memory while the app is not taking it.
 const H2_STREAM_WINDOW: u32 = 256 * 1024;
-/// The largest window HTTP/2 allows (RFC 9113, 6.9.1).
-const H2_MAX_WINDOW: u32 = (1 << 31) - 1;
+/// What all of a connection's bodies may hold while their app is not taking them: 64 streams'
+/// windows. More streams than that stalled at once (a caller's doing) hold up that caller's
+/// other bodies, not the sidecar's memory.
+const H2_MAX_CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
 
 /// A proxy whose parser refusals carry the sidecar's JSON body (see [`crate::proxy::Strict`]).
 fn proxy_app<P>(
@@ -260,7 +262,7 @@ where
     // uploads across nodes went no faster than 64 KiB per round trip on a connection.
     h2.initial_window_size(H2_STREAM_WINDOW);
     let streams = limits.http2.max_concurrent_streams.max(1);
-    h2.initial_connection_window_size(H2_STREAM_WINDOW.saturating_mul(streams).min(H2_MAX_WINDOW));
+    h2.initial_connection_window_size(H2_STREAM_WINDOW.saturating_mul(streams).min(H2_MAX_CONNECTION_WINDOW));
     app.h2_options = Some(h2);
     Arc::new(crate::proxy::Strict(Arc::new(app)))
 }

@@ -76,9 +76,11 @@ pub(crate) fn ambiguous_framing(session: &pingora::proxy::Session) -> Option<&'s
 /// request's body unsent or its answer unread, and where those timeouts are counted.
 /// HTTP/1.1 bodies are held to the first by pingora's own read timer, set per request
 /// ([`CallerTimeouts::start`]), wherever they are read; HTTP/2 bodies where this crate reads them
-/// ([`CallerTimeouts::read`], [`forward::exchange`]). Every answer, on either protocol, is held
-/// to the second by pingora's write timer, set per request: whoever wrote it (pingora's proxy or
-/// this crate), it goes through the session.
+/// ([`CallerTimeouts::read`], [`forward::exchange`]). Every answer's body, on either protocol, is
+/// held to the second by pingora's write timer, set per request: whoever wrote it (pingora's
+/// proxy or this crate), it goes through the session. An answer's head is not timed: it is at
+/// most 1 MiB (pingora's limit), one per HTTP/1.1 connection at a time, and the socket's
+/// buffers take it whole.
 #[derive(Clone)]
 pub struct CallerTimeouts {
     pub body: std::time::Duration,

@@ -540,6 +540,11 @@ async fn a_body_that_follows_the_apps_early_answer_ends_its_stream_cleanly() {
     let mut tls = mtls(s.sidecar.inbound, &s.client, b"h2").await;
     tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
     tls.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    let mut buf = Vec::new();
+    // The sidecar's SETTINGS (its stream window among them) hold once acknowledged; until
+    // then a body past 64 KiB would be a flow-control error.
+    while !matches!(next_frame(&mut tls, &mut buf).await, (4, 0, _)) {}
+    tls.write_all(&frame(4, 0x1, 0, &[])).await.unwrap();
     // HPACK, literals without indexing: :method POST (static 3), :scheme https (7), :path
     // /upload (name 4), :authority orders.shop (name 1), content-length 81920 (name 28): past
     // what the sidecar reads whole before the app sees the request.
@@ -551,7 +556,6 @@ async fn a_body_that_follows_the_apps_early_answer_ends_its_stream_cleanly() {
     head.extend_from_slice(b"81920");
     // The body in five frames of the default largest size.
     let data = vec![b'x'; 16384];
-    let mut buf = Vec::new();
     for n in 0..3u32 {
         let stream = 1 + 2 * n;
         let mut request = frame(1, 0x4, stream, &head);

@@ -462,6 +462,8 @@ async fn exchange(
                 if end {
                     return Ok(request_done);
                 }
+                // The caller's silence is not judged while its answer waited on it.
+                stalled.as_mut().reset(tokio::time::Instant::now() + idle);
             }
             HttpTask::Done => {
                 session.write_response_body(Some(Bytes::new()), true).await.map_err(Error::into_down)?;

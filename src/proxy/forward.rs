@@ -155,7 +155,9 @@ pub async fn exchange(
                     caller_may_pipeline = !session.is_http2();
                 }
                 Event::Data(data) => {
-                    session.write_response_body(Some(data), false).await.map_err(Error::into_down)?
+                    session.write_response_body(Some(data), false).await.map_err(Error::into_down)?;
+                    // The caller's silence is not judged while its answer waited on it.
+                    stalled.as_mut().reset(tokio::time::Instant::now() + body_timeout);
                 }
                 Event::End(trailers) => {
                     match trailers {
