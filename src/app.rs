@@ -261,7 +261,7 @@ where
     // every other body on the connection (all of a peer sidecar's requests to this pod), and that
     // uploads across nodes went no faster than 64 KiB per round trip on a connection.
     h2.initial_window_size(H2_STREAM_WINDOW);
-    let streams = limits.http2.max_concurrent_streams.max(1);
+    let streams = limits.http2.max_concurrent_streams;
     h2.initial_connection_window_size(H2_STREAM_WINDOW.saturating_mul(streams).min(H2_MAX_CONNECTION_WINDOW));
     app.h2_options = Some(h2);
     Arc::new(crate::proxy::Strict(Arc::new(app)))
