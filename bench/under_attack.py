@@ -27,7 +27,11 @@ resident memory (VmRSS at the end, VmHWM so far), A's peak, and what the attack 
 opened, closed by B). Everything on loopback; every loop is bounded by the phase's duration.
 
 Usage: bench/under_attack.py [--palisade target/release/palisade] [--phase-seconds 20]
-Needs: root (raises the file-descriptor limit for 10,000 connections), Python 3.9+.
+       bench/under_attack.py --phases slow-read-h2 --h2-slow-readers 40 --b-memory-limit-mb 256
+         (sidecar B in a memory cgroup of 256 MiB, as the chart's limit: 40 x 50 stalled streams
+         are about 360 MB without limits.maxMemoryBytes, whose default is 3/4 of that limit)
+Needs: root (raises the file-descriptor limit for 10,000 connections; makes the memory cgroup),
+Python 3.9+.
 """
 import argparse
 import asyncio
@@ -430,6 +434,22 @@ async def slow_client(seconds, conns, out):
 
 
 # ---------------------------------------------------------------- orchestration
+def memory_cgroup(limit):
+    """A memory cgroup of `limit` bytes beside this process's own (v2, else v1): its path."""
+    own = [l.split(":", 2) for l in open("/proc/self/cgroup").read().splitlines()]
+    v2 = [path for _, ctl, path in own if ctl == ""]
+    v1 = [path for _, ctl, path in own if "memory" in ctl.split(",")]
+    if v1:
+        path, limit_file = f"/sys/fs/cgroup/memory{v1[0].rstrip('/')}/palisade-bench-b", "memory.limit_in_bytes"
+    elif v2:
+        path, limit_file = f"/sys/fs/cgroup{v2[0].rstrip('/')}/palisade-bench-b", "memory.max"
+    else:
+        sys.exit("no memory cgroup controller")
+    os.makedirs(path, exist_ok=True)
+    open(f"{path}/{limit_file}", "w").write(str(limit))
+    return path
+
+
 def rss_kb(pid):
     f = {l.split(":")[0]: l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith(("VmRSS", "VmHWM"))}
     return int(f["VmRSS"]), int(f["VmHWM"])
@@ -440,6 +460,8 @@ def main():
     ap.add_argument("--palisade", default="target/release/palisade")
     ap.add_argument("--phase-seconds", type=float, default=20)
     ap.add_argument("--phases", default="baseline,slowloris,rapid-reset,idle,slow-read,slow-read-h2,slow-client")
+    ap.add_argument("--h2-slow-readers", type=int, default=10, help="connections of the slow-read-h2 phase")
+    ap.add_argument("--b-memory-limit-mb", type=int, help="run sidecar B in a memory cgroup of this size")
     ap.add_argument("--role")
     ap.add_argument("--args", default="[]")
     a = ap.parse_args()
@@ -471,10 +493,16 @@ def main():
     me = [sys.executable, os.path.abspath(__file__)]
     procs = []
 
-    def spawn(cmd, log):
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(f"{d}/{log}", "w"), stderr=subprocess.STDOUT)
+    def spawn(cmd, log, cgroup=None):
+        def enter():
+            if cgroup:
+                open(f"{cgroup}/cgroup.procs", "w").write(str(os.getpid()))
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=open(f"{d}/{log}", "w"), stderr=subprocess.STDOUT,
+                             preexec_fn=enter)
         procs.append(p)
         return p
+
+    cgroup = memory_cgroup(a.b_memory_limit_mb << 20) if a.b_memory_limit_mb else None
 
     try:
         spawn(me + ["--role", "app", "--args", json.dumps([PORTS["app"]])], "app.log")
@@ -491,7 +519,7 @@ def main():
                 if time.monotonic() > deadline:
                     sys.exit(f"the app did not start; logs in {d}")
                 time.sleep(0.05)
-        b = spawn([binary, "sidecar", "--config", f"{d}/b.yaml"], "b.log")
+        b = spawn([binary, "sidecar", "--config", f"{d}/b.yaml"], "b.log", cgroup)
         a_proc = spawn([binary, "sidecar", "--config", f"{d}/a.yaml"], "a.log")
         deadline = time.monotonic() + 20
         import urllib.request
@@ -509,7 +537,7 @@ def main():
         phases = [("baseline", None), ("slowloris", ["slowloris", [secs, pki, 1000]]),
                   ("rapid-reset", ["rapid-reset", [secs, pki, 8]]), ("idle", ["idle", [secs, 10000]]),
                   ("slow-read", ["slow-read", [max(secs, 95), pki, 250]]),
-                  ("slow-read-h2", ["slow-read-h2", [max(secs, 95), pki, 10]]),
+                  ("slow-read-h2", ["slow-read-h2", [max(secs, 95), pki, a.h2_slow_readers]]),
                   ("slow-client", ["slow-client", [secs, 20]])]
         phases = [p for p in phases if p[0] in a.phases.split(",")]
         rows = []
@@ -523,10 +551,17 @@ def main():
                 ap_ = spawn(me + ["--role", attack[0], "--args", json.dumps(attack[1] + [f"{d}/{name}-attack.json"])],
                             f"{name}-attack.log")
             peak_rss = a_peak = 0
-            while lp.poll() is None:
+            while lp.poll() is None and b.poll() is None:
                 peak_rss = max(peak_rss, rss_kb(b.pid)[0])
                 a_peak = max(a_peak, rss_kb(a_proc.pid)[0])
                 time.sleep(0.2)
+            if b.poll() is not None:
+                print(f"sidecar B exited during {name} (status {b.returncode}"
+                      f"{', killed: out of memory?' if b.returncode == -9 else ''}); logs in {d}")
+                if cgroup:
+                    print(open(f"{cgroup}/memory.failcnt").read().strip() if os.path.exists(f"{cgroup}/memory.failcnt")
+                          else open(f"{cgroup}/memory.events").read())
+                break
             if ap_:
                 ap_.wait(timeout=phase_secs + 60)
             rss, hwm = rss_kb(b.pid)

@@ -289,21 +289,42 @@ async fn run(
     let readiness = Arc::new(Readiness::default());
     let data_path = ConnectionTracker::default();
 
+    // One memory guard for the sidecar: the heap is the process's, whichever listener fills it.
+    let memory_limit = config.limits.memory_limit(crate::memory::container_memory_limit());
+    let memory = crate::memory::Pressure::new(memory_limit);
+    match memory.limit() {
+        Some(limit) => tracing::info!(
+            limit,
+            "heap past this sheds requests and cuts off callers that do not read (limits.maxMemoryBytes)"
+        ),
+        None => tracing::debug!("no memory limit (limits.maxMemoryBytes)"),
+    }
+    let memory_setting = memory.limit().map_or_else(|| "none".to_string(), |bytes| bytes.to_string());
     let caller_timeouts = |direction, listener| {
-        let counted = |reason: crate::telemetry::RefusalReason, timeout: crate::config::HumanDuration| {
+        let counted = |reason: crate::telemetry::RefusalReason, limit: &dyn std::fmt::Display| {
             let series = telemetry.metrics.connections_closed.with_label_values(&[direction, reason.label()]);
-            (timeout.0, telemetry.refusals.counter(direction, reason, timeout, series).at(listener))
+            telemetry.refusals.counter(direction, reason, limit, series).at(listener)
         };
-        crate::proxy::CallerTimeouts::new(
-            counted(crate::telemetry::RefusalReason::BodyTimeout, config.limits.body_timeout),
-            counted(crate::telemetry::RefusalReason::SendTimeout, config.limits.send_timeout),
-        )
+        use crate::telemetry::RefusalReason::{BodyTimeout, MemoryCut, SendTimeout};
+        let (body, send) = (config.limits.body_timeout, config.limits.send_timeout);
+        crate::proxy::CallerTimeouts::new((body.0, counted(BodyTimeout, &body)), (send.0, counted(SendTimeout, &send)))
+            .memory(memory.clone(), counted(MemoryCut, &memory_setting))
     };
     let inflight = |direction, listener| {
         let shed = telemetry.metrics.requests_shed.with_label_values(&[direction]);
-        let reason = crate::telemetry::RefusalReason::Shed;
-        let counted = telemetry.refusals.counter(direction, reason, config.limits.max_inflight, shed).at(listener);
-        crate::proxy::Inflight::new(config.limits.max_inflight, counted)
+        let counted = |reason| {
+            telemetry.refusals.counter(direction, reason, config.limits.max_inflight, shed.clone()).at(listener)
+        };
+        let memory_shed = telemetry
+            .refusals
+            .counter(direction, crate::telemetry::RefusalReason::MemoryShed, &memory_setting, shed.clone())
+            .at(listener);
+        crate::proxy::Inflight::with_memory(
+            config.limits.max_inflight,
+            counted(crate::telemetry::RefusalReason::Shed),
+            memory.clone(),
+            memory_shed,
+        )
     };
     let inbound = proxy_app(
         &conf,
@@ -355,6 +376,7 @@ async fn run(
         max_connections_per_source: (direction != "outbound").then_some(config.limits.max_connections_per_source),
         head_timeout_answer: Some(crate::proxy::request_timeout_answer),
         max_resets_per_second: Some(config.limits.http2.max_resets_per_second),
+        memory: (direction != "admin").then(|| memory.clone()),
     };
     let serving = [
         tokio::spawn(serve_with(

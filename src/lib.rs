@@ -3,7 +3,7 @@
 //! Modules are split by concern; `app` is the one place that wires them together.
 //! See ARCHITECTURE.md for how a request and a policy flow through them.
 
-// Denied everywhere; `memory` holds the one exception (a madvise), allowed on that function only.
+// Denied everywhere; `memory` holds the two exceptions (madvise, mallinfo2), allowed on those functions only.
 #![deny(unsafe_code)]
 
 /// The pingora stream traits a connection wrapper passes straight to the stream it wraps: its

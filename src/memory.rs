@@ -1,4 +1,9 @@
-//! Resident memory of a long-running process: most of a sidecar's is its own code.
+//! Resident memory of a long-running process: most of a sidecar's is its own code; what a
+//! load adds is heap, measured here for the overload guard ([`Pressure`]).
+
+mod pressure;
+
+pub use pressure::{Cut, Pressure};
 
 /// [`release_startup_pages`] on the blocking pool, so the first requests need not wait for it.
 /// Call it from the runtime once the process is ready.
@@ -44,8 +49,92 @@ pub fn release_startup_pages() -> std::io::Result<usize> {
     Ok(advised)
 }
 
+/// Bytes the allocator has handed out and not had back (glibc's `mallinfo2`: in use in its
+/// arenas plus its own mappings), or `None` where that is not known (another C library). Not
+/// the resident size: freed memory the allocator keeps for reuse is not counted, so the figure
+/// falls as soon as buffers are released.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)] // see the SAFETY note
+pub fn heap_in_use() -> Option<u64> {
+    // SAFETY: mallinfo2 takes no arguments, only reads the allocator's statistics under its own
+    // locks and returns a plain struct by value (glibc 2.33 and later; Debian 12 has 2.36).
+    let info = unsafe { libc::mallinfo2() };
+    Some((info.uordblks + info.hblkhd) as u64)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn heap_in_use() -> Option<u64> {
+    None
+}
+
+/// The memory limit of this process's container (cgroup v2 `memory.max`, or v1
+/// `memory.limit_in_bytes`), if it has one.
+pub fn container_memory_limit() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let read = |path: String| std::fs::read_to_string(path).ok();
+    cgroup_memory_limit(&cgroups, read)
+}
+
+/// [`container_memory_limit`] from `/proc/self/cgroup`'s text, reading files through `read`.
+/// The process's own cgroup is looked at first, then the root of the mount (inside a container
+/// with a cgroup namespace the two are the same).
+fn cgroup_memory_limit(cgroups: &str, read: impl Fn(String) -> Option<String>) -> Option<u64> {
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
+            continue;
+        };
+        let path = path.trim_end_matches('/');
+        let candidates = match controllers {
+            "" => [format!("/sys/fs/cgroup{path}/memory.max"), "/sys/fs/cgroup/memory.max".to_string()],
+            c if c.split(',').any(|c| c == "memory") => [
+                format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes"),
+                "/sys/fs/cgroup/memory/memory.limit_in_bytes".to_string(),
+            ],
+            _ => continue,
+        };
+        for file in candidates {
+            let Some(text) = read(file) else { continue };
+            // "max" (v2) or a page-rounded i64::MAX (v1): no limit.
+            return text.trim().parse::<u64>().ok().filter(|&bytes| bytes < 1 << 60);
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_heap_in_use_grows_with_a_buffer_and_falls_when_it_is_freed() {
+        let Some(before) = super::heap_in_use() else { return };
+        // Large beside what the other tests of this binary allocate meanwhile.
+        let buffer = vec![1u8; 64 << 20];
+        let during = super::heap_in_use().unwrap();
+        assert!(during >= before + (48 << 20), "{before} -> {during}");
+        drop(std::hint::black_box(buffer));
+        let after = super::heap_in_use().unwrap();
+        assert!(after <= during - (48 << 20), "{during} -> {after}");
+    }
+
+    #[test]
+    fn a_container_limit_is_read_from_cgroup_v2_or_v1_and_none_means_none() {
+        let files = |found: &'static [(&'static str, &'static str)]| {
+            move |path: String| found.iter().find(|(p, _)| *p == path).map(|(_, text)| text.to_string())
+        };
+        let v2 = "0::/kubepods/pod1/c1\n";
+        let own = files(&[("/sys/fs/cgroup/kubepods/pod1/c1/memory.max", "268435456\n")]);
+        assert_eq!(super::cgroup_memory_limit(v2, own), Some(268435456));
+        let namespaced = files(&[("/sys/fs/cgroup/memory.max", "134217728\n")]);
+        assert_eq!(super::cgroup_memory_limit("0::/\n", namespaced), Some(134217728));
+        assert_eq!(super::cgroup_memory_limit("0::/\n", files(&[("/sys/fs/cgroup/memory.max", "max\n")])), None);
+        let v1 = "4:memory:/process_api/x\n0::/\n";
+        let unlimited = files(&[("/sys/fs/cgroup/memory/process_api/x/memory.limit_in_bytes", "9223372036854771712")]);
+        assert_eq!(super::cgroup_memory_limit(v1, unlimited), None);
+        let limited = files(&[("/sys/fs/cgroup/memory/memory.limit_in_bytes", "536870912")]);
+        assert_eq!(super::cgroup_memory_limit("5:cpuacct,memory:/a\n", limited), Some(536870912));
+        assert_eq!(super::cgroup_memory_limit("1:cpu:/\n", files(&[])), None, "no memory controller");
+    }
+
     /// Resident kB of this test binary's own read-only mappings.
     fn resident_code_kb() -> u64 {
         let exe = std::fs::read_link("/proc/self/exe").unwrap();

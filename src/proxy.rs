@@ -81,12 +81,19 @@ pub(crate) fn ambiguous_framing(session: &pingora::proxy::Session) -> Option<&'s
 /// proxy or this crate), it goes through the session. An answer's head is not timed: it is at
 /// most 1 MiB (pingora's limit), one per HTTP/1.1 connection at a time, and the socket's
 /// buffers take it whole.
+///
+/// The answers this crate writes itself are also given up while the sidecar is over
+/// `limits.maxMemoryBytes` and their caller is not taking them ([`CallerTimeouts::write_body`];
+/// pingora's own proxy writes through the connection's wrapper in [`crate::serve`], which does the
+/// same).
 #[derive(Clone)]
 pub struct CallerTimeouts {
     pub body: std::time::Duration,
     send: std::time::Duration,
     body_timeouts: crate::telemetry::RefusalCounter,
     send_timeouts: crate::telemetry::RefusalCounter,
+    memory: std::sync::Arc<crate::memory::Pressure>,
+    memory_cuts: Option<crate::telemetry::RefusalCounter>,
 }
 
 impl CallerTimeouts {
@@ -94,7 +101,41 @@ impl CallerTimeouts {
         (body, body_timeouts): (std::time::Duration, crate::telemetry::RefusalCounter),
         (send, send_timeouts): (std::time::Duration, crate::telemetry::RefusalCounter),
     ) -> Self {
-        CallerTimeouts { body, send, body_timeouts, send_timeouts }
+        CallerTimeouts {
+            body,
+            send,
+            body_timeouts,
+            send_timeouts,
+            memory: crate::memory::Pressure::off(),
+            memory_cuts: None,
+        }
+    }
+
+    /// Answers stalled on their callers are cut off while `memory` is over its limit, counted
+    /// in `cuts`.
+    pub fn memory(
+        mut self,
+        memory: std::sync::Arc<crate::memory::Pressure>,
+        cuts: crate::telemetry::RefusalCounter,
+    ) -> Self {
+        self.memory = memory;
+        self.memory_cuts = Some(cuts);
+        self
+    }
+
+    /// Writes a piece of an answer to the caller (pingora's write timer holds it to
+    /// `sendTimeout`), unless the sidecar goes over its memory limit while the caller is not
+    /// taking it.
+    pub(crate) async fn write_body(
+        &self,
+        session: &mut pingora::proxy::Session,
+        data: Option<bytes::Bytes>,
+        end: bool,
+    ) -> pingora::Result<()> {
+        match self.memory.unless_cut(session.write_response_body(data, end)).await {
+            Ok(written) => written.map_err(pingora::Error::into_down),
+            Err(crate::memory::Cut) => Err(respond::memory_cut()),
+        }
     }
 
     /// The SPEC's defaults (60 s each), counted nowhere (proxies built without limits, unit tests).
@@ -128,6 +169,10 @@ impl CallerTimeouts {
         let counter = match (respond::is_body_timeout(e), respond::is_send_timeout(e)) {
             (true, _) => &self.body_timeouts,
             (_, true) => &self.send_timeouts,
+            _ if respond::is_memory_cut(e) => match &self.memory_cuts {
+                Some(cuts) => cuts,
+                None => return,
+            },
             _ => return,
         };
         let source = session.client_addr().and_then(|a| a.as_inet()).map(|a| canonical_ip(a.ip()));

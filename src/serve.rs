@@ -31,7 +31,7 @@ pub const MAX_CONNECTIONS_PER_LISTENER: usize = 10_000;
 
 /// What one listener's connections may cost (SPEC section 3 `limits`), and the label its closures
 /// are counted under.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     /// `direction` of `palisade_connections_closed_total`: inbound, outbound, admin...
     pub direction: &'static str,
@@ -48,6 +48,9 @@ pub struct ConnectionLimits {
     /// RST_STREAM frames an HTTP/2 peer may send within a second before its connection is
     /// closed (`limits.http2.maxResetsPerSecond`); `None`: not counted.
     pub max_resets_per_second: Option<u32>,
+    /// The sidecar's memory guard (`limits.maxMemoryBytes`): while it is over its limit, a
+    /// connection whose writes wait on a peer that does not read is closed.
+    pub memory: Option<Arc<crate::memory::Pressure>>,
 }
 
 impl Default for ConnectionLimits {
@@ -60,6 +63,7 @@ impl Default for ConnectionLimits {
             max_connections_per_source: None,
             head_timeout_answer: None,
             max_resets_per_second: None,
+            memory: None,
         }
     }
 }
@@ -195,6 +199,7 @@ pub async fn serve_with<A>(
     A: ServerApp + Send + Sync + 'static,
 {
     let transport = Arc::new(transport);
+    let limits = Arc::new(limits);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let per_source = limits
         .max_connections_per_source
@@ -217,6 +222,10 @@ pub async fn serve_with<A>(
         resets: counter(
             RefusalReason::RapidReset,
             limits.max_resets_per_second.map_or_else(|| "none".to_string(), |n| n.to_string()),
+        ),
+        memory_cut: counter(
+            RefusalReason::MemoryCut,
+            limits.memory.as_ref().and_then(|m| m.limit()).map_or_else(|| "none".to_string(), |n| n.to_string()),
         ),
     };
     let at_limit = counter(RefusalReason::ConnectionLimit, limits.max_connections.to_string());
@@ -270,6 +279,7 @@ pub async fn serve_with<A>(
         let telemetry = telemetry.clone();
         let shutdown = shutdown.clone();
         let counters = counters.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let _slot = slot;
@@ -580,6 +590,7 @@ struct Closures {
     header: RefusalCounter,
     idle: RefusalCounter,
     resets: RefusalCounter,
+    memory_cut: RefusalCounter,
 }
 
 /// Counts the premature RST_STREAM frames an HTTP/2 peer sends (rapid reset, CVE-2023-44487:
@@ -714,6 +725,11 @@ struct Deadlined {
     /// HTTP/2: the peer's stream resets, when limited.
     max_resets_per_second: Option<u32>,
     resets: Option<ResetCount>,
+    /// The memory guard, and what a write that waits on the peer polls for its signal (made
+    /// at the first such wait, renewed at each later one: `stalled` says the current is live).
+    memory: Option<Arc<crate::memory::Pressure>>,
+    cut_signal: Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>,
+    stalled: bool,
 }
 
 /// How long the 408 for a late head may take to write before the connection is closed anyway
@@ -749,7 +765,40 @@ impl Deadlined {
             answering: None,
             max_resets_per_second: limits.max_resets_per_second,
             resets: None,
+            memory: limits.memory.clone(),
+            cut_signal: None,
+            stalled: false,
         }
+    }
+
+    /// A write waits on the peer: whether the memory guard says to give up on it now (counted).
+    /// The signal is made when the wait begins, so only a sample over the limit taken during
+    /// the wait cuts it.
+    fn cut_under_pressure(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        let Some(memory) = &self.memory else { return false };
+        if !self.stalled {
+            let Some(signal) = memory.cut_signal() else { return false };
+            match self.cut_signal.as_mut() {
+                Some(current) => current.set(signal),
+                None => self.cut_signal = Some(Box::pin(signal)),
+            }
+            self.stalled = true;
+        }
+        let cut = self.cut_signal.as_mut().is_some_and(|signal| signal.as_mut().poll(cx).is_ready());
+        if cut {
+            self.stalled = false;
+            self.closures.memory_cut.refused(Some(self.peer.ip()));
+            tracing::debug!(peer = %self.peer, direction = self.closures.direction, "closing a connection that is not reading its answer: over limits.maxMemoryBytes");
+        }
+        cut
+    }
+
+    /// What a write the memory guard cut fails with.
+    fn memory_cut() -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "cut off: over limits.maxMemoryBytes while the peer was not reading",
+        )
     }
 
     /// Part of an HTTP/1.1 request head came, not all of it: what SPEC section 5 answers with
@@ -952,12 +1001,19 @@ impl tokio::io::AsyncWrite for Deadlined {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let written = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = written {
-            if n > 0 && self.phase != Phase::H2 {
-                self.on_write(&buf[..n]);
-            } else if let Some(resets) = self.resets.as_mut().filter(|_| n > 0) {
-                resets.wrote();
+        match written {
+            std::task::Poll::Ready(Ok(n)) => {
+                self.stalled = false;
+                if n > 0 && self.phase != Phase::H2 {
+                    self.on_write(&buf[..n]);
+                } else if let Some(resets) = self.resets.as_mut().filter(|_| n > 0) {
+                    resets.wrote();
+                }
             }
+            std::task::Poll::Pending if self.cut_under_pressure(cx) => {
+                return std::task::Poll::Ready(Err(Self::memory_cut()));
+            }
+            _ => {}
         }
         written
     }
@@ -968,13 +1024,20 @@ impl tokio::io::AsyncWrite for Deadlined {
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let written = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        if let std::task::Poll::Ready(Ok(n)) = written {
-            if n > 0 && self.phase != Phase::H2 {
-                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
-                self.on_write(first);
-            } else if let Some(resets) = self.resets.as_mut().filter(|_| n > 0) {
-                resets.wrote();
+        match written {
+            std::task::Poll::Ready(Ok(n)) => {
+                self.stalled = false;
+                if n > 0 && self.phase != Phase::H2 {
+                    let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+                    self.on_write(first);
+                } else if let Some(resets) = self.resets.as_mut().filter(|_| n > 0) {
+                    resets.wrote();
+                }
             }
+            std::task::Poll::Pending if self.cut_under_pressure(cx) => {
+                return std::task::Poll::Ready(Err(Self::memory_cut()));
+            }
+            _ => {}
         }
         written
     }
@@ -987,7 +1050,14 @@ impl tokio::io::AsyncWrite for Deadlined {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+        match std::pin::Pin::new(&mut self.io).poll_flush(cx) {
+            std::task::Poll::Pending if self.cut_under_pressure(cx) => std::task::Poll::Ready(Err(Self::memory_cut())),
+            std::task::Poll::Ready(done) => {
+                self.stalled = false;
+                std::task::Poll::Ready(done)
+            }
+            pending => pending,
+        }
     }
 
     fn poll_shutdown(

@@ -300,6 +300,8 @@ fn every_kind() -> Vec<SecurityEvent> {
         dos("inbound", "body_timeout", "limits.bodyTimeout", "60s", Some("10.0.0.7"), false),
         dos("outbound", "send_timeout", "limits.sendTimeout", "60s", None, true),
         dos("inbound", "shed", "limits.maxInflight", "5000", None, true),
+        dos("inbound", "memory_shed", "limits.maxMemoryBytes", "201326592", None, true),
+        dos("inbound", "memory_cut", "limits.maxMemoryBytes", "201326592", Some("10.0.0.66"), false),
         dos("inbound", "rapid_reset", "limits.http2.maxResetsPerSecond", "200", Some("10.0.0.66"), false),
     ]
 }
@@ -412,6 +414,8 @@ fn every_event_kind_written_through_the_event_writer() {
                 ("idle_timeout", 4001, 2),
                 ("body_timeout", 4002, 0),
                 ("shed", 4002, 0),
+                ("memory_shed", 4002, 0),
+                ("memory_cut", 4001, 2),
                 ("rapid_reset", 4001, 2),
             ] {
                 let e = by_reason(reason);

@@ -28,8 +28,9 @@ pub struct SidecarConfig {
 }
 
 /// SPEC section 3 `limits`: what a connection or a request may cost before it is refused. Every
-/// setting the SPEC names is implemented, and `sendTimeout` beside them (the SPEC is silent on
-/// callers that stop reading); anything else is refused as an unknown field.
+/// setting the SPEC names is implemented, and `sendTimeout` and `maxMemoryBytes` beside them (the
+/// SPEC is silent on callers that stop reading and on memory); anything else is refused as an
+/// unknown field.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct LimitsConfig {
@@ -54,6 +55,10 @@ pub struct LimitsConfig {
     pub max_connections_per_source: usize,
     /// Requests in flight per data listener; past it new ones get 503 with `Retry-After`.
     pub max_inflight: usize,
+    /// Heap in use past which the sidecar is overloaded: new requests get 503 and answers
+    /// stalled on callers that do not read them are cut off. Absent: three quarters of the
+    /// container's memory limit, when it has one; 0: never.
+    pub max_memory_bytes: Option<u64>,
     /// HTTP/2 connections on the data listeners.
     pub http2: Http2Limits,
 }
@@ -78,6 +83,21 @@ impl Default for Http2Limits {
     }
 }
 
+/// The least `limits.maxMemoryBytes` that is not 0.
+pub const MIN_MEMORY_BYTES: u64 = 16 << 20;
+
+impl LimitsConfig {
+    /// `maxMemoryBytes` as it applies in this process: set, or three quarters of the container's
+    /// memory limit (`container_limit`), or none.
+    pub fn memory_limit(&self, container_limit: Option<u64>) -> Option<u64> {
+        match self.max_memory_bytes {
+            Some(0) => None,
+            Some(bytes) => Some(bytes),
+            None => container_limit.map(|limit| limit / 4 * 3),
+        }
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
@@ -88,6 +108,7 @@ impl Default for LimitsConfig {
             max_connections: 10_000,
             max_connections_per_source: 1_000,
             max_inflight: 5_000,
+            max_memory_bytes: None,
             http2: Http2Limits::default(),
         }
     }
@@ -649,6 +670,12 @@ impl super::Validate for SidecarConfig {
         if self.limits.max_connections_per_source == 0 {
             invalid.push(Invalid::field("limits.maxConnectionsPerSource", "must be at least 1"));
         }
+        if self.limits.max_memory_bytes.is_some_and(|bytes| bytes > 0 && bytes < MIN_MEMORY_BYTES) {
+            invalid.push(Invalid::field(
+                "limits.maxMemoryBytes",
+                format!("must be 0 (no limit) or at least {MIN_MEMORY_BYTES} (a sidecar's own baseline is a few MB)"),
+            ));
+        }
         if self.limits.max_inflight == 0 {
             invalid.push(Invalid::field("limits.maxInflight", "must be at least 1"));
         }
@@ -751,6 +778,22 @@ mod tests {
             ["limits.http2.maxConcurrentStreams", "limits.http2.maxHeaderListBytes", "limits.http2.maxResetsPerSecond"]
         );
         assert!(parse("limits: {http2: {maxContinuationFrames: 5}}\n").is_err(), "unknown: refused");
+    }
+
+    #[test]
+    fn the_memory_limit_follows_the_container_unless_set_and_refuses_a_baseline() {
+        let env = std::collections::BTreeMap::<String, String>::new();
+        let limits = parse("threads: 1\n").unwrap().limits;
+        assert_eq!(limits.memory_limit(Some(256 << 20)), Some(192 << 20), "three quarters of the container's");
+        assert_eq!(limits.memory_limit(None), None, "no container limit: none");
+        let limits = parse("limits: {maxMemoryBytes: 0}\n").unwrap().limits;
+        assert_eq!(limits.memory_limit(Some(256 << 20)), None, "0: off");
+        let cfg = parse("limits: {maxMemoryBytes: 100000000}\n").unwrap();
+        assert_eq!(cfg.limits.memory_limit(Some(256 << 20)), Some(100_000_000));
+        assert!(invalid_fields(&cfg, &env).is_empty());
+        let cfg = parse("limits: {maxMemoryBytes: 1000000}\n").unwrap();
+        assert_eq!(invalid_fields(&cfg, &env), ["limits.maxMemoryBytes"]);
+        assert!(parse("limits: {maxMemoryBytes: lots}\n").is_err());
     }
 
     #[test]

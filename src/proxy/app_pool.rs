@@ -63,10 +63,9 @@ pub enum BodyMode {
 pub enum Body<'a> {
     /// Read whole before the request is sent ([`held_body`]); empty when there is none.
     Held(Bytes),
-    /// Read from the caller as the app takes it: each wait for the caller held to `timeout`,
-    /// each piece passed to `count` (the inbound's maxBodyBytes count) before it is sent.
+    /// Read from the caller as the app takes it: each wait for the caller held to the body
+    /// timeout, each piece passed to `count` (the inbound's maxBodyBytes count) before it is sent.
     Streamed {
-        timeout: &'a super::CallerTimeouts,
         count: &'a mut (dyn FnMut(usize) -> pingora::Result<()> + Send),
         /// Some of it was read: the request can no longer be sent again.
         started: bool,
@@ -124,12 +123,13 @@ impl AppPool {
     }
 
     /// Sends `request` (see [`app_request`]) and the request's body to the app and writes its
-    /// answer to the caller. A reused connection the app had closed costs no idempotent request
+    /// answer to the caller, both held to the caller's `timeouts`. A reused connection the app had closed costs no idempotent request
     /// whose body is still whole: it is sent once more on a new connection.
     pub async fn forward(
         &self,
         session: &mut Session,
         mut body: Body<'_>,
+        timeouts: &super::CallerTimeouts,
         request: impl Fn(&Session) -> pingora::Result<http::request::Parts>,
     ) -> pingora::Result<()> {
         let mut retried = false;
@@ -143,7 +143,7 @@ impl AppPool {
             if matches!(body, Body::Streamed { .. }) && !request.headers.contains_key(header::CONTENT_LENGTH) {
                 request.headers.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
             }
-            match exchange(session, &mut app, RequestHeader::from(request), &mut body).await {
+            match exchange(session, &mut app, RequestHeader::from(request), &mut body, timeouts).await {
                 Ok(request_done) => {
                     // An app that answered before it had the whole body leaves the connection
                     // in the middle of a request.
@@ -395,6 +395,7 @@ async fn exchange(
     app: &mut AppSession,
     request: RequestHeader,
     body: &mut Body<'_>,
+    timeouts: &super::CallerTimeouts,
 ) -> pingora::Result<bool> {
     app.write_request_header(Box::new(request)).await.map_err(Error::into_up)?;
     // A held body is sent at once, and its timer is never awaited.
@@ -406,7 +407,7 @@ async fn exchange(
             }
             (true, Duration::ZERO)
         }
-        Body::Streamed { timeout, .. } => (false, timeout.body),
+        Body::Streamed { .. } => (false, timeouts.body),
     };
     // From the last body bytes read or passed on: how long the caller may keep the rest. The
     // app answering meanwhile does not count, as on the outbound side.
@@ -458,7 +459,7 @@ async fn exchange(
                 }
             }
             HttpTask::Body(data, end) => {
-                session.write_response_body(data, end).await.map_err(Error::into_down)?;
+                timeouts.write_body(session, data, end).await?;
                 if end {
                     return Ok(request_done);
                 }
@@ -466,7 +467,7 @@ async fn exchange(
                 stalled.as_mut().reset(tokio::time::Instant::now() + idle);
             }
             HttpTask::Done => {
-                session.write_response_body(Some(Bytes::new()), true).await.map_err(Error::into_down)?;
+                timeouts.write_body(session, Some(Bytes::new()), true).await?;
                 return Ok(request_done);
             }
             _ => {}

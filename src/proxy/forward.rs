@@ -89,8 +89,9 @@ pub async fn exchange(
     request: http::request::Parts,
     expects_continue: bool,
     first: Option<(Bytes, bool)>,
-    body_timeout: std::time::Duration,
+    timeouts: &super::CallerTimeouts,
 ) -> pingora::Result<()> {
+    let body_timeout = timeouts.body;
     let mut request_done = first.is_none() && session.is_body_empty() && session.is_body_done();
     let (response, body_writer) = upstream.send_request(request, request_done).map_err(Error::into_up)?;
     if expects_continue && !request_done {
@@ -155,7 +156,7 @@ pub async fn exchange(
                     caller_may_pipeline = !session.is_http2();
                 }
                 Event::Data(data) => {
-                    session.write_response_body(Some(data), false).await.map_err(Error::into_down)?;
+                    timeouts.write_body(session, Some(data), false).await?;
                     // The caller's silence is not judged while its answer waited on it.
                     stalled.as_mut().reset(tokio::time::Instant::now() + body_timeout);
                 }
@@ -164,7 +165,7 @@ pub async fn exchange(
                         Some(trailers) if session.is_http2() => {
                             session.write_response_trailers(trailers).await.map_err(Error::into_down)?
                         }
-                        _ => session.write_response_body(Some(Bytes::new()), true).await.map_err(Error::into_down)?,
+                        _ => timeouts.write_body(session, Some(Bytes::new()), true).await?,
                     }
                     // Whatever the app had not sent yet is no longer wanted (RFC 9113 §8.1).
                     return Ok(());

@@ -361,10 +361,10 @@ impl ProxyHttp for Inbound {
                 }
                 BodyMode::Streamed => {
                     count = |len| ctx.body.count(len);
-                    Body::Streamed { timeout: &self.caller_timeouts, count: &mut count, started: false }
+                    Body::Streamed { count: &mut count, started: false }
                 }
             };
-            pool.forward(session, body, |session: &Session| {
+            pool.forward(session, body, &self.caller_timeouts, |session: &Session| {
                 let mut request = app_pool::app_request(session)?;
                 add_sidecar_headers(session, &mut request, &ctx.request, ctx.token.as_ref())?;
                 Ok(request)

@@ -284,7 +284,7 @@ impl ProxyHttp for Outbound {
                 request,
                 expects_continue,
                 first.take(),
-                self.caller_timeouts.body,
+                &self.caller_timeouts,
             )
             .await
             else {

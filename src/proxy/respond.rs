@@ -182,6 +182,22 @@ pub fn is_send_timeout(e: &Error) -> bool {
     e.etype() == &ErrorType::WriteTimedout && e.esource() == &ErrorSource::Downstream
 }
 
+/// What an answer cut off under memory pressure failed with ([`super::CallerTimeouts::write_body`]).
+pub fn memory_cut() -> Box<Error> {
+    Error::explain(
+        ErrorType::Custom(MEMORY_CUT),
+        "cut off: over limits.maxMemoryBytes while the caller was not reading",
+    )
+    .into_down()
+}
+
+const MEMORY_CUT: &str = "memory_cut";
+
+/// An answer cut off under memory pressure.
+pub fn is_memory_cut(e: &Error) -> bool {
+    e.etype() == &ErrorType::Custom(MEMORY_CUT) && e.esource() == &ErrorSource::Downstream
+}
+
 /// A refusal the pipeline decided on is reported by metrics and events, and a caller hanging up
 /// is the caller's business: neither is an error log.
 pub fn is_decision(e: &Error) -> bool {
@@ -193,6 +209,7 @@ pub fn is_decision(e: &Error) -> bool {
         ConnectionClosed | ReadError | WriteError | ReadTimedout | WriteTimedout => {
             e.esource() == &pingora::ErrorSource::Downstream
         }
+        Custom(MEMORY_CUT) => e.esource() == &pingora::ErrorSource::Downstream,
         _ => false,
     }
 }

@@ -2,11 +2,16 @@
 //! listener, a new request is answered 503 with `Retry-After` at once instead of queueing without
 //! bound behind the others (queued requests only add latency and memory, and time out anyway).
 //! The count is one atomic per request in and out: no lock, no allocation.
+//!
+//! The same door sheds requests while the sidecar is over `limits.maxMemoryBytes`
+//! ([`crate::memory::Pressure`], shared by the listeners), and marks each request for that
+//! guard's sampler.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use crate::memory::Pressure;
 use crate::telemetry::{RefusalCounter, RefusalReason, Refusals};
 
 /// One listener's requests in flight.
@@ -15,15 +20,32 @@ pub struct Inflight {
     max: usize,
     /// `palisade_requests_shed_total{direction}`, resolved once, and the shed events' count.
     shed: RefusalCounter,
+    memory: Arc<Pressure>,
+    /// The same series, counted in the events as `limits.maxMemoryBytes`.
+    memory_shed: Option<RefusalCounter>,
 }
 
 /// A request's place among those in flight; given back when the request's context is dropped,
 /// after its response and its log line.
-pub struct Slot(Arc<Inflight>);
+pub struct Slot {
+    inflight: Arc<Inflight>,
+    /// Counted by the memory guard, whose sampler runs while any request is in flight.
+    watched: bool,
+}
 
 impl Inflight {
     pub fn new(max: usize, shed: RefusalCounter) -> Arc<Self> {
-        Arc::new(Inflight { now: AtomicUsize::new(0), max, shed })
+        Arc::new(Inflight { now: AtomicUsize::new(0), max, shed, memory: Pressure::off(), memory_shed: None })
+    }
+
+    /// Also sheds while `memory` is over its limit, counting those in `shed`.
+    pub fn with_memory(
+        max: usize,
+        shed: RefusalCounter,
+        memory: Arc<Pressure>,
+        memory_shed: RefusalCounter,
+    ) -> Arc<Self> {
+        Arc::new(Inflight { now: AtomicUsize::new(0), max, shed, memory, memory_shed: Some(memory_shed) })
     }
 
     /// No limit (a proxy built without one, as in unit tests).
@@ -32,14 +54,19 @@ impl Inflight {
         Self::new(usize::MAX, Refusals::default().counter("other", RefusalReason::Shed, "unlimited", shed))
     }
 
-    /// A slot, or `None` (counted, for `source`) when `max` requests are in flight already.
+    /// A slot, or `None` (counted, for `source`) when `max` requests are in flight already or
+    /// the sidecar is over its memory limit.
     pub fn enter(self: &Arc<Self>, source: Option<IpAddr>) -> Option<Slot> {
+        if self.memory.is_over() {
+            self.memory_shed.as_ref().unwrap_or(&self.shed).refused(source);
+            return None;
+        }
         if self.now.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.now.fetch_sub(1, Ordering::AcqRel);
             self.shed.refused(source);
             return None;
         }
-        Some(Slot(self.clone()))
+        Some(Slot { inflight: self.clone(), watched: self.memory.request_started() })
     }
 
     pub fn in_flight(&self) -> usize {
@@ -49,7 +76,10 @@ impl Inflight {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.now.fetch_sub(1, Ordering::AcqRel);
+        self.inflight.now.fetch_sub(1, Ordering::AcqRel);
+        if self.watched {
+            self.inflight.memory.request_ended();
+        }
     }
 }
 
@@ -73,5 +103,28 @@ mod tests {
         assert_eq!(inflight.in_flight(), 2);
         drop(c);
         assert_eq!(inflight.in_flight(), 1, "a slot is given back when dropped");
+    }
+
+    #[test]
+    fn over_the_memory_limit_every_request_is_shed_and_counted_as_such() {
+        let shed = prometheus::IntCounter::new("shed", "shed").unwrap();
+        let refusals = Refusals::default();
+        let inflight = Inflight::with_memory(
+            10,
+            refusals.counter("inbound", RefusalReason::Shed, 10, shed.clone()),
+            crate::memory::Pressure::overloaded(),
+            refusals.counter("inbound", RefusalReason::MemoryShed, 1, shed.clone()),
+        );
+        assert!(inflight.enter(None).is_none(), "none in flight, yet shed");
+        assert_eq!((inflight.in_flight(), shed.get()), (0, 1));
+        let reported = refusals.flush();
+        let reasons: Vec<_> = reported
+            .iter()
+            .map(|event| match event {
+                crate::telemetry::SecurityEvent::DosRefused(d) => d.reason,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(reasons, ["memory_shed"]);
     }
 }

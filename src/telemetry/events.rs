@@ -119,7 +119,7 @@ impl DosRefusal {
     /// connection closed.
     pub fn http_status(&self) -> Option<u16> {
         match self.reason {
-            "shed" => Some(503),
+            "shed" | "memory_shed" => Some(503),
             "body_timeout" => Some(408),
             _ => None,
         }
@@ -143,6 +143,12 @@ impl DosRefusal {
                 "{n} request{plural} on {direction} cut off: the caller took none of the answer within {setting} ({limit})"
             ),
             "shed" => format!("{n} request{plural} on {direction} shed (503): {setting} ({limit}) in flight"),
+            "memory_shed" => format!(
+                "{n} request{plural} on {direction} shed (503): the sidecar's heap was over {setting} ({limit} bytes)"
+            ),
+            "memory_cut" => format!(
+                "{n} request{plural} on {direction} cut off while the caller was not reading: the sidecar's heap was over {setting} ({limit} bytes)"
+            ),
             "rapid_reset" => format!(
                 "{n} HTTP/2 connection{plural} on {direction} closed: more stream resets than {setting} ({limit}) a second"
             ),

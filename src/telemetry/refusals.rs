@@ -38,6 +38,11 @@ pub enum RefusalReason {
     /// `limits.http2.maxResetsPerSecond`: an HTTP/2 connection closed for resetting too many of
     /// its streams (rapid reset).
     RapidReset,
+    /// `limits.maxMemoryBytes`: a request answered 503 while the sidecar was over it.
+    MemoryShed,
+    /// `limits.maxMemoryBytes`: an answer its caller was not reading cut off (HTTP/1.1
+    /// connection closed, HTTP/2 stream reset) while the sidecar was over it.
+    MemoryCut,
 }
 
 impl RefusalReason {
@@ -51,6 +56,8 @@ impl RefusalReason {
             RefusalReason::SendTimeout => "send_timeout",
             RefusalReason::Shed => "shed",
             RefusalReason::RapidReset => "rapid_reset",
+            RefusalReason::MemoryShed => "memory_shed",
+            RefusalReason::MemoryCut => "memory_cut",
         }
     }
 
@@ -65,6 +72,7 @@ impl RefusalReason {
             RefusalReason::SendTimeout => "limits.sendTimeout",
             RefusalReason::Shed => "limits.maxInflight",
             RefusalReason::RapidReset => "limits.http2.maxResetsPerSecond",
+            RefusalReason::MemoryShed | RefusalReason::MemoryCut => "limits.maxMemoryBytes",
         }
     }
 }

@@ -1,0 +1,225 @@
+//! `limits.maxMemoryBytes` (issue 16): callers that ask for large answers and do not read them
+//! make a sidecar hold buffers for each (about 180 KB per HTTP/2 stream, 800 KB per HTTP/1.1
+//! connection) until `sendTimeout`; enough of them and its container is killed for memory. Past
+//! the limit the sidecar cuts them off, counted, and serves again at once. The sidecar runs as
+//! its own process (the real binary), so the heap it measures is its own, not this test's.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::select_all;
+use rustls::pki_types::ServerName;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_palisade");
+/// A sidecar's own heap at rest is a few MB; what the stalled callers below make it hold is
+/// several times this.
+const LIMIT: u64 = 20 << 20;
+/// Far more than the socket buffers, the windows and the sidecar's pieces can hold.
+const LARGE_ANSWER: usize = 64 << 20;
+const BOUND: Duration = Duration::from_secs(15);
+
+struct Sidecar {
+    child: std::process::Child,
+    inbound: SocketAddr,
+    admin: SocketAddr,
+    client: palisade::identity::WorkloadFiles,
+    _pki: Pki,
+    _app: EchoApp,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `palisade sidecar` with this memory limit and a `sendTimeout` far beyond the test: a caller
+/// cut off was cut by the memory guard. Its app speaks HTTP/1.1, as every app does to which a
+/// peer sidecar forwards an HTTP/1.1 caller's requests.
+async fn sidecar(max_memory_bytes: u64) -> Sidecar {
+    let pki = Pki::new();
+    let server = pki.workload("server", &id("shop", "orders"));
+    let client = pki.workload("client", &id("shop", "frontend"));
+    let app = EchoApp::start().await;
+    let ports = [free_port(), free_port(), free_port()];
+    let config = pki.dir.path().join("sidecar.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "identity:\n  files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}\ntrustDomain: {TD}\n\
+             inbound: {{listen: \"127.0.0.1:{}\", app: \"{}\", appProtocol: http1}}\noutbound: {{listen: \"127.0.0.1:{}\"}}\n\
+             admin: {{listen: \"127.0.0.1:{}\"}}\nlimits: {{maxMemoryBytes: {max_memory_bytes}, sendTimeout: 600s}}\n",
+            server.cert.display(),
+            server.key.display(),
+            server.trust_bundle.display(),
+            ports[0],
+            app.addr,
+            ports[1],
+            ports[2]
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(pki.dir.path().join("sidecar.log")).unwrap();
+    let child = Command::new(BIN)
+        .args(["sidecar", "--config"])
+        .arg(&config)
+        .env("PALISADE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", ports[2]).parse().unwrap();
+    let ready = eventually(
+        async || matches!(http_client().get(format!("http://{admin}/ready")).send().await, Ok(r) if r.status() == 200),
+    )
+    .await;
+    assert!(ready, "sidecar became ready");
+    let inbound = format!("127.0.0.1:{}", ports[0]).parse().unwrap();
+    Sidecar { child, inbound, admin, client, _pki: pki, _app: app }
+}
+
+type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+async fn mtls(s: &Sidecar, alpn: &[u8]) -> TlsStream {
+    let mut tls = client_tls(Some(&s.client));
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(s.inbound).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(ServerName::try_from("orders.shop").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+async fn series(admin: SocketAddr, series: &str) -> u64 {
+    let text = http_client().get(format!("http://{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).map_or(0, |v| v.trim().parse().unwrap())
+}
+
+const MEMORY_CUTS: &str = r#"palisade_connections_closed_total{direction="inbound",reason="memory_cut"}"#;
+
+/// `streams` requests for a large answer on one HTTP/2 connection, each answered and then not
+/// read (no window given back): the bodies.
+async fn stalled_streams(s: &Sidecar, streams: usize) -> (h2::client::SendRequest<bytes::Bytes>, Vec<h2::RecvStream>) {
+    // Each stream may be sent h2's default 64 KiB, and the connection all of theirs at once.
+    let (client, connection) = h2::client::Builder::new()
+        .initial_connection_window_size(16 << 20)
+        .handshake(mtls(s, b"h2").await)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..streams {
+        let request = http::Request::get(format!("https://orders.shop/bytes/{LARGE_ANSWER}")).body(()).unwrap();
+        client = client.ready().await.unwrap();
+        answers.push(client.send_request(request, true).unwrap().0);
+    }
+    let mut bodies = Vec::new();
+    for answer in answers {
+        let response = tokio::time::timeout(BOUND, answer).await.expect("answered").unwrap();
+        assert_eq!(response.status(), 200);
+        bodies.push(response.into_body());
+    }
+    (client, bodies)
+}
+
+/// Reads what was already sent of a stalled body (giving no window back) until it ends: with
+/// the error that ended it.
+async fn stalled_body_end(mut body: h2::RecvStream) -> Result<usize, h2::Error> {
+    let mut total = 0;
+    while let Some(chunk) = body.data().await {
+        total += chunk?.len();
+    }
+    Ok(total)
+}
+
+async fn answered_ok(s: &Sidecar) -> bool {
+    let https = reqwest::Client::builder().use_preconfigured_tls(client_tls(Some(&s.client))).build().unwrap();
+    let url = format!("https://{}/ok", s.inbound);
+    matches!(https.get(url).send().await, Ok(r) if r.status() == 200)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_its_memory_limit_the_sidecar_cuts_off_http2_streams_that_are_not_read_and_serves_again() {
+    let s = sidecar(LIMIT).await;
+    let (client, bodies) = stalled_streams(&s, 250).await;
+    assert!(eventually(async || series(s.admin, MEMORY_CUTS).await >= 1).await, "no stalled stream was cut");
+    // The first of the stalled streams to end was reset by the sidecar, long before sendTimeout.
+    let ends = bodies.into_iter().map(|body| Box::pin(stalled_body_end(body)));
+    let (first, _, _) = tokio::time::timeout(BOUND, select_all(ends)).await.expect("a stalled stream ended");
+    let reset = first.expect_err("ended by a reset, not whole");
+    assert!(reset.is_reset(), "{reset}");
+    drop(client);
+    assert!(eventually(async || answered_ok(&s).await).await, "serves again once the heap fell");
+    assert_eq!(
+        series(s.admin, r#"palisade_connections_closed_total{direction="inbound",reason="send_timeout"}"#).await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_its_memory_limit_the_sidecar_closes_http1_connections_that_are_not_read_and_serves_again() {
+    let s = sidecar(LIMIT).await;
+    let mut connections = Vec::new();
+    for _ in 0..60 {
+        let mut tls = mtls(&s, b"http/1.1").await;
+        let request = format!("GET /bytes/{LARGE_ANSWER} HTTP/1.1\r\nhost: orders.shop\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = vec![0u8; 1024];
+        // The head, and a refusal's JSON body if that is what it is.
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") || (head.starts_with(b"HTTP/1.1 5") && !head.ends_with(b"}")) {
+            let n = tokio::time::timeout(BOUND, tls.read(&mut buf)).await.expect("answer started").unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&head));
+            head.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        // Past the limit a new request is shed, until the stalled ones are cut.
+        if head.starts_with("http/1.1 503") {
+            assert!(head.contains("retry-after: 1") && head.contains(r#""error":"unavailable""#), "{head}");
+            break;
+        }
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        // Read no more of it.
+        connections.push(tls);
+    }
+    assert!(!connections.is_empty(), "the first request was shed: the limit is below the sidecar at rest");
+    assert!(eventually(async || series(s.admin, MEMORY_CUTS).await >= 1).await, "no stalled connection was cut");
+    // The first connection to end was closed short of its answer.
+    let ends = connections.into_iter().map(|mut tls| {
+        Box::pin(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0;
+            while let Ok(n @ 1..) = tls.read(&mut buf).await {
+                total += n;
+            }
+            total
+        })
+    });
+    let (read, _, rest) = tokio::time::timeout(BOUND, select_all(ends)).await.expect("a stalled connection ended");
+    assert!(read < LARGE_ANSWER, "the whole answer came ({read} bytes)");
+    drop(rest);
+    assert!(eventually(async || answered_ok(&s).await).await, "serves again once the heap fell");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_its_memory_limit_nothing_is_cut() {
+    let s = sidecar(1 << 30).await;
+    let (_client, mut bodies) = stalled_streams(&s, 40).await;
+    assert!(answered_ok(&s).await);
+    // Every stalled stream still goes on once its caller reads again.
+    for body in &mut bodies {
+        let chunk = tokio::time::timeout(BOUND, body.data()).await.expect("data").expect("open").expect("not reset");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        let more = tokio::time::timeout(BOUND, body.data()).await.expect("more data").expect("open");
+        assert!(more.is_ok(), "{more:?}");
+    }
+    assert_eq!(series(s.admin, MEMORY_CUTS).await, 0);
+}
