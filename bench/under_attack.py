@@ -442,7 +442,12 @@ def memory_cgroup(limit):
     if v1:
         path, limit_file = f"/sys/fs/cgroup/memory{v1[0].rstrip('/')}/palisade-bench-b", "memory.limit_in_bytes"
     elif v2:
-        path, limit_file = f"/sys/fs/cgroup{v2[0].rstrip('/')}/palisade-bench-b", "memory.max"
+        parent = f"/sys/fs/cgroup{v2[0].rstrip('/')}"
+        path, limit_file = f"{parent}/palisade-bench-b", "memory.max"
+        try:
+            open(f"{parent}/cgroup.subtree_control", "w").write("+memory")
+        except OSError as e:
+            sys.exit(f"cannot enable the memory controller under {parent} ({e}): run from a cgroup of its own")
     else:
         sys.exit("no memory cgroup controller")
     os.makedirs(path, exist_ok=True)
@@ -570,8 +575,12 @@ def main():
             rows.append((name, legit_r, atk, peak_rss, hwm, a_peak))
             # Let B reap what the attack left before the next phase.
             time.sleep(2)
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{PORTS['b_admin']}/metrics", timeout=5).read().decode()
-        closed = [l for l in metrics.splitlines() if l.startswith(("palisade_connections_closed_total", "palisade_requests_shed_total"))]
+        closed = []
+        if b.poll() is None:
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{PORTS['b_admin']}/metrics", timeout=5).read().decode()
+            closed = [l for l in metrics.splitlines()
+                      if l.startswith(("palisade_connections_closed_total", "palisade_requests_shed_total"))
+                      and not l.endswith(" 0")]
         print(f"| phase | legit sent | 200 | failed | p50 ms | p99 ms | max ms | B RSS peak MB (during) | B VmHWM MB "
               f"| A RSS peak MB | attack |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")

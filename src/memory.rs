@@ -3,7 +3,7 @@
 
 mod pressure;
 
-pub use pressure::{Cut, Pressure};
+pub use pressure::{Cut, Pressure, CUT_AFTER};
 
 /// [`release_startup_pages`] on the blocking pool, so the first requests need not wait for it.
 /// Call it from the runtime once the process is ready.

@@ -725,16 +725,25 @@ struct Deadlined {
     /// HTTP/2: the peer's stream resets, when limited.
     max_resets_per_second: Option<u32>,
     resets: Option<ResetCount>,
-    /// The memory guard, and what a write that waits on the peer polls for its signal (made
-    /// at the first such wait, renewed at each later one: `stalled` says the current is live).
+    /// The memory guard, what a write that waits on the peer polls for its signal (allocated at
+    /// the first such wait, renewed at each later one), and since when the writes wait.
     memory: Option<Arc<crate::memory::Pressure>>,
     cut_signal: Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>,
-    stalled: bool,
+    stalled_since: Option<tokio::time::Instant>,
 }
 
 /// How long the 408 for a late head may take to write before the connection is closed anyway
 /// (a client that does not read is not waited for).
 const ANSWER_GRACE: Duration = Duration::from_secs(1);
+
+/// A fresh signal of the memory guard's next sample over its limit, in the allocation of the last.
+fn renew(slot: &mut Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>, memory: &crate::memory::Pressure) {
+    let Some(signal) = memory.cut_signal() else { return };
+    match slot.as_mut() {
+        Some(current) => current.set(signal),
+        None => *slot = Some(Box::pin(signal)),
+    }
+}
 
 impl std::fmt::Debug for Deadlined {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -767,30 +776,38 @@ impl Deadlined {
             resets: None,
             memory: limits.memory.clone(),
             cut_signal: None,
-            stalled: false,
+            stalled_since: None,
         }
     }
 
-    /// A write waits on the peer: whether the memory guard says to give up on it now (counted).
-    /// The signal is made when the wait begins, so only a sample over the limit taken during
-    /// the wait cuts it.
+    /// A write waits on the peer: whether the memory guard says to give up on it now (counted):
+    /// at a sample over the limit once the writes have waited `CUT_AFTER`. Each signal is made
+    /// while they wait, so only samples taken during the wait count.
     fn cut_under_pressure(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        let Some(memory) = &self.memory else { return false };
-        if !self.stalled {
-            let Some(signal) = memory.cut_signal() else { return false };
-            match self.cut_signal.as_mut() {
-                Some(current) => current.set(signal),
-                None => self.cut_signal = Some(Box::pin(signal)),
+        let Some(memory) = self.memory.as_ref().filter(|m| m.limit().is_some()) else { return false };
+        let now = tokio::time::Instant::now();
+        let since = match self.stalled_since {
+            Some(since) => since,
+            None => {
+                self.stalled_since = Some(now);
+                renew(&mut self.cut_signal, memory);
+                now
             }
-            self.stalled = true;
+        };
+        loop {
+            let Some(signal) = self.cut_signal.as_mut() else { return false };
+            if signal.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            // A sample over the limit: cut, or (too soon) wait for the next one.
+            if now.duration_since(since) >= crate::memory::CUT_AFTER {
+                self.stalled_since = None;
+                self.closures.memory_cut.refused(Some(self.peer.ip()));
+                tracing::debug!(peer = %self.peer, direction = self.closures.direction, "closing a connection that is not reading its answer: over limits.maxMemoryBytes");
+                return true;
+            }
+            renew(&mut self.cut_signal, memory);
         }
-        let cut = self.cut_signal.as_mut().is_some_and(|signal| signal.as_mut().poll(cx).is_ready());
-        if cut {
-            self.stalled = false;
-            self.closures.memory_cut.refused(Some(self.peer.ip()));
-            tracing::debug!(peer = %self.peer, direction = self.closures.direction, "closing a connection that is not reading its answer: over limits.maxMemoryBytes");
-        }
-        cut
     }
 
     /// What a write the memory guard cut fails with.
@@ -1003,7 +1020,7 @@ impl tokio::io::AsyncWrite for Deadlined {
         let written = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
         match written {
             std::task::Poll::Ready(Ok(n)) => {
-                self.stalled = false;
+                self.stalled_since = None;
                 if n > 0 && self.phase != Phase::H2 {
                     self.on_write(&buf[..n]);
                 } else if let Some(resets) = self.resets.as_mut().filter(|_| n > 0) {
@@ -1026,7 +1043,7 @@ impl tokio::io::AsyncWrite for Deadlined {
         let written = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         match written {
             std::task::Poll::Ready(Ok(n)) => {
-                self.stalled = false;
+                self.stalled_since = None;
                 if n > 0 && self.phase != Phase::H2 {
                     let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
                     self.on_write(first);
@@ -1053,7 +1070,7 @@ impl tokio::io::AsyncWrite for Deadlined {
         match std::pin::Pin::new(&mut self.io).poll_flush(cx) {
             std::task::Poll::Pending if self.cut_under_pressure(cx) => std::task::Poll::Ready(Err(Self::memory_cut())),
             std::task::Poll::Ready(done) => {
-                self.stalled = false;
+                self.stalled_since = None;
                 std::task::Poll::Ready(done)
             }
             pending => pending,

@@ -93,7 +93,7 @@ impl LimitsConfig {
         match self.max_memory_bytes {
             Some(0) => None,
             Some(bytes) => Some(bytes),
-            None => container_limit.map(|limit| limit / 4 * 3),
+            None => container_limit.map(|limit| (limit / 4 * 3).max(MIN_MEMORY_BYTES)),
         }
     }
 }
@@ -786,6 +786,7 @@ mod tests {
         let limits = parse("threads: 1\n").unwrap().limits;
         assert_eq!(limits.memory_limit(Some(256 << 20)), Some(192 << 20), "three quarters of the container's");
         assert_eq!(limits.memory_limit(None), None, "no container limit: none");
+        assert_eq!(limits.memory_limit(Some(16 << 20)), Some(MIN_MEMORY_BYTES), "never below the least allowed");
         let limits = parse("limits: {maxMemoryBytes: 0}\n").unwrap().limits;
         assert_eq!(limits.memory_limit(Some(256 << 20)), None, "0: off");
         let cfg = parse("limits: {maxMemoryBytes: 100000000}\n").unwrap();

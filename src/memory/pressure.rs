@@ -7,7 +7,10 @@
 //! Admission control alone cannot bound memory: a burst of requests is admitted while the heap
 //! is still small and fills its buffers only when the app answers. So the heap is sampled while
 //! requests are in flight (every [`SAMPLE_EVERY`]), and each sample over the limit also wakes
-//! the writers that are stalled on their callers. Nothing is sampled while the sidecar is idle.
+//! the writers that are stalled on their callers: those stalled for [`CUT_AFTER`] give up (a
+//! caller reading at any useful rate is not cut for a moment's back-pressure). Nothing is sampled
+//! while the sidecar is idle. Once over, the sidecar is back under only below nine tenths of the
+//! limit, so admission does not flap around it.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -20,6 +23,11 @@ use tokio::sync::Notify;
 /// How often the heap is looked at while requests are in flight: at a gigabyte a second of
 /// answers, what a stalled burst can add between two looks is ten megabytes.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+
+/// How long an answer's write must have waited on its caller to be cut off under pressure: more
+/// than a slow but reading client waits for one piece (64 KiB at 64 KB/s), far less than
+/// `sendTimeout`.
+pub const CUT_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Pressure {
@@ -113,17 +121,24 @@ impl Pressure {
     }
 
     /// Runs `write` (an answer's write to its caller), unless a sample over the limit comes
-    /// while it waits: then it is dropped unfinished and [`Cut`] returned. A write that can go
-    /// at once never waits on the guard.
+    /// once it has waited [`CUT_AFTER`]: then it is dropped unfinished and [`Cut`] returned. A
+    /// write that can go at once never waits on the guard.
     pub async fn unless_cut<T>(&self, write: impl Future<Output = T>) -> Result<T, Cut> {
         if self.limit == 0 {
             return Ok(write.await);
         }
-        let cut = self.cut.notified();
-        tokio::select! {
-            biased;
-            done = write => Ok(done),
-            () = cut => Err(Cut),
+        let started = tokio::time::Instant::now();
+        tokio::pin!(write);
+        loop {
+            tokio::select! {
+                biased;
+                done = &mut write => return Ok(done),
+                () = self.cut.notified() => {
+                    if started.elapsed() >= CUT_AFTER {
+                        return Err(Cut);
+                    }
+                }
+            }
         }
     }
 
@@ -131,8 +146,10 @@ impl Pressure {
         loop {
             let heap = (self.sample)().unwrap_or(0);
             self.last_sample.store(heap, Ordering::Relaxed);
-            let over = heap > self.limit;
-            if over != self.over.swap(over, Ordering::Relaxed) {
+            let was_over = self.over.load(Ordering::Relaxed);
+            let over = heap > self.limit || (was_over && heap > self.limit / 10 * 9);
+            if over != was_over {
+                self.over.store(over, Ordering::Relaxed);
                 if over {
                     tracing::warn!(heap, limit = self.limit, "over limits.maxMemoryBytes: new requests are shed and answers stalled on their callers cut off");
                 } else {
@@ -178,14 +195,24 @@ mod tests {
         assert!(guard.is_over(), "new requests are shed");
         // A write that goes at once is never cut, even over the limit.
         assert_eq!(guard.unless_cut(async { 7 }).await, Ok(7));
-        // A write stalled on its caller is cut at the next sample.
+        // A write that waits a moment on its caller is not cut...
+        let moment = guard.unless_cut(tokio::time::sleep(CUT_AFTER / 2)).await;
+        assert_eq!(moment, Ok(()));
+        // ...one stalled on its caller is, at the first sample after CUT_AFTER.
+        let started = tokio::time::Instant::now();
         assert_eq!(guard.unless_cut(std::future::pending::<()>()).await, Err(Cut));
+        let waited = started.elapsed();
+        assert!(waited >= CUT_AFTER && waited <= CUT_AFTER + 2 * SAMPLE_EVERY, "{waited:?}");
         let signal = guard.cut_signal().expect("on");
         tokio::select! {
             () = signal => {}
             () = tokio::time::sleep(Duration::from_secs(1)) => panic!("the stream wrapper's signal never came"),
         }
 
+        // Back under only below nine tenths of the limit: no flapping around it.
+        HEAP.store(95, Ordering::Relaxed);
+        next_samples().await;
+        assert!(guard.is_over(), "still over at 95% of the limit");
         HEAP.store(50, Ordering::Relaxed);
         next_samples().await;
         assert!(!guard.is_over(), "recovers as soon as the heap falls");

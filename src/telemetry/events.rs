@@ -147,7 +147,7 @@ impl DosRefusal {
                 "{n} request{plural} on {direction} shed (503): the sidecar's heap was over {setting} ({limit} bytes)"
             ),
             "memory_cut" => format!(
-                "{n} request{plural} on {direction} cut off while the caller was not reading: the sidecar's heap was over {setting} ({limit} bytes)"
+                "{n} answer{plural} or connection{plural} on {direction} cut off while the caller was not reading: the sidecar's heap was over {setting} ({limit} bytes)"
             ),
             "rapid_reset" => format!(
                 "{n} HTTP/2 connection{plural} on {direction} closed: more stream resets than {setting} ({limit}) a second"
