@@ -785,6 +785,7 @@ impl Deadlined {
     /// while they wait, so only samples taken during the wait count.
     fn cut_under_pressure(&mut self, cx: &mut std::task::Context<'_>) -> bool {
         let Some(memory) = self.memory.as_ref().filter(|m| m.limit().is_some()) else { return false };
+        memory.watch();
         let now = tokio::time::Instant::now();
         let since = match self.stalled_since {
             Some(since) => since,

@@ -5,23 +5,29 @@
 //! `reset_high_memory_stream`).
 //!
 //! Admission control alone cannot bound memory: a burst of requests is admitted while the heap
-//! is still small and fills its buffers only when the app answers. So the heap is sampled while
-//! requests are in flight (every [`SAMPLE_EVERY`]), and each sample over the limit also wakes
-//! the writers that are stalled on their callers: those stalled for [`CUT_AFTER`] give up (a
-//! caller reading at any useful rate is not cut for a moment's back-pressure). Nothing is sampled
-//! while the sidecar is idle. Once over, the sidecar is back under only below nine tenths of the
-//! limit, so admission does not flap around it.
+//! is still small and fills its buffers only when the app answers. So the heap is looked at
+//! where it grows, at most every [`SAMPLE_EVERY`]: when a request starts, when a piece of an
+//! answer is written, when a write waits on its caller ([`Pressure::watch`]). Past half the
+//! limit a sampler task also looks on its own, every [`SAMPLE_EVERY`], and each sample over the
+//! limit wakes the writers stalled on their callers: those stalled for [`CUT_AFTER`] give up (a
+//! caller reading at any useful rate is not cut for a moment's back-pressure). Nothing runs
+//! while the sidecar is idle or its heap well under the limit. Once over, the sidecar is back
+//! under only below nine tenths of the limit, so admission does not flap around it.
+//!
+//! glibc's `mallinfo2` walks the allocator's free lists, so a fragmented heap makes it slower
+//! (4 us typical; milliseconds with a hundred thousand free chunks): samples are spaced to at
+//! least a hundred times the last one's duration, so they never take more than 1% of a thread.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::futures::OwnedNotified;
 use tokio::sync::Notify;
 
-/// How often the heap is looked at while requests are in flight: at a gigabyte a second of
-/// answers, what a stalled burst can add between two looks is ten megabytes.
+/// How often the heap is looked at, at most: at a gigabyte a second of answers, what a stalled
+/// burst can add between two looks is ten megabytes.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
 /// How long an answer's write must have waited on its caller to be cut off under pressure: more
@@ -34,10 +40,11 @@ pub struct Pressure {
     /// Bytes of heap in use past which the sidecar is overloaded; 0: never.
     limit: u64,
     over: AtomicBool,
-    /// A sampler task is running.
+    /// The sampler task runs (past half the limit).
     sampling: AtomicBool,
-    /// Requests in flight on every listener that shares this guard.
-    active: AtomicUsize,
+    /// When the next sample is due, in microseconds since `epoch`.
+    next_due: AtomicU64,
+    epoch: tokio::time::Instant,
     /// The last heap sample.
     last_sample: AtomicU64,
     /// Notified on each sample over the limit: writers stalled on their callers give up.
@@ -67,6 +74,7 @@ impl Pressure {
     pub(crate) fn overloaded() -> Arc<Self> {
         let guard = Self::with_sampler(1, || None);
         guard.over.store(true, Ordering::Relaxed);
+        guard.next_due.store(u64::MAX, Ordering::Relaxed);
         guard
     }
 
@@ -75,7 +83,8 @@ impl Pressure {
             limit,
             over: AtomicBool::new(false),
             sampling: AtomicBool::new(false),
-            active: AtomicUsize::new(0),
+            next_due: AtomicU64::new(0),
+            epoch: tokio::time::Instant::now(),
             last_sample: AtomicU64::new(0),
             cut: Arc::new(Notify::new()),
             sample,
@@ -96,22 +105,20 @@ impl Pressure {
         self.last_sample.load(Ordering::Relaxed)
     }
 
-    /// A request begins; the heap is watched while any is in flight. Call it on the runtime;
-    /// when it returns true, call [`Self::request_ended`] once the request is over.
-    pub fn request_started(self: &Arc<Self>) -> bool {
+    /// The heap may have grown here (a request starts, an answer's piece is written or waits):
+    /// a sample if one is due. Call it on the runtime.
+    pub fn watch(self: &Arc<Self>) {
         if self.limit == 0 {
-            return false;
+            return;
         }
-        // SeqCst here and where the sampler stops: of the two, one sees the other's write.
-        self.active.fetch_add(1, Ordering::SeqCst);
-        if !self.sampling.load(Ordering::SeqCst) && !self.sampling.swap(true, Ordering::SeqCst) {
-            tokio::spawn(self.clone().sample_while_busy());
+        let now = self.micros();
+        let due = self.next_due.load(Ordering::Relaxed);
+        if now < due || self.next_due.compare_exchange(due, u64::MAX, Ordering::AcqRel, Ordering::Relaxed).is_err() {
+            return;
         }
-        true
-    }
-
-    pub fn request_ended(&self) {
-        self.active.fetch_sub(1, Ordering::AcqRel);
+        if self.take_sample() && !self.sampling.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.clone().sample_while_high());
+        }
     }
 
     /// Resolves at the next sample over the limit from now on (never when the guard is off):
@@ -123,10 +130,11 @@ impl Pressure {
     /// Runs `write` (an answer's write to its caller), unless a sample over the limit comes
     /// once it has waited [`CUT_AFTER`]: then it is dropped unfinished and [`Cut`] returned. A
     /// write that can go at once never waits on the guard.
-    pub async fn unless_cut<T>(&self, write: impl Future<Output = T>) -> Result<T, Cut> {
+    pub async fn unless_cut<T>(self: &Arc<Self>, write: impl Future<Output = T>) -> Result<T, Cut> {
         if self.limit == 0 {
             return Ok(write.await);
         }
+        self.watch();
         let started = tokio::time::Instant::now();
         tokio::pin!(write);
         loop {
@@ -142,31 +150,57 @@ impl Pressure {
         }
     }
 
-    async fn sample_while_busy(self: Arc<Self>) {
-        loop {
-            let heap = (self.sample)().unwrap_or(0);
-            self.last_sample.store(heap, Ordering::Relaxed);
-            let was_over = self.over.load(Ordering::Relaxed);
-            let over = heap > self.limit || (was_over && heap > self.limit / 10 * 9);
-            if over != was_over {
-                self.over.store(over, Ordering::Relaxed);
-                if over {
-                    tracing::warn!(heap, limit = self.limit, "over limits.maxMemoryBytes: new requests are shed and answers stalled on their callers cut off");
-                } else {
-                    tracing::info!(heap, limit = self.limit, "back under limits.maxMemoryBytes");
-                }
-            }
+    fn micros(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// Samples the heap, updates `over` (telling stalled writers when over), sets when the next
+    /// sample is due; returns whether the heap is past half the limit (the sampler task's work).
+    fn take_sample(&self) -> bool {
+        let started = self.micros();
+        let clock = std::time::Instant::now();
+        let heap = (self.sample)().unwrap_or(0);
+        let took = clock.elapsed().as_micros() as u64;
+        let every = (SAMPLE_EVERY.as_micros() as u64).max(took.saturating_mul(100));
+        self.next_due.store(started + took + every, Ordering::Release);
+        self.last_sample.store(heap, Ordering::Relaxed);
+        let was_over = self.over.load(Ordering::Relaxed);
+        let over = heap > self.limit || (was_over && heap > self.limit / 10 * 9);
+        if over != was_over {
+            self.over.store(over, Ordering::Relaxed);
             if over {
-                self.cut.notify_waiters();
-            } else if self.active.load(Ordering::SeqCst) == 0 {
-                self.sampling.store(false, Ordering::SeqCst);
-                // A request that began since the load above saw a sampler running and started
-                // none: carry on for it, unless it started one after all.
-                if self.active.load(Ordering::SeqCst) == 0 || self.sampling.swap(true, Ordering::SeqCst) {
-                    return;
-                }
+                tracing::warn!(
+                    heap,
+                    limit = self.limit,
+                    "over limits.maxMemoryBytes: new requests are shed and answers stalled on their callers cut off"
+                );
+            } else {
+                tracing::info!(heap, limit = self.limit, "back under limits.maxMemoryBytes");
             }
-            tokio::time::sleep(SAMPLE_EVERY).await;
+        }
+        if over {
+            self.cut.notify_waiters();
+        }
+        over || heap > self.limit / 2
+    }
+
+    /// Samples on its own while the heap is past half the limit, however quiet the requests.
+    async fn sample_while_high(self: Arc<Self>) {
+        loop {
+            let due = self.next_due.load(Ordering::Acquire);
+            let wait = Duration::from_micros(due.saturating_sub(self.micros()).min(1_000_000));
+            tokio::time::sleep(wait.max(SAMPLE_EVERY / 10)).await;
+            // A sample another task took meanwhile counts; this one waits for the next.
+            let due = self.next_due.load(Ordering::Acquire);
+            if self.micros() < due
+                || self.next_due.compare_exchange(due, u64::MAX, Ordering::AcqRel, Ordering::Relaxed).is_err()
+            {
+                continue;
+            }
+            if !self.take_sample() {
+                self.sampling.store(false, Ordering::Release);
+                return;
+            }
         }
     }
 }
@@ -175,9 +209,10 @@ impl Pressure {
 mod tests {
     use super::*;
 
-    async fn next_samples() {
+    async fn next_samples(guard: &Arc<Pressure>) {
         for _ in 0..3 {
             tokio::time::sleep(SAMPLE_EVERY).await;
+            guard.watch();
         }
     }
 
@@ -185,20 +220,21 @@ mod tests {
     async fn over_the_limit_requests_are_shed_stalled_writes_cut_and_both_recover() {
         static HEAP: AtomicU64 = AtomicU64::new(10);
         let guard = Pressure::with_sampler(100, || Some(HEAP.load(Ordering::Relaxed)));
-        assert!(guard.request_started(), "the guard is on");
-        next_samples().await;
+        next_samples(&guard).await;
         assert!(!guard.is_over());
         assert_eq!(guard.last_sample(), 10);
+        assert!(!guard.sampling.load(Ordering::Acquire), "well under the limit nothing runs on its own");
 
         HEAP.store(101, Ordering::Relaxed);
-        next_samples().await;
+        next_samples(&guard).await;
         assert!(guard.is_over(), "new requests are shed");
         // A write that goes at once is never cut, even over the limit.
         assert_eq!(guard.unless_cut(async { 7 }).await, Ok(7));
         // A write that waits a moment on its caller is not cut...
         let moment = guard.unless_cut(tokio::time::sleep(CUT_AFTER / 2)).await;
         assert_eq!(moment, Ok(()));
-        // ...one stalled on its caller is, at the first sample after CUT_AFTER.
+        // ...one stalled on its caller is, at the sampler's first sample after CUT_AFTER, with
+        // no request to look at the heap meanwhile.
         let started = tokio::time::Instant::now();
         assert_eq!(guard.unless_cut(std::future::pending::<()>()).await, Err(Cut));
         let waited = started.elapsed();
@@ -211,35 +247,50 @@ mod tests {
 
         // Back under only below nine tenths of the limit: no flapping around it.
         HEAP.store(95, Ordering::Relaxed);
-        next_samples().await;
+        next_samples(&guard).await;
         assert!(guard.is_over(), "still over at 95% of the limit");
-        HEAP.store(50, Ordering::Relaxed);
-        next_samples().await;
-        assert!(!guard.is_over(), "recovers as soon as the heap falls");
-        let stalled = tokio::time::timeout(Duration::from_secs(1), guard.unless_cut(std::future::pending::<()>()));
+        HEAP.store(40, Ordering::Relaxed);
+        tokio::time::sleep(3 * SAMPLE_EVERY).await;
+        assert!(!guard.is_over(), "the sampler sees the heap fall, with no request");
+        assert!(!guard.sampling.load(Ordering::Acquire), "and stops under half the limit");
+        let stalled = tokio::time::timeout(Duration::from_secs(2), guard.unless_cut(std::future::pending::<()>()));
         assert!(stalled.await.is_err(), "under the limit nothing is cut");
-        guard.request_ended();
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_sampler_stops_when_no_request_is_in_flight_and_starts_with_the_next() {
-        static HEAP: AtomicU64 = AtomicU64::new(10);
-        let guard = Pressure::with_sampler(100, || Some(HEAP.load(Ordering::Relaxed)));
-        assert!(guard.request_started());
-        guard.request_ended();
-        next_samples().await;
-        assert!(!guard.sampling.load(Ordering::Acquire), "idle: nothing polls");
-        assert!(guard.request_started());
-        assert!(guard.sampling.load(Ordering::Acquire));
-        HEAP.store(200, Ordering::Relaxed);
-        next_samples().await;
-        assert!(guard.is_over());
+    async fn a_slow_sample_spaces_the_next_ones_out() {
+        static SLOW: AtomicBool = AtomicBool::new(false);
+        static TAKEN: AtomicU64 = AtomicU64::new(0);
+        fn sample() -> Option<u64> {
+            TAKEN.fetch_add(1, Ordering::Relaxed);
+            if SLOW.load(Ordering::Relaxed) {
+                // Stands for mallinfo2 walking a fragmented heap (paused time moves only so).
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Some(1)
+        }
+        let guard = Pressure::with_sampler(100, sample);
+        for _ in 0..10 {
+            guard.watch();
+            tokio::time::advance(SAMPLE_EVERY).await;
+        }
+        assert!(TAKEN.load(Ordering::Relaxed) >= 5, "about one per SAMPLE_EVERY");
+        SLOW.store(true, Ordering::Relaxed);
+        tokio::time::advance(SAMPLE_EVERY).await;
+        guard.watch();
+        let slow = TAKEN.load(Ordering::Relaxed);
+        for _ in 0..10 {
+            tokio::time::advance(SAMPLE_EVERY).await;
+            guard.watch();
+        }
+        assert_eq!(TAKEN.load(Ordering::Relaxed), slow, "a 2 ms sample: the next not for 200 ms");
     }
 
     #[tokio::test]
     async fn off_never_sheds_or_cuts() {
         let guard = Pressure::off();
-        assert!(!guard.request_started() && guard.cut_signal().is_none() && !guard.is_over());
+        guard.watch();
+        assert!(guard.cut_signal().is_none() && !guard.is_over());
         assert_eq!(guard.unless_cut(async { 1 }).await, Ok(1));
     }
 }

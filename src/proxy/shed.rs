@@ -4,8 +4,8 @@
 //! The count is one atomic per request in and out: no lock, no allocation.
 //!
 //! The same door sheds requests while the sidecar is over `limits.maxMemoryBytes`
-//! ([`crate::memory::Pressure`], shared by the listeners), and marks each request for that
-//! guard's sampler.
+//! ([`crate::memory::Pressure`], shared by the listeners), which a new request also asks to
+//! look at the heap when a look is due.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,11 +27,7 @@ pub struct Inflight {
 
 /// A request's place among those in flight; given back when the request's context is dropped,
 /// after its response and its log line.
-pub struct Slot {
-    inflight: Arc<Inflight>,
-    /// Counted by the memory guard, whose sampler runs while any request is in flight.
-    watched: bool,
-}
+pub struct Slot(Arc<Inflight>);
 
 impl Inflight {
     pub fn new(max: usize, shed: RefusalCounter) -> Arc<Self> {
@@ -57,6 +53,7 @@ impl Inflight {
     /// A slot, or `None` (counted, for `source`) when `max` requests are in flight already or
     /// the sidecar is over its memory limit.
     pub fn enter(self: &Arc<Self>, source: Option<IpAddr>) -> Option<Slot> {
+        self.memory.watch();
         if self.memory.is_over() {
             self.memory_shed.as_ref().unwrap_or(&self.shed).refused(source);
             return None;
@@ -66,7 +63,7 @@ impl Inflight {
             self.shed.refused(source);
             return None;
         }
-        Some(Slot { inflight: self.clone(), watched: self.memory.request_started() })
+        Some(Slot(self.clone()))
     }
 
     pub fn in_flight(&self) -> usize {
@@ -76,10 +73,7 @@ impl Inflight {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.inflight.now.fetch_sub(1, Ordering::AcqRel);
-        if self.watched {
-            self.inflight.memory.request_ended();
-        }
+        self.0.now.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
