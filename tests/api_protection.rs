@@ -152,6 +152,60 @@ async fn a_verified_token_reaches_the_app_as_claims_and_not_as_a_token() {
     side.shutdown();
 }
 
+/// A POST over HTTP/2 of no declared length (the body sent in small pieces, as a client
+/// streaming it would), from `caller`'s certificate: the status and the answer's body.
+async fn h2_post(side: &PolicedSidecar, caller: &palisade::identity::WorkloadFiles, body: &str) -> (u16, String) {
+    let mut tls = client_tls(Some(caller));
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(side.sidecar.inbound).await.unwrap();
+    let server = rustls::pki_types::ServerName::try_from("orders.shop").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(server, tcp).await.unwrap();
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request =
+        http::Request::post("https://orders.shop/orders").header("content-type", "application/json").body(()).unwrap();
+    let (response, mut send) = client.send_request(request, false).unwrap();
+    for piece in body.as_bytes().chunks(7) {
+        send.send_data(bytes::Bytes::copy_from_slice(piece), false).unwrap();
+    }
+    send.send_data(bytes::Bytes::new(), true).unwrap();
+    let response = tokio::time::timeout(std::time::Duration::from_secs(10), response).await.unwrap().unwrap();
+    let status = response.status().as_u16();
+    let mut answer = response.into_body();
+    let mut text = Vec::new();
+    while let Some(chunk) = answer.data().await {
+        let chunk = chunk.unwrap();
+        let _ = answer.flow_control().release_capacity(chunk.len());
+        text.extend_from_slice(&chunk);
+    }
+    (status, String::from_utf8_lossy(&text).to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_bodies_of_no_declared_length_are_inspected_whole_and_reach_the_app_with_their_length() {
+    // An HTTP/1.1 app, as every app is to which a peer sidecar forwards an HTTP/1.1 caller's
+    // chunked body (it crosses the hop between sidecars as HTTP/2 of no declared length).
+    let side = PolicedSidecar::start_with(&waf_policy("{mode: BLOCK, inspectBodyBytes: 4096}"), |c| {
+        c.inbound.app_protocol = palisade::config::AppProtocol::Http1
+    })
+    .await;
+    let caller = side.pki.workload("frontend-h2", &id("shop", "frontend"));
+    let (status, body) = h2_post(&side, &caller, XSS_JSON).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains(r#""error":"forbidden""#), "{body}");
+    let big = format!(r#"{{"pad":"{}"}}"#, "a".repeat(5000));
+    let (status, body) = h2_post(&side, &caller, &big).await;
+    assert_eq!(status, 413, "over inspectBodyBytes: {body}");
+    let benign = r#"{"name":"O'Brien","note":"Select the blue one; deliver after 5 <pm> & ring twice","qty":2}"#;
+    let (status, body) = h2_post(&side, &caller, benign).await;
+    assert_eq!(status, 200, "{body}");
+    let seen: Seen = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen.body_bytes, benign.len(), "{seen:?}");
+    assert_eq!(seen.header("content-length"), Some(benign.len().to_string().as_str()), "{seen:?}");
+    side.shutdown();
+}
+
 fn waf_policy(waf: &str) -> String {
     policy("api", &format!("  authorization: {{default: ALLOW}}\n  inputValidation:\n    waf: {waf}\n"))
 }

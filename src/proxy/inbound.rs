@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{HeaderName, CONTENT_TYPE};
+use http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE};
 use opentelemetry::trace::SpanKind;
 use pingora::http::RequestHeader;
 use pingora::modules::http::HttpModules;
@@ -342,15 +342,15 @@ impl ProxyHttp for Inbound {
         }
         let app = self.app.address(port);
         ctx.app = Some(app);
-        // A streamed body the WAF reads goes through pingora's replay buffer below.
-        let served = AppPool::serves(session, ctx.app_h2).filter(|mode| *mode == BodyMode::Held || !inspect);
-        if let Some(mode) = served {
+        if let Some(mode) = AppPool::serves(session, ctx.app_h2) {
             let Some(pool) = self.app.pool(app) else {
                 return Err(Error::explain(ErrorType::ConnectRefused, "more app ports than a pod has"));
             };
             let mut count;
-            let body = match mode {
-                BodyMode::Held => {
+            // A body of no declared length held whole: the app is told its length.
+            let mut read_whole = None;
+            let body = match (mode, plan.filter(|_| inspect)) {
+                (BodyMode::Held, _) => {
                     let body = app_pool::held_body(session, &self.caller_timeouts, |len| ctx.body.count(len)).await?;
                     if inspect {
                         if let Some(refusal) = self.inspect_body(&policy, session, ctx, &body) {
@@ -359,13 +359,31 @@ impl ProxyHttp for Inbound {
                     }
                     Body::Held(body)
                 }
-                BodyMode::Streamed => {
+                // A body the WAF reads is read whole (up to what the WAF reads) before anything
+                // is forwarded, then held: one longer than that cannot be inspected.
+                (BodyMode::Streamed, Some(plan)) => {
+                    let Some(body) = app_pool::read_body_up_to(session, &self.caller_timeouts, plan.limit).await?
+                    else {
+                        return self.refuse(session, ctx, Refusal::PayloadTooLarge).await;
+                    };
+                    ctx.body.count(body.len())?;
+                    if let Some(refusal) = self.inspect_body(&policy, session, ctx, &body) {
+                        return self.refuse(session, ctx, refusal).await;
+                    }
+                    session.req_header_mut().remove_header(&http::header::EXPECT);
+                    read_whole = Some(body.len());
+                    Body::Held(body)
+                }
+                (BodyMode::Streamed, None) => {
                     count = |len| ctx.body.count(len);
                     Body::Streamed { count: &mut count, started: false }
                 }
             };
             pool.forward(session, body, &self.caller_timeouts, |session: &Session| {
                 let mut request = app_pool::app_request(session)?;
+                if let Some(length) = read_whole {
+                    request.headers.insert(CONTENT_LENGTH, length.into());
+                }
                 add_sidecar_headers(session, &mut request, &ctx.request, ctx.token.as_ref())?;
                 Ok(request)
             })
