@@ -27,6 +27,7 @@ resident memory (VmRSS at the end, VmHWM so far), A's peak, and what the attack 
 opened, closed by B). Everything on loopback; every loop is bounded by the phase's duration.
 
 Usage: bench/under_attack.py [--palisade target/release/palisade] [--phase-seconds 20]
+       bench/under_attack.py --phases slow-read --slow-readers 400 --b-memory-limit-mb 256
        bench/under_attack.py --phases slow-read-h2 --h2-slow-readers 40 --b-memory-limit-mb 256
          (sidecar B in a memory cgroup of 256 MiB, as the chart's limit: 40 x 50 stalled streams
          are about 360 MB without limits.maxMemoryBytes, whose default is 3/4 of that limit)
@@ -465,6 +466,7 @@ def main():
     ap.add_argument("--palisade", default="target/release/palisade")
     ap.add_argument("--phase-seconds", type=float, default=20)
     ap.add_argument("--phases", default="baseline,slowloris,rapid-reset,idle,slow-read,slow-read-h2,slow-client")
+    ap.add_argument("--slow-readers", type=int, default=250, help="connections of the slow-read phase")
     ap.add_argument("--h2-slow-readers", type=int, default=10, help="connections of the slow-read-h2 phase")
     ap.add_argument("--b-memory-limit-mb", type=int, help="run sidecar B in a memory cgroup of this size")
     ap.add_argument("--role")
@@ -541,7 +543,7 @@ def main():
         secs = a.phase_seconds
         phases = [("baseline", None), ("slowloris", ["slowloris", [secs, pki, 1000]]),
                   ("rapid-reset", ["rapid-reset", [secs, pki, 8]]), ("idle", ["idle", [secs, 10000]]),
-                  ("slow-read", ["slow-read", [max(secs, 95), pki, 250]]),
+                  ("slow-read", ["slow-read", [max(secs, 95), pki, a.slow_readers]]),
                   ("slow-read-h2", ["slow-read-h2", [max(secs, 95), pki, a.h2_slow_readers]]),
                   ("slow-client", ["slow-client", [secs, 20]])]
         phases = [p for p in phases if p[0] in a.phases.split(",")]
