@@ -312,18 +312,16 @@ async fn run(
     };
     let inflight = |direction, listener| {
         let shed = telemetry.metrics.requests_shed.with_label_values(&[direction]);
-        let counted = |reason| {
-            telemetry.refusals.counter(direction, reason, config.limits.max_inflight, shed.clone()).at(listener)
+        let counted = |reason, limit: &dyn std::fmt::Display| {
+            telemetry.refusals.counter(direction, reason, limit, shed.clone()).at(listener)
         };
-        let memory_shed = telemetry
-            .refusals
-            .counter(direction, crate::telemetry::RefusalReason::MemoryShed, &memory_setting, shed.clone())
-            .at(listener);
+        use crate::telemetry::RefusalReason::{MemoryShed, Shed};
+        let max = config.limits.max_inflight;
         crate::proxy::Inflight::with_memory(
-            config.limits.max_inflight,
-            counted(crate::telemetry::RefusalReason::Shed),
+            max,
+            counted(Shed, &max),
             memory.clone(),
-            memory_shed,
+            counted(MemoryShed, &memory_setting),
         )
     };
     let inbound = proxy_app(

@@ -780,6 +780,41 @@ impl Deadlined {
         }
     }
 
+    /// What a write's outcome means: the first bytes of what went (`first`, given how many
+    /// went) for the head's and idle deadlines or the reset count; a wait on the peer for the
+    /// memory guard.
+    fn wrote<'b>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        written: std::task::Poll<std::io::Result<usize>>,
+        first: impl FnOnce(usize) -> &'b [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let std::task::Poll::Ready(Ok(n)) = written {
+            if n > 0 && self.phase != Phase::H2 {
+                self.on_write(first(n));
+            } else if let Some(resets) = self.resets.as_mut().filter(|_| n > 0) {
+                resets.wrote();
+            }
+        }
+        self.waited(cx, written)
+    }
+
+    /// A write or flush that is done ends a wait on the peer; one that waits may be cut off.
+    fn waited<T>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        outcome: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        match outcome {
+            std::task::Poll::Pending if self.cut_under_pressure(cx) => std::task::Poll::Ready(Err(Self::memory_cut())),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            done => {
+                self.stalled_since = None;
+                done
+            }
+        }
+    }
+
     /// A write waits on the peer: whether the memory guard says to give up on it now (counted):
     /// at a sample over the limit once the writes have waited `CUT_AFTER`. Each signal is made
     /// while they wait, so only samples taken during the wait count.
@@ -1019,21 +1054,7 @@ impl tokio::io::AsyncWrite for Deadlined {
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let written = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
-        match written {
-            std::task::Poll::Ready(Ok(n)) => {
-                self.stalled_since = None;
-                if n > 0 && self.phase != Phase::H2 {
-                    self.on_write(&buf[..n]);
-                } else if let Some(resets) = self.resets.as_mut().filter(|_| n > 0) {
-                    resets.wrote();
-                }
-            }
-            std::task::Poll::Pending if self.cut_under_pressure(cx) => {
-                return std::task::Poll::Ready(Err(Self::memory_cut()));
-            }
-            _ => {}
-        }
-        written
+        self.wrote(cx, written, |n| &buf[..n])
     }
 
     fn poll_write_vectored(
@@ -1042,22 +1063,7 @@ impl tokio::io::AsyncWrite for Deadlined {
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let written = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        match written {
-            std::task::Poll::Ready(Ok(n)) => {
-                self.stalled_since = None;
-                if n > 0 && self.phase != Phase::H2 {
-                    let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
-                    self.on_write(first);
-                } else if let Some(resets) = self.resets.as_mut().filter(|_| n > 0) {
-                    resets.wrote();
-                }
-            }
-            std::task::Poll::Pending if self.cut_under_pressure(cx) => {
-                return std::task::Poll::Ready(Err(Self::memory_cut()));
-            }
-            _ => {}
-        }
-        written
+        self.wrote(cx, written, |_| bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -1068,14 +1074,8 @@ impl tokio::io::AsyncWrite for Deadlined {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        match std::pin::Pin::new(&mut self.io).poll_flush(cx) {
-            std::task::Poll::Pending if self.cut_under_pressure(cx) => std::task::Poll::Ready(Err(Self::memory_cut())),
-            std::task::Poll::Ready(done) => {
-                self.stalled_since = None;
-                std::task::Poll::Ready(done)
-            }
-            pending => pending,
-        }
+        let flushed = std::pin::Pin::new(&mut self.io).poll_flush(cx);
+        self.waited(cx, flushed)
     }
 
     fn poll_shutdown(

@@ -108,17 +108,22 @@ impl Pressure {
     /// The heap may have grown here (a request starts, an answer's piece is written or waits):
     /// a sample if one is due. Call it on the runtime.
     pub fn watch(self: &Arc<Self>) {
-        if self.limit == 0 {
-            return;
+        if self.limit > 0 {
+            self.watch_at(self.micros());
         }
-        let now = self.micros();
-        let due = self.next_due.load(Ordering::Relaxed);
-        if now < due || self.next_due.compare_exchange(due, u64::MAX, Ordering::AcqRel, Ordering::Relaxed).is_err() {
-            return;
-        }
-        if self.take_sample() && !self.sampling.swap(true, Ordering::AcqRel) {
+    }
+
+    fn watch_at(self: &Arc<Self>, now: u64) {
+        if self.claim_sample(now) && self.take_sample() && !self.sampling.swap(true, Ordering::AcqRel) {
             tokio::spawn(self.clone().sample_while_high());
         }
+    }
+
+    /// Whether a sample is due at `now` and this caller is the one to take it (no other task
+    /// takes it meanwhile: `take_sample` sets the next due time).
+    fn claim_sample(&self, now: u64) -> bool {
+        let due = self.next_due.load(Ordering::Acquire);
+        now >= due && self.next_due.compare_exchange(due, u64::MAX, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
     /// Resolves at the next sample over the limit from now on (never when the guard is off):
@@ -134,15 +139,15 @@ impl Pressure {
         if self.limit == 0 {
             return Ok(write.await);
         }
-        self.watch();
-        let started = tokio::time::Instant::now();
+        let started = self.micros();
+        self.watch_at(started);
         tokio::pin!(write);
         loop {
             tokio::select! {
                 biased;
                 done = &mut write => return Ok(done),
                 () = self.cut.notified() => {
-                    if started.elapsed() >= CUT_AFTER {
+                    if self.micros().saturating_sub(started) >= CUT_AFTER.as_micros() as u64 {
                         return Err(Cut);
                     }
                 }
@@ -191,10 +196,7 @@ impl Pressure {
             let wait = Duration::from_micros(due.saturating_sub(self.micros()).min(1_000_000));
             tokio::time::sleep(wait.max(SAMPLE_EVERY / 10)).await;
             // A sample another task took meanwhile counts; this one waits for the next.
-            let due = self.next_due.load(Ordering::Acquire);
-            if self.micros() < due
-                || self.next_due.compare_exchange(due, u64::MAX, Ordering::AcqRel, Ordering::Relaxed).is_err()
-            {
+            if !self.claim_sample(self.micros()) {
                 continue;
             }
             if !self.take_sample() {

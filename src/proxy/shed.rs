@@ -22,7 +22,7 @@ pub struct Inflight {
     shed: RefusalCounter,
     memory: Arc<Pressure>,
     /// The same series, counted in the events as `limits.maxMemoryBytes`.
-    memory_shed: Option<RefusalCounter>,
+    memory_shed: RefusalCounter,
 }
 
 /// A request's place among those in flight; given back when the request's context is dropped,
@@ -31,7 +31,9 @@ pub struct Slot(Arc<Inflight>);
 
 impl Inflight {
     pub fn new(max: usize, shed: RefusalCounter) -> Arc<Self> {
-        Arc::new(Inflight { now: AtomicUsize::new(0), max, shed, memory: Pressure::off(), memory_shed: None })
+        // Never over its limit: nothing is counted as shed for memory.
+        let memory_shed = shed.clone();
+        Arc::new(Inflight { now: AtomicUsize::new(0), max, shed, memory: Pressure::off(), memory_shed })
     }
 
     /// Also sheds while `memory` is over its limit, counting those in `shed`.
@@ -41,7 +43,7 @@ impl Inflight {
         memory: Arc<Pressure>,
         memory_shed: RefusalCounter,
     ) -> Arc<Self> {
-        Arc::new(Inflight { now: AtomicUsize::new(0), max, shed, memory, memory_shed: Some(memory_shed) })
+        Arc::new(Inflight { now: AtomicUsize::new(0), max, shed, memory, memory_shed })
     }
 
     /// No limit (a proxy built without one, as in unit tests).
@@ -55,7 +57,7 @@ impl Inflight {
     pub fn enter(self: &Arc<Self>, source: Option<IpAddr>) -> Option<Slot> {
         self.memory.watch();
         if self.memory.is_over() {
-            self.memory_shed.as_ref().unwrap_or(&self.shed).refused(source);
+            self.memory_shed.refused(source);
             return None;
         }
         if self.now.fetch_add(1, Ordering::AcqRel) >= self.max {
