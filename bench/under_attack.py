@@ -14,6 +14,8 @@ the scheduled send time, so queueing counts against the proxy):
   rapid-reset  HTTP/2 over mTLS: streams opened and cancelled (RST_STREAM) as fast as the socket
                takes them, on 8 connections (reconnecting when B closes them)
   idle         a burst of 10,000 TCP connections to B's inbound that send nothing, held
+  idle-tls     10,000 mTLS connections with a valid mesh certificate that send the HTTP/2 preface
+               and SETTINGS, then nothing (an HTTP/2 connection with no stream), held
   slow-read    250 connections with a valid mesh certificate, opened 50 a second, each asking for
                an 8 MB answer through a 4 KB receive buffer and then reading nothing (held past
                B's 60 s limits.sendTimeout: this phase lasts at least 95 s). Fewer than the other
@@ -304,6 +306,45 @@ async def idle(seconds, conns, out):
     json.dump(vars(t), open(out, "w"))
 
 
+async def idle_tls(seconds, pki, conns, out):
+    """`conns` mTLS connections (a valid mesh certificate, HTTP/2) that send the connection preface
+    and SETTINGS, then nothing: an HTTP/2 connection with no stream open, held for the phase. Opened
+    100 at a time, from 250 source addresses (under the per-source limit)."""
+    ctx = client_tls(pki, "h2")
+    t = Tally()
+    held = []
+    end = time.monotonic() + seconds
+    gate = asyncio.Semaphore(100)
+
+    async def one(i):
+        async with gate:
+            if time.monotonic() >= end:
+                return
+            conn = await connect_b(ctx, f"127.0.6.{1 + i % 250}", t, 0)
+            if conn is None:
+                return
+            r, w = conn
+            try:
+                w.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(4, 0, 0))
+                await w.drain()
+                held.append(conn)
+            except (ConnectionError, ssl.SSLError, OSError):
+                t.closed_by_peer += 1
+                w.close()
+
+    await asyncio.gather(*(one(i) for i in range(conns)))
+    t.open_after_burst = len(held)
+    remaining = end - time.monotonic()
+    if remaining > 0:
+        await asyncio.sleep(remaining)
+    for r, w in held:
+        # An end of stream seen by the reader (behind what B sent before it) means B closed it.
+        if r.at_eof() or w.is_closing() or getattr(r, "_eof", False):
+            t.closed_by_peer += 1
+        w.close()
+    json.dump(vars(t), open(out, "w"))
+
+
 async def small_window_connection(src, port, ctx, t):
     """A connection from `src` whose receive buffer is 4 KB (TLS when `ctx`), counted in `t`;
     None if it could not be made."""
@@ -468,6 +509,7 @@ def main():
     ap.add_argument("--phases", default="baseline,slowloris,rapid-reset,idle,slow-read,slow-read-h2,slow-client")
     ap.add_argument("--slow-readers", type=int, default=250, help="connections of the slow-read phase")
     ap.add_argument("--h2-slow-readers", type=int, default=10, help="connections of the slow-read-h2 phase")
+    ap.add_argument("--idle-tls", type=int, default=10000, help="connections of the idle-tls phase")
     ap.add_argument("--b-memory-limit-mb", type=int, help="run sidecar B in a memory cgroup of this size")
     ap.add_argument("--role")
     ap.add_argument("--args", default="[]")
@@ -475,7 +517,7 @@ def main():
     if a.role:
         args = json.loads(a.args)
         coro = {"app": app_main, "legit": legit, "slowloris": slowloris, "rapid-reset": rapid_reset,
-                "idle": idle, "slow-read": slow_read, "slow-read-h2": slow_read_h2,
+                "idle": idle, "idle-tls": idle_tls, "slow-read": slow_read, "slow-read-h2": slow_read_h2,
                 "slow-client": slow_client}[a.role]
         asyncio.run(coro(*args))
         return
@@ -543,6 +585,7 @@ def main():
         secs = a.phase_seconds
         phases = [("baseline", None), ("slowloris", ["slowloris", [secs, pki, 1000]]),
                   ("rapid-reset", ["rapid-reset", [secs, pki, 8]]), ("idle", ["idle", [secs, 10000]]),
+                  ("idle-tls", ["idle-tls", [secs, pki, a.idle_tls]]),
                   ("slow-read", ["slow-read", [max(secs, 95), pki, a.slow_readers]]),
                   ("slow-read-h2", ["slow-read-h2", [max(secs, 95), pki, a.h2_slow_readers]]),
                   ("slow-client", ["slow-client", [secs, 20]])]

@@ -302,6 +302,8 @@ fn every_kind() -> Vec<SecurityEvent> {
         dos("inbound", "shed", "limits.maxInflight", "5000", None, true),
         dos("inbound", "memory_shed", "limits.maxMemoryBytes", "201326592", None, true),
         dos("inbound", "memory_cut", "limits.maxMemoryBytes", "201326592", Some("10.0.0.66"), false),
+        dos("inbound", "memory_limit", "limits.maxMemoryBytes", "201326592", None, true),
+        dos("inbound", "memory_idle", "limits.maxMemoryBytes", "201326592", Some("10.0.0.66"), false),
         dos("inbound", "rapid_reset", "limits.http2.maxResetsPerSecond", "200", Some("10.0.0.66"), false),
     ]
 }
@@ -416,6 +418,8 @@ fn every_event_kind_written_through_the_event_writer() {
                 ("shed", 4002, 0),
                 ("memory_shed", 4002, 0),
                 ("memory_cut", 4001, 2),
+                ("memory_limit", 4001, 5),
+                ("memory_idle", 4001, 2),
                 ("rapid_reset", 4001, 2),
             ] {
                 let e = by_reason(reason);

@@ -27,6 +27,7 @@ const BOUND: Duration = Duration::from_secs(15);
 struct Sidecar {
     child: std::process::Child,
     inbound: SocketAddr,
+    outbound: SocketAddr,
     admin: SocketAddr,
     client: palisade::identity::WorkloadFiles,
     _pki: Pki,
@@ -40,8 +41,8 @@ impl Drop for Sidecar {
     }
 }
 
-/// `palisade sidecar` with this memory limit and a `sendTimeout` far beyond the test: a caller
-/// cut off was cut by the memory guard. Its app speaks HTTP/1.1, as every app does to which a
+/// `palisade sidecar` with this memory limit and its timeouts far beyond the test: a caller cut
+/// off, or a connection closed, was closed by the memory guard. Its app speaks HTTP/1.1, as every app does to which a
 /// peer sidecar forwards an HTTP/1.1 caller's requests.
 async fn sidecar(max_memory_bytes: u64) -> Sidecar {
     let pki = Pki::new();
@@ -55,7 +56,7 @@ async fn sidecar(max_memory_bytes: u64) -> Sidecar {
         format!(
             "identity:\n  files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}\ntrustDomain: {TD}\n\
              inbound: {{listen: \"127.0.0.1:{}\", app: \"{}\", appProtocol: http1}}\noutbound: {{listen: \"127.0.0.1:{}\"}}\n\
-             admin: {{listen: \"127.0.0.1:{}\"}}\nlimits: {{maxMemoryBytes: {max_memory_bytes}, sendTimeout: 600s}}\n",
+             admin: {{listen: \"127.0.0.1:{}\"}}\nlimits: {{maxMemoryBytes: {max_memory_bytes}, sendTimeout: 600s, headerTimeout: 600s, bodyTimeout: 600s, idleTimeout: 600s}}\n",
             server.cert.display(),
             server.key.display(),
             server.trust_bundle.display(),
@@ -82,19 +83,23 @@ async fn sidecar(max_memory_bytes: u64) -> Sidecar {
     .await;
     assert!(ready, "sidecar became ready");
     let inbound = format!("127.0.0.1:{}", ports[0]).parse().unwrap();
-    Sidecar { child, inbound, admin, client, _pki: pki, _app: app }
+    let outbound = format!("127.0.0.1:{}", ports[1]).parse().unwrap();
+    Sidecar { child, inbound, outbound, admin, client, _pki: pki, _app: app }
 }
 
 type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 async fn mtls(s: &Sidecar, alpn: &[u8]) -> TlsStream {
+    try_mtls(s, alpn).await.unwrap()
+}
+
+/// An mTLS connection to the sidecar's inbound port, or why there is none (closed at accept).
+async fn try_mtls(s: &Sidecar, alpn: &[u8]) -> std::io::Result<TlsStream> {
     let mut tls = client_tls(Some(&s.client));
     tls.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = tokio::net::TcpStream::connect(s.inbound).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(ServerName::try_from("orders.shop").unwrap(), tcp)
-        .await
-        .unwrap()
+    let tcp = tokio::net::TcpStream::connect(s.inbound).await?;
+    // Closed at accept: before the server's first flight, so the handshake fails.
+    tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(ServerName::try_from("orders.shop").unwrap(), tcp).await
 }
 
 async fn series(admin: SocketAddr, series: &str) -> u64 {
@@ -103,6 +108,14 @@ async fn series(admin: SocketAddr, series: &str) -> u64 {
 }
 
 const MEMORY_CUTS: &str = r#"palisade_connections_closed_total{direction="inbound",reason="memory_cut"}"#;
+const MEMORY_LIMIT: &str = r#"palisade_connections_closed_total{direction="inbound",reason="memory_limit"}"#;
+
+/// Idle connections closed for memory on both data listeners.
+async fn idle_closed(admin: SocketAddr) -> u64 {
+    let series_of =
+        |direction| format!(r#"palisade_connections_closed_total{{direction="{direction}",reason="memory_idle"}}"#);
+    series(admin, &series_of("inbound")).await + series(admin, &series_of("outbound")).await
+}
 
 /// What became of one of [`stalled_streams`]' requests.
 enum Stalled {
@@ -198,7 +211,8 @@ async fn over_its_memory_limit_the_sidecar_closes_http1_connections_that_are_not
     let s = sidecar(LIMIT).await;
     let mut connections = Vec::new();
     for _ in 0..60 {
-        let mut tls = mtls(&s, b"http/1.1").await;
+        // Past the limit a new connection is closed at accept, a new request on one shed.
+        let Ok(mut tls) = try_mtls(&s, b"http/1.1").await else { break };
         let request = format!("GET /bytes/{LARGE_ANSWER} HTTP/1.1\r\nhost: orders.shop\r\n\r\n");
         tls.write_all(request.as_bytes()).await.unwrap();
         let mut head = Vec::new();
@@ -210,7 +224,6 @@ async fn over_its_memory_limit_the_sidecar_closes_http1_connections_that_are_not
             head.extend_from_slice(&buf[..n]);
         }
         let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
-        // Past the limit a new request is shed, until the stalled ones are cut.
         if head.starts_with("http/1.1 503") {
             assert!(head.contains("retry-after: 1") && head.contains(r#""error":"unavailable""#), "{head}");
             break;
@@ -258,4 +271,95 @@ async fn under_its_memory_limit_nothing_is_cut() {
         assert!(more.is_ok(), "{more:?}");
     }
     assert_eq!(series(s.admin, MEMORY_CUTS).await, 0);
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+
+/// Reads until the peer closes the connection (an end of stream or an error), within `BOUND`:
+/// whether it did.
+async fn closed_by_peer(mut conn: impl tokio::io::AsyncRead + Unpin) -> bool {
+    let mut buf = vec![0u8; 16 * 1024];
+    let ended = async {
+        while let Ok(n @ 1..) = conn.read(&mut buf).await {
+            let _ = n;
+        }
+    };
+    tokio::time::timeout(BOUND, ended).await.is_ok()
+}
+
+/// A request to the app that stays in flight: an HTTP/2 stream whose body has begun and does
+/// not end (the app reads to its end; `bodyTimeout` is far beyond the test). `None` when the
+/// sidecar took on no more connections.
+async fn request_in_flight(
+    s: &Sidecar,
+) -> Option<(h2::client::SendRequest<bytes::Bytes>, h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>)> {
+    let tls = try_mtls(s, b"h2").await.ok()?;
+    let (client, connection) = h2::client::handshake(tls).await.ok()?;
+    tokio::spawn(connection);
+    let mut client = client.ready().await.ok()?;
+    let request = http::Request::post("https://orders.shop/upload").body(()).unwrap();
+    let (answer, mut body) = client.send_request(request, false).ok()?;
+    body.send_data(bytes::Bytes::from_static(&[b'x'; 1024]), false).ok()?;
+    Some((client, answer, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_its_memory_limit_the_sidecar_takes_on_no_connection_and_closes_idle_ones_not_busy_ones() {
+    let s = sidecar(LIMIT).await;
+    // Busy connections first: each has a request in flight, however quiet it is.
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        busy.push(request_in_flight(&s).await.expect("taken on under the limit"));
+    }
+    // Then idle connections, under the limit: mTLS with nothing sent, HTTP/2 with its preface
+    // and no stream, HTTP/1.1 kept alive after an answer, and a plaintext one to the outbound
+    // port.
+    let mut idle: Vec<Box<dyn tokio::io::AsyncRead + Unpin + Send>> = Vec::new();
+    for _ in 0..10 {
+        idle.push(Box::new(mtls(&s, b"http/1.1").await));
+        let mut h2 = mtls(&s, b"h2").await;
+        h2.write_all(H2_PREFACE).await.unwrap();
+        idle.push(Box::new(h2));
+    }
+    let mut kept_alive = mtls(&s, b"http/1.1").await;
+    kept_alive.write_all(b"GET /ok HTTP/1.1\r\nhost: orders.shop\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&answer).ends_with('}') {
+        let n = tokio::time::timeout(BOUND, kept_alive.read(&mut buf)).await.expect("answered").unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer));
+    idle.push(Box::new(kept_alive));
+    idle.push(Box::new(tokio::net::TcpStream::connect(s.outbound).await.unwrap()));
+    assert_eq!(idle_closed(s.admin).await, 0, "under the limit no idle connection is closed");
+
+    // More requests in flight, one per connection, until the sidecar takes on no more: they
+    // fill its heap.
+    let mut filling = Vec::new();
+    while filling.len() < 3000 {
+        match request_in_flight(&s).await {
+            Some(request) => filling.push(request),
+            None => break,
+        }
+    }
+    assert!(filling.len() < 3000, "every connection taken on: the limit is not reached");
+    assert!(series(s.admin, MEMORY_LIMIT).await >= 1, "a connection closed at accept is counted");
+
+    // The idle ones are closed, each counted.
+    let held = idle.len() as u64;
+    assert!(eventually(async || idle_closed(s.admin).await >= held).await, "idle connections closed");
+    for (i, conn) in idle.into_iter().enumerate() {
+        assert!(closed_by_peer(conn).await, "idle connection {i} still open");
+    }
+    // Not the busy ones, every one older than every idle one: their requests are still served.
+    drop(filling);
+    for (i, (_client, answer, mut body)) in busy.into_iter().enumerate() {
+        body.send_data(bytes::Bytes::new(), true).unwrap_or_else(|e| panic!("busy connection {i}: {e}"));
+        let response = tokio::time::timeout(BOUND, answer).await.expect("answered");
+        assert_eq!(response.unwrap_or_else(|e| panic!("busy connection {i}: {e}")).status(), 200);
+    }
+    assert!(eventually(async || answered_ok(&s).await).await, "serves again once the heap fell");
+    assert_eq!(series(s.admin, MEMORY_CUTS).await, 0, "no answer waited on its caller");
 }

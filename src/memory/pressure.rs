@@ -1,16 +1,18 @@
-//! The overload guard of `limits.maxMemoryBytes`: past that much heap in use, new requests are
-//! shed and every answer waiting on a caller that does not read it is cut off, so a sidecar under
-//! a slow-read attack gives up the attacker's buffers instead of growing until its container is
-//! killed (Envoy's overload manager does the same with `stop_accepting_requests` and
-//! `reset_high_memory_stream`).
+//! The overload guard of `limits.maxMemoryBytes`: past that much heap in use, new requests and
+//! connections are shed, every answer waiting on a caller that does not read it is cut off and
+//! every idle connection closed, so a sidecar under a slow-read attack or a flood of idle
+//! connections gives up the attacker's buffers instead of growing until its container is killed
+//! (Envoy's overload manager does the same with `stop_accepting_requests`,
+//! `reset_high_memory_stream`, `reject_incoming_connections` and `reduce_timeouts`).
 //!
 //! Admission control alone cannot bound memory: a burst of requests is admitted while the heap
 //! is still small and fills its buffers only when the app answers. So the heap is looked at
-//! where it grows, at most every [`SAMPLE_EVERY`]: when a request starts, when a piece of an
-//! answer is written, when a write waits on its caller ([`Pressure::watch`]). Past half the
-//! limit a sampler task also looks on its own, every [`SAMPLE_EVERY`], and each sample over the
-//! limit wakes the writers stalled on their callers: those stalled for [`CUT_AFTER`] give up (a
-//! caller reading at any useful rate is not cut for a moment's back-pressure). Nothing runs
+//! where it grows, at most every [`SAMPLE_EVERY`]: when a connection is accepted, when a request
+//! starts, when a piece of an answer is written, when a write waits on its caller
+//! ([`Pressure::watch`]). Past half the limit a sampler task also looks on its own, every
+//! [`SAMPLE_EVERY`], and each sample over the limit wakes the writers stalled on their callers
+//! and the reads of idle connections: those stalled or idle for [`CUT_AFTER`] give up (a caller
+//! reading at any useful rate is not cut for a moment's back-pressure). Nothing runs
 //! while the sidecar is idle or its heap well under the limit. Once over, the sidecar is back
 //! under only below nine tenths of the limit, so admission does not flap around it.
 //!
@@ -32,7 +34,8 @@ pub const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
 /// How long an answer's write must have waited on its caller to be cut off under pressure: more
 /// than a slow but reading client waits for one piece (64 KiB at 64 KB/s), far less than
-/// `sendTimeout`.
+/// `sendTimeout`. A connection idle for as long is closed: a pooled one between two requests a
+/// moment apart is not.
 pub const CUT_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]

@@ -129,6 +129,12 @@ impl DosRefusal {
         let (n, direction, setting, limit) = (self.count, self.direction, self.setting, &self.limit);
         let plural = if n == 1 { "" } else { "s" };
         match self.reason {
+            "memory_limit" => format!(
+                "{n} connection{plural} closed at accept on {direction}: the sidecar's heap was over {setting} ({limit} bytes)"
+            ),
+            "memory_idle" => format!(
+                "{n} idle connection{plural} on {direction} closed: the sidecar's heap was over {setting} ({limit} bytes)"
+            ),
             "connection_limit" | "source_limit" => {
                 format!("{n} connection{plural} closed at accept on {direction}: {setting} ({limit}) reached")
             }

@@ -43,6 +43,11 @@ pub enum RefusalReason {
     /// `limits.maxMemoryBytes`: an answer its caller was not reading cut off (HTTP/1.1
     /// connection closed, HTTP/2 stream reset) while the sidecar was over it.
     MemoryCut,
+    /// `limits.maxMemoryBytes`: a connection closed at accept while the sidecar was over it.
+    MemoryLimit,
+    /// `limits.maxMemoryBytes`: an idle connection (no request in flight) closed while the
+    /// sidecar was over it.
+    MemoryIdle,
 }
 
 impl RefusalReason {
@@ -58,6 +63,8 @@ impl RefusalReason {
             RefusalReason::RapidReset => "rapid_reset",
             RefusalReason::MemoryShed => "memory_shed",
             RefusalReason::MemoryCut => "memory_cut",
+            RefusalReason::MemoryLimit => "memory_limit",
+            RefusalReason::MemoryIdle => "memory_idle",
         }
     }
 
@@ -72,7 +79,10 @@ impl RefusalReason {
             RefusalReason::SendTimeout => "limits.sendTimeout",
             RefusalReason::Shed => "limits.maxInflight",
             RefusalReason::RapidReset => "limits.http2.maxResetsPerSecond",
-            RefusalReason::MemoryShed | RefusalReason::MemoryCut => "limits.maxMemoryBytes",
+            RefusalReason::MemoryShed
+            | RefusalReason::MemoryCut
+            | RefusalReason::MemoryLimit
+            | RefusalReason::MemoryIdle => "limits.maxMemoryBytes",
         }
     }
 }

@@ -164,7 +164,7 @@ def test_every_event_kind_is_valid_ocsf_1_5():
     dos = [e for e in events if e.get("firewall_rule", {}).get("category") == "dos"]
     assert {e["firewall_rule"]["name"] for e in dos} == {
         "connection_limit", "source_limit", "header_timeout", "idle_timeout", "body_timeout", "send_timeout", "shed",
-        "rapid_reset", "memory_shed", "memory_cut",
+        "rapid_reset", "memory_shed", "memory_cut", "memory_limit", "memory_idle",
     }, dos
     # Many refusals in one event: OCSF's count and time span.
     assert all(e["count"] > 1 and e["start_time"] <= e["end_time"] for e in dos), dos

@@ -1,0 +1,319 @@
+//! An HTTP/2 connection followed by its frame headers, as the bytes go by (issue 16): the peer's
+//! premature stream resets (rapid reset) and which streams are open, so that an idle connection
+//! can be told from a busy one. Only the 9 bytes of each frame's header are looked at; payloads
+//! are skipped over. h2 itself keeps all of this, but pingora gives no way to ask it.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The client's connection preface, before its first frame.
+const PREFACE_LEN: usize = 24;
+const DATA: u8 = 0x0;
+pub(super) const HEADERS: u8 = 0x1;
+pub(super) const RST_STREAM: u8 = 0x3;
+/// HEADERS and DATA: the sender's last frame on the stream.
+const END_STREAM: u8 = 0x1;
+/// More open streams than a connection is ever allowed (h2 refuses past
+/// `limits.http2.maxConcurrentStreams`, and its refusals close them here too): past it the
+/// connection is taken as never idle rather than tracked at any cost.
+const MAX_TRACKED: usize = 4096;
+
+/// Frame headers out of a byte stream, however it is split.
+#[derive(Debug)]
+struct FrameHeaders {
+    /// Bytes still to skip: the rest of the connection preface, or of a frame's payload.
+    skip: usize,
+    header: [u8; 9],
+    /// How much of `header` has arrived.
+    have: usize,
+}
+
+impl FrameHeaders {
+    fn after(skip: usize) -> Self {
+        FrameHeaders { skip, header: [0; 9], have: 0 }
+    }
+
+    /// Calls `frame(type, flags, stream)` for each frame header completed in `bytes`.
+    fn feed(&mut self, mut bytes: &[u8], mut frame: impl FnMut(u8, u8, u32)) {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len());
+                self.skip -= n;
+                bytes = &bytes[n..];
+                continue;
+            }
+            let n = (9 - self.have).min(bytes.len());
+            self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+            self.have += n;
+            bytes = &bytes[n..];
+            if self.have == 9 {
+                self.have = 0;
+                let h = &self.header;
+                self.skip = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+                let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+                frame(h[3], h[4], stream);
+            }
+        }
+    }
+}
+
+/// Premature RST_STREAM frames per second (CVE-2023-44487: streams opened and cancelled at once
+/// cost the server work the client never waits for). Premature: for a stream opened after the
+/// server last wrote anything, so no answer to it can have been sent. Clients reset streams they
+/// are done with too (hyper cancels a stream whose response body it drops unread); those resets
+/// come after the server wrote the answer and are not counted.
+#[derive(Debug)]
+struct Resets {
+    max: u32,
+    window: Instant,
+    count: u32,
+}
+
+/// The streams the peer opened that are not done: the server ended its side (END_STREAM) or
+/// either side reset them.
+#[derive(Debug)]
+struct OpenStreams {
+    ids: Vec<u32>,
+    /// Since when none is open; `None` while some are, or past [`MAX_TRACKED`].
+    idle_since: Option<Instant>,
+    overflowed: bool,
+}
+
+impl OpenStreams {
+    fn opened(&mut self, stream: u32) {
+        if self.overflowed {
+            return;
+        }
+        if self.ids.len() == MAX_TRACKED {
+            self.overflowed = true;
+            self.ids = Vec::new();
+        } else {
+            self.ids.push(stream);
+        }
+        self.idle_since = None;
+    }
+
+    fn ended(&mut self, stream: u32) {
+        if let Some(at) = self.ids.iter().position(|&id| id == stream) {
+            self.ids.swap_remove(at);
+            if self.ids.is_empty() {
+                self.idle_since = Some(Instant::now());
+            }
+        }
+    }
+}
+
+/// One HTTP/2 connection's frames both ways, from its preface on.
+#[derive(Debug)]
+pub(super) struct H2Frames {
+    read: FrameHeaders,
+    written: FrameHeaders,
+    /// `None`: resets are not limited.
+    resets: Option<Resets>,
+    /// The highest stream id the peer opened (HEADERS) so far.
+    highest_opened: u32,
+    /// `highest_opened` when the server last wrote: streams up to it may have been answered.
+    written_past: u32,
+    /// `None`: not followed (no one asks whether the connection is idle).
+    open: Option<OpenStreams>,
+}
+
+impl H2Frames {
+    /// Follows a connection whose preface is the next thing read: its resets when limited to
+    /// `max_resets_per_second`, its open streams when `track_streams`; `None` when neither.
+    pub(super) fn new(max_resets_per_second: Option<u32>, track_streams: bool) -> Option<Self> {
+        if max_resets_per_second.is_none() && !track_streams {
+            return None;
+        }
+        Some(H2Frames {
+            read: FrameHeaders::after(PREFACE_LEN),
+            written: FrameHeaders::after(0),
+            resets: max_resets_per_second.map(|max| Resets { max, window: Instant::now(), count: 0 }),
+            highest_opened: 0,
+            written_past: 0,
+            open: track_streams.then(|| OpenStreams {
+                ids: Vec::new(),
+                idle_since: Some(Instant::now()),
+                overflowed: false,
+            }),
+        })
+    }
+
+    /// Follows `bytes`, the next ones the peer sent; whether the peer is past its resets.
+    pub(super) fn read(&mut self, bytes: &[u8]) -> bool {
+        let mut premature = 0u32;
+        let (highest, written_past, open) = (&mut self.highest_opened, self.written_past, &mut self.open);
+        self.read.feed(bytes, |kind, _, stream| match kind {
+            // A stream's first HEADERS opens it (later ones on it are trailers).
+            HEADERS if stream > *highest => {
+                *highest = stream;
+                if let Some(open) = open.as_mut() {
+                    open.opened(stream);
+                }
+            }
+            RST_STREAM => {
+                premature += u32::from(stream > written_past);
+                if let Some(open) = open.as_mut() {
+                    open.ended(stream);
+                }
+            }
+            _ => {}
+        });
+        let Some(resets) = self.resets.as_mut().filter(|_| premature > 0) else { return false };
+        let now = Instant::now();
+        if now.duration_since(resets.window) >= Duration::from_secs(1) {
+            resets.window = now;
+            resets.count = 0;
+        }
+        resets.count = resets.count.saturating_add(premature);
+        resets.count > resets.max
+    }
+
+    /// Follows `bytes`, the next ones the server wrote to the peer: streams opened so far may
+    /// have their answers.
+    pub(super) fn wrote(&mut self, bytes: &[u8]) {
+        self.written_past = self.highest_opened;
+        let Some(open) = self.open.as_mut() else { return };
+        self.written.feed(bytes, |kind, flags, stream| match kind {
+            DATA | HEADERS if flags & END_STREAM != 0 => open.ended(stream),
+            RST_STREAM => open.ended(stream),
+            _ => {}
+        });
+    }
+
+    /// Since when no stream has been open; `None` while one is (or when not followed).
+    pub(super) fn idle_since(&self) -> Option<Instant> {
+        self.open.as_ref().and_then(|open| open.idle_since)
+    }
+
+    /// Stops counting resets (the connection is being closed for them).
+    pub(super) fn stop_counting_resets(&mut self) {
+        self.resets = None;
+    }
+
+    #[cfg(test)]
+    fn resets(&self) -> u32 {
+        self.resets.as_ref().map_or(0, |r| r.count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An HTTP/2 frame: length, type, flags, stream id, payload.
+    fn frame_with(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = payload.len() as u32;
+        let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        frame_with(kind, 0, stream, payload)
+    }
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    #[tokio::test(start_paused = true)]
+    async fn stream_resets_are_counted_from_frame_headers_per_second_whatever_the_read_boundaries() {
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(0x4, 0, &[0; 12])); // SETTINGS
+        for stream in (1..=9u32).step_by(2) {
+            wire.extend(frame(HEADERS, stream, &[0x82, 0x86, 0x84]));
+            wire.extend(frame(DATA, stream, &[RST_STREAM; 1000])); // a payload of 0x03 bytes
+            wire.extend(frame(RST_STREAM, stream, &8u32.to_be_bytes()));
+        }
+        // Five resets: at the limit of five, not past it, however the bytes are split up.
+        for chunk in [1, 7, 9, 100, wire.len()] {
+            let mut count = H2Frames::new(Some(5), false).unwrap();
+            assert!(!wire.chunks(chunk).any(|c| count.read(c)), "split every {chunk}");
+            assert_eq!(count.resets(), 5, "split every {chunk}: only RST_STREAM frames count");
+            // One more within the second: past it.
+            assert!(count.read(&frame(RST_STREAM, 11, &8u32.to_be_bytes())));
+        }
+        // A second later the count starts again.
+        let mut count = H2Frames::new(Some(5), false).unwrap();
+        assert!(!count.read(&wire));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let more: Vec<u8> = (0..5).flat_map(|i| frame(RST_STREAM, 13 + 2 * i, &8u32.to_be_bytes())).collect();
+        assert!(!count.read(&more), "five in the next second");
+        assert!(count.read(&frame(RST_STREAM, 31, &8u32.to_be_bytes())), "and the sixth is one too many");
+    }
+
+    #[test]
+    fn resets_of_streams_the_server_may_have_answered_are_not_counted() {
+        let mut count = H2Frames::new(Some(5), false).unwrap();
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(0x4, 0, &[]));
+        assert!(!count.read(&wire));
+        // A client done with each answer: opens a stream, the server answers, the client cancels
+        // what is left of it. Any number of those.
+        for stream in (1..200u32).step_by(2) {
+            assert!(!count.read(&frame(HEADERS, stream, &[0x82, 0x87, 0x84])));
+            count.wrote(&frame(HEADERS, stream, &[0x88]));
+            assert!(!count.read(&frame(RST_STREAM, stream, &8u32.to_be_bytes())), "stream {stream}");
+        }
+        assert_eq!(count.resets(), 0);
+        // Rapid reset: streams opened and cancelled before the server wrote anything.
+        let flood: Vec<u8> = (0..6u32)
+            .flat_map(|i| [frame(HEADERS, 201 + 2 * i, &[0x82]), frame(RST_STREAM, 201 + 2 * i, &8u32.to_be_bytes())])
+            .flatten()
+            .collect();
+        assert!(count.read(&flood), "six premature resets, five allowed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_from_its_preface_and_whenever_every_stream_it_opened_is_done() {
+        assert!(H2Frames::new(None, false).is_none(), "nothing to follow");
+        let start = Instant::now();
+        let mut conn = H2Frames::new(None, true).unwrap();
+        assert_eq!(conn.idle_since(), Some(start), "no stream yet");
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(0x4, 0, &[]));
+        wire.extend(frame(HEADERS, 1, &[0x82]));
+        wire.extend(frame_with(HEADERS, END_STREAM | 0x4, 3, &[0x82]));
+        // Split anywhere, both ways.
+        for c in wire.chunks(5) {
+            conn.read(c);
+        }
+        assert_eq!(conn.idle_since(), None, "two streams open");
+        // The server's settings and its whole answer to stream 1: headers, then data that ends it.
+        let mut answer = frame(0x4, 0, &[]);
+        answer.extend(frame(HEADERS, 1, &[0x88]));
+        answer.extend(frame(DATA, 1, &[0; 300]));
+        answer.extend(frame_with(DATA, END_STREAM, 1, &[HEADERS; 40]));
+        for c in answer.chunks(7) {
+            conn.wrote(c);
+        }
+        assert_eq!(conn.idle_since(), None, "stream 3 is still open (the client's END_STREAM ends only its side)");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // The server resets stream 3 (an early answer's RST_STREAM(NO_ERROR)): none open.
+        conn.wrote(&frame(RST_STREAM, 3, &0u32.to_be_bytes()));
+        let idle = Instant::now();
+        assert_eq!(conn.idle_since(), Some(idle));
+        // Trailers on a done stream, or a second reset of it, open nothing and move nothing.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        conn.read(&frame(HEADERS, 3, &[0x82]));
+        conn.read(&frame(RST_STREAM, 1, &8u32.to_be_bytes()));
+        assert_eq!(conn.idle_since(), Some(idle));
+        // A new stream, reset by the client: busy, then idle again.
+        conn.read(&frame(HEADERS, 5, &[0x82]));
+        assert_eq!(conn.idle_since(), None);
+        conn.read(&frame(RST_STREAM, 5, &8u32.to_be_bytes()));
+        assert_eq!(conn.idle_since(), Some(Instant::now()));
+    }
+
+    #[test]
+    fn past_any_sane_number_of_open_streams_a_connection_is_never_taken_as_idle() {
+        let mut conn = H2Frames::new(None, true).unwrap();
+        conn.read(PREFACE);
+        let opened: Vec<u8> = (0..=MAX_TRACKED as u32).flat_map(|i| frame(HEADERS, 1 + 2 * i, &[0x82])).collect();
+        conn.read(&opened);
+        let ended: Vec<u8> = (0..=MAX_TRACKED as u32).flat_map(|i| frame(RST_STREAM, 1 + 2 * i, &[0; 4])).collect();
+        conn.read(&ended);
+        assert_eq!(conn.idle_since(), None);
+    }
+}
