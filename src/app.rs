@@ -300,6 +300,26 @@ async fn run(
         None => tracing::debug!("no memory limit (limits.maxMemoryBytes)"),
     }
     let memory_setting = memory.limit().map_or_else(|| "none".to_string(), |bytes| bytes.to_string());
+    if crate::memory::heap_in_use().is_some() {
+        let metrics = &telemetry.metrics;
+        metrics.register_read_at_scrape(
+            "palisade_memory_heap_bytes",
+            "Heap in use (glibc's count of allocated bytes), as limits.maxMemoryBytes measures it.",
+            || crate::memory::heap_in_use().unwrap_or(0) as f64,
+        );
+        let limit = memory.limit().unwrap_or(0) as f64;
+        metrics.register_read_at_scrape(
+            "palisade_memory_limit_bytes",
+            "limits.maxMemoryBytes in force (0: none).",
+            move || limit,
+        );
+        let guard = memory.clone();
+        metrics.register_read_at_scrape(
+            "palisade_memory_overloaded",
+            "1 while the heap is over limits.maxMemoryBytes: new requests and connections shed, idle connections and stalled answers cut.",
+            move || f64::from(u8::from(guard.is_over())),
+        );
+    }
     let caller_timeouts = |direction, listener| {
         let counted = |reason: crate::telemetry::RefusalReason, limit: &dyn std::fmt::Display| {
             let series = telemetry.metrics.connections_closed.with_label_values(&[direction, reason.label()]);

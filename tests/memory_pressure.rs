@@ -346,6 +346,9 @@ async fn over_its_memory_limit_the_sidecar_takes_on_no_connection_and_closes_idl
     }
     assert!(filling.len() < 3000, "every connection taken on: the limit is not reached");
     assert!(series(s.admin, MEMORY_LIMIT).await >= 1, "a connection closed at accept is counted");
+    // The requests in flight keep the heap over the limit; the idle connections are far less.
+    assert_eq!(series(s.admin, "palisade_memory_overloaded").await, 1);
+    assert_eq!(series(s.admin, "palisade_memory_limit_bytes").await, LIMIT);
 
     // The idle ones are closed, each counted.
     let held = idle.len() as u64;
@@ -361,5 +364,6 @@ async fn over_its_memory_limit_the_sidecar_takes_on_no_connection_and_closes_idl
         assert_eq!(response.unwrap_or_else(|e| panic!("busy connection {i}: {e}")).status(), 200);
     }
     assert!(eventually(async || answered_ok(&s).await).await, "serves again once the heap fell");
+    assert_eq!(series(s.admin, "palisade_memory_overloaded").await, 0);
     assert_eq!(series(s.admin, MEMORY_CUTS).await, 0, "no answer waited on its caller");
 }

@@ -49,9 +49,18 @@ async fn metrics_pass_promtool_and_carry_the_spec_series() {
         "palisade_certificate_expiry_timestamp_seconds ",
         r#"palisade_request_duration_seconds_bucket{code="200",direction="inbound",le="0.0001"}"#,
         "process_resident_memory_bytes ",
+        "palisade_memory_heap_bytes ",
+        "palisade_memory_limit_bytes ",
+        "palisade_memory_overloaded 0",
     ] {
         assert!(text.contains(series), "missing {series}\n{text}");
     }
+    // The heap as the memory guard measures it: a sidecar at rest holds a few megabytes.
+    let gauge = |name: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok()).unwrap()
+    };
+    let heap = gauge("palisade_memory_heap_bytes");
+    assert!((100e3..1e9).contains(&heap), "{heap}");
     // No raw paths or request ids in labels.
     assert!(!text.contains("/ok/1") && !text.contains("/admin\""), "{text}");
     s.shutdown();

@@ -228,6 +228,14 @@ impl Metrics {
         }
     }
 
+    /// A gauge whose value is `read` at each scrape (what another module owns and keeps no
+    /// metric of: the heap in use, say).
+    pub fn register_read_at_scrape(&self, name: &str, help: &str, read: impl Fn() -> f64 + Send + Sync + 'static) {
+        let gauge = Gauge::new(name, help).expect("metric");
+        let collector = ReadAtScrape { gauge, read: Box::new(read) };
+        self.registry.register(Box::new(collector)).expect("metric registers once");
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
@@ -239,5 +247,22 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// [`Metrics::register_read_at_scrape`]'s gauge.
+struct ReadAtScrape {
+    gauge: Gauge,
+    read: Box<dyn Fn() -> f64 + Send + Sync>,
+}
+
+impl prometheus::core::Collector for ReadAtScrape {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.gauge.desc()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.gauge.set((self.read)());
+        self.gauge.collect()
     }
 }
