@@ -660,8 +660,12 @@ struct Deadlined {
     memory: Option<Arc<crate::memory::Pressure>>,
     cut_signal: Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>,
     stalled_since: Option<tokio::time::Instant>,
-    /// What a read waiting on an idle connection polls for the memory guard's signal.
+    /// What a read waiting on an idle connection polls for the memory guard's signal, and when
+    /// to look again at a connection that was not idle long enough at a sample over the limit.
     idle_signal: Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>,
+    idle_recheck: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    /// ALPN chose HTTP/2: the first bytes are its preface, however they are split.
+    alpn_h2: bool,
 }
 
 /// How long the 408 for a late head may take to write before the connection is closed anyway
@@ -672,9 +676,13 @@ const ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// over its limit once it has been idle `CUT_AFTER` (never without a guard or while busy).
 async fn idle_under_pressure(memory: Option<&Arc<crate::memory::Pressure>>, since: Option<tokio::time::Instant>) {
     let (Some(memory), Some(since)) = (memory, since) else { return std::future::pending().await };
+    let old_enough = since + crate::memory::CUT_AFTER;
     while let Some(over) = memory.cut_signal() {
         over.await;
-        if memory.is_over() && since.elapsed() >= crate::memory::CUT_AFTER {
+        if memory.is_over() && tokio::time::Instant::now() < old_enough {
+            tokio::time::sleep_until(old_enough).await;
+        }
+        if memory.is_over() && tokio::time::Instant::now() >= old_enough {
             return;
         }
     }
@@ -705,6 +713,7 @@ impl Deadlined {
         // The first head's deadline runs from the start: a connection that sends nothing is a
         // slowloris connection too. HTTP/2 (negotiated by ALPN) is still held to it for its
         // first bytes, the connection preface.
+        let alpn_h2 = io.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2);
         Deadlined {
             io,
             phase: Phase::Head { seen: false, crlf: 0 },
@@ -723,6 +732,8 @@ impl Deadlined {
             cut_signal: None,
             stalled_since: None,
             idle_signal: None,
+            idle_recheck: None,
+            alpn_h2,
         }
     }
 
@@ -738,7 +749,13 @@ impl Deadlined {
             if self.phase != Phase::H2 {
                 self.on_write(went(n).find(|b| !b.is_empty()).unwrap_or_default());
             } else if let Some(h2) = self.h2.as_mut() {
+                let busy = h2.idle_since().is_none();
                 went(n).for_each(|bytes| h2.wrote(bytes));
+                // h2 writes what ends its streams after its read has parked: the read's check
+                // saw a busy connection, so the idle one waits on the guard from here.
+                if busy && h2.idle_since().is_some() {
+                    self.await_idle_close(cx);
+                }
             }
         }
         self.waited(cx, written)
@@ -754,7 +771,10 @@ impl Deadlined {
             std::task::Poll::Pending if self.cut_under_pressure(cx) => std::task::Poll::Ready(Err(Self::memory_cut())),
             std::task::Poll::Pending => std::task::Poll::Pending,
             done => {
-                self.stalled_since = None;
+                // A stall that ends on an idle connection: the read's check passed it over.
+                if self.stalled_since.take().is_some() {
+                    self.await_idle_close(cx);
+                }
                 done
             }
         }
@@ -794,28 +814,57 @@ impl Deadlined {
     /// A read waits on an idle connection (no request in flight): whether the memory guard
     /// says to close it now (counted): at a sample over the limit once it has been idle
     /// `CUT_AFTER`. Every idle connection waits on the guard's signal, so that one over the limit
-    /// reaches those that parked while the heap was low.
+    /// reaches those that parked while the heap was low; one idle for less is looked at again
+    /// when it will have been, not at every sample meanwhile.
     fn idle_under_pressure(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        let Some(memory) = self.memory.as_ref() else { return false };
         let Some(since) = self.idle_since() else { return false };
+        let Some(memory) = self.memory.as_ref() else { return false };
         // A write waiting on the peer is the write's to cut (`cut_under_pressure`).
         if self.stalled_since.is_some() {
             return false;
         }
+        let old_enough = since + crate::memory::CUT_AFTER;
         if self.idle_signal.is_none() {
             renew(&mut self.idle_signal, memory);
         }
         loop {
-            let Some(signal) = self.idle_signal.as_mut() else { return false };
-            if signal.as_mut().poll(cx).is_pending() {
-                return false;
+            if let Some(recheck) = self.idle_recheck.as_mut() {
+                if recheck.as_mut().poll(cx).is_pending() {
+                    return false;
+                }
+                self.idle_recheck = None;
+            } else {
+                let Some(signal) = self.idle_signal.as_mut() else { return false };
+                if signal.as_mut().poll(cx).is_pending() {
+                    return false;
+                }
+                // A sample over the limit, maybe while the connection was busy.
+                renew(&mut self.idle_signal, memory);
             }
-            // A sample was over the limit, maybe while the connection was busy: still over?
-            renew(&mut self.idle_signal, memory);
-            if memory.is_over() && since.elapsed() >= crate::memory::CUT_AFTER {
+            if !memory.is_over() {
+                continue;
+            }
+            if tokio::time::Instant::now() >= old_enough {
                 self.closures.memory_idle.refused(Some(self.peer.ip()));
                 tracing::debug!(peer = %self.peer, direction = self.closures.direction, "closing an idle connection: over limits.maxMemoryBytes");
                 return true;
+            }
+            self.idle_recheck = Some(Box::pin(tokio::time::sleep_until(old_enough)));
+        }
+    }
+
+    /// The connection became idle outside a read (a write ended its last HTTP/2 stream, or a
+    /// stalled write went): its task waits on the guard's signal from now on, as a parked read
+    /// would. A fresh signal, so that one used up while it was busy does not count.
+    fn await_idle_close(&mut self, cx: &mut std::task::Context<'_>) {
+        let Some(memory) = self.memory.as_ref() else { return };
+        if self.idle_since().is_none() {
+            return;
+        }
+        renew(&mut self.idle_signal, memory);
+        if let Some(signal) = self.idle_signal.as_mut() {
+            if signal.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
             }
         }
     }
@@ -876,7 +925,7 @@ impl Deadlined {
     fn on_read(&mut self, bytes: &[u8]) {
         match self.phase {
             Phase::Head { seen, crlf } => {
-                if !seen && bytes.starts_with(b"PRI ") {
+                if !seen && (self.alpn_h2 || bytes.starts_with(b"PRI ")) {
                     // HTTP/2 (by ALPN or prior knowledge): its preface came; the rest is pingora's
                     // (and its frames are followed from here).
                     self.phase = Phase::H2;
@@ -909,8 +958,11 @@ impl Deadlined {
                     self.phase = Phase::Head { seen: false, crlf: 0 };
                     self.on_read(bytes);
                     if matches!(self.phase, Phase::Head { .. }) {
-                        let deadline = tokio::time::Instant::now() + self.header_timeout;
-                        self.timer.as_mut().reset(deadline);
+                        // Idle (for the memory guard) from the head's first byte, not the last
+                        // answer: a head that comes in pieces is not an idle connection.
+                        let now = tokio::time::Instant::now();
+                        self.last_activity = now;
+                        self.timer.as_mut().reset(now + self.header_timeout);
                         self.armed = true;
                     }
                 } else {
@@ -1059,9 +1111,9 @@ impl tokio::io::AsyncWrite for Deadlined {
         let written = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.wrote(cx, written, |n| {
             bufs.iter().scan(n, |left, b| {
-                let take = (*left).min(b.len());
+                let take = (*left > 0).then(|| (*left).min(b.len()))?;
                 *left -= take;
-                (take > 0).then(|| &b[..take])
+                Some(&b[..take])
             })
         })
     }
@@ -1159,5 +1211,74 @@ impl pingora::protocols::Peek for Deadlined {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn closures() -> Closures {
+        let refusals = crate::telemetry::Refusals::default();
+        let counter = |reason: RefusalReason| {
+            let series = prometheus::IntCounter::new("closed", "closed").unwrap();
+            refusals.counter("inbound", reason, "test", series)
+        };
+        Closures {
+            direction: "inbound",
+            header: counter(RefusalReason::HeaderTimeout),
+            idle: counter(RefusalReason::IdleTimeout),
+            resets: counter(RefusalReason::RapidReset),
+            memory_cut: counter(RefusalReason::MemoryCut),
+            memory_idle: counter(RefusalReason::MemoryIdle),
+        }
+    }
+
+    /// h2 writes the frames that end a stream after its read has parked, and nothing more comes
+    /// from a client done with its answer: the connection must still be closed once idle.
+    #[tokio::test(start_paused = true)]
+    async fn an_http2_connection_whose_last_stream_the_server_ended_is_closed_idle_under_pressure() {
+        let memory = crate::memory::Pressure::always_over();
+        let limits = ConnectionLimits {
+            header_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(600),
+            memory: Some(memory.clone()),
+            ..ConnectionLimits::default()
+        };
+        let closures = closures();
+        let idle_closed = closures.memory_idle.clone();
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let conn = Deadlined::new(Box::new(server_io), "127.0.0.1:1".parse().unwrap(), &limits, closures);
+        // As pingora serves HTTP/2: each stream on a task of its own, here answered after a
+        // while (samples over the limit come meanwhile, while the connection is busy).
+        let server = tokio::spawn(async move {
+            let mut h2 = h2::server::handshake(conn).await.unwrap();
+            while let Some(request) = h2.accept().await {
+                let (_, mut respond) = request?;
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    respond.send_response(http::Response::new(()), true).unwrap();
+                });
+            }
+            Ok::<_, h2::Error>(())
+        });
+        let (client, mut connection) = h2::client::handshake(client_io).await.unwrap();
+        let mut ping = connection.ping_pong().unwrap();
+        tokio::spawn(connection);
+        // A round trip first: the server has read everything of the handshake (the client's
+        // acknowledgement of its SETTINGS) before the request.
+        ping.ping(h2::Ping::opaque()).await.unwrap();
+        let mut client = client.ready().await.unwrap();
+        let (answer, _) = client.send_request(http::Request::get("https://orders/").body(()).unwrap(), true).unwrap();
+        // From now on every sample is over the limit (the guard samples on its own past half).
+        memory.watch();
+        assert_eq!(answer.await.unwrap().status(), 200);
+        let answered = tokio::time::Instant::now();
+        let ended = tokio::time::timeout(Duration::from_secs(60), server).await.expect("closed").unwrap();
+        let e = ended.expect_err("closed by the guard, not by the client");
+        assert!(e.is_io(), "{e}");
+        assert!(answered.elapsed() >= crate::memory::CUT_AFTER, "idle for {:?}", answered.elapsed());
+        assert_eq!(idle_closed.total(), 1);
+        drop(client);
     }
 }

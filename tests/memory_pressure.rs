@@ -56,7 +56,7 @@ async fn sidecar(max_memory_bytes: u64) -> Sidecar {
         format!(
             "identity:\n  files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}\ntrustDomain: {TD}\n\
              inbound: {{listen: \"127.0.0.1:{}\", app: \"{}\", appProtocol: http1}}\noutbound: {{listen: \"127.0.0.1:{}\"}}\n\
-             admin: {{listen: \"127.0.0.1:{}\"}}\nlimits: {{maxMemoryBytes: {max_memory_bytes}, sendTimeout: 600s, headerTimeout: 600s, bodyTimeout: 600s, idleTimeout: 600s}}\n",
+             admin: {{listen: \"127.0.0.1:{}\"}}\nlimits: {{maxMemoryBytes: {max_memory_bytes}, sendTimeout: 600s, headerTimeout: 600s, bodyTimeout: 600s, idleTimeout: 600s, maxConnectionsPerSource: 10000}}\n",
             server.cert.display(),
             server.key.display(),
             server.trust_bundle.display(),
@@ -333,6 +333,13 @@ async fn over_its_memory_limit_the_sidecar_takes_on_no_connection_and_closes_idl
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer));
     idle.push(Box::new(kept_alive));
     idle.push(Box::new(tokio::net::TcpStream::connect(s.outbound).await.unwrap()));
+    // And HTTP/2 kept alive after an answer: idle from the frames the sidecar wrote last.
+    let (client, connection) = h2::client::handshake(mtls(&s, b"h2").await).await.unwrap();
+    let h2_kept_alive = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let (answer, _) =
+        client.send_request(http::Request::get("https://orders.shop/ok").body(()).unwrap(), true).unwrap();
+    assert_eq!(tokio::time::timeout(BOUND, answer).await.expect("answered").unwrap().status(), 200);
     assert_eq!(idle_closed(s.admin).await, 0, "under the limit no idle connection is closed");
 
     // More requests in flight, one per connection, until the sidecar takes on no more: they
@@ -351,11 +358,14 @@ async fn over_its_memory_limit_the_sidecar_takes_on_no_connection_and_closes_idl
     assert_eq!(series(s.admin, "palisade_memory_limit_bytes").await, LIMIT);
 
     // The idle ones are closed, each counted.
-    let held = idle.len() as u64;
+    let held = idle.len() as u64 + 1;
     assert!(eventually(async || idle_closed(s.admin).await >= held).await, "idle connections closed");
     for (i, conn) in idle.into_iter().enumerate() {
         assert!(closed_by_peer(conn).await, "idle connection {i} still open");
     }
+    let ended = tokio::time::timeout(BOUND, h2_kept_alive).await;
+    assert!(ended.is_ok(), "the HTTP/2 connection kept alive after its answer is still open");
+    drop(client);
     // Not the busy ones, every one older than every idle one: their requests are still served.
     drop(filling);
     for (i, (_client, answer, mut body)) in busy.into_iter().enumerate() {

@@ -81,6 +81,12 @@ impl Pressure {
         guard
     }
 
+    /// Sampled, and every sample over its limit (unit tests of what it cuts).
+    #[cfg(test)]
+    pub(crate) fn always_over() -> Arc<Self> {
+        Self::with_sampler(1, || Some(2))
+    }
+
     fn with_sampler(limit: u64, sample: fn() -> Option<u64>) -> Arc<Self> {
         Arc::new(Pressure {
             limit,
