@@ -299,7 +299,9 @@ pub async fn serve_with<A>(
             let _guard = guard;
             let _slot = slot;
             let _source_slot = source_slot;
-            let Some((stream, gate)) = handshake(tcp, peer, &transport, &telemetry).await else {
+            // Boxed: the TLS handshake's state is 7 KB, and a future inline in the task would be
+            // held for the connection's whole life (the task's size is its largest state's).
+            let Some((stream, gate)) = Box::pin(handshake(tcp, peer, &transport, &telemetry)).await else {
                 return;
             };
             let stream: Stream = Box::new(Deadlined::new(stream, peer, &limits, counters));
