@@ -299,7 +299,7 @@ async fn run(
         ),
         None => tracing::debug!("no memory limit (limits.maxMemoryBytes)"),
     }
-    let memory_setting = memory.limit().map_or_else(|| "none".to_string(), |bytes| bytes.to_string());
+    let memory_setting = memory.setting();
     if crate::memory::heap_in_use().is_some() {
         let metrics = &telemetry.metrics;
         metrics.register_read_at_scrape(
@@ -394,7 +394,7 @@ async fn run(
         max_connections_per_source: (direction != "outbound").then_some(config.limits.max_connections_per_source),
         head_timeout_answer: Some(crate::proxy::request_timeout_answer),
         max_resets_per_second: Some(config.limits.http2.max_resets_per_second),
-        memory: (direction != "admin").then(|| memory.clone()),
+        memory: (direction != "admin" && memory.limit().is_some()).then(|| memory.clone()),
     };
     let serving = [
         tokio::spawn(serve_with(

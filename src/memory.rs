@@ -3,7 +3,9 @@
 
 mod pressure;
 
-pub use pressure::{Cut, Pressure, CUT_AFTER};
+#[cfg(test)]
+pub use pressure::CUT_AFTER;
+pub use pressure::{Cut, CutWait, Pressure};
 
 /// [`release_startup_pages`] on the blocking pool, so the first requests need not wait for it.
 /// Call it from the runtime once the process is ready.

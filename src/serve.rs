@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use crate::config::{HumanDuration, MtlsMode};
+use crate::memory::CutWait;
 use crate::policy::PolicyStore;
 use crate::telemetry::{RefusalCounter, RefusalReason, SecurityEvent, Telemetry};
 use crate::tls::TlsStore;
@@ -51,9 +52,9 @@ pub struct ConnectionLimits {
     /// RST_STREAM frames an HTTP/2 peer may send within a second before its connection is
     /// closed (`limits.http2.maxResetsPerSecond`); `None`: not counted.
     pub max_resets_per_second: Option<u32>,
-    /// The sidecar's memory guard (`limits.maxMemoryBytes`): while it is over its limit, no new
-    /// connection is taken on, and one whose writes wait on a peer that does not read, or with
-    /// no request in flight, is closed.
+    /// The sidecar's memory guard (`limits.maxMemoryBytes`), when it has a limit: while it is
+    /// over it, no new connection is taken on, and one whose writes wait on a peer that does not
+    /// read, or with no request in flight, is closed.
     pub memory: Option<Arc<crate::memory::Pressure>>,
 }
 
@@ -219,8 +220,8 @@ pub async fn serve_with<A>(
             None => counter,
         }
     };
-    let memory = limits.memory.clone().filter(|m| m.limit().is_some());
-    let memory_setting = memory.as_ref().and_then(|m| m.limit()).map_or_else(|| "none".to_string(), |n| n.to_string());
+    let memory = limits.memory.clone();
+    let memory_setting = memory.as_ref().map_or_else(|| "none".to_string(), |m| m.setting());
     let counters = Closures {
         direction: limits.direction,
         header: counter(RefusalReason::HeaderTimeout, HumanDuration(limits.header_timeout).to_string()),
@@ -657,15 +658,12 @@ struct Deadlined {
     max_resets_per_second: Option<u32>,
     /// HTTP/2: its frames, followed for the resets and (with the memory guard) its open streams.
     h2: Option<H2Frames>,
-    /// The memory guard, what a write that waits on the peer polls for its signal (allocated at
-    /// the first such wait, renewed at each later one), and since when the writes wait.
+    /// The memory guard; since when the writes wait on the peer, and what they poll for the
+    /// guard's word to give up; what a read on an idle connection polls for it.
     memory: Option<Arc<crate::memory::Pressure>>,
-    cut_signal: Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>,
     stalled_since: Option<tokio::time::Instant>,
-    /// What a read waiting on an idle connection polls for the memory guard's signal, and when
-    /// to look again at a connection that was not idle long enough at a sample over the limit.
-    idle_signal: Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>,
-    idle_recheck: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    stall_wait: CutWait,
+    idle_wait: CutWait,
     /// ALPN chose HTTP/2: the first bytes are its preface, however they are split.
     alpn_h2: bool,
 }
@@ -673,32 +671,6 @@ struct Deadlined {
 /// How long the 408 for a late head may take to write before the connection is closed anyway
 /// (a client that does not read is not waited for).
 const ANSWER_GRACE: Duration = Duration::from_secs(1);
-
-/// Resolves when the memory guard says to close a connection idle since `since`: at a sample
-/// over its limit once it has been idle `CUT_AFTER` (never without a guard or while busy).
-async fn idle_under_pressure(memory: Option<&Arc<crate::memory::Pressure>>, since: Option<tokio::time::Instant>) {
-    let (Some(memory), Some(since)) = (memory, since) else { return std::future::pending().await };
-    let old_enough = since + crate::memory::CUT_AFTER;
-    while let Some(over) = memory.cut_signal() {
-        over.await;
-        if memory.is_over() && tokio::time::Instant::now() < old_enough {
-            tokio::time::sleep_until(old_enough).await;
-        }
-        if memory.is_over() && tokio::time::Instant::now() >= old_enough {
-            return;
-        }
-    }
-    std::future::pending().await
-}
-
-/// A fresh signal of the memory guard's next sample over its limit, in the allocation of the last.
-fn renew(slot: &mut Option<std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>>, memory: &crate::memory::Pressure) {
-    let Some(signal) = memory.cut_signal() else { return };
-    match slot.as_mut() {
-        Some(current) => current.set(signal),
-        None => *slot = Some(Box::pin(signal)),
-    }
-}
 
 impl std::fmt::Debug for Deadlined {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -730,11 +702,10 @@ impl Deadlined {
             answering: None,
             max_resets_per_second: limits.max_resets_per_second,
             h2: None,
-            memory: limits.memory.clone().filter(|m| m.limit().is_some()),
-            cut_signal: None,
+            memory: limits.memory.clone(),
             stalled_since: None,
-            idle_signal: None,
-            idle_recheck: None,
+            stall_wait: CutWait::default(),
+            idle_wait: CutWait::default(),
             alpn_h2,
         }
     }
@@ -783,92 +754,52 @@ impl Deadlined {
     }
 
     /// A write waits on the peer: whether the memory guard says to give up on it now (counted):
-    /// at a sample over the limit once the writes have waited `CUT_AFTER`. Each signal is made
-    /// while they wait, so only samples taken during the wait count.
+    /// at a sample over the limit once the writes have waited `CUT_AFTER`. Only samples taken
+    /// during the wait count.
     fn cut_under_pressure(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        let Some(memory) = self.memory.as_ref().filter(|m| m.limit().is_some()) else { return false };
+        let Some(memory) = self.memory.as_ref() else { return false };
         memory.watch();
-        let now = tokio::time::Instant::now();
         let since = match self.stalled_since {
             Some(since) => since,
             None => {
-                self.stalled_since = Some(now);
-                renew(&mut self.cut_signal, memory);
-                now
+                self.stall_wait.restart(memory);
+                *self.stalled_since.insert(tokio::time::Instant::now())
             }
         };
-        loop {
-            let Some(signal) = self.cut_signal.as_mut() else { return false };
-            if signal.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            // A sample over the limit: cut, or (too soon) wait for the next one.
-            if now.duration_since(since) >= crate::memory::CUT_AFTER {
-                self.stalled_since = None;
-                self.closures.memory_cut.refused(Some(self.peer.ip()));
-                tracing::debug!(peer = %self.peer, direction = self.closures.direction, "closing a connection that is not reading its answer: over limits.maxMemoryBytes");
-                return true;
-            }
-            renew(&mut self.cut_signal, memory);
-        }
-    }
-
-    /// A read waits on an idle connection (no request in flight): whether the memory guard
-    /// says to close it now (counted): at a sample over the limit once it has been idle
-    /// `CUT_AFTER`. Every idle connection waits on the guard's signal, so that one over the limit
-    /// reaches those that parked while the heap was low; one idle for less is looked at again
-    /// when it will have been, not at every sample meanwhile.
-    fn idle_under_pressure(&mut self, cx: &mut std::task::Context<'_>) -> bool {
-        let Some(since) = self.idle_since() else { return false };
-        let Some(memory) = self.memory.as_ref() else { return false };
-        // A write waiting on the peer is the write's to cut (`cut_under_pressure`).
-        if self.stalled_since.is_some() {
+        if self.stall_wait.poll(cx, memory, since).is_pending() {
             return false;
         }
-        let old_enough = since + crate::memory::CUT_AFTER;
-        if self.idle_signal.is_none() {
-            renew(&mut self.idle_signal, memory);
-        }
-        loop {
-            if let Some(recheck) = self.idle_recheck.as_mut() {
-                if recheck.as_mut().poll(cx).is_pending() {
-                    return false;
-                }
-                self.idle_recheck = None;
-            } else {
-                let Some(signal) = self.idle_signal.as_mut() else { return false };
-                if signal.as_mut().poll(cx).is_pending() {
-                    return false;
-                }
-                // A sample over the limit, maybe while the connection was busy.
-                renew(&mut self.idle_signal, memory);
-            }
-            if !memory.is_over() {
-                continue;
-            }
-            if tokio::time::Instant::now() >= old_enough {
-                self.closures.memory_idle.refused(Some(self.peer.ip()));
-                tracing::debug!(peer = %self.peer, direction = self.closures.direction, "closing an idle connection: over limits.maxMemoryBytes");
-                return true;
-            }
-            self.idle_recheck = Some(Box::pin(tokio::time::sleep_until(old_enough)));
-        }
+        self.stalled_since = None;
+        self.closures.memory_cut.refused(Some(self.peer.ip()));
+        tracing::debug!(peer = %self.peer, direction = self.closures.direction, "closing a connection that is not reading its answer: over limits.maxMemoryBytes");
+        true
+    }
+
+    /// A read waits on an idle connection (no request in flight): whether the memory guard says
+    /// to close it now: at a sample over the limit once it has been idle `CUT_AFTER`. Every idle
+    /// connection waits on the guard, so that a sample over the limit reaches those that parked
+    /// while the heap was low.
+    fn idle_under_pressure(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        let (Some(since), Some(memory)) = (self.idle_since(), self.memory.as_ref()) else { return false };
+        // A write waiting on the peer is the write's to cut (`cut_under_pressure`).
+        self.stalled_since.is_none() && self.idle_wait.poll(cx, memory, since).is_ready()
     }
 
     /// The connection became idle outside a read (a write ended its last HTTP/2 stream, or a
-    /// stalled write went): its task waits on the guard's signal from now on, as a parked read
-    /// would. A fresh signal, so that one used up while it was busy does not count.
+    /// stalled write went): its task waits on the guard from now on, as a parked read would.
     fn await_idle_close(&mut self, cx: &mut std::task::Context<'_>) {
-        let Some(memory) = self.memory.as_ref() else { return };
-        if self.idle_since().is_none() {
-            return;
+        let (Some(since), Some(memory)) = (self.idle_since(), self.memory.as_ref()) else { return };
+        self.idle_wait.restart(memory);
+        if self.idle_wait.poll(cx, memory, since).is_ready() {
+            cx.waker().wake_by_ref();
         }
-        renew(&mut self.idle_signal, memory);
-        if let Some(signal) = self.idle_signal.as_mut() {
-            if signal.as_mut().poll(cx).is_ready() {
-                cx.waker().wake_by_ref();
-            }
-        }
+    }
+
+    /// Counts and logs an idle connection closed for the memory guard; what its read fails with.
+    fn close_idle(&self) -> std::io::Error {
+        self.closures.memory_idle.refused(Some(self.peer.ip()));
+        tracing::debug!(peer = %self.peer, direction = self.closures.direction, "closing an idle connection: over limits.maxMemoryBytes");
+        std::io::Error::new(std::io::ErrorKind::TimedOut, "closed while idle: over limits.maxMemoryBytes")
     }
 
     /// Since when the connection has had no request in flight: an HTTP/1.1 one waiting for a
@@ -881,11 +812,6 @@ impl Deadlined {
             Phase::Request => None,
             Phase::H2 => self.h2.as_ref().and_then(H2Frames::idle_since),
         }
-    }
-
-    /// What a read on a connection closed for the memory guard fails with.
-    fn memory_idle() -> std::io::Error {
-        std::io::Error::new(std::io::ErrorKind::TimedOut, "closed while idle: over limits.maxMemoryBytes")
     }
 
     /// What a write the memory guard cut fails with.
@@ -1079,7 +1005,7 @@ impl tokio::io::AsyncRead for Deadlined {
                 std::task::Poll::Ready(Ok(()))
             }
             std::task::Poll::Pending => match self.expired(cx) {
-                None if self.idle_under_pressure(cx) => std::task::Poll::Ready(Err(Self::memory_idle())),
+                None if self.idle_under_pressure(cx) => std::task::Poll::Ready(Err(self.close_idle())),
                 None => std::task::Poll::Pending,
                 Some("header_timeout") if self.partial_head().is_some() => {
                     let answer = self.partial_head().map(|answer| answer()).unwrap_or_default();
@@ -1177,16 +1103,16 @@ impl pingora::protocols::Peek for Deadlined {
             // pingora's peek reads until it has the whole preface: what came of it so far shows
             // in `buf` (zeroed first; a request head starts with a letter) if the deadline ends it.
             buf.fill(0);
-            let idle_since = self.idle_since();
+            let (idle_since, memory, idle_wait) = (self.idle_since(), self.memory.as_deref(), &mut self.idle_wait);
+            let idle_close = std::future::poll_fn(|cx| match (idle_since, memory) {
+                (Some(since), Some(memory)) => idle_wait.poll(cx, memory, since),
+                _ => std::task::Poll::Pending,
+            });
             let peeked = tokio::select! {
                 peeked = tokio::time::timeout_at(deadline, self.io.try_peek(buf)) => Some(peeked),
-                () = idle_under_pressure(self.memory.as_ref(), idle_since) => None,
+                () = idle_close => None,
             };
-            let Some(peeked) = peeked else {
-                self.closures.memory_idle.refused(Some(self.peer.ip()));
-                tracing::debug!(peer = %self.peer, direction = self.closures.direction, "closing an idle connection: over limits.maxMemoryBytes");
-                return Err(Self::memory_idle());
-            };
+            let Some(peeked) = peeked else { return Err(self.close_idle()) };
             match peeked {
                 Ok(peeked) => return peeked,
                 // Bytes moved since (an answer still being written): wait on.

@@ -21,8 +21,10 @@
 //! least a hundred times the last one's duration, so they never take more than 1% of a thread.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::futures::OwnedNotified;
@@ -53,6 +55,59 @@ pub struct Pressure {
     /// Notified on each sample over the limit: writers stalled on their callers give up.
     cut: Arc<Notify>,
     sample: fn() -> Option<u64>,
+}
+
+/// What something that has waited on its caller, or been idle, since a given time polls for the
+/// guard's word to give up: a sample over the limit once it has for [`CUT_AFTER`]. One too young
+/// at such a sample is looked at again when it is old enough, not woken at every sample meanwhile.
+/// The signal is made at the first poll (or [`CutWait::restart`]): samples before it do not count.
+#[derive(Debug, Default)]
+pub struct CutWait {
+    signal: Option<Pin<Box<OwnedNotified>>>,
+    recheck: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl CutWait {
+    /// Only samples from now on count.
+    pub fn restart(&mut self, guard: &Pressure) {
+        self.recheck = None;
+        let Some(signal) = guard.cut_signal() else { return };
+        match self.signal.as_mut() {
+            Some(current) => current.set(signal),
+            None => self.signal = Some(Box::pin(signal)),
+        }
+    }
+
+    /// Ready when whatever has waited since `since` is to be given up; never while `guard` is off.
+    pub fn poll(&mut self, cx: &mut Context<'_>, guard: &Pressure, since: tokio::time::Instant) -> Poll<()> {
+        if self.signal.is_none() {
+            self.restart(guard);
+        }
+        let old_enough = since + CUT_AFTER;
+        loop {
+            if let Some(recheck) = self.recheck.as_mut() {
+                if recheck.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                self.recheck = None;
+            } else {
+                let Some(signal) = self.signal.as_mut() else { return Poll::Pending };
+                if signal.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                // A sample over the limit, maybe taken while nothing waited (a busy connection).
+                let next = guard.cut_signal().expect("a signal is made only with a limit");
+                signal.set(next);
+            }
+            if !guard.is_over() {
+                continue;
+            }
+            if tokio::time::Instant::now() >= old_enough {
+                return Poll::Ready(());
+            }
+            self.recheck = Some(Box::pin(tokio::time::sleep_until(old_enough)));
+        }
+    }
 }
 
 /// An answer cut off because the sidecar was over its memory limit while it waited on its
@@ -104,6 +159,11 @@ impl Pressure {
         (self.limit > 0).then_some(self.limit)
     }
 
+    /// The limit as refusal events name it: its bytes, or `none`.
+    pub fn setting(&self) -> String {
+        self.limit().map_or_else(|| "none".to_string(), |bytes| bytes.to_string())
+    }
+
     /// Whether new requests are to be shed: the last sample was over the limit.
     pub fn is_over(&self) -> bool {
         self.over.load(Ordering::Relaxed)
@@ -135,9 +195,8 @@ impl Pressure {
         now >= due && self.next_due.compare_exchange(due, u64::MAX, Ordering::AcqRel, Ordering::Relaxed).is_ok()
     }
 
-    /// Resolves at the next sample over the limit from now on (never when the guard is off):
-    /// for a stream wrapper that must poll it.
-    pub fn cut_signal(&self) -> Option<OwnedNotified> {
+    /// Resolves at the next sample over the limit from now on (never when the guard is off).
+    fn cut_signal(&self) -> Option<OwnedNotified> {
         (self.limit > 0).then(|| self.cut.clone().notified_owned())
     }
 
@@ -150,18 +209,14 @@ impl Pressure {
         }
         let started = self.micros();
         self.watch_at(started);
+        let since = self.epoch + Duration::from_micros(started);
+        let mut wait = CutWait::default();
         tokio::pin!(write);
-        loop {
-            tokio::select! {
-                biased;
-                done = &mut write => return Ok(done),
-                () = self.cut.notified() => {
-                    if self.micros().saturating_sub(started) >= CUT_AFTER.as_micros() as u64 {
-                        return Err(Cut);
-                    }
-                }
-            }
-        }
+        std::future::poll_fn(|cx| match write.as_mut().poll(cx) {
+            Poll::Ready(done) => Poll::Ready(Ok(done)),
+            Poll::Pending => wait.poll(cx, self, since).map(|()| Err(Cut)),
+        })
+        .await
     }
 
     fn micros(&self) -> u64 {
