@@ -8,6 +8,7 @@
 mod app_pool;
 mod forward;
 mod inbound;
+mod keepalive;
 mod mesh_connector;
 mod outbound;
 mod parse_guard;

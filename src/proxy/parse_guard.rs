@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use pingora::apps::ServerApp;
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::ALPN;
 use pingora::protocols::{Peek, Shutdown, Ssl, Stream};
 use pingora::server::ShutdownWatch;
@@ -28,13 +28,14 @@ use super::RequestId;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
-/// A [`ServerApp`] (the proxy) whose connections are wrapped in a [`Guarded`] stream.
+/// A [`ServerApp`] (the proxy) whose connections are wrapped in a [`Guarded`] stream and kept
+/// alive between HTTP/1.1 requests by [`super::keepalive`].
 pub struct Strict<A>(pub Arc<A>);
 
 #[async_trait::async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Strict<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Strict<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        self.0.process_new(Box::new(Guarded::new(stream)), shutdown).await
+        super::keepalive::serve(&self.0, Box::new(Guarded::new(stream)), shutdown).await
     }
 
     async fn cleanup(&self) {
