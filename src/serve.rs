@@ -612,12 +612,42 @@ struct Closures {
     memory_idle: RefusalCounter,
 }
 
+/// Where a request head's lines are, for finding its end as httparse does: the first empty line
+/// after the request line, lines ending in CRLF or a bare LF, empty lines before the request
+/// line skipped (a head that starts with them is still a head, held to its deadline).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HeadScan {
+    /// Only empty lines so far.
+    Lead,
+    InLine,
+    /// A line just ended.
+    LineStart,
+    /// A CR at a line's start: the empty line that ends the head, if LF follows.
+    LineStartCr,
+}
+
+impl HeadScan {
+    /// Follows `bytes`: where the lines are after them, or `None` when the head ended in them.
+    fn scan(mut self, bytes: &[u8]) -> Option<HeadScan> {
+        for &b in bytes {
+            self = match (self, b) {
+                (HeadScan::LineStart | HeadScan::LineStartCr, b'\n') => return None,
+                (HeadScan::Lead, b'\r' | b'\n') => HeadScan::Lead,
+                (HeadScan::LineStart, b'\r') => HeadScan::LineStartCr,
+                (_, b'\n') => HeadScan::LineStart,
+                _ => HeadScan::InLine,
+            };
+        }
+        Some(self)
+    }
+}
+
 /// Where an HTTP/1.1 connection is, as far as its bytes tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
-    /// Waiting for a request head: `seen` bytes of it so far, `crlf` the length of the
-    /// `\r\n\r\n` that ends a head matched at the end of what was read. Deadline: the head's.
-    Head { seen: bool, crlf: u8 },
+    /// Waiting for a request head: `seen` bytes of it so far, `scan` where its lines are.
+    /// Deadline: the head's.
+    Head { seen: bool, scan: HeadScan },
     /// The head arrived; the body and the answer are pingora's (its own read and write timeouts).
     Request,
     /// An answer is being written, or was: the next request head may come. Deadline: idle, from
@@ -690,7 +720,7 @@ impl Deadlined {
         let alpn_h2 = io.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2);
         Deadlined {
             io,
-            phase: Phase::Head { seen: false, crlf: 0 },
+            phase: Phase::Head { seen: false, scan: HeadScan::Lead },
             timer: Box::pin(tokio::time::sleep_until(now + limits.header_timeout)),
             armed: true,
             last_activity: now,
@@ -852,7 +882,7 @@ impl Deadlined {
     /// Follows the request bytes just read.
     fn on_read(&mut self, bytes: &[u8]) {
         match self.phase {
-            Phase::Head { seen, crlf } => {
+            Phase::Head { seen, scan } => {
                 if !seen && (self.alpn_h2 || bytes.starts_with(b"PRI ")) {
                     // HTTP/2 (by ALPN or prior knowledge): its preface came; the rest is pingora's
                     // (and its frames are followed from here).
@@ -861,29 +891,22 @@ impl Deadlined {
                     self.h2 = H2Frames::new(self.max_resets_per_second, self.memory.is_some());
                     return;
                 }
-                let mut matched = crlf;
-                for &b in bytes {
-                    matched = match (matched, b) {
-                        (0 | 2, b'\r') => matched + 1,
-                        (1 | 3, b'\n') => matched + 1,
-                        (_, b'\r') => 1,
-                        _ => 0,
-                    };
-                    if matched == 4 {
-                        break;
-                    }
-                }
                 // Bytes past a head's end (a body, a pipelined request) are pingora's to parse.
-                self.phase = if matched == 4 { Phase::Request } else { Phase::Head { seen: true, crlf: matched } };
-                if matched == 4 {
-                    self.armed = false;
+                match scan.scan(bytes) {
+                    Some(scan) => self.phase = Phase::Head { seen: true, scan },
+                    None => {
+                        self.phase = Phase::Request;
+                        self.armed = false;
+                    }
                 }
             }
             Phase::Answered => {
-                // A new request: a method starts with a letter. Anything else after an answer
-                // (the rest of a body pingora drains) is not held to the head deadline.
-                if bytes.first().is_some_and(u8::is_ascii_alphabetic) {
-                    self.phase = Phase::Head { seen: false, crlf: 0 };
+                // A new request: a method starts with a letter, and httparse skips empty lines
+                // before it (so a head that starts with CRLF and then trickles is a head too).
+                // Anything else after an answer (the rest of a body pingora drains) is not held
+                // to the head deadline.
+                if bytes.first().is_some_and(|&b| b.is_ascii_alphabetic() || b == b'\r' || b == b'\n') {
+                    self.phase = Phase::Head { seen: false, scan: HeadScan::Lead };
                     self.on_read(bytes);
                     if matches!(self.phase, Phase::Head { .. }) {
                         // Idle (for the memory guard) from the head's first byte, not the last
@@ -1160,6 +1183,31 @@ mod tests {
             memory_cut: counter(RefusalReason::MemoryCut),
             memory_idle: counter(RefusalReason::MemoryIdle),
         }
+    }
+
+    #[test]
+    fn a_head_ends_at_its_first_empty_line_after_the_request_line_however_it_is_split() {
+        let ends = |pieces: &[&[u8]]| {
+            let mut scan = HeadScan::Lead;
+            for (i, piece) in pieces.iter().enumerate() {
+                match scan.scan(piece) {
+                    Some(next) => scan = next,
+                    None => return Some(i),
+                }
+            }
+            None
+        };
+        let head = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        assert_eq!(ends(&[head]), Some(0));
+        let bytes: Vec<&[u8]> = head.chunks(1).collect();
+        assert_eq!(ends(&bytes), Some(bytes.len() - 1), "a byte at a time: at its last byte");
+        assert_eq!(ends(&[b"GET / HTTP/1.1\nhost: a\n\n"]), Some(0), "bare LFs, as httparse takes them");
+        assert_eq!(ends(&[b"GET / HTTP/1.1\nhost: a\n", b"\r\n"]), Some(1));
+        assert_eq!(ends(&[b"GET / HTTP/1.1\r\nhost: a\r\n"]), None, "no empty line yet");
+        // Empty lines before the request line are skipped, not taken for the end of a head:
+        // else a client could start with them and trickle the rest past the deadline.
+        assert_eq!(ends(&[b"\r\n\r\n", b"GET / HT"]), None);
+        assert_eq!(ends(&[b"\n\n\r\n", b"GET / HTTP/1.1\r\n\r\n"]), Some(1));
     }
 
     /// h2 writes the frames that end a stream after its read has parked, and nothing more comes

@@ -127,6 +127,39 @@ async fn a_head_sent_a_byte_at_a_time_is_answered_408_and_closed_at_the_header_t
     assert_eq!(closed(&s, "inbound", "header_timeout").await, 1);
 }
 
+/// httparse skips empty lines before a request line: a head that starts with them, on a new
+/// connection or a kept-alive one, is held to the deadline like any other (both let a client
+/// trickle a head for ever before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_that_starts_with_empty_lines_is_held_to_the_header_timeout() {
+    let s = start().await;
+
+    let mut outbound = tokio::net::TcpStream::connect(s.sidecar.outbound).await.unwrap();
+    outbound.write_all(b"\r\n\r\n").await.unwrap();
+    let (elapsed, answer) = drip_until_closed(outbound).await;
+    assert_at_deadline(elapsed, HEADER_TIMEOUT, "outbound, empty lines first");
+    assert_408(&answer, "outbound, empty lines first");
+
+    // Kept alive after an answer, then a CRLF and a head a byte at a time.
+    let mut inbound = mtls(&s).await;
+    inbound.write_all(b"GET /first HTTP/1.1\r\nhost: orders.shop\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(BOUND, inbound.read(&mut buf)).await.expect("answered").unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer));
+    inbound.write_all(b"\r\n").await.unwrap();
+    let (elapsed, answer) = drip_until_closed(inbound).await;
+    assert_at_deadline(elapsed, HEADER_TIMEOUT, "inbound, kept alive, an empty line first");
+    assert_408(&answer, "inbound, kept alive, an empty line first");
+    assert_eq!(closed(&s, "outbound", "header_timeout").await, 1);
+    assert_eq!(closed(&s, "inbound", "header_timeout").await, 1);
+    assert_eq!(closed(&s, "inbound", "idle_timeout").await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
     let s = start().await;
