@@ -11,9 +11,10 @@
 //! `process_new`, and each request to its `process_new_http`, with the settings it hands from
 //! one session of a connection to the next.
 //!
-//! How long an idle connection is kept is the stream's to say (serve.rs: `limits.idleTimeout`
-//! after an answer, `limits.headerTimeout` for a first head), with no timer here; pingora's own
-//! loop also closed one after 60 s between requests, whatever `limits.idleTimeout` said.
+//! How long an idle connection is kept, and how long a head may take, is the stream's to say
+//! (serve.rs: `limits.idleTimeout` after an answer, `limits.headerTimeout` for a head), with no
+//! timer here or in pingora (keep-alive on without its timeout, as pingora itself sets it for
+//! an HTTP/1.1 request's successors).
 
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -27,9 +28,10 @@ use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// What pingora's own loop sets on a connection's first session: keep-alive on (the seconds are
-/// its timer for each read of a head; waits between requests are the stream's).
-const KEEPALIVE_SECS: u64 = 60;
+/// Keep-alive on, with no timer of pingora's on the reads of a head (pingora's own loop sets 60 s
+/// on a connection's first session: a first head with a pause that long was closed silently,
+/// whatever `limits.headerTimeout` said).
+const KEEPALIVE_WITHOUT_TIMER: u64 = 0;
 /// What a plaintext HTTP/2 connection with prior knowledge starts with.
 const H2C_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The first read of a head takes as much as pingora's own first read does.
@@ -51,15 +53,18 @@ where
         let mut session = ServerSession::new_http1(stream);
         match handed_on {
             None => {
-                session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_SECS));
+                session.set_keepalive((!*shutdown.borrow()).then_some(KEEPALIVE_WITHOUT_TIMER));
                 session.set_keepalive_reuses_remaining(app.server_options().and_then(|o| o.keepalive_request_limit));
             }
             Some(Some(settings)) => pingora::apps::HttpPersistentSettings::apply_to_session(settings, &mut session),
             Some(None) => {}
         }
-        // A pipelined prefix of pingora's own comes only with pipelining on (it is off here: a
-        // request that comes before its predecessor's answer ends the connection after it).
-        debug_assert!(!session.pipelining_enabled());
+        // A pipelined prefix of pingora's own comes only with pipelining on, and would already
+        // hold the start of this head: bytes read here on top of it would be put in its place.
+        // Pipelining is off in the proxies (a request sent before its predecessor's answer
+        // ends the connection after that answer); were it ever turned on, this connection
+        // fails here rather than lose bytes between two requests.
+        assert!(!session.pipelining_enabled(), "HTTP/1.1 pipelining is not supported by proxy::keepalive");
         session.set_pipelined_prefix(head);
         let (next, settings) = app.process_new_http(session, shutdown).await?.consume();
         stream = next;
@@ -215,8 +220,8 @@ mod tests {
         assert_eq!(app.sessions.load(Ordering::SeqCst), 3);
     }
 
-    /// pingora's own loop closed a connection 60 s after its last answer; here that is the
-    /// stream's `limits.idleTimeout` (300 s by default), and a client that leaves ends it.
+    /// How long an idle connection is kept is the stream's `limits.idleTimeout` (serve.rs): no
+    /// timer here ends one, and a client that leaves does.
     #[tokio::test(start_paused = true)]
     async fn an_idle_connection_is_kept_until_the_client_leaves() {
         let app = Arc::new(Answering::default());
