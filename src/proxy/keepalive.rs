@@ -87,10 +87,11 @@ async fn is_http1<A: HttpServerApp>(app: &A, stream: &mut Stream) -> Option<bool
     if !options.is_some_and(|o| o.h2c) {
         return Some(true);
     }
-    // pingora peeks the same way (its stream keeps the bytes for the next read).
+    // pingora peeks the same way (its stream keeps the bytes for the next read), and takes a
+    // stream that cannot be peeked for HTTP/2 when h2c is on.
     let mut first = [0u8; H2C_PREFACE.len()];
     let peeked = stream.try_peek(&mut first).await.ok()?;
-    Some(!peeked || first != *H2C_PREFACE)
+    Some(peeked && first != *H2C_PREFACE)
 }
 
 /// The first bytes of the connection's next request, in a buffer the session's head parse
