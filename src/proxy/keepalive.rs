@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 /// whatever `limits.headerTimeout` said).
 const KEEPALIVE_WITHOUT_TIMER: u64 = 0;
 /// What a plaintext HTTP/2 connection with prior knowledge starts with.
-const H2C_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(super) const H2C_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The first read of a head takes as much as pingora's own first read does.
 const HEAD_READ: usize = 4096;
 

@@ -26,8 +26,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::respond::ErrorKind;
 use super::RequestId;
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
-
 /// A [`ServerApp`] (the proxy) whose connections are wrapped in a [`Guarded`] stream and kept
 /// alive between HTTP/1.1 requests by [`super::keepalive`].
 pub struct Strict<A>(pub Arc<A>);
@@ -194,10 +192,11 @@ impl Ssl for Guarded {
 
 #[async_trait::async_trait]
 impl Peek for Guarded {
-    /// pingora peeks a plaintext connection for the h2c preface before it picks a protocol.
+    /// A plaintext connection is peeked for the h2c preface before a protocol is picked
+    /// (`keepalive::is_http1`, then pingora): the same bytes decide here.
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         let peeked = self.inner.try_peek(buf).await?;
-        if peeked && buf.starts_with(H2_PREFACE) {
+        if peeked && buf.starts_with(super::keepalive::H2C_PREFACE) {
             self.h2 = true;
         }
         Ok(peeked)
