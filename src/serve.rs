@@ -1123,8 +1123,8 @@ impl pingora::protocols::Peek for Deadlined {
                 Phase::Answered => (self.last_activity + self.idle_timeout, "idle_timeout"),
                 _ => return self.io.try_peek(buf).await,
             };
-            // pingora's peek reads until it has the whole preface: what came of it so far shows
-            // in `buf` (zeroed first; a request head starts with a letter) if the deadline ends it.
+            // A peek reads until it has all it asked for: what came of it so far shows in `buf`
+            // (zeroed first; a request head starts with a letter) if the deadline ends it.
             buf.fill(0);
             let (idle_since, memory, idle_wait) = (self.idle_since(), self.memory.as_deref(), &mut self.idle_wait);
             let idle_close = std::future::poll_fn(|cx| match (idle_since, memory) {
@@ -1141,7 +1141,9 @@ impl pingora::protocols::Peek for Deadlined {
                 // Bytes moved since (an answer still being written): wait on.
                 Err(_) if reason == "idle_timeout" && self.last_activity + self.idle_timeout > deadline => {}
                 Err(_) => {
-                    let peeked_head = buf.iter().any(|&b| b != 0) && !buf.starts_with(b"PRI");
+                    let came = &buf[..buf.iter().position(|&b| b == 0).unwrap_or(buf.len())];
+                    // The start of an HTTP/2 preface ("PRI * HTTP/2.0") gets no HTTP/1.1 answer.
+                    let peeked_head = !came.is_empty() && !came.starts_with(b"PRI") && !b"PRI".starts_with(came);
                     let answer = match self.partial_head() {
                         Some(answer) => Some(answer),
                         None if peeked_head => self.head_timeout_answer,

@@ -210,6 +210,26 @@ async fn a_whole_head_in_time_is_served_and_keep_alive_carries_the_next_request(
     assert_eq!(closed(&s, "inbound", "idle_timeout").await, 0);
 }
 
+/// The plaintext port tells HTTP/1.1 from HTTP/2 by the first bytes: a whole request shorter than
+/// HTTP/2's 24-byte preface is answered at once, not held for bytes that never come and then
+/// answered 408 at the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_shorter_than_the_http2_preface_is_answered_on_the_plaintext_port() {
+    let pair = Pair::start_configured(
+        EchoApp::start().await,
+        |a| a.limits.header_timeout = HumanDuration(HEADER_TIMEOUT),
+        |_| {},
+    )
+    .await;
+    let mut outbound = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    outbound.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let answer = String::from_utf8_lossy(&read_until_closed(&mut outbound).await).to_string();
+    // Without a Host there is nowhere to send it: 400 (a head held back was answered 408).
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(closed_at(pair.a.admin, "outbound", "header_timeout").await, 0);
+    pair.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outbound_keep_alive_serves_the_next_request_then_closes_when_idle() {
     let pair = Pair::start_configured(

@@ -42,10 +42,17 @@ pub async fn serve<A>(app: &Arc<A>, mut stream: Stream, shutdown: &ShutdownWatch
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    if !is_http1(app.as_ref(), &mut stream).await? {
+    let mut shutdown_signal = shutdown.clone();
+    // A plaintext connection that has sent nothing yet is as idle as one between requests: a
+    // shutdown closes it rather than wait for its bytes.
+    let http1 = tokio::select! {
+        biased;
+        http1 = is_http1(app.as_ref(), &mut stream) => http1?,
+        Ok(_) = shutdown_signal.wait_for(|stop| *stop) => return None,
+    };
+    if !http1 {
         return app.process_new(stream, shutdown).await;
     }
-    let mut shutdown_signal = shutdown.clone();
     // None before the first request; then what the last session handed on.
     let mut handed_on = None;
     loop {
@@ -87,11 +94,22 @@ async fn is_http1<A: HttpServerApp>(app: &A, stream: &mut Stream) -> Option<bool
     if !options.is_some_and(|o| o.h2c) {
         return Some(true);
     }
-    // pingora peeks the same way (its stream keeps the bytes for the next read), and takes a
-    // stream that cannot be peeked for HTTP/2 when h2c is on.
+    // pingora peeks for the whole preface at once (its stream keeps the bytes for the next
+    // read), so a request shorter than 24 bytes (`GET / HTTP/1.0` and an empty line) waited
+    // for bytes that never came. Every HTTP/1.1 request differs from the preface in its first
+    // two bytes (a method of "PR..." is none a server here accepts), so the peek grows only
+    // while what came matches. A stream that cannot be peeked is taken for HTTP/2 when h2c is
+    // on, as pingora takes it.
     let mut first = [0u8; H2C_PREFACE.len()];
-    let peeked = stream.try_peek(&mut first).await.ok()?;
-    Some(peeked && first != *H2C_PREFACE)
+    for len in [1, 2, H2C_PREFACE.len()] {
+        if !stream.try_peek(&mut first[..len]).await.ok()? {
+            return Some(false);
+        }
+        if first[..len] != H2C_PREFACE[..len] {
+            return Some(true);
+        }
+    }
+    Some(false)
 }
 
 /// The first bytes of the connection's next request, in a buffer the session's head parse
@@ -272,27 +290,36 @@ mod tests {
         answer(&mut client).await;
     }
 
-    /// Over a real socket (pingora's peek for the h2c preface needs one): HTTP/2 with prior
-    /// knowledge goes to pingora's HTTP/2, HTTP/1.1 on the same port to the loop here.
-    #[tokio::test]
-    async fn plaintext_http2_with_prior_knowledge_is_served_as_http2() {
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        let app = Arc::new(Answering { options: Some(options), ..Answering::default() });
+    /// Serves connections for `app` on a real socket (pingora's peek for the h2c preface needs
+    /// one) with h2c on, as the sidecar's plaintext ports do.
+    async fn serve_h2c(app: &Arc<Answering>) -> (std::net::SocketAddr, watch::Sender<bool>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (_stop, shutdown) = watch::channel(false);
-        let server = {
-            let app = app.clone();
-            tokio::spawn(async move {
-                for _ in 0..2 {
-                    let (tcp, _) = listener.accept().await.unwrap();
-                    let (app, shutdown) = (app.clone(), shutdown.clone());
-                    let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(tcp));
-                    tokio::spawn(async move { serve(&app, stream, &shutdown).await });
-                }
-            })
-        };
+        let (stop, shutdown) = watch::channel(false);
+        let app = app.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let (app, shutdown) = (app.clone(), shutdown.clone());
+                let stream: Stream = Box::new(pingora::protocols::l4::stream::Stream::from(tcp));
+                tokio::spawn(async move { serve(&app, stream, &shutdown).await });
+            }
+        });
+        (addr, stop)
+    }
+
+    fn with_h2c() -> Arc<Answering> {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        Arc::new(Answering { options: Some(options), ..Answering::default() })
+    }
+
+    /// HTTP/2 with prior knowledge goes to pingora's HTTP/2, HTTP/1.1 on the same port to the
+    /// loop here.
+    #[tokio::test]
+    async fn plaintext_http2_with_prior_knowledge_is_served_as_http2() {
+        let app = with_h2c();
+        let (addr, _stop) = serve_h2c(&app).await;
         let (h2, connection) =
             h2::client::handshake(tokio::net::TcpStream::connect(addr).await.unwrap()).await.unwrap();
         tokio::spawn(connection);
@@ -301,12 +328,46 @@ mod tests {
         assert_eq!(response.await.unwrap().status(), 200);
 
         let mut h1 = tokio::net::TcpStream::connect(addr).await.unwrap();
-        // Longer than the preface, so pingora's peek has what it waits for.
         h1.write_all(b"GET /h1 HTTP/1.1\r\nhost: a\r\nuser-agent: test\r\n\r\n").await.unwrap();
         assert!(answer(&mut h1).await.starts_with("HTTP/1.1 200"));
-        server.await.unwrap();
         let requests = app.requests.lock().unwrap().clone();
         let seen: Vec<_> = requests.iter().map(|(path, h2, _)| (path.as_str(), *h2)).collect();
         assert_eq!(seen, [("/h2", true), ("/h1", false)]);
+    }
+
+    /// A request shorter than the h2c preface is answered: pingora's own peek waited for all 24
+    /// bytes, so this one (18) waited for bytes that never came.
+    #[tokio::test]
+    async fn a_request_shorter_than_the_h2c_preface_is_answered() {
+        let app = with_h2c();
+        let (addr, _stop) = serve_h2c(&app).await;
+        let mut h1 = tokio::net::TcpStream::connect(addr).await.unwrap();
+        h1.write_all(b"GET /0 HTTP/1.0\r\n\r\n").await.unwrap();
+        // Bounded so that the old behaviour fails rather than hangs; an answer comes at once.
+        let answered = tokio::time::timeout(Duration::from_secs(30), answer(&mut h1)).await;
+        assert!(answered.expect("no answer to a short request").starts_with("HTTP/1.1 200"));
+        let requests = app.requests.lock().unwrap().clone();
+        assert_eq!(requests.iter().map(|(path, h2, _)| (path.as_str(), *h2)).collect::<Vec<_>>(), [("/0", false)]);
+    }
+
+    /// A connection that has sent nothing is closed by a shutdown at once, as an idle one
+    /// between requests is, not held until its bytes come.
+    #[tokio::test]
+    async fn a_shutdown_closes_a_connection_that_has_sent_nothing() {
+        let app = with_h2c();
+        let (addr, stop) = serve_h2c(&app).await;
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // One byte of a preface: the wait for the next ones is what the shutdown ends.
+        silent.write_all(b"P").await.unwrap();
+        let mut other = tokio::net::TcpStream::connect(addr).await.unwrap();
+        other.write_all(b"GET /after HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+        answer(&mut other).await;
+        stop.send_replace(true);
+        let mut buf = [0u8; 16];
+        for connection in [&mut silent, &mut other] {
+            let closed = tokio::time::timeout(Duration::from_secs(30), connection.read(&mut buf)).await;
+            assert!(matches!(closed, Ok(Ok(0))), "{closed:?}");
+        }
+        assert_eq!(app.sessions.load(Ordering::SeqCst), 1);
     }
 }
