@@ -682,8 +682,9 @@ struct Deadlined {
     peer: SocketAddr,
     closures: Closures,
     head_timeout_answer: Option<fn() -> Vec<u8>>,
-    /// The 408 being written to a client whose head did not arrive in time, and how much of it.
-    answering: Option<(Vec<u8>, usize)>,
+    /// What is being written before the sidecar closes the connection: the 408 for a head that
+    /// did not arrive in time, or an HTTP/2 GOAWAY.
+    farewell: Option<Farewell>,
     /// HTTP/2: the peer's stream resets, when limited.
     max_resets_per_second: Option<u32>,
     /// HTTP/2: its frames, followed for the resets and (with the memory guard) its open streams.
@@ -698,9 +699,17 @@ struct Deadlined {
     alpn_h2: bool,
 }
 
-/// How long the 408 for a late head may take to write before the connection is closed anyway
-/// (a client that does not read is not waited for).
+/// How long a farewell (the 408 for a late head, a GOAWAY) may take to write before the
+/// connection is closed anyway (a client that does not read is not waited for).
 const ANSWER_GRACE: Duration = Duration::from_secs(1);
+
+/// Bytes written before the sidecar closes a connection, how many of them have been, and what
+/// the read that waits on them then returns (so that pingora closes the connection).
+struct Farewell {
+    bytes: Vec<u8>,
+    written: usize,
+    then: std::io::Result<()>,
+}
 
 impl std::fmt::Debug for Deadlined {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -729,7 +738,7 @@ impl Deadlined {
             peer,
             closures,
             head_timeout_answer: limits.head_timeout_answer,
-            answering: None,
+            farewell: None,
             max_resets_per_second: limits.max_resets_per_second,
             h2: None,
             memory: limits.memory.clone(),
@@ -844,6 +853,12 @@ impl Deadlined {
         }
     }
 
+    /// What a write fails with once the sidecar is closing the connection: nothing may come
+    /// between its farewell's bytes.
+    fn closing() -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the sidecar is closing the connection")
+    }
+
     /// What a write the memory guard cut fails with.
     fn memory_cut() -> std::io::Error {
         std::io::Error::new(
@@ -858,25 +873,51 @@ impl Deadlined {
         matches!(self.phase, Phase::Head { seen: true, .. }).then_some(self.head_timeout_answer).flatten()
     }
 
-    /// Writes the 408 for a late head (at most `ANSWER_GRACE` long), then fails the read that
-    /// was waiting for the head, so pingora closes the connection.
-    fn poll_answer(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+    /// Writes `bytes` (for at most `ANSWER_GRACE`), then ends the read that waits with `then`.
+    fn say_farewell(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        bytes: Vec<u8>,
+        then: std::io::Result<()>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.timer.as_mut().reset(tokio::time::Instant::now() + ANSWER_GRACE);
+        self.farewell = Some(Farewell { bytes, written: 0, then });
+        self.poll_farewell(cx)
+    }
+
+    fn poll_farewell(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         use std::task::Poll;
         use tokio::io::AsyncWrite;
-        while let Some((answer, written)) = self.answering.as_mut() {
-            let step = if *written < answer.len() {
-                std::pin::Pin::new(&mut self.io).poll_write(cx, &answer[*written..]).map_ok(Some)
+        while let Some(farewell) = self.farewell.as_mut() {
+            // Then the end of the stream, which TLS sends as its close_notify: a client then
+            // reads what was said before it instead of failing on a truncated connection.
+            let step = if farewell.written < farewell.bytes.len() {
+                std::pin::Pin::new(&mut self.io).poll_write(cx, &farewell.bytes[farewell.written..]).map_ok(Some)
             } else {
-                std::pin::Pin::new(&mut self.io).poll_flush(cx).map_ok(|()| None)
+                std::pin::Pin::new(&mut self.io).poll_shutdown(cx).map_ok(|()| None)
             };
             match step {
-                Poll::Ready(Ok(Some(n))) if n > 0 => *written += n,
+                Poll::Ready(Ok(Some(n))) if n > 0 => farewell.written += n,
                 Poll::Pending if self.timer.as_mut().poll(cx).is_pending() => return Poll::Pending,
                 // Flushed, or the client cannot take it (gone, or not reading): close either way.
-                _ => self.answering = None,
+                _ => break,
             }
         }
-        Poll::Ready(self.close("header_timeout"))
+        Poll::Ready(self.farewell.take().map_or(Ok(()), |farewell| farewell.then))
+    }
+
+    /// Ends an HTTP/2 connection the sidecar closes itself with a GOAWAY carrying `code`, when one
+    /// can be written; the waiting read then returns `then`.
+    fn close_h2(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        code: u32,
+        then: std::io::Result<()>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.h2.as_ref().and_then(|h2| h2.goaway(code)) {
+            Some(goaway) => self.say_farewell(cx, goaway.to_vec(), then),
+            None => std::task::Poll::Ready(then),
+        }
     }
 
     /// Follows the request bytes just read.
@@ -1002,8 +1043,8 @@ impl tokio::io::AsyncRead for Deadlined {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        if self.answering.is_some() {
-            return self.poll_answer(cx);
+        if self.farewell.is_some() {
+            return self.poll_farewell(cx);
         }
         let before = buf.filled().len();
         match std::pin::Pin::new(&mut self.io).poll_read(cx, buf) {
@@ -1018,24 +1059,27 @@ impl tokio::io::AsyncRead for Deadlined {
                     this.on_read(read);
                 }
                 // The bytes that made the connection HTTP/2 start with the preface: counted too.
-                if this.phase == Phase::H2 {
-                    if let Some(h2) = this.h2.as_mut() {
-                        if h2.read(read) {
-                            return std::task::Poll::Ready(this.close_for_resets());
-                        }
-                    }
+                if this.phase == Phase::H2 && this.h2.as_mut().is_some_and(|h2| h2.read(read)) {
+                    // h2 never sees what came with the resets: the connection ends here.
+                    buf.set_filled(before);
+                    let then = this.close_for_resets();
+                    return this.close_h2(cx, h2_frames::ENHANCE_YOUR_CALM, then);
                 }
                 std::task::Poll::Ready(Ok(()))
             }
             std::task::Poll::Pending => match self.expired(cx) {
-                None if self.idle_under_pressure(cx) => std::task::Poll::Ready(Err(self.close_idle())),
+                None if self.idle_under_pressure(cx) => {
+                    let then = Err(self.close_idle());
+                    match self.phase {
+                        Phase::H2 => self.close_h2(cx, h2_frames::NO_ERROR, then),
+                        _ => std::task::Poll::Ready(then),
+                    }
+                }
                 None => std::task::Poll::Pending,
                 Some("header_timeout") if self.partial_head().is_some() => {
                     let answer = self.partial_head().map(|answer| answer()).unwrap_or_default();
-                    self.answering = Some((answer, 0));
-                    let grace = tokio::time::Instant::now() + ANSWER_GRACE;
-                    self.timer.as_mut().reset(grace);
-                    self.poll_answer(cx)
+                    let then = self.close("header_timeout");
+                    self.say_farewell(cx, answer, then)
                 }
                 Some(reason) => std::task::Poll::Ready(self.close(reason)),
             },
@@ -1050,6 +1094,9 @@ impl tokio::io::AsyncWrite for Deadlined {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.farewell.is_some() {
+            return std::task::Poll::Ready(Err(Self::closing()));
+        }
         let written = std::pin::Pin::new(&mut self.io).poll_write(cx, buf);
         self.wrote(cx, written, |n| std::iter::once(&buf[..n]))
     }
@@ -1059,6 +1106,9 @@ impl tokio::io::AsyncWrite for Deadlined {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.farewell.is_some() {
+            return std::task::Poll::Ready(Err(Self::closing()));
+        }
         let written = std::pin::Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.wrote(cx, written, |n| {
             bufs.iter().scan(n, |left, b| {

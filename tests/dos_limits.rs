@@ -496,15 +496,6 @@ async fn early_refusing_app() -> SocketAddr {
     addr
 }
 
-/// One HTTP/2 frame: its 9-byte header, then the payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
-    out.extend_from_slice(&[kind, flags]);
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
 /// The next frame's kind, flags and stream.
 async fn next_frame(tls: &mut TlsStream, buf: &mut Vec<u8>) -> (u8, u8, u32) {
     loop {
@@ -539,12 +530,12 @@ async fn a_body_that_follows_the_apps_early_answer_ends_its_stream_cleanly() {
     .await;
     let mut tls = mtls(s.sidecar.inbound, &s.client, b"h2").await;
     tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
-    tls.write_all(&frame(4, 0, 0, &[])).await.unwrap();
+    tls.write_all(&h2_frame(4, 0, 0, &[])).await.unwrap();
     let mut buf = Vec::new();
     // The sidecar's SETTINGS (its stream window among them) hold once acknowledged; until
     // then a body past 64 KiB would be a flow-control error.
     while !matches!(next_frame(&mut tls, &mut buf).await, (4, 0, _)) {}
-    tls.write_all(&frame(4, 0x1, 0, &[])).await.unwrap();
+    tls.write_all(&h2_frame(4, 0x1, 0, &[])).await.unwrap();
     // HPACK, literals without indexing: :method POST (static 3), :scheme https (7), :path
     // /upload (name 4), :authority orders.shop (name 1), content-length 81920 (name 28): past
     // what the sidecar reads whole before the app sees the request.
@@ -558,8 +549,8 @@ async fn a_body_that_follows_the_apps_early_answer_ends_its_stream_cleanly() {
     let data = vec![b'x'; 16384];
     for n in 0..3u32 {
         let stream = 1 + 2 * n;
-        let mut request = frame(1, 0x4, stream, &head);
-        request.extend_from_slice(&frame(0, 0, stream, &data));
+        let mut request = h2_frame(1, 0x4, stream, &head);
+        request.extend_from_slice(&h2_frame(0, 0, stream, &data));
         tls.write_all(&request).await.unwrap();
         let mut seen = Vec::new();
         // The whole answer: its last DATA frame ends the stream on the sidecar's side.
@@ -574,9 +565,9 @@ async fn a_body_that_follows_the_apps_early_answer_ends_its_stream_cleanly() {
         // before the PING's answer.
         let mut rest = Vec::new();
         for piece in 1..5 {
-            rest.extend_from_slice(&frame(0, if piece == 4 { 0x1 } else { 0 }, stream, &data));
+            rest.extend_from_slice(&h2_frame(0, if piece == 4 { 0x1 } else { 0 }, stream, &data));
         }
-        rest.extend_from_slice(&frame(6, 0, 0, &[7; 8]));
+        rest.extend_from_slice(&h2_frame(6, 0, 0, &[7; 8]));
         tls.write_all(&rest).await.unwrap();
         loop {
             let (kind, flags, id) = next_frame(&mut tls, &mut buf).await;

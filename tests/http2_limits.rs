@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const BOUND: Duration = Duration::from_secs(15);
 
@@ -40,6 +41,16 @@ async fn h2(s: &Single) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::
         .unwrap();
     let (client, connection) = h2::client::handshake(tls).await.unwrap();
     (client, tokio::spawn(connection))
+}
+
+async fn tls_h2(s: &Single) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut tls = client_tls(Some(&s.client));
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(ServerName::try_from("orders.shop").unwrap(), tcp)
+        .await
+        .unwrap()
 }
 
 fn get(path: &str) -> http::Request<()> {
@@ -86,6 +97,32 @@ async fn a_client_that_resets_streams_faster_than_the_limit_loses_its_connection
     let ended = tokio::time::timeout(BOUND, connection).await.expect("the sidecar closed the connection");
     assert!(ended.unwrap().is_err(), "closed under the client, not by it");
     wait_for("the closure counted", async || series(s.sidecar.admin, RAPID_RESETS).await == 1).await;
+
+    // The same flood as raw frames, all written before anything is read (h2's client stops at
+    // its first write error, before it reads what came): the sidecar says why it closes, with
+    // a GOAWAY(ENHANCE_YOUR_CALM) naming the last stream it saw opened, as the 2023 advisories
+    // have servers do.
+    let mut tls = tls_h2(&s).await;
+    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    flood.extend(h2_frame(0x4, 0, 0, &[]));
+    // GET https://orders.shop/ in HPACK: three static entries and a literal authority.
+    let mut head = vec![0x82, 0x87, 0x84, 0x01, 11];
+    head.extend_from_slice(b"orders.shop");
+    for stream in (1..400u32).step_by(2) {
+        flood.extend(h2_frame(0x1, 0x4 | 0x1, stream, &head)); // HEADERS, END_HEADERS | END_STREAM
+        flood.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes())); // RST_STREAM(CANCEL)
+    }
+    // The sidecar may close before it has read it all: what it said is read either way.
+    let _ = tls.write_all(&flood).await;
+    let _ = tls.flush().await;
+    let mut said = Vec::new();
+    let read =
+        tokio::time::timeout(BOUND, tls.read_to_end(&mut said)).await.expect("the sidecar closed the connection");
+    assert!(read.is_ok(), "a clean close (TLS close_notify), not a truncated one: {read:?}");
+    let (last, code) = h2_goaway(&said).unwrap_or_else(|| panic!("no GOAWAY in {said:?}"));
+    assert_eq!(code, 0xb, "ENHANCE_YOUR_CALM");
+    assert!(last % 2 == 1 && last < 400, "the last stream opened, {last}");
+    wait_for("the second closure counted", async || series(s.sidecar.admin, RAPID_RESETS).await == 2).await;
     // Another connection is served.
     let (client, _connection) = h2(&s).await;
     assert_eq!(send(&client, get("/fresh")).await, 200);

@@ -296,14 +296,22 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00
 
 /// Reads until the peer closes the connection (an end of stream or an error), within `BOUND`:
 /// whether it did.
-async fn closed_by_peer(mut conn: impl tokio::io::AsyncRead + Unpin) -> bool {
+async fn closed_by_peer(conn: impl tokio::io::AsyncRead + Unpin) -> bool {
+    read_until_closed(conn).await.is_some()
+}
+
+/// What the peer sent until it closed the connection (an end of stream or an error), within
+/// `BOUND`; `None` if it did not close it.
+async fn read_until_closed(mut conn: impl tokio::io::AsyncRead + Unpin) -> Option<Vec<u8>> {
+    let mut sent = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     let ended = async {
         while let Ok(n @ 1..) = conn.read(&mut buf).await {
-            let _ = n;
+            sent.extend_from_slice(&buf[..n]);
         }
     };
-    tokio::time::timeout(BOUND, ended).await.is_ok()
+    tokio::time::timeout(BOUND, ended).await.ok()?;
+    Some(sent)
 }
 
 /// A request to the app that stays in flight: an HTTP/2 stream whose body has begun and does
@@ -334,11 +342,12 @@ async fn over_its_memory_limit_the_sidecar_takes_on_no_connection_and_closes_idl
     // and no stream, HTTP/1.1 kept alive after an answer, and a plaintext one to the outbound
     // port.
     let mut idle: Vec<Box<dyn tokio::io::AsyncRead + Unpin + Send>> = Vec::new();
+    let mut idle_h2 = Vec::new();
     for _ in 0..10 {
         idle.push(Box::new(mtls(&s, b"http/1.1").await));
         let mut h2 = mtls(&s, b"h2").await;
         h2.write_all(H2_PREFACE).await.unwrap();
-        idle.push(Box::new(h2));
+        idle_h2.push(h2);
     }
     let mut kept_alive = mtls(&s, b"http/1.1").await;
     kept_alive.write_all(b"GET /ok HTTP/1.1\r\nhost: orders.shop\r\n\r\n").await.unwrap();
@@ -377,10 +386,15 @@ async fn over_its_memory_limit_the_sidecar_takes_on_no_connection_and_closes_idl
     assert_eq!(series(s.admin, "palisade_memory_limit_bytes").await, LIMIT);
 
     // The idle ones are closed, each counted.
-    let held = idle.len() as u64 + 1;
+    let held = (idle.len() + idle_h2.len()) as u64 + 1;
     assert!(eventually(async || idle_closed(s.admin).await >= held).await, "idle connections closed");
     for (i, conn) in idle.into_iter().enumerate() {
         assert!(closed_by_peer(conn).await, "idle connection {i} still open");
+    }
+    // HTTP/2 ones with a GOAWAY: a graceful close, no stream of theirs taken.
+    for (i, conn) in idle_h2.into_iter().enumerate() {
+        let sent = read_until_closed(conn).await.unwrap_or_else(|| panic!("idle HTTP/2 connection {i} still open"));
+        assert_eq!(h2_goaway(&sent), Some((0, 0)), "idle HTTP/2 connection {i}: {sent:?}");
     }
     let ended = tokio::time::timeout(BOUND, h2_kept_alive).await;
     assert!(ended.is_ok(), "the HTTP/2 connection kept alive after its answer is still open");

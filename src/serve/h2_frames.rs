@@ -12,6 +12,11 @@ const PREFACE_LEN: usize = 24;
 const DATA: u8 = 0x0;
 pub(super) const HEADERS: u8 = 0x1;
 pub(super) const RST_STREAM: u8 = 0x3;
+const GOAWAY: u8 = 0x7;
+/// GOAWAY's error codes (RFC 9113 section 7): a graceful close, and one for a peer that abuses
+/// the connection.
+pub(super) const NO_ERROR: u32 = 0x0;
+pub(super) const ENHANCE_YOUR_CALM: u32 = 0xb;
 /// HEADERS and DATA: the sender's last frame on the stream.
 const END_STREAM: u8 = 0x1;
 /// More open streams than a connection is ever allowed (h2 refuses past
@@ -32,6 +37,11 @@ struct FrameHeaders {
 impl FrameHeaders {
     fn after(skip: usize) -> Self {
         FrameHeaders { skip, header: [0; 9], have: 0 }
+    }
+
+    /// Between two frames: no frame's header or payload is partly through.
+    fn between_frames(&self) -> bool {
+        self.skip == 0 && self.have == 0
     }
 
     /// Calls `frame(type, flags, stream)` for each frame header completed in `bytes`.
@@ -174,12 +184,31 @@ impl H2Frames {
     /// have their answers.
     pub(super) fn wrote(&mut self, bytes: &[u8]) {
         self.written_past = self.highest_opened;
-        let Some(open) = self.open.as_mut() else { return };
-        self.written.feed(bytes, |kind, flags, stream| match kind {
-            DATA | HEADERS if flags & END_STREAM != 0 => open.ended(stream),
-            RST_STREAM => open.ended(stream),
+        let open = &mut self.open;
+        // Followed even when no stream is: where the frames end is what says whether a GOAWAY
+        // may be written (`goaway`).
+        self.written.feed(bytes, |kind, flags, stream| match (kind, open.as_mut()) {
+            (DATA | HEADERS, Some(open)) if flags & END_STREAM != 0 => open.ended(stream),
+            (RST_STREAM, Some(open)) => open.ended(stream),
             _ => {}
         });
+    }
+
+    /// The GOAWAY frame to write before the sidecar closes the connection itself: it names the
+    /// last stream the peer opened, so the peer knows that any later one it sent was not taken
+    /// and may retry it elsewhere (without one, a request racing the close is lost with the
+    /// connection, and a well-behaved client takes the close for a failure). `None` while the
+    /// server's last frame is only partly written: a frame in its middle would garble both.
+    pub(super) fn goaway(&self, code: u32) -> Option<[u8; 17]> {
+        if !self.written.between_frames() {
+            return None;
+        }
+        let mut frame = [0u8; 17];
+        frame[2] = 8; // the payload: last stream id, then the code
+        frame[3] = GOAWAY;
+        frame[9..13].copy_from_slice(&self.highest_opened.to_be_bytes());
+        frame[13..].copy_from_slice(&code.to_be_bytes());
+        Some(frame)
     }
 
     /// Since when no stream has been open; `None` while one is (or when not followed).
@@ -304,6 +333,31 @@ mod tests {
         assert_eq!(conn.idle_since(), None);
         conn.read(&frame(RST_STREAM, 5, &8u32.to_be_bytes()));
         assert_eq!(conn.idle_since(), Some(Instant::now()));
+    }
+
+    #[test]
+    fn a_goaway_names_the_last_stream_the_peer_opened_and_is_only_written_between_frames() {
+        let mut conn = H2Frames::new(Some(100), false).unwrap();
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(0x4, 0, &[]));
+        wire.extend(frame(HEADERS, 1, &[0x82]));
+        wire.extend(frame(HEADERS, 7, &[0x82]));
+        wire.extend(frame(HEADERS, 1, &[0x82])); // trailers: no new stream
+        conn.read(&wire);
+        let expected = frame(GOAWAY, 0, &[0, 0, 0, 7, 0, 0, 0, 0x0b]);
+        assert_eq!(conn.goaway(ENHANCE_YOUR_CALM).map(Vec::from), Some(expected.clone()), "nothing written yet");
+        // The server's frames in pieces: only once the last one is whole may a GOAWAY follow it.
+        let answer = [frame(0x4, 0, &[]), frame(HEADERS, 1, &[0x88]), frame(DATA, 7, &[0; 100])].concat();
+        for end in 1..answer.len() {
+            let mut conn = H2Frames::new(Some(100), false).unwrap();
+            conn.read(&wire);
+            conn.wrote(&answer[..end]);
+            let between = [9, 19].contains(&end);
+            assert_eq!(conn.goaway(ENHANCE_YOUR_CALM).is_some(), between, "after {end} bytes");
+            conn.wrote(&answer[end..]);
+            assert_eq!(conn.goaway(ENHANCE_YOUR_CALM).map(Vec::from), Some(expected.clone()));
+        }
+        assert_eq!(&H2Frames::new(None, true).unwrap().goaway(NO_ERROR).unwrap()[9..], &[0; 8], "no stream yet");
     }
 
     #[test]

@@ -717,3 +717,27 @@ impl HoldingApp {
         wait_for("requests held by the app", async || self.held.load(std::sync::atomic::Ordering::SeqCst) >= n).await;
     }
 }
+
+/// One HTTP/2 frame, as raw-frame tests write it: its 9-byte header, then the payload.
+pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// The last stream id and error code of the first GOAWAY among the HTTP/2 frames a server sent
+/// (its bytes from the start of the connection); `None` without a whole one.
+pub fn h2_goaway(mut frames: &[u8]) -> Option<(u32, u32)> {
+    while frames.len() >= 9 {
+        let length = u32::from_be_bytes([0, frames[0], frames[1], frames[2]]) as usize;
+        let payload = frames.get(9..9 + length)?;
+        if frames[3] == 0x7 {
+            let last = u32::from_be_bytes(payload.get(..4)?.try_into().unwrap()) & 0x7fff_ffff;
+            return Some((last, u32::from_be_bytes(payload.get(4..8)?.try_into().unwrap())));
+        }
+        frames = &frames[9 + length..];
+    }
+    None
+}
