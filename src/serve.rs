@@ -24,6 +24,7 @@ use crate::tls::TlsStore;
 
 mod h2_frames;
 use h2_frames::H2Frames;
+pub(crate) use h2_frames::PREFACE as H2_PREFACE;
 
 /// A TLS ClientHello starts with a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -888,9 +889,9 @@ impl Deadlined {
     fn poll_farewell(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
         use std::task::Poll;
         use tokio::io::AsyncWrite;
+        // The bytes, then the end of the stream, which TLS sends as its close_notify: a client
+        // then reads what was said instead of failing on a truncated connection.
         while let Some(farewell) = self.farewell.as_mut() {
-            // Then the end of the stream, which TLS sends as its close_notify: a client then
-            // reads what was said before it instead of failing on a truncated connection.
             let step = if farewell.written < farewell.bytes.len() {
                 std::pin::Pin::new(&mut self.io).poll_write(cx, &farewell.bytes[farewell.written..]).map_ok(Some)
             } else {
@@ -906,9 +907,10 @@ impl Deadlined {
         Poll::Ready(self.farewell.take().map_or(Ok(()), |farewell| farewell.then))
     }
 
-    /// Ends an HTTP/2 connection the sidecar closes itself with a GOAWAY carrying `code`, when one
-    /// can be written; the waiting read then returns `then`.
-    fn close_h2(
+    /// Ends a connection the sidecar closes itself, an HTTP/2 one (the only kind followed by
+    /// frames) after a GOAWAY carrying `code` when one can be written; the waiting read then
+    /// returns `then`.
+    fn close_with_goaway(
         &mut self,
         cx: &mut std::task::Context<'_>,
         code: u32,
@@ -1063,17 +1065,14 @@ impl tokio::io::AsyncRead for Deadlined {
                     // h2 never sees what came with the resets: the connection ends here.
                     buf.set_filled(before);
                     let then = this.close_for_resets();
-                    return this.close_h2(cx, h2_frames::ENHANCE_YOUR_CALM, then);
+                    return this.close_with_goaway(cx, h2_frames::ENHANCE_YOUR_CALM, then);
                 }
                 std::task::Poll::Ready(Ok(()))
             }
             std::task::Poll::Pending => match self.expired(cx) {
                 None if self.idle_under_pressure(cx) => {
                     let then = Err(self.close_idle());
-                    match self.phase {
-                        Phase::H2 => self.close_h2(cx, h2_frames::NO_ERROR, then),
-                        _ => std::task::Poll::Ready(then),
-                    }
+                    self.close_with_goaway(cx, h2_frames::NO_ERROR, then)
                 }
                 None => std::task::Poll::Pending,
                 Some("header_timeout") if self.partial_head().is_some() => {
@@ -1192,8 +1191,8 @@ impl pingora::protocols::Peek for Deadlined {
                 Err(_) if reason == "idle_timeout" && self.last_activity + self.idle_timeout > deadline => {}
                 Err(_) => {
                     let came = &buf[..buf.iter().position(|&b| b == 0).unwrap_or(buf.len())];
-                    // The start of an HTTP/2 preface ("PRI * HTTP/2.0") gets no HTTP/1.1 answer.
-                    let peeked_head = !came.is_empty() && !came.starts_with(b"PRI") && !b"PRI".starts_with(came);
+                    // The start of an HTTP/2 preface gets no HTTP/1.1 answer.
+                    let peeked_head = !came.is_empty() && !H2_PREFACE.starts_with(came);
                     let answer = match self.partial_head() {
                         Some(answer) => Some(answer),
                         None if peeked_head => self.head_timeout_answer,

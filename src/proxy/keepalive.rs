@@ -28,12 +28,12 @@ use pingora::protocols::{Stream, ALPN};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, ReadBuf};
 
+use crate::serve::H2_PREFACE;
+
 /// Keep-alive on, with no timer of pingora's on the reads of a head (pingora's own loop sets 60 s
 /// on a connection's first session: a first head with a pause that long was closed silently,
 /// whatever `limits.headerTimeout` said).
 const KEEPALIVE_WITHOUT_TIMER: u64 = 0;
-/// What a plaintext HTTP/2 connection with prior knowledge starts with.
-pub(super) const H2C_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The first read of a head takes as much as pingora's own first read does.
 const HEAD_READ: usize = 4096;
 
@@ -100,12 +100,12 @@ async fn is_http1<A: HttpServerApp>(app: &A, stream: &mut Stream) -> Option<bool
     // two bytes (a method of "PR..." is none a server here accepts), so the peek grows only
     // while what came matches. A stream that cannot be peeked is taken for HTTP/2 when h2c is
     // on, as pingora takes it.
-    let mut first = [0u8; H2C_PREFACE.len()];
-    for len in [1, 2, H2C_PREFACE.len()] {
+    let mut first = [0u8; H2_PREFACE.len()];
+    for len in [1, 2, H2_PREFACE.len()] {
         if !stream.try_peek(&mut first[..len]).await.ok()? {
             return Some(false);
         }
-        if first[..len] != H2C_PREFACE[..len] {
+        if first[..len] != H2_PREFACE[..len] {
             return Some(true);
         }
     }

@@ -196,7 +196,7 @@ impl Peek for Guarded {
     /// (`keepalive::is_http1`, then pingora): the same bytes decide here.
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
         let peeked = self.inner.try_peek(buf).await?;
-        if peeked && buf.starts_with(super::keepalive::H2C_PREFACE) {
+        if peeked && buf.starts_with(crate::serve::H2_PREFACE) {
             self.h2 = true;
         }
         Ok(peeked)

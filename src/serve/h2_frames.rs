@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// The client's connection preface, before its first frame.
-const PREFACE_LEN: usize = 24;
+/// The client's connection preface, before its first frame (with prior knowledge on a plaintext
+/// port, this is how HTTP/2 is told from HTTP/1.1).
+pub(crate) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const DATA: u8 = 0x0;
 pub(super) const HEADERS: u8 = 0x1;
 pub(super) const RST_STREAM: u8 = 0x3;
@@ -137,7 +138,7 @@ impl H2Frames {
             return None;
         }
         Some(H2Frames {
-            read: FrameHeaders::after(PREFACE_LEN),
+            read: FrameHeaders::after(PREFACE.len()),
             written: FrameHeaders::after(0),
             resets: max_resets_per_second.map(|max| Resets { max, window: Instant::now(), count: 0 }),
             highest_opened: 0,
@@ -243,8 +244,6 @@ mod tests {
     fn frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         frame_with(kind, 0, stream, payload)
     }
-
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
     #[tokio::test(start_paused = true)]
     async fn stream_resets_are_counted_from_frame_headers_per_second_whatever_the_read_boundaries() {
