@@ -61,16 +61,10 @@ fn assert_timed_out(answer: &str, elapsed: Duration, what: &str) {
 }
 
 async fn mtls(addr: SocketAddr, client: &palisade::identity::WorkloadFiles, alpn: &[u8]) -> TlsStream {
-    let mut tls = client_tls(Some(client));
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(ServerName::try_from("orders.shop").unwrap(), tcp)
-        .await
-        .unwrap()
+    mtls_stream(addr, client, alpn).await.unwrap()
 }
 
-type TlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+type TlsStream = MtlsStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_http1_body_gets_408_and_the_connection_closes_on_both_listeners() {
@@ -529,7 +523,7 @@ async fn a_body_that_follows_the_apps_early_answer_ends_its_stream_cleanly() {
     })
     .await;
     let mut tls = mtls(s.sidecar.inbound, &s.client, b"h2").await;
-    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    tls.write_all(H2_PREFACE).await.unwrap();
     tls.write_all(&h2_frame(4, 0, 0, &[])).await.unwrap();
     let mut buf = Vec::new();
     // The sidecar's SETTINGS (its stream window among them) hold once acknowledged; until

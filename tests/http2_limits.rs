@@ -5,10 +5,8 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::ServerName;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -32,25 +30,12 @@ async fn start() -> Single {
 
 /// An HTTP/2 connection to the sidecar's inbound port, and the task driving it.
 async fn h2(s: &Single) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
-    let mut tls = client_tls(Some(&s.client));
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(ServerName::try_from("orders.shop").unwrap(), tcp)
-        .await
-        .unwrap();
-    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    let (client, connection) = h2::client::handshake(tls_h2(s).await).await.unwrap();
     (client, tokio::spawn(connection))
 }
 
-async fn tls_h2(s: &Single) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut tls = client_tls(Some(&s.client));
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(ServerName::try_from("orders.shop").unwrap(), tcp)
-        .await
-        .unwrap()
+async fn tls_h2(s: &Single) -> MtlsStream {
+    mtls_stream(s.sidecar.inbound, &s.client, b"h2").await.unwrap()
 }
 
 fn get(path: &str) -> http::Request<()> {
@@ -103,7 +88,7 @@ async fn a_client_that_resets_streams_faster_than_the_limit_loses_its_connection
     // a GOAWAY(ENHANCE_YOUR_CALM) naming the last stream it saw opened, as the 2023 advisories
     // have servers do.
     let mut tls = tls_h2(&s).await;
-    let mut flood = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let mut flood = H2_PREFACE.to_vec();
     flood.extend(h2_frame(0x4, 0, 0, &[]));
     // GET https://orders.shop/ in HPACK: three static entries and a literal authority.
     let mut head = vec![0x82, 0x87, 0x84, 0x01, 11];

@@ -8,11 +8,9 @@ mod support;
 
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::select_all;
-use rustls::pki_types::ServerName;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -97,11 +95,8 @@ async fn mtls(s: &Sidecar, alpn: &[u8]) -> TlsStream {
 
 /// An mTLS connection to the sidecar's inbound port, or why there is none (closed at accept).
 async fn try_mtls(s: &Sidecar, alpn: &[u8]) -> std::io::Result<TlsStream> {
-    let mut tls = client_tls(Some(&s.client));
-    tls.alpn_protocols = vec![alpn.to_vec()];
-    let tcp = tokio::net::TcpStream::connect(s.inbound).await?;
     // Closed at accept: before the server's first flight, so the handshake fails.
-    tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(ServerName::try_from("orders.shop").unwrap(), tcp).await
+    mtls_stream(s.inbound, &s.client, alpn).await
 }
 
 async fn series(admin: SocketAddr, series: &str) -> u64 {
@@ -292,8 +287,6 @@ async fn under_its_memory_limit_nothing_is_cut() {
     assert_eq!(series(s.admin, MEMORY_CUTS).await, 0);
 }
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
-
 /// Reads until the peer closes the connection (an end of stream or an error), within `BOUND`:
 /// whether it did.
 async fn closed_by_peer(conn: impl tokio::io::AsyncRead + Unpin) -> bool {
@@ -346,7 +339,7 @@ async fn over_its_memory_limit_the_sidecar_takes_on_no_connection_and_closes_idl
     for _ in 0..10 {
         idle.push(Box::new(mtls(&s, b"http/1.1").await));
         let mut h2 = mtls(&s, b"h2").await;
-        h2.write_all(H2_PREFACE).await.unwrap();
+        h2.write_all(&[H2_PREFACE, &h2_frame(0x4, 0, 0, &[])].concat()).await.unwrap(); // and SETTINGS
         idle_h2.push(h2);
     }
     let mut kept_alive = mtls(&s, b"http/1.1").await;

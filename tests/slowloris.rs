@@ -7,11 +7,9 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use palisade::config::HumanDuration;
-use rustls::pki_types::ServerName;
 use support::*;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
@@ -95,14 +93,8 @@ async fn closed_at(admin: std::net::SocketAddr, direction: &str, reason: &str) -
     text.lines().find_map(|l| l.strip_prefix(&series)).map_or(0, |v| v.trim().parse().unwrap())
 }
 
-async fn mtls(s: &Single) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    let mut tls = client_tls(Some(&s.client));
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(tls))
-        .connect(ServerName::try_from("orders.shop").unwrap(), tcp)
-        .await
-        .unwrap()
+async fn mtls(s: &Single) -> MtlsStream {
+    mtls_stream(s.sidecar.inbound, &s.client, b"http/1.1").await.unwrap()
 }
 
 fn assert_at_deadline(elapsed: Duration, deadline: Duration, what: &str) {

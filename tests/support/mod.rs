@@ -718,6 +718,20 @@ impl HoldingApp {
     }
 }
 
+pub type MtlsStream = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+/// An mTLS connection to `addr` as `identity` for `orders.shop`, offering `alpn`; the error when
+/// there is none (refused, or closed at accept before the handshake).
+pub async fn mtls_stream(addr: SocketAddr, identity: &WorkloadFiles, alpn: &[u8]) -> std::io::Result<MtlsStream> {
+    let mut tls = client_tls(Some(identity));
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(tls)).connect(ServerName::try_from("orders.shop").unwrap(), tcp).await
+}
+
+/// What an HTTP/2 client with prior knowledge, or after ALPN, sends first.
+pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// One HTTP/2 frame, as raw-frame tests write it: its 9-byte header, then the payload.
 pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
