@@ -47,6 +47,10 @@ fi
 offline=()
 if ! timeout 20 git ls-remote https://github.com/rustsec/advisory-db HEAD >/dev/null 2>&1; then
   offline=(--offline)
+  # Offline, cargo-deny's `cargo metadata` needs every crate of Cargo.lock in cargo's cache, those
+  # of other platforms too (windows-sys, ...), which a build here never downloads: the registry is
+  # reachable when GitHub is not, so fetch them first.
+  cargo fetch --locked --quiet
   # The directory name cargo-deny derives from the URL in deny.toml: learnt from its own error
   # when the directory is missing, so a new cargo-deny that names it differently still works.
   db=$(ls -d "$dbs"/advisory-db-* 2>/dev/null | head -n1 || true)
