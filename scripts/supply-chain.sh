@@ -50,13 +50,20 @@ if ! timeout 20 git ls-remote https://github.com/rustsec/advisory-db HEAD >/dev/
   # Offline, cargo-deny's `cargo metadata` needs every crate of Cargo.lock in cargo's cache, those
   # of other platforms too (windows-sys, ...), which a build here never downloads: the registry is
   # reachable when GitHub is not, so fetch them first.
-  cargo fetch --locked --quiet
+  cargo fetch --locked --quiet ||
+    { echo "supply-chain: GitHub is out of reach and cargo cannot fetch the crates of Cargo.lock either (above); the check needs one of the two" >&2; exit 1; }
   # The directory name cargo-deny derives from the URL in deny.toml: learnt from its own error
   # when the directory is missing, so a new cargo-deny that names it differently still works.
   db=$(ls -d "$dbs"/advisory-db-* 2>/dev/null | head -n1 || true)
   if [ -z "$db" ]; then
-    db=$("$deny" --offline check advisories 2>&1 | sed -n 's/.*\(target\/advisory-dbs\/advisory-db-[0-9a-f]*\).*/\1/p' | head -n1 || true)
-    [ -n "$db" ] || { echo "supply-chain: cannot tell where cargo-deny looks for the advisory database" >&2; exit 1; }
+    said=$("$deny" --offline check advisories 2>&1 || true)
+    db=$(sed -n 's/.*\(target\/advisory-dbs\/advisory-db-[0-9a-f]*\).*/\1/p' <<<"$said" | head -n1)
+    if [ -z "$db" ]; then
+      # Its error is the cause (a crate missing from cargo's cache, a deny.toml it refuses): show it.
+      printf '%s\n' "$said" >&2
+      echo "supply-chain: cargo-deny did not name the advisory database's directory (its output above); cannot place the snapshot there" >&2
+      exit 1
+    fi
     db="$root/$db"
   fi
   if [ ! -d "$db/.git" ] || [ "$snapshot" -nt "$db/.git" ]; then
