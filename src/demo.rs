@@ -35,12 +35,54 @@ pub fn run(once: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(demo(once)) {
+    // A `kill`, `timeout` or closed terminal stops the demo as Ctrl-C does: the demo's future is
+    // dropped, and with it the control plane and sidecars it started (each stopped as it drops)
+    // and its directory. Left to the signals' default action, the demo alone ended and its
+    // children ran on, holding their ports.
+    let outcome = runtime.block_on(async {
+        let mut stop = StopSignal::install()?;
+        tokio::select! {
+            // First: a signal at the "Press Ctrl-C" wait ends the demo through its own path.
+            biased;
+            outcome = demo(once) => outcome,
+            () = stop.wait() => {
+                eprintln!("stopped before the demo finished");
+                Ok(false)
+            }
+        }
+    });
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: demo failed: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGINT, SIGTERM or SIGHUP, whichever comes first.
+struct StopSignal {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignal {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+            _ = self.hangup.recv() => {}
         }
     }
 }
@@ -527,7 +569,7 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
         );
         println!("  files (certificates, configs, logs, events): {}", dir.path().display());
         println!("Press Ctrl-C to stop.");
-        tokio::signal::ctrl_c().await?;
+        StopSignal::install()?.wait().await;
         println!();
     }
     stop.send_replace(true);

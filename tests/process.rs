@@ -365,3 +365,71 @@ fn the_demo_runs_a_mesh_and_passes_its_checks() {
     assert!(stdout.contains("all checks passed"), "{stdout}");
     assert!(!stdout.contains("FAIL"), "{stdout}");
 }
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // The command name may hold spaces and parentheses: the fields that follow it start
+        // after the last ')' (state, then the parent's pid).
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        if after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
+            children.push(child);
+        }
+    }
+    children
+}
+
+/// Running: not gone, and not a zombie waiting for its parent.
+fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.split_whitespace().next() != Some("Z")))
+}
+
+#[test]
+fn sigterm_stops_the_demo_and_every_process_it_started() {
+    let mut demo = Command::new(BIN)
+        .arg("demo")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = demo.stdout.take().unwrap();
+    let (lines, received) = std::sync::mpsc::channel();
+    // Read to the end, so the demo never waits on a full pipe.
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let waiting = eventually_blocking(|| {
+        seen.extend(received.try_iter());
+        seen.iter().any(|l| l.starts_with("Press Ctrl-C to stop"))
+    });
+    assert!(waiting, "the demo reached its wait: {seen:#?}");
+    let dir = seen
+        .iter()
+        .find_map(|l| l.trim().strip_prefix("files (certificates, configs, logs, events): "))
+        .map(std::path::PathBuf::from)
+        .expect("the demo names its directory");
+    assert!(dir.is_dir(), "{}", dir.display());
+    let started = children_of(demo.id());
+    assert_eq!(started.len(), 3, "a control plane and two sidecars: {started:?}");
+    assert!(started.iter().all(|&pid| is_running(pid)));
+
+    let killed = Command::new("kill").args(["-TERM", &demo.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = wait_exit(&mut demo).expect("the demo exits on SIGTERM");
+    assert!(status.code().is_some(), "it ended itself, not by the signal: {status:?}");
+    let running: Vec<u32> = started.iter().copied().filter(|&pid| is_running(pid)).collect();
+    // Survivors would hold their ports for the rest of the suite.
+    for pid in &running {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+    }
+    assert!(running.is_empty(), "the demo's processes outlived it: {running:?}");
+    assert!(!dir.exists(), "the demo's directory outlived it: {}", dir.display());
+}
