@@ -224,7 +224,8 @@ impl Admin {
             },
             "policy": {
                 "version": policy.version,
-                "source": self.policy.source().label(),
+                // From the same snapshot as the rest: a second load could see the next one.
+                "source": policy.source.label(),
                 "files": self.policy.files(),
                 "controlPlane": self.channel.as_ref().map(|c| json!({
                     "connected": c.connected(),
