@@ -19,6 +19,7 @@ use tokio::sync::watch;
 
 use crate::config::TelemetryConfig;
 use crate::identity::{DevCa, DevTokenIssuer, LeafSpec, WorkloadFiles, DEV_TOKEN_ISSUER};
+use crate::lifecycle::StopSignals;
 use crate::serve::{serve, ConnectionTracker, Transport};
 use crate::telemetry::Telemetry;
 
@@ -40,13 +41,14 @@ pub fn run(once: bool) -> ExitCode {
     // and its directory. Left to the signals' default action, the demo alone ended and its
     // children ran on, holding their ports.
     let outcome = runtime.block_on(async {
-        let mut stop = StopSignal::install()?;
+        let mut signals = StopSignals::install()?;
         tokio::select! {
-            // First: a signal at the "Press Ctrl-C" wait ends the demo through its own path.
+            // First: a signal at the "Press Ctrl-C" wait, which the demo also awaits, ends it
+            // through its own path, with its checks' result.
             biased;
             outcome = demo(once) => outcome,
-            () = stop.wait() => {
-                eprintln!("stopped before the demo finished");
+            signal = signals.next() => {
+                eprintln!("{signal}: stopped before the demo finished");
                 Ok(false)
             }
         }
@@ -57,32 +59,6 @@ pub fn run(once: bool) -> ExitCode {
         Err(e) => {
             eprintln!("error: demo failed: {e:#}");
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// SIGINT, SIGTERM or SIGHUP, whichever comes first.
-struct StopSignal {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    hangup: tokio::signal::unix::Signal,
-}
-
-impl StopSignal {
-    fn install() -> std::io::Result<Self> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(StopSignal {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-            hangup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    async fn wait(&mut self) {
-        tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
-            _ = self.hangup.recv() => {}
         }
     }
 }
@@ -569,7 +545,7 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
         );
         println!("  files (certificates, configs, logs, events): {}", dir.path().display());
         println!("Press Ctrl-C to stop.");
-        StopSignal::install()?.wait().await;
+        StopSignals::install()?.next().await;
         println!();
     }
     stop.send_replace(true);

@@ -68,21 +68,48 @@ pub fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<std::net::TcpListen
     Ok(listener)
 }
 
-/// Waits for SIGTERM or SIGINT (when `handle_signals`) or for `stop`; false when the signal
-/// handlers cannot be installed.
+/// The signals that stop a process of ours gracefully: SIGTERM (Kubernetes, `kill`), SIGINT
+/// (Ctrl-C) and SIGHUP (its terminal closed), whose default action would end it at once.
+pub struct StopSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// From here on the three signals are caught, not left to their default action.
+    pub fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next of them, by name.
+    pub async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.terminate.recv() => "SIGTERM",
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.hangup.recv() => "SIGHUP",
+        }
+    }
+}
+
+/// Waits for a [`StopSignals`] signal (when `handle_signals`) or for `stop`; false when the
+/// signal handlers cannot be installed.
 pub async fn stop_requested(handle_signals: bool, mut stop: watch::Receiver<bool>) -> bool {
     if handle_signals {
-        use tokio::signal::unix::{signal, SignalKind};
-        let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(t), Ok(i)) => (t, i),
-            _ => {
-                tracing::error!("cannot install signal handlers");
+        let mut signals = match StopSignals::install() {
+            Ok(signals) => signals,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
                 return false;
             }
         };
         tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: draining"),
-            _ = int.recv() => tracing::info!("SIGINT: draining"),
+            signal = signals.next() => tracing::info!("{signal}: draining"),
             _ = stop.wait_for(|s| *s) => {}
         }
     } else {
