@@ -109,6 +109,20 @@ async fn sigterm_lets_in_flight_requests_finish_refuses_new_ones_and_exits_zero(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_terminal_drains_the_sidecar_instead_of_killing_it() {
+    let pki = Pki::new();
+    let server = pki.workload("server", &id("shop", "orders"));
+    let ports = [free_port(), free_port(), free_port()];
+    let config = write_config(pki.dir.path(), &server, 9, ports);
+    let mut child = spawn_ready(&config, ports[2]).await;
+    assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
+    let status = wait_exit(&mut child).expect("the sidecar exits");
+    assert!(status.success(), "drained and exited 0, not ended by the signal: {status:?}");
+    let log = std::fs::read_to_string(config.with_file_name("sidecar.log")).unwrap();
+    assert!(log.contains("SIGHUP: draining"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_shutdown_from_localhost_drains_and_exits_zero() {
     let pki = Pki::new();
     let server = pki.workload("server", &id("shop", "orders"));
@@ -366,26 +380,28 @@ fn the_demo_runs_a_mesh_and_passes_its_checks() {
     assert!(!stdout.contains("FAIL"), "{stdout}");
 }
 
+/// A process's `/proc/PID/stat` fields after its command name (state, parent pid, ...): the
+/// name may hold spaces and parentheses, so they start after the last ')'.
+fn stat_fields(pid: &str) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    Some(rest.split_whitespace().map(str::to_string).collect())
+}
+
 /// The processes whose parent is `pid`.
 fn children_of(pid: u32) -> Vec<u32> {
-    let mut children = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        // The command name may hold spaces and parentheses: the fields that follow it start
-        // after the last ')' (state, then the parent's pid).
-        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        if after.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(pid) {
-            children.push(child);
-        }
-    }
-    children
+    let parent = pid.to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| stat_fields(&child.to_string()).is_some_and(|f| f.get(1) == Some(&parent)))
+        .collect()
 }
 
 /// Running: not gone, and not a zombie waiting for its parent.
 fn is_running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| stat.rsplit_once(')').is_some_and(|(_, rest)| rest.split_whitespace().next() != Some("Z")))
+    stat_fields(&pid.to_string()).is_some_and(|f| f.first().map(String::as_str) != Some("Z"))
 }
 
 #[test]
