@@ -51,7 +51,7 @@ if ! timeout 20 git ls-remote https://github.com/rustsec/advisory-db HEAD >/dev/
   # of other platforms too (windows-sys, ...), which a build here never downloads: the registry is
   # reachable when GitHub is not, so fetch them first.
   cargo fetch --locked --quiet ||
-    { echo "supply-chain: GitHub is out of reach and cargo cannot fetch the crates of Cargo.lock either (above); the check needs one of the two" >&2; exit 1; }
+    { echo "supply-chain: GitHub is out of reach and cargo cannot fetch the crates of Cargo.lock either (above); run it where github.com or the crate registry answers, or after 'cargo fetch --locked' on such a machine" >&2; exit 1; }
   # The directory name cargo-deny derives from the URL in deny.toml: learnt from its own error
   # when the directory is missing, so a new cargo-deny that names it differently still works.
   db=$(ls -d "$dbs"/advisory-db-* 2>/dev/null | head -n1 || true)
