@@ -463,9 +463,11 @@ struct CoalescedWrites {
     gate: Option<Arc<IdleGate>>,
     /// Whether the last bytes moved were read (a request is in flight) or written (its answer).
     last_read: bool,
-    /// HTTP/2 (the connection preface came first): its requests interleave, so it is ended
-    /// with a GOAWAY instead.
+    /// HTTP/2 (the connection's first bytes are its preface, as far as they go): its requests
+    /// interleave, so it is ended with a GOAWAY instead.
     h2: bool,
+    /// Whether any byte has been read: only the first ones can be HTTP/2's preface.
+    started: bool,
 }
 
 /// pingora's own listener's default: one Ethernet-sized segment.
@@ -496,6 +498,7 @@ impl CoalescedWrites {
             gate,
             last_read: false,
             h2: false,
+            started: false,
         }
     }
 
@@ -518,9 +521,12 @@ impl tokio::io::AsyncRead for CoalescedWrites {
         let polled = std::pin::Pin::new(&mut self.io).poll_read(cx, buf);
         match polled {
             std::task::Poll::Ready(Ok(())) if buf.filled().len() > before => {
-                if !self.last_read && self.gate.is_some() && buf.filled()[before..].starts_with(b"PRI ") {
-                    self.h2 = true;
+                if !self.started && self.gate.is_some() {
+                    let first = &buf.filled()[before..];
+                    let n = first.len().min(h2_frames::PREFACE.len());
+                    self.h2 = first[..n] == h2_frames::PREFACE[..n];
                 }
+                self.started = true;
                 self.last_read = true;
             }
             std::task::Poll::Pending => {
@@ -643,12 +649,22 @@ impl HeadScan {
     }
 }
 
+/// Whether a byte after an answer starts the next request head: a method's first character
+/// (RFC 9110's token characters, which httparse takes) or an empty line before it.
+fn starts_request(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~\r\n".contains(&b)
+}
+
 /// Where an HTTP/1.1 connection is, as far as its bytes tell.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     /// Waiting for a request head: `seen` bytes of it so far, `scan` where its lines are.
     /// Deadline: the head's.
     Head { seen: bool, scan: HeadScan },
+    /// The first bytes are the start of HTTP/2's connection preface, `matched` of its 24 so far:
+    /// HTTP/2 once it is whole, HTTP/1.1 if a byte differs. Deadline: the head's (a client that
+    /// stops in the middle of the preface is a slowloris client too).
+    Preface { matched: u8 },
     /// The head arrived; the body and the answer are pingora's (its own read and write timeouts).
     Request,
     /// An answer is being written, or was: the next request head may come. Deadline: idle, from
@@ -696,8 +712,6 @@ struct Deadlined {
     stalled_since: Option<tokio::time::Instant>,
     stall_wait: CutWait,
     idle_wait: CutWait,
-    /// ALPN chose HTTP/2: the first bytes are its preface, however they are split.
-    alpn_h2: bool,
 }
 
 /// How long a farewell (the 408 for a late head, a GOAWAY) may take to write before the
@@ -725,9 +739,8 @@ impl Deadlined {
     fn new(io: Stream, peer: SocketAddr, limits: &ConnectionLimits, closures: Closures) -> Self {
         let now = tokio::time::Instant::now();
         // The first head's deadline runs from the start: a connection that sends nothing is a
-        // slowloris connection too. HTTP/2 (negotiated by ALPN) is still held to it for its
-        // first bytes, the connection preface.
-        let alpn_h2 = io.selected_alpn_proto() == Some(pingora::protocols::ALPN::H2);
+        // slowloris connection too. HTTP/2 (by ALPN or prior knowledge) is held to it until its
+        // connection preface is whole; no byte of the preface is ALPN's to vouch for.
         Deadlined {
             io,
             phase: Phase::Head { seen: false, scan: HeadScan::Lead },
@@ -746,7 +759,6 @@ impl Deadlined {
             stalled_since: None,
             stall_wait: CutWait::default(),
             idle_wait: CutWait::default(),
-            alpn_h2,
         }
     }
 
@@ -848,7 +860,7 @@ impl Deadlined {
     /// its last piece (server-sent events between two events) counts as idle from that piece.
     fn idle_since(&self) -> Option<tokio::time::Instant> {
         match self.phase {
-            Phase::Head { .. } | Phase::Answered => Some(self.last_activity),
+            Phase::Head { .. } | Phase::Preface { .. } | Phase::Answered => Some(self.last_activity),
             Phase::Request => None,
             Phase::H2 => self.h2.as_ref().and_then(H2Frames::idle_since),
         }
@@ -925,32 +937,17 @@ impl Deadlined {
     /// Follows the request bytes just read.
     fn on_read(&mut self, bytes: &[u8]) {
         match self.phase {
-            Phase::Head { seen, scan } => {
-                if !seen && (self.alpn_h2 || bytes.starts_with(b"PRI ")) {
-                    // HTTP/2 (by ALPN or prior knowledge): its preface came; the rest is pingora's
-                    // (and its frames are followed from here).
-                    self.phase = Phase::H2;
-                    self.armed = false;
-                    self.h2 = H2Frames::new(self.max_resets_per_second, self.memory.is_some());
-                    return;
-                }
-                // Bytes past a head's end (a body, a pipelined request) are pingora's to parse.
-                match scan.scan(bytes) {
-                    Some(scan) => self.phase = Phase::Head { seen: true, scan },
-                    None => {
-                        self.phase = Phase::Request;
-                        self.armed = false;
-                    }
-                }
-            }
+            Phase::Head { seen: false, .. } => self.on_preface(0, bytes),
+            Phase::Preface { matched } => self.on_preface(usize::from(matched), bytes),
+            Phase::Head { seen: true, scan } => self.on_head(scan, bytes),
             Phase::Answered => {
-                // A new request: a method starts with a letter, and httparse skips empty lines
-                // before it (so a head that starts with CRLF and then trickles is a head too).
-                // Anything else after an answer (the rest of a body pingora drains) is not held
-                // to the head deadline.
-                if bytes.first().is_some_and(|&b| b.is_ascii_alphabetic() || b == b'\r' || b == b'\n') {
-                    self.phase = Phase::Head { seen: false, scan: HeadScan::Lead };
-                    self.on_read(bytes);
+                // A new request: its method's first character (any token character, as httparse
+                // takes it), or the empty lines httparse skips before it (so a head that starts
+                // with CRLF and then trickles is a head too). Anything else after an answer (the
+                // rest of a body pingora drains; a head no parser takes) is not held to the head
+                // deadline.
+                if bytes.first().is_some_and(|&b| starts_request(b)) {
+                    self.on_head(HeadScan::Lead, bytes);
                     if matches!(self.phase, Phase::Head { .. }) {
                         // Idle (for the memory guard) from the head's first byte, not the last
                         // answer: a head that comes in pieces is not an idle connection.
@@ -965,6 +962,42 @@ impl Deadlined {
                 }
             }
             Phase::Request | Phase::H2 => {}
+        }
+    }
+
+    /// The connection's first bytes, `matched` of them already HTTP/2's preface: HTTP/2 once the
+    /// preface is whole (its frames are followed from there, the rest is pingora's), HTTP/1.1's
+    /// head as soon as a byte differs.
+    fn on_preface(&mut self, matched: usize, bytes: &[u8]) {
+        let rest = &h2_frames::PREFACE[matched..];
+        let n = rest.len().min(bytes.len());
+        if bytes[..n] != rest[..n] {
+            // The preface's bytes so far were the head's first, and may have ended it.
+            match HeadScan::Lead.scan(&h2_frames::PREFACE[..matched]) {
+                Some(scan) => self.on_head(scan, bytes),
+                None => {
+                    self.phase = Phase::Request;
+                    self.armed = false;
+                }
+            }
+        } else if n < rest.len() {
+            self.phase = Phase::Preface { matched: (matched + n) as u8 };
+        } else {
+            self.phase = Phase::H2;
+            self.armed = false;
+            self.h2 = H2Frames::new(self.max_resets_per_second, self.memory.is_some(), rest.len());
+        }
+    }
+
+    /// Bytes of an HTTP/1.1 head whose lines so far left `scan`. Bytes past its end (a body, a
+    /// pipelined request) are pingora's to parse.
+    fn on_head(&mut self, scan: HeadScan, bytes: &[u8]) {
+        match scan.scan(bytes) {
+            Some(scan) => self.phase = Phase::Head { seen: true, scan },
+            None => {
+                self.phase = Phase::Request;
+                self.armed = false;
+            }
         }
     }
 

@@ -134,9 +134,20 @@ async fn a_head_that_starts_with_empty_lines_is_held_to_the_header_timeout() {
 
     // Kept alive after an answer, then a CRLF and a head a byte at a time.
     let mut inbound = mtls(&s).await;
-    inbound.write_all(b"GET /first HTTP/1.1\r\nhost: orders.shop\r\n\r\n").await.unwrap();
-    // The whole answer (its head, then its content-length of body), so that what the drip
-    // reads is only what came after it.
+    answered_once(&mut inbound).await;
+    inbound.write_all(b"\r\n").await.unwrap();
+    let (elapsed, answer) = drip_until_closed(inbound).await;
+    assert_at_deadline(elapsed, HEADER_TIMEOUT, "inbound, kept alive, an empty line first");
+    assert_408(&answer, "inbound, kept alive, an empty line first");
+    assert_eq!(closed(&s, "outbound", "header_timeout").await, 1);
+    assert_eq!(closed(&s, "inbound", "header_timeout").await, 1);
+    assert_eq!(closed(&s, "inbound", "idle_timeout").await, 0);
+}
+
+/// One request on a kept-alive connection, and its whole answer (its head, then its
+/// content-length of body), so that what is read next is only what came after it.
+async fn answered_once<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    stream.write_all(b"GET /first HTTP/1.1\r\nhost: orders.shop\r\n\r\n").await.unwrap();
     let mut answer = Vec::new();
     let mut buf = [0u8; 1];
     let whole = |answer: &[u8]| {
@@ -146,17 +157,53 @@ async fn a_head_that_starts_with_empty_lines_is_held_to_the_header_timeout() {
         (body.len() == length).then_some(())
     };
     while whole(&answer).is_none() {
-        let n = tokio::time::timeout(BOUND, inbound.read(&mut buf)).await.expect("answered").unwrap();
+        let n = tokio::time::timeout(BOUND, stream.read(&mut buf)).await.expect("answered").unwrap();
         assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&answer));
         answer.extend_from_slice(&buf[..n]);
     }
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&answer));
-    inbound.write_all(b"\r\n").await.unwrap();
-    let (elapsed, answer) = drip_until_closed(inbound).await;
-    assert_at_deadline(elapsed, HEADER_TIMEOUT, "inbound, kept alive, an empty line first");
-    assert_408(&answer, "inbound, kept alive, an empty line first");
+}
+
+/// HTTP/2 is told from HTTP/1.1 by its whole 24-byte preface, not its first bytes: a head that
+/// starts like the preface, and a client that stops within the preface (HTTP/2 chosen by ALPN),
+/// are held to the header deadline. Both were held for ever: the first bytes alone turned the
+/// deadline off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_or_a_preface_that_starts_like_http2_is_held_to_the_header_timeout() {
+    let s = start().await;
+
+    let mut outbound = tokio::net::TcpStream::connect(s.sidecar.outbound).await.unwrap();
+    outbound.write_all(b"PRI ").await.unwrap();
+    let (elapsed, answer) = drip_until_closed(outbound).await;
+    assert_at_deadline(elapsed, HEADER_TIMEOUT, "outbound, PRI and then a head");
+    assert_408(&answer, "outbound, PRI and then a head");
+
+    let mut inbound = mtls_stream(s.sidecar.inbound, &s.client, b"h2").await.unwrap();
+    let started = Instant::now();
+    inbound.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    // The server's SETTINGS may come first; then only the close.
+    read_until_closed(&mut inbound).await;
+    assert_at_deadline(started.elapsed(), HEADER_TIMEOUT, "inbound, HTTP/2 by ALPN, part of the preface");
+
     assert_eq!(closed(&s, "outbound", "header_timeout").await, 1);
     assert_eq!(closed(&s, "inbound", "header_timeout").await, 1);
+}
+
+/// After an answer, a head may start with any character a method may (httparse takes digits and
+/// symbols too): held to the deadline like one that starts with a letter (it was held for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_head_that_starts_with_a_digit_or_symbol_is_held_to_the_header_timeout() {
+    let s = start().await;
+    for (n, first) in [b"0", b"~"].into_iter().enumerate() {
+        let mut inbound = mtls(&s).await;
+        answered_once(&mut inbound).await;
+        inbound.write_all(first).await.unwrap();
+        let (elapsed, answer) = drip_until_closed(inbound).await;
+        let what = format!("inbound, kept alive, a head starting {:?}", first[0] as char);
+        assert_at_deadline(elapsed, HEADER_TIMEOUT, &what);
+        assert_408(&answer, &what);
+        assert_eq!(closed(&s, "inbound", "header_timeout").await, n as u64 + 1);
+    }
     assert_eq!(closed(&s, "inbound", "idle_timeout").await, 0);
 }
 

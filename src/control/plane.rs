@@ -288,6 +288,12 @@ async fn run(
                 }
             },
         ));
+        // pingora closes an idle HTTP/2 connection only when told to (serve.rs's deadlines hold
+        // HTTP/1.1 and the preface): the API server's, or anyone's who can reach the port.
+        let mut app = pingora::apps::http_app::HttpServer::new_app(app);
+        let mut options = pingora::apps::HttpServerOptions::default();
+        options.h2_idle_timeout = Some(crate::serve::ConnectionLimits::default().idle_timeout);
+        app.server_options = Some(options);
         tokio::spawn(serve(
             listener,
             Transport::Tls(acceptor),

@@ -70,10 +70,11 @@ impl FrameHeaders {
 }
 
 /// Premature RST_STREAM frames per second (CVE-2023-44487: streams opened and cancelled at once
-/// cost the server work the client never waits for). Premature: for a stream opened after the
-/// server last wrote anything, so no answer to it can have been sent. Clients reset streams they
-/// are done with too (hyper cancels a stream whose response body it drops unread); those resets
-/// come after the server wrote the answer and are not counted.
+/// cost the server work the client never waits for). Premature: for a stream the server has not
+/// begun to answer (no HEADERS or DATA written on it). Clients reset streams they are done with
+/// too (hyper cancels a stream whose response body it drops unread); those resets come after the
+/// answer began and are not counted. Whatever else the server writes meanwhile (a PING's
+/// acknowledgement, another stream's data) answers nothing.
 #[derive(Debug)]
 struct Resets {
     max: u32,
@@ -81,34 +82,52 @@ struct Resets {
     count: u32,
 }
 
+/// A stream the peer opened that is not done, and whether the server began its answer.
+#[derive(Debug, Clone, Copy)]
+struct OpenStream {
+    id: u32,
+    answered: bool,
+}
+
 /// The streams the peer opened that are not done: the server ended its side (END_STREAM) or
 /// either side reset them.
 #[derive(Debug)]
 struct OpenStreams {
-    ids: Vec<u32>,
+    streams: Vec<OpenStream>,
     /// Since when none is open; `None` while some are, or past [`MAX_TRACKED`].
     idle_since: Option<Instant>,
     overflowed: bool,
 }
 
 impl OpenStreams {
-    fn opened(&mut self, stream: u32) {
+    fn opened(&mut self, id: u32) {
         if self.overflowed {
             return;
         }
-        if self.ids.len() == MAX_TRACKED {
+        if self.streams.len() == MAX_TRACKED {
             self.overflowed = true;
-            self.ids = Vec::new();
+            self.streams = Vec::new();
         } else {
-            self.ids.push(stream);
+            self.streams.push(OpenStream { id, answered: false });
         }
         self.idle_since = None;
     }
 
-    fn ended(&mut self, stream: u32) {
-        if let Some(at) = self.ids.iter().position(|&id| id == stream) {
-            self.ids.swap_remove(at);
-            if self.ids.is_empty() {
+    fn answered(&mut self, id: u32) {
+        if let Some(stream) = self.streams.iter_mut().find(|s| s.id == id) {
+            stream.answered = true;
+        }
+    }
+
+    /// Open and not answered; past [`MAX_TRACKED`], any stream (no connection needs that many).
+    fn unanswered(&self, id: u32) -> bool {
+        self.overflowed || self.streams.iter().any(|s| s.id == id && !s.answered)
+    }
+
+    fn ended(&mut self, id: u32) {
+        if let Some(at) = self.streams.iter().position(|s| s.id == id) {
+            self.streams.swap_remove(at);
+            if self.streams.is_empty() {
                 self.idle_since = Some(Instant::now());
             }
         }
@@ -124,50 +143,43 @@ pub(super) struct H2Frames {
     resets: Option<Resets>,
     /// The highest stream id the peer opened (HEADERS) so far.
     highest_opened: u32,
-    /// `highest_opened` when the server last wrote: streams up to it may have been answered.
-    written_past: u32,
-    /// `None`: not followed (no one asks whether the connection is idle).
-    open: Option<OpenStreams>,
+    open: OpenStreams,
+    /// Whether anyone asks whether the connection is idle (`idle_since`).
+    report_idle: bool,
 }
 
 impl H2Frames {
-    /// Follows a connection whose preface is the next thing read: its resets when limited to
-    /// `max_resets_per_second`, its open streams when `track_streams`; `None` when neither.
-    pub(super) fn new(max_resets_per_second: Option<u32>, track_streams: bool) -> Option<Self> {
+    /// Follows a connection whose next `preface_left` bytes read are the rest of its preface:
+    /// its resets when limited to `max_resets_per_second`, its open streams when `track_streams`;
+    /// `None` when neither.
+    pub(super) fn new(max_resets_per_second: Option<u32>, track_streams: bool, preface_left: usize) -> Option<Self> {
         if max_resets_per_second.is_none() && !track_streams {
             return None;
         }
         Some(H2Frames {
-            read: FrameHeaders::after(PREFACE.len()),
+            read: FrameHeaders::after(preface_left),
             written: FrameHeaders::after(0),
             resets: max_resets_per_second.map(|max| Resets { max, window: Instant::now(), count: 0 }),
             highest_opened: 0,
-            written_past: 0,
-            open: track_streams.then(|| OpenStreams {
-                ids: Vec::new(),
-                idle_since: Some(Instant::now()),
-                overflowed: false,
-            }),
+            open: OpenStreams { streams: Vec::new(), idle_since: Some(Instant::now()), overflowed: false },
+            report_idle: track_streams,
         })
     }
 
     /// Follows `bytes`, the next ones the peer sent; whether the peer is past its resets.
     pub(super) fn read(&mut self, bytes: &[u8]) -> bool {
         let mut premature = 0u32;
-        let (highest, written_past, open) = (&mut self.highest_opened, self.written_past, &mut self.open);
+        let (highest, open) = (&mut self.highest_opened, &mut self.open);
         self.read.feed(bytes, |kind, _, stream| match kind {
             // A stream's first HEADERS opens it (later ones on it are trailers).
             HEADERS if stream > *highest => {
                 *highest = stream;
-                if let Some(open) = open.as_mut() {
-                    open.opened(stream);
-                }
+                open.opened(stream);
             }
             RST_STREAM => {
-                premature += u32::from(stream > written_past);
-                if let Some(open) = open.as_mut() {
-                    open.ended(stream);
-                }
+                // A stream never opened is h2's to refuse; counted all the same.
+                premature += u32::from(stream > *highest || open.unanswered(stream));
+                open.ended(stream);
             }
             _ => {}
         });
@@ -181,16 +193,15 @@ impl H2Frames {
         resets.count > resets.max
     }
 
-    /// Follows `bytes`, the next ones the server wrote to the peer: streams opened so far may
-    /// have their answers.
+    /// Follows `bytes`, the next ones the server wrote to the peer: the answers begun and ended.
     pub(super) fn wrote(&mut self, bytes: &[u8]) {
-        self.written_past = self.highest_opened;
         let open = &mut self.open;
         // Followed even when no stream is: where the frames end is what says whether a GOAWAY
         // may be written (`goaway`).
-        self.written.feed(bytes, |kind, flags, stream| match (kind, open.as_mut()) {
-            (DATA | HEADERS, Some(open)) if flags & END_STREAM != 0 => open.ended(stream),
-            (RST_STREAM, Some(open)) => open.ended(stream),
+        self.written.feed(bytes, |kind, flags, stream| match kind {
+            DATA | HEADERS if flags & END_STREAM != 0 => open.ended(stream),
+            DATA | HEADERS => open.answered(stream),
+            RST_STREAM => open.ended(stream),
             _ => {}
         });
     }
@@ -214,7 +225,7 @@ impl H2Frames {
 
     /// Since when no stream has been open; `None` while one is (or when not followed).
     pub(super) fn idle_since(&self) -> Option<Instant> {
-        self.open.as_ref().and_then(|open| open.idle_since)
+        self.open.idle_since.filter(|_| self.report_idle)
     }
 
     /// Stops counting resets (the connection is being closed for them).
@@ -256,14 +267,14 @@ mod tests {
         }
         // Five resets: at the limit of five, not past it, however the bytes are split up.
         for chunk in [1, 7, 9, 100, wire.len()] {
-            let mut count = H2Frames::new(Some(5), false).unwrap();
+            let mut count = H2Frames::new(Some(5), false, PREFACE.len()).unwrap();
             assert!(!wire.chunks(chunk).any(|c| count.read(c)), "split every {chunk}");
             assert_eq!(count.resets(), 5, "split every {chunk}: only RST_STREAM frames count");
             // One more within the second: past it.
             assert!(count.read(&frame(RST_STREAM, 11, &8u32.to_be_bytes())));
         }
         // A second later the count starts again.
-        let mut count = H2Frames::new(Some(5), false).unwrap();
+        let mut count = H2Frames::new(Some(5), false, PREFACE.len()).unwrap();
         assert!(!count.read(&wire));
         tokio::time::advance(Duration::from_secs(1)).await;
         let more: Vec<u8> = (0..5).flat_map(|i| frame(RST_STREAM, 13 + 2 * i, &8u32.to_be_bytes())).collect();
@@ -273,7 +284,7 @@ mod tests {
 
     #[test]
     fn resets_of_streams_the_server_may_have_answered_are_not_counted() {
-        let mut count = H2Frames::new(Some(5), false).unwrap();
+        let mut count = H2Frames::new(Some(5), false, PREFACE.len()).unwrap();
         let mut wire = PREFACE.to_vec();
         wire.extend(frame(0x4, 0, &[]));
         assert!(!count.read(&wire));
@@ -293,11 +304,29 @@ mod tests {
         assert!(count.read(&flood), "six premature resets, five allowed");
     }
 
+    #[test]
+    fn what_the_server_writes_on_other_streams_or_the_connection_answers_no_stream() {
+        // The bypass: open a stream, ask for a PING and wait for its acknowledgement, then
+        // reset the stream. The server wrote in between, but nothing on that stream.
+        let mut count = H2Frames::new(Some(5), false, PREFACE.len()).unwrap();
+        assert!(!count.read(&[PREFACE.as_slice(), &frame(0x4, 0, &[])].concat()));
+        let long_download = 1;
+        assert!(!count.read(&frame(HEADERS, long_download, &[0x82])));
+        count.wrote(&frame(HEADERS, long_download, &[0x88]));
+        let past = (1..=6u32).map(|i| {
+            let stream = 1 + 2 * i;
+            assert!(!count.read(&[frame(HEADERS, stream, &[0x82]), frame(0x6, 0, &[0; 8])].concat()));
+            count.wrote(&[frame_with(0x6, 0x1, 0, &[0; 8]), frame(DATA, long_download, &[0; 100])].concat());
+            count.read(&frame(RST_STREAM, stream, &8u32.to_be_bytes()))
+        });
+        assert_eq!(past.collect::<Vec<_>>(), [false, false, false, false, false, true], "the sixth is past five");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_idle_from_its_preface_and_whenever_every_stream_it_opened_is_done() {
-        assert!(H2Frames::new(None, false).is_none(), "nothing to follow");
+        assert!(H2Frames::new(None, false, PREFACE.len()).is_none(), "nothing to follow");
         let start = Instant::now();
-        let mut conn = H2Frames::new(None, true).unwrap();
+        let mut conn = H2Frames::new(None, true, PREFACE.len()).unwrap();
         assert_eq!(conn.idle_since(), Some(start), "no stream yet");
         let mut wire = PREFACE.to_vec();
         wire.extend(frame(0x4, 0, &[]));
@@ -336,7 +365,7 @@ mod tests {
 
     #[test]
     fn a_goaway_names_the_last_stream_the_peer_opened_and_is_only_written_between_frames() {
-        let mut conn = H2Frames::new(Some(100), false).unwrap();
+        let mut conn = H2Frames::new(Some(100), false, PREFACE.len()).unwrap();
         let mut wire = PREFACE.to_vec();
         wire.extend(frame(0x4, 0, &[]));
         wire.extend(frame(HEADERS, 1, &[0x82]));
@@ -348,7 +377,7 @@ mod tests {
         // The server's frames in pieces: only once the last one is whole may a GOAWAY follow it.
         let answer = [frame(0x4, 0, &[]), frame(HEADERS, 1, &[0x88]), frame(DATA, 7, &[0; 100])].concat();
         for end in 1..answer.len() {
-            let mut conn = H2Frames::new(Some(100), false).unwrap();
+            let mut conn = H2Frames::new(Some(100), false, PREFACE.len()).unwrap();
             conn.read(&wire);
             conn.wrote(&answer[..end]);
             let between = [9, 19].contains(&end);
@@ -356,12 +385,16 @@ mod tests {
             conn.wrote(&answer[end..]);
             assert_eq!(conn.goaway(ENHANCE_YOUR_CALM).map(Vec::from), Some(expected.clone()));
         }
-        assert_eq!(&H2Frames::new(None, true).unwrap().goaway(NO_ERROR).unwrap()[9..], &[0; 8], "no stream yet");
+        assert_eq!(
+            &H2Frames::new(None, true, PREFACE.len()).unwrap().goaway(NO_ERROR).unwrap()[9..],
+            &[0; 8],
+            "no stream yet"
+        );
     }
 
     #[test]
     fn past_any_sane_number_of_open_streams_a_connection_is_never_taken_as_idle() {
-        let mut conn = H2Frames::new(None, true).unwrap();
+        let mut conn = H2Frames::new(None, true, PREFACE.len()).unwrap();
         conn.read(PREFACE);
         let opened: Vec<u8> = (0..=MAX_TRACKED as u32).flat_map(|i| frame(HEADERS, 1 + 2 * i, &[0x82])).collect();
         conn.read(&opened);
