@@ -4,10 +4,12 @@
 //!
 //! Memory is bounded without forgiving anyone (issue 16: resetting the table past a cap let a
 //! flood of new keys reset a limited one). The table ([`CappedStore`]) admits at most `max_keys`
-//! keys; a bucket leaves it only once it is full again, which is indistinguishable from a new
-//! bucket. While the table is full, a key not in it shares one overflow bucket with every other such
-//! key: a limited key keeps its bucket, and a flood of new keys limits itself (and new callers, until
-//! the next sweep frees full buckets) instead of the keys already tracked.
+//! keys. A new key that finds the table full makes room first (at most every [`EVICT_EVERY`]):
+//! buckets that are full again go, as they are indistinguishable from new ones; if that frees too
+//! little, buckets that still hold a token go too (their caller is not limited now). A limited
+//! bucket, or one with throttled requests waiting on it, never goes. When even that leaves no room
+//! (every tracked key is limited), the new key shares one overflow bucket with every other such
+//! key: a flood of new keys limits itself instead of the keys already tracked.
 //!
 //! Throttling (`action: DELAY`) is a reservation on the same bucket: a request that finds no
 //! token may take the next one that comes within `maxDelay`, and waits for it. Each reservation
@@ -22,11 +24,19 @@ use std::time::Duration;
 
 use governor::clock::{Clock, MonotonicClock, Reference};
 use governor::nanos::Nanos;
-use governor::state::keyed::{DashMapStateStore, ShrinkableKeyedStateStore};
+use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed, StateStore};
 
 /// Live keys per limit (a few MB at most); past it, new keys share the overflow bucket.
 pub const MAX_KEYS: usize = 100_000;
+
+/// How often a full table may be swept from the request path: a sweep walks every entry, so a
+/// flood of new keys pays for one a tenth of a second, not one per request.
+pub const EVICT_EVERY: Duration = Duration::from_millis(100);
+
+/// Past a sweep of full buckets, the table is still crowded above this share of the cap: the
+/// buckets that hold a token go too.
+const CROWDED_PERCENT: usize = 90;
 
 /// governor's DashMap store with a bound on its entries and an overflow bucket past it.
 pub struct CappedStore {
@@ -39,6 +49,8 @@ pub struct CappedStore {
     overflow: InMemoryState,
     /// Requests that went to the overflow bucket since the last sweep.
     overflowed: AtomicU64,
+    /// When the request path last swept the full table (bucket time, nanoseconds; `u64::MAX`: never).
+    evicted_at: AtomicU64,
 }
 
 impl CappedStore {
@@ -49,23 +61,14 @@ impl CappedStore {
             cap,
             overflow: InMemoryState::default(),
             overflowed: AtomicU64::new(0),
+            evicted_at: AtomicU64::new(u64::MAX),
         }
     }
 
-    /// A bucket's theoretical arrival time, read without changing it (the closure refuses).
-    fn tat(state: &InMemoryState) -> u64 {
-        state
-            .measure_and_replace(&NotKeyed::NonKey, |prev: Option<Nanos>| Err::<((), Nanos), _>(prev))
-            .err()
-            .flatten()
-            .map_or(0, u64::from)
-    }
-}
-
-impl StateStore for CappedStore {
-    type Key = u64;
-
-    fn measure_and_replace<T, F, E>(&self, key: &u64, f: F) -> Result<T, E>
+    /// governor's `measure_and_replace` on `key`'s bucket, making room for a new key in a full
+    /// table first (see the module's notes). `now`, `t` and `tau` are the limit's, as in
+    /// [`Buckets`].
+    fn measure_and_replace<T, F, E>(&self, key: &u64, now: u64, t: u64, tau: u64, f: F) -> Result<T, E>
     where
         F: Fn(Option<Nanos>) -> Result<(T, Nanos), E>,
     {
@@ -73,8 +76,8 @@ impl StateStore for CappedStore {
         if let Some(state) = self.map.get(key) {
             return state.measure_and_replace(&NotKeyed::NonKey, f);
         }
-        if self.live.fetch_add(1, Ordering::Relaxed) >= self.cap {
-            self.live.fetch_sub(1, Ordering::Relaxed);
+        let slot = self.take_slot() || (self.make_room(now, t, tau) && self.take_slot());
+        if !slot {
             self.overflowed.fetch_add(1, Ordering::Relaxed);
             return self.overflow.measure_and_replace(&NotKeyed::NonKey, f);
         }
@@ -88,11 +91,51 @@ impl StateStore for CappedStore {
         }
         state.measure_and_replace(&NotKeyed::NonKey, f)
     }
+
+    /// Reserves a slot for a new entry, if the table has one.
+    fn take_slot(&self) -> bool {
+        if self.live.fetch_add(1, Ordering::Relaxed) < self.cap {
+            return true;
+        }
+        self.live.fetch_sub(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Sweeps the full table, unless another request did within [`EVICT_EVERY`]: full buckets
+    /// first, then, if the table is still crowded, those that hold a token. True when it swept.
+    fn make_room(&self, now: u64, t: u64, tau: u64) -> bool {
+        let last = self.evicted_at.load(Ordering::Relaxed);
+        let every = EVICT_EVERY.as_nanos() as u64;
+        if last != u64::MAX && now.saturating_sub(last) < every {
+            return false;
+        }
+        // One sweeper at a time; the others go on to the overflow bucket meanwhile.
+        if self.evicted_at.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err() {
+            return false;
+        }
+        self.retain_recent(Nanos::from(now.saturating_sub(t)));
+        if self.live.load(Ordering::Relaxed) * 100 > self.cap * CROWDED_PERCENT {
+            // A bucket whose next token is due by now (TAT - tau <= now) lets its caller in: not
+            // limited, and no throttled request waits on it (a reservation puts the TAT past that).
+            self.retain_recent(Nanos::from(now.saturating_add(tau)));
+        }
+        true
+    }
+
+    /// A bucket's theoretical arrival time, read without changing it (the closure refuses).
+    fn tat(state: &InMemoryState) -> u64 {
+        state
+            .measure_and_replace(&NotKeyed::NonKey, |prev: Option<Nanos>| Err::<((), Nanos), _>(prev))
+            .err()
+            .flatten()
+            .map_or(0, u64::from)
+    }
 }
 
-impl ShrinkableKeyedStateStore<u64> for CappedStore {
-    /// Drops the buckets that are full again: their arrival time is not after `drop_below` (now).
-    /// A limited bucket's is in the future, so it is never dropped.
+impl CappedStore {
+    /// Drops the buckets whose arrival time is not after `drop_below`: with the time a token ago,
+    /// those full again (the sweep); with `now + tau`, also those that hold a token (a crowded
+    /// table). A limited bucket's is later than either, so it is never dropped.
     fn retain_recent(&self, drop_below: Nanos) {
         let drop_below = u64::from(drop_below);
         let mut removed = 0;
@@ -110,10 +153,6 @@ impl ShrinkableKeyedStateStore<u64> for CappedStore {
 
     fn len(&self) -> usize {
         self.map.len()
-    }
-
-    fn is_empty(&self) -> bool {
-        self.map.is_empty()
     }
 }
 
@@ -169,7 +208,7 @@ impl<C: Clock> Buckets<C> {
         let now = self.now();
         let max_wait = u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX);
         let (t, tau) = (self.t, self.tau);
-        let outcome = self.store.measure_and_replace(&key, |tat: Option<Nanos>| {
+        let outcome = self.store.measure_and_replace(&key, now, t, tau, |tat: Option<Nanos>| {
             let tat = tat.map_or(now, u64::from);
             let wait = tat.saturating_sub(tau).saturating_sub(now);
             if wait > max_wait {
@@ -284,16 +323,17 @@ mod tests {
 
     #[test]
     fn past_the_cap_new_keys_share_one_bucket_and_tracked_keys_keep_theirs() {
+        // Every tracked key is limited (its two tokens spent), so a full table has nothing to let go.
         let clock = FakeRelativeClock::default();
         let buckets = Buckets::with_clock(nz(1), Duration::from_secs(3600), nz(2), clock.clone(), 1000);
         for i in 0..1000u32 {
-            assert!(buckets.take(buckets.key_of(&i.to_le_bytes())).is_ok());
+            let key = buckets.key_of(&i.to_le_bytes());
+            assert!(buckets.take(key).is_ok() && buckets.take(key).is_ok());
         }
         assert_eq!(buckets.keys(), 1000);
-        // Tracked keys: own buckets, one token left each.
-        assert!(buckets.take(buckets.key_of(&7u32.to_le_bytes())).is_ok());
-        assert!(buckets.take(buckets.key_of(&7u32.to_le_bytes())).is_err());
-        // New keys: the table is full, so they share the overflow bucket (burst 2), and stay out.
+        assert!(buckets.take(buckets.key_of(&7u32.to_le_bytes())).is_err(), "tracked keys keep their buckets");
+        // New keys: the table is full of limited buckets, so they share the overflow bucket
+        // (burst 2), and stay out.
         let shared: Vec<bool> =
             (0..4u32).map(|i| buckets.take(buckets.key_of(&(5000 + i).to_le_bytes())).is_ok()).collect();
         assert_eq!(shared, [true, true, false, false]);
@@ -301,31 +341,72 @@ mod tests {
         assert_eq!(buckets.forget_idle(), 4, "four requests used the overflow bucket");
         assert_eq!(buckets.keys(), 1000, "no bucket is full yet: none is dropped");
         assert_eq!(buckets.forget_idle(), 0, "the count is per sweep");
+        assert!(buckets.take(buckets.key_of(&7u32.to_le_bytes())).is_err(), "and none was forgiven");
     }
 
     #[test]
-    fn idle_full_buckets_are_evicted_first_and_free_their_slots() {
+    fn a_full_table_lets_full_buckets_go_when_a_new_key_comes_not_a_second_later() {
+        // 100/s, burst 100: a key that sent one request is full again 10 ms later. A flood of
+        // one-request keys must not hold the table until the next sweep and push new callers
+        // into the shared overflow bucket.
         let clock = FakeRelativeClock::default();
-        let buckets = Buckets::with_clock(nz(10), Duration::from_secs(1), nz(1), clock.clone(), 100);
+        let buckets = Buckets::with_clock(nz(100), Duration::from_secs(1), nz(100), clock.clone(), 100);
+        for i in 0..100u32 {
+            assert!(buckets.take(buckets.key_of(&i.to_le_bytes())).is_ok());
+        }
+        clock.advance(Duration::from_millis(100));
+        // The first new key makes room; a hundred new keys get buckets of their own.
+        for i in 0..100u32 {
+            assert!(buckets.take(buckets.key_of(&(1000 + i).to_le_bytes())).is_ok(), "new key {i}");
+        }
+        assert_eq!(buckets.keys(), 100);
+        assert_eq!(buckets.forget_idle(), 0, "no new key used the overflow bucket");
+    }
+
+    #[test]
+    fn a_crowded_table_lets_go_of_buckets_with_tokens_left_never_of_limited_ones() {
+        // 1 an hour, burst 2. Tracked: one limited key and 99 with a token left (not full, so a
+        // sweep of full buckets frees nothing).
+        let clock = FakeRelativeClock::default();
+        let buckets = Buckets::with_clock(nz(1), Duration::from_secs(3600), nz(2), clock.clone(), 100);
         let limited = buckets.key_of(b"limited");
-        assert!(buckets.take(limited).is_ok());
+        assert!(buckets.take(limited).is_ok() && buckets.take(limited).is_ok());
+        assert!(buckets.take(limited).is_err());
         for i in 0..99u32 {
             assert!(buckets.take(buckets.key_of(&i.to_le_bytes())).is_ok());
         }
         assert_eq!(buckets.keys(), 100);
-        // 0.2 s later all 99 have refilled (governor forgets a bucket one token period after it is
-        // full), and so has `limited`, but it spends again and is limited at the sweep.
-        clock.advance(Duration::from_millis(200));
-        while buckets.take(limited).is_ok() {}
-        buckets.forget_idle();
-        assert_eq!(buckets.keys(), 1, "only the bucket that is not full stays");
-        assert!(buckets.take(limited).is_err(), "and it was not forgiven");
-        // The freed slots take new keys with buckets of their own again.
-        for i in 0..99u32 {
-            assert!(buckets.take(buckets.key_of(&(1000 + i).to_le_bytes())).is_ok());
-        }
-        assert_eq!(buckets.keys(), 100);
+        // A new caller gets a bucket of its own; the 99 unlimited buckets made way for it.
+        let newcomer = buckets.key_of(b"newcomer");
+        assert!(buckets.take(newcomer).is_ok() && buckets.take(newcomer).is_ok());
+        assert!(buckets.take(newcomer).is_err(), "its own bucket of two, not the overflow's");
+        assert_eq!(buckets.keys(), 2, "the limited key and the newcomer");
+        assert!(buckets.take(limited).is_err(), "the limited key was not forgiven");
         assert_eq!(buckets.forget_idle(), 0);
+    }
+
+    #[test]
+    fn a_full_table_is_swept_from_the_request_path_at_most_every_tenth_of_a_second() {
+        // 1000/s, burst 1: a bucket is full again 2 ms after its request.
+        let clock = FakeRelativeClock::default();
+        let buckets = Buckets::with_clock(nz(1000), Duration::from_secs(1), nz(1), clock.clone(), 10);
+        let take = |name: String| buckets.take(buckets.key_of(name.as_bytes())).is_ok();
+        assert!((0..10).all(|i| take(format!("first-{i}"))));
+        clock.advance(Duration::from_millis(5));
+        assert!(take("a".into()), "the first new key swept the ten full buckets out");
+        assert_eq!(buckets.keys(), 1);
+        assert!((0..9).all(|i| take(format!("second-{i}"))));
+        assert_eq!(buckets.keys(), 10);
+        clock.advance(Duration::from_millis(5));
+        // All full again, but the request path swept 5 ms ago: new keys share the overflow
+        // bucket (one token).
+        assert!(take("b".into()));
+        assert!(!take("c".into()));
+        assert_eq!(buckets.keys(), 10);
+        clock.advance(EVICT_EVERY);
+        assert!(take("d".into()));
+        assert_eq!(buckets.keys(), 1, "a tenth of a second on, the next new key swept again");
+        assert_eq!(buckets.forget_idle(), 2, "two requests used the overflow bucket");
     }
 
     // === Throttling: reservations (DELAY) ===
