@@ -34,8 +34,9 @@ pub struct ProviderSpec {
     pub audiences: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks: Option<JwksSpec>,
-    /// Enables HS256/384/512 for this issuer only; never serialised (`/config_dump`).
-    #[serde(default, skip_serializing)]
+    /// Enables HS256/384/512 for this issuer only. Serialised, as the control plane sends policies
+    /// to its sidecars that way (over mutual TLS); `/config_dump` redacts it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hmac_secret: Option<SecretSpec>,
     #[serde(default = "default_from_headers")]
     pub from_headers: Vec<FromHeader>,
@@ -52,12 +53,12 @@ pub struct ProviderSpec {
 }
 
 /// A shared secret: the exact bytes of a file, or inline text.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretSpec {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<PathBuf>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inline: Option<String>,
 }
 

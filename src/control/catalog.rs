@@ -378,6 +378,22 @@ mod tests {
     }
 
     #[test]
+    fn a_served_document_keeps_the_hmac_secret_its_sidecars_need() {
+        // The served document is the parsed policy serialised again: a field left out there is
+        // lost to every sidecar (an HS256-only provider would be refused, whole snapshot and all).
+        let dir = tempfile::tempdir().unwrap();
+        let jwt = "  authentication:\n    requireJwt: true\n    jwt:\n      - issuer: https://auth.example\n        hmacSecret: {inline: \"0123456789abcdef0123456789abcdef\"}\n";
+        std::fs::write(dir.path().join("orders.yaml"), policy("orders", "shop", &format!("{ORDERS}{jwt}"))).unwrap();
+        let catalog = PolicyDirectory::new(dir.path().into()).scan().catalog.unwrap();
+        let selection = catalog.select(&workload("shop", "orders"));
+        let document = std::str::from_utf8(&selection.entries[0].document).unwrap();
+        let (again, errors) = parse_file(Path::new("x"), document);
+        assert!(errors.is_empty(), "{errors:?}\n{document}");
+        let secret = again[0].policy.spec.authentication.as_ref().and_then(|a| a.jwt[0].hmac_secret.as_ref());
+        assert_eq!(secret.and_then(|s| s.inline.as_deref()), Some("0123456789abcdef0123456789abcdef"), "{document}");
+    }
+
+    #[test]
     fn versions_follow_exactly_the_selected_set() {
         let dir = tempfile::tempdir().unwrap();
         let write = |file: &str, text: &str| std::fs::write(dir.path().join(file), text).unwrap();
