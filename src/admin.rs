@@ -241,15 +241,20 @@ impl Admin {
         })
     }
 
-    async fn read_body(session: &mut ServerSession) -> Option<Vec<u8>> {
+    /// The whole body, or why not: a filter cut short (the client went, or sent less than its
+    /// Content-Length) is not applied as if it were whole.
+    async fn read_body(session: &mut ServerSession) -> Result<Vec<u8>, (StatusCode, &'static str)> {
         let mut body = Vec::new();
-        while let Ok(Some(chunk)) = session.read_request_body().await {
-            body.extend_from_slice(&chunk);
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+                Ok(None) => return Ok(body),
+                Err(_) => return Err((StatusCode::BAD_REQUEST, "the body did not arrive whole")),
+            }
             if body.len() > MAX_BODY {
-                return None;
+                return Err((StatusCode::PAYLOAD_TOO_LARGE, "filter too long"));
             }
         }
-        Some(body)
     }
 }
 

@@ -83,6 +83,33 @@ async fn state_changes_from_a_foreign_origin_or_host_are_refused_and_own_ones_ac
     assert!(eventually(async || !live(&s).await).await, "the accepted /shutdown stopped the sidecar");
 }
 
+/// What only the pod may read is refused to a foreign Host too: a page whose name rebinds to
+/// 127.0.0.1 is same-origin to its browser, which would hand it the answer. The probes and the
+/// scrape answer whatever the Host (kubelet sends the pod IP, a scraper its target's name).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_only_the_pod_may_make_are_refused_to_a_foreign_host_and_probes_answer_any() {
+    let s = PolicedSidecar::start(&documents()).await;
+    let port = s.sidecar.admin.port();
+    let get = async |path: &str, host: &str| {
+        let url = format!("http://{}{path}", s.sidecar.admin);
+        let response = http_client().get(url).header("host", host).send().await.unwrap();
+        (response.status(), response.text().await.unwrap())
+    };
+    let evil_host = format!("evil.example:{port}");
+    for path in ["/config_dump", "/log_level"] {
+        let (status, body) = get(path, &evil_host).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+        assert!(!body.contains(SECRET_VALUE) && !body.contains("guarded"), "{path}: {body}");
+        let (status, body) = get(path, &format!("localhost:{port}")).await;
+        assert_eq!(status, StatusCode::OK, "{path}, own host: {body}");
+    }
+    for path in ["/live", "/ready", "/metrics"] {
+        let (status, body) = get(path, "10.1.2.3:15000").await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+    }
+    s.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_dump_redacts_condition_values_and_secrets() {
     let s = PolicedSidecar::start(&documents()).await;
