@@ -273,8 +273,11 @@ impl ServeHttp for Admin {
         if !from_loopback && !served_to_the_network(&method, &path) {
             return text(StatusCode::FORBIDDEN, FROM_THE_POD_ONLY);
         }
-        // Whatever changes state (every method but GET and HEAD, on any path).
-        if method != Method::GET && method != Method::HEAD {
+        // Whatever changes state (every method but GET and HEAD, on any path), and whatever only
+        // the pod may read: a web page that rebinds its own name to 127.0.0.1 is same-origin to
+        // the browser, so its reads of /config_dump would be answered too; its Host gives it away.
+        let changes_state = method != Method::GET && method != Method::HEAD;
+        if changes_state || !served_to_the_network(&method, &path) {
             if let Some(why) = foreign_request(session) {
                 tracing::warn!(path, why, "admin request refused");
                 return text(StatusCode::FORBIDDEN, why);
@@ -303,8 +306,9 @@ impl ServeHttp for Admin {
             }
             (Method::GET, "/log_level") => text(StatusCode::OK, &self.log_level.get()),
             (Method::POST, "/log_level") => {
-                let Some(body) = Self::read_body(session).await else {
-                    return text(StatusCode::PAYLOAD_TOO_LARGE, "filter too long");
+                let body = match Self::read_body(session).await {
+                    Ok(body) => body,
+                    Err((status, why)) => return text(status, why),
                 };
                 match self.log_level.set(String::from_utf8_lossy(&body).trim()) {
                     Ok(()) => text(StatusCode::OK, &self.log_level.get()),

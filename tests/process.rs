@@ -141,6 +141,39 @@ async fn post_shutdown_from_localhost_drains_and_exits_zero() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// `POST /log_level` applies a filter only when its body came whole: one cut short (the client
+/// went before its Content-Length) used to be applied as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_filter_cut_short_is_not_applied() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pki = Pki::new();
+    let server = pki.workload("server", &id("shop", "orders"));
+    let ports = [free_port(), free_port(), free_port()];
+    let config = write_config(pki.dir.path(), &server, 9, ports);
+    let mut child = spawn_ready(&config, ports[2]).await;
+    let admin = format!("http://127.0.0.1:{}", ports[2]);
+    let client = http_client();
+    let level = async || {
+        client.get(format!("{admin}/log_level")).send().await.unwrap().text().await.unwrap().trim().to_string()
+    };
+    assert_eq!(level().await, "info");
+
+    let mut raw = tokio::net::TcpStream::connect(("127.0.0.1", ports[2])).await.unwrap();
+    raw.write_all(b"POST /log_level HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 20\r\n\r\nwarn").await.unwrap();
+    raw.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    let _ = raw.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(level().await, "info", "the cut-short filter was applied");
+
+    let whole = client.post(format!("{admin}/log_level")).body("warn").send().await.unwrap();
+    assert_eq!(whole.status(), 200);
+    assert_eq!(level().await, "warn", "a whole one is");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Runs a sidecar with these arguments and variables (and no log variables of the test's own),
 /// shuts it down through its admin API and returns what it wrote on stderr.
 async fn stderr_of_a_run(args: &[&str], env: &[(&str, &str)]) -> String {
