@@ -717,7 +717,15 @@ impl CompiledLimit {
                 Some(IpAddr::V6(ip)) => self.buckets.key_of(&ip.octets()[..8]),
                 None => 0,
             },
-            LimitKey::Header(h) => self.buckets.key_of(req.headers.get(h).map_or(&[][..], |v| v.as_bytes())),
+            LimitKey::Header(h) => {
+                // One value, or the keyless bucket: sent twice, a caller could mint a fresh key
+                // per request with the value its app reads beside it (as `when` fails closed).
+                let mut values = req.headers.get_all(h).iter();
+                match (values.next(), values.next()) {
+                    (Some(value), None) => self.buckets.key_of(value.as_bytes()),
+                    _ => self.buckets.key_of(&[]),
+                }
+            }
             LimitKey::Claim(path) => match req.token().and_then(|t| t.claims().text(path)) {
                 Some(text) => self.buckets.key_of(text.as_bytes()),
                 None => self.buckets.key_of(&[]),

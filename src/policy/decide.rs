@@ -1052,6 +1052,23 @@ mod tests {
     }
 
     #[test]
+    fn a_header_key_sent_twice_counts_against_the_keyless_bucket_not_a_fresh_one() {
+        let s = snapshot(
+            "  rateLimits:\n    - {name: per-key, key: \"request.headers[x-key]\", rate: 1, per: 60s, burst: 1}\n",
+        );
+        let limited = |r: &Req| matches!(throttle_of(&s, r), Err(Refusal::RateLimited(_)));
+        let real = req("GET", "/").header("x-key", "K");
+        assert!(!limited(&real));
+        assert!(limited(&real), "K is at its limit");
+        // A fresh value beside the real one (the app may read either): not a fresh bucket.
+        let twice = |fresh: &str| req("GET", "/").header("x-key", fresh).header("x-key", "K");
+        assert!(!limited(&twice("r1")), "the keyless bucket's one token");
+        assert!(limited(&twice("r2")), "a second fresh value is no new key");
+        assert!(limited(&req("GET", "/")), "the same bucket as a request without the header");
+        assert!(!limited(&req("GET", "/").header("x-key", "other")), "one other value is its own key");
+    }
+
+    #[test]
     fn several_keys_waiting_at_once_are_bounded_per_limit() {
         // Every key may queue one request (a minute's wait at one a minute); past
         // MAX_WAITING_PER_LIMIT waiting in all, the next over-limit request is refused even though
