@@ -385,13 +385,30 @@ async fn run(
     let inbound_transport = Transport::Mesh { tls: tls.clone(), policy: policy.clone() };
 
     let stop = shutdown.subscribe();
+    let open_files = crate::lifecycle::raise_open_files_limit();
+    let (data_connections, admin_connections) =
+        crate::serve::connection_budget(open_files, config.limits.max_connections);
+    if data_connections < config.limits.max_connections {
+        tracing::warn!(
+            open_files,
+            configured = config.limits.max_connections,
+            data_connections,
+            admin_connections,
+            "the open-files limit holds fewer connections than limits.maxConnections: each data listener takes \
+             data_connections, the admin listener admin_connections (raise the container's nofile limit)"
+        );
+    }
     let limits = |direction| ConnectionLimits {
         direction,
         header_timeout: config.limits.header_timeout.0,
         idle_timeout: config.limits.idle_timeout.0,
-        max_connections: config.limits.max_connections,
+        max_connections: if direction == "admin" { admin_connections } else { data_connections },
         // The outbound listener's only caller is the pod's own app: one source.
-        max_connections_per_source: (direction != "outbound").then_some(config.limits.max_connections_per_source),
+        max_connections_per_source: match direction {
+            "outbound" => None,
+            "admin" => Some(config.limits.max_connections_per_source.min(crate::serve::ADMIN_CONNECTIONS_PER_SOURCE)),
+            _ => Some(config.limits.max_connections_per_source),
+        },
         head_timeout_answer: Some(crate::proxy::request_timeout_answer),
         max_resets_per_second: Some(config.limits.http2.max_resets_per_second),
         memory: (direction != "admin" && memory.limit().is_some()).then(|| memory.clone()),

@@ -61,6 +61,29 @@ pub fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(runtime)
 }
 
+/// Raises the soft limit on open files to the hard one (at most 2^20) and returns the limit in
+/// force. Every connection is a file, and containers often start at a soft 1,024 (containerd 2,
+/// systemd): a few hundred connections used that up, and then no listener could accept, the
+/// admin port's probes included. Go raises it for its programs at start; so does this.
+#[allow(unsafe_code)] // see the SAFETY notes
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit only writes the struct it is given, which lives on this stack.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 1024;
+    }
+    let wanted = limit.rlim_max.min(1 << 20);
+    if limit.rlim_cur < wanted {
+        let raised = libc::rlimit { rlim_cur: wanted, rlim_max: limit.rlim_max };
+        // SAFETY: setrlimit only reads the struct it is given; a soft limit up to the hard one
+        // needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit.rlim_cur = wanted;
+        }
+    }
+    limit.rlim_cur
+}
+
 /// Binds before the runtime starts, so a taken port fails `start` rather than a task.
 pub fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<std::net::TcpListener> {
     let listener = std::net::TcpListener::bind(addr).with_context(|| format!("{field}: cannot listen on {addr}"))?;

@@ -34,6 +34,26 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// memory.
 pub const MAX_CONNECTIONS_PER_LISTENER: usize = 10_000;
 
+/// Files kept for all but the listeners' connections: the listeners, certificate and policy
+/// files, the control channel, JWKS fetches, logs, the runtime's own.
+const FILES_BESIDES_CONNECTIONS: u64 = 128;
+
+/// A source may hold this many admin connections (kubelet's probes and a scraper need a few): a
+/// node's worth of pods holding the configured per-source count could fill the admin's slots.
+pub const ADMIN_CONNECTIONS_PER_SOURCE: usize = 64;
+
+/// How many connections each data listener and the admin listener may hold with `open_files`
+/// files, at most `configured` each: `(data, admin)`. A data connection may hold a second file
+/// (its upstream), and a tenth is the admin's, so that when the data ports are full there are
+/// still files for the probes' connections, and the data ports fill before the files run out.
+pub fn connection_budget(open_files: u64, configured: usize) -> (usize, usize) {
+    let usable = open_files.saturating_sub(FILES_BESIDES_CONNECTIONS);
+    let admin = (usable / 10).max(1);
+    let data = ((usable - admin.min(usable)) / 4).max(1);
+    let fit = |n: u64| usize::try_from(n).unwrap_or(usize::MAX).min(configured);
+    (fit(data), fit(admin))
+}
+
 /// What one listener's connections may cost (SPEC section 3 `limits`), and the label its closures
 /// are counted under.
 #[derive(Debug, Clone)]
@@ -1267,6 +1287,18 @@ mod tests {
             memory_cut: counter(RefusalReason::MemoryCut),
             memory_idle: counter(RefusalReason::MemoryIdle),
         }
+    }
+
+    #[test]
+    fn connections_fit_the_open_files_limit_with_room_for_the_admin_port() {
+        assert_eq!(connection_budget(1 << 20, 10_000), (10_000, 10_000), "a raised limit: the configured counts");
+        // A soft 1,024 that cannot be raised: 896 files for connections, 89 the admin's, the
+        // rest for two data listeners at two files a connection.
+        assert_eq!(connection_budget(1024, 10_000), (201, 89));
+        let (data, admin) = connection_budget(1024, 10_000);
+        assert!(2 * 2 * data + admin + FILES_BESIDES_CONNECTIONS as usize <= 1024);
+        assert_eq!(connection_budget(1024, 50), (50, 50), "a smaller configured count stands");
+        assert_eq!(connection_budget(16, 10_000), (1, 1), "never none");
     }
 
     #[test]

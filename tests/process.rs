@@ -141,6 +141,56 @@ async fn post_shutdown_from_localhost_drains_and_exits_zero() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// A container started with few open files (a soft 128 under a hard 256 here): the sidecar raises
+/// its soft limit to the hard one, and holds each listener to what the files allow, so a flood of
+/// idle connections to the data port is refused at its connection limit while the admin port
+/// still answers. Before, the flood used up the files and no listener could accept, `/ready`
+/// included (issue 16's outside finding at a limit of 256).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_few_open_files_a_connection_flood_leaves_the_admin_port_answering() {
+    let pki = Pki::new();
+    let server = pki.workload("server", &id("shop", "orders"));
+    let ports = [free_port(), free_port(), free_port()];
+    let config = write_config(pki.dir.path(), &server, 9, ports);
+    let log_path = config.with_file_name("sidecar.log");
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=128:256", "--", BIN, "sidecar", "--config"])
+        .arg(&config)
+        .env("PALISADE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_ready(ports[2]).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
+    assert_eq!(open_files.split_whitespace().skip(3).take(2).collect::<Vec<_>>(), ["256", "256"], "{open_files}");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("data_connections=29") && log.contains("admin_connections=12"), "{log}");
+
+    // Twice the files there are, held open (idle: closed only at the 10 s header timeout).
+    let mut flood = Vec::new();
+    for _ in 0..512 {
+        flood.push(tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.unwrap());
+    }
+    let admin = format!("http://127.0.0.1:{}", ports[2]);
+    let refused = async || {
+        let text = http_client().get(format!("{admin}/metrics")).send().await.ok()?.text().await.ok()?;
+        let series = "palisade_connections_closed_total{direction=\"inbound\",reason=\"connection_limit\"} ";
+        text.lines().find_map(|l| l.strip_prefix(series)).and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    assert!(
+        eventually(async || refused().await >= Some(512 - 29)).await,
+        "refused at the limit: {:?}",
+        refused().await
+    );
+    let ready = http_client().get(format!("{admin}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200, "the admin port answers with the data port full");
+    drop(flood);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// `POST /log_level` applies a filter only when its body came whole: one cut short (the client
 /// went before its Content-Length) used to be applied as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -127,6 +127,9 @@ impl ControlPlane {
             ca.listener = Some(bind(ca_config.listen.0, "ca.listen").map_err(StartError::System)?);
         }
         let ca_address = ca.as_ref().and_then(|c| c.listener.as_ref()).map(|l| l.local_addr()).transpose()?;
+        // One stream per sidecar: a soft limit of 1,024 files would cap the mesh near that.
+        let open_files = crate::lifecycle::raise_open_files_limit();
+        tracing::debug!(open_files, "open-files limit");
         let runtime = runtime(1).map_err(StartError::System)?;
         let grpc_listener = bind(config.grpc.listen.0, "grpc.listen").map_err(StartError::System)?;
         let admin_listener = bind(config.admin.listen.0, "admin.listen").map_err(StartError::System)?;
