@@ -294,7 +294,7 @@ async fn run(shared: Arc<Shared>, fetcher: Arc<dyn FetchJwks>) {
     let mut failures = 0u32;
     loop {
         let outcome = match tokio::time::timeout(FETCH_TIMEOUT, fetcher.fetch()).await {
-            Ok(Ok(bytes)) => KeySet::from_json(&bytes),
+            Ok(Ok(bytes)) => KeySet::parse_json(&bytes),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(AuthnError::Fetch(format!("{}: timed out after {FETCH_TIMEOUT:?}", shared.label))),
         };
@@ -302,6 +302,13 @@ async fn run(shared: Arc<Shared>, fetcher: Arc<dyn FetchJwks>) {
             Ok(set) => {
                 for why in set.ignored() {
                     tracing::debug!(source = %shared.label, "JWKS key left out: {why}");
+                }
+                // The issuer's word replaces the last set even when it holds no key this sidecar
+                // can use (revoked, or moved to an algorithm it does not take): the old keys are
+                // refused from now on, not kept because the answer was unusable.
+                if set.is_empty() {
+                    tracing::warn!(source = %shared.label, ignored = ?set.ignored(),
+                        "the JWKS has no usable key: every token of this issuer is refused until it has one");
                 }
                 tracing::debug!(source = %shared.label, keys = set.len(), "JWKS loaded");
                 shared.keys.store(Some(Arc::new(set)));
@@ -442,6 +449,21 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(15_500)).await;
         assert_eq!(f.calls.load(Ordering::SeqCst), 6);
         assert_eq!(r.keys().unwrap().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_jwks_with_no_usable_key_replaces_the_last_set() {
+        // An issuer revokes its only key by publishing an empty set (or moves to keys the
+        // sidecar cannot use): the revoked key must stop working, not be kept as after a failure.
+        for answer in [r#"{"keys":[]}"#, r#"{"keys":[{"kty":"OKP","crv":"Ed448","kid":"b","x":"AA"}]}"#] {
+            let (r, _) = remote(vec![Ok(JWKS), Ok(answer)]);
+            r.wait_for_attempts(1).await;
+            assert_eq!(r.keys().unwrap().len(), 1);
+            tokio::time::sleep(Duration::from_secs(601)).await;
+            r.wait_for_attempts(2).await;
+            assert_eq!(r.keys().map(|k| k.len()), Some(0), "{answer}: the last set was kept");
+            assert!(r.last_error().is_none(), "{answer}: an answer, not a failure");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -203,7 +203,19 @@ impl KeySet {
     /// Parses a JWKS document (RFC 7517 section 5). Keys that cannot be used are left out and
     /// listed in [`KeySet::ignored`]; a document with no usable key at all is an error, since a
     /// provider with it could never accept a token.
+    /// A JWKS with at least one usable key: what a policy's own `jwks` must be.
     pub fn from_json(bytes: &[u8]) -> Result<KeySet, AuthnError> {
+        let set = Self::parse_json(bytes)?;
+        if set.keys.is_empty() {
+            let why = if set.ignored.is_empty() { "empty".to_string() } else { set.ignored.join("; ") };
+            return Err(AuthnError::Jwks(format!("no usable key: {why}")));
+        }
+        Ok(set)
+    }
+
+    /// A well-formed JWKS, with or without a usable key: an issuer's answer. An empty one is what
+    /// an issuer publishes to revoke its last key, so it is not an error to retry past.
+    pub fn parse_json(bytes: &[u8]) -> Result<KeySet, AuthnError> {
         let doc = json::parse_object(bytes).map_err(|e| AuthnError::Jwks(format!("not a JWKS: {e}")))?;
         let keys = match doc.get("keys") {
             Some(Value::Array(keys)) => keys,
@@ -225,10 +237,6 @@ impl KeySet {
                     set.ignored.push(format!("key {i} (kid {kid:?}): {why}"));
                 }
             }
-        }
-        if set.keys.is_empty() {
-            let why = if set.ignored.is_empty() { "empty".to_string() } else { set.ignored.join("; ") };
-            return Err(AuthnError::Jwks(format!("no usable key: {why}")));
         }
         Ok(set)
     }
