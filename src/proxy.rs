@@ -261,3 +261,13 @@ pub(crate) fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
         v4 => v4,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn no_claim_is_forwarded_in_a_header_the_proxies_set_for_the_app() {
+        for header in [super::XFCC_HEADER, super::ORIG_PROTO_HEADER, super::REQUEST_ID_HEADER] {
+            assert!(crate::authn::RESERVED_HEADERS.contains(&header), "{header}");
+        }
+    }
+}

@@ -466,6 +466,22 @@ mod tests {
         }
     }
 
+    #[test]
+    fn claims_are_never_forwarded_in_the_headers_only_the_sidecar_sets() {
+        // A token's `sub` in x-forwarded-client-cert would let whoever picks a subject at the
+        // issuer pose as a mesh peer to the app.
+        let rt = AuthnRuntime::default();
+        for header in ["x-forwarded-client-cert", "X-Forwarded-Client-Cert", "palisade-orig-proto", "x-request-id"] {
+            let mut spec = hs_spec("a");
+            spec.forward_claims = vec![super::super::ForwardClaim { claim: "sub".into(), header: header.into() }];
+            let e = rt.provider(&spec).expect_err(header).to_string();
+            assert!(e.contains("cannot be forwarded"), "{header}: {e}");
+        }
+        let mut fine = hs_spec("a");
+        fine.forward_claims = vec![super::super::ForwardClaim { claim: "sub".into(), header: "x-user".into() }];
+        assert!(rt.provider(&fine).is_ok());
+    }
+
     fn futures_block<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
     }

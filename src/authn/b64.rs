@@ -1,6 +1,8 @@
 //! base64url without padding (RFC 7515 section 2), strict: one encoding per byte string, so a
 //! token cannot be varied (padding, `+`/`/`, stray bits in the last character) while keeping
-//! the same signature.
+//! the same signature bytes. (An ECDSA signature has a second valid form, (r, n - s), which ring
+//! accepts as issuers' libraries do: refusing it would refuse half of all honest ES256 tokens.
+//! Nothing here trusts a token for being byte-equal to another.)
 
 /// Decodes `input`; `None` on any character outside the URL-safe alphabet (`=` included), on
 /// a length that no byte string encodes to, or on non-zero unused bits in the last character.

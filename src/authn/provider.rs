@@ -21,8 +21,20 @@ use super::AuthnError;
 /// Envoy's `clock_skew_seconds` default.
 pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
-/// Headers a claim must never be forwarded into: they frame the request or route it.
-const RESERVED_HEADERS: [&str; 6] = ["host", "content-length", "transfer-encoding", "connection", "te", "upgrade"];
+/// Headers a claim must never be forwarded into: they frame the request or route it, or only the
+/// sidecar sets them (the caller's verified identity, the caller's protocol, the request id): a
+/// token's `sub` in `x-forwarded-client-cert` would let whoever picks a subject pose as a peer.
+pub(crate) const RESERVED_HEADERS: [&str; 9] = [
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "te",
+    "upgrade",
+    "x-forwarded-client-cert",
+    "palisade-orig-proto",
+    "x-request-id",
+];
 
 /// One entry of `authentication.jwt`, as written in a policy (field names as in SPEC section 4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
