@@ -89,6 +89,8 @@ pub use failure::{www_authenticate, Failure, Reason};
 pub use fetch::{FetchJwks, HttpFetcher, MAX_JWKS_BYTES};
 pub use jwks::{JwksSpec, RemoteJwks, DEFAULT_CACHE_SECONDS, DEFAULT_MIN_REFRESH_INTERVAL, FETCH_TIMEOUT};
 pub use keys::{Jwk, KeySet, MAX_JWKS_KEYS, MAX_KEYS_WITHOUT_KID};
+#[cfg(test)]
+pub(crate) use provider::RESERVED_HEADERS;
 pub use provider::{AuthnRuntime, ForwardClaim, FromHeader, Provider, ProviderSpec, SecretSpec, DEFAULT_CLOCK_SKEW};
 pub use token::DEFAULT_MAX_TOKEN_BYTES;
 
