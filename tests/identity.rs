@@ -46,6 +46,7 @@ struct IssuedToken {
     namespace: String,
     service_account: String,
     pod: Option<(String, String)>,
+    /// Empty: an authenticator that checks no audience (it names none in its answer).
     audiences: Vec<String>,
     expired: bool,
 }
@@ -169,7 +170,7 @@ async fn answer(
             Some(t) if t.expired => {
                 json!({"user": {}, "error": "[invalid bearer token, service account token has expired]"})
             }
-            Some(t) if !t.audiences.iter().any(|a| wanted.contains(a)) => json!({"user": {},
+            Some(t) if !t.audiences.is_empty() && !t.audiences.iter().any(|a| wanted.contains(a)) => json!({"user": {},
                 "error": format!("[invalid bearer token, token audiences {:?} is invalid for the target audiences {:?}]",
                                  t.audiences, wanted)}),
             Some(t) => {
@@ -184,7 +185,7 @@ async fn answer(
                                 "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{}", t.namespace),
                                            "system:authenticated"],
                                 "extra": extra},
-                       "audiences": wanted})
+                       "audiences": if t.audiences.is_empty() { json!([]) } else { json!(wanted) }})
             }
         };
         if status.get("authenticated").is_none() {
@@ -527,6 +528,13 @@ async fn the_ca_refuses_what_a_token_does_not_prove_and_says_why() {
         audiences: vec!["https://kubernetes.default.svc".into()],
         expired: false,
     });
+    let audience_unchecked = kube.token(IssuedToken {
+        namespace: "shop".into(),
+        service_account: "orders".into(),
+        pod: None,
+        audiences: vec![],
+        expired: false,
+    });
     let orders_id = id("shop", "orders");
     // (case, request, token, gRPC code, metric label, what the reason says)
     type Case<'a> = (&'a str, Vec<u8>, String, tonic::Code, &'a str, &'a str);
@@ -548,6 +556,16 @@ async fn the_ca_refuses_what_a_token_does_not_prove_and_says_why() {
             tonic::Code::PermissionDenied,
             "wrong_audience",
             "audience",
+        ),
+        // Authenticated, but for no audience the API server names (its own): a pod's ordinary
+        // API token where the authenticator checks none.
+        (
+            "no audience checked",
+            csr(&orders_id, false),
+            audience_unchecked,
+            tonic::Code::PermissionDenied,
+            "wrong_audience",
+            "not for \"palisade\"",
         ),
         (
             "unknown key",

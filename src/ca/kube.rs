@@ -124,10 +124,15 @@ impl KubeApi {
                 Refused::Token(error)
             });
         }
+        // The API server names the audiences it checked; none named means the token is the API
+        // server's own (an authenticator that does not check audiences answers so): a pod's
+        // ordinary API token must not pass for a Palisade one.
         let audiences: Vec<&str> =
             result["audiences"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-        if !audiences.is_empty() && !audiences.contains(&audience) {
-            return Err(Refused::Audience(format!("the API server validated it for {audiences:?}")));
+        if !audiences.contains(&audience) {
+            return Err(Refused::Audience(format!(
+                "the API server validated it for {audiences:?}, not for {audience:?}"
+            )));
         }
         let user = &result["user"];
         let username = user["username"].as_str().unwrap_or_default();
