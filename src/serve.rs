@@ -423,9 +423,25 @@ async fn handshake(
     let state = store.current();
     let handshakes = &telemetry.metrics.tls_handshakes;
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, state.acceptor.tls_handshake(l4_stream(tcp, peer))).await {
-        Ok(Ok(tls)) => {
+        Ok(Ok(tls)) if proves_an_identity(&tls) => {
             handshakes.with_label_values(&["inbound", "success"]).inc();
             Some((Box::new(tls), None))
+        }
+        Ok(Ok(tls)) => {
+            // Only a resumed session gets here (a full handshake's chain was just verified): its
+            // certificate has expired since it was first verified.
+            handshakes.with_label_values(&["inbound", "failure"]).inc();
+            let reason = "a resumed TLS session's client certificate is no longer valid".to_string();
+            tracing::info!(%peer, %reason, "inbound TLS connection refused");
+            drop(tls);
+            telemetry.events.emit(SecurityEvent::TlsFailure {
+                direction: "inbound",
+                peer: Some(peer),
+                expected: None,
+                reason,
+                tls: None,
+            });
+            None
         }
         Ok(Err(e)) => {
             handshakes.with_label_values(&["inbound", "failure"]).inc();
@@ -450,6 +466,16 @@ async fn handshake(
 }
 
 /// The verifier's own words when it refused the certificate, else pingora's description.
+/// Whether an inbound mTLS connection carries the caller's identity (set after the handshake by
+/// [`crate::tls`], for a certificate valid now).
+fn proves_an_identity<S>(tls: &pingora::protocols::tls::TlsStream<S>) -> bool
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    use pingora::protocols::Ssl;
+    tls.get_ssl_digest().is_some_and(|d| d.extension.get::<crate::tls::PeerIdentity>().is_some())
+}
+
 fn handshake_failure_reason(e: &pingora::Error) -> String {
     e.root_cause()
         .downcast_ref::<std::io::Error>()

@@ -187,3 +187,37 @@ async fn a_silent_app_gives_a_json_504_after_app_timeout() {
 fn metric(text: &str, series: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().unwrap())).unwrap_or(0.0)
 }
+
+/// A client certificate that expires while the client holds a TLS session ticket: resuming the
+/// session (no certificate is sent or verified again) must not let the client in after the
+/// certificate's end. rustls restores the chain it verified the first time; the sidecar checks
+/// its validity again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_whose_certificate_has_expired_since_is_refused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Single::start(|_| {}).await;
+    let ends = OffsetDateTime::now_utc() + Duration::seconds(2);
+    let short = s.pki.issue("short", &LeafSpec { not_after: ends, ..LeafSpec::workload(&id("shop", "frontend")) });
+    // One client configuration for both connections: its session cache holds the ticket.
+    let mut tls = client_tls(Some(&short));
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let name = rustls::pki_types::ServerName::try_from("orders.shop").unwrap();
+    let get = async || -> (bool, String) {
+        let tcp = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
+        let Ok(mut stream) = connector.connect(name.clone(), tcp).await else { return (false, String::new()) };
+        let resumed = stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+        let _ = stream.write_all(b"GET /orders/1 HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\n\r\n").await;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        (resumed, String::from_utf8_lossy(&answer).to_string())
+    };
+    let (_, first) = get().await;
+    assert!(first.starts_with("HTTP/1.1 200"), "valid: {first}");
+    let expired = eventually(async || OffsetDateTime::now_utc() > ends + Duration::seconds(1)).await;
+    assert!(expired);
+    let (resumed, second) = get().await;
+    assert!(resumed, "the test's point: the second handshake resumed the first session");
+    assert!(second.is_empty(), "let in on an expired certificate: {second}");
+    s.sidecar.shutdown();
+}

@@ -17,7 +17,7 @@ use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 
 use super::verify::{SpiffeClientVerifier, SpiffeServerVerifier};
 use super::{Credentials, IdentityFiles, TlsError, TrustDomains};
-use crate::identity::{spiffe_id_from_der, CertIdentity, SpiffeId};
+use crate::identity::{CertIdentity, SpiffeId};
 
 /// What the inbound handshake learned about the caller, computed once per connection.
 #[derive(Debug)]
@@ -231,8 +231,15 @@ struct IdentityCallback {
 #[async_trait]
 impl TlsAccept for IdentityCallback {
     async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
-        // The verifier already refused every certificate without a valid SPIFFE ID.
-        let CertIdentity::Spiffe(id) = spiffe_id_from_der(tls.peer_certificate_der()?) else {
+        // The verifier already refused every certificate without a valid SPIFFE ID, but a
+        // resumed session (pingora's acceptor keeps rustls's session cache and tickets) restores
+        // the chain it verified then without verifying it again: one that has expired since
+        // proves no identity now, and the listener refuses a connection without one.
+        let (_, cert) = x509_parser::parse_x509_certificate(tls.peer_certificate_der()?).ok()?;
+        if !cert.validity().is_valid() {
+            return None;
+        }
+        let CertIdentity::Spiffe(id) = crate::identity::cert_identity(&cert) else {
             return None;
         };
         let xfcc = HeaderValue::from_str(&format!("By={};URI={}", self.own, id)).ok()?;
