@@ -577,7 +577,12 @@ fn compile_rule(rule: &Rule, decision: Decision, header_bits: &mut HeaderBits) -
     let from = rule.from.clone().unwrap_or_default();
     let to = rule.to.clone().unwrap_or_default();
     let methods: Vec<Method> = to.methods.into_iter().map(|m| m.0).collect();
-    let method_bits = methods.iter().fold(0, |bits, m| bits | method_bit(m));
+    let mut method_bits = methods.iter().fold(0, |bits, m| bits | method_bit(m));
+    // A DENY on GET covers HEAD: Express, Flask, Rails and Go route HEAD to the GET handler, whose
+    // work and headers all happen (only the body is dropped). An ALLOW on GET allows GET only.
+    if decision.action == Action::DENY && method_bits & method_bit(&Method::GET) != 0 {
+        method_bits |= method_bit(&Method::HEAD);
+    }
     let mut when = Vec::new();
     let mut claims = Vec::new();
     for c in &rule.when {
@@ -702,8 +707,11 @@ impl CompiledLimit {
     /// has room), else `Err` with how long until a retry would be let in.
     fn take(self: &Arc<Self>, req: &RequestView<'_>, path: &str) -> Result<Option<Waiting>, Duration> {
         let spec = &self.spec;
-        if !(spec.methods.is_empty() || spec.methods.contains(req.method))
-            || !(spec.paths.is_empty() || spec.paths.iter().any(|p| p.matches(path)))
+        // Matched as a DENY is, and for the same reasons: a limit on GET counts HEAD (the same
+        // handler serves it), and paths ignore case (`/LOGIN` is `/login` to IIS and ASP.NET).
+        let head_as_get = *req.method == Method::HEAD && spec.methods.contains(&Method::GET);
+        if !(spec.methods.is_empty() || spec.methods.contains(req.method) || head_as_get)
+            || !(spec.paths.is_empty() || spec.paths.iter().any(|p| p.matches_ignoring_case(path)))
         {
             return Ok(None);
         }

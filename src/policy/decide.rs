@@ -809,6 +809,20 @@ mod tests {
     }
 
     #[test]
+    fn a_deny_or_a_limit_on_get_covers_head_and_limit_paths_ignore_case() {
+        let s = snapshot("  authorization:\n    default: ALLOW\n    rules:\n      - {name: no-export, action: DENY, to: {methods: [GET], paths: [\"/admin/export\"]}}\n      - {name: reads, action: ALLOW, to: {methods: [GET], paths: [\"/open\"]}}\n  rateLimits:\n    - {name: login, match: {methods: [GET], paths: [\"/login\"]}, key: global, rate: 1, per: 60s, burst: 1}\n");
+        let denied_by = |r: Req| r.decide(&s).0.err().and_then(|e| e.decided_by().map(|b| b.rule.to_string()));
+        assert_eq!(denied_by(req("GET", "/admin/export")), Some("no-export".into()));
+        assert_eq!(denied_by(req("HEAD", "/admin/export")), Some("no-export".into()), "HEAD runs the GET handler");
+        assert_eq!(denied_by(req("POST", "/admin/export")), None, "other methods are not GET");
+        let limited = |r: &Req| matches!(throttle_of(&s, r), Err(Refusal::RateLimited(_)));
+        assert!(!limited(&req("GET", "/login")));
+        assert!(limited(&req("HEAD", "/login")), "HEAD counts against a limit on GET");
+        assert!(limited(&req("GET", "/LOGIN")), "/LOGIN is /login to a case-insensitive app");
+        assert!(!limited(&req("POST", "/login")), "a limit on GET only");
+    }
+
+    #[test]
     fn audit_policies_report_what_they_would_deny_and_never_refuse() {
         let s = snapshot("  authorization:\n    mode: AUDIT\n    rules:\n      - {name: no-admin, action: DENY, to: {paths: [\"/admin*\"]}}\n");
         let (verdict, audits) = req("GET", "/admin").decide(&s);

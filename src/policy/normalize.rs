@@ -35,9 +35,10 @@ pub enum PathError {
     /// (`/%2561dmin` becomes `/admin`).
     #[error("path is double percent-encoded")]
     DoubleEncoded,
-    /// A segment ending in `.` or a space (other than `.` and `..`): Windows and IIS drop
-    /// them, so `/admin.` and `/admin%20` are `/admin` there.
-    #[error("path segment ends in a dot or a space")]
+    /// A segment ending in `.` or a space (other than `.` and `..`), or starting with a space:
+    /// Windows and IIS drop trailing ones, so `/admin.` and `/admin%20` are `/admin` there, and
+    /// Spring's path matcher trimmed both ends of a segment (CVE-2016-5007: `/%20admin`).
+    #[error("path segment ends in a dot or a space, or starts with a space")]
     TrailingDotOrSpace,
     /// Encoded bytes that are not UTF-8 (overlongs such as `%C0%AF`), or a character some
     /// stack folds to ASCII by Unicode compatibility or case mapping.
@@ -140,9 +141,9 @@ fn is_control(b: u8) -> bool {
 }
 
 /// `segment` (decoded, other escapes still encoded) is not `.` or `..` and ends in `.` or an
-/// encoded space.
+/// encoded space, or starts with an encoded space.
 fn ends_in_dot_or_space(segment: &[u8]) -> bool {
-    segment.ends_with(b".") || segment.ends_with(b"%20")
+    segment.ends_with(b".") || segment.ends_with(b"%20") || segment.starts_with(b"%20")
 }
 
 /// `escaped` starts with a `%XX` escape of a byte >= 0x80: the UTF-8 sequence it starts, all of
@@ -293,6 +294,8 @@ mod tests {
             ("/admin%2e", TrailingDotOrSpace),
             ("/admin%2E/", TrailingDotOrSpace),
             ("/admin%20", TrailingDotOrSpace),
+            ("/%20admin", TrailingDotOrSpace),
+            ("/api/%20admin/x", TrailingDotOrSpace),
             ("/admin%09", Control),
             ("/admin%7f", Control),
             ("/admin%0d%0a", Control),
