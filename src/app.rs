@@ -354,7 +354,8 @@ async fn run(
             telemetry.clone(),
         )
         .shedding(inflight("inbound", bound.inbound))
-        .caller_timeouts(caller_timeouts("inbound", bound.inbound)),
+        .caller_timeouts(caller_timeouts("inbound", bound.inbound))
+        .underscore_headers(config.inbound.headers_with_underscores),
         &config.limits,
     );
     let outbound = proxy_app(

@@ -27,7 +27,7 @@ pub use sidecar::{
     AdminConfig, AppProtocol, ControlPlaneAddress, Destination, EventFormat, EventSink, EventsConfig, FailMode,
     Http2Limits, IdentityConfig, IdentityFromControlPlane, InboundConfig, LimitsConfig, MtlsMode, OtlpConfig,
     OtlpProtocol, OutboundConfig, PolicySourceConfig, SidecarConfig, SpiffeIdField, TelemetryConfig, TrustDomain,
-    WorkloadConfig, MAX_THREADS,
+    UnderscoreHeaders, WorkloadConfig, MAX_THREADS,
 };
 pub use types::{HumanDuration, IpBlock, ListenAddr};
 

@@ -221,3 +221,38 @@ async fn a_resumed_session_whose_certificate_has_expired_since_is_refused() {
     assert!(second.is_empty(), "let in on an expired certificate: {second}");
     s.sidecar.shutdown();
 }
+
+/// CGI, WSGI, Rack/Puma and PHP read `x_user_id` as `x-user-id`: a caller's underscore spelling
+/// of a header the sidecar sets (the caller's identity, a forwarded claim) would reach the app as
+/// that header. Such headers are dropped by default (as nginx does), passed with `allow`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_with_underscores_do_not_reach_the_app_unless_allowed() {
+    let send = async |s: &Single| -> Seen {
+        let response = s
+            .https()
+            .get(s.url("/orders/7"))
+            .header("X_Forwarded_Client_Cert", "By=spiffe://evil/x;URI=spiffe://cluster.local/ns/shop/sa/admin")
+            .header("x_user_id", "admin")
+            .header("x-kept", "yes")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    };
+    let s = Single::start(|_| {}).await;
+    let seen = send(&s).await;
+    let underscored: Vec<&String> = seen.headers.keys().filter(|k| k.contains('_')).collect();
+    assert!(underscored.is_empty(), "reached the app: {underscored:?}");
+    assert_eq!(seen.header("x-kept"), Some("yes"));
+    assert_eq!(
+        seen.header("x-forwarded-client-cert"),
+        Some(format!("By={};URI={}", id("shop", "orders"), id("shop", "frontend")).as_str())
+    );
+    s.sidecar.shutdown();
+
+    let s = Single::start(|c| c.inbound.headers_with_underscores = palisade::config::UnderscoreHeaders::Allow).await;
+    let seen = send(&s).await;
+    assert_eq!(seen.header("x_user_id"), Some("admin"), "allowed: passed on");
+    s.sidecar.shutdown();
+}

@@ -255,6 +255,22 @@ pub struct InboundConfig {
     /// `false` pins this workload to STRICT: a policy that asks for PERMISSIVE, from a file or
     /// from the control plane, is refused, so no policy push can open the port to plaintext.
     pub allow_permissive: bool,
+    /// Request headers whose names hold `_`, on their way to the app.
+    pub headers_with_underscores: UnderscoreHeaders,
+}
+
+/// What the app gets of request headers whose names hold `_` (Envoy's
+/// `headers_with_underscores_action`). CGI, WSGI, Rack/Puma and PHP read `x_user_id` as
+/// `x-user-id` (both are HTTP_X_USER_ID), so such a header is a caller's own copy of one the
+/// sidecar sets (`x-forwarded-client-cert`, a forwarded claim) or judges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnderscoreHeaders {
+    /// Removed before the request goes to the app, as nginx does by default.
+    #[default]
+    Drop,
+    /// Passed on (an app that uses such names and reads no header the sidecar sets or judges).
+    Allow,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -276,6 +292,7 @@ impl Default for InboundConfig {
             app_protocol: AppProtocol::Auto,
             app_timeout: None,
             allow_permissive: true,
+            headers_with_underscores: UnderscoreHeaders::Drop,
         }
     }
 }

@@ -308,6 +308,14 @@ const METHOD_OVERRIDES: [HeaderName; 3] = [
     HeaderName::from_static("x-method-override"),
 ];
 
+/// Whether a query string has a `_method` parameter (its name percent-encoded or not).
+fn names_method_override(query: &[u8]) -> bool {
+    query.split(|&b| b == b'&').any(|param| {
+        let name = param.split(|&b| b == b'=').next().unwrap_or_default();
+        name == b"_method" || (name.len() == 9 && name[..3].eq_ignore_ascii_case(b"%5f") && &name[3..] == b"method")
+    })
+}
+
 impl PolicySnapshot {
     /// Decides a request, steps in SPEC section 5's order. `audit` hears of every denial an
     /// AUDIT policy would have made (decided, logged, counted, never enforced).
@@ -439,8 +447,21 @@ impl PolicySnapshot {
         // A method override makes Express, Rails, Laravel, ASP.NET and Spring handle the request
         // as another method than the one judged (a GET the policy allows, a DELETE to the app).
         // Refused rather than stripped: a client that relies on it learns why it fails.
-        if METHOD_OVERRIDES.iter().any(|name| view.headers.contains_key(name)) {
+        // Spelt with underscores too: CGI, WSGI, Rack and PHP read `X_HTTP_Method_Override` as
+        // the same header (both are HTTP_X_HTTP_METHOD_OVERRIDE).
+        let is_override = |name: &HeaderName| {
+            let name = name.as_str().as_bytes();
+            METHOD_OVERRIDES.iter().any(|o| {
+                o.as_str().len() == name.len()
+                    && o.as_str().as_bytes().iter().zip(name).all(|(&a, &b)| a == b || (a == b'-' && b == b'_'))
+            })
+        };
+        if view.headers.keys().any(is_override) {
             return Err(Refusal::Malformed("method override header"));
+        }
+        // And as a query parameter (Express's methodOverride('_method'), Laravel).
+        if view.target.iter().position(|&b| b == b'?').is_some_and(|at| names_method_override(&view.target[at + 1..])) {
+            return Err(Refusal::Malformed("method override parameter"));
         }
         // Only origin-form targets ("/path?query"): anything else is forwarded as written while
         // its parsed path is "/", so the policy and the app would see different paths.
@@ -636,6 +657,23 @@ mod tests {
             (
                 "x-method-override",
                 req("GET", "/orders").header("X-Method-Override", "PUT"),
+                400,
+                "invalid_request",
+                "invalid",
+                None,
+            ),
+            (
+                "an override spelt with underscores (CGI, WSGI, Rack read it as the same)",
+                req("POST", "/orders/1").header("x_http_method_override", "DELETE"),
+                400,
+                "invalid_request",
+                "invalid",
+                None,
+            ),
+            ("an override parameter", req("POST", "/orders/1?_method=DELETE"), 400, "invalid_request", "invalid", None),
+            (
+                "an override parameter, encoded, after another",
+                req("POST", "/orders/1?a=1&%5Fmethod=DELETE"),
                 400,
                 "invalid_request",
                 "invalid",

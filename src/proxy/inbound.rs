@@ -24,7 +24,7 @@ use super::record::{self, Outgoing, RequestCtx};
 use super::respond::{self, fail, is_decision, ErrorKind};
 use super::{peer_identity, RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER, XFCC_HEADER};
 use crate::authn::Verified;
-use crate::config::AppProtocol;
+use crate::config::{AppProtocol, UnderscoreHeaders};
 use crate::policy::{Authenticated, PolicySnapshot, PolicyStore, Refusal, RequestView};
 use crate::telemetry::Telemetry;
 
@@ -36,6 +36,7 @@ pub struct Inbound {
     telemetry: Arc<Telemetry>,
     inflight: Arc<super::Inflight>,
     caller_timeouts: super::CallerTimeouts,
+    underscore_headers: UnderscoreHeaders,
 }
 
 pub struct InboundCtx {
@@ -107,7 +108,14 @@ impl Inbound {
             telemetry,
             inflight,
             caller_timeouts,
+            underscore_headers: UnderscoreHeaders::Drop,
         }
+    }
+
+    /// What the app gets of request headers whose names hold `_` (`inbound.headersWithUnderscores`).
+    pub fn underscore_headers(mut self, action: UnderscoreHeaders) -> Self {
+        self.underscore_headers = action;
+        self
     }
 
     /// Sheds requests past `inflight`'s limit (503).
@@ -181,6 +189,20 @@ impl BodyCount {
             Some(max) if self.seen > max => Err(ErrorKind::PayloadTooLarge.fail("body over maxBodyBytes")),
             _ => Ok(()),
         }
+    }
+}
+
+/// Removes the headers whose names hold `_`: to CGI, WSGI, Rack and PHP they are the dashed
+/// headers the sidecar sets or judges, sent by the caller.
+fn drop_underscored_headers(req: &mut pingora::http::RequestHeader) {
+    let underscored = |name: &&HeaderName| name.as_str().contains('_');
+    // Rare: looked for before anything is collected.
+    if !req.headers.keys().any(|n| underscored(&n)) {
+        return;
+    }
+    let names: Vec<HeaderName> = req.headers.keys().filter(underscored).cloned().collect();
+    for name in &names {
+        req.remove_header(name);
     }
 }
 
@@ -322,6 +344,9 @@ impl ProxyHttp for Inbound {
         let token = auth.ok().flatten();
         for name in policy.removed_app_headers(token.as_ref()) {
             session.req_header_mut().remove_header(name);
+        }
+        if self.underscore_headers == UnderscoreHeaders::Drop {
+            drop_underscored_headers(session.req_header_mut());
         }
         ctx.token = token;
         // Step 6 on the body, when a WAF reads this type: read before anything is forwarded.
