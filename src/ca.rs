@@ -16,7 +16,9 @@ mod signer;
 mod tokens;
 
 pub use kube::{KubeApi, PodInfo};
-pub use service::{CaMetrics, CaService, MAX_REQUEST_BYTES};
+pub use service::{
+    CaMetrics, CaService, MAX_REQUEST_BYTES, MAX_STREAMS_PER_CONNECTION, MAX_TOKEN_CHECKS, TOKEN_CHECK_WAIT,
+};
 pub use signer::{CaError, CaFiles, CaSigner, Issued};
 pub use tokens::{JwksTokens, Proven, TokenChecker, TokenReviewTokens};
 

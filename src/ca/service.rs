@@ -46,17 +46,32 @@ impl CaMetrics {
     }
 }
 
+/// Token checks in flight at once: each is a call to the API server (a TokenReview), made for
+/// callers who have proven nothing yet, so a flood of requests must not become a flood of them.
+pub const MAX_TOKEN_CHECKS: usize = 32;
+/// How long a request waits for a check's turn before it is refused as unavailable (the sidecar
+/// retries with backoff): a rollout's burst waits, a flood is turned away.
+pub const TOKEN_CHECK_WAIT: Duration = Duration::from_secs(2);
+/// Streams per connection: a sidecar asks for one certificate at a time.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 4;
+
 pub struct CaService {
     pub signer: Arc<ArcSwap<CaSigner>>,
     pub tokens: Arc<dyn TokenChecker>,
     pub ttl: Duration,
     pub metrics: CaMetrics,
     pub telemetry: Arc<Telemetry>,
+    /// Turns at checking a token ([`MAX_TOKEN_CHECKS`]).
+    pub checks: tokio::sync::Semaphore,
 }
 
 impl CaService {
     async fn issue(&self, request: &SignRequest) -> Result<SignResponse, (Option<String>, Refused)> {
+        let busy = || (None, Refused::Unavailable("the CA is checking as many tokens as it may; retry".into()));
+        let turn = tokio::time::timeout(TOKEN_CHECK_WAIT, self.checks.acquire()).await.map_err(|_| busy())?;
+        let turn = turn.map_err(|_| busy())?;
         let proven = self.tokens.check(&request.token).await.map_err(|r| (None, r))?;
+        drop(turn);
         let signer = self.signer.load_full();
         let identity = proven.spiffe_id(signer.trust_domain()).map_err(|r| (None, r))?;
         let issued = signer
@@ -110,4 +125,72 @@ impl Certificates for CaService {
 
 fn unix(t: SystemTime) -> i64 {
     t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::ca::tokens::Proven;
+
+    /// A token check that takes a minute and counts how many run at once.
+    #[derive(Default)]
+    struct SlowChecks {
+        running: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl TokenChecker for SlowChecks {
+        async fn check(&self, _token: &str) -> Result<Proven, Refused> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            Err(Refused::Token("slow".into()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_requests_checks_at_most_so_many_tokens_at_once_and_turns_the_rest_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = crate::identity::DevCa::generate("cluster.local").unwrap();
+        let files = dev.write(dir.path()).unwrap();
+        let signer = CaSigner::load(
+            &super::super::CaFiles { cert: files.cert, key: files.key, trust_bundle: None },
+            "cluster.local",
+        )
+        .unwrap();
+        let checks = Arc::new(SlowChecks::default());
+        let telemetry = Telemetry::new(&crate::config::TelemetryConfig::default(), None).unwrap();
+        let service = Arc::new(CaService {
+            signer: Arc::new(ArcSwap::from_pointee(signer)),
+            tokens: checks.clone(),
+            ttl: Duration::from_secs(3600),
+            metrics: CaMetrics::register(&Registry::new()),
+            telemetry: Arc::new(telemetry),
+            checks: tokio::sync::Semaphore::new(MAX_TOKEN_CHECKS),
+        });
+        let flood: Vec<_> = (0..MAX_TOKEN_CHECKS + 100)
+            .map(|_| {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    let request = SignRequest { token: "t".into(), csr: Vec::new() };
+                    service.issue(&request).await.map(|_| ()).map_err(|(_, refused)| refused)
+                })
+            })
+            .collect();
+        let mut busy = 0;
+        let mut checked = 0;
+        for outcome in flood {
+            match outcome.await.unwrap() {
+                Err(Refused::Unavailable(_)) => busy += 1,
+                Err(Refused::Token(_)) => checked += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(checks.most.load(Ordering::SeqCst), MAX_TOKEN_CHECKS, "never more at once");
+        assert_eq!((checked, busy), (MAX_TOKEN_CHECKS, 100), "the rest waited their turn's time and were turned away");
+    }
 }

@@ -153,6 +153,7 @@ impl WorkloadCa {
             ttl,
             metrics: CaMetrics::register(metrics.registry()),
             telemetry: telemetry.clone(),
+            checks: tokio::sync::Semaphore::new(crate::ca::MAX_TOKEN_CHECKS),
         };
         let refused = move |peer: SocketAddr, reason: String| {
             tracing::debug!(%peer, %reason, "CA TLS handshake refused");
@@ -161,6 +162,7 @@ impl WorkloadCa {
         let mut ca_stop = stop;
         Some(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
+                .max_concurrent_streams(Some(crate::ca::MAX_STREAMS_PER_CONNECTION))
                 .add_service(CertificatesServer::new(service).max_decoding_message_size(crate::ca::MAX_REQUEST_BYTES))
                 .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async move {
                     let _ = ca_stop.wait_for(|s| *s).await;
