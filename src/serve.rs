@@ -1146,6 +1146,14 @@ impl tokio::io::AsyncRead for Deadlined {
                     let then = this.close_for_resets();
                     return this.close_with_goaway(cx, h2_frames::ENHANCE_YOUR_CALM, then);
                 }
+                // An HTTP/2 request head in pieces (CONTINUATION frames) is held to the head's
+                // deadline from its first frame, as an HTTP/1.1 head is from its first byte.
+                if let Some(in_block) = this.h2.as_ref().map(H2Frames::in_header_block) {
+                    if in_block && !this.armed {
+                        this.timer.as_mut().reset(tokio::time::Instant::now() + this.header_timeout);
+                    }
+                    this.armed = in_block;
+                }
                 std::task::Poll::Ready(Ok(()))
             }
             std::task::Poll::Pending => match self.expired(cx) {

@@ -189,6 +189,29 @@ async fn a_head_or_a_preface_that_starts_like_http2_is_held_to_the_header_timeou
     assert_eq!(closed(&s, "inbound", "header_timeout").await, 1);
 }
 
+/// An HTTP/2 request head may come in pieces too: HEADERS without END_HEADERS, then
+/// CONTINUATION frames as slowly as the client likes. Held to the head's deadline from its first
+/// frame (it was held only to the idle timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_head_left_unfinished_is_closed_at_the_header_timeout() {
+    let s = start().await;
+    let mut inbound = mtls_stream(s.sidecar.inbound, &s.client, b"h2").await.unwrap();
+    let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+        let mut f = vec![0, 0, payload.len() as u8, kind, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    wire.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+    wire.extend(frame(0x1, 0x1, 1, &[0x82])); // HEADERS, END_STREAM, no END_HEADERS: more to come
+    inbound.write_all(&wire).await.unwrap();
+    let started = Instant::now();
+    read_until_closed(&mut inbound).await;
+    assert_at_deadline(started.elapsed(), HEADER_TIMEOUT, "inbound, an HTTP/2 head without its end");
+    assert_eq!(closed(&s, "inbound", "header_timeout").await, 1);
+}
+
 /// After an answer, a head may start with any character a method may (httparse takes digits and
 /// symbols too): held to the deadline like one that starts with a letter (it was held for ever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

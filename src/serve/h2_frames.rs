@@ -13,6 +13,10 @@ pub(crate) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const DATA: u8 = 0x0;
 pub(super) const HEADERS: u8 = 0x1;
 pub(super) const RST_STREAM: u8 = 0x3;
+const PUSH_PROMISE: u8 = 0x5;
+const CONTINUATION: u8 = 0x9;
+/// HEADERS, PUSH_PROMISE and CONTINUATION: the header block ends in this frame.
+const END_HEADERS: u8 = 0x4;
 const GOAWAY: u8 = 0x7;
 /// GOAWAY's error codes (RFC 9113 section 7): a graceful close, and one for a peer that abuses
 /// the connection.
@@ -146,6 +150,9 @@ pub(super) struct H2Frames {
     open: OpenStreams,
     /// Whether anyone asks whether the connection is idle (`idle_since`).
     report_idle: bool,
+    /// A header block the peer began (HEADERS without END_HEADERS) and has not ended: a request
+    /// head still arriving, held to the head's deadline as an HTTP/1.1 one is.
+    in_header_block: bool,
 }
 
 impl H2Frames {
@@ -163,25 +170,31 @@ impl H2Frames {
             highest_opened: 0,
             open: OpenStreams { streams: Vec::new(), idle_since: Some(Instant::now()), overflowed: false },
             report_idle: track_streams,
+            in_header_block: false,
         })
     }
 
     /// Follows `bytes`, the next ones the peer sent; whether the peer is past its resets.
     pub(super) fn read(&mut self, bytes: &[u8]) -> bool {
         let mut premature = 0u32;
-        let (highest, open) = (&mut self.highest_opened, &mut self.open);
-        self.read.feed(bytes, |kind, _, stream| match kind {
-            // A stream's first HEADERS opens it (later ones on it are trailers).
-            HEADERS if stream > *highest => {
-                *highest = stream;
-                open.opened(stream);
+        let (highest, open, in_block) = (&mut self.highest_opened, &mut self.open, &mut self.in_header_block);
+        self.read.feed(bytes, |kind, flags, stream| {
+            if matches!(kind, HEADERS | PUSH_PROMISE | CONTINUATION) {
+                *in_block = flags & END_HEADERS == 0;
             }
-            RST_STREAM => {
-                // A stream never opened is h2's to refuse; counted all the same.
-                premature += u32::from(stream > *highest || open.unanswered(stream));
-                open.ended(stream);
+            match kind {
+                // A stream's first HEADERS opens it (later ones on it are trailers).
+                HEADERS if stream > *highest => {
+                    *highest = stream;
+                    open.opened(stream);
+                }
+                RST_STREAM => {
+                    // A stream never opened is h2's to refuse; counted all the same.
+                    premature += u32::from(stream > *highest || open.unanswered(stream));
+                    open.ended(stream);
+                }
+                _ => {}
             }
-            _ => {}
         });
         let Some(resets) = self.resets.as_mut().filter(|_| premature > 0) else { return false };
         let now = Instant::now();
@@ -226,6 +239,11 @@ impl H2Frames {
     /// Since when no stream has been open; `None` while one is (or when not followed).
     pub(super) fn idle_since(&self) -> Option<Instant> {
         self.open.idle_since.filter(|_| self.report_idle)
+    }
+
+    /// Whether the peer is in the middle of a header block (a request head not yet whole).
+    pub(super) fn in_header_block(&self) -> bool {
+        self.in_header_block
     }
 
     /// Stops counting resets (the connection is being closed for them).
@@ -320,6 +338,24 @@ mod tests {
             count.read(&frame(RST_STREAM, stream, &8u32.to_be_bytes()))
         });
         assert_eq!(past.collect::<Vec<_>>(), [false, false, false, false, false, true], "the sixth is past five");
+    }
+
+    #[test]
+    fn a_header_block_is_open_from_headers_without_end_headers_to_the_continuation_that_ends_it() {
+        let mut conn = H2Frames::new(Some(100), false, PREFACE.len()).unwrap();
+        conn.read(&[PREFACE.as_slice(), &frame(0x4, 0, &[])].concat());
+        assert!(!conn.in_header_block());
+        conn.read(&frame_with(HEADERS, 0x1, 1, &[0x82]));
+        assert!(conn.in_header_block(), "HEADERS without END_HEADERS");
+        conn.read(&frame(CONTINUATION, 1, &[0x84]));
+        assert!(conn.in_header_block(), "a CONTINUATION without it");
+        let last = frame_with(CONTINUATION, END_HEADERS, 1, &[0x86]);
+        conn.read(&last[..5]);
+        assert!(conn.in_header_block(), "its frame header not yet whole");
+        conn.read(&last[5..]);
+        assert!(!conn.in_header_block(), "ended");
+        conn.read(&frame_with(HEADERS, END_HEADERS | 0x1, 3, &[0x82]));
+        assert!(!conn.in_header_block(), "a whole head in one frame");
     }
 
     #[tokio::test(start_paused = true)]
