@@ -422,42 +422,29 @@ async fn handshake(
     }
     let state = store.current();
     let handshakes = &telemetry.metrics.tls_handshakes;
+    let refuse = |reason: String| {
+        handshakes.with_label_values(&["inbound", "failure"]).inc();
+        tracing::info!(%peer, %reason, "inbound TLS handshake refused");
+        telemetry.events.emit(SecurityEvent::TlsFailure {
+            direction: "inbound",
+            peer: Some(peer),
+            expected: None,
+            reason,
+            // pingora (through tokio-rustls) drops rustls's connection with a refusal, so the
+            // version it chose is not known.
+            tls: None,
+        });
+        None
+    };
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, state.acceptor.tls_handshake(l4_stream(tcp, peer))).await {
         Ok(Ok(tls)) if proves_an_identity(&tls) => {
             handshakes.with_label_values(&["inbound", "success"]).inc();
             Some((Box::new(tls), None))
         }
-        Ok(Ok(tls)) => {
-            // Only a resumed session gets here (a full handshake's chain was just verified): its
-            // certificate has expired since it was first verified.
-            handshakes.with_label_values(&["inbound", "failure"]).inc();
-            let reason = "a resumed TLS session's client certificate is no longer valid".to_string();
-            tracing::info!(%peer, %reason, "inbound TLS connection refused");
-            drop(tls);
-            telemetry.events.emit(SecurityEvent::TlsFailure {
-                direction: "inbound",
-                peer: Some(peer),
-                expected: None,
-                reason,
-                tls: None,
-            });
-            None
-        }
-        Ok(Err(e)) => {
-            handshakes.with_label_values(&["inbound", "failure"]).inc();
-            let reason = handshake_failure_reason(&e);
-            tracing::info!(%peer, %reason, "inbound TLS handshake refused");
-            telemetry.events.emit(SecurityEvent::TlsFailure {
-                direction: "inbound",
-                peer: Some(peer),
-                expected: None,
-                reason,
-                // Refused inside the handshake: pingora (through tokio-rustls) drops rustls's
-                // connection with the error, so the version it chose is not known.
-                tls: None,
-            });
-            None
-        }
+        // Only a resumed session gets here (a full handshake's chain was just verified): its
+        // certificate has expired since it was first verified.
+        Ok(Ok(_)) => refuse("a resumed TLS session's client certificate is no longer valid".to_string()),
+        Ok(Err(e)) => refuse(handshake_failure_reason(&e)),
         Err(_) => {
             handshakes.with_label_values(&["inbound", "timeout"]).inc();
             None
@@ -465,7 +452,6 @@ async fn handshake(
     }
 }
 
-/// The verifier's own words when it refused the certificate, else pingora's description.
 /// Whether an inbound mTLS connection carries the caller's identity (set after the handshake by
 /// [`crate::tls`], for a certificate valid now).
 fn proves_an_identity<S>(tls: &pingora::protocols::tls::TlsStream<S>) -> bool
@@ -476,6 +462,7 @@ where
     tls.get_ssl_digest().is_some_and(|d| d.extension.get::<crate::tls::PeerIdentity>().is_some())
 }
 
+/// The verifier's own words when it refused the certificate, else pingora's description.
 fn handshake_failure_reason(e: &pingora::Error) -> String {
     e.root_cause()
         .downcast_ref::<std::io::Error>()
