@@ -240,6 +240,19 @@ class H(http.server.BaseHTTPRequestHandler):
 http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
 "#;
 
+/// What a pod may run for itself alone: bound to loopback (a debug port, an agent's local API).
+const LOOPBACK_APP: &str = r#"
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"loopback-only\n"
+        self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", 9000), H).serve_forever()
+"#;
+
 const APP_UID: u32 = 1000;
 const PROXY_UID: u32 = 2102;
 
@@ -262,9 +275,8 @@ fn sidecar_yaml(dir: &Path, pod: &str, policy: Option<&Path>) -> PathBuf {
     let yaml = format!(
         "identity: {{files: {{cert: \"{f}/tls.crt\", key: \"{f}/tls.key\", trustBundle: \"{f}/ca.crt\"}}}}\n\
          trustDomain: cluster.local\n\
-         # Until the data path forwards to the original destination port (inbound.app port 0),\n\
-         # the app's port is given.\n\
-         inbound: {{listen: \"0.0.0.0:15006\", app: \"127.0.0.1:8080\", mtls: STRICT}}\n\
+         # As injected: the pod address the caller reached, at the port it addressed.\n\
+         inbound: {{listen: \"0.0.0.0:15006\", app: \"0.0.0.0:0\", mtls: STRICT}}\n\
          outbound: {{listen: \"127.0.0.1:15001\"}}\n\
          admin: {{listen: \"0.0.0.0:15000\"}}\n\
          workload: {{namespace: {pod}, serviceAccount: {pod}, labels: {{app: {pod}}}}}\n\
@@ -312,6 +324,7 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
     )
     .unwrap();
     std::fs::write(work.join("app.py"), APP).unwrap();
+    std::fs::write(work.join("loopback_app.py"), LOOPBACK_APP).unwrap();
     sh(&["chmod", "-R", "a+rX", work.to_str().unwrap()]);
 
     // The node: a bridge in a namespace of its own; each pod's eth0 is a veth to it.
@@ -356,6 +369,12 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
         // here, so the interpreter is found wherever it is installed.
         ns.spawn(pod.short, None, &["python3", app.to_str().unwrap(), pod.short], &log);
     }
+    let loopback_app = work.join("loopback_app.py");
+    ns.spawn("b", None, &["python3", loopback_app.to_str().unwrap()], &work.join("b-loopback-app.log"));
+    let loopback_up = eventually_blocking(|| {
+        ns.run("b", None, &["curl", "-sf", "--max-time", "1", "http://127.0.0.1:9000/"]).status.success()
+    });
+    assert!(loopback_up, "B's loopback-only app started");
     let logs = || {
         ["a.log", "b.log", "a-app.log", "b-app.log", "c-app.log"]
             .iter()
@@ -385,6 +404,11 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
         "{body}\n{}",
         logs()
     );
+
+    // 1b. What B's app serves on loopback only stays B's own: B's sidecar forwards to the pod
+    //     address A reached, where nothing listens on that port (it forwarded to 127.0.0.1).
+    let (_, body) = curl(&ns, "a", APP_UID, "http://198.18.0.2:9000/orders");
+    assert!(!body.contains("loopback-only") && body.ends_with("status=502"), "{body}\n{}", logs());
 
     // 2. A plaintext call from C, which has no sidecar, meets B's STRICT inbound: no HTTP at all.
     let (_, body) = curl(&ns, "c", APP_UID, "http://198.18.0.2:8080/orders");

@@ -312,8 +312,10 @@ pub fn sidecar_config(settings: &InjectSettings, options: &PodOptions) -> String
     let host = settings.control_plane.host();
     let mut config = SidecarConfig { trust_domain: settings.trust_domain.clone(), ..SidecarConfig::default() };
     config.inbound.listen = any(ports.inbound);
-    // Port 0: the port the caller addressed (the original destination of the redirect).
-    config.inbound.app = local(0);
+    // Port 0: the port the caller addressed (the original destination of the redirect); the
+    // unspecified address: the pod address the caller reached, so what the app bound to
+    // loopback only is not forwarded to.
+    config.inbound.app = any(0);
     if let Some(protocol) = options.app_protocol {
         config.inbound.app_protocol = protocol;
     }

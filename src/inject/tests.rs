@@ -321,7 +321,7 @@ fn the_injected_pod_has_what_the_spec_asks() {
     assert_eq!(env["PALISADE_LOG"]["value"], "info");
     let config = env["PALISADE_CONFIG"]["value"].as_str().unwrap();
     let config = crate::yaml::parse(config, &Limits::FILE).unwrap()[0].root.to_json();
-    assert_eq!(config["inbound"]["app"], "127.0.0.1:0");
+    assert_eq!(config["inbound"]["app"], "0.0.0.0:0", "the pod address the caller reached, never loopback");
     assert_eq!(config["policy"]["controlPlane"], "https://palisade-control.palisade-system.svc:15010");
     assert_eq!(
         config["policy"]["controlPlaneIdentity"],
@@ -399,7 +399,7 @@ fn the_sidecar_configuration_reads_back_as_the_sidecars_own() {
     let text = pod::sidecar_config(&s, &Default::default());
     let config: SidecarConfig =
         load_text(Path::new("PALISADE_CONFIG"), &text, &env).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
-    assert_eq!(config.inbound.app.to_string(), "127.0.0.1:0");
+    assert_eq!(config.inbound.app.to_string(), "0.0.0.0:0");
     assert_eq!(config.inbound.listen.to_string(), "0.0.0.0:15006");
     assert_eq!(config.outbound.listen.to_string(), "127.0.0.1:15001");
     assert_eq!(config.admin.listen.to_string(), "0.0.0.0:15000");

@@ -57,7 +57,7 @@ struct AppAddress {
     port: u16,
     timeout: Option<Duration>,
     /// One pool per port, looked up without a lock; ports are few (a pod's own).
-    pools: ArcSwap<Vec<(u16, Arc<AppPool>)>>,
+    pools: ArcSwap<Vec<(SocketAddr, Arc<AppPool>)>>,
 }
 
 /// More app ports than any pod has: past it, a caller probing ports cannot grow the table.
@@ -68,22 +68,30 @@ impl AppAddress {
         AppAddress { ip: app.ip(), port: app.port(), timeout, pools: ArcSwap::from_pointee(Vec::new()) }
     }
 
-    fn address(&self, addressed_port: u16) -> SocketAddr {
-        SocketAddr::new(self.ip, if self.port == 0 { addressed_port } else { self.port })
+    /// Where the app listens for a request that came in on `local` for `addressed_port`. An
+    /// unspecified address (`0.0.0.0`, `::`; what injection writes) is the pod address the
+    /// caller reached, as Istio forwards since 1.10: a port the app bound to loopback only
+    /// (a metrics or debug port, an agent's API) stays out of the network's reach, where
+    /// forwarding to 127.0.0.1 put it in reach of every caller the policy let in.
+    fn address(&self, local: Option<IpAddr>, addressed_port: u16) -> SocketAddr {
+        let ip = match local {
+            Some(local) if self.ip.is_unspecified() => local,
+            _ => self.ip,
+        };
+        SocketAddr::new(ip, if self.port == 0 { addressed_port } else { self.port })
     }
 
     fn pool(&self, address: SocketAddr) -> Option<Arc<AppPool>> {
-        let port = address.port();
-        if let Some((_, pool)) = self.pools.load().iter().find(|(p, _)| *p == port) {
+        if let Some((_, pool)) = self.pools.load().iter().find(|(a, _)| *a == address) {
             return Some(pool.clone());
         }
         let mut made = None;
         self.pools.rcu(|pools| {
             let mut pools = Vec::clone(pools);
-            if !pools.iter().any(|(p, _)| *p == port) && pools.len() < MAX_APP_PORTS {
-                pools.push((port, Arc::new(AppPool::new(address, self.timeout))));
+            if !pools.iter().any(|(a, _)| *a == address) && pools.len() < MAX_APP_PORTS {
+                pools.push((address, Arc::new(AppPool::new(address, self.timeout))));
             }
-            made = pools.iter().find(|(p, _)| *p == port).map(|(_, pool)| pool.clone());
+            made = pools.iter().find(|(a, _)| *a == address).map(|(_, pool)| pool.clone());
             pools
         });
         made
@@ -190,6 +198,13 @@ impl BodyCount {
             _ => Ok(()),
         }
     }
+}
+
+/// The address the caller's connection came in on (behind an iptables REDIRECT, the pod address
+/// of the interface it arrived on).
+fn local_ip(session: &Session) -> Option<IpAddr> {
+    let local = session.digest()?.socket_digest.as_ref()?.local_addr()?.as_inet()?.ip();
+    Some(super::canonical_ip(local))
 }
 
 /// Removes the headers whose names hold `_`: to CGI, WSGI, Rack and PHP they are the dashed
@@ -365,7 +380,7 @@ impl ProxyHttp for Inbound {
                 inspect = false;
             }
         }
-        let app = self.app.address(port);
+        let app = self.app.address(local_ip(session), port);
         ctx.app = Some(app);
         if let Some(mode) = AppPool::serves(session, ctx.app_h2) {
             let Some(pool) = self.app.pool(app) else {
@@ -447,8 +462,8 @@ impl ProxyHttp for Inbound {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<Box<HttpPeer>> {
-        let app = ctx.app.unwrap_or_else(|| self.app.address(self.app.port));
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<Box<HttpPeer>> {
+        let app = ctx.app.unwrap_or_else(|| self.app.address(local_ip(session), self.app.port));
         let mut peer = HttpPeer::new(app, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.read_timeout = self.app_timeout;
