@@ -67,6 +67,8 @@ impl Installed {
     }
 }
 
+const DNS_PORT: u16 = 53;
+
 /// The `iptables-restore --noflush` input for one family.
 pub fn restore_file(capture: &Capture, family: Family, installed: Installed) -> String {
     let mut lines: Vec<String> = vec!["*nat".into()];
@@ -108,7 +110,10 @@ pub fn restore_file(capture: &Capture, family: Family, installed: Installed) -> 
             lines.push(format!("-A {CHAIN_OUTPUT} -d {block} -j RETURN"));
         }
     }
-    for port in &capture.exclude_outbound_ports {
+    // DNS over TCP (what resolvers fall back to for an answer too long for UDP): the outbound
+    // listener speaks HTTP only, so it could never carry it.
+    lines.push(format!("-A {CHAIN_OUTPUT} -p tcp --dport {DNS_PORT} -j RETURN"));
+    for port in capture.exclude_outbound_ports.iter().filter(|&&p| p != DNS_PORT) {
         lines.push(format!("-A {CHAIN_OUTPUT} -p tcp --dport {port} -j RETURN"));
     }
     lines.push(format!("-A {CHAIN_OUTPUT} -p tcp -j {CHAIN_REDIRECT}"));
@@ -160,6 +165,7 @@ mod tests {
                 "-A PALISADE_OUTPUT -m owner --uid-owner 2102 -j RETURN",
                 "-A PALISADE_OUTPUT -o lo -j RETURN",
                 "-A PALISADE_OUTPUT -d 127.0.0.0/8 -j RETURN",
+                "-A PALISADE_OUTPUT -p tcp --dport 53 -j RETURN",
                 "-A PALISADE_OUTPUT -p tcp -j PALISADE_REDIRECT",
                 "-A PREROUTING -p tcp -j PALISADE_INBOUND",
                 "-A OUTPUT -p tcp -j PALISADE_OUTPUT",

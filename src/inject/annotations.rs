@@ -60,7 +60,16 @@ impl PodOptions {
         let mut options = PodOptions::default();
         if let Some(v) = get(INBOUND_PORTS)? {
             if v != "*" {
-                options.inbound_ports = Some(ports(INBOUND_PORTS, v)?);
+                let chosen = ports(INBOUND_PORTS, v)?;
+                // No port at all would leave the init container nothing to capture and fail the
+                // pod at start; said here, at admission, with the annotation named.
+                if chosen.is_empty() {
+                    return Err(BadAnnotation {
+                        key: INBOUND_PORTS,
+                        message: "names no port (\"*\" captures every port)".into(),
+                    });
+                }
+                options.inbound_ports = Some(chosen);
             }
         }
         if let Some(v) = get(EXCLUDE_INBOUND_PORTS)? {
@@ -167,6 +176,8 @@ mod tests {
         for (key, value) in [
             (INBOUND_PORTS, "http"),
             (INBOUND_PORTS, "0"),
+            (INBOUND_PORTS, ""),
+            (INBOUND_PORTS, ","),
             (EXCLUDE_INBOUND_PORTS, "70000"),
             (EXCLUDE_OUTBOUND_PORTS, "9-3"),
             (EXCLUDE_OUTBOUND_PORTS, "1-5000"),
