@@ -74,11 +74,15 @@ impl Backoff {
     pub(crate) fn next(&mut self) -> Duration {
         let step = self.step;
         self.step = (step * 2).min(self.longest);
-        let mut random = [0u8; 4];
-        let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
-        let fraction = u32::from_le_bytes(random) as f64 / u32::MAX as f64;
-        step / 2 + step.mul_f64(fraction / 2.0)
+        step / 2 + step.mul_f64(random_fraction() / 2.0)
     }
+}
+
+/// A random number in [0, 1], for jitter.
+pub(crate) fn random_fraction() -> f64 {
+    let mut random = [0u8; 4];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+    u32::from_le_bytes(random) as f64 / u32::MAX as f64
 }
 
 #[cfg(test)]

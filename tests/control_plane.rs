@@ -354,6 +354,38 @@ async fn a_snapshot_the_sidecar_refuses_is_nacked_with_the_reason_and_the_old_po
     orders.stop();
 }
 
+/// A snapshot with hundreds of errors: its NACK's reason is cut to fit a message the control plane
+/// takes. Whole, it ran past 64 KiB: the control plane could not read it, the stream ended, the
+/// sidecar reconnected and was refused again, for ever, with nothing in /status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_with_hundreds_of_reasons_still_reaches_the_control_plane() {
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    write_policy(&dir.join("orders.yaml"), &policy_for("orders", "orders-api", &deny_paths(&["/admin"])));
+    let plane = ControlPlane::start(&pki, "control", &dir).await;
+    let orders = Workload::start(&pki, &plane, "orders", |c| c.inbound.allow_permissive = false).await;
+    synced(&plane, &id("shop", "orders"), orders.port()).await;
+
+    let permissive = format!("  mtls: PERMISSIVE\n{}", deny_paths(&["/admin"]));
+    let many: Vec<String> =
+        (0..800).map(|i| policy_for("orders", &format!("permissive-policy-number-{i:04}"), &permissive)).collect();
+    plane.write("orders.yaml", &many.join("---\n"));
+    let mut record = Value::Null;
+    wait_for("the NACK reaches /status", async || {
+        record = plane.sidecar(&id("shop", "orders"), orders.port()).await.unwrap_or_default();
+        record["state"] == "rejected"
+    })
+    .await;
+    let reason = record["nacked"]["reason"].as_str().unwrap();
+    assert!(reason.contains("allowPermissive") && reason.contains("more bytes)"), "{:.300}", reason);
+    assert!(reason.len() <= 4096, "{} bytes", reason.len());
+    assert_eq!(metric(&plane.metrics().await, "palisade_control_nacks_total"), Some(1.0));
+    let attempts = orders.config_dump().await["policy"]["controlPlane"]["attempts"].clone();
+    assert_eq!(attempts, 1, "on the stream it opened first, not after reconnecting");
+    orders.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sidecars_ride_out_a_control_plane_outage_under_load_and_resync() {
     let pki = Pki::new();

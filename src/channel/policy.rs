@@ -20,6 +20,11 @@ use crate::tls::TlsStore;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LONGEST_RETRY: Duration = Duration::from_secs(10);
+/// The longest a sidecar waits to reconnect after the control plane closed its stream.
+const RECONNECT_SPREAD: Duration = Duration::from_secs(5);
+/// Bytes of a NACK's reason: what the control plane keeps of one (4 KiB), with room for the
+/// count of what was cut (its messages may be 64 KiB).
+const MAX_NACK_REASON: usize = 3584;
 /// A snapshot of a few hundred large policies; tonic's default of 4 MB would fail silently
 /// into a reconnect loop before a workload reached that many.
 const MAX_SNAPSHOT_BYTES: usize = 32 * 1024 * 1024;
@@ -77,8 +82,14 @@ impl PolicyChannel {
                 _ = stop.wait_for(|s| *s) => return,
             };
             self.set_connected(false);
+            // A control plane that closes its streams (a replica stopping) closes them all at
+            // once: their sidecars come back spread over RECONNECT_SPREAD, not in one burst of
+            // handshakes and token checks on the replicas left.
+            let delay = match outcome {
+                Ok(()) => backoff.next().max(RECONNECT_SPREAD.mul_f64(super::random_fraction())),
+                Err(_) => backoff.next(),
+            };
             let reason = outcome.err().unwrap_or_else(|| "the control plane closed the stream".into());
-            let delay = backoff.next();
             tracing::warn!(control_plane = %self.address, %reason, retry_in = ?delay,
                 version = %self.policy.current().version, "policy stream down; the policy in force stays");
             *self.state.last_error.lock().expect("channel state lock") = Some(reason);
@@ -155,7 +166,6 @@ impl PolicyChannel {
             .map_err(|status| format!("the control plane refused the stream: {}", status.message()))?
             .into_inner();
         self.set_connected(true);
-        backoff.reset();
         *self.state.last_error.lock().expect("channel state lock") = None;
         tracing::info!(control_plane = %self.address, identity = %self.expected, "policy stream open");
         loop {
@@ -180,14 +190,33 @@ impl PolicyChannel {
                 .await
                 .map_err(|e| format!("applying a snapshot failed: {e}"))?;
             let reply = match applied {
-                Ok(_) => sidecar_message::Kind::Ack(Ack { version }),
-                Err(reason) => sidecar_message::Kind::Nack(Nack { version, reason }),
+                Ok(_) => {
+                    // A stream that delivered a policy is a working one: only now does the
+                    // next failure start from the shortest wait again.
+                    backoff.reset();
+                    sidecar_message::Kind::Ack(Ack { version })
+                }
+                Err(reason) => sidecar_message::Kind::Nack(Nack { version, reason: nack_reason(reason) }),
             };
             if sender.send(message(reply)).await.is_err() {
                 return Err("stream closed".into());
             }
         }
     }
+}
+
+/// A NACK's reason, cut to what the control plane takes in one message with room to spare: every
+/// error of a large snapshot (each naming the workload's labels) ran past its 64 KiB, so the
+/// NACK never arrived and the stream broke, reconnected and was refused again, unseen.
+fn nack_reason(reason: String) -> String {
+    if reason.len() <= MAX_NACK_REASON {
+        return reason;
+    }
+    let mut end = MAX_NACK_REASON;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} ... ({} more bytes)", &reason[..end], reason.len() - end)
 }
 
 fn message(kind: sidecar_message::Kind) -> SidecarMessage {
