@@ -16,11 +16,11 @@ mod signer;
 mod tokens;
 
 pub use kube::{KubeApi, PodInfo};
-pub use service::{
-    CaMetrics, CaService, MAX_REQUEST_BYTES, MAX_STREAMS_PER_CONNECTION, MAX_TOKEN_CHECKS, TOKEN_CHECK_WAIT,
-};
+pub use service::{CaMetrics, CaService, MAX_REQUEST_BYTES, MAX_STREAMS_PER_CONNECTION};
 pub use signer::{CaError, CaFiles, CaSigner, Issued};
-pub use tokens::{JwksTokens, Proven, TokenChecker, TokenReviewTokens};
+pub use tokens::{
+    BoundedTokens, JwksTokens, Proven, TokenChecker, TokenReviewTokens, MAX_TOKEN_CHECKS, TOKEN_CHECK_WAIT,
+};
 
 /// Why a request for a certificate was refused: what the caller is told, what the event says,
 /// and (`label`) the bounded reason of `palisade_ca_requests_total{result}`.

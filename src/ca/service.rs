@@ -46,12 +46,6 @@ impl CaMetrics {
     }
 }
 
-/// Token checks in flight at once: each is a call to the API server (a TokenReview), made for
-/// callers who have proven nothing yet, so a flood of requests must not become a flood of them.
-pub const MAX_TOKEN_CHECKS: usize = 32;
-/// How long a request waits for a check's turn before it is refused as unavailable (the sidecar
-/// retries with backoff): a rollout's burst waits, a flood is turned away.
-pub const TOKEN_CHECK_WAIT: Duration = Duration::from_secs(2);
 /// Streams per connection: a sidecar asks for one certificate at a time.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 4;
 
@@ -61,17 +55,11 @@ pub struct CaService {
     pub ttl: Duration,
     pub metrics: CaMetrics,
     pub telemetry: Arc<Telemetry>,
-    /// Turns at checking a token ([`MAX_TOKEN_CHECKS`]).
-    pub checks: tokio::sync::Semaphore,
 }
 
 impl CaService {
     async fn issue(&self, request: &SignRequest) -> Result<SignResponse, (Option<String>, Refused)> {
-        let busy = || (None, Refused::Unavailable("the CA is checking as many tokens as it may; retry".into()));
-        let turn = tokio::time::timeout(TOKEN_CHECK_WAIT, self.checks.acquire()).await.map_err(|_| busy())?;
-        let turn = turn.map_err(|_| busy())?;
         let proven = self.tokens.check(&request.token).await.map_err(|r| (None, r))?;
-        drop(turn);
         let signer = self.signer.load_full();
         let identity = proven.spiffe_id(signer.trust_domain()).map_err(|r| (None, r))?;
         let issued = signer
@@ -132,7 +120,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::ca::tokens::Proven;
+    use crate::ca::tokens::{Proven, MAX_TOKEN_CHECKS};
 
     /// A token check that takes a minute and counts how many run at once.
     #[derive(Default)]
@@ -166,11 +154,10 @@ mod tests {
         let telemetry = Telemetry::new(&crate::config::TelemetryConfig::default(), None).unwrap();
         let service = Arc::new(CaService {
             signer: Arc::new(ArcSwap::from_pointee(signer)),
-            tokens: checks.clone(),
+            tokens: Arc::new(super::super::tokens::BoundedTokens::new(checks.clone())),
             ttl: Duration::from_secs(3600),
             metrics: CaMetrics::register(&Registry::new()),
             telemetry: Arc::new(telemetry),
-            checks: tokio::sync::Semaphore::new(MAX_TOKEN_CHECKS),
         });
         let flood: Vec<_> = (0..MAX_TOKEN_CHECKS + 100)
             .map(|_| {

@@ -3,6 +3,7 @@
 //! either way the CA and the policy stream get the same [`Proven`] or the same [`Refused`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -49,6 +50,37 @@ impl Proven {
 #[async_trait]
 pub trait TokenChecker: Send + Sync {
     async fn check(&self, token: &str) -> Result<Proven, Refused>;
+}
+
+/// Token checks in flight at once: a TokenReview is a call to the API server, made for callers
+/// who have proven nothing yet (the CA's, and policy streams opening), so a flood of requests
+/// must not become a flood of them.
+pub const MAX_TOKEN_CHECKS: usize = 32;
+/// How long a check waits for its turn before it is refused as unavailable (sidecars retry with
+/// backoff): a rollout's burst waits, a flood is turned away.
+pub const TOKEN_CHECK_WAIT: Duration = Duration::from_secs(2);
+
+/// A checker taking its turn among at most [`MAX_TOKEN_CHECKS`]: one bound for every check the
+/// control plane makes, wherever the token comes from.
+pub struct BoundedTokens {
+    inner: Arc<dyn TokenChecker>,
+    turns: tokio::sync::Semaphore,
+}
+
+impl BoundedTokens {
+    pub fn new(inner: Arc<dyn TokenChecker>) -> Self {
+        BoundedTokens { inner, turns: tokio::sync::Semaphore::new(MAX_TOKEN_CHECKS) }
+    }
+}
+
+#[async_trait]
+impl TokenChecker for BoundedTokens {
+    async fn check(&self, token: &str) -> Result<Proven, Refused> {
+        let busy = || Refused::Unavailable("the control plane is checking as many tokens as it may; retry".into());
+        let turn = tokio::time::timeout(TOKEN_CHECK_WAIT, self.turns.acquire()).await.map_err(|_| busy())?;
+        let _turn = turn.map_err(|_| busy())?;
+        self.inner.check(token).await
+    }
 }
 
 /// By the API server's TokenReview: the API server knows every key, revocation and bound pod.

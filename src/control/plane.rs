@@ -204,9 +204,10 @@ async fn run(
 
     let tokens: Option<Arc<dyn crate::ca::TokenChecker>> = match (&ca, &api) {
         (Some(ca), _) => Some(ca.tokens()),
-        (None, Some(api)) => {
-            Some(Arc::new(crate::ca::TokenReviewTokens { api: api.clone(), audience: "palisade".into() }))
-        }
+        (None, Some(api)) => Some(Arc::new(crate::ca::BoundedTokens::new(Arc::new(crate::ca::TokenReviewTokens {
+            api: api.clone(),
+            audience: "palisade".into(),
+        })))),
         (None, None) => None,
     };
     let service = PolicyService {

@@ -76,6 +76,8 @@ impl WorkloadCa {
             (None, None, _) => None, // reported by the configuration's own checks
         };
         let (signer, tokens) = (signer?, tokens?);
+        // One bound on token checks for the CA and the policy streams (which share this checker).
+        let tokens: Arc<dyn TokenChecker> = Arc::new(crate::ca::BoundedTokens::new(tokens));
         let bundle = watch::Sender::new(Arc::new(der_of(&signer)));
         Some(WorkloadCa {
             signer: Arc::new(ArcSwap::from_pointee(signer)),
@@ -153,7 +155,6 @@ impl WorkloadCa {
             ttl,
             metrics: CaMetrics::register(metrics.registry()),
             telemetry: telemetry.clone(),
-            checks: tokio::sync::Semaphore::new(crate::ca::MAX_TOKEN_CHECKS),
         };
         let refused = move |peer: SocketAddr, reason: String| {
             tracing::debug!(%peer, %reason, "CA TLS handshake refused");
