@@ -108,11 +108,22 @@ struct FileState {
     /// The contents changed in this scan: refusing them is a new refusal, even when it says
     /// what the last one said.
     fresh: bool,
+    /// Good contents that changed in the same scan as contents that were refused: held back with
+    /// them (a policy moved from one file into a refused one must not vanish from both) until
+    /// no file is refused.
+    held: Option<String>,
 }
 
 impl Default for FileState {
     fn default() -> Self {
-        FileState { seen: [0; 32], parsed: Ok(Vec::new()), good: Vec::new(), errors: Vec::new(), fresh: false }
+        FileState {
+            seen: [0; 32],
+            parsed: Ok(Vec::new()),
+            good: Vec::new(),
+            errors: Vec::new(),
+            fresh: false,
+            held: None,
+        }
     }
 }
 
@@ -199,12 +210,17 @@ impl PolicyDirectory {
     /// and the other file keeps its last good version.
     fn settle(&mut self, outcome: &mut ScanOutcome) {
         let key = |e: &CatalogEntry| (e.namespace.clone(), e.name.clone());
+        // What was held back goes in with the rest once nothing is refused for its syntax (a
+        // refusal for a duplicate is found again below, and holds it again).
+        if self.files.values().all(|f| f.parsed.is_ok()) {
+            self.files.values_mut().for_each(|f| f.held = None);
+        }
         let mut refused: BTreeMap<String, Vec<String>> = BTreeMap::new();
         loop {
             let mut owners: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
             for (file, state) in &self.files {
                 let taken = match &state.parsed {
-                    Ok(entries) if !refused.contains_key(file) => entries,
+                    Ok(entries) if !refused.contains_key(file) && state.held.is_none() => entries,
                     _ => &state.good,
                 };
                 for entry in taken {
@@ -227,15 +243,46 @@ impl PolicyDirectory {
                 }
             }
             if more.is_empty() {
-                break;
+                // A scan is one update (one ConfigMap swap changes its files at once): when any
+                // file of it is refused, its other files wait too.
+                let refused_now: Vec<&str> = self
+                    .files
+                    .iter()
+                    .filter(|(f, st)| st.fresh && (st.parsed.is_err() || refused.contains_key(*f)))
+                    .map(|(f, _)| f.as_str())
+                    .collect();
+                if refused_now.is_empty() {
+                    break;
+                }
+                let with = refused_now.join(", ");
+                let hold: Vec<String> = self
+                    .files
+                    .iter()
+                    .filter(|(f, st)| st.fresh && st.parsed.is_ok() && !refused.contains_key(*f) && st.held.is_none())
+                    .map(|(f, _)| f.clone())
+                    .collect();
+                if hold.is_empty() {
+                    break;
+                }
+                for file in hold {
+                    self.files.get_mut(&file).expect("a file of the scan").held = Some(with.clone());
+                }
+                refused.clear();
+                continue;
             }
             for (file, error) in more {
                 refused.entry(file).or_default().push(error);
             }
         }
+        let dir = self.dir.clone();
         for (file, state) in self.files.iter_mut() {
             let errors = match (&state.parsed, refused.remove(file)) {
                 (Ok(_), Some(duplicates)) => duplicates,
+                (Ok(_), None) if state.held.is_some() => vec![format!(
+                    "{}: not taken yet: it changed with {}, refused in the same update; taken once that is fixed",
+                    dir.join(file).display(),
+                    state.held.as_deref().unwrap_or_default(),
+                )],
                 (Ok(entries), None) => {
                     if state.good.iter().map(|e| e.digest).ne(entries.iter().map(|e| e.digest))
                         || !state.errors.is_empty()
@@ -448,6 +495,46 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         std::fs::remove_file(dir.path().join("copy.yaml")).unwrap();
         assert!(directory.scan().catalog.unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_rule_moved_into_a_file_that_is_refused_stays_where_it_was_until_that_file_is_fixed() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |file: &str, text: &str| std::fs::write(dir.path().join(file), text).unwrap();
+        let deny = "  authorization:\n    rules:\n      - {name: no-admin, action: DENY, to: {paths: [\"/admin*\"]}}\n";
+        write("a.yaml", &policy("a", "shop", deny));
+        write("b.yaml", &policy("b", "shop", ""));
+        let mut directory = PolicyDirectory::new(dir.path().into());
+        let served = |catalog: &Catalog| -> String {
+            let selection = catalog.select(&workload("shop", "orders"));
+            selection.entries.iter().map(|e| String::from_utf8_lossy(&e.document).to_string()).collect()
+        };
+        assert!(served(&directory.scan().catalog.unwrap()).contains("no-admin"));
+
+        // One update moves the rule from a.yaml into b.yaml, and b.yaml has a typo.
+        write("a.yaml", &policy("a", "shop", ""));
+        write("b.yaml", &policy("b", "shop", &format!("{deny}  mtls: LOOSE\n")));
+        let outcome = directory.scan();
+        let catalog = outcome.catalog.unwrap();
+        assert!(served(&catalog).contains("no-admin"), "the rule vanished from both files: {}", served(&catalog));
+        let errors: Vec<&String> = outcome.rejected.iter().flat_map(|(_, e)| e).collect();
+        assert!(errors.iter().any(|e| e.contains("b.yaml") && e.contains("spec.mtls")), "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("a.yaml: not taken yet") && e.contains("b.yaml")), "{errors:?}");
+
+        // b.yaml fixed: both files' new versions are taken together.
+        write("b.yaml", &policy("b", "shop", deny));
+        let catalog = directory.scan().catalog.unwrap();
+        let text = served(&catalog);
+        assert_eq!(text.matches("no-admin").count(), 1, "in b.yaml only now: {text}");
+        assert!(
+            catalog.sources.iter().all(|s| s.errors.is_empty()),
+            "{:?}",
+            catalog.sources.iter().map(|s| &s.errors).collect::<Vec<_>>()
+        );
+
+        // A later change of another file, while nothing is refused, is taken on its own.
+        write("c.yaml", &policy("c", "shop", ""));
+        assert!(directory.scan().rejected.is_empty());
     }
 
     #[test]
