@@ -387,11 +387,10 @@ impl PolicySnapshot {
             return Ok(());
         }
         let query = view.target.iter().position(|&b| b == b'?').map(|at| &view.target[at + 1..]);
-        let head = crate::waf::HeadView {
-            path,
-            query: query.and_then(|q| std::str::from_utf8(q).ok()),
-            headers: view.headers,
-        };
+        // Raw bytes that are not UTF-8 (pingora passes them on as they are) leave the rest of the
+        // query to be read: replaced, not a reason to skip it all.
+        let query = query.map(String::from_utf8_lossy);
+        let head = crate::waf::HeadView { path, query: query.as_deref(), headers: view.headers };
         self.each_waf(match_form(path), note, |waf, skips| waf.inspect_head(&head, skips))
     }
 
@@ -1004,6 +1003,28 @@ mod tests {
 
     fn waf_policy(waf: &str) -> PolicySnapshot {
         snapshot(&format!("  inputValidation:\n    waf: {waf}\n"))
+    }
+
+    #[test]
+    fn a_query_with_a_byte_that_is_not_utf8_is_still_read() {
+        // pingora passes raw bytes 0x80-0xFF in a target on to an HTTP/1.1 app as they are; the
+        // query was skipped whole when it was not UTF-8.
+        let block = waf_policy("{mode: BLOCK}");
+        let base = req("GET", "/search");
+        let target: &[u8] = b"/search?q=1%27%20OR%20%271%27%3D%271&x=\xff";
+        let view = RequestView {
+            principal: base.principal.as_ref(),
+            source_ip: None,
+            plaintext: false,
+            method: &base.method,
+            target,
+            path: "/search",
+            port: 8080,
+            headers: &base.headers,
+            ambiguous_framing: None,
+            auth: Authenticated::Nobody,
+        };
+        assert!(matches!(block.decide(&view, |_| {}), Err(Refusal::Blocked(_))));
     }
 
     #[test]

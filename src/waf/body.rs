@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use super::decode::{find_ci, find_either, form_component, starts_with_ci, Hit};
+use super::decode::{find_either, form_component, starts_with_ci, Hit};
 use super::{finding, Class, Detector, Finding, LocationKind, Skips, Value, Waf};
 
 /// JSON nested deeper than this is refused as a protocol anomaly rather than walked.
@@ -59,7 +59,10 @@ fn media_type(ct: &[u8]) -> &[u8] {
 fn anomaly(waf: &Waf, skip: &Skips<'_>, kind: LocationKind, body: &[u8], at: usize) -> Option<Finding> {
     let active = waf.plans[Class::Arg as usize].without(skip.everywhere);
     if !active.contains(Detector::Protocol) {
-        return None;
+        // Not what its type says, and no protocol check to refuse it: the app's own parser may
+        // still read it (Python's json takes NaN, many skip a BOM), so the walk does not stop
+        // here with the rest unread: the whole of it is inspected as one text value.
+        return waf.value(Value { class: Class::Arg, kind, name: b"", value: body }, skip);
     }
     let at = at.min(body.len());
     Some(finding(Detector::Protocol, kind, b"", body, Hit::new(1, at, (at + 32).min(body.len()))))
@@ -300,26 +303,48 @@ fn json(waf: &Waf, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
     None
 }
 
-/// A parameter of a header value (`boundary=...`, `name="..."`), unquoted.
+/// A parameter of a header value (`boundary=...`, `name="..."`), unquoted: the first of that
+/// name, read as RFC 9110 parameters are (`;`-separated, a quoted value taken whole), so text
+/// inside a quoted value (`x="- filename=a -"`) is never taken for a parameter.
 fn header_param<'a>(header: &'a [u8], param: &[u8]) -> Option<&'a [u8]> {
-    let mut from = 0;
-    while let Some(at) = find_ci(header, param, from) {
-        from = at + 1;
-        let before_ok = at == 0 || matches!(header[at - 1], b';' | b' ' | b'\t');
-        let after = at + param.len();
-        if !before_ok || header.get(after) != Some(&b'=') {
+    let n = header.len();
+    // The value before the first `;` (the media type, `form-data`) is no parameter.
+    let mut i = header.iter().position(|&b| b == b';')? + 1;
+    while i < n {
+        while i < n && matches!(header[i], b' ' | b'\t' | b';') {
+            i += 1;
+        }
+        let name_start = i;
+        while i < n && !matches!(header[i], b'=' | b';') {
+            i += 1;
+        }
+        let name = header[name_start..i].trim_ascii();
+        if header.get(i) != Some(&b'=') {
             continue;
         }
-        let rest = &header[after + 1..];
-        if rest.first() == Some(&b'"') {
-            let mut j = 1;
-            while j < rest.len() && rest[j] != b'"' {
-                j += if rest[j] == b'\\' { 2 } else { 1 };
-            }
-            return Some(&rest[1..j.min(rest.len())]);
+        i += 1;
+        while i < n && matches!(header[i], b' ' | b'\t') {
+            i += 1;
         }
-        let end = rest.iter().position(|&b| b == b';' || b == b' ' || b == b'\t').unwrap_or(rest.len());
-        return Some(&rest[..end]);
+        let value = if header.get(i) == Some(&b'"') {
+            let start = i + 1;
+            i = start;
+            while i < n && header[i] != b'"' {
+                i += if header[i] == b'\\' { 2 } else { 1 };
+            }
+            let value = &header[start..i.min(n)];
+            i = (i + 1).min(n);
+            value
+        } else {
+            let start = i;
+            while i < n && !matches!(header[i], b';' | b' ' | b'\t') {
+                i += 1;
+            }
+            &header[start..i]
+        };
+        if name.eq_ignore_ascii_case(param) {
+            return Some(value);
+        }
     }
     None
 }
@@ -335,7 +360,7 @@ fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> O
     let mut delim = Vec::with_capacity(boundary.len() + 2);
     delim.extend_from_slice(b"--");
     delim.extend_from_slice(boundary);
-    let Some(first) = find(body, &delim, 0) else { return bad(0) };
+    let Some(first) = find_delimiter(body, &delim, 0) else { return bad(0) };
     let mut pos = first + delim.len();
     loop {
         // After a delimiter: `--` ends the body, otherwise a line break starts a part.
@@ -355,12 +380,13 @@ fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> O
             if line.is_empty() {
                 break;
             }
-            if starts_with_ci(line, b"content-disposition:") {
+            // The first one counts, as Go, Werkzeug and busboy read it.
+            if starts_with_ci(line, b"content-disposition:") && disposition.is_none() {
                 disposition = Some(&line[20..]);
             }
         }
         // A body cut short before its closing delimiter is read up to where it ends.
-        let next = find(body, &delim, pos).unwrap_or(body.len());
+        let next = find_delimiter(body, &delim, pos).unwrap_or(body.len());
         let content = trim_eol(&body[pos..next]);
         // A part without a disposition is no field; browsers never send one, parsers skip it.
         let Some(disposition) = disposition else {
@@ -427,6 +453,18 @@ fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     hay[from..].windows(needle.len()).position(|w| w == needle).map(|p| from + p)
 }
 
+/// The next delimiter at a line's start, from `from`: one in the middle of a line is content, to
+/// every parser that follows RFC 2046 (Go, Werkzeug, busboy).
+fn find_delimiter(body: &[u8], delim: &[u8], mut from: usize) -> Option<usize> {
+    loop {
+        let at = find(body, delim, from)?;
+        if at == 0 || body[at - 1] == b'\n' {
+            return Some(at);
+        }
+        from = at + 1;
+    }
+}
+
 /// The index after the next `\n` from `pos`.
 fn line_end(body: &[u8], pos: usize) -> Option<usize> {
     body.get(pos..)?.iter().position(|&b| b == b'\n').map(|p| pos + p + 1)
@@ -470,8 +508,19 @@ fn xml(waf: &Waf, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
             i = (end + 3).min(n);
             continue;
         }
-        if rest.starts_with(b"<?") || rest.starts_with(b"<!") {
+        if rest.starts_with(b"<?") {
             i = body[i..].iter().position(|&b| b == b'>').map_or(n, |p| i + p + 1);
+            continue;
+        }
+        if rest.starts_with(b"<!") {
+            // A declaration (`<!DOCTYPE r [<!ENTITY a "...">]>`): an entity's text is expanded
+            // where `&a;` stands by Java's and Python's parsers, so it is read as text too.
+            let end = body[i..].iter().position(|&b| b == b'>').map_or(n, |p| i + p);
+            let v = Value { class: Class::Arg, kind: LocationKind::XmlValue, name: b"", value: &body[i + 2..end] };
+            if let Some(f) = waf.value(v, skip) {
+                return Some(f);
+            }
+            i = (end + 1).min(n);
             continue;
         }
         // A tag: its name, then attributes until `>`.
@@ -532,6 +581,7 @@ fn xml(waf: &Waf, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
 #[cfg(test)]
 mod tests {
     use super::super::tests::waf;
+    use super::super::{DetectorSet, WafSettings};
     use super::*;
 
     fn body(ct: &str, b: &str) -> Option<Finding> {
@@ -552,6 +602,45 @@ mod tests {
         ];
         for (ct, b) in cases {
             assert_eq!(body(ct, b), None, "{ct}: {b}");
+        }
+    }
+
+    #[test]
+    fn bodies_read_as_the_apps_parsers_read_them() {
+        // Each carried an injection past the WAF: the app's parser reads a value the walk did not.
+        let sqli = "' OR 1=1--";
+        let cases = [
+            // A delimiter in the middle of a line is content (RFC 2046), not a part's end.
+            format!("--b\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\nx--b\r\n\r\n{sqli}\r\n--b--\r\n"),
+            // The first Content-Disposition is the part's (Go, Werkzeug, busboy).
+            format!("--b\r\nContent-Disposition: form-data; name=\"q\"\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.txt\"\r\n\r\n{sqli}\r\n--b--\r\n"),
+            // A `filename=` inside a quoted parameter is that parameter's text.
+            format!("--b\r\nContent-Disposition: form-data; name=\"q\"; x=\"- filename=a.txt -\"\r\n\r\n{sqli}\r\n--b--\r\n"),
+        ];
+        for case in &cases {
+            let f = body("multipart/form-data; boundary=b", case);
+            assert_eq!(f.map(|f| f.detector), Some(Detector::Sqli), "{case:?}");
+        }
+        // A boundary named inside another parameter's quotes is not the boundary.
+        let real = format!("--real\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\n{sqli}\r\n--real--\r\n");
+        let f = body("multipart/form-data; charset=\"x boundary=fake y\"; boundary=real", &real);
+        assert_eq!(f.map(|f| f.detector), Some(Detector::Sqli));
+        // An internal entity's text is what `&a;` becomes (the declaration is markup to the XSS
+        // detector too, as XXE's is to CRS: either finding blocks it).
+        let xml = format!("<!DOCTYPE r [<!ENTITY a \"{sqli}\">]><r><q>&a;</q></r>");
+        assert!(body("application/xml", &xml).is_some(), "{xml}");
+        assert_eq!(body("application/xml", "<!DOCTYPE html><r>Tea</r>"), None, "a plain DOCTYPE is harmless");
+    }
+
+    #[test]
+    fn a_body_not_of_its_type_is_read_whole_when_no_protocol_check_refuses_it() {
+        // Python's json takes NaN; with the protocol detector off, the walk stopped at it and
+        // never read "q".
+        let waf = Waf::new(WafSettings { paranoia: 1, detectors: DetectorSet::of(&[Detector::Sqli, Detector::Xss]) })
+            .unwrap();
+        for b in [r#"{"a":NaN,"q":"' OR 1=1--"}"#, "\u{feff}{\"q\":\"' OR 1=1--\"}"] {
+            let f = waf.inspect_body(Some(b"application/json"), b.as_bytes(), &Skips::NONE);
+            assert_eq!(f.map(|f| f.detector), Some(Detector::Sqli), "{b}");
         }
     }
 
