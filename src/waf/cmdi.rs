@@ -784,7 +784,14 @@ fn commands(v: &[u8], level: u8) -> Option<Hit> {
         if let Some(h) = command_at(v, i, separator_len, false, level) {
             return Some(h);
         }
-        i += separator_len;
+        // A run of backticks is read whole from its first (doubled ones are an evasion the
+        // command reader takes in its stride): starting again at each of them read the rest of
+        // the run every time, quadratic in its length.
+        if v[i] == b'`' {
+            i += v[i..].iter().take_while(|&&b| b == b'`').count();
+        } else {
+            i += separator_len;
+        }
     }
     None
 }

@@ -836,12 +836,21 @@ fn json_operator(v: &[u8], shape: Shape) -> Option<Hit> {
     // A quoted JSON literal opens with `'{` or `'[`.
     let mut from =
         if shape.has(const { Shape::mask(b"'") }) && shape.has(const { Shape::mask(b"{[") }) { 0 } else { v.len() };
+    // The first `}'` (`]'`) after each opener: openers come in order, so each closer is found
+    // once and kept while it still lies ahead (searching to the end for every opener was
+    // quadratic in a value of many `'{`).
+    let mut closers: [Option<Option<usize>>; 2] = [None, None];
     while let Some(p) = v[from..].windows(2).position(|w| w[0] == b'\'' && matches!(w[1], b'{' | b'[')) {
         let at = from + p;
         from = at + 1;
-        let close = if v[at + 1] == b'{' { b'}' } else { b']' };
-        let Some(end) = v[at + 2..].windows(2).position(|w| w[0] == close && w[1] == b'\'').map(|e| at + 2 + e + 2)
-        else {
+        let (k, close) = if v[at + 1] == b'{' { (0, b'}') } else { (1, b']') };
+        let found = match closers[k] {
+            Some(None) => None,
+            Some(Some(e)) if e >= at + 2 => Some(e),
+            _ => v[at + 2..].windows(2).position(|w| w[0] == close && w[1] == b'\'').map(|e| at + 2 + e),
+        };
+        closers[k] = Some(found);
+        let Some(end) = found.map(|e| e + 2) else {
             continue;
         };
         let rest = v[end..].trim_ascii_start();
