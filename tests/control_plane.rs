@@ -321,16 +321,23 @@ async fn an_invalid_file_is_refused_at_the_control_plane_and_nothing_changes() {
     orders.stop();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_snapshot_the_sidecar_refuses_is_nacked_with_the_reason_and_the_old_policy_stays() {
+/// A control plane serving orders-api (DENY /admin) and an orders sidecar pinned to STRICT
+/// (`allowPermissive: false`, which the control plane cannot know), synced: the PKI, the
+/// control plane, the sidecar and its first /status record.
+async fn pinned_strict_orders() -> (Pki, ControlPlane, Workload, Value) {
     let pki = Pki::new();
     let dir = pki.path("policies");
     std::fs::create_dir(&dir).unwrap();
     write_policy(&dir.join("orders.yaml"), &policy_for("orders", "orders-api", &deny_paths(&["/admin"])));
     let plane = ControlPlane::start(&pki, "control", &dir).await;
-    // This workload is pinned to STRICT locally; the control plane cannot know that.
     let orders = Workload::start(&pki, &plane, "orders", |c| c.inbound.allow_permissive = false).await;
     let before = synced(&plane, &id("shop", "orders"), orders.port()).await;
+    (pki, plane, orders, before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_the_sidecar_refuses_is_nacked_with_the_reason_and_the_old_policy_stays() {
+    let (_pki, plane, orders, before) = pinned_strict_orders().await;
 
     let permissive = format!("  mtls: PERMISSIVE\n{}", deny_paths(&["/admin", "/secret"]));
     plane.write("orders.yaml", &policy_for("orders", "orders-api", &permissive));
@@ -359,13 +366,7 @@ async fn a_snapshot_the_sidecar_refuses_is_nacked_with_the_reason_and_the_old_po
 /// sidecar reconnected and was refused again, for ever, with nothing in /status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_nack_with_hundreds_of_reasons_still_reaches_the_control_plane() {
-    let pki = Pki::new();
-    let dir = pki.path("policies");
-    std::fs::create_dir(&dir).unwrap();
-    write_policy(&dir.join("orders.yaml"), &policy_for("orders", "orders-api", &deny_paths(&["/admin"])));
-    let plane = ControlPlane::start(&pki, "control", &dir).await;
-    let orders = Workload::start(&pki, &plane, "orders", |c| c.inbound.allow_permissive = false).await;
-    synced(&plane, &id("shop", "orders"), orders.port()).await;
+    let (_pki, plane, orders, _) = pinned_strict_orders().await;
 
     let permissive = format!("  mtls: PERMISSIVE\n{}", deny_paths(&["/admin"]));
     let many: Vec<String> =

@@ -54,6 +54,16 @@ async fn spawn_ready(config: &std::path::Path, admin: u16) -> std::process::Chil
     child
 }
 
+/// A sidecar for shop/orders with no app (port 9), its configuration written: the PKI (keep it
+/// alive), the configuration's path and the ports (inbound, outbound, admin).
+fn orders_sidecar() -> (Pki, std::path::PathBuf, [u16; 3]) {
+    let pki = Pki::new();
+    let server = pki.workload("server", &id("shop", "orders"));
+    let ports = [free_port(), free_port(), free_port()];
+    let config = write_config(pki.dir.path(), &server, 9, ports);
+    (pki, config, ports)
+}
+
 async fn wait_ready(admin: u16) {
     let ready = eventually(async || {
         matches!(http_client().get(format!("http://127.0.0.1:{admin}/ready")).send().await, Ok(r) if r.status() == 200)
@@ -110,10 +120,7 @@ async fn sigterm_lets_in_flight_requests_finish_refuses_new_ones_and_exits_zero(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_terminal_drains_the_sidecar_instead_of_killing_it() {
-    let pki = Pki::new();
-    let server = pki.workload("server", &id("shop", "orders"));
-    let ports = [free_port(), free_port(), free_port()];
-    let config = write_config(pki.dir.path(), &server, 9, ports);
+    let (_pki, config, ports) = orders_sidecar();
     let mut child = spawn_ready(&config, ports[2]).await;
     assert!(Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap().success());
     let status = wait_exit(&mut child).expect("the sidecar exits");
@@ -124,10 +131,7 @@ async fn a_closed_terminal_drains_the_sidecar_instead_of_killing_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn post_shutdown_from_localhost_drains_and_exits_zero() {
-    let pki = Pki::new();
-    let server = pki.workload("server", &id("shop", "orders"));
-    let ports = [free_port(), free_port(), free_port()];
-    let config = write_config(pki.dir.path(), &server, 9, ports);
+    let (_pki, config, ports) = orders_sidecar();
     let mut child = spawn_ready(&config, ports[2]).await;
     let admin = format!("http://127.0.0.1:{}", ports[2]);
     let client = http_client();
@@ -148,10 +152,7 @@ async fn post_shutdown_from_localhost_drains_and_exits_zero() {
 /// included (issue 16's outside finding at a limit of 256).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_few_open_files_a_connection_flood_leaves_the_admin_port_answering() {
-    let pki = Pki::new();
-    let server = pki.workload("server", &id("shop", "orders"));
-    let ports = [free_port(), free_port(), free_port()];
-    let config = write_config(pki.dir.path(), &server, 9, ports);
+    let (_pki, config, ports) = orders_sidecar();
     let log_path = config.with_file_name("sidecar.log");
     let mut child = Command::new("prlimit")
         .args(["--nofile=128:256", "--", BIN, "sidecar", "--config"])
@@ -196,10 +197,7 @@ async fn with_few_open_files_a_connection_flood_leaves_the_admin_port_answering(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_filter_cut_short_is_not_applied() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let pki = Pki::new();
-    let server = pki.workload("server", &id("shop", "orders"));
-    let ports = [free_port(), free_port(), free_port()];
-    let config = write_config(pki.dir.path(), &server, 9, ports);
+    let (_pki, config, ports) = orders_sidecar();
     let mut child = spawn_ready(&config, ports[2]).await;
     let admin = format!("http://127.0.0.1:{}", ports[2]);
     let client = http_client();
@@ -227,10 +225,7 @@ async fn a_log_filter_cut_short_is_not_applied() {
 /// Runs a sidecar with these arguments and variables (and no log variables of the test's own),
 /// shuts it down through its admin API and returns what it wrote on stderr.
 async fn stderr_of_a_run(args: &[&str], env: &[(&str, &str)]) -> String {
-    let pki = Pki::new();
-    let server = pki.workload("server", &id("shop", "orders"));
-    let ports = [free_port(), free_port(), free_port()];
-    let config = write_config(pki.dir.path(), &server, 9, ports);
+    let (_pki, config, ports) = orders_sidecar();
     let log = config.with_file_name("sidecar.log");
     let mut child = Command::new(BIN)
         .args(["sidecar", "--config"])
