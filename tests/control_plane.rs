@@ -321,6 +321,17 @@ async fn an_invalid_file_is_refused_at_the_control_plane_and_nothing_changes() {
     orders.stop();
 }
 
+/// The orders sidecar's /status record once it shows a NACK.
+async fn rejected(plane: &ControlPlane, orders: &Workload) -> Value {
+    let mut record = Value::Null;
+    wait_for("the NACK reaches /status", async || {
+        record = plane.sidecar(&id("shop", "orders"), orders.port()).await.unwrap_or_default();
+        record["state"] == "rejected"
+    })
+    .await;
+    record
+}
+
 /// A control plane serving orders-api (DENY /admin) and an orders sidecar pinned to STRICT
 /// (`allowPermissive: false`, which the control plane cannot know), synced: the PKI, the
 /// control plane, the sidecar and its first /status record.
@@ -341,12 +352,7 @@ async fn a_snapshot_the_sidecar_refuses_is_nacked_with_the_reason_and_the_old_po
 
     let permissive = format!("  mtls: PERMISSIVE\n{}", deny_paths(&["/admin", "/secret"]));
     plane.write("orders.yaml", &policy_for("orders", "orders-api", &permissive));
-    let mut record = Value::Null;
-    wait_for("the NACK reaches /status", async || {
-        record = plane.sidecar(&id("shop", "orders"), orders.port()).await.unwrap_or_default();
-        record["state"] == "rejected"
-    })
-    .await;
+    let record = rejected(&plane, &orders).await;
     let reason = record["nacked"]["reason"].as_str().unwrap();
     assert!(reason.contains("allowPermissive") && reason.contains("orders-api"), "{reason}");
     assert_eq!(record["nacked"]["version"], record["sent"]["version"]);
@@ -372,12 +378,7 @@ async fn a_nack_with_hundreds_of_reasons_still_reaches_the_control_plane() {
     let many: Vec<String> =
         (0..800).map(|i| policy_for("orders", &format!("permissive-policy-number-{i:04}"), &permissive)).collect();
     plane.write("orders.yaml", &many.join("---\n"));
-    let mut record = Value::Null;
-    wait_for("the NACK reaches /status", async || {
-        record = plane.sidecar(&id("shop", "orders"), orders.port()).await.unwrap_or_default();
-        record["state"] == "rejected"
-    })
-    .await;
+    let record = rejected(&plane, &orders).await;
     let reason = record["nacked"]["reason"].as_str().unwrap();
     assert!(reason.contains("allowPermissive") && reason.contains("more bytes)"), "{:.300}", reason);
     assert!(reason.len() <= 4096, "{} bytes", reason.len());
