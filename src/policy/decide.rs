@@ -458,6 +458,12 @@ impl PolicySnapshot {
         if view.headers.keys().any(is_override) {
             return Err(Refusal::Malformed("method override header"));
         }
+        // Content-Type is one value (RFC 9110): with two, the sidecar reads the body as the first
+        // says and gunicorn as the last, so a form could pass as opaque text.
+        let mut types = view.headers.get_all(http::header::CONTENT_TYPE).iter();
+        if types.next().is_some() && types.next().is_some() {
+            return Err(Refusal::Malformed("more than one content-type"));
+        }
         // And as a query parameter (Express's methodOverride('_method'), Laravel).
         if view.target.iter().position(|&b| b == b'?').is_some_and(|at| names_method_override(&view.target[at + 1..])) {
             return Err(Refusal::Malformed("method override parameter"));
@@ -670,6 +676,16 @@ mod tests {
                 None,
             ),
             ("an override parameter", req("POST", "/orders/1?_method=DELETE"), 400, "invalid_request", "invalid", None),
+            (
+                "two content types (read as the first here, as the last by gunicorn)",
+                req("POST", "/orders")
+                    .header("content-type", "text/plain")
+                    .header("content-type", "application/x-www-form-urlencoded"),
+                400,
+                "invalid_request",
+                "invalid",
+                None,
+            ),
             (
                 "an override parameter, encoded, after another",
                 req("POST", "/orders/1?a=1&%5Fmethod=DELETE"),
