@@ -555,9 +555,7 @@ impl tokio::io::AsyncRead for CoalescedWrites {
         match polled {
             std::task::Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 if !self.started && self.gate.is_some() {
-                    let first = &buf.filled()[before..];
-                    let n = first.len().min(h2_frames::PREFACE.len());
-                    self.h2 = first[..n] == h2_frames::PREFACE[..n];
+                    self.h2 = h2_frames::preface_matched(0, &buf.filled()[before..]).is_some();
                 }
                 self.started = true;
                 self.last_read = true;
@@ -1002,23 +1000,22 @@ impl Deadlined {
     /// preface is whole (its frames are followed from there, the rest is pingora's), HTTP/1.1's
     /// head as soon as a byte differs.
     fn on_preface(&mut self, matched: usize, bytes: &[u8]) {
-        let rest = &h2_frames::PREFACE[matched..];
-        let n = rest.len().min(bytes.len());
-        if bytes[..n] != rest[..n] {
+        match h2_frames::preface_matched(matched, bytes) {
             // The preface's bytes so far were the head's first, and may have ended it.
-            match HeadScan::Lead.scan(&h2_frames::PREFACE[..matched]) {
+            None => match HeadScan::Lead.scan(&h2_frames::PREFACE[..matched]) {
                 Some(scan) => self.on_head(scan, bytes),
                 None => {
                     self.phase = Phase::Request;
                     self.armed = false;
                 }
+            },
+            Some(now) if now < h2_frames::PREFACE.len() => self.phase = Phase::Preface { matched: now as u8 },
+            Some(_) => {
+                self.phase = Phase::H2;
+                self.armed = false;
+                let left = h2_frames::PREFACE.len() - matched;
+                self.h2 = H2Frames::new(self.max_resets_per_second, self.memory.is_some(), left);
             }
-        } else if n < rest.len() {
-            self.phase = Phase::Preface { matched: (matched + n) as u8 };
-        } else {
-            self.phase = Phase::H2;
-            self.armed = false;
-            self.h2 = H2Frames::new(self.max_resets_per_second, self.memory.is_some(), rest.len());
         }
     }
 

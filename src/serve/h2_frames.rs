@@ -10,6 +10,14 @@ use tokio::time::Instant;
 /// The client's connection preface, before its first frame (with prior knowledge on a plaintext
 /// port, this is how HTTP/2 is told from HTTP/1.1).
 pub(crate) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How far `bytes`, read after `matched` bytes of the connection preface, carry it: how many of
+/// its bytes have come now, or `None` when one of them differs (then it is not HTTP/2).
+pub(crate) fn preface_matched(matched: usize, bytes: &[u8]) -> Option<usize> {
+    let rest = &PREFACE[matched..];
+    let n = rest.len().min(bytes.len());
+    (bytes[..n] == rest[..n]).then_some(matched + n)
+}
+
 const DATA: u8 = 0x0;
 pub(super) const HEADERS: u8 = 0x1;
 pub(super) const RST_STREAM: u8 = 0x3;
