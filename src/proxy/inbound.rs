@@ -73,10 +73,10 @@ impl AppAddress {
     /// caller reached, as Istio forwards since 1.10: a port the app bound to loopback only
     /// (a metrics or debug port, an agent's API) stays out of the network's reach, where
     /// forwarding to 127.0.0.1 put it in reach of every caller the policy let in.
-    fn address(&self, local: Option<IpAddr>, addressed_port: u16) -> SocketAddr {
-        let ip = match local {
-            Some(local) if self.ip.is_unspecified() => local,
-            _ => self.ip,
+    fn address(&self, local: impl FnOnce() -> Option<IpAddr>, addressed_port: u16) -> SocketAddr {
+        let ip = match self.ip.is_unspecified() {
+            true => local().unwrap_or(self.ip),
+            false => self.ip,
         };
         SocketAddr::new(ip, if self.port == 0 { addressed_port } else { self.port })
     }
@@ -380,7 +380,7 @@ impl ProxyHttp for Inbound {
                 inspect = false;
             }
         }
-        let app = self.app.address(local_ip(session), port);
+        let app = self.app.address(|| local_ip(session), port);
         ctx.app = Some(app);
         if let Some(mode) = AppPool::serves(session, ctx.app_h2) {
             let Some(pool) = self.app.pool(app) else {
@@ -463,7 +463,7 @@ impl ProxyHttp for Inbound {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<Box<HttpPeer>> {
-        let app = ctx.app.unwrap_or_else(|| self.app.address(local_ip(session), self.app.port));
+        let app = ctx.app.unwrap_or_else(|| self.app.address(|| local_ip(session), self.app.port));
         let mut peer = HttpPeer::new(app, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.read_timeout = self.app_timeout;
