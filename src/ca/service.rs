@@ -46,9 +46,6 @@ impl CaMetrics {
     }
 }
 
-/// Streams per connection: a sidecar asks for one certificate at a time.
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 4;
-
 pub struct CaService {
     pub signer: Arc<ArcSwap<CaSigner>>,
     pub tokens: Arc<dyn TokenChecker>,

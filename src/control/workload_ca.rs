@@ -163,7 +163,8 @@ impl WorkloadCa {
         let mut ca_stop = stop;
         Some(tokio::spawn(async move {
             let served = tonic::transport::Server::builder()
-                .max_concurrent_streams(Some(crate::ca::MAX_STREAMS_PER_CONNECTION))
+                // A sidecar asks for one certificate at a time: the policy stream's bound serves.
+                .max_concurrent_streams(Some(super::server::MAX_STREAMS_PER_CONNECTION))
                 .add_service(CertificatesServer::new(service).max_decoding_message_size(crate::ca::MAX_REQUEST_BYTES))
                 .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async move {
                     let _ = ca_stop.wait_for(|s| *s).await;
