@@ -395,8 +395,10 @@ async fn run(
             configured = config.limits.max_connections,
             data_connections,
             admin_connections,
-            "the open-files limit holds fewer connections than limits.maxConnections: each data listener takes \
-             data_connections, the admin listener admin_connections (raise the container's nofile limit)"
+            "the open-files limit (its hard limit, which the sidecar cannot raise) holds fewer connections than \
+             limits.maxConnections: each data listener takes at most data_connections and the admin listener \
+             admin_connections; raise the container's nofile hard limit, or set limits.maxConnections to \
+             data_connections to say so in the configuration"
         );
     }
     let limits = |direction| ConnectionLimits {
