@@ -11,7 +11,6 @@ use std::path::Path;
 use pingora::apps::HttpServerOptions;
 use pingora::proxy::{http_proxy, ProxyHttp};
 use pingora::server::configuration::ServerConf;
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admin::Admin;
@@ -270,15 +269,14 @@ where
 async fn run(
     config: SidecarConfig,
     parts: Parts,
-    listeners: [std::net::TcpListener; 3],
+    listeners: [crate::lifecycle::Listener; 3],
     bound: Bound,
     shutdown: watch::Sender<bool>,
     drain: Duration,
     options: RunOptions,
 ) {
     let Parts { identity, workload, channel, telemetry, tls, policy, reload_interval } = parts;
-    let [inbound_listener, outbound_listener, admin_listener] =
-        listeners.map(|l| TcpListener::from_std(l).expect("listener joins the runtime"));
+    let [inbound_listener, outbound_listener, admin_listener] = listeners.map(crate::lifecycle::Listener::into_async);
     // pingora builds a TLS connector per proxy and, without a CA file, parses the platform's
     // whole public root store into it. Sidecars never use that connector (both hops are ours),
     // and a mesh proxy should trust no public CA anyway: point it at the mesh's bundle.

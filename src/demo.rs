@@ -14,7 +14,7 @@ use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::config::TelemetryConfig;
@@ -327,8 +327,7 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
         (frontend_listener, Arc::new(DemoApp::Frontend { outbound: loopback(ports.a[1]) })),
     ];
     for (listener, app) in apps {
-        listener.set_nonblocking(true)?;
-        let listener = TcpListener::from_std(listener)?;
+        let listener = crate::lifecycle::Listener::try_from(listener)?.into_async();
         tokio::spawn(serve(
             listener,
             Transport::Plain,

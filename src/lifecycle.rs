@@ -84,11 +84,122 @@ pub fn raise_open_files_limit() -> u64 {
     limit.rlim_cur
 }
 
-/// Binds before the runtime starts, so a taken port fails `start` rather than a task.
-pub fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<std::net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr).with_context(|| format!("{field}: cannot listen on {addr}"))?;
-    listener.set_nonblocking(true)?;
-    Ok(listener)
+/// One configured listen address as sockets: the address itself and, when it is IPv4's wildcard
+/// or loopback address and the host has IPv6, the same port on IPv6's. One socket per family,
+/// because an IPv4 connection accepted on a dual-stack socket comes as an IPv6-mapped address
+/// and loses its original destination (the iptables REDIRECT of an injected pod).
+#[derive(Debug)]
+pub struct Listener {
+    sockets: Vec<std::net::TcpListener>,
+}
+
+impl Listener {
+    /// The configured address, with the port it got.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.sockets[0].local_addr()
+    }
+
+    /// Every address it listens on, the configured one first.
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.sockets.iter().filter_map(|s| s.local_addr().ok()).collect()
+    }
+
+    /// Its sockets on the current runtime.
+    pub fn into_async(self) -> AsyncListener {
+        let sockets = self
+            .sockets
+            .into_iter()
+            .map(|s| tokio::net::TcpListener::from_std(s).expect("listener joins the runtime"))
+            .collect();
+        AsyncListener { sockets, next: 0 }
+    }
+}
+
+/// A socket bound elsewhere, alone (its family only); made non-blocking.
+impl TryFrom<std::net::TcpListener> for Listener {
+    type Error = std::io::Error;
+    fn try_from(socket: std::net::TcpListener) -> std::io::Result<Listener> {
+        socket.set_nonblocking(true)?;
+        Ok(Listener { sockets: vec![socket] })
+    }
+}
+
+/// A [`Listener`] on the runtime: one accept over its sockets.
+#[derive(Debug)]
+pub struct AsyncListener {
+    sockets: Vec<tokio::net::TcpListener>,
+    /// The socket asked first next time, so a flood on one family does not starve the other.
+    next: usize,
+}
+
+impl AsyncListener {
+    pub async fn accept(&mut self) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+        std::future::poll_fn(|cx| {
+            let count = self.sockets.len();
+            for i in 0..count {
+                let k = (self.next + i) % count;
+                if let std::task::Poll::Ready(accepted) = self.sockets[k].poll_accept(cx) {
+                    self.next = (k + 1) % count;
+                    return std::task::Poll::Ready(accepted);
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+
+    /// The configured address, with the port it got.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.sockets[0].local_addr()
+    }
+}
+
+/// IPv6's counterpart of IPv4's wildcard (`::`) and loopback (`::1`) address; others have none.
+pub fn ipv6_twin(ip: std::net::IpAddr) -> Option<std::net::IpAddr> {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    match ip {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED) => Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
+        IpAddr::V4(Ipv4Addr::LOCALHOST) => Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        _ => None,
+    }
+}
+
+/// Binds before the runtime starts, so a taken port fails `start` rather than a task. The IPv6
+/// side is left out only where the host has no IPv6 (no such family, or no `::1`); taken, it fails
+/// like the address itself: the pod's IPv6 connections would otherwise reach whatever holds it.
+pub fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<Listener> {
+    // With port 0 the IPv6 side takes the port IPv4 picked, which some other socket may hold there.
+    const PICKS: usize = 8;
+    for pick in 1..=PICKS {
+        let first = std::net::TcpListener::bind(addr).with_context(|| format!("{field}: cannot listen on {addr}"))?;
+        first.set_nonblocking(true)?;
+        let Some(ip) = ipv6_twin(addr.ip()) else {
+            return Ok(Listener { sockets: vec![first] });
+        };
+        let twin = SocketAddr::new(ip, first.local_addr()?.port());
+        match bind_ipv6_only(twin) {
+            Ok(second) => return Ok(Listener { sockets: vec![first, second] }),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)) => {
+                tracing::debug!(%addr, error = %e, "no IPv6 on this host; listening on IPv4 only");
+                return Ok(Listener { sockets: vec![first] });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.port() == 0 && pick < PICKS => continue,
+            Err(e) => {
+                return Err(e).with_context(|| format!("{field}: cannot listen on {twin}, the IPv6 side of {addr}"))
+            }
+        }
+    }
+    unreachable!("the last pick returns")
+}
+
+fn bind_ipv6_only(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_only_v6(true)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(libc::SOMAXCONN)?;
+    Ok(socket.into())
 }
 
 /// The signals that stop a process of ours gracefully: SIGTERM (Kubernetes, `kill`), SIGINT
@@ -187,5 +298,61 @@ impl StartError {
 impl From<std::io::Error> for StartError {
     fn from(e: std::io::Error) -> Self {
         StartError::System(e.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv6Addr};
+
+    /// Whether this host can listen on `::1` at all; where it cannot, the IPv4 socket must serve alone.
+    fn host_has_ipv6_loopback() -> bool {
+        match bind_ipv6_only(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0)) {
+            Ok(_) => true,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)) => false,
+            Err(e) => panic!("probing ::1: {e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn loopback_listens_on_both_families_at_one_port_and_accepts_on_each() {
+        let listener = bind("127.0.0.1:0".parse().unwrap(), "test.listen").unwrap();
+        let addresses = listener.addresses();
+        let port = listener.local_addr().unwrap().port();
+        let mut expected = vec![SocketAddr::from(([127, 0, 0, 1], port))];
+        if host_has_ipv6_loopback() {
+            expected.push(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port));
+        }
+        assert_eq!(addresses, expected);
+        let mut accepting = listener.into_async();
+        for address in &expected {
+            let _client = tokio::net::TcpStream::connect(address).await.unwrap();
+            let (_, peer) = accepting.accept().await.unwrap();
+            assert_eq!(peer.is_ipv6(), address.is_ipv6(), "{address}: accepted from {peer}");
+        }
+    }
+
+    #[test]
+    fn an_address_of_its_own_gets_no_second_socket() {
+        // Another loopback address than 127.0.0.1 names one family on purpose.
+        let listener = bind("127.0.0.2:0".parse().unwrap(), "test.listen").unwrap();
+        assert_eq!(listener.addresses().len(), 1);
+        assert_eq!(ipv6_twin("10.0.0.1".parse().unwrap()), None);
+        assert_eq!(ipv6_twin("0.0.0.0".parse().unwrap()), Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
+    }
+
+    #[test]
+    fn a_taken_ipv6_side_of_a_configured_port_fails_the_bind_with_both_names() {
+        if !host_has_ipv6_loopback() {
+            // Without IPv6 nothing can hold the IPv6 side; the test above covers the IPv4-only bind.
+            return;
+        }
+        let held = bind_ipv6_only(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0)).unwrap();
+        let port = held.local_addr().unwrap().port();
+        let err = bind(SocketAddr::from(([127, 0, 0, 1], port)), "outbound.listen").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("outbound.listen") && text.contains(&format!("[::1]:{port}")), "{text}");
+        assert!(text.contains("IPv6 side of 127.0.0.1"), "{text}");
     }
 }

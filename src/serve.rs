@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::lifecycle::AsyncListener;
 use pingora::apps::ServerApp;
 use pingora::listeners::tls::Acceptor;
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest, Stream};
-use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use crate::config::{HumanDuration, MtlsMode};
@@ -200,7 +200,7 @@ impl Drop for ConnectionGuard {
 /// Accepts on `listener` until `shutdown` turns true, then drops the listener (new connections
 /// are refused) and returns; connections already open finish on their own tasks. Default limits.
 pub async fn serve<A>(
-    listener: TcpListener,
+    listener: AsyncListener,
     transport: Transport,
     app: Arc<A>,
     telemetry: Arc<Telemetry>,
@@ -214,7 +214,7 @@ pub async fn serve<A>(
 
 /// [`serve`] with the given limits.
 pub async fn serve_with<A>(
-    listener: TcpListener,
+    mut listener: AsyncListener,
     transport: Transport,
     app: Arc<A>,
     telemetry: Arc<Telemetry>,

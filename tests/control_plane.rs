@@ -287,6 +287,31 @@ async fn an_edit_reaches_exactly_the_selected_sidecars_and_status_shows_every_ac
     billing.stop();
 }
 
+/// An IPv6-only cluster: the control plane's Service has an IPv6 address, and the sidecar finds
+/// it there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_reaches_the_control_plane_over_ipv6() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this host has no IPv6 loopback (lifecycle's unit tests cover the IPv4-only bind)");
+        return;
+    }
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    write_policy(&dir.join("orders.yaml"), &policy_for("orders", "orders-api", &deny_paths(&["/admin"])));
+    // Configured on 127.0.0.1, it listens on ::1 at the same ports too.
+    let plane = ControlPlane::start(&pki, "control", &dir).await;
+    let ipv6 = format!("https://[::1]:{}", plane.grpc);
+    let orders =
+        Workload::start(&pki, &plane, "orders", |c| c.policy.control_plane = Some(ipv6.parse().unwrap())).await;
+    let synced = synced(&plane, &id("shop", "orders"), orders.port()).await;
+    assert_eq!(synced["pushes"], 1, "{synced}");
+    assert_eq!(orders.get("/admin/x").await, 403);
+    let ready = http_client().get(format!("http://[::1]:{}/ready", plane.admin)).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    orders.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_file_is_refused_at_the_control_plane_and_nothing_changes() {
     let pki = Pki::new();

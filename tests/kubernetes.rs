@@ -229,7 +229,7 @@ fn init_net_twice_leaves_one_set_of_rules_with_either_iptables() {
 // === the pod simulation ===
 
 const APP: &str = r#"
-import http.server, sys
+import http.server, socket, sys
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
@@ -237,7 +237,10 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers()
         self.wfile.write(body)
     def log_message(self, *a): pass
-http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+# Both families on one socket, as an app in a dual-stack pod listens.
+class S(http.server.ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+S(("::", 8080), H).serve_forever()
 "#;
 
 /// What a pod may run for itself alone: bound to loopback (a debug port, an agent's local API).
@@ -259,14 +262,16 @@ const PROXY_UID: u32 = 2102;
 struct Pod {
     short: &'static str,
     ip: &'static str,
+    /// Dual-stack: each pod has an address of each family.
+    ipv6: &'static str,
     sidecar: bool,
 }
 
 const PODS: [Pod; 3] = [
-    Pod { short: "a", ip: "198.18.0.1", sidecar: true },
-    Pod { short: "b", ip: "198.18.0.2", sidecar: true },
+    Pod { short: "a", ip: "198.18.0.1", ipv6: "fd00:198:18::1", sidecar: true },
+    Pod { short: "b", ip: "198.18.0.2", ipv6: "fd00:198:18::2", sidecar: true },
     // No sidecar, no rules: a workload outside the mesh.
-    Pod { short: "c", ip: "198.18.0.3", sidecar: false },
+    Pod { short: "c", ip: "198.18.0.3", ipv6: "fd00:198:18::3", sidecar: false },
 ];
 
 fn sidecar_yaml(dir: &Path, pod: &str, policy: Option<&Path>) -> PathBuf {
@@ -289,7 +294,8 @@ fn sidecar_yaml(dir: &Path, pod: &str, policy: Option<&Path>) -> PathBuf {
 }
 
 fn curl(ns: &Namespaces, pod: &str, uid: u32, url: &str) -> (bool, String) {
-    let out = ns.run(pod, Some(uid), &["curl", "-s", "--max-time", "5", "-w", " status=%{http_code}", url]);
+    // -g: brackets are an IPv6 address, not a curl glob.
+    let out = ns.run(pod, Some(uid), &["curl", "-g", "-s", "--max-time", "5", "-w", " status=%{http_code}", url]);
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
@@ -351,6 +357,9 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
         ]);
         sh(&["ip", "-n", &node, "link", "set", &host_end, "master", "br0", "up"]);
         sh(&["ip", "-n", ns.name(pod.short), "addr", "add", &format!("{}/24", pod.ip), "dev", "eth0"]);
+        // nodad: usable at once, not after duplicate address detection's second.
+        let ipv6 = format!("{}/64", pod.ipv6);
+        sh(&["ip", "-n", ns.name(pod.short), "-6", "addr", "add", &ipv6, "dev", "eth0", "nodad"]);
         sh(&["ip", "-n", ns.name(pod.short), "link", "set", "eth0", "up"]);
     }
 
@@ -451,6 +460,33 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
     assert!(ok && body.contains("\"policy\"") && body.ends_with("status=200"), "/config_dump from B itself: {body}");
     let (ok, body) = curl(&ns, "b", APP_UID, "http://198.18.0.2:15000/ready");
     assert!(ok && body.ends_with("status=200"), "B still serves after the refused shutdown: {body}\n{}", logs());
+
+    // 6. The same pods over IPv6 (the init container captures both families): each listener has
+    //    an IPv6 socket beside its IPv4 one, and the original destination is IPv6's.
+    let b6 = |port: u16, path: &str| format!("http://[fd00:198:18::2]:{port}{path}");
+    let (ok, body) = curl(&ns, "a", APP_UID, &b6(8080, "/orders"));
+    assert!(ok, "{body}\n{}", logs());
+    assert!(
+        body.contains("pod=b xfcc=By=spiffe://cluster.local/ns/b/sa/b;URI=spiffe://cluster.local/ns/a/sa/a")
+            && body.ends_with("status=200"),
+        "A to B over IPv6: {body}\n{}",
+        logs()
+    );
+    let (_, body) = curl(&ns, "a", APP_UID, &b6(8080, "/admin"));
+    assert!(!body.contains("pod=b") && body.ends_with("status=403"), "policy over IPv6: {body}");
+    let (_, body) = curl(&ns, "a", APP_UID, &b6(9000, "/orders"));
+    assert!(!body.contains("loopback-only") && body.ends_with("status=502"), "loopback app over IPv6: {body}");
+    let (_, body) = curl(&ns, "c", APP_UID, &b6(8080, "/orders"));
+    assert!(!body.contains("pod=b") && body.ends_with("status=000"), "plaintext over IPv6: {body}");
+    // A's app calling outside the mesh over IPv6 is captured too, and C cannot answer mTLS.
+    let (_, body) = curl(&ns, "a", APP_UID, "http://[fd00:198:18::3]:8080/");
+    assert!(!body.contains("pod=c") && body.ends_with("status=502"), "A to C over IPv6: {body}\n{}", logs());
+    let (ok, body) = curl(&ns, "c", APP_UID, &b6(15000, "/ready"));
+    assert!(ok && body.ends_with("status=200"), "the kubelet's probe over IPv6: {body}");
+    let (_, body) = curl(&ns, "c", APP_UID, &b6(15000, "/config_dump"));
+    assert!(body.ends_with("status=403") && body.contains("localhost only"), "/config_dump over IPv6: {body}");
+    let (ok, body) = curl(&ns, "b", APP_UID, "http://[::1]:15000/config_dump");
+    assert!(ok && body.ends_with("status=200"), "/config_dump from B itself over ::1: {body}");
 }
 
 // === the webhook over HTTPS, as the API server calls it ===

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use std::path::Path;
 
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -52,7 +51,7 @@ struct Parts {
 struct Webhook {
     app: InjectWebhook,
     cert: ServingCert,
-    listener: std::net::TcpListener,
+    listener: crate::lifecycle::Listener,
 }
 
 impl ControlPlane {
@@ -167,14 +166,13 @@ impl ControlPlane {
 async fn run(
     config: ControlConfig,
     parts: Parts,
-    listeners: [std::net::TcpListener; 2],
+    listeners: [crate::lifecycle::Listener; 2],
     shutdown: watch::Sender<bool>,
     handle_signals: bool,
 ) {
     let Parts { tls, telemetry, webhook, ca, api, own } = parts;
     let (tls, telemetry) = (Arc::new(tls), Arc::new(telemetry));
-    let [grpc_listener, admin_listener] =
-        listeners.map(|l| TcpListener::from_std(l).expect("listener joins the runtime"));
+    let [grpc_listener, admin_listener] = listeners.map(crate::lifecycle::Listener::into_async);
     let metrics = Arc::new(ControlMetrics::new());
     let registry = Registry::new(metrics.clone());
     let directory = Arc::new(Mutex::new(PolicyDirectory::new(config.policies.dir.clone())));
@@ -277,7 +275,7 @@ async fn run(
         },
     ));
     let webhook_task = webhook.map(|Webhook { app, cert, listener }| {
-        let listener = TcpListener::from_std(listener).expect("listener joins the runtime");
+        let listener = listener.into_async();
         let acceptor = cert.acceptor().expect("a certificate that loaded makes an acceptor");
         let cert = Arc::new(cert);
         tokio::spawn(poll_files(

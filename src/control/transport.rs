@@ -11,12 +11,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
 use crate::identity::{spiffe_id_from_der, CertIdentity, SpiffeId};
+use crate::lifecycle::AsyncListener;
 use crate::tls::TlsStore;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -79,7 +80,7 @@ impl<I: Unpin> AsyncWrite for TlsConnection<I> {
 /// up the others) and requiring a client certificate with a SPIFFE ID; refused handshakes are
 /// logged and counted by `on_refused`.
 pub fn accept_mtls(
-    listener: TcpListener,
+    listener: AsyncListener,
     tls: Arc<TlsStore>,
     on_refused: impl Fn(SocketAddr, String) + Send + Sync + 'static,
     stop: watch::Receiver<bool>,
@@ -89,7 +90,7 @@ pub fn accept_mtls(
 
 /// As [`accept_mtls`], asking no client certificate.
 pub fn accept_tls(
-    listener: TcpListener,
+    listener: AsyncListener,
     tls: Arc<TlsStore>,
     on_refused: impl Fn(SocketAddr, String) + Send + Sync + 'static,
     stop: watch::Receiver<bool>,
@@ -105,7 +106,7 @@ fn identify(stream: &TlsStream<TcpStream>, address: SocketAddr) -> Result<Peer, 
 }
 
 fn accept<I: Send + 'static>(
-    listener: TcpListener,
+    mut listener: AsyncListener,
     tls: Arc<TlsStore>,
     config: fn(&crate::tls::TlsState) -> Arc<rustls::ServerConfig>,
     identify: fn(&TlsStream<TcpStream>, SocketAddr) -> Result<I, String>,

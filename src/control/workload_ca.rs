@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -30,7 +29,7 @@ pub struct WorkloadCa {
     ttl: Duration,
     /// The roots in force, DER: every policy stream sends them when they change.
     pub bundle: watch::Sender<Arc<Vec<Vec<u8>>>>,
-    pub listener: Option<std::net::TcpListener>,
+    pub listener: Option<crate::lifecycle::Listener>,
 }
 
 /// The API server, when the control plane can reach one: configured, or the pod's own.
@@ -148,7 +147,7 @@ impl WorkloadCa {
         if let Some(own) = own {
             tokio::spawn(renew_own(signer.clone(), tls.clone(), own, ttl, changed, telemetry.clone(), stop.clone()));
         }
-        let listener = TcpListener::from_std(listener?).expect("listener joins the runtime");
+        let listener = listener?.into_async();
         let service = CaService {
             signer,
             tokens,
