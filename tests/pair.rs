@@ -667,3 +667,26 @@ async fn an_app_switching_protocols_unasked_is_a_bad_gateway() {
     assert_eq!(body["error"], "bad_gateway");
     pair.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outbound_listener_serves_ipv6_loopback_and_refuses_a_request_addressed_to_either_side_of_it() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this host has no IPv6 loopback (lifecycle's unit tests cover the IPv4-only bind)");
+        return;
+    }
+    let pair = Pair::start().await;
+    let ipv6_side = std::net::SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), pair.a.outbound.port());
+    let request = format!("GET /orders HTTP/1.1\r\nHost: {B_AUTHORITY}\r\n\r\n");
+    let (head, body, _) = raw_exchange(ipv6_side, &request).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let seen: Seen = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen.header("x-forwarded-client-cert").map(|x| x.ends_with(&id("shop", "frontend"))), Some(true));
+    // An app's request for the outbound listener itself, by either family's address, is
+    // refused rather than sent round to the listener again.
+    for own in [pair.a.outbound, ipv6_side] {
+        let request = format!("GET /loop HTTP/1.1\r\nHost: {own}\r\n\r\n");
+        let (head, _, _) = raw_exchange(ipv6_side, &request).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{own}: {head}");
+    }
+    pair.shutdown();
+}

@@ -167,7 +167,9 @@ impl Outbound {
                 }
             }
         };
-        if target == self.own_listener {
+        let own = self.own_listener;
+        let own_ip = target.ip() == own.ip() || Some(target.ip()) == crate::lifecycle::ipv6_twin(own.ip());
+        if target.port() == own.port() && own_ip {
             return Err(ErrorKind::InvalidRequest.fail("request addressed to the outbound listener itself"));
         }
         // A destination with an expected identity is always a mesh one.
