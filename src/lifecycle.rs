@@ -154,42 +154,59 @@ impl AsyncListener {
     }
 }
 
-/// IPv6's counterpart of IPv4's wildcard (`::`) and loopback (`::1`) address; others have none.
-pub fn ipv6_twin(ip: std::net::IpAddr) -> Option<std::net::IpAddr> {
+/// The same address in the other IP family: the wildcard (`0.0.0.0`, `::`) and loopback
+/// (`127.0.0.1`, `::1`) have one; other addresses have none.
+pub fn family_counterpart(ip: std::net::IpAddr) -> Option<std::net::IpAddr> {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     match ip {
         IpAddr::V4(Ipv4Addr::UNSPECIFIED) => Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
         IpAddr::V4(Ipv4Addr::LOCALHOST) => Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED) => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+        IpAddr::V6(Ipv6Addr::LOCALHOST) => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         _ => None,
     }
 }
 
-/// Binds before the runtime starts, so a taken port fails `start` rather than a task. The IPv6
-/// side is left out only where the host has no IPv6 (no such family, or no `::1`); taken, it fails
-/// like the address itself: the pod's IPv6 connections would otherwise reach whatever holds it.
+/// Binds before the runtime starts, so a taken port fails `start` rather than a task. A wildcard
+/// or loopback address is bound in both families at one port, each socket for its own family; the
+/// other family is left out only where the host lacks it (no such family, or no loopback address
+/// in it). Taken, it fails like the address itself: the pod's connections of that family would
+/// otherwise reach whatever holds it.
 pub fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<Listener> {
-    // With port 0 the IPv6 side takes the port IPv4 picked, which some other socket may hold there.
+    // With port 0 the other family takes the port the first picked, which some other socket may hold there.
     const PICKS: usize = 8;
     for pick in 1..=PICKS {
-        let first = std::net::TcpListener::bind(addr).with_context(|| format!("{field}: cannot listen on {addr}"))?;
-        first.set_nonblocking(true)?;
-        let Some(ip) = ipv6_twin(addr.ip()) else {
+        let first = bind_one_family(addr).with_context(|| format!("{field}: cannot listen on {addr}"))?;
+        let Some(ip) = family_counterpart(addr.ip()) else {
             return Ok(Listener { sockets: vec![first] });
         };
-        let twin = SocketAddr::new(ip, first.local_addr()?.port());
-        match bind_ipv6_only(twin) {
+        let other = SocketAddr::new(ip, first.local_addr()?.port());
+        let family = if other.is_ipv6() { "IPv6" } else { "IPv4" };
+        match bind_one_family(other) {
             Ok(second) => return Ok(Listener { sockets: vec![first, second] }),
             Err(e) if matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)) => {
-                tracing::debug!(%addr, error = %e, "no IPv6 on this host; listening on IPv4 only");
+                tracing::info!(%addr, error = %e, "no {family} on this host; {field} listens on {addr} alone");
                 return Ok(Listener { sockets: vec![first] });
             }
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.port() == 0 && pick < PICKS => continue,
             Err(e) => {
-                return Err(e).with_context(|| format!("{field}: cannot listen on {twin}, the IPv6 side of {addr}"))
+                return Err(e)
+                    .with_context(|| format!("{field}: cannot listen on {other}, the {family} side of {addr}"))
             }
         }
     }
     unreachable!("the last pick returns")
+}
+
+/// A listening socket that takes connections of its address's family only (an IPv6 one is
+/// IPV6_V6ONLY, whatever `net.ipv6.bindv6only` says).
+fn bind_one_family(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    if addr.is_ipv6() {
+        return bind_ipv6_only(addr);
+    }
+    let socket = std::net::TcpListener::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
 }
 
 fn bind_ipv6_only(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -338,8 +355,27 @@ mod tests {
         // Another loopback address than 127.0.0.1 names one family on purpose.
         let listener = bind("127.0.0.2:0".parse().unwrap(), "test.listen").unwrap();
         assert_eq!(listener.addresses().len(), 1);
-        assert_eq!(ipv6_twin("10.0.0.1".parse().unwrap()), None);
-        assert_eq!(ipv6_twin("0.0.0.0".parse().unwrap()), Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
+        assert_eq!(family_counterpart("10.0.0.1".parse().unwrap()), None);
+        assert_eq!(family_counterpart("fd00::1".parse().unwrap()), None);
+        assert_eq!(family_counterpart("0.0.0.0".parse().unwrap()), Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
+        assert_eq!(family_counterpart("::".parse().unwrap()), Some("0.0.0.0".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn ipv6_loopback_configured_listens_on_ipv4_loopback_too_each_socket_for_its_family() {
+        if !host_has_ipv6_loopback() {
+            return;
+        }
+        let listener = bind("[::1]:0".parse().unwrap(), "test.listen").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let v4 = SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(listener.addresses(), vec![SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), port), v4]);
+        // The IPv4 connection is accepted as IPv4 (its original destination readable), not as an
+        // IPv6-mapped address on the IPv6 socket.
+        let mut accepting = listener.into_async();
+        let _client = tokio::net::TcpStream::connect(v4).await.unwrap();
+        let (stream, peer) = accepting.accept().await.unwrap();
+        assert!(peer.is_ipv4() && stream.local_addr().unwrap() == v4, "{peer}");
     }
 
     #[test]
@@ -353,6 +389,6 @@ mod tests {
         let err = bind(SocketAddr::from(([127, 0, 0, 1], port)), "outbound.listen").unwrap_err();
         let text = format!("{err:#}");
         assert!(text.contains("outbound.listen") && text.contains(&format!("[::1]:{port}")), "{text}");
-        assert!(text.contains("IPv6 side of 127.0.0.1"), "{text}");
+        assert!(text.contains("the IPv6 side of 127.0.0.1"), "{text}");
     }
 }

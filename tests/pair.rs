@@ -683,7 +683,15 @@ async fn the_outbound_listener_serves_ipv6_loopback_and_refuses_a_request_addres
     assert_eq!(seen.header("x-forwarded-client-cert").map(|x| x.ends_with(&id("shop", "frontend"))), Some(true));
     // An app's request for the outbound listener itself, by either family's address, is
     // refused rather than sent round to the listener again.
-    for own in [pair.a.outbound, ipv6_side] {
+    let port = pair.a.outbound.port();
+    let spellings = [
+        pair.a.outbound.to_string(),
+        ipv6_side.to_string(),
+        format!("[::ffff:127.0.0.1]:{port}"),
+        format!("0.0.0.0:{port}"),
+        format!("[::]:{port}"),
+    ];
+    for own in spellings {
         let request = format!("GET /loop HTTP/1.1\r\nHost: {own}\r\n\r\n");
         let (head, _, _) = raw_exchange(ipv6_side, &request).await;
         assert!(head.starts_with("HTTP/1.1 400"), "{own}: {head}");

@@ -167,13 +167,17 @@ impl Outbound {
                 }
             }
         };
+        // Any spelling of this host's address for the listener (either family's, IPv4-mapped, the
+        // wildcard, which connects to this host) would come back round to the listener.
         let own = self.own_listener;
-        let own_ip = target.ip() == own.ip() || Some(target.ip()) == crate::lifecycle::ipv6_twin(own.ip());
+        let ip = target.ip().to_canonical();
+        let own_ip =
+            ip == own.ip() || Some(ip) == crate::lifecycle::family_counterpart(own.ip()) || ip.is_unspecified();
         if target.port() == own.port() && own_ip {
             return Err(ErrorKind::InvalidRequest.fail("request addressed to the outbound listener itself"));
         }
         // A destination with an expected identity is always a mesh one.
-        if expected.is_none() && self.passthrough.iter().any(|b| b.contains(super::canonical_ip(target.ip()))) {
+        if expected.is_none() && self.passthrough.iter().any(|b| b.contains(target.ip().to_canonical())) {
             return Ok(Next::Passthrough(target));
         }
         Ok(Next::Mesh(self.connectors.get(target, expected)))
