@@ -233,7 +233,9 @@ import http.server, socket, sys
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
-        body = ("pod=%s xfcc=%s\n" % (sys.argv[1], self.headers.get("x-forwarded-client-cert"))).encode()
+        # Where the sidecar reached the app: the address the caller reached.
+        local = self.connection.getsockname()[0].removeprefix("::ffff:")
+        body = ("pod=%s xfcc=%s local=%s\n" % (sys.argv[1], self.headers.get("x-forwarded-client-cert"), local)).encode()
         self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers()
         self.wfile.write(body)
     def log_message(self, *a): pass
@@ -472,6 +474,16 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
         "A to B over IPv6: {body}\n{}",
         logs()
     );
+    assert!(body.contains("local=fd00:198:18::2\n"), "{body}");
+    // A pod may hold more than one address of a family; REDIRECT then lands the connection on
+    // one of them, and the app is still reached at the one the caller addressed.
+    sh(&["ip", "-n", ns.name("b"), "-6", "addr", "add", "fd00:198:18::22/64", "dev", "eth0", "nodad"]);
+    sh(&["ip", "-n", ns.name("b"), "addr", "add", "198.18.0.22/24", "dev", "eth0"]);
+    for address in ["[fd00:198:18::2]", "[fd00:198:18::22]", "198.18.0.2", "198.18.0.22"] {
+        let (ok, body) = curl(&ns, "a", APP_UID, &format!("http://{address}:8080/orders"));
+        let address = address.trim_matches(['[', ']']);
+        assert!(ok && body.contains(&format!("local={address}\n")), "{address}: {body}\n{}", logs());
+    }
     let (_, body) = curl(&ns, "a", APP_UID, &b6(8080, "/admin"));
     assert!(!body.contains("pod=b") && body.ends_with("status=403"), "policy over IPv6: {body}");
     let (_, body) = curl(&ns, "a", APP_UID, &b6(9000, "/orders"));

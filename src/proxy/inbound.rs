@@ -68,14 +68,14 @@ impl AppAddress {
         AppAddress { ip: app.ip(), port: app.port(), timeout, pools: ArcSwap::from_pointee(Vec::new()) }
     }
 
-    /// Where the app listens for a request that came in on `local` for `addressed_port`. An
+    /// Where the app listens for a request that reached `addressed` at `addressed_port`. An
     /// unspecified address (`0.0.0.0`, `::`; what injection writes) is the pod address the
     /// caller reached, as Istio forwards since 1.10: a port the app bound to loopback only
     /// (a metrics or debug port, an agent's API) stays out of the network's reach, where
     /// forwarding to 127.0.0.1 put it in reach of every caller the policy let in.
-    fn address(&self, local: impl FnOnce() -> Option<IpAddr>, addressed_port: u16) -> SocketAddr {
+    fn address(&self, addressed: impl FnOnce() -> Option<IpAddr>, addressed_port: u16) -> SocketAddr {
         let ip = match self.ip.is_unspecified() {
-            true => local().unwrap_or(self.ip),
+            true => addressed().unwrap_or(self.ip),
             false => self.ip,
         };
         SocketAddr::new(ip, if self.port == 0 { addressed_port } else { self.port })
@@ -200,11 +200,13 @@ impl BodyCount {
     }
 }
 
-/// The address the caller's connection came in on (behind an iptables REDIRECT, the pod address
-/// of the interface it arrived on).
-fn local_ip(session: &Session) -> Option<IpAddr> {
-    let local = session.digest()?.socket_digest.as_ref()?.local_addr()?.as_inet()?.ip();
-    Some(super::canonical_ip(local))
+/// The address the caller reached: behind an iptables REDIRECT its original destination (the
+/// connection's own local address is then the one REDIRECT chose on the interface, which for a
+/// pod with several addresses of a family may be another), else the local address.
+fn addressed_ip(session: &Session) -> Option<IpAddr> {
+    let socket = session.digest()?.socket_digest.as_ref()?;
+    let addressed = socket.original_dst().or_else(|| socket.local_addr())?.as_inet()?.ip();
+    Some(addressed.to_canonical())
 }
 
 /// Removes the headers whose names hold `_`: to CGI, WSGI, Rack and PHP they are the dashed
@@ -313,7 +315,7 @@ impl ProxyHttp for Inbound {
             };
             let view = RequestView {
                 principal: peer.map(|p| &p.id),
-                source_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| super::canonical_ip(a.ip())),
+                source_ip: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_canonical()),
                 plaintext: session.digest().is_none_or(|d| d.ssl_digest.is_none()),
                 method: &req.method,
                 target: req.raw_path(),
@@ -380,7 +382,7 @@ impl ProxyHttp for Inbound {
                 inspect = false;
             }
         }
-        let app = self.app.address(|| local_ip(session), port);
+        let app = self.app.address(|| addressed_ip(session), port);
         ctx.app = Some(app);
         if let Some(mode) = AppPool::serves(session, ctx.app_h2) {
             let Some(pool) = self.app.pool(app) else {
@@ -463,7 +465,7 @@ impl ProxyHttp for Inbound {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<Box<HttpPeer>> {
-        let app = ctx.app.unwrap_or_else(|| self.app.address(|| local_ip(session), self.app.port));
+        let app = ctx.app.unwrap_or_else(|| self.app.address(|| addressed_ip(session), self.app.port));
         let mut peer = HttpPeer::new(app, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.read_timeout = self.app_timeout;
