@@ -52,7 +52,8 @@ pub struct InitNetArgs {
     /// Which iptables: `auto` (the one that already holds rules, else nft), `nft` or `legacy`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "nft", "legacy"])]
     pub mode: String,
-    /// IPv6 rules too: `auto` (when the kernel has IPv6), `on` or `off`.
+    /// IPv6 rules too: `auto` (when the pod has an IPv6 address beyond loopback and link-local,
+    /// as in a dual-stack or IPv6-only cluster), `on` or `off`.
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     pub ipv6: String,
     /// Print the commands and their iptables-restore input instead of running them.
@@ -172,7 +173,9 @@ pub fn install(args: &InitNetArgs) -> Result<String, InitNetError> {
     let families: Vec<Family> = match args.ipv6.as_str() {
         "off" => vec![Family::V4],
         "on" => vec![Family::V4, Family::V6],
-        _ if std::path::Path::new("/proc/net/if_inet6").exists() => vec![Family::V4, Family::V6],
+        _ if std::fs::read_to_string("/proc/net/if_inet6").is_ok_and(|t| has_routable_ipv6(&t)) => {
+            vec![Family::V4, Family::V6]
+        }
         _ => vec![Family::V4],
     };
     if args.dry_run {
@@ -206,6 +209,18 @@ pub fn install(args: &InitNetArgs) -> Result<String, InitNetError> {
         ));
     }
     Ok(out)
+}
+
+/// Whether `/proc/net/if_inet6` lists an address the pod can reach others with: scope global or
+/// site, on an interface other than loopback. Every kernel with IPv6 lists `::1` and each
+/// interface's link-local address; an IPv4-only pod has nothing more, and writing IPv6 rules there
+/// would only fail the pod on a node without IPv6 NAT.
+fn has_routable_ipv6(if_inet6: &str) -> bool {
+    if_inet6.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let scope = fields.get(3).and_then(|s| u8::from_str_radix(s, 16).ok());
+        matches!(scope, Some(0x00 | 0x40)) && fields.get(5).is_some_and(|name| *name != "lo")
+    })
 }
 
 /// Like Istio: the variant that already holds rules in this network namespace (what the node's
@@ -304,4 +319,21 @@ fn missing_capabilities() -> Vec<&'static str> {
         .filter(|(bit, _)| effective & (1 << bit) == 0)
         .map(|(_, n)| n)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::has_routable_ipv6;
+
+    #[test]
+    fn ipv6_rules_only_for_a_pod_with_an_ipv6_address_beyond_loopback_and_link_local() {
+        let ipv4_only_pod = "00000000000000000000000000000001 01 80 10 80       lo\n\
+                             fe8000000000000000fc00fffe000001 02 40 20 80     eth0\n";
+        let dual_stack_pod = format!("{ipv4_only_pod}fd000000000000000000000000000002 02 40 00 80     eth0\n");
+        assert!(!has_routable_ipv6(ipv4_only_pod));
+        assert!(!has_routable_ipv6(""), "a kernel without IPv6 lists nothing");
+        assert!(has_routable_ipv6(&dual_stack_pod));
+        // A global address on loopback alone reaches nobody.
+        assert!(!has_routable_ipv6("20010db8000000000000000000000001 01 80 00 80       lo\n"));
+    }
 }

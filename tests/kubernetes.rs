@@ -221,8 +221,19 @@ fn init_net_twice_leaves_one_set_of_rules_with_either_iptables() {
             .count();
         assert_eq!(jumps, 2, "{mode}: {after_two:#?}");
         assert!(after_two.iter().any(|r| r.contains("--uid-owner 2102 -j RETURN")), "{after_two:#?}");
+        // `--ipv6 auto`: the namespace has no IPv6 address beyond ::1, so no IPv6 rules (a node
+        // without IPv6 NAT would otherwise fail every pod); given one, the next run writes them.
+        let v6 = nat_rules(&ns, &format!("ip6tables-{mode}-save"));
+        assert!(!v6.iter().any(|r| r.contains("PALISADE")), "{mode}: {v6:#?}");
+        sh(&["ip", "-n", ns.name("p"), "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
+        sh(&["ip", "-n", ns.name("p"), "-6", "addr", "add", "fd00:198:19::1/64", "dev", "eth0", "nodad"]);
+        sh(&["ip", "-n", ns.name("p"), "link", "set", "eth0", "up"]);
+        let third = ns.run("p", None, &[BIN, "init-net", "--mode", mode]);
+        assert!(third.status.success(), "{mode}: {}", String::from_utf8_lossy(&third.stderr));
+        assert_eq!(nat_rules(&ns, &format!("iptables-{mode}-save")), after_two, "{mode}");
         let v6 = nat_rules(&ns, &format!("ip6tables-{mode}-save"));
         assert!(v6.iter().any(|r| r.contains("-d ::1/128 -j RETURN")), "{mode}: {v6:#?}");
+        assert!(v6.iter().any(|r| r.contains("-d fe80::/10 -j RETURN")), "{mode}: {v6:#?}");
     }
 }
 

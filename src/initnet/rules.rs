@@ -105,6 +105,12 @@ pub fn restore_file(capture: &Capture, family: Family, installed: Installed) -> 
         Family::V6 => "::1/128",
     };
     lines.push(format!("-A {CHAIN_OUTPUT} -d {loopback} -j RETURN"));
+    // IPv6 link-local addresses are only meaningful with their interface, which the original
+    // destination does not carry: the sidecar could not reach them, and a redirected connection
+    // to one never arrives.
+    if family == Family::V6 {
+        lines.push(format!("-A {CHAIN_OUTPUT} -d fe80::/10 -j RETURN"));
+    }
     for block in &capture.exclude_outbound_cidrs {
         if block.network().is_ipv4() == (family == Family::V4) {
             lines.push(format!("-A {CHAIN_OUTPUT} -d {block} -j RETURN"));
@@ -197,10 +203,11 @@ mod tests {
         assert!(v4.contains(&"-A PALISADE_OUTPUT -d 10.96.0.0/12 -j RETURN"), "{v4:#?}");
         assert!(v4.contains(&"-A PALISADE_OUTPUT -d 169.254.169.254/32 -j RETURN"));
         assert!(v4.contains(&"-A PALISADE_OUTPUT -p tcp --dport 5432 -j RETURN"));
-        assert!(!v4.iter().any(|r| r.contains("fd00")));
+        assert!(!v4.iter().any(|r| r.contains("fd00") || r.contains("fe80")));
         let v6 = restore_file(&capture, Family::V6, Installed::default());
         let v6 = rules(&v6);
         assert!(v6.contains(&"-A PALISADE_OUTPUT -d ::1/128 -j RETURN"));
+        assert!(v6.contains(&"-A PALISADE_OUTPUT -d fe80::/10 -j RETURN"));
         assert!(v6.contains(&"-A PALISADE_OUTPUT -d fd00::/8 -j RETURN"), "{v6:#?}");
         assert!(!v6.iter().any(|r| r.contains("10.96") || r.contains("127.0.0.0")));
         // The last outbound rule captures what no exclusion let pass.
