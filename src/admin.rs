@@ -263,10 +263,8 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
-        let from_loopback = session.client_addr().and_then(|a| a.as_inet()).is_some_and(|a| match a.ip() {
-            IpAddr::V4(ip) => ip.is_loopback(),
-            IpAddr::V6(ip) => ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
-        });
+        let from_loopback =
+            session.client_addr().and_then(|a| a.as_inet()).is_some_and(|a| a.ip().to_canonical().is_loopback());
         // The pod address serves what kubelet and Prometheus need; what shows policies or changes
         // state is for the pod itself, so another pod (or a node) cannot read a policy's shape,
         // raise the log level to flood the logs, or shut the sidecar down.

@@ -176,7 +176,7 @@ impl CallerTimeouts {
             },
             _ => return,
         };
-        let source = session.client_addr().and_then(|a| a.as_inet()).map(|a| canonical_ip(a.ip()));
+        let source = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_canonical());
         counter.refused(source);
     }
 }
@@ -252,14 +252,6 @@ pub(crate) fn request_authority(req: &pingora::http::RequestHeader) -> Option<&s
         .authority()
         .map(|a| a.as_str())
         .or_else(|| req.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
-}
-
-/// An IPv4 client on a dual-stack listener is an IPv4 client.
-pub(crate) fn canonical_ip(ip: std::net::IpAddr) -> std::net::IpAddr {
-    match ip {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
 }
 
 #[cfg(test)]

@@ -65,7 +65,7 @@ pub struct ConnectionLimits {
     /// Between requests (HTTP/1.1; HTTP/2 idleness is pingora's `h2_idle_timeout`).
     pub idle_timeout: Duration,
     pub max_connections: usize,
-    /// Open connections from one source address (IPv6: one /64); `None`: no such limit.
+    /// Open connections from one source address; `None`: no such limit.
     pub max_connections_per_source: Option<usize>,
     /// The answer to an HTTP/1.1 request head cut short by `header_timeout` (SPEC section 5: 408
     /// and close), written before the connection closes; `None`: closed without one.
@@ -109,21 +109,12 @@ struct SourceSlot {
 }
 
 impl PerSource {
-    /// The address connections are counted under: an IPv4 peer of a dual-stack listener as
-    /// IPv4; an IPv6 peer by its /64 (one client usually holds a whole one).
-    fn source_of(ip: std::net::IpAddr) -> std::net::IpAddr {
-        match ip {
-            std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => std::net::IpAddr::V4(v4),
-                None => std::net::IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-            },
-            v4 => v4,
-        }
-    }
-
     /// A place for one more connection from `ip`, or `None` when its source has `max` open.
+    /// The source is the address (an IPv4-mapped one as IPv4), not an IPv6 peer's /64 as for
+    /// clients on the internet: a Kubernetes node's pods share one /64 (the default node CIDR
+    /// mask), and some CNIs give many nodes' pods one, so one pod would fill its neighbours' slots.
     fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourceSlot> {
-        let source = Self::source_of(ip);
+        let source = ip.to_canonical();
         let mut open = self.open.lock().expect("per-source lock");
         let n = open.entry(source).or_insert(0);
         if *n >= self.max {
@@ -1289,6 +1280,20 @@ impl pingora::protocols::Peek for Deadlined {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn each_ipv6_address_is_a_source_of_its_own_and_a_mapped_ipv4_one_is_ipv4() {
+        let table = Arc::new(PerSource { open: std::sync::Mutex::new(Default::default()), max: 1 });
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let first = table.enter(ip("fd00:10:244:1::5")).expect("a first connection");
+        // Another pod on the same node: same /64, its own count.
+        let neighbour = table.enter(ip("fd00:10:244:1::6")).expect("a neighbour is not held to the first's count");
+        assert!(table.enter(ip("fd00:10:244:1::5")).is_none(), "the first pod is at its limit");
+        let v4 = table.enter(ip("10.0.0.7")).expect("an IPv4 source");
+        assert!(table.enter(ip("::ffff:10.0.0.7")).is_none(), "the same IPv4 source, mapped");
+        drop((first, neighbour, v4));
+        assert!(table.open.lock().unwrap().is_empty(), "slots given back");
+    }
     use super::*;
 
     fn closures() -> Closures {

@@ -49,7 +49,7 @@ pub struct LimitsConfig {
     pub send_timeout: HumanDuration,
     /// Open connections per listener; past it new connections are closed at accept.
     pub max_connections: usize,
-    /// Open connections from one source address (IPv6: one /64) per listener; past it new ones
+    /// Open connections from one source address per listener; past it new ones
     /// from that source are closed at accept. Not on the outbound listener, whose only caller is
     /// the pod's own app.
     pub max_connections_per_source: usize,

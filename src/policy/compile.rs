@@ -721,8 +721,8 @@ impl CompiledLimit {
             LimitKey::SourcePrincipal => self.buckets.key_of(req.principal.map_or(&[][..], |p| p.as_str().as_bytes())),
             LimitKey::SourceIp => match req.source_ip {
                 Some(IpAddr::V4(ip)) => self.buckets.key_of(&ip.octets()),
-                // One client usually holds a whole /64: one bucket for it, not one per address.
-                Some(IpAddr::V6(ip)) => self.buckets.key_of(&ip.octets()[..8]),
+                // Per address, not per /64: a Kubernetes node's pods share one /64.
+                Some(IpAddr::V6(ip)) => self.buckets.key_of(&ip.octets()),
                 None => 0,
             },
             LimitKey::Header(h) => {

@@ -876,6 +876,19 @@ mod tests {
     }
 
     #[test]
+    fn a_source_ip_limit_keys_each_ipv6_address_on_its_own() {
+        let s = snapshot("  rateLimits:\n    - {name: per-ip, key: source.ip, rate: 1, per: 60s, burst: 1}\n");
+        let from = |ip: &str| Req { ip: Some(ip.parse().unwrap()), ..req("GET", "/orders") };
+        let limited = |r: &Req| matches!(throttle_of(&s, r), Err(Refusal::RateLimited(_)));
+        assert!(!limited(&from("fd00:10:244:1::5")));
+        assert!(limited(&from("fd00:10:244:1::5")));
+        // Another pod on the same node shares the /64, not the bucket.
+        assert!(!limited(&from("fd00:10:244:1::6")));
+        assert!(!limited(&from("10.0.0.7")));
+        assert!(limited(&from("10.0.0.7")));
+    }
+
+    #[test]
     fn audit_policies_report_what_they_would_deny_and_never_refuse() {
         let s = snapshot("  authorization:\n    mode: AUDIT\n    rules:\n      - {name: no-admin, action: DENY, to: {paths: [\"/admin*\"]}}\n");
         let (verdict, audits) = req("GET", "/admin").decide(&s);

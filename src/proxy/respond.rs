@@ -158,7 +158,7 @@ pub async fn refuse(session: &mut Session, refusal: Refusal, ctx: &mut RequestCt
 /// Takes a place among the requests in flight, or answers 503 with `Retry-After: 1` (load
 /// shedding); whether the request may go on.
 pub async fn admit(session: &mut Session, inflight: &std::sync::Arc<super::Inflight>, ctx: &mut RequestCtx) -> bool {
-    let source = session.client_addr().and_then(|a| a.as_inet()).map(|a| super::canonical_ip(a.ip()));
+    let source = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_canonical());
     if let Some(slot) = inflight.enter(source) {
         ctx.inflight = Some(slot);
         return true;
