@@ -38,6 +38,8 @@ pub struct PodInfo {
 pub struct KubeApi {
     host: String,
     port: u16,
+    /// The `Host` header: as the URL wrote it (an IPv6 address in brackets).
+    authority: String,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     token_file: Option<PathBuf>,
 }
@@ -95,7 +97,8 @@ impl KubeApi {
         } else {
             None
         };
-        Ok(KubeApi { host, port, tls, token_file: token_file.map(Path::to_path_buf) })
+        let authority = authority.as_str().to_string();
+        Ok(KubeApi { host, port, authority, tls, token_file: token_file.map(Path::to_path_buf) })
     }
 
     /// Who `token` belongs to, by the API server's TokenReview for `audience`.
@@ -177,7 +180,7 @@ impl KubeApi {
         let mut request = Request::builder()
             .method(method)
             .uri(path)
-            .header(header::HOST, format!("{}:{}", self.host, self.port))
+            .header(header::HOST, &self.authority)
             .header(header::ACCEPT, "application/json");
         if let Some(file) = &self.token_file {
             // Read at each call: the kubelet rotates the projected token in place.
@@ -228,4 +231,18 @@ fn segment(name: &str) -> Result<&str, String> {
 
 fn message(answer: &Value) -> String {
     answer["message"].as_str().unwrap_or_default().chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KubeApi;
+
+    #[test]
+    fn an_ipv6_api_server_is_named_in_brackets_in_the_host_header() {
+        // An IPv6-only cluster's KUBERNETES_SERVICE_HOST is an IPv6 address.
+        let api = KubeApi::new("http://[::1]:8080", None, None).unwrap();
+        assert_eq!((api.host.as_str(), api.port, api.authority.as_str()), ("::1", 8080, "[::1]:8080"));
+        let api = KubeApi::new("http://localhost:8080", None, None).unwrap();
+        assert_eq!(api.authority, "localhost:8080");
+    }
 }
