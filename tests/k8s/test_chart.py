@@ -39,6 +39,7 @@ VALUE_SETS = {
         "sidecar": {"excludeOutboundCidrs": ["10.96.0.0/12"], "excludeOutboundPorts": [5432]},
         "controlPlane": {"replicas": 3, "podDisruptionBudget": {"enabled": False}},
     },
+    "dual-stack": {"controlPlane": {"service": {"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv6", "IPv4"]}}},
     "cert-manager with a cluster issuer": {
         "pki": {"source": "certManager", "certManager": {"issuerRef": {"name": "mesh-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}}},
     },
@@ -62,6 +63,7 @@ def by_kind(objs, kind):
     {"policies": [{"apiVersion": "v1", "kind": "SecurityPolicy", "metadata": {"name": "a", "namespace": "b"}, "spec": {}}]},
     {"policies": [{"apiVersion": "palisade.dev/v1alpha1", "kind": "SecurityPolicy", "metadata": {"name": "a"}, "spec": {}}]},
     {"webhok": {}},
+    {"controlPlane": {"service": {"ipFamilyPolicy": "DualStack"}}},
 ], ids=lambda v: str(v)[:60])
 def test_bad_values_are_refused_by_the_schema_with_the_field_named(values):
     with helm_python.Chart.load(str(CHART)) as chart:
@@ -113,6 +115,14 @@ def test_the_control_plane_runs_locked_down_with_two_replicas_and_a_budget():
     (service,) = by_kind(objs, "Service")
     assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
         "grpc": (15010, "grpc"), "ca": (15012, "ca"), "webhook": (443, "webhook"), "admin": (15014, "admin")}
+
+
+def test_the_control_plane_service_takes_the_clusters_families_unless_told():
+    (default,) = by_kind(objects({}), "Service")
+    assert "ipFamilyPolicy" not in default["spec"] and "ipFamilies" not in default["spec"], default
+    (dual,) = by_kind(objects(VALUE_SETS["dual-stack"]), "Service")
+    assert dual["spec"]["ipFamilyPolicy"] == "PreferDualStack"
+    assert dual["spec"]["ipFamilies"] == ["IPv6", "IPv4"]
 
 
 def test_rbac_grants_pods_reads_and_token_reviews_only():
