@@ -84,10 +84,11 @@ pub fn raise_open_files_limit() -> u64 {
     limit.rlim_cur
 }
 
-/// One configured listen address as sockets: the address itself and, when it is IPv4's wildcard
-/// or loopback address and the host has IPv6, the same port on IPv6's. One socket per family,
-/// because an IPv4 connection accepted on a dual-stack socket comes as an IPv6-mapped address
-/// and loses its original destination (the iptables REDIRECT of an injected pod).
+/// One configured listen address as sockets: the address itself and, for a wildcard or loopback
+/// address on a host with both families, its [`family_counterpart`] at the same port. One socket
+/// per family, because an IPv4 connection accepted on a dual-stack socket comes as an
+/// IPv6-mapped address and loses its original destination (the iptables REDIRECT of an injected
+/// pod).
 #[derive(Debug)]
 pub struct Listener {
     sockets: Vec<std::net::TcpListener>,
