@@ -18,10 +18,15 @@
 #      traces, security events and the access log on — and each sidecar writes its profile
 #      when it exits (SIGTERM);
 #   4. the profiles merged (target/pgo/palisade.profdata);
-#   5. the release build that uses them: target/pgo/release/palisade;
-#   6. a smoke test: `palisade demo --once` with that binary.
-# Cost: two release builds (about 10-12 min on 2 cores) and about 30 s of load; bench/pair.sh
-# installs what the training needs (nginx as the app, oha as the load).
+#   5. the release build that uses them, linked with its relocations kept (for step 6);
+#   6. post-link layout with BOLT (llvm-bolt, Debian's bolt-19 installed when there is none): the
+#      binary instrumented, trained again under the same loads, and rewritten with its hot code
+#      packed together. A sidecar's resident size is mostly the pages of code it touches; packing
+#      the hot code cuts about 1-2 MB of it and a few percent of the CPU (docs/benchmarks.md). Any
+#      failure in this step keeps the step-5 binary and says so; it never fails the build;
+#   7. a smoke test: `palisade demo --once` with target/pgo/release/palisade.
+# Cost: two release builds (about 10-12 min on 2 cores) and about a minute of load; bench/pair.sh
+# installs what the training needs (nginx as the app, oha as the load). BOLT=0 skips step 6.
 #
 # Usage: scripts/build-pgo.sh                  (then target/pgo/release/palisade)
 #        scripts/build-pgo.sh --find-profdata  (step 1 only, installs nothing; prints "MAJOR PATH")
@@ -32,6 +37,7 @@ INSTRUMENTED_DIR="$ROOT/target/pgo-instrumented"
 PROFILES="$ROOT/target/pgo-profiles"
 PROFDATA="$ROOT/target/pgo/palisade.profdata"
 OPTIMISED="$ROOT/target/pgo/release/palisade"
+BOLT_DIR="$ROOT/target/pgo-bolt"
 
 log() { printf '[build-pgo.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -143,14 +149,17 @@ log "3. training the profile"
 # Build scripts ran instrumented too: only the sidecars' own profiles count.
 rm -rf "$PROFILES"
 mkdir -p "$PROFILES"
-train() {
-    log "   $*"
-    env "$@" PGO=0 SKIP_BUILD=1 ONLY=palisade PALISADE_BIN="$INSTRUMENTED_DIR/release/palisade" \
-        BENCH_OUT="$ROOT/target/pgo-training" WARMUP=1s DURATION=5s "$ROOT/bench/pair.sh" >&2
+# The training loads, run with the binary $1 (PGO's instrumented build, then BOLT's).
+train_with() {
+    local binary=$1 load
+    for load in "TELEMETRY=off" "TELEMETRY=off BODY_BYTES=1024" "TELEMETRY=full POLICY_RULES=20"; do
+        log "   $load"
+        # shellcheck disable=SC2086 # each load is words for env
+        env $load PGO=0 SKIP_BUILD=1 ONLY=palisade PALISADE_BIN="$binary" \
+            BENCH_OUT="$ROOT/target/pgo-training" WARMUP=1s DURATION=5s "$ROOT/bench/pair.sh" >&2
+    done
 }
-train TELEMETRY=off
-train TELEMETRY=off BODY_BYTES=1024
-train TELEMETRY=full POLICY_RULES=20
+train_with "$INSTRUMENTED_DIR/release/palisade"
 compgen -G "$PROFILES/*.profraw" >/dev/null || die "the training left no profile in $PROFILES"
 
 log "4. merging the profiles"
@@ -159,8 +168,63 @@ mkdir -p "$(dirname "$PROFDATA")"
     die "llvm-profdata $profdata_major cannot read the profiles of rustc's LLVM $rustc_llvm: install a newer llvm, or build without PGO (cargo build --release)"
 
 log "5. optimised build ($OPTIMISED)"
-RUSTFLAGS="-Cprofile-use=$PROFDATA" cargo build --release --locked --quiet --target-dir "$ROOT/target/pgo"
+# --emit-relocs: BOLT moves functions only in a binary that kept its relocations (they take disk,
+# not memory: they are never loaded).
+RUSTFLAGS="-Cprofile-use=$PROFDATA -Clink-arg=-Wl,--emit-relocs" \
+    cargo build --release --locked --quiet --target-dir "$ROOT/target/pgo"
 
-log "6. smoke test: palisade demo --once"
+# Every llvm-bolt on the machine, newest LLVM first, as "MAJOR BOLT MERGE-FDATA": Debian's
+# /usr/lib/llvm-*/bin, then one on PATH with its merge-fdata beside it. BOLT reads the binary, not
+# rustc's profiles, so any version that runs will do; one whose --version fails is skipped.
+bolt_tools() {
+    local bolt major
+    {
+        compgen -G "/usr/lib/llvm-*/bin/llvm-bolt" || true
+        command -v llvm-bolt || true
+    } | while IFS= read -r bolt; do
+        [[ -x $bolt && -x "$(dirname "$bolt")/merge-fdata" ]] || continue
+        major=$("$bolt" --version 2>/dev/null | sed -n 's/.*LLVM version \([0-9][0-9]*\).*/\1/p' | sed -n 1p) || continue
+        [[ -n $major ]] && echo "$major $bolt $(dirname "$bolt")/merge-fdata"
+    done | sort -rn -k1,1
+}
+
+# Step 6 as a whole; returns non-zero (and leaves $OPTIMISED as step 5 built it) on any failure.
+bolt_layout() {
+    local found major bolt merge
+    found=$(bolt_tools | sed -n 1p)
+    if [[ -z $found ]]; then
+        log "   installing bolt-19 for llvm-bolt"
+        if [[ $(id -u) == 0 ]]; then
+            { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bolt-19 >/dev/null; } || return 1
+        else
+            { sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bolt-19 >/dev/null; } || return 1
+        fi
+        found=$(bolt_tools | sed -n 1p)
+        [[ -n $found ]] || return 1
+    fi
+    read -r major bolt merge <<<"$found"
+    log "   llvm-bolt $major ($bolt)"
+    rm -rf "$BOLT_DIR" && mkdir -p "$BOLT_DIR/profiles"
+    "$bolt" "$OPTIMISED" -instrument -o "$BOLT_DIR/palisade-instrumented" \
+        --instrumentation-file="$BOLT_DIR/profiles/prof" --instrumentation-file-append-pid \
+        >"$BOLT_DIR/instrument.log" 2>&1 || return 1
+    train_with "$BOLT_DIR/palisade-instrumented" || return 1
+    compgen -G "$BOLT_DIR/profiles/*.fdata" >/dev/null || return 1
+    "$merge" "$BOLT_DIR"/profiles/*.fdata >"$BOLT_DIR/merged.fdata" 2>"$BOLT_DIR/merge.log" || return 1
+    "$bolt" "$OPTIMISED" -o "$BOLT_DIR/palisade" -data="$BOLT_DIR/merged.fdata" \
+        -reorder-blocks=ext-tsp -reorder-functions=cdsort -split-functions -split-all-cold -split-eh \
+        -icf=1 -use-gnu-stack >"$BOLT_DIR/optimise.log" 2>&1 || return 1
+    "$BOLT_DIR/palisade" demo --once >/dev/null 2>&1 || return 1
+    cp "$BOLT_DIR/palisade" "$OPTIMISED"
+}
+
+if [[ ${BOLT:-1} == 0 ]]; then
+    log "6. BOLT skipped (BOLT=0)"
+else
+    log "6. BOLT: the hot code packed together"
+    bolt_layout || log "   BOLT did not finish (logs in $BOLT_DIR); the profile-guided binary of step 5 ships as it is"
+fi
+
+log "7. smoke test: palisade demo --once"
 "$OPTIMISED" demo --once >/dev/null || die "the profile-guided binary failed the demo"
 log "done: $OPTIMISED"
