@@ -20,7 +20,7 @@ pub use crate::lifecycle::StartError;
 use crate::lifecycle::{bind, poll_files, runtime, stop_requested, Readiness, Running};
 use crate::policy::{PolicyOptions, PolicyStore};
 use crate::proxy::{Inbound, Outbound};
-use crate::serve::{serve_with, ConnectionLimits, ConnectionTracker, Transport};
+use crate::serve::{serve_with, ConnectionLimits, ConnectionTracker, OpaqueTcp, Transport};
 use crate::telemetry::{LogLevel, SecurityEvent, Telemetry};
 use crate::tls::{IdentityFiles, TlsStore, TrustDomains};
 
@@ -426,7 +426,12 @@ async fn run(
         )),
         tokio::spawn(serve_with(
             outbound_listener,
-            Transport::Plain,
+            Transport::Outbound(Arc::new(OpaqueTcp::new(
+                &config.outbound.passthrough,
+                &config.outbound.opaque_ports,
+                config.limits.idle_timeout.0,
+                &telemetry,
+            ))),
             outbound,
             telemetry.clone(),
             data_path.clone(),

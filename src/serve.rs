@@ -1,5 +1,6 @@
 //! Accepting connections: TLS (STRICT), TLS or plaintext sniffed by the first byte (PERMISSIVE),
-//! or plaintext (outbound, admin); then handing each stream to a pingora app.
+//! or plaintext (outbound, admin); then handing each stream to a pingora app. Captured outbound
+//! connections that are not HTTP are relayed or refused here ([`opaque`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -23,8 +24,10 @@ use crate::telemetry::{RefusalCounter, RefusalReason, SecurityEvent, Telemetry};
 use crate::tls::TlsStore;
 
 mod h2_frames;
+mod opaque;
 use h2_frames::H2Frames;
 pub(crate) use h2_frames::PREFACE as H2_PREFACE;
+pub use opaque::OpaqueTcp;
 
 /// A TLS ClientHello starts with a handshake record.
 const TLS_HANDSHAKE_RECORD: u8 = 0x16;
@@ -139,6 +142,9 @@ impl Drop for SourceSlot {
 
 pub enum Transport {
     Plain,
+    /// Plaintext from the pod's own app, redirected there by iptables: HTTP as [`Transport::Plain`];
+    /// anything else relayed to its original destination or refused ([`OpaqueTcp`]).
+    Outbound(Arc<OpaqueTcp>),
     /// Mutual TLS; plaintext too while the policy in force says PERMISSIVE, without a
     /// principal. A policy's `mtls` takes effect for new connections at once, and a plaintext
     /// connection let in under PERMISSIVE is closed when the mode becomes STRICT, after the
@@ -248,6 +254,10 @@ pub async fn serve_with<A>(
     let at_memory_limit = counter(RefusalReason::MemoryLimit, memory_setting);
     let at_limit = counter(RefusalReason::ConnectionLimit, limits.max_connections.to_string());
     let at_source_limit = per_source.as_ref().map(|p| counter(RefusalReason::SourceLimit, p.max.to_string()));
+    let not_http = match &*transport {
+        Transport::Outbound(opaque) => Some(counter(RefusalReason::NotHttp, opaque.setting())),
+        _ => None,
+    };
     let mut report = tokio::time::interval(REPORT_EVERY);
     report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -308,16 +318,39 @@ pub async fn serve_with<A>(
         let shutdown = shutdown.clone();
         let counters = counters.clone();
         let limits = limits.clone();
+        let not_http = not_http.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let _slot = slot;
             let _source_slot = source_slot;
+            // Outbound, the wait for the first bytes below is the head's wait: its deadline runs
+            // from here. Elsewhere it runs once the stream is made (after a TLS handshake).
+            let mut since = None;
+            let (tcp, digest) = match (&*transport, not_http) {
+                (Transport::Outbound(opaque), Some(refused)) => {
+                    since = Some(tokio::time::Instant::now());
+                    let digest = socket_digest(&tcp, peer);
+                    let original = digest.original_dst().and_then(|a| a.as_inet()).copied();
+                    let sorted = opaque.sort(tcp, peer, original, limits.header_timeout, &counters.header, &refused);
+                    match Box::pin(sorted).await {
+                        opaque::Sorted::Http(tcp) => (tcp, Some(digest)),
+                        opaque::Sorted::Done => return,
+                    }
+                }
+                _ => (tcp, None),
+            };
             // Boxed: the TLS handshake's state is 7 KB, and a future inline in the task would be
             // held for the connection's whole life (the task's size is its largest state's).
-            let Some((stream, gate)) = Box::pin(handshake(tcp, peer, &transport, &telemetry)).await else {
+            let Some((stream, gate)) = Box::pin(handshake(tcp, peer, digest, &transport, &telemetry)).await else {
                 return;
             };
-            let stream: Stream = Box::new(Deadlined::new(stream, peer, &limits, counters));
+            let stream: Stream = Box::new(Deadlined::new(
+                stream,
+                peer,
+                &limits,
+                counters,
+                since.unwrap_or_else(tokio::time::Instant::now),
+            ));
             match (gate, &*transport) {
                 (Some(gate), Transport::Mesh { policy, .. }) => {
                     serve_revocable(app, stream, gate, policy, shutdown).await;
@@ -379,17 +412,23 @@ async fn serve_revocable<A: ServerApp + Send + Sync + 'static>(
     }
 }
 
+/// `digest`: the socket's, when the accept loop already made it (its original destination read).
 async fn handshake(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
+    digest: Option<SocketDigest>,
     transport: &Transport,
     telemetry: &Telemetry,
 ) -> Option<(Stream, Option<Arc<IdleGate>>)> {
     let (store, plaintext_allowed) = match transport {
-        Transport::Plain => return Some((Box::new(CoalescedWrites::new(l4_stream(tcp, peer), None)), None)),
+        Transport::Plain | Transport::Outbound(_) => {
+            return Some((Box::new(CoalescedWrites::new(l4_stream(tcp, peer, digest), None)), None))
+        }
         Transport::Mesh { tls, policy } => (tls, policy.current().mtls == MtlsMode::PERMISSIVE),
         Transport::Tls(acceptor) => {
-            return match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(l4_stream(tcp, peer))).await {
+            return match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(l4_stream(tcp, peer, None)))
+                .await
+            {
                 Ok(Ok(tls)) => Some((Box::new(tls), None)),
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake refused");
@@ -404,7 +443,7 @@ async fn handshake(
         match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
             Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => {
                 let gate = Arc::new(IdleGate::default());
-                let stream = CoalescedWrites::new(l4_stream(tcp, peer), Some(gate.clone()));
+                let stream = CoalescedWrites::new(l4_stream(tcp, peer, None), Some(gate.clone()));
                 return Some((Box::new(stream), Some(gate)));
             }
             Ok(Ok(1)) => {}
@@ -427,7 +466,7 @@ async fn handshake(
         });
         None
     };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, state.acceptor.tls_handshake(l4_stream(tcp, peer))).await {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, state.acceptor.tls_handshake(l4_stream(tcp, peer, None))).await {
         Ok(Ok(tls)) if proves_an_identity(&tls) => {
             handshakes.with_label_values(&["inbound", "success"]).inc();
             Some((Box::new(tls), None))
@@ -461,13 +500,19 @@ fn handshake_failure_reason(e: &pingora::Error) -> String {
         .unwrap_or_else(|| e.to_string().trim().to_string())
 }
 
-/// Wraps a socket the way pingora's own listener does, so the session digest knows the peer,
-/// the local address and, behind an iptables REDIRECT, the original destination.
-fn l4_stream(tcp: tokio::net::TcpStream, peer: SocketAddr) -> L4Stream {
-    let fd = tcp.as_raw_fd();
-    let mut stream = L4Stream::from(tcp);
-    let digest = SocketDigest::from_raw_fd(fd);
+/// What pingora's own listener knows of a socket: the peer, the local address and, behind an
+/// iptables REDIRECT, the original destination (each read when first asked for).
+fn socket_digest(tcp: &tokio::net::TcpStream, peer: SocketAddr) -> SocketDigest {
+    let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
     let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(peer)));
+    digest
+}
+
+/// Wraps a socket the way pingora's own listener does, so the session has its digest (`digest`,
+/// when one was made already).
+fn l4_stream(tcp: tokio::net::TcpStream, peer: SocketAddr, digest: Option<SocketDigest>) -> L4Stream {
+    let digest = digest.unwrap_or_else(|| socket_digest(&tcp, peer));
+    let mut stream = L4Stream::from(tcp);
     stream.set_socket_digest(digest);
     stream
 }
@@ -758,7 +803,15 @@ impl std::fmt::Debug for Deadlined {
 const INTERIM: &[u8] = b"HTTP/1.1 1";
 
 impl Deadlined {
-    fn new(io: Stream, peer: SocketAddr, limits: &ConnectionLimits, closures: Closures) -> Self {
+    /// `since`: when the first head's deadline starts (now, or when a wait for the first bytes
+    /// began before this stream was made).
+    fn new(
+        io: Stream,
+        peer: SocketAddr,
+        limits: &ConnectionLimits,
+        closures: Closures,
+        since: tokio::time::Instant,
+    ) -> Self {
         let now = tokio::time::Instant::now();
         // The first head's deadline runs from the start: a connection that sends nothing is a
         // slowloris connection too. HTTP/2 (by ALPN or prior knowledge) is held to it until its
@@ -766,7 +819,7 @@ impl Deadlined {
         Deadlined {
             io,
             phase: Phase::Head { seen: false, scan: HeadScan::Lead },
-            timer: Box::pin(tokio::time::sleep_until(now + limits.header_timeout)),
+            timer: Box::pin(tokio::time::sleep_until(since + limits.header_timeout)),
             armed: true,
             last_activity: now,
             header_timeout: limits.header_timeout,
@@ -1363,7 +1416,13 @@ mod tests {
         let closures = closures();
         let idle_closed = closures.memory_idle.clone();
         let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-        let conn = Deadlined::new(Box::new(server_io), "127.0.0.1:1".parse().unwrap(), &limits, closures);
+        let conn = Deadlined::new(
+            Box::new(server_io),
+            "127.0.0.1:1".parse().unwrap(),
+            &limits,
+            closures,
+            tokio::time::Instant::now(),
+        );
         // As pingora serves HTTP/2: each stream on a task of its own, here answered after a
         // while (samples over the limit come meanwhile, while the connection is busy).
         let server = tokio::spawn(async move {

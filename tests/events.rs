@@ -305,6 +305,7 @@ fn every_kind() -> Vec<SecurityEvent> {
         dos("inbound", "memory_limit", "limits.maxMemoryBytes", "201326592", None, true),
         dos("inbound", "memory_idle", "limits.maxMemoryBytes", "201326592", Some("10.0.0.66"), false),
         dos("inbound", "rapid_reset", "limits.http2.maxResetsPerSecond", "200", Some("10.0.0.66"), false),
+        dos("outbound", "not_http", "outbound.passthrough", "10.20.0.0/16", Some("127.0.0.1"), false),
     ]
 }
 
@@ -427,6 +428,15 @@ fn every_event_kind_written_through_the_event_writer() {
                 assert_eq!((e["count"].as_u64(), e["start_time"].as_u64()), (Some(1234), Some(1_796_000_000_000)));
                 assert_eq!(e["dst_endpoint"]["port"], 15006, "the listener");
             }
+            // Traffic the mesh cannot carry is a rule about what the app may reach, not a DoS limit.
+            let egress = lines.iter().find(|l| l["firewall_rule"]["name"] == "not_http").unwrap();
+            assert_eq!(egress["firewall_rule"]["category"], "egress", "{egress}");
+            assert_eq!(egress["firewall_rule"]["uid"], "outbound.passthrough", "{egress}");
+            assert_eq!(
+                (egress["class_uid"].as_u64(), egress["activity_id"].as_u64()),
+                (Some(4001), Some(5)),
+                "{egress}"
+            );
             assert_eq!(by_reason("shed")["http_response"]["code"], 503);
             assert_eq!(by_reason("body_timeout")["http_response"]["code"], 408);
             assert_eq!(by_reason("source_limit")["src_endpoint"]["ip"], "10.0.0.66", "one source: named");

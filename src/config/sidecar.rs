@@ -309,6 +309,11 @@ pub struct OutboundConfig {
     /// a security event): a mesh never falls back to plaintext on its own, since whoever can
     /// break a handshake could then read the traffic.
     pub passthrough: Vec<super::IpBlock>,
+    /// Destination ports whose connections are relayed without waiting for the app's first
+    /// bytes: protocols where the server speaks first (MySQL, SMTP), which an outbound listener
+    /// would otherwise hold to `limits.headerTimeout` waiting for a request. Relayed only to
+    /// `passthrough` destinations, like every connection that is not HTTP.
+    pub opaque_ports: Vec<u16>,
 }
 
 impl Default for OutboundConfig {
@@ -317,6 +322,7 @@ impl Default for OutboundConfig {
             listen: "127.0.0.1:15001".parse().expect("default"),
             destinations: Vec::new(),
             passthrough: Vec::new(),
+            opaque_ports: Vec::new(),
         }
     }
 }
@@ -680,6 +686,9 @@ impl super::Validate for SidecarConfig {
             if value.0.is_zero() {
                 invalid.push(Invalid::field(field, "must be more than 0"));
             }
+        }
+        if self.outbound.opaque_ports.contains(&0) {
+            invalid.push(Invalid::field("outbound.opaquePorts", "ports are 1 to 65535; 0 is none"));
         }
         if self.limits.max_connections == 0 {
             invalid.push(Invalid::field("limits.maxConnections", "must be at least 1"));

@@ -125,6 +125,15 @@ impl DosRefusal {
         }
     }
 
+    /// What the rule that refused protects against: the sidecar's own resources (`dos`), or, for
+    /// traffic the mesh cannot carry, what the app may reach (`egress`).
+    pub fn category(&self) -> &'static str {
+        match self.reason {
+            "not_http" => "egress",
+            _ => "dos",
+        }
+    }
+
     pub fn message(&self) -> String {
         let (n, direction, setting, limit) = (self.count, self.direction, self.setting, &self.limit);
         let plural = if n == 1 { "" } else { "s" };
@@ -154,6 +163,9 @@ impl DosRefusal {
             ),
             "memory_cut" => format!(
                 "{n} answer{plural} or connection{plural} on {direction} cut off while the caller was not reading: the sidecar's heap was over {setting} ({limit} bytes)"
+            ),
+            "not_http" => format!(
+                "{n} connection{plural} on {direction} closed: not HTTP, to a destination outside {setting} ({limit})"
             ),
             "rapid_reset" => format!(
                 "{n} HTTP/2 connection{plural} on {direction} closed: more stream resets than {setting} ({limit}) a second"
@@ -526,7 +538,7 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
             let mut extra = json!({"count": d.count, "start_time": d.start_ms, "end_time": d.end_ms,
                                    "src_endpoint": d.source.map(|ip| json!({"ip": ip.to_string()})),
                                    "dst_endpoint": endpoint(d.listener),
-                                   "firewall_rule": {"uid": d.setting, "name": d.reason, "category": "dos"},
+                                   "firewall_rule": {"uid": d.setting, "name": d.reason, "category": d.category()},
                                    "status_detail": d.reason,
                                    "unmapped": {"direction": d.direction, "limit": d.limit,
                                                 "several_sources": d.several_sources}});
@@ -536,7 +548,7 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
                     merge(&mut extra, json!({"http_response": {"code": code}}));
                     (HTTP_ACTIVITY, (0, "Unknown"))
                 }
-                None if d.reason.ends_with("_limit") => (NETWORK_ACTIVITY, (5, "Refuse")),
+                None if d.reason.ends_with("_limit") || d.reason == "not_http" => (NETWORK_ACTIVITY, (5, "Refuse")),
                 None => (NETWORK_ACTIVITY, (2, "Close")),
             };
             Ocsf {
@@ -734,7 +746,7 @@ fn ecs(event: &SecurityEvent) -> Value {
             if d.http_status().is_some() { "requests-refused" } else { "connections-refused" },
             "failure",
             d.message(),
-            json!({"rule": {"id": d.setting, "name": d.reason, "category": "dos"},
+            json!({"rule": {"id": d.setting, "name": d.reason, "category": d.category()},
                    "source": d.source.map(|ip| json!({"ip": ip.to_string()})),
                    "destination": d.listener.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
                    "http": d.http_status().map(|code| json!({"response": {"status_code": code}})),

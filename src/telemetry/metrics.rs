@@ -35,6 +35,7 @@ pub struct Metrics {
     /// Bodies of an inspected type over `inspectBodyBytes`, passed on uninspected (`PASS`).
     pub waf_uninspected: prometheus::IntCounter,
     pub connections_closed: IntCounterVec,
+    pub opaque_connections: prometheus::IntCounter,
     pub requests_shed: IntCounterVec,
 }
 
@@ -163,6 +164,11 @@ impl Metrics {
             &["direction", "reason"],
         )
         .expect("metric");
+        let opaque_connections = prometheus::IntCounter::new(
+            "palisade_outbound_opaque_connections_total",
+            "Outbound connections that were not HTTP, relayed as bytes to a destination in outbound.passthrough.",
+        )
+        .expect("metric");
         let requests_shed = IntCounterVec::new(
             Opts::new(
                 "palisade_requests_shed_total",
@@ -197,6 +203,7 @@ impl Metrics {
             Box::new(waf_findings.clone()),
             Box::new(waf_uninspected.clone()),
             Box::new(connections_closed.clone()),
+            Box::new(opaque_connections.clone()),
             Box::new(requests_shed.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
@@ -224,6 +231,7 @@ impl Metrics {
             waf_findings,
             waf_uninspected,
             connections_closed,
+            opaque_connections,
             requests_shed,
         }
     }

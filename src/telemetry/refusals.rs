@@ -48,6 +48,9 @@ pub enum RefusalReason {
     /// `limits.maxMemoryBytes`: an idle connection (no request in flight) closed while the
     /// sidecar was over it.
     MemoryIdle,
+    /// `outbound.passthrough`: a captured connection that is not HTTP, to a destination not
+    /// listed there (only HTTP can go over the mesh's mutual TLS), closed before a byte is sent.
+    NotHttp,
 }
 
 impl RefusalReason {
@@ -65,6 +68,7 @@ impl RefusalReason {
             RefusalReason::MemoryCut => "memory_cut",
             RefusalReason::MemoryLimit => "memory_limit",
             RefusalReason::MemoryIdle => "memory_idle",
+            RefusalReason::NotHttp => "not_http",
         }
     }
 
@@ -83,6 +87,7 @@ impl RefusalReason {
             | RefusalReason::MemoryCut
             | RefusalReason::MemoryLimit
             | RefusalReason::MemoryIdle => "limits.maxMemoryBytes",
+            RefusalReason::NotHttp => "outbound.passthrough",
         }
     }
 }

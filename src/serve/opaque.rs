@@ -1,0 +1,233 @@
+//! Captured outbound connections that are not HTTP: the app's own TLS (HTTPS to a cloud API), a
+//! database's protocol. Only HTTP can cross the mesh (the sidecar speaks mutual TLS for it), so
+//! such a connection is relayed as bytes to its original destination when that destination is
+//! one the configuration lets the app reach as it is (`outbound.passthrough`), and closed before
+//! a byte is sent otherwise. Linkerd and Istio guess the protocol and fall back to TCP after a
+//! wait (Linkerd's 10 s stalls are a standing complaint); here the first bytes decide at once,
+//! and protocols where the server speaks first are named by port (`outbound.opaquePorts`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::IpBlock;
+use crate::telemetry::{RefusalCounter, Telemetry};
+
+/// How long a relay waits for its destination to accept.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Each direction's buffer: a TLS record whole.
+const RELAY_BUFFER: usize = 16 * 1024 + 256;
+/// How many bytes decide: the longest request method a client sends, and its space.
+const SNIFF_BYTES: usize = 24;
+
+/// What the first bytes of a connection say it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstBytes {
+    /// A request line's method and its space (`GET `), or the start of HTTP/2's preface.
+    Http,
+    /// Anything that cannot start an HTTP request: a TLS record (0x16), a length prefix, `*2\r\n`.
+    Other,
+    /// A method's characters so far and nothing against it: taken as HTTP, whose head deadline
+    /// then holds the connection (a client sends its request line in one piece).
+    Undecided,
+}
+
+/// Reads `bytes` (what arrived first) as HTTP or not. A method is a token (RFC 9110 §9.1) of at
+/// most 20 characters followed by a space; HTTP/2's preface starts `PRI `, so it needs no case
+/// of its own.
+pub fn classify(bytes: &[u8]) -> FirstBytes {
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b' ' {
+            return if i == 0 { FirstBytes::Other } else { FirstBytes::Http };
+        }
+        if i >= 20 || !is_tchar(b) {
+            return FirstBytes::Other;
+        }
+    }
+    FirstBytes::Undecided
+}
+
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// The outbound listener's rule for connections that are not HTTP.
+pub struct OpaqueTcp {
+    passthrough: Vec<IpBlock>,
+    opaque_ports: Vec<u16>,
+    idle_timeout: Duration,
+    relayed: prometheus::IntCounter,
+}
+
+/// What became of a captured connection.
+pub enum Sorted {
+    /// HTTP, or not redirected (the app addressed the listener itself): served as HTTP.
+    Http(TcpStream),
+    /// Relayed or refused; nothing more to do.
+    Done,
+}
+
+impl OpaqueTcp {
+    pub fn new(passthrough: &[IpBlock], opaque_ports: &[u16], idle_timeout: Duration, telemetry: &Telemetry) -> Self {
+        OpaqueTcp {
+            passthrough: passthrough.to_vec(),
+            opaque_ports: opaque_ports.to_vec(),
+            idle_timeout,
+            relayed: telemetry.metrics.opaque_connections.clone(),
+        }
+    }
+
+    /// `outbound.passthrough` as the refusal events give it.
+    pub fn setting(&self) -> String {
+        match self.passthrough.is_empty() {
+            true => "none".to_string(),
+            false => self.passthrough.iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
+        }
+    }
+
+    fn allows(&self, destination: SocketAddr) -> bool {
+        let ip = destination.ip().to_canonical();
+        self.passthrough.iter().any(|b| b.contains(ip))
+    }
+
+    /// Serves `tcp` as bytes when it is not HTTP, and gives it back otherwise. `original` is its
+    /// original destination when iptables redirected it. Waits at most `header_timeout` for a
+    /// first byte (`late` counts a connection that sent none), and never when the destination's
+    /// port is an opaque one.
+    pub async fn sort(
+        &self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        original: Option<SocketAddr>,
+        header_timeout: Duration,
+        late: &RefusalCounter,
+        refused: &RefusalCounter,
+    ) -> Sorted {
+        let Some(destination) = original.filter(|o| tcp.local_addr().ok() != Some(*o)) else {
+            return Sorted::Http(tcp);
+        };
+        if !self.opaque_ports.contains(&destination.port()) {
+            let mut first = [0u8; SNIFF_BYTES];
+            match tokio::time::timeout(header_timeout, tcp.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 && classify(&first[..n]) != FirstBytes::Other => return Sorted::Http(tcp),
+                Ok(Ok(n)) if n > 0 => {}
+                // Closed before a byte, or a socket error: nothing to serve.
+                Ok(_) => return Sorted::Done,
+                Err(_) => {
+                    late.refused(Some(peer.ip()));
+                    return Sorted::Done;
+                }
+            }
+        }
+        if !self.allows(destination) {
+            refused.refused(Some(peer.ip()));
+            tracing::debug!(%peer, %destination, "not HTTP, to a destination outside outbound.passthrough: closed");
+            return Sorted::Done;
+        }
+        let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination)).await {
+            Ok(Ok(upstream)) => upstream,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, %destination, error = %e, "opaque relay: destination refused");
+                return Sorted::Done;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, %destination, "opaque relay: destination did not accept in time");
+                return Sorted::Done;
+            }
+        };
+        let _ = upstream.set_nodelay(true);
+        self.relayed.inc();
+        // Boxed: two buffers of a TLS record each, for as long as the connection lives.
+        if let Err(e) = Box::pin(relay(tcp, upstream, self.idle_timeout)).await {
+            tracing::debug!(%peer, %destination, error = %e, "opaque relay ended");
+        }
+        Sorted::Done
+    }
+}
+
+/// Copies both ways until each side has closed its half, or nothing moves for `idle`. A side
+/// that closes its half has that passed on (a shutdown of the other's write), so protocols that
+/// end a request with a half-close still work.
+async fn relay(mut client: TcpStream, mut upstream: TcpStream, idle: Duration) -> std::io::Result<()> {
+    let (mut client_read, mut client_write) = client.split();
+    let (mut upstream_read, mut upstream_write) = upstream.split();
+    let mut up = vec![0u8; RELAY_BUFFER];
+    let mut down = vec![0u8; RELAY_BUFFER];
+    let (mut client_open, mut upstream_open) = (true, true);
+    while client_open || upstream_open {
+        let moved = tokio::time::timeout(idle, async {
+            tokio::select! {
+                n = client_read.read(&mut up), if client_open => {
+                    let n = n?;
+                    if n == 0 {
+                        client_open = false;
+                        upstream_write.shutdown().await?;
+                    } else {
+                        upstream_write.write_all(&up[..n]).await?;
+                    }
+                }
+                n = upstream_read.read(&mut down), if upstream_open => {
+                    let n = n?;
+                    if n == 0 {
+                        upstream_open = false;
+                        client_write.shutdown().await?;
+                    } else {
+                        client_write.write_all(&down[..n]).await?;
+                    }
+                }
+            }
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        match moved {
+            Ok(result) => result?,
+            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle")),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_lines_and_the_http2_preface_are_http() {
+        for line in
+            [&b"GET / HTTP/1.1\r\n"[..], b"POST ", b"OPTIONS * HTTP/1.1", b"PRI * HTTP/2.0\r\n\r\nSM", b"M-SEARCH "]
+        {
+            assert_eq!(classify(line), FirstBytes::Http, "{:?}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn tls_databases_and_binary_protocols_are_not() {
+        let cases: [&[u8]; 7] = [
+            // A TLS ClientHello's record header.
+            &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01],
+            // PostgreSQL's SSLRequest: a big-endian length, then 80877103.
+            &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f],
+            // Redis: RESP's array of two.
+            b"*2\r\n$4\r\nPING\r\n",
+            // AMQP's protocol header.
+            b"AMQP\x00\x00\x09\x01",
+            // A space first.
+            b" GET /",
+            // A token too long for a method.
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZ /",
+            // SSH's client banner: its `-` and digits are token characters, its `.` too, but not `\r`.
+            b"SSH-2.0-OpenSSH_9.2\r\n",
+        ];
+        for bytes in cases {
+            assert_eq!(classify(bytes), FirstBytes::Other, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn a_method_cut_short_waits_for_nothing_and_is_taken_as_http() {
+        assert_eq!(classify(b"GE"), FirstBytes::Undecided);
+        assert_eq!(classify(b""), FirstBytes::Undecided);
+    }
+}
