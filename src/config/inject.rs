@@ -39,6 +39,11 @@ pub struct InjectSettings {
     pub exclude_outbound_ports: Vec<u16>,
     /// Destinations never captured, in every pod (e.g. the API server's address).
     pub exclude_outbound_cidrs: Vec<String>,
+    /// Every sidecar's `outbound.passthrough`: destinations outside the mesh its app may reach
+    /// through it (plaintext HTTP forwarded, other TCP relayed), seen and counted by the sidecar.
+    pub outbound_passthrough: Vec<String>,
+    /// Every sidecar's `outbound.opaquePorts`: ports of protocols where the server speaks first.
+    pub opaque_ports: Vec<u16>,
 }
 
 impl Default for InjectSettings {
@@ -66,6 +71,8 @@ impl Default for InjectSettings {
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),
+            outbound_passthrough: Vec::new(),
+            opaque_ports: Vec::new(),
         }
     }
 }
@@ -272,10 +279,18 @@ impl InjectSettings {
         if !is_log_filter(&self.log_level) {
             bad("logLevel", format!("expected a log filter such as info or palisade=debug, got {:?}", self.log_level));
         }
-        for (i, cidr) in self.exclude_outbound_cidrs.iter().enumerate() {
-            if let Err(e) = cidr.parse::<IpBlock>() {
-                bad(&format!("excludeOutboundCidrs[{i}]"), e);
+        for (field, cidrs) in [
+            ("excludeOutboundCidrs", &self.exclude_outbound_cidrs),
+            ("outboundPassthrough", &self.outbound_passthrough),
+        ] {
+            for (i, cidr) in cidrs.iter().enumerate() {
+                if let Err(e) = cidr.parse::<IpBlock>() {
+                    bad(&format!("{field}[{i}]"), e);
+                }
             }
+        }
+        if self.opaque_ports.contains(&0) {
+            bad("opaquePorts", "ports are 1 to 65535; 0 is none".to_string());
         }
         invalid
     }

@@ -13,6 +13,11 @@ pub const INBOUND_PORTS: &str = "palisade.dev/inbound-ports";
 pub const EXCLUDE_INBOUND_PORTS: &str = "palisade.dev/exclude-inbound-ports";
 pub const EXCLUDE_OUTBOUND_PORTS: &str = "palisade.dev/exclude-outbound-ports";
 pub const EXCLUDE_OUTBOUND_CIDRS: &str = "palisade.dev/exclude-outbound-cidrs";
+/// Added to `outbound.passthrough`: destinations outside the mesh the app reaches through its
+/// sidecar (`10.20.0.0/16,203.0.113.7`).
+pub const OUTBOUND_PASSTHROUGH: &str = "palisade.dev/outbound-passthrough";
+/// Added to `outbound.opaquePorts`: ports where the server speaks first (`3306,25`).
+pub const OPAQUE_PORTS: &str = "palisade.dev/opaque-ports";
 /// `PALISADE_LOG` of this pod's sidecar.
 pub const LOG_LEVEL: &str = "palisade.dev/log-level";
 /// `inbound.appProtocol`: `auto`, `http1`, `http2` (gRPC servers without TLS).
@@ -41,6 +46,8 @@ pub struct PodOptions {
     pub exclude_inbound_ports: Vec<u16>,
     pub exclude_outbound_ports: Vec<u16>,
     pub exclude_outbound_cidrs: Vec<String>,
+    pub outbound_passthrough: Vec<String>,
+    pub opaque_ports: Vec<u16>,
     pub log_level: Option<String>,
     pub app_protocol: Option<AppProtocol>,
     /// `(requests|limits, resource, quantity)`.
@@ -78,11 +85,19 @@ impl PodOptions {
         if let Some(v) = get(EXCLUDE_OUTBOUND_PORTS)? {
             options.exclude_outbound_ports = ports(EXCLUDE_OUTBOUND_PORTS, v)?;
         }
-        if let Some(v) = get(EXCLUDE_OUTBOUND_CIDRS)? {
-            for cidr in list(v) {
-                parse_cidr(cidr).map_err(|message| BadAnnotation { key: EXCLUDE_OUTBOUND_CIDRS, message })?;
-                options.exclude_outbound_cidrs.push(cidr.to_string());
+        for (key, cidrs) in [
+            (EXCLUDE_OUTBOUND_CIDRS, &mut options.exclude_outbound_cidrs),
+            (OUTBOUND_PASSTHROUGH, &mut options.outbound_passthrough),
+        ] {
+            if let Some(v) = get(key)? {
+                for cidr in list(v) {
+                    parse_cidr(cidr).map_err(|message| BadAnnotation { key, message })?;
+                    cidrs.push(cidr.to_string());
+                }
             }
+        }
+        if let Some(v) = get(OPAQUE_PORTS)? {
+            options.opaque_ports = ports(OPAQUE_PORTS, v)?;
         }
         if let Some(v) = get(LOG_LEVEL)? {
             if !is_log_filter(v) {

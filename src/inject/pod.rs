@@ -320,6 +320,12 @@ pub fn sidecar_config(settings: &InjectSettings, options: &PodOptions) -> String
         config.inbound.app_protocol = protocol;
     }
     config.outbound.listen = local(ports.outbound);
+    // Both lists were checked (the settings when loaded, the annotations at admission).
+    config.outbound.passthrough = merged(&settings.outbound_passthrough, &options.outbound_passthrough)
+        .iter()
+        .filter_map(|cidr| cidr.parse().ok())
+        .collect();
+    config.outbound.opaque_ports = merged(&settings.opaque_ports, &options.opaque_ports);
     config.admin.listen = any(ports.admin);
     let cp = &settings.control_plane;
     config.policy.control_plane = Some(ControlPlaneAddress { host: host.clone(), port: cp.grpc_port });

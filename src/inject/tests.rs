@@ -419,6 +419,38 @@ fn the_sidecar_configuration_reads_back_as_the_sidecars_own() {
     assert_eq!(value["identity"]["controlPlane"]["trustAnchors"], ANCHORS);
 }
 
+#[test]
+fn passthrough_destinations_and_opaque_ports_reach_the_sidecars_configuration() {
+    use crate::config::{load_text, SidecarConfig};
+    let env = std::collections::BTreeMap::<String, String>::new();
+    let mut s = settings();
+    s.identity.mode = IdentityMode::Secret;
+    s.outbound_passthrough = vec!["10.20.0.0/16".into()];
+    s.opaque_ports = vec![25];
+    let annotations = json!({ann::OUTBOUND_PASSTHROUGH: "203.0.113.7, fd00:db::/64", ann::OPAQUE_PORTS: "3306"});
+    let options = ann::PodOptions::read(annotations.as_object()).unwrap();
+    let text = pod::sidecar_config(&s, &options);
+    let config: SidecarConfig =
+        load_text(std::path::Path::new("PALISADE_CONFIG"), &text, &env).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
+    let blocks: Vec<String> = config.outbound.passthrough.iter().map(ToString::to_string).collect();
+    assert_eq!(blocks, ["10.20.0.0/16", "203.0.113.7/32", "fd00:db::/64"], "{text}");
+    assert_eq!(config.outbound.opaque_ports, [25, 3306], "{text}");
+    // Without either, the sidecar's defaults stand and nothing is written.
+    let text = pod::sidecar_config(&settings(), &Default::default());
+    assert!(!text.contains("passthrough") && !text.contains("opaquePorts"), "{text}");
+
+    for (key, value) in
+        [(ann::OUTBOUND_PASSTHROUGH, "10.0.0.0/33"), (ann::OPAQUE_PORTS, "0"), (ann::OPAQUE_PORTS, "mysql")]
+    {
+        let err = ann::PodOptions::read(json!({key: value}).as_object()).unwrap_err();
+        assert_eq!(err.key, key, "{value}: {err}");
+    }
+    s.outbound_passthrough = vec!["10.20.0.0/16".into(), "10.1.2.3/40".into()];
+    s.opaque_ports = vec![0];
+    let fields: Vec<String> = s.check().into_iter().map(|(field, _)| field).collect();
+    assert_eq!(fields, ["outboundPassthrough[1]", "opaquePorts"]);
+}
+
 // === the webhook ===
 
 #[test]

@@ -36,7 +36,10 @@ VALUE_SETS = {
         "pki": {"source": "existing"},
         "webhook": {"caBundle": "Y2E=", "failurePolicy": "Ignore", "excludeNamespaces": ["legacy"]},
         "identity": {"mode": "secret"},
-        "sidecar": {"excludeOutboundCidrs": ["10.96.0.0/12"], "excludeOutboundPorts": [5432]},
+        "sidecar": {
+            "excludeOutboundCidrs": ["10.96.0.0/12"], "excludeOutboundPorts": [5432],
+            "outboundPassthrough": ["10.20.0.0/16", "fd00:db::/64"], "opaquePorts": [3306],
+        },
         "controlPlane": {"replicas": 3, "podDisruptionBudget": {"enabled": False}},
     },
     "dual-stack": {"controlPlane": {"service": {"ipFamilyPolicy": "PreferDualStack", "ipFamilies": ["IPv6", "IPv4"]}}},
@@ -59,6 +62,8 @@ def by_kind(objs, kind):
     {"controlPlane": {"replicas": 0}},
     {"identity": {"mode": "spire"}},
     {"sidecar": {"excludeOutboundPorts": [70000]}},
+    {"sidecar": {"opaquePorts": [0]}},
+    {"sidecar": {"outboundPassthrough": ["the database"]}},
     {"trustDomain": "Cluster.Local"},
     {"policies": [{"apiVersion": "v1", "kind": "SecurityPolicy", "metadata": {"name": "a", "namespace": "b"}, "spec": {}}]},
     {"policies": [{"apiVersion": "palisade.dev/v1alpha1", "kind": "SecurityPolicy", "metadata": {"name": "a"}, "spec": {}}]},
@@ -198,6 +203,22 @@ def test_the_rendered_control_plane_configuration_gives_palisade_inject_its_sett
             (injected,) = documents(out.stdout)
             assert [c["name"] for c in injected["spec"]["initContainers"]] == ["palisade-init", "palisade-proxy"]
             assert injected["spec"]["initContainers"][1]["image"] == "ghcr.io/palisade-mesh/palisade:0.1.0"
+
+
+def test_passthrough_destinations_and_opaque_ports_reach_every_injected_sidecar():
+    values = {"identity": {"mode": "secret"}, "sidecar": {"outboundPassthrough": ["10.20.0.0/16"], "opaquePorts": [3306]}}
+    (cm,) = [o for o in objects(values) if o["metadata"]["name"] == "palisade-control-config"]
+    with tempfile.TemporaryDirectory() as d:
+        config = pathlib.Path(d) / "control.yaml"
+        config.write_text(cm["data"]["control.yaml"])
+        pod = ("apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop, annotations: "
+               "{palisade.dev/outbound-passthrough: 203.0.113.7}}\nspec: {containers: [{name: app, image: a}]}\n")
+        (injected,) = documents(palisade("inject", "--config", str(config), stdin=pod).stdout)
+    proxy = injected["spec"]["initContainers"][1]
+    (sidecar_config,) = [e["value"] for e in proxy["env"] if e["name"] == "PALISADE_CONFIG"]
+    outbound = yaml.safe_load(sidecar_config)["outbound"]
+    assert outbound["passthrough"] == ["10.20.0.0/16", "203.0.113.7/32"], outbound
+    assert outbound["opaquePorts"] == [3306], outbound
 
 
 def test_the_default_install_needs_no_secret_made_by_hand_and_its_control_plane_starts():

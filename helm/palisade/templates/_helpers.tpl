@@ -49,4 +49,6 @@ excludedNamespaces: {{- toYaml (concat (list "kube-system") .Values.webhook.excl
 excludeInboundPorts: {{- toYaml .Values.sidecar.excludeInboundPorts | nindent 2 }}
 excludeOutboundPorts: {{- toYaml .Values.sidecar.excludeOutboundPorts | nindent 2 }}
 excludeOutboundCidrs: {{- toYaml .Values.sidecar.excludeOutboundCidrs | nindent 2 }}
+outboundPassthrough: {{- toYaml .Values.sidecar.outboundPassthrough | nindent 2 }}
+opaquePorts: {{- toYaml .Values.sidecar.opaquePorts | nindent 2 }}
 {{- end }}
