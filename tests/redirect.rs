@@ -7,6 +7,10 @@ use std::process::Command;
 
 const SCENARIO: &str = r#"
 set -euo pipefail
+# Whatever ends the scenario (a failed step, the test's timeout) ends what it started, or the
+# test would wait on their open output for ever.
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+trap 'exit 143' TERM
 ip link set lo up
 cd "$WORK"
 "$BIN" ca init --trust-domain cluster.local --out ca >/dev/null
