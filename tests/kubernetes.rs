@@ -34,10 +34,6 @@ fn palisade(args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n")
-}
-
 // === palisade inject ===
 
 const MANIFEST: &str = "# shop\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: orders  # the API\nspec:\n  template:\n    metadata: {labels: {app: orders}}\n    spec:\n      containers:\n      - name: app\n        image: orders:1\n---\napiVersion: v1\nkind: Service\nmetadata: {name: orders}\nspec: {ports: [{port: 80}]}\n";
@@ -101,7 +97,7 @@ fn inject_reads_its_settings_from_the_control_planes_configuration() {
 
 #[test]
 fn init_net_without_net_admin_is_a_clean_error() {
-    let mut command = if is_root() {
+    let mut command = if support::is_root() {
         // The pod's init container without its capabilities: a user with none.
         let mut c = Command::new("setpriv");
         c.args(["--reuid", "65534", "--regid", "65534", "--clear-groups", BIN]);
@@ -202,7 +198,7 @@ fn nat_rules(ns: &Namespaces, tool: &str) -> Vec<String> {
 
 #[test]
 fn init_net_twice_leaves_one_set_of_rules_with_either_iptables() {
-    if !is_root() {
+    if !support::is_root() {
         eprintln!("skipped: needs root to make a network namespace and change its iptables rules");
         return;
     }
@@ -314,7 +310,7 @@ fn curl(ns: &Namespaces, pod: &str, uid: u32, url: &str) -> (bool, String) {
 
 #[test]
 fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and_policy() {
-    if !is_root() {
+    if !support::is_root() {
         eprintln!("skipped: needs root for network namespaces, veth pairs, iptables and running as uid 2102");
         return;
     }

@@ -3,17 +3,10 @@
 //! 127.0.0.96/30 into the outbound listener. 127.0.0.98 is listed in `outbound.passthrough`,
 //! 127.0.0.97 is not. Needs root (namespaces, iptables), as the pod's init container does.
 
-use std::process::Command;
+mod support;
+use support::{netns_scenario, Scenario};
 
 const SCENARIO: &str = r#"
-set -euo pipefail
-# Whatever ends the scenario (a failed step, the test's timeout) ends what it started, or the
-# test would wait on their open output for ever.
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
-trap 'exit 143' TERM
-ip link set lo up
-cd "$WORK"
-"$BIN" ca init --trust-domain cluster.local --out ca >/dev/null
 "$BIN" ca issue --ca ca --spiffe-id spiffe://cluster.local/ns/a/sa/a --out a >/dev/null
 "$BIN" ca issue --ca ca --spiffe-id spiffe://cluster.local/ns/ext/sa/api --out ext >/dev/null
 cat > servers.py <<'PY'
@@ -109,24 +102,8 @@ sed 's/^/accepted: /' accepted.log
 
 #[test]
 fn captured_traffic_that_is_not_http_is_relayed_to_passthrough_destinations_and_refused_elsewhere() {
-    if !Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n") {
-        eprintln!("skipped: needs root for a network namespace and iptables");
-        return;
-    }
-    let work = tempfile::tempdir().unwrap();
-    let out = Command::new("timeout")
-        .args(["90", "unshare", "-n", "bash", "-c", SCENARIO])
-        .env("BIN", env!("CARGO_BIN_EXE_palisade"))
-        .env("WORK", work.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let logs = ["a.log", "servers.out", "a.events"]
-        .map(|f| std::fs::read_to_string(work.path().join(f)).unwrap_or_default())
-        .join("\n");
-    let context = format!("stdout: {stdout}\nstderr: {stderr}\nlogs: {logs}");
-    assert!(out.status.success(), "scenario failed\n{context}");
+    let logs = ["a.log", "servers.out", "a.events"];
+    let Some(Scenario { stdout, context }) = netns_scenario(SCENARIO, 90, &logs) else { return };
     let line = |name: &str| {
         stdout
             .lines()

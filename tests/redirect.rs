@@ -3,17 +3,10 @@
 //! destination with SO_ORIGINAL_DST and reaches the peer sidecar listening there over mTLS.
 //! Needs root (namespaces, iptables), as the pod's init container does.
 
-use std::process::Command;
+mod support;
+use support::{netns_scenario, Scenario};
 
 const SCENARIO: &str = r#"
-set -euo pipefail
-# Whatever ends the scenario (a failed step, the test's timeout) ends what it started, or the
-# test would wait on their open output for ever.
-trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
-trap 'exit 143' TERM
-ip link set lo up
-cd "$WORK"
-"$BIN" ca init --trust-domain cluster.local --out ca >/dev/null
 "$BIN" ca issue --ca ca --spiffe-id spiffe://cluster.local/ns/a/sa/a --out a >/dev/null
 "$BIN" ca issue --ca ca --spiffe-id spiffe://cluster.local/ns/b/sa/b --out b >/dev/null
 cat > echo.py <<'PY'
@@ -60,24 +53,10 @@ kill %1 %2 %3 2>/dev/null || true
 
 #[test]
 fn redirected_traffic_reaches_its_original_destination_over_mtls() {
-    if !Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n") {
-        eprintln!("skipped: needs root for a network namespace and iptables");
-        return;
-    }
-    let work = tempfile::tempdir().unwrap();
-    let out = Command::new("timeout")
-        .args(["60", "unshare", "-n", "bash", "-c", SCENARIO])
-        .env("BIN", env!("CARGO_BIN_EXE_palisade"))
-        .env("WORK", work.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let logs = ["a.log", "b.log"].map(|f| std::fs::read_to_string(work.path().join(f)).unwrap_or_default()).join("\n");
-    assert!(out.status.success(), "scenario failed\nstdout: {stdout}\nstderr: {stderr}\nlogs: {logs}");
+    let Some(Scenario { stdout, context }) = netns_scenario(SCENARIO, 60, &["a.log", "b.log"]) else { return };
     assert!(
         stdout.contains("xfcc=By=spiffe://cluster.local/ns/b/sa/b;URI=spiffe://cluster.local/ns/a/sa/a"),
-        "stdout: {stdout}\nstderr: {stderr}\nlogs: {logs}"
+        "{context}"
     );
-    assert!(!stdout.contains("UNEXPECTED"), "{stdout}");
+    assert!(!stdout.contains("UNEXPECTED"), "{context}");
 }

@@ -755,3 +755,50 @@ pub fn h2_goaway(mut frames: &[u8]) -> Option<(u32, u32)> {
     }
     None
 }
+
+pub fn is_root() -> bool {
+    std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout == b"0\n")
+}
+
+/// What a shell scenario run in a network namespace of its own printed.
+pub struct Scenario {
+    pub stdout: String,
+    /// stdout, stderr and the files named, for failure messages.
+    pub context: String,
+}
+
+/// What every scenario starts with: strict bash, everything it starts stopped when it ends (a
+/// failed step, the timeout) so the test is not left waiting on their output, loopback up, and
+/// a mesh CA in `$WORK/ca` (trust domain cluster.local).
+const SCENARIO_PRELUDE: &str = r#"
+set -euo pipefail
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+trap 'exit 143' TERM
+ip link set lo up
+cd "$WORK"
+"$BIN" ca init --trust-domain cluster.local --out ca >/dev/null
+"#;
+
+/// Runs `script` (after [`SCENARIO_PRELUDE`]) with bash as root in a new network namespace
+/// (`unshare -n`), `BIN` the palisade binary and `WORK` a temp dir, for at most `seconds`;
+/// asserts it succeeded. `None` (the test skips) when not root: namespaces and iptables need it.
+pub fn netns_scenario(script: &str, seconds: u32, logs: &[&str]) -> Option<Scenario> {
+    if !is_root() {
+        eprintln!("skipped: needs root for a network namespace and iptables");
+        return None;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("timeout")
+        .args([&seconds.to_string(), "unshare", "-n", "bash", "-c", &format!("{SCENARIO_PRELUDE}{script}")])
+        .env("BIN", env!("CARGO_BIN_EXE_palisade"))
+        .env("WORK", work.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let logs: Vec<String> =
+        logs.iter().map(|f| std::fs::read_to_string(work.path().join(f)).unwrap_or_default()).collect();
+    let context = format!("stdout: {stdout}\nstderr: {stderr}\nlogs: {}", logs.join("\n"));
+    assert!(out.status.success(), "scenario failed\n{context}");
+    Some(Scenario { stdout, context })
+}
