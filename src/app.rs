@@ -429,7 +429,6 @@ async fn run(
             Transport::Outbound(Arc::new(OpaqueTcp::new(
                 &config.outbound.passthrough,
                 &config.outbound.opaque_ports,
-                config.limits.idle_timeout.0,
                 &telemetry,
             ))),
             outbound,

@@ -17,8 +17,14 @@ use crate::telemetry::{RefusalCounter, Telemetry};
 
 /// How long a relay waits for its destination to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Each direction's buffer: a TLS record whole.
-const RELAY_BUFFER: usize = 16 * 1024 + 256;
+/// Each direction's buffer (a TLS record takes two reads): a relayed connection holds 16 KiB, so
+/// the listener's 10,000 connections hold at most 160 MiB, and `limits.maxMemoryBytes` refuses
+/// new ones before that.
+const RELAY_BUFFER: usize = 8 * 1024;
+/// How long a relayed connection may carry nothing before it is closed: an hour, as Envoy's TCP
+/// proxy (Istio's sidecars) does, since a database pool keeps its connections idle for many
+/// minutes between uses and HTTP's `limits.idleTimeout` would cut them under it.
+const OPAQUE_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How many bytes decide: the longest request method a client sends, and its space.
 const SNIFF_BYTES: usize = 24;
 
@@ -57,7 +63,6 @@ fn is_tchar(b: u8) -> bool {
 pub struct OpaqueTcp {
     passthrough: Vec<IpBlock>,
     opaque_ports: Vec<u16>,
-    idle_timeout: Duration,
     relayed: prometheus::IntCounter,
 }
 
@@ -70,11 +75,10 @@ pub enum Sorted {
 }
 
 impl OpaqueTcp {
-    pub fn new(passthrough: &[IpBlock], opaque_ports: &[u16], idle_timeout: Duration, telemetry: &Telemetry) -> Self {
+    pub fn new(passthrough: &[IpBlock], opaque_ports: &[u16], telemetry: &Telemetry) -> Self {
         OpaqueTcp {
             passthrough: passthrough.to_vec(),
             opaque_ports: opaque_ports.to_vec(),
-            idle_timeout,
             relayed: telemetry.metrics.opaque_connections.clone(),
         }
     }
@@ -140,7 +144,7 @@ impl OpaqueTcp {
         let _ = upstream.set_nodelay(true);
         self.relayed.inc();
         // Boxed: two buffers of a TLS record each, for as long as the connection lives.
-        if let Err(e) = Box::pin(relay(tcp, upstream, self.idle_timeout)).await {
+        if let Err(e) = Box::pin(relay(tcp, upstream, OPAQUE_IDLE_TIMEOUT)).await {
             tracing::debug!(%peer, %destination, error = %e, "opaque relay ended");
         }
         Sorted::Done
@@ -223,6 +227,34 @@ mod tests {
         for bytes in cases {
             assert_eq!(classify(bytes), FirstBytes::Other, "{bytes:?}");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_carries_both_ways_and_ends_after_an_hour_of_nothing() {
+        use tokio::net::TcpListener;
+        async fn pair() -> (TcpStream, TcpStream) {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let near = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+            (near, listener.accept().await.unwrap().0)
+        }
+        let (mut app, captured) = pair().await;
+        let (upstream, mut destination) = pair().await;
+        let relay = tokio::spawn(relay(captured, upstream, OPAQUE_IDLE_TIMEOUT));
+        let mut buf = [0u8; 4];
+        app.write_all(b"ping").await.unwrap();
+        destination.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        destination.write_all(b"pong").await.unwrap();
+        app.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"pong");
+        // Nothing more moves: the clock (paused, so it jumps to the next timer) reaches the hour.
+        let quiet_since = tokio::time::Instant::now();
+        let ended = relay.await.unwrap().unwrap_err();
+        assert_eq!(ended.kind(), std::io::ErrorKind::TimedOut);
+        assert!(quiet_since.elapsed() >= OPAQUE_IDLE_TIMEOUT, "{:?}", quiet_since.elapsed());
+        // Both sides see the close.
+        assert_eq!(app.read(&mut buf).await.unwrap(), 0);
+        assert_eq!(destination.read(&mut buf).await.unwrap(), 0);
     }
 
     #[test]
