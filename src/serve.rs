@@ -254,8 +254,9 @@ pub async fn serve_with<A>(
     let at_memory_limit = counter(RefusalReason::MemoryLimit, memory_setting);
     let at_limit = counter(RefusalReason::ConnectionLimit, limits.max_connections.to_string());
     let at_source_limit = per_source.as_ref().map(|p| counter(RefusalReason::SourceLimit, p.max.to_string()));
-    let not_http = match &*transport {
-        Transport::Outbound(opaque) => Some(counter(RefusalReason::NotHttp, opaque.setting())),
+    // The outbound listener sorts each connection before pingora sees it ([`OpaqueTcp::sort`]).
+    let sorting = match &*transport {
+        Transport::Outbound(opaque) => Some((opaque.clone(), counter(RefusalReason::NotHttp, opaque.setting()))),
         _ => None,
     };
     let mut report = tokio::time::interval(REPORT_EVERY);
@@ -318,26 +319,32 @@ pub async fn serve_with<A>(
         let shutdown = shutdown.clone();
         let counters = counters.clone();
         let limits = limits.clone();
-        let not_http = not_http.clone();
+        let sorting = sorting.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let _slot = slot;
             let _source_slot = source_slot;
-            // Outbound, the wait for the first bytes below is the head's wait: its deadline runs
-            // from here. Elsewhere it runs once the stream is made (after a TLS handshake).
-            let mut since = None;
-            let (tcp, digest) = match (&*transport, not_http) {
-                (Transport::Outbound(opaque), Some(refused)) => {
-                    since = Some(tokio::time::Instant::now());
+            // Sorting waits for the first bytes, which is the head's wait: its deadline runs from
+            // the start of that wait. Elsewhere it runs once the stream is made (after a TLS
+            // handshake).
+            let (tcp, digest, since) = match sorting {
+                Some((opaque, refused)) => {
+                    let since = tokio::time::Instant::now();
                     let digest = socket_digest(&tcp, peer);
-                    let original = digest.original_dst().and_then(|a| a.as_inet()).copied();
-                    let sorted = opaque.sort(tcp, peer, original, limits.header_timeout, &counters.header, &refused);
+                    let sorted = opaque.sort(
+                        tcp,
+                        peer,
+                        redirected_to(&digest),
+                        limits.header_timeout,
+                        &counters.header,
+                        &refused,
+                    );
                     match Box::pin(sorted).await {
-                        opaque::Sorted::Http(tcp) => (tcp, Some(digest)),
+                        opaque::Sorted::Http(tcp) => (tcp, Some(digest), Some(since)),
                         opaque::Sorted::Done => return,
                     }
                 }
-                _ => (tcp, None),
+                None => (tcp, None, None),
             };
             // Boxed: the TLS handshake's state is 7 KB, and a future inline in the task would be
             // held for the connection's whole life (the task's size is its largest state's).
@@ -506,6 +513,14 @@ fn socket_digest(tcp: &tokio::net::TcpStream, peer: SocketAddr) -> SocketDigest 
     let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
     let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(peer)));
     digest
+}
+
+/// Where the app meant to go, when iptables redirected its connection here: the original
+/// destination, if it is not this socket's own address (which is what the kernel gives for a
+/// connection that was not redirected).
+pub fn redirected_to(digest: &SocketDigest) -> Option<SocketAddr> {
+    let original = digest.original_dst()?.as_inet()?;
+    (Some(original) != digest.local_addr().and_then(|l| l.as_inet())).then_some(*original)
 }
 
 /// Wraps a socket the way pingora's own listener does, so the session has its digest (`digest`,

@@ -153,10 +153,7 @@ impl Outbound {
         }
         let expected = route.and_then(|r| r.expected.as_ref());
         let socket = session.digest().and_then(|d| d.socket_digest.as_ref());
-        let redirected = socket.and_then(|s| {
-            let original = s.original_dst()?.as_inet()?;
-            (Some(original) != s.local_addr().and_then(|l| l.as_inet())).then_some(*original)
-        });
+        let redirected = socket.and_then(|s| crate::serve::redirected_to(s));
         let target = match redirected {
             Some(original) => original,
             None => {

@@ -96,20 +96,21 @@ impl OpaqueTcp {
         self.passthrough.iter().any(|b| b.contains(ip))
     }
 
-    /// Serves `tcp` as bytes when it is not HTTP, and gives it back otherwise. `original` is its
-    /// original destination when iptables redirected it. Waits at most `header_timeout` for a
+    /// Serves `tcp` as bytes when it is not HTTP, and gives it back otherwise. `redirected_to` is
+    /// its original destination when iptables redirected it ([`super::redirected_to`]); a
+    /// connection addressed to the listener itself is HTTP. Waits at most `header_timeout` for a
     /// first byte (`late` counts a connection that sent none), and never when the destination's
     /// port is an opaque one.
     pub async fn sort(
         &self,
         tcp: TcpStream,
         peer: SocketAddr,
-        original: Option<SocketAddr>,
+        redirected_to: Option<SocketAddr>,
         header_timeout: Duration,
         late: &RefusalCounter,
         refused: &RefusalCounter,
     ) -> Sorted {
-        let Some(destination) = original.filter(|o| tcp.local_addr().ok() != Some(*o)) else {
+        let Some(destination) = redirected_to else {
             return Sorted::Http(tcp);
         };
         if !self.opaque_ports.contains(&destination.port()) {
@@ -164,25 +165,12 @@ async fn relay(mut client: TcpStream, mut upstream: TcpStream, idle: Duration) -
         let moved = tokio::time::timeout(idle, async {
             tokio::select! {
                 n = client_read.read(&mut up), if client_open => {
-                    let n = n?;
-                    if n == 0 {
-                        client_open = false;
-                        upstream_write.shutdown().await?;
-                    } else {
-                        upstream_write.write_all(&up[..n]).await?;
-                    }
+                    pass_on(n?, &up, &mut upstream_write, &mut client_open).await
                 }
                 n = upstream_read.read(&mut down), if upstream_open => {
-                    let n = n?;
-                    if n == 0 {
-                        upstream_open = false;
-                        client_write.shutdown().await?;
-                    } else {
-                        client_write.write_all(&down[..n]).await?;
-                    }
+                    pass_on(n?, &down, &mut client_write, &mut upstream_open).await
                 }
             }
-            Ok::<(), std::io::Error>(())
         })
         .await;
         match moved {
@@ -191,6 +179,23 @@ async fn relay(mut client: TcpStream, mut upstream: TcpStream, idle: Duration) -
         }
     }
     Ok(())
+}
+
+/// One read's worth of a relay's direction: its `n` bytes of `buf` written on, or, when the
+/// reading side has closed its half (`n` is 0), that close passed on and the direction marked
+/// done.
+async fn pass_on(
+    n: usize,
+    buf: &[u8],
+    to: &mut tokio::net::tcp::WriteHalf<'_>,
+    open: &mut bool,
+) -> std::io::Result<()> {
+    if n == 0 {
+        *open = false;
+        to.shutdown().await
+    } else {
+        to.write_all(&buf[..n]).await
+    }
 }
 
 #[cfg(test)]
