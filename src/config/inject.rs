@@ -290,7 +290,7 @@ impl InjectSettings {
             }
         }
         if self.opaque_ports.contains(&0) {
-            bad("opaquePorts", "ports are 1 to 65535; 0 is none".to_string());
+            bad("opaquePorts", "every port must be from 1 to 65535, got 0".into());
         }
         invalid
     }

@@ -688,7 +688,7 @@ impl super::Validate for SidecarConfig {
             }
         }
         if self.outbound.opaque_ports.contains(&0) {
-            invalid.push(Invalid::field("outbound.opaquePorts", "ports are 1 to 65535; 0 is none"));
+            invalid.push(Invalid::field("outbound.opaquePorts", "every port must be from 1 to 65535, got 0"));
         }
         if self.limits.max_connections == 0 {
             invalid.push(Invalid::field("limits.maxConnections", "must be at least 1"));

@@ -165,7 +165,9 @@ impl DosRefusal {
                 "{n} answer{plural} or connection{plural} on {direction} cut off while the caller was not reading: the sidecar's heap was over {setting} ({limit} bytes)"
             ),
             "not_http" => format!(
-                "{n} connection{plural} on {direction} closed: not HTTP, to a destination outside {setting} ({limit})"
+                "{n} connection{plural} on {direction} closed: not HTTP, to a destination outside {setting} ({limit}); \
+                 list the destination there (in a pod: the palisade.dev/outbound-passthrough annotation) to relay it, \
+                 or exclude its port from capture"
             ),
             "rapid_reset" => format!(
                 "{n} HTTP/2 connection{plural} on {direction} closed: more stream resets than {setting} ({limit}) a second"
