@@ -201,6 +201,18 @@ pub(crate) fn is_chunked_h1(session: &pingora::proxy::Session) -> bool {
 /// `100 Continue` gets it here, as it would from the app. Returns the piece and whether it
 /// ended the body.
 pub(crate) async fn read_first_piece(session: &mut pingora::proxy::Session) -> pingora::Result<(bytes::Bytes, bool)> {
+    answer_expect_continue(session).await?;
+    let piece = session.read_request_body().await.map_err(pingora::Error::into_down)?;
+    let done = piece.is_none() || session.is_body_done();
+    if session.retry_buffer_truncated() {
+        return Err(respond::ErrorKind::PayloadTooLarge.fail("first body piece over the retry buffer"));
+    }
+    Ok((piece.unwrap_or_default(), done))
+}
+
+/// Tells a caller that waits for `100 Continue` before its body to send it, as the app would
+/// have; the sidecar reads the body first, so the app's own answer would come too late.
+pub(crate) async fn answer_expect_continue(session: &mut pingora::proxy::Session) -> pingora::Result<()> {
     let expects_continue = session
         .req_header()
         .headers
@@ -210,12 +222,7 @@ pub(crate) async fn read_first_piece(session: &mut pingora::proxy::Session) -> p
         session.write_continue_response().await.map_err(pingora::Error::into_down)?;
         session.req_header_mut().remove_header(&http::header::EXPECT);
     }
-    let piece = session.read_request_body().await.map_err(pingora::Error::into_down)?;
-    let done = piece.is_none() || session.is_body_done();
-    if session.retry_buffer_truncated() {
-        return Err(respond::ErrorKind::PayloadTooLarge.fail("first body piece over the retry buffer"));
-    }
-    Ok((piece.unwrap_or_default(), done))
+    Ok(())
 }
 
 /// A connection that could not be made, as the pingora error whose type decides the caller's

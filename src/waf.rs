@@ -49,6 +49,7 @@
 mod body;
 mod cmdi;
 mod decode;
+pub mod encoding;
 mod protocol;
 mod sqli;
 mod traversal;
@@ -59,6 +60,7 @@ mod corpus;
 
 use std::fmt;
 
+pub use body::json_like;
 use decode::Hit;
 
 /// The detector families; their names are the `detector` label of metrics and events.
@@ -302,6 +304,14 @@ impl Class {
 
 const CLASSES: [Class; 5] = [Class::Arg, Class::Path, Class::UserAgent, Class::Referer, Class::Header];
 
+/// What of a request body [`Waf::reads_body`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyReading {
+    Whole,
+    /// Only a body whose first bytes show JSON ([`json_like`]), whatever its type says.
+    IfJson,
+}
+
 /// The compiled WAF of one policy snapshot.
 #[derive(Debug, Clone)]
 pub struct Waf {
@@ -395,11 +405,15 @@ impl Waf {
         body::inspect(self, content_type, body, skip)
     }
 
-    /// Whether [`Waf::inspect_body`] reads a body of this `Content-Type` at all: forms,
-    /// multipart, JSON and XML (and a body without a type, read as a form); any type from
-    /// paranoia 2. A caller need not hold back a body this answers no for.
-    pub fn reads_body(&self, content_type: Option<&[u8]>) -> bool {
-        self.paranoia >= 2 || body::structured(content_type)
+    /// How [`Waf::inspect_body`] reads a body of this `Content-Type`: whole for forms,
+    /// multipart, JSON and XML (and a body without a type, read as a form), and for any type
+    /// from paranoia 2; otherwise only when it is JSON by [`json_like`]. A caller need not hold
+    /// back a body of the second kind that its first bytes show is not JSON.
+    pub fn reads_body(&self, content_type: Option<&[u8]>) -> BodyReading {
+        match self.paranoia >= 2 || body::structured(content_type) {
+            true => BodyReading::Whole,
+            false => BodyReading::IfJson,
+        }
     }
 
     /// Protocol checks on a still percent-encoded string (the query, or a form body).

@@ -155,6 +155,16 @@ async fn a_verified_token_reaches_the_app_as_claims_and_not_as_a_token() {
 /// A POST over HTTP/2 of no declared length (the body sent in small pieces, as a client
 /// streaming it would), from `caller`'s certificate: the status and the answer's body.
 async fn h2_post(side: &PolicedSidecar, caller: &palisade::identity::WorkloadFiles, body: &str) -> (u16, String) {
+    h2_post_as(side, caller, &[("content-type", "application/json")], body.as_bytes()).await
+}
+
+/// [`h2_post`] with these headers and body.
+async fn h2_post_as(
+    side: &PolicedSidecar,
+    caller: &palisade::identity::WorkloadFiles,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
     let mut tls = client_tls(Some(caller));
     tls.alpn_protocols = vec![b"h2".to_vec()];
     let tcp = tokio::net::TcpStream::connect(side.sidecar.inbound).await.unwrap();
@@ -163,10 +173,12 @@ async fn h2_post(side: &PolicedSidecar, caller: &palisade::identity::WorkloadFil
     let (client, connection) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(connection);
     let mut client = client.ready().await.unwrap();
-    let request =
-        http::Request::post("https://orders.shop/orders").header("content-type", "application/json").body(()).unwrap();
-    let (response, mut send) = client.send_request(request, false).unwrap();
-    for piece in body.as_bytes().chunks(7) {
+    let mut request = http::Request::post("https://orders.shop/orders");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let (response, mut send) = client.send_request(request.body(()).unwrap(), false).unwrap();
+    for piece in body.chunks(7) {
         send.send_data(bytes::Bytes::copy_from_slice(piece), false).unwrap();
     }
     send.send_data(bytes::Bytes::new(), true).unwrap();
@@ -215,6 +227,24 @@ fn post(path: &str, content_type: &str, body: &str) -> String {
         "POST {path} HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     )
+}
+
+/// `post` of a body in a content coding: gzip of `body`.
+fn post_gzip(path: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\ncontent-type: {content_type}\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
+        gzip(body).len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&gzip(body));
+    request
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(body).unwrap();
+    encoder.finish().unwrap()
 }
 
 fn chunked(path: &str, content_type: &str, body: &str) -> String {
@@ -294,6 +324,94 @@ async fn the_waf_blocks_attacks_in_the_query_and_in_bodies_and_lets_users_throug
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_under_another_type_or_compressed_is_inspected_as_the_app_would_read_it() {
+    // Apps that parse JSON whatever the type (PHP's json_decode of php://input, Go's
+    // json.Decoder) or inflate gzip bodies (Express's body-parser) read what these carry.
+    let side = PolicedSidecar::start_with(&waf_policy("{mode: BLOCK, inspectBodyBytes: 4096}"), |c| {
+        c.inbound.app_protocol = palisade::config::AppProtocol::Http1
+    })
+    .await;
+    let caller = side.pki.workload("frontend-h2", &id("shop", "frontend"));
+    let attacks: [(&str, Vec<u8>); 6] = [
+        ("JSON as text/plain", post("/orders", "text/plain", XSS_JSON).into_bytes()),
+        ("JSON as text/plain, chunked", chunked("/orders", "text/plain;charset=utf-8", XSS_JSON).into_bytes()),
+        (
+            "JSON of a made-up type after blanks",
+            post("/orders", "application/x-anything", &format!("\r\n  {XSS_JSON}")).into_bytes(),
+        ),
+        ("gzip JSON", post_gzip("/orders", "application/json", XSS_JSON.as_bytes())),
+        ("gzip JSON as text/plain", post_gzip("/orders", "text/plain", XSS_JSON.as_bytes())),
+        ("a gzip form", post_gzip("/orders", "application/x-www-form-urlencoded", b"a=1&c=%3Bcat%20%2Fetc%2Fpasswd")),
+    ];
+    for (what, request) in &attacks {
+        let answer = side.exchange("frontend", request).await;
+        assert_refused(&answer, 403, "forbidden", what);
+    }
+    // The same over HTTP/2 from a peer sidecar, streamed in small pieces of no declared length.
+    let text = [("content-type", "text/plain")];
+    let (status, body) = h2_post_as(&side, &caller, &text, XSS_JSON.as_bytes()).await;
+    assert_eq!(status, 403, "JSON as text/plain over HTTP/2: {body}");
+    let gzipped = [("content-type", "text/plain"), ("content-encoding", "gzip")];
+    let (status, body) = h2_post_as(&side, &caller, &gzipped, &gzip(XSS_JSON.as_bytes())).await;
+    assert_eq!(status, 403, "gzip JSON as text/plain over HTTP/2: {body}");
+    // JSON past the limit behind another type is refused as JSON is (inspectBodyBytes 4096),
+    // and a small body that inflates past it too: what is not read cannot pass as read.
+    let padded = format!(r#"{{"pad":"{}","x":"<script>alert(1)</script>"}}"#, "a".repeat(5000));
+    let answer = side.exchange("frontend", post("/orders", "text/plain", &padded)).await;
+    assert_refused(&answer, 413, "payload_too_large", "padded JSON as text/plain");
+    let (status, body) = h2_post_as(&side, &caller, &text, padded.as_bytes()).await;
+    assert_eq!(status, 413, "padded JSON as text/plain over HTTP/2: {body}");
+    let bomb = format!(r#"{{"pad":"{}"}}"#, " ".repeat(1 << 20));
+    assert!(gzip(bomb.as_bytes()).len() < 4096);
+    let answer = side.exchange("frontend", post_gzip("/orders", "application/json", bomb.as_bytes())).await;
+    assert_refused(&answer, 413, "payload_too_large", "a small gzip body that inflates past the limit");
+
+    // What is not JSON streams through whole at paranoia 1, whatever it holds and however long.
+    let prose = "He said ' or 1=1 -- and <b>left</b>. ".repeat(3000);
+    let answer = side.exchange("frontend", post("/notes", "text/plain", &prose)).await;
+    assert_eq!((answer.status, answer.seen().body_bytes), (200, prose.len()), "{answer:?}");
+    let (status, body) = h2_post_as(&side, &caller, &text, prose.as_bytes()).await;
+    let seen: Seen = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{status} {body}"));
+    assert_eq!((status, seen.body_bytes), (200, prose.len()), "prose over HTTP/2");
+    let png = [&b"\x89PNG\r\n\x1a\n"[..], &[0u8; 100_000]].concat();
+    let (status, body) = h2_post_as(&side, &caller, &[("content-type", "image/png")], &png).await;
+    let seen: Seen = serde_json::from_str(&body).unwrap_or_else(|_| panic!("{status} {body}"));
+    assert_eq!((status, seen.body_bytes), (200, png.len()), "an image");
+    // Benign JSON, compressed or not, reaches the app as it was sent.
+    let benign = r#"{"name":"O'Brien","note":"Select the blue one; deliver after 5 <pm> & ring twice","qty":2}"#;
+    let answer = side.exchange("frontend", post_gzip("/orders", "application/json", benign.as_bytes())).await;
+    assert_eq!(answer.status, 200, "{answer:?} {:?}", side.events().last());
+    assert_eq!(answer.seen().body_bytes, gzip(benign.as_bytes()).len(), "still compressed");
+    assert_eq!(answer.seen().header("content-encoding"), Some("gzip"));
+    let answer = side.exchange("frontend", post("/orders", "text/plain", benign)).await;
+    assert_eq!((answer.status, answer.seen().body_bytes), (200, benign.len()), "{answer:?}");
+
+    // A caller that waits for `100 Continue` gets it from the sidecar, which reads the body
+    // before the app could answer.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(side.sidecar.inbound).await.unwrap();
+    let caller = side.pki.workload("frontend-expect", &id("shop", "frontend"));
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(client_tls(Some(&caller))));
+    let server = rustls::pki_types::ServerName::try_from("orders.shop").unwrap();
+    let mut tls = connector.connect(server, tcp).await.unwrap();
+    let head = post("/orders", "text/plain", XSS_JSON).replace("\r\n\r\n", "\r\nexpect: 100-continue\r\n\r\n");
+    let (head, body) = head.split_once("\r\n\r\n").map(|(h, b)| (format!("{h}\r\n\r\n"), b.to_string())).unwrap();
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(std::time::Duration::from_secs(10), tls.read_exact(&mut interim))
+        .await
+        .expect("100 Continue before the body")
+        .unwrap();
+    assert!(interim.starts_with(b"HTTP/1.1 100 Continue\r\n\r\n"), "{:?}", String::from_utf8_lossy(&interim));
+    tls.write_all(body.as_bytes()).await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), tls.read_to_end(&mut rest)).await.unwrap();
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(rest.starts_with("HTTP/1.1 403"), "{rest}");
+    side.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn detect_mode_reports_and_forwards_and_pass_forwards_big_bodies_unread() {
     let side = PolicedSidecar::start(&waf_policy("{mode: DETECT, inspectBodyBytes: 1024, bodyOverLimit: PASS}")).await;
     let answer = side.send("frontend", "GET", SQLI_QUERY, &[]).await;
@@ -307,11 +425,17 @@ async fn detect_mode_reports_and_forwards_and_pass_forwards_big_bodies_unread() 
     let answer = side.exchange("frontend", &post("/orders", "application/json", &big)).await;
     assert_eq!(answer.status, 200, "bodyOverLimit: PASS: {answer:?}");
     assert_eq!(answer.seen().body_bytes, big.len());
+    // The same JSON as text/plain, and a small gzip body that inflates past the limit: passed
+    // on whole and counted, as the JSON body was.
+    let answer = side.exchange("frontend", &post("/orders", "text/plain", &big)).await;
+    assert_eq!((answer.status, answer.seen().body_bytes), (200, big.len()), "{answer:?}");
+    let answer = side.exchange("frontend", post_gzip("/orders", "application/json", big.as_bytes())).await;
+    assert_eq!((answer.status, answer.seen().body_bytes), (200, gzip(big.as_bytes()).len()), "{answer:?}");
 
     let metrics = side.metrics().await;
     assert_eq!(sample(&metrics, r#"palisade_waf_findings_total{action="detected",detector="sqli"}"#), 1.0, "{metrics}");
     assert_eq!(sample(&metrics, r#"palisade_waf_findings_total{action="detected",detector="xss"}"#), 1.0, "{metrics}");
-    assert_eq!(sample(&metrics, "palisade_waf_uninspected_bodies_total"), 1.0, "{metrics}");
+    assert_eq!(sample(&metrics, "palisade_waf_uninspected_bodies_total"), 3.0, "{metrics}");
     side.events_where("DETECT reports the SQL injection it forwards", 1, |e| {
         e["message"].as_str().is_some_and(|m| m.starts_with("detected GET /search: sqli"))
     })

@@ -22,6 +22,8 @@ use crate::authn::{Failure, Reason, Verified};
 use crate::config::MtlsMode;
 use crate::identity::SpiffeId;
 use crate::telemetry::{DeniedRequest, RequestFacts};
+use crate::waf::encoding::{self, Coding, Decoded};
+use crate::waf::BodyReading;
 
 /// What a decision looks at: the request as received, and who sent it.
 pub struct RequestView<'a> {
@@ -81,12 +83,38 @@ pub struct WafFinding {
     pub blocked: bool,
 }
 
-/// A request whose body the WAF reads before it goes on: at most `limit` bytes of it.
+/// A request whose body the WAF reads before it goes on: at most `limit` bytes of it (after
+/// its content coding is undone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BodyPlan {
     pub limit: usize,
     /// A longer body with a declared length: refused (413), or passed on uninspected.
     pub reject_over_limit: bool,
+    /// No WAF parses this type: the body is read only if its first bytes show JSON, and
+    /// otherwise streams as if no WAF read bodies.
+    pub if_json: bool,
+    coding: Coding,
+}
+
+impl BodyPlan {
+    /// Whether a body that begins with `prefix` is the WAF's to read; `None` while `prefix`
+    /// does not tell yet (blanks, half a gzip header).
+    pub fn reads(&self, prefix: &[u8]) -> Option<bool> {
+        match self.if_json {
+            true => self.coding.json_like(prefix),
+            false => Some(true),
+        }
+    }
+}
+
+/// What [`PolicySnapshot::inspect_body`] did with a body it let through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyInspection {
+    Inspected,
+    /// Not the WAF's after all (not JSON, of a type no WAF parses).
+    NotRead,
+    /// Over the limit (once its coding was undone) and passed on uninspected: counted.
+    Uninspected,
 }
 
 /// A request the decision let through.
@@ -394,24 +422,48 @@ impl PolicySnapshot {
         self.each_waf(match_form(path), note, |waf, skips| waf.inspect_head(&head, skips))
     }
 
-    /// Whether any WAF reads a body of this type, and how much of it.
-    pub fn body_plan(&self, content_type: Option<&[u8]>) -> Option<BodyPlan> {
-        let reading = || self.wafs.iter().filter(|w| w.waf.reads_body(content_type));
-        let limit = reading().map(|w| w.inspect_body_bytes).min()?;
-        let reject_over_limit = reading().any(|w| w.over_limit == OverLimit::REJECT);
-        Some(BodyPlan { limit, reject_over_limit })
+    /// Whether any WAF reads a body of this type and `Content-Encoding`, and how much of it.
+    pub fn body_plan(&self, content_type: Option<&[u8]>, content_encoding: Option<&[u8]>) -> Option<BodyPlan> {
+        let limit = self.wafs.iter().map(|w| w.inspect_body_bytes).min()?;
+        let reject_over_limit = self.wafs.iter().any(|w| w.over_limit == OverLimit::REJECT);
+        let if_json = self.wafs.iter().all(|w| w.waf.reads_body(content_type) == BodyReading::IfJson);
+        Some(BodyPlan { limit, reject_over_limit, if_json, coding: Coding::of(content_encoding) })
     }
 
-    /// Step 6 on a body read whole (at most [`BodyPlan::limit`] bytes), for the request whose
-    /// normalised path was `path`.
+    /// Step 6 on a body read whole, as it came (at most [`BodyPlan::limit`] bytes, or the
+    /// app pool's held size), for the request whose normalised path was `path`. Its content
+    /// coding is undone first; over the limit after that, it is refused (413) or passed on.
     pub fn inspect_body(
         &self,
+        plan: BodyPlan,
         path: &str,
         content_type: Option<&[u8]>,
         body: &[u8],
         mut note: impl FnMut(Note),
-    ) -> Result<(), Refusal> {
-        self.each_waf(match_form(path), &mut note, |waf, skips| waf.inspect_body(content_type, body, skips))
+    ) -> Result<BodyInspection, Refusal> {
+        if plan.reads(body) == Some(false) {
+            return Ok(BodyInspection::NotRead);
+        }
+        let over_limit = || match plan.reject_over_limit {
+            true => Err(Refusal::PayloadTooLarge),
+            false => Ok(BodyInspection::Uninspected),
+        };
+        let decoded;
+        let body = match plan.coding {
+            Coding::Gzip | Coding::Deflate => match encoding::decode(plan.coding, body, plan.limit, false) {
+                Decoded::Bytes(bytes) => {
+                    decoded = bytes;
+                    &decoded[..]
+                }
+                Decoded::TooLong => return over_limit(),
+                // Not of its coding: the app cannot undo it either; read as it came.
+                Decoded::Corrupt => body,
+            },
+            Coding::Identity | Coding::Other if body.len() > plan.limit => return over_limit(),
+            Coding::Identity | Coding::Other => body,
+        };
+        self.each_waf(match_form(path), &mut note, |waf, skips| waf.inspect_body(content_type, body, skips))?;
+        Ok(BodyInspection::Inspected)
     }
 
     fn each_waf(
@@ -1096,19 +1148,49 @@ mod tests {
     #[test]
     fn bodies_are_read_only_when_a_waf_wants_them_and_judged_by_type() {
         let none = snapshot("  authorization: {}\n");
-        assert_eq!(none.body_plan(Some(b"application/json")), None, "no WAF: the body streams");
+        assert_eq!(none.body_plan(Some(b"application/json"), None), None, "no WAF: the body streams");
         let s = waf_policy("{mode: BLOCK, inspectBodyBytes: 1024, bodyOverLimit: PASS}");
-        let plan = s.body_plan(Some(b"application/json")).expect("JSON bodies are read");
-        assert_eq!((plan.limit, plan.reject_over_limit), (1024, false));
+        let plan = s.body_plan(Some(b"application/json"), None).expect("JSON bodies are read");
+        assert_eq!((plan.limit, plan.reject_over_limit, plan.if_json), (1024, false, false));
+        let plan = s.body_plan(Some(b"text/plain"), None).expect("other types are read when they are JSON");
+        assert_eq!((plan.limit, plan.if_json), (1024, true));
+        let inspect = |s: &PolicySnapshot, ct: &[u8], coding: Option<&[u8]>, body: &[u8]| {
+            let plan = s.body_plan(Some(ct), coding).unwrap();
+            s.inspect_body(plan, "/orders", Some(ct), body, |_| {})
+        };
+        // JSON sent as text/plain, as a cross-site form can and as most JSON parsers take it.
+        let sqli = br#"{"q":"1' UNION SELECT password FROM users--"}"#;
+        for ct in [&b"text/plain"[..], b"application/octet-stream", b"application/x-anything"] {
+            let verdict = inspect(&s, ct, None, sqli);
+            assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{verdict:?}");
+        }
+        assert_eq!(inspect(&s, b"text/plain", None, b"' or 1=1 --"), Ok(BodyInspection::NotRead));
         let json = br#"{"items":[{"note":"<script>alert(document.cookie)</script>"}]}"#;
-        let verdict = s.inspect_body("/orders", Some(b"application/json"), json, |_| {});
+        let verdict = inspect(&s, b"application/json", None, json);
         assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{verdict:?}");
         let form = b"name=alice&comment=1%27%20UNION%20SELECT%20password%20FROM%20users--";
-        let verdict = s.inspect_body("/orders", Some(b"application/x-www-form-urlencoded"), form, |_| {});
+        let verdict = inspect(&s, b"application/x-www-form-urlencoded", None, form);
         assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{verdict:?}");
-        assert!(s.inspect_body("/orders", Some(b"application/json"), br#"{"name":"O'Brien"}"#, |_| {}).is_ok());
+        assert_eq!(inspect(&s, b"application/json", None, br#"{"name":"O'Brien"}"#), Ok(BodyInspection::Inspected));
+        // A gzip body is inspected as the app that inflates it reads it.
+        let gzip = |body: &[u8]| {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(body).unwrap();
+            e.finish().unwrap()
+        };
+        for ct in [&b"application/json"[..], b"text/plain"] {
+            let verdict = inspect(&s, ct, Some(b"gzip"), &gzip(sqli));
+            assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{verdict:?}");
+        }
+        // Past the limit once inflated: passed on uninspected here (PASS), refused under REJECT.
+        let bomb = gzip(format!(r#"{{"pad":"{}"}}"#, " ".repeat(4096)).as_bytes());
+        assert_eq!(inspect(&s, b"application/json", Some(b"gzip"), &bomb), Ok(BodyInspection::Uninspected));
+        let strict = waf_policy("{mode: BLOCK, inspectBodyBytes: 1024}");
+        assert_eq!(inspect(&strict, b"application/json", Some(b"gzip"), &bomb), Err(Refusal::PayloadTooLarge));
+        assert_eq!(inspect(&strict, b"text/plain", Some(b"gzip"), &gzip(&[b'x'; 4096])), Ok(BodyInspection::NotRead));
         let reject = waf_policy("{mode: BLOCK}");
-        let plan = reject.body_plan(Some(b"application/json")).unwrap();
+        let plan = reject.body_plan(Some(b"application/json"), None).unwrap();
         assert_eq!((plan.limit, plan.reject_over_limit), (65536, true), "the defaults");
     }
 

@@ -66,6 +66,8 @@ pub enum Body<'a> {
     /// Read from the caller as the app takes it: each wait for the caller held to the body
     /// timeout, each piece passed to `count` (the inbound's maxBodyBytes count) before it is sent.
     Streamed {
+        /// Read already (and counted): sent before the rest.
+        first: Bytes,
         count: &'a mut (dyn FnMut(usize) -> pingora::Result<()> + Send),
         /// Some of it was read: the request can no longer be sent again.
         started: bool,
@@ -277,20 +279,64 @@ pub async fn held_body(
     Ok(body.bytes())
 }
 
-/// Reads the whole request body if it is at most `max` bytes; `None` when it is longer (what
-/// was read is then lost to the caller: only pingora's retry buffer keeps it, up to 64 KiB).
-pub async fn read_body_up_to(
+/// A request body as [`read_for_waf`] leaves it.
+pub enum ForWaf {
+    /// All of it, within the plan's limit: to be inspected, then sent as one piece.
+    Whole(Bytes),
+    /// Not the WAF's: its first bytes are not JSON and no WAF parses its type. What was read
+    /// goes first, the rest as it comes.
+    NotRead(Bytes),
+    /// Longer than the limit and passed on uninspected (`bodyOverLimit: PASS`), in the same way.
+    Uninspected(Bytes),
+    /// Longer than the limit: refused (413), as it can be neither inspected nor passed on.
+    TooLong,
+}
+
+/// Reads a request body for the WAF before anything of it is forwarded, each piece first passed
+/// to `count`. A body of a type no WAF parses is read only as far as its first bytes tell
+/// whether the WAF reads it ([`crate::policy::BodyPlan::reads`]).
+pub async fn read_for_waf(
     session: &mut Session,
     timeout: &super::CallerTimeouts,
-    max: usize,
-) -> pingora::Result<Option<Bytes>> {
+    plan: crate::policy::BodyPlan,
+    mut count: impl FnMut(usize) -> pingora::Result<()>,
+) -> pingora::Result<ForWaf> {
+    let over_declared = declared_length(session.req_header()).is_some_and(|n| n > plan.limit as u64);
     let mut body = Joined::default();
-    while let Some(chunk) = timeout.read(session).await? {
-        if !body.push(chunk, max) {
-            return Ok(None);
+    let mut ended = false;
+    let mut read = async |body: &mut Joined| -> pingora::Result<bool> {
+        let Some(piece) = timeout.read(session).await? else { return Ok(false) };
+        count(piece.len())?;
+        body.push(piece, usize::MAX);
+        Ok(!session.is_body_done())
+    };
+    if plan.if_json {
+        loop {
+            let more = read(&mut body).await?;
+            match plan.reads(body.as_slice()) {
+                Some(false) => return Ok(ForWaf::NotRead(body.bytes())),
+                Some(true) => {}
+                // Blanks as far as the limit: taken for JSON rather than read on.
+                None if more && body.seen <= plan.limit => continue,
+                None => {}
+            }
+            ended = !more;
+            break;
         }
     }
-    Ok(Some(body.bytes()))
+    if over_declared {
+        return Ok(match plan.reject_over_limit {
+            true => ForWaf::TooLong,
+            false => ForWaf::Uninspected(body.bytes()),
+        });
+    }
+    while !ended && body.seen <= plan.limit {
+        ended = !read(&mut body).await?;
+    }
+    Ok(match body.seen <= plan.limit {
+        true => ForWaf::Whole(body.bytes()),
+        false => ForWaf::TooLong,
+    })
 }
 
 /// A body's chunks, copied together only when there is more than one.
@@ -323,6 +369,10 @@ impl Joined {
 
     fn bytes(self) -> Bytes {
         self.joined.map_or(self.first, BytesMut::freeze)
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.joined.as_deref().unwrap_or(&self.first)
     }
 }
 
@@ -407,7 +457,12 @@ async fn exchange(
             }
             (true, Duration::ZERO)
         }
-        Body::Streamed { .. } => (false, timeouts.body),
+        Body::Streamed { first, .. } => {
+            if !first.is_empty() {
+                app.write_body(first).await.map_err(Error::into_up)?;
+            }
+            (false, timeouts.body)
+        }
     };
     // From the last body bytes read or passed on: how long the caller may keep the rest. The
     // app answering meanwhile does not count, as on the outbound side.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{HeaderName, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{HeaderName, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use opentelemetry::trace::SpanKind;
 use pingora::http::RequestHeader;
 use pingora::modules::http::HttpModules;
@@ -19,13 +19,13 @@ use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
-use super::app_pool::{self, AppPool, Body, BodyMode};
+use super::app_pool::{self, AppPool, Body, BodyMode, ForWaf};
 use super::record::{self, Outgoing, RequestCtx};
 use super::respond::{self, fail, is_decision, ErrorKind};
 use super::{peer_identity, RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER, XFCC_HEADER};
 use crate::authn::Verified;
 use crate::config::{AppProtocol, UnderscoreHeaders};
-use crate::policy::{Authenticated, PolicySnapshot, PolicyStore, Refusal, RequestView};
+use crate::policy::{Authenticated, BodyInspection, BodyPlan, PolicySnapshot, PolicyStore, Refusal, RequestView};
 use crate::telemetry::Telemetry;
 
 pub struct Inbound {
@@ -167,6 +167,7 @@ impl Inbound {
     fn inspect_body(
         &self,
         policy: &PolicySnapshot,
+        plan: BodyPlan,
         session: &Session,
         ctx: &InboundCtx,
         body: &[u8],
@@ -174,9 +175,12 @@ impl Inbound {
         let req = session.req_header();
         let mut notes = Vec::new();
         let content_type = req.headers.get(CONTENT_TYPE).map(|v| v.as_bytes());
-        let verdict = policy.inspect_body(req.uri.path(), content_type, body, |note| notes.push(note));
+        let verdict = policy.inspect_body(plan, req.uri.path(), content_type, body, |note| notes.push(note));
         for note in notes {
             record::report_note(&self.telemetry, session, &ctx.request, note, req.uri.path());
+        }
+        if verdict == Ok(BodyInspection::Uninspected) {
+            self.telemetry.metrics.waf_uninspected.inc();
         }
         verdict.err()
     }
@@ -370,10 +374,16 @@ impl ProxyHttp for Inbound {
         let plan = if session.is_body_empty() {
             None
         } else {
-            policy.body_plan(session.req_header().headers.get(CONTENT_TYPE).map(|v| v.as_bytes()))
+            let headers = &session.req_header().headers;
+            policy.body_plan(
+                headers.get(CONTENT_TYPE).map(|v| v.as_bytes()),
+                headers.get(CONTENT_ENCODING).map(|v| v.as_bytes()),
+            )
         };
         let mut inspect = plan.is_some();
-        if let Some(plan) = plan {
+        // A body of a type the WAF parses is judged by its declared length at once; one of
+        // another type only once its first bytes show it is JSON (`read_for_waf`).
+        if let Some(plan) = plan.filter(|plan| !plan.if_json) {
             if app_pool::declared_length(session.req_header()).is_some_and(|n| n > plan.limit as u64) {
                 if plan.reject_over_limit {
                     return self.refuse(session, ctx, Refusal::PayloadTooLarge).await;
@@ -391,34 +401,46 @@ impl ProxyHttp for Inbound {
             let mut count;
             // A body of no declared length held whole: the app is told its length.
             let mut read_whole = None;
-            let body = match (mode, plan.filter(|_| inspect)) {
-                (BodyMode::Held, _) => {
+            // Held whole, or streamed after what was read of it (`Err`).
+            let held: Result<Bytes, Bytes> = match (mode, plan.filter(|_| inspect)) {
+                (BodyMode::Held, plan) => {
                     let body = app_pool::held_body(session, &self.caller_timeouts, |len| ctx.body.count(len)).await?;
-                    if inspect {
-                        if let Some(refusal) = self.inspect_body(&policy, session, ctx, &body) {
+                    if let Some(plan) = plan {
+                        if let Some(refusal) = self.inspect_body(&policy, plan, session, ctx, &body) {
                             return self.refuse(session, ctx, refusal).await;
                         }
                     }
-                    Body::Held(body)
+                    Ok(body)
                 }
                 // A body the WAF reads is read whole (up to what the WAF reads) before anything
                 // is forwarded, then held: one longer than that cannot be inspected.
                 (BodyMode::Streamed, Some(plan)) => {
-                    let Some(body) = app_pool::read_body_up_to(session, &self.caller_timeouts, plan.limit).await?
-                    else {
-                        return self.refuse(session, ctx, Refusal::PayloadTooLarge).await;
-                    };
-                    ctx.body.count(body.len())?;
-                    if let Some(refusal) = self.inspect_body(&policy, session, ctx, &body) {
-                        return self.refuse(session, ctx, refusal).await;
+                    let read =
+                        app_pool::read_for_waf(session, &self.caller_timeouts, plan, |len| ctx.body.count(len)).await?;
+                    match read {
+                        ForWaf::Whole(body) => {
+                            if let Some(refusal) = self.inspect_body(&policy, plan, session, ctx, &body) {
+                                return self.refuse(session, ctx, refusal).await;
+                            }
+                            session.req_header_mut().remove_header(&http::header::EXPECT);
+                            read_whole = Some(body.len());
+                            Ok(body)
+                        }
+                        ForWaf::TooLong => return self.refuse(session, ctx, Refusal::PayloadTooLarge).await,
+                        ForWaf::Uninspected(first) => {
+                            self.telemetry.metrics.waf_uninspected.inc();
+                            Err(first)
+                        }
+                        ForWaf::NotRead(first) => Err(first),
                     }
-                    session.req_header_mut().remove_header(&http::header::EXPECT);
-                    read_whole = Some(body.len());
-                    Body::Held(body)
                 }
-                (BodyMode::Streamed, None) => {
+                (BodyMode::Streamed, None) => Err(Bytes::new()),
+            };
+            let body = match held {
+                Ok(body) => Body::Held(body),
+                Err(first) => {
                     count = |len| ctx.body.count(len);
-                    Body::Streamed { count: &mut count, started: false }
+                    Body::Streamed { started: !first.is_empty(), first, count: &mut count }
                 }
             };
             pool.forward(session, body, &self.caller_timeouts, |session: &Session| {
@@ -433,13 +455,21 @@ impl ProxyHttp for Inbound {
             return Ok(true);
         }
         if let (true, Some(plan)) = (inspect, plan) {
-            // pingora replays what was read here to the app (its retry buffer, 64 KiB).
+            // pingora replays what was read here to the app (its retry buffer, 64 KiB); its
+            // request body filter counts it against maxBodyBytes then.
             session.enable_retry_buffering();
-            let refusal = match app_pool::read_body_up_to(session, &self.caller_timeouts, plan.limit).await? {
-                Some(body) => self.inspect_body(&policy, session, ctx, &body),
-                // Neither inspected nor replayable: longer than the buffer pingora keeps.
-                None => Some(Refusal::PayloadTooLarge),
+            super::answer_expect_continue(session).await?;
+            let refusal = match app_pool::read_for_waf(session, &self.caller_timeouts, plan, |_| Ok(())).await? {
+                ForWaf::Whole(body) => self.inspect_body(&policy, plan, session, ctx, &body),
+                ForWaf::Uninspected(_) => {
+                    self.telemetry.metrics.waf_uninspected.inc();
+                    None
+                }
+                ForWaf::NotRead(_) => None,
+                ForWaf::TooLong => Some(Refusal::PayloadTooLarge),
             };
+            // Neither inspected nor replayable: longer than the buffer pingora keeps.
+            let refusal = refusal.or(session.retry_buffer_truncated().then_some(Refusal::PayloadTooLarge));
             if let Some(refusal) = refusal {
                 return self.refuse(session, ctx, refusal).await;
             }

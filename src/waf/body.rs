@@ -22,17 +22,27 @@ pub(crate) fn inspect(waf: &Waf, content_type: Option<&[u8]>, body: &[u8], skip:
             form(waf, body, LocationKind::FormName, LocationKind::FormValue, skip)
         }
         b"multipart/form-data" => multipart(waf, content_type.unwrap_or(b""), body, skip),
-        m if m == b"application/json" || m.ends_with(b"+json") || m == b"text/json" => json(waf, body, skip),
+        m if m == b"application/json" || m.ends_with(b"+json") || m == b"text/json" => json(waf, body, true, skip),
         m if m == b"application/xml" || m == b"text/xml" || m.ends_with(b"+xml") => xml(waf, body, skip),
-        _ => {
-            // An unknown type is opaque at paranoia 1; from 2 it is read as one text value.
-            if waf.paranoia >= 2 {
-                waf.value(Value { class: Class::Arg, kind: LocationKind::Body, name: b"", value: body }, skip)
-            } else {
-                None
-            }
-        }
+        // From paranoia 2 a body of any other type is read as one text value.
+        _ if waf.paranoia >= 2 => as_text(waf, skip, LocationKind::Body, body),
+        // At 1 it is read only when it is JSON after all: many apps parse a body as JSON
+        // whatever its type says (PHP's `json_decode` of `php://input`, Go's `json.Decoder`,
+        // Express's `json({type: '*/*'})`), so `text/plain` must not carry one past the WAF.
+        _ if json_like(body) == Some(true) => json(waf, body, false, skip),
+        _ => None,
     }
+}
+
+/// Whether a body that begins with `prefix` is JSON by its first byte (an object, an array or
+/// a string, after blanks and a UTF-8 BOM); `None` while `prefix` holds nothing else yet.
+pub fn json_like(prefix: &[u8]) -> Option<bool> {
+    const BOM: &[u8] = b"\xef\xbb\xbf";
+    if prefix.len() < BOM.len() && BOM.starts_with(prefix) {
+        return None;
+    }
+    let rest = prefix.strip_prefix(BOM).unwrap_or(prefix).trim_ascii_start();
+    rest.first().map(|b| matches!(b, b'{' | b'[' | b'"'))
 }
 
 /// Whether [`inspect`] parses a body of this type (rather than treating it as opaque text).
@@ -62,10 +72,14 @@ fn anomaly(waf: &Waf, skip: &Skips<'_>, kind: LocationKind, body: &[u8], at: usi
         // Not what its type says, and no protocol check to refuse it: the app's own parser may
         // still read it (Python's json takes NaN, many skip a BOM), so the walk does not stop
         // here with the rest unread: the whole of it is inspected as one text value.
-        return waf.value(Value { class: Class::Arg, kind, name: b"", value: body }, skip);
+        return as_text(waf, skip, kind, body);
     }
     let at = at.min(body.len());
     Some(finding(Detector::Protocol, kind, b"", body, Hit::new(1, at, (at + 32).min(body.len()))))
+}
+
+fn as_text(waf: &Waf, skip: &Skips<'_>, kind: LocationKind, body: &[u8]) -> Option<Finding> {
+    waf.value(Value { class: Class::Arg, kind, name: b"", value: body }, skip)
 }
 
 /// `a=1&b=2` (query or form body): each name and value, decoded once.
@@ -180,7 +194,9 @@ fn hex4(b: &[u8]) -> Option<u32> {
 /// Walks a JSON document: every key and every string value (numbers, booleans and null carry
 /// nothing to inject). A value's location name is the key of its member (for array elements,
 /// the key of the array). Malformed or too deeply nested JSON is a protocol finding.
-fn json(waf: &Waf, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
+/// `claimed`: the body's type says JSON, so one that is not is a protocol finding; a body only
+/// taken for JSON by its first byte that is not is read as one text value instead.
+fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> Option<Finding> {
     // Per depth: whether the container is an object, and the span of its current key.
     let mut is_object = [false; MAX_JSON_DEPTH];
     // (start, end, whether it holds an escape)
@@ -191,7 +207,10 @@ fn json(waf: &Waf, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
     let mut expect_colon = false;
     let mut i = 0;
     let n = body.len();
-    let bad = |at: usize| anomaly(waf, skip, LocationKind::Body, body, at);
+    let bad = |at: usize| match claimed {
+        true => anomaly(waf, skip, LocationKind::Body, body, at),
+        false => as_text(waf, skip, LocationKind::Body, body),
+    };
     let mut seen_value = false;
     while i < n {
         let b = body[i];
@@ -692,6 +711,46 @@ mod tests {
             ),
         ] {
             assert_eq!(body(ct, b).map(|f| f.detector), Some(Detector::Protocol), "{b}");
+        }
+    }
+
+    #[test]
+    fn json_under_another_type_is_read_as_json() {
+        let sqli = r#"{"id":7,"q":"1' UNION SELECT password FROM users--"}"#;
+        for ct in ["text/plain", "text/plain; charset=utf-8", "application/octet-stream", "application/x-foo"] {
+            let f = body(ct, sqli).unwrap_or_else(|| panic!("{ct}"));
+            assert_eq!(
+                (f.detector, f.location.kind, f.location.name.as_str()),
+                (Detector::Sqli, LocationKind::JsonValue, "q")
+            );
+        }
+        let f = body("text/plain", "\u{feff} \r\n[\"<script>alert(1)</script>\"]").unwrap();
+        assert_eq!(f.detector, Detector::Xss);
+        // Not JSON after all (Python's json takes NaN): read whole, not refused as malformed.
+        let f = body("text/plain", r#"{"a":NaN,"q":"' OR 1=1--"}"#).unwrap();
+        assert_eq!((f.detector, f.location.kind), (Detector::Sqli, LocationKind::Body));
+        for ordinary in ["[INFO] started in 3 ms", "{not json at all}", "\"quoted\" words", r#"{"n":1,"ok":true}"#] {
+            assert_eq!(body("text/plain", ordinary), None, "{ordinary}");
+        }
+        assert_eq!(body("image/png", "\u{89}PNG\r\n' or 1=1--"), None, "not JSON: opaque at paranoia 1");
+    }
+
+    #[test]
+    fn json_is_told_by_its_first_byte_once_there_is_one() {
+        for (prefix, like) in [
+            (&b""[..], None),
+            (b" \r\n\t", None),
+            (b"\xef", None),
+            (b"\xef\xbb\xbf", None),
+            (b"\xef\xbb\xbf  {", Some(true)),
+            (b"  [1", Some(true)),
+            (b"\"s", Some(true)),
+            (b"GIF89a", Some(false)),
+            (b"\x1f\x8b\x08", Some(false)),
+            (b"\xef\xbbX", Some(false)),
+            (b"a=1&b={", Some(false)),
+        ] {
+            assert_eq!(json_like(prefix), like, "{prefix:?}");
         }
     }
 

@@ -486,9 +486,12 @@ impl Answer {
     }
 }
 
-async fn raw_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(mut stream: S, request: &str) -> Answer {
+async fn raw_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    request: &[u8],
+) -> Answer {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(request).await.unwrap();
     let mut raw = Vec::new();
     let _ =
         tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut raw)).await.expect("response in time");
@@ -559,7 +562,8 @@ impl PolicedSidecar {
     }
 
     /// Sends `request` (a whole HTTP/1.1 request, head and body, as written) as `caller`.
-    pub async fn exchange(&self, caller: &str, request: &str) -> Answer {
+    pub async fn exchange(&self, caller: &str, request: impl AsRef<[u8]>) -> Answer {
+        let request = request.as_ref();
         let tcp = tokio::net::TcpStream::connect(self.sidecar.inbound).await.unwrap();
         match self.identities.get(caller) {
             None => raw_exchange(tcp, request).await,

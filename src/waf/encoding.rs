@@ -1,0 +1,225 @@
+//! A request body's `Content-Encoding` undone before it is inspected: an app behind the
+//! sidecar that inflates gzip bodies (Express's body-parser does by default) would otherwise
+//! read a value the WAF never saw. What comes out is bounded, so a small body that inflates to
+//! gigabytes costs no more than the inspection limit.
+
+use std::io::Write;
+
+use flate2::write::{DeflateDecoder, GzDecoder, ZlibDecoder};
+
+/// A body's content coding, as far as the WAF undoes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coding {
+    Identity,
+    Gzip,
+    /// RFC 9110's `deflate` is zlib's format; some clients send bare deflate, which apps accept too.
+    Deflate,
+    /// Anything else (`br`, `zstd`, `compress`, a stack of codings): not undone, read as it is.
+    Other,
+}
+
+impl Coding {
+    /// From the `Content-Encoding` header's value; `identity` entries count for nothing.
+    pub fn of(header: Option<&[u8]>) -> Coding {
+        let Some(header) = header else { return Coding::Identity };
+        let mut coding = Coding::Identity;
+        for name in header.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|n| !n.is_empty()) {
+            let this = if name.eq_ignore_ascii_case(b"identity") {
+                continue;
+            } else if name.eq_ignore_ascii_case(b"gzip") || name.eq_ignore_ascii_case(b"x-gzip") {
+                Coding::Gzip
+            } else if name.eq_ignore_ascii_case(b"deflate") {
+                Coding::Deflate
+            } else {
+                Coding::Other
+            };
+            coding = match coding {
+                Coding::Identity => this,
+                _ => Coding::Other,
+            };
+        }
+        coding
+    }
+}
+
+impl Coding {
+    /// [`super::json_like`] of the body whose first bytes, in this coding, are `prefix`. A
+    /// coding that is not undone is taken for not JSON: its bytes are read as they are.
+    pub fn json_like(self, prefix: &[u8]) -> Option<bool> {
+        match self {
+            Coding::Identity => super::json_like(prefix),
+            Coding::Other => Some(false),
+            Coding::Gzip | Coding::Deflate => match decode(self, prefix, 8, true) {
+                Decoded::Bytes(start) => super::json_like(&start),
+                Decoded::TooLong | Decoded::Corrupt => Some(false),
+            },
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    Bytes(Vec<u8>),
+    /// More than the limit came out.
+    TooLong,
+    /// Not of its coding, or cut short.
+    Corrupt,
+}
+
+/// Undoes `coding` (gzip or deflate) on `input`, keeping at most `max` bytes. With `start`,
+/// `input` is only the body's first bytes: what they give, up to `max`, is the answer.
+pub fn decode(coding: Coding, input: &[u8], max: usize, start: bool) -> Decoded {
+    match coding {
+        Coding::Gzip => run(GzDecoder::new(Bounded::new(max)), input, start),
+        Coding::Deflate => match run(ZlibDecoder::new(Bounded::new(max)), input, start) {
+            Decoded::Corrupt => run(DeflateDecoder::new(Bounded::new(max)), input, start),
+            other => other,
+        },
+        Coding::Identity | Coding::Other => match input.len() > max && !start {
+            true => Decoded::TooLong,
+            false => Decoded::Bytes(input[..input.len().min(max)].to_vec()),
+        },
+    }
+}
+
+/// The three decoders of flate2's `write` module, alike.
+trait Decoder: Write {
+    fn try_finish(&mut self) -> std::io::Result<()>;
+    fn output(&mut self) -> &mut Bounded;
+}
+
+macro_rules! decoder {
+    ($($t:ident),*) => {$(
+        impl Decoder for $t<Bounded> {
+            fn try_finish(&mut self) -> std::io::Result<()> {
+                $t::try_finish(self)
+            }
+            fn output(&mut self) -> &mut Bounded {
+                self.get_mut()
+            }
+        }
+    )*};
+}
+decoder!(GzDecoder, ZlibDecoder, DeflateDecoder);
+
+fn run(mut decoder: impl Decoder, input: &[u8], start: bool) -> Decoded {
+    let written = decoder.write_all(input).and_then(|()| match start {
+        // Only the start: the rest of the stream is not here to end it.
+        true => decoder.flush(),
+        false => decoder.try_finish(),
+    });
+    let out = decoder.output();
+    match (written, out.full) {
+        (_, true) if start => Decoded::Bytes(std::mem::take(&mut out.bytes)),
+        (_, true) => Decoded::TooLong,
+        (Ok(()), false) => Decoded::Bytes(std::mem::take(&mut out.bytes)),
+        (Err(_), false) => Decoded::Corrupt,
+    }
+}
+
+/// A `Vec` that takes at most `max` bytes, and says when more were offered.
+struct Bounded {
+    bytes: Vec<u8>,
+    max: usize,
+    full: bool,
+}
+
+impl Bounded {
+    fn new(max: usize) -> Self {
+        Bounded { bytes: Vec::new(), max, full: false }
+    }
+}
+
+impl Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = self.max - self.bytes.len();
+        if room == 0 && !buf.is_empty() {
+            self.full = true;
+            return Err(std::io::Error::other("the decoded body reached its bound"));
+        }
+        let take = room.min(buf.len());
+        self.bytes.extend_from_slice(&buf[..take]);
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
+    use flate2::Compression;
+
+    use super::*;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), Compression::default());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn codings_are_read_from_the_header() {
+        for (header, coding) in [
+            (None, Coding::Identity),
+            (Some(&b"identity"[..]), Coding::Identity),
+            (Some(b"GZIP"), Coding::Gzip),
+            (Some(b"x-gzip"), Coding::Gzip),
+            (Some(b" deflate , identity"), Coding::Deflate),
+            (Some(b"br"), Coding::Other),
+            (Some(b"zstd"), Coding::Other),
+            (Some(b"gzip, gzip"), Coding::Other),
+            (Some(b"deflate, gzip"), Coding::Other),
+        ] {
+            assert_eq!(Coding::of(header), coding, "{header:?}");
+        }
+    }
+
+    #[test]
+    fn gzip_and_both_deflates_are_undone() {
+        let body = br#"{"q":"1' UNION SELECT password FROM users--"}"#;
+        assert_eq!(decode(Coding::Gzip, &gzip(body), 1024, false), Decoded::Bytes(body.to_vec()));
+        let mut zlib = ZlibEncoder::new(Vec::new(), Compression::default());
+        zlib.write_all(body).unwrap();
+        assert_eq!(decode(Coding::Deflate, &zlib.finish().unwrap(), 1024, false), Decoded::Bytes(body.to_vec()));
+        let mut raw = DeflateEncoder::new(Vec::new(), Compression::default());
+        raw.write_all(body).unwrap();
+        assert_eq!(decode(Coding::Deflate, &raw.finish().unwrap(), 1024, false), Decoded::Bytes(body.to_vec()));
+    }
+
+    #[test]
+    fn a_bomb_stops_at_the_bound() {
+        // 64 MiB of zeros in about 64 KiB: never inflated past the bound.
+        let bomb = gzip(&vec![0u8; 64 << 20]);
+        assert!(bomb.len() < 100_000, "{}", bomb.len());
+        assert_eq!(decode(Coding::Gzip, &bomb, 65536, false), Decoded::TooLong);
+        assert_eq!(decode(Coding::Gzip, &bomb, 16, true), Decoded::Bytes(vec![0; 16]), "its start");
+        assert_eq!(decode(Coding::Identity, &[1; 10], 9, false), Decoded::TooLong);
+    }
+
+    #[test]
+    fn cut_short_or_not_gzip_is_corrupt_but_a_start_is_read() {
+        let whole = gzip(br#"{"a":"some text that goes on for a while, a while, a while"}"#);
+        let cut = &whole[..whole.len() - 6];
+        assert_eq!(decode(Coding::Gzip, cut, 1024, false), Decoded::Corrupt, "no trailer");
+        assert_eq!(decode(Coding::Gzip, b"{\"not\":\"gzip\"}", 1024, false), Decoded::Corrupt);
+        assert_eq!(decode(Coding::Deflate, b"{\"not\":\"deflate\"}", 1024, false), Decoded::Corrupt);
+        // The first bytes of the stream: the first bytes of the body, or nothing yet.
+        let Decoded::Bytes(start) = decode(Coding::Gzip, &whole[..20], 64, true) else { panic!() };
+        assert!(start.is_empty() || br#"{"a":"some"#.starts_with(&start[..start.len().min(9)]), "{start:?}");
+        assert_eq!(decode(Coding::Gzip, &whole[..5], 64, true), Decoded::Bytes(Vec::new()), "half a header");
+    }
+
+    #[test]
+    fn json_is_told_through_the_coding() {
+        let json = gzip(b"  {\"q\":1}");
+        assert_eq!(Coding::Gzip.json_like(&json), Some(true));
+        assert_eq!(Coding::Gzip.json_like(&json[..4]), None, "not a byte of the body yet");
+        assert_eq!(Coding::Gzip.json_like(&gzip(b"GIF89a")), Some(false));
+        assert_eq!(Coding::Gzip.json_like(b"{\"plain\":1}"), Some(false), "not gzip: the app cannot read it either");
+        assert_eq!(Coding::Identity.json_like(b" [1]"), Some(true));
+        assert_eq!(Coding::Other.json_like(b"{}"), Some(false));
+    }
+}
