@@ -11,7 +11,8 @@ use palisade::authn::{AuthnRuntime, SystemClock};
 use palisade::config::{MtlsMode, WorkloadConfig};
 use palisade::identity::SpiffeId;
 use palisade::policy::{
-    match_form, normalize, parse_file, Authenticated, Buckets, PolicySnapshot, RequestView, Source,
+    match_form, normalize, parse_file, Authenticated, BodyInspection, Buckets, PolicySnapshot, Refusal, RequestView,
+    Source,
 };
 use palisade::telemetry::Metrics;
 
@@ -84,6 +85,61 @@ fn decisions(c: &mut Criterion) {
     });
 }
 
+/// Step 6 on a body as the inbound proxy asks it: the plan, the content coding undone, the WAF.
+fn bodies(c: &mut Criterion) {
+    let metrics = Metrics::new();
+    let doc = "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: bench, namespace: shop}\nspec:\n  authorization: {default: ALLOW}\n  inputValidation:\n    waf: {mode: BLOCK}\n";
+    let (docs, errors) = parse_file(Path::new("bench.yaml"), doc);
+    assert!(errors.is_empty(), "{errors:?}");
+    let authn = AuthnRuntime::new(Arc::new(SystemClock));
+    let snapshot = PolicySnapshot::compile(
+        "bench".into(),
+        Source::Files,
+        &docs,
+        &workload(),
+        MtlsMode::STRICT,
+        &metrics,
+        &authn,
+        None,
+    )
+    .expect("the bench policy compiles");
+    // About 1 KB of an order API's JSON.
+    let item = r#"{"sku":"TEA-001","name":"Earl Grey & Lemon, O'Brien's blend","qty":2,"price":4.5,"note":"leave it by the door; select the blue box"}"#;
+    let json = format!(r#"{{"id":"550e8400-e29b-41d4-a716-446655440000","items":[{}]}}"#, [item; 8].join(","));
+    let gzip = |body: &[u8]| {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(body).unwrap();
+        e.finish().unwrap()
+    };
+    let gzipped = gzip(json.as_bytes());
+    // 64 MiB of blanks inside a JSON string, about 64 KB compressed: stops at inspectBodyBytes.
+    let bomb = gzip(format!(r#"{{"pad":"{}"}}"#, " ".repeat(64 << 20)).as_bytes());
+    let png = [&b"\x89PNG\r\n\x1a\n"[..], &[0u8; 1024]].concat();
+    let mut group = c.benchmark_group("body");
+    let inspected = Ok(BodyInspection::Inspected);
+    // (name, Content-Type, Content-Encoding, body, what step 6 makes of it)
+    type Case<'a> = (&'a str, &'a [u8], Option<&'a [u8]>, &'a [u8], Result<BodyInspection, Refusal>);
+    let cases: [Case; 5] = [
+        ("json 1 KB", b"application/json", None, json.as_bytes(), inspected.clone()),
+        ("json 1 KB as text/plain", b"text/plain", None, json.as_bytes(), inspected.clone()),
+        ("json 1 KB gzip", b"application/json", Some(b"gzip"), &gzipped, inspected),
+        ("gzip bomb to the 64 KiB limit", b"application/json", Some(b"gzip"), &bomb, Err(Refusal::PayloadTooLarge)),
+        ("image/png 1 KB (first bytes only)", b"image/png", None, &png, Ok(BodyInspection::NotRead)),
+    ];
+    for (name, content_type, coding, body, outcome) in cases {
+        let plan = snapshot.body_plan(Some(content_type), coding).expect("a WAF reads bodies");
+        assert_eq!(snapshot.inspect_body(plan, "/orders", Some(content_type), body, |_| {}), outcome, "{name}");
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let plan = snapshot.body_plan(Some(content_type), coding).unwrap();
+                black_box(snapshot.inspect_body(plan, "/orders", Some(content_type), black_box(body), |_| {}))
+            })
+        });
+    }
+    group.finish();
+}
+
 fn compile_time(c: &mut Criterion) {
     let metrics = Metrics::new();
     c.bench_function("compile/200-rules (parse + compile)", |b| {
@@ -114,6 +170,6 @@ fn rate_limits(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1));
-    targets = decisions, compile_time, rate_limits
+    targets = decisions, bodies, compile_time, rate_limits
 }
 criterion_main!(benches);
