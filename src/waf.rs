@@ -813,6 +813,24 @@ mod tests {
         assert_eq!(w.inspect_head(&view, &Skips::new(DetectorSet::EMPTY, &for_q)), None);
         assert_eq!(w.inspect_head(&view, &Skips::new(sqli, &[])), None);
         assert!(w.inspect_head(&view, &Skips::new(DetectorSet::EMPTY, &for_other)).is_some());
+        // Rack 2 and Perl's CGI read `q=1;id=...` as two parameters: the exclusion for `q`
+        // does not cover `id`, in a query or a form.
+        for query in [
+            "q=1;id=1%27+OR+%271%27%3D%271",
+            "q=1;;id=1%27+OR+%271%27%3D%271;x=2",
+            "page=2&q=;id=1%27+OR+%271%27%3D%271",
+        ] {
+            let view = head("/search", Some(query), &h);
+            let f = w.inspect_head(&view, &Skips::new(DetectorSet::EMPTY, &for_q)).unwrap_or_else(|| panic!("{query}"));
+            assert_eq!((f.detector, f.location.name.as_str()), (Detector::Sqli, "id"), "{query}");
+            let body = w.inspect_body(None, query.as_bytes(), &Skips::new(DetectorSet::EMPTY, &for_q));
+            assert_eq!(body.map(|f| f.location), Some(Location { kind: LocationKind::FormValue, name: "id".into() }));
+        }
+        let for_q_and_id = [ParamSkip { name: "q", detectors: sqli }, ParamSkip { name: "id", detectors: sqli }];
+        let view = head("/search", Some("q=1;id=1%27+OR+%271%27%3D%271"), &h);
+        assert_eq!(w.inspect_head(&view, &Skips::new(DetectorSet::EMPTY, &for_q_and_id)), None);
+        let ordinary = head("/search", Some("sort=name;asc&filter=a;b;c&q=O%27Brien"), &h);
+        assert_eq!(w.inspect_head(&ordinary, &Skips::NONE), None);
     }
 
     #[test]

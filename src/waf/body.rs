@@ -90,13 +90,10 @@ pub(crate) fn form(
     value_kind: LocationKind,
     skip: &Skips<'_>,
 ) -> Option<Finding> {
-    for pair in raw.split(|&b| b == b'&') {
-        if pair.is_empty() {
-            continue;
-        }
-        let (raw_name, raw_value) = match pair.iter().position(|&b| b == b'=') {
-            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
-            None => (pair, &b""[..]),
+    for raw_pair in raw.split(|&b| b == b'&').filter(|p| !p.is_empty()) {
+        let (raw_name, raw_value) = match raw_pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (&raw_pair[..eq], &raw_pair[eq + 1..]),
+            None => (raw_pair, &b""[..]),
         };
         let name = form_component(raw_name);
         let value = form_component(raw_value);
@@ -105,6 +102,21 @@ pub(crate) fn form(
         }
         if let Some(f) = waf.value(Value { class: Class::Arg, kind: value_kind, name: &name, value: &value }, skip) {
             return Some(f);
+        }
+        // Rack 2 and Perl's CGI split on `;` too: a value after one is read again under its
+        // own name, so an exclusion for this pair's name does not cover the names after it.
+        // (Their names, and text with no `=`, were read as part of this pair's value already.)
+        if raw_pair.contains(&b';') {
+            for segment in raw_pair.split(|&b| b == b';').skip(1) {
+                let Some(eq) = segment.iter().position(|&b| b == b'=') else { continue };
+                let name = form_component(&segment[..eq]);
+                let value = form_component(&segment[eq + 1..]);
+                if let Some(f) =
+                    waf.value(Value { class: Class::Arg, kind: value_kind, name: &name, value: &value }, skip)
+                {
+                    return Some(f);
+                }
+            }
         }
     }
     None
