@@ -107,6 +107,7 @@ async fn stream_client(
         labels: [("app".to_string(), "orders".to_string())].into(),
         version: String::new(),
         node: format!("bench-{index}"),
+        revision: 0,
     };
     sender.send(SidecarMessage { kind: Some(sidecar_message::Kind::Hello(hello)) }).await.unwrap();
     let mut inbound = PolicyDiscoveryClient::new(channel)

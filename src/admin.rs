@@ -231,6 +231,7 @@ impl Admin {
                     "connected": c.connected(),
                     "attempts": c.attempts(),
                     "lastError": c.last_error(),
+                    "revision": c.revision(),
                 })),
                 "limits": {"maxUriBytes": policy.limits.max_uri_bytes, "maxHeaderBytes": policy.limits.max_header_bytes,
                            "maxBodyBytes": policy.limits.max_body_bytes},

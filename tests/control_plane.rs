@@ -482,6 +482,59 @@ async fn sidecars_ride_out_a_control_plane_outage_under_load_and_resync() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_has_not_read_the_latest_revision_never_takes_a_sidecar_back() {
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    // Revision 5 of the chart's ConfigMap closes /secret.
+    std::fs::write(dir.join("revision"), "5\n").unwrap();
+    write_policy(&dir.join("orders.yaml"), &policy_for("orders", "orders-api", &deny_paths(&["/secret"])));
+    let mut plane = ControlPlane::start(&pki, "control", &dir).await;
+    let orders = Workload::start(&pki, &plane, "orders", |_| {}).await;
+    let first = synced(&plane, &id("shop", "orders"), orders.port()).await;
+    assert_eq!(orders.get("/secret").await, 403);
+    assert_eq!(orders.config_dump().await["policy"]["controlPlane"]["revision"], 5);
+
+    // The Service now reaches a replica whose kubelet still has revision 4 (/secret open), at
+    // the same address: it must hold back, and say so.
+    plane.kill();
+    std::fs::write(dir.join("revision"), "4\n").unwrap();
+    plane.write("orders.yaml", &policy_for("orders", "orders-api", &deny_paths(&["/admin"])));
+    plane.spawn().await;
+    let mut held = Value::Null;
+    wait_for("the lagging replica says the sidecar is ahead of it", async || {
+        match plane.sidecar(&id("shop", "orders"), orders.port()).await {
+            Some(s) if s["state"] == "ahead" => {
+                held = s;
+                true
+            }
+            _ => false,
+        }
+    })
+    .await;
+    assert_eq!(held["pushes"], 0, "{held}");
+    assert_eq!(held["acked"]["version"], first["acked"]["version"], "{held}");
+    assert_eq!(orders.get("/secret").await, 403, "revision 5 stays in force");
+    assert_eq!(orders.get("/admin").await, 200, "revision 4's policy was never taken");
+
+    // That replica's kubelet catches up, with revision 6 by now: pushed and taken.
+    std::fs::write(dir.join("revision"), "6\n").unwrap();
+    plane.write("orders.yaml", &policy_for("orders", "orders-api", &deny_paths(&["/secret", "/admin"])));
+    wait_for("revision 6 is enforced", async || orders.get("/admin").await == 403).await;
+    let caught_up = synced(&plane, &id("shop", "orders"), orders.port()).await;
+    assert_eq!(caught_up["pushes"], 1, "{caught_up}");
+    assert_eq!(orders.get("/secret").await, 403);
+    assert_eq!(orders.config_dump().await["policy"]["controlPlane"]["revision"], 6);
+    assert_eq!(metric(&plane.metrics().await, "palisade_control_nacks_total"), Some(0.0));
+
+    // A revision that is not a number is reported, and snapshots carry none.
+    std::fs::write(dir.join("revision"), "seven\n").unwrap();
+    wait_for("the bad revision is reported", async || plane.status().await.to_string().contains("not a revision"))
+        .await;
+    orders.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_for_one_namespace_cannot_subscribe_as_another_and_a_fake_control_plane_is_refused() {
     let pki = Pki::new();
     let dir = pki.path("policies");
@@ -637,6 +690,7 @@ async fn oversized_hellos_are_refused_without_being_kept() {
         version: String::new(),
         node,
         token: String::new(),
+        revision: 0,
     };
     let ok = subscribe(&pki, &plane, &id("shop", "orders"), hello("orders-1".into())).await;
     assert!(ok.is_ok(), "{ok:?}");

@@ -36,6 +36,9 @@ pub struct ChannelState {
     last_error: Mutex<Option<String>>,
     /// Streams tried since start: with `connected`, whether a sidecar is stuck retrying.
     attempts: std::sync::atomic::AtomicU64,
+    /// The revision of the snapshot in force (0: none, or its source gave none): a snapshot of
+    /// a lower one is refused.
+    revision: std::sync::atomic::AtomicU64,
 }
 
 impl ChannelState {
@@ -49,6 +52,10 @@ impl ChannelState {
 
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().expect("channel state lock").clone()
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
     }
 }
 
@@ -150,6 +157,7 @@ impl PolicyChannel {
             namespace: self.workload.namespace.clone(),
             labels: self.workload.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             version: self.policy.control_plane_version().unwrap_or_default(),
+            revision: self.state.revision(),
             node: self.node.clone(),
             token: match &self.token_file {
                 Some(file) => crate::yaml::read_file(file, 64 * 1024)
@@ -181,6 +189,16 @@ impl PolicyChannel {
                 None => continue,
             };
             let version = snapshot.version;
+            let (revision, held) = (snapshot.revision, self.state.revision());
+            if revision != 0 && revision < held {
+                // A replica that has not read the latest files yet: what is in force is newer.
+                tracing::warn!(%version, revision, held, "refused a snapshot of an earlier policy revision than the one in force");
+                let reason = format!("revision {revision} is earlier than revision {held}, in force here; kept");
+                if sender.send(message(sidecar_message::Kind::Nack(Nack { version, reason }))).await.is_err() {
+                    return Err("stream closed".into());
+                }
+                continue;
+            }
             let documents: Vec<(String, bytes::Bytes)> =
                 snapshot.policies.into_iter().map(|p| (p.source, p.document)).collect();
             let store = self.policy.clone();
@@ -191,6 +209,7 @@ impl PolicyChannel {
                 .map_err(|e| format!("applying a snapshot failed: {e}"))?;
             let reply = match applied {
                 Ok(_) => {
+                    self.state.revision.store(revision, Ordering::Release);
                     // A stream that delivered a policy is a working one: only now does the
                     // next failure start from the shortest wait again.
                     backoff.reset();

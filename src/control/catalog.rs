@@ -51,12 +51,23 @@ pub struct Catalog {
     /// How many catalogs were published before this one: a stream that has looked at this
     /// generation has sent whatever it had to (`/status` shows both).
     pub generation: u64,
+    /// The source's revision ([`REVISION_FILE`]); 0 when it does not say.
+    pub revision: u64,
 }
+
+/// The file of the policy directory that holds its revision, a decimal number that only grows
+/// (the Helm chart writes the release's revision, which a rollback increases too). Read after
+/// the policy files, so a ConfigMap swapped between the two reads gives the new revision with
+/// the old policies, never the other way round: a sidecar may then refuse an older snapshot a
+/// little early, but never take one.
+pub const REVISION_FILE: &str = "revision";
 
 /// The policies that select one workload, and the version naming exactly that set.
 pub struct Selection {
     pub version: String,
     pub entries: Vec<Arc<CatalogEntry>>,
+    /// The catalog's [`Catalog::revision`].
+    pub revision: u64,
 }
 
 impl Catalog {
@@ -78,7 +89,7 @@ impl Catalog {
             .map(|all| all.iter().filter(|e| selects(&e.policy, workload)).cloned().collect())
             .unwrap_or_default();
         let version = digest_version(entries.iter().map(|e| &e.digest[..]));
-        Selection { version, entries }
+        Selection { version, entries, revision: self.revision }
     }
 }
 
@@ -132,6 +143,8 @@ pub struct PolicyDirectory {
     dir: PathBuf,
     files: BTreeMap<String, FileState>,
     readable: Option<bool>,
+    /// The [`REVISION_FILE`]'s number, or why it is not one.
+    revision: Result<u64, String>,
 }
 
 /// What one scan found.
@@ -146,7 +159,7 @@ pub struct ScanOutcome {
 
 impl PolicyDirectory {
     pub fn new(dir: PathBuf) -> Self {
-        PolicyDirectory { dir, files: BTreeMap::new(), readable: None }
+        PolicyDirectory { dir, files: BTreeMap::new(), readable: None, revision: Ok(0) }
     }
 
     pub fn dir(&self) -> &Path {
@@ -196,11 +209,31 @@ impl PolicyDirectory {
             state.parsed = parsed;
             state.fresh = true;
         }
+        let revision = self.read_revision();
+        if revision != self.revision {
+            changed = true;
+            if let Err(e) = &revision {
+                outcome.rejected.push((REVISION_FILE.to_string(), vec![e.clone()]));
+            }
+            self.revision = revision;
+        }
         if changed {
             self.settle(&mut outcome);
             outcome.catalog = Some(self.catalog());
         }
         outcome
+    }
+
+    /// 0 when there is no such file; a file that is not a number counts as none, and says so.
+    fn read_revision(&self) -> Result<u64, String> {
+        let path = self.dir.join(REVISION_FILE);
+        match crate::yaml::read_file(&path, 64) {
+            Ok(text) => text.trim().parse().map_err(|_| {
+                format!("{}: not a revision (a whole number): {:?}; snapshots carry none", path.display(), text.trim())
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(format!("{}: cannot read the revision: {e}; snapshots carry none", path.display())),
+        }
     }
 
     /// Decides which files' current contents are taken, across the whole directory, every time
@@ -371,7 +404,7 @@ impl PolicyDirectory {
             entries.sort_by(|a, b| a.name.cmp(&b.name));
         }
         let version = digest_version(by_namespace.values().flatten().map(|e| &e.digest[..]));
-        let sources = self
+        let mut sources: Vec<SourceStatus> = self
             .files
             .iter()
             .map(|(file, state)| SourceStatus {
@@ -380,6 +413,9 @@ impl PolicyDirectory {
                 errors: state.errors.clone(),
             })
             .collect();
+        if let Err(e) = &self.revision {
+            sources.push(SourceStatus { file: REVISION_FILE.into(), policies: Vec::new(), errors: vec![e.clone()] });
+        }
         Catalog {
             version,
             by_namespace,
@@ -387,6 +423,7 @@ impl PolicyDirectory {
             readable: self.readable == Some(true),
             made_at: Some(std::time::Instant::now()),
             generation: 0,
+            revision: self.revision.clone().unwrap_or(0),
         }
     }
 }
@@ -422,6 +459,31 @@ mod tests {
         let (again, errors) = parse_file(Path::new("x"), document);
         assert!(errors.is_empty(), "{errors:?}\n{document}");
         assert_eq!(&crate::yaml::to_string(&again[0].policy).unwrap(), document);
+    }
+
+    #[test]
+    fn the_revision_file_is_read_with_the_policies_and_a_bad_one_counts_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("orders.yaml"), policy("orders", "shop", ORDERS)).unwrap();
+        let mut directory = PolicyDirectory::new(dir.path().into());
+        let first = directory.scan().catalog.unwrap();
+        assert_eq!((first.revision, first.select(&workload("shop", "orders")).revision), (0, 0), "no file: none");
+        std::fs::write(dir.path().join(REVISION_FILE), "12\n").unwrap();
+        let second = directory.scan().catalog.expect("a new revision alone is a new catalog");
+        assert_eq!(second.select(&workload("shop", "orders")).revision, 12);
+        assert_eq!(
+            second.select(&workload("shop", "orders")).version,
+            first.select(&workload("shop", "orders")).version
+        );
+        assert!(directory.scan().catalog.is_none(), "nothing changed");
+        std::fs::write(dir.path().join(REVISION_FILE), "twelve").unwrap();
+        let outcome = directory.scan();
+        assert_eq!(outcome.rejected.len(), 1, "reported once");
+        assert!(outcome.rejected[0].1[0].contains("not a revision"), "{:?}", outcome.rejected);
+        let third = outcome.catalog.unwrap();
+        assert_eq!(third.revision, 0);
+        assert!(third.sources.iter().any(|s| s.file == REVISION_FILE && !s.errors.is_empty()));
+        assert!(directory.scan().catalog.is_none() && directory.scan().rejected.is_empty());
     }
 
     #[test]

@@ -254,27 +254,38 @@ impl PolicyDiscovery for PolicyService {
         );
         let (sender, receiver) = mpsc::channel(2);
         let catalog = self.catalog.clone();
-        let held = (!hello.version.is_empty()).then_some(hello.version);
+        let held = Held { version: (!hello.version.is_empty()).then_some(hello.version), revision: hello.revision };
         let bundle = self.bundle.clone();
         tokio::spawn(serve_stream(session, workload, held, inbound, sender, catalog, bundle, self.stop.clone()));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
 
-/// Sends a snapshot whenever the set selecting this workload changes (and only then), the
-/// mesh's roots whenever they change, and records every answer, until either side goes away.
+/// What the sidecar said it enforces when it opened the stream.
+struct Held {
+    version: Option<String>,
+    revision: u64,
+}
+
+/// Sends a snapshot whenever the set selecting this workload changes (and only then, and never
+/// one of an earlier revision than the sidecar holds), the mesh's roots whenever they change,
+/// and records every answer, until either side goes away.
 #[allow(clippy::too_many_arguments)]
 async fn serve_stream(
     session: Session,
     workload: WorkloadConfig,
-    held: Option<String>,
+    held: Held,
     mut inbound: Streaming<SidecarMessage>,
     sender: mpsc::Sender<Result<ControlMessage, Status>>,
     mut catalog: watch::Receiver<Arc<Catalog>>,
     mut bundle: Option<watch::Receiver<Arc<Vec<Vec<u8>>>>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut sent = held.clone();
+    let mut sent = held.version.clone();
+    // The latest revision the sidecar holds or was sent.
+    let mut revision = held.revision;
+    // Holding back a snapshot of an earlier revision than the sidecar's.
+    let mut waiting = false;
     let mut first = true;
     if let Some(bundle) = &mut bundle {
         let roots = bundle.borrow_and_update().to_vec();
@@ -287,8 +298,16 @@ async fn serve_stream(
         let current = catalog.borrow_and_update().clone();
         let selection = current.select(&workload);
         session.evaluated(current.generation);
-        if sent.as_deref() != Some(selection.version.as_str()) {
+        let current_there = sent.as_deref() == Some(selection.version.as_str());
+        let older = selection.revision != 0 && selection.revision < revision;
+        if !current_there && older {
+            session.ahead(sent.as_deref(), revision, selection.revision);
+            waiting = true;
+        } else if !current_there {
+            revision = selection.revision;
+            waiting = false;
             let snapshot = PolicySnapshot {
+                revision: selection.revision,
                 version: selection.version.clone(),
                 policies: selection
                     .entries
@@ -303,8 +322,9 @@ async fn serve_stream(
             let since = if first { Instant::now() } else { current.made_at.unwrap_or_else(Instant::now) };
             session.pushed(&selection.version, since);
             sent = Some(selection.version);
-        } else if first {
+        } else if first || waiting {
             session.resumed(&selection.version);
+            waiting = false;
         }
         first = false;
         let roots_changed = async {

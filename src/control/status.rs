@@ -36,6 +36,9 @@ pub enum SyncState {
     Synced,
     /// The last snapshot sent was refused; the sidecar enforces an older one.
     Rejected,
+    /// The sidecar holds a snapshot of a later revision than this replica has read (it synced
+    /// with another replica first): nothing is sent until this one reads that revision.
+    Ahead,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,6 +156,21 @@ impl Session {
         self.registry.update(self.id, |r| {
             r.state = SyncState::Synced;
             r.acked = Some(VersionAt { version: version.to_string(), at: now() });
+        });
+    }
+
+    /// The sidecar reconnected holding revision `held`, later than this replica's `mine`.
+    pub fn ahead(&self, version: Option<&str>, held: u64, mine: u64) {
+        tracing::info!(
+            held,
+            mine,
+            "a sidecar holds a later policy revision than this replica has read; waiting for it"
+        );
+        self.registry.update(self.id, |r| {
+            r.state = SyncState::Ahead;
+            if let Some(version) = version {
+                r.acked = Some(VersionAt { version: version.to_string(), at: now() });
+            }
         });
     }
 

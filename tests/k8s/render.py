@@ -22,10 +22,10 @@ HEADER = """\
 """
 
 
-def render(values=None, name="palisade"):
+def render(values=None, name="palisade", revision=None):
     """The chart's manifests: {template path: text}, NOTES.txt left out."""
     with helm_python.Chart.load(str(CHART)) as chart:
-        out = chart.render(values or {}, name=name, namespace=NAMESPACE, is_install=True)
+        out = chart.render(values or {}, name=name, namespace=NAMESPACE, revision=revision, is_install=revision is None)
     return {path: text for path, text in sorted(out.items()) if not path.endswith("NOTES.txt") and text.strip()}
 
 

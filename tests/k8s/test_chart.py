@@ -169,7 +169,13 @@ def test_generated_certificates_are_kept_across_upgrades_by_lookup():
 def test_policies_round_trip_into_what_the_control_plane_loads():
     objs = objects({"policies": [POLICY]})
     (cm,) = [o for o in objs if o["metadata"]["name"] == "palisade-policies"]
-    assert list(cm["data"]) == ["shop-orders-api.yaml"]
+    assert sorted(cm["data"]) == ["revision", "shop-orders-api.yaml"]
+    # The release's revision, which the control plane puts on every snapshot: an upgrade's is
+    # higher, so a replica that has not read it yet cannot take a sidecar back.
+    assert cm["data"]["revision"] == "1"
+    upgraded = [o for t in render({"policies": [POLICY]}, revision=7).values() for o in documents(t)]
+    (cm7,) = [o for o in upgraded if o["metadata"]["name"] == "palisade-policies"]
+    assert cm7["data"]["revision"] == "7"
     with tempfile.TemporaryDirectory() as d:
         path = pathlib.Path(d) / "shop-orders-api.yaml"
         path.write_text(cm["data"]["shop-orders-api.yaml"])
