@@ -51,6 +51,20 @@ pub struct AccessRecord<'a> {
     pub ratelimit_delay: Option<std::time::Duration>,
 }
 
+/// One relayed TCP connection (not HTTP) as the access log tells it, when it ended.
+pub struct TcpAccessRecord {
+    pub direction: &'static str,
+    pub source: std::net::SocketAddr,
+    pub destination: std::net::SocketAddr,
+    /// From the app to the destination, and back.
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub seconds: f64,
+    /// `closed` (both sides closed), `idle_timeout`, `error` (a reset or another failure on
+    /// either side), or `unreachable` (the destination refused or did not answer in time).
+    pub end: &'static str,
+}
+
 impl Telemetry {
     pub fn new(config: &TelemetryConfig, traces: Option<TraceSettings>) -> std::io::Result<Self> {
         let metrics = Metrics::new();
@@ -134,6 +148,28 @@ impl Telemetry {
             write_millis(&mut line, delay.as_secs_f64());
         }
         line.extend_from_slice(b"}\n");
+        lines.send_line(line);
+    }
+
+    /// One access log line for a relayed TCP connection: the same file and `time`,
+    /// `direction`, `duration_ms` and `source` as a request's, with `"protocol":"tcp"` and no
+    /// method, path or status.
+    pub fn access_tcp(&self, r: &TcpAccessRecord) {
+        use std::io::Write;
+        let Some(lines) = &self.access_log else { return };
+        let mut line = Vec::with_capacity(224);
+        let _ = write!(
+            line,
+            "{{\"time\":{},\"direction\":\"{}\",\"protocol\":\"tcp\",\"source\":\"{}\",\"destination\":\"{}\",\"bytes_sent\":{},\"bytes_received\":{},\"duration_ms\":",
+            events::now_millis(),
+            r.direction,
+            r.source,
+            r.destination,
+            r.bytes_sent,
+            r.bytes_received
+        );
+        write_millis(&mut line, r.seconds);
+        let _ = writeln!(line, ",\"end\":\"{}\"}}", r.end);
         lines.send_line(line);
     }
 }

@@ -82,7 +82,7 @@ identity: {files: {cert: a/tls.crt, key: a/tls.key, trustBundle: a/ca.crt}}
 inbound: {listen: "127.0.0.1:15006", app: "127.0.0.1:18081"}
 outbound: {listen: "127.0.0.1:15001", passthrough: ["127.0.0.98/32"], opaquePorts: [3306]}
 admin: {listen: "127.0.0.1:15000"}
-telemetry: {events: {sink: "file:$WORK/a.events"}}
+telemetry: {events: {sink: "file:$WORK/a.events"}, accessLogSink: "file:$WORK/a.access"}
 YAML
 # The sidecar runs under gid 2102, whose connections are not redirected (in a pod: its uid).
 setpriv --regid=2102 --clear-groups "$BIN" sidecar --config a.yaml 2>a.log &
@@ -97,12 +97,15 @@ echo "plain-http $(curl -s --max-time 5 http://127.0.0.98:8080/)"
 for i in $(seq 1 100); do grep -q not_http a.events 2>/dev/null && break; sleep 0.05; done
 curl -s http://127.0.0.1:15000/metrics | grep -E '^palisade_(outbound_opaque_connections_total|connections_closed_total|requests_total)' || true
 echo "events: $(grep -c not_http a.events || true)"
+# Each relay's access log line is written when both of its sides have closed.
+for i in $(seq 1 100); do [ "$(grep -c '"protocol":"tcp"' a.access 2>/dev/null)" = 3 ] && break; sleep 0.05; done
+grep '"protocol":"tcp"' a.access | sed 's/^/access: /' || true
 sed 's/^/accepted: /' accepted.log
 "#;
 
 #[test]
 fn captured_traffic_that_is_not_http_is_relayed_to_passthrough_destinations_and_refused_elsewhere() {
-    let logs = ["a.log", "servers.out", "a.events"];
+    let logs = ["a.log", "servers.out", "a.events", "a.access"];
     let Some(Scenario { stdout, context }) = netns_scenario(SCENARIO, 90, &logs) else { return };
     let line = |name: &str| {
         stdout
@@ -138,4 +141,25 @@ fn captured_traffic_that_is_not_http_is_relayed_to_passthrough_destinations_and_
     );
     assert!(stdout.contains(r#"direction="outbound""#) && stdout.contains("palisade_requests_total"), "{context}");
     assert!(!stdout.contains("events: 0"), "no not_http event\n{context}");
+    // One access log line per relay, with what it carried each way and how it ended.
+    let relays: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("access: "))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{context}")))
+        .collect();
+    let relay = |destination: &str| {
+        relays
+            .iter()
+            .find(|r| r["destination"] == destination)
+            .unwrap_or_else(|| panic!("no access log line for {destination}\n{context}"))
+    };
+    let pg = relay("127.0.0.98:5432");
+    assert_eq!((&pg["bytes_sent"], &pg["bytes_received"], &pg["end"]), (&8.into(), &13.into(), &"closed".into()), "{pg}");
+    assert_eq!((&pg["direction"], &pg["protocol"]), (&"outbound".into(), &"tcp".into()), "{pg}");
+    assert!(pg["source"].as_str().is_some_and(|s| s.starts_with("127.0.0.1:")), "{pg}");
+    let banner = relay("127.0.0.98:3306");
+    assert_eq!((&banner["bytes_sent"], &banner["bytes_received"]), (&0.into(), &23.into()), "{banner}");
+    let tls = relay("127.0.0.98:8443");
+    assert!(tls["bytes_sent"].as_u64() > Some(200) && tls["bytes_received"].as_u64() > Some(500), "{tls}");
+    assert_eq!(relays.len(), 3, "refused connections are events, not access lines\n{context}");
 }

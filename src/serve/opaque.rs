@@ -7,13 +7,14 @@
 //! and protocols where the server speaks first are named by port (`outbound.opaquePorts`).
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::IpBlock;
-use crate::telemetry::{RefusalCounter, Telemetry};
+use crate::telemetry::{RefusalCounter, TcpAccessRecord, Telemetry};
 
 /// How long a relay waits for its destination to accept.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,7 +64,8 @@ fn is_tchar(b: u8) -> bool {
 pub struct OpaqueTcp {
     passthrough: Vec<IpBlock>,
     opaque_ports: Vec<u16>,
-    relayed: prometheus::IntCounter,
+    /// Counts relayed connections, and logs each in the access log when it ends.
+    telemetry: Arc<Telemetry>,
 }
 
 /// What became of a captured connection.
@@ -75,11 +77,11 @@ pub enum Sorted {
 }
 
 impl OpaqueTcp {
-    pub fn new(passthrough: &[IpBlock], opaque_ports: &[u16], telemetry: &Telemetry) -> Self {
+    pub fn new(passthrough: &[IpBlock], opaque_ports: &[u16], telemetry: &Arc<Telemetry>) -> Self {
         OpaqueTcp {
             passthrough: passthrough.to_vec(),
             opaque_ports: opaque_ports.to_vec(),
-            relayed: telemetry.metrics.opaque_connections.clone(),
+            telemetry: telemetry.clone(),
         }
     }
 
@@ -131,31 +133,65 @@ impl OpaqueTcp {
             tracing::debug!(%peer, %destination, "not HTTP, to a destination outside outbound.passthrough: closed");
             return Sorted::Done;
         }
+        let started = Instant::now();
+        let log = |moved: Moved, end: &'static str| {
+            self.telemetry.access_tcp(&TcpAccessRecord {
+                direction: "outbound",
+                source: peer,
+                destination,
+                bytes_sent: moved.sent,
+                bytes_received: moved.received,
+                seconds: started.elapsed().as_secs_f64(),
+                end,
+            })
+        };
         let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination)).await {
             Ok(Ok(upstream)) => upstream,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, %destination, error = %e, "opaque relay: destination refused");
+                log(Moved::default(), "unreachable");
                 return Sorted::Done;
             }
             Err(_) => {
                 tracing::debug!(%peer, %destination, "opaque relay: destination did not accept in time");
+                log(Moved::default(), "unreachable");
                 return Sorted::Done;
             }
         };
         let _ = upstream.set_nodelay(true);
-        self.relayed.inc();
+        self.telemetry.metrics.opaque_connections.inc();
+        let mut moved = Moved::default();
         // Boxed: two buffers of a TLS record each, for as long as the connection lives.
-        if let Err(e) = Box::pin(relay(tcp, upstream, OPAQUE_IDLE_TIMEOUT)).await {
-            tracing::debug!(%peer, %destination, error = %e, "opaque relay ended");
-        }
+        let end = match Box::pin(relay(tcp, upstream, OPAQUE_IDLE_TIMEOUT, &mut moved)).await {
+            Ok(()) => "closed",
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => "idle_timeout",
+            Err(e) => {
+                tracing::debug!(%peer, %destination, error = %e, "opaque relay ended");
+                "error"
+            }
+        };
+        log(moved, end);
         Sorted::Done
     }
+}
+
+/// The bytes a relay passed on each way.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Moved {
+    /// From the app to its destination.
+    sent: u64,
+    received: u64,
 }
 
 /// Copies both ways until each side has closed its half, or nothing moves for `idle`. A side
 /// that closes its half has that passed on (a shutdown of the other's write), so protocols that
 /// end a request with a half-close still work.
-async fn relay(mut client: TcpStream, mut upstream: TcpStream, idle: Duration) -> std::io::Result<()> {
+async fn relay(
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+    idle: Duration,
+    moved: &mut Moved,
+) -> std::io::Result<()> {
     let (mut client_read, mut client_write) = client.split();
     let (mut upstream_read, mut upstream_write) = upstream.split();
     let mut up = vec![0u8; RELAY_BUFFER];
@@ -165,10 +201,10 @@ async fn relay(mut client: TcpStream, mut upstream: TcpStream, idle: Duration) -
         let moved = tokio::time::timeout(idle, async {
             tokio::select! {
                 n = client_read.read(&mut up), if client_open => {
-                    pass_on(n?, &up, &mut upstream_write, &mut client_open).await
+                    pass_on(n?, &up, &mut upstream_write, &mut client_open, &mut moved.sent).await
                 }
                 n = upstream_read.read(&mut down), if upstream_open => {
-                    pass_on(n?, &down, &mut client_write, &mut upstream_open).await
+                    pass_on(n?, &down, &mut client_write, &mut upstream_open, &mut moved.received).await
                 }
             }
         })
@@ -189,12 +225,15 @@ async fn pass_on(
     buf: &[u8],
     to: &mut tokio::net::tcp::WriteHalf<'_>,
     open: &mut bool,
+    count: &mut u64,
 ) -> std::io::Result<()> {
     if n == 0 {
         *open = false;
         to.shutdown().await
     } else {
-        to.write_all(&buf[..n]).await
+        to.write_all(&buf[..n]).await?;
+        *count += n as u64;
+        Ok(())
     }
 }
 
@@ -244,7 +283,10 @@ mod tests {
         }
         let (mut app, captured) = pair().await;
         let (upstream, mut destination) = pair().await;
-        let relay = tokio::spawn(relay(captured, upstream, OPAQUE_IDLE_TIMEOUT));
+        let relay = tokio::spawn(async move {
+            let mut moved = Moved::default();
+            relay(captured, upstream, OPAQUE_IDLE_TIMEOUT, &mut moved).await.map(|()| moved).map_err(|e| (e, moved))
+        });
         let mut buf = [0u8; 4];
         app.write_all(b"ping").await.unwrap();
         destination.read_exact(&mut buf).await.unwrap();
@@ -254,8 +296,9 @@ mod tests {
         assert_eq!(&buf, b"pong");
         // Nothing more moves: the clock (paused, so it jumps to the next timer) reaches the hour.
         let quiet_since = tokio::time::Instant::now();
-        let ended = relay.await.unwrap().unwrap_err();
+        let (ended, moved) = relay.await.unwrap().unwrap_err();
         assert_eq!(ended.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(moved, Moved { sent: 4, received: 4 }, "what the access log reports");
         assert!(quiet_since.elapsed() >= OPAQUE_IDLE_TIMEOUT, "{:?}", quiet_since.elapsed());
         // Both sides see the close.
         assert_eq!(app.read(&mut buf).await.unwrap(), 0);
