@@ -332,7 +332,13 @@ async fn json_under_another_type_or_compressed_is_inspected_as_the_app_would_rea
     })
     .await;
     let caller = side.pki.workload("frontend-h2", &id("shop", "frontend"));
-    let attacks: [(&str, Vec<u8>); 6] = [
+    let said_gzip = post("/orders", "text/plain", XSS_JSON).replace("\r\n\r\n", "\r\ncontent-encoding: gzip\r\n\r\n");
+    let two_codings = post_gzip("/orders", "text/plain", XSS_JSON.as_bytes());
+    let two_codings =
+        [b"POST /orders HTTP/1.1\r\ncontent-encoding: identity\r\n".to_vec(), two_codings[23..].to_vec()].concat();
+    let attacks: [(&str, Vec<u8>); 8] = [
+        ("plain JSON said to be gzip", said_gzip.into_bytes()),
+        ("gzip JSON behind a second Content-Encoding: identity", two_codings),
         ("JSON as text/plain", post("/orders", "text/plain", XSS_JSON).into_bytes()),
         ("JSON as text/plain, chunked", chunked("/orders", "text/plain;charset=utf-8", XSS_JSON).into_bytes()),
         (

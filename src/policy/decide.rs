@@ -423,7 +423,11 @@ impl PolicySnapshot {
     }
 
     /// Whether any WAF reads a body of this type and `Content-Encoding`, and how much of it.
-    pub fn body_plan(&self, content_type: Option<&[u8]>, content_encoding: Option<&[u8]>) -> Option<BodyPlan> {
+    pub fn body_plan<'a>(
+        &self,
+        content_type: Option<&[u8]>,
+        content_encoding: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Option<BodyPlan> {
         let limit = self.wafs.iter().map(|w| w.inspect_body_bytes).min()?;
         let reject_over_limit = self.wafs.iter().any(|w| w.over_limit == OverLimit::REJECT);
         let if_json = self.wafs.iter().all(|w| w.waf.reads_body(content_type) == BodyReading::IfJson);
@@ -456,8 +460,16 @@ impl PolicySnapshot {
                     &decoded[..]
                 }
                 Decoded::TooLong => return over_limit(),
-                // Not of its coding: the app cannot undo it either; read as it came.
-                Decoded::Corrupt => body,
+                // Not of its coding, or not all of it: what an inflater made of it before that
+                // is read, then the bytes as they came (apps that never inflate parse those).
+                Decoded::Corrupt(partial) => {
+                    if !partial.is_empty() {
+                        self.each_waf(match_form(path), &mut note, |waf, skips| {
+                            waf.inspect_body(content_type, &partial, skips)
+                        })?;
+                    }
+                    body
+                }
             },
             Coding::Identity | Coding::Other if body.len() > plan.limit => return over_limit(),
             Coding::Identity | Coding::Other => body,
@@ -1148,11 +1160,11 @@ mod tests {
     #[test]
     fn bodies_are_read_only_when_a_waf_wants_them_and_judged_by_type() {
         let none = snapshot("  authorization: {}\n");
-        assert_eq!(none.body_plan(Some(b"application/json"), None), None, "no WAF: the body streams");
+        assert_eq!(none.body_plan(Some(b"application/json"), []), None, "no WAF: the body streams");
         let s = waf_policy("{mode: BLOCK, inspectBodyBytes: 1024, bodyOverLimit: PASS}");
-        let plan = s.body_plan(Some(b"application/json"), None).expect("JSON bodies are read");
+        let plan = s.body_plan(Some(b"application/json"), []).expect("JSON bodies are read");
         assert_eq!((plan.limit, plan.reject_over_limit, plan.if_json), (1024, false, false));
-        let plan = s.body_plan(Some(b"text/plain"), None).expect("other types are read when they are JSON");
+        let plan = s.body_plan(Some(b"text/plain"), []).expect("other types are read when they are JSON");
         assert_eq!((plan.limit, plan.if_json), (1024, true));
         let inspect = |s: &PolicySnapshot, ct: &[u8], coding: Option<&[u8]>, body: &[u8]| {
             let plan = s.body_plan(Some(ct), coding).unwrap();
@@ -1189,8 +1201,15 @@ mod tests {
         let strict = waf_policy("{mode: BLOCK, inspectBodyBytes: 1024}");
         assert_eq!(inspect(&strict, b"application/json", Some(b"gzip"), &bomb), Err(Refusal::PayloadTooLarge));
         assert_eq!(inspect(&strict, b"text/plain", Some(b"gzip"), &gzip(&[b'x'; 4096])), Ok(BodyInspection::NotRead));
+        // Said to be gzip and not, or not all of it: read as it came and as far as it inflates
+        // (apps that never inflate parse the first; Node's and Go's inflaters give the second).
+        let trailed = [gzip(sqli), vec![0]].concat();
+        for (coding, body) in [(&b"gzip"[..], &sqli[..]), (b"br", sqli), (b"gzip", &trailed), (b"deflate", sqli)] {
+            let verdict = inspect(&s, b"text/plain", Some(coding), body);
+            assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{coding:?}: {verdict:?}");
+        }
         let reject = waf_policy("{mode: BLOCK}");
-        let plan = reject.body_plan(Some(b"application/json"), None).unwrap();
+        let plan = reject.body_plan(Some(b"application/json"), []).unwrap();
         assert_eq!((plan.limit, plan.reject_over_limit), (65536, true), "the defaults");
     }
 

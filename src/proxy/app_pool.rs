@@ -279,6 +279,9 @@ pub async fn held_body(
     Ok(body.bytes())
 }
 
+/// How much of a body of a type no WAF parses is read at most to tell whether it is JSON.
+const SNIFF_WINDOW: usize = 4096;
+
 /// A request body as [`read_for_waf`] leaves it.
 pub enum ForWaf {
     /// All of it, within the plan's limit: to be inspected, then sent as one piece.
@@ -311,13 +314,20 @@ pub async fn read_for_waf(
         Ok(!session.is_body_done())
     };
     if plan.if_json {
+        // Looked at again each time what was read doubles, so a caller sending one byte at a
+        // time costs a few looks, not one per byte.
+        let mut look_at = 0;
         loop {
             let more = read(&mut body).await?;
+            if more && body.seen < look_at {
+                continue;
+            }
+            look_at = body.seen.saturating_mul(2).max(64);
             match plan.reads(body.as_slice()) {
                 Some(false) => return Ok(ForWaf::NotRead(body.bytes())),
                 Some(true) => {}
-                // Blanks as far as the limit: taken for JSON rather than read on.
-                None if more && body.seen <= plan.limit => continue,
+                // Blanks (or a gzip header) past a few KiB: taken for JSON rather than read on.
+                None if more && body.seen <= SNIFF_WINDOW.min(plan.limit) => continue,
                 None => {}
             }
             ended = !more;

@@ -377,7 +377,7 @@ impl ProxyHttp for Inbound {
             let headers = &session.req_header().headers;
             policy.body_plan(
                 headers.get(CONTENT_TYPE).map(|v| v.as_bytes()),
-                headers.get(CONTENT_ENCODING).map(|v| v.as_bytes()),
+                headers.get_all(CONTENT_ENCODING).iter().map(|v| v.as_bytes()),
             )
         };
         let mut inspect = plan.is_some();
@@ -440,7 +440,8 @@ impl ProxyHttp for Inbound {
                 Ok(body) => Body::Held(body),
                 Err(first) => {
                     count = |len| ctx.body.count(len);
-                    Body::Streamed { started: !first.is_empty(), first, count: &mut count }
+                    // What was read is held here and written again on a retry: nothing is lost.
+                    Body::Streamed { started: false, first, count: &mut count }
                 }
             };
             pool.forward(session, body, &self.caller_timeouts, |session: &Session| {
@@ -458,7 +459,9 @@ impl ProxyHttp for Inbound {
             // pingora replays what was read here to the app (its retry buffer, 64 KiB); its
             // request body filter counts it against maxBodyBytes then.
             session.enable_retry_buffering();
-            super::answer_expect_continue(session).await?;
+            if session.req_header().version == http::Version::HTTP_11 {
+                super::answer_expect_continue(session).await?;
+            }
             let refusal = match app_pool::read_for_waf(session, &self.caller_timeouts, plan, |_| Ok(())).await? {
                 ForWaf::Whole(body) => self.inspect_body(&policy, plan, session, ctx, &body),
                 ForWaf::Uninspected(_) => {

@@ -19,7 +19,12 @@ pub(crate) fn inspect(waf: &Waf, content_type: Option<&[u8]>, body: &[u8], skip:
             if let Some(f) = waf.raw_encoded(body, true, skip) {
                 return Some(f);
             }
-            form(waf, body, LocationKind::FormName, LocationKind::FormValue, skip)
+            form(waf, body, LocationKind::FormName, LocationKind::FormValue, skip).or_else(|| {
+                // JSON sent with no type or as a form: read as JSON too, as the apps that parse
+                // JSON whatever the type read it (its `&` and `=` would give a form walk other
+                // names than theirs, an excluded one among them).
+                (json_like(body) == Some(true)).then(|| json(waf, body, false, skip)).flatten()
+            })
         }
         b"multipart/form-data" => multipart(waf, content_type.unwrap_or(b""), body, skip),
         m if m == b"application/json" || m.ends_with(b"+json") || m == b"text/json" => json(waf, body, true, skip),
@@ -745,6 +750,19 @@ mod tests {
             assert_eq!(body("text/plain", ordinary), None, "{ordinary}");
         }
         assert_eq!(body("image/png", "\u{89}PNG\r\n' or 1=1--"), None, "not JSON: opaque at paranoia 1");
+    }
+
+    #[test]
+    fn json_sent_as_a_form_is_read_as_json_too() {
+        // The form walk puts the payload under `excluded`; a JSON parser reads it as `q`.
+        let waf = waf(1);
+        let sqli = DetectorSet::of(&[Detector::Sqli]);
+        let skips = [super::super::ParamSkip { name: "excluded", detectors: sqli }];
+        let body = br#"{"a":"&excluded=","q":"1' UNION SELECT password FROM users--"}"#;
+        for ct in [None, Some(&b"application/x-www-form-urlencoded"[..])] {
+            let f = waf.inspect_body(ct, body, &Skips::new(DetectorSet::EMPTY, &skips));
+            assert_eq!(f.map(|f| (f.detector, f.location.name)), Some((Detector::Sqli, "q".into())), "{ct:?}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use flate2::write::{DeflateDecoder, GzDecoder, ZlibDecoder};
+use flate2::write::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
 
 /// A body's content coding, as far as the WAF undoes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,11 +19,12 @@ pub enum Coding {
 }
 
 impl Coding {
-    /// From the `Content-Encoding` header's value; `identity` entries count for nothing.
-    pub fn of(header: Option<&[u8]>) -> Coding {
-        let Some(header) = header else { return Coding::Identity };
+    /// From the `Content-Encoding` header's values (every field of that name, each a list);
+    /// `identity` counts for nothing, and more than one other coding is [`Coding::Other`].
+    pub fn of<'a>(headers: impl IntoIterator<Item = &'a [u8]>) -> Coding {
         let mut coding = Coding::Identity;
-        for name in header.split(|&b| b == b',').map(<[u8]>::trim_ascii).filter(|n| !n.is_empty()) {
+        let names = headers.into_iter().flat_map(|h| h.split(|&b| b == b',')).map(<[u8]>::trim_ascii);
+        for name in names.filter(|n| !n.is_empty()) {
             let this = if name.eq_ignore_ascii_case(b"identity") {
                 continue;
             } else if name.eq_ignore_ascii_case(b"gzip") || name.eq_ignore_ascii_case(b"x-gzip") {
@@ -40,39 +41,55 @@ impl Coding {
         }
         coding
     }
-}
 
-impl Coding {
-    /// [`super::json_like`] of the body whose first bytes, in this coding, are `prefix`. A
-    /// coding that is not undone is taken for not JSON: its bytes are read as they are.
+    /// [`super::json_like`] of the body whose first bytes, in this coding, are `prefix`: JSON
+    /// when either the bytes as they came or what they inflate to look like it (many apps never
+    /// undo a request's coding and parse the bytes as sent). A coding that is not undone is
+    /// judged by its bytes as they came.
     pub fn json_like(self, prefix: &[u8]) -> Option<bool> {
-        match self {
-            Coding::Identity => super::json_like(prefix),
-            Coding::Other => Some(false),
-            Coding::Gzip | Coding::Deflate => match decode(self, prefix, 8, true) {
+        let raw = super::json_like(prefix);
+        let inflated = match self {
+            Coding::Identity | Coding::Other => return raw,
+            Coding::Gzip | Coding::Deflate => match decode(self, prefix, SNIFF_INFLATED, true) {
                 Decoded::Bytes(start) => super::json_like(&start),
-                Decoded::TooLong | Decoded::Corrupt => Some(false),
+                // Not of its coding: its bytes as they came decide.
+                Decoded::Corrupt(start) => Some(super::json_like(&start) == Some(true)),
+                Decoded::TooLong => Some(true),
             },
+        };
+        match (raw, inflated) {
+            (Some(true), _) | (_, Some(true)) => Some(true),
+            (Some(false), Some(false)) => Some(false),
+            _ => None,
         }
     }
 }
+
+/// How much of a body's start is inflated to tell whether it is JSON: blanks past this leave
+/// it undecided, and an undecided body is read as JSON.
+const SNIFF_INFLATED: usize = 256;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {
     Bytes(Vec<u8>),
     /// More than the limit came out.
     TooLong,
-    /// Not of its coding, or cut short.
-    Corrupt,
+    /// Not of its coding, cut short, or followed by bytes that are not: what came out before
+    /// that (an app's inflater may hand its parser as much).
+    Corrupt(Vec<u8>),
 }
 
 /// Undoes `coding` (gzip or deflate) on `input`, keeping at most `max` bytes. With `start`,
 /// `input` is only the body's first bytes: what they give, up to `max`, is the answer.
 pub fn decode(coding: Coding, input: &[u8], max: usize, start: bool) -> Decoded {
     match coding {
-        Coding::Gzip => run(GzDecoder::new(Bounded::new(max)), input, start),
+        // Members one after another are one body to gzip's readers (Node's zlib, Go's).
+        Coding::Gzip => run(MultiGzDecoder::new(Bounded::new(max)), input, start),
         Coding::Deflate => match run(ZlibDecoder::new(Bounded::new(max)), input, start) {
-            Decoded::Corrupt => run(DeflateDecoder::new(Bounded::new(max)), input, start),
+            Decoded::Corrupt(zlib) => match run(DeflateDecoder::new(Bounded::new(max)), input, start) {
+                Decoded::Corrupt(bare) if bare.len() < zlib.len() => Decoded::Corrupt(zlib),
+                other => other,
+            },
             other => other,
         },
         Coding::Identity | Coding::Other => match input.len() > max && !start {
@@ -100,7 +117,7 @@ macro_rules! decoder {
         }
     )*};
 }
-decoder!(GzDecoder, ZlibDecoder, DeflateDecoder);
+decoder!(MultiGzDecoder, ZlibDecoder, DeflateDecoder);
 
 fn run(mut decoder: impl Decoder, input: &[u8], start: bool) -> Decoded {
     let written = decoder.write_all(input).and_then(|()| match start {
@@ -113,7 +130,7 @@ fn run(mut decoder: impl Decoder, input: &[u8], start: bool) -> Decoded {
         (_, true) if start => Decoded::Bytes(std::mem::take(&mut out.bytes)),
         (_, true) => Decoded::TooLong,
         (Ok(()), false) => Decoded::Bytes(std::mem::take(&mut out.bytes)),
-        (Err(_), false) => Decoded::Corrupt,
+        (Err(_), false) => Decoded::Corrupt(std::mem::take(&mut out.bytes)),
     }
 }
 
@@ -162,18 +179,22 @@ mod tests {
 
     #[test]
     fn codings_are_read_from_the_header() {
-        for (header, coding) in [
-            (None, Coding::Identity),
-            (Some(&b"identity"[..]), Coding::Identity),
-            (Some(b"GZIP"), Coding::Gzip),
-            (Some(b"x-gzip"), Coding::Gzip),
-            (Some(b" deflate , identity"), Coding::Deflate),
-            (Some(b"br"), Coding::Other),
-            (Some(b"zstd"), Coding::Other),
-            (Some(b"gzip, gzip"), Coding::Other),
-            (Some(b"deflate, gzip"), Coding::Other),
-        ] {
-            assert_eq!(Coding::of(header), coding, "{header:?}");
+        let cases: [(&[&[u8]], Coding); 11] = [
+            (&[], Coding::Identity),
+            (&[b"identity"], Coding::Identity),
+            (&[b"GZIP"], Coding::Gzip),
+            (&[b"x-gzip"], Coding::Gzip),
+            (&[b" deflate , identity"], Coding::Deflate),
+            (&[b"br"], Coding::Other),
+            (&[b"zstd"], Coding::Other),
+            (&[b"gzip, gzip"], Coding::Other),
+            (&[b"deflate, gzip"], Coding::Other),
+            // Every field counts, whichever one an app reads.
+            (&[b"identity", b"gzip"], Coding::Gzip),
+            (&[b"gzip", b"gzip"], Coding::Other),
+        ];
+        for (headers, coding) in cases {
+            assert_eq!(Coding::of(headers.iter().copied()), coding, "{headers:?}");
         }
     }
 
@@ -203,9 +224,17 @@ mod tests {
     fn cut_short_or_not_gzip_is_corrupt_but_a_start_is_read() {
         let whole = gzip(br#"{"a":"some text that goes on for a while, a while, a while"}"#);
         let cut = &whole[..whole.len() - 6];
-        assert_eq!(decode(Coding::Gzip, cut, 1024, false), Decoded::Corrupt, "no trailer");
-        assert_eq!(decode(Coding::Gzip, b"{\"not\":\"gzip\"}", 1024, false), Decoded::Corrupt);
-        assert_eq!(decode(Coding::Deflate, b"{\"not\":\"deflate\"}", 1024, false), Decoded::Corrupt);
+        let Decoded::Corrupt(partial) = decode(Coding::Gzip, cut, 1024, false) else { panic!("no trailer") };
+        assert!(partial.starts_with(b"{\"a\":\"some text"), "what came out before is kept: {partial:?}");
+        assert_eq!(decode(Coding::Gzip, b"{\"not\":\"gzip\"}", 1024, false), Decoded::Corrupt(Vec::new()));
+        // Bare deflate makes some bytes of nearly anything before it fails.
+        assert!(matches!(decode(Coding::Deflate, b"{\"not\":\"deflate\"}", 1024, false), Decoded::Corrupt(_)));
+        // Two members, or a member and stray bytes: the members' text, all of it.
+        let two = [gzip(b"{\"a\":"), gzip(b"\"b\"}")].concat();
+        assert_eq!(decode(Coding::Gzip, &two, 1024, false), Decoded::Bytes(b"{\"a\":\"b\"}".to_vec()));
+        let trailed = [gzip(b"{\"q\":\"x\"}"), vec![0]].concat();
+        let Decoded::Corrupt(text) = decode(Coding::Gzip, &trailed, 1024, false) else { panic!("a stray byte") };
+        assert_eq!(text, b"{\"q\":\"x\"}");
         // The first bytes of the stream: the first bytes of the body, or nothing yet.
         let Decoded::Bytes(start) = decode(Coding::Gzip, &whole[..20], 64, true) else { panic!() };
         assert!(start.is_empty() || br#"{"a":"some"#.starts_with(&start[..start.len().min(9)]), "{start:?}");
@@ -218,8 +247,11 @@ mod tests {
         assert_eq!(Coding::Gzip.json_like(&json), Some(true));
         assert_eq!(Coding::Gzip.json_like(&json[..4]), None, "not a byte of the body yet");
         assert_eq!(Coding::Gzip.json_like(&gzip(b"GIF89a")), Some(false));
-        assert_eq!(Coding::Gzip.json_like(b"{\"plain\":1}"), Some(false), "not gzip: the app cannot read it either");
+        // Not gzip after all: apps that never inflate parse it as it came.
+        assert_eq!(Coding::Gzip.json_like(b"{\"plain\":1}"), Some(true));
+        assert_eq!(Coding::Gzip.json_like(b"GIF89a, not gzip"), Some(false));
+        assert_eq!(Coding::Other.json_like(b" {\"q\":1}"), Some(true), "br or a made-up coding: its bytes decide");
         assert_eq!(Coding::Identity.json_like(b" [1]"), Some(true));
-        assert_eq!(Coding::Other.json_like(b"{}"), Some(false));
+        assert_eq!(Coding::Other.json_like(&gzip(b"{}")), Some(false));
     }
 }
