@@ -154,7 +154,11 @@ fn captured_traffic_that_is_not_http_is_relayed_to_passthrough_destinations_and_
             .unwrap_or_else(|| panic!("no access log line for {destination}\n{context}"))
     };
     let pg = relay("127.0.0.98:5432");
-    assert_eq!((&pg["bytes_sent"], &pg["bytes_received"], &pg["end"]), (&8.into(), &13.into(), &"closed".into()), "{pg}");
+    assert_eq!(
+        (&pg["bytes_sent"], &pg["bytes_received"], &pg["end"]),
+        (&8.into(), &13.into(), &"closed".into()),
+        "{pg}"
+    );
     assert_eq!((&pg["direction"], &pg["protocol"]), (&"outbound".into(), &"tcp".into()), "{pg}");
     assert!(pg["source"].as_str().is_some_and(|s| s.starts_with("127.0.0.1:")), "{pg}");
     let banner = relay("127.0.0.98:3306");

@@ -163,8 +163,8 @@ impl OpaqueTcp {
         let mut moved = Moved::default();
         // Boxed: two buffers of a TLS record each, for as long as the connection lives.
         let end = match Box::pin(relay(tcp, upstream, OPAQUE_IDLE_TIMEOUT, &mut moved)).await {
-            Ok(()) => "closed",
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => "idle_timeout",
+            Ok(RelayEnd::Closed) => "closed",
+            Ok(RelayEnd::Idle) => "idle_timeout",
             Err(e) => {
                 tracing::debug!(%peer, %destination, error = %e, "opaque relay ended");
                 "error"
@@ -173,6 +173,15 @@ impl OpaqueTcp {
         log(moved, end);
         Sorted::Done
     }
+}
+
+/// How a relay ended, short of a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RelayEnd {
+    /// Both sides closed their halves.
+    Closed,
+    /// Nothing moved for the idle timeout.
+    Idle,
 }
 
 /// The bytes a relay passed on each way.
@@ -191,7 +200,7 @@ async fn relay(
     mut upstream: TcpStream,
     idle: Duration,
     moved: &mut Moved,
-) -> std::io::Result<()> {
+) -> std::io::Result<RelayEnd> {
     let (mut client_read, mut client_write) = client.split();
     let (mut upstream_read, mut upstream_write) = upstream.split();
     let mut up = vec![0u8; RELAY_BUFFER];
@@ -211,10 +220,10 @@ async fn relay(
         .await;
         match moved {
             Ok(result) => result?,
-            Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "idle")),
+            Err(_) => return Ok(RelayEnd::Idle),
         }
     }
-    Ok(())
+    Ok(RelayEnd::Closed)
 }
 
 /// One read's worth of a relay's direction: its `n` bytes of `buf` written on, or, when the
@@ -285,7 +294,7 @@ mod tests {
         let (upstream, mut destination) = pair().await;
         let relay = tokio::spawn(async move {
             let mut moved = Moved::default();
-            relay(captured, upstream, OPAQUE_IDLE_TIMEOUT, &mut moved).await.map(|()| moved).map_err(|e| (e, moved))
+            relay(captured, upstream, OPAQUE_IDLE_TIMEOUT, &mut moved).await.map(|end| (end, moved))
         });
         let mut buf = [0u8; 4];
         app.write_all(b"ping").await.unwrap();
@@ -296,8 +305,8 @@ mod tests {
         assert_eq!(&buf, b"pong");
         // Nothing more moves: the clock (paused, so it jumps to the next timer) reaches the hour.
         let quiet_since = tokio::time::Instant::now();
-        let (ended, moved) = relay.await.unwrap().unwrap_err();
-        assert_eq!(ended.kind(), std::io::ErrorKind::TimedOut);
+        let (ended, moved) = relay.await.unwrap().unwrap();
+        assert_eq!(ended, RelayEnd::Idle);
         assert_eq!(moved, Moved { sent: 4, received: 4 }, "what the access log reports");
         assert!(quiet_since.elapsed() >= OPAQUE_IDLE_TIMEOUT, "{:?}", quiet_since.elapsed());
         // Both sides see the close.
