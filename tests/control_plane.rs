@@ -35,6 +35,11 @@ impl ControlPlane {
 
     /// A control plane whose certificate names `identity`.
     async fn start_as(pki: &Pki, name: &str, dir: &Path, identity: &str) -> ControlPlane {
+        Self::start_with(pki, name, dir, identity, "").await
+    }
+
+    /// With `policies` settings added (`, revisionHold: 1s`).
+    async fn start_with(pki: &Pki, name: &str, dir: &Path, identity: &str, policies: &str) -> ControlPlane {
         let files = pki.workload(name, identity);
         let (grpc, admin) = (free_port(), free_port());
         let events = pki.path(&format!("{name}-events.jsonl"));
@@ -44,7 +49,7 @@ impl ControlPlane {
             format!(
                 "trustDomain: {TD}\nidentity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\n\
                  grpc: {{listen: \"127.0.0.1:{grpc}\"}}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\n\
-                 policies: {{dir: \"{}\", pollInterval: 100ms, trustHelloLabels: true}}\nevents: {{sink: \"file:{}\"}}\n",
+                 policies: {{dir: \"{}\", pollInterval: 100ms, trustHelloLabels: true{policies}}}\nevents: {{sink: \"file:{}\"}}\n",
                 files.cert.display(),
                 files.key.display(),
                 files.trust_bundle.display(),
@@ -513,6 +518,8 @@ async fn a_replica_that_has_not_read_the_latest_revision_never_takes_a_sidecar_b
     })
     .await;
     assert_eq!(held["pushes"], 0, "{held}");
+    let status = plane.status().await;
+    assert_eq!((&status["summary"]["ahead"], &status["policies"]["revision"]), (&1.into(), &4.into()), "{status}");
     assert_eq!(held["acked"]["version"], first["acked"]["version"], "{held}");
     assert_eq!(orders.get("/secret").await, 403, "revision 5 stays in force");
     assert_eq!(orders.get("/admin").await, 200, "revision 4's policy was never taken");
@@ -531,6 +538,30 @@ async fn a_replica_that_has_not_read_the_latest_revision_never_takes_a_sidecar_b
     std::fs::write(dir.join("revision"), "seven\n").unwrap();
     wait_for("the bad revision is reported", async || plane.status().await.to_string().contains("not a revision"))
         .await;
+    orders.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_that_went_back_for_good_is_taken_after_the_hold() {
+    // The chart uninstalled and installed again: its revision starts at 1 once more. Running
+    // sidecars hold 5; past policies.revisionHold the replica sends revision 1 anyway.
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("revision"), "5").unwrap();
+    write_policy(&dir.join("orders.yaml"), &policy_for("orders", "orders-api", &deny_paths(&["/secret"])));
+    let mut plane = ControlPlane::start_with(&pki, "control", &dir, CONTROL_ID, ", revisionHold: 2s").await;
+    let orders = Workload::start(&pki, &plane, "orders", |_| {}).await;
+    synced(&plane, &id("shop", "orders"), orders.port()).await;
+    plane.kill();
+    std::fs::write(dir.join("revision"), "1").unwrap();
+    plane.write("orders.yaml", &policy_for("orders", "orders-api", &deny_paths(&["/admin"])));
+    plane.spawn().await;
+    wait_for("revision 1 is taken once the hold is over", async || orders.get("/admin").await == 403).await;
+    let taken = synced(&plane, &id("shop", "orders"), orders.port()).await;
+    assert_eq!(taken["pushes"], 1, "{taken}");
+    assert_eq!(orders.get("/secret").await, 200);
+    assert_eq!(orders.config_dump().await["policy"]["controlPlane"]["revision"], 1);
     orders.stop();
 }
 

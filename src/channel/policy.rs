@@ -188,17 +188,9 @@ impl PolicyChannel {
                 }
                 None => continue,
             };
-            let version = snapshot.version;
-            let (revision, held) = (snapshot.revision, self.state.revision());
-            if revision != 0 && revision < held {
-                // A replica that has not read the latest files yet: what is in force is newer.
-                tracing::warn!(%version, revision, held, "refused a snapshot of an earlier policy revision than the one in force");
-                let reason = format!("revision {revision} is earlier than revision {held}, in force here; kept");
-                if sender.send(message(sidecar_message::Kind::Nack(Nack { version, reason }))).await.is_err() {
-                    return Err("stream closed".into());
-                }
-                continue;
-            }
+            // The control plane holds back an earlier revision than the Hello's for as long as
+            // a lagging replica may take, then sends it (the revision was reset): taken then.
+            let (version, revision) = (snapshot.version, snapshot.revision);
             let documents: Vec<(String, bytes::Bytes)> =
                 snapshot.policies.into_iter().map(|p| (p.source, p.document)).collect();
             let store = self.policy.clone();
@@ -209,7 +201,10 @@ impl PolicyChannel {
                 .map_err(|e| format!("applying a snapshot failed: {e}"))?;
             let reply = match applied {
                 Ok(_) => {
-                    self.state.revision.store(revision, Ordering::Release);
+                    // A snapshot without one (policies written by hand) keeps the last known.
+                    if revision != 0 {
+                        self.state.revision.store(revision, Ordering::Release);
+                    }
                     // A stream that delivered a policy is a working one: only now does the
                     // next failure start from the shortest wait again.
                     backoff.reset();

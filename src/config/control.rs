@@ -97,6 +97,11 @@ pub struct PolicyDirConfig {
     /// its pod (local meshes, certificates from files). Off by default: in a cluster the labels
     /// come from the API server, for the pod the sidecar's token names.
     pub trust_hello_labels: bool,
+    /// How long a replica holds back a snapshot of an earlier revision than the one a
+    /// sidecar holds (it has not read the latest ConfigMap yet; a kubelet syncs one within
+    /// about two minutes). Past that the revision was reset (the chart uninstalled and
+    /// installed again), and the snapshot is sent.
+    pub revision_hold: HumanDuration,
 }
 
 impl Default for PolicyDirConfig {
@@ -105,6 +110,7 @@ impl Default for PolicyDirConfig {
             dir: "/etc/palisade/policies".into(),
             poll_interval: HumanDuration(std::time::Duration::from_millis(250)),
             trust_hello_labels: false,
+            revision_hold: HumanDuration(std::time::Duration::from_secs(180)),
         }
     }
 }

@@ -42,6 +42,7 @@ impl ControlAdmin {
                 "dir": self.policies_dir,
                 "readable": catalog.readable,
                 "version": catalog.version,
+                "revision": catalog.revision,
                 "generation": catalog.generation,
                 "count": catalog.len(),
                 "sources": catalog.sources,
@@ -51,6 +52,7 @@ impl ControlAdmin {
                 "synced": count(SyncState::Synced),
                 "pending": count(SyncState::Pending),
                 "rejected": count(SyncState::Rejected),
+                "ahead": count(SyncState::Ahead),
             },
             "sidecars": sidecars,
         })

@@ -220,6 +220,7 @@ async fn run(
         metrics: metrics.clone(),
         telemetry: telemetry.clone(),
         trust_domain: config.trust_domain.0.clone(),
+        revision_hold: config.policies.revision_hold.0,
         stop: stop.clone(),
     };
     let refused = {

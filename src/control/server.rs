@@ -72,6 +72,8 @@ pub struct PolicyService {
     pub metrics: Arc<ControlMetrics>,
     pub telemetry: Arc<Telemetry>,
     pub trust_domain: String,
+    /// `policies.revisionHold`.
+    pub revision_hold: Duration,
     /// Turns true at shutdown: every stream ends, so sidecars reconnect to another replica.
     pub stop: watch::Receiver<bool>,
 }
@@ -254,7 +256,11 @@ impl PolicyDiscovery for PolicyService {
         );
         let (sender, receiver) = mpsc::channel(2);
         let catalog = self.catalog.clone();
-        let held = Held { version: (!hello.version.is_empty()).then_some(hello.version), revision: hello.revision };
+        let held = Held {
+            version: (!hello.version.is_empty()).then_some(hello.version),
+            revision: hello.revision,
+            hold: self.revision_hold,
+        };
         let bundle = self.bundle.clone();
         tokio::spawn(serve_stream(session, workload, held, inbound, sender, catalog, bundle, self.stop.clone()));
         Ok(Response::new(ReceiverStream::new(receiver)))
@@ -265,6 +271,8 @@ impl PolicyDiscovery for PolicyService {
 struct Held {
     version: Option<String>,
     revision: u64,
+    /// How long a snapshot of an earlier revision is held back.
+    hold: Duration,
 }
 
 /// Sends a snapshot whenever the set selecting this workload changes (and only then, and never
@@ -284,8 +292,8 @@ async fn serve_stream(
     let mut sent = held.version.clone();
     // The latest revision the sidecar holds or was sent.
     let mut revision = held.revision;
-    // Holding back a snapshot of an earlier revision than the sidecar's.
-    let mut waiting = false;
+    // Holding back a snapshot of an earlier revision than the sidecar's, since when.
+    let mut waiting: Option<Instant> = None;
     let mut first = true;
     if let Some(bundle) = &mut bundle {
         let roots = bundle.borrow_and_update().to_vec();
@@ -300,12 +308,20 @@ async fn serve_stream(
         session.evaluated(current.generation);
         let current_there = sent.as_deref() == Some(selection.version.as_str());
         let older = selection.revision != 0 && selection.revision < revision;
-        if !current_there && older {
+        let held_too_long = waiting.is_some_and(|since| since.elapsed() >= held.hold);
+        if !current_there && older && !held_too_long {
             session.ahead(sent.as_deref(), revision, selection.revision);
-            waiting = true;
+            waiting.get_or_insert_with(Instant::now);
         } else if !current_there {
+            if older {
+                tracing::warn!(
+                    held = revision,
+                    mine = selection.revision,
+                    "a sidecar's policy revision is still later than this replica's after policies.revisionHold: the revision was reset (a new install?); sending this one"
+                );
+            }
             revision = selection.revision;
-            waiting = false;
+            waiting = None;
             let snapshot = PolicySnapshot {
                 revision: selection.revision,
                 version: selection.version.clone(),
@@ -322,9 +338,9 @@ async fn serve_stream(
             let since = if first { Instant::now() } else { current.made_at.unwrap_or_else(Instant::now) };
             session.pushed(&selection.version, since);
             sent = Some(selection.version);
-        } else if first || waiting {
+        } else if first || waiting.is_some() {
             session.resumed(&selection.version);
-            waiting = false;
+            waiting = None;
         }
         first = false;
         let roots_changed = async {
@@ -336,8 +352,16 @@ async fn serve_stream(
         let stopping = async {
             let _ = stop.wait_for(|s| *s).await;
         };
+        // While a snapshot is held back, the hold's end is a reason to look again.
+        let hold_over = async {
+            match waiting {
+                Some(since) => tokio::time::sleep_until((since + held.hold).into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = stopping => return,
+            () = hold_over => {}
             changed = catalog.changed() => if changed.is_err() { return },
             roots = roots_changed => {
                 let Some(roots) = roots else { return };
