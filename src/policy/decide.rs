@@ -454,23 +454,35 @@ impl PolicySnapshot {
         };
         let decoded;
         let body = match plan.coding {
-            Coding::Gzip | Coding::Deflate => match encoding::decode(plan.coding, body, plan.limit, false) {
-                Decoded::Bytes(bytes) => {
-                    decoded = bytes;
-                    &decoded[..]
+            Coding::Gzip | Coding::Deflate => {
+                // The header's file name and comment are plain text to an app that parses the
+                // body as it came (PHP's form parser does).
+                for text in encoding::gzip_header_text(body) {
+                    self.each_waf(match_form(path), &mut note, |waf, skips| waf.inspect_body(None, text, skips))?;
                 }
-                Decoded::TooLong => return over_limit(),
-                // Not of its coding, or not all of it: what an inflater made of it before that
-                // is read, then the bytes as they came (apps that never inflate parse those).
-                Decoded::Corrupt(partial) => {
-                    if !partial.is_empty() {
-                        self.each_waf(match_form(path), &mut note, |waf, skips| {
-                            waf.inspect_body(content_type, &partial, skips)
-                        })?;
+                match encoding::decode(plan.coding, body, plan.limit, false) {
+                    Decoded::Bytes(bytes) => {
+                        decoded = bytes;
+                        &decoded[..]
                     }
-                    body
+                    Decoded::TooLong => return over_limit(),
+                    // Not of its coding, or not all of it: what an inflater made of it before
+                    // that is read (as a type no WAF parses: it may be cut anywhere, or be bare
+                    // deflate's garbage from text that was never compressed), then the bytes as
+                    // they came (apps that never inflate parse those).
+                    Decoded::Corrupt(partial) => {
+                        if !partial.is_empty() {
+                            self.each_waf(match_form(path), &mut note, |waf, skips| {
+                                waf.inspect_body(Some(b"application/octet-stream"), &partial, skips)
+                            })?;
+                        }
+                        if body.len() > plan.limit {
+                            return over_limit();
+                        }
+                        body
+                    }
                 }
-            },
+            }
             Coding::Identity | Coding::Other if body.len() > plan.limit => return over_limit(),
             Coding::Identity | Coding::Other => body,
         };
@@ -1207,6 +1219,24 @@ mod tests {
         for (coding, body) in [(&b"gzip"[..], &sqli[..]), (b"br", sqli), (b"gzip", &trailed), (b"deflate", sqli)] {
             let verdict = inspect(&s, b"text/plain", Some(coding), body);
             assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{coding:?}: {verdict:?}");
+        }
+        // JSON said to be deflate and not: bare deflate's garbage from it is no protocol finding.
+        let benign = br#"{"name":"O'Brien","qty":2}"#;
+        assert_eq!(inspect(&s, b"application/json", Some(b"deflate"), benign), Ok(BodyInspection::Inspected));
+        // A form whose gzip header names a file: the name is what PHP's form parser reads.
+        let mut named = flate2::GzBuilder::new()
+            .filename("x&id=1' UNION SELECT password FROM users--")
+            .write(Vec::new(), flate2::Compression::default());
+        std::io::Write::write_all(&mut named, b"a=1").unwrap();
+        let named = named.finish().unwrap();
+        let verdict = inspect(&s, b"application/x-www-form-urlencoded", Some(b"gzip"), &named);
+        assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{verdict:?}");
+        for name in ["orders-2024 (final).csv", "report_ü.json", "C:\\Users\\ann\\data 100%.txt"] {
+            let mut file = flate2::GzBuilder::new().filename(name).write(Vec::new(), flate2::Compression::default());
+            std::io::Write::write_all(&mut file, b"a=1").unwrap();
+            let file = file.finish().unwrap();
+            let verdict = inspect(&s, b"application/x-www-form-urlencoded", Some(b"gzip"), &file);
+            assert_eq!(verdict, Ok(BodyInspection::Inspected), "{name}");
         }
         let reject = waf_policy("{mode: BLOCK}");
         let plan = reject.body_plan(Some(b"application/json"), []).unwrap();

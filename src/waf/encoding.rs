@@ -20,7 +20,10 @@ pub enum Coding {
 
 impl Coding {
     /// From the `Content-Encoding` header's values (every field of that name, each a list);
-    /// `identity` counts for nothing, and more than one other coding is [`Coding::Other`].
+    /// `identity` counts for nothing. With more than one coding, the first gzip or deflate
+    /// among them is tried (Go's `Header.Get` and Java's `getHeader` read the first field, and
+    /// an inflater then undoes it); when it does not undo the body, the bytes as they came are
+    /// read, as for [`Coding::Other`].
     pub fn of<'a>(headers: impl IntoIterator<Item = &'a [u8]>) -> Coding {
         let mut coding = Coding::Identity;
         let names = headers.into_iter().flat_map(|h| h.split(|&b| b == b',')).map(<[u8]>::trim_ascii);
@@ -34,9 +37,9 @@ impl Coding {
             } else {
                 Coding::Other
             };
-            coding = match coding {
-                Coding::Identity => this,
-                _ => Coding::Other,
+            coding = match (coding, this) {
+                (Coding::Identity | Coding::Other, _) => this,
+                (inflatable, _) => inflatable,
             };
         }
         coding
@@ -99,6 +102,31 @@ pub fn decode(coding: Coding, input: &[u8], max: usize, start: bool) -> Decoded 
     }
 }
 
+/// The text fields of a gzip body's first header (FNAME, FCOMMENT): an app that never inflates
+/// its body and parses it as a form reads them as plain text.
+pub fn gzip_header_text(input: &[u8]) -> Vec<&[u8]> {
+    const FEXTRA: u8 = 4;
+    const FNAME: u8 = 8;
+    const FCOMMENT: u8 = 16;
+    let mut fields = Vec::new();
+    let [0x1f, 0x8b, 8, flags, ..] = input else { return fields };
+    let mut at = 10;
+    if flags & FEXTRA != 0 {
+        let Some(len) = input.get(10..12).map(|l| usize::from(u16::from_le_bytes([l[0], l[1]]))) else { return fields };
+        at = 12 + len;
+    }
+    for flag in [FNAME, FCOMMENT] {
+        if flags & flag == 0 {
+            continue;
+        }
+        let Some(rest) = input.get(at..) else { break };
+        let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+        fields.push(&rest[..end]);
+        at += end + 1;
+    }
+    fields
+}
+
 /// The three decoders of flate2's `write` module, alike.
 trait Decoder: Write {
     fn try_finish(&mut self) -> std::io::Result<()>;
@@ -125,6 +153,11 @@ fn run(mut decoder: impl Decoder, input: &[u8], start: bool) -> Decoded {
         true => decoder.flush(),
         false => decoder.try_finish(),
     });
+    if written.is_err() {
+        // flate2 holds what it inflated before the failure in a buffer of its own: passed on
+        // here (a flush after the failure writes it out), so nothing inflated is lost.
+        let _ = decoder.flush();
+    }
     let out = decoder.output();
     match (written, out.full) {
         (_, true) if start => Decoded::Bytes(std::mem::take(&mut out.bytes)),
@@ -179,7 +212,7 @@ mod tests {
 
     #[test]
     fn codings_are_read_from_the_header() {
-        let cases: [(&[&[u8]], Coding); 11] = [
+        let cases: [(&[&[u8]], Coding); 12] = [
             (&[], Coding::Identity),
             (&[b"identity"], Coding::Identity),
             (&[b"GZIP"], Coding::Gzip),
@@ -187,11 +220,13 @@ mod tests {
             (&[b" deflate , identity"], Coding::Deflate),
             (&[b"br"], Coding::Other),
             (&[b"zstd"], Coding::Other),
-            (&[b"gzip, gzip"], Coding::Other),
-            (&[b"deflate, gzip"], Coding::Other),
-            // Every field counts, whichever one an app reads.
+            // A stack, or two fields: the first that inflates is tried (the bytes as they came
+            // are read too when it does not undo them).
+            (&[b"gzip, gzip"], Coding::Gzip),
+            (&[b"deflate, gzip"], Coding::Deflate),
+            (&[b"br, gzip"], Coding::Gzip),
             (&[b"identity", b"gzip"], Coding::Gzip),
-            (&[b"gzip", b"gzip"], Coding::Other),
+            (&[b"gzip", b"br"], Coding::Gzip),
         ];
         for (headers, coding) in cases {
             assert_eq!(Coding::of(headers.iter().copied()), coding, "{headers:?}");
@@ -232,6 +267,14 @@ mod tests {
         // Two members, or a member and stray bytes: the members' text, all of it.
         let two = [gzip(b"{\"a\":"), gzip(b"\"b\"}")].concat();
         assert_eq!(decode(Coding::Gzip, &two, 1024, false), Decoded::Bytes(b"{\"a\":\"b\"}".to_vec()));
+        // A sync-flushed stream, then an invalid block: what came before is kept (Go's reader
+        // hands it to its parser).
+        let mut flushed = flate2::write::GzEncoder::new(Vec::new(), Compression::default());
+        flushed.write_all(b"{\"q\":\"flushed\"}").unwrap();
+        flushed.flush().unwrap();
+        let broken = [flushed.get_ref().clone(), vec![0x07, 0xff, 0xff]].concat();
+        let Decoded::Corrupt(text) = decode(Coding::Gzip, &broken, 1024, false) else { panic!("an invalid block") };
+        assert_eq!(text, b"{\"q\":\"flushed\"}");
         let trailed = [gzip(b"{\"q\":\"x\"}"), vec![0]].concat();
         let Decoded::Corrupt(text) = decode(Coding::Gzip, &trailed, 1024, false) else { panic!("a stray byte") };
         assert_eq!(text, b"{\"q\":\"x\"}");
@@ -239,6 +282,21 @@ mod tests {
         let Decoded::Bytes(start) = decode(Coding::Gzip, &whole[..20], 64, true) else { panic!() };
         assert!(start.is_empty() || br#"{"a":"some"#.starts_with(&start[..start.len().min(9)]), "{start:?}");
         assert_eq!(decode(Coding::Gzip, &whole[..5], 64, true), Decoded::Bytes(Vec::new()), "half a header");
+    }
+
+    #[test]
+    fn a_gzip_headers_text_fields_are_found() {
+        let mut named = flate2::GzBuilder::new()
+            .filename("a.txt&q=1' OR 1=1--")
+            .comment("a comment")
+            .extra(vec![1, 2, 3])
+            .write(Vec::new(), Compression::default());
+        named.write_all(b"hello").unwrap();
+        let named = named.finish().unwrap();
+        assert_eq!(gzip_header_text(&named), [&b"a.txt&q=1' OR 1=1--"[..], b"a comment"]);
+        assert!(gzip_header_text(&gzip(b"hello")).is_empty());
+        assert!(gzip_header_text(b"\x1f\x8b\x08\x18").is_empty(), "cut short: nothing, no panic");
+        assert_eq!(gzip_header_text(b"\x1f\x8b\x08\x08\0\0\0\0\0\0name"), [&b"name"[..]], "unterminated");
     }
 
     #[test]
