@@ -293,7 +293,7 @@ async fn serve_stream(
     // The latest revision the sidecar holds or was sent.
     let mut revision = held.revision;
     // Holding back a snapshot of an earlier revision than the sidecar's, since when.
-    let mut waiting: Option<Instant> = None;
+    let mut waiting: Option<tokio::time::Instant> = None;
     let mut first = true;
     if let Some(bundle) = &mut bundle {
         let roots = bundle.borrow_and_update().to_vec();
@@ -311,7 +311,7 @@ async fn serve_stream(
         let held_too_long = waiting.is_some_and(|since| since.elapsed() >= held.hold);
         if !current_there && older && !held_too_long {
             session.ahead(sent.as_deref(), revision, selection.revision);
-            waiting.get_or_insert_with(Instant::now);
+            waiting.get_or_insert_with(tokio::time::Instant::now);
         } else if !current_there {
             if older {
                 tracing::warn!(
@@ -320,7 +320,10 @@ async fn serve_stream(
                     "a sidecar's policy revision is still later than this replica's after policies.revisionHold: the revision was reset (a new install?); sending this one"
                 );
             }
-            revision = selection.revision;
+            // A snapshot without a revision leaves the sidecar's last known one, as it does there.
+            if selection.revision != 0 {
+                revision = selection.revision;
+            }
             waiting = None;
             let snapshot = PolicySnapshot {
                 revision: selection.revision,
@@ -355,7 +358,7 @@ async fn serve_stream(
         // While a snapshot is held back, the hold's end is a reason to look again.
         let hold_over = async {
             match waiting {
-                Some(since) => tokio::time::sleep_until((since + held.hold).into()).await,
+                Some(since) => tokio::time::sleep_until(since + held.hold).await,
                 None => std::future::pending().await,
             }
         };
