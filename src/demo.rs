@@ -136,10 +136,42 @@ fn spawn_control(dir: &Path, policies: &Path, [grpc, admin, ca]: [u16; 3]) -> an
 
 /// Reserves `N` distinct loopback ports by holding a listener on each until all are chosen: ports
 /// taken one at a time and released in between can come back twice from the kernel, and two demo
-/// processes sharing a port is a demo that fails for no reason of its own.
+/// processes sharing a port is a demo that fails for no reason of its own. They are drawn below
+/// the kernel's ephemeral range, from which every outgoing connection takes its local port: one
+/// taken from there is free when reserved and may be some connection's own by the time a child,
+/// released into it, binds it (seen: a sidecar's outbound listener refused with EADDRINUSE while
+/// other processes on the machine opened connections).
 fn reserve_ports<const N: usize>() -> anyhow::Result<[std::net::TcpListener; N]> {
+    use std::hash::{BuildHasher, Hasher};
+    const LOWEST: u16 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
     let mut held = Vec::with_capacity(N);
-    for _ in 0..N {
+    if ephemeral > LOWEST + 1_000 {
+        let mut state = std::collections::hash_map::RandomState::new().build_hasher().finish() | 1;
+        for _ in 0..20_000 {
+            if held.len() == N {
+                break;
+            }
+            // xorshift: a different start in each process, so two demos rarely try the same ports.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let port = LOWEST + (state % u64::from(ephemeral - LOWEST)) as u16;
+            // The sidecars listen on IPv6 loopback at the same port too: it must be free there.
+            let v6_free = match std::net::TcpListener::bind(("::1", port)) {
+                Ok(_) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::AddrNotAvailable,
+            };
+            if let (true, Ok(listener)) = (v6_free, std::net::TcpListener::bind(("127.0.0.1", port))) {
+                held.push(listener);
+            }
+        }
+    }
+    // A machine whose ephemeral range starts low: the kernel's choice, as before.
+    while held.len() < N {
         held.push(std::net::TcpListener::bind("127.0.0.1:0")?);
     }
     held.try_into().map_err(|_| anyhow::anyhow!("could not reserve {N} ports"))
