@@ -12,10 +12,8 @@ use super::{finding, Class, Detector, Finding, LocationKind, Skips, Value, Waf};
 pub const MAX_JSON_DEPTH: usize = 128;
 
 pub(crate) fn inspect(waf: &Waf, content_type: Option<&[u8]>, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
-    let media = content_type.map(media_type).unwrap_or(b"");
-    let lower = media.to_ascii_lowercase();
-    match lower.as_slice() {
-        b"" | b"application/x-www-form-urlencoded" => {
+    match Media::of(content_type) {
+        Media::Form => {
             if let Some(f) = waf.raw_encoded(body, true, skip) {
                 return Some(f);
             }
@@ -26,16 +24,50 @@ pub(crate) fn inspect(waf: &Waf, content_type: Option<&[u8]>, body: &[u8], skip:
                 (json_like(body) == Some(true)).then(|| json(waf, body, false, skip)).flatten()
             })
         }
-        b"multipart/form-data" => multipart(waf, content_type.unwrap_or(b""), body, skip),
-        m if m == b"application/json" || m.ends_with(b"+json") || m == b"text/json" => json(waf, body, true, skip),
-        m if m == b"application/xml" || m == b"text/xml" || m.ends_with(b"+xml") => xml(waf, body, skip),
+        Media::Multipart => multipart(waf, content_type.unwrap_or(b""), body, skip),
+        Media::Json => json(waf, body, true, skip),
+        Media::Xml => xml(waf, body, skip),
         // From paranoia 2 a body of any other type is read as one text value.
-        _ if waf.paranoia >= 2 => as_text(waf, skip, LocationKind::Body, body),
+        Media::Other if waf.paranoia >= 2 => as_text(waf, skip, LocationKind::Body, body),
         // At 1 it is read only when it is JSON after all: many apps parse a body as JSON
         // whatever its type says (PHP's `json_decode` of `php://input`, Go's `json.Decoder`,
         // Express's `json({type: '*/*'})`), so `text/plain` must not carry one past the WAF.
-        _ if json_like(body) == Some(true) => json(waf, body, false, skip),
-        _ => None,
+        Media::Other if json_like(body) == Some(true) => json(waf, body, false, skip),
+        Media::Other => None,
+    }
+}
+
+/// What a `Content-Type` makes of a body for the WAF: the one reading of it that [`inspect`]
+/// walks by and [`structured`] answers from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Media {
+    /// An urlencoded form, or no type at all (read as one).
+    Form,
+    Multipart,
+    Json,
+    Xml,
+    Other,
+}
+
+impl Media {
+    /// From the header's value, parameters and all; case-insensitive, without a lower-cased copy.
+    fn of(content_type: Option<&[u8]>) -> Media {
+        let media = content_type.map(media_type).unwrap_or(b"");
+        let is = |name: &[u8]| media.eq_ignore_ascii_case(name);
+        let ends = |suffix: &[u8]| {
+            media.len() >= suffix.len() && media[media.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+        };
+        if media.is_empty() || is(b"application/x-www-form-urlencoded") {
+            Media::Form
+        } else if is(b"multipart/form-data") {
+            Media::Multipart
+        } else if is(b"application/json") || is(b"text/json") || ends(b"+json") {
+            Media::Json
+        } else if is(b"application/xml") || is(b"text/xml") || ends(b"+xml") {
+            Media::Xml
+        } else {
+            Media::Other
+        }
     }
 }
 
@@ -52,17 +84,7 @@ pub fn json_like(prefix: &[u8]) -> Option<bool> {
 
 /// Whether [`inspect`] parses a body of this type (rather than treating it as opaque text).
 pub(crate) fn structured(content_type: Option<&[u8]>) -> bool {
-    let media = content_type.map(media_type).unwrap_or(b"").to_ascii_lowercase();
-    matches!(
-        media.as_slice(),
-        b"" | b"application/x-www-form-urlencoded"
-            | b"multipart/form-data"
-            | b"application/json"
-            | b"text/json"
-            | b"application/xml"
-            | b"text/xml"
-    ) || media.ends_with(b"+json")
-        || media.ends_with(b"+xml")
+    Media::of(content_type) != Media::Other
 }
 
 /// `type/subtype` without parameters or surrounding blanks.
