@@ -211,7 +211,8 @@ pub(crate) async fn read_first_piece(session: &mut pingora::proxy::Session) -> p
 }
 
 /// Tells a caller that waits for `100 Continue` before its body to send it, as the app would
-/// have; the sidecar reads the body first, so the app's own answer would come too late.
+/// have; the sidecar reads the body first, so the app's own answer would come too late. An
+/// HTTP/1.0 caller gets no interim answer (RFC 9110 §10.1.1): its header is only dropped.
 pub(crate) async fn answer_expect_continue(session: &mut pingora::proxy::Session) -> pingora::Result<()> {
     let expects_continue = session
         .req_header()
@@ -219,7 +220,9 @@ pub(crate) async fn answer_expect_continue(session: &mut pingora::proxy::Session
         .get(http::header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expects_continue {
-        session.write_continue_response().await.map_err(pingora::Error::into_down)?;
+        if session.req_header().version != http::Version::HTTP_10 {
+            session.write_continue_response().await.map_err(pingora::Error::into_down)?;
+        }
         session.req_header_mut().remove_header(&http::header::EXPECT);
     }
     Ok(())

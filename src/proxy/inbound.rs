@@ -459,12 +459,7 @@ impl ProxyHttp for Inbound {
             // pingora replays what was read here to the app (its retry buffer, 64 KiB); its
             // request body filter counts it against maxBodyBytes then.
             session.enable_retry_buffering();
-            // HTTP/1.0 has no interim answers (RFC 9110 §10.1.1): the header is dropped instead.
-            if session.req_header().version == http::Version::HTTP_10 {
-                session.req_header_mut().remove_header(&http::header::EXPECT);
-            } else {
-                super::answer_expect_continue(session).await?;
-            }
+            super::answer_expect_continue(session).await?;
             let refusal = match app_pool::read_for_waf(session, &self.caller_timeouts, plan, |_| Ok(())).await? {
                 ForWaf::Whole(body) => self.inspect_body(&policy, plan, session, ctx, &body),
                 ForWaf::Uninspected(_) => {
