@@ -452,13 +452,14 @@ impl PolicySnapshot {
             true => Err(Refusal::PayloadTooLarge),
             false => Ok(BodyInspection::Uninspected),
         };
+        let path = match_form(path);
         let decoded;
         let body = match plan.coding {
             Coding::Gzip | Coding::Deflate => {
                 // The header's file name and comment are plain text to an app that parses the
                 // body as it came (PHP's form parser does).
                 for text in encoding::gzip_header_text(body) {
-                    self.each_waf(match_form(path), &mut note, |waf, skips| waf.inspect_body(None, text, skips))?;
+                    self.each_waf(path, &mut note, |waf, skips| waf.inspect_body(None, text, skips))?;
                 }
                 match encoding::decode(plan.coding, body, plan.limit, false) {
                     Decoded::Bytes(bytes) => {
@@ -472,7 +473,7 @@ impl PolicySnapshot {
                     // they came (apps that never inflate parse those).
                     Decoded::Corrupt(partial) => {
                         if !partial.is_empty() {
-                            self.each_waf(match_form(path), &mut note, |waf, skips| {
+                            self.each_waf(path, &mut note, |waf, skips| {
                                 waf.inspect_body(Some(b"application/octet-stream"), &partial, skips)
                             })?;
                         }
@@ -486,7 +487,7 @@ impl PolicySnapshot {
             Coding::Identity | Coding::Other if body.len() > plan.limit => return over_limit(),
             Coding::Identity | Coding::Other => body,
         };
-        self.each_waf(match_form(path), &mut note, |waf, skips| waf.inspect_body(content_type, body, skips))?;
+        self.each_waf(path, &mut note, |waf, skips| waf.inspect_body(content_type, body, skips))?;
         Ok(BodyInspection::Inspected)
     }
 
