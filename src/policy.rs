@@ -14,8 +14,8 @@ mod ratelimit;
 pub use crate::config::IpBlock;
 pub use compile::{selects, InputLimits, PolicySnapshot};
 pub use decide::{
-    Allowed, Authenticated, BodyInspection, BodyPlan, DecidedBy, Limited, Note, Refusal, RequestView, Throttle,
-    Unauthenticated, WafFinding,
+    Allowed, Authenticated, BodyInspection, BodyPlan, ConnectionView, DecidedBy, Limited, Note, Refusal, RequestView,
+    Throttle, Unauthenticated, WafFinding,
 };
 pub use document::{Action, LimitAction, Mode, SecurityPolicy, WafMode};
 pub use load::{load_files, parse_file, unique, Located, Sources};

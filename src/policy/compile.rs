@@ -406,9 +406,8 @@ impl PolicySnapshot {
         &self,
         req: &RequestView<'_>,
         path: &str,
-        mut audit: impl FnMut(DecidedBy),
+        audit: impl FnMut(DecidedBy),
     ) -> Result<(), DecidedBy> {
-        let mut refused = None;
         let facts = Facts {
             headers_present: self.header_bits.present(req.headers),
             method_bit: method_bit(req.method),
@@ -416,8 +415,38 @@ impl PolicySnapshot {
             principal: req.principal,
             path,
         };
+        let peer = Peer { principal: req.principal, source_ip: req.source_ip, port: req.port };
+        self.authorize_with(|policy| policy.decide(req, &peer, &facts), audit)
+    }
+
+    /// Step 4 for a TCP connection from a mesh peer ([`super::decide::ConnectionView`]).
+    pub(super) fn authorize_connection_rules(
+        &self,
+        principal: &SpiffeId,
+        source_ip: Option<IpAddr>,
+        port: u16,
+        audit: impl FnMut(DecidedBy),
+    ) -> Result<(), DecidedBy> {
+        let facts = Facts {
+            headers_present: 0,
+            method_bit: 0,
+            namespace: std::cell::OnceCell::new(),
+            principal: Some(principal),
+            path: "",
+        };
+        let peer = Peer { principal: Some(principal), source_ip, port };
+        self.authorize_with(|policy| policy.decide_connection(&peer, &facts), audit)
+    }
+
+    /// Each policy's decision (`decide`), counted; the first ENFORCE denial refuses.
+    fn authorize_with<'s>(
+        &'s self,
+        decide: impl Fn(&'s CompiledPolicy) -> &'s Decision,
+        mut audit: impl FnMut(DecidedBy),
+    ) -> Result<(), DecidedBy> {
+        let mut refused = None;
         for policy in &self.policies {
-            let decision = policy.decide(req, &facts);
+            let decision = decide(policy);
             decision.counter.inc();
             if decision.action == Action::DENY {
                 let denied = DecidedBy { policy: policy.name.clone(), rule: decision.rule.clone() };
@@ -535,8 +564,19 @@ fn action_label(action: Action) -> &'static str {
 
 impl CompiledPolicy {
     /// Every DENY rule before any ALLOW rule, then the default.
-    fn decide(&self, req: &RequestView<'_>, facts: &Facts<'_>) -> &Decision {
-        self.deny.iter().chain(&self.allow).find(|r| r.matches(req, facts)).map_or(&self.default, |r| &r.decision)
+    fn decide(&self, req: &RequestView<'_>, peer: &Peer<'_>, facts: &Facts<'_>) -> &Decision {
+        let rules = self.deny.iter().chain(&self.allow);
+        rules.into_iter().find(|r| r.matches(req, peer, facts)).map_or(&self.default, |r| &r.decision)
+    }
+
+    /// [`Self::decide`] for a connection: only what a connection has can match. A rule that also
+    /// names what only a request has (methods, paths, headers, a JWT's principal or claims) is
+    /// taken as Istio takes it for TCP: an ALLOW rule never matches, and a DENY rule matches on
+    /// its other fields alone, so a request-only condition can never widen what a connection gets.
+    fn decide_connection(&self, peer: &Peer<'_>, facts: &Facts<'_>) -> &Decision {
+        let deny = self.deny.iter().find(|r| r.matches_peer(peer, facts));
+        let allow = || self.allow.iter().find(|r| !r.names_request_fields() && r.matches_peer(peer, facts));
+        deny.or_else(allow).map_or(&self.default, |r| &r.decision)
     }
 }
 
@@ -554,6 +594,13 @@ fn method_bit(method: &Method) -> u16 {
         Method::TRACE => 1 << 8,
         _ => 0,
     }
+}
+
+/// What a request and a connection both have: who sent it, from where, to which port.
+struct Peer<'a> {
+    principal: Option<&'a SpiffeId>,
+    source_ip: Option<IpAddr>,
+    port: u16,
 }
 
 /// What every rule of a request's evaluation would otherwise work out again.
@@ -618,19 +665,34 @@ impl CompiledRule {
         }
     }
 
-    /// All listed fields must match; a list matches when any entry does. Cheapest checks first.
-    fn matches(&self, req: &RequestView<'_>, facts: &Facts<'_>) -> bool {
-        let any_method = self.method_bits == 0 && self.methods.is_empty();
-        (any_method || self.method_bits & facts.method_bit != 0 || self.methods.contains(req.method))
-            && facts.headers_present & self.when_bits == self.when_bits
-            && (self.ports.is_empty() || self.ports.contains(&req.port))
-            && (self.paths.is_empty() || self.paths.iter().any(|p| self.path_matches(p, facts.path)))
+    /// The fields a connection has too: port, principal, namespace, source address.
+    fn matches_peer(&self, peer: &Peer<'_>, facts: &Facts<'_>) -> bool {
+        (self.ports.is_empty() || self.ports.contains(&peer.port))
             && (self.principals.is_empty()
-                || req.principal.is_some_and(|id| self.principals.iter().any(|p| p.matches(id.as_str()))))
+                || peer.principal.is_some_and(|id| self.principals.iter().any(|p| p.matches(id.as_str()))))
             && (self.namespaces.is_empty()
                 || facts.namespace().is_some_and(|ns| self.namespaces.iter().any(|p| p.matches(ns))))
             && (self.ip_blocks.is_empty()
-                || req.source_ip.is_some_and(|ip| self.ip_blocks.iter().any(|b| b.contains(ip))))
+                || peer.source_ip.is_some_and(|ip| self.ip_blocks.iter().any(|b| b.contains(ip))))
+    }
+
+    /// Whether the rule names anything only an HTTP request has.
+    fn names_request_fields(&self) -> bool {
+        self.method_bits != 0
+            || !self.methods.is_empty()
+            || !self.paths.is_empty()
+            || !self.when.is_empty()
+            || !self.request_principals.is_empty()
+            || !self.claims.is_empty()
+    }
+
+    /// All listed fields must match; a list matches when any entry does. Cheapest checks first.
+    fn matches(&self, req: &RequestView<'_>, peer: &Peer<'_>, facts: &Facts<'_>) -> bool {
+        let any_method = self.method_bits == 0 && self.methods.is_empty();
+        (any_method || self.method_bits & facts.method_bit != 0 || self.methods.contains(req.method))
+            && facts.headers_present & self.when_bits == self.when_bits
+            && (self.paths.is_empty() || self.paths.iter().any(|p| self.path_matches(p, facts.path)))
+            && self.matches_peer(peer, facts)
             && self.when.iter().all(|(header, _, values)| {
                 // One value, in visible ASCII, or the condition fails closed: it holds for a
                 // DENY rule and not for an ALLOW rule, so a repeated header (the app may read

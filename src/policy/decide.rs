@@ -48,6 +48,15 @@ pub struct RequestView<'a> {
     pub auth: Authenticated<'a>,
 }
 
+/// What a decision on a TCP connection from a mesh peer (a tunnel, see [`crate::tls::accept_tunnel`])
+/// looks at: who opened it, from where, and the port it addressed. It always came over mutual TLS.
+pub struct ConnectionView<'a> {
+    pub principal: &'a SpiffeId,
+    /// Canonical, as [`RequestView::source_ip`].
+    pub source_ip: Option<IpAddr>,
+    pub port: u16,
+}
+
 /// The outcome of JWT authentication, made before the decision (it may wait for a JWKS).
 #[derive(Debug, Clone, Copy)]
 pub enum Authenticated<'a> {
@@ -298,7 +307,14 @@ impl Refusal {
     /// The security event for this refusal of the request `facts` describe (`audit`: what an
     /// AUDIT policy would have refused).
     pub fn denied(&self, audit: bool, request: RequestFacts) -> DeniedRequest {
-        let (policy, rule) = match (self.decided_by(), self) {
+        let (policy, rule) = self.policy_and_rule();
+        DeniedRequest { status: self.status(), policy, rule, audit, request }
+    }
+
+    /// The policy and the rule the event names: the deciding rule or limit, `jwt:<reason>` for
+    /// a token, `waf:<detector>` for a WAF finding, else the reason.
+    pub fn policy_and_rule(&self) -> (String, String) {
+        match (self.decided_by(), self) {
             (Some(by), _) => (by.policy.to_string(), by.rule.to_string()),
             (None, Refusal::Unauthenticated(u)) => (
                 u.required_by.as_deref().unwrap_or("-").to_string(),
@@ -306,8 +322,7 @@ impl Refusal {
             ),
             (None, Refusal::Blocked(b)) => (b.policy.to_string(), format!("waf:{}", b.finding.detector.as_str())),
             (None, _) => ("-".to_string(), self.reason().to_string()),
-        };
-        DeniedRequest { status: self.status(), policy, rule, audit, request }
+        }
     }
 
     /// The response headers that go with the status: `Retry-After` and the IETF RateLimit
@@ -364,6 +379,24 @@ impl PolicySnapshot {
         // 6. Input validation of the head; the body, when one is read, in `inspect_body`.
         self.inspect_head(view, &path, &mut note)?;
         Ok(Allowed { path, max_body_bytes: self.limits.max_body_bytes, delay })
+    }
+
+    /// Decides a TCP connection from a mesh peer: step 4 on what a connection has (see
+    /// `CompiledPolicy::decide_connection` for rules that name request fields), after step 3's
+    /// `requireJwt`, which no connection can meet. `audit` hears of an AUDIT policy's denials.
+    /// Rate limits and the WAF count and read requests; a connection meets neither.
+    pub fn authorize_connection(&self, view: &ConnectionView<'_>, audit: impl FnMut(DecidedBy)) -> Result<(), Refusal> {
+        if let Some(authn) = &self.authn {
+            if let Some(policy) = &authn.required_by {
+                authn.failed(Reason::Missing);
+                return Err(Refusal::Unauthenticated(Unauthenticated {
+                    reason: None,
+                    www_authenticate: crate::authn::www_authenticate(REALM, None),
+                    required_by: Some(policy.clone()),
+                }));
+            }
+        }
+        self.authorize_connection_rules(view.principal, view.source_ip, view.port, audit).map_err(Refusal::Forbidden)
     }
 
     /// Verifies the request's token, when the policies name issuers. Waits only when a token
@@ -1366,5 +1399,63 @@ mod tests {
             assert!(errors.is_empty(), "{limit}: {errors:?}");
             assert_eq!(policies[0].policy.spec.rate_limits[0].max_wait(), Duration::ZERO, "{limit}: answers at once");
         }
+    }
+
+    /// A connection from `id` to `port`, and the AUDIT denials it was told of.
+    fn connect(snapshot: &PolicySnapshot, id: &str, port: u16) -> (Result<(), Refusal>, Vec<DecidedBy>) {
+        let principal = SpiffeId::parse(id).unwrap();
+        let view = ConnectionView { principal: &principal, source_ip: Some("10.1.2.3".parse().unwrap()), port };
+        let mut audits = Vec::new();
+        let verdict = snapshot.authorize_connection(&view, |by| audits.push(by));
+        (verdict, audits)
+    }
+
+    const ORDERS: &str = "spiffe://cluster.local/ns/shop/sa/orders";
+    const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+    const BATCH: &str = "spiffe://cluster.local/ns/batch/sa/job";
+
+    fn connection_rules(mode: &str) -> PolicySnapshot {
+        snapshot(&format!(
+            "  authorization:\n    mode: {mode}\n    default: DENY\n    rules:\n      - {{name: db, action: ALLOW, from: {{principals: [\"{ORDERS}\", \"{BATCH}\"]}}, to: {{ports: [5432]}}}}\n      - {{name: reads, action: ALLOW, from: {{principals: [\"{FRONTEND}\"]}}, to: {{methods: [GET]}}}}\n      - {{name: no-batch-admin, action: DENY, from: {{namespaces: [batch]}}, to: {{paths: [\"/admin*\"]}}}}\n"
+        ))
+    }
+
+    #[test]
+    fn a_connection_is_refused_where_only_request_fields_would_allow_it() {
+        let s = connection_rules("ENFORCE");
+        let forbidden = |verdict: Result<(), Refusal>| match verdict {
+            Err(Refusal::Forbidden(by)) => by.rule.to_string(),
+            other => panic!("expected a denial, got {other:?}"),
+        };
+        // `reads` allows the frontend's GETs; a connection has no method, so it matches nothing.
+        assert_eq!(forbidden(connect(&s, FRONTEND, 5432).0), "default");
+        assert_eq!(req("GET", "/orders").decide(&s).0, Ok(None), "the same caller's GET is allowed");
+        // `db` names the port: another port is not covered.
+        assert_eq!(forbidden(connect(&s, ORDERS, 6379).0), "default");
+        // A DENY rule's request fields are dropped for a connection, so it denies more, never less:
+        // batch may not reach /admin, and so may not open a connection at all.
+        assert_eq!(forbidden(connect(&s, BATCH, 5432).0), "no-batch-admin");
+        let (verdict, _) = connect(&s, ORDERS, 5432);
+        assert_eq!(verdict, Ok(()), "the principal on its port");
+    }
+
+    #[test]
+    fn an_audit_policy_reports_the_connection_it_would_refuse() {
+        let s = connection_rules("AUDIT");
+        let (verdict, audits) = connect(&s, FRONTEND, 5432);
+        assert_eq!(verdict, Ok(()));
+        assert_eq!(audits.iter().map(|by| &*by.rule).collect::<Vec<_>>(), ["default"]);
+        assert!(connect(&s, ORDERS, 5432).1.is_empty());
+    }
+
+    #[test]
+    fn a_policy_that_requires_a_jwt_refuses_every_connection() {
+        let s = jwt_policy("", true);
+        match connect(&s, ORDERS, 5432).0 {
+            Err(Refusal::Unauthenticated(u)) => assert_eq!(u.required_by.as_deref(), Some("shop/p")),
+            other => panic!("expected a refusal for the missing token, got {other:?}"),
+        }
+        let optional = jwt_policy("", false);
+        assert_eq!(connect(&optional, ORDERS, 5432).0, Ok(()), "no rules, a token not required");
     }
 }
