@@ -11,7 +11,9 @@ mod recorder;
 mod refusals;
 mod traces;
 
-pub use events::{DeniedRequest, DosRefusal, EventWriter, RequestFacts, SecurityEvent, TlsSession, WafEvent};
+pub use events::{
+    DeniedConnection, DeniedRequest, DosRefusal, EventWriter, RequestFacts, SecurityEvent, TlsSession, WafEvent,
+};
 pub use logging::{LogFormat, LogLevel};
 pub use metrics::Metrics;
 pub use recorder::{Destinations, Fnv1a, Recorded, RequestRecorder, MAX_DESTINATIONS, OTHER_DESTINATION};
@@ -52,8 +54,11 @@ pub struct AccessRecord<'a> {
 }
 
 /// One relayed TCP connection (not HTTP) as the access log tells it, when it ended.
-pub struct TcpAccessRecord {
+pub struct TcpAccessRecord<'a> {
     pub direction: &'static str,
+    /// The mesh identity of the other side, when the connection crossed the mesh in a tunnel:
+    /// the server's outbound, the caller's inbound.
+    pub principal: Option<&'a str>,
     pub source: std::net::SocketAddr,
     pub destination: std::net::SocketAddr,
     /// From the app to the destination, and back.
@@ -61,7 +66,8 @@ pub struct TcpAccessRecord {
     pub bytes_received: u64,
     pub seconds: f64,
     /// `closed` (both sides closed), `idle_timeout`, `error` (a reset or another failure on
-    /// either side), or `unreachable` (the destination refused or did not answer in time).
+    /// either side), `unreachable` (the destination refused or did not answer in time), or
+    /// `denied` (a tunnel the policy refused after a policy update).
     pub end: &'static str,
 }
 
@@ -120,6 +126,28 @@ impl Telemetry {
         self.access_log.is_some()
     }
 
+    /// A server this sidecar connected to failed the handshake (no mesh identity, or not the one
+    /// expected): counted, logged, and a security event. `tls` is what the handshake negotiated,
+    /// when it completed (`crate::tls::Negotiated`'s fields).
+    pub fn outbound_tls_refused(
+        &self,
+        server: std::net::SocketAddr,
+        expected: Option<String>,
+        reason: String,
+        tls: Option<(&'static str, Option<&'static str>, Option<String>)>,
+    ) {
+        let tls = tls.map(|(version, cipher, presented)| TlsSession { version, cipher, presented });
+        self.metrics.tls_handshakes.with_label_values(&["outbound", "failure"]).inc();
+        tracing::warn!(peer = %server, %reason, "outbound server refused");
+        self.events.emit(SecurityEvent::TlsFailure {
+            direction: "outbound",
+            peer: Some(server),
+            expected,
+            reason,
+            tls,
+        });
+    }
+
     /// One access log line, written straight into its buffer (no JSON value tree per request).
     pub fn access(&self, r: AccessRecord<'_>) {
         use std::io::Write;
@@ -154,7 +182,7 @@ impl Telemetry {
     /// One access log line for a relayed TCP connection: the same file and `time`,
     /// `direction`, `duration_ms` and `source` as a request's, with `"protocol":"tcp"` and no
     /// method, path or status.
-    pub fn access_tcp(&self, r: &TcpAccessRecord) {
+    pub fn access_tcp(&self, r: &TcpAccessRecord<'_>) {
         use std::io::Write;
         let Some(lines) = &self.access_log else { return };
         let mut line = Vec::with_capacity(224);
@@ -169,6 +197,10 @@ impl Telemetry {
             r.bytes_received
         );
         write_millis(&mut line, r.seconds);
+        if let Some(principal) = r.principal {
+            line.extend_from_slice(b",\"principal\":");
+            serde_json::to_writer(&mut line, principal).expect("a string serialises");
+        }
         let _ = writeln!(line, ",\"end\":\"{}\"}}", r.end);
         lines.send_line(line);
     }

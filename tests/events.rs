@@ -5,7 +5,9 @@
 mod support;
 
 use palisade::config::{EventFormat, EventSink, EventsConfig};
-use palisade::telemetry::{DeniedRequest, DosRefusal, EventWriter, RequestFacts, SecurityEvent, TlsSession, WafEvent};
+use palisade::telemetry::{
+    DeniedConnection, DeniedRequest, DosRefusal, EventWriter, RequestFacts, SecurityEvent, TlsSession, WafEvent,
+};
 use serde_json::Value;
 use support::*;
 
@@ -226,7 +228,19 @@ fn every_kind() -> Vec<SecurityEvent> {
             request: request(method),
         })
     };
+    let connection = |audit: bool| {
+        SecurityEvent::ConnectionDenied(DeniedConnection {
+            policy: "shop/orders".into(),
+            rule: "default".into(),
+            audit,
+            principal: id("shop", "frontend"),
+            source: "10.0.0.7:41234".parse().unwrap(),
+            destination: "10.0.0.9:5432".parse().unwrap(),
+        })
+    };
     vec![
+        connection(false),
+        connection(true),
         SecurityEvent::TlsFailure {
             direction: "inbound",
             peer: Some("10.0.0.7:41234".parse().unwrap()),
@@ -341,6 +355,7 @@ fn kind(event: &SecurityEvent) -> &'static str {
         SecurityEvent::PolicyApplied { .. } => "PolicyApplied",
         SecurityEvent::PolicyRejected { .. } => "PolicyRejected",
         SecurityEvent::RequestDenied(_) => "RequestDenied",
+        SecurityEvent::ConnectionDenied(_) => "ConnectionDenied",
         SecurityEvent::CertificateIssued { .. } => "CertificateIssued",
         SecurityEvent::CertificateRefused { .. } => "CertificateRefused",
         SecurityEvent::LabelsMismatch { .. } => "LabelsMismatch",
@@ -350,7 +365,7 @@ fn kind(event: &SecurityEvent) -> &'static str {
     }
 }
 
-const KINDS: usize = 12;
+const KINDS: usize = 13;
 
 /// Where [`every_event_kind_written_through_the_event_writer`] leaves its files for
 /// tests/k8s/test_events.py: `<target dir>/tmp/event-samples`.

@@ -23,7 +23,7 @@ use h2::{Reason, SendStream};
 use pingora::{Error, ErrorType, RetryType};
 
 use crate::identity::SpiffeId;
-use crate::telemetry::{SecurityEvent, Telemetry, TlsSession};
+use crate::telemetry::Telemetry;
 use crate::tls::{connect, ConnectError, Negotiated, TlsStore};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -237,15 +237,13 @@ impl MeshConnector {
     }
 
     fn refuse(&self, reason: String, negotiated: Option<Negotiated>) -> Box<Error> {
-        self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "failure"]).inc();
-        tracing::warn!(peer = %self.target, %reason, "outbound server refused");
-        self.telemetry.events.emit(SecurityEvent::TlsFailure {
-            direction: "outbound",
-            peer: Some(self.target),
-            expected: self.expected.as_ref().map(|e| e.to_string()),
-            reason: reason.clone(),
-            tls: negotiated.map(|n| TlsSession { version: n.version, cipher: n.cipher, presented: n.presented }),
-        });
+        let expected = self.expected.as_ref().map(|e| e.to_string());
+        self.telemetry.outbound_tls_refused(
+            self.target,
+            expected,
+            reason.clone(),
+            negotiated.map(|n| (n.version, n.cipher, n.presented)),
+        );
         Error::explain(ErrorType::TLSHandshakeFailure, reason)
     }
 }

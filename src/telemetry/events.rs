@@ -74,6 +74,9 @@ pub enum SecurityEvent {
     /// The control plane read a pod's labels from the API server and they disagree with the
     /// ones its sidecar claimed: the claim is ignored.
     LabelsMismatch { identity: String, pod: String, claimed: String, actual: String },
+    /// A TCP connection from a mesh peer (a tunnel) was refused by policy, or would have been
+    /// refused by an AUDIT policy: closed before a byte reached the app.
+    ConnectionDenied(DeniedConnection),
     /// A request's JWT was refused, or it had none where one is required (401).
     AuthenticationFailed {
         /// The `palisade_authn_failures_total` reason label.
@@ -165,8 +168,8 @@ impl DosRefusal {
                 "{n} answer{plural} or connection{plural} on {direction} cut off while the caller was not reading: the sidecar's heap was over {setting} ({limit} bytes)"
             ),
             "not_http" => format!(
-                "{n} connection{plural} on {direction} closed: not HTTP, to a destination outside {setting} ({limit}); \
-                 list the destination there (in a pod: the palisade.dev/outbound-passthrough annotation) to relay it, \
+                "{n} connection{plural} on {direction} closed: not HTTP, to a destination with no sidecar to tunnel to \
+                 (it did not prove a mesh identity) and outside {setting} ({limit}); list the destination there (in a pod: the palisade.dev/outbound-passthrough annotation) to relay it, \
                  or exclude its port from capture"
             ),
             "rapid_reset" => format!(
@@ -200,6 +203,32 @@ pub struct DeniedRequest {
     pub rule: String,
     pub audit: bool,
     pub request: RequestFacts,
+}
+
+/// A refused (or, under AUDIT, would-be refused) TCP connection from a mesh peer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeniedConnection {
+    pub policy: String,
+    pub rule: String,
+    pub audit: bool,
+    /// The SPIFFE ID the caller proved.
+    pub principal: String,
+    pub source: SocketAddr,
+    /// The address and port the caller addressed: the app's.
+    pub destination: SocketAddr,
+}
+
+impl DeniedConnection {
+    fn message(&self) -> String {
+        let verdict = if self.audit { "audit, would deny" } else { "denied" };
+        format!(
+            "{verdict} TCP connection from {} to port {}: {} rule {}",
+            self.principal,
+            self.destination.port(),
+            self.policy,
+            self.rule
+        )
+    }
 }
 
 /// What an event says about the request itself.
@@ -563,6 +592,18 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
                 extra,
             }
         }
+        SecurityEvent::ConnectionDenied(c) => Ocsf {
+            class: NETWORK_ACTIVITY,
+            activity: if c.audit { (6, "Traffic") } else { (5, "Refuse") },
+            status_id: if c.audit { SUCCESS } else { FAILURE },
+            severity_id: 3,
+            message: c.message(),
+            control: Some(if c.audit { (ALLOWED, ALLOWED) } else { (DENIED, BLOCKED) }),
+            extra: json!({"src_endpoint": endpoint(Some(c.source)), "dst_endpoint": endpoint(Some(c.destination)),
+                          "actor": workload(&c.principal),
+                          "connection_info": {"protocol_name": "tcp", "direction_id": 1, "direction": "Inbound"},
+                          "firewall_rule": {"uid": format!("{}/{}", c.policy, c.rule), "name": c.rule}}),
+        },
         SecurityEvent::RequestDenied(r) => {
             let mut extra = http_attributes(&r.request, (!r.audit).then_some(r.status));
             merge(&mut extra, json!({"firewall_rule": {"uid": format!("{}/{}", r.policy, r.rule), "name": r.rule}}));
@@ -643,6 +684,9 @@ fn ecs_classification(event: &SecurityEvent) -> (&'static str, &'static [&'stati
         ),
         SecurityEvent::RequestDenied(r) => {
             ("event", &["network", "web"], if r.audit { &["allowed", "access"] } else { &["denied", "access"] })
+        }
+        SecurityEvent::ConnectionDenied(c) => {
+            ("event", &["network"], if c.audit { &["connection", "allowed"] } else { &["connection", "denied"] })
         }
         SecurityEvent::DosRefused(d) => match d.http_status() {
             Some(_) => ("event", &["network", "web"], &["denied", "access"]),
@@ -754,6 +798,16 @@ fn ecs(event: &SecurityEvent) -> Value {
                    "http": d.http_status().map(|code| json!({"response": {"status_code": code}})),
                    "labels": {"direction": d.direction, "reason": d.reason, "count": d.count, "limit": d.limit,
                               "several_sources": d.several_sources}}),
+        ),
+        SecurityEvent::ConnectionDenied(c) => (
+            if c.audit { "connection-audit-deny" } else { "connection-denied" },
+            if c.audit { "success" } else { "failure" },
+            c.message(),
+            json!({"rule": {"id": format!("{}/{}", c.policy, c.rule), "name": c.rule, "ruleset": c.policy},
+                   "source": {"ip": c.source.ip().to_string(), "port": c.source.port()},
+                   "destination": {"ip": c.destination.ip().to_string(), "port": c.destination.port()},
+                   "network": {"transport": "tcp", "direction": "ingress"},
+                   "user": {"name": c.principal}}),
         ),
         SecurityEvent::RequestDenied(r) => (
             if r.audit { "request-audit-deny" } else { "request-denied" },

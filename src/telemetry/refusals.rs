@@ -49,7 +49,8 @@ pub enum RefusalReason {
     /// sidecar was over it.
     MemoryIdle,
     /// `outbound.passthrough`: a captured connection that is not HTTP, to a destination not
-    /// listed there (only HTTP can go over the mesh's mutual TLS), closed before a byte is sent.
+    /// listed there that proved no mesh identity (no sidecar to tunnel it to), closed before a
+    /// byte of the app's is sent.
     NotHttp,
 }
 
