@@ -8,12 +8,14 @@ mod connect;
 mod credentials;
 mod serving;
 mod store;
+mod tunnel;
 mod verify;
 
 pub use connect::{connect, connect_tcp, ConnectError, Negotiated};
 pub use credentials::{Credentials, IdentityFiles};
 pub use serving::ServingCert;
 pub use store::{PeerIdentity, TlsState, TlsStore};
+pub use tunnel::{accept_tunnel, connect_tunnel, offers_tunnel, MAX_RECORD, RECORD_HEADER, TUNNEL_ALPN};
 pub use verify::{LeafError, TrustDomains};
 
 use std::path::PathBuf;

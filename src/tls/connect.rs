@@ -75,8 +75,18 @@ pub async fn connect(
     expected: Option<&SpiffeId>,
     timeout: Duration,
 ) -> Result<(TlsStream<TcpStream>, SpiffeId), ConnectError> {
-    let tcp = connect_tcp(addr, timeout).await?;
     let config = store.current().client_config.clone();
+    connect_with(config, addr, expected, timeout).await
+}
+
+/// [`connect`] with the client configuration given (HTTP/2's, or a tunnel's).
+pub(super) async fn connect_with(
+    config: std::sync::Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    expected: Option<&SpiffeId>,
+    timeout: Duration,
+) -> Result<(TlsStream<TcpStream>, SpiffeId), ConnectError> {
+    let tcp = connect_tcp(addr, timeout).await?;
     // SNI is off; the name only satisfies the API, the identity is checked below.
     let handshake = tokio_rustls::TlsConnector::from(config).connect(ServerName::IpAddress(addr.ip().into()), tcp);
     let tls = match tokio::time::timeout(timeout, handshake).await {

@@ -41,6 +41,12 @@ pub struct TlsState {
     /// The same server identity asking no client certificate: the CA, whose callers have none
     /// yet and prove themselves with a token instead.
     pub server_config_open: Arc<ServerConfig>,
+    /// [`client_config`](Self::client_config) offering the tunnel's protocol instead of HTTP/2
+    /// (see [`super::tunnel`]).
+    pub tunnel_client_config: Arc<ClientConfig>,
+    /// The inbound end of a tunnel: [`server_config`](Self::server_config) accepting only the
+    /// tunnel's protocol.
+    pub tunnel_server_config: Arc<ServerConfig>,
     /// The workload certificate and the trust bundle in the form pingora's connector takes.
     pub upstream_cert: Arc<CertKey>,
     pub upstream_ca: Arc<CaType>,
@@ -189,6 +195,10 @@ fn build(credentials: Credentials, domains: &TrustDomains, generation: u64) -> R
         .with_cert_resolver(Arc::new(FixedCert(credentials.certified_key.clone())));
     server_config_open.alpn_protocols = vec![b"h2".to_vec()];
     server_config_open.send_tls13_tickets = 0;
+    let mut tunnel_client_config = client_config.clone();
+    tunnel_client_config.alpn_protocols = vec![super::TUNNEL_ALPN.to_vec()];
+    let mut tunnel_server_config = server_config.clone();
+    tunnel_server_config.alpn_protocols = vec![super::TUNNEL_ALPN.to_vec()];
     let upstream_cert =
         Arc::new(CertKey::new(credentials.chain.iter().map(|c| c.to_vec()).collect(), credentials.key_der.clone()));
     let upstream_ca: Arc<CaType> =
@@ -200,6 +210,8 @@ fn build(credentials: Credentials, domains: &TrustDomains, generation: u64) -> R
         client_config: Arc::new(client_config),
         server_config: Arc::new(server_config),
         server_config_open: Arc::new(server_config_open),
+        tunnel_client_config: Arc::new(tunnel_client_config),
+        tunnel_server_config: Arc::new(tunnel_server_config),
         upstream_cert,
         upstream_ca,
     })

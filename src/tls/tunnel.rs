@@ -1,0 +1,182 @@
+//! Mutual TLS that carries one TCP connection's bytes between two sidecars (a database's
+//! protocol, the app's own TLS): the mesh's answer for traffic that is not HTTP. The tunnel is
+//! told apart from HTTP by its ALPN protocol, on the same inbound port and through the same
+//! iptables REDIRECT, so the peer learns the port the app addressed as it does for HTTP
+//! (`SO_ORIGINAL_DST`), and a workload without a sidecar fails the handshake: no plaintext
+//! fallback. Linkerd tells its opaque transport apart by ALPN too (`transport.l5d.io/v1`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::connect::{connect_with, ConnectError};
+use super::{TlsState, TlsStore};
+use crate::identity::{spiffe_id_from_der, CertIdentity, SpiffeId};
+
+/// The ALPN protocol of a tunnel: both sides offer only this, so a tunnel can never be taken
+/// for HTTP/2 (or the other way round) by a sidecar that does not know it.
+pub const TUNNEL_ALPN: &[u8] = b"tcp.palisade.dev/v1";
+
+/// Opens a tunnel to the sidecar of the workload at `addr` (its original destination): TCP, then
+/// mutual TLS offering [`TUNNEL_ALPN`], the server's SPIFFE ID checked against `expected` as for
+/// HTTP. Returns the stream and the ID the peer proved.
+pub async fn connect_tunnel(
+    store: &TlsStore,
+    addr: SocketAddr,
+    expected: Option<&SpiffeId>,
+    timeout: Duration,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, SpiffeId), ConnectError> {
+    let config = store.current().tunnel_client_config.clone();
+    connect_with(config, addr, expected, timeout).await
+}
+
+/// The server side of a tunnel on `io` (its ClientHello offered [`TUNNEL_ALPN`], see
+/// [`offers_tunnel`]): the caller's certificate must chain to the trust bundle and carry a SPIFFE
+/// ID of an allowed trust domain (the verifier refuses everything else inside the handshake).
+/// The error is what the refusal event says.
+pub async fn accept_tunnel<S>(state: &TlsState, io: S) -> Result<(tokio_rustls::server::TlsStream<S>, SpiffeId), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(state.tunnel_server_config.clone());
+    let tls = acceptor
+        .accept(io)
+        .await
+        .map_err(|e| super::refusal_reason(&e).unwrap_or_else(|| e.to_string().trim().to_string()))?;
+    let (_, session) = tls.get_ref();
+    // Not resumable (no tickets, no session cache): this chain was verified just now.
+    match session.peer_certificates().and_then(|c| c.first()).map(|c| spiffe_id_from_der(c)) {
+        Some(CertIdentity::Spiffe(id)) if session.alpn_protocol() == Some(TUNNEL_ALPN) => Ok((tls, id)),
+        Some(CertIdentity::Spiffe(_)) => Err("a tunnel handshake that did not agree on its protocol".to_string()),
+        _ => Err("client certificate has no SPIFFE identity".to_string()),
+    }
+}
+
+/// The TLS record header: a handshake record, its version, its length.
+pub const RECORD_HEADER: usize = 5;
+/// The longest record a peer may send (RFC 8446 §5.1), what [`offers_tunnel`] may need to read.
+pub const MAX_RECORD: usize = 16 * 1024;
+
+/// Whether `record` (a whole first TLS record: its header and body) is a ClientHello whose ALPN
+/// extension offers [`TUNNEL_ALPN`]. Anything it cannot read is no tunnel: the handshake then goes
+/// to the HTTP listener, which offers HTTP only, so a tunnel misread is refused, never let in.
+pub fn offers_tunnel(record: &[u8]) -> bool {
+    client_hello_alpn(record).is_some_and(|mut protocols| protocols.any(|p| p == TUNNEL_ALPN))
+}
+
+/// The ALPN protocols a ClientHello in `record` offers, if it has the extension.
+fn client_hello_alpn(record: &[u8]) -> Option<impl Iterator<Item = &[u8]>> {
+    let mut r = Reader(record);
+    // A handshake record, then a ClientHello (type 1) within it.
+    if r.u8()? != 0x16 {
+        return None;
+    }
+    r.take(2)?;
+    let mut body = Reader(r.vec16()?);
+    if body.u8()? != 1 {
+        return None;
+    }
+    let len = body.take(3)?;
+    let len = usize::from(len[0]) << 16 | usize::from(len[1]) << 8 | usize::from(len[2]);
+    // A ClientHello longer than its record continues in the next one; ALPN comes late in it, so
+    // what is missing is read as no tunnel (this sidecar's own ClientHello is far shorter).
+    let mut hello = Reader(body.take(len)?);
+    hello.take(2 + 32)?; // legacy version, random
+    hello.vec8()?; // session id
+    hello.vec16()?; // cipher suites
+    hello.vec8()?; // compression methods
+    let mut extensions = Reader(hello.vec16()?);
+    while !extensions.0.is_empty() {
+        let kind = extensions.u16()?;
+        let data = extensions.vec16()?;
+        if kind == 16 {
+            let mut list = Reader(Reader(data).vec16()?);
+            return Some(std::iter::from_fn(move || list.vec8()));
+        }
+    }
+    None
+}
+
+/// Reads a TLS message's fields from the front of a byte slice.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn vec8(&mut self) -> Option<&'a [u8]> {
+        let n = self.u8()?;
+        self.take(usize::from(n))
+    }
+
+    fn vec16(&mut self) -> Option<&'a [u8]> {
+        let n = self.u16()?;
+        self.take(usize::from(n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// The first record a rustls client offering `alpn` sends.
+    fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
+        let mut config = rustls::ClientConfig::builder_with_provider(super::super::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let name = rustls_pki_types::ServerName::try_from("peer.example").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        client.write_tls(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn http_offers_and_no_offer_are_not_tunnels() {
+        assert!(!offers_tunnel(&client_hello(&[b"h2", b"http/1.1"])));
+        assert!(!offers_tunnel(&client_hello(&[])));
+        // A protocol that only starts like the tunnel's.
+        assert!(!offers_tunnel(&client_hello(&[b"tcp.palisade.dev/v"])));
+    }
+
+    #[test]
+    fn cut_or_foreign_records_are_not_tunnels() {
+        let hello = client_hello(&[TUNNEL_ALPN]);
+        for cut in [0, 1, RECORD_HEADER, RECORD_HEADER + 4, 60, hello.len() - 1] {
+            assert!(!offers_tunnel(&hello[..cut]), "cut at {cut}");
+        }
+        let mut not_handshake = hello.clone();
+        not_handshake[0] = 0x17;
+        assert!(!offers_tunnel(&not_handshake));
+        let mut not_hello = hello.clone();
+        not_hello[RECORD_HEADER] = 2;
+        assert!(!offers_tunnel(&not_hello));
+        assert!(!offers_tunnel(b"GET / HTTP/1.1\r\n\r\n"));
+    }
+
+    #[test]
+    fn a_tunnel_offer_is_found_alone_or_among_others() {
+        assert!(offers_tunnel(&client_hello(&[TUNNEL_ALPN])));
+        assert!(offers_tunnel(&client_hello(&[b"h2", TUNNEL_ALPN])));
+    }
+}
