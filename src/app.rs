@@ -381,7 +381,7 @@ async fn run(
         log_level: options.log_level.clone(),
         shutdown: shutdown.clone(),
     });
-    let inbound_transport = Transport::Mesh { tls: tls.clone(), policy: policy.clone() };
+    let inbound_transport = Transport::Mesh { tls: tls.clone(), policy: policy.clone(), app: config.inbound.app.0 };
 
     let stop = shutdown.subscribe();
     let open_files = crate::lifecycle::raise_open_files_limit();
@@ -429,6 +429,13 @@ async fn run(
             Transport::Outbound(Arc::new(OpaqueTcp::new(
                 &config.outbound.passthrough,
                 &config.outbound.opaque_ports,
+                config
+                    .outbound
+                    .destinations
+                    .iter()
+                    .filter_map(|d| Some((d.address?.0, d.identity.clone()?.0)))
+                    .collect(),
+                tls.clone(),
                 &telemetry,
             ))),
             outbound,

@@ -24,8 +24,8 @@ pub use inject::{
 };
 pub use otel::{ParentRoot, Propagators, SamplerChoice, TraceSettings};
 pub use sidecar::{
-    AdminConfig, AppProtocol, ControlPlaneAddress, Destination, EventFormat, EventSink, EventsConfig, FailMode,
-    Http2Limits, IdentityConfig, IdentityFromControlPlane, InboundConfig, LimitsConfig, MtlsMode, OtlpConfig,
+    app_target, AdminConfig, AppProtocol, ControlPlaneAddress, Destination, EventFormat, EventSink, EventsConfig,
+    FailMode, Http2Limits, IdentityConfig, IdentityFromControlPlane, InboundConfig, LimitsConfig, MtlsMode, OtlpConfig,
     OtlpProtocol, OutboundConfig, PolicySourceConfig, SidecarConfig, SpiffeIdField, TelemetryConfig, TrustDomain,
     UnderscoreHeaders, WorkloadConfig, MAX_THREADS,
 };

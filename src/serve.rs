@@ -22,9 +22,11 @@ use crate::memory::CutWait;
 use crate::policy::PolicyStore;
 use crate::telemetry::{RefusalCounter, RefusalReason, SecurityEvent, Telemetry};
 use crate::tls::TlsStore;
+use tunnel::InboundTunnels;
 
 mod h2_frames;
 mod opaque;
+mod tunnel;
 use h2_frames::H2Frames;
 pub(crate) use h2_frames::PREFACE as H2_PREFACE;
 pub use opaque::OpaqueTcp;
@@ -149,9 +151,12 @@ pub enum Transport {
     /// principal. A policy's `mtls` takes effect for new connections at once, and a plaintext
     /// connection let in under PERMISSIVE is closed when the mode becomes STRICT, after the
     /// request it is serving (ztunnel re-checks live connections on a policy change too).
+    /// A mesh peer's tunnel (a TCP connection it carries for its app, see [`tunnel`]) is served
+    /// as bytes to the app at `app` (`inbound.app`).
     Mesh {
         tls: Arc<TlsStore>,
         policy: Arc<PolicyStore>,
+        app: SocketAddr,
     },
     /// Server TLS without client certificates (the injection webhook, called by the API
     /// server).
@@ -252,6 +257,15 @@ pub async fn serve_with<A>(
         memory_idle: counter(RefusalReason::MemoryIdle, memory_setting.clone()),
     };
     let at_memory_limit = counter(RefusalReason::MemoryLimit, memory_setting);
+    let tunnels = match &*transport {
+        Transport::Mesh { tls, policy, app } => Some(Arc::new(InboundTunnels {
+            app: *app,
+            tls: tls.clone(),
+            policy: policy.clone(),
+            telemetry: telemetry.clone(),
+        })),
+        _ => None,
+    };
     let at_limit = counter(RefusalReason::ConnectionLimit, limits.max_connections.to_string());
     let at_source_limit = per_source.as_ref().map(|p| counter(RefusalReason::SourceLimit, p.max.to_string()));
     // The outbound listener sorts each connection before pingora sees it ([`OpaqueTcp::sort`]).
@@ -320,6 +334,7 @@ pub async fn serve_with<A>(
         let counters = counters.clone();
         let limits = limits.clone();
         let sorting = sorting.clone();
+        let tunnels = tunnels.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let _slot = slot;
@@ -348,8 +363,15 @@ pub async fn serve_with<A>(
             };
             // Boxed: the TLS handshake's state is 7 KB, and a future inline in the task would be
             // held for the connection's whole life (the task's size is its largest state's).
-            let Some((stream, gate)) = Box::pin(handshake(tcp, peer, digest, &transport, &telemetry)).await else {
-                return;
+            let (stream, gate) = match Box::pin(handshake(tcp, peer, digest, &transport, &telemetry)).await {
+                Some(Handshake::Http(stream, gate)) => (stream, gate),
+                Some(Handshake::Tunnel(stream)) => {
+                    if let Some(tunnels) = &tunnels {
+                        Box::pin(tunnels.serve(*stream, peer)).await;
+                    }
+                    return;
+                }
+                None => return,
             };
             let stream: Stream = Box::new(Deadlined::new(
                 stream,
@@ -420,23 +442,31 @@ async fn serve_revocable<A: ServerApp + Send + Sync + 'static>(
 }
 
 /// `digest`: the socket's, when the accept loop already made it (its original destination read).
+/// What an accepted connection turned out to be.
+enum Handshake {
+    /// HTTP (over TLS or not), for pingora; with the gate of a PERMISSIVE port's plaintext.
+    Http(Stream, Option<Arc<IdleGate>>),
+    /// A mesh peer's tunnel, its ClientHello read and put back.
+    Tunnel(Box<L4Stream>),
+}
+
 async fn handshake(
-    tcp: tokio::net::TcpStream,
+    mut tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     digest: Option<SocketDigest>,
     transport: &Transport,
     telemetry: &Telemetry,
-) -> Option<(Stream, Option<Arc<IdleGate>>)> {
+) -> Option<Handshake> {
     let (store, plaintext_allowed) = match transport {
         Transport::Plain | Transport::Outbound(_) => {
-            return Some((Box::new(CoalescedWrites::new(l4_stream(tcp, peer, digest), None)), None))
+            return Some(Handshake::Http(Box::new(CoalescedWrites::new(l4_stream(tcp, peer, digest), None)), None))
         }
-        Transport::Mesh { tls, policy } => (tls, policy.current().mtls == MtlsMode::PERMISSIVE),
+        Transport::Mesh { tls, policy, .. } => (tls, policy.current().mtls == MtlsMode::PERMISSIVE),
         Transport::Tls(acceptor) => {
             return match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(l4_stream(tcp, peer, None)))
                 .await
             {
-                Ok(Ok(tls)) => Some((Box::new(tls), None)),
+                Ok(Ok(tls)) => Some(Handshake::Http(Box::new(tls), None)),
                 Ok(Err(e)) => {
                     tracing::debug!(%peer, error = %e, "TLS handshake refused");
                     None
@@ -445,48 +475,89 @@ async fn handshake(
             };
         }
     };
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     if plaintext_allowed {
         let mut first = [0u8; 1];
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, tcp.peek(&mut first)).await {
+        match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
             Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => {
                 let gate = Arc::new(IdleGate::default());
                 let stream = CoalescedWrites::new(l4_stream(tcp, peer, None), Some(gate.clone()));
-                return Some((Box::new(stream), Some(gate)));
+                return Some(Handshake::Http(Box::new(stream), Some(gate)));
             }
             Ok(Ok(1)) => {}
             _ => return None,
         }
     }
-    let state = store.current();
     let handshakes = &telemetry.metrics.tls_handshakes;
-    let refuse = |reason: String| {
-        handshakes.with_label_values(&["inbound", "failure"]).inc();
-        tracing::info!(%peer, %reason, "inbound TLS handshake refused");
-        telemetry.events.emit(SecurityEvent::TlsFailure {
-            direction: "inbound",
-            peer: Some(peer),
-            expected: None,
-            reason,
-            // pingora (through tokio-rustls) drops rustls's connection with a refusal, so the
-            // version it chose is not known.
-            tls: None,
-        });
-        None
+    // The first record (the ClientHello) says whether this is a tunnel; it is put back for
+    // whichever handshake takes it.
+    let record = match tokio::time::timeout_at(deadline, first_record(&mut tcp)).await {
+        Ok(Ok(record)) => record,
+        Ok(Err(_)) => return None,
+        Err(_) => {
+            handshakes.with_label_values(&["inbound", "timeout"]).inc();
+            return None;
+        }
     };
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, state.acceptor.tls_handshake(l4_stream(tcp, peer, None))).await {
+    let mut stream = l4_stream(tcp, peer, None);
+    stream.rewind(&record);
+    if crate::tls::offers_tunnel(&record) {
+        return Some(Handshake::Tunnel(Box::new(stream)));
+    }
+    drop(record);
+    let state = store.current();
+    match tokio::time::timeout_at(deadline, state.acceptor.tls_handshake(stream)).await {
         Ok(Ok(tls)) if proves_an_identity(&tls) => {
             handshakes.with_label_values(&["inbound", "success"]).inc();
-            Some((Box::new(tls), None))
+            Some(Handshake::Http(Box::new(tls), None))
         }
         // Only a resumed session gets here (a full handshake's chain was just verified): its
         // certificate has expired since it was first verified.
-        Ok(Ok(_)) => refuse("a resumed TLS session's client certificate is no longer valid".to_string()),
-        Ok(Err(e)) => refuse(handshake_failure_reason(&e)),
+        Ok(Ok(_)) => inbound_handshake_refused(
+            telemetry,
+            peer,
+            "a resumed TLS session's client certificate is no longer valid".to_string(),
+        ),
+        Ok(Err(e)) => inbound_handshake_refused(telemetry, peer, handshake_failure_reason(&e)),
         Err(_) => {
             handshakes.with_label_values(&["inbound", "timeout"]).inc();
             None
         }
     }
+}
+
+/// Reads a connection's first TLS record whole, header and body: at most 16 KiB and 5 bytes.
+/// Something that is not a handshake record is read only as far as its header, and handed on as
+/// it is (the TLS handshake then refuses it).
+async fn first_record(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; crate::tls::RECORD_HEADER];
+    tcp.read_exact(&mut header).await?;
+    let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+    if header[0] != TLS_HANDSHAKE_RECORD || len > crate::tls::MAX_RECORD {
+        return Ok(header.to_vec());
+    }
+    let mut record = vec![0u8; crate::tls::RECORD_HEADER + len];
+    record[..crate::tls::RECORD_HEADER].copy_from_slice(&header);
+    tcp.read_exact(&mut record[crate::tls::RECORD_HEADER..]).await?;
+    Ok(record)
+}
+
+/// An inbound handshake refused (the caller's certificate, or what it sent): counted, logged, and
+/// a security event. Returns what a refused handshake leaves to serve: nothing.
+fn inbound_handshake_refused<T>(telemetry: &Telemetry, peer: SocketAddr, reason: String) -> Option<T> {
+    telemetry.metrics.tls_handshakes.with_label_values(&["inbound", "failure"]).inc();
+    tracing::info!(%peer, %reason, "inbound TLS handshake refused");
+    telemetry.events.emit(SecurityEvent::TlsFailure {
+        direction: "inbound",
+        peer: Some(peer),
+        expected: None,
+        reason,
+        // pingora (through tokio-rustls) drops rustls's connection with a refusal, so the
+        // version it chose is not known.
+        tls: None,
+    });
+    None
 }
 
 /// Whether an inbound mTLS connection carries the caller's identity (set after the handshake by

@@ -246,10 +246,43 @@ class H(http.server.BaseHTTPRequestHandler):
         self.send_response(200); self.send_header("content-length", str(len(body))); self.end_headers()
         self.wfile.write(body)
     def log_message(self, *a): pass
+# A database's port beside it: answers once the client has closed its half, naming the pod.
+import threading
+def database():
+    s = socket.create_server(("::", 5432), family=socket.AF_INET6, dualstack_ipv6=True)
+    while True:
+        c, _ = s.accept()
+        def answer(c=c):
+            data = b""
+            while chunk := c.recv(4096):
+                data += chunk
+            try:
+                c.sendall(b"pod=%s echo:%s" % (sys.argv[1].encode(), data))
+            except OSError:
+                pass
+            c.close()
+        threading.Thread(target=answer, daemon=True).start()
+threading.Thread(target=database, daemon=True).start()
 # Both families on one socket, as an app in a dual-stack pod listens.
 class S(http.server.ThreadingHTTPServer):
     address_family = socket.AF_INET6
 S(("::", 8080), H).serve_forever()
+"#;
+
+/// A database client: sends a request (length-prefixed, as PostgreSQL's are: not HTTP from its
+/// first byte), closes its half, prints what came back (or the error).
+const DATABASE_CLIENT: &str = r#"
+import socket, sys
+try:
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+    s.sendall(b"\x00\x00\x00\x0dSELECT 1;")
+    s.shutdown(socket.SHUT_WR)
+    got = b""
+    while chunk := s.recv(4096):
+        got += chunk
+    print(got.replace(b"\x00\x00\x00\x0d", b"").decode(errors="replace"))
+except OSError as e:
+    print("error:", e)
 "#;
 
 /// What a pod may run for itself alone: bound to loopback (a debug port, an agent's local API).
@@ -335,7 +368,7 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
     let policy = work.join("policy.yaml");
     std::fs::write(
         &policy,
-        "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: b-api, namespace: b}\nspec:\n  mtls: STRICT\n  authorization:\n    default: DENY\n    rules:\n      - {name: from-a, action: ALLOW, from: {principals: [\"spiffe://cluster.local/ns/a/sa/a\"]}, to: {paths: [\"/orders*\"]}}\n",
+        "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: b-api, namespace: b}\nspec:\n  mtls: STRICT\n  authorization:\n    default: DENY\n    rules:\n      - {name: from-a, action: ALLOW, from: {principals: [\"spiffe://cluster.local/ns/a/sa/a\"]}, to: {paths: [\"/orders*\"]}}\n      - {name: a-database, action: ALLOW, from: {principals: [\"spiffe://cluster.local/ns/a/sa/a\"]}, to: {ports: [5432]}}\n",
     )
     .unwrap();
     std::fs::write(work.join("app.py"), APP).unwrap();
@@ -506,6 +539,30 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
     assert!(body.ends_with("status=403") && body.contains("localhost only"), "/config_dump over IPv6: {body}");
     let (ok, body) = curl(&ns, "b", APP_UID, "http://[::1]:15000/config_dump");
     assert!(ok && body.ends_with("status=200"), "/config_dump from B itself over ::1: {body}");
+
+    // 7. Not HTTP: A's app speaks a database's protocol to B's pod address. It crosses in a tunnel
+    //    of mutual TLS to B's sidecar, whose policy allows A on 5432, over either family.
+    let database = |pod: &str, address: &str, port: &str| {
+        // As root, as the apps run (only 2102's connections pass the rules).
+        let out = ns.run(pod, None, &["python3", "-c", DATABASE_CLIENT, address, port]);
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        said.trim().to_string()
+    };
+    for address in ["198.18.0.2", "fd00:198:18::2"] {
+        let got = database("a", address, "5432");
+        assert_eq!(got, "pod=b echo:SELECT 1;", "A to B's database at {address}\n{}", logs());
+    }
+    // The same bytes to B's HTTP port: A is allowed only /orders there, which a connection has
+    // not, so B's policy refuses the tunnel (the app would have answered 400).
+    let not_allowed = database("a", "198.18.0.2", "8080");
+    assert_eq!(not_allowed, "", "A's TCP to B's HTTP port\n{}", logs());
+    // C has no sidecar: its plaintext meets B's STRICT inbound and never reaches the app.
+    let from_c = database("c", "198.18.0.2", "5432");
+    assert!(!from_c.contains("pod=b"), "C to B's database: {from_c}");
+    // C has no sidecar to answer the tunnel (and is not in outbound.passthrough): A's app is
+    // refused, its bytes unsent.
+    let to_c = database("a", "198.18.0.3", "5432");
+    assert!(!to_c.contains("pod=c"), "A to C's database: {to_c}\n{}", logs());
 }
 
 // === the webhook over HTTPS, as the API server calls it ===

@@ -239,6 +239,25 @@ pub enum MtlsMode {
     PERMISSIVE,
 }
 
+/// Where the app listens for what a caller sent to `addressed_port` (`addressed_ip` is read only
+/// when needed), with `inbound.app` at `app`: port 0 is the port the caller addressed, as an
+/// injected sidecar reaches every port of its pod. An unspecified address (`0.0.0.0`, `::`; what
+/// injection writes) is the pod address the caller reached, as Istio forwards since 1.10: a port
+/// the app bound to loopback only (a metrics or debug port, an agent's API) stays out of the
+/// network's reach, where forwarding to 127.0.0.1 put it in reach of every caller the policy let
+/// in. HTTP requests and tunnelled connections both go where this says.
+pub fn app_target(
+    app: std::net::SocketAddr,
+    addressed_ip: impl FnOnce() -> Option<std::net::IpAddr>,
+    addressed_port: u16,
+) -> std::net::SocketAddr {
+    let ip = match app.ip().is_unspecified() {
+        true => addressed_ip().unwrap_or(app.ip()),
+        false => app.ip(),
+    };
+    std::net::SocketAddr::new(ip, if app.port() == 0 { addressed_port } else { app.port() })
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct InboundConfig {
@@ -304,15 +323,16 @@ pub struct OutboundConfig {
     /// Known destinations: where an authority is reached and which identity must answer there.
     pub destinations: Vec<Destination>,
     /// Destinations without a sidecar that the app may reach in plaintext (a database outside
-    /// the mesh, a cloud API behind its own TLS): their requests are forwarded as they are.
-    /// Every other destination must prove a mesh identity, or the request is refused (502 and
-    /// a security event): a mesh never falls back to plaintext on its own, since whoever can
-    /// break a handshake could then read the traffic.
+    /// the mesh, a cloud API behind its own TLS): their requests are forwarded, and connections
+    /// that are not HTTP relayed, as they are. Every other destination must prove a mesh
+    /// identity, or the request is refused (502 and a security event) and the connection closed:
+    /// a mesh never falls back to plaintext on its own, since whoever can break a handshake could
+    /// then read the traffic.
     pub passthrough: Vec<super::IpBlock>,
     /// Destination ports whose connections are relayed without waiting for the app's first
     /// bytes: protocols where the server speaks first (MySQL, SMTP), which an outbound listener
-    /// would otherwise hold to `limits.headerTimeout` waiting for a request. Relayed only to
-    /// `passthrough` destinations, like every connection that is not HTTP.
+    /// would otherwise hold to `limits.headerTimeout` waiting for a request. Relayed to
+    /// `passthrough` destinations, tunnelled to mesh ones, like every connection that is not HTTP.
     pub opaque_ports: Vec<u16>,
 }
 

@@ -68,17 +68,10 @@ impl AppAddress {
         AppAddress { ip: app.ip(), port: app.port(), timeout, pools: ArcSwap::from_pointee(Vec::new()) }
     }
 
-    /// Where the app listens for a request that reached `addressed` at `addressed_port`. An
-    /// unspecified address (`0.0.0.0`, `::`; what injection writes) is the pod address the
-    /// caller reached, as Istio forwards since 1.10: a port the app bound to loopback only
-    /// (a metrics or debug port, an agent's API) stays out of the network's reach, where
-    /// forwarding to 127.0.0.1 put it in reach of every caller the policy let in.
+    /// Where the app listens for a request that reached `addressed` at `addressed_port`
+    /// ([`crate::config::app_target`]).
     fn address(&self, addressed: impl FnOnce() -> Option<IpAddr>, addressed_port: u16) -> SocketAddr {
-        let ip = match self.ip.is_unspecified() {
-            true => addressed().unwrap_or(self.ip),
-            false => self.ip,
-        };
-        SocketAddr::new(ip, if self.port == 0 { addressed_port } else { self.port })
+        crate::config::app_target(SocketAddr::new(self.ip, self.port), addressed, addressed_port)
     }
 
     fn pool(&self, address: SocketAddr) -> Option<Arc<AppPool>> {

@@ -1,23 +1,32 @@
 //! Captured outbound connections that are not HTTP: the app's own TLS (HTTPS to a cloud API), a
-//! database's protocol. Only HTTP can cross the mesh (the sidecar speaks mutual TLS for it), so
-//! such a connection is relayed as bytes to its original destination when that destination is
-//! one the configuration lets the app reach as it is (`outbound.passthrough`), and closed before
-//! a byte is sent otherwise. Linkerd and Istio guess the protocol and fall back to TCP after a
-//! wait (Linkerd's 10 s stalls are a standing complaint); here the first bytes decide at once,
-//! and protocols where the server speaks first are named by port (`outbound.opaquePorts`).
+//! database's protocol. Such a connection is relayed as bytes to its original destination when
+//! that destination is one the configuration lets the app reach as it is
+//! (`outbound.passthrough`). Any other destination must be a mesh workload: the bytes cross in a
+//! tunnel of mutual TLS to its sidecar ([`crate::tls::connect_tunnel`]; the other end is
+//! [`super::tunnel`]), whose identity is checked as for HTTP. A destination that cannot prove one
+//! gets the connection closed before a byte of the app's is sent: a mesh never falls back to
+//! plaintext. Linkerd and Istio guess the protocol and fall back to TCP after a wait (Linkerd's
+//! 10 s stalls are a standing complaint); here the first bytes decide at once, and protocols
+//! where the server speaks first are named by port (`outbound.opaquePorts`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::IpBlock;
+use crate::identity::SpiffeId;
 use crate::telemetry::{RefusalCounter, TcpAccessRecord, Telemetry};
+use crate::tls::{connect_tunnel, ConnectError, TlsStore};
 
-/// How long a relay waits for its destination to accept.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a relay waits for its destination to accept (and a tunnel, for its handshake).
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a tunnel may take to connect and prove the peer's identity, as an HTTP connection
+/// to a peer sidecar: a destination without a sidecar that waits for its client to speak first
+/// holds the app's connection this long before it is refused.
+const TUNNEL_TIMEOUT: Duration = Duration::from_secs(3);
 /// Each direction's buffer (a TLS record takes two reads): a relayed connection holds 16 KiB, so
 /// the listener's 10,000 connections hold at most 160 MiB, and `limits.maxMemoryBytes` refuses
 /// new ones before that.
@@ -25,7 +34,7 @@ const RELAY_BUFFER: usize = 8 * 1024;
 /// How long a relayed connection may carry nothing before it is closed: an hour, as Envoy's TCP
 /// proxy (Istio's sidecars) does, since a database pool keeps its connections idle for many
 /// minutes between uses and HTTP's `limits.idleTimeout` would cut them under it.
-const OPAQUE_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+pub(super) const OPAQUE_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How many bytes decide: the longest request method a client sends, and its space.
 const SNIFF_BYTES: usize = 24;
 
@@ -64,6 +73,11 @@ fn is_tchar(b: u8) -> bool {
 pub struct OpaqueTcp {
     passthrough: Vec<IpBlock>,
     opaque_ports: Vec<u16>,
+    /// The workload's credentials, for tunnels to mesh destinations.
+    tls: Arc<TlsStore>,
+    /// Destinations whose identity is known (`outbound.destinations` with an address): a tunnel
+    /// there must be answered by exactly that identity.
+    identities: Vec<(SocketAddr, SpiffeId)>,
     /// Counts relayed connections, and logs each in the access log when it ends.
     telemetry: Arc<Telemetry>,
 }
@@ -77,10 +91,18 @@ pub enum Sorted {
 }
 
 impl OpaqueTcp {
-    pub fn new(passthrough: &[IpBlock], opaque_ports: &[u16], telemetry: &Arc<Telemetry>) -> Self {
+    pub fn new(
+        passthrough: &[IpBlock],
+        opaque_ports: &[u16],
+        identities: Vec<(SocketAddr, SpiffeId)>,
+        tls: Arc<TlsStore>,
+        telemetry: &Arc<Telemetry>,
+    ) -> Self {
         OpaqueTcp {
             passthrough: passthrough.to_vec(),
             opaque_ports: opaque_ports.to_vec(),
+            tls,
+            identities,
             telemetry: telemetry.clone(),
         }
     }
@@ -128,15 +150,11 @@ impl OpaqueTcp {
                 }
             }
         }
-        if !self.allows(destination) {
-            refused.refused(Some(peer.ip()));
-            tracing::debug!(%peer, %destination, "not HTTP, to a destination outside outbound.passthrough: closed");
-            return Sorted::Done;
-        }
         let started = Instant::now();
-        let log = |moved: Moved, end: &'static str| {
+        let log = |moved: Moved, end: &'static str, principal: Option<&SpiffeId>| {
             self.telemetry.access_tcp(&TcpAccessRecord {
                 direction: "outbound",
+                principal: principal.map(SpiffeId::as_str),
                 source: peer,
                 destination,
                 bytes_sent: moved.sent,
@@ -145,16 +163,56 @@ impl OpaqueTcp {
                 end,
             })
         };
+        // A destination with an expected identity is always a mesh one, as for HTTP.
+        let expected = self.identities.iter().find(|(at, _)| *at == destination).map(|(_, id)| id);
+        if expected.is_some() || !self.allows(destination) {
+            let (tunnel, server) = match connect_tunnel(&self.tls, destination, expected, TUNNEL_TIMEOUT).await {
+                Ok(connected) => connected,
+                Err(ConnectError::Refusal(reason, negotiated)) => {
+                    // Not a mesh workload (or not the one expected), and not listed as outside the
+                    // mesh: refused, the app's bytes unsent.
+                    let expected = expected.map(ToString::to_string);
+                    self.telemetry.outbound_tls_refused(
+                        destination,
+                        expected,
+                        reason,
+                        negotiated.map(|n| (n.version, n.cipher, n.presented)),
+                    );
+                    refused.refused(Some(peer.ip()));
+                    tracing::debug!(%peer, %destination, "not HTTP, to a destination without a mesh identity outside outbound.passthrough: closed");
+                    return Sorted::Done;
+                }
+                Err(ConnectError::HandshakeTimeout(_)) => {
+                    // It took the connection and never answered the handshake: a server that
+                    // waits for its client to speak first, without a sidecar.
+                    self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "timeout"]).inc();
+                    refused.refused(Some(peer.ip()));
+                    tracing::debug!(%peer, %destination, "not HTTP, to a destination that did not answer mutual TLS, outside outbound.passthrough: closed");
+                    return Sorted::Done;
+                }
+                Err(e) => {
+                    tracing::debug!(%peer, %destination, error = %e, "opaque tunnel: destination unreachable");
+                    log(Moved::default(), "unreachable", None);
+                    return Sorted::Done;
+                }
+            };
+            self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "success"]).inc();
+            self.telemetry.metrics.opaque_connections.inc();
+            let mut moved = Moved::default();
+            let end = Box::pin(relay(tcp, tunnel, OPAQUE_IDLE_TIMEOUT, &mut moved)).await;
+            log(moved, end_label(end, peer, destination), Some(&server));
+            return Sorted::Done;
+        }
         let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination)).await {
             Ok(Ok(upstream)) => upstream,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, %destination, error = %e, "opaque relay: destination refused");
-                log(Moved::default(), "unreachable");
+                log(Moved::default(), "unreachable", None);
                 return Sorted::Done;
             }
             Err(_) => {
                 tracing::debug!(%peer, %destination, "opaque relay: destination did not accept in time");
-                log(Moved::default(), "unreachable");
+                log(Moved::default(), "unreachable", None);
                 return Sorted::Done;
             }
         };
@@ -162,22 +220,27 @@ impl OpaqueTcp {
         self.telemetry.metrics.opaque_connections.inc();
         let mut moved = Moved::default();
         // Boxed: two buffers of a TLS record each, for as long as the connection lives.
-        let end = match Box::pin(relay(tcp, upstream, OPAQUE_IDLE_TIMEOUT, &mut moved)).await {
-            Ok(RelayEnd::Closed) => "closed",
-            Ok(RelayEnd::Idle) => "idle_timeout",
-            Err(e) => {
-                tracing::debug!(%peer, %destination, error = %e, "opaque relay ended");
-                "error"
-            }
-        };
-        log(moved, end);
+        let end = Box::pin(relay(tcp, upstream, OPAQUE_IDLE_TIMEOUT, &mut moved)).await;
+        log(moved, end_label(end, peer, destination), None);
         Sorted::Done
+    }
+}
+
+/// How a relay ended, as the access log says it (a failure logged at debug level).
+pub(super) fn end_label(end: std::io::Result<RelayEnd>, peer: SocketAddr, destination: SocketAddr) -> &'static str {
+    match end {
+        Ok(RelayEnd::Closed) => "closed",
+        Ok(RelayEnd::Idle) => "idle_timeout",
+        Err(e) => {
+            tracing::debug!(%peer, %destination, error = %e, "opaque relay ended");
+            "error"
+        }
     }
 }
 
 /// How a relay ended, short of a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum RelayEnd {
+pub(super) enum RelayEnd {
     /// Both sides closed their halves.
     Closed,
     /// Nothing moved for the idle timeout.
@@ -186,23 +249,22 @@ enum RelayEnd {
 
 /// The bytes a relay passed on each way.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Moved {
-    /// From the app to its destination.
-    sent: u64,
-    received: u64,
+pub(super) struct Moved {
+    /// From the side that opened the connection to the other.
+    pub sent: u64,
+    pub received: u64,
 }
 
 /// Copies both ways until each side has closed its half, or nothing moves for `idle`. A side
-/// that closes its half has that passed on (a shutdown of the other's write), so protocols that
-/// end a request with a half-close still work.
-async fn relay(
-    mut client: TcpStream,
-    mut upstream: TcpStream,
-    idle: Duration,
-    moved: &mut Moved,
-) -> std::io::Result<RelayEnd> {
-    let (mut client_read, mut client_write) = client.split();
-    let (mut upstream_read, mut upstream_write) = upstream.split();
+/// that closes its half has that passed on (a shutdown of the other's write; over TLS, its
+/// close_notify), so protocols that end a request with a half-close still work.
+pub(super) async fn relay<C, U>(client: C, upstream: U, idle: Duration, moved: &mut Moved) -> std::io::Result<RelayEnd>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
     let mut up = vec![0u8; RELAY_BUFFER];
     let mut down = vec![0u8; RELAY_BUFFER];
     let (mut client_open, mut upstream_open) = (true, true);
@@ -228,11 +290,11 @@ async fn relay(
 
 /// One read's worth of a relay's direction: its `n` bytes of `buf` written on, or, when the
 /// reading side has closed its half (`n` is 0), that close passed on and the direction marked
-/// done.
+/// done. Flushed at once: a TLS stream holds what it was given until then.
 async fn pass_on(
     n: usize,
     buf: &[u8],
-    to: &mut tokio::net::tcp::WriteHalf<'_>,
+    to: &mut (impl AsyncWrite + Unpin),
     open: &mut bool,
     count: &mut u64,
 ) -> std::io::Result<()> {
@@ -241,6 +303,7 @@ async fn pass_on(
         to.shutdown().await
     } else {
         to.write_all(&buf[..n]).await?;
+        to.flush().await?;
         *count += n as u64;
         Ok(())
     }
