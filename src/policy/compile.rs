@@ -416,15 +416,17 @@ impl PolicySnapshot {
             path,
         };
         let peer = Peer { principal: req.principal, source_ip: req.source_ip, port: req.port };
-        self.authorize_with(|policy| policy.decide(req, &peer, &facts), audit)
+        self.authorize_with(|policy| policy.decide(req, &peer, &facts), true, audit)
     }
 
-    /// Step 4 for a TCP connection from a mesh peer ([`super::decide::ConnectionView`]).
+    /// Step 4 for a TCP connection from a mesh peer ([`super::decide::ConnectionView`]);
+    /// `counted`: in `palisade_authz_decisions_total` (not when an open one is judged again).
     pub(super) fn authorize_connection_rules(
         &self,
         principal: &SpiffeId,
         source_ip: Option<IpAddr>,
         port: u16,
+        counted: bool,
         audit: impl FnMut(DecidedBy),
     ) -> Result<(), DecidedBy> {
         let facts = Facts {
@@ -435,19 +437,23 @@ impl PolicySnapshot {
             path: "",
         };
         let peer = Peer { principal: Some(principal), source_ip, port };
-        self.authorize_with(|policy| policy.decide_connection(&peer, &facts), audit)
+        self.authorize_with(|policy| policy.decide_connection(&peer, &facts), counted, audit)
     }
 
-    /// Each policy's decision (`decide`), counted; the first ENFORCE denial refuses.
+    /// Each policy's decision (`decide`), counted when `counted`; the first ENFORCE denial
+    /// refuses.
     fn authorize_with<'s>(
         &'s self,
         decide: impl Fn(&'s CompiledPolicy) -> &'s Decision,
+        counted: bool,
         mut audit: impl FnMut(DecidedBy),
     ) -> Result<(), DecidedBy> {
         let mut refused = None;
         for policy in &self.policies {
             let decision = decide(policy);
-            decision.counter.inc();
+            if counted {
+                decision.counter.inc();
+            }
             if decision.action == Action::DENY {
                 let denied = DecidedBy { policy: policy.name.clone(), rule: decision.rule.clone() };
                 match policy.mode {

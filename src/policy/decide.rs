@@ -386,9 +386,26 @@ impl PolicySnapshot {
     /// `requireJwt`, which no connection can meet. `audit` hears of an AUDIT policy's denials.
     /// Rate limits and the WAF count and read requests; a connection meets neither.
     pub fn authorize_connection(&self, view: &ConnectionView<'_>, audit: impl FnMut(DecidedBy)) -> Result<(), Refusal> {
+        self.judge_connection(view, true, audit)
+    }
+
+    /// [`Self::authorize_connection`] for a connection already open, after a policy update: the
+    /// same verdict, neither counted again nor reported under AUDIT again.
+    pub fn recheck_connection(&self, view: &ConnectionView<'_>) -> Result<(), Refusal> {
+        self.judge_connection(view, false, |_| {})
+    }
+
+    fn judge_connection(
+        &self,
+        view: &ConnectionView<'_>,
+        counted: bool,
+        audit: impl FnMut(DecidedBy),
+    ) -> Result<(), Refusal> {
         if let Some(authn) = &self.authn {
             if let Some(policy) = &authn.required_by {
-                authn.failed(Reason::Missing);
+                if counted {
+                    authn.failed(Reason::Missing);
+                }
                 return Err(Refusal::Unauthenticated(Unauthenticated {
                     reason: None,
                     www_authenticate: crate::authn::www_authenticate(REALM, None),
@@ -396,7 +413,8 @@ impl PolicySnapshot {
                 }));
             }
         }
-        self.authorize_connection_rules(view.principal, view.source_ip, view.port, audit).map_err(Refusal::Forbidden)
+        self.authorize_connection_rules(view.principal, view.source_ip, view.port, counted, audit)
+            .map_err(Refusal::Forbidden)
     }
 
     /// Verifies the request's token, when the policies name issuers. Waits only when a token
@@ -1437,6 +1455,14 @@ mod tests {
         assert_eq!(forbidden(connect(&s, BATCH, 5432).0), "no-batch-admin");
         let (verdict, _) = connect(&s, ORDERS, 5432);
         assert_eq!(verdict, Ok(()), "the principal on its port");
+        // An open connection judged again after an update gets the same verdicts.
+        let recheck = |id: &str, port: u16| {
+            let principal = SpiffeId::parse(id).unwrap();
+            s.recheck_connection(&ConnectionView { principal: &principal, source_ip: None, port })
+        };
+        assert_eq!(recheck(ORDERS, 5432), Ok(()));
+        assert!(matches!(recheck(BATCH, 5432), Err(Refusal::Forbidden(by)) if &*by.rule == "no-batch-admin"));
+        assert!(matches!(recheck(FRONTEND, 5432), Err(Refusal::Forbidden(_))));
     }
 
     #[test]
