@@ -42,7 +42,8 @@ pub struct InjectSettings {
     /// Every sidecar's `outbound.passthrough`: destinations outside the mesh its app may reach
     /// through it (plaintext HTTP forwarded, other TCP relayed), seen and counted by the sidecar.
     pub outbound_passthrough: Vec<String>,
-    /// Every sidecar's `outbound.opaquePorts`: ports of protocols where the server speaks first.
+    /// Every sidecar's `outbound.opaquePorts` (ports of protocols where the server speaks first),
+    /// and added to its `inbound.opaquePorts` (its app's ports that are not HTTP).
     pub opaque_ports: Vec<u16>,
 }
 

@@ -276,7 +276,17 @@ pub struct InboundConfig {
     pub allow_permissive: bool,
     /// Request headers whose names hold `_`, on their way to the app.
     pub headers_with_underscores: UnderscoreHeaders,
+    /// The app's ports that speak something other than HTTP (a database's protocol, its own
+    /// TLS): a mesh peer's tunnel to one is relayed to the app as bytes, once the policy allows
+    /// the caller. A tunnel to any other port is refused, so a caller cannot carry HTTP past the
+    /// pipeline (the WAF, rate limits, the headers the sidecar sets) to an HTTP port.
+    pub opaque_ports: Vec<u16>,
 }
+
+/// `inbound.opaquePorts` by default: the well-known ports of protocols that are not HTTP, as
+/// Linkerd's default opaque ports (SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch's
+/// transport, memcached).
+pub const DEFAULT_INBOUND_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
 
 /// What the app gets of request headers whose names hold `_` (Envoy's
 /// `headers_with_underscores_action`). CGI, WSGI, Rack/Puma and PHP read `x_user_id` as
@@ -312,6 +322,7 @@ impl Default for InboundConfig {
             app_timeout: None,
             allow_permissive: true,
             headers_with_underscores: UnderscoreHeaders::Drop,
+            opaque_ports: DEFAULT_INBOUND_OPAQUE_PORTS.to_vec(),
         }
     }
 }
@@ -709,6 +720,9 @@ impl super::Validate for SidecarConfig {
         }
         if self.outbound.opaque_ports.contains(&0) {
             invalid.push(Invalid::field("outbound.opaquePorts", "every port must be from 1 to 65535, got 0"));
+        }
+        if self.inbound.opaque_ports.contains(&0) {
+            invalid.push(Invalid::field("inbound.opaquePorts", "every port must be from 1 to 65535, got 0"));
         }
         if self.limits.max_connections == 0 {
             invalid.push(Invalid::field("limits.maxConnections", "must be at least 1"));

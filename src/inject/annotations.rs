@@ -16,7 +16,9 @@ pub const EXCLUDE_OUTBOUND_CIDRS: &str = "palisade.dev/exclude-outbound-cidrs";
 /// Added to `outbound.passthrough`: destinations outside the mesh the app reaches through its
 /// sidecar (`10.20.0.0/16,203.0.113.7`).
 pub const OUTBOUND_PASSTHROUGH: &str = "palisade.dev/outbound-passthrough";
-/// Added to `outbound.opaquePorts`: ports where the server speaks first (`3306,25`).
+/// Added to `outbound.opaquePorts` (ports where the server speaks first: not waited on for the
+/// app's first bytes) and to `inbound.opaquePorts` (the pod's own ports that are not HTTP, whose
+/// tunnels its sidecar relays): `3306,25`.
 pub const OPAQUE_PORTS: &str = "palisade.dev/opaque-ports";
 /// `PALISADE_LOG` of this pod's sidecar.
 pub const LOG_LEVEL: &str = "palisade.dev/log-level";

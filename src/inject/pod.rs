@@ -326,6 +326,9 @@ pub fn sidecar_config(settings: &InjectSettings, options: &PodOptions) -> String
         .filter_map(|cidr| cidr.parse().ok())
         .collect();
     config.outbound.opaque_ports = merged(&settings.opaque_ports, &options.opaque_ports);
+    // The same ports, on a server's side, are the ones whose tunnels its sidecar relays, beside
+    // the well-known ones.
+    config.inbound.opaque_ports = merged(&crate::config::DEFAULT_INBOUND_OPAQUE_PORTS, &config.outbound.opaque_ports);
     config.admin.listen = any(ports.admin);
     let cp = &settings.control_plane;
     config.policy.control_plane = Some(ControlPlaneAddress { host: host.clone(), port: cp.grpc_port });

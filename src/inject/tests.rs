@@ -427,14 +427,16 @@ fn passthrough_destinations_and_opaque_ports_reach_the_sidecars_configuration() 
     s.identity.mode = IdentityMode::Secret;
     s.outbound_passthrough = vec!["10.20.0.0/16".into()];
     s.opaque_ports = vec![25];
-    let annotations = json!({ann::OUTBOUND_PASSTHROUGH: "203.0.113.7, fd00:db::/64", ann::OPAQUE_PORTS: "3306"});
+    let annotations = json!({ann::OUTBOUND_PASSTHROUGH: "203.0.113.7, fd00:db::/64", ann::OPAQUE_PORTS: "3306,7000"});
     let options = ann::PodOptions::read(annotations.as_object()).unwrap();
     let text = pod::sidecar_config(&s, &options);
     let config: SidecarConfig =
         load_text(std::path::Path::new("PALISADE_CONFIG"), &text, &env).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
     let blocks: Vec<String> = config.outbound.passthrough.iter().map(ToString::to_string).collect();
     assert_eq!(blocks, ["10.20.0.0/16", "203.0.113.7/32", "fd00:db::/64"], "{text}");
-    assert_eq!(config.outbound.opaque_ports, [25, 3306], "{text}");
+    assert_eq!(config.outbound.opaque_ports, [25, 3306, 7000], "{text}");
+    // On the server's side, the same ports take tunnels, beside the well-known ones.
+    assert_eq!(config.inbound.opaque_ports, [25, 587, 3306, 4444, 5432, 6379, 7000, 9300, 11211], "{text}");
     // Without either, the sidecar's defaults stand and nothing is written.
     let text = pod::sidecar_config(&settings(), &Default::default());
     assert!(!text.contains("passthrough") && !text.contains("opaquePorts"), "{text}");
