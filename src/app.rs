@@ -381,7 +381,12 @@ async fn run(
         log_level: options.log_level.clone(),
         shutdown: shutdown.clone(),
     });
-    let inbound_transport = Transport::Mesh { tls: tls.clone(), policy: policy.clone(), app: config.inbound.app.0 };
+    let inbound_transport = Transport::Mesh {
+        tls: tls.clone(),
+        policy: policy.clone(),
+        app: config.inbound.app.0,
+        opaque_ports: config.inbound.opaque_ports.clone(),
+    };
 
     let stop = shutdown.subscribe();
     let open_files = crate::lifecycle::raise_open_files_limit();

@@ -157,6 +157,8 @@ pub enum Transport {
         tls: Arc<TlsStore>,
         policy: Arc<PolicyStore>,
         app: SocketAddr,
+        /// `inbound.opaquePorts`: the app's ports a tunnel may reach.
+        opaque_ports: Vec<u16>,
     },
     /// Server TLS without client certificates (the injection webhook, called by the API
     /// server).
@@ -258,8 +260,9 @@ pub async fn serve_with<A>(
     };
     let at_memory_limit = counter(RefusalReason::MemoryLimit, memory_setting);
     let tunnels = match &*transport {
-        Transport::Mesh { tls, policy, app } => Some(Arc::new(InboundTunnels {
+        Transport::Mesh { tls, policy, app, opaque_ports } => Some(Arc::new(InboundTunnels {
             app: *app,
+            opaque_ports: opaque_ports.clone(),
             tls: tls.clone(),
             policy: policy.clone(),
             telemetry: telemetry.clone(),
@@ -365,9 +368,9 @@ pub async fn serve_with<A>(
             // held for the connection's whole life (the task's size is its largest state's).
             let (stream, gate) = match Box::pin(handshake(tcp, peer, digest, &transport, &telemetry)).await {
                 Some(Handshake::Http(stream, gate)) => (stream, gate),
-                Some(Handshake::Tunnel(stream)) => {
+                Some(Handshake::Tunnel(stream, deadline)) => {
                     if let Some(tunnels) = &tunnels {
-                        Box::pin(tunnels.serve(*stream, peer)).await;
+                        Box::pin(tunnels.serve(*stream, peer, deadline)).await;
                     }
                     return;
                 }
@@ -446,8 +449,9 @@ async fn serve_revocable<A: ServerApp + Send + Sync + 'static>(
 enum Handshake {
     /// HTTP (over TLS or not), for pingora; with the gate of a PERMISSIVE port's plaintext.
     Http(Stream, Option<Arc<IdleGate>>),
-    /// A mesh peer's tunnel, its ClientHello read and put back.
-    Tunnel(Box<L4Stream>),
+    /// A mesh peer's tunnel (whatever was read of its ClientHello put back), and the deadline
+    /// its handshake shares with the look at that ClientHello.
+    Tunnel(Box<L4Stream>, tokio::time::Instant),
 }
 
 async fn handshake(
@@ -489,22 +493,23 @@ async fn handshake(
         }
     }
     let handshakes = &telemetry.metrics.tls_handshakes;
-    // The first record (the ClientHello) says whether this is a tunnel; it is put back for
-    // whichever handshake takes it.
-    let record = match tokio::time::timeout_at(deadline, first_record(&mut tcp)).await {
-        Ok(Ok(record)) => record,
-        Ok(Err(_)) => return None,
+    // The first record (the ClientHello) says whether this is a tunnel.
+    let (tunnel, read) = match tokio::time::timeout_at(deadline, sort_hello(&mut tcp)).await {
+        Ok(Ok(Some(sorted))) => sorted,
+        // Closed before a byte: a TCP probe, not a handshake.
+        Ok(Ok(None)) => return None,
+        Ok(Err(e)) => return inbound_handshake_refused(telemetry, peer, format!("inside its first TLS record: {e}")),
         Err(_) => {
             handshakes.with_label_values(&["inbound", "timeout"]).inc();
             return None;
         }
     };
     let mut stream = l4_stream(tcp, peer, None);
-    stream.rewind(&record);
-    if crate::tls::offers_tunnel(&record) {
-        return Some(Handshake::Tunnel(Box::new(stream)));
+    stream.rewind(&read);
+    if tunnel {
+        return Some(Handshake::Tunnel(Box::new(stream), deadline));
     }
-    drop(record);
+    drop(read);
     let state = store.current();
     match tokio::time::timeout_at(deadline, state.acceptor.tls_handshake(stream)).await {
         Ok(Ok(tls)) if proves_an_identity(&tls) => {
@@ -526,21 +531,47 @@ async fn handshake(
     }
 }
 
-/// Reads a connection's first TLS record whole, header and body: at most 16 KiB and 5 bytes.
-/// Something that is not a handshake record is read only as far as its header, and handed on as
-/// it is (the TLS handshake then refuses it).
-async fn first_record(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Vec<u8>> {
+/// The longest first record a tunnel's ClientHello comes in: this sidecar's is a few hundred
+/// bytes (no post-quantum key share in ring). A longer one is HTTP's and is left to its
+/// handshake, so a caller that announces 16 KiB and sends 5 bytes holds no buffer here.
+const TUNNEL_HELLO_MAX: usize = 2048;
+
+/// Whether a connection's first TLS record offers a tunnel (`None`: closed before a byte), and
+/// what was read off the socket to tell, which must be put back. Looked at in place when the
+/// record has arrived whole (the usual case: nothing read, nothing to put back); read when it
+/// came in pieces, bounded by [`TUNNEL_HELLO_MAX`].
+async fn sort_hello(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Option<(bool, Vec<u8>)>> {
+    use crate::tls::{offers_tunnel, RECORD_HEADER};
     use tokio::io::AsyncReadExt;
-    let mut header = [0u8; crate::tls::RECORD_HEADER];
-    tcp.read_exact(&mut header).await?;
-    let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-    if header[0] != TLS_HANDSHAKE_RECORD || len > crate::tls::MAX_RECORD {
-        return Ok(header.to_vec());
+    let record_len = |header: &[u8]| {
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        (header[0] == TLS_HANDSHAKE_RECORD && len <= TUNNEL_HELLO_MAX).then_some(len)
+    };
+    let mut peeked = [0u8; RECORD_HEADER + TUNNEL_HELLO_MAX];
+    let n = tcp.peek(&mut peeked).await?;
+    if n == 0 {
+        return Ok(None);
     }
-    let mut record = vec![0u8; crate::tls::RECORD_HEADER + len];
-    record[..crate::tls::RECORD_HEADER].copy_from_slice(&header);
-    tcp.read_exact(&mut record[crate::tls::RECORD_HEADER..]).await?;
-    Ok(record)
+    if peeked[0] != TLS_HANDSHAKE_RECORD {
+        return Ok(Some((false, Vec::new())));
+    }
+    if n >= RECORD_HEADER {
+        match record_len(&peeked[..RECORD_HEADER]) {
+            None => return Ok(Some((false, Vec::new()))),
+            Some(len) if n >= RECORD_HEADER + len => {
+                return Ok(Some((offers_tunnel(&peeked[..RECORD_HEADER + len]), Vec::new())))
+            }
+            Some(_) => {}
+        }
+    }
+    // In pieces: read the record (a peek would return at once with what is there already).
+    let mut header = [0u8; RECORD_HEADER];
+    tcp.read_exact(&mut header).await?;
+    let Some(len) = record_len(&header) else { return Ok(Some((false, header.to_vec()))) };
+    let mut record = vec![0u8; RECORD_HEADER + len];
+    record[..RECORD_HEADER].copy_from_slice(&header);
+    tcp.read_exact(&mut record[RECORD_HEADER..]).await?;
+    Ok(Some((offers_tunnel(&record), record)))
 }
 
 /// An inbound handshake refused (the caller's certificate, or what it sent): counted, logged, and

@@ -552,8 +552,9 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
         let got = database("a", address, "5432");
         assert_eq!(got, "pod=b echo:SELECT 1;", "A to B's database at {address}\n{}", logs());
     }
-    // The same bytes to B's HTTP port: A is allowed only /orders there, which a connection has
-    // not, so B's policy refuses the tunnel (the app would have answered 400).
+    // The same bytes to B's HTTP port: B's sidecar takes no tunnel there (8080 is not one of its
+    // inbound.opaquePorts; raw bytes would go around the HTTP pipeline), and its policy would
+    // not have let A's connection in either (the app would have answered 400).
     let not_allowed = database("a", "198.18.0.2", "8080");
     assert_eq!(not_allowed, "", "A's TCP to B's HTTP port\n{}", logs());
     // C has no sidecar: its plaintext meets B's STRICT inbound and never reaches the app.

@@ -228,9 +228,14 @@ def banner(c):
     while chunk := c.recv(4096):
         c.sendall(chunk)
     c.close()
+def http_app(c):
+    c.recv(4096)
+    c.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\nconnection: close\r\n\r\nhttp-app\n")
+    c.close()
 for port in (5432, 6000, 7000):
     serve(port, echo_after_eof)
 serve(3306, banner)
+serve(8080, http_app)
 print("ready", flush=True)
 threading.Event().wait()
 PY
@@ -270,14 +275,22 @@ elif sys.argv[1] == "app":
     print("banner-mesh", talk(3306))
     print("denied-port", talk(7000, ssl_request))
     print("wrong-identity", talk(6000, ssl_request))
+    # HTTP that A's sidecar does not take for HTTP (a blank line first, which HTTP servers
+    # skip): tunnelled, to B's HTTP port, which takes no tunnel.
+    print("http-as-tcp", talk(8080, b"\r\nGET / HTTP/1.1\r\nhost: b\r\n\r\n"))
 else:
     print("plaintext-from-c", talk(5432, ssl_request))
-    forged = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    forged.check_hostname = False
-    forged.verify_mode = ssl.CERT_NONE
-    forged.load_cert_chain("forged/tls.crt", "forged/tls.key")
-    forged.set_alpn_protocols(["tcp.palisade.dev/v1"])
-    print("forged-cert", talk(5432, ssl_request, wrap=forged.wrap_socket))
+    def tunnel_client(cert):
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.load_cert_chain(f"{cert}/tls.crt", f"{cert}/tls.key")
+        context.set_alpn_protocols(["tcp.palisade.dev/v1"])
+        return context.wrap_socket
+    # A's own certificate, offering the tunnel straight to B's inbound port: the tunnel's path,
+    # taken. The same client with a forged certificate for the same identity: refused there.
+    print("tunnel-with-a-cert", talk(3306, wrap=tunnel_client("a")))
+    print("forged-cert", talk(3306, wrap=tunnel_client("forged")))
 PY
 setpriv --regid=2105 --clear-groups python3 servers.py > servers.out 2>&1 &
 cat > b-policy.yaml <<'YAML'
@@ -302,7 +315,7 @@ telemetry: {events: {sink: "file:$WORK/a.events"}, accessLogSink: "file:$WORK/a.
 YAML
 cat > b.yaml <<YAML
 identity: {files: {cert: b/tls.crt, key: b/tls.key, trustBundle: b/ca.crt}}
-inbound: {listen: "127.0.0.1:15106", app: "0.0.0.0:0"}
+inbound: {listen: "127.0.0.1:15106", app: "0.0.0.0:0", opaquePorts: [5432, 3306, 6000, 7000]}
 outbound: {listen: "127.0.0.1:15101"}
 admin: {listen: "127.0.0.1:15100"}
 workload: {namespace: b, serviceAccount: b}
@@ -324,7 +337,7 @@ python3 client.py app
 setpriv --regid=2104 --clear-groups python3 client.py c
 # Each tunnel's access line is written when both of its sides have closed.
 for i in $(seq 1 100); do
-  if [ "$(grep -c '"protocol":"tcp"' a.access 2>/dev/null)" = 3 ] && [ "$(grep -c '"protocol":"tcp"' b.access 2>/dev/null)" = 3 ] \
+  if [ "$(grep -c '"protocol":"tcp"' a.access 2>/dev/null)" = 4 ] && [ "$(grep -c '"protocol":"tcp"' b.access 2>/dev/null)" = 4 ] \
     && [ "$(grep -c 'inbound TLS handshake refused' b.events 2>/dev/null)" = 2 ] && grep -q 'denied TCP connection' b.events; then
     break
   fi
@@ -393,7 +406,21 @@ fn non_http_between_mesh_workloads_crosses_in_an_mtls_tunnel_judged_by_the_serve
             == "127.0.0.97:6000 presented spiffe://cluster.local/ns/b/sa/b, expected spiffe://cluster.local/ns/b/sa/other"),
         "{context}"
     );
-    assert!(stdout.contains("accepted: 127.0.0.97:6000 received \n") || !stdout.contains("6000 received"), "{context}");
+    // B may have reached its app before A refused B's identity and closed; nothing was sent.
+    for l in stdout.lines().filter(|l| l.starts_with("accepted: 127.0.0.97:6000 received")) {
+        assert_eq!(l, "accepted: 127.0.0.97:6000 received ", "{context}");
+    }
+    // HTTP that A's sidecar took for something else is tunnelled, and B refuses a tunnel to its
+    // HTTP port (not in inbound.opaquePorts): raw bytes there would go around the pipeline.
+    assert_eq!(line("http-as-tcp"), "b''", "{context}");
+    assert!(!stdout.contains("accepted: 127.0.0.97:8080"), "{context}");
+    let not_opaque: Vec<&serde_json::Value> =
+        b_events.iter().filter(|e| e["firewall_rule"]["uid"] == "-/inbound.opaquePorts").collect();
+    assert_eq!(not_opaque.len(), 1, "{context}");
+    assert_eq!(not_opaque[0]["dst_endpoint"]["port"], 8080, "{}", not_opaque[0]);
+    // A caller with A's certificate that offers the tunnel itself takes the tunnel's path (the
+    // forged certificate above was refused on that same path).
+    assert_eq!(line("tunnel-with-a-cert"), r"b'banner from the server\n'", "{context}");
     // Then what works: a database's request ended by a half-close, through TLS both ways.
     assert_eq!(line("pg-mesh"), r"b'echo:\x00\x00\x00\x08\x04\xd2\x16/'", "{context}");
     // The server speaks first on an opaque port: its banner arrives without the app sending a byte.
@@ -431,15 +458,17 @@ fn non_http_between_mesh_workloads_crosses_in_an_mtls_tunnel_judged_by_the_serve
     let revoked = b_access.iter().find(|l| l["end"] == "denied").unwrap_or_else(|| panic!("{context}"));
     assert_eq!((&revoked["destination"], &revoked["bytes_received"]), (&"127.0.0.97:3306".into(), &23.into()));
     assert_eq!(denied[1]["dst_endpoint"]["port"], 3306, "{}", denied[1]);
-    // Counted (before the update): three tunnels opened by A (5432, 3306, 7000) and one refused; B let in four
-    // handshakes (A's four) and refused two, and its policy decided four connections.
+    // Counted (before the update): four tunnels opened by A (5432, 3306, 7000, 8080) and one
+    // refused (6000); B let in six handshakes (A's five and the one with A's certificate) and
+    // refused two (plaintext, forged), and its policy decided five connections (8080 was refused
+    // before the policy).
     for metric in [
-        "a-metric: palisade_outbound_opaque_connections_total 3",
+        "a-metric: palisade_outbound_opaque_connections_total 4",
         r#"a-metric: palisade_tls_handshakes_total{direction="outbound",result="failure"} 1"#,
-        r#"a-metric: palisade_tls_handshakes_total{direction="outbound",result="success"} 3"#,
-        r#"b-metric: palisade_tls_handshakes_total{direction="inbound",result="success"} 4"#,
+        r#"a-metric: palisade_tls_handshakes_total{direction="outbound",result="success"} 4"#,
+        r#"b-metric: palisade_tls_handshakes_total{direction="inbound",result="success"} 6"#,
         r#"b-metric: palisade_tls_handshakes_total{direction="inbound",result="failure"} 2"#,
-        r#"b-metric: palisade_authz_decisions_total{decision="allow",mode="ENFORCE",policy="b/db",rule="a-db"} 3"#,
+        r#"b-metric: palisade_authz_decisions_total{decision="allow",mode="ENFORCE",policy="b/db",rule="a-db"} 4"#,
         r#"b-metric: palisade_authz_decisions_total{decision="deny",mode="ENFORCE",policy="b/db",rule="default"} 1"#,
     ] {
         assert!(stdout.contains(metric), "{metric}\n{context}");

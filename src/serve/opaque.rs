@@ -10,6 +10,7 @@
 //! where the server speaks first are named by port (`outbound.opaquePorts`).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -151,35 +152,41 @@ impl OpaqueTcp {
             }
         }
         let started = Instant::now();
-        let log = |moved: Moved, end: &'static str, principal: Option<&SpiffeId>| {
+        let log = |moved: &Moved, end: &'static str, principal: Option<&SpiffeId>| {
             self.telemetry.access_tcp(&TcpAccessRecord {
                 direction: "outbound",
                 principal: principal.map(SpiffeId::as_str),
                 source: peer,
                 destination,
-                bytes_sent: moved.sent,
-                bytes_received: moved.received,
+                bytes_sent: moved.sent(),
+                bytes_received: moved.received(),
                 seconds: started.elapsed().as_secs_f64(),
                 end,
             })
         };
         // A destination with an expected identity is always a mesh one, as for HTTP.
-        let expected = self.identities.iter().find(|(at, _)| *at == destination).map(|(_, id)| id);
+        let canonical = |a: SocketAddr| (a.ip().to_canonical(), a.port());
+        let expected =
+            self.identities.iter().find(|(at, _)| canonical(*at) == canonical(destination)).map(|(_, id)| id);
         if expected.is_some() || !self.allows(destination) {
             let (tunnel, server) = match connect_tunnel(&self.tls, destination, expected, TUNNEL_TIMEOUT).await {
                 Ok(connected) => connected,
-                Err(ConnectError::Refusal(reason, negotiated)) => {
-                    // Not a mesh workload (or not the one expected), and not listed as outside the
-                    // mesh: refused, the app's bytes unsent.
+                // A completed handshake with another identity than the one expected: a security
+                // event of its own, as for HTTP.
+                Err(ConnectError::Refusal(reason, Some(negotiated))) => {
                     let expected = expected.map(ToString::to_string);
-                    self.telemetry.outbound_tls_refused(
-                        destination,
-                        expected,
-                        reason,
-                        negotiated.map(|n| (n.version, n.cipher, n.presented)),
-                    );
+                    let tls = (negotiated.version, negotiated.cipher, negotiated.presented);
+                    self.telemetry.outbound_tls_refused(destination, expected, reason, Some(tls));
                     refused.refused(Some(peer.ip()));
-                    tracing::debug!(%peer, %destination, "not HTTP, to a destination without a mesh identity outside outbound.passthrough: closed");
+                    return Sorted::Done;
+                }
+                // No mesh workload there (a handshake refused midway), and not listed as outside
+                // the mesh: refused, the app's bytes unsent. An app that retries such a
+                // destination makes one aggregated `not_http` report a second, not an event each.
+                Err(ConnectError::Refusal(reason, None)) => {
+                    self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "failure"]).inc();
+                    refused.refused(Some(peer.ip()));
+                    tracing::debug!(%peer, %destination, %reason, "not HTTP, to a destination without a mesh identity outside outbound.passthrough: closed");
                     return Sorted::Done;
                 }
                 Err(ConnectError::HandshakeTimeout(_)) => {
@@ -192,36 +199,36 @@ impl OpaqueTcp {
                 }
                 Err(e) => {
                     tracing::debug!(%peer, %destination, error = %e, "opaque tunnel: destination unreachable");
-                    log(Moved::default(), "unreachable", None);
+                    log(&Moved::default(), "unreachable", None);
                     return Sorted::Done;
                 }
             };
             self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "success"]).inc();
             self.telemetry.metrics.opaque_connections.inc();
-            let mut moved = Moved::default();
-            let end = Box::pin(relay(tcp, tunnel, OPAQUE_IDLE_TIMEOUT, &mut moved)).await;
-            log(moved, end_label(end, peer, destination), Some(&server));
+            let moved = Moved::default();
+            let end = Box::pin(relay(tcp, tunnel, OPAQUE_IDLE_TIMEOUT, &moved)).await;
+            log(&moved, end_label(end, peer, destination), Some(&server));
             return Sorted::Done;
         }
         let upstream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination)).await {
             Ok(Ok(upstream)) => upstream,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, %destination, error = %e, "opaque relay: destination refused");
-                log(Moved::default(), "unreachable", None);
+                log(&Moved::default(), "unreachable", None);
                 return Sorted::Done;
             }
             Err(_) => {
                 tracing::debug!(%peer, %destination, "opaque relay: destination did not accept in time");
-                log(Moved::default(), "unreachable", None);
+                log(&Moved::default(), "unreachable", None);
                 return Sorted::Done;
             }
         };
         let _ = upstream.set_nodelay(true);
         self.telemetry.metrics.opaque_connections.inc();
-        let mut moved = Moved::default();
+        let moved = Moved::default();
         // Boxed: two buffers of a TLS record each, for as long as the connection lives.
-        let end = Box::pin(relay(tcp, upstream, OPAQUE_IDLE_TIMEOUT, &mut moved)).await;
-        log(moved, end_label(end, peer, destination), None);
+        let end = Box::pin(relay(tcp, upstream, OPAQUE_IDLE_TIMEOUT, &moved)).await;
+        log(&moved, end_label(end, peer, destination), None);
         Sorted::Done
     }
 }
@@ -247,65 +254,78 @@ pub(super) enum RelayEnd {
     Idle,
 }
 
-/// The bytes a relay passed on each way.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// The bytes a relay passed on each way, as they move: what was moved before a relay was
+/// dropped (a tunnel the policy closed) is still told.
+#[derive(Debug, Default)]
 pub(super) struct Moved {
     /// From the side that opened the connection to the other.
-    pub sent: u64,
-    pub received: u64,
+    sent: AtomicU64,
+    received: AtomicU64,
+    /// When a byte last moved either way, in milliseconds since the relay began.
+    last: AtomicU64,
 }
 
-/// Copies both ways until each side has closed its half, or nothing moves for `idle`. A side
-/// that closes its half has that passed on (a shutdown of the other's write; over TLS, its
-/// close_notify), so protocols that end a request with a half-close still work.
-pub(super) async fn relay<C, U>(client: C, upstream: U, idle: Duration, moved: &mut Moved) -> std::io::Result<RelayEnd>
+impl Moved {
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+}
+
+/// Copies both ways at once until each side has closed its half, or nothing moves for `idle`.
+/// The two directions run side by side, so two peers that both send without reading (a bulk
+/// upload answered by a bulk stream) never wait on each other. A side that closes its half has
+/// that passed on (a shutdown of the other's write; over TLS, its close_notify), so protocols
+/// that end a request with a half-close still work.
+pub(super) async fn relay<C, U>(client: C, upstream: U, idle: Duration, moved: &Moved) -> std::io::Result<RelayEnd>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
-    let mut up = vec![0u8; RELAY_BUFFER];
-    let mut down = vec![0u8; RELAY_BUFFER];
-    let (mut client_open, mut upstream_open) = (true, true);
-    while client_open || upstream_open {
-        let moved = tokio::time::timeout(idle, async {
-            tokio::select! {
-                n = client_read.read(&mut up), if client_open => {
-                    pass_on(n?, &up, &mut upstream_write, &mut client_open, &mut moved.sent).await
-                }
-                n = upstream_read.read(&mut down), if upstream_open => {
-                    pass_on(n?, &down, &mut client_write, &mut upstream_open, &mut moved.received).await
-                }
+    let began = tokio::time::Instant::now();
+    let up = one_way(&mut client_read, &mut upstream_write, &moved.sent, &moved.last, began);
+    let down = one_way(&mut upstream_read, &mut client_write, &moved.received, &moved.last, began);
+    let quiet = async {
+        loop {
+            let last = Duration::from_millis(moved.last.load(Ordering::Relaxed));
+            let until = began + last + idle;
+            if tokio::time::Instant::now() >= until {
+                return;
             }
-        })
-        .await;
-        match moved {
-            Ok(result) => result?,
-            Err(_) => return Ok(RelayEnd::Idle),
+            tokio::time::sleep_until(until).await;
         }
+    };
+    tokio::select! {
+        both = async { tokio::try_join!(up, down) } => both.map(|_| RelayEnd::Closed),
+        () = quiet => Ok(RelayEnd::Idle),
     }
-    Ok(RelayEnd::Closed)
 }
 
-/// One read's worth of a relay's direction: its `n` bytes of `buf` written on, or, when the
-/// reading side has closed its half (`n` is 0), that close passed on and the direction marked
-/// done. Flushed at once: a TLS stream holds what it was given until then.
-async fn pass_on(
-    n: usize,
-    buf: &[u8],
+/// One direction of a relay: each read written on and flushed (a TLS stream holds what it was
+/// given until then), until the reading side closes its half, which is then passed on.
+async fn one_way(
+    from: &mut (impl AsyncRead + Unpin),
     to: &mut (impl AsyncWrite + Unpin),
-    open: &mut bool,
-    count: &mut u64,
+    count: &AtomicU64,
+    last: &AtomicU64,
+    began: tokio::time::Instant,
 ) -> std::io::Result<()> {
-    if n == 0 {
-        *open = false;
-        to.shutdown().await
-    } else {
+    let mut buf = vec![0u8; RELAY_BUFFER];
+    loop {
+        let n = from.read(&mut buf).await?;
+        last.store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if n == 0 {
+            return to.shutdown().await;
+        }
         to.write_all(&buf[..n]).await?;
         to.flush().await?;
-        *count += n as u64;
-        Ok(())
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        last.store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -356,8 +376,10 @@ mod tests {
         let (mut app, captured) = pair().await;
         let (upstream, mut destination) = pair().await;
         let relay = tokio::spawn(async move {
-            let mut moved = Moved::default();
-            relay(captured, upstream, OPAQUE_IDLE_TIMEOUT, &mut moved).await.map(|end| (end, moved))
+            let moved = Moved::default();
+            relay(captured, upstream, OPAQUE_IDLE_TIMEOUT, &moved)
+                .await
+                .map(|end| (end, moved.sent(), moved.received()))
         });
         let mut buf = [0u8; 4];
         app.write_all(b"ping").await.unwrap();
@@ -368,9 +390,9 @@ mod tests {
         assert_eq!(&buf, b"pong");
         // Nothing more moves: the clock (paused, so it jumps to the next timer) reaches the hour.
         let quiet_since = tokio::time::Instant::now();
-        let (ended, moved) = relay.await.unwrap().unwrap();
+        let (ended, sent, received) = relay.await.unwrap().unwrap();
         assert_eq!(ended, RelayEnd::Idle);
-        assert_eq!(moved, Moved { sent: 4, received: 4 }, "what the access log reports");
+        assert_eq!((sent, received), (4, 4), "what the access log reports");
         assert!(quiet_since.elapsed() >= OPAQUE_IDLE_TIMEOUT, "{:?}", quiet_since.elapsed());
         // Both sides see the close.
         assert_eq!(app.read(&mut buf).await.unwrap(), 0);

@@ -29,7 +29,14 @@ pub async fn connect_tunnel(
     timeout: Duration,
 ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, SpiffeId), ConnectError> {
     let config = store.current().tunnel_client_config.clone();
-    connect_with(config, addr, expected, timeout).await
+    let (tls, id) = connect_with(config, addr, expected, timeout).await?;
+    // A server of the mesh that did not agree on the tunnel (something other than a sidecar's
+    // inbound listener, with a workload certificate) must not be sent the app's bytes: its
+    // policy would not have judged them.
+    if tls.get_ref().1.alpn_protocol() != Some(TUNNEL_ALPN) {
+        return Err(ConnectError::Refusal(format!("{addr} ({id}) did not take the tunnel's protocol"), None));
+    }
+    Ok((tls, id))
 }
 
 /// The server side of a tunnel on `io` (its ClientHello offered [`TUNNEL_ALPN`], see
