@@ -117,7 +117,7 @@ telemetry: {accessLogSink: "file:$WORK/a.access"}
 YAML
 cat > b.yaml <<YAML
 identity: {files: {cert: b/tls.crt, key: b/tls.key, trustBundle: b/ca.crt}}
-inbound: {listen: "127.0.0.1:15106", app: "0.0.0.0:0"}
+inbound: {listen: "127.0.0.1:15106", app: "0.0.0.0:0", opaquePorts: [5432, 5433]}
 outbound: {listen: "127.0.0.1:15101"}
 admin: {listen: "127.0.0.1:15100"}
 workload: {namespace: b, serviceAccount: b}

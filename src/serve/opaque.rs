@@ -399,6 +399,67 @@ mod tests {
         assert_eq!(destination.read(&mut buf).await.unwrap(), 0);
     }
 
+    #[tokio::test]
+    async fn a_relay_carries_an_echo_of_a_bulk_stream_that_the_app_reads_as_it_sends() {
+        /// Sockets with small buffers, so that a relay that stops reading one way fills them at
+        /// once.
+        async fn pair() -> (TcpStream, TcpStream) {
+            let small = || {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.set_send_buffer_size(4096).unwrap();
+                socket.set_recv_buffer_size(4096).unwrap();
+                socket
+            };
+            let listening = small();
+            listening.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let listener = listening.listen(8).unwrap();
+            let near = small().connect(listener.local_addr().unwrap()).await.unwrap();
+            (near, listener.accept().await.unwrap().0)
+        }
+        // The destination echoes each piece before it reads the next; the app reads while it
+        // sends. Direct, that flows. A relay that waits on one direction's write without reading
+        // the other (as this one did before its directions ran side by side) stops for good: the
+        // destination waits to write its echo, the relay to write the next piece.
+        const BULK: usize = 8 << 20;
+        let (app, captured) = pair().await;
+        let (upstream, mut destination) = pair().await;
+        let relay = tokio::spawn(async move {
+            let moved = Moved::default();
+            relay(captured, upstream, OPAQUE_IDLE_TIMEOUT, &moved)
+                .await
+                .map(|end| (end, moved.sent(), moved.received()))
+        });
+        let echo = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = destination.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    destination.shutdown().await.unwrap();
+                    return;
+                }
+                destination.write_all(&buf[..n]).await.unwrap();
+            }
+        });
+        let (mut app_read, mut app_write) = app.into_split();
+        let sending = async move {
+            app_write.write_all(&vec![7u8; BULK]).await.unwrap();
+            app_write.shutdown().await.unwrap();
+        };
+        let reading = async move {
+            let mut got = Vec::new();
+            app_read.read_to_end(&mut got).await.unwrap();
+            got.len()
+        };
+        // A bound for a stall to fail on rather than hang; the flow itself takes well under a
+        // second.
+        let flowed = tokio::time::timeout(Duration::from_secs(120), async { tokio::join!(sending, reading) }).await;
+        let ((), echoed) = flowed.expect("the relay stalled");
+        assert_eq!(echoed, BULK);
+        echo.await.unwrap();
+        let (ended, sent, received) = relay.await.unwrap().unwrap();
+        assert_eq!((ended, sent, received), (RelayEnd::Closed, BULK as u64, BULK as u64));
+    }
+
     #[test]
     fn a_method_cut_short_waits_for_nothing_and_is_taken_as_http() {
         assert_eq!(classify(b"GE"), FirstBytes::Undecided);
