@@ -238,7 +238,7 @@ pub(crate) fn connect_failure(e: &crate::tls::ConnectError) -> Box<pingora::Erro
         Unreachable(..) => ErrorType::ConnectError,
         ConnectTimeout(_) => ErrorType::ConnectTimedout,
         HandshakeTimeout(_) => ErrorType::TLSHandshakeTimedout,
-        Refusal(..) => ErrorType::TLSHandshakeFailure,
+        Refusal(..) | NoHandshake(_) => ErrorType::TLSHandshakeFailure,
     };
     pingora::Error::explain(etype, e.to_string())
 }

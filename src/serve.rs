@@ -531,17 +531,13 @@ async fn handshake(
     }
 }
 
-/// The longest first record a tunnel's ClientHello comes in: this sidecar's is a few hundred
-/// bytes (no post-quantum key share in ring). A longer one is HTTP's and is left to its
-/// handshake, so a caller that announces 16 KiB and sends 5 bytes holds no buffer here.
-const TUNNEL_HELLO_MAX: usize = 2048;
-
 /// Whether a connection's first TLS record offers a tunnel (`None`: closed before a byte), and
 /// what was read off the socket to tell, which must be put back. Looked at in place when the
 /// record has arrived whole (the usual case: nothing read, nothing to put back); read when it
-/// came in pieces, bounded by [`TUNNEL_HELLO_MAX`].
+/// came in pieces, bounded by [`crate::tls::TUNNEL_HELLO_MAX`]: a longer record is HTTP's and is
+/// left to its handshake, so a caller that announces 16 KiB and sends 5 bytes holds no buffer.
 async fn sort_hello(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Option<(bool, Vec<u8>)>> {
-    use crate::tls::{offers_tunnel, RECORD_HEADER};
+    use crate::tls::{offers_tunnel, RECORD_HEADER, TUNNEL_HELLO_MAX};
     use tokio::io::AsyncReadExt;
     let record_len = |header: &[u8]| {
         let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
@@ -1450,6 +1446,78 @@ impl pingora::protocols::Peek for Deadlined {
 
 #[cfg(test)]
 mod tests {
+
+    /// A connected pair on loopback: (the client's end, the listener's).
+    async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        (client, listener.accept().await.unwrap().0)
+    }
+
+    /// A rustls ClientHello's first record, offering `alpn`.
+    fn hello(alpn: &[u8]) -> Vec<u8> {
+        let mut config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let name = rustls_pki_types::ServerName::try_from("peer.example").unwrap();
+        let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let mut out = Vec::new();
+        client.write_tls(&mut out).unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_first_record_that_arrived_whole_is_looked_at_in_place() {
+        use tokio::io::AsyncWriteExt;
+        for (alpn, tunnel) in [(crate::tls::TUNNEL_ALPN, true), (&b"h2"[..], false)] {
+            let (mut client, mut server) = tcp_pair().await;
+            client.write_all(&hello(alpn)).await.unwrap();
+            let sorted = sort_hello(&mut server).await.unwrap();
+            assert_eq!(sorted, Some((tunnel, Vec::new())), "nothing read, nothing to put back");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_first_record_in_pieces_is_read_whole_and_given_back() {
+        use tokio::io::AsyncWriteExt;
+        let record = hello(crate::tls::TUNNEL_ALPN);
+        let (mut client, mut server) = tcp_pair().await;
+        client.write_all(&record[..3]).await.unwrap();
+        let sorting = tokio::spawn(async move { sort_hello(&mut server).await });
+        // On this runtime's one thread, the sort runs (and waits, its peek short) before the rest.
+        tokio::task::yield_now().await;
+        client.write_all(&record[3..]).await.unwrap();
+        assert_eq!(sorting.await.unwrap().unwrap(), Some((true, record)));
+    }
+
+    #[tokio::test]
+    async fn a_long_announced_record_is_left_to_the_http_handshake_unread() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut server) = tcp_pair().await;
+        // 16 KiB announced, 5 bytes sent: no waiting for the rest, no buffer for it.
+        client.write_all(&[TLS_HANDSHAKE_RECORD, 3, 1, 0x40, 0]).await.unwrap();
+        assert_eq!(sort_hello(&mut server).await.unwrap(), Some((false, Vec::new())));
+        // Plaintext under STRICT: the HTTP handshake refuses it, as before.
+        let (mut client, mut server) = tcp_pair().await;
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(sort_hello(&mut server).await.unwrap(), Some((false, Vec::new())));
+    }
+
+    #[tokio::test]
+    async fn a_close_before_a_byte_is_no_handshake_and_one_inside_the_record_an_error() {
+        use tokio::io::AsyncWriteExt;
+        let (client, mut server) = tcp_pair().await;
+        drop(client);
+        assert_eq!(sort_hello(&mut server).await.unwrap(), None);
+        let (mut client, mut server) = tcp_pair().await;
+        client.write_all(&hello(crate::tls::TUNNEL_ALPN)[..3]).await.unwrap();
+        drop(client);
+        let err = sort_hello(&mut server).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
 
     #[test]
     fn each_ipv6_address_is_a_source_of_its_own_and_a_mapped_ipv4_one_is_ipv4() {

@@ -15,7 +15,7 @@ pub use connect::{connect, connect_tcp, ConnectError, Negotiated};
 pub use credentials::{Credentials, IdentityFiles};
 pub use serving::ServingCert;
 pub use store::{PeerIdentity, TlsState, TlsStore};
-pub use tunnel::{accept_tunnel, connect_tunnel, offers_tunnel, MAX_RECORD, RECORD_HEADER, TUNNEL_ALPN};
+pub use tunnel::{accept_tunnel, connect_tunnel, offers_tunnel, RECORD_HEADER, TUNNEL_ALPN, TUNNEL_HELLO_MAX};
 pub use verify::{LeafError, TrustDomains};
 
 use std::path::PathBuf;
@@ -33,6 +33,14 @@ pub enum TlsError {
 /// TLS 1.2 and 1.3 only, with ring as the provider: no OpenSSL, no aws-lc.
 pub(crate) fn provider() -> std::sync::Arc<rustls::crypto::CryptoProvider> {
     std::sync::Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Whether a handshake failed on a certificate (this side refused the peer's): not on an answer
+/// that was not TLS, an alert, or a close.
+pub fn is_certificate_refusal(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented))
 }
 
 /// The verifier's own words when a handshake failed on a certificate (rustls prints our

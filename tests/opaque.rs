@@ -200,6 +200,7 @@ fn captured_traffic_that_is_not_http_is_relayed_to_passthrough_destinations_and_
 const MESH_SCENARIO: &str = r#"
 "$BIN" ca issue --ca ca --spiffe-id spiffe://cluster.local/ns/a/sa/a --out a >/dev/null
 "$BIN" ca issue --ca ca --spiffe-id spiffe://cluster.local/ns/b/sa/b --out b >/dev/null
+"$BIN" ca issue --ca ca --spiffe-id spiffe://cluster.local/ns/d/sa/d --out d >/dev/null
 "$BIN" ca init --trust-domain cluster.local --out other-ca >/dev/null
 "$BIN" ca issue --ca other-ca --spiffe-id spiffe://cluster.local/ns/a/sa/a --out forged >/dev/null
 cat > servers.py <<'PY'
@@ -241,8 +242,8 @@ threading.Event().wait()
 PY
 cat > client.py <<'PY'
 import errno, socket, ssl, sys
-def talk(port, send=None, wrap=None):
-    s = socket.create_connection(("127.0.0.97", port), timeout=10)
+def talk(port, send=None, wrap=None, host="127.0.0.97"):
+    s = socket.create_connection((host, port), timeout=10)
     got = b""
     try:
         if wrap:
@@ -278,6 +279,9 @@ elif sys.argv[1] == "app":
     # HTTP that A's sidecar does not take for HTTP (a blank line first, which HTTP servers
     # skip): tunnelled, to B's HTTP port, which takes no tunnel.
     print("http-as-tcp", talk(8080, b"\r\nGET / HTTP/1.1\r\nhost: b\r\n\r\n"))
+    # D's sidecar sends everything to one fixed app port, an HTTP one: a tunnel addressed to
+    # an opaque port (5432) would land there.
+    print("fixed-app-port", talk(5432, b"\r\nGET / HTTP/1.1\r\nhost: d\r\n\r\n", host="127.0.0.99"))
 else:
     print("plaintext-from-c", talk(5432, ssl_request))
     def tunnel_client(cert):
@@ -301,7 +305,7 @@ spec:
   authorization:
     default: DENY
     rules:
-      - {name: a-db, action: ALLOW, from: {principals: ["spiffe://cluster.local/ns/a/sa/a"]}, to: {ports: [5432, 3306, 6000]}}
+      - {name: a-db, action: ALLOW, from: {principals: ["spiffe://cluster.local/ns/a/sa/a"]}, to: {ports: [5432, 3306, 6000, 8080]}}
 YAML
 cat > a.yaml <<YAML
 identity: {files: {cert: a/tls.crt, key: a/tls.key, trustBundle: a/ca.crt}}
@@ -324,12 +328,24 @@ telemetry: {events: {sink: "file:$WORK/b.events"}, accessLogSink: "file:$WORK/b.
 YAML
 setpriv --regid=2102 --clear-groups "$BIN" sidecar --config a.yaml 2>a.log &
 setpriv --regid=2103 --clear-groups "$BIN" sidecar --config b.yaml 2>b.log &
+cat > d.yaml <<YAML
+identity: {files: {cert: d/tls.crt, key: d/tls.key, trustBundle: d/ca.crt}}
+inbound: {listen: "127.0.0.1:15206", app: "127.0.0.97:8080"}
+outbound: {listen: "127.0.0.1:15201"}
+admin: {listen: "127.0.0.1:15200"}
+telemetry: {events: {sink: "file:$WORK/d.events"}}
+YAML
+setpriv --regid=2106 --clear-groups "$BIN" sidecar --config d.yaml 2>d.log &
 for i in $(seq 1 200); do
   curl -sf http://127.0.0.1:15000/ready >/dev/null && curl -sf http://127.0.0.1:15100/ready >/dev/null \
+    && curl -sf http://127.0.0.1:15200/ready >/dev/null \
     && grep -q ready servers.out && break
   sleep 0.05
 done
 iptables -t nat -A OUTPUT -p tcp -d 127.0.0.97 -m owner --gid-owner 2103 -j RETURN
+iptables -t nat -A OUTPUT -p tcp -d 127.0.0.97 -m owner --gid-owner 2106 -j RETURN
+iptables -t nat -A OUTPUT -p tcp -d 127.0.0.99 -m owner --gid-owner 2102 -j REDIRECT --to-ports 15206
+iptables -t nat -A OUTPUT -p tcp -d 127.0.0.99 -j REDIRECT --to-ports 15001
 iptables -t nat -A OUTPUT -p tcp -d 127.0.0.97 -m owner --gid-owner 2102 -j REDIRECT --to-ports 15106
 iptables -t nat -A OUTPUT -p tcp -d 127.0.0.97 -m owner --gid-owner 2104 -j REDIRECT --to-ports 15106
 iptables -t nat -A OUTPUT -p tcp -d 127.0.0.97 -j REDIRECT --to-ports 15001
@@ -337,7 +353,7 @@ python3 client.py app
 setpriv --regid=2104 --clear-groups python3 client.py c
 # Each tunnel's access line is written when both of its sides have closed.
 for i in $(seq 1 100); do
-  if [ "$(grep -c '"protocol":"tcp"' a.access 2>/dev/null)" = 4 ] && [ "$(grep -c '"protocol":"tcp"' b.access 2>/dev/null)" = 4 ] \
+  if [ "$(grep -c '"protocol":"tcp"' a.access 2>/dev/null)" = 5 ] && [ "$(grep -c '"protocol":"tcp"' b.access 2>/dev/null)" = 4 ] \
     && [ "$(grep -c 'inbound TLS handshake refused' b.events 2>/dev/null)" = 2 ] && grep -q 'denied TCP connection' b.events; then
     break
   fi
@@ -356,12 +372,14 @@ grep '"protocol":"tcp"' a.access | sed 's/^/a-access: /' || true
 grep '"protocol":"tcp"' b.access | sed 's/^/b-access: /' || true
 sed 's/^/a-event: /' a.events
 sed 's/^/b-event: /' b.events
+for i in $(seq 1 100); do grep -q inbound.opaquePorts d.events && break; sleep 0.05; done
+sed 's/^/d-event: /' d.events
 sed 's/^/accepted: /' accepted.log
 "#;
 
 #[test]
 fn non_http_between_mesh_workloads_crosses_in_an_mtls_tunnel_judged_by_the_servers_policy() {
-    let logs = ["a.log", "b.log", "servers.out"];
+    let logs = ["a.log", "b.log", "d.log", "servers.out"];
     let Some(Scenario { stdout, context }) = netns_scenario(MESH_SCENARIO, 90, &logs) else { return };
     let line = |name: &str| {
         stdout
@@ -389,7 +407,8 @@ fn non_http_between_mesh_workloads_crosses_in_an_mtls_tunnel_judged_by_the_serve
         .collect();
     assert_eq!(refused_handshakes.len(), 2, "{context}");
     assert!(refused_handshakes.iter().any(|r| r.contains("BadSignature")), "{refused_handshakes:?}");
-    // B's policy allows A on 5432, 3306 and 6000 only: 7000 is closed before B's app sees a thing.
+    // B's policy allows A on 5432, 3306, 6000 and 8080 only: 7000 is closed before B's app sees a
+    // thing.
     assert_eq!(line("denied-port"), "b''", "{context}");
     assert!(!stdout.contains("accepted: 127.0.0.97:7000"), "{context}");
     let denied: Vec<&serde_json::Value> =
@@ -411,13 +430,21 @@ fn non_http_between_mesh_workloads_crosses_in_an_mtls_tunnel_judged_by_the_serve
         assert_eq!(l, "accepted: 127.0.0.97:6000 received ", "{context}");
     }
     // HTTP that A's sidecar took for something else is tunnelled, and B refuses a tunnel to its
-    // HTTP port (not in inbound.opaquePorts): raw bytes there would go around the pipeline.
+    // HTTP port (not in inbound.opaquePorts) although its policy allows A there: raw bytes
+    // there would go around the pipeline.
     assert_eq!(line("http-as-tcp"), "b''", "{context}");
     assert!(!stdout.contains("accepted: 127.0.0.97:8080"), "{context}");
     let not_opaque: Vec<&serde_json::Value> =
         b_events.iter().filter(|e| e["firewall_rule"]["uid"] == "-/inbound.opaquePorts").collect();
     assert_eq!(not_opaque.len(), 1, "{context}");
     assert_eq!(not_opaque[0]["dst_endpoint"]["port"], 8080, "{}", not_opaque[0]);
+    // With a fixed inbound.app port, the port the bytes would reach decides: D's app port is
+    // HTTP's, so a tunnel addressed to 5432 is refused there too.
+    assert_eq!(line("fixed-app-port"), "b''", "{context}");
+    let d_refusals: Vec<serde_json::Value> =
+        json_lines("d-event: ").into_iter().filter(|e| e["firewall_rule"]["uid"] == "-/inbound.opaquePorts").collect();
+    assert_eq!(d_refusals.len(), 1, "{context}");
+    assert_eq!(d_refusals[0]["dst_endpoint"]["port"], 5432, "{}", d_refusals[0]);
     // A caller with A's certificate that offers the tunnel itself takes the tunnel's path (the
     // forged certificate above was refused on that same path).
     assert_eq!(line("tunnel-with-a-cert"), r"b'banner from the server\n'", "{context}");
@@ -458,14 +485,14 @@ fn non_http_between_mesh_workloads_crosses_in_an_mtls_tunnel_judged_by_the_serve
     let revoked = b_access.iter().find(|l| l["end"] == "denied").unwrap_or_else(|| panic!("{context}"));
     assert_eq!((&revoked["destination"], &revoked["bytes_received"]), (&"127.0.0.97:3306".into(), &23.into()));
     assert_eq!(denied[1]["dst_endpoint"]["port"], 3306, "{}", denied[1]);
-    // Counted (before the update): four tunnels opened by A (5432, 3306, 7000, 8080) and one
-    // refused (6000); B let in six handshakes (A's five and the one with A's certificate) and
+    // Counted (before the update): five tunnels opened by A (5432, 3306, 7000, 8080, and D's
+    // 5432) and one refused (6000); B let in six handshakes (A's five and the one with A's certificate) and
     // refused two (plaintext, forged), and its policy decided five connections (8080 was refused
     // before the policy).
     for metric in [
-        "a-metric: palisade_outbound_opaque_connections_total 4",
+        "a-metric: palisade_outbound_opaque_connections_total 5",
         r#"a-metric: palisade_tls_handshakes_total{direction="outbound",result="failure"} 1"#,
-        r#"a-metric: palisade_tls_handshakes_total{direction="outbound",result="success"} 4"#,
+        r#"a-metric: palisade_tls_handshakes_total{direction="outbound",result="success"} 5"#,
         r#"b-metric: palisade_tls_handshakes_total{direction="inbound",result="success"} 6"#,
         r#"b-metric: palisade_tls_handshakes_total{direction="inbound",result="failure"} 2"#,
         r#"b-metric: palisade_authz_decisions_total{decision="allow",mode="ENFORCE",policy="b/db",rule="a-db"} 4"#,

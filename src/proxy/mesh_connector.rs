@@ -206,6 +206,7 @@ impl MeshConnector {
         let (tls, peer) = match connect(&self.tls, addr, self.expected.as_ref(), CONNECT_TIMEOUT).await {
             Ok(connected) => connected,
             Err(ConnectError::Refusal(reason, negotiated)) => return Err(self.refuse(reason, negotiated)),
+            Err(ConnectError::NoHandshake(reason)) => return Err(self.refuse(reason, None)),
             Err(e) => return Err(super::connect_failure(&e)),
         };
         self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "success"]).inc();

@@ -9,6 +9,7 @@
 //! 10 s stalls are a standing complaint); here the first bytes decide at once, and protocols
 //! where the server speaks first are named by port (`outbound.opaquePorts`).
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -153,16 +154,8 @@ impl OpaqueTcp {
         }
         let started = Instant::now();
         let log = |moved: &Moved, end: &'static str, principal: Option<&SpiffeId>| {
-            self.telemetry.access_tcp(&TcpAccessRecord {
-                direction: "outbound",
-                principal: principal.map(SpiffeId::as_str),
-                source: peer,
-                destination,
-                bytes_sent: moved.sent(),
-                bytes_received: moved.received(),
-                seconds: started.elapsed().as_secs_f64(),
-                end,
-            })
+            let principal = principal.map(SpiffeId::as_str);
+            self.telemetry.access_tcp(&moved.access("outbound", principal, peer, destination, started, end))
         };
         // A destination with an expected identity is always a mesh one, as for HTTP.
         let canonical = |a: SocketAddr| (a.ip().to_canonical(), a.port());
@@ -171,19 +164,21 @@ impl OpaqueTcp {
         if expected.is_some() || !self.allows(destination) {
             let (tunnel, server) = match connect_tunnel(&self.tls, destination, expected, TUNNEL_TIMEOUT).await {
                 Ok(connected) => connected,
-                // A completed handshake with another identity than the one expected: a security
-                // event of its own, as for HTTP.
-                Err(ConnectError::Refusal(reason, Some(negotiated))) => {
+                // A certificate refused (expired, of another CA, not a SPIFFE ID: perhaps someone
+                // else answering at a mesh address), or another identity than the one expected: a
+                // security event each, as for HTTP.
+                Err(ConnectError::Refusal(reason, negotiated)) => {
                     let expected = expected.map(ToString::to_string);
-                    let tls = (negotiated.version, negotiated.cipher, negotiated.presented);
-                    self.telemetry.outbound_tls_refused(destination, expected, reason, Some(tls));
+                    let tls = negotiated.map(|n| (n.version, n.cipher, n.presented));
+                    self.telemetry.outbound_tls_refused(destination, expected, reason, tls);
                     refused.refused(Some(peer.ip()));
                     return Sorted::Done;
                 }
-                // No mesh workload there (a handshake refused midway), and not listed as outside
-                // the mesh: refused, the app's bytes unsent. An app that retries such a
-                // destination makes one aggregated `not_http` report a second, not an event each.
-                Err(ConnectError::Refusal(reason, None)) => {
+                // No mesh workload there (it answered with something other than TLS, an alert,
+                // or a close), and not listed as outside the mesh: refused, the app's bytes
+                // unsent. An app that retries such a destination makes one aggregated `not_http`
+                // report a second, not an event each.
+                Err(ConnectError::NoHandshake(reason)) => {
                     self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "failure"]).inc();
                     refused.refused(Some(peer.ip()));
                     tracing::debug!(%peer, %destination, %reason, "not HTTP, to a destination without a mesh identity outside outbound.passthrough: closed");
@@ -206,7 +201,7 @@ impl OpaqueTcp {
             self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "success"]).inc();
             self.telemetry.metrics.opaque_connections.inc();
             let moved = Moved::default();
-            let end = Box::pin(relay(tcp, tunnel, OPAQUE_IDLE_TIMEOUT, &moved)).await;
+            let end = Box::pin(relay(tcp, tunnel, OPAQUE_IDLE_TIMEOUT, &moved, std::future::pending())).await;
             log(&moved, end_label(end, peer, destination), Some(&server));
             return Sorted::Done;
         }
@@ -227,7 +222,7 @@ impl OpaqueTcp {
         self.telemetry.metrics.opaque_connections.inc();
         let moved = Moved::default();
         // Boxed: two buffers of a TLS record each, for as long as the connection lives.
-        let end = Box::pin(relay(tcp, upstream, OPAQUE_IDLE_TIMEOUT, &moved)).await;
+        let end = Box::pin(relay(tcp, upstream, OPAQUE_IDLE_TIMEOUT, &moved, std::future::pending())).await;
         log(&moved, end_label(end, peer, destination), None);
         Sorted::Done
     }
@@ -238,6 +233,7 @@ pub(super) fn end_label(end: std::io::Result<RelayEnd>, peer: SocketAddr, destin
     match end {
         Ok(RelayEnd::Closed) => "closed",
         Ok(RelayEnd::Idle) => "idle_timeout",
+        Ok(RelayEnd::Stopped) => "denied",
         Err(e) => {
             tracing::debug!(%peer, %destination, error = %e, "opaque relay ended");
             "error"
@@ -252,6 +248,8 @@ pub(super) enum RelayEnd {
     Closed,
     /// Nothing moved for the idle timeout.
     Idle,
+    /// Its `stop` came: a tunnel the policy now refuses.
+    Stopped,
 }
 
 /// The bytes a relay passed on each way, as they move: what was moved before a relay was
@@ -266,6 +264,28 @@ pub(super) struct Moved {
 }
 
 impl Moved {
+    /// The access log's line for the relay that moved these bytes, begun at `started`.
+    pub fn access<'a>(
+        &self,
+        direction: &'static str,
+        principal: Option<&'a str>,
+        source: SocketAddr,
+        destination: SocketAddr,
+        started: Instant,
+        end: &'static str,
+    ) -> TcpAccessRecord<'a> {
+        TcpAccessRecord {
+            direction,
+            principal,
+            source,
+            destination,
+            bytes_sent: self.sent(),
+            bytes_received: self.received(),
+            seconds: started.elapsed().as_secs_f64(),
+            end,
+        }
+    }
+
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
@@ -275,12 +295,19 @@ impl Moved {
     }
 }
 
-/// Copies both ways at once until each side has closed its half, or nothing moves for `idle`.
-/// The two directions run side by side, so two peers that both send without reading (a bulk
-/// upload answered by a bulk stream) never wait on each other. A side that closes its half has
-/// that passed on (a shutdown of the other's write; over TLS, its close_notify), so protocols
-/// that end a request with a half-close still work.
-pub(super) async fn relay<C, U>(client: C, upstream: U, idle: Duration, moved: &Moved) -> std::io::Result<RelayEnd>
+/// Copies both ways at once until each side has closed its half, nothing moves for `idle`, or
+/// `stop` completes. The two directions run side by side, so a peer that sends while it reads
+/// never waits on the other. A side that closes its half has that passed on (a shutdown of the
+/// other's write; over TLS, its close_notify), so protocols that end a request with a half-close
+/// still work. Ended by `idle` or `stop`, both sides are closed in good order (within a second),
+/// so the far end of a tunnel sees it closed, not broken.
+pub(super) async fn relay<C, U>(
+    client: C,
+    upstream: U,
+    idle: Duration,
+    moved: &Moved,
+    stop: impl std::future::Future<Output = ()>,
+) -> std::io::Result<RelayEnd>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -288,8 +315,6 @@ where
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
     let began = tokio::time::Instant::now();
-    let up = one_way(&mut client_read, &mut upstream_write, &moved.sent, &moved.last, began);
-    let down = one_way(&mut upstream_read, &mut client_write, &moved.received, &moved.last, began);
     let quiet = async {
         loop {
             let last = Duration::from_millis(moved.last.load(Ordering::Relaxed));
@@ -300,10 +325,20 @@ where
             tokio::time::sleep_until(until).await;
         }
     };
-    tokio::select! {
-        both = async { tokio::try_join!(up, down) } => both.map(|_| RelayEnd::Closed),
-        () = quiet => Ok(RelayEnd::Idle),
-    }
+    let end = {
+        let up = one_way(&mut client_read, &mut upstream_write, &moved.sent, &moved.last, began);
+        let down = one_way(&mut upstream_read, &mut client_write, &moved.received, &moved.last, began);
+        tokio::select! {
+            both = async { tokio::try_join!(up, down) } => return both.map(|_| RelayEnd::Closed),
+            () = quiet => RelayEnd::Idle,
+            () = stop => RelayEnd::Stopped,
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tokio::join!(client_write.shutdown(), upstream_write.shutdown());
+    })
+    .await;
+    Ok(end)
 }
 
 /// One direction of a relay: each read written on and flushed (a TLS stream holds what it was
@@ -320,7 +355,11 @@ async fn one_way(
         let n = from.read(&mut buf).await?;
         last.store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
         if n == 0 {
-            return to.shutdown().await;
+            // A peer that has closed both halves already has nothing to be told.
+            return match to.shutdown().await {
+                Err(e) if matches!(e.kind(), ErrorKind::NotConnected | ErrorKind::BrokenPipe) => Ok(()),
+                done => done,
+            };
         }
         to.write_all(&buf[..n]).await?;
         to.flush().await?;
@@ -377,7 +416,7 @@ mod tests {
         let (upstream, mut destination) = pair().await;
         let relay = tokio::spawn(async move {
             let moved = Moved::default();
-            relay(captured, upstream, OPAQUE_IDLE_TIMEOUT, &moved)
+            relay(captured, upstream, OPAQUE_IDLE_TIMEOUT, &moved, std::future::pending())
                 .await
                 .map(|end| (end, moved.sent(), moved.received()))
         });
@@ -425,7 +464,7 @@ mod tests {
         let (upstream, mut destination) = pair().await;
         let relay = tokio::spawn(async move {
             let moved = Moved::default();
-            relay(captured, upstream, OPAQUE_IDLE_TIMEOUT, &moved)
+            relay(captured, upstream, OPAQUE_IDLE_TIMEOUT, &moved, std::future::pending())
                 .await
                 .map(|end| (end, moved.sent(), moved.received()))
         });

@@ -18,7 +18,7 @@ use pingora::protocols::GetSocketDigest;
 
 use super::opaque::{end_label, relay, Moved, CONNECT_TIMEOUT, OPAQUE_IDLE_TIMEOUT};
 use crate::policy::{ConnectionView, PolicyStore};
-use crate::telemetry::{DeniedConnection, SecurityEvent, TcpAccessRecord, Telemetry};
+use crate::telemetry::{DeniedConnection, SecurityEvent, Telemetry};
 use crate::tls::TlsStore;
 
 /// What an inbound listener needs to serve tunnels.
@@ -61,7 +61,8 @@ impl InboundTunnels {
         let addressed = redirected.or_else(|| digest.local_addr().and_then(|l| l.as_inet()).copied());
         let view = ConnectionView { principal: &caller, source_ip: Some(peer.ip().to_canonical()), port };
         let app = crate::config::app_target(self.app, || addressed.map(|a| a.ip().to_canonical()), port);
-        // What the caller reached, as the events and the access log name it.
+        // What the caller reached, as the events and the access log name it (the bytes go to
+        // `app`: the same port unless `inbound.app` names one).
         let destination = addressed.unwrap_or(app);
         let denied = |by: (String, String), audit: bool| {
             self.telemetry.events.emit(SecurityEvent::ConnectionDenied(DeniedConnection {
@@ -83,7 +84,9 @@ impl InboundTunnels {
                 let _ = tokio::time::timeout(CONNECT_TIMEOUT, tls.shutdown()).await;
             }
         };
-        if !self.opaque_ports.contains(&port) {
+        // The port the bytes would reach decides: with a fixed `inbound.app` port every tunnel
+        // lands there, whichever port it addressed.
+        if !self.opaque_ports.contains(&app.port()) {
             let why = ("-".to_string(), "inbound.opaquePorts".to_string());
             return refuse(
                 tls,
@@ -104,16 +107,8 @@ impl InboundTunnels {
         let started = Instant::now();
         let moved = Moved::default();
         let log = |end: &'static str| {
-            self.telemetry.access_tcp(&TcpAccessRecord {
-                direction: "inbound",
-                principal: Some(caller.as_str()),
-                source: peer,
-                destination,
-                bytes_sent: moved.sent(),
-                bytes_received: moved.received(),
-                seconds: started.elapsed().as_secs_f64(),
-                end,
-            })
+            let record = moved.access("inbound", Some(caller.as_str()), peer, destination, started, end);
+            self.telemetry.access_tcp(&record)
         };
         let app = match crate::tls::connect_tcp(app, CONNECT_TIMEOUT).await {
             Ok(app) => app,
@@ -125,24 +120,23 @@ impl InboundTunnels {
         // A policy update that refuses this caller now closes the tunnel, as it would refuse
         // its next HTTP request: a DENY rule added for a database's clients takes effect on the
         // connections a pool keeps open for hours, as ztunnel re-checks its connections.
+        let revocation = std::sync::OnceLock::new();
         let revoked = async {
             while changes.changed().await.is_ok() {
                 if let Err(refusal) = self.policy.current().recheck_connection(&view) {
-                    return refusal;
+                    let _ = revocation.set(refusal);
+                    return;
                 }
             }
             std::future::pending().await
         };
         // Boxed: two relay buffers and a TLS session, for as long as the connection lives.
-        let relaying = Box::pin(relay(tls, app, OPAQUE_IDLE_TIMEOUT, &moved));
-        tokio::select! {
-            end = relaying => log(end_label(end, peer, destination)),
-            refusal = revoked => {
-                tracing::debug!(%peer, %caller, port, reason = refusal.reason(), "tunnel closed: the policy now refuses it");
-                denied(refusal.policy_and_rule(), false);
-                log("denied");
-            }
+        let end = Box::pin(relay(tls, app, OPAQUE_IDLE_TIMEOUT, &moved, revoked)).await;
+        if let Some(refusal) = revocation.get() {
+            tracing::debug!(%peer, %caller, port, reason = refusal.reason(), "tunnel closed: the policy now refuses it");
+            denied(refusal.policy_and_rule(), false);
         }
+        log(end_label(end, peer, destination));
     }
 }
 

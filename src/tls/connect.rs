@@ -22,12 +22,16 @@ pub enum ConnectError {
     ConnectTimeout(SocketAddr),
     #[error("TLS with {0}: timed out")]
     HandshakeTimeout(SocketAddr),
-    /// The peer failed the handshake or presented an identity other than the one expected:
-    /// a security event, not just an outage. After a completed handshake (the identity
+    /// The peer's certificate was refused, or it presented an identity other than the one
+    /// expected: a security event, not just an outage. After a completed handshake (the identity
     /// compared), what it negotiated; a handshake refused midway tells nothing (tokio-rustls drops
     /// rustls's connection with the error).
     #[error("{0}")]
     Refusal(String, Option<Negotiated>),
+    /// The handshake failed short of a certificate: the peer answered with something that is
+    /// not TLS, with an alert, or closed. A server without a sidecar, most often.
+    #[error("{0}")]
+    NoHandshake(String),
 }
 
 /// What a completed handshake negotiated, for the event of a refusal that came after it.
@@ -92,10 +96,12 @@ pub(super) async fn connect_with(
     let tls = match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            return Err(ConnectError::Refusal(
-                format!("handshake with {addr} failed: {}", super::refusal_reason(&e).unwrap_or_else(|| e.to_string())),
-                None,
-            ))
+            let reason =
+                format!("handshake with {addr} failed: {}", super::refusal_reason(&e).unwrap_or_else(|| e.to_string()));
+            return Err(match super::is_certificate_refusal(&e) {
+                true => ConnectError::Refusal(reason, None),
+                false => ConnectError::NoHandshake(reason),
+            });
         }
         Err(_) => return Err(ConnectError::HandshakeTimeout(addr)),
     };

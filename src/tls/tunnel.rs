@@ -34,7 +34,7 @@ pub async fn connect_tunnel(
     // inbound listener, with a workload certificate) must not be sent the app's bytes: its
     // policy would not have judged them.
     if tls.get_ref().1.alpn_protocol() != Some(TUNNEL_ALPN) {
-        return Err(ConnectError::Refusal(format!("{addr} ({id}) did not take the tunnel's protocol"), None));
+        return Err(ConnectError::NoHandshake(format!("{addr} ({id}) did not take the tunnel's protocol")));
     }
     Ok((tls, id))
 }
@@ -63,8 +63,10 @@ where
 
 /// The TLS record header: a handshake record, its version, its length.
 pub const RECORD_HEADER: usize = 5;
-/// The longest record a peer may send (RFC 8446 §5.1), what [`offers_tunnel`] may need to read.
-pub const MAX_RECORD: usize = 16 * 1024;
+/// The longest first record a tunnel's ClientHello comes in: this sidecar's is a few hundred
+/// bytes (ring has no post-quantum key share). A test holds this sidecar's own to it: were it
+/// ever longer, every tunnel would be taken for HTTP and refused.
+pub const TUNNEL_HELLO_MAX: usize = 2048;
 
 /// Whether `record` (a whole first TLS record: its header and body) is a ClientHello whose ALPN
 /// extension offers [`TUNNEL_ALPN`]. Anything it cannot read is no tunnel: the handshake then goes
@@ -179,6 +181,14 @@ mod tests {
         not_hello[RECORD_HEADER] = 2;
         assert!(!offers_tunnel(&not_hello));
         assert!(!offers_tunnel(b"GET / HTTP/1.1\r\n\r\n"));
+    }
+
+    #[test]
+    fn this_sidecars_tunnel_hello_fits_where_the_listener_looks_for_it() {
+        let hello = client_hello(&[TUNNEL_ALPN]);
+        assert!(hello.len() <= RECORD_HEADER + TUNNEL_HELLO_MAX, "{} bytes", hello.len());
+        let length = usize::from(u16::from_be_bytes([hello[3], hello[4]]));
+        assert_eq!(hello.len(), RECORD_HEADER + length, "one record");
     }
 
     #[test]
