@@ -52,9 +52,8 @@ pub struct InboundCtx {
 /// The app, and its keep-alive connections: at one address, or (`inbound.app` with port 0) at
 /// the port each caller addressed, as an injected sidecar reaches every port of its pod.
 struct AppAddress {
-    ip: IpAddr,
-    /// 0: the port the caller addressed.
-    port: u16,
+    /// `inbound.app`: port 0 is the port the caller addressed ([`crate::config::app_target`]).
+    app: SocketAddr,
     timeout: Option<Duration>,
     /// One pool per port, looked up without a lock; ports are few (a pod's own).
     pools: ArcSwap<Vec<(SocketAddr, Arc<AppPool>)>>,
@@ -65,13 +64,13 @@ const MAX_APP_PORTS: usize = 256;
 
 impl AppAddress {
     fn new(app: SocketAddr, timeout: Option<Duration>) -> Self {
-        AppAddress { ip: app.ip(), port: app.port(), timeout, pools: ArcSwap::from_pointee(Vec::new()) }
+        AppAddress { app, timeout, pools: ArcSwap::from_pointee(Vec::new()) }
     }
 
     /// Where the app listens for a request that reached `addressed` at `addressed_port`
     /// ([`crate::config::app_target`]).
     fn address(&self, addressed: impl FnOnce() -> Option<IpAddr>, addressed_port: u16) -> SocketAddr {
-        crate::config::app_target(SocketAddr::new(self.ip, self.port), addressed, addressed_port)
+        crate::config::app_target(self.app, addressed, addressed_port)
     }
 
     fn pool(&self, address: SocketAddr) -> Option<Arc<AppPool>> {
@@ -134,14 +133,8 @@ impl Inbound {
     /// The port the caller addressed: the original destination behind an iptables REDIRECT,
     /// else the app's port.
     fn destination_port(&self, session: &Session) -> u16 {
-        session
-            .digest()
-            .and_then(|d| d.socket_digest.as_ref())
-            .and_then(|s| {
-                let original = s.original_dst()?.as_inet()?;
-                (Some(original) != s.local_addr().and_then(|l| l.as_inet())).then_some(original.port())
-            })
-            .unwrap_or(self.app.port)
+        let socket = session.digest().and_then(|d| d.socket_digest.as_ref());
+        socket.and_then(|s| crate::serve::redirected_to(s)).map_or(self.app.app.port(), |original| original.port())
     }
 }
 
@@ -489,7 +482,7 @@ impl ProxyHttp for Inbound {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<Box<HttpPeer>> {
-        let app = ctx.app.unwrap_or_else(|| self.app.address(|| addressed_ip(session), self.app.port));
+        let app = ctx.app.unwrap_or_else(|| self.app.address(|| addressed_ip(session), self.app.app.port()));
         let mut peer = HttpPeer::new(app, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
         peer.options.read_timeout = self.app_timeout;
