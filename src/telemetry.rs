@@ -13,6 +13,7 @@ mod traces;
 
 pub use events::{
     DeniedConnection, DeniedRequest, DosRefusal, EventWriter, RequestFacts, SecurityEvent, TlsSession, WafEvent,
+    OPAQUE_PORTS_RULE,
 };
 pub use logging::{LogFormat, LogLevel};
 pub use metrics::Metrics;

@@ -445,6 +445,8 @@ fn non_http_between_mesh_workloads_crosses_in_an_mtls_tunnel_judged_by_the_serve
         json_lines("d-event: ").into_iter().filter(|e| e["firewall_rule"]["uid"] == "-/inbound.opaquePorts").collect();
     assert_eq!(d_refusals.len(), 1, "{context}");
     assert_eq!(d_refusals[0]["dst_endpoint"]["port"], 5432, "{}", d_refusals[0]);
+    let said = d_refusals[0]["message"].as_str().unwrap_or_default();
+    assert!(said.contains("not in inbound.opaquePorts") && said.contains("palisade.dev/opaque-ports"), "{said}");
     // A caller with A's certificate that offers the tunnel itself takes the tunnel's path (the
     // forged certificate above was refused on that same path).
     assert_eq!(line("tunnel-with-a-cert"), r"b'banner from the server\n'", "{context}");

@@ -87,7 +87,7 @@ impl InboundTunnels {
         // The port the bytes would reach decides: with a fixed `inbound.app` port every tunnel
         // lands there, whichever port it addressed.
         if !self.opaque_ports.contains(&app.port()) {
-            let why = ("-".to_string(), "inbound.opaquePorts".to_string());
+            let why = ("-".to_string(), crate::telemetry::OPAQUE_PORTS_RULE.to_string());
             return refuse(
                 tls,
                 why,

@@ -205,6 +205,9 @@ pub struct DeniedRequest {
     pub request: RequestFacts,
 }
 
+/// The rule a [`DeniedConnection`] names when the port takes no tunnels, before any policy.
+pub const OPAQUE_PORTS_RULE: &str = "inbound.opaquePorts";
+
 /// A refused (or, under AUDIT, would-be refused) TCP connection from a mesh peer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeniedConnection {
@@ -221,6 +224,15 @@ pub struct DeniedConnection {
 impl DeniedConnection {
     fn message(&self) -> String {
         let verdict = if self.audit { "audit, would deny" } else { "denied" };
+        if self.rule == OPAQUE_PORTS_RULE {
+            return format!(
+                "{verdict} TCP connection from {} to port {}: the port is not in inbound.opaquePorts; \
+                 if the app speaks something other than HTTP there, list it (in a pod: the \
+                 palisade.dev/opaque-ports annotation)",
+                self.principal,
+                self.destination.port()
+            );
+        }
         format!(
             "{verdict} TCP connection from {} to port {}: {} rule {}",
             self.principal,
