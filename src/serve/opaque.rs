@@ -404,22 +404,43 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_relay_carries_both_ways_and_ends_after_an_hour_of_nothing() {
-        use tokio::net::TcpListener;
-        async fn pair() -> (TcpStream, TcpStream) {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let near = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-            (near, listener.accept().await.unwrap().0)
-        }
-        let (mut app, captured) = pair().await;
-        let (upstream, mut destination) = pair().await;
-        let relay = tokio::spawn(async move {
+    /// Both ends of a loopback connection; `buffer`: the sockets' buffer sizes, when small ones
+    /// are wanted.
+    async fn pair(buffer: Option<u32>) -> (TcpStream, TcpStream) {
+        let socket = || {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            if let Some(size) = buffer {
+                socket.set_send_buffer_size(size).unwrap();
+                socket.set_recv_buffer_size(size).unwrap();
+            }
+            socket
+        };
+        let listening = socket();
+        listening.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listening.listen(8).unwrap();
+        let near = socket().connect(listener.local_addr().unwrap()).await.unwrap();
+        (near, listener.accept().await.unwrap().0)
+    }
+
+    /// A relay between `captured` and `upstream` on its own task: how it ended, and the bytes it
+    /// moved each way.
+    fn spawn_relay(
+        captured: TcpStream,
+        upstream: TcpStream,
+    ) -> tokio::task::JoinHandle<std::io::Result<(RelayEnd, u64, u64)>> {
+        tokio::spawn(async move {
             let moved = Moved::default();
             relay(captured, upstream, OPAQUE_IDLE_TIMEOUT, &moved, std::future::pending())
                 .await
                 .map(|end| (end, moved.sent(), moved.received()))
-        });
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_carries_both_ways_and_ends_after_an_hour_of_nothing() {
+        let (mut app, captured) = pair(None).await;
+        let (upstream, mut destination) = pair(None).await;
+        let relay = spawn_relay(captured, upstream);
         let mut buf = [0u8; 4];
         app.write_all(b"ping").await.unwrap();
         destination.read_exact(&mut buf).await.unwrap();
@@ -440,34 +461,15 @@ mod tests {
 
     #[tokio::test]
     async fn a_relay_carries_an_echo_of_a_bulk_stream_that_the_app_reads_as_it_sends() {
-        /// Sockets with small buffers, so that a relay that stops reading one way fills them at
-        /// once.
-        async fn pair() -> (TcpStream, TcpStream) {
-            let small = || {
-                let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                socket.set_send_buffer_size(4096).unwrap();
-                socket.set_recv_buffer_size(4096).unwrap();
-                socket
-            };
-            let listening = small();
-            listening.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-            let listener = listening.listen(8).unwrap();
-            let near = small().connect(listener.local_addr().unwrap()).await.unwrap();
-            (near, listener.accept().await.unwrap().0)
-        }
         // The destination echoes each piece before it reads the next; the app reads while it
         // sends. Direct, that flows. A relay that waits on one direction's write without reading
         // the other (as this one did before its directions ran side by side) stops for good: the
         // destination waits to write its echo, the relay to write the next piece.
         const BULK: usize = 8 << 20;
-        let (app, captured) = pair().await;
-        let (upstream, mut destination) = pair().await;
-        let relay = tokio::spawn(async move {
-            let moved = Moved::default();
-            relay(captured, upstream, OPAQUE_IDLE_TIMEOUT, &moved, std::future::pending())
-                .await
-                .map(|end| (end, moved.sent(), moved.received()))
-        });
+        // Small socket buffers, so that a relay that stops reading one way fills them at once.
+        let (app, captured) = pair(Some(4096)).await;
+        let (upstream, mut destination) = pair(Some(4096)).await;
+        let relay = spawn_relay(captured, upstream);
         let echo = tokio::spawn(async move {
             let mut buf = vec![0u8; 64 * 1024];
             loop {
