@@ -21,12 +21,12 @@ use crate::config::{HumanDuration, MtlsMode};
 use crate::memory::CutWait;
 use crate::policy::PolicyStore;
 use crate::telemetry::{RefusalCounter, RefusalReason, SecurityEvent, Telemetry};
-use crate::tls::TlsStore;
-use tunnel::InboundTunnels;
+use crate::tls::{HelloFor, TlsStore};
+use inbound_tcp::InboundTcp;
 
 mod h2_frames;
+mod inbound_tcp;
 mod opaque;
-mod tunnel;
 use h2_frames::H2Frames;
 pub(crate) use h2_frames::PREFACE as H2_PREFACE;
 pub use opaque::OpaqueTcp;
@@ -259,8 +259,8 @@ pub async fn serve_with<A>(
         memory_idle: counter(RefusalReason::MemoryIdle, memory_setting.clone()),
     };
     let at_memory_limit = counter(RefusalReason::MemoryLimit, memory_setting);
-    let tunnels = match &*transport {
-        Transport::Mesh { tls, policy, app, opaque_ports } => Some(Arc::new(InboundTunnels {
+    let inbound_tcp = match &*transport {
+        Transport::Mesh { tls, policy, app, opaque_ports } => Some(Arc::new(InboundTcp {
             app: *app,
             opaque_ports: opaque_ports.clone(),
             tls: tls.clone(),
@@ -337,7 +337,7 @@ pub async fn serve_with<A>(
         let counters = counters.clone();
         let limits = limits.clone();
         let sorting = sorting.clone();
-        let tunnels = tunnels.clone();
+        let inbound_tcp = inbound_tcp.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let _slot = slot;
@@ -366,11 +366,18 @@ pub async fn serve_with<A>(
             };
             // Boxed: the TLS handshake's state is 7 KB, and a future inline in the task would be
             // held for the connection's whole life (the task's size is its largest state's).
-            let (stream, gate) = match Box::pin(handshake(tcp, peer, digest, &transport, &telemetry)).await {
+            let handshake = handshake(tcp, peer, digest, &transport, inbound_tcp.as_deref(), &telemetry);
+            let (stream, gate) = match Box::pin(handshake).await {
                 Some(Handshake::Http(stream, gate)) => (stream, gate),
                 Some(Handshake::Tunnel(stream, deadline)) => {
-                    if let Some(tunnels) = &tunnels {
-                        Box::pin(tunnels.serve(*stream, peer, deadline)).await;
+                    if let Some(inbound_tcp) = &inbound_tcp {
+                        Box::pin(inbound_tcp.serve_tunnel(*stream, peer, deadline)).await;
+                    }
+                    return;
+                }
+                Some(Handshake::Plaintext(stream)) => {
+                    if let Some(inbound_tcp) = &inbound_tcp {
+                        Box::pin(inbound_tcp.serve_plaintext(*stream, peer)).await;
                     }
                     return;
                 }
@@ -452,13 +459,25 @@ enum Handshake {
     /// A mesh peer's tunnel (whatever was read of its ClientHello put back), and the deadline
     /// its handshake shares with the look at that ClientHello.
     Tunnel(Box<L4Stream>, tokio::time::Instant),
+    /// A PERMISSIVE port's plaintext to one of the app's opaque ports (whatever was read of it
+    /// put back): a client without a sidecar, whose bytes go to the app as they are.
+    Plaintext(Box<L4Stream>),
 }
+
+/// How long a connection to an opaque port under PERMISSIVE may send nothing before it is taken
+/// for a plaintext client of a protocol whose server speaks first (MySQL, SMTP), and its app
+/// connected to say its first words. A mesh peer's sidecar sends its ClientHello as soon as it
+/// has connected, so only one stalled for this long is misread, and then its handshake fails:
+/// it is never let in without its identity. Linkerd's 10 s detection stalls are a standing
+/// complaint; only these ports, already named as not HTTP, wait at all.
+const SERVER_FIRST_AFTER: Duration = Duration::from_millis(500);
 
 async fn handshake(
     mut tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     digest: Option<SocketDigest>,
     transport: &Transport,
+    inbound_tcp: Option<&InboundTcp>,
     telemetry: &Telemetry,
 ) -> Option<Handshake> {
     let (store, plaintext_allowed) = match transport {
@@ -480,21 +499,34 @@ async fn handshake(
         }
     };
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    // Under PERMISSIVE, a connection to one of the app's opaque ports may be a client without a
+    // sidecar speaking the app's protocol: its plaintext, or its own TLS.
+    let (mut plaintext_tcp, mut made_digest) = (false, None);
     if plaintext_allowed {
+        let digest = socket_digest(&tcp, peer);
+        let opaque = inbound_tcp.is_some_and(|i| i.reaches_opaque_port(&digest));
+        let wait = match opaque {
+            true => deadline.min(tokio::time::Instant::now() + SERVER_FIRST_AFTER),
+            false => deadline,
+        };
         let mut first = [0u8; 1];
-        match tokio::time::timeout_at(deadline, tcp.peek(&mut first)).await {
-            Ok(Ok(1)) if first[0] != TLS_HANDSHAKE_RECORD => {
+        match tokio::time::timeout_at(wait, tcp.peek(&mut first)).await {
+            Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => (plaintext_tcp, made_digest) = (opaque, Some(digest)),
+            Ok(Ok(1)) if opaque => return Some(Handshake::Plaintext(Box::new(l4_stream(tcp, peer, Some(digest))))),
+            Ok(Ok(1)) => {
                 let gate = Arc::new(IdleGate::default());
-                let stream = CoalescedWrites::new(l4_stream(tcp, peer, None), Some(gate.clone()));
+                let stream = CoalescedWrites::new(l4_stream(tcp, peer, Some(digest)), Some(gate.clone()));
                 return Some(Handshake::Http(Box::new(stream), Some(gate)));
             }
-            Ok(Ok(1)) => {}
+            // Nothing yet: its server speaks first.
+            Err(_) if opaque => return Some(Handshake::Plaintext(Box::new(l4_stream(tcp, peer, Some(digest))))),
             _ => return None,
         }
     }
     let handshakes = &telemetry.metrics.tls_handshakes;
-    // The first record (the ClientHello) says whether this is a tunnel.
-    let (tunnel, read) = match tokio::time::timeout_at(deadline, sort_hello(&mut tcp)).await {
+    // The first record (the ClientHello) says whether this is a tunnel, HTTP, or the app's own
+    // TLS.
+    let (hello_for, read) = match tokio::time::timeout_at(deadline, sort_hello(&mut tcp)).await {
         Ok(Ok(Some(sorted))) => sorted,
         // Closed before a byte: a TCP probe, not a handshake.
         Ok(Ok(None)) => return None,
@@ -504,10 +536,13 @@ async fn handshake(
             return None;
         }
     };
-    let mut stream = l4_stream(tcp, peer, None);
+    let mut stream = l4_stream(tcp, peer, made_digest);
     stream.rewind(&read);
-    if tunnel {
-        return Some(Handshake::Tunnel(Box::new(stream), deadline));
+    match (hello_for, plaintext_tcp) {
+        (HelloFor::Tunnel, _) => return Some(Handshake::Tunnel(Box::new(stream), deadline)),
+        (HelloFor::App, true) => return Some(Handshake::Plaintext(Box::new(stream))),
+        // Under STRICT, or to an HTTP port: the HTTP handshake refuses it (no client certificate).
+        (HelloFor::App | HelloFor::Http, _) => {}
     }
     drop(read);
     let state = store.current();
@@ -531,13 +566,13 @@ async fn handshake(
     }
 }
 
-/// Whether a connection's first TLS record offers a tunnel (`None`: closed before a byte), and
+/// What a connection's first TLS record asks for ([`HelloFor`]; `None`: closed before a byte), and
 /// what was read off the socket to tell, which must be put back. Looked at in place when the
 /// record has arrived whole (the usual case: nothing read, nothing to put back); read when it
 /// came in pieces, bounded by [`crate::tls::TUNNEL_HELLO_MAX`]: a longer record is HTTP's and is
 /// left to its handshake, so a caller that announces 16 KiB and sends 5 bytes holds no buffer.
-async fn sort_hello(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Option<(bool, Vec<u8>)>> {
-    use crate::tls::{offers_tunnel, RECORD_HEADER, TUNNEL_HELLO_MAX};
+async fn sort_hello(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Option<(HelloFor, Vec<u8>)>> {
+    use crate::tls::{sort_client_hello, RECORD_HEADER, TUNNEL_HELLO_MAX};
     use tokio::io::AsyncReadExt;
     let record_len = |header: &[u8]| {
         let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
@@ -549,13 +584,13 @@ async fn sort_hello(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Option<(
         return Ok(None);
     }
     if peeked[0] != TLS_HANDSHAKE_RECORD {
-        return Ok(Some((false, Vec::new())));
+        return Ok(Some((HelloFor::Http, Vec::new())));
     }
     if n >= RECORD_HEADER {
         match record_len(&peeked[..RECORD_HEADER]) {
-            None => return Ok(Some((false, Vec::new()))),
+            None => return Ok(Some((HelloFor::Http, Vec::new()))),
             Some(len) if n >= RECORD_HEADER + len => {
-                return Ok(Some((offers_tunnel(&peeked[..RECORD_HEADER + len]), Vec::new())))
+                return Ok(Some((sort_client_hello(&peeked[..RECORD_HEADER + len]), Vec::new())))
             }
             Some(_) => {}
         }
@@ -563,11 +598,11 @@ async fn sort_hello(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Option<(
     // In pieces: read the record (a peek would return at once with what is there already).
     let mut header = [0u8; RECORD_HEADER];
     tcp.read_exact(&mut header).await?;
-    let Some(len) = record_len(&header) else { return Ok(Some((false, header.to_vec()))) };
+    let Some(len) = record_len(&header) else { return Ok(Some((HelloFor::Http, header.to_vec()))) };
     let mut record = vec![0u8; RECORD_HEADER + len];
     record[..RECORD_HEADER].copy_from_slice(&header);
     tcp.read_exact(&mut record[RECORD_HEADER..]).await?;
-    Ok(Some((offers_tunnel(&record), record)))
+    Ok(Some((sort_client_hello(&record), record)))
 }
 
 /// An inbound handshake refused (the caller's certificate, or what it sent): counted, logged, and
@@ -1472,11 +1507,13 @@ mod tests {
     #[tokio::test]
     async fn a_first_record_that_arrived_whole_is_looked_at_in_place() {
         use tokio::io::AsyncWriteExt;
-        for (alpn, tunnel) in [(crate::tls::TUNNEL_ALPN, true), (&b"h2"[..], false)] {
+        let sorts =
+            [(crate::tls::TUNNEL_ALPN, HelloFor::Tunnel), (&b"h2"[..], HelloFor::Http), (&b"redis"[..], HelloFor::App)];
+        for (alpn, sorted_as) in sorts {
             let (mut client, mut server) = tcp_pair().await;
             client.write_all(&hello(alpn)).await.unwrap();
             let sorted = sort_hello(&mut server).await.unwrap();
-            assert_eq!(sorted, Some((tunnel, Vec::new())), "nothing read, nothing to put back");
+            assert_eq!(sorted, Some((sorted_as, Vec::new())), "nothing read, nothing to put back");
         }
     }
 
@@ -1490,7 +1527,7 @@ mod tests {
         // On this runtime's one thread, the sort runs (and waits, its peek short) before the rest.
         tokio::task::yield_now().await;
         client.write_all(&record[3..]).await.unwrap();
-        assert_eq!(sorting.await.unwrap().unwrap(), Some((true, record)));
+        assert_eq!(sorting.await.unwrap().unwrap(), Some((HelloFor::Tunnel, record)));
     }
 
     #[tokio::test]
@@ -1499,11 +1536,11 @@ mod tests {
         let (mut client, mut server) = tcp_pair().await;
         // 16 KiB announced, 5 bytes sent: no waiting for the rest, no buffer for it.
         client.write_all(&[TLS_HANDSHAKE_RECORD, 3, 1, 0x40, 0]).await.unwrap();
-        assert_eq!(sort_hello(&mut server).await.unwrap(), Some((false, Vec::new())));
+        assert_eq!(sort_hello(&mut server).await.unwrap(), Some((HelloFor::Http, Vec::new())));
         // Plaintext under STRICT: the HTTP handshake refuses it, as before.
         let (mut client, mut server) = tcp_pair().await;
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        assert_eq!(sort_hello(&mut server).await.unwrap(), Some((false, Vec::new())));
+        assert_eq!(sort_hello(&mut server).await.unwrap(), Some((HelloFor::Http, Vec::new())));
     }
 
     #[tokio::test]

@@ -15,7 +15,9 @@ pub use connect::{connect, connect_tcp, ConnectError, Negotiated};
 pub use credentials::{Credentials, IdentityFiles};
 pub use serving::ServingCert;
 pub use store::{PeerIdentity, TlsState, TlsStore};
-pub use tunnel::{accept_tunnel, connect_tunnel, offers_tunnel, RECORD_HEADER, TUNNEL_ALPN, TUNNEL_HELLO_MAX};
+pub use tunnel::{
+    accept_tunnel, connect_tunnel, sort_client_hello, HelloFor, RECORD_HEADER, TUNNEL_ALPN, TUNNEL_HELLO_MAX,
+};
 pub use verify::{LeafError, TrustDomains};
 
 use std::path::PathBuf;

@@ -233,14 +233,24 @@ fn every_kind() -> Vec<SecurityEvent> {
             policy: "shop/orders".into(),
             rule: "default".into(),
             audit,
-            principal: id("shop", "frontend"),
+            principal: Some(id("shop", "frontend")),
             source: "10.0.0.7:41234".parse().unwrap(),
             destination: "10.0.0.9:5432".parse().unwrap(),
         })
     };
+    // A PERMISSIVE port's plaintext, closed when the workload became STRICT: no principal.
+    let plaintext = SecurityEvent::ConnectionDenied(DeniedConnection {
+        policy: "-".into(),
+        rule: "plaintext after the workload became STRICT".into(),
+        audit: false,
+        principal: None,
+        source: "10.0.0.8:41234".parse().unwrap(),
+        destination: "10.0.0.9:3306".parse().unwrap(),
+    });
     vec![
         connection(false),
         connection(true),
+        plaintext,
         SecurityEvent::TlsFailure {
             direction: "inbound",
             peer: Some("10.0.0.7:41234".parse().unwrap()),
@@ -421,6 +431,12 @@ fn every_event_kind_written_through_the_event_writer() {
             assert_eq!(outbound["dst_endpoint"]["port"], 15006, "outbound refuses the server it called");
             assert_eq!(outbound["unmapped"]["expected_identity"], id("shop", "orders").as_str());
             assert_eq!(outbound["tls"]["version"], "1.3", "after a completed handshake: {outbound}");
+            let plaintext = lines.iter().find(|l| l["dst_endpoint"]["port"] == 3306).unwrap();
+            assert!(plaintext.get("actor").is_none(), "plaintext proves no workload: {plaintext}");
+            assert_eq!(
+                plaintext["message"],
+                "denied TCP connection from 10.0.0.8 (plaintext) to port 3306: plaintext after the workload became STRICT"
+            );
             let inbound = tls_refusal("inbound");
             assert!(inbound.get("tls").is_none(), "no tls object without the version OCSF requires");
             let dos: Vec<&Value> = lines.iter().filter(|l| l["firewall_rule"]["category"] == "dos").collect();

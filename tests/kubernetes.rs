@@ -564,6 +564,23 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
     // refused, its bytes unsent.
     let to_c = database("a", "198.18.0.3", "5432");
     assert!(!to_c.contains("pod=c"), "A to C's database: {to_c}\n{}", logs());
+
+    // 8. B turns PERMISSIVE to let C, not yet in the mesh, reach its database by its address:
+    //    C's plaintext to the opaque port is judged without a principal and reaches the app;
+    //    to B's HTTP port the same bytes are still HTTP's, and never reach the app.
+    std::fs::write(
+        &policy,
+        "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: b-api, namespace: b}\nspec:\n  mtls: PERMISSIVE\n  authorization:\n    default: DENY\n    rules:\n      - {name: from-a, action: ALLOW, from: {principals: [\"spiffe://cluster.local/ns/a/sa/a\"]}, to: {paths: [\"/orders*\"]}}\n      - {name: a-database, action: ALLOW, from: {principals: [\"spiffe://cluster.local/ns/a/sa/a\"]}, to: {ports: [5432]}}\n      - {name: c-database, action: ALLOW, from: {ipBlocks: [198.18.0.3/32, \"fd00:198:18::3/128\"]}, to: {ports: [5432]}}\n",
+    )
+    .unwrap();
+    let from_c = eventually_blocking(|| database("c", "198.18.0.2", "5432") == "pod=b echo:SELECT 1;");
+    assert!(from_c, "C's plaintext to B's database once B is PERMISSIVE\n{}", logs());
+    let from_c6 = database("c", "fd00:198:18::2", "5432");
+    assert_eq!(from_c6, "pod=b echo:SELECT 1;", "over IPv6\n{}", logs());
+    let to_http = database("c", "198.18.0.2", "8080");
+    assert!(!to_http.contains("pod=b echo"), "C's bytes to B's HTTP port: {to_http}");
+    // A's tunnel is unchanged.
+    assert_eq!(database("a", "198.18.0.2", "5432"), "pod=b echo:SELECT 1;", "{}", logs());
 }
 
 // === the webhook over HTTPS, as the API server calls it ===

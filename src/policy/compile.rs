@@ -419,24 +419,19 @@ impl PolicySnapshot {
         self.authorize_with(|policy| policy.decide(req, &peer, &facts), true, audit)
     }
 
-    /// Step 4 for a TCP connection from a mesh peer ([`super::decide::ConnectionView`]);
+    /// Step 4 for a TCP connection ([`super::decide::ConnectionView`]);
     /// `counted`: in `palisade_authz_decisions_total` (not when an open one is judged again).
     pub(super) fn authorize_connection_rules(
         &self,
-        principal: &SpiffeId,
+        principal: Option<&SpiffeId>,
         source_ip: Option<IpAddr>,
         port: u16,
         counted: bool,
         audit: impl FnMut(DecidedBy),
     ) -> Result<(), DecidedBy> {
-        let facts = Facts {
-            headers_present: 0,
-            method_bit: 0,
-            namespace: std::cell::OnceCell::new(),
-            principal: Some(principal),
-            path: "",
-        };
-        let peer = Peer { principal: Some(principal), source_ip, port };
+        let facts =
+            Facts { headers_present: 0, method_bit: 0, namespace: std::cell::OnceCell::new(), principal, path: "" };
+        let peer = Peer { principal, source_ip, port };
         self.authorize_with(|policy| policy.decide_connection(&peer, &facts), counted, audit)
     }
 

@@ -48,10 +48,11 @@ pub struct RequestView<'a> {
     pub auth: Authenticated<'a>,
 }
 
-/// What a decision on a TCP connection from a mesh peer (a tunnel, see [`crate::tls::accept_tunnel`])
-/// looks at: who opened it, from where, and the port it addressed. It always came over mutual TLS.
+/// What a decision on a TCP connection to one of the app's opaque ports looks at: who opened it,
+/// from where, and the port it addressed. A mesh peer's tunnel ([`crate::tls::accept_tunnel`])
+/// has the principal it proved; a PERMISSIVE port's plaintext has none.
 pub struct ConnectionView<'a> {
-    pub principal: &'a SpiffeId,
+    pub principal: Option<&'a SpiffeId>,
     /// Canonical, as [`RequestView::source_ip`].
     pub source_ip: Option<IpAddr>,
     pub port: u16,
@@ -401,6 +402,10 @@ impl PolicySnapshot {
         counted: bool,
         audit: impl FnMut(DecidedBy),
     ) -> Result<(), Refusal> {
+        // Step 1, as for a request: plaintext let in under PERMISSIVE, now STRICT.
+        if view.principal.is_none() && self.mtls == MtlsMode::STRICT {
+            return Err(Refusal::MtlsRequired);
+        }
         if let Some(authn) = &self.authn {
             if let Some(policy) = &authn.required_by {
                 if counted {
@@ -1422,7 +1427,7 @@ mod tests {
     /// A connection from `id` to `port`, and the AUDIT denials it was told of.
     fn connect(snapshot: &PolicySnapshot, id: &str, port: u16) -> (Result<(), Refusal>, Vec<DecidedBy>) {
         let principal = SpiffeId::parse(id).unwrap();
-        let view = ConnectionView { principal: &principal, source_ip: Some("10.1.2.3".parse().unwrap()), port };
+        let view = ConnectionView { principal: Some(&principal), source_ip: Some("10.1.2.3".parse().unwrap()), port };
         let mut audits = Vec::new();
         let verdict = snapshot.authorize_connection(&view, |by| audits.push(by));
         (verdict, audits)
@@ -1458,11 +1463,33 @@ mod tests {
         // An open connection judged again after an update gets the same verdicts.
         let recheck = |id: &str, port: u16| {
             let principal = SpiffeId::parse(id).unwrap();
-            s.recheck_connection(&ConnectionView { principal: &principal, source_ip: None, port })
+            s.recheck_connection(&ConnectionView { principal: Some(&principal), source_ip: None, port })
         };
         assert_eq!(recheck(ORDERS, 5432), Ok(()));
         assert!(matches!(recheck(BATCH, 5432), Err(Refusal::Forbidden(by)) if &*by.rule == "no-batch-admin"));
         assert!(matches!(recheck(FRONTEND, 5432), Err(Refusal::Forbidden(_))));
+    }
+
+    #[test]
+    fn plaintext_connections_have_no_principal_and_end_with_permissive() {
+        let plaintext = |s: &PolicySnapshot, port: u16| {
+            let view = ConnectionView { principal: None, source_ip: Some("10.1.2.3".parse().unwrap()), port };
+            (s.authorize_connection(&view, |_| {}), s.recheck_connection(&view))
+        };
+        let under = |mode: MtlsMode, spec: &str| snapshot_with(&format!("  mtls: {mode:?}\n{spec}"), mode);
+        let open = under(MtlsMode::PERMISSIVE, "  authorization: {default: ALLOW}\n");
+        assert_eq!(plaintext(&open, 5432), (Ok(()), Ok(())));
+        // A rule that names principals never matches a caller without one.
+        let rules = "  authorization:\n    default: DENY\n    rules:\n      - {name: db, action: ALLOW, from: {principals: [\"spiffe://cluster.local/*\"]}, to: {ports: [5432]}}\n      - {name: office, action: ALLOW, from: {ipBlocks: [10.1.0.0/16]}, to: {ports: [6379]}}\n";
+        let s = under(MtlsMode::PERMISSIVE, rules);
+        assert!(matches!(plaintext(&s, 5432).0, Err(Refusal::Forbidden(by)) if &*by.rule == "default"));
+        assert_eq!(plaintext(&s, 6379).0, Ok(()), "allowed by its source address");
+        // STRICT: refused before any rule, when it arrives and when an open one is judged again.
+        let strict = under(MtlsMode::STRICT, "  authorization: {default: ALLOW}\n");
+        assert_eq!(plaintext(&strict, 5432), (Err(Refusal::MtlsRequired), Err(Refusal::MtlsRequired)));
+        let principal = SpiffeId::parse(ORDERS).unwrap();
+        let tunnel = ConnectionView { principal: Some(&principal), source_ip: None, port: 5432 };
+        assert_eq!(strict.recheck_connection(&tunnel), Ok(()), "a tunnel is mutual TLS");
     }
 
     #[test]

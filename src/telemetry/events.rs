@@ -214,8 +214,8 @@ pub struct DeniedConnection {
     pub policy: String,
     pub rule: String,
     pub audit: bool,
-    /// The SPIFFE ID the caller proved.
-    pub principal: String,
+    /// The SPIFFE ID the caller proved; none for a PERMISSIVE port's plaintext.
+    pub principal: Option<String>,
     pub source: SocketAddr,
     /// The address and port the caller addressed: the app's.
     pub destination: SocketAddr,
@@ -224,22 +224,23 @@ pub struct DeniedConnection {
 impl DeniedConnection {
     fn message(&self) -> String {
         let verdict = if self.audit { "audit, would deny" } else { "denied" };
+        let caller = match &self.principal {
+            Some(principal) => principal.clone(),
+            None => format!("{} (plaintext)", self.source.ip()),
+        };
+        let port = self.destination.port();
         if self.rule == OPAQUE_PORTS_RULE {
             return format!(
-                "{verdict} TCP connection from {} to port {}: the port is not in inbound.opaquePorts; \
+                "{verdict} TCP connection from {caller} to port {port}: the port is not in inbound.opaquePorts; \
                  if the app speaks something other than HTTP there, list it (in a pod: the \
-                 palisade.dev/opaque-ports annotation)",
-                self.principal,
-                self.destination.port()
+                 palisade.dev/opaque-ports annotation)"
             );
         }
-        format!(
-            "{verdict} TCP connection from {} to port {}: {} rule {}",
-            self.principal,
-            self.destination.port(),
-            self.policy,
-            self.rule
-        )
+        match self.policy.as_str() {
+            // No policy decided: the rule is the reason (plaintext once the workload is STRICT).
+            "-" => format!("{verdict} TCP connection from {caller} to port {port}: {}", self.rule),
+            policy => format!("{verdict} TCP connection from {caller} to port {port}: {policy} rule {}", self.rule),
+        }
     }
 }
 
@@ -436,7 +437,7 @@ fn severity_name(id: u32) -> &'static str {
 fn http_attributes(request: &RequestFacts, code: Option<u16>) -> Value {
     json!({"src_endpoint": endpoint(request.source),
            "dst_endpoint": endpoint(request.destination),
-           "actor": request.principal.as_ref().map(|p| json!({"user": {"uid": p, "type_id": 99, "type": "Workload"}})),
+           "actor": request.principal.as_deref().map(workload),
            "http_request": {"http_method": request.method, "url": {"path": request.path}, "uid": request.request_id},
            "http_response": code.map(|code| json!({"code": code}))})
 }
@@ -612,7 +613,7 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
             message: c.message(),
             control: Some(if c.audit { (ALLOWED, ALLOWED) } else { (DENIED, BLOCKED) }),
             extra: json!({"src_endpoint": endpoint(Some(c.source)), "dst_endpoint": endpoint(Some(c.destination)),
-                          "actor": workload(&c.principal),
+                          "actor": c.principal.as_deref().map(workload),
                           "connection_info": {"protocol_name": "tcp", "direction_id": 1, "direction": "Inbound"},
                           "firewall_rule": {"uid": format!("{}/{}", c.policy, c.rule), "name": c.rule}}),
         },

@@ -40,7 +40,7 @@ pub async fn connect_tunnel(
 }
 
 /// The server side of a tunnel on `io` (its ClientHello offered [`TUNNEL_ALPN`], see
-/// [`offers_tunnel`]): the caller's certificate must chain to the trust bundle and carry a SPIFFE
+/// [`sort_client_hello`]): the caller's certificate must chain to the trust bundle and carry a SPIFFE
 /// ID of an allowed trust domain (the verifier refuses everything else inside the handshake).
 /// The error is what the refusal event says.
 pub async fn accept_tunnel<S>(state: &TlsState, io: S) -> Result<(tokio_rustls::server::TlsStream<S>, SpiffeId), String>
@@ -68,15 +68,45 @@ pub const RECORD_HEADER: usize = 5;
 /// ever longer, every tunnel would be taken for HTTP and refused.
 pub const TUNNEL_HELLO_MAX: usize = 2048;
 
-/// Whether `record` (a whole first TLS record: its header and body) is a ClientHello whose ALPN
-/// extension offers [`TUNNEL_ALPN`]. Anything it cannot read is no tunnel: the handshake then goes
-/// to the HTTP listener, which offers HTTP only, so a tunnel misread is refused, never let in.
-pub fn offers_tunnel(record: &[u8]) -> bool {
-    client_hello_alpn(record).is_some_and(|mut protocols| protocols.any(|p| p == TUNNEL_ALPN))
+/// What a connection's first TLS record asks the inbound listener for, by the ALPN protocols
+/// its ClientHello offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HelloFor {
+    /// A tunnel: it offers [`TUNNEL_ALPN`].
+    Tunnel,
+    /// The listener's HTTP: it offers `h2`, as every sidecar's HTTP client does, or cannot be
+    /// read. The handshake goes to the HTTP listener, which offers HTTP only, so a tunnel misread
+    /// is refused, never let in.
+    Http,
+    /// Neither: the app's own TLS from a client without a sidecar (a Redis or Kafka client's),
+    /// which only a PERMISSIVE opaque port takes, as the app's bytes.
+    App,
 }
 
-/// The ALPN protocols a ClientHello in `record` offers, if it has the extension.
-fn client_hello_alpn(record: &[u8]) -> Option<impl Iterator<Item = &[u8]>> {
+/// Sorts `record` (a whole first TLS record: its header and body) by what it offers.
+pub fn sort_client_hello(record: &[u8]) -> HelloFor {
+    match client_hello_alpn(record) {
+        None => HelloFor::Http,
+        Some(None) => HelloFor::App,
+        Some(Some(mut protocols)) => {
+            let (mut http, mut tunnel) = (false, false);
+            for p in &mut protocols {
+                tunnel |= p == TUNNEL_ALPN;
+                http |= p == b"h2";
+            }
+            // A list that does not parse to its end is read as far as it goes.
+            match (tunnel, http) {
+                (true, _) => HelloFor::Tunnel,
+                (false, true) => HelloFor::Http,
+                (false, false) => HelloFor::App,
+            }
+        }
+    }
+}
+
+/// The ALPN protocols a ClientHello in `record` offers: `None` when the record is not a whole
+/// ClientHello, `Some(None)` when it has no ALPN extension.
+fn client_hello_alpn(record: &[u8]) -> Option<Option<impl Iterator<Item = &[u8]>>> {
     let mut r = Reader(record);
     // A handshake record, then a ClientHello (type 1) within it.
     if r.u8()? != 0x16 {
@@ -90,22 +120,26 @@ fn client_hello_alpn(record: &[u8]) -> Option<impl Iterator<Item = &[u8]>> {
     let len = body.take(3)?;
     let len = usize::from(len[0]) << 16 | usize::from(len[1]) << 8 | usize::from(len[2]);
     // A ClientHello longer than its record continues in the next one; ALPN comes late in it, so
-    // what is missing is read as no tunnel (this sidecar's own ClientHello is far shorter).
+    // what is missing is read as HTTP's (this sidecar's own ClientHello is far shorter).
     let mut hello = Reader(body.take(len)?);
     hello.take(2 + 32)?; // legacy version, random
     hello.vec8()?; // session id
     hello.vec16()?; // cipher suites
     hello.vec8()?; // compression methods
+    if hello.0.is_empty() {
+        // No extensions at all (TLS 1.2 allows it): no ALPN.
+        return Some(None);
+    }
     let mut extensions = Reader(hello.vec16()?);
     while !extensions.0.is_empty() {
         let kind = extensions.u16()?;
         let data = extensions.vec16()?;
         if kind == 16 {
             let mut list = Reader(Reader(data).vec16()?);
-            return Some(std::iter::from_fn(move || list.vec8()));
+            return Some(Some(std::iter::from_fn(move || list.vec8())));
         }
     }
-    None
+    Some(None)
 }
 
 /// Reads a TLS message's fields from the front of a byte slice.
@@ -161,26 +195,30 @@ mod tests {
     }
 
     #[test]
-    fn http_offers_and_no_offer_are_not_tunnels() {
-        assert!(!offers_tunnel(&client_hello(&[b"h2", b"http/1.1"])));
-        assert!(!offers_tunnel(&client_hello(&[])));
-        // A protocol that only starts like the tunnel's.
-        assert!(!offers_tunnel(&client_hello(&[b"tcp.palisade.dev/v"])));
-    }
-
-    #[test]
-    fn cut_or_foreign_records_are_not_tunnels() {
+    fn http_offers_and_cut_or_foreign_records_are_http() {
+        assert_eq!(sort_client_hello(&client_hello(&[b"h2", b"http/1.1"])), HelloFor::Http);
+        assert_eq!(sort_client_hello(&client_hello(&[b"h2"])), HelloFor::Http);
         let hello = client_hello(&[TUNNEL_ALPN]);
         for cut in [0, 1, RECORD_HEADER, RECORD_HEADER + 4, 60, hello.len() - 1] {
-            assert!(!offers_tunnel(&hello[..cut]), "cut at {cut}");
+            assert_eq!(sort_client_hello(&hello[..cut]), HelloFor::Http, "cut at {cut}");
         }
         let mut not_handshake = hello.clone();
         not_handshake[0] = 0x17;
-        assert!(!offers_tunnel(&not_handshake));
+        assert_eq!(sort_client_hello(&not_handshake), HelloFor::Http);
         let mut not_hello = hello.clone();
         not_hello[RECORD_HEADER] = 2;
-        assert!(!offers_tunnel(&not_hello));
-        assert!(!offers_tunnel(b"GET / HTTP/1.1\r\n\r\n"));
+        assert_eq!(sort_client_hello(&not_hello), HelloFor::Http);
+        assert_eq!(sort_client_hello(b"GET / HTTP/1.1\r\n\r\n"), HelloFor::Http);
+    }
+
+    #[test]
+    fn a_hello_offering_neither_http_nor_a_tunnel_is_the_apps_own_tls() {
+        assert_eq!(sort_client_hello(&client_hello(&[])), HelloFor::App);
+        assert_eq!(sort_client_hello(&client_hello(&[b"http/1.1"])), HelloFor::App);
+        assert_eq!(sort_client_hello(&client_hello(&[b"postgresql"])), HelloFor::App);
+        // A protocol that only starts like the tunnel's.
+        assert_eq!(sort_client_hello(&client_hello(&[b"tcp.palisade.dev/v"])), HelloFor::App);
+        assert_eq!(sort_client_hello(&client_hello(&[b"h2c", b"h"])), HelloFor::App);
     }
 
     #[test]
@@ -193,7 +231,7 @@ mod tests {
 
     #[test]
     fn a_tunnel_offer_is_found_alone_or_among_others() {
-        assert!(offers_tunnel(&client_hello(&[TUNNEL_ALPN])));
-        assert!(offers_tunnel(&client_hello(&[b"h2", TUNNEL_ALPN])));
+        assert_eq!(sort_client_hello(&client_hello(&[TUNNEL_ALPN])), HelloFor::Tunnel);
+        assert_eq!(sort_client_hello(&client_hello(&[b"h2", TUNNEL_ALPN])), HelloFor::Tunnel);
     }
 }

@@ -1,0 +1,174 @@
+//! TCP to the app's ports that are not HTTP (`inbound.opaquePorts`): a mesh peer's tunnel (a TCP
+//! connection another sidecar carries over mutual TLS for its app, [`super::opaque`]), told apart
+//! from HTTP by its ALPN on the inbound port; and, while the workload is PERMISSIVE, a client's
+//! plaintext without a sidecar (a database client not yet in the mesh). Only opaque ports take
+//! them: the caller's sidecar decides what it tunnels, and raw bytes to an HTTP port would go
+//! around the pipeline. The caller is judged by the policy as a connection
+//! ([`PolicySnapshot::authorize_connection`]; plaintext has no principal), then the bytes go to
+//! the app at the port the caller addressed, as HTTP requests do.
+//!
+//! [`PolicySnapshot::authorize_connection`]: crate::policy::PolicySnapshot::authorize_connection
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest};
+
+use super::opaque::{end_label, relay, Moved, CONNECT_TIMEOUT, OPAQUE_IDLE_TIMEOUT};
+use crate::identity::SpiffeId;
+use crate::policy::{ConnectionView, PolicyStore};
+use crate::telemetry::{DeniedConnection, SecurityEvent, Telemetry};
+use crate::tls::TlsStore;
+
+/// What an inbound listener needs to serve TCP to opaque ports.
+pub struct InboundTcp {
+    /// `inbound.app`: where the app listens ([`crate::config::app_target`]).
+    pub app: SocketAddr,
+    /// `inbound.opaquePorts`: the ports a tunnel may reach. Any other is HTTP's, whose requests
+    /// must go through the pipeline, not around it as bytes.
+    pub opaque_ports: Vec<u16>,
+    pub tls: Arc<TlsStore>,
+    pub policy: Arc<PolicyStore>,
+    pub telemetry: Arc<Telemetry>,
+}
+
+/// Where a connection's bytes go.
+struct Reached {
+    /// The port the caller addressed behind an iptables REDIRECT, else the app's, as for HTTP.
+    port: u16,
+    /// Where the bytes go: the same port unless `inbound.app` names one.
+    app: SocketAddr,
+    /// What the caller reached, as the events and the access log name it.
+    destination: SocketAddr,
+}
+
+impl InboundTcp {
+    fn reached(&self, digest: &SocketDigest) -> Reached {
+        // The address the caller addressed likewise, else the listener's own.
+        let redirected = super::redirected_to(digest);
+        let port = redirected.map_or(self.app.port(), |a| a.port());
+        let addressed = redirected.or_else(|| digest.local_addr().and_then(|l| l.as_inet()).copied());
+        let app = crate::config::app_target(self.app, || addressed.map(|a| a.ip().to_canonical()), port);
+        Reached { port, app, destination: addressed.unwrap_or(app) }
+    }
+
+    /// Whether a connection with this digest reaches one of the app's opaque ports: the port the
+    /// bytes would reach decides, so with a fixed `inbound.app` port every connection lands
+    /// there, whichever port it addressed.
+    pub(super) fn reaches_opaque_port(&self, digest: &SocketDigest) -> bool {
+        !self.opaque_ports.is_empty() && self.opaque_ports.contains(&self.reached(digest).app.port())
+    }
+
+    /// Serves one tunnel on `stream` (whatever was read of its ClientHello put back) until both
+    /// sides close; its handshake must be done by `deadline`.
+    pub(super) async fn serve_tunnel(&self, stream: L4Stream, peer: SocketAddr, deadline: tokio::time::Instant) {
+        let Some(digest) = stream.get_socket_digest() else { return };
+        let handshakes = &self.telemetry.metrics.tls_handshakes;
+        let state = self.tls.current();
+        let accepted = tokio::time::timeout_at(deadline, crate::tls::accept_tunnel(&state, stream)).await;
+        let (tls, caller) = match accepted {
+            Ok(Ok(accepted)) => accepted,
+            Ok(Err(reason)) => {
+                super::inbound_handshake_refused::<()>(&self.telemetry, peer, reason);
+                return;
+            }
+            Err(_) => {
+                handshakes.with_label_values(&["inbound", "timeout"]).inc();
+                return;
+            }
+        };
+        drop(state);
+        handshakes.with_label_values(&["inbound", "success"]).inc();
+        self.judge_and_relay(tls, Some(&caller), peer, &digest).await
+    }
+
+    /// Serves a PERMISSIVE port's plaintext to an opaque port (whatever was read of it put back):
+    /// judged without a principal, closed when the workload becomes STRICT.
+    pub(super) async fn serve_plaintext(&self, stream: L4Stream, peer: SocketAddr) {
+        let Some(digest) = stream.get_socket_digest() else { return };
+        self.judge_and_relay(stream, None, peer, &digest).await
+    }
+
+    async fn judge_and_relay<S>(&self, caller: S, principal: Option<&SpiffeId>, peer: SocketAddr, digest: &SocketDigest)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Reached { port, app, destination } = self.reached(digest);
+        let view = ConnectionView { principal, source_ip: Some(peer.ip().to_canonical()), port };
+        let denied = |by: (String, String), audit: bool| {
+            self.telemetry.events.emit(SecurityEvent::ConnectionDenied(DeniedConnection {
+                policy: by.0,
+                rule: by.1,
+                audit,
+                principal: principal.map(ToString::to_string),
+                source: peer,
+                destination,
+            }))
+        };
+        let refused = |why: (String, String), reason: &str| {
+            tracing::debug!(%peer, caller = ?principal, port, reason, "TCP connection refused");
+            denied(why, false);
+        };
+        // A close_notify (a FIN for plaintext): a caller that sent nothing yet (its server speaks
+        // first) sees the connection closed, not broken.
+        let close = |mut caller: S| async move {
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, caller.shutdown()).await;
+        };
+        if !self.opaque_ports.contains(&app.port()) {
+            let why = ("-".to_string(), crate::telemetry::OPAQUE_PORTS_RULE.to_string());
+            refused(why, "not one of inbound.opaquePorts: an HTTP port, whose requests go through the pipeline");
+            return close(caller).await;
+        }
+        // Subscribed before the decision: an update made while the app is being reached is one
+        // this connection sees.
+        let mut changes = self.policy.subscribe();
+        let decided = self.policy.current().authorize_connection(&view, |by| {
+            denied((by.policy.to_string(), by.rule.to_string()), true);
+        });
+        if let Err(refusal) = decided {
+            refused(refusal.policy_and_rule(), refusal.reason());
+            return close(caller).await;
+        }
+        let started = Instant::now();
+        let moved = Moved::default();
+        let principal_name = principal.map(SpiffeId::as_str);
+        let log = |end: &'static str| {
+            let record = moved.access("inbound", principal_name, peer, destination, started, end);
+            self.telemetry.access_tcp(&record)
+        };
+        let app = match crate::tls::connect_tcp(app, CONNECT_TIMEOUT).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::debug!(%peer, %app, error = %e, "inbound TCP: the app is unreachable");
+                close(caller).await;
+                return log("unreachable");
+            }
+        };
+        // A policy update that refuses this caller now closes the connection, as it would refuse
+        // its next HTTP request: a DENY rule added for a database's clients takes effect on the
+        // connections a pool keeps open for hours, as ztunnel re-checks its connections; and
+        // plaintext ends when the workload becomes STRICT.
+        let revocation = std::sync::OnceLock::new();
+        let revoked = async {
+            while changes.changed().await.is_ok() {
+                if let Err(refusal) = self.policy.current().recheck_connection(&view) {
+                    let _ = revocation.set(refusal);
+                    return;
+                }
+            }
+            std::future::pending().await
+        };
+        // Boxed: two relay buffers (and a TLS session), for as long as the connection lives.
+        let end = Box::pin(relay(caller, app, OPAQUE_IDLE_TIMEOUT, &moved, revoked)).await;
+        if let Some(refusal) = revocation.get() {
+            tracing::debug!(%peer, caller = ?principal, port, reason = refusal.reason(),
+                "TCP connection closed: the policy now refuses it");
+            denied(refusal.policy_and_rule(), false);
+        }
+        log(end_label(end, peer, destination));
+    }
+}

@@ -1,0 +1,269 @@
+//! A PERMISSIVE workload's opaque ports take clients without a sidecar (a database's clients not
+//! yet in the mesh): their plaintext, a server-first protocol's silence, and the app's own TLS
+//! reach the app as bytes, judged by the policy as connections without a principal, and are cut
+//! when the workload becomes STRICT. Under STRICT, or to a port that is HTTP's, they never reach
+//! the app.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use support::*;
+
+/// A server-first app (a MySQL-like greeting), then an echo; it counts the connections it took.
+struct GreetingApp {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+const GREETING: &[u8] = b"greeting from the database\n";
+
+impl GreetingApp {
+    async fn start(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    match tls {
+                        Some(acceptor) => {
+                            if let Ok(stream) = acceptor.accept(tcp).await {
+                                greet_and_echo(stream).await;
+                            }
+                        }
+                        None => greet_and_echo(tcp).await,
+                    }
+                });
+            }
+        });
+        GreetingApp { addr, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+async fn greet_and_echo<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
+    if stream.write_all(GREETING).await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 1024];
+    while let Ok(n @ 1..) = stream.read(&mut buf).await {
+        if stream.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// Reads until `want` bytes came, or the stream ended (then fewer); an error ends it too.
+async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, want: usize) -> Vec<u8> {
+    let mut got = vec![0u8; want];
+    let mut n = 0;
+    while n < want {
+        match tokio::time::timeout(patience(), stream.read(&mut got[n..])).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(read)) => n += read,
+            Err(_) => panic!("nothing more within {:?} after {:?}", patience(), &got[..n]),
+        }
+    }
+    got.truncate(n);
+    got
+}
+
+/// A sidecar for `shop/orders` whose app (at `app`) has one port, an opaque one.
+async fn sidecar_before(app: SocketAddr, spec: &str) -> PolicedSidecar {
+    PolicedSidecar::start_with(&policy("db", spec), |c| {
+        c.inbound.app = palisade::config::ListenAddr(app);
+        c.inbound.opaque_ports = vec![app.port()];
+    })
+    .await
+}
+
+const PERMISSIVE_OPEN: &str = "  mtls: PERMISSIVE\n  authorization: {default: ALLOW}\n";
+
+/// PostgreSQL's SSLRequest: not HTTP, not TLS.
+const SSL_REQUEST: &[u8] = &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_to_an_opaque_port_reaches_the_app_under_permissive_as_the_policy_allows_until_strict() {
+    let app = GreetingApp::start(None).await;
+    // Only mesh workloads of the trust domain may connect: plaintext has no principal.
+    let mesh_only = "  mtls: PERMISSIVE\n  authorization:\n    default: DENY\n    rules:\n      - {name: mesh, action: ALLOW, from: {principals: [\"spiffe://cluster.local/*\"]}}\n";
+    let s = sidecar_before(app.addr, mesh_only).await;
+    let refused_plaintext = |e: &serde_json::Value| {
+        e["message"].as_str().is_some_and(|m| m.starts_with("denied TCP connection from 127.0.0.1 (plaintext)"))
+    };
+
+    // Refused by the policy, client first and server first: closed, the app never reached.
+    let mut client_first = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    client_first.write_all(SSL_REQUEST).await.unwrap();
+    assert_eq!(read_some(&mut client_first, 1).await, b"", "closed without an answer");
+    let mut server_first = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    assert_eq!(read_some(&mut server_first, 1).await, b"", "closed without a greeting");
+    let denied = s.events_where("two plaintext connections denied", 2, refused_plaintext).await;
+    assert!(denied.iter().all(|e| e["firewall_rule"]["uid"] == "shop/db/default"), "{denied:?}");
+    assert!(denied.iter().all(|e| e.get("actor").is_none()), "no workload named: {denied:?}");
+    // A mesh caller's tunnel is allowed by the same policy, and reaches the app.
+    let frontend = s.pki.workload("frontend", &id("shop", "frontend"));
+    let mut tunnel = mtls_stream(s.sidecar.inbound, &frontend, palisade::tls::TUNNEL_ALPN).await.unwrap();
+    assert_eq!(read_some(&mut tunnel, GREETING.len()).await, GREETING);
+    assert_eq!(app.accepted(), 1, "only the tunnel reached the app");
+
+    // Allowed: client first (its bytes echoed after the greeting) and server first (greeted
+    // without a word).
+    write_policy(&s.policy_file, &policy("db", PERMISSIVE_OPEN));
+    let greeted = eventually(|| async {
+        let mut probe = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+        probe.write_all(SSL_REQUEST).await.unwrap();
+        read_some(&mut probe, GREETING.len()).await == GREETING
+    })
+    .await;
+    assert!(greeted, "the open policy lets plaintext in");
+    let mut client_first = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    client_first.write_all(SSL_REQUEST).await.unwrap();
+    let mut answer = GREETING.to_vec();
+    answer.extend_from_slice(SSL_REQUEST);
+    assert_eq!(read_some(&mut client_first, answer.len()).await, answer);
+    let mut server_first = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    assert_eq!(read_some(&mut server_first, GREETING.len()).await, GREETING, "greeted without a word");
+    server_first.write_all(b"ping").await.unwrap();
+    assert_eq!(read_some(&mut server_first, 4).await, b"ping");
+    // HTTP to a port named opaque is bytes for the app too, as the port says.
+    let mut http = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+    let echoed = read_some(&mut http, GREETING.len() + 16).await;
+    assert_eq!(&echoed[GREETING.len()..], b"GET / HTTP/1.1\r\n");
+
+    // STRICT: open plaintext connections are closed, the tunnel stays, new plaintext is refused.
+    let before = app.accepted();
+    write_policy(&s.policy_file, &policy("db", "  mtls: STRICT\n  authorization: {default: ALLOW}\n"));
+    let ended = |e: &serde_json::Value| {
+        refused_plaintext(e) && e["message"].as_str().is_some_and(|m| m.ends_with("after the workload became STRICT"))
+    };
+    // client_first, server_first and http were open.
+    s.events_where("the open plaintext connections closed at STRICT", 3, ended).await;
+    assert_eq!(read_some(&mut client_first, 1).await, b"", "closed");
+    assert_eq!(read_some(&mut server_first, 1).await, b"", "closed");
+    tunnel.write_all(b"still here").await.unwrap();
+    assert_eq!(read_some(&mut tunnel, 10).await, b"still here", "mutual TLS is not cut");
+    let mut late = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    late.write_all(SSL_REQUEST).await.unwrap();
+    let answer = read_some(&mut late, 64).await;
+    assert_eq!(answer.first(), Some(&21), "a TLS alert, then the end: {answer:?}");
+    assert_eq!(app.accepted(), before, "no new connection reached the app");
+    let cut_lines = || {
+        let lines = read_jsonl(&s.access_log);
+        lines.iter().filter(|l| l["protocol"] == "tcp" && l.get("principal").is_none() && l["end"] == "denied").count()
+    };
+    assert!(eventually_blocking(|| cut_lines() == 3), "an access line each, ended as denied: {}", cut_lines());
+    let metrics = s.metrics().await;
+    // An update drops the series of rules no longer in force (the first policy's denials went
+    // with it); the open policy's `default` carries on in the STRICT one's: the probe that got
+    // in and the three connections after it.
+    let allowed = metrics.lines().find(|l| {
+        l.starts_with("palisade_authz_decisions_total{")
+            && l.contains("decision=\"allow\"")
+            && l.contains("policy=\"shop/db\"")
+    });
+    let allowed: u64 = allowed.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    assert_eq!(allowed, 4, "plaintext connections are counted as decisions:\n{metrics}");
+    s.shutdown();
+}
+
+/// A rustls server configuration for the app's own TLS, with a certificate of its own CA.
+fn app_tls(files: &palisade::identity::WorkloadFiles) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(&files.cert).unwrap().map(Result::unwrap).collect();
+    let key = PrivateKeyDer::from_pem_file(&files.key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// A TLS client without a certificate offering `alpn`; the stream once its handshake is done.
+async fn tls_client(addr: SocketAddr, alpn: &[&[u8]]) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut config = client_tls(None);
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from("db.example").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+    // TLS 1.3: the server's refusal of what the client sent arrives after the client's side.
+    let mut first = [0u8; 1];
+    match tls.read(&mut first).await? {
+        0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        _ if first[0] == GREETING[0] => Ok(tls),
+        _ => Err(std::io::Error::other(format!("not the app's greeting: {first:?}"))),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_own_tls_from_a_client_without_a_sidecar_reaches_the_app_only_on_a_permissive_opaque_port() {
+    let app_pki = Pki::for_domain("db.example");
+    let app_files = app_pki.workload("db", "spiffe://db.example/ns/data/sa/db");
+    let app = GreetingApp::start(Some(app_tls(&app_files))).await;
+    let s = sidecar_before(app.addr, "  mtls: STRICT\n  authorization: {default: ALLOW}\n").await;
+
+    // STRICT: the sidecar's own handshake, which wants a mesh certificate, refuses it.
+    let refused = tls_client(s.sidecar.inbound, &[]).await;
+    assert!(refused.is_err(), "STRICT refuses TLS without a mesh certificate");
+    assert_eq!(app.accepted(), 0);
+
+    write_policy(&s.policy_file, &policy("db", PERMISSIVE_OPEN));
+    let permissive = eventually(|| async { s.config_dump().await["policy"]["mtls"] == "PERMISSIVE" }).await;
+    assert!(permissive, "the PERMISSIVE policy is in force");
+    // Offering h2 (as every sidecar's HTTP client does) is the mesh's HTTP: still refused
+    // without a certificate, and never the app's.
+    assert!(tls_client(s.sidecar.inbound, &[b"h2"]).await.is_err(), "h2 is the mesh's");
+    assert_eq!(app.accepted(), 0);
+
+    // Without ALPN, or with the app's own protocol: the handshake is the app's, end to end.
+    let app_cert = std::fs::read_to_string(&app_files.cert).unwrap();
+    for alpn in [&[][..], &[&b"redis"[..]][..]] {
+        let mut tls = tls_client(s.sidecar.inbound, alpn).await.unwrap_or_else(|e| panic!("{alpn:?}: {e}"));
+        let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+        use rustls::pki_types::pem::PemObject;
+        let expected = rustls::pki_types::CertificateDer::from_pem_slice(app_cert.as_bytes()).unwrap();
+        assert_eq!(presented, expected, "the app's certificate, not the sidecar's");
+        let rest = read_some(&mut tls, GREETING.len() - 1).await;
+        assert_eq!(rest, GREETING[1..]);
+        tls.write_all(b"AUTH secret\r\n").await.unwrap();
+        assert_eq!(read_some(&mut tls, 13).await, b"AUTH secret\r\n");
+    }
+    assert_eq!(app.accepted(), 2);
+    s.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_that_is_not_http_to_an_http_port_never_reaches_the_app() {
+    let app = GreetingApp::start(None).await;
+    // The app's port is not opaque: plaintext is HTTP's, whose pipeline refuses what is not.
+    let s = PolicedSidecar::start_with(&policy("db", PERMISSIVE_OPEN), |c| {
+        c.inbound.app = palisade::config::ListenAddr(app.addr);
+    })
+    .await;
+    for first in [SSL_REQUEST, b"\x16\x03\x01\x00\x05hello"] {
+        let mut tcp = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+        tcp.write_all(first).await.unwrap();
+        let answer = read_some(&mut tcp, 64).await;
+        assert!(!answer.starts_with(GREETING), "{first:?}: {answer:?}");
+    }
+    assert_eq!(app.accepted(), 0, "nothing reached the app");
+    s.shutdown();
+}
