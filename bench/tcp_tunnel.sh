@@ -10,13 +10,18 @@
 #   - connect:  CONNECTS (default 1000) connections, each one round trip and a close: per second,
 #               p50, p99 (the tunnel's handshake is in each);
 #   - bulk:     BYTES (default 1 GB) in 1 MiB writes, the half-close, the count back: MB/s.
+# Then B turns PERMISSIVE and the same loads run from a client without a sidecar (gid 2104),
+# captured straight into B's inbound listener, as plaintext to B's opaque ports; and
+#   - greeting: GREETINGS (default 20) connections to a server that speaks first, each waiting
+#               for its first byte: directly, and through B (which waits 500 ms for a client
+#               byte before it takes the silence for a server-first protocol's).
 # Printed: each figure, both sidecars' CPU-seconds per load, their peak RSS.
 #
 # Usage: sudo bench/tcp_tunnel.sh [BINARY]     (default target/release/palisade)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=$(realpath "${1:-$ROOT/target/release/palisade}")
-export ROUNDS=${ROUNDS:-20000} CONNECTS=${CONNECTS:-1000} BYTES=${BYTES:-1000000000}
+export ROUNDS=${ROUNDS:-20000} CONNECTS=${CONNECTS:-1000} BYTES=${BYTES:-1000000000} GREETINGS=${GREETINGS:-20}
 [[ $(id -u) == 0 ]] || { echo "bench/tcp_tunnel.sh: needs root (a network namespace, iptables)" >&2; exit 1; }
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
@@ -49,8 +54,14 @@ def sink(c):
         n += len(chunk)
     c.sendall(str(n).encode())
     c.close()
+def greet(c):
+    c.sendall(b"*")
+    while c.recv(4096):
+        pass
+    c.close()
 serve(5432, echo)
 serve(5433, sink)
+serve(5434, greet)
 print("ready", flush=True)
 threading.Event().wait()
 PY
@@ -89,6 +100,13 @@ elif load == "connect":
     rate = len(samples) / (time.perf_counter() - start)
     p50, p99 = quantiles(samples)
     print(f"connect: {len(samples)} connections, {rate:.0f}/s, p50 {p50:.0f} us, p99 {p99:.0f} us")
+elif load == "greeting":
+    samples = []
+    for _ in range(int(sys.argv[2])):
+        t = time.perf_counter(); s = connect(5434); assert s.recv(1) == b"*"; s.close()
+        samples.append(time.perf_counter() - t)
+    p50, p99 = quantiles(samples)
+    print(f"greeting: {len(samples)} connections, first byte p50 {p50 / 1000:.1f} ms, p99 {p99 / 1000:.1f} ms")
 else:
     total = int(sys.argv[2]); block = b"\0" + b"x" * ((1 << 20) - 1)
     s = connect(5433); t = time.perf_counter(); sent = 0
@@ -108,6 +126,9 @@ spec:
     rules:
       - {name: a-db, action: ALLOW, from: {principals: ["spiffe://cluster.local/ns/a/sa/a"]}, to: {ports: [5432, 5433]}}
 YAML
+# What B's policy becomes for the last loads: PERMISSIVE, and clients by address too.
+sed -e 's/^spec:$/spec:\n  mtls: PERMISSIVE/' -e '$a\      - {name: c-db, action: ALLOW, from: {ipBlocks: [127.0.0.0/8]}, to: {ports: [5432, 5433, 5434]}}' \
+    policy.yaml > permissive.yaml
 cat > a.yaml <<YAML
 identity: {files: {cert: a/tls.crt, key: a/tls.key, trustBundle: a/ca.crt}}
 inbound: {listen: "127.0.0.1:15006", app: "127.0.0.1:18081"}
@@ -117,7 +138,7 @@ telemetry: {accessLogSink: "file:$WORK/a.access"}
 YAML
 cat > b.yaml <<YAML
 identity: {files: {cert: b/tls.crt, key: b/tls.key, trustBundle: b/ca.crt}}
-inbound: {listen: "127.0.0.1:15106", app: "0.0.0.0:0", opaquePorts: [5432, 5433]}
+inbound: {listen: "127.0.0.1:15106", app: "0.0.0.0:0", opaquePorts: [5432, 5433, 5434]}
 outbound: {listen: "127.0.0.1:15101"}
 admin: {listen: "127.0.0.1:15100"}
 workload: {namespace: b, serviceAccount: b}
@@ -141,8 +162,10 @@ run() {
 }
 echo "== direct"
 run
+python3 load.py greeting "$GREETINGS"
 iptables -t nat -A OUTPUT -p tcp -d 127.0.0.97 -m owner --gid-owner 2103 -j RETURN
 iptables -t nat -A OUTPUT -p tcp -d 127.0.0.97 -m owner --gid-owner 2102 -j REDIRECT --to-ports 15106
+iptables -t nat -A OUTPUT -p tcp -d 127.0.0.97 -m owner --gid-owner 2104 -j REDIRECT --to-ports 15106
 iptables -t nat -A OUTPUT -p tcp -d 127.0.0.97 -m owner ! --gid-owner 2105 -j REDIRECT --to-ports 15001
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 echo "== through the tunnel (CPU in ticks of 1/$(getconf CLK_TCK) s, A then B)"
@@ -161,5 +184,25 @@ for _ in $(seq 1 100); do
 done
 [[ $(grep -c '"principal":"spiffe://cluster.local/ns/a/sa/a"' b.access) == "$expected" ]] \
     || { echo "B did not log every tunnel as A's" >&2; exit 1; }
+cp permissive.yaml policy.yaml
+for _ in $(seq 1 200); do
+    curl -s http://127.0.0.1:15100/config_dump | grep -Eq '"mtls": ?"PERMISSIVE"' && break
+    sleep 0.05
+done
+curl -s http://127.0.0.1:15100/config_dump | grep -Eq '"mtls": ?"PERMISSIVE"' || { echo "B is not PERMISSIVE" >&2; exit 1; }
+echo "== plaintext from a client without a sidecar, through B alone (PERMISSIVE)"
+for load in "pingpong $ROUNDS" "connect $CONNECTS" "bulk $BYTES" "greeting $GREETINGS"; do
+    b0=$(ticks $B)
+    # shellcheck disable=SC2086
+    line=$(setpriv --regid=2104 --clear-groups python3 load.py $load)
+    echo "$line; CPU B $(( $(ticks $B) - b0 ))"
+done
+plaintext=$(( CONNECTS + 2 + GREETINGS ))
+for _ in $(seq 1 100); do
+    [[ $(grep '"protocol":"tcp"' b.access | grep -vc '"principal"') == "$plaintext" ]] && break
+    sleep 0.05
+done
+[[ $(grep '"protocol":"tcp"' b.access | grep -vc '"principal"') == "$plaintext" ]] \
+    || { echo "B did not log every plaintext connection" >&2; exit 1; }
 echo "peak RSS: A $(awk '/VmHWM/ {print $2, $3}' /proc/$A/status), B $(awk '/VmHWM/ {print $2, $3}' /proc/$B/status)"
 SCENARIO
