@@ -266,6 +266,7 @@ pub async fn serve_with<A>(
             tls: tls.clone(),
             policy: policy.clone(),
             telemetry: telemetry.clone(),
+            plaintext_idle: limits.idle_timeout,
         })),
         _ => None,
     };
@@ -540,9 +541,9 @@ async fn handshake(
     stream.rewind(&read);
     match (hello_for, plaintext_tcp) {
         (HelloFor::Tunnel, _) => return Some(Handshake::Tunnel(Box::new(stream), deadline)),
-        (HelloFor::App, true) => return Some(Handshake::Plaintext(Box::new(stream))),
-        // Under STRICT, or to an HTTP port: the HTTP handshake refuses it (no client certificate).
-        (HelloFor::App | HelloFor::Http, _) => {}
+        (HelloFor::App | HelloFor::Unknown, true) => return Some(Handshake::Plaintext(Box::new(stream))),
+        // Under STRICT, or to an HTTP port: the HTTP handshake refuses what is not the mesh's.
+        (HelloFor::App | HelloFor::Unknown | HelloFor::Http, _) => {}
     }
     drop(read);
     let state = store.current();
@@ -569,8 +570,8 @@ async fn handshake(
 /// What a connection's first TLS record asks for ([`HelloFor`]; `None`: closed before a byte), and
 /// what was read off the socket to tell, which must be put back. Looked at in place when the
 /// record has arrived whole (the usual case: nothing read, nothing to put back); read when it
-/// came in pieces, bounded by [`crate::tls::TUNNEL_HELLO_MAX`]: a longer record is HTTP's and is
-/// left to its handshake, so a caller that announces 16 KiB and sends 5 bytes holds no buffer.
+/// came in pieces, bounded by [`crate::tls::TUNNEL_HELLO_MAX`]: a longer record is no sidecar's
+/// and is left unread, so a caller that announces 16 KiB and sends 5 bytes holds no buffer.
 async fn sort_hello(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Option<(HelloFor, Vec<u8>)>> {
     use crate::tls::{sort_client_hello, RECORD_HEADER, TUNNEL_HELLO_MAX};
     use tokio::io::AsyncReadExt;
@@ -584,11 +585,11 @@ async fn sort_hello(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Option<(
         return Ok(None);
     }
     if peeked[0] != TLS_HANDSHAKE_RECORD {
-        return Ok(Some((HelloFor::Http, Vec::new())));
+        return Ok(Some((HelloFor::Unknown, Vec::new())));
     }
     if n >= RECORD_HEADER {
         match record_len(&peeked[..RECORD_HEADER]) {
-            None => return Ok(Some((HelloFor::Http, Vec::new()))),
+            None => return Ok(Some((HelloFor::Unknown, Vec::new()))),
             Some(len) if n >= RECORD_HEADER + len => {
                 return Ok(Some((sort_client_hello(&peeked[..RECORD_HEADER + len]), Vec::new())))
             }
@@ -598,7 +599,7 @@ async fn sort_hello(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Option<(
     // In pieces: read the record (a peek would return at once with what is there already).
     let mut header = [0u8; RECORD_HEADER];
     tcp.read_exact(&mut header).await?;
-    let Some(len) = record_len(&header) else { return Ok(Some((HelloFor::Http, header.to_vec()))) };
+    let Some(len) = record_len(&header) else { return Ok(Some((HelloFor::Unknown, header.to_vec()))) };
     let mut record = vec![0u8; RECORD_HEADER + len];
     record[..RECORD_HEADER].copy_from_slice(&header);
     tcp.read_exact(&mut record[RECORD_HEADER..]).await?;
@@ -1507,8 +1508,7 @@ mod tests {
     #[tokio::test]
     async fn a_first_record_that_arrived_whole_is_looked_at_in_place() {
         use tokio::io::AsyncWriteExt;
-        let sorts =
-            [(crate::tls::TUNNEL_ALPN, HelloFor::Tunnel), (&b"h2"[..], HelloFor::Http), (&b"redis"[..], HelloFor::App)];
+        let sorts = [(crate::tls::TUNNEL_ALPN, HelloFor::Tunnel), (&b"redis"[..], HelloFor::App)];
         for (alpn, sorted_as) in sorts {
             let (mut client, mut server) = tcp_pair().await;
             client.write_all(&hello(alpn)).await.unwrap();
@@ -1536,11 +1536,11 @@ mod tests {
         let (mut client, mut server) = tcp_pair().await;
         // 16 KiB announced, 5 bytes sent: no waiting for the rest, no buffer for it.
         client.write_all(&[TLS_HANDSHAKE_RECORD, 3, 1, 0x40, 0]).await.unwrap();
-        assert_eq!(sort_hello(&mut server).await.unwrap(), Some((HelloFor::Http, Vec::new())));
+        assert_eq!(sort_hello(&mut server).await.unwrap(), Some((HelloFor::Unknown, Vec::new())));
         // Plaintext under STRICT: the HTTP handshake refuses it, as before.
         let (mut client, mut server) = tcp_pair().await;
         client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-        assert_eq!(sort_hello(&mut server).await.unwrap(), Some((HelloFor::Http, Vec::new())));
+        assert_eq!(sort_hello(&mut server).await.unwrap(), Some((HelloFor::Unknown, Vec::new())));
     }
 
     #[tokio::test]

@@ -90,6 +90,18 @@ async fn sidecar_before(app: SocketAddr, spec: &str) -> PolicedSidecar {
     .await
 }
 
+/// `palisade_authz_decisions_total` for `shop/db`'s `default` rule allowing.
+async fn allowed_by_default(s: &PolicedSidecar) -> u64 {
+    let metrics = s.metrics().await;
+    let series = metrics.lines().find(|l| {
+        l.starts_with("palisade_authz_decisions_total{")
+            && l.contains("decision=\"allow\"")
+            && l.contains("policy=\"shop/db\"")
+            && l.contains("rule=\"default\"")
+    });
+    series.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 const PERMISSIVE_OPEN: &str = "  mtls: PERMISSIVE\n  authorization: {default: ALLOW}\n";
 
 /// PostgreSQL's SSLRequest: not HTTP, not TLS.
@@ -130,6 +142,7 @@ async fn plaintext_to_an_opaque_port_reaches_the_app_under_permissive_as_the_pol
     })
     .await;
     assert!(greeted, "the open policy lets plaintext in");
+    let allowed_before = allowed_by_default(&s).await;
     let mut client_first = TcpStream::connect(s.sidecar.inbound).await.unwrap();
     client_first.write_all(SSL_REQUEST).await.unwrap();
     let mut answer = GREETING.to_vec();
@@ -144,6 +157,8 @@ async fn plaintext_to_an_opaque_port_reaches_the_app_under_permissive_as_the_pol
     http.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
     let echoed = read_some(&mut http, GREETING.len() + 16).await;
     assert_eq!(&echoed[GREETING.len()..], b"GET / HTTP/1.1\r\n");
+    let counted = allowed_by_default(&s).await - allowed_before;
+    assert_eq!(counted, 3, "each plaintext connection is an authorisation decision");
 
     // STRICT: open plaintext connections are closed, the tunnel stays, new plaintext is refused.
     let before = app.accepted();
@@ -167,17 +182,6 @@ async fn plaintext_to_an_opaque_port_reaches_the_app_under_permissive_as_the_pol
         lines.iter().filter(|l| l["protocol"] == "tcp" && l.get("principal").is_none() && l["end"] == "denied").count()
     };
     assert!(eventually_blocking(|| cut_lines() == 3), "an access line each, ended as denied: {}", cut_lines());
-    let metrics = s.metrics().await;
-    // An update drops the series of rules no longer in force (the first policy's denials went
-    // with it); the open policy's `default` carries on in the STRICT one's: the probe that got
-    // in and the three connections after it.
-    let allowed = metrics.lines().find(|l| {
-        l.starts_with("palisade_authz_decisions_total{")
-            && l.contains("decision=\"allow\"")
-            && l.contains("policy=\"shop/db\"")
-    });
-    let allowed: u64 = allowed.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0);
-    assert_eq!(allowed, 4, "plaintext connections are counted as decisions:\n{metrics}");
     s.shutdown();
 }
 
@@ -197,10 +201,21 @@ fn app_tls(files: &palisade::identity::WorkloadFiles) -> tokio_rustls::TlsAccept
     tokio_rustls::TlsAcceptor::from(Arc::new(config))
 }
 
-/// A TLS client without a certificate offering `alpn`; the stream once its handshake is done.
-async fn tls_client(addr: SocketAddr, alpn: &[&[u8]]) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
-    let mut config = client_tls(None);
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+/// How a TLS client says hello.
+struct Hello<'a> {
+    alpn: &'a [&'a [u8]],
+    /// Names `db.example` (SNI), as a client that dialled a host name does; else none, as a
+    /// sidecar's HTTP client (and a client that dialled an address) does.
+    sni: bool,
+    certificate: Option<&'a palisade::identity::WorkloadFiles>,
+}
+
+/// A TLS connection to `addr` as `hello` says, and the first byte the server sends on it; the
+/// error when there is none (the handshake refused, or the connection closed).
+async fn tls_client(addr: SocketAddr, hello: Hello<'_>) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let mut config = client_tls(hello.certificate);
+    config.alpn_protocols = hello.alpn.iter().map(|p| p.to_vec()).collect();
+    config.enable_sni = hello.sni;
     let tcp = TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from("db.example").unwrap();
     let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
@@ -213,40 +228,91 @@ async fn tls_client(addr: SocketAddr, alpn: &[&[u8]]) -> std::io::Result<tokio_r
     }
 }
 
+/// The DER of the first certificate in a PEM file.
+fn certificate_der(path: &std::path::Path) -> rustls::pki_types::CertificateDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_file(path).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_apps_own_tls_from_a_client_without_a_sidecar_reaches_the_app_only_on_a_permissive_opaque_port() {
     let app_pki = Pki::for_domain("db.example");
     let app_files = app_pki.workload("db", "spiffe://db.example/ns/data/sa/db");
     let app = GreetingApp::start(Some(app_tls(&app_files))).await;
     let s = sidecar_before(app.addr, "  mtls: STRICT\n  authorization: {default: ALLOW}\n").await;
+    let plain = |alpn| Hello { alpn, sni: true, certificate: None };
 
     // STRICT: the sidecar's own handshake, which wants a mesh certificate, refuses it.
-    let refused = tls_client(s.sidecar.inbound, &[]).await;
-    assert!(refused.is_err(), "STRICT refuses TLS without a mesh certificate");
+    assert!(tls_client(s.sidecar.inbound, plain(&[])).await.is_err(), "STRICT refuses TLS without a mesh certificate");
     assert_eq!(app.accepted(), 0);
 
     write_policy(&s.policy_file, &policy("db", PERMISSIVE_OPEN));
     let permissive = eventually(|| async { s.config_dump().await["policy"]["mtls"] == "PERMISSIVE" }).await;
     assert!(permissive, "the PERMISSIVE policy is in force");
-    // Offering h2 (as every sidecar's HTTP client does) is the mesh's HTTP: still refused
-    // without a certificate, and never the app's.
-    assert!(tls_client(s.sidecar.inbound, &[b"h2"]).await.is_err(), "h2 is the mesh's");
+    // What a sidecar says (h2, no server named) is the mesh's HTTP: refused without a
+    // certificate, and never the app's.
+    let sidecars_http = Hello { alpn: &[b"h2"], sni: false, certificate: None };
+    assert!(tls_client(s.sidecar.inbound, sidecars_http).await.is_err(), "h2 without SNI is the mesh's");
+    // The tunnel's protocol without a certificate: refused by the tunnel's handshake.
+    let tunnel = Hello { alpn: &[palisade::tls::TUNNEL_ALPN], sni: false, certificate: None };
+    assert!(tls_client(s.sidecar.inbound, tunnel).await.is_err(), "a tunnel needs a mesh certificate");
     assert_eq!(app.accepted(), 0);
+    // With a mesh certificate, the sidecar's HTTP answers (its own certificate): not the app.
+    let frontend = s.pki.workload("frontend", &id("shop", "frontend"));
+    let mut config = client_tls(Some(&frontend));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.enable_sni = false;
+    let tcp = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    let name = rustls::pki_types::ServerName::IpAddress(s.sidecar.inbound.ip().into());
+    let mesh = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.unwrap();
+    let presented = mesh.get_ref().1.peer_certificates().unwrap()[0].clone();
+    assert_eq!(presented, certificate_der(&s.pki.path("orders").join("tls.crt")), "the sidecar's own");
+    drop(mesh);
 
-    // Without ALPN, or with the app's own protocol: the handshake is the app's, end to end.
-    let app_cert = std::fs::read_to_string(&app_files.cert).unwrap();
-    for alpn in [&[][..], &[&b"redis"[..]][..]] {
-        let mut tls = tls_client(s.sidecar.inbound, alpn).await.unwrap_or_else(|e| panic!("{alpn:?}: {e}"));
+    // The app's own TLS, end to end: without ALPN, with its own protocol, as an HTTPS client
+    // (h2 and the host it dialled), and a ClientHello longer than the 2 KiB a sidecar's fits in.
+    let long_names: Vec<Vec<u8>> = (0..40).map(|i| format!("{i:02}-{}", "x".repeat(60)).into_bytes()).collect();
+    let long: Vec<&[u8]> = long_names.iter().map(Vec::as_slice).collect();
+    let hellos: [&[&[u8]]; 4] = [&[], &[b"redis"], &[b"h2", b"http/1.1"], &long];
+    for alpn in hellos {
+        let mut tls = tls_client(s.sidecar.inbound, plain(alpn)).await.unwrap_or_else(|e| panic!("{alpn:?}: {e}"));
         let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
-        use rustls::pki_types::pem::PemObject;
-        let expected = rustls::pki_types::CertificateDer::from_pem_slice(app_cert.as_bytes()).unwrap();
-        assert_eq!(presented, expected, "the app's certificate, not the sidecar's");
+        assert_eq!(presented, certificate_der(&app_files.cert), "the app's certificate, not the sidecar's");
         let rest = read_some(&mut tls, GREETING.len() - 1).await;
         assert_eq!(rest, GREETING[1..]);
         tls.write_all(b"AUTH secret\r\n").await.unwrap();
         assert_eq!(read_some(&mut tls, 13).await, b"AUTH secret\r\n");
     }
-    assert_eq!(app.accepted(), 2);
+    assert_eq!(app.accepted(), hellos.len());
+    s.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_idles_out_at_the_http_idle_timeout_and_a_tunnel_does_not() {
+    let app = GreetingApp::start(None).await;
+    let s = PolicedSidecar::start_with(&policy("db", PERMISSIVE_OPEN), |c| {
+        c.inbound.app = palisade::config::ListenAddr(app.addr);
+        c.inbound.opaque_ports = vec![app.addr.port()];
+        c.limits.idle_timeout = palisade::config::HumanDuration(std::time::Duration::from_secs(1));
+    })
+    .await;
+    let frontend = s.pki.workload("frontend", &id("shop", "frontend"));
+    let mut tunnel = mtls_stream(s.sidecar.inbound, &frontend, palisade::tls::TUNNEL_ALPN).await.unwrap();
+    assert_eq!(read_some(&mut tunnel, GREETING.len()).await, GREETING);
+    let mut plaintext = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    assert_eq!(read_some(&mut plaintext, GREETING.len()).await, GREETING);
+    // Both now silent: the plaintext is closed a second later, the tunnel is not.
+    assert_eq!(read_some(&mut plaintext, 1).await, b"", "closed when idle");
+    let idled = || {
+        let lines = read_jsonl(&s.access_log);
+        lines
+            .iter()
+            .filter(|l| l["protocol"] == "tcp" && l.get("principal").is_none() && l["end"] == "idle_timeout")
+            .count()
+    };
+    assert!(eventually_blocking(|| idled() == 1), "its access line says why");
+    tunnel.write_all(b"still here").await.unwrap();
+    assert_eq!(read_some(&mut tunnel, 10).await, b"still here", "the tunnel outlives HTTP's idle timeout");
     s.shutdown();
 }
 

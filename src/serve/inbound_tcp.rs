@@ -11,7 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
@@ -34,6 +34,9 @@ pub struct InboundTcp {
     pub tls: Arc<TlsStore>,
     pub policy: Arc<PolicyStore>,
     pub telemetry: Arc<Telemetry>,
+    /// How long plaintext may carry nothing before it is closed: HTTP's `limits.idleTimeout`.
+    /// A caller that proved no identity holds no slot for the hour a mesh peer's tunnel gets.
+    pub plaintext_idle: Duration,
 }
 
 /// Where a connection's bytes go.
@@ -163,7 +166,8 @@ impl InboundTcp {
             std::future::pending().await
         };
         // Boxed: two relay buffers (and a TLS session), for as long as the connection lives.
-        let end = Box::pin(relay(caller, app, OPAQUE_IDLE_TIMEOUT, &moved, revoked)).await;
+        let idle = if principal.is_some() { OPAQUE_IDLE_TIMEOUT } else { self.plaintext_idle };
+        let end = Box::pin(relay(caller, app, idle, &moved, revoked)).await;
         if let Some(refusal) = revocation.get() {
             tracing::debug!(%peer, caller = ?principal, port, reason = refusal.reason(),
                 "TCP connection closed: the policy now refuses it");

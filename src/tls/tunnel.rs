@@ -63,50 +63,57 @@ where
 
 /// The TLS record header: a handshake record, its version, its length.
 pub const RECORD_HEADER: usize = 5;
-/// The longest first record a tunnel's ClientHello comes in: this sidecar's is a few hundred
-/// bytes (ring has no post-quantum key share). A test holds this sidecar's own to it: were it
-/// ever longer, every tunnel would be taken for HTTP and refused.
+/// The longest first record the inbound listener reads to sort a ClientHello: this sidecar's
+/// are a few hundred bytes (ring has no post-quantum key share). A test holds this sidecar's own
+/// to it: were it ever longer, every tunnel would be taken for HTTP and refused.
 pub const TUNNEL_HELLO_MAX: usize = 2048;
 
-/// What a connection's first TLS record asks the inbound listener for, by the ALPN protocols
-/// its ClientHello offers.
+/// What a connection's first TLS record asks the inbound listener for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HelloFor {
     /// A tunnel: it offers [`TUNNEL_ALPN`].
     Tunnel,
-    /// The listener's HTTP: it offers `h2`, as every sidecar's HTTP client does, or cannot be
-    /// read. The handshake goes to the HTTP listener, which offers HTTP only, so a tunnel misread
-    /// is refused, never let in.
+    /// The mesh's HTTP: it offers `h2` and names no server, as every sidecar's HTTP client does
+    /// (SNI off: a sidecar is named by its SPIFFE ID).
     Http,
-    /// Neither: the app's own TLS from a client without a sidecar (a Redis or Kafka client's),
+    /// Anything else that is a whole ClientHello: the app's own TLS from a client without a
+    /// sidecar (a Redis or Kafka client's; an HTTPS or gRPC client names the host it dialled),
     /// which only a PERMISSIVE opaque port takes, as the app's bytes.
     App,
+    /// Not a whole ClientHello within [`TUNNEL_HELLO_MAX`] (longer, split over records, or
+    /// not one at all): never a sidecar's. A PERMISSIVE opaque port takes it as the app's;
+    /// anywhere else it goes to the HTTP handshake, which offers HTTP only, so nothing misread
+    /// is let in.
+    Unknown,
 }
 
 /// Sorts `record` (a whole first TLS record: its header and body) by what it offers.
 pub fn sort_client_hello(record: &[u8]) -> HelloFor {
-    match client_hello_alpn(record) {
-        None => HelloFor::Http,
-        Some(None) => HelloFor::App,
-        Some(Some(mut protocols)) => {
-            let (mut http, mut tunnel) = (false, false);
-            for p in &mut protocols {
-                tunnel |= p == TUNNEL_ALPN;
-                http |= p == b"h2";
-            }
-            // A list that does not parse to its end is read as far as it goes.
-            match (tunnel, http) {
-                (true, _) => HelloFor::Tunnel,
-                (false, true) => HelloFor::Http,
-                (false, false) => HelloFor::App,
-            }
-        }
+    let Some(hello) = read_client_hello(record) else { return HelloFor::Unknown };
+    let (mut http, mut tunnel) = (false, false);
+    let mut protocols = Reader(hello.alpn.unwrap_or_default());
+    // A list that does not parse to its end is read as far as it goes.
+    while let Some(p) = protocols.vec8() {
+        tunnel |= p == TUNNEL_ALPN;
+        http |= p == b"h2";
+    }
+    match (tunnel, http && !hello.names_server) {
+        (true, _) => HelloFor::Tunnel,
+        (false, true) => HelloFor::Http,
+        (false, false) => HelloFor::App,
     }
 }
 
-/// The ALPN protocols a ClientHello in `record` offers: `None` when the record is not a whole
-/// ClientHello, `Some(None)` when it has no ALPN extension.
-fn client_hello_alpn(record: &[u8]) -> Option<Option<impl Iterator<Item = &[u8]>>> {
+/// What sorting a ClientHello looks at.
+struct ClientHello<'a> {
+    /// The ALPN extension's protocol list (each a length byte and the name), when it has one.
+    alpn: Option<&'a [u8]>,
+    /// Whether it has the server name extension (SNI).
+    names_server: bool,
+}
+
+/// The ClientHello in `record`, `None` when the record is not a whole one.
+fn read_client_hello(record: &[u8]) -> Option<ClientHello<'_>> {
     let mut r = Reader(record);
     // A handshake record, then a ClientHello (type 1) within it.
     if r.u8()? != 0x16 {
@@ -120,26 +127,28 @@ fn client_hello_alpn(record: &[u8]) -> Option<Option<impl Iterator<Item = &[u8]>
     let len = body.take(3)?;
     let len = usize::from(len[0]) << 16 | usize::from(len[1]) << 8 | usize::from(len[2]);
     // A ClientHello longer than its record continues in the next one; ALPN comes late in it, so
-    // what is missing is read as HTTP's (this sidecar's own ClientHello is far shorter).
+    // it cannot be sorted (this sidecar's own ClientHello is far shorter).
     let mut hello = Reader(body.take(len)?);
     hello.take(2 + 32)?; // legacy version, random
     hello.vec8()?; // session id
     hello.vec16()?; // cipher suites
     hello.vec8()?; // compression methods
+    let mut read = ClientHello { alpn: None, names_server: false };
     if hello.0.is_empty() {
-        // No extensions at all (TLS 1.2 allows it): no ALPN.
-        return Some(None);
+        // No extensions at all (TLS 1.2 allows it).
+        return Some(read);
     }
     let mut extensions = Reader(hello.vec16()?);
     while !extensions.0.is_empty() {
         let kind = extensions.u16()?;
         let data = extensions.vec16()?;
-        if kind == 16 {
-            let mut list = Reader(Reader(data).vec16()?);
-            return Some(Some(std::iter::from_fn(move || list.vec8())));
+        match kind {
+            0 => read.names_server = true,
+            16 => read.alpn = Some(Reader(data).vec16()?),
+            _ => {}
         }
     }
-    Some(None)
+    Some(read)
 }
 
 /// Reads a TLS message's fields from the front of a byte slice.
@@ -179,7 +188,7 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    /// The first record a rustls client offering `alpn` sends.
+    /// The first record a rustls client offering `alpn` sends, naming `peer.example` (SNI).
     fn client_hello(alpn: &[&[u8]]) -> Vec<u8> {
         let mut config = rustls::ClientConfig::builder_with_provider(super::super::provider())
             .with_safe_default_protocol_versions()
@@ -187,46 +196,70 @@ mod tests {
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let name = rustls_pki_types::ServerName::try_from("peer.example").unwrap();
-        let mut client = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        first_record(Arc::new(config), "peer.example")
+    }
+
+    fn first_record(config: Arc<rustls::ClientConfig>, name: &str) -> Vec<u8> {
+        let name = rustls_pki_types::ServerName::try_from(name.to_string()).unwrap();
+        let mut client = rustls::ClientConnection::new(config, name).unwrap();
         let mut out = Vec::new();
         client.write_tls(&mut out).unwrap();
         out
     }
 
-    #[test]
-    fn http_offers_and_cut_or_foreign_records_are_http() {
-        assert_eq!(sort_client_hello(&client_hello(&[b"h2", b"http/1.1"])), HelloFor::Http);
-        assert_eq!(sort_client_hello(&client_hello(&[b"h2"])), HelloFor::Http);
-        let hello = client_hello(&[TUNNEL_ALPN]);
-        for cut in [0, 1, RECORD_HEADER, RECORD_HEADER + 4, 60, hello.len() - 1] {
-            assert_eq!(sort_client_hello(&hello[..cut]), HelloFor::Http, "cut at {cut}");
-        }
-        let mut not_handshake = hello.clone();
-        not_handshake[0] = 0x17;
-        assert_eq!(sort_client_hello(&not_handshake), HelloFor::Http);
-        let mut not_hello = hello.clone();
-        not_hello[RECORD_HEADER] = 2;
-        assert_eq!(sort_client_hello(&not_hello), HelloFor::Http);
-        assert_eq!(sort_client_hello(b"GET / HTTP/1.1\r\n\r\n"), HelloFor::Http);
+    /// This sidecar's own client configurations (HTTP/2's, the tunnel's).
+    fn sidecar_client_configs() -> (Arc<rustls::ClientConfig>, Arc<rustls::ClientConfig>) {
+        let ca = crate::identity::DevCa::generate("cluster.local").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let leaf = crate::identity::LeafSpec::workload("spiffe://cluster.local/ns/a/sa/a");
+        let files = ca.issue_to(&leaf, &dir.path().join("a")).unwrap();
+        let files = crate::tls::IdentityFiles { cert: files.cert, key: files.key, trust_bundle: files.trust_bundle };
+        let store = TlsStore::load(files, "cluster.local", crate::tls::TrustDomains::new(["cluster.local"])).unwrap();
+        let state = store.current();
+        (state.client_config.clone(), state.tunnel_client_config.clone())
     }
 
     #[test]
-    fn a_hello_offering_neither_http_nor_a_tunnel_is_the_apps_own_tls() {
+    fn this_sidecars_own_hellos_are_sorted_as_its_http_and_its_tunnel_and_fit() {
+        let (http, tunnel) = sidecar_client_configs();
+        // As `connect_with` connects: the peer's address as the name, which SNI never carries.
+        let http = first_record(http, "10.0.0.7");
+        let tunnel = first_record(tunnel, "10.0.0.7");
+        assert_eq!(sort_client_hello(&http), HelloFor::Http);
+        assert_eq!(sort_client_hello(&tunnel), HelloFor::Tunnel);
+        for hello in [http, tunnel] {
+            assert!(hello.len() <= RECORD_HEADER + TUNNEL_HELLO_MAX, "{} bytes", hello.len());
+            let length = usize::from(u16::from_be_bytes([hello[3], hello[4]]));
+            assert_eq!(hello.len(), RECORD_HEADER + length, "one record");
+        }
+    }
+
+    #[test]
+    fn cut_or_foreign_records_are_unknown() {
+        let hello = client_hello(&[TUNNEL_ALPN]);
+        for cut in [0, 1, RECORD_HEADER, RECORD_HEADER + 4, 60, hello.len() - 1] {
+            assert_eq!(sort_client_hello(&hello[..cut]), HelloFor::Unknown, "cut at {cut}");
+        }
+        let mut not_handshake = hello.clone();
+        not_handshake[0] = 0x17;
+        assert_eq!(sort_client_hello(&not_handshake), HelloFor::Unknown);
+        let mut not_hello = hello.clone();
+        not_hello[RECORD_HEADER] = 2;
+        assert_eq!(sort_client_hello(&not_hello), HelloFor::Unknown);
+        assert_eq!(sort_client_hello(b"GET / HTTP/1.1\r\n\r\n"), HelloFor::Unknown);
+    }
+
+    #[test]
+    fn a_hello_that_names_its_server_or_offers_no_h2_is_the_apps_own_tls() {
+        // What HTTPS and gRPC clients send: h2, and the host they dialled.
+        assert_eq!(sort_client_hello(&client_hello(&[b"h2", b"http/1.1"])), HelloFor::App);
+        assert_eq!(sort_client_hello(&client_hello(&[b"h2"])), HelloFor::App);
         assert_eq!(sort_client_hello(&client_hello(&[])), HelloFor::App);
         assert_eq!(sort_client_hello(&client_hello(&[b"http/1.1"])), HelloFor::App);
         assert_eq!(sort_client_hello(&client_hello(&[b"postgresql"])), HelloFor::App);
         // A protocol that only starts like the tunnel's.
         assert_eq!(sort_client_hello(&client_hello(&[b"tcp.palisade.dev/v"])), HelloFor::App);
         assert_eq!(sort_client_hello(&client_hello(&[b"h2c", b"h"])), HelloFor::App);
-    }
-
-    #[test]
-    fn this_sidecars_tunnel_hello_fits_where_the_listener_looks_for_it() {
-        let hello = client_hello(&[TUNNEL_ALPN]);
-        assert!(hello.len() <= RECORD_HEADER + TUNNEL_HELLO_MAX, "{} bytes", hello.len());
-        let length = usize::from(u16::from_be_bytes([hello[3], hello[4]]));
-        assert_eq!(hello.len(), RECORD_HEADER + length, "one record");
     }
 
     #[test]
