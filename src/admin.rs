@@ -236,6 +236,7 @@ impl Admin {
                 "limits": {"maxUriBytes": policy.limits.max_uri_bytes, "maxHeaderBytes": policy.limits.max_header_bytes,
                            "maxBodyBytes": policy.limits.max_body_bytes},
                 "mtls": policy.mtls,
+                "portLevelMtls": policy.port_mtls.iter().map(|(port, mode)| (port.to_string(), json!(mode))).collect::<serde_json::Map<_, _>>(),
                 "rateLimitKeys": policy.rate_limit_keys(),
                 "policies": policy.documents.iter().map(|d| json!({"source": d.file, "policy": d.policy})).collect::<Vec<_>>(),
             },

@@ -237,7 +237,7 @@ impl PolicyStore {
         metrics.policy_version.reset();
         metrics.policy_version.with_label_values(&[source, &snapshot.version]).set(1);
         let names: Vec<String> = snapshot.policies.iter().map(|p| p.name.to_string()).collect();
-        tracing::info!(version = %snapshot.version, source, mtls = ?snapshot.mtls, policies = ?names, "policy in force");
+        tracing::info!(version = %snapshot.version, source, mtls = ?snapshot.mtls, port_mtls = ?snapshot.port_mtls, policies = ?names, "policy in force");
         self.telemetry.events.emit(SecurityEvent::PolicyApplied { version: snapshot.version.clone(), policies: names });
     }
 }
@@ -322,15 +322,20 @@ fn validate(
                 ),
             ));
         }
-        if selected && !options.allow_permissive && l.policy.spec.mtls == Some(MtlsMode::PERMISSIVE) {
-            errors.push(ConfigError::new(
-                &l.file,
-                "spec.mtls",
-                format!(
-                    "policy {}/{} asks for PERMISSIVE, which this sidecar refuses (inbound.allowPermissive is false)",
-                    m.namespace, m.name
-                ),
-            ));
+        if selected && !options.allow_permissive {
+            let spec = &l.policy.spec;
+            let ports = spec.port_level_mtls.iter().filter(|(_, e)| e.mode == MtlsMode::PERMISSIVE);
+            let fields = (spec.mtls == Some(MtlsMode::PERMISSIVE)).then(|| "spec.mtls".to_string());
+            for field in fields.into_iter().chain(ports.map(|(port, _)| format!("spec.portLevelMtls.{port}.mode"))) {
+                errors.push(ConfigError::new(
+                    &l.file,
+                    &field,
+                    format!(
+                        "policy {}/{} asks for PERMISSIVE, which this sidecar refuses (inbound.allowPermissive is false)",
+                        m.namespace, m.name
+                    ),
+                ));
+            }
         }
     }
     match errors.is_empty() {
@@ -343,6 +348,28 @@ fn validate(
 mod tests {
     use super::*;
     use crate::config::{EventSink, EventsConfig, TelemetryConfig};
+
+    #[test]
+    fn allow_permissive_false_refuses_a_permissive_port_as_it_refuses_a_permissive_workload() {
+        let options = PolicyOptions {
+            files: Vec::new(),
+            workload: WorkloadConfig { namespace: "shop".into(), ..Default::default() },
+            default_mtls: MtlsMode::STRICT,
+            allow_permissive: false,
+            fail_mode: FailMode::Closed,
+            control_plane: false,
+        };
+        let head =
+            "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: db, namespace: shop}\nspec:\n";
+        let text =
+            format!("{head}  mtls: STRICT\n  portLevelMtls: {{5432: {{mode: PERMISSIVE}}, 8080: {{mode: STRICT}}}}\n");
+        let errors = validate(parse_file(Path::new("db.yaml"), &text), &options, false).expect_err("refused");
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.portLevelMtls.5432.mode"], "{errors:?}");
+        assert!(errors[0].message.contains("inbound.allowPermissive is false"), "{}", errors[0]);
+        let strict_only = format!("{head}  portLevelMtls: {{8080: {{mode: STRICT}}}}\n");
+        assert!(validate(parse_file(Path::new("db.yaml"), &strict_only), &options, false).is_ok());
+    }
 
     #[test]
     fn a_remote_document_that_is_not_utf8_is_refused_with_its_source_and_nothing_changes() {

@@ -392,8 +392,8 @@ pub async fn serve_with<A>(
                 since.unwrap_or_else(tokio::time::Instant::now),
             ));
             match (gate, &*transport) {
-                (Some(gate), Transport::Mesh { policy, .. }) => {
-                    serve_revocable(app, stream, gate, policy, shutdown).await;
+                (Some((gate, port)), Transport::Mesh { policy, .. }) => {
+                    serve_revocable(app, stream, gate, port, policy, shutdown).await;
                 }
                 _ => {
                     let mut next = app.process_new(stream, &shutdown).await;
@@ -413,13 +413,14 @@ pub async fn serve_with<A>(
 /// a report is made once a second at most (`Refusals::report`), by whichever loop asks first.
 const REPORT_EVERY: Duration = Duration::from_millis(250);
 
-/// Serves a plaintext connection let in under PERMISSIVE. When the policy makes the workload
-/// STRICT, it is told to stop: HTTP/2 with a GOAWAY after its streams, HTTP/1.1 after the
+/// Serves a plaintext connection let in under PERMISSIVE, to `port`. When the policy makes that
+/// port STRICT, it is told to stop: HTTP/2 with a GOAWAY after its streams, HTTP/1.1 after the
 /// response in flight (or at once when idle between requests).
 async fn serve_revocable<A: ServerApp + Send + Sync + 'static>(
     app: Arc<A>,
     stream: Stream,
     gate: Arc<IdleGate>,
+    port: u16,
     policy: &PolicyStore,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -441,8 +442,8 @@ async fn serve_revocable<A: ServerApp + Send + Sync + 'static>(
                 stop.send_replace(true);
             }
             changed = changes.changed(), if !closing => {
-                if changed.is_err() || policy.current().mtls == MtlsMode::STRICT {
-                    tracing::debug!("the workload is STRICT now; closing a plaintext connection");
+                if changed.is_err() || policy.current().mtls_at(port) == MtlsMode::STRICT {
+                    tracing::debug!(port, "the port is STRICT now; closing a plaintext connection");
                     closing = true;
                     stop.send_replace(true);
                     gate.close();
@@ -455,8 +456,9 @@ async fn serve_revocable<A: ServerApp + Send + Sync + 'static>(
 /// `digest`: the socket's, when the accept loop already made it (its original destination read).
 /// What an accepted connection turned out to be.
 enum Handshake {
-    /// HTTP (over TLS or not), for pingora; with the gate of a PERMISSIVE port's plaintext.
-    Http(Stream, Option<Arc<IdleGate>>),
+    /// HTTP (over TLS or not), for pingora; with the gate of a PERMISSIVE port's plaintext, and
+    /// that port (the one the caller addressed).
+    Http(Stream, Option<(Arc<IdleGate>, u16)>),
     /// A mesh peer's tunnel (whatever was read of its ClientHello put back), and the deadline
     /// its handshake shares with the look at that ClientHello.
     Tunnel(Box<L4Stream>, tokio::time::Instant),
@@ -481,11 +483,11 @@ async fn handshake(
     inbound_tcp: Option<&InboundTcp>,
     telemetry: &Telemetry,
 ) -> Option<Handshake> {
-    let (store, plaintext_allowed) = match transport {
+    let (store, policy) = match transport {
         Transport::Plain | Transport::Outbound(_) => {
             return Some(Handshake::Http(Box::new(CoalescedWrites::new(l4_stream(tcp, peer, digest), None)), None))
         }
-        Transport::Mesh { tls, policy, .. } => (tls, policy.current().mtls == MtlsMode::PERMISSIVE),
+        Transport::Mesh { tls, policy, .. } => (tls, policy),
         Transport::Tls(acceptor) => {
             return match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(l4_stream(tcp, peer, None)))
                 .await
@@ -500,11 +502,30 @@ async fn handshake(
         }
     };
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    // Whether this connection's port is PERMISSIVE (the port the caller addressed, which only
+    // the socket says, and is read only when some port is PERMISSIVE).
+    let (mut plaintext_tcp, mut made_digest) = (false, None);
+    let permissive = {
+        let snapshot = policy.current();
+        match snapshot.plaintext_anywhere() {
+            false => None,
+            true => {
+                let digest = socket_digest(&tcp, peer);
+                let port = inbound_tcp.map(|i| i.addressed_port(&digest));
+                let mode = port.map_or(snapshot.mtls, |port| snapshot.mtls_at(port));
+                match mode {
+                    MtlsMode::PERMISSIVE => Some((digest, port.unwrap_or_default())),
+                    MtlsMode::STRICT => {
+                        made_digest = Some(digest);
+                        None
+                    }
+                }
+            }
+        }
+    };
     // Under PERMISSIVE, a connection to one of the app's opaque ports may be a client without a
     // sidecar speaking the app's protocol: its plaintext, or its own TLS.
-    let (mut plaintext_tcp, mut made_digest) = (false, None);
-    if plaintext_allowed {
-        let digest = socket_digest(&tcp, peer);
+    if let Some((digest, port)) = permissive {
         let opaque = inbound_tcp.is_some_and(|i| i.reaches_opaque_port(&digest));
         let wait = match opaque {
             true => deadline.min(tokio::time::Instant::now() + SERVER_FIRST_AFTER),
@@ -517,7 +538,7 @@ async fn handshake(
             Ok(Ok(1)) => {
                 let gate = Arc::new(IdleGate::default());
                 let stream = CoalescedWrites::new(l4_stream(tcp, peer, Some(digest)), Some(gate.clone()));
-                return Some(Handshake::Http(Box::new(stream), Some(gate)));
+                return Some(Handshake::Http(Box::new(stream), Some((gate, port))));
             }
             // Nothing yet: its server speaks first.
             Err(_) if opaque => return Some(Handshake::Plaintext(Box::new(l4_stream(tcp, peer, Some(digest))))),

@@ -241,7 +241,7 @@ fn every_kind() -> Vec<SecurityEvent> {
     // A PERMISSIVE port's plaintext, closed when the workload became STRICT: no principal.
     let plaintext = SecurityEvent::ConnectionDenied(DeniedConnection {
         policy: "-".into(),
-        rule: "plaintext after the workload became STRICT".into(),
+        rule: "plaintext after its port became STRICT".into(),
         audit: false,
         principal: None,
         source: "10.0.0.8:41234".parse().unwrap(),
@@ -435,7 +435,7 @@ fn every_event_kind_written_through_the_event_writer() {
             assert!(plaintext.get("actor").is_none(), "plaintext proves no workload: {plaintext}");
             assert_eq!(
                 plaintext["message"],
-                "denied TCP connection from 10.0.0.8 (plaintext) to port 3306: plaintext after the workload became STRICT"
+                "denied TCP connection from 10.0.0.8 (plaintext) to port 3306: plaintext after its port became STRICT"
             );
             let inbound = tls_refusal("inbound");
             assert!(inbound.get("tls").is_none(), "no tls object without the version OCSF requires");

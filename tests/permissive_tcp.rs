@@ -164,7 +164,7 @@ async fn plaintext_to_an_opaque_port_reaches_the_app_under_permissive_as_the_pol
     let before = app.accepted();
     write_policy(&s.policy_file, &policy("db", "  mtls: STRICT\n  authorization: {default: ALLOW}\n"));
     let ended = |e: &serde_json::Value| {
-        refused_plaintext(e) && e["message"].as_str().is_some_and(|m| m.ends_with("after the workload became STRICT"))
+        refused_plaintext(e) && e["message"].as_str().is_some_and(|m| m.ends_with("after its port became STRICT"))
     };
     // client_first, server_first and http were open.
     s.events_where("the open plaintext connections closed at STRICT", 3, ended).await;
@@ -331,5 +331,25 @@ async fn plaintext_that_is_not_http_to_an_http_port_never_reaches_the_app() {
         assert!(!answer.starts_with(GREETING), "{first:?}: {answer:?}");
     }
     assert_eq!(app.accepted(), 0, "nothing reached the app");
+    s.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_level_permissive_mode_opens_a_database_port_of_a_strict_workload() {
+    let app = GreetingApp::start(None).await;
+    let port = app.addr.port();
+    let open = format!(
+        "  mtls: STRICT\n  portLevelMtls: {{{port}: {{mode: PERMISSIVE}}}}\n  authorization: {{default: ALLOW}}\n"
+    );
+    let s = sidecar_before(app.addr, &open).await;
+    let mut client = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    assert_eq!(read_some(&mut client, GREETING.len()).await, GREETING, "greeted through a PERMISSIVE port");
+    // The port's entry gone: STRICT like the rest, and its plaintext is cut.
+    write_policy(&s.policy_file, &policy("db", "  mtls: STRICT\n  authorization: {default: ALLOW}\n"));
+    assert_eq!(read_some(&mut client, 1).await, b"", "closed");
+    let ended =
+        |e: &serde_json::Value| e["message"].as_str().is_some_and(|m| m.ends_with("after its port became STRICT"));
+    s.events_where("the plaintext connection closed", 1, ended).await;
+    assert_eq!(app.accepted(), 1);
     s.shutdown();
 }

@@ -100,3 +100,43 @@ async fn plaintext_connections_are_closed_after_their_request_when_the_workload_
     assert!(ok.load(Ordering::Relaxed) > before_switch);
     assert_eq!(failed.load(Ordering::Relaxed), 0, "no mTLS request failed during the switch");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_level_mode_lets_plaintext_in_on_one_port_of_a_strict_workload_until_it_is_strict_too() {
+    let s = PolicedSidecar::start(&policy("mode", "  mtls: STRICT\n  authorization: {default: ALLOW}\n")).await;
+    // The port the app listens on is the one a caller addresses here (no redirect).
+    let port = s.app.addr.port();
+    let request = "GET /plain HTTP/1.1\r\nhost: orders.shop\r\n\r\n";
+    let refused = |mut tcp: TcpStream| async move {
+        let _ = tcp.write_all(request.as_bytes()).await;
+        let mut answer = Vec::new();
+        let ended = tokio::time::timeout(patience(), tcp.read_to_end(&mut answer)).await;
+        ended.is_ok() && !answer.starts_with(b"HTTP/")
+    };
+    assert!(refused(TcpStream::connect(s.sidecar.inbound).await.unwrap()).await, "STRICT: no plaintext");
+
+    let open_port = format!(
+        "  mtls: STRICT\n  portLevelMtls: {{{port}: {{mode: PERMISSIVE}}}}\n  authorization: {{default: ALLOW}}\n"
+    );
+    write_policy(&s.policy_file, &policy("mode", &open_port));
+    let in_force =
+        eventually(|| async { s.config_dump().await["policy"]["portLevelMtls"][port.to_string()] == "PERMISSIVE" });
+    assert!(in_force.await, "the port-level mode is in force");
+    let mut kept = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    kept.write_all(request.as_bytes()).await.unwrap();
+    let (status, head, body) = read_answer(&mut kept).await;
+    assert_eq!(status, "HTTP/1.1 200 OK", "{head}");
+    assert!(body.contains("/plain"), "the app answered it: {body}");
+    kept.write_all(request.as_bytes()).await.unwrap();
+    assert_eq!(read_answer(&mut kept).await.0, "HTTP/1.1 200 OK", "kept alive");
+
+    // Another port PERMISSIVE instead: this one is STRICT again, its plaintext connection closed.
+    let other = format!(
+        "  mtls: STRICT\n  portLevelMtls: {{{}: {{mode: PERMISSIVE}}}}\n  authorization: {{default: ALLOW}}\n",
+        port ^ 1
+    );
+    write_policy(&s.policy_file, &policy("mode", &other));
+    assert!(closed_by_peer(&mut kept).await, "the kept-alive plaintext connection is closed");
+    assert!(refused(TcpStream::connect(s.sidecar.inbound).await.unwrap()).await, "and no new one comes in");
+    s.shutdown();
+}

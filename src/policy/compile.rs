@@ -70,6 +70,9 @@ pub struct PolicySnapshot {
     /// The mode in force: the strictest `spec.mtls` among the selecting policies, else the
     /// sidecar's `inbound.mtls`.
     pub mtls: MtlsMode,
+    /// Ports whose mode is another (`spec.portLevelMtls`; the strictest where policies differ),
+    /// sorted by port. See [`Self::mtls_at`].
+    pub port_mtls: Vec<(u16, MtlsMode)>,
     header_bits: HeaderBits,
     pub policies: Vec<CompiledPolicy>,
     pub limits: InputLimits,
@@ -297,6 +300,7 @@ impl PolicySnapshot {
         let mut wafs = Vec::new();
         let mut limits = InputLimits::default();
         let mut mtls = None;
+        let mut port_mtls: Vec<(u16, MtlsMode)> = Vec::new();
         let mut policies = Vec::new();
         let mut documents = Vec::new();
         let mut header_bits = HeaderBits::default();
@@ -316,6 +320,13 @@ impl PolicySnapshot {
                 (m, None) => m,
                 (_, m) => m,
             };
+            for (port, entry) in &p.spec.port_level_mtls {
+                match port_mtls.binary_search_by_key(&port.0, |(p, _)| *p) {
+                    Ok(i) if entry.mode == MtlsMode::STRICT => port_mtls[i].1 = MtlsMode::STRICT,
+                    Ok(_) => {}
+                    Err(i) => port_mtls.insert(i, (port.0, entry.mode)),
+                }
+            }
             let authz = p.spec.authorization.clone().unwrap_or_default();
             let mode_label = mode_label(authz.mode);
             let decision = |rule: &str, action: Action| Decision {
@@ -397,7 +408,7 @@ impl PolicySnapshot {
         if !errors.is_empty() {
             return Err(errors);
         }
-        Ok(PolicySnapshot { version, source, mtls, header_bits, policies, limits, authn, wafs, documents })
+        Ok(PolicySnapshot { version, source, mtls, port_mtls, header_bits, policies, limits, authn, wafs, documents })
     }
 
     /// Step 4: every ENFORCE policy must allow; AUDIT policies are counted and reported to
@@ -505,6 +516,21 @@ impl PolicySnapshot {
 }
 
 impl PolicySnapshot {
+    /// The mode of `port` (the port the caller addressed): its `spec.portLevelMtls` entry, else
+    /// the workload's.
+    pub fn mtls_at(&self, port: u16) -> MtlsMode {
+        match self.port_mtls.binary_search_by_key(&port, |(p, _)| *p) {
+            Ok(i) => self.port_mtls[i].1,
+            Err(_) => self.mtls,
+        }
+    }
+
+    /// Whether some port is PERMISSIVE: plaintext may be let in somewhere, so a connection's
+    /// first byte must be looked at.
+    pub fn plaintext_anywhere(&self) -> bool {
+        self.mtls == MtlsMode::PERMISSIVE || self.port_mtls.iter().any(|(_, m)| *m == MtlsMode::PERMISSIVE)
+    }
+
     /// Drops the per-policy series that `previous` counted into and this snapshot does not, so a
     /// policy, rule or limit removed by an update leaves nothing behind on `/metrics`. Series
     /// both count into stay, with their counts.

@@ -297,7 +297,7 @@ impl Refusal {
             Refusal::UriTooLong => "request target over maxUriBytes",
             Refusal::HeadersTooLarge => "request headers over maxHeaderBytes",
             Refusal::PayloadTooLarge => "body over maxBodyBytes",
-            Refusal::MtlsRequired => "plaintext after the workload became STRICT",
+            Refusal::MtlsRequired => "plaintext after its port became STRICT",
             Refusal::Forbidden(_) => "denied by policy",
             Refusal::RateLimited(_) => "rate limited",
             Refusal::Unauthenticated(u) => u.reason.map_or("no token where one is required", Reason::description),
@@ -365,8 +365,8 @@ impl PolicySnapshot {
     /// AUDIT policy would have made (decided, logged, counted, never enforced).
     pub fn decide<'a>(&self, view: &RequestView<'a>, mut note: impl FnMut(Note)) -> Result<Allowed<'a>, Refusal> {
         // 1. A connection let in as plaintext while the port was PERMISSIVE carries no
-        //    identity; once the workload is STRICT its requests are refused like a handshake.
-        if view.plaintext && self.mtls == MtlsMode::STRICT {
+        //    identity; once the port is STRICT its requests are refused like a handshake.
+        if view.plaintext && self.mtls_at(view.port) == MtlsMode::STRICT {
             return Err(Refusal::MtlsRequired);
         }
         // 2. HTTP parsing and limits.
@@ -403,7 +403,7 @@ impl PolicySnapshot {
         audit: impl FnMut(DecidedBy),
     ) -> Result<(), Refusal> {
         // Step 1, as for a request: plaintext let in under PERMISSIVE, now STRICT.
-        if view.principal.is_none() && self.mtls == MtlsMode::STRICT {
+        if view.principal.is_none() && self.mtls_at(view.port) == MtlsMode::STRICT {
             return Err(Refusal::MtlsRequired);
         }
         if let Some(authn) = &self.authn {
@@ -643,9 +643,20 @@ mod tests {
     }
 
     fn snapshot_with(spec: &str, default_mtls: MtlsMode) -> PolicySnapshot {
-        let text = format!(
-            "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n{spec}"
-        );
+        snapshot_of(&[spec], default_mtls)
+    }
+
+    /// One policy per spec, named `p`, `p2`, `p3`...
+    fn snapshot_of(specs: &[&str], default_mtls: MtlsMode) -> PolicySnapshot {
+        let text: Vec<String> = specs
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let name = if i == 0 { "p".to_string() } else { format!("p{}", i + 1) };
+                format!("apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n{spec}")
+            })
+            .collect();
+        let text = text.join("---\n");
         let (located, errors) = parse_file(Path::new("p.yaml"), &text);
         assert!(errors.is_empty(), "{errors:?}");
         let workload = WorkloadConfig { namespace: "shop".into(), ..Default::default() };
@@ -942,7 +953,7 @@ mod tests {
         assert_eq!((ocsf["action_id"].clone(), ocsf["disposition_id"].clone()), (1.into(), 1.into()));
         // Refusals no rule made say why in the rule's place.
         let plain = Refusal::MtlsRequired.denied(false, facts);
-        assert_eq!((plain.policy.as_str(), plain.rule.as_str()), ("-", "plaintext after the workload became STRICT"));
+        assert_eq!((plain.policy.as_str(), plain.rule.as_str()), ("-", "plaintext after its port became STRICT"));
     }
 
     #[test]
@@ -1039,6 +1050,61 @@ mod tests {
         let permissive = snapshot_with("  mtls: PERMISSIVE\n", MtlsMode::STRICT);
         let plain = Req { plaintext: true, principal: None, ..req("GET", "/orders") };
         assert!(plain.decide(&permissive).0.is_ok());
+    }
+
+    #[test]
+    fn a_port_level_mode_overrides_the_workloads_on_its_port_and_the_strictest_entry_wins() {
+        use MtlsMode::{PERMISSIVE, STRICT};
+        let plain = |port: u16| Req { plaintext: true, principal: None, port, ..req("GET", "/orders") };
+        let connection = |s: &PolicySnapshot, port: u16| {
+            s.authorize_connection(&ConnectionView { principal: None, source_ip: None, port }, |_| {})
+        };
+        // A STRICT workload with one PERMISSIVE port (a database's, while its clients move in).
+        let s = snapshot_with(
+            "  mtls: STRICT\n  portLevelMtls: {5432: {mode: PERMISSIVE}, 9090: {mode: STRICT}}\n",
+            STRICT,
+        );
+        assert_eq!((s.mtls_at(5432), s.mtls_at(8080), s.mtls_at(9090)), (PERMISSIVE, STRICT, STRICT));
+        assert!(s.plaintext_anywhere());
+        assert!(plain(5432).decide(&s).0.is_ok());
+        assert_eq!(plain(8080).decide(&s).0, Err(Refusal::MtlsRequired));
+        assert_eq!((connection(&s, 5432), connection(&s, 8080)), (Ok(()), Err(Refusal::MtlsRequired)));
+        // A PERMISSIVE workload with one STRICT port.
+        let s = snapshot_with("  mtls: PERMISSIVE\n  portLevelMtls: {8080: {mode: STRICT}}\n", STRICT);
+        assert_eq!((s.mtls_at(8080), s.mtls_at(5432)), (STRICT, PERMISSIVE));
+        assert_eq!(plain(8080).decide(&s).0, Err(Refusal::MtlsRequired));
+        // Where two policies name the same port, the stricter entry holds, either way round.
+        let loose = "  portLevelMtls: {5432: {mode: PERMISSIVE}, 6379: {mode: PERMISSIVE}}\n";
+        let strict = "  portLevelMtls: {5432: {mode: STRICT}}\n";
+        for specs in [[loose, strict], [strict, loose]] {
+            let s = snapshot_of(&specs, STRICT);
+            assert_eq!((s.mtls_at(5432), s.mtls_at(6379), s.mtls_at(80)), (STRICT, PERMISSIVE, STRICT), "{specs:?}");
+        }
+        // A key that went through JSON or Helm's templates comes quoted.
+        let quoted = snapshot_with("  portLevelMtls: {\"5432\": {mode: PERMISSIVE}}\n", STRICT);
+        assert_eq!(quoted.mtls_at(5432), PERMISSIVE);
+        // None at all: nothing is PERMISSIVE, and no port's first byte need be looked at.
+        assert!(!snapshot_with("  mtls: STRICT\n", STRICT).plaintext_anywhere());
+    }
+
+    #[test]
+    fn a_bad_port_level_entry_is_refused_with_its_line_and_field() {
+        let head = "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  portLevelMtls:\n";
+        for (entry, words) in [
+            ("    0: {mode: PERMISSIVE}\n", "a port number from 1 to 65535"),
+            ("    70000: {mode: PERMISSIVE}\n", "a port number from 1 to 65535"),
+            ("    \"54x\": {mode: PERMISSIVE}\n", "a port number from 1 to 65535"),
+            ("    5432: {mode: LOOSE}\n", "PERMISSIVE"),
+            ("    5432: PERMISSIVE\n", ""),
+            ("    5432: {mode: PERMISSIVE, level: 2}\n", "level"),
+        ] {
+            let (_, errors) = parse_file(Path::new("p.yaml"), &format!("{head}{entry}"));
+            assert_eq!(errors.len(), 1, "{entry}: {errors:?}");
+            let e = &errors[0];
+            assert_eq!(e.line, Some(6), "{entry}: {e}");
+            assert!(e.field.starts_with("spec.portLevelMtls"), "{entry}: {e}");
+            assert!(e.message.contains(words), "{entry}: {e}");
+        }
     }
 
     // === JWT and the WAF as steps of the decision ===

@@ -111,6 +111,10 @@ pub struct Spec {
     pub selector: Option<Selector>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtls: Option<MtlsMode>,
+    /// A mode for one port (the port the caller addressed, as `to.ports`), over `mtls` there:
+    /// Istio's `portLevelMtls`, `{5432: {mode: PERMISSIVE}}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub port_level_mtls: BTreeMap<Port, PortMtls>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<Authentication>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -119,6 +123,56 @@ pub struct Spec {
     pub rate_limits: UniqueList<RateLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_validation: Option<InputValidation>,
+}
+
+/// A TCP port, 1 to 65535, as a number or a string of digits: a mapping key that went through
+/// JSON or Helm's templates comes back quoted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct Port(pub u16);
+
+impl<'de> Deserialize<'de> for Port {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PortVisitor;
+        impl serde::de::Visitor<'_> for PortVisitor {
+            type Value = Port;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a port number from 1 to 65535")
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Port, E> {
+                match u16::try_from(n) {
+                    Ok(port @ 1..) => Ok(Port(port)),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Unsigned(n), &self)),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Port, E> {
+                match u64::try_from(n) {
+                    Ok(n) => self.visit_u64(n),
+                    Err(_) => Err(E::invalid_value(serde::de::Unexpected::Signed(n), &self)),
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Port, E> {
+                match text.parse::<u64>() {
+                    Ok(n) if text.bytes().all(|b| b.is_ascii_digit()) => self.visit_u64(n),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Str(text), &self)),
+                }
+            }
+        }
+        deserializer.deserialize_any(PortVisitor)
+    }
+}
+
+impl std::fmt::Display for Port {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One port's entry in `spec.portLevelMtls`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMtls {
+    pub mode: MtlsMode,
 }
 
 /// End-user authentication (SPEC section 4): the JWT issuers this workload accepts.

@@ -51,12 +51,18 @@ struct Reached {
 
 impl InboundTcp {
     fn reached(&self, digest: &SocketDigest) -> Reached {
-        // The address the caller addressed likewise, else the listener's own.
+        // The address the caller addressed behind an iptables REDIRECT, else the listener's own.
         let redirected = super::redirected_to(digest);
-        let port = redirected.map_or(self.app.port(), |a| a.port());
+        let port = self.addressed_port(digest);
         let addressed = redirected.or_else(|| digest.local_addr().and_then(|l| l.as_inet()).copied());
         let app = crate::config::app_target(self.app, || addressed.map(|a| a.ip().to_canonical()), port);
         Reached { port, app, destination: addressed.unwrap_or(app) }
+    }
+
+    /// The port a connection with this digest addressed, as the policy's `to.ports` and
+    /// `spec.portLevelMtls` name it.
+    pub(super) fn addressed_port(&self, digest: &SocketDigest) -> u16 {
+        super::redirected_to(digest).map_or(self.app.port(), |a| a.port())
     }
 
     /// Whether a connection with this digest reaches one of the app's opaque ports: the port the

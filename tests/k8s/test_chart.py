@@ -19,6 +19,8 @@ POLICY = {
     "spec": {
         "selector": {"matchLabels": {"app": "orders"}},
         "mtls": "STRICT",
+        # A mapping keyed by port: Helm renders its keys quoted, which the sidecar reads as ports.
+        "portLevelMtls": {"5432": {"mode": "PERMISSIVE"}},
         "authorization": {
             "default": "DENY",
             "rules": [{"name": "frontend-reads", "action": "ALLOW",
