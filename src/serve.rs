@@ -531,11 +531,15 @@ async fn handshake(
             true => deadline.min(tokio::time::Instant::now() + SERVER_FIRST_AFTER),
             false => deadline,
         };
-        let mut first = [0u8; 1];
+        // Enough of a first line to tell a request from a text protocol's command.
+        let mut first = [0u8; 512];
         match tokio::time::timeout_at(wait, tcp.peek(&mut first)).await {
-            Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => (plaintext_tcp, made_digest) = (opaque, Some(digest)),
-            Ok(Ok(1)) if opaque => return Some(Handshake::Plaintext(Box::new(l4_stream(tcp, peer, Some(digest))))),
-            Ok(Ok(1)) => {
+            Ok(Ok(1..)) if first[0] == TLS_HANDSHAKE_RECORD => (plaintext_tcp, made_digest) = (opaque, Some(digest)),
+            // Not HTTP (a request to an opaque port still goes through the pipeline).
+            Ok(Ok(n @ 1..)) if opaque && !opaque::may_be_http_request(&first[..n]) => {
+                return Some(Handshake::Plaintext(Box::new(l4_stream(tcp, peer, Some(digest)))))
+            }
+            Ok(Ok(1..)) => {
                 let gate = Arc::new(IdleGate::default());
                 let stream = CoalescedWrites::new(l4_stream(tcp, peer, Some(digest)), Some(gate.clone()));
                 return Some(Handshake::Http(Box::new(stream), Some((gate, port))));

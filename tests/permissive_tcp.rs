@@ -152,13 +152,19 @@ async fn plaintext_to_an_opaque_port_reaches_the_app_under_permissive_as_the_pol
     assert_eq!(read_some(&mut server_first, GREETING.len()).await, GREETING, "greeted without a word");
     server_first.write_all(b"ping").await.unwrap();
     assert_eq!(read_some(&mut server_first, 4).await, b"ping");
-    // HTTP to a port named opaque is bytes for the app too, as the port says.
-    let mut http = TcpStream::connect(s.sidecar.inbound).await.unwrap();
-    http.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
-    let echoed = read_some(&mut http, GREETING.len() + 16).await;
-    assert_eq!(&echoed[GREETING.len()..], b"GET / HTTP/1.1\r\n");
+    // A text protocol's command (memcached's) is bytes for the app too, as the port says.
+    let mut text = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    text.write_all(b"get user:1\r\n").await.unwrap();
+    let echoed = read_some(&mut text, GREETING.len() + 12).await;
+    assert_eq!(&echoed[GREETING.len()..], b"get user:1\r\n");
     let counted = allowed_by_default(&s).await - allowed_before;
     assert_eq!(counted, 3, "each plaintext connection is an authorisation decision");
+    // An HTTP request still goes through the pipeline, opaque port or not: the app's greeting is
+    // no HTTP answer, so the caller gets the sidecar's 502, not the app's bytes.
+    let mut http = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nhost: orders.shop\r\n\r\n").await.unwrap();
+    let answer = read_some(&mut http, 12).await;
+    assert_eq!(answer, b"HTTP/1.1 502", "{:?}", String::from_utf8_lossy(&answer));
 
     // STRICT: open plaintext connections are closed, the tunnel stays, new plaintext is refused.
     let before = app.accepted();
@@ -166,7 +172,7 @@ async fn plaintext_to_an_opaque_port_reaches_the_app_under_permissive_as_the_pol
     let ended = |e: &serde_json::Value| {
         refused_plaintext(e) && e["message"].as_str().is_some_and(|m| m.ends_with("after its port became STRICT"))
     };
-    // client_first, server_first and http were open.
+    // client_first, server_first and text were open.
     s.events_where("the open plaintext connections closed at STRICT", 3, ended).await;
     assert_eq!(read_some(&mut client_first, 1).await, b"", "closed");
     assert_eq!(read_some(&mut server_first, 1).await, b"", "closed");

@@ -67,6 +67,21 @@ pub fn classify(bytes: &[u8]) -> FirstBytes {
     FirstBytes::Undecided
 }
 
+/// Whether `bytes` (what arrived first on a port named opaque) may be an HTTP request, which must
+/// go through the pipeline even there: anything [`classify`] does not rule out, unless its first
+/// line is whole and does not end in an HTTP version (`get key` of memcached's text protocol, an
+/// SMTP or Redis inline command). A request line cut before its end is taken as HTTP, so
+/// splitting one never sends it around the pipeline.
+pub fn may_be_http_request(bytes: &[u8]) -> bool {
+    if classify(bytes) == FirstBytes::Other {
+        return false;
+    }
+    let Some(end) = bytes.iter().position(|&b| b == b'\n') else { return true };
+    let line = bytes[..end].strip_suffix(b"\r").unwrap_or(&bytes[..end]);
+    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    version.starts_with(b"HTTP/")
+}
+
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
@@ -499,6 +514,25 @@ mod tests {
         echo.await.unwrap();
         let (ended, sent, received) = relay.await.unwrap().unwrap();
         assert_eq!((ended, sent, received), (RelayEnd::Closed, BULK as u64, BULK as u64));
+    }
+
+    #[test]
+    fn a_whole_first_line_without_an_http_version_is_no_request() {
+        for request in
+            [&b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"GET /x HTTP/1.0\n"]
+        {
+            assert!(may_be_http_request(request), "{:?}", String::from_utf8_lossy(request));
+        }
+        // Cut before the line's end: it may yet be one.
+        for cut in [&b"GET /orders?id=1"[..], b"GET", b"POST / HTTP/1.1"] {
+            assert!(may_be_http_request(cut), "{:?}", String::from_utf8_lossy(cut));
+        }
+        let text_protocols: [&[u8]; 5] =
+            [b"get user:1\r\n", b"set k 0 0 5\r\nhello\r\n", b"EHLO client.example\r\n", b"SET k v\r\n", b"GET /x\r\n"];
+        for line in text_protocols {
+            assert!(!may_be_http_request(line), "{:?}", String::from_utf8_lossy(line));
+        }
+        assert!(!may_be_http_request(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]));
     }
 
     #[test]
