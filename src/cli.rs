@@ -138,6 +138,11 @@ fn describe_policy(p: &crate::policy::SecurityPolicy) -> String {
     if let Some(mtls) = p.spec.mtls {
         parts.push(format!("mtls {mtls:?}"));
     }
+    if !p.spec.port_level_mtls.is_empty() {
+        let ports: Vec<String> =
+            p.spec.port_level_mtls.iter().map(|(port, e)| format!("{port} {:?}", e.mode)).collect();
+        parts.push(format!("port mtls {}", ports.join(", ")));
+    }
     if let Some(authz) = &p.spec.authorization {
         let count = |action: Action| authz.rules.iter().filter(|r| r.action == action).count();
         let default = authz.default.unwrap_or(if count(Action::ALLOW) > 0 { Action::DENY } else { Action::ALLOW });

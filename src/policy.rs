@@ -353,14 +353,18 @@ mod tests {
     fn allow_permissive_false_refuses_a_permissive_port_as_it_refuses_a_permissive_workload() {
         let options = PolicyOptions {
             files: Vec::new(),
-            workload: WorkloadConfig { namespace: "shop".into(), ..Default::default() },
+            workload: WorkloadConfig {
+                namespace: "shop".into(),
+                labels: [("app".to_string(), "db".to_string())].into(),
+                ..Default::default()
+            },
             default_mtls: MtlsMode::STRICT,
             allow_permissive: false,
             fail_mode: FailMode::Closed,
             control_plane: false,
         };
         let head =
-            "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: db, namespace: shop}\nspec:\n";
+            "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: db, namespace: shop}\nspec:\n  selector: {matchLabels: {app: db}}\n";
         let text =
             format!("{head}  mtls: STRICT\n  portLevelMtls: {{5432: {{mode: PERMISSIVE}}, 8080: {{mode: STRICT}}}}\n");
         let errors = validate(parse_file(Path::new("db.yaml"), &text), &options, false).expect_err("refused");

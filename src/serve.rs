@@ -392,8 +392,8 @@ pub async fn serve_with<A>(
                 since.unwrap_or_else(tokio::time::Instant::now),
             ));
             match (gate, &*transport) {
-                (Some((gate, port)), Transport::Mesh { policy, .. }) => {
-                    serve_revocable(app, stream, gate, port, policy, shutdown).await;
+                (Some((gate, plaintext)), Transport::Mesh { policy, .. }) => {
+                    serve_revocable(app, stream, gate, plaintext, policy, shutdown).await;
                 }
                 _ => {
                     let mut next = app.process_new(stream, &shutdown).await;
@@ -420,7 +420,7 @@ async fn serve_revocable<A: ServerApp + Send + Sync + 'static>(
     app: Arc<A>,
     stream: Stream,
     gate: Arc<IdleGate>,
-    port: u16,
+    Plaintext { port, mut changes }: Plaintext,
     policy: &PolicyStore,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -432,7 +432,6 @@ async fn serve_revocable<A: ServerApp + Send + Sync + 'static>(
         }
     };
     tokio::pin!(serving);
-    let mut changes = policy.subscribe();
     let mut closing = false;
     loop {
         tokio::select! {
@@ -457,14 +456,21 @@ async fn serve_revocable<A: ServerApp + Send + Sync + 'static>(
 /// What an accepted connection turned out to be.
 enum Handshake {
     /// HTTP (over TLS or not), for pingora; with the gate of a PERMISSIVE port's plaintext, and
-    /// that port (the one the caller addressed).
-    Http(Stream, Option<(Arc<IdleGate>, u16)>),
+    /// what ends it.
+    Http(Stream, Option<(Arc<IdleGate>, Plaintext)>),
     /// A mesh peer's tunnel (whatever was read of its ClientHello put back), and the deadline
     /// its handshake shares with the look at that ClientHello.
     Tunnel(Box<L4Stream>, tokio::time::Instant),
     /// A PERMISSIVE port's plaintext to one of the app's opaque ports (whatever was read of it
     /// put back): a client without a sidecar, whose bytes go to the app as they are.
     Plaintext(Box<L4Stream>),
+}
+
+/// A PERMISSIVE port's plaintext: the port (the one the caller addressed) whose mode it was let
+/// in by, and the policy's changes, watched from before that mode was read.
+struct Plaintext {
+    port: u16,
+    changes: watch::Receiver<()>,
 }
 
 /// How long a connection to an opaque port under PERMISSIVE may send nothing before it is taken
@@ -505,27 +511,28 @@ async fn handshake(
     // Whether this connection's port is PERMISSIVE (the port the caller addressed, which only
     // the socket says, and is read only when some port is PERMISSIVE).
     let (mut plaintext_tcp, mut made_digest) = (false, None);
-    let permissive = {
-        let snapshot = policy.current();
-        match snapshot.plaintext_anywhere() {
-            false => None,
-            true => {
-                let digest = socket_digest(&tcp, peer);
-                let port = inbound_tcp.map(|i| i.addressed_port(&digest));
-                let mode = port.map_or(snapshot.mtls, |port| snapshot.mtls_at(port));
-                match mode {
-                    MtlsMode::PERMISSIVE => Some((digest, port.unwrap_or_default())),
-                    MtlsMode::STRICT => {
-                        made_digest = Some(digest);
-                        None
-                    }
+    let permissive = match policy.current().plaintext_anywhere() {
+        false => None,
+        true => {
+            let digest = socket_digest(&tcp, peer);
+            // Watched from before the mode is read: an update that makes the port STRICT after
+            // this look is one the connection's watch sees.
+            let changes = policy.subscribe();
+            let port = inbound_tcp.map(|i| i.addressed_port(&digest));
+            let snapshot = policy.current();
+            let mode = port.map_or(snapshot.mtls, |port| snapshot.mtls_at(port));
+            match mode {
+                MtlsMode::PERMISSIVE => Some((digest, Plaintext { port: port.unwrap_or_default(), changes })),
+                MtlsMode::STRICT => {
+                    made_digest = Some(digest);
+                    None
                 }
             }
         }
     };
     // Under PERMISSIVE, a connection to one of the app's opaque ports may be a client without a
     // sidecar speaking the app's protocol: its plaintext, or its own TLS.
-    if let Some((digest, port)) = permissive {
+    if let Some((digest, plaintext)) = permissive {
         let opaque = inbound_tcp.is_some_and(|i| i.reaches_opaque_port(&digest));
         let wait = match opaque {
             true => deadline.min(tokio::time::Instant::now() + SERVER_FIRST_AFTER),
@@ -542,7 +549,7 @@ async fn handshake(
             Ok(Ok(1..)) => {
                 let gate = Arc::new(IdleGate::default());
                 let stream = CoalescedWrites::new(l4_stream(tcp, peer, Some(digest)), Some(gate.clone()));
-                return Some(Handshake::Http(Box::new(stream), Some((gate, port))));
+                return Some(Handshake::Http(Box::new(stream), Some((gate, plaintext))));
             }
             // Nothing yet: its server speaks first.
             Err(_) if opaque => return Some(Handshake::Plaintext(Box::new(l4_stream(tcp, peer, Some(digest))))),

@@ -350,12 +350,35 @@ async fn a_port_level_permissive_mode_opens_a_database_port_of_a_strict_workload
     let s = sidecar_before(app.addr, &open).await;
     let mut client = TcpStream::connect(s.sidecar.inbound).await.unwrap();
     assert_eq!(read_some(&mut client, GREETING.len()).await, GREETING, "greeted through a PERMISSIVE port");
+    // An update that leaves the port PERMISSIVE (the workload is STRICT throughout) keeps it.
+    let version = s.config_dump().await["policy"]["version"].clone();
+    let more = format!(
+        "  mtls: STRICT\n  portLevelMtls: {{{port}: {{mode: PERMISSIVE}}}}\n  authorization:\n    default: ALLOW\n    rules:\n      - {{name: no-batch, action: DENY, from: {{namespaces: [batch]}}}}\n"
+    );
+    write_policy(&s.policy_file, &policy("db", &more));
+    assert!(eventually(|| async { s.config_dump().await["policy"]["version"] != version }).await, "updated");
+    client.write_all(b"ping").await.unwrap();
+    assert_eq!(read_some(&mut client, 4).await, b"ping", "still relayed");
     // The port's entry gone: STRICT like the rest, and its plaintext is cut.
     write_policy(&s.policy_file, &policy("db", "  mtls: STRICT\n  authorization: {default: ALLOW}\n"));
     assert_eq!(read_some(&mut client, 1).await, b"", "closed");
     let ended =
         |e: &serde_json::Value| e["message"].as_str().is_some_and(|m| m.ends_with("after its port became STRICT"));
     s.events_where("the plaintext connection closed", 1, ended).await;
+    // A PERMISSIVE workload whose port says STRICT: refused when it connects.
+    let strict_port = format!(
+        "  mtls: PERMISSIVE\n  portLevelMtls: {{{port}: {{mode: STRICT}}}}\n  authorization: {{default: ALLOW}}\n"
+    );
+    write_policy(&s.policy_file, &policy("db", &strict_port));
+    let in_force = || async {
+        let dump = s.config_dump().await;
+        dump["policy"]["mtls"] == "PERMISSIVE" && dump["policy"]["portLevelMtls"][port.to_string()] == "STRICT"
+    };
+    assert!(eventually(in_force).await, "the port's STRICT is in force");
+    let mut late = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    late.write_all(SSL_REQUEST).await.unwrap();
+    let answer = read_some(&mut late, 64).await;
+    assert!(!answer.starts_with(GREETING), "refused: {answer:?}");
     assert_eq!(app.accepted(), 1);
     s.shutdown();
 }

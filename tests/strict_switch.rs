@@ -127,6 +127,13 @@ async fn a_port_level_mode_lets_plaintext_in_on_one_port_of_a_strict_workload_un
     let (status, head, body) = read_answer(&mut kept).await;
     assert_eq!(status, "HTTP/1.1 200 OK", "{head}");
     assert!(body.contains("/plain"), "the app answered it: {body}");
+    // An update that leaves the port PERMISSIVE (the workload is STRICT throughout) keeps it.
+    let version = s.config_dump().await["policy"]["version"].clone();
+    let more = format!(
+        "  mtls: STRICT\n  portLevelMtls: {{{port}: {{mode: PERMISSIVE}}}}\n  authorization:\n    default: ALLOW\n    rules:\n      - {{name: no-batch, action: DENY, from: {{namespaces: [batch]}}}}\n"
+    );
+    write_policy(&s.policy_file, &policy("mode", &more));
+    assert!(eventually(|| async { s.config_dump().await["policy"]["version"] != version }).await, "updated");
     kept.write_all(request.as_bytes()).await.unwrap();
     assert_eq!(read_answer(&mut kept).await.0, "HTTP/1.1 200 OK", "kept alive");
 

@@ -70,8 +70,9 @@ pub struct PolicySnapshot {
     /// The mode in force: the strictest `spec.mtls` among the selecting policies, else the
     /// sidecar's `inbound.mtls`.
     pub mtls: MtlsMode,
-    /// Ports whose mode is another (`spec.portLevelMtls`; the strictest where policies differ),
-    /// sorted by port. See [`Self::mtls_at`].
+    /// The ports a selecting policy names in `spec.portLevelMtls`, each with its mode: the
+    /// strictest of each policy's view of it (the policy's entry, else its `spec.mtls`), sorted
+    /// by port. See [`Self::mtls_at`].
     pub port_mtls: Vec<(u16, MtlsMode)>,
     header_bits: HeaderBits,
     pub policies: Vec<CompiledPolicy>,
@@ -320,11 +321,9 @@ impl PolicySnapshot {
                 (m, None) => m,
                 (_, m) => m,
             };
-            for (port, entry) in &p.spec.port_level_mtls {
-                match port_mtls.binary_search_by_key(&port.0, |(p, _)| *p) {
-                    Ok(i) if entry.mode == MtlsMode::STRICT => port_mtls[i].1 = MtlsMode::STRICT,
-                    Ok(_) => {}
-                    Err(i) => port_mtls.insert(i, (port.0, entry.mode)),
+            for port in p.spec.port_level_mtls.keys() {
+                if let Err(i) = port_mtls.binary_search_by_key(&port.0, |(p, _)| *p) {
+                    port_mtls.insert(i, (port.0, MtlsMode::PERMISSIVE));
                 }
             }
             let authz = p.spec.authorization.clone().unwrap_or_default();
@@ -370,6 +369,19 @@ impl PolicySnapshot {
             documents.push(doc.clone());
         }
         let mtls = mtls.unwrap_or(default_mtls);
+        // Each policy's view of a port it or another names: its entry for the port, else its
+        // own `spec.mtls`, else none. STRICT wins among the views, as for the workload, so a
+        // policy's port entry never loosens another policy's STRICT.
+        for (port, mode) in &mut port_mtls {
+            let views = located.iter().filter(|l| selects(&l.policy, workload)).filter_map(|l| {
+                let spec = &l.policy.spec;
+                spec.port_level_mtls.get(&super::document::Port(*port)).map(|e| e.mode).or(spec.mtls)
+            });
+            *mode = match views.fold(None, |m, v| if m == Some(MtlsMode::STRICT) { m } else { Some(v) }) {
+                Some(m) => m,
+                None => mtls,
+            };
+        }
         if required_by.is_some() && providers.is_empty() {
             let doc = documents.iter().find(|d| d.policy.spec.authentication.as_ref().is_some_and(|a| a.require_jwt));
             if let Some(doc) = doc {

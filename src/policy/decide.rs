@@ -659,7 +659,8 @@ mod tests {
         let text = text.join("---\n");
         let (located, errors) = parse_file(Path::new("p.yaml"), &text);
         assert!(errors.is_empty(), "{errors:?}");
-        let workload = WorkloadConfig { namespace: "shop".into(), ..Default::default() };
+        let labels = [("app".to_string(), "orders".to_string())].into();
+        let workload = WorkloadConfig { namespace: "shop".into(), labels, ..Default::default() };
         let authn = crate::authn::AuthnRuntime::default();
         PolicySnapshot::compile(
             "v1".into(),
@@ -1061,7 +1062,7 @@ mod tests {
         };
         // A STRICT workload with one PERMISSIVE port (a database's, while its clients move in).
         let s = snapshot_with(
-            "  mtls: STRICT\n  portLevelMtls: {5432: {mode: PERMISSIVE}, 9090: {mode: STRICT}}\n",
+            "  selector: {matchLabels: {app: orders}}\n  mtls: STRICT\n  portLevelMtls: {5432: {mode: PERMISSIVE}, 9090: {mode: STRICT}}\n",
             STRICT,
         );
         assert_eq!((s.mtls_at(5432), s.mtls_at(8080), s.mtls_at(9090)), (PERMISSIVE, STRICT, STRICT));
@@ -1070,41 +1071,62 @@ mod tests {
         assert_eq!(plain(8080).decide(&s).0, Err(Refusal::MtlsRequired));
         assert_eq!((connection(&s, 5432), connection(&s, 8080)), (Ok(()), Err(Refusal::MtlsRequired)));
         // A PERMISSIVE workload with one STRICT port.
-        let s = snapshot_with("  mtls: PERMISSIVE\n  portLevelMtls: {8080: {mode: STRICT}}\n", STRICT);
+        let s = snapshot_with(
+            "  selector: {matchLabels: {app: orders}}\n  mtls: PERMISSIVE\n  portLevelMtls: {8080: {mode: STRICT}}\n",
+            STRICT,
+        );
         assert_eq!((s.mtls_at(8080), s.mtls_at(5432)), (STRICT, PERMISSIVE));
         assert_eq!(plain(8080).decide(&s).0, Err(Refusal::MtlsRequired));
         // Where two policies name the same port, the stricter entry holds, either way round.
-        let loose = "  portLevelMtls: {5432: {mode: PERMISSIVE}, 6379: {mode: PERMISSIVE}}\n";
-        let strict = "  portLevelMtls: {5432: {mode: STRICT}}\n";
+        let loose = "  selector: {matchLabels: {app: orders}}\n  portLevelMtls: {5432: {mode: PERMISSIVE}, 6379: {mode: PERMISSIVE}}\n";
+        let strict = "  selector: {matchLabels: {app: orders}}\n  portLevelMtls: {5432: {mode: STRICT}}\n";
         for specs in [[loose, strict], [strict, loose]] {
             let s = snapshot_of(&specs, STRICT);
             assert_eq!((s.mtls_at(5432), s.mtls_at(6379), s.mtls_at(80)), (STRICT, PERMISSIVE, STRICT), "{specs:?}");
         }
         // A key that went through JSON or Helm's templates comes quoted.
-        let quoted = snapshot_with("  portLevelMtls: {\"5432\": {mode: PERMISSIVE}}\n", STRICT);
+        let quoted = snapshot_with(
+            "  selector: {matchLabels: {app: orders}}\n  portLevelMtls: {\"5432\": {mode: PERMISSIVE}}\n",
+            STRICT,
+        );
         assert_eq!(quoted.mtls_at(5432), PERMISSIVE);
+        // One policy's STRICT is not loosened by another's port entry; the same policy's is.
+        let workload_strict = "  mtls: STRICT\n";
+        let opens_a_port = "  selector: {matchLabels: {app: orders}}\n  portLevelMtls: {5432: {mode: PERMISSIVE}}\n";
+        let s = snapshot_of(&[workload_strict, opens_a_port], PERMISSIVE);
+        assert_eq!(s.mtls_at(5432), STRICT, "another policy's STRICT holds on the port");
+        let s = snapshot_of(&["  selector: {matchLabels: {app: orders}}\n  mtls: STRICT\n  portLevelMtls: {5432: {mode: PERMISSIVE}}\n", opens_a_port], STRICT);
+        assert_eq!(s.mtls_at(5432), PERMISSIVE, "the STRICT policy opened it itself");
         // None at all: nothing is PERMISSIVE, and no port's first byte need be looked at.
         assert!(!snapshot_with("  mtls: STRICT\n", STRICT).plaintext_anywhere());
     }
 
     #[test]
     fn a_bad_port_level_entry_is_refused_with_its_line_and_field() {
-        let head = "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  portLevelMtls:\n";
+        let head = "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  selector: {matchLabels: {app: orders}}\n  portLevelMtls:\n";
         for (entry, words) in [
             ("    0: {mode: PERMISSIVE}\n", "a port number from 1 to 65535"),
             ("    70000: {mode: PERMISSIVE}\n", "a port number from 1 to 65535"),
             ("    \"54x\": {mode: PERMISSIVE}\n", "a port number from 1 to 65535"),
             ("    5432: {mode: LOOSE}\n", "PERMISSIVE"),
-            ("    5432: PERMISSIVE\n", ""),
+            ("    5432: PERMISSIVE\n", "mapping"),
+            ("    5432: {mode: STRICT}\n    05432: {mode: PERMISSIVE}\n", "port 5432 is named twice"),
             ("    5432: {mode: PERMISSIVE, level: 2}\n", "level"),
         ] {
             let (_, errors) = parse_file(Path::new("p.yaml"), &format!("{head}{entry}"));
             assert_eq!(errors.len(), 1, "{entry}: {errors:?}");
             let e = &errors[0];
-            assert_eq!(e.line, Some(6), "{entry}: {e}");
+            assert_eq!(e.line, Some(7), "{entry}: {e}");
             assert!(e.field.starts_with("spec.portLevelMtls"), "{entry}: {e}");
             assert!(e.message.contains(words), "{entry}: {e}");
         }
+        // Without a selector, as Istio: a port means one thing only among the workloads picked.
+        let unselected = "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  portLevelMtls: {5432: {mode: PERMISSIVE}}\n";
+        let (policies, errors) = parse_file(Path::new("p.yaml"), unselected);
+        assert!(policies.is_empty());
+        let fields: Vec<_> = errors.iter().map(|e| (e.field.as_str(), e.line)).collect();
+        assert_eq!(fields, [("spec.portLevelMtls", Some(5))], "{errors:?}");
+        assert!(errors[0].message.contains("spec.selector"), "{}", errors[0]);
     }
 
     // === JWT and the WAF as steps of the decision ===

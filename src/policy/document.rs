@@ -24,6 +24,28 @@ fn non_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec
 }
 use crate::config::{HumanDuration, MtlsMode};
 
+/// `spec.portLevelMtls`, refusing a port named twice: `5432` and `05432` are one port, and
+/// the YAML reader's duplicate-key check compares keys as written.
+fn each_port_once<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<Port, PortMtls>, D::Error> {
+    struct Ports;
+    impl<'de> serde::de::Visitor<'de> for Ports {
+        type Value = BTreeMap<Port, PortMtls>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a mapping of ports to {mode: STRICT | PERMISSIVE}")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut ports = BTreeMap::new();
+            while let Some((port, entry)) = map.next_entry::<Port, PortMtls>()? {
+                if ports.insert(port, entry).is_some() {
+                    return Err(serde::de::Error::custom(format!("port {port} is named twice")));
+                }
+            }
+            Ok(ports)
+        }
+    }
+    d.deserialize_map(Ports)
+}
+
 pub const API_VERSION: &str = "palisade.dev/v1alpha1";
 pub const KIND: &str = "SecurityPolicy";
 
@@ -113,7 +135,7 @@ pub struct Spec {
     pub mtls: Option<MtlsMode>,
     /// A mode for one port (the port the caller addressed, as `to.ports`), over `mtls` there:
     /// Istio's `portLevelMtls`, `{5432: {mode: PERMISSIVE}}`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, deserialize_with = "each_port_once", skip_serializing_if = "BTreeMap::is_empty")]
     pub port_level_mtls: BTreeMap<Port, PortMtls>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<Authentication>,

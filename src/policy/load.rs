@@ -28,6 +28,20 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Located>, Vec<ConfigError>) {
     for document in documents.iter().filter(|d| !d.root.is_null()) {
         let (policy, document_errors) = crate::config::read_all::<SecurityPolicy>(file, &document.root);
         if document_errors.is_empty() {
+            if let Some(policy) = policy.as_ref().filter(|p| !p.spec.port_level_mtls.is_empty()) {
+                if policy.spec.selector.as_ref().is_none_or(|s| s.match_labels.is_empty()) {
+                    // As Istio's PeerAuthentication: a port number means one thing only among
+                    // the workloads a selector picks.
+                    let mut error = ConfigError::new(
+                        file,
+                        "spec.portLevelMtls",
+                        "a port's mode needs spec.selector: a port means one thing only for the workloads a selector picks",
+                    );
+                    error.line = document.root.find("spec.portLevelMtls").map(|n| n.mark.line);
+                    errors.push(error);
+                    continue;
+                }
+            }
             if let Some(policy) = policy {
                 // Where the policy names itself: what a duplicate's error points at.
                 let line = document.root.find("metadata.name").map_or(document.start.line, |n| n.mark.line);
