@@ -188,6 +188,17 @@ async fn plaintext_to_an_opaque_port_reaches_the_app_under_permissive_as_the_pol
         lines.iter().filter(|l| l["protocol"] == "tcp" && l.get("principal").is_none() && l["end"] == "denied").count()
     };
     assert!(eventually_blocking(|| cut_lines() == 3), "an access line each, ended as denied: {}", cut_lines());
+    // What a migration watches: plaintext (no principal) beside mutual TLS, port by port.
+    let metrics = s.metrics().await;
+    let connections = |principal: &str, decision: &str| {
+        let labels =
+            format!("{{decision=\"{decision}\",port=\"{}\",source_principal=\"{principal}\"}}", app.addr.port());
+        let line = metrics.lines().find(|l| l.starts_with(&format!("palisade_inbound_tcp_connections_total{labels}")));
+        line.and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    };
+    assert_eq!(connections("", "allow"), 4, "the probe let in, and three more\n{metrics}");
+    assert!(connections("", "deny") >= 2, "the two the first policy refused\n{metrics}");
+    assert_eq!(connections(&id("shop", "frontend"), "allow"), 1, "the tunnel\n{metrics}");
     s.shutdown();
 }
 

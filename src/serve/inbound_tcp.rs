@@ -127,7 +127,13 @@ impl InboundTcp {
         let close = |mut caller: S| async move {
             let _ = tokio::time::timeout(CONNECT_TIMEOUT, caller.shutdown()).await;
         };
+        let counted = |decision: &str| {
+            let principal = principal.map_or("", SpiffeId::as_str);
+            let series = [principal, &port.to_string(), decision];
+            self.telemetry.metrics.inbound_tcp_connections.with_label_values(&series).inc();
+        };
         if !self.opaque_ports.contains(&app.port()) {
+            counted("deny");
             let why = ("-".to_string(), crate::telemetry::OPAQUE_PORTS_RULE.to_string());
             refused(why, "not one of inbound.opaquePorts: an HTTP port, whose requests go through the pipeline");
             return close(caller).await;
@@ -139,9 +145,11 @@ impl InboundTcp {
             denied((by.policy.to_string(), by.rule.to_string()), true);
         });
         if let Err(refusal) = decided {
+            counted("deny");
             refused(refusal.policy_and_rule(), refusal.reason());
             return close(caller).await;
         }
+        counted("allow");
         let started = Instant::now();
         let moved = Moved::default();
         let principal_name = principal.map(SpiffeId::as_str);

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub waf_uninspected: prometheus::IntCounter,
     pub connections_closed: IntCounterVec,
     pub opaque_connections: prometheus::IntCounter,
+    /// TCP to the app's opaque ports, by caller (empty: plaintext), port addressed and decision.
+    pub inbound_tcp_connections: IntCounterVec,
     pub requests_shed: IntCounterVec,
 }
 
@@ -169,6 +171,16 @@ impl Metrics {
             "Outbound connections that were not HTTP, relayed as bytes to a destination in outbound.passthrough.",
         )
         .expect("metric");
+        let inbound_tcp_connections = IntCounterVec::new(
+            Opts::new(
+                "palisade_inbound_tcp_connections_total",
+                "TCP connections to the app's opaque ports: mesh peers' tunnels (source_principal: the \
+                 SPIFFE ID they proved) and, while the port is PERMISSIVE, plaintext (source_principal \
+                 empty), by the port addressed and the decision (allow, deny).",
+            ),
+            &["source_principal", "port", "decision"],
+        )
+        .expect("metric");
         let requests_shed = IntCounterVec::new(
             Opts::new(
                 "palisade_requests_shed_total",
@@ -204,6 +216,7 @@ impl Metrics {
             Box::new(waf_uninspected.clone()),
             Box::new(connections_closed.clone()),
             Box::new(opaque_connections.clone()),
+            Box::new(inbound_tcp_connections.clone()),
             Box::new(requests_shed.clone()),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
         ] {
@@ -232,6 +245,7 @@ impl Metrics {
             waf_uninspected,
             connections_closed,
             opaque_connections,
+            inbound_tcp_connections,
             requests_shed,
         }
     }
