@@ -22,7 +22,7 @@ use crate::memory::CutWait;
 use crate::policy::PolicyStore;
 use crate::telemetry::{RefusalCounter, RefusalReason, SecurityEvent, Telemetry};
 use crate::tls::{HelloFor, TlsStore};
-use inbound_tcp::InboundTcp;
+use inbound_tcp::{InboundTcp, Spoke};
 
 mod h2_frames;
 mod inbound_tcp;
@@ -376,9 +376,9 @@ pub async fn serve_with<A>(
                     }
                     return;
                 }
-                Some(Handshake::Plaintext(stream)) => {
+                Some(Handshake::Plaintext(stream, spoke)) => {
                     if let Some(inbound_tcp) = &inbound_tcp {
-                        Box::pin(inbound_tcp.serve_plaintext(*stream, peer)).await;
+                        Box::pin(inbound_tcp.serve_plaintext(*stream, peer, spoke)).await;
                     }
                     return;
                 }
@@ -462,8 +462,9 @@ enum Handshake {
     /// its handshake shares with the look at that ClientHello.
     Tunnel(Box<L4Stream>, tokio::time::Instant),
     /// A PERMISSIVE port's plaintext to one of the app's opaque ports (whatever was read of it
-    /// put back): a client without a sidecar, whose bytes go to the app as they are.
-    Plaintext(Box<L4Stream>),
+    /// put back): a client without a sidecar, whose bytes go to the app as they are; and whether
+    /// it has spoken yet.
+    Plaintext(Box<L4Stream>, Spoke),
 }
 
 /// A PERMISSIVE port's plaintext: the port (the one the caller addressed) whose mode it was let
@@ -534,25 +535,38 @@ async fn handshake(
     // sidecar speaking the app's protocol: its plaintext, or its own TLS.
     if let Some((digest, plaintext)) = permissive {
         let opaque = inbound_tcp.is_some_and(|i| i.reaches_opaque_port(&digest));
-        let wait = match opaque {
-            true => deadline.min(tokio::time::Instant::now() + SERVER_FIRST_AFTER),
-            false => deadline,
+        let http = |stream: L4Stream, plaintext: Plaintext| {
+            let gate = Arc::new(IdleGate::default());
+            let stream = CoalescedWrites::new(stream, Some(gate.clone()));
+            Some(Handshake::Http(Box::new(stream), Some((gate, plaintext))))
         };
-        // Enough of a first line to tell a request from a text protocol's command.
-        let mut first = [0u8; 512];
+        let mut first = [0u8; 1];
+        let wait = if opaque { deadline.min(tokio::time::Instant::now() + SERVER_FIRST_AFTER) } else { deadline };
         match tokio::time::timeout_at(wait, tcp.peek(&mut first)).await {
-            Ok(Ok(1..)) if first[0] == TLS_HANDSHAKE_RECORD => (plaintext_tcp, made_digest) = (opaque, Some(digest)),
-            // Not HTTP (a request to an opaque port still goes through the pipeline).
-            Ok(Ok(n @ 1..)) if opaque && !opaque::may_be_http_request(&first[..n]) => {
-                return Some(Handshake::Plaintext(Box::new(l4_stream(tcp, peer, Some(digest)))))
+            Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD => (plaintext_tcp, made_digest) = (opaque, Some(digest)),
+            Ok(Ok(1)) if opaque => {
+                // A request to an opaque port still goes through the pipeline; what cannot be
+                // one goes to the app as bytes.
+                let first_words = opaque::read_first_words(&mut tcp, deadline, Vec::new()).await;
+                let Ok((request, read)) = first_words else { return None };
+                if request {
+                    // Counted beside the relayed plaintext: a client a STRICT port would refuse.
+                    if let Some(i) = inbound_tcp {
+                        i.count(None, i.app_port(&digest), "http");
+                    }
+                }
+                let mut stream = l4_stream(tcp, peer, Some(digest));
+                stream.rewind(&read);
+                if request {
+                    return http(stream, plaintext);
+                }
+                return Some(Handshake::Plaintext(Box::new(stream), Spoke::Client));
             }
-            Ok(Ok(1..)) => {
-                let gate = Arc::new(IdleGate::default());
-                let stream = CoalescedWrites::new(l4_stream(tcp, peer, Some(digest)), Some(gate.clone()));
-                return Some(Handshake::Http(Box::new(stream), Some((gate, plaintext))));
+            Ok(Ok(1)) => return http(l4_stream(tcp, peer, Some(digest)), plaintext),
+            // Nothing yet: its server may speak first.
+            Err(_) if opaque => {
+                return Some(Handshake::Plaintext(Box::new(l4_stream(tcp, peer, Some(digest))), Spoke::Neither))
             }
-            // Nothing yet: its server speaks first.
-            Err(_) if opaque => return Some(Handshake::Plaintext(Box::new(l4_stream(tcp, peer, Some(digest))))),
             _ => return None,
         }
     }
@@ -573,7 +587,9 @@ async fn handshake(
     stream.rewind(&read);
     match (hello_for, plaintext_tcp) {
         (HelloFor::Tunnel, _) => return Some(Handshake::Tunnel(Box::new(stream), deadline)),
-        (HelloFor::App | HelloFor::Unknown, true) => return Some(Handshake::Plaintext(Box::new(stream))),
+        (HelloFor::App | HelloFor::Unknown, true) => {
+            return Some(Handshake::Plaintext(Box::new(stream), Spoke::Client))
+        }
         // Under STRICT, or to an HTTP port: the HTTP handshake refuses what is not the mesh's.
         (HelloFor::App | HelloFor::Unknown | HelloFor::Http, _) => {}
     }

@@ -15,50 +15,77 @@ use tokio::net::{TcpListener, TcpStream};
 
 use support::*;
 
-/// A server-first app (a MySQL-like greeting), then an echo; it counts the connections it took.
+/// A server-first app (a MySQL-like greeting), then an echo; it counts the connections it took,
+/// those that have ended, and keeps what it received.
 struct GreetingApp {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
+    ended: Arc<AtomicUsize>,
+    received: Arc<std::sync::Mutex<Vec<u8>>>,
 }
 
 const GREETING: &[u8] = b"greeting from the database\n";
 
 impl GreetingApp {
     async fn start(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
+        Self::start_with(tls, true).await
+    }
+
+    /// An app that waits for its client, as an HTTP server does.
+    async fn start_silent() -> Self {
+        Self::start_with(None, false).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>, greet: bool) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let app =
+            GreetingApp { addr, accepted: Default::default(), ended: Default::default(), received: Default::default() };
+        let (accepted, ended, received) = (app.accepted.clone(), app.ended.clone(), app.received.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                count.fetch_add(1, Ordering::SeqCst);
-                let tls = tls.clone();
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let (tls, ended, received) = (tls.clone(), ended.clone(), received.clone());
                 tokio::spawn(async move {
                     match tls {
                         Some(acceptor) => {
                             if let Ok(stream) = acceptor.accept(tcp).await {
-                                greet_and_echo(stream).await;
+                                greet_and_echo(stream, greet, &received).await;
                             }
                         }
-                        None => greet_and_echo(tcp).await,
+                        None => greet_and_echo(tcp, greet, &received).await,
                     }
+                    ended.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
-        GreetingApp { addr, accepted }
+        app
     }
 
     fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
+
+    fn ended(&self) -> usize {
+        self.ended.load(Ordering::SeqCst)
+    }
+
+    fn received(&self) -> Vec<u8> {
+        self.received.lock().unwrap().clone()
+    }
 }
 
-async fn greet_and_echo<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
-    if stream.write_all(GREETING).await.is_err() {
+async fn greet_and_echo<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    greet: bool,
+    received: &std::sync::Mutex<Vec<u8>>,
+) {
+    if greet && stream.write_all(GREETING).await.is_err() {
         return;
     }
     let mut buf = [0u8; 1024];
     while let Ok(n @ 1..) = stream.read(&mut buf).await {
+        received.lock().unwrap().extend_from_slice(&buf[..n]);
         if stream.write_all(&buf[..n]).await.is_err() {
             return;
         }
@@ -161,10 +188,16 @@ async fn plaintext_to_an_opaque_port_reaches_the_app_under_permissive_as_the_pol
     assert_eq!(counted, 3, "each plaintext connection is an authorisation decision");
     // An HTTP request still goes through the pipeline, opaque port or not: the app's greeting is
     // no HTTP answer, so the caller gets the sidecar's 502, not the app's bytes.
-    let mut http = TcpStream::connect(s.sidecar.inbound).await.unwrap();
-    http.write_all(b"GET / HTTP/1.1\r\nhost: orders.shop\r\n\r\n").await.unwrap();
-    let answer = read_some(&mut http, 12).await;
-    assert_eq!(answer, b"HTTP/1.1 502", "{:?}", String::from_utf8_lossy(&answer));
+    for request in
+        [&b"GET / HTTP/1.1\r\nhost: orders.shop\r\n\r\n"[..], b"\r\nGET\t/ HTTP/1.1\r\nhost: orders.shop\r\n\r\n"]
+    {
+        let mut http = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+        http.write_all(request).await.unwrap();
+        // The sidecar's answer (502: the app's greeting is no HTTP; 400: a tab the parser refuses).
+        let answer = read_some(&mut http, 12).await;
+        let said = String::from_utf8_lossy(&answer);
+        assert!(said == "HTTP/1.1 502" || said == "HTTP/1.1 400", "{request:?}: {said:?}");
+    }
 
     // STRICT: open plaintext connections are closed, the tunnel stays, new plaintext is refused.
     let before = app.accepted();
@@ -199,6 +232,7 @@ async fn plaintext_to_an_opaque_port_reaches_the_app_under_permissive_as_the_pol
     assert_eq!(connections("", "allow"), 4, "the probe let in, and three more\n{metrics}");
     assert!(connections("", "deny") >= 2, "the two the first policy refused\n{metrics}");
     assert_eq!(connections(&id("shop", "frontend"), "allow"), 1, "the tunnel\n{metrics}");
+    assert_eq!(connections("", "http"), 2, "the two requests the pipeline took\n{metrics}");
     s.shutdown();
 }
 
@@ -391,5 +425,29 @@ async fn a_port_level_permissive_mode_opens_a_database_port_of_a_strict_workload
     let answer = read_some(&mut late, 64).await;
     assert!(!answer.starts_with(GREETING), "refused: {answer:?}");
     assert_eq!(app.accepted(), 1);
+    s.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_sent_after_the_wait_for_a_server_first_app_still_never_reaches_the_app() {
+    let app = GreetingApp::start_silent().await;
+    let s = sidecar_before(app.addr, PERMISSIVE_OPEN).await;
+    // Silent past the wait: the sidecar connects the app, in case it speaks first.
+    let mut client = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    assert!(eventually(|| async { app.accepted() == 1 }).await, "the app is connected after the wait");
+    // The app says nothing (an HTTP server never does); the client speaks first after all.
+    client.write_all(b"GET /admin HTTP/1.1\r\nhost: orders.shop\r\n\r\n").await.unwrap();
+    assert_eq!(read_some(&mut client, 1).await, b"", "closed");
+    assert!(eventually(|| async { app.ended() == 1 }).await, "the app's connection is closed too");
+    assert_eq!(app.received(), b"", "not a byte reached the app");
+    let refused = |e: &serde_json::Value| {
+        e["message"].as_str().is_some_and(|m| m.ends_with("only the HTTP pipeline takes requests"))
+    };
+    s.events_where("the request after the wait refused", 1, refused).await;
+    // A command that is no request, after the same wait, reaches the app.
+    let mut client = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    assert!(eventually(|| async { app.accepted() == 2 }).await, "connected after the wait");
+    client.write_all(b"get user:1\r\n").await.unwrap();
+    assert_eq!(read_some(&mut client, 12).await, b"get user:1\r\n", "echoed by the app");
     s.shutdown();
 }

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest};
@@ -38,6 +38,20 @@ pub struct InboundTcp {
     /// A caller that proved no identity holds no slot for the hour a mesh peer's tunnel gets.
     pub plaintext_idle: Duration,
 }
+
+/// Whether a PERMISSIVE port's plaintext client had spoken when it was sorted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spoke {
+    /// Its first words are known not to be an HTTP request.
+    Client,
+    /// Nothing came within the wait for a client's first bytes: its server may speak first.
+    Neither,
+}
+
+/// Why a PERMISSIVE port's plaintext that waited for its server is refused when its client
+/// speaks first after all, with what may be an HTTP request.
+pub const REQUEST_AFTER_SILENCE: &str =
+    "an HTTP request after the wait for a server that speaks first: only the HTTP pipeline takes requests";
 
 /// Where a connection's bytes go.
 struct Reached {
@@ -72,6 +86,29 @@ impl InboundTcp {
         !self.opaque_ports.is_empty() && self.opaque_ports.contains(&self.reached(digest).app.port())
     }
 
+    /// Counts a connection in `palisade_inbound_tcp_connections_total`: by the app's port the
+    /// bytes reach when it is one of the opaque ports, else `other` (so no caller can make a
+    /// series per port it tries), without allocating.
+    pub(super) fn count(&self, principal: Option<&SpiffeId>, app_port: u16, decision: &str) {
+        use std::io::Write;
+        let mut digits = [0u8; 5];
+        let mut room = &mut digits[..];
+        let port = match self.opaque_ports.contains(&app_port) && write!(room, "{app_port}").is_ok() {
+            true => {
+                let len = 5 - room.len();
+                std::str::from_utf8(&digits[..len]).unwrap_or("other")
+            }
+            false => "other",
+        };
+        let principal = principal.map_or("", SpiffeId::as_str);
+        self.telemetry.metrics.inbound_tcp_connections.with_label_values(&[principal, port, decision]).inc();
+    }
+
+    /// The app's port a connection with this digest reaches.
+    pub(super) fn app_port(&self, digest: &SocketDigest) -> u16 {
+        self.reached(digest).app.port()
+    }
+
     /// Serves one tunnel on `stream` (whatever was read of its ClientHello put back) until both
     /// sides close; its handshake must be done by `deadline`.
     pub(super) async fn serve_tunnel(&self, stream: L4Stream, peer: SocketAddr, deadline: tokio::time::Instant) {
@@ -92,18 +129,24 @@ impl InboundTcp {
         };
         drop(state);
         handshakes.with_label_values(&["inbound", "success"]).inc();
-        self.judge_and_relay(tls, Some(&caller), peer, &digest).await
+        self.judge_and_relay(tls, Some(&caller), peer, &digest, Spoke::Client).await
     }
 
     /// Serves a PERMISSIVE port's plaintext to an opaque port (whatever was read of it put back):
     /// judged without a principal, closed when the workload becomes STRICT.
-    pub(super) async fn serve_plaintext(&self, stream: L4Stream, peer: SocketAddr) {
+    pub(super) async fn serve_plaintext(&self, stream: L4Stream, peer: SocketAddr, spoke: Spoke) {
         let Some(digest) = stream.get_socket_digest() else { return };
-        self.judge_and_relay(stream, None, peer, &digest).await
+        self.judge_and_relay(stream, None, peer, &digest, spoke).await
     }
 
-    async fn judge_and_relay<S>(&self, caller: S, principal: Option<&SpiffeId>, peer: SocketAddr, digest: &SocketDigest)
-    where
+    async fn judge_and_relay<S>(
+        &self,
+        mut caller: S,
+        principal: Option<&SpiffeId>,
+        peer: SocketAddr,
+        digest: &SocketDigest,
+        spoke: Spoke,
+    ) where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let Reached { port, app, destination } = self.reached(digest);
@@ -127,13 +170,9 @@ impl InboundTcp {
         let close = |mut caller: S| async move {
             let _ = tokio::time::timeout(CONNECT_TIMEOUT, caller.shutdown()).await;
         };
-        let counted = |decision: &str| {
-            let principal = principal.map_or("", SpiffeId::as_str);
-            let series = [principal, &port.to_string(), decision];
-            self.telemetry.metrics.inbound_tcp_connections.with_label_values(&series).inc();
-        };
+        let counted = |decision: &str| self.count(principal, app.port(), decision);
         if !self.opaque_ports.contains(&app.port()) {
-            counted("deny");
+            counted("not_opaque");
             let why = ("-".to_string(), crate::telemetry::OPAQUE_PORTS_RULE.to_string());
             refused(why, "not one of inbound.opaquePorts: an HTTP port, whose requests go through the pipeline");
             return close(caller).await;
@@ -157,7 +196,7 @@ impl InboundTcp {
             let record = moved.access("inbound", principal_name, peer, destination, started, end);
             self.telemetry.access_tcp(&record)
         };
-        let app = match crate::tls::connect_tcp(app, CONNECT_TIMEOUT).await {
+        let mut app = match crate::tls::connect_tcp(app, CONNECT_TIMEOUT).await {
             Ok(app) => app,
             Err(e) => {
                 tracing::debug!(%peer, %app, error = %e, "inbound TCP: the app is unreachable");
@@ -165,6 +204,42 @@ impl InboundTcp {
                 return log("unreachable");
             }
         };
+        let idle = if principal.is_some() { OPAQUE_IDLE_TIMEOUT } else { self.plaintext_idle };
+        if spoke == Spoke::Neither {
+            // Whoever speaks first: an app that greets (MySQL, SMTP) is what the wait was for. A
+            // client that speaks first after all is sorted as it would have been at once, so a
+            // request never reaches the app around the pipeline by waiting (an HTTP server never
+            // speaks first).
+            let mut chunk = [0u8; super::opaque::FIRST_WORDS_MAX];
+            let spoken = tokio::select! {
+                ready = app.readable() => ready.map(|()| None),
+                read = caller.read(&mut chunk) => read.map(Some),
+                () = tokio::time::sleep(idle) => return log("idle_timeout"),
+            };
+            match spoken {
+                Ok(None) => {}
+                Ok(Some(0)) | Err(_) => return log("closed"),
+                Ok(Some(n)) => {
+                    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+                    let sorted = super::opaque::read_first_words(&mut caller, deadline, chunk[..n].to_vec()).await;
+                    let early = match sorted {
+                        Ok((false, early)) => early,
+                        Ok((true, _)) => {
+                            tracing::debug!(%peer, port, "plaintext refused: {REQUEST_AFTER_SILENCE}");
+                            denied(("-".to_string(), REQUEST_AFTER_SILENCE.to_string()), false);
+                            close(caller).await;
+                            return log("denied");
+                        }
+                        Err(_) => return log("error"),
+                    };
+                    if app.write_all(&early).await.is_err() {
+                        close(caller).await;
+                        return log("error");
+                    }
+                    moved.sent_before(early.len());
+                }
+            }
+        }
         // A policy update that refuses this caller now closes the connection, as it would refuse
         // its next HTTP request: a DENY rule added for a database's clients takes effect on the
         // connections a pool keeps open for hours, as ztunnel re-checks its connections; and
@@ -180,7 +255,6 @@ impl InboundTcp {
             std::future::pending().await
         };
         // Boxed: two relay buffers (and a TLS session), for as long as the connection lives.
-        let idle = if principal.is_some() { OPAQUE_IDLE_TIMEOUT } else { self.plaintext_idle };
         let end = Box::pin(relay(caller, app, idle, &moved, revoked)).await;
         if let Some(refusal) = revocation.get() {
             tracing::debug!(%peer, caller = ?principal, port, reason = refusal.reason(),

@@ -67,19 +67,80 @@ pub fn classify(bytes: &[u8]) -> FirstBytes {
     FirstBytes::Undecided
 }
 
-/// Whether `bytes` (what arrived first on a port named opaque) may be an HTTP request, which must
-/// go through the pipeline even there: anything [`classify`] does not rule out, unless its first
-/// line is whole and does not end in an HTTP version (`get key` of memcached's text protocol, an
-/// SMTP or Redis inline command). A request line cut before its end is taken as HTTP, so
-/// splitting one never sends it around the pipeline.
-pub fn may_be_http_request(bytes: &[u8]) -> bool {
-    if classify(bytes) == FirstBytes::Other {
-        return false;
+/// The most of a connection's first bytes [`read_first_words`] reads to sort them.
+pub const FIRST_WORDS_MAX: usize = 512;
+
+/// Whether `bytes` (what arrived first on a port named opaque, `limit`: all that will be read)
+/// may be an HTTP request, which must go through the pipeline even there; `None`: not yet known.
+/// What servers take for a request line is taken for one: empty lines and blanks before it
+/// (RFC 9112 §2.2), tabs between its words, a target in origin, absolute or asterisk form, a
+/// line with `HTTP/` anywhere, HTTP/0.9's `GET /x`, CONNECT, and a PROXY protocol header. What
+/// cannot be one goes to the app as bytes: a binary protocol, and a text protocol's command whose
+/// second word is no request target (memcached's `get user:1`, Redis's inline `GET key`, SMTP's
+/// `EHLO host`). Words cut short wait for more, so splitting a request never sends it around
+/// the pipeline.
+pub fn sort_first_words(bytes: &[u8], limit: bool) -> Option<bool> {
+    let blank = |b: &u8| matches!(b, b' ' | b'\t');
+    let start = bytes.iter().position(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t'));
+    let Some(start) = start else { return limit.then_some(true) };
+    let rest = &bytes[start..];
+    let Some(method_end) = rest.iter().position(|b| !is_tchar(*b)) else {
+        return if rest.len() > 20 { Some(false) } else { limit.then_some(true) };
+    };
+    if method_end == 0 || method_end > 20 || !blank(&rest[method_end]) {
+        return Some(false);
     }
-    let Some(end) = bytes.iter().position(|&b| b == b'\n') else { return true };
-    let line = bytes[..end].strip_suffix(b"\r").unwrap_or(&bytes[..end]);
-    let version = line.rsplit(|&b| b == b' ').next().unwrap_or_default();
-    version.starts_with(b"HTTP/")
+    let method = &rest[..method_end];
+    if method.eq_ignore_ascii_case(b"CONNECT") || method.eq_ignore_ascii_case(b"PROXY") {
+        return Some(true);
+    }
+    let target_start = rest[method_end..].iter().position(|b| !blank(b)).map(|i| method_end + i);
+    let Some(target_start) = target_start else { return limit.then_some(true) };
+    let target = &rest[target_start..];
+    if matches!(target[0], b'/' | b'*') {
+        return Some(true);
+    }
+    let target_end = target.iter().position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
+    let token = &target[..target_end.unwrap_or(target.len())];
+    if token.windows(3).any(|w| w == b"://") {
+        return Some(true);
+    }
+    let line_end = rest.iter().position(|&b| b == b'\n');
+    let line = &rest[..line_end.unwrap_or(rest.len())];
+    if line.windows(5).any(|w| w.eq_ignore_ascii_case(b"HTTP/")) {
+        return Some(true);
+    }
+    match (line_end, target_end) {
+        // The whole line, and no version in it: a command.
+        (Some(_), _) => Some(false),
+        // A target that is none of a request's, on a line too long to see whole: a command
+        // (memcached's `get` of many keys).
+        (None, Some(_)) if limit => Some(false),
+        _ => limit.then_some(true),
+    }
+}
+
+/// Reads `io`'s first bytes, after those already `read`, until [`sort_first_words`] knows
+/// whether they may be an HTTP request (at most [`FIRST_WORDS_MAX`], until `deadline`); returns
+/// that and what was read, to be put back or passed on. A connection that stops short, or ends, is taken as HTTP: the pipeline's
+/// own deadline and parser deal with it.
+pub async fn read_first_words<R: AsyncRead + Unpin>(
+    io: &mut R,
+    deadline: tokio::time::Instant,
+    mut read: Vec<u8>,
+) -> std::io::Result<(bool, Vec<u8>)> {
+    loop {
+        if let Some(request) = sort_first_words(&read, read.len() >= FIRST_WORDS_MAX) {
+            return Ok((request, read));
+        }
+        let mut chunk = [0u8; FIRST_WORDS_MAX];
+        let room = FIRST_WORDS_MAX.saturating_sub(read.len());
+        match tokio::time::timeout_at(deadline, io.read(&mut chunk[..room])).await {
+            Ok(Ok(0)) | Err(_) => return Ok((true, read)),
+            Ok(Ok(n)) => read.extend_from_slice(&chunk[..n]),
+            Ok(Err(e)) => return Err(e),
+        }
+    }
 }
 
 fn is_tchar(b: u8) -> bool {
@@ -301,6 +362,11 @@ impl Moved {
         }
     }
 
+    /// Counts bytes from the side that opened the connection passed on before the relay began.
+    pub fn sent_before(&self, n: usize) {
+        self.sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     pub fn sent(&self) -> u64 {
         self.sent.load(Ordering::Relaxed)
     }
@@ -517,22 +583,81 @@ mod tests {
     }
 
     #[test]
-    fn a_whole_first_line_without_an_http_version_is_no_request() {
-        for request in
-            [&b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"GET /x HTTP/1.0\n"]
+    fn what_a_server_takes_for_a_request_line_is_taken_for_one() {
+        let requests: [&[u8]; 14] = [
+            b"GET / HTTP/1.1\r\nhost: a\r\n\r\n",
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET /x HTTP/1.0\n",
+            // Empty lines and blanks first (RFC 9112 section 2.2), as nginx and hyper skip them.
+            b"\r\nGET /admin HTTP/1.1\r\n",
+            b"\n\n GET /admin HTTP/1.1\r\n",
+            // A blank after the version; tabs between the words.
+            b"GET admin HTTP/1.1 \r\n",
+            b"GET\t/admin\tHTTP/1.1\r\n",
+            // HTTP/0.9, absolute form, asterisk form, CONNECT, the PROXY protocol's header.
+            b"GET /admin\r\n",
+            b"GET http://app/admin HTTP/1.1\r\n",
+            b"OPTIONS * HTTP/1.1\r\n",
+            b"CONNECT app:443 HTTP/1.1\r\n",
+            b"PROXY TCP4 10.0.0.1 10.0.0.2 1 2\r\nGET / HTTP/1.1\r\n",
+            // Lowercase methods and versions.
+            b"get /admin http/1.1\r\n",
+            b"get admin http/1.1\r\n",
+        ];
+        for request in requests {
+            assert_eq!(sort_first_words(request, false), Some(true), "{:?}", String::from_utf8_lossy(request));
+        }
+    }
+
+    #[test]
+    fn words_cut_short_wait_for_more_and_at_the_limit_are_http() {
+        for cut in [&b""[..], b"\r\n", b"GE", b"GET", b"GET ", b"GET adm", b"get k"] {
+            assert_eq!(sort_first_words(cut, false), None, "{:?}", String::from_utf8_lossy(cut));
+            assert_eq!(sort_first_words(cut, true), Some(true), "{:?} at the limit", String::from_utf8_lossy(cut));
+        }
+        // A target that cannot be a request's, its line longer than the limit: memcached's get of
+        // many keys.
+        assert_eq!(sort_first_words(b"get k1 k2", false), None);
+        let many_keys: Vec<u8> =
+            b"get".iter().copied().chain((0..200).flat_map(|i| format!(" k{i}").into_bytes())).collect();
+        assert_eq!(sort_first_words(&many_keys[..FIRST_WORDS_MAX], true), Some(false));
+    }
+
+    #[test]
+    fn text_and_binary_protocols_are_no_requests() {
+        let commands: [&[u8]; 7] = [
+            b"get user:1\r\n",
+            b"set k 0 0 5\r\nhello\r\n",
+            b"EHLO client.example\r\n",
+            b"SET k v\r\n",
+            b"GET key\r\n",
+            b"PING\r\n",
+            b"*2\r\n$4\r\nPING\r\n",
+        ];
+        for line in commands {
+            assert_eq!(sort_first_words(line, false), Some(false), "{:?}", String::from_utf8_lossy(line));
+        }
+        for binary in
+            [&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f][..], &[0x0d, 0x01, 0, 0, 0xdd, 0x07], &[0x80, 0x00, 0x00, 0x03]]
         {
-            assert!(may_be_http_request(request), "{:?}", String::from_utf8_lossy(request));
+            assert_eq!(sort_first_words(binary, false), Some(false), "{binary:?}");
         }
-        // Cut before the line's end: it may yet be one.
-        for cut in [&b"GET /orders?id=1"[..], b"GET", b"POST / HTTP/1.1"] {
-            assert!(may_be_http_request(cut), "{:?}", String::from_utf8_lossy(cut));
-        }
-        let text_protocols: [&[u8]; 5] =
-            [b"get user:1\r\n", b"set k 0 0 5\r\nhello\r\n", b"EHLO client.example\r\n", b"SET k v\r\n", b"GET /x\r\n"];
-        for line in text_protocols {
-            assert!(!may_be_http_request(line), "{:?}", String::from_utf8_lossy(line));
-        }
-        assert!(!may_be_http_request(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]));
+    }
+
+    #[tokio::test]
+    async fn first_words_are_read_until_they_are_known_and_given_back() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut server) = pair(None).await;
+        client.write_all(b"\r\nGET").await.unwrap();
+        let reading = tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            read_first_words(&mut server, deadline, Vec::new()).await.unwrap()
+        });
+        tokio::task::yield_now().await;
+        client.write_all(b" /admin HTTP/1.1\r\n").await.unwrap();
+        let (request, read) = reading.await.unwrap();
+        assert!(request);
+        assert!(read.starts_with(b"\r\nGET /admin"), "{read:?}");
     }
 
     #[test]

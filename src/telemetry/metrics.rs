@@ -176,7 +176,9 @@ impl Metrics {
                 "palisade_inbound_tcp_connections_total",
                 "TCP connections to the app's opaque ports: mesh peers' tunnels (source_principal: the \
                  SPIFFE ID they proved) and, while the port is PERMISSIVE, plaintext (source_principal \
-                 empty), by the port addressed and the decision (allow, deny).",
+                 empty), by the app's port they reach (other: not an opaque port) and the decision \
+                 (allow, deny, not_opaque; http: plaintext that was an HTTP request, served by the \
+                 pipeline).",
             ),
             &["source_principal", "port", "decision"],
         )
