@@ -28,15 +28,16 @@ const GREETING: &[u8] = b"greeting from the database\n";
 
 impl GreetingApp {
     async fn start(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
-        Self::start_with(tls, true).await
+        Self::start_with(tls, GREETING).await
     }
 
-    /// An app that waits for its client, as an HTTP server does.
+    /// An app that waits for its client, as an HTTP/1.1 server does.
     async fn start_silent() -> Self {
-        Self::start_with(None, false).await
+        Self::start_with(None, b"").await
     }
 
-    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>, greet: bool) -> Self {
+    /// An app that says `greeting` first (nothing: it waits for its client).
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>, greeting: &'static [u8]) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app =
@@ -50,10 +51,10 @@ impl GreetingApp {
                     match tls {
                         Some(acceptor) => {
                             if let Ok(stream) = acceptor.accept(tcp).await {
-                                greet_and_echo(stream, greet, &received).await;
+                                greet_and_echo(stream, greeting, &received).await;
                             }
                         }
-                        None => greet_and_echo(tcp, greet, &received).await,
+                        None => greet_and_echo(tcp, greeting, &received).await,
                     }
                     ended.fetch_add(1, Ordering::SeqCst);
                 });
@@ -77,10 +78,10 @@ impl GreetingApp {
 
 async fn greet_and_echo<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
-    greet: bool,
+    greeting: &[u8],
     received: &std::sync::Mutex<Vec<u8>>,
 ) {
-    if greet && stream.write_all(GREETING).await.is_err() {
+    if !greeting.is_empty() && stream.write_all(greeting).await.is_err() {
         return;
     }
     let mut buf = [0u8; 1024];
@@ -449,5 +450,24 @@ async fn a_request_sent_after_the_wait_for_a_server_first_app_still_never_reache
     assert!(eventually(|| async { app.accepted() == 2 }).await, "connected after the wait");
     client.write_all(b"get user:1\r\n").await.unwrap();
     assert_eq!(read_some(&mut client, 12).await, b"get user:1\r\n", "echoed by the app");
+    s.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_app_that_speaks_first_is_no_server_first_protocol_for_a_client_that_waited() {
+    // An HTTP/2 server with prior knowledge sends its SETTINGS as soon as it accepts.
+    let settings: &[u8] = &[0, 0, 6, 0x04, 0, 0, 0, 0, 0, 0, 0x03, 0, 0, 0, 100];
+    let app = GreetingApp::start_with(None, settings).await;
+    let s = sidecar_before(app.addr, PERMISSIVE_OPEN).await;
+    let mut client = TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    assert!(eventually(|| async { app.accepted() == 1 }).await, "the app is connected after the wait");
+    assert_eq!(read_some(&mut client, 1).await, b"", "closed, the app's SETTINGS not passed on");
+    let refused = |e: &serde_json::Value| {
+        e["message"].as_str().is_some_and(|m| m.ends_with("only the HTTP pipeline takes requests"))
+    };
+    s.events_where("the wait for an HTTP/2 app refused", 1, refused).await;
+    let _ = client.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    assert!(eventually(|| async { app.ended() == 1 }).await, "the app's connection is closed");
+    assert_eq!(app.received(), b"", "not a byte reached the app");
     s.shutdown();
 }

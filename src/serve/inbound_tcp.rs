@@ -53,6 +53,13 @@ pub enum Spoke {
 pub const REQUEST_AFTER_SILENCE: &str =
     "an HTTP request after the wait for a server that speaks first: only the HTTP pipeline takes requests";
 
+/// Whether `header` is an HTTP/2 frame header for a SETTINGS frame (not an ACK) on stream 0:
+/// what an HTTP/2 server with prior knowledge sends as soon as it accepts.
+fn is_h2_settings(header: &[u8; 9]) -> bool {
+    let length = u32::from_be_bytes([0, header[0], header[1], header[2]]);
+    header[3] == 0x04 && header[4] == 0 && header[5..9] == [0, 0, 0, 0] && length.is_multiple_of(6)
+}
+
 /// Where a connection's bytes go.
 struct Reached {
     /// The port the caller addressed behind an iptables REDIRECT, else the app's, as for HTTP.
@@ -208,16 +215,42 @@ impl InboundTcp {
         if spoke == Spoke::Neither {
             // Whoever speaks first: an app that greets (MySQL, SMTP) is what the wait was for. A
             // client that speaks first after all is sorted as it would have been at once, so a
-            // request never reaches the app around the pipeline by waiting (an HTTP server never
-            // speaks first).
+            // request never reaches the app around the pipeline by waiting. Of HTTP servers only
+            // HTTP/2's speaks first (its SETTINGS), to a client that would not have waited.
             let mut chunk = [0u8; super::opaque::FIRST_WORDS_MAX];
-            let spoken = tokio::select! {
-                ready = app.readable() => ready.map(|()| None),
-                read = caller.read(&mut chunk) => read.map(Some),
-                () = tokio::time::sleep(idle) => return log("idle_timeout"),
+            let idle_until = tokio::time::Instant::now() + idle;
+            let spoken = loop {
+                tokio::select! {
+                    ready = app.readable() => break ready.map(|()| None),
+                    read = caller.read(&mut chunk) => break read.map(Some),
+                    () = tokio::time::sleep_until(idle_until) => return log("idle_timeout"),
+                    // The policy is watched while nobody speaks, as it is once bytes move.
+                    changed = changes.changed() => {
+                        let refused = match changed {
+                            Ok(()) => self.policy.current().recheck_connection(&view).err(),
+                            Err(_) => None,
+                        };
+                        if let Some(refusal) = refused {
+                            denied(refusal.policy_and_rule(), false);
+                            close(caller).await;
+                            return log("denied");
+                        }
+                    }
+                }
+            };
+            let refuse_request = |why: &'static str| {
+                tracing::debug!(%peer, port, "plaintext refused: {why}");
+                denied(("-".to_string(), why.to_string()), false);
             };
             match spoken {
-                Ok(None) => {}
+                Ok(None) => {
+                    let mut greeting = [0u8; 9];
+                    if matches!(app.peek(&mut greeting).await, Ok(9) if is_h2_settings(&greeting)) {
+                        refuse_request(REQUEST_AFTER_SILENCE);
+                        close(caller).await;
+                        return log("denied");
+                    }
+                }
                 Ok(Some(0)) | Err(_) => return log("closed"),
                 Ok(Some(n)) => {
                     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
@@ -225,13 +258,18 @@ impl InboundTcp {
                     let early = match sorted {
                         Ok((false, early)) => early,
                         Ok((true, _)) => {
-                            tracing::debug!(%peer, port, "plaintext refused: {REQUEST_AFTER_SILENCE}");
-                            denied(("-".to_string(), REQUEST_AFTER_SILENCE.to_string()), false);
+                            refuse_request(REQUEST_AFTER_SILENCE);
                             close(caller).await;
                             return log("denied");
                         }
                         Err(_) => return log("error"),
                     };
+                    // Judged again before a byte goes on: the sorting may have taken a while.
+                    if let Err(refusal) = self.policy.current().recheck_connection(&view) {
+                        denied(refusal.policy_and_rule(), false);
+                        close(caller).await;
+                        return log("denied");
+                    }
                     if app.write_all(&early).await.is_err() {
                         close(caller).await;
                         return log("error");

@@ -72,53 +72,58 @@ pub const FIRST_WORDS_MAX: usize = 512;
 
 /// Whether `bytes` (what arrived first on a port named opaque, `limit`: all that will be read)
 /// may be an HTTP request, which must go through the pipeline even there; `None`: not yet known.
-/// What servers take for a request line is taken for one: empty lines and blanks before it
-/// (RFC 9112 §2.2), tabs between its words, a target in origin, absolute or asterisk form, a
-/// line with `HTTP/` anywhere, HTTP/0.9's `GET /x`, CONNECT, and a PROXY protocol header. What
-/// cannot be one goes to the app as bytes: a binary protocol, and a text protocol's command whose
-/// second word is no request target (memcached's `get user:1`, Redis's inline `GET key`, SMTP's
-/// `EHLO host`). Words cut short wait for more, so splitting a request never sends it around
-/// the pipeline.
+/// Lenient servers (Python's, Go's, hyper) take any method and split the line on any blank, so
+/// only positive evidence makes a command: a whole first line with no `HTTP/` in it (any case),
+/// that is not HTTP/0.9's `GET <target>` and no PROXY protocol header (memcached's
+/// `get user:1`, Redis's inline `KEYS *`, SMTP's `EHLO host`); or, past the limit with the line
+/// not yet whole, a memcached retrieval of many keys. Bytes that no line holds (a binary
+/// protocol: a length first, a zero byte, RESP's `*2`) are relayed. Anything else is a request,
+/// so neither splitting nor padding one sends it around the pipeline.
 pub fn sort_first_words(bytes: &[u8], limit: bool) -> Option<bool> {
-    let blank = |b: &u8| matches!(b, b' ' | b'\t');
-    let start = bytes.iter().position(|b| !matches!(b, b'\r' | b'\n' | b' ' | b'\t'));
+    // What lenient servers skip before and between the words: blanks, controls, NBSP.
+    let blank = |b: u8| b.is_ascii_whitespace() || b == 0x0b || (0x1c..=0x1f).contains(&b) || b == 0xa0;
+    if bytes.starts_with(PROXY_V2_SIGNATURE) {
+        return Some(true);
+    }
+    if !bytes.is_empty() && PROXY_V2_SIGNATURE.starts_with(bytes) {
+        return limit.then_some(true);
+    }
+    let start = bytes.iter().position(|&b| !blank(b));
     let Some(start) = start else { return limit.then_some(true) };
     let rest = &bytes[start..];
-    let Some(method_end) = rest.iter().position(|b| !is_tchar(*b)) else {
-        return if rest.len() > 20 { Some(false) } else { limit.then_some(true) };
-    };
-    if method_end == 0 || method_end > 20 || !blank(&rest[method_end]) {
+    // A binary protocol's first byte: no method has it.
+    if !rest[0].is_ascii_graphic() {
         return Some(false);
-    }
-    let method = &rest[..method_end];
-    if method.eq_ignore_ascii_case(b"CONNECT") || method.eq_ignore_ascii_case(b"PROXY") {
-        return Some(true);
-    }
-    let target_start = rest[method_end..].iter().position(|b| !blank(b)).map(|i| method_end + i);
-    let Some(target_start) = target_start else { return limit.then_some(true) };
-    let target = &rest[target_start..];
-    if matches!(target[0], b'/' | b'*') {
-        return Some(true);
-    }
-    let target_end = target.iter().position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'));
-    let token = &target[..target_end.unwrap_or(target.len())];
-    if token.windows(3).any(|w| w == b"://") {
-        return Some(true);
     }
     let line_end = rest.iter().position(|&b| b == b'\n');
     let line = &rest[..line_end.unwrap_or(rest.len())];
     if line.windows(5).any(|w| w.eq_ignore_ascii_case(b"HTTP/")) {
         return Some(true);
     }
-    match (line_end, target_end) {
-        // The whole line, and no version in it: a command.
-        (Some(_), _) => Some(false),
-        // A target that is none of a request's, on a line too long to see whole: a command
-        // (memcached's `get` of many keys).
-        (None, Some(_)) if limit => Some(false),
-        _ => limit.then_some(true),
+    let mut words = line.split(|&b| blank(b)).filter(|w| !w.is_empty());
+    let first = words.next().unwrap_or_default();
+    if first == b"PROXY" {
+        return Some(true);
+    }
+    match line_end {
+        // HTTP/0.9: `GET` and a target, nothing after.
+        Some(_) => {
+            let target = words.next();
+            let simple =
+                first == b"GET" && target.is_some_and(|t| t.starts_with(b"/") || t.windows(3).any(|w| w == b"://"));
+            Some(simple && words.next().is_none())
+        }
+        None if limit => {
+            // A memcached retrieval of many keys fills the limit before its line ends.
+            let retrieval = [&b"get"[..], b"gets", b"gat", b"gats"].contains(&first);
+            Some(!retrieval)
+        }
+        None => None,
     }
 }
+
+/// The PROXY protocol's version 2 signature, which a PROXY-aware HTTP server reads first.
+const PROXY_V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
 
 /// Reads `io`'s first bytes, after those already `read`, until [`sort_first_words`] knows
 /// whether they may be an HTTP request (at most [`FIRST_WORDS_MAX`], until `deadline`); returns
@@ -584,7 +589,15 @@ mod tests {
 
     #[test]
     fn what_a_server_takes_for_a_request_line_is_taken_for_one() {
-        let requests: [&[u8]; 14] = [
+        let requests: [&[u8]; 19] = [
+            // Any method, of any length, as Go and hyper take it; any blank between the words, as
+            // Python splits them.
+            b"XXXXXXXXXXXXXXXXXXXXXXXXXXXXXX /admin HTTP/1.1\r\n",
+            b"GET\x0b/admin\x0bHTTP/1.1\r\n",
+            b"\x0cGET /admin HTTP/1.1\r\n",
+            b"GET\r/admin\rHTTP/1.1\r\n",
+            // The PROXY protocol's version 2 signature.
+            b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c",
             b"GET / HTTP/1.1\r\nhost: a\r\n\r\n",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"GET /x HTTP/1.0\n",
@@ -611,10 +624,13 @@ mod tests {
 
     #[test]
     fn words_cut_short_wait_for_more_and_at_the_limit_are_http() {
-        for cut in [&b""[..], b"\r\n", b"GE", b"GET", b"GET ", b"GET adm", b"get k"] {
+        for cut in [&b""[..], b"\r\n", b"GE", b"GET", b"GET ", b"GET adm", b"\r\n\r\n\0"] {
             assert_eq!(sort_first_words(cut, false), None, "{:?}", String::from_utf8_lossy(cut));
             assert_eq!(sort_first_words(cut, true), Some(true), "{:?} at the limit", String::from_utf8_lossy(cut));
         }
+        // Padding past the limit does not make a request a command.
+        let padded: Vec<u8> = b"GET admin".iter().copied().chain(std::iter::repeat_n(b' ', 600)).collect();
+        assert_eq!(sort_first_words(&padded[..FIRST_WORDS_MAX], true), Some(true));
         // A target that cannot be a request's, its line longer than the limit: memcached's get of
         // many keys.
         assert_eq!(sort_first_words(b"get k1 k2", false), None);
@@ -625,7 +641,11 @@ mod tests {
 
     #[test]
     fn text_and_binary_protocols_are_no_requests() {
-        let commands: [&[u8]; 7] = [
+        let commands: [&[u8]; 11] = [
+            b"get /index.html\r\n",
+            b"delete /x\r\n",
+            b"KEYS *\r\n",
+            b"get https://cdn.example/a\r\n",
             b"get user:1\r\n",
             b"set k 0 0 5\r\nhello\r\n",
             b"EHLO client.example\r\n",
