@@ -81,7 +81,7 @@ pub const FIRST_WORDS_MAX: usize = 512;
 /// so neither splitting nor padding one sends it around the pipeline.
 pub fn sort_first_words(bytes: &[u8], limit: bool) -> Option<bool> {
     // What lenient servers skip before and between the words: blanks, controls, NBSP.
-    let blank = |b: u8| b.is_ascii_whitespace() || b == 0x0b || (0x1c..=0x1f).contains(&b) || b == 0xa0;
+    let blank = |b: u8| b.is_ascii_whitespace() || matches!(b, 0x0b | 0x1c..=0x1f | 0x85 | 0xa0);
     if bytes.starts_with(PROXY_V2_SIGNATURE) {
         return Some(true);
     }
@@ -91,8 +91,10 @@ pub fn sort_first_words(bytes: &[u8], limit: bool) -> Option<bool> {
     let start = bytes.iter().position(|&b| !blank(b));
     let Some(start) = start else { return limit.then_some(true) };
     let rest = &bytes[start..];
-    // A binary protocol's first byte: no method has it.
-    if !rest[0].is_ascii_graphic() {
+    // A binary protocol's bytes in the first word (AMQP's `AMQP\0`, a length first): no method
+    // has them, and no server takes one that does.
+    let word_end = rest.iter().position(|&b| blank(b)).unwrap_or(rest.len());
+    if !rest[..word_end].iter().all(|&b| is_tchar(b)) {
         return Some(false);
     }
     let line_end = rest.iter().position(|&b| b == b'\n');
@@ -106,17 +108,13 @@ pub fn sort_first_words(bytes: &[u8], limit: bool) -> Option<bool> {
         return Some(true);
     }
     match line_end {
-        // HTTP/0.9: `GET` and a target, nothing after.
-        Some(_) => {
-            let target = words.next();
-            let simple =
-                first == b"GET" && target.is_some_and(|t| t.starts_with(b"/") || t.windows(3).any(|w| w == b"://"));
-            Some(simple && words.next().is_none())
-        }
+        // HTTP/0.9: `GET` and a target (Python's server takes `GET admin` too), nothing after.
+        Some(_) => Some(first == b"GET" && words.next().is_some() && words.next().is_none()),
         None if limit => {
-            // A memcached retrieval of many keys fills the limit before its line ends.
+            // A memcached retrieval of many keys fills the limit before its line ends; a request
+            // line has at most two words before its version.
             let retrieval = [&b"get"[..], b"gets", b"gat", b"gats"].contains(&first);
-            Some(!retrieval)
+            Some(!(retrieval && words.count() >= 2))
         }
         None => None,
     }
@@ -589,7 +587,13 @@ mod tests {
 
     #[test]
     fn what_a_server_takes_for_a_request_line_is_taken_for_one() {
-        let requests: [&[u8]; 19] = [
+        let requests: [&[u8]; 23] = [
+            // NEL, a blank to Python's Latin-1; HTTP/0.9 with a relative target, which Python serves.
+            b"\x85GET /admin HTTP/1.1\r\n",
+            b"GET\x85/admin\r\n",
+            b"GET admin\r\n",
+            // Lowercase, its version past the limit: two words are a request line's, not a get of many keys.
+            b"get /admin?aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n",
             // Any method, of any length, as Go and hyper take it; any blank between the words, as
             // Python splits them.
             b"XXXXXXXXXXXXXXXXXXXXXXXXXXXXXX /admin HTTP/1.1\r\n",
@@ -631,6 +635,8 @@ mod tests {
         // Padding past the limit does not make a request a command.
         let padded: Vec<u8> = b"GET admin".iter().copied().chain(std::iter::repeat_n(b' ', 600)).collect();
         assert_eq!(sort_first_words(&padded[..FIRST_WORDS_MAX], true), Some(true));
+        let long_target: Vec<u8> = b"get /admin?".iter().copied().chain(std::iter::repeat_n(b'a', 600)).collect();
+        assert_eq!(sort_first_words(&long_target[..FIRST_WORDS_MAX], true), Some(true), "one word after get");
         // A target that cannot be a request's, its line longer than the limit: memcached's get of
         // many keys.
         assert_eq!(sort_first_words(b"get k1 k2", false), None);
@@ -650,16 +656,24 @@ mod tests {
             b"set k 0 0 5\r\nhello\r\n",
             b"EHLO client.example\r\n",
             b"SET k v\r\n",
-            b"GET key\r\n",
+            b"GET\r\n",
             b"PING\r\n",
             b"*2\r\n$4\r\nPING\r\n",
         ];
         for line in commands {
             assert_eq!(sort_first_words(line, false), Some(false), "{:?}", String::from_utf8_lossy(line));
         }
-        for binary in
-            [&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f][..], &[0x0d, 0x01, 0, 0, 0xdd, 0x07], &[0x80, 0x00, 0x00, 0x03]]
-        {
+        // PostgreSQL's SSLRequest, MongoDB lengths (one blank, one printable), memcached's binary
+        // magic, AMQP 0-9-1's and 1.0's headers (sent whole, then the client waits).
+        let binaries: [&[u8]; 6] = [
+            &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f],
+            &[0x0d, 0x01, 0, 0, 0xdd, 0x07],
+            &[b'A', 0x01, 0, 0, 0xdd, 0x07],
+            &[0x80, 0x00, 0x00, 0x03],
+            b"AMQP\0\0\x09\x01",
+            b"AMQP\x03\x01\0\0",
+        ];
+        for binary in binaries {
             assert_eq!(sort_first_words(binary, false), Some(false), "{binary:?}");
         }
     }
