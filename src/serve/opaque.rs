@@ -74,9 +74,9 @@ pub const FIRST_WORDS_MAX: usize = 512;
 /// may be an HTTP request, which must go through the pipeline even there; `None`: not yet known.
 /// Lenient servers (Python's, Go's, hyper) take any method and split the line on any blank, so
 /// only positive evidence makes a command: a whole first line with no `HTTP/` in it (any case),
-/// that is not HTTP/0.9's `GET <target>` and no PROXY protocol header (memcached's
-/// `get user:1`, Redis's inline `KEYS *`, SMTP's `EHLO host`); or, past the limit with the line
-/// not yet whole, a memcached retrieval of many keys. Bytes that no line holds (a binary
+/// that is not HTTP/0.9's `<METHOD> <target>` and no PROXY protocol header (memcached's
+/// `get user:1`, Redis's inline `keys *` or `SET k v`); or, past the limit
+/// with the line not yet whole, a memcached retrieval of many whole keys. Bytes that no line holds (a binary
 /// protocol: a length first, a zero byte, RESP's `*2`) are relayed. Anything else is a request,
 /// so neither splitting nor padding one sends it around the pipeline.
 pub fn sort_first_words(bytes: &[u8], limit: bool) -> Option<bool> {
@@ -108,13 +108,19 @@ pub fn sort_first_words(bytes: &[u8], limit: bool) -> Option<bool> {
         return Some(true);
     }
     match line_end {
-        // HTTP/0.9: `GET` and a target (Python's server takes `GET admin` too), nothing after.
-        Some(_) => Some(first == b"GET" && words.next().is_some() && words.next().is_none()),
+        // HTTP/0.9: an uppercase method and a target, nothing after (Python's server takes
+        // `GET admin`, Tomcat methods other than GET).
+        Some(_) => {
+            let method = first.iter().all(u8::is_ascii_uppercase);
+            Some(method && words.next().is_some() && words.next().is_none())
+        }
         None if limit => {
             // A memcached retrieval of many keys fills the limit before its line ends; a request
-            // line has at most two words before its version.
+            // line has at most two words before its version. The last word may be cut at the
+            // limit (a version's `HTT`), so it does not count.
             let retrieval = [&b"get"[..], b"gets", b"gat", b"gats"].contains(&first);
-            Some(!(retrieval && words.count() >= 2))
+            let cut = !bytes.last().is_some_and(|&b| blank(b));
+            Some(!(retrieval && words.count().saturating_sub(usize::from(cut)) >= 2))
         }
         None => None,
     }
@@ -587,7 +593,9 @@ mod tests {
 
     #[test]
     fn what_a_server_takes_for_a_request_line_is_taken_for_one() {
-        let requests: [&[u8]; 23] = [
+        let requests: [&[u8]; 24] = [
+            // HTTP/0.9 with another method (Tomcat takes it).
+            b"DELETE /admin\r\n",
             // NEL, a blank to Python's Latin-1; HTTP/0.9 with a relative target, which Python serves.
             b"\x85GET /admin HTTP/1.1\r\n",
             b"GET\x85/admin\r\n",
@@ -637,6 +645,10 @@ mod tests {
         assert_eq!(sort_first_words(&padded[..FIRST_WORDS_MAX], true), Some(true));
         let long_target: Vec<u8> = b"get /admin?".iter().copied().chain(std::iter::repeat_n(b'a', 600)).collect();
         assert_eq!(sort_first_words(&long_target[..FIRST_WORDS_MAX], true), Some(true), "one word after get");
+        // The version cut at the limit (`HTT`) is no second key.
+        let cut_version: Vec<u8> =
+            b"get /".iter().copied().chain(std::iter::repeat_n(b'a', 503)).chain(*b" HTTP/1.1\r\n").collect();
+        assert_eq!(sort_first_words(&cut_version[..FIRST_WORDS_MAX], true), Some(true), "a version cut short");
         // A target that cannot be a request's, its line longer than the limit: memcached's get of
         // many keys.
         assert_eq!(sort_first_words(b"get k1 k2", false), None);
@@ -650,11 +662,11 @@ mod tests {
         let commands: [&[u8]; 11] = [
             b"get /index.html\r\n",
             b"delete /x\r\n",
-            b"KEYS *\r\n",
+            b"keys *\r\n",
             b"get https://cdn.example/a\r\n",
             b"get user:1\r\n",
             b"set k 0 0 5\r\nhello\r\n",
-            b"EHLO client.example\r\n",
+            b"ehlo client.example\r\n",
             b"SET k v\r\n",
             b"GET\r\n",
             b"PING\r\n",
