@@ -20,9 +20,10 @@ use pingora::protocols::{GetSocketDigest, SocketDigest};
 
 use super::opaque::{end_label, relay, Moved, CONNECT_TIMEOUT, OPAQUE_IDLE_TIMEOUT};
 use crate::identity::SpiffeId;
-use crate::policy::{ConnectionView, PolicyStore};
+use crate::policy::{ConnectionView, PolicyStore, Refusal};
 use crate::telemetry::{DeniedConnection, SecurityEvent, Telemetry};
 use crate::tls::TlsStore;
+use tokio::sync::watch;
 
 /// What an inbound listener needs to serve TCP to opaque ports.
 pub struct InboundTcp {
@@ -213,69 +214,14 @@ impl InboundTcp {
         };
         let idle = if principal.is_some() { OPAQUE_IDLE_TIMEOUT } else { self.plaintext_idle };
         if spoke == Spoke::Neither {
-            // Whoever speaks first: an app that greets (MySQL, SMTP) is what the wait was for. A
-            // client that speaks first after all is sorted as it would have been at once, so a
-            // request never reaches the app around the pipeline by waiting. Of HTTP servers only
-            // HTTP/2's speaks first (its SETTINGS), to a client that would not have waited.
-            let mut chunk = [0u8; super::opaque::FIRST_WORDS_MAX];
-            let idle_until = tokio::time::Instant::now() + idle;
-            let spoken = loop {
-                tokio::select! {
-                    ready = app.readable() => break ready.map(|()| None),
-                    read = caller.read(&mut chunk) => break read.map(Some),
-                    () = tokio::time::sleep_until(idle_until) => return log("idle_timeout"),
-                    // The policy is watched while nobody speaks, as it is once bytes move.
-                    changed = changes.changed() => {
-                        let refused = match changed {
-                            Ok(()) => self.policy.current().recheck_connection(&view).err(),
-                            Err(_) => None,
-                        };
-                        if let Some(refusal) = refused {
-                            denied(refusal.policy_and_rule(), false);
-                            close(caller).await;
-                            return log("denied");
-                        }
-                    }
+            match self.first_speaker(&mut caller, &mut app, &view, &mut changes, idle).await {
+                Ok(early) => moved.sent_before(early),
+                Err(Stop::Refused(why)) => {
+                    denied(why, false);
+                    close(caller).await;
+                    return log("denied");
                 }
-            };
-            let refuse_request = |why: &'static str| {
-                tracing::debug!(%peer, port, "plaintext refused: {why}");
-                denied(("-".to_string(), why.to_string()), false);
-            };
-            match spoken {
-                Ok(None) => {
-                    let mut greeting = [0u8; 9];
-                    if matches!(app.peek(&mut greeting).await, Ok(9) if is_h2_settings(&greeting)) {
-                        refuse_request(REQUEST_AFTER_SILENCE);
-                        close(caller).await;
-                        return log("denied");
-                    }
-                }
-                Ok(Some(0)) | Err(_) => return log("closed"),
-                Ok(Some(n)) => {
-                    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
-                    let sorted = super::opaque::read_first_words(&mut caller, deadline, chunk[..n].to_vec()).await;
-                    let early = match sorted {
-                        Ok((false, early)) => early,
-                        Ok((true, _)) => {
-                            refuse_request(REQUEST_AFTER_SILENCE);
-                            close(caller).await;
-                            return log("denied");
-                        }
-                        Err(_) => return log("error"),
-                    };
-                    // Judged again before a byte goes on: the sorting may have taken a while.
-                    if let Err(refusal) = self.policy.current().recheck_connection(&view) {
-                        denied(refusal.policy_and_rule(), false);
-                        close(caller).await;
-                        return log("denied");
-                    }
-                    if app.write_all(&early).await.is_err() {
-                        close(caller).await;
-                        return log("error");
-                    }
-                    moved.sent_before(early.len());
-                }
+                Err(Stop::Ended(end)) => return log(end),
             }
         }
         // A policy update that refuses this caller now closes the connection, as it would refuse
@@ -284,13 +230,7 @@ impl InboundTcp {
         // plaintext ends when the workload becomes STRICT.
         let revocation = std::sync::OnceLock::new();
         let revoked = async {
-            while changes.changed().await.is_ok() {
-                if let Err(refusal) = self.policy.current().recheck_connection(&view) {
-                    let _ = revocation.set(refusal);
-                    return;
-                }
-            }
-            std::future::pending().await
+            let _ = revocation.set(self.refused_by_update(&mut changes, &view).await);
         };
         // Boxed: two relay buffers (and a TLS session), for as long as the connection lives.
         let end = Box::pin(relay(caller, app, idle, &moved, revoked)).await;
@@ -301,4 +241,72 @@ impl InboundTcp {
         }
         log(end_label(end, peer, destination));
     }
+}
+
+impl InboundTcp {
+    /// The policy's first refusal of `view` after an update (pending while none refuses, and for
+    /// good once the store is gone): what closes an open connection.
+    async fn refused_by_update(&self, changes: &mut watch::Receiver<()>, view: &ConnectionView<'_>) -> Refusal {
+        while changes.changed().await.is_ok() {
+            if let Err(refusal) = self.policy.current().recheck_connection(view) {
+                return refusal;
+            }
+        }
+        std::future::pending().await
+    }
+
+    /// After the wait for a client's first bytes ran out: whoever speaks first. An app that
+    /// greets (MySQL, SMTP) is what the wait was for. A client that speaks first after all is
+    /// sorted as it would have been at once, so a request never reaches the app around the
+    /// pipeline by waiting; of HTTP servers only HTTP/2's speaks first (its SETTINGS), to a client
+    /// that would not have waited. The policy is watched meanwhile, as it is once bytes move.
+    /// Returns how many of the client's bytes went on to the app.
+    async fn first_speaker<S: AsyncRead + Unpin>(
+        &self,
+        caller: &mut S,
+        app: &mut tokio::net::TcpStream,
+        view: &ConnectionView<'_>,
+        changes: &mut watch::Receiver<()>,
+        idle: Duration,
+    ) -> Result<usize, Stop> {
+        let request = || Stop::Refused(("-".to_string(), REQUEST_AFTER_SILENCE.to_string()));
+        let mut chunk = [0u8; super::opaque::FIRST_WORDS_MAX];
+        let spoken = tokio::select! {
+            ready = app.readable() => ready.map(|()| 0),
+            read = caller.read(&mut chunk) => match read {
+                Ok(0) => return Err(Stop::Ended("closed")),
+                read => read,
+            },
+            () = tokio::time::sleep(idle) => return Err(Stop::Ended("idle_timeout")),
+            refusal = self.refused_by_update(changes, view) => return Err(Stop::Refused(refusal.policy_and_rule())),
+        };
+        let n = spoken.map_err(|_| Stop::Ended("closed"))?;
+        if n == 0 {
+            let mut greeting = [0u8; 9];
+            return match app.peek(&mut greeting).await {
+                Ok(9) if is_h2_settings(&greeting) => Err(request()),
+                _ => Ok(0),
+            };
+        }
+        let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+        let early = match super::opaque::read_first_words(caller, deadline, chunk[..n].to_vec()).await {
+            Ok((false, early)) => early,
+            Ok((true, _)) => return Err(request()),
+            Err(_) => return Err(Stop::Ended("error")),
+        };
+        // Judged again before a byte goes on: the sorting may have taken a while.
+        if let Err(refusal) = self.policy.current().recheck_connection(view) {
+            return Err(Stop::Refused(refusal.policy_and_rule()));
+        }
+        app.write_all(&early).await.map_err(|_| Stop::Ended("error"))?;
+        Ok(early.len())
+    }
+}
+
+/// Why [`InboundTcp::first_speaker`] ended a connection instead of relaying it.
+enum Stop {
+    /// Refused: the policy and rule (or `-` and the reason) its event names.
+    Refused((String, String)),
+    /// Ended by the client, the idle timeout or an error: the access log's `end`.
+    Ended(&'static str),
 }
