@@ -52,7 +52,8 @@ pub enum Spoke {
 /// Why a PERMISSIVE port's plaintext that waited for its server is refused when its client
 /// speaks first after all, with what may be an HTTP request.
 pub const REQUEST_AFTER_SILENCE: &str =
-    "an HTTP request after the wait for a server that speaks first: only the HTTP pipeline takes requests";
+    "an HTTP request after the 500 ms wait for a server that speaks first (an HTTP client must send its \
+     request at once, or its app's port must not be in inbound.opaquePorts): only the HTTP pipeline takes requests";
 
 /// Whether `header` is an HTTP/2 frame header for a SETTINGS frame (not an ACK) on stream 0:
 /// what an HTTP/2 server with prior knowledge sends as soon as it accepts.
@@ -91,7 +92,7 @@ impl InboundTcp {
     /// bytes would reach decides, so with a fixed `inbound.app` port every connection lands
     /// there, whichever port it addressed.
     pub(super) fn reaches_opaque_port(&self, digest: &SocketDigest) -> bool {
-        !self.opaque_ports.is_empty() && self.opaque_ports.contains(&self.reached(digest).app.port())
+        self.opaque_ports.contains(&self.reached(digest).app.port())
     }
 
     /// Counts a connection in `palisade_inbound_tcp_connections_total`: by the app's port the

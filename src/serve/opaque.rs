@@ -3,7 +3,7 @@
 //! that destination is one the configuration lets the app reach as it is
 //! (`outbound.passthrough`). Any other destination must be a mesh workload: the bytes cross in a
 //! tunnel of mutual TLS to its sidecar ([`crate::tls::connect_tunnel`]; the other end is
-//! [`super::tunnel`]), whose identity is checked as for HTTP. A destination that cannot prove one
+//! [`super::inbound_tcp`]), whose identity is checked as for HTTP. A destination that cannot prove one
 //! gets the connection closed before a byte of the app's is sent: a mesh never falls back to
 //! plaintext. Linkerd and Istio guess the protocol and fall back to TCP after a wait (Linkerd's
 //! 10 s stalls are a standing complaint); here the first bytes decide at once, and protocols

@@ -36,7 +36,8 @@ pub struct Metrics {
     pub waf_uninspected: prometheus::IntCounter,
     pub connections_closed: IntCounterVec,
     pub opaque_connections: prometheus::IntCounter,
-    /// TCP to the app's opaque ports, by caller (empty: plaintext), port addressed and decision.
+    /// TCP to the app's opaque ports, by caller (empty: plaintext), the app's port reached (`other`: not an
+    /// opaque port) and decision.
     pub inbound_tcp_connections: IntCounterVec,
     pub requests_shed: IntCounterVec,
 }

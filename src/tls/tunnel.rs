@@ -34,7 +34,10 @@ pub async fn connect_tunnel(
     // inbound listener, with a workload certificate) must not be sent the app's bytes: its
     // policy would not have judged them.
     if tls.get_ref().1.alpn_protocol() != Some(TUNNEL_ALPN) {
-        return Err(ConnectError::NoHandshake(format!("{addr} ({id}) did not take the tunnel's protocol")));
+        return Err(ConnectError::NoHandshake(format!(
+            "{addr} ({id}) did not take the tunnel's protocol: its sidecar predates mesh TCP (upgrade it), or \
+             the port is not a sidecar's inbound one (list the address in outbound.passthrough if it is outside the mesh)"
+        )));
     }
     Ok((tls, id))
 }
