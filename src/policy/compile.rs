@@ -300,8 +300,6 @@ impl PolicySnapshot {
         let mut required_by = None;
         let mut wafs = Vec::new();
         let mut limits = InputLimits::default();
-        let mut mtls = None;
-        let mut port_mtls: Vec<(u16, MtlsMode)> = Vec::new();
         let mut policies = Vec::new();
         let mut documents = Vec::new();
         let mut header_bits = HeaderBits::default();
@@ -314,16 +312,6 @@ impl PolicySnapshot {
                 limits.max_header_bytes = min(limits.max_header_bytes, v.max_header_bytes);
                 if let Some(n) = v.max_body_bytes {
                     limits.max_body_bytes = Some(limits.max_body_bytes.map_or(n, |m| m.min(n)));
-                }
-            }
-            mtls = match (mtls, p.spec.mtls) {
-                (Some(MtlsMode::STRICT), _) | (_, Some(MtlsMode::STRICT)) => Some(MtlsMode::STRICT),
-                (m, None) => m,
-                (_, m) => m,
-            };
-            for port in p.spec.port_level_mtls.keys() {
-                if let Err(i) = port_mtls.binary_search_by_key(&port.0, |(p, _)| *p) {
-                    port_mtls.insert(i, (port.0, MtlsMode::PERMISSIVE));
                 }
             }
             let authz = p.spec.authorization.clone().unwrap_or_default();
@@ -368,20 +356,22 @@ impl PolicySnapshot {
             });
             documents.push(doc.clone());
         }
-        let mtls = mtls.unwrap_or(default_mtls);
-        // Each policy's view of a port it or another names: its entry for the port, else its
-        // own `spec.mtls`, else none. STRICT wins among the views, as for the workload, so a
-        // policy's port entry never loosens another policy's STRICT.
-        for (port, mode) in &mut port_mtls {
-            let views = located.iter().filter(|l| selects(&l.policy, workload)).filter_map(|l| {
-                let spec = &l.policy.spec;
-                spec.port_level_mtls.get(&super::document::Port(*port)).map(|e| e.mode).or(spec.mtls)
-            });
-            *mode = match views.fold(None, |m, v| if m == Some(MtlsMode::STRICT) { m } else { Some(v) }) {
-                Some(m) => m,
-                None => mtls,
-            };
-        }
+        // The strictest `spec.mtls` of the selecting policies. A port one of them names takes
+        // each policy's view of it (its entry for the port, else its own `spec.mtls`), the
+        // strictest again, so a policy's port entry never loosens another policy's STRICT.
+        let mtls = strictest(documents.iter().filter_map(|d| d.policy.spec.mtls)).unwrap_or(default_mtls);
+        let ports: std::collections::BTreeSet<_> =
+            documents.iter().flat_map(|d| d.policy.spec.port_level_mtls.keys().copied()).collect();
+        let port_mtls = ports
+            .into_iter()
+            .map(|port| {
+                let views = documents.iter().filter_map(|d| {
+                    let spec = &d.policy.spec;
+                    spec.port_level_mtls.get(&port).map(|e| e.mode).or(spec.mtls)
+                });
+                (port.0, strictest(views).unwrap_or(mtls))
+            })
+            .collect();
         if required_by.is_some() && providers.is_empty() {
             let doc = documents.iter().find(|d| d.policy.spec.authentication.as_ref().is_some_and(|a| a.require_jwt));
             if let Some(doc) = doc {
@@ -617,6 +607,11 @@ impl CompiledPolicy {
         let allow = || self.allow.iter().find(|r| !r.names_request_fields() && r.matches_peer(peer, facts));
         deny.or_else(allow).map_or(&self.default, |r| &r.decision)
     }
+}
+
+/// STRICT if any mode is, else PERMISSIVE if any is given; `None` for none.
+fn strictest(modes: impl Iterator<Item = MtlsMode>) -> Option<MtlsMode> {
+    modes.reduce(|a, b| if a == MtlsMode::STRICT { a } else { b })
 }
 
 /// One bit per standard method; extension methods get none and are compared by name.
