@@ -381,12 +381,14 @@ async fn run(
         log_level: options.log_level.clone(),
         shutdown: shutdown.clone(),
     });
-    let inbound_transport = Transport::Mesh {
+    let inbound_transport = Transport::Mesh(Arc::new(crate::serve::InboundTcp {
         tls: tls.clone(),
         policy: policy.clone(),
         app: config.inbound.app.0,
         opaque_ports: config.inbound.opaque_ports.clone(),
-    };
+        telemetry: telemetry.clone(),
+        plaintext_idle: config.limits.idle_timeout.0,
+    }));
 
     let stop = shutdown.subscribe();
     let open_files = crate::lifecycle::raise_open_files_limit();

@@ -21,8 +21,9 @@ use crate::config::{HumanDuration, MtlsMode};
 use crate::memory::CutWait;
 use crate::policy::PolicyStore;
 use crate::telemetry::{RefusalCounter, RefusalReason, SecurityEvent, Telemetry};
-use crate::tls::{HelloFor, TlsStore};
-use inbound_tcp::{InboundTcp, Spoke};
+use crate::tls::HelloFor;
+pub use inbound_tcp::InboundTcp;
+use inbound_tcp::Spoke;
 
 mod h2_frames;
 mod inbound_tcp;
@@ -151,15 +152,11 @@ pub enum Transport {
     /// principal. A policy's `mtls` takes effect for new connections at once, and a plaintext
     /// connection let in under PERMISSIVE is closed when the mode becomes STRICT, after the
     /// request it is serving (ztunnel re-checks live connections on a policy change too).
-    /// A mesh peer's tunnel (a TCP connection it carries for its app, see [`tunnel`]) is served
-    /// as bytes to the app at `app` (`inbound.app`).
-    Mesh {
-        tls: Arc<TlsStore>,
-        policy: Arc<PolicyStore>,
-        app: SocketAddr,
-        /// `inbound.opaquePorts`: the app's ports a tunnel may reach.
-        opaque_ports: Vec<u16>,
-    },
+    /// A mesh peer's tunnel (a TCP connection it carries for its app), and a PERMISSIVE port's
+    /// plaintext to an opaque port, are served as bytes to the app ([`InboundTcp`]).
+    /// The listener's credentials, policy and app are the [`InboundTcp`]'s, which also serves
+    /// what is not HTTP there.
+    Mesh(Arc<InboundTcp>),
     /// Server TLS without client certificates (the injection webhook, called by the API
     /// server).
     Tls(Acceptor),
@@ -259,17 +256,6 @@ pub async fn serve_with<A>(
         memory_idle: counter(RefusalReason::MemoryIdle, memory_setting.clone()),
     };
     let at_memory_limit = counter(RefusalReason::MemoryLimit, memory_setting);
-    let inbound_tcp = match &*transport {
-        Transport::Mesh { tls, policy, app, opaque_ports } => Some(Arc::new(InboundTcp {
-            app: *app,
-            opaque_ports: opaque_ports.clone(),
-            tls: tls.clone(),
-            policy: policy.clone(),
-            telemetry: telemetry.clone(),
-            plaintext_idle: limits.idle_timeout,
-        })),
-        _ => None,
-    };
     let at_limit = counter(RefusalReason::ConnectionLimit, limits.max_connections.to_string());
     let at_source_limit = per_source.as_ref().map(|p| counter(RefusalReason::SourceLimit, p.max.to_string()));
     // The outbound listener sorts each connection before pingora sees it ([`OpaqueTcp::sort`]).
@@ -338,7 +324,6 @@ pub async fn serve_with<A>(
         let counters = counters.clone();
         let limits = limits.clone();
         let sorting = sorting.clone();
-        let inbound_tcp = inbound_tcp.clone();
         tokio::spawn(async move {
             let _guard = guard;
             let _slot = slot;
@@ -367,22 +352,17 @@ pub async fn serve_with<A>(
             };
             // Boxed: the TLS handshake's state is 7 KB, and a future inline in the task would be
             // held for the connection's whole life (the task's size is its largest state's).
-            let handshake = handshake(tcp, peer, digest, &transport, inbound_tcp.as_deref(), &telemetry);
-            let (stream, gate) = match Box::pin(handshake).await {
-                Some(Handshake::Http(stream, gate)) => (stream, gate),
-                Some(Handshake::Tunnel(stream, deadline)) => {
-                    if let Some(inbound_tcp) = &inbound_tcp {
-                        Box::pin(inbound_tcp.serve_tunnel(*stream, peer, deadline)).await;
-                    }
-                    return;
+            let handshake = handshake(tcp, peer, digest, &transport, &telemetry);
+            let (stream, gate) = match (Box::pin(handshake).await, &*transport) {
+                (Some(Handshake::Http(stream, gate)), _) => (stream, gate),
+                (Some(Handshake::Tunnel(stream, deadline)), Transport::Mesh(inbound)) => {
+                    return Box::pin(inbound.serve_tunnel(*stream, peer, deadline)).await;
                 }
-                Some(Handshake::Plaintext(stream, spoke)) => {
-                    if let Some(inbound_tcp) = &inbound_tcp {
-                        Box::pin(inbound_tcp.serve_plaintext(*stream, peer, spoke)).await;
-                    }
-                    return;
+                (Some(Handshake::Plaintext(stream, spoke)), Transport::Mesh(inbound)) => {
+                    return Box::pin(inbound.serve_plaintext(*stream, peer, spoke)).await;
                 }
-                None => return,
+                // Only a mesh listener's handshake finds tunnels and plaintext TCP.
+                _ => return,
             };
             let stream: Stream = Box::new(Deadlined::new(
                 stream,
@@ -392,8 +372,8 @@ pub async fn serve_with<A>(
                 since.unwrap_or_else(tokio::time::Instant::now),
             ));
             match (gate, &*transport) {
-                (Some((gate, plaintext)), Transport::Mesh { policy, .. }) => {
-                    serve_revocable(app, stream, gate, plaintext, policy, shutdown).await;
+                (Some((gate, plaintext)), Transport::Mesh(inbound)) => {
+                    serve_revocable(app, stream, gate, plaintext, &inbound.policy, shutdown).await;
                 }
                 _ => {
                     let mut next = app.process_new(stream, &shutdown).await;
@@ -487,14 +467,13 @@ async fn handshake(
     peer: SocketAddr,
     digest: Option<SocketDigest>,
     transport: &Transport,
-    inbound_tcp: Option<&InboundTcp>,
     telemetry: &Telemetry,
 ) -> Option<Handshake> {
-    let (store, policy) = match transport {
+    let inbound = match transport {
         Transport::Plain | Transport::Outbound(_) => {
             return Some(Handshake::Http(Box::new(CoalescedWrites::new(l4_stream(tcp, peer, digest), None)), None))
         }
-        Transport::Mesh { tls, policy, .. } => (tls, policy),
+        Transport::Mesh(inbound) => inbound,
         Transport::Tls(acceptor) => {
             return match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.tls_handshake(l4_stream(tcp, peer, None)))
                 .await
@@ -508,6 +487,7 @@ async fn handshake(
             };
         }
     };
+    let (store, policy) = (&inbound.tls, &inbound.policy);
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
     // Whether this connection's port is PERMISSIVE (the port the caller addressed, which only
     // the socket says, and is read only when some port is PERMISSIVE).
@@ -519,11 +499,9 @@ async fn handshake(
             // Watched from before the mode is read: an update that makes the port STRICT after
             // this look is one the connection's watch sees.
             let changes = policy.subscribe();
-            let port = inbound_tcp.map(|i| i.addressed_port(&digest));
-            let snapshot = policy.current();
-            let mode = port.map_or(snapshot.mtls, |port| snapshot.mtls_at(port));
-            match mode {
-                MtlsMode::PERMISSIVE => Some((digest, Plaintext { port: port.unwrap_or_default(), changes })),
+            let port = inbound.addressed_port(&digest);
+            match policy.current().mtls_at(port) {
+                MtlsMode::PERMISSIVE => Some((digest, Plaintext { port, changes })),
                 MtlsMode::STRICT => {
                     made_digest = Some(digest);
                     None
@@ -534,7 +512,7 @@ async fn handshake(
     // Under PERMISSIVE, a connection to one of the app's opaque ports may be a client without a
     // sidecar speaking the app's protocol: its plaintext, or its own TLS.
     if let Some((digest, plaintext)) = permissive {
-        let opaque = inbound_tcp.is_some_and(|i| i.reaches_opaque_port(&digest));
+        let opaque = inbound.reaches_opaque_port(&digest);
         let http = |stream: L4Stream, plaintext: Plaintext| {
             let gate = Arc::new(IdleGate::default());
             let stream = CoalescedWrites::new(stream, Some(gate.clone()));
@@ -549,15 +527,12 @@ async fn handshake(
                 // one goes to the app as bytes.
                 let first_words = opaque::read_first_words(&mut tcp, deadline, Vec::new()).await;
                 let Ok((request, read)) = first_words else { return None };
-                if request {
-                    // Counted beside the relayed plaintext: a client a STRICT port would refuse.
-                    if let Some(i) = inbound_tcp {
-                        i.count(None, i.app_port(&digest), "http");
-                    }
-                }
+                let app_port = inbound.app_port(&digest);
                 let mut stream = l4_stream(tcp, peer, Some(digest));
                 stream.rewind(&read);
                 if request {
+                    // Counted beside the relayed plaintext: a client a STRICT port would refuse.
+                    inbound.count(None, app_port, "http");
                     return http(stream, plaintext);
                 }
                 return Some(Handshake::Plaintext(Box::new(stream), Spoke::Client));
