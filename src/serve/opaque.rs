@@ -152,6 +152,11 @@ pub async fn read_first_words<R: AsyncRead + Unpin>(
     }
 }
 
+/// An address as compared: an IPv4 peer of a dual-stack socket (`::ffff:a.b.c.d`) as IPv4.
+fn canonical(address: SocketAddr) -> (std::net::IpAddr, u16) {
+    (address.ip().to_canonical(), address.port())
+}
+
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
@@ -163,8 +168,8 @@ pub struct OpaqueTcp {
     /// The workload's credentials, for tunnels to mesh destinations.
     tls: Arc<TlsStore>,
     /// Destinations whose identity is known (`outbound.destinations` with an address): a tunnel
-    /// there must be answered by exactly that identity.
-    identities: Vec<(SocketAddr, SpiffeId)>,
+    /// there must be answered by exactly that identity. Keyed by [`canonical`] address.
+    identities: Vec<((std::net::IpAddr, u16), SpiffeId)>,
     /// Counts relayed connections, and logs each in the access log when it ends.
     telemetry: Arc<Telemetry>,
 }
@@ -189,7 +194,7 @@ impl OpaqueTcp {
             passthrough: passthrough.to_vec(),
             opaque_ports: opaque_ports.to_vec(),
             tls,
-            identities,
+            identities: identities.into_iter().map(|(at, id)| (canonical(at), id)).collect(),
             telemetry: telemetry.clone(),
         }
     }
@@ -243,9 +248,8 @@ impl OpaqueTcp {
             self.telemetry.access_tcp(&moved.access("outbound", principal, peer, destination, started, end))
         };
         // A destination with an expected identity is always a mesh one, as for HTTP.
-        let canonical = |a: SocketAddr| (a.ip().to_canonical(), a.port());
-        let expected =
-            self.identities.iter().find(|(at, _)| canonical(*at) == canonical(destination)).map(|(_, id)| id);
+        let at = canonical(destination);
+        let expected = self.identities.iter().find(|(known, _)| *known == at).map(|(_, id)| id);
         if expected.is_some() || !self.allows(destination) {
             let (tunnel, server) = match connect_tunnel(&self.tls, destination, expected, TUNNEL_TIMEOUT).await {
                 Ok(connected) => connected,
