@@ -297,6 +297,19 @@ async fn the_waf_blocks_attacks_in_the_query_and_in_bodies_and_lets_users_throug
     let answer = side.send("frontend", "GET", "/reports/1?other=1%27%20UNION%20SELECT%20a%20FROM%20b--", &[]).await;
     assert_refused(&answer, 403, "forbidden", "another parameter on the excluded path");
 
+    // A part with an empty file name is a form field to Go's parser: its content is read. A
+    // real file's content is the app's data and goes through unread.
+    let part = |filename: &str, content: &str| {
+        format!("--XyZ\r\ncontent-disposition: form-data; name=\"q\"; {filename}\r\n\r\n{content}\r\n--XyZ--\r\n")
+    };
+    let multipart = "multipart/form-data; boundary=XyZ";
+    let answer = side.exchange("frontend", &post("/orders", multipart, &part("filename=\"\"", "1' OR 1=1--"))).await;
+    assert_refused(&answer, 403, "forbidden", "SQL injection in a multipart field with an empty file name");
+    let file = part("filename=\"notes.txt\"", "1' OR 1=1-- as a note");
+    let answer = side.exchange("frontend", &post("/orders", multipart, &file)).await;
+    assert_eq!(answer.status, 200, "a file's content is not read: {answer:?}");
+    assert_eq!(answer.seen().body_bytes, file.len());
+
     // A body over the inspection limit is refused (the default), not passed unread.
     let big = format!(r#"{{"pad":"{}"}}"#, "a".repeat(5000));
     let answer = side.exchange("frontend", &post("/orders", "application/json", &big)).await;
@@ -305,7 +318,7 @@ async fn the_waf_blocks_attacks_in_the_query_and_in_bodies_and_lets_users_throug
     assert_refused(&answer, 413, "payload_too_large", "a chunked body that grows over inspectBodyBytes");
 
     let metrics = side.metrics().await;
-    assert_eq!(sample(&metrics, r#"palisade_waf_findings_total{action="blocked",detector="sqli"}"#), 2.0, "{metrics}");
+    assert_eq!(sample(&metrics, r#"palisade_waf_findings_total{action="blocked",detector="sqli"}"#), 3.0, "{metrics}");
     assert_eq!(sample(&metrics, r#"palisade_waf_findings_total{action="blocked",detector="xss"}"#), 2.0, "{metrics}");
     // `;cat /etc/passwd` is both command injection and traversal: either detector may report it.
     let shell = ["command_injection", "path_traversal"]

@@ -59,7 +59,9 @@ impl Media {
         };
         if media.is_empty() || is(b"application/x-www-form-urlencoded") {
             Media::Form
-        } else if is(b"multipart/form-data") {
+        } else if starts_with_ci(media, b"multipart/") {
+            // Every multipart type, not only form-data: Commons FileUpload (Tomcat's parts,
+            // Spring's resolver) reads the fields of `multipart/mixed` or `related` as a form's.
             Media::Multipart
         } else if is(b"application/json") || is(b"text/json") || ends(b"+json") {
             Media::Json
@@ -407,14 +409,16 @@ fn header_param<'a>(header: &'a [u8], param: &[u8]) -> Option<&'a [u8]> {
     None
 }
 
-/// multipart/form-data: field names, field values and file names (file contents are the
-/// application's data, as in CRS, and are not read). A body that does not follow the format is a
-/// protocol finding: parsers disagreeing on it is how multipart bypasses work.
+/// multipart/form-data (and the other multipart types): field names, field values and file
+/// names (file contents are the application's data, as in CRS, and are not read). A body that
+/// does not follow the format is a protocol finding: parsers disagreeing on it is how multipart
+/// bypasses work.
 fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
     let bad = |at: usize| anomaly(waf, skip, LocationKind::Body, body, at);
     let Some(boundary) = header_param(content_type, b"boundary").filter(|b| !b.is_empty() && b.len() <= 200) else {
         return bad(0);
     };
+    let form_data = media_type(content_type).eq_ignore_ascii_case(b"multipart/form-data");
     let mut delim = Vec::with_capacity(boundary.len() + 2);
     delim.extend_from_slice(b"--");
     delim.extend_from_slice(boundary);
@@ -431,6 +435,7 @@ fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> O
         };
         // Part headers, up to an empty line.
         let mut disposition: Option<&[u8]> = None;
+        let mut quoted_printable = false;
         loop {
             let Some(e) = line_end(body, pos) else { return bad(pos) };
             let line = trim_eol(&body[pos..e]);
@@ -442,37 +447,25 @@ fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> O
             if starts_with_ci(line, b"content-disposition:") && disposition.is_none() {
                 disposition = Some(&line[20..]);
             }
+            // Go's multipart reader undoes quoted-printable for the app (RFC 7578 deprecates
+            // it; browsers never send it).
+            if starts_with_ci(line, b"content-transfer-encoding:") {
+                quoted_printable = line[26..].trim_ascii().eq_ignore_ascii_case(b"quoted-printable");
+            }
         }
         // A body cut short before its closing delimiter is read up to where it ends.
         let next = find_delimiter(body, &delim, pos).unwrap_or(body.len());
         let content = trim_eol(&body[pos..next]);
-        // A part without a disposition is no field; browsers never send one, parsers skip it.
-        let Some(disposition) = disposition else {
-            if next >= body.len() {
-                return None;
-            }
-            pos = next + delim.len();
-            continue;
+        let field = match disposition {
+            Some(d) if starts_with_ci(d.trim_ascii_start(), b"form-data") => Some(d),
+            // Of another multipart type, a part that is no form field (`attachment`, `inline`)
+            // is skipped, as Commons FileUpload skips it.
+            Some(_) if form_data => return bad(pos),
+            // A part without a disposition is no field; browsers never send one, parsers skip it.
+            _ => None,
         };
-        if !starts_with_ci(disposition.trim_ascii_start(), b"form-data") {
-            return bad(pos);
-        }
-        let name = header_param(disposition, b"name").unwrap_or(b"");
-        let v = Value { class: Class::Arg, kind: LocationKind::MultipartName, name, value: name };
-        if let Some(f) = waf.value(v, skip) {
-            return Some(f);
-        }
-        if let Some(filename) = header_param(disposition, b"filename") {
-            if let Some(f) = suspicious_filename(waf, skip, filename) {
-                return Some(f);
-            }
-            let v = Value { class: Class::Arg, kind: LocationKind::MultipartFilename, name, value: filename };
-            if let Some(f) = waf.value(v, skip) {
-                return Some(f);
-            }
-        } else {
-            let v = Value { class: Class::Arg, kind: LocationKind::MultipartValue, name, value: content };
-            if let Some(f) = waf.value(v, skip) {
+        if let Some(disposition) = field {
+            if let Some(f) = multipart_field(waf, skip, disposition, content, quoted_printable) {
                 return Some(f);
             }
         }
@@ -481,6 +474,96 @@ fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> O
         }
         pos = next + delim.len();
     }
+}
+
+/// One form-data part: its name, then its file name, or its content when it is no file.
+fn multipart_field(
+    waf: &Waf,
+    skip: &Skips<'_>,
+    disposition: &[u8],
+    content: &[u8],
+    quoted_printable: bool,
+) -> Option<Finding> {
+    // An unclosed quote leaves parsers to disagree about where the file name (and whether
+    // there is one) ends.
+    if !quotes_closed(disposition) {
+        return anomaly(waf, skip, LocationKind::MultipartFilename, disposition, disposition.len());
+    }
+    let name = header_param(disposition, b"name").unwrap_or(b"");
+    let v = Value { class: Class::Arg, kind: LocationKind::MultipartName, name, value: name };
+    if let Some(f) = waf.value(v, skip) {
+        return Some(f);
+    }
+    // An empty file name (`filename=""`, what a browser sends for a file input left empty, or
+    // `filename=`) is no file to Go's `ReadForm`, nor to Werkzeug for the unquoted form: the
+    // content is the field's value.
+    if let Some(filename) = header_param(disposition, b"filename").filter(|f| !f.is_empty()) {
+        if let Some(f) = suspicious_filename(waf, skip, filename) {
+            return Some(f);
+        }
+        let v = Value { class: Class::Arg, kind: LocationKind::MultipartFilename, name, value: filename };
+        return waf.value(v, skip);
+    }
+    let v = Value { class: Class::Arg, kind: LocationKind::MultipartValue, name, value: content };
+    if let Some(f) = waf.value(v, skip) {
+        return Some(f);
+    }
+    if quoted_printable && content.contains(&b'=') {
+        let decoded = quoted_printable_decoded(content);
+        let v = Value { class: Class::Arg, kind: LocationKind::MultipartValue, name, value: &decoded };
+        return waf.value(v, skip);
+    }
+    None
+}
+
+/// Whether every `"` in a header value is closed (a backslash escapes the byte after it).
+fn quotes_closed(value: &[u8]) -> bool {
+    let mut open = false;
+    let mut i = 0;
+    while i < value.len() {
+        match value[i] {
+            b'\\' if open => i += 1,
+            b'"' => open = !open,
+            _ => {}
+        }
+        i += 1;
+    }
+    !open
+}
+
+/// Quoted-printable (RFC 2045) undone as Go's `mime/quotedprintable` reads it: `=XX` is a byte,
+/// `=` at a line's end joins the lines, anything else stays as it is.
+fn quoted_printable_decoded(content: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(content.len());
+    let mut i = 0;
+    while i < content.len() {
+        if content[i] == b'=' {
+            let rest = &content[i + 1..];
+            if let [a, b, ..] = rest {
+                if let (Some(a), Some(b)) = (hex(*a), hex(*b)) {
+                    out.push(a << 4 | b);
+                    i += 3;
+                    continue;
+                }
+            }
+            let soft = rest.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+            match &rest[soft..] {
+                [b'\r', b'\n', ..] => {
+                    i += 3 + soft;
+                    continue;
+                }
+                [b'\n', ..] => {
+                    i += 2 + soft;
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        out.push(content[i]);
+        i += 1;
+    }
+    out
 }
 
 /// Quotes, `=` and backslashes in a file name let parsers disagree about where it ends; `;` too,
@@ -679,6 +762,23 @@ mod tests {
             let f = body("multipart/form-data; boundary=b", case);
             assert_eq!(f.map(|f| f.detector), Some(Detector::Sqli), "{case:?}");
         }
+        // A part with an empty file name is a field to Go's ReadForm (and to Werkzeug unquoted).
+        for filename in ["filename=\"\"", "filename=", "filename=;", "filename= ; x=1"] {
+            let case = format!("--b\r\nContent-Disposition: form-data; name=\"q\"; {filename}\r\n\r\n{sqli}\r\n--b--\r\n");
+            let f = body("multipart/form-data; boundary=b", &case);
+            assert_eq!(f.map(|f| f.detector), Some(Detector::Sqli), "{case:?}");
+        }
+        // Go's reader undoes quoted-printable; the app reads `' OR 1=1--` and `<script>`.
+        for (content, detector) in [("=27 OR 1=3D1--", Detector::Sqli), ("=3Cscript=3Ealert(1)=3C/sc=\r\nript=3E", Detector::Xss)] {
+            let case = format!("--b\r\nContent-Disposition: form-data; name=\"q\"\r\nContent-Transfer-Encoding: Quoted-Printable\r\n\r\n{content}\r\n--b--\r\n");
+            let f = body("multipart/form-data; boundary=b", &case);
+            assert_eq!(f.map(|f| f.detector), Some(detector), "{case:?}");
+        }
+        // Commons FileUpload (Tomcat, Spring) reads the fields of any multipart type.
+        let mixed = format!("--b\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\n{sqli}\r\n--b--\r\n");
+        for ct in ["multipart/mixed; boundary=b", "Multipart/Related; boundary=b", "multipart/x-anything; boundary=b"] {
+            assert_eq!(body(ct, &mixed).map(|f| f.detector), Some(Detector::Sqli), "{ct}");
+        }
         // A boundary named inside another parameter's quotes is not the boundary.
         let real = format!("--real\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\n{sqli}\r\n--real--\r\n");
         let f = body("multipart/form-data; charset=\"x boundary=fake y\"; boundary=real", &real);
@@ -740,8 +840,31 @@ mod tests {
     }
 
     #[test]
+    fn multipart_parts_that_are_no_fields_pass() {
+        let cases = [
+            // A file input left empty: an empty file name and no content.
+            ("multipart/form-data; boundary=b", "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"\"\r\nContent-Type: application/octet-stream\r\n\r\n\r\n--b--\r\n"),
+            // multipart/related (an upload's metadata and media): parts without a disposition.
+            ("multipart/related; boundary=b", "--b\r\nContent-Type: application/json\r\n\r\n{\"name\":\"x.bin\"}\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n' or 1=1 <script>\r\n--b--\r\n"),
+            // multipart/mixed's attachments are no form fields.
+            ("multipart/mixed; boundary=b", "--b\r\nContent-Disposition: attachment; filename=\"a.txt\"\r\n\r\n' OR 1=1--\r\n--b--\r\n"),
+            // Quoted-printable of ordinary text.
+            ("multipart/form-data; boundary=b", "--b\r\nContent-Disposition: form-data; name=\"t\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nCaf=C3=A9 au lait, 2=3D2 and a soft=\r\nbreak\r\n--b--\r\n"),
+        ];
+        for (ct, b) in cases {
+            assert_eq!(body(ct, b), None, "{ct}: {b}");
+        }
+    }
+
+    #[test]
     fn malformed_multipart_is_a_protocol_finding() {
         for (ct, b) in [
+            // An unclosed quote: where the file name ends (and whether there is one) is the
+            // parser's guess.
+            ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"q\"; filename=\"\n\n' OR 1=1--\n--b--"),
+            ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"q\"; filename=\"a.txt\n\nx\n--b--"),
+            // Of form-data, every part with a disposition is a field.
+            ("multipart/form-data; boundary=b", "--b\nContent-Disposition: attachment; name=\"q\"\n\nx\n--b--"),
             ("multipart/form-data", "--b\n\n"),
             ("multipart/form-data; boundary=b", "no delimiter at all"),
             (
