@@ -135,6 +135,17 @@ async fn a_verified_token_reaches_the_app_as_claims_and_not_as_a_token() {
     assert_eq!(answer.status, 200);
     assert_eq!(answer.seen().header("x-user"), None);
 
+    // A token after a tab is a token (parsers that split on whitespace read it): verified, and a
+    // forged one refused although no token is required; `Bearer:` is no scheme an app should
+    // be handed unverified.
+    let answer = side.send("frontend", "GET", "/orders/1", &[("authorization", &format!("Bearer\t{alice}"))]).await;
+    assert_eq!(answer.seen().headers.get("x-user").map(Vec::as_slice), Some(&["alice".to_string()][..]));
+    let forged = Signer::ec("ES256", "k1").token(&claims("admin"));
+    for value in [format!("Bearer\t{forged}"), format!("Bearer:{forged}"), format!("bearer  {forged}")] {
+        let answer = side.send("frontend", "GET", "/orders/1", &[("authorization", &value)]).await;
+        assert_refused(&answer, 401, "unauthenticated", &value[..8]);
+    }
+
     // A claim condition: tokens whose groups hold "guest" are kept out of /staff.
     let outsider =
         signer.token(&json!({"iss": ISS, "sub": "eve", "aud": "orders", "exp": now() + 600, "groups": ["guest"]}));
@@ -142,13 +153,14 @@ async fn a_verified_token_reaches_the_app_as_claims_and_not_as_a_token() {
     assert_refused(&answer, 403, "forbidden", "a token without the group");
     let answer = side.send("frontend", "GET", "/staff/1", &[("authorization", &format!("Bearer {alice}"))]).await;
     assert_eq!(answer.status, 200, "{answer:?}");
-    // Four requests with a token, four lookups (a request without one looks nothing up). Whether
-    // alice's last was a hit depends on eve's token not having taken its cache slot (1 in 128).
+    // Seven tokens, seven lookups (a request without one, or refused as `Bearer:`, looks
+    // nothing up). Whether alice's were hits depends on no other token having taken its cache
+    // slot (1 in 128 each).
     let metrics = side.metrics().await;
     let lookups =
         ["hit", "miss"].map(|r| sample(&metrics, &format!(r#"palisade_authn_cache_lookups_total{{result="{r}"}}"#)));
-    assert_eq!(lookups.iter().sum::<f64>(), 4.0, "{metrics}");
-    assert!(lookups[1] >= 2.0, "alice's first and eve's were verified in full: {metrics}");
+    assert_eq!(lookups.iter().sum::<f64>(), 7.0, "{metrics}");
+    assert!(lookups[1] >= 4.0, "alice's first, the two forgeries and eve's were verified in full: {metrics}");
     side.shutdown();
 }
 

@@ -149,8 +149,10 @@ impl Authenticator {
         let mut found: Option<Found<'h>> = None;
         for (i, (name, prefix)) in self.locations.iter().enumerate() {
             for value in headers.get_all(name) {
-                let bytes = value.as_bytes();
-                let Some(rest) = strip_prefix_ignore_case(bytes, prefix.as_bytes()) else { continue };
+                let Some(rest) = after_prefix(value.as_bytes(), prefix.as_bytes()) else { continue };
+                let Ok(rest) = rest else {
+                    return Err(Failure::new(Reason::Malformed, format!("no blank after the scheme in {name}")));
+                };
                 let rest = rest.trim_ascii();
                 if rest.is_empty() {
                     return Err(Failure::new(Reason::Malformed, format!("empty token in {name}")));
@@ -277,6 +279,25 @@ fn verified(
     Ok(Verified(Arc::new(VerifiedToken { provider: provider.clone(), principal, claims, forwarded })))
 }
 
+/// What follows a location's prefix in a header value: `None` when the value does not start
+/// with it (another scheme: not a token). A prefix ending in a blank is a scheme (`Bearer `): any
+/// run of spaces and tabs after the scheme's word matches it, as the parsers that split on
+/// whitespace read it, and `Err` when the word is followed by anything else (`Bearer:x`,
+/// `Bearerx`), which an app that cuts the scheme's length off the value would take for a token
+/// the sidecar never verified.
+fn after_prefix<'a>(value: &'a [u8], prefix: &[u8]) -> Option<Result<&'a [u8], ()>> {
+    let scheme = prefix.trim_ascii_end();
+    if scheme.len() == prefix.len() || scheme.is_empty() {
+        return strip_prefix_ignore_case(value, prefix).map(Ok);
+    }
+    let rest = strip_prefix_ignore_case(value, scheme)?;
+    match rest.first() {
+        Some(b' ' | b'\t') => Some(Ok(rest)),
+        None => Some(Ok(rest)),
+        Some(_) => Some(Err(())),
+    }
+}
+
 fn strip_prefix_ignore_case<'a>(value: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
     if value.len() >= prefix.len() && value[..prefix.len()].eq_ignore_ascii_case(prefix) {
         Some(&value[prefix.len()..])
@@ -382,6 +403,10 @@ mod tests {
         assert_eq!(a.extract(&headers(&[])).unwrap(), None);
         assert_eq!(a.extract(&headers(&[("authorization", "Basic dXNlcg==")])).unwrap(), None);
         assert_eq!(a.extract(&headers(&[("authorization", "bearer t1")])).unwrap().unwrap().token, "t1");
+        // Parsers that split on whitespace read a token after a tab or several blanks: so does this.
+        for value in ["Bearer\tt1", "Bearer  \t t1", "BEARER t1 "] {
+            assert_eq!(a.extract(&headers(&[("authorization", value)])).unwrap().unwrap().token, "t1", "{value:?}");
+        }
         assert_eq!(a.extract(&headers(&[("x-jwt", " t1 ")])).unwrap().unwrap().token, "t1");
         let same = headers(&[("authorization", "Bearer t1"), ("x-jwt", "t1")]);
         assert_eq!(a.extract(&same).unwrap().unwrap().mask, 0b11);
@@ -389,6 +414,11 @@ mod tests {
             (headers(&[("authorization", "Bearer t1"), ("x-jwt", "t2")]), Reason::MultipleTokens),
             (headers(&[("authorization", "Bearer t1"), ("authorization", "Bearer t2")]), Reason::MultipleTokens),
             (headers(&[("authorization", "Bearer ")]), Reason::Malformed),
+            (headers(&[("authorization", "Bearer")]), Reason::Malformed),
+            // What an app that cuts off "Bearer " or splits on any character would take for a token.
+            (headers(&[("authorization", "Bearer:t1")]), Reason::Malformed),
+            (headers(&[("authorization", "BEARERt1")]), Reason::Malformed),
+            (headers(&[("authorization", "Bearer\tt1"), ("x-jwt", "t2")]), Reason::MultipleTokens),
         ] {
             assert_eq!(a.extract(&h).unwrap_err().reason, r);
         }
