@@ -159,6 +159,20 @@ impl Claims {
         }
     }
 
+    /// [`Claims::text`] for a forwarded header, `None` too when the app could not read the
+    /// claim back from it: a list element holding a comma (`["dev,admin"]` would read as two
+    /// groups), or a value that begins or ends with a blank (HTTP drops those: `" admin"` would
+    /// arrive as `admin`).
+    pub fn header_text(&self, path: &ClaimPath) -> Option<Cow<'_, str>> {
+        let text = self.text(path)?;
+        let kept_whole = |v: &str| v.trim_matches([' ', '\t']).len() == v.len();
+        let readable = match self.get(path)? {
+            Value::Array(_) => self.values(path).iter().all(|v| !v.contains(',') && kept_whole(v)),
+            _ => kept_whole(&text),
+        };
+        readable.then_some(text)
+    }
+
     pub fn as_map(&self) -> &Map<String, Value> {
         &self.0
     }
@@ -286,6 +300,21 @@ mod tests {
         assert_eq!(c.text(&path("[groups]")).as_deref(), Some("admin,dev,3"));
         assert_eq!(c.text(&path("[kubernetes.io][namespace]")).as_deref(), Some("shop"));
         assert_eq!(c.text(&path("[kubernetes.io]")), None);
+    }
+
+    #[test]
+    fn a_claim_the_app_would_read_back_as_another_is_not_forwarded() {
+        let c = claims(json!({
+            "sub": " admin", "tab": "x\t", "groups": ["dev,admin"], "spaced": ["dev", " admin"],
+            "plain": ["dev", "admin"], "name": "Ann Lee", "n": 7,
+        }));
+        for name in ["[sub]", "[tab]", "[groups]", "[spaced]"] {
+            assert!(c.text(&path(name)).is_some(), "{name}: a rate-limit key still has it");
+            assert_eq!(c.header_text(&path(name)), None, "{name}");
+        }
+        assert_eq!(c.header_text(&path("[plain]")).as_deref(), Some("dev,admin"));
+        assert_eq!(c.header_text(&path("[name]")).as_deref(), Some("Ann Lee"));
+        assert_eq!(c.header_text(&path("[n]")).as_deref(), Some("7"));
     }
 
     #[test]

@@ -216,9 +216,9 @@ impl Provider {
     pub(crate) fn forward_headers(&self, claims: &Claims) -> Vec<(HeaderName, HeaderValue)> {
         let mut out = Vec::with_capacity(self.forward.len());
         for (path, header) in &self.forward {
-            // A value that cannot be a header value (control characters) is not forwarded;
-            // the header stays removed.
-            if let Some(v) = claims.text(path).and_then(|t| HeaderValue::from_bytes(t.as_bytes()).ok()) {
+            // A value that cannot be a header value (control characters), or that the app
+            // would read back as something else, is not forwarded; the header stays removed.
+            if let Some(v) = claims.header_text(path).and_then(|t| HeaderValue::from_bytes(t.as_bytes()).ok()) {
                 out.push((header.clone(), v));
             }
         }
