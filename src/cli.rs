@@ -27,8 +27,8 @@ struct Cli {
 enum Command {
     /// Run the per-pod proxy: inbound, outbound and admin listeners.
     Sidecar(ConfigArg),
-    /// Run the control plane: the policy stream to every sidecar and its status API (the workload
-    /// CA and the injection webhook come in a later version).
+    /// Run the control plane: the policy stream to every sidecar, the workload CA, the injection
+    /// webhook and the status API.
     Control(ConfigArg),
     /// Add the sidecar to Kubernetes manifests (YAML in, YAML out): Pods, Deployments,
     /// StatefulSets, DaemonSets, ReplicaSets, Jobs, CronJobs, lists; comments kept.

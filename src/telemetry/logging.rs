@@ -51,8 +51,9 @@ impl LogLevel {
         // read stderr through a pipe and would store the escape sequences. NO_COLOR is honoured
         // too (no-color.org).
         let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-        let text = (format == LogFormat::Text)
-            .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false).with_ansi(ansi));
+        let text = (format == LogFormat::Text).then(|| {
+            tracing_subscriber::fmt::layer().with_writer(OneLine { ansi }).with_target(false).with_ansi(ansi)
+        });
         // Flattened: the message and the event's fields at the top level, where log pipelines
         // look for them, rather than under "fields".
         let json = (format == LogFormat::Json).then(|| {
@@ -76,6 +77,63 @@ impl LogLevel {
     }
 }
 
+/// Text logs' writer: each event on one line of its own. Fields may carry a peer's text (a
+/// pod's name from an AdmissionReview, a sidecar's NACK reason, a certificate's subject), and
+/// `%` formatting writes it as it is: a line break in it would start a forged line, an escape
+/// sequence would rewrite a terminal. The JSON layer escapes them already.
+struct OneLine {
+    /// The formatter's own colours are escape sequences, kept when a person reads a terminal.
+    ansi: bool,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for OneLine {
+    type Writer = OneLineWriter;
+
+    fn make_writer(&'a self) -> OneLineWriter {
+        OneLineWriter { ansi: self.ansi }
+    }
+}
+
+struct OneLineWriter {
+    ansi: bool,
+}
+
+impl std::io::Write for OneLineWriter {
+    // The formatter hands over a whole event in one `write_all`.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        std::io::stderr().lock().write_all(&one_line(buf, self.ansi))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// `event` with every control character before its final line break written as `\xNN` (a tab
+/// kept; ESC kept when `ansi`), borrowed when there is none, as almost always.
+fn one_line(event: &[u8], ansi: bool) -> std::borrow::Cow<'_, [u8]> {
+    let control = |b: u8| (b < 0x20 && b != b'\t' && !(ansi && b == 0x1b)) || b == 0x7f;
+    let body = event.strip_suffix(b"\n").unwrap_or(event);
+    if !body.iter().any(|&b| control(b)) {
+        return std::borrow::Cow::Borrowed(event);
+    }
+    let mut out = Vec::with_capacity(event.len() + 16);
+    for &b in body {
+        if control(b) {
+            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        } else {
+            out.push(b);
+        }
+    }
+    out.extend_from_slice(&event[body.len()..]);
+    std::borrow::Cow::Owned(out)
+}
+
 /// The filter from the first of [`FILTER_VARS`] that is set and not empty, else `default`.
 fn filter_from_env(var: &dyn Fn(&str) -> Option<String>, default: &str) -> Result<EnvFilter, String> {
     for name in FILTER_VARS {
@@ -91,6 +149,20 @@ fn filter_from_env(var: &dyn Fn(&str) -> Option<String>, default: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_event_stays_one_line_whatever_its_fields_hold() {
+        let forged = b"WARN refused pod=x\n2026-12-06T08:00:00Z  INFO pod injected namespace=prod\r\x1b[2K\n";
+        let line = one_line(forged, false);
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1, "{:?}", String::from_utf8_lossy(&line));
+        assert!(line.ends_with(b"\\x0d\\x1b[2K\n"), "{:?}", String::from_utf8_lossy(&line));
+        assert!(line.starts_with(b"WARN refused pod=x\\x0a2026"), "{:?}", String::from_utf8_lossy(&line));
+        // A terminal's colours are the formatter's own; the line breaks are still escaped.
+        let coloured = one_line(b"\x1b[32m INFO\x1b[0m a\nb\n", true);
+        assert_eq!(&coloured[..], b"\x1b[32m INFO\x1b[0m a\\x0ab\n");
+        let plain = b"INFO\tpolicy in force version=1\n";
+        assert!(matches!(one_line(plain, false), std::borrow::Cow::Borrowed(_)));
+    }
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |name| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
