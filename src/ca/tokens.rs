@@ -28,10 +28,10 @@ impl Proven {
         let rest = username
             .strip_prefix("system:serviceaccount:")
             .ok_or_else(|| Refused::NotServiceAccount(format!("{username:?} is not a service account")))?;
-        let (namespace, service_account) = rest
-            .split_once(':')
-            .filter(|(ns, sa)| !ns.is_empty() && !sa.is_empty() && !sa.contains(':'))
-            .ok_or_else(|| Refused::NotServiceAccount(format!("{username:?} is not a service account")))?;
+        let (namespace, service_account) =
+            rest.split_once(':')
+                .filter(|(ns, sa)| dns_label(ns) && dns_subdomain(sa))
+                .ok_or_else(|| Refused::NotServiceAccount(format!("{username:?} is not a service account")))?;
         Ok(Proven {
             namespace: namespace.to_string(),
             service_account: service_account.to_string(),
@@ -44,6 +44,23 @@ impl Proven {
         SpiffeId::for_workload(trust_domain, &self.namespace, &self.service_account)
             .map_err(|e| Refused::Identity(e.to_string()))
     }
+}
+
+/// A namespace's name is a DNS-1123 label and a service account's a DNS-1123 subdomain: the API
+/// server issues no other. A user name holding anything else (a `/` would nest a SPIFFE ID:
+/// `ns/sa/orders/x` under `spiffe://.../ns/shop/sa/orders*`) comes from some other
+/// authenticator or issuer, and proves no service account.
+fn dns_label(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+fn dns_subdomain(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(dns_label)
 }
 
 /// Checks tokens for the audience the CA was configured with.
@@ -210,4 +227,32 @@ fn proven_from_claims(claims: &Claims) -> Result<Proven, Refused> {
     };
     let username = format!("system:serviceaccount:{namespace}:{service_account}");
     Proven::from_username(&username, text(POD_NAME), text(POD_UID))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_kubernetes_service_account_name_is_proven() {
+        let proven = Proven::from_username("system:serviceaccount:shop:orders.v2-1", None, None).unwrap();
+        assert_eq!((proven.namespace.as_str(), proven.service_account.as_str()), ("shop", "orders.v2-1"));
+        for name in [
+            // What would nest a SPIFFE ID under another account's: .../ns/shop/sa/orders/x/sa/y.
+            "system:serviceaccount:shop/sa/orders/x:y",
+            "system:serviceaccount:shop:orders/x",
+            "system:serviceaccount:shop:a..b",
+            "system:serviceaccount:Shop:orders",
+            "system:serviceaccount:-shop:orders",
+            "system:serviceaccount:shop:orders:extra",
+            "system:serviceaccount:shop:",
+            "system:serviceaccount::orders",
+            "system:node:node-1",
+        ] {
+            let refused = Proven::from_username(name, None, None).unwrap_err();
+            assert!(matches!(refused, Refused::NotServiceAccount(_)), "{name}: {refused:?}");
+        }
+        let long = format!("system:serviceaccount:{}:orders", "n".repeat(64));
+        assert!(Proven::from_username(&long, None, None).is_err(), "a namespace is at most 63 characters");
+    }
 }

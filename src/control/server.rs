@@ -13,7 +13,7 @@ use super::catalog::Catalog;
 use super::metrics::ControlMetrics;
 use super::status::{Registry, Session};
 use super::transport::Peer;
-use crate::ca::{KubeApi, TokenChecker};
+use crate::ca::{KubeApi, Refused, TokenChecker};
 use crate::config::WorkloadConfig;
 use crate::proto::policy_discovery_server::PolicyDiscovery;
 use crate::proto::{
@@ -131,7 +131,16 @@ impl PolicyService {
                 "no service-account token in the Hello: labels cannot be verified".into(),
             ));
         }
-        let proven = tokens.check(token).await.map_err(|e| self.refuse(peer, "token", e.to_string()))?;
+        let proven = tokens.check(token).await.map_err(|e| match e {
+            // Busy (this plane's share of token checks, or the API server): nothing was refused,
+            // and the sidecar retries with backoff.
+            Refused::Unavailable(why) => {
+                self.metrics.refused.with_label_values(&["unavailable"]).inc();
+                tracing::debug!(identity = %peer.id, %why, "policy subscription put off: token check unavailable");
+                Status::unavailable(why)
+            }
+            e => self.refuse(peer, "token", e.to_string()),
+        })?;
         let (Some(ns), Some(sa)) = (peer.id.namespace(), peer.id.service_account()) else {
             return Err(self.refuse(peer, "identity", format!("{} is not a workload identity", peer.id)));
         };

@@ -25,7 +25,10 @@ use crate::tls::TlsStore;
 pub struct WorkloadCa {
     pub signer: Arc<ArcSwap<CaSigner>>,
     files: CaFiles,
+    /// Bounded for the CA's requests.
     tokens: Arc<dyn TokenChecker>,
+    /// Unbounded: `tokens()` bounds it again for the policy streams.
+    checker: Arc<dyn TokenChecker>,
     ttl: Duration,
     /// The roots in force, DER: every policy stream sends them when they change.
     pub bundle: watch::Sender<Arc<Vec<Vec<u8>>>>,
@@ -75,21 +78,26 @@ impl WorkloadCa {
             (None, None, _) => None, // reported by the configuration's own checks
         };
         let (signer, tokens) = (signer?, tokens?);
-        // One bound on token checks for the CA and the policy streams (which share this checker).
-        let tokens: Arc<dyn TokenChecker> = Arc::new(crate::ca::BoundedTokens::new(tokens));
+        // The CA's own bound on token checks: its callers have proven nothing before the check,
+        // so a flood of them must not take the turns of policy streams, which come over mutual
+        // TLS and check with their own bound (`tokens()`).
+        let checker = tokens;
+        let tokens: Arc<dyn TokenChecker> = Arc::new(crate::ca::BoundedTokens::new(checker.clone()));
         let bundle = watch::Sender::new(Arc::new(der_of(&signer)));
         Some(WorkloadCa {
             signer: Arc::new(ArcSwap::from_pointee(signer)),
             files,
             tokens,
+            checker,
             ttl: ca.cert_ttl.0,
             bundle,
             listener: None,
         })
     }
 
+    /// A token checker for the policy streams, with a bound of its own (see `new`).
     pub fn tokens(&self) -> Arc<dyn TokenChecker> {
-        self.tokens.clone()
+        Arc::new(crate::ca::BoundedTokens::new(self.checker.clone()))
     }
 
     /// The control plane's own credentials, signed by this CA for `identity`.
@@ -114,7 +122,7 @@ impl WorkloadCa {
         every: Duration,
         stop: watch::Receiver<bool>,
     ) -> Option<tokio::task::JoinHandle<()>> {
-        let WorkloadCa { signer, files, tokens, ttl, bundle, listener } = self;
+        let WorkloadCa { signer, files, tokens, checker: _, ttl, bundle, listener } = self;
         let trust_domain = signer.load().trust_domain().to_string();
         // The CA's files: a new key, certificate or bundle is in force for the next request,
         // and the control plane's own certificate is signed again so that it chains to a root
