@@ -67,6 +67,7 @@ fn decisions(c: &mut Criterion) {
             path: "/orders/7",
             port: 8080,
             headers: &headers,
+            authority: None,
             ambiguous_framing: None,
             auth: Authenticated::Nobody,
         };

@@ -375,6 +375,48 @@ async fn an_early_refusal_by_the_peer_reaches_the_caller_and_expect_continue_is_
     pair.shutdown();
 }
 
+/// Between sidecars a request is HTTP/2, whose host travels as `:authority` with no `Host` field:
+/// a condition on `request.headers[host]` reads it there, and compares hosts as routers do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_conditions_hold_for_requests_that_come_through_the_callers_sidecar() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy_path = dir.path().join("policy.yaml");
+    let rules = r#"  authorization:
+    default: ALLOW
+    rules:
+      - {name: no-orders-admin, action: DENY, to: {paths: ["/admin*"]}, when: [{key: "request.headers[host]", values: [ORDERS.shop, "orders.shop:*"]}]}
+      - {name: only-via-billing, action: DENY, to: {paths: ["/billing*"]}, when: [{key: "request.headers[host]", values: ["billing.*"]}]}
+"#;
+    write_policy(&policy_path, &policy("hosts", rules));
+    let pair = Pair::start_configured(
+        EchoApp::start().await,
+        |_| {},
+        |b| {
+            b.workload.labels.insert("app".into(), "orders".into());
+            b.policy.files = vec![policy_path.clone()];
+        },
+    )
+    .await;
+    let client = http_client();
+    for (host, path, status) in [
+        (B_AUTHORITY, "/admin/x", 403),
+        ("Orders.SHOP", "/admin/x", 403),
+        (B_AUTHORITY, "/orders", 200),
+        (B_AUTHORITY, "/billing", 200),
+    ] {
+        let answer = client.get(pair.url(path)).header("host", host).send().await.unwrap();
+        assert_eq!(answer.status(), status, "{host} {path}");
+    }
+    let metrics = reqwest::get(format!("http://{}/metrics", pair.b.admin)).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("palisade_authz_decisions_total{")
+            && l.contains(r#"rule="no-orders-admin""#)
+            && l.ends_with(" 2")),
+        "both refusals by the host rule: {metrics}"
+    );
+    pair.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_peer_costs_no_request() {
     let app = EchoApp::start().await;

@@ -54,11 +54,16 @@ impl HeaderBits {
 
     /// The table is fixed at compile time and only looked up per request, so a caller choosing
     /// colliding header names can slow a lookup by a few compares, never grow it.
-    fn present(&self, headers: &HeaderMap) -> u64 {
+    fn present(&self, headers: &HeaderMap, authority: bool) -> u64 {
         if self.names.is_empty() {
             return 0;
         }
-        headers.keys().filter_map(|k| self.names.get(k)).fold(0, |bits, b| bits | b)
+        let bits = headers.keys().filter_map(|k| self.names.get(k)).fold(0, |bits, b| bits | b);
+        // An authority stands for a Host field (HTTP/2 carries it so).
+        match authority && !headers.contains_key(http::header::HOST) {
+            true => bits | self.names.get(&http::header::HOST).copied().unwrap_or(0),
+            false => bits,
+        }
     }
 }
 
@@ -422,7 +427,7 @@ impl PolicySnapshot {
         audit: impl FnMut(DecidedBy),
     ) -> Result<(), DecidedBy> {
         let facts = Facts {
-            headers_present: self.header_bits.present(req.headers),
+            headers_present: self.header_bits.present(req.headers, req.authority.is_some()),
             method_bit: method_bit(req.method),
             namespace: std::cell::OnceCell::new(),
             principal: req.principal,
@@ -668,6 +673,10 @@ fn compile_rule(rule: &Rule, decision: Decision, header_bits: &mut HeaderBits) -
     let mut claims = Vec::new();
     for c in &rule.when {
         match &c.key {
+            ConditionKey::Header(h) if h == http::header::HOST => {
+                let values = c.values.iter().map(Pattern::lowercased).collect();
+                when.push((h.clone(), header_bits.bit(h), values))
+            }
             ConditionKey::Header(h) => when.push((h.clone(), header_bits.bit(h), c.values.clone())),
             ConditionKey::Claim(path) => claims.push((path.clone(), c.values.clone())),
         }
@@ -731,11 +740,10 @@ impl CompiledRule {
                 // One value, in visible ASCII, or the condition fails closed: it holds for a
                 // DENY rule and not for an ALLOW rule, so a repeated header (the app may read
                 // either value) can neither dodge a DENY nor satisfy an ALLOW.
-                let mut all = req.headers.get_all(header).iter();
-                match (all.next().map(|v| v.to_str()), all.next()) {
-                    (Some(Ok(v)), None) => values.iter().any(|p| p.matches(v)),
-                    (None, _) => false,
-                    _ => self.decision.action == Action::DENY,
+                match req.one_header(header) {
+                    Some(Ok(v)) => values.iter().any(|p| p.matches(&v)),
+                    None => false,
+                    Some(Err(())) => self.decision.action == Action::DENY,
                 }
             })
             && (self.request_principals.is_empty()
@@ -824,9 +832,8 @@ impl CompiledLimit {
             LimitKey::Header(h) => {
                 // One value, or the keyless bucket: sent twice, a caller could mint a fresh key
                 // per request with the value its app reads beside it (as `when` fails closed).
-                let mut values = req.headers.get_all(h).iter();
-                match (values.next(), values.next()) {
-                    (Some(value), None) => self.buckets.key_of(value.as_bytes()),
+                match req.one_header(h) {
+                    Some(Ok(value)) => self.buckets.key_of(value.as_bytes()),
                     _ => self.buckets.key_of(&[]),
                 }
             }

@@ -40,12 +40,35 @@ pub struct RequestView<'a> {
     /// The port the caller addressed.
     pub port: u16,
     pub headers: &'a HeaderMap,
+    /// The target's authority: HTTP/2's `:authority` (or an absolute-form target's), which
+    /// stands for `Host` where no `Host` field came (see [`RequestView::one_header`]).
+    pub authority: Option<&'a str>,
     /// Why the body's framing is ambiguous, when it is: `Content-Length` beside
     /// `Transfer-Encoding` on the wire (the parser keeps only one of them, so the proxy says
     /// whether both came), more than one length, a coding other than one `chunked`.
     pub ambiguous_framing: Option<&'static str>,
     /// What [`PolicySnapshot::authenticate`] made of the request's token.
     pub auth: Authenticated<'a>,
+}
+
+impl RequestView<'_> {
+    /// A header's one value as conditions and rate-limit keys read it: `None` when absent, `Err`
+    /// when sent more than once or not in visible ASCII (the app may read either value, or
+    /// another). `host` is the authority when no `Host` field came, as over HTTP/2 from every
+    /// peer sidecar, and is compared in [`host_form`](super::patterns::host_form).
+    pub(crate) fn one_header(&self, name: &HeaderName) -> Option<Result<Cow<'_, str>, ()>> {
+        let mut all = self.headers.get_all(name).iter();
+        let value = match (all.next(), all.next()) {
+            (Some(v), None) => v.to_str().map_err(|_| ()),
+            (None, _) if name == http::header::HOST => Ok(self.authority?),
+            (None, _) => return None,
+            _ => Err(()),
+        };
+        Some(value.map(|v| match name == http::header::HOST {
+            true => super::patterns::host_form(v),
+            false => Cow::Borrowed(v),
+        }))
+    }
 }
 
 /// What a decision on a TCP connection to one of the app's opaque ports looks at: who opened it,
@@ -683,6 +706,7 @@ mod tests {
         method: Method,
         target: String,
         headers: HeaderMap,
+        authority: Option<String>,
         port: u16,
         ambiguous: Option<&'static str>,
     }
@@ -695,6 +719,7 @@ mod tests {
             method: Method::from_bytes(method.as_bytes()).unwrap(),
             target: target.to_string(),
             headers: HeaderMap::new(),
+            authority: None,
             port: 8080,
             ambiguous: None,
         }
@@ -735,6 +760,7 @@ mod tests {
                 path,
                 port: self.port,
                 headers: &self.headers,
+                authority: self.authority.as_deref(),
                 ambiguous_framing: self.ambiguous,
                 auth: match &auth {
                     Ok(Some(t)) => Authenticated::Token(t),
@@ -974,6 +1000,7 @@ mod tests {
             path: &path,
             port: 8080,
             headers: &view_limits.headers,
+            authority: None,
             ambiguous_framing: None,
             auth: Authenticated::Nobody,
         };
@@ -1018,6 +1045,32 @@ mod tests {
         assert!(limited(&req("HEAD", "/login")), "HEAD counts against a limit on GET");
         assert!(limited(&req("GET", "/LOGIN")), "/LOGIN is /login to a case-insensitive app");
         assert!(!limited(&req("POST", "/login")), "a limit on GET only");
+    }
+
+    #[test]
+    fn host_conditions_read_the_authority_of_http2_and_compare_hosts_as_routers_do() {
+        let s = snapshot("  authorization:\n    default: ALLOW\n    rules:\n      - {name: no-evil, action: DENY, when: [{key: \"request.headers[host]\", values: [Evil.Shop, \"evil.shop:*\"]}]}\n      - {name: only-allow, action: DENY, to: {paths: [\"/byhost*\"]}, when: [{key: \"request.headers[host]\", values: [\"*.evil\"]}]}\n  rateLimits:\n    - {name: per-host, key: \"request.headers[host]\", rate: 1, per: 60s, burst: 1}\n");
+        let denied_by = |r: Req| r.decide(&s).0.err().and_then(|e| e.decided_by().map(|b| b.rule.to_string()));
+        let h2 = |authority: &str| Req { authority: Some(authority.into()), ..req("GET", "/x") };
+        // HTTP/2 (every request from a peer sidecar) has no Host field: its :authority is the host.
+        for authority in ["evil.shop", "evil.shop:8080", "EVIL.SHOP", "evil.shop.", "Evil.Shop.:80"] {
+            assert_eq!(denied_by(h2(authority)), Some("no-evil".into()), "{authority}");
+        }
+        for host in ["evil.shop", "EVIL.shop", "evil.shop.", "evil.shop.:80"] {
+            assert_eq!(denied_by(req("GET", "/x").header("host", host)), Some("no-evil".into()), "{host}");
+        }
+        for other in ["good.shop", "evil.shop.example", "[::1]:80", "evil.shopx"] {
+            assert_eq!(denied_by(h2(other)), None, "{other}");
+        }
+        // A Host field, when one came, is what is read (the proxy refuses one that disagrees).
+        assert_eq!(
+            denied_by(Req { authority: Some("good.shop".into()), ..req("GET", "/x").header("host", "evil.shop") }),
+            Some("no-evil".into())
+        );
+        // A host-keyed limit counts one host however it is written.
+        let limited = |r: &Req| matches!(throttle_of(&s, r), Err(Refusal::RateLimited(_)));
+        assert!(!limited(&h2("api.shop")));
+        assert!(limited(&req("GET", "/x").header("host", "API.shop.")));
     }
 
     #[test]
@@ -1271,6 +1324,7 @@ mod tests {
             path: "/search",
             port: 8080,
             headers: &base.headers,
+            authority: None,
             ambiguous_framing: None,
             auth: Authenticated::Nobody,
         };
@@ -1402,6 +1456,7 @@ mod tests {
             path: &path,
             port: r.port,
             headers: &r.headers,
+            authority: r.authority.as_deref(),
             ambiguous_framing: None,
             auth: Authenticated::Nobody,
         };

@@ -16,6 +16,16 @@ pub enum Pattern {
 }
 
 impl Pattern {
+    /// The pattern in lower case, for a host (compared as [`host_form`] writes it).
+    pub fn lowercased(&self) -> Pattern {
+        match self {
+            Pattern::Any => Pattern::Any,
+            Pattern::Exact(e) => Pattern::Exact(e.to_ascii_lowercase().into()),
+            Pattern::Prefix(p) => Pattern::Prefix(p.to_ascii_lowercase().into()),
+            Pattern::Suffix(s) => Pattern::Suffix(s.to_ascii_lowercase().into()),
+        }
+    }
+
     pub fn matches(&self, value: &str) -> bool {
         match self {
             Pattern::Any => true,
@@ -24,6 +34,21 @@ impl Pattern {
             Pattern::Suffix(s) => value.ends_with(&**s),
         }
     }
+}
+
+/// A `Host` (or `:authority`) as routers compare it: in lower case, without the trailing dot of
+/// a fully qualified name (`EVIL.shop.:80` is `evil.shop:80`). Borrowed when it is so already.
+pub fn host_form(value: &str) -> std::borrow::Cow<'_, str> {
+    let (host, port) = match value.rfind(':') {
+        // A colon inside an IPv6 literal's brackets is no port's.
+        Some(i) if !value[i..].contains(']') => value.split_at(i),
+        _ => (value, ""),
+    };
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if name.len() == host.len() && !value.bytes().any(|b| b.is_ascii_uppercase()) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    std::borrow::Cow::Owned([name, port].concat().to_ascii_lowercase())
 }
 
 impl FromStr for Pattern {

@@ -312,6 +312,7 @@ impl ProxyHttp for Inbound {
                 path: req.uri.path(),
                 port,
                 headers: &req.headers,
+                authority: req.uri.authority().map(|a| a.as_str()),
                 ambiguous_framing: super::ambiguous_framing(session),
                 auth: match &auth {
                     Ok(Some(token)) => Authenticated::Token(token),

@@ -51,9 +51,8 @@ impl LogLevel {
         // read stderr through a pipe and would store the escape sequences. NO_COLOR is honoured
         // too (no-color.org).
         let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-        let text = (format == LogFormat::Text).then(|| {
-            tracing_subscriber::fmt::layer().with_writer(OneLine { ansi }).with_target(false).with_ansi(ansi)
-        });
+        let text = (format == LogFormat::Text)
+            .then(|| tracing_subscriber::fmt::layer().with_writer(OneLine { ansi }).with_target(false).with_ansi(ansi));
         // Flattened: the message and the event's fields at the top level, where log pipelines
         // look for them, rather than under "fields".
         let json = (format == LogFormat::Json).then(|| {

@@ -764,12 +764,15 @@ mod tests {
         }
         // A part with an empty file name is a field to Go's ReadForm (and to Werkzeug unquoted).
         for filename in ["filename=\"\"", "filename=", "filename=;", "filename= ; x=1"] {
-            let case = format!("--b\r\nContent-Disposition: form-data; name=\"q\"; {filename}\r\n\r\n{sqli}\r\n--b--\r\n");
+            let case =
+                format!("--b\r\nContent-Disposition: form-data; name=\"q\"; {filename}\r\n\r\n{sqli}\r\n--b--\r\n");
             let f = body("multipart/form-data; boundary=b", &case);
             assert_eq!(f.map(|f| f.detector), Some(Detector::Sqli), "{case:?}");
         }
         // Go's reader undoes quoted-printable; the app reads `' OR 1=1--` and `<script>`.
-        for (content, detector) in [("=27 OR 1=3D1--", Detector::Sqli), ("=3Cscript=3Ealert(1)=3C/sc=\r\nript=3E", Detector::Xss)] {
+        for (content, detector) in
+            [("=27 OR 1=3D1--", Detector::Sqli), ("=3Cscript=3Ealert(1)=3C/sc=\r\nript=3E", Detector::Xss)]
+        {
             let case = format!("--b\r\nContent-Disposition: form-data; name=\"q\"\r\nContent-Transfer-Encoding: Quoted-Printable\r\n\r\n{content}\r\n--b--\r\n");
             let f = body("multipart/form-data; boundary=b", &case);
             assert_eq!(f.map(|f| f.detector), Some(detector), "{case:?}");
@@ -861,8 +864,14 @@ mod tests {
         for (ct, b) in [
             // An unclosed quote: where the file name ends (and whether there is one) is the
             // parser's guess.
-            ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"q\"; filename=\"\n\n' OR 1=1--\n--b--"),
-            ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"q\"; filename=\"a.txt\n\nx\n--b--"),
+            (
+                "multipart/form-data; boundary=b",
+                "--b\nContent-Disposition: form-data; name=\"q\"; filename=\"\n\n' OR 1=1--\n--b--",
+            ),
+            (
+                "multipart/form-data; boundary=b",
+                "--b\nContent-Disposition: form-data; name=\"q\"; filename=\"a.txt\n\nx\n--b--",
+            ),
             // Of form-data, every part with a disposition is a field.
             ("multipart/form-data; boundary=b", "--b\nContent-Disposition: attachment; name=\"q\"\n\nx\n--b--"),
             ("multipart/form-data", "--b\n\n"),
