@@ -375,12 +375,52 @@ const METHOD_OVERRIDES: [HeaderName; 3] = [
     HeaderName::from_static("x-method-override"),
 ];
 
-/// Whether a query string has a `_method` parameter (its name percent-encoded or not).
+/// Whether a query string has a `_method` parameter as the frameworks that read one decode its
+/// name: percent-decoded (any letter may be encoded), `+` a space; PHP (Laravel, Symfony) also
+/// drops leading spaces and reads ` ` and `.` in a name as `_`, so ` .method` counts too.
 fn names_method_override(query: &[u8]) -> bool {
-    query.split(|&b| b == b'&').any(|param| {
+    const NAME: &[u8] = b"_method";
+    query.split(|&b| b == b'&' || b == b';').any(|param| {
         let name = param.split(|&b| b == b'=').next().unwrap_or_default();
-        name == b"_method" || (name.len() == 9 && name[..3].eq_ignore_ascii_case(b"%5f") && &name[3..] == b"method")
+        let mut decoded = DecodedName { raw: name, at: 0 }.skip_while(|&b| b == b' ');
+        let mut matched = 0;
+        for b in decoded.by_ref() {
+            let b = if matches!(b, b' ' | b'.') { b'_' } else { b };
+            if NAME.get(matched) != Some(&b) {
+                return false;
+            }
+            matched += 1;
+        }
+        matched == NAME.len()
     })
+}
+
+/// A query name's bytes, percent-decoded once (`%XX`; `+` a space), without a copy.
+struct DecodedName<'a> {
+    raw: &'a [u8],
+    at: usize,
+}
+
+impl Iterator for DecodedName<'_> {
+    type Item = u8;
+
+    fn next(&mut self) -> Option<u8> {
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        let b = *self.raw.get(self.at)?;
+        self.at += 1;
+        if b == b'+' {
+            return Some(b' ');
+        }
+        if b == b'%' {
+            if let (Some(h), Some(l)) =
+                (self.raw.get(self.at).copied().and_then(hex), self.raw.get(self.at + 1).copied().and_then(hex))
+            {
+                self.at += 2;
+                return Some(h << 4 | l);
+            }
+        }
+        Some(b)
+    }
 }
 
 impl PolicySnapshot {
@@ -865,6 +905,22 @@ mod tests {
                 "invalid",
                 None,
             ),
+            (
+                "an override parameter with other letters encoded (Node and PHP decode every one)",
+                req("POST", "/orders/1?_m%65tho%64=DELETE"),
+                400,
+                "invalid_request",
+                "invalid",
+                None,
+            ),
+            (
+                "an override parameter as PHP reads it: leading blanks dropped, a dot for the underscore",
+                req("POST", "/orders/1?x=1;%20+.method=DELETE"),
+                400,
+                "invalid_request",
+                "invalid",
+                None,
+            ),
             ("upper-case deny", req("GET", "/ADMIN"), 403, "forbidden", "deny", Some(by("shop/p", "no-admin"))),
             (
                 "mixed-case deny prefix",
@@ -1045,6 +1101,16 @@ mod tests {
         assert!(limited(&req("HEAD", "/login")), "HEAD counts against a limit on GET");
         assert!(limited(&req("GET", "/LOGIN")), "/LOGIN is /login to a case-insensitive app");
         assert!(!limited(&req("POST", "/login")), "a limit on GET only");
+    }
+
+    #[test]
+    fn a_method_override_parameter_is_found_however_its_name_is_written() {
+        for query in ["_method=PUT", "a=1&%5f%6d%65thod=x", "+_method=x", "%2Emethod=x", "_method"] {
+            assert!(names_method_override(query.as_bytes()), "{query}");
+        }
+        for query in ["_methods=x", "method=x", "q=_method", "a_method=1", "_meth%6F=x", "_method%3D=x", "", "%5F"] {
+            assert!(!names_method_override(query.as_bytes()), "{query}");
+        }
     }
 
     #[test]
