@@ -68,7 +68,7 @@ fn decisions(c: &mut Criterion) {
             port: 8080,
             headers: &headers,
             authority: None,
-            ambiguous_framing: None,
+            malformed_head: None,
             auth: Authenticated::Nobody,
         };
         assert!(snapshot.decide(&view, |_| {}).is_ok());

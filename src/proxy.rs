@@ -40,15 +40,18 @@ pub(crate) const CONNECTION_SPECIFIC: [http::HeaderName; 6] = [
     http::HeaderName::from_static("http2-settings"),
 ];
 
-/// Why a request's body framing is ambiguous, if it is: the shape of request smuggling, which
-/// SPEC section 5 answers with 400. More than one Content-Length, or one that is not a plain
+/// Why a request's head is malformed or ambiguous past what the parser refuses, if it is, which
+/// SPEC section 5 answers with 400. An HTTP/2 field value that begins or ends with a blank
+/// (RFC 9113 section 8.2.1 calls it malformed; h2 takes it): as HTTP/1.1 the app's parser drops
+/// the blank, so `x-debug: " 1"` would dodge a DENY on `1` and arrive as `1`. Then the body's
+/// framing, the shape of request smuggling: more than one Content-Length, or one that is not a plain
 /// number (`5, 5`: RFC 9110 lets a recipient collapse the list, and an app or a proxy behind us
 /// may not); on HTTP/1, a Transfer-Encoding other than exactly one `chunked` (pingora reads
 /// `gzip, chunked` or a second header its own way, the app may read it another), or one beside
 /// a Content-Length. pingora's parser drops the Content-Length in that case before any phase
 /// runs, so the parsed headers never show both; the request as received does. Only requests
 /// that carry Transfer-Encoding are looked at again.
-pub(crate) fn ambiguous_framing(session: &pingora::proxy::Session) -> Option<&'static str> {
+pub(crate) fn malformed_head(session: &pingora::proxy::Session) -> Option<&'static str> {
     let headers = &session.req_header().headers;
     let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
     if let Some(length) = lengths.next() {
@@ -60,7 +63,11 @@ pub(crate) fn ambiguous_framing(session: &pingora::proxy::Session) -> Option<&'s
         }
     }
     if session.is_http2() {
-        return None;
+        let padded = |v: &http::HeaderValue| {
+            let v = v.as_bytes();
+            matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
+        };
+        return headers.values().any(padded).then_some("an HTTP/2 field value with a leading or trailing blank");
     }
     let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
     let coding = codings.next()?;

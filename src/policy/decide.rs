@@ -43,10 +43,11 @@ pub struct RequestView<'a> {
     /// The target's authority: HTTP/2's `:authority` (or an absolute-form target's), which
     /// stands for `Host` where no `Host` field came (see [`RequestView::one_header`]).
     pub authority: Option<&'a str>,
-    /// Why the body's framing is ambiguous, when it is: `Content-Length` beside
-    /// `Transfer-Encoding` on the wire (the parser keeps only one of them, so the proxy says
-    /// whether both came), more than one length, a coding other than one `chunked`.
-    pub ambiguous_framing: Option<&'static str>,
+    /// Why the head is malformed past what the parser refuses, when it is (the proxy looks at
+    /// the request as received, see `proxy::malformed_head`): `Content-Length` beside
+    /// `Transfer-Encoding` on the wire (the parser keeps only one of them), more than one
+    /// length, a coding other than one `chunked`, an HTTP/2 value with a leading or trailing blank.
+    pub malformed_head: Option<&'static str>,
     /// What [`PolicySnapshot::authenticate`] made of the request's token.
     pub auth: Authenticated<'a>,
 }
@@ -636,7 +637,7 @@ impl PolicySnapshot {
     /// Declared bodies are refused here, before a byte is forwarded; chunked ones as they cross
     /// the limit (the proxy counts them).
     fn check_request<'a>(&self, view: &RequestView<'a>) -> Result<Cow<'a, str>, Refusal> {
-        if let Some(why) = view.ambiguous_framing {
+        if let Some(why) = view.malformed_head {
             return Err(Refusal::Malformed(why));
         }
         // A method override makes Express, Rails, Laravel, ASP.NET and Spring handle the request
@@ -801,7 +802,7 @@ mod tests {
                 port: self.port,
                 headers: &self.headers,
                 authority: self.authority.as_deref(),
-                ambiguous_framing: self.ambiguous,
+                malformed_head: self.ambiguous,
                 auth: match &auth {
                     Ok(Some(t)) => Authenticated::Token(t),
                     Ok(None) => Authenticated::Nobody,
@@ -1057,7 +1058,7 @@ mod tests {
             port: 8080,
             headers: &view_limits.headers,
             authority: None,
-            ambiguous_framing: None,
+            malformed_head: None,
             auth: Authenticated::Nobody,
         };
         assert_eq!(s.decide(&view, |_| {}).unwrap().max_body_bytes, Some(10));
@@ -1391,7 +1392,7 @@ mod tests {
             port: 8080,
             headers: &base.headers,
             authority: None,
-            ambiguous_framing: None,
+            malformed_head: None,
             auth: Authenticated::Nobody,
         };
         assert!(matches!(block.decide(&view, |_| {}), Err(Refusal::Blocked(_))));
@@ -1523,7 +1524,7 @@ mod tests {
             port: r.port,
             headers: &r.headers,
             authority: r.authority.as_deref(),
-            ambiguous_framing: None,
+            malformed_head: None,
             auth: Authenticated::Nobody,
         };
         s.decide(&view, |_| {}).map(|a| a.delay)

@@ -29,7 +29,7 @@ fn invalid(why: &'static str) -> Box<Error> {
 /// (so a `Connection` header cannot name them away): `:authority` from the absolute-form target
 /// or `Host`, no connection-specific headers nor those `Connection` names, `te` only as
 /// `trailers`, no `expect` (the sidecar answers it). Content-Length beside Transfer-Encoding never
-/// gets here: it is refused first (see [`super::ambiguous_framing`]).
+/// gets here: it is refused first (see [`super::malformed_head`]).
 pub fn to_h2(request: &RequestHeader) -> pingora::Result<http::request::Parts> {
     if !request.raw_path_is_utf8() {
         return Err(invalid("a request target that is not UTF-8 cannot travel over HTTP/2"));

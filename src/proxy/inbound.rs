@@ -313,7 +313,7 @@ impl ProxyHttp for Inbound {
                 port,
                 headers: &req.headers,
                 authority: req.uri.authority().map(|a| a.as_str()),
-                ambiguous_framing: super::ambiguous_framing(session),
+                malformed_head: super::malformed_head(session),
                 auth: match &auth {
                     Ok(Some(token)) => Authenticated::Token(token),
                     Ok(None) => Authenticated::Nobody,

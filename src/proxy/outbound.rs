@@ -233,7 +233,7 @@ impl ProxyHttp for Outbound {
         if !respond::admit(session, &self.inflight, &mut ctx.request).await {
             return Ok(true);
         }
-        if let Some(why) = super::ambiguous_framing(session) {
+        if let Some(why) = super::malformed_head(session) {
             respond::refuse(session, Refusal::Malformed(why), &mut ctx.request).await;
             return Ok(true);
         }
