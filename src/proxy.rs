@@ -52,7 +52,18 @@ pub(crate) const CONNECTION_SPECIFIC: [http::HeaderName; 6] = [
 /// runs, so the parsed headers never show both; the request as received does. Only requests
 /// that carry Transfer-Encoding are looked at again.
 pub(crate) fn malformed_head(session: &pingora::proxy::Session) -> Option<&'static str> {
-    let headers = &session.req_header().headers;
+    let req = session.req_header();
+    let headers = &req.headers;
+    // Origin form (`/path?query`), or on HTTP/1.1 absolute form, which routes: pingora parses
+    // `GET admin` or `GET host:80` with the path `/`, and the app would get a request for `/`
+    // that no one asked for.
+    let target = req.raw_path();
+    let absolute =
+        |t: &[u8]| t.len() > 8 && (t[..7].eq_ignore_ascii_case(b"http://") || t[..8].eq_ignore_ascii_case(b"https://"));
+    if req.method != http::Method::CONNECT && target.first() != Some(&b'/') && (session.is_http2() || !absolute(target))
+    {
+        return Some("request target is neither origin nor absolute form");
+    }
     let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
     if let Some(length) = lengths.next() {
         if lengths.next().is_some() {
@@ -68,6 +79,16 @@ pub(crate) fn malformed_head(session: &pingora::proxy::Session) -> Option<&'stat
             matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
         };
         return headers.values().any(padded).then_some("an HTTP/2 field value with a leading or trailing blank");
+    }
+    // HTTP/1.1 needs one Host field, with one host (RFC 9112 section 3.2 answers anything
+    // else with 400): without one, or with `a, b`, the policy, the router and the app could each
+    // take another host or none.
+    if req.version == http::Version::HTTP_11 {
+        let mut hosts = headers.get_all(http::header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(host), None) if !host.as_bytes().iter().any(|b| matches!(b, b',' | b' ' | b'\t')) => {}
+            _ => return Some("an HTTP/1.1 request without exactly one Host"),
+        }
     }
     let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
     let coding = codings.next()?;

@@ -281,6 +281,34 @@ async fn path_forms_backends_route_to_admin_are_refused_on_both_listeners() {
     setup.shutdown();
 }
 
+/// Request lines and Host fields that parsers read their own ways: 400 on both listeners, the
+/// app sees none. pingora parses `GET admin` with the path `/`; RFC 9112 section 3.2 answers an
+/// HTTP/1.1 request without exactly one Host with 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_not_in_origin_form_and_host_fields_not_one_are_refused_on_both_listeners() {
+    let setup = Setup::start().await;
+    let cases: &[(&str, &str)] = &[
+        ("a relative target", "GET admin HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\n\r\n"),
+        ("authority form", "GET orders.shop:80 HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\n\r\n"),
+        ("two blanks before the target", "GET  /admin HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\n\r\n"),
+        ("asterisk form", "OPTIONS * HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\n\r\n"),
+        ("no Host", "GET /orders HTTP/1.1\r\nconnection: close\r\n\r\n"),
+        ("two Hosts", "GET /orders HTTP/1.1\r\nhost: orders.shop\r\nhost: evil.shop\r\nconnection: close\r\n\r\n"),
+        ("a Host list", "GET /orders HTTP/1.1\r\nhost: orders.shop, evil.shop\r\nconnection: close\r\n\r\n"),
+    ];
+    for via in ALL {
+        for (what, request) in cases {
+            let answer = setup.send(via, request.as_bytes()).await;
+            assert_refusal(&answer, 400, "invalid_request", &format!("{what} via {via:?}"));
+        }
+    }
+    setup.assert_app_saw_nothing_before_a_good_request(Via::InboundMtls, "request lines").await;
+    // HTTP/1.0 may omit Host (the inbound listener serves it; the outbound one has no route).
+    let answer = setup.send(Via::InboundMtls, b"GET /orders HTTP/1.0\r\n\r\n").await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    setup.shutdown();
+}
+
 /// Ambiguous body framing: 400 before a byte reaches the app, on both listeners.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ambiguous_framing_is_refused_before_anything_reaches_the_app() {
