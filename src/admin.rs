@@ -91,7 +91,7 @@ fn split_authority(authority: &str) -> (&str, Option<&str>) {
 /// the admin's own names, or an `Origin` other than the admin's own (a web page's request).
 /// Clients that are not browsers (curl, kubelet hooks) send no `Origin`, and HTTP/1.0 clients may
 /// send no `Host`: both are accepted.
-fn foreign_request(session: &ServerSession) -> Option<&'static str> {
+pub(crate) fn foreign_request(session: &ServerSession) -> Option<&'static str> {
     let own_port = session.server_addr().and_then(|a| a.as_inet()).map(|a| a.port());
     const FOREIGN_HOST: &str = "the Host header is not this pod's address or name";
     if let Some(host) = session.get_header(http::header::HOST) {
@@ -117,6 +117,11 @@ fn foreign_request(session: &ServerSession) -> Option<&'static str> {
         }
     }
     None
+}
+
+/// Whether the caller is on this pod (`kubectl port-forward` and `exec` arrive on loopback too).
+pub(crate) fn from_loopback(session: &ServerSession) -> bool {
+    session.client_addr().and_then(|a| a.as_inet()).is_some_and(|a| a.ip().to_canonical().is_loopback())
 }
 
 const FROM_THE_POD_ONLY: &str =
@@ -265,8 +270,7 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
-        let from_loopback =
-            session.client_addr().and_then(|a| a.as_inet()).is_some_and(|a| a.ip().to_canonical().is_loopback());
+        let from_loopback = from_loopback(session);
         // The pod address serves what kubelet and Prometheus need; what shows policies or changes
         // state is for the pod itself, so another pod (or a node) cannot read a policy's shape,
         // raise the log level to flood the logs, or shut the sidecar down.

@@ -282,6 +282,13 @@ async fn an_edit_reaches_exactly_the_selected_sidecars_and_status_shows_every_ac
     let status = plane.status().await;
     assert_eq!(status["summary"]["connected"], 2);
     assert_eq!(status["summary"]["synced"], 2);
+    // Never to a web page whose name was rebound to this address: its Host or Origin is foreign.
+    let status_url = format!("http://127.0.0.1:{}/status", plane.admin);
+    for (header, value) in [("host", "evil.example"), ("host", "127.0.0.1.nip.io"), ("origin", "http://evil.example")] {
+        let answer = http_client().get(&status_url).header(header, value).send().await.unwrap();
+        assert_eq!(answer.status(), 403, "{header}: {value}");
+        assert!(!answer.text().await.unwrap().contains("spiffe://"), "{header}: {value}");
+    }
     let metrics = plane.metrics().await;
     assert_eq!(metric(&metrics, "palisade_control_connected_sidecars"), Some(2.0));
     assert_eq!(metric(&metrics, "palisade_control_pushes_total"), Some(3.0));

@@ -70,7 +70,17 @@ impl ServeHttp for ControlAdmin {
             (Method::GET, "/metrics") => {
                 reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render())
             }
-            (Method::GET, "/status") => json_reply(StatusCode::OK, self.status()),
+            // Every sidecar's identity, labels, address and NACK reasons: for an operator on the
+            // pod (`kubectl port-forward`, `exec`), as a sidecar's /config_dump is, and never to
+            // a web page whose name was rebound to this address.
+            (Method::GET, "/status") if !crate::admin::from_loopback(session) => text(
+                StatusCode::FORBIDDEN,
+                "/status answers on localhost only (kubectl port-forward); the pod address serves /live, /ready and /metrics",
+            ),
+            (Method::GET, "/status") => match crate::admin::foreign_request(session) {
+                Some(why) => text(StatusCode::FORBIDDEN, why),
+                None => json_reply(StatusCode::OK, self.status()),
+            },
             (_, "/live" | "/ready" | "/metrics" | "/status") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
