@@ -116,6 +116,8 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
     if has_proxy {
         return Ok(Decision::Skip(Skip::AlreadyInjected));
     }
+    check_collisions(spec, &containers[..], init_containers.map(|c| &c[..]).unwrap_or_default(), settings)
+        .map_err(|(field, message)| shape(&field, &message))?;
     let options = PodOptions::read(annotations)?;
     let service_account = spec
         .get("serviceAccountName")
@@ -151,6 +153,60 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
         Some(_) => ops.extend(volumes.into_iter().enumerate().map(|(i, v)| add(format!("{base}/spec/volumes/{i}"), v))),
     }
     Ok(Decision::Inject(ops))
+}
+
+/// What in the pod as written would break it, or the capture, once the sidecar is in: a volume
+/// named as one of the sidecar's (the API server refuses the pod, naming no sidecar), an app
+/// port that is one of the sidecar's (one of the two cannot listen), or an app container running
+/// as the sidecar's uid (its traffic is never captured: the rules let that uid's out as the
+/// sidecar's own). Refused with the field and why, rather than injected into a pod that fails
+/// later for reasons its author cannot see. Returns the field (under `/spec`) and the message.
+fn check_collisions(
+    spec: &Map<String, Value>,
+    containers: &[Value],
+    init_containers: &[Value],
+    settings: &InjectSettings,
+) -> Result<(), (String, String)> {
+    let ours = [VOLUME_PODINFO, VOLUME_TOKEN, VOLUME_IDENTITY, VOLUME_INIT_RUN];
+    for (i, volume) in spec.get("volumes").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        if let Some(name) = volume.get("name").and_then(Value::as_str).filter(|n| ours.contains(n)) {
+            return Err((format!("/spec/volumes/{i}/name"), format!("{name} is the sidecar's own volume; rename it")));
+        }
+    }
+    let ports = &settings.ports;
+    let sidecar_ports = [ports.inbound, ports.outbound, ports.admin];
+    let uid = |context: Option<&Value>| context.and_then(|c| c.get("runAsUser")).and_then(Value::as_u64);
+    let pod_uid = uid(spec.get("securityContext"));
+    let lists = [("containers", containers), ("initContainers", init_containers)];
+    for (list, containers) in lists {
+        for (i, container) in containers.iter().enumerate() {
+            let at = format!("/spec/{list}/{i}");
+            for (j, port) in container.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
+                let number = port.get("containerPort").and_then(Value::as_u64);
+                if let Some(n) = number.filter(|n| sidecar_ports.iter().any(|p| u64::from(*p) == *n)) {
+                    return Err((
+                        format!("{at}/ports/{j}/containerPort"),
+                        format!("{n} is one of the sidecar's ports (inbound {}, outbound {}, admin {}): move the app, or the sidecar's ports in the injector's settings", ports.inbound, ports.outbound, ports.admin),
+                    ));
+                }
+            }
+            let own = uid(container.get("securityContext"));
+            if own.or(pod_uid) == Some(u64::from(settings.proxy_uid)) {
+                let field = match own {
+                    Some(_) => format!("{at}/securityContext/runAsUser"),
+                    None => "/spec/securityContext/runAsUser".to_string(),
+                };
+                return Err((
+                    field,
+                    format!(
+                        "{} is the sidecar's uid, whose traffic is never captured: run the app as another user",
+                        settings.proxy_uid
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn add(path: String, value: Value) -> Op {

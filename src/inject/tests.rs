@@ -487,6 +487,57 @@ fn a_pod_that_cannot_be_injected_is_refused_or_admitted_as_the_failure_policy_sa
 }
 
 #[test]
+fn a_pod_the_sidecar_would_break_is_refused_with_the_field_and_why() {
+    let app = |extra: Value| {
+        let mut c = json!({"name": "app", "image": "nginx"});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            c[k] = v.clone();
+        }
+        json!([c])
+    };
+    let cases = [
+        (
+            json!({"volumes": [{"name": "data", "emptyDir": {}}, {"name": "palisade-token", "emptyDir": {}}]}),
+            "/spec/volumes/1/name",
+            "sidecar's own volume",
+        ),
+        (
+            json!({"containers": app(json!({"ports": [{"containerPort": 80}, {"containerPort": 15006}]}))}),
+            "/spec/containers/0/ports/1/containerPort",
+            "sidecar's ports",
+        ),
+        (
+            json!({"initContainers": app(json!({"ports": [{"containerPort": 15000}]}))}),
+            "/spec/initContainers/0/ports/0/containerPort",
+            "sidecar's ports",
+        ),
+        (
+            json!({"containers": app(json!({"securityContext": {"runAsUser": 2102}}))}),
+            "/spec/containers/0/securityContext/runAsUser",
+            "never captured",
+        ),
+        (json!({"securityContext": {"runAsUser": 2102}}), "/spec/securityContext/runAsUser", "never captured"),
+    ];
+    for (spec, field, why) in cases {
+        let object = pod(json!({}), spec);
+        let (response, _) = webhook(&object, "shop", FailurePolicy::Fail);
+        assert_eq!(response["allowed"], false, "{field}: {response}");
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(message.contains(field) && message.contains(why), "{field}: {message}");
+        // `palisade inject` says the same of the manifest.
+        let text = crate::yaml::to_string(&object).unwrap();
+        let error = inject(&text, &settings()).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(error.contains(field), "{field}: {error}");
+    }
+    // Another uid at the container overrides the pod's: injected.
+    let object = pod(
+        json!({}),
+        json!({"securityContext": {"runAsUser": 2102}, "containers": app(json!({"securityContext": {"runAsUser": 1000}}))}),
+    );
+    assert_eq!(webhook(&object, "shop", FailurePolicy::Fail).0["allowed"], true);
+}
+
+#[test]
 fn the_webhook_injects_a_pod_of_an_opted_in_namespace_as_palisade_inject_does() {
     let object = pod(json!({"annotations": {"team": "web"}}), json!({"serviceAccountName": "web"}));
     let (response, patched) = webhook(&object, "shop", FailurePolicy::Fail);
