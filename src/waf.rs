@@ -28,7 +28,7 @@
 //! | location | sqli | xss | path_traversal | command_injection | protocol |
 //! | --- | --- | --- | --- | --- | --- |
 //! | arguments (query, form, JSON, multipart, XML; names and values), cookies | 1 | 1 | 1 | 1 | 1 |
-//! | path (normalised) | 1 (libinjection from 2) | 1 | 1 | 3 | 1 |
+//! | path (normalised) | 1 (libinjection: segments with a quote from 1, the whole path from 2) | 1 | 1 | 3 | 1 |
 //! | `User-Agent` | 1 | 1 | 1 | 1 | - |
 //! | `Referer` | 1 | 1 | 2 | 1 | - |
 //! | other headers | 2 | 1 | 1 | 1 (Shellshock only; all from 2) | - |
@@ -479,10 +479,26 @@ impl Waf {
             }
         }
         if active.contains(Detector::Sqli) {
-            // libinjection reads the path from 2, as CRS; our own checks from 1.
+            // libinjection reads the whole path from 2, as CRS; our own checks from 1.
             let libinjection = v.class != Class::Path || pl >= 2;
             if let Some(hit) = sqli::check(text, shape, libinjection, pl) {
                 return Some(report(Detector::Sqli, text, hit));
+            }
+            // From 1, each segment that holds a quote: a REST id (`/users/{id}`) is what routers
+            // decode and apps hand to SQL, and a quote is where a string context breaks.
+            if v.class == Class::Path && !libinjection && shape.has(const { decode::Shape::mask(b"'\"`") }) {
+                let mut start = 0;
+                for segment in text.split(|&b| b == b'/') {
+                    let at = start;
+                    start += segment.len() + 1;
+                    let quoted = segment.iter().any(|b| matches!(b, b'\'' | b'"' | b'`'));
+                    if let Some(hit) =
+                        quoted.then(|| sqli::check(segment, decode::Shape::of(segment), true, pl)).flatten()
+                    {
+                        let hit = Hit { start: hit.start + at, end: hit.end + at, ..hit };
+                        return Some(report(Detector::Sqli, text, hit));
+                    }
+                }
             }
         }
         if active.contains(Detector::CommandInjection) {
@@ -560,6 +576,32 @@ mod tests {
         for q in queries {
             let f = w.inspect_head(&head("/api/v1/orders/42", Some(q), &h), &Skips::NONE);
             assert_eq!(f, None, "{q}");
+        }
+    }
+
+    #[test]
+    fn sql_injection_in_a_path_segment_with_a_quote_is_found_at_paranoia_one() {
+        let h = headers(&[]);
+        let w = waf(1);
+        // A REST id (`/users/{id}`): routers decode the segment and apps hand it to SQL.
+        for path in [
+            "/users/' OR 1=1--",
+            "/users/admin'--",
+            "/users/1' UNION SELECT password FROM users--",
+            "/u/x/' or '1'='1/edit",
+        ] {
+            let f = w.inspect_head(&head(path, None, &h), &Skips::NONE);
+            assert_eq!(f.map(|f| (f.detector, f.location.kind)), Some((Detector::Sqli, LocationKind::Path)), "{path}");
+        }
+        // Names and titles with quotes, and segments without one, are read as before.
+        for path in [
+            "/authors/O'Brien/books",
+            "/songs/Rock 'n' roll",
+            "/wiki/Don't_Stop_Me_Now",
+            "/stations/union station",
+            "/users/1 or 2",
+        ] {
+            assert_eq!(w.inspect_head(&head(path, None, &h), &Skips::NONE), None, "{path}");
         }
     }
 
