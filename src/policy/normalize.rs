@@ -184,6 +184,9 @@ fn folds_to_ascii(c: char) -> bool {
     matches!(c as u32,
         0x00a0 | 0x00aa | 0x00b2 | 0x00b3 | 0x00b9 | 0x00ba // NBSP, ordinals, superscripts
         | 0x0130 | 0x0131 | 0x017f // dotted I, dotless i, long s
+        | 0x037e // Greek question mark: `;`
+        | 0x2047..=0x2049 // `??`, `?!`, `!?`
+        | 0x3371..=0x33df | 0x33ff // squared units and abbreviations (`a.m.`, `Co.`, `kg`)
         | 0x1d2c..=0x1d6a // modifier letters
         | 0x2000..=0x200f | 0x2024..=0x2026 | 0x2028..=0x202f | 0x205f..=0x2064 // spaces, dots, zero-width
         | 0x2044 | 0x2070..=0x209c | 0x2100..=0x214f | 0x2150..=0x218b // fraction slash, sub/superscripts, letterlike, numbers
@@ -309,14 +312,18 @@ mod tests {
             ("/%25%36%31dmin", DoubleEncoded),
             ("/%EF%BD%81dmin", Confusable), // fullwidth a
             ("/%ef%bd%81dmin", Confusable),
-            ("/%E2%84%AAelvin", Confusable), // Kelvin sign
-            ("/%C5%BFecret", Confusable),    // long s
-            ("/%C0%AFadmin", Confusable),    // overlong '/'
-            ("/%E0%80%AEadmin", Confusable), // overlong '.'
-            ("/%BDadmin", Confusable),       // lone continuation byte
-            ("/%E2%84", Confusable),         // cut short
-            ("/%ED%A0%80", Confusable),      // surrogate
-            ("/caf\u{e9}", Control),         // raw non-ASCII
+            ("/%E2%84%AAelvin", Confusable),  // Kelvin sign
+            ("/%C5%BFecret", Confusable),     // long s
+            ("/admin%CD%BEx", Confusable),    // Greek question mark: `;`
+            ("/x%E2%81%87", Confusable),      // `??`
+            ("/%E3%8F%98/admin", Confusable), // `p.m.`
+            ("/%E3%8F%87", Confusable),       // `Co.`
+            ("/%C0%AFadmin", Confusable),     // overlong '/'
+            ("/%E0%80%AEadmin", Confusable),  // overlong '.'
+            ("/%BDadmin", Confusable),        // lone continuation byte
+            ("/%E2%84", Confusable),          // cut short
+            ("/%ED%A0%80", Confusable),       // surrogate
+            ("/caf\u{e9}", Control),          // raw non-ASCII
         ] {
             assert_eq!(normalize(raw), Err(why), "{raw:?}");
         }
