@@ -2,6 +2,7 @@
 //! event and a count for every certificate signed and every request refused.
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -12,6 +13,7 @@ use tonic::{Request, Response, Status};
 use super::signer::CaSigner;
 use super::tokens::TokenChecker;
 use super::Refused;
+use crate::policy::Buckets;
 use crate::proto::identity::certificates_server::Certificates;
 use crate::proto::identity::{SignRequest, SignResponse};
 use crate::telemetry::{SecurityEvent, Telemetry};
@@ -52,9 +54,22 @@ pub struct CaService {
     pub ttl: Duration,
     pub metrics: CaMetrics,
     pub telemetry: Arc<Telemetry>,
+    /// Requests per source address ([`CaService::per_source`]).
+    pub sources: Buckets,
 }
 
+/// A source address may ask this many times in a burst, then once a second: a sidecar asks at
+/// start and at renewal (every 17 hours of a day's certificate), retrying with backoff. A
+/// caller that has proven nothing cannot make the CA send a TokenReview to the API server for
+/// each of a thousand requests a second.
+pub const SOURCE_BURST: u32 = 10;
+
 impl CaService {
+    /// The bucket of each source address.
+    pub fn per_source() -> Buckets {
+        Buckets::new(NonZeroU32::MIN, Duration::from_secs(1), NonZeroU32::new(SOURCE_BURST).expect("nonzero"))
+    }
+
     async fn issue(&self, request: &SignRequest) -> Result<SignResponse, (Option<String>, Refused)> {
         let proven = self.tokens.check(&request.token).await.map_err(|r| (None, r))?;
         let signer = self.signer.load_full();
@@ -86,6 +101,21 @@ impl Certificates for CaService {
         // The CA's listener records each connection's address (control/transport.rs).
         let peer: Option<SocketAddr> = request.extensions().get::<Option<SocketAddr>>().copied().flatten();
         let request = request.into_inner();
+        if let Some(peer) = peer {
+            let address = match peer.ip().to_canonical() {
+                std::net::IpAddr::V4(ip) => self.sources.key_of(&ip.octets()),
+                std::net::IpAddr::V6(ip) => self.sources.key_of(&ip.octets()),
+            };
+            if let Err(wait) = self.sources.take(address) {
+                // Counted, not reported one by one: a flood must not become a flood of events.
+                self.metrics.requests.with_label_values(&["rate_limited"]).inc();
+                tracing::debug!(%peer, "certificate request refused: too many from this address");
+                let retry = wait.as_secs() + 1;
+                return Err(
+                    Refused::Unavailable(format!("too many requests from {}; retry in {retry} s", peer.ip())).status()
+                );
+            }
+        }
         let outcome = self.issue(&request).await;
         self.metrics.duration.observe(started.elapsed().as_secs_f64());
         match outcome {
@@ -137,6 +167,66 @@ mod tests {
         }
     }
 
+    /// A token check that refuses at once and counts its calls.
+    #[derive(Default)]
+    struct CountedChecks(AtomicUsize);
+
+    #[async_trait::async_trait]
+    impl TokenChecker for CountedChecks {
+        async fn check(&self, _token: &str) -> Result<Proven, Refused> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Err(Refused::Token("forged".into()))
+        }
+    }
+
+    fn service(tokens: Arc<dyn TokenChecker>) -> CaService {
+        let dir = tempfile::tempdir().unwrap();
+        let dev = crate::identity::DevCa::generate("cluster.local").unwrap();
+        let files = dev.write(dir.path()).unwrap();
+        let signer = CaSigner::load(
+            &super::super::CaFiles { cert: files.cert, key: files.key, trust_bundle: None },
+            "cluster.local",
+        )
+        .unwrap();
+        let telemetry = Telemetry::new(&crate::config::TelemetryConfig::default(), None).unwrap();
+        CaService {
+            signer: Arc::new(ArcSwap::from_pointee(signer)),
+            tokens,
+            ttl: Duration::from_secs(3600),
+            metrics: CaMetrics::register(&Registry::new()),
+            telemetry: Arc::new(telemetry),
+            sources: CaService::per_source(),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_source_address_makes_at_most_a_burst_of_token_checks() {
+        let checks = Arc::new(CountedChecks::default());
+        let service = service(checks.clone());
+        let from = |ip: &str| {
+            let mut request = Request::new(SignRequest { token: "t".into(), csr: Vec::new() });
+            request.extensions_mut().insert(Some(SocketAddr::new(ip.parse().unwrap(), 40000)));
+            request
+        };
+        let mut codes = Vec::new();
+        for _ in 0..SOURCE_BURST + 5 {
+            codes.push(service.sign(from("10.0.0.7")).await.unwrap_err().code());
+        }
+        let refused = codes
+            .iter()
+            .filter(|c| **c == tonic::Code::Unauthenticated || **c == tonic::Code::PermissionDenied)
+            .count();
+        assert_eq!(checks.0.load(Ordering::SeqCst), SOURCE_BURST as usize, "{codes:?}");
+        assert_eq!(refused, SOURCE_BURST as usize, "{codes:?}");
+        assert!(codes[SOURCE_BURST as usize..].iter().all(|c| *c == tonic::Code::Unavailable), "{codes:?}");
+        // Another address (IPv4-mapped or not, the same host is one key) has its own bucket.
+        assert_eq!(service.sign(from("::ffff:10.0.0.7")).await.unwrap_err().code(), tonic::Code::Unavailable);
+        assert_ne!(service.sign(from("10.0.0.8")).await.unwrap_err().code(), tonic::Code::Unavailable);
+        // (Refilling at one a second is the buckets' own, tested with them.)
+        let counted = service.metrics.requests.with_label_values(&["rate_limited"]).get();
+        assert_eq!(counted, 6);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_flood_of_requests_checks_at_most_so_many_tokens_at_once_and_turns_the_rest_away() {
         let dir = tempfile::tempdir().unwrap();
@@ -155,6 +245,7 @@ mod tests {
             ttl: Duration::from_secs(3600),
             metrics: CaMetrics::register(&Registry::new()),
             telemetry: Arc::new(telemetry),
+            sources: CaService::per_source(),
         });
         let flood: Vec<_> = (0..MAX_TOKEN_CHECKS + 100)
             .map(|_| {

@@ -162,6 +162,7 @@ impl WorkloadCa {
             ttl,
             metrics: CaMetrics::register(metrics.registry()),
             telemetry: telemetry.clone(),
+            sources: CaService::per_source(),
         };
         let refused = move |peer: SocketAddr, reason: String| {
             tracing::debug!(%peer, %reason, "CA TLS handshake refused");
