@@ -40,17 +40,48 @@ pub(crate) const CONNECTION_SPECIFIC: [http::HeaderName; 6] = [
     http::HeaderName::from_static("http2-settings"),
 ];
 
+/// HTTP/2 field values that begin or end with a blank, trimmed before anyone reads them. RFC
+/// 9113 section 8.2.1 calls them malformed, but h2 takes them and so much traffic carries them
+/// that Envoy and nginx trim rather than refuse (envoyproxy/envoy#23266). Untrimmed, the policy
+/// would judge `x-debug: " 1"` while the app's HTTP/1.1 parser reads `1`. Nothing is copied
+/// unless a value is padded.
+pub(crate) fn trim_padded_values(session: &mut pingora::proxy::Session) {
+    fn padded(v: &[u8]) -> bool {
+        matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
+    }
+    if !session.is_http2() || !session.req_header().headers.values().any(|v| padded(v.as_bytes())) {
+        return;
+    }
+    let trimmed = |value: &http::HeaderValue| {
+        let bytes = value.as_bytes();
+        let start = bytes.iter().position(|b| !matches!(b, b' ' | b'\t')).unwrap_or(bytes.len());
+        let end = bytes.iter().rposition(|b| !matches!(b, b' ' | b'\t')).map_or(start, |e| e + 1);
+        http::HeaderValue::from_bytes(&bytes[start..end]).unwrap_or_else(|_| value.clone())
+    };
+    let headers = &session.req_header().headers;
+    let names: Vec<http::HeaderName> =
+        headers.keys().filter(|name| headers.get_all(*name).iter().any(|v| padded(v.as_bytes()))).cloned().collect();
+    // Every value of such a name, in its order (pingora's header lets a name be replaced, not
+    // one value of it).
+    for name in names {
+        let values: Vec<http::HeaderValue> = session.req_header().headers.get_all(&name).iter().map(trimmed).collect();
+        let header = session.req_header_mut();
+        header.remove_header(&name);
+        for value in values {
+            let _ = header.append_header(name.clone(), value);
+        }
+    }
+}
+
 /// Why a request's head is malformed or ambiguous past what the parser refuses, if it is, which
-/// SPEC section 5 answers with 400. An HTTP/2 field value that begins or ends with a blank
-/// (RFC 9113 section 8.2.1 calls it malformed; h2 takes it): as HTTP/1.1 the app's parser drops
-/// the blank, so `x-debug: " 1"` would dodge a DENY on `1` and arrive as `1`. Then the body's
-/// framing, the shape of request smuggling: more than one Content-Length, or one that is not a plain
-/// number (`5, 5`: RFC 9110 lets a recipient collapse the list, and an app or a proxy behind us
-/// may not); on HTTP/1, a Transfer-Encoding other than exactly one `chunked` (pingora reads
-/// `gzip, chunked` or a second header its own way, the app may read it another), or one beside
-/// a Content-Length. pingora's parser drops the Content-Length in that case before any phase
-/// runs, so the parsed headers never show both; the request as received does. Only requests
-/// that carry Transfer-Encoding are looked at again.
+/// SPEC section 5 answers with 400: a target in neither origin nor absolute form, a Host field
+/// that is not one host. Then the body's framing, the shape of request smuggling: more than one
+/// Content-Length, or one that is not a plain number (`5, 5`: RFC 9110 lets a recipient collapse
+/// the list, and an app or a proxy behind us may not); on HTTP/1, a Transfer-Encoding other than
+/// exactly one `chunked` (pingora reads `gzip, chunked` or a second header its own way, the app
+/// may read it another), or one beside a Content-Length. pingora's parser drops the
+/// Content-Length in that case before any phase runs, so the parsed headers never show both; the
+/// request as received does. Only requests that carry Transfer-Encoding are looked at again.
 pub(crate) fn malformed_head(session: &pingora::proxy::Session) -> Option<&'static str> {
     let req = session.req_header();
     let headers = &req.headers;
@@ -58,8 +89,10 @@ pub(crate) fn malformed_head(session: &pingora::proxy::Session) -> Option<&'stat
     // `GET admin` or `GET host:80` with the path `/`, and the app would get a request for `/`
     // that no one asked for.
     let target = req.raw_path();
-    let absolute =
-        |t: &[u8]| t.len() > 8 && (t[..7].eq_ignore_ascii_case(b"http://") || t[..8].eq_ignore_ascii_case(b"https://"));
+    let absolute = |t: &[u8]| {
+        let scheme = |s: &[u8]| t.len() > s.len() && t[..s.len()].eq_ignore_ascii_case(s);
+        scheme(b"http://") || scheme(b"https://")
+    };
     if req.method != http::Method::CONNECT && target.first() != Some(&b'/') && (session.is_http2() || !absolute(target))
     {
         return Some("request target is neither origin nor absolute form");
@@ -74,21 +107,16 @@ pub(crate) fn malformed_head(session: &pingora::proxy::Session) -> Option<&'stat
         }
     }
     if session.is_http2() {
-        let padded = |v: &http::HeaderValue| {
-            let v = v.as_bytes();
-            matches!(v.first(), Some(b' ' | b'\t')) || matches!(v.last(), Some(b' ' | b'\t'))
-        };
-        return headers.values().any(padded).then_some("an HTTP/2 field value with a leading or trailing blank");
+        return None;
     }
-    // HTTP/1.1 needs one Host field, with one host (RFC 9112 section 3.2 answers anything
-    // else with 400): without one, or with `a, b`, the policy, the router and the app could each
-    // take another host or none.
-    if req.version == http::Version::HTTP_11 {
-        let mut hosts = headers.get_all(http::header::HOST).iter();
-        match (hosts.next(), hosts.next()) {
-            (Some(host), None) if !host.as_bytes().iter().any(|b| matches!(b, b',' | b' ' | b'\t')) => {}
-            _ => return Some("an HTTP/1.1 request without exactly one Host"),
-        }
+    // One Host field, with one host (RFC 9112 section 3.2 answers anything else with 400):
+    // without one, or with `a, b`, the policy, the router and the app could each take another
+    // host or none. HTTP/1.0 may send none.
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(host), None) if !host.as_bytes().iter().any(|b| matches!(b, b',' | b' ' | b'\t')) => {}
+        (None, _) if req.version != http::Version::HTTP_11 => {}
+        _ => return Some("a request without exactly one Host"),
     }
     let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
     let coding = codings.next()?;

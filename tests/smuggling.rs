@@ -295,6 +295,7 @@ async fn targets_not_in_origin_form_and_host_fields_not_one_are_refused_on_both_
         ("no Host", "GET /orders HTTP/1.1\r\nconnection: close\r\n\r\n"),
         ("two Hosts", "GET /orders HTTP/1.1\r\nhost: orders.shop\r\nhost: evil.shop\r\nconnection: close\r\n\r\n"),
         ("a Host list", "GET /orders HTTP/1.1\r\nhost: orders.shop, evil.shop\r\nconnection: close\r\n\r\n"),
+        ("a Host list in HTTP/1.0", "GET /orders HTTP/1.0\r\nhost: orders.shop, evil.shop\r\n\r\n"),
     ];
     for via in ALL {
         for (what, request) in cases {

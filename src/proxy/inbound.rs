@@ -278,6 +278,7 @@ impl ProxyHttp for Inbound {
         if !respond::admit(session, &self.inflight, &mut ctx.request).await {
             return Ok(true);
         }
+        super::trim_padded_values(session);
         let policy = self.policy.current();
         let port = self.destination_port(session);
         // Step 3's token check runs first, as it may wait for a JWKS refresh; the decision

@@ -233,6 +233,7 @@ impl ProxyHttp for Outbound {
         if !respond::admit(session, &self.inflight, &mut ctx.request).await {
             return Ok(true);
         }
+        super::trim_padded_values(session);
         if let Some(why) = super::malformed_head(session) {
             respond::refuse(session, Refusal::Malformed(why), &mut ctx.request).await;
             return Ok(true);
