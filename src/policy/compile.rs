@@ -60,9 +60,9 @@ impl HeaderBits {
         }
         let bits = headers.keys().filter_map(|k| self.names.get(k)).fold(0, |bits, b| bits | b);
         // An authority stands for a Host field (HTTP/2 carries it so).
-        match authority && !headers.contains_key(http::header::HOST) {
-            true => bits | self.names.get(&http::header::HOST).copied().unwrap_or(0),
-            false => bits,
+        match self.names.get(&http::header::HOST) {
+            Some(host) if authority && !headers.contains_key(http::header::HOST) => bits | host,
+            _ => bits,
         }
     }
 }
@@ -674,7 +674,7 @@ fn compile_rule(rule: &Rule, decision: Decision, header_bits: &mut HeaderBits) -
     for c in &rule.when {
         match &c.key {
             ConditionKey::Header(h) if h == http::header::HOST => {
-                let values = c.values.iter().map(Pattern::lowercased).collect();
+                let values = c.values.iter().map(Pattern::for_host).collect();
                 when.push((h.clone(), header_bits.bit(h), values))
             }
             ConditionKey::Header(h) => when.push((h.clone(), header_bits.bit(h), c.values.clone())),
@@ -741,6 +741,12 @@ impl CompiledRule {
                 // DENY rule and not for an ALLOW rule, so a repeated header (the app may read
                 // either value) can neither dodge a DENY nor satisfy an ALLOW.
                 match req.one_header(header) {
+                    // A host matches with its port or without it (`evil.shop` holds for
+                    // `evil.shop:80`, as routers match hosts; `evil.shop:*` names the port).
+                    Some(Ok(v)) if header == http::header::HOST => {
+                        let host = super::patterns::without_port(&v);
+                        values.iter().any(|p| p.matches(&v) || p.matches(host))
+                    }
                     Some(Ok(v)) => values.iter().any(|p| p.matches(&v)),
                     None => false,
                     Some(Err(())) => self.decision.action == Action::DENY,
@@ -834,6 +840,10 @@ impl CompiledLimit {
                 // per request with the value its app reads beside it (as `when` fails closed).
                 match req.one_header(h) {
                     Some(Ok(value)) => self.buckets.key_of(value.as_bytes()),
+                    // A value outside visible ASCII is a key as its bytes are (`Zürich`).
+                    Some(Err(())) if h != http::header::HOST && req.headers.get_all(h).iter().nth(1).is_none() => {
+                        self.buckets.key_of(req.headers.get(h).map_or(&[][..], |v| v.as_bytes()))
+                    }
                     _ => self.buckets.key_of(&[]),
                 }
             }

@@ -378,14 +378,16 @@ const METHOD_OVERRIDES: [HeaderName; 3] = [
 
 /// Whether a query string has a `_method` parameter as the frameworks that read one decode its
 /// name: percent-decoded (any letter may be encoded), `+` a space; PHP (Laravel, Symfony) also
-/// drops leading spaces and reads ` ` and `.` in a name as `_`, so ` .method` counts too.
+/// drops leading spaces, reads ` ` and `.` in a name as `_` and ends it at a NUL, so ` .method`
+/// and `_method%00x` count too.
 fn names_method_override(query: &[u8]) -> bool {
     const NAME: &[u8] = b"_method";
     query.split(|&b| b == b'&' || b == b';').any(|param| {
         let name = param.split(|&b| b == b'=').next().unwrap_or_default();
         let mut decoded = DecodedName { raw: name, at: 0 }.skip_while(|&b| b == b' ');
         let mut matched = 0;
-        for b in decoded.by_ref() {
+        // PHP ends a name at a decoded NUL: `_method%00x` is `_method` to it.
+        for b in decoded.by_ref().take_while(|&b| b != 0) {
             let b = if matches!(b, b' ' | b'.') { b'_' } else { b };
             if NAME.get(matched) != Some(&b) {
                 return false;
@@ -1106,7 +1108,15 @@ mod tests {
 
     #[test]
     fn a_method_override_parameter_is_found_however_its_name_is_written() {
-        for query in ["_method=PUT", "a=1&%5f%6d%65thod=x", "+_method=x", "%2Emethod=x", "_method"] {
+        for query in [
+            "_method=PUT",
+            "a=1&%5f%6d%65thod=x",
+            "+_method=x",
+            "%2Emethod=x",
+            "_method",
+            "_method%00=x",
+            "_method%00junk=x",
+        ] {
             assert!(names_method_override(query.as_bytes()), "{query}");
         }
         for query in ["_methods=x", "method=x", "q=_method", "a_method=1", "_meth%6F=x", "_method%3D=x", "", "%5F"] {
@@ -1126,7 +1136,7 @@ mod tests {
         for host in ["evil.shop", "EVIL.shop", "evil.shop.", "evil.shop.:80"] {
             assert_eq!(denied_by(req("GET", "/x").header("host", host)), Some("no-evil".into()), "{host}");
         }
-        for other in ["good.shop", "evil.shop.example", "[::1]:80", "evil.shopx"] {
+        for other in ["good.shop", "evil.shop.example", "[::1]:80", "evil.shopx", "good.shop:80"] {
             assert_eq!(denied_by(h2(other)), None, "{other}");
         }
         // A Host field, when one came, is what is read (the proxy refuses one that disagrees).
@@ -1134,10 +1144,30 @@ mod tests {
             denied_by(Req { authority: Some("good.shop".into()), ..req("GET", "/x").header("host", "evil.shop") }),
             Some("no-evil".into())
         );
+        // A pattern without a port holds for the host at any port; its trailing dot is no matter.
+        let bare = snapshot("  authorization:\n    default: ALLOW\n    rules:\n      - {name: no-evil, action: DENY, when: [{key: \"request.headers[host]\", values: [evil.shop.]}]}\n");
+        for host in ["evil.shop:9000", "EVIL.SHOP", "evil.shop.:80"] {
+            assert!(req("GET", "/x").header("host", host).decide(&bare).0.is_err(), "{host}");
+        }
         // A host-keyed limit counts one host however it is written.
         let limited = |r: &Req| matches!(throttle_of(&s, r), Err(Refusal::RateLimited(_)));
         assert!(!limited(&h2("api.shop")));
         assert!(limited(&req("GET", "/x").header("host", "API.shop.")));
+    }
+
+    #[test]
+    fn a_header_key_outside_visible_ascii_is_a_key_of_its_own() {
+        let s = snapshot("  rateLimits:\n    - {name: per-tenant, key: \"request.headers[x-tenant]\", rate: 1, per: 60s, burst: 1}\n");
+        let tenant = |v: &[u8]| {
+            let mut r = req("GET", "/x");
+            r.headers.append("x-tenant", HeaderValue::from_bytes(v).unwrap());
+            r
+        };
+        let limited = |r: &Req| matches!(throttle_of(&s, r), Err(Refusal::RateLimited(_)));
+        assert!(!limited(&tenant("Zürich".as_bytes())));
+        assert!(limited(&tenant("Zürich".as_bytes())));
+        assert!(!limited(&tenant("Genève".as_bytes())), "another tenant's bucket");
+        assert!(!limited(&req("GET", "/x")), "the keyless bucket is not theirs");
     }
 
     #[test]

@@ -16,11 +16,12 @@ pub enum Pattern {
 }
 
 impl Pattern {
-    /// The pattern in lower case, for a host (compared as [`host_form`] writes it).
-    pub fn lowercased(&self) -> Pattern {
+    /// The pattern for a host, as [`host_form`] writes hosts: in lower case, an exact name
+    /// without its trailing dot.
+    pub fn for_host(&self) -> Pattern {
         match self {
             Pattern::Any => Pattern::Any,
-            Pattern::Exact(e) => Pattern::Exact(e.to_ascii_lowercase().into()),
+            Pattern::Exact(e) => Pattern::Exact(host_form(e).into_owned().into()),
             Pattern::Prefix(p) => Pattern::Prefix(p.to_ascii_lowercase().into()),
             Pattern::Suffix(s) => Pattern::Suffix(s.to_ascii_lowercase().into()),
         }
@@ -38,6 +39,7 @@ impl Pattern {
 
 /// A `Host` (or `:authority`) as routers compare it: in lower case, without the trailing dot of
 /// a fully qualified name (`EVIL.shop.:80` is `evil.shop:80`). Borrowed when it is so already.
+/// [`without_port`] gives its host alone.
 pub fn host_form(value: &str) -> std::borrow::Cow<'_, str> {
     let (host, port) = match value.rfind(':') {
         // A colon inside an IPv6 literal's brackets is no port's.
@@ -49,6 +51,14 @@ pub fn host_form(value: &str) -> std::borrow::Cow<'_, str> {
         return std::borrow::Cow::Borrowed(value);
     }
     std::borrow::Cow::Owned([name, port].concat().to_ascii_lowercase())
+}
+
+/// `host` of `host:port` (`[v6]` of `[v6]:port`); the whole when there is no port.
+pub fn without_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i) if !host[i..].contains(']') => &host[..i],
+        _ => host,
+    }
 }
 
 impl FromStr for Pattern {
