@@ -59,9 +59,10 @@ impl Media {
         };
         if media.is_empty() || is(b"application/x-www-form-urlencoded") {
             Media::Form
-        } else if starts_with_ci(media, b"multipart/") {
-            // Every multipart type, not only form-data: Commons FileUpload (Tomcat's parts,
-            // Spring's resolver) reads the fields of `multipart/mixed` or `related` as a form's.
+        } else if is(b"multipart/form-data") || is(b"multipart/mixed") {
+            // Commons FileUpload (Tomcat's parts, Spring's resolver) reads the fields of
+            // `multipart/mixed` as a form's. Other multipart types (`related` for MTOM and media
+            // uploads, `signed`) carry documents, and stay opaque like other types.
             Media::Multipart
         } else if is(b"application/json") || is(b"text/json") || ends(b"+json") {
             Media::Json
@@ -435,7 +436,7 @@ fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> O
         };
         // Part headers, up to an empty line.
         let mut disposition: Option<&[u8]> = None;
-        let mut quoted_printable = false;
+        let mut transfer_encoding: Option<&[u8]> = None;
         loop {
             let Some(e) = line_end(body, pos) else { return bad(pos) };
             let line = trim_eol(&body[pos..e]);
@@ -443,14 +444,19 @@ fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> O
             if line.is_empty() {
                 break;
             }
+            // A folded line (obsolete, RFC 7230) is joined to the one before by Go's reader and
+            // by no other: where a header ends is the parser's guess.
+            if matches!(line[0], b' ' | b'\t') {
+                return bad(pos);
+            }
             // The first one counts, as Go, Werkzeug and busboy read it.
             if starts_with_ci(line, b"content-disposition:") && disposition.is_none() {
                 disposition = Some(&line[20..]);
             }
             // Go's multipart reader undoes quoted-printable for the app (RFC 7578 deprecates
-            // it; browsers never send it).
-            if starts_with_ci(line, b"content-transfer-encoding:") {
-                quoted_printable = line[26..].trim_ascii().eq_ignore_ascii_case(b"quoted-printable");
+            // it; browsers never send it); the first such header counts, as Go reads it.
+            if starts_with_ci(line, b"content-transfer-encoding:") && transfer_encoding.is_none() {
+                transfer_encoding = Some(&line[26..]);
             }
         }
         // A body cut short before its closing delimiter is read up to where it ends.
@@ -464,6 +470,8 @@ fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> O
             // A part without a disposition is no field; browsers never send one, parsers skip it.
             _ => None,
         };
+        let quoted_printable =
+            transfer_encoding.is_some_and(|te| te.trim_ascii().eq_ignore_ascii_case(b"quoted-printable"));
         if let Some(disposition) = field {
             if let Some(f) = multipart_field(waf, skip, disposition, content, quoted_printable) {
                 return Some(f);
@@ -496,13 +504,29 @@ fn multipart_field(
     }
     // An empty file name (`filename=""`, what a browser sends for a file input left empty, or
     // `filename=`) is no file to Go's `ReadForm`, nor to Werkzeug for the unquoted form: the
-    // content is the field's value.
-    if let Some(filename) = header_param(disposition, b"filename").filter(|f| !f.is_empty()) {
-        if let Some(f) = suspicious_filename(waf, skip, filename) {
+    // content is the field's value. With `filename*` (RFC 5987), Go takes that one instead,
+    // decoded, and may find it empty: the content is read then too, and its text checked as a
+    // file name.
+    let filename = header_param(disposition, b"filename").filter(|f| !f.is_empty());
+    if let Some(f) = filename.and_then(|f| suspicious_filename(waf, skip, f)) {
+        return Some(f);
+    }
+    // `charset'language'percent-encoded`: the text after the quotes, decoded by the detectors
+    // as any encoded value is. Without both quotes Go ignores it.
+    let extended = header_param(disposition, b"filename*").and_then(|v| v.splitn(3, |&b| b == b'\'').nth(2));
+    for given in [filename, extended].into_iter().flatten() {
+        let v = Value { class: Class::Arg, kind: LocationKind::MultipartFilename, name, value: given };
+        if let Some(f) = waf.value(v, skip) {
             return Some(f);
         }
-        let v = Value { class: Class::Arg, kind: LocationKind::MultipartFilename, name, value: filename };
-        return waf.value(v, skip);
+    }
+    // A file when the name Go takes (the extended one, else the plain one) is not empty.
+    let is_file = match extended {
+        Some(text) => !text.is_empty(),
+        None => filename.is_some(),
+    };
+    if is_file {
+        return None;
     }
     let v = Value { class: Class::Arg, kind: LocationKind::MultipartValue, name, value: content };
     if let Some(f) = waf.value(v, skip) {
@@ -779,8 +803,17 @@ mod tests {
         }
         // Commons FileUpload (Tomcat, Spring) reads the fields of any multipart type.
         let mixed = format!("--b\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\n{sqli}\r\n--b--\r\n");
-        for ct in ["multipart/mixed; boundary=b", "Multipart/Related; boundary=b", "multipart/x-anything; boundary=b"] {
+        for ct in ["multipart/mixed; boundary=b", "Multipart/Mixed; boundary=b"] {
             assert_eq!(body(ct, &mixed).map(|f| f.detector), Some(Detector::Sqli), "{ct}");
+        }
+        // Go's parser takes `filename*` over `filename`, and a part whose `filename*` is empty
+        // is a value; the first Content-Transfer-Encoding is the one Go undoes.
+        for case in [
+            format!("--b\r\nContent-Disposition: form-data; name=\"q\"; filename=\"a.txt\"; filename*=utf-8''\r\n\r\n{sqli}\r\n--b--\r\n"),
+            "--b\r\nContent-Disposition: form-data; name=\"q\"\r\nContent-Transfer-Encoding: quoted-printable\r\nContent-Transfer-Encoding: 7bit\r\n\r\n=27 OR 1=3D1--\r\n--b--\r\n".to_string(),
+        ] {
+            let f = body("multipart/form-data; boundary=b", &case);
+            assert_eq!(f.map(|f| f.detector), Some(Detector::Sqli), "{case:?}");
         }
         // A boundary named inside another parameter's quotes is not the boundary.
         let real = format!("--real\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\n{sqli}\r\n--real--\r\n");
@@ -847,8 +880,10 @@ mod tests {
         let cases = [
             // A file input left empty: an empty file name and no content.
             ("multipart/form-data; boundary=b", "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"\"\r\nContent-Type: application/octet-stream\r\n\r\n\r\n--b--\r\n"),
-            // multipart/related (an upload's metadata and media): parts without a disposition.
-            ("multipart/related; boundary=b", "--b\r\nContent-Type: application/json\r\n\r\n{\"name\":\"x.bin\"}\r\n--b\r\nContent-Type: application/octet-stream\r\n\r\n' or 1=1 <script>\r\n--b--\r\n"),
+            // multipart/related (an upload's metadata and media) is a document, opaque.
+            ("multipart/related; boundary=b", "--b\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\n' OR 1=1--\r\n--b--\r\n"),
+            // A file with a name in RFC 5987 form.
+            ("multipart/form-data; boundary=b", "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.txt\"; filename*=UTF-8''%E2%82%AC%20rates.txt\r\n\r\n' or 1=1 -- file content\r\n--b--\r\n"),
             // multipart/mixed's attachments are no form fields.
             ("multipart/mixed; boundary=b", "--b\r\nContent-Disposition: attachment; filename=\"a.txt\"\r\n\r\n' OR 1=1--\r\n--b--\r\n"),
             // Quoted-printable of ordinary text.
@@ -872,6 +907,8 @@ mod tests {
                 "multipart/form-data; boundary=b",
                 "--b\nContent-Disposition: form-data; name=\"q\"; filename=\"a.txt\n\nx\n--b--",
             ),
+            // A folded part header: Go joins it to the line before, others do not.
+            ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"q\"\nContent-Transfer-Encoding:\n quoted-printable\n\n=27 OR 1=3D1--\n--b--"),
             // Of form-data, every part with a disposition is a field.
             ("multipart/form-data; boundary=b", "--b\nContent-Disposition: attachment; name=\"q\"\n\nx\n--b--"),
             ("multipart/form-data", "--b\n\n"),
