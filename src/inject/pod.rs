@@ -182,7 +182,9 @@ fn check_collisions(
         for (i, container) in containers.iter().enumerate() {
             let at = format!("/spec/{list}/{i}");
             for (j, port) in container.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
-                let number = port.get("containerPort").and_then(Value::as_u64);
+                // The sidecar's listeners are TCP; a UDP or SCTP port of the same number is no clash.
+                let tcp = port.get("protocol").and_then(Value::as_str).is_none_or(|p| p == "TCP");
+                let number = port.get("containerPort").and_then(Value::as_u64).filter(|_| tcp);
                 if let Some(n) = number.filter(|n| sidecar_ports.iter().any(|p| u64::from(*p) == *n)) {
                     return Err((
                         format!("{at}/ports/{j}/containerPort"),

@@ -529,6 +529,10 @@ fn a_pod_the_sidecar_would_break_is_refused_with_the_field_and_why() {
         let error = inject(&text, &settings()).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(error.contains(field), "{field}: {error}");
     }
+    // A UDP port of the sidecar's number is no clash with its TCP listener: injected.
+    let object =
+        pod(json!({}), json!({"containers": app(json!({"ports": [{"containerPort": 15006, "protocol": "UDP"}]}))}));
+    assert_eq!(webhook(&object, "shop", FailurePolicy::Fail).0["allowed"], true);
     // Another uid at the container overrides the pod's: injected.
     let object = pod(
         json!({}),
