@@ -51,8 +51,12 @@ impl LogLevel {
         // read stderr through a pipe and would store the escape sequences. NO_COLOR is honoured
         // too (no-color.org).
         let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-        let text = (format == LogFormat::Text)
-            .then(|| tracing_subscriber::fmt::layer().with_writer(OneLine { ansi }).with_target(false).with_ansi(ansi));
+        let text = (format == LogFormat::Text).then(|| {
+            tracing_subscriber::fmt::layer()
+                .with_writer(OneLine { ansi, inner: std::io::stderr })
+                .with_target(false)
+                .with_ansi(ansi)
+        });
         // Flattened: the message and the event's fields at the top level, where log pipelines
         // look for them, rather than under "fields".
         let json = (format == LogFormat::Json).then(|| {
@@ -80,24 +84,27 @@ impl LogLevel {
 /// pod's name from an AdmissionReview, a sidecar's NACK reason, a certificate's subject), and
 /// `%` formatting writes it as it is: a line break in it would start a forged line, an escape
 /// sequence would rewrite a terminal. The JSON layer escapes them already.
-struct OneLine {
+struct OneLine<M> {
     /// The formatter's own colours are escape sequences, kept when a person reads a terminal.
     ansi: bool,
+    /// Where the lines go: stderr.
+    inner: M,
 }
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for OneLine {
-    type Writer = OneLineWriter;
+impl<'a, M: tracing_subscriber::fmt::MakeWriter<'a>> tracing_subscriber::fmt::MakeWriter<'a> for OneLine<M> {
+    type Writer = OneLineWriter<M::Writer>;
 
-    fn make_writer(&'a self) -> OneLineWriter {
-        OneLineWriter { ansi: self.ansi }
+    fn make_writer(&'a self) -> Self::Writer {
+        OneLineWriter { ansi: self.ansi, inner: self.inner.make_writer() }
     }
 }
 
-struct OneLineWriter {
+struct OneLineWriter<W> {
     ansi: bool,
+    inner: W,
 }
 
-impl std::io::Write for OneLineWriter {
+impl<W: std::io::Write> std::io::Write for OneLineWriter<W> {
     // The formatter hands over a whole event in one `write_all`.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.write_all(buf)?;
@@ -105,11 +112,11 @@ impl std::io::Write for OneLineWriter {
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        std::io::stderr().lock().write_all(&one_line(buf, self.ansi))
+        self.inner.write_all(&one_line(buf, self.ansi))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
+        self.inner.flush()
     }
 }
 
@@ -161,6 +168,40 @@ mod tests {
         assert_eq!(&coloured[..], b"\x1b[32m INFO\x1b[0m a\\x0ab\n");
         let plain = b"INFO\tpolicy in force version=1\n";
         assert!(matches!(one_line(plain, false), std::borrow::Cow::Borrowed(_)));
+    }
+
+    /// A text layer built as `install` builds it, writing into a buffer: a forged line in a field
+    /// stays inside its event's line.
+    #[test]
+    fn the_text_layer_writes_each_event_whole_through_one_line() {
+        use tracing_subscriber::layer::SubscriberExt;
+        #[derive(Clone, Default)]
+        struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let make = {
+            let b = buffer.clone();
+            move || b.clone()
+        };
+        let layer = tracing_subscriber::fmt::layer().with_writer(OneLine { ansi: false, inner: make }).with_ansi(false);
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            let pod = "x\n2026-12-06T08:10:00Z  INFO palisade::inject: pod injected namespace=prod";
+            tracing::warn!(pod = %pod, "pod could not be injected");
+            tracing::info!("second");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("pod=x\\x0a2026") && lines[1].ends_with("second"), "{text}");
     }
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
