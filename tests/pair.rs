@@ -323,11 +323,12 @@ async fn the_callers_framing_headers_cannot_remove_the_sidecars_own_or_smuggle_a
     pair.shutdown();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_early_refusal_by_the_peer_reaches_the_caller_and_expect_continue_is_answered() {
+/// A pair whose sidecar b enforces the policy `name` with `spec` from a file (kept while the
+/// directory lives).
+async fn pair_with_policy_on_b(name: &str, spec: &str) -> (tempfile::TempDir, Pair) {
     let dir = tempfile::tempdir().unwrap();
     let policy_path = dir.path().join("policy.yaml");
-    write_policy(&policy_path, &policy("small", "  inputValidation: {maxBodyBytes: 1024}\n"));
+    write_policy(&policy_path, &policy(name, spec));
     let pair = Pair::start_configured(
         EchoApp::start().await,
         |_| {},
@@ -337,6 +338,12 @@ async fn an_early_refusal_by_the_peer_reaches_the_caller_and_expect_continue_is_
         },
     )
     .await;
+    (dir, pair)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_refusal_by_the_peer_reaches_the_caller_and_expect_continue_is_answered() {
+    let (_dir, pair) = pair_with_policy_on_b("small", "  inputValidation: {maxBodyBytes: 1024}\n").await;
 
     // B refuses after reading past its limit, while A is still sending: the caller gets B's 413,
     // not a 502 about the upload that B stopped taking. A small declared body over the limit
@@ -379,24 +386,13 @@ async fn an_early_refusal_by_the_peer_reaches_the_caller_and_expect_continue_is_
 /// a condition on `request.headers[host]` reads it there, and compares hosts as routers do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_conditions_hold_for_requests_that_come_through_the_callers_sidecar() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy_path = dir.path().join("policy.yaml");
     let rules = r#"  authorization:
     default: ALLOW
     rules:
       - {name: no-orders-admin, action: DENY, to: {paths: ["/admin*"]}, when: [{key: "request.headers[host]", values: [ORDERS.shop, "orders.shop:*"]}]}
       - {name: only-via-billing, action: DENY, to: {paths: ["/billing*"]}, when: [{key: "request.headers[host]", values: ["billing.*"]}]}
 "#;
-    write_policy(&policy_path, &policy("hosts", rules));
-    let pair = Pair::start_configured(
-        EchoApp::start().await,
-        |_| {},
-        |b| {
-            b.workload.labels.insert("app".into(), "orders".into());
-            b.policy.files = vec![policy_path.clone()];
-        },
-    )
-    .await;
+    let (_dir, pair) = pair_with_policy_on_b("hosts", rules).await;
     let client = http_client();
     for (host, path, status) in [
         (B_AUTHORITY, "/admin/x", 403),

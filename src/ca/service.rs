@@ -229,24 +229,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_flood_of_requests_checks_at_most_so_many_tokens_at_once_and_turns_the_rest_away() {
-        let dir = tempfile::tempdir().unwrap();
-        let dev = crate::identity::DevCa::generate("cluster.local").unwrap();
-        let files = dev.write(dir.path()).unwrap();
-        let signer = CaSigner::load(
-            &super::super::CaFiles { cert: files.cert, key: files.key, trust_bundle: None },
-            "cluster.local",
-        )
-        .unwrap();
         let checks = Arc::new(SlowChecks::default());
-        let telemetry = Telemetry::new(&crate::config::TelemetryConfig::default(), None).unwrap();
-        let service = Arc::new(CaService {
-            signer: Arc::new(ArcSwap::from_pointee(signer)),
-            tokens: Arc::new(super::super::tokens::BoundedTokens::new(checks.clone())),
-            ttl: Duration::from_secs(3600),
-            metrics: CaMetrics::register(&Registry::new()),
-            telemetry: Arc::new(telemetry),
-            sources: CaService::per_source(),
-        });
+        let service = Arc::new(service(Arc::new(super::super::tokens::BoundedTokens::new(checks.clone()))));
         let flood: Vec<_> = (0..MAX_TOKEN_CHECKS + 100)
             .map(|_| {
                 let service = service.clone();
