@@ -237,6 +237,22 @@ impl CallerTimeouts {
     }
 }
 
+/// What pingora's own error lines say of a request: its method, path and host, each cut to 100
+/// bytes and escaped. pingora's summary writes the whole Host and target as they came, so an
+/// app naming a 60 KB host that does not resolve wrote 60 KB lines, one per request, which log
+/// pipelines split (over 16 KB) and which fill the log volume.
+pub(crate) fn request_summary(session: &pingora::proxy::Session) -> String {
+    const MAX: usize = 100;
+    let req = session.req_header();
+    let cut = |b: &[u8]| {
+        let shown = &b[..b.len().min(MAX)];
+        let more = if b.len() > MAX { "..." } else { "" };
+        format!("{}{more}", shown.escape_ascii())
+    };
+    let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes()).or_else(|| req.uri.host().map(str::as_bytes));
+    format!("{} {}, Host: {}", req.method, cut(req.raw_path()), cut(host.unwrap_or_default()))
+}
+
 /// The failure of a request whose body stalled: pingora's own (an HTTP/1.1 read timed out) has
 /// this type and side too.
 pub(crate) fn body_timed_out() -> Box<pingora::Error> {

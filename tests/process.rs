@@ -145,6 +145,31 @@ async fn post_shutdown_from_localhost_drains_and_exits_zero() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+/// A request that fails is logged by pingora with a summary of it: cut short, however long the
+/// path or host the app sent (an app once wrote 60 KB lines, one per request, with a long host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_request_is_logged_in_a_short_line_whatever_its_path_and_host() {
+    let (_pki, config, ports) = orders_sidecar();
+    let mut child = spawn_ready(&config, ports[2]).await;
+    // Nothing listens on port 9: the request fails with 502.
+    let long = "p".repeat(6000);
+    let answer = http_client()
+        .get(format!("http://127.0.0.1:{}/{long}", ports[1]))
+        .header("host", "127.0.0.1:9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 502);
+    let log = config.with_file_name("sidecar.log");
+    let logged = eventually(async || std::fs::read_to_string(&log).unwrap().contains("Fail to")).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(logged, "pingora's error line: {text}");
+    let line = text.lines().find(|l| l.contains("Fail to")).unwrap();
+    assert!(line.len() < 500 && line.contains("pppp...") && line.contains("Host: 127.0.0.1:9"), "{line}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A container started with few open files (a soft 128 under a hard 256 here): the sidecar raises
 /// its soft limit to the hard one, and holds each listener to what the files allow, so a flood of
 /// idle connections to the data port is refused at its connection limit while the admin port

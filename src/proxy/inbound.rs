@@ -262,6 +262,11 @@ impl ProxyHttp for Inbound {
     /// runs on every request; a sidecar forwards bodies as they are.
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
+    /// Bounded: see [`super::request_summary`].
+    fn request_summary(&self, session: &Session, _ctx: &InboundCtx) -> String {
+        super::request_summary(session)
+    }
+
     /// The parser accepted the head: from here on, our phases answer (see [`super::parse_guard`]).
     async fn early_request_filter(&self, session: &mut Session, _ctx: &mut InboundCtx) -> pingora::Result<()> {
         super::parse_guard::request_started(session);
