@@ -104,7 +104,7 @@ pub fn report_note(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, n
 fn report_finding(telemetry: &Telemetry, found: &WafFinding, request: RequestFacts) {
     let f = &found.finding;
     tracing::info!(policy = %found.policy, detector = f.detector.as_str(), location = f.location.kind.as_str(),
-        name = %f.location.name, paranoia = f.paranoia, blocked = found.blocked, request_id = %request.request_id,
+        name = ?f.location.name, paranoia = f.paranoia, blocked = found.blocked, request_id = %request.request_id,
         "{}", if found.blocked { "WAF blocked a request" } else { "WAF finding (DETECT)" });
     telemetry.events.emit(SecurityEvent::WafFinding(WafEvent {
         policy: found.policy.to_string(),
