@@ -322,6 +322,32 @@ async fn a_refused_request_names_its_policy_and_rule_and_the_event_carries_the_t
     sidecar.shutdown();
 }
 
+/// A caller that proved no identity (plaintext on a PERMISSIVE port) chooses neither the trace
+/// nor its sampling: its traceparent is not continued, as its request id is not kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_caller_neither_joins_a_trace_nor_forces_its_sampling() {
+    let (collector, addr) = grpc_collector().await;
+    let single = Single::start(|c| {
+        otlp(format!("http://{addr}"), OtlpProtocol::Grpc, 0.0)(c);
+        c.inbound.mtls = palisade::config::MtlsMode::PERMISSIVE;
+    })
+    .await;
+    let plain = format!("http://{}/", single.sidecar.inbound);
+    let parent = format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01");
+    for _ in 0..20 {
+        let seen: Seen =
+            http_client().get(&plain).header("traceparent", &parent).send().await.unwrap().json().await.unwrap();
+        let at_app = seen.header("traceparent").expect("the app gets the sidecar's traceparent");
+        assert!(!at_app.contains(CALLER_TRACE) && at_app.ends_with("-00"), "a new, unsampled trace: {at_app}");
+    }
+    // The same traceparent from a meshed caller is followed: its span arrives, and none of the
+    // plaintext caller's came before it.
+    let arrived = flush_through(&collector, &single.https(), single.url("/"), 7).await;
+    assert_eq!(arrived, 0, "the plaintext caller's requests were not sampled");
+    assert!(collector.spans().iter().all(|s| s.trace_id != CALLER_TRACE));
+    single.sidecar.shutdown();
+}
+
 /// Sends a request whose trace is sampled by its caller, and waits for its span: spans leave in
 /// order through one queue and one exporter, so every span ended before it has arrived too.
 /// Returns how many spans arrived before it.

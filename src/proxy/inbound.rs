@@ -278,7 +278,8 @@ impl ProxyHttp for Inbound {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<bool> {
-        record::start_span(&self.telemetry, SpanKind::Server, session, &mut ctx.request);
+        let trusted = peer_identity(session).is_some();
+        record::start_span(&self.telemetry, SpanKind::Server, session, trusted, &mut ctx.request);
         self.caller_timeouts.start(session);
         if !respond::admit(session, &self.inflight, &mut ctx.request).await {
             return Ok(true);

@@ -232,7 +232,7 @@ impl ProxyHttp for Outbound {
     /// own HTTP/2 connections (see [`super::mesh_connector`]), not through pingora's upstream
     /// phases, and `true` tells pingora the response has been written.
     async fn request_filter(&self, session: &mut Session, ctx: &mut OutboundCtx) -> pingora::Result<bool> {
-        record::start_span(&self.telemetry, SpanKind::Client, session, &mut ctx.request);
+        record::start_span(&self.telemetry, SpanKind::Client, session, true, &mut ctx.request);
         self.caller_timeouts.start(session);
         ctx.request.id = RequestId::from_header(session.req_header().headers.get(REQUEST_ID_HEADER));
         if !respond::admit(session, &self.inflight, &mut ctx.request).await {

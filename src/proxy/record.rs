@@ -132,11 +132,16 @@ fn facts(session: &Session, ctx: &RequestCtx, path: &str) -> RequestFacts {
 }
 
 /// Starts this hop's span (inbound: a server span; outbound: a client span), continuing the
-/// caller's trace.
-pub fn start_span(telemetry: &Telemetry, kind: SpanKind, session: &Session, ctx: &mut RequestCtx) {
+/// caller's trace when `trusted` (the local app, a meshed peer). A caller that proved no
+/// identity (a PERMISSIVE port's plaintext) starts a new one, as it gets a new request id: its
+/// `traceparent` would otherwise choose the sampling against the configured ratio, and put its
+/// refused requests in another's trace (the events' `correlation_uid`).
+pub fn start_span(telemetry: &Telemetry, kind: SpanKind, session: &Session, trusted: bool, ctx: &mut RequestCtx) {
     if let Some(traces) = &telemetry.traces {
         let req = session.req_header();
-        ctx.span = Some(traces.start(method_label(&req.method), kind, &req.headers));
+        let none = http::HeaderMap::new();
+        let headers = if trusted { &req.headers } else { &none };
+        ctx.span = Some(traces.start(method_label(&req.method), kind, headers));
     }
 }
 
