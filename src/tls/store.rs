@@ -161,7 +161,7 @@ fn build(credentials: Credentials, domains: &TrustDomains, generation: u64) -> R
     settings.set_cert_resolver(Arc::new(FixedCert(credentials.certified_key.clone())));
     settings.set_client_cert_verifier(verifier.clone());
     settings.enable_h2();
-    let acceptor = settings.build();
+    let mut acceptor = settings.build();
 
     let mut client_config = ClientConfig::builder_with_provider(super::provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
@@ -188,6 +188,13 @@ fn build(credentials: Credentials, domains: &TrustDomains, generation: u64) -> R
     // cost each handshake work and each connection memory.
     server_config.send_tls13_tickets = 0;
     server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    // The HTTP listener's, in place of the one pingora built (its session cache and tickets):
+    // a resumed session restores the chain verified then without verifying it again, so one made
+    // before an intermediate expired (or left the bundle's trust) would still be let in. HTTP/1.1
+    // besides h2, for callers other than sidecars (a probe or a tool with a mesh certificate).
+    let mut http_config = server_config.clone();
+    http_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    acceptor.acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(http_config));
     let mut server_config_open = ServerConfig::builder_with_provider(super::provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(|e| TlsError::Config(e.to_string()))?
@@ -243,10 +250,9 @@ struct IdentityCallback {
 #[async_trait]
 impl TlsAccept for IdentityCallback {
     async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
-        // The verifier already refused every certificate without a valid SPIFFE ID, but a
-        // resumed session (pingora's acceptor keeps rustls's session cache and tickets) restores
-        // the chain it verified then without verifying it again: one that has expired since
-        // proves no identity now, and the listener refuses a connection without one.
+        // The verifier already refused every certificate without a valid SPIFFE ID. Sessions
+        // are not resumed (see `build`); were one ever, a leaf that has expired since proves no
+        // identity now, and the listener refuses a connection without one.
         let (_, cert) = x509_parser::parse_x509_certificate(tls.peer_certificate_der()?).ok()?;
         if !cert.validity().is_valid() {
             return None;

@@ -250,9 +250,17 @@ impl ServerCertVerifier for AnyServer {
 
 /// A rustls client config presenting `identity` (cert and key files), or no certificate.
 pub fn client_tls(identity: Option<&WorkloadFiles>) -> rustls::ClientConfig {
+    client_tls_of(identity, rustls::DEFAULT_VERSIONS)
+}
+
+/// [`client_tls`] offering only these TLS versions.
+pub fn client_tls_of(
+    identity: Option<&WorkloadFiles>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
     use rustls::pki_types::pem::PemObject;
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AnyServer));
