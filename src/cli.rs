@@ -309,6 +309,9 @@ fn run_ca(cmd: CaCommand) -> Result<String, String> {
         CaCommand::Issue { ca, spiffe_id, dns, ttl, out } => {
             let ca = DevCa::load(&ca).map_err(|e| e.to_string())?;
             let id = SpiffeId::parse(&spiffe_id).map_err(|e| format!("--spiffe-id: {e}"))?;
+            if id.path().is_empty() {
+                return Err(format!("--spiffe-id {id} is the trust domain's own ID and names no workload (add a path: {id}/ns/<namespace>/sa/<account>)"));
+            }
             if id.trust_domain() != ca.trust_domain() {
                 return Err(format!("--spiffe-id {id} is outside the CA's trust domain {:?}", ca.trust_domain()));
             }

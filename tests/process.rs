@@ -306,6 +306,26 @@ async fn logs_are_json_lines_when_asked_and_plain_text_without_colour_in_a_file(
 }
 
 #[test]
+fn ca_issue_refuses_a_trust_domains_own_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca");
+    assert!(palisade(&["ca", "init", "--trust-domain", "demo.local", "--out", ca.to_str().unwrap()]).status.success());
+    let out = palisade(&[
+        "ca",
+        "issue",
+        "--ca",
+        ca.to_str().unwrap(),
+        "--spiffe-id",
+        "spiffe://demo.local",
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("names no workload"), "{out:?}");
+    assert!(!dir.path().join("x").exists(), "nothing issued");
+}
+
+#[test]
 fn a_log_filter_that_does_not_parse_is_a_configuration_error() {
     for var in ["PALISADE_LOG", "RUST_LOG"] {
         let out = Command::new(BIN)

@@ -40,6 +40,8 @@ pub enum LeafError {
     ForeignTrustDomain(String),
     #[error("certificate lacks the {0} extended key usage")]
     MissingUsage(&'static str),
+    #[error("a workload certificate may not sign certificates or CRLs (keyCertSign, cRLSign)")]
+    SigningUsage,
 }
 
 #[derive(Clone, Copy)]
@@ -59,7 +61,17 @@ pub(crate) fn check_leaf(der: &[u8], usage: Usage, domains: &TrustDomains) -> Re
     if !has_usage {
         return Err(LeafError::MissingUsage(name));
     }
+    // X509-SVID section 4.3: a leaf's key signs TLS handshakes, never certificates.
+    let key_usage = cert.key_usage().ok().flatten().map(|k| k.value);
+    if key_usage.is_some_and(|k| k.key_cert_sign() || k.crl_sign()) {
+        return Err(LeafError::SigningUsage);
+    }
     match cert_identity(&cert) {
+        // A trust domain's own ID (no path) names no workload (X509-SVID section 2), yet would
+        // match a pattern such as `spiffe://cluster.local*`.
+        CertIdentity::Spiffe(id) if id.path().is_empty() => {
+            Err(LeafError::BadSpiffeId("a trust domain's ID names no workload"))
+        }
         CertIdentity::Spiffe(id) if domains.contains(id.trust_domain()) => Ok(id),
         CertIdentity::Spiffe(id) => Err(LeafError::ForeignTrustDomain(id.to_string())),
         CertIdentity::None => Err(LeafError::NoSpiffeId),
@@ -226,5 +238,28 @@ mod tests {
 
         let no_id = issue(LeafSpec { spiffe_id: None, dns_names: vec!["b.a.svc".into()], ..LeafSpec::workload("x") });
         assert_eq!(check_leaf(&no_id, Usage::Client, &domains), Err(LeafError::NoSpiffeId));
+
+        // A trust domain's own ID names no workload, yet `spiffe://cluster.local*` would match it.
+        let domain_only = issue(LeafSpec::workload("spiffe://cluster.local"));
+        assert!(matches!(check_leaf(&domain_only, Usage::Client, &domains), Err(LeafError::BadSpiffeId(_))));
+    }
+
+    /// X509-SVID section 4.3: a leaf that may sign certificates or CRLs is refused, whatever else
+    /// it says (the check runs on a leaf that already chains: self-signed will do here).
+    #[test]
+    fn a_leaf_that_may_sign_certificates_is_refused() {
+        use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose, SanType};
+        let domains = TrustDomains::new(["cluster.local"]);
+        for usage in [KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign] {
+            let mut params = CertificateParams::default();
+            params.subject_alt_names = vec![SanType::URI("spiffe://cluster.local/ns/a/sa/b".try_into().unwrap())];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature, usage.clone()];
+            let leaf = params.clone().self_signed(&KeyPair::generate().unwrap()).unwrap();
+            assert_eq!(check_leaf(leaf.der(), Usage::Client, &domains), Err(LeafError::SigningUsage), "{usage:?}");
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+            let leaf = params.clone().self_signed(&KeyPair::generate().unwrap()).unwrap();
+            assert!(check_leaf(leaf.der(), Usage::Client, &domains).is_ok());
+        }
     }
 }
