@@ -79,10 +79,16 @@ async fn outbound_refuses_a_server_with_the_wrong_identity() {
     // The right server, and any server of the trust domain where no identity is pinned.
     assert_eq!(get("orders.shop").await.unwrap().status(), 200);
     assert_eq!(get("anyone.shop").await.unwrap().status(), 200);
+    // A listed destination reached by its address, not its name, is held to the identity pinned
+    // for it: C's (listed twice, and the pinned name holds) is not orders', B's is.
+    for (address, status) in [(c.inbound, 502), (pki_pair.b.inbound, 200)] {
+        let response = client.get(format!("http://{}/", a.outbound)).header("host", address.to_string()).send().await;
+        assert_eq!(response.unwrap().status(), status, "{address}");
+    }
 
     let metrics = client.get(format!("http://{}/metrics", a.admin)).send().await.unwrap().text().await.unwrap();
     assert!(
-        metrics.contains("palisade_tls_handshakes_total{direction=\"outbound\",result=\"failure\"} 2"),
+        metrics.contains("palisade_tls_handshakes_total{direction=\"outbound\",result=\"failure\"} 3"),
         "{metrics}"
     );
     a.shutdown();

@@ -29,6 +29,8 @@ use crate::tls::TlsStore;
 /// A configured destination: who must answer, and (when its address is fixed) its connector.
 struct Route {
     authority: Box<str>,
+    /// Where it is, when fixed: its address in canonical form (IPv4, not IPv4-mapped).
+    address: Option<SocketAddr>,
     expected: Option<SpiffeId>,
     connector: Option<Arc<MeshConnector>>,
 }
@@ -77,6 +79,7 @@ impl Outbound {
                 let expected = d.identity.as_ref().map(|i| i.0.clone());
                 Route {
                     authority: d.authority.to_ascii_lowercase().into_boxed_str(),
+                    address: d.address.map(|a| SocketAddr::new(a.0.ip().to_canonical(), a.0.port())),
                     connector: d.address.map(|a| connectors.make(a.0, expected.clone())),
                     expected,
                 }
@@ -164,6 +167,18 @@ impl Outbound {
                 }
             }
         };
+        // A configured destination reached by its address rather than by the name it is listed
+        // under (an IP, another spelling of the name, an iptables redirect): held to the identity
+        // it is configured with, as a TCP tunnel to it is, not to any of the trust domain.
+        let canonical = SocketAddr::new(target.ip().to_canonical(), target.port());
+        if route.is_none() {
+            // Two names for one address: the one that pins an identity holds.
+            let known =
+                self.routes.iter().filter(|r| r.address == Some(canonical)).max_by_key(|r| r.expected.is_some());
+            if let Some(connector) = known.and_then(|r| r.connector.as_ref()) {
+                return Ok(Next::Mesh(connector.clone()));
+            }
+        }
         // Any spelling of this host's address for the listener (either family's, IPv4-mapped, the
         // wildcard, which connects to this host) would come back round to the listener.
         let own = self.own_listener;
