@@ -233,6 +233,8 @@ fn proxy_app<P>(
     conf: &Arc<ServerConf>,
     inner: P,
     limits: &crate::config::LimitsConfig,
+    telemetry: &Arc<Telemetry>,
+    direction: &'static str,
 ) -> Arc<crate::proxy::Strict<pingora::proxy::HttpProxy<P>>>
 where
     P: ProxyHttp + Send + Sync + 'static,
@@ -263,7 +265,7 @@ where
     let streams = limits.http2.max_concurrent_streams;
     h2.initial_connection_window_size(H2_STREAM_WINDOW.saturating_mul(streams).min(H2_MAX_CONNECTION_WINDOW));
     app.h2_options = Some(h2);
-    Arc::new(crate::proxy::Strict(Arc::new(app)))
+    Arc::new(crate::proxy::Strict { app: Arc::new(app), telemetry: telemetry.clone(), direction })
 }
 
 async fn run(
@@ -355,6 +357,8 @@ async fn run(
         .caller_timeouts(caller_timeouts("inbound", bound.inbound))
         .underscore_headers(config.inbound.headers_with_underscores),
         &config.limits,
+        &telemetry,
+        "inbound",
     );
     let outbound = proxy_app(
         &conf,
@@ -368,6 +372,8 @@ async fn run(
         .shedding(inflight("outbound", bound.outbound))
         .caller_timeouts(caller_timeouts("outbound", bound.outbound)),
         &config.limits,
+        &telemetry,
+        "outbound",
     );
     let identity_state = identity.as_ref().map(|i| i.state.clone());
     let admin = Arc::new(Admin {

@@ -490,6 +490,22 @@ async fn parser_refusals_carry_the_json_body_and_request_id() {
         }
     }
     setup.assert_app_saw_nothing_before_a_good_request(Via::InboundMtls, "parser refusals").await;
+    // Each refusal is counted as an invalid request, under its caller where it proved one.
+    let invalid = async |side: &Sidecar, filter: &str| -> f64 {
+        let metrics = http_client().get(format!("http://{}/metrics", side.admin)).send().await.unwrap();
+        let metrics = metrics.text().await.unwrap();
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("palisade_requests_total{") && l.contains(r#"decision="invalid""#) && l.contains(filter)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let n = cases.len() as f64;
+    assert_eq!(invalid(&setup.b, r#"direction="inbound""#).await, 2.0 * n, "via mTLS and in plaintext");
+    assert_eq!(invalid(&setup.b, &format!(r#"source_principal="{}""#, id("shop", "frontend"))).await, n);
+    assert_eq!(invalid(&setup.a, r#"direction="outbound""#).await, n);
     setup.shutdown();
 }
 

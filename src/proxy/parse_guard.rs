@@ -25,19 +25,26 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::respond::ErrorKind;
 use super::RequestId;
+use crate::telemetry::Telemetry;
 
 /// A [`ServerApp`] (the proxy) whose connections are wrapped in a [`Guarded`] stream and kept
 /// alive between HTTP/1.1 requests by [`super::keepalive`].
-pub struct Strict<A>(pub Arc<A>);
+pub struct Strict<A> {
+    pub app: Arc<A>,
+    /// Where the refusals are counted and logged, and as which direction.
+    pub telemetry: Arc<Telemetry>,
+    pub direction: &'static str,
+}
 
 #[async_trait::async_trait]
 impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Strict<A> {
     async fn process_new(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        super::keepalive::serve(&self.0, Box::new(Guarded::new(stream)), shutdown).await
+        let counted = Counted { telemetry: self.telemetry.clone(), direction: self.direction };
+        super::keepalive::serve(&self.app, Box::new(Guarded::new(stream, Some(counted))), shutdown).await
     }
 
     async fn cleanup(&self) {
-        self.0.cleanup().await
+        self.app.cleanup().await
     }
 }
 
@@ -59,6 +66,20 @@ fn guarded(session: &pingora::proxy::Session) -> Option<&Guarded> {
     session.stream()?.as_any().downcast_ref::<Guarded>()
 }
 
+/// Where a refusal of pingora's parser is counted (`palisade_requests_total`, decision
+/// `invalid`) and written to the access log, as every answer of the sidecar's own is: a
+/// smuggling probe (two Host fields, a bare CR) would otherwise leave no trace but its 400.
+pub struct Counted {
+    telemetry: Arc<Telemetry>,
+    direction: &'static str,
+}
+
+impl std::fmt::Debug for Counted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Counted").field("direction", &self.direction).finish_non_exhaustive()
+    }
+}
+
 #[derive(Debug)]
 pub struct Guarded {
     inner: Stream,
@@ -67,12 +88,51 @@ pub struct Guarded {
     h2: bool,
     /// Our answer in place of pingora's, and how much of it is written.
     replacement: Option<(Vec<u8>, usize)>,
+    counted: Option<Counted>,
 }
 
 impl Guarded {
-    fn new(inner: Stream) -> Self {
+    fn new(inner: Stream, counted: Option<Counted>) -> Self {
         let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
-        Guarded { inner, in_request: AtomicBool::new(false), h2, replacement: None }
+        Guarded { inner, in_request: AtomicBool::new(false), h2, replacement: None, counted }
+    }
+
+    /// Counts and logs the refusal whose answer is `answer` (its status and request id).
+    fn count(&self, status: u16, request_id: &str) {
+        let Some(Counted { telemetry, direction }) = &self.counted else { return };
+        let identity = self.inner.get_ssl_digest();
+        let principal = identity.as_ref().and_then(|d| d.extension.get::<crate::tls::PeerIdentity>());
+        let principal = principal.map_or("", |p| p.id.as_str());
+        let decision = "invalid";
+        let code_label = super::record::status_label(status);
+        telemetry.requests.record(
+            &telemetry.metrics,
+            crate::telemetry::Recorded {
+                direction,
+                method: "OTHER",
+                code: status,
+                code_label,
+                principal,
+                decision,
+                destination: "",
+                seconds: 0.0,
+            },
+        );
+        if telemetry.access_log_enabled() {
+            let source = self.inner.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+            telemetry.access(crate::telemetry::AccessRecord {
+                direction,
+                method: "-",
+                path: "-",
+                status,
+                seconds: 0.0,
+                source,
+                principal,
+                decision,
+                request_id,
+                ratelimit_delay: None,
+            });
+        }
     }
 
     /// Whether `buf`, written now, is pingora refusing a head it could not parse.
@@ -85,7 +145,12 @@ impl Guarded {
     /// Writes our answer in place of pingora's `buf` (whose status it keeps); pingora's own
     /// bytes are dropped, and so is whatever else it writes for this answer.
     fn poll_replace(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        let (answer, written) = self.replacement.get_or_insert_with(|| (answer(buf), 0));
+        if self.replacement.is_none() {
+            let (answer, status, id) = answer_of(buf);
+            self.count(status, id.as_str());
+            self.replacement = Some((answer, 0));
+        }
+        let Some((answer, written)) = self.replacement.as_mut() else { unreachable!("set above") };
         while *written < answer.len() {
             match Pin::new(&mut self.inner).poll_write(cx, &answer[*written..]) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
@@ -101,11 +166,12 @@ impl Guarded {
 /// What an HTTP/1.1 connection whose request head did not arrive within `limits.headerTimeout`
 /// is answered before it closes (SPEC section 5): 408 with the JSON body and `x-request-id`.
 pub fn request_timeout_answer() -> Vec<u8> {
-    answer(b"HTTP/1.1 408 ")
+    answer_of(b"HTTP/1.1 408 ").0
 }
 
-/// The sidecar's JSON refusal for the status pingora chose (`HTTP/1.1 400 ...`).
-fn answer(pingora_wrote: &[u8]) -> Vec<u8> {
+/// The sidecar's JSON refusal for the status pingora chose (`HTTP/1.1 400 ...`), with that status
+/// and the request id it names.
+fn answer_of(pingora_wrote: &[u8]) -> (Vec<u8>, u16, RequestId) {
     let status = pingora_wrote
         .get(9..12)
         .and_then(|s| std::str::from_utf8(s).ok()?.parse::<u16>().ok())
@@ -115,13 +181,13 @@ fn answer(pingora_wrote: &[u8]) -> Vec<u8> {
     let id = RequestId::generate();
     let body = format!(r#"{{"error":"{}","request_id":"{}"}}"#, kind.code(), id.as_str());
     let reason = http::StatusCode::from_u16(kind.status()).ok().and_then(|s| s.canonical_reason()).unwrap_or("");
-    format!(
+    let answer = format!(
         "HTTP/1.1 {} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {}\r\ncache-control: no-store\r\nconnection: close\r\n\r\n{body}",
         kind.status(),
         body.len(),
         id.as_str()
-    )
-    .into_bytes()
+    );
+    (answer.into_bytes(), kind.status(), id)
 }
 
 impl AsyncRead for Guarded {
@@ -209,7 +275,7 @@ mod tests {
 
     #[test]
     fn the_answer_keeps_pingoras_status_and_carries_the_json_body() {
-        let ours = String::from_utf8(answer(b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\n\r\n")).unwrap();
+        let ours = String::from_utf8(answer_of(b"HTTP/1.1 400 Bad Request\r\nServer: Pingora\r\n\r\n").0).unwrap();
         assert!(ours.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{ours}");
         let (head, body) = ours.split_once("\r\n\r\n").unwrap();
         let json: serde_json::Value = serde_json::from_str(body).unwrap();
@@ -217,7 +283,7 @@ mod tests {
         let id = json["request_id"].as_str().unwrap();
         assert!(head.contains(&format!("x-request-id: {id}\r\n")), "{head}");
         assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
-        let large = String::from_utf8(answer(b"HTTP/1.1 431 Request Header Fields Too Large\r\n\r\n")).unwrap();
+        let large = String::from_utf8(answer_of(b"HTTP/1.1 431 Request Header Fields Too Large\r\n\r\n").0).unwrap();
         assert!(large.contains("\"error\":\"headers_too_large\""), "{large}");
     }
 }
