@@ -216,12 +216,10 @@ mod tests {
         }
         assert_eq!(destinations.label("[fd00::1]:8080"), "[fd00::1]:8080");
         assert_eq!(destinations.known.load().len(), 2, "junk took no place");
-        let mut kept = 2;
+        let kept = 2;
         for i in kept..MAX_DESTINATIONS {
             assert_eq!(destinations.label(&format!("svc-{i}.shop:80")), format!("svc-{i}.shop:80"));
-            kept += 1;
         }
-        assert_eq!(kept, MAX_DESTINATIONS);
         assert_eq!(destinations.label("one-too-many.shop:80"), OTHER_DESTINATION);
         assert_eq!(destinations.label("svc-2.shop:80"), "svc-2.shop:80", "values seen before keep their label");
         assert_eq!(destinations.known.load().len(), MAX_DESTINATIONS);

@@ -254,7 +254,7 @@ mod tests {
             let mut params = CertificateParams::default();
             params.subject_alt_names = vec![SanType::URI("spiffe://cluster.local/ns/a/sa/b".try_into().unwrap())];
             params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
-            params.key_usages = vec![KeyUsagePurpose::DigitalSignature, usage.clone()];
+            params.key_usages = vec![KeyUsagePurpose::DigitalSignature, usage];
             let leaf = params.clone().self_signed(&KeyPair::generate().unwrap()).unwrap();
             assert_eq!(check_leaf(leaf.der(), Usage::Client, &domains), Err(LeafError::SigningUsage), "{usage:?}");
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
