@@ -94,7 +94,18 @@ enum CaCommand {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Bad arguments exit with 64 (EX_USAGE), as the README says, not clap's 2; help and version
+    // print as usual and exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.use_stderr() {
+                true => ExitCode::from(64),
+                false => ExitCode::SUCCESS,
+            };
+        }
+    };
     match cli.command {
         Command::Sidecar(arg) => run_sidecar(&arg),
         Command::Control(arg) => run_control(&arg),

@@ -306,6 +306,17 @@ async fn logs_are_json_lines_when_asked_and_plain_text_without_colour_in_a_file(
 }
 
 #[test]
+fn bad_arguments_exit_64_and_help_exits_0() {
+    for args in [&["sidecar", "--bogus"][..], &["check"][..], &["nope"][..]] {
+        let out = palisade(args);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {out:?}");
+        assert!(!out.stderr.is_empty(), "{args:?}: says why");
+    }
+    let help = palisade(&["--help"]);
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("sidecar"), "{help:?}");
+}
+
+#[test]
 fn ca_issue_refuses_a_trust_domains_own_id() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
