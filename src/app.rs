@@ -147,6 +147,18 @@ impl Parts {
         let (Some(tls), Some(telemetry)) = (tls, telemetry) else {
             return Err(StartError::Config(errors));
         };
+        // Policies select by `workload`, not by the certificate: a configuration that leaves
+        // `workload` at its defaults beside a certificate for ns/shop enforces none of shop's
+        // policies, silently, unless it is said.
+        let id = tls.current().credentials.id.clone();
+        if let (Some(ns), Some(sa)) = (id.namespace(), id.service_account()) {
+            if ns != workload.namespace || sa != workload.service_account {
+                tracing::warn!(
+                    certificate = %id, workload.namespace = %workload.namespace, workload.serviceAccount = %workload.service_account,
+                    "the certificate names another namespace or service account than workload: policies are selected by workload; set workload.namespace and workload.serviceAccount"
+                );
+            }
+        }
         let options = PolicyOptions {
             default_mtls: config.inbound.mtls,
             files: config.policy.files.clone(),

@@ -336,6 +336,16 @@ fn ca_issue_refuses_a_trust_domains_own_id() {
     assert!(!dir.path().join("x").exists(), "nothing issued");
 }
 
+/// A configuration without `workload` beside a certificate for shop/orders: policies for shop
+/// would never select it, so the start says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_other_than_the_certificates_is_warned_about() {
+    let stderr = stderr_of_a_run(&[], &[("RUST_LOG", "warn")]).await;
+    let line =
+        stderr.lines().find(|l| l.contains("policies are selected by workload")).unwrap_or_else(|| panic!("{stderr}"));
+    assert!(line.contains("ns/shop/sa/orders") && line.contains("workload.namespace=default"), "{line}");
+}
+
 #[test]
 fn a_log_filter_that_does_not_parse_is_a_configuration_error() {
     for var in ["PALISADE_LOG", "RUST_LOG"] {
