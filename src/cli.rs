@@ -269,8 +269,14 @@ where
     let loaded = match file {
         Some(path) => config::load(path, &ProcessEnv).map(|c| (path.to_path_buf(), c)),
         None => {
-            let text = std::env::var(config::CONFIG_VAR).unwrap_or_default();
-            let source = PathBuf::from(config::CONFIG_VAR);
+            // Errors name where the configuration came from: the variable, or, with neither it
+            // nor --config, the defaults (a missing certificate is not the variable's fault).
+            let text = std::env::var(config::CONFIG_VAR).ok();
+            let source = PathBuf::from(match text {
+                Some(_) => config::CONFIG_VAR,
+                None => "defaults (no --config, no PALISADE_CONFIG)",
+            });
+            let text = text.unwrap_or_default();
             config::load_text(&source, &text, &ProcessEnv).map(|c| (source, c))
         }
     };

@@ -317,6 +317,19 @@ fn bad_arguments_exit_64_and_help_exits_0() {
 }
 
 #[test]
+fn with_no_configuration_at_all_errors_name_the_defaults() {
+    let out = Command::new(BIN)
+        .args(["sidecar"])
+        .env_remove("PALISADE_CONFIG")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("error: defaults (no --config, no PALISADE_CONFIG): identity.files"), "{stderr}");
+}
+
+#[test]
 fn ca_issue_refuses_a_trust_domains_own_id() {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca");
