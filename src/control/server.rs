@@ -113,13 +113,18 @@ impl PolicyService {
             if source.trust_hello {
                 return Ok(TrustedLabels { labels: claimed.clone(), source: "hello", pod: None });
             }
-            return Err(self.refuse(
-                peer,
-                "labels",
-                "the control plane cannot verify this workload's labels: give the sidecar a service-account token \
-                 (policy.tokenFile), or set policies.trustHelloLabels on the control plane"
-                    .into(),
-            ));
+            let why = match source.api {
+                // The sidecar may well have sent a token: there is nowhere to look its pod up.
+                None => {
+                    "the control plane cannot verify this workload's labels: it has no API server to read the pod \
+                         from (in a cluster it uses its own; elsewhere set kubernetes, or policies.trustHelloLabels)"
+                }
+                Some(_) => {
+                    "the control plane cannot verify this workload's labels: give the sidecar a service-account \
+                            token (policy.tokenFile), or set policies.trustHelloLabels on the control plane"
+                }
+            };
+            return Err(self.refuse(peer, "labels", why.into()));
         };
         if token.is_empty() {
             if source.trust_hello {
