@@ -161,15 +161,16 @@ impl Metrics {
         let connections_closed = IntCounterVec::new(
             Opts::new(
                 "palisade_connections_closed_total",
-                "Connections the sidecar closed to protect itself, by listener and reason \
-                 (header_timeout, idle_timeout, connection_limit).",
+                "Connections (or HTTP/2 streams) the sidecar closed to protect itself, by listener and reason: \
+                 connection_limit, source_limit, header_timeout, idle_timeout, body_timeout, send_timeout, \
+                 rapid_reset, memory_cut, memory_limit, memory_idle, not_http.",
             ),
             &["direction", "reason"],
         )
         .expect("metric");
         let opaque_connections = prometheus::IntCounter::new(
             "palisade_outbound_opaque_connections_total",
-            "Outbound connections that were not HTTP, relayed as bytes to a destination in outbound.passthrough.",
+            "Outbound connections that were not HTTP, relayed as bytes: in a TCP tunnel to the peer sidecar, or to a destination in outbound.passthrough.",
         )
         .expect("metric");
         let inbound_tcp_connections = IntCounterVec::new(
@@ -187,7 +188,7 @@ impl Metrics {
         let requests_shed = IntCounterVec::new(
             Opts::new(
                 "palisade_requests_shed_total",
-                "Requests answered 503 because limits.maxInflight requests were in flight on the listener.",
+                "Requests answered 503 at once: limits.maxInflight requests were in flight on the listener, or the sidecar was over limits.maxMemoryBytes.",
             ),
             &["direction"],
         )
