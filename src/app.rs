@@ -208,7 +208,7 @@ fn from_control_plane(
     let (pem, from) = match &cp.trust_anchors {
         Some(pem) => (pem.clone().into_bytes(), "trustAnchors"),
         None => (
-            std::fs::read(&cp.trust_bundle)
+            crate::files::read_regular(&cp.trust_bundle, crate::files::MAX_KEY_FILE_BYTES)
                 .map_err(|e| (field("trustBundle"), format!("{}: {e}", cp.trust_bundle.display())))?,
             "trustBundle",
         ),

@@ -70,6 +70,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod files;
 pub mod identity;
 pub mod initnet;
 pub mod inject;

@@ -16,7 +16,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -260,32 +259,10 @@ fn path_steps(path: &str) -> impl Iterator<Item = Step<'_>> {
 
 // === reading ===
 
-/// Reads a file of at most `max_bytes` as UTF-8 text. Only regular files: a FIFO would block
-/// and a device such as /dev/zero never ends.
+/// Reads a file of at most `max_bytes` as UTF-8 text ([`crate::files::read_regular`]).
 pub fn read_file(path: &Path, max_bytes: usize) -> std::io::Result<String> {
     use std::io::{Error as IoError, ErrorKind};
-    use std::os::unix::fs::OpenOptionsExt;
-    // O_NONBLOCK: opening a FIFO with no writer would otherwise wait for one.
-    let file = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(IoError::new(ErrorKind::InvalidInput, "not a regular file"));
-    }
-    if meta.len() > max_bytes as u64 {
-        return Err(IoError::new(
-            ErrorKind::InvalidData,
-            format!("the file has {} bytes, more than the limit of {max_bytes}", meta.len()),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    // The file may grow between the stat and the read: never read more than the limit.
-    file.take(max_bytes as u64 + 1).read_to_end(&mut bytes)?;
-    if bytes.len() > max_bytes {
-        return Err(IoError::new(
-            ErrorKind::InvalidData,
-            format!("the file has more than the limit of {max_bytes} bytes"),
-        ));
-    }
+    let bytes = crate::files::read_regular(path, max_bytes)?;
     String::from_utf8(bytes).map_err(|e| {
         IoError::new(
             ErrorKind::InvalidData,

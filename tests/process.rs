@@ -329,6 +329,33 @@ fn with_no_configuration_at_all_errors_name_the_defaults() {
     assert!(stderr.contains("error: defaults (no --config, no PALISADE_CONFIG): identity.files"), "{stderr}");
 }
 
+/// A policy may name any path as its JWKS or HMAC secret: a FIFO (which would block the reader
+/// for good) or /dev/zero (which never ends) is refused with the file named, at once.
+#[test]
+fn a_policy_naming_a_fifo_or_a_device_as_its_keys_is_refused_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("jwks.fifo");
+    assert!(Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    for (what, source) in [
+        ("a FIFO as JWKS", format!("jwks: {{file: \"{}\"}}", fifo.display())),
+        ("/dev/zero as JWKS", "jwks: {file: /dev/zero}".to_string()),
+        ("/dev/zero as the HMAC secret", "hmacSecret: {file: /dev/zero}".to_string()),
+    ] {
+        let policy = format!(
+            "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n  authentication:\n    jwt:\n      - issuer: https://issuer.example\n        {source}\n"
+        );
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, policy).unwrap();
+        let mut child =
+            Command::new(BIN).args(["check"]).arg(&file).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+        let status = wait_exit(&mut child).unwrap_or_else(|| panic!("{what}: check hung"));
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(!status.success(), "{what}: {stderr}");
+        assert!(stderr.contains("not a regular file"), "{what}: {stderr}");
+    }
+}
+
 #[test]
 fn ca_issue_refuses_a_trust_domains_own_id() {
     let dir = tempfile::tempdir().unwrap();

@@ -117,7 +117,8 @@ impl HttpFetcher {
             .body(Empty::<Bytes>::new())
             .map_err(|e| err("request", &e))?;
         if let Some(path) = &self.bearer_token_file {
-            let token = std::fs::read_to_string(path)
+            let token = crate::files::read_regular(path, 64 * 1024)
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
                 .map_err(|e| AuthnError::File { path: path.clone(), reason: e.to_string() })?;
             let value = http::HeaderValue::from_str(&format!("Bearer {}", token.trim()))
                 .map_err(|_| AuthnError::File { path: path.clone(), reason: "not a valid bearer token".into() })?;
@@ -168,10 +169,11 @@ fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, AuthnError> {
             .ok_or_else(|| AuthnError::Fetch("no CA bundle found in the image; set the JWKS caFile".into()))?,
     };
     let file_err = |reason: String| AuthnError::File { path: path.clone(), reason };
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&path)
-        .map_err(|e| file_err(e.to_string()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| file_err(e.to_string()))?;
+    // A policy names the file: a FIFO or a device must not hang or fill the sidecar.
+    let pem =
+        crate::files::read_regular(&path, crate::files::MAX_KEY_FILE_BYTES).map_err(|e| file_err(e.to_string()))?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| file_err(e.to_string()))?;
     let mut store = RootCertStore::empty();
     let (added, _) = store.add_parsable_certificates(certs);
     if added == 0 {

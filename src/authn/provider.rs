@@ -393,7 +393,8 @@ impl AuthnRuntime {
             JwksLocation::Inline(text) => Ok(KeySource::Static(Arc::new(KeySet::from_json(text.as_bytes())?))),
             JwksLocation::File(path) => {
                 let file_err = |reason: String| AuthnError::File { path: path.clone(), reason };
-                let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
+                let bytes = crate::files::read_regular(path, crate::files::MAX_KEY_FILE_BYTES)
+                    .map_err(|e| file_err(e.to_string()))?;
                 let set = KeySet::from_json(&bytes).map_err(|e| file_err(e.to_string()))?;
                 Ok(KeySource::Static(Arc::new(set)))
             }
@@ -426,9 +427,13 @@ enum Mode {
     Check,
 }
 
+/// An HMAC secret longer than this is no secret someone meant to write.
+const MAX_SECRET_BYTES: usize = 64 * 1024;
+
 fn read_secret(spec: &SecretSpec) -> Result<Vec<u8>, String> {
     match (&spec.file, &spec.inline) {
-        (Some(path), None) => std::fs::read(path).map_err(|e| format!("hmacSecret {}: {e}", path.display())),
+        (Some(path), None) => crate::files::read_regular(path, MAX_SECRET_BYTES)
+            .map_err(|e| format!("hmacSecret {}: {e}", path.display())),
         (None, Some(text)) => Ok(text.as_bytes().to_vec()),
         _ => Err("hmacSecret needs exactly one of file or inline".into()),
     }

@@ -66,7 +66,9 @@ impl CaSigner {
     /// must be its key.
     pub fn load(files: &CaFiles, trust_domain: &str) -> Result<Self, CaError> {
         let chain = read_certs(&files.cert)?;
-        let key_pem = std::fs::read_to_string(&files.key).map_err(|e| file_error(&files.key, e))?;
+        let key_pem = crate::files::read_regular(&files.key, crate::files::MAX_KEY_FILE_BYTES)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .map_err(|e| file_error(&files.key, e))?;
         let key = load_key(&key_pem).map_err(|e| file_error(&files.key, e))?;
         let signing = &chain[0];
         let (_, parsed) = x509_parser::parse_x509_certificate(signing).map_err(|e| file_error(&files.cert, e))?;
@@ -214,7 +216,7 @@ fn check_request(csr: &[u8], identity: &SpiffeId) -> Result<(), Refused> {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
-    let pem = std::fs::read(path).map_err(|e| file_error(path, e))?;
+    let pem = crate::files::read_regular(path, crate::files::MAX_KEY_FILE_BYTES).map_err(|e| file_error(path, e))?;
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| file_error(path, e))?;
     if certs.is_empty() {

@@ -29,7 +29,7 @@ pub(super) struct CollectorRoots {
 impl CollectorRoots {
     pub(super) fn read(path: &Path) -> Result<CollectorRoots, String> {
         let why = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-        let pem = std::fs::read(path).map_err(|e| why(&e))?;
+        let pem = crate::files::read_regular(path, crate::files::MAX_KEY_FILE_BYTES).map_err(|e| why(&e))?;
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(&pem).collect::<Result<_, _>>().map_err(|e| why(&e))?;
         let mut store = rustls::RootCertStore::empty();

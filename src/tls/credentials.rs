@@ -181,7 +181,8 @@ fn roots_of(bundle: &[CertificateDer<'static>], path: &Path) -> Result<RootCertS
 }
 
 pub(super) fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::File { path: path.to_path_buf(), reason: e.to_string() })
+    crate::files::read_regular(path, crate::files::MAX_KEY_FILE_BYTES)
+        .map_err(|e| TlsError::File { path: path.to_path_buf(), reason: e.to_string() })
 }
 
 pub(super) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
