@@ -491,9 +491,21 @@ mod tests {
         bad_forward.forward_claims = vec![super::super::ForwardClaim { claim: "sub".into(), header: "host".into() }];
         let mut bad_jwks = hs_spec("a");
         bad_jwks.jwks = Some(JwksSpec { inline: Some("{\"keys\":[]}".into()), ..Default::default() });
-        for spec in [no_keys, short, rs_without_jwks, bad_forward, bad_jwks] {
+        // A skew of years turns expiry off; a value meant in milliseconds is hours.
+        let mut skewed = hs_spec("a");
+        skewed.clock_skew_seconds = Some(60_000);
+        let mut forever = hs_spec("a");
+        forever.jwks = Some(JwksSpec {
+            uri: Some("https://issuer.example/jwks".into()),
+            cache_seconds: Some(u64::MAX),
+            ..Default::default()
+        });
+        for spec in [no_keys, short, rs_without_jwks, bad_forward, bad_jwks, skewed, forever] {
             assert!(rt.provider(&spec).is_err(), "{spec:?}");
         }
+        let mut an_hour = hs_spec("a");
+        an_hour.clock_skew_seconds = Some(3600);
+        assert!(rt.provider(&an_hour).is_ok());
     }
 
     #[test]

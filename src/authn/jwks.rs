@@ -19,6 +19,10 @@ use super::fetch::FetchJwks;
 use super::keys::KeySet;
 use super::AuthnError;
 
+/// The longest `cacheSeconds`: a longer one keeps a key the issuer dropped for longer than any
+/// reason to; far longer overflowed the refresh timer.
+pub const MAX_CACHE_SECONDS: u64 = 7 * 24 * 3600;
+
 /// Envoy's and Istio's default JWKS cache duration.
 pub const DEFAULT_CACHE_SECONDS: u64 = 600;
 
@@ -108,8 +112,8 @@ impl JwksSpec {
             (None, Some(i), None) if !remote_only => Ok(JwksLocation::Inline(i.clone())),
             (None, None, Some(u)) => {
                 let secs = self.cache_seconds.unwrap_or(DEFAULT_CACHE_SECONDS);
-                if secs == 0 {
-                    return Err("jwks.cacheSeconds must be at least 1".into());
+                if secs == 0 || secs > MAX_CACHE_SECONDS {
+                    return Err(format!("jwks.cacheSeconds must be 1 to {MAX_CACHE_SECONDS} (a week)"));
                 }
                 Ok(JwksLocation::Uri {
                     uri: u.clone(),

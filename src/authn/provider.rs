@@ -18,6 +18,9 @@ use super::keys::{KeySet, Lookup};
 use super::token::Unverified;
 use super::AuthnError;
 
+/// The most `clockSkewSeconds` a provider may allow.
+pub const MAX_CLOCK_SKEW_SECONDS: u64 = 3600;
+
 /// Envoy's `clock_skew_seconds` default.
 pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
@@ -371,6 +374,11 @@ impl AuthnRuntime {
                 return Err(err(format!("claims cannot be forwarded in {header}")));
             }
             forward.push((path, header));
+        }
+        // An hour at most: more turns expiry off (12 years let a token that expired 10 years ago
+        // in), and a value meant in milliseconds (60000) is 16 hours.
+        if spec.clock_skew_seconds.is_some_and(|s| s > MAX_CLOCK_SKEW_SECONDS) {
+            return Err(err(format!("clockSkewSeconds must be at most {MAX_CLOCK_SKEW_SECONDS}")));
         }
         let skew = spec.clock_skew_seconds.map_or(DEFAULT_CLOCK_SKEW, Duration::from_secs);
         Ok(Provider {

@@ -22,6 +22,41 @@ fn non_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec
     }
     Ok(items)
 }
+
+/// `from.principals`: SPIFFE IDs. An exact or prefix pattern must start with `spiffe://`: Istio
+/// writes principals without the scheme (`cluster.local/ns/shop/sa/frontend`), and such a
+/// pattern, taken as written, would never match: a DENY that never fires.
+fn spiffe_patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Pattern>, D::Error> {
+    let patterns: Vec<Pattern> = non_empty(d)?;
+    for p in &patterns {
+        if let Pattern::Exact(t) | Pattern::Prefix(t) = p {
+            if !t.starts_with("spiffe://") {
+                return Err(serde::de::Error::custom(format!(
+                    "{t:?} is no SPIFFE ID and would match no caller; write spiffe://{t} (Istio leaves the scheme out)"
+                )));
+            }
+        }
+    }
+    Ok(patterns)
+}
+
+/// A head limit within what the parser takes: a larger one would be silently the parser's, and 0
+/// would refuse every request.
+fn head_limit<'de, D: Deserializer<'de>>(d: D, max: u64) -> Result<Option<u64>, D::Error> {
+    let n = u64::deserialize(d)?;
+    if n == 0 || n > max {
+        return Err(serde::de::Error::custom(format!("must be 1 to {max} (the parser's own limit)")));
+    }
+    Ok(Some(n))
+}
+
+fn uri_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    head_limit(d, 8192)
+}
+
+fn header_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    head_limit(d, 65536)
+}
 use crate::config::{HumanDuration, MtlsMode};
 
 /// `spec.portLevelMtls`, refusing a port named twice: `5432` and `05432` are one port, and
@@ -251,14 +286,14 @@ pub struct Rule {
     pub from: Option<From>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<To>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
     pub when: Vec<Condition>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct From {
-    #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "spiffe_patterns", skip_serializing_if = "Vec::is_empty")]
     pub principals: Vec<Pattern>,
     #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<Pattern>,
@@ -542,9 +577,9 @@ string_serde!(LimitKey);
 pub struct InputValidation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "header_limit", skip_serializing_if = "Option::is_none")]
     pub max_header_bytes: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "uri_limit", skip_serializing_if = "Option::is_none")]
     pub max_uri_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waf: Option<Waf>,

@@ -197,6 +197,12 @@ mod tests {
             ("  authorization:\n    rules:\n      - {name: a, action: ALLOW, from: {principals: []}}\n", 7, "principals", "empty list"),
             ("  rateLimits:\n    - {name: r, rate: 1, per: 10000000h}\n", 6, "rateLimits[0]", "per must be between"),
             ("  rateLimits:\n    - {name: r, rate: 1, per: 0s}\n", 6, "rateLimits[0]", "per must be between"),
+            // Istio's form of a principal would match no caller: a DENY that never fires.
+            ("  authorization:\n    rules:\n      - {name: a, action: DENY, from: {principals: [\"cluster.local/ns/shop/sa/x\"]}}\n", 7, "principals", "write spiffe://cluster.local/ns/shop/sa/x"),
+            ("  authorization:\n    rules:\n      - {name: a, action: ALLOW, when: []}\n", 7, "when", "empty list"),
+            ("  inputValidation: {maxUriBytes: 100000}\n", 5, "maxUriBytes", "1 to 8192"),
+            ("  inputValidation: {maxUriBytes: 0}\n", 5, "maxUriBytes", "1 to 8192"),
+            ("  inputValidation: {maxHeaderBytes: 18446744073709551615}\n", 5, "maxHeaderBytes", "1 to 65536"),
         ];
         for (spec, line, field, words) in cases {
             let errors = errors_of(&format!("{HEAD}{spec}"));
