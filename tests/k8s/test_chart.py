@@ -171,7 +171,7 @@ def test_generated_certificates_are_kept_across_upgrades_by_lookup():
 def test_policies_round_trip_into_what_the_control_plane_loads():
     objs = objects({"policies": [POLICY]})
     (cm,) = [o for o in objs if o["metadata"]["name"] == "palisade-policies"]
-    assert sorted(cm["data"]) == ["revision", "shop-orders-api.yaml"]
+    assert sorted(cm["data"]) == ["revision", "shop_orders-api.yaml"]
     # The release's revision, which the control plane puts on every snapshot: an upgrade's is
     # higher, so a replica that has not read it yet cannot take a sidecar back.
     assert cm["data"]["revision"] == "1"
@@ -179,8 +179,8 @@ def test_policies_round_trip_into_what_the_control_plane_loads():
     (cm7,) = [o for o in upgraded if o["metadata"]["name"] == "palisade-policies"]
     assert cm7["data"]["revision"] == "7"
     with tempfile.TemporaryDirectory() as d:
-        path = pathlib.Path(d) / "shop-orders-api.yaml"
-        path.write_text(cm["data"]["shop-orders-api.yaml"])
+        path = pathlib.Path(d) / "shop_orders-api.yaml"
+        path.write_text(cm["data"]["shop_orders-api.yaml"])
         out = palisade("check", str(path))
         assert "shop/orders-api selects workloads labelled app=orders in namespace shop" in out.stdout, out.stdout
         assert yaml.safe_load(path.read_text()) == POLICY
@@ -189,9 +189,22 @@ def test_policies_round_trip_into_what_the_control_plane_loads():
     (cm,) = [o for o in objects({"policies": [bad]}) if o["metadata"]["name"] == "palisade-policies"]
     with tempfile.TemporaryDirectory() as d:
         path = pathlib.Path(d) / "p.yaml"
-        path.write_text(cm["data"]["shop-orders-api.yaml"])
+        path.write_text(cm["data"]["shop_orders-api.yaml"])
         out = palisade("check", str(path), check=False)
         assert out.returncode != 0 and "spec.mtls" in out.stderr, out.stderr
+
+
+def test_policies_whose_names_joined_with_a_dash_would_collide_are_two_files_and_a_duplicate_fails():
+    # shop-admin/api and shop/admin-api were one key with `-` between namespace and name: one of
+    # the two policies vanished without a word.
+    a = dict(POLICY, metadata={"name": "api", "namespace": "shop-admin"})
+    b = dict(POLICY, metadata={"name": "admin-api", "namespace": "shop"})
+    (cm,) = [o for o in objects({"policies": [a, b]}) if o["metadata"]["name"] == "palisade-policies"]
+    assert sorted(cm["data"]) == ["revision", "shop-admin_api.yaml", "shop_admin-api.yaml"]
+    with helm_python.Chart.load(str(CHART)) as chart:
+        with pytest.raises(Exception) as refused:
+            chart.render({"policies": [POLICY, POLICY]}, name="palisade", namespace=NAMESPACE)
+    assert "policies[1]: shop/orders-api is listed twice" in str(refused.value)
 
 
 def test_the_rendered_control_plane_configuration_gives_palisade_inject_its_settings():
