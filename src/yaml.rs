@@ -512,10 +512,13 @@ pub fn from_node<T: DeserializeOwned>(node: &Node) -> Result<T, (String, Error)>
 pub fn from_node_all<T: DeserializeOwned>(node: &Node, max_errors: usize) -> (Option<T>, Vec<(String, Error)>) {
     let mut errors: Vec<(String, Error)> = Vec::new();
     let mut pruned = node.clone();
+    // What was removed, as paths in the document as written.
+    let mut removed: Vec<String> = Vec::new();
     loop {
         match from_node::<T>(&pruned) {
             Ok(value) => return (Some(value), errors),
-            Err((path, error)) => {
+            Err((pruned_path, error)) => {
+                let path = original_path(&pruned_path, &removed);
                 let again = errors.iter().any(|(p, e)| *p == path && *e == error);
                 // Removing a bad entry can make its parent wrong (a required field missing, a
                 // list left empty): that is the same mistake, said once.
@@ -527,12 +530,40 @@ pub fn from_node_all<T: DeserializeOwned>(node: &Node, max_errors: usize) -> (Op
                 if !again && !echo {
                     errors.push((path.clone(), error));
                 }
-                if again || errors.len() >= max_errors || path.is_empty() || !pruned.remove(&path) {
+                if again || errors.len() >= max_errors || path.is_empty() || !pruned.remove(&pruned_path) {
                     return (None, errors);
                 }
+                removed.push(path);
             }
         }
     }
+}
+
+/// `path` in a copy with the `removed` entries taken out, as a path in the document as written:
+/// each index moved past the elements removed before it from the same list (`ports[1]` after
+/// `ports[1]` was removed is `ports[2]`).
+fn original_path(path: &str, removed: &[String]) -> String {
+    let mut out = String::with_capacity(path.len() + 4);
+    for step in path_steps(path) {
+        match step {
+            Step::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Step::Index(i) => {
+                let mut gone: Vec<usize> = removed
+                    .iter()
+                    .filter_map(|r| r.strip_prefix(out.as_str())?.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
+                    .collect();
+                gone.sort_unstable();
+                let index = gone.into_iter().fold(i, |index, g| if g <= index { index + 1 } else { index });
+                out.push_str(&format!("[{index}]"));
+            }
+        }
+    }
+    out
 }
 
 /// The deserializer for one node.

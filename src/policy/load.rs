@@ -215,6 +215,23 @@ mod tests {
     }
 
     #[test]
+    fn several_errors_in_one_list_each_name_their_own_index() {
+        let spec = "  authorization:\n    rules:\n      - {name: a, action: ALLOW, to: {ports: [80, 65536, 8080, 70000]}}\n      - {name: b, action: ALOW}\n      - {name: c, action: ALLOW, to: {ports: [70001]}}\n";
+        let errors = errors_of(&format!("{HEAD}{spec}"));
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.authorization.rules[0].to.ports[1]",
+                "spec.authorization.rules[0].to.ports[3]",
+                "spec.authorization.rules[1].action",
+                "spec.authorization.rules[2].to.ports[0]",
+            ],
+            "{errors:?}"
+        );
+    }
+
+    #[test]
     fn a_syntax_error_is_reported_once_and_parsing_ends() {
         for bad in ["spec: {a: [}\n", "spec: a: b\n", "spec:\n\tmtls: STRICT\n", "metadata: {name: \"p\n"] {
             let text = format!("apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\n{bad}");
