@@ -356,6 +356,27 @@ fn a_policy_naming_a_fifo_or_a_device_as_its_keys_is_refused_not_read() {
     }
 }
 
+/// `requireJwt` with no issuer: a sidecar selected refuses the policy, so `check` does too,
+/// unless another policy of the namespace among those checked names an issuer.
+#[test]
+fn check_refuses_a_required_token_no_policy_names_an_issuer_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\n";
+    let require = dir.path().join("require.yaml");
+    std::fs::write(
+        &require,
+        format!("{head}metadata: {{name: r, namespace: shop}}\nspec:\n  authentication: {{requireJwt: true}}\n"),
+    )
+    .unwrap();
+    let issuer = dir.path().join("issuer.yaml");
+    std::fs::write(&issuer, format!("{head}metadata: {{name: i, namespace: shop}}\nspec:\n  authentication:\n    jwt: [{{issuer: https://issuer.example, hmacSecret: {{inline: {}}}}}]\n", "s".repeat(32))).unwrap();
+    let alone = palisade(&["check", require.to_str().unwrap()]);
+    assert!(!alone.status.success(), "{alone:?}");
+    assert!(String::from_utf8_lossy(&alone.stderr).contains("spec.authentication.requireJwt"), "{alone:?}");
+    let both = palisade(&["check", require.to_str().unwrap(), issuer.to_str().unwrap()]);
+    assert!(both.status.success(), "{both:?}");
+}
+
 #[test]
 fn ca_issue_refuses_a_trust_domains_own_id() {
     let dir = tempfile::tempdir().unwrap();
