@@ -36,11 +36,17 @@ pub fn read_regular(path: &Path, max_bytes: usize) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Whether `path` may be opened to write a log or events to: anything but an existing file that
-/// is not a regular one (opening a FIFO for writing waits for a reader; a device is no log).
+/// Whether `path` may be opened to write a log or events to: a regular file, a new one, or a
+/// character device such as /dev/null; not a FIFO (opening one for writing waits for a reader,
+/// for good), a socket, a block device or a directory. The standard streams are the sinks
+/// `stdout` and `stderr`, not their paths.
 pub fn check_writable(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
     match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_file() => Err(Error::new(ErrorKind::InvalidInput, "not a regular file")),
+        Ok(meta) if !meta.is_file() && !meta.file_type().is_char_device() => Err(Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file (use the stdout or stderr sink for those streams)",
+        )),
         _ => Ok(()),
     }
 }
@@ -61,7 +67,8 @@ mod tests {
         // Neither blocks: the FIFO has no writer, /dev/zero never ends.
         assert_eq!(read_regular(&fifo, 64).unwrap_err().kind(), ErrorKind::InvalidInput);
         assert_eq!(read_regular(Path::new("/dev/zero"), 64).unwrap_err().kind(), ErrorKind::InvalidInput);
-        assert!(check_writable(&fifo).is_err() && check_writable(Path::new("/dev/null")).is_err());
+        assert!(check_writable(&fifo).is_err() && check_writable(dir.path()).is_err());
         assert!(check_writable(&file).is_ok() && check_writable(&dir.path().join("new.log")).is_ok());
+        assert!(check_writable(Path::new("/dev/null")).is_ok(), "a character device never blocks an open");
     }
 }
