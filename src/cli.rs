@@ -121,6 +121,9 @@ pub fn main() -> ExitCode {
 fn check(files: &[PathBuf]) -> ExitCode {
     let (policies, mut errors) = crate::policy::load_files(files);
     errors.extend(crate::policy::check_authentication(&policies));
+    for w in crate::policy::check_warnings(&policies) {
+        eprintln!("warning: {w}");
+    }
     if !errors.is_empty() {
         for e in &errors {
             eprintln!("error: {e}");

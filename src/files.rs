@@ -36,19 +36,18 @@ pub fn read_regular(path: &Path, max_bytes: usize) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Whether `path` may be opened to write a log or events to: a regular file, a new one, or a
-/// character device such as /dev/null; not a FIFO (opening one for writing waits for a reader,
-/// for good), a socket, a block device or a directory. The standard streams are the sinks
-/// `stdout` and `stderr`, not their paths.
-pub fn check_writable(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::FileTypeExt;
-    match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_file() && !meta.file_type().is_char_device() => Err(Error::new(
-            ErrorKind::InvalidInput,
-            "not a regular file (use the stdout or stderr sink for those streams)",
-        )),
-        _ => Ok(()),
-    }
+/// `path` opened to append a log or events to, created if missing. A FIFO with no reader is an
+/// error at once (ENXIO), not a start that waits for one for good; a FIFO being read (a pipe to
+/// a log shipper), a character device or a regular file opens as usual.
+pub fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
+    let options = |flags: i32| {
+        let mut o = std::fs::OpenOptions::new();
+        o.create(true).append(true).custom_flags(flags | libc::O_CLOEXEC);
+        o
+    };
+    // The first open only proves that an open cannot wait; writes go through a blocking one.
+    drop(options(libc::O_NONBLOCK).open(path)?);
+    options(0).open(path)
 }
 
 #[cfg(test)]
@@ -67,8 +66,9 @@ mod tests {
         // Neither blocks: the FIFO has no writer, /dev/zero never ends.
         assert_eq!(read_regular(&fifo, 64).unwrap_err().kind(), ErrorKind::InvalidInput);
         assert_eq!(read_regular(Path::new("/dev/zero"), 64).unwrap_err().kind(), ErrorKind::InvalidInput);
-        assert!(check_writable(&fifo).is_err() && check_writable(dir.path()).is_err());
-        assert!(check_writable(&file).is_ok() && check_writable(&dir.path().join("new.log")).is_ok());
-        assert!(check_writable(Path::new("/dev/null")).is_ok(), "a character device never blocks an open");
+        // A FIFO with no reader is refused at once; a directory too; files and /dev/null open.
+        assert!(open_append(&fifo).is_err() && open_append(dir.path()).is_err());
+        assert!(open_append(&file).is_ok() && open_append(&dir.path().join("new.log")).is_ok());
+        assert!(open_append(Path::new("/dev/null")).is_ok());
     }
 }

@@ -264,29 +264,11 @@ fn compile(
 }
 
 /// What `palisade check` adds to parsing: every JWT issuer's keys read (files) or their
-/// address checked (URIs), without fetching anything; and a `requireJwt` with no issuer named by
-/// any policy of its namespace among those checked, which a sidecar it selects refuses.
+/// address checked (URIs), without fetching anything.
 pub fn check_authentication(located: &[Located]) -> Vec<ConfigError> {
     let runtime = crate::authn::AuthnRuntime::default();
     let mut errors = Vec::new();
     for l in located {
-        let requires = l.policy.spec.authentication.as_ref().is_some_and(|a| a.require_jwt);
-        let names_an_issuer = |other: &&Located| {
-            other.policy.metadata.namespace == l.policy.metadata.namespace
-                && other.policy.spec.authentication.as_ref().is_some_and(|a| !a.jwt.is_empty())
-        };
-        if requires && !located.iter().any(|o| names_an_issuer(&o)) {
-            let mut error = ConfigError::new(
-                &l.file,
-                "spec.authentication.requireJwt",
-                format!(
-                    "requires a token, but no policy of namespace {} checked here names a JWT issuer: a sidecar it selects would refuse it",
-                    l.policy.metadata.namespace
-                ),
-            );
-            error.line = Some(l.line);
-            errors.push(error);
-        }
         for (i, spec) in l.policy.spec.authentication.iter().flat_map(|a| a.jwt.iter()).enumerate() {
             if let Err(e) = runtime.check(spec) {
                 let mut error = ConfigError::new(&l.file, &format!("spec.authentication.jwt[{i}]"), e.to_string());
@@ -296,6 +278,33 @@ pub fn check_authentication(located: &[Located]) -> Vec<ConfigError> {
         }
     }
     errors
+}
+
+/// What `palisade check` says without failing: a `requireJwt` that no policy of its namespace
+/// among those checked names an issuer for. A sidecar it selects refuses it, unless a policy in
+/// a file not checked here names one (a hook may check only the files that changed).
+pub fn check_warnings(located: &[Located]) -> Vec<ConfigError> {
+    let mut warnings = Vec::new();
+    for l in located {
+        let requires = l.policy.spec.authentication.as_ref().is_some_and(|a| a.require_jwt);
+        let names_an_issuer = |other: &Located| {
+            other.policy.metadata.namespace == l.policy.metadata.namespace
+                && other.policy.spec.authentication.as_ref().is_some_and(|a| !a.jwt.is_empty())
+        };
+        if requires && !located.iter().any(names_an_issuer) {
+            let mut warning = ConfigError::new(
+                &l.file,
+                "spec.authentication.requireJwt",
+                format!(
+                    "requires a token, but no policy of namespace {} checked here names a JWT issuer: a sidecar it selects refuses it unless another policy names one",
+                    l.policy.metadata.namespace
+                ),
+            );
+            warning.line = Some(l.line);
+            warnings.push(warning);
+        }
+    }
+    warnings
 }
 
 /// What a sidecar enforces before any policy was loaded: with `failMode: closed`, one policy

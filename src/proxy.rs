@@ -237,8 +237,8 @@ impl CallerTimeouts {
     }
 }
 
-/// What pingora's own error lines say of a request: its method, path and host, each cut to 100
-/// bytes and escaped. pingora's summary writes the whole Host and target as they came, so an
+/// What pingora's own error lines say of a request: its method (any token a parser takes), path
+/// and host, each cut to 100 bytes and escaped. pingora's summary writes the whole Host and target as they came, so an
 /// app naming a 60 KB host that does not resolve wrote 60 KB lines, one per request, which log
 /// pipelines split (over 16 KB) and which fill the log volume.
 pub(crate) fn request_summary(session: &pingora::proxy::Session) -> String {
@@ -250,7 +250,8 @@ pub(crate) fn request_summary(session: &pingora::proxy::Session) -> String {
         format!("{}{more}", shown.escape_ascii())
     };
     let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes()).or_else(|| req.uri.host().map(str::as_bytes));
-    format!("{} {}, Host: {}", req.method, cut(req.raw_path()), cut(host.unwrap_or_default()))
+    let method = cut(req.method.as_str().as_bytes());
+    format!("{method} {}, Host: {}", cut(req.raw_path()), cut(host.unwrap_or_default()))
 }
 
 /// The failure of a request whose body stalled: pingora's own (an HTTP/1.1 read timed out) has

@@ -29,8 +29,9 @@ fn non_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec
 fn spiffe_patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Pattern>, D::Error> {
     let patterns: Vec<Pattern> = non_empty(d)?;
     for p in &patterns {
+        let scheme_only = matches!(p, Pattern::Prefix(t) if "spiffe://".starts_with(&**t));
         if let Pattern::Exact(t) | Pattern::Prefix(t) = p {
-            if !t.starts_with("spiffe://") {
+            if !t.starts_with("spiffe://") && !scheme_only {
                 return Err(serde::de::Error::custom(format!(
                     "{t:?} is no SPIFFE ID and would match no caller; write spiffe://{t} (Istio leaves the scheme out)"
                 )));

@@ -215,6 +215,23 @@ mod tests {
     }
 
     #[test]
+    fn principal_patterns_that_can_match_a_spiffe_id_are_taken() {
+        for p in [
+            "*",
+            "spiffe*",
+            "spiffe://*",
+            "spiffe://cluster.local/ns/shop/*",
+            "*/sa/admin",
+            "spiffe://cluster.local/ns/a/sa/b",
+        ] {
+            let spec = format!(
+                "  authorization:\n    rules:\n      - {{name: a, action: ALLOW, from: {{principals: [\"{p}\"]}}}}\n"
+            );
+            assert!(errors_of(&format!("{HEAD}{spec}")).is_empty(), "{p}");
+        }
+    }
+
+    #[test]
     fn several_errors_in_one_list_each_name_their_own_index() {
         let spec = "  authorization:\n    rules:\n      - {name: a, action: ALLOW, to: {ports: [80, 65536, 8080, 70000]}}\n      - {name: b, action: ALOW}\n      - {name: c, action: ALLOW, to: {ports: [70001]}}\n";
         let errors = errors_of(&format!("{HEAD}{spec}"));

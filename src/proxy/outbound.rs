@@ -170,12 +170,12 @@ impl Outbound {
         // A configured destination reached by its address rather than by the name it is listed
         // under (an IP, another spelling of the name, an iptables redirect): held to the identity
         // it is configured with, as a TCP tunnel to it is, not to any of the trust domain.
+        // Only an entry that names an identity pins its address (as for tunnels), and only when
+        // the name did not pin one already (an entry by name alone pins nothing).
         let canonical = SocketAddr::new(target.ip().to_canonical(), target.port());
-        if route.is_none() {
-            // Two names for one address: the one that pins an identity holds.
-            let known =
-                self.routes.iter().filter(|r| r.address == Some(canonical)).max_by_key(|r| r.expected.is_some());
-            if let Some(connector) = known.and_then(|r| r.connector.as_ref()) {
+        if expected.is_none() {
+            let pinned = self.routes.iter().rev().find(|r| r.address == Some(canonical) && r.expected.is_some());
+            if let Some(connector) = pinned.and_then(|r| r.connector.as_ref()) {
                 return Ok(Next::Mesh(connector.clone()));
             }
         }

@@ -33,11 +33,7 @@ impl JsonLines {
         let out: Box<dyn Write + Send> = match sink {
             EventSink::Stdout => Box::new(std::io::stdout()),
             EventSink::Stderr => Box::new(std::io::stderr()),
-            EventSink::File(path) => {
-                // A FIFO would hold the start until something reads it; a device is no log.
-                crate::files::check_writable(path)?;
-                Box::new(std::fs::OpenOptions::new().create(true).append(true).open(path)?)
-            }
+            EventSink::File(path) => Box::new(crate::files::open_append(path)?),
         };
         let (queue, rx) = sync_channel::<Item>(QUEUE);
         let lost = dropped.clone();

@@ -122,12 +122,13 @@ impl Destinations {
         if destination.is_empty() {
             return "";
         }
-        if !labelable(destination) {
-            return OTHER_DESTINATION;
-        }
         let known = self.known.load();
         if let Some(label) = known.get(destination) {
             return label;
+        }
+        // Checked on a miss only: every value kept passed it.
+        if !labelable(destination) {
+            return OTHER_DESTINATION;
         }
         if known.len() >= MAX_DESTINATIONS {
             return OTHER_DESTINATION;
