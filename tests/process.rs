@@ -395,26 +395,6 @@ fn check_warns_of_a_required_token_no_policy_names_an_issuer_for() {
     assert!(both.status.success() && both.stderr.is_empty(), "{both:?}");
 }
 
-#[test]
-fn ca_issue_refuses_a_trust_domains_own_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = dir.path().join("ca");
-    assert!(palisade(&["ca", "init", "--trust-domain", "demo.local", "--out", ca.to_str().unwrap()]).status.success());
-    let out = palisade(&[
-        "ca",
-        "issue",
-        "--ca",
-        ca.to_str().unwrap(),
-        "--spiffe-id",
-        "spiffe://demo.local",
-        "--out",
-        dir.path().join("x").to_str().unwrap(),
-    ]);
-    assert_eq!(out.status.code(), Some(64), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("names no workload"), "{out:?}");
-    assert!(!dir.path().join("x").exists(), "nothing issued");
-}
-
 /// A configuration without `workload` beside a certificate for shop/orders: policies for shop
 /// would never select it, so the start says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -480,6 +460,17 @@ fn the_development_ca_issues_workload_certificates() {
     let ca = dir.path().join("ca");
     let out = palisade(&["ca", "init", "--trust-domain", "example.org", "--out", ca.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The trust domain's own ID names no workload: refused, nothing issued.
+    let domain_only = dir.path().join("domain");
+    let out = palisade(
+        &["ca", "issue", "--ca", ca.to_str().unwrap(), "--spiffe-id", "spiffe://example.org"]
+            .into_iter()
+            .chain(["--out", domain_only.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("names no workload"), "{out:?}");
+    assert!(!domain_only.exists(), "nothing issued");
     let workload = dir.path().join("w");
     let out = palisade(&[
         "ca",
