@@ -838,12 +838,8 @@ impl CompiledLimit {
             LimitKey::Header(h) => {
                 // One value, or the keyless bucket: sent twice, a caller could mint a fresh key
                 // per request with the value its app reads beside it (as `when` fails closed).
-                match req.one_header(h) {
-                    Some(Ok(value)) => self.buckets.key_of(value.as_bytes()),
-                    // A value outside visible ASCII is a key as its bytes are (`Zürich`).
-                    Some(Err(())) if h != http::header::HOST && req.headers.get_all(h).iter().nth(1).is_none() => {
-                        self.buckets.key_of(req.headers.get(h).map_or(&[][..], |v| v.as_bytes()))
-                    }
+                match req.one_header_bytes(h) {
+                    Some(Ok(value)) => self.buckets.key_of(&value),
                     _ => self.buckets.key_of(&[]),
                 }
             }

@@ -58,18 +58,45 @@ impl RequestView<'_> {
     /// another). `host` is the authority when no `Host` field came, as over HTTP/2 from every
     /// peer sidecar, and is compared in [`host_form`](super::patterns::host_form).
     pub(crate) fn one_header(&self, name: &HeaderName) -> Option<Result<Cow<'_, str>, ()>> {
+        self.one_value(name).map(|value| match value? {
+            Value::Host(host) => Ok(host),
+            Value::Bytes(bytes) => std::str::from_utf8(bytes)
+                .ok()
+                .filter(|s| s.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)))
+                .map(Cow::Borrowed)
+                .ok_or(()),
+        })
+    }
+
+    /// [`RequestView::one_header`] as a rate-limit key reads it: any bytes make a key (`Zürich`);
+    /// only a second value (or a host that is no text) does not.
+    pub(crate) fn one_header_bytes(&self, name: &HeaderName) -> Option<Result<Cow<'_, [u8]>, ()>> {
+        self.one_value(name).map(|value| match value? {
+            Value::Host(Cow::Borrowed(host)) => Ok(Cow::Borrowed(host.as_bytes())),
+            Value::Host(Cow::Owned(host)) => Ok(Cow::Owned(host.into_bytes())),
+            Value::Bytes(bytes) => Ok(Cow::Borrowed(bytes)),
+        })
+    }
+
+    /// The one value of a header: `Err` when sent more than once; `host` in [`host_form`]
+    /// (super::patterns::host_form), from the authority when no Host field came.
+    fn one_value(&self, name: &HeaderName) -> Option<Result<Value<'_>, ()>> {
+        let host = name == http::header::HOST;
         let mut all = self.headers.get_all(name).iter();
-        let value = match (all.next(), all.next()) {
-            (Some(v), None) => v.to_str().map_err(|_| ()),
-            (None, _) if name == http::header::HOST => Ok(self.authority?),
+        Some(match (all.next(), all.next()) {
+            (Some(v), None) if host => v.to_str().map(|h| Value::Host(super::patterns::host_form(h))).map_err(|_| ()),
+            (Some(v), None) => Ok(Value::Bytes(v.as_bytes())),
+            (None, _) if host => Ok(Value::Host(super::patterns::host_form(self.authority?))),
             (None, _) => return None,
             _ => Err(()),
-        };
-        Some(value.map(|v| match name == http::header::HOST {
-            true => super::patterns::host_form(v),
-            false => Cow::Borrowed(v),
-        }))
+        })
     }
+}
+
+/// A header's one value: a host compared as routers compare it, or any other value's bytes.
+enum Value<'a> {
+    Host(Cow<'a, str>),
+    Bytes(&'a [u8]),
 }
 
 /// What a decision on a TCP connection to one of the app's opaque ports looks at: who opened it,
