@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use crate::admin::Admin;
 use crate::channel::{ChannelState, PolicyChannel};
-use crate::config::{ConfigError, ProcessEnv, SidecarConfig, TraceSettings, Validate};
+use crate::config::{ConfigError, PinnedAddresses, ProcessEnv, SidecarConfig, TraceSettings, Validate};
 pub use crate::lifecycle::StartError;
 use crate::lifecycle::{bind, poll_files, runtime, stop_requested, Readiness, Running};
 use crate::policy::{PolicyOptions, PolicyStore};
@@ -454,12 +454,7 @@ async fn run(
             Transport::Outbound(Arc::new(OpaqueTcp::new(
                 &config.outbound.passthrough,
                 &config.outbound.opaque_ports,
-                config
-                    .outbound
-                    .destinations
-                    .iter()
-                    .filter_map(|d| Some((d.address?.0, d.identity.clone()?.0)))
-                    .collect(),
+                PinnedAddresses::new(&config.outbound.destinations),
                 tls.clone(),
                 &telemetry,
             ))),

@@ -1,6 +1,7 @@
 //! The sidecar's configuration (SPEC section 3).
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -369,6 +370,30 @@ pub struct Destination {
     /// The SPIFFE ID the server must present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<SpiffeIdField>,
+}
+
+/// The identities `outbound.destinations` pin to addresses: who must answer a connection there
+/// however the app addressed it (HTTP by IP or another name, a TCP tunnel). Addresses compared
+/// canonical (an IPv4 peer of a dual-stack socket, `::ffff:a.b.c.d`, as IPv4); with several
+/// entries at one address, the first listed.
+#[derive(Debug, Clone, Default)]
+pub struct PinnedAddresses(Vec<((std::net::IpAddr, u16), SpiffeId)>);
+
+impl PinnedAddresses {
+    pub fn new(destinations: &[Destination]) -> Self {
+        let pinned = destinations.iter().filter_map(|d| Some((canonical(d.address?.0), d.identity.clone()?.0)));
+        PinnedAddresses(pinned.collect())
+    }
+
+    /// The identity pinned at `address`, if any.
+    pub fn at(&self, address: SocketAddr) -> Option<&SpiffeId> {
+        let at = canonical(address);
+        self.0.iter().find(|(known, _)| *known == at).map(|(_, id)| id)
+    }
+}
+
+fn canonical(address: SocketAddr) -> (std::net::IpAddr, u16) {
+    (address.ip().to_canonical(), address.port())
 }
 
 /// A SPIFFE ID checked while the configuration is read.

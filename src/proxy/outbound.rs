@@ -20,7 +20,7 @@ use super::mesh_connector::{Connectors, MeshConnector};
 use super::record::{self, RequestCtx};
 use super::respond::{self, fail, is_decision, ErrorKind};
 use super::{RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER};
-use crate::config::{Destination, IpBlock};
+use crate::config::{Destination, IpBlock, PinnedAddresses};
 use crate::identity::SpiffeId;
 use crate::policy::Refusal;
 use crate::telemetry::Telemetry;
@@ -29,14 +29,14 @@ use crate::tls::TlsStore;
 /// A configured destination: who must answer, and (when its address is fixed) its connector.
 struct Route {
     authority: Box<str>,
-    /// Where it is, when fixed: its address in canonical form (IPv4, not IPv4-mapped).
-    address: Option<SocketAddr>,
     expected: Option<SpiffeId>,
     connector: Option<Arc<MeshConnector>>,
 }
 
 pub struct Outbound {
     routes: Vec<Route>,
+    /// The identities destinations pin to their addresses.
+    pinned: PinnedAddresses,
     connectors: Connectors,
     own_listener: SocketAddr,
     /// Destinations forwarded in plaintext (`outbound.passthrough`).
@@ -79,7 +79,6 @@ impl Outbound {
                 let expected = d.identity.as_ref().map(|i| i.0.clone());
                 Route {
                     authority: d.authority.to_ascii_lowercase().into_boxed_str(),
-                    address: d.address.map(|a| SocketAddr::new(a.0.ip().to_canonical(), a.0.port())),
                     connector: d.address.map(|a| connectors.make(a.0, expected.clone())),
                     expected,
                 }
@@ -89,6 +88,7 @@ impl Outbound {
         let caller_timeouts = super::CallerTimeouts::default_uncounted();
         Outbound {
             routes,
+            pinned: PinnedAddresses::new(destinations),
             connectors,
             own_listener,
             passthrough: passthrough.to_vec(),
@@ -167,17 +167,11 @@ impl Outbound {
                 }
             }
         };
-        // A configured destination reached by its address rather than by the name it is listed
-        // under (an IP, another spelling of the name, an iptables redirect): held to the identity
-        // it is configured with, as a TCP tunnel to it is, not to any of the trust domain.
-        // Only an entry that names an identity pins its address (as for tunnels), and only when
-        // the name did not pin one already (an entry by name alone pins nothing).
-        let canonical = SocketAddr::new(target.ip().to_canonical(), target.port());
-        if expected.is_none() {
-            let pinned = self.routes.iter().rev().find(|r| r.address == Some(canonical) && r.expected.is_some());
-            if let Some(connector) = pinned.and_then(|r| r.connector.as_ref()) {
-                return Ok(Next::Mesh(connector.clone()));
-            }
+        // A listed destination reached by its address rather than a name that pins an identity
+        // (an IP, another name, an iptables redirect) is held to the identity pinned there, as a
+        // TCP tunnel to it is.
+        if let Some(pinned) = self.pinned.at(target).filter(|_| expected.is_none()) {
+            return Ok(Next::Mesh(self.connectors.get(target, Some(pinned))));
         }
         // Any spelling of this host's address for the listener (either family's, IPv4-mapped, the
         // wildcard, which connects to this host) would come back round to the listener.

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::config::IpBlock;
+use crate::config::{IpBlock, PinnedAddresses};
 use crate::identity::SpiffeId;
 use crate::telemetry::{RefusalCounter, TcpAccessRecord, Telemetry};
 use crate::tls::{connect_tunnel, ConnectError, TlsStore};
@@ -152,11 +152,6 @@ pub async fn read_first_words<R: AsyncRead + Unpin>(
     }
 }
 
-/// An address as compared: an IPv4 peer of a dual-stack socket (`::ffff:a.b.c.d`) as IPv4.
-fn canonical(address: SocketAddr) -> (std::net::IpAddr, u16) {
-    (address.ip().to_canonical(), address.port())
-}
-
 fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
@@ -167,9 +162,9 @@ pub struct OpaqueTcp {
     opaque_ports: Vec<u16>,
     /// The workload's credentials, for tunnels to mesh destinations.
     tls: Arc<TlsStore>,
-    /// Destinations whose identity is known (`outbound.destinations` with an address): a tunnel
-    /// there must be answered by exactly that identity. Keyed by [`canonical`] address.
-    identities: Vec<((std::net::IpAddr, u16), SpiffeId)>,
+    /// Destinations whose identity is known: a tunnel there must be answered by exactly that
+    /// identity.
+    pinned: PinnedAddresses,
     /// Counts relayed connections, and logs each in the access log when it ends.
     telemetry: Arc<Telemetry>,
 }
@@ -186,7 +181,7 @@ impl OpaqueTcp {
     pub fn new(
         passthrough: &[IpBlock],
         opaque_ports: &[u16],
-        identities: Vec<(SocketAddr, SpiffeId)>,
+        pinned: PinnedAddresses,
         tls: Arc<TlsStore>,
         telemetry: &Arc<Telemetry>,
     ) -> Self {
@@ -194,7 +189,7 @@ impl OpaqueTcp {
             passthrough: passthrough.to_vec(),
             opaque_ports: opaque_ports.to_vec(),
             tls,
-            identities: identities.into_iter().map(|(at, id)| (canonical(at), id)).collect(),
+            pinned,
             telemetry: telemetry.clone(),
         }
     }
@@ -248,8 +243,7 @@ impl OpaqueTcp {
             self.telemetry.access_tcp(&moved.access("outbound", principal, peer, destination, started, end))
         };
         // A destination with an expected identity is always a mesh one, as for HTTP.
-        let at = canonical(destination);
-        let expected = self.identities.iter().find(|(known, _)| *known == at).map(|(_, id)| id);
+        let expected = self.pinned.at(destination);
         if expected.is_some() || !self.allows(destination) {
             let (tunnel, server) = match connect_tunnel(&self.tls, destination, expected, TUNNEL_TIMEOUT).await {
                 Ok(connected) => connected,
