@@ -269,22 +269,34 @@ fn post(path: &str, content_type: &str, body: &str) -> String {
     )
 }
 
-/// `post` of a body in a content coding: gzip of `body`.
-fn post_gzip(path: &str, content_type: &str, body: &[u8]) -> Vec<u8> {
+/// `post` of a body in a content coding (`gzip`, `br` or `zstd`).
+fn post_encoded(path: &str, content_type: &str, coding: &str, body: &[u8]) -> Vec<u8> {
+    let encoded = encode(coding, body);
     let mut request = format!(
-        "POST {path} HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\ncontent-type: {content_type}\r\ncontent-encoding: gzip\r\ncontent-length: {}\r\n\r\n",
-        gzip(body).len()
+        "POST {path} HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\ncontent-type: {content_type}\r\ncontent-encoding: {coding}\r\ncontent-length: {}\r\n\r\n",
+        encoded.len()
     )
     .into_bytes();
-    request.extend_from_slice(&gzip(body));
+    request.extend_from_slice(&encoded);
     request
 }
 
-fn gzip(body: &[u8]) -> Vec<u8> {
+fn encode(coding: &str, body: &[u8]) -> Vec<u8> {
     use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    encoder.write_all(body).unwrap();
-    encoder.finish().unwrap()
+    match coding {
+        "gzip" => {
+            let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(body).unwrap();
+            encoder.finish().unwrap()
+        }
+        "br" => {
+            let mut out = Vec::new();
+            brotli::BrotliCompress(&mut &body[..], &mut out, &Default::default()).unwrap();
+            out
+        }
+        "zstd" => zstd::stream::encode_all(body, 3).unwrap(),
+        other => panic!("no encoder for {other}"),
+    }
 }
 
 fn chunked(path: &str, content_type: &str, body: &str) -> String {
@@ -386,10 +398,10 @@ async fn json_under_another_type_or_compressed_is_inspected_as_the_app_would_rea
     .await;
     let caller = side.pki.workload("frontend-h2", &id("shop", "frontend"));
     let said_gzip = post("/orders", "text/plain", XSS_JSON).replace("\r\n\r\n", "\r\ncontent-encoding: gzip\r\n\r\n");
-    let two_codings = post_gzip("/orders", "text/plain", XSS_JSON.as_bytes());
+    let two_codings = post_encoded("/orders", "text/plain", "gzip", XSS_JSON.as_bytes());
     let two_codings =
         [b"POST /orders HTTP/1.1\r\ncontent-encoding: identity\r\n".to_vec(), two_codings[23..].to_vec()].concat();
-    let attacks: [(&str, Vec<u8>); 8] = [
+    let attacks: [(&str, Vec<u8>); 10] = [
         ("plain JSON said to be gzip", said_gzip.into_bytes()),
         ("gzip JSON behind a second Content-Encoding: identity", two_codings),
         ("JSON as text/plain", post("/orders", "text/plain", XSS_JSON).into_bytes()),
@@ -398,9 +410,18 @@ async fn json_under_another_type_or_compressed_is_inspected_as_the_app_would_rea
             "JSON of a made-up type after blanks",
             post("/orders", "application/x-anything", &format!("\r\n  {XSS_JSON}")).into_bytes(),
         ),
-        ("gzip JSON", post_gzip("/orders", "application/json", XSS_JSON.as_bytes())),
-        ("gzip JSON as text/plain", post_gzip("/orders", "text/plain", XSS_JSON.as_bytes())),
-        ("a gzip form", post_gzip("/orders", "application/x-www-form-urlencoded", b"a=1&c=%3Bcat%20%2Fetc%2Fpasswd")),
+        ("gzip JSON", post_encoded("/orders", "application/json", "gzip", XSS_JSON.as_bytes())),
+        ("gzip JSON as text/plain", post_encoded("/orders", "text/plain", "gzip", XSS_JSON.as_bytes())),
+        (
+            "a gzip form",
+            post_encoded("/orders", "application/x-www-form-urlencoded", "gzip", b"a=1&c=%3Bcat%20%2Fetc%2Fpasswd"),
+        ),
+        // ASP.NET's request decompression and Node's zlib undo these too.
+        ("brotli JSON", post_encoded("/orders", "application/json", "br", XSS_JSON.as_bytes())),
+        (
+            "a zstd form",
+            post_encoded("/orders", "application/x-www-form-urlencoded", "zstd", b"a=1&c=%3Bcat%20%2Fetc%2Fpasswd"),
+        ),
     ];
     for (what, request) in &attacks {
         let answer = side.exchange("frontend", request).await;
@@ -411,7 +432,7 @@ async fn json_under_another_type_or_compressed_is_inspected_as_the_app_would_rea
     let (status, body) = h2_post_as(&side, &caller, &text, XSS_JSON.as_bytes()).await;
     assert_eq!(status, 403, "JSON as text/plain over HTTP/2: {body}");
     let gzipped = [("content-type", "text/plain"), ("content-encoding", "gzip")];
-    let (status, body) = h2_post_as(&side, &caller, &gzipped, &gzip(XSS_JSON.as_bytes())).await;
+    let (status, body) = h2_post_as(&side, &caller, &gzipped, &encode("gzip", XSS_JSON.as_bytes())).await;
     assert_eq!(status, 403, "gzip JSON as text/plain over HTTP/2: {body}");
     // JSON past the limit behind another type is refused as JSON is (inspectBodyBytes 4096),
     // and a small body that inflates past it too: what is not read cannot pass as read.
@@ -421,9 +442,17 @@ async fn json_under_another_type_or_compressed_is_inspected_as_the_app_would_rea
     let (status, body) = h2_post_as(&side, &caller, &text, padded.as_bytes()).await;
     assert_eq!(status, 413, "padded JSON as text/plain over HTTP/2: {body}");
     let bomb = format!(r#"{{"pad":"{}"}}"#, " ".repeat(1 << 20));
-    assert!(gzip(bomb.as_bytes()).len() < 4096);
-    let answer = side.exchange("frontend", post_gzip("/orders", "application/json", bomb.as_bytes())).await;
-    assert_refused(&answer, 413, "payload_too_large", "a small gzip body that inflates past the limit");
+    for coding in ["gzip", "br", "zstd"] {
+        assert!(encode(coding, bomb.as_bytes()).len() < 4096, "{coding}");
+        let answer =
+            side.exchange("frontend", post_encoded("/orders", "application/json", coding, bomb.as_bytes())).await;
+        assert_refused(
+            &answer,
+            413,
+            "payload_too_large",
+            &format!("a small {coding} body that inflates past the limit"),
+        );
+    }
 
     // What is not JSON streams through whole at paranoia 1, whatever it holds and however long.
     let prose = "He said ' or 1=1 -- and <b>left</b>. ".repeat(3000);
@@ -438,9 +467,10 @@ async fn json_under_another_type_or_compressed_is_inspected_as_the_app_would_rea
     assert_eq!((status, seen.body_bytes), (200, png.len()), "an image");
     // Benign JSON, compressed or not, reaches the app as it was sent.
     let benign = r#"{"name":"O'Brien","note":"Select the blue one; deliver after 5 <pm> & ring twice","qty":2}"#;
-    let answer = side.exchange("frontend", post_gzip("/orders", "application/json", benign.as_bytes())).await;
+    let answer =
+        side.exchange("frontend", post_encoded("/orders", "application/json", "gzip", benign.as_bytes())).await;
     assert_eq!(answer.status, 200, "{answer:?} {:?}", side.events().last());
-    assert_eq!(answer.seen().body_bytes, gzip(benign.as_bytes()).len(), "still compressed");
+    assert_eq!(answer.seen().body_bytes, encode("gzip", benign.as_bytes()).len(), "still compressed");
     assert_eq!(answer.seen().header("content-encoding"), Some("gzip"));
     let answer = side.exchange("frontend", post("/orders", "text/plain", benign)).await;
     assert_eq!((answer.status, answer.seen().body_bytes), (200, benign.len()), "{answer:?}");
@@ -488,8 +518,8 @@ async fn detect_mode_reports_and_forwards_and_pass_forwards_big_bodies_unread() 
     // on whole and counted, as the JSON body was.
     let answer = side.exchange("frontend", &post("/orders", "text/plain", &big)).await;
     assert_eq!((answer.status, answer.seen().body_bytes), (200, big.len()), "{answer:?}");
-    let answer = side.exchange("frontend", post_gzip("/orders", "application/json", big.as_bytes())).await;
-    assert_eq!((answer.status, answer.seen().body_bytes), (200, gzip(big.as_bytes()).len()), "{answer:?}");
+    let answer = side.exchange("frontend", post_encoded("/orders", "application/json", "gzip", big.as_bytes())).await;
+    assert_eq!((answer.status, answer.seen().body_bytes), (200, encode("gzip", big.as_bytes()).len()), "{answer:?}");
 
     let metrics = side.metrics().await;
     assert_eq!(sample(&metrics, r#"palisade_waf_findings_total{action="detected",detector="sqli"}"#), 1.0, "{metrics}");

@@ -604,8 +604,8 @@ impl PolicySnapshot {
         let path = match_form(path);
         let decoded;
         let body = match plan.coding {
-            Coding::Gzip | Coding::Deflate => {
-                // The header's file name and comment are plain text to an app that parses the
+            Coding::Gzip | Coding::Deflate | Coding::Brotli | Coding::Zstd => {
+                // A gzip header's file name and comment are plain text to an app that parses the
                 // body as it came (PHP's form parser does).
                 for text in encoding::gzip_header_text(body) {
                     self.each_waf(path, &mut note, |waf, skips| waf.inspect_body(None, text, skips))?;
@@ -1526,9 +1526,14 @@ mod tests {
             e.write_all(body).unwrap();
             e.finish().unwrap()
         };
+        let mut br = Vec::new();
+        brotli::BrotliCompress(&mut &sqli[..], &mut br, &Default::default()).unwrap();
+        let zstd = zstd::stream::encode_all(&sqli[..], 3).unwrap();
         for ct in [&b"application/json"[..], b"text/plain"] {
-            let verdict = inspect(&s, ct, Some(b"gzip"), &gzip(sqli));
-            assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{verdict:?}");
+            for (coding, body) in [(&b"gzip"[..], gzip(sqli)), (b"br", br.clone()), (b"zstd", zstd.clone())] {
+                let verdict = inspect(&s, ct, Some(coding), &body);
+                assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{coding:?}: {verdict:?}");
+            }
         }
         // Past the limit once inflated: passed on uninspected here (PASS), refused under REJECT.
         let bomb = gzip(format!(r#"{{"pad":"{}"}}"#, " ".repeat(4096)).as_bytes());

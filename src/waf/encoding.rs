@@ -1,7 +1,8 @@
 //! A request body's `Content-Encoding` undone before it is inspected: an app behind the
-//! sidecar that inflates gzip bodies (Express's body-parser does by default) would otherwise
-//! read a value the WAF never saw. What comes out is bounded, so a small body that inflates to
-//! gigabytes costs no more than the inspection limit.
+//! sidecar that inflates gzip bodies (Express's body-parser does by default; ASP.NET's request
+//! decompression takes brotli too) would otherwise read a value the WAF never saw. What comes
+//! out is bounded, so a small body that inflates to gigabytes costs no more than the inspection
+//! limit, and so is the memory a decoder may ask for.
 
 use std::io::Write;
 
@@ -14,14 +15,18 @@ pub enum Coding {
     Gzip,
     /// RFC 9110's `deflate` is zlib's format; some clients send bare deflate, which apps accept too.
     Deflate,
-    /// Anything else (`br`, `zstd`, `compress`, a stack of codings): not undone, read as it is.
+    /// `br` (RFC 7932).
+    Brotli,
+    /// `zstd` (RFC 9659).
+    Zstd,
+    /// Anything else (`compress`, a made-up name): not undone, read as it is.
     Other,
 }
 
 impl Coding {
     /// From the `Content-Encoding` header's values (every field of that name, each a list);
-    /// `identity` counts for nothing. With more than one coding, the first gzip or deflate
-    /// among them is tried (Go's `Header.Get` and Java's `getHeader` read the first field, and
+    /// `identity` counts for nothing. With more than one coding, the first that is undone here
+    /// is tried (Go's `Header.Get` and Java's `getHeader` read the first field, and
     /// an inflater then undoes it); when it does not undo the body, the bytes as they came are
     /// read, as for [`Coding::Other`].
     pub fn of<'a>(headers: impl IntoIterator<Item = &'a [u8]>) -> Coding {
@@ -34,6 +39,10 @@ impl Coding {
                 Coding::Gzip
             } else if name.eq_ignore_ascii_case(b"deflate") {
                 Coding::Deflate
+            } else if name.eq_ignore_ascii_case(b"br") {
+                Coding::Brotli
+            } else if name.eq_ignore_ascii_case(b"zstd") {
+                Coding::Zstd
             } else {
                 Coding::Other
             };
@@ -53,12 +62,14 @@ impl Coding {
         let raw = super::json_like(prefix);
         let inflated = match self {
             Coding::Identity | Coding::Other => return raw,
-            Coding::Gzip | Coding::Deflate => match decode(self, prefix, SNIFF_INFLATED, true) {
-                Decoded::Bytes(start) => super::json_like(&start),
-                // Not of its coding: its bytes as they came decide.
-                Decoded::Corrupt(start) => Some(super::json_like(&start) == Some(true)),
-                Decoded::TooLong => Some(true),
-            },
+            Coding::Gzip | Coding::Deflate | Coding::Brotli | Coding::Zstd => {
+                match decode(self, prefix, SNIFF_INFLATED, true) {
+                    Decoded::Bytes(start) => super::json_like(&start),
+                    // Not of its coding: its bytes as they came decide.
+                    Decoded::Corrupt(start) => Some(super::json_like(&start) == Some(true)),
+                    Decoded::TooLong => Some(true),
+                }
+            }
         };
         match (raw, inflated) {
             (Some(true), _) | (_, Some(true)) => Some(true),
@@ -82,8 +93,8 @@ pub enum Decoded {
     Corrupt(Vec<u8>),
 }
 
-/// Undoes `coding` (gzip or deflate) on `input`, keeping at most `max` bytes. With `start`,
-/// `input` is only the body's first bytes: what they give, up to `max`, is the answer.
+/// Undoes `coding` on `input`, keeping at most `max` bytes. With `start`, `input` is only the
+/// body's first bytes: what they give, up to `max`, is the answer.
 pub fn decode(coding: Coding, input: &[u8], max: usize, start: bool) -> Decoded {
     match coding {
         // Members one after another are one body to gzip's readers (Node's zlib, Go's).
@@ -94,6 +105,16 @@ pub fn decode(coding: Coding, input: &[u8], max: usize, start: bool) -> Decoded 
                 other => other,
             },
             other => other,
+        },
+        // Brotli's window is at most 16 MiB (RFC 7932; the large-window extension is refused,
+        // as Node's and .NET's decoders refuse it by default).
+        Coding::Brotli => run(brotli_decompressor::DecompressorWriter::new(Bounded::new(max), 4096), input, start),
+        Coding::Zstd => match zstd::stream::write::Decoder::new(Bounded::new(max)) {
+            Ok(mut decoder) => match decoder.window_log_max(ZSTD_WINDOW_LOG_MAX) {
+                Ok(()) => run(decoder, input, start),
+                Err(_) => Decoded::TooLong,
+            },
+            Err(_) => Decoded::TooLong,
         },
         Coding::Identity | Coding::Other => match input.len() > max && !start {
             true => Decoded::TooLong,
@@ -127,10 +148,20 @@ pub fn gzip_header_text(input: &[u8]) -> Vec<&[u8]> {
     fields
 }
 
-/// The three decoders of flate2's `write` module, alike.
+/// The largest zstd window a body may need, as a power of two: 8 MiB, the most RFC 9659 lets
+/// an HTTP encoder use. zstd's own default (128 MiB) would let a body of a few bytes make the
+/// sidecar allocate that much; a body that needs more is treated as one that inflates past the
+/// limit (413 under `REJECT`, uninspected under `PASS`), never read as its raw bytes.
+const ZSTD_WINDOW_LOG_MAX: u32 = 23;
+
+/// The three decoders of flate2's `write` module, brotli's and zstd's, alike.
 trait Decoder: Write {
     fn try_finish(&mut self) -> std::io::Result<()>;
     fn output(&mut self) -> &mut Bounded;
+    /// Whether `error` refused the stream for the memory it asks for, rather than as corrupt.
+    fn refused_as_too_large(_error: &std::io::Error) -> bool {
+        false
+    }
 }
 
 macro_rules! decoder {
@@ -147,7 +178,29 @@ macro_rules! decoder {
 }
 decoder!(MultiGzDecoder, ZlibDecoder, DeflateDecoder);
 
-fn run(mut decoder: impl Decoder, input: &[u8], start: bool) -> Decoded {
+impl Decoder for brotli_decompressor::DecompressorWriter<Bounded> {
+    fn try_finish(&mut self) -> std::io::Result<()> {
+        self.close()
+    }
+    fn output(&mut self) -> &mut Bounded {
+        self.get_mut()
+    }
+}
+
+impl Decoder for zstd::stream::write::Decoder<'static, Bounded> {
+    fn try_finish(&mut self) -> std::io::Result<()> {
+        self.do_finish()
+    }
+    fn output(&mut self) -> &mut Bounded {
+        self.get_mut()
+    }
+    fn refused_as_too_large(error: &std::io::Error) -> bool {
+        // zstd's ZSTD_error_frameParameter_windowTooLarge, by its name (the crate keeps no code).
+        error.to_string().contains("too much memory")
+    }
+}
+
+fn run<D: Decoder>(mut decoder: D, input: &[u8], start: bool) -> Decoded {
     let written = decoder.write_all(input).and_then(|()| match start {
         // Only the start: the rest of the stream is not here to end it.
         true => decoder.flush(),
@@ -163,6 +216,7 @@ fn run(mut decoder: impl Decoder, input: &[u8], start: bool) -> Decoded {
         (_, true) if start => Decoded::Bytes(std::mem::take(&mut out.bytes)),
         (_, true) => Decoded::TooLong,
         (Ok(()), false) => Decoded::Bytes(std::mem::take(&mut out.bytes)),
+        (Err(e), false) if D::refused_as_too_large(&e) => Decoded::TooLong,
         (Err(_), false) => Decoded::Corrupt(std::mem::take(&mut out.bytes)),
     }
 }
@@ -212,19 +266,22 @@ mod tests {
 
     #[test]
     fn codings_are_read_from_the_header() {
-        let cases: [(&[&[u8]], Coding); 12] = [
+        let cases: [(&[&[u8]], Coding); 15] = [
             (&[], Coding::Identity),
             (&[b"identity"], Coding::Identity),
             (&[b"GZIP"], Coding::Gzip),
             (&[b"x-gzip"], Coding::Gzip),
             (&[b" deflate , identity"], Coding::Deflate),
-            (&[b"br"], Coding::Other),
-            (&[b"zstd"], Coding::Other),
+            (&[b"BR"], Coding::Brotli),
+            (&[b"zstd"], Coding::Zstd),
+            (&[b"compress"], Coding::Other),
+            (&[b"br-ish"], Coding::Other),
             // A stack, or two fields: the first that inflates is tried (the bytes as they came
             // are read too when it does not undo them).
             (&[b"gzip, gzip"], Coding::Gzip),
             (&[b"deflate, gzip"], Coding::Deflate),
-            (&[b"br, gzip"], Coding::Gzip),
+            (&[b"compress, gzip"], Coding::Gzip),
+            (&[b"zstd, gzip"], Coding::Zstd),
             (&[b"identity", b"gzip"], Coding::Gzip),
             (&[b"gzip", b"br"], Coding::Gzip),
         ];
@@ -245,6 +302,64 @@ mod tests {
         assert_eq!(decode(Coding::Deflate, &raw.finish().unwrap(), 1024, false), Decoded::Bytes(body.to_vec()));
     }
 
+    fn brotli(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        brotli::BrotliCompress(&mut &data[..], &mut out, &brotli::enc::BrotliEncoderParams::default()).unwrap();
+        out
+    }
+
+    fn zstd(data: &[u8]) -> Vec<u8> {
+        zstd::stream::encode_all(data, 3).unwrap()
+    }
+
+    #[test]
+    fn brotli_and_zstd_are_undone() {
+        let body = br#"{"q":"1' UNION SELECT password FROM users--"}"#;
+        assert_eq!(decode(Coding::Brotli, &brotli(body), 1024, false), Decoded::Bytes(body.to_vec()));
+        assert_eq!(decode(Coding::Zstd, &zstd(body), 1024, false), Decoded::Bytes(body.to_vec()));
+        // Two zstd frames are one body, as to zstd's own reader.
+        let two = [zstd(b"{\"a\":"), zstd(b"\"b\"}")].concat();
+        assert_eq!(decode(Coding::Zstd, &two, 1024, false), Decoded::Bytes(b"{\"a\":\"b\"}".to_vec()));
+        // Cut short, or followed by stray bytes: what came out before is kept.
+        let long = br#"{"a":"some text that goes on for a while, a while, a while, and then some more"}"#;
+        for (coding, whole) in [(Coding::Brotli, brotli(long)), (Coding::Zstd, zstd(long))] {
+            assert!(
+                matches!(decode(coding, &whole[..whole.len() - 3], 1024, false), Decoded::Corrupt(_)),
+                "{coding:?} cut"
+            );
+            let trailed = [whole.clone(), b"x".to_vec()].concat();
+            assert_eq!(decode(coding, &trailed, 1024, false), Decoded::Corrupt(long.to_vec()), "{coding:?} trailed");
+            assert!(
+                matches!(decode(coding, b"{\"not\":\"compressed\"}", 1024, false), Decoded::Corrupt(_)),
+                "{coding:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_zstd_window_over_8_mib_is_never_allocated() {
+        // A frame that declares a 128 MiB window (zstd's own default limit) for a few bytes: the
+        // decoder would allocate the window before the first byte comes out.
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        encoder.window_log(27).unwrap();
+        encoder.include_contentsize(false).unwrap();
+        encoder.write_all(b"{\"q\":\"1' OR 1=1--\"}").unwrap();
+        encoder.flush().unwrap();
+        let wide = encoder.finish().unwrap();
+        assert_eq!(decode(Coding::Zstd, &wide, 65536, false), Decoded::TooLong);
+        assert_eq!(decode(Coding::Zstd, &wide, 64, true), Decoded::TooLong, "its start too");
+        // 8 MiB, the most RFC 9659 lets an HTTP encoder use, is read.
+        let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        encoder.window_log(23).unwrap();
+        encoder.include_contentsize(false).unwrap();
+        encoder.write_all(b"{\"q\":1}").unwrap();
+        encoder.flush().unwrap();
+        assert_eq!(
+            decode(Coding::Zstd, &encoder.finish().unwrap(), 1024, false),
+            Decoded::Bytes(b"{\"q\":1}".to_vec())
+        );
+    }
+
     #[test]
     fn a_bomb_stops_at_the_bound() {
         // 64 MiB of zeros in about 64 KiB: never inflated past the bound.
@@ -252,6 +367,13 @@ mod tests {
         assert!(bomb.len() < 100_000, "{}", bomb.len());
         assert_eq!(decode(Coding::Gzip, &bomb, 65536, false), Decoded::TooLong);
         assert_eq!(decode(Coding::Gzip, &bomb, 16, true), Decoded::Bytes(vec![0; 16]), "its start");
+        for (coding, bomb) in
+            [(Coding::Brotli, brotli(&vec![0u8; 64 << 20])), (Coding::Zstd, zstd(&vec![0u8; 64 << 20]))]
+        {
+            assert!(bomb.len() < 100_000, "{coding:?}: {}", bomb.len());
+            assert_eq!(decode(coding, &bomb, 65536, false), Decoded::TooLong, "{coding:?}");
+            assert_eq!(decode(coding, &bomb, 16, true), Decoded::Bytes(vec![0; 16]), "{coding:?}: its start");
+        }
         assert_eq!(decode(Coding::Identity, &[1; 10], 9, false), Decoded::TooLong);
     }
 
@@ -308,7 +430,10 @@ mod tests {
         // Not gzip after all: apps that never inflate parse it as it came.
         assert_eq!(Coding::Gzip.json_like(b"{\"plain\":1}"), Some(true));
         assert_eq!(Coding::Gzip.json_like(b"GIF89a, not gzip"), Some(false));
-        assert_eq!(Coding::Other.json_like(b" {\"q\":1}"), Some(true), "br or a made-up coding: its bytes decide");
+        assert_eq!(Coding::Other.json_like(b" {\"q\":1}"), Some(true), "a made-up coding: its bytes decide");
+        assert_eq!(Coding::Brotli.json_like(&brotli(b"\n{\"q\":1}")), Some(true));
+        assert_eq!(Coding::Zstd.json_like(&zstd(b"[1, 2]")), Some(true));
+        assert_eq!(Coding::Zstd.json_like(&zstd(b"GIF89a")), Some(false));
         assert_eq!(Coding::Identity.json_like(b" [1]"), Some(true));
         assert_eq!(Coding::Other.json_like(&gzip(b"{}")), Some(false));
     }
