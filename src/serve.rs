@@ -3,7 +3,7 @@
 //! connections that are not HTTP are relayed or refused here ([`opaque`]).
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -678,6 +678,25 @@ fn socket_digest(tcp: &tokio::net::TcpStream, peer: SocketAddr) -> SocketDigest 
 pub fn redirected_to(digest: &SocketDigest) -> Option<SocketAddr> {
     let original = digest.original_dst()?.as_inet()?;
     (Some(original) != digest.local_addr().and_then(|l| l.as_inet())).then_some(*original)
+}
+
+/// The pod address an inbound caller reached, where an unspecified `inbound.app` sends it: the
+/// original destination behind a REDIRECT when that is an address of this pod (a pod may have
+/// several of a family, and REDIRECT lands on one of them), else the connection's own local
+/// address. A neighbour that makes the pod its next hop for another address (a host outside
+/// the mesh, or 127.0.0.1) would otherwise have the sidecar connect there for it, from the pod's
+/// address: a relay past every source-address check, and into what the app bound to loopback.
+pub fn addressed_pod_ip(digest: &SocketDigest) -> Option<IpAddr> {
+    let local = digest.local_addr()?.as_inet()?.ip().to_canonical();
+    let original = redirected_to(digest).map(|o| o.ip().to_canonical());
+    Some(original.filter(|&o| o != local && is_own_address(o)).unwrap_or(local))
+}
+
+/// Whether `ip` is an address of this network namespace that the network may reach (binding to
+/// it succeeds; loopback never counts). Asked only of a redirected connection that landed on
+/// another address than the one it addressed.
+fn is_own_address(ip: IpAddr) -> bool {
+    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast()) && std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// Wraps a socket the way pingora's own listener does, so the session has its digest (`digest`,

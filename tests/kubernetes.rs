@@ -461,6 +461,35 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
     let (_, body) = curl(&ns, "a", APP_UID, "http://198.18.0.2:9000/orders");
     assert!(!body.contains("loopback-only") && body.ends_with("status=502"), "{body}\n{}", logs());
 
+    // 1c. A neighbour that routes another address through B (its next hop) reaches B's app, not
+    //     that address: B's sidecar is no relay to C (or to B's own 127.0.0.1) for whoever holds
+    //     a mesh certificate. A's uid 2102 is not captured, so its curl speaks mTLS itself.
+    let a_cert = work.join("a");
+    let via_b = ["route", "add", "198.18.0.3/32", "via", "198.18.0.2"];
+    sh(&[&["ip", "-n", ns.name("a")][..], &via_b].concat());
+    let out = ns.run(
+        "a",
+        Some(PROXY_UID),
+        &[
+            "curl",
+            "-s",
+            "-k",
+            "--http1.1",
+            "--max-time",
+            "5",
+            "--cert",
+            a_cert.join("tls.crt").to_str().unwrap(),
+            "--key",
+            a_cert.join("tls.key").to_str().unwrap(),
+            "-w",
+            " status=%{http_code}",
+            "https://198.18.0.3:8080/orders",
+        ],
+    );
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.contains("pod=b") && !body.contains("pod=c") && body.ends_with("status=200"), "{body}\n{}", logs());
+    sh(&[&["ip", "-n", ns.name("a"), "route", "del"][..], &via_b[2..]].concat());
+
     // 2. A plaintext call from C, which has no sidecar, meets B's STRICT inbound: no HTTP at all.
     let (_, body) = curl(&ns, "c", APP_UID, "http://198.18.0.2:8080/orders");
     assert!(!body.contains("pod=b") && body.ends_with("status=000"), "{body}");

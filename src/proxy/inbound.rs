@@ -190,13 +190,9 @@ impl BodyCount {
     }
 }
 
-/// The address the caller reached: behind an iptables REDIRECT its original destination (the
-/// connection's own local address is then the one REDIRECT chose on the interface, which for a
-/// pod with several addresses of a family may be another), else the local address.
+/// The pod address the caller reached ([`crate::serve::addressed_pod_ip`]).
 fn addressed_ip(session: &Session) -> Option<IpAddr> {
-    let socket = session.digest()?.socket_digest.as_ref()?;
-    let addressed = socket.original_dst().or_else(|| socket.local_addr())?.as_inet()?.ip();
-    Some(addressed.to_canonical())
+    crate::serve::addressed_pod_ip(session.digest()?.socket_digest.as_ref()?)
 }
 
 /// Removes the headers whose names hold `_`: to CGI, WSGI, Rack and PHP they are the dashed
