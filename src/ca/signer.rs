@@ -237,8 +237,39 @@ fn load_key(pem: &str) -> Result<KeyPair, String> {
                 .map_err(|e| format!("not a usable RSA key: {e}"))?;
             KeyPair::from_remote(Box::new(RsaPkcs1(key))).map_err(|e| e.to_string())
         }
+        // cert-manager writes an ECDSA key as SEC1 unless told PKCS#8; ring reads only the
+        // latter, so the key is wrapped as PKCS#8 for its curve.
+        PrivateKeyDer::Sec1(der) => [P256_OID, P384_OID]
+            .into_iter()
+            .find_map(|curve| KeyPair::try_from(sec1_as_pkcs8(der.secret_sec1_der(), curve).as_slice()).ok())
+            .ok_or_else(|| "not a usable ECDSA key (P-256 or P-384, with its public key)".into()),
         _ => Err("not a key the CA can sign with (ECDSA P-256/P-384, Ed25519 or RSA)".into()),
     }
+}
+
+/// DER of the OIDs of id-ecPublicKey and the two curves ring signs with.
+const EC_PUBLIC_KEY_OID: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+const P256_OID: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const P384_OID: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+
+/// RFC 5208's PrivateKeyInfo around an RFC 5915 ECPrivateKey, for the curve `curve_oid`.
+fn sec1_as_pkcs8(sec1: &[u8], curve_oid: &[u8]) -> Vec<u8> {
+    fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+        let len = content.len().to_be_bytes();
+        let significant = &len[len.iter().take_while(|&&b| b == 0).count()..];
+        let mut out = vec![tag];
+        match content.len() {
+            0..=127 => out.push(content.len() as u8),
+            _ => {
+                out.push(0x80 | significant.len() as u8);
+                out.extend_from_slice(significant);
+            }
+        }
+        out.extend_from_slice(content);
+        out
+    }
+    let algorithm = der(0x30, &[EC_PUBLIC_KEY_OID, curve_oid].concat());
+    der(0x30, &[&[0x02, 0x01, 0x00][..], &algorithm, &der(0x04, sec1)].concat())
 }
 
 /// An RSA key in PKCS#1 form, signing with SHA-256.
@@ -408,17 +439,17 @@ mod tests {
         assert!(issued.not_after <= signer.not_after);
     }
 
-    #[test]
-    fn an_rsa_ca_in_pkcs1_as_helm_writes_it_signs() {
-        // An independent tool makes the CA: Python's cryptography, RSA 2048, PKCS#1 PEM.
-        let dir = tempfile::tempdir().unwrap();
+    /// A CA made by an independent tool, Python's cryptography, with the key `key` (a Python
+    /// expression) written in the "traditional" form: PKCS#1 for RSA (Helm's genCA), SEC1 for
+    /// ECDSA (cert-manager's default).
+    fn ca_made_by_python(dir: &Path, key: &str) -> CaFiles {
         let script = r#"
 import datetime, sys
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+key = eval(sys.argv[2])
 name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "palisade-ca")])
 now = datetime.datetime.now(datetime.timezone.utc)
 cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -433,14 +464,38 @@ open(sys.argv[1] + "/ca.crt", "wb").write(cert.public_bytes(serialization.Encodi
 open(sys.argv[1] + "/ca.key", "wb").write(key.private_bytes(serialization.Encoding.PEM,
     serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()))
 "#;
-        let out = std::process::Command::new("python3").arg("-c").arg(script).arg(dir.path()).output().unwrap();
+        let out = std::process::Command::new("python3").arg("-c").arg(script).arg(dir).arg(key).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let key = std::fs::read_to_string(dir.path().join("ca.key")).unwrap();
+        CaFiles { cert: dir.join("ca.crt"), key: dir.join("ca.key"), trust_bundle: None }
+    }
+
+    #[test]
+    fn an_rsa_ca_in_pkcs1_as_helm_writes_it_signs() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ca_made_by_python(dir.path(), "rsa.generate_private_key(public_exponent=65537, key_size=2048)");
+        let key = std::fs::read_to_string(&files.key).unwrap();
         assert!(key.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "PKCS#1, as genCA writes");
-        let files = CaFiles { cert: dir.path().join("ca.crt"), key: dir.path().join("ca.key"), trust_bundle: None };
         let signer = CaSigner::load(&files, "cluster.local").unwrap();
         let credentials = signer.issue_own(&id("orders"), Duration::from_secs(600)).unwrap();
         assert_eq!(credentials.id, id("orders"), "checked against the bundle on the way in");
+    }
+
+    #[test]
+    fn an_ecdsa_ca_in_sec1_as_cert_manager_writes_it_signs() {
+        for curve in ["SECP256R1", "SECP384R1"] {
+            let dir = tempfile::tempdir().unwrap();
+            let files = ca_made_by_python(dir.path(), &format!("ec.generate_private_key(ec.{curve}())"));
+            let key = std::fs::read_to_string(&files.key).unwrap();
+            assert!(key.starts_with("-----BEGIN EC PRIVATE KEY-----"), "SEC1, as cert-manager writes");
+            let signer = CaSigner::load(&files, "cluster.local").unwrap_or_else(|e| panic!("{curve}: {e}"));
+            let credentials = signer.issue_own(&id("orders"), Duration::from_secs(600)).unwrap();
+            assert_eq!(credentials.id, id("orders"), "{curve}");
+        }
+        // A P-521 key (ring cannot sign with it) is refused with what it takes.
+        let dir = tempfile::tempdir().unwrap();
+        let files = ca_made_by_python(dir.path(), "ec.generate_private_key(ec.SECP521R1())");
+        let err = CaSigner::load(&files, "cluster.local").err().unwrap().to_string();
+        assert!(err.contains("P-256 or P-384"), "{err}");
     }
 
     #[test]
