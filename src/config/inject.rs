@@ -189,6 +189,17 @@ pub struct Resources {
     pub limits: BTreeMap<String, String>,
 }
 
+impl Resources {
+    /// The first resource whose request is more than its limit: the API server refuses such a
+    /// container ("must be less than or equal to ... limit"), naming no setting of ours.
+    pub fn request_over_limit(&self) -> Option<(&str, &str, &str)> {
+        self.requests.iter().find_map(|(name, request)| {
+            let limit = self.limits.get(name)?;
+            (quantity(request)? > quantity(limit)?).then_some((name.as_str(), request.as_str(), limit.as_str()))
+        })
+    }
+}
+
 /// What the API server does when the webhook cannot answer or cannot inject: `Fail` refuses
 /// the pod (no pod runs unprotected), `Ignore` admits it without a sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -276,6 +287,12 @@ impl InjectSettings {
                     }
                 }
             }
+            if let Some((name, request, limit)) = resources.request_over_limit() {
+                bad(
+                    &format!("{section}.requests.{name}"),
+                    format!("{request} is more than its limit {limit}: Kubernetes refuses every pod injected so"),
+                );
+            }
         }
         if !is_log_filter(&self.log_level) {
             bad("logLevel", format!("expected a log filter such as info or palisade=debug, got {:?}", self.log_level));
@@ -298,15 +315,33 @@ impl InjectSettings {
 }
 /// A Kubernetes resource quantity (the forms a request or limit is written in).
 pub fn is_quantity(value: &str) -> bool {
-    const SUFFIXES: [&str; 14] = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "m", "k", "M", "G", "T", "P", "E", ""];
-    let Some(number) = SUFFIXES.iter().find_map(|s| value.strip_suffix(s).filter(|n| !n.is_empty())) else {
-        return false;
-    };
+    quantity(value).is_some()
+}
+
+/// A quantity's value in its unit (cores, bytes), close enough to compare two: `100m` is 0.1,
+/// `64Mi` is 67108864.
+fn quantity(value: &str) -> Option<f64> {
+    const SUFFIXES: [(&str, f64); 14] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("Pi", 1125899906842624.0),
+        ("Ei", 1152921504606846976.0),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+        ("", 1.0),
+    ];
+    let (number, scale) =
+        SUFFIXES.iter().find_map(|(s, scale)| value.strip_suffix(s).filter(|n| !n.is_empty()).map(|n| (n, *scale)))?;
     let (int, frac) = number.split_once('.').unwrap_or((number, "0"));
-    !int.is_empty()
-        && int.bytes().all(|b| b.is_ascii_digit())
-        && !frac.is_empty()
-        && frac.bytes().all(|b| b.is_ascii_digit())
+    let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+    (digits(int) && digits(frac)).then(|| number.parse::<f64>().ok()).flatten().map(|n| n * scale)
 }
 
 /// A `PALISADE_LOG` filter (`RUST_LOG` syntax) in the characters such filters use, so a value

@@ -66,21 +66,40 @@ pub fn inject(text: &str, settings: &InjectSettings) -> Result<(String, Vec<Repo
     let chars = Chars::new(text);
     let mut edits = Vec::new();
     let mut reports = Vec::new();
+    // Each document as the JSON Patch leaves it, with its first line.
+    let mut expected = Vec::new();
     for document in &documents {
         if document.root.is_null() {
             continue;
         }
         let line = document.root.mark.line.max(document.start.line);
         let mut ops = Vec::new();
-        plan_object(&document.root.to_json(), "", line, settings, &mut ops, &mut reports)?;
+        let mut object = document.root.to_json();
+        plan_object(&object, "", line, settings, &mut ops, &mut reports)?;
         if !ops.is_empty() {
             edits.extend(
                 text::edits(&chars, &document.root, &ops).map_err(|error| ManifestError::Text { line, error })?,
             );
+            super::patch::apply(&mut object, &ops).map_err(|message| text_error(line, message))?;
         }
+        expected.push((line, object));
     }
     let out = text::apply(&chars, edits).map_err(|error| ManifestError::Text { line: 0, error })?;
+    // The edited text must read back as the patched objects: an edit that went wrong is an
+    // error here, never a manifest that kubectl refuses or, worse, reads otherwise.
+    let reread =
+        yaml::parse(&out, &Limits::MANIFESTS).map_err(|e| text_error(0, format!("the output does not parse: {e}")))?;
+    let mut reread = reread.iter().filter(|d| !d.root.is_null()).map(|d| d.root.to_json());
+    for (line, object) in &expected {
+        if reread.next().as_ref() != Some(object) {
+            return Err(text_error(*line, "the edited text does not read back as the injected object".into()));
+        }
+    }
     Ok((out, reports))
+}
+
+fn text_error(line: usize, message: String) -> ManifestError {
+    ManifestError::Text { line, error: TextError { path: String::new(), message } }
 }
 
 /// The operations for one object at `base` (items of a `List` recursively).

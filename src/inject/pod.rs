@@ -109,16 +109,32 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
     };
     let containers = list("containers")?.ok_or_else(|| shape("/spec/containers", "expected the pod's containers"))?;
     let init_containers = list("initContainers")?;
-    let has_proxy = containers
-        .iter()
-        .chain(init_containers.into_iter().flatten())
-        .any(|c| c.get("name").and_then(Value::as_str).is_some_and(|n| n == PROXY_NAME || n == INIT_NAME));
-    if has_proxy {
-        return Ok(Decision::Skip(Skip::AlreadyInjected));
+    // Injected already: both of the sidecar's containers and the mark. One of their names
+    // alone (a do-nothing container called palisade-init) would otherwise skip injection and
+    // pass the pod, uncaptured, as injected.
+    let named = |name: &str| {
+        let lists = [("containers", Some(containers)), ("initContainers", init_containers)];
+        lists.into_iter().find_map(|(list, items)| {
+            let i = items?.iter().position(|c| c.get("name").and_then(Value::as_str) == Some(name))?;
+            Some(format!("/spec/{list}/{i}/name"))
+        })
+    };
+    let marked = annotations.is_some_and(|a| a.contains_key(ann::INJECTED));
+    match (named(INIT_NAME), named(PROXY_NAME)) {
+        (Some(_), Some(_)) if marked => return Ok(Decision::Skip(Skip::AlreadyInjected)),
+        (Some(field), _) | (None, Some(field)) => {
+            let message = format!(
+                "{INIT_NAME} and {PROXY_NAME} are the sidecar's own container names; rename it (a pod counts as injected only with both and the {} annotation)",
+                ann::INJECTED
+            );
+            return Err(shape(&field, &message));
+        }
+        (None, None) => {}
     }
     check_collisions(spec, &containers[..], init_containers.map(|c| &c[..]).unwrap_or_default(), settings)
         .map_err(|(field, message)| shape(&field, &message))?;
     let options = PodOptions::read(annotations)?;
+    check_options(&options, settings)?;
     let service_account = spec
         .get("serviceAccountName")
         .or_else(|| spec.get("serviceAccount"))
@@ -325,13 +341,55 @@ fn proxy_container(settings: &InjectSettings, options: &PodOptions) -> Value {
     })
 }
 
-fn resources(base: &crate::config::Resources, overrides: &[(&str, &str, String)]) -> Value {
-    let mut requests = base.requests.clone();
-    let mut limits = base.limits.clone();
+/// What the annotations ask that cannot work with these settings: capture that would take
+/// nothing in (every listed port is the sidecar's own, or excluded), or a sidecar whose request
+/// is over its limit.
+fn check_options(options: &PodOptions, settings: &InjectSettings) -> Result<(), ann::BadAnnotation> {
+    if let Some(inbound) = &options.inbound_ports {
+        let ports = &settings.ports;
+        let sidecars = [ports.inbound, ports.outbound, ports.admin];
+        let captured = inbound.iter().filter(|p| !sidecars.contains(p) && !options.exclude_inbound_ports.contains(p));
+        if captured.count() == 0 {
+            return Err(ann::BadAnnotation {
+                key: ann::INBOUND_PORTS,
+                message: format!(
+                    "captures no port: each one named is the sidecar's own ({}, {}, {}) or in {}",
+                    ports.inbound,
+                    ports.outbound,
+                    ports.admin,
+                    ann::EXCLUDE_INBOUND_PORTS
+                ),
+            });
+        }
+    }
+    let merged = merged_resources(&settings.resources, &options.resources);
+    if let Some((name, request, limit)) = merged.request_over_limit() {
+        let (request_key, limit_key) = match name {
+            "cpu" => (ann::PROXY_CPU_REQUEST, ann::PROXY_CPU_LIMIT),
+            _ => (ann::PROXY_MEMORY_REQUEST, ann::PROXY_MEMORY_LIMIT),
+        };
+        // The annotation that made it so: the request when the pod set one, else the limit.
+        let set_request = options.resources.iter().any(|(kind, resource, _)| *kind == "requests" && *resource == name);
+        let key = if set_request { request_key } else { limit_key };
+        return Err(ann::BadAnnotation {
+            key,
+            message: format!("the sidecar's {name} request {request} would be more than its limit {limit}: Kubernetes refuses the pod"),
+        });
+    }
+    Ok(())
+}
+
+fn merged_resources(base: &crate::config::Resources, overrides: &[(&str, &str, String)]) -> crate::config::Resources {
+    let mut merged = base.clone();
     for (kind, name, quantity) in overrides {
-        let map = if *kind == "requests" { &mut requests } else { &mut limits };
+        let map = if *kind == "requests" { &mut merged.requests } else { &mut merged.limits };
         map.insert(name.to_string(), quantity.clone());
     }
+    merged
+}
+
+fn resources(base: &crate::config::Resources, overrides: &[(&str, &str, String)]) -> Value {
+    let crate::config::Resources { requests, limits } = merged_resources(base, overrides);
     let mut out = Map::new();
     if !requests.is_empty() {
         out.insert("requests".into(), json!(requests));
@@ -405,6 +463,9 @@ pub fn sidecar_config(settings: &InjectSettings, options: &PodOptions) -> String
             });
         }
         IdentityMode::Secret => {
+            // Without the CA's token to fall back on, the policy stream needs its own: the
+            // control plane reads the pod's labels for the account the token proves.
+            config.policy.token_file = Some(format!("{TOKEN_DIR}/token").into());
             if let Some(files) = config.identity.files.as_mut() {
                 files.cert = format!("{IDENTITY_DIR}/tls.crt").into();
                 files.key = format!("{IDENTITY_DIR}/tls.key").into();

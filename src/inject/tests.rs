@@ -248,6 +248,26 @@ fn every_workload_kind_gets_the_sidecar_in_its_pod_template() {
 }
 
 #[test]
+fn items_go_into_empty_and_full_flow_lists_with_their_commas() {
+    // Helm charts often render `initContainers: []` and `volumes: []`.
+    for (init, volumes) in [("[]", "[]"), ("[ ]", "[{name: data, emptyDir: {}}]"), ("[{name: setup, image: b}]", "[]")]
+    {
+        let text = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: e, namespace: shop}}\nspec:\n  initContainers: {init}\n  containers: [{{name: app, image: nginx}}]\n  volumes: {volumes}\n"
+        );
+        let (out, reports) = inject_text(&text);
+        assert_eq!(reports[0].outcome, Outcome::Injected, "{text}");
+        let pod = &docs(&out)[0];
+        let inits = names(&pod["spec"]["initContainers"]);
+        assert_eq!(inits[..2], [INIT_NAME, PROXY_NAME], "{out}");
+        assert_eq!(inits.len(), if init.contains("setup") { 3 } else { 2 }, "{out}");
+        let volumes_out = names(&pod["spec"]["volumes"]);
+        assert!(volumes_out.len() >= 3 && volumes_out.contains(&"palisade-token"), "{out}");
+        assert_eq!(volumes_out.contains(&"data"), volumes.contains("data"), "{out}");
+    }
+}
+
+#[test]
 fn a_list_and_a_multi_document_stream_keep_every_untouched_byte() {
     let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: s}\n- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: p\n  spec:\n    initContainers:\n    - name: setup\n      image: busybox\n    containers:\n    - name: app\n      image: a\n";
     let text = format!("{DEPLOYMENT}---\n# between documents\n{list}---\n");
@@ -405,6 +425,9 @@ fn the_sidecar_configuration_reads_back_as_the_sidecars_own() {
     assert_eq!(config.admin.listen.to_string(), "0.0.0.0:15000");
     assert_eq!(config.workload.labels_file.as_deref(), Some(Path::new("/var/run/palisade/podinfo/labels")));
     assert_eq!(config.identity.files.unwrap().key, Path::new("/var/run/palisade/identity/tls.key"));
+    // No CA token to fall back on: the policy stream names its own, or the control plane cannot
+    // read the pod's labels and refuses the stream.
+    assert_eq!(config.policy.token_file.as_deref(), Some(Path::new("/var/run/secrets/palisade/token")), "{text}");
     // Only what differs from the defaults is written.
     assert!(!text.contains("drainPeriod") && !text.contains("telemetry"), "{text}");
 
@@ -517,6 +540,17 @@ fn a_pod_the_sidecar_would_break_is_refused_with_the_field_and_why() {
             "never captured",
         ),
         (json!({"securityContext": {"runAsUser": 2102}}), "/spec/securityContext/runAsUser", "never captured"),
+        // One of the sidecar's names without the sidecar: never taken as injected already.
+        (
+            json!({"initContainers": [{"name": "palisade-init", "image": "busybox", "command": ["true"]}]}),
+            "/spec/initContainers/0/name",
+            "sidecar's own container names",
+        ),
+        (
+            json!({"containers": [{"name": "app", "image": "nginx"}, {"name": "palisade-proxy", "image": "busybox"}]}),
+            "/spec/containers/1/name",
+            "sidecar's own container names",
+        ),
     ];
     for (spec, field, why) in cases {
         let object = pod(json!({}), spec);
@@ -539,6 +573,54 @@ fn a_pod_the_sidecar_would_break_is_refused_with_the_field_and_why() {
         json!({"securityContext": {"runAsUser": 2102}, "containers": app(json!({"securityContext": {"runAsUser": 1000}}))}),
     );
     assert_eq!(webhook(&object, "shop", FailurePolicy::Fail).0["allowed"], true);
+}
+
+#[test]
+fn annotations_that_would_capture_nothing_or_break_the_pod_are_refused_by_name() {
+    let cases = [
+        (json!({ann::INBOUND_PORTS: "15000,15006"}), ann::INBOUND_PORTS, "captures no port"),
+        (
+            json!({ann::INBOUND_PORTS: "8080", ann::EXCLUDE_INBOUND_PORTS: "8080"}),
+            ann::INBOUND_PORTS,
+            "captures no port",
+        ),
+        // Over the settings' limit (256Mi), or under the settings' request (50m).
+        (json!({ann::PROXY_MEMORY_REQUEST: "2Gi"}), ann::PROXY_MEMORY_REQUEST, "more than its limit"),
+        (json!({ann::PROXY_CPU_LIMIT: "0"}), ann::PROXY_CPU_LIMIT, "more than its limit"),
+        (json!({ann::PROXY_MEMORY_LIMIT: "0.01Gi"}), ann::PROXY_MEMORY_LIMIT, "more than its limit"),
+    ];
+    for (annotations, key, why) in cases {
+        let object = pod(json!({"annotations": annotations}), json!({}));
+        let (response, _) = webhook(&object, "shop", FailurePolicy::Fail);
+        assert_eq!(response["allowed"], false, "{annotations}: {response}");
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(message.contains(key) && message.contains(why), "{annotations}: {message}");
+    }
+    // What can work is injected: a port of the app's beside the sidecar's, a request at its
+    // limit, a limit raised with the request.
+    for annotations in [
+        json!({ann::INBOUND_PORTS: "15006,8080"}),
+        json!({ann::PROXY_MEMORY_REQUEST: "256Mi"}),
+        json!({ann::PROXY_MEMORY_REQUEST: "1Gi", ann::PROXY_MEMORY_LIMIT: "1.5Gi"}),
+        json!({ann::PROXY_CPU_LIMIT: "0.05"}),
+    ] {
+        let object = pod(json!({"annotations": annotations}), json!({}));
+        assert_eq!(webhook(&object, "shop", FailurePolicy::Fail).0["allowed"], true, "{annotations}");
+    }
+}
+
+#[test]
+fn settings_whose_requests_are_over_their_limits_are_refused() {
+    let mut s = settings();
+    s.resources.requests.insert("memory".into(), "512Mi".into());
+    s.init_resources.limits.insert("cpu".into(), "5m".into());
+    let errors: Vec<String> = s.check().iter().map(|(field, message)| format!("{field}: {message}")).collect();
+    assert!(
+        errors.iter().any(|e| e.contains("resources.requests.memory") && e.contains("more than its limit")),
+        "{errors:?}"
+    );
+    assert!(errors.iter().any(|e| e.contains("initResources.requests.cpu")), "{errors:?}");
+    assert!(settings().check().is_empty(), "the defaults hold");
 }
 
 #[test]

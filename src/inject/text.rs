@@ -61,7 +61,7 @@ pub fn edits(text: &Chars<'_>, root: &Node, ops: &[Op]) -> Result<Vec<Edit>, Tex
                 let before = inserted.entry(parent_path).or_default();
                 let index: usize = last.parse().map_err(|_| fail("expected an index"))?;
                 let original = index.checked_sub(*before).ok_or_else(|| fail("index before an earlier insertion"))?;
-                out.push(add_item(text, parent, items, original, value).map_err(|m| fail(&m))?);
+                out.push(add_item(text, parent, items, original, *before, value).map_err(|m| fail(&m))?);
                 *before += 1;
             }
             _ => return Err(fail("only mappings and sequences are edited")),
@@ -184,14 +184,25 @@ fn add_entry(text: &Chars<'_>, map: &Node, entries: &[(Node, Node)], key: &str, 
     Ok(edit)
 }
 
-fn add_item(text: &Chars<'_>, seq: &Node, items: &[Node], index: usize, value: &Value) -> Result<Edit, String> {
+/// `inserted`: how many items earlier operations put before this one at the same place.
+fn add_item(
+    text: &Chars<'_>,
+    seq: &Node,
+    items: &[Node],
+    index: usize,
+    inserted: usize,
+    value: &Value,
+) -> Result<Edit, String> {
     if is_flow(text, seq, '[') {
         if index != 0 {
             return Err("flow sequences take items at the front only".into());
         }
         let at = seq.span.0 + 1;
-        let comma = if items.is_empty() { "" } else { ", " };
-        return Ok(Edit { start: at, end: at, text: format!("{}{comma}", json(value)) });
+        // Each inserted item is followed by a comma when the text's own items follow; into an
+        // empty `[]`, every item after the first is preceded by one.
+        let before = if items.is_empty() && inserted > 0 { ", " } else { "" };
+        let after = if items.is_empty() { "" } else { ", " };
+        return Ok(Edit { start: at, end: at, text: format!("{before}{}{after}", json(value)) });
     }
     let next = items.get(index).ok_or("block sequences take items before an existing one only")?;
     let item_byte = text.byte(next.span.0);
