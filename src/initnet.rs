@@ -164,20 +164,35 @@ pub fn capture(args: &InitNetArgs) -> Result<Capture, InitNetError> {
         exclude_inbound_ports: args.exclude_inbound_ports.clone(),
         exclude_outbound_ports: args.exclude_outbound_ports.clone(),
         exclude_outbound_cidrs: cidrs,
+        // The init container's resolv.conf is the pod's: every container gets the same one.
+        dns_servers: nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
     })
+}
+
+/// The `nameserver` addresses of a resolv.conf (one with a zone, `fe80::1%eth0`, cannot be
+/// written as a rule's destination and is left out).
+fn nameservers(resolv_conf: &str) -> Vec<std::net::IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+        .collect()
 }
 
 /// Installs the rules (or, with `--dry-run`, says what it would run); returns what to print.
 pub fn install(args: &InitNetArgs) -> Result<String, InitNetError> {
     let capture = capture(args)?;
+    let if_inet6 = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
     let families: Vec<Family> = match args.ipv6.as_str() {
         "off" => vec![Family::V4],
         "on" => vec![Family::V4, Family::V6],
-        _ if std::fs::read_to_string("/proc/net/if_inet6").is_ok_and(|t| has_routable_ipv6(&t)) => {
-            vec![Family::V4, Family::V6]
-        }
+        _ if has_routable_ipv6(&if_inet6) => vec![Family::V4, Family::V6],
         _ => vec![Family::V4],
     };
+    // A kernel with IPv6 gives every interface a link-local address: the filter table keeps
+    // IPv6 TCP from going around the sidecar (`--ipv6 off` writes no IPv6 rule at all).
+    let v6_filter = args.ipv6 != "off" && !if_inet6.trim().is_empty();
+    let v6_captured = families.contains(&Family::V6);
     if args.dry_run {
         // No privileges needed: assume a fresh pod when the current rules cannot be read.
         let backend = choose_backend(&args.mode, false);
@@ -189,6 +204,12 @@ pub fn install(args: &InitNetArgs) -> Result<String, InitNetError> {
                 "{restore} --noflush <<'RULES'\n{}RULES\n",
                 rules::restore_file(&capture, family, installed)
             ));
+        }
+        if v6_filter {
+            let installed = read_installed_filter(backend).unwrap_or_default();
+            let restore = backend.tool(Family::V6, "restore");
+            let file = rules::ipv6_filter_file(&capture, v6_captured, installed);
+            out.push_str(&format!("{restore} --noflush <<'RULES'\n{file}RULES\n"));
         }
         return Ok(out);
     }
@@ -206,6 +227,15 @@ pub fn install(args: &InitNetArgs) -> Result<String, InitNetError> {
         let count = file.lines().filter(|l| l.starts_with("-A")).count();
         out.push_str(&format!(
             "{restore}: {count} rules written to the nat table's PALISADE_* chains (the jumps to them added once)\n"
+        ));
+    }
+    if v6_filter {
+        let file = rules::ipv6_filter_file(&capture, v6_captured, read_installed_filter(backend)?);
+        let restore = backend.tool(Family::V6, "restore");
+        run_with_input(&restore, &["--noflush"], &file)?;
+        let count = file.lines().filter(|l| l.starts_with("-A")).count();
+        out.push_str(&format!(
+            "{restore}: {count} rules written to the filter table's PALISADE_V6_* chains (IPv6 TCP the nat rules do not capture is refused)\n"
         ));
     }
     Ok(out)
@@ -255,6 +285,10 @@ fn choose_backend(mode: &str, probe: bool) -> Backend {
 
 fn read_installed(backend: Backend, family: Family) -> Result<Installed, InitNetError> {
     output(&backend.tool(family, "save"), &["-t", "nat"]).map(|s| Installed::from_save(&s))
+}
+
+fn read_installed_filter(backend: Backend) -> Result<Installed, InitNetError> {
+    output(&backend.tool(Family::V6, "save"), &["-t", "filter"]).map(|s| Installed::from_filter_save(&s))
 }
 
 fn find_tool(name: &str) -> Option<std::path::PathBuf> {
@@ -323,7 +357,15 @@ fn missing_capabilities() -> Vec<&'static str> {
 
 #[cfg(test)]
 mod tests {
-    use super::has_routable_ipv6;
+    use super::{has_routable_ipv6, nameservers};
+
+    #[test]
+    fn the_resolvers_are_read_from_resolv_conf() {
+        let conf = "search shop.svc.cluster.local svc.cluster.local\nnameserver 10.96.0.10\n# nameserver 1.1.1.1\nnameserver  fd00::a \nnameserver fe80::1%eth0\noptions ndots:5\n";
+        let servers: Vec<String> = nameservers(conf).iter().map(ToString::to_string).collect();
+        assert_eq!(servers, ["10.96.0.10", "fd00::a"]);
+        assert!(nameservers("").is_empty());
+    }
 
     #[test]
     fn ipv6_rules_only_for_a_pod_with_an_ipv6_address_beyond_loopback_and_link_local() {

@@ -220,7 +220,11 @@ fn init_net_twice_leaves_one_set_of_rules_with_either_iptables() {
         // `--ipv6 auto`: the namespace has no IPv6 address beyond ::1, so no IPv6 rules (a node
         // without IPv6 NAT would otherwise fail every pod); given one, the next run writes them.
         let v6 = nat_rules(&ns, &format!("ip6tables-{mode}-save"));
-        assert!(!v6.iter().any(|r| r.contains("PALISADE")), "{mode}: {v6:#?}");
+        // (Without a nat table, ip6tables-nft-save -t nat prints the filter table instead.)
+        assert!(!v6.iter().any(|r| r.contains("PALISADE") && !r.contains("PALISADE_V6")), "{mode}: {v6:#?}");
+        // Its IPv6 TCP is refused instead (the filter table, which every IPv6 kernel has).
+        let filter = filter_rules(&ns, &format!("ip6tables-{mode}-save"));
+        assert!(filter.contains(&"-A PALISADE_V6_INPUT -p tcp -j DROP".to_string()), "{mode}: {filter:#?}");
         sh(&["ip", "-n", ns.name("p"), "link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]);
         sh(&["ip", "-n", ns.name("p"), "-6", "addr", "add", "fd00:198:19::1/64", "dev", "eth0", "nodad"]);
         sh(&["ip", "-n", ns.name("p"), "link", "set", "eth0", "up"]);
@@ -230,7 +234,79 @@ fn init_net_twice_leaves_one_set_of_rules_with_either_iptables() {
         let v6 = nat_rules(&ns, &format!("ip6tables-{mode}-save"));
         assert!(v6.iter().any(|r| r.contains("-d ::1/128 -j RETURN")), "{mode}: {v6:#?}");
         assert!(v6.iter().any(|r| r.contains("-d fe80::/10 -j RETURN")), "{mode}: {v6:#?}");
+        // Captured now: the filter table refuses only the app's link-local destinations, once.
+        let filter = filter_rules(&ns, &format!("ip6tables-{mode}-save"));
+        let ours: Vec<&String> = filter.iter().filter(|r| r.contains("PALISADE_V6")).collect();
+        assert_eq!(
+            ours,
+            [
+                "-A INPUT -p tcp -j PALISADE_V6_INPUT",
+                "-A OUTPUT -p tcp -j PALISADE_V6_OUTPUT",
+                "-A PALISADE_V6_OUTPUT -m owner --uid-owner 2102 -j RETURN",
+                "-A PALISADE_V6_OUTPUT -d fe80::/10 -p tcp -j REJECT --reject-with tcp-reset",
+            ],
+            "{mode}"
+        );
     }
+}
+
+fn filter_rules(ns: &Namespaces, tool: &str) -> Vec<String> {
+    let out = ns.run("p", None, &[tool, "-t", "filter"]);
+    assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("-A")).map(str::to_string).collect()
+}
+
+#[test]
+fn a_pod_without_ipv6_capture_is_neither_reached_nor_left_over_link_local() {
+    if !support::is_root() {
+        eprintln!("skipped: needs root to make network namespaces and change their iptables rules");
+        return;
+    }
+    // Two pods of an IPv4-only cluster on one link: each still has a link-local IPv6 address,
+    // and an app listening on `::` (Python's, Node's, Go's default) answers on it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut ns = Namespaces::new("pll", &["p", "q"]);
+    sh(&[
+        "ip",
+        "-n",
+        ns.name("p"),
+        "link",
+        "add",
+        "eth0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        ns.name("q"),
+    ]);
+    for (pod, address) in [("p", "fe80::1/64"), ("q", "fe80::2/64")] {
+        sh(&["ip", "-n", ns.name(pod), "-6", "addr", "add", address, "dev", "eth0", "nodad"]);
+        sh(&["ip", "-n", ns.name(pod), "link", "set", "eth0", "up"]);
+        let args =
+            ["python3", "-m", "http.server", "--bind", "::", "--directory", dir.path().to_str().unwrap(), "18080"];
+        ns.spawn(pod, None, &args, &dir.path().join(format!("{pod}.log")));
+    }
+    let get = |from: &str, to: &str| {
+        let url = format!("http://[{to}%eth0]:18080/");
+        ns.run(from, None, &["curl", "-g", "-s", "-o", "/dev/null", "--max-time", "2", &url]).status.code()
+    };
+    // Before the rules: both ways answer (the setup works, so the refusals below mean something).
+    assert!(eventually_blocking(|| get("q", "fe80::1") == Some(0) && get("p", "fe80::2") == Some(0)));
+    let out = ns.run("p", None, &[BIN, "init-net"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The neighbour's connection is dropped by p's rule (its counter says so: not a connection
+    // a slow machine lost); p's app is refused at once by a reset (curl's 7).
+    assert_ne!(get("q", "fe80::1"), Some(0), "a neighbour reached p's app over link-local");
+    let counters = ns.run("p", None, &["ip6tables-nft-save", "-c", "-t", "filter"]);
+    let counters = String::from_utf8_lossy(&counters.stdout);
+    let dropped = counters.lines().find(|l| l.ends_with("-A PALISADE_V6_INPUT -p tcp -j DROP")).unwrap_or_default();
+    assert!(dropped.starts_with('[') && !dropped.starts_with("[0:"), "{counters}");
+    assert_eq!(get("p", "fe80::2"), Some(7), "p's app reached a neighbour over link-local");
+    // Loopback still works inside the pod.
+    let local = ns.run("p", None, &["curl", "-g", "-s", "-o", "/dev/null", "--max-time", "5", "http://[::1]:18080/"]);
+    assert_eq!(local.status.code(), Some(0));
 }
 
 // === the pod simulation ===

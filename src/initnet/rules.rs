@@ -6,6 +6,8 @@
 //! the built-in chains are added only when they are not there yet, so a second run leaves one
 //! set of rules.
 
+use std::net::IpAddr;
+
 use crate::config::IpBlock;
 
 pub const CHAIN_INBOUND: &str = "PALISADE_INBOUND";
@@ -16,6 +18,12 @@ pub const CHAIN_REDIRECT: &str = "PALISADE_REDIRECT";
 /// The jumps into Palisade's chains, as `iptables-save` prints them.
 pub const JUMP_PREROUTING: &str = "-A PREROUTING -p tcp -j PALISADE_INBOUND";
 pub const JUMP_OUTPUT: &str = "-A OUTPUT -p tcp -j PALISADE_OUTPUT";
+
+/// The filter table's chains that keep IPv6 TCP from going around the sidecar.
+pub const CHAIN_V6_INPUT: &str = "PALISADE_V6_INPUT";
+pub const CHAIN_V6_OUTPUT: &str = "PALISADE_V6_OUTPUT";
+pub const JUMP_V6_INPUT: &str = "-A INPUT -p tcp -j PALISADE_V6_INPUT";
+pub const JUMP_V6_OUTPUT: &str = "-A OUTPUT -p tcp -j PALISADE_V6_OUTPUT";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
@@ -36,6 +44,8 @@ pub struct Capture {
     pub exclude_inbound_ports: Vec<u16>,
     pub exclude_outbound_ports: Vec<u16>,
     pub exclude_outbound_cidrs: Vec<IpBlock>,
+    /// The pod's resolvers (its resolv.conf): DNS over TCP to them leaves uncaptured.
+    pub dns_servers: Vec<IpAddr>,
 }
 
 impl Default for Capture {
@@ -49,6 +59,7 @@ impl Default for Capture {
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),
+            dns_servers: Vec::new(),
         }
     }
 }
@@ -64,6 +75,12 @@ impl Installed {
     pub fn from_save(save: &str) -> Installed {
         let has = |rule: &str| save.lines().any(|l| l.trim_end() == rule);
         Installed { prerouting: has(JUMP_PREROUTING), output: has(JUMP_OUTPUT) }
+    }
+
+    /// The IPv6 filter table's jumps, from `ip6tables-save -t filter` (`prerouting`: INPUT's).
+    pub fn from_filter_save(save: &str) -> Installed {
+        let has = |rule: &str| save.lines().any(|l| l.trim_end() == rule);
+        Installed { prerouting: has(JUMP_V6_INPUT), output: has(JUMP_V6_OUTPUT) }
     }
 }
 
@@ -116,10 +133,14 @@ pub fn restore_file(capture: &Capture, family: Family, installed: Installed) -> 
             lines.push(format!("-A {CHAIN_OUTPUT} -d {block} -j RETURN"));
         }
     }
-    // DNS over TCP (what resolvers fall back to for an answer too long for UDP): the outbound
-    // listener speaks HTTP only, so it could never carry it.
-    lines.push(format!("-A {CHAIN_OUTPUT} -p tcp --dport {DNS_PORT} -j RETURN"));
-    for port in capture.exclude_outbound_ports.iter().filter(|&&p| p != DNS_PORT) {
+    // DNS over TCP (what resolvers fall back to for an answer too long for UDP) to the pod's own
+    // resolvers: the outbound listener could not carry it. To them only: port 53 to anywhere
+    // would be a way out for any TCP at all.
+    for server in capture.dns_servers.iter().filter(|s| s.is_ipv4() == (family == Family::V4)) {
+        let bits = if server.is_ipv4() { 32 } else { 128 };
+        lines.push(format!("-A {CHAIN_OUTPUT} -d {server}/{bits} -p tcp --dport {DNS_PORT} -j RETURN"));
+    }
+    for port in &capture.exclude_outbound_ports {
         lines.push(format!("-A {CHAIN_OUTPUT} -p tcp --dport {port} -j RETURN"));
     }
     lines.push(format!("-A {CHAIN_OUTPUT} -p tcp -j {CHAIN_REDIRECT}"));
@@ -136,7 +157,42 @@ pub fn restore_file(capture: &Capture, family: Family, installed: Installed) -> 
     text
 }
 
-/// The address with the host bits cleared: iptables-restore refuses nothing, but
+/// The `ip6tables-restore --noflush` input for the filter table, so IPv6 TCP cannot go around
+/// the sidecar where the nat rules do not send it through. `captured`: the nat table captures
+/// IPv6 (a pod with a routable IPv6 address). Without that, every IPv6 TCP connection but
+/// loopback's is refused both ways: the pod's link-local address would otherwise let a
+/// neighbour reach the app in plaintext, past STRICT and every policy, and the app reach
+/// neighbours past `outbound.passthrough`. With it, what the nat rules let pass for want of an
+/// interface (link-local destinations) is refused to the app; the sidecar's own pass.
+pub fn ipv6_filter_file(capture: &Capture, captured: bool, installed: Installed) -> String {
+    let mut lines: Vec<String> = vec!["*filter".into()];
+    for chain in [CHAIN_V6_INPUT, CHAIN_V6_OUTPUT] {
+        lines.push(format!(":{chain} - [0:0]"));
+    }
+    const REFUSE: &str = "-j REJECT --reject-with tcp-reset";
+    if captured {
+        lines.push(format!("-A {CHAIN_V6_OUTPUT} -m owner --uid-owner {} -j RETURN", capture.proxy_uid));
+        lines.push(format!("-A {CHAIN_V6_OUTPUT} -d fe80::/10 -p tcp {REFUSE}"));
+    } else {
+        // Dropped, not reset: the only addresses here are link-local, and the kernel finds no
+        // route for a reset to one.
+        lines.push(format!("-A {CHAIN_V6_INPUT} -i lo -j RETURN"));
+        lines.push(format!("-A {CHAIN_V6_INPUT} -p tcp -j DROP"));
+        lines.push(format!("-A {CHAIN_V6_OUTPUT} -o lo -j RETURN"));
+        lines.push(format!("-A {CHAIN_V6_OUTPUT} -p tcp {REFUSE}"));
+    }
+    if !installed.prerouting {
+        lines.push(JUMP_V6_INPUT.into());
+    }
+    if !installed.output {
+        lines.push(JUMP_V6_OUTPUT.into());
+    }
+    lines.push("COMMIT".into());
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,7 +227,6 @@ mod tests {
                 "-A PALISADE_OUTPUT -m owner --uid-owner 2102 -j RETURN",
                 "-A PALISADE_OUTPUT -o lo -j RETURN",
                 "-A PALISADE_OUTPUT -d 127.0.0.0/8 -j RETURN",
-                "-A PALISADE_OUTPUT -p tcp --dport 53 -j RETURN",
                 "-A PALISADE_OUTPUT -p tcp -j PALISADE_REDIRECT",
                 "-A PREROUTING -p tcp -j PALISADE_INBOUND",
                 "-A OUTPUT -p tcp -j PALISADE_OUTPUT",
@@ -190,6 +245,7 @@ mod tests {
             exclude_outbound_cidrs: ["10.96.0.1/12", "fd00::1/8", "169.254.169.254"]
                 .map(|b| b.parse().unwrap())
                 .to_vec(),
+            dns_servers: vec!["10.96.0.10".parse().unwrap(), "fd00::a".parse().unwrap()],
             ..Capture::default()
         };
         let v4 = restore_file(&capture, Family::V4, Installed::default());
@@ -203,15 +259,47 @@ mod tests {
         assert!(v4.contains(&"-A PALISADE_OUTPUT -d 10.96.0.0/12 -j RETURN"), "{v4:#?}");
         assert!(v4.contains(&"-A PALISADE_OUTPUT -d 169.254.169.254/32 -j RETURN"));
         assert!(v4.contains(&"-A PALISADE_OUTPUT -p tcp --dport 5432 -j RETURN"));
+        // DNS over TCP leaves uncaptured to the pod's resolvers only, each in its family.
+        assert!(v4.contains(&"-A PALISADE_OUTPUT -d 10.96.0.10/32 -p tcp --dport 53 -j RETURN"), "{v4:#?}");
+        assert!(!v4.iter().any(|r| r.contains("--dport 53") && !r.contains("10.96.0.10")), "{v4:#?}");
         assert!(!v4.iter().any(|r| r.contains("fd00") || r.contains("fe80")));
         let v6 = restore_file(&capture, Family::V6, Installed::default());
         let v6 = rules(&v6);
         assert!(v6.contains(&"-A PALISADE_OUTPUT -d ::1/128 -j RETURN"));
         assert!(v6.contains(&"-A PALISADE_OUTPUT -d fe80::/10 -j RETURN"));
         assert!(v6.contains(&"-A PALISADE_OUTPUT -d fd00::/8 -j RETURN"), "{v6:#?}");
+        assert!(v6.contains(&"-A PALISADE_OUTPUT -d fd00::a/128 -p tcp --dport 53 -j RETURN"), "{v6:#?}");
         assert!(!v6.iter().any(|r| r.contains("10.96") || r.contains("127.0.0.0")));
         // The last outbound rule captures what no exclusion let pass.
         let last_output = v6.iter().rposition(|r| r.starts_with("-A PALISADE_OUTPUT")).unwrap();
         assert_eq!(v6[last_output], "-A PALISADE_OUTPUT -p tcp -j PALISADE_REDIRECT");
+    }
+
+    #[test]
+    fn ipv6_tcp_that_the_nat_rules_let_pass_is_refused_in_the_filter_table() {
+        // No IPv6 capture (no routable address): every IPv6 TCP connection but loopback's.
+        let text = ipv6_filter_file(&Capture::default(), false, Installed::default());
+        assert_eq!(
+            rules(&text),
+            [
+                "-A PALISADE_V6_INPUT -i lo -j RETURN",
+                "-A PALISADE_V6_INPUT -p tcp -j DROP",
+                "-A PALISADE_V6_OUTPUT -o lo -j RETURN",
+                "-A PALISADE_V6_OUTPUT -p tcp -j REJECT --reject-with tcp-reset",
+                "-A INPUT -p tcp -j PALISADE_V6_INPUT",
+                "-A OUTPUT -p tcp -j PALISADE_V6_OUTPUT",
+            ]
+        );
+        assert!(text.starts_with("*filter\n") && text.ends_with("COMMIT\n"), "{text}");
+        // Captured: only the app's link-local destinations, which the nat rules cannot redirect.
+        let save = format!("*filter\n{JUMP_V6_INPUT}\n{JUMP_V6_OUTPUT}\nCOMMIT\n");
+        let text = ipv6_filter_file(&Capture::default(), true, Installed::from_filter_save(&save));
+        assert_eq!(
+            rules(&text),
+            [
+                "-A PALISADE_V6_OUTPUT -m owner --uid-owner 2102 -j RETURN",
+                "-A PALISADE_V6_OUTPUT -d fe80::/10 -p tcp -j REJECT --reject-with tcp-reset",
+            ]
+        );
     }
 }
