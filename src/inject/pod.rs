@@ -39,6 +39,8 @@ pub enum Skip {
     HostNetwork,
     /// It already has the sidecar: injecting again would change nothing.
     AlreadyInjected,
+    /// `spec.os.name: windows`: the capture rules are Linux's.
+    Windows,
 }
 
 impl std::fmt::Display for Skip {
@@ -47,7 +49,8 @@ impl std::fmt::Display for Skip {
             Skip::ExcludedNamespace(ns) => write!(f, "namespace {ns} is never injected"),
             Skip::OptedOut => write!(f, "{}: {}", ann::INJECT, ann::DISABLED),
             Skip::HostNetwork => f.write_str("hostNetwork: true (the rules would capture the node's traffic)"),
-            Skip::AlreadyInjected => write!(f, "already injected (it has the {PROXY_NAME} container)"),
+            Skip::AlreadyInjected => write!(f, "already injected (it has the {INIT_NAME} and {PROXY_NAME} containers)"),
+            Skip::Windows => f.write_str("spec.os.name: windows (the capture rules are Linux's)"),
         }
     }
 }
@@ -99,6 +102,9 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
     let spec = pod.get("spec").and_then(Value::as_object).ok_or_else(|| shape("/spec", "expected the pod's spec"))?;
     if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
         return Ok(Decision::Skip(Skip::HostNetwork));
+    }
+    if spec.get("os").and_then(|os| os.get("name")).and_then(Value::as_str) == Some("windows") {
+        return Ok(Decision::Skip(Skip::Windows));
     }
     let list = |name: &str| -> Result<Option<&Vec<Value>>, PodError> {
         match spec.get(name) {

@@ -167,6 +167,7 @@ fn kube_system_the_control_planes_namespace_and_excluded_namespaces_are_never_in
 fn host_network_pods_and_pods_that_opt_out_are_never_injected() {
     let cases = [
         (json!({}), json!({"hostNetwork": true}), Skip::HostNetwork),
+        (json!({}), json!({"os": {"name": "windows"}}), Skip::Windows),
         (json!({"annotations": {"palisade.dev/inject": "disabled"}}), json!({}), Skip::OptedOut),
         (json!({"labels": {"palisade.dev/inject": "disabled"}}), json!({}), Skip::OptedOut),
     ];
