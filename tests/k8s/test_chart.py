@@ -2,12 +2,24 @@
 Kubernetes 1.29+, bad values refused by the schema with the field named, and the policies value read by
 `palisade check` as the control plane reads it."""
 
+import base64
+import contextlib
+import datetime
 import pathlib
+import re
+import socket
+import ssl
+import subprocess
 import tempfile
+import urllib.request
 
 import helm_python
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from conftest import CHART, NAMESPACE, binary, documents, eventually, palisade, validate
 from render import render
@@ -49,6 +61,7 @@ VALUE_SETS = {
         "pki": {"source": "certManager", "certManager": {"issuerRef": {"name": "mesh-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}}},
     },
 }
+ISSUER = VALUE_SETS["cert-manager with a cluster issuer"]["pki"]["certManager"]["issuerRef"]
 
 
 def objects(values):
@@ -71,6 +84,11 @@ def by_kind(objs, kind):
     {"policies": [{"apiVersion": "palisade.dev/v1alpha1", "kind": "SecurityPolicy", "metadata": {"name": "a"}, "spec": {}}]},
     {"webhok": {}},
     {"controlPlane": {"service": {"ipFamilyPolicy": "DualStack"}}},
+    # The control plane exits with "policies.pollInterval: must be more than 0".
+    {"controlPlane": {"policyPollInterval": "0ms"}},
+    {"controlPlane": {"policyPollInterval": "0s"}},
+    {"controlPlane": {"policyPollInterval": "000h"}},
+    {"controlPlane": {"policyPollInterval": "0"}},
 ], ids=lambda v: str(v)[:60])
 def test_bad_values_are_refused_by_the_schema_with_the_field_named(values):
     with helm_python.Chart.load(str(CHART)) as chart:
@@ -242,19 +260,63 @@ def test_passthrough_destinations_and_opaque_ports_reach_every_injected_sidecar(
     assert outbound["opaquePorts"] == [3306], outbound
 
 
+@contextlib.contextmanager
+def running_control_plane(text, d):
+    """A real `palisade control` on the rendered configuration `text` with its /etc/palisade/ paths moved
+    to the directory `d` (where the test put the Secrets' files) and its ports to free loopback ones:
+    yields the policy stream's port once /ready answers 200."""
+    ports = []
+    for _ in range(4):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        ports.append(s)
+    grpc, ca, webhook, admin = [s.getsockname()[1] for s in ports]
+    for s in ports:
+        s.close()
+    (d / "policies").mkdir(exist_ok=True)
+    local = (text.replace("/etc/palisade/", f"{d}/")
+             .replace("0.0.0.0:15010", f"127.0.0.1:{grpc}").replace("0.0.0.0:15012", f"127.0.0.1:{ca}")
+             .replace("0.0.0.0:15017", f"127.0.0.1:{webhook}").replace("0.0.0.0:15014", f"127.0.0.1:{admin}"))
+    # No API server here: one on loopback that is never asked (no sidecar sends a token).
+    local += "kubernetes: {url: \"http://127.0.0.1:9\"}\nevents: {sink: stderr}\n"
+    config = d / "control.yaml"
+    config.write_text(local)
+    child = subprocess.Popen([binary(), "control", "--config", str(config)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        def is_ready():
+            try:
+                return urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=2).status == 200
+            except OSError:
+                return False
+
+        ready = eventually(is_ready, give_up=lambda: child.poll() is not None)
+        assert ready, child.stderr.read() if child.poll() is not None else "not ready in time"
+        yield grpc
+    finally:
+        child.terminate()
+        child.wait(timeout=10)
+
+
+def served_certificate(port, roots):
+    """The certificate the policy stream presents, checked against the PEM file `roots` only."""
+    context = ssl.create_default_context(cafile=str(roots))
+    context.check_hostname = False  # a SPIFFE certificate names no host; callers check the URI
+    with socket.create_connection(("127.0.0.1", port)) as raw:
+        with context.wrap_socket(raw) as tls:
+            return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+def spiffe_ids(cert):
+    return cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier)
+
+
 def test_the_default_install_needs_no_secret_made_by_hand_and_its_control_plane_starts():
     """identity.mode controlPlane: the control plane signs its own certificate with the CA the chart
     generated (Sprig's RSA key), so nothing is mounted for it and no manual step precedes the install.
     The rendered configuration, with its paths moved to a temp dir, starts a real `palisade control`
     that presents exactly the SPIFFE ID sidecars are told to expect, signed by the chart's CA."""
-    import base64
-    import socket
-    import ssl
-    import subprocess
-    import urllib.request
-
-    from cryptography import x509
-
     objs = objects({})
     (deployment,) = [o for o in objs if o["kind"] == "Deployment"]
     secrets = [v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v]
@@ -274,42 +336,243 @@ def test_the_default_install_needs_no_secret_made_by_hand_and_its_control_plane_
             (d / sub).mkdir()
             for key, value in by_name[secret]["data"].items():
                 (d / sub / key).write_bytes(base64.b64decode(value))
-        (d / "policies").mkdir()
-        ports = []
-        for _ in range(4):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            ports.append(s)
-        grpc, ca, webhook, admin = [s.getsockname()[1] for s in ports]
-        for s in ports:
-            s.close()
-        local = (text.replace("/etc/palisade/", f"{d}/")
-                 .replace("0.0.0.0:15010", f"127.0.0.1:{grpc}").replace("0.0.0.0:15012", f"127.0.0.1:{ca}")
-                 .replace("0.0.0.0:15017", f"127.0.0.1:{webhook}").replace("0.0.0.0:15014", f"127.0.0.1:{admin}"))
-        # No API server here: one on loopback that is never asked (no sidecar sends a token).
-        local += "kubernetes: {url: \"http://127.0.0.1:9\"}\nevents: {sink: stderr}\n"
-        config = d / "control.yaml"
-        config.write_text(local)
-        child = subprocess.Popen([binary(), "control", "--config", str(config)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        try:
-            def is_ready():
-                try:
-                    return urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=2).status == 200
-                except OSError:
-                    return False
+        with running_control_plane(text, d) as grpc:
+            assert spiffe_ids(served_certificate(grpc, d / "ca" / "ca.crt")) == [expected]
 
-            ready = eventually(is_ready, give_up=lambda: child.poll() is not None)
-            assert ready, child.stderr.read() if child.poll() is not None else "not ready in time"
-            context = ssl.create_default_context(cafile=str(d / "ca" / "ca.crt"))
-            context.check_hostname = False  # a SPIFFE certificate names no host; the URI is checked below
-            with socket.create_connection(("127.0.0.1", grpc)) as raw:
-                with context.wrap_socket(raw) as tls:
-                    der = tls.getpeercert(binary_form=True)
-            cert = x509.load_der_x509_certificate(der)
-            uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
-                x509.UniformResourceIdentifier)
-            assert uris == [expected]
-        finally:
-            child.terminate()
-            child.wait(timeout=10)
+
+def test_a_poll_interval_of_more_than_0_reaches_the_control_plane():
+    for interval in ("1ms", "10s", "0250ms"):
+        (cm,) = [o for o in objects({"controlPlane": {"policyPollInterval": interval}})
+                 if o["metadata"]["name"] == "palisade-control-config"]
+        assert yaml.safe_load(cm["data"]["control.yaml"])["policies"]["pollInterval"] == interval
+
+
+def refusal(values):
+    """The message of the render's failure (a template's `fail`)."""
+    with helm_python.Chart.load(str(CHART)) as chart:
+        with pytest.raises(helm_python.HelmRenderError) as refused:
+            chart.render(values, name="palisade", namespace=NAMESPACE)
+    return str(refused.value)
+
+
+@pytest.mark.parametrize("mode", ["controlPlane", "secret"])
+@pytest.mark.parametrize("issuer", [{}, ISSUER], ids=["self-signed", "issuer"])
+def test_every_certificate_asks_cert_manager_for_a_pkcs8_key(issuer, mode):
+    # Without an encoding cert-manager writes a SEC1 "EC PRIVATE KEY", which not every loader reads.
+    values = {"pki": {"source": "certManager", "certManager": {"issuerRef": issuer}}, "identity": {"mode": mode}}
+    certs = by_kind(objects(values), "Certificate")
+    assert certs
+    for cert in certs:
+        assert cert["spec"]["privateKey"] == {"algorithm": "ECDSA", "size": 256, "encoding": "PKCS8"}, cert["metadata"]["name"]
+
+
+def pem(obj):
+    if isinstance(obj, x509.Certificate):
+        return obj.public_bytes(serialization.Encoding.PEM)
+    return obj.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def issue(common_name, issuer=None, ca=True):
+    """A P-256 certificate and key, as cert-manager makes them with `encoding: PKCS8`: self-signed without
+    `issuer`, else signed by that (certificate, key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    issuer_cert, issuer_key = issuer or (None, key)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer_cert.subject if issuer else name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+               .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+               .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False))
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+    else:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name)]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256()), key
+
+
+def test_an_issuer_ref_makes_the_mesh_ca_its_intermediate_whose_roots_are_the_trust_bundle():
+    """As istio-csr does: with pki.certManager.issuerRef the chart requests palisade-ca from that issuer as an
+    intermediate CA (before, nothing made that Secret and the control plane never started), and the ca.crt
+    cert-manager writes beside it, the issuer's roots, is the control plane's ca.trustBundle (it refuses an
+    intermediate without one) and the injected sidecars' trust anchors. A real control plane then starts on
+    the files as the Deployment mounts them and serves a chain that the roots alone verify."""
+    objs = objects(VALUE_SETS["cert-manager with a cluster issuer"])
+    assert not by_kind(objs, "Issuer"), "the given issuer signs: no self-signed root of the chart's own"
+    (ca,) = [c["spec"] for c in by_kind(objs, "Certificate") if c["metadata"]["name"] == "palisade-ca"]
+    assert ca["isCA"] is True and ca["issuerRef"] == ISSUER and ca["secretName"] == "palisade-ca"
+    assert ca["privateKey"] == {"algorithm": "ECDSA", "size": 256, "encoding": "PKCS8"}
+    assert ca["duration"] == f"{3650 * 24}h"
+    (deployment,) = by_kind(objs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "ca"]
+    assert volume["secret"]["secretName"] == "palisade-ca"
+    items = {i["key"]: i["path"] for i in volume["secret"]["items"]}
+    assert items == {"tls.crt": "ca.crt", "tls.key": "ca.key", "ca.crt": "roots.crt"}
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "ca"]
+    roots = f"{mount['mountPath']}/{items['ca.crt']}"
+    (cm,) = [o for o in objs if o["metadata"]["name"] == "palisade-control-config"]
+    text = cm["data"]["control.yaml"]
+    control = yaml.safe_load(text)
+    assert control["ca"]["trustBundle"] == roots
+    assert control["webhook"]["sidecar"]["identity"]["trustAnchorsFile"] == roots
+
+    # The Secret as cert-manager writes it for a CA issuer: tls.crt the intermediate alone, ca.crt the root.
+    root = issue("mesh root")
+    intermediate = issue("Palisade mesh CA cluster.local", issuer=root)
+    webhook = issue(f"palisade-control.{NAMESPACE}.svc", issuer=root, ca=False)
+    secret = {"tls.crt": pem(intermediate[0]), "tls.key": pem(intermediate[1]), "ca.crt": pem(root[0])}
+    with tempfile.TemporaryDirectory() as d:
+        d = pathlib.Path(d)
+        (d / "ca").mkdir()
+        (d / "webhook").mkdir()
+        for key, path in items.items():
+            (d / "ca" / path).write_bytes(secret[key])
+        (d / "webhook" / "tls.crt").write_bytes(pem(webhook[0]))
+        (d / "webhook" / "tls.key").write_bytes(pem(webhook[1]))
+        with running_control_plane(text, d) as grpc:
+            served = served_certificate(grpc, d / "ca" / "roots.crt")
+    assert served.issuer == intermediate[0].subject
+    assert spiffe_ids(served) == [f"spiffe://cluster.local/ns/{NAMESPACE}/sa/palisade-control"]
+
+
+def test_without_an_issuer_ref_the_mesh_ca_stays_a_self_signed_root_and_its_own_trust_anchor():
+    objs = objects(VALUE_SETS["cert-manager and policies"])
+    assert {i["metadata"]["name"] for i in by_kind(objs, "Issuer")} == {"palisade-selfsigned", "palisade-ca"}
+    (ca,) = [c["spec"] for c in by_kind(objs, "Certificate") if c["metadata"]["name"] == "palisade-ca"]
+    assert ca["isCA"] is True and ca["issuerRef"]["name"] == "palisade-selfsigned"
+    (deployment,) = by_kind(objs, "Deployment")
+    (volume,) = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "ca"]
+    assert {i["key"]: i["path"] for i in volume["secret"]["items"]} == {"tls.crt": "ca.crt", "tls.key": "ca.key"}
+    (cm,) = [o for o in objs if o["metadata"]["name"] == "palisade-control-config"]
+    control = yaml.safe_load(cm["data"]["control.yaml"])
+    assert "trustBundle" not in control["ca"]
+    assert control["webhook"]["sidecar"]["identity"]["trustAnchorsFile"] == "/etc/palisade/ca/ca.crt"
+    # Only the control plane's CA signs with the intermediate: in secret mode the issuer signs everything.
+    secret_mode = objects(dict(VALUE_SETS["cert-manager with a cluster issuer"], identity={"mode": "secret"}))
+    assert sorted(c["metadata"]["name"] for c in by_kind(secret_mode, "Certificate")) == ["palisade-control-identity", "palisade-webhook"]
+
+
+def test_existing_secrets_without_a_ca_bundle_fail_the_render_naming_the_value():
+    # Rendered, the webhook had no caBundle: the API server could not verify it and refused every pod of
+    # a meshed namespace.
+    message = refusal({"pki": {"source": "existing"}})
+    assert "webhook.caBundle" in message and "pki.source existing" in message, message
+
+
+def test_a_budget_that_keeps_every_control_plane_pod_fails_the_render():
+    # Such a budget lets no control-plane pod be evicted: every node drain waits forever.
+    for control_plane in ({"replicas": 1}, {"replicas": 2, "podDisruptionBudget": {"minAvailable": 2}},
+                          {"replicas": 3, "podDisruptionBudget": {"minAvailable": 4}}):
+        message = refusal({"controlPlane": control_plane})
+        assert "controlPlane.podDisruptionBudget.minAvailable" in message and "controlPlane.replicas" in message, message
+    for control_plane in ({"replicas": 3, "podDisruptionBudget": {"minAvailable": 2}},
+                          {"replicas": 1, "podDisruptionBudget": {"minAvailable": 0}},
+                          {"replicas": 1, "podDisruptionBudget": {"enabled": False}}):
+        objs = objects({"controlPlane": control_plane})
+        assert len(by_kind(objs, "PodDisruptionBudget")) == control_plane["podDisruptionBudget"].get("enabled", True)
+
+
+@pytest.mark.parametrize("value, requests, limits", [
+    ("resources", {"cpu": "2"}, {"cpu": "1"}),
+    ("resources", {"cpu": "1001m"}, {"cpu": 1}),
+    ("resources", {"memory": "1Gi"}, {"memory": "1G"}),
+    ("resources", {"memory": "300Mi"}, {"memory": "0.25Gi"}),
+    ("resources", {"memory": 268435457}, {"memory": "256Mi"}),
+    ("resources", {"ephemeral-storage": "2k"}, {"ephemeral-storage": "1Ki"}),
+    ("initResources", {"memory": "64Mi"}, {"memory": "32Mi"}),
+    ("initResources", {"cpu": "0.2"}, {"cpu": "100m"}),
+], ids=str)
+def test_a_sidecar_request_above_its_limit_fails_the_render_naming_the_value(value, requests, limits):
+    # The sidecar's resources reach the pods through the control plane's ConfigMap, so nothing refused
+    # them at install: the API server refused every injected pod instead.
+    message = refusal({"sidecar": {value: {"requests": requests, "limits": limits}}})
+    (resource,) = requests
+    assert f"sidecar.{value}: requests.{resource}" in message and f"limits.{resource}" in message, message
+
+
+def test_sidecar_requests_up_to_their_limits_render_in_any_unit():
+    for requests, limits in ((("cpu", "100m"), ("cpu", "0.1")), (("cpu", 1), ("cpu", "1000m")),
+                             (("memory", "1536Mi"), ("memory", "1.5Gi")), (("memory", "1G"), ("memory", "1Gi")),
+                             (("memory", "1k"), ("memory", "1Ki")), (("memory", "300M"), ("memory", "0.3G")),
+                             (("memory", 268435456), ("memory", "256Mi"))):
+        resources = {"requests": dict([requests]), "limits": dict([limits])}
+        (cm,) = [o for o in objects({"sidecar": {"resources": resources}}) if o["metadata"]["name"] == "palisade-control-config"]
+        rendered = yaml.safe_load(cm["data"]["control.yaml"])["webhook"]["sidecar"]["resources"]
+        assert rendered["requests"][requests[0]] == requests[1] and rendered["limits"][limits[0]] == limits[1], rendered
+
+
+def test_the_readme_names_what_the_cluster_role_grants():
+    # It said `pods: get, list, watch`, where the role grants get.
+    (role,) = by_kind(objects({}), "ClusterRole")
+    granted = {resource: set(rule["verbs"]) for rule in role["rules"] for resource in rule["resources"]}
+    (row,) = [line for line in (CHART / "README.md").read_text().splitlines() if line.startswith("| ClusterRole + binding |")]
+    said = {resource: set(verbs.split(", ")) for resource, verbs in re.findall(r"`(\w+)`: ([a-z]+(?:, [a-z]+)*)", row)}
+    assert said == granted, row
+
+
+# The Pod Security Standards' capabilities and volume types
+# (kubernetes.io/docs/concepts/security/pod-security-standards).
+BASELINE_CAPABILITIES = {"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE",
+                         "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"}
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+
+
+def pod_security(pod, container):
+    """What `container` of the pod spec `pod` breaks of the Pod Security Standards' `baseline` and
+    `restricted` (which includes baseline), as {level: [fields]}: the container and pod fields of both,
+    and the pod's volumes."""
+    pod_sc = pod.get("securityContext", {})
+    sc = container.get("securityContext", {})
+    caps = sc.get("capabilities", {})
+    added = set(caps.get("add", []))
+    seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+    baseline = [field for field, broken in (
+        ("privileged", sc.get("privileged")),
+        ("capabilities.add", added - BASELINE_CAPABILITIES),
+        ("host namespaces", any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))),
+        ("hostPath", any("hostPath" in v for v in pod.get("volumes", []))),
+        ("hostPort", any(p.get("hostPort") for p in container.get("ports", []))),
+        ("seccompProfile", seccomp == "Unconfined"),
+    ) if broken]
+    restricted = baseline + [field for field, broken in (
+        ("volumes", any(set(v) - {"name"} - RESTRICTED_VOLUMES for v in pod.get("volumes", []))),
+        ("allowPrivilegeEscalation", sc.get("allowPrivilegeEscalation") is not False),
+        ("runAsNonRoot", sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is not True),
+        ("runAsUser", sc.get("runAsUser", pod_sc.get("runAsUser")) == 0),
+        ("seccompProfile", seccomp not in ("RuntimeDefault", "Localhost")),
+        ("capabilities", "ALL" not in caps.get("drop", []) or added - {"NET_BIND_SERVICE"}),
+    ) if broken]
+    return {level: fields for level, fields in (("baseline", baseline), ("restricted", restricted)) if fields}
+
+
+@pytest.mark.parametrize("mode", ["controlPlane", "secret"])
+def test_the_readme_says_which_pod_security_level_each_container_meets(mode):
+    """The chart README's Pod Security section, checked: the control plane and the injected sidecar meet
+    `restricted`; the injected init container, with NET_ADMIN and NET_RAW as root, not even `baseline`, so
+    meshed namespaces must not enforce either."""
+    section = (CHART / "README.md").read_text().split("\n## Pod Security\n", 1)[1].split("\n## ", 1)[0]
+    for said in ("`palisade-proxy`", "`palisade-init`", "`NET_ADMIN`", "`NET_RAW`", "`restricted`", "`baseline`",
+                 "`pod-security.kubernetes.io/enforce: privileged`"):
+        assert said in section, said
+    objs = objects({"identity": {"mode": mode}})
+    (deployment,) = by_kind(objs, "Deployment")
+    control = deployment["spec"]["template"]["spec"]
+    assert [pod_security(control, c) for c in control["containers"]] == [{}]
+
+    (cm,) = [o for o in objs if o["metadata"]["name"] == "palisade-control-config"]
+    with tempfile.TemporaryDirectory() as d:
+        config = pathlib.Path(d) / "control.yaml"
+        anchors = pathlib.Path(d) / "ca.crt"
+        anchors.write_bytes(pem(issue("mesh root")[0]))
+        config.write_text(cm["data"]["control.yaml"].replace("/etc/palisade/ca/ca.crt", str(anchors)))
+        pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\nspec: {containers: [{name: app, image: a}]}\n"
+        (injected,) = documents(palisade("inject", "--config", str(config), stdin=pod).stdout)
+    spec = injected["spec"]
+    levels = {c["name"]: pod_security(spec, c) for c in spec["initContainers"]}
+    assert levels["palisade-proxy"] == {}, levels
+    assert levels["palisade-init"] == {"baseline": ["capabilities.add"],
+                                       "restricted": ["capabilities.add", "runAsNonRoot", "runAsUser", "capabilities"]}, levels
