@@ -193,6 +193,39 @@ async fn rotations_and_refused_reloads_are_security_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_issued_ahead_of_this_clock_is_taken_once_it_is_valid() {
+    // An issuer whose clock runs a few seconds ahead: refused once (not valid yet), then taken
+    // when it is, without another change to the files; not left on disk while the old one expires.
+    let pki = Pki::new();
+    let files = pki.workload("b", &id("shop", "orders"));
+    let app = EchoApp::start().await;
+    let events = pki.path("events.jsonl");
+    let mut config = sidecar_config(&files, app.addr);
+    config.telemetry.events.sink = palisade::config::EventSink::File(events.clone());
+    let sidecar = start_sidecar(config);
+    let mut spec = LeafSpec::workload(&id("shop", "orders"));
+    spec.not_before = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    let (cert, key) = pki.ca.issue(&spec).unwrap();
+    write_atomically(&files.key, &key);
+    write_atomically(&files.cert, &cert);
+    let serial = serial_of(&files.cert);
+    let message = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").to_string();
+    let refused =
+        eventually(|| async { read_jsonl(&events).iter().any(|e| message(e).contains("reload failed")) }).await;
+    assert!(refused, "refused while not valid yet: {:?}", read_jsonl(&events));
+    let taken = eventually(|| async {
+        read_jsonl(&events).iter().any(|e| message(e).contains("rotated") && e["entity"]["uid"] == serial.as_str())
+    })
+    .await;
+    assert!(taken, "taken once valid: {:?}", read_jsonl(&events));
+
+    // Tried again quietly in between: one refusal reported, not one per look.
+    let refusals = read_jsonl(&events).iter().filter(|e| message(e).contains("reload failed")).count();
+    assert_eq!(refusals, 1);
+    sidecar.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_certificate_file_keeps_the_current_one() {
     let pair = Pair::start().await;
     let b_dir = pair.pki.path("b");

@@ -60,7 +60,14 @@ pub struct TlsStore {
     trust_domain: String,
     domains: TrustDomains,
     state: ArcSwap<TlsState>,
-    last_seen: Mutex<[FileStamp; 3]>,
+    last_seen: Mutex<Seen>,
+}
+
+/// The files' stamps: of the set in force, and of a set that did not load.
+#[derive(Default)]
+struct Seen {
+    installed: [FileStamp; 3],
+    failed: Option<[FileStamp; 3]>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,7 +87,7 @@ impl TlsStore {
             trust_domain: trust_domain.to_string(),
             domains,
             state: ArcSwap::from_pointee(state),
-            last_seen: Mutex::new(stamps),
+            last_seen: Mutex::new(Seen { installed: stamps, failed: None }),
         })
     }
 
@@ -108,7 +115,7 @@ impl TlsStore {
             trust_domain: own.trust_domain().to_string(),
             domains,
             state: ArcSwap::from_pointee(state),
-            last_seen: Mutex::new([FileStamp::default(); 3]),
+            last_seen: Mutex::new(Seen::default()),
         })
     }
 
@@ -128,22 +135,34 @@ impl TlsStore {
         Ok(state)
     }
 
-    /// Reloads when any of the three files changed since the last look. Returns the new state
-    /// when one was installed; on error the current state stays in force, and the same files
-    /// are tried again once they change again (a writer that replaces the certificate before the
-    /// key gets a retry on the next look).
+    /// Reloads when any of the three files changed since the set in force was read. Returns the
+    /// new state when one was installed; on error the current state stays in force and the error
+    /// is returned once. A set that did not load is tried again at every look, quietly, until it
+    /// loads or changes: a certificate issued a little ahead of this clock (not valid yet) is
+    /// taken once it is, instead of waiting for the old one to expire with the new one on disk,
+    /// and a writer that replaces the certificate before the key is taken once the key follows.
     pub fn reload_if_changed(&self) -> Result<Option<Arc<TlsState>>, TlsError> {
         let Some(files) = &self.files else { return Ok(None) };
         let now = stamps(files);
-        {
-            let mut seen = self.last_seen.lock().expect("stamp lock");
-            if *seen == now {
-                return Ok(None);
-            }
-            *seen = now;
+        let mut seen = self.last_seen.lock().expect("stamp lock");
+        if seen.installed == now {
+            return Ok(None);
         }
-        let credentials = Credentials::load(files, &self.trust_domain)?;
-        self.install(credentials).map(Some)
+        let first_try = seen.failed != Some(now);
+        match Credentials::load(files, &self.trust_domain).and_then(|c| self.install(c)) {
+            Ok(state) => {
+                *seen = Seen { installed: now, failed: None };
+                Ok(Some(state))
+            }
+            Err(e) => {
+                seen.failed = Some(now);
+                if first_try {
+                    Err(e)
+                } else {
+                    Ok(None)
+                }
+            }
+        }
     }
 }
 
