@@ -64,6 +64,11 @@ impl ControlPlane {
     }
 
     async fn spawn(&mut self) {
+        self.spawn_expecting(200).await;
+    }
+
+    /// Starts the process and waits until `/ready` answers `status`.
+    async fn spawn_expecting(&mut self, status: u16) {
         let child = Command::new(BIN)
             .args(["control", "--config"])
             .arg(&self.config)
@@ -75,10 +80,10 @@ impl ControlPlane {
         self.child = Some(child);
         let admin = self.admin;
         let ready = eventually(|| async move {
-            matches!(http_client().get(format!("http://127.0.0.1:{admin}/ready")).send().await, Ok(r) if r.status() == 200)
+            matches!(http_client().get(format!("http://127.0.0.1:{admin}/ready")).send().await, Ok(r) if r.status() == status)
         })
         .await;
-        assert!(ready, "control plane became ready");
+        assert!(ready, "control plane's /ready answered {status}");
     }
 
     fn kill(&mut self) {
@@ -358,6 +363,42 @@ async fn an_invalid_file_is_refused_at_the_control_plane_and_nothing_changes() {
     orders.stop();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_restarted_with_a_refused_file_sends_nothing_until_it_is_fixed() {
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    let good = policy_for("orders", "orders-api", &deny_paths(&["/admin"]));
+    write_policy(&dir.join("orders.yaml"), &good);
+    let mut plane = ControlPlane::start(&pki, "control", &dir).await;
+    let orders = Workload::start(&pki, &plane, "orders", |_| {}).await;
+    synced(&plane, &id("shop", "orders"), orders.port()).await;
+    assert_eq!(orders.get("/admin").await, 403);
+    // The file turns bad (the running replica keeps its last good version), then the replica
+    // restarts: it has no good version of that file, so it cannot tell what orders must get.
+    plane.write("orders.yaml", &good.replace("default: ALLOW", "default: ALOW"));
+    wait_for("the refusal", async || {
+        !plane.status().await["policies"]["sources"][0]["errors"].as_array().unwrap().is_empty()
+    })
+    .await;
+    plane.kill();
+    plane.spawn_expecting(503).await;
+    let url = format!("http://127.0.0.1:{}/ready", plane.admin);
+    let why = http_client().get(&url).send().await.unwrap().text().await.unwrap();
+    assert!(why.contains("orders.yaml refused"), "{why}");
+    // The sidecar's stream is back and has looked at that catalog: nothing was sent, and the
+    // DENY still holds (the empty set would have lifted it).
+    let held = evaluated(&plane, &id("shop", "orders"), orders.port()).await;
+    assert_eq!(held["pushes"], 0, "{held}");
+    assert_eq!(orders.get("/admin").await, 403);
+    assert!(orders.ready().await, "the sidecar keeps its policy and stays ready");
+    // Fixed: the replica is ready and sends again.
+    plane.write("orders.yaml", &policy_for("orders", "orders-api", &deny_paths(&["/admin", "/secret"])));
+    assert!(eventually(|| async { orders.get("/secret").await == 403 }).await);
+    assert_eq!(http_client().get(&url).send().await.unwrap().status(), 200);
+    orders.stop();
+}
+
 /// The orders sidecar's /status record once it shows a NACK.
 async fn rejected(plane: &ControlPlane, orders: &Workload) -> Value {
     let mut record = Value::Null;
@@ -545,6 +586,77 @@ async fn a_replica_that_has_not_read_the_latest_revision_never_takes_a_sidecar_b
     std::fs::write(dir.join("revision"), "seven\n").unwrap();
     wait_for("the bad revision is reported", async || plane.status().await.to_string().contains("not a revision"))
         .await;
+    orders.stop();
+}
+
+/// The sidecar's revision as its /config_dump shows it.
+async fn revision_of(workload: &Workload) -> Value {
+    workload.config_dump().await["policy"]["controlPlane"]["revision"].clone()
+}
+
+/// A sidecar learns every revision its control plane reaches, also when nothing is sent to it (a
+/// resumed stream, a revision that leaves its set as it was). It used to learn one only inside
+/// a snapshot: resumed at revision 7 it still said 5, so a replica still at revision 6 (a
+/// rollback to an allow-all policy that revision 7 undid) passed the hold and pushed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revision_learnt_without_a_snapshot_still_holds_back_an_older_replica() {
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    // Replica A, revision 5: policy X closes /secret.
+    let closed = policy_for("orders", "orders-api", &deny_paths(&["/secret"]));
+    std::fs::write(dir.join("revision"), "5\n").unwrap();
+    write_policy(&dir.join("orders.yaml"), &closed);
+    let mut plane = ControlPlane::start(&pki, "control", &dir).await;
+    let orders = Workload::start(&pki, &plane, "orders", |_| {}).await;
+    let first = synced(&plane, &id("shop", "orders"), orders.port()).await;
+    assert_eq!(orders.get("/secret").await, 403);
+    assert_eq!(revision_of(&orders).await, 5);
+
+    // A restarts at revision 7 with the same content (revision 6, never read by A, opened
+    // everything): the sidecar resumes, is sent no snapshot, and still learns revision 7.
+    plane.kill();
+    std::fs::write(dir.join("revision"), "7\n").unwrap();
+    plane.spawn().await;
+    let resumed = evaluated(&plane, &id("shop", "orders"), orders.port()).await;
+    assert_eq!((&resumed["state"], &resumed["pushes"]), (&"synced".into(), &0.into()), "{resumed}");
+    wait_for("the resumed sidecar learns revision 7", async || revision_of(&orders).await == 7).await;
+    assert_eq!(metric(&plane.metrics().await, "palisade_control_acks_total"), Some(0.0), "a revision is not ACKed");
+
+    // Replica B, still at revision 6 (policy Y: everything allowed), takes A's place.
+    plane.kill();
+    std::fs::write(dir.join("revision"), "6\n").unwrap();
+    plane.write("orders.yaml", &policy_for("orders", "orders-api", "  authorization:\n    default: ALLOW\n"));
+    plane.spawn().await;
+    let mut held = Value::Null;
+    wait_for("replica B says the sidecar is ahead of it", async || {
+        match plane.sidecar(&id("shop", "orders"), orders.port()).await {
+            Some(s) if s["state"] == "ahead" => {
+                held = s;
+                true
+            }
+            _ => false,
+        }
+    })
+    .await;
+    assert_eq!(held["pushes"], 0, "{held}");
+    assert_eq!(held["acked"]["version"], first["acked"]["version"], "{held}");
+    assert_eq!(orders.get("/secret").await, 403, "revision 7's content stays in force");
+    assert_eq!(revision_of(&orders).await, 7);
+
+    // B reads revision 8, which leaves the orders set as revision 7 had it and adds another
+    // workload's policy: nothing to push to orders, and revision 8 is learnt on the open stream.
+    plane.write("orders.yaml", &closed);
+    plane.write("billing.yaml", &policy_for("billing", "billing-api", &deny_paths(&["/internal"])));
+    std::fs::write(dir.join("revision"), "8\n").unwrap();
+    wait_for("the open stream learns revision 8", async || revision_of(&orders).await == 8).await;
+    let caught_up = synced(&plane, &id("shop", "orders"), orders.port()).await;
+    assert_eq!(caught_up["pushes"], 0, "{caught_up}");
+    assert_eq!(caught_up["acked"]["version"], first["acked"]["version"], "{caught_up}");
+    assert_eq!(orders.get("/secret").await, 403);
+    let metrics = plane.metrics().await;
+    assert_eq!(metric(&metrics, "palisade_control_pushes_total"), Some(0.0));
+    assert_eq!(metric(&metrics, "palisade_control_nacks_total"), Some(0.0));
     orders.stop();
 }
 

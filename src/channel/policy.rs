@@ -14,7 +14,7 @@ use crate::config::{ControlPlaneAddress, WorkloadConfig};
 use crate::identity::SpiffeId;
 use crate::policy::PolicyStore;
 use crate::proto::policy_discovery_client::PolicyDiscoveryClient;
-use crate::proto::{control_message, sidecar_message, Ack, Hello, Nack, SidecarMessage};
+use crate::proto::{control_message, sidecar_message, Ack, Hello, Nack, Revision, SidecarMessage};
 use crate::telemetry::Telemetry;
 use crate::tls::TlsStore;
 
@@ -36,8 +36,9 @@ pub struct ChannelState {
     last_error: Mutex<Option<String>>,
     /// Streams tried since start: with `connected`, whether a sidecar is stuck retrying.
     attempts: std::sync::atomic::AtomicU64,
-    /// The revision of the snapshot in force (0: none, or its source gave none): a snapshot of
-    /// a lower one is refused.
+    /// The latest revision known for the snapshot in force (0: none, or its source gave none):
+    /// the snapshot's own, or a later one the control plane confirmed for it without sending it
+    /// again. Said in every Hello, so a replica at a lower one holds back.
     revision: std::sync::atomic::AtomicU64,
 }
 
@@ -132,6 +133,22 @@ impl PolicyChannel {
         }
     }
 
+    /// The control plane's revision moved on (or the stream resumed on a replica at a later
+    /// one) with this workload's set unchanged: recorded when the sidecar holds that set, never
+    /// lowered (only a snapshot, which the control plane holds back for `revisionHold`, takes
+    /// a sidecar to an earlier revision). Nothing is applied, and nothing is answered.
+    fn noted(&self, note: Revision) {
+        if note.revision == 0 || self.policy.control_plane_version().as_deref() != Some(note.version.as_str()) {
+            // Not the set in force (this sidecar refused it): its revision is not ours.
+            return;
+        }
+        let before = self.state.revision.fetch_max(note.revision, Ordering::AcqRel);
+        if note.revision > before {
+            tracing::debug!(revision = note.revision, before, version = %note.version,
+                "policy revision moved on; the set in force is unchanged");
+        }
+    }
+
     fn set_connected(&self, connected: bool) {
         self.state.connected.store(connected, Ordering::Release);
         self.telemetry.metrics.control_plane_connected.set(connected as i64);
@@ -184,6 +201,10 @@ impl PolicyChannel {
                 Some(control_message::Kind::Snapshot(snapshot)) => snapshot,
                 Some(control_message::Kind::TrustBundle(bundle)) => {
                     self.trust(bundle.roots);
+                    continue;
+                }
+                Some(control_message::Kind::Revision(note)) => {
+                    self.noted(note);
                     continue;
                 }
                 None => continue,
@@ -258,11 +279,9 @@ pub(super) fn chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
-    /// A channel to a control plane that is not there, on a runtime whose clock only moves when
-    /// every task waits: the retries follow the backoff in virtual time, and no test waits for
-    /// real seconds.
-    #[tokio::test(start_paused = true)]
-    async fn a_missing_control_plane_is_retried_with_doubling_jittered_delays() {
+    /// A channel for workload shop/orders to the control plane at `address`, its state, and
+    /// the directory that holds its certificate (kept while the channel is used).
+    fn channel_to(address: &str) -> (PolicyChannel, Arc<ChannelState>, tempfile::TempDir) {
         use crate::config::{EventSink, EventsConfig, FailMode, MtlsMode, TelemetryConfig};
         use crate::identity::{DevCa, LeafSpec};
         use crate::policy::PolicyOptions;
@@ -296,9 +315,8 @@ mod tests {
             control_plane: true,
         };
         let state = Arc::new(ChannelState::default());
-        // Port 1 on loopback: refused at once, every time.
         let channel = PolicyChannel {
-            address: "https://127.0.0.1:1".parse().unwrap(),
+            address: address.parse().unwrap(),
             expected: crate::channel::default_identity("cluster.local"),
             tls: Arc::new(tls),
             policy: Arc::new(PolicyStore::load(options, telemetry.clone()).unwrap()),
@@ -309,6 +327,16 @@ mod tests {
             telemetry,
             state: state.clone(),
         };
+        (channel, state, dir)
+    }
+
+    /// A channel to a control plane that is not there, on a runtime whose clock only moves when
+    /// every task waits: the retries follow the backoff in virtual time, and no test waits for
+    /// real seconds.
+    #[tokio::test(start_paused = true)]
+    async fn a_missing_control_plane_is_retried_with_doubling_jittered_delays() {
+        // Port 1 on loopback: refused at once, every time.
+        let (channel, state, _dir) = channel_to("https://127.0.0.1:1");
         let (stop, stopped) = watch::channel(false);
         let started = tokio::time::Instant::now();
         let task = tokio::spawn(channel.run(stopped));
@@ -323,5 +351,25 @@ mod tests {
         assert!(!state.connected() && state.last_error().is_some_and(|e| e.contains("127.0.0.1:1")));
         stop.send_replace(true);
         task.await.unwrap();
+    }
+
+    /// A revision the control plane confirms for a set counts only when that set is in force,
+    /// and never takes the sidecar's revision back: only a snapshot (held back by the control
+    /// plane for `revisionHold`) does that.
+    #[test]
+    fn a_revision_counts_for_the_set_in_force_and_never_goes_back() {
+        let (channel, state, _dir) = channel_to("https://127.0.0.1:1");
+        let note = |version: &str, revision| Revision { version: version.into(), revision };
+        channel.noted(note("", 9));
+        assert_eq!(state.revision(), 0, "no control-plane set in force yet");
+        channel.policy.apply_remote("aaaaaaaaaaaa".into(), &[]).unwrap();
+        state.revision.store(5, Ordering::Release);
+        channel.noted(note("bbbbbbbbbbbb", 9));
+        assert_eq!(state.revision(), 5, "a set it does not hold (refused): not its revision");
+        channel.noted(note("aaaaaaaaaaaa", 7));
+        assert_eq!(state.revision(), 7);
+        channel.noted(note("aaaaaaaaaaaa", 6));
+        channel.noted(note("aaaaaaaaaaaa", 0));
+        assert_eq!(state.revision(), 7, "never lowered");
     }
 }

@@ -28,8 +28,20 @@ pub struct ControlAdmin {
 }
 
 impl ControlAdmin {
-    fn ready(&self) -> bool {
-        self.readiness.is_ready() && self.catalog.borrow().readable
+    /// Ready, or why not: a replica that cannot send policy is not one a Service should route
+    /// sidecars to (in a rolling update, the old replica keeps serving).
+    fn ready(&self) -> Result<(), String> {
+        let catalog = self.catalog.borrow();
+        if !self.readiness.is_ready() {
+            return Err("not ready".into());
+        }
+        if !catalog.readable {
+            return Err(format!("not ready: {}: the policy directory cannot be read", self.policies_dir.display()));
+        }
+        match &catalog.unservable_because {
+            Some(why) => Err(format!("not ready: {why}")),
+            None => Ok(()),
+        }
     }
 
     fn status(&self) -> serde_json::Value {
@@ -41,6 +53,8 @@ impl ControlAdmin {
             "policies": {
                 "dir": self.policies_dir,
                 "readable": catalog.readable,
+                "servable": catalog.servable,
+                "unservableBecause": catalog.unservable_because,
                 "version": catalog.version,
                 "revision": catalog.revision,
                 "generation": catalog.generation,
@@ -65,8 +79,10 @@ impl ServeHttp for ControlAdmin {
         let method = session.req_header().method.clone();
         match (method, session.req_header().uri.path()) {
             (Method::GET, "/live") => text(StatusCode::OK, "live"),
-            (Method::GET, "/ready") if self.ready() => text(StatusCode::OK, "ready"),
-            (Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+            (Method::GET, "/ready") => match self.ready() {
+                Ok(()) => text(StatusCode::OK, "ready"),
+                Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, &why),
+            },
             (Method::GET, "/metrics") => {
                 reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render())
             }

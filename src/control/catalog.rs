@@ -53,6 +53,15 @@ pub struct Catalog {
     pub generation: u64,
     /// The source's revision ([`REVISION_FILE`]); 0 when it does not say.
     pub revision: u64,
+    /// Whether streams may send from it. Not until the directory was read with every file in
+    /// force, or known: a refused file this process never saw good holds policies it cannot
+    /// tell, and without them a workload they select would be sent fewer rules than it has
+    /// (a restarted replica would send the empty set where the last good version denied). Once
+    /// a catalog was servable, every later one is: a file that turns bad keeps its last good
+    /// version, and one that arrives bad was never in force anywhere.
+    pub servable: bool,
+    /// Why it is not servable, for `/ready` and `/status`.
+    pub unservable_because: Option<String>,
 }
 
 /// The file of the policy directory that holds its revision, a decimal number that only grows
@@ -123,6 +132,8 @@ struct FileState {
     /// them (a policy moved from one file into a refused one must not vanish from both) until
     /// no file is refused.
     held: Option<String>,
+    /// Some version of it was taken since this process started.
+    ever_good: bool,
 }
 
 impl Default for FileState {
@@ -134,6 +145,7 @@ impl Default for FileState {
             errors: Vec::new(),
             fresh: false,
             held: None,
+            ever_good: false,
         }
     }
 }
@@ -145,6 +157,8 @@ pub struct PolicyDirectory {
     readable: Option<bool>,
     /// The [`REVISION_FILE`]'s number, or why it is not one.
     revision: Result<u64, String>,
+    /// A servable catalog was made: see [`Catalog::servable`].
+    served: bool,
 }
 
 /// What one scan found.
@@ -159,7 +173,7 @@ pub struct ScanOutcome {
 
 impl PolicyDirectory {
     pub fn new(dir: PathBuf) -> Self {
-        PolicyDirectory { dir, files: BTreeMap::new(), readable: None, revision: Ok(0) }
+        PolicyDirectory { dir, files: BTreeMap::new(), readable: None, revision: Ok(0), served: false }
     }
 
     pub fn dir(&self) -> &Path {
@@ -323,6 +337,7 @@ impl PolicyDirectory {
                         outcome.accepted.push(file.clone());
                     }
                     state.good = entries.clone();
+                    state.ever_good = true;
                     Vec::new()
                 }
                 (Err(errors), _) => errors.clone(),
@@ -395,7 +410,7 @@ impl PolicyDirectory {
         }
     }
 
-    fn catalog(&self) -> Catalog {
+    fn catalog(&mut self) -> Catalog {
         let mut by_namespace: BTreeMap<String, Vec<Arc<CatalogEntry>>> = BTreeMap::new();
         for entry in self.files.values().flat_map(|f| f.good.iter()) {
             by_namespace.entry(entry.namespace.clone()).or_default().push(entry.clone());
@@ -416,6 +431,25 @@ impl PolicyDirectory {
         if let Err(e) = &self.revision {
             sources.push(SourceStatus { file: REVISION_FILE.into(), policies: Vec::new(), errors: vec![e.clone()] });
         }
+        let unknown: Vec<&str> = self
+            .files
+            .iter()
+            // Refused for what it says (a duplicate's policies are known: the other file's).
+            .filter(|(_, f)| f.parsed.is_err() && !f.ever_good)
+            .map(|(name, _)| name.as_str())
+            .collect();
+        let unservable_because = match (self.readable == Some(true), unknown.is_empty()) {
+            _ if self.served => None,
+            (false, _) => Some(format!("{}: the policy directory cannot be read", self.dir.display())),
+            (true, false) => Some(format!(
+                "{} refused, and no good version of {} was seen since this control plane started: no policy is sent until {} fixed, so no workload gets fewer rules than its last good version",
+                unknown.join(", "),
+                if unknown.len() == 1 { "it" } else { "them" },
+                if unknown.len() == 1 { "it is" } else { "they are" },
+            )),
+            (true, true) => None,
+        };
+        self.served |= unservable_because.is_none();
         Catalog {
             version,
             by_namespace,
@@ -424,6 +458,8 @@ impl PolicyDirectory {
             made_at: Some(std::time::Instant::now()),
             generation: 0,
             revision: self.revision.clone().unwrap_or(0),
+            servable: unservable_because.is_none(),
+            unservable_because,
         }
     }
 }
@@ -557,6 +593,39 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         std::fs::remove_file(dir.path().join("copy.yaml")).unwrap();
         assert!(directory.scan().catalog.unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_refused_file_never_seen_good_holds_every_stream_until_it_is_fixed() {
+        // A restarted replica finds a file that was good in the last one but is bad now: its
+        // policies are unknown, so nothing is servable (an empty set would lift their rules).
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("orders.yaml");
+        std::fs::write(&file, policy("orders", "shop", "  mtls: LOOSE\n")).unwrap();
+        std::fs::write(dir.path().join("billing.yaml"), policy("billing", "shop", "")).unwrap();
+        let mut directory = PolicyDirectory::new(dir.path().into());
+        let first = directory.scan().catalog.unwrap();
+        assert!(!first.servable);
+        let why = first.unservable_because.as_deref().unwrap();
+        assert!(why.contains("orders.yaml refused") && !why.contains("billing"), "{why}");
+        // Fixed: servable, and from then on a file that turns bad keeps its last good version.
+        std::fs::write(&file, policy("orders", "shop", ORDERS)).unwrap();
+        let fixed = directory.scan().catalog.unwrap();
+        assert!(fixed.servable && fixed.unservable_because.is_none());
+        std::fs::write(&file, policy("orders", "shop", "  mtls: LOOSE\n")).unwrap();
+        let again = directory.scan().catalog.unwrap();
+        assert!(again.servable);
+        assert_eq!(
+            again.select(&workload("shop", "orders")).version,
+            fixed.select(&workload("shop", "orders")).version
+        );
+        // A new file that arrives bad was never in force anywhere: it holds nothing back.
+        std::fs::write(dir.path().join("new.yaml"), "not: [a policy").unwrap();
+        assert!(directory.scan().catalog.unwrap().servable);
+        // An unreadable directory at start is not servable either; nor is the empty default.
+        let missing = PolicyDirectory::new(dir.path().join("nowhere")).scan().catalog.unwrap();
+        assert!(!missing.servable && missing.unservable_because.unwrap().contains("cannot be read"));
+        assert!(!Catalog::default().servable);
     }
 
     #[test]

@@ -265,12 +265,22 @@ async fn run(
         config.identity.files.as_ref().map_or(std::time::Duration::from_secs(1), |f| f.reload_interval.0);
     let ca_task = ca.and_then(|ca| ca.spawn(tls.clone(), own, &metrics, telemetry.clone(), reload_every, stop.clone()));
     let certificates = tls.clone();
+    let mut own_id = tls.current().credentials.id.clone();
     tokio::spawn(poll_files(
         reload_every,
         stop.clone(),
         move || certificates.reload_if_changed(),
-        |outcome| match outcome {
-            Ok(Some(state)) => tracing::info!(serial = %state.credentials.serial, "control plane certificate reloaded"),
+        move |outcome| match outcome {
+            Ok(Some(state)) => {
+                let id = &state.credentials.id;
+                if *id != own_id {
+                    // Sidecars check the control plane by its SPIFFE ID: a new one fails every
+                    // stream that does not expect it.
+                    tracing::warn!(from = %own_id, to = %id, "the reloaded certificate names another SPIFFE ID: sidecars that expect the old one refuse this control plane");
+                    own_id = id.clone();
+                }
+                tracing::info!(serial = %state.credentials.serial, "control plane certificate reloaded")
+            }
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "new certificate files are not usable; keeping the current ones"),
         },
@@ -337,7 +347,7 @@ fn publish(
     for (file, errors) in &outcome.rejected {
         metrics.policy_updates.with_label_values(&["rejected"]).inc();
         for error in errors {
-            tracing::warn!(%file, %error, "policy file rejected; its last good version stays in force");
+            tracing::warn!(%file, %error, "policy file rejected; the policies in force do not change");
         }
         telemetry.events.emit(SecurityEvent::PolicyRejected { kept_version: kept.clone(), errors: errors.clone() });
     }
@@ -346,6 +356,9 @@ fn publish(
         tracing::info!(%file, "policy file accepted");
     }
     let Some(mut catalog) = outcome.catalog else { return };
+    if let Some(why) = &catalog.unservable_because {
+        tracing::warn!(reason = %why, "no policy is sent to any sidecar yet");
+    }
     catalog.generation = sender.borrow().generation + 1;
     metrics.policies.set(catalog.len() as i64);
     metrics.version.reset();
