@@ -213,11 +213,16 @@ impl CallerTimeouts {
         session.set_write_timeout(Some(self.send));
     }
 
-    /// One read of the request body, at most the body timeout long.
+    /// One read of the request body, at most the body timeout long, and cut off if the sidecar
+    /// goes over its memory limit while it waits on the caller: a body held for the WAF that
+    /// trickles a byte now and then restarts the timeout each time, so thousands of them would
+    /// otherwise hold the heap over the limit, and the guard refuse everyone else, for as long
+    /// as their callers like (Envoy's `reset_high_memory_stream` resets such streams too).
     pub(crate) async fn read(&self, session: &mut pingora::proxy::Session) -> pingora::Result<Option<bytes::Bytes>> {
-        match tokio::time::timeout(self.body, session.read_request_body()).await {
-            Ok(read) => read.map_err(pingora::Error::into_down),
-            Err(_) => Err(body_timed_out()),
+        match self.memory.unless_cut(tokio::time::timeout(self.body, session.read_request_body())).await {
+            Ok(Ok(read)) => read.map_err(pingora::Error::into_down),
+            Ok(Err(_)) => Err(body_timed_out()),
+            Err(crate::memory::Cut) => Err(respond::memory_cut()),
         }
     }
 

@@ -45,7 +45,23 @@ impl Drop for Sidecar {
 /// off, or a connection closed, was closed by the memory guard. Its app speaks HTTP/1.1, as every app does to which a
 /// peer sidecar forwards an HTTP/1.1 caller's requests.
 async fn sidecar(max_memory_bytes: u64) -> Sidecar {
+    sidecar_with(max_memory_bytes, None).await
+}
+
+/// As [`sidecar`], enforcing `policy` (documents of namespace shop) when given.
+async fn sidecar_with(max_memory_bytes: u64, policy: Option<&str>) -> Sidecar {
     let pki = Pki::new();
+    let extra = match policy {
+        Some(documents) => {
+            let path = pki.dir.path().join("policy.yaml");
+            write_policy(&path, documents);
+            format!(
+                "workload: {{namespace: shop, serviceAccount: orders}}\npolicy: {{files: [\"{}\"]}}\n",
+                path.display()
+            )
+        }
+        None => String::new(),
+    };
     let server = pki.workload("server", &id("shop", "orders"));
     let client = pki.workload("client", &id("shop", "frontend"));
     let app = EchoApp::start().await;
@@ -56,14 +72,15 @@ async fn sidecar(max_memory_bytes: u64) -> Sidecar {
         format!(
             "identity:\n  files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}\ntrustDomain: {TD}\n\
              inbound: {{listen: \"127.0.0.1:{}\", app: \"{}\", appProtocol: http1}}\noutbound: {{listen: \"127.0.0.1:{}\"}}\n\
-             admin: {{listen: \"127.0.0.1:{}\"}}\nlimits: {{maxMemoryBytes: {max_memory_bytes}, sendTimeout: 600s, headerTimeout: 600s, bodyTimeout: 600s, idleTimeout: 600s, maxConnectionsPerSource: 10000}}\n",
+             admin: {{listen: \"127.0.0.1:{}\"}}\nlimits: {{maxMemoryBytes: {max_memory_bytes}, sendTimeout: 600s, headerTimeout: 600s, bodyTimeout: 600s, idleTimeout: 600s, maxConnectionsPerSource: 10000}}\n{}",
             server.cert.display(),
             server.key.display(),
             server.trust_bundle.display(),
             ports[0],
             app.addr,
             ports[1],
-            ports[2]
+            ports[2],
+            extra,
         ),
     )
     .unwrap();
@@ -262,6 +279,49 @@ async fn over_its_memory_limit_the_sidecar_closes_http1_connections_that_are_not
     let (read, _, rest) = tokio::time::timeout(BOUND, select_all(ends)).await.expect("a stalled connection ended");
     assert!(read < LARGE_ANSWER, "the whole answer came ({read} bytes)");
     drop(rest);
+    assert!(eventually(async || answered_ok(&s).await).await, "serves again once the heap fell");
+}
+
+/// A WAF that reads JSON bodies: it holds each whole (up to 64 KiB) before the app gets it.
+const WAF: &str = "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: waf, namespace: shop}\nspec:\n  authorization: {default: ALLOW}\n  inputValidation:\n    waf: {mode: BLOCK}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_its_memory_limit_the_sidecar_cuts_off_request_bodies_that_stall_and_serves_again() {
+    // Callers that send most of a JSON body the WAF holds, then stall (a byte now and then
+    // would restart bodyTimeout, here 600 s): past the limit, those stalled for a moment are
+    // cut off with 503, and everyone else is served again.
+    let s = sidecar_with(LIMIT, Some(WAF)).await;
+    let body = bytes::Bytes::from(format!("{{\"a\":\"{}", "x".repeat(60_000)));
+    let mut held = Vec::new();
+    let mut answers = Vec::new();
+    'connections: for _ in 0..8 {
+        let Ok(tls) = try_mtls(&s, b"h2").await else { break };
+        let Ok((client, connection)) = h2::client::handshake(tls).await else { break };
+        tokio::spawn(connection);
+        let mut client = client;
+        for _ in 0..100 {
+            let request = http::Request::post("https://orders.shop/upload")
+                .header("content-type", "application/json")
+                .body(())
+                .unwrap();
+            let Ok(ready) = client.ready().await else { break 'connections };
+            client = ready;
+            let Ok((answer, mut stream)) = client.send_request(request, false) else { break 'connections };
+            let _ = stream.send_data(body.clone(), false);
+            held.push(stream);
+            answers.push(answer);
+        }
+        if series(s.admin, MEMORY_CUTS).await >= 1 {
+            break;
+        }
+    }
+    assert!(eventually(async || series(s.admin, MEMORY_CUTS).await >= 1).await, "no stalled body was cut");
+    // The first answer to come is the sidecar's 503 for a body it cut off (none is complete).
+    let (first, _, _) = tokio::time::timeout(BOUND, select_all(answers)).await.expect("a stalled request was answered");
+    if let Ok(answer) = first {
+        assert_eq!(answer.status(), 503, "{answer:?}");
+    }
+    drop(held);
     assert!(eventually(async || answered_ok(&s).await).await, "serves again once the heap fell");
 }
 

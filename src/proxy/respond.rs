@@ -107,6 +107,9 @@ impl ErrorKind {
                     WriteError | ReadError | ConnectionClosed | WriteTimedout => return None,
                     // The caller's body stalled (limits.bodyTimeout).
                     ReadTimedout => ErrorKind::RequestTimeout,
+                    // Its body stalled while the sidecar was over its memory limit: shed, as new
+                    // requests are then.
+                    Custom(MEMORY_CUT) => ErrorKind::Unavailable,
                     _ => ErrorKind::InvalidRequest,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => match e.etype() {
