@@ -622,6 +622,36 @@ async fn the_ca_refuses_what_a_token_does_not_prove_and_says_why() {
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// A projected token as the API server signs it: RS256, the key's `kid`, no `typ`.
+/// What the CA's port does with a connection that speaks no TLS: `Some(bytes)` it answered (a
+/// TLS alert: the connection was taken), `None` it closed it without a word (refused at accept).
+async fn answer_to_garbage(ca: &str) -> Option<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(ca).await.unwrap();
+    let _ = tcp.write_all(b"GET / HTTP/1.1\r\nhost: ca\r\n\r\n").await;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(30), tcp.read(&mut buf)).await.expect("an answer or a close") {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(buf[..n].to_vec()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_hold_every_connection_of_the_cas_port() {
+    // The CA's port asks no certificate: anyone who reaches it may open connections and say
+    // nothing. One address holds at most 32 (the control plane's MAX_CONNECTIONS_PER_SOURCE).
+    let kube = FakeKube::start().await;
+    let mesh = Mesh::start(Tokens::Review(&kube), "1h");
+    let ca = format!("127.0.0.1:{}", mesh.ca);
+    assert_eq!(answer_to_garbage(&ca).await.map(|b| b[0]), Some(0x15), "a connection is taken: a TLS alert");
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        held.push(tokio::net::TcpStream::connect(&ca).await.unwrap());
+    }
+    assert_eq!(answer_to_garbage(&ca).await, None, "the 33rd is closed at accept");
+    drop(held);
+    assert!(eventually(async || answer_to_garbage(&ca).await.is_some()).await, "taken again once they close");
+}
+
 fn k8s_token(signer: &Signer, issuer: &str, audience: &str, account: &str, exp_in: i64) -> String {
     let now = unix_now() as i64;
     let claims = json!({

@@ -4,7 +4,8 @@
 //! callers have none yet and prove themselves with a token: [`accept_tls`]). The client side is
 //! [`crate::channel::connector`].
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -33,13 +34,63 @@ pub struct Peer {
 pub struct TlsConnection<I> {
     inner: TlsStream<TcpStream>,
     peer: I,
-    /// Held for the connection's life: the listener's cap on open connections.
-    _slot: tokio::sync::OwnedSemaphorePermit,
+    /// Held for the connection's life: the listener's caps on open connections.
+    _slot: Slot,
 }
 
-/// Open connections (handshaking or serving); past it new ones are closed at once, so a flood
-/// of idle connections cannot exhaust file descriptors.
+/// Open connections (handshaking or serving) of one listener, at most: past it new ones are
+/// closed at once, so a flood of idle connections cannot exhaust file descriptors. A quarter of
+/// the open-files limit (the control plane has up to four listeners), and never more than this.
 const MAX_CONNECTIONS: usize = 16_384;
+
+/// Open connections from one address, at most. A sidecar holds one policy stream and, now and
+/// then, one connection to the CA; the CA's port asks no certificate, so without this one pod
+/// could hold every connection the listener allows (about 25 KB of memory each) and no other
+/// pod could get a certificate.
+const MAX_CONNECTIONS_PER_SOURCE: usize = 32;
+
+/// A listener's cap on connections: `open_files` is the process's limit.
+fn connection_cap(open_files: u64) -> usize {
+    let share = open_files.saturating_sub(256) / 4;
+    usize::try_from(share).unwrap_or(usize::MAX).clamp(64, MAX_CONNECTIONS)
+}
+
+/// One connection's place: in the listener's total and in its source's count.
+struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    source: IpAddr,
+    sources: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Slot {
+    /// A place for a connection from `source`, unless the listener or that source is full.
+    fn take(
+        slots: &Arc<tokio::sync::Semaphore>,
+        sources: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+        source: IpAddr,
+    ) -> Result<Slot, &'static str> {
+        let permit = slots.clone().try_acquire_owned().map_err(|_| "connection limit reached")?;
+        let mut counts = sources.lock().expect("sources lock");
+        let count = counts.entry(source).or_default();
+        if *count >= MAX_CONNECTIONS_PER_SOURCE {
+            return Err("connection limit per source reached");
+        }
+        *count += 1;
+        Ok(Slot { _permit: permit, source, sources: sources.clone() })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut counts = self.sources.lock().expect("sources lock");
+        if let Some(count) = counts.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.source);
+            }
+        }
+    }
+}
 
 impl<I: Clone + Send + Sync + 'static> Connected for TlsConnection<I> {
     type ConnectInfo = I;
@@ -115,7 +166,9 @@ fn accept<I: Send + 'static>(
 ) -> mpsc::Receiver<std::io::Result<TlsConnection<I>>> {
     let (sender, receiver) = mpsc::channel(64);
     let on_refused = Arc::new(on_refused);
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let cap = connection_cap(crate::lifecycle::raise_open_files_limit());
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
+    let sources = Arc::new(std::sync::Mutex::new(HashMap::new()));
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -130,9 +183,13 @@ fn accept<I: Send + 'static>(
                     continue;
                 }
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::warn!(%address, limit = MAX_CONNECTIONS, "control plane connection limit reached; closing");
-                continue;
+            let slot = match Slot::take(&slots, &sources, address.ip().to_canonical()) {
+                Ok(slot) => slot,
+                Err(why) => {
+                    // At debug: a flood would otherwise write a line per connection.
+                    tracing::debug!(%address, limit = cap, per_source = MAX_CONNECTIONS_PER_SOURCE, "control plane {why}; closing");
+                    continue;
+                }
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = tokio_rustls::TlsAcceptor::from(config(&tls.current()));
@@ -155,4 +212,33 @@ fn accept<I: Send + 'static>(
         }
     });
     receiver
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_holds_a_bounded_share_and_gets_it_back_when_it_closes() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(100));
+        let sources = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let one: IpAddr = "10.1.0.7".parse().unwrap();
+        let held: Vec<Slot> =
+            (0..MAX_CONNECTIONS_PER_SOURCE).map(|_| Slot::take(&slots, &sources, one).unwrap()).collect();
+        assert_eq!(Slot::take(&slots, &sources, one).err(), Some("connection limit per source reached"));
+        let other = Slot::take(&slots, &sources, "10.1.0.8".parse().unwrap());
+        assert!(other.is_ok(), "another source is not held back");
+        drop(held);
+        let again = Slot::take(&slots, &sources, one);
+        assert!(again.is_ok(), "places come back as connections close");
+        drop(other);
+        assert_eq!(sources.lock().unwrap().len(), 1, "sources with none open are forgotten");
+    }
+
+    #[test]
+    fn the_listener_cap_is_a_share_of_the_open_files_limit() {
+        assert_eq!(connection_cap(1024), 192);
+        assert_eq!(connection_cap(1 << 20), MAX_CONNECTIONS);
+        assert_eq!(connection_cap(100), 64, "never below a floor a handful of sidecars need");
+    }
 }

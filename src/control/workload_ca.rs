@@ -173,6 +173,11 @@ impl WorkloadCa {
             let served = tonic::transport::Server::builder()
                 // A sidecar asks for one certificate at a time: the policy stream's bound serves.
                 .max_concurrent_streams(Some(super::server::MAX_STREAMS_PER_CONNECTION))
+                // The port asks no certificate: a connection that does not answer pings is
+                // closed, and none lives longer than a renewal needs (a sidecar reconnects).
+                .http2_keepalive_interval(Some(Duration::from_secs(10)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+                .max_connection_age(Duration::from_secs(300))
                 .add_service(CertificatesServer::new(service).max_decoding_message_size(crate::ca::MAX_REQUEST_BYTES))
                 .serve_with_incoming_shutdown(ReceiverStream::new(incoming), async move {
                     let _ = ca_stop.wait_for(|s| *s).await;
