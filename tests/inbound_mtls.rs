@@ -76,6 +76,18 @@ async fn strict_mode_refuses_every_bad_client_at_the_handshake() {
         let result = handshake(sidecar.inbound, Some(files)).await;
         assert!(result.is_err(), "{what}: a client with this certificate must be refused");
     }
+    // A good leaf sent with more intermediates than any mesh chain has (each a copy of the CA:
+    // webpki would try them all): refused before the path is built. One is fine.
+    let chained = |name: &str, copies: usize| {
+        let files = pki.workload(name, &id("shop", "frontend"));
+        let leaf = std::fs::read_to_string(&files.cert).unwrap();
+        let ca = std::fs::read_to_string(&files.trust_bundle).unwrap();
+        std::fs::write(&files.cert, format!("{leaf}{}", ca.repeat(copies))).unwrap();
+        files
+    };
+    let long = handshake(sidecar.inbound, Some(&chained("long-chain", 5))).await;
+    assert!(long.is_err(), "five intermediates must be refused");
+    handshake(sidecar.inbound, Some(&chained("short-chain", 1))).await.expect("one intermediate is taken");
     let no_cert = handshake(sidecar.inbound, None).await;
     assert!(no_cert.is_err(), "a client without a certificate must be refused");
     // Plaintext gets no HTTP response at all in STRICT mode.

@@ -42,6 +42,8 @@ pub enum LeafError {
     MissingUsage(&'static str),
     #[error("a workload certificate may not sign certificates or CRLs (keyCertSign, cRLSign)")]
     SigningUsage,
+    #[error("a chain of {0} intermediates; at most {MAX_INTERMEDIATES} are taken")]
+    LongChain(usize),
 }
 
 #[derive(Clone, Copy)]
@@ -114,6 +116,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
+        check_chain_length(intermediates)?;
         self.webpki.verify_client_cert(end_entity, intermediates, now)?;
         check_leaf(end_entity, Usage::Client, &self.domains).map_err(rejected)?;
         Ok(ClientCertVerified::assertion())
@@ -167,6 +170,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        check_chain_length(intermediates)?;
         let cert = ParsedCertificate::try_from(end_entity)?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &cert,
@@ -199,6 +203,20 @@ impl ServerCertVerifier for SpiffeServerVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+/// Intermediates a peer may present, at most: a mesh CA is a root or one intermediate below
+/// one (two with an offline root and an issuing CA), and X.509-SVID chains stop there. webpki
+/// tries every presented certificate whose subject fits as it builds a path, up to its budget
+/// of signature checks: sixty fakes named as the CA cost ten handshakes' CPU, before the caller
+/// has proved anything.
+const MAX_INTERMEDIATES: usize = 4;
+
+fn check_chain_length(intermediates: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+    match intermediates.len() > MAX_INTERMEDIATES {
+        true => Err(rejected(LeafError::LongChain(intermediates.len()))),
+        false => Ok(()),
     }
 }
 
