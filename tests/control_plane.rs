@@ -399,6 +399,18 @@ async fn a_control_plane_restarted_with_a_refused_file_sends_nothing_until_it_is
     orders.stop();
 }
 
+/// The orders sidecar's /status record once the replica says the sidecar is ahead of it (a later
+/// revision than its own).
+async fn ahead(plane: &ControlPlane, orders: &Workload) -> Value {
+    let mut record = Value::Null;
+    wait_for("the replica says the sidecar is ahead of it", async || {
+        record = plane.sidecar(&id("shop", "orders"), orders.port()).await.unwrap_or_default();
+        record["state"] == "ahead"
+    })
+    .await;
+    record
+}
+
 /// The orders sidecar's /status record once it shows a NACK.
 async fn rejected(plane: &ControlPlane, orders: &Workload) -> Value {
     let mut record = Value::Null;
@@ -554,17 +566,7 @@ async fn a_replica_that_has_not_read_the_latest_revision_never_takes_a_sidecar_b
     std::fs::write(dir.join("revision"), "4\n").unwrap();
     plane.write("orders.yaml", &policy_for("orders", "orders-api", &deny_paths(&["/admin"])));
     plane.spawn().await;
-    let mut held = Value::Null;
-    wait_for("the lagging replica says the sidecar is ahead of it", async || {
-        match plane.sidecar(&id("shop", "orders"), orders.port()).await {
-            Some(s) if s["state"] == "ahead" => {
-                held = s;
-                true
-            }
-            _ => false,
-        }
-    })
-    .await;
+    let held = ahead(&plane, &orders).await;
     assert_eq!(held["pushes"], 0, "{held}");
     let status = plane.status().await;
     assert_eq!((&status["summary"]["ahead"], &status["policies"]["revision"]), (&1.into(), &4.into()), "{status}");
@@ -628,17 +630,7 @@ async fn a_revision_learnt_without_a_snapshot_still_holds_back_an_older_replica(
     std::fs::write(dir.join("revision"), "6\n").unwrap();
     plane.write("orders.yaml", &policy_for("orders", "orders-api", "  authorization:\n    default: ALLOW\n"));
     plane.spawn().await;
-    let mut held = Value::Null;
-    wait_for("replica B says the sidecar is ahead of it", async || {
-        match plane.sidecar(&id("shop", "orders"), orders.port()).await {
-            Some(s) if s["state"] == "ahead" => {
-                held = s;
-                true
-            }
-            _ => false,
-        }
-    })
-    .await;
+    let held = ahead(&plane, &orders).await;
     assert_eq!(held["pushes"], 0, "{held}");
     assert_eq!(held["acked"]["version"], first["acked"]["version"], "{held}");
     assert_eq!(orders.get("/secret").await, 403, "revision 7's content stays in force");

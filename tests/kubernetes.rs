@@ -191,7 +191,16 @@ fn sh(args: &[&str]) {
 }
 
 fn nat_rules(ns: &Namespaces, tool: &str) -> Vec<String> {
-    let out = ns.run("p", None, &[tool, "-t", "nat"]);
+    table_rules(ns, tool, "nat")
+}
+
+fn filter_rules(ns: &Namespaces, tool: &str) -> Vec<String> {
+    table_rules(ns, tool, "filter")
+}
+
+/// The rules of one table in pod p, as `<tool> -t <table>` prints them.
+fn table_rules(ns: &Namespaces, tool: &str, table: &str) -> Vec<String> {
+    let out = ns.run("p", None, &[tool, "-t", table]);
     assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("-A")).map(str::to_string).collect()
 }
@@ -248,12 +257,6 @@ fn init_net_twice_leaves_one_set_of_rules_with_either_iptables() {
             "{mode}"
         );
     }
-}
-
-fn filter_rules(ns: &Namespaces, tool: &str) -> Vec<String> {
-    let out = ns.run("p", None, &[tool, "-t", "filter"]);
-    assert!(out.status.success(), "{tool}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("-A")).map(str::to_string).collect()
 }
 
 #[test]

@@ -153,15 +153,31 @@ async fn rotating_certificates_and_bundles_under_load_fails_no_request() {
     pair.shutdown();
 }
 
+/// A sidecar for shop/orders whose security events go to a file.
+struct Reporting {
+    pki: Pki,
+    files: palisade::identity::WorkloadFiles,
+    _app: EchoApp,
+    events: std::path::PathBuf,
+    sidecar: palisade::app::Sidecar,
+}
+
+impl Reporting {
+    async fn start() -> Reporting {
+        let pki = Pki::new();
+        let files = pki.workload("b", &id("shop", "orders"));
+        let app = EchoApp::start().await;
+        let events = pki.path("events.jsonl");
+        let mut config = sidecar_config(&files, app.addr);
+        config.telemetry.events.sink = palisade::config::EventSink::File(events.clone());
+        let sidecar = start_sidecar(config);
+        Reporting { pki, files, _app: app, events, sidecar }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotations_and_refused_reloads_are_security_events() {
-    let pki = Pki::new();
-    let files = pki.workload("b", &id("shop", "orders"));
-    let app = EchoApp::start().await;
-    let events = pki.path("events.jsonl");
-    let mut config = sidecar_config(&files, app.addr);
-    config.telemetry.events.sink = palisade::config::EventSink::File(events.clone());
-    let sidecar = start_sidecar(config);
+    let Reporting { pki, files, _app, events, sidecar } = Reporting::start().await;
     let read = || read_jsonl(&events);
     // A certificate from a CA the bundle does not hold is refused, and says so.
     let stranger = DevCa::generate(TD).unwrap();
@@ -196,13 +212,7 @@ async fn rotations_and_refused_reloads_are_security_events() {
 async fn a_certificate_issued_ahead_of_this_clock_is_taken_once_it_is_valid() {
     // An issuer whose clock runs a few seconds ahead: refused once (not valid yet), then taken
     // when it is, without another change to the files; not left on disk while the old one expires.
-    let pki = Pki::new();
-    let files = pki.workload("b", &id("shop", "orders"));
-    let app = EchoApp::start().await;
-    let events = pki.path("events.jsonl");
-    let mut config = sidecar_config(&files, app.addr);
-    config.telemetry.events.sink = palisade::config::EventSink::File(events.clone());
-    let sidecar = start_sidecar(config);
+    let Reporting { pki, files, _app, events, sidecar } = Reporting::start().await;
     let mut spec = LeafSpec::workload(&id("shop", "orders"));
     spec.not_before = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
     let (cert, key) = pki.ca.issue(&spec).unwrap();
