@@ -689,14 +689,17 @@ pub fn redirected_to(digest: &SocketDigest) -> Option<SocketAddr> {
 pub fn addressed_pod_ip(digest: &SocketDigest) -> Option<IpAddr> {
     let local = digest.local_addr()?.as_inet()?.ip().to_canonical();
     let original = redirected_to(digest).map(|o| o.ip().to_canonical());
-    Some(original.filter(|&o| o != local && is_own_address(o)).unwrap_or(local))
+    Some(original.filter(|&o| o != local && is_own_address(o, local)).unwrap_or(local))
 }
 
-/// Whether `ip` is an address of this network namespace that the network may reach (binding to
-/// it succeeds; loopback never counts). Asked only of a redirected connection that landed on
-/// another address than the one it addressed.
-fn is_own_address(ip: IpAddr) -> bool {
-    !(ip.is_loopback() || ip.is_unspecified() || ip.is_multicast()) && std::net::UdpSocket::bind((ip, 0)).is_ok()
+/// Whether `ip` is an address of this network namespace (binding to it succeeds) that a
+/// connection landing on `local` may have addressed: a loopback address only from loopback (a
+/// client on this host), never from the network. Asked only of a redirected connection that
+/// landed on another address than the one it addressed.
+fn is_own_address(ip: IpAddr, local: IpAddr) -> bool {
+    ip.is_loopback() == local.is_loopback()
+        && !(ip.is_unspecified() || ip.is_multicast())
+        && std::net::UdpSocket::bind((ip, 0)).is_ok()
 }
 
 /// Wraps a socket the way pingora's own listener does, so the session has its digest (`digest`,
@@ -1524,6 +1527,19 @@ impl pingora::protocols::Peek for Deadlined {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_an_own_address_of_the_same_kind_counts_as_addressed() {
+        use super::is_own_address;
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        // From loopback, another loopback address is this host's (a test's netns, a local client).
+        assert!(is_own_address(ip("127.0.0.97"), ip("127.0.0.1")));
+        // From the network, loopback never is: a neighbour routing 127.0.0.1 through the pod.
+        assert!(!is_own_address(ip("127.0.0.1"), ip("198.18.0.2")));
+        // An address that is not this host's (TEST-NET-1), or no single host's, never is.
+        for other in ["192.0.2.1", "0.0.0.0", "224.0.0.1", "::"] {
+            assert!(!is_own_address(ip(other), ip("127.0.0.1")), "{other}");
+        }
+    }
 
     /// A connected pair on loopback: (the client's end, the listener's).
     async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
