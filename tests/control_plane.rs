@@ -64,11 +64,6 @@ impl ControlPlane {
     }
 
     async fn spawn(&mut self) {
-        self.spawn_expecting(200).await;
-    }
-
-    /// Starts the process and waits until `/ready` answers `status`.
-    async fn spawn_expecting(&mut self, status: u16) {
         let child = Command::new(BIN)
             .args(["control", "--config"])
             .arg(&self.config)
@@ -80,10 +75,10 @@ impl ControlPlane {
         self.child = Some(child);
         let admin = self.admin;
         let ready = eventually(|| async move {
-            matches!(http_client().get(format!("http://127.0.0.1:{admin}/ready")).send().await, Ok(r) if r.status() == status)
+            matches!(http_client().get(format!("http://127.0.0.1:{admin}/ready")).send().await, Ok(r) if r.status() == 200)
         })
         .await;
-        assert!(ready, "control plane's /ready answered {status}");
+        assert!(ready, "control plane became ready");
     }
 
     fn kill(&mut self) {
@@ -382,20 +377,26 @@ async fn a_control_plane_restarted_with_a_refused_file_sends_nothing_until_it_is
     })
     .await;
     plane.kill();
-    plane.spawn_expecting(503).await;
-    let url = format!("http://127.0.0.1:{}/ready", plane.admin);
-    let why = http_client().get(&url).send().await.unwrap().text().await.unwrap();
-    assert!(why.contains("orders.yaml refused"), "{why}");
-    // The sidecar's stream is back and has looked at that catalog: nothing was sent, and the
-    // DENY still holds (the empty set would have lifted it).
-    let held = evaluated(&plane, &id("shop", "orders"), orders.port()).await;
-    assert_eq!(held["pushes"], 0, "{held}");
+    // Still ready: its CA and webhook serve; its policy streams are put off.
+    plane.spawn().await;
+    let status = plane.status().await;
+    assert_eq!(status["policies"]["servable"], false, "{status}");
+    assert!(status["policies"]["unservableBecause"].as_str().unwrap().contains("orders.yaml refused"), "{status}");
+    assert!(plane.metrics().await.contains("palisade_control_policy_servable 0"));
+    // The sidecar comes back and is put off (UNAVAILABLE, so it retries, maybe elsewhere):
+    // nothing was sent, and the DENY still holds (the empty set would have lifted it).
+    wait_for("the sidecar's stream is put off", async || {
+        metric(&plane.metrics().await, "palisade_control_subscriptions_refused_total{reason=\"unservable\"}")
+            .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
     assert_eq!(orders.get("/admin").await, 403);
     assert!(orders.ready().await, "the sidecar keeps its policy and stays ready");
-    // Fixed: the replica is ready and sends again.
+    // Fixed: the replica sends again.
     plane.write("orders.yaml", &policy_for("orders", "orders-api", &deny_paths(&["/admin", "/secret"])));
     assert!(eventually(|| async { orders.get("/secret").await == 403 }).await);
-    assert_eq!(http_client().get(&url).send().await.unwrap().status(), 200);
+    assert!(plane.metrics().await.contains("palisade_control_policy_servable 1"));
     orders.stop();
 }
 

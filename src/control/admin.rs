@@ -28,19 +28,16 @@ pub struct ControlAdmin {
 }
 
 impl ControlAdmin {
-    /// Ready, or why not: a replica that cannot send policy is not one a Service should route
-    /// sidecars to (in a rolling update, the old replica keeps serving).
+    /// Ready, or why not. A catalog that is not servable does not count: the CA and the
+    /// webhook behind the same Service still serve, and policy streams are put off one by one
+    /// (`UNAVAILABLE`, so each sidecar retries and may reach another replica).
     fn ready(&self) -> Result<(), String> {
-        let catalog = self.catalog.borrow();
         if !self.readiness.is_ready() {
             return Err("not ready".into());
         }
-        if !catalog.readable {
-            return Err(format!("not ready: {}: the policy directory cannot be read", self.policies_dir.display()));
-        }
-        match &catalog.unservable_because {
-            Some(why) => Err(format!("not ready: {why}")),
-            None => Ok(()),
+        match self.catalog.borrow().readable {
+            true => Ok(()),
+            false => Err(format!("not ready: {}: the policy directory cannot be read", self.policies_dir.display())),
         }
     }
 

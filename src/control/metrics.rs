@@ -17,6 +17,9 @@ pub struct ControlMetrics {
     pub refused: IntCounterVec,
     pub policy_updates: IntCounterVec,
     pub policies: IntGauge,
+    /// 1 while policy streams are sent from the catalog; 0 while they are put off (a refused
+    /// file this process never saw good).
+    pub servable: IntGauge,
     pub version: IntGaugeVec,
 }
 
@@ -49,6 +52,11 @@ impl ControlMetrics {
         )
         .expect("metric");
         let policies = IntGauge::new("palisade_control_policies", "Policies in force.").expect("metric");
+        let servable = IntGauge::new(
+            "palisade_control_policy_servable",
+            "1 while policy streams are served; 0 while a refused file this process never saw good holds them off.",
+        )
+        .expect("metric");
         let version = IntGaugeVec::new(
             Opts::new("palisade_policy_version_info", "The version of every policy in force (value 1)."),
             &["source", "version"],
@@ -66,6 +74,7 @@ impl ControlMetrics {
             Box::new(refused.clone()),
             Box::new(policy_updates.clone()),
             Box::new(policies.clone()),
+            Box::new(servable.clone()),
             Box::new(version.clone()),
             Box::new(build_info),
             Box::new(prometheus::process_collector::ProcessCollector::for_self()),
@@ -82,6 +91,7 @@ impl ControlMetrics {
             refused,
             policy_updates,
             policies,
+            servable,
             version,
         }
     }

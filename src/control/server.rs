@@ -247,6 +247,15 @@ impl PolicyDiscovery for PolicyService {
             .get::<Peer>()
             .cloned()
             .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        // This replica cannot tell every policy yet (a refused file it never saw good): the
+        // sidecar keeps what it has and retries, through the Service, to a replica that can.
+        // Its /ready stays up: the CA and the webhook behind the same Service still serve.
+        let unservable = self.catalog.borrow().unservable_because.clone();
+        if let Some(why) = unservable {
+            self.metrics.refused.with_label_values(&["unservable"]).inc();
+            tracing::debug!(identity = %peer.id, %why, "policy subscription put off");
+            return Err(Status::unavailable(why));
+        }
         let mut inbound = request.into_inner();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
             Ok(Ok(Some(SidecarMessage { kind: Some(sidecar_message::Kind::Hello(hello)) }))) => hello,
