@@ -213,13 +213,20 @@ impl CallerTimeouts {
         session.set_write_timeout(Some(self.send));
     }
 
-    /// One read of the request body, at most the body timeout long, and cut off if the sidecar
-    /// goes over its memory limit while it waits on the caller: a body held for the WAF that
-    /// trickles a byte now and then restarts the timeout each time, so thousands of them would
-    /// otherwise hold the heap over the limit, and the guard refuse everyone else, for as long
-    /// as their callers like (Envoy's `reset_high_memory_stream` resets such streams too).
-    pub(crate) async fn read(&self, session: &mut pingora::proxy::Session) -> pingora::Result<Option<bytes::Bytes>> {
-        match self.memory.unless_cut(tokio::time::timeout(self.body, session.read_request_body())).await {
+    /// One read of a request body the sidecar holds whole (for the WAF, or for an app that
+    /// takes no streamed body), at most the body timeout long, and cut off if the sidecar is
+    /// over its memory limit while the body, held since `held_since`, is not yet all there: a
+    /// body that trickles a byte now and then restarts the timeout at each one, so thousands of
+    /// them would otherwise hold the heap over the limit, and the guard refuse everyone else,
+    /// for as long as their callers like (Envoy's `reset_high_memory_stream` resets such
+    /// streams too).
+    pub(crate) async fn read(
+        &self,
+        session: &mut pingora::proxy::Session,
+        held_since: tokio::time::Instant,
+    ) -> pingora::Result<Option<bytes::Bytes>> {
+        let read = tokio::time::timeout(self.body, session.read_request_body());
+        match self.memory.unless_cut_since(Some(held_since), read).await {
             Ok(Ok(read)) => read.map_err(pingora::Error::into_down),
             Ok(Err(_)) => Err(body_timed_out()),
             Err(crate::memory::Cut) => Err(respond::memory_cut()),

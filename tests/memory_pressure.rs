@@ -286,10 +286,10 @@ async fn over_its_memory_limit_the_sidecar_closes_http1_connections_that_are_not
 const WAF: &str = "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: waf, namespace: shop}\nspec:\n  authorization: {default: ALLOW}\n  inputValidation:\n    waf: {mode: BLOCK}\n";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn over_its_memory_limit_the_sidecar_cuts_off_request_bodies_that_stall_and_serves_again() {
-    // Callers that send most of a JSON body the WAF holds, then stall (a byte now and then
-    // would restart bodyTimeout, here 600 s): past the limit, those stalled for a moment are
-    // cut off with 503, and everyone else is served again.
+async fn over_its_memory_limit_the_sidecar_cuts_off_request_bodies_that_trickle_and_serves_again() {
+    // Callers that send most of a JSON body the WAF holds, then a byte every 300 ms (each byte
+    // restarts bodyTimeout, here 600 s, and comes sooner than the guard's second): past the
+    // limit, bodies held that long are cut off with 503, and everyone else is served again.
     let s = sidecar_with(LIMIT, Some(WAF)).await;
     let body = bytes::Bytes::from(format!("{{\"a\":\"{}", "x".repeat(60_000)));
     let mut held = Vec::new();
@@ -315,13 +315,31 @@ async fn over_its_memory_limit_the_sidecar_cuts_off_request_bodies_that_stall_an
             break;
         }
     }
-    assert!(eventually(async || series(s.admin, MEMORY_CUTS).await >= 1).await, "no stalled body was cut");
+    let trickling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let trickle = {
+        let trickling = trickling.clone();
+        tokio::spawn(async move {
+            // Bounded: at most a minute of it.
+            for _ in 0..200 {
+                if !trickling.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                for stream in &mut held {
+                    let _ = stream.send_data(bytes::Bytes::from_static(b" "), false);
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+    assert!(eventually(async || series(s.admin, MEMORY_CUTS).await >= 1).await, "no trickling body was cut");
     // The first answer to come is the sidecar's 503 for a body it cut off (none is complete).
-    let (first, _, _) = tokio::time::timeout(BOUND, select_all(answers)).await.expect("a stalled request was answered");
+    let (first, _, _) =
+        tokio::time::timeout(BOUND, select_all(answers)).await.expect("a trickling request was answered");
     if let Ok(answer) = first {
         assert_eq!(answer.status(), 503, "{answer:?}");
     }
-    drop(held);
+    trickling.store(false, std::sync::atomic::Ordering::Relaxed);
+    trickle.await.unwrap();
     assert!(eventually(async || answered_ok(&s).await).await, "serves again once the heap fell");
 }
 

@@ -204,12 +204,23 @@ impl Pressure {
     /// once it has waited [`CUT_AFTER`]: then it is dropped unfinished and [`Cut`] returned. A
     /// write that can go at once never waits on the guard.
     pub async fn unless_cut<T>(self: &Arc<Self>, write: impl Future<Output = T>) -> Result<T, Cut> {
+        self.unless_cut_since(None, write).await
+    }
+
+    /// [`Pressure::unless_cut`] for something that has waited on its caller since `since`
+    /// already (a request body held piece by piece: each piece it trickles must not start the
+    /// wait afresh), or since now.
+    pub async fn unless_cut_since<T>(
+        self: &Arc<Self>,
+        since: Option<tokio::time::Instant>,
+        write: impl Future<Output = T>,
+    ) -> Result<T, Cut> {
         if self.limit == 0 {
             return Ok(write.await);
         }
         let started = self.micros();
         self.watch_at(started);
-        let since = self.epoch + Duration::from_micros(started);
+        let since = since.unwrap_or(self.epoch + Duration::from_micros(started));
         let mut wait = CutWait::default();
         tokio::pin!(write);
         std::future::poll_fn(|cx| match write.as_mut().poll(cx) {

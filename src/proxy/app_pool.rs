@@ -268,7 +268,8 @@ pub async fn held_body(
     mut count: impl FnMut(usize) -> pingora::Result<()>,
 ) -> pingora::Result<Bytes> {
     let mut body = Joined::default();
-    while let Some(chunk) = timeout.read(session).await? {
+    let since = tokio::time::Instant::now();
+    while let Some(chunk) = timeout.read(session, since).await? {
         count(chunk.len())?;
         // HTTP/2 already holds a body to its declared length; this holds it to the held size
         // even so.
@@ -307,8 +308,9 @@ pub async fn read_for_waf(
     let over_declared = declared_length(session.req_header()).is_some_and(|n| n > plan.limit as u64);
     let mut body = Joined::default();
     let mut ended = false;
+    let since = tokio::time::Instant::now();
     let mut read = async |body: &mut Joined| -> pingora::Result<bool> {
-        let Some(piece) = timeout.read(session).await? else { return Ok(false) };
+        let Some(piece) = timeout.read(session, since).await? else { return Ok(false) };
         count(piece.len())?;
         body.push(piece, usize::MAX);
         Ok(!session.is_body_done())
