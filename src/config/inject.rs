@@ -318,30 +318,37 @@ pub fn is_quantity(value: &str) -> bool {
     quantity(value).is_some()
 }
 
-/// A quantity's value in its unit (cores, bytes), close enough to compare two: `100m` is 0.1,
-/// `64Mi` is 67108864.
-fn quantity(value: &str) -> Option<f64> {
-    const SUFFIXES: [(&str, f64); 14] = [
-        ("Ki", 1024.0),
-        ("Mi", 1048576.0),
-        ("Gi", 1073741824.0),
-        ("Ti", 1099511627776.0),
-        ("Pi", 1125899906842624.0),
-        ("Ei", 1152921504606846976.0),
-        ("m", 1e-3),
-        ("k", 1e3),
-        ("M", 1e6),
-        ("G", 1e9),
-        ("T", 1e12),
-        ("P", 1e15),
-        ("E", 1e18),
-        ("", 1.0),
+/// A quantity's value in billionths of its unit (cores, bytes), exactly: `100m` is 10^8,
+/// `0.35` and `350m` are both 3.5 * 10^8 (as floats, 350m came out above 0.35), `64Mi` is
+/// 64 * 2^20 * 10^9. More than nine decimals, or more than fits, is no quantity.
+fn quantity(value: &str) -> Option<u128> {
+    const NANO: u128 = 1_000_000_000;
+    const SUFFIXES: [(&str, u128); 14] = [
+        ("Ki", NANO << 10),
+        ("Mi", NANO << 20),
+        ("Gi", NANO << 30),
+        ("Ti", NANO << 40),
+        ("Pi", NANO << 50),
+        ("Ei", NANO << 60),
+        ("m", NANO / 1000),
+        ("k", NANO * 1000),
+        ("M", NANO * 1_000_000),
+        ("G", NANO * 1_000_000_000),
+        ("T", NANO * 1_000_000_000_000),
+        ("P", NANO * 1_000_000_000_000_000),
+        ("E", NANO * 1_000_000_000_000_000_000),
+        ("", NANO),
     ];
     let (number, scale) =
         SUFFIXES.iter().find_map(|(s, scale)| value.strip_suffix(s).filter(|n| !n.is_empty()).map(|n| (n, *scale)))?;
     let (int, frac) = number.split_once('.').unwrap_or((number, "0"));
     let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
-    (digits(int) && digits(frac)).then(|| number.parse::<f64>().ok()).flatten().map(|n| n * scale)
+    if !digits(int) || !digits(frac) || frac.len() > 9 || int.len() > 20 {
+        return None;
+    }
+    // The number in billionths, times the suffix's scale (itself in billionths of the unit).
+    let number = int.parse::<u128>().ok()? * NANO + format!("{frac:0<9}").parse::<u128>().ok()?;
+    Some(number.checked_mul(scale)? / NANO)
 }
 
 /// A `PALISADE_LOG` filter (`RUST_LOG` syntax) in the characters such filters use, so a value

@@ -50,7 +50,7 @@ impl std::fmt::Display for Skip {
             Skip::OptedOut => write!(f, "{}: {}", ann::INJECT, ann::DISABLED),
             Skip::HostNetwork => f.write_str("hostNetwork: true (the rules would capture the node's traffic)"),
             Skip::AlreadyInjected => write!(f, "already injected (it has the {INIT_NAME} and {PROXY_NAME} containers)"),
-            Skip::Windows => f.write_str("spec.os.name: windows (the capture rules are Linux's)"),
+            Skip::Windows => f.write_str("a Windows pod (the capture rules are Linux's)"),
         }
     }
 }
@@ -103,7 +103,10 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
     if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
         return Ok(Decision::Skip(Skip::HostNetwork));
     }
-    if spec.get("os").and_then(|os| os.get("name")).and_then(Value::as_str) == Some("windows") {
+    // Told by spec.os (1.25+) or, as most Windows workloads still are, by a node selector.
+    let os_name = spec.get("os").and_then(|os| os.get("name")).and_then(Value::as_str);
+    let os_selected = spec.get("nodeSelector").and_then(|n| n.get("kubernetes.io/os")).and_then(Value::as_str);
+    if os_name == Some("windows") || os_selected == Some("windows") {
         return Ok(Decision::Skip(Skip::Windows));
     }
     let list = |name: &str| -> Result<Option<&Vec<Value>>, PodError> {
@@ -354,7 +357,10 @@ fn check_options(options: &PodOptions, settings: &InjectSettings) -> Result<(), 
     if let Some(inbound) = &options.inbound_ports {
         let ports = &settings.ports;
         let sidecars = [ports.inbound, ports.outbound, ports.admin];
-        let captured = inbound.iter().filter(|p| !sidecars.contains(p) && !options.exclude_inbound_ports.contains(p));
+        // Excluded by the pod or by the injector's settings: the init container gets both lists.
+        let excluded =
+            |p: &u16| options.exclude_inbound_ports.contains(p) || settings.exclude_inbound_ports.contains(p);
+        let captured = inbound.iter().filter(|p| !sidecars.contains(p) && !excluded(p));
         if captured.count() == 0 {
             return Err(ann::BadAnnotation {
                 key: ann::INBOUND_PORTS,

@@ -168,6 +168,7 @@ fn host_network_pods_and_pods_that_opt_out_are_never_injected() {
     let cases = [
         (json!({}), json!({"hostNetwork": true}), Skip::HostNetwork),
         (json!({}), json!({"os": {"name": "windows"}}), Skip::Windows),
+        (json!({}), json!({"nodeSelector": {"kubernetes.io/os": "windows"}}), Skip::Windows),
         (json!({"annotations": {"palisade.dev/inject": "disabled"}}), json!({}), Skip::OptedOut),
         (json!({"labels": {"palisade.dev/inject": "disabled"}}), json!({}), Skip::OptedOut),
     ];
@@ -590,6 +591,13 @@ fn annotations_that_would_capture_nothing_or_break_the_pod_are_refused_by_name()
         (json!({ann::PROXY_CPU_LIMIT: "0"}), ann::PROXY_CPU_LIMIT, "more than its limit"),
         (json!({ann::PROXY_MEMORY_LIMIT: "0.01Gi"}), ann::PROXY_MEMORY_LIMIT, "more than its limit"),
     ];
+    // Excluded by the injector's settings, not the pod: still nothing captured.
+    let mut excluding = settings();
+    excluding.exclude_inbound_ports = vec![8080];
+    let object = pod(json!({"annotations": {ann::INBOUND_PORTS: "8080"}}), json!({}));
+    let outcome = decide(&admission_review(&object, "shop"), &excluding, FailurePolicy::Fail);
+    let review: Value = serde_json::from_slice(&outcome.body).unwrap();
+    assert_eq!(review["response"]["allowed"], false, "{review}");
     for (annotations, key, why) in cases {
         let object = pod(json!({"annotations": annotations}), json!({}));
         let (response, _) = webhook(&object, "shop", FailurePolicy::Fail);
@@ -622,6 +630,20 @@ fn settings_whose_requests_are_over_their_limits_are_refused() {
     );
     assert!(errors.iter().any(|e| e.contains("initResources.requests.cpu")), "{errors:?}");
     assert!(settings().check().is_empty(), "the defaults hold");
+    // Equal quantities in other forms are not over: compared exactly (as floats, 350m came out
+    // above 0.35).
+    for (request, limit) in
+        [("350m", "0.35"), ("700m", "0.7"), ("9m", "0.009"), ("1536Mi", "1.5Gi"), ("1Gi", "1073741824")]
+    {
+        let mut s = settings();
+        s.resources.requests.insert("cpu".into(), request.into());
+        s.resources.limits.insert("cpu".into(), limit.into());
+        assert!(s.check().is_empty(), "{request} <= {limit}: {:?}", s.check());
+    }
+    let mut s = settings();
+    s.resources.requests.insert("memory".into(), "1001Mi".into());
+    s.resources.limits.insert("memory".into(), "1000Mi".into());
+    assert!(!s.check().is_empty(), "1001Mi > 1000Mi");
 }
 
 #[test]
