@@ -230,13 +230,30 @@ pub fn install(args: &InitNetArgs) -> Result<String, InitNetError> {
         ));
     }
     if v6_filter {
-        let file = rules::ipv6_filter_file(&capture, v6_captured, read_installed_filter(backend)?);
         let restore = backend.tool(Family::V6, "restore");
-        run_with_input(&restore, &["--noflush"], &file)?;
-        let count = file.lines().filter(|l| l.starts_with("-A")).count();
-        out.push_str(&format!(
-            "{restore}: {count} rules written to the filter table's PALISADE_V6_* chains (IPv6 TCP the nat rules do not capture is refused)\n"
-        ));
+        let written = read_installed_filter(backend).and_then(|installed| {
+            let file = rules::ipv6_filter_file(&capture, v6_captured, installed);
+            run_with_input(&restore, &["--noflush"], &file).map(|()| file)
+        });
+        match written {
+            Ok(file) => {
+                let count = file.lines().filter(|l| l.starts_with("-A")).count();
+                out.push_str(&format!(
+                    "{restore}: {count} rules written to the filter table's PALISADE_V6_* chains (IPv6 TCP the nat rules do not capture is refused)\n"
+                ));
+            }
+            // IPv6 captured: the pod's IPv6 traffic relies on these rules too.
+            Err(e) if v6_captured => return Err(e),
+            // An IPv4-only pod on a node whose kernel lacks the IPv6 filter table (or REJECT, or
+            // the owner match) starts as before these rules existed, and says so loudly.
+            Err(e) => {
+                let warning = format!(
+                    "warning: IPv6 TCP over link-local addresses is not refused (the pod's app can be reached, and reach its neighbours, around the sidecar that way): {e}\n"
+                );
+                eprint!("{warning}");
+                out.push_str(&warning);
+            }
+        }
     }
     Ok(out)
 }

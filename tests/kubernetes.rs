@@ -252,6 +252,7 @@ fn init_net_twice_leaves_one_set_of_rules_with_either_iptables() {
                 "-A INPUT -p tcp -j PALISADE_V6_INPUT",
                 "-A OUTPUT -p tcp -j PALISADE_V6_OUTPUT",
                 "-A PALISADE_V6_OUTPUT -m owner --uid-owner 2102 -j RETURN",
+                "-A PALISADE_V6_OUTPUT -o lo -j RETURN",
                 "-A PALISADE_V6_OUTPUT -d fe80::/10 -p tcp -j REJECT --reject-with tcp-reset",
             ],
             "{mode}"

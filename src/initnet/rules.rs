@@ -172,6 +172,7 @@ pub fn ipv6_filter_file(capture: &Capture, captured: bool, installed: Installed)
     const REFUSE: &str = "-j REJECT --reject-with tcp-reset";
     if captured {
         lines.push(format!("-A {CHAIN_V6_OUTPUT} -m owner --uid-owner {} -j RETURN", capture.proxy_uid));
+        lines.push(format!("-A {CHAIN_V6_OUTPUT} -o lo -j RETURN"));
         lines.push(format!("-A {CHAIN_V6_OUTPUT} -d fe80::/10 -p tcp {REFUSE}"));
     } else {
         // Dropped, not reset: the only addresses here are link-local, and the kernel finds no
@@ -298,6 +299,7 @@ mod tests {
             rules(&text),
             [
                 "-A PALISADE_V6_OUTPUT -m owner --uid-owner 2102 -j RETURN",
+                "-A PALISADE_V6_OUTPUT -o lo -j RETURN",
                 "-A PALISADE_V6_OUTPUT -d fe80::/10 -p tcp -j REJECT --reject-with tcp-reset",
             ]
         );
