@@ -23,6 +23,11 @@ use crate::tls::TlsStore;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A connection that has sent nothing for this long is closed. Both servers ping their HTTP/2
+/// clients every 10 s and a live client answers; a client that never sent the preface (which
+/// nothing pings), or stopped answering, holds its place no longer than this.
+const READ_IDLE: Duration = Duration::from_secs(60);
+
 /// Who is at the other end of a stream; tonic puts it in every request's extensions.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -32,10 +37,41 @@ pub struct Peer {
 
 /// A TLS connection, with what is known of its client: a [`Peer`] (mutual TLS) or its address.
 pub struct TlsConnection<I> {
-    inner: TlsStream<TcpStream>,
+    inner: ReadIdle<TlsStream<TcpStream>>,
     peer: I,
     /// Held for the connection's life: the listener's caps on open connections.
     _slot: Slot,
+}
+
+/// A stream whose reads fail once nothing was read from it for `limit`.
+struct ReadIdle<S> {
+    inner: S,
+    limit: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<S> ReadIdle<S> {
+    fn new(inner: S, limit: Duration) -> Self {
+        ReadIdle { inner, limit, deadline: Box::pin(tokio::time::sleep(limit)) }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for ReadIdle<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                let next = tokio::time::Instant::now() + self.limit;
+                self.deadline.as_mut().reset(next);
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => match std::future::Future::poll(self.deadline.as_mut(), cx) {
+                Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "nothing read"))),
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
+        }
+    }
 }
 
 /// Open connections (handshaking or serving) of one listener, at most: past it new ones are
@@ -55,7 +91,7 @@ fn connection_cap(open_files: u64) -> usize {
     usize::try_from(share).unwrap_or(usize::MAX).clamp(64, MAX_CONNECTIONS)
 }
 
-/// One connection's place: in the listener's total and in its source's count.
+/// One connection's place: in the listener's total and, where sources are counted, its source's.
 struct Slot {
     _permit: tokio::sync::OwnedSemaphorePermit,
     source: IpAddr,
@@ -68,11 +104,12 @@ impl Slot {
         slots: &Arc<tokio::sync::Semaphore>,
         sources: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
         source: IpAddr,
+        per_source: usize,
     ) -> Result<Slot, &'static str> {
         let permit = slots.clone().try_acquire_owned().map_err(|_| "connection limit reached")?;
         let mut counts = sources.lock().expect("sources lock");
         let count = counts.entry(source).or_default();
-        if *count >= MAX_CONNECTIONS_PER_SOURCE {
+        if *count >= per_source {
             return Err("connection limit per source reached");
         }
         *count += 1;
@@ -107,23 +144,23 @@ impl<I: Unpin> AsyncRead for TlsConnection<I> {
 
 impl<I: Unpin> AsyncWrite for TlsConnection<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        Pin::new(&mut self.inner.inner).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(&mut self.inner.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        Pin::new(&mut self.inner.inner).poll_shutdown(cx)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.inner.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.inner.is_write_vectored()
     }
 }
 
@@ -136,7 +173,9 @@ pub fn accept_mtls(
     on_refused: impl Fn(SocketAddr, String) + Send + Sync + 'static,
     stop: watch::Receiver<bool>,
 ) -> mpsc::Receiver<std::io::Result<TlsConnection<Peer>>> {
-    accept(listener, tls, |state| state.server_config.clone(), identify, on_refused, stop)
+    // Not counted per source: a sidecar's stream proves its identity, and sidecars behind one
+    // address (a load balancer's SNAT) would be held back by a count meant for strangers.
+    accept(listener, tls, |state| state.server_config.clone(), identify, usize::MAX, on_refused, stop)
 }
 
 /// As [`accept_mtls`], asking no client certificate.
@@ -146,7 +185,15 @@ pub fn accept_tls(
     on_refused: impl Fn(SocketAddr, String) + Send + Sync + 'static,
     stop: watch::Receiver<bool>,
 ) -> mpsc::Receiver<std::io::Result<TlsConnection<Option<SocketAddr>>>> {
-    accept(listener, tls, |state| state.server_config_open.clone(), |_, address| Ok(Some(address)), on_refused, stop)
+    accept(
+        listener,
+        tls,
+        |state| state.server_config_open.clone(),
+        |_, address| Ok(Some(address)),
+        MAX_CONNECTIONS_PER_SOURCE,
+        on_refused,
+        stop,
+    )
 }
 
 fn identify(stream: &TlsStream<TcpStream>, address: SocketAddr) -> Result<Peer, String> {
@@ -161,6 +208,7 @@ fn accept<I: Send + 'static>(
     tls: Arc<TlsStore>,
     config: fn(&crate::tls::TlsState) -> Arc<rustls::ServerConfig>,
     identify: fn(&TlsStream<TcpStream>, SocketAddr) -> Result<I, String>,
+    per_source: usize,
     on_refused: impl Fn(SocketAddr, String) + Send + Sync + 'static,
     mut stop: watch::Receiver<bool>,
 ) -> mpsc::Receiver<std::io::Result<TlsConnection<I>>> {
@@ -183,7 +231,7 @@ fn accept<I: Send + 'static>(
                     continue;
                 }
             };
-            let slot = match Slot::take(&slots, &sources, address.ip().to_canonical()) {
+            let slot = match Slot::take(&slots, &sources, address.ip().to_canonical(), per_source) {
                 Ok(slot) => slot,
                 Err(why) => {
                     // At debug: a flood would otherwise write a line per connection.
@@ -199,7 +247,9 @@ fn accept<I: Send + 'static>(
                 let reason = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => match identify(&stream, address) {
                         Ok(peer) => {
-                            let _ = sender.send(Ok(TlsConnection { inner: stream, peer, _slot: slot })).await;
+                            let inner = ReadIdle::new(stream, READ_IDLE);
+                            let connection = TlsConnection { inner, peer, _slot: slot };
+                            let _ = sender.send(Ok(connection)).await;
                             return;
                         }
                         Err(reason) => reason,
@@ -223,16 +273,37 @@ mod tests {
         let slots = Arc::new(tokio::sync::Semaphore::new(100));
         let sources = Arc::new(std::sync::Mutex::new(HashMap::new()));
         let one: IpAddr = "10.1.0.7".parse().unwrap();
-        let held: Vec<Slot> =
-            (0..MAX_CONNECTIONS_PER_SOURCE).map(|_| Slot::take(&slots, &sources, one).unwrap()).collect();
-        assert_eq!(Slot::take(&slots, &sources, one).err(), Some("connection limit per source reached"));
-        let other = Slot::take(&slots, &sources, "10.1.0.8".parse().unwrap());
+        let take = |source| Slot::take(&slots, &sources, source, MAX_CONNECTIONS_PER_SOURCE);
+        let held: Vec<Slot> = (0..MAX_CONNECTIONS_PER_SOURCE).map(|_| take(one).unwrap()).collect();
+        assert_eq!(take(one).err(), Some("connection limit per source reached"));
+        let other = take("10.1.0.8".parse().unwrap());
         assert!(other.is_ok(), "another source is not held back");
         drop(held);
-        let again = Slot::take(&slots, &sources, one);
+        let again = take(one);
         assert!(again.is_ok(), "places come back as connections close");
         drop(other);
         assert_eq!(sources.lock().unwrap().len(), 1, "sources with none open are forgotten");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_sends_nothing_is_closed_and_one_that_sends_is_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut server = ReadIdle::new(server, Duration::from_secs(60));
+        let mut byte = [0u8; 1];
+        // A byte before the limit: read, and the limit starts again from it.
+        tokio::time::advance(Duration::from_secs(59)).await;
+        client.write_all(b"x").await.unwrap();
+        assert_eq!(server.read(&mut byte).await.unwrap(), 1);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        client.write_all(b"y").await.unwrap();
+        assert_eq!(server.read(&mut byte).await.unwrap(), 1);
+        // Then nothing: the read fails once the limit has passed.
+        let read = tokio::spawn(async move { server.read(&mut byte).await });
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let error = read.await.unwrap().expect_err("closed for idleness");
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        drop(client);
     }
 
     #[test]
