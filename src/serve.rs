@@ -692,14 +692,50 @@ pub fn addressed_pod_ip(digest: &SocketDigest) -> Option<IpAddr> {
     Some(original.filter(|&o| o != local && is_own_address(o, local)).unwrap_or(local))
 }
 
-/// Whether `ip` is an address of this network namespace (binding to it succeeds) that a
-/// connection landing on `local` may have addressed: a loopback address only from loopback (a
-/// client on this host), never from the network. Asked only of a redirected connection that
-/// landed on another address than the one it addressed.
+/// Whether `ip` is an address of this network namespace that a connection landing on `local`
+/// may have addressed: one of its interfaces' addresses from the network; from loopback (a
+/// client on this host) any loopback address. Asked only of a redirected connection that
+/// landed on another address than the one it addressed. The interfaces are asked, not `bind`:
+/// with `ip_nonlocal_bind` (set in some load balancers' pods) binding to any address succeeds.
 fn is_own_address(ip: IpAddr, local: IpAddr) -> bool {
-    ip.is_loopback() == local.is_loopback()
-        && !(ip.is_unspecified() || ip.is_multicast())
-        && std::net::UdpSocket::bind((ip, 0)).is_ok()
+    match (ip.is_loopback(), local.is_loopback()) {
+        (true, true) => true,
+        (false, false) => !ip.is_unspecified() && interface_addresses().contains(&ip),
+        _ => false,
+    }
+}
+
+/// The addresses of this network namespace's interfaces.
+#[allow(unsafe_code)] // see the SAFETY notes
+fn interface_addresses() -> Vec<IpAddr> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs stores a list it allocated in `list`, freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Vec::new();
+    }
+    let mut addresses = Vec::new();
+    let mut at = list;
+    while !at.is_null() {
+        // SAFETY: `at` is a node of the list getifaddrs returned, which is not freed yet.
+        let entry = unsafe { &*at };
+        if !entry.ifa_addr.is_null() {
+            // SAFETY: ifa_addr points to a sockaddr, of the length its family says.
+            let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
+            if family == libc::AF_INET {
+                // SAFETY: an AF_INET sockaddr is a sockaddr_in.
+                let v4 = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in>() };
+                addresses.push(IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes()));
+            } else if family == libc::AF_INET6 {
+                // SAFETY: an AF_INET6 sockaddr is a sockaddr_in6.
+                let v6 = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in6>() };
+                addresses.push(IpAddr::from(v6.sin6_addr.s6_addr));
+            }
+        }
+        at = entry.ifa_next;
+    }
+    // SAFETY: `list` came from getifaddrs and is freed once, after its last use.
+    unsafe { libc::freeifaddrs(list) };
+    addresses
 }
 
 /// Wraps a socket the way pingora's own listener does, so the session has its digest (`digest`,
@@ -1538,6 +1574,13 @@ mod tests {
         // An address that is not this host's (TEST-NET-1), or no single host's, never is.
         for other in ["192.0.2.1", "0.0.0.0", "224.0.0.1", "::"] {
             assert!(!is_own_address(ip(other), ip("127.0.0.1")), "{other}");
+            assert!(!is_own_address(ip(other), ip("198.18.0.2")), "{other}");
+        }
+        // This host's own non-loopback address (the one it would send from; no packet is sent).
+        let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        if probe.connect("192.0.2.1:9").is_ok() {
+            let own = probe.local_addr().unwrap().ip();
+            assert!(is_own_address(own, ip("198.18.0.2")), "{own}");
         }
     }
 
