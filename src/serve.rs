@@ -707,7 +707,7 @@ fn is_own_address(ip: IpAddr, local: IpAddr) -> bool {
 
 /// The addresses of this network namespace's interfaces.
 #[allow(unsafe_code)] // see the SAFETY notes
-fn interface_addresses() -> Vec<IpAddr> {
+pub fn interface_addresses() -> Vec<IpAddr> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs stores a list it allocated in `list`, freed below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {

@@ -56,6 +56,9 @@ async fn outbound_refuses_a_server_with_the_wrong_identity() {
     let rogue = Pki::new();
     let files_r = rogue.workload("r", &id("shop", "orders"));
     let r = start_sidecar(sidecar_config(&files_r, impostor_app.addr));
+    // Sidecar D answers where nothing is pinned.
+    let files_d = pki.workload("d", &id("shop", "payments"));
+    let d = start_sidecar(sidecar_config(&files_d, impostor_app.addr));
 
     let files_a = pki.workload("a2", &id("shop", "frontend"));
     let mut config_a = sidecar_config(&files_a, "127.0.0.1:9".parse().unwrap());
@@ -63,13 +66,15 @@ async fn outbound_refuses_a_server_with_the_wrong_identity() {
         route("impostor.shop", c.inbound, Some(&id("shop", "orders"))),
         route("rogue.shop", r.inbound, Some(&id("shop", "orders"))),
         route("orders.shop", pki_pair.b.inbound, Some(&id("shop", "orders"))),
-        route("anyone.shop", c.inbound, None),
+        route("anyone.shop", d.inbound, None),
+        // Another name for C's address, pinning nothing itself: held to the pin there.
+        route("alias.shop", c.inbound, None),
     ];
     let a = start_sidecar(config_a);
     let client = http_client();
     let get = |host: &'static str| client.get(format!("http://{}/", a.outbound)).header("host", host).send();
 
-    for host in ["impostor.shop", "rogue.shop"] {
+    for host in ["impostor.shop", "rogue.shop", "alias.shop"] {
         let response = get(host).await.unwrap();
         assert_eq!(response.status(), 502, "{host}");
         assert_eq!(response.headers()["content-type"], "application/json");
@@ -88,12 +93,13 @@ async fn outbound_refuses_a_server_with_the_wrong_identity() {
 
     let metrics = client.get(format!("http://{}/metrics", a.admin)).send().await.unwrap().text().await.unwrap();
     assert!(
-        metrics.contains("palisade_tls_handshakes_total{direction=\"outbound\",result=\"failure\"} 3"),
+        metrics.contains("palisade_tls_handshakes_total{direction=\"outbound\",result=\"failure\"} 4"),
         "{metrics}"
     );
     a.shutdown();
     c.shutdown();
     r.shutdown();
+    d.shutdown();
     pki_pair.shutdown();
 }
 
@@ -709,6 +715,43 @@ async fn an_app_switching_protocols_unasked_is_a_bad_gateway() {
     assert_eq!(response.status(), 502);
     let body: serde_json::Value = response.json().await.unwrap();
     assert_eq!(body["error"], "bad_gateway");
+    pair.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_wildcard_the_outbound_listener_refuses_any_address_of_this_host_for_itself() {
+    // A listener on 0.0.0.0 with this host inside a passthrough block: every local address at
+    // its port is the listener itself (one request went round 4,470 times).
+    let pair = Pair::start_configured(
+        EchoApp::start().await,
+        |a| {
+            a.outbound.listen.0 = "0.0.0.0:0".parse().unwrap();
+            a.outbound.passthrough = vec!["127.0.0.0/8".parse().unwrap(), "0.0.0.0/0".parse().unwrap()];
+        },
+        |_| {},
+    )
+    .await;
+    let port = pair.a.outbound.port();
+    let listener = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    let mut spellings = vec![format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}"), format!("localhost:{port}")];
+    // This host's address on the network, when it has one (no packet is sent).
+    if probe.connect("192.0.2.1:9").is_ok() {
+        spellings.push(format!("{}:{port}", probe.local_addr().unwrap().ip()));
+    }
+    for own in &spellings {
+        let (head, _, _) = raw_exchange(listener, &format!("GET /loop HTTP/1.1\r\nHost: {own}\r\n\r\n")).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{own}: {head}");
+    }
+    // One request each reached the listener: none went round.
+    let metrics =
+        http_client().get(format!("http://{}/metrics", pair.a.admin)).send().await.unwrap().text().await.unwrap();
+    let outbound: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("palisade_requests_total{") && l.contains("direction=\"outbound\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(outbound, spellings.len() as f64, "{metrics}");
     pair.shutdown();
 }
 

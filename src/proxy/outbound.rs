@@ -73,10 +73,14 @@ impl Outbound {
         telemetry: Arc<Telemetry>,
     ) -> Self {
         let connectors = Connectors::new(tls, telemetry.clone());
+        let pinned = PinnedAddresses::new(destinations);
         let routes = destinations
             .iter()
             .map(|d| {
-                let expected = d.identity.as_ref().map(|i| i.0.clone());
+                // An entry that names no identity but an address another entry pins is held to
+                // that identity, as the address itself is (an alias is no way around a pin).
+                let pinned_there = d.address.and_then(|a| pinned.at(a.0)).cloned();
+                let expected = d.identity.as_ref().map(|i| i.0.clone()).or(pinned_there);
                 Route {
                     authority: d.authority.to_ascii_lowercase().into_boxed_str(),
                     connector: d.address.map(|a| connectors.make(a.0, expected.clone())),
@@ -88,7 +92,7 @@ impl Outbound {
         let caller_timeouts = super::CallerTimeouts::default_uncounted();
         Outbound {
             routes,
-            pinned: PinnedAddresses::new(destinations),
+            pinned,
             connectors,
             own_listener,
             passthrough: passthrough.to_vec(),
@@ -174,12 +178,19 @@ impl Outbound {
             return Ok(Next::Mesh(self.connectors.get(target, Some(pinned))));
         }
         // Any spelling of this host's address for the listener (either family's, IPv4-mapped, the
-        // wildcard, which connects to this host) would come back round to the listener.
+        // wildcard, which connects to this host) would come back round to the listener; so would
+        // any address of this host when the listener is on the wildcard (its pod address inside a
+        // passthrough block sent one request round thousands of times).
         let own = self.own_listener;
         let ip = target.ip().to_canonical();
-        let own_ip =
-            ip == own.ip() || Some(ip) == crate::lifecycle::family_counterpart(own.ip()) || ip.is_unspecified();
-        if target.port() == own.port() && own_ip {
+        let own_ip = || {
+            ip == own.ip()
+                || Some(ip) == crate::lifecycle::family_counterpart(own.ip())
+                || ip.is_unspecified()
+                || (own.ip().is_unspecified()
+                    && (ip.is_loopback() || crate::serve::interface_addresses().contains(&ip)))
+        };
+        if target.port() == own.port() && own_ip() {
             return Err(ErrorKind::InvalidRequest.fail("request addressed to the outbound listener itself"));
         }
         // A destination with an expected identity is always a mesh one.
