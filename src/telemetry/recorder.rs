@@ -118,6 +118,9 @@ pub struct Destinations {
 
 impl Destinations {
     /// The label for `destination`: itself while there is room, else `other`; empty stays empty.
+    /// Names the app chose (an authority, an address) take at most half the room: the rest is
+    /// kept for the SPIFFE IDs peers proved, so an app (or an SSRF in it) naming junk cannot make
+    /// every real peer `other`.
     pub fn label(&self, destination: &str) -> &'static str {
         if destination.is_empty() {
             return "";
@@ -130,7 +133,13 @@ impl Destinations {
         if !labelable(destination) {
             return OTHER_DESTINATION;
         }
-        if known.len() >= MAX_DESTINATIONS {
+        let named_by_app = !destination.starts_with("spiffe://");
+        let full = |known: &HashMap<Box<str>, &'static str, BuildHasherDefault<Fnv1a>>| {
+            known.len() >= MAX_DESTINATIONS
+                || (named_by_app
+                    && known.keys().filter(|k| !k.starts_with("spiffe://")).count() >= MAX_DESTINATIONS / 2)
+        };
+        if full(&known) {
             return OTHER_DESTINATION;
         }
         drop(known);
@@ -139,7 +148,7 @@ impl Destinations {
         if let Some(label) = known.get(destination) {
             return label;
         }
-        if known.len() >= MAX_DESTINATIONS {
+        if full(&known) {
             return OTHER_DESTINATION;
         }
         let label: &'static str = Box::leak(destination.into());
@@ -217,12 +226,17 @@ mod tests {
         }
         assert_eq!(destinations.label("[fd00::1]:8080"), "[fd00::1]:8080");
         assert_eq!(destinations.known.load().len(), 2, "junk took no place");
-        let kept = 2;
-        for i in kept..MAX_DESTINATIONS {
+        // Names the app chose fill half the room; proven SPIFFE IDs still get labels after them.
+        for i in 1..MAX_DESTINATIONS / 2 {
             assert_eq!(destinations.label(&format!("svc-{i}.shop:80")), format!("svc-{i}.shop:80"));
         }
         assert_eq!(destinations.label("one-too-many.shop:80"), OTHER_DESTINATION);
         assert_eq!(destinations.label("svc-2.shop:80"), "svc-2.shop:80", "values seen before keep their label");
+        for i in 1..MAX_DESTINATIONS / 2 {
+            let peer = format!("spiffe://td/ns/a/sa/peer-{i}");
+            assert_eq!(destinations.label(&peer), peer);
+        }
+        assert_eq!(destinations.label("spiffe://td/ns/a/sa/one-too-many"), OTHER_DESTINATION);
         assert_eq!(destinations.known.load().len(), MAX_DESTINATIONS);
     }
 }
