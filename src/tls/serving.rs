@@ -23,7 +23,8 @@ pub struct ServingCert {
     cert: PathBuf,
     key: PathBuf,
     current: Arc<ArcSwap<CertifiedKey>>,
-    stamps: Mutex<[(i64, u64, u64); 2]>,
+    /// The files' stamps when the pair in force was read, and of a pair that did not load.
+    stamps: Mutex<([(i64, u64, u64); 2], Option<[(i64, u64, u64); 2]>)>,
 }
 
 impl ServingCert {
@@ -33,7 +34,7 @@ impl ServingCert {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             current: Arc::new(ArcSwap::from_pointee(pair)),
-            stamps: Mutex::new(stamps(cert, key)),
+            stamps: Mutex::new((stamps(cert, key), None)),
         })
     }
 
@@ -48,17 +49,31 @@ impl ServingCert {
         Ok(Acceptor::from_server_config(Arc::new(config)))
     }
 
-    /// Reads the files again when they changed; a pair that does not load is an error and the
-    /// old one stays.
+    /// Reads the files again when they changed; a pair that does not load is an error, once,
+    /// and the old one stays; it is tried again at every look until it loads or changes (a key
+    /// written after its certificate is taken when it comes), as the workload store does.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let now = stamps(&self.cert, &self.key);
         let mut seen = self.stamps.lock().expect("stamps lock");
-        if *seen == now {
+        if seen.0 == now {
             return Ok(false);
         }
-        *seen = now;
-        self.current.store(Arc::new(load_pair(&self.cert, &self.key)?));
-        Ok(true)
+        let first_try = seen.1 != Some(now);
+        match load_pair(&self.cert, &self.key) {
+            Ok(pair) => {
+                self.current.store(Arc::new(pair));
+                *seen = (now, None);
+                Ok(true)
+            }
+            Err(e) => {
+                seen.1 = Some(now);
+                if first_try {
+                    Err(e)
+                } else {
+                    Ok(false)
+                }
+            }
+        }
     }
 }
 
@@ -83,5 +98,36 @@ struct Current(Arc<ArcSwap<CertifiedKey>>);
 impl ResolvesServerCert for Current {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.0.load_full())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{DevCa, LeafSpec};
+
+    /// Replaces `to` with `from`'s contents by a rename, as Kubernetes updates a mounted Secret.
+    fn replace(from: &Path, to: &Path) {
+        let staged = to.with_extension("new");
+        std::fs::copy(from, &staged).unwrap();
+        std::fs::rename(&staged, to).unwrap();
+    }
+
+    #[test]
+    fn a_pair_that_does_not_load_is_reported_once_and_taken_when_it_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::generate("cluster.local").unwrap();
+        let spec = LeafSpec::workload("spiffe://cluster.local/ns/palisade-system/sa/palisade-control");
+        let first = ca.issue_to(&spec, &dir.path().join("first")).unwrap();
+        let second = ca.issue_to(&spec, &dir.path().join("second")).unwrap();
+        let serving = ServingCert::load(&first.cert, &first.key).unwrap();
+        // The new certificate before its key: refused, said once, then tried quietly.
+        replace(&second.cert, &first.cert);
+        assert!(serving.reload_if_changed().is_err());
+        assert!(!serving.reload_if_changed().unwrap());
+        // Its key follows: taken, with no other change to wait for.
+        replace(&second.key, &first.key);
+        assert!(serving.reload_if_changed().unwrap());
+        assert!(!serving.reload_if_changed().unwrap(), "nothing more to take");
     }
 }
