@@ -24,8 +24,11 @@ pub struct ServingCert {
     key: PathBuf,
     current: Arc<ArcSwap<CertifiedKey>>,
     /// The files' stamps when the pair in force was read, and of a pair that did not load.
-    stamps: Mutex<([(i64, u64, u64); 2], Option<[(i64, u64, u64); 2]>)>,
+    stamps: Mutex<(Stamps, Option<Stamps>)>,
 }
+
+/// The certificate's and the key's modification time, length and inode.
+type Stamps = [(i64, u64, u64); 2];
 
 impl ServingCert {
     pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
@@ -88,7 +91,7 @@ fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     })
 }
 
-fn stamps(cert: &Path, key: &Path) -> [(i64, u64, u64); 2] {
+fn stamps(cert: &Path, key: &Path) -> Stamps {
     [cert, key].map(|p| std::fs::metadata(p).map(|m| (m.mtime(), m.len(), m.ino())).unwrap_or_default())
 }
 
