@@ -536,6 +536,26 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
         logs()
     );
 
+    // 1a. HTTP/1.0 may leave Host out: the original destination names it, for B's sidecar.
+    let out = ns.run(
+        "a",
+        Some(APP_UID),
+        &[
+            "curl",
+            "-s",
+            "--http1.0",
+            "-H",
+            "Host:",
+            "--max-time",
+            "5",
+            "-w",
+            " status=%{http_code}",
+            "http://198.18.0.2:8080/orders",
+        ],
+    );
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.contains("pod=b") && body.ends_with("status=200"), "HTTP/1.0 without Host: {body}\n{}", logs());
+
     // 1b. What B's app serves on loopback only stays B's own: B's sidecar forwards to the pod
     //     address A reached, where nothing listens on that port (it forwarded to 127.0.0.1).
     let (_, body) = curl(&ns, "a", APP_UID, "http://198.18.0.2:9000/orders");

@@ -269,6 +269,15 @@ impl ProxyHttp for Outbound {
             respond::refuse(session, Refusal::HeadersTooLarge, &mut ctx.request).await;
             return Ok(true);
         }
+        // HTTP/1.0 may leave Host out. A captured request's original destination names it then,
+        // so the peer sidecar (HTTP/2 needs an authority) and a passthrough server (HTTP/1.1
+        // needs a Host) get one, as Linkerd gives them.
+        if super::request_authority(session.req_header()).is_none() {
+            let socket = session.digest().and_then(|d| d.socket_digest.as_ref());
+            if let Some(original) = socket.and_then(|s| crate::serve::redirected_to(s)) {
+                let _ = session.req_header_mut().insert_header(http::header::HOST, original.to_string());
+            }
+        }
         ctx.routed = true;
         let connector = match self.resolve(session).await? {
             Next::Mesh(connector) => connector,
