@@ -374,8 +374,8 @@ pub struct Destination {
 
 /// The identities `outbound.destinations` pin to addresses: who must answer a connection there
 /// however the app addressed it (HTTP by IP or another name, a TCP tunnel). Addresses compared
-/// canonical (an IPv4 peer of a dual-stack socket, `::ffff:a.b.c.d`, as IPv4); with several
-/// entries at one address, the first listed.
+/// canonical (an IPv4 peer of a dual-stack socket, `::ffff:a.b.c.d`, as IPv4). Entries that pin
+/// different identities at one address are refused when the configuration is read.
 #[derive(Debug, Clone, Default)]
 pub struct PinnedAddresses(Vec<((std::net::IpAddr, u16), SpiffeId)>);
 
@@ -746,6 +746,29 @@ impl super::Validate for SidecarConfig {
         if self.outbound.opaque_ports.contains(&0) {
             invalid.push(Invalid::field("outbound.opaquePorts", "every port must be from 1 to 65535, got 0"));
         }
+        // One address, one workload: two identities pinned at one address cannot both answer
+        // there, and which one held would depend on the order of the list.
+        let destinations = &self.outbound.destinations;
+        for (i, d) in destinations.iter().enumerate() {
+            let (Some(address), Some(identity)) = (d.address, &d.identity) else { continue };
+            let at = canonical(address.0);
+            let earlier = destinations[..i].iter().find(|e| {
+                e.address.is_some_and(|a| canonical(a.0) == at)
+                    && e.identity.as_ref().is_some_and(|x| x.0 != identity.0)
+            });
+            if let Some(earlier) = earlier {
+                invalid.push(Invalid::field(
+                    &format!("outbound.destinations[{i}].identity"),
+                    format!(
+                        "{} is pinned at {} already by {} (identity {}): one address is one workload's",
+                        identity.0,
+                        address.0,
+                        earlier.authority,
+                        earlier.identity.as_ref().map(|x| x.0.as_str()).unwrap_or_default()
+                    ),
+                ));
+            }
+        }
         if self.inbound.opaque_ports.contains(&0) {
             invalid.push(Invalid::field("inbound.opaquePorts", "every port must be from 1 to 65535, got 0"));
         }
@@ -863,6 +886,17 @@ mod tests {
             ["limits.http2.maxConcurrentStreams", "limits.http2.maxHeaderListBytes", "limits.http2.maxResetsPerSecond"]
         );
         assert!(parse("limits: {http2: {maxContinuationFrames: 5}}\n").is_err(), "unknown: refused");
+    }
+
+    #[test]
+    fn two_identities_pinned_at_one_address_are_refused() {
+        let env = std::collections::BTreeMap::<String, String>::new();
+        let cfg = parse(
+            "outbound:\n  destinations:\n    - {authority: orders.shop, address: \"10.0.0.7:8080\", identity: \"spiffe://cluster.local/ns/shop/sa/orders\"}\n    - {authority: alias.shop, address: \"10.0.0.7:8080\"}\n    - {authority: same.shop, address: \"10.0.0.7:8080\", identity: \"spiffe://cluster.local/ns/shop/sa/orders\"}\n    - {authority: payments.shop, address: \"[::ffff:10.0.0.7]:8080\", identity: \"spiffe://cluster.local/ns/shop/sa/payments\"}\n",
+        )
+        .unwrap();
+        // An alias, or the same identity again, is fine; another identity there is not.
+        assert_eq!(invalid_fields(&cfg, &env), ["outbound.destinations[3].identity"]);
     }
 
     #[test]

@@ -312,8 +312,18 @@ pub struct To {
     pub methods: Vec<Method>,
     #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
     pub paths: Vec<PathPattern>,
-    #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "ports", skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
+}
+
+/// Ports a caller can address: 1 to 65535, at least one (0 matched no connection, so a DENY
+/// written with it never fired).
+fn ports<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    let ports: Vec<u16> = non_empty(d)?;
+    match ports.contains(&0) {
+        true => Err(serde::de::Error::custom("port 0 is no port a caller can address; ports are 1 to 65535")),
+        false => Ok(ports),
+    }
 }
 
 /// An HTTP method token, upper case.

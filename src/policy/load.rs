@@ -232,6 +232,15 @@ mod tests {
     }
 
     #[test]
+    fn port_0_is_refused_where_a_rule_names_ports() {
+        let spec = "  authorization:\n    rules:\n      - {name: a, action: DENY, to: {ports: [0, 8080]}}\n";
+        let errors = errors_of(&format!("{HEAD}{spec}"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].field.starts_with("spec.authorization.rules[0].to.ports"), "{errors:?}");
+        assert!(errors[0].message.contains("port 0"), "{errors:?}");
+    }
+
+    #[test]
     fn several_errors_in_one_list_each_name_their_own_index() {
         let spec = "  authorization:\n    rules:\n      - {name: a, action: ALLOW, to: {ports: [80, 65536, 8080, 70000]}}\n      - {name: b, action: ALOW}\n      - {name: c, action: ALLOW, to: {ports: [70001]}}\n";
         let errors = errors_of(&format!("{HEAD}{spec}"));
