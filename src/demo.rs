@@ -371,10 +371,13 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
     }
 
     // Their sidecars, as separate processes.
+    // payments.demo leads to a server of the mesh that is not payments (the control plane's
+    // policy port, which answers mutual TLS as the control plane): sidecar A must refuse it.
     let routes_a = format!(
         "[{{authority: {ORDERS_AUTHORITY}, address: \"127.0.0.1:{b}\", identity: \"{orders_id}\"}}, \
-         {{authority: {IMPOSTOR_AUTHORITY}, address: \"127.0.0.1:{b}\", identity: \"spiffe://{TRUST_DOMAIN}/ns/demo/sa/payments\"}}]",
-        b = ports.b[0]
+         {{authority: {IMPOSTOR_AUTHORITY}, address: \"127.0.0.1:{impostor}\", identity: \"spiffe://{TRUST_DOMAIN}/ns/demo/sa/payments\"}}]",
+        b = ports.b[0],
+        impostor = ports.control[0],
     );
     let mut sidecar_b = spawn_sidecar(
         "sidecar-orders",
