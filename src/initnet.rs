@@ -242,10 +242,11 @@ pub fn install(args: &InitNetArgs) -> Result<String, InitNetError> {
                     "{restore}: {count} rules written to the filter table's PALISADE_V6_* chains (IPv6 TCP the nat rules do not capture is refused)\n"
                 ));
             }
-            // IPv6 captured: the pod's IPv6 traffic relies on these rules too.
-            Err(e) if v6_captured => return Err(e),
+            // IPv6 captured, or a failure the node's kernel does not explain: fail the pod.
+            Err(e) if v6_captured || !kernel_lacks_it(&e) => return Err(e),
             // An IPv4-only pod on a node whose kernel lacks the IPv6 filter table (or REJECT, or
-            // the owner match) starts as before these rules existed, and says so loudly.
+            // the owner match), or whose image lacks ip6tables, starts as before these rules
+            // existed, and says so loudly.
             Err(e) => {
                 let warning = format!(
                     "warning: IPv6 TCP over link-local addresses is not refused (the pod's app can be reached, and reach its neighbours, around the sidecar that way): {e}\n"
@@ -297,6 +298,27 @@ fn choose_backend(mode: &str, probe: bool) -> Backend {
                 Backend::Nft
             }
         }
+    }
+}
+
+/// Whether `e` says that the node (its kernel's IPv6 netfilter) or the image (its ip6tables)
+/// lacks what the rules need, as opposed to any other failure.
+fn kernel_lacks_it(e: &InitNetError) -> bool {
+    const LACKING: [&str; 6] = [
+        "does not exist",
+        "couldn't load",
+        "no chain/target/match",
+        "not supported",
+        "unknown option",
+        "can't initialize",
+    ];
+    match e {
+        InitNetError::Missing(_) => true,
+        InitNetError::Refused { stderr, .. } => {
+            let stderr = stderr.to_ascii_lowercase();
+            LACKING.iter().any(|words| stderr.contains(words))
+        }
+        _ => false,
     }
 }
 
@@ -375,6 +397,24 @@ fn missing_capabilities() -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::{has_routable_ipv6, nameservers};
+
+    #[test]
+    fn only_what_the_node_lacks_lets_an_ipv4_only_pod_start_without_ipv6_rules() {
+        use super::{kernel_lacks_it, InitNetError};
+        let refused = |stderr: &str| InitNetError::Refused {
+            command: "ip6tables-restore --noflush".into(),
+            status: "exit status: 1".into(),
+            stderr: stderr.into(),
+        };
+        assert!(kernel_lacks_it(&InitNetError::Missing("ip6tables-nft-restore".into())));
+        assert!(kernel_lacks_it(&refused("ip6tables-restore v1.8.9 (legacy): can't initialize ip6tables table `filter': Table does not exist (do you need to insmod?)")));
+        assert!(kernel_lacks_it(&refused(
+            "ip6tables-restore: line 6 failed: Couldn't load target `REJECT':No such file or directory"
+        )));
+        assert!(!kernel_lacks_it(&refused("Another app is currently holding the xtables lock.")));
+        assert!(!kernel_lacks_it(&refused("ip6tables-restore: line 3 failed")));
+        assert!(!kernel_lacks_it(&InitNetError::NoPermission("NET_ADMIN")));
+    }
 
     #[test]
     fn the_resolvers_are_read_from_resolv_conf() {

@@ -700,9 +700,27 @@ pub fn addressed_pod_ip(digest: &SocketDigest) -> Option<IpAddr> {
 fn is_own_address(ip: IpAddr, local: IpAddr) -> bool {
     match (ip.is_loopback(), local.is_loopback()) {
         (true, true) => true,
-        (false, false) => !ip.is_unspecified() && interface_addresses().contains(&ip),
+        (false, false) => !ip.is_unspecified() && holds_address(ip),
         _ => false,
     }
+}
+
+/// Whether `ip` is an interface's address, from a copy of [`interface_addresses`] read again
+/// when it is older than a second or does not hold `ip`: asked per request of a pod whose
+/// callers address another of its addresses than the one REDIRECT lands on, where a netlink
+/// dump each time would cost more than the request (an address added a moment ago is found).
+fn holds_address(ip: IpAddr) -> bool {
+    static RECENT: std::sync::Mutex<Option<(std::time::Instant, Vec<IpAddr>)>> = std::sync::Mutex::new(None);
+    let mut recent = RECENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((read, addresses)) = &*recent {
+        if read.elapsed() < Duration::from_secs(1) && addresses.contains(&ip) {
+            return true;
+        }
+    }
+    let addresses = interface_addresses();
+    let held = addresses.contains(&ip);
+    *recent = Some((std::time::Instant::now(), addresses));
+    held
 }
 
 /// The addresses of this network namespace's interfaces.

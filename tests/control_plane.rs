@@ -575,9 +575,12 @@ async fn a_replica_that_has_not_read_the_latest_revision_never_takes_a_sidecar_b
     assert_eq!(orders.get("/secret").await, 403, "revision 5 stays in force");
     assert_eq!(orders.get("/admin").await, 200, "revision 4's policy was never taken");
 
-    // That replica's kubelet catches up, with revision 6 by now: pushed and taken.
-    std::fs::write(dir.join("revision"), "6\n").unwrap();
+    // That replica's kubelet catches up, with revision 6 by now: pushed and taken. (The policy
+    // first: a scan between the two writes then sees it at revision 4 and holds it, where the
+    // other order could push revision 6 with revision 4's policy, which a ConfigMap swap never
+    // shows.)
     plane.write("orders.yaml", &policy_for("orders", "orders-api", &deny_paths(&["/secret", "/admin"])));
+    std::fs::write(dir.join("revision"), "6\n").unwrap();
     wait_for("revision 6 is enforced", async || orders.get("/admin").await == 403).await;
     let caught_up = synced(&plane, &id("shop", "orders"), orders.port()).await;
     assert_eq!(caught_up["pushes"], 1, "{caught_up}");

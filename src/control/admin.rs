@@ -28,16 +28,16 @@ pub struct ControlAdmin {
 }
 
 impl ControlAdmin {
-    /// Ready, or why not. A catalog that is not servable does not count: the CA and the
-    /// webhook behind the same Service still serve, and policy streams are put off one by one
-    /// (`UNAVAILABLE`, so each sidecar retries and may reach another replica).
+    /// Ready, or why not: the listeners are up and not draining. The policy directory does not
+    /// count: the CA and the webhook behind the same Service serve whatever it holds, a
+    /// directory that cannot be read keeps the catalog it had, and a replica that has no
+    /// catalog it can send puts off policy streams one by one (`UNAVAILABLE`, so each sidecar
+    /// retries and may reach another replica). Every replica reads the same mount: failing
+    /// readiness on it would take them all out of the Service together.
     fn ready(&self) -> Result<(), String> {
-        if !self.readiness.is_ready() {
-            return Err("not ready".into());
-        }
-        match self.catalog.borrow().readable {
+        match self.readiness.is_ready() {
             true => Ok(()),
-            false => Err(format!("not ready: {}: the policy directory cannot be read", self.policies_dir.display())),
+            false => Err("not ready".into()),
         }
     }
 

@@ -91,10 +91,11 @@ fn connection_cap(open_files: u64) -> usize {
     usize::try_from(share).unwrap_or(usize::MAX).clamp(64, MAX_CONNECTIONS)
 }
 
-/// One connection's place: in the listener's total and, where sources are counted, its source's.
+/// One connection's place: in the listener's total and in its source's count (until
+/// [`Slot::leave_source`]).
 struct Slot {
     _permit: tokio::sync::OwnedSemaphorePermit,
-    source: IpAddr,
+    source: Option<IpAddr>,
     sources: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
 }
 
@@ -113,19 +114,25 @@ impl Slot {
             return Err("connection limit per source reached");
         }
         *count += 1;
-        Ok(Slot { _permit: permit, source, sources: sources.clone() })
+        Ok(Slot { _permit: permit, source: Some(source), sources: sources.clone() })
+    }
+
+    /// No longer counted against its source (it keeps its place in the listener's total).
+    fn leave_source(&mut self) {
+        let Some(source) = self.source.take() else { return };
+        let mut counts = self.sources.lock().expect("sources lock");
+        if let Some(count) = counts.get_mut(&source) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&source);
+            }
+        }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut counts = self.sources.lock().expect("sources lock");
-        if let Some(count) = counts.get_mut(&self.source) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.source);
-            }
-        }
+        self.leave_source();
     }
 }
 
@@ -173,9 +180,10 @@ pub fn accept_mtls(
     on_refused: impl Fn(SocketAddr, String) + Send + Sync + 'static,
     stop: watch::Receiver<bool>,
 ) -> mpsc::Receiver<std::io::Result<TlsConnection<Peer>>> {
-    // Not counted per source: a sidecar's stream proves its identity, and sidecars behind one
-    // address (a load balancer's SNAT) would be held back by a count meant for strangers.
-    accept(listener, tls, |state| state.server_config.clone(), identify, usize::MAX, on_refused, stop)
+    // Counted per source only until the handshake proves an identity: a stranger cannot hold
+    // every place with silent connections, and sidecars behind one address (a load balancer's
+    // SNAT) are not held back once they are who they say.
+    accept(listener, tls, |state| state.server_config.clone(), identify, Counted::WhileHandshaking, on_refused, stop)
 }
 
 /// As [`accept_mtls`], asking no client certificate.
@@ -190,7 +198,7 @@ pub fn accept_tls(
         tls,
         |state| state.server_config_open.clone(),
         |_, address| Ok(Some(address)),
-        MAX_CONNECTIONS_PER_SOURCE,
+        Counted::ForLife,
         on_refused,
         stop,
     )
@@ -203,12 +211,21 @@ fn identify(stream: &TlsStream<TcpStream>, address: SocketAddr) -> Result<Peer, 
     }
 }
 
+/// How long a connection counts against its source's [`MAX_CONNECTIONS_PER_SOURCE`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// Until the handshake proves the client's identity.
+    WhileHandshaking,
+    /// For as long as it is open (a port that asks no certificate).
+    ForLife,
+}
+
 fn accept<I: Send + 'static>(
     mut listener: AsyncListener,
     tls: Arc<TlsStore>,
     config: fn(&crate::tls::TlsState) -> Arc<rustls::ServerConfig>,
     identify: fn(&TlsStream<TcpStream>, SocketAddr) -> Result<I, String>,
-    per_source: usize,
+    counted: Counted,
     on_refused: impl Fn(SocketAddr, String) + Send + Sync + 'static,
     mut stop: watch::Receiver<bool>,
 ) -> mpsc::Receiver<std::io::Result<TlsConnection<I>>> {
@@ -231,7 +248,7 @@ fn accept<I: Send + 'static>(
                     continue;
                 }
             };
-            let slot = match Slot::take(&slots, &sources, address.ip().to_canonical(), per_source) {
+            let slot = match Slot::take(&slots, &sources, address.ip().to_canonical(), MAX_CONNECTIONS_PER_SOURCE) {
                 Ok(slot) => slot,
                 Err(why) => {
                     // At debug: a flood would otherwise write a line per connection.
@@ -247,6 +264,10 @@ fn accept<I: Send + 'static>(
                 let reason = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => match identify(&stream, address) {
                         Ok(peer) => {
+                            let mut slot = slot;
+                            if counted == Counted::WhileHandshaking {
+                                slot.leave_source();
+                            }
                             let inner = ReadIdle::new(stream, READ_IDLE);
                             let connection = TlsConnection { inner, peer, _slot: slot };
                             let _ = sender.send(Ok(connection)).await;
@@ -274,8 +295,15 @@ mod tests {
         let sources = Arc::new(std::sync::Mutex::new(HashMap::new()));
         let one: IpAddr = "10.1.0.7".parse().unwrap();
         let take = |source| Slot::take(&slots, &sources, source, MAX_CONNECTIONS_PER_SOURCE);
-        let held: Vec<Slot> = (0..MAX_CONNECTIONS_PER_SOURCE).map(|_| take(one).unwrap()).collect();
+        let mut held: Vec<Slot> = (0..MAX_CONNECTIONS_PER_SOURCE).map(|_| take(one).unwrap()).collect();
         assert_eq!(take(one).err(), Some("connection limit per source reached"));
+        // One that proved its identity no longer counts against its address, and only once.
+        held[0].leave_source();
+        let proven_room = take(one);
+        assert!(proven_room.is_ok());
+        held[0].leave_source();
+        assert_eq!(take(one).err(), Some("connection limit per source reached"));
+        drop(proven_room);
         let other = take("10.1.0.8".parse().unwrap());
         assert!(other.is_ok(), "another source is not held back");
         drop(held);

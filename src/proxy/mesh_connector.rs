@@ -233,7 +233,7 @@ impl MeshConnector {
             ping_timed_out: AtomicBool::new(false),
         });
         tokio::spawn(drive(connection, state.clone(), addr));
-        let destination = self.telemetry.requests.destinations.label(peer.as_str());
+        let destination = self.telemetry.requests.destinations.label_identity(peer.as_str());
         Ok(MeshConnection { sender, state, destination })
     }
 

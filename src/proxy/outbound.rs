@@ -117,9 +117,11 @@ impl Outbound {
         if !ctx.destination.is_empty() || !ctx.routed {
             return ctx.destination;
         }
-        let expected = ctx.connector.as_ref().and_then(|c| c.expected()).map(SpiffeId::as_str);
-        let named = expected.or_else(|| super::request_authority(session.req_header())).unwrap_or("");
-        self.telemetry.requests.destinations.label(named)
+        let destinations = &self.telemetry.requests.destinations;
+        match ctx.connector.as_ref().and_then(|c| c.expected()) {
+            Some(expected) => destinations.label_identity(expected.as_str()),
+            None => destinations.label(super::request_authority(session.req_header()).unwrap_or("")),
+        }
     }
 
     /// Fails requests whose body stalls (408) or whose answer goes unread past their timeouts.

@@ -112,16 +112,26 @@ fn labelable(destination: &str) -> bool {
 #[derive(Default)]
 pub struct Destinations {
     known: ArcSwap<HashMap<Box<str>, &'static str, BuildHasherDefault<Fnv1a>>>,
-    /// Taken only to add a value, so the bound is exact when requests race to add.
-    adding: Mutex<()>,
+    /// Taken only to add a value, so the bound is exact when requests race to add; holds how
+    /// many of the values kept were named by the app.
+    adding: Mutex<usize>,
 }
 
 impl Destinations {
-    /// The label for `destination`: itself while there is room, else `other`; empty stays empty.
-    /// Names the app chose (an authority, an address) take at most half the room: the rest is
-    /// kept for the SPIFFE IDs peers proved, so an app (or an SSRF in it) naming junk cannot make
-    /// every real peer `other`.
+    /// The label for a name the app chose (an authority, an address): itself while there is
+    /// room, else `other`; empty stays empty. Such names take at most half the room: the rest is
+    /// kept for [`Destinations::label_identity`], so an app (or an SSRF in it) naming junk, even
+    /// junk spelled as a SPIFFE ID, cannot make every real peer `other`.
     pub fn label(&self, destination: &str) -> &'static str {
+        self.label_of(destination, true)
+    }
+
+    /// The label for a SPIFFE ID a peer proved, or one the configuration expects.
+    pub fn label_identity(&self, identity: &str) -> &'static str {
+        self.label_of(identity, false)
+    }
+
+    fn label_of(&self, destination: &str, named_by_app: bool) -> &'static str {
         if destination.is_empty() {
             return "";
         }
@@ -130,27 +140,19 @@ impl Destinations {
             return label;
         }
         // Checked on a miss only: every value kept passed it.
-        if !labelable(destination) {
-            return OTHER_DESTINATION;
-        }
-        let named_by_app = !destination.starts_with("spiffe://");
-        let full = |known: &HashMap<Box<str>, &'static str, BuildHasherDefault<Fnv1a>>| {
-            known.len() >= MAX_DESTINATIONS
-                || (named_by_app
-                    && known.keys().filter(|k| !k.starts_with("spiffe://")).count() >= MAX_DESTINATIONS / 2)
-        };
-        if full(&known) {
+        if !labelable(destination) || known.len() >= MAX_DESTINATIONS {
             return OTHER_DESTINATION;
         }
         drop(known);
-        let _adding = self.adding.lock().expect("destinations lock");
+        let mut app_named = self.adding.lock().expect("destinations lock");
         let known = self.known.load();
         if let Some(label) = known.get(destination) {
             return label;
         }
-        if full(&known) {
+        if known.len() >= MAX_DESTINATIONS || (named_by_app && *app_named >= MAX_DESTINATIONS / 2) {
             return OTHER_DESTINATION;
         }
+        *app_named += usize::from(named_by_app);
         let label: &'static str = Box::leak(destination.into());
         let mut next = HashMap::clone(&known);
         next.insert(destination.into(), label);
@@ -216,7 +218,7 @@ mod tests {
     #[test]
     fn destinations_are_interned_and_bounded() {
         let destinations = Destinations::default();
-        let first = destinations.label("spiffe://td/ns/a/sa/b");
+        let first = destinations.label_identity("spiffe://td/ns/a/sa/b");
         assert_eq!(first, "spiffe://td/ns/a/sa/b");
         assert!(std::ptr::eq(first, destinations.label("spiffe://td/ns/a/sa/b")), "made once, then looked up");
         assert_eq!(destinations.label(""), "", "no destination stays empty");
@@ -232,11 +234,13 @@ mod tests {
         }
         assert_eq!(destinations.label("one-too-many.shop:80"), OTHER_DESTINATION);
         assert_eq!(destinations.label("svc-2.shop:80"), "svc-2.shop:80", "values seen before keep their label");
+        // Not even spelled as a SPIFFE ID: the app named it.
+        assert_eq!(destinations.label("spiffe://td/ns/a/sa/junk"), OTHER_DESTINATION);
         for i in 1..MAX_DESTINATIONS / 2 {
             let peer = format!("spiffe://td/ns/a/sa/peer-{i}");
-            assert_eq!(destinations.label(&peer), peer);
+            assert_eq!(destinations.label_identity(&peer), peer);
         }
-        assert_eq!(destinations.label("spiffe://td/ns/a/sa/one-too-many"), OTHER_DESTINATION);
+        assert_eq!(destinations.label_identity("spiffe://td/ns/a/sa/one-too-many"), OTHER_DESTINATION);
         assert_eq!(destinations.known.load().len(), MAX_DESTINATIONS);
     }
 }
