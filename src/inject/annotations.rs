@@ -20,6 +20,9 @@ pub const OUTBOUND_PASSTHROUGH: &str = "palisade.dev/outbound-passthrough";
 /// app's first bytes) and to `inbound.opaquePorts` (the pod's own ports that are not HTTP, whose
 /// tunnels its sidecar relays): `3306,25`.
 pub const OPAQUE_PORTS: &str = "palisade.dev/opaque-ports";
+/// Taken out of both opaque lists, the defaults included (an app serving HTTP on 4444 or 5432):
+/// `4444`.
+pub const NOT_OPAQUE_PORTS: &str = "palisade.dev/not-opaque-ports";
 /// `PALISADE_LOG` of this pod's sidecar.
 pub const LOG_LEVEL: &str = "palisade.dev/log-level";
 /// `inbound.appProtocol`: `auto`, `http1`, `http2` (gRPC servers without TLS).
@@ -50,6 +53,7 @@ pub struct PodOptions {
     pub exclude_outbound_cidrs: Vec<String>,
     pub outbound_passthrough: Vec<String>,
     pub opaque_ports: Vec<u16>,
+    pub not_opaque_ports: Vec<u16>,
     pub log_level: Option<String>,
     pub app_protocol: Option<AppProtocol>,
     /// `(requests|limits, resource, quantity)`.
@@ -100,6 +104,15 @@ impl PodOptions {
         }
         if let Some(v) = get(OPAQUE_PORTS)? {
             options.opaque_ports = ports(OPAQUE_PORTS, v)?;
+        }
+        if let Some(v) = get(NOT_OPAQUE_PORTS)? {
+            options.not_opaque_ports = ports(NOT_OPAQUE_PORTS, v)?;
+            if let Some(both) = options.opaque_ports.iter().find(|p| options.not_opaque_ports.contains(p)) {
+                return Err(BadAnnotation {
+                    key: NOT_OPAQUE_PORTS,
+                    message: format!("{both} is also in {OPAQUE_PORTS}; name a port in one of them"),
+                });
+            }
         }
         if let Some(v) = get(LOG_LEVEL)? {
             if !is_log_filter(v) {

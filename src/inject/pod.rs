@@ -453,10 +453,13 @@ pub fn sidecar_config(settings: &InjectSettings, options: &PodOptions) -> String
         .iter()
         .filter_map(|cidr| cidr.parse().ok())
         .collect();
-    config.outbound.opaque_ports = merged(&settings.opaque_ports, &options.opaque_ports);
+    let opaque =
+        |ports: Vec<u16>| -> Vec<u16> { ports.into_iter().filter(|p| !options.not_opaque_ports.contains(p)).collect() };
+    config.outbound.opaque_ports = opaque(merged(&settings.opaque_ports, &options.opaque_ports));
     // The same ports, on a server's side, are the ones whose tunnels its sidecar relays, beside
     // the well-known ones.
-    config.inbound.opaque_ports = merged(&crate::config::DEFAULT_INBOUND_OPAQUE_PORTS, &config.outbound.opaque_ports);
+    config.inbound.opaque_ports =
+        opaque(merged(&crate::config::DEFAULT_INBOUND_OPAQUE_PORTS, &config.outbound.opaque_ports));
     config.admin.listen = any(ports.admin);
     let cp = &settings.control_plane;
     config.policy.control_plane = Some(ControlPlaneAddress { host: host.clone(), port: cp.grpc_port });

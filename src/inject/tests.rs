@@ -465,6 +465,18 @@ fn passthrough_destinations_and_opaque_ports_reach_the_sidecars_configuration() 
     // Without either, the sidecar's defaults stand and nothing is written.
     let text = pod::sidecar_config(&settings(), &Default::default());
     assert!(!text.contains("passthrough") && !text.contains("opaquePorts"), "{text}");
+    // A default taken away (an app serving HTTP on 4444), and one the settings add (25).
+    let annotations = json!({ann::NOT_OPAQUE_PORTS: "4444, 25"});
+    let options = ann::PodOptions::read(annotations.as_object()).unwrap();
+    let text = pod::sidecar_config(&s, &options);
+    let config: SidecarConfig =
+        load_text(std::path::Path::new("PALISADE_CONFIG"), &text, &env).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
+    assert_eq!(config.inbound.opaque_ports, [587, 3306, 5432, 6379, 9300, 11211], "{text}");
+    assert!(config.outbound.opaque_ports.is_empty(), "{text}");
+    // Both lists naming a port is a contradiction, refused by name.
+    let both = json!({ann::OPAQUE_PORTS: "3306", ann::NOT_OPAQUE_PORTS: "3306"});
+    let err = ann::PodOptions::read(both.as_object()).unwrap_err();
+    assert_eq!(err.key, ann::NOT_OPAQUE_PORTS);
 
     for (key, value) in
         [(ann::OUTBOUND_PASSTHROUGH, "10.0.0.0/33"), (ann::OPAQUE_PORTS, "0"), (ann::OPAQUE_PORTS, "mysql")]
