@@ -319,15 +319,17 @@ async fn over_its_memory_limit_the_sidecar_cuts_off_request_bodies_that_trickle_
     let trickle = {
         let trickling = trickling.clone();
         tokio::spawn(async move {
-            // Bounded: at most a minute of it.
+            // The attack's own cadence, not a wait for anything: a byte per stream every 300 ms,
+            // sooner than the guard's second. Bounded: at most a minute of it.
+            let mut cadence = tokio::time::interval(Duration::from_millis(300));
             for _ in 0..200 {
+                cadence.tick().await;
                 if !trickling.load(std::sync::atomic::Ordering::Relaxed) {
                     break;
                 }
                 for stream in &mut held {
                     let _ = stream.send_data(bytes::Bytes::from_static(b" "), false);
                 }
-                tokio::time::sleep(Duration::from_millis(300)).await;
             }
         })
     };
