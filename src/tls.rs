@@ -6,6 +6,7 @@
 
 mod connect;
 mod credentials;
+mod reload;
 mod serving;
 mod store;
 mod tunnel;

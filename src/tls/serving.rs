@@ -3,7 +3,6 @@
 //! The files are those of a Secret that cert-manager or the chart renews, so they are read again
 //! when they change, and the listener's next handshake uses the new pair.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +15,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
 
 use super::credentials::{read, read_certs};
+use super::reload::Reload;
 use super::TlsError;
 
 /// A certificate and key read from files, reloaded when they change.
@@ -23,12 +23,8 @@ pub struct ServingCert {
     cert: PathBuf,
     key: PathBuf,
     current: Arc<ArcSwap<CertifiedKey>>,
-    /// The files' stamps when the pair in force was read, and of a pair that did not load.
-    stamps: Mutex<(Stamps, Option<Stamps>)>,
+    reload: Mutex<Reload<2>>,
 }
-
-/// The certificate's and the key's modification time, length and inode.
-type Stamps = [(i64, u64, u64); 2];
 
 impl ServingCert {
     pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
@@ -37,7 +33,7 @@ impl ServingCert {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
             current: Arc::new(ArcSwap::from_pointee(pair)),
-            stamps: Mutex::new((stamps(cert, key), None)),
+            reload: Mutex::new(Reload::read_now([cert, key])),
         })
     }
 
@@ -56,27 +52,13 @@ impl ServingCert {
     /// and the old one stays; it is tried again at every look until it loads or changes (a key
     /// written after its certificate is taken when it comes), as the workload store does.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let now = stamps(&self.cert, &self.key);
-        let mut seen = self.stamps.lock().expect("stamps lock");
-        if seen.0 == now {
-            return Ok(false);
+        let mut reload = self.reload.lock().expect("reload lock");
+        let loaded = reload.look([&self.cert, &self.key], || load_pair(&self.cert, &self.key))?;
+        let changed = loaded.is_some();
+        if let Some(pair) = loaded {
+            self.current.store(Arc::new(pair));
         }
-        let first_try = seen.1 != Some(now);
-        match load_pair(&self.cert, &self.key) {
-            Ok(pair) => {
-                self.current.store(Arc::new(pair));
-                *seen = (now, None);
-                Ok(true)
-            }
-            Err(e) => {
-                seen.1 = Some(now);
-                if first_try {
-                    Err(e)
-                } else {
-                    Ok(false)
-                }
-            }
-        }
+        Ok(changed)
     }
 }
 
@@ -89,10 +71,6 @@ fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
         path: key.to_path_buf(),
         reason: format!("private key does not match {}: {e}", cert.display()),
     })
-}
-
-fn stamps(cert: &Path, key: &Path) -> Stamps {
-    [cert, key].map(|p| std::fs::metadata(p).map(|m| (m.mtime(), m.len(), m.ino())).unwrap_or_default())
 }
 
 #[derive(Debug)]

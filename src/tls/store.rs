@@ -1,7 +1,5 @@
 use std::any::Any;
-use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -15,6 +13,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, ServerConfig, SignatureScheme};
 
+use super::reload::Reload;
 use super::verify::{SpiffeClientVerifier, SpiffeServerVerifier};
 use super::{Credentials, IdentityFiles, TlsError, TrustDomains};
 use crate::identity::{CertIdentity, SpiffeId};
@@ -56,38 +55,22 @@ pub struct TlsState {
 /// the control plane's CA) when a new certificate or trust bundle is installed.
 pub struct TlsStore {
     /// None when the credentials come from the CA, not from files.
-    files: Option<IdentityFiles>,
+    files: Option<(IdentityFiles, Mutex<Reload<3>>)>,
     trust_domain: String,
     domains: TrustDomains,
     state: ArcSwap<TlsState>,
-    last_seen: Mutex<Seen>,
-}
-
-/// The files' stamps: of the set in force, and of a set that did not load.
-#[derive(Default)]
-struct Seen {
-    installed: [FileStamp; 3],
-    failed: Option<[FileStamp; 3]>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
 }
 
 impl TlsStore {
     pub fn load(files: IdentityFiles, trust_domain: &str, domains: TrustDomains) -> Result<Self, TlsError> {
-        let stamps = stamps(&files);
+        let reload = Reload::read_now(paths(&files));
         let credentials = Credentials::load(&files, trust_domain)?;
         let state = build(credentials, &domains, 0)?;
         Ok(TlsStore {
-            files: Some(files),
+            files: Some((files, Mutex::new(reload))),
             trust_domain: trust_domain.to_string(),
             domains,
             state: ArcSwap::from_pointee(state),
-            last_seen: Mutex::new(Seen { installed: stamps, failed: None }),
         })
     }
 
@@ -115,12 +98,11 @@ impl TlsStore {
             trust_domain: own.trust_domain().to_string(),
             domains,
             state: ArcSwap::from_pointee(state),
-            last_seen: Mutex::new(Seen::default()),
         })
     }
 
     pub fn files(&self) -> Option<&IdentityFiles> {
-        self.files.as_ref()
+        self.files.as_ref().map(|(files, _)| files)
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -142,35 +124,14 @@ impl TlsStore {
     /// taken once it is, instead of waiting for the old one to expire with the new one on disk,
     /// and a writer that replaces the certificate before the key is taken once the key follows.
     pub fn reload_if_changed(&self) -> Result<Option<Arc<TlsState>>, TlsError> {
-        let Some(files) = &self.files else { return Ok(None) };
-        let now = stamps(files);
-        let mut seen = self.last_seen.lock().expect("stamp lock");
-        if seen.installed == now {
-            return Ok(None);
-        }
-        let first_try = seen.failed != Some(now);
-        match Credentials::load(files, &self.trust_domain).and_then(|c| self.install(c)) {
-            Ok(state) => {
-                *seen = Seen { installed: now, failed: None };
-                Ok(Some(state))
-            }
-            Err(e) => {
-                seen.failed = Some(now);
-                if first_try {
-                    Err(e)
-                } else {
-                    Ok(None)
-                }
-            }
-        }
+        let Some((files, reload)) = &self.files else { return Ok(None) };
+        let mut reload = reload.lock().expect("reload lock");
+        reload.look(paths(files), || Credentials::load(files, &self.trust_domain).and_then(|c| self.install(c)))
     }
 }
 
-fn stamps(files: &IdentityFiles) -> [FileStamp; 3] {
-    [&files.cert, &files.key, &files.trust_bundle].map(|path| match std::fs::metadata(path) {
-        Ok(m) => FileStamp { modified: m.modified().ok(), len: m.len(), inode: m.ino() },
-        Err(_) => FileStamp::default(),
-    })
+fn paths(files: &IdentityFiles) -> [&std::path::Path; 3] {
+    [&files.cert, &files.key, &files.trust_bundle]
 }
 
 fn build(credentials: Credentials, domains: &TrustDomains, generation: u64) -> Result<TlsState, TlsError> {
