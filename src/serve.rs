@@ -705,11 +705,12 @@ fn is_own_address(ip: IpAddr, local: IpAddr) -> bool {
     }
 }
 
-/// Whether `ip` is an interface's address, from a copy of [`interface_addresses`] read again
-/// when it is older than a second or does not hold `ip`: asked per request of a pod whose
-/// callers address another of its addresses than the one REDIRECT lands on, where a netlink
-/// dump each time would cost more than the request (an address added a moment ago is found).
-fn holds_address(ip: IpAddr) -> bool {
+/// Whether `ip` is one of this network namespace's interface addresses, from a copy of
+/// [`interface_addresses`] read again when it is older than a second or does not hold `ip`:
+/// asked per request of a pod whose callers address another of its addresses than the one
+/// REDIRECT lands on, where a netlink dump each time would cost more than the request (an
+/// address added a moment ago is found).
+pub fn holds_address(ip: IpAddr) -> bool {
     static RECENT: std::sync::Mutex<Option<(std::time::Instant, Vec<IpAddr>)>> = std::sync::Mutex::new(None);
     let mut recent = RECENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some((read, addresses)) = &*recent {
@@ -725,7 +726,7 @@ fn holds_address(ip: IpAddr) -> bool {
 
 /// The addresses of this network namespace's interfaces.
 #[allow(unsafe_code)] // see the SAFETY notes
-pub fn interface_addresses() -> Vec<IpAddr> {
+fn interface_addresses() -> Vec<IpAddr> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs stores a list it allocated in `list`, freed below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {

@@ -189,8 +189,7 @@ impl Outbound {
             ip == own.ip()
                 || Some(ip) == crate::lifecycle::family_counterpart(own.ip())
                 || ip.is_unspecified()
-                || (own.ip().is_unspecified()
-                    && (ip.is_loopback() || crate::serve::interface_addresses().contains(&ip)))
+                || (own.ip().is_unspecified() && (ip.is_loopback() || crate::serve::holds_address(ip)))
         };
         if target.port() == own.port() && own_ip() {
             return Err(ErrorKind::InvalidRequest.fail("request addressed to the outbound listener itself"));
