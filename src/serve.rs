@@ -100,26 +100,36 @@ impl Default for ConnectionLimits {
     }
 }
 
-/// Open connections per source address on one listener (`limits.maxConnectionsPerSource`).
-/// Entries exist only for sources with a connection open, so the table is never larger than the
-/// listener's connection limit.
-struct PerSource {
+/// Open connections per source address on one listener (`limits.maxConnectionsPerSource`, and
+/// the control plane's TLS ports). Entries exist only for sources with a connection open, so the
+/// table is never larger than the listener's connection limit.
+pub(crate) struct PerSource {
     open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     max: usize,
 }
 
-/// A connection's place in its source's count, given back when the connection ends.
-struct SourceSlot {
+/// A connection's place in its source's count, given back when it is dropped.
+pub(crate) struct SourceSlot {
     table: Arc<PerSource>,
     source: std::net::IpAddr,
 }
 
 impl PerSource {
+    pub(crate) fn new(max: usize) -> Arc<Self> {
+        Arc::new(PerSource { open: std::sync::Mutex::new(Default::default()), max })
+    }
+
+    /// How many sources have a connection open.
+    #[cfg(test)]
+    pub(crate) fn sources(&self) -> usize {
+        self.open.lock().expect("per-source lock").len()
+    }
+
     /// A place for one more connection from `ip`, or `None` when its source has `max` open.
     /// The source is the address (an IPv4-mapped one as IPv4), not an IPv6 peer's /64 as for
     /// clients on the internet: a Kubernetes node's pods share one /64 (the default node CIDR
     /// mask), and some CNIs give many nodes' pods one, so one pod would fill its neighbours' slots.
-    fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourceSlot> {
+    pub(crate) fn enter(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<SourceSlot> {
         let source = ip.to_canonical();
         let mut open = self.open.lock().expect("per-source lock");
         let n = open.entry(source).or_insert(0);
@@ -228,9 +238,7 @@ pub async fn serve_with<A>(
     let transport = Arc::new(transport);
     let limits = Arc::new(limits);
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let per_source = limits
-        .max_connections_per_source
-        .map(|max| Arc::new(PerSource { open: std::sync::Mutex::new(Default::default()), max }));
+    let per_source = limits.max_connections_per_source.map(PerSource::new);
     // Counters looked up once per listener, not per connection; each closure is counted at once
     // and reported as an event in aggregate (`Telemetry::report_refusals`, below).
     let listening = listener.local_addr().ok();
@@ -1678,7 +1686,7 @@ mod tests {
 
     #[test]
     fn each_ipv6_address_is_a_source_of_its_own_and_a_mapped_ipv4_one_is_ipv4() {
-        let table = Arc::new(PerSource { open: std::sync::Mutex::new(Default::default()), max: 1 });
+        let table = PerSource::new(1);
         let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
         let first = table.enter(ip("fd00:10:244:1::5")).expect("a first connection");
         // Another pod on the same node: same /64, its own count.
@@ -1687,7 +1695,7 @@ mod tests {
         let v4 = table.enter(ip("10.0.0.7")).expect("an IPv4 source");
         assert!(table.enter(ip("::ffff:10.0.0.7")).is_none(), "the same IPv4 source, mapped");
         drop((first, neighbour, v4));
-        assert!(table.open.lock().unwrap().is_empty(), "slots given back");
+        assert_eq!(table.sources(), 0, "slots given back");
     }
     use super::*;
 

@@ -4,7 +4,6 @@
 //! callers have none yet and prove themselves with a token: [`accept_tls`]). The client side is
 //! [`crate::channel::connector`].
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use tonic::transport::server::Connected;
 
 use crate::identity::{spiffe_id_from_der, CertIdentity, SpiffeId};
 use crate::lifecycle::AsyncListener;
+use crate::serve::{PerSource, SourceSlot};
 use crate::tls::TlsStore;
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,44 +95,24 @@ fn connection_cap(open_files: u64) -> usize {
 /// [`Slot::leave_source`]).
 struct Slot {
     _permit: tokio::sync::OwnedSemaphorePermit,
-    source: Option<IpAddr>,
-    sources: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+    _source: Option<SourceSlot>,
 }
 
 impl Slot {
     /// A place for a connection from `source`, unless the listener or that source is full.
     fn take(
         slots: &Arc<tokio::sync::Semaphore>,
-        sources: &Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+        sources: &Arc<PerSource>,
         source: IpAddr,
-        per_source: usize,
     ) -> Result<Slot, &'static str> {
         let permit = slots.clone().try_acquire_owned().map_err(|_| "connection limit reached")?;
-        let mut counts = sources.lock().expect("sources lock");
-        let count = counts.entry(source).or_default();
-        if *count >= per_source {
-            return Err("connection limit per source reached");
-        }
-        *count += 1;
-        Ok(Slot { _permit: permit, source: Some(source), sources: sources.clone() })
+        let source = sources.enter(source).ok_or("connection limit per source reached")?;
+        Ok(Slot { _permit: permit, _source: Some(source) })
     }
 
     /// No longer counted against its source (it keeps its place in the listener's total).
     fn leave_source(&mut self) {
-        let Some(source) = self.source.take() else { return };
-        let mut counts = self.sources.lock().expect("sources lock");
-        if let Some(count) = counts.get_mut(&source) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&source);
-            }
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.leave_source();
+        self._source = None;
     }
 }
 
@@ -233,7 +213,7 @@ fn accept<I: Send + 'static>(
     let on_refused = Arc::new(on_refused);
     let cap = connection_cap(crate::lifecycle::raise_open_files_limit());
     let slots = Arc::new(tokio::sync::Semaphore::new(cap));
-    let sources = Arc::new(std::sync::Mutex::new(HashMap::new()));
+    let sources = PerSource::new(MAX_CONNECTIONS_PER_SOURCE);
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -248,7 +228,7 @@ fn accept<I: Send + 'static>(
                     continue;
                 }
             };
-            let slot = match Slot::take(&slots, &sources, address.ip().to_canonical(), MAX_CONNECTIONS_PER_SOURCE) {
+            let slot = match Slot::take(&slots, &sources, address.ip()) {
                 Ok(slot) => slot,
                 Err(why) => {
                     // At debug: a flood would otherwise write a line per connection.
@@ -292,9 +272,9 @@ mod tests {
     #[test]
     fn a_source_holds_a_bounded_share_and_gets_it_back_when_it_closes() {
         let slots = Arc::new(tokio::sync::Semaphore::new(100));
-        let sources = Arc::new(std::sync::Mutex::new(HashMap::new()));
+        let sources = PerSource::new(MAX_CONNECTIONS_PER_SOURCE);
         let one: IpAddr = "10.1.0.7".parse().unwrap();
-        let take = |source| Slot::take(&slots, &sources, source, MAX_CONNECTIONS_PER_SOURCE);
+        let take = |source| Slot::take(&slots, &sources, source);
         let mut held: Vec<Slot> = (0..MAX_CONNECTIONS_PER_SOURCE).map(|_| take(one).unwrap()).collect();
         assert_eq!(take(one).err(), Some("connection limit per source reached"));
         // One that proved its identity no longer counts against its address, and only once.
@@ -310,7 +290,7 @@ mod tests {
         let again = take(one);
         assert!(again.is_ok(), "places come back as connections close");
         drop(other);
-        assert_eq!(sources.lock().unwrap().len(), 1, "sources with none open are forgotten");
+        assert_eq!(sources.sources(), 1, "sources with none open are forgotten");
     }
 
     #[tokio::test(start_paused = true)]
