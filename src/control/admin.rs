@@ -50,7 +50,7 @@ impl ControlAdmin {
             "policies": {
                 "dir": self.policies_dir,
                 "readable": catalog.readable,
-                "servable": catalog.servable,
+                "servable": catalog.servable(),
                 "unservableBecause": catalog.unservable_because,
                 "version": catalog.version,
                 "revision": catalog.revision,

@@ -38,7 +38,7 @@ pub struct SourceStatus {
 }
 
 /// Every good policy of the directory, at one moment.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Catalog {
     /// A digest of every policy in force: changes whenever any does.
     pub version: String,
@@ -53,15 +53,24 @@ pub struct Catalog {
     pub generation: u64,
     /// The source's revision ([`REVISION_FILE`]); 0 when it does not say.
     pub revision: u64,
-    /// Whether streams may send from it. Not until the directory was read with every file in
-    /// force, or known: a refused file this process never saw good holds policies it cannot
-    /// tell, and without them a workload they select would be sent fewer rules than it has
-    /// (a restarted replica would send the empty set where the last good version denied). Once
-    /// a catalog was servable, every later one is: a file that turns bad keeps its last good
-    /// version, and one that arrives bad was never in force anywhere.
-    pub servable: bool,
-    /// Why it is not servable, for `/ready` and `/status`.
+    /// Why streams may not send from it (`/status`); `None`: they may ([`Catalog::servable`]).
     pub unservable_because: Option<String>,
+}
+
+impl Default for Catalog {
+    /// Before the directory was first read: nothing to send yet.
+    fn default() -> Self {
+        Catalog {
+            version: String::new(),
+            by_namespace: BTreeMap::new(),
+            sources: Vec::new(),
+            readable: false,
+            made_at: None,
+            generation: 0,
+            revision: 0,
+            unservable_because: Some("the policy directory was not read yet".into()),
+        }
+    }
 }
 
 /// The file of the policy directory that holds its revision, a decimal number that only grows
@@ -80,6 +89,16 @@ pub struct Selection {
 }
 
 impl Catalog {
+    /// Whether streams may send from it. Not until the directory was read with every file in
+    /// force, or known: a refused file this process never saw good holds policies it cannot
+    /// tell, and without them a workload they select would be sent fewer rules than it has (a
+    /// restarted replica would send the empty set where the last good version denied). Once a
+    /// catalog was servable, every later one is: a file that turns bad keeps its last good
+    /// version, and one that arrives bad was never in force anywhere.
+    pub fn servable(&self) -> bool {
+        self.unservable_because.is_none()
+    }
+
     pub fn len(&self) -> usize {
         self.by_namespace.values().map(Vec::len).sum()
     }
@@ -458,7 +477,6 @@ impl PolicyDirectory {
             made_at: Some(std::time::Instant::now()),
             generation: 0,
             revision: self.revision.clone().unwrap_or(0),
-            servable: unservable_because.is_none(),
             unservable_because,
         }
     }
@@ -605,27 +623,27 @@ mod tests {
         std::fs::write(dir.path().join("billing.yaml"), policy("billing", "shop", "")).unwrap();
         let mut directory = PolicyDirectory::new(dir.path().into());
         let first = directory.scan().catalog.unwrap();
-        assert!(!first.servable);
+        assert!(!first.servable());
         let why = first.unservable_because.as_deref().unwrap();
         assert!(why.contains("orders.yaml refused") && !why.contains("billing"), "{why}");
         // Fixed: servable, and from then on a file that turns bad keeps its last good version.
         std::fs::write(&file, policy("orders", "shop", ORDERS)).unwrap();
         let fixed = directory.scan().catalog.unwrap();
-        assert!(fixed.servable && fixed.unservable_because.is_none());
+        assert!(fixed.servable() && fixed.unservable_because.is_none());
         std::fs::write(&file, policy("orders", "shop", "  mtls: LOOSE\n")).unwrap();
         let again = directory.scan().catalog.unwrap();
-        assert!(again.servable);
+        assert!(again.servable());
         assert_eq!(
             again.select(&workload("shop", "orders")).version,
             fixed.select(&workload("shop", "orders")).version
         );
         // A new file that arrives bad was never in force anywhere: it holds nothing back.
         std::fs::write(dir.path().join("new.yaml"), "not: [a policy").unwrap();
-        assert!(directory.scan().catalog.unwrap().servable);
+        assert!(directory.scan().catalog.unwrap().servable());
         // An unreadable directory at start is not servable either; nor is the empty default.
         let missing = PolicyDirectory::new(dir.path().join("nowhere")).scan().catalog.unwrap();
-        assert!(!missing.servable && missing.unservable_because.unwrap().contains("cannot be read"));
-        assert!(!Catalog::default().servable);
+        assert!(!missing.servable() && missing.unservable_because.unwrap().contains("cannot be read"));
+        assert!(!Catalog::default().servable());
     }
 
     #[test]

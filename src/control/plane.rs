@@ -361,7 +361,7 @@ fn publish(
     }
     catalog.generation = sender.borrow().generation + 1;
     metrics.policies.set(catalog.len() as i64);
-    metrics.servable.set(i64::from(catalog.servable));
+    metrics.servable.set(i64::from(catalog.servable()));
     metrics.version.reset();
     metrics.version.with_label_values(&["dir", &catalog.version]).set(1);
     if catalog.version != kept {

@@ -331,65 +331,63 @@ async fn serve_stream(
     loop {
         let current = catalog.borrow_and_update().clone();
         session.evaluated(current.generation);
-        // A catalog that cannot tell every policy (a refused file this replica never saw good)
-        // sends nothing: the sidecar keeps what it has, or waits, rather than get fewer rules.
-        if current.servable {
-            let selection = current.select(&workload);
-            let current_there = sent.as_deref() == Some(selection.version.as_str());
-            let older = selection.revision != 0 && selection.revision < revision;
-            let held_too_long = waiting.is_some_and(|since| since.elapsed() >= held.hold);
-            if !current_there && older && !held_too_long {
-                session.ahead(sent.as_deref(), revision, selection.revision);
-                waiting.get_or_insert_with(tokio::time::Instant::now);
-            } else if !current_there {
-                if older {
-                    tracing::warn!(
-                        held = revision,
-                        mine = selection.revision,
-                        "a sidecar's policy revision is still later than this replica's after policies.revisionHold: the revision was reset (a new install?); sending this one"
-                    );
-                }
-                // A snapshot without a revision leaves the sidecar's last known one, as it does there.
-                if selection.revision != 0 {
-                    revision = selection.revision;
-                }
-                waiting = None;
-                let snapshot = PolicySnapshot {
-                    revision: selection.revision,
-                    version: selection.version.clone(),
-                    policies: selection
-                        .entries
-                        .iter()
-                        .map(|e| Policy { source: e.source.clone(), document: e.document.clone() })
-                        .collect(),
-                };
-                let message = ControlMessage { kind: Some(control_message::Kind::Snapshot(snapshot)) };
+        // Servable: a stream starts only on a servable catalog (see `stream_policies`), and a
+        // catalog once servable stays so.
+        let selection = current.select(&workload);
+        let current_there = sent.as_deref() == Some(selection.version.as_str());
+        let older = selection.revision != 0 && selection.revision < revision;
+        let held_too_long = waiting.is_some_and(|since| since.elapsed() >= held.hold);
+        if !current_there && older && !held_too_long {
+            session.ahead(sent.as_deref(), revision, selection.revision);
+            waiting.get_or_insert_with(tokio::time::Instant::now);
+        } else if !current_there {
+            if older {
+                tracing::warn!(
+                    held = revision,
+                    mine = selection.revision,
+                    "a sidecar's policy revision is still later than this replica's after policies.revisionHold: the revision was reset (a new install?); sending this one"
+                );
+            }
+            // A snapshot without a revision leaves the sidecar's last known one, as it does there.
+            if selection.revision != 0 {
+                revision = selection.revision;
+            }
+            waiting = None;
+            let snapshot = PolicySnapshot {
+                revision: selection.revision,
+                version: selection.version.clone(),
+                policies: selection
+                    .entries
+                    .iter()
+                    .map(|e| Policy { source: e.source.clone(), document: e.document.clone() })
+                    .collect(),
+            };
+            let message = ControlMessage { kind: Some(control_message::Kind::Snapshot(snapshot)) };
+            if sender.send(Ok(message)).await.is_err() {
+                return;
+            }
+            let since = if first { Instant::now() } else { current.made_at.unwrap_or_else(Instant::now) };
+            session.pushed(&selection.version, since);
+            sent = Some(selection.version);
+        } else {
+            // The sidecar holds this set already: nothing to apply, but it must learn the
+            // revision this set is current at, or it would tell the next replica an older one
+            // and a replica that has not read this revision could take it back. Not a push:
+            // not counted, and not answered.
+            if selection.revision > revision {
+                revision = selection.revision;
+                let note = Revision { version: selection.version.clone(), revision };
+                let message = ControlMessage { kind: Some(control_message::Kind::Revision(note)) };
                 if sender.send(Ok(message)).await.is_err() {
                     return;
                 }
-                let since = if first { Instant::now() } else { current.made_at.unwrap_or_else(Instant::now) };
-                session.pushed(&selection.version, since);
-                sent = Some(selection.version);
-            } else {
-                // The sidecar holds this set already: nothing to apply, but it must learn the
-                // revision this set is current at, or it would tell the next replica an older one
-                // and a replica that has not read this revision could take it back. Not a push:
-                // not counted, and not answered.
-                if selection.revision > revision {
-                    revision = selection.revision;
-                    let note = Revision { version: selection.version.clone(), revision };
-                    let message = ControlMessage { kind: Some(control_message::Kind::Revision(note)) };
-                    if sender.send(Ok(message)).await.is_err() {
-                        return;
-                    }
-                }
-                if first || waiting.is_some() {
-                    session.resumed(&selection.version);
-                    waiting = None;
-                }
             }
-            first = false;
+            if first || waiting.is_some() {
+                session.resumed(&selection.version);
+                waiting = None;
+            }
         }
+        first = false;
         let roots_changed = async {
             match &mut bundle {
                 Some(bundle) => bundle.changed().await.ok().map(|()| bundle.borrow_and_update().to_vec()),
