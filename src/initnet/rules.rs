@@ -1,10 +1,10 @@
 //! The capture rules as `iptables-restore` input: a pure function of the options, one file per
 //! address family, tested as text.
 //!
-//! Everything lives in Palisade's own nat chains, which the file declares (so applying it with
-//! `--noflush` empties and refills them and leaves every other rule alone); the two jumps from
-//! the built-in chains are added only when they are not there yet, so a second run leaves one
-//! set of rules.
+//! Everything lives in Palisade's own chains (nat; for IPv6 that is not captured, filter), which
+//! each file declares (so applying it with `--noflush` empties and refills them and leaves every
+//! other rule alone); the two jumps from the built-in chains are added only when they are not
+//! there yet, so a second run leaves one set of rules.
 
 use std::net::IpAddr;
 
@@ -64,34 +64,65 @@ impl Default for Capture {
     }
 }
 
-/// The jumps already installed, read from `iptables-save -t nat`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Installed {
-    pub prerouting: bool,
-    pub output: bool,
+/// One table's share of the rules: Palisade's own chains in it, and the two jumps into them
+/// from the built-in chains (for connections coming in, and going out).
+struct Table {
+    name: &'static str,
+    chains: &'static [&'static str],
+    jumps: [&'static str; 2],
 }
 
+const NAT: Table = Table {
+    name: "nat",
+    chains: &[CHAIN_INBOUND, CHAIN_IN_REDIRECT, CHAIN_OUTPUT, CHAIN_REDIRECT],
+    jumps: [JUMP_PREROUTING, JUMP_OUTPUT],
+};
+
+const V6_FILTER: Table =
+    Table { name: "filter", chains: &[CHAIN_V6_INPUT, CHAIN_V6_OUTPUT], jumps: [JUMP_V6_INPUT, JUMP_V6_OUTPUT] };
+
+/// Which of a table's two jumps are installed already, read from `iptables-save -t <table>`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Installed([bool; 2]);
+
 impl Installed {
+    /// The nat table's jumps.
     pub fn from_save(save: &str) -> Installed {
-        let has = |rule: &str| save.lines().any(|l| l.trim_end() == rule);
-        Installed { prerouting: has(JUMP_PREROUTING), output: has(JUMP_OUTPUT) }
+        Installed::read(save, &NAT)
     }
 
-    /// The IPv6 filter table's jumps, from `ip6tables-save -t filter` (`prerouting`: INPUT's).
+    /// The IPv6 filter table's jumps.
     pub fn from_filter_save(save: &str) -> Installed {
-        let has = |rule: &str| save.lines().any(|l| l.trim_end() == rule);
-        Installed { prerouting: has(JUMP_V6_INPUT), output: has(JUMP_V6_OUTPUT) }
+        Installed::read(save, &V6_FILTER)
     }
+
+    fn read(save: &str, table: &Table) -> Installed {
+        Installed(table.jumps.map(|jump| save.lines().any(|l| l.trim_end() == jump)))
+    }
+}
+
+/// The `-restore --noflush` input for `table`: its chains declared (so they are emptied and
+/// refilled, and every other rule left alone), `rules`, and the jumps not installed yet.
+fn restore_input(table: &Table, rules: Vec<String>, installed: Installed) -> String {
+    let mut lines = vec![format!("*{}", table.name)];
+    lines.extend(table.chains.iter().map(|chain| format!(":{chain} - [0:0]")));
+    lines.extend(rules);
+    for (jump, there) in table.jumps.iter().zip(installed.0) {
+        if !there {
+            lines.push(jump.to_string());
+        }
+    }
+    lines.push("COMMIT".into());
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
 }
 
 const DNS_PORT: u16 = 53;
 
 /// The `iptables-restore --noflush` input for one family.
 pub fn restore_file(capture: &Capture, family: Family, installed: Installed) -> String {
-    let mut lines: Vec<String> = vec!["*nat".into()];
-    for chain in [CHAIN_INBOUND, CHAIN_IN_REDIRECT, CHAIN_OUTPUT, CHAIN_REDIRECT] {
-        lines.push(format!(":{chain} - [0:0]"));
-    }
+    let mut lines = Vec::new();
     lines.push(format!("-A {CHAIN_IN_REDIRECT} -p tcp -j REDIRECT --to-ports {}", capture.inbound_port));
     lines.push(format!("-A {CHAIN_REDIRECT} -p tcp -j REDIRECT --to-ports {}", capture.outbound_port));
 
@@ -144,17 +175,7 @@ pub fn restore_file(capture: &Capture, family: Family, installed: Installed) -> 
         lines.push(format!("-A {CHAIN_OUTPUT} -p tcp --dport {port} -j RETURN"));
     }
     lines.push(format!("-A {CHAIN_OUTPUT} -p tcp -j {CHAIN_REDIRECT}"));
-
-    if !installed.prerouting {
-        lines.push(JUMP_PREROUTING.into());
-    }
-    if !installed.output {
-        lines.push(JUMP_OUTPUT.into());
-    }
-    lines.push("COMMIT".into());
-    let mut text = lines.join("\n");
-    text.push('\n');
-    text
+    restore_input(&NAT, lines, installed)
 }
 
 /// The `ip6tables-restore --noflush` input for the filter table, so IPv6 TCP cannot go around
@@ -165,10 +186,7 @@ pub fn restore_file(capture: &Capture, family: Family, installed: Installed) -> 
 /// neighbours past `outbound.passthrough`. With it, what the nat rules let pass for want of an
 /// interface (link-local destinations) is refused to the app; the sidecar's own pass.
 pub fn ipv6_filter_file(capture: &Capture, captured: bool, installed: Installed) -> String {
-    let mut lines: Vec<String> = vec!["*filter".into()];
-    for chain in [CHAIN_V6_INPUT, CHAIN_V6_OUTPUT] {
-        lines.push(format!(":{chain} - [0:0]"));
-    }
+    let mut lines = Vec::new();
     const REFUSE: &str = "-j REJECT --reject-with tcp-reset";
     if captured {
         lines.push(format!("-A {CHAIN_V6_OUTPUT} -m owner --uid-owner {} -j RETURN", capture.proxy_uid));
@@ -182,16 +200,7 @@ pub fn ipv6_filter_file(capture: &Capture, captured: bool, installed: Installed)
         lines.push(format!("-A {CHAIN_V6_OUTPUT} -o lo -j RETURN"));
         lines.push(format!("-A {CHAIN_V6_OUTPUT} -p tcp {REFUSE}"));
     }
-    if !installed.prerouting {
-        lines.push(JUMP_V6_INPUT.into());
-    }
-    if !installed.output {
-        lines.push(JUMP_V6_OUTPUT.into());
-    }
-    lines.push("COMMIT".into());
-    let mut text = lines.join("\n");
-    text.push('\n');
-    text
+    restore_input(&V6_FILTER, lines, installed)
 }
 
 #[cfg(test)]

@@ -39,7 +39,8 @@ pub enum Skip {
     HostNetwork,
     /// It already has the sidecar: injecting again would change nothing.
     AlreadyInjected,
-    /// `spec.os.name: windows`: the capture rules are Linux's.
+    /// A Windows pod (`spec.os.name`, or a `kubernetes.io/os` node selector): the capture rules
+    /// are Linux's.
     Windows,
 }
 
