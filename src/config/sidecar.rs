@@ -748,24 +748,13 @@ impl super::Validate for SidecarConfig {
         }
         // One address, one workload: two identities pinned at one address cannot both answer
         // there, and which one held would depend on the order of the list.
-        let destinations = &self.outbound.destinations;
-        for (i, d) in destinations.iter().enumerate() {
+        let pinned = PinnedAddresses::new(&self.outbound.destinations);
+        for (i, d) in self.outbound.destinations.iter().enumerate() {
             let (Some(address), Some(identity)) = (d.address, &d.identity) else { continue };
-            let at = canonical(address.0);
-            let earlier = destinations[..i].iter().find(|e| {
-                e.address.is_some_and(|a| canonical(a.0) == at)
-                    && e.identity.as_ref().is_some_and(|x| x.0 != identity.0)
-            });
-            if let Some(earlier) = earlier {
+            if let Some(first) = pinned.at(address.0).filter(|first| **first != identity.0) {
                 invalid.push(Invalid::field(
                     &format!("outbound.destinations[{i}].identity"),
-                    format!(
-                        "{} is pinned at {} already by {} (identity {}): one address is one workload's",
-                        identity.0,
-                        address.0,
-                        earlier.authority,
-                        earlier.identity.as_ref().map(|x| x.0.as_str()).unwrap_or_default()
-                    ),
+                    format!("{} at {}, where an earlier entry pins {first}: one address is one workload's; give this authority that identity, or its own address", identity.0, address.0),
                 ));
             }
         }
