@@ -403,21 +403,20 @@ async fn a_control_plane_restarted_with_a_refused_file_sends_nothing_until_it_is
 /// The orders sidecar's /status record once the replica says the sidecar is ahead of it (a later
 /// revision than its own).
 async fn ahead(plane: &ControlPlane, orders: &Workload) -> Value {
-    let mut record = Value::Null;
-    wait_for("the replica says the sidecar is ahead of it", async || {
-        record = plane.sidecar(&id("shop", "orders"), orders.port()).await.unwrap_or_default();
-        record["state"] == "ahead"
-    })
-    .await;
-    record
+    orders_in_state(plane, orders, "ahead").await
 }
 
 /// The orders sidecar's /status record once it shows a NACK.
 async fn rejected(plane: &ControlPlane, orders: &Workload) -> Value {
+    orders_in_state(plane, orders, "rejected").await
+}
+
+/// The orders sidecar's /status record once its `state` is `state`.
+async fn orders_in_state(plane: &ControlPlane, orders: &Workload, state: &str) -> Value {
     let mut record = Value::Null;
-    wait_for("the NACK reaches /status", async || {
+    wait_for(&format!("the orders sidecar's state is {state}"), async || {
         record = plane.sidecar(&id("shop", "orders"), orders.port()).await.unwrap_or_default();
-        record["state"] == "rejected"
+        record["state"] == state
     })
     .await;
     record
