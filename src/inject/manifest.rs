@@ -92,7 +92,7 @@ pub fn inject(text: &str, settings: &InjectSettings) -> Result<(String, Vec<Repo
     let mut reread = reread.iter().filter(|d| !d.root.is_null()).map(|d| d.root.to_json());
     for (line, object) in &expected {
         if reread.next().as_ref() != Some(object) {
-            return Err(text_error(*line, "the edited text does not read back as the injected object".into()));
+            return Err(text_error(*line, "the edited text does not read back as the injected object (a fault of palisade inject: nothing was written; the admission webhook injects this object as JSON, or report the manifest)".into()));
         }
     }
     Ok((out, reports))
