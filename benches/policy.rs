@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use palisade::authn::{AuthnRuntime, SystemClock};
-use palisade::config::{MtlsMode, WorkloadConfig};
+use palisade::config::{MtlsMode, Workload};
 use palisade::identity::SpiffeId;
 use palisade::policy::{
     match_form, normalize, parse_file, Authenticated, BodyInspection, Buckets, PolicySnapshot, Refusal, RequestView,
@@ -34,8 +34,8 @@ fn policy_with(n: usize) -> String {
     doc
 }
 
-fn workload() -> WorkloadConfig {
-    WorkloadConfig { namespace: "shop".into(), service_account: "orders".into(), ..Default::default() }
+fn workload() -> Workload {
+    Workload { namespace: "shop".into(), service_account: "orders".into(), ..Default::default() }
 }
 
 fn compile(n: usize, metrics: &Metrics) -> PolicySnapshot {

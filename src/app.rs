@@ -93,7 +93,7 @@ struct Parts {
     /// address, the identity it must present, and the token file.
     identity: Option<IdentityFromCa>,
     /// The workload with its downward-API labels read.
-    workload: crate::config::WorkloadConfig,
+    workload: crate::config::Workload,
     channel: Option<Arc<ChannelState>>,
     telemetry: Arc<Telemetry>,
     tls: Arc<TlsStore>,
@@ -106,21 +106,22 @@ impl Parts {
     fn build(config: &SidecarConfig) -> Result<Parts, StartError> {
         let mut errors: Vec<ConfigError> =
             config.validate(&ProcessEnv).into_iter().map(|i| ConfigError::from_invalid(Path::new(""), i)).collect();
-        let workload = config.workload.resolve_labels().unwrap_or_else(|e| {
-            errors.push(ConfigError::new(Path::new(""), "workload.labelsFile", e));
-            config.workload.clone()
-        });
         let files = config.identity.files.clone().unwrap_or_default();
         let trust_domain = &config.trust_domain.0;
         let domains = TrustDomains::new([trust_domain.as_str()]);
-        let (tls, identity) = match &config.identity.control_plane {
-            Some(cp) => match from_control_plane(cp, trust_domain, &workload, domains) {
-                Ok((tls, client)) => (Some(tls), Some(client)),
-                Err((field, e)) => {
-                    errors.push(ConfigError::new(Path::new(""), &field, e));
-                    (None, None)
+        // With its own certificate the sidecar is the workload that certificate names; with the
+        // control plane's CA, the certificate is issued for the workload configured.
+        let (tls, identity, workload) = match &config.identity.control_plane {
+            Some(cp) => {
+                let workload = resolve_workload(config, None, &mut errors);
+                match from_control_plane(cp, trust_domain, &workload, domains) {
+                    Ok((tls, client)) => (Some(tls), Some(client), workload),
+                    Err((field, e)) => {
+                        errors.push(ConfigError::new(Path::new(""), &field, e));
+                        (None, None, workload)
+                    }
                 }
-            },
+            }
             None => {
                 let identity_files = IdentityFiles {
                     cert: files.cert.clone(),
@@ -130,7 +131,9 @@ impl Parts {
                 let tls = TlsStore::load(identity_files, trust_domain, domains)
                     .map_err(|e| errors.push(ConfigError::new(Path::new(""), "identity.files", format!("{e:#}"))))
                     .ok();
-                (tls, None)
+                let certificate = tls.as_ref().map(|tls| tls.current().credentials.id.clone());
+                let workload = resolve_workload(config, certificate.as_ref(), &mut errors);
+                (tls, None, workload)
             }
         };
         let traces = TraceSettings::resolve(config.telemetry.otlp.as_ref(), &ProcessEnv, &workload).unwrap_or_default();
@@ -147,18 +150,6 @@ impl Parts {
         let (Some(tls), Some(telemetry)) = (tls, telemetry) else {
             return Err(StartError::Config(errors));
         };
-        // Policies select by `workload`, not by the certificate: a configuration that leaves
-        // `workload` at its defaults beside a certificate for ns/shop enforces none of shop's
-        // policies, silently, unless it is said.
-        let id = tls.current().credentials.id.clone();
-        if let (Some(ns), Some(sa)) = (id.namespace(), id.service_account()) {
-            if ns != workload.namespace || sa != workload.service_account {
-                tracing::warn!(
-                    certificate = %id, workload.namespace = %workload.namespace, workload.serviceAccount = %workload.service_account,
-                    "the certificate names another namespace or service account than workload: policies are selected by workload; set workload.namespace and workload.serviceAccount"
-                );
-            }
-        }
         let options = PolicyOptions {
             default_mtls: config.inbound.mtls,
             files: config.policy.files.clone(),
@@ -183,6 +174,19 @@ impl Parts {
     }
 }
 
+/// The workload the configuration and the certificate name together; a mistake is added to
+/// `errors` and the defaults stand in, so that every other mistake is still found.
+fn resolve_workload(
+    config: &SidecarConfig,
+    certificate: Option<&crate::identity::SpiffeId>,
+    errors: &mut Vec<ConfigError>,
+) -> crate::config::Workload {
+    config.workload.resolve(certificate).unwrap_or_else(|(field, e)| {
+        errors.push(ConfigError::new(Path::new(""), field, e));
+        crate::config::Workload::default()
+    })
+}
+
 /// A sidecar's certificate from the control plane's CA: where the CA is, and what proves this
 /// workload to it.
 struct IdentityFromCa {
@@ -199,7 +203,7 @@ struct IdentityFromCa {
 fn from_control_plane(
     cp: &crate::config::IdentityFromControlPlane,
     trust_domain: &str,
-    workload: &crate::config::WorkloadConfig,
+    workload: &crate::config::Workload,
     domains: TrustDomains,
 ) -> Result<(TlsStore, IdentityFromCa), (String, String)> {
     use rustls_pki_types::pem::PemObject;

@@ -27,7 +27,7 @@ pub use sidecar::{
     app_target, AdminConfig, AppProtocol, ControlPlaneAddress, Destination, EventFormat, EventSink, EventsConfig,
     FailMode, Http2Limits, IdentityConfig, IdentityFromControlPlane, InboundConfig, LimitsConfig, MtlsMode, OtlpConfig,
     OtlpProtocol, OutboundConfig, PinnedAddresses, PolicySourceConfig, SidecarConfig, SpiffeIdField, TelemetryConfig,
-    TrustDomain, UnderscoreHeaders, WorkloadConfig, DEFAULT_INBOUND_OPAQUE_PORTS, MAX_THREADS,
+    TrustDomain, UnderscoreHeaders, Workload, WorkloadConfig, DEFAULT_INBOUND_OPAQUE_PORTS, MAX_THREADS,
 };
 pub use types::{HumanDuration, IpBlock, ListenAddr};
 

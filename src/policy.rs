@@ -29,14 +29,14 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::watch;
 
-use crate::config::{ConfigError, FailMode, MtlsMode, WorkloadConfig};
+use crate::config::{ConfigError, FailMode, MtlsMode, Workload};
 use crate::telemetry::{SecurityEvent, Telemetry};
 
 /// Where the policies of a sidecar come from and what it will accept.
 #[derive(Debug, Clone)]
 pub struct PolicyOptions {
     pub files: Vec<PathBuf>,
-    pub workload: WorkloadConfig,
+    pub workload: Workload,
     /// `inbound.mtls`: the mode while no policy says otherwise.
     pub default_mtls: MtlsMode,
     /// `inbound.allowPermissive`: false refuses any policy asking for PERMISSIVE.
@@ -380,7 +380,7 @@ mod tests {
     fn allow_permissive_false_refuses_a_permissive_port_as_it_refuses_a_permissive_workload() {
         let options = PolicyOptions {
             files: Vec::new(),
-            workload: WorkloadConfig {
+            workload: Workload {
                 namespace: "shop".into(),
                 labels: [("app".to_string(), "db".to_string())].into(),
                 ..Default::default()
@@ -412,7 +412,7 @@ mod tests {
         let telemetry = Arc::new(Telemetry::new(&config, None).unwrap());
         let options = PolicyOptions {
             files: Vec::new(),
-            workload: WorkloadConfig::default(),
+            workload: Workload::default(),
             default_mtls: MtlsMode::STRICT,
             allow_permissive: true,
             fail_mode: FailMode::Closed,

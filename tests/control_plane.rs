@@ -160,8 +160,8 @@ impl Workload {
         let files = pki.workload(&format!("{app_label}-{n}"), &id("shop", app_label));
         let app = EchoApp::start().await;
         let mut config = sidecar_config(&files, app.addr);
-        config.workload.namespace = "shop".into();
-        config.workload.service_account = app_label.into();
+        config.workload.namespace = Some("shop".into());
+        config.workload.service_account = Some(app_label.into());
         config.workload.labels = [("app".to_string(), app_label.to_string())].into();
         config.policy.control_plane = Some(plane.address().parse().unwrap());
         config.telemetry.events.sink =
@@ -692,7 +692,7 @@ async fn a_certificate_for_one_namespace_cannot_subscribe_as_another_and_a_fake_
         let files = pki.workload("impostor", &id("a", "orders"));
         let app = EchoApp::start().await;
         let mut config = sidecar_config(&files, app.addr);
-        config.workload.namespace = "shop".into();
+        config.workload.namespace = Some("shop".into());
         config.workload.labels = [("app".to_string(), "orders".to_string())].into();
         config.policy.control_plane = Some(plane.address().parse().unwrap());
         config.policy.fail_mode = FailMode::Closed;

@@ -812,8 +812,8 @@ async fn a_sidecar_that_claims_another_workloads_labels_gets_only_its_own_polici
     let token_file = mesh.path("stolen-token");
     std::fs::write(&token_file, &orders_token).unwrap();
     let mut config = sidecar_config(&files, app.addr);
-    config.workload.namespace = "shop".into();
-    config.workload.service_account = "frontend".into();
+    config.workload.namespace = Some("shop".into());
+    config.workload.service_account = Some("frontend".into());
     config.policy.control_plane = Some(format!("127.0.0.1:{}", mesh.grpc).parse().unwrap());
     config.policy.token_file = Some(token_file);
     let thief = start_sidecar(config);

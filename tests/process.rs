@@ -395,14 +395,43 @@ fn check_warns_of_a_required_token_no_policy_names_an_issuer_for() {
     assert!(both.status.success() && both.stderr.is_empty(), "{both:?}");
 }
 
-/// A configuration without `workload` beside a certificate for shop/orders: policies for shop
-/// would never select it, so the start says so.
+/// A configuration without `workload` beside a certificate for shop/orders is shop/orders: a
+/// deny-all policy for namespace shop, named in `policy.files`, is enforced (it was once
+/// selected as default/default, and every request went through).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_workload_other_than_the_certificates_is_warned_about() {
-    let stderr = stderr_of_a_run(&[], &[("RUST_LOG", "warn")]).await;
-    let line =
-        stderr.lines().find(|l| l.contains("policies are selected by workload")).unwrap_or_else(|| panic!("{stderr}"));
-    assert!(line.contains("ns/shop/sa/orders") && line.contains("workload.namespace=default"), "{line}");
+async fn a_configuration_without_workload_is_the_workload_its_certificate_names() {
+    let (pki, config, ports) = orders_sidecar();
+    let policy = pki.path("deny-all.yaml");
+    write_policy(
+        &policy,
+        "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: deny-all, namespace: shop}\nspec:\n  authorization: {default: DENY}\n",
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("policy: {{files: [\"{}\"]}}\n", policy.display()));
+    assert!(!text.contains("workload"), "{text}");
+    std::fs::write(&config, text).unwrap();
+    let mut child = spawn_ready(&config, ports[2]).await;
+    let frontend = pki.workload("frontend", &id("shop", "frontend"));
+    let answer =
+        https_client(Some(&frontend)).get(format!("https://127.0.0.1:{}/x", ports[0])).send().await.unwrap();
+    assert_eq!(answer.status(), 403, "the deny-all policy for shop is in force");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A workload the certificate contradicts would be judged by peers as one workload while it
+/// enforced another's policies: the start is refused, naming the field.
+#[test]
+fn a_workload_the_certificate_contradicts_is_a_configuration_error() {
+    let (_pki, config, _ports) = orders_sidecar();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("workload: {namespace: default, serviceAccount: orders}\n");
+    std::fs::write(&config, text).unwrap();
+    let out = palisade(&["sidecar", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("workload.namespace") && stderr.contains("\"shop\""), "{stderr}");
+    assert!(!stderr.contains("workload.serviceAccount"), "the service account agrees: {stderr}");
 }
 
 #[test]

@@ -154,14 +154,14 @@ impl Setup {
         let mut config_b = sidecar_config(&files_b, app.addr);
         config_b.inbound.mtls = palisade::config::MtlsMode::PERMISSIVE;
         config_b.policy.files = vec![policy_file.clone()];
-        config_b.workload.namespace = "shop".into();
-        config_b.workload.service_account = "orders".into();
+        config_b.workload.namespace = Some("shop".into());
+        config_b.workload.service_account = Some("orders".into());
         config_b.workload.labels = [("app".to_string(), "orders".to_string())].into();
         let b = start_sidecar(config_b);
         let mut config_a = sidecar_config(&files_a, "127.0.0.1:9".parse().unwrap());
         config_a.outbound.destinations = vec![route(B_AUTHORITY, b.inbound, Some(&id("shop", "orders")))];
-        config_a.workload.namespace = "shop".into();
-        config_a.workload.service_account = "frontend".into();
+        config_a.workload.namespace = Some("shop".into());
+        config_a.workload.service_account = Some("frontend".into());
         let a = start_sidecar(config_a);
         Setup { _pki: pki, peer, a, b, app, _policy: policy_file }
     }

@@ -30,7 +30,7 @@ impl Proven {
             .ok_or_else(|| Refused::NotServiceAccount(format!("{username:?} is not a service account")))?;
         let (namespace, service_account) =
             rest.split_once(':')
-                .filter(|(ns, sa)| dns_label(ns) && dns_subdomain(sa))
+                .filter(|(ns, sa)| crate::identity::is_namespace_name(ns) && crate::identity::is_service_account_name(sa))
                 .ok_or_else(|| Refused::NotServiceAccount(format!("{username:?} is not a service account")))?;
         Ok(Proven {
             namespace: namespace.to_string(),
@@ -44,23 +44,6 @@ impl Proven {
         SpiffeId::for_workload(trust_domain, &self.namespace, &self.service_account)
             .map_err(|e| Refused::Identity(e.to_string()))
     }
-}
-
-/// A namespace's name is a DNS-1123 label and a service account's a DNS-1123 subdomain: the API
-/// server issues no other. A user name holding anything else (a `/` would nest a SPIFFE ID:
-/// `ns/sa/orders/x` under `spiffe://.../ns/shop/sa/orders*`) comes from some other
-/// authenticator or issuer, and proves no service account.
-fn dns_label(name: &str) -> bool {
-    let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && b[0] != b'-'
-        && b[b.len() - 1] != b'-'
-}
-
-fn dns_subdomain(name: &str) -> bool {
-    name.len() <= 253 && name.split('.').all(dns_label)
 }
 
 /// Checks tokens for the audience the CA was configured with.

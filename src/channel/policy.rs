@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::config::{ControlPlaneAddress, WorkloadConfig};
+use crate::config::{ControlPlaneAddress, Workload};
 use crate::identity::SpiffeId;
 use crate::policy::PolicyStore;
 use crate::proto::policy_discovery_client::PolicyDiscoveryClient;
@@ -65,7 +65,7 @@ pub struct PolicyChannel {
     pub expected: SpiffeId,
     pub tls: Arc<TlsStore>,
     pub policy: Arc<PolicyStore>,
-    pub workload: WorkloadConfig,
+    pub workload: Workload,
     /// Shown in the control plane's /status: the pod name in Kubernetes.
     pub node: String,
     /// A projected service-account token, read at every connect (the kubelet rotates it): it
@@ -308,7 +308,7 @@ mod tests {
         );
         let options = PolicyOptions {
             files: Vec::new(),
-            workload: WorkloadConfig::default(),
+            workload: Workload::default(),
             default_mtls: MtlsMode::STRICT,
             allow_permissive: true,
             fail_mode: FailMode::Closed,
@@ -320,7 +320,7 @@ mod tests {
             expected: crate::channel::default_identity("cluster.local"),
             tls: Arc::new(tls),
             policy: Arc::new(PolicyStore::load(options, telemetry.clone()).unwrap()),
-            workload: WorkloadConfig::default(),
+            workload: Workload::default(),
             node: "test".into(),
             token_file: None,
             identity: None,

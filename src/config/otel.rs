@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Env, Invalid, OtlpConfig, OtlpProtocol, WorkloadConfig};
+use super::{Env, Invalid, OtlpConfig, OtlpProtocol, Workload};
 
 /// Where and how traces go, after the standard `OTEL_*` variables are applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -147,7 +147,7 @@ impl TraceSettings {
     pub fn resolve(
         config: Option<&OtlpConfig>,
         env: &dyn Env,
-        workload: &WorkloadConfig,
+        workload: &Workload,
     ) -> Result<Option<TraceSettings>, Vec<Invalid>> {
         let var = |name: &str| env.var(name).filter(|v| !v.trim().is_empty());
         if var("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"))
@@ -354,7 +354,7 @@ mod tests {
     fn resolve(config: Option<OtlpConfig>, env: &[(&str, &str)]) -> Result<Option<TraceSettings>, String> {
         let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let workload =
-            WorkloadConfig { namespace: "shop".into(), service_account: "orders".into(), ..Default::default() };
+            Workload { namespace: "shop".into(), service_account: "orders".into(), ..Default::default() };
         TraceSettings::resolve(config.as_ref(), &env, &workload)
             .map_err(|errors| errors.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join("; "))
     }
@@ -411,7 +411,7 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect::<BTreeMap<String, String>>(),
-            &WorkloadConfig::default(),
+            &Workload::default(),
         )
         .unwrap_err();
         let names: Vec<&str> = errors

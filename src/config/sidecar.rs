@@ -425,41 +425,77 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// Who this sidecar is to policies, as configured. What it leaves out is taken from the
+/// certificate: a configuration that named its certificate but not its workload used to be
+/// selected as `default/default`, and enforced none of its namespace's policies.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct WorkloadConfig {
-    pub namespace: String,
-    pub service_account: String,
+    /// Left out: the namespace in the certificate's SPIFFE ID (`default` when it names none, and
+    /// with `identity.controlPlane`, whose CA issues the certificate for the name given here).
+    pub namespace: Option<String>,
+    pub service_account: Option<String>,
     pub labels: BTreeMap<String, String>,
     /// A Kubernetes downward-API file of the pod's labels (`key="value"` per line), read at
     /// start and merged over `labels`: how an injected sidecar learns its pod's labels.
     pub labels_file: Option<PathBuf>,
 }
 
-impl Default for WorkloadConfig {
+/// The workload policies select, as resolved at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workload {
+    pub namespace: String,
+    pub service_account: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl Default for Workload {
     fn default() -> Self {
-        WorkloadConfig {
-            namespace: "default".into(),
-            service_account: "default".into(),
-            labels: BTreeMap::new(),
-            labels_file: None,
-        }
+        Workload { namespace: "default".into(), service_account: "default".into(), labels: BTreeMap::new() }
     }
 }
 
 impl WorkloadConfig {
-    /// The workload with the labels of `labelsFile` merged in (they win: they are the pod's).
-    pub fn resolve_labels(&self) -> Result<WorkloadConfig, String> {
-        let Some(file) = &self.labels_file else { return Ok(self.clone()) };
-        let text = crate::yaml::read_file(file, 256 * 1024).map_err(|e| format!("{}: {e}", file.display()))?;
-        let mut resolved = self.clone();
+    /// The workload: the names given, else the certificate's; with the labels of `labelsFile`
+    /// merged in (they win: they are the pod's). A name given that the certificate contradicts is
+    /// refused: peers would judge this sidecar as the certificate's workload while it enforced
+    /// another's policies. Errors name their field.
+    pub fn resolve(&self, certificate: Option<&crate::identity::SpiffeId>) -> Result<Workload, (&'static str, String)> {
+        let mut resolved = Workload {
+            labels: self.labels.clone(),
+            ..Workload::default()
+        };
+        let pick = |field: &'static str, what: &str, given: &Option<String>, certified: Option<&str>| -> Result<Option<String>, (&'static str, String)> {
+            match (given, certified) {
+                (Some(given), Some(certified)) if given != certified => Err((
+                    field,
+                    format!(
+                        "{given:?}, but the certificate ({}) names {what} {certified:?}: peers know this sidecar by its certificate, and policies would select it by this; leave {field} out (the certificate's is taken) or make the two agree",
+                        certificate.map(|c| c.as_str()).unwrap_or_default()
+                    ),
+                )),
+                (Some(given), _) => Ok(Some(given.clone())),
+                (None, certified) => Ok(certified.map(str::to_string)),
+            }
+        };
+        if let Some(namespace) = pick("workload.namespace", "namespace", &self.namespace, certificate.and_then(|c| c.namespace()))? {
+            resolved.namespace = namespace;
+        }
+        if let Some(account) =
+            pick("workload.serviceAccount", "service account", &self.service_account, certificate.and_then(|c| c.service_account()))?
+        {
+            resolved.service_account = account;
+        }
+        let Some(file) = &self.labels_file else { return Ok(resolved) };
+        let field = "workload.labelsFile";
+        let text = crate::yaml::read_file(file, 256 * 1024).map_err(|e| (field, format!("{}: {e}", file.display())))?;
         for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let parsed = line.split_once('=').and_then(|(k, v)| {
                 let v = v.strip_prefix('"')?.strip_suffix('"')?;
                 Some((k.to_string(), unescape_label(v)?))
             });
-            let (key, value) =
-                parsed.ok_or_else(|| format!("{}:{}: expected key=\"value\", got {line:?}", file.display(), n + 1))?;
+            let (key, value) = parsed
+                .ok_or_else(|| (field, format!("{}:{}: expected key=\"value\", got {line:?}", file.display(), n + 1)))?;
             resolved.labels.insert(key, value);
         }
         Ok(resolved)
@@ -804,7 +840,22 @@ impl super::Validate for SidecarConfig {
                 invalid.push(Invalid::field(field, format!("{addr} is also {other}")));
             }
         }
-        if let Err(errors) = super::TraceSettings::resolve(self.telemetry.otlp.as_ref(), env, &self.workload) {
+        if let Some(namespace) = self.workload.namespace.as_deref().filter(|n| !crate::identity::is_namespace_name(n)) {
+            invalid.push(Invalid::field(
+                "workload.namespace",
+                format!("expected a Kubernetes namespace (lowercase letters, digits and '-', at most 63), got {namespace:?}"),
+            ));
+        }
+        if let Some(account) =
+            self.workload.service_account.as_deref().filter(|n| !crate::identity::is_service_account_name(n))
+        {
+            invalid.push(Invalid::field(
+                "workload.serviceAccount",
+                format!("expected a Kubernetes service account name (lowercase letters, digits, '-' and '.'), got {account:?}"),
+            ));
+        }
+        let workload = Workload::default();
+        if let Err(errors) = super::TraceSettings::resolve(self.telemetry.otlp.as_ref(), env, &workload) {
             invalid.extend(errors);
         }
         invalid
@@ -928,7 +979,7 @@ threads: 1
 "#,
         )
         .unwrap();
-        assert_eq!(cfg.workload.service_account, "orders");
+        assert_eq!(cfg.workload.service_account.as_deref(), Some("orders"));
         assert_eq!(cfg.inbound.mtls, MtlsMode::STRICT);
         assert_eq!(cfg.admin.listen.to_string(), "0.0.0.0:15000");
         let cp = cfg.policy.control_plane.unwrap();
@@ -990,7 +1041,7 @@ threads: 1
         .collect();
         let cfg: SidecarConfig = load(&file, &env).unwrap();
         assert_eq!(cfg.admin.listen.to_string(), "127.0.0.1:25000");
-        assert_eq!(cfg.workload.service_account, "orders");
+        assert_eq!(cfg.workload.service_account.as_deref(), Some("orders"));
         assert_eq!(cfg.threads, 2);
 
         let env: std::collections::BTreeMap<String, String> =
@@ -1015,7 +1066,7 @@ threads: 1
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let cfg: SidecarConfig = load(&file, &env).unwrap();
-        assert_eq!(cfg.workload.service_account, "123");
+        assert_eq!(cfg.workload.service_account.as_deref(), Some("123"));
         assert_eq!(cfg.identity.files.unwrap().cert, std::path::PathBuf::from("/elsewhere/tls.crt"));
 
         // Settings without a value in the file can be set too.
@@ -1084,13 +1135,15 @@ threads: 1
             labels_file: Some(file.clone()),
             ..Default::default()
         };
-        let labels = workload.resolve_labels().unwrap().labels;
+        let labels = workload.resolve(None).unwrap().labels;
         assert_eq!(labels["app"], "orders");
         assert_eq!(labels["team"], "x");
         assert_eq!(labels["pod-template-hash"], "7d9f");
         assert_eq!(labels["quote"], "a\"b");
         std::fs::write(&file, "app=orders\n").unwrap();
-        assert!(workload.resolve_labels().unwrap_err().contains("labels:1"));
+        let (field, error) = workload.resolve(None).unwrap_err();
+        assert_eq!(field, "workload.labelsFile");
+        assert!(error.contains("labels:1"), "{error}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::config::WorkloadConfig;
+use crate::config::Workload;
 use crate::policy::{parse_file, selects, SecurityPolicy};
 
 /// One policy as the control plane serves it.
@@ -110,7 +110,7 @@ impl Catalog {
     /// The selecting policies, in (namespace, name) order. The version is a digest of their
     /// content alone, so a change elsewhere in the directory leaves it alone, and every replica
     /// reading the same files computes the same version.
-    pub fn select(&self, workload: &WorkloadConfig) -> Selection {
+    pub fn select(&self, workload: &Workload) -> Selection {
         let entries: Vec<Arc<CatalogEntry>> = self
             .by_namespace
             .get(&workload.namespace)
@@ -490,12 +490,11 @@ mod tests {
         format!("apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{spec}")
     }
 
-    fn workload(ns: &str, app: &str) -> WorkloadConfig {
-        WorkloadConfig {
+    fn workload(ns: &str, app: &str) -> Workload {
+        Workload {
             namespace: ns.into(),
             service_account: app.into(),
             labels: [("app".to_string(), app.to_string())].into(),
-            labels_file: None,
         }
     }
 

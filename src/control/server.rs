@@ -14,7 +14,7 @@ use super::metrics::ControlMetrics;
 use super::status::{Registry, Session};
 use super::transport::Peer;
 use crate::ca::{KubeApi, Refused, TokenChecker};
-use crate::config::WorkloadConfig;
+use crate::config::Workload;
 use crate::proto::policy_discovery_server::PolicyDiscovery;
 use crate::proto::{
     control_message, sidecar_message, ControlMessage, Hello, Policy, PolicySnapshot, Revision, SidecarMessage,
@@ -190,7 +190,7 @@ impl PolicyService {
     }
 
     /// The workload a Hello describes, if the certificate allows it.
-    fn workload(&self, peer: &Peer, hello: &mut Hello) -> Result<WorkloadConfig, Status> {
+    fn workload(&self, peer: &Peer, hello: &mut Hello) -> Result<Workload, Status> {
         let (Some(namespace), Some(service_account)) = (peer.id.namespace(), peer.id.service_account()) else {
             return Err(self.refuse(
                 peer,
@@ -225,11 +225,10 @@ impl PolicyService {
         if hello.node.len() > MAX_NODE || hello.version.len() > MAX_VERSION {
             return Err(self.refuse(peer, "hello", "node or version too long".to_string()));
         }
-        Ok(WorkloadConfig {
+        Ok(Workload {
             namespace: namespace.to_string(),
             service_account: service_account.to_string(),
             labels: std::mem::take(&mut hello.labels).into_iter().collect::<BTreeMap<_, _>>(),
-            labels_file: None,
         })
     }
 }
@@ -307,7 +306,7 @@ struct Held {
 #[allow(clippy::too_many_arguments)]
 async fn serve_stream(
     session: Session,
-    workload: WorkloadConfig,
+    workload: Workload,
     held: Held,
     mut inbound: Streaming<SidecarMessage>,
     sender: mpsc::Sender<Result<ControlMessage, Status>>,

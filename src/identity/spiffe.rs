@@ -80,6 +80,23 @@ impl SpiffeId {
     }
 }
 
+/// A namespace's name is a DNS-1123 label and a service account's a DNS-1123 subdomain: the API
+/// server issues no other. A name holding anything else (a `/` would nest a SPIFFE ID:
+/// `ns/sa/orders/x` under `spiffe://.../ns/shop/sa/orders*`) proves no service account, and
+/// names no workload.
+pub fn is_namespace_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b[0] != b'-'
+        && b[b.len() - 1] != b'-'
+}
+
+pub fn is_service_account_name(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_namespace_name)
+}
+
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)

@@ -20,7 +20,7 @@ use super::ratelimit::Buckets;
 use super::Source;
 use crate::authn::{Authenticator, AuthnOptions, AuthnRuntime, CacheLookups, ClaimPath, Reason};
 use crate::config::IpBlock;
-use crate::config::{ConfigError, MtlsMode, WorkloadConfig};
+use crate::config::{ConfigError, MtlsMode, Workload};
 use crate::identity::SpiffeId;
 use crate::telemetry::Metrics;
 
@@ -276,7 +276,7 @@ struct LimitSpec {
 
 /// Whether `policy` applies to the workload: same namespace, and its labels carry every
 /// `matchLabels` pair (no selector: every workload of the namespace).
-pub fn selects(policy: &SecurityPolicy, workload: &WorkloadConfig) -> bool {
+pub fn selects(policy: &SecurityPolicy, workload: &Workload) -> bool {
     policy.metadata.namespace.0 == workload.namespace
         && policy
             .spec
@@ -294,7 +294,7 @@ impl PolicySnapshot {
         version: String,
         source: Source,
         located: &[Located],
-        workload: &WorkloadConfig,
+        workload: &Workload,
         default_mtls: MtlsMode,
         metrics: &Metrics,
         authn: &AuthnRuntime,

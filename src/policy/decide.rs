@@ -726,7 +726,7 @@ impl PolicySnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::WorkloadConfig;
+    use crate::config::Workload;
     use crate::policy::{parse_file, Source};
     use crate::telemetry::Metrics;
     use std::path::Path;
@@ -753,7 +753,7 @@ mod tests {
         let (located, errors) = parse_file(Path::new("p.yaml"), &text);
         assert!(errors.is_empty(), "{errors:?}");
         let labels = [("app".to_string(), "orders".to_string())].into();
-        let workload = WorkloadConfig { namespace: "shop".into(), labels, ..Default::default() };
+        let workload = Workload { namespace: "shop".into(), labels, ..Default::default() };
         let authn = crate::authn::AuthnRuntime::default();
         PolicySnapshot::compile(
             "v1".into(),

@@ -334,14 +334,14 @@ impl Pair {
         let files_a = pki.workload("a", &id("shop", "frontend"));
         let files_b = pki.workload("b", &id("shop", "orders"));
         let mut config_b = sidecar_config(&files_b, app.addr);
-        config_b.workload.namespace = "shop".into();
-        config_b.workload.service_account = "orders".into();
+        config_b.workload.namespace = Some("shop".into());
+        config_b.workload.service_account = Some("orders".into());
         adjust_b(&mut config_b);
         let b = start_sidecar(config_b);
         let mut config_a = sidecar_config(&files_a, "127.0.0.1:9".parse().unwrap());
         config_a.outbound.destinations = vec![route(B_AUTHORITY, b.inbound, Some(&id("shop", "orders")))];
-        config_a.workload.namespace = "shop".into();
-        config_a.workload.service_account = "frontend".into();
+        config_a.workload.namespace = Some("shop".into());
+        config_a.workload.service_account = Some("frontend".into());
         adjust_a(&mut config_a);
         let a = start_sidecar(config_a);
         Pair { pki, a, b, app }
@@ -545,8 +545,8 @@ impl PolicedSidecar {
         let mut config = sidecar_config(&server, app.addr);
         config.inbound.mtls = palisade::config::MtlsMode::PERMISSIVE;
         config.policy.files = vec![policy_file.clone()];
-        config.workload.namespace = "shop".into();
-        config.workload.service_account = "orders".into();
+        config.workload.namespace = Some("shop".into());
+        config.workload.service_account = Some("orders".into());
         config.workload.labels = [("app".to_string(), "orders".to_string())].into();
         let events = pki.path("events.jsonl");
         config.telemetry.events.sink = palisade::config::EventSink::File(events.clone());
