@@ -110,11 +110,12 @@ pub(crate) fn malformed_head(session: &pingora::proxy::Session) -> Option<&'stat
         return None;
     }
     // One Host field, with one host (RFC 9112 section 3.2 answers anything else with 400):
-    // without one, or with `a, b`, the policy, the router and the app could each take another
-    // host or none. HTTP/1.0 may send none.
+    // without one, with `a, b`, or with `evil.shop:80:80` (which the policy read as the host
+    // `evil.shop:80` and nginx routes as `evil.shop`), the policy, the router and the app could
+    // each take another host or none. HTTP/1.0 may send none.
     let mut hosts = headers.get_all(http::header::HOST).iter();
     match (hosts.next(), hosts.next()) {
-        (Some(host), None) if !host.as_bytes().iter().any(|b| matches!(b, b',' | b' ' | b'\t')) => {}
+        (Some(host), None) if is_authority(host.as_bytes()) => {}
         (None, _) if req.version != http::Version::HTTP_11 => {}
         _ => return Some("a request without exactly one Host"),
     }
@@ -127,6 +128,39 @@ pub(crate) fn malformed_head(session: &pingora::proxy::Session) -> Option<&'stat
     raw.split(|&b| b == b'\n')
         .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
         .then_some("both Content-Length and Transfer-Encoding")
+}
+
+/// RFC 9110's `Host = uri-host [ ":" port ]`: a bracketed IPv6 literal or a reg-name (RFC 3986's
+/// unreserved, percent-encoded and sub-delimiter characters, the comma aside: it joins list
+/// values), then at most one colon and digits. Empty is allowed (a target with no authority).
+fn is_authority(value: &[u8]) -> bool {
+    let (host, port) = match value.first() {
+        Some(b'[') => match value.iter().position(|&b| b == b']') {
+            Some(end) => {
+                let literal = &value[1..end];
+                if literal.is_empty() || !literal.iter().all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')) {
+                    return false;
+                }
+                (&value[..=end], &value[end + 1..])
+            }
+            None => return false,
+        },
+        _ => match value.iter().position(|&b| b == b':') {
+            Some(colon) => (&value[..colon], &value[colon..]),
+            None => (value, &[][..]),
+        },
+    };
+    let name_ok = host.first() == Some(&b'[')
+        || host.iter().all(|&b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b';' | b'=')
+        });
+    let port_ok = match port.split_first() {
+        None => true,
+        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    };
+    name_ok && port_ok
 }
 
 /// `limits.bodyTimeout` and `limits.sendTimeout` for one proxy: how long a caller may leave its

@@ -296,6 +296,12 @@ async fn targets_not_in_origin_form_and_host_fields_not_one_are_refused_on_both_
         ("two Hosts", "GET /orders HTTP/1.1\r\nhost: orders.shop\r\nhost: evil.shop\r\nconnection: close\r\n\r\n"),
         ("a Host list", "GET /orders HTTP/1.1\r\nhost: orders.shop, evil.shop\r\nconnection: close\r\n\r\n"),
         ("a Host list in HTTP/1.0", "GET /orders HTTP/1.0\r\nhost: orders.shop, evil.shop\r\n\r\n"),
+        // The policy read `orders.shop:80` as the host; nginx routes these as `orders.shop`.
+        ("a Host with two ports", "GET /orders HTTP/1.1\r\nhost: orders.shop:80:80\r\nconnection: close\r\n\r\n"),
+        ("a Host with two colons", "GET /orders HTTP/1.1\r\nhost: orders.shop::\r\nconnection: close\r\n\r\n"),
+        ("a Host with a word for a port", "GET /orders HTTP/1.1\r\nhost: orders.shop:x\r\nconnection: close\r\n\r\n"),
+        ("a Host with userinfo", "GET /orders HTTP/1.1\r\nhost: evil@orders.shop\r\nconnection: close\r\n\r\n"),
+        ("an unclosed IPv6 literal", "GET /orders HTTP/1.1\r\nhost: [::1\r\nconnection: close\r\n\r\n"),
     ];
     for via in ALL {
         for (what, request) in cases {
@@ -307,6 +313,11 @@ async fn targets_not_in_origin_form_and_host_fields_not_one_are_refused_on_both_
     // HTTP/1.0 may omit Host (the inbound listener serves it; the outbound one has no route).
     let answer = setup.send(Via::InboundMtls, b"GET /orders HTTP/1.0\r\n\r\n").await;
     assert_eq!(answer.status, 200, "{answer:?}");
+    for host in ["orders.shop:8080", "ORDERS.shop.", "10.1.2.3:80", "[::1]:8080", "[fe80::1]", "my_host.shop"] {
+        let request = format!("GET /orders HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+        let answer = setup.send(Via::InboundMtls, request.as_bytes()).await;
+        assert_eq!(answer.status, 200, "{host}: {answer:?}");
+    }
     setup.shutdown();
 }
 
