@@ -152,9 +152,34 @@ async fn rules_wildcards_and_combinations() {
         case("frontend", "GET", "/wrong-port", 403, "ports: the request did not come to port 1"),
         case("billing", "DELETE", "/carts/9", 200, "second principal in the list"),
         case("ui", "DELETE", "/carts/9", 403, "not in the principal list"),
-        case("frontend", "DELETE", "/carts", 403, "'/carts/*' needs a sub-path"),
+        case("billing", "DELETE", "/carts/", 200, "'/carts/*' holds for the directory's own page"),
+        case("billing", "DELETE", "/carts", 200, "which is '/carts' in match form (a trailing slash is ignored)"),
+        case("billing", "DELETE", "/cartsX", 403, "'/carts/*' needs the slash"),
     ];
     assert!(run(&policy("main", MAIN_POLICY), &cases).await >= 30);
+}
+
+/// A DENY on `/private/*` alone holds for `/private/`, which the app routes as the directory's
+/// own page (Django's `/admin/`), in whatever spelling reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deny_on_a_directory_holds_for_its_own_page() {
+    let spec = r#"  authorization:
+    default: ALLOW
+    rules:
+      - name: no-private
+        action: DENY
+        to: {paths: ["/private/*"]}
+"#;
+    let cases = [
+        case("frontend", "GET", "/private/", 403, "the directory's page"),
+        case("frontend", "GET", "/private", 403, "the same path in match form"),
+        case("frontend", "GET", "//private//", 403, "merged slashes"),
+        case("frontend", "GET", "/private/./", 403, "a dot segment"),
+        case("frontend", "GET", "/PRIVATE/", 403, "upper case"),
+        case("frontend", "GET", "/private/x", 403, "below it"),
+        case("frontend", "GET", "/privateer", 200, "another path"),
+    ];
+    assert_eq!(run(&policy("dir", spec), &cases).await, cases.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,6 +190,7 @@ async fn normalisation_closes_every_bypass_of_a_deny() {
         case("admin", "GET", "/%61dmin", 403, "percent-encoded letter"),
         case("admin", "GET", "/%61%64%6d%69%6e", 403, "every letter encoded"),
         case("admin", "GET", "/admin/", 403, "trailing slash"),
+        case("admin", "GET", "/ADMIN/", 403, "trailing slash, upper case"),
         case("admin", "GET", "/./admin", 403, "dot segment"),
         case("admin", "GET", "/x/%2e%2e/admin", 403, "encoded dot-dot"),
         case("admin", "GET", "/x/%2E%2E/admin/", 403, "upper-case encoded dot-dot"),

@@ -96,11 +96,13 @@ pub enum PathPattern {
 }
 
 impl PathPattern {
-    /// `path` is in match form (normalised, no trailing slash).
+    /// `path` is in match form (normalised, no trailing slash). A prefix that ends in `/`
+    /// matches the path without it too: `/admin/` is `/admin` in match form, and `/admin/*`
+    /// must hold for the `/admin/` an app routes as its own page.
     pub fn matches(&self, path: &str) -> bool {
         match self {
             PathPattern::Exact(e) => path == &**e,
-            PathPattern::Prefix(p) => path.starts_with(&**p),
+            PathPattern::Prefix(p) => path.starts_with(&**p) || Self::directory(p) == Some(path),
         }
     }
 
@@ -109,8 +111,16 @@ impl PathPattern {
     pub fn matches_ignoring_case(&self, path: &str) -> bool {
         match self {
             PathPattern::Exact(e) => path.eq_ignore_ascii_case(e),
-            PathPattern::Prefix(p) => path.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p)),
+            PathPattern::Prefix(p) => {
+                path.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p))
+                    || Self::directory(p).is_some_and(|d| d.eq_ignore_ascii_case(path))
+            }
         }
+    }
+
+    /// `/admin` of the prefix `/admin/`: the directory's own path in match form.
+    fn directory(prefix: &str) -> Option<&str> {
+        prefix.strip_suffix('/').filter(|d| !d.is_empty())
     }
 }
 
@@ -191,7 +201,10 @@ mod tests {
         let exact: PathPattern = "/orders/".parse().unwrap();
         assert!(exact.matches("/orders"));
         let prefix: PathPattern = "/orders/*".parse().unwrap();
-        assert!(prefix.matches("/orders/7") && !prefix.matches("/orders"));
+        assert!(prefix.matches("/orders/7") && prefix.matches("/orders") && !prefix.matches("/ordersx"));
+        assert!(prefix.matches_ignoring_case("/ORDERS") && !prefix.matches_ignoring_case("/ORDERSX"));
+        let root: PathPattern = "/*".parse().unwrap();
+        assert!(root.matches("/") && root.matches("/x"));
         for bad in ["orders", "/a*b", "/*/x", "/%61dmin*", "/a//b*", "/a;b*"] {
             assert!(bad.parse::<PathPattern>().is_err(), "{bad}");
         }
