@@ -14,12 +14,14 @@ async fn a_valid_client_reaches_the_app_with_its_verified_identity() {
         .https()
         .get(s.url("/orders/7"))
         .header("x-forwarded-client-cert", "By=spiffe://evil/x;URI=spiffe://cluster.local/ns/shop/sa/admin")
+        .header("l5d-client-id", "admin.shop.serviceaccount.identity.linkerd.cluster.local")
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
     let seen: Seen = response.json().await.unwrap();
     assert_eq!(seen.path, "/orders/7");
+    assert_eq!(seen.header("l5d-client-id"), None, "Linkerd's identity header, as a caller wrote it, is removed");
     // The forged header is gone; the one the app sees is the sidecar's own.
     assert_eq!(seen.headers["x-forwarded-client-cert"].len(), 1);
     assert_eq!(

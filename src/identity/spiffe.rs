@@ -62,9 +62,12 @@ impl SpiffeId {
         &self.text[self.domain_end..]
     }
 
-    /// The namespace of a `/ns/<ns>/sa/<sa>` identity.
+    /// The namespace of an identity whose path starts `/ns/<ns>/`: a `/ns/<ns>/sa/<sa>` one, and
+    /// one an external CA nested deeper, as Istio's `namespaces` (`*/ns/<ns>/*`) reads it.
     pub fn namespace(&self) -> Option<&str> {
-        self.k8s_parts().map(|(ns, _)| ns)
+        let rest = self.path().strip_prefix("/ns/")?;
+        let (namespace, below) = rest.split_once('/')?;
+        (!below.is_empty()).then_some(namespace)
     }
 
     pub fn service_account(&self) -> Option<&str> {
@@ -170,6 +173,12 @@ mod tests {
     fn non_kubernetes_paths_have_no_namespace() {
         let id = SpiffeId::parse("spiffe://example.org/payments").unwrap();
         assert_eq!(id.namespace(), None);
+        let id = SpiffeId::parse("spiffe://example.org/ns/shop").unwrap();
+        assert_eq!(id.namespace(), None);
+        let id = SpiffeId::parse("spiffe://example.org/shop/sa/orders").unwrap();
+        assert_eq!(id.namespace(), None);
+        let id = SpiffeId::parse("spiffe://example.org/ns/shop/sa/orders/x").unwrap();
+        assert_eq!((id.namespace(), id.service_account()), (Some("shop"), None));
         let id = SpiffeId::parse("spiffe://example.org").unwrap();
         assert_eq!(id.path(), "");
     }

@@ -23,19 +23,54 @@ fn non_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec
     Ok(items)
 }
 
-/// `from.principals`: SPIFFE IDs. An exact or prefix pattern must start with `spiffe://`: Istio
-/// writes principals without the scheme (`cluster.local/ns/shop/sa/frontend`), and such a
-/// pattern, taken as written, would never match: a DENY that never fires.
+/// `from.principals`: SPIFFE IDs, as the handshake gives them. An exact or prefix pattern must
+/// start with `spiffe://`: Istio writes principals without the scheme
+/// (`cluster.local/ns/shop/sa/frontend`), and such a pattern, taken as written, would never
+/// match: a DENY that never fires. So would one no handshake can give (`spiffe://Cluster.Local/..`,
+/// a trailing `/`, an empty segment, a blank).
 fn spiffe_patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Pattern>, D::Error> {
     let patterns: Vec<Pattern> = non_empty(d)?;
-    for p in &patterns {
-        let scheme_only = matches!(p, Pattern::Prefix(t) if "spiffe://".starts_with(&**t));
-        if let Pattern::Exact(t) | Pattern::Prefix(t) = p {
-            if !t.starts_with("spiffe://") && !scheme_only {
-                return Err(serde::de::Error::custom(format!(
-                    "{t:?} is no SPIFFE ID and would match no caller; write spiffe://{t} (Istio leaves the scheme out)"
-                )));
+    for (i, p) in patterns.iter().enumerate() {
+        let fail = |why: String| serde::de::Error::custom(format!("[{i}] {:?} would match no caller: {why}", p.to_string()));
+        // What an identity the pattern holds for looks like, to check it as the handshake would.
+        let example = match p {
+            Pattern::Any => continue,
+            Pattern::Prefix(t) if "spiffe://".starts_with(&**t) => continue,
+            Pattern::Exact(t) | Pattern::Prefix(t) if !t.starts_with("spiffe://") => {
+                let tail = if matches!(p, Pattern::Prefix(_)) { "x" } else { "" };
+                let istio = !t.to_ascii_lowercase().starts_with("spiffe")
+                    && crate::identity::SpiffeId::parse(&format!("spiffe://{t}{tail}")).is_ok();
+                return Err(fail(if istio {
+                    format!("it is no SPIFFE ID; write spiffe://{t} (Istio leaves the scheme out)")
+                } else {
+                    "it is no SPIFFE ID (spiffe://<trust domain>/ns/<namespace>/sa/<account>)".to_string()
+                }));
             }
+            Pattern::Exact(t) => t.to_string(),
+            Pattern::Prefix(t) => format!("{t}x"),
+            Pattern::Suffix(t) => format!("spiffe://x.y/z{t}"),
+        };
+        crate::identity::SpiffeId::parse(&example).map_err(|e| fail(e.reason.to_string()))?;
+    }
+    Ok(patterns)
+}
+
+/// `from.namespaces`: Kubernetes namespace names, which are lowercase DNS labels: `Shop` or
+/// `spiffe://.../ns/other` would match no caller.
+fn namespace_patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Pattern>, D::Error> {
+    let patterns: Vec<Pattern> = non_empty(d)?;
+    for (i, p) in patterns.iter().enumerate() {
+        let example = match p {
+            Pattern::Any => continue,
+            Pattern::Exact(t) => t.to_string(),
+            Pattern::Prefix(t) => format!("{t}x"),
+            Pattern::Suffix(t) => format!("x{t}"),
+        };
+        if !crate::identity::is_namespace_name(&example) {
+            return Err(serde::de::Error::custom(format!(
+                "[{i}] {:?} would match no caller: a namespace is lowercase letters, digits and '-' (at most 63)",
+                p.to_string()
+            )));
         }
     }
     Ok(patterns)
@@ -296,7 +331,7 @@ pub struct Rule {
 pub struct From {
     #[serde(default, deserialize_with = "spiffe_patterns", skip_serializing_if = "Vec::is_empty")]
     pub principals: Vec<Pattern>,
-    #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, deserialize_with = "namespace_patterns", skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<Pattern>,
     #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
     pub ip_blocks: Vec<IpBlock>,

@@ -199,6 +199,16 @@ mod tests {
             ("  rateLimits:\n    - {name: r, rate: 1, per: 0s}\n", 6, "rateLimits[0]", "per must be between"),
             // Istio's form of a principal would match no caller: a DENY that never fires.
             ("  authorization:\n    rules:\n      - {name: a, action: DENY, from: {principals: [\"cluster.local/ns/shop/sa/x\"]}}\n", 7, "principals", "write spiffe://cluster.local/ns/shop/sa/x"),
+            ("  authorization:\n    rules:\n      - {name: a, action: DENY, from: {principals: [\"spiffe//cluster.local/ns/shop/sa/x\"]}}\n", 7, "principals", "[0] \"spiffe//cluster.local/ns/shop/sa/x\" would match no caller: it is no SPIFFE ID (spiffe://"),
+            // Patterns no handshake gives: DENY rules that never fire.
+            ("  authorization:\n    rules:\n      - {name: a, action: DENY, from: {principals: [\"*\", \"spiffe://cluster.local/ns/o/sa/e/\"]}}\n", 7, "principals", "[1] \"spiffe://cluster.local/ns/o/sa/e/\" would match no caller: path must not end"),
+            ("  authorization:\n    rules:\n      - {name: a, action: DENY, from: {principals: [\"spiffe://Cluster.Local/ns/*\"]}}\n", 7, "principals", "trust domain may hold only lowercase"),
+            ("  authorization:\n    rules:\n      - {name: a, action: DENY, from: {principals: [\"spiffe://cluster.local//ns/o/*\"]}}\n", 7, "principals", "non-empty"),
+            ("  authorization:\n    rules:\n      - {name: a, action: DENY, from: {principals: [\"*/sa/evil \"]}}\n", 7, "principals", "would match no caller"),
+            ("  authorization:\n    rules:\n      - {name: a, action: DENY, from: {namespaces: [\"spiffe://cluster.local/ns/other\"]}}\n", 7, "namespaces", "a namespace is lowercase"),
+            ("  authorization:\n    rules:\n      - {name: a, action: DENY, from: {namespaces: [shop, Other]}}\n", 7, "namespaces", "[1] \"Other\""),
+            ("  authorization:\n    rules:\n      - {name: a, action: DENY, to: {paths: [\"/api/export?format=csv\"]}}\n", 7, "paths", "never the query"),
+            ("  authorization:\n    rules:\n      - {name: a, action: DENY, to: {paths: [\"/admin#x\"]}}\n", 7, "paths", "never the query or a fragment"),
             ("  authorization:\n    rules:\n      - {name: a, action: ALLOW, when: []}\n", 7, "when", "empty list"),
             ("  inputValidation: {maxUriBytes: 100000}\n", 5, "maxUriBytes", "1 to 8192"),
             ("  inputValidation: {maxUriBytes: 0}\n", 5, "maxUriBytes", "1 to 8192"),
@@ -223,6 +233,10 @@ mod tests {
             "spiffe://cluster.local/ns/shop/*",
             "*/sa/admin",
             "spiffe://cluster.local/ns/a/sa/b",
+            "spiffe://cluster.local/ns/a/sa/b*",
+            "spiffe://cluster.local/*",
+            "spiffe://cluster.*",
+            "*.local/ns/a/sa/b",
         ] {
             let spec = format!(
                 "  authorization:\n    rules:\n      - {{name: a, action: ALLOW, from: {{principals: [\"{p}\"]}}}}\n"

@@ -130,6 +130,12 @@ impl FromStr for PathPattern {
         if !s.starts_with('/') {
             return Err(format!("path {s:?} must start with '/'"));
         }
+        // The path matched never holds the query or a fragment: a rule on them never fires.
+        if let Some(c) = s.chars().find(|c| matches!(c, '?' | '#')) {
+            return Err(format!(
+                "path {s:?} holds {c:?}: rules match the path alone, never the query or a fragment, so this one would match no request"
+            ));
+        }
         let (base, prefix) = match s.find('*') {
             None => (s, false),
             Some(i) if i == s.len() - 1 => (&s[..i], true),

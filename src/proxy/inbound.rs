@@ -220,8 +220,12 @@ fn add_sidecar_headers(
     const XFCC: HeaderName = HeaderName::from_static(XFCC_HEADER);
     const ORIG_PROTO: HeaderName = HeaderName::from_static(ORIG_PROTO_HEADER);
     const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
+    // Linkerd's proxy sets `l5d-client-id` to the caller's proven identity; an app moved from
+    // Linkerd may still trust it, so a caller's own never reaches it.
+    const LINKERD_CLIENT_ID: HeaderName = HeaderName::from_static("l5d-client-id");
     upstream.remove(&XFCC);
     upstream.remove(&ORIG_PROTO);
+    upstream.remove(&LINKERD_CLIENT_ID);
     if let Some(peer) = peer_identity(session) {
         upstream.set(XFCC, peer.xfcc.clone())?;
     }
