@@ -307,13 +307,21 @@ async fn run(
         let mut options = pingora::apps::HttpServerOptions::default();
         options.h2_idle_timeout = Some(crate::serve::ConnectionLimits::default().idle_timeout);
         app.server_options = Some(options);
-        tokio::spawn(serve(
+        // The API server holds a few connections (HTTP/2 carries its reviews side by side); any
+        // pod can reach the port too, and must not hold all of it.
+        let limits = crate::serve::ConnectionLimits {
+            direction: "webhook",
+            max_connections_per_source: Some(super::transport::MAX_CONNECTIONS_PER_SOURCE),
+            ..Default::default()
+        };
+        tokio::spawn(crate::serve::serve_with(
             listener,
             Transport::Tls(acceptor),
             Arc::new(app),
             telemetry.clone(),
             ConnectionTracker::default(),
             stop.clone(),
+            limits,
         ))
     });
     readiness.listeners.store(true, Ordering::Release);

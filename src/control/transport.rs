@@ -83,7 +83,7 @@ const MAX_CONNECTIONS: usize = 16_384;
 /// then, one connection to the CA; the CA's port asks no certificate, so without this one pod
 /// could hold every connection the listener allows (about 25 KB of memory each) and no other
 /// pod could get a certificate.
-const MAX_CONNECTIONS_PER_SOURCE: usize = 32;
+pub(crate) const MAX_CONNECTIONS_PER_SOURCE: usize = 32;
 
 /// A listener's cap on connections: `open_files` is the process's limit.
 fn connection_cap(open_files: u64) -> usize {

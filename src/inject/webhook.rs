@@ -23,6 +23,21 @@ use crate::config::{FailurePolicy, InjectSettings};
 /// (twice for an update, which is never sent here).
 pub const MAX_REVIEW_BYTES: usize = 4 << 20;
 
+/// Review bytes all requests together may hold while their bodies arrive. The port asks no
+/// certificate (the API server presents none), so any pod can reach it: 60 connections each
+/// holding most of a 4 MiB body once took a control plane to 250 MB, past the chart's limit,
+/// and with it the CA and every policy stream. A body waits for room until its deadline.
+pub const REVIEW_BUDGET_BYTES: usize = 32 << 20;
+
+/// A review's whole body must arrive within this of its head: the API server sends a pod at
+/// once, and gives up itself after `timeoutSeconds` (at most 30 s, 10 s by default).
+pub const REVIEW_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reviews decoded at once. Decoding a JSON body into a value takes up to ten times its size
+/// (a 4 MiB array of numbers: about 45 MB), so they take turns; a real pod decodes in well
+/// under a millisecond.
+const DECODES_AT_ONCE: usize = 1;
+
 /// What the webhook decided for one review.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Outcome {
@@ -180,12 +195,60 @@ fn malformed(why: String) -> Outcome {
 pub struct InjectWebhook {
     pub settings: Arc<InjectSettings>,
     pub failure_policy: FailurePolicy,
+    /// [`REVIEW_BUDGET_BYTES`], in KiB.
+    budget: Arc<tokio::sync::Semaphore>,
+    decodes: Arc<tokio::sync::Semaphore>,
 }
 
 impl InjectWebhook {
     pub fn new(settings: InjectSettings, failure_policy: FailurePolicy) -> Self {
         tracing::info!(target: "palisade::inject", failure_policy = failure_policy.describe(), "injection webhook configured");
-        InjectWebhook { settings: Arc::new(settings), failure_policy }
+        InjectWebhook {
+            settings: Arc::new(settings),
+            failure_policy,
+            budget: Arc::new(tokio::sync::Semaphore::new(REVIEW_BUDGET_BYTES >> 10)),
+            decodes: Arc::new(tokio::sync::Semaphore::new(DECODES_AT_ONCE)),
+        }
+    }
+
+    /// The review's body, within [`MAX_REVIEW_BYTES`] and [`REVIEW_BODY_DEADLINE`], with the
+    /// part of [`REVIEW_BUDGET_BYTES`] it holds; else the answer to give.
+    async fn read_review(
+        &self,
+        session: &mut ServerSession,
+    ) -> Result<(Vec<u8>, tokio::sync::OwnedSemaphorePermit), Response<Vec<u8>>> {
+        use crate::admin::text;
+        let declared = session.req_header().headers.get(http::header::CONTENT_LENGTH);
+        if declared.and_then(|v| v.to_str().ok()?.parse::<usize>().ok()).is_some_and(|n| n > MAX_REVIEW_BYTES) {
+            return Err(text(StatusCode::PAYLOAD_TOO_LARGE, "review too large"));
+        }
+        let read = async {
+            let mut body = Vec::new();
+            let mut held = self.budget.clone().acquire_many_owned(0).await.expect("never closed");
+            loop {
+                match session.read_request_body().await {
+                    Ok(Some(chunk)) => {
+                        if body.len() + chunk.len() > MAX_REVIEW_BYTES {
+                            return Err(text(StatusCode::PAYLOAD_TOO_LARGE, "review too large"));
+                        }
+                        // Room for what the body now holds, in whole KiB.
+                        let needed = (body.len() + chunk.len()).div_ceil(1024) as u32;
+                        let more = needed.saturating_sub(held.num_permits() as u32);
+                        held.merge(self.budget.clone().acquire_many_owned(more).await.expect("never closed"));
+                        body.extend_from_slice(&chunk);
+                    }
+                    Ok(None) => return Ok((body, held)),
+                    Err(e) => return Err(text(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}"))),
+                }
+            }
+        };
+        match tokio::time::timeout(REVIEW_BODY_DEADLINE, read).await {
+            Ok(read) => read,
+            Err(_) => Err(text(
+                StatusCode::REQUEST_TIMEOUT,
+                "the review's body did not arrive within 10 s (or other reviews held the webhook's memory meanwhile)",
+            )),
+        }
     }
 
     /// The webhook of a control plane's `webhook` section: its files read (trust anchors) and
@@ -209,23 +272,20 @@ impl ServeHttp for InjectWebhook {
         let path = session.req_header().uri.path().to_string();
         match (method, path.as_str()) {
             (Method::POST, "/inject") => {
-                let mut body = Vec::new();
-                loop {
-                    match session.read_request_body().await {
-                        Ok(Some(chunk)) => {
-                            body.extend_from_slice(&chunk);
-                            if body.len() > MAX_REVIEW_BYTES {
-                                return text(StatusCode::PAYLOAD_TOO_LARGE, "review too large");
-                            }
-                        }
-                        Ok(None) => break,
-                        Err(e) => return text(StatusCode::BAD_REQUEST, &format!("cannot read the body: {e}")),
-                    }
-                }
+                let (body, held) = match self.read_review(session).await {
+                    Ok(read) => read,
+                    Err(answer) => return answer,
+                };
                 let settings = self.settings.clone();
                 let policy = self.failure_policy;
+                let turn = self.decodes.clone().acquire_owned().await.expect("never closed");
                 // Parsing and planning a large pod is CPU work: keep it off the listener's runtime.
-                let outcome = tokio::task::spawn_blocking(move || decide(&body, &settings, policy)).await;
+                let outcome = tokio::task::spawn_blocking(move || {
+                    let outcome = decide(&body, &settings, policy);
+                    drop((body, held, turn));
+                    outcome
+                })
+                .await;
                 match outcome {
                     Ok(o) => {
                         reply(StatusCode::from_u16(o.status).unwrap_or(StatusCode::OK), "application/json", o.body)
