@@ -28,6 +28,8 @@ const SIGN_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.
 pub struct CaMetrics {
     pub requests: IntCounterVec,
     pub duration: Histogram,
+    /// `palisade_ca_certificate_expiry_timestamp_seconds`: when the CA's own certificate ends.
+    pub expiry: prometheus::IntGauge,
 }
 
 impl CaMetrics {
@@ -42,9 +44,29 @@ impl CaMetrics {
                 .buckets(SIGN_BUCKETS.to_vec()),
         )
         .expect("metric");
+        let expiry = prometheus::IntGauge::new(
+            "palisade_ca_certificate_expiry_timestamp_seconds",
+            "When the CA's own certificate ends (Unix time): past it, or 10 minutes before, the CA issues nothing.",
+        )
+        .expect("metric");
         registry.register(Box::new(requests.clone())).expect("metric registers once");
         registry.register(Box::new(duration.clone())).expect("metric registers once");
-        CaMetrics { requests, duration }
+        registry.register(Box::new(expiry.clone())).expect("metric registers once");
+        CaMetrics { requests, duration, expiry }
+    }
+
+    /// Shows `signer`'s end, and says loudly when it is past or nearer than `ttl`.
+    pub fn in_force(&self, signer: &CaSigner, ttl: Duration) {
+        let end = signer.not_after();
+        self.expiry.set(unix(end));
+        let now = SystemTime::now();
+        let at = time::OffsetDateTime::from(end);
+        if end <= now {
+            tracing::error!(ends = %at, "the CA's certificate has ended: the CA issues nothing until ca.cert is renewed");
+        } else if end < now + ttl {
+            tracing::warn!(ends = %at, cert_ttl = %crate::config::HumanDuration(ttl),
+                "the CA's certificate ends sooner than certTtl: certificates are cut to its end, and none is issued in its last 10 minutes");
+        }
     }
 }
 

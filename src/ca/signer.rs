@@ -114,6 +114,11 @@ impl CaSigner {
         &self.trust_domain
     }
 
+    /// When the CA's own certificate ends.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
     /// Signs `csr` for `identity` (what the token proved), valid for `ttl` from `now` (never
     /// past the CA's own end). The request must be signed by its key and may ask for that one
     /// SPIFFE ID at most; anything more (another name, a CA certificate, other extensions) is
@@ -133,7 +138,18 @@ impl CaSigner {
         params.use_authority_key_identifier_extension = true;
         // A minute of slack for clocks that run behind; the end never past the CA's.
         let not_before = now - Duration::from_secs(60);
-        let not_after = (now + ttl).min(self.not_after);
+        let wanted = now.checked_add(ttl).unwrap_or(self.not_after);
+        let not_after = wanted.min(self.not_after);
+        // A CA at its end would issue certificates that end before they begin, or so soon that
+        // sidecars renew them ever faster; each is refused as unusable, while the CA counted it
+        // issued. Refused here instead, as a CA that is unavailable until it is renewed.
+        if not_after < now.checked_add(ttl.min(MIN_LEAF_LIFE)).unwrap_or(now) {
+            return Err(Refused::CaExpiring(format!(
+                "the CA's certificate ends at {}: it cannot issue a certificate that lasts {}; renew the CA (ca.cert)",
+                to_offset(self.not_after).format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                crate::config::HumanDuration(ttl.min(MIN_LEAF_LIFE)),
+            )));
+        }
         params.not_before = to_offset(not_before);
         params.not_after = to_offset(not_after);
         let serial = random_serial();
@@ -311,6 +327,9 @@ fn random_serial() -> [u8; 16] {
     bytes
 }
 
+/// The shortest certificate the CA issues when its own end is near (a shorter `certTtl` as it is).
+pub const MIN_LEAF_LIFE: Duration = Duration::from_secs(600);
+
 fn to_system_time(unix: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(unix.max(0) as u64)
 }
@@ -437,6 +456,28 @@ mod tests {
         let far = Duration::from_secs(3650 * 24 * 3600 * 2);
         let issued = signer.sign(&asking_for(vec![]), &id("orders"), far, SystemTime::now()).unwrap();
         assert!(issued.not_after <= signer.not_after);
+        // No time arithmetic overflows, whatever the TTL.
+        assert!(signer.sign(&asking_for(vec![]), &id("orders"), Duration::MAX, SystemTime::now()).is_ok());
+    }
+
+    /// A CA at its end refuses, as unavailable, rather than issue certificates that end before
+    /// they begin (which sidecars refuse, while the CA counted them issued).
+    #[test]
+    fn a_ca_at_its_end_issues_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = ca(dir.path());
+        let day = Duration::from_secs(24 * 3600);
+        let sign = |ttl: Duration, now: SystemTime| signer.sign(&asking_for(vec![]), &id("orders"), ttl, now);
+        for now in [signer.not_after + Duration::from_secs(3600), signer.not_after - Duration::from_secs(300)] {
+            let refused = sign(day, now).unwrap_err();
+            assert_eq!((refused.label(), refused.status().code()), ("ca_expiring", tonic::Code::Unavailable));
+            assert!(refused.to_string().contains("renew the CA"), "{refused}");
+        }
+        // A certificate cut short by the CA's end, but still 10 minutes long, is issued.
+        let late = signer.not_after - Duration::from_secs(660);
+        assert_eq!(sign(day, late).unwrap().not_after, signer.not_after);
+        // A certTtl shorter than 10 minutes needs only its own length.
+        assert!(sign(Duration::from_secs(5), signer.not_after - Duration::from_secs(10)).is_ok());
     }
 
     /// A CA made by an independent tool, Python's cryptography, with the key `key` (a Python

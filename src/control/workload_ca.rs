@@ -127,6 +127,9 @@ impl WorkloadCa {
         // The CA's files: a new key, certificate or bundle is in force for the next request,
         // and the control plane's own certificate is signed again so that it chains to a root
         // the sidecars are sent (a rotation's last step removes the old one).
+        let metrics = CaMetrics::register(metrics.registry());
+        metrics.in_force(&signer.load(), ttl);
+        let reloaded_metrics = metrics.clone();
         let reloading = signer.clone();
         let changed = Arc::new(Notify::new());
         let own_changed = changed.clone();
@@ -138,6 +141,7 @@ impl WorkloadCa {
                 Ok(new) if new.same_as(&reloading.load()) => {}
                 Ok(new) => {
                     let roots = der_of(&new);
+                    reloaded_metrics.in_force(&new, ttl);
                     reloading.store(Arc::new(new));
                     tracing::info!(roots = roots.len(), "the CA's files changed; the new CA is in force");
                     if **bundle.borrow() != roots {
@@ -160,7 +164,7 @@ impl WorkloadCa {
             signer,
             tokens,
             ttl,
-            metrics: CaMetrics::register(metrics.registry()),
+            metrics,
             telemetry: telemetry.clone(),
             sources: CaService::per_source(),
         };
