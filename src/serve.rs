@@ -20,7 +20,7 @@ use tokio::sync::{watch, Notify};
 use crate::config::{HumanDuration, MtlsMode};
 use crate::memory::CutWait;
 use crate::policy::PolicyStore;
-use crate::telemetry::{RefusalCounter, RefusalReason, SecurityEvent, Telemetry};
+use crate::telemetry::{RefusalCounter, RefusalReason, Telemetry};
 use crate::tls::HelloFor;
 pub use inbound_tcp::InboundTcp;
 use inbound_tcp::Spoke;
@@ -637,20 +637,10 @@ async fn sort_hello(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Option<(
     Ok(Some((sort_client_hello(&record), record)))
 }
 
-/// An inbound handshake refused (the caller's certificate, or what it sent): counted, logged, and
-/// a security event. Returns what a refused handshake leaves to serve: nothing.
+/// An inbound handshake refused: [`Telemetry::inbound_tls_refused`]. Returns what a refused
+/// handshake leaves to serve: nothing.
 fn inbound_handshake_refused<T>(telemetry: &Telemetry, peer: SocketAddr, reason: String) -> Option<T> {
-    telemetry.metrics.tls_handshakes.with_label_values(&["inbound", "failure"]).inc();
-    tracing::info!(%peer, %reason, "inbound TLS handshake refused");
-    telemetry.events.emit(SecurityEvent::TlsFailure {
-        direction: "inbound",
-        peer: Some(peer),
-        expected: None,
-        reason,
-        // pingora (through tokio-rustls) drops rustls's connection with a refusal, so the
-        // version it chose is not known.
-        tls: None,
-    });
+    telemetry.inbound_tls_refused(peer, reason);
     None
 }
 

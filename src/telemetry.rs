@@ -36,6 +36,7 @@ pub struct Telemetry {
     pub traces: Option<Traces>,
     /// The DoS defences' refusals, reported in aggregate ([`Telemetry::report_refusals`]).
     pub refusals: Refusals,
+    tls_refusals: refusals::TlsRefusals,
     access_log: Option<JsonLines>,
 }
 
@@ -95,6 +96,7 @@ impl Telemetry {
             events,
             traces,
             refusals: Refusals::default(),
+            tls_refusals: Default::default(),
             access_log,
         })
     }
@@ -105,6 +107,27 @@ impl Telemetry {
         for event in self.refusals.report() {
             self.events.emit(event);
         }
+    }
+
+    /// An inbound handshake refused (the caller's certificate, or what it sent): counted; the
+    /// first few of each second logged and reported each as a security event, the rest in the
+    /// second's aggregate ([`refusals::TLS_REFUSALS_IN_FULL`]).
+    pub fn inbound_tls_refused(&self, peer: std::net::SocketAddr, reason: String) {
+        self.metrics.tls_handshakes.with_label_values(&["inbound", "failure"]).inc();
+        if !self.tls_refusals.in_full() {
+            self.tls_refusals.aggregate(&self.refusals).refused(Some(peer.ip()));
+            return;
+        }
+        tracing::info!(%peer, %reason, "inbound TLS handshake refused");
+        self.events.emit(SecurityEvent::TlsFailure {
+            direction: "inbound",
+            peer: Some(peer),
+            expected: None,
+            reason,
+            // pingora (through tokio-rustls) drops rustls's connection with a refusal, so the
+            // version it chose is not known.
+            tls: None,
+        });
     }
 
     /// Emits the refusals not yet reported at once (a listener that stops).

@@ -30,6 +30,41 @@ fn assert_ocsf_base(e: &Value) {
     assert!(e["message"].is_string(), "{e}");
 }
 
+/// A handshake needs no credential: refused ones are each reported only up to 10 a second,
+/// and the rest in that second's aggregate event with their count, so a flood of them cannot
+/// write an event per connection. None goes unaccounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_handshakes_is_reported_in_aggregate() {
+    let s = PolicedSidecar::start(&policy("events", DENY_ADMIN_LIMIT_ONE)).await;
+    let rogue = Pki::new();
+    let stranger = rogue.workload("rogue", &id("shop", "frontend"));
+    const FLOOD: u64 = 60;
+    for _ in 0..FLOOD {
+        assert!(handshake(s.sidecar.inbound, Some(&stranger)).await.is_err());
+    }
+    let one_by_one = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").contains("inbound TLS handshake refused");
+    let in_aggregate = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").contains("more TLS handshake");
+    let accounted = |events: &[serde_json::Value]| {
+        let each = events.iter().filter(|e| one_by_one(e)).count() as u64;
+        let counted: u64 = events.iter().filter(|e| in_aggregate(e)).map(|e| e["count"].as_u64().unwrap_or(0)).sum();
+        (each, counted)
+    };
+    let all_there = eventually(async || {
+        let (each, counted) = accounted(&s.events());
+        each + counted == FLOOD
+    })
+    .await;
+    let events = s.events();
+    let (each, counted) = accounted(&events);
+    assert!(all_there, "{each} reported each and {counted} in aggregate, of {FLOOD}");
+    let seconds = events.iter().filter(|e| in_aggregate(e)).count() as u64 + 1;
+    assert!(each <= 10 * seconds, "at most 10 a second reported each: {each} over about {seconds} s");
+    assert!(counted > 0, "the rest came in aggregate");
+    let aggregate = events.iter().find(|e| in_aggregate(e)).unwrap();
+    assert_eq!(aggregate["src_endpoint"]["ip"], "127.0.0.1", "one source: named");
+    s.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ocsf_events_for_denials_limits_tls_failures_and_policy_changes() {
     // Outbound, `impostor.shop` is this sidecar's own inbound port, which proves shop/orders

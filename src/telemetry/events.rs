@@ -175,6 +175,9 @@ impl DosRefusal {
             "rapid_reset" => format!(
                 "{n} HTTP/2 connection{plural} on {direction} closed: more stream resets than {setting} ({limit}) a second"
             ),
+            "tls_refused" => format!(
+                "{n} more TLS handshake{plural} on {direction} refused: past {limit} a second, refusals are reported in aggregate (each is counted in palisade_tls_handshakes_total)"
+            ),
             other => format!("{n} refused on {direction}: {other}"),
         }
     }
