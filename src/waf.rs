@@ -914,6 +914,11 @@ mod tests {
         assert_eq!(attack("authorization", "' or 1=1 --"), None);
         let f = attack("cookie", "a=1; id=1' union select password from users--").unwrap();
         assert_eq!(f.location, Location { kind: LocationKind::CookieValue, name: "id".into() });
+        // A quoted value is read as cookie parsers hand it to the app: without its quotes.
+        for quoted in ["id=\"1 AND 1=1\"", "a=1; id=\"admin'--\"", "id=\"1) or (1=1\""] {
+            assert_eq!(attack("cookie", quoted).map(|f| f.detector), Some(Detector::Sqli), "{quoted}");
+        }
+        assert_eq!(attack("cookie", "theme=\"dark mode\"; lang=\"en-GB\""), None);
         assert_eq!(attack("x-forwarded-host", "<script>alert(1)</script>").unwrap().detector, Detector::Xss);
     }
 

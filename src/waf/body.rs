@@ -172,6 +172,14 @@ pub(crate) fn cookies(waf: &Waf, header: &[u8], skip: &Skips<'_>) -> Option<Find
         if let Some(f) = waf.value(v, skip) {
             return Some(f);
         }
+        // RFC 6265 lets a value be quoted, and Python's http.cookies, Go's net/http and Node's
+        // cookie package hand the app what is inside: `"1 AND 1=1"` is read as the app reads it.
+        if let Some(inner) = value.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")) {
+            let v = Value { class: Class::Arg, kind: LocationKind::CookieValue, name, value: inner };
+            if let Some(f) = waf.value(v, skip) {
+                return Some(f);
+            }
+        }
     }
     None
 }
@@ -508,7 +516,7 @@ fn multipart_field(
     // decoded, and may find it empty: the content is read then too, and its text checked as a
     // file name.
     let filename = header_param(disposition, b"filename").filter(|f| !f.is_empty());
-    if let Some(f) = filename.and_then(|f| suspicious_filename(waf, skip, f)) {
+    if let Some(f) = filename.and_then(|f| suspicious_filename(waf, skip, f, was_quoted(disposition, f))) {
         return Some(f);
     }
     // `charset'language'percent-encoded`: the text after the quotes, decoded by the detectors
@@ -590,17 +598,22 @@ fn quoted_printable_decoded(content: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Quotes, `=` and backslashes in a file name let parsers disagree about where it ends; `;` too,
-/// unless it closes an HTML character reference (`&auml;` in a German file name).
-fn suspicious_filename(waf: &Waf, skip: &Skips<'_>, filename: &[u8]) -> Option<Finding> {
+/// A double quote or a backslash in a file name lets parsers disagree about where it ends (an
+/// escape to some, the end to others); unquoted (`filename=a'b`), so do `'` and `=` (some parsers
+/// take single-quoted values). A `;` followed by more of the name (`shell.asp;.jpg`, which IIS
+/// served as ASP) too, unless it closes an HTML character reference (`&auml;` in a German file
+/// name). Inside quotes, `O'Brien CV.pdf`, `a=b.txt` and `notes; v2.md` are ordinary names.
+fn suspicious_filename(waf: &Waf, skip: &Skips<'_>, filename: &[u8], quoted: bool) -> Option<Finding> {
     for (i, &b) in filename.iter().enumerate() {
         let odd = match b {
-            b'"' | b'\'' | b'=' | b'\\' => true,
+            b'"' | b'\\' => true,
+            b'\'' | b'=' => !quoted,
             b';' => {
                 let start = filename[..i].iter().rposition(|&c| c == b'&');
-                !start.is_some_and(|s| {
+                let entity = start.is_some_and(|s| {
                     i - s > 1 && filename[s + 1..i].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'#')
-                })
+                });
+                !entity && filename.get(i + 1).is_some_and(|c| !c.is_ascii_whitespace())
             }
             _ => false,
         };
@@ -609,6 +622,12 @@ fn suspicious_filename(waf: &Waf, skip: &Skips<'_>, filename: &[u8]) -> Option<F
         }
     }
     None
+}
+
+/// Whether `value`, a parameter [`header_param`] found in `header`, was written in quotes.
+fn was_quoted(header: &[u8], value: &[u8]) -> bool {
+    let at = (value.as_ptr() as usize).wrapping_sub(header.as_ptr() as usize);
+    at > 0 && at <= header.len() && header[at - 1] == b'"'
 }
 
 fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
@@ -917,8 +936,22 @@ mod tests {
                 "multipart/form-data; boundary=b",
                 "--b\nContent-Disposition: form-data; name=\"a\"; filename=\"a\\\"b.txt\"\n\nx\n--b--",
             ),
+            // Unquoted, a `'` or `=` may end the name to some parsers.
+            ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"a\"; filename=a'b.php\n\nx\n--b--"),
+            ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"a\"; filename=a=b.php\n\nx\n--b--"),
+            // IIS served `shell.asp;.jpg` as ASP.
+            ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"a\"; filename=\"shell.asp;.jpg\"\n\nx\n--b--"),
         ] {
             assert_eq!(body(ct, b).map(|f| f.detector), Some(Detector::Protocol), "{b}");
+        }
+    }
+
+    /// File names people give their files, quoted as browsers send them, are no finding.
+    #[test]
+    fn ordinary_file_names_pass() {
+        for name in ["O'Brien CV.pdf", "Mom's recipes.pdf", "a=b.txt", "notes; v2.md", "M&auml;rz.txt", "report (1).pdf"] {
+            let b = format!("--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\r\nhello\r\n--b--\r\n");
+            assert_eq!(body("multipart/form-data; boundary=b", &b), None, "{name}");
         }
     }
 
