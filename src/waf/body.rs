@@ -262,10 +262,34 @@ fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> Option<Findi
         false => as_text(waf, skip, LocationKind::Body, body),
     };
     let mut seen_value = false;
+    // The byte order mark Jackson's and .NET's byte readers and Express's body-parser skip.
+    if body.starts_with(b"\xef\xbb\xbf") {
+        i = 3;
+    }
     while i < n {
         let b = body[i];
         match b {
             b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            // A body that did not say it is JSON is read as lenient parsers read it (Json.NET
+            // takes comments; Python's json and Json.NET take NaN and Infinity): where the walk
+            // gave up, the body was read as one text value, in which a value between quotes hid.
+            b'/' if !claimed && matches!(body.get(i + 1), Some(b'/' | b'*')) => {
+                i = match body[i + 1] {
+                    b'/' => body[i..].iter().position(|&c| c == b'\n').map_or(n, |p| i + p + 1),
+                    _ => match find(body, b"*/", i + 2) {
+                        Some(end) => end + 2,
+                        None => return bad(i),
+                    },
+                };
+            }
+            b'N' | b'I' | b'-' if !claimed && !expect_colon && !(expect_key && depth > 0 && is_object[depth - 1]) && {
+                let rest = &body[i..];
+                rest.starts_with(b"NaN") || rest.starts_with(b"Infinity") || rest.starts_with(b"-Infinity")
+            } =>
+            {
+                i += if body[i] == b'N' { 3 } else if body[i] == b'I' { 8 } else { 9 };
+                seen_value = true;
+            }
             b',' | b':' => {
                 if (b == b':') != expect_colon || depth == 0 {
                     return bad(i);
@@ -967,10 +991,28 @@ mod tests {
         }
         let f = body("text/plain", "\u{feff} \r\n[\"<script>alert(1)</script>\"]").unwrap();
         assert_eq!(f.detector, Detector::Xss);
-        // Not JSON after all (Python's json takes NaN): read whole, not refused as malformed.
-        let f = body("text/plain", r#"{"a":NaN,"q":"' OR 1=1--"}"#).unwrap();
-        assert_eq!((f.detector, f.location.kind), (Detector::Sqli, LocationKind::Body));
-        for ordinary in ["[INFO] started in 3 ms", "{not json at all}", "\"quoted\" words", r#"{"n":1,"ok":true}"#] {
+        // Lenient JSON, as Python's json, Json.NET and byte readers that skip a BOM take it, is
+        // walked as JSON still: a value between its quotes is read as the app reads it.
+        for lenient in [
+            r#"{"a":NaN,"q":"1 AND 1=1"}"#,
+            r#"{"a":-Infinity,"q":"admin'--"}"#,
+            r#"[Infinity, "1 AND 1=1"]"#,
+            "{\"a\":1 /* note */, \"q\":\"1 AND 1=1\"} // end",
+            "\u{feff}{\"q\":\"1 AND 1=1\"}",
+        ] {
+            let f = body("text/plain", lenient).unwrap_or_else(|| panic!("{lenient}"));
+            assert_eq!((f.detector, f.location.kind), (Detector::Sqli, LocationKind::JsonValue), "{lenient}");
+            assert!(body("application/octet-stream", lenient).is_some(), "{lenient}");
+        }
+        // Under application/json they are no JSON: refused as malformed, as before.
+        assert_eq!(body("application/json", r#"{"a":NaN}"#).map(|f| f.detector), Some(Detector::Protocol));
+        for ordinary in [
+            "[INFO] started in 3 ms",
+            "{not json at all}",
+            "\"quoted\" words",
+            r#"{"n":1,"ok":true}"#,
+            r#"{"n":NaN, "note": "see https://example.com/a//b"} // done"#,
+        ] {
             assert_eq!(body("text/plain", ordinary), None, "{ordinary}");
         }
         assert_eq!(body("image/png", "\u{89}PNG\r\n' or 1=1--"), None, "not JSON: opaque at paranoia 1");
