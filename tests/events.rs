@@ -180,6 +180,16 @@ async fn ecs_events_carry_the_same_facts() {
     assert_eq!(denied["http"]["response"]["status_code"], 403);
     assert_eq!(denied["url"]["path"], "/admin");
     assert!(events.iter().any(|e| e["event"]["action"] == "policy-applied"));
+
+    // AUDIT answers as if nothing denied: the would-deny names no 403 a dashboard would count.
+    let version = s.config_dump().await["policy"]["version"].clone();
+    write_policy(&s.policy_file, &policy("events", AUDIT));
+    assert!(eventually(|| async { s.config_dump().await["policy"]["version"] != version }).await);
+    assert_eq!(s.send("plain", "PUT", "/x", &[]).await.status, 200, "AUDIT never blocks");
+    let audits = s.events_where("the audit event", 1, |e| e["event"]["action"] == "request-audit-deny").await;
+    assert_eq!(audits[0]["event"]["outcome"], "success");
+    assert_eq!(audits[0]["http"]["request"]["method"], "PUT");
+    assert!(audits[0]["http"].get("response").is_none(), "{}", audits[0]);
     s.shutdown();
 }
 

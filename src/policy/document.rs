@@ -782,6 +782,13 @@ pub struct UniqueName(pub String);
 impl<'de> Deserialize<'de> for UniqueName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let name: Name = Name::deserialize(d)?;
+        // Metrics, events and spans say `rule="default"` for the policy's default decision: a
+        // rule of that name could not be told from it.
+        if name.0 == "default" {
+            return Err(serde::de::Error::custom(
+                "\"default\" names the policy's default decision in metrics, events and spans; give the rule another name",
+            ));
+        }
         let fresh = NAMES_IN_LIST.with(|names| names.borrow_mut().insert(name.0.clone()));
         if !fresh {
             return Err(serde::de::Error::custom(format!(

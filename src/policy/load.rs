@@ -210,6 +210,7 @@ mod tests {
             ("  authorization:\n    rules:\n      - {name: a, action: DENY, to: {paths: [\"/api/export?format=csv\"]}}\n", 7, "paths", "never the query"),
             ("  authorization:\n    rules:\n      - {name: a, action: DENY, to: {paths: [\"/admin#x\"]}}\n", 7, "paths", "never the query or a fragment"),
             ("  authorization:\n    rules:\n      - {name: a, action: ALLOW, when: []}\n", 7, "when", "empty list"),
+            ("  authorization:\n    rules:\n      - {name: default, action: DENY}\n", 7, "name", "default decision"),
             ("  inputValidation: {maxUriBytes: 100000}\n", 5, "maxUriBytes", "1 to 8192"),
             ("  inputValidation: {maxUriBytes: 0}\n", 5, "maxUriBytes", "1 to 8192"),
             ("  inputValidation: {maxHeaderBytes: 18446744073709551615}\n", 5, "maxHeaderBytes", "1 to 65536"),

@@ -832,7 +832,9 @@ fn ecs(event: &SecurityEvent) -> Value {
             json!({"rule": {"id": format!("{}/{}", r.policy, r.rule), "name": r.rule, "ruleset": r.policy},
                    "source": r.request.source.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
                    "user": {"name": r.request.principal},
-                   "http": {"request": {"method": r.request.method, "id": r.request.request_id}, "response": {"status_code": r.status}},
+                   // AUDIT answered the request as if no rule had denied it: no 403 to report.
+                   "http": {"request": {"method": r.request.method, "id": r.request.request_id},
+                            "response": if r.audit { Value::Null } else { json!({"status_code": r.status}) }},
                    "url": {"path": r.request.path}}),
         ),
     };
