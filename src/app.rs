@@ -536,7 +536,9 @@ async fn run(
     tracing::info!(
         identity = %tls.current().credentials.id,
         inbound = %bound.inbound, outbound = %bound.outbound, admin = %bound.admin,
-        "sidecar ready"
+        // Listening is not ready: `/ready` also waits for a valid certificate and, with
+        // failMode closed, a first policy.
+        "sidecar listening; /ready says when it serves"
     );
 
     if !stop_requested(options.handle_signals, stop.clone()).await {

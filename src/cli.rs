@@ -73,6 +73,9 @@ enum CaCommand {
         /// Directory to write ca.crt and ca.key into.
         #[arg(long)]
         out: PathBuf,
+        /// Replace a CA key already in --out (every certificate it signed stops being trusted).
+        #[arg(long)]
+        force: bool,
     },
     /// Issue a workload certificate (tls.crt, tls.key, ca.crt) with a SPIFFE ID.
     Issue {
@@ -320,9 +323,19 @@ fn ca(cmd: CaCommand) -> ExitCode {
     }
 }
 
+/// A key already written is kept unless `--force` says otherwise: pointed at a control plane's
+/// CA directory, `ca init` would silently replace the mesh's root.
+fn refuse_to_replace(key: &std::path::Path, force: bool) -> Result<(), String> {
+    match key.exists() && !force {
+        true => Err(format!("{} exists; give --force to replace it (what it signed stops being trusted)", key.display())),
+        false => Ok(()),
+    }
+}
+
 fn run_ca(cmd: CaCommand) -> Result<String, String> {
     match cmd {
-        CaCommand::Init { trust_domain, out } => {
+        CaCommand::Init { trust_domain, out, force } => {
+            refuse_to_replace(&out.join("ca.key"), force)?;
             let files = DevCa::generate(&trust_domain).and_then(|ca| ca.write(&out)).map_err(|e| e.to_string())?;
             Ok(format!("wrote {} and {} for trust domain {trust_domain}", files.cert.display(), files.key.display()))
         }

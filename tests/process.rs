@@ -489,6 +489,15 @@ fn the_development_ca_issues_workload_certificates() {
     let ca = dir.path().join("ca");
     let out = palisade(&["ca", "init", "--trust-domain", "example.org", "--out", ca.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The root is never replaced by accident: what it signed would stop being trusted.
+    let key = std::fs::read(ca.join("ca.key")).unwrap();
+    let again = palisade(&["ca", "init", "--trust-domain", "example.org", "--out", ca.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(64), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--force"), "{again:?}");
+    assert_eq!(std::fs::read(ca.join("ca.key")).unwrap(), key, "the key is kept");
+    let forced = palisade(&["ca", "init", "--trust-domain", "example.org", "--out", ca.to_str().unwrap(), "--force"]);
+    assert!(forced.status.success(), "{forced:?}");
+    assert_ne!(std::fs::read(ca.join("ca.key")).unwrap(), key, "--force replaces it");
     // The trust domain's own ID names no workload: refused, nothing issued.
     let domain_only = dir.path().join("domain");
     let out = palisade(
