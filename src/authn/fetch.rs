@@ -60,7 +60,9 @@ impl HttpFetcher {
     /// `https://` URIs, verified against `ca_file` or the system bundle. Plain `http://` only
     /// to a loopback address: keys fetched in clear across a network could be replaced.
     pub fn new(uri: &str, ca_file: Option<&Path>) -> Result<HttpFetcher, AuthnError> {
-        let bad = |why: &str| AuthnError::Fetch(format!("{uri}: {why}"));
+        // Never the password in a message: the URI as written, its user information hidden.
+        let shown = crate::config::without_credentials(uri);
+        let bad = |why: &str| AuthnError::Fetch(format!("{shown}: {why}"));
         let parsed: Uri = uri.parse().map_err(|e| bad(&format!("not a URI ({e})")))?;
         let authority = parsed.authority().ok_or_else(|| bad("no host"))?;
         if authority.as_str().contains('@') {
@@ -199,6 +201,8 @@ mod tests {
         for bad in ["http://auth.example.com/jwks", "http://10.0.0.1/jwks", "ftp://x/", "/jwks", "https://u:p@h/"] {
             assert!(HttpFetcher::new(bad, None).is_err(), "{bad}");
         }
+        let e = HttpFetcher::new("https://user:S3cret@auth.example/jwks", None).err().unwrap().to_string();
+        assert!(e.contains("credentials") && !e.contains("S3cret"), "the password is never shown: {e}");
     }
 
     #[test]

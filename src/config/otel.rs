@@ -257,6 +257,16 @@ fn tls_roots(
     errors: &mut Vec<Invalid>,
 ) -> Option<PathBuf> {
     let scheme = endpoint.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase());
+    // The exporter sends neither user information nor a query: a password written there is not
+    // sent (and would be shown by /config_dump), a query is glued in front of `/v1/traces`.
+    let authority = endpoint.split_once("://").map_or("", |(_, rest)| rest.split('/').next().unwrap_or(""));
+    if authority.contains('@') || endpoint.contains('?') {
+        errors.push(endpoint_source.invalid(format!(
+            "{}: credentials and query parameters in the endpoint are not sent to the collector; give them as headers (OTEL_EXPORTER_OTLP_HEADERS, or OTEL_EXPORTER_OTLP_TRACES_HEADERS)",
+            super::without_credentials(endpoint)
+        )));
+        return None;
+    }
     let https = match scheme.as_deref() {
         Some("https") => true,
         Some("http") => false,
@@ -397,6 +407,19 @@ mod tests {
             .unwrap_err()
             .contains("OTEL_TRACES_SAMPLER"));
         assert!(resolve(Some(file), &[("OTEL_TRACES_SAMPLER_ARG", "2")]).unwrap_err().contains("0 to 1"));
+    }
+
+    #[test]
+    fn credentials_or_a_query_in_the_endpoint_are_refused_and_never_shown() {
+        for endpoint in ["http://user:S3cret@collector:4318", "http://collector:4318/?api_key=KEY123"] {
+            let config = OtlpConfig { endpoint: endpoint.into(), ..Default::default() };
+            let e = resolve(Some(config), &[]).unwrap_err();
+            assert!(e.contains("OTEL_EXPORTER_OTLP_HEADERS") && !e.contains("S3cret"), "{e}");
+            let e = resolve(None, &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)]).unwrap_err();
+            assert!(e.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && !e.contains("S3cret"), "{e}");
+        }
+        assert_eq!(crate::config::without_credentials("https://u:p@h:1/x?y"), "https://***@h:1/x?y");
+        assert_eq!(crate::config::without_credentials("https://h/a@b"), "https://h/a@b");
     }
 
     #[test]
