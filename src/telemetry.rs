@@ -36,7 +36,8 @@ pub struct Telemetry {
     pub traces: Option<Traces>,
     /// The DoS defences' refusals, reported in aggregate ([`Telemetry::report_refusals`]).
     pub refusals: Refusals,
-    tls_refusals: refusals::TlsRefusals,
+    tls_refusals: refusals::OneByOne,
+    invalid_requests: refusals::OneByOne,
     access_log: Option<JsonLines>,
 }
 
@@ -96,7 +97,8 @@ impl Telemetry {
             events,
             traces,
             refusals: Refusals::default(),
-            tls_refusals: Default::default(),
+            tls_refusals: refusals::OneByOne::new(RefusalReason::TlsRefused),
+            invalid_requests: refusals::OneByOne::new(RefusalReason::InvalidRequest),
             access_log,
         })
     }
@@ -111,7 +113,7 @@ impl Telemetry {
 
     /// An inbound handshake refused (the caller's certificate, or what it sent): counted; the
     /// first few of each second logged and reported each as a security event, the rest in the
-    /// second's aggregate ([`refusals::TLS_REFUSALS_IN_FULL`]).
+    /// second's aggregate ([`refusals::REPORTED_EACH_PER_SECOND`]).
     pub fn inbound_tls_refused(&self, peer: std::net::SocketAddr, reason: String) {
         self.metrics.tls_handshakes.with_label_values(&["inbound", "failure"]).inc();
         if !self.tls_refusals.in_full() {
@@ -128,6 +130,19 @@ impl Telemetry {
             // version it chose is not known.
             tls: None,
         });
+    }
+
+    /// An inbound request refused before any policy could judge it (malformed, or over a size
+    /// limit): a probe that escapes the root or smuggles is a security event too. As for
+    /// handshakes, the first few of each second are reported each, the rest in aggregate.
+    pub fn inbound_request_invalid(&self, denied: DeniedRequest) {
+        if !self.invalid_requests.in_full() {
+            self.invalid_requests.aggregate(&self.refusals).refused(denied.request.source.map(|s| s.ip()));
+            return;
+        }
+        tracing::info!(status = denied.status, reason = %denied.rule, method = %denied.request.method,
+            path = %denied.request.path, request_id = %denied.request.request_id, "request refused as invalid");
+        self.events.emit(SecurityEvent::RequestDenied(denied));
     }
 
     /// Emits the refusals not yet reported at once (a listener that stops).

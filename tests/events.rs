@@ -30,6 +30,43 @@ fn assert_ocsf_base(e: &Value) {
     assert!(e["message"].is_string(), "{e}");
 }
 
+/// Requests refused before any policy judged them (a path escaping the root, a target over
+/// `maxUriBytes`, a body over `maxBodyBytes`) are probes a SIEM must see too: each is an event,
+/// up to 10 a second, the rest in aggregate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_refused_as_invalid_are_events_too() {
+    let limits = "  inputValidation: {maxBodyBytes: 100, maxUriBytes: 512}\n";
+    let s = PolicedSidecar::start(&policy("events", &format!("{DENY_ADMIN_LIMIT_ONE}{limits}"))).await;
+    assert_eq!(s.exchange("frontend", "GET /a/%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\nhost: orders\r\n\r\n").await.status, 400);
+    let long = format!("GET /{} HTTP/1.1\r\nhost: orders\r\n\r\n", "a".repeat(600));
+    assert_eq!(s.exchange("frontend", long).await.status, 414);
+    let big = format!("POST /x HTTP/1.1\r\nhost: orders\r\ncontent-length: 200\r\n\r\n{}", "b".repeat(200));
+    assert_eq!(s.exchange("frontend", big).await.status, 413);
+    let refused = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").starts_with("refused ");
+    let events = s.events_where("the three invalid requests", 3, refused).await;
+    let status: Vec<_> = events.iter().map(|e| e["http_response"]["code"].as_u64().unwrap_or(0)).collect();
+    assert_eq!(status, [400, 414, 413], "{events:#?}");
+    assert!(events[0]["message"].as_str().unwrap().contains("/etc/passwd"), "{}", events[0]);
+    assert_eq!(events[0]["actor"]["user"]["uid"], id("shop", "frontend").as_str(), "who probed");
+
+    // A flood: 10 a second each, the rest counted in aggregate; none unaccounted.
+    const FLOOD: u64 = 40;
+    for _ in 0..FLOOD {
+        assert_eq!(s.exchange("plain", "GET /../x HTTP/1.1\r\nhost: orders\r\n\r\n").await.status, 400);
+    }
+    let in_aggregate = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").contains("refused as malformed or over a size limit");
+    let probe = |e: &serde_json::Value| refused(e) && e["message"].as_str().unwrap_or("").contains("/../x");
+    let all_there = eventually(async || {
+        let events = s.events();
+        let each = events.iter().filter(|e| probe(e)).count() as u64;
+        let counted: u64 = events.iter().filter(|e| in_aggregate(e)).map(|e| e["count"].as_u64().unwrap_or(0)).sum();
+        each + counted == FLOOD && counted > 0
+    })
+    .await;
+    assert!(all_there, "{:#?}", s.events());
+    s.shutdown();
+}
+
 /// A handshake needs no credential: refused ones are each reported only up to 10 a second,
 /// and the rest in that second's aggregate event with their count, so a flood of them cannot
 /// write an event per connection. None goes unaccounted.

@@ -328,8 +328,9 @@ impl Refusal {
         }
     }
 
-    /// Whether the security event log hears of it (SPEC section 7: every deny and rate limit;
-    /// malformed requests are counted, not reported one by one).
+    /// Whether it is reported as a decision of the policy (SPEC section 7: every deny and rate
+    /// limit); requests refused as malformed or too large are reported apart, at most 10 a
+    /// second each (`Telemetry::inbound_request_invalid`).
     pub fn is_security_event(&self) -> bool {
         matches!(
             self,

@@ -141,9 +141,11 @@ impl Inbound {
 impl Inbound {
     /// Answers a refusal (reported first when it is a security event); the request is done.
     async fn refuse(&self, session: &mut Session, ctx: &mut InboundCtx, refusal: Refusal) -> pingora::Result<bool> {
+        let path = session.req_header().uri.path().to_string();
         if refusal.is_security_event() {
-            let path = session.req_header().uri.path().to_string();
             record::report(&self.telemetry, session, &ctx.request, &refusal, false, &path);
+        } else {
+            record::report_invalid(&self.telemetry, session, &ctx.request, &refusal, &path);
         }
         respond::refuse(session, refusal, &mut ctx.request).await;
         Ok(true)

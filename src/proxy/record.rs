@@ -92,6 +92,11 @@ pub fn report(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusa
     telemetry.events.emit(SecurityEvent::RequestDenied(denied));
 }
 
+/// A request refused before any policy could judge it: malformed, or over a size limit.
+pub fn report_invalid(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusal: &Refusal, path: &str) {
+    telemetry.inbound_request_invalid(refusal.denied(false, facts(session, ctx, path)));
+}
+
 /// What a decision noted without refusing: an AUDIT policy's would-be denial, a DETECT
 /// WAF's finding.
 pub fn report_note(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, note: Note, path: &str) {

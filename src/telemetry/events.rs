@@ -178,6 +178,9 @@ impl DosRefusal {
             "tls_refused" => format!(
                 "{n} more TLS handshake{plural} on {direction} refused: past {limit} a second, refusals are reported in aggregate (each is counted in palisade_tls_handshakes_total)"
             ),
+            "invalid_request" => format!(
+                "{n} more request{plural} on {direction} refused as malformed or over a size limit (400, 413, 414, 431): past {limit} a second, they are reported in aggregate (each is counted in palisade_requests_total)"
+            ),
             other => format!("{n} refused on {direction}: {other}"),
         }
     }
@@ -264,7 +267,11 @@ pub struct RequestFacts {
 impl DeniedRequest {
     fn message(&self) -> String {
         let verdict = if self.audit { "audit, would deny" } else { "denied" };
-        format!("{verdict} {} {}: {} rule {}", self.request.method, self.request.path, self.policy, self.rule)
+        match self.policy.as_str() {
+            // No policy decided: refused before any could judge it; the rule is the reason.
+            "-" => format!("refused {} {} ({}): {}", self.request.method, self.request.path, self.status, self.rule),
+            policy => format!("{verdict} {} {}: {policy} rule {}", self.request.method, self.request.path, self.rule),
+        }
     }
 }
 

@@ -48,9 +48,12 @@ pub enum RefusalReason {
     /// `limits.maxMemoryBytes`: an idle connection (no request in flight) closed while the
     /// sidecar was over it.
     MemoryIdle,
-    /// An inbound TLS handshake refused, past the first [`TLS_REFUSALS_IN_FULL`] of a second
+    /// An inbound TLS handshake refused, past the first [`REPORTED_EACH_PER_SECOND`] of a second
     /// (those are reported one by one, with their reason).
     TlsRefused,
+    /// An inbound request refused as malformed or over a size limit (400, 413, 414, 431), past
+    /// the first [`REPORTED_EACH_PER_SECOND`] of a second.
+    InvalidRequest,
     /// `outbound.passthrough`: a captured connection that is not HTTP, to a destination not
     /// listed there that proved no mesh identity (no sidecar to tunnel it to), closed before a
     /// byte of the app's is sent.
@@ -74,6 +77,7 @@ impl RefusalReason {
             RefusalReason::MemoryIdle => "memory_idle",
             RefusalReason::NotHttp => "not_http",
             RefusalReason::TlsRefused => "tls_refused",
+            RefusalReason::InvalidRequest => "invalid_request",
         }
     }
 
@@ -94,31 +98,38 @@ impl RefusalReason {
             | RefusalReason::MemoryIdle => "limits.maxMemoryBytes",
             RefusalReason::NotHttp => "outbound.passthrough",
             RefusalReason::TlsRefused => "inbound.mtls",
+            RefusalReason::InvalidRequest => "inputValidation",
         }
     }
 }
 
-/// Inbound TLS handshakes refused that are reported each (with their reason and peer) in one
-/// second; the rest go into that second's aggregate event. A handshake needs no credential, so a
-/// client could otherwise write an event and a log line per connection: 34,000 a second, 30 MB/s.
-pub const TLS_REFUSALS_IN_FULL: u32 = 10;
+/// Refusals a caller can cause without any credential that are reported each (with their
+/// reason and peer) in one second; the rest go into that second's aggregate event. A client
+/// could otherwise write an event and a log line per connection or request: refused TLS
+/// handshakes once wrote 34,000 events a second, 30 MB/s.
+pub const REPORTED_EACH_PER_SECOND: u32 = 10;
 
-/// How many TLS refusals were reported each in the current second.
-#[derive(Default)]
-pub struct TlsRefusals {
+/// One kind of such refusal: how many were reported each in the current second, and where the
+/// rest are counted.
+pub struct OneByOne {
+    reason: RefusalReason,
     /// The second (Unix) and how many were reported in it, in one word: `second << 32 | count`.
     window: AtomicU64,
     aggregate: std::sync::OnceLock<RefusalCounter>,
 }
 
-impl TlsRefusals {
+impl OneByOne {
+    pub fn new(reason: RefusalReason) -> Self {
+        OneByOne { reason, window: AtomicU64::new(0), aggregate: std::sync::OnceLock::new() }
+    }
+
     /// Whether this refusal may be reported on its own.
     pub fn in_full(&self) -> bool {
         let second = now_millis() / 1000;
         let mut seen = self.window.load(Ordering::Acquire);
         loop {
             let next = if seen >> 32 == second & 0xffff_ffff {
-                if seen & 0xffff_ffff >= u64::from(TLS_REFUSALS_IN_FULL) {
+                if seen & 0xffff_ffff >= u64::from(REPORTED_EACH_PER_SECOND) {
                     return false;
                 }
                 seen + 1
@@ -132,12 +143,12 @@ impl TlsRefusals {
         }
     }
 
-    /// Where the rest are counted for the aggregate report.
+    /// Where the rest are counted for the aggregate report (on the inbound listener).
     pub fn aggregate(&self, refusals: &Refusals) -> &RefusalCounter {
         self.aggregate.get_or_init(|| {
-            // Counted already in palisade_tls_handshakes_total: this series is not exported.
-            let uncounted = IntCounter::new("tls_refused_in_aggregate", "not exported").expect("metric");
-            refusals.counter("inbound", RefusalReason::TlsRefused, TLS_REFUSALS_IN_FULL, uncounted)
+            // Counted already in their own metric: this series is not exported.
+            let uncounted = IntCounter::new("refused_in_aggregate", "not exported").expect("metric");
+            refusals.counter("inbound", self.reason, REPORTED_EACH_PER_SECOND, uncounted)
         })
     }
 }
