@@ -225,7 +225,21 @@ async fn a_request_with_one_token_gets_a_principal_claims_and_forwarded_headers(
             (HeaderName::from_static("x-groups"), HeaderValue::from_static("dev,ops")),
         ]
     );
-    assert_eq!(v.token_headers().collect::<Vec<_>>(), [&HeaderName::from_static("authorization")]);
+    let places: Vec<(HeaderName, String)> = v.token_places().map(|(n, p)| (n.clone(), p.to_string())).collect();
+    assert_eq!(places, [(HeaderName::from_static("authorization"), "Bearer ".to_string())]);
+
+    // The token's place is removed where it holds the token: a token in `x-jwt` leaves an
+    // `Authorization: Basic` beside it to the app (Envoy removes only the token's header).
+    let mut two_places = spec(inline(jwks(&[&rsa])));
+    two_places.from_headers.push(palisade::authn::FromHeader { name: "x-jwt".into(), prefix: String::new() });
+    let authn = authenticator(&[two_places], ManualClock::new());
+    let mut headers = HeaderMap::new();
+    headers.insert("authorization", HeaderValue::from_static("Basic YWxpY2U6cHc="));
+    headers.insert("x-jwt", HeaderValue::from_str(&rsa.token(&claims())).unwrap());
+    let v = authn.authenticate(&headers).await.unwrap().expect("the token in x-jwt");
+    let removed: Vec<&HeaderName> =
+        v.token_places().filter(|(n, p)| palisade::authn::carries_token(&headers, n, p)).map(|(n, _)| n).collect();
+    assert_eq!(removed, [&HeaderName::from_static("x-jwt")]);
 }
 
 #[tokio::test]

@@ -346,12 +346,19 @@ impl Verified {
         &self.0.forwarded
     }
 
-    /// Headers to remove so the token does not reach the app (Envoy's and Istio's default);
-    /// empty when the provider sets `forwardOriginalToken`.
-    pub fn token_headers(&self) -> impl Iterator<Item = &HeaderName> {
+    /// The places a token of this provider is read from, to remove so that it does not reach
+    /// the app (Envoy's and Istio's default) where [`carries_token`] finds one; none when the
+    /// provider sets `forwardOriginalToken`.
+    pub fn token_places(&self) -> impl Iterator<Item = (&HeaderName, &str)> {
         let keep = self.0.provider.forward_original_token;
-        self.0.provider.from_headers.iter().filter(move |_| !keep).map(|(n, _)| n)
+        self.0.provider.from_headers.iter().filter(move |_| !keep).map(|(n, p)| (n, p.as_str()))
     }
+}
+
+/// Whether `headers` carry a token at `name` after `prefix`: an `Authorization: Basic` beside
+/// a token in `x-jwt` carries none, and is the app's.
+pub fn carries_token(headers: &HeaderMap, name: &HeaderName, prefix: &str) -> bool {
+    headers.get_all(name).iter().any(|v| after_prefix(v.as_bytes(), prefix.as_bytes()).is_some())
 }
 
 #[cfg(test)]

@@ -359,8 +359,15 @@ impl ProxyHttp for Inbound {
         // What only this sidecar may tell the app about the caller's token: what the caller
         // sent in its place goes now, the token's claims are set with the sidecar's headers.
         let token = auth.ok().flatten();
-        for name in policy.removed_app_headers(token.as_ref()) {
+        // As `PolicySnapshot::removed_app_headers` says, one at a time: the headers are read
+        // and then changed, with nothing collected on the way.
+        for name in policy.forwarded_claim_headers() {
             session.req_header_mut().remove_header(name);
+        }
+        for (name, prefix) in token.iter().flat_map(Verified::token_places) {
+            if crate::authn::carries_token(&session.req_header().headers, name, prefix) {
+                session.req_header_mut().remove_header(name);
+            }
         }
         if self.underscore_headers == UnderscoreHeaders::Drop {
             drop_underscored_headers(session.req_header_mut());
