@@ -35,37 +35,67 @@ impl JsonLines {
             EventSink::Stderr => Box::new(std::io::stderr()),
             EventSink::File(path) => Box::new(crate::files::open_append(path)?),
         };
+        Self::start_on(thread, out, dropped)
+    }
+
+    fn start_on(thread: &str, out: Box<dyn Write + Send>, dropped: prometheus::IntCounter) -> std::io::Result<Self> {
         let (queue, rx) = sync_channel::<Item>(QUEUE);
         let lost = dropped.clone();
         let name = thread.to_string();
         std::thread::Builder::new().name(thread.into()).spawn(move || {
-            let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+            let mut out = out;
             let mut failing = false;
             let mut waiting = Vec::new();
+            let mut batch: Vec<u8> = Vec::with_capacity(64 * 1024);
+            // Where each of the batch's lines ends in it.
+            let mut ends: Vec<usize> = Vec::new();
+            // The sink holds part of a line that a failed write cut: the next write ends it
+            // first, so the next line starts a line of its own instead of being glued to it.
+            let mut torn = false;
             while let Ok(first) = rx.recv() {
-                let mut lines = 0;
-                let mut written = Ok(());
+                batch.clear();
+                ends.clear();
+                if torn {
+                    batch.push(b'\n');
+                }
                 for item in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
                     match item {
                         Item::Line(line) => {
-                            lines += 1;
-                            written = written.and_then(|_| out.write_all(&line));
+                            batch.extend_from_slice(&line);
+                            ends.push(batch.len());
                         }
                         Item::Flushed(done) => waiting.push(done),
                     }
                 }
-                // A failed write (disk full, a closed pipe) loses this batch, not the writer: the
-                // lines are counted, the failure is logged once, and the next batch tries again.
-                match written.and_then(|_| out.flush()) {
-                    Ok(()) => failing = false,
+                let mut at = 0;
+                let written = loop {
+                    if at == batch.len() {
+                        break out.flush();
+                    }
+                    match out.write(&batch[at..]) {
+                        Ok(0) => break Err(std::io::ErrorKind::WriteZero.into()),
+                        Ok(n) => at += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => break Err(e),
+                    }
+                };
+                // A failed write (disk full, a closed pipe) loses the lines it did not finish,
+                // not the writer: they are counted, the failure is logged once, and the next
+                // batch tries again.
+                match written {
+                    Ok(()) => {
+                        failing = false;
+                        torn = false;
+                    }
                     Err(e) => {
-                        lost.inc_by(lines);
+                        lost.inc_by(ends.iter().filter(|&&end| end > at).count() as u64);
+                        if at > 0 {
+                            torn = batch[at - 1] != b'\n';
+                        }
                         if !failing {
                             tracing::error!(writer = %name, error = %e, "cannot write; lines are dropped and counted until it works again");
                         }
                         failing = true;
-                        // What the sink did not take would only repeat with the next batch.
-                        out = std::io::BufWriter::with_capacity(64 * 1024, out.into_parts().0);
                     }
                 }
                 // Every line queued before a flush request is written (or counted as lost) now.
@@ -114,5 +144,53 @@ mod tests {
             lines.flush();
             assert_eq!(dropped.get(), round, "every line the sink refused is counted");
         }
+    }
+
+    /// A sink that takes `room` bytes, then fails (a full disk) until room is made again.
+    struct Filling {
+        taken: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+        room: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Write for Filling {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            use std::sync::atomic::Ordering;
+            let room = self.room.load(Ordering::Acquire);
+            if room == 0 {
+                return Err(std::io::Error::other("no space left on device"));
+            }
+            let n = buf.len().min(room);
+            self.room.fetch_sub(n, Ordering::AcqRel);
+            self.taken.lock().unwrap().extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A write cut short leaves part of a line in the sink: the next line starts a line of its
+    /// own (it was once glued to the fragment, and lost to a SIEM that refused the mix).
+    #[test]
+    fn a_line_cut_by_a_full_sink_does_not_swallow_the_next() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let room = std::sync::Arc::new(AtomicUsize::new(20));
+        let sink = Filling { taken: taken.clone(), room: room.clone() };
+        let dropped = prometheus::IntCounter::new("d", "d").unwrap();
+        let lines = JsonLines::start_on("t", Box::new(sink), dropped.clone()).unwrap();
+        lines.send(&serde_json::json!({"n": 1}));
+        lines.send(&serde_json::json!({"n": 2, "pad": "a line too long for the room left"}));
+        lines.flush();
+        assert_eq!(dropped.get(), 1, "the line cut short is counted lost; the one written is not");
+        room.store(1 << 20, Ordering::Release);
+        lines.send(&serde_json::json!({"n": 3}));
+        lines.flush();
+        let text = String::from_utf8(taken.lock().unwrap().clone()).unwrap();
+        let parsed: Vec<Option<serde_json::Value>> = text.lines().map(|l| serde_json::from_str(l).ok()).collect();
+        assert_eq!(parsed.len(), 3, "{text:?}");
+        assert_eq!(parsed[0], Some(serde_json::json!({"n": 1})));
+        assert_eq!(parsed[1], None, "the fragment stands alone: {text:?}");
+        assert_eq!(parsed[2], Some(serde_json::json!({"n": 3})), "the next line is whole: {text:?}");
     }
 }
