@@ -301,6 +301,19 @@ async fn a_refused_request_names_its_policy_and_rule_and_the_event_carries_the_t
     assert_eq!(span.attributes["palisade.rule"], "no-admin");
     assert_eq!(span.attributes["http.response.status_code"], "403");
     assert!(!span.error, "a 403 is the server doing its job, not a server error");
+    let span = span.clone();
+
+    // A WAF block names the policy and the detector, as its event does.
+    write_policy(
+        &sidecar.policy_file,
+        &policy("orders-api", &format!("{DENY_ADMIN_LIMIT_ONE}  inputValidation:\n    waf: {{mode: BLOCK}}\n")),
+    );
+    let blocked = eventually(async || sidecar.send("frontend", "GET", "/x?q=1'%20or%201=1--", &[]).await.status == 403).await;
+    assert!(blocked, "the WAF is in force");
+    let spans = collector.wait_for(2).await;
+    let waf = spans.iter().find(|s| s.attributes.get("palisade.decision").map(String::as_str) == Some("waf")).unwrap();
+    assert_eq!(waf.attributes["palisade.policy"], "shop/orders-api");
+    assert_eq!(waf.attributes["palisade.rule"], "waf:sqli");
 
     let event =
         sidecar.events_where("the OCSF deny event", 1, |e| e["firewall_rule"]["name"] == "no-admin").await.remove(0);

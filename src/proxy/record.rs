@@ -325,6 +325,9 @@ pub fn finish(
     }
     if let Some(span) = ctx.span.take() {
         let req = session.req_header();
+        // What refused, as the event names it (the rule, `waf:<detector>`, `jwt:<reason>`); made
+        // only for a span that is exported.
+        let named = ctx.refusal.as_ref().filter(|_| span.is_recording()).map(Refusal::policy_and_rule);
         let server = (direction == "outbound").then(|| super::request_authority(req)).flatten().map(|a| {
             match a.rsplit_once(':') {
                 Some((host, port)) if port.parse::<u16>().is_ok() => (host, port.parse().unwrap_or(80)),
@@ -339,8 +342,8 @@ pub fn finish(
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             server,
             decision: ctx.decision(),
-            policy: ctx.refusal.as_ref().and_then(Refusal::decided_by).map(|by| &*by.policy),
-            rule: ctx.refusal.as_ref().and_then(Refusal::decided_by).map(|by| &*by.rule),
+            policy: named.as_ref().map(|(policy, _)| policy.as_str()).filter(|p| *p != "-"),
+            rule: named.as_ref().map(|(_, rule)| rule.as_str()),
             principal: peer,
             request_id: ctx.id.as_str(),
         });

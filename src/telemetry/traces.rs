@@ -290,6 +290,11 @@ impl RequestSpan {
         self.span.span_context()
     }
 
+    /// Whether the span is sampled and will be exported: what only it needs is made then.
+    pub fn is_recording(&self) -> bool {
+        self.span.is_recording()
+    }
+
     /// The trace-context formats this span is passed on in (see [`Propagators`]).
     pub fn propagators(&self) -> Propagators {
         self.propagators
