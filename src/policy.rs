@@ -271,9 +271,7 @@ pub fn check_authentication(located: &[Located]) -> Vec<ConfigError> {
     for l in located {
         for (i, spec) in l.policy.spec.authentication.iter().flat_map(|a| a.jwt.iter()).enumerate() {
             if let Err(e) = runtime.check(spec) {
-                let mut error = ConfigError::new(&l.file, &format!("spec.authentication.jwt[{i}]"), e.to_string());
-                error.line = Some(l.line);
-                errors.push(error);
+                errors.push(l.error(&format!("spec.authentication.jwt[{i}]"), e));
             }
         }
     }
@@ -292,16 +290,13 @@ pub fn check_warnings(located: &[Located]) -> Vec<ConfigError> {
                 && other.policy.spec.authentication.as_ref().is_some_and(|a| !a.jwt.is_empty())
         };
         if requires && !located.iter().any(names_an_issuer) {
-            let mut warning = ConfigError::new(
-                &l.file,
+            warnings.push(l.error(
                 "spec.authentication.requireJwt",
                 format!(
                     "requires a token, but no policy of namespace {} checked here names a JWT issuer: a sidecar it selects refuses it unless another policy names one",
                     l.policy.metadata.namespace
                 ),
-            );
-            warning.line = Some(l.line);
-            warnings.push(warning);
+            ));
         }
     }
     warnings

@@ -434,6 +434,23 @@ fn a_workload_the_certificate_contradicts_is_a_configuration_error() {
     assert!(!stderr.contains("workload.serviceAccount"), "the service account agrees: {stderr}");
 }
 
+/// Errors found only when a policy is compiled (a JWT issuer's keys) point at their field's
+/// line, not at the document's first.
+#[test]
+fn errors_found_while_compiling_point_at_their_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwks.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: a, namespace: shop}\nspec:\n  authentication:\n    jwt:\n      - {issuer: \"https://a\", jwks: {file: /nonexistent/jwks.json}}\n",
+    )
+    .unwrap();
+    let out = palisade(&["check", file.to_str().unwrap()]);
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("{}:7:", file.display())) && stderr.contains("jwt[0]"), "{stderr}");
+}
+
 #[test]
 fn a_log_filter_that_does_not_parse_is_a_configuration_error() {
     for var in ["PALISADE_LOG", "RUST_LOG"] {

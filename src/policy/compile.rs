@@ -336,7 +336,7 @@ impl PolicySnapshot {
                 for (i, spec) in a.jwt.iter().enumerate() {
                     match authn.provider(spec) {
                         Ok(provider) => providers.push(provider),
-                        Err(e) => errors.push(located_error(doc, &format!("spec.authentication.jwt[{i}]"), e)),
+                        Err(e) => errors.push(doc.error(&format!("spec.authentication.jwt[{i}]"), e)),
                     }
                 }
                 if a.require_jwt && required_by.is_none() {
@@ -347,7 +347,7 @@ impl PolicySnapshot {
                 if w.mode != WafMode::OFF {
                     match compile_waf(&name, w, metrics) {
                         Ok(waf) => wafs.push(waf),
-                        Err(e) => errors.push(located_error(doc, "spec.inputValidation.waf", e)),
+                        Err(e) => errors.push(doc.error("spec.inputValidation.waf", e)),
                     }
                 }
             }
@@ -380,8 +380,7 @@ impl PolicySnapshot {
         if required_by.is_some() && providers.is_empty() {
             let doc = documents.iter().find(|d| d.policy.spec.authentication.as_ref().is_some_and(|a| a.require_jwt));
             if let Some(doc) = doc {
-                errors.push(located_error(
-                    doc,
+                errors.push(doc.error(
                     "spec.authentication.requireJwt",
                     "requires a token, but no policy selecting this workload names a JWT issuer",
                 ));
@@ -877,12 +876,6 @@ impl CompiledLimit {
     pub fn waiting(&self) -> usize {
         self.throttle.as_ref().map_or(0, |t| t.queue.len())
     }
-}
-
-fn located_error(doc: &Located, field: &str, message: impl ToString) -> ConfigError {
-    let mut e = ConfigError::new(&doc.file, field, message.to_string());
-    e.line = Some(doc.line);
-    e
 }
 
 fn compile_waf(policy: &Arc<str>, w: &super::document::Waf, metrics: &Metrics) -> Result<PolicyWaf, String> {

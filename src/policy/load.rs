@@ -13,6 +13,19 @@ pub struct Located {
     pub file: PathBuf,
     /// The line of its `metadata.name`.
     pub line: usize,
+    /// The lines of the fields that are checked only when the policy is compiled (a JWT
+    /// issuer's keys, the WAF's settings), so that their errors point at them.
+    pub field_lines: Vec<(String, usize)>,
+}
+
+impl Located {
+    /// An error in `field` of this policy, at the field's line when it is one of
+    /// [`Located::field_lines`], else at the policy's own.
+    pub fn error(&self, field: &str, message: impl ToString) -> ConfigError {
+        let mut e = ConfigError::new(&self.file, field, message.to_string());
+        e.line = Some(self.field_lines.iter().find(|(f, _)| f == field).map_or(self.line, |(_, line)| *line));
+        e
+    }
 }
 
 /// Parses every document of `text`; returns the good ones and an error for each bad one. A text
@@ -45,7 +58,13 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Located>, Vec<ConfigError>) {
             if let Some(policy) = policy {
                 // Where the policy names itself: what a duplicate's error points at.
                 let line = document.root.find("metadata.name").map_or(document.start.line, |n| n.mark.line);
-                policies.push(Located { policy, file: file.to_path_buf(), line });
+                let issuers = policy.spec.authentication.as_ref().map_or(0, |a| a.jwt.len());
+                let fields = (0..issuers)
+                    .map(|i| format!("spec.authentication.jwt[{i}]"))
+                    .chain(["spec.inputValidation.waf".to_string(), "spec.authentication.requireJwt".to_string()]);
+                let field_lines =
+                    fields.filter_map(|f| document.root.find(&f).map(|n| (f, n.mark.line))).collect();
+                policies.push(Located { policy, file: file.to_path_buf(), line, field_lines });
             }
         }
         errors.extend(document_errors);
