@@ -202,8 +202,26 @@ pub(crate) fn located(file: &Path, field: String, e: crate::yaml::Error) -> Conf
         line: e.mark.map(|m| m.line),
         column: e.mark.map(|m| m.column as u32),
         field,
-        message: e.message,
+        message: in_plain_words(e.message),
         env_var: e.origin.map(|o| o.to_string()),
+    }
+}
+
+/// serde names Rust's types (`expected usize`); a user reads what to write instead.
+fn in_plain_words(message: String) -> String {
+    const WORDS: [(&str, &str); 8] = [
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number from 0 to 4294967295"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+    ];
+    match WORDS.iter().find(|(rust, _)| message.ends_with(rust)) {
+        Some((rust, plain)) => format!("{}{plain}", &message[..message.len() - rust.len()]),
+        None => message,
     }
 }
 
@@ -237,5 +255,18 @@ fn locate(file: &Path, root: &crate::yaml::Node, overridden: &[(String, String)]
                 ..ConfigError::new(file, &field, message)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// serde's words for Rust's types are said as what to write.
+    #[test]
+    fn type_errors_say_what_to_write() {
+        let error = |text: &str| parse_yaml::<SidecarConfig>(Path::new("c.yaml"), text).unwrap_err().message;
+        assert_eq!(error("threads: two"), "invalid type: string \"two\", expected a whole number, 0 or more");
+        assert!(error("limits: {maxInflight: -1}").ends_with("expected a whole number, 0 or more"));
     }
 }
