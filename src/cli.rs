@@ -327,7 +327,9 @@ fn ca(cmd: CaCommand) -> ExitCode {
 /// CA directory, `ca init` would silently replace the mesh's root.
 fn refuse_to_replace(key: &std::path::Path, force: bool) -> Result<(), String> {
     match key.exists() && !force {
-        true => Err(format!("{} exists; give --force to replace it (what it signed stops being trusted)", key.display())),
+        true => {
+            Err(format!("{} exists; give --force to replace it (what it signed stops being trusted)", key.display()))
+        }
         false => Ok(()),
     }
 }

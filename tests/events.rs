@@ -37,7 +37,10 @@ fn assert_ocsf_base(e: &Value) {
 async fn requests_refused_as_invalid_are_events_too() {
     let limits = "  inputValidation: {maxBodyBytes: 100, maxUriBytes: 512}\n";
     let s = PolicedSidecar::start(&policy("events", &format!("{DENY_ADMIN_LIMIT_ONE}{limits}"))).await;
-    assert_eq!(s.exchange("frontend", "GET /a/%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\nhost: orders\r\n\r\n").await.status, 400);
+    assert_eq!(
+        s.exchange("frontend", "GET /a/%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\nhost: orders\r\n\r\n").await.status,
+        400
+    );
     let long = format!("GET /{} HTTP/1.1\r\nhost: orders\r\n\r\n", "a".repeat(600));
     assert_eq!(s.exchange("frontend", long).await.status, 414);
     let big = format!("POST /x HTTP/1.1\r\nhost: orders\r\ncontent-length: 200\r\n\r\n{}", "b".repeat(200));
@@ -54,7 +57,9 @@ async fn requests_refused_as_invalid_are_events_too() {
     for _ in 0..FLOOD {
         assert_eq!(s.exchange("plain", "GET /../x HTTP/1.1\r\nhost: orders\r\n\r\n").await.status, 400);
     }
-    let in_aggregate = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").contains("refused as malformed or over a size limit");
+    let in_aggregate = |e: &serde_json::Value| {
+        e["message"].as_str().unwrap_or("").contains("refused as malformed or over a size limit")
+    };
     let probe = |e: &serde_json::Value| refused(e) && e["message"].as_str().unwrap_or("").contains("/../x");
     let all_there = eventually(async || {
         let events = s.events();
@@ -79,7 +84,8 @@ async fn a_flood_of_refused_handshakes_is_reported_in_aggregate() {
     for _ in 0..FLOOD {
         assert!(handshake(s.sidecar.inbound, Some(&stranger)).await.is_err());
     }
-    let one_by_one = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").contains("inbound TLS handshake refused");
+    let one_by_one =
+        |e: &serde_json::Value| e["message"].as_str().unwrap_or("").contains("inbound TLS handshake refused");
     let in_aggregate = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").contains("more TLS handshake");
     let accounted = |events: &[serde_json::Value]| {
         let each = events.iter().filter(|e| one_by_one(e)).count() as u64;

@@ -412,8 +412,7 @@ async fn a_configuration_without_workload_is_the_workload_its_certificate_names(
     std::fs::write(&config, text).unwrap();
     let mut child = spawn_ready(&config, ports[2]).await;
     let frontend = pki.workload("frontend", &id("shop", "frontend"));
-    let answer =
-        https_client(Some(&frontend)).get(format!("https://127.0.0.1:{}/x", ports[0])).send().await.unwrap();
+    let answer = https_client(Some(&frontend)).get(format!("https://127.0.0.1:{}/x", ports[0])).send().await.unwrap();
     assert_eq!(answer.status(), 403, "the deny-all policy for shop is in force");
     let _ = child.kill();
     let _ = child.wait();

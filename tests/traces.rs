@@ -308,7 +308,8 @@ async fn a_refused_request_names_its_policy_and_rule_and_the_event_carries_the_t
         &sidecar.policy_file,
         &policy("orders-api", &format!("{DENY_ADMIN_LIMIT_ONE}  inputValidation:\n    waf: {{mode: BLOCK}}\n")),
     );
-    let blocked = eventually(async || sidecar.send("frontend", "GET", "/x?q=1'%20or%201=1--", &[]).await.status == 403).await;
+    let blocked =
+        eventually(async || sidecar.send("frontend", "GET", "/x?q=1'%20or%201=1--", &[]).await.status == 403).await;
     assert!(blocked, "the WAF is in force");
     let spans = collector.wait_for(2).await;
     let waf = spans.iter().find(|s| s.attributes.get("palisade.decision").map(String::as_str) == Some("waf")).unwrap();

@@ -28,10 +28,10 @@ impl Proven {
         let rest = username
             .strip_prefix("system:serviceaccount:")
             .ok_or_else(|| Refused::NotServiceAccount(format!("{username:?} is not a service account")))?;
-        let (namespace, service_account) =
-            rest.split_once(':')
-                .filter(|(ns, sa)| crate::identity::is_namespace_name(ns) && crate::identity::is_service_account_name(sa))
-                .ok_or_else(|| Refused::NotServiceAccount(format!("{username:?} is not a service account")))?;
+        let (namespace, service_account) = rest
+            .split_once(':')
+            .filter(|(ns, sa)| crate::identity::is_namespace_name(ns) && crate::identity::is_service_account_name(sa))
+            .ok_or_else(|| Refused::NotServiceAccount(format!("{username:?} is not a service account")))?;
         Ok(Proven {
             namespace: namespace.to_string(),
             service_account: service_account.to_string(),

@@ -258,8 +258,13 @@ impl super::Validate for ControlConfig {
             }
             // A workload certificate lives a day by default; a year is past any use (Istio caps
             // workload certificates at 90 days) and far past what time arithmetic must hold.
-            if ca.cert_ttl.0 < std::time::Duration::from_secs(5) || ca.cert_ttl.0 > std::time::Duration::from_secs(366 * 24 * 3600) {
-                invalid.push(Invalid::field("ca.certTtl", format!("must be from 5s to 8784h (366 days), got {}", ca.cert_ttl)));
+            if ca.cert_ttl.0 < std::time::Duration::from_secs(5)
+                || ca.cert_ttl.0 > std::time::Duration::from_secs(366 * 24 * 3600)
+            {
+                invalid.push(Invalid::field(
+                    "ca.certTtl",
+                    format!("must be from 5s to 8784h (366 days), got {}", ca.cert_ttl),
+                ));
             }
         }
         if self.identity.files.is_none() && self.ca.is_none() {

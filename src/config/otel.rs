@@ -363,8 +363,7 @@ mod tests {
 
     fn resolve(config: Option<OtlpConfig>, env: &[(&str, &str)]) -> Result<Option<TraceSettings>, String> {
         let env: BTreeMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let workload =
-            Workload { namespace: "shop".into(), service_account: "orders".into(), ..Default::default() };
+        let workload = Workload { namespace: "shop".into(), service_account: "orders".into(), ..Default::default() };
         TraceSettings::resolve(config.as_ref(), &env, &workload)
             .map_err(|errors| errors.iter().map(|e| format!("{e:?}")).collect::<Vec<_>>().join("; "))
     }

@@ -461,11 +461,12 @@ impl WorkloadConfig {
     /// refused: peers would judge this sidecar as the certificate's workload while it enforced
     /// another's policies. Errors name their field.
     pub fn resolve(&self, certificate: Option<&crate::identity::SpiffeId>) -> Result<Workload, (&'static str, String)> {
-        let mut resolved = Workload {
-            labels: self.labels.clone(),
-            ..Workload::default()
-        };
-        let pick = |field: &'static str, what: &str, given: &Option<String>, certified: Option<&str>| -> Result<Option<String>, (&'static str, String)> {
+        let mut resolved = Workload { labels: self.labels.clone(), ..Workload::default() };
+        let pick = |field: &'static str,
+                    what: &str,
+                    given: &Option<String>,
+                    certified: Option<&str>|
+         -> Result<Option<String>, (&'static str, String)> {
             match (given, certified) {
                 (Some(given), Some(certified)) if given != certified => Err((
                     field,
@@ -478,12 +479,17 @@ impl WorkloadConfig {
                 (None, certified) => Ok(certified.map(str::to_string)),
             }
         };
-        if let Some(namespace) = pick("workload.namespace", "namespace", &self.namespace, certificate.and_then(|c| c.namespace()))? {
+        if let Some(namespace) =
+            pick("workload.namespace", "namespace", &self.namespace, certificate.and_then(|c| c.namespace()))?
+        {
             resolved.namespace = namespace;
         }
-        if let Some(account) =
-            pick("workload.serviceAccount", "service account", &self.service_account, certificate.and_then(|c| c.service_account()))?
-        {
+        if let Some(account) = pick(
+            "workload.serviceAccount",
+            "service account",
+            &self.service_account,
+            certificate.and_then(|c| c.service_account()),
+        )? {
             resolved.service_account = account;
         }
         let Some(file) = &self.labels_file else { return Ok(resolved) };
@@ -494,8 +500,9 @@ impl WorkloadConfig {
                 let v = v.strip_prefix('"')?.strip_suffix('"')?;
                 Some((k.to_string(), unescape_label(v)?))
             });
-            let (key, value) = parsed
-                .ok_or_else(|| (field, format!("{}:{}: expected key=\"value\", got {line:?}", file.display(), n + 1)))?;
+            let (key, value) = parsed.ok_or_else(|| {
+                (field, format!("{}:{}: expected key=\"value\", got {line:?}", file.display(), n + 1))
+            })?;
             resolved.labels.insert(key, value);
         }
         Ok(resolved)

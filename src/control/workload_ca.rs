@@ -160,14 +160,8 @@ impl WorkloadCa {
             tokio::spawn(renew_own(signer.clone(), tls.clone(), own, ttl, changed, telemetry.clone(), stop.clone()));
         }
         let listener = listener?.into_async();
-        let service = CaService {
-            signer,
-            tokens,
-            ttl,
-            metrics,
-            telemetry: telemetry.clone(),
-            sources: CaService::per_source(),
-        };
+        let service =
+            CaService { signer, tokens, ttl, metrics, telemetry: telemetry.clone(), sources: CaService::per_source() };
         let refused = move |peer: SocketAddr, reason: String| {
             tracing::debug!(%peer, %reason, "CA TLS handshake refused");
         };

@@ -1439,7 +1439,6 @@ mod tests {
         // Without a token the caller's copy is still removed.
         let removed: Vec<String> = s.removed_app_headers(None, &h).map(|n| n.to_string()).collect();
         assert_eq!(removed, ["x-user"]);
-
     }
 
     fn waf_policy(waf: &str) -> PolicySnapshot {

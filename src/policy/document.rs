@@ -31,7 +31,8 @@ fn non_empty<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Vec
 fn spiffe_patterns<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Pattern>, D::Error> {
     let patterns: Vec<Pattern> = non_empty(d)?;
     for (i, p) in patterns.iter().enumerate() {
-        let fail = |why: String| serde::de::Error::custom(format!("[{i}] {:?} would match no caller: {why}", p.to_string()));
+        let fail =
+            |why: String| serde::de::Error::custom(format!("[{i}] {:?} would match no caller: {why}", p.to_string()));
         // What an identity the pattern holds for looks like, to check it as the handshake would.
         let example = match p {
             Pattern::Any => continue,

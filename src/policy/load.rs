@@ -62,8 +62,7 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Located>, Vec<ConfigError>) {
                 let fields = (0..issuers)
                     .map(|i| format!("spec.authentication.jwt[{i}]"))
                     .chain(["spec.inputValidation.waf".to_string(), "spec.authentication.requireJwt".to_string()]);
-                let field_lines =
-                    fields.filter_map(|f| document.root.find(&f).map(|n| (f, n.mark.line))).collect();
+                let field_lines = fields.filter_map(|f| document.root.find(&f).map(|n| (f, n.mark.line))).collect();
                 policies.push(Located { policy, file: file.to_path_buf(), line, field_lines });
             }
         }

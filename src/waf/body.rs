@@ -282,12 +282,11 @@ fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> Option<Findi
                     },
                 };
             }
-            b'N' | b'I' | b'-' if !claimed && !expect_colon && !(expect_key && depth > 0 && is_object[depth - 1]) && {
-                let rest = &body[i..];
-                rest.starts_with(b"NaN") || rest.starts_with(b"Infinity") || rest.starts_with(b"-Infinity")
-            } =>
+            b'N' | b'I' | b'-'
+                if !(claimed || expect_colon || at_key(expect_key, depth, &is_object))
+                    && lenient_number(&body[i..]).is_some() =>
             {
-                i += if body[i] == b'N' { 3 } else if body[i] == b'I' { 8 } else { 9 };
+                i += lenient_number(&body[i..]).unwrap_or(1);
                 seen_value = true;
             }
             b',' | b':' => {
@@ -355,7 +354,7 @@ fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> Option<Findi
                 } else {
                     Cow::Borrowed(key_raw)
                 };
-                if expect_key && depth > 0 && is_object[depth - 1] {
+                if at_key(expect_key, depth, &is_object) {
                     keys[depth - 1] = (start, j, escaped);
                     expect_colon = true;
                     let v = Value { class: Class::Arg, kind: LocationKind::JsonKey, name: &text, value: &text };
@@ -394,6 +393,17 @@ fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> Option<Findi
         return bad(n.saturating_sub(1));
     }
     None
+}
+
+/// The length of `NaN`, `Infinity` or `-Infinity` opening `rest`: numbers Python's json and
+/// Json.NET take that JSON has not.
+fn lenient_number(rest: &[u8]) -> Option<usize> {
+    [&b"NaN"[..], b"Infinity", b"-Infinity"].iter().find(|word| rest.starts_with(word)).map(|word| word.len())
+}
+
+/// Whether the JSON walk is where an object's key belongs.
+fn at_key(expect_key: bool, depth: usize, is_object: &[bool]) -> bool {
+    expect_key && depth > 0 && is_object[depth - 1]
 }
 
 /// A parameter of a header value (`boundary=...`, `name="..."`), unquoted: the first of that
@@ -973,8 +983,12 @@ mod tests {
     /// File names people give their files, quoted as browsers send them, are no finding.
     #[test]
     fn ordinary_file_names_pass() {
-        for name in ["O'Brien CV.pdf", "Mom's recipes.pdf", "a=b.txt", "notes; v2.md", "M&auml;rz.txt", "report (1).pdf"] {
-            let b = format!("--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\r\nhello\r\n--b--\r\n");
+        for name in
+            ["O'Brien CV.pdf", "Mom's recipes.pdf", "a=b.txt", "notes; v2.md", "M&auml;rz.txt", "report (1).pdf"]
+        {
+            let b = format!(
+                "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\r\nhello\r\n--b--\r\n"
+            );
             assert_eq!(body("multipart/form-data; boundary=b", &b), None, "{name}");
         }
     }
