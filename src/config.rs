@@ -31,16 +31,6 @@ pub use sidecar::{
 };
 pub use types::{HumanDuration, IpBlock, ListenAddr};
 
-/// `uri` with the user information of its authority hidden (`https://***@host/x`), for messages.
-pub fn without_credentials(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_string() };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***{}", &rest[at..]),
-        None => uri.to_string(),
-    }
-}
-
 use std::fmt;
 use std::path::{Path, PathBuf};
 

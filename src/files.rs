@@ -72,3 +72,13 @@ mod tests {
         assert!(open_append(Path::new("/dev/null")).is_ok());
     }
 }
+
+/// `uri` with the user information of its authority hidden (`https://***@host/x`), for messages.
+pub fn uri_without_credentials(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_string() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => uri.to_string(),
+    }
+}

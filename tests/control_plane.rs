@@ -687,41 +687,37 @@ async fn a_certificate_for_one_namespace_cannot_subscribe_as_another_and_a_fake_
     write_policy(&dir.join("orders.yaml"), &policy_for("orders", "orders-api", &deny_paths(&["/admin"])));
     let plane = ControlPlane::start(&pki, "control", &dir).await;
 
-    // Its certificate names namespace `a`; it claims to be a workload of `shop`.
-    let impostor = {
-        let files = pki.workload("impostor", &id("a", "orders"));
-        let app = EchoApp::start().await;
-        let mut config = sidecar_config(&files, app.addr);
-        config.workload.namespace = Some("shop".into());
-        config.workload.labels = [("app".to_string(), "orders".to_string())].into();
-        config.policy.control_plane = Some(plane.address().parse().unwrap());
-        config.policy.fail_mode = FailMode::Closed;
-        (start_sidecar(config), app)
+    // Its certificate names namespace `a`; it claims to be a workload of `shop`. A sidecar
+    // refuses such a configuration at start (workload.namespace), so the claim is made by hand,
+    // as a misbehaving client would.
+    let hello = palisade::proto::Hello {
+        namespace: "shop".into(),
+        labels: [("app".to_string(), "orders".to_string())].into(),
+        version: String::new(),
+        node: "impostor-1".into(),
+        token: String::new(),
+        revision: 0,
     };
-    let admin = impostor.0.admin;
-    let dump = || async move {
-        let url = format!("http://{admin}/config_dump");
-        http_client().get(url).send().await.unwrap().json::<Value>().await.unwrap()
-    };
-    wait_for("the impostor is refused", async || {
-        dump().await["policy"]["controlPlane"]["lastError"]
-            .as_str()
-            .is_some_and(|e| e.contains("may not subscribe as a workload of namespace \"shop\""))
-    })
-    .await;
+    let refused = subscribe(&pki, &plane, &id("a", "orders"), hello).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("may not subscribe as a workload of namespace \"shop\""), "{refused:?}");
     assert!(plane.status().await["sidecars"].as_array().unwrap().is_empty());
     assert!(plane.metrics().await.contains("palisade_control_subscriptions_refused_total{reason=\"namespace\"}"));
     let events = std::fs::read_to_string(&plane.events).unwrap();
     assert!(events.contains("\"name\":\"namespace\"") || events.contains("namespace"), "{events}");
-    // Without any policy and failMode closed: not ready, and every request is refused.
-    let ready = http_client().get(format!("http://{admin}/ready")).send().await.unwrap();
-    assert_eq!(ready.status(), 503);
-    assert!(ready.text().await.unwrap().contains("no policy loaded"));
-    let caller = pki.workload("caller", &id("shop", "frontend"));
-    let refused = https_client(Some(&caller)).get(format!("https://{}/", impostor.0.inbound)).send().await.unwrap();
-    assert_eq!(refused.status(), 403);
-    impostor.0.shutdown();
-    impostor.1.stop();
+    let files = pki.workload("impostor", &id("a", "orders"));
+    let mut config = sidecar_config(&files, "127.0.0.1:9".parse().unwrap());
+    config.workload.namespace = Some("shop".into());
+    let options = palisade::app::RunOptions {
+        handle_signals: false,
+        log_level: palisade::telemetry::LogLevel::init_with("error"),
+    };
+    // Started off the test's runtime: a sidecar that fails to start drops its own.
+    let error = tokio::task::spawn_blocking(move || palisade::app::Sidecar::start(config, options).err())
+        .await
+        .unwrap()
+        .expect("refused at start");
+    assert!(error.to_string().contains("workload.namespace"), "{error}");
 
     // A server with a valid mesh certificate that is not the control plane's identity.
     let fake_dir = pki.path("fake-policies");

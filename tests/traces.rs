@@ -446,7 +446,8 @@ async fn http_protobuf_export_works_and_a_dead_collector_costs_only_dropped_span
     assert_eq!(status, 200);
     let spans = collector.wait_for(1).await;
     assert_eq!(spans[0].attributes["url.path"], "/over-http");
-    assert_eq!(spans[0].service, "default.default");
+    // `<account>.<namespace>` of the workload, which the configuration leaves to the certificate.
+    assert_eq!(spans[0].service, "orders.shop");
     single.sidecar.shutdown();
 
     // Nothing listens at the collector's address: every request still succeeds, and every

@@ -61,7 +61,7 @@ impl HttpFetcher {
     /// to a loopback address: keys fetched in clear across a network could be replaced.
     pub fn new(uri: &str, ca_file: Option<&Path>) -> Result<HttpFetcher, AuthnError> {
         // Never the password in a message: the URI as written, its user information hidden.
-        let shown = crate::config::without_credentials(uri);
+        let shown = crate::files::uri_without_credentials(uri);
         let bad = |why: &str| AuthnError::Fetch(format!("{shown}: {why}"));
         let parsed: Uri = uri.parse().map_err(|e| bad(&format!("not a URI ({e})")))?;
         let authority = parsed.authority().ok_or_else(|| bad("no host"))?;

@@ -263,7 +263,7 @@ fn tls_roots(
     if authority.contains('@') || endpoint.contains('?') {
         errors.push(endpoint_source.invalid(format!(
             "{}: credentials and query parameters in the endpoint are not sent to the collector; give them as headers (OTEL_EXPORTER_OTLP_HEADERS, or OTEL_EXPORTER_OTLP_TRACES_HEADERS)",
-            super::without_credentials(endpoint)
+            crate::files::uri_without_credentials(endpoint)
         )));
         return None;
     }
@@ -417,8 +417,8 @@ mod tests {
             let e = resolve(None, &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)]).unwrap_err();
             assert!(e.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && !e.contains("S3cret"), "{e}");
         }
-        assert_eq!(crate::config::without_credentials("https://u:p@h:1/x?y"), "https://***@h:1/x?y");
-        assert_eq!(crate::config::without_credentials("https://h/a@b"), "https://h/a@b");
+        assert_eq!(crate::files::uri_without_credentials("https://u:p@h:1/x?y"), "https://***@h:1/x?y");
+        assert_eq!(crate::files::uri_without_credentials("https://h/a@b"), "https://h/a@b");
     }
 
     #[test]
