@@ -50,6 +50,16 @@ pub fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
     options(0).open(path)
 }
 
+/// `uri` with the user information of its authority hidden (`https://***@host/x`), for messages.
+pub fn uri_without_credentials(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_string() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => uri.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -70,15 +80,5 @@ mod tests {
         assert!(open_append(&fifo).is_err() && open_append(dir.path()).is_err());
         assert!(open_append(&file).is_ok() && open_append(&dir.path().join("new.log")).is_ok());
         assert!(open_append(Path::new("/dev/null")).is_ok());
-    }
-}
-
-/// `uri` with the user information of its authority hidden (`https://***@host/x`), for messages.
-pub fn uri_without_credentials(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_string() };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***{}", &rest[at..]),
-        None => uri.to_string(),
     }
 }

@@ -794,16 +794,17 @@ async fn the_control_planes_webhook_answers_admission_reviews_over_tls() {
     let plain = reqwest::Client::new().post(format!("http://{address}/inject")).body("{}").send().await;
     assert!(plain.is_err() || plain.unwrap().status() != 200);
 
-    // Any pod can reach the port: one address holds at most 32 connections, and a body that
-    // does not arrive whole within 10 s is answered 408 and let go, with its memory.
+    // Any pod can reach the port: one address holds at most 32 connections and sends two
+    // bodies at a time, and a body that does not arrive whole within 10 s is answered 408 and
+    // let go, with its memory.
     use rustls::pki_types::ServerName;
     use std::sync::Arc;
     use support::{client_tls, patience};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // From an address of its own, which the earlier clients' pooled connections do not share.
-    let connect = || async {
+    // From addresses of their own, which the earlier clients' pooled connections do not share.
+    let connect = |from: &'static str| async move {
         let socket = tokio::net::TcpSocket::new_v4()?;
-        socket.bind("127.0.0.3:0".parse().unwrap())?;
+        socket.bind(from.parse().unwrap())?;
         let tcp = socket.connect(address).await?;
         let tls = Arc::new(client_tls(None));
         tokio_rustls::TlsConnector::from(tls).connect(ServerName::try_from("x").unwrap(), tcp).await
@@ -811,14 +812,10 @@ async fn the_control_planes_webhook_answers_admission_reviews_over_tls() {
     let head = "POST /inject HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 4000000\r\n\r\n{";
     let mut held = Vec::new();
     for _ in 0..32 {
-        let mut stream = connect().await.expect("one of the first 32 connections");
-        stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(&[b' '; 100_000]).await.unwrap();
-        stream.flush().await.unwrap();
-        held.push(stream);
+        held.push(connect("127.0.0.3:0").await.expect("one of the first 32 connections"));
     }
     let mut buf = [0u8; 64];
-    let closed = match connect().await {
+    let closed = match connect("127.0.0.3:0").await {
         Err(_) => true,
         Ok(mut extra) => matches!(
             tokio::time::timeout(patience(), async {
@@ -830,10 +827,22 @@ async fn the_control_planes_webhook_answers_admission_reviews_over_tls() {
         ),
     };
     assert!(closed, "the 33rd connection from one address is closed");
+    let mut sending = Vec::new();
+    for _ in 0..3 {
+        let mut stream = connect("127.0.0.4:0").await.expect("a connection from another address");
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&[b' '; 100_000]).await.unwrap();
+        stream.flush().await.unwrap();
+        sending.push(stream);
+    }
+    // Two bodies at a time from one address: a third is turned away at once.
+    let mut third = [0u8; 12];
+    let _ = tokio::time::timeout(patience(), sending[2].read_exact(&mut third)).await;
+    assert_eq!(&third, b"HTTP/1.1 429", "{:?}", String::from_utf8_lossy(&third));
     let mut answer = String::new();
-    let _ = tokio::time::timeout(patience() + Duration::from_secs(10), held[0].read_to_string(&mut answer)).await;
+    let _ = tokio::time::timeout(patience() + Duration::from_secs(10), sending[0].read_to_string(&mut answer)).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "a body cut short: {answer:?}");
     assert!(answer.contains("within 10 s"), "{answer}");
-    drop(held);
+    drop((held, sending));
     plane.shutdown();
 }

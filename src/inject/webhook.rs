@@ -33,6 +33,11 @@ pub const REVIEW_BUDGET_BYTES: usize = 32 << 20;
 /// once, and gives up itself after `timeoutSeconds` (at most 30 s, 10 s by default).
 pub const REVIEW_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Review bodies one source address may be sending at once: the API server sends a review
+/// whole and at once, so its own bodies come and go; a pod that stalls bodies holds at most
+/// this many of the budget's 4 MiB shares (32 connections of 4 MiB each would hold it all).
+const BODIES_PER_SOURCE: usize = 2;
+
 /// Reviews decoded at once. Decoding a JSON body into a value takes up to ten times its size
 /// (a 4 MiB array of numbers: about 45 MB), so they take turns; a real pod decodes in well
 /// under a millisecond.
@@ -197,6 +202,8 @@ pub struct InjectWebhook {
     pub failure_policy: FailurePolicy,
     /// [`REVIEW_BUDGET_BYTES`], in KiB.
     budget: Arc<tokio::sync::Semaphore>,
+    /// Bodies being read, per source address ([`BODIES_PER_SOURCE`]).
+    bodies: Arc<crate::serve::PerSource>,
     decodes: Arc<tokio::sync::Semaphore>,
 }
 
@@ -207,6 +214,7 @@ impl InjectWebhook {
             settings: Arc::new(settings),
             failure_policy,
             budget: Arc::new(tokio::sync::Semaphore::new(REVIEW_BUDGET_BYTES >> 10)),
+            bodies: crate::serve::PerSource::new(BODIES_PER_SOURCE),
             decodes: Arc::new(tokio::sync::Semaphore::new(DECODES_AT_ONCE)),
         }
     }
@@ -222,6 +230,17 @@ impl InjectWebhook {
         if declared.and_then(|v| v.to_str().ok()?.parse::<usize>().ok()).is_some_and(|n| n > MAX_REVIEW_BYTES) {
             return Err(text(StatusCode::PAYLOAD_TOO_LARGE, "review too large"));
         }
+        let source = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
+        let _sending = match source.map(|ip| self.bodies.enter(ip)) {
+            Some(None) => {
+                return Err(text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "this address is sending as many reviews at once as it may; send one when another is done",
+                ))
+            }
+            Some(slot) => slot,
+            None => None,
+        };
         let read = async {
             let mut body = Vec::new();
             let mut held = self.budget.clone().acquire_many_owned(0).await.expect("never closed");
