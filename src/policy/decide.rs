@@ -551,20 +551,6 @@ impl PolicySnapshot {
         }
     }
 
-    /// What the app must not receive: incoming copies of the headers claims are forwarded in,
-    /// and the verified token unless its issuer forwards it. The claims it must receive are
-    /// the token's [`Verified::forward_headers`].
-    pub fn removed_app_headers<'a>(
-        &'a self,
-        token: Option<&'a Verified>,
-        headers: &'a HeaderMap,
-    ) -> impl Iterator<Item = &'a HeaderName> {
-        let tokens = token.into_iter().flat_map(Verified::token_places);
-        self.forwarded_claim_headers().iter().chain(
-            tokens.filter(move |(name, prefix)| crate::authn::carries_token(headers, name, prefix)).map(|(n, _)| n),
-        )
-    }
-
     /// The headers claims are forwarded in: a caller's own copies never reach the app.
     pub fn forwarded_claim_headers(&self) -> &[HeaderName] {
         self.authn.as_ref().map_or(&[][..], |authn| authn.authenticator.forwarded_headers())
@@ -1430,14 +1416,23 @@ mod tests {
         h.insert("authorization", format!("Bearer {token}").parse().unwrap());
         let verified = runtime.block_on(s.authenticate(&h)).unwrap().expect("verified");
         h.insert("x-jwt-other", "unrelated".parse().unwrap());
-        let removed: Vec<String> = s.removed_app_headers(Some(&verified), &h).map(|n| n.to_string()).collect();
+        // What the inbound proxy removes: the claims' headers, and the token's place that holds it.
+        let removed_with = |token: Option<&Verified>, h: &HeaderMap| -> Vec<String> {
+            let places = token.into_iter().flat_map(Verified::token_places);
+            s.forwarded_claim_headers()
+                .iter()
+                .chain(places.filter(|(n, p)| crate::authn::carries_token(h, n, p)).map(|(n, _)| n))
+                .map(|n| n.to_string())
+                .collect()
+        };
+        let removed = removed_with(Some(&verified), &h);
         let added: Vec<(String, HeaderValue)> =
             verified.forward_headers().iter().map(|(n, v)| (n.to_string(), v.clone())).collect();
         assert!(removed.contains(&"x-user".to_string()), "a caller's own x-user is removed: {removed:?}");
         assert!(removed.contains(&"authorization".to_string()), "the token does not reach the app: {removed:?}");
         assert_eq!(added, [("x-user".to_string(), HeaderValue::from_static("alice"))]);
         // Without a token the caller's copy is still removed.
-        let removed: Vec<String> = s.removed_app_headers(None, &h).map(|n| n.to_string()).collect();
+        let removed = removed_with(None, &h);
         assert_eq!(removed, ["x-user"]);
     }
 

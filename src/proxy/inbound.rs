@@ -359,8 +359,8 @@ impl ProxyHttp for Inbound {
         // What only this sidecar may tell the app about the caller's token: what the caller
         // sent in its place goes now, the token's claims are set with the sidecar's headers.
         let token = auth.ok().flatten();
-        // As `PolicySnapshot::removed_app_headers` says, one at a time: the headers are read
-        // and then changed, with nothing collected on the way.
+        // The claims' headers, and the token's place that holds it (not an `Authorization:
+        // Basic` beside a token in `x-jwt`), one at a time: read, then removed, nothing collected.
         for name in policy.forwarded_claim_headers() {
             session.req_header_mut().remove_header(name);
         }

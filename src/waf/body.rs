@@ -262,6 +262,9 @@ fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> Option<Findi
         false => as_text(waf, skip, LocationKind::Body, body),
     };
     let mut seen_value = false;
+    // Whether the walk read past what JSON has (comments, NaN): then the body is read whole as
+    // well, as it was before such bodies were walked, so a comment's text is not skipped unread.
+    let mut lenient = false;
     // The byte order mark Jackson's and .NET's byte readers and Express's body-parser skip.
     if body.starts_with(b"\xef\xbb\xbf") {
         i = 3;
@@ -274,8 +277,16 @@ fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> Option<Findi
             // takes comments; Python's json and Json.NET take NaN and Infinity): where the walk
             // gave up, the body was read as one text value, in which a value between quotes hid.
             b'/' if !claimed && matches!(body.get(i + 1), Some(b'/' | b'*')) => {
+                lenient = true;
                 i = match body[i + 1] {
-                    b'/' => body[i..].iter().position(|&c| c == b'\n').map_or(n, |p| i + p + 1),
+                    // Json.NET and Jackson end a line comment at a carriage return too.
+                    b'/' => body[i..]
+                        .iter()
+                        .enumerate()
+                        .position(|(at, &c)| {
+                            c == b'\n' || c == b'\r' || matches!(&body[i + at..], [0xe2, 0x80, 0xa8 | 0xa9, ..])
+                        })
+                        .map_or(n, |p| i + p + 1),
                     _ => match find(body, b"*/", i + 2) {
                         Some(end) => end + 2,
                         None => return bad(i),
@@ -286,6 +297,7 @@ fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> Option<Findi
                 if !(claimed || expect_colon || at_key(expect_key, depth, &is_object))
                     && lenient_number(&body[i..]).is_some() =>
             {
+                lenient = true;
                 i += lenient_number(&body[i..]).unwrap_or(1);
                 seen_value = true;
             }
@@ -391,6 +403,9 @@ fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> Option<Findi
     }
     if depth != 0 || !seen_value {
         return bad(n.saturating_sub(1));
+    }
+    if lenient {
+        return as_text(waf, skip, LocationKind::Body, body);
     }
     None
 }
@@ -647,7 +662,11 @@ fn suspicious_filename(waf: &Waf, skip: &Skips<'_>, filename: &[u8], quoted: boo
                 let entity = start.is_some_and(|s| {
                     i - s > 1 && filename[s + 1..i].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'#')
                 });
-                !entity && filename.get(i + 1).is_some_and(|c| !c.is_ascii_whitespace())
+                // `notes; v2.md` is a name; `shell.asp;.jpg`, `shell.asp; .jpg`, `shell.asp;` and
+                // `a; filename=shell.php` (a parser that splits on `;` takes the last) are not.
+                let rest = &filename[i + 1..];
+                let spaced = rest.first().is_some_and(u8::is_ascii_whitespace);
+                !entity && (!spaced || rest.trim_ascii_start().starts_with(b".") || rest.contains(&b'='))
             }
             _ => false,
         };
@@ -973,8 +992,11 @@ mod tests {
             // Unquoted, a `'` or `=` may end the name to some parsers.
             ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"a\"; filename=a'b.php\n\nx\n--b--"),
             ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"a\"; filename=a=b.php\n\nx\n--b--"),
-            // IIS served `shell.asp;.jpg` as ASP.
+            // IIS served `shell.asp;.jpg` as ASP; a parser that splits on `;` takes the last name.
             ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"a\"; filename=\"shell.asp;.jpg\"\n\nx\n--b--"),
+            ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"a\"; filename=\"shell.asp; .jpg\"\n\nx\n--b--"),
+            ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"a\"; filename=\"shell.asp;\"\n\nx\n--b--"),
+            ("multipart/form-data; boundary=b", "--b\nContent-Disposition: form-data; name=\"a\"; filename=\"safe.jpg; filename=shell.php\"\n\nx\n--b--"),
         ] {
             assert_eq!(body(ct, b).map(|f| f.detector), Some(Detector::Protocol), "{b}");
         }
@@ -1013,10 +1035,16 @@ mod tests {
             r#"[Infinity, "1 AND 1=1"]"#,
             "{\"a\":1 /* note */, \"q\":\"1 AND 1=1\"} // end",
             "\u{feff}{\"q\":\"1 AND 1=1\"}",
+            // A line comment ends at a carriage return too.
+            "{\"a\":1 // x\r,\"q\":\"1 AND 1=1\"\n}",
         ] {
             let f = body("text/plain", lenient).unwrap_or_else(|| panic!("{lenient}"));
             assert_eq!((f.detector, f.location.kind), (Detector::Sqli, LocationKind::JsonValue), "{lenient}");
             assert!(body("application/octet-stream", lenient).is_some(), "{lenient}");
+        }
+        // What a comment holds is read too, as the body was read whole before.
+        for hidden in ["[1] /* ' OR 1=1-- */", "[1] // <script>alert(1)</script>"] {
+            assert!(body("text/plain", hidden).is_some(), "{hidden}");
         }
         // Under application/json they are no JSON: refused as malformed, as before.
         assert_eq!(body("application/json", r#"{"a":NaN}"#).map(|f| f.detector), Some(Detector::Protocol));

