@@ -45,6 +45,9 @@ fn syntax(v: &[u8], level: u8) -> Option<Hit> {
     /// The bytes the checks open with (`b` and `s` only at the start).
     static OPENS: [bool; 256] = byte_set(b"$<>(!~{/`");
     let mut i = 0;
+    // The backtick that closes the last pair opened: it opens none (in `` `a` text `b` `` the
+    // text between the spans is no command substitution).
+    let mut partner = None;
     while i < v.len() {
         if i > 0 {
             match find_in(v, i, &OPENS) {
@@ -52,12 +55,33 @@ fn syntax(v: &[u8], level: u8) -> Option<Hit> {
                 None => break,
             }
         }
+        if partner == Some(i) {
+            partner = None;
+            i += 1;
+            continue;
+        }
         if let Some(verdict) = syntax_at(v, i, level) {
             return verdict;
         }
+        partner = partner.or_else(|| backtick_partner(v, i));
         i += 1;
     }
     None
+}
+
+/// The backtick that closes a single one at `i` (doubled ones are an evasion, read apart).
+fn backtick_partner(v: &[u8], i: usize) -> Option<usize> {
+    let single = v[i] == b'`' && v.get(i + 1) != Some(&b'`') && (i == 0 || v[i - 1] != b'`');
+    single.then(|| v[i + 1..].iter().position(|&b| b == b'`').map(|close| i + 1 + close)).flatten()
+}
+
+/// Whether the line holding `i` is a markdown table's row (`| a | b |`): a shell would refuse
+/// it whole (a line that opens with `|` is a syntax error), so its bars separate no commands.
+fn table_row(v: &[u8], i: usize) -> bool {
+    let start = v[..i].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+    let end = v[i..].iter().position(|&b| b == b'\n' || b == b'\r').map_or(v.len(), |p| i + p);
+    let line = v[start..end].trim_ascii();
+    line.len() > 1 && line.starts_with(b"|") && line.ends_with(b"|")
 }
 
 /// The checks of [`syntax`] at `i`: `Some` ends the scan with its verdict.
@@ -353,8 +377,7 @@ fn prose_quote(v: &[u8], open: usize) -> Option<usize> {
     let close = v[open + 1..].iter().position(|&b| b == b'`').map(|c| open + 1 + c)?;
     let inner = &v[open + 1..close];
     let (word, end) = read_command(inner, 0);
-    let prose = open > 0
-        && v[open - 1].is_ascii_whitespace()
+    let prose = (open == 0 || v[open - 1].is_ascii_whitespace() || v[open - 1] == b'(')
         && v.get(close + 1).is_none_or(|b| b.is_ascii_whitespace() || matches!(b, b'.' | b',' | b'!' | b'?' | b':'))
         && !word.evasive
         && !word.pathed
@@ -397,6 +420,7 @@ fn english_command(w: &[u8]) -> bool {
             | b"diff"
             | b"top"
             | b"man"
+            | b"host"
     )
 }
 
@@ -887,6 +911,10 @@ fn commands(v: &[u8], level: u8) -> Option<Hit> {
                 continue;
             }
         };
+        if v[i] == b'|' && level < 2 && table_row(v, i) {
+            i += 1;
+            continue;
+        }
         if v[i] == b'`' && level < 2 {
             // A markdown code fence's line (```python): the code below it is read as any text.
             if let Some(end) = fence_line(v, i) {
@@ -1405,6 +1433,10 @@ mod tests {
             "Curl up with a good book",
             "wget is a command line tool",
             "Curl up with a good book, then sleep.",
+            "| a | b |\n| yes | no |",
+            "`x` (more than 64), `y` file of its `z`",
+            "`host` is the request's host",
+            "`HEAD` is refused with 403",
             "Fixed, see:\n```python\nprint(1)\n```",
         ] {
             assert!(!cmdi(s, 1), "{s}");
@@ -1463,6 +1495,7 @@ mod tests {
             "a `printenv` b",
             "1 `reboot` ",
             "{wg$@et,evil.com}",
+            "x | yes |",
             "x;{n$@c,evil.com,4444}",
         ] {
             assert!(cmdi(s, 1), "{s}");
