@@ -771,6 +771,7 @@ async fn the_control_planes_webhook_answers_admission_reviews_over_tls() {
                         "namespace": "shop", "operation": "CREATE", "object": pod}
         })
     };
+    let pod_for_burst = pod.clone();
     let answer: serde_json::Value =
         client.post(&url).json(&review("u-1", pod.clone())).send().await.unwrap().json().await.unwrap();
     assert_eq!(answer["response"]["uid"], "u-1");
@@ -790,6 +791,14 @@ async fn the_control_planes_webhook_answers_admission_reviews_over_tls() {
     assert_eq!((answer["response"]["allowed"].clone(), answer["response"].get("patch")), (true.into(), None));
     let bad = client.post(&url).body("{\"kind\": \"Nope\"}").send().await.unwrap();
     assert_eq!(bad.status(), 400);
+    // A burst of reviews at once from one address (the API server scaling a Deployment): all
+    // answered.
+    let burst = futures::future::join_all((0..12).map(|n| {
+        let (client, url, review) = (&client, &url, review(&format!("burst-{n}"), pod_for_burst.clone()));
+        async move { client.post(url).json(&review).send().await.map(|r| r.status().as_u16()) }
+    }))
+    .await;
+    assert!(burst.iter().all(|r| matches!(r, Ok(200))), "{burst:?}");
     // The API server only speaks TLS to a webhook; so does the webhook.
     let plain = reqwest::Client::new().post(format!("http://{address}/inject")).body("{}").send().await;
     assert!(plain.is_err() || plain.unwrap().status() != 200);

@@ -33,10 +33,14 @@ pub const REVIEW_BUDGET_BYTES: usize = 32 << 20;
 /// once, and gives up itself after `timeoutSeconds` (at most 30 s, 10 s by default).
 pub const REVIEW_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Review bodies one source address may be sending at once: the API server sends a review
-/// whole and at once, so its own bodies come and go; a pod that stalls bodies holds at most
-/// this many of the budget's 4 MiB shares (32 connections of 4 MiB each would hold it all).
+/// Large review bodies one source address may be sending at once: a pod that stalls bodies
+/// holds at most this many of the budget's 4 MiB shares (32 connections of 4 MiB each would hold
+/// it all).
 const BODIES_PER_SOURCE: usize = 2;
+
+/// A review over this is large. A pod's review is tens of KiB; one with a large ConfigMap-like
+/// annotation may reach a few hundred.
+const LARGE_REVIEW_BYTES: usize = 256 << 10;
 
 /// Reviews decoded at once. Decoding a JSON body into a value takes up to ten times its size
 /// (a 4 MiB array of numbers: about 45 MB), so they take turns; a real pod decodes in well
@@ -231,16 +235,25 @@ impl InjectWebhook {
             return Err(text(StatusCode::PAYLOAD_TOO_LARGE, "review too large"));
         }
         let source = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip());
-        let _sending = match source.map(|ip| self.bodies.enter(ip)) {
-            Some(None) => {
-                return Err(text(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "this address is sending as many reviews at once as it may; send one when another is done",
-                ))
+        // A large body takes one of its source's places while it arrives; a pod's usual review
+        // (tens of KiB, in one piece) takes none, so the API server's bursts are never refused.
+        let mut sending = None;
+        let mut large = |size: usize| -> Result<(), Response<Vec<u8>>> {
+            if size <= LARGE_REVIEW_BYTES || sending.is_some() {
+                return Ok(());
             }
-            Some(slot) => slot,
-            None => None,
+            match source.map(|ip| self.bodies.enter(ip)) {
+                Some(None) => Err(text(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "this address is sending as many large reviews at once as it may; send one when another is done",
+                )),
+                slot => {
+                    sending = slot.flatten();
+                    Ok(())
+                }
+            }
         };
+        large(declared.and_then(|v| v.to_str().ok()?.parse::<usize>().ok()).unwrap_or(0))?;
         let read = async {
             let mut body = Vec::new();
             let mut held = self.budget.clone().acquire_many_owned(0).await.expect("never closed");
@@ -250,6 +263,7 @@ impl InjectWebhook {
                         if body.len() + chunk.len() > MAX_REVIEW_BYTES {
                             return Err(text(StatusCode::PAYLOAD_TOO_LARGE, "review too large"));
                         }
+                        large(body.len() + chunk.len())?;
                         // Room for what the body now holds, in whole KiB.
                         let needed = (body.len() + chunk.len()).div_ceil(1024) as u32;
                         let more = needed.saturating_sub(held.num_permits() as u32);
