@@ -238,22 +238,28 @@ impl InjectWebhook {
         // A large body takes one of its source's places while it arrives; a pod's usual review
         // (tens of KiB, in one piece) takes none, so the API server's bursts are never refused.
         let mut sending = None;
-        let mut large = |size: usize| -> Result<(), Response<Vec<u8>>> {
+        // Whether a body of `size` may go on arriving.
+        let mut large = |size: usize| -> bool {
             if size <= LARGE_REVIEW_BYTES || sending.is_some() {
-                return Ok(());
+                return true;
             }
             match source.map(|ip| self.bodies.enter(ip)) {
-                Some(None) => Err(text(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "this address is sending as many large reviews at once as it may; send one when another is done",
-                )),
+                Some(None) => false,
                 slot => {
                     sending = slot.flatten();
-                    Ok(())
+                    true
                 }
             }
         };
-        large(declared.and_then(|v| v.to_str().ok()?.parse::<usize>().ok()).unwrap_or(0))?;
+        let too_many = || {
+            text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "this address is sending as many large reviews at once as it may; send one when another is done",
+            )
+        };
+        if !large(declared.and_then(|v| v.to_str().ok()?.parse::<usize>().ok()).unwrap_or(0)) {
+            return Err(too_many());
+        }
         let read = async {
             let mut body = Vec::new();
             let mut held = self.budget.clone().acquire_many_owned(0).await.expect("never closed");
@@ -263,7 +269,9 @@ impl InjectWebhook {
                         if body.len() + chunk.len() > MAX_REVIEW_BYTES {
                             return Err(text(StatusCode::PAYLOAD_TOO_LARGE, "review too large"));
                         }
-                        large(body.len() + chunk.len())?;
+                        if !large(body.len() + chunk.len()) {
+                            return Err(too_many());
+                        }
                         // Room for what the body now holds, in whole KiB.
                         let needed = (body.len() + chunk.len()).div_ceil(1024) as u32;
                         let more = needed.saturating_sub(held.num_permits() as u32);
