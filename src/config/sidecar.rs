@@ -801,6 +801,26 @@ impl super::Validate for SidecarConfig {
                 ));
             }
         }
+        // One authority, one entry: two would leave which address or identity answers to the
+        // list's order (hosts compared as routers compare them: case and a trailing dot aside).
+        let mut seen: Vec<(String, usize)> = Vec::new();
+        for (i, d) in self.outbound.destinations.iter().enumerate() {
+            let (host, port) = match d.authority.rsplit_once(':') {
+                Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, p),
+                _ => (d.authority.as_str(), ""),
+            };
+            let key = format!("{}:{port}", host.trim_end_matches('.').to_ascii_lowercase());
+            match seen.iter().find(|(k, _)| *k == key) {
+                Some((_, first)) => invalid.push(Invalid::field(
+                    &format!("outbound.destinations[{i}].authority"),
+                    format!(
+                        "{} is also outbound.destinations[{first}]: one entry per authority, or which one answers depends on the list's order",
+                        d.authority
+                    ),
+                )),
+                None => seen.push((key, i)),
+            }
+        }
         if self.inbound.opaque_ports.contains(&0) {
             invalid.push(Invalid::field("inbound.opaquePorts", "every port must be from 1 to 65535, got 0"));
         }
@@ -1164,5 +1184,27 @@ threads: 1
         cfg.identity.files = None;
         cfg.threads = 1;
         assert!(cfg.validate(&env).is_empty(), "certificates from the control plane's CA");
+    }
+
+    /// Two entries for one authority leave which one answers to the list's order.
+    #[test]
+    fn an_authority_is_listed_once_in_outbound_destinations() {
+        use crate::config::Validate;
+        let env = std::collections::BTreeMap::<String, String>::new();
+        let entry = |authority: &str, address: &str| Destination {
+            authority: authority.into(),
+            address: Some(address.parse().unwrap()),
+            identity: None,
+        };
+        let mut cfg = SidecarConfig::default();
+        cfg.identity.files = None;
+        cfg.identity.control_plane = Some(Default::default());
+        cfg.outbound.destinations = vec![
+            entry("orders.shop", "10.0.0.1:80"),
+            entry("orders.shop:8080", "10.0.0.2:80"),
+            entry("[::1]:8080", "10.0.0.3:80"),
+            entry("Orders.Shop.", "10.0.0.4:80"),
+        ];
+        assert_eq!(invalid_fields(&cfg, &env), ["outbound.destinations[3].authority"]);
     }
 }
