@@ -1189,7 +1189,6 @@ threads: 1
     /// Two entries for one authority leave which one answers to the list's order.
     #[test]
     fn an_authority_is_listed_once_in_outbound_destinations() {
-        use crate::config::Validate;
         let env = std::collections::BTreeMap::<String, String>::new();
         let entry = |authority: &str, address: &str| Destination {
             authority: authority.into(),
