@@ -802,23 +802,18 @@ impl super::Validate for SidecarConfig {
             }
         }
         // One authority, one entry: two would leave which address or identity answers to the
-        // list's order (hosts compared as routers compare them: case and a trailing dot aside).
-        let mut seen: Vec<(String, usize)> = Vec::new();
+        // list's order. Compared as the outbound router compares them: ASCII case aside.
         for (i, d) in self.outbound.destinations.iter().enumerate() {
-            let (host, port) = match d.authority.rsplit_once(':') {
-                Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, p),
-                _ => (d.authority.as_str(), ""),
-            };
-            let key = format!("{}:{port}", host.trim_end_matches('.').to_ascii_lowercase());
-            match seen.iter().find(|(k, _)| *k == key) {
-                Some((_, first)) => invalid.push(Invalid::field(
+            let earlier =
+                self.outbound.destinations[..i].iter().position(|e| e.authority.eq_ignore_ascii_case(&d.authority));
+            if let Some(first) = earlier {
+                invalid.push(Invalid::field(
                     &format!("outbound.destinations[{i}].authority"),
                     format!(
-                        "{} is also outbound.destinations[{first}]: one entry per authority, or which one answers depends on the list's order",
+                        "{} is also outbound.destinations[{first}]: one entry per authority, or which one answers depends on the list's order; merge the two",
                         d.authority
                     ),
-                )),
-                None => seen.push((key, i)),
+                ));
             }
         }
         if self.inbound.opaque_ports.contains(&0) {
@@ -1202,7 +1197,7 @@ threads: 1
             entry("orders.shop", "10.0.0.1:80"),
             entry("orders.shop:8080", "10.0.0.2:80"),
             entry("[::1]:8080", "10.0.0.3:80"),
-            entry("Orders.Shop.", "10.0.0.4:80"),
+            entry("ORDERS.shop", "10.0.0.4:80"),
         ];
         assert_eq!(invalid_fields(&cfg, &env), ["outbound.destinations[3].authority"]);
     }
