@@ -116,8 +116,7 @@ impl Telemetry {
     /// second's aggregate ([`refusals::REPORTED_EACH_PER_SECOND`]).
     pub fn inbound_tls_refused(&self, peer: std::net::SocketAddr, reason: String) {
         self.metrics.tls_handshakes.with_label_values(&["inbound", "failure"]).inc();
-        if !self.tls_refusals.in_full() {
-            self.tls_refusals.aggregate(&self.refusals).refused(Some(peer.ip()));
+        if !self.tls_refusals.reported_each(&self.refusals, Some(peer.ip())) {
             return;
         }
         tracing::info!(%peer, %reason, "inbound TLS handshake refused");
@@ -136,8 +135,7 @@ impl Telemetry {
     /// limit): a probe that escapes the root or smuggles is a security event too. As for
     /// handshakes, the first few of each second are reported each, the rest in aggregate.
     pub fn inbound_request_invalid(&self, denied: DeniedRequest) {
-        if !self.invalid_requests.in_full() {
-            self.invalid_requests.aggregate(&self.refusals).refused(denied.request.source.map(|s| s.ip()));
+        if !self.invalid_requests.reported_each(&self.refusals, denied.request.source.map(|s| s.ip())) {
             return;
         }
         tracing::info!(status = denied.status, reason = %denied.rule, method = %denied.request.method,

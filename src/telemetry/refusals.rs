@@ -123,8 +123,17 @@ impl OneByOne {
         OneByOne { reason, window: AtomicU64::new(0), aggregate: std::sync::OnceLock::new() }
     }
 
-    /// Whether this refusal may be reported on its own.
-    pub fn in_full(&self) -> bool {
+    /// Whether this refusal, from `source`, is reported on its own; if not, it is counted for
+    /// its second's aggregate report.
+    pub fn reported_each(&self, refusals: &Refusals, source: Option<IpAddr>) -> bool {
+        let each = self.in_full();
+        if !each {
+            self.aggregate(refusals).refused(source);
+        }
+        each
+    }
+
+    fn in_full(&self) -> bool {
         let second = now_millis() / 1000;
         let mut seen = self.window.load(Ordering::Acquire);
         loop {
@@ -144,7 +153,7 @@ impl OneByOne {
     }
 
     /// Where the rest are counted for the aggregate report (on the inbound listener).
-    pub fn aggregate(&self, refusals: &Refusals) -> &RefusalCounter {
+    fn aggregate(&self, refusals: &Refusals) -> &RefusalCounter {
         self.aggregate.get_or_init(|| {
             // Counted already in their own metric: this series is not exported.
             let uncounted = IntCounter::new("refused_in_aggregate", "not exported").expect("metric");
