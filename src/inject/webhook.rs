@@ -287,7 +287,10 @@ impl InjectWebhook {
             Ok(read) => read,
             Err(_) => Err(text(
                 StatusCode::REQUEST_TIMEOUT,
-                "the review's body did not arrive within 10 s (or other reviews held the webhook's memory meanwhile)",
+                &format!(
+                    "the review's body did not arrive within {} s (or other reviews held the webhook's memory meanwhile); send it whole, at once",
+                    REVIEW_BODY_DEADLINE.as_secs()
+                ),
             )),
         }
     }
