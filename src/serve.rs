@@ -637,10 +637,11 @@ async fn sort_hello(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Option<(
     Ok(Some((sort_client_hello(&record), record)))
 }
 
-/// An inbound handshake refused: [`Telemetry::inbound_tls_refused`]. Returns what a refused
+/// An inbound handshake refused: counted, and [`Telemetry::tls_refused`]. Returns what a refused
 /// handshake leaves to serve: nothing.
 fn inbound_handshake_refused<T>(telemetry: &Telemetry, peer: SocketAddr, reason: String) -> Option<T> {
-    telemetry.inbound_tls_refused(peer, reason);
+    telemetry.metrics.tls_handshakes.with_label_values(&["inbound", "failure"]).inc();
+    telemetry.tls_refused("inbound", peer, reason);
     None
 }
 

@@ -111,17 +111,18 @@ impl Telemetry {
         }
     }
 
-    /// An inbound handshake refused (the caller's certificate, or what it sent): counted; the
-    /// first few of each second logged and reported each as a security event, the rest in the
-    /// second's aggregate ([`refusals::REPORTED_EACH_PER_SECOND`]).
-    pub fn inbound_tls_refused(&self, peer: std::net::SocketAddr, reason: String) {
-        self.metrics.tls_handshakes.with_label_values(&["inbound", "failure"]).inc();
-        if !self.tls_refusals.reported_each(&self.refusals, Some(peer.ip())) {
+    /// A handshake refused on a listener of this process (the sidecar's inbound, the control
+    /// plane's policy port): the caller's certificate, or what it sent. The first few of each
+    /// second are logged and reported each as a security event, the rest in the second's
+    /// aggregate ([`refusals::REPORTED_EACH_PER_SECOND`]): a client needs no credential to be
+    /// refused. The caller counts it in its own metric.
+    pub fn tls_refused(&self, direction: &'static str, peer: std::net::SocketAddr, reason: String) {
+        if !self.tls_refusals.reported_each(&self.refusals, direction, Some(peer.ip())) {
             return;
         }
-        tracing::info!(%peer, %reason, "inbound TLS handshake refused");
+        tracing::info!(direction, %peer, %reason, "TLS handshake refused");
         self.events.emit(SecurityEvent::TlsFailure {
-            direction: "inbound",
+            direction,
             peer: Some(peer),
             expected: None,
             reason,
@@ -135,7 +136,7 @@ impl Telemetry {
     /// limit): a probe that escapes the root or smuggles is a security event too. As for
     /// handshakes, the first few of each second are reported each, the rest in aggregate.
     pub fn inbound_request_invalid(&self, denied: DeniedRequest) {
-        if !self.invalid_requests.reported_each(&self.refusals, denied.request.source.map(|s| s.ip())) {
+        if !self.invalid_requests.reported_each(&self.refusals, "inbound", denied.request.source.map(|s| s.ip())) {
             return;
         }
         tracing::info!(status = denied.status, reason = %denied.rule, method = %denied.request.method,

@@ -227,14 +227,7 @@ async fn run(
         let (metrics, telemetry) = (metrics.clone(), telemetry.clone());
         move |peer: SocketAddr, reason: String| {
             metrics.refused.with_label_values(&["handshake"]).inc();
-            tracing::info!(%peer, %reason, "control plane TLS handshake refused");
-            telemetry.events.emit(SecurityEvent::TlsFailure {
-                direction: "control",
-                peer: Some(peer),
-                expected: None,
-                reason,
-                tls: None,
-            });
+            telemetry.tls_refused("control", peer, reason);
         }
     };
     let incoming = super::transport::accept_mtls(grpc_listener, tls.clone(), refused, stop.clone());

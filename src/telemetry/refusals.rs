@@ -48,7 +48,7 @@ pub enum RefusalReason {
     /// `limits.maxMemoryBytes`: an idle connection (no request in flight) closed while the
     /// sidecar was over it.
     MemoryIdle,
-    /// An inbound TLS handshake refused, past the first [`REPORTED_EACH_PER_SECOND`] of a second
+    /// A TLS handshake refused, past the first [`REPORTED_EACH_PER_SECOND`] of a second
     /// (those are reported one by one, with their reason).
     TlsRefused,
     /// An inbound request refused as malformed or over a size limit (400, 413, 414, 431), past
@@ -125,10 +125,10 @@ impl OneByOne {
 
     /// Whether this refusal, from `source`, is reported on its own; if not, it is counted for
     /// its second's aggregate report.
-    pub fn reported_each(&self, refusals: &Refusals, source: Option<IpAddr>) -> bool {
+    pub fn reported_each(&self, refusals: &Refusals, direction: &'static str, source: Option<IpAddr>) -> bool {
         let each = self.in_full();
         if !each {
-            self.aggregate(refusals).refused(source);
+            self.aggregate(refusals, direction).refused(source);
         }
         each
     }
@@ -152,12 +152,13 @@ impl OneByOne {
         }
     }
 
-    /// Where the rest are counted for the aggregate report (on the inbound listener).
-    fn aggregate(&self, refusals: &Refusals) -> &RefusalCounter {
+    /// Where the rest are counted for the aggregate report, under the listener that refused
+    /// first (a process has one such listener: the sidecar's inbound, the control plane's).
+    fn aggregate(&self, refusals: &Refusals, direction: &'static str) -> &RefusalCounter {
         self.aggregate.get_or_init(|| {
             // Counted already in their own metric: this series is not exported.
             let uncounted = IntCounter::new("refused_in_aggregate", "not exported").expect("metric");
-            refusals.counter("inbound", self.reason, REPORTED_EACH_PER_SECOND, uncounted)
+            refusals.counter(direction, self.reason, REPORTED_EACH_PER_SECOND, uncounted)
         })
     }
 }
