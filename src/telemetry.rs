@@ -7,6 +7,7 @@ mod lines;
 mod logging;
 mod metrics;
 mod otlp_tls;
+mod process;
 mod recorder;
 mod refusals;
 mod traces;
@@ -17,6 +18,7 @@ pub use events::{
 };
 pub use logging::{LogFormat, LogLevel};
 pub use metrics::Metrics;
+pub use process::ProcessMetrics;
 pub use recorder::{Destinations, Fnv1a, Recorded, RequestRecorder, MAX_DESTINATIONS, OTHER_DESTINATION};
 pub use refusals::{RefusalCounter, RefusalReason, Refusals};
 pub use traces::{

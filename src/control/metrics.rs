@@ -77,7 +77,7 @@ impl ControlMetrics {
             Box::new(servable.clone()),
             Box::new(version.clone()),
             Box::new(build_info),
-            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+            Box::new(crate::telemetry::ProcessMetrics::new()),
         ] {
             registry.register(c).expect("metric registers once");
         }

@@ -222,7 +222,7 @@ impl Metrics {
             Box::new(opaque_connections.clone()),
             Box::new(inbound_tcp_connections.clone()),
             Box::new(requests_shed.clone()),
-            Box::new(prometheus::process_collector::ProcessCollector::for_self()),
+            Box::new(crate::telemetry::ProcessMetrics::new()),
         ] {
             registry.register(c).expect("metric registers once");
         }
