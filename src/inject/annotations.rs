@@ -187,6 +187,66 @@ fn ports(key: &'static str, value: &str) -> Result<Vec<u16>, BadAnnotation> {
     Ok(out)
 }
 
+/// Every annotation under `palisade.dev/` that injection reads or writes.
+const KNOWN: [&str; 15] = [
+    INJECT,
+    INJECTED,
+    INBOUND_PORTS,
+    EXCLUDE_INBOUND_PORTS,
+    EXCLUDE_OUTBOUND_PORTS,
+    EXCLUDE_OUTBOUND_CIDRS,
+    OUTBOUND_PASSTHROUGH,
+    OPAQUE_PORTS,
+    NOT_OPAQUE_PORTS,
+    LOG_LEVEL,
+    APP_PROTOCOL,
+    PROXY_CPU_REQUEST,
+    PROXY_CPU_LIMIT,
+    PROXY_MEMORY_REQUEST,
+    PROXY_MEMORY_LIMIT,
+];
+
+/// What injection goes on without but the operator should hear of: an annotation under
+/// `palisade.dev/` that nothing reads (a misspelt exclusion leaves its port captured, and the
+/// pod starts as if it were never written), and an `inject` value that is neither `enabled` nor
+/// `disabled` (Istio's `"false"` opts nothing out here).
+pub fn warnings(annotations: Option<&serde_json::Map<String, serde_json::Value>>) -> Vec<String> {
+    let Some(annotations) = annotations else { return Vec::new() };
+    let mut warnings = Vec::new();
+    for key in annotations.keys().filter(|k| k.starts_with("palisade.dev/") && !KNOWN.contains(&k.as_str())) {
+        let nearest = KNOWN.iter().min_by_key(|known| edit_distance(key, known)).filter(|k| edit_distance(key, k) <= 3);
+        warnings.push(match nearest {
+            Some(known) => {
+                format!("annotation {key} is not one Palisade reads (did you mean {known}?); it has no effect")
+            }
+            None => format!("annotation {key} is not one Palisade reads; it has no effect"),
+        });
+    }
+    match annotations.get(INJECT).and_then(serde_json::Value::as_str).map(str::trim) {
+        None | Some("enabled") | Some(DISABLED) => {}
+        Some(other) => warnings.push(format!(
+            "annotation {INJECT}: {other:?} is neither enabled nor disabled; the pod is injected (write {DISABLED} to opt out)"
+        )),
+    }
+    warnings
+}
+
+/// Levenshtein distance, for the "did you mean" of a misspelt annotation.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
 /// An address block: `10.0.0.0/8`, `fd00::/8`, or one address.
 pub fn parse_cidr(value: &str) -> Result<IpBlock, String> {
     value.parse()
@@ -223,6 +283,36 @@ mod tests {
         }
         let err = read(json!({ LOG_LEVEL: 3 })).unwrap_err();
         assert!(err.message.contains("a string"), "{err}");
+    }
+
+    #[test]
+    fn an_annotation_nothing_reads_is_warned_of_with_the_one_meant() {
+        let warnings = warnings(
+            json!({
+                "palisade.dev/exclude-outbound-port": "5432", "palisade.dev/frobnicate": "x",
+                "team.example/owner": "a", INJECT: "false", EXCLUDE_INBOUND_PORTS: "9090"
+            })
+            .as_object(),
+        );
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(
+            warnings[0].contains("palisade.dev/exclude-outbound-port is not")
+                && warnings[0].contains(&format!("did you mean {EXCLUDE_OUTBOUND_PORTS}?")),
+            "{warnings:?}"
+        );
+        assert!(
+            warnings[1].contains("palisade.dev/frobnicate is not") && !warnings[1].contains("did you mean"),
+            "{warnings:?}"
+        );
+        assert!(warnings[2].contains("\"false\" is neither enabled nor disabled"), "{warnings:?}");
+        for fine in [
+            json!({INJECT: "enabled", INJECTED: "0.1.0", OPAQUE_PORTS: "25"}),
+            json!({INJECT: " disabled "}),
+            json!({}),
+        ] {
+            assert_eq!(super::warnings(fine.as_object()), Vec::<String>::new(), "{fine}");
+        }
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

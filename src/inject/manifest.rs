@@ -33,7 +33,8 @@ pub struct Report {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
-    Injected,
+    /// With the warnings of [`super::annotations::warnings`].
+    Injected(Vec<String>),
     Skipped(Skip),
     /// A kind without pods (a Service, a ConfigMap): passed through untouched.
     NoPods,
@@ -43,7 +44,10 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let what = format!("{}/{}", self.kind.to_lowercase(), self.name);
         match &self.outcome {
-            Outcome::Injected => write!(f, "{what} injected"),
+            Outcome::Injected(warnings) => {
+                write!(f, "{what} injected")?;
+                warnings.iter().try_for_each(|w| write!(f, "; warning: {w}"))
+            }
             Outcome::Skipped(why) => write!(f, "{what} skipped: {why}"),
             Outcome::NoPods => write!(f, "{what} passed through (no pods)"),
         }
@@ -147,9 +151,9 @@ pub fn plan_object(
         return Ok(());
     }
     match pod::plan(template, &format!("{base}{path}"), namespace, settings).map_err(pod_error)? {
-        Decision::Inject(more) => {
+        Decision::Inject { ops: more, warnings } => {
             ops.extend(more);
-            reports.push(report(Outcome::Injected));
+            reports.push(report(Outcome::Injected(warnings)));
         }
         Decision::Skip(why) => reports.push(report(Outcome::Skipped(why))),
     }

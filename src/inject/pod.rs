@@ -67,7 +67,11 @@ pub enum PodError {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
-    Inject(Vec<Op>),
+    /// The JSON Patch, and what the operator should hear of (see [`ann::warnings`]).
+    Inject {
+        ops: Vec<Op>,
+        warnings: Vec<String>,
+    },
     Skip(Skip),
 }
 
@@ -178,7 +182,7 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
         None => ops.push(add(format!("{base}/spec/volumes"), Value::Array(volumes))),
         Some(_) => ops.extend(volumes.into_iter().enumerate().map(|(i, v)| add(format!("{base}/spec/volumes/{i}"), v))),
     }
-    Ok(Decision::Inject(ops))
+    Ok(Decision::Inject { ops, warnings: ann::warnings(annotations) })
 }
 
 /// What in the pod as written would break it, or the capture, once the sidecar is in: a volume

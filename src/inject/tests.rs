@@ -236,7 +236,7 @@ fn every_workload_kind_gets_the_sidecar_in_its_pod_template() {
     for (api, kind, body, path) in cases {
         let text = format!("apiVersion: {api}\nkind: {kind}\nmetadata:\n  name: w\n  namespace: shop\n{body}");
         let (out, reports) = inject_text(&text);
-        assert_eq!(reports[0].outcome, Outcome::Injected, "{kind}");
+        assert_eq!(reports[0].outcome, Outcome::Injected(vec![]), "{kind}");
         let doc = &docs(&out)[0];
         let pod = doc.pointer(path).unwrap();
         assert_eq!(names(&pod["spec"]["initContainers"]), [INIT_NAME, PROXY_NAME], "{kind}: {out}");
@@ -258,7 +258,7 @@ fn items_go_into_empty_and_full_flow_lists_with_their_commas() {
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: e, namespace: shop}}\nspec:\n  initContainers: {init}\n  containers: [{{name: app, image: nginx}}]\n  volumes: {volumes}\n"
         );
         let (out, reports) = inject_text(&text);
-        assert_eq!(reports[0].outcome, Outcome::Injected, "{text}");
+        assert_eq!(reports[0].outcome, Outcome::Injected(vec![]), "{text}");
         let pod = &docs(&out)[0];
         let inits = names(&pod["spec"]["initContainers"]);
         assert_eq!(inits[..2], [INIT_NAME, PROXY_NAME], "{out}");
@@ -275,7 +275,7 @@ fn a_list_and_a_multi_document_stream_keep_every_untouched_byte() {
     let text = format!("{DEPLOYMENT}---\n# between documents\n{list}---\n");
     let (out, reports) = inject_text(&text);
     let outcomes: Vec<&Outcome> = reports.iter().map(|r| &r.outcome).collect();
-    assert_eq!(outcomes, [&Outcome::Injected, &Outcome::NoPods, &Outcome::Injected]);
+    assert_eq!(outcomes, [&Outcome::Injected(vec![]), &Outcome::NoPods, &Outcome::Injected(vec![])]);
     // Every line of the input is still there, in order, unchanged: only lines were added.
     let mut out_lines = out.lines();
     for line in text.lines() {
@@ -521,6 +521,24 @@ fn a_pod_that_cannot_be_injected_is_refused_or_admitted_as_the_failure_policy_sa
     assert_eq!(response["allowed"], true);
     assert!(response["warnings"][0].as_str().unwrap().contains("without a sidecar"), "{response}");
     assert_eq!(patched, object);
+}
+
+#[test]
+fn a_misspelt_annotation_is_warned_of_and_the_pod_still_injected() {
+    let object = pod(json!({"annotations": {"palisade.dev/exclude-outbound-port": "5432"}}), json!({}));
+    let (response, patched) = webhook(&object, "shop", FailurePolicy::Fail);
+    assert_eq!(response["allowed"], true);
+    let warning = response["warnings"][0].as_str().unwrap();
+    assert!(warning.contains(&format!("did you mean {}?", ann::EXCLUDE_OUTBOUND_PORTS)), "{response}");
+    assert_ne!(patched, object, "the pod is injected all the same");
+    // `palisade inject` says the same on its report line.
+    let manifest = "kind: Pod\nmetadata: {name: a, annotations: {palisade.dev/inject: \"false\"}}\nspec: {containers: [{name: app, image: i}]}\n";
+    let (_, reports) = inject_text(manifest);
+    let line = reports[0].to_string();
+    assert!(line.starts_with("pod/a injected; warning: annotation palisade.dev/inject: \"false\""), "{line}");
+    // A pod without such annotations gets no warnings member at all.
+    let (response, _) = webhook(&pod(json!({}), json!({})), "shop", FailurePolicy::Fail);
+    assert!(response.get("warnings").is_none(), "{response}");
 }
 
 #[test]

@@ -58,7 +58,8 @@ pub struct Outcome {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decided {
-    Injected,
+    /// With what the operator should hear of ([`super::annotations::warnings`]).
+    Injected(Vec<String>),
     Skipped(String),
     /// The pod could not be injected; the failure policy chose the answer.
     Failed(String),
@@ -127,16 +128,20 @@ pub fn decide(body: &[u8], settings: &InjectSettings, failure_policy: FailurePol
         }
     };
     let (response, decided) = match decision {
-        Ok(Some(Decision::Inject(ops))) => {
+        Ok(Some(Decision::Inject { ops, warnings })) => {
             let patch = serde_json::to_vec(&ops).unwrap_or_default();
-            let response = json!({
+            let mut response = json!({
                 "uid": request.uid,
                 "allowed": true,
                 "patchType": "JSONPatch",
                 "patch": base64::engine::general_purpose::STANDARD.encode(patch),
                 "auditAnnotations": {"injection": "injected"},
             });
-            (response, Decided::Injected)
+            // kubectl prints these to whoever created the pod; a controller's pods have only the log.
+            if !warnings.is_empty() {
+                response["warnings"] = warnings.iter().map(|w| format!("palisade: {w}")).collect();
+            }
+            (response, Decided::Injected(warnings))
         }
         Ok(Some(Decision::Skip(why))) => {
             let why = why.to_string();
@@ -176,8 +181,13 @@ pub fn decide(body: &[u8], settings: &InjectSettings, failure_policy: FailurePol
         .unwrap_or_default();
     let namespace = request.namespace.unwrap_or_default();
     match &decided {
-        Decided::Injected => tracing::info!(target: "palisade::inject", %namespace, pod = %name, decision = "injected",
-            failure_policy = failure_policy.describe(), "pod injected"),
+        Decided::Injected(warnings) => {
+            tracing::info!(target: "palisade::inject", %namespace, pod = %name, decision = "injected",
+            failure_policy = failure_policy.describe(), "pod injected");
+            for warning in warnings {
+                tracing::warn!(target: "palisade::inject", %namespace, pod = %name, %warning, "pod injected with a warning");
+            }
+        }
         Decided::Skipped(why) => {
             tracing::info!(target: "palisade::inject", %namespace, pod = %name, decision = "skipped",
             reason = %why, failure_policy = failure_policy.describe(), "pod not injected")
