@@ -217,6 +217,7 @@ fn from_control_plane(
             "trustBundle",
         ),
     };
+    crate::identity::check_trust_anchors(&String::from_utf8_lossy(&pem)).map_err(|e| (field(from), e))?;
     let roots: Vec<rustls_pki_types::CertificateDer<'static>> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| (field(from), format!("not PEM certificates: {e}")))?;

@@ -43,6 +43,21 @@ fn inject_without_trust_anchors_or_with_a_bad_manifest_fails_with_the_reason() {
     let out = palisade(&["inject"], Some(MANIFEST));
     assert_eq!(out.status.code(), Some(78));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--trust-anchors"), "{out:?}");
+    // A workload's own certificate where the mesh's root belongs: no sidecar could check the CA.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = palisade::identity::DevCa::generate("cluster.local").unwrap();
+    let (leaf, _) =
+        ca.issue(&palisade::identity::LeafSpec::workload("spiffe://cluster.local/ns/shop/sa/orders")).unwrap();
+    let leaf_file = dir.path().join("tls.crt");
+    std::fs::write(&leaf_file, leaf).unwrap();
+    let out = palisade(&["inject", "--trust-anchors", leaf_file.to_str().unwrap()], Some(MANIFEST));
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("is not a CA certificate (the workload certificate of spiffe://cluster.local/ns/shop/sa/orders)"),
+        "{stderr}"
+    );
     let out = palisade(&["inject", "--identity-mode", "secret"], Some("kind: Pod\nspec: [\n"));
     assert_eq!(out.status.code(), Some(65));
     let out = palisade(&["inject", "-f", "/nonexistent.yaml", "--identity-mode", "secret"], None);
@@ -73,7 +88,7 @@ fn inject_adds_the_sidecar_keeps_comments_and_a_second_pass_changes_nothing() {
 fn inject_reads_its_settings_from_the_control_planes_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let anchors = dir.path().join("ca.crt");
-    std::fs::write(&anchors, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(&anchors, palisade::identity::DevCa::generate("cluster.local").unwrap().cert_pem()).unwrap();
     let config = dir.path().join("control.yaml");
     std::fs::write(
         &config,

@@ -264,8 +264,11 @@ impl InjectSettings {
         }
         if self.identity.mode == IdentityMode::ControlPlane {
             match &self.identity.trust_anchors {
-                Some(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => {}
-                Some(_) => bad("identity.trustAnchors", "expected PEM certificates (-----BEGIN CERTIFICATE-----)".into()),
+                Some(pem) => {
+                    if let Err(why) = crate::identity::check_trust_anchors(pem) {
+                        bad("identity.trustAnchors", why);
+                    }
+                }
                 None if self.identity.trust_anchors_file.is_some() => {}
                 None => bad(
                     "identity.trustAnchors",

@@ -126,6 +126,35 @@ pub enum CertIdentity {
     Invalid(&'static str),
 }
 
+/// Checks that PEM text holds only CA certificates, as trust anchors must: a workload's own
+/// certificate given where the mesh's root belongs (`tls.crt` for `ca.crt`) verifies nothing, and
+/// every sidecar handed it would wait for an identity it can never get.
+pub fn check_trust_anchors(pem: &str) -> Result<(), String> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let certs: Vec<CertificateDer<'_>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("bad PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("expected PEM certificates (-----BEGIN CERTIFICATE-----)".into());
+    }
+    for (i, der) in certs.iter().enumerate() {
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+            return Err(format!("certificate {} does not parse", i + 1));
+        };
+        if !cert.basic_constraints().ok().flatten().is_some_and(|b| b.value.ca) {
+            let what = match cert_identity(&cert) {
+                CertIdentity::Spiffe(id) => format!("the workload certificate of {id}"),
+                _ => format!("{}", cert.subject()),
+            };
+            return Err(format!(
+                "certificate {} is not a CA certificate ({what}); give the mesh's root certificates (ca.crt)",
+                i + 1
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Reads the SPIFFE ID from a DER certificate's URI SAN.
 pub fn spiffe_id_from_der(der: &[u8]) -> CertIdentity {
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
@@ -159,6 +188,19 @@ pub fn cert_identity(cert: &x509_parser::certificate::X509Certificate<'_>) -> Ce
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trust_anchors_must_be_ca_certificates() {
+        let ca = crate::identity::DevCa::generate("mesh.test").unwrap();
+        assert_eq!(check_trust_anchors(ca.cert_pem()), Ok(()));
+        let (leaf, _) = ca.issue(&crate::identity::LeafSpec::workload("spiffe://mesh.test/ns/shop/sa/orders")).unwrap();
+        let err = check_trust_anchors(&leaf).unwrap_err();
+        assert!(err.contains("certificate 1 is not a CA certificate (the workload certificate of spiffe://mesh.test/ns/shop/sa/orders)"), "{err}");
+        // A bundle is refused for any one certificate in it that is no CA.
+        let err = check_trust_anchors(&format!("{}{leaf}", ca.cert_pem())).unwrap_err();
+        assert!(err.starts_with("certificate 2 is not"), "{err}");
+        assert!(check_trust_anchors("no certificate here").unwrap_err().contains("expected PEM certificates"));
+    }
 
     #[test]
     fn parses_kubernetes_identities() {

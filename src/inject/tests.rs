@@ -9,11 +9,13 @@ use super::webhook::{decide, Decided};
 use super::*;
 use crate::yaml::{parse, Limits};
 
-const ANCHORS: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+/// A real root: injection checks that trust anchors are CA certificates.
+static ANCHORS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| crate::identity::DevCa::generate("cluster.local").unwrap().cert_pem().to_string());
 
 fn settings() -> InjectSettings {
     let mut s = InjectSettings::default();
-    s.identity.trust_anchors = Some(ANCHORS.into());
+    s.identity.trust_anchors = Some(ANCHORS.clone());
     s
 }
 
@@ -441,7 +443,7 @@ fn the_sidecar_configuration_reads_back_as_the_sidecars_own() {
     let value = crate::yaml::parse(&text, &Limits::FILE).unwrap()[0].root.to_json();
     assert_eq!(value["identity"]["controlPlane"]["address"], "palisade-control.palisade-system.svc:15012");
     assert_eq!(value["identity"]["controlPlane"]["tokenFile"], "/var/run/secrets/palisade/token");
-    assert_eq!(value["identity"]["controlPlane"]["trustAnchors"], ANCHORS);
+    assert_eq!(value["identity"]["controlPlane"]["trustAnchors"], ANCHORS.as_str());
 }
 
 #[test]

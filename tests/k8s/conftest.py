@@ -54,6 +54,12 @@ def palisade(*args, stdin=None, check=True):
     return out
 
 
+def mesh_root(directory):
+    """A real root certificate for the trust anchors (injection checks that they are CA certificates)."""
+    palisade("ca", "init", "--trust-domain", "cluster.local", "--out", str(pathlib.Path(directory) / "ca"))
+    return pathlib.Path(directory) / "ca" / "ca.crt"
+
+
 def documents(text):
     return [d for d in yaml.safe_load_all(text) if d]
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from conftest import CHART, NAMESPACE, binary, documents, eventually, palisade, validate
+from conftest import CHART, NAMESPACE, binary, documents, eventually, mesh_root, palisade, validate
 from render import render
 
 POLICY = {
@@ -233,8 +233,7 @@ def test_the_rendered_control_plane_configuration_gives_palisade_inject_its_sett
         assert control["policies"]["dir"] == "/etc/palisade/policies"
         with tempfile.TemporaryDirectory() as d:
             config = pathlib.Path(d) / "control.yaml"
-            anchors = pathlib.Path(d) / "ca.crt"
-            anchors.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+            anchors = mesh_root(d)
             # The file the control plane reads from its CA Secret, here from the temp dir.
             config.write_text(cm["data"]["control.yaml"].replace("/etc/palisade/ca/ca.crt", str(anchors)))
             pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\nspec: {containers: [{name: app, image: a}]}\n"

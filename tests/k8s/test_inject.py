@@ -7,7 +7,7 @@ import json
 import jsonpatch
 import pytest
 
-from conftest import documents, palisade, validate
+from conftest import documents, mesh_root, palisade, validate
 
 WORKLOADS = """\
 apiVersion: apps/v1
@@ -57,8 +57,7 @@ def review(obj, namespace="shop"):
 
 @pytest.mark.parametrize("mode", ["secret", "controlPlane"])
 def test_injected_workloads_are_valid_kubernetes_objects(mode, tmp_path):
-    anchors = tmp_path / "ca.crt"
-    anchors.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    anchors = mesh_root(tmp_path)
     out = palisade("inject", "--identity-mode", mode, "--trust-anchors", str(anchors), stdin=WORKLOADS)
     objs = documents(out.stdout)
     assert len(objs) == 2
