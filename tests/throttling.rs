@@ -1,7 +1,8 @@
 //! Throttling (`rateLimits[].action: DELAY`) through a real sidecar, with real TLS clients and an
 //! app that notes when each request reached it: a burst over a DELAY limit is spread over time
 //! at the limit's rate, no request waits longer than `maxDelay`, the queue's overflow gets 429 with
-//! `Retry-After`, and a REJECT limit beside it behaves as before.
+//! `Retry-After`, a REJECT limit beside it behaves as before, and a request whose caller leaves
+//! while it waits never reaches the app.
 //!
 //! What is asserted of every burst holds however slow the machine: the app's arrivals never
 //! outrun `burst + rate x elapsed`, each reported wait is at most `maxDelay`, every answer is a 200
@@ -206,5 +207,54 @@ async fn a_reject_limit_beside_a_delay_limit_still_answers_429_at_once() {
         }
     }
     assert_eq!(app.arrivals(&paths).len(), 2);
+    s.shutdown();
+}
+
+/// A token every 15 s, none spare after the first request, waits of up to 60 s: the second
+/// request waits about 15 s, the third about 30 s.
+const PATIENT: &str = r#"  rateLimits:
+    - {name: patient, match: {paths: ["/patient*"]}, key: global, rate: 1, per: 15s, burst: 1, action: DELAY, maxDelay: 60s}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_caller_leaves_while_it_waits_never_reaches_the_app() {
+    use tokio::io::AsyncWriteExt;
+    let app = ArrivalsApp::start().await;
+    let app_addr = app.addr;
+    let s = PolicedSidecar::start_with(&policy("throttle", PATIENT), |c| {
+        c.inbound.app = app_addr.to_string().parse().unwrap();
+    })
+    .await;
+    let delayed = async |n: usize| {
+        let series = r#"palisade_ratelimit_decisions_total{limit="patient",policy="shop/throttle",result="delayed"}"#;
+        let wanted = format!("{series} {n}");
+        wait_for(&wanted.clone(), async || s.metrics().await.contains(&wanted)).await;
+    };
+    let client = connected(&s).await;
+    assert_eq!(client.get(s.url("/patient/first")).send().await.unwrap().status(), 200);
+
+    // HTTP/2: the caller gives up (its stream is reset) once the sidecar holds its request.
+    let url = s.url("/patient/h2-gone");
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move { client.get(url).send().await }
+    });
+    delayed(1).await;
+    waiting.abort();
+    // HTTP/1.1: the caller closes its connection.
+    let mut h1 = s.http1_connection("frontend").await;
+    h1.write_all(b"GET /patient/h1-gone HTTP/1.1\r\nhost: orders.shop\r\n\r\n").await.unwrap();
+    delayed(2).await;
+    drop(h1);
+
+    // Each request is over (its access log line is written) well before its token would have
+    // come; once it is, what reached the app is final.
+    let gone = ["/patient/h2-gone".to_string(), "/patient/h1-gone".to_string()];
+    let lines = logged(&s, &gone).await;
+    for path in &gone {
+        assert_ne!(lines[path]["status"], 200, "{}", lines[path]);
+    }
+    assert_eq!(app.arrivals(&gone), Vec::<Instant>::new(), "a request whose caller left reached the app");
+    assert_eq!(app.arrivals(&["/patient/first".to_string()]).len(), 1);
     s.shutdown();
 }

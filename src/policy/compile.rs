@@ -479,13 +479,18 @@ impl PolicySnapshot {
         refused.map_or(Ok(()), Err)
     }
 
-    /// Step 5: matching limits take a token each, in order; the first refusal stops there, so
-    /// a refused request spends no token of a later (say, global) limit. `DELAY` limits may hand
-    /// out a token that comes later: the request then waits for the longest such wait
-    /// ([`Throttle`]) before it goes on.
+    /// Step 5: matching limits take a token each, those keyed per caller first (whichever
+    /// policy holds them), then `global` ones, each group in policy order; the first refusal
+    /// stops there, so a request a per-caller limit refuses spends no token of a global limit,
+    /// even one a namespace-wide policy sorted first. `DELAY` limits may hand out a token that
+    /// comes later: the request then waits for the longest such wait ([`Throttle`]) before it
+    /// goes on.
     pub(super) fn rate_limit(&self, req: &RequestView<'_>, path: &str) -> Result<Option<Throttle>, Limited> {
         let mut throttle: Option<Throttle> = None;
-        for limit in self.policies.iter().flat_map(|p| &p.rate_limits) {
+        let limits = self.policies.iter().flat_map(|p| &p.rate_limits);
+        let per_caller = limits.clone().filter(|l| !matches!(l.spec.key, LimitKey::Global));
+        let global = limits.filter(|l| matches!(l.spec.key, LimitKey::Global));
+        for limit in per_caller.chain(global) {
             match limit.take(req, path) {
                 Ok(None) => {}
                 Ok(Some(waiting)) => match &mut throttle {

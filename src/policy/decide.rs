@@ -1386,6 +1386,24 @@ mod tests {
     }
 
     #[test]
+    fn a_per_caller_limit_refuses_before_a_global_one_of_an_earlier_policy_takes_a_token() {
+        // The namespace-wide global limit is in the first policy, the per-tenant one in the second.
+        let global = "  rateLimits:\n    - {name: everyone, key: global, rate: 3, per: 3600s, burst: 3}\n";
+        let per_tenant =
+            "  rateLimits:\n    - {name: per-tenant, key: \"request.headers[x-tenant]\", rate: 1, per: 3600s, burst: 1}\n";
+        let s = snapshot_of(&[global, per_tenant], MtlsMode::STRICT);
+        let by = |r: Req| r.decide(&s).0.map(|_| ()).map_err(|e| e.decided_by().map(|b| b.rule.to_string()));
+        assert_eq!(by(req("GET", "/").header("x-tenant", "abuser")), Ok(()));
+        for _ in 0..5 {
+            assert_eq!(by(req("GET", "/").header("x-tenant", "abuser")), Err(Some("per-tenant".into())));
+        }
+        // The abuser's refusals spent none of everyone's tokens: two more tenants get in.
+        assert_eq!(by(req("GET", "/").header("x-tenant", "b")), Ok(()));
+        assert_eq!(by(req("GET", "/").header("x-tenant", "c")), Ok(()));
+        assert_eq!(by(req("GET", "/").header("x-tenant", "d")), Err(Some("everyone".into())));
+    }
+
+    #[test]
     fn request_principals_and_claims_decide_and_key_rate_limits() {
         let rules = "  authorization:\n    default: DENY\n    rules:\n      - {name: users, action: ALLOW, from: {requestPrincipals: [\"https://auth.example/alice\"]}, to: {paths: [\"/orders*\"]}}\n      - {name: any-user-limited, action: ALLOW, from: {requestPrincipals: [\"*\"]}, to: {paths: [\"/orders/limited\"]}}\n      - {name: admins, action: ALLOW, to: {paths: [\"/admin*\"]}, when: [{key: \"request.auth.claims[groups]\", values: [admin]}]}\n  rateLimits:\n    - {name: per-user, match: {paths: [\"/orders/limited\"]}, key: \"request.auth.claims[sub]\", rate: 1, per: 60s, burst: 1}\n";
         let s = jwt_policy(rules, false);

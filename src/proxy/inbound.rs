@@ -256,6 +256,40 @@ fn set_path(session: &mut Session, path: String) -> pingora::Result<()> {
     Ok(())
 }
 
+/// A DELAY rate limit's wait, cut short when the caller leaves: a request whose caller has gone
+/// must not reach the app when its wait ends (a client that timed out and retried would have it
+/// run twice), nor hold its place in the queue and in `maxInflight` meanwhile. An HTTP/2 caller
+/// leaving resets its stream; an HTTP/1.1 one closes its connection, which shows without reading
+/// the request's body only when it has none (one with a body waits out its time, as before).
+async fn wait_unless_the_caller_leaves(session: &mut Session, wait: Duration) -> pingora::Result<()> {
+    let waited = tokio::time::sleep(wait);
+    tokio::pin!(waited);
+    let gone = || {
+        Error::explain(ErrorType::ConnectionClosed, "the caller left while its request waited for a rate limit's token")
+            .into_down()
+    };
+    let downstream = &mut session.downstream_session;
+    if let Some(reset) = downstream.watch_h2_stream_close() {
+        return tokio::select! {
+            _ = &mut waited => Ok(()),
+            _ = reset => Err(gone()),
+        };
+    }
+    if downstream.is_body_empty() {
+        tokio::select! {
+            _ = &mut waited => return Ok(()),
+            read = downstream.read_body_or_idle(true) => match read.map_err(|e| e.etype().clone()) {
+                Err(ErrorType::ConnectionClosed | ErrorType::ReadError) => return Err(gone()),
+                // The next request's bytes, pipelined: its first byte is read now, so this
+                // connection ends with this answer.
+                _ => downstream.set_keepalive(None),
+            },
+        }
+    }
+    waited.await;
+    Ok(())
+}
+
 #[async_trait]
 impl ProxyHttp for Inbound {
     type CTX = InboundCtx;
@@ -347,10 +381,10 @@ impl ProxyHttp for Inbound {
         };
         // Throttled (a DELAY rate limit): the token is reserved; wait for it on this task's
         // timer (no thread blocked, no lock held), then go on. The place in the limits' queues
-        // is given back when `delay` drops, after the wait.
+        // is given back when `delay` drops, after the wait or when the caller leaves.
         if let Some(delay) = delay {
-            tokio::time::sleep(delay.wait).await;
             ctx.request.ratelimit_delay = Some(delay.wait);
+            wait_unless_the_caller_leaves(session, delay.wait).await?;
         }
         ctx.body.limit = body_limit;
         if let Some(path) = normalized {

@@ -583,6 +583,11 @@ impl PolicedSidecar {
         }
     }
 
+    /// An mTLS connection as `caller` speaking HTTP/1.1, left open for the test to write to.
+    pub async fn http1_connection(&self, caller: &str) -> MtlsStream {
+        mtls_stream(self.sidecar.inbound, &self.identities[caller], b"http/1.1").await.unwrap()
+    }
+
     /// A real HTTPS client presenting `caller`'s certificate, for [`PolicedSidecar::url`].
     pub fn https(&self, caller: &str) -> reqwest::Client {
         https_client(self.identities.get(caller))
