@@ -29,7 +29,9 @@ pub struct Limits {
     pub max_bytes: usize,
     /// Nesting of sequences and mappings.
     pub max_depth: usize,
-    /// Nodes in all documents, aliases counted as the nodes they expand to.
+    /// Nodes in all documents, aliases counted as the nodes they expand to. The bytes of every
+    /// value, aliases counted as what they expand to, are held to `max_bytes` too: a file within
+    /// its size limit could otherwise repeat one long anchored value thousands of times.
     pub max_nodes: usize,
 }
 
@@ -303,6 +305,8 @@ struct Builder<'l> {
     stack: Vec<Open>,
     anchors: HashMap<usize, Node>,
     nodes: usize,
+    /// The bytes of every scalar read, an alias's expansion included.
+    value_bytes: usize,
     documents: Vec<Document>,
 }
 
@@ -316,7 +320,7 @@ fn tag_refused(tag: &saphyr_parser::Tag, mark: Mark) -> Error {
 
 impl<'l> Builder<'l> {
     fn new(limits: &'l Limits) -> Self {
-        Builder { limits, stack: Vec::new(), anchors: HashMap::new(), nodes: 0, documents: Vec::new() }
+        Builder { limits, stack: Vec::new(), anchors: HashMap::new(), nodes: 0, value_bytes: 0, documents: Vec::new() }
     }
 
     fn run(mut self, text: &str) -> Result<Vec<Document>, Error> {
@@ -341,9 +345,10 @@ impl<'l> Builder<'l> {
                 Event::Alias(id) => {
                     let target = self.anchors.get(&id).ok_or_else(|| Error::at("alias to an unknown anchor", mark))?;
                     // An alias costs the nodes it expands to, so a "billion laughs" stays small.
-                    let cost = count_nodes(target);
+                    let (cost, bytes) = (count_nodes(target), value_bytes(target));
                     let node = Node { mark, span: range, ..target.clone() };
                     self.count(cost, mark)?;
+                    self.count_bytes(bytes, mark)?;
                     node
                 }
                 Event::Scalar(value, style, anchor, tag) => {
@@ -354,6 +359,7 @@ impl<'l> Builder<'l> {
                         (None, _) => Quoted::Yes,
                     };
                     self.count(1, mark)?;
+                    self.count_bytes(value.len(), mark)?;
                     let value = if quoted == Quoted::Plain && resolve(&value) == Resolved::Null {
                         Value::Null
                     } else {
@@ -425,11 +431,36 @@ impl<'l> Builder<'l> {
         Ok(())
     }
 
+    fn count_bytes(&mut self, bytes: usize, mark: Mark) -> Result<(), Error> {
+        self.value_bytes = self.value_bytes.saturating_add(bytes);
+        if self.value_bytes > self.limits.max_bytes {
+            return Err(Error::at(
+                format!(
+                    "the values, with what aliases repeat, come to more than {} bytes; write the repeated value out, or fewer times",
+                    self.limits.max_bytes
+                ),
+                mark,
+            ));
+        }
+        Ok(())
+    }
+
     fn anchored(&mut self, node: Node, anchor: usize) -> Node {
         if anchor != 0 {
             self.anchors.insert(anchor, node.clone());
         }
         node
+    }
+}
+
+fn value_bytes(node: &Node) -> usize {
+    match &node.value {
+        Value::Scalar(text, _) => text.len(),
+        Value::Seq(items) => items.iter().map(value_bytes).fold(0, usize::saturating_add),
+        Value::Map(entries) => {
+            entries.iter().map(|(k, v)| value_bytes(k).saturating_add(value_bytes(v))).fold(0, usize::saturating_add)
+        }
+        _ => 0,
     }
 }
 
@@ -1009,6 +1040,21 @@ mod tests {
         // A modest alias is fine.
         let node = one("base: &b {x: 1}\nother: *b\n");
         assert_eq!(node.get("other").and_then(|o| o.get("x")).and_then(Node::as_str), Some("1"));
+    }
+
+    #[test]
+    fn alias_expansion_counts_against_the_byte_limit() {
+        // 100 KB of text: one 10 KB value, then 200 aliases of it (2 MB of values, in few nodes).
+        let long = "p".repeat(10_000);
+        let mut text = format!("a: &long /{long}\nrefs:\n");
+        text.push_str(&"  - *long\n".repeat(200));
+        let e = refused(&text);
+        assert!(e.message.contains("come to more than 1048576 bytes"), "{e}");
+        assert_eq!(e.mark.map(|m| m.line), Some(2 + 104), "stops at the alias that crosses the limit, not at the end");
+        // What aliases repeat within the limit is read.
+        let fine = format!("a: &long /{long}\nrefs:\n{}", "  - *long\n".repeat(50));
+        let refs = one(&fine).get("refs").map(|r| r.value.clone());
+        assert!(matches!(refs, Some(Value::Seq(items)) if items.len() == 50));
     }
 
     #[test]

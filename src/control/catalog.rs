@@ -411,6 +411,19 @@ impl PolicyDirectory {
                     continue;
                 }
             };
+            // Sidecars read what they are sent as they read a file; written out in block style,
+            // a file of flow-style rules near the limit comes out a third longer, and every
+            // sidecar would refuse what the control plane had taken.
+            let most = crate::yaml::Limits::FILE.max_bytes;
+            if document.len() > most {
+                errors.push(format!(
+                    "{}:{}: policy {namespace}/{policy_name}, as the control plane sends it (block YAML), is {} bytes, more than the {most} a sidecar reads; split it into smaller policies",
+                    path.display(),
+                    located.line,
+                    document.len()
+                ));
+                continue;
+            }
             let mut hashed = format!("{namespace}\0{policy_name}\0").into_bytes();
             hashed.extend_from_slice(document.as_bytes());
             entries.push(Arc::new(CatalogEntry {
@@ -582,6 +595,29 @@ mod tests {
         let replica = PolicyDirectory::new(dir.path().into()).scan().catalog.unwrap();
         assert_eq!(replica.select(&orders).version, v_orders);
         assert_eq!(replica.version, second.version);
+    }
+
+    #[test]
+    fn a_file_whose_policy_written_out_is_more_than_a_sidecar_reads_is_refused() {
+        // About 870 KB of flow-style rules, within the file limit; written out in block style
+        // (what is sent), more than 1 MiB.
+        let rules: String = (0..12_000)
+            .map(|i| format!("      - {{name: r{i}, action: DENY, to: {{paths: [/a{i}, /b{i}, /c{i}]}}}}\n"))
+            .collect();
+        let spec = format!("  selector: {{matchLabels: {{app: orders}}}}\n  authorization:\n    rules:\n{rules}");
+        let text = policy("orders", "shop", &spec);
+        assert!(text.len() < crate::yaml::Limits::FILE.max_bytes, "{}", text.len());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("orders.yaml"), text).unwrap();
+        let outcome = PolicyDirectory::new(dir.path().into()).scan();
+        let sent = outcome.catalog.as_ref().map(|c| {
+            c.select(&workload("shop", "orders")).entries.iter().map(|e| e.document.len()).collect::<Vec<_>>()
+        });
+        assert!(!outcome.rejected.is_empty(), "{sent:?}");
+        let (file, errors) = &outcome.rejected[0];
+        assert_eq!(file, "orders.yaml");
+        assert!(errors[0].contains("orders.yaml:3: policy shop/orders, as the control plane sends it"), "{errors:?}");
+        assert!(errors[0].contains("more than the 1048576 a sidecar reads; split it"), "{errors:?}");
     }
 
     #[test]
