@@ -112,3 +112,23 @@ async fn a_client_that_resets_streams_faster_than_the_limit_loses_its_connection
     let (client, _connection) = h2(&s).await;
     assert_eq!(send(&client, get("/fresh")).await, 200);
 }
+
+/// An `:authority` is held to what a Host is (one host, no empty labels, no percent-encoding):
+/// `evil.shop..` is `evil.shop` to routers that drop empty labels, not to a policy's host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_authority_that_is_not_one_host_is_refused() {
+    let s = start().await;
+    let (client, _connection) = h2(&s).await;
+    let mut sent = Vec::new();
+    for authority in ["evil.shop..", "evil..shop", ".evil.shop", "evil%2eshop:8080"] {
+        // Some of these the http crate will not put in a URI; other clients send them.
+        let Ok(request) = http::Request::get(format!("https://{authority}/x")).body(()) else { continue };
+        assert_eq!(send(&client, request).await, 400, "{authority}");
+        sent.push(authority);
+    }
+    assert!(sent.contains(&"evil.shop..") && sent.contains(&"evil..shop"), "{sent:?}");
+    for authority in ["orders.shop", "orders.shop.", "orders.shop:8080", "[::1]:8080"] {
+        let request = http::Request::get(format!("https://{authority}/x")).body(()).unwrap();
+        assert_eq!(send(&client, request).await, 200, "{authority}");
+    }
+}

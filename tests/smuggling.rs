@@ -302,6 +302,13 @@ async fn targets_not_in_origin_form_and_host_fields_not_one_are_refused_on_both_
         ("a Host with a word for a port", "GET /orders HTTP/1.1\r\nhost: orders.shop:x\r\nconnection: close\r\n\r\n"),
         ("a Host with userinfo", "GET /orders HTTP/1.1\r\nhost: evil@orders.shop\r\nconnection: close\r\n\r\n"),
         ("an unclosed IPv6 literal", "GET /orders HTTP/1.1\r\nhost: [::1\r\nconnection: close\r\n\r\n"),
+        // Empty labels, which resolvers and routers drop, and percent-encoding, which an app may
+        // decode: each is `evil.shop` to something behind the policy.
+        ("a Host with two trailing dots", "GET /orders HTTP/1.1\r\nhost: evil.shop..\r\nconnection: close\r\n\r\n"),
+        ("a Host with an empty label", "GET /orders HTTP/1.1\r\nhost: evil..shop\r\nconnection: close\r\n\r\n"),
+        ("a Host with a leading dot", "GET /orders HTTP/1.1\r\nhost: .evil.shop\r\nconnection: close\r\n\r\n"),
+        ("a Host of a dot", "GET /orders HTTP/1.1\r\nhost: .:80\r\nconnection: close\r\n\r\n"),
+        ("a percent-encoded Host", "GET /orders HTTP/1.1\r\nhost: evil%2eshop\r\nconnection: close\r\n\r\n"),
     ];
     for via in ALL {
         for (what, request) in cases {

@@ -179,7 +179,10 @@ fn check_encoded_utf8(escaped: &[u8]) -> Result<usize, PathError> {
 /// forms (fullwidth and halfwidth forms, mathematical alphanumerics, enclosed and letterlike
 /// symbols, ligatures, superscripts, odd spaces and slashes) and the non-ASCII letters whose
 /// upper or lower case is ASCII (`ı` -> `I`, `ſ` -> `S`, Kelvin `K` -> `k`). Not a full Unicode
-/// confusables table: these are the ones that turn into the ASCII a rule names.
+/// confusables table: these are the ones that turn into the ASCII a rule names. With them, every
+/// Unicode default-ignorable code point (soft hyphen, joiners, variation selectors, fillers,
+/// bidirectional marks): IDNA, NFKC_Casefold and many search and routing stacks drop them, so
+/// `/ad<U+00AD>min` is `/admin` to them.
 fn folds_to_ascii(c: char) -> bool {
     matches!(c as u32,
         0x00a0 | 0x00aa | 0x00b2 | 0x00b3 | 0x00b9 | 0x00ba // NBSP, ordinals, superscripts
@@ -194,7 +197,10 @@ fn folds_to_ascii(c: char) -> bool {
         | 0xfe10..=0xfe19 | 0xfe30..=0xfe6f | 0xfeff // vertical and small forms, BOM
         | 0xff00..=0xffef // fullwidth and halfwidth forms
         | 0x1d400..=0x1d7ff | 0x1f100..=0x1f1ff // mathematical alphanumerics, enclosed supplement
-        | 0xe0000..=0xe007f // tags
+        | 0x00ad | 0x034f | 0x061c | 0x115f | 0x1160 | 0x17b4 | 0x17b5 | 0x180b..=0x180f // default-ignorable:
+        | 0x2060..=0x206f | 0x3164 | 0xfe00..=0xfe0f | 0xfff0..=0xfff8 // soft hyphen, joiners, selectors,
+        | 0x1bca0..=0x1bca3 | 0x1d173..=0x1d17a // fillers, format controls
+        | 0xe0000..=0xe0fff // tags, variation selectors supplement
     )
 }
 
@@ -312,18 +318,26 @@ mod tests {
             ("/%25%36%31dmin", DoubleEncoded),
             ("/%EF%BD%81dmin", Confusable), // fullwidth a
             ("/%ef%bd%81dmin", Confusable),
-            ("/%E2%84%AAelvin", Confusable),  // Kelvin sign
-            ("/%C5%BFecret", Confusable),     // long s
-            ("/admin%CD%BEx", Confusable),    // Greek question mark: `;`
-            ("/x%E2%81%87", Confusable),      // `??`
-            ("/%E3%8F%98/admin", Confusable), // `p.m.`
-            ("/%E3%8F%87", Confusable),       // `Co.`
-            ("/%C0%AFadmin", Confusable),     // overlong '/'
-            ("/%E0%80%AEadmin", Confusable),  // overlong '.'
-            ("/%BDadmin", Confusable),        // lone continuation byte
-            ("/%E2%84", Confusable),          // cut short
-            ("/%ED%A0%80", Confusable),       // surrogate
-            ("/caf\u{e9}", Control),          // raw non-ASCII
+            ("/%E2%84%AAelvin", Confusable),    // Kelvin sign
+            ("/%C5%BFecret", Confusable),       // long s
+            ("/admin%CD%BEx", Confusable),      // Greek question mark: `;`
+            ("/x%E2%81%87", Confusable),        // `??`
+            ("/%E3%8F%98/admin", Confusable),   // `p.m.`
+            ("/%E3%8F%87", Confusable),         // `Co.`
+            ("/ad%C2%ADmin", Confusable),       // soft hyphen
+            ("/ad%CD%8Fmin", Confusable),       // combining grapheme joiner
+            ("/ad%E1%A0%8Emin", Confusable),    // Mongolian vowel separator
+            ("/ad%EF%B8%8Fmin", Confusable),    // variation selector 16
+            ("/ad%E3%85%A4min", Confusable),    // Hangul filler
+            ("/ad%E1%85%9Fmin", Confusable),    // Hangul choseong filler
+            ("/ad%E2%81%A6min", Confusable),    // left-to-right isolate
+            ("/ad%F3%A0%84%80min", Confusable), // variation selector 17
+            ("/%C0%AFadmin", Confusable),       // overlong '/'
+            ("/%E0%80%AEadmin", Confusable),    // overlong '.'
+            ("/%BDadmin", Confusable),          // lone continuation byte
+            ("/%E2%84", Confusable),            // cut short
+            ("/%ED%A0%80", Confusable),         // surrogate
+            ("/caf\u{e9}", Control),            // raw non-ASCII
         ] {
             assert_eq!(normalize(raw), Err(why), "{raw:?}");
         }
