@@ -751,7 +751,15 @@ impl CompiledRule {
                         let host = super::patterns::without_port(&v);
                         values.iter().any(|p| p.matches(&v) || p.matches(host))
                     }
-                    Some(Ok(v)) => values.iter().any(|p| p.matches(&v)),
+                    // A DENY also holds for one element of a list in one field: `x-debug: 0, 1`
+                    // is `x-debug: 0` and `x-debug: 1` to RFC 9110 and to Node's and PHP's
+                    // joined headers, which fails closed when sent as two fields.
+                    Some(Ok(v)) => {
+                        values.iter().any(|p| p.matches(&v))
+                            || self.decision.action == Action::DENY
+                                && v.contains(',')
+                                && v.split(',').any(|element| values.iter().any(|p| p.matches(element.trim())))
+                    }
                     None => false,
                     Some(Err(())) => self.decision.action == Action::DENY,
                 }

@@ -1386,6 +1386,22 @@ mod tests {
     }
 
     #[test]
+    fn a_deny_on_a_header_value_holds_for_it_in_a_list_and_an_allow_does_not() {
+        let s = snapshot("  authorization:\n    default: DENY\n    rules:\n      - {name: no-debug, action: DENY, when: [{key: \"request.headers[x-debug]\", values: [\"1\"]}]}\n      - {name: acme, action: ALLOW, when: [{key: \"request.headers[x-tenant]\", values: [acme]}]}\n");
+        let by = |r: Req| r.decide(&s).0.map(|_| ()).map_err(|e| e.decided_by().map(|b| b.rule.to_string()));
+        let acme = || req("GET", "/").header("x-tenant", "acme");
+        assert_eq!(by(acme()), Ok(()));
+        assert_eq!(by(acme().header("x-debug", "1")), Err(Some("no-debug".into())));
+        // The same list in two fields, and in one: both refused.
+        assert_eq!(by(acme().header("x-debug", "0").header("x-debug", "1")), Err(Some("no-debug".into())));
+        assert_eq!(by(acme().header("x-debug", "0, 1")), Err(Some("no-debug".into())));
+        assert_eq!(by(acme().header("x-debug", "1,0")), Err(Some("no-debug".into())));
+        assert_eq!(by(acme().header("x-debug", "0, 10")), Ok(()), "elements are matched whole");
+        // An ALLOW is not met by one element of a list.
+        assert_eq!(by(req("GET", "/").header("x-tenant", "acme, evil")), Err(Some("default".into())));
+    }
+
+    #[test]
     fn a_per_caller_limit_refuses_before_a_global_one_of_an_earlier_policy_takes_a_token() {
         // The namespace-wide global limit is in the first policy, the per-tenant one in the second.
         let global = "  rateLimits:\n    - {name: everyone, key: global, rate: 3, per: 3600s, burst: 3}\n";
