@@ -1,5 +1,7 @@
 //! The sidecar's admin listener (SPEC section 6): liveness, readiness, metrics, the effective
-//! configuration, log level and shutdown.
+//! configuration, log level and shutdown; and the app's own probes, asked for the kubelet.
+
+mod app_probes;
 
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
@@ -28,6 +30,8 @@ pub struct Admin {
     pub readiness: Arc<Readiness>,
     /// The effective configuration, as loaded (it holds paths, never key material).
     pub config: serde_json::Value,
+    /// `admin.appProbes`, by name.
+    pub app_probes: std::collections::BTreeMap<String, crate::config::AppProbe>,
     pub log_level: LogLevel,
     pub shutdown: watch::Sender<bool>,
 }
@@ -127,10 +131,13 @@ pub(crate) fn from_loopback(session: &ServerSession) -> bool {
 const FROM_THE_POD_ONLY: &str =
     "this endpoint answers on localhost only; the pod address serves GET /live, /ready and /metrics";
 
-/// What the admin listener serves to callers other than the pod itself: the probes and the scrape.
+/// What the admin listener serves to callers other than the pod itself: the probes (its own
+/// and the app's) and the scrape.
 fn served_to_the_network(method: &Method, path: &str) -> bool {
-    *method == Method::GET && matches!(path, "/live" | "/ready" | "/metrics")
+    *method == Method::GET && (matches!(path, "/live" | "/ready" | "/metrics") || path.starts_with(APP_HEALTH))
 }
+
+const APP_HEALTH: &str = "/app-health/";
 
 const REDACTED: &str = "<redacted>";
 
@@ -303,6 +310,18 @@ impl ServeHttp for Admin {
                 reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.telemetry.metrics.render())
             }
             (Method::GET, "/config_dump") => json_reply(StatusCode::OK, self.config_dump()),
+            (Method::GET, path) if path.starts_with(APP_HEALTH) => {
+                let Some(probe) = self.app_probes.get(&path[APP_HEALTH.len()..]) else {
+                    return text(StatusCode::NOT_FOUND, "no such app probe (admin.appProbes)");
+                };
+                // The address the kubelet reached: the pod's, where the app listens for it.
+                let address = session
+                    .server_addr()
+                    .and_then(|a| a.as_inet())
+                    .map_or(IpAddr::from([127, 0, 0, 1]), |a| a.ip().to_canonical());
+                let verdict = app_probes::ask(probe, address).await;
+                text(verdict.status, &verdict.why)
+            }
             (Method::POST, "/shutdown") => {
                 tracing::info!("shutdown requested through the admin API");
                 self.shutdown.send_replace(true);
@@ -322,6 +341,7 @@ impl ServeHttp for Admin {
             (_, "/live" | "/ready" | "/metrics" | "/config_dump" | "/shutdown" | "/log_level") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
+            (_, path) if path.starts_with(APP_HEALTH) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
             _ => text(StatusCode::NOT_FOUND, "not found; try /live /ready /metrics /config_dump /log_level"),
         }
     }

@@ -401,6 +401,7 @@ async fn run(
         channel: channel.clone(),
         readiness: readiness.clone(),
         config: serde_json::to_value(&config).expect("configuration serialises"),
+        app_probes: config.admin.app_probes.clone(),
         log_level: options.log_level.clone(),
         shutdown: shutdown.clone(),
     });

@@ -124,3 +124,48 @@ async fn config_dump_redacts_condition_values_and_secrets() {
     assert_eq!(rule["name"], "key-holder");
     s.shutdown();
 }
+
+/// The app's own probes, rewritten by injection to `/app-health/<container>/<kind>`, are asked
+/// of the app by the sidecar: its status comes back (200-399 as 200), a TCP probe is a connect,
+/// and a port where nothing listens or a name not configured is not healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_probes_are_asked_of_the_app_for_the_kubelet() {
+    use palisade::config::{AppProbe, ProbeHeader};
+    // A port where nothing listens: bound, then let go.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let s = PolicedSidecar::start_with(&documents(), |c| {
+        let app = c.inbound.app.0.port();
+        let http = |path: &str| AppProbe {
+            port: app,
+            path: Some(path.into()),
+            headers: vec![ProbeHeader { name: "x-probe".into(), value: "kubelet".into() }],
+            timeout_seconds: 5,
+        };
+        let tcp = |port| AppProbe { port, path: None, headers: vec![], timeout_seconds: 5 };
+        c.admin.app_probes = [
+            ("app/readiness".to_string(), http("/healthz")),
+            ("app/liveness".to_string(), http("/status/500")),
+            ("app/startup".to_string(), http("/status/302")),
+            ("db/readiness".to_string(), tcp(app)),
+            ("gone/liveness".to_string(), tcp(closed)),
+        ]
+        .into();
+    })
+    .await;
+    let probe = async |name: &str| {
+        let response = http_client().get(format!("http://{}/app-health/{name}", s.sidecar.admin)).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap().trim_end().to_string())
+    };
+    assert_eq!(probe("app/readiness").await, (200, "the app answered 200".to_string()));
+    assert_eq!(probe("app/liveness").await, (500, "the app answered 500".to_string()));
+    assert_eq!(probe("app/startup").await, (200, "the app answered 302".to_string()));
+    assert_eq!(probe("db/readiness").await.0, 200);
+    let (status, why) = probe("gone/liveness").await;
+    assert_eq!(status, 503, "{why}");
+    assert!(why.contains(&format!("127.0.0.1:{closed}")), "{why}");
+    assert_eq!(probe("app/nothing").await.0, 404);
+    // Only GET: a probe changes nothing, and nothing else is served there.
+    let post = http_client().post(format!("http://{}/app-health/app/readiness", s.sidecar.admin)).send().await.unwrap();
+    assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    s.shutdown();
+}

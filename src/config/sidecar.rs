@@ -417,11 +417,69 @@ impl Serialize for SpiffeIdField {
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct AdminConfig {
     pub listen: ListenAddr,
+    /// The app's own probes, answered at `GET /app-health/<name>` (`<container>/<liveness|
+    /// readiness|startup>`): the kubelet's plaintext probe of a captured port would meet STRICT
+    /// mTLS, so injection points it here and the sidecar asks the app (Istio's rewrite).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub app_probes: BTreeMap<String, AppProbe>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "0.0.0.0:15000".parse().expect("default") }
+        AdminConfig { listen: "0.0.0.0:15000".parse().expect("default"), app_probes: BTreeMap::new() }
+    }
+}
+
+/// One app probe: an HTTP GET of `path` (the app's status comes back: 200-399 healthy), or
+/// without `path` a TCP connect, to `port` on the address the kubelet reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AppProbe {
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Headers the probe sends (`httpHeaders` of the probe as written).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ProbeHeader>,
+    /// How long the app has to answer (the probe's `timeoutSeconds`, 1 by default as in
+    /// Kubernetes).
+    #[serde(default = "one_second")]
+    pub timeout_seconds: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeHeader {
+    pub name: String,
+    pub value: String,
+}
+
+fn one_second() -> u32 {
+    1
+}
+
+impl AppProbe {
+    /// What in the probe could not be sent as written; `None` when all of it can.
+    pub fn problem(&self) -> Option<String> {
+        if self.port == 0 {
+            return Some("port must be from 1 to 65535".into());
+        }
+        if let Some(path) = &self.path {
+            if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
+                return Some(format!("path must start with / and hold only visible ASCII, got {path:?}"));
+            }
+        }
+        for header in &self.headers {
+            let name_ok =
+                !header.name.is_empty() && header.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            if !name_ok || !header.value.bytes().all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic()) {
+                return Some(format!("header {:?} cannot be sent as written", header.name));
+            }
+        }
+        if !(1..=300).contains(&self.timeout_seconds) {
+            return Some(format!("timeoutSeconds must be from 1 to 300, got {}", self.timeout_seconds));
+        }
+        None
     }
 }
 
@@ -851,6 +909,19 @@ impl super::Validate for SidecarConfig {
         }
         if !(1..=MAX_THREADS).contains(&self.threads) {
             invalid.push(Invalid::field("threads", format!("must be from 1 to {MAX_THREADS}, got {}", self.threads)));
+        }
+        for (name, probe) in &self.admin.app_probes {
+            let named =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'/'));
+            if !named {
+                invalid.push(Invalid::field(
+                    &format!("admin.appProbes.{name}"),
+                    "a probe's name is <container>/<kind>: letters, digits, '-', '.' and '/'",
+                ));
+            }
+            if let Some(problem) = probe.problem() {
+                invalid.push(Invalid::field(&format!("admin.appProbes.{name}"), problem));
+            }
         }
         let listeners = [
             ("inbound.listen", self.inbound.listen),

@@ -58,6 +58,9 @@ pub struct PodOptions {
     pub app_protocol: Option<AppProtocol>,
     /// `(requests|limits, resource, quantity)`.
     pub resources: Vec<(&'static str, &'static str, String)>,
+    /// Not an annotation: the app's probes its sidecar answers for (`admin.appProbes`), read from
+    /// its containers when they are rewritten.
+    pub app_probes: std::collections::BTreeMap<String, crate::config::AppProbe>,
 }
 
 impl PodOptions {

@@ -1,14 +1,15 @@
 //! One pod (or a workload's pod template): whether to inject it, and the JSON Patch that does.
 //! Everything here works on JSON, so the webhook and `palisade inject` share it whole.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde_json::{json, Map, Value};
 
 use super::annotations::{self as ann, PodOptions};
 use super::patch::{escape, Op};
+use crate::config::{AppProbe, IdentityMode, InjectSettings, ProbeHeader};
 use crate::config::{ControlPlaneAddress, IdentityFromControlPlane, ListenAddr, SidecarConfig, SpiffeIdField};
-use crate::config::{IdentityMode, InjectSettings};
 use crate::identity::SpiffeId;
 
 pub const PROXY_NAME: &str = "palisade-proxy";
@@ -147,8 +148,10 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
     }
     check_collisions(spec, &containers[..], init_containers.map(|c| &c[..]).unwrap_or_default(), settings)
         .map_err(|(field, message)| shape(&field, &message))?;
-    let options = PodOptions::read(annotations)?;
+    let mut options = PodOptions::read(annotations)?;
     check_options(&options, settings)?;
+    let (probe_ops, app_probes) = rewrite_app_probes(containers, base, &options, settings);
+    options.app_probes = app_probes;
     let service_account = spec
         .get("serviceAccountName")
         .or_else(|| spec.get("serviceAccount"))
@@ -177,6 +180,7 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
             ops.extend(added.into_iter().enumerate().map(|(i, c)| add(format!("{base}/spec/initContainers/{i}"), c)))
         }
     }
+    ops.extend(probe_ops);
     let volumes = volumes(settings, service_account);
     match list("volumes")? {
         None => ops.push(add(format!("{base}/spec/volumes"), Value::Array(volumes))),
@@ -239,6 +243,77 @@ fn check_collisions(
         }
     }
     Ok(())
+}
+
+/// The app's HTTP probes of ports the sidecar captures, pointed at the sidecar's admin port
+/// (`/app-health/<container>/<kind>`), which asks the app as the kubelet would have: the
+/// kubelet's plaintext probe of a captured port meets the inbound port's mTLS and fails, and the
+/// pod never becomes ready (Istio rewrites probes so too). Only the probe's `port` and `path`
+/// change (scalars, which `palisade inject` edits in the manifest's own text); its timings stay.
+/// Left as written: probes of ports not captured, exec and gRPC probes, HTTPS probes (the app's
+/// own TLS), probes with a `host` (not this pod), and TCP probes (see the chart's README).
+/// Returns the operations and what the sidecar's configuration needs.
+fn rewrite_app_probes(
+    containers: &[Value],
+    base: &str,
+    options: &PodOptions,
+    settings: &InjectSettings,
+) -> (Vec<Op>, BTreeMap<String, AppProbe>) {
+    let captured = |port: u16| {
+        options.inbound_ports.as_ref().is_none_or(|ports| ports.contains(&port))
+            && !options.exclude_inbound_ports.contains(&port)
+    };
+    let mut ops = Vec::new();
+    let mut probes = BTreeMap::new();
+    for (i, container) in containers.iter().enumerate() {
+        let Some(name) = container.get("name").and_then(Value::as_str) else { continue };
+        // A named port is the container's own `ports[].name`.
+        let port_of = |port: &Value| -> Option<u16> {
+            match port {
+                Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+                Value::String(s) if s.bytes().all(|b| b.is_ascii_digit()) => s.parse().ok(),
+                Value::String(s) => container.get("ports")?.as_array()?.iter().find_map(|p| {
+                    (p.get("name")?.as_str()? == s).then(|| p.get("containerPort")?.as_u64()?.try_into().ok())?
+                }),
+                _ => None,
+            }
+        };
+        for (field, kind) in
+            [("livenessProbe", "liveness"), ("readinessProbe", "readiness"), ("startupProbe", "startup")]
+        {
+            let Some(probe) = container.get(field) else { continue };
+            let Some(http) = probe.get("httpGet").and_then(Value::as_object) else { continue };
+            let elsewhere = http.get("host").and_then(Value::as_str).is_some_and(|h| !h.is_empty());
+            let https = http.get("scheme").and_then(Value::as_str).is_some_and(|s| !s.eq_ignore_ascii_case("HTTP"));
+            let Some(port) = http.get("port").and_then(port_of).filter(|p| captured(*p) && !elsewhere && !https) else {
+                continue;
+            };
+            let headers = http.get("httpHeaders").and_then(Value::as_array).into_iter().flatten();
+            let headers = headers
+                .filter_map(|h| {
+                    let (name, value) = (h.get("name")?.as_str()?, h.get("value")?.as_str()?);
+                    Some(ProbeHeader { name: name.to_string(), value: value.to_string() })
+                })
+                .collect();
+            let path = http.get("path").and_then(Value::as_str).filter(|p| !p.is_empty()).unwrap_or("/");
+            let timeout_seconds =
+                probe.get("timeoutSeconds").and_then(Value::as_u64).and_then(|t| u32::try_from(t).ok()).unwrap_or(1);
+            let app_probe = AppProbe { port, path: Some(path.to_string()), headers, timeout_seconds };
+            if app_probe.problem().is_some() {
+                continue;
+            }
+            let key = format!("{name}/{kind}");
+            let at = format!("{base}/spec/containers/{i}/{field}/httpGet");
+            ops.push(Op::Replace { path: format!("{at}/port"), value: json!(settings.ports.admin) });
+            let to_admin = json!(format!("/app-health/{key}"));
+            ops.push(match http.contains_key("path") {
+                true => Op::Replace { path: format!("{at}/path"), value: to_admin },
+                false => add(format!("{at}/path"), to_admin),
+            });
+            probes.insert(key, app_probe);
+        }
+    }
+    (ops, probes)
 }
 
 fn add(path: String, value: Value) -> Op {
@@ -466,6 +541,7 @@ pub fn sidecar_config(settings: &InjectSettings, options: &PodOptions) -> String
     config.inbound.opaque_ports =
         opaque(merged(&crate::config::DEFAULT_INBOUND_OPAQUE_PORTS, &config.outbound.opaque_ports));
     config.admin.listen = any(ports.admin);
+    config.admin.app_probes = options.app_probes.clone();
     let cp = &settings.control_plane;
     config.policy.control_plane = Some(ControlPlaneAddress { host: host.clone(), port: cp.grpc_port });
     // Named even when it is the default, so a control plane in another namespace is still verified.

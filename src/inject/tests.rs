@@ -705,3 +705,77 @@ fn reviews_of_other_objects_and_operations_are_allowed_unchanged() {
     let outcome = decide(&serde_json::to_vec(&review).unwrap(), &settings(), FailurePolicy::Fail);
     assert!(matches!(outcome.decision, Decided::Skipped(ref why) if why == "not a Pod"), "{:?}", outcome.decision);
 }
+
+#[test]
+fn the_apps_probes_of_captured_ports_are_asked_through_the_sidecars_admin_port() {
+    use crate::config::{load_text, AppProbe, ProbeHeader, SidecarConfig};
+    let http = |port: Value| json!({"httpGet": {"path": "/healthz", "port": port, "httpHeaders": [{"name": "x-probe", "value": "1"}]}, "timeoutSeconds": 3, "periodSeconds": 7});
+    let app = json!({
+        "name": "app", "image": "a",
+        "ports": [{"name": "http", "containerPort": 8080}, {"name": "metrics", "containerPort": 9090}],
+        "readinessProbe": http(json!("http")),
+        "livenessProbe": {"httpGet": {"port": 8080}},
+        "startupProbe": {"exec": {"command": ["true"]}},
+    });
+    let side = json!({
+        "name": "side", "image": "s",
+        // Not captured (excluded below), the app's own TLS, another host, TCP: left as written.
+        "readinessProbe": http(json!(9090)),
+        "livenessProbe": {"httpGet": {"path": "/", "port": 8443, "scheme": "HTTPS"}},
+        "startupProbe": {"httpGet": {"path": "/", "port": 8080, "host": "example.com"}},
+    });
+    let grpc = json!({"name": "grpc", "image": "g", "livenessProbe": {"grpc": {"port": 8080}}, "readinessProbe": {"tcpSocket": {"port": 8080}}});
+    let object = pod(
+        json!({"annotations": {ann::EXCLUDE_INBOUND_PORTS: "9090"}}),
+        json!({"containers": [app.clone(), side.clone(), grpc.clone()]}),
+    );
+    let (response, patched) = webhook(&object, "shop", FailurePolicy::Fail);
+    assert_eq!(response["allowed"], true);
+    let containers = &patched["spec"]["containers"];
+    // The port and path change; the timings and headers (which the admin port ignores) stay.
+    let admin =
+        json!({"path": "/app-health/app/readiness", "port": 15000, "httpHeaders": [{"name": "x-probe", "value": "1"}]});
+    assert_eq!(containers[0]["readinessProbe"], json!({"httpGet": admin, "timeoutSeconds": 3, "periodSeconds": 7}));
+    assert_eq!(containers[0]["livenessProbe"], json!({"httpGet": {"path": "/app-health/app/liveness", "port": 15000}}));
+    assert_eq!(containers[0]["startupProbe"], app["startupProbe"], "exec probes stay");
+    assert_eq!(containers[1], side);
+    assert_eq!(containers[2], grpc);
+
+    let proxy = &patched["spec"]["initContainers"][1];
+    let text = proxy["env"].as_array().unwrap().iter().find(|e| e["name"] == crate::config::CONFIG_VAR).unwrap()
+        ["value"]
+        .as_str()
+        .unwrap();
+    let env = std::collections::BTreeMap::<String, String>::new();
+    let config: Result<SidecarConfig, _> = load_text(std::path::Path::new("PALISADE_CONFIG"), text, &env);
+    // In controlPlane mode the sidecar refuses only its certificate source here (no CA running).
+    let probes = match config {
+        Ok(config) => config.admin.app_probes,
+        Err(errors) => {
+            assert!(errors.iter().all(|e| e.field == "identity.controlPlane"), "{errors:?}");
+            let value = crate::yaml::parse(text, &Limits::FILE).unwrap()[0].root.to_json();
+            serde_json::from_value(value["admin"]["appProbes"].clone()).unwrap()
+        }
+    };
+    let expected: std::collections::BTreeMap<String, AppProbe> = [
+        (
+            "app/readiness".to_string(),
+            AppProbe {
+                port: 8080,
+                path: Some("/healthz".into()),
+                headers: vec![ProbeHeader { name: "x-probe".into(), value: "1".into() }],
+                timeout_seconds: 3,
+            },
+        ),
+        (
+            "app/liveness".to_string(),
+            AppProbe { port: 8080, path: Some("/".into()), headers: vec![], timeout_seconds: 1 },
+        ),
+    ]
+    .into();
+    assert_eq!(probes, expected, "{text}");
+    // `palisade inject` writes the same into the manifest's text.
+    let manifest = crate::yaml::to_string(&object).unwrap();
+    let (out, _) = inject(&manifest, &settings()).unwrap();
+    assert_eq!(docs(&out)[0]["spec"]["containers"], patched["spec"]["containers"]);
+}
