@@ -213,9 +213,30 @@ const KNOWN: [&str; 15] = [
 /// `palisade.dev/` that nothing reads (a misspelt exclusion leaves its port captured, and the
 /// pod starts as if it were never written), and an `inject` value that is neither `enabled` nor
 /// `disabled` (Istio's `"false"` opts nothing out here).
-pub fn warnings(annotations: Option<&serde_json::Map<String, serde_json::Value>>) -> Vec<String> {
-    let Some(annotations) = annotations else { return Vec::new() };
+pub fn warnings(
+    annotations: Option<&serde_json::Map<String, serde_json::Value>>,
+    labels: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Vec<String> {
     let mut warnings = Vec::new();
+    // As a label, `inject` opts a pod in (`enabled`) or out; another value does neither.
+    match labels.and_then(|l| l.get(INJECT)).and_then(serde_json::Value::as_str).map(str::trim) {
+        None | Some("enabled") | Some(DISABLED) => {}
+        Some(other) => warnings.push(format!(
+            "label {INJECT}: {other:?} is neither enabled nor disabled; the pod is injected (write {DISABLED} to opt out)"
+        )),
+    }
+    // An operator moving from another mesh: its opt-out does not opt out of this one.
+    for (key, off) in [("sidecar.istio.io/inject", "false"), ("linkerd.io/inject", "disabled")] {
+        let says_off = |map: Option<&serde_json::Map<String, serde_json::Value>>| {
+            map.and_then(|m| m.get(key)).and_then(serde_json::Value::as_str).is_some_and(|v| v.trim() == off)
+        };
+        if says_off(annotations) || says_off(labels) {
+            warnings.push(format!(
+                "{key}: {off} opts the pod out of that mesh, not of Palisade, which injects it (write {INJECT}: {DISABLED} to opt out)"
+            ));
+        }
+    }
+    let Some(annotations) = annotations else { return warnings };
     for key in annotations.keys().filter(|k| k.starts_with("palisade.dev/") && !KNOWN.contains(&k.as_str())) {
         let nearest = KNOWN.iter().min_by_key(|known| edit_distance(key, known)).filter(|k| edit_distance(key, k) <= 3);
         warnings.push(match nearest {
@@ -296,6 +317,7 @@ mod tests {
                 "team.example/owner": "a", INJECT: "false", EXCLUDE_INBOUND_PORTS: "9090"
             })
             .as_object(),
+            None,
         );
         assert_eq!(warnings.len(), 3, "{warnings:?}");
         assert!(
@@ -313,9 +335,21 @@ mod tests {
             json!({INJECT: " disabled "}),
             json!({}),
         ] {
-            assert_eq!(super::warnings(fine.as_object()), Vec::<String>::new(), "{fine}");
+            assert_eq!(super::warnings(fine.as_object(), fine.as_object()), Vec::<String>::new(), "{fine}");
         }
         assert_eq!(edit_distance("kitten", "sitting"), 3);
+        // A label that opts nothing in or out, and another mesh's opt-out.
+        let warnings = super::warnings(
+            json!({"sidecar.istio.io/inject": "false"}).as_object(),
+            json!({INJECT: "false", "linkerd.io/inject": "disabled"}).as_object(),
+        );
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(warnings[0].starts_with("label palisade.dev/inject: \"false\""), "{warnings:?}");
+        assert!(
+            warnings[1].starts_with("sidecar.istio.io/inject: false opts the pod out of that mesh"),
+            "{warnings:?}"
+        );
+        assert!(warnings[2].starts_with("linkerd.io/inject: disabled"), "{warnings:?}");
     }
 
     #[test]

@@ -112,7 +112,12 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
     // Told by spec.os (1.25+) or, as most Windows workloads still are, by a node selector.
     let os_name = spec.get("os").and_then(|os| os.get("name")).and_then(Value::as_str);
     let os_selected = spec.get("nodeSelector").and_then(|n| n.get("kubernetes.io/os")).and_then(Value::as_str);
-    if os_name == Some("windows") || os_selected == Some("windows") {
+    let beta_selected = spec.get("nodeSelector").and_then(|n| n.get("beta.kubernetes.io/os")).and_then(Value::as_str);
+    if os_name == Some("windows")
+        || os_selected == Some("windows")
+        || beta_selected == Some("windows")
+        || windows_by_affinity(spec)
+    {
         return Ok(Decision::Skip(Skip::Windows));
     }
     let list = |name: &str| -> Result<Option<&Vec<Value>>, PodError> {
@@ -145,6 +150,20 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
             return Err(shape(&field, &message));
         }
         (None, None) => {}
+    }
+    // Another mesh's sidecar: two sets of capture rules in one pod send each other's traffic in
+    // circles, and the pod's networking breaks in ways its author cannot trace to either mesh.
+    let lists = [("containers", Some(containers)), ("initContainers", init_containers)];
+    for (list, items) in lists {
+        for (i, container) in items.into_iter().flatten().enumerate() {
+            let name = container.get("name").and_then(Value::as_str).unwrap_or_default();
+            if let Some((_, mesh, opt_out)) = OTHER_MESHES.iter().find(|(n, _, _)| *n == name) {
+                return Err(shape(
+                    &format!("/spec/{list}/{i}/name"),
+                    &format!("{name} is {mesh}'s sidecar: two meshes' capture rules cannot share a pod; take it out of one ({opt_out}, or {}: {})", ann::INJECT, ann::DISABLED),
+                ));
+            }
+        }
     }
     check_collisions(spec, &containers[..], init_containers.map(|c| &c[..]).unwrap_or_default(), settings)
         .map_err(|(field, message)| shape(&field, &message))?;
@@ -186,7 +205,7 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
         None => ops.push(add(format!("{base}/spec/volumes"), Value::Array(volumes))),
         Some(_) => ops.extend(volumes.into_iter().enumerate().map(|(i, v)| add(format!("{base}/spec/volumes/{i}"), v))),
     }
-    Ok(Decision::Inject { ops, warnings: ann::warnings(annotations) })
+    Ok(Decision::Inject { ops, warnings: ann::warnings(annotations, labels) })
 }
 
 /// What in the pod as written would break it, or the capture, once the sidecar is in: a volume
@@ -243,6 +262,37 @@ fn check_collisions(
         }
     }
     Ok(())
+}
+
+/// Containers of other meshes' sidecars, the mesh, and how a pod opts out of it.
+const OTHER_MESHES: [(&str, &str, &str); 5] = [
+    ("istio-proxy", "Istio", "sidecar.istio.io/inject: \"false\""),
+    ("istio-init", "Istio", "sidecar.istio.io/inject: \"false\""),
+    ("istio-validation", "Istio", "sidecar.istio.io/inject: \"false\""),
+    ("linkerd-proxy", "Linkerd", "linkerd.io/inject: disabled"),
+    ("linkerd-init", "Linkerd", "linkerd.io/inject: disabled"),
+];
+
+/// A pod whose required node affinity admits Windows nodes only: every term asks for the OS
+/// label (`kubernetes.io/os` or its beta name) to be in a list without `linux`.
+fn windows_by_affinity(spec: &Map<String, Value>) -> bool {
+    let terms = spec
+        .get("affinity")
+        .and_then(|a| a.pointer("/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms"))
+        .and_then(Value::as_array);
+    let Some(terms) = terms.filter(|t| !t.is_empty()) else { return false };
+    terms.iter().all(|term| {
+        let expressions = term.get("matchExpressions").and_then(Value::as_array).into_iter().flatten();
+        expressions.into_iter().any(|e| {
+            let key = e.get("key").and_then(Value::as_str);
+            let values: Vec<&str> =
+                e.get("values").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+            matches!(key, Some("kubernetes.io/os" | "beta.kubernetes.io/os"))
+                && e.get("operator").and_then(Value::as_str) == Some("In")
+                && values.contains(&"windows")
+                && !values.contains(&"linux")
+        })
+    })
 }
 
 /// The app's HTTP probes of ports the sidecar captures, pointed at the sidecar's admin port

@@ -165,12 +165,51 @@ fn kube_system_the_control_planes_namespace_and_excluded_namespaces_are_never_in
     }
 }
 
+fn windows_affinity(terms: &[&[&str]]) -> Value {
+    let terms: Vec<Value> = terms
+        .iter()
+        .map(|values| json!({"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": values}]}))
+        .collect();
+    json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}}}})
+}
+
+#[test]
+fn a_pod_that_may_run_on_linux_is_injected_whatever_else_its_affinity_allows() {
+    for spec in [windows_affinity(&[&["windows", "linux"]]), windows_affinity(&[&["windows"], &["linux"]])] {
+        let (response, patched) = webhook(&pod(json!({}), spec.clone()), "shop", FailurePolicy::Fail);
+        assert_eq!(response["auditAnnotations"]["injection"], "injected", "{spec}");
+        assert!(patched["spec"]["initContainers"].is_array());
+    }
+}
+
+#[test]
+fn a_pod_with_another_meshs_sidecar_is_refused_with_how_to_take_it_out() {
+    for (list, name, words) in [
+        ("containers", "istio-proxy", "sidecar.istio.io/inject: \"false\""),
+        ("initContainers", "istio-init", "sidecar.istio.io/inject: \"false\""),
+        ("containers", "linkerd-proxy", "linkerd.io/inject: disabled"),
+    ] {
+        let mut object = pod(json!({}), json!({}));
+        let other = json!({"name": name, "image": "mesh"});
+        match list {
+            "containers" => object["spec"]["containers"].as_array_mut().unwrap().push(other),
+            _ => object["spec"]["initContainers"] = json!([other]),
+        }
+        let (response, _) = webhook(&object, "shop", FailurePolicy::Fail);
+        assert_eq!(response["allowed"], false, "{name}");
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("/spec/{list}/")) && message.contains(words), "{message}");
+    }
+}
+
 #[test]
 fn host_network_pods_and_pods_that_opt_out_are_never_injected() {
     let cases = [
         (json!({}), json!({"hostNetwork": true}), Skip::HostNetwork),
         (json!({}), json!({"os": {"name": "windows"}}), Skip::Windows),
         (json!({}), json!({"nodeSelector": {"kubernetes.io/os": "windows"}}), Skip::Windows),
+        (json!({}), json!({"nodeSelector": {"beta.kubernetes.io/os": "windows"}}), Skip::Windows),
+        (json!({}), windows_affinity(&[&["windows"], &["windows"]]), Skip::Windows),
         (json!({"annotations": {"palisade.dev/inject": "disabled"}}), json!({}), Skip::OptedOut),
         (json!({"labels": {"palisade.dev/inject": "disabled"}}), json!({}), Skip::OptedOut),
     ];
