@@ -355,9 +355,24 @@ fn quantity(value: &str) -> Option<u128> {
 }
 
 /// A `PALISADE_LOG` filter (`RUST_LOG` syntax) in the characters such filters use, so a value
-/// can never carry anything else into the pod.
+/// can never carry anything else into the pod; and one whose bare words are levels or name
+/// what logs: `verbose` reads as "everything from a module named verbose", and the process would
+/// write nothing at all.
 pub fn is_log_filter(value: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    const TARGETS: [&str; 9] =
+        ["palisade", "pingora", "h2", "hyper", "rustls", "tonic", "tokio", "tower", "opentelemetry"];
+    let level = |word: &str| LEVELS.iter().any(|l| l.eq_ignore_ascii_case(word));
+    let target = |word: &str| {
+        TARGETS.iter().any(|t| {
+            word.strip_prefix(t).is_some_and(|rest| rest.is_empty() || rest.starts_with("::") || rest.starts_with('_'))
+        })
+    };
     !value.is_empty()
         && value.len() <= 256
         && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_=,:.-".contains(&b))
+        && value.split(',').map(str::trim).filter(|d| !d.is_empty()).all(|directive| match directive.split_once('=') {
+            Some((name, wanted)) => !name.is_empty() && level(wanted),
+            None => level(directive) || target(directive),
+        })
 }

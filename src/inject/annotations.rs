@@ -298,6 +298,8 @@ mod tests {
             (EXCLUDE_OUTBOUND_CIDRS, "10.0.0.0/33"),
             (EXCLUDE_OUTBOUND_CIDRS, "example.com"),
             (LOG_LEVEL, "debug; rm -rf /"),
+            (LOG_LEVEL, "verbose"),
+            (LOG_LEVEL, "info,palisade=loud"),
             (APP_PROTOCOL, "grpc"),
             (PROXY_MEMORY_LIMIT, "lots"),
             (PROXY_CPU_REQUEST, "1.5.2"),
@@ -350,6 +352,18 @@ mod tests {
             "{warnings:?}"
         );
         assert!(warnings[2].starts_with("linkerd.io/inject: disabled"), "{warnings:?}");
+    }
+
+    #[test]
+    fn a_log_filter_is_levels_and_targets_that_log() {
+        for good in ["info", "WARN", "palisade=debug,info", "warn,h2=off", "pingora_core::protocols=trace", "palisade"]
+        {
+            assert!(is_log_filter(good), "{good}");
+        }
+        // A bare word names a module: "verbose" would silence every line.
+        for bad in ["verbose", "loud,info", "palisade=verbose", "=debug", "", "info;x"] {
+            assert!(!is_log_filter(bad), "{bad}");
+        }
     }
 
     #[test]

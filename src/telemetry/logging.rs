@@ -72,6 +72,9 @@ impl LogLevel {
     }
 
     pub fn set(&self, filter: &str) -> Result<(), String> {
+        if !crate::config::is_log_filter(filter) {
+            return Err(format!("bad filter {filter:?}: {FILTER_FORM}"));
+        }
         let filter = EnvFilter::try_new(filter).map_err(|e| format!("bad filter {filter:?}: {e}"))?;
         match &self.0 {
             Some(handle) => handle.reload(filter).map_err(|e| e.to_string()),
@@ -140,10 +143,16 @@ fn one_line(event: &[u8], ansi: bool) -> std::borrow::Cow<'_, [u8]> {
     std::borrow::Cow::Owned(out)
 }
 
+/// What a filter is made of, for the error that refuses one.
+const FILTER_FORM: &str = "write levels (trace, debug, info, warn, error, off) and target=level pairs, e.g. \"info,palisade=debug\"; a bare word other than a level names a module, and palisade, pingora, h2, hyper, rustls, tonic, tokio, tower and opentelemetry are the ones that log";
+
 /// The filter from the first of [`FILTER_VARS`] that is set and not empty, else `default`.
 fn filter_from_env(var: &dyn Fn(&str) -> Option<String>, default: &str) -> Result<EnvFilter, String> {
     for name in FILTER_VARS {
         if let Some(value) = var(name).filter(|v| !v.trim().is_empty()) {
+            if !crate::config::is_log_filter(&value) {
+                return Err(format!("{name}: bad log filter {value:?}: {FILTER_FORM}"));
+            }
             return EnvFilter::builder()
                 .parse(&value)
                 .map_err(|e| format!("{name}: bad log filter {value:?}: {e} (e.g. \"info,palisade=debug\")"));

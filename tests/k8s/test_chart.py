@@ -89,6 +89,11 @@ def by_kind(objs, kind):
     {"controlPlane": {"policyPollInterval": "0s"}},
     {"controlPlane": {"policyPollInterval": "000h"}},
     {"controlPlane": {"policyPollInterval": "0"}},
+    # Refused by the binary at start (exit 78), so by the schema before an install crash-loops.
+    {"sidecar": {"excludeOutboundCidrs": ["10.0.0.0/33"]}},
+    {"sidecar": {"outboundPassthrough": ["999.1.1.1/8"]}},
+    {"sidecar": {"logLevel": "verbose"}},
+    {"controlPlane": {"logLevel": "info,palisade=loud"}},
 ], ids=lambda v: str(v)[:60])
 def test_bad_values_are_refused_by_the_schema_with_the_field_named(values):
     with helm_python.Chart.load(str(CHART)) as chart:
@@ -105,6 +110,19 @@ def test_bad_values_are_refused_by_the_schema_with_the_field_named(values):
         return path
     named = leaf(values)
     assert any(part in message for part in named if not part.isdigit()), message
+
+
+@pytest.mark.parametrize("ttl", ["0s", "4s", "4999ms", "8785h", "100000h"])
+def test_a_certificate_lifetime_the_ca_would_refuse_is_refused_at_render(ttl):
+    with helm_python.Chart.load(str(CHART)) as chart:
+        with pytest.raises(Exception) as refused:
+            chart.render({"controlPlane": {"certTtl": ttl}}, name="palisade", namespace=NAMESPACE)
+    assert f"controlPlane.certTtl: {ttl} is outside 5s..8784h" in str(refused.value)
+
+
+def test_certificate_lifetimes_at_the_bounds_render():
+    for ttl in ["5s", "5000ms", "24h", "8784h", "527040m"]:
+        assert objects({"controlPlane": {"certTtl": ttl}})
 
 
 def test_the_chart_lints_clean():
