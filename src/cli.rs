@@ -38,6 +38,8 @@ enum Command {
     InitNet(crate::initnet::InitNetArgs),
     /// Validate policy files; exits non-zero with file, line and field of each error.
     Check {
+        /// Policy files, or directories whose `*.yaml` and `*.yml` files are checked as the
+        /// control plane reads them.
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -121,7 +123,15 @@ pub fn main() -> ExitCode {
 }
 
 /// `palisade check`: every error with file, line and field; or what each policy does.
-fn check(files: &[PathBuf]) -> ExitCode {
+fn check(paths: &[PathBuf]) -> ExitCode {
+    let files = match crate::policy::expand_directories(paths) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let files = &files[..];
     let (policies, mut errors) = crate::policy::load_files(files);
     errors.extend(crate::policy::check_authentication(&policies));
     for w in crate::policy::check_warnings(&policies) {

@@ -717,7 +717,7 @@ impl<'de> de::Deserializer<'de> for &'de Node {
     fn deserialize_enum<V: Visitor<'de>>(
         self,
         _name: &'static str,
-        _variants: &'static [&'static str],
+        variants: &'static [&'static str],
         visitor: V,
     ) -> Result<V::Value, Error> {
         match &self.value {
@@ -725,7 +725,15 @@ impl<'de> de::Deserializer<'de> for &'de Node {
             Value::Map(entries) if entries.len() == 1 => {
                 visitor.visit_enum(EnumAccess { key: &entries[0].0, value: &entries[0].1 })
             }
-            _ => return Err(self.invalid("one of the listed values")),
+            _ => {
+                let listed: Vec<String> = variants.iter().map(|v| format!("`{v}`")).collect();
+                let expected = match listed.split_last() {
+                    Some((last, [])) => last.clone(),
+                    Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                    None => "one of the listed values".to_string(),
+                };
+                return Err(self.invalid(&expected));
+            }
         }
         .map_err(|e: Error| e.within(self))
     }
@@ -1087,6 +1095,7 @@ mod tests {
             ("name: a\nport: 70000\n", "port", 2, "70000"),
             ("name: a\nenabled: yes\n", "enabled", 2, "true or false"),
             ("name: a\nmode: STRIKT\n", "mode", 2, "STRICT"),
+            ("name: a\nmode: [1, 2]\n", "mode", 2, "expected `STRICT` or `PERMISSIVE`, got a list"),
             ("name: a\nitems:\n  - id: 1\n  - id: x\n", "items[1].id", 4, "x"),
             ("name: a\nitems:\n  - {id: 1, extra: 2}\n", "items[0].extra", 3, "unknown field `extra`"),
             ("port: 1\n", "", 1, "missing field `name`"),

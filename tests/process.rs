@@ -632,6 +632,28 @@ fn check_reports_every_error_with_its_line_or_summarises_good_policies() {
         "{stderr}"
     );
     assert!(stderr.contains("2 error(s)"), "{stderr}");
+
+    // A directory is checked as the control plane reads it: `*.yaml` and `*.yml` in any case,
+    // no dot-entries, nothing else.
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::copy(&good, policies.join("orders.yaml")).unwrap();
+    std::fs::copy(&bad, policies.join("billing.YAML")).unwrap();
+    std::fs::write(policies.join("notes.txt"), "not a policy").unwrap();
+    std::fs::write(policies.join(".hidden.yaml"), "not: [a policy").unwrap();
+    let out = palisade(&["check", policies.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("billing.YAML:7:") && stderr.contains("2 error(s)"), "{stderr}");
+    assert!(!stderr.contains("notes.txt") && !stderr.contains(".hidden"), "{stderr}");
+    std::fs::remove_file(policies.join("billing.YAML")).unwrap();
+    let out = palisade(&["check", policies.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 policy OK"));
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = palisade(&["check", empty.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no *.yaml or *.yml file"));
 }
 
 #[test]

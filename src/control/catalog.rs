@@ -369,15 +369,18 @@ impl PolicyDirectory {
         }
     }
 
-    /// Policy files by name: `*.yaml` and `*.yml`, symlinks followed, dot-entries skipped. Each
+    /// Policy files by name ([`crate::policy::is_policy_file_name`]), symlinks followed. Each
     /// is read with the limits of every policy file (regular files only, at most 1 MiB), so a
     /// FIFO, a device or a huge file is that file's error, never a stuck or swollen scan.
     fn list(&self) -> std::io::Result<BTreeMap<String, std::io::Result<String>>> {
         let mut listing = BTreeMap::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
-            if name.starts_with('.') || !(name.ends_with(".yaml") || name.ends_with(".yml")) {
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                tracing::warn!(file = ?entry.file_name(), "a file whose name is not UTF-8 is not read as a policy");
+                continue;
+            };
+            if !crate::policy::is_policy_file_name(&name) {
                 continue;
             }
             let path = self.dir.join(&name);

@@ -268,7 +268,7 @@ impl PolicyDiscovery for PolicyService {
         workload.labels = trusted.labels;
         // A verified token names the pod; the Hello's node is only the sidecar's word.
         let node = trusted.pod.unwrap_or_else(|| std::mem::take(&mut hello.node));
-        tracing::info!(identity = %peer.id, address = %peer.address, node = %hello.node, "sidecar subscribed");
+        tracing::info!(identity = %peer.id, address = %peer.address, %node, "sidecar subscribed");
         let session = self.registry.open(
             peer.id.to_string(),
             workload.namespace.clone(),

@@ -126,14 +126,28 @@ pub enum CertIdentity {
     Invalid(&'static str),
 }
 
+/// What is wrong with PEM text, in words: the parser's own message prints the marker it wanted as
+/// a list of byte values (`[67, 69, 82, ...]`), which is what a file cut short in the middle of a
+/// rotation shows an operator.
+pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_string();
+    match e {
+        Error::MissingSectionEnd { end_marker } => {
+            format!("bad PEM: the line \"-----END {}-----\" is missing (a file cut short?)", text(end_marker))
+        }
+        Error::IllegalSectionStart { line } => format!("bad PEM: the line {:?} starts no section", text(line)),
+        other => format!("bad PEM: {other}"),
+    }
+}
+
 /// Checks that PEM text holds only CA certificates, as trust anchors must: a workload's own
 /// certificate given where the mesh's root belongs (`tls.crt` for `ca.crt`) verifies nothing, and
 /// every sidecar handed it would wait for an identity it can never get.
 pub fn check_trust_anchors(pem: &str) -> Result<(), String> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let certs: Vec<CertificateDer<'_>> = CertificateDer::pem_slice_iter(pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("bad PEM: {e}"))?;
+    let certs: Vec<CertificateDer<'_>> =
+        CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<_, _>>().map_err(|e| pem_problem(&e))?;
     if certs.is_empty() {
         return Err("expected PEM certificates (-----BEGIN CERTIFICATE-----)".into());
     }
@@ -188,6 +202,15 @@ pub fn cert_identity(cert: &x509_parser::certificate::X509Certificate<'_>) -> Ce
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pem_cut_short_says_which_line_is_missing_in_words() {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let ca = crate::identity::DevCa::generate("mesh.test").unwrap();
+        let cut = &ca.cert_pem()[..ca.cert_pem().len() - 30];
+        let e = CertificateDer::pem_slice_iter(cut.as_bytes()).collect::<Result<Vec<_>, _>>().unwrap_err();
+        assert_eq!(pem_problem(&e), "bad PEM: the line \"-----END CERTIFICATE-----\" is missing (a file cut short?)");
+    }
 
     #[test]
     fn trust_anchors_must_be_ca_certificates() {

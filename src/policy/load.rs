@@ -78,6 +78,37 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Located>, Vec<ConfigError>) {
     (policies, errors)
 }
 
+/// Whether a file in a policy directory is a policy file: `*.yaml` or `*.yml` in any case (a
+/// ConfigMap key may be `billing.YAML`), not a dot-entry (a ConfigMap mount's `..data`).
+pub fn is_policy_file_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !name.starts_with('.') && (lower.ends_with(".yaml") || lower.ends_with(".yml"))
+}
+
+/// The files `palisade check` reads for `paths`: a file as given, a directory's policy files
+/// (as the control plane reads them from its directory), sorted.
+pub fn expand_directories(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    let mut files = Vec::new();
+    for path in paths {
+        if !path.is_dir() {
+            files.push(path.clone());
+            continue;
+        }
+        let entries = std::fs::read_dir(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut inside: Vec<PathBuf> = entries
+            .filter_map(Result::ok)
+            .filter(|entry| entry.file_name().to_str().is_some_and(is_policy_file_name))
+            .map(|entry| entry.path())
+            .collect();
+        if inside.is_empty() {
+            return Err(format!("{}: no *.yaml or *.yml file in this directory", path.display()));
+        }
+        inside.sort();
+        files.extend(inside);
+    }
+    Ok(files)
+}
+
 /// The policy files as read at one moment, with a digest of exactly those bytes: the version.
 pub struct Sources {
     pub texts: Vec<(PathBuf, std::io::Result<String>)>,

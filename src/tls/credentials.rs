@@ -191,6 +191,6 @@ pub(super) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
     match certs {
         Ok(certs) if !certs.is_empty() => Ok(certs),
         Ok(_) => Err(TlsError::File { path: path.to_path_buf(), reason: "no PEM certificate found".into() }),
-        Err(e) => Err(TlsError::File { path: path.to_path_buf(), reason: format!("bad PEM: {e}") }),
+        Err(e) => Err(TlsError::File { path: path.to_path_buf(), reason: crate::identity::pem_problem(&e) }),
     }
 }
