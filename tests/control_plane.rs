@@ -377,10 +377,27 @@ async fn a_control_plane_restarted_with_a_refused_file_sends_nothing_until_it_is
     })
     .await;
     plane.kill();
+    let events_before = std::fs::read_to_string(&plane.events).unwrap_or_default().lines().count();
+    let events_file = plane.events.clone();
+    let events_since = || -> Vec<String> {
+        let text = std::fs::read_to_string(&events_file).unwrap_or_default();
+        text.lines().skip(events_before).map(str::to_string).collect()
+    };
     // Still ready: its CA and webhook serve; its policy streams are put off.
     plane.spawn().await;
     let status = plane.status().await;
     assert_eq!(status["policies"]["servable"], false, "{status}");
+    // Its events say what is so: nothing in force yet, and no policy set "in force" that is sent
+    // nowhere (a SIEM would read an empty one as every policy removed).
+    wait_for("the refusal's event", async || {
+        events_since().iter().any(|l| l.contains("policy update rejected; version none stays in force"))
+    })
+    .await;
+    assert!(
+        !events_since().iter().any(|l| l.contains(" in force\"") && l.contains("policy version")),
+        "{:?}",
+        events_since()
+    );
     assert!(status["policies"]["unservableBecause"].as_str().unwrap().contains("orders.yaml refused"), "{status}");
     assert!(plane.metrics().await.contains("palisade_control_policy_servable 0"));
     // The sidecar comes back and is put off (UNAVAILABLE, so it retries, maybe elsewhere):
@@ -397,6 +414,11 @@ async fn a_control_plane_restarted_with_a_refused_file_sends_nothing_until_it_is
     plane.write("orders.yaml", &policy_for("orders", "orders-api", &deny_paths(&["/admin", "/secret"])));
     assert!(eventually(|| async { orders.get("/secret").await == 403 }).await);
     assert!(plane.metrics().await.contains("palisade_control_policy_servable 1"));
+    assert!(
+        events_since().iter().any(|l| l.contains("policy version") && l.contains("orders-api")),
+        "{:?}",
+        events_since()
+    );
     orders.stop();
 }
 

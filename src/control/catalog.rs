@@ -186,6 +186,9 @@ pub struct ScanOutcome {
     pub catalog: Option<Catalog>,
     /// Files refused in this scan, with their errors, for logs, metrics and events.
     pub rejected: Vec<(String, Vec<String>)>,
+    /// Good files held back with a refused one they changed with, and why: not refusals of
+    /// their own (no `rejected` count or event), only told in the log and `/status`.
+    pub held: Vec<(String, Vec<String>)>,
     /// Files whose new contents were taken.
     pub accepted: Vec<String>,
 }
@@ -201,7 +204,7 @@ impl PolicyDirectory {
 
     /// Reads every policy file; returns a new catalog when anything changed.
     pub fn scan(&mut self) -> ScanOutcome {
-        let mut outcome = ScanOutcome { catalog: None, rejected: Vec::new(), accepted: Vec::new() };
+        let mut outcome = ScanOutcome { catalog: None, rejected: Vec::new(), held: Vec::new(), accepted: Vec::new() };
         let listing = match self.list() {
             Ok(listing) => listing,
             Err(e) => {
@@ -362,7 +365,10 @@ impl PolicyDirectory {
                 (Err(errors), _) => errors.clone(),
             };
             if !errors.is_empty() && (errors != state.errors || state.fresh) {
-                outcome.rejected.push((file.clone(), errors.clone()));
+                match state.parsed.is_ok() && state.held.is_some() {
+                    true => outcome.held.push((file.clone(), errors.clone())),
+                    false => outcome.rejected.push((file.clone(), errors.clone())),
+                }
             }
             state.fresh = false;
             state.errors = errors;
@@ -706,7 +712,10 @@ mod tests {
         assert!(served(&catalog).contains("no-admin"), "the rule vanished from both files: {}", served(&catalog));
         let errors: Vec<&String> = outcome.rejected.iter().flat_map(|(_, e)| e).collect();
         assert!(errors.iter().any(|e| e.contains("b.yaml") && e.contains("spec.mtls")), "{errors:?}");
-        assert!(errors.iter().any(|e| e.contains("a.yaml: not taken yet") && e.contains("b.yaml")), "{errors:?}");
+        // a.yaml is held, not refused: its contents are good (no `rejected` count or event for it).
+        assert_eq!(outcome.rejected.len(), 1, "{errors:?}");
+        let held: Vec<&String> = outcome.held.iter().flat_map(|(_, e)| e).collect();
+        assert!(held.iter().any(|e| e.contains("a.yaml: not taken yet") && e.contains("b.yaml")), "{held:?}");
 
         // b.yaml fixed: both files' new versions are taken together.
         write("b.yaml", &policy("b", "shop", deny));

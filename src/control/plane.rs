@@ -344,7 +344,13 @@ fn publish(
     metrics: &ControlMetrics,
     telemetry: &Telemetry,
 ) {
-    let kept = sender.borrow().version.clone();
+    // Before the first catalog there is no version in force; "none" says so, as a sidecar does.
+    let kept = Some(sender.borrow().version.clone()).filter(|v| !v.is_empty()).unwrap_or_else(|| "none".into());
+    for (file, errors) in &outcome.held {
+        for error in errors {
+            tracing::info!(%file, %error, "policy file held back with a refused one");
+        }
+    }
     for (file, errors) in &outcome.rejected {
         metrics.policy_updates.with_label_values(&["rejected"]).inc();
         for error in errors {
@@ -365,7 +371,10 @@ fn publish(
     metrics.servable.set(i64::from(catalog.servable()));
     metrics.version.reset();
     metrics.version.with_label_values(&["dir", &catalog.version]).set(1);
-    if catalog.version != kept {
+    // A catalog that is not sent (a refused file never seen good holds every stream) is in force
+    // nowhere: its event comes when it is sent.
+    let was_servable = sender.borrow().servable();
+    if catalog.servable() && (catalog.version != sender.borrow().version || !was_servable) {
         let names: Vec<String> = catalog.sources.iter().flat_map(|s| s.policies.iter().cloned()).collect();
         tracing::info!(version = %catalog.version, policies = names.len(), "policy catalog in force");
         telemetry.events.emit(SecurityEvent::PolicyApplied { version: catalog.version.clone(), policies: names });
