@@ -37,6 +37,7 @@ def banner_then_echo(c):
     while chunk := c.recv(4096):
         c.sendall(chunk)
     c.close()
+serve("127.0.0.98", 11211, echo_after_eof)
 for host in ("127.0.0.98", "127.0.0.97"):
     serve(host, 5432, echo_after_eof)
     serve(host, 3306, banner_then_echo)
@@ -77,6 +78,9 @@ def talk(host, port, send=None):
 # PostgreSQL's SSLRequest: a length prefix, so not HTTP from its first byte.
 ssl_request = bytes([0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
 print("pg-passthrough", talk("127.0.0.98", 5432, ssl_request))
+# memcached's text protocol: a word and a blank, as a request line starts, but a whole line
+# without HTTP's version: relayed, not answered with a 400.
+print("memcached-passthrough", talk("127.0.0.98", 11211, b"get foo\r\n"))
 print("pg-unlisted", talk("127.0.0.97", 5432, ssl_request))
 print("banner-passthrough", talk("127.0.0.98", 3306))
 print("banner-unlisted", talk("127.0.0.97", 3306))
@@ -103,7 +107,7 @@ for i in $(seq 1 100); do grep -q not_http a.events 2>/dev/null && break; sleep 
 curl -s http://127.0.0.1:15000/metrics | grep -E '^palisade_(outbound_opaque_connections_total|connections_closed_total|requests_total|tls_handshakes_total)' || true
 echo "events: $(grep -c not_http a.events || true)"
 # Each relay's access log line is written when both of its sides have closed.
-for i in $(seq 1 100); do [ "$(grep -c '"protocol":"tcp"' a.access 2>/dev/null)" = 3 ] && break; sleep 0.05; done
+for i in $(seq 1 100); do [ "$(grep -c '"protocol":"tcp"' a.access 2>/dev/null)" = 4 ] && break; sleep 0.05; done
 grep '"protocol":"tcp"' a.access | sed 's/^/access: /' || true
 # The destination without a sidecar says what it received once the refused tunnel has closed.
 for i in $(seq 1 100); do grep -q '127.0.0.97:5432 received' accepted.log && break; sleep 0.05; done
@@ -122,6 +126,7 @@ fn captured_traffic_that_is_not_http_is_relayed_to_passthrough_destinations_and_
     };
     // Not HTTP, to a listed destination: relayed both ways, the client's half-close passed on.
     assert_eq!(line("pg-passthrough"), r"b'echo:\x00\x00\x00\x08\x04\xd2\x16/'", "{context}");
+    assert_eq!(line("memcached-passthrough"), r"b'echo:get foo\r\n'", "{context}");
     // The server speaks first on an opaque port: its banner arrives without the app sending a byte.
     assert_eq!(line("banner-passthrough"), r"b'banner from the server\n'", "{context}");
     // The app's own TLS, end to end through the relay (the sidecar cannot read it).
@@ -149,8 +154,9 @@ fn captured_traffic_that_is_not_http_is_relayed_to_passthrough_destinations_and_
     );
     assert_eq!(stdout.matches("accepted: 127.0.0.98:5432\n").count(), 1, "{context}");
     assert_eq!(stdout.matches("accepted: 127.0.0.98:3306").count(), 1, "{context}");
-    // Counted: three relays (PostgreSQL, the banner, the app's TLS), two refusals, one request.
-    assert!(stdout.contains("palisade_outbound_opaque_connections_total 3"), "{context}");
+    // Counted: four relays (PostgreSQL, memcached, the banner, the app's TLS), two refusals, one
+    // request.
+    assert!(stdout.contains("palisade_outbound_opaque_connections_total 4"), "{context}");
     assert!(
         stdout.contains(r#"palisade_connections_closed_total{direction="outbound",reason="not_http"} 2"#),
         "{context}"
@@ -189,7 +195,7 @@ fn captured_traffic_that_is_not_http_is_relayed_to_passthrough_destinations_and_
     assert_eq!((&banner["bytes_sent"], &banner["bytes_received"]), (&0.into(), &23.into()), "{banner}");
     let tls = relay("127.0.0.98:8443");
     assert!(tls["bytes_sent"].as_u64() > Some(200) && tls["bytes_received"].as_u64() > Some(500), "{tls}");
-    assert_eq!(relays.len(), 3, "refused connections are events, not access lines\n{context}");
+    assert_eq!(relays.len(), 4, "refused connections are events, not access lines\n{context}");
 }
 
 /// Two sidecars in one network namespace, standing in for two pods: A's app (any gid but the
@@ -276,12 +282,12 @@ elif sys.argv[1] == "app":
     print("banner-mesh", talk(3306))
     print("denied-port", talk(7000, ssl_request))
     print("wrong-identity", talk(6000, ssl_request))
-    # HTTP that A's sidecar does not take for HTTP (a blank line first, which HTTP servers
-    # skip): tunnelled, to B's HTTP port, which takes no tunnel.
-    print("http-as-tcp", talk(8080, b"\r\nGET / HTTP/1.1\r\nhost: b\r\n\r\n"))
+    # Bytes A's sidecar cannot take for HTTP (a zero byte first) but a request after them:
+    # tunnelled, to B's HTTP port, which takes no tunnel.
+    print("http-as-tcp", talk(8080, b"\x00GET / HTTP/1.1\r\nhost: b\r\n\r\n"))
     # D's sidecar sends everything to one fixed app port, an HTTP one: a tunnel addressed to
     # an opaque port (5432) would land there.
-    print("fixed-app-port", talk(5432, b"\r\nGET / HTTP/1.1\r\nhost: d\r\n\r\n", host="127.0.0.99"))
+    print("fixed-app-port", talk(5432, b"\x00GET / HTTP/1.1\r\nhost: d\r\n\r\n", host="127.0.0.99"))
 else:
     print("plaintext-from-c", talk(5432, ssl_request))
     def tunnel_client(cert):

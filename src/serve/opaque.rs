@@ -37,34 +37,29 @@ const RELAY_BUFFER: usize = 8 * 1024;
 /// proxy (Istio's sidecars) does, since a database pool keeps its connections idle for many
 /// minutes between uses and HTTP's `limits.idleTimeout` would cut them under it.
 pub(super) const OPAQUE_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
-/// How many bytes decide: the longest request method a client sends, and its space.
-const SNIFF_BYTES: usize = 24;
+/// How soon a first line still undecided is looked at again: peeking leaves the bytes for
+/// whichever path takes the connection, and shows nothing new until more arrive.
+const PEEK_AGAIN: Duration = Duration::from_millis(10);
 
-/// What the first bytes of a connection say it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FirstBytes {
-    /// A request line's method and its space (`GET `), or the start of HTTP/2's preface.
-    Http,
-    /// Anything that cannot start an HTTP request: a TLS record (0x16), a length prefix, `*2\r\n`.
-    Other,
-    /// A method's characters so far and nothing against it: taken as HTTP, whose head deadline
-    /// then holds the connection (a client sends its request line in one piece).
-    Undecided,
-}
-
-/// Reads `bytes` (what arrived first) as HTTP or not. A method is a token (RFC 9110 §9.1) of at
-/// most 20 characters followed by a space; HTTP/2's preface starts `PRI `, so it needs no case
-/// of its own.
-pub fn classify(bytes: &[u8]) -> FirstBytes {
-    for (i, &b) in bytes.iter().enumerate() {
-        if b == b' ' {
-            return if i == 0 { FirstBytes::Other } else { FirstBytes::Http };
+/// Peeks at a captured connection's first bytes until [`sort_first_words`] tells a request from a
+/// text protocol's command (memcached's `get k`, Redis's inline `SET k v`): the same rule the
+/// inbound side's opaque ports use. The bytes stay in the socket. `Ok(None)`: closed before a
+/// byte; `seen`: how many bytes arrived, for a caller whose deadline ends the wait.
+async fn peek_first_words(tcp: &TcpStream, seen: &mut usize) -> std::io::Result<Option<bool>> {
+    let mut first = [0u8; FIRST_WORDS_MAX];
+    loop {
+        let n = tcp.peek(&mut first).await?;
+        if n == 0 {
+            return Ok(None);
         }
-        if i >= 20 || !is_tchar(b) {
-            return FirstBytes::Other;
+        if let Some(request) = sort_first_words(&first[..n], n >= FIRST_WORDS_MAX) {
+            return Ok(Some(request));
         }
+        if n == *seen {
+            tokio::time::sleep(PEEK_AGAIN).await;
+        }
+        *seen = n;
     }
-    FirstBytes::Undecided
 }
 
 /// The most of a connection's first bytes [`read_first_words`] reads to sort them.
@@ -225,12 +220,14 @@ impl OpaqueTcp {
             return Sorted::Http(tcp);
         };
         if !self.opaque_ports.contains(&destination.port()) {
-            let mut first = [0u8; SNIFF_BYTES];
-            match tokio::time::timeout(header_timeout, tcp.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 && classify(&first[..n]) != FirstBytes::Other => return Sorted::Http(tcp),
-                Ok(Ok(n)) if n > 0 => {}
+            let mut seen = 0;
+            match tokio::time::timeout(header_timeout, peek_first_words(&tcp, &mut seen)).await {
+                Ok(Ok(Some(true))) => return Sorted::Http(tcp),
+                Ok(Ok(Some(false))) => {}
                 // Closed before a byte, or a socket error: nothing to serve.
                 Ok(_) => return Sorted::Done,
+                // A first line never finished: HTTP's head deadline, already past, answers it.
+                Err(_) if seen > 0 => return Sorted::Http(tcp),
                 Err(_) => {
                     late.refused(Some(peer.ip()));
                     return Sorted::Done;
@@ -461,34 +458,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn request_lines_and_the_http2_preface_are_http() {
-        for line in
-            [&b"GET / HTTP/1.1\r\n"[..], b"POST ", b"OPTIONS * HTTP/1.1", b"PRI * HTTP/2.0\r\n\r\nSM", b"M-SEARCH "]
-        {
-            assert_eq!(classify(line), FirstBytes::Http, "{:?}", String::from_utf8_lossy(line));
+    fn request_lines_and_the_http2_preface_are_http_on_the_outbound_side_too() {
+        for line in [&b"GET / HTTP/1.1\r\n"[..], b"OPTIONS * HTTP/1.1\r\n", b"PRI * HTTP/2.0\r\n\r\nSM", b"GET /\r\n"] {
+            assert_eq!(sort_first_words(line, false), Some(true), "{:?}", String::from_utf8_lossy(line));
         }
     }
 
     #[test]
-    fn tls_databases_and_binary_protocols_are_not() {
-        let cases: [&[u8]; 7] = [
+    fn tls_databases_binary_and_text_protocols_are_not() {
+        let cases: [&[u8]; 8] = [
             // A TLS ClientHello's record header.
             &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01],
             // PostgreSQL's SSLRequest: a big-endian length, then 80877103.
             &[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f],
-            // Redis: RESP's array of two.
+            // Redis: RESP's array of two, and an inline command.
             b"*2\r\n$4\r\nPING\r\n",
+            b"SET k v\r\n",
+            // memcached's text protocol.
+            b"get foo\r\n",
             // AMQP's protocol header.
             b"AMQP\x00\x00\x09\x01",
-            // A space first.
-            b" GET /",
-            // A token too long for a method.
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZ /",
-            // SSH's client banner: its `-` and digits are token characters, its `.` too, but not `\r`.
+            // SSH's client banner.
             b"SSH-2.0-OpenSSH_9.2\r\n",
+            b"set k 0 0 5\r\nhello\r\n",
         ];
         for bytes in cases {
-            assert_eq!(classify(bytes), FirstBytes::Other, "{bytes:?}");
+            assert_eq!(sort_first_words(bytes, false), Some(false), "{bytes:?}");
         }
     }
 
@@ -704,9 +699,21 @@ mod tests {
         assert!(read.starts_with(b"\r\nGET /admin"), "{read:?}");
     }
 
-    #[test]
-    fn a_method_cut_short_waits_for_nothing_and_is_taken_as_http() {
-        assert_eq!(classify(b"GE"), FirstBytes::Undecided);
-        assert_eq!(classify(b""), FirstBytes::Undecided);
+    #[tokio::test]
+    async fn a_first_line_in_two_pieces_is_peeked_at_again_and_its_bytes_stay() {
+        let (mut client, server) = pair(None).await;
+        client.write_all(b"get us").await.unwrap();
+        let peeking = tokio::spawn(async move {
+            let mut seen = 0;
+            let sorted = peek_first_words(&server, &mut seen).await.unwrap();
+            (sorted, server)
+        });
+        tokio::task::yield_now().await;
+        client.write_all(b"er:1\r\n").await.unwrap();
+        let (sorted, server) = peeking.await.unwrap();
+        assert_eq!(sorted, Some(false), "memcached's get is relayed");
+        let mut first = [0u8; 32];
+        let n = server.peek(&mut first).await.unwrap();
+        assert_eq!(&first[..n], b"get user:1\r\n", "nothing was taken from the socket");
     }
 }
