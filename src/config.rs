@@ -28,7 +28,7 @@ pub use sidecar::{
     EventsConfig, FailMode, Http2Limits, IdentityConfig, IdentityFromControlPlane, InboundConfig, LimitsConfig,
     MtlsMode, OtlpConfig, OtlpProtocol, OutboundConfig, PinnedAddresses, PolicySourceConfig, ProbeHeader,
     SidecarConfig, SpiffeIdField, TelemetryConfig, TrustDomain, UnderscoreHeaders, Workload, WorkloadConfig,
-    DEFAULT_INBOUND_OPAQUE_PORTS, MAX_THREADS,
+    DEFAULT_OPAQUE_PORTS, MAX_THREADS,
 };
 pub use types::{HumanDuration, IpBlock, ListenAddr};
 

@@ -284,10 +284,10 @@ pub struct InboundConfig {
     pub opaque_ports: Vec<u16>,
 }
 
-/// `inbound.opaquePorts` by default: the well-known ports of protocols that are not HTTP, as
+/// `inbound.opaquePorts` and `outbound.opaquePorts` by default: the well-known ports of protocols that are not HTTP, as
 /// Linkerd's default opaque ports (SMTP, MySQL, Galera, PostgreSQL, Redis, Elasticsearch's
 /// transport, memcached).
-pub const DEFAULT_INBOUND_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
+pub const DEFAULT_OPAQUE_PORTS: [u16; 8] = [25, 587, 3306, 4444, 5432, 6379, 9300, 11211];
 
 /// What the app gets of request headers whose names hold `_` (Envoy's
 /// `headers_with_underscores_action`). CGI, WSGI, Rack/Puma and PHP read `x_user_id` as
@@ -323,7 +323,7 @@ impl Default for InboundConfig {
             app_timeout: None,
             allow_permissive: true,
             headers_with_underscores: UnderscoreHeaders::Drop,
-            opaque_ports: DEFAULT_INBOUND_OPAQUE_PORTS.to_vec(),
+            opaque_ports: DEFAULT_OPAQUE_PORTS.to_vec(),
         }
     }
 }
@@ -354,7 +354,9 @@ impl Default for OutboundConfig {
             listen: "127.0.0.1:15001".parse().expect("default"),
             destinations: Vec::new(),
             passthrough: Vec::new(),
-            opaque_ports: Vec::new(),
+            // The server's side relays these by default; a client of a server-first protocol
+            // there must not wait for its own first bytes, which never come.
+            opaque_ports: DEFAULT_OPAQUE_PORTS.to_vec(),
         }
     }
 }

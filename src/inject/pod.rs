@@ -585,11 +585,13 @@ pub fn sidecar_config(settings: &InjectSettings, options: &PodOptions) -> String
         .collect();
     let opaque =
         |ports: Vec<u16>| -> Vec<u16> { ports.into_iter().filter(|p| !options.not_opaque_ports.contains(p)).collect() };
-    config.outbound.opaque_ports = opaque(merged(&settings.opaque_ports, &options.opaque_ports));
-    // The same ports, on a server's side, are the ones whose tunnels its sidecar relays, beside
-    // the well-known ones.
-    config.inbound.opaque_ports =
-        opaque(merged(&crate::config::DEFAULT_INBOUND_OPAQUE_PORTS, &config.outbound.opaque_ports));
+    // Linkerd's well-known opaque ports on both sides: a server-first protocol (MySQL, SMTP) to a
+    // meshed pod would otherwise wait for the app's first bytes, which never come, until
+    // `limits.headerTimeout` closed it, although the server's side relays those ports.
+    let chosen = merged(&settings.opaque_ports, &options.opaque_ports);
+    config.outbound.opaque_ports = opaque(merged(&crate::config::DEFAULT_OPAQUE_PORTS, &chosen));
+    // The same ports, on a server's side, are the ones whose tunnels its sidecar relays.
+    config.inbound.opaque_ports = config.outbound.opaque_ports.clone();
     config.admin.listen = any(ports.admin);
     config.admin.app_probes = options.app_probes.clone();
     let cp = &settings.control_plane;

@@ -500,9 +500,9 @@ fn passthrough_destinations_and_opaque_ports_reach_the_sidecars_configuration() 
         load_text(std::path::Path::new("PALISADE_CONFIG"), &text, &env).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
     let blocks: Vec<String> = config.outbound.passthrough.iter().map(ToString::to_string).collect();
     assert_eq!(blocks, ["10.20.0.0/16", "203.0.113.7/32", "fd00:db::/64"], "{text}");
-    assert_eq!(config.outbound.opaque_ports, [25, 3306, 7000], "{text}");
-    // On the server's side, the same ports take tunnels, beside the well-known ones.
-    assert_eq!(config.inbound.opaque_ports, [25, 587, 3306, 4444, 5432, 6379, 7000, 9300, 11211], "{text}");
+    // Both sides: the well-known ones (Linkerd's), and those added.
+    assert_eq!(config.outbound.opaque_ports, [25, 587, 3306, 4444, 5432, 6379, 7000, 9300, 11211], "{text}");
+    assert_eq!(config.inbound.opaque_ports, config.outbound.opaque_ports, "{text}");
     // Without either, the sidecar's defaults stand and nothing is written.
     let text = pod::sidecar_config(&settings(), &Default::default());
     assert!(!text.contains("passthrough") && !text.contains("opaquePorts"), "{text}");
@@ -513,7 +513,7 @@ fn passthrough_destinations_and_opaque_ports_reach_the_sidecars_configuration() 
     let config: SidecarConfig =
         load_text(std::path::Path::new("PALISADE_CONFIG"), &text, &env).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
     assert_eq!(config.inbound.opaque_ports, [587, 3306, 5432, 6379, 9300, 11211], "{text}");
-    assert!(config.outbound.opaque_ports.is_empty(), "{text}");
+    assert_eq!(config.outbound.opaque_ports, config.inbound.opaque_ports, "{text}");
     // Both lists naming a port is a contradiction, refused by name.
     let both = json!({ann::OPAQUE_PORTS: "3306", ann::NOT_OPAQUE_PORTS: "3306"});
     let err = ann::PodOptions::read(both.as_object()).unwrap_err();
