@@ -200,19 +200,16 @@ pub fn bind(addr: SocketAddr, field: &str) -> anyhow::Result<Listener> {
 }
 
 /// A listening socket that takes connections of its address's family only (an IPv6 one is
-/// IPV6_V6ONLY, whatever `net.ipv6.bindv6only` says).
+/// IPV6_V6ONLY, whatever `net.ipv6.bindv6only` says), with the kernel's longest accept queue
+/// (`SOMAXCONN`, capped by `net.core.somaxconn`) for both: std's `bind` asks for 128, and a burst
+/// of connections (a pool opening at once) overflowed it, stalling new ones for a second or more
+/// on IPv4 while IPv6 took them at once.
 fn bind_one_family(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket =
+        socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     if addr.is_ipv6() {
-        return bind_ipv6_only(addr);
+        socket.set_only_v6(true)?;
     }
-    let socket = std::net::TcpListener::bind(addr)?;
-    socket.set_nonblocking(true)?;
-    Ok(socket)
-}
-
-fn bind_ipv6_only(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
-    socket.set_only_v6(true)?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -324,9 +321,27 @@ mod tests {
     use super::*;
     use std::net::{IpAddr, Ipv6Addr};
 
+    #[test]
+    fn both_families_listen_with_the_kernels_longest_accept_queue() {
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn").unwrap().trim().parse().unwrap();
+        let expected = somaxconn.min(libc::SOMAXCONN as usize);
+        for addr in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(listener) = bind_one_family(addr.parse().unwrap()) else { continue }; // no IPv6 here
+            let port = listener.local_addr().unwrap().port();
+            // ss shows a listening socket's queue length as its Send-Q.
+            let Ok(out) = std::process::Command::new("ss").args(["-ltnH", &format!("sport = :{port}")]).output() else {
+                eprintln!("no ss here; not checked");
+                return;
+            };
+            let text = String::from_utf8_lossy(&out.stdout);
+            let queue: Vec<usize> = text.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse().ok()).collect();
+            assert_eq!(queue, [expected], "{addr}: {text}");
+        }
+    }
+
     /// Whether this host can listen on `::1` at all; where it cannot, the IPv4 socket must serve alone.
     fn host_has_ipv6_loopback() -> bool {
-        match bind_ipv6_only(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0)) {
+        match bind_one_family(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0)) {
             Ok(_) => true,
             Err(e) if matches!(e.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)) => false,
             Err(e) => panic!("probing ::1: {e}"),
@@ -385,7 +400,7 @@ mod tests {
             // Without IPv6 nothing can hold the IPv6 side; the test above covers the IPv4-only bind.
             return;
         }
-        let held = bind_ipv6_only(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0)).unwrap();
+        let held = bind_one_family(SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 0)).unwrap();
         let port = held.local_addr().unwrap().port();
         let err = bind(SocketAddr::from(([127, 0, 0, 1], port)), "outbound.listen").unwrap_err();
         let text = format!("{err:#}");
