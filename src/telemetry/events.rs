@@ -168,9 +168,11 @@ impl DosRefusal {
                 "{n} answer{plural} or connection{plural} on {direction} cut off while the caller was not reading: the sidecar's heap was over {setting} ({limit} bytes)"
             ),
             "not_http" => format!(
-                "{n} connection{plural} on {direction} closed: not HTTP, to a destination with no sidecar to tunnel to \
-                 (it did not prove a mesh identity) and outside {setting} ({limit}); list the destination there (in a pod: the palisade.dev/outbound-passthrough annotation) to relay it, \
-                 or exclude its port from capture"
+                "{n} connection{plural} on {direction} closed: not HTTP, to a destination that proved no mesh identity, \
+                 outside {setting} ({limit}). Either it has no sidecar, or its sidecar closed the connection before \
+                 the handshake (its connection limits: see its palisade_connections_closed_total; then nothing here \
+                 needs changing). Only for a destination outside the mesh: list it there (in a pod: the \
+                 palisade.dev/outbound-passthrough annotation) to relay it, or exclude its port from capture"
             ),
             "rapid_reset" => format!(
                 "{n} HTTP/2 connection{plural} on {direction} closed: more stream resets than {setting} ({limit}) a second"
