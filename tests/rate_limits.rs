@@ -120,3 +120,57 @@ async fn a_refused_request_spends_no_token_of_a_later_limit() {
     assert_eq!(s.send("plain", "GET", "/", &[("x-api-key", "e")]).await.status, 429, "now the global limit is spent");
     s.shutdown();
 }
+
+/// One response off a keep-alive HTTP/1.1 connection: its head, and its body by Content-Length.
+async fn one_response(stream: &mut MtlsStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut read = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(end) = read.windows(4).position(|w| w == b"\r\n\r\n") {
+            break end + 4;
+        }
+        let n = tokio::time::timeout(patience(), stream.read(&mut chunk)).await.expect("an answer").unwrap();
+        assert!(n > 0, "closed before an answer: {}", String::from_utf8_lossy(&read));
+        read.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&read[..head_end]).to_lowercase();
+    let length: usize =
+        head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+    while read.len() < head_end + length {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "closed inside the body");
+        read.extend_from_slice(&chunk[..n]);
+    }
+    (head, String::from_utf8_lossy(&read[head_end..head_end + length]).to_string())
+}
+
+/// A caller over a limit keeps its HTTP/1.1 connection (as nginx keeps it), so it need not
+/// handshake again; a refused request with a body, whose bytes the next parse would read as a
+/// request, closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_of_a_request_without_a_body_keeps_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = PolicedSidecar::start(&policy("limits", LIMITS)).await;
+    let mut stream = s.http1_connection("frontend").await;
+    let get = b"GET /ip/x HTTP/1.1\r\nhost: orders.shop\r\n\r\n";
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        stream.write_all(get).await.unwrap();
+        let (head, body) = one_response(&mut stream).await;
+        assert!(!head.contains("connection: close"), "{head}");
+        statuses.push(head[9..12].to_string());
+        if statuses.len() > 1 {
+            assert!(body.contains("rate_limited"), "{body}");
+        }
+    }
+    assert_eq!(statuses, ["200", "429", "429"], "three answers on one connection");
+    // Refused with its body unread: the connection ends with the answer.
+    stream.write_all(b"POST /ip/x HTTP/1.1\r\nhost: orders.shop\r\ncontent-length: 5\r\n\r\nhello").await.unwrap();
+    let (head, _) = one_response(&mut stream).await;
+    assert!(head.starts_with("http/1.1 429") && head.contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(patience(), stream.read_to_end(&mut rest)).await.expect("closed");
+    assert!(n.is_err() || rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    s.shutdown();
+}

@@ -123,6 +123,27 @@ impl ErrorKind {
     }
 }
 
+/// Whether an HTTP/1.1 connection may carry the caller's next request after the sidecar answered
+/// this one itself: after a decision on a well-formed request of which nothing is left unread (no
+/// body), as nginx keeps it, so a caller over a limit or shed under load need not reconnect (and
+/// handshake again) when the sidecar is busiest; after anything else (a malformed request, a body
+/// left unread, whose bytes the next parse would take for a request), it closes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connection {
+    Reusable,
+    Close,
+}
+
+impl Connection {
+    /// [`Connection::Reusable`] when `decided` and the request had no body.
+    pub fn after(session: &mut Session, decided: bool) -> Self {
+        match decided && session.is_body_empty() {
+            true => Connection::Reusable,
+            false => Connection::Close,
+        }
+    }
+}
+
 /// Writes `{"error": ..., "request_id": ...}` with `x-request-id` and any `extra` headers: every
 /// response the sidecar writes itself goes through here.
 pub async fn write(
@@ -131,6 +152,7 @@ pub async fn write(
     code: &'static str,
     request_id: &RequestId,
     extra: &[(HeaderName, HeaderValue)],
+    connection: Connection,
 ) -> pingora::Result<()> {
     let body = format!(r#"{{"error":"{code}","request_id":"{}"}}"#, request_id.as_str());
     let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
@@ -141,7 +163,9 @@ pub async fn write(
     for (name, value) in extra {
         header.insert_header(name.clone(), value.clone())?;
     }
-    session.set_keepalive(None);
+    if connection == Connection::Close {
+        session.set_keepalive(None);
+    }
     session.write_response_header(Box::new(header), false).await?;
     session.write_response_body(Some(Bytes::from(body)), true).await
 }
@@ -152,7 +176,14 @@ pub async fn refuse(session: &mut Session, refusal: Refusal, ctx: &mut RequestCt
     ctx.id = ctx.id.or_generate();
     let mut extra = Vec::new();
     refusal.headers(|name, value| extra.push((name, value)));
-    if let Err(e) = write(session, refusal.status(), refusal.code(), &ctx.id, &extra).await {
+    // A policy's decision on a well-formed request; not a plaintext connection that the port's
+    // mode no longer admits, nor a request the parser or a size limit refused.
+    let decided = matches!(
+        refusal,
+        Refusal::Forbidden(_) | Refusal::RateLimited(_) | Refusal::Unauthenticated(_) | Refusal::Blocked(_)
+    );
+    let connection = Connection::after(session, decided);
+    if let Err(e) = write(session, refusal.status(), refusal.code(), &ctx.id, &extra, connection).await {
         tracing::debug!(error = %e, "could not send the refusal");
     }
     ctx.refusal = Some(refusal);
@@ -169,7 +200,8 @@ pub async fn admit(session: &mut Session, inflight: &std::sync::Arc<super::Infli
     ctx.shed = true;
     ctx.id = ctx.id.or_generate();
     let retry = [(http::header::RETRY_AFTER, HeaderValue::from_static("1"))];
-    if let Err(e) = write(session, 503, ErrorKind::Unavailable.code(), &ctx.id, &retry).await {
+    let connection = Connection::after(session, true);
+    if let Err(e) = write(session, 503, ErrorKind::Unavailable.code(), &ctx.id, &retry, connection).await {
         tracing::debug!(error = %e, "could not send the 503");
     }
     false
@@ -234,7 +266,7 @@ pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> Fai
     } else {
         tracing::debug!(error = %e, request_id = ctx.id.as_str(), "request failed");
     }
-    if let Err(write_error) = write(session, kind.status(), kind.code(), &ctx.id, &[]).await {
+    if let Err(write_error) = write(session, kind.status(), kind.code(), &ctx.id, &[], Connection::Close).await {
         tracing::debug!(error = %write_error, "could not send the error response");
     }
     FailToProxy { error_code: kind.status(), can_reuse_downstream: false }
