@@ -155,6 +155,29 @@ pub fn capture(args: &InitNetArgs) -> Result<Capture, InitNetError> {
             "--proxy-uid: must not be 0 (root's traffic would all leave uncaptured)".into(),
         ));
     }
+    // The sidecar's three ports are three listeners: two the same would send captured traffic
+    // into the wrong one (inbound into the outbound listener, say), which refuses all of it.
+    let ports = [
+        ("--inbound-port", args.inbound_port),
+        ("--outbound-port", args.outbound_port),
+        ("--admin-port", args.admin_port),
+    ];
+    for (i, (name, port)) in ports.iter().enumerate() {
+        if *port == 0 {
+            return Err(InitNetError::Usage(format!("{name}: must be from 1 to 65535")));
+        }
+        if let Some((other, _)) = ports[..i].iter().find(|(_, p)| p == port) {
+            return Err(InitNetError::Usage(format!("{name}: {port} is also {other}; the sidecar's ports differ")));
+        }
+    }
+    for (name, list) in [
+        ("--exclude-inbound-ports", &args.exclude_inbound_ports),
+        ("--exclude-outbound-ports", &args.exclude_outbound_ports),
+    ] {
+        if list.contains(&0) {
+            return Err(InitNetError::Usage(format!("{name}: ports are from 1 to 65535, got 0")));
+        }
+    }
     Ok(Capture {
         proxy_uid: args.proxy_uid,
         inbound_port: args.inbound_port,

@@ -142,6 +142,16 @@ fn init_net_dry_run_prints_the_restore_input_and_bad_flags_are_named() {
     let out = palisade(&["init-net", "--dry-run", "--exclude-outbound-cidrs", "10.0.0.0/40"], None);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--exclude-outbound-cidrs"), "{out:?}");
+    // The sidecar's ports are three listeners, and a port is from 1.
+    for (args, words) in [
+        (&["--inbound-port", "15001"][..], "--outbound-port: 15001 is also --inbound-port"),
+        (&["--admin-port", "15006"][..], "--admin-port: 15006 is also --inbound-port"),
+        (&["--exclude-outbound-ports", "0"][..], "--exclude-outbound-ports: ports are from 1"),
+    ] {
+        let out = palisade(&[&["init-net", "--dry-run"][..], args].concat(), None);
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(words), "{out:?}");
+    }
 }
 
 /// Network namespaces made for one test, removed (with what runs in them) however it ends.
