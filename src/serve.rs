@@ -360,6 +360,7 @@ pub async fn serve_with<A>(
             };
             // Boxed: the TLS handshake's state is 7 KB, and a future inline in the task would be
             // held for the connection's whole life (the task's size is its largest state's).
+            let accepted = tokio::time::Instant::now();
             let handshake = handshake(tcp, peer, digest, &transport, &telemetry);
             let (stream, gate) = match (Box::pin(handshake).await, &*transport) {
                 (Some(Handshake::Http(stream, gate)), _) => (stream, gate),
@@ -372,6 +373,10 @@ pub async fn serve_with<A>(
                 // Only a mesh listener's handshake finds tunnels and plaintext TCP.
                 _ => return,
             };
+            // A PERMISSIVE port's plaintext (the gate is its) has had no handshake to set aside:
+            // its head's deadline runs from the accept, not from after the look at its first
+            // words (which would give a line never finished two `headerTimeout`s).
+            let since = since.or(gate.is_some().then_some(accepted));
             let stream: Stream = Box::new(Deadlined::new(
                 stream,
                 peer,
