@@ -156,7 +156,7 @@ impl InboundTcp {
         digest: &SocketDigest,
         spoke: Spoke,
     ) where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin + super::opaque::Abort,
     {
         let Reached { port, app, destination } = self.reached(digest);
         let view = ConnectionView { principal, source_ip: Some(peer.ip().to_canonical()), port };

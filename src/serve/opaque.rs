@@ -314,6 +314,7 @@ pub(super) fn end_label(end: std::io::Result<RelayEnd>, peer: SocketAddr, destin
         Ok(RelayEnd::Closed) => "closed",
         Ok(RelayEnd::Idle) => "idle_timeout",
         Ok(RelayEnd::Stopped) => "denied",
+        Ok(RelayEnd::Aborted) => "reset",
         Err(e) => {
             tracing::debug!(%peer, %destination, error = %e, "opaque relay ended");
             "error"
@@ -330,6 +331,47 @@ pub(super) enum RelayEnd {
     Idle,
     /// Its `stop` came: a tunnel the policy now refuses.
     Stopped,
+    /// One side went away abruptly (a TCP reset, or a TLS stream cut without its close_notify),
+    /// and the other was aborted in turn, so that a stream cut off never looks complete.
+    Aborted,
+}
+
+/// How one side of a relay is ended abruptly when the other was: a TCP connection with a reset
+/// (what its peer sees of a server that crashed or reset); a TLS stream by dropping it without its
+/// close_notify, which the sidecar at the far end reads as a truncation and passes on as a reset
+/// to its own side. A plaintext stream pingora accepted ends with a close (no reset to be had
+/// through its type).
+pub(super) trait Abort {
+    fn abort(&self);
+}
+
+impl Abort for TcpStream {
+    fn abort(&self) {
+        let _ = self.set_zero_linger();
+    }
+}
+
+impl<S> Abort for tokio_rustls::client::TlsStream<S> {
+    fn abort(&self) {}
+}
+
+impl<S> Abort for tokio_rustls::server::TlsStream<S> {
+    fn abort(&self) {}
+}
+
+impl<S: Abort + ?Sized> Abort for Box<S> {
+    fn abort(&self) {
+        (**self).abort()
+    }
+}
+
+impl Abort for pingora::protocols::l4::stream::Stream {
+    fn abort(&self) {}
+}
+
+/// Whether a read error says the peer went away abruptly rather than failed to be read.
+fn went_away(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::ConnectionAborted)
 }
 
 /// The bytes a relay passed on each way, as they move: what was moved before a relay was
@@ -394,8 +436,8 @@ pub(super) async fn relay<C, U>(
     stop: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<RelayEnd>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + Abort,
+    U: AsyncRead + AsyncWrite + Unpin + Abort,
 {
     let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
@@ -411,10 +453,22 @@ where
         }
     };
     let end = {
-        let up = one_way(&mut client_read, &mut upstream_write, &moved.sent, &moved.last, began);
-        let down = one_way(&mut upstream_read, &mut client_write, &moved.received, &moved.last, began);
+        let up = one_way(Side::Client, &mut client_read, &mut upstream_write, &moved.sent, &moved.last, began);
+        let down = one_way(Side::Upstream, &mut upstream_read, &mut client_write, &moved.received, &moved.last, began);
         tokio::select! {
-            both = async { tokio::try_join!(up, down) } => return both.map(|_| RelayEnd::Closed),
+            both = async { tokio::try_join!(up, down) } => match both {
+                Ok(_) => return Ok(RelayEnd::Closed),
+                // A side that went away abruptly: the other is aborted, not closed, and dropped
+                // without the graceful shutdown below (which would send a TLS close_notify).
+                Err(Ended::Read(from, e)) if went_away(&e) => {
+                    match from {
+                        Side::Client => upstream_read.unsplit(upstream_write).abort(),
+                        Side::Upstream => client_read.unsplit(client_write).abort(),
+                    }
+                    return Ok(RelayEnd::Aborted);
+                }
+                Err(Ended::Read(_, e) | Ended::Write(e)) => return Err(e),
+            },
             () = quiet => RelayEnd::Idle,
             () = stop => RelayEnd::Stopped,
         }
@@ -426,28 +480,41 @@ where
     Ok(end)
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Client,
+    Upstream,
+}
+
+/// How one direction of a relay failed: reading its side, or writing the other.
+enum Ended {
+    Read(Side, std::io::Error),
+    Write(std::io::Error),
+}
+
 /// One direction of a relay: each read written on and flushed (a TLS stream holds what it was
 /// given until then), until the reading side closes its half, which is then passed on.
 async fn one_way(
+    side: Side,
     from: &mut (impl AsyncRead + Unpin),
     to: &mut (impl AsyncWrite + Unpin),
     count: &AtomicU64,
     last: &AtomicU64,
     began: tokio::time::Instant,
-) -> std::io::Result<()> {
+) -> Result<(), Ended> {
     let mut buf = vec![0u8; RELAY_BUFFER];
     loop {
-        let n = from.read(&mut buf).await?;
+        let n = from.read(&mut buf).await.map_err(|e| Ended::Read(side, e))?;
         last.store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
         if n == 0 {
             // A peer that has closed both halves already has nothing to be told.
             return match to.shutdown().await {
                 Err(e) if matches!(e.kind(), ErrorKind::NotConnected | ErrorKind::BrokenPipe) => Ok(()),
-                done => done,
+                done => done.map_err(Ended::Write),
             };
         }
-        to.write_all(&buf[..n]).await?;
-        to.flush().await?;
+        to.write_all(&buf[..n]).await.map_err(Ended::Write)?;
+        to.flush().await.map_err(Ended::Write)?;
         count.fetch_add(n as u64, Ordering::Relaxed);
         last.store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -540,6 +607,33 @@ mod tests {
         // Both sides see the close.
         assert_eq!(app.read(&mut buf).await.unwrap(), 0);
         assert_eq!(destination.read(&mut buf).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_reset_on_one_side_is_a_reset_on_the_other_not_a_clean_end() {
+        for reset_by_destination in [true, false] {
+            let (mut app, captured) = pair(None).await;
+            let (upstream, mut destination) = pair(None).await;
+            let relay = spawn_relay(captured, upstream);
+            destination.write_all(b"part of an answer").await.unwrap();
+            let mut buf = [0u8; 17];
+            app.read_exact(&mut buf).await.unwrap();
+            // The side that goes away resets its connection.
+            let (gone, mut other) = match reset_by_destination {
+                true => (destination, app),
+                false => (app, destination),
+            };
+            gone.set_zero_linger().unwrap();
+            drop(gone);
+            let (ended, _, _) = relay.await.unwrap().unwrap();
+            assert_eq!(ended, RelayEnd::Aborted);
+            let seen = other.read(&mut [0u8; 16]).await;
+            assert_eq!(
+                seen.map_err(|e| e.kind()),
+                Err(ErrorKind::ConnectionReset),
+                "the reset passed on (destination reset: {reset_by_destination})"
+            );
+        }
     }
 
     #[tokio::test]
