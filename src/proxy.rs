@@ -107,8 +107,14 @@ pub(crate) fn malformed_head(session: &pingora::proxy::Session) -> Option<&'stat
         }
     }
     if session.is_http2() {
-        return match req.uri.authority() {
-            Some(authority) if !is_authority(authority.as_str().as_bytes()) => Some(":authority is not one host"),
+        if req.uri.authority().is_some_and(|a| !is_authority(a.as_str().as_bytes())) {
+            return Some(":authority is not one host");
+        }
+        // Without `:authority`, the policy reads the `host` field: held to the same form.
+        let mut hosts = headers.get_all(http::header::HOST).iter();
+        return match (hosts.next(), hosts.next()) {
+            (Some(host), None) if !is_authority(host.as_bytes()) => Some("a Host that is not one host"),
+            (Some(_), Some(_)) => Some("more than one Host"),
             _ => None,
         };
     }
@@ -182,9 +188,15 @@ fn is_authority(value: &[u8]) -> bool {
                             | b'='
                     )
             });
+    // A port in its one spelling: `:080`, `:` and `:99999` would each dodge a rule naming `:80`.
     let port_ok = match port.split_first() {
         None => true,
-        Some((b':', digits)) => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        Some((b':', digits)) => {
+            let number = std::str::from_utf8(digits).ok().and_then(|d| d.parse::<u16>().ok());
+            !host.is_empty()
+                && digits.iter().all(u8::is_ascii_digit)
+                && number.is_some_and(|n| n > 0 && n.to_string().as_bytes() == digits)
+        }
         Some(_) => false,
     };
     name_ok && port_ok

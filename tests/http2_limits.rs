@@ -127,6 +127,12 @@ async fn an_authority_that_is_not_one_host_is_refused() {
         sent.push(authority);
     }
     assert!(sent.contains(&"evil.shop..") && sent.contains(&"evil..shop"), "{sent:?}");
+    // Without `:authority`, the `host` field is what the policy reads: held to the same form.
+    // (h2's client puts the URI's authority in `:authority`; a relative URI leaves it out.)
+    for (host, status) in [("evil.shop..", 400), ("orders.shop:080", 400), ("orders.shop", 200)] {
+        let request = http::Request::get("/x").header("host", host).body(()).unwrap();
+        assert_eq!(send(&client, request).await, status, "host {host}");
+    }
     for authority in ["orders.shop", "orders.shop.", "orders.shop:8080", "[::1]:8080"] {
         let request = http::Request::get(format!("https://{authority}/x")).body(()).unwrap();
         assert_eq!(send(&client, request).await, 200, "{authority}");

@@ -309,6 +309,11 @@ async fn targets_not_in_origin_form_and_host_fields_not_one_are_refused_on_both_
         ("a Host with a leading dot", "GET /orders HTTP/1.1\r\nhost: .evil.shop\r\nconnection: close\r\n\r\n"),
         ("a Host of a dot", "GET /orders HTTP/1.1\r\nhost: .:80\r\nconnection: close\r\n\r\n"),
         ("a percent-encoded Host", "GET /orders HTTP/1.1\r\nhost: evil%2eshop\r\nconnection: close\r\n\r\n"),
+        // A port in another spelling than its one, or a port without a host.
+        ("a port with a leading zero", "GET /orders HTTP/1.1\r\nhost: orders.shop:080\r\nconnection: close\r\n\r\n"),
+        ("an empty port", "GET /orders HTTP/1.1\r\nhost: orders.shop:\r\nconnection: close\r\n\r\n"),
+        ("a port over 65535", "GET /orders HTTP/1.1\r\nhost: orders.shop:99999\r\nconnection: close\r\n\r\n"),
+        ("a port without a host", "GET /orders HTTP/1.1\r\nhost: :80\r\nconnection: close\r\n\r\n"),
     ];
     for via in ALL {
         for (what, request) in cases {
