@@ -1,6 +1,7 @@
 //! `GET /app-health/<container>/<kind>`: the app's own probes, asked by the sidecar for the
-//! kubelet. Injection points an app's HTTP and TCP probes of a captured port here, since the
-//! kubelet's plaintext probe would meet the inbound port's STRICT mTLS.
+//! kubelet. Injection points an app's HTTP probes of a captured port here, since the kubelet's
+//! plaintext probe would meet the inbound port's STRICT mTLS (a probe written by hand without a
+//! `path` is a TCP connect).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -11,8 +12,9 @@ use tokio::net::TcpStream;
 
 use crate::config::AppProbe;
 
-/// The most of the app's answer read: its status line is all that counts.
-const STATUS_LINE_BYTES: usize = 1024;
+/// The most of the app's answer read: its final status line is all that counts, after any
+/// informational (1xx) heads.
+const STATUS_LINE_BYTES: usize = 8192;
 
 /// What the kubelet is told: 200 while the app answers 200-399 (or accepts the connection),
 /// the app's own 4xx/5xx status, else 503 with why.
@@ -42,22 +44,35 @@ async fn exchange(probe: &AppProbe, target: SocketAddr) -> std::io::Result<Verdi
     let Some(path) = &probe.path else {
         return Ok(Verdict { status: StatusCode::OK, why: format!("{target} accepts connections") });
     };
-    let mut request = format!("GET {path} HTTP/1.1\r\nhost: {target}\r\nuser-agent: kube-probe (palisade)\r\n");
+    // As the kubelet does: a probe's own Host or User-Agent replaces the default.
+    let given = |name: &str| probe.headers.iter().any(|h| h.name.eq_ignore_ascii_case(name));
+    let mut request = format!("GET {path} HTTP/1.1\r\n");
+    if !given("host") {
+        request.push_str(&format!("host: {target}\r\n"));
+    }
+    if !given("user-agent") {
+        request.push_str("user-agent: kube-probe (palisade)\r\n");
+    }
     for header in &probe.headers {
         request.push_str(&format!("{}: {}\r\n", header.name, header.value));
     }
     request.push_str("connection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
-    let mut head = Vec::with_capacity(128);
-    let mut buf = [0u8; 256];
-    while !head.contains(&b'\n') && head.len() < STATUS_LINE_BYTES {
+    let mut read = Vec::with_capacity(256);
+    let mut buf = [0u8; 512];
+    let status = loop {
+        match final_status(&read) {
+            Ok(status) => break status,
+            Err(()) if read.len() >= STATUS_LINE_BYTES => break None,
+            Err(()) => {}
+        }
         let n = stream.read(&mut buf).await?;
         if n == 0 {
-            break;
+            break final_status(&read).ok().flatten();
         }
-        head.extend_from_slice(&buf[..n]);
-    }
-    Ok(match status_of(&head) {
+        read.extend_from_slice(&buf[..n]);
+    };
+    Ok(match status {
         Some(code @ 200..=399) => Verdict { status: StatusCode::OK, why: format!("the app answered {code}") },
         Some(code) => Verdict {
             status: StatusCode::from_u16(code).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
@@ -65,6 +80,25 @@ async fn exchange(probe: &AppProbe, target: SocketAddr) -> std::io::Result<Verdi
         },
         None => unavailable(format!("{target}: the answer is not HTTP")),
     })
+}
+
+/// The status of the first head in `read` that is not informational: `Ok(Some)` found,
+/// `Ok(None)` not HTTP, `Err` more is needed. A 103 Early Hints head comes before the answer, and
+/// told to the kubelet as the answer it would wait on for good.
+fn final_status(read: &[u8]) -> Result<Option<u16>, ()> {
+    let mut rest = read;
+    loop {
+        let Some(line_end) = rest.iter().position(|&b| b == b'\n') else { return Err(()) };
+        match status_of(&rest[..line_end]) {
+            None => return Ok(None),
+            Some(code) if code >= 200 => return Ok(Some(code)),
+            Some(_) => {
+                // Skip the informational head: up to its empty line.
+                let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") else { return Err(()) };
+                rest = &rest[end + 4..];
+            }
+        }
+    }
 }
 
 /// `HTTP/1.x NNN ...` → NNN.
@@ -81,6 +115,18 @@ fn status_of(head: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn informational_heads_are_passed_over_for_the_final_status() {
+        assert_eq!(
+            final_status(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\nHTTP/1.1 204 No Content\r\n"),
+            Ok(Some(204))
+        );
+        assert_eq!(final_status(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 500 x\r\n"), Ok(Some(500)));
+        assert_eq!(final_status(b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n"), Err(()), "more is needed");
+        assert_eq!(final_status(b"HTTP/1.1 200 OK"), Err(()));
+        assert_eq!(final_status(b"SSH-2.0-x\r\n"), Ok(None));
+    }
 
     #[test]
     fn the_status_is_read_from_the_status_line() {

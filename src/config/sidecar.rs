@@ -472,6 +472,12 @@ impl AppProbe {
             }
         }
         for header in &self.headers {
+            // The request's framing and connection are the sidecar's: a Content-Length would leave
+            // the app waiting for a body that never comes.
+            const FRAMING: [&str; 6] = ["content-length", "transfer-encoding", "connection", "te", "upgrade", "expect"];
+            if FRAMING.iter().any(|f| header.name.eq_ignore_ascii_case(f)) {
+                return Some(format!("header {:?} is the request's framing, which the probe cannot set", header.name));
+            }
             let name_ok =
                 !header.name.is_empty() && header.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
             if !name_ok || !header.value.bytes().all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic()) {

@@ -169,7 +169,7 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
         .map_err(|(field, message)| shape(&field, &message))?;
     let mut options = PodOptions::read(annotations)?;
     check_options(&options, settings)?;
-    let (probe_ops, app_probes) = rewrite_app_probes(containers, base, &options, settings);
+    let (probe_ops, app_probes, probe_warnings) = rewrite_app_probes(containers, base, &options, settings);
     options.app_probes = app_probes;
     let service_account = spec
         .get("serviceAccountName")
@@ -205,7 +205,9 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
         None => ops.push(add(format!("{base}/spec/volumes"), Value::Array(volumes))),
         Some(_) => ops.extend(volumes.into_iter().enumerate().map(|(i, v)| add(format!("{base}/spec/volumes/{i}"), v))),
     }
-    Ok(Decision::Inject { ops, warnings: ann::warnings(annotations, labels) })
+    let mut warnings = ann::warnings(annotations, labels);
+    warnings.extend(probe_warnings);
+    Ok(Decision::Inject { ops, warnings })
 }
 
 /// What in the pod as written would break it, or the capture, once the sidecar is in: a volume
@@ -302,19 +304,21 @@ fn windows_by_affinity(spec: &Map<String, Value>) -> bool {
 /// change (scalars, which `palisade inject` edits in the manifest's own text); its timings stay.
 /// Left as written: probes of ports not captured, exec and gRPC probes, HTTPS probes (the app's
 /// own TLS), probes with a `host` (not this pod), and TCP probes (see the chart's README).
-/// Returns the operations and what the sidecar's configuration needs.
+/// Returns the operations, what the sidecar's configuration needs, and warnings for probes of
+/// captured ports that cannot work as written.
 fn rewrite_app_probes(
     containers: &[Value],
     base: &str,
     options: &PodOptions,
     settings: &InjectSettings,
-) -> (Vec<Op>, BTreeMap<String, AppProbe>) {
+) -> (Vec<Op>, BTreeMap<String, AppProbe>, Vec<String>) {
     let captured = |port: u16| {
         options.inbound_ports.as_ref().is_none_or(|ports| ports.contains(&port))
             && !options.exclude_inbound_ports.contains(&port)
     };
     let mut ops = Vec::new();
     let mut probes = BTreeMap::new();
+    let mut warnings = Vec::new();
     for (i, container) in containers.iter().enumerate() {
         let Some(name) = container.get("name").and_then(Value::as_str) else { continue };
         // A named port is the container's own `ports[].name`.
@@ -332,12 +336,23 @@ fn rewrite_app_probes(
             [("livenessProbe", "liveness"), ("readinessProbe", "readiness"), ("startupProbe", "startup")]
         {
             let Some(probe) = container.get(field) else { continue };
+            let warn = |why: String| format!("{field} of container {name}: {why}");
+            if let Some(port) = probe.get("tcpSocket").and_then(|t| t.get("port")).and_then(port_of) {
+                if captured(port) {
+                    warnings.push(warn(format!("a TCP probe of captured port {port} is accepted by the sidecar whether the app listens or not; use an httpGet or exec probe, or exclude the port (palisade.dev/exclude-inbound-ports)")));
+                }
+                continue;
+            }
             let Some(http) = probe.get("httpGet").and_then(Value::as_object) else { continue };
             let elsewhere = http.get("host").and_then(Value::as_str).is_some_and(|h| !h.is_empty());
             let https = http.get("scheme").and_then(Value::as_str).is_some_and(|s| !s.eq_ignore_ascii_case("HTTP"));
-            let Some(port) = http.get("port").and_then(port_of).filter(|p| captured(*p) && !elsewhere && !https) else {
+            let Some(port) = http.get("port").and_then(port_of).filter(|p| captured(*p) && !elsewhere) else {
                 continue;
             };
+            if https {
+                warnings.push(warn(format!("an HTTPS probe of captured port {port} fails: the sidecar takes its TLS for the mesh's; exclude the port (palisade.dev/exclude-inbound-ports)")));
+                continue;
+            }
             let headers = http.get("httpHeaders").and_then(Value::as_array).into_iter().flatten();
             let headers = headers
                 .filter_map(|h| {
@@ -349,7 +364,8 @@ fn rewrite_app_probes(
             let timeout_seconds =
                 probe.get("timeoutSeconds").and_then(Value::as_u64).and_then(|t| u32::try_from(t).ok()).unwrap_or(1);
             let app_probe = AppProbe { port, path: Some(path.to_string()), headers, timeout_seconds };
-            if app_probe.problem().is_some() {
+            if let Some(problem) = app_probe.problem() {
+                warnings.push(warn(format!("not rewritten through the sidecar ({problem}), so the kubelet's plaintext probe of captured port {port} fails; fix the probe or exclude the port")));
                 continue;
             }
             let key = format!("{name}/{kind}");
@@ -363,7 +379,7 @@ fn rewrite_app_probes(
             probes.insert(key, app_probe);
         }
     }
-    (ops, probes)
+    (ops, probes, warnings)
 }
 
 fn add(path: String, value: Value) -> Op {
