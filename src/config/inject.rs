@@ -370,9 +370,9 @@ pub fn is_log_filter(value: &str) -> bool {
     };
     !value.is_empty()
         && value.len() <= 256
-        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_=,:.-".contains(&b))
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"_=,:.- ".contains(&b))
         && value.split(',').map(str::trim).filter(|d| !d.is_empty()).all(|directive| match directive.split_once('=') {
-            Some((name, wanted)) => !name.is_empty() && level(wanted),
+            Some((name, wanted)) => !name.trim().is_empty() && level(wanted.trim()),
             None => level(directive) || target(directive),
         })
 }

@@ -356,8 +356,15 @@ mod tests {
 
     #[test]
     fn a_log_filter_is_levels_and_targets_that_log() {
-        for good in ["info", "WARN", "palisade=debug,info", "warn,h2=off", "pingora_core::protocols=trace", "palisade"]
-        {
+        for good in [
+            "info",
+            "WARN",
+            "palisade=debug,info",
+            "info, palisade=debug",
+            "warn,h2=off",
+            "pingora_core::protocols=trace",
+            "palisade",
+        ] {
             assert!(is_log_filter(good), "{good}");
         }
         // A bare word names a module: "verbose" would silence every line.

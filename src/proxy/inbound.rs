@@ -279,9 +279,12 @@ async fn wait_unless_the_caller_leaves(session: &mut Session, wait: Duration) ->
         tokio::select! {
             _ = &mut waited => return Ok(()),
             read = downstream.read_body_or_idle(true) => match read.map_err(|e| e.etype().clone()) {
+                // Closed, reset, or half-closed (the caller shut its sending side): gone, as
+                // nginx takes a half-close (its 499).
                 Err(ErrorType::ConnectionClosed | ErrorType::ReadError) => return Err(gone()),
-                // The next request's bytes, pipelined: its first byte is read now, so this
-                // connection ends with this answer.
+                // Bytes after the request (a pipelined one, whose first byte is now read and
+                // lost): the pipelined request is not served, as pingora serves none that arrives
+                // while an answer is awaited; the connection ends after this request.
                 _ => downstream.set_keepalive(None),
             },
         }

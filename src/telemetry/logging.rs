@@ -150,8 +150,10 @@ const FILTER_FORM: &str = "write levels (trace, debug, info, warn, error, off) a
 fn filter_from_env(var: &dyn Fn(&str) -> Option<String>, default: &str) -> Result<EnvFilter, String> {
     for name in FILTER_VARS {
         if let Some(value) = var(name).filter(|v| !v.trim().is_empty()) {
+            // Taken as given when it parses (a container's RUST_LOG may name the app's own
+            // modules), but said on stderr, before the filter may silence everything.
             if !crate::config::is_log_filter(&value) {
-                return Err(format!("{name}: bad log filter {value:?}: {FILTER_FORM}"));
+                eprintln!("warning: {name}={value:?} has a word that is neither a level nor a module that logs here: {FILTER_FORM}");
             }
             return EnvFilter::builder()
                 .parse(&value)

@@ -262,7 +262,7 @@ def test_the_rendered_control_plane_configuration_gives_palisade_inject_its_sett
 
 
 def test_passthrough_destinations_and_opaque_ports_reach_every_injected_sidecar():
-    values = {"identity": {"mode": "secret"}, "sidecar": {"outboundPassthrough": ["10.20.0.0/16"], "opaquePorts": [3306]}}
+    values = {"identity": {"mode": "secret"}, "sidecar": {"outboundPassthrough": ["10.20.0.0/16"], "opaquePorts": [7000]}}
     (cm,) = [o for o in objects(values) if o["metadata"]["name"] == "palisade-control-config"]
     with tempfile.TemporaryDirectory() as d:
         config = pathlib.Path(d) / "control.yaml"
@@ -274,7 +274,8 @@ def test_passthrough_destinations_and_opaque_ports_reach_every_injected_sidecar(
     (sidecar_config,) = [e["value"] for e in proxy["env"] if e["name"] == "PALISADE_CONFIG"]
     outbound = yaml.safe_load(sidecar_config)["outbound"]
     assert outbound["passthrough"] == ["10.20.0.0/16", "203.0.113.7/32"], outbound
-    assert outbound["opaquePorts"] == [3306], outbound
+    # Added to Linkerd's defaults, which every injected sidecar has on both sides.
+    assert outbound["opaquePorts"] == [25, 587, 3306, 4444, 5432, 6379, 7000, 9300, 11211], outbound
 
 
 @contextlib.contextmanager
