@@ -279,6 +279,9 @@ pub struct Document {
     pub root: Node,
     /// `Null` roots are documents with no content (a trailing `---`, a file of comments).
     pub start: Mark,
+    /// Where the document first names an anchor (`&x`) or an alias (`*x`): its nodes are copies,
+    /// so editing its text in place would edit one copy only.
+    pub first_anchor: Option<Mark>,
 }
 
 /// Parses every document of `text`. A syntax error, a duplicate key, a tag, or input over a
@@ -307,6 +310,8 @@ struct Builder<'l> {
     nodes: usize,
     /// The bytes of every scalar read, an alias's expansion included.
     value_bytes: usize,
+    /// The current document's first anchor or alias.
+    first_anchor: Option<Mark>,
     documents: Vec<Document>,
 }
 
@@ -320,7 +325,15 @@ fn tag_refused(tag: &saphyr_parser::Tag, mark: Mark) -> Error {
 
 impl<'l> Builder<'l> {
     fn new(limits: &'l Limits) -> Self {
-        Builder { limits, stack: Vec::new(), anchors: HashMap::new(), nodes: 0, value_bytes: 0, documents: Vec::new() }
+        Builder {
+            limits,
+            stack: Vec::new(),
+            anchors: HashMap::new(),
+            nodes: 0,
+            value_bytes: 0,
+            first_anchor: None,
+            documents: Vec::new(),
+        }
     }
 
     fn run(mut self, text: &str) -> Result<Vec<Document>, Error> {
@@ -339,10 +352,12 @@ impl<'l> Builder<'l> {
                 }
                 Event::DocumentEnd => {
                     let root = root.take().unwrap_or(Node { mark: start, ..Node::new(Value::Null) });
-                    self.documents.push(Document { root, start });
+                    let first_anchor = self.first_anchor.take();
+                    self.documents.push(Document { root, start, first_anchor });
                     continue;
                 }
                 Event::Alias(id) => {
+                    self.first_anchor.get_or_insert(mark);
                     let target = self.anchors.get(&id).ok_or_else(|| Error::at("alias to an unknown anchor", mark))?;
                     // An alias costs the nodes it expands to, so a "billion laughs" stays small.
                     let (cost, bytes) = (count_nodes(target), value_bytes(target));
@@ -450,6 +465,7 @@ impl<'l> Builder<'l> {
     /// a few hundred KB nested sixty deep took 1.4 GB before these copies counted.
     fn anchored(&mut self, node: Node, anchor: usize, mark: Mark) -> Result<Node, Error> {
         if anchor != 0 {
+            self.first_anchor.get_or_insert(node.mark);
             self.count(count_nodes(&node), mark)?;
             self.count_bytes(value_bytes(&node), mark)?;
             self.anchors.insert(anchor, node.clone());

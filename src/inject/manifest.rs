@@ -77,6 +77,12 @@ pub fn inject(text: &str, settings: &InjectSettings) -> Result<(String, Vec<Repo
             continue;
         }
         let line = document.root.mark.line.max(document.start.line);
+        if let Some(at) = document.first_anchor {
+            return Err(text_error(
+                at.line,
+                "YAML anchors and aliases (&name, *name) cannot be injected in place: an edit would change one copy of what they share. Expand them first (yq 'explode(.)'), or let the admission webhook inject the objects".into(),
+            ));
+        }
         let mut ops = Vec::new();
         let mut object = document.root.to_json();
         plan_object(&object, "", line, settings, &mut ops, &mut reports)?;

@@ -829,3 +829,14 @@ fn the_apps_probes_of_captured_ports_are_asked_through_the_sidecars_admin_port()
     let (out, _) = inject(&manifest, &settings()).unwrap();
     assert_eq!(docs(&out)[0]["spec"]["containers"], patched["spec"]["containers"]);
 }
+
+#[test]
+fn a_manifest_with_anchors_is_refused_with_the_line_and_what_to_do() {
+    let text = "apiVersion: v1\nkind: List\nitems:\n  - kind: Pod\n    metadata: {name: a}\n    spec: &s {containers: [{name: app, image: i}]}\n  - kind: Pod\n    metadata: {name: b}\n    spec: *s\n";
+    let err = inject(text, &settings()).unwrap_err().to_string();
+    assert!(err.starts_with("line 6: YAML anchors and aliases"), "{err}");
+    assert!(err.contains("yq 'explode(.)'"), "{err}");
+    // The same objects without them are injected.
+    let expanded = text.replace("&s ", "").replace("spec: *s", "spec: {containers: [{name: app, image: i}]}");
+    assert!(inject(&expanded, &settings()).is_ok());
+}

@@ -14,12 +14,22 @@ use serde_json::Value;
 use super::patch::{tokens, Op};
 use crate::yaml::{Node, Value as Y};
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}: {message}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TextError {
     pub path: String,
     pub message: String,
 }
+
+impl std::fmt::Display for TextError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.path.is_empty() {
+            true => f.write_str(&self.message),
+            false => write!(f, "{}: {}", self.path, self.message),
+        }
+    }
+}
+
+impl std::error::Error for TextError {}
 
 /// An insertion (or, with `end`, a replacement) at a character position of the text.
 #[derive(Debug, Clone)]
