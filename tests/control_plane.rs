@@ -867,3 +867,32 @@ async fn oversized_hellos_are_refused_without_being_kept() {
     .await;
     assert!(plane.metrics().await.contains("palisade_control_subscriptions_refused_total{reason=\"hello\"} 1"));
 }
+
+/// The control plane's own certificate files replaced: `/status` names the identity it now
+/// proves, the rotation is a security event, and its end is a metric to alert on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_planes_own_rotation_shows_in_status_events_and_metrics() {
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    let mut plane = ControlPlane::start(&pki, "control", &dir).await;
+    assert_eq!(plane.status().await["controlPlane"]["identity"], CONTROL_ID);
+    assert!(plane.metrics().await.contains("palisade_certificate_expiry_timestamp_seconds "));
+    let other = "spiffe://cluster.local/ns/palisade-system/sa/other";
+    let next = pki.workload("control-next", other);
+    let own = pki.path("control");
+    // The key first, then the certificate, each replaced whole, as a Secret's update does.
+    for (from, to) in [(&next.key, own.join("tls.key")), (&next.cert, own.join("tls.crt"))] {
+        let tmp = to.with_extension("new");
+        std::fs::copy(from, &tmp).unwrap();
+        std::fs::rename(&tmp, &to).unwrap();
+    }
+    wait_for("the new identity in /status", async || plane.status().await["controlPlane"]["identity"] == other).await;
+    let status = plane.status().await;
+    assert!(status["controlPlane"]["certificateNotAfter"].as_i64().is_some_and(|t| t > 0), "{status}");
+    wait_for("the rotation's event", async || {
+        std::fs::read_to_string(&plane.events).unwrap_or_default().contains(&format!("certificate rotated for {other}"))
+    })
+    .await;
+    plane.kill();
+}

@@ -18,7 +18,8 @@ use crate::admin::{json_reply, reply, text};
 use crate::lifecycle::Readiness;
 
 pub struct ControlAdmin {
-    pub identity: String,
+    /// The control plane's own certificate, as reloaded: `/status` shows whom it now proves.
+    pub tls: Arc<crate::tls::TlsStore>,
     pub policies_dir: std::path::PathBuf,
     pub catalog: watch::Receiver<Arc<Catalog>>,
     pub registry: Arc<Registry>,
@@ -46,7 +47,11 @@ impl ControlAdmin {
         let sidecars = self.registry.list();
         let count = |state: SyncState| sidecars.iter().filter(|s| s.state == state).count();
         json!({
-            "controlPlane": {"identity": self.identity, "version": env!("CARGO_PKG_VERSION")},
+            "controlPlane": {
+                "identity": self.tls.current().credentials.id.as_str(),
+                "certificateNotAfter": self.tls.current().credentials.not_after,
+                "version": env!("CARGO_PKG_VERSION"),
+            },
             "policies": {
                 "dir": self.policies_dir,
                 "readable": catalog.readable,
@@ -81,6 +86,7 @@ impl ServeHttp for ControlAdmin {
                 Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, &why),
             },
             (Method::GET, "/metrics") => {
+                self.metrics.certificate_expiry.set(self.tls.current().credentials.not_after as f64);
                 reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.metrics.render())
             }
             // Every sidecar's identity, labels, address and NACK reasons: for an operator on the

@@ -1,7 +1,8 @@
 //! The control plane's own metrics (its registry, apart from any sidecar's).
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// From a file change to a sidecar's ACK spans milliseconds to seconds.
@@ -21,6 +22,9 @@ pub struct ControlMetrics {
     /// file this process never saw good).
     pub servable: IntGauge,
     pub version: IntGaugeVec,
+    /// When the control plane's own certificate ends (the name a sidecar's has, in this process's
+    /// registry), set at each scrape.
+    pub certificate_expiry: Gauge,
 }
 
 impl ControlMetrics {
@@ -65,6 +69,11 @@ impl ControlMetrics {
         let build_info =
             IntGaugeVec::new(Opts::new("palisade_build_info", "Build information."), &["version"]).expect("metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let certificate_expiry = Gauge::new(
+            "palisade_certificate_expiry_timestamp_seconds",
+            "When the control plane's own certificate in use expires (Unix time).",
+        )
+        .expect("metric");
         for c in [
             Box::new(connected.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(pushes.clone()),
@@ -77,6 +86,7 @@ impl ControlMetrics {
             Box::new(servable.clone()),
             Box::new(version.clone()),
             Box::new(build_info),
+            Box::new(certificate_expiry.clone()),
             Box::new(crate::telemetry::ProcessMetrics::new()),
         ] {
             registry.register(c).expect("metric registers once");
@@ -93,6 +103,7 @@ impl ControlMetrics {
             policies,
             servable,
             version,
+            certificate_expiry,
         }
     }
 

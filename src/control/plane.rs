@@ -184,7 +184,7 @@ async fn run(
     let readiness = Arc::new(Readiness::default());
     let identity = tls.current().credentials.id.to_string();
     let admin = Arc::new(ControlAdmin {
-        identity: identity.clone(),
+        tls: tls.clone(),
         policies_dir: config.policies.dir.clone(),
         catalog: catalog.clone(),
         registry: registry.clone(),
@@ -259,23 +259,32 @@ async fn run(
     let ca_task = ca.and_then(|ca| ca.spawn(tls.clone(), own, &metrics, telemetry.clone(), reload_every, stop.clone()));
     let certificates = tls.clone();
     let mut own_id = tls.current().credentials.id.clone();
+    let rotations = telemetry.clone();
     tokio::spawn(poll_files(
         reload_every,
         stop.clone(),
         move || certificates.reload_if_changed(),
         move |outcome| match outcome {
             Ok(Some(state)) => {
-                let id = &state.credentials.id;
-                if *id != own_id {
+                let creds = &state.credentials;
+                if creds.id != own_id {
                     // Sidecars check the control plane by its SPIFFE ID: a new one fails every
                     // stream that does not expect it.
-                    tracing::warn!(from = %own_id, to = %id, "the reloaded certificate names another SPIFFE ID: sidecars that expect the old one refuse this control plane");
-                    own_id = id.clone();
+                    tracing::warn!(from = %own_id, to = %creds.id, "the reloaded certificate names another SPIFFE ID: sidecars that expect the old one refuse this control plane");
+                    own_id = creds.id.clone();
                 }
-                tracing::info!(serial = %state.credentials.serial, "control plane certificate reloaded")
+                tracing::info!(serial = %creds.serial, "control plane certificate reloaded");
+                rotations.events.emit(SecurityEvent::CertificateRotated {
+                    identity: creds.id.to_string(),
+                    serial: creds.serial.clone(),
+                    not_after: creds.not_after,
+                });
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "new certificate files are not usable; keeping the current ones"),
+            Err(e) => {
+                tracing::warn!(error = %e, "new certificate files are not usable; keeping the current ones");
+                rotations.events.emit(SecurityEvent::CertificateReloadFailed { reason: e.to_string() });
+            }
         },
     ));
     let webhook_task = webhook.map(|Webhook { app, cert, listener }| {
