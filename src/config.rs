@@ -19,8 +19,8 @@ pub use control::{
 };
 pub use env::{Env, ProcessEnv};
 pub use inject::{
-    is_log_filter, is_quantity, ControlPlaneRef, FailurePolicy, IdentityMode, IdentitySettings, InjectSettings,
-    ProxyPorts, PullPolicy, Resources,
+    is_log_filter, is_quantity, log_filter_text, ControlPlaneRef, FailurePolicy, IdentityMode, IdentitySettings,
+    InjectSettings, ProxyPorts, PullPolicy, Resources,
 };
 pub use otel::{ParentRoot, Propagators, SamplerChoice, TraceSettings};
 pub use sidecar::{

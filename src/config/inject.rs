@@ -354,6 +354,12 @@ fn quantity(value: &str) -> Option<u128> {
     Some(number.checked_mul(scale)? / NANO)
 }
 
+/// A log filter as `EnvFilter` reads it: blanks around its directives taken out (it refuses
+/// `info, palisade=debug`, which `is_log_filter` takes).
+pub fn log_filter_text(value: &str) -> String {
+    value.split(',').map(str::trim).filter(|d| !d.is_empty()).collect::<Vec<_>>().join(",")
+}
+
 /// A `PALISADE_LOG` filter (`RUST_LOG` syntax) in the characters such filters use, so a value
 /// can never carry anything else into the pod; and one whose bare words are levels or name
 /// what logs: `verbose` reads as "everything from a module named verbose", and the process would

@@ -366,6 +366,9 @@ mod tests {
             "palisade",
         ] {
             assert!(is_log_filter(good), "{good}");
+            // What the validator takes, the sidecar's filter parser takes too.
+            let text = crate::config::log_filter_text(good);
+            assert!(tracing_subscriber::EnvFilter::builder().parse(&text).is_ok(), "{good} as {text}");
         }
         // A bare word names a module: "verbose" would silence every line.
         for bad in ["verbose", "loud,info", "palisade=verbose", "=debug", "", "info;x"] {

@@ -475,7 +475,7 @@ fn proxy_container(settings: &InjectSettings, options: &PodOptions) -> Value {
             {"name": "PALISADE_WORKLOAD_NAMESPACE", "valueFrom": field("metadata.namespace")},
             {"name": "PALISADE_WORKLOAD_SERVICEACCOUNT", "valueFrom": field("spec.serviceAccountName")},
             {"name": "POD_NAME", "valueFrom": field("metadata.name")},
-            {"name": "PALISADE_LOG", "value": options.log_level.as_deref().unwrap_or(&settings.log_level)},
+            {"name": "PALISADE_LOG", "value": crate::config::log_filter_text(options.log_level.as_deref().unwrap_or(&settings.log_level))},
         ],
         "resources": resources(&settings.resources, &options.resources),
         "securityContext": {

@@ -371,7 +371,10 @@ impl Abort for pingora::protocols::l4::stream::Stream {
 
 /// Whether a read error says the peer went away abruptly rather than failed to be read.
 fn went_away(e: &std::io::Error) -> bool {
-    matches!(e.kind(), ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::ConnectionAborted)
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+    )
 }
 
 /// The bytes a relay passed on each way, as they move: what was moved before a relay was
@@ -453,21 +456,39 @@ where
         }
     };
     let end = {
-        let up = one_way(Side::Client, &mut client_read, &mut upstream_write, &moved.sent, &moved.last, began);
-        let down = one_way(Side::Upstream, &mut upstream_read, &mut client_write, &moved.received, &moved.last, began);
+        let up = one_way(
+            Side::Client,
+            Side::Upstream,
+            &mut client_read,
+            &mut upstream_write,
+            &moved.sent,
+            &moved.last,
+            began,
+        );
+        let down = one_way(
+            Side::Upstream,
+            Side::Client,
+            &mut upstream_read,
+            &mut client_write,
+            &moved.received,
+            &moved.last,
+            began,
+        );
         tokio::select! {
             both = async { tokio::try_join!(up, down) } => match both {
                 Ok(_) => return Ok(RelayEnd::Closed),
                 // A side that went away abruptly: the other is aborted, not closed, and dropped
                 // without the graceful shutdown below (which would send a TLS close_notify).
-                Err(Ended::Read(from, e)) if went_away(&e) => {
-                    match from {
+                // Seen reading the side that went, or writing to it (a reset answers a write as
+                // EPIPE or ECONNRESET): whichever direction notices first.
+                Err(Ended::Read(gone, e) | Ended::Write(gone, e)) if went_away(&e) => {
+                    match gone {
                         Side::Client => upstream_read.unsplit(upstream_write).abort(),
                         Side::Upstream => client_read.unsplit(client_write).abort(),
                     }
                     return Ok(RelayEnd::Aborted);
                 }
-                Err(Ended::Read(_, e) | Ended::Write(e)) => return Err(e),
+                Err(Ended::Read(_, e) | Ended::Write(_, e)) => return Err(e),
             },
             () = quiet => RelayEnd::Idle,
             () = stop => RelayEnd::Stopped,
@@ -489,13 +510,14 @@ enum Side {
 /// How one direction of a relay failed: reading its side, or writing the other.
 enum Ended {
     Read(Side, std::io::Error),
-    Write(std::io::Error),
+    Write(Side, std::io::Error),
 }
 
 /// One direction of a relay: each read written on and flushed (a TLS stream holds what it was
 /// given until then), until the reading side closes its half, which is then passed on.
 async fn one_way(
     side: Side,
+    other: Side,
     from: &mut (impl AsyncRead + Unpin),
     to: &mut (impl AsyncWrite + Unpin),
     count: &AtomicU64,
@@ -510,11 +532,11 @@ async fn one_way(
             // A peer that has closed both halves already has nothing to be told.
             return match to.shutdown().await {
                 Err(e) if matches!(e.kind(), ErrorKind::NotConnected | ErrorKind::BrokenPipe) => Ok(()),
-                done => done.map_err(Ended::Write),
+                done => done.map_err(|e| Ended::Write(other, e)),
             };
         }
-        to.write_all(&buf[..n]).await.map_err(Ended::Write)?;
-        to.flush().await.map_err(Ended::Write)?;
+        to.write_all(&buf[..n]).await.map_err(|e| Ended::Write(other, e))?;
+        to.flush().await.map_err(|e| Ended::Write(other, e))?;
         count.fetch_add(n as u64, Ordering::Relaxed);
         last.store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
     }

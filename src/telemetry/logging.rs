@@ -75,7 +75,8 @@ impl LogLevel {
         if !crate::config::is_log_filter(filter) {
             return Err(format!("bad filter {filter:?}: {FILTER_FORM}"));
         }
-        let filter = EnvFilter::try_new(filter).map_err(|e| format!("bad filter {filter:?}: {e}"))?;
+        let filter = EnvFilter::try_new(crate::config::log_filter_text(filter))
+            .map_err(|e| format!("bad filter {filter:?}: {e}"))?;
         match &self.0 {
             Some(handle) => handle.reload(filter).map_err(|e| e.to_string()),
             None => Err("the log level is managed by another component in this process".into()),
@@ -156,7 +157,7 @@ fn filter_from_env(var: &dyn Fn(&str) -> Option<String>, default: &str) -> Resul
                 eprintln!("warning: {name}={value:?} has a word that is neither a level nor a module that logs here: {FILTER_FORM}");
             }
             return EnvFilter::builder()
-                .parse(&value)
+                .parse(crate::config::log_filter_text(&value))
                 .map_err(|e| format!("{name}: bad log filter {value:?}: {e} (e.g. \"info,palisade=debug\")"));
         }
     }
