@@ -19,6 +19,8 @@ pub struct CatalogEntry {
     pub name: String,
     /// The file name in the directory.
     pub source: String,
+    /// The line of its `metadata.name` in that file.
+    pub line: usize,
     pub policy: SecurityPolicy,
     /// The policy as one YAML document: what a sidecar receives and parses. Shared by every
     /// stream that sends it.
@@ -301,12 +303,20 @@ impl PolicyDirectory {
                 let had_it =
                     |f: &&str| self.files[*f].good.iter().any(|e| &e.namespace == namespace && &e.name == name);
                 let keeper = files.iter().copied().find(had_it).unwrap_or(files[0]).to_string();
+                // The line of the copy in `file`, as it stands now (refused or not).
+                let line_in = |file: &str| {
+                    let state = &self.files[file];
+                    let entries = state.parsed.as_ref().ok().into_iter().flatten().chain(&state.good);
+                    entries.into_iter().find(|e| &e.namespace == namespace && &e.name == name).map_or(1, |e| e.line)
+                };
                 for file in files.iter().filter(|f| **f != keeper) {
                     more.push((
                         file.to_string(),
                         format!(
-                            "{}: metadata.name: policy {namespace}/{name} is also defined in {keeper}",
-                            self.dir.join(file).display()
+                            "{}:{}: metadata.name: policy {namespace}/{name} is also defined in {keeper}:{}",
+                            self.dir.join(file).display(),
+                            line_in(file),
+                            line_in(&keeper),
                         ),
                     ));
                 }
@@ -440,6 +450,7 @@ impl PolicyDirectory {
                 namespace,
                 name: policy_name,
                 source: name.to_string(),
+                line: located.line,
                 policy: located.policy,
                 document: document.into(),
             }));
@@ -649,7 +660,13 @@ mod tests {
         std::fs::write(&file, policy("orders", "shop", ORDERS)).unwrap();
         std::fs::write(dir.path().join("copy.yaml"), policy("orders", "shop", "")).unwrap();
         let outcome = directory.scan();
-        assert!(outcome.rejected.iter().any(|(f, e)| f == "copy.yaml" && e[0].contains("also defined in orders.yaml")));
+        assert!(
+            outcome.rejected.iter().any(|(f, e)| f == "copy.yaml"
+                && e[0].contains("copy.yaml:3: metadata.name")
+                && e[0].contains("also defined in orders.yaml:3")),
+            "{:?}",
+            outcome.rejected
+        );
 
         // A removed file takes its policies with it.
         std::fs::remove_file(&file).unwrap();
