@@ -282,6 +282,16 @@ const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy")
 const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 impl Refusal {
+    /// A policy's decision on a well-formed request (a deny, a limit, a token, a WAF block): not a
+    /// request the parser or a size limit refused, nor plaintext that the port's mode no longer
+    /// admits. Only after such a decision may the caller's connection carry its next request.
+    pub fn is_decision(&self) -> bool {
+        matches!(
+            self,
+            Refusal::Forbidden(_) | Refusal::RateLimited(_) | Refusal::Unauthenticated(_) | Refusal::Blocked(_)
+        )
+    }
+
     pub fn status(&self) -> u16 {
         match self {
             Refusal::Malformed(_) => 400,

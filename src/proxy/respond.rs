@@ -176,13 +176,7 @@ pub async fn refuse(session: &mut Session, refusal: Refusal, ctx: &mut RequestCt
     ctx.id = ctx.id.or_generate();
     let mut extra = Vec::new();
     refusal.headers(|name, value| extra.push((name, value)));
-    // A policy's decision on a well-formed request; not a plaintext connection that the port's
-    // mode no longer admits, nor a request the parser or a size limit refused.
-    let decided = matches!(
-        refusal,
-        Refusal::Forbidden(_) | Refusal::RateLimited(_) | Refusal::Unauthenticated(_) | Refusal::Blocked(_)
-    );
-    let connection = Connection::after(session, decided);
+    let connection = Connection::after(session, refusal.is_decision());
     if let Err(e) = write(session, refusal.status(), refusal.code(), &ctx.id, &extra, connection).await {
         tracing::debug!(error = %e, "could not send the refusal");
     }
