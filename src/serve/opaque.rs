@@ -369,7 +369,7 @@ impl Abort for pingora::protocols::l4::stream::Stream {
     fn abort(&self) {}
 }
 
-/// Whether a read error says the peer went away abruptly rather than failed to be read.
+/// Whether an error reading or writing a side says its peer went away abruptly.
 fn went_away(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
@@ -456,24 +456,8 @@ where
         }
     };
     let end = {
-        let up = one_way(
-            Side::Client,
-            Side::Upstream,
-            &mut client_read,
-            &mut upstream_write,
-            &moved.sent,
-            &moved.last,
-            began,
-        );
-        let down = one_way(
-            Side::Upstream,
-            Side::Client,
-            &mut upstream_read,
-            &mut client_write,
-            &moved.received,
-            &moved.last,
-            began,
-        );
+        let up = one_way(Side::Client, &mut client_read, &mut upstream_write, &moved.sent, &moved.last, began);
+        let down = one_way(Side::Upstream, &mut upstream_read, &mut client_write, &moved.received, &moved.last, began);
         tokio::select! {
             both = async { tokio::try_join!(up, down) } => match both {
                 Ok(_) => return Ok(RelayEnd::Closed),
@@ -481,14 +465,14 @@ where
                 // without the graceful shutdown below (which would send a TLS close_notify).
                 // Seen reading the side that went, or writing to it (a reset answers a write as
                 // EPIPE or ECONNRESET): whichever direction notices first.
-                Err(Ended::Read(gone, e) | Ended::Write(gone, e)) if went_away(&e) => {
+                Err(Failed(gone, e)) if went_away(&e) => {
                     match gone {
                         Side::Client => upstream_read.unsplit(upstream_write).abort(),
                         Side::Upstream => client_read.unsplit(client_write).abort(),
                     }
                     return Ok(RelayEnd::Aborted);
                 }
-                Err(Ended::Read(_, e) | Ended::Write(_, e)) => return Err(e),
+                Err(Failed(_, e)) => return Err(e),
             },
             () = quiet => RelayEnd::Idle,
             () = stop => RelayEnd::Stopped,
@@ -507,36 +491,43 @@ enum Side {
     Upstream,
 }
 
-/// How one direction of a relay failed: reading its side, or writing the other.
-enum Ended {
-    Read(Side, std::io::Error),
-    Write(Side, std::io::Error),
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Upstream,
+            Side::Upstream => Side::Client,
+        }
+    }
 }
 
-/// One direction of a relay: each read written on and flushed (a TLS stream holds what it was
-/// given until then), until the reading side closes its half, which is then passed on.
+/// A direction of a relay failed, on this side: the one it read, or the one it wrote to.
+struct Failed(Side, std::io::Error);
+
+/// One direction of a relay, reading `side`: each read written on and flushed (a TLS stream
+/// holds what it was given until then), until the reading side closes its half, which is then
+/// passed on.
 async fn one_way(
     side: Side,
-    other: Side,
     from: &mut (impl AsyncRead + Unpin),
     to: &mut (impl AsyncWrite + Unpin),
     count: &AtomicU64,
     last: &AtomicU64,
     began: tokio::time::Instant,
-) -> Result<(), Ended> {
+) -> Result<(), Failed> {
     let mut buf = vec![0u8; RELAY_BUFFER];
+    let written = |e| Failed(side.other(), e);
     loop {
-        let n = from.read(&mut buf).await.map_err(|e| Ended::Read(side, e))?;
+        let n = from.read(&mut buf).await.map_err(|e| Failed(side, e))?;
         last.store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
         if n == 0 {
             // A peer that has closed both halves already has nothing to be told.
             return match to.shutdown().await {
                 Err(e) if matches!(e.kind(), ErrorKind::NotConnected | ErrorKind::BrokenPipe) => Ok(()),
-                done => done.map_err(|e| Ended::Write(other, e)),
+                done => done.map_err(written),
             };
         }
-        to.write_all(&buf[..n]).await.map_err(|e| Ended::Write(other, e))?;
-        to.flush().await.map_err(|e| Ended::Write(other, e))?;
+        to.write_all(&buf[..n]).await.map_err(written)?;
+        to.flush().await.map_err(written)?;
         count.fetch_add(n as u64, Ordering::Relaxed);
         last.store(began.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
