@@ -312,10 +312,7 @@ fn rewrite_app_probes(
     options: &PodOptions,
     settings: &InjectSettings,
 ) -> (Vec<Op>, BTreeMap<String, AppProbe>, Vec<String>) {
-    let captured = |port: u16| {
-        options.inbound_ports.as_ref().is_none_or(|ports| ports.contains(&port))
-            && !options.exclude_inbound_ports.contains(&port)
-    };
+    let captured = |port: u16| captures_inbound(port, options, settings);
     let mut ops = Vec::new();
     let mut probes = BTreeMap::new();
     let mut warnings = Vec::new();
@@ -499,15 +496,21 @@ fn proxy_container(settings: &InjectSettings, options: &PodOptions) -> Value {
 /// What the annotations ask that cannot work with these settings: capture that would take
 /// nothing in (every listed port is the sidecar's own, or excluded), or a sidecar whose request
 /// is over its limit.
+/// Whether the init container's rules send the pod's inbound `port` to the sidecar: chosen (every
+/// port by default), not one of the sidecar's own, and excluded neither by the pod nor by the
+/// injector's settings (the init container gets both lists).
+fn captures_inbound(port: u16, options: &PodOptions, settings: &InjectSettings) -> bool {
+    let ports = &settings.ports;
+    options.inbound_ports.as_ref().is_none_or(|chosen| chosen.contains(&port))
+        && ![ports.inbound, ports.outbound, ports.admin].contains(&port)
+        && !options.exclude_inbound_ports.contains(&port)
+        && !settings.exclude_inbound_ports.contains(&port)
+}
+
 fn check_options(options: &PodOptions, settings: &InjectSettings) -> Result<(), ann::BadAnnotation> {
     if let Some(inbound) = &options.inbound_ports {
         let ports = &settings.ports;
-        let sidecars = [ports.inbound, ports.outbound, ports.admin];
-        // Excluded by the pod or by the injector's settings: the init container gets both lists.
-        let excluded =
-            |p: &u16| options.exclude_inbound_ports.contains(p) || settings.exclude_inbound_ports.contains(p);
-        let captured = inbound.iter().filter(|p| !sidecars.contains(p) && !excluded(p));
-        if captured.count() == 0 {
+        if !inbound.iter().any(|p| captures_inbound(*p, options, settings)) {
             return Err(ann::BadAnnotation {
                 key: ann::INBOUND_PORTS,
                 message: format!(

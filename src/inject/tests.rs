@@ -828,6 +828,11 @@ fn the_apps_probes_of_captured_ports_are_asked_through_the_sidecars_admin_port()
     let manifest = crate::yaml::to_string(&object).unwrap();
     let (out, _) = inject(&manifest, &settings()).unwrap();
     assert_eq!(docs(&out)[0]["spec"]["containers"], patched["spec"]["containers"]);
+    // A port the injector's settings exclude is not captured either: its probes stay as written.
+    let mut excluding = settings();
+    excluding.exclude_inbound_ports = vec![8080];
+    let (out, _) = inject(&manifest, &excluding).unwrap();
+    assert_eq!(docs(&out)[0]["spec"]["containers"][0], app, "nothing to rewrite on an excluded port");
 }
 
 #[test]
