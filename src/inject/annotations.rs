@@ -217,40 +217,39 @@ pub fn warnings(
     annotations: Option<&serde_json::Map<String, serde_json::Value>>,
     labels: Option<&serde_json::Map<String, serde_json::Value>>,
 ) -> Vec<String> {
+    type Map = serde_json::Map<String, serde_json::Value>;
+    fn value<'a>(map: Option<&'a Map>, key: &str) -> Option<&'a str> {
+        map?.get(key)?.as_str().map(str::trim)
+    }
     let mut warnings = Vec::new();
-    // As a label, `inject` opts a pod in (`enabled`) or out; another value does neither.
-    match labels.and_then(|l| l.get(INJECT)).and_then(serde_json::Value::as_str).map(str::trim) {
-        None | Some("enabled") | Some(DISABLED) => {}
-        Some(other) => warnings.push(format!(
-            "label {INJECT}: {other:?} is neither enabled nor disabled; the pod is injected (write {DISABLED} to opt out)"
-        )),
-    }
-    // An operator moving from another mesh: its opt-out does not opt out of this one.
-    for (key, off) in [("sidecar.istio.io/inject", "false"), ("linkerd.io/inject", "disabled")] {
-        let says_off = |map: Option<&serde_json::Map<String, serde_json::Value>>| {
-            map.and_then(|m| m.get(key)).and_then(serde_json::Value::as_str).is_some_and(|v| v.trim() == off)
-        };
-        if says_off(annotations) || says_off(labels) {
-            warnings.push(format!(
-                "{key}: {off} opts the pod out of that mesh, not of Palisade, which injects it (write {INJECT}: {DISABLED} to opt out)"
-            ));
+    for key in annotations.into_iter().flat_map(Map::keys) {
+        if !key.starts_with("palisade.dev/") || KNOWN.contains(&key.as_str()) {
+            continue;
         }
-    }
-    let Some(annotations) = annotations else { return warnings };
-    for key in annotations.keys().filter(|k| k.starts_with("palisade.dev/") && !KNOWN.contains(&k.as_str())) {
-        let nearest = KNOWN.iter().min_by_key(|known| edit_distance(key, known)).filter(|k| edit_distance(key, k) <= 3);
+        let nearest = KNOWN.iter().map(|known| (edit_distance(key, known), known)).min().filter(|(d, _)| *d <= 3);
         warnings.push(match nearest {
-            Some(known) => {
+            Some((_, known)) => {
                 format!("annotation {key} is not one Palisade reads (did you mean {known}?); it has no effect")
             }
             None => format!("annotation {key} is not one Palisade reads; it has no effect"),
         });
     }
-    match annotations.get(INJECT).and_then(serde_json::Value::as_str).map(str::trim) {
-        None | Some("enabled") | Some(DISABLED) => {}
-        Some(other) => warnings.push(format!(
-            "annotation {INJECT}: {other:?} is neither enabled nor disabled; the pod is injected (write {DISABLED} to opt out)"
-        )),
+    // As a label or an annotation, `inject` opts a pod in (`enabled`) or out; another value does
+    // neither.
+    for (what, map) in [("label", labels), ("annotation", annotations)] {
+        if let Some(other) = value(map, INJECT).filter(|v| !["enabled", DISABLED].contains(v)) {
+            warnings.push(format!(
+                "{what} {INJECT}: {other:?} is neither enabled nor disabled; the pod is injected (write {DISABLED} to opt out)"
+            ));
+        }
+    }
+    // An operator moving from another mesh: its opt-out does not opt out of this one.
+    for (key, off) in [("sidecar.istio.io/inject", "false"), ("linkerd.io/inject", "disabled")] {
+        if value(annotations, key) == Some(off) || value(labels, key) == Some(off) {
+            warnings.push(format!(
+                "{key}: {off} opts the pod out of that mesh, not of Palisade, which injects it (write {INJECT}: {DISABLED} to opt out)"
+            ));
+        }
     }
     warnings
 }
