@@ -70,6 +70,17 @@ impl ArrivalsApp {
     }
 }
 
+/// The sidecar with the policy `throttle` of these limits, in front of an [`ArrivalsApp`].
+async fn throttled(limits: &str) -> (ArrivalsApp, PolicedSidecar) {
+    let app = ArrivalsApp::start().await;
+    let app_addr = app.addr;
+    let s = PolicedSidecar::start_with(&policy("throttle", limits), |c| {
+        c.inbound.app = app_addr.to_string().parse().unwrap();
+    })
+    .await;
+    (app, s)
+}
+
 struct Answered {
     path: String,
     status: u16,
@@ -115,12 +126,7 @@ async fn logged(s: &PolicedSidecar, paths: &[String]) -> HashMap<String, serde_j
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_over_a_delay_limit_is_spread_at_the_rate_and_its_overflow_gets_429() {
-    let app = ArrivalsApp::start().await;
-    let app_addr = app.addr;
-    let s = PolicedSidecar::start_with(&policy("throttle", LIMITS), |c| {
-        c.inbound.app = app_addr.to_string().parse().unwrap();
-    })
-    .await;
+    let (app, s) = throttled(LIMITS).await;
     let client = connected(&s).await;
     // 16 at once: 2 from the burst, 5 more within the second's wait, the rest refused, unless the
     // client was too slow to send them together (then the next round tries again).
@@ -184,12 +190,7 @@ async fn a_burst_over_a_delay_limit_is_spread_at_the_rate_and_its_overflow_gets_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reject_limit_beside_a_delay_limit_still_answers_429_at_once() {
-    let app = ArrivalsApp::start().await;
-    let app_addr = app.addr;
-    let s = PolicedSidecar::start_with(&policy("throttle", LIMITS), |c| {
-        c.inbound.app = app_addr.to_string().parse().unwrap();
-    })
-    .await;
+    let (app, s) = throttled(LIMITS).await;
     let client = connected(&s).await;
     // One token an hour, a burst of 2: however slow the machine, exactly two of five get through,
     // at once, and three are refused without waiting.
@@ -219,12 +220,7 @@ const PATIENT: &str = r#"  rateLimits:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_caller_leaves_while_it_waits_never_reaches_the_app() {
     use tokio::io::AsyncWriteExt;
-    let app = ArrivalsApp::start().await;
-    let app_addr = app.addr;
-    let s = PolicedSidecar::start_with(&policy("throttle", PATIENT), |c| {
-        c.inbound.app = app_addr.to_string().parse().unwrap();
-    })
-    .await;
+    let (app, s) = throttled(PATIENT).await;
     let delayed = async |n: usize| {
         let series = r#"palisade_ratelimit_decisions_total{limit="patient",policy="shop/throttle",result="delayed"}"#;
         let wanted = format!("{series} {n}");
