@@ -407,6 +407,22 @@ pub(crate) fn may_send_again(e: &mut pingora::Error, reused: bool, session: &pin
     e.retry() && session.response_written().is_none()
 }
 
+/// HTTP/1.0 has no chunked coding (RFC 9112 §7): a response of unknown length goes to an
+/// HTTP/1.0 caller as its bytes, ended by closing the connection, as nginx answers one. Chunk
+/// framing would reach such a caller (nginx's default `proxy_http_version 1.0`, ab) as part of
+/// the body.
+pub(crate) fn frame_for_http10(session: &mut pingora::proxy::Session, header: &mut pingora::http::ResponseHeader) {
+    if session.is_http2()
+        || session.req_header().version != http::Version::HTTP_10
+        || header.headers.contains_key(http::header::CONTENT_LENGTH)
+    {
+        return;
+    }
+    if header.remove_header(&http::header::TRANSFER_ENCODING).is_some() {
+        session.set_keepalive(None);
+    }
+}
+
 /// The verified caller of this connection, if it came over mutual TLS.
 pub(crate) fn peer_identity(session: &pingora::proxy::Session) -> Option<&crate::tls::PeerIdentity> {
     session.digest()?.ssl_digest.as_ref()?.extension.get::<crate::tls::PeerIdentity>()

@@ -785,3 +785,36 @@ async fn the_outbound_listener_serves_ipv6_loopback_and_refuses_a_request_addres
     }
     pair.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_caller_gets_a_body_of_unknown_length_ended_by_the_close_never_chunked() {
+    let pair = Pair::start_configured(
+        EchoApp::start().await,
+        |_| {},
+        |b| {
+            b.inbound.mtls = palisade::config::MtlsMode::PERMISSIVE;
+        },
+    )
+    .await;
+    // The echo app streams /bytes/ without a length: 100000 rounds up to two 64 KiB pieces.
+    let expected = 2 * 65536;
+    for (side, addr) in [("outbound", pair.a.outbound), ("inbound in plaintext", pair.b.inbound)] {
+        for connection in ["", "Connection: keep-alive\r\n"] {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let request = format!("GET /bytes/100000 HTTP/1.0\r\nHost: {B_AUTHORITY}\r\n{connection}\r\n");
+            tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+            let mut raw = Vec::new();
+            let read = tokio::time::timeout(patience(), tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut raw));
+            assert!(read.await.is_ok(), "{side} {connection:?}: the sidecar must close to end the body");
+            let at = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head") + 4;
+            let head = String::from_utf8_lossy(&raw[..at]).to_ascii_lowercase();
+            let body = &raw[at..];
+            assert!(head.starts_with("http/1.1 200"), "{side} {connection:?}: {head}");
+            assert!(!head.contains("transfer-encoding"), "{side} {connection:?}: HTTP/1.0 has no chunks: {head}");
+            assert!(!head.contains("connection: keep-alive"), "{side} {connection:?}: {head}");
+            assert_eq!(body.len(), expected, "{side} {connection:?}: {head}");
+            assert!(body.iter().all(|b| *b == b'x'), "{side} {connection:?}: the body is the app's bytes alone");
+        }
+    }
+    pair.shutdown();
+}

@@ -149,7 +149,9 @@ pub async fn exchange(
             }
             event = incoming.next(upstream) => match event.map_err(Error::into_up)? {
                 Event::Header(header, end) => {
-                    write_header(session, downstream_header(session, header, end)?, end).await?;
+                    let mut header = downstream_header(session, header, end)?;
+                    super::frame_for_http10(session, &mut header);
+                    write_header(session, header, end).await?;
                     if end {
                         return Ok(());
                     }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{HeaderName, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use opentelemetry::trace::SpanKind;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::ALPN;
@@ -554,6 +554,17 @@ impl ProxyHttp for Inbound {
         ctx: &mut InboundCtx,
     ) -> pingora::Result<()> {
         add_sidecar_headers(session, upstream, &ctx.request, ctx.token.as_ref())
+    }
+
+    /// Only responses pingora's proxy phases forward get here (the app's; a passthrough server's).
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut ResponseHeader,
+        _ctx: &mut InboundCtx,
+    ) -> pingora::Result<()> {
+        super::frame_for_http10(session, upstream);
+        Ok(())
     }
 
     fn fail_to_connect(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use opentelemetry::trace::SpanKind;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -354,6 +354,17 @@ impl ProxyHttp for Outbound {
         upstream.remove_header(ORIG_PROTO_HEADER);
         upstream.insert_header(REQUEST_ID_HEADER, ctx.request.id.header_value())?;
         record::propagate(upstream, &ctx.request)
+    }
+
+    /// Only responses pingora's proxy phases forward get here (the app's; a passthrough server's).
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut ResponseHeader,
+        _ctx: &mut OutboundCtx,
+    ) -> pingora::Result<()> {
+        super::frame_for_http10(session, upstream);
+        Ok(())
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut OutboundCtx) -> FailToProxy {
