@@ -75,8 +75,8 @@ pub struct PolicyStore {
     /// re-check the mode); it carries no state of its own.
     changed: watch::Sender<()>,
     /// The version last tried from files, good or bad, so a bad file is reported once, not
-    /// every tick.
-    last_tried: std::sync::Mutex<String>,
+    /// every tick; with the key files those policies named, read again every tick.
+    last_tried: std::sync::Mutex<Tried>,
     /// Held from the source check to the swap, so a file reload and a control-plane snapshot
     /// that arrive together cannot interleave (never taken on a request's path).
     updating: std::sync::Mutex<()>,
@@ -86,22 +86,30 @@ pub struct PolicyStore {
     authn: crate::authn::AuthnRuntime,
 }
 
+/// What the last reload from files tried: see [`PolicyStore::reload_if_changed`].
+struct Tried {
+    version: String,
+    key_files: Vec<PathBuf>,
+}
+
 impl PolicyStore {
     /// Loads and compiles the files; any error is fatal here (nothing listens yet). With a
     /// control plane and no files, starts with no policy: `failMode` decides until one arrives.
     pub fn load(options: PolicyOptions, telemetry: Arc<Telemetry>) -> Result<Self, Vec<ConfigError>> {
         let authn = crate::authn::AuthnRuntime::default();
+        let mut key_files = Vec::new();
         let snapshot = if options.files.is_empty() && options.control_plane {
             no_policy_yet(&options, &telemetry, &authn)
         } else {
             let sources = Sources::read(&options.files);
-            let version = sources.version.clone();
             let located = validate(sources.parse(), &options, false)?;
+            key_files = load::key_files(&located);
+            let version = sources.version_with(&key_files);
             compile(version, Source::Files, &located, &options, &telemetry, &authn, None)?
         };
         let store = PolicyStore {
             authn,
-            last_tried: std::sync::Mutex::new(snapshot.version.clone()),
+            last_tried: std::sync::Mutex::new(Tried { version: snapshot.version.clone(), key_files }),
             options,
             current: ArcSwap::from_pointee(snapshot),
             changed: watch::Sender::new(()),
@@ -144,8 +152,8 @@ impl PolicyStore {
         (current.source == Source::ControlPlane).then(|| current.version.clone())
     }
 
-    /// Reloads when the files' contents changed (they are read and hashed: file times can miss
-    /// a same-size rewrite). On error the snapshot in force stays, and the error is logged,
+    /// Reloads when the files' contents changed, or those of the key files their policies name
+    /// (they are read and hashed: file times can miss a same-size rewrite). On error the snapshot in force stays, and the error is logged,
     /// counted and reported as a security event.
     pub fn reload_if_changed(&self) -> Option<Arc<PolicySnapshot>> {
         let _updating = self.updating.lock().expect("update lock");
@@ -153,16 +161,20 @@ impl PolicyStore {
             return None;
         }
         let sources = Sources::read(&self.options.files);
+        let parsed;
+        let version;
         {
             let mut tried = self.last_tried.lock().expect("version lock");
-            if *tried == sources.version {
+            if sources.version_with(&tried.key_files) == tried.version {
                 return None;
             }
-            *tried = sources.version.clone();
+            parsed = sources.parse();
+            let key_files = load::key_files(&parsed.0);
+            version = sources.version_with(&key_files);
+            *tried = Tried { version: version.clone(), key_files };
         }
         let previous = self.current.load_full();
-        let compiled = validate(sources.parse(), &self.options, false).and_then(|located| {
-            let version = sources.version.clone();
+        let compiled = validate(parsed, &self.options, false).and_then(|located| {
             compile(version, Source::Files, &located, &self.options, &self.telemetry, &self.authn, Some(&previous))
         });
         match compiled {

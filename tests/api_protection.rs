@@ -39,6 +39,11 @@ fn sample(metrics: &str, series: &str) -> f64 {
 async fn jwt_sidecar(signer: &Signer, require: bool) -> PolicedSidecar {
     let keys = tempfile::NamedTempFile::new().unwrap().into_temp_path().keep().unwrap();
     std::fs::write(&keys, jwks(&[signer])).unwrap();
+    sidecar_with_jwks_file(&keys, require).await
+}
+
+/// A sidecar whose policy verifies tokens with the JWKS in the file `keys`.
+async fn sidecar_with_jwks_file(keys: &std::path::Path, require: bool) -> PolicedSidecar {
     let spec = format!(
         r#"  authentication:
     requireJwt: {require}
@@ -529,5 +534,40 @@ async fn detect_mode_reports_and_forwards_and_pass_forwards_big_bodies_unread() 
         e["message"].as_str().is_some_and(|m| m.starts_with("detected GET /search: sqli"))
     })
     .await;
+    side.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_taken_out_of_the_jwks_file_is_revoked_and_a_key_put_in_is_taken_without_a_policy_change() {
+    let (old, new) = (Signer::ec("ES256", "old"), Signer::ec("ES256", "new"));
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("jwks.json");
+    std::fs::write(&keys, jwks(&[&old])).unwrap();
+    let side = sidecar_with_jwks_file(&keys, true).await;
+    let status = async |signer: &Signer| {
+        let bearer = format!("Bearer {}", signer.token(&claims("alice")));
+        side.send("frontend", "GET", "/orders", &[("authorization", &bearer)]).await.status
+    };
+    assert_eq!(status(&old).await, 200);
+    assert_eq!(status(&new).await, 401, "a key the file does not hold");
+    let version = side.config_dump().await["policy"]["version"].clone();
+
+    // Rotated as a mounted Secret is: the new set is renamed over the old one.
+    let next = dir.path().join("jwks.json.next");
+    std::fs::write(&next, jwks(&[&new])).unwrap();
+    std::fs::rename(&next, &keys).unwrap();
+    wait_for("the old key refused", async || status(&old).await == 401).await;
+    assert_eq!(status(&new).await, 200, "the new key verifies");
+    // Another version of the policy, as the events and metrics tell an operator.
+    assert_ne!(side.config_dump().await["policy"]["version"], version);
+
+    // A set that no longer parses is refused and the one in force stays.
+    std::fs::write(&keys, "{\"keys\": [").unwrap();
+    side.events_where("the broken key set rejected", 1, |e| {
+        e["message"].as_str().is_some_and(|m| m.contains("rejected")) && e.to_string().contains("jwks.json")
+    })
+    .await;
+    assert_eq!(status(&new).await, 200, "the last good key set stays");
+    assert_eq!(status(&old).await, 401);
     side.shutdown();
 }

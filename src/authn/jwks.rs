@@ -177,7 +177,7 @@ impl Current<'_> {
 /// a later set can never be mistaken for it at the same address.
 pub(crate) enum KeysUsed {
     /// A shared secret, or a JWKS from a file or inline text: fixed for the provider's life
-    /// (a changed file is a new policy snapshot, with a new provider).
+    /// (a changed file is a new policy version, with a new provider: see `policy::key_files`).
     Fixed,
     Remote(Arc<KeySet>),
 }

@@ -153,6 +153,41 @@ impl Sources {
     }
 }
 
+/// The files policies name for their keys: a JWT issuer's `jwks.file` and `hmacSecret.file`.
+/// Their bytes are part of what the policies say, so they are part of the version: a key taken
+/// out of a mounted JWKS is revoked by the next reload, as a changed policy file would be.
+pub fn key_files(located: &[Located]) -> Vec<PathBuf> {
+    let providers = located.iter().filter_map(|l| l.policy.spec.authentication.as_ref()).flat_map(|a| &a.jwt);
+    let mut files: Vec<PathBuf> = providers
+        .flat_map(|p| {
+            [p.jwks.as_ref().and_then(|j| j.file.clone()), p.hmac_secret.as_ref().and_then(|s| s.file.clone())]
+        })
+        .flatten()
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
+impl Sources {
+    /// The version of these policy files together with the key files they name (without any,
+    /// the files' own version).
+    pub fn version_with(&self, key_files: &[PathBuf]) -> String {
+        if key_files.is_empty() {
+            return self.version.clone();
+        }
+        let contents: Vec<Vec<u8>> = key_files
+            .iter()
+            .map(|file| {
+                crate::files::read_regular(file, crate::files::MAX_KEY_FILE_BYTES)
+                    .unwrap_or_else(|e| format!("\0unreadable: {e}").into_bytes())
+            })
+            .collect();
+        let keys = key_files.iter().zip(&contents).map(|(f, c)| (f.as_os_str().as_encoded_bytes(), c.as_slice()));
+        digest(std::iter::once((&b"policies"[..], self.version.as_bytes())).chain(keys))
+    }
+}
+
 /// A short digest of named byte strings: the version of a set of files or documents, which
 /// depends on their content only.
 pub(crate) fn digest<'a>(parts: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> String {
