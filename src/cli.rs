@@ -133,8 +133,9 @@ fn check(paths: &[PathBuf]) -> ExitCode {
     };
     let files = &files[..];
     let (policies, mut errors) = crate::policy::load_files(files);
-    errors.extend(crate::policy::check_authentication(&policies));
-    for w in crate::policy::check_warnings(&policies) {
+    let (authentication, left_out) = crate::policy::check_authentication(&policies);
+    errors.extend(authentication);
+    for w in crate::policy::check_warnings(&policies).iter().chain(&left_out) {
         eprintln!("warning: {w}");
     }
     if !errors.is_empty() {

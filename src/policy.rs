@@ -276,18 +276,25 @@ fn compile(
 }
 
 /// What `palisade check` adds to parsing: every JWT issuer's keys read (files) or their
-/// address checked (URIs), without fetching anything.
-pub fn check_authentication(located: &[Located]) -> Vec<ConfigError> {
+/// address checked (URIs), without fetching anything. Returns the errors, then warnings for
+/// keys a usable set leaves out.
+pub fn check_authentication(located: &[Located]) -> (Vec<ConfigError>, Vec<ConfigError>) {
     let runtime = crate::authn::AuthnRuntime::default();
-    let mut errors = Vec::new();
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
     for l in located {
         for (i, spec) in l.policy.spec.authentication.iter().flat_map(|a| a.jwt.iter()).enumerate() {
-            if let Err(e) = runtime.check(spec) {
-                errors.push(l.error(&format!("spec.authentication.jwt[{i}]"), e));
+            let field = format!("spec.authentication.jwt[{i}]");
+            match runtime.check(spec) {
+                Ok(left_out) => warnings.extend(
+                    left_out
+                        .iter()
+                        .map(|why| l.error(&field, format!("{why}: left out, so tokens signed with it are refused"))),
+                ),
+                Err(e) => errors.push(l.error(&field, e)),
             }
         }
     }
-    errors
+    (errors, warnings)
 }
 
 /// What `palisade check` says without failing: a `requireJwt` that no policy of its namespace

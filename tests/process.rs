@@ -395,6 +395,31 @@ fn check_warns_of_a_required_token_no_policy_names_an_issuer_for() {
     assert!(both.status.success() && both.stderr.is_empty(), "{both:?}");
 }
 
+/// A JWKS with a usable key and one left out (here an encryption key) passes, with a warning
+/// that names the key: tokens signed with it are refused, and the operator can tell why.
+#[test]
+fn check_warns_of_a_jwks_key_it_leaves_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    let keys = dir.path().join("jwks.json");
+    std::fs::write(
+        &keys,
+        format!(
+            r#"{{"keys": [
+        {{"kty": "OKP", "crv": "Ed25519", "x": "{x}", "kid": "signing"}},
+        {{"kty": "OKP", "crv": "Ed25519", "x": "{x}", "kid": "sealing", "use": "enc"}}]}}"#
+        ),
+    )
+    .unwrap();
+    let file = dir.path().join("p.yaml");
+    std::fs::write(&file, format!("apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n  authentication:\n    jwt:\n      - {{issuer: https://a, jwks: {{file: {}}}}}\n", keys.display())).unwrap();
+    let out = palisade(&["check", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stderr.contains("warning: ") && stderr.contains("jwt[0]") && stderr.contains("\"sealing\""), "{stderr}");
+    assert!(!stderr.contains("\"signing\""), "{stderr}");
+}
+
 /// A configuration without `workload` beside a certificate for shop/orders is shop/orders: a
 /// deny-all policy for namespace shop, named in `policy.files`, is enforced (it was once
 /// selected as default/default, and every request went through).

@@ -304,8 +304,10 @@ async fn run(shared: Arc<Shared>, fetcher: Arc<dyn FetchJwks>) {
         };
         let (next, error) = match outcome {
             Ok(set) => {
-                for why in set.ignored() {
-                    tracing::debug!(source = %shared.label, "JWKS key left out: {why}");
+                // Said when what is left out changes, not at every refresh.
+                let same = shared.keys.load().as_ref().is_some_and(|last| last.ignored() == set.ignored());
+                if !same {
+                    super::provider::warn_left_out(&shared.label, &set);
                 }
                 // The issuer's word replaces the last set even when it holds no key this sidecar
                 // can use (revoked, or moved to an algorithm it does not take): the old keys are

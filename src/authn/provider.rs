@@ -290,8 +290,14 @@ impl AuthnRuntime {
     /// Everything [`AuthnRuntime::provider`] checks (files read, JWKS parsed, URIs and CA
     /// files valid) without fetching or starting anything: for `palisade check` and for
     /// validating a policy snapshot before it is applied.
-    pub fn check(&self, spec: &ProviderSpec) -> Result<(), AuthnError> {
-        self.build(spec, Mode::Check).map(|_| ())
+    /// Returns the keys of its JWKS (a file or inline) that are left out, each with why: the
+    /// set is usable, but tokens signed with those keys are refused as `unknown_key`.
+    pub fn check(&self, spec: &ProviderSpec) -> Result<Vec<String>, AuthnError> {
+        let provider = self.build(spec, Mode::Check)?;
+        Ok(match &provider.keys {
+            Some(KeySource::Static(set)) => set.ignored().to_vec(),
+            _ => Vec::new(),
+        })
     }
 
     fn build(&self, spec: &ProviderSpec, mode: Mode) -> Result<Provider, AuthnError> {
@@ -398,12 +404,21 @@ impl AuthnRuntime {
     fn key_source(&self, spec: &JwksSpec, mode: Mode) -> Result<KeySource, AuthnError> {
         let location = spec.check().map_err(AuthnError::Jwks)?;
         match &location {
-            JwksLocation::Inline(text) => Ok(KeySource::Static(Arc::new(KeySet::from_json(text.as_bytes())?))),
+            JwksLocation::Inline(text) => {
+                let set = KeySet::from_json(text.as_bytes())?;
+                if mode == Mode::Run {
+                    warn_left_out("inline", &set);
+                }
+                Ok(KeySource::Static(Arc::new(set)))
+            }
             JwksLocation::File(path) => {
                 let file_err = |reason: String| AuthnError::File { path: path.clone(), reason };
                 let bytes = crate::files::read_regular(path, crate::files::MAX_KEY_FILE_BYTES)
                     .map_err(|e| file_err(e.to_string()))?;
                 let set = KeySet::from_json(&bytes).map_err(|e| file_err(e.to_string()))?;
+                if mode == Mode::Run {
+                    warn_left_out(&path.display().to_string(), &set);
+                }
                 Ok(KeySource::Static(Arc::new(set)))
             }
             JwksLocation::Uri { uri, cache, .. } => {
@@ -425,6 +440,15 @@ impl AuthnRuntime {
                 Ok(KeySource::Remote(remote))
             }
         }
+    }
+}
+
+/// A key an issuer publishes and this sidecar cannot use (an encryption key, a short RSA
+/// modulus) makes that issuer's tokens signed with it fail as `unknown_key`; said once per
+/// load, so an operator can tell why.
+pub(crate) fn warn_left_out(source: &str, set: &KeySet) {
+    for why in set.ignored() {
+        tracing::warn!(source, "JWKS key left out, so tokens signed with it are refused: {why}");
     }
 }
 
