@@ -39,6 +39,9 @@ const POLICY_PREFIX: &str = "request.auth.claims";
 /// At most this many levels: claims nest little, and a bound keeps a lookup's cost fixed.
 const MAX_DEPTH: usize = 8;
 
+/// Claims whose string value is a list separated by blanks.
+const SPACE_DELIMITED: [&str; 3] = ["scope", "scp", "permissions"];
+
 /// Verified claims of one token.
 #[derive(Debug, Clone)]
 pub struct Claims(Map<String, Value>);
@@ -124,14 +127,18 @@ impl Claims {
 
     /// The claim's values as policies compare them: a string is one value, a list gives each
     /// of its string, number or boolean elements, numbers and booleans are their JSON text.
-    /// The top-level `scope` claim is a space-separated list (RFC 8693 section 4.2), so
-    /// `claims[scope]` matches each scope. Objects give nothing.
+    /// The top-level `scope`, `scp` and `permissions` claims as strings are lists separated by
+    /// blanks (RFC 8693 section 4.2; Entra ID's `scp`), as Istio's `spaceDelimitedClaims`
+    /// reads them, so `claims[scope]` matches each scope. They are split at any whitespace, as
+    /// an app's `split()` would split them: a DENY of one scope holds whatever separates it.
+    /// Objects give nothing.
     pub fn values(&self, path: &ClaimPath) -> Vec<Cow<'_, str>> {
         let Some(v) = self.get(path) else { return Vec::new() };
-        let split_scope = path.0.len() == 1 && path.0[0] == "scope";
+        let delimited = matches!(&path.0[..], [name] if SPACE_DELIMITED.contains(&name.as_str()));
+        let blank = |c: char| c.is_whitespace() || ('\x1c'..='\x1f').contains(&c);
         let mut out = Vec::new();
         match v {
-            Value::String(s) if split_scope => out.extend(s.split(' ').filter(|s| !s.is_empty()).map(Cow::Borrowed)),
+            Value::String(s) if delimited => out.extend(s.split(blank).filter(|s| !s.is_empty()).map(Cow::Borrowed)),
             Value::Array(items) => out.extend(items.iter().filter_map(scalar)),
             other => out.extend(scalar(other)),
         }
@@ -284,7 +291,7 @@ mod tests {
     fn values_cover_strings_lists_scalars_and_nesting() {
         let c = claims(json!({
             "sub": "alice", "groups": ["admin", "dev", 3, {"x": 1}], "n": 42, "ok": true,
-            "scope": "orders:read  orders:write", "scp": "a b",
+            "scope": "orders:read  orders:write", "scp": "a b", "permissions": "read\tadmin\u{a0}x", "other": "a b",
             "kubernetes.io": {"namespace": "shop", "pod": {"name": "web-1"}},
         }));
         assert_eq!(c.values(&path("[sub]")), ["alice"]);
@@ -292,7 +299,9 @@ mod tests {
         assert_eq!(c.values(&path("[n]")), ["42"]);
         assert_eq!(c.values(&path("[ok]")), ["true"]);
         assert_eq!(c.values(&path("[scope]")), ["orders:read", "orders:write"]);
-        assert_eq!(c.values(&path("[scp]")), ["a b"]);
+        assert_eq!(c.values(&path("[scp]")), ["a", "b"]);
+        assert_eq!(c.values(&path("[permissions]")), ["read", "admin", "x"]);
+        assert_eq!(c.values(&path("[other]")), ["a b"], "only the scope claims are lists in a string");
         assert_eq!(c.values(&path("[kubernetes.io][pod][name]")), ["web-1"]);
         assert!(c.values(&path("[kubernetes.io][pod]")).is_empty());
         assert!(c.values(&path("[missing][x]")).is_empty());
