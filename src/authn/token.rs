@@ -41,14 +41,16 @@ pub(crate) fn parse(token: &str, max_len: usize) -> Result<Unverified<'_>, Failu
     if header_b64.is_empty() || payload_b64.is_empty() {
         return Err(malformed("empty header or payload"));
     }
-    if sig_b64.is_empty() {
-        // An unsigned token ("alg": "none" style), whatever its header says.
-        return Err(Failure::new(Reason::UnsupportedAlg, "no signature"));
-    }
 
     let header = b64::decode(header_b64).ok_or_else(|| malformed("header is not base64url"))?;
     let header = json::parse_object(&header).map_err(|e| malformed(format!("header: {e}")))?;
+    // `alg: none` is refused here as the algorithm it is, with or without a signature.
     let (alg, kid) = check_header(&header)?;
+    if sig_b64.is_empty() {
+        // A header that names a real algorithm over no signature: a token cut short, or one
+        // that hopes to be taken unsigned.
+        return Err(malformed("no signature"));
+    }
 
     let payload = b64::decode(payload_b64).ok_or_else(|| malformed("payload is not base64url"))?;
     let claims = json::parse_object(&payload).map_err(|e| malformed(format!("claims: {e}")))?;
@@ -133,8 +135,9 @@ mod tests {
     fn alg_none_and_unsigned_tokens_are_refused() {
         assert_eq!(reason(&token(r#"{"alg":"none"}"#, CLAIMS, b"x")), Reason::UnsupportedAlg);
         assert_eq!(reason(&token(r#"{"alg":"None"}"#, CLAIMS, b"x")), Reason::UnsupportedAlg);
+        assert_eq!(reason(&token(r#"{"alg":"none"}"#, CLAIMS, b"")), Reason::UnsupportedAlg);
         let unsigned = token(r#"{"alg":"RS256"}"#, CLAIMS, b"");
-        assert_eq!(reason(&unsigned), Reason::UnsupportedAlg);
+        assert_eq!(reason(&unsigned), Reason::Malformed);
         assert!(unsigned.ends_with('.'));
         assert_eq!(reason(&token(r#"{"alg":"ES512"}"#, CLAIMS, b"x")), Reason::UnsupportedAlg);
     }
