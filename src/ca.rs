@@ -16,7 +16,7 @@ mod signer;
 mod tokens;
 
 pub use kube::{KubeApi, PodInfo};
-pub use service::{CaMetrics, CaService, MAX_REQUEST_BYTES};
+pub use service::{CaMetrics, CaService, Reserved, MAX_REQUEST_BYTES};
 pub use signer::{CaError, CaFiles, CaSigner, Issued};
 pub use tokens::{
     BoundedTokens, JwksTokens, Proven, TokenChecker, TokenReviewTokens, MAX_TOKEN_CHECKS, TOKEN_CHECK_WAIT,

@@ -653,11 +653,15 @@ async fn one_source_cannot_hold_every_connection_of_the_cas_port() {
 }
 
 fn k8s_token(signer: &Signer, issuer: &str, audience: &str, account: &str, exp_in: i64) -> String {
+    k8s_token_in(signer, issuer, audience, "shop", account, exp_in)
+}
+
+fn k8s_token_in(signer: &Signer, issuer: &str, audience: &str, namespace: &str, account: &str, exp_in: i64) -> String {
     let now = unix_now() as i64;
     let claims = json!({
         "aud": [audience], "exp": now + exp_in, "iat": now - 5, "nbf": now - 5, "iss": issuer,
-        "jti": "6f1e4d4c-7a39-4ad6-9d44-1d2b2c3a4b5c", "sub": format!("system:serviceaccount:shop:{account}"),
-        "kubernetes.io": {"namespace": "shop",
+        "jti": "6f1e4d4c-7a39-4ad6-9d44-1d2b2c3a4b5c", "sub": format!("system:serviceaccount:{namespace}:{account}"),
+        "kubernetes.io": {"namespace": namespace,
                           "node": {"name": "node-1", "uid": "0d7e2a8c-0000-4000-8000-000000000001"},
                           "pod": {"name": format!("{account}-5d8c9"), "uid": "8c3b1f44-0000-4000-8000-000000000002"},
                           "serviceaccount": {"name": account, "uid": "a1b2c3d4-0000-4000-8000-000000000003"}},
@@ -727,6 +731,18 @@ async fn offline_checks_take_tokens_signed_as_the_api_server_signs_them_and_noth
         .await;
         assert!(event, "{case}: an event says {reason:?}");
     }
+
+    // A real token for the control plane's own account: whoever may create one must not get
+    // the identity every sidecar takes its policy and roots from.
+    let control = "spiffe://cluster.local/ns/palisade-system/sa/palisade-control";
+    let token = k8s_token_in(&api_server, ISSUER, "palisade", "palisade-system", "palisade-control", 3600);
+    let refused = mesh.sign(csr(control, false), &token).await.expect_err("the control plane's identity");
+    assert!(refused.message().contains("the control plane's own identity"), "{refused:?}");
+    let metrics = mesh.metrics().await;
+    assert!(metric(&metrics, "palisade_ca_requests_total{result=\"wrong_identity\"} ") >= 1.0, "{metrics}");
+    let reason = refused.message().to_string();
+    let event = eventually(async || mesh.events().iter().any(|e| e.to_string().contains(&reason))).await;
+    assert!(event, "an event says {reason:?}");
 
     // The issuer rotates its signing key: the new kid is published beside the old, and tokens
     // signed with it are accepted without a restart.

@@ -13,10 +13,12 @@ use tonic::{Request, Response, Status};
 use super::signer::CaSigner;
 use super::tokens::TokenChecker;
 use super::Refused;
+use crate::identity::SpiffeId;
 use crate::policy::Buckets;
 use crate::proto::identity::certificates_server::Certificates;
 use crate::proto::identity::{SignRequest, SignResponse};
 use crate::telemetry::{SecurityEvent, Telemetry};
+use crate::tls::TlsStore;
 
 /// A certification request of a P-256 key is about 250 bytes; a token about 1 KiB.
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -78,6 +80,26 @@ pub struct CaService {
     pub telemetry: Arc<Telemetry>,
     /// Requests per source address ([`CaService::per_source`]).
     pub sources: Buckets,
+    /// Identities the CA never issues.
+    pub reserved: Reserved,
+}
+
+/// The control plane's own identity: every sidecar takes its policy and its roots from whoever
+/// proves it, so a certificate for it is the whole mesh's trust. The control plane signs its
+/// own in-process or reads it from files and never asks the CA for it, so a token for its
+/// service account (anyone who may create one) must not buy it either.
+#[derive(Default)]
+pub struct Reserved {
+    /// The identity sidecars expect by default, and the one configured for the control plane.
+    pub ids: Vec<SpiffeId>,
+    /// The control plane's credentials, whose identity (from files) may be another still.
+    pub own: Option<Arc<TlsStore>>,
+}
+
+impl Reserved {
+    fn holds(&self, id: &SpiffeId) -> bool {
+        self.ids.contains(id) || self.own.as_ref().is_some_and(|tls| tls.current().credentials.id == *id)
+    }
 }
 
 /// A source address may ask this many times in a burst, then once a second: a sidecar asks at
@@ -96,6 +118,10 @@ impl CaService {
         let proven = self.tokens.check(&request.token).await.map_err(|r| (None, r))?;
         let signer = self.signer.load_full();
         let identity = proven.spiffe_id(signer.trust_domain()).map_err(|r| (None, r))?;
+        if self.reserved.holds(&identity) {
+            let why = format!("{identity} is the control plane's own identity, which the CA never issues");
+            return Err((Some(identity.to_string()), Refused::Identity(why)));
+        }
         let issued = signer
             .sign(&request.csr, &identity, self.ttl, SystemTime::now())
             .map_err(|r| (Some(identity.to_string()), r))?;
@@ -218,6 +244,7 @@ mod tests {
             metrics: CaMetrics::register(&Registry::new()),
             telemetry: Arc::new(telemetry),
             sources: CaService::per_source(),
+            reserved: Reserved::default(),
         }
     }
 

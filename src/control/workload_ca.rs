@@ -13,7 +13,9 @@ use tokio::sync::{watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::metrics::ControlMetrics;
-use crate::ca::{CaFiles, CaMetrics, CaService, CaSigner, JwksTokens, KubeApi, TokenChecker, TokenReviewTokens};
+use crate::ca::{
+    CaFiles, CaMetrics, CaService, CaSigner, JwksTokens, KubeApi, Reserved, TokenChecker, TokenReviewTokens,
+};
 use crate::config::{CaConfig, ConfigError, ControlConfig};
 use crate::identity::SpiffeId;
 use crate::lifecycle::poll_files;
@@ -124,6 +126,10 @@ impl WorkloadCa {
     ) -> Option<tokio::task::JoinHandle<()>> {
         let WorkloadCa { signer, files, tokens, checker: _, ttl, bundle, listener } = self;
         let trust_domain = signer.load().trust_domain().to_string();
+        let reserved = Reserved {
+            ids: [Some(crate::channel::default_identity(&trust_domain)), own.clone()].into_iter().flatten().collect(),
+            own: Some(tls.clone()),
+        };
         // The CA's files: a new key, certificate or bundle is in force for the next request,
         // and the control plane's own certificate is signed again so that it chains to a root
         // the sidecars are sent (a rotation's last step removes the old one).
@@ -160,8 +166,8 @@ impl WorkloadCa {
             tokio::spawn(renew_own(signer.clone(), tls.clone(), own, ttl, changed, telemetry.clone(), stop.clone()));
         }
         let listener = listener?.into_async();
-        let service =
-            CaService { signer, tokens, ttl, metrics, telemetry: telemetry.clone(), sources: CaService::per_source() };
+        let sources = CaService::per_source();
+        let service = CaService { signer, tokens, ttl, metrics, telemetry: telemetry.clone(), sources, reserved };
         let refused = move |peer: SocketAddr, reason: String| {
             tracing::debug!(%peer, %reason, "CA TLS handshake refused");
         };
