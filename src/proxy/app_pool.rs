@@ -473,7 +473,14 @@ async fn exchange(
             if !first.is_empty() {
                 app.write_body(first).await.map_err(Error::into_up)?;
             }
-            (false, timeouts.body)
+            // What was read first may have been all of it (one frame that ended the stream):
+            // a read now would wait for the caller's next move, not say the body ended.
+            if session.is_body_done() {
+                app.finish_body().await.map_err(Error::into_up)?;
+                (true, Duration::ZERO)
+            } else {
+                (false, timeouts.body)
+            }
         }
     };
     // From the last body bytes read or passed on: how long the caller may keep the rest. The
