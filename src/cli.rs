@@ -111,7 +111,7 @@ pub fn main() -> ExitCode {
             };
         }
     };
-    match cli.command {
+    let code = match cli.command {
         Command::Sidecar(arg) => run_sidecar(&arg),
         Command::Control(arg) => run_control(&arg),
         Command::Inject(args) => crate::inject::command::run(args),
@@ -119,7 +119,9 @@ pub fn main() -> ExitCode {
         Command::Check { files } => check(&files),
         Command::Ca(cmd) => ca(cmd),
         Command::Demo { once } => crate::demo::run(once),
-    }
+    };
+    crate::telemetry::flush_logs();
+    code
 }
 
 /// `palisade check`: every error with file, line and field; or what each policy does.

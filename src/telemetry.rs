@@ -16,7 +16,7 @@ pub use events::{
     DeniedConnection, DeniedRequest, DosRefusal, EventWriter, RequestFacts, SecurityEvent, TlsSession, WafEvent,
     OPAQUE_PORTS_RULE,
 };
-pub use logging::{LogFormat, LogLevel};
+pub use logging::{dropped_lines as log_lines_dropped, flush as flush_logs, LogFormat, LogLevel};
 pub use metrics::Metrics;
 pub use process::ProcessMetrics;
 pub use recorder::{Destinations, Fnv1a, Recorded, RequestRecorder, MAX_DESTINATIONS, OTHER_DESTINATION};

@@ -183,6 +183,48 @@ async fn a_failed_request_is_logged_in_a_short_line_whatever_its_path_and_host()
     let _ = child.wait();
 }
 
+/// A stderr nobody reads (a stalled log pipeline, a blocked container log driver): log and access
+/// log lines are dropped and counted, and requests and `/live` go on. The log writer once held
+/// stderr while it waited, and every worker thread that logged waited behind it, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stderr_nobody_reads_drops_log_lines_and_stops_nothing() {
+    let (_pki, config, ports) = orders_sidecar();
+    let mut child = Command::new(BIN)
+        .args(["sidecar", "--config"])
+        .arg(&config)
+        .env("PALISADE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Held open and never read: the pipe fills (64 KiB) after some hundred lines.
+    let _unread = child.stderr.take().unwrap();
+    wait_ready(ports[2]).await;
+    // Each fails (nothing listens on port 9): an error line and an access log line each.
+    let long = "p".repeat(400);
+    // More than the pipe and the writer's queue (1024 lines) hold.
+    for i in 0..1600 {
+        let answer = http_client()
+            .get(format!("http://127.0.0.1:{}/{long}/{i}", ports[1]))
+            .header("host", "127.0.0.1:9")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert_eq!(answer.status(), 502, "request {i}");
+    }
+    let live = http_client().get(format!("http://127.0.0.1:{}/live", ports[2])).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+    let metrics = http_client().get(format!("http://127.0.0.1:{}/metrics", ports[2])).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    let dropped = |name: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0)
+    };
+    let lost = dropped("palisade_log_lines_dropped_total") + dropped("palisade_access_log_lines_dropped_total");
+    assert!(lost > 0.0, "lines that could not be written are counted: {metrics}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A container started with few open files (a soft 128 under a hard 256 here): the sidecar raises
 /// its soft limit to the hard one, and holds each listener to what the files allow, so a flood of
 /// idle connections to the data port is refused at its connection limit while the admin port

@@ -1,7 +1,8 @@
 //! Diagnostic logs (tracing), as text or JSON lines on stderr, with a filter that can be changed
 //! at run time through the admin API.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::{LazyLock, OnceLock};
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -51,16 +52,21 @@ impl LogLevel {
         // read stderr through a pipe and would store the escape sequences. NO_COLOR is honoured
         // too (no-color.org).
         let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+        if let Ok(lines) =
+            super::lines::JsonLines::start("palisade-log", &crate::config::EventSink::Stderr, DROPPED.clone())
+        {
+            let _ = QUEUE.set(lines);
+        }
         let text = (format == LogFormat::Text).then(|| {
             tracing_subscriber::fmt::layer()
-                .with_writer(OneLine { ansi, inner: std::io::stderr })
+                .with_writer(OneLine { ansi, inner: || Queued })
                 .with_target(false)
                 .with_ansi(ansi)
         });
         // Flattened: the message and the event's fields at the top level, where log pipelines
         // look for them, rather than under "fields".
         let json = (format == LogFormat::Json).then(|| {
-            tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr).with_ansi(false)
+            tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(|| Queued).with_ansi(false)
         });
         let installed = tracing_subscriber::registry().with(filter).with(text).with(json).try_init().is_ok();
         // A second sidecar in the same process (tests) shares the first one's subscriber.
@@ -81,6 +87,57 @@ impl LogLevel {
             Some(handle) => handle.reload(filter).map_err(|e| e.to_string()),
             None => Err("the log level is managed by another component in this process".into()),
         }
+    }
+}
+
+/// Log lines go to stderr from a thread of their own, behind a bounded queue, as the access log
+/// and security events do: a stderr nobody reads (a stalled log pipeline) must never stop a
+/// worker thread, and with it every request and `/live`. What does not fit is dropped and
+/// counted in `palisade_log_lines_dropped_total`.
+static QUEUE: OnceLock<super::lines::JsonLines> = OnceLock::new();
+
+static DROPPED: LazyLock<prometheus::IntCounter> = LazyLock::new(|| {
+    prometheus::IntCounter::new(
+        "palisade_log_lines_dropped_total",
+        "Diagnostic log lines dropped because stderr could not take them as fast as they came.",
+    )
+    .expect("metric")
+});
+
+/// The process's count of dropped log lines, for a metrics registry.
+pub fn dropped_lines() -> prometheus::IntCounter {
+    DROPPED.clone()
+}
+
+/// Waits until every log line so far is written (before the process exits).
+pub fn flush() {
+    if let Some(queue) = QUEUE.get() {
+        queue.flush();
+    }
+}
+
+/// One event's text, handed to the queue (or, before it runs, to stderr).
+struct Queued;
+
+impl Write for Queued {
+    // The formatter hands over a whole event in one `write_all`.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match QUEUE.get() {
+            Some(queue) => {
+                queue.send_line(buf.to_vec());
+                Ok(())
+            }
+            None => std::io::stderr().write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

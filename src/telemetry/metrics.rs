@@ -205,6 +205,7 @@ impl Metrics {
             Box::new(certificate_reloads.clone()),
             Box::new(events_dropped.clone()),
             Box::new(access_log_dropped.clone()),
+            Box::new(super::logging::dropped_lines()),
             Box::new(build_info),
             Box::new(authz_decisions.clone()),
             Box::new(ratelimit_decisions.clone()),
