@@ -355,6 +355,11 @@ impl Waf {
         self.paranoia
     }
 
+    /// The detectors it runs on some value, at its paranoia.
+    pub fn detectors(&self) -> DetectorSet {
+        self.plans.iter().fold(DetectorSet::EMPTY, |all, plan| all.union(*plan))
+    }
+
     /// Inspects the path, the query (names and values), the headers and the cookies.
     pub fn inspect_head(&self, head: &HeadView<'_>, skip: &Skips<'_>) -> Option<Finding> {
         let path = head.path.as_bytes();

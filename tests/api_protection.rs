@@ -601,3 +601,37 @@ async fn a_key_taken_out_of_the_jwks_file_is_revoked_and_a_key_put_in_is_taken_w
     assert_eq!(status(&old).await, 401);
     side.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_longer_than_the_waf_reads_is_refused_only_by_a_blocking_waf_and_never_on_an_exempt_path() {
+    let every = "[sqli, xss, path_traversal, command_injection, protocol]";
+    let waf = |mode: &str| {
+        format!(
+            "{{mode: {mode}, inspectBodyBytes: 1024, exclusions: [{{paths: [\"/upload/*\"], detectors: {every}}}]}}"
+        )
+    };
+    let big = format!(r#"{{"pad":"{}"}}"#, "a".repeat(5000));
+    let upload = format!(
+        "--b\r\ncontent-disposition: form-data; name=\"f\"; filename=\"p.png\"\r\n\r\n{}\r\n--b--\r\n",
+        "x".repeat(5000)
+    );
+    let multipart = "multipart/form-data; boundary=b";
+
+    let block = PolicedSidecar::start(&waf_policy(&waf("BLOCK"))).await;
+    let answer = block.exchange("frontend", post("/orders", "application/json", &big)).await;
+    assert_refused(&answer, 413, "payload_too_large", "over inspectBodyBytes under BLOCK");
+    // The event names the setting that refused it, not maxBodyBytes (not set here).
+    let events = block.events_where("the refusal reported", 1, |e| e.to_string().contains("inspectBodyBytes")).await;
+    assert!(!events[0].to_string().contains("maxBodyBytes"), "{:?}", events[0]);
+    // An upload path exempt from every detector: its body is not the WAF's to read.
+    let answer = block.exchange("frontend", post("/upload/photo", multipart, &upload)).await;
+    assert_eq!((answer.status, answer.seen().body_bytes), (200, upload.len()), "{answer:?}");
+    block.shutdown();
+
+    // DETECT refuses nothing: the body goes on uninspected, counted.
+    let detect = PolicedSidecar::start(&waf_policy(&waf("DETECT"))).await;
+    let answer = detect.exchange("frontend", post("/orders", "application/json", &big)).await;
+    assert_eq!((answer.status, answer.seen().body_bytes), (200, big.len()), "{answer:?}");
+    assert_eq!(sample(&detect.metrics().await, "palisade_waf_uninspected_bodies_total"), 1.0);
+    detect.shutdown();
+}

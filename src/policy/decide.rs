@@ -237,6 +237,9 @@ pub enum Refusal {
     UriTooLong,
     HeadersTooLarge,
     PayloadTooLarge,
+    /// A body longer than a WAF reads (`inspectBodyBytes`) under `bodyOverLimit: REJECT`: 413,
+    /// as it can be neither inspected nor passed on.
+    UninspectableBody,
     /// Plaintext on a connection admitted under PERMISSIVE, after the mode became STRICT.
     MtlsRequired,
     /// Step 4: an ENFORCE policy denies (or an AUDIT one would, see [`PolicySnapshot::decide`]).
@@ -297,7 +300,7 @@ impl Refusal {
             Refusal::Malformed(_) => 400,
             Refusal::UriTooLong => 414,
             Refusal::HeadersTooLarge => 431,
-            Refusal::PayloadTooLarge => 413,
+            Refusal::PayloadTooLarge | Refusal::UninspectableBody => 413,
             Refusal::MtlsRequired | Refusal::Forbidden(_) | Refusal::Blocked(_) => 403,
             Refusal::RateLimited(_) => 429,
             Refusal::Unauthenticated(_) => 401,
@@ -310,7 +313,7 @@ impl Refusal {
             Refusal::Malformed(_) => "invalid_request",
             Refusal::UriTooLong => "uri_too_long",
             Refusal::HeadersTooLarge => "headers_too_large",
-            Refusal::PayloadTooLarge => "payload_too_large",
+            Refusal::PayloadTooLarge | Refusal::UninspectableBody => "payload_too_large",
             Refusal::MtlsRequired | Refusal::Forbidden(_) | Refusal::Blocked(_) => "forbidden",
             Refusal::RateLimited(_) => "rate_limited",
             Refusal::Unauthenticated(_) => "unauthenticated",
@@ -320,9 +323,11 @@ impl Refusal {
     /// The `decision` label of `palisade_requests_total` and the span's `palisade.decision`.
     pub fn decision(&self) -> &'static str {
         match self {
-            Refusal::Malformed(_) | Refusal::UriTooLong | Refusal::HeadersTooLarge | Refusal::PayloadTooLarge => {
-                "invalid"
-            }
+            Refusal::Malformed(_)
+            | Refusal::UriTooLong
+            | Refusal::HeadersTooLarge
+            | Refusal::PayloadTooLarge
+            | Refusal::UninspectableBody => "invalid",
             Refusal::MtlsRequired | Refusal::Forbidden(_) => "deny",
             Refusal::RateLimited(_) => "rate_limited",
             Refusal::Unauthenticated(_) => "unauthenticated",
@@ -359,6 +364,9 @@ impl Refusal {
             Refusal::UriTooLong => "request target over maxUriBytes",
             Refusal::HeadersTooLarge => "request headers over maxHeaderBytes",
             Refusal::PayloadTooLarge => "body over maxBodyBytes",
+            Refusal::UninspectableBody => {
+                "body longer than the WAF reads (waf.inspectBodyBytes), refused under waf.bodyOverLimit: REJECT"
+            }
             Refusal::MtlsRequired => "plaintext after its port became STRICT",
             Refusal::Forbidden(_) => "denied by policy",
             Refusal::RateLimited(_) => "rate limited",
@@ -579,15 +587,27 @@ impl PolicySnapshot {
         self.each_waf(match_form(path), note, |waf, skips| waf.inspect_head(&head, skips))
     }
 
-    /// Whether any WAF reads a body of this type and `Content-Encoding`, and how much of it.
+    /// Whether any WAF reads the body of a request for `path` of this type and
+    /// `Content-Encoding`, and how much of it. A WAF whose every detector is excluded for the
+    /// path reads none of it (an upload path exempted whole streams as without a WAF), and a
+    /// body over the limit is refused only for a WAF that blocks: in DETECT it goes on,
+    /// uninspected and counted.
     pub fn body_plan<'a>(
         &self,
+        path: &str,
         content_type: Option<&[u8]>,
         content_encoding: impl IntoIterator<Item = &'a [u8]>,
     ) -> Option<BodyPlan> {
-        let limit = self.wafs.iter().map(|w| w.inspect_body_bytes).min()?;
-        let reject_over_limit = self.wafs.iter().any(|w| w.over_limit == OverLimit::REJECT);
-        let if_json = self.wafs.iter().all(|w| w.waf.reads_body(content_type) == BodyReading::IfJson);
+        let path = match_form(path);
+        let reading = || {
+            self.wafs.iter().filter(|w| {
+                let mut params = Vec::new();
+                !w.waf.detectors().without(w.skips(path, &mut params)).is_empty()
+            })
+        };
+        let limit = reading().map(|w| w.inspect_body_bytes).min()?;
+        let reject_over_limit = reading().any(|w| w.block && w.over_limit == OverLimit::REJECT);
+        let if_json = reading().all(|w| w.waf.reads_body(content_type) == BodyReading::IfJson);
         Some(BodyPlan { limit, reject_over_limit, if_json, coding: Coding::of(content_encoding) })
     }
 
@@ -606,7 +626,7 @@ impl PolicySnapshot {
             return Ok(BodyInspection::NotRead);
         }
         let over_limit = || match plan.reject_over_limit {
-            true => Err(Refusal::PayloadTooLarge),
+            true => Err(Refusal::UninspectableBody),
             false => Ok(BodyInspection::Uninspected),
         };
         let path = match_form(path);
@@ -1547,14 +1567,14 @@ mod tests {
     #[test]
     fn bodies_are_read_only_when_a_waf_wants_them_and_judged_by_type() {
         let none = snapshot("  authorization: {}\n");
-        assert_eq!(none.body_plan(Some(b"application/json"), []), None, "no WAF: the body streams");
+        assert_eq!(none.body_plan("/orders", Some(b"application/json"), []), None, "no WAF: the body streams");
         let s = waf_policy("{mode: BLOCK, inspectBodyBytes: 1024, bodyOverLimit: PASS}");
-        let plan = s.body_plan(Some(b"application/json"), []).expect("JSON bodies are read");
+        let plan = s.body_plan("/orders", Some(b"application/json"), []).expect("JSON bodies are read");
         assert_eq!((plan.limit, plan.reject_over_limit, plan.if_json), (1024, false, false));
-        let plan = s.body_plan(Some(b"text/plain"), []).expect("other types are read when they are JSON");
+        let plan = s.body_plan("/orders", Some(b"text/plain"), []).expect("other types are read when they are JSON");
         assert_eq!((plan.limit, plan.if_json), (1024, true));
         let inspect = |s: &PolicySnapshot, ct: &[u8], coding: Option<&[u8]>, body: &[u8]| {
-            let plan = s.body_plan(Some(ct), coding).unwrap();
+            let plan = s.body_plan("/orders", Some(ct), coding).unwrap();
             s.inspect_body(plan, "/orders", Some(ct), body, |_| {})
         };
         // JSON sent as text/plain, as a cross-site form can and as most JSON parsers take it.
@@ -1591,7 +1611,7 @@ mod tests {
         let bomb = gzip(format!(r#"{{"pad":"{}"}}"#, " ".repeat(4096)).as_bytes());
         assert_eq!(inspect(&s, b"application/json", Some(b"gzip"), &bomb), Ok(BodyInspection::Uninspected));
         let strict = waf_policy("{mode: BLOCK, inspectBodyBytes: 1024}");
-        assert_eq!(inspect(&strict, b"application/json", Some(b"gzip"), &bomb), Err(Refusal::PayloadTooLarge));
+        assert_eq!(inspect(&strict, b"application/json", Some(b"gzip"), &bomb), Err(Refusal::UninspectableBody));
         assert_eq!(inspect(&strict, b"text/plain", Some(b"gzip"), &gzip(&[b'x'; 4096])), Ok(BodyInspection::NotRead));
         // Said to be gzip and not, or not all of it: read as it came and as far as it inflates
         // (apps that never inflate parse the first; Node's and Go's inflaters give the second).
@@ -1619,8 +1639,22 @@ mod tests {
             assert_eq!(verdict, Ok(BodyInspection::Inspected), "{name}");
         }
         let reject = waf_policy("{mode: BLOCK}");
-        let plan = reject.body_plan(Some(b"application/json"), []).unwrap();
+        let plan = reject.body_plan("/orders", Some(b"application/json"), []).unwrap();
         assert_eq!((plan.limit, plan.reject_over_limit), (65536, true), "the defaults");
+        // DETECT refuses nothing: a body over the limit goes on uninspected.
+        let detect = waf_policy("{mode: DETECT}");
+        let plan = detect.body_plan("/orders", Some(b"application/json"), []).unwrap();
+        assert_eq!((plan.limit, plan.reject_over_limit), (65536, false), "DETECT");
+        // A path every detector is excluded for: its body is not read; other paths' are, and a
+        // path excluded for some detectors or parameters only is still read.
+        let exempt = waf_policy(
+            "{mode: BLOCK, exclusions: [{paths: [\"/upload/*\"], detectors: [sqli, xss, path_traversal, command_injection, protocol]}, {paths: [\"/search\"], detectors: [sqli]}, {paths: [\"/q\"], parameters: [q], detectors: [sqli, xss, path_traversal, command_injection, protocol]}]}",
+        );
+        assert_eq!(exempt.body_plan("/upload/photo", Some(b"multipart/form-data; boundary=b"), []), None);
+        assert_eq!(exempt.body_plan("/upload/../upload/x", Some(b"application/json"), []), None);
+        for path in ["/orders", "/search", "/q", "/uploads"] {
+            assert!(exempt.body_plan(path, Some(b"application/json"), []).is_some(), "{path}");
+        }
     }
 
     // === Throttling (DELAY limits) ===

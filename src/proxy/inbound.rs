@@ -416,6 +416,7 @@ impl ProxyHttp for Inbound {
         } else {
             let headers = &session.req_header().headers;
             policy.body_plan(
+                session.req_header().uri.path(),
                 headers.get(CONTENT_TYPE).map(|v| v.as_bytes()),
                 headers.get_all(CONTENT_ENCODING).iter().map(|v| v.as_bytes()),
             )
@@ -426,7 +427,7 @@ impl ProxyHttp for Inbound {
         if let Some(plan) = plan.filter(|plan| !plan.if_json) {
             if app_pool::declared_length(session.req_header()).is_some_and(|n| n > plan.limit as u64) {
                 if plan.reject_over_limit {
-                    return self.refuse(session, ctx, Refusal::PayloadTooLarge).await;
+                    return self.refuse(session, ctx, Refusal::UninspectableBody).await;
                 }
                 self.telemetry.metrics.waf_uninspected.inc();
                 inspect = false;
@@ -466,7 +467,7 @@ impl ProxyHttp for Inbound {
                             read_whole = Some(body.len());
                             Ok(body)
                         }
-                        ForWaf::TooLong => return self.refuse(session, ctx, Refusal::PayloadTooLarge).await,
+                        ForWaf::TooLong => return self.refuse(session, ctx, Refusal::UninspectableBody).await,
                         ForWaf::Uninspected(first) => {
                             self.telemetry.metrics.waf_uninspected.inc();
                             Err(first)
@@ -507,10 +508,10 @@ impl ProxyHttp for Inbound {
                     None
                 }
                 ForWaf::NotRead(_) => None,
-                ForWaf::TooLong => Some(Refusal::PayloadTooLarge),
+                ForWaf::TooLong => Some(Refusal::UninspectableBody),
             };
             // Neither inspected nor replayable: longer than the buffer pingora keeps.
-            let refusal = refusal.or(session.retry_buffer_truncated().then_some(Refusal::PayloadTooLarge));
+            let refusal = refusal.or(session.retry_buffer_truncated().then_some(Refusal::UninspectableBody));
             if let Some(refusal) = refusal {
                 return self.refuse(session, ctx, refusal).await;
             }
