@@ -526,11 +526,33 @@ pub fn canonical(value: &[u8]) -> std::borrow::Cow<'_, [u8]> {
 fn finding(detector: Detector, kind: LocationKind, name: &[u8], buf: &[u8], hit: Hit) -> Finding {
     let start = hit.start.min(buf.len());
     let end = hit.end.clamp(start, buf.len());
+    let fragment = match holds_secret(kind, name) {
+        true => format!("[redacted: {} bytes]", end - start),
+        false => decode::escape(&buf[start..end], MAX_FRAGMENT),
+    };
     Finding {
         detector,
         location: Location { kind, name: decode::escape(name, MAX_NAME) },
         paranoia: hit.level,
-        fragment: decode::escape(&buf[start..end], MAX_FRAGMENT),
+        fragment,
+    }
+}
+
+/// Parts of names that say a value is a credential.
+const SECRET_NAMES: [&[u8]; 10] =
+    [b"pass", b"pwd", b"secret", b"token", b"apikey", b"api_key", b"api-key", b"auth", b"session", b"credential"];
+
+/// A value whose fragment must not reach the event log: a cookie's (a session's key, whatever
+/// its name), or one whose name says it is a credential. A strong password often looks like an
+/// attack, and the fragment of a short one is all of it.
+fn holds_secret(kind: LocationKind, name: &[u8]) -> bool {
+    use LocationKind::*;
+    match kind {
+        CookieValue => true,
+        QueryValue | Header | FormValue | JsonValue | MultipartValue | XmlValue => {
+            SECRET_NAMES.iter().any(|word| name.windows(word.len()).any(|w| w.eq_ignore_ascii_case(word)))
+        }
+        _ => false,
     }
 }
 
@@ -847,6 +869,23 @@ mod tests {
         assert_eq!(f.location, Location { kind: LocationKind::QueryValue, name: "q".into() });
         assert_eq!(f.paranoia, 1);
         assert!(f.fragment.len() <= MAX_FRAGMENT + 8, "{}", f.fragment);
+    }
+
+    #[test]
+    fn a_finding_in_a_credential_or_a_cookie_says_its_length_never_its_text() {
+        let w = waf(1);
+        let attack = r#"{"user":"alice","account":{"Password":"k(faqD-e'|Mq;G^:3?o"}}"#;
+        let f = w.inspect_body(Some(b"application/json"), attack.as_bytes(), &Skips::NONE).expect("finding");
+        assert_eq!(f.fragment, "[redacted: 19 bytes]", "{f:?}");
+        let h = headers(&[("cookie", "sid=s3cr3tSessionT0ken' OR '1'='1")]);
+        let f = w.inspect_head(&head("/", None, &h), &Skips::NONE).expect("finding");
+        assert_eq!(f.location.kind, LocationKind::CookieValue);
+        assert!(f.fragment.starts_with("[redacted: ") && !f.fragment.contains("T0ken"), "{f:?}");
+        let f = w.inspect_head(&head("/", Some("api_key=x%27+OR+%271%27%3D%271"), &headers(&[])), &Skips::NONE);
+        assert!(f.expect("finding").fragment.starts_with("[redacted: "));
+        // Other values show what matched.
+        let f = w.inspect_head(&head("/", Some("q=x%27+OR+%271%27%3D%271"), &headers(&[])), &Skips::NONE);
+        assert!(f.expect("finding").fragment.contains("OR"));
     }
 
     #[test]
