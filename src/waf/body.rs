@@ -90,10 +90,13 @@ pub(crate) fn structured(content_type: Option<&[u8]>) -> bool {
     Media::of(content_type) != Media::Other
 }
 
-/// `type/subtype` without parameters or surrounding blanks.
+/// `type/subtype` without parameters or surrounding blanks: up to the first `;`, `,` or blank,
+/// as PHP reads it (`application/x-www-form-urlencoded, text/plain` is a form to PHP, which
+/// parses its body as one; the parameters of a well-formed value follow a `;`).
 fn media_type(ct: &[u8]) -> &[u8] {
-    let end = ct.iter().position(|&b| b == b';').unwrap_or(ct.len());
-    ct[..end].trim_ascii()
+    let ct = ct.trim_ascii_start();
+    let end = ct.iter().position(|&b| matches!(b, b';' | b',' | b' ' | b'\t')).unwrap_or(ct.len());
+    &ct[..end]
 }
 
 fn anomaly(waf: &Waf, skip: &Skips<'_>, kind: LocationKind, body: &[u8], at: usize) -> Option<Finding> {
@@ -823,6 +826,26 @@ mod tests {
 
     fn body(ct: &str, b: &str) -> Option<Finding> {
         waf(1).inspect_body(Some(ct.as_bytes()), b.as_bytes(), &Skips::NONE)
+    }
+
+    #[test]
+    fn a_type_cut_short_by_a_comma_or_a_blank_is_read_as_php_reads_it() {
+        let form = "id=1'+UNION+SELECT+password+FROM+users--";
+        for ct in [
+            "application/x-www-form-urlencoded, text/plain",
+            "application/x-www-form-urlencoded text/plain",
+            "application/x-www-form-urlencoded,",
+            " application/x-www-form-urlencoded ; charset=utf-8",
+        ] {
+            assert!(body(ct, form).is_some(), "{ct}");
+        }
+        // A multipart type whose boundary is not a parameter after `;` cannot be walked as the
+        // app may read it: a protocol finding.
+        let part = "--BND\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\n<script>alert(1)</script>\r\n--BND--\r\n";
+        for ct in ["multipart/form-data, boundary=BND", "multipart/form-data boundary=BND"] {
+            assert!(body(ct, part).is_some(), "{ct}");
+        }
+        assert!(body("application/json ; charset=utf-8", r#"{"name":"O'Brien"}"#).is_none());
     }
 
     #[test]
