@@ -470,6 +470,20 @@ fn header_param<'a>(header: &'a [u8], param: &[u8]) -> Option<&'a [u8]> {
     None
 }
 
+/// Whether Go's `mime.ParseMediaType` takes an RFC 5987 value (`charset'language'text`): its
+/// charset is `utf-8` or `us-ascii` (any case) and every `%` starts an escape of two hex digits.
+fn go_decodes_extended(value: &[u8]) -> bool {
+    let mut parts = value.splitn(3, |&b| b == b'\'');
+    let (Some(charset), Some(_), Some(text)) = (parts.next(), parts.next(), parts.next()) else { return false };
+    let known = charset.eq_ignore_ascii_case(b"utf-8") || charset.eq_ignore_ascii_case(b"us-ascii");
+    let escapes_whole = text
+        .iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'%')
+        .all(|(i, _)| text.get(i + 1..i + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)));
+    known && escapes_whole
+}
+
 /// multipart/form-data (and the other multipart types): field names, field values and file
 /// names (file contents are the application's data, as in CRS, and are not read). A body that
 /// does not follow the format is a protocol finding: parsers disagreeing on it is how multipart
@@ -573,15 +587,19 @@ fn multipart_field(
     }
     // `charset'language'percent-encoded`: the text after the quotes, decoded by the detectors
     // as any encoded value is. Without both quotes Go ignores it.
-    let extended = header_param(disposition, b"filename*").and_then(|v| v.splitn(3, |&b| b == b'\'').nth(2));
+    let extended_param = header_param(disposition, b"filename*");
+    let extended = extended_param.and_then(|v| v.splitn(3, |&b| b == b'\'').nth(2));
     for given in [filename, extended].into_iter().flatten() {
         let v = Value { class: Class::Arg, kind: LocationKind::MultipartFilename, name, value: given };
         if let Some(f) = waf.value(v, skip) {
             return Some(f);
         }
     }
-    // A file when the name Go takes (the extended one, else the plain one) is not empty.
-    let is_file = match extended {
+    // A file when the name Go takes (the extended one, else the plain one) is not empty. Go
+    // drops an extended name it cannot decode (a charset other than UTF-8 or US-ASCII, a bad
+    // `%` escape) and falls back to the plain one, or to none: a field then.
+    let taken = extended_param.filter(|v| go_decodes_extended(v)).and(extended);
+    let is_file = match taken {
         Some(text) => !text.is_empty(),
         None => filename.is_some(),
     };
@@ -829,6 +847,22 @@ mod tests {
     }
 
     #[test]
+    fn a_part_whose_extended_file_name_go_cannot_decode_is_a_field_to_go_and_read() {
+        let sqli = "1' UNION SELECT password FROM users--";
+        for extended in ["bogus''x.txt", "utf-16''x.txt", "UTF-8''%ZZ.txt", "''x.txt", "UTF-8''x%4"] {
+            let case = format!(
+                "--b\r\nContent-Disposition: form-data; name=\"id\"; filename*={extended}\r\n\r\n{sqli}\r\n--b--\r\n"
+            );
+            assert!(body("multipart/form-data; boundary=b", &case).is_some(), "{extended}");
+        }
+        // One Go decodes is a file's name: its content is the app's data, not read.
+        let file = format!(
+            "--b\r\nContent-Disposition: form-data; name=\"id\"; filename*=UTF-8''%E2%82%AC.txt\r\n\r\n{sqli}\r\n--b--\r\n"
+        );
+        assert!(body("multipart/form-data; boundary=b", &file).is_none());
+    }
+
+    #[test]
     fn a_type_cut_short_by_a_comma_or_a_blank_is_read_as_php_reads_it() {
         let form = "id=1'+UNION+SELECT+password+FROM+users--";
         for ct in [
@@ -841,7 +875,8 @@ mod tests {
         }
         // A multipart type whose boundary is not a parameter after `;` cannot be walked as the
         // app may read it: a protocol finding.
-        let part = "--BND\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\n<script>alert(1)</script>\r\n--BND--\r\n";
+        let part =
+            "--BND\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\n<script>alert(1)</script>\r\n--BND--\r\n";
         for ct in ["multipart/form-data, boundary=BND", "multipart/form-data boundary=BND"] {
             assert!(body(ct, part).is_some(), "{ct}");
         }
