@@ -633,7 +633,7 @@ impl PolicySnapshot {
         let decoded;
         let body = match plan.coding {
             Coding::Gzip | Coding::Deflate | Coding::Brotli | Coding::Zstd => {
-                // A gzip header's file name and comment are plain text to an app that parses the
+                // A gzip header's extra field, file name and comment are plain text to an app that parses the
                 // body as it came (PHP's form parser does).
                 for text in encoding::gzip_header_text(body) {
                     self.each_waf(path, &mut note, |waf, skips| waf.inspect_body(None, text, skips))?;

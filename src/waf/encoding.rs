@@ -123,8 +123,9 @@ pub fn decode(coding: Coding, input: &[u8], max: usize, start: bool) -> Decoded 
     }
 }
 
-/// The text fields of a gzip body's first header (FNAME, FCOMMENT): an app that never inflates
-/// its body and parses it as a form reads them as plain text.
+/// The fields of a gzip body's first header that carry bytes of the sender's choosing (FEXTRA,
+/// FNAME, FCOMMENT): an app that never inflates its body and parses it as a form reads them as
+/// plain text.
 pub fn gzip_header_text(input: &[u8]) -> Vec<&[u8]> {
     const FEXTRA: u8 = 4;
     const FNAME: u8 = 8;
@@ -135,6 +136,7 @@ pub fn gzip_header_text(input: &[u8]) -> Vec<&[u8]> {
     if flags & FEXTRA != 0 {
         let Some(len) = input.get(10..12).map(|l| usize::from(u16::from_le_bytes([l[0], l[1]]))) else { return fields };
         at = 12 + len;
+        fields.push(&input[12.min(input.len())..at.min(input.len())]);
     }
     for flag in [FNAME, FCOMMENT] {
         if flags & flag == 0 {
@@ -415,8 +417,11 @@ mod tests {
             .write(Vec::new(), Compression::default());
         named.write_all(b"hello").unwrap();
         let named = named.finish().unwrap();
-        assert_eq!(gzip_header_text(&named), [&b"a.txt&q=1' OR 1=1--"[..], b"a comment"]);
+        assert_eq!(gzip_header_text(&named), [&[1u8, 2, 3][..], b"a.txt&q=1' OR 1=1--", b"a comment"]);
         assert!(gzip_header_text(&gzip(b"hello")).is_empty());
+        let extra = b"\x1f\x8b\x08\x0c\0\0\0\0\0\xff\x09\0&id=1'--&name\0";
+        assert_eq!(gzip_header_text(extra), [&b"&id=1'--&"[..], b"name"], "FEXTRA, then FNAME");
+        assert_eq!(gzip_header_text(b"\x1f\x8b\x08\x04\0\0\0\0\0\xff\x09\0&id"), [&b"&id"[..]], "cut short");
         assert!(gzip_header_text(b"\x1f\x8b\x08\x18").is_empty(), "cut short: nothing, no panic");
         assert_eq!(gzip_header_text(b"\x1f\x8b\x08\x08\0\0\0\0\0\0name"), [&b"name"[..]], "unterminated");
     }
