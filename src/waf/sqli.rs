@@ -936,6 +936,22 @@ fn cast_or_number_trick(v: &[u8]) -> Option<Hit> {
 /// Leaving a string: a token closed by a stray quote and a `;` (`admin@example.com';`), or
 /// two quoted strings compared (`x'='x`, `'a'!='b`).
 fn quote_breakout(v: &[u8]) -> Option<Hit> {
+    // `admin'-- -`, `admin'#`, `' #`, `x')-- `: a token without blanks closed by a quote (and
+    // brackets), then an empty comment to the end: a login bypass. libinjection takes
+    // `admin'--` and leaves these (MySQL needs the blank after `--`; it drops `#` comments for
+    // prose). Empty: `7" #2 NEEDLE` and `"#2 MOM"` are product names.
+    let lead = v.trim_ascii_start();
+    if let Some(q) = lead.iter().position(|&b| matches!(b, b'\'' | b'"')) {
+        let token = &lead[..q];
+        let after = &lead[q + 1..];
+        let after = &after[after.iter().position(|b| !matches!(b, b')' | b' ' | b'\t')).unwrap_or(after.len())..];
+        let empty = |rest: &[u8]| rest.iter().all(|b| matches!(b, b'-' | b'+' | b'#' | b' ' | b'\t'));
+        let comment = after.strip_prefix(b"--").or_else(|| after.strip_prefix(b"#")).is_some_and(empty);
+        if comment && !token.iter().any(|b| b.is_ascii_whitespace() || matches!(b, b'\'' | b'"')) {
+            let start = v.len() - lead.len();
+            return Some(Hit::new(1, start, v.len().min(start + q + 1 + 24)));
+        }
+    }
     // `token';` at the end, the token without blanks, the quote unbalanced.
     let t = v.trim_ascii_end();
     if let Some(body) = t.strip_suffix(b";") {
@@ -1147,6 +1163,12 @@ mod tests {
             "sleep well",
             "drop me a line; I'll call",
             "information about schemas",
+            "He said 'hello'-- and left",
+            "rock'n'roll -- live",
+            "the '#general' channel",
+            "'quoted' # not a comment",
+            "7\" #2 CIRCULAR NEEDLE",
+            "\"#2 MOM\"",
         ] {
             assert!(!sqli(s, 1), "{s}");
         }
@@ -1170,6 +1192,13 @@ mod tests {
             "1 and 1 in (select table_name from information_schema.tables)",
             "admin'--",
             "1;exec xp_cmdshell 'dir'",
+            // Login bypasses: a comment after the quote that closes the name.
+            "admin'-- -",
+            "admin' -- ",
+            "admin'#",
+            "' #",
+            "admin')-- -",
+            "admin\"#",
         ] {
             let s2 = String::from_utf8(super::super::decode::canonical(s.as_bytes()).into_owned()).unwrap();
             assert!(sqli(&s2, 1), "{s}");
