@@ -52,6 +52,24 @@ async fn requests_refused_as_invalid_are_events_too() {
     assert!(events[0]["message"].as_str().unwrap().contains("/etc/passwd"), "{}", events[0]);
     assert_eq!(events[0]["actor"]["user"]["uid"], id("shop", "frontend").as_str(), "who probed");
 
+    // Smuggling probes that the HTTP/1 parser refuses before any phase of the sidecar's runs,
+    // and a chunk that does not parse: events too.
+    let probes = [
+        "GET /a HTTP/1.1\r\nhost: orders\r\nhost: evil\r\n\r\n",
+        "GET /a HTTP/1.1\r\nhost: orders\r\nx: a\rb\r\n\r\n",
+        "POST /a HTTP/1.1\r\nhost: orders\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n\r\n",
+    ];
+    for probe in probes {
+        assert_eq!(s.exchange("frontend", probe).await.status, 400, "{probe:?}");
+    }
+    let events = s.events_where("the three probes", 6, refused).await;
+    let messages: Vec<&str> = events[3..].iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert_eq!(messages.iter().filter(|m| m.contains("the HTTP/1 parser refuses")).count(), 2, "{messages:?}");
+    assert!(messages[2].starts_with("refused POST /a (400): the request could not be read"), "{messages:?}");
+    for e in &events[3..] {
+        assert_eq!(e["actor"]["user"]["uid"], id("shop", "frontend").as_str(), "who probed: {e}");
+    }
+
     // A flood: 10 a second each, the rest counted in aggregate; none unaccounted.
     const FLOOD: u64 = 40;
     for _ in 0..FLOOD {

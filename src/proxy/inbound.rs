@@ -582,7 +582,11 @@ impl ProxyHttp for Inbound {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut InboundCtx) -> FailToProxy {
         self.caller_timeouts.count(session, e);
-        fail(session, e, &mut ctx.request).await
+        let answer = fail(session, e, &mut ctx.request).await;
+        if answer.error_code == 400 {
+            record::report_unreadable(&self.telemetry, session, &ctx.request, e);
+        }
+        answer
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &InboundCtx, e: &Error) -> bool {

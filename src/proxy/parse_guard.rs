@@ -118,8 +118,29 @@ impl Guarded {
                 seconds: 0.0,
             },
         );
+        let socket = self.inner.get_socket_digest();
+        let source = socket.as_ref().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        // A smuggling probe is what a SIEM must see: reported as the inbound side's other
+        // malformed requests are (at most 10 a second per source, the rest summed up).
+        if *direction == "inbound" {
+            let destination = socket.as_ref().and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied());
+            telemetry.inbound_request_invalid(crate::telemetry::DeniedRequest {
+                status,
+                policy: "-".into(),
+                rule: parser_refusal(status).into(),
+                audit: false,
+                request: crate::telemetry::RequestFacts {
+                    principal: (!principal.is_empty()).then(|| principal.to_string()),
+                    source,
+                    method: "-".into(),
+                    path: "-".into(),
+                    request_id: request_id.to_string(),
+                    destination,
+                    trace_id: None,
+                },
+            });
+        }
         if telemetry.access_log_enabled() {
-            let source = self.inner.get_socket_digest().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
             telemetry.access(crate::telemetry::AccessRecord {
                 direction,
                 method: "-",
@@ -160,6 +181,15 @@ impl Guarded {
             }
         }
         Poll::Ready(Ok(buf.len()))
+    }
+}
+
+/// Why pingora's parser refused a request, as far as its status tells.
+fn parser_refusal(status: u16) -> &'static str {
+    match status {
+        431 | 413 => "a request head over the parser's size limit",
+        408 => "the request head did not arrive within limits.headerTimeout",
+        _ => "a request the HTTP/1 parser refuses (a bare CR or NUL, a folded line, two Host or Content-Length fields, a byte outside a token)",
     }
 }
 

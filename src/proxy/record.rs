@@ -97,6 +97,20 @@ pub fn report_invalid(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx
     telemetry.inbound_request_invalid(refusal.denied(false, facts(session, ctx, path)));
 }
 
+/// A request whose reading failed as the caller's fault (a chunk that does not parse) and was
+/// answered 400: reported as a malformed one is, since such a body is a smuggling probe too.
+pub fn report_unreadable(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, e: &pingora::Error) {
+    let why = e.context.as_ref().map_or_else(|| e.etype().as_str().to_string(), |c| c.as_str().to_string());
+    let path = session.req_header().uri.path().to_string();
+    telemetry.inbound_request_invalid(crate::telemetry::DeniedRequest {
+        status: 400,
+        policy: "-".into(),
+        rule: format!("the request could not be read: {why}"),
+        audit: false,
+        request: facts(session, ctx, &path),
+    });
+}
+
 /// What a decision noted without refusing: an AUDIT policy's would-be denial, a DETECT
 /// WAF's finding.
 pub fn report_note(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, note: Note, path: &str) {
