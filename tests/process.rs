@@ -225,6 +225,37 @@ async fn a_stderr_nobody_reads_drops_log_lines_and_stops_nothing() {
     let _ = child.wait();
 }
 
+/// A slowloris flood closed at `limits.headerTimeout` is logged in aggregate, a line a second:
+/// pingora's own error line for each connection whose head stopped coming is not written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_closed_mid_head_are_logged_in_aggregate_not_one_line_each() {
+    let (_pki, config, ports) = orders_sidecar();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("limits: {headerTimeout: 1s}\n");
+    std::fs::write(&config, text).unwrap();
+    let mut child = spawn_ready(&config, ports[2]).await;
+    let mut held = Vec::new();
+    for port in [ports[0], ports[1], ports[2]] {
+        for _ in 0..10 {
+            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET /x HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+            held.push(stream);
+        }
+    }
+    let log = config.with_file_name("sidecar.log");
+    let aggregated = eventually(async || {
+        let text = std::fs::read_to_string(&log).unwrap();
+        ["outbound", "admin"].iter().all(|side| text.contains(&format!("10 connections on {side} closed")))
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(aggregated, "{text}");
+    assert!(!text.contains("while reading request headers"), "one line per connection: {text}");
+    assert!(text.contains("source=127.0.0.1"), "the source as an address: {text}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A container started with few open files (a soft 128 under a hard 256 here): the sidecar raises
 /// its soft limit to the hard one, and holds each listener to what the files allow, so a flood of
 /// idle connections to the data port is refused at its connection limit while the admin port

@@ -127,6 +127,9 @@ impl Write for Queued {
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        if is_head_failure(buf) {
+            return Ok(());
+        }
         match QUEUE.get() {
             Some(queue) => {
                 queue.send_line(buf.to_vec());
@@ -139,6 +142,20 @@ impl Write for Queued {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// pingora's error (`Fail to proxy`, or its HTTP server's on the admin port) for a request
+/// head that stopped coming (the connection
+/// closed mid-head, or `limits.headerTimeout` closed it). It writes one per connection, with no
+/// hook to say otherwise (it comes through the `log` bridge, past any per-event filter), so a
+/// slowloris flood would write one per connection; the listeners count those closures and log
+/// them in aggregate, at most a line a second.
+fn is_head_failure(line: &[u8]) -> bool {
+    const HEAD: &[u8] = b"while reading request headers";
+    let contains = |needle: &[u8]| line.windows(needle.len()).any(|w| w == needle);
+    line.len() < 1024
+        && contains(HEAD)
+        && (contains(b"Fail to proxy: Downstream ") || contains(b"HTTP server fails to read from downstream"))
 }
 
 /// Text logs' writer: each event on one line of its own. Fields may carry a peer's text (a

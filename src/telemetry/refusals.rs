@@ -303,8 +303,13 @@ impl Refusals {
                 },
                 several_sources: sources == Sources::Several,
             };
+            let source = match refusal.source {
+                Some(ip) => ip.to_string(),
+                None if refusal.several_sources => "several".to_string(),
+                None => "-".to_string(),
+            };
             tracing::warn!(direction = slot.direction, reason = refusal.reason, count, setting = refusal.setting,
-                limit = %refusal.limit, source = ?refusal.source, "{}", refusal.message());
+                limit = %refusal.limit, %source, "{}", refusal.message());
             events.push(SecurityEvent::DosRefused(refusal));
         }
         events
