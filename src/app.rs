@@ -347,13 +347,42 @@ async fn run(
         crate::proxy::CallerTimeouts::new((body.0, counted(BodyTimeout, &body)), (send.0, counted(SendTimeout, &send)))
             .memory(memory.clone(), counted(MemoryCut, &memory_setting))
     };
+    let open_files = crate::lifecycle::raise_open_files_limit();
+    let (data_connections, admin_connections) =
+        crate::serve::connection_budget(open_files, config.limits.max_connections);
+    if data_connections < config.limits.max_connections {
+        tracing::warn!(
+            open_files,
+            configured = config.limits.max_connections,
+            data_connections,
+            admin_connections,
+            "the open-files limit (its hard limit, which the sidecar cannot raise) holds fewer connections than \
+             limits.maxConnections: each data listener takes at most data_connections and the admin listener \
+             admin_connections; raise the container's nofile hard limit, or set limits.maxConnections to \
+             data_connections to say so in the configuration"
+        );
+    }
+    // Each request in flight may hold a file of its own (its connection to the app or a
+    // passthrough server), however few connections carry them: one HTTP/2 connection to an
+    // HTTP/1.1 app holds one per stream. So a listener's requests in flight are held to its
+    // connections' budget too, and the files cannot run out under the probes.
+    let max_inflight = config.limits.max_inflight.min(data_connections);
+    if max_inflight < config.limits.max_inflight {
+        tracing::warn!(
+            open_files,
+            configured = config.limits.max_inflight,
+            max_inflight,
+            "the open-files limit holds fewer requests in flight than limits.maxInflight: each data listener sheds \
+             (503) past max_inflight, as each may hold a file to the app"
+        );
+    }
     let inflight = |direction, listener| {
         let shed = telemetry.metrics.requests_shed.with_label_values(&[direction]);
         let counted = |reason, limit: &dyn std::fmt::Display| {
             telemetry.refusals.counter(direction, reason, limit, shed.clone()).at(listener)
         };
         use crate::telemetry::RefusalReason::{MemoryShed, Shed};
-        let max = config.limits.max_inflight;
+        let max = max_inflight;
         crate::proxy::Inflight::with_memory(
             max,
             counted(Shed, &max),
@@ -415,21 +444,6 @@ async fn run(
     }));
 
     let stop = shutdown.subscribe();
-    let open_files = crate::lifecycle::raise_open_files_limit();
-    let (data_connections, admin_connections) =
-        crate::serve::connection_budget(open_files, config.limits.max_connections);
-    if data_connections < config.limits.max_connections {
-        tracing::warn!(
-            open_files,
-            configured = config.limits.max_connections,
-            data_connections,
-            admin_connections,
-            "the open-files limit (its hard limit, which the sidecar cannot raise) holds fewer connections than \
-             limits.maxConnections: each data listener takes at most data_connections and the admin listener \
-             admin_connections; raise the container's nofile hard limit, or set limits.maxConnections to \
-             data_connections to say so in the configuration"
-        );
-    }
     let limits = |direction| ConnectionLimits {
         direction,
         header_timeout: config.limits.header_timeout.0,

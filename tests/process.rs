@@ -303,6 +303,69 @@ async fn with_few_open_files_a_connection_flood_leaves_the_admin_port_answering(
     let _ = child.wait();
 }
 
+/// One HTTP/2 connection whose streams each go to an HTTP/1.1 app holds a file per stream: with
+/// few open files, requests in flight are held to the connections' budget (the rest shed with
+/// 503), so one connection cannot take every file and the probes still connect. Before, 250
+/// streams took all 256 files, and `/live` stopped answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_few_open_files_one_http2_connection_cannot_take_every_file() {
+    let app = HoldingApp::start().await;
+    let pki = Pki::new();
+    let server = pki.workload("server", &id("shop", "orders"));
+    let client = pki.workload("client", &id("shop", "frontend"));
+    let ports = [free_port(), free_port(), free_port()];
+    let config = write_config(pki.dir.path(), &server, app.addr.port(), ports);
+    let text = std::fs::read_to_string(&config).unwrap().replace("inbound: {", "inbound: {appProtocol: http1, ");
+    std::fs::write(&config, text).unwrap();
+    let log_path = config.with_file_name("sidecar.log");
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=256:256", "--", BIN, "sidecar", "--config"])
+        .arg(&config)
+        .env("PALISADE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    wait_ready(ports[2]).await;
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(log.contains("max_inflight=29"), "{log}");
+
+    let mut tls = client_tls(Some(&client));
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("orders.shop").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls)).connect(name, tcp).await.unwrap();
+    let (h2, connection) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(connection);
+    let mut responses = Vec::new();
+    for _ in 0..100 {
+        let mut h2 = h2.clone().ready().await.unwrap();
+        let request = http::Request::get("https://orders.shop/hold").body(()).unwrap();
+        responses.push(h2.send_request(request, true).unwrap().0);
+    }
+    app.wait_held(29).await;
+    let admin = format!("http://127.0.0.1:{}", ports[2]);
+    let shed = async || {
+        let text = http_client().get(format!("{admin}/metrics")).send().await.ok()?.text().await.ok()?;
+        let series = "palisade_requests_shed_total{direction=\"inbound\"} ";
+        text.lines().find_map(|l| l.strip_prefix(series)).and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    assert!(eventually(async || shed().await == Some(71)).await, "the rest shed: {:?}", shed().await);
+    // The probes connect and answer while the 29 are held.
+    let ready = http_client().get(format!("{admin}/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    app.release(29);
+    let mut statuses = Vec::new();
+    for response in responses {
+        statuses.push(tokio::time::timeout(patience(), response).await.unwrap().unwrap().status().as_u16());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 29, "{statuses:?}");
+    assert_eq!(statuses.iter().filter(|s| **s == 503).count(), 71, "{statuses:?}");
+    assert_eq!(app.held.load(std::sync::atomic::Ordering::SeqCst), 29, "no more reached the app");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// `POST /log_level` applies a filter only when its body came whole: one cut short (the client
 /// went before its Content-Length) used to be applied as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
