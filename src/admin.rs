@@ -142,8 +142,8 @@ const APP_HEALTH: &str = "/app-health/";
 const REDACTED: &str = "<redacted>";
 
 /// What `/config_dump` must not show: condition values (`when`: they may hold API keys or
-/// tenant names a policy singles out), secrets and tokens, and the private or symmetric parts of
-/// inline JWKS keys. Names are matched, so a field added later under such a name is covered too.
+/// tenant names a policy singles out), secrets and tokens, header values (an app probe's
+/// `Authorization`), and the private or symmetric parts of inline JWKS keys. Names are matched, so a field added later under such a name is covered too.
 fn redact(value: &mut serde_json::Value) {
     use serde_json::Value;
     match value {
@@ -161,6 +161,18 @@ fn redact(value: &mut serde_json::Value) {
                     && !field.is_null()
                 {
                     *field = Value::from(REDACTED);
+                } else if key == "headers" {
+                    // Headers a probe or an exporter sends: their values are often credentials
+                    // (`Authorization: Bearer ...`, an API key); the names stay.
+                    match field {
+                        Value::Array(items) => {
+                            for value in items.iter_mut().filter_map(|h| h.get_mut("value")) {
+                                *value = Value::from(REDACTED);
+                            }
+                        }
+                        Value::Object(named) => named.values_mut().for_each(|v| *v = Value::from(REDACTED)),
+                        _ => {}
+                    }
                 } else if key == "inline" {
                     // An inline JWKS: public keys may stay, "k" (HMAC) and private parts may not.
                     if let Some(text) = field.as_str() {
@@ -375,10 +387,13 @@ mod tests {
             "forwardOriginalToken": true,
             "tokenFile": "/var/run/token",
             "jwks": {"inline": r#"{"keys":[{"kty":"oct","kid":"a","k":"s3"},{"kty":"RSA","n":"pub","e":"AQAB","d":"s4"}]}"#},
+            "appProbes": {"app/liveness": {"port": 8080, "headers": [{"name": "Authorization", "value": "Bearer s5"}]}},
+            "otlp": {"headers": {"api-key": "s6"}},
         });
         redact(&mut dump);
         let text = dump.to_string();
-        for secret in ["v1", "s1", "s2", "t1", "s3", "s4"] {
+        assert_eq!(dump["appProbes"]["app/liveness"]["headers"][0]["name"], "Authorization", "names stay");
+        for secret in ["v1", "s1", "s2", "t1", "s3", "s4", "Bearer s5", "s6"] {
             assert!(
                 !text.contains(&format!("\"{secret}\"")) && !text.contains(&format!("\\\"{secret}\\\"")),
                 "{secret}: {text}"
