@@ -662,10 +662,12 @@ where
 
 /// The verifier's own words when it refused the certificate, else pingora's description.
 fn handshake_failure_reason(e: &pingora::Error) -> String {
-    e.root_cause()
-        .downcast_ref::<std::io::Error>()
-        .and_then(crate::tls::refusal_reason)
-        .unwrap_or_else(|| e.to_string().trim().to_string())
+    e.root_cause().downcast_ref::<std::io::Error>().and_then(crate::tls::refusal_reason).unwrap_or_else(|| {
+        // pingora's accept keeps only the text, behind its own words for a client's connect.
+        let text = e.to_string();
+        let text = text.trim();
+        crate::tls::in_words(text.strip_prefix("TLSHandshakeFailure context: tls connect error: ").unwrap_or(text))
+    })
 }
 
 /// What pingora's own listener knows of a socket: the peer, the local address and, behind an

@@ -50,7 +50,39 @@ pub fn is_certificate_refusal(e: &std::io::Error) -> bool {
 /// `LeafError` through `Debug` otherwise); `None` when the I/O error is not a TLS one.
 pub fn refusal_reason(e: &std::io::Error) -> Option<String> {
     match e.get_ref()?.downcast_ref::<rustls::Error>()? {
-        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => Some(other.0.to_string()),
-        other => Some(other.to_string()),
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+            Some(in_words(&other.0.to_string()))
+        }
+        other => Some(in_words(&other.to_string())),
     }
+}
+
+/// A handshake error's text (rustls's, as pingora passes it on) in an operator's words: the
+/// verifier's reason out of rustls's `Other(OtherError(...))`, webpki's variant names said
+/// plainly, and plaintext on a TLS port named as what it most often is.
+pub fn in_words(text: &str) -> String {
+    const WRAPPER: &str = "Other(OtherError(";
+    let mut text = match text.find(WRAPPER) {
+        Some(at) => {
+            let inner = &text[at + WRAPPER.len()..];
+            format!("{}{}", &text[..at], inner.strip_suffix("))").unwrap_or(inner))
+        }
+        None => text.to_string(),
+    };
+    const PLAIN: [(&str, &str); 5] = [
+        (
+            "received corrupt message of type InvalidContentType",
+            "not TLS: plaintext on a port that requires mutual TLS (STRICT); is the caller outside the mesh?",
+        ),
+        ("UnsupportedCriticalExtension", "the certificate has a critical extension that is not understood"),
+        ("CaUsedAsEndEntity", "a CA certificate presented as a workload's"),
+        ("EndEntityUsedAsCa", "a workload certificate used as a CA"),
+        ("NameConstraintViolation", "the identity is outside the issuing CA's name constraints"),
+    ];
+    for (name, words) in PLAIN {
+        if text.ends_with(name) {
+            text = format!("{}{words}", &text[..text.len() - name.len()]);
+        }
+    }
+    text
 }

@@ -746,3 +746,34 @@ async fn dos_refusals_are_counted_each_and_reported_in_aggregate() {
     keep_for_the_schema_check("ocsf-sidecar-dos.jsonl", &events);
     s.shutdown();
 }
+
+/// Inbound handshake refusals say why in an operator's words: the verifier's reason, not
+/// rustls's `Other(OtherError(...))` around a variant name, and plaintext on a STRICT port named
+/// as such (the usual mistake while a caller is moved into the mesh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_say_why_in_words() {
+    let s = PolicedSidecar::start(&policy("events", &format!("  mtls: STRICT\n{DENY_ADMIN_LIMIT_ONE}"))).await;
+    let foreign = s.pki.workload("foreign", "spiffe://evil.local/ns/shop/sa/frontend");
+    let mut no_id = palisade::identity::LeafSpec::workload(&id("shop", "frontend"));
+    no_id.spiffe_id = None;
+    let nameless = s.pki.issue("nameless", &no_id);
+    assert!(handshake(s.sidecar.inbound, Some(&foreign)).await.is_err());
+    assert!(handshake(s.sidecar.inbound, Some(&nameless)).await.is_err());
+    let mut plain = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut plain, b"GET / HTTP/1.1\r\nhost: orders\r\n\r\n").await.unwrap();
+    let refused = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").contains("inbound TLS handshake refused");
+    let events = s.events_where("three refusals", 3, refused).await;
+    let messages: Vec<&str> = events.iter().map(|e| e["message"].as_str().unwrap()).collect();
+    assert!(
+        messages.iter().all(|m| !m.contains("Other(") && !m.contains("OtherError") && !m.contains("connect error")),
+        "{messages:#?}"
+    );
+    for reason in [
+        "spiffe://evil.local/ns/shop/sa/frontend is not in an accepted trust domain",
+        "certificate has no SPIFFE ID",
+        "not TLS: plaintext on a port that requires mutual TLS",
+    ] {
+        assert!(messages.iter().any(|m| m.contains(reason)), "{reason}: {messages:#?}");
+    }
+    s.shutdown();
+}

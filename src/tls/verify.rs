@@ -27,8 +27,9 @@ impl TrustDomains {
     }
 }
 
-/// Why a certificate that chains to the bundle is still refused.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+/// Why a certificate that chains to the bundle is still refused. Its `Debug` is its message:
+/// rustls shows a verifier's error through `Debug` in the handshake's error text.
+#[derive(thiserror::Error, Clone, PartialEq, Eq)]
 pub enum LeafError {
     #[error("certificate does not parse")]
     Unparsable,
@@ -44,6 +45,12 @@ pub enum LeafError {
     SigningUsage,
     #[error("a chain of {0} intermediates; at most {MAX_INTERMEDIATES} are taken")]
     LongChain(usize),
+}
+
+impl std::fmt::Debug for LeafError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 #[derive(Clone, Copy)]
