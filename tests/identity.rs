@@ -1072,6 +1072,28 @@ async fn a_ca_rotation_under_load_fails_no_request() {
     kube.stop();
 }
 
+/// The CA's own files: a broken set is reported once (an event and a log line, not one every
+/// reload tick) and the CA in force stays; a new CA in force is an event too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_ca_file_set_is_reported_once_and_a_new_ca_is_an_event() {
+    let kube = FakeKube::start().await;
+    let mesh = Mesh::start(Tokens::Review(&kube), "1h");
+    mesh.new_ca("ca2");
+    let failed =
+        |e: &Value| e["message"].as_str().is_some_and(|m| m.contains("reload failed") && m.contains("the CA's files"));
+    // A key that is not the certificate's, then one that is not a key.
+    std::fs::copy(mesh.path("ca2").join("ca.key"), mesh.path("ca").join("ca.key")).unwrap();
+    events_where("the mismatched key reported", 1, || mesh.events(), failed).await;
+    std::fs::write(mesh.path("ca").join("ca.key"), "not a key").unwrap();
+    events_where("the garbage key reported", 2, || mesh.events(), failed).await;
+    mesh.install_ca("ca2", &["ca1", "ca2"]);
+    let rotated = |e: &Value| e["message"].as_str().is_some_and(|m| m.contains("the CA of"));
+    events_where("the new CA is an event", 1, || mesh.events(), rotated).await;
+    let reports = mesh.events().iter().filter(|e| failed(e)).count();
+    assert_eq!(reports, 2, "each broken set once: {:#?}", mesh.events());
+    kube.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_ca_down_the_sidecar_keeps_serving_and_renews_when_it_returns() {
     let kube = FakeKube::start().await;

@@ -139,17 +139,28 @@ impl WorkloadCa {
         let reloading = signer.clone();
         let changed = Arc::new(Notify::new());
         let own_changed = changed.clone();
+        let events = telemetry.clone();
+        // A broken set is said once, not every tick, until it changes or is mended.
+        let mut last_error: Option<String> = None;
         tokio::spawn(poll_files(
             every,
             stop.clone(),
             move || CaSigner::load(&files, &trust_domain),
             move |loaded| match loaded {
-                Ok(new) if new.same_as(&reloading.load()) => {}
+                Ok(new) if new.same_as(&reloading.load()) => last_error = None,
                 Ok(new) => {
+                    last_error = None;
                     let roots = der_of(&new);
                     reloaded_metrics.in_force(&new, ttl);
+                    let ends = new.not_after().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+                    let identity = format!("the CA of {}", new.trust_domain());
                     reloading.store(Arc::new(new));
                     tracing::info!(roots = roots.len(), "the CA's files changed; the new CA is in force");
+                    events.events.emit(SecurityEvent::CertificateRotated {
+                        identity,
+                        serial: String::new(),
+                        not_after: ends,
+                    });
                     if **bundle.borrow() != roots {
                         tracing::info!(
                             roots = roots.len(),
@@ -159,7 +170,14 @@ impl WorkloadCa {
                     }
                     own_changed.notify_one();
                 }
-                Err(e) => tracing::warn!(error = %e, "the CA's files are not usable; the CA in force stays"),
+                Err(e) => {
+                    let reason = format!("the CA's files: {e}");
+                    if last_error.as_ref() != Some(&reason) {
+                        tracing::warn!(error = %e, "the CA's files are not usable; the CA in force stays");
+                        events.events.emit(SecurityEvent::CertificateReloadFailed { reason: reason.clone() });
+                        last_error = Some(reason);
+                    }
+                }
             },
         ));
         if let Some(own) = own {
