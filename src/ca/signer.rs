@@ -191,10 +191,43 @@ impl CaSigner {
     }
 }
 
+/// The keys a workload certificate may carry: those rustls's verifier takes from a peer, so a
+/// key it would refuse in every handshake is refused here, in words, rather than as a
+/// signature that does not verify.
+fn check_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<(), Refused> {
+    use x509_parser::oid_registry::{OID_EC_P256, OID_NIST_EC_P384, OID_SIG_ED25519};
+    use x509_parser::public_key::PublicKey;
+    const TAKEN: &str = "the CA takes ECDSA P-256 or P-384, Ed25519, or RSA of 2048 to 8192 bits";
+    let refused = |what: String| Err(Refused::Csr(format!("{what}: {TAKEN}")));
+    if spki.algorithm.algorithm == OID_SIG_ED25519 {
+        return Ok(());
+    }
+    match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) => {
+            let modulus = rsa.modulus.iter().position(|&b| b != 0).map_or(&[][..], |at| &rsa.modulus[at..]);
+            let bits = modulus.first().map_or(0, |top| (modulus.len() - 1) * 8 + (8 - top.leading_zeros() as usize));
+            match bits {
+                2048..=8192 => Ok(()),
+                _ => refused(format!("an RSA key of {bits} bits")),
+            }
+        }
+        Ok(PublicKey::EC(_)) => {
+            let curve = spki.algorithm.parameters.as_ref().and_then(|p| p.as_oid().ok());
+            match curve {
+                Some(c) if c == OID_EC_P256 || c == OID_NIST_EC_P384 => Ok(()),
+                Some(c) => refused(format!("an elliptic-curve key on curve {c}")),
+                None => refused("an elliptic-curve key of no named curve".into()),
+            }
+        }
+        _ => refused(format!("a key of algorithm {}", spki.algorithm.algorithm)),
+    }
+}
+
 /// What a certification request asks for, checked before anything is signed.
 fn check_request(csr: &[u8], identity: &SpiffeId) -> Result<(), Refused> {
     let (_, request) = x509_parser::certification_request::X509CertificationRequest::from_der(csr)
         .map_err(|e| Refused::Csr(format!("not a PKCS#10 request: {e}")))?;
+    check_key(&request.certification_request_info.subject_pki)?;
     request.verify_signature().map_err(|_| Refused::Csr("the request's signature does not verify".into()))?;
     for extension in request.requested_extensions().into_iter().flatten() {
         match extension {
@@ -447,6 +480,22 @@ mod tests {
         let bad = refusal(tampered);
         assert!(bad.contains("signature") || bad.contains("PKCS#10"), "{bad}");
         assert!(refusal(b"not a request".to_vec()).contains("PKCS#10"));
+    }
+
+    /// Keys rustls would refuse in every handshake, made with Python's `cryptography` (neither
+    /// ring nor rcgen makes them): refused in words, not as a signature that does not verify.
+    #[test]
+    fn a_request_for_a_key_no_peer_would_take_says_which_keys_the_ca_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = ca(dir.path());
+        let der = |pem: &str| CertificateSigningRequestDer::from_pem_slice(pem.as_bytes()).unwrap().as_ref().to_vec();
+        let refusal = |csr: Vec<u8>| {
+            signer.sign(&csr, &id("orders"), Duration::from_secs(60), SystemTime::now()).unwrap_err().to_string()
+        };
+        let rsa = refusal(der(include_str!("testdata/csr-rsa1024.pem")));
+        assert!(rsa.contains("an RSA key of 1024 bits") && rsa.contains("P-256 or P-384"), "{rsa}");
+        let p521 = refusal(der(include_str!("testdata/csr-p521.pem")));
+        assert!(p521.contains("curve 1.3.132.0.35") && p521.contains("RSA of 2048"), "{p521}");
     }
 
     #[test]
