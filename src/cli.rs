@@ -365,7 +365,18 @@ fn run_ca(cmd: CaCommand) -> Result<String, String> {
             }
             let mut spec = LeafSpec::workload(&spiffe_id);
             spec.dns_names = dns;
-            spec.not_after = time::OffsetDateTime::now_utc() + ttl.0;
+            let now = time::OffsetDateTime::now_utc();
+            if ttl.0 < std::time::Duration::from_secs(60) {
+                return Err(format!("--ttl {ttl}: at least 1m (a certificate must be valid when it is written)"));
+            }
+            spec.not_after = now + ttl.0;
+            if spec.not_after > ca.not_after() {
+                let hours = (ca.not_after() - now).whole_hours().max(0);
+                return Err(format!(
+                    "--ttl {ttl} would outlive the CA, which ends {}: at most {hours}h",
+                    ca.not_after().date()
+                ));
+            }
             let files = ca.issue_to(&spec, &out).map_err(|e| e.to_string())?;
             Ok(format!(
                 "issued {id}: wrote {}, {} and {}",

@@ -717,6 +717,23 @@ fn the_development_ca_issues_workload_certificates() {
     ]);
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("outside the CA's trust domain"));
+    // A certificate expired when written, one that outlives its CA, a name that is no host name.
+    let refused = dir.path().join("refused");
+    for (extra, says) in [
+        (&["--ttl", "0s"][..], "at least 1m"),
+        (&["--ttl", "1000000h"], "would outlive the CA"),
+        (&["--dns", "not a name!"], "is not valid"),
+        (&["--dns=-x.shop"], "is not valid"),
+    ] {
+        let mut args =
+            vec!["ca", "issue", "--ca", ca.to_str().unwrap(), "--spiffe-id", "spiffe://example.org/ns/a/sa/b"];
+        args.extend_from_slice(extra);
+        args.extend(["--out", refused.to_str().unwrap()]);
+        let out = palisade(&args);
+        assert_eq!(out.status.code(), Some(64), "{extra:?}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{extra:?}: {out:?}");
+        assert!(!refused.join("tls.crt").exists(), "{extra:?}: nothing issued");
+    }
 }
 
 #[test]

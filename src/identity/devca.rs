@@ -70,6 +70,8 @@ impl LeafSpec {
 
 pub struct DevCa {
     trust_domain: String,
+    /// The end of the CA's own certificate.
+    not_after: OffsetDateTime,
     cert_pem: String,
     key: KeyPair,
     // rcgen signs with a `Certificate`; rebuilding it from the stored params keeps subject and key.
@@ -97,8 +99,9 @@ impl DevCa {
         params.not_after = now + Duration::days(3650);
         params.serial_number = Some(random_serial());
         let key = KeyPair::generate()?;
+        let not_after = params.not_after;
         let signer = params.self_signed(&key)?;
-        Ok(DevCa { trust_domain: trust_domain.to_string(), cert_pem: signer.pem(), key, signer })
+        Ok(DevCa { trust_domain: trust_domain.to_string(), not_after, cert_pem: signer.pem(), key, signer })
     }
 
     /// Loads `ca.crt` and `ca.key` from `dir`.
@@ -118,8 +121,9 @@ impl DevCa {
                 _ => None,
             })
             .ok_or_else(|| bad(&cert_path, "no spiffe:// URI SAN naming the trust domain".into()))?;
+        let not_after = params.not_after;
         let signer = params.self_signed(&key).map_err(|e| bad(&key_path, e.to_string()))?;
-        Ok(DevCa { trust_domain, cert_pem, key, signer })
+        Ok(DevCa { trust_domain, not_after, cert_pem, key, signer })
     }
 
     /// Writes `ca.crt` and `ca.key` (mode 0600) into `dir`, creating it.
@@ -133,6 +137,11 @@ impl DevCa {
 
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
+    }
+
+    /// When the CA's own certificate ends: no certificate it signs is valid after it.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.not_after
     }
 
     pub fn cert_pem(&self) -> &str {
@@ -149,6 +158,9 @@ impl DevCa {
             params.subject_alt_names.push(SanType::URI(id.as_str().try_into()?));
         }
         for name in &spec.dns_names {
+            if !is_dns_name(name) {
+                return Err(DevCaError::BadDnsName(name.clone()));
+            }
             let dns = name.as_str().try_into().map_err(|_| DevCaError::BadDnsName(name.clone()))?;
             params.subject_alt_names.push(SanType::DnsName(dns));
         }
@@ -179,6 +191,20 @@ impl DevCa {
         write(&files.trust_bundle, &self.cert_pem, false)?;
         Ok(files)
     }
+}
+
+/// A host name as a certificate may carry it: dot-separated labels of letters, digits and
+/// inner hyphens, 1 to 63 characters each and 253 in all, the first label `*` for a wildcard.
+fn is_dns_name(name: &str) -> bool {
+    let labels = name.strip_prefix("*.").unwrap_or(name);
+    name.len() <= 253
+        && !labels.is_empty()
+        && labels.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 fn random_serial() -> SerialNumber {
