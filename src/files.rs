@@ -52,11 +52,16 @@ pub fn open_append(path: &Path) -> std::io::Result<std::fs::File> {
 
 /// `uri` with the user information of its authority hidden (`https://***@host/x`), for messages.
 pub fn uri_without_credentials(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else { return uri.to_string() };
+    // A query may carry a key (`?api_key=...`): shown as `?***`.
+    let uri = match uri.find('?') {
+        Some(at) => format!("{}?***", &uri[..at]),
+        None => uri.to_string(),
+    };
+    let Some((scheme, rest)) = uri.split_once("://") else { return uri };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     match rest[..authority_end].rfind('@') {
         Some(at) => format!("{scheme}://***{}", &rest[at..]),
-        None => uri.to_string(),
+        None => uri,
     }
 }
 

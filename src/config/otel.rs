@@ -413,11 +413,12 @@ mod tests {
         for endpoint in ["http://user:S3cret@collector:4318", "http://collector:4318/?api_key=KEY123"] {
             let config = OtlpConfig { endpoint: endpoint.into(), ..Default::default() };
             let e = resolve(Some(config), &[]).unwrap_err();
-            assert!(e.contains("OTEL_EXPORTER_OTLP_HEADERS") && !e.contains("S3cret"), "{e}");
+            assert!(e.contains("OTEL_EXPORTER_OTLP_HEADERS") && !e.contains("S3cret") && !e.contains("KEY123"), "{e}");
             let e = resolve(None, &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)]).unwrap_err();
-            assert!(e.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && !e.contains("S3cret"), "{e}");
+            assert!(e.contains("OTEL_EXPORTER_OTLP_ENDPOINT") && !e.contains("S3cret") && !e.contains("KEY123"), "{e}");
         }
-        assert_eq!(crate::files::uri_without_credentials("https://u:p@h:1/x?y"), "https://***@h:1/x?y");
+        assert_eq!(crate::files::uri_without_credentials("https://u:p@h:1/x?y"), "https://***@h:1/x?***");
+        assert_eq!(crate::files::uri_without_credentials("https://h/x?a@b=1"), "https://h/x?***");
         assert_eq!(crate::files::uri_without_credentials("https://h/a@b"), "https://h/a@b");
     }
 
