@@ -20,7 +20,8 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{
-    Sampler, SamplingDecision, SdkTracer, SdkTracerProvider, ShouldSample, SpanData, SpanExporter, SpanProcessor,
+    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, SdkTracer, SdkTracerProvider, ShouldSample, SpanData,
+    SpanExporter, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
 use prometheus::IntCounter;
@@ -142,7 +143,10 @@ impl Traces {
     /// Starts a span for a request, a child of the caller's context when it sent one.
     pub fn start(&self, name: &'static str, kind: SpanKind, headers: &HeaderMap) -> RequestSpan {
         let propagators = self.settings.propagators;
-        let parent = match propagators.tracecontext {
+        // A `traceparent` that comes twice names no one parent: a new trace starts (as it is
+        // dropped when traces are off).
+        let one_parent = headers.get_all(TRACEPARENT).iter().nth(1).is_none();
+        let parent = match propagators.tracecontext && one_parent {
             true => self.propagator.extract(&Headers(headers)),
             false => Context::new(),
         };
@@ -162,6 +166,14 @@ impl Traces {
                     };
                     let context =
                         SpanContext::new(context.trace_id(), context.span_id(), flags, true, TraceState::default());
+                    Context::new().with_remote_span_context(context)
+                }
+                // `b3: 0` or `X-B3-Sampled: 0` alone: the caller's "do not sample" without a
+                // trace, followed: a new trace that is not sampled.
+                None if b3_declines(headers, propagators) => {
+                    let ids = RandomIdGenerator::default();
+                    let (trace, span) = (ids.new_trace_id(), ids.new_span_id());
+                    let context = SpanContext::new(trace, span, TraceFlags::default(), true, TraceState::default());
                     Context::new().with_remote_span_context(context)
                 }
                 None => parent,
@@ -424,6 +436,13 @@ struct B3Parent {
 
 /// A B3 parent (single `b3` header or the `x-b3-*` ones, as far as `propagators` read them), for
 /// callers that do not speak W3C.
+/// A B3 "do not sample" with no trace to continue: `b3: 0`, or `X-B3-Sampled: 0` without ids.
+fn b3_declines(headers: &HeaderMap, propagators: Propagators) -> bool {
+    let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    (propagators.b3 && text(B3) == Some("0"))
+        || (propagators.b3multi && text(B3_TRACE_ID).is_none() && matches!(text(B3_SAMPLED), Some("0" | "false")))
+}
+
 fn b3(headers: &HeaderMap, propagators: Propagators) -> Option<B3Parent> {
     let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let single = propagators.b3.then(|| text(B3)).flatten();
@@ -578,6 +597,41 @@ mod tests {
         assert!(denied.to_str().unwrap().ends_with("-00"), "an explicit 0 is the caller's decision");
         let off = with_root(ParentRoot::AlwaysOff);
         assert!(off.start("GET", SpanKind::Server, &deferring).traceparent().to_str().unwrap().ends_with("-00"));
+
+        // "Do not sample" with no trace (`b3: 0`, `X-B3-Sampled: 0` alone): a new trace, not
+        // sampled although the root sampler samples.
+        let mut multi_only_sampled = HeaderMap::new();
+        multi_only_sampled.insert("x-b3-sampled", HeaderValue::from_static("0"));
+        for headers in [b3("0"), multi_only_sampled] {
+            let span = on.start("GET", SpanKind::Server, &headers);
+            assert!(!span.context().is_sampled() && span.context().is_valid(), "{headers:?}");
+            assert!(span.traceparent().to_str().unwrap().ends_with("-00"), "{headers:?}");
+        }
+        assert!(on.start("GET", SpanKind::Server, &HeaderMap::new()).context().is_sampled(), "without it: sampled");
+    }
+
+    #[test]
+    fn a_traceparent_sent_twice_is_no_parent() {
+        let settings = TraceSettings {
+            endpoint: "http://127.0.0.1:9".into(),
+            protocol: OtlpProtocol::Grpc,
+            sampler: SamplerChoice::ParentBased(ParentRoot::AlwaysOff),
+            service_name: "t".into(),
+            resource: vec![],
+            propagators: Propagators::DEFAULT,
+            tls_roots: None,
+        };
+        let counters =
+            TraceCounters { exported: IntCounter::new("e", "e").unwrap(), dropped: IntCounter::new("d", "d").unwrap() };
+        let traces = Traces::new(settings, counters);
+        let mut headers = HeaderMap::new();
+        let first = "0af7651916cd43dd8448eb211c80319c";
+        headers.append("traceparent", HeaderValue::from_str(&format!("00-{first}-b7ad6b7169203331-01")).unwrap());
+        headers
+            .append("traceparent", HeaderValue::from_static("00-11111111111111111111111111111111-2222222222222222-01"));
+        let span = traces.start("GET", SpanKind::Server, &headers);
+        assert!(!["11111111111111111111111111111111", first].contains(&span.trace_id().as_str()));
+        assert!(!span.context().is_sampled(), "a new trace, decided by the root sampler (off)");
     }
 
     #[test]
