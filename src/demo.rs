@@ -195,6 +195,12 @@ struct SidecarProcess {
 
 impl Drop for SidecarProcess {
     fn drop(&mut self) {
+        // Already gone: a terminal's Ctrl-C reaches the whole process group, and each sidecar
+        // drains on its own SIGINT.
+        if let Ok(Some(_)) = self.child.try_wait() {
+            eprintln!("stopped sidecar {} (drained)", self.name);
+            return;
+        }
         let admin = self.admin;
         let asked = std::thread::spawn(move || {
             let mut stream = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(1)).ok()?;
@@ -215,6 +221,11 @@ impl Drop for SidecarProcess {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        // It may have ended between the first look and the request (then nothing answered it).
+        if let Ok(Some(_)) = self.child.try_wait() {
+            eprintln!("stopped sidecar {} (drained)", self.name);
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
