@@ -872,13 +872,16 @@ fn is_running(pid: u32) -> bool {
     stat_fields(&pid.to_string()).is_some_and(|f| f.first().map(String::as_str) != Some("Z"))
 }
 
-#[test]
-fn sigterm_stops_the_demo_and_every_process_it_started() {
+/// `palisade demo` in a process group of its own, once it waits for Ctrl-C: the process, its
+/// directory and its three children (a control plane and two sidecars); its stderr goes to `log`.
+fn demo_waiting(log: std::fs::File) -> (std::process::Child, std::path::PathBuf, Vec<u32>) {
+    use std::os::unix::process::CommandExt;
     let mut demo = Command::new(BIN)
         .arg("demo")
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
     let stdout = demo.stdout.take().unwrap();
@@ -904,10 +907,15 @@ fn sigterm_stops_the_demo_and_every_process_it_started() {
     let started = children_of(demo.id());
     assert_eq!(started.len(), 3, "a control plane and two sidecars: {started:?}");
     assert!(started.iter().all(|&pid| is_running(pid)));
+    (demo, dir, started)
+}
 
-    let killed = Command::new("kill").args(["-TERM", &demo.id().to_string()]).status().unwrap();
+/// After `signal` (to the demo, or with `-` to its whole group): it ended itself, and nothing it
+/// started or wrote is left.
+fn demo_stops_on(signal: &[&str], mut demo: std::process::Child, dir: &std::path::Path, started: &[u32]) {
+    let killed = Command::new("kill").args(signal).status().unwrap();
     assert!(killed.success());
-    let status = wait_exit(&mut demo).expect("the demo exits on SIGTERM");
+    let status = wait_exit(&mut demo).expect("the demo exits on the signal");
     assert!(status.code().is_some(), "it ended itself, not by the signal: {status:?}");
     let running: Vec<u32> = started.iter().copied().filter(|&pid| is_running(pid)).collect();
     // Survivors would hold their ports for the rest of the suite.
@@ -916,4 +924,24 @@ fn sigterm_stops_the_demo_and_every_process_it_started() {
     }
     assert!(running.is_empty(), "the demo's processes outlived it: {running:?}");
     assert!(!dir.exists(), "the demo's directory outlived it: {}", dir.display());
+}
+
+#[test]
+fn sigterm_stops_the_demo_and_every_process_it_started() {
+    let (demo, dir, started) = demo_waiting(std::fs::File::create("/dev/null").unwrap());
+    let pid = demo.id().to_string();
+    demo_stops_on(&["-TERM", &pid], demo, &dir, &started);
+}
+
+/// A terminal's Ctrl-C signals the whole process group: each sidecar drains on its own SIGINT,
+/// and the demo says so (it said "killed" of sidecars that had drained).
+#[test]
+fn ctrl_c_drains_the_demo_and_says_so() {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let (demo, dir, started) = demo_waiting(log.reopen().unwrap());
+    let group = format!("-{}", demo.id());
+    demo_stops_on(&["-INT", "--", &group], demo, &dir, &started);
+    let said = std::fs::read_to_string(log.path()).unwrap();
+    assert_eq!(said.matches("stopped sidecar").count(), 2, "{said}");
+    assert!(!said.contains("killed"), "{said}");
 }
