@@ -56,6 +56,7 @@ impl Sidecar {
             bind(config.admin.listen.0, "admin.listen").map_err(StartError::System)?,
         ];
         let [inbound, outbound, admin] = listeners.each_ref().map(|l| l.local_addr().expect("bound address"));
+        parts.policy.announce();
         let (shutdown, _) = watch::channel(false);
         let sender = shutdown.clone();
         let drain = config.drain_period.0;

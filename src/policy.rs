@@ -116,10 +116,16 @@ impl PolicyStore {
             updating: std::sync::Mutex::new(()),
             telemetry,
         };
-        if store.source() != Source::None {
-            store.published(&store.current());
-        }
         Ok(store)
+    }
+
+    /// Reports the policy loaded at start (the log line, the metric, the event), once the
+    /// sidecar is sure to run: a process that then fails to bind its ports must not have told
+    /// the event log a policy is in force.
+    pub fn announce(&self) {
+        if self.source() != Source::None {
+            self.published(&self.current());
+        }
     }
 
     /// The snapshot in force; cheap, lock-free.

@@ -748,6 +748,30 @@ fn every_command_has_help() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// A port already taken stops the sidecar before it serves, and before it tells the event log
+/// that a policy is in force (a SIEM saw a policy in force on a sidecar that never ran).
+#[test]
+fn a_port_in_use_stops_the_sidecar_before_any_policy_is_reported_in_force() {
+    let (pki, config, ports) = orders_sidecar();
+    let taken = std::net::TcpListener::bind(("127.0.0.1", ports[2])).unwrap();
+    let policy_file = pki.path("policy.yaml");
+    write_policy(&policy_file, &policy("open", "  authorization: {default: ALLOW}\n"));
+    let events = pki.path("events.jsonl");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "policy: {{files: [\"{}\"]}}\ntelemetry: {{events: {{sink: \"file:{}\"}}}}\n",
+        policy_file.display(),
+        events.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let out = palisade(&["sidecar", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(71), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin.listen"), "{out:?}");
+    let written = std::fs::read_to_string(&events).unwrap_or_default();
+    assert!(!written.contains("in force"), "{written}");
+    drop(taken);
+}
+
 #[test]
 fn control_plane_configuration_errors_exit_78_before_listening() {
     let dir = tempfile::tempdir().unwrap();
