@@ -772,6 +772,25 @@ fn a_port_in_use_stops_the_sidecar_before_any_policy_is_reported_in_force() {
     drop(taken);
 }
 
+/// A sink file that cannot be opened is named, with its field.
+#[test]
+fn a_sink_that_cannot_be_opened_names_its_field_and_path() {
+    let (_pki, config, _) = orders_sidecar();
+    for (field, setting) in [
+        ("telemetry.events.sink", "telemetry: {events: {sink: \"file:/nonexistent/dir/e.jsonl\"}}"),
+        ("telemetry.accessLogSink", "telemetry: {accessLogSink: \"file:/nonexistent/dir/e.jsonl\"}"),
+    ] {
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text = text.lines().filter(|l| !l.starts_with("telemetry:")).map(|l| format!("{l}\n")).collect();
+        text.push_str(&format!("{setting}\n"));
+        std::fs::write(&config, text).unwrap();
+        let out = palisade(&["sidecar", "--config", config.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(78), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&format!("{field}: file:/nonexistent/dir/e.jsonl: No such file")), "{stderr}");
+    }
+}
+
 #[test]
 fn control_plane_configuration_errors_exit_78_before_listening() {
     let dir = tempfile::tempdir().unwrap();

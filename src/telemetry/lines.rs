@@ -33,7 +33,10 @@ impl JsonLines {
         let out: Box<dyn Write + Send> = match sink {
             EventSink::Stdout => Box::new(std::io::stdout()),
             EventSink::Stderr => Box::new(std::io::stderr()),
-            EventSink::File(path) => Box::new(crate::files::open_append(path)?),
+            EventSink::File(path) => Box::new(
+                crate::files::open_append(path)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("file:{}: {e}", path.display())))?,
+            ),
         };
         Self::start_on(thread, out, dropped)
     }
