@@ -45,6 +45,9 @@ pub struct InjectSettings {
     /// Every sidecar's `outbound.opaquePorts` (ports of protocols where the server speaks first),
     /// and added to its `inbound.opaquePorts` (its app's ports that are not HTTP).
     pub opaque_ports: Vec<u16>,
+    /// Every sidecar's `telemetry` section (an OTLP collector and its sampling, the events'
+    /// format, the access log): what an Istio operator sets in meshConfig, once for the mesh.
+    pub telemetry: super::TelemetryConfig,
 }
 
 impl Default for InjectSettings {
@@ -74,6 +77,7 @@ impl Default for InjectSettings {
             exclude_outbound_cidrs: Vec::new(),
             outbound_passthrough: Vec::new(),
             opaque_ports: Vec::new(),
+            telemetry: super::TelemetryConfig::default(),
         }
     }
 }
@@ -312,6 +316,17 @@ impl InjectSettings {
         }
         if self.opaque_ports.contains(&0) {
             bad("opaquePorts", "every port must be from 1 to 65535, got 0".into());
+        }
+        // What a sidecar would refuse at start, refused here, before a pod is injected with it.
+        let no_env = BTreeMap::<String, String>::new();
+        let workload = super::Workload::default();
+        if let Err(errors) = super::TraceSettings::resolve(self.telemetry.otlp.as_ref(), &no_env, &workload) {
+            for e in errors {
+                match e {
+                    super::Invalid::Field { field, message } => bad(&field, message),
+                    super::Invalid::Var { name, message } => bad(&name, message),
+                }
+            }
         }
         invalid
     }

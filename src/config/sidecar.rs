@@ -668,7 +668,7 @@ impl Serialize for ControlPlaneAddress {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct TelemetryConfig {
     /// OpenTelemetry traces over OTLP; the standard `OTEL_*` variables also apply.
@@ -763,7 +763,7 @@ impl Serialize for OtlpProtocol {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 pub struct EventsConfig {
     pub sink: EventSink,

@@ -613,6 +613,7 @@ pub fn sidecar_config(settings: &InjectSettings, options: &PodOptions) -> String
     config.inbound.opaque_ports = config.outbound.opaque_ports.clone();
     config.admin.listen = any(ports.admin);
     config.admin.app_probes = options.app_probes.clone();
+    config.telemetry = settings.telemetry.clone();
     let cp = &settings.control_plane;
     config.policy.control_plane = Some(ControlPlaneAddress { host: host.clone(), port: cp.grpc_port });
     // Named even when it is the default, so a control plane in another namespace is still verified.

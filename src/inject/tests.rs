@@ -531,6 +531,29 @@ fn passthrough_destinations_and_opaque_ports_reach_the_sidecars_configuration() 
     assert_eq!(fields, ["outboundPassthrough[1]", "opaquePorts"]);
 }
 
+#[test]
+fn the_meshs_telemetry_settings_reach_every_sidecar_and_bad_ones_are_refused_at_load() {
+    use crate::config::{load_text, OtlpConfig, SidecarConfig};
+    let env = std::collections::BTreeMap::<String, String>::new();
+    let mut s = settings();
+    s.identity.mode = IdentityMode::Secret;
+    s.telemetry.otlp = Some(OtlpConfig {
+        endpoint: "http://collector.observability:4317".into(),
+        sampling: 0.05,
+        ..Default::default()
+    });
+    s.telemetry.access_log = false;
+    assert!(s.check().is_empty(), "{:?}", s.check());
+    let text = pod::sidecar_config(&s, &Default::default());
+    let config: SidecarConfig =
+        load_text(std::path::Path::new("PALISADE_CONFIG"), &text, &env).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
+    assert_eq!(config.telemetry, s.telemetry, "{text}");
+    // What a sidecar would refuse at start is refused in the settings, by field.
+    s.telemetry.otlp = Some(OtlpConfig { endpoint: "http://user:secret@collector:4317".into(), ..Default::default() });
+    let fields: Vec<String> = s.check().into_iter().map(|(field, _)| field).collect();
+    assert_eq!(fields, ["telemetry.otlp.endpoint"]);
+}
+
 // === the webhook ===
 
 #[test]

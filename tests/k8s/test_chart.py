@@ -94,6 +94,11 @@ def by_kind(objs, kind):
     {"sidecar": {"outboundPassthrough": ["999.1.1.1/8"]}},
     {"sidecar": {"logLevel": "verbose"}},
     {"controlPlane": {"logLevel": "info,palisade=loud"}},
+    # A collector address with credentials or a query, which the sidecar refuses at start.
+    {"sidecar": {"telemetry": {"otlp": {"endpoint": "http://user:secret@collector:4317"}}}},
+    {"sidecar": {"telemetry": {"otlp": {"endpoint": "http://collector:4318/?api_key=x"}}}},
+    {"sidecar": {"telemetry": {"otlp": {"sampling": 2}}}},
+    {"sidecar": {"telemetry": {"events": {"format": "cef"}}}},
 ], ids=lambda v: str(v)[:60])
 def test_bad_values_are_refused_by_the_schema_with_the_field_named(values):
     with helm_python.Chart.load(str(CHART)) as chart:
@@ -276,6 +281,24 @@ def test_passthrough_destinations_and_opaque_ports_reach_every_injected_sidecar(
     assert outbound["passthrough"] == ["10.20.0.0/16", "203.0.113.7/32"], outbound
     # Added to Linkerd's defaults, which every injected sidecar has on both sides.
     assert outbound["opaquePorts"] == [25, 587, 3306, 4444, 5432, 6379, 7000, 9300, 11211], outbound
+
+
+def test_the_meshs_telemetry_values_reach_every_injected_sidecar():
+    telemetry = {"otlp": {"endpoint": "http://otel-collector.observability:4317", "sampling": 0.01},
+                 "events": {"format": "ecs"}, "accessLog": False}
+    values = {"identity": {"mode": "secret"}, "sidecar": {"telemetry": telemetry}}
+    (cm,) = [o for o in objects(values) if o["metadata"]["name"] == "palisade-control-config"]
+    with tempfile.TemporaryDirectory() as d:
+        config = pathlib.Path(d) / "control.yaml"
+        config.write_text(cm["data"]["control.yaml"])
+        pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\nspec: {containers: [{name: app, image: a}]}\n"
+        (injected,) = documents(palisade("inject", "--config", str(config), stdin=pod).stdout)
+    proxy = injected["spec"]["initContainers"][1]
+    (sidecar_config,) = [e["value"] for e in proxy["env"] if e["name"] == "PALISADE_CONFIG"]
+    written = yaml.safe_load(sidecar_config)["telemetry"]
+    assert written["otlp"]["endpoint"] == telemetry["otlp"]["endpoint"], written
+    assert written["otlp"]["sampling"] == 0.01 and written["events"]["format"] == "ecs", written
+    assert written["accessLog"] is False, written
 
 
 @contextlib.contextmanager

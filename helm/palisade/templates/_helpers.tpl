@@ -97,4 +97,7 @@ excludeOutboundPorts: {{- toYaml .Values.sidecar.excludeOutboundPorts | nindent 
 excludeOutboundCidrs: {{- toYaml .Values.sidecar.excludeOutboundCidrs | nindent 2 }}
 outboundPassthrough: {{- toYaml .Values.sidecar.outboundPassthrough | nindent 2 }}
 opaquePorts: {{- toYaml .Values.sidecar.opaquePorts | nindent 2 }}
+{{- with .Values.sidecar.telemetry }}
+telemetry: {{- toYaml . | nindent 2 }}
+{{- end }}
 {{- end }}
