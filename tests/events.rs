@@ -224,6 +224,10 @@ async fn ecs_events_carry_the_same_facts() {
     })
     .await;
     assert_eq!(s.send("billing", "DELETE", "/admin", &[]).await.status, 403);
+    assert_eq!(s.send("billing", "GET", "/limited", &[]).await.status, 200);
+    assert_eq!(s.send("billing", "GET", "/limited", &[]).await.status, 429);
+    let limited = s.events_where("the 429", 1, |e| e["event"]["action"] == "request-rate-limited").await;
+    assert!(limited[0]["message"].as_str().unwrap().starts_with("rate limited GET /limited"), "{}", limited[0]);
     let events = s.events_where("the events of the requests above", 2, |_| true).await;
     let denied =
         events.iter().find(|e| e["event"]["action"] == "request-denied").unwrap_or_else(|| panic!("{events:#?}"));

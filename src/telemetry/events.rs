@@ -268,7 +268,12 @@ pub struct RequestFacts {
 
 impl DeniedRequest {
     fn message(&self) -> String {
-        let verdict = if self.audit { "audit, would deny" } else { "denied" };
+        let verdict = match (self.audit, self.status) {
+            (true, 429) => "audit, would rate-limit",
+            (true, _) => "audit, would deny",
+            (false, 429) => "rate limited",
+            (false, _) => "denied",
+        };
         match self.policy.as_str() {
             // No policy decided: refused before any could judge it; the rule is the reason.
             "-" => format!("refused {} {} ({}): {}", self.request.method, self.request.path, self.status, self.rule),
@@ -835,7 +840,12 @@ fn ecs(event: &SecurityEvent) -> Value {
                    "user": {"name": c.principal}}),
         ),
         SecurityEvent::RequestDenied(r) => (
-            if r.audit { "request-audit-deny" } else { "request-denied" },
+            // A spent limit is told apart from an authorisation's denial by a SIEM's rules.
+            match (r.audit, r.status) {
+                (true, _) => "request-audit-deny",
+                (false, 429) => "request-rate-limited",
+                (false, _) => "request-denied",
+            },
             if r.audit { "success" } else { "failure" },
             r.message(),
             json!({"rule": {"id": format!("{}/{}", r.policy, r.rule), "name": r.rule, "ruleset": r.policy},
