@@ -52,6 +52,11 @@ async fn metrics_pass_promtool_and_carry_the_spec_series() {
         "palisade_memory_heap_bytes ",
         "palisade_memory_limit_bytes ",
         "palisade_memory_overloaded 0",
+        // At 0 before their first count, so rate() and increase() see the first one.
+        r#"palisade_policy_updates_total{result="rejected"} 0"#,
+        r#"palisade_certificate_reloads_total{result="rejected"} 0"#,
+        r#"palisade_tls_handshakes_total{direction="inbound",result="failure"} 0"#,
+        "palisade_log_lines_dropped_total 0",
     ] {
         assert!(text.contains(series), "missing {series}\n{text}");
     }

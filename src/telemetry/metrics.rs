@@ -119,6 +119,17 @@ impl Metrics {
             &["result"],
         )
         .expect("metric");
+        // Shown at 0 from the start, so `increase()` sees the first failure or update too (a
+        // series that appears with its first count has no earlier sample to rise from).
+        for direction in ["inbound", "outbound"] {
+            for result in ["success", "failure", "timeout"] {
+                tls_handshakes.with_label_values(&[direction, result]);
+            }
+        }
+        for result in ["applied", "rejected"] {
+            certificate_reloads.with_label_values(&[result]);
+            policy_updates.with_label_values(&[result]);
+        }
         let control_plane_connected = prometheus::IntGauge::new(
             "palisade_control_plane_connected",
             "1 while the policy stream to the control plane is open.",
