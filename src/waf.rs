@@ -527,7 +527,7 @@ fn finding(detector: Detector, kind: LocationKind, name: &[u8], buf: &[u8], hit:
     let start = hit.start.min(buf.len());
     let end = hit.end.clamp(start, buf.len());
     let fragment = match holds_secret(kind, name) {
-        true => format!("[redacted: {} bytes]", end - start),
+        true => format!("[redacted: {} bytes]", buf.len()),
         false => decode::escape(&buf[start..end], MAX_FRAGMENT),
     };
     Finding {
@@ -869,6 +869,15 @@ mod tests {
         assert_eq!(f.location, Location { kind: LocationKind::QueryValue, name: "q".into() });
         assert_eq!(f.paranoia, 1);
         assert!(f.fragment.len() <= MAX_FRAGMENT + 8, "{}", f.fragment);
+    }
+
+    #[test]
+    fn an_sql_finding_shows_the_attack_however_much_text_comes_before_it() {
+        let padded =
+            format!("{}' UNION SELECT username, password FROM users--", "Great product, would buy again. ".repeat(3));
+        let body = serde_json::json!({"review": padded}).to_string();
+        let f = waf(1).inspect_body(Some(b"application/json"), body.as_bytes(), &Skips::NONE).expect("finding");
+        assert!(f.fragment.starts_with("' UNION SELECT username"), "{f:?}");
     }
 
     #[test]

@@ -21,11 +21,26 @@ pub(crate) fn check(v: &[u8], shape: Shape, libinjection: bool, level: u8) -> Op
         if state.detect() {
             let lvl = weight(&state, head);
             if lvl <= level {
-                return Some(Hit::new(lvl, 0, v.len()));
+                return Some(Hit::new(lvl, breakout(&state, head), v.len()));
             }
         }
     }
     own_checks(v, shape, level)
+}
+
+/// Where the SQL of a libinjection match starts, for the finding's fragment: past a leading
+/// string (text padded before the quote that closes it, `Great product... ' UNION SELECT`), at
+/// that quote; else at the first token. An attacker's padding cannot push the attack out of
+/// the event.
+fn breakout(state: &SqliState<'_>, input: &[u8]) -> usize {
+    match state.tokens.as_slice() {
+        [first, second, ..] if first.token_type == TokenType::String => {
+            let before = &input[..second.pos.min(input.len())];
+            before.iter().rposition(|b| matches!(b, b'\'' | b'"' | b'`')).unwrap_or(second.pos)
+        }
+        [first, ..] => first.pos.min(input.len()),
+        [] => 0,
+    }
 }
 
 /// The paranoia level a libinjection match counts at. Its three-token fingerprints are where
