@@ -196,10 +196,9 @@ struct SidecarProcess {
 impl Drop for SidecarProcess {
     fn drop(&mut self) {
         // Already gone: a terminal's Ctrl-C reaches the whole process group, and each sidecar
-        // drains on its own SIGINT.
-        if let Ok(Some(_)) = self.child.try_wait() {
-            eprintln!("stopped sidecar {} (drained)", self.name);
-            return;
+        // drains on its own SIGINT (or it ended earlier, which its status says).
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return self.report(status);
         }
         let admin = self.admin;
         let asked = std::thread::spawn(move || {
@@ -215,21 +214,28 @@ impl Drop for SidecarProcess {
         .flatten()
         .is_some();
         let deadline = Instant::now() + Duration::from_secs(5);
-        while asked && Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                eprintln!("stopped sidecar {} (drained)", self.name);
-                return;
+        // Waited for when asked; looked at once more when not (it may have ended meanwhile).
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return self.report(status);
+            }
+            if !asked || Instant::now() >= deadline {
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
-        }
-        // It may have ended between the first look and the request (then nothing answered it).
-        if let Ok(Some(_)) = self.child.try_wait() {
-            eprintln!("stopped sidecar {} (drained)", self.name);
-            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
         eprintln!("stopped sidecar {} (killed: it did not drain in 5 s)", self.name);
+    }
+}
+
+impl SidecarProcess {
+    fn report(&self, status: std::process::ExitStatus) {
+        match status.success() {
+            true => eprintln!("stopped sidecar {} (drained)", self.name),
+            false => eprintln!("sidecar {} had ended: {status}", self.name),
+        }
     }
 }
 

@@ -54,6 +54,21 @@ async fn spawn_ready(config: &std::path::Path, admin: u16) -> std::process::Chil
     child
 }
 
+/// As [`spawn_ready`], with the open-files limit `nofile` (`soft:hard`, as prlimit takes it).
+async fn spawn_with_open_files(config: &std::path::Path, nofile: &str, admin: u16) -> std::process::Child {
+    let log = std::fs::File::create(config.with_file_name("sidecar.log")).unwrap();
+    let child = Command::new("prlimit")
+        .args([&format!("--nofile={nofile}"), "--", BIN, "sidecar", "--config"])
+        .arg(config)
+        .env("PALISADE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_ready(admin).await;
+    child
+}
+
 /// A sidecar for shop/orders with no app (port 9), its configuration written: the PKI (keep it
 /// alive), the configuration's path and the ports (inbound, outbound, admin).
 fn orders_sidecar() -> (Pki, std::path::PathBuf, [u16; 3]) {
@@ -221,8 +236,11 @@ async fn a_stderr_nobody_reads_drops_log_lines_and_stops_nothing() {
     };
     let lost = dropped("palisade_log_lines_dropped_total") + dropped("palisade_access_log_lines_dropped_total");
     assert!(lost > 0.0, "lines that could not be written are counted: {metrics}");
-    let _ = child.kill();
-    let _ = child.wait();
+    // And it still stops when asked: the last lines are waited for a bounded time, not for ever.
+    let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let status = wait_exit(&mut child).expect("it exits on SIGTERM with stderr stalled");
+    assert_eq!(status.code(), Some(0), "{status:?}");
 }
 
 /// A slowloris flood closed at `limits.headerTimeout` is logged in aggregate, a line a second:
@@ -265,15 +283,7 @@ async fn connections_closed_mid_head_are_logged_in_aggregate_not_one_line_each()
 async fn with_few_open_files_a_connection_flood_leaves_the_admin_port_answering() {
     let (_pki, config, ports) = orders_sidecar();
     let log_path = config.with_file_name("sidecar.log");
-    let mut child = Command::new("prlimit")
-        .args(["--nofile=128:256", "--", BIN, "sidecar", "--config"])
-        .arg(&config)
-        .env("PALISADE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    wait_ready(ports[2]).await;
+    let mut child = spawn_with_open_files(&config, "128:256", ports[2]).await;
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
     assert_eq!(open_files.split_whitespace().skip(3).take(2).collect::<Vec<_>>(), ["256", "256"], "{open_files}");
@@ -318,15 +328,7 @@ async fn with_few_open_files_one_http2_connection_cannot_take_every_file() {
     let text = std::fs::read_to_string(&config).unwrap().replace("inbound: {", "inbound: {appProtocol: http1, ");
     std::fs::write(&config, text).unwrap();
     let log_path = config.with_file_name("sidecar.log");
-    let mut child = Command::new("prlimit")
-        .args(["--nofile=256:256", "--", BIN, "sidecar", "--config"])
-        .arg(&config)
-        .env("PALISADE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
-    wait_ready(ports[2]).await;
+    let mut child = spawn_with_open_files(&config, "256:256", ports[2]).await;
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("max_inflight=29"), "{log}");
 

@@ -14,6 +14,8 @@ use serde_json::Value;
 use crate::config::EventSink;
 
 const QUEUE: usize = 1024;
+/// The longest a flush waits for the writer.
+const FLUSH_PATIENCE: Duration = Duration::from_secs(5);
 /// How long the writer rests after a batch: the most a line waits when lines keep coming.
 const REST: Duration = Duration::from_millis(10);
 
@@ -125,12 +127,24 @@ impl JsonLines {
         }
     }
 
-    /// Waits until every line queued before this call is written, or counted as dropped.
+    /// Waits until every line queued before this call is written, or counted as dropped; at
+    /// most [`FLUSH_PATIENCE`]: a sink nobody reads (a stalled pipe) must not keep a process
+    /// that is done from exiting.
     pub fn flush(&self) {
+        let deadline = std::time::Instant::now() + FLUSH_PATIENCE;
         let (done, written) = sync_channel(1);
-        if self.queue.send(Item::Flushed(done)).is_ok() {
-            let _ = written.recv();
+        let mut item = Item::Flushed(done);
+        loop {
+            match self.queue.try_send(item) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                    item = back;
+                    std::thread::sleep(REST);
+                }
+                Err(_) => return,
+            }
         }
+        let _ = written.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()));
     }
 }
 

@@ -145,11 +145,11 @@ impl Write for Queued {
 }
 
 /// pingora's error (`Fail to proxy`, or its HTTP server's on the admin port) for a request
-/// head that stopped coming (the connection
-/// closed mid-head, or `limits.headerTimeout` closed it). It writes one per connection, with no
-/// hook to say otherwise (it comes through the `log` bridge, past any per-event filter), so a
-/// slowloris flood would write one per connection; the listeners count those closures and log
-/// them in aggregate, at most a line a second.
+/// head that stopped coming. It writes one per connection, with no hook to say otherwise (it
+/// comes through the `log` bridge, past any per-event filter), so a slowloris flood would write
+/// one per connection. Those closed by `limits.headerTimeout` are counted and logged in
+/// aggregate by the listeners, at most a line a second; a client that leaves mid-head is a
+/// client leaving, as one that leaves between requests is, and logged by neither.
 fn is_head_failure(line: &[u8]) -> bool {
     const HEAD: &[u8] = b"while reading request headers";
     let contains = |needle: &[u8]| line.windows(needle.len()).any(|w| w == needle);
