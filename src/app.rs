@@ -369,7 +369,8 @@ async fn run(
     // passthrough server), however few connections carry them: one HTTP/2 connection to an
     // HTTP/1.1 app holds one per stream. So a listener's requests in flight are held to its
     // connections' budget too, and the files cannot run out under the probes.
-    let max_inflight = config.limits.max_inflight.min(data_connections);
+    let files_allow = crate::serve::connection_budget(open_files, usize::MAX).0;
+    let max_inflight = config.limits.max_inflight.min(files_allow);
     if max_inflight < config.limits.max_inflight {
         tracing::warn!(
             open_files,

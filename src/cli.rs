@@ -369,7 +369,8 @@ fn run_ca(cmd: CaCommand) -> Result<String, String> {
             if ttl.0 < std::time::Duration::from_secs(60) {
                 return Err(format!("--ttl {ttl}: at least 1m (a certificate must be valid when it is written)"));
             }
-            spec.not_after = now + ttl.0;
+            let end = time::Duration::try_from(ttl.0).ok().and_then(|ttl| now.checked_add(ttl));
+            spec.not_after = end.unwrap_or(time::OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT));
             if spec.not_after > ca.not_after() {
                 let hours = (ca.not_after() - now).whole_hours().max(0);
                 return Err(format!(

@@ -582,8 +582,11 @@ impl ProxyHttp for Inbound {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut InboundCtx) -> FailToProxy {
         self.caller_timeouts.count(session, e);
+        // Only the sidecar's own 400 for the caller's request: once the app's answer has
+        // started, its status is the app's, and a later failure is no probe.
+        let answering = session.response_written().is_none() && e.esource() == &pingora::ErrorSource::Downstream;
         let answer = fail(session, e, &mut ctx.request).await;
-        if answer.error_code == 400 {
+        if answering && answer.error_code == 400 {
             record::report_unreadable(&self.telemetry, session, &ctx.request, e);
         }
         answer

@@ -963,7 +963,8 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
         // what the command takes; `; sleep well tonight` is a sentence (paranoia 2).
         (false, Kind::Common, Follow::Word) if !word.pathed => {
             let shell = v[at..(at + separator_len).min(v.len())].iter().any(|b| matches!(b, b';' | b'|' | b'&'));
-            match shell && argument_like(v, end) && short_command(v, end) {
+            let line = &v[..command_line_end(v, end)];
+            match shell && is_probe(text) && argument_like(line, end) && short_command(line, end) {
                 true => 1,
                 false => 2,
             }
@@ -1005,12 +1006,22 @@ fn argument_like(v: &[u8], i: usize) -> bool {
     })
 }
 
-/// At most two words after a command at `i`, to the end of its line or the next separator:
-/// its arguments, not the rest of a sentence.
+/// Where the command line that goes on at `i` ends: its line's end or the next separator.
+fn command_line_end(v: &[u8], i: usize) -> usize {
+    v[i..].iter().position(|&b| matches!(b, b'\n' | b'\r' | b';' | b'|' | b'&')).map_or(v.len(), |at| i + at)
+}
+
+/// At most two words after a command at `i` (in `v` cut at its command line's end): its
+/// arguments, not the rest of a sentence.
 fn short_command(v: &[u8], i: usize) -> bool {
-    let rest = &v[i..];
-    let end = rest.iter().position(|&b| matches!(b, b'\n' | b'\r' | b';' | b'|' | b'&')).unwrap_or(rest.len());
-    rest[..end].split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()).count() <= 2
+    v[i..].split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()).count() <= 2
+}
+
+/// The common words scanners send as a command of their own to see whether one runs (a delay,
+/// a lookup of their host): `; sleep 5`, `| host evil.com`. Others (`at`, `set`, `top`, `date`)
+/// after a `;` are far likelier to be prose (`Lunch with Ana; at 12:30`).
+fn is_probe(w: &[u8]) -> bool {
+    matches!(w, b"sleep" | b"host" | b"ping")
 }
 
 /// At most three words: a command line, not a sentence.
@@ -1513,7 +1524,16 @@ mod tests {
             assert!(cmdi(s, 1), "{s}");
         }
         // The same word in a sentence after a `;` counts from paranoia 2.
-        for s in ["we came late; sleep 5 hours then work again", "home; sleep well", "Tom; host of the show"] {
+        for s in [
+            "we came late; sleep 5 hours then work again",
+            "home; sleep well",
+            "Tom; host of the show",
+            "Lunch with Ana; at 12:30",
+            "Meet tomorrow; at 5",
+            "Pick-up 5pm; date 12/05",
+            "Tom & Jerry; top 10",
+            "home; sleep well; ok 5",
+        ] {
             assert!(!cmdi(s, 1), "{s}");
         }
         // A command opening a sentence of plain words counts from paranoia 2.
