@@ -317,10 +317,24 @@ impl InjectSettings {
         if self.opaque_ports.contains(&0) {
             bad("opaquePorts", "every port must be from 1 to 65535, got 0".into());
         }
+        // An injected sidecar's file system is read-only and holds only what injection mounts:
+        // a file it should write or read would stop every injected sidecar at start.
+        let telemetry = &self.telemetry;
+        for (field, sink) in
+            [("telemetry.events.sink", &telemetry.events.sink), ("telemetry.accessLogSink", &telemetry.access_log_sink)]
+        {
+            if matches!(sink, super::EventSink::File(_)) {
+                bad(field, "an injected sidecar's file system is read-only: stdout or stderr, which the node's log collector reads".into());
+            }
+        }
+        if telemetry.otlp.as_ref().is_some_and(|o| o.trust_bundle.is_some()) {
+            bad("telemetry.otlp.trustBundle", "a file injection does not mount into the sidecar: reach the collector over http://, or trust a public CA".into());
+        }
         // What a sidecar would refuse at start, refused here, before a pod is injected with it.
         let no_env = BTreeMap::<String, String>::new();
         let workload = super::Workload::default();
-        if let Err(errors) = super::TraceSettings::resolve(self.telemetry.otlp.as_ref(), &no_env, &workload) {
+        let otlp = telemetry.otlp.clone().map(|o| super::OtlpConfig { trust_bundle: None, ..o });
+        if let Err(errors) = super::TraceSettings::resolve(otlp.as_ref(), &no_env, &workload) {
             for e in errors {
                 match e {
                     super::Invalid::Field { field, message } => bad(&field, message),

@@ -552,6 +552,16 @@ fn the_meshs_telemetry_settings_reach_every_sidecar_and_bad_ones_are_refused_at_
     s.telemetry.otlp = Some(OtlpConfig { endpoint: "http://user:secret@collector:4317".into(), ..Default::default() });
     let fields: Vec<String> = s.check().into_iter().map(|(field, _)| field).collect();
     assert_eq!(fields, ["telemetry.otlp.endpoint"]);
+    // Files an injected sidecar can neither write (its file system is read-only) nor read (not
+    // mounted) stop every injected sidecar at start: refused here.
+    s.telemetry.otlp = Some(OtlpConfig {
+        endpoint: "https://collector:4317".into(),
+        trust_bundle: Some("/etc/collector/ca.crt".into()),
+        ..Default::default()
+    });
+    s.telemetry.events.sink = crate::config::EventSink::File("/var/log/palisade/events.jsonl".into());
+    let fields: Vec<String> = s.check().into_iter().map(|(field, _)| field).collect();
+    assert_eq!(fields, ["telemetry.events.sink", "telemetry.otlp.trustBundle"]);
 }
 
 // === the webhook ===

@@ -170,7 +170,11 @@ impl Traces {
                 }
                 // `b3: 0` or `X-B3-Sampled: 0` alone: the caller's "do not sample" without a
                 // trace, followed: a new trace that is not sampled.
-                None if b3_declines(headers, propagators) => {
+                // Only a sampler that follows its parent reads it so; others decide alone, and
+                // a made-up parent would be one no backend ever receives.
+                None if matches!(self.settings.sampler, SamplerChoice::ParentBased(_))
+                    && b3_declines(headers, propagators) =>
+                {
                     let ids = RandomIdGenerator::default();
                     let (trace, span) = (ids.new_trace_id(), ids.new_span_id());
                     let context = SpanContext::new(trace, span, TraceFlags::default(), true, TraceState::default());
@@ -525,17 +529,7 @@ mod tests {
 
     #[test]
     fn a_span_continues_the_callers_trace_and_names_itself_as_the_next_parent() {
-        let dropped = IntCounter::new("d", "d").unwrap();
-        let settings = TraceSettings {
-            endpoint: "http://127.0.0.1:9".into(),
-            protocol: OtlpProtocol::Grpc,
-            sampler: SamplerChoice::ParentBased(ParentRoot::AlwaysOff),
-            service_name: "t".into(),
-            resource: vec![],
-            propagators: Propagators::DEFAULT,
-            tls_roots: None,
-        };
-        let traces = Traces::new(settings, TraceCounters { exported: IntCounter::new("e", "e").unwrap(), dropped });
+        let traces = traces_with(ParentRoot::AlwaysOff);
         let mut headers = HeaderMap::new();
         headers
             .insert("traceparent", HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
@@ -565,22 +559,7 @@ mod tests {
 
     #[test]
     fn a_b3_caller_that_defers_is_sampled_by_the_root_sampler_and_keeps_its_trace() {
-        let counters = || TraceCounters {
-            exported: IntCounter::new("e", "e").unwrap(),
-            dropped: IntCounter::new("d", "d").unwrap(),
-        };
-        let with_root = |root: ParentRoot| {
-            let settings = TraceSettings {
-                endpoint: "http://127.0.0.1:9".into(),
-                protocol: OtlpProtocol::Grpc,
-                sampler: SamplerChoice::ParentBased(root),
-                service_name: "t".into(),
-                resource: vec![],
-                propagators: Propagators::DEFAULT,
-                tls_roots: None,
-            };
-            Traces::new(settings, counters())
-        };
+        let with_root = traces_with;
         let b3 = |value: &'static str| {
             let mut h = HeaderMap::new();
             h.insert("b3", HeaderValue::from_static(value));
@@ -610,12 +589,12 @@ mod tests {
         assert!(on.start("GET", SpanKind::Server, &HeaderMap::new()).context().is_sampled(), "without it: sampled");
     }
 
-    #[test]
-    fn a_traceparent_sent_twice_is_no_parent() {
+    /// Traces sampled by `root` when no caller decided, exported nowhere.
+    fn traces_with(root: ParentRoot) -> Traces {
         let settings = TraceSettings {
             endpoint: "http://127.0.0.1:9".into(),
             protocol: OtlpProtocol::Grpc,
-            sampler: SamplerChoice::ParentBased(ParentRoot::AlwaysOff),
+            sampler: SamplerChoice::ParentBased(root),
             service_name: "t".into(),
             resource: vec![],
             propagators: Propagators::DEFAULT,
@@ -623,7 +602,12 @@ mod tests {
         };
         let counters =
             TraceCounters { exported: IntCounter::new("e", "e").unwrap(), dropped: IntCounter::new("d", "d").unwrap() };
-        let traces = Traces::new(settings, counters);
+        Traces::new(settings, counters)
+    }
+
+    #[test]
+    fn a_traceparent_sent_twice_is_no_parent() {
+        let traces = traces_with(ParentRoot::AlwaysOff);
         let mut headers = HeaderMap::new();
         let first = "0af7651916cd43dd8448eb211c80319c";
         headers.append("traceparent", HeaderValue::from_str(&format!("00-{first}-b7ad6b7169203331-01")).unwrap());
