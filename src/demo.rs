@@ -213,7 +213,8 @@ impl Drop for SidecarProcess {
         .ok()
         .flatten()
         .is_some();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        // Past the sidecars' drainPeriod (2 s), with room for a busy machine.
+        let deadline = Instant::now() + Duration::from_secs(10);
         // Waited for when asked; looked at once more when not (it may have ended meanwhile).
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -226,7 +227,7 @@ impl Drop for SidecarProcess {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-        eprintln!("stopped sidecar {} (killed: it did not drain in 5 s)", self.name);
+        eprintln!("stopped sidecar {} (killed: it did not drain in 10 s)", self.name);
     }
 }
 
@@ -249,7 +250,8 @@ fn sidecar_yaml(
     anchors: &str,
 ) -> String {
     format!(
-        r#"identity:
+        r#"drainPeriod: 2s
+identity:
   files: null
   controlPlane: {{address: "127.0.0.1:{ca}", tokenFile: "{}", trustAnchors: {anchors:?}}}
 trustDomain: {TRUST_DOMAIN}

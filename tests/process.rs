@@ -881,6 +881,7 @@ fn check_reports_every_error_with_its_line_or_summarises_good_policies() {
 
 #[test]
 fn the_demo_runs_a_mesh_and_passes_its_checks() {
+    let _one = one_demo();
     let out = Command::new(BIN).args(["demo", "--once"]).stdin(Stdio::null()).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
@@ -915,6 +916,14 @@ fn children_of(pid: u32) -> Vec<u32> {
 /// Running: not gone, and not a zombie waiting for its parent.
 fn is_running(pid: u32) -> bool {
     stat_fields(&pid.to_string()).is_some_and(|f| f.first().map(String::as_str) != Some("Z"))
+}
+
+/// One demo at a time, as a user runs it: a demo stopped by Ctrl-C while another starts beside
+/// it in the same test process was seen to wait past its sidecars' drain (not seen alone, nor
+/// under two busy cores).
+fn one_demo() -> std::sync::MutexGuard<'static, ()> {
+    static DEMO: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    DEMO.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// `palisade demo` in a process group of its own, once it waits for Ctrl-C: the process, its
@@ -973,6 +982,7 @@ fn demo_stops_on(signal: &[&str], mut demo: std::process::Child, dir: &std::path
 
 #[test]
 fn sigterm_stops_the_demo_and_every_process_it_started() {
+    let _one = one_demo();
     let (demo, dir, started) = demo_waiting(std::fs::File::create("/dev/null").unwrap());
     let pid = demo.id().to_string();
     demo_stops_on(&["-TERM", &pid], demo, &dir, &started);
@@ -982,6 +992,7 @@ fn sigterm_stops_the_demo_and_every_process_it_started() {
 /// and the demo says so (it said "killed" of sidecars that had drained).
 #[test]
 fn ctrl_c_drains_the_demo_and_says_so() {
+    let _one = one_demo();
     let log = tempfile::NamedTempFile::new().unwrap();
     let (demo, dir, started) = demo_waiting(log.reopen().unwrap());
     let group = format!("-{}", demo.id());
