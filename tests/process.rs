@@ -41,24 +41,23 @@ fn write_config(
 /// `palisade sidecar --config CONFIG`, once its admin port says it is ready; its log goes to
 /// `sidecar.log` beside the configuration.
 async fn spawn_ready(config: &std::path::Path, admin: u16) -> std::process::Child {
-    let log = std::fs::File::create(config.with_file_name("sidecar.log")).unwrap();
-    let child = Command::new(BIN)
-        .args(["sidecar", "--config"])
-        .arg(config)
-        .env("PALISADE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    wait_ready(admin).await;
-    child
+    spawn_with_open_files(config, None, admin).await
 }
 
-/// As [`spawn_ready`], with the open-files limit `nofile` (`soft:hard`, as prlimit takes it).
-async fn spawn_with_open_files(config: &std::path::Path, nofile: &str, admin: u16) -> std::process::Child {
+/// As [`spawn_ready`], under the open-files limit `nofile` when given (`soft:hard`, as prlimit
+/// takes it).
+async fn spawn_with_open_files(config: &std::path::Path, nofile: Option<&str>, admin: u16) -> std::process::Child {
     let log = std::fs::File::create(config.with_file_name("sidecar.log")).unwrap();
-    let child = Command::new("prlimit")
-        .args([&format!("--nofile={nofile}"), "--", BIN, "sidecar", "--config"])
+    let mut command = match nofile {
+        Some(nofile) => {
+            let mut prlimit = Command::new("prlimit");
+            prlimit.args([&format!("--nofile={nofile}"), "--", BIN]);
+            prlimit
+        }
+        None => Command::new(BIN),
+    };
+    let child = command
+        .args(["sidecar", "--config"])
         .arg(config)
         .env("PALISADE_LOG", "info")
         .stdout(Stdio::null())
@@ -283,7 +282,7 @@ async fn connections_closed_mid_head_are_logged_in_aggregate_not_one_line_each()
 async fn with_few_open_files_a_connection_flood_leaves_the_admin_port_answering() {
     let (_pki, config, ports) = orders_sidecar();
     let log_path = config.with_file_name("sidecar.log");
-    let mut child = spawn_with_open_files(&config, "128:256", ports[2]).await;
+    let mut child = spawn_with_open_files(&config, Some("128:256"), ports[2]).await;
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
     assert_eq!(open_files.split_whitespace().skip(3).take(2).collect::<Vec<_>>(), ["256", "256"], "{open_files}");
@@ -328,7 +327,7 @@ async fn with_few_open_files_one_http2_connection_cannot_take_every_file() {
     let text = std::fs::read_to_string(&config).unwrap().replace("inbound: {", "inbound: {appProtocol: http1, ");
     std::fs::write(&config, text).unwrap();
     let log_path = config.with_file_name("sidecar.log");
-    let mut child = spawn_with_open_files(&config, "256:256", ports[2]).await;
+    let mut child = spawn_with_open_files(&config, Some("256:256"), ports[2]).await;
     let log = std::fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("max_inflight=29"), "{log}");
 
