@@ -286,8 +286,13 @@ async fn with_few_open_files_a_connection_flood_leaves_the_admin_port_answering(
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     let open_files = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
     assert_eq!(open_files.split_whitespace().skip(3).take(2).collect::<Vec<_>>(), ["256", "256"], "{open_files}");
-    let log = std::fs::read_to_string(&log_path).unwrap();
-    assert!(log.contains("data_connections=29") && log.contains("admin_connections=12"), "{log}");
+    // Log lines are written by a thread of their own: waited for, not read at once.
+    let budget = eventually(async || {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        log.contains("data_connections=29") && log.contains("admin_connections=12")
+    })
+    .await;
+    assert!(budget, "{}", std::fs::read_to_string(&log_path).unwrap());
 
     // Twice the files there are, held open (idle: closed only at the 10 s header timeout).
     let mut flood = Vec::new();
@@ -328,8 +333,9 @@ async fn with_few_open_files_one_http2_connection_cannot_take_every_file() {
     std::fs::write(&config, text).unwrap();
     let log_path = config.with_file_name("sidecar.log");
     let mut child = spawn_with_open_files(&config, Some("256:256"), ports[2]).await;
-    let log = std::fs::read_to_string(&log_path).unwrap();
-    assert!(log.contains("max_inflight=29"), "{log}");
+    // Log lines are written by a thread of their own: waited for, not read at once.
+    let limited = eventually(async || std::fs::read_to_string(&log_path).unwrap().contains("max_inflight=29")).await;
+    assert!(limited, "{}", std::fs::read_to_string(&log_path).unwrap());
 
     let mut tls = client_tls(Some(&client));
     tls.alpn_protocols = vec![b"h2".to_vec()];
