@@ -350,13 +350,3 @@ fn the_deploy_examples_are_valid() {
         assert!(collector["exporters"][exporter.as_str().unwrap()].is_object(), "{exporter:?} is defined");
     }
 }
-
-/// Stops a server the test started, whether the test passes or not.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}

@@ -40,13 +40,13 @@ fn write_config(
 
 /// `palisade sidecar --config CONFIG`, once its admin port says it is ready; its log goes to
 /// `sidecar.log` beside the configuration.
-async fn spawn_ready(config: &std::path::Path, admin: u16) -> std::process::Child {
+async fn spawn_ready(config: &std::path::Path, admin: u16) -> KillOnDrop {
     spawn_with_open_files(config, None, admin).await
 }
 
 /// As [`spawn_ready`], under the open-files limit `nofile` when given (`soft:hard`, as prlimit
 /// takes it).
-async fn spawn_with_open_files(config: &std::path::Path, nofile: Option<&str>, admin: u16) -> std::process::Child {
+async fn spawn_with_open_files(config: &std::path::Path, nofile: Option<&str>, admin: u16) -> KillOnDrop {
     let log = std::fs::File::create(config.with_file_name("sidecar.log")).unwrap();
     let mut command = match nofile {
         Some(nofile) => {
@@ -64,6 +64,7 @@ async fn spawn_with_open_files(config: &std::path::Path, nofile: Option<&str>, a
         .stderr(log)
         .spawn()
         .unwrap();
+    let child = KillOnDrop(child);
     wait_ready(admin).await;
     child
 }
@@ -203,7 +204,7 @@ async fn a_failed_request_is_logged_in_a_short_line_whatever_its_path_and_host()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stderr_nobody_reads_drops_log_lines_and_stops_nothing() {
     let (_pki, config, ports) = orders_sidecar();
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["sidecar", "--config"])
         .arg(&config)
         .env("PALISADE_LOG", "info")
@@ -211,6 +212,7 @@ async fn a_stderr_nobody_reads_drops_log_lines_and_stops_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut child = KillOnDrop(child);
     // Held open and never read: the pipe fills (64 KiB) after some hundred lines.
     let _unread = child.stderr.take().unwrap();
     wait_ready(ports[2]).await;

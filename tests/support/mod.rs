@@ -819,3 +819,27 @@ pub fn netns_scenario(script: &str, seconds: u32, logs: &[&str]) -> Option<Scena
     assert!(out.status.success(), "scenario failed\n{context}");
     Some(Scenario { stdout, context })
 }
+
+/// A child process killed when the test ends, whether it passed or panicked: a failed test must
+/// not leave a sidecar running for the rest of the suite.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
