@@ -599,16 +599,19 @@ impl PolicySnapshot {
         content_encoding: impl IntoIterator<Item = &'a [u8]>,
     ) -> Option<BodyPlan> {
         let path = match_form(path);
-        let reading = || {
-            self.wafs.iter().filter(|w| {
-                let mut params = Vec::new();
-                !w.waf.detectors().without(w.skips(path, &mut params)).is_empty()
-            })
-        };
-        let limit = reading().map(|w| w.inspect_body_bytes).min()?;
-        let reject_over_limit = reading().any(|w| w.block && w.over_limit == OverLimit::REJECT);
-        let if_json = reading().all(|w| w.waf.reads_body(content_type) == BodyReading::IfJson);
-        Some(BodyPlan { limit, reject_over_limit, if_json, coding: Coding::of(content_encoding) })
+        let (mut limit, mut reject_over_limit, mut if_json) = (None::<usize>, false, true);
+        // Filled only by exclusions of single parameters on this path; one for every WAF.
+        let mut params = Vec::new();
+        for w in &self.wafs {
+            params.clear();
+            if w.waf.detectors().without(w.skips(path, &mut params)).is_empty() {
+                continue;
+            }
+            limit = Some(limit.map_or(w.inspect_body_bytes, |l| l.min(w.inspect_body_bytes)));
+            reject_over_limit |= w.block && w.over_limit == OverLimit::REJECT;
+            if_json &= w.waf.reads_body(content_type) == BodyReading::IfJson;
+        }
+        Some(BodyPlan { limit: limit?, reject_over_limit, if_json, coding: Coding::of(content_encoding) })
     }
 
     /// Step 6 on a body read whole, as it came (at most [`BodyPlan::limit`] bytes, or the

@@ -557,7 +557,7 @@ impl ProxyHttp for Inbound {
         add_sidecar_headers(session, upstream, &ctx.request, ctx.token.as_ref())
     }
 
-    /// Only responses pingora's proxy phases forward get here (the app's; a passthrough server's).
+    /// The app's answer as pingora's proxy phases forward it (the app pool writes its own).
     async fn response_filter(
         &self,
         session: &mut Session,

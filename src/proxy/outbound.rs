@@ -356,7 +356,7 @@ impl ProxyHttp for Outbound {
         record::propagate(upstream, &ctx.request)
     }
 
-    /// Only responses pingora's proxy phases forward get here (the app's; a passthrough server's).
+    /// A passthrough server's answer (mesh answers are written by `forward`).
     async fn response_filter(
         &self,
         session: &mut Session,
