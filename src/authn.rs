@@ -91,7 +91,9 @@ pub use jwks::{JwksSpec, RemoteJwks, DEFAULT_CACHE_SECONDS, DEFAULT_MIN_REFRESH_
 pub use keys::{Jwk, KeySet, MAX_JWKS_KEYS, MAX_KEYS_WITHOUT_KID};
 #[cfg(test)]
 pub(crate) use provider::RESERVED_HEADERS;
-pub use provider::{AuthnRuntime, ForwardClaim, FromHeader, Provider, ProviderSpec, SecretSpec, DEFAULT_CLOCK_SKEW};
+pub use provider::{
+    AuthnRuntime, ForwardClaim, FromHeader, Provider, ProviderSpec, SecretSpec, DEFAULT_CLOCK_SKEW, KEY_LEFT_OUT,
+};
 pub use token::DEFAULT_MAX_TOKEN_BYTES;
 
 use std::path::PathBuf;

@@ -159,8 +159,9 @@ impl PolicyStore {
     }
 
     /// Reloads when the files' contents changed, or those of the key files their policies name
-    /// (they are read and hashed: file times can miss a same-size rewrite). On error the snapshot in force stays, and the error is logged,
-    /// counted and reported as a security event.
+    /// (they are read and hashed: file times can miss a same-size rewrite). On error the
+    /// snapshot in force stays, and the error is logged, counted and reported as a security
+    /// event.
     pub fn reload_if_changed(&self) -> Option<Arc<PolicySnapshot>> {
         let _updating = self.updating.lock().expect("update lock");
         if self.options.files.is_empty() || self.source() == Source::ControlPlane {
@@ -292,9 +293,7 @@ pub fn check_authentication(located: &[Located]) -> (Vec<ConfigError>, Vec<Confi
             let field = format!("spec.authentication.jwt[{i}]");
             match runtime.check(spec) {
                 Ok(left_out) => warnings.extend(
-                    left_out
-                        .iter()
-                        .map(|why| l.error(&field, format!("{why}: left out, so tokens signed with it are refused"))),
+                    left_out.iter().map(|why| l.error(&field, format!("{why}: {}", crate::authn::KEY_LEFT_OUT))),
                 ),
                 Err(e) => errors.push(l.error(&field, e)),
             }

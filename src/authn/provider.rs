@@ -448,9 +448,12 @@ impl AuthnRuntime {
 /// load, so an operator can tell why.
 pub(crate) fn warn_left_out(source: &str, set: &KeySet) {
     for why in set.ignored() {
-        tracing::warn!(source, "JWKS key left out, so tokens signed with it are refused: {why}");
+        tracing::warn!(source, "JWKS {why}: {KEY_LEFT_OUT}");
     }
 }
+
+/// What a key a JWKS leaves out means, said wherever one is reported.
+pub const KEY_LEFT_OUT: &str = "left out, so tokens signed with it are refused (unknown_key)";
 
 /// Whether building a provider may start a remote JWKS (`Run`) or only checks (`Check`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
