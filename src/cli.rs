@@ -369,14 +369,17 @@ fn run_ca(cmd: CaCommand) -> Result<String, String> {
             if ttl.0 < std::time::Duration::from_secs(60) {
                 return Err(format!("--ttl {ttl}: at least 1m (a certificate must be valid when it is written)"));
             }
-            let end = time::Duration::try_from(ttl.0).ok().and_then(|ttl| now.checked_add(ttl));
-            spec.not_after = end.unwrap_or(time::OffsetDateTime::new_utc(time::Date::MAX, time::Time::MIDNIGHT));
-            if spec.not_after > ca.not_after() {
-                let hours = (ca.not_after() - now).whole_hours().max(0);
-                return Err(format!(
-                    "--ttl {ttl} would outlive the CA, which ends {}: at most {hours}h",
-                    ca.not_after().date()
-                ));
+            // Compared as spans, so a TTL past time's range is refused, not added.
+            let left = ca.not_after() - now;
+            match time::Duration::try_from(ttl.0) {
+                Ok(span) if span <= left => spec.not_after = now + span,
+                _ => {
+                    return Err(format!(
+                        "--ttl {ttl} would outlive the CA, which ends {}: at most {}h",
+                        ca.not_after().date(),
+                        left.whole_hours().max(0)
+                    ))
+                }
             }
             let files = ca.issue_to(&spec, &out).map_err(|e| e.to_string())?;
             Ok(format!(

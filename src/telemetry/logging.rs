@@ -52,10 +52,13 @@ impl LogLevel {
         // read stderr through a pipe and would store the escape sequences. NO_COLOR is honoured
         // too (no-color.org).
         let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-        if let Ok(lines) =
-            super::lines::JsonLines::start("palisade-log", &crate::config::EventSink::Stderr, DROPPED.clone())
-        {
-            let _ = QUEUE.set(lines);
+        // One writer per process (a second sidecar in a test process shares the first's).
+        if QUEUE.get().is_none() {
+            if let Ok(lines) =
+                super::lines::JsonLines::start("palisade-log", &crate::config::EventSink::Stderr, DROPPED.clone())
+            {
+                let _ = QUEUE.set(lines);
+            }
         }
         let text = (format == LogFormat::Text).then(|| {
             tracing_subscriber::fmt::layer()
