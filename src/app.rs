@@ -139,15 +139,7 @@ impl Parts {
         };
         let traces = TraceSettings::resolve(config.telemetry.otlp.as_ref(), &ProcessEnv, &workload).unwrap_or_default();
         let telemetry = Telemetry::new(&config.telemetry, traces)
-            .map_err(|e| {
-                // The message names the file that could not be opened: the field is its sink's.
-                let access = match &config.telemetry.access_log_sink {
-                    crate::config::EventSink::File(p) => e.to_string().starts_with(&format!("file:{}:", p.display())),
-                    _ => false,
-                };
-                let field = if access { "telemetry.accessLogSink" } else { "telemetry.events.sink" };
-                errors.push(ConfigError::new(Path::new(""), field, e.to_string()))
-            })
+            .map_err(|e| errors.push(ConfigError::new(Path::new(""), e.setting, e.error.to_string())))
             .ok()
             .map(Arc::new);
         let (Some(tls), Some(telemetry)) = (tls, telemetry) else {

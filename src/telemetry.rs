@@ -76,14 +76,24 @@ pub struct TcpAccessRecord<'a> {
     pub end: &'static str,
 }
 
+/// A sink that could not be opened, and the setting that names it.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {error}")]
+pub struct SinkError {
+    pub setting: &'static str,
+    pub error: std::io::Error,
+}
+
 impl Telemetry {
-    pub fn new(config: &TelemetryConfig, traces: Option<TraceSettings>) -> std::io::Result<Self> {
+    pub fn new(config: &TelemetryConfig, traces: Option<TraceSettings>) -> Result<Self, SinkError> {
         let metrics = Metrics::new();
-        let events = EventWriter::start(&config.events, metrics.events_dropped.clone())?;
+        let events = EventWriter::start(&config.events, metrics.events_dropped.clone())
+            .map_err(|error| SinkError { setting: "telemetry.events.sink", error })?;
         let access_log = match config.access_log {
-            true => {
-                Some(JsonLines::start("palisade-access", &config.access_log_sink, metrics.access_log_dropped.clone())?)
-            }
+            true => Some(
+                JsonLines::start("palisade-access", &config.access_log_sink, metrics.access_log_dropped.clone())
+                    .map_err(|error| SinkError { setting: "telemetry.accessLogSink", error })?,
+            ),
             false => None,
         };
         let traces = traces.map(|settings| {

@@ -102,7 +102,7 @@ impl ControlPlane {
             &TelemetryConfig { events: config.events.clone(), access_log: false, ..Default::default() },
             None,
         )
-        .map_err(|e| errors.push(ConfigError::new(Path::new(""), "events.sink", e.to_string())))
+        .map_err(|e| errors.push(ConfigError::new(Path::new(""), "events.sink", e.error.to_string())))
         .ok();
         let webhook = config.webhook.as_ref().map(|w| {
             let app = InjectWebhook::from_config(w).map_err(|list| {

@@ -188,7 +188,6 @@ impl Guarded {
 fn parser_refusal(status: u16) -> &'static str {
     match status {
         431 | 413 => "a request head over the parser's size limit",
-        408 => "the request head did not arrive within limits.headerTimeout",
         _ => "a request the HTTP/1 parser refuses (a bare CR or NUL, a folded line, two Host or Content-Length fields, a byte outside a token)",
     }
 }
