@@ -25,7 +25,7 @@ pub use traces::{
     header_names as trace_headers, ParentRoot, Propagators, RequestSpan, SamplerChoice, SpanEnd, TraceCounters,
     TraceSettings, Traces,
 };
-pub(crate) use traces::{hex_into, unique_header_value};
+pub(crate) use traces::{hex_into, single_traceparent, unique_header_value};
 
 use crate::config::TelemetryConfig;
 use lines::JsonLines;

@@ -208,9 +208,9 @@ impl Outgoing for http::request::Parts {
 pub fn propagate(upstream: &mut impl Outgoing, ctx: &RequestCtx) -> pingora::Result<()> {
     let propagators = ctx.span.as_ref().map(RequestSpan::propagators);
     if !propagators.is_some_and(|p| p.tracecontext) {
-        let mut parents = upstream.headers().get_all(TRACEPARENT).iter();
-        let first = parents.next();
-        if first.is_some_and(|p| parents.next().is_some() || !valid_traceparent(p.as_bytes())) {
+        let one_valid =
+            crate::telemetry::single_traceparent(upstream.headers()).is_some_and(|p| valid_traceparent(p.as_bytes()));
+        if upstream.headers().contains_key(TRACEPARENT) && !one_valid {
             upstream.remove(&TRACEPARENT);
             upstream.remove(&TRACESTATE);
         }

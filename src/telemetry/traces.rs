@@ -143,10 +143,7 @@ impl Traces {
     /// Starts a span for a request, a child of the caller's context when it sent one.
     pub fn start(&self, name: &'static str, kind: SpanKind, headers: &HeaderMap) -> RequestSpan {
         let propagators = self.settings.propagators;
-        // A `traceparent` that comes twice names no one parent: a new trace starts (as it is
-        // dropped when traces are off).
-        let one_parent = headers.get_all(TRACEPARENT).iter().nth(1).is_none();
-        let parent = match propagators.tracecontext && one_parent {
+        let parent = match propagators.tracecontext && single_traceparent(headers).is_some() {
             true => self.propagator.extract(&Headers(headers)),
             false => Context::new(),
         };
@@ -440,6 +437,14 @@ struct B3Parent {
 
 /// A B3 parent (single `b3` header or the `x-b3-*` ones, as far as `propagators` read them), for
 /// callers that do not speak W3C.
+/// The request's `traceparent` when it came exactly once: one sent twice names no one parent,
+/// so it is none (a new trace starts here; with traces off, both are dropped before the app).
+pub(crate) fn single_traceparent(headers: &HeaderMap) -> Option<&HeaderValue> {
+    let mut all = headers.get_all(TRACEPARENT).iter();
+    let first = all.next()?;
+    all.next().is_none().then_some(first)
+}
+
 /// A B3 "do not sample" with no trace to continue: `b3: 0`, or `X-B3-Sampled: 0` without ids.
 fn b3_declines(headers: &HeaderMap, propagators: Propagators) -> bool {
     let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
