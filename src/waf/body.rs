@@ -470,18 +470,19 @@ fn header_param<'a>(header: &'a [u8], param: &[u8]) -> Option<&'a [u8]> {
     None
 }
 
-/// Whether Go's `mime.ParseMediaType` takes an RFC 5987 value (`charset'language'text`): its
-/// charset is `utf-8` or `us-ascii` (any case) and every `%` starts an escape of two hex digits.
-fn go_decodes_extended(value: &[u8]) -> bool {
+/// The text of an RFC 5987 value (`charset'language'text`) that Go's `mime.ParseMediaType`
+/// takes: its charset is `utf-8` or `us-ascii` (any case) and every `%` starts an escape of two
+/// hex digits. Go drops any other.
+fn go_extended(value: &[u8]) -> Option<&[u8]> {
     let mut parts = value.splitn(3, |&b| b == b'\'');
-    let (Some(charset), Some(_), Some(text)) = (parts.next(), parts.next(), parts.next()) else { return false };
+    let (charset, _, text) = (parts.next()?, parts.next()?, parts.next()?);
     let known = charset.eq_ignore_ascii_case(b"utf-8") || charset.eq_ignore_ascii_case(b"us-ascii");
     let escapes_whole = text
         .iter()
         .enumerate()
         .filter(|(_, &b)| b == b'%')
         .all(|(i, _)| text.get(i + 1..i + 3).is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)));
-    known && escapes_whole
+    (known && escapes_whole).then_some(text)
 }
 
 /// multipart/form-data (and the other multipart types): field names, field values and file
@@ -598,7 +599,7 @@ fn multipart_field(
     // A file when the name Go takes (the extended one, else the plain one) is not empty. Go
     // drops an extended name it cannot decode (a charset other than UTF-8 or US-ASCII, a bad
     // `%` escape) and falls back to the plain one, or to none: a field then.
-    let taken = extended_param.filter(|v| go_decodes_extended(v)).and(extended);
+    let taken = extended_param.and_then(go_extended);
     let is_file = match taken {
         Some(text) => !text.is_empty(),
         None => filename.is_some(),
