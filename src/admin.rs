@@ -143,7 +143,8 @@ const REDACTED: &str = "<redacted>";
 
 /// What `/config_dump` must not show: condition values (`when`: they may hold API keys or
 /// tenant names a policy singles out), secrets and tokens, header values (an app probe's
-/// `Authorization`), and the private or symmetric parts of inline JWKS keys. Names are matched, so a field added later under such a name is covered too.
+/// `Authorization`), and the private or symmetric parts of inline JWKS keys. Names are matched,
+/// so a field added later under such a name is covered too.
 fn redact(value: &mut serde_json::Value) {
     use serde_json::Value;
     match value {

@@ -139,7 +139,7 @@ impl WorkloadCa {
         let reloading = signer.clone();
         let changed = Arc::new(Notify::new());
         let own_changed = changed.clone();
-        let events = telemetry.clone();
+        let reporting = telemetry.clone();
         // A broken set is said once, not every tick, until it changes or is mended.
         let mut last_error: Option<String> = None;
         tokio::spawn(poll_files(
@@ -156,7 +156,7 @@ impl WorkloadCa {
                     let identity = format!("the CA of {}", new.trust_domain());
                     reloading.store(Arc::new(new));
                     tracing::info!(roots = roots.len(), "the CA's files changed; the new CA is in force");
-                    events.events.emit(SecurityEvent::CertificateRotated {
+                    reporting.events.emit(SecurityEvent::CertificateRotated {
                         identity,
                         serial: String::new(),
                         not_after: ends,
@@ -174,7 +174,7 @@ impl WorkloadCa {
                     let reason = format!("the CA's files: {e}");
                     if last_error.as_ref() != Some(&reason) {
                         tracing::warn!(error = %e, "the CA's files are not usable; the CA in force stays");
-                        events.events.emit(SecurityEvent::CertificateReloadFailed { reason: reason.clone() });
+                        reporting.events.emit(SecurityEvent::CertificateReloadFailed { reason: reason.clone() });
                         last_error = Some(reason);
                     }
                 }
