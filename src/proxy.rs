@@ -16,6 +16,7 @@ mod record;
 mod request_id;
 mod respond;
 mod shed;
+mod upgrade;
 
 pub use inbound::Inbound;
 pub use outbound::Outbound;
@@ -420,6 +421,17 @@ pub(crate) fn frame_for_http10(session: &mut pingora::proxy::Session, header: &m
     }
     if header.remove_header(&http::header::TRANSFER_ENCODING).is_some() {
         session.set_keepalive(None);
+    }
+}
+
+/// An answer pingora's proxy passes on from an app or a passthrough server, fitted to the
+/// caller: framed for HTTP/1.0 (see [`frame_for_http10`]), and a `101` leaves the caller's
+/// reads untimed, since an upgraded connection (a WebSocket) may rightly be silent for long;
+/// `bodyTimeout` would otherwise close an idle one after a minute.
+pub(crate) fn passed_answer(session: &mut pingora::proxy::Session, header: &mut pingora::http::ResponseHeader) {
+    frame_for_http10(session, header);
+    if header.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        session.set_read_timeout(None);
     }
 }
 

@@ -12,7 +12,7 @@ mod store;
 mod tunnel;
 mod verify;
 
-pub use connect::{connect, connect_tcp, ConnectError, Negotiated};
+pub use connect::{connect, connect_http1, connect_tcp, ConnectError, Negotiated};
 pub use credentials::{Credentials, IdentityFiles};
 pub use serving::ServingCert;
 pub use store::{PeerIdentity, TlsState, TlsStore};

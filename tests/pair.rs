@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -816,5 +817,206 @@ async fn an_http10_caller_gets_a_body_of_unknown_length_ended_by_the_close_never
             assert!(body.iter().all(|b| *b == b'x'), "{side} {connection:?}: the body is the app's bytes alone");
         }
     }
+    pair.shutdown();
+}
+
+/// RFC 6455 §4.2.2: the server's proof that it read the client's WebSocket key.
+fn websocket_accept(key: &str) -> String {
+    use base64::Engine;
+    let digest = ring::digest::digest(
+        &ring::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("{key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11").as_bytes(),
+    );
+    base64::engine::general_purpose::STANDARD.encode(digest.as_ref())
+}
+
+/// A WebSocket server (hyper, with upgrades) as far as the opening handshake goes, then an echo
+/// of the bytes that follow. It says in `x-seen-xfcc` which caller the sidecar vouched for, and
+/// counts the handshakes that reached it.
+async fn websocket_app() -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let seen = seen.clone();
+            let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+                let seen = seen.clone();
+                async move {
+                    let key =
+                        request.headers().get("sec-websocket-key").and_then(|k| k.to_str().ok()).map(String::from);
+                    let websocket = request
+                        .headers()
+                        .get("upgrade")
+                        .is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+                    let (Some(key), true) = (key, websocket) else {
+                        return Ok::<_, std::convert::Infallible>(
+                            hyper::Response::builder().status(426).body(http_body_util::Empty::<Bytes>::new()).unwrap(),
+                        );
+                    };
+                    seen.fetch_add(1, Ordering::SeqCst);
+                    let xfcc = request
+                        .headers()
+                        .get("x-forwarded-client-cert")
+                        .cloned()
+                        .unwrap_or(http::HeaderValue::from_static(""));
+                    let upgrade = hyper::upgrade::on(&mut request);
+                    tokio::spawn(async move {
+                        let Ok(upgraded) = upgrade.await else { return };
+                        let (mut from, mut to) = tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+                        let _ = tokio::io::copy(&mut from, &mut to).await;
+                    });
+                    Ok(hyper::Response::builder()
+                        .status(101)
+                        .header("upgrade", "websocket")
+                        .header("connection", "Upgrade")
+                        .header("sec-websocket-accept", websocket_accept(&key))
+                        .header("x-seen-xfcc", xfcc)
+                        .body(http_body_util::Empty::new())
+                        .unwrap())
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .with_upgrades(),
+            );
+        }
+    });
+    (addr, handshakes)
+}
+
+const WEBSOCKET_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+/// A WebSocket client's opening handshake (hyper's client, with upgrades) to `path` through
+/// sidecar A: the answer, and the connection it became when it was a 101.
+async fn open_websocket(
+    pair: &Pair,
+    path: &str,
+) -> (hyper::Response<hyper::body::Incoming>, Option<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>) {
+    let stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection.with_upgrades());
+    let request = hyper::Request::builder()
+        .uri(path)
+        .header("host", B_AUTHORITY)
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-key", WEBSOCKET_KEY)
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let mut response = sender.send_request(request).await.unwrap();
+    if response.status() != 101 {
+        return (response, None);
+    }
+    let upgraded = hyper::upgrade::on(&mut response).await.unwrap();
+    (response, Some(hyper_util::rt::TokioIo::new(upgraded)))
+}
+
+/// A masked text frame from a client (RFC 6455 §5.2), and its echo read back whole.
+async fn websocket_round_trip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(socket: &mut S, text: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![0x81, 0x80 | text.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    socket.write_all(&frame).await.unwrap();
+    let mut echoed = vec![0; frame.len()];
+    tokio::time::timeout(patience(), socket.read_exact(&mut echoed)).await.expect("the echo in time").unwrap();
+    assert_eq!(echoed, frame);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_refused_by_the_peers_policy_never_reaches_its_app() {
+    let (app, handshakes) = websocket_app().await;
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy_file = policy_dir.path().join("policy.yaml");
+    write_policy(
+        &policy_file,
+        &policy(
+            "no-chat",
+            "  authorization:\n    default: ALLOW\n    rules:\n      - {name: no-chat, action: DENY, to: {paths: [\"/chat*\"]}}\n",
+        ),
+    );
+    let pair = Pair::start_configured(
+        EchoApp::start().await,
+        |_| {},
+        |b| {
+            b.inbound.app.0 = app;
+            b.policy.files = vec![policy_file.clone()];
+            b.workload.labels = [("app".to_string(), "orders".to_string())].into();
+        },
+    )
+    .await;
+    let (response, upgraded) = open_websocket(&pair, "/chat").await;
+    assert_eq!(response.status(), 403, "{response:?}");
+    assert!(upgraded.is_none());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"], "forbidden");
+    assert_eq!(handshakes.load(std::sync::atomic::Ordering::SeqCst), 0, "the app saw no handshake");
+    // What the policy allows still upgrades, through the same sidecars.
+    let (response, upgraded) = open_websocket(&pair, "/feed").await;
+    assert_eq!(response.status(), 101);
+    websocket_round_trip(&mut upgraded.unwrap(), "allowed").await;
+    pair.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_crosses_the_pair_over_mutual_tls_and_stays_open_while_silent() {
+    use tokio::io::AsyncWriteExt;
+    let (app, handshakes) = websocket_app().await;
+    // Both sidecars' body timeouts end a stalled request while the WebSocket below says
+    // nothing; neither may close it.
+    let short = palisade::config::HumanDuration(Duration::from_secs(1));
+    let pair = Pair::start_configured(
+        EchoApp::start().await,
+        |a| a.limits.body_timeout = short,
+        |b| {
+            b.inbound.app.0 = app;
+            b.limits.body_timeout = short;
+        },
+    )
+    .await;
+    let (response, upgraded) = open_websocket(&pair, "/chat?room=7").await;
+    assert_eq!(response.status(), 101, "{response:?}");
+    let headers = response.headers();
+    assert_eq!(headers["sec-websocket-accept"], websocket_accept(WEBSOCKET_KEY).as_str());
+    assert!(headers["upgrade"].as_bytes().eq_ignore_ascii_case(b"websocket"), "{headers:?}");
+    assert_eq!(
+        headers["x-seen-xfcc"],
+        format!("By={};URI={}", id("shop", "orders"), id("shop", "frontend")).as_str(),
+        "B vouched for A's identity, proved over mutual TLS"
+    );
+    assert_eq!(handshakes.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let mut socket = upgraded.unwrap();
+    websocket_round_trip(&mut socket, "hello through the mesh").await;
+
+    // A request whose body stalls at each sidecar, begun after the WebSocket's silence: each
+    // sidecar's body timeout ends it.
+    let head = format!("POST /stalled HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nContent-Length: 10\r\n\r\nab");
+    let mut to_a = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    to_a.write_all(head.as_bytes()).await.unwrap();
+    let caller = pair.pki.workload("caller", &id("shop", "frontend"));
+    let mut to_b = mtls_stream(pair.b.inbound, &caller, b"http/1.1").await.unwrap();
+    to_b.write_all(head.as_bytes()).await.unwrap();
+    let timeouts = |admin: std::net::SocketAddr, direction: &'static str| async move {
+        let metrics = http_client().get(format!("http://{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+        let series = format!("palisade_connections_closed_total{{direction=\"{direction}\",reason=\"body_timeout\"}} ");
+        metrics.lines().any(|l| l.strip_prefix(series.as_str()).is_some_and(|v| v.trim() != "0"))
+    };
+    wait_for("B's body timeout", async || timeouts(pair.b.admin, "inbound").await).await;
+    wait_for("A's body timeout", async || timeouts(pair.a.admin, "outbound").await).await;
+    websocket_round_trip(&mut socket, "still here").await;
+
+    // The caller's close reaches the app, and the app's end comes back.
+    socket.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(patience(), tokio::io::AsyncReadExt::read_to_end(&mut socket, &mut rest)).await;
+    assert!(read.expect("the end in time").is_ok() && rest.is_empty(), "{rest:?}");
     pair.shutdown();
 }

@@ -38,19 +38,8 @@ pub fn to_h2(request: &RequestHeader) -> pingora::Result<http::request::Parts> {
     // the sidecar adds to a plain map is not re-parsed to keep one.
     let mut parts = request.as_owned_parts();
     if parts.version != Version::HTTP_2 {
+        let named = connection_names(&parts.headers)?;
         let headers = &mut parts.headers;
-        let mut named = Vec::new();
-        for value in headers.get_all(header::CONNECTION) {
-            let value = value.to_str().map_err(|_| invalid("Connection is not text"))?;
-            for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                let name =
-                    HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid("Connection names a bad header"))?;
-                named.push(name);
-                if named.len() > MAX_CONNECTION_NAMES {
-                    return Err(invalid("Connection names too many headers"));
-                }
-            }
-        }
         for name in named.iter().chain(CONNECTION_SPECIFIC.iter()) {
             headers.remove(name);
         }
@@ -75,6 +64,22 @@ pub fn to_h2(request: &RequestHeader) -> pingora::Result<http::request::Parts> {
     }
     parts.version = Version::HTTP_2;
     Ok(parts)
+}
+
+/// The headers an HTTP/1.1 request's `Connection` names, which are this hop's alone.
+pub(super) fn connection_names(headers: &http::HeaderMap) -> pingora::Result<Vec<HeaderName>> {
+    let mut named = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        let value = value.to_str().map_err(|_| invalid("Connection is not text"))?;
+        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid("Connection names a bad header"))?;
+            named.push(name);
+            if named.len() > MAX_CONNECTION_NAMES {
+                return Err(invalid("Connection names too many headers"));
+            }
+        }
+    }
+    Ok(named)
 }
 
 /// Sends `request` (already HTTP/2, see [`to_h2`]) and its body on `upstream` and writes the
@@ -274,7 +279,7 @@ impl Incoming {
 
 /// The peer's response header as the app's protocol carries it; `finished` when the header
 /// ended the response.
-fn downstream_header(
+pub(super) fn downstream_header(
     session: &Session,
     mut header: ResponseHeader,
     finished: bool,

@@ -540,7 +540,8 @@ impl ProxyHttp for Inbound {
         let app = ctx.app.unwrap_or_else(|| self.app.address(|| addressed_ip(session), self.app.app.port()));
         let mut peer = HttpPeer::new(app, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
-        peer.options.read_timeout = self.app_timeout;
+        // An upgraded connection may rightly be silent for longer than any answer should take.
+        peer.options.read_timeout = self.app_timeout.filter(|_| !session.is_upgrade_req());
         if ctx.app_h2 {
             peer.options.alpn = ALPN::H2; // h2c with prior knowledge, as gRPC servers expect
             peer.group_key = 2;
@@ -564,7 +565,7 @@ impl ProxyHttp for Inbound {
         upstream: &mut ResponseHeader,
         _ctx: &mut InboundCtx,
     ) -> pingora::Result<()> {
-        super::frame_for_http10(session, upstream);
+        super::passed_answer(session, upstream);
         Ok(())
     }
 

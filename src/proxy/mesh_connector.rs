@@ -24,7 +24,9 @@ use pingora::{Error, ErrorType, RetryType};
 
 use crate::identity::SpiffeId;
 use crate::telemetry::Telemetry;
-use crate::tls::{connect, ConnectError, Negotiated, TlsStore};
+use crate::tls::{connect, connect_http1, ConnectError, Negotiated, TlsStore};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Connectors remembered for destinations that are not configured routes.
@@ -201,15 +203,32 @@ impl MeshConnector {
         }
     }
 
-    async fn connect(&self) -> pingora::Result<MeshConnection> {
-        let addr = self.target;
-        let (tls, peer) = match connect(&self.tls, addr, self.expected.as_ref(), CONNECT_TIMEOUT).await {
+    /// A connection of its own to the destination, speaking HTTP/1.1, for a request that
+    /// upgrades it (see [`super::upgrade`]), and the `destination` label of the identity proved.
+    pub async fn connect_http1(&self) -> pingora::Result<(TlsStream<TcpStream>, &'static str)> {
+        let (tls, peer) =
+            self.handshake(connect_http1(&self.tls, self.target, self.expected.as_ref(), CONNECT_TIMEOUT).await)?;
+        Ok((tls, self.telemetry.requests.destinations.label_identity(peer.as_str())))
+    }
+
+    /// A handshake's outcome, counted, and reported when the peer was refused.
+    fn handshake(
+        &self,
+        connected: Result<(TlsStream<TcpStream>, SpiffeId), ConnectError>,
+    ) -> pingora::Result<(TlsStream<TcpStream>, SpiffeId)> {
+        let connected = match connected {
             Ok(connected) => connected,
             Err(ConnectError::Refusal(reason, negotiated)) => return Err(self.refuse(reason, negotiated)),
             Err(ConnectError::NoHandshake(reason)) => return Err(self.refuse(reason, None)),
             Err(e) => return Err(super::connect_failure(&e)),
         };
         self.telemetry.metrics.tls_handshakes.with_label_values(&["outbound", "success"]).inc();
+        Ok(connected)
+    }
+
+    async fn connect(&self) -> pingora::Result<MeshConnection> {
+        let addr = self.target;
+        let (tls, peer) = self.handshake(connect(&self.tls, addr, self.expected.as_ref(), CONNECT_TIMEOUT).await)?;
         let (sender, connection) = h2::client::Builder::new()
             .enable_push(false)
             .initial_max_send_streams(STREAMS_PER_CONNECTION)
@@ -252,7 +271,7 @@ impl MeshConnector {
 /// Reads and writes a connection's frames until it closes, or until its peer leaves a PING
 /// unanswered.
 async fn drive(
-    mut connection: h2::client::Connection<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Bytes>,
+    mut connection: h2::client::Connection<TlsStream<TcpStream>, Bytes>,
     state: Arc<ConnectionState>,
     peer: SocketAddr,
 ) {

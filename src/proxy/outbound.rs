@@ -15,10 +15,10 @@ use pingora::prelude::HttpPeer;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 
-use super::forward;
 use super::mesh_connector::{Connectors, MeshConnector};
 use super::record::{self, RequestCtx};
 use super::respond::{self, fail, is_decision, ErrorKind};
+use super::{forward, upgrade};
 use super::{RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER};
 use crate::config::{Destination, IpBlock, PinnedAddresses};
 use crate::identity::SpiffeId;
@@ -150,6 +150,16 @@ impl Outbound {
             false => request.headers.insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1")),
         };
         request.headers.insert(REQUEST_ID, ctx.request.id.header_value());
+        record::propagate(&mut request, &ctx.request)?;
+        Ok(request)
+    }
+
+    /// An upgrade request as the peer sidecar gets it (see [`upgrade::to_h1`]), with the
+    /// sidecar's headers; it is HTTP/1.1 on that hop too, so no protocol is carried across.
+    fn upgrade_request(&self, session: &Session, ctx: &OutboundCtx) -> pingora::Result<http::request::Parts> {
+        let mut request = upgrade::to_h1(session.req_header())?;
+        request.headers.remove(HeaderName::from_static(ORIG_PROTO_HEADER));
+        request.headers.insert(HeaderName::from_static(REQUEST_ID_HEADER), ctx.request.id.header_value());
         record::propagate(&mut request, &ctx.request)?;
         Ok(request)
     }
@@ -299,6 +309,13 @@ impl ProxyHttp for Outbound {
             }
         };
         ctx.connector = Some(connector.clone());
+        if upgrade::asked(session) {
+            let request = self.upgrade_request(session, ctx)?;
+            let (peer, destination) = connector.connect_http1().await.map_err(Error::into_up)?;
+            ctx.destination = destination;
+            upgrade::exchange(session, peer, request, &self.caller_timeouts).await?;
+            return Ok(true);
+        }
         let mut first = match super::is_chunked_h1(session) {
             true => Some(super::read_first_piece(session).await?),
             false => None,
@@ -363,7 +380,7 @@ impl ProxyHttp for Outbound {
         upstream: &mut ResponseHeader,
         _ctx: &mut OutboundCtx,
     ) -> pingora::Result<()> {
-        super::frame_for_http10(session, upstream);
+        super::passed_answer(session, upstream);
         Ok(())
     }
 

@@ -83,6 +83,22 @@ pub async fn connect(
     connect_with(config, addr, expected, timeout).await
 }
 
+/// [`connect`], offering HTTP/1.1 instead of HTTP/2, for a request that upgrades its connection;
+/// a server that does not agree is refused (it would read the bytes as HTTP/2's preface).
+pub async fn connect_http1(
+    store: &TlsStore,
+    addr: SocketAddr,
+    expected: Option<&SpiffeId>,
+    timeout: Duration,
+) -> Result<(TlsStream<TcpStream>, SpiffeId), ConnectError> {
+    let config = store.current().http1_client_config.clone();
+    let (tls, id) = connect_with(config, addr, expected, timeout).await?;
+    match tls.get_ref().1.alpn_protocol() {
+        Some(b"http/1.1") => Ok((tls, id)),
+        _ => Err(ConnectError::NoHandshake(format!("{addr} ({id}) did not take HTTP/1.1, which an upgrade needs"))),
+    }
+}
+
 /// [`connect`] with the client configuration given (HTTP/2's, or a tunnel's).
 pub(super) async fn connect_with(
     config: std::sync::Arc<rustls::ClientConfig>,

@@ -43,6 +43,10 @@ pub struct TlsState {
     /// [`client_config`](Self::client_config) offering the tunnel's protocol instead of HTTP/2
     /// (see [`super::tunnel`]).
     pub tunnel_client_config: Arc<ClientConfig>,
+    /// [`client_config`](Self::client_config) offering HTTP/1.1 alone: a request that upgrades
+    /// the connection (a WebSocket) goes to the peer sidecar on a connection of its own, since
+    /// HTTP/2 between the sidecars has no Upgrade.
+    pub http1_client_config: Arc<ClientConfig>,
     /// The inbound end of a tunnel: [`server_config`](Self::server_config) accepting only the
     /// tunnel's protocol.
     pub tunnel_server_config: Arc<ServerConfig>,
@@ -184,6 +188,8 @@ fn build(credentials: Credentials, domains: &TrustDomains, generation: u64) -> R
     server_config_open.send_tls13_tickets = 0;
     let mut tunnel_client_config = client_config.clone();
     tunnel_client_config.alpn_protocols = vec![super::TUNNEL_ALPN.to_vec()];
+    let mut http1_client_config = client_config.clone();
+    http1_client_config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let mut tunnel_server_config = server_config.clone();
     tunnel_server_config.alpn_protocols = vec![super::TUNNEL_ALPN.to_vec()];
     let upstream_cert =
@@ -198,6 +204,7 @@ fn build(credentials: Credentials, domains: &TrustDomains, generation: u64) -> R
         server_config: Arc::new(server_config),
         server_config_open: Arc::new(server_config_open),
         tunnel_client_config: Arc::new(tunnel_client_config),
+        http1_client_config: Arc::new(http1_client_config),
         tunnel_server_config: Arc::new(tunnel_server_config),
         upstream_cert,
         upstream_ca,

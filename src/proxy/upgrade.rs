@@ -1,0 +1,177 @@
+//! HTTP/1.1 upgrades (WebSockets) from the local app to another meshed workload. HTTP/2 between
+//! the sidecars has no `Upgrade` (RFC 8441's extended CONNECT is not something pingora serves),
+//! so such a request goes to the peer sidecar on a connection of its own: the same mutual TLS and
+//! identity check as every mesh request, HTTP/1.1 by ALPN, as Linkerd's proxies do. The peer's
+//! inbound listener judges it like any request (policy, JWT, WAF on its head, rate limits) and
+//! passes it to its app; after a `101` the bytes are copied both ways until either side ends.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{StatusCode, Version};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use super::CONNECTION_SPECIFIC;
+
+/// What one read from the peer may bring before it is passed on.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// An HTTP/1.1 request that asks to switch protocols, without a body (a WebSocket handshake is
+/// a GET). `h2c` asks to upgrade the hop itself, not the app's conversation: it is dropped, with
+/// the other connection headers, on the HTTP/2 path. A request with a body takes that path too.
+pub fn asked(session: &mut Session) -> bool {
+    if session.is_http2() || !session.is_body_empty() {
+        return false;
+    }
+    let request = session.req_header();
+    if request.version != Version::HTTP_11 {
+        return false;
+    }
+    let Some(protocol) = request.headers.get(header::UPGRADE) else { return false };
+    let h2c = protocol.as_bytes().split(|b| *b == b',').any(|p| p.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    let connection_names_upgrade = request.headers.get_all(header::CONNECTION).iter().any(|value| {
+        value.as_bytes().split(|b| *b == b',').any(|name| name.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+    });
+    connection_names_upgrade && !h2c
+}
+
+/// The app's upgrade request as the peer sidecar gets it: HTTP/1.1 with `Host` (pingora keeps
+/// an absolute-form target's path alone), `Upgrade` and `Connection: upgrade` kept, every other connection header (and those
+/// `Connection` names) dropped before the sidecar adds headers of its own.
+pub fn to_h1(request: &RequestHeader) -> pingora::Result<http::request::Parts> {
+    let mut parts = request.as_owned_parts();
+    let named = super::forward::connection_names(&parts.headers)?;
+    for name in named.iter().chain(CONNECTION_SPECIFIC.iter()).filter(|n| **n != header::UPGRADE) {
+        parts.headers.remove(name);
+    }
+    parts.headers.remove(header::TE);
+    parts.headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.version = Version::HTTP_11;
+    Ok(parts)
+}
+
+/// Sends `request` (see [`to_h1`]) on `peer`, a connection to the peer sidecar that agreed on
+/// HTTP/1.1, and answers the caller. A `101` turns both connections into one byte stream until
+/// either side ends it; any other answer is passed on as it is, and ends the exchange.
+pub async fn exchange(
+    session: &mut Session,
+    peer: TlsStream<TcpStream>,
+    request: http::request::Parts,
+    timeouts: &super::CallerTimeouts,
+) -> pingora::Result<()> {
+    let up = |e: hyper::Error, what: &str| Error::because(ErrorType::ReadError, what.to_string(), e).into_up();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(peer))
+        .await
+        .map_err(|e| up(e, "HTTP/1.1 with the peer sidecar"))?;
+    // Ends when the connection does, or hands the connection over to the upgrade below.
+    tokio::spawn(connection.with_upgrades());
+    let mut response = sender
+        .send_request(http::Request::from_parts(request, Empty::new()))
+        .await
+        .map_err(|e| up(e, "sending the upgrade request to the peer sidecar"))?;
+    let upgraded = hyper::upgrade::on(&mut response);
+    let (parts, mut body) = response.into_parts();
+    let mut header = ResponseHeader::from(parts);
+    if header.status != StatusCode::SWITCHING_PROTOCOLS {
+        // Refused or answered as a plain request: framed afresh for the caller.
+        for name in CONNECTION_SPECIFIC.iter() {
+            header.remove_header(name);
+        }
+        let header = super::forward::downstream_header(session, header, false)?;
+        session.write_response_header(header, false).await.map_err(Error::into_down)?;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| up(e, "reading the peer sidecar's answer"))?;
+            if let Ok(data) = frame.into_data() {
+                timeouts.write_body(session, Some(data), false).await?;
+            }
+        }
+        return timeouts.write_body(session, Some(Bytes::new()), true).await;
+    }
+    header.set_version(Version::HTTP_11);
+    session.write_response_header(Box::new(header), false).await.map_err(Error::into_down)?;
+    let upgraded = upgraded.await.map_err(|e| up(e, "taking over the upgraded connection"))?;
+    relay(session, TokioIo::new(upgraded), timeouts).await
+}
+
+/// Copies the caller's bytes to the peer and the peer's to the caller. A side that ends its
+/// half is passed on as the end of the other's writing; the exchange is over when the peer has
+/// ended its half (what the app has to say is said), or either side fails. Silence is not
+/// timed: an open WebSocket may rightly say nothing for long. Writes to the caller stay held to
+/// `sendTimeout`, so a caller that stops reading does not hold the peer's bytes for ever.
+async fn relay(
+    session: &mut Session,
+    mut peer: TokioIo<hyper::upgrade::Upgraded>,
+    timeouts: &super::CallerTimeouts,
+) -> pingora::Result<()> {
+    session.set_read_timeout(None);
+    let mut caller_done = false;
+    let mut buffer = vec![0u8; READ_CHUNK];
+    loop {
+        tokio::select! {
+            read = session.read_request_body(), if !caller_done => match read.map_err(Error::into_down)? {
+                Some(data) => peer.write_all(&data).await.map_err(|e| write_failed(e).into_up())?,
+                None => {
+                    caller_done = true;
+                    let _ = peer.shutdown().await;
+                }
+            },
+            read = peer.read(&mut buffer) => match read.map_err(|e| read_failed(e).into_up())? {
+                0 => return timeouts.write_body(session, Some(Bytes::new()), true).await,
+                n => timeouts.write_body(session, Some(Bytes::copy_from_slice(&buffer[..n])), false).await?,
+            },
+        }
+    }
+}
+
+fn write_failed(e: std::io::Error) -> Box<Error> {
+    Error::because(ErrorType::WriteError, "writing to the peer sidecar's upgraded connection", e)
+}
+
+fn read_failed(e: std::io::Error) -> Box<Error> {
+    Error::because(ErrorType::ReadError, "reading the peer sidecar's upgraded connection", e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(target: &[u8], headers: &[(&str, &str)]) -> RequestHeader {
+        let mut request = RequestHeader::build("GET", target, None).unwrap();
+        for (name, value) in headers {
+            request.append_header(name.to_string(), *value).unwrap();
+        }
+        request
+    }
+
+    #[test]
+    fn an_upgrade_keeps_its_upgrade_and_loses_the_other_connection_headers() {
+        let parts = to_h1(&request(
+            b"/chat",
+            &[
+                ("host", "chat.shop"),
+                ("connection", "keep-alive, Upgrade, x-private"),
+                ("upgrade", "websocket"),
+                ("x-private", "hop only"),
+                ("keep-alive", "timeout=5"),
+                ("te", "trailers"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
+        ))
+        .unwrap();
+        assert_eq!(parts.version, Version::HTTP_11);
+        assert_eq!(parts.uri, "/chat");
+        assert_eq!(parts.headers["host"], "chat.shop");
+        assert_eq!(parts.headers["upgrade"], "websocket");
+        assert_eq!(parts.headers["connection"], "upgrade");
+        assert_eq!(parts.headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+        for gone in ["x-private", "keep-alive", "te"] {
+            assert!(!parts.headers.contains_key(gone), "{gone} must not reach the peer");
+        }
+    }
+}
