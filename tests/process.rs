@@ -160,8 +160,8 @@ async fn post_shutdown_from_localhost_drains_and_exits_zero() {
     assert!(status.success(), "exit status {status:?}");
 }
 
-/// A request that fails is logged by pingora with a summary of it: cut short, however long the
-/// path or host the app sent (an app once wrote 60 KB lines, one per request, with a long host).
+/// A request that fails is logged with a summary of it: cut short, however long the path or
+/// host the app sent (an app once wrote 60 KB lines, one per request, with a long host).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_request_is_logged_in_a_short_line_whatever_its_path_and_host() {
     let (_pki, config, ports) = orders_sidecar();
@@ -176,10 +176,10 @@ async fn a_failed_request_is_logged_in_a_short_line_whatever_its_path_and_host()
         .unwrap();
     assert_eq!(answer.status(), 502);
     let log = config.with_file_name("sidecar.log");
-    let logged = eventually(async || std::fs::read_to_string(&log).unwrap().contains("Fail to")).await;
+    let logged = eventually(async || std::fs::read_to_string(&log).unwrap().contains("request failed: ")).await;
     let text = std::fs::read_to_string(&log).unwrap();
-    assert!(logged, "pingora's error line: {text}");
-    let line = text.lines().find(|l| l.contains("Fail to")).unwrap();
+    assert!(logged, "the failure's line: {text}");
+    let line = text.lines().find(|l| l.contains("request failed: ")).unwrap();
     assert!(line.len() < 500 && line.contains("pppp...") && line.contains("Host: 127.0.0.1:9"), "{line}");
     // A method is any token the parser takes: cut too.
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", ports[1])).unwrap();
@@ -188,12 +188,27 @@ async fn a_failed_request_is_logged_in_a_short_line_whatever_its_path_and_host()
     let mut answer = Vec::new();
     let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
     let logged = eventually(async || {
-        std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.contains("Fail to")).count() >= 2
+        std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.contains("request failed: ")).count() >= 2
     })
     .await;
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(logged, "{text}");
-    assert!(text.lines().filter(|l| l.contains("Fail to")).all(|l| l.len() < 500), "{text}");
+    assert!(text.lines().filter(|l| l.contains("request failed: ")).all(|l| l.len() < 500), "{text}");
+    // A burst of failures is not a line each: past ten a second they are counted, and a later
+    // line says how many went unlogged.
+    let client = http_client();
+    let burst = (0..200)
+        .map(|_| client.get(format!("http://127.0.0.1:{}/burst", ports[1])).header("host", "127.0.0.1:9").send());
+    assert!(futures::future::join_all(burst).await.into_iter().all(|r| r.unwrap().status() == 502));
+    let counted = eventually(async || {
+        let again = client.get(format!("http://127.0.0.1:{}/later", ports[1])).header("host", "127.0.0.1:9").send();
+        assert_eq!(again.await.unwrap().status(), 502);
+        std::fs::read_to_string(&log).unwrap().contains("failed requests before it were not logged")
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(counted, "{text}");
+    assert!(text.lines().filter(|l| l.contains("request failed: ")).count() < 200, "{text}");
     let _ = child.kill();
     let _ = child.wait();
 }

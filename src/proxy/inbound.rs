@@ -21,7 +21,7 @@ use pingora::{Error, ErrorType};
 
 use super::app_pool::{self, AppPool, Body, BodyMode, ForWaf};
 use super::record::{self, Outgoing, RequestCtx};
-use super::respond::{self, fail, is_decision, ErrorKind};
+use super::respond::{self, fail, ErrorKind};
 use super::{peer_identity, RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER, XFCC_HEADER};
 use crate::authn::Verified;
 use crate::config::{AppProtocol, UnderscoreHeaders};
@@ -36,6 +36,7 @@ pub struct Inbound {
     telemetry: Arc<Telemetry>,
     inflight: Arc<super::Inflight>,
     caller_timeouts: super::CallerTimeouts,
+    failures: super::respond::FailureLog,
     underscore_headers: UnderscoreHeaders,
 }
 
@@ -108,6 +109,7 @@ impl Inbound {
             telemetry,
             inflight,
             caller_timeouts,
+            failures: super::respond::FailureLog::new("inbound"),
             underscore_headers: UnderscoreHeaders::Drop,
         }
     }
@@ -593,8 +595,8 @@ impl ProxyHttp for Inbound {
         answer
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &InboundCtx, e: &Error) -> bool {
-        is_decision(e)
+    fn suppress_error_log(&self, session: &Session, _ctx: &InboundCtx, e: &Error) -> bool {
+        self.failures.suppress(session, e)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InboundCtx) {

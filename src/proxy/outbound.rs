@@ -17,7 +17,7 @@ use pingora::{Error, ErrorType};
 
 use super::mesh_connector::{Connectors, MeshConnector};
 use super::record::{self, RequestCtx};
-use super::respond::{self, fail, is_decision, ErrorKind};
+use super::respond::{self, fail, ErrorKind};
 use super::{forward, upgrade};
 use super::{RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER};
 use crate::config::{Destination, IpBlock, PinnedAddresses};
@@ -44,6 +44,7 @@ pub struct Outbound {
     telemetry: Arc<Telemetry>,
     inflight: Arc<super::Inflight>,
     caller_timeouts: super::CallerTimeouts,
+    failures: super::respond::FailureLog,
 }
 
 pub struct OutboundCtx {
@@ -99,6 +100,7 @@ impl Outbound {
             telemetry,
             inflight,
             caller_timeouts,
+            failures: super::respond::FailureLog::new("outbound"),
         }
     }
 
@@ -389,8 +391,8 @@ impl ProxyHttp for Outbound {
         fail(session, e, &mut ctx.request).await
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &OutboundCtx, e: &Error) -> bool {
-        is_decision(e)
+    fn suppress_error_log(&self, session: &Session, _ctx: &OutboundCtx, e: &Error) -> bool {
+        self.failures.suppress(session, e)
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut OutboundCtx) {

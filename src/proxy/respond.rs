@@ -243,6 +243,65 @@ pub fn is_decision(e: &Error) -> bool {
     }
 }
 
+/// pingora writes an ERROR line for every request that fails, however many there are: a caller
+/// could fill the log at will (5,000 lines for 5,000 requests to an app that is down). This
+/// takes its place: refusals are counted and reported as events already and get no line; other
+/// failures get at most [`FAILURE_LINES_PER_SECOND`] lines a second per listener, and the first
+/// line after a full second says how many went unlogged (every one is counted in
+/// `palisade_requests_total`).
+pub struct FailureLog {
+    direction: &'static str,
+    /// The Unix second the lines are being counted in, and how many were written in it.
+    second: std::sync::atomic::AtomicU64,
+    written: std::sync::atomic::AtomicU64,
+    unlogged: std::sync::atomic::AtomicU64,
+}
+
+pub const FAILURE_LINES_PER_SECOND: u64 = 10;
+
+impl FailureLog {
+    pub fn new(direction: &'static str) -> Self {
+        use std::sync::atomic::AtomicU64;
+        FailureLog { direction, second: AtomicU64::new(0), written: AtomicU64::new(0), unlogged: AtomicU64::new(0) }
+    }
+
+    /// For pingora's `suppress_error_log`: always true, having written this sidecar's own line
+    /// when one is due.
+    pub fn suppress(&self, session: &Session, e: &Error) -> bool {
+        if is_decision(e) {
+            return true;
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if let Some(unlogged) = self.admit(now) {
+            let summary = super::request_summary(session);
+            match unlogged {
+                0 => tracing::error!(direction = self.direction, "request failed: {e}; {summary}"),
+                n => tracing::error!(
+                    direction = self.direction,
+                    unlogged = n,
+                    "request failed: {e}; {summary} ({n} failed requests before it were not logged)"
+                ),
+            }
+        }
+        true
+    }
+
+    /// Whether a failure at Unix second `now` gets a line, and then how many went unlogged
+    /// before it.
+    fn admit(&self, now: u64) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let second = self.second.load(Relaxed);
+        if now != second && self.second.compare_exchange(second, now, Relaxed, Relaxed).is_ok() {
+            self.written.store(0, Relaxed);
+        }
+        if self.written.fetch_add(1, Relaxed) >= FAILURE_LINES_PER_SECOND {
+            self.unlogged.fetch_add(1, Relaxed);
+            return None;
+        }
+        Some(self.unlogged.swap(0, Relaxed))
+    }
+}
+
 /// Answers a failed request with the JSON error body; shared by both directions.
 pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
     ctx.id = ctx.id.or_generate();
@@ -286,5 +345,14 @@ mod tests {
         assert_eq!(ErrorKind::classify(&pingora_h1), Some(ErrorKind::RequestTimeout));
         let app = Error::explain(ErrorType::ReadTimedout, "app").into_up();
         assert_eq!(ErrorKind::classify(&app), Some(ErrorKind::GatewayTimeout));
+    }
+
+    #[test]
+    fn failures_get_a_few_lines_a_second_and_the_next_line_counts_those_unlogged() {
+        let log = FailureLog::new("inbound");
+        let lines: Vec<_> = (0..25).filter_map(|_| log.admit(100)).collect();
+        assert_eq!(lines, vec![0; FAILURE_LINES_PER_SECOND as usize], "ten lines, none missed before them");
+        assert_eq!(log.admit(101), Some(15), "the next second's first line counts the fifteen");
+        assert_eq!(log.admit(101), Some(0));
     }
 }
