@@ -44,6 +44,22 @@ pub struct Telemetry {
 }
 
 /// One request as the access log tells it.
+/// The most of a caller's text (a path, a method) a log line, an access-log entry, an event or
+/// a span carries. Uncut, a refused request with an 8 KB path wrote four times its size to the
+/// logs, fast enough for any caller to rotate older evidence away (kubelet keeps 10 MB of a
+/// container's log).
+pub const REPORTED_TEXT_BYTES: usize = 1024;
+
+/// `text` cut to [`REPORTED_TEXT_BYTES`] at a character boundary, the cut marked with how much
+/// was left out; borrowed, as nearly every path is, when nothing was.
+pub fn reported(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= REPORTED_TEXT_BYTES {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let end = (0..=REPORTED_TEXT_BYTES).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+    std::borrow::Cow::Owned(format!("{}...[{} more bytes]", &text[..end], text.len() - end))
+}
+
 pub struct AccessRecord<'a> {
     pub direction: &'static str,
     pub method: &'a str,
@@ -205,9 +221,9 @@ impl Telemetry {
         let mut line = Vec::with_capacity(256);
         let text = |line: &mut Vec<u8>, s: &str| serde_json::to_writer(line, s).expect("a string serialises");
         let _ = write!(line, "{{\"time\":{},\"direction\":\"{}\",\"method\":", events::now_millis(), r.direction);
-        text(&mut line, r.method);
+        text(&mut line, &reported(r.method));
         line.extend_from_slice(b",\"path\":");
-        text(&mut line, r.path);
+        text(&mut line, &reported(r.path));
         let _ = write!(line, ",\"status\":{},\"duration_ms\":", r.status);
         write_millis(&mut line, r.seconds);
         line.extend_from_slice(b",\"source\":");
@@ -267,6 +283,16 @@ fn write_millis(line: &mut Vec<u8>, seconds: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reported_text_is_cut_at_a_character_boundary_and_says_how_much_was_left_out() {
+        assert!(matches!(reported("/orders/1"), std::borrow::Cow::Borrowed("/orders/1")));
+        let long = format!("/{}", "é".repeat(1000));
+        let cut = reported(&long);
+        let (kept, note) = cut.split_once("...[").unwrap();
+        assert_eq!(kept.len(), 1023, "a two-byte character is not split");
+        assert_eq!(note, format!("{} more bytes]", long.len() - 1023));
+    }
     use crate::config::EventSink;
 
     #[test]

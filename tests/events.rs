@@ -282,6 +282,18 @@ async fn access_log_has_one_line_per_request_apart_from_the_events() {
     assert_eq!(lines[1]["principal"], "");
     assert!(lines[1]["duration_ms"].as_f64().is_some());
     assert!(s.events().iter().all(|e| e.get("duration_ms").is_none()), "access lines stay out of the event stream");
+
+    // A long path is cut in the access log and the event, marked with how much was left out:
+    // a refused request does not write many times its own size.
+    let long = format!("/admin/{}", "A".repeat(8000));
+    assert_eq!(s.send("plain", "GET", &long, &[]).await.status, 403);
+    let cut = format!("{}...[{} more bytes]", &long[..1024], long.len() - 1024);
+    wait_for("the long path's access line", async || read_jsonl(&s.access_log).len() >= 3).await;
+    assert_eq!(read_jsonl(&s.access_log)[2]["path"], cut.as_str());
+    wait_for("the long path's event", async || s.events().iter().any(|e| e.to_string().contains("more bytes]"))).await;
+    let event = s.events().into_iter().find(|e| e.to_string().contains("more bytes]")).unwrap();
+    assert!(event.to_string().len() < 4000, "{event}");
+    assert_eq!(event["http_request"]["url"]["path"], cut.as_str());
     s.shutdown();
 
     let quiet =

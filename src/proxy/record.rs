@@ -14,7 +14,7 @@ use crate::telemetry::trace_headers::{
     B3, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, TRACEPARENT, TRACESTATE,
 };
 use crate::telemetry::{
-    AccessRecord, Recorded, RequestFacts, RequestSpan, SecurityEvent, SpanEnd, Telemetry, WafEvent,
+    reported, AccessRecord, Recorded, RequestFacts, RequestSpan, SecurityEvent, SpanEnd, Telemetry, WafEvent,
 };
 
 /// State carried across the phases of one request.
@@ -70,11 +70,13 @@ impl RequestCtx {
 pub fn report(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusal: &Refusal, audit: bool, path: &str) {
     let req = session.req_header();
     let facts = facts(session, ctx, path);
+    let (method, path) = (reported(req.method.as_str()), reported(path));
+    let (method, path) = (&*method, &*path);
     match refusal {
         Refusal::Blocked(found) => return report_finding(telemetry, found, facts),
         Refusal::Unauthenticated(u) => {
             let reason = u.reason_label();
-            tracing::info!(reason, method = %req.method, path, request_id = ctx.id.as_str(), "request unauthenticated");
+            tracing::info!(reason, method, path, request_id = ctx.id.as_str(), "request unauthenticated");
             telemetry.events.emit(SecurityEvent::AuthenticationFailed {
                 reason,
                 description: refusal.reason(),
@@ -86,7 +88,7 @@ pub fn report(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusa
         _ => {}
     }
     let denied = refusal.denied(audit, facts);
-    tracing::info!(status = denied.status, policy = %denied.policy, rule = %denied.rule, audit, method = %req.method,
+    tracing::info!(status = denied.status, policy = %denied.policy, rule = %denied.rule, audit, method,
         path, principal = denied.request.principal.as_deref().unwrap_or("-"), request_id = ctx.id.as_str(),
         "{}", if audit { "audit: request would be denied" } else { "request denied" });
     telemetry.events.emit(SecurityEvent::RequestDenied(denied));
@@ -143,8 +145,8 @@ fn facts(session: &Session, ctx: &RequestCtx, path: &str) -> RequestFacts {
         principal: super::peer_identity(session).map(|p| p.id.to_string()),
         source: session.client_addr().and_then(|a| a.as_inet()).copied(),
         destination: session.server_addr().and_then(|a| a.as_inet()).copied(),
-        method: req.method.to_string(),
-        path: path.to_string(),
+        method: reported(req.method.as_str()).into_owned(),
+        path: reported(path).into_owned(),
         request_id: ctx.id.as_str().to_string(),
         trace_id: ctx.trace_id(),
     }

@@ -362,8 +362,8 @@ impl RequestSpan {
     pub fn end(mut self, end: SpanEnd<'_>) {
         if self.span.is_recording() {
             let mut attributes = Vec::with_capacity(12);
-            attributes.push(KeyValue::new("http.request.method", end.method.to_string()));
-            attributes.push(KeyValue::new("url.path", end.path.to_string()));
+            attributes.push(KeyValue::new("http.request.method", super::reported(end.method).into_owned()));
+            attributes.push(KeyValue::new("url.path", super::reported(end.path).into_owned()));
             attributes.push(KeyValue::new("http.response.status_code", end.status as i64));
             attributes.push(KeyValue::new("network.protocol.name", "http"));
             attributes.push(KeyValue::new("network.protocol.version", end.protocol));
