@@ -637,7 +637,15 @@ async fn waf_findings_and_authentication_failures_from_real_requests() {
     assert!(failed
         .iter()
         .all(|e| e["status_id"] == 2 && e["firewall_rule"]["name"].as_str().unwrap().starts_with("jwt:")));
+    assert!(failed.iter().all(|e| e["firewall_rule"]["uid"] == "shop/jwt/jwt"), "{failed:#?}");
     all.extend(events);
+    s.shutdown();
+    // Without requireJwt a token that fails is refused all the same, by the policy naming its
+    // issuer: the event says which.
+    let s = PolicedSidecar::start(&policy("optional-jwt", &jwt.replace("requireJwt: true", "requireJwt: false"))).await;
+    assert_eq!(s.send("frontend", "GET", "/orders/1", &[("authorization", "Bearer not.a.token")]).await.status, 401);
+    let events = s.events_where("the failed token's event", 1, |e| e["http_response"]["code"] == 401).await;
+    assert_eq!(events[0]["firewall_rule"]["uid"], "shop/optional-jwt/jwt", "{events:#?}");
     s.shutdown();
     for e in &all {
         assert_ocsf_base(e);

@@ -94,6 +94,9 @@ pub(super) struct SnapshotAuthn {
     pub authenticator: Authenticator,
     /// Some selecting policy says `requireJwt`: the first that did, for the event.
     pub required_by: Option<Arc<str>>,
+    /// The selecting policies that name issuers (`shop/orders-api`, comma-separated when
+    /// several do): the event's policy for a token that failed verification.
+    pub issuers_named_by: Arc<str>,
     /// `palisade_authn_failures_total`, per [`Reason::ALL`].
     failures: Vec<IntCounter>,
 }
@@ -303,6 +306,7 @@ impl PolicySnapshot {
         let mut errors = Vec::new();
         let mut providers = Vec::new();
         let mut required_by = None;
+        let mut issuers_named_by: Vec<Arc<str>> = Vec::new();
         let mut wafs = Vec::new();
         let mut limits = InputLimits::default();
         let mut policies = Vec::new();
@@ -338,6 +342,9 @@ impl PolicySnapshot {
                         Ok(provider) => providers.push(provider),
                         Err(e) => errors.push(doc.error(&format!("spec.authentication.jwt[{i}]"), e)),
                     }
+                }
+                if !a.jwt.is_empty() {
+                    issuers_named_by.push(name.clone());
                 }
                 if a.require_jwt && required_by.is_none() {
                     required_by = Some(name.clone());
@@ -400,6 +407,7 @@ impl PolicySnapshot {
                 Ok(authenticator) => Some(SnapshotAuthn {
                     authenticator,
                     required_by,
+                    issuers_named_by: issuers_named_by.join(",").into(),
                     failures: Reason::ALL
                         .iter()
                         .map(|r| metrics.authn_failures.with_label_values(&[r.label()]))

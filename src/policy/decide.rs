@@ -258,8 +258,9 @@ pub struct Unauthenticated {
     /// `None`: no token at all.
     pub reason: Option<Reason>,
     pub www_authenticate: HeaderValue,
-    /// The policy whose `requireJwt` refused a request without a token.
-    pub required_by: Option<Arc<str>>,
+    /// The policy that refused: whose `requireJwt` refused a request without a token, or, for a
+    /// token that failed verification, the policies that name issuers.
+    pub policy: Option<Arc<str>>,
 }
 
 impl Unauthenticated {
@@ -388,7 +389,7 @@ impl Refusal {
         match (self.decided_by(), self) {
             (Some(by), _) => (by.policy.to_string(), by.rule.to_string()),
             (None, Refusal::Unauthenticated(u)) => (
-                u.required_by.as_deref().unwrap_or("-").to_string(),
+                u.policy.as_deref().unwrap_or("-").to_string(),
                 format!("jwt:{}", u.reason.map_or("missing", Reason::label)),
             ),
             (None, Refusal::Blocked(b)) => (b.policy.to_string(), format!("waf:{}", b.finding.detector.as_str())),
@@ -526,7 +527,7 @@ impl PolicySnapshot {
                 return Err(Refusal::Unauthenticated(Unauthenticated {
                     reason: None,
                     www_authenticate: crate::authn::www_authenticate(REALM, None),
-                    required_by: Some(policy.clone()),
+                    policy: Some(policy.clone()),
                 }));
             }
         }
@@ -552,7 +553,7 @@ impl PolicySnapshot {
                 Err(Refusal::Unauthenticated(Unauthenticated {
                     reason: Some(failure.reason()),
                     www_authenticate: failure.www_authenticate(REALM),
-                    required_by: None,
+                    policy: Some(authn.issuers_named_by.clone()),
                 }))
             }
             Authenticated::Nobody => match &authn.required_by {
@@ -561,7 +562,7 @@ impl PolicySnapshot {
                     Err(Refusal::Unauthenticated(Unauthenticated {
                         reason: None,
                         www_authenticate: crate::authn::www_authenticate(REALM, None),
-                        required_by: Some(policy.clone()),
+                        policy: Some(policy.clone()),
                     }))
                 }
                 None => Ok(()),
@@ -1414,7 +1415,7 @@ mod tests {
         assert_eq!(refusal.reason_label(), "missing");
         // RFC 6750 3.1: no error code when the request carried no token at all.
         assert_eq!(refusal.www_authenticate, "Bearer realm=\"palisade\"");
-        assert_eq!(refusal.required_by.as_deref(), Some("shop/p"));
+        assert_eq!(refusal.policy.as_deref(), Some("shop/p"));
         assert!(bearer(req("GET", "/orders"), &hs256(&claims("a", ""), SECRET)).decide(&s).0.is_ok());
     }
 
@@ -1866,7 +1867,7 @@ mod tests {
     fn a_policy_that_requires_a_jwt_refuses_every_connection() {
         let s = jwt_policy("", true);
         match connect(&s, ORDERS, 5432).0 {
-            Err(Refusal::Unauthenticated(u)) => assert_eq!(u.required_by.as_deref(), Some("shop/p")),
+            Err(Refusal::Unauthenticated(u)) => assert_eq!(u.policy.as_deref(), Some("shop/p")),
             other => panic!("expected a refusal for the missing token, got {other:?}"),
         }
         let optional = jwt_policy("", false);

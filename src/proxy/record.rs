@@ -80,7 +80,7 @@ pub fn report(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusa
             telemetry.events.emit(SecurityEvent::AuthenticationFailed {
                 reason,
                 description: refusal.reason(),
-                policy: u.required_by.as_deref().map(str::to_string),
+                policy: u.policy.as_deref().map(str::to_string),
                 request: facts,
             });
             return;
