@@ -18,6 +18,37 @@ const PREFIX: &str = "PALISADE_";
 /// Variables with the prefix that are not configuration overrides.
 const NOT_OVERRIDES: &[&str] = &["PALISADE_LOG", super::CONFIG_VAR];
 
+/// One of the variables the kubelet gives a Service, by its name and its value's form:
+/// `<SVC>_SERVICE_HOST` (an address), `<SVC>_SERVICE_PORT[_<PORT NAME>]` (a number), `<SVC>_PORT`
+/// and `<SVC>_PORT_<n>_<PROTO>` (`tcp://10.96.0.10:15000`), and the latter's `_PROTO`, `_PORT`
+/// and `_ADDR`. A Service named `palisade-admin` or `palisade-policy` in the pod's namespace would
+/// otherwise stop every sidecar there from starting; a mistyped setting still fails.
+fn is_service_link(name: &str, value: &str) -> bool {
+    let number = |v: &str| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+    let address = |v: &str| v.parse::<std::net::IpAddr>().is_ok();
+    let url = |v: &str| ["tcp://", "udp://", "sctp://"].iter().any(|p| v.starts_with(p));
+    if name.ends_with("_SERVICE_HOST") {
+        return address(value);
+    }
+    if name.ends_with("_SERVICE_PORT") || name.contains("_SERVICE_PORT_") {
+        return number(value);
+    }
+    // `_PORT_15000_TCP_PORT` ends in `_PORT` too: the longer form is looked for first.
+    let numbered = name.split_once("_PORT_").map(|(_, after)| after.split('_').collect::<Vec<_>>());
+    let Some(parts) = numbered.filter(|p| p.len() >= 2 && number(p[0]) && matches!(p[1], "TCP" | "UDP" | "SCTP"))
+    else {
+        return name.ends_with("_PORT") && url(value);
+    };
+    let protocol = parts[1];
+    match (parts.get(2).copied(), parts.get(3)) {
+        (None, _) => url(value),
+        (Some("PROTO"), None) => value.eq_ignore_ascii_case(protocol),
+        (Some("PORT"), None) => number(value),
+        (Some("ADDR"), None) => address(value),
+        _ => false,
+    }
+}
+
 /// Where the environment comes from; tests pass a map instead of touching the process.
 pub trait Env {
     fn vars(&self) -> Vec<(String, String)>;
@@ -79,6 +110,12 @@ where
     for (name, raw) in &overrides {
         let field = match set_path(&root, &name[PREFIX.len()..]) {
             Ok(field) => field,
+            // One of a Service's variables (a Service named palisade-admin gives
+            // PALISADE_ADMIN_PORT): the kubelet's, never the operator's, and not a setting.
+            Err(_) if is_service_link(&name[PREFIX.len()..], raw) => {
+                tracing::debug!(variable = %name, "a Kubernetes Service's variable, not a configuration override; ignored");
+                continue;
+            }
             Err(message) => {
                 errors.push(ConfigError {
                     env_var: Some(name.clone()),

@@ -1156,10 +1156,20 @@ threads: 1
         let err = load::<SidecarConfig>(&file, &env).unwrap_err().remove(0);
         assert!(err.to_string().contains("expected one of: listen"), "{err}");
 
-        // Kubernetes service links, string settings that look like numbers, absent sections.
+        // Kubernetes service links (a Service named palisade-admin gives PALISADE_ADMIN_*, whose
+        // section is a real one), string settings that look like numbers, absent sections.
         let env: std::collections::BTreeMap<String, String> = [
             ("PALISADE_CONTROL_SERVICE_HOST", "10.0.0.1"),
             ("PALISADE_CONTROL_PORT_15010_TCP", "tcp://10.0.0.1:15010"),
+            ("PALISADE_ADMIN_SERVICE_HOST", "10.96.0.10"),
+            ("PALISADE_ADMIN_SERVICE_PORT", "15000"),
+            ("PALISADE_ADMIN_SERVICE_PORT_HTTP_ADMIN", "15000"),
+            ("PALISADE_ADMIN_PORT", "tcp://10.96.0.10:15000"),
+            ("PALISADE_ADMIN_PORT_15000_TCP", "tcp://10.96.0.10:15000"),
+            ("PALISADE_ADMIN_PORT_15000_TCP_PROTO", "tcp"),
+            ("PALISADE_ADMIN_PORT_15000_TCP_PORT", "15000"),
+            ("PALISADE_ADMIN_PORT_15000_TCP_ADDR", "10.96.0.10"),
+            ("PALISADE_POLICY_SERVICE_HOST", "fd00::10"),
             ("PALISADE_WORKLOAD_SERVICEACCOUNT", "123"),
             ("PALISADE_IDENTITY_FILES_CERT", "/elsewhere/tls.crt"),
         ]
