@@ -574,3 +574,35 @@ async fn a_body_that_follows_the_apps_early_answer_ends_its_stream_cleanly() {
         assert!(!seen.iter().any(|(kind, _)| *kind == 7), "GOAWAY: {seen:?}");
     }
 }
+
+/// An HTTP/2 app (gRPC) may send an answer only as far as the sidecar's window for it: what a
+/// caller that stops reading makes the sidecar hold. pingora's default was 8 MiB a stream (40
+/// such callers held 320 MB of sidecar B).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_app_may_send_a_stream_no_more_than_a_small_window_ahead_of_its_caller() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let (capacity_tx, mut capacity_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut connection = h2::server::handshake(tcp).await.unwrap();
+        let (_request, mut respond) = connection.accept().await.unwrap().unwrap();
+        tokio::spawn(async move { while connection.accept().await.is_some() {} });
+        let mut stream = respond.send_response(http::Response::new(()), false).unwrap();
+        stream.reserve_capacity(8 << 20);
+        let granted = std::future::poll_fn(|cx| stream.poll_capacity(cx)).await.unwrap().unwrap();
+        let _ = capacity_tx.send(granted);
+        // Held open until the test ends.
+        std::future::pending::<()>().await;
+    });
+    let s = Single::start(|c| {
+        c.inbound.app.0 = app;
+        c.inbound.app_protocol = palisade::config::AppProtocol::Http2;
+    })
+    .await;
+    let mut client = h2_caller(&s).await;
+    let request = http::Request::post("https://orders.shop/t.Echo/Stream").header("content-type", "application/grpc");
+    let (_response, _body) = client.send_request(request.body(()).unwrap(), true).unwrap();
+    let granted = tokio::time::timeout(BOUND, capacity_rx.recv()).await.expect("the app's window in time").unwrap();
+    assert!(granted > 0 && granted <= 256 * 1024, "the app may send {granted} bytes ahead");
+}

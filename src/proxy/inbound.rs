@@ -28,6 +28,12 @@ use crate::config::{AppProtocol, UnderscoreHeaders};
 use crate::policy::{Authenticated, BodyInspection, BodyPlan, PolicySnapshot, PolicyStore, Refusal, RequestView};
 use crate::telemetry::Telemetry;
 
+/// An HTTP/2 app's stream flow-control window (see `upstream_peer`).
+const APP_STREAM_WINDOW: u32 = 256 * 1024;
+/// Every stream's window at once, so answers their callers stopped reading leave the rest of the
+/// connection to the other requests on it.
+const APP_CONNECTION_WINDOW: u32 = APP_STREAM_WINDOW * 128;
+
 pub struct Inbound {
     app: AppAddress,
     app_protocol: AppProtocol,
@@ -547,6 +553,11 @@ impl ProxyHttp for Inbound {
         if ctx.app_h2 {
             peer.options.alpn = ALPN::H2; // h2c with prior knowledge, as gRPC servers expect
             peer.group_key = 2;
+            // What the app may send of an answer before its caller takes it, held here per
+            // stream: pingora's 8 MiB default let 40 gRPC callers that stopped reading hold
+            // 320 MB of this sidecar. The app is on this host, so a small window costs no speed.
+            peer.options.h2_stream_window_size = Some(APP_STREAM_WINDOW);
+            peer.options.h2_connection_window_size = Some(APP_CONNECTION_WINDOW);
         }
         Ok(Box::new(peer))
     }
