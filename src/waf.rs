@@ -411,11 +411,13 @@ impl Waf {
     }
 
     /// How [`Waf::inspect_body`] reads a body of this `Content-Type`: whole for forms,
-    /// multipart, JSON and XML (and a body without a type, read as a form), and for any type
-    /// from paranoia 2; otherwise only when it is JSON by [`json_like`]. A caller need not hold
-    /// back a body of the second kind that its first bytes show is not JSON.
+    /// multipart, JSON and XML (and a body without a type, read as a form), and for any type but
+    /// a binary one (gRPC, protobuf, images: [`body::binary`]) from paranoia 2; otherwise only
+    /// when it is JSON by [`json_like`]. A caller need not hold back a body of the second kind
+    /// that its first bytes show is not JSON.
     pub fn reads_body(&self, content_type: Option<&[u8]>) -> BodyReading {
-        match self.paranoia >= 2 || body::structured(content_type) {
+        let whole = body::structured(content_type) || (self.paranoia >= 2 && !body::binary(content_type));
+        match whole {
             true => BodyReading::Whole,
             false => BodyReading::IfJson,
         }
@@ -979,5 +981,27 @@ mod tests {
     fn the_waf_is_shareable_between_threads() {
         fn shareable<T: Send + Sync>() {}
         shareable::<Waf>();
+    }
+
+    #[test]
+    fn binary_bodies_are_read_only_when_they_turn_out_to_be_json_at_any_paranoia() {
+        for pl in 1..=4 {
+            let waf = waf(pl);
+            for ct in [
+                "application/grpc",
+                "application/grpc+proto",
+                "application/grpc-web",
+                "image/gif",
+                "application/octet-stream",
+            ] {
+                assert_eq!(waf.reads_body(Some(ct.as_bytes())), BodyReading::IfJson, "{ct} at {pl}");
+            }
+            assert_eq!(waf.reads_body(Some(b"application/json")), BodyReading::Whole);
+            let text = if pl >= 2 { BodyReading::Whole } else { BodyReading::IfJson };
+            assert_eq!(waf.reads_body(Some(b"text/plain")), text, "text/plain at {pl}");
+        }
+        // A gRPC message's frame header is no finding, at the paranoia that reads every text.
+        let message = b"\x00\x00\x00\x00\x05hello";
+        assert_eq!(waf(2).inspect_body(Some(b"application/grpc"), message, &Skips::NONE), None);
     }
 }

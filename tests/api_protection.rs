@@ -635,3 +635,21 @@ async fn a_body_longer_than_the_waf_reads_is_refused_only_by_a_blocking_waf_and_
     assert_eq!(sample(&detect.metrics().await, "palisade_waf_uninspected_bodies_total"), 1.0);
     detect.shutdown();
 }
+
+/// gRPC messages are binary: from paranoia 2 the WAF reads every text body, and read as text a
+/// message's frame header was itself a finding, so every call was refused (and a streaming call
+/// held back until its client ended it). A text body is still read at that level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_messages_pass_a_waf_at_paranoia_two_that_still_reads_text_bodies() {
+    let s = PolicedSidecar::start(&policy("waf", "  inputValidation:\n    waf: {mode: BLOCK, paranoia: 2}\n")).await;
+    let client = s.https("frontend");
+    let call = |content_type: &'static str, body: &'static [u8]| {
+        client.post(s.url("/t.Echo/Unary")).header("content-type", content_type).header("te", "trailers").body(body).send()
+    };
+    let message: &[u8] = b"\x00\x00\x00\x00\x05hello";
+    let answer = call("application/grpc", message).await.unwrap();
+    assert_eq!((answer.status().as_u16(), answer.version()), (200, http::Version::HTTP_2));
+    assert_eq!(call("application/grpc+proto", message).await.unwrap().status(), 200);
+    assert_eq!(call("text/plain", b"1' UNION SELECT password FROM users--").await.unwrap().status(), 403);
+    s.shutdown();
+}

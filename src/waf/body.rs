@@ -27,9 +27,9 @@ pub(crate) fn inspect(waf: &Waf, content_type: Option<&[u8]>, body: &[u8], skip:
         Media::Multipart => multipart(waf, content_type.unwrap_or(b""), body, skip),
         Media::Json => json(waf, body, true, skip),
         Media::Xml => xml(waf, body, skip),
-        // From paranoia 2 a body of any other type is read as one text value.
-        Media::Other if waf.paranoia >= 2 => as_text(waf, skip, LocationKind::Body, body),
-        // At 1 it is read only when it is JSON after all: many apps parse a body as JSON
+        // From paranoia 2 a body of any other type but a binary one is read as one text value.
+        Media::Other if waf.paranoia >= 2 && !binary(content_type) => as_text(waf, skip, LocationKind::Body, body),
+        // At 1 (and a binary one at any level) it is read only when it is JSON after all: many apps parse a body as JSON
         // whatever its type says (PHP's `json_decode` of `php://input`, Go's `json.Decoder`,
         // Express's `json({type: '*/*'})`), so `text/plain` must not carry one past the WAF.
         Media::Other if json_like(body) == Some(true) => json(waf, body, false, skip),
@@ -88,6 +88,36 @@ pub fn json_like(prefix: &[u8]) -> Option<bool> {
 /// Whether [`inspect`] parses a body of this type (rather than treating it as opaque text).
 pub(crate) fn structured(content_type: Option<&[u8]>) -> bool {
     Media::of(content_type) != Media::Other
+}
+
+/// A binary type no app reads as text (gRPC and protobuf messages, images, archives): read, even
+/// from paranoia 2, only as any other type is from paranoia 1, when its first bytes show JSON.
+/// Read as text, a gRPC message's 5-byte frame header was itself a finding (every call refused),
+/// and a streaming call was held back until its client ended it.
+pub(crate) fn binary(content_type: Option<&[u8]>) -> bool {
+    let Some(ct) = content_type else { return false };
+    let media = media_type(ct).to_ascii_lowercase();
+    let Some(slash) = media.iter().position(|b| *b == b'/') else { return false };
+    let (kind, subtype) = (&media[..slash], &media[slash + 1..]);
+    match kind {
+        b"image" | b"audio" | b"video" | b"font" => true,
+        b"application" => {
+            subtype.starts_with(b"grpc")
+                || matches!(
+                    subtype,
+                    b"protobuf"
+                        | b"x-protobuf"
+                        | b"vnd.google.protobuf"
+                        | b"octet-stream"
+                        | b"zip"
+                        | b"gzip"
+                        | b"x-tar"
+                        | b"pdf"
+                        | b"wasm"
+                )
+        }
+        _ => false,
+    }
 }
 
 /// `type/subtype` without parameters or surrounding blanks: up to the first `;`, `,` or blank,
