@@ -644,7 +644,12 @@ async fn grpc_messages_pass_a_waf_at_paranoia_two_that_still_reads_text_bodies()
     let s = PolicedSidecar::start(&policy("waf", "  inputValidation:\n    waf: {mode: BLOCK, paranoia: 2}\n")).await;
     let client = s.https("frontend");
     let call = |content_type: &'static str, body: &'static [u8]| {
-        client.post(s.url("/t.Echo/Unary")).header("content-type", content_type).header("te", "trailers").body(body).send()
+        client
+            .post(s.url("/t.Echo/Unary"))
+            .header("content-type", content_type)
+            .header("te", "trailers")
+            .body(body)
+            .send()
     };
     let message: &[u8] = b"\x00\x00\x00\x00\x05hello";
     let answer = call("application/grpc", message).await.unwrap();

@@ -1020,3 +1020,37 @@ async fn a_websocket_crosses_the_pair_over_mutual_tls_and_stays_open_while_silen
     assert!(read.expect("the end in time").is_ok() && rest.is_empty(), "{rest:?}");
     pair.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_304_that_names_its_representations_length_reaches_the_caller() {
+    // RFC 9110 §8.6: a 304 may carry the Content-Length of what it stands for, with no body.
+    let (app_addr, _events) =
+        scripted_app(Some("HTTP/1.1 304 Not Modified\r\nETag: \"v7\"\r\nContent-Length: 1234\r\n\r\n")).await;
+    let pair = Pair::start_configured(EchoApp::start().await, |_| {}, |b| b.inbound.app.0 = app_addr).await;
+    // The next answer on the connection shows that no body followed the first.
+    let request = format!("GET /catalog HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nIf-None-Match: \"v7\"\r\n\r\n");
+    let mut stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    let mut raw = Vec::new();
+    for last in [false, true] {
+        let request = if last { request.replace("\r\n\r\n", "\r\nConnection: close\r\n\r\n") } else { request.clone() };
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+        let answers = if last { 2 } else { 1 };
+        let mut buf = [0u8; 4096];
+        while raw.windows(4).filter(|w| w == b"\r\n\r\n").count() < answers {
+            let n = tokio::time::timeout(patience(), tokio::io::AsyncReadExt::read(&mut stream, &mut buf))
+                .await
+                .expect("an answer in time")
+                .unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&raw));
+            raw.extend_from_slice(&buf[..n]);
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let answers: Vec<&str> = text.split("\r\n\r\n").filter(|a| !a.is_empty()).collect();
+    assert_eq!(answers.len(), 2, "{text}");
+    for head in answers {
+        assert!(head.starts_with("HTTP/1.1 304"), "{text}");
+        assert!(head.to_ascii_lowercase().contains("etag: \"v7\""), "{text}");
+    }
+    pair.shutdown();
+}

@@ -288,7 +288,12 @@ pub(super) fn downstream_header(
     header.set_version(Version::HTTP_11);
     let head = session.req_header().method == http::Method::HEAD;
     let bodiless = head || matches!(header.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED) || finished;
-    if finished && !head && header.headers.get(header::CONTENT_LENGTH).is_some_and(|l| l.as_bytes() != b"0") {
+    // A 304's length is the representation's it stands for (RFC 9110 §8.6), as a HEAD's is.
+    let length_without_body = !head && header.status != StatusCode::NOT_MODIFIED;
+    if finished
+        && length_without_body
+        && header.headers.get(header::CONTENT_LENGTH).is_some_and(|l| l.as_bytes() != b"0")
+    {
         return Err(Error::explain(ErrorType::InvalidHTTPHeader, "a response with a length and no body").into_up());
     }
     if !session.is_http2() && !bodiless && header.headers.get(header::CONTENT_LENGTH).is_none() {
