@@ -1054,3 +1054,29 @@ async fn a_304_that_names_its_representations_length_reaches_the_caller() {
     }
     pair.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_callers_cookie_crumbs_reach_an_http1_app_as_one_cookie_line() {
+    let pair = Pair::start_configured(
+        EchoApp::start().await,
+        |_| {},
+        |b| {
+            b.inbound.app_protocol = palisade::config::AppProtocol::Http1;
+        },
+    )
+    .await;
+    // HTTP/2's :authority names the destination (a Host beside it that disagrees is refused).
+    let client =
+        reqwest::Client::builder().http2_prior_knowledge().resolve(B_AUTHORITY, pair.a.outbound).build().unwrap();
+    let mut headers = http::HeaderMap::new();
+    headers.append("cookie", http::HeaderValue::from_static("session=abc"));
+    headers.append("cookie", http::HeaderValue::from_static("theme=dark"));
+    let url = format!("http://{B_AUTHORITY}:{}/crumbs", pair.a.outbound.port());
+    let response = client.get(url).headers(headers).send().await.unwrap();
+    assert_eq!((response.status().as_u16(), response.version()), (200, http::Version::HTTP_2), "{response:?}");
+    let text = response.text().await.unwrap();
+    let seen: Seen = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(seen.version, "HTTP/1.1");
+    assert_eq!(seen.headers.get("cookie"), Some(&vec!["session=abc; theme=dark".to_string()]), "{:?}", seen.headers);
+    pair.shutdown();
+}

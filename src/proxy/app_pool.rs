@@ -409,6 +409,14 @@ pub fn app_request(session: &Session) -> pingora::Result<http::request::Parts> {
     for name in super::CONNECTION_SPECIFIC.iter().chain(&HOP_BY_HOP) {
         request.headers.remove(name);
     }
+    // HTTP/2 may split a cookie into crumbs; HTTP/1.1 has one Cookie line, and many apps read
+    // only the first (RFC 9113 §8.2.3: joined with "; ").
+    if request.headers.get_all(header::COOKIE).iter().nth(1).is_some() {
+        let crumbs: Vec<&[u8]> = request.headers.get_all(header::COOKIE).iter().map(HeaderValue::as_bytes).collect();
+        let joined = HeaderValue::from_bytes(&crumbs.join(&b"; "[..]))
+            .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "cookie crumbs do not join").into_down())?;
+        request.headers.insert(header::COOKIE, joined);
+    }
     match request.uri.authority() {
         Some(authority) if authority.as_str().contains('@') => {
             return Err(Error::explain(ErrorType::InvalidHTTPHeader, "userinfo in the request authority").into_down());
