@@ -10,6 +10,26 @@ use std::path::Path;
 /// The largest key, certificate, trust bundle or JWKS file read (a bundle of hundreds of roots).
 pub const MAX_KEY_FILE_BYTES: usize = 1024 * 1024;
 
+/// How many reads of a set of files [`settled`] makes at most before it gives up for now.
+const SETTLE_READS: usize = 5;
+
+/// Reads a set of files as one moment's: again, until two reads in a row agree. A ConfigMap's
+/// `..data` swap between the reads of two of its files, or a file being written, gives a set no
+/// one wrote (a DENY moved from one file to another was in neither); the next read gives the
+/// finished one. `None` when no two reads agreed: something is still writing, and the next look
+/// decides.
+pub fn settled<T>(mut read: impl FnMut() -> T, same: impl Fn(&T, &T) -> bool) -> Option<T> {
+    let mut last = read();
+    for _ in 1..SETTLE_READS {
+        let next = read();
+        if same(&last, &next) {
+            return Some(next);
+        }
+        last = next;
+    }
+    None
+}
+
 /// The bytes of the regular file at `path`, at most `max_bytes` of them.
 pub fn read_regular(path: &Path, max_bytes: usize) -> std::io::Result<Vec<u8>> {
     // O_NONBLOCK: opening a FIFO with no writer would otherwise wait for one.
@@ -68,6 +88,16 @@ pub fn uri_without_credentials(uri: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_set_of_files_is_taken_once_two_reads_in_a_row_agree() {
+        // A ConfigMap swapped between two files' reads: a.yaml new, b.yaml old, then both new.
+        let mut reads = ["a2 b1", "a2 b2", "a2 b2"].into_iter();
+        assert_eq!(settled(|| reads.next().unwrap(), |a, b| a == b), Some("a2 b2"));
+        // A file still being written at every read: nothing is taken this time.
+        let mut growing = 0..;
+        assert_eq!(settled(|| growing.next().unwrap(), |a, b| a == b), None);
+    }
 
     #[test]
     fn only_regular_files_of_bounded_size_are_read() {

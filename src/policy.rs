@@ -101,7 +101,7 @@ impl PolicyStore {
         let snapshot = if options.files.is_empty() && options.control_plane {
             no_policy_yet(&options, &telemetry, &authn)
         } else {
-            let sources = Sources::read(&options.files);
+            let sources = Sources::read_now(&options.files);
             let located = validate(sources.parse(), &options, false)?;
             key_files = load::key_files(&located);
             let version = sources.version_with(&key_files);
@@ -167,7 +167,7 @@ impl PolicyStore {
         if self.options.files.is_empty() || self.source() == Source::ControlPlane {
             return None;
         }
-        let sources = Sources::read(&self.options.files);
+        let sources = Sources::read(&self.options.files)?;
         let parsed;
         let version;
         {

@@ -195,6 +195,9 @@ pub struct ScanOutcome {
     pub accepted: Vec<String>,
 }
 
+/// A policy directory's files by name, each with its text or why it could not be read.
+type Listing = BTreeMap<String, std::io::Result<String>>;
+
 impl PolicyDirectory {
     pub fn new(dir: PathBuf) -> Self {
         PolicyDirectory { dir, files: BTreeMap::new(), readable: None, revision: Ok(0), served: false }
@@ -207,7 +210,28 @@ impl PolicyDirectory {
     /// Reads every policy file; returns a new catalog when anything changed.
     pub fn scan(&mut self) -> ScanOutcome {
         let mut outcome = ScanOutcome { catalog: None, rejected: Vec::new(), held: Vec::new(), accepted: Vec::new() };
-        let listing = match self.list() {
+        // One moment's files: a ConfigMap swap between two files' reads is read again.
+        let same = |a: &Listing, b: &Listing| {
+            a.len() == b.len()
+                && a.iter().zip(b).all(|((na, ca), (nb, cb))| {
+                    na == nb
+                        && match (ca, cb) {
+                            (Ok(a), Ok(b)) => a == b,
+                            (Err(a), Err(b)) => a.to_string() == b.to_string(),
+                            _ => false,
+                        }
+                })
+        };
+        let read = crate::files::settled(
+            || self.list(),
+            |a, b| match (a, b) {
+                (Ok(a), Ok(b)) => same(a, b),
+                (Err(a), Err(b)) => a.to_string() == b.to_string(),
+                _ => false,
+            },
+        );
+        let Some(listing) = read else { return outcome };
+        let listing = match listing {
             Ok(listing) => listing,
             Err(e) => {
                 if self.readable != Some(false) {
@@ -388,7 +412,7 @@ impl PolicyDirectory {
     /// Policy files by name ([`crate::policy::is_policy_file_name`]), symlinks followed. Each
     /// is read with the limits of every policy file (regular files only, at most 1 MiB), so a
     /// FIFO, a device or a huge file is that file's error, never a stuck or swollen scan.
-    fn list(&self) -> std::io::Result<BTreeMap<String, std::io::Result<String>>> {
+    fn list(&self) -> std::io::Result<Listing> {
         let mut listing = BTreeMap::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;

@@ -116,7 +116,19 @@ pub struct Sources {
 }
 
 impl Sources {
-    pub fn read(files: &[PathBuf]) -> Sources {
+    /// The files as one moment's (see [`crate::files::settled`]); `None` while they are still
+    /// changing under the reader.
+    pub fn read(files: &[PathBuf]) -> Option<Sources> {
+        crate::files::settled(|| Sources::read_once(files), |a, b| a.version == b.version)
+    }
+
+    /// [`Sources::read`] where there is no next look to wait for (a start, `palisade check`):
+    /// the last read when the files never settled.
+    pub fn read_now(files: &[PathBuf]) -> Sources {
+        Sources::read(files).unwrap_or_else(|| Sources::read_once(files))
+    }
+
+    fn read_once(files: &[PathBuf]) -> Sources {
         let texts: Vec<_> = files
             .iter()
             .map(|file| (file.clone(), crate::yaml::read_file(file, crate::yaml::Limits::FILE.max_bytes)))
@@ -234,7 +246,7 @@ pub fn unique(located: Vec<Located>) -> (Vec<Located>, Vec<ConfigError>) {
 
 /// Reads and parses files (what `palisade check` does).
 pub fn load_files(files: &[PathBuf]) -> (Vec<Located>, Vec<ConfigError>) {
-    Sources::read(files).parse()
+    Sources::read_now(files).parse()
 }
 
 #[cfg(test)]
