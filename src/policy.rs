@@ -298,6 +298,7 @@ pub fn check_authentication(located: &[Located]) -> (Vec<ConfigError>, Vec<Confi
                 Err(e) => errors.push(l.error(&field, e)),
             }
         }
+        errors.extend(compile::judged_forwarded_headers(&[l]));
     }
     (errors, warnings)
 }

@@ -312,7 +312,9 @@ impl PolicySnapshot {
         let mut policies = Vec::new();
         let mut documents = Vec::new();
         let mut header_bits = HeaderBits::default();
-        for doc in located.iter().filter(|l| selects(&l.policy, workload)) {
+        let selected: Vec<&Located> = located.iter().filter(|l| selects(&l.policy, workload)).collect();
+        errors.extend(judged_forwarded_headers(&selected));
+        for doc in selected {
             let p = &doc.policy;
             let name: Arc<str> = format!("{}/{}", p.metadata.namespace, p.metadata.name).into();
             if let Some(v) = &p.spec.input_validation {
@@ -669,6 +671,47 @@ impl<'a> Facts<'a> {
     fn namespace(&self) -> Option<&'a str> {
         *self.namespace.get_or_init(|| self.principal.and_then(SpiffeId::namespace))
     }
+}
+
+/// A `when` condition or rate-limit key on a header a selecting policy's `forwardClaims` writes:
+/// the sidecar writes it once the token is verified, after the policy has decided, so the
+/// condition would judge whatever copy the caller sent (a forged `x-user-id: alice` beside
+/// Mallory's token was let in, and the app got `mallory`).
+pub(super) fn judged_forwarded_headers(selected: &[&Located]) -> Vec<ConfigError> {
+    let forwarded: Vec<(&str, &str)> = selected
+        .iter()
+        .filter_map(|d| d.policy.spec.authentication.as_ref())
+        .flat_map(|a| &a.jwt)
+        .flat_map(|p| &p.forward_claims)
+        .map(|f| (f.header.as_str(), f.claim.as_str()))
+        .collect();
+    let mut errors = Vec::new();
+    let mut judge = |doc: &Located, field: String, key: &http::HeaderName| {
+        if let Some((_, claim)) = forwarded.iter().find(|(h, _)| h.eq_ignore_ascii_case(key.as_str())) {
+            let message = format!(
+                "{key} is written by forwardClaims (claim {claim}) after the policy decides, so this would judge \
+                 the caller's own copy; name the claim instead: request.auth.claims[{claim}]"
+            );
+            errors.push(doc.error(&field, message));
+        }
+    };
+    for doc in selected {
+        let spec = &doc.policy.spec;
+        let rules = spec.authorization.iter().flat_map(|a| a.rules.iter().enumerate());
+        for (i, rule) in rules {
+            for (j, condition) in rule.when.iter().enumerate() {
+                if let ConditionKey::Header(h) = &condition.key {
+                    judge(doc, format!("spec.authorization.rules[{i}].when[{j}].key"), h);
+                }
+            }
+        }
+        for (i, limit) in spec.rate_limits.iter().enumerate() {
+            if let LimitKey::Header(h) = &limit.key {
+                judge(doc, format!("spec.rateLimits[{i}].key"), h);
+            }
+        }
+    }
+    errors
 }
 
 fn compile_rule(rule: &Rule, decision: Decision, header_bits: &mut HeaderBits) -> CompiledRule {

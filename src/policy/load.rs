@@ -271,6 +271,31 @@ mod tests {
     }
 
     #[test]
+    fn a_condition_or_key_on_a_header_the_sidecar_writes_for_the_app_is_refused() {
+        for key in ["x-forwarded-client-cert", "L5d-Client-Id", "palisade-orig-proto"] {
+            let when = format!(
+                "{HEAD}  authorization:\n    rules:\n      - {{name: r, action: ALLOW, when: [{{key: \"request.headers[{key}]\", values: [\"*\"]}}]}}\n"
+            );
+            let errors = errors_of(&when);
+            assert!(errors.len() == 1 && errors[0].message.contains("only the sidecar sets"), "{key}: {errors:?}");
+            let limit =
+                format!("{HEAD}  rateLimits:\n    - {{name: l, key: \"request.headers[{key}]\", rate: 1, per: 1s}}\n");
+            assert_eq!(errors_of(&limit).len(), 1, "{key}");
+        }
+        // A forwarded claim's header: judged before the sidecar writes it, so refused too, by
+        // `palisade check` and by every sidecar the policy selects.
+        let text = format!(
+            "{HEAD}  authentication:\n    jwt:\n      - issuer: https://auth.example.com\n        audiences: [orders]\n        jwks: {{file: /etc/palisade/jwks.json}}\n        forwardClaims: [{{claim: sub, header: x-user-id}}]\n  authorization:\n    rules:\n      - {{name: alice, action: ALLOW, when: [{{key: \"request.headers[X-User-Id]\", values: [alice]}}]}}\n  rateLimits:\n    - {{name: per-user, key: \"request.headers[x-user-id]\", rate: 1, per: 1s}}\n"
+        );
+        let (located, errors) = parse_file(Path::new("p.yaml"), &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let errors = super::super::compile::judged_forwarded_headers(&located.iter().collect::<Vec<_>>());
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["spec.authorization.rules[0].when[0].key", "spec.rateLimits[0].key"]);
+        assert!(errors[0].message.contains("request.auth.claims[sub]"), "{}", errors[0]);
+    }
+
+    #[test]
     fn each_error_points_at_its_line_and_field() {
         let cases: &[(&str, usize, &str, &str)] = &[
             ("  authorization:\n    rules:\n      - {name: a, action: ALLOW, from: {principals: [\"a*b\"]}}\n", 7, "spec.authorization.rules[0].from.principals[0]", "wildcard"),
