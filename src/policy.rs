@@ -270,11 +270,25 @@ fn compile(
     authn: &crate::authn::AuthnRuntime,
     previous: Option<&PolicySnapshot>,
 ) -> Result<PolicySnapshot, Vec<ConfigError>> {
+    // Files this sidecar was told to read, none of whose policies is for it: a selector or a
+    // namespace mistyped, most likely, and every request let in as if there were no policy.
+    let workload = &options.workload;
+    if source == Source::Files && !located.is_empty() && !located.iter().any(|l| selects(&l.policy, workload)) {
+        let names: Vec<String> =
+            located.iter().map(|l| format!("{}/{}", l.policy.metadata.namespace, l.policy.metadata.name)).collect();
+        tracing::warn!(
+            policies = ?names,
+            namespace = %workload.namespace,
+            labels = ?workload.labels,
+            "none of the policies in policy.files selects this workload, so none is enforced: check their \
+             metadata.namespace and spec.selector.matchLabels against the workload's"
+        );
+    }
     PolicySnapshot::compile(
         version,
         source,
         located,
-        &options.workload,
+        workload,
         options.default_mtls,
         &telemetry.metrics,
         authn,

@@ -1022,3 +1022,31 @@ fn ctrl_c_drains_the_demo_and_says_so() {
     let said = std::fs::read_to_string(log.path()).unwrap();
     assert_eq!(said.matches("stopped sidecar").count(), 2, "{said}");
 }
+
+/// A policy file the sidecar reads whose only policy is for another namespace (a typo): nothing
+/// is enforced, and the log says so and why, at start and at each such reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_files_that_select_nothing_here_are_warned_about() {
+    let (pki, config, ports) = orders_sidecar();
+    let policy = pki.dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: orders, namespace: shopp}\n\
+         spec:\n  authorization: {default: DENY}\n",
+    )
+    .unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "workload: {{namespace: shop, labels: {{app: orders}}}}\npolicy: {{files: [\"{}\"]}}\n",
+        policy.display()
+    ));
+    std::fs::write(&config, text).unwrap();
+    let _child = spawn_ready(&config, ports[2]).await;
+    let log = config.with_file_name("sidecar.log");
+    let warned = eventually(async || {
+        let text = std::fs::read_to_string(&log).unwrap();
+        text.lines().any(|l| l.contains("WARN") && l.contains("selects this workload") && l.contains("shopp/orders"))
+    })
+    .await;
+    assert!(warned, "{}", std::fs::read_to_string(&log).unwrap());
+}
