@@ -132,11 +132,19 @@ impl FromStr for IpBlock {
             },
             _ => (network, prefix),
         };
-        let network = match network {
+        let masked = match network {
             IpAddr::V4(v4) => IpAddr::V4(mask32(u32::from(v4), prefix).into()),
             IpAddr::V6(v6) => IpAddr::V6(mask128(u128::from(v6), prefix).into()),
         };
-        Ok(IpBlock { network, prefix })
+        // `100.64.0.0/2` is 64.0.0.0/2: a mistyped prefix (or a file cut while it was written)
+        // would quietly widen the block a thousandfold.
+        if masked != network {
+            return Err(format!(
+                "{s:?} has bits set past its /{prefix} prefix: the block it names is {masked}/{prefix}; write that, \
+                 or the prefix meant"
+            ));
+        }
+        Ok(IpBlock { network: masked, prefix })
     }
 }
 
@@ -201,7 +209,11 @@ mod tests {
         assert!(mapped.contains("127.0.0.5".parse().unwrap()), "IPv4-mapped blocks match IPv4 clients");
         let host: IpBlock = "127.0.0.1".parse().unwrap();
         assert_eq!(host.to_string(), "127.0.0.1/32");
-        assert_eq!("10.96.0.1/12".parse::<IpBlock>().unwrap().to_string(), "10.96.0.0/12", "the network, masked");
+        // Bits past the prefix are a mistake, not a wider block: refused, naming the block meant.
+        let widened = "100.64.0.0/2".parse::<IpBlock>().unwrap_err();
+        assert!(widened.contains("64.0.0.0/2"), "{widened}");
+        assert!("fd00::1/8".parse::<IpBlock>().is_err());
+        assert_eq!("10.96.0.0/12".parse::<IpBlock>().unwrap().to_string(), "10.96.0.0/12");
         assert!(host.contains("127.0.0.1".parse().unwrap()) && !host.contains("127.0.0.2".parse().unwrap()));
         assert!("0.0.0.0/0".parse::<IpBlock>().unwrap().contains("8.8.8.8".parse().unwrap()));
         for bad in ["10.0.0.0/33", "10.0.0/8", "fd00::/129", "x"] {

@@ -252,7 +252,7 @@ mod tests {
             inbound_ports: Some(vec![8080, 15000, 9090]),
             exclude_inbound_ports: vec![9090],
             exclude_outbound_ports: vec![5432],
-            exclude_outbound_cidrs: ["10.96.0.1/12", "fd00::1/8", "169.254.169.254"]
+            exclude_outbound_cidrs: ["10.96.0.0/12", "fd00::/8", "169.254.169.254"]
                 .map(|b| b.parse().unwrap())
                 .to_vec(),
             dns_servers: vec!["10.96.0.10".parse().unwrap(), "fd00::a".parse().unwrap()],
