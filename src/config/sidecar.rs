@@ -817,6 +817,11 @@ pub enum EventFormat {
     Ecs,
 }
 
+/// The shortest `identity.files.reloadInterval`.
+const MIN_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// The longest of the `limits` timeouts: no request head, body or silence is awaited for a day.
+const MAX_LIMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Worker threads a sidecar may ask for: a sidecar that needs more than this is not one.
 pub const MAX_THREADS: usize = 64;
 
@@ -831,9 +836,12 @@ impl super::Validate for SidecarConfig {
                 invalid.push(Invalid::field("identity", "give a source of certificates: files or controlPlane"))
             }
 
-            (Some(files), None) if files.reload_interval.0.is_zero() => {
-                invalid.push(Invalid::field("identity.files.reloadInterval", "must be more than 0"))
-            }
+            // Every look reads and hashes the certificates and the policy files: at 1 ms an idle
+            // sidecar spent most of a core on it.
+            (Some(files), None) if files.reload_interval.0 < MIN_RELOAD_INTERVAL => invalid.push(Invalid::field(
+                "identity.files.reloadInterval",
+                format!("must be at least {}ms", MIN_RELOAD_INTERVAL.as_millis()),
+            )),
             _ => {}
         }
         if !self.inbound.allow_permissive && self.inbound.mtls == MtlsMode::PERMISSIVE {
@@ -850,6 +858,11 @@ impl super::Validate for SidecarConfig {
         ] {
             if value.0.is_zero() {
                 invalid.push(Invalid::field(field, "must be more than 0"));
+            }
+            // Deadlines are instants this far ahead; past what the clock can add, every
+            // connection's timer panicked (and /live with them).
+            if value.0 > MAX_LIMIT_TIMEOUT {
+                invalid.push(Invalid::field(field, "must be at most 24h"));
             }
         }
         if self.outbound.opaque_ports.contains(&0) {
@@ -940,6 +953,13 @@ impl super::Validate for SidecarConfig {
             if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a.0.port() != 0 && a.0 == addr.0) {
                 invalid.push(Invalid::field(field, format!("{addr} is also {other}")));
             }
+        }
+        // The app at the inbound listener's own address: each request would come back to the
+        // listener until maxConnectionsPerSource stopped it (a thousand access-log lines, then 502).
+        let (app, listen) = (self.inbound.app.0, self.inbound.listen.0);
+        let local = |ip: std::net::IpAddr| ip.is_loopback() || ip.is_unspecified();
+        if app.port() == listen.port() && (app.ip() == listen.ip() || (listen.ip().is_unspecified() && local(app.ip()))) {
+            invalid.push(Invalid::field("inbound.app", format!("{app} is inbound.listen's own address: name the app's port")));
         }
         if let Some(namespace) = self.workload.namespace.as_deref().filter(|n| !crate::identity::is_namespace_name(n)) {
             invalid.push(Invalid::field(
@@ -1268,6 +1288,22 @@ threads: 1
         cfg.identity.files = None;
         cfg.threads = 1;
         assert!(cfg.validate(&env).is_empty(), "certificates from the control plane's CA");
+    }
+
+    #[test]
+    fn timeouts_a_reload_interval_and_the_app_address_are_held_to_what_works() {
+        let env = std::collections::BTreeMap::<String, String>::new();
+        let mut cfg = SidecarConfig::default();
+        cfg.identity.control_plane = Some(Default::default());
+        cfg.identity.files = None;
+        cfg.limits.header_timeout = HumanDuration(std::time::Duration::from_secs(2562047788015216 * 3600));
+        cfg.limits.idle_timeout = HumanDuration(std::time::Duration::from_secs(25 * 3600));
+        cfg.inbound.app = cfg.inbound.listen;
+        let fields = invalid_fields(&cfg, &env);
+        assert_eq!(fields, ["limits.headerTimeout", "limits.idleTimeout", "inbound.app"]);
+        let mut files = SidecarConfig::default();
+        files.identity.files.as_mut().unwrap().reload_interval = HumanDuration(std::time::Duration::from_millis(1));
+        assert_eq!(invalid_fields(&files, &env), ["identity.files.reloadInterval"]);
     }
 
     /// Two entries for one authority leave which one answers to the list's order.
