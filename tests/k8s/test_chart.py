@@ -117,6 +117,36 @@ def test_bad_values_are_refused_by_the_schema_with_the_field_named(values):
     assert any(part in message for part in named if not part.isdigit()), message
 
 
+# Helm reads values files as YAML 1.1 (PyYAML does too): an unquoted on, yes or 0123 is a
+# boolean or an octal number by the time the chart sees it, and the rendered policy would compare
+# "true" or "83" where "on" or "0123" was written: a DENY that never matches.
+POLICY_VALUES = """
+policies:
+  - apiVersion: palisade.dev/v1alpha1
+    kind: SecurityPolicy
+    metadata: {name: orders, namespace: shop}
+    spec:
+      selector: {matchLabels: {app: orders}}
+      authorization:
+        rules:
+          - {name: no-debug-mode, action: DENY, when: [{key: "request.headers[x-debug]", values: [%s]}]}
+"""
+
+
+@pytest.mark.parametrize("written", ["on", "yes", "0123", "off"])
+def test_a_policy_value_yaml_would_retype_is_refused_until_quoted(written):
+    with helm_python.Chart.load(str(CHART)) as chart:
+        with pytest.raises(helm_python.HelmValuesError) as refused:
+            chart.render(yaml.safe_load(POLICY_VALUES % written), name="palisade", namespace=NAMESPACE)
+        assert "values" in str(refused.value), refused.value
+    # Quoted, it is the text written, and the control plane's ConfigMap carries it so.
+    rendered = objects(yaml.safe_load(POLICY_VALUES % f'"{written}"'))
+    config_map = next(d for d in rendered if d["metadata"]["name"] == "palisade-policies")
+    text = "".join(config_map["data"].values())
+    policy = yaml.safe_load(text)
+    assert policy["spec"]["authorization"]["rules"][0]["when"][0]["values"] == [written], text
+
+
 @pytest.mark.parametrize("ttl", ["0s", "4s", "4999ms", "8785h", "100000h"])
 def test_a_certificate_lifetime_the_ca_would_refuse_is_refused_at_render(ttl):
     with helm_python.Chart.load(str(CHART)) as chart:
