@@ -435,6 +435,14 @@ pub(crate) fn passed_answer(session: &mut pingora::proxy::Session, header: &mut 
     }
 }
 
+/// A gRPC request (`application/grpc`, `application/grpc+proto`, ...).
+pub(crate) fn is_grpc(request: &pingora::http::RequestHeader) -> bool {
+    request.headers.get(http::header::CONTENT_TYPE).is_some_and(|t| {
+        let t = t.as_bytes();
+        t.len() >= 16 && t[..16].eq_ignore_ascii_case(b"application/grpc")
+    })
+}
+
 /// The verified caller of this connection, if it came over mutual TLS.
 pub(crate) fn peer_identity(session: &pingora::proxy::Session) -> Option<&crate::tls::PeerIdentity> {
     session.digest()?.ssl_digest.as_ref()?.extension.get::<crate::tls::PeerIdentity>()

@@ -606,3 +606,32 @@ async fn an_http2_app_may_send_a_stream_no_more_than_a_small_window_ahead_of_its
     let granted = tokio::time::timeout(BOUND, capacity_rx.recv()).await.expect("the app's window in time").unwrap();
     assert!(granted > 0 && granted <= 256 * 1024, "the app may send {granted} bytes ahead");
 }
+
+/// A gRPC stream may be silent for longer than `bodyTimeout` (a watch, a subscription): the
+/// outbound side does not time it, as the inbound side does not. A request that is not gRPC,
+/// stalled beside it on the same connection, still gets 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_grpc_stream_outlives_the_body_timeout_that_ends_a_stalled_upload_beside_it() {
+    let pair =
+        Pair::start_configured(EchoApp::start().await, |a| a.limits.body_timeout = HumanDuration(BODY_TIMEOUT), |_| {})
+            .await;
+    let tcp = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let mut open = |content_type: &str| {
+        let request = http::Request::post(format!("http://{B_AUTHORITY}/stream")).header("content-type", content_type);
+        let (response, mut body) = client.send_request(request.body(()).unwrap(), false).unwrap();
+        body.send_data(bytes::Bytes::from_static(b"\x00\x00\x00\x00\x01x"), false).unwrap();
+        (response, body)
+    };
+    let (grpc, mut grpc_body) = open("application/grpc");
+    let (upload, _upload_body) = open("text/plain");
+    let upload = tokio::time::timeout(BOUND, upload).await.expect("the upload's answer in time").unwrap();
+    assert_eq!(upload.status(), 408);
+    // Silent for the whole body timeout and more: the gRPC call still completes.
+    grpc_body.send_data(bytes::Bytes::new(), true).unwrap();
+    let grpc = tokio::time::timeout(BOUND, grpc).await.expect("the call's answer in time").unwrap();
+    assert_eq!(grpc.status(), 200);
+    pair.shutdown();
+}

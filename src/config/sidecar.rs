@@ -958,8 +958,12 @@ impl super::Validate for SidecarConfig {
         // listener until maxConnectionsPerSource stopped it (a thousand access-log lines, then 502).
         let (app, listen) = (self.inbound.app.0, self.inbound.listen.0);
         let local = |ip: std::net::IpAddr| ip.is_loopback() || ip.is_unspecified();
-        if app.port() == listen.port() && (app.ip() == listen.ip() || (listen.ip().is_unspecified() && local(app.ip()))) {
-            invalid.push(Invalid::field("inbound.app", format!("{app} is inbound.listen's own address: name the app's port")));
+        if app.port() == listen.port() && (app.ip() == listen.ip() || (listen.ip().is_unspecified() && local(app.ip())))
+        {
+            invalid.push(Invalid::field(
+                "inbound.app",
+                format!("{app} is inbound.listen's own address: name the app's port"),
+            ));
         }
         if let Some(namespace) = self.workload.namespace.as_deref().filter(|n| !crate::identity::is_namespace_name(n)) {
             invalid.push(Invalid::field(

@@ -97,6 +97,9 @@ pub async fn exchange(
     timeouts: &super::CallerTimeouts,
 ) -> pingora::Result<()> {
     let body_timeout = timeouts.body;
+    // A gRPC stream may rightly say nothing for long (a watch, a subscription), and gRPC has
+    // deadlines of its own: its silence is not timed, as the inbound side does not time it.
+    let timed = !super::is_grpc(session.req_header());
     let mut request_done = first.is_none() && session.is_body_empty() && session.is_body_done();
     let (response, body_writer) = upstream.send_request(request, request_done).map_err(Error::into_up)?;
     if expects_continue && !request_done {
@@ -134,7 +137,7 @@ pub async fn exchange(
             }
             // Waiting for the caller's body (not for the peer's flow control): HTTP/1.1 reads
             // time out in pingora too; HTTP/2 ones only here.
-            () = &mut stalled, if pending.is_none() && watch_caller && !request_done => {
+            () = &mut stalled, if timed && pending.is_none() && watch_caller && !request_done => {
                 return Err(super::body_timed_out());
             }
             sent = send_pending(body_writer.as_mut(), &mut pending), if pending.is_some() => {
