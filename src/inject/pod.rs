@@ -303,7 +303,8 @@ fn windows_by_affinity(spec: &Map<String, Value>) -> bool {
 /// pod never becomes ready (Istio rewrites probes so too). Only the probe's `port` and `path`
 /// change (scalars, which `palisade inject` edits in the manifest's own text); its timings stay.
 /// Left as written: probes of ports not captured, exec and gRPC probes, HTTPS probes (the app's
-/// own TLS), probes with a `host` (not this pod), and TCP probes (see the chart's README).
+/// own TLS), probes with a `host` (not this pod), and TCP probes (see the chart's README); a
+/// gRPC, HTTPS or TCP probe of a captured port is warned about.
 /// Returns the operations, what the sidecar's configuration needs, and warnings for probes of
 /// captured ports that cannot work as written.
 fn rewrite_app_probes(
@@ -337,6 +338,12 @@ fn rewrite_app_probes(
             if let Some(port) = probe.get("tcpSocket").and_then(|t| t.get("port")).and_then(port_of) {
                 if captured(port) {
                     warnings.push(warn(format!("a TCP probe of captured port {port} is accepted by the sidecar whether the app listens or not; use an httpGet or exec probe, or exclude the port (palisade.dev/exclude-inbound-ports)")));
+                }
+                continue;
+            }
+            if let Some(port) = probe.get("grpc").and_then(|g| g.get("port")).and_then(port_of) {
+                if captured(port) {
+                    warnings.push(warn(format!("a gRPC probe of captured port {port} fails: the kubelet's plaintext call meets the sidecar's mutual TLS; use an exec probe (grpc_health_probe) or exclude the port (palisade.dev/exclude-inbound-ports)")));
                 }
                 continue;
             }

@@ -803,15 +803,19 @@ fn the_apps_probes_of_captured_ports_are_asked_through_the_sidecars_admin_port()
     );
     let (response, patched) = webhook(&object, "shop", FailurePolicy::Fail);
     assert_eq!(response["allowed"], true);
-    // What cannot work as written is said: the HTTPS probe and the TCP probe of port 8080.
+    // What cannot work as written is said: the HTTPS probe, the gRPC and the TCP probe of 8080.
     let warnings: Vec<&str> = response["warnings"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert_eq!(warnings.len(), 3, "{warnings:?}");
     assert!(
         warnings[0].contains("livenessProbe of container side: an HTTPS probe of captured port 8443"),
         "{warnings:?}"
     );
     assert!(
-        warnings[1].contains("readinessProbe of container grpc: a TCP probe of captured port 8080"),
+        warnings[1].contains("livenessProbe of container grpc: a gRPC probe of captured port 8080 fails"),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings[2].contains("readinessProbe of container grpc: a TCP probe of captured port 8080"),
         "{warnings:?}"
     );
     let containers = &patched["spec"]["containers"];
