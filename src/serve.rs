@@ -377,13 +377,14 @@ pub async fn serve_with<A>(
             // its head's deadline runs from the accept, not from after the look at its first
             // words (which would give a line never finished two `headerTimeout`s).
             let since = since.or(gate.is_some().then_some(accepted));
-            let stream: Stream = Box::new(Deadlined::new(
-                stream,
-                peer,
-                &limits,
-                counters,
-                since.unwrap_or_else(tokio::time::Instant::now),
-            ));
+            let relaying =
+                stream.get_ssl_digest().is_some_and(|d| d.extension.get::<crate::tls::PeerIdentity>().is_some());
+            let mut conn =
+                Deadlined::new(stream, peer, &limits, counters, since.unwrap_or_else(tokio::time::Instant::now));
+            if relaying {
+                conn.relaying_many_callers();
+            }
+            let stream: Stream = Box::new(conn);
             match (gate, &*transport) {
                 (Some((gate, plaintext)), Transport::Mesh(inbound)) => {
                     serve_revocable(app, stream, gate, plaintext, &inbound.policy, shutdown).await;
@@ -1054,6 +1055,9 @@ impl std::fmt::Debug for Deadlined {
     }
 }
 
+/// How many callers' worth of stream resets a connection from a peer sidecar may carry.
+const RELAYED_RESETS: u32 = 10;
+
 /// The interim answer pingora may write before reading a body (`100 Continue`): not an answer.
 const INTERIM: &[u8] = b"HTTP/1.1 1";
 
@@ -1090,6 +1094,15 @@ impl Deadlined {
             stall_wait: CutWait::default(),
             idle_wait: CutWait::default(),
         }
+    }
+
+    /// The peer proved a mesh identity: a peer sidecar, whose one connection carries the
+    /// requests of every caller in its pod, and their cancellations (a gRPC deadline missed under
+    /// load is a reset). It holds each of its callers to `maxResetsPerSecond` itself; here the
+    /// connection may carry [`RELAYED_RESETS`] times as many before it is closed, failing every
+    /// caller's request on it.
+    fn relaying_many_callers(&mut self) {
+        self.max_resets_per_second = self.max_resets_per_second.map(|n| n.saturating_mul(RELAYED_RESETS));
     }
 
     /// What a write's outcome means: what went (`went`, given how many bytes went) for the
@@ -1748,6 +1761,89 @@ mod tests {
         // else a client could start with them and trickle the rest past the deadline.
         assert_eq!(ends(&[b"\r\n\r\n", b"GET / HT"]), None);
         assert_eq!(ends(&[b"\n\n\r\n", b"GET / HTTP/1.1\r\n\r\n"]), Some(1));
+    }
+
+    /// A connection from a peer sidecar carries the resets of every caller in its pod (their
+    /// missed deadlines): ten callers' worth before it is closed. Fifteen streams opened and
+    /// reset at once, past a limit of ten a second (and within h2's own bound on streams reset
+    /// before they are accepted): a client's connection is closed (GOAWAY), a peer sidecar's
+    /// answers the PING sent after them.
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_sidecars_connection_may_carry_ten_callers_worth_of_stream_resets() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let frame = |kind: u8, flags: u8, stream: u32, payload: &[u8]| {
+            let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+            f.extend([kind, flags]);
+            f.extend(stream.to_be_bytes());
+            f.extend_from_slice(payload);
+            f
+        };
+        for relaying in [false, true] {
+            let limits = ConnectionLimits { max_resets_per_second: Some(10), ..ConnectionLimits::default() };
+            let resets = prometheus::IntCounter::new("closed", "closed").unwrap();
+            let mut closures = closures();
+            closures.resets = crate::telemetry::Refusals::default().counter(
+                "inbound",
+                RefusalReason::RapidReset,
+                "10",
+                resets.clone(),
+            );
+            let (mut client, server_io) = tokio::io::duplex(1 << 20);
+            let mut conn = Deadlined::new(
+                Box::new(server_io),
+                "127.0.0.1:1".parse().unwrap(),
+                &limits,
+                closures,
+                tokio::time::Instant::now(),
+            );
+            if relaying {
+                conn.relaying_many_callers();
+            }
+            tokio::spawn(async move {
+                let mut h2 = h2::server::handshake(conn).await?;
+                while let Some(request) = h2.accept().await {
+                    drop(request?);
+                }
+                Ok::<_, h2::Error>(())
+            });
+            let mut bytes = h2_frames::PREFACE.to_vec();
+            bytes.extend(frame(0x4, 0, 0, &[]));
+            // GET https://orders.shop/ in HPACK.
+            let mut head = vec![0x82, 0x87, 0x84, 0x01, 11];
+            head.extend_from_slice(b"orders.shop");
+            for stream in (1..30u32).step_by(2) {
+                bytes.extend(frame(0x1, 0x4 | 0x1, stream, &head));
+                bytes.extend(frame(0x3, 0, stream, &8u32.to_be_bytes()));
+            }
+            bytes.extend(frame(0x6, 0, 0, b"12345678"));
+            client.write_all(&bytes).await.unwrap();
+            // The server's frames, until its PING acknowledgement or its GOAWAY.
+            let mut read = Vec::new();
+            let outcome = loop {
+                let mut at = 0;
+                let mut seen = None;
+                while read.len() >= at + 9 {
+                    let len = u32::from_be_bytes([0, read[at], read[at + 1], read[at + 2]]) as usize;
+                    match (read[at + 3], read[at + 4]) {
+                        (0x6, 0x1) => seen = Some("ping acknowledged"),
+                        (0x7, _) => seen = Some("goaway"),
+                        _ => {}
+                    }
+                    at += 9 + len;
+                }
+                if let Some(seen) = seen {
+                    break seen;
+                }
+                let mut buf = [0u8; 4096];
+                let n = client.read(&mut buf).await.unwrap();
+                assert!(n > 0, "closed without a word, relaying: {relaying}");
+                read.extend_from_slice(&buf[..n]);
+            };
+            match relaying {
+                true => assert_eq!((outcome, resets.get()), ("ping acknowledged", 0)),
+                false => assert_eq!((outcome, resets.get()), ("goaway", 1)),
+            }
+        }
     }
 
     /// h2 writes the frames that end a stream after its read has parked, and nothing more comes
