@@ -103,8 +103,10 @@ impl ErrorKind {
             _ => match e.esource() {
                 ErrorSource::Upstream => ErrorKind::BadGateway,
                 ErrorSource::Downstream => match e.etype() {
-                    // Gone, or not reading (limits.sendTimeout): nothing more can reach it.
-                    WriteError | ReadError | ConnectionClosed | WriteTimedout => return None,
+                    // Gone, or not reading (limits.sendTimeout): nothing more can reach it. An
+                    // HTTP/2 caller that reset its stream (a gRPC deadline passed, a call
+                    // cancelled) is gone too: no probe, and no 400 to write on a reset stream.
+                    WriteError | ReadError | ConnectionClosed | WriteTimedout | H2Error => return None,
                     // The caller's body stalled (limits.bodyTimeout).
                     ReadTimedout => ErrorKind::RequestTimeout,
                     // Its body stalled while the sidecar was over its memory limit: shed, as new
@@ -345,6 +347,9 @@ mod tests {
         assert_eq!(ErrorKind::classify(&pingora_h1), Some(ErrorKind::RequestTimeout));
         let app = Error::explain(ErrorType::ReadTimedout, "app").into_up();
         assert_eq!(ErrorKind::classify(&app), Some(ErrorKind::GatewayTimeout));
+        // A caller that reset its HTTP/2 stream left; it sent nothing malformed.
+        let cancelled = Error::explain(ErrorType::H2Error, "downstream error while idling").into_down();
+        assert_eq!(ErrorKind::classify(&cancelled), None);
     }
 
     #[test]
