@@ -1080,3 +1080,46 @@ async fn an_http2_callers_cookie_crumbs_reach_an_http1_app_as_one_cookie_line() 
     assert_eq!(seen.headers.get("cookie"), Some(&vec!["session=abc; theme=dark".to_string()]), "{:?}", seen.headers);
     pair.shutdown();
 }
+
+/// An app that breaks its answer off (a reset after part of the body) failed the request,
+/// whatever status it began with: both sidecars count it as the 502 it would have been, so a
+/// success rate does not hide an app that crashes mid-answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_app_breaks_off_is_counted_as_a_failure_on_both_sidecars() {
+    let (app_addr, _events) = raw_app(|mut stream, _events: tokio::sync::mpsc::UnboundedSender<()>| async move {
+        if read_request(&mut stream).await.is_some() {
+            let head = "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n";
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await;
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, &[b'x'; 1000]).await;
+            // Closed with a reset, not a FIN.
+            let _ = stream.set_zero_linger();
+        }
+    })
+    .await;
+    let pair = Pair::start_configured(EchoApp::start().await, |_| {}, |b| b.inbound.app.0 = app_addr).await;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let answer = client.get(pair.url("/broken")).header("host", B_AUTHORITY).send().await;
+    let whole = match answer {
+        Ok(answer) => answer.bytes().await.is_ok_and(|b| b.len() == 100000),
+        Err(_) => false,
+    };
+    assert!(!whole, "the caller never gets the whole answer");
+    let counted = |admin: std::net::SocketAddr, direction: &'static str| async move {
+        let metrics = http_client().get(format!("http://{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+        let failed = metrics.lines().any(|l| {
+            l.starts_with("palisade_requests_total{")
+                && l.contains(&format!("direction=\"{direction}\""))
+                && l.contains("code=\"502\"")
+        });
+        let succeeded = metrics.lines().any(|l| {
+            l.starts_with("palisade_requests_total{")
+                && l.contains(&format!("direction=\"{direction}\""))
+                && l.contains("code=\"200\"")
+        });
+        failed && !succeeded
+    };
+    wait_for("B counts a 502", async || counted(pair.b.admin, "inbound").await).await;
+    wait_for("A counts a 502", async || counted(pair.a.admin, "outbound").await).await;
+    pair.shutdown();
+}
+

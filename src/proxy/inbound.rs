@@ -610,7 +610,8 @@ impl ProxyHttp for Inbound {
         self.failures.suppress(session, e)
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut InboundCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut InboundCtx) {
+        ctx.request.failed_upstream = e.is_some_and(|e| e.esource() == &pingora::ErrorSource::Upstream);
         super::parse_guard::request_finished(session);
         let principal = peer_identity(session).map(|p| p.id.as_str()).unwrap_or("");
         // Inbound series name the caller; the destination is this workload, so it stays empty.

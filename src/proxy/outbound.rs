@@ -395,7 +395,8 @@ impl ProxyHttp for Outbound {
         self.failures.suppress(session, e)
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut OutboundCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut OutboundCtx) {
+        ctx.request.failed_upstream = e.is_some_and(|e| e.esource() == &pingora::ErrorSource::Upstream);
         super::parse_guard::request_finished(session);
         let expected = ctx.connector.as_ref().and_then(|c| c.expected()).map(SpiffeId::as_str).unwrap_or("");
         let destination = self.destination(session, ctx);

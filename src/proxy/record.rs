@@ -34,6 +34,8 @@ pub struct RequestCtx {
     pub shed: bool,
     /// How long a `DELAY` rate limit held the request back.
     pub ratelimit_delay: Option<std::time::Duration>,
+    /// The app or the peer failed the request (set when it ends; see [`finish`]).
+    pub failed_upstream: bool,
 }
 
 impl RequestCtx {
@@ -47,6 +49,7 @@ impl RequestCtx {
             inflight: None,
             shed: false,
             ratelimit_delay: None,
+            failed_upstream: false,
         }
     }
 
@@ -310,6 +313,11 @@ pub fn finish(
     ctx: &mut RequestCtx,
 ) {
     let code = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+    // An answer the app or the peer broke off (a reset mid-body) never reached the caller
+    // whole, whatever its status said: a failure of the hop, counted as the 502 it would have
+    // been had it come before the answer began, so success rates do not hide app crashes.
+    let broken_off = ctx.failed_upstream && code < 500 && code != 101;
+    let code = if broken_off && code != 0 { 502 } else { code };
     let method = method_label(&session.req_header().method);
     telemetry.requests.record(
         &telemetry.metrics,
