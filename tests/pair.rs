@@ -1123,3 +1123,14 @@ async fn an_answer_the_app_breaks_off_is_counted_as_a_failure_on_both_sidecars()
     pair.shutdown();
 }
 
+/// HTTP/1.0 may leave Host out; the app gets the request as HTTP/1.1, which must carry one
+/// (nginx answers 400 without it): the app's own address stands in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http10_request_without_host_reaches_the_app_with_one() {
+    let s = PolicedSidecar::start(&policy("open", "  authorization: {default: ALLOW}\n")).await;
+    let (head, body, _) = raw_exchange(s.sidecar.inbound, "GET /old HTTP/1.0\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"), "{head}");
+    let seen: Seen = serde_json::from_str(&body).unwrap();
+    assert_eq!(seen.header("host"), Some(s.app.addr.to_string().as_str()), "{:?}", seen.headers);
+    s.shutdown();
+}

@@ -568,6 +568,13 @@ impl ProxyHttp for Inbound {
         upstream: &mut RequestHeader,
         ctx: &mut InboundCtx,
     ) -> pingora::Result<()> {
+        // HTTP/1.0 may leave Host out; pingora sends the request on as HTTP/1.1, which must
+        // have one (nginx answers 400 without it): the app's own address stands in.
+        if !upstream.headers.contains_key(http::header::HOST) {
+            if let Some(app) = ctx.app {
+                upstream.insert_header(http::header::HOST, app.to_string())?;
+            }
+        }
         add_sidecar_headers(session, upstream, &ctx.request, ctx.token.as_ref())
     }
 
