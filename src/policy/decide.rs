@@ -751,7 +751,7 @@ impl PolicySnapshot {
                 return Err(Refusal::PayloadTooLarge);
             }
         }
-        normalize(view.path).map_err(|_| Refusal::Malformed("path cannot be normalised"))
+        normalize(view.path).map_err(|e| Refusal::Malformed(e.reason()))
     }
 }
 
@@ -1872,5 +1872,19 @@ mod tests {
         }
         let optional = jwt_policy("", false);
         assert_eq!(connect(&optional, ORDERS, 5432).0, Ok(()), "no rules, a token not required");
+    }
+
+    #[test]
+    fn a_refused_path_says_which_form_it_took() {
+        let s = snapshot("  authorization: {default: ALLOW}\n");
+        for (target, why) in [
+            ("/a;jsessionid=1", "path holds ';' or '\\'"),
+            ("/report.", "path segment ends in a dot or a space, or starts with a space"),
+            ("/%2561", "path is double percent-encoded"),
+            ("/a%2Fb", "path holds an encoded '/' or '\\'"),
+        ] {
+            let refusal = req("GET", target).decide(&s).0.unwrap_err();
+            assert_eq!(refusal.reason(), why, "{target}");
+        }
     }
 }

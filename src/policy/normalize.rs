@@ -10,41 +10,57 @@
 
 use std::borrow::Cow;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathError {
-    #[error("path holds an encoded '/' or '\\'")]
     EncodedSlash,
-    #[error("path holds a NUL byte")]
     Nul,
-    #[error("path climbs above the root")]
     EscapesRoot,
-    #[error("path does not start with '/'")]
     NotAbsolute,
-    #[error("path holds a malformed percent-escape")]
     BadEscape,
     /// `;` starts path parameters that Tomcat, Jetty and Spring strip before routing, and `\`
     /// is a separator to IIS and WHATWG URL parsers: either lets a path mean one thing to the
     /// policy and another to the app.
-    #[error("path holds ';' or '\\'")]
     Ambiguous,
     /// A control character, raw or encoded (a raw TAB arrives encoded: pingora re-encodes
     /// it), a raw space or a raw non-ASCII byte: servers strip, split at or mangle them.
-    #[error("path holds a control character, a raw space or a raw non-ASCII byte")]
     Control,
     /// `%25` before two hex digits: a backend or framework that decodes twice sees another path
     /// (`/%2561dmin` becomes `/admin`).
-    #[error("path is double percent-encoded")]
     DoubleEncoded,
     /// A segment ending in `.` or a space (other than `.` and `..`), or starting with a space:
     /// Windows and IIS drop trailing ones, so `/admin.` and `/admin%20` are `/admin` there, and
     /// Spring's path matcher trimmed both ends of a segment (CVE-2016-5007: `/%20admin`).
-    #[error("path segment ends in a dot or a space, or starts with a space")]
     TrailingDotOrSpace,
     /// Encoded bytes that are not UTF-8 (overlongs such as `%C0%AF`), or a character some
     /// stack folds to ASCII by Unicode compatibility or case mapping.
-    #[error("path holds malformed UTF-8 or a character that folds to ASCII")]
     Confusable,
 }
+
+impl PathError {
+    /// Why the path is refused, in the words the 400's event and log line carry.
+    pub fn reason(self) -> &'static str {
+        match self {
+            PathError::EncodedSlash => "path holds an encoded '/' or '\\'",
+            PathError::Nul => "path holds a NUL byte",
+            PathError::EscapesRoot => "path climbs above the root",
+            PathError::NotAbsolute => "path does not start with '/'",
+            PathError::BadEscape => "path holds a malformed percent-escape",
+            PathError::Ambiguous => "path holds ';' or '\\'",
+            PathError::Control => "path holds a control character, a raw space or a raw non-ASCII byte",
+            PathError::DoubleEncoded => "path is double percent-encoded",
+            PathError::TrailingDotOrSpace => "path segment ends in a dot or a space, or starts with a space",
+            PathError::Confusable => "path holds malformed UTF-8 or a character that folds to ASCII",
+        }
+    }
+}
+
+impl std::fmt::Display for PathError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.reason())
+    }
+}
+
+impl std::error::Error for PathError {}
 
 fn hex(b: u8) -> Option<u8> {
     match b {
