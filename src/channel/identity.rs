@@ -103,8 +103,13 @@ impl IdentityClient {
                     self.telemetry.metrics.certificate_reloads.with_label_values(&["rejected"]).inc();
                     *self.state.last_error.lock().expect("identity state lock") = Some(reason.clone());
                     let delay = backoff.next();
-                    tracing::warn!(ca = %format!("{}:{}", self.host, self.port), %reason, retry_in = ?delay,
-                        "certificate request failed; the certificate in force stays");
+                    let ca = format!("{}:{}", self.host, self.port);
+                    match self.state.issued.load(Ordering::Acquire) {
+                        true => tracing::warn!(%ca, %reason, retry_in = ?delay,
+                            "certificate request failed; the certificate in force stays"),
+                        false => tracing::warn!(%ca, %reason, retry_in = ?delay,
+                            "certificate request failed; there is no certificate yet, so the sidecar is not ready"),
+                    }
                     self.telemetry.events.emit(SecurityEvent::CertificateRefused {
                         identity: Some(self.own.to_string()),
                         peer: None,
@@ -135,7 +140,14 @@ impl IdentityClient {
             .connect_with_connector(connector)
             .await
             .map_err(|e| {
-                format!("connecting to the CA at {}:{}: {}", self.host, self.port, super::policy::chain(&e))
+                let chain = super::policy::chain(&e);
+                // The usual cause after a CA rotation: the bundle this sidecar was started with
+                // does not hold the CA's new root yet.
+                let hint = match chain.contains("invalid peer certificate") {
+                    true => "; the CA's certificate does not chain to this sidecar's identity.controlPlane.trustBundle (after a CA rotation, that bundle must hold the new root before the control plane uses it)",
+                    false => "",
+                };
+                format!("connecting to the CA at {}:{}: {chain}{hint}", self.host, self.port)
             })?;
         let answer = CertificatesClient::new(channel)
             .sign(SignRequest { csr, token: token.trim().to_string() })
