@@ -1035,6 +1035,21 @@ struct Deadlined {
     stalled_since: Option<tokio::time::Instant>,
     stall_wait: CutWait,
     idle_wait: CutWait,
+    /// HTTP/2 requests h2 refused as malformed, for whoever reports them
+    /// ([`take_malformed_http2`]).
+    malformed_h2: std::sync::atomic::AtomicU32,
+}
+
+/// The HTTP/2 requests h2 refused as malformed on this connection since the last call (they
+/// never reach pingora, whose phases count and report every other refusal), when `stream` is
+/// a listener's connection.
+pub(crate) fn take_malformed_http2(stream: &Stream) -> u32 {
+    use std::sync::atomic::Ordering::Relaxed;
+    match (**stream).as_any().downcast_ref::<Deadlined>() {
+        // Looked at after every write: a load, and a swap only when there is something.
+        Some(d) if d.malformed_h2.load(Relaxed) > 0 => d.malformed_h2.swap(0, Relaxed),
+        _ => 0,
+    }
 }
 
 /// How long a farewell (the 408 for a late head, a GOAWAY) may take to write before the
@@ -1093,6 +1108,7 @@ impl Deadlined {
             stalled_since: None,
             stall_wait: CutWait::default(),
             idle_wait: CutWait::default(),
+            malformed_h2: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -1119,6 +1135,10 @@ impl Deadlined {
             } else if let Some(h2) = self.h2.as_mut() {
                 let busy = h2.idle_since().is_none();
                 went(n).for_each(|bytes| h2.wrote(bytes));
+                let malformed = h2.take_malformed();
+                if malformed > 0 {
+                    self.malformed_h2.fetch_add(malformed, std::sync::atomic::Ordering::Relaxed);
+                }
                 // h2 writes what ends its streams after its read has parked: the read's check
                 // saw a busy connection, so the idle one waits on the guard from here.
                 if busy && h2.idle_since().is_some() {

@@ -801,3 +801,37 @@ async fn refused_handshakes_say_why_in_words() {
     }
     s.shutdown();
 }
+
+/// HTTP/2 requests h2 refuses as malformed (a stream reset, or the connection closed with a
+/// GOAWAY, before pingora sees them) are counted and reported as the HTTP/1.1 parser's
+/// refusals are: smuggling probes over h2c.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_requests_h2_refuses_as_malformed_are_counted_and_reported() {
+    use tokio::io::AsyncWriteExt;
+    let s = PolicedSidecar::start(&policy("events", DENY_ADMIN_LIMIT_ONE)).await;
+    // GET http://orders.shop/ in HPACK, then one field HTTP/2 forbids (RFC 9113 §8.2).
+    let mut head = vec![0x82, 0x86, 0x84, 0x01, 11];
+    head.extend_from_slice(b"orders.shop");
+    let mut open = Vec::new();
+    for (name, value) in [("transfer-encoding", "chunked"), ("connection", "close"), ("X-Upper", "1")] {
+        let mut h2c = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
+        let mut bytes = H2_PREFACE.to_vec();
+        bytes.extend(h2_frame(0x4, 0, 0, &[]));
+        let mut fields = head.clone();
+        fields.extend([0x00, name.len() as u8]);
+        fields.extend_from_slice(name.as_bytes());
+        fields.push(value.len() as u8);
+        fields.extend_from_slice(value.as_bytes());
+        bytes.extend(h2_frame(0x1, 0x4 | 0x1, 1, &fields));
+        h2c.write_all(&bytes).await.unwrap();
+        // Held open: h2 ends the stream (RST_STREAM) or the connection (GOAWAY) as it sees fit.
+        open.push(h2c);
+    }
+    let invalid = "palisade_requests_total{code=\"400\",decision=\"invalid\",destination=\"\",direction=\"inbound\",method=\"OTHER\",source_principal=\"\"} 3";
+    wait_for("three malformed HTTP/2 requests counted", async || s.metrics().await.contains(invalid)).await;
+    let reported =
+        s.events_where("their events", 3, |e| e.to_string().contains("HTTP/2 request h2 refuses as malformed")).await;
+    assert!(reported.iter().all(|e| e["http_response"]["code"] == 400), "{reported:?}");
+    drop(open);
+    s.shutdown();
+}

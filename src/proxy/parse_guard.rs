@@ -97,8 +97,16 @@ impl Guarded {
         Guarded { inner, in_request: AtomicBool::new(false), h2, replacement: None, counted }
     }
 
+    /// Counts and reports what h2 refused as malformed since the last look: requests pingora
+    /// never saw, answered with a stream reset.
+    fn count_malformed_http2(&self) {
+        for _ in 0..crate::serve::take_malformed_http2(&self.inner) {
+            self.count(400, RequestId::generate().as_str(), H2_REFUSAL);
+        }
+    }
+
     /// Counts and logs the refusal whose answer is `answer` (its status and request id).
-    fn count(&self, status: u16, request_id: &str) {
+    fn count(&self, status: u16, request_id: &str, rule: &str) {
         let Some(Counted { telemetry, direction }) = &self.counted else { return };
         let identity = self.inner.get_ssl_digest();
         let principal = identity.as_ref().and_then(|d| d.extension.get::<crate::tls::PeerIdentity>());
@@ -127,7 +135,7 @@ impl Guarded {
             telemetry.inbound_request_invalid(crate::telemetry::DeniedRequest {
                 status,
                 policy: "-".into(),
-                rule: parser_refusal(status).into(),
+                rule: rule.into(),
                 audit: false,
                 request: crate::telemetry::RequestFacts {
                     principal: (!principal.is_empty()).then(|| principal.to_string()),
@@ -168,7 +176,7 @@ impl Guarded {
     fn poll_replace(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         if self.replacement.is_none() {
             let (answer, status, id) = answer_of(buf);
-            self.count(status, id.as_str());
+            self.count(status, id.as_str(), parser_refusal(status));
             self.replacement = Some((answer, 0));
         }
         let Some((answer, written)) = self.replacement.as_mut() else { unreachable!("set above") };
@@ -183,6 +191,10 @@ impl Guarded {
         Poll::Ready(Ok(buf.len()))
     }
 }
+
+/// Why h2 refused an HTTP/2 request (with a stream reset, `PROTOCOL_ERROR`): the forms RFC 9113
+/// section 8.2 calls malformed, which smuggling probes try on a hop that speaks HTTP/1.1 behind.
+const H2_REFUSAL: &str = "an HTTP/2 request h2 refuses as malformed (an upper-case or connection-specific header such as transfer-encoding, a bad or repeated pseudo-header, CR, LF or NUL in a field)";
 
 /// Why pingora's parser refused a request, as far as its status tells.
 fn parser_refusal(status: u16) -> &'static str {
@@ -230,7 +242,11 @@ impl AsyncWrite for Guarded {
         if self.is_refusal(buf) {
             return self.poll_replace(cx, buf);
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if self.counted.is_some() {
+            self.count_malformed_http2();
+        }
+        written
     }
 
     fn poll_write_vectored(
@@ -246,7 +262,11 @@ impl AsyncWrite for Guarded {
                 other => other,
             };
         }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if self.counted.is_some() {
+            self.count_malformed_http2();
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

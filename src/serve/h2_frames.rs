@@ -45,21 +45,58 @@ struct FrameHeaders {
     header: [u8; 9],
     /// How much of `header` has arrived.
     have: usize,
+    /// A RST_STREAM or GOAWAY frame's payload up to its error code, as it arrives.
+    coded: Option<Coded>,
 }
+
+/// The start of a frame whose error code is wanted: its type and stream, the bytes up to the
+/// code (RST_STREAM's 4; GOAWAY's last stream id, then its 4), and the rest of the payload.
+#[derive(Debug)]
+struct Coded {
+    kind: u8,
+    stream: u32,
+    bytes: [u8; 8],
+    have: usize,
+    need: usize,
+    rest: usize,
+}
+
+/// The error code (RFC 9113 section 7) h2 answers a malformed request or frame with.
+const PROTOCOL_ERROR: u32 = 0x1;
 
 impl FrameHeaders {
     fn after(skip: usize) -> Self {
-        FrameHeaders { skip, header: [0; 9], have: 0 }
+        FrameHeaders { skip, header: [0; 9], have: 0, coded: None }
     }
 
     /// Between two frames: no frame's header or payload is partly through.
     fn between_frames(&self) -> bool {
-        self.skip == 0 && self.have == 0
+        self.skip == 0 && self.have == 0 && self.coded.is_none()
     }
 
-    /// Calls `frame(type, flags, stream)` for each frame header completed in `bytes`.
-    fn feed(&mut self, mut bytes: &[u8], mut frame: impl FnMut(u8, u8, u32)) {
+    /// Calls `frame(type, flags, stream, code)` for each frame header completed in `bytes`; a
+    /// RST_STREAM or GOAWAY frame's once its error code has come too (`code`, `None` for other
+    /// frames).
+    fn feed(&mut self, mut bytes: &[u8], mut frame: impl FnMut(u8, u8, u32, Option<u32>)) {
         while !bytes.is_empty() {
+            if let Some(c) = self.coded.as_mut() {
+                let n = (c.need - c.have).min(bytes.len());
+                c.bytes[c.have..c.have + n].copy_from_slice(&bytes[..n]);
+                c.have += n;
+                bytes = &bytes[n..];
+                if c.have == c.need {
+                    let code = u32::from_be_bytes([
+                        c.bytes[c.need - 4],
+                        c.bytes[c.need - 3],
+                        c.bytes[c.need - 2],
+                        c.bytes[c.need - 1],
+                    ]);
+                    frame(c.kind, 0, c.stream, Some(code));
+                    self.skip = c.rest;
+                    self.coded = None;
+                }
+                continue;
+            }
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len());
                 self.skip -= n;
@@ -75,7 +112,18 @@ impl FrameHeaders {
                 let h = &self.header;
                 self.skip = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
                 let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-                frame(h[3], h[4], stream);
+                let need = match h[3] {
+                    RST_STREAM if self.skip == 4 => 4,
+                    GOAWAY if self.skip >= 8 => 8,
+                    _ => 0,
+                };
+                if need > 0 {
+                    let rest = self.skip - need;
+                    self.skip = 0;
+                    self.coded = Some(Coded { kind: h[3], stream, bytes: [0; 8], have: 0, need, rest });
+                } else {
+                    frame(h[3], h[4], stream, None);
+                }
             }
         }
     }
@@ -161,6 +209,9 @@ pub(super) struct H2Frames {
     /// A header block the peer began (HEADERS without END_HEADERS) and has not ended: a request
     /// head still arriving, held to the head's deadline as an HTTP/1.1 one is.
     in_header_block: bool,
+    /// Requests h2 refused as malformed (`RST_STREAM(PROTOCOL_ERROR)` before any answer), not
+    /// yet taken by [`H2Frames::take_malformed`].
+    malformed: u32,
 }
 
 impl H2Frames {
@@ -179,6 +230,7 @@ impl H2Frames {
             open: OpenStreams { streams: Vec::new(), idle_since: Some(Instant::now()), overflowed: false },
             report_idle: track_streams,
             in_header_block: false,
+            malformed: 0,
         })
     }
 
@@ -186,7 +238,7 @@ impl H2Frames {
     pub(super) fn read(&mut self, bytes: &[u8]) -> bool {
         let mut premature = 0u32;
         let (highest, open, in_block) = (&mut self.highest_opened, &mut self.open, &mut self.in_header_block);
-        self.read.feed(bytes, |kind, flags, stream| {
+        self.read.feed(bytes, |kind, flags, stream, _| {
             if matches!(kind, HEADERS | PUSH_PROMISE | CONTINUATION) {
                 *in_block = flags & END_HEADERS == 0;
             }
@@ -216,15 +268,30 @@ impl H2Frames {
 
     /// Follows `bytes`, the next ones the server wrote to the peer: the answers begun and ended.
     pub(super) fn wrote(&mut self, bytes: &[u8]) {
-        let open = &mut self.open;
+        let (open, malformed) = (&mut self.open, &mut self.malformed);
         // Followed even when no stream is: where the frames end is what says whether a GOAWAY
         // may be written (`goaway`).
-        self.written.feed(bytes, |kind, flags, stream| match kind {
+        self.written.feed(bytes, |kind, flags, stream, code| match kind {
             DATA | HEADERS if flags & END_STREAM != 0 => open.ended(stream),
             DATA | HEADERS => open.answered(stream),
-            RST_STREAM => open.ended(stream),
+            RST_STREAM => {
+                // h2 refusing a request it found malformed (an upper-case or connection-specific
+                // header, a bad pseudo-header, CR or LF in a value) before pingora ever saw it.
+                if code == Some(PROTOCOL_ERROR) && open.unanswered(stream) {
+                    *malformed += 1;
+                }
+                open.ended(stream)
+            }
+            // h2 closing the whole connection for what the peer sent (a connection-specific
+            // header is one such error to h2): the request that did it is one refused.
+            GOAWAY if code == Some(PROTOCOL_ERROR) => *malformed += 1,
             _ => {}
         });
+    }
+
+    /// The requests h2 refused as malformed since the last call.
+    pub(super) fn take_malformed(&mut self) -> u32 {
+        std::mem::take(&mut self.malformed)
     }
 
     /// The GOAWAY frame to write before the sidecar closes the connection itself: it names the
@@ -280,6 +347,34 @@ mod tests {
 
     fn frame(kind: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         frame_with(kind, 0, stream, payload)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_h2_resets_as_malformed_before_any_answer_is_counted_once_however_split() {
+        let mut h2 = H2Frames::new(Some(100), false, PREFACE.len()).unwrap();
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(HEADERS, 1, &[0x82]));
+        wire.extend(frame(HEADERS, 3, &[0x82]));
+        wire.extend(frame(HEADERS, 5, &[0x82]));
+        h2.read(&wire);
+        // Stream 1 refused as malformed; stream 3 answered, then reset so; stream 5 cancelled.
+        let mut written = frame(RST_STREAM, 1, &PROTOCOL_ERROR.to_be_bytes());
+        written.extend(frame(HEADERS, 3, &[0x88]));
+        written.extend(frame(RST_STREAM, 3, &PROTOCOL_ERROR.to_be_bytes()));
+        written.extend(frame(RST_STREAM, 5, &8u32.to_be_bytes()));
+        // Then the connection closed for a malformed frame (with debug data), and once more
+        // gracefully.
+        let mut goaway = 5u32.to_be_bytes().to_vec();
+        goaway.extend(PROTOCOL_ERROR.to_be_bytes());
+        goaway.extend(b"malformed headers");
+        written.extend(frame(GOAWAY, 0, &goaway));
+        written.extend(frame(GOAWAY, 0, &[0, 0, 0, 5, 0, 0, 0, 0]));
+        for piece in written.chunks(3) {
+            h2.wrote(piece);
+        }
+        assert_eq!(h2.take_malformed(), 2);
+        assert_eq!(h2.take_malformed(), 0, "taken");
+        assert!(h2.written.between_frames());
     }
 
     #[tokio::test(start_paused = true)]
