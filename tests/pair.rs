@@ -1134,3 +1134,19 @@ async fn an_http10_request_without_host_reaches_the_app_with_one() {
     assert_eq!(seen.header("host"), Some(s.app.addr.to_string().as_str()), "{:?}", seen.headers);
     s.shutdown();
 }
+
+/// An HTTP/2 app gets the caller's authority; the Host an HTTP/1.0 request without one is
+/// given must not replace it (gRPC servers and virtual hosts route by it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_app_sees_the_callers_authority() {
+    let pair = Pair::start_configured(EchoApp::start().await, |_| {}, |b| {
+        b.inbound.app_protocol = palisade::config::AppProtocol::Http2;
+    })
+    .await;
+    let response = http_client().get(pair.url("/where")).header("host", B_AUTHORITY).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let seen: Seen = response.json().await.unwrap();
+    assert_eq!(seen.version, "HTTP/2.0");
+    assert_eq!(seen.authority.as_deref(), Some(B_AUTHORITY), "{seen:?}");
+    pair.shutdown();
+}

@@ -548,8 +548,7 @@ impl ProxyHttp for Inbound {
         let app = ctx.app.unwrap_or_else(|| self.app.address(|| addressed_ip(session), self.app.app.port()));
         let mut peer = HttpPeer::new(app, false, String::new());
         peer.options.connection_timeout = Some(Duration::from_secs(2));
-        // An upgraded connection may rightly be silent for longer than any answer should take.
-        peer.options.read_timeout = self.app_timeout.filter(|_| !session.is_upgrade_req());
+        peer.options.read_timeout = self.app_timeout;
         if ctx.app_h2 {
             peer.options.alpn = ALPN::H2; // h2c with prior knowledge, as gRPC servers expect
             peer.group_key = 2;
@@ -569,8 +568,9 @@ impl ProxyHttp for Inbound {
         ctx: &mut InboundCtx,
     ) -> pingora::Result<()> {
         // HTTP/1.0 may leave Host out; pingora sends the request on as HTTP/1.1, which must
-        // have one (nginx answers 400 without it): the app's own address stands in.
-        if !upstream.headers.contains_key(http::header::HOST) {
+        // have one (nginx answers 400 without it): the app's own address stands in. (HTTP/2
+        // carries none either, but its :authority, which a Host here would replace.)
+        if !session.is_http2() && !upstream.headers.contains_key(http::header::HOST) {
             if let Some(app) = ctx.app {
                 upstream.insert_header(http::header::HOST, app.to_string())?;
             }

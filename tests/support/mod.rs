@@ -110,6 +110,9 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub version: String,
+    /// An HTTP/2 request's `:authority` (HTTP/1.1 names the host in `headers`).
+    #[serde(default)]
+    pub authority: Option<String>,
     pub headers: BTreeMap<String, Vec<String>>,
     /// How many body bytes arrived.
     pub body_bytes: usize,
@@ -197,11 +200,13 @@ async fn echo(req: Request<hyper::body::Incoming>) -> Result<Response<EchoBody>,
     }
     let method = req.method().as_str().to_string();
     let version = format!("{:?}", req.version());
+    let authority = req.uri().authority().map(|a| a.to_string());
     let body_bytes = req.into_body().collect().await.map(|b| b.to_bytes().len()).unwrap_or(0);
     let seen = serde_json::json!({
         "method": method,
         "path": path,
         "version": version,
+        "authority": authority,
         "headers": headers,
         "body_bytes": body_bytes,
     });
