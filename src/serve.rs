@@ -996,6 +996,9 @@ enum Phase {
     /// HTTP/2: its idle connections are closed by pingora (`h2_idle_timeout`), its requests
     /// interleave, and heads are frames.
     H2,
+    /// HTTP/1.1 switched to another protocol (a `101`, a WebSocket): its bytes are not HTTP's
+    /// and an open WebSocket may rightly be silent; no deadline of this connection's holds.
+    Upgraded,
 }
 
 /// A data-path connection with the deadlines pingora's per-read timeouts do not give (issue 16):
@@ -1072,6 +1075,9 @@ impl std::fmt::Debug for Deadlined {
 
 /// How many callers' worth of stream resets a connection from a peer sidecar may carry.
 const RELAYED_RESETS: u32 = 10;
+
+/// An answer that switches protocols (a WebSocket's handshake).
+const SWITCHED: &[u8] = b"HTTP/1.1 101";
 
 /// The interim answer pingora may write before reading a body (`100 Continue`): not an answer.
 const INTERIM: &[u8] = b"HTTP/1.1 1";
@@ -1224,7 +1230,7 @@ impl Deadlined {
     fn idle_since(&self) -> Option<tokio::time::Instant> {
         match self.phase {
             Phase::Head { .. } | Phase::Preface { .. } | Phase::Answered => Some(self.last_activity),
-            Phase::Request => None,
+            Phase::Request | Phase::Upgraded => None,
             Phase::H2 => self.h2.as_ref().and_then(H2Frames::idle_since),
         }
     }
@@ -1324,7 +1330,7 @@ impl Deadlined {
                     self.armed = false;
                 }
             }
-            Phase::Request | Phase::H2 => {}
+            Phase::Request | Phase::H2 | Phase::Upgraded => {}
         }
     }
 
@@ -1365,6 +1371,10 @@ impl Deadlined {
 
     fn on_write(&mut self, bytes: &[u8]) {
         match self.phase {
+            Phase::Request if bytes.starts_with(SWITCHED) => {
+                self.phase = Phase::Upgraded;
+                self.armed = false;
+            }
             Phase::Request if !bytes.starts_with(INTERIM) => {
                 self.phase = Phase::Answered;
                 self.last_activity = tokio::time::Instant::now();
@@ -1452,7 +1462,7 @@ impl tokio::io::AsyncRead for Deadlined {
                     return std::task::Poll::Ready(Ok(()));
                 }
                 let was_h2 = this.phase == Phase::H2;
-                if !was_h2 && this.phase != Phase::Request {
+                if !was_h2 && !matches!(this.phase, Phase::Request | Phase::Upgraded) {
                     this.on_read(read);
                 }
                 // The bytes that made the connection HTTP/2 start with the preface: counted too.

@@ -970,15 +970,20 @@ async fn a_websocket_refused_by_the_peers_policy_never_reaches_its_app() {
 async fn a_websocket_crosses_the_pair_over_mutual_tls_and_stays_open_while_silent() {
     use tokio::io::AsyncWriteExt;
     let (app, handshakes) = websocket_app().await;
-    // Both sidecars' body timeouts end a stalled request while the WebSocket below says
-    // nothing; neither may close it.
+    // Both sidecars' body, head and idle timeouts end stalled and idle connections while the
+    // WebSocket below says nothing; none may close it or write into it.
     let short = palisade::config::HumanDuration(Duration::from_secs(1));
+    let shorten = |limits: &mut palisade::config::LimitsConfig| {
+        limits.body_timeout = short;
+        limits.header_timeout = short;
+        limits.idle_timeout = short;
+    };
     let pair = Pair::start_configured(
         EchoApp::start().await,
-        |a| a.limits.body_timeout = short,
+        |a| shorten(&mut a.limits),
         |b| {
             b.inbound.app.0 = app;
-            b.limits.body_timeout = short;
+            shorten(&mut b.limits);
         },
     )
     .await;
@@ -995,22 +1000,42 @@ async fn a_websocket_crosses_the_pair_over_mutual_tls_and_stays_open_while_silen
     assert_eq!(handshakes.load(std::sync::atomic::Ordering::SeqCst), 1);
     let mut socket = upgraded.unwrap();
     websocket_round_trip(&mut socket, "hello through the mesh").await;
+    // A fragmented message's first frame starts with 0x41 ('A'), as a request head would.
+    socket.write_all(&[0x41, 0x80, 0, 0, 0, 0]).await.unwrap();
 
-    // A request whose body stalls at each sidecar, begun after the WebSocket's silence: each
-    // sidecar's body timeout ends it.
-    let head = format!("POST /stalled HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nContent-Length: 10\r\n\r\nab");
-    let mut to_a = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
-    to_a.write_all(head.as_bytes()).await.unwrap();
+    // At each sidecar, begun after the WebSocket's silence: a request whose body stalls, a
+    // head that stops half-way, and a connection left idle after its answer.
     let caller = pair.pki.workload("caller", &id("shop", "frontend"));
-    let mut to_b = mtls_stream(pair.b.inbound, &caller, b"http/1.1").await.unwrap();
-    to_b.write_all(head.as_bytes()).await.unwrap();
-    let timeouts = |admin: std::net::SocketAddr, direction: &'static str| async move {
+    let stalled = format!("POST /stalled HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nContent-Length: 10\r\n\r\nab");
+    let answered = format!("GET /idle HTTP/1.1\r\nHost: {B_AUTHORITY}\r\n\r\n");
+    let mut held = Vec::new();
+    for bytes in [stalled.as_str(), "GET /half HT", answered.as_str()] {
+        let mut to_a = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+        to_a.write_all(bytes.as_bytes()).await.unwrap();
+        let mut to_b = mtls_stream(pair.b.inbound, &caller, b"http/1.1").await.unwrap();
+        to_b.write_all(bytes.as_bytes()).await.unwrap();
+        held.push((to_a, to_b));
+    }
+    let closed = |admin: std::net::SocketAddr, direction: &'static str, reason: &'static str| async move {
         let metrics = http_client().get(format!("http://{admin}/metrics")).send().await.unwrap().text().await.unwrap();
-        let series = format!("palisade_connections_closed_total{{direction=\"{direction}\",reason=\"body_timeout\"}} ");
+        let series = format!("palisade_connections_closed_total{{direction=\"{direction}\",reason=\"{reason}\"}} ");
         metrics.lines().any(|l| l.strip_prefix(series.as_str()).is_some_and(|v| v.trim() != "0"))
     };
-    wait_for("B's body timeout", async || timeouts(pair.b.admin, "inbound").await).await;
-    wait_for("A's body timeout", async || timeouts(pair.a.admin, "outbound").await).await;
+    // (B's app answers the stalled upload at once, so there it is the idle timeout that ends it.)
+    wait_for("A's body timeout", async || closed(pair.a.admin, "outbound", "body_timeout").await).await;
+    for reason in ["header_timeout", "idle_timeout"] {
+        wait_for(reason, async || closed(pair.b.admin, "inbound", reason).await).await;
+        wait_for(reason, async || closed(pair.a.admin, "outbound", reason).await).await;
+    }
+    drop(held);
+    // The fragment's end, and its echo: the bytes in between are the app's alone.
+    socket.write_all(&[0x80, 0x80, 0, 0, 0, 0]).await.unwrap();
+    let mut echoed = [0u8; 12];
+    tokio::time::timeout(patience(), tokio::io::AsyncReadExt::read_exact(&mut socket, &mut echoed))
+        .await
+        .expect("the echo in time")
+        .unwrap();
+    assert_eq!(echoed, [0x41, 0x80, 0, 0, 0, 0, 0x80, 0x80, 0, 0, 0, 0]);
     websocket_round_trip(&mut socket, "still here").await;
 
     // The caller's close reaches the app, and the app's end comes back.
@@ -1139,9 +1164,13 @@ async fn an_http10_request_without_host_reaches_the_app_with_one() {
 /// given must not replace it (gRPC servers and virtual hosts route by it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http2_app_sees_the_callers_authority() {
-    let pair = Pair::start_configured(EchoApp::start().await, |_| {}, |b| {
-        b.inbound.app_protocol = palisade::config::AppProtocol::Http2;
-    })
+    let pair = Pair::start_configured(
+        EchoApp::start().await,
+        |_| {},
+        |b| {
+            b.inbound.app_protocol = palisade::config::AppProtocol::Http2;
+        },
+    )
     .await;
     let response = http_client().get(pair.url("/where")).header("host", B_AUTHORITY).send().await.unwrap();
     assert_eq!(response.status(), 200);
