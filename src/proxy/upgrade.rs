@@ -99,38 +99,76 @@ pub async fn exchange(
     relay(session, TokioIo::new(upgraded), timeouts).await
 }
 
-/// Copies the caller's bytes to the peer and the peer's to the caller. A side that ends its
-/// half is passed on as the end of the other's writing; the exchange is over when the peer has
-/// ended its half (what the app has to say is said), or either side fails. Silence is not
-/// timed: an open WebSocket may rightly say nothing for long. Writes to the caller stay held to
-/// `sendTimeout`, so a caller that stops reading does not hold the peer's bytes for ever.
+/// Copies the caller's bytes to the peer and the peer's to the caller, each direction on its
+/// own: the peer's connection is written by a task of its own, so a write that waits on the
+/// peer never stops this side reading what the peer sends (a busy echo both ways once held
+/// both sidecars' buffers full for good). A side that ends its half is passed on as the end of
+/// the other's writing; the exchange is over when the peer has ended its half (what the app has
+/// to say is said), or either side fails. Silence is not timed: an open WebSocket may rightly
+/// say nothing for long. Writes to the caller stay held to `sendTimeout`, so a caller that
+/// stops reading does not hold the peer's bytes for ever.
 async fn relay(
     session: &mut Session,
-    mut peer: TokioIo<hyper::upgrade::Upgraded>,
+    peer: TokioIo<hyper::upgrade::Upgraded>,
     timeouts: &super::CallerTimeouts,
 ) -> pingora::Result<()> {
     session.set_read_timeout(None);
-    let mut caller_done = false;
+    let (mut from_peer, mut to_peer) = tokio::io::split(peer);
+    let (caller_bytes, mut to_write) = tokio::sync::mpsc::channel::<Bytes>(WRITES_QUEUED);
+    let _writer = AbortOnDrop(tokio::spawn(async move {
+        while let Some(bytes) = to_write.recv().await {
+            to_peer.write_all(&bytes).await?;
+        }
+        to_peer.shutdown().await
+    }));
+    let mut caller_bytes = Some(caller_bytes);
+    // What the caller sent that the queue to the peer had no room for yet.
+    let mut waiting: Option<Bytes> = None;
     let mut buffer = vec![0u8; READ_CHUNK];
+    let mut caller_done = false;
     loop {
         tokio::select! {
-            read = session.read_request_body(), if !caller_done => match read.map_err(Error::into_down)? {
-                Some(data) => peer.write_all(&data).await.map_err(|e| write_failed(e).into_up())?,
-                None => {
-                    caller_done = true;
-                    let _ = peer.shutdown().await;
+            read = session.read_request_body(), if caller_bytes.is_some() && waiting.is_none() => {
+                match read.map_err(Error::into_down)? {
+                    Some(data) => match caller_bytes.as_ref().map(|q| q.try_send(data)) {
+                        Some(Err(tokio::sync::mpsc::error::TrySendError::Full(data))) => waiting = Some(data),
+                        Some(Err(tokio::sync::mpsc::error::TrySendError::Closed(_))) => return Err(peer_gone()),
+                        _ => {}
+                    },
+                    // The caller ended its half: the writer ends the peer's once all is written.
+                    None => caller_done = true,
                 }
+            }
+            room = async { caller_bytes.as_ref()?.reserve().await.ok() }, if waiting.is_some() => match room {
+                Some(room) => room.send(waiting.take().unwrap_or_default()),
+                None => return Err(peer_gone()),
             },
-            read = peer.read(&mut buffer) => match read.map_err(|e| read_failed(e).into_up())? {
+            read = from_peer.read(&mut buffer) => match read.map_err(|e| read_failed(e).into_up())? {
                 0 => return timeouts.write_body(session, Some(Bytes::new()), true).await,
                 n => timeouts.write_body(session, Some(Bytes::copy_from_slice(&buffer[..n])), false).await?,
             },
         }
+        if caller_done {
+            caller_bytes = None;
+        }
     }
 }
 
-fn write_failed(e: std::io::Error) -> Box<Error> {
-    Error::because(ErrorType::WriteError, "writing to the peer sidecar's upgraded connection", e)
+/// Pieces of the caller's bytes queued for the peer before the caller is read no further.
+const WRITES_QUEUED: usize = 4;
+
+/// The task writing to the peer, ended with the relay (a write the peer never takes would
+/// otherwise hold it and the connection).
+struct AbortOnDrop(tokio::task::JoinHandle<std::io::Result<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn peer_gone() -> Box<Error> {
+    Error::explain(ErrorType::WriteError, "the peer sidecar's upgraded connection stopped taking bytes").into_up()
 }
 
 fn read_failed(e: std::io::Error) -> Box<Error> {
