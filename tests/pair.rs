@@ -1179,3 +1179,37 @@ async fn an_http2_app_sees_the_callers_authority() {
     assert_eq!(seen.authority.as_deref(), Some(B_AUTHORITY), "{seen:?}");
     pair.shutdown();
 }
+
+/// Both directions of a WebSocket at once, more than any buffer holds: each sidecar copies
+/// each direction on its own, so an app that echoes as it reads (and stops reading while its
+/// writes wait) never stops the relay. Written one direction at a time, the first sidecar's
+/// relay and the app waited on each other for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_carries_a_large_echo_both_ways_at_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 16 << 20;
+    let (app, _handshakes) = websocket_app().await;
+    let pair = Pair::start_configured(EchoApp::start().await, |_| {}, |b| b.inbound.app.0 = app).await;
+    let (response, upgraded) = open_websocket(&pair, "/bulk").await;
+    assert_eq!(response.status(), 101);
+    let (mut from, mut to) = tokio::io::split(upgraded.unwrap());
+    let sending = tokio::spawn(async move {
+        let piece = vec![7u8; 64 * 1024];
+        for _ in 0..SIZE / piece.len() {
+            to.write_all(&piece).await.unwrap();
+        }
+        to
+    });
+    let mut echoed = 0;
+    let mut buffer = vec![0u8; 64 * 1024];
+    let read_all = async {
+        while echoed < SIZE {
+            let n = from.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "ended after {echoed} bytes");
+            echoed += n;
+        }
+    };
+    tokio::time::timeout(patience(), read_all).await.unwrap_or_else(|_| panic!("echoed {echoed} of {SIZE} bytes"));
+    drop(tokio::time::timeout(patience(), sending).await.expect("all sent").unwrap());
+    pair.shutdown();
+}

@@ -28,6 +28,9 @@ use crate::config::{AppProtocol, UnderscoreHeaders};
 use crate::policy::{Authenticated, BodyInspection, BodyPlan, PolicySnapshot, PolicyStore, Refusal, RequestView};
 use crate::telemetry::Telemetry;
 
+/// How long the app may take to accept a connection of an upgrade's own.
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// An HTTP/2 app's stream flow-control window (see `upstream_peer`).
 const APP_STREAM_WINDOW: u32 = 256 * 1024;
 /// Every stream's window at once, so answers their callers stopped reading leave the rest of the
@@ -443,6 +446,17 @@ impl ProxyHttp for Inbound {
         }
         let app = self.app.address(|| addressed_ip(session), port);
         ctx.app = Some(app);
+        // An HTTP/1.1 upgrade (a WebSocket) to an HTTP/1.1 app is relayed here, each direction
+        // on its own: pingora's relay of an upgraded connection writes to the app and reads it in
+        // turn, and an app that echoes as it reads stalled it for good.
+        if !ctx.app_h2 && super::upgrade::asked(session) {
+            let mut request = super::upgrade::to_h1(session.req_header())?;
+            add_sidecar_headers(session, &mut request, &ctx.request, ctx.token.as_ref())?;
+            let tcp =
+                crate::tls::connect_tcp(app, APP_CONNECT_TIMEOUT).await.map_err(|e| super::connect_failure(&e))?;
+            super::upgrade::exchange(session, tcp, request, &self.caller_timeouts).await?;
+            return Ok(true);
+        }
         if let Some(mode) = AppPool::serves(session, ctx.app_h2) {
             let Some(pool) = self.app.pool(app) else {
                 return Err(Error::explain(ErrorType::ConnectRefused, "more app ports than a pod has"));

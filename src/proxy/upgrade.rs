@@ -14,8 +14,6 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 use super::CONNECTION_SPECIFIC;
 
@@ -56,15 +54,18 @@ pub fn to_h1(request: &RequestHeader) -> pingora::Result<http::request::Parts> {
     Ok(parts)
 }
 
-/// Sends `request` (see [`to_h1`]) on `peer`, a connection to the peer sidecar that agreed on
-/// HTTP/1.1, and answers the caller. A `101` turns both connections into one byte stream until
+/// Sends `request` (see [`to_h1`]) on `peer` (a connection to the peer sidecar that agreed on
+/// HTTP/1.1, or on the inbound side to the app), and answers the caller. A `101` turns both connections into one byte stream until
 /// either side ends it; any other answer is passed on as it is, and ends the exchange.
-pub async fn exchange(
+pub async fn exchange<S>(
     session: &mut Session,
-    peer: TlsStream<TcpStream>,
+    peer: S,
     request: http::request::Parts,
     timeouts: &super::CallerTimeouts,
-) -> pingora::Result<()> {
+) -> pingora::Result<()>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
     let up = |e: hyper::Error, what: &str| Error::because(ErrorType::ReadError, what.to_string(), e).into_up();
     let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(peer))
         .await
