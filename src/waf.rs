@@ -310,6 +310,8 @@ pub enum BodyReading {
     Whole,
     /// Only a body whose first bytes show JSON ([`json_like`]), whatever its type says.
     IfJson,
+    /// Whole, unless its first byte shows a gRPC message ([`body::grpc_framed`]).
+    UnlessGrpcFramed,
 }
 
 /// The compiled WAF of one policy snapshot.
@@ -411,15 +413,16 @@ impl Waf {
     }
 
     /// How [`Waf::inspect_body`] reads a body of this `Content-Type`: whole for forms,
-    /// multipart, JSON and XML (and a body without a type, read as a form), and for any type but
-    /// a binary one (gRPC, protobuf, images: [`body::binary`]) from paranoia 2; otherwise only
-    /// when it is JSON by [`json_like`]. A caller need not hold back a body of the second kind
+    /// multipart, JSON and XML (and a body without a type, read as a form), and for any type
+    /// from paranoia 2 but a gRPC message ([`body::grpc_framed`]); otherwise only when it is
+    /// JSON by [`json_like`]. A caller need not hold back a body of the second kind
     /// that its first bytes show is not JSON.
     pub fn reads_body(&self, content_type: Option<&[u8]>) -> BodyReading {
-        let whole = body::structured(content_type) || (self.paranoia >= 2 && !body::binary(content_type));
-        match whole {
-            true => BodyReading::Whole,
-            false => BodyReading::IfJson,
+        match (body::structured(content_type), self.paranoia >= 2) {
+            (true, _) => BodyReading::Whole,
+            (false, true) if body::is_grpc(content_type) => BodyReading::UnlessGrpcFramed,
+            (false, true) => BodyReading::Whole,
+            (false, false) => BodyReading::IfJson,
         }
     }
 
@@ -984,24 +987,26 @@ mod tests {
     }
 
     #[test]
-    fn binary_bodies_are_read_only_when_they_turn_out_to_be_json_at_any_paranoia() {
+    fn a_grpc_message_is_not_read_as_text_but_a_text_body_under_a_grpc_label_is() {
         for pl in 1..=4 {
             let waf = waf(pl);
-            for ct in [
-                "application/grpc",
-                "application/grpc+proto",
-                "application/grpc-web",
-                "image/gif",
-                "application/octet-stream",
-            ] {
-                assert_eq!(waf.reads_body(Some(ct.as_bytes())), BodyReading::IfJson, "{ct} at {pl}");
+            let grpc = if pl >= 2 { BodyReading::UnlessGrpcFramed } else { BodyReading::IfJson };
+            for ct in ["application/grpc", "application/grpc+proto", "application/grpc-web"] {
+                assert_eq!(waf.reads_body(Some(ct.as_bytes())), grpc, "{ct} at {pl}");
+            }
+            let text = if pl >= 2 { BodyReading::Whole } else { BodyReading::IfJson };
+            for ct in ["text/plain", "application/octet-stream", "image/gif", "application/grpc-web-text"] {
+                assert_eq!(waf.reads_body(Some(ct.as_bytes())), text, "{ct} at {pl}");
             }
             assert_eq!(waf.reads_body(Some(b"application/json")), BodyReading::Whole);
-            let text = if pl >= 2 { BodyReading::Whole } else { BodyReading::IfJson };
-            assert_eq!(waf.reads_body(Some(b"text/plain")), text, "text/plain at {pl}");
         }
-        // A gRPC message's frame header is no finding, at the paranoia that reads every text.
+        // A gRPC message's frame header is no finding, at the paranoia that reads every text;
+        // text under the same label is read.
         let message = b"\x00\x00\x00\x00\x05hello";
         assert_eq!(waf(2).inspect_body(Some(b"application/grpc"), message, &Skips::NONE), None);
+        let attack = b"q=1' UNION SELECT password FROM users--";
+        for ct in ["application/grpc", "application/octet-stream", "image/png"] {
+            assert!(waf(2).inspect_body(Some(ct.as_bytes()), attack, &Skips::NONE).is_some(), "{ct}");
+        }
     }
 }

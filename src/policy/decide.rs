@@ -151,9 +151,12 @@ pub struct BodyPlan {
     pub limit: usize,
     /// A longer body with a declared length: refused (413), or passed on uninspected.
     pub reject_over_limit: bool,
-    /// No WAF parses this type: the body is read only if its first bytes show JSON, and
-    /// otherwise streams as if no WAF read bodies.
+    /// No WAF reads this type whole: the body's first bytes decide (see [`BodyPlan::reads`]):
+    /// it is read if they show JSON, and otherwise streams as if no WAF read bodies.
     pub if_json: bool,
+    /// A WAF reads this type whole unless it is a gRPC message: first bytes that are not a
+    /// gRPC frame's have it read.
+    unless_grpc_framed: bool,
     coding: Coding,
 }
 
@@ -161,10 +164,14 @@ impl BodyPlan {
     /// Whether a body that begins with `prefix` is the WAF's to read; `None` while `prefix`
     /// does not tell yet (blanks, half a gzip header).
     pub fn reads(&self, prefix: &[u8]) -> Option<bool> {
-        match self.if_json {
-            true => self.coding.json_like(prefix),
-            false => Some(true),
+        if !self.if_json {
+            return Some(true);
         }
+        // Under a gRPC label, a body that does not start as a gRPC frame is read whole.
+        if self.unless_grpc_framed && prefix.first().is_some_and(|b| *b > 1) {
+            return Some(true);
+        }
+        self.coding.json_like(prefix)
     }
 }
 
@@ -601,6 +608,7 @@ impl PolicySnapshot {
     ) -> Option<BodyPlan> {
         let path = match_form(path);
         let (mut limit, mut reject_over_limit, mut if_json) = (None::<usize>, false, true);
+        let mut unless_grpc_framed = false;
         // Filled only by exclusions of single parameters on this path; one for every WAF.
         let mut params = Vec::new();
         for w in &self.wafs {
@@ -610,9 +618,14 @@ impl PolicySnapshot {
             }
             limit = Some(limit.map_or(w.inspect_body_bytes, |l| l.min(w.inspect_body_bytes)));
             reject_over_limit |= w.block && w.over_limit == OverLimit::REJECT;
-            if_json &= w.waf.reads_body(content_type) == BodyReading::IfJson;
+            match w.waf.reads_body(content_type) {
+                BodyReading::Whole => if_json = false,
+                BodyReading::UnlessGrpcFramed => unless_grpc_framed = true,
+                BodyReading::IfJson => {}
+            }
         }
-        Some(BodyPlan { limit: limit?, reject_over_limit, if_json, coding: Coding::of(content_encoding) })
+        let coding = Coding::of(content_encoding);
+        Some(BodyPlan { limit: limit?, reject_over_limit, if_json, unless_grpc_framed, coding })
     }
 
     /// Step 6 on a body read whole, as it came (at most [`BodyPlan::limit`] bytes, or the

@@ -27,9 +27,11 @@ pub(crate) fn inspect(waf: &Waf, content_type: Option<&[u8]>, body: &[u8], skip:
         Media::Multipart => multipart(waf, content_type.unwrap_or(b""), body, skip),
         Media::Json => json(waf, body, true, skip),
         Media::Xml => xml(waf, body, skip),
-        // From paranoia 2 a body of any other type but a binary one is read as one text value.
-        Media::Other if waf.paranoia >= 2 && !binary(content_type) => as_text(waf, skip, LocationKind::Body, body),
-        // At 1 (and a binary one at any level) it is read only when it is JSON after all: many apps parse a body as JSON
+        // From paranoia 2 a body of any other type is read as one text value, but a gRPC message.
+        Media::Other if waf.paranoia >= 2 && !grpc_framed(content_type, body.first().copied()) => {
+            as_text(waf, skip, LocationKind::Body, body)
+        }
+        // At 1 (and a gRPC message at any level) it is read only when it is JSON after all: many apps parse a body as JSON
         // whatever its type says (PHP's `json_decode` of `php://input`, Go's `json.Decoder`,
         // Express's `json({type: '*/*'})`), so `text/plain` must not carry one past the WAF.
         Media::Other if json_like(body) == Some(true) => json(waf, body, false, skip),
@@ -90,34 +92,21 @@ pub(crate) fn structured(content_type: Option<&[u8]>) -> bool {
     Media::of(content_type) != Media::Other
 }
 
-/// A binary type no app reads as text (gRPC and protobuf messages, images, archives): read, even
-/// from paranoia 2, only as any other type is from paranoia 1, when its first bytes show JSON.
-/// Read as text, a gRPC message's 5-byte frame header was itself a finding (every call refused),
-/// and a streaming call was held back until its client ended it.
-pub(crate) fn binary(content_type: Option<&[u8]>) -> bool {
+/// A gRPC message (a 5-byte frame, then protobuf), by its type (`application/grpc`,
+/// `application/grpc+proto`, gRPC-Web; not `grpc-web-text`, which is base64 text) and its first
+/// byte (a frame starts with its compression flag, 0 or 1). Read as text, the frame header was
+/// itself a finding at paranoia 2 (every call refused), and a streaming call was held back until
+/// its client ended it. A body so labelled that does not start as a frame is read as any other:
+/// the label alone does not keep a text body from the WAF.
+pub(crate) fn grpc_framed(content_type: Option<&[u8]>, first: Option<u8>) -> bool {
+    is_grpc(content_type) && first.is_some_and(|b| b <= 1)
+}
+
+pub(crate) fn is_grpc(content_type: Option<&[u8]>) -> bool {
     let Some(ct) = content_type else { return false };
     let media = media_type(ct).to_ascii_lowercase();
-    let Some(slash) = media.iter().position(|b| *b == b'/') else { return false };
-    let (kind, subtype) = (&media[..slash], &media[slash + 1..]);
-    match kind {
-        b"image" | b"audio" | b"video" | b"font" => true,
-        b"application" => {
-            subtype.starts_with(b"grpc")
-                || matches!(
-                    subtype,
-                    b"protobuf"
-                        | b"x-protobuf"
-                        | b"vnd.google.protobuf"
-                        | b"octet-stream"
-                        | b"zip"
-                        | b"gzip"
-                        | b"x-tar"
-                        | b"pdf"
-                        | b"wasm"
-                )
-        }
-        _ => false,
-    }
+    let Some(subtype) = media.strip_prefix(b"application/") else { return false };
+    subtype.starts_with(b"grpc") && !subtype.starts_with(b"grpc-web-text")
 }
 
 /// `type/subtype` without parameters or surrounding blanks: up to the first `;`, `,` or blank,
