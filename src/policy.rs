@@ -312,9 +312,20 @@ pub fn check_authentication(located: &[Located]) -> (Vec<ConfigError>, Vec<Confi
                 Err(e) => errors.push(l.error(&field, e)),
             }
         }
-        errors.extend(compile::judged_forwarded_headers(&[l]));
+        // Against every policy checked here that may select a workload this one does.
+        let forwarding: Vec<&Located> = located.iter().filter(|other| may_select_together(l, other)).collect();
+        errors.extend(compile::judged_headers_written_by(l, &forwarding));
     }
     (errors, warnings)
+}
+
+/// Whether two policies may both select one workload: the same namespace, and no label both
+/// name with different values.
+fn may_select_together(a: &Located, b: &Located) -> bool {
+    let labels = |l: &Located| l.policy.spec.selector.as_ref().map(|s| s.match_labels.clone()).unwrap_or_default();
+    let (la, lb) = (labels(a), labels(b));
+    a.policy.metadata.namespace == b.policy.metadata.namespace
+        && la.iter().all(|(k, v)| lb.get(k).is_none_or(|w| w == v))
 }
 
 /// What `palisade check` says without failing: a `requireJwt` that no policy of its namespace
@@ -409,6 +420,28 @@ fn validate(
 mod tests {
     use super::*;
     use crate::config::{EventSink, EventsConfig, TelemetryConfig};
+
+    /// `palisade check` judges a `when` on a forwarded claim's header against every policy it
+    /// checks that may select the same workloads, as a sidecar judges the set it enforces.
+    #[test]
+    fn check_refuses_a_condition_on_a_header_another_policy_forwards_a_claim_into() {
+        let doc = |name: &str, labels: &str, spec: &str| {
+            format!("---\napiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  selector: {{matchLabels: {{{labels}}}}}\n{spec}")
+        };
+        let jwt = "  authentication:\n    jwt:\n      - issuer: https://auth.example\n        audiences: [orders]\n        hmacSecret: {inline: \"0123456789abcdef0123456789abcdef\"}\n        forwardClaims: [{claim: sub, header: x-user-id}]\n";
+        let when = "  authorization:\n    rules:\n      - {name: alice, action: ALLOW, when: [{key: \"request.headers[x-user-id]\", values: [alice]}]}\n";
+        let text = [
+            doc("jwt", "app: orders", jwt),
+            doc("alice", "app: orders", when),
+            doc("elsewhere", "app: web", &when.replace("alice}", "web}")),
+        ]
+        .concat();
+        let (located, errors) = parse_file(Path::new("p.yaml"), &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let (errors, _) = check_authentication(&located);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].to_string().contains("x-user-id is written by forwardClaims"), "{}", errors[0]);
+    }
 
     #[test]
     fn allow_permissive_false_refuses_a_permissive_port_as_it_refuses_a_permissive_workload() {

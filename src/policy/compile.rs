@@ -678,7 +678,13 @@ impl<'a> Facts<'a> {
 /// condition would judge whatever copy the caller sent (a forged `x-user-id: alice` beside
 /// Mallory's token was let in, and the app got `mallory`).
 pub(super) fn judged_forwarded_headers(selected: &[&Located]) -> Vec<ConfigError> {
-    let forwarded: Vec<(&str, &str)> = selected
+    selected.iter().flat_map(|doc| judged_headers_written_by(doc, selected)).collect()
+}
+
+/// [`judged_forwarded_headers`] for one policy, against the policies whose `forwardClaims` may
+/// write for the same workloads (`forwarding`, itself among them).
+pub(super) fn judged_headers_written_by(doc: &Located, forwarding: &[&Located]) -> Vec<ConfigError> {
+    let forwarded: Vec<(&str, &str)> = forwarding
         .iter()
         .filter_map(|d| d.policy.spec.authentication.as_ref())
         .flat_map(|a| &a.jwt)
@@ -686,7 +692,7 @@ pub(super) fn judged_forwarded_headers(selected: &[&Located]) -> Vec<ConfigError
         .map(|f| (f.header.as_str(), f.claim.as_str()))
         .collect();
     let mut errors = Vec::new();
-    let mut judge = |doc: &Located, field: String, key: &http::HeaderName| {
+    let mut judge = |field: String, key: &http::HeaderName| {
         if let Some((_, claim)) = forwarded.iter().find(|(h, _)| h.eq_ignore_ascii_case(key.as_str())) {
             let message = format!(
                 "{key} is written by forwardClaims (claim {claim}) after the policy decides, so this would judge \
@@ -695,20 +701,17 @@ pub(super) fn judged_forwarded_headers(selected: &[&Located]) -> Vec<ConfigError
             errors.push(doc.error(&field, message));
         }
     };
-    for doc in selected {
-        let spec = &doc.policy.spec;
-        let rules = spec.authorization.iter().flat_map(|a| a.rules.iter().enumerate());
-        for (i, rule) in rules {
-            for (j, condition) in rule.when.iter().enumerate() {
-                if let ConditionKey::Header(h) = &condition.key {
-                    judge(doc, format!("spec.authorization.rules[{i}].when[{j}].key"), h);
-                }
+    let spec = &doc.policy.spec;
+    for (i, rule) in spec.authorization.iter().flat_map(|a| a.rules.iter().enumerate()) {
+        for (j, condition) in rule.when.iter().enumerate() {
+            if let ConditionKey::Header(h) = &condition.key {
+                judge(format!("spec.authorization.rules[{i}].when[{j}].key"), h);
             }
         }
-        for (i, limit) in spec.rate_limits.iter().enumerate() {
-            if let LimitKey::Header(h) = &limit.key {
-                judge(doc, format!("spec.rateLimits[{i}].key"), h);
-            }
+    }
+    for (i, limit) in spec.rate_limits.iter().enumerate() {
+        if let LimitKey::Header(h) = &limit.key {
+            judge(format!("spec.rateLimits[{i}].key"), h);
         }
     }
     errors
