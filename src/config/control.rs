@@ -281,8 +281,13 @@ impl super::Validate for ControlConfig {
                 ));
             }
         }
-        if self.identity.files.as_ref().is_some_and(|f| f.reload_interval.0.is_zero()) {
-            invalid.push(Invalid::field("identity.files.reloadInterval", "must be more than 0"));
+        // Each look reads and hashes the certificates and their key: at 1 ms, most of a core.
+        let least = super::sidecar::MIN_RELOAD_INTERVAL;
+        if self.identity.files.as_ref().is_some_and(|f| f.reload_interval.0 < least) {
+            invalid.push(Invalid::field(
+                "identity.files.reloadInterval",
+                format!("must be at least {}ms", least.as_millis()),
+            ));
         }
         if self.policies.poll_interval.0.is_zero() {
             invalid.push(Invalid::field("policies.pollInterval", "must be more than 0"));
@@ -321,5 +326,20 @@ policies: {dir: /etc/palisade/policies}
                 .unwrap_err();
         assert_eq!(err.field, "policies.pollInterval");
         assert!(err.line.is_some() && err.message.contains("duration"), "{err}");
+
+        // Certificates looked at every millisecond took most of a core.
+        use crate::config::{Invalid, Validate};
+        let mut fast = cfg.clone();
+        fast.identity.files.as_mut().unwrap().reload_interval = HumanDuration(std::time::Duration::from_millis(1));
+        let env = std::collections::BTreeMap::<String, String>::new();
+        let fields: Vec<String> = fast
+            .validate(&env)
+            .into_iter()
+            .map(|i| match i {
+                Invalid::Field { field, .. } => field,
+                Invalid::Var { name, .. } => name,
+            })
+            .collect();
+        assert_eq!(fields, ["identity.files.reloadInterval"]);
     }
 }

@@ -817,8 +817,8 @@ pub enum EventFormat {
     Ecs,
 }
 
-/// The shortest `identity.files.reloadInterval`.
-const MIN_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+/// The shortest `identity.files.reloadInterval` (the control plane's too).
+pub(super) const MIN_RELOAD_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
 /// The longest of the `limits` timeouts: no request head, body or silence is awaited for a day.
 const MAX_LIMIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
