@@ -626,9 +626,13 @@ async fn a_silent_grpc_stream_outlives_the_body_timeout_that_ends_a_stalled_uplo
         (response, body)
     };
     let (grpc, mut grpc_body) = open("application/grpc");
-    let (upload, _upload_body) = open("text/plain");
-    let upload = tokio::time::timeout(BOUND, upload).await.expect("the upload's answer in time").unwrap();
-    assert_eq!(upload.status(), 408);
+    // Two uploads, the second begun once the first has timed out: the call has then been
+    // silent for a whole body timeout at least.
+    for _ in 0..2 {
+        let (upload, _upload_body) = open("text/plain");
+        let upload = tokio::time::timeout(BOUND, upload).await.expect("the upload's answer in time").unwrap();
+        assert_eq!(upload.status(), 408);
+    }
     // Silent for the whole body timeout and more: the gRPC call still completes.
     grpc_body.send_data(bytes::Bytes::new(), true).unwrap();
     let grpc = tokio::time::timeout(BOUND, grpc).await.expect("the call's answer in time").unwrap();
