@@ -23,7 +23,10 @@ async fn start() -> Single {
     Single::start(|c| {
         c.limits.http2.max_concurrent_streams = 7;
         c.limits.http2.max_header_list_bytes = 4096;
-        c.limits.http2.max_resets_per_second = 10;
+        // Ten a second for this test's client, which proves a mesh identity (such a connection
+        // may carry ten times the limit): past it before h2's own guard on streams reset before
+        // they are accepted (20) closes the connection, whatever the machine's speed.
+        c.limits.http2.max_resets_per_second = 1;
     })
     .await
 }
@@ -72,7 +75,8 @@ async fn a_client_that_resets_streams_faster_than_the_limit_loses_its_connection
     assert!(!connection.is_finished());
     assert_eq!(series(s.sidecar.admin, RAPID_RESETS).await, 0);
 
-    // Rapid reset: streams opened and cancelled at once, up to 200 of them (the limit is 10 a second).
+    // Rapid reset: streams opened and cancelled at once, up to 200 of them (the limit is 10 a second
+    // for this client).
     let (client, connection) = h2(&s).await;
     for i in 0..200 {
         let Ok(mut ready) = client.clone().ready().await else { break };
