@@ -13,13 +13,13 @@ pub const MAX_KEY_FILE_BYTES: usize = 1024 * 1024;
 /// How many reads of a set of files [`settled`] makes at most before it gives up for now.
 const SETTLE_READS: usize = 5;
 
-/// Reads a set of files as one moment's: again, until two reads in a row agree. A ConfigMap's
-/// `..data` swap between the reads of two of its files, or a file being written, gives a set no
-/// one wrote (a DENY moved from one file to another was in neither); the next read gives the
-/// finished one. `None` when no two reads agreed: something is still writing, and the next look
-/// decides.
-pub fn settled<T>(mut read: impl FnMut() -> T, same: impl Fn(&T, &T) -> bool) -> Option<T> {
-    let mut last = read();
+/// A set of files as one moment's: `first`, read again until two reads in a row agree. A
+/// ConfigMap's `..data` swap between the reads of two of its files, or a file being written,
+/// gives a set no one wrote (a DENY moved from one file to another was in neither); the next
+/// read gives the finished one. `None` when no two reads agreed: something is still writing, and
+/// the next look decides. Callers read again only when `first` differs from what they hold.
+pub fn settled<T>(first: T, mut read: impl FnMut() -> T, same: impl Fn(&T, &T) -> bool) -> Option<T> {
+    let mut last = first;
     for _ in 1..SETTLE_READS {
         let next = read();
         if same(&last, &next) {
@@ -92,11 +92,11 @@ mod tests {
     #[test]
     fn a_set_of_files_is_taken_once_two_reads_in_a_row_agree() {
         // A ConfigMap swapped between two files' reads: a.yaml new, b.yaml old, then both new.
-        let mut reads = ["a2 b1", "a2 b2", "a2 b2"].into_iter();
-        assert_eq!(settled(|| reads.next().unwrap(), |a, b| a == b), Some("a2 b2"));
+        let mut reads = ["a2 b2", "a2 b2"].into_iter();
+        assert_eq!(settled("a2 b1", || reads.next().unwrap(), |a, b| a == b), Some("a2 b2"));
         // A file still being written at every read: nothing is taken this time.
-        let mut growing = 0..;
-        assert_eq!(settled(|| growing.next().unwrap(), |a, b| a == b), None);
+        let mut growing = 1..;
+        assert_eq!(settled(0, || growing.next().unwrap(), |a, b| a == b), None);
     }
 
     #[test]

@@ -167,19 +167,21 @@ impl PolicyStore {
         if self.options.files.is_empty() || self.source() == Source::ControlPlane {
             return None;
         }
-        let sources = Sources::read(&self.options.files)?;
-        let parsed;
-        let version;
-        {
-            let mut tried = self.last_tried.lock().expect("version lock");
-            if sources.version_with(&tried.key_files) == tried.version {
-                return None;
-            }
-            parsed = sources.parse();
-            let key_files = load::key_files(&parsed.0);
-            version = sources.version_with(&key_files);
-            *tried = Tried { version: version.clone(), key_files };
+        let files = &self.options.files;
+        let unchanged = |sources: &Sources| {
+            let tried = self.last_tried.lock().expect("version lock");
+            sources.version_with(&tried.key_files) == tried.version
+        };
+        // Read again, until two reads agree, only when something changed.
+        let first = Sources::read(files);
+        if unchanged(&first) {
+            return None;
         }
+        let sources = Sources::settle(first, files).filter(|sources| !unchanged(sources))?;
+        let parsed = sources.parse();
+        let key_files = load::key_files(&parsed.0);
+        let version = sources.version_with(&key_files);
+        *self.last_tried.lock().expect("version lock") = Tried { version: version.clone(), key_files };
         let previous = self.current.load_full();
         let compiled = validate(parsed, &self.options, false).and_then(|located| {
             compile(version, Source::Files, &located, &self.options, &self.telemetry, &self.authn, Some(&previous))

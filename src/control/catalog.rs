@@ -195,8 +195,21 @@ pub struct ScanOutcome {
     pub accepted: Vec<String>,
 }
 
-/// A policy directory's files by name, each with its text or why it could not be read.
-type Listing = BTreeMap<String, std::io::Result<String>>;
+/// A policy directory's files by name, each with its text (or why it could not be read) and
+/// its digest. An unreadable file's digest is its reason's: a FIFO after an oversized file is a
+/// new refusal.
+type Listing = BTreeMap<String, (std::io::Result<String>, [u8; 32])>;
+
+/// Two reads of the directory found the same files with the same bytes.
+fn same_files(a: &std::io::Result<Listing>, b: &std::io::Result<Listing>) -> bool {
+    match (a, b) {
+        (Ok(a), Ok(b)) => {
+            a.len() == b.len() && a.iter().zip(b).all(|((na, (_, da)), (nb, (_, db)))| na == nb && da == db)
+        }
+        (Err(a), Err(b)) => a.to_string() == b.to_string(),
+        _ => false,
+    }
+}
 
 impl PolicyDirectory {
     pub fn new(dir: PathBuf) -> Self {
@@ -210,27 +223,21 @@ impl PolicyDirectory {
     /// Reads every policy file; returns a new catalog when anything changed.
     pub fn scan(&mut self) -> ScanOutcome {
         let mut outcome = ScanOutcome { catalog: None, rejected: Vec::new(), held: Vec::new(), accepted: Vec::new() };
-        // One moment's files: a ConfigMap swap between two files' reads is read again.
-        let same = |a: &Listing, b: &Listing| {
-            a.len() == b.len()
-                && a.iter().zip(b).all(|((na, ca), (nb, cb))| {
-                    na == nb
-                        && match (ca, cb) {
-                            (Ok(a), Ok(b)) => a == b,
-                            (Err(a), Err(b)) => a.to_string() == b.to_string(),
-                            _ => false,
-                        }
-                })
+        // One moment's files: read again, until two reads agree, only when something changed
+        // (a ConfigMap swap between two files' reads gives a set no version held).
+        let first = self.list();
+        let unchanged = self.readable == Some(true)
+            && first.as_ref().is_ok_and(|listing| {
+                listing.len() == self.files.len()
+                    && listing.iter().all(|(name, (_, digest))| self.files.get(name).is_some_and(|f| f.seen == *digest))
+            });
+        let listing = match unchanged {
+            true => first,
+            false => {
+                let Some(listing) = crate::files::settled(first, || self.list(), same_files) else { return outcome };
+                listing
+            }
         };
-        let read = crate::files::settled(
-            || self.list(),
-            |a, b| match (a, b) {
-                (Ok(a), Ok(b)) => same(a, b),
-                (Err(a), Err(b)) => a.to_string() == b.to_string(),
-                _ => false,
-            },
-        );
-        let Some(listing) = read else { return outcome };
         let listing = match listing {
             Ok(listing) => listing,
             Err(e) => {
@@ -251,13 +258,7 @@ impl PolicyDirectory {
         self.files.retain(|name, _| listing.contains_key(name));
         changed |= self.files.len() != before;
 
-        for (name, contents) in listing {
-            // An unreadable file is as changed as its reason: a FIFO after an oversized file is
-            // a new refusal.
-            let digest = match &contents {
-                Ok(text) => sha256(text.as_bytes()),
-                Err(e) => sha256(format!("\0unreadable: {e}").as_bytes()),
-            };
+        for (name, (contents, digest)) in listing {
             if self.files.get(&name).is_some_and(|f| f.seen == digest) {
                 continue;
             }
@@ -423,8 +424,12 @@ impl PolicyDirectory {
             if !crate::policy::is_policy_file_name(&name) {
                 continue;
             }
-            let path = self.dir.join(&name);
-            listing.insert(name, crate::yaml::read_file(&path, crate::yaml::Limits::FILE.max_bytes));
+            let contents = crate::yaml::read_file(&self.dir.join(&name), crate::yaml::Limits::FILE.max_bytes);
+            let digest = match &contents {
+                Ok(text) => sha256(text.as_bytes()),
+                Err(e) => sha256(format!("\0unreadable: {e}").as_bytes()),
+            };
+            listing.insert(name, (contents, digest));
         }
         Ok(listing)
     }

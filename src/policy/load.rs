@@ -130,19 +130,20 @@ pub struct Sources {
 }
 
 impl Sources {
-    /// The files as one moment's (see [`crate::files::settled`]); `None` while they are still
-    /// changing under the reader.
-    pub fn read(files: &[PathBuf]) -> Option<Sources> {
-        crate::files::settled(|| Sources::read_once(files), |a, b| a.version == b.version)
+    /// The files as one moment's, from `first`, a read of them (see [`crate::files::settled`]);
+    /// `None` while they are still changing under the reader.
+    pub fn settle(first: Sources, files: &[PathBuf]) -> Option<Sources> {
+        crate::files::settled(first, || Sources::read(files), |a, b| a.version == b.version)
     }
 
-    /// [`Sources::read`] where there is no next look to wait for (a start, `palisade check`):
+    /// [`Sources::settle`] where there is no next look to wait for (a start, `palisade check`):
     /// the last read when the files never settled.
     pub fn read_now(files: &[PathBuf]) -> Sources {
-        Sources::read(files).unwrap_or_else(|| Sources::read_once(files))
+        Sources::settle(Sources::read(files), files).unwrap_or_else(|| Sources::read(files))
     }
 
-    fn read_once(files: &[PathBuf]) -> Sources {
+    /// The files as read now.
+    pub fn read(files: &[PathBuf]) -> Sources {
         let texts: Vec<_> = files
             .iter()
             .map(|file| (file.clone(), crate::yaml::read_file(file, crate::yaml::Limits::FILE.max_bytes)))
