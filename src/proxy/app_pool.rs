@@ -36,7 +36,13 @@ use tokio::io::AsyncReadExt;
 use super::respond::ErrorKind;
 use crate::tls::connect_tcp;
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the app may take to accept a connection (pooled, an upgrade's own, or pingora's).
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A new connection to the app at `addr`.
+pub(super) async fn connect(addr: SocketAddr) -> pingora::Result<tokio::net::TcpStream> {
+    connect_tcp(addr, CONNECT_TIMEOUT).await.map_err(|e| super::connect_failure(&e))
+}
 /// How long an idle connection is kept when the app does not say (`Keep-Alive: timeout=N`).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept; more than this many concurrent requests to one app is rare, and the
@@ -193,7 +199,7 @@ impl AppPool {
                 }
             }
         }
-        let tcp = connect_tcp(self.address, CONNECT_TIMEOUT).await.map_err(|e| super::connect_failure(&e))?;
+        let tcp = connect(self.address).await?;
         Ok((Box::new(L4Stream::from(tcp)), false))
     }
 

@@ -28,9 +28,6 @@ use crate::config::{AppProtocol, UnderscoreHeaders};
 use crate::policy::{Authenticated, BodyInspection, BodyPlan, PolicySnapshot, PolicyStore, Refusal, RequestView};
 use crate::telemetry::Telemetry;
 
-/// How long the app may take to accept a connection of an upgrade's own.
-const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// An HTTP/2 app's stream flow-control window (see `upstream_peer`).
 const APP_STREAM_WINDOW: u32 = 256 * 1024;
 /// Every stream's window at once, so answers their callers stopped reading leave the rest of the
@@ -452,9 +449,8 @@ impl ProxyHttp for Inbound {
         if !ctx.app_h2 && super::upgrade::asked(session) {
             let mut request = super::upgrade::to_h1(session.req_header())?;
             add_sidecar_headers(session, &mut request, &ctx.request, ctx.token.as_ref())?;
-            let tcp =
-                crate::tls::connect_tcp(app, APP_CONNECT_TIMEOUT).await.map_err(|e| super::connect_failure(&e))?;
-            super::upgrade::exchange(session, tcp, request, &self.caller_timeouts).await?;
+            let tcp = app_pool::connect(app).await?;
+            super::upgrade::exchange(session, tcp, "the app", request, &self.caller_timeouts).await?;
             return Ok(true);
         }
         if let Some(mode) = AppPool::serves(session, ctx.app_h2) {
@@ -561,7 +557,7 @@ impl ProxyHttp for Inbound {
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<Box<HttpPeer>> {
         let app = ctx.app.unwrap_or_else(|| self.app.address(|| addressed_ip(session), self.app.app.port()));
         let mut peer = HttpPeer::new(app, false, String::new());
-        peer.options.connection_timeout = Some(Duration::from_secs(2));
+        peer.options.connection_timeout = Some(app_pool::CONNECT_TIMEOUT);
         peer.options.read_timeout = self.app_timeout;
         if ctx.app_h2 {
             peer.options.alpn = ALPN::H2; // h2c with prior knowledge, as gRPC servers expect

@@ -315,7 +315,7 @@ impl ProxyHttp for Outbound {
             let request = self.upgrade_request(session, ctx)?;
             let (peer, destination) = connector.connect_http1().await.map_err(Error::into_up)?;
             ctx.destination = destination;
-            upgrade::exchange(session, peer, request, &self.caller_timeouts).await?;
+            upgrade::exchange(session, peer, "the peer sidecar", request, &self.caller_timeouts).await?;
             return Ok(true);
         }
         let mut first = match super::is_chunked_h1(session) {

@@ -40,8 +40,8 @@ pub fn asked(session: &mut Session) -> bool {
 }
 
 /// The app's upgrade request as the peer sidecar gets it: HTTP/1.1 with `Host` (pingora keeps
-/// an absolute-form target's path alone), `Upgrade` and `Connection: upgrade` kept, every other connection header (and those
-/// `Connection` names) dropped before the sidecar adds headers of its own.
+/// an absolute-form target's path alone), `Upgrade` and `Connection: upgrade` kept, every other
+/// connection header (and those `Connection` names) dropped before the sidecar adds its own.
 pub fn to_h1(request: &RequestHeader) -> pingora::Result<http::request::Parts> {
     let mut parts = request.as_owned_parts();
     let named = super::forward::connection_names(&parts.headers)?;
@@ -54,28 +54,30 @@ pub fn to_h1(request: &RequestHeader) -> pingora::Result<http::request::Parts> {
     Ok(parts)
 }
 
-/// Sends `request` (see [`to_h1`]) on `peer` (a connection to the peer sidecar that agreed on
-/// HTTP/1.1, or on the inbound side to the app), and answers the caller. A `101` turns both connections into one byte stream until
-/// either side ends it; any other answer is passed on as it is, and ends the exchange.
+/// Sends `request` (see [`to_h1`]) on `peer`, and answers the caller. `peer` is a connection to
+/// the peer sidecar that agreed on HTTP/1.1, or on the inbound side to the app: `whom`, as
+/// errors name it. A `101` turns both connections into one byte stream until either side ends
+/// it; any other answer is passed on as it is, and ends the exchange.
 pub async fn exchange<S>(
     session: &mut Session,
     peer: S,
+    whom: &'static str,
     request: http::request::Parts,
     timeouts: &super::CallerTimeouts,
 ) -> pingora::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let up = |e: hyper::Error, what: &str| Error::because(ErrorType::ReadError, what.to_string(), e).into_up();
+    let up = |e: hyper::Error, what: &str| Error::because(ErrorType::ReadError, format!("{what} {whom}"), e).into_up();
     let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(peer))
         .await
-        .map_err(|e| up(e, "HTTP/1.1 with the peer sidecar"))?;
+        .map_err(|e| up(e, "speaking HTTP/1.1 with"))?;
     // Ends when the connection does, or hands the connection over to the upgrade below.
     tokio::spawn(connection.with_upgrades());
     let mut response = sender
         .send_request(http::Request::from_parts(request, Empty::new()))
         .await
-        .map_err(|e| up(e, "sending the upgrade request to the peer sidecar"))?;
+        .map_err(|e| up(e, "sending the upgrade request to"))?;
     let upgraded = hyper::upgrade::on(&mut response);
     let (parts, mut body) = response.into_parts();
     let mut header = ResponseHeader::from(parts);
@@ -87,7 +89,7 @@ where
         let header = super::forward::downstream_header(session, header, false)?;
         session.write_response_header(header, false).await.map_err(Error::into_down)?;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| up(e, "reading the peer sidecar's answer"))?;
+            let frame = frame.map_err(|e| up(e, "reading the answer of"))?;
             if let Ok(data) = frame.into_data() {
                 timeouts.write_body(session, Some(data), false).await?;
             }
@@ -96,8 +98,8 @@ where
     }
     header.set_version(Version::HTTP_11);
     session.write_response_header(Box::new(header), false).await.map_err(Error::into_down)?;
-    let upgraded = upgraded.await.map_err(|e| up(e, "taking over the upgraded connection"))?;
-    relay(session, TokioIo::new(upgraded), timeouts).await
+    let upgraded = upgraded.await.map_err(|e| up(e, "taking over the upgraded connection to"))?;
+    relay(session, TokioIo::new(upgraded), whom, timeouts).await
 }
 
 /// Copies the caller's bytes to the peer and the peer's to the caller, each direction on its
@@ -111,6 +113,7 @@ where
 async fn relay(
     session: &mut Session,
     peer: TokioIo<hyper::upgrade::Upgraded>,
+    whom: &'static str,
     timeouts: &super::CallerTimeouts,
 ) -> pingora::Result<()> {
     session.set_read_timeout(None);
@@ -122,31 +125,36 @@ async fn relay(
         }
         to_peer.shutdown().await
     }));
+    // Dropped once the caller has ended its half: the writer then ends the peer's.
     let mut caller_bytes = Some(caller_bytes);
-    // What the caller sent that the queue to the peer had no room for yet.
-    let mut waiting: Option<Bytes> = None;
-    let mut buffer = vec![0u8; READ_CHUNK];
+    // Each piece read is handed on as it is: the buffer is taken whole, and its memory comes
+    // back for the next read once the piece has been written.
+    let mut buffer = bytes::BytesMut::with_capacity(READ_CHUNK);
     let mut caller_done = false;
     loop {
+        // The caller is read only while the queue to the peer has room for what it sends.
+        let room = caller_bytes.as_ref().is_some_and(|queue| queue.capacity() > 0);
         tokio::select! {
-            read = session.read_request_body(), if caller_bytes.is_some() && waiting.is_none() => {
-                match read.map_err(Error::into_down)? {
-                    Some(data) => match caller_bytes.as_ref().map(|q| q.try_send(data)) {
-                        Some(Err(tokio::sync::mpsc::error::TrySendError::Full(data))) => waiting = Some(data),
-                        Some(Err(tokio::sync::mpsc::error::TrySendError::Closed(_))) => return Err(peer_gone()),
-                        _ => {}
-                    },
-                    // The caller ended its half: the writer ends the peer's once all is written.
-                    None => caller_done = true,
+            read = session.read_request_body(), if room => match read.map_err(Error::into_down)? {
+                Some(data) => {
+                    if caller_bytes.as_ref().is_some_and(|queue| queue.try_send(data).is_err()) {
+                        return Err(peer_gone(whom));
+                    }
+                }
+                None => caller_done = true,
+            },
+            // Wakes once the writer has made room (the permit is given back at once).
+            room = async { caller_bytes.as_ref()?.reserve().await.ok() }, if !room && caller_bytes.is_some() => {
+                if room.is_none() {
+                    return Err(peer_gone(whom));
                 }
             }
-            room = async { caller_bytes.as_ref()?.reserve().await.ok() }, if waiting.is_some() => match room {
-                Some(room) => room.send(waiting.take().unwrap_or_default()),
-                None => return Err(peer_gone()),
-            },
-            read = from_peer.read(&mut buffer) => match read.map_err(|e| read_failed(e).into_up())? {
+            read = from_peer.read_buf(&mut buffer) => match read.map_err(|e| read_failed(whom, e).into_up())? {
                 0 => return timeouts.write_body(session, Some(Bytes::new()), true).await,
-                n => timeouts.write_body(session, Some(Bytes::copy_from_slice(&buffer[..n])), false).await?,
+                _ => {
+                    timeouts.write_body(session, Some(buffer.split().freeze()), false).await?;
+                    buffer.reserve(READ_CHUNK);
+                }
             },
         }
         if caller_done {
@@ -168,12 +176,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn peer_gone() -> Box<Error> {
-    Error::explain(ErrorType::WriteError, "the peer sidecar's upgraded connection stopped taking bytes").into_up()
+fn peer_gone(whom: &str) -> Box<Error> {
+    Error::explain(ErrorType::WriteError, format!("the upgraded connection to {whom} stopped taking bytes")).into_up()
 }
 
-fn read_failed(e: std::io::Error) -> Box<Error> {
-    Error::because(ErrorType::ReadError, "reading the peer sidecar's upgraded connection", e)
+fn read_failed(whom: &str, e: std::io::Error) -> Box<Error> {
+    Error::because(ErrorType::ReadError, format!("reading the upgraded connection to {whom}"), e)
 }
 
 #[cfg(test)]
