@@ -1039,20 +1039,15 @@ struct Deadlined {
     stall_wait: CutWait,
     idle_wait: CutWait,
     /// HTTP/2 requests h2 refused as malformed, for whoever reports them
-    /// ([`take_malformed_http2`]).
-    malformed_h2: std::sync::atomic::AtomicU32,
+    /// ([`malformed_http2_requests`]).
+    malformed_h2: Arc<std::sync::atomic::AtomicU32>,
 }
 
-/// The HTTP/2 requests h2 refused as malformed on this connection since the last call (they
-/// never reach pingora, whose phases count and report every other refusal), when `stream` is
-/// a listener's connection.
-pub(crate) fn take_malformed_http2(stream: &Stream) -> u32 {
-    use std::sync::atomic::Ordering::Relaxed;
-    match (**stream).as_any().downcast_ref::<Deadlined>() {
-        // Looked at after every write: a load, and a swap only when there is something.
-        Some(d) if d.malformed_h2.load(Relaxed) > 0 => d.malformed_h2.swap(0, Relaxed),
-        _ => 0,
-    }
+/// The count of HTTP/2 requests h2 refuses as malformed on this connection (they never reach
+/// pingora, whose phases count and report every other refusal), when `stream` is a listener's
+/// connection: looked up once, then read after each write by whoever reports them.
+pub(crate) fn malformed_http2_requests(stream: &Stream) -> Option<Arc<std::sync::atomic::AtomicU32>> {
+    (**stream).as_any().downcast_ref::<Deadlined>().map(|d| d.malformed_h2.clone())
 }
 
 /// How long a farewell (the 408 for a late head, a GOAWAY) may take to write before the
@@ -1114,7 +1109,7 @@ impl Deadlined {
             stalled_since: None,
             stall_wait: CutWait::default(),
             idle_wait: CutWait::default(),
-            malformed_h2: std::sync::atomic::AtomicU32::new(0),
+            malformed_h2: Arc::default(),
         }
     }
 

@@ -89,18 +89,23 @@ pub struct Guarded {
     /// Our answer in place of pingora's, and how much of it is written.
     replacement: Option<(Vec<u8>, usize)>,
     counted: Option<Counted>,
+    /// The connection's count of HTTP/2 requests h2 refused as malformed, when counted.
+    malformed_h2: Option<Arc<std::sync::atomic::AtomicU32>>,
 }
 
 impl Guarded {
     fn new(inner: Stream, counted: Option<Counted>) -> Self {
         let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
-        Guarded { inner, in_request: AtomicBool::new(false), h2, replacement: None, counted }
+        let malformed_h2 = counted.as_ref().and_then(|_| crate::serve::malformed_http2_requests(&inner));
+        Guarded { inner, in_request: AtomicBool::new(false), h2, replacement: None, counted, malformed_h2 }
     }
 
     /// Counts and reports what h2 refused as malformed since the last look: requests pingora
     /// never saw, answered with a stream reset.
     fn count_malformed_http2(&self) {
-        for _ in 0..crate::serve::take_malformed_http2(&self.inner) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(malformed) = self.malformed_h2.as_ref().filter(|m| m.load(Relaxed) > 0) else { return };
+        for _ in 0..malformed.swap(0, Relaxed) {
             self.count(400, RequestId::generate().as_str(), H2_REFUSAL);
         }
     }
@@ -243,9 +248,7 @@ impl AsyncWrite for Guarded {
             return self.poll_replace(cx, buf);
         }
         let written = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if self.counted.is_some() {
-            self.count_malformed_http2();
-        }
+        self.count_malformed_http2();
         written
     }
 
@@ -263,9 +266,7 @@ impl AsyncWrite for Guarded {
             };
         }
         let written = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if self.counted.is_some() {
-            self.count_malformed_http2();
-        }
+        self.count_malformed_http2();
         written
     }
 
