@@ -91,6 +91,7 @@ pub use jwks::{JwksSpec, RemoteJwks, DEFAULT_CACHE_SECONDS, DEFAULT_MIN_REFRESH_
 pub use keys::{Jwk, KeySet, MAX_JWKS_KEYS, MAX_KEYS_WITHOUT_KID};
 #[cfg(test)]
 pub(crate) use provider::RESERVED_HEADERS;
+pub(crate) use provider::SIDECAR_SET_HEADERS;
 pub use provider::{
     AuthnRuntime, ForwardClaim, FromHeader, Provider, ProviderSpec, SecretSpec, DEFAULT_CLOCK_SKEW, KEY_LEFT_OUT,
 };

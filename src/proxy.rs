@@ -463,5 +463,8 @@ mod tests {
         for header in [super::XFCC_HEADER, super::ORIG_PROTO_HEADER, super::REQUEST_ID_HEADER] {
             assert!(crate::authn::RESERVED_HEADERS.contains(&header), "{header}");
         }
+        for header in crate::authn::SIDECAR_SET_HEADERS {
+            assert!(crate::authn::RESERVED_HEADERS.contains(&header), "{header}");
+        }
     }
 }

@@ -520,7 +520,14 @@ mod tests {
         // A token's `sub` in x-forwarded-client-cert would let whoever picks a subject at the
         // issuer pose as a mesh peer to the app.
         let rt = AuthnRuntime::default();
-        for header in ["x-forwarded-client-cert", "X-Forwarded-Client-Cert", "palisade-orig-proto", "x-request-id"] {
+        // Nor in Linkerd's `l5d-client-id`, which the sidecar writes for apps moved from Linkerd.
+        for header in [
+            "x-forwarded-client-cert",
+            "X-Forwarded-Client-Cert",
+            "l5d-client-id",
+            "palisade-orig-proto",
+            "x-request-id",
+        ] {
             let mut spec = hs_spec("a");
             spec.forward_claims = vec![super::super::ForwardClaim { claim: "sub".into(), header: header.into() }];
             let e = rt.provider(&spec).expect_err(header).to_string();

@@ -27,7 +27,7 @@ pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// Headers a claim must never be forwarded into: they frame the request or route it, or only the
 /// sidecar sets them (the caller's verified identity, the caller's protocol, the request id): a
 /// token's `sub` in `x-forwarded-client-cert` would let whoever picks a subject pose as a peer.
-pub(crate) const RESERVED_HEADERS: [&str; 9] = [
+pub(crate) const RESERVED_HEADERS: [&str; 10] = [
     "host",
     "content-length",
     "transfer-encoding",
@@ -35,9 +35,16 @@ pub(crate) const RESERVED_HEADERS: [&str; 9] = [
     "te",
     "upgrade",
     "x-forwarded-client-cert",
+    "l5d-client-id",
     "palisade-orig-proto",
     "x-request-id",
 ];
+
+/// Headers the sidecar writes for the app in place of any copy the caller sent, once the
+/// policy has decided: the caller's proven identity (`x-forwarded-client-cert`, and Linkerd's
+/// `l5d-client-id`, which apps moved from Linkerd read) and the caller's protocol. All are
+/// [`RESERVED_HEADERS`] too.
+pub(crate) const SIDECAR_SET_HEADERS: [&str; 3] = ["x-forwarded-client-cert", "l5d-client-id", "palisade-orig-proto"];
 
 /// One entry of `authentication.jwt`, as written in a policy (field names as in SPEC section 4).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -405,7 +405,7 @@ fn bracketed<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
 fn header_name(name: &str, whole: &str) -> Result<http::HeaderName, String> {
     let header = http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes())
         .map_err(|_| format!("{whole:?}: {name:?} is not a valid header name"))?;
-    if SIDECAR_SET_HEADERS.contains(&header.as_str()) {
+    if crate::authn::SIDECAR_SET_HEADERS.contains(&header.as_str()) {
         return Err(format!(
             "{whole:?}: only the sidecar sets {header} for the app, after the policy has decided, so a \
              condition or key on it would judge whatever copy the caller sent; name the caller by \
@@ -414,11 +414,6 @@ fn header_name(name: &str, whole: &str) -> Result<http::HeaderName, String> {
     }
     Ok(header)
 }
-
-/// Headers the sidecar writes for the app in place of any copy the caller sent: the caller's
-/// proven identity (`x-forwarded-client-cert`, Linkerd's `l5d-client-id`) and the caller's
-/// protocol.
-const SIDECAR_SET_HEADERS: [&str; 3] = ["x-forwarded-client-cert", "l5d-client-id", "palisade-orig-proto"];
 
 /// `request.auth.claims[a][b]`: the prefix is required in a policy.
 fn claim_path(s: &str) -> Option<Result<crate::authn::ClaimPath, String>> {
