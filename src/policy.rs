@@ -12,6 +12,8 @@ mod patterns;
 mod ratelimit;
 
 pub use crate::config::IpBlock;
+/// The WAF's reading of a gRPC `Content-Type`, for what else treats gRPC as such (body timers).
+pub use crate::waf::is_grpc;
 pub use compile::{selects, InputLimits, PolicySnapshot};
 pub use decide::{
     Allowed, Authenticated, BodyInspection, BodyPlan, ConnectionView, DecidedBy, Limited, Note, Refusal, RequestView,

@@ -435,12 +435,10 @@ pub(crate) fn passed_answer(session: &mut pingora::proxy::Session, header: &mut 
     }
 }
 
-/// A gRPC request (`application/grpc`, `application/grpc+proto`, ...).
+/// A gRPC request (`application/grpc`, `application/grpc+proto`, gRPC-Web), as the WAF reads
+/// its type.
 pub(crate) fn is_grpc(request: &pingora::http::RequestHeader) -> bool {
-    request.headers.get(http::header::CONTENT_TYPE).is_some_and(|t| {
-        let t = t.as_bytes();
-        t.len() >= 16 && t[..16].eq_ignore_ascii_case(b"application/grpc")
-    })
+    crate::policy::is_grpc(request.headers.get(http::header::CONTENT_TYPE).map(|t| t.as_bytes()))
 }
 
 /// The verified caller of this connection, if it came over mutual TLS.

@@ -60,7 +60,8 @@ mod corpus;
 
 use std::fmt;
 
-pub use body::json_like;
+pub(crate) use body::grpc_frame_start;
+pub use body::{is_grpc, json_like};
 use decode::Hit;
 
 /// The detector families; their names are the `detector` label of metrics and events.

@@ -168,7 +168,7 @@ impl BodyPlan {
             return Some(true);
         }
         // Under a gRPC label, a body that does not start as a gRPC frame is read whole.
-        if self.unless_grpc_framed && prefix.first().is_some_and(|b| *b > 1) {
+        if self.unless_grpc_framed && prefix.first().is_some_and(|b| !crate::waf::grpc_frame_start(*b)) {
             return Some(true);
         }
         self.coding.json_like(prefix)

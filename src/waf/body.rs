@@ -99,14 +99,21 @@ pub(crate) fn structured(content_type: Option<&[u8]>) -> bool {
 /// its client ended it. A body so labelled that does not start as a frame is read as any other:
 /// the label alone does not keep a text body from the WAF.
 pub(crate) fn grpc_framed(content_type: Option<&[u8]>, first: Option<u8>) -> bool {
-    is_grpc(content_type) && first.is_some_and(|b| b <= 1)
+    is_grpc(content_type) && first.is_some_and(grpc_frame_start)
 }
 
-pub(crate) fn is_grpc(content_type: Option<&[u8]>) -> bool {
+/// A byte a gRPC frame may start with: its compression flag.
+pub(crate) fn grpc_frame_start(first: u8) -> bool {
+    first <= 1
+}
+
+/// A gRPC type: `application/grpc`, `application/grpc+proto`, gRPC-Web (not `grpc-web-text`).
+/// Compared without a lower-cased copy: it is asked of every request with a body.
+pub fn is_grpc(content_type: Option<&[u8]>) -> bool {
     let Some(ct) = content_type else { return false };
-    let media = media_type(ct).to_ascii_lowercase();
-    let Some(subtype) = media.strip_prefix(b"application/") else { return false };
-    subtype.starts_with(b"grpc") && !subtype.starts_with(b"grpc-web-text")
+    let media = media_type(ct);
+    let starts = |prefix: &[u8]| media.get(..prefix.len()).is_some_and(|m| m.eq_ignore_ascii_case(prefix));
+    starts(b"application/grpc") && !starts(b"application/grpc-web-text")
 }
 
 /// `type/subtype` without parameters or surrounding blanks: up to the first `;`, `,` or blank,
