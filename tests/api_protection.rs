@@ -564,6 +564,14 @@ async fn detect_mode_reports_and_forwards_and_pass_forwards_big_bodies_unread() 
         e["message"].as_str().is_some_and(|m| m.starts_with("detected GET /search: sqli"))
     })
     .await;
+    // Of no declared length (HTTP/2 in small pieces), found past the limit as it is read:
+    // passed on too, what was read first.
+    let caller = side.pki.workload("frontend-h2", &id("shop", "frontend"));
+    let (status, seen) = h2_post(&side, &caller, &big).await;
+    let seen: Seen = serde_json::from_str(&seen).unwrap_or_else(|e| panic!("{e}: {seen}"));
+    assert_eq!((status, seen.body_bytes), (200, big.len()));
+    let metrics = side.metrics().await;
+    assert_eq!(sample(&metrics, "palisade_waf_uninspected_bodies_total"), 4.0, "{metrics}");
     side.shutdown();
 }
 

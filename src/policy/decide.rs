@@ -373,7 +373,7 @@ impl Refusal {
             Refusal::HeadersTooLarge => "request headers over maxHeaderBytes",
             Refusal::PayloadTooLarge => "body over maxBodyBytes",
             Refusal::UninspectableBody => {
-                "body longer than the WAF reads (waf.inspectBodyBytes): refused when declared so under bodyOverLimit: REJECT, and always when of no declared length"
+                "body longer than the WAF reads (waf.inspectBodyBytes), refused under bodyOverLimit: REJECT"
             }
             Refusal::MtlsRequired => "plaintext after its port became STRICT",
             Refusal::Forbidden(_) => "denied by policy",

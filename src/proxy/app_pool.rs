@@ -296,9 +296,10 @@ pub enum ForWaf {
     /// Not the WAF's: its first bytes are not JSON and no WAF parses its type. What was read
     /// goes first, the rest as it comes.
     NotRead(Bytes),
-    /// Longer than the limit and passed on uninspected (`bodyOverLimit: PASS`), in the same way.
+    /// Longer than the limit and passed on uninspected (`bodyOverLimit: PASS`, or DETECT), in
+    /// the same way.
     Uninspected(Bytes),
-    /// Longer than the limit: refused (413), as it can be neither inspected nor passed on.
+    /// Longer than the limit under a WAF that blocks with `bodyOverLimit: REJECT`: refused (413).
     TooLong,
 }
 
@@ -342,18 +343,21 @@ pub async fn read_for_waf(
             break;
         }
     }
+    // Past the limit, declared so or found so: refused by a WAF that blocks under REJECT, else
+    // passed on uninspected, what was read first.
+    let over = |body: Joined| match plan.reject_over_limit {
+        true => ForWaf::TooLong,
+        false => ForWaf::Uninspected(body.bytes()),
+    };
     if over_declared {
-        return Ok(match plan.reject_over_limit {
-            true => ForWaf::TooLong,
-            false => ForWaf::Uninspected(body.bytes()),
-        });
+        return Ok(over(body));
     }
     while !ended && body.seen <= plan.limit {
         ended = !read(&mut body).await?;
     }
     Ok(match body.seen <= plan.limit {
         true => ForWaf::Whole(body.bytes()),
-        false => ForWaf::TooLong,
+        false => over(body),
     })
 }
 
