@@ -326,10 +326,14 @@ pub fn check_authentication(located: &[Located]) -> (Vec<ConfigError>, Vec<Confi
 /// Whether two policies may both select one workload: the same namespace, and no label both
 /// name with different values.
 fn may_select_together(a: &Located, b: &Located) -> bool {
-    let labels = |l: &Located| l.policy.spec.selector.as_ref().map(|s| s.match_labels.clone()).unwrap_or_default();
-    let (la, lb) = (labels(a), labels(b));
-    a.policy.metadata.namespace == b.policy.metadata.namespace
-        && la.iter().all(|(k, v)| lb.get(k).is_none_or(|w| w == v))
+    fn labels(l: &Located) -> Option<&std::collections::BTreeMap<String, String>> {
+        l.policy.spec.selector.as_ref().map(|s| &s.match_labels)
+    }
+    let disagree = match (labels(a), labels(b)) {
+        (Some(la), Some(lb)) => la.iter().any(|(k, v)| lb.get(k).is_some_and(|w| w != v)),
+        _ => false,
+    };
+    a.policy.metadata.namespace == b.policy.metadata.namespace && !disagree
 }
 
 /// What `palisade check` says without failing: a `requireJwt` that no policy of its namespace

@@ -20,7 +20,7 @@ pub use logging::{dropped_lines as log_lines_dropped, flush as flush_logs, LogFo
 pub use metrics::Metrics;
 pub use process::ProcessMetrics;
 pub use recorder::{Destinations, Fnv1a, Recorded, RequestRecorder, MAX_DESTINATIONS, OTHER_DESTINATION};
-pub use refusals::{RefusalCounter, RefusalReason, Refusals};
+pub use refusals::{PerSecond, RefusalCounter, RefusalReason, Refusals, REPORTED_EACH_PER_SECOND};
 pub use traces::{
     header_names as trace_headers, ParentRoot, Propagators, RequestSpan, SamplerChoice, SpanEnd, TraceCounters,
     TraceSettings, Traces,
@@ -43,7 +43,6 @@ pub struct Telemetry {
     access_log: Option<JsonLines>,
 }
 
-/// One request as the access log tells it.
 /// The most of a caller's text (a path, a method) a log line, an access-log entry, an event or
 /// a span carries. Uncut, a refused request with an 8 KB path wrote four times its size to the
 /// logs, fast enough for any caller to rotate older evidence away (kubelet keeps 10 MB of a
@@ -60,6 +59,7 @@ pub fn reported(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(format!("{}...[{} more bytes]", &text[..end], text.len() - end))
 }
 
+/// One request as the access log tells it.
 pub struct AccessRecord<'a> {
     pub direction: &'static str,
     pub method: &'a str,

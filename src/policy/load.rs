@@ -28,12 +28,12 @@ impl Located {
     }
 }
 
-/// Parses every document of `text`; returns the good ones and an error for each bad one. A text
-/// with no policy at all is an error: an empty or truncated file must never read as "no policy".
 /// The errors one file's policies are reported with, at most: one file of 149,000 empty
 /// documents made a 16.6 MB security event (which log shippers split) and 149,000 log lines.
 const MAX_ERRORS_PER_FILE: usize = 100;
 
+/// Parses every document of `text`; returns the good ones and an error for each bad one. A text
+/// with no policy at all is an error: an empty or truncated file must never read as "no policy".
 pub fn parse_file(file: &Path, text: &str) -> (Vec<Located>, Vec<ConfigError>) {
     let documents = match crate::yaml::parse(text, &crate::yaml::Limits::FILE) {
         Ok(documents) => documents,

@@ -248,23 +248,18 @@ pub fn is_decision(e: &Error) -> bool {
 /// pingora writes an ERROR line for every request that fails, however many there are: a caller
 /// could fill the log at will (5,000 lines for 5,000 requests to an app that is down). This
 /// takes its place: refusals are counted and reported as events already and get no line; other
-/// failures get at most [`FAILURE_LINES_PER_SECOND`] lines a second per listener, and the first
-/// line after a full second says how many went unlogged (every one is counted in
-/// `palisade_requests_total`).
+/// failures get at most [`crate::telemetry::REPORTED_EACH_PER_SECOND`] lines a second per
+/// listener (the window the events' one-by-one reports use), and the first line after a full
+/// second says how many went unlogged (every one is counted in `palisade_requests_total`).
 pub struct FailureLog {
     direction: &'static str,
-    /// The Unix second the lines are being counted in, and how many were written in it.
-    second: std::sync::atomic::AtomicU64,
-    written: std::sync::atomic::AtomicU64,
+    lines: crate::telemetry::PerSecond,
     unlogged: std::sync::atomic::AtomicU64,
 }
 
-pub const FAILURE_LINES_PER_SECOND: u64 = 10;
-
 impl FailureLog {
     pub fn new(direction: &'static str) -> Self {
-        use std::sync::atomic::AtomicU64;
-        FailureLog { direction, second: AtomicU64::new(0), written: AtomicU64::new(0), unlogged: AtomicU64::new(0) }
+        FailureLog { direction, lines: Default::default(), unlogged: Default::default() }
     }
 
     /// For pingora's `suppress_error_log`: always true, having written this sidecar's own line
@@ -292,15 +287,11 @@ impl FailureLog {
     /// before it.
     fn admit(&self, now: u64) -> Option<u64> {
         use std::sync::atomic::Ordering::Relaxed;
-        let second = self.second.load(Relaxed);
-        if now != second && self.second.compare_exchange(second, now, Relaxed, Relaxed).is_ok() {
-            self.written.store(0, Relaxed);
+        if self.lines.admit_at(now) {
+            return Some(self.unlogged.swap(0, Relaxed));
         }
-        if self.written.fetch_add(1, Relaxed) >= FAILURE_LINES_PER_SECOND {
-            self.unlogged.fetch_add(1, Relaxed);
-            return None;
-        }
-        Some(self.unlogged.swap(0, Relaxed))
+        self.unlogged.fetch_add(1, Relaxed);
+        None
     }
 }
 
@@ -330,6 +321,8 @@ pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> Fai
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FAILURE_LINES_PER_SECOND: u64 = crate::telemetry::REPORTED_EACH_PER_SECOND as u64;
 
     #[test]
     fn upstream_failures_map_to_gateway_statuses() {

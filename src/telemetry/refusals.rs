@@ -113,28 +113,26 @@ pub const REPORTED_EACH_PER_SECOND: u32 = 10;
 /// rest are counted.
 pub struct OneByOne {
     reason: RefusalReason,
-    /// The second (Unix) and how many were reported in it, in one word: `second << 32 | count`.
-    window: AtomicU64,
+    window: PerSecond,
     aggregate: std::sync::OnceLock<RefusalCounter>,
 }
 
-impl OneByOne {
-    pub fn new(reason: RefusalReason) -> Self {
-        OneByOne { reason, window: AtomicU64::new(0), aggregate: std::sync::OnceLock::new() }
+/// The first [`REPORTED_EACH_PER_SECOND`] of each second, counted lock-free: what is reported
+/// (or logged) one by one before the rest is summed up.
+#[derive(Debug, Default)]
+pub struct PerSecond {
+    /// The second (Unix) and how many were admitted in it, in one word: `second << 32 | count`.
+    window: AtomicU64,
+}
+
+impl PerSecond {
+    /// Whether one more is admitted now.
+    pub fn admit(&self) -> bool {
+        self.admit_at(now_millis() / 1000)
     }
 
-    /// Whether this refusal, from `source`, is reported on its own; if not, it is counted for
-    /// its second's aggregate report.
-    pub fn reported_each(&self, refusals: &Refusals, direction: &'static str, source: Option<IpAddr>) -> bool {
-        let each = self.in_full();
-        if !each {
-            self.aggregate(refusals, direction).refused(source);
-        }
-        each
-    }
-
-    fn in_full(&self) -> bool {
-        let second = now_millis() / 1000;
+    /// Whether one more is admitted in the Unix second `second`.
+    pub fn admit_at(&self, second: u64) -> bool {
         let mut seen = self.window.load(Ordering::Acquire);
         loop {
             let next = if seen >> 32 == second & 0xffff_ffff {
@@ -150,6 +148,22 @@ impl OneByOne {
                 Err(now) => seen = now,
             }
         }
+    }
+}
+
+impl OneByOne {
+    pub fn new(reason: RefusalReason) -> Self {
+        OneByOne { reason, window: PerSecond::default(), aggregate: std::sync::OnceLock::new() }
+    }
+
+    /// Whether this refusal, from `source`, is reported on its own; if not, it is counted for
+    /// its second's aggregate report.
+    pub fn reported_each(&self, refusals: &Refusals, direction: &'static str, source: Option<IpAddr>) -> bool {
+        let each = self.window.admit();
+        if !each {
+            self.aggregate(refusals, direction).refused(source);
+        }
+        each
     }
 
     /// Where the rest are counted for the aggregate report, under the listener that refused

@@ -435,8 +435,6 @@ struct B3Parent {
     deferred: bool,
 }
 
-/// A B3 parent (single `b3` header or the `x-b3-*` ones, as far as `propagators` read them), for
-/// callers that do not speak W3C.
 /// The request's `traceparent` when it came exactly once: one sent twice names no one parent,
 /// so it is none (a new trace starts here; with traces off, both are dropped before the app).
 pub(crate) fn single_traceparent(headers: &HeaderMap) -> Option<&HeaderValue> {
@@ -452,6 +450,8 @@ fn b3_declines(headers: &HeaderMap, propagators: Propagators) -> bool {
         || (propagators.b3multi && text(B3_TRACE_ID).is_none() && matches!(text(B3_SAMPLED), Some("0" | "false")))
 }
 
+/// A B3 parent (single `b3` header or the `x-b3-*` ones, as far as `propagators` read them), for
+/// callers that do not speak W3C.
 fn b3(headers: &HeaderMap, propagators: Propagators) -> Option<B3Parent> {
     let text = |name: HeaderName| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let single = propagators.b3.then(|| text(B3)).flatten();
