@@ -369,7 +369,8 @@ async fn run(
             configured = config.limits.max_inflight,
             max_inflight,
             "the open-files limit holds fewer requests in flight than limits.maxInflight: each data listener sheds \
-             (503) past max_inflight, as each may hold a file to the app"
+             (503) past max_inflight, as each may hold a file to the app; raise the container's nofile hard limit, \
+             or set limits.maxInflight to max_inflight to say so in the configuration"
         );
     }
     let inflight = |direction, listener| {
