@@ -46,7 +46,9 @@ pub fn connector(
             for addr in tokio::net::lookup_host((host.as_str(), port)).await? {
                 match crate::tls::connect(&tls, addr, Some(&expected), HANDSHAKE_TIMEOUT).await {
                     Ok((stream, _)) => return Ok(hyper_util::rt::TokioIo::new(stream)),
-                    Err(e) => last = std::io::Error::other(e.to_string()),
+                    // Kept whole: what refused the handshake is read from it (see
+                    // `policy::connect_error`).
+                    Err(e) => last = std::io::Error::other(e),
                 }
             }
             Err(last)

@@ -139,16 +139,7 @@ impl IdentityClient {
             .timeout(SIGN_TIMEOUT)
             .connect_with_connector(connector)
             .await
-            .map_err(|e| {
-                let chain = super::policy::chain(&e);
-                // The usual cause after a CA rotation: the bundle this sidecar was started with
-                // does not hold the CA's new root yet.
-                let hint = match chain.contains("invalid peer certificate") {
-                    true => "; the CA's certificate does not chain to this sidecar's identity.controlPlane.trustBundle (after a CA rotation, that bundle must hold the new root before the control plane uses it)",
-                    false => "",
-                };
-                format!("connecting to the CA at {}:{}: {chain}{hint}", self.host, self.port)
-            })?;
+            .map_err(|e| super::policy::connect_error(&format!("the CA at {}:{}", self.host, self.port), &e))?;
         let answer = CertificatesClient::new(channel)
             .sign(SignRequest { csr, token: token.trim().to_string() })
             .await

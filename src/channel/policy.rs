@@ -168,7 +168,7 @@ impl PolicyChannel {
             .keep_alive_while_idle(true)
             .connect_with_connector(connector)
             .await
-            .map_err(|e| format!("connecting to {}: {}", self.address, chain(&e)))?;
+            .map_err(|e| connect_error(&self.address.to_string(), &e))?;
         let (sender, receiver) = mpsc::channel(4);
         let hello = Hello {
             namespace: self.workload.namespace.clone(),
@@ -259,6 +259,30 @@ fn message(kind: sidecar_message::Kind) -> SidecarMessage {
 }
 
 /// An error and its causes on one line (tonic's own message is only "transport error").
+/// Why connecting to the control plane (`what`) failed, in full; when it refused the control
+/// plane's certificate, with the usual cause after a CA rotation: the bundle this sidecar was
+/// started with does not hold the new root yet.
+pub(super) fn connect_error(what: &str, e: &(dyn std::error::Error + 'static)) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut refused = false;
+    while let Some(cause) = source {
+        // Refused during the handshake (an identity refused after it has its own words). The
+        // connector's `io::Error` holds it, which its `source()` skips.
+        let held = cause.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref());
+        let held = held.map(|inner| inner as &(dyn std::error::Error + 'static));
+        for error in [Some(cause), held].into_iter().flatten() {
+            let at_handshake = error.downcast_ref::<crate::tls::ConnectError>();
+            refused |= matches!(at_handshake, Some(crate::tls::ConnectError::Refusal(_, None)));
+        }
+        source = cause.source();
+    }
+    let hint = match refused {
+        true => "; its certificate does not chain to this sidecar's trust bundle (identity.controlPlane.trustBundle, or identity.files.trustBundle): after a CA rotation, that bundle must hold the new root before the control plane uses it",
+        false => "",
+    };
+    format!("connecting to {what}: {}{hint}", chain(e))
+}
+
 pub(super) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -278,6 +302,17 @@ pub(super) fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_control_plane_certificate_refused_at_the_handshake_names_the_trust_bundle() {
+        use crate::tls::ConnectError;
+        let refused = ConnectError::Refusal("handshake failed: invalid peer certificate: BadSignature".into(), None);
+        let said = connect_error("the CA at cp:15012", &std::io::Error::other(refused));
+        assert!(said.starts_with("connecting to the CA at cp:15012: handshake failed"), "{said}");
+        assert!(said.contains("identity.controlPlane.trustBundle"), "{said}");
+        let down = connect_error("cp:15010", &std::io::Error::other(ConnectError::NoHandshake("closed".into())));
+        assert!(!down.contains("trustBundle"), "{down}");
+    }
 
     /// A channel for workload shop/orders to the control plane at `address`, its state, and
     /// the directory that holds its certificate (kept while the channel is used).
