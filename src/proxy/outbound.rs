@@ -141,27 +141,26 @@ impl Outbound {
     }
 
     /// The request as the peer sidecar gets it: HTTP/2 first (so the app's `Connection` header
-    /// cannot name the sidecar's own headers away), then the sidecar's headers.
-    fn upstream_request(&self, session: &Session, ctx: &OutboundCtx) -> pingora::Result<http::request::Parts> {
+    /// cannot name the sidecar's own headers away), or HTTP/1.1 for an upgrade (see
+    /// [`upgrade::to_h1`]), then the sidecar's headers.
+    fn mesh_request(
+        &self,
+        session: &Session,
+        ctx: &OutboundCtx,
+        upgrade: bool,
+    ) -> pingora::Result<http::request::Parts> {
         const ORIG_PROTO: HeaderName = HeaderName::from_static(ORIG_PROTO_HEADER);
         const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
-        let mut request = forward::to_h2(session.req_header())?;
-        // Only this sidecar may say what the app spoke.
-        match session.is_http2() {
-            true => request.headers.remove(ORIG_PROTO),
-            false => request.headers.insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1")),
+        let mut request = match upgrade {
+            true => upgrade::to_h1(session.req_header())?,
+            false => forward::to_h2(session.req_header())?,
+        };
+        // Only this sidecar may say what the app spoke, and only when the hop changes it.
+        match !upgrade && !session.is_http2() {
+            true => request.headers.insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1")),
+            false => request.headers.remove(ORIG_PROTO),
         };
         request.headers.insert(REQUEST_ID, ctx.request.id.header_value());
-        record::propagate(&mut request, &ctx.request)?;
-        Ok(request)
-    }
-
-    /// An upgrade request as the peer sidecar gets it (see [`upgrade::to_h1`]), with the
-    /// sidecar's headers; it is HTTP/1.1 on that hop too, so no protocol is carried across.
-    fn upgrade_request(&self, session: &Session, ctx: &OutboundCtx) -> pingora::Result<http::request::Parts> {
-        let mut request = upgrade::to_h1(session.req_header())?;
-        request.headers.remove(HeaderName::from_static(ORIG_PROTO_HEADER));
-        request.headers.insert(HeaderName::from_static(REQUEST_ID_HEADER), ctx.request.id.header_value());
         record::propagate(&mut request, &ctx.request)?;
         Ok(request)
     }
@@ -312,7 +311,7 @@ impl ProxyHttp for Outbound {
         };
         ctx.connector = Some(connector.clone());
         if upgrade::asked(session) {
-            let request = self.upgrade_request(session, ctx)?;
+            let request = self.mesh_request(session, ctx, true)?;
             let (peer, destination) = connector.connect_http1().await.map_err(Error::into_up)?;
             ctx.destination = destination;
             upgrade::exchange(session, peer, "the peer sidecar", request, &self.caller_timeouts).await?;
@@ -335,7 +334,7 @@ impl ProxyHttp for Outbound {
         loop {
             let (mut upstream, reused) = connector.open_stream().await.map_err(Error::into_up)?;
             ctx.destination = upstream.destination();
-            let request = self.upstream_request(session, ctx)?;
+            let request = self.mesh_request(session, ctx, false)?;
             let Err(mut e) = forward::exchange(
                 session,
                 &mut upstream,
