@@ -962,9 +962,14 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
         // `; sleep 5`, `| host evil.com`: a command line of its own after the separator, with
         // what the command takes; `; sleep well tonight` is a sentence (paranoia 2).
         (false, Kind::Common, Follow::Word) if !word.pathed => {
-            let shell = v[at..(at + separator_len).min(v.len())].iter().any(|b| matches!(b, b';' | b'|' | b'&'));
-            let line = &v[..command_line_end(v, end)];
-            match shell && is_probe(text) && argument_like(line, end) && short_command(line, end) {
+            // The word first: the rest is looked at for the few words scanners probe with.
+            let probe = is_probe(text)
+                && v[at..(at + separator_len).min(v.len())].iter().any(|b| matches!(b, b';' | b'|' | b'&'))
+                && {
+                    let line = &v[..command_line_end(v, end)];
+                    argument_like(line, end) && short_command(line, end)
+                };
+            match probe {
                 true => 1,
                 false => 2,
             }
