@@ -117,14 +117,9 @@ async fn relay(
     timeouts: &super::CallerTimeouts,
 ) -> pingora::Result<()> {
     session.set_read_timeout(None);
-    let (mut from_peer, mut to_peer) = tokio::io::split(peer);
-    let (caller_bytes, mut to_write) = tokio::sync::mpsc::channel::<Bytes>(WRITES_QUEUED);
-    let _writer = AbortOnDrop(tokio::spawn(async move {
-        while let Some(bytes) = to_write.recv().await {
-            to_peer.write_all(&bytes).await?;
-        }
-        to_peer.shutdown().await
-    }));
+    let (mut from_peer, to_peer) = tokio::io::split(peer);
+    let (caller_bytes, to_write) = tokio::sync::mpsc::channel::<Bytes>(WRITES_QUEUED);
+    let _writer = AbortOnDrop(tokio::spawn(write_peer(to_write, to_peer)));
     // Dropped once the caller has ended its half: the writer then ends the peer's.
     let mut caller_bytes = Some(caller_bytes);
     // Each piece read is handed on as it is: the buffer is taken whole, and its memory comes
@@ -163,6 +158,21 @@ async fn relay(
     }
 }
 
+/// Writes what the caller sent to the peer, each piece flushed: a TLS stream (the peer sidecar)
+/// holds the tail of a write while its socket is full, and without the flush the last bytes the
+/// caller sent waited for more that never came. The queue's end is passed on as the end of the
+/// peer's half.
+async fn write_peer<W: tokio::io::AsyncWrite + Unpin>(
+    mut queue: tokio::sync::mpsc::Receiver<Bytes>,
+    mut to_peer: W,
+) -> std::io::Result<()> {
+    while let Some(bytes) = queue.recv().await {
+        to_peer.write_all(&bytes).await?;
+        to_peer.flush().await?;
+    }
+    to_peer.shutdown().await
+}
+
 /// Pieces of the caller's bytes queued for the peer before the caller is read no further.
 const WRITES_QUEUED: usize = 4;
 
@@ -194,6 +204,22 @@ mod tests {
             request.append_header(name.to_string(), *value).unwrap();
         }
         request
+    }
+
+    /// A writer that holds what it is given until flushed, as a TLS stream over a full socket does.
+    #[tokio::test(start_paused = true)]
+    async fn every_piece_for_the_peer_is_flushed_as_it_is_written() {
+        let (near, mut far) = tokio::io::duplex(1 << 16);
+        let (queue, to_write) = tokio::sync::mpsc::channel(WRITES_QUEUED);
+        let writer = tokio::spawn(write_peer(to_write, tokio::io::BufWriter::new(near)));
+        queue.send(Bytes::from_static(b"the last frame")).await.unwrap();
+        let mut got = [0u8; 14];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(60), far.read_exact(&mut got)).await;
+        read.expect("the piece reaches the peer without more behind it").unwrap();
+        assert_eq!(&got, b"the last frame");
+        drop(queue);
+        writer.await.unwrap().unwrap();
+        assert_eq!(far.read(&mut got).await.unwrap(), 0, "the queue's end ends the peer's half");
     }
 
     #[test]
