@@ -1,28 +1,25 @@
-//! JSON Patch (RFC 6902), the two operations injection uses: the webhook sends them to the API
+//! JSON Patch (RFC 6902), the operations injection uses: the webhook sends them to the API
 //! server, `palisade inject` turns them into text edits, and tests apply them to JSON.
 
 use serde::Serialize;
 use serde_json::Value;
 
-/// One operation. Injection only ever adds (members, or items at an index) and replaces a
-/// member that is there.
+/// One operation. Injection adds (members, or items at an index) and replaces a member that is
+/// there; to turn a probe into one the sidecar answers, it also renames a member (a `move`
+/// within one object) and removes a scalar member.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Op {
     Add { path: String, value: Value },
     Replace { path: String, value: Value },
+    Remove { path: String },
+    Move { from: String, path: String },
 }
 
 impl Op {
     pub fn path(&self) -> &str {
         match self {
-            Op::Add { path, .. } | Op::Replace { path, .. } => path,
-        }
-    }
-
-    pub fn value(&self) -> &Value {
-        match self {
-            Op::Add { value, .. } | Op::Replace { value, .. } => value,
+            Op::Add { path, .. } | Op::Replace { path, .. } | Op::Remove { path } | Op::Move { path, .. } => path,
         }
     }
 }
@@ -42,7 +39,10 @@ pub fn apply(doc: &mut Value, ops: &[Op]) -> Result<(), String> {
     for op in ops {
         let tokens = tokens(op.path());
         let Some((last, parents)) = tokens.split_last() else {
-            *doc = op.value().clone();
+            match op {
+                Op::Add { value, .. } | Op::Replace { value, .. } => *doc = value.clone(),
+                _ => return Err("the whole document cannot be moved or removed".into()),
+            }
             continue;
         };
         let mut node = &mut *doc;
@@ -55,6 +55,18 @@ pub fn apply(doc: &mut Value, ops: &[Op]) -> Result<(), String> {
             .ok_or_else(|| format!("{}: no such parent", op.path()))?;
         }
         match (op, node) {
+            (Op::Remove { .. }, Value::Object(m)) => {
+                m.remove(last).ok_or_else(|| format!("{}: nothing to remove", op.path()))?;
+            }
+            (Op::Move { from, .. }, Value::Object(m)) => {
+                // Only within one object (a rename), which is all injection asks.
+                let from = self::tokens(from);
+                let (Some(name), true) = (from.last(), from[..from.len().saturating_sub(1)] == *parents) else {
+                    return Err(format!("{}: moved from another object", op.path()));
+                };
+                let value = m.remove(name).ok_or_else(|| format!("{}: nothing to move", op.path()))?;
+                m.insert(last.clone(), value);
+            }
             (Op::Add { value, .. }, Value::Object(m)) => {
                 m.insert(last.clone(), value.clone());
             }
@@ -112,5 +124,27 @@ mod tests {
         apply(&mut doc, &ops).unwrap();
         assert_eq!(doc, json!({"metadata": {"annotations": {"a/b": "2", "x/y~z": "v"}}, "list": [0, 1, 2, 3]}));
         assert_eq!(serde_json::to_value(&ops[0]).unwrap()["op"], "add");
+    }
+
+    #[test]
+    fn a_member_is_renamed_and_removed_as_rfc_6902_says() {
+        let mut doc = json!({"probe": {"grpc": {"port": 9090, "service": "shop"}, "periodSeconds": 5}});
+        let ops = [
+            Op::Remove { path: "/probe/grpc/service".into() },
+            Op::Move { from: "/probe/grpc".into(), path: "/probe/httpGet".into() },
+        ];
+        apply(&mut doc, &ops).unwrap();
+        assert_eq!(doc, json!({"probe": {"httpGet": {"port": 9090}, "periodSeconds": 5}}));
+        assert_eq!(
+            serde_json::to_value(&ops[1]).unwrap(),
+            json!({"op": "move", "from": "/probe/grpc", "path": "/probe/httpGet"})
+        );
+        for op in [
+            Op::Remove { path: "/probe/gone".into() },
+            Op::Move { from: "/probe/gone".into(), path: "/probe/x".into() },
+            Op::Move { from: "/other/httpGet".into(), path: "/probe/x".into() },
+        ] {
+            assert!(apply(&mut doc, std::slice::from_ref(&op)).is_err(), "{op:?}");
+        }
     }
 }

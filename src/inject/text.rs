@@ -60,11 +60,28 @@ pub fn edits(text: &Chars<'_>, root: &Node, ops: &[Op]) -> Result<Vec<Edit>, Tex
             }
             .ok_or_else(|| fail("its parent is not in the text"))?;
         }
+        let entry = |name: &str| match &parent.value {
+            Y::Map(entries) => entries.iter().find(|(k, _)| k.as_str() == Some(name)),
+            _ => None,
+        };
         match (&parent.value, op) {
-            (Y::Map(entries), _) => match entries.iter().find(|(k, _)| k.as_str() == Some(last)) {
-                Some((key, value)) => out.push(replace_value(text, key, value, op.value()).map_err(|m| fail(&m))?),
+            (Y::Map(_), Op::Remove { .. }) => {
+                let (key, value) = entry(last).ok_or_else(|| fail("nothing to remove"))?;
+                out.push(remove_entry(text, parent, key, value).map_err(|m| fail(&m))?);
+            }
+            (Y::Map(_), Op::Move { from, .. }) => {
+                // A rename within one mapping: the key's text is rewritten, its value stays.
+                let from = super::patch::tokens(from);
+                let (Some(name), true) = (from.last(), from[..from.len().saturating_sub(1)] == *parents) else {
+                    return Err(fail("only a rename within one mapping is written as text"));
+                };
+                let (key, _) = entry(name).ok_or_else(|| fail("nothing to move"))?;
+                out.push(Edit { start: key.span.0, end: key.span.1, text: scalar_key(last) });
+            }
+            (Y::Map(entries), Op::Add { value, .. } | Op::Replace { value, .. }) => match entry(last) {
+                Some((key, old)) => out.push(replace_value(text, key, old, value).map_err(|m| fail(&m))?),
                 None if matches!(op, Op::Replace { .. }) => return Err(fail("nothing to replace")),
-                None => out.push(add_entry(text, parent, entries, last, op.value()).map_err(|m| fail(&m))?),
+                None => out.push(add_entry(text, parent, entries, last, value).map_err(|m| fail(&m))?),
             },
             (Y::Seq(items), Op::Add { value, .. }) => {
                 let parent_path = path[..path.len() - last.len() - 1].to_string();
@@ -250,6 +267,40 @@ fn replace_value(text: &Chars<'_>, key: &Node, old: &Node, value: &Value) -> Res
     Ok(Edit { start: at, end: at, text: format!(" {}", json(value)) })
 }
 
+/// Removes a member whose value is a scalar (an exact span): in a block mapping its whole line,
+/// in a flow mapping the member and one comma beside it.
+fn remove_entry(text: &Chars<'_>, map: &Node, key: &Node, value: &Node) -> Result<Edit, String> {
+    if matches!(value.value, Y::Map(_) | Y::Seq(_)) {
+        return Err("only a member with a scalar value is removed".into());
+    }
+    let Y::Map(entries) = &map.value else { return Err("not a mapping".into()) };
+    if is_flow(text, map, '{') {
+        let at = entries.iter().position(|(k, _)| k.span == key.span).ok_or("not a member of its mapping")?;
+        let (start, end) = match (at.checked_sub(1).map(|i| &entries[i]), entries.get(at + 1)) {
+            // After an earlier member: from the end of its value, taking the comma before.
+            (Some((_, before)), _) => (before.span.1, value.span.1),
+            // The first of several: up to the next member, taking the comma after.
+            (None, Some((next, _))) => (key.span.0, next.span.0),
+            (None, None) => (key.span.0, value.span.1),
+        };
+        return Ok(Edit { start, end, text: String::new() });
+    }
+    let byte = text.byte(key.span.0);
+    let line = text.line_start(byte);
+    if !text.text[line..byte].bytes().all(|b| b == b' ') {
+        return Err("a member that shares its line with another is not removed".into());
+    }
+    let end = text.byte(value.span.1.max(key.span.1));
+    let rest = &text.text[end..];
+    let line_end = rest.find('\n').map_or(text.text.len(), |i| end + i + 1);
+    // Anything but a comment after the value on its line belongs to someone else.
+    let after = rest[..line_end - end].trim();
+    if !(after.is_empty() || after.starts_with('#')) {
+        return Err("a member that shares its line with another is not removed".into());
+    }
+    Ok(Edit { start: text.char_pos(line), end: text.char_pos(line_end), text: String::new() })
+}
+
 fn json(value: &Value) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
@@ -385,6 +436,68 @@ mod tests {
             Op::Replace { path: "/z".into(), value: json!(1) },
             Op::Replace { path: "/a".into(), value: json!(1) },
             add("", json!(1)),
+        ] {
+            assert!(edits(&chars, &docs[0].root, std::slice::from_ref(&op)).is_err(), "{op:?}");
+        }
+    }
+
+    /// A gRPC probe turned into an HTTP one: its port replaced, `service` removed, a path added
+    /// and the member renamed, in block and flow style; the comments and the rest stay.
+    #[test]
+    fn a_member_is_renamed_and_a_scalar_one_removed_in_place() {
+        let ops = |service: bool| {
+            let mut ops = vec![
+                Op::Replace { path: "/probe/grpc/port".into(), value: json!(15000) },
+                add("/probe/grpc/path", json!("/app-health/app/liveness")),
+            ];
+            if service {
+                ops.push(Op::Remove { path: "/probe/grpc/service".into() });
+            }
+            ops.push(Op::Move { from: "/probe/grpc".into(), path: "/probe/httpGet".into() });
+            ops
+        };
+        let block =
+            "probe:\n  # the app's health\n  grpc:\n    service: shop   # ours\n    port: 9090\n  periodSeconds: 5\n";
+        assert_eq!(
+            patched(block, &ops(true)),
+            "probe:\n  # the app's health\n  httpGet:\n    path: /app-health/app/liveness\n    port: 15000\n  periodSeconds: 5\n"
+        );
+        for (flow, expected) in [
+            (
+                "probe: {grpc: {port: 9090, service: shop}}\n",
+                "probe: {httpGet: {\"path\": \"/app-health/app/liveness\", port: 15000}}\n",
+            ),
+            (
+                "probe: {grpc: {service: shop, port: 9090}}\n",
+                "probe: {httpGet: {\"path\": \"/app-health/app/liveness\", port: 15000}}\n",
+            ),
+        ] {
+            assert_eq!(patched(flow, &ops(true)), expected, "{flow}");
+        }
+        assert_eq!(
+            patched(
+                "probe:\n  tcpSocket: {port: http}\n",
+                &ops(false)
+                    .iter()
+                    .map(|op| match op {
+                        Op::Move { .. } => Op::Move { from: "/probe/tcpSocket".into(), path: "/probe/httpGet".into() },
+                        Op::Replace { value, .. } =>
+                            Op::Replace { path: "/probe/tcpSocket/port".into(), value: value.clone() },
+                        Op::Add { value, .. } => add("/probe/tcpSocket/path", value.clone()),
+                        Op::Remove { .. } => unreachable!(),
+                    })
+                    .collect::<Vec<_>>()
+            ),
+            "probe:\n  httpGet: {\"path\": \"/app-health/app/liveness\", port: 15000}\n"
+        );
+        // What the text cannot take: a mapping removed, a move to another mapping.
+        let text = "a:\n  b: {c: 1}\n  d: 2\n";
+        let docs = parse(text, &Limits::FILE).unwrap();
+        let chars = Chars::new(text);
+        for op in [
+            Op::Remove { path: "/a/b".into() },
+            Op::Remove { path: "/a/z".into() },
+            Op::Move { from: "/a/b/c".into(), path: "/a/c".into() },
         ] {
             assert!(edits(&chars, &docs[0].root, std::slice::from_ref(&op)).is_err(), "{op:?}");
         }
