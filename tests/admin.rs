@@ -138,10 +138,11 @@ async fn app_probes_are_asked_of_the_app_for_the_kubelet() {
         let http = |path: &str| AppProbe {
             port: app,
             path: Some(path.into()),
+            grpc: None,
             headers: vec![ProbeHeader { name: "x-probe".into(), value: "kubelet".into() }],
             timeout_seconds: 5,
         };
-        let tcp = |port| AppProbe { port, path: None, headers: vec![], timeout_seconds: 5 };
+        let tcp = |port| AppProbe { port, path: None, grpc: None, headers: vec![], timeout_seconds: 5 };
         c.admin.app_probes = [
             ("app/readiness".to_string(), http("/healthz")),
             ("app/liveness".to_string(), http("/status/500")),
@@ -167,5 +168,60 @@ async fn app_probes_are_asked_of_the_app_for_the_kubelet() {
     // Only GET: a probe changes nothing, and nothing else is served there.
     let post = http_client().post(format!("http://{}/app-health/app/readiness", s.sidecar.admin)).send().await.unwrap();
     assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
+    s.shutdown();
+}
+
+/// The kubelet's gRPC probe, rewritten by injection, is asked of a real gRPC server's standard
+/// health service: healthy only while it says SERVING, whatever the reason it does not (a
+/// service it does not know, one marked NOT_SERVING, a server that is not gRPC at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_app_probes_ask_the_apps_health_service() {
+    use palisade::config::{AppProbe, GrpcProbe};
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_service_status("shop.Orders", tonic_health::ServingStatus::Serving).await;
+    reporter.set_service_status("shop.Refunds", tonic_health::ServingStatus::NotServing).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_port = listener.local_addr().unwrap().port();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let s = PolicedSidecar::start_with(&documents(), |c| {
+        let grpc = |port, service: &str| AppProbe {
+            port,
+            path: None,
+            grpc: Some(GrpcProbe { service: service.into() }),
+            headers: vec![],
+            timeout_seconds: 5,
+        };
+        c.admin.app_probes = [
+            ("orders/liveness".to_string(), grpc(grpc_port, "shop.Orders")),
+            ("orders/readiness".to_string(), grpc(grpc_port, "")),
+            ("refunds/readiness".to_string(), grpc(grpc_port, "shop.Refunds")),
+            ("unknown/readiness".to_string(), grpc(grpc_port, "shop.Nothing")),
+            ("http/readiness".to_string(), grpc(c.inbound.app.0.port(), "")),
+        ]
+        .into();
+    })
+    .await;
+    let probe = async |name: &str| {
+        let response = http_client().get(format!("http://{}/app-health/{name}", s.sidecar.admin)).send().await.unwrap();
+        (response.status().as_u16(), response.text().await.unwrap().trim_end().to_string())
+    };
+    let (status, why) = probe("orders/liveness").await;
+    assert_eq!((status, why.ends_with("the app's health service says SERVING")), (200, true), "{why}");
+    // The server as a whole ("") is SERVING in tonic's reporter.
+    assert_eq!(probe("orders/readiness").await.0, 200);
+    let (status, why) = probe("refunds/readiness").await;
+    assert_eq!((status, why.ends_with("says NOT_SERVING")), (503, true), "{why}");
+    let (status, why) = probe("unknown/readiness").await;
+    assert_eq!((status, why.contains("grpc-status 5")), (503, true), "NOT_FOUND: {why}");
+    // An HTTP/1.1 app is not a gRPC server: no answer the probe can take as healthy.
+    let (status, why) = probe("http/readiness").await;
+    assert_eq!(status, 503, "{why}");
+    // A service that stops serving is told at the next probe.
+    reporter.set_service_status("shop.Orders", tonic_health::ServingStatus::NotServing).await;
+    assert_eq!(probe("orders/liveness").await.0, 503);
     s.shutdown();
 }

@@ -1,7 +1,7 @@
 //! `GET /app-health/<container>/<kind>`: the app's own probes, asked by the sidecar for the
-//! kubelet. Injection points an app's HTTP probes of a captured port here, since the kubelet's
-//! plaintext probe would meet the inbound port's STRICT mTLS (a probe written by hand without a
-//! `path` is a TCP connect).
+//! kubelet. Injection points an app's HTTP, TCP and gRPC probes of a captured port here, since
+//! the kubelet's plaintext probe would meet the inbound port's STRICT mTLS (an HTTP or gRPC
+//! probe), or be accepted by the sidecar whether the app listens or not (a TCP probe).
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -41,6 +41,9 @@ fn unavailable(why: String) -> Verdict {
 
 async fn exchange(probe: &AppProbe, target: SocketAddr) -> std::io::Result<Verdict> {
     let mut stream = TcpStream::connect(target).await?;
+    if let Some(grpc) = &probe.grpc {
+        return grpc_check(stream, target, &grpc.service).await;
+    }
     let Some(path) = &probe.path else {
         return Ok(Verdict { status: StatusCode::OK, why: format!("{target} accepts connections") });
     };
@@ -80,6 +83,102 @@ async fn exchange(probe: &AppProbe, target: SocketAddr) -> std::io::Result<Verdi
         },
         None => unavailable(format!("{target}: the answer is not HTTP")),
     })
+}
+
+/// `grpc.health.v1.HealthCheckRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+
+/// `grpc.health.v1.HealthCheckResponse`; `status` 1 is `SERVING`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
+/// The most of the app's answer to a health check read (one small message is expected).
+const GRPC_ANSWER_BYTES: usize = 16 * 1024;
+
+/// The kubelet's gRPC probe: `Check` of `service` over HTTP/2 without TLS; healthy only when the
+/// app answers `SERVING` (a missing health service, an error status, or any other answer is
+/// not, as for the kubelet).
+async fn grpc_check(stream: TcpStream, target: SocketAddr, service: &str) -> std::io::Result<Verdict> {
+    let (client, connection) = h2::client::handshake(stream).await.map_err(std::io::Error::other)?;
+    // Ends once the request below is answered and its handles are gone.
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.map_err(std::io::Error::other)?;
+    let request = http::Request::post(format!("http://{target}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("user-agent", "kube-probe (palisade)")
+        .body(())
+        .map_err(std::io::Error::other)?;
+    let (answer, mut body) = client.send_request(request, false).map_err(std::io::Error::other)?;
+    body.send_data(grpc_message(&HealthCheckRequest { service: service.to_string() }), true)
+        .map_err(std::io::Error::other)?;
+    let answer = answer.await.map_err(std::io::Error::other)?;
+    let not_serving = |why: String| Ok(unavailable(format!("{target}: {why}")));
+    if answer.status() != StatusCode::OK {
+        return not_serving(format!("the app answered HTTP {} to the gRPC health check", answer.status().as_u16()));
+    }
+    // A trailers-only answer carries its status in the head.
+    let head_status = grpc_status(answer.headers());
+    let mut body = answer.into_body();
+    let mut message = Vec::new();
+    while let Some(data) = body.data().await {
+        let data = data.map_err(std::io::Error::other)?;
+        let _ = body.flow_control().release_capacity(data.len());
+        if message.len() + data.len() > GRPC_ANSWER_BYTES {
+            return not_serving(format!("the health check's answer is over {GRPC_ANSWER_BYTES} bytes"));
+        }
+        message.extend_from_slice(&data);
+    }
+    let trailers = body.trailers().await.map_err(std::io::Error::other)?;
+    match head_status.or_else(|| trailers.as_ref().and_then(grpc_status)) {
+        Some((0, _)) => {}
+        Some((code, why)) => return not_serving(format!("the health check failed with grpc-status {code}{why}")),
+        None => return not_serving("the health check's answer has no grpc-status".into()),
+    }
+    let status = match message.get(5..).filter(|_| message[0] == 0) {
+        Some(bytes) => <HealthCheckResponse as prost::Message>::decode(bytes).map(|r| r.status).ok(),
+        None => None,
+    };
+    Ok(match status {
+        Some(1) => Verdict { status: StatusCode::OK, why: format!("{target}: the app's health service says SERVING") },
+        Some(other) => unavailable(format!("{target}: the app's health service says {}", serving_status(other))),
+        None => unavailable(format!("{target}: the health check's answer is not a HealthCheckResponse")),
+    })
+}
+
+/// A gRPC message as sent on the wire: not compressed, its length, the message.
+fn grpc_message(message: &impl prost::Message) -> bytes::Bytes {
+    let encoded = message.encode_to_vec();
+    let mut framed = Vec::with_capacity(5 + encoded.len());
+    framed.push(0);
+    framed.extend_from_slice(&(encoded.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&encoded);
+    framed.into()
+}
+
+/// `grpc-status` and `grpc-message` (as `: message`), when there is a status.
+fn grpc_status(headers: &http::HeaderMap) -> Option<(u32, String)> {
+    let code = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
+    let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).filter(|m| !m.is_empty());
+    Some((code, message.map(|m| format!(": {m}")).unwrap_or_default()))
+}
+
+fn serving_status(status: i32) -> &'static str {
+    match status {
+        0 => "UNKNOWN",
+        2 => "NOT_SERVING",
+        3 => "SERVICE_UNKNOWN",
+        _ => "a status it does not know",
+    }
 }
 
 /// The status of the first head in `read` that is not informational: `Ok(Some)` found,

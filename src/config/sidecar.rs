@@ -432,14 +432,19 @@ impl Default for AdminConfig {
     }
 }
 
-/// One app probe: an HTTP GET of `path` (the app's status comes back: 200-399 healthy), or
-/// without `path` a TCP connect, to `port` on the address the kubelet reached.
+/// One app probe, to `port` on the address the kubelet reached: an HTTP GET of `path` (the
+/// app's status comes back: 200-399 healthy), a gRPC health check (`grpc`), or with neither a
+/// TCP connect.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct AppProbe {
     pub port: u16,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// `grpc.health.v1.Health/Check` over HTTP/2 without TLS, as the kubelet's `grpc` probe asks:
+    /// healthy when the app says `SERVING`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcProbe>,
     /// Headers the probe sends (`httpHeaders` of the probe as written).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<ProbeHeader>,
@@ -447,6 +452,14 @@ pub struct AppProbe {
     /// Kubernetes).
     #[serde(default = "one_second")]
     pub timeout_seconds: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcProbe {
+    /// The service asked about; empty for the server as a whole (the kubelet's default).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub service: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -469,6 +482,20 @@ impl AppProbe {
         if let Some(path) = &self.path {
             if !path.starts_with('/') || !path.bytes().all(|b| b.is_ascii_graphic()) {
                 return Some(format!("path must start with / and hold only visible ASCII, got {path:?}"));
+            }
+        }
+        if let Some(grpc) = &self.grpc {
+            if self.path.is_some() {
+                return Some("a probe is an HTTP GET (path) or a gRPC check (grpc), not both".into());
+            }
+            if !self.headers.is_empty() {
+                return Some("headers go with an HTTP GET (path), not a gRPC check".into());
+            }
+            if grpc.service.len() > 1024 || grpc.service.chars().any(char::is_control) {
+                return Some(format!(
+                    "grpc.service must be at most 1024 bytes without control characters, got {:?}",
+                    grpc.service
+                ));
             }
         }
         for header in &self.headers {

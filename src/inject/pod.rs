@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 
 use super::annotations::{self as ann, PodOptions};
 use super::patch::{escape, Op};
-use crate::config::{AppProbe, IdentityMode, InjectSettings, ProbeHeader};
+use crate::config::{AppProbe, GrpcProbe, IdentityMode, InjectSettings, ProbeHeader};
 use crate::config::{ControlPlaneAddress, IdentityFromControlPlane, ListenAddr, SidecarConfig, SpiffeIdField};
 use crate::identity::SpiffeId;
 
@@ -297,14 +297,15 @@ fn windows_by_affinity(spec: &Map<String, Value>) -> bool {
     })
 }
 
-/// The app's HTTP probes of ports the sidecar captures, pointed at the sidecar's admin port
-/// (`/app-health/<container>/<kind>`), which asks the app as the kubelet would have: the
-/// kubelet's plaintext probe of a captured port meets the inbound port's mTLS and fails, and the
-/// pod never becomes ready (Istio rewrites probes so too). Only the probe's `port` and `path`
-/// change (scalars, which `palisade inject` edits in the manifest's own text); its timings stay.
-/// Left as written: probes of ports not captured, exec and gRPC probes, HTTPS probes (the app's
-/// own TLS), probes with a `host` (not this pod), and TCP probes (see the chart's README); a
-/// gRPC, HTTPS or TCP probe of a captured port is warned about.
+/// The app's HTTP, TCP and gRPC probes of ports the sidecar captures, pointed at the sidecar's
+/// admin port (`/app-health/<container>/<kind>`), which asks the app as the kubelet would have:
+/// the kubelet's plaintext HTTP or gRPC probe of a captured port meets the inbound port's mTLS
+/// and fails, and its TCP probe is accepted by the sidecar whether the app listens or not (Istio
+/// rewrites probes so too). An HTTP probe keeps all but its `port` and `path`; a TCP or gRPC
+/// probe becomes an HTTP GET (its handler renamed, a gRPC `service` moved to the sidecar's
+/// configuration), its timings kept: edits `palisade inject` makes in the manifest's own text.
+/// Left as written: probes of ports not captured, exec probes, HTTPS probes (the app's own TLS,
+/// warned about) and probes with a `host` (not this pod).
 /// Returns the operations, what the sidecar's configuration needs, and warnings for probes of
 /// captured ports that cannot work as written.
 fn rewrite_app_probes(
@@ -335,51 +336,65 @@ fn rewrite_app_probes(
         {
             let Some(probe) = container.get(field) else { continue };
             let warn = |why: String| format!("{field} of container {name}: {why}");
-            if let Some(port) = probe.get("tcpSocket").and_then(|t| t.get("port")).and_then(port_of) {
-                if captured(port) {
-                    warnings.push(warn(format!("a TCP probe of captured port {port} is accepted by the sidecar whether the app listens or not; use an httpGet or exec probe, or exclude the port (palisade.dev/exclude-inbound-ports)")));
-                }
-                continue;
-            }
-            if let Some(port) = probe.get("grpc").and_then(|g| g.get("port")).and_then(port_of) {
-                if captured(port) {
-                    warnings.push(warn(format!("a gRPC probe of captured port {port} fails: the kubelet's plaintext call meets the sidecar's mutual TLS; use an exec probe (grpc_health_probe) or exclude the port (palisade.dev/exclude-inbound-ports)")));
-                }
-                continue;
-            }
-            let Some(http) = probe.get("httpGet").and_then(Value::as_object) else { continue };
-            let elsewhere = http.get("host").and_then(Value::as_str).is_some_and(|h| !h.is_empty());
-            let https = http.get("scheme").and_then(Value::as_str).is_some_and(|s| !s.eq_ignore_ascii_case("HTTP"));
-            let Some(port) = http.get("port").and_then(port_of).filter(|p| captured(*p) && !elsewhere) else {
+            let timeout_seconds =
+                probe.get("timeoutSeconds").and_then(Value::as_u64).and_then(|t| u32::try_from(t).ok()).unwrap_or(1);
+            // A probe with a `host` asks another address than this pod's: left as it is.
+            let elsewhere =
+                |handler: &Value| handler.get("host").and_then(Value::as_str).is_some_and(|h| !h.is_empty());
+            let Some((handler, app_probe)) = ["httpGet", "tcpSocket", "grpc"].into_iter().find_map(|handler| {
+                let written = probe.get(handler)?;
+                let port = written.get("port").and_then(port_of).filter(|p| captured(*p) && !elsewhere(written))?;
+                let app_probe = match handler {
+                    "tcpSocket" => AppProbe { port, path: None, grpc: None, headers: vec![], timeout_seconds },
+                    "grpc" => {
+                        let service = written.get("service").and_then(Value::as_str).unwrap_or_default();
+                        let grpc = Some(GrpcProbe { service: service.to_string() });
+                        AppProbe { port, path: None, grpc, headers: vec![], timeout_seconds }
+                    }
+                    _ => {
+                        let headers = written.get("httpHeaders").and_then(Value::as_array).into_iter().flatten();
+                        let headers = headers
+                            .filter_map(|h| {
+                                let (name, value) = (h.get("name")?.as_str()?, h.get("value")?.as_str()?);
+                                Some(ProbeHeader { name: name.to_string(), value: value.to_string() })
+                            })
+                            .collect();
+                        let path = written.get("path").and_then(Value::as_str).filter(|p| !p.is_empty()).unwrap_or("/");
+                        AppProbe { port, path: Some(path.to_string()), grpc: None, headers, timeout_seconds }
+                    }
+                };
+                Some((handler, app_probe))
+            }) else {
                 continue;
             };
-            if https {
+            let port = app_probe.port;
+            let https =
+                probe["httpGet"].get("scheme").and_then(Value::as_str).is_some_and(|s| !s.eq_ignore_ascii_case("HTTP"));
+            if handler == "httpGet" && https {
                 warnings.push(warn(format!("an HTTPS probe of captured port {port} fails: the sidecar takes its TLS for the mesh's; exclude the port (palisade.dev/exclude-inbound-ports)")));
                 continue;
             }
-            let headers = http.get("httpHeaders").and_then(Value::as_array).into_iter().flatten();
-            let headers = headers
-                .filter_map(|h| {
-                    let (name, value) = (h.get("name")?.as_str()?, h.get("value")?.as_str()?);
-                    Some(ProbeHeader { name: name.to_string(), value: value.to_string() })
-                })
-                .collect();
-            let path = http.get("path").and_then(Value::as_str).filter(|p| !p.is_empty()).unwrap_or("/");
-            let timeout_seconds =
-                probe.get("timeoutSeconds").and_then(Value::as_u64).and_then(|t| u32::try_from(t).ok()).unwrap_or(1);
-            let app_probe = AppProbe { port, path: Some(path.to_string()), headers, timeout_seconds };
             if let Some(problem) = app_probe.problem() {
                 warnings.push(warn(format!("not rewritten through the sidecar ({problem}), so the kubelet's plaintext probe of captured port {port} fails; fix the probe or exclude the port")));
                 continue;
             }
             let key = format!("{name}/{kind}");
-            let at = format!("{base}/spec/containers/{i}/{field}/httpGet");
-            ops.push(Op::Replace { path: format!("{at}/port"), value: json!(settings.ports.admin) });
+            let at = format!("{base}/spec/containers/{i}/{field}");
+            ops.push(Op::Replace { path: format!("{at}/{handler}/port"), value: json!(settings.ports.admin) });
             let to_admin = json!(format!("/app-health/{key}"));
-            ops.push(match http.contains_key("path") {
-                true => Op::Replace { path: format!("{at}/path"), value: to_admin },
-                false => add(format!("{at}/path"), to_admin),
+            let written = &probe[handler];
+            ops.push(match written.get("path") {
+                Some(_) => Op::Replace { path: format!("{at}/{handler}/path"), value: to_admin },
+                None => add(format!("{at}/{handler}/path"), to_admin),
             });
+            // A TCP or gRPC probe becomes the HTTP GET the sidecar answers: what an HTTP GET has
+            // no field for goes, and the handler is renamed.
+            if handler != "httpGet" {
+                if written.get("service").is_some() {
+                    ops.push(Op::Remove { path: format!("{at}/{handler}/service") });
+                }
+                ops.push(Op::Move { from: format!("{at}/{handler}"), path: format!("{at}/httpGet") });
+            }
             probes.insert(key, app_probe);
         }
     }

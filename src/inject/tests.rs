@@ -122,6 +122,8 @@ fn apply_json_patch(doc: &mut Value, ops: &[Value]) {
             match op["op"].as_str().unwrap() {
                 "add" => patch::Op::Add { path, value },
                 "replace" => patch::Op::Replace { path, value },
+                "remove" => patch::Op::Remove { path },
+                "move" => patch::Op::Move { from: op["from"].as_str().unwrap().to_string(), path },
                 other => panic!("unexpected op {other}"),
             }
         })
@@ -780,7 +782,7 @@ fn reviews_of_other_objects_and_operations_are_allowed_unchanged() {
 
 #[test]
 fn the_apps_probes_of_captured_ports_are_asked_through_the_sidecars_admin_port() {
-    use crate::config::{load_text, AppProbe, ProbeHeader, SidecarConfig};
+    use crate::config::{load_text, AppProbe, GrpcProbe, ProbeHeader, SidecarConfig};
     let http = |port: Value| json!({"httpGet": {"path": "/healthz", "port": port, "httpHeaders": [{"name": "x-probe", "value": "1"}]}, "timeoutSeconds": 3, "periodSeconds": 7});
     let app = json!({
         "name": "app", "image": "a",
@@ -791,31 +793,26 @@ fn the_apps_probes_of_captured_ports_are_asked_through_the_sidecars_admin_port()
     });
     let side = json!({
         "name": "side", "image": "s",
-        // Not captured (excluded below), the app's own TLS, another host, TCP: left as written.
+        // Not captured (excluded below), the app's own TLS, another host: left as written.
         "readinessProbe": http(json!(9090)),
         "livenessProbe": {"httpGet": {"path": "/", "port": 8443, "scheme": "HTTPS"}},
         "startupProbe": {"httpGet": {"path": "/", "port": 8080, "host": "example.com"}},
     });
-    let grpc = json!({"name": "grpc", "image": "g", "livenessProbe": {"grpc": {"port": 8080}}, "readinessProbe": {"tcpSocket": {"port": 8080}}});
+    let grpc = json!({"name": "grpc", "image": "g",
+        "livenessProbe": {"grpc": {"port": 8080, "service": "shop.Orders"}, "periodSeconds": 2},
+        "readinessProbe": {"tcpSocket": {"port": 8080}},
+        "startupProbe": {"tcpSocket": {"port": 8080, "host": "db.example"}}});
     let object = pod(
         json!({"annotations": {ann::EXCLUDE_INBOUND_PORTS: "9090"}}),
         json!({"containers": [app.clone(), side.clone(), grpc.clone()]}),
     );
     let (response, patched) = webhook(&object, "shop", FailurePolicy::Fail);
     assert_eq!(response["allowed"], true);
-    // What cannot work as written is said: the HTTPS probe, the gRPC and the TCP probe of 8080.
+    // What cannot work as written is said: the HTTPS probe of 8443.
     let warnings: Vec<&str> = response["warnings"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-    assert_eq!(warnings.len(), 3, "{warnings:?}");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(
         warnings[0].contains("livenessProbe of container side: an HTTPS probe of captured port 8443"),
-        "{warnings:?}"
-    );
-    assert!(
-        warnings[1].contains("livenessProbe of container grpc: a gRPC probe of captured port 8080 fails"),
-        "{warnings:?}"
-    );
-    assert!(
-        warnings[2].contains("readinessProbe of container grpc: a TCP probe of captured port 8080"),
         "{warnings:?}"
     );
     let containers = &patched["spec"]["containers"];
@@ -826,7 +823,17 @@ fn the_apps_probes_of_captured_ports_are_asked_through_the_sidecars_admin_port()
     assert_eq!(containers[0]["livenessProbe"], json!({"httpGet": {"path": "/app-health/app/liveness", "port": 15000}}));
     assert_eq!(containers[0]["startupProbe"], app["startupProbe"], "exec probes stay");
     assert_eq!(containers[1], side);
-    assert_eq!(containers[2], grpc);
+    // A gRPC and a TCP probe become HTTP GETs the sidecar answers, with their timings; one of
+    // another host stays.
+    assert_eq!(
+        containers[2]["livenessProbe"],
+        json!({"httpGet": {"path": "/app-health/grpc/liveness", "port": 15000}, "periodSeconds": 2})
+    );
+    assert_eq!(
+        containers[2]["readinessProbe"],
+        json!({"httpGet": {"path": "/app-health/grpc/readiness", "port": 15000}})
+    );
+    assert_eq!(containers[2]["startupProbe"], grpc["startupProbe"]);
 
     let proxy = &patched["spec"]["initContainers"][1];
     let text = proxy["env"].as_array().unwrap().iter().find(|e| e["name"] == crate::config::CONFIG_VAR).unwrap()
@@ -850,13 +857,28 @@ fn the_apps_probes_of_captured_ports_are_asked_through_the_sidecars_admin_port()
             AppProbe {
                 port: 8080,
                 path: Some("/healthz".into()),
+                grpc: None,
                 headers: vec![ProbeHeader { name: "x-probe".into(), value: "1".into() }],
                 timeout_seconds: 3,
             },
         ),
         (
             "app/liveness".to_string(),
-            AppProbe { port: 8080, path: Some("/".into()), headers: vec![], timeout_seconds: 1 },
+            AppProbe { port: 8080, path: Some("/".into()), grpc: None, headers: vec![], timeout_seconds: 1 },
+        ),
+        (
+            "grpc/liveness".to_string(),
+            AppProbe {
+                port: 8080,
+                path: None,
+                grpc: Some(GrpcProbe { service: "shop.Orders".into() }),
+                headers: vec![],
+                timeout_seconds: 1,
+            },
+        ),
+        (
+            "grpc/readiness".to_string(),
+            AppProbe { port: 8080, path: None, grpc: None, headers: vec![], timeout_seconds: 1 },
         ),
     ]
     .into();

@@ -83,6 +83,43 @@ def test_the_webhook_and_palisade_inject_make_the_same_pod():
     assert again["response"]["allowed"] and "patch" not in again["response"]
 
 
+PROBED = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: orders, namespace: shop}
+spec:
+  containers:
+    - name: app
+      image: example/orders:1
+      ports: [{name: grpc, containerPort: 9090}, {name: http, containerPort: 8080}]
+      livenessProbe:
+        # the server's own health service
+        grpc:
+          service: shop.Orders
+          port: 9090
+        periodSeconds: 5
+      readinessProbe: {tcpSocket: {port: http}, timeoutSeconds: 2}
+      startupProbe: {httpGet: {path: /started, port: 8080}, failureThreshold: 30}
+"""
+
+
+def test_grpc_tcp_and_http_probes_become_valid_http_probes_of_the_sidecar_by_either_route():
+    (pod,) = documents(PROBED)
+    out = palisade("inject", "--identity-mode", "secret", "--admission-review", stdin=review(pod))
+    response = json.loads(out.stdout)["response"]
+    assert response["allowed"] and not response.get("warnings"), response
+    patched = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(response["patch"])))
+    validate(patched)
+    app = patched["spec"]["containers"][0]
+    assert app["livenessProbe"] == {"httpGet": {"path": "/app-health/app/liveness", "port": 15000}, "periodSeconds": 5}
+    assert app["readinessProbe"] == {"httpGet": {"path": "/app-health/app/readiness", "port": 15000}, "timeoutSeconds": 2}
+    assert app["startupProbe"] == {"httpGet": {"path": "/app-health/app/startup", "port": 15000}, "failureThreshold": 30}
+    cli = palisade("inject", "--identity-mode", "secret", stdin=PROBED)
+    (from_cli,) = documents(cli.stdout)
+    assert from_cli == patched
+    assert "# the server's own health service" in cli.stdout, "the manifest's comments stay"
+
+
 @pytest.mark.parametrize("case,namespace,expect", [
     ("opted out", "shop", "skipped"),
     ("host network", "shop", "skipped"),
