@@ -46,6 +46,14 @@ pub fn is_certificate_refusal(e: &std::io::Error) -> bool {
         .is_some_and(|e| matches!(e, rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented))
 }
 
+/// Whether a handshake failed because the other side answered with something that is not TLS
+/// (a plaintext server where this side connected, or a plaintext caller where it accepted).
+pub fn is_plaintext(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| matches!(e, rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)))
+}
+
 /// The verifier's own words when a handshake failed on a certificate (rustls prints our
 /// `LeafError` through `Debug` otherwise); `None` when the I/O error is not a TLS one.
 pub fn refusal_reason(e: &std::io::Error) -> Option<String> {

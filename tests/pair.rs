@@ -113,10 +113,24 @@ async fn a_destination_without_a_sidecar_is_refused_unless_configured_as_passthr
     let call = |a: &palisade::app::Sidecar| {
         http_client().get(format!("http://{}/db", a.outbound)).header("host", plain.addr.to_string()).send()
     };
-    let strict = start_sidecar(sidecar_config(&files, "127.0.0.1:9".parse().unwrap()));
+    let mut config = sidecar_config(&files, "127.0.0.1:9".parse().unwrap());
+    let events = tempfile::NamedTempFile::new().unwrap();
+    config.telemetry.events.sink = palisade::config::EventSink::File(events.path().to_path_buf());
+    let strict = start_sidecar(config);
     let refused = call(&strict).await.unwrap();
     assert_eq!(refused.status(), 502, "no mesh identity at the destination: refused, never plaintext");
     assert_eq!(refused.json::<serde_json::Value>().await.unwrap()["error"], "bad_gateway");
+    // The event says the destination is outside the mesh and what lets the app reach it.
+    let refusals = events_where(
+        "the refused handshake",
+        1,
+        || read_jsonl(events.path()),
+        |e| e["message"].as_str().is_some_and(|m| m.contains(&plain.addr.to_string())),
+    )
+    .await;
+    let message = refusals[0]["message"].as_str().unwrap();
+    assert!(message.contains("answered in plaintext, so it is not in the mesh"), "{message}");
+    assert!(message.contains("outbound.passthrough") && !message.contains("is the caller outside"), "{message}");
     strict.shutdown();
 
     let mut config = sidecar_config(&files, "127.0.0.1:9".parse().unwrap());

@@ -112,8 +112,17 @@ pub(super) async fn connect_with(
     let tls = match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            let reason =
-                format!("handshake with {addr} failed: {}", super::refusal_reason(&e).unwrap_or_else(|| e.to_string()));
+            let why = match super::is_plaintext(&e) {
+                // The wording for a caller in plaintext (is it outside the mesh?) points the wrong
+                // way here: this side is in the mesh, the destination is not.
+                true => format!(
+                    "not TLS: {addr} answered in plaintext, so it is not in the mesh; to reach it without mutual TLS list \
+                     it in outbound.passthrough (in a pod: the palisade.dev/outbound-passthrough annotation) or exclude \
+                     its port (palisade.dev/exclude-outbound-ports)"
+                ),
+                false => super::refusal_reason(&e).unwrap_or_else(|| e.to_string()),
+            };
+            let reason = format!("handshake with {addr} failed: {why}");
             return Err(match super::is_certificate_refusal(&e) {
                 true => ConnectError::Refusal(reason, None),
                 false => ConnectError::NoHandshake(reason),
