@@ -102,6 +102,9 @@ async fn rotating_certificates_and_bundles_under_load_fails_no_request() {
     write_atomically(&b_dir.join("ca.crt"), &both);
     settle(a0, b0).await;
     assert!(eventually(async || dump(b_admin).await["identity"]["trustBundle"]["certificates"] == 2).await);
+    // The files it was read from, named as the configuration names them.
+    let files = &dump(b_admin).await["identity"]["source"]["files"];
+    assert_eq!(files["trustBundle"], b_dir.join("ca.crt").to_str().unwrap(), "{files}");
     // 2. New certificates from the new CA (cert and key land as two separate renames).
     for (dir, sa) in [(&b_dir, "orders"), (&a_dir, "frontend")] {
         let (cert, key) = new_ca.issue(&LeafSpec::workload(&id("shop", sa))).unwrap();

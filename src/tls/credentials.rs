@@ -12,6 +12,7 @@ use crate::identity::{cert_identity, CertIdentity, SpiffeId};
 
 /// The three files a workload's identity lives in (the layout of cert-manager and SPIRE helpers).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct IdentityFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
