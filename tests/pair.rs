@@ -1227,3 +1227,148 @@ async fn a_websocket_carries_a_large_echo_both_ways_at_once() {
     drop(tokio::time::timeout(patience(), sending).await.expect("all sent").unwrap());
     pair.shutdown();
 }
+
+/// The upgrade request a raw client sends through A to B's app, with `extra` after it.
+fn upgrade_request(path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Key: {WEBSOCKET_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n{extra}"
+    )
+}
+
+/// Everything a raw client reads until the connection ends (or errs).
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read_all = async {
+        while let Ok(n @ 1..) = tokio::io::AsyncReadExt::read(stream, &mut buf).await {
+            raw.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(patience(), read_all).await.expect("the connection ends");
+    String::from_utf8_lossy(&raw).to_string()
+}
+
+/// After a `101` the bytes are the app's protocol's: an app that breaks the upgraded connection
+/// off must not have either sidecar write its JSON error into the stream (a WebSocket client
+/// took it for a frame and failed with a protocol error); the caller's connection just ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_the_app_breaks_off_ends_without_an_error_body_in_it() {
+    let (app, _events) = raw_app(|mut stream, _events: tokio::sync::mpsc::UnboundedSender<()>| async move {
+        if read_request(&mut stream).await.is_some() {
+            let head = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nhello";
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await;
+            // Closed with a reset, not a FIN.
+            let _ = stream.set_zero_linger();
+        }
+    })
+    .await;
+    let pair = Pair::start_configured(EchoApp::start().await, |_| {}, |b| b.inbound.app.0 = app).await;
+    let mut stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, upgrade_request("/chat", "").as_bytes()).await.unwrap();
+    let read = read_until_closed(&mut stream).await;
+    let (head, stream_bytes) = read.split_once("\r\n\r\n").unwrap_or_else(|| panic!("{read:?}"));
+    assert!(head.starts_with("HTTP/1.1 101"), "{read:?}");
+    assert!("hello".starts_with(stream_bytes), "only the app's bytes: {stream_bytes:?}");
+    pair.shutdown();
+}
+
+/// A `101` must switch to a protocol the request named (RFC 9110 §7.8): an app that answers one
+/// without `Upgrade` would otherwise open a byte stream past B's policy, and a request denied
+/// to the caller would reach it on that stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_that_names_no_protocol_asked_for_opens_nothing() {
+    let (app, mut seen) = raw_app(|mut stream, seen: tokio::sync::mpsc::UnboundedSender<String>| async move {
+        while let Some((head, _)) = read_request(&mut stream).await {
+            let _ = seen.send(head.lines().next().unwrap_or_default().to_string());
+            let answer = "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n";
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes()).await;
+        }
+        let _ = seen.send("closed".to_string());
+    })
+    .await;
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy_file = policy_dir.path().join("policy.yaml");
+    write_policy(
+        &policy_file,
+        &policy(
+            "no-admin",
+            "  authorization:\n    default: ALLOW\n    rules:\n      - {name: admin, action: DENY, to: {paths: [\"/admin*\"]}}\n",
+        ),
+    );
+    let pair = Pair::start_configured(
+        EchoApp::start().await,
+        |_| {},
+        |b| {
+            b.inbound.app.0 = app;
+            b.policy.files = vec![policy_file.clone()];
+            b.workload.labels = [("app".to_string(), "orders".to_string())].into();
+        },
+    )
+    .await;
+    let smuggled = format!("GET /admin/secret HTTP/1.1\r\nHost: {B_AUTHORITY}\r\n\r\n");
+    let mut stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, upgrade_request("/chat", &smuggled).as_bytes()).await.unwrap();
+    let read = read_until_closed(&mut stream).await;
+    assert!(read.starts_with("HTTP/1.1 502"), "{read:?}");
+    // The app got the handshake and nothing after it, until its connection ended.
+    let mut heard = Vec::new();
+    while heard.last().is_none_or(|h| h != "closed") {
+        let next = tokio::time::timeout(patience(), seen.recv()).await.expect("the app's connection ends");
+        heard.push(next.unwrap());
+    }
+    assert_eq!(heard, ["GET /chat HTTP/1.1", "closed"]);
+    pair.shutdown();
+}
+
+/// `h2c` on a second `Upgrade` line is the hop's, as on the first: the request takes the plain
+/// path and the app never sees an upgrade to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_on_a_second_upgrade_line_is_not_passed_on() {
+    let (app, handshakes) = websocket_app().await;
+    let pair = Pair::start_configured(EchoApp::start().await, |_| {}, |b| b.inbound.app.0 = app).await;
+    let request = format!(
+        "GET /chat HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\
+         Sec-WebSocket-Key: {WEBSOCKET_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    let (head, _, _) = raw_exchange(pair.a.outbound, &request).await;
+    assert!(head.starts_with("HTTP/1.1 426"), "the app saw no upgrade: {head}");
+    assert_eq!(handshakes.load(std::sync::atomic::Ordering::SeqCst), 0);
+    pair.shutdown();
+}
+
+/// `inbound.appTimeout` holds an app's silence on an upgrade as on any request: one that never
+/// answers the handshake is a 504, and one that says nothing for that long after its `101` has
+/// the connection closed (README, WebSockets).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_timeout_holds_its_silence_on_an_upgrade() {
+    let (app, _events) = raw_app(|mut stream, _events: tokio::sync::mpsc::UnboundedSender<()>| async move {
+        let Some((head, _)) = read_request(&mut stream).await else { return };
+        if head.starts_with("GET /switches") {
+            let answer = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes()).await;
+        }
+        // Then nothing, until the other side lets go.
+        let mut rest = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest).await;
+    })
+    .await;
+    let pair = Pair::start_configured(
+        EchoApp::start().await,
+        |_| {},
+        |b| {
+            b.inbound.app.0 = app;
+            b.inbound.app_timeout = Some("300ms".parse().unwrap());
+        },
+    )
+    .await;
+    let (head, body, _) = raw_exchange(pair.a.outbound, &upgrade_request("/silent", "")).await;
+    assert!(head.starts_with("HTTP/1.1 504"), "{head}");
+    assert!(body.contains("gateway_timeout"), "{body}");
+    let mut stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, upgrade_request("/switches", "").as_bytes()).await.unwrap();
+    let read = read_until_closed(&mut stream).await;
+    assert!(read.starts_with("HTTP/1.1 101"), "{read:?}");
+    assert!(read.ends_with("\r\n\r\n"), "nothing after the 101 but the end: {read:?}");
+    pair.shutdown();
+}

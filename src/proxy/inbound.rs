@@ -450,7 +450,7 @@ impl ProxyHttp for Inbound {
             let mut request = super::upgrade::to_h1(session.req_header())?;
             add_sidecar_headers(session, &mut request, &ctx.request, ctx.token.as_ref())?;
             let tcp = app_pool::connect(app).await?;
-            super::upgrade::exchange(session, tcp, "the app", request, &self.caller_timeouts).await?;
+            super::upgrade::exchange(session, tcp, "the app", request, &self.caller_timeouts, self.app_timeout).await?;
             return Ok(true);
         }
         if let Some(mode) = AppPool::serves(session, ctx.app_h2) {

@@ -314,7 +314,7 @@ impl ProxyHttp for Outbound {
             let request = self.mesh_request(session, ctx, true)?;
             let (peer, destination) = connector.connect_http1().await.map_err(Error::into_up)?;
             ctx.destination = destination;
-            upgrade::exchange(session, peer, "the peer sidecar", request, &self.caller_timeouts).await?;
+            upgrade::exchange(session, peer, "the peer sidecar", request, &self.caller_timeouts, None).await?;
             return Ok(true);
         }
         let mut first = match super::is_chunked_h1(session) {

@@ -7,7 +7,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, StatusCode};
 use pingora::proxy::FailToProxy;
 
 use super::record::RequestCtx;
@@ -300,8 +300,10 @@ pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> Fai
     ctx.id = ctx.id.or_generate();
     // Once the app's response has started, writing our own would splice two responses into one
     // that looks complete: abort the stream instead.
-    // A `100 Continue` the sidecar sent is not the start of an answer.
-    if let Some(started) = session.response_written().filter(|r| !r.status.is_informational()) {
+    // A `100 Continue` the sidecar sent (or an app's `103`) is not the start of an answer; a
+    // `101` is, of another protocol's bytes, where a JSON error would be taken for its data.
+    let started = |status: StatusCode| !status.is_informational() || status == StatusCode::SWITCHING_PROTOCOLS;
+    if let Some(started) = session.response_written().filter(|r| started(r.status)) {
         return FailToProxy { error_code: started.status.as_u16(), can_reuse_downstream: false };
     }
     let Some(kind) = ErrorKind::classify(e) else {

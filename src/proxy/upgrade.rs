@@ -13,6 +13,8 @@ use hyper_util::rt::TokioIo;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
+use std::time::Duration;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::CONNECTION_SPECIFIC;
@@ -31,12 +33,33 @@ pub fn asked(session: &mut Session) -> bool {
     if request.version != Version::HTTP_11 {
         return false;
     }
-    let Some(protocol) = request.headers.get(header::UPGRADE) else { return false };
-    let h2c = protocol.as_bytes().split(|b| *b == b',').any(|p| p.trim_ascii().eq_ignore_ascii_case(b"h2c"));
+    if !request.headers.contains_key(header::UPGRADE) {
+        return false;
+    }
+    // On any of its `Upgrade` lines: a second one must not carry what the first would refuse.
+    let h2c = protocols(&request.headers).any(|p| p.eq_ignore_ascii_case(b"h2c"));
     let connection_names_upgrade = request.headers.get_all(header::CONNECTION).iter().any(|value| {
         value.as_bytes().split(|b| *b == b',').any(|name| name.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
     });
     connection_names_upgrade && !h2c
+}
+
+/// The protocols `Upgrade` names, on all its lines (`websocket`, `foo/2`).
+fn protocols(headers: &http::HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(|line| line.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|p| !p.is_empty())
+}
+
+/// Whether a `101` switches to a protocol the request asked for, as RFC 9110 §7.8 has it send:
+/// one without `Upgrade`, or naming another, would open a byte stream past the policy that
+/// judged only the handshake.
+fn switches_as_asked(asked: &http::HeaderMap, answered: &http::HeaderMap) -> bool {
+    let mut named = protocols(answered).peekable();
+    named.peek().is_some() && named.all(|p| protocols(asked).any(|a| a.eq_ignore_ascii_case(p)))
 }
 
 /// The app's upgrade request as the peer sidecar gets it: HTTP/1.1 with `Host` (pingora keeps
@@ -58,28 +81,46 @@ pub fn to_h1(request: &RequestHeader) -> pingora::Result<http::request::Parts> {
 /// the peer sidecar that agreed on HTTP/1.1, or on the inbound side to the app: `whom`, as
 /// errors name it. A `101` turns both connections into one byte stream until either side ends
 /// it; any other answer is passed on as it is, and ends the exchange.
+/// `silence`: how long the peer may say nothing, waiting for its answer and after a `101`
+/// (`inbound.appTimeout` for the app); `None`, for ever.
 pub async fn exchange<S>(
     session: &mut Session,
     peer: S,
     whom: &'static str,
     request: http::request::Parts,
     timeouts: &super::CallerTimeouts,
+    silence: Option<Duration>,
 ) -> pingora::Result<()>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let up = |e: hyper::Error, what: &str| Error::because(ErrorType::ReadError, format!("{what} {whom}"), e).into_up();
-    let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(peer))
-        .await
-        .map_err(|e| up(e, "speaking HTTP/1.1 with"))?;
-    // Ends when the connection does, or hands the connection over to the upgrade below.
-    tokio::spawn(connection.with_upgrades());
-    let mut response = sender
-        .send_request(http::Request::from_parts(request, Empty::new()))
-        .await
-        .map_err(|e| up(e, "sending the upgrade request to"))?;
+    let answered = async {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(peer))
+            .await
+            .map_err(|e| up(e, "speaking HTTP/1.1 with"))?;
+        // Ends when the connection does, or hands the connection over to the upgrade below.
+        tokio::spawn(connection.with_upgrades());
+        let asked = request.headers.clone();
+        let response = sender
+            .send_request(http::Request::from_parts(request, Empty::new()))
+            .await
+            .map_err(|e| up(e, "sending the upgrade request to"))?;
+        Ok::<_, Box<Error>>((asked, response))
+    };
+    let (asked, mut response) = match silence {
+        Some(limit) => tokio::time::timeout(limit, answered).await.map_err(|_| quiet(whom, limit))??,
+        None => answered.await?,
+    };
     let upgraded = hyper::upgrade::on(&mut response);
     let (parts, mut body) = response.into_parts();
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS && !switches_as_asked(&asked, &parts.headers) {
+        return Err(Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            format!("{whom} answered 101 without switching to a protocol the request asked for in Upgrade"),
+        )
+        .into_up());
+    }
     let mut header = ResponseHeader::from(parts);
     if header.status != StatusCode::SWITCHING_PROTOCOLS {
         // Refused or answered as a plain request: framed afresh for the caller.
@@ -99,7 +140,12 @@ where
     header.set_version(Version::HTTP_11);
     session.write_response_header(Box::new(header), false).await.map_err(Error::into_down)?;
     let upgraded = upgraded.await.map_err(|e| up(e, "taking over the upgraded connection to"))?;
-    relay(session, TokioIo::new(upgraded), whom, timeouts).await
+    relay(session, TokioIo::new(upgraded), whom, timeouts, silence).await
+}
+
+/// The peer said nothing for `limit`: the app's timeout (504 before a `101`).
+fn quiet(whom: &str, limit: Duration) -> Box<Error> {
+    Error::explain(ErrorType::ReadTimedout, format!("{whom} said nothing for {limit:?}")).into_up()
 }
 
 /// Copies the caller's bytes to the peer and the peer's to the caller, each direction on its
@@ -115,7 +161,13 @@ async fn relay(
     peer: TokioIo<hyper::upgrade::Upgraded>,
     whom: &'static str,
     timeouts: &super::CallerTimeouts,
+    silence: Option<Duration>,
 ) -> pingora::Result<()> {
+    // Put off by each read from the peer; without a limit, never due.
+    let far_off = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
+    let due = |now: tokio::time::Instant| silence.map_or(far_off, |limit| now + limit);
+    let peer_quiet = tokio::time::sleep_until(due(tokio::time::Instant::now()));
+    tokio::pin!(peer_quiet);
     session.set_read_timeout(None);
     let (mut from_peer, to_peer) = tokio::io::split(peer);
     let (caller_bytes, to_write) = tokio::sync::mpsc::channel::<Bytes>(WRITES_QUEUED);
@@ -147,10 +199,16 @@ async fn relay(
             read = from_peer.read_buf(&mut buffer) => match read.map_err(|e| read_failed(whom, e).into_up())? {
                 0 => return timeouts.write_body(session, Some(Bytes::new()), true).await,
                 _ => {
+                    if silence.is_some() {
+                        peer_quiet.as_mut().reset(due(tokio::time::Instant::now()));
+                    }
                     timeouts.write_body(session, Some(buffer.split().freeze()), false).await?;
                     buffer.reserve(READ_CHUNK);
                 }
             },
+            () = &mut peer_quiet, if silence.is_some() => {
+                return Err(quiet(whom, silence.unwrap_or_default()));
+            }
         }
         if caller_done {
             caller_bytes = None;
