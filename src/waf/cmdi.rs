@@ -883,6 +883,78 @@ fn follow(v: &[u8], mut i: usize) -> Follow {
 }
 
 /// Known commands where a shell would start one.
+/// A `User-Agent` as RFC 9110 §10.1.5 writes it, products and comments separated by blanks
+/// (`Python/3.11 aiohttp/3.9.1`, `Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101`): a product,
+/// a name and a version of letters, digits and `-._+#~`, holds nothing a shell acts on, so only
+/// the comments are read as text. Read whole, `curl/8 foo` was a command followed by its
+/// argument, and every HTTP library's default that names its language (`Python/3.11 ...`) was
+/// refused. Any other value is read whole, as every other header is.
+pub(crate) fn user_agent(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
+    let product_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'+' | b'#' | b'~');
+    let mut found = None;
+    let mut i = 0;
+    while i < v.len() {
+        if i > 0 {
+            let blanks = v[i..].iter().take_while(|b| matches!(b, b' ' | b'\t')).count();
+            if blanks == 0 {
+                return check(v, shape, true, level);
+            }
+            i += blanks;
+            if i == v.len() {
+                break;
+            }
+        }
+        if v[i] == b'(' {
+            let Some(close) = comment_end(v, i) else { return check(v, shape, true, level) };
+            if found.is_none() {
+                let comment = &v[i + 1..close];
+                let at = i + 1;
+                found = check(comment, Shape::of(comment), true, level).map(|h| Hit {
+                    start: h.start + at,
+                    end: h.end + at,
+                    ..h
+                });
+            }
+            i = close + 1;
+            continue;
+        }
+        let name = v[i..].iter().take_while(|&&b| product_byte(b)).count();
+        i += name;
+        if name > 0 && v.get(i) == Some(&b'/') {
+            let version = v[i + 1..].iter().take_while(|&&b| product_byte(b)).count();
+            i += 1 + version;
+            if version == 0 {
+                return check(v, shape, true, level);
+            }
+        }
+        if name == 0 {
+            return check(v, shape, true, level);
+        }
+    }
+    found
+}
+
+/// The `)` that closes the comment opened at `open`, nested comments and `\`-quoted bytes within.
+fn comment_end(v: &[u8], open: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = open;
+    while i < v.len() {
+        match v[i] {
+            b'\\' => i += 1,
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
 fn commands(v: &[u8], level: u8) -> Option<Hit> {
     if let Some(h) = command_at(v, 0, 0, true, level) {
         return Some(h);
