@@ -904,3 +904,26 @@ fn a_manifest_with_anchors_is_refused_with_the_line_and_what_to_do() {
     let expanded = text.replace("&s ", "").replace("spec: *s", "spec: {containers: [{name: app, image: i}]}");
     assert!(inject(&expanded, &settings()).is_ok());
 }
+
+/// The webhook reads its trust anchors file again when it changes: a rotation's new root goes
+/// into the pods made from then on; a file that turns unreadable or holds no CA keeps the last.
+#[test]
+fn the_webhooks_trust_anchors_follow_their_file() {
+    use crate::identity::DevCa;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("roots.crt");
+    let (old, new) = (DevCa::generate("cluster.local").unwrap(), DevCa::generate("cluster.local").unwrap());
+    std::fs::write(&file, old.cert_pem()).unwrap();
+    let mut configured = InjectSettings::default();
+    configured.identity.trust_anchors_file = Some(file.clone());
+    let swap = arc_swap::ArcSwap::from_pointee(configured.resolve_files().unwrap());
+    let anchors = |s: &InjectSettings| s.identity.trust_anchors.clone().unwrap();
+    assert_eq!(anchors(&super::webhook::current(&swap)), old.cert_pem());
+    let both = format!("{}{}", old.cert_pem(), new.cert_pem());
+    std::fs::write(&file, &both).unwrap();
+    assert_eq!(anchors(&super::webhook::current(&swap)), both);
+    std::fs::write(&file, "not a certificate\n").unwrap();
+    assert_eq!(anchors(&super::webhook::current(&swap)), both, "refused anchors leave the last in force");
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(anchors(&super::webhook::current(&swap)), both, "an unreadable file too");
+}

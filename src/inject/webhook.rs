@@ -212,7 +212,8 @@ fn malformed(why: String) -> Outcome {
 
 /// The webhook's HTTP app: `POST /inject` and `GET /live`. TLS is the listener's business.
 pub struct InjectWebhook {
-    pub settings: Arc<InjectSettings>,
+    /// Read again, with its trust anchors, when `identity.trustAnchorsFile` changes.
+    settings: Arc<arc_swap::ArcSwap<InjectSettings>>,
     pub failure_policy: FailurePolicy,
     /// [`REVIEW_BUDGET_BYTES`], in KiB.
     budget: Arc<tokio::sync::Semaphore>,
@@ -225,7 +226,7 @@ impl InjectWebhook {
     pub fn new(settings: InjectSettings, failure_policy: FailurePolicy) -> Self {
         tracing::info!(target: "palisade::inject", failure_policy = failure_policy.describe(), "injection webhook configured");
         InjectWebhook {
-            settings: Arc::new(settings),
+            settings: Arc::new(arc_swap::ArcSwap::from_pointee(settings)),
             failure_policy,
             budget: Arc::new(tokio::sync::Semaphore::new(REVIEW_BUDGET_BYTES >> 10)),
             bodies: crate::serve::PerSource::new(BODIES_PER_SOURCE),
@@ -318,6 +319,34 @@ impl InjectWebhook {
     }
 }
 
+/// The settings with the trust anchors `identity.trustAnchorsFile` holds now: a rotation's new
+/// root goes into every pod made from then on (a sidecar checks the control plane with what its
+/// pod was given), without a restart of the webhook. A file that cannot be read, or holds
+/// anchors that are refused, leaves the last good ones in force, with a warning.
+pub(super) fn current(settings: &arc_swap::ArcSwap<InjectSettings>) -> Arc<InjectSettings> {
+    let now = settings.load_full();
+    let Some(path) = &now.identity.trust_anchors_file else { return now };
+    let pem = match crate::yaml::read_file(path, 1 << 20) {
+        Ok(pem) if now.identity.trust_anchors.as_ref() == Some(&pem) => return now,
+        Ok(pem) => pem,
+        Err(e) => {
+            tracing::warn!(target: "palisade::inject", file = %path.display(), error = %e, "the trust anchors could not be read again; the last ones read stay in force");
+            return now;
+        }
+    };
+    let mut next = (*now).clone();
+    next.identity.trust_anchors = Some(pem);
+    let invalid = next.check();
+    if let Some((field, why)) = invalid.first() {
+        tracing::warn!(target: "palisade::inject", file = %path.display(), field = %field, "the trust anchors changed and are refused ({why}); the last ones read stay in force");
+        return now;
+    }
+    tracing::info!(target: "palisade::inject", file = %path.display(), "the trust anchors changed; pods injected from now on get them");
+    let next = Arc::new(next);
+    settings.store(next.clone());
+    next
+}
+
 #[async_trait]
 impl ServeHttp for InjectWebhook {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
@@ -335,7 +364,7 @@ impl ServeHttp for InjectWebhook {
                 let turn = self.decodes.clone().acquire_owned().await.expect("never closed");
                 // Parsing and planning a large pod is CPU work: keep it off the listener's runtime.
                 let outcome = tokio::task::spawn_blocking(move || {
-                    let outcome = decide(&body, &settings, policy);
+                    let outcome = decide(&body, &current(&settings), policy);
                     drop((body, held, turn));
                     outcome
                 })
