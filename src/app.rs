@@ -256,8 +256,8 @@ where
     let mut options = HttpServerOptions::default();
     // gRPC clients speak HTTP/2 over plaintext with prior knowledge.
     options.h2c = true;
-    // An HTTP/2 connection with no stream open is idle (HTTP/1.1's idleness is serve.rs's).
-    options.h2_idle_timeout = Some(limits.idle_timeout.0);
+    // Idleness, HTTP/2's included, is serve.rs's: pingora's `h2_idle_timeout` kept a timer per
+    // idle spell alive for the whole timeout.
     app.server_options = Some(options);
     // limits.http2, on pingora's bounded defaults (h2's own rapid-reset and CONTINUATION guards
     // stay; the reset rate is serve.rs's).

@@ -68,7 +68,7 @@ pub struct ConnectionLimits {
     pub direction: &'static str,
     /// The whole request head, from the connection's start or a later request's first byte.
     pub header_timeout: Duration,
-    /// Between requests (HTTP/1.1; HTTP/2 idleness is pingora's `h2_idle_timeout`).
+    /// Between requests (HTTP/1.1), or with no stream open (HTTP/2).
     pub idle_timeout: Duration,
     pub max_connections: usize,
     /// Open connections from one source address; `None`: no such limit.
@@ -993,7 +993,7 @@ enum Phase {
     /// An answer is being written, or was: the next request head may come. Deadline: idle, from
     /// the last byte moved.
     Answered,
-    /// HTTP/2: its idle connections are closed by pingora (`h2_idle_timeout`), its requests
+    /// HTTP/2: idle (no stream open) for `idle_timeout`, closed with a GOAWAY; its requests
     /// interleave, and heads are frames.
     H2,
     /// HTTP/1.1 switched to another protocol (a `101`, a WebSocket): its bytes are not HTTP's
@@ -1141,9 +1141,13 @@ impl Deadlined {
                     self.malformed_h2.fetch_add(malformed, std::sync::atomic::Ordering::Relaxed);
                 }
                 // h2 writes what ends its streams after its read has parked: the read's check
-                // saw a busy connection, so the idle one waits on the guard from here.
+                // saw a busy connection, so the idle one waits on the guard and its idle
+                // deadline from here (a timer that fires wakes the task, whose read then closes).
                 if busy && h2.idle_since().is_some() {
                     self.await_idle_close(cx);
+                    if !self.armed && self.h2_idle(cx).is_some() {
+                        cx.waker().wake_by_ref();
+                    }
                 }
             }
         }
@@ -1347,7 +1351,8 @@ impl Deadlined {
                 self.phase = Phase::H2;
                 self.armed = false;
                 let left = h2_frames::PREFACE.len() - matched;
-                self.h2 = H2Frames::new(self.max_resets_per_second, self.memory.is_some(), left);
+                // Its open streams are followed for its idle deadline (and the memory guard).
+                self.h2 = H2Frames::new(self.max_resets_per_second, true, left);
             }
         }
     }
@@ -1383,6 +1388,9 @@ impl Deadlined {
 
     /// A read is parked: whether a deadline has passed, as the reason to close.
     fn expired(&mut self, cx: &mut std::task::Context<'_>) -> Option<&'static str> {
+        if self.phase == Phase::H2 && !self.armed {
+            return self.h2_idle(cx);
+        }
         if self.phase == Phase::Answered && !self.armed {
             self.timer.as_mut().reset(self.last_activity + self.idle_timeout);
             self.armed = true;
@@ -1404,6 +1412,21 @@ impl Deadlined {
 }
 
 impl Deadlined {
+    /// An HTTP/2 connection with no stream open for `idle_timeout` is closed, on this
+    /// connection's own timer, set once per idle period (a read parks after every frame, so the
+    /// last stream's end is seen here). pingora's `h2_idle_timeout` registered a timer in its
+    /// timer wheel each time the connection fell idle, kept until its deadline however soon a
+    /// stream came: a busy connection that fell idle between requests grew by some 20 bytes a
+    /// request for `idle_timeout` (5 minutes: megabytes at a few hundred requests a second).
+    fn h2_idle(&mut self, cx: &mut std::task::Context<'_>) -> Option<&'static str> {
+        let since = self.h2.as_ref().and_then(H2Frames::idle_since)?;
+        let deadline = since + self.idle_timeout;
+        if self.timer.deadline() != deadline {
+            self.timer.as_mut().reset(deadline);
+        }
+        self.timer.as_mut().poll(cx).is_ready().then_some("idle_timeout")
+    }
+
     /// Closes an HTTP/2 connection whose peer reset more streams in a second than it may: the
     /// read that brought the resets fails (h2 never sees them), and pingora closes the connection.
     fn close_for_resets(&mut self) -> std::io::Result<()> {
@@ -1487,6 +1510,11 @@ impl tokio::io::AsyncRead for Deadlined {
                     let answer = self.partial_head().map(|answer| answer()).unwrap_or_default();
                     let then = self.close("header_timeout");
                     self.say_farewell(cx, answer, then)
+                }
+                Some(reason) if self.phase == Phase::H2 => {
+                    // Said with a GOAWAY, so the client opens its next stream elsewhere.
+                    let then = self.close(reason);
+                    self.close_with_goaway(cx, h2_frames::NO_ERROR, then)
                 }
                 Some(reason) => std::task::Poll::Ready(self.close(reason)),
             },

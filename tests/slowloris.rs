@@ -333,6 +333,39 @@ async fn outbound_keep_alive_serves_the_next_request_then_closes_when_idle() {
     pair.shutdown();
 }
 
+/// An HTTP/2 connection is idle while no stream is open: one whose stream outlives the idle
+/// timeout is not cut, and it is closed (with a GOAWAY) once no stream has been open for that
+/// long. The sidecar's own timer does it: pingora's kept a timer per idle spell alive for the
+/// whole timeout, memory a busy connection grew by with every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_is_closed_once_no_stream_has_been_open_for_the_idle_timeout() {
+    let pair =
+        Pair::start_configured(EchoApp::start().await, |a| a.limits.idle_timeout = HumanDuration(IDLE_TIMEOUT), |_| {})
+            .await;
+    let tcp = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    // A stream open for longer than the idle timeout: the connection is busy, not idle.
+    let slow = format!("http://{B_AUTHORITY}/slow/{}", (IDLE_TIMEOUT + Duration::from_millis(700)).as_millis());
+    let (answer, _) = client.send_request(http::Request::get(slow).body(()).unwrap(), true).unwrap();
+    let answer = tokio::time::timeout(BOUND, answer).await.expect("an answer").unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut body = answer.into_body();
+    while let Some(piece) = body.data().await {
+        piece.unwrap();
+    }
+    drop(body);
+    let started = Instant::now();
+    // The client keeps its handle: only the sidecar ends the connection.
+    let closed = tokio::time::timeout(BOUND, connection).await.expect("closed within the bound").unwrap();
+    assert!(closed.is_ok(), "a GOAWAY, not a broken connection: {closed:?}");
+    drop(client);
+    assert_at_deadline(started.elapsed(), IDLE_TIMEOUT, "outbound HTTP/2, idle after its stream");
+    assert_eq!(closed_at(pair.a.admin, "outbound", "idle_timeout").await, 1);
+    pair.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_a_data_ports_connection_limit_new_connections_are_closed_and_the_admin_port_answers() {
     const LIMIT: usize = 3;
