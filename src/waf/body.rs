@@ -31,9 +31,11 @@ pub(crate) fn inspect(waf: &Waf, content_type: Option<&[u8]>, body: &[u8], skip:
         Media::Other if waf.paranoia >= 2 && !grpc_framed(content_type, body.first().copied()) => {
             as_text(waf, skip, LocationKind::Body, body)
         }
-        // At 1 (and a gRPC message at any level) it is read only when it is JSON after all: many apps parse a body as JSON
+        // At 1 it is read only when it is JSON after all: many apps parse a body as JSON
         // whatever its type says (PHP's `json_decode` of `php://input`, Go's `json.Decoder`,
-        // Express's `json({type: '*/*'})`), so `text/plain` must not carry one past the WAF.
+        // Express's `json({type: '*/*'})`), so `text/plain` must not carry one past the WAF. A
+        // gRPC message never is (its first byte is a frame's): it is not read at any level
+        // (docs/policy.md says why).
         Media::Other if json_like(body) == Some(true) => json(waf, body, false, skip),
         Media::Other => None,
     }
