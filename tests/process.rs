@@ -209,6 +209,25 @@ async fn a_failed_request_is_logged_in_a_short_line_whatever_its_path_and_host()
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(counted, "{text}");
     assert!(text.lines().filter(|l| l.contains("request failed: ")).count() < 200, "{text}");
+    // The caller's own doing (a chunked body that does not parse) is answered and counted, but
+    // is no ERROR of the sidecar's: the line of the failure after it comes, and none for it.
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", ports[1])).unwrap();
+    let broken = "POST /broken-body HTTP/1.1\r\nHost: 127.0.0.1:9\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n";
+    std::io::Write::write_all(&mut stream, broken.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stream, &mut answer);
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 400"), "{}", String::from_utf8_lossy(&answer));
+    let after = eventually(async || {
+        // Past the second of the burst's lines, so this failure's line is due.
+        let again =
+            client.get(format!("http://127.0.0.1:{}/after-broken", ports[1])).header("host", "127.0.0.1:9").send();
+        assert_eq!(again.await.unwrap().status(), 502);
+        std::fs::read_to_string(&log).unwrap().contains("/after-broken")
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(after, "{text}");
+    assert!(!text.lines().any(|l| l.contains("request failed") && l.contains("/broken-body")), "{text}");
     let _ = child.kill();
     let _ = child.wait();
 }

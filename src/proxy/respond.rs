@@ -268,6 +268,17 @@ impl FailureLog {
         if is_decision(e) {
             return true;
         }
+        // The caller's doing (it left mid-answer, cancelled a gRPC call, sent a broken body): what
+        // callers do every day, answered and counted already, is no error of the sidecar's to
+        // page anyone for.
+        if e.esource() == &ErrorSource::Downstream {
+            tracing::debug!(
+                direction = self.direction,
+                "request ended by the caller: {e}; {}",
+                super::request_summary(session)
+            );
+            return true;
+        }
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         if let Some(unlogged) = self.admit(now) {
             let summary = super::request_summary(session);
