@@ -49,18 +49,20 @@ pub fn to_h2(request: &RequestHeader) -> pingora::Result<http::request::Parts> {
             headers.remove(header::TE);
         }
         headers.remove(header::EXPECT);
-        if parts.uri.authority().is_none() {
-            let host = headers.remove(header::HOST).ok_or_else(|| invalid("no Host header"))?;
-            // The target is moved, not copied, into the new URI.
-            let mut uri = std::mem::take(&mut parts.uri).into_parts();
-            uri.scheme = Some(http::uri::Scheme::HTTPS);
-            uri.authority =
-                Some(http::uri::Authority::try_from(host.as_bytes()).map_err(|_| invalid("Host is not an authority"))?);
-            uri.path_and_query.get_or_insert(http::uri::PathAndQuery::from_static("/"));
-            parts.uri = http::Uri::from_parts(uri).map_err(|_| invalid("Host is not an authority"))?;
-        } else {
-            headers.remove(header::HOST);
-        }
+    }
+    // An HTTP/2 caller may send `host` in place of `:authority` (RFC 9113 §8.3.1), as an
+    // HTTP/1.1 one always does: either way it becomes the peer's `:authority`.
+    if parts.uri.authority().is_none() {
+        let host = parts.headers.remove(header::HOST).ok_or_else(|| invalid("no Host header"))?;
+        // The target is moved, not copied, into the new URI.
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.scheme = Some(http::uri::Scheme::HTTPS);
+        uri.authority =
+            Some(http::uri::Authority::try_from(host.as_bytes()).map_err(|_| invalid("Host is not an authority"))?);
+        uri.path_and_query.get_or_insert(http::uri::PathAndQuery::from_static("/"));
+        parts.uri = http::Uri::from_parts(uri).map_err(|_| invalid("Host is not an authority"))?;
+    } else if parts.version != Version::HTTP_2 {
+        parts.headers.remove(header::HOST);
     }
     parts.version = Version::HTTP_2;
     Ok(parts)
@@ -364,6 +366,20 @@ mod tests {
 
         let gzip = to_h2(&h1(b"/", &[("host", "a"), ("te", "gzip")])).unwrap();
         assert!(gzip.headers.get("te").is_none(), "HTTP/2 allows te only as trailers");
+    }
+
+    /// RFC 9113 §8.3.1: `host` may stand in for `:authority`; the peer sidecar gets it as
+    /// `:authority` (without one the request could not be sent on: a 502 that blamed the peer).
+    #[test]
+    fn an_http2_request_with_host_in_place_of_its_authority_keeps_it() {
+        let mut request = h1(b"/orders", &[("host", "orders.shop")]);
+        request.set_version(Version::HTTP_2);
+        let request = to_h2(&request).unwrap();
+        assert_eq!(request.uri.to_string(), "https://orders.shop/orders");
+        assert!(request.headers.get("host").is_none());
+        let mut without = h1(b"/", &[]);
+        without.set_version(Version::HTTP_2);
+        assert_eq!(to_h2(&without).unwrap_err().esource(), &pingora::ErrorSource::Downstream, "no authority at all");
     }
 
     #[test]
