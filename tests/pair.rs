@@ -944,18 +944,15 @@ async fn websocket_round_trip<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + 
     assert_eq!(echoed, frame);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_websocket_refused_by_the_peers_policy_never_reaches_its_app() {
-    let (app, handshakes) = websocket_app().await;
+/// A pair whose B serves `app` under a policy that denies `paths` (rule `rule`) and allows the
+/// rest; the policy's directory lives as long as the value returned with the pair.
+async fn pair_denying(app: std::net::SocketAddr, rule: &str, paths: &str) -> (Pair, tempfile::TempDir) {
     let policy_dir = tempfile::tempdir().unwrap();
     let policy_file = policy_dir.path().join("policy.yaml");
-    write_policy(
-        &policy_file,
-        &policy(
-            "no-chat",
-            "  authorization:\n    default: ALLOW\n    rules:\n      - {name: no-chat, action: DENY, to: {paths: [\"/chat*\"]}}\n",
-        ),
+    let spec = format!(
+        "  authorization:\n    default: ALLOW\n    rules:\n      - {{name: {rule}, action: DENY, to: {{paths: [\"{paths}\"]}}}}\n"
     );
+    write_policy(&policy_file, &policy(rule, &spec));
     let pair = Pair::start_configured(
         EchoApp::start().await,
         |_| {},
@@ -966,6 +963,13 @@ async fn a_websocket_refused_by_the_peers_policy_never_reaches_its_app() {
         },
     )
     .await;
+    (pair, policy_dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_refused_by_the_peers_policy_never_reaches_its_app() {
+    let (app, handshakes) = websocket_app().await;
+    let (pair, _policy_dir) = pair_denying(app, "no-chat", "/chat*").await;
     let (response, upgraded) = open_websocket(&pair, "/chat").await;
     assert_eq!(response.status(), 403, "{response:?}");
     assert!(upgraded.is_none());
@@ -1287,25 +1291,7 @@ async fn a_101_that_names_no_protocol_asked_for_opens_nothing() {
         let _ = seen.send("closed".to_string());
     })
     .await;
-    let policy_dir = tempfile::tempdir().unwrap();
-    let policy_file = policy_dir.path().join("policy.yaml");
-    write_policy(
-        &policy_file,
-        &policy(
-            "no-admin",
-            "  authorization:\n    default: ALLOW\n    rules:\n      - {name: admin, action: DENY, to: {paths: [\"/admin*\"]}}\n",
-        ),
-    );
-    let pair = Pair::start_configured(
-        EchoApp::start().await,
-        |_| {},
-        |b| {
-            b.inbound.app.0 = app;
-            b.policy.files = vec![policy_file.clone()];
-            b.workload.labels = [("app".to_string(), "orders".to_string())].into();
-        },
-    )
-    .await;
+    let (pair, _policy_dir) = pair_denying(app, "admin", "/admin*").await;
     let smuggled = format!("GET /admin/secret HTTP/1.1\r\nHost: {B_AUTHORITY}\r\n\r\n");
     let mut stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut stream, upgrade_request("/chat", &smuggled).as_bytes()).await.unwrap();
