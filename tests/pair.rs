@@ -1358,3 +1358,41 @@ async fn the_apps_timeout_holds_its_silence_on_an_upgrade() {
     assert!(read.ends_with("\r\n\r\n"), "nothing after the 101 but the end: {read:?}");
     pair.shutdown();
 }
+
+/// A request that is no upgrade of the sidecar's (h2c on a second `Upgrade` line, straight to
+/// B's inbound over HTTP/1.1) reaches an HTTP/1.1 app without its upgrade fields, and an app's
+/// 101 to it switches nothing: a request B denies sent after it never reaches the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_off_the_upgrade_path_opens_no_stream_to_the_app_straight_to_the_inbound() {
+    let (app, mut seen) = raw_app(|mut stream, seen: tokio::sync::mpsc::UnboundedSender<String>| async move {
+        while let Some((head, _)) = read_request(&mut stream).await {
+            let upgrade = head.to_ascii_lowercase().contains("\r\nupgrade:");
+            let _ = seen.send(format!("{} upgrade={upgrade}", head.lines().next().unwrap_or_default()));
+            let answer = "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n\r\n";
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes()).await;
+        }
+        let _ = seen.send("closed".to_string());
+    })
+    .await;
+    let documents = policy(
+        "no-admin",
+        "  authorization:\n    default: ALLOW\n    rules:\n      - {name: admin, action: DENY, to: {paths: [\"/admin*\"]}}\n",
+    );
+    let s = PolicedSidecar::start_with(&documents, |c| c.inbound.app.0 = app).await;
+    let request = format!(
+        "GET /chat HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\
+         Sec-WebSocket-Key: {WEBSOCKET_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n\
+         GET /admin/secret HTTP/1.1\r\nHost: {B_AUTHORITY}\r\n\r\n"
+    );
+    let mut stream = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+    let read = read_until_closed(&mut stream).await;
+    assert!(!read.starts_with("HTTP/1.1 101"), "{read:?}");
+    let mut heard = Vec::new();
+    while heard.last().is_none_or(|h| h != "closed") {
+        let next = tokio::time::timeout(patience(), seen.recv()).await.expect("the app's connection ends");
+        heard.push(next.unwrap());
+    }
+    assert_eq!(heard, ["GET /chat HTTP/1.1 upgrade=false", "closed"]);
+    s.shutdown();
+}

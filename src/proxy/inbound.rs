@@ -17,6 +17,7 @@ use pingora::modules::http::HttpModules;
 use pingora::prelude::HttpPeer;
 use pingora::protocols::ALPN;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::H1UpgradePolicy;
 use pingora::{Error, ErrorType};
 
 use super::app_pool::{self, AppPool, Body, BodyMode, ForWaf};
@@ -557,6 +558,11 @@ impl ProxyHttp for Inbound {
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<Box<HttpPeer>> {
         let app = ctx.app.unwrap_or_else(|| self.app.address(|| addressed_ip(session), self.app.app.port()));
         let mut peer = HttpPeer::new(app, false, String::new());
+        // Upgrades to an HTTP/1.1 app are the sidecar's own (`upgrade::exchange`, with its checks
+        // of the app's 101); a request that reaches pingora's path is not one (h2c on a second
+        // `Upgrade` line), and goes to the app without its upgrade fields: pingora would send on
+        // the first line's `websocket` and switch on any 101, opening a stream past the policy.
+        peer.options.http_upstream_request_policy.h1_upgrade = H1UpgradePolicy::Deny;
         peer.options.connection_timeout = Some(app_pool::CONNECT_TIMEOUT);
         peer.options.read_timeout = self.app_timeout;
         if ctx.app_h2 {
