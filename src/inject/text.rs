@@ -76,7 +76,12 @@ pub fn edits(text: &Chars<'_>, root: &Node, ops: &[Op]) -> Result<Vec<Edit>, Tex
                     return Err(fail("only a rename within one mapping is written as text"));
                 };
                 let (key, _) = entry(name).ok_or_else(|| fail("nothing to move"))?;
-                out.push(Edit { start: key.span.0, end: key.span.1, text: scalar_key(last) });
+                // In a flow mapping the key is written as JSON, so a JSON manifest stays JSON.
+                let renamed = match is_flow(text, parent, '{') {
+                    true => json(&Value::String(last.clone())),
+                    false => scalar_key(last),
+                };
+                out.push(Edit { start: key.span.0, end: key.span.1, text: renamed });
             }
             (Y::Map(entries), Op::Add { value, .. } | Op::Replace { value, .. }) => match entry(last) {
                 Some((key, old)) => out.push(replace_value(text, key, old, value).map_err(|m| fail(&m))?),
@@ -290,13 +295,19 @@ fn remove_entry(text: &Chars<'_>, map: &Node, key: &Node, value: &Node) -> Resul
     if !text.text[line..byte].bytes().all(|b| b == b' ') {
         return Err("a member that shares its line with another is not removed".into());
     }
-    let end = text.byte(value.span.1.max(key.span.1));
-    let rest = &text.text[end..];
-    let line_end = rest.find('\n').map_or(text.text.len(), |i| end + i + 1);
-    // Anything but a comment after the value on its line belongs to someone else.
-    let after = rest[..line_end - end].trim();
-    if !(after.is_empty() || after.starts_with('#')) {
-        return Err("a member that shares its line with another is not removed".into());
+    // Its value's lines: the key's, then every line indented deeper than the key (a block
+    // scalar's, a plain scalar's continuation), blank ones among them. The parser's end of an
+    // empty value (`service:`) or a block scalar (`service: >-`) is not exact.
+    let indent = byte - line;
+    let mut line_end = text.text[byte..].find('\n').map_or(text.text.len(), |i| byte + i + 1);
+    while line_end < text.text.len() {
+        let next = &text.text[line_end..];
+        let this = &next[..next.find('\n').map_or(next.len(), |i| i + 1)];
+        let deeper = this.len() - this.trim_start_matches(' ').len() > indent;
+        if !(deeper || this.trim().is_empty()) {
+            break;
+        }
+        line_end += this.len();
     }
     Ok(Edit { start: text.char_pos(line), end: text.char_pos(line_end), text: String::new() })
 }
@@ -465,11 +476,11 @@ mod tests {
         for (flow, expected) in [
             (
                 "probe: {grpc: {port: 9090, service: shop}}\n",
-                "probe: {httpGet: {\"path\": \"/app-health/app/liveness\", port: 15000}}\n",
+                "probe: {\"httpGet\": {\"path\": \"/app-health/app/liveness\", port: 15000}}\n",
             ),
             (
                 "probe: {grpc: {service: shop, port: 9090}}\n",
-                "probe: {httpGet: {\"path\": \"/app-health/app/liveness\", port: 15000}}\n",
+                "probe: {\"httpGet\": {\"path\": \"/app-health/app/liveness\", port: 15000}}\n",
             ),
         ] {
             assert_eq!(patched(flow, &ops(true)), expected, "{flow}");
@@ -490,6 +501,19 @@ mod tests {
             ),
             "probe:\n  httpGet: {\"path\": \"/app-health/app/liveness\", port: 15000}\n"
         );
+        // A JSON manifest stays JSON; an empty `service:` and a block scalar are removed whole.
+        let json_text = "{\"probe\": {\"grpc\": {\"port\": 9090, \"service\": \"shop\"}}}\n";
+        let out = patched(json_text, &ops(true));
+        assert!(serde_json::from_str::<Value>(&out).is_ok(), "{out}");
+        for block in [
+            "probe:\n  grpc:\n    service:\n    port: 9090\n  periodSeconds: 5\n",
+            "probe:\n  grpc:\n    service: >-\n      shop.Orders\n    port: 9090\n  periodSeconds: 5\n",
+            "probe:\n  grpc:\n    port: 9090\n    service: >-\n      shop.Orders\n  periodSeconds: 5\n",
+            "probe:\n  grpc:\n    port: 9090\n    service:\n  periodSeconds: 5\n",
+        ] {
+            let out = patched(block, &ops(true));
+            assert!(out.ends_with("port: 15000\n  periodSeconds: 5\n"), "{block:?} -> {out:?}");
+        }
         // What the text cannot take: a mapping removed, a move to another mapping.
         let text = "a:\n  b: {c: 1}\n  d: 2\n";
         let docs = parse(text, &Limits::FILE).unwrap();

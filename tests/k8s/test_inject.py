@@ -118,6 +118,9 @@ def test_grpc_tcp_and_http_probes_become_valid_http_probes_of_the_sidecar_by_eit
     (from_cli,) = documents(cli.stdout)
     assert from_cli == patched
     assert "# the server's own health service" in cli.stdout, "the manifest's comments stay"
+    # A JSON manifest stays JSON (kubectl reads a stream that starts with `{` as JSON).
+    from_json = palisade("inject", "--identity-mode", "secret", stdin=json.dumps(pod))
+    assert json.loads(from_json.stdout) == patched
 
 
 @pytest.mark.parametrize("case,namespace,expect", [
