@@ -1027,7 +1027,7 @@ mod tests {
         for pl in 1..=4 {
             let waf = waf(pl);
             let grpc = if pl >= 2 { BodyReading::UnlessGrpcFramed } else { BodyReading::IfJson };
-            for ct in ["application/grpc", "application/grpc+proto", "application/grpc-web"] {
+            for ct in ["application/grpc", "application/grpc+proto", "application/grpc-web", "application/grpc+json"] {
                 assert_eq!(waf.reads_body(Some(ct.as_bytes())), grpc, "{ct} at {pl}");
             }
             let text = if pl >= 2 { BodyReading::Whole } else { BodyReading::IfJson };
@@ -1040,6 +1040,11 @@ mod tests {
         // text under the same label is read.
         let message = b"\x00\x00\x00\x00\x05hello";
         assert_eq!(waf(2).inspect_body(Some(b"application/grpc"), message, &Skips::NONE), None);
+        // gRPC's JSON codec frames its messages too: no document for the JSON parser to refuse.
+        let json_message = b"\x00\x00\x00\x00\x0d{\"name\":\"x\"}";
+        for pl in 1..=4 {
+            assert_eq!(waf(pl).inspect_body(Some(b"application/grpc+json"), json_message, &Skips::NONE), None, "{pl}");
+        }
         let attack = b"q=1' UNION SELECT password FROM users--";
         for ct in ["application/grpc", "application/octet-stream", "image/png"] {
             assert!(waf(2).inspect_body(Some(ct.as_bytes()), attack, &Skips::NONE).is_some(), "{ct}");

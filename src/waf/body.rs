@@ -63,6 +63,11 @@ impl Media {
         };
         if media.is_empty() || is(b"application/x-www-form-urlencoded") {
             Media::Form
+        } else if is_grpc(content_type) {
+            // `application/grpc+json` too: its messages are framed, not a JSON document (read as
+            // one, the frame's header was a protocol finding on every call), and a streaming
+            // call read whole would be held back until its client ended it.
+            Media::Other
         } else if is(b"multipart/form-data") || is(b"multipart/mixed") {
             // Commons FileUpload (Tomcat's parts, Spring's resolver) reads the fields of
             // `multipart/mixed` as a form's. Other multipart types (`related` for MTOM and media
