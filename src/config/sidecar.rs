@@ -941,8 +941,13 @@ impl super::Validate for SidecarConfig {
             invalid.push(Invalid::field("limits.maxInflight", "must be at least 1"));
         }
         let h2 = &self.limits.http2;
-        if h2.max_concurrent_streams == 0 {
-            invalid.push(Invalid::field("limits.http2.maxConcurrentStreams", "must be at least 1"));
+        // Past 4096 streams at once a connection's streams are no longer followed, and with them
+        // its idleness (serve.rs): no client needs that many on one connection.
+        if !(1..=4096).contains(&h2.max_concurrent_streams) {
+            invalid.push(Invalid::field(
+                "limits.http2.maxConcurrentStreams",
+                format!("must be from 1 to 4096, got {}", h2.max_concurrent_streams),
+            ));
         }
         // Below about a kilobyte no ordinary request head fits; past 16 MiB HPACK's memory is the
         // attacker's to choose.
@@ -1077,6 +1082,8 @@ mod tests {
             invalid_fields(&cfg, &env),
             ["limits.http2.maxConcurrentStreams", "limits.http2.maxHeaderListBytes", "limits.http2.maxResetsPerSecond"]
         );
+        let many = parse("limits: {http2: {maxConcurrentStreams: 5000}}\n").unwrap();
+        assert_eq!(invalid_fields(&many, &env), ["limits.http2.maxConcurrentStreams"]);
         assert!(parse("limits: {http2: {maxContinuationFrames: 5}}\n").is_err(), "unknown: refused");
     }
 
