@@ -916,14 +916,14 @@ fn the_webhooks_trust_anchors_follow_their_file() {
     std::fs::write(&file, old.cert_pem()).unwrap();
     let mut configured = InjectSettings::default();
     configured.identity.trust_anchors_file = Some(file.clone());
-    let swap = arc_swap::ArcSwap::from_pointee(configured.resolve_files().unwrap());
+    let live = super::webhook::LiveSettings::new(configured.resolve_files().unwrap());
     let anchors = |s: &InjectSettings| s.identity.trust_anchors.clone().unwrap();
-    assert_eq!(anchors(&super::webhook::current(&swap)), old.cert_pem());
+    assert_eq!(anchors(&live.current()), old.cert_pem());
     let both = format!("{}{}", old.cert_pem(), new.cert_pem());
     std::fs::write(&file, &both).unwrap();
-    assert_eq!(anchors(&super::webhook::current(&swap)), both);
+    assert_eq!(anchors(&live.current()), both);
     std::fs::write(&file, "not a certificate\n").unwrap();
-    assert_eq!(anchors(&super::webhook::current(&swap)), both, "refused anchors leave the last in force");
+    assert_eq!(anchors(&live.current()), both, "refused anchors leave the last in force");
     std::fs::remove_file(&file).unwrap();
-    assert_eq!(anchors(&super::webhook::current(&swap)), both, "an unreadable file too");
+    assert_eq!(anchors(&live.current()), both, "an unreadable file too");
 }

@@ -213,7 +213,7 @@ fn malformed(why: String) -> Outcome {
 /// The webhook's HTTP app: `POST /inject` and `GET /live`. TLS is the listener's business.
 pub struct InjectWebhook {
     /// Read again, with its trust anchors, when `identity.trustAnchorsFile` changes.
-    settings: Arc<arc_swap::ArcSwap<InjectSettings>>,
+    settings: Arc<LiveSettings>,
     pub failure_policy: FailurePolicy,
     /// [`REVIEW_BUDGET_BYTES`], in KiB.
     budget: Arc<tokio::sync::Semaphore>,
@@ -226,7 +226,7 @@ impl InjectWebhook {
     pub fn new(settings: InjectSettings, failure_policy: FailurePolicy) -> Self {
         tracing::info!(target: "palisade::inject", failure_policy = failure_policy.describe(), "injection webhook configured");
         InjectWebhook {
-            settings: Arc::new(arc_swap::ArcSwap::from_pointee(settings)),
+            settings: Arc::new(LiveSettings::new(settings)),
             failure_policy,
             budget: Arc::new(tokio::sync::Semaphore::new(REVIEW_BUDGET_BYTES >> 10)),
             bodies: crate::serve::PerSource::new(BODIES_PER_SOURCE),
@@ -319,32 +319,59 @@ impl InjectWebhook {
     }
 }
 
-/// The settings with the trust anchors `identity.trustAnchorsFile` holds now: a rotation's new
-/// root goes into every pod made from then on (a sidecar checks the control plane with what its
-/// pod was given), without a restart of the webhook. A file that cannot be read, or holds
-/// anchors that are refused, leaves the last good ones in force, with a warning.
-pub(super) fn current(settings: &arc_swap::ArcSwap<InjectSettings>) -> Arc<InjectSettings> {
-    let now = settings.load_full();
-    let Some(path) = &now.identity.trust_anchors_file else { return now };
-    let pem = match crate::yaml::read_file(path, 1 << 20) {
-        Ok(pem) if now.identity.trust_anchors.as_ref() == Some(&pem) => return now,
-        Ok(pem) => pem,
-        Err(e) => {
-            tracing::warn!(target: "palisade::inject", file = %path.display(), error = %e, "the trust anchors could not be read again; the last ones read stay in force");
+/// The webhook's settings, with the trust anchors `identity.trustAnchorsFile` holds now: a
+/// rotation's new root goes into every pod made from then on (a sidecar checks the control plane
+/// with what its pod was given), without a restart of the webhook.
+pub(super) struct LiveSettings {
+    settings: arc_swap::ArcSwap<InjectSettings>,
+    /// Why the file's anchors were last refused: said once, not at every pod.
+    refused: std::sync::Mutex<Option<String>>,
+}
+
+impl LiveSettings {
+    pub(super) fn new(settings: InjectSettings) -> Self {
+        LiveSettings { settings: arc_swap::ArcSwap::from_pointee(settings), refused: Default::default() }
+    }
+
+    /// The settings for the review at hand. The file is read at each (a review is a pod's
+    /// creation, and the file a few certificates); one that cannot be read, or holds anchors
+    /// that are refused, leaves the last good ones in force, with a warning when that changes.
+    pub(super) fn current(&self) -> Arc<InjectSettings> {
+        let now = self.settings.load_full();
+        let Some(path) = &now.identity.trust_anchors_file else { return now };
+        let pem = match crate::yaml::read_file(path, 1 << 20) {
+            Ok(pem) if now.identity.trust_anchors.as_ref() == Some(&pem) => {
+                self.refuse(None);
+                return now;
+            }
+            Ok(pem) => pem,
+            Err(e) => {
+                self.refuse(Some(format!("{}: {e}", path.display())));
+                return now;
+            }
+        };
+        let mut next = (*now).clone();
+        next.identity.trust_anchors = Some(pem);
+        if let Some((field, why)) = next.check().first() {
+            self.refuse(Some(format!("{}: {field}: {why}", path.display())));
             return now;
         }
-    };
-    let mut next = (*now).clone();
-    next.identity.trust_anchors = Some(pem);
-    let invalid = next.check();
-    if let Some((field, why)) = invalid.first() {
-        tracing::warn!(target: "palisade::inject", file = %path.display(), field = %field, "the trust anchors changed and are refused ({why}); the last ones read stay in force");
-        return now;
+        self.refuse(None);
+        tracing::info!(target: "palisade::inject", file = %path.display(), "the trust anchors changed; pods injected from now on get them");
+        let next = Arc::new(next);
+        self.settings.store(next.clone());
+        next
     }
-    tracing::info!(target: "palisade::inject", file = %path.display(), "the trust anchors changed; pods injected from now on get them");
-    let next = Arc::new(next);
-    settings.store(next.clone());
-    next
+
+    fn refuse(&self, why: Option<String>) {
+        let mut refused = self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *refused != why {
+            if let Some(why) = &why {
+                tracing::warn!(target: "palisade::inject", "the trust anchors could not be taken again ({why}); the last ones read stay in force");
+            }
+            *refused = why;
+        }
+    }
 }
 
 #[async_trait]
@@ -364,7 +391,7 @@ impl ServeHttp for InjectWebhook {
                 let turn = self.decodes.clone().acquire_owned().await.expect("never closed");
                 // Parsing and planning a large pod is CPU work: keep it off the listener's runtime.
                 let outcome = tokio::task::spawn_blocking(move || {
-                    let outcome = decide(&body, &current(&settings), policy);
+                    let outcome = decide(&body, &settings.current(), policy);
                     drop((body, held, turn));
                     outcome
                 })

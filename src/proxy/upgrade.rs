@@ -153,7 +153,8 @@ fn quiet(whom: &str, limit: Duration) -> Box<Error> {
 /// peer never stops this side reading what the peer sends (a busy echo both ways once held
 /// both sidecars' buffers full for good). A side that ends its half is passed on as the end of
 /// the other's writing; the exchange is over when the peer has ended its half (what the app has
-/// to say is said), or either side fails. Silence is not timed: an open WebSocket may rightly
+/// to say is said), or either side fails. Silence is timed only as `silence` says (the app's
+/// `appTimeout`: the peer's silence, whatever the caller sends): an open WebSocket may rightly
 /// say nothing for long. Writes to the caller stay held to `sendTimeout`, so a caller that
 /// stops reading does not hold the peer's bytes for ever.
 async fn relay(
