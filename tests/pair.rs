@@ -1396,3 +1396,32 @@ async fn a_request_off_the_upgrade_path_opens_no_stream_to_the_app_straight_to_t
     assert_eq!(heard, ["GET /chat HTTP/1.1 upgrade=false", "closed"]);
     s.shutdown();
 }
+
+/// An app that ends its upgraded connection with a FIN ends the WebSocket: B closes its side to
+/// A (pingora sends no TLS `close_notify`), and A takes that as the end, counted as the 101 it
+/// was, not as a failure of the peer (a 502 and an ERROR line at every such close).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_the_app_ends_is_no_failure_of_the_peer() {
+    let (app, _events) = raw_app(|mut stream, _events: tokio::sync::mpsc::UnboundedSender<()>| async move {
+        if read_request(&mut stream).await.is_some() {
+            let head = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nbye";
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut stream).await;
+        }
+    })
+    .await;
+    let pair = Pair::start_configured(EchoApp::start().await, |_| {}, |b| b.inbound.app.0 = app).await;
+    let mut stream = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, upgrade_request("/chat", "").as_bytes()).await.unwrap();
+    let read = read_until_closed(&mut stream).await;
+    assert!(read.starts_with("HTTP/1.1 101") && read.ends_with("\r\n\r\nbye"), "{read:?}");
+    let counted = async |code: &str| {
+        let metrics = http_client().get(format!("http://{}/metrics", pair.a.admin)).send().await.unwrap();
+        metrics.text().await.unwrap().lines().any(|l| {
+            l.starts_with("palisade_requests_total{") && l.contains("direction=\"outbound\"") && l.contains(code)
+        })
+    };
+    wait_for("A counts the upgrade", async || counted("code=\"101\"").await).await;
+    assert!(!counted("code=\"502\"").await, "counted as a failure too");
+    pair.shutdown();
+}

@@ -197,7 +197,7 @@ async fn relay(
                     return Err(peer_gone(whom));
                 }
             }
-            read = from_peer.read_buf(&mut buffer) => match read.map_err(|e| read_failed(whom, e).into_up())? {
+            read = from_peer.read_buf(&mut buffer) => match ended_or(read).map_err(|e| read_failed(whom, e).into_up())? {
                 0 => return timeouts.write_body(session, Some(Bytes::new()), true).await,
                 _ => {
                     if silence.is_some() {
@@ -249,6 +249,16 @@ fn peer_gone(whom: &str) -> Box<Error> {
     Error::explain(ErrorType::WriteError, format!("the upgraded connection to {whom} stopped taking bytes")).into_up()
 }
 
+/// A peer sidecar that ends an upgraded connection when its app did may close its TLS without a
+/// `close_notify` (pingora does): that is the end of the peer's half, as a FIN is, not a failure
+/// to log. What the bytes carried (a WebSocket's close frame) says whether it ended well.
+fn ended_or(read: std::io::Result<usize>) -> std::io::Result<usize> {
+    match read {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+        other => other,
+    }
+}
+
 fn read_failed(whom: &str, e: std::io::Error) -> Box<Error> {
     Error::because(ErrorType::ReadError, format!("reading the upgraded connection to {whom}"), e)
 }
@@ -266,6 +276,18 @@ mod tests {
     }
 
     /// A writer that holds what it is given until flushed, as a TLS stream over a full socket does.
+    #[test]
+    fn a_peer_gone_without_close_notify_has_ended_its_half() {
+        let eof = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "peer closed connection without sending TLS close_notify",
+        );
+        assert_eq!(ended_or(Err(eof)).unwrap(), 0);
+        assert_eq!(ended_or(Ok(7)).unwrap(), 7);
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(ended_or(Err(reset)).is_err(), "a reset is still a failure");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn every_piece_for_the_peer_is_flushed_as_it_is_written() {
         let (near, mut far) = tokio::io::duplex(1 << 16);
