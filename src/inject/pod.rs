@@ -169,7 +169,8 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
         .map_err(|(field, message)| shape(&field, &message))?;
     let mut options = PodOptions::read(annotations)?;
     check_options(&options, settings)?;
-    let (probe_ops, app_probes, probe_warnings) = rewrite_app_probes(containers, base, &options, settings);
+    let (probe_ops, app_probes, probe_warnings) =
+        rewrite_app_probes(containers, init_containers.map(|c| &c[..]), base, &options, settings);
     options.app_probes = app_probes;
     let service_account = spec
         .get("serviceAccountName")
@@ -191,7 +192,8 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
             })
         }
     }
-    let added = [init_container(settings, &options), proxy_container(settings, &options)];
+    let added: [Value; INJECTED_INIT_CONTAINERS] =
+        [init_container(settings, &options), proxy_container(settings, &options)];
     match init_containers {
         None => ops.push(add(format!("{base}/spec/initContainers"), Value::Array(added.to_vec()))),
         // First: the capture is in place, and the sidecar ready, before any other container runs.
@@ -297,6 +299,9 @@ fn windows_by_affinity(spec: &Map<String, Value>) -> bool {
     })
 }
 
+/// The init containers injection puts first: `palisade-init`, then `palisade-proxy`.
+const INJECTED_INIT_CONTAINERS: usize = 2;
+
 /// The app's HTTP, TCP and gRPC probes of ports the sidecar captures, pointed at the sidecar's
 /// admin port (`/app-health/<container>/<kind>`), which asks the app as the kubelet would have:
 /// the kubelet's plaintext HTTP or gRPC probe of a captured port meets the inbound port's mTLS
@@ -308,8 +313,11 @@ fn windows_by_affinity(spec: &Map<String, Value>) -> bool {
 /// warned about) and probes with a `host` (not this pod).
 /// Returns the operations, what the sidecar's configuration needs, and warnings for probes of
 /// captured ports that cannot work as written.
+/// Native sidecars (`initContainers` with `restartPolicy: Always`) are app containers too: their
+/// probes are rewritten, at the index they have once the sidecar's two init containers are in.
 fn rewrite_app_probes(
     containers: &[Value],
+    init_containers: Option<&[Value]>,
     base: &str,
     options: &PodOptions,
     settings: &InjectSettings,
@@ -318,7 +326,11 @@ fn rewrite_app_probes(
     let mut ops = Vec::new();
     let mut probes = BTreeMap::new();
     let mut warnings = Vec::new();
-    for (i, container) in containers.iter().enumerate() {
+    let native = |c: &Value| c.get("restartPolicy").and_then(Value::as_str) == Some("Always");
+    let app_containers = containers.iter().enumerate().map(|(i, c)| (format!("containers/{i}"), c));
+    let sidecars = init_containers.into_iter().flatten().enumerate().filter(|(_, c)| native(c));
+    let sidecars = sidecars.map(|(i, c)| (format!("initContainers/{}", i + INJECTED_INIT_CONTAINERS), c));
+    for (at_in_spec, container) in app_containers.chain(sidecars) {
         let Some(name) = container.get("name").and_then(Value::as_str) else { continue };
         // A named port is the container's own `ports[].name`.
         let port_of = |port: &Value| -> Option<u16> {
@@ -379,7 +391,7 @@ fn rewrite_app_probes(
                 continue;
             }
             let key = format!("{name}/{kind}");
-            let at = format!("{base}/spec/containers/{i}/{field}");
+            let at = format!("{base}/spec/{at_in_spec}/{field}");
             ops.push(Op::Replace { path: format!("{at}/{handler}/port"), value: json!(settings.ports.admin) });
             let to_admin = json!(format!("/app-health/{key}"));
             let written = &probe[handler];

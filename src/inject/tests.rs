@@ -927,3 +927,31 @@ fn the_webhooks_trust_anchors_follow_their_file() {
     std::fs::remove_file(&file).unwrap();
     assert_eq!(anchors(&live.current()), both, "an unreadable file too");
 }
+
+/// A native sidecar (an init container with `restartPolicy: Always`) is an app container: its
+/// probes of captured ports are the sidecar's to ask, found at its index once `palisade-init`
+/// and `palisade-proxy` are in front of it, by the webhook's patch and in the manifest's text.
+#[test]
+fn a_native_sidecars_probes_are_rewritten_as_an_app_containers() {
+    let logship = json!({
+        "name": "logship", "image": "l", "restartPolicy": "Always",
+        "ports": [{"name": "ship", "containerPort": 6000}],
+        "startupProbe": {"tcpSocket": {"port": "ship"}},
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": 6000}},
+    });
+    let migrate = json!({"name": "migrate", "image": "m"});
+    let object = pod(
+        json!({}),
+        json!({"initContainers": [migrate.clone(), logship], "containers": [{"name": "app", "image": "a"}]}),
+    );
+    let (response, patched) = webhook(&object, "shop", FailurePolicy::Fail);
+    assert_eq!(response["allowed"], true, "{response}");
+    let init = &patched["spec"]["initContainers"];
+    assert_eq!(names(init), ["palisade-init", "palisade-proxy", "migrate", "logship"]);
+    assert_eq!(init[2], migrate, "an ordinary init container is left as it is");
+    assert_eq!(init[3]["startupProbe"], json!({"httpGet": {"path": "/app-health/logship/startup", "port": 15000}}));
+    assert_eq!(init[3]["readinessProbe"], json!({"httpGet": {"path": "/app-health/logship/readiness", "port": 15000}}));
+    let manifest = crate::yaml::to_string(&object).unwrap();
+    let (out, _) = inject(&manifest, &settings()).unwrap();
+    assert_eq!(docs(&out)[0]["spec"]["initContainers"], patched["spec"]["initContainers"]);
+}

@@ -52,13 +52,22 @@ pub fn edits(text: &Chars<'_>, root: &Node, ops: &[Op]) -> Result<Vec<Edit>, Tex
             return Err(fail("the whole document cannot be replaced"));
         };
         let mut parent = root;
-        for t in parents {
+        // The path of the node being walked, as the ops write it (the key of `inserted`).
+        let mut walked = String::new();
+        for (t, raw) in parents.iter().zip(path.split('/').skip(1)) {
             parent = match &parent.value {
                 Y::Map(_) => parent.get(t),
-                Y::Seq(items) => t.parse::<usize>().ok().and_then(|i| items.get(i)),
+                // An index past items an earlier op inserted here is that many fewer in the text.
+                Y::Seq(items) => t
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|i| i.checked_sub(inserted.get(&walked).copied().unwrap_or(0)))
+                    .and_then(|i| items.get(i)),
                 _ => None,
             }
             .ok_or_else(|| fail("its parent is not in the text"))?;
+            walked.push('/');
+            walked.push_str(raw);
         }
         let entry = |name: &str| match &parent.value {
             Y::Map(entries) => entries.iter().find(|(k, _)| k.as_str() == Some(name)),
