@@ -1359,9 +1359,9 @@ async fn the_apps_timeout_holds_its_silence_on_an_upgrade() {
     pair.shutdown();
 }
 
-/// A request that is no upgrade of the sidecar's (h2c on a second `Upgrade` line, straight to
-/// B's inbound over HTTP/1.1) reaches an HTTP/1.1 app without its upgrade fields, and an app's
-/// 101 to it switches nothing: a request B denies sent after it never reaches the app.
+/// A request that is no upgrade of the sidecar's (h2c on a second `Upgrade` line, or HTTP/1.0,
+/// straight to B's inbound) reaches an HTTP/1.1 app without its upgrade fields, and an app's 101
+/// to it is a 502 that switches nothing: a request B denies sent after it never reaches the app.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_off_the_upgrade_path_opens_no_stream_to_the_app_straight_to_the_inbound() {
     let (app, mut seen) = raw_app(|mut stream, seen: tokio::sync::mpsc::UnboundedSender<String>| async move {
@@ -1379,21 +1379,24 @@ async fn a_request_off_the_upgrade_path_opens_no_stream_to_the_app_straight_to_t
         "  authorization:\n    default: ALLOW\n    rules:\n      - {name: admin, action: DENY, to: {paths: [\"/admin*\"]}}\n",
     );
     let s = PolicedSidecar::start_with(&documents, |c| c.inbound.app.0 = app).await;
-    let request = format!(
-        "GET /chat HTTP/1.1\r\nHost: {B_AUTHORITY}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\
-         Sec-WebSocket-Key: {WEBSOCKET_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n\
-         GET /admin/secret HTTP/1.1\r\nHost: {B_AUTHORITY}\r\n\r\n"
-    );
-    let mut stream = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
-    let read = read_until_closed(&mut stream).await;
-    assert!(!read.starts_with("HTTP/1.1 101"), "{read:?}");
-    let mut heard = Vec::new();
-    while heard.last().is_none_or(|h| h != "closed") {
-        let next = tokio::time::timeout(patience(), seen.recv()).await.expect("the app's connection ends");
-        heard.push(next.unwrap());
+    // HTTP/1.0 cannot upgrade at all: off the upgrade path too.
+    for (version, second) in [("HTTP/1.1", "Upgrade: h2c\r\n"), ("HTTP/1.0", "")] {
+        let request = format!(
+            "GET /chat {version}\r\nHost: {B_AUTHORITY}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n{second}\
+             Sec-WebSocket-Key: {WEBSOCKET_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n\
+             GET /admin/secret HTTP/1.1\r\nHost: {B_AUTHORITY}\r\n\r\n"
+        );
+        let mut stream = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
+        let read = read_until_closed(&mut stream).await;
+        assert!(read.starts_with("HTTP/1.1 502"), "{version}: {read:?}");
+        let mut heard = Vec::new();
+        while heard.last().is_none_or(|h| h != "closed") {
+            let next = tokio::time::timeout(patience(), seen.recv()).await.expect("the app's connection ends");
+            heard.push(next.unwrap());
+        }
+        assert_eq!(heard, ["GET /chat HTTP/1.1 upgrade=false", "closed"], "{version}: {read:?}");
     }
-    assert_eq!(heard, ["GET /chat HTTP/1.1 upgrade=false", "closed"]);
     s.shutdown();
 }
 

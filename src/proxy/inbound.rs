@@ -601,6 +601,16 @@ impl ProxyHttp for Inbound {
         upstream: &mut ResponseHeader,
         _ctx: &mut InboundCtx,
     ) -> pingora::Result<()> {
+        // The app's upgrades are the sidecar's own (`upgrade::exchange`); one here answers a
+        // request that asked for none it may take (HTTP/1.0, h2c), and passed on it would leave
+        // the caller waiting on a stream that never opens.
+        if upstream.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "the app answered 101 to a request off the upgrade path (HTTP/1.0, or h2c asked)",
+            )
+            .into_up());
+        }
         super::passed_answer(session, upstream);
         Ok(())
     }
