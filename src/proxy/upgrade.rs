@@ -19,8 +19,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::CONNECTION_SPECIFIC;
 
-/// What one read from the peer may bring before it is passed on.
+/// What one read from the peer may bring before it is passed on, at most; a relay starts at
+/// [`FIRST_READ_CHUNK`] and doubles its reads while they come back full. Most WebSockets carry
+/// small messages and sit idle, each holding its buffer for as long as it is open.
 const READ_CHUNK: usize = 16 * 1024;
+const FIRST_READ_CHUNK: usize = 2 * 1024;
 
 /// An HTTP/1.1 request that asks to switch protocols, without a body (a WebSocket handshake is
 /// a GET). `h2c` asks to upgrade the hop itself, not the app's conversation: it is dropped, with
@@ -177,7 +180,8 @@ async fn relay(
     let mut caller_bytes = Some(caller_bytes);
     // Each piece read is handed on as it is: the buffer is taken whole, and its memory comes
     // back for the next read once the piece has been written.
-    let mut buffer = bytes::BytesMut::with_capacity(READ_CHUNK);
+    let mut chunk = FIRST_READ_CHUNK;
+    let mut buffer = bytes::BytesMut::with_capacity(chunk);
     let mut caller_done = false;
     loop {
         // The caller is read only while the queue to the peer has room for what it sends.
@@ -199,12 +203,13 @@ async fn relay(
             }
             read = from_peer.read_buf(&mut buffer) => match ended_or(read).map_err(|e| read_failed(whom, e).into_up())? {
                 0 => return timeouts.write_body(session, Some(Bytes::new()), true).await,
-                _ => {
+                n => {
                     if silence.is_some() {
                         peer_quiet.as_mut().reset(due(tokio::time::Instant::now()));
                     }
+                    chunk = next_chunk(chunk, n);
                     timeouts.write_body(session, Some(buffer.split().freeze()), false).await?;
-                    buffer.reserve(READ_CHUNK);
+                    buffer.reserve(chunk);
                 }
             },
             () = &mut peer_quiet, if silence.is_some() => {
@@ -249,6 +254,14 @@ fn peer_gone(whom: &str) -> Box<Error> {
     Error::explain(ErrorType::WriteError, format!("the upgraded connection to {whom} stopped taking bytes")).into_up()
 }
 
+/// The next read's size after one of `read` bytes into `chunk`: doubled while reads fill it.
+fn next_chunk(chunk: usize, read: usize) -> usize {
+    match read >= chunk {
+        true => (chunk * 2).min(READ_CHUNK),
+        false => chunk,
+    }
+}
+
 /// A peer sidecar that ends an upgraded connection when its app did may close its TLS without a
 /// `close_notify` (pingora does): that is the end of the peer's half, as a FIN is, not a failure
 /// to log. What the bytes carried (a WebSocket's close frame) says whether it ended well.
@@ -276,6 +289,16 @@ mod tests {
     }
 
     /// A writer that holds what it is given until flushed, as a TLS stream over a full socket does.
+    #[test]
+    fn reads_grow_while_they_come_back_full_up_to_their_most() {
+        assert_eq!(next_chunk(FIRST_READ_CHUNK, 10), FIRST_READ_CHUNK, "a small message keeps a small buffer");
+        let mut chunk = FIRST_READ_CHUNK;
+        for _ in 0..10 {
+            chunk = next_chunk(chunk, chunk);
+        }
+        assert_eq!(chunk, READ_CHUNK);
+    }
+
     #[test]
     fn a_peer_gone_without_close_notify_has_ended_its_half() {
         let eof = std::io::Error::new(
