@@ -104,7 +104,11 @@ where
             .map_err(|e| up(e, "speaking HTTP/1.1 with"))?;
         // Ends when the connection does, or hands the connection over to the upgrade below.
         tokio::spawn(connection.with_upgrades());
-        let asked = request.headers.clone();
+        // What was asked, for the 101's check: the `Upgrade` lines alone.
+        let mut asked = http::HeaderMap::new();
+        for line in request.headers.get_all(header::UPGRADE) {
+            asked.append(header::UPGRADE, line.clone());
+        }
         let response = sender
             .send_request(http::Request::from_parts(request, Empty::new()))
             .await
@@ -167,11 +171,8 @@ async fn relay(
     timeouts: &super::CallerTimeouts,
     silence: Option<Duration>,
 ) -> pingora::Result<()> {
-    // Put off by each read from the peer; without a limit, never due.
-    let far_off = tokio::time::Instant::now() + Duration::from_secs(86400 * 365);
-    let due = |now: tokio::time::Instant| silence.map_or(far_off, |limit| now + limit);
-    let peer_quiet = tokio::time::sleep_until(due(tokio::time::Instant::now()));
-    tokio::pin!(peer_quiet);
+    // The peer's silence, put off by each read from it; none without a limit.
+    let mut peer_quiet = silence.map(|limit| (limit, Box::pin(tokio::time::sleep(limit))));
     session.set_read_timeout(None);
     let (mut from_peer, to_peer) = tokio::io::split(peer);
     let (caller_bytes, to_write) = tokio::sync::mpsc::channel::<Bytes>(WRITES_QUEUED);
@@ -204,17 +205,18 @@ async fn relay(
             read = from_peer.read_buf(&mut buffer) => match ended_or(read).map_err(|e| read_failed(whom, e).into_up())? {
                 0 => return timeouts.write_body(session, Some(Bytes::new()), true).await,
                 n => {
-                    if silence.is_some() {
-                        peer_quiet.as_mut().reset(due(tokio::time::Instant::now()));
+                    if let Some((limit, timer)) = peer_quiet.as_mut() {
+                        timer.as_mut().reset(tokio::time::Instant::now() + *limit);
                     }
                     chunk = next_chunk(chunk, n);
                     timeouts.write_body(session, Some(buffer.split().freeze()), false).await?;
                     buffer.reserve(chunk);
                 }
             },
-            () = &mut peer_quiet, if silence.is_some() => {
-                return Err(quiet(whom, silence.unwrap_or_default()));
-            }
+            limit = async { match peer_quiet.as_mut() {
+                Some((limit, timer)) => { timer.as_mut().await; *limit }
+                None => std::future::pending().await,
+            } } => return Err(quiet(whom, limit)),
         }
         if caller_done {
             caller_bytes = None;
