@@ -299,6 +299,42 @@ fn windows_by_affinity(spec: &Map<String, Value>) -> bool {
     })
 }
 
+/// What a probe asks of a port the sidecar captures, as the sidecar would ask it: its handler
+/// (`httpGet`, `tcpSocket`, `grpc`) and the app probe; `None` for an `exec` probe, a port not
+/// captured, or another host (`host` set: not this pod).
+fn probe_of_captured_port(
+    probe: &Value,
+    port_of: &impl Fn(&Value) -> Option<u16>,
+    captured: &impl Fn(u16) -> bool,
+) -> Option<(&'static str, AppProbe)> {
+    let timeout_seconds =
+        probe.get("timeoutSeconds").and_then(Value::as_u64).and_then(|t| u32::try_from(t).ok()).unwrap_or(1);
+    let (handler, written) =
+        ["httpGet", "tcpSocket", "grpc"].into_iter().find_map(|handler| Some((handler, probe.get(handler)?)))?;
+    let elsewhere = written.get("host").and_then(Value::as_str).is_some_and(|h| !h.is_empty());
+    let port = written.get("port").and_then(port_of).filter(|p| captured(*p) && !elsewhere)?;
+    let probe = AppProbe { port, path: None, grpc: None, headers: vec![], timeout_seconds };
+    let probe = match handler {
+        "tcpSocket" => probe,
+        "grpc" => {
+            let service = written.get("service").and_then(Value::as_str).unwrap_or_default();
+            AppProbe { grpc: Some(GrpcProbe { service: service.to_string() }), ..probe }
+        }
+        _ => {
+            let headers = written.get("httpHeaders").and_then(Value::as_array).into_iter().flatten();
+            let headers = headers
+                .filter_map(|h| {
+                    let (name, value) = (h.get("name")?.as_str()?, h.get("value")?.as_str()?);
+                    Some(ProbeHeader { name: name.to_string(), value: value.to_string() })
+                })
+                .collect();
+            let path = written.get("path").and_then(Value::as_str).filter(|p| !p.is_empty()).unwrap_or("/");
+            AppProbe { path: Some(path.to_string()), headers, ..probe }
+        }
+    };
+    Some((handler, probe))
+}
+
 /// The init containers injection puts first: `palisade-init`, then `palisade-proxy`.
 const INJECTED_INIT_CONTAINERS: usize = 2;
 
@@ -311,10 +347,10 @@ const INJECTED_INIT_CONTAINERS: usize = 2;
 /// configuration), its timings kept: edits `palisade inject` makes in the manifest's own text.
 /// Left as written: probes of ports not captured, exec probes, HTTPS probes (the app's own TLS,
 /// warned about) and probes with a `host` (not this pod).
-/// Returns the operations, what the sidecar's configuration needs, and warnings for probes of
-/// captured ports that cannot work as written.
 /// Native sidecars (`initContainers` with `restartPolicy: Always`) are app containers too: their
 /// probes are rewritten, at the index they have once the sidecar's two init containers are in.
+/// Returns the operations, what the sidecar's configuration needs, and warnings for probes of
+/// captured ports that cannot work as written.
 fn rewrite_app_probes(
     containers: &[Value],
     init_containers: Option<&[Value]>,
@@ -348,41 +384,11 @@ fn rewrite_app_probes(
         {
             let Some(probe) = container.get(field) else { continue };
             let warn = |why: String| format!("{field} of container {name}: {why}");
-            let timeout_seconds =
-                probe.get("timeoutSeconds").and_then(Value::as_u64).and_then(|t| u32::try_from(t).ok()).unwrap_or(1);
-            // A probe with a `host` asks another address than this pod's: left as it is.
-            let elsewhere =
-                |handler: &Value| handler.get("host").and_then(Value::as_str).is_some_and(|h| !h.is_empty());
-            let Some((handler, app_probe)) = ["httpGet", "tcpSocket", "grpc"].into_iter().find_map(|handler| {
-                let written = probe.get(handler)?;
-                let port = written.get("port").and_then(port_of).filter(|p| captured(*p) && !elsewhere(written))?;
-                let app_probe = match handler {
-                    "tcpSocket" => AppProbe { port, path: None, grpc: None, headers: vec![], timeout_seconds },
-                    "grpc" => {
-                        let service = written.get("service").and_then(Value::as_str).unwrap_or_default();
-                        let grpc = Some(GrpcProbe { service: service.to_string() });
-                        AppProbe { port, path: None, grpc, headers: vec![], timeout_seconds }
-                    }
-                    _ => {
-                        let headers = written.get("httpHeaders").and_then(Value::as_array).into_iter().flatten();
-                        let headers = headers
-                            .filter_map(|h| {
-                                let (name, value) = (h.get("name")?.as_str()?, h.get("value")?.as_str()?);
-                                Some(ProbeHeader { name: name.to_string(), value: value.to_string() })
-                            })
-                            .collect();
-                        let path = written.get("path").and_then(Value::as_str).filter(|p| !p.is_empty()).unwrap_or("/");
-                        AppProbe { port, path: Some(path.to_string()), grpc: None, headers, timeout_seconds }
-                    }
-                };
-                Some((handler, app_probe))
-            }) else {
-                continue;
-            };
+            let Some((handler, app_probe)) = probe_of_captured_port(probe, &port_of, &captured) else { continue };
             let port = app_probe.port;
             let https =
-                probe["httpGet"].get("scheme").and_then(Value::as_str).is_some_and(|s| !s.eq_ignore_ascii_case("HTTP"));
-            if handler == "httpGet" && https {
+                probe[handler].get("scheme").and_then(Value::as_str).is_some_and(|s| !s.eq_ignore_ascii_case("HTTP"));
+            if https {
                 warnings.push(warn(format!("an HTTPS probe of captured port {port} fails: the sidecar takes its TLS for the mesh's; exclude the port (palisade.dev/exclude-inbound-ports)")));
                 continue;
             }
