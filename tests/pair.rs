@@ -1240,6 +1240,16 @@ fn upgrade_request(path: &str, extra: &str) -> String {
     )
 }
 
+/// What a raw app reported, up to its `closed` once its connection ended.
+async fn heard_until_closed(seen: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Vec<String> {
+    let mut heard = Vec::new();
+    while heard.last().is_none_or(|h: &String| h != "closed") {
+        let next = tokio::time::timeout(patience(), seen.recv()).await.expect("the app's connection ends");
+        heard.push(next.unwrap());
+    }
+    heard
+}
+
 /// Everything a raw client reads until the connection ends (or errs).
 async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> String {
     let mut raw = Vec::new();
@@ -1298,11 +1308,7 @@ async fn a_101_that_names_no_protocol_asked_for_opens_nothing() {
     let read = read_until_closed(&mut stream).await;
     assert!(read.starts_with("HTTP/1.1 502"), "{read:?}");
     // The app got the handshake and nothing after it, until its connection ended.
-    let mut heard = Vec::new();
-    while heard.last().is_none_or(|h| h != "closed") {
-        let next = tokio::time::timeout(patience(), seen.recv()).await.expect("the app's connection ends");
-        heard.push(next.unwrap());
-    }
+    let heard = heard_until_closed(&mut seen).await;
     assert_eq!(heard, ["GET /chat HTTP/1.1", "closed"]);
     pair.shutdown();
 }
@@ -1390,11 +1396,7 @@ async fn a_request_off_the_upgrade_path_opens_no_stream_to_the_app_straight_to_t
         tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes()).await.unwrap();
         let read = read_until_closed(&mut stream).await;
         assert!(read.starts_with("HTTP/1.1 502"), "{version}: {read:?}");
-        let mut heard = Vec::new();
-        while heard.last().is_none_or(|h| h != "closed") {
-            let next = tokio::time::timeout(patience(), seen.recv()).await.expect("the app's connection ends");
-            heard.push(next.unwrap());
-        }
+        let heard = heard_until_closed(&mut seen).await;
         assert_eq!(heard, ["GET /chat HTTP/1.1 upgrade=false", "closed"], "{version}: {read:?}");
     }
     s.shutdown();
