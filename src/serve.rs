@@ -1043,8 +1043,8 @@ struct Deadlined {
     malformed_h2: Arc<std::sync::atomic::AtomicU32>,
 }
 
-/// The count of HTTP/2 requests h2 refuses as malformed on this connection (they never reach
-/// pingora, whose phases count and report every other refusal), when `stream` is a listener's
+/// The count of HTTP/2 requests h2 (or pingora's HTTP/2 server, for an ambiguous authority)
+/// refuses as malformed on this connection (they never reach the proxy, whose phases count and report every other refusal), when `stream` is a listener's
 /// connection: looked up once, then read after each write by whoever reports them.
 pub(crate) fn malformed_http2_requests(stream: &Stream) -> Option<Arc<std::sync::atomic::AtomicU32>> {
     (**stream).as_any().downcast_ref::<Deadlined>().map(|d| d.malformed_h2.clone())

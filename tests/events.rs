@@ -802,9 +802,10 @@ async fn refused_handshakes_say_why_in_words() {
     s.shutdown();
 }
 
-/// HTTP/2 requests h2 refuses as malformed (a stream reset, or the connection closed with a
-/// GOAWAY, before pingora sees them) are counted and reported as the HTTP/1.1 parser's
-/// refusals are: smuggling probes over h2c.
+/// HTTP/2 requests refused as malformed before the proxy sees them (by h2: a stream reset, or
+/// the connection closed with a GOAWAY; by pingora's HTTP/2 server: a bare 400 for a `host`
+/// that is not the `:authority`) are counted and reported as the HTTP/1.1 parser's refusals
+/// are: smuggling probes over h2c.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_requests_h2_refuses_as_malformed_are_counted_and_reported() {
     use tokio::io::AsyncWriteExt;
@@ -813,7 +814,8 @@ async fn http2_requests_h2_refuses_as_malformed_are_counted_and_reported() {
     let mut head = vec![0x82, 0x86, 0x84, 0x01, 11];
     head.extend_from_slice(b"orders.shop");
     let mut open = Vec::new();
-    for (name, value) in [("transfer-encoding", "chunked"), ("connection", "close"), ("X-Upper", "1")] {
+    let fields = [("transfer-encoding", "chunked"), ("connection", "close"), ("X-Upper", "1"), ("host", "admin.shop")];
+    for (name, value) in fields {
         let mut h2c = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
         let mut bytes = H2_PREFACE.to_vec();
         bytes.extend(h2_frame(0x4, 0, 0, &[]));
@@ -827,10 +829,10 @@ async fn http2_requests_h2_refuses_as_malformed_are_counted_and_reported() {
         // Held open: h2 ends the stream (RST_STREAM) or the connection (GOAWAY) as it sees fit.
         open.push(h2c);
     }
-    let invalid = "palisade_requests_total{code=\"400\",decision=\"invalid\",destination=\"\",direction=\"inbound\",method=\"OTHER\",source_principal=\"\"} 3";
-    wait_for("three malformed HTTP/2 requests counted", async || s.metrics().await.contains(invalid)).await;
+    let invalid = "palisade_requests_total{code=\"400\",decision=\"invalid\",destination=\"\",direction=\"inbound\",method=\"OTHER\",source_principal=\"\"} 4";
+    wait_for("four malformed HTTP/2 requests counted", async || s.metrics().await.contains(invalid)).await;
     let reported =
-        s.events_where("their events", 3, |e| e.to_string().contains("HTTP/2 request h2 refuses as malformed")).await;
+        s.events_where("their events", 4, |e| e.to_string().contains("HTTP/2 request refused as malformed")).await;
     assert!(reported.iter().all(|e| e["http_response"]["code"] == 400), "{reported:?}");
     drop(open);
     s.shutdown();

@@ -199,7 +199,7 @@ impl Guarded {
 
 /// Why h2 refused an HTTP/2 request (with a stream reset, `PROTOCOL_ERROR`): the forms RFC 9113
 /// section 8.2 calls malformed, which smuggling probes try on a hop that speaks HTTP/1.1 behind.
-const H2_REFUSAL: &str = "an HTTP/2 request h2 refuses as malformed (an upper-case or connection-specific header such as transfer-encoding, a bad or repeated pseudo-header, CR, LF or NUL in a field)";
+const H2_REFUSAL: &str = "an HTTP/2 request refused as malformed before it reached the proxy (an upper-case or connection-specific header such as transfer-encoding, a bad or repeated pseudo-header, CR, LF or NUL in a field, a host that differs from :authority)";
 
 /// Why pingora's parser refused a request, as far as its status tells.
 fn parser_refusal(status: u16) -> &'static str {

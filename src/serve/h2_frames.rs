@@ -1,7 +1,8 @@
 //! An HTTP/2 connection followed by its frame headers, as the bytes go by (issue 16): the peer's
 //! premature stream resets (rapid reset) and which streams are open, so that an idle connection
-//! can be told from a busy one. Only the 9 bytes of each frame's header are looked at; payloads
-//! are skipped over. h2 itself keeps all of this, but pingora gives no way to ask it.
+//! can be told from a busy one. Only the 9 bytes of each frame's header are looked at, and the
+//! few payload bytes that say why a stream or connection ended; the rest of a payload is skipped
+//! over. h2 itself keeps all of this, but pingora gives no way to ask it.
 
 use std::time::Duration;
 
@@ -45,15 +46,18 @@ struct FrameHeaders {
     header: [u8; 9],
     /// How much of `header` has arrived.
     have: usize,
-    /// A RST_STREAM or GOAWAY frame's payload up to its error code, as it arrives.
+    /// A RST_STREAM or GOAWAY frame's payload up to its error code, or a one-byte HEADERS
+    /// frame's byte, as it arrives.
     coded: Option<Coded>,
 }
 
-/// The start of a frame whose error code is wanted: its type and stream, the bytes up to the
-/// code (RST_STREAM's 4; GOAWAY's last stream id, then its 4), and the rest of the payload.
+/// The start of a frame whose code is wanted: its type, flags and stream, the bytes up to the
+/// code (RST_STREAM's 4; GOAWAY's last stream id, then its 4; a HEADERS frame's one byte), and
+/// the rest of the payload.
 #[derive(Debug)]
 struct Coded {
     kind: u8,
+    flags: u8,
     stream: u32,
     bytes: [u8; 8],
     have: usize,
@@ -63,6 +67,12 @@ struct Coded {
 
 /// The error code (RFC 9113 section 7) h2 answers a malformed request or frame with.
 const PROTOCOL_ERROR: u32 = 0x1;
+/// A header block of one byte, `:status: 400` from HPACK's static table (RFC 7541 appendix A,
+/// index 12): the whole of the answer pingora's HTTP/2 server gives, without a body or another
+/// field, to a request whose authority is ambiguous (`host` and `:authority` that differ,
+/// userinfo, an absolute-form `:path`) before the proxy ever sees it. Every answer the sidecar
+/// itself makes carries more fields than its status.
+const BARE_400: u32 = 0x80 | 12;
 
 impl FrameHeaders {
     fn after(skip: usize) -> Self {
@@ -75,8 +85,8 @@ impl FrameHeaders {
     }
 
     /// Calls `frame(type, flags, stream, code)` for each frame header completed in `bytes`; a
-    /// RST_STREAM or GOAWAY frame's once its error code has come too (`code`, `None` for other
-    /// frames).
+    /// RST_STREAM or GOAWAY frame's once its error code has come too, a HEADERS frame of one
+    /// byte once that byte has (`code`; `None` for other frames).
     fn feed(&mut self, mut bytes: &[u8], mut frame: impl FnMut(u8, u8, u32, Option<u32>)) {
         while !bytes.is_empty() {
             if let Some(c) = self.coded.as_mut() {
@@ -85,13 +95,9 @@ impl FrameHeaders {
                 c.have += n;
                 bytes = &bytes[n..];
                 if c.have == c.need {
-                    let code = u32::from_be_bytes([
-                        c.bytes[c.need - 4],
-                        c.bytes[c.need - 3],
-                        c.bytes[c.need - 2],
-                        c.bytes[c.need - 1],
-                    ]);
-                    frame(c.kind, 0, c.stream, Some(code));
+                    let code =
+                        c.bytes[c.need.saturating_sub(4)..c.need].iter().fold(0, |code, &b| code << 8 | u32::from(b));
+                    frame(c.kind, c.flags, c.stream, Some(code));
                     self.skip = c.rest;
                     self.coded = None;
                 }
@@ -115,12 +121,13 @@ impl FrameHeaders {
                 let need = match h[3] {
                     RST_STREAM if self.skip == 4 => 4,
                     GOAWAY if self.skip >= 8 => 8,
+                    HEADERS if self.skip == 1 => 1,
                     _ => 0,
                 };
                 if need > 0 {
                     let rest = self.skip - need;
                     self.skip = 0;
-                    self.coded = Some(Coded { kind: h[3], stream, bytes: [0; 8], have: 0, need, rest });
+                    self.coded = Some(Coded { kind: h[3], flags: h[4], stream, bytes: [0; 8], have: 0, need, rest });
                 } else {
                     frame(h[3], h[4], stream, None);
                 }
@@ -209,8 +216,8 @@ pub(super) struct H2Frames {
     /// A header block the peer began (HEADERS without END_HEADERS) and has not ended: a request
     /// head still arriving, held to the head's deadline as an HTTP/1.1 one is.
     in_header_block: bool,
-    /// Requests h2 refused as malformed (`RST_STREAM(PROTOCOL_ERROR)` before any answer), not
-    /// yet taken by [`H2Frames::take_malformed`].
+    /// Requests h2 or pingora refused as malformed (`RST_STREAM(PROTOCOL_ERROR)` or a bare
+    /// [`BARE_400`] before any other answer), not yet taken by [`H2Frames::take_malformed`].
     malformed: u32,
 }
 
@@ -272,7 +279,14 @@ impl H2Frames {
         // Followed even when no stream is: where the frames end is what says whether a GOAWAY
         // may be written (`goaway`).
         self.written.feed(bytes, |kind, flags, stream, code| match kind {
-            DATA | HEADERS if flags & END_STREAM != 0 => open.ended(stream),
+            HEADERS if flags & END_STREAM != 0 => {
+                // pingora refusing an ambiguous authority, without a word to the proxy.
+                if code == Some(BARE_400) && flags & END_HEADERS != 0 && open.unanswered(stream) {
+                    *malformed += 1;
+                }
+                open.ended(stream)
+            }
+            DATA if flags & END_STREAM != 0 => open.ended(stream),
             DATA | HEADERS => open.answered(stream),
             RST_STREAM => {
                 // h2 refusing a request it found malformed (an upper-case or connection-specific
@@ -375,6 +389,35 @@ mod tests {
         assert_eq!(h2.take_malformed(), 2);
         assert_eq!(h2.take_malformed(), 0, "taken");
         assert!(h2.written.between_frames());
+    }
+
+    #[test]
+    fn a_bare_400_before_any_answer_is_a_refused_request_and_no_other_answer_is() {
+        const END: u8 = END_STREAM | END_HEADERS;
+        let mut h2 = H2Frames::new(None, true, PREFACE.len()).unwrap();
+        let mut wire = PREFACE.to_vec();
+        for stream in (1..=11).step_by(2) {
+            wire.extend(frame_with(HEADERS, END_HEADERS, stream, &[0x82, 0x86]));
+        }
+        h2.read(&wire);
+        // 1: pingora's refusal of an ambiguous authority. 3: a 400 of the sidecar's own, with
+        // fields beside its status. 5: a bare 200. 7: a bare 400 as trailers, after an answer
+        // began. 9: a bare 400 whose block goes on in a CONTINUATION. 11: the refusal again.
+        let mut written = frame_with(HEADERS, END, 1, &[0x8c]);
+        written.extend(frame_with(HEADERS, END, 3, &[0x8c, 0x5c, 0x01, b'0']));
+        written.extend(frame_with(HEADERS, END, 5, &[0x88]));
+        written.extend(frame_with(HEADERS, END_HEADERS, 7, &[0x88, 0x5c, 0x01, b'9']));
+        written.extend(frame(DATA, 7, b"12345678"));
+        written.extend(frame_with(HEADERS, END, 7, &[0x8c]));
+        written.extend(frame_with(HEADERS, END_STREAM, 9, &[0x8c]));
+        written.extend(frame_with(CONTINUATION, END_HEADERS, 9, &[0x5c, 0x01, b'0']));
+        written.extend(frame_with(HEADERS, END, 11, &[0x8c]));
+        for piece in written.chunks(2) {
+            h2.wrote(piece);
+        }
+        assert_eq!(h2.take_malformed(), 2);
+        assert!(h2.written.between_frames());
+        assert!(h2.idle_since().is_some(), "every stream ended");
     }
 
     #[tokio::test(start_paused = true)]
