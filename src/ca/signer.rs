@@ -87,7 +87,11 @@ impl CaSigner {
         // the same issuer and key identifier as the real one.
         let issuer = params.self_signed(&key).map_err(|e| file_error(&files.cert, e))?;
         let trust_bundle = match &files.trust_bundle {
-            Some(path) => read_certs(path)?,
+            Some(path) => {
+                let roots = read_certs(path)?;
+                check_chains_to(&chain, &roots).map_err(|why| file_error(path, why))?;
+                roots
+            }
             // A self-signed CA is its own root; an intermediate's root must be given.
             None if parsed.subject() == parsed.issuer() => vec![signing.clone()],
             None => {
@@ -262,6 +266,32 @@ fn check_request(csr: &[u8], identity: &SpiffeId) -> Result<(), Refused> {
         }
     }
     Ok(())
+}
+
+/// Whether `chain` (the signing certificate, then its intermediates) ends at, or is signed by,
+/// one of `roots`. A bundle without the CA's root is a mistake only the workloads would find, at
+/// their next renewal, when nothing the CA signs verifies any more: the CA at start refuses it,
+/// and a reload keeps the bundle in force (as a rotation's last step that removes the root still
+/// signing would).
+fn check_chains_to(chain: &[CertificateDer<'static>], roots: &[CertificateDer<'static>]) -> Result<(), String> {
+    let top = chain.last().expect("read_certs returns at least one");
+    if roots.contains(top) {
+        return Ok(());
+    }
+    let (_, top) = x509_parser::parse_x509_certificate(top).map_err(|e| e.to_string())?;
+    let signs_it = |root: &CertificateDer<'_>| {
+        x509_parser::parse_x509_certificate(root).is_ok_and(|(_, root)| {
+            root.subject() == top.issuer() && top.verify_signature(Some(root.public_key())).is_ok()
+        })
+    };
+    if roots.iter().any(signs_it) {
+        return Ok(());
+    }
+    Err(format!(
+        "ca.trustBundle: none of its {} certificates is the root the CA certificate chains to ({}); workloads would trust nothing the CA signs",
+        roots.len(),
+        if top.subject() == top.issuer() { format!("itself, {}", top.subject()) } else { format!("issued by {}", top.issuer()) },
+    ))
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
@@ -586,6 +616,64 @@ open(sys.argv[1] + "/ca.key", "wb").write(key.private_bytes(serialization.Encodi
         let files = ca_made_by_python(dir.path(), "ec.generate_private_key(ec.SECP521R1())");
         let err = CaSigner::load(&files, "cluster.local").err().unwrap().to_string();
         assert!(err.contains("P-256 or P-384"), "{err}");
+    }
+
+    #[test]
+    fn a_trust_bundle_must_hold_the_root_the_ca_chains_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = DevCa::generate("cluster.local").unwrap().write(&dir.path().join("old")).unwrap();
+        let new = DevCa::generate("cluster.local").unwrap().write(&dir.path().join("new")).unwrap();
+        let bundle = |name: &str, roots: &[&Path]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, roots.iter().map(|r| std::fs::read_to_string(r).unwrap()).collect::<String>())
+                .unwrap();
+            Some(path)
+        };
+        // A rotation's second step: the new key signs, both roots are handed out.
+        let both = bundle("both.crt", &[&old.cert, &new.cert]);
+        let signing_new = CaFiles { cert: new.cert.clone(), key: new.key.clone(), trust_bundle: both };
+        assert_eq!(CaSigner::load(&signing_new, "cluster.local").unwrap().trust_bundle().len(), 2);
+        // Its last step done too early: the old root alone, while the new key signs.
+        let early = CaFiles { trust_bundle: bundle("old.crt", &[&old.cert]), ..signing_new };
+        let err = CaSigner::load(&early, "cluster.local").err().unwrap().to_string();
+        assert!(err.contains("old.crt: ca.trustBundle: none of its 1 certificates") && err.contains("itself"), "{err}");
+
+        // An intermediate: its issuer's root, not a root of the same name with another key.
+        let script = r#"
+import datetime, sys
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+now = datetime.datetime.now(datetime.timezone.utc)
+def ca(subject, issuer, key, signer):
+    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True, encipher_only=False,
+        decipher_only=False)
+    name = lambda n: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, n)])
+    return (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer)).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(usage, critical=True).sign(signer, hashes.SHA256()))
+root_key, impostor_key, key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+pem = lambda c: c.public_bytes(serialization.Encoding.PEM)
+open(sys.argv[1] + "/root.crt", "wb").write(pem(ca("mesh root", "mesh root", root_key, root_key)))
+open(sys.argv[1] + "/impostor.crt", "wb").write(pem(ca("mesh root", "mesh root", impostor_key, impostor_key)))
+open(sys.argv[1] + "/ca.crt", "wb").write(pem(ca("palisade-ca", "mesh root", key, root_key)))
+open(sys.argv[1] + "/ca.key", "wb").write(key.private_bytes(serialization.Encoding.PEM,
+    serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+"#;
+        let out = std::process::Command::new("python3").arg("-c").arg(script).arg(dir.path()).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let intermediate = |roots: &str| CaFiles {
+            cert: dir.path().join("ca.crt"),
+            key: dir.path().join("ca.key"),
+            trust_bundle: Some(dir.path().join(roots)),
+        };
+        assert!(CaSigner::load(&intermediate("root.crt"), "cluster.local").is_ok());
+        let err = CaSigner::load(&intermediate("impostor.crt"), "cluster.local").err().unwrap().to_string();
+        assert!(err.contains("none of its 1 certificates") && err.contains("issued by CN=mesh root"), "{err}");
     }
 
     #[test]

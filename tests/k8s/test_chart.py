@@ -527,6 +527,64 @@ def test_without_an_issuer_ref_the_mesh_ca_stays_a_self_signed_root_and_its_own_
     assert sorted(c["metadata"]["name"] for c in by_kind(secret_mode, "Certificate")) == ["palisade-control-identity", "palisade-webhook"]
 
 
+def test_a_trust_bundle_value_carries_a_ca_rotation_to_the_control_plane_and_the_injector(tmp_path):
+    """README "Rotating the CA" with Helm: pki.trustBundle holds the old root and the new one. The chart mounts
+    it as the control plane's ca.trustBundle and the injector's trustAnchorsFile, and a new bundle rolls the
+    control plane's pods. A real control plane on the rendered files then signs with the new key (step 2): its
+    certificate verifies under the two roots and not under the old one alone. Given the old root alone while the
+    new key signs (step 3 too early), it refuses to start, saying why."""
+    roots = {}
+    for name in ("old", "new"):
+        palisade("ca", "init", "--trust-domain", "cluster.local", "--out", str(tmp_path / name))
+        roots[name] = (tmp_path / name / "ca.crt").read_text()
+    both = roots["old"] + roots["new"]
+    objs = objects({"pki": {"trustBundle": both}})
+    for obj in objs:
+        validate(obj)
+    (bundle,) = [o for o in objs if o["metadata"]["name"] == "palisade-trust-bundle"]
+    assert bundle["kind"] == "ConfigMap" and bundle["data"] == {"roots.crt": both}
+    (deployment,) = by_kind(objs, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v.get("configMap", {}).get("name") == "palisade-trust-bundle"]
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == volume["name"]]
+    (cm,) = [o for o in objs if o["metadata"]["name"] == "palisade-control-config"]
+    text = cm["data"]["control.yaml"]
+    control = yaml.safe_load(text)
+    assert control["ca"]["trustBundle"] == f"{mount['mountPath']}/roots.crt"
+    assert control["webhook"]["sidecar"]["identity"]["trustAnchorsFile"] == control["ca"]["trustBundle"]
+    checksum = lambda objs: by_kind(objs, "Deployment")[0]["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+    assert checksum(objs) != checksum(objects({"pki": {"trustBundle": roots["new"]}})), "a new bundle rolls the pods"
+    assert not [o for o in objects({}) if o["metadata"]["name"] == "palisade-trust-bundle"]
+
+    d = tmp_path / "run"
+    (d / "ca").mkdir(parents=True)
+    (d / "trust").mkdir()
+    (d / "webhook").mkdir()
+    for key in ("ca.crt", "ca.key"):
+        (d / "ca" / key).write_bytes((tmp_path / "new" / key).read_bytes())
+    (d / "trust" / "roots.crt").write_text(both)
+    (webhook,) = [o for o in objs if o["metadata"]["name"] == "palisade-webhook-tls"]
+    for key in ("tls.crt", "tls.key"):
+        (d / "webhook" / key).write_bytes(base64.b64decode(webhook["data"][key]))
+    with running_control_plane(text, d) as grpc:
+        served = served_certificate(grpc, d / "trust" / "roots.crt")
+        with pytest.raises(ssl.SSLCertVerificationError):
+            served_certificate(grpc, tmp_path / "old" / "ca.crt")
+    assert spiffe_ids(served) == [f"spiffe://cluster.local/ns/{NAMESPACE}/sa/palisade-control"]
+    (d / "trust" / "roots.crt").write_text(roots["old"])
+    with pytest.raises(AssertionError, match="ca.trustBundle: none of its 1 certificates is the root the CA certificate chains to"):
+        with running_control_plane(text, d):
+            pass
+
+
+def test_a_trust_bundle_that_is_no_pem_or_in_secret_mode_fails_the_render_naming_the_value(tmp_path):
+    assert "pki.trustBundle: no PEM certificate" in refusal({"pki": {"trustBundle": "the old root and the new"}})
+    anchors = mesh_root(tmp_path).read_text()
+    message = refusal({"pki": {"source": "existing", "trustBundle": anchors}, "webhook": {"caBundle": "Y2E="},
+                       "identity": {"mode": "secret"}})
+    assert "pki.trustBundle: only with identity.mode controlPlane" in message, message
+
+
 def test_existing_secrets_without_a_ca_bundle_fail_the_render_naming_the_value():
     # Rendered, the webhook had no caBundle: the API server could not verify it and refused every pod of
     # a meshed namespace.

@@ -31,9 +31,12 @@ app.kubernetes.io/component: control-plane
 {{- end }}
 
 {{/* The mesh's roots in the control plane: what its CA hands out and injected sidecars check it with.
-     An intermediate's are the issuer's, a file of their own; a root is its own. */}}
+     pki.trustBundle when given (a rotation's two roots); else an intermediate's are the issuer's, a
+     file of their own, and a root is its own. */}}
 {{- define "palisade.caRoots" -}}
-{{- if include "palisade.caIsIntermediate" . }}/etc/palisade/ca/roots.crt{{ else }}/etc/palisade/ca/ca.crt{{ end }}
+{{- if .Values.pki.trustBundle }}/etc/palisade/trust/roots.crt
+{{- else if include "palisade.caIsIntermediate" . }}/etc/palisade/ca/roots.crt
+{{- else }}/etc/palisade/ca/ca.crt{{ end }}
 {{- end }}
 
 {{/* A resource quantity as a number of cores or bytes, to compare a request with its limit (Go
