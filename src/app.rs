@@ -546,6 +546,7 @@ async fn run(
     }
     readiness.listeners.store(true, Ordering::Release);
     crate::memory::release_startup_pages_soon();
+    crate::memory::return_freed_heap_periodically(telemetry.metrics.registry(), stop.clone());
     tracing::info!(
         identity = %tls.current().credentials.id,
         inbound = %bound.inbound, outbound = %bound.outbound, admin = %bound.admin,

@@ -328,6 +328,7 @@ async fn run(
     });
     readiness.listeners.store(true, Ordering::Release);
     crate::memory::release_startup_pages_soon();
+    crate::memory::return_freed_heap_periodically(metrics.registry(), stop.clone());
     tracing::info!(%identity, grpc = %config.grpc.listen, admin = %config.admin.listen,
         policies = %config.policies.dir.display(), "control plane ready");
 

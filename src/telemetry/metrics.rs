@@ -274,6 +274,11 @@ impl Metrics {
         self.registry.register(Box::new(collector)).expect("metric registers once");
     }
 
+    /// For metrics of parts of the sidecar with their own types (the memory trimmer).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
