@@ -50,6 +50,7 @@ mod body;
 mod cmdi;
 mod decode;
 pub mod encoding;
+mod grpc;
 mod protocol;
 mod sqli;
 mod traversal;
@@ -63,6 +64,7 @@ use std::fmt;
 pub(crate) use body::grpc_frame_start;
 pub use body::{is_grpc, json_like};
 use decode::Hit;
+pub use grpc::{GrpcMessages, Message as GrpcMessage, Piece as GrpcPiece, Stopped as GrpcStopped};
 
 /// The detector families; their names are the `detector` label of metrics and events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -227,6 +229,9 @@ pub enum LocationKind {
     MultipartValue,
     MultipartFilename,
     XmlValue,
+    /// A field of a gRPC message that reads as text; its name is the field numbers that lead to
+    /// it (`2.1`: field 1 of the message in field 2), as the schema is not known.
+    GrpcField,
     /// The body as a whole: an unknown content type read as text, or a body that failed to parse.
     Body,
 }
@@ -248,6 +253,7 @@ impl LocationKind {
             LocationKind::MultipartValue => "multipart_value",
             LocationKind::MultipartFilename => "multipart_filename",
             LocationKind::XmlValue => "xml_value",
+            LocationKind::GrpcField => "grpc_field",
             LocationKind::Body => "body",
         }
     }
@@ -413,6 +419,15 @@ impl Waf {
         body::inspect(self, content_type, body, skip)
     }
 
+    /// Inspects one whole gRPC message, uncompressed: protobuf read without its schema, or JSON
+    /// for gRPC's JSON codec (`application/grpc+json`).
+    pub fn inspect_grpc_message(&self, payload: &[u8], json_codec: bool, skip: &Skips<'_>) -> Option<Finding> {
+        if payload.is_empty() {
+            return None;
+        }
+        grpc::message(self, payload, json_codec, skip)
+    }
+
     /// How [`Waf::inspect_body`] reads a body of this `Content-Type`: whole for forms,
     /// multipart, JSON and XML (and a body without a type, read as a form), and for any type
     /// from paranoia 2 but a gRPC message ([`body::grpc_framed`]); otherwise only when it is
@@ -439,7 +454,12 @@ impl Waf {
 
     /// Runs every detector that reads this value's class, after decoding.
     fn value(&self, v: Value<'_>, skip: &Skips<'_>) -> Option<Finding> {
-        let active = self.plans[v.class as usize].without(skip.for_name(v.kind, v.name));
+        let mut active = self.plans[v.class as usize].without(skip.for_name(v.kind, v.name));
+        if v.kind == LocationKind::GrpcField {
+            // A protobuf string or `bytes` carries any byte by design (a NUL, a line break): no
+            // HTTP parser reads it, so nothing in it is a protocol anomaly.
+            active = active.without(DetectorSet::of(&[Detector::Protocol]));
+        }
         if active.is_empty() || v.value.is_empty() {
             return None;
         }
@@ -567,7 +587,7 @@ fn holds_secret(kind: LocationKind, name: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn waf(pl: u8) -> Waf {

@@ -666,8 +666,165 @@ async fn grpc_messages_pass_a_waf_at_paranoia_two_that_still_reads_text_bodies()
     assert_eq!(call("application/grpc+proto", message).await.unwrap().status(), 200);
     // A text attack is read whatever it is labelled: gRPC, or a binary type.
     let attack: &[u8] = b"1' UNION SELECT password FROM users--";
-    for label in ["text/plain", "application/grpc", "application/octet-stream", "image/png"] {
+    for label in ["text/plain", "application/octet-stream", "image/png"] {
         assert_eq!(call(label, attack).await.unwrap().status(), 403, "{label}");
     }
+    // Under a gRPC label to an HTTP/2 app, a body that is no gRPC message is refused as such.
+    assert_eq!(call("application/grpc", attack).await.unwrap().status(), 400);
+    s.shutdown();
+}
+
+/// A gRPC message framed as `[flag, length (4 bytes, big-endian), message]`.
+fn grpc_frame(message: &[u8]) -> Vec<u8> {
+    let mut frame = vec![0];
+    frame.extend((message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    frame
+}
+
+/// A protobuf string field (a length under 128).
+fn proto_string(field: u8, text: &[u8]) -> Vec<u8> {
+    let mut f = vec![field << 3 | 2, text.len() as u8];
+    f.extend_from_slice(text);
+    f
+}
+
+/// What an HTTP/2 app got of each call: its body's bytes as they came, and how the body ended.
+#[derive(Debug)]
+enum AppHeard {
+    Bytes(Vec<u8>),
+    Ended,
+    Reset,
+}
+
+/// An HTTP/2 app (gRPC without a schema) that reports each piece of every request body as it
+/// comes and answers 200 (`grpc-status: 0` in trailers) once the body has ended.
+async fn reporting_h2_app() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<AppHeard>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (heard, reports) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let heard = heard.clone();
+            tokio::spawn(async move {
+                let mut connection = h2::server::handshake(tcp).await.unwrap();
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    let heard = heard.clone();
+                    tokio::spawn(async move {
+                        let mut body = request.into_body();
+                        loop {
+                            match body.data().await {
+                                Some(Ok(bytes)) => {
+                                    let _ = body.flow_control().release_capacity(bytes.len());
+                                    let _ = heard.send(AppHeard::Bytes(bytes.to_vec()));
+                                }
+                                Some(Err(_)) => {
+                                    let _ = heard.send(AppHeard::Reset);
+                                    return;
+                                }
+                                None => break,
+                            }
+                        }
+                        let _ = heard.send(AppHeard::Ended);
+                        let answer = http::Response::builder().header("content-type", "application/grpc");
+                        if let Ok(mut stream) = respond.send_response(answer.body(()).unwrap(), false) {
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            let _ = stream.send_trailers(trailers);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    (addr, reports)
+}
+
+/// The body bytes the app reported until the body ended or was reset, and which of the two.
+async fn heard_until_done(reports: &mut tokio::sync::mpsc::UnboundedReceiver<AppHeard>) -> (Vec<u8>, bool) {
+    let mut bytes = Vec::new();
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), reports.recv())
+            .await
+            .expect("the app's report in time")
+        {
+            Some(AppHeard::Bytes(b)) => bytes.extend(b),
+            Some(AppHeard::Ended) => return (bytes, true),
+            Some(AppHeard::Reset) | None => return (bytes, false),
+        }
+    }
+}
+
+/// gRPC calls to an HTTP/2 app are read a message at a time as they stream: the app gets each
+/// message as soon as it is whole (a streaming call is never held back for its client's last
+/// one), and a message with an attack in any field stops the call before a byte of it reaches
+/// the app. The event names the field by its numbers, as the schema is not known.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_messages_are_read_as_they_stream_and_one_with_an_attack_never_reaches_the_app() {
+    let (app, mut reports) = reporting_h2_app().await;
+    let s = PolicedSidecar::start_with(&waf_policy("{mode: BLOCK}"), |c| {
+        c.inbound.app.0 = app;
+        c.inbound.app_protocol = palisade::config::AppProtocol::Http2;
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let call = |client: &mut h2::client::SendRequest<bytes::Bytes>| {
+        let request = http::Request::post("http://orders.shop/shop.v1.Orders/Upload")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        client.send_request(request.body(()).unwrap(), false).unwrap()
+    };
+
+    // A client stream: the first message reaches the app while the call is still open.
+    let (answer, mut body) = call(&mut client);
+    let mut note = proto_string(1, b"Zo\xc3\xab O'Brien, 1 Main St.");
+    note.extend(proto_string(2, &[0, 1, 2, 0xff, 0]));
+    let first = grpc_frame(&proto_string(3, &note));
+    body.send_data(bytes::Bytes::from(first.clone()), false).unwrap();
+    let mut heard = Vec::new();
+    while heard.len() < first.len() {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), reports.recv())
+            .await
+            .expect("the first message in time")
+        {
+            Some(AppHeard::Bytes(b)) => heard.extend(b),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(heard, first);
+    // The second carries an attack two messages deep, and comes in two pieces.
+    let attack = grpc_frame(&proto_string(3, &proto_string(1, b"1' UNION SELECT password FROM users--")));
+    body.send_data(bytes::Bytes::copy_from_slice(&attack[..9]), false).unwrap();
+    body.send_data(bytes::Bytes::copy_from_slice(&attack[9..]), false).unwrap();
+    let answer =
+        tokio::time::timeout(std::time::Duration::from_secs(10), answer).await.expect("the refusal in time").unwrap();
+    assert_eq!(answer.status(), 403);
+    let (rest, ended) = heard_until_done(&mut reports).await;
+    assert!(rest.is_empty() && !ended, "the app got {rest:?} of the attack; its call ended cleanly: {ended}");
+    let events = s.events_where("the finding", 1, |e| e.to_string().contains("grpc_field")).await;
+    let waf = &events[0]["unmapped"]["waf"];
+    assert_eq!((waf["detector"].as_str(), waf["name"].as_str()), (Some("sqli"), Some("3.1")), "{}", events[0]);
+
+    // A call of whole messages that end the body goes on whole, and is answered.
+    let (answer, mut body) = call(&mut client);
+    let two = [grpc_frame(&note), grpc_frame(b"")].concat();
+    body.send_data(bytes::Bytes::from(two.clone()), true).unwrap();
+    assert_eq!(heard_until_done(&mut reports).await, (two, true));
+    let answer =
+        tokio::time::timeout(std::time::Duration::from_secs(10), answer).await.expect("the answer in time").unwrap();
+    assert_eq!(answer.status(), 200);
+
+    // A body that ends inside a message is refused, and the app never gets the piece.
+    let (answer, mut body) = call(&mut client);
+    body.send_data(bytes::Bytes::copy_from_slice(&grpc_frame(&note)[..8]), true).unwrap();
+    let answer =
+        tokio::time::timeout(std::time::Duration::from_secs(10), answer).await.expect("the refusal in time").unwrap();
+    assert_eq!(answer.status(), 400);
+    let (rest, _) = heard_until_done(&mut reports).await;
+    assert!(rest.is_empty(), "{rest:?}");
     s.shutdown();
 }

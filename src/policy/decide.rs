@@ -685,6 +685,47 @@ impl PolicySnapshot {
         Ok(BodyInspection::Inspected)
     }
 
+    /// Step 6 on one whole message of a gRPC request for `path`, as it came (at most
+    /// [`BodyPlan::limit`] bytes): undone from the call's `grpc-encoding` when its frame says it
+    /// is compressed, then read as protobuf, or as JSON for gRPC's JSON codec (`json_codec`).
+    pub fn inspect_grpc_message(
+        &self,
+        plan: BodyPlan,
+        path: &str,
+        message: crate::waf::GrpcMessage<'_>,
+        encoding: Coding,
+        json_codec: bool,
+        mut note: impl FnMut(Note),
+    ) -> Result<BodyInspection, Refusal> {
+        let path = match_form(path);
+        let over_limit = || match plan.reject_over_limit {
+            true => Err(Refusal::UninspectableBody),
+            false => Ok(BodyInspection::Uninspected),
+        };
+        let decoded;
+        let payload = match (message.compressed, encoding) {
+            (false, _) => message.payload,
+            (true, Coding::Identity) => {
+                return Err(Refusal::Malformed("a compressed gRPC message without grpc-encoding"))
+            }
+            (true, Coding::Other) => return over_limit(),
+            (true, coding) => match encoding::decode(coding, message.payload, plan.limit, false) {
+                Decoded::Bytes(bytes) => {
+                    decoded = bytes;
+                    &decoded[..]
+                }
+                Decoded::TooLong => return over_limit(),
+                // What inflated before the error is read; the app fails the call on the rest.
+                Decoded::Corrupt(partial) => {
+                    decoded = partial;
+                    &decoded[..]
+                }
+            },
+        };
+        self.each_waf(path, &mut note, |waf, skips| waf.inspect_grpc_message(payload, json_codec, skips))?;
+        Ok(BodyInspection::Inspected)
+    }
+
     fn each_waf(
         &self,
         path: &str,

@@ -55,6 +55,32 @@ pub struct InboundCtx {
     body: BodyCount,
     /// The caller's verified token, whose forwarded claims the app gets.
     token: Option<Verified>,
+    /// A gRPC call whose messages a WAF reads as they stream ([`GrpcBody`]).
+    grpc: Option<Box<GrpcBody>>,
+}
+
+/// Step 6 on a gRPC call to an HTTP/2 app, a message at a time as its body streams
+/// (`request_body_filter`): each message is inspected when whole, before a byte of it goes on.
+/// Read whole like other bodies, a streaming call would wait on its client's last message, and
+/// its client on the answer to its first.
+struct GrpcBody {
+    policy: Arc<PolicySnapshot>,
+    plan: BodyPlan,
+    messages: crate::waf::GrpcMessages,
+    /// `grpc-encoding`: how a message whose frame says so is compressed.
+    encoding: crate::waf::encoding::Coding,
+    /// `application/grpc+json`: each message a JSON document.
+    json_codec: bool,
+}
+
+impl GrpcBody {
+    /// For a request of `headers`, when it is a gRPC call the policy reads (`plan`).
+    fn new(policy: Arc<PolicySnapshot>, plan: BodyPlan, headers: &http::HeaderMap) -> Box<Self> {
+        let content_type = headers.get(CONTENT_TYPE).map(|v| v.as_bytes()).unwrap_or_default();
+        let json_codec = content_type.len() >= 21 && content_type[..21].eq_ignore_ascii_case(b"application/grpc+json");
+        let encoding = crate::waf::encoding::Coding::of(headers.get_all("grpc-encoding").iter().map(|v| v.as_bytes()));
+        Box::new(GrpcBody { messages: crate::waf::GrpcMessages::new(plan.limit), policy, plan, encoding, json_codec })
+    }
 }
 
 /// The app, and its keep-alive connections: at one address, or (`inbound.app` with port 0) at
@@ -158,6 +184,47 @@ impl Inbound {
         }
         respond::refuse(session, refusal, &mut ctx.request).await;
         Ok(true)
+    }
+
+    /// Step 6 on the next piece of a gRPC call's body: the bytes that go on now (whole messages
+    /// let through), or the refusal of one. DETECT findings are reported here.
+    fn inspect_grpc(
+        &self,
+        session: &Session,
+        request: &RequestCtx,
+        grpc: &mut GrpcBody,
+        chunk: &Bytes,
+    ) -> Result<Bytes, Refusal> {
+        let path = session.req_header().uri.path();
+        let GrpcBody { policy, plan, messages, encoding, json_codec } = grpc;
+        let (mut notes, mut refused, mut uninspected) = (Vec::new(), None, 0);
+        let on = messages.push(chunk, |piece| {
+            let verdict = match piece {
+                crate::waf::GrpcPiece::Message(message) => {
+                    policy.inspect_grpc_message(*plan, path, message, *encoding, *json_codec, |n| notes.push(n))
+                }
+                crate::waf::GrpcPiece::TooLong(_) if plan.reject_over_limit => Err(Refusal::UninspectableBody),
+                crate::waf::GrpcPiece::TooLong(_) => Ok(BodyInspection::Uninspected),
+                crate::waf::GrpcPiece::Malformed => {
+                    Err(Refusal::Malformed("a gRPC message whose compression flag is neither 0 nor 1"))
+                }
+            };
+            match verdict {
+                Ok(inspection) => {
+                    uninspected += u64::from(inspection == BodyInspection::Uninspected);
+                    true
+                }
+                Err(refusal) => {
+                    refused = Some(refusal);
+                    false
+                }
+            }
+        });
+        for note in notes {
+            record::report_note(&self.telemetry, session, request, note, path);
+        }
+        self.telemetry.metrics.waf_uninspected.inc_by(uninspected);
+        on.map_err(|_| refused.expect("a stop says why"))
     }
 
     /// Step 6 on a body read whole; DETECT findings are reported here.
@@ -322,7 +389,14 @@ impl ProxyHttp for Inbound {
     }
 
     fn new_ctx(&self) -> InboundCtx {
-        InboundCtx { request: RequestCtx::new(), app_h2: false, app: None, body: BodyCount::default(), token: None }
+        InboundCtx {
+            request: RequestCtx::new(),
+            app_h2: false,
+            app: None,
+            body: BodyCount::default(),
+            token: None,
+            grpc: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<bool> {
@@ -429,6 +503,17 @@ impl ProxyHttp for Inbound {
                 headers.get(CONTENT_TYPE).map(|v| v.as_bytes()),
                 headers.get_all(CONTENT_ENCODING).iter().map(|v| v.as_bytes()),
             )
+        };
+        // A gRPC call to an HTTP/2 app: its messages are read as they stream, not here.
+        let grpc = plan.filter(|_| {
+            ctx.app_h2 && crate::waf::is_grpc(session.req_header().headers.get(CONTENT_TYPE).map(|v| v.as_bytes()))
+        });
+        let plan = match grpc {
+            Some(plan) => {
+                ctx.grpc = Some(GrpcBody::new(Arc::clone(&policy), plan, &session.req_header().headers));
+                None
+            }
+            None => plan,
         };
         let mut inspect = plan.is_some();
         // A body of a type the WAF parses is judged by its declared length at once; one of
@@ -544,15 +629,42 @@ impl ProxyHttp for Inbound {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut InboundCtx,
     ) -> pingora::Result<()> {
-        match body {
-            Some(chunk) => ctx.body.count(chunk.len()),
-            None => Ok(()),
+        if let Some(chunk) = body.as_ref() {
+            ctx.body.count(chunk.len())?;
         }
+        let Some(grpc) = ctx.grpc.as_mut() else { return Ok(()) };
+        let refusal = match body.as_mut() {
+            Some(chunk) => match self.inspect_grpc(session, &ctx.request, grpc, chunk) {
+                Ok(on) => {
+                    *chunk = on;
+                    None
+                }
+                Err(refusal) => Some(refusal),
+            },
+            None => None,
+        };
+        let refusal = refusal.or_else(|| {
+            (end_of_stream && !grpc.messages.between_messages())
+                .then_some(Refusal::Malformed("a gRPC request body that ends inside a message"))
+        });
+        let Some(refusal) = refusal else { return Ok(()) };
+        // Nothing more goes to the app, which sees its call cancelled; the caller gets the
+        // refusal (`fail_to_proxy`), or a reset stream once the app has begun to answer.
+        let path = session.req_header().uri.path().to_string();
+        if refusal.is_security_event() {
+            record::report(&self.telemetry, session, &ctx.request, &refusal, false, &path);
+        } else {
+            record::report_invalid(&self.telemetry, session, &ctx.request, &refusal, &path);
+        }
+        let status = refusal.status();
+        ctx.request.refusal = Some(refusal);
+        // The caller's doing: pingora then stops the call instead of waiting on the app's answer.
+        Err(ErrorKind::from_status(status).fail("a gRPC message refused").into_down())
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<Box<HttpPeer>> {

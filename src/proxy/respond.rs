@@ -317,6 +317,17 @@ pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> Fai
     if let Some(started) = session.response_written().filter(|r| started(r.status)) {
         return FailToProxy { error_code: started.status.as_u16(), can_reuse_downstream: false };
     }
+    // A refusal made while the body streamed (a gRPC message the WAF blocked): its own answer.
+    if let Some(refusal) = &ctx.refusal {
+        let mut extra = Vec::new();
+        refusal.headers(|name, value| extra.push((name, value)));
+        if let Err(write_error) =
+            write(session, refusal.status(), refusal.code(), &ctx.id, &extra, Connection::Close).await
+        {
+            tracing::debug!(error = %write_error, "could not send the refusal");
+        }
+        return FailToProxy { error_code: refusal.status(), can_reuse_downstream: false };
+    }
     let Some(kind) = ErrorKind::classify(e) else {
         return FailToProxy { error_code: 0, can_reuse_downstream: false };
     };

@@ -282,7 +282,7 @@ fn hex4(b: &[u8]) -> Option<u32> {
 /// the key of the array). Malformed or too deeply nested JSON is a protocol finding.
 /// `claimed`: the body's type says JSON, so one that is not is a protocol finding; a body only
 /// taken for JSON by its first byte that is not is read as one text value instead.
-fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> Option<Finding> {
+pub(super) fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> Option<Finding> {
     // Per depth: whether the container is an object, and the span of its current key.
     let mut is_object = [false; MAX_JSON_DEPTH];
     // (start, end, whether it holds an escape)

@@ -1,0 +1,482 @@
+//! gRPC requests, read a message at a time: [`GrpcMessages`] finds where each length-prefixed
+//! message of a request body ends as its bytes go by (a streaming call is never held back for
+//! more than its message in progress), and [`message`] reads one message's text without its
+//! schema, as `protoc --decode_raw` does: every length-delimited field that holds UTF-8 is a
+//! value to inspect, and one that is itself a message is walked in turn.
+
+use bytes::Bytes;
+
+use super::body::json;
+use super::{Class, Finding, LocationKind, Skips, Value, Waf};
+
+/// How deep nested messages are walked; deeper ones are read as text only. Protobuf's own
+/// parsers stop at 100; real schemas rarely pass ten.
+const MAX_DEPTH: usize = 32;
+
+/// A gRPC message's frame: a compression flag, then its length (big-endian).
+const FRAME: usize = 5;
+
+/// One message of a request body, whole.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Message<'a> {
+    pub compressed: bool,
+    pub payload: &'a [u8],
+}
+
+/// What a piece of the body holds, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// A whole message: to inspect before its bytes go on.
+    Message(Message<'a>),
+    /// A message longer than what is inspected: its frame's length, and that it goes on (or is
+    /// refused) unread.
+    TooLong(u64),
+    /// A frame whose flag is neither 0 nor 1: not gRPC.
+    Malformed,
+}
+
+/// Where the messages of one request body end, across its pieces however they are cut.
+#[derive(Debug)]
+pub struct GrpcMessages {
+    limit: usize,
+    /// A message in progress, its frame included (never more than `limit` + [`FRAME`] bytes).
+    held: Vec<u8>,
+    /// Bytes of a message longer than the limit still to pass on as they come.
+    passing: u64,
+}
+
+/// A message refused, or a body that is not gRPC: nothing more of it goes on.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Stopped;
+
+impl GrpcMessages {
+    /// Messages of up to `limit` bytes are inspected.
+    pub fn new(limit: usize) -> Self {
+        GrpcMessages { limit, held: Vec::new(), passing: 0 }
+    }
+
+    /// Takes `chunk`, the body's next bytes, calling `each` for every message that ends in it
+    /// (and every one too long to read), and returns what may go on now: whole messages `each`
+    /// let through, the bytes of one too long as they come; the rest of a message is held until
+    /// it is whole. `each` returning `false` stops the body: nothing more of it goes on. A chunk
+    /// that holds only whole messages goes on as it is, without a copy.
+    pub fn push(&mut self, chunk: &Bytes, mut each: impl FnMut(Piece<'_>) -> bool) -> Result<Bytes, Stopped> {
+        let len = chunk.len();
+        let mut at = 0;
+        // A held message completed: it goes on first, then `chunk` from `from`.
+        let mut released = None::<Vec<u8>>;
+        let mut from = 0;
+        // Where what goes on of `chunk` ends: before the start of a message it does not finish.
+        let mut upto = len;
+        while at < len {
+            if self.passing > 0 {
+                let n = self.passing.min((len - at) as u64) as usize;
+                self.passing -= n as u64;
+                at += n;
+                continue;
+            }
+            if !self.held.is_empty() {
+                // Only at the start of a chunk: the frame first, then the rest of its message.
+                let n = FRAME.saturating_sub(self.held.len()).min(len - at);
+                self.held.extend_from_slice(&chunk[at..at + n]);
+                at += n;
+                if self.held.len() < FRAME {
+                    (from, upto) = (len, len);
+                    break;
+                }
+                let (flag, size) = (self.held[0], frame_length(&self.held));
+                if flag > 1 {
+                    each(Piece::Malformed);
+                    return Err(self.stop());
+                }
+                if size > self.limit as u64 {
+                    if !each(Piece::TooLong(size)) {
+                        return Err(self.stop());
+                    }
+                    self.passing = size - (self.held.len() - FRAME) as u64;
+                    released = Some(std::mem::take(&mut self.held));
+                    from = at;
+                    continue;
+                }
+                let n = (FRAME + size as usize - self.held.len()).min(len - at);
+                self.held.extend_from_slice(&chunk[at..at + n]);
+                at += n;
+                if self.held.len() < FRAME + size as usize {
+                    (from, upto) = (len, len);
+                    break;
+                }
+                if !each(Piece::Message(Message { compressed: flag == 1, payload: &self.held[FRAME..] })) {
+                    return Err(self.stop());
+                }
+                released = Some(std::mem::take(&mut self.held));
+                from = at;
+                continue;
+            }
+            let rest = &chunk[at..];
+            let size = if rest.len() >= FRAME { frame_length(rest) } else { 0 };
+            if rest.len() < FRAME || (size <= self.limit as u64 && rest.len() < FRAME + size as usize) {
+                self.held.extend_from_slice(rest);
+                upto = at;
+                break;
+            }
+            if rest[0] > 1 {
+                each(Piece::Malformed);
+                return Err(self.stop());
+            }
+            if size > self.limit as u64 {
+                if !each(Piece::TooLong(size)) {
+                    return Err(self.stop());
+                }
+                self.passing = size;
+                at += FRAME;
+                continue;
+            }
+            let end = FRAME + size as usize;
+            if !each(Piece::Message(Message { compressed: rest[0] == 1, payload: &rest[FRAME..end] })) {
+                return Err(self.stop());
+            }
+            at += end;
+        }
+        let of_chunk = chunk.slice(from..upto.max(from));
+        Ok(match released {
+            None => of_chunk,
+            Some(mut message) => {
+                message.extend_from_slice(&of_chunk);
+                Bytes::from(message)
+            }
+        })
+    }
+
+    fn stop(&mut self) -> Stopped {
+        self.held = Vec::new();
+        self.passing = 0;
+        Stopped
+    }
+
+    /// Whether the body so far ends between messages: at its end, anything else is a message
+    /// cut short.
+    pub fn between_messages(&self) -> bool {
+        self.held.is_empty() && self.passing == 0
+    }
+}
+
+fn frame_length(frame: &[u8]) -> u64 {
+    u64::from(u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]))
+}
+
+/// Inspects one message (uncompressed): JSON for gRPC's JSON codec (`json`), else protobuf.
+pub(crate) fn message(waf: &Waf, payload: &[u8], json_codec: bool, skip: &Skips<'_>) -> Option<Finding> {
+    if json_codec {
+        return json(waf, payload, true, skip);
+    }
+    let mut path = Vec::with_capacity(16);
+    if parses(payload) {
+        return walk(waf, payload, 0, &mut path, skip);
+    }
+    // Not protobuf: text anyway to an app that reads it.
+    text_value(waf, payload, &path, skip)
+}
+
+/// The fields of `bytes`, a message, `path` the field numbers that lead to it (`1.4.2`).
+fn walk(waf: &Waf, bytes: &[u8], depth: usize, path: &mut Vec<u8>, skip: &Skips<'_>) -> Option<Finding> {
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some(tag) = varint(bytes, &mut at) else { break };
+        let field = tag >> 3;
+        match tag & 7 {
+            0 => {
+                varint(bytes, &mut at)?;
+            }
+            1 => at += 8,
+            5 => at += 4,
+            // Groups (deprecated): their fields follow at this level, between the two tags.
+            3 | 4 => {}
+            2 => {
+                let Some(len) = varint(bytes, &mut at).and_then(|l| usize::try_from(l).ok()) else { break };
+                let Some(value) = at.checked_add(len).and_then(|end| bytes.get(at..end)) else { break };
+                at += len;
+                let outer = path.len();
+                if !path.is_empty() {
+                    path.push(b'.');
+                }
+                path.extend_from_slice(field.to_string().as_bytes());
+                // A message is walked (a finding in it names its own field); a string is read
+                // as text. So is anything that is not a message and reads as UTF-8 (a `bytes`
+                // field, a string with control bytes); a message's own bytes are its tags and
+                // lengths. Text that also parses as a message is both.
+                let nested = depth < MAX_DEPTH && !value.is_empty() && parses(value);
+                if nested {
+                    if let Some(f) = walk(waf, value, depth + 1, path, skip) {
+                        return Some(f);
+                    }
+                }
+                if std::str::from_utf8(value).is_ok() && (!nested || !has_controls(value)) {
+                    if let Some(f) = text_value(waf, value, path, skip) {
+                        return Some(f);
+                    }
+                }
+                path.truncate(outer);
+            }
+            _ => break,
+        }
+    }
+    None
+}
+
+fn text_value(waf: &Waf, value: &[u8], path: &[u8], skip: &Skips<'_>) -> Option<Finding> {
+    waf.value(Value { class: Class::Arg, kind: LocationKind::GrpcField, name: path, value }, skip)
+}
+
+/// C0 control bytes other than tab and line breaks: in a message's own bytes (tags of fields 1
+/// to 3, lengths under 32), rare in text.
+fn has_controls(bytes: &[u8]) -> bool {
+    bytes.iter().any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+}
+
+/// Whether `bytes` is a whole protobuf message: each field's tag valid (field number at least 1,
+/// a wire type in use), each value inside, groups balanced.
+fn parses(bytes: &[u8]) -> bool {
+    let mut at = 0;
+    let mut groups = 0u32;
+    while at < bytes.len() {
+        let Some(tag) = varint(bytes, &mut at) else { return false };
+        if tag >> 3 == 0 || tag >> 3 > u64::from(u32::MAX >> 3) {
+            return false;
+        }
+        let skip = match tag & 7 {
+            0 => match varint(bytes, &mut at) {
+                Some(_) => 0,
+                None => return false,
+            },
+            1 => 8,
+            5 => 4,
+            2 => match varint(bytes, &mut at).and_then(|l| usize::try_from(l).ok()) {
+                Some(len) => len,
+                None => return false,
+            },
+            3 => {
+                groups += 1;
+                0
+            }
+            4 if groups > 0 => {
+                groups -= 1;
+                0
+            }
+            _ => return false,
+        };
+        at = match at.checked_add(skip) {
+            Some(end) if end <= bytes.len() => end,
+            _ => return false,
+        };
+    }
+    groups == 0
+}
+
+/// A base-128 varint at `at` (at most 10 bytes), moving `at` past it.
+fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
+    let mut value = 0u64;
+    for shift in 0..10 {
+        let b = *bytes.get(*at)?;
+        *at += 1;
+        value |= u64::from(b & 0x7f) << (7 * shift);
+        if b & 0x80 == 0 {
+            return Some(value);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::waf::tests::waf;
+    use crate::waf::Detector;
+
+    /// A protobuf field: a tag, then a length-delimited value.
+    fn field(number: u8, value: &[u8]) -> Vec<u8> {
+        let mut f = vec![number << 3 | 2];
+        let mut len = value.len();
+        while len >= 0x80 {
+            f.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        f.push(len as u8);
+        f.extend_from_slice(value);
+        f
+    }
+
+    fn framed(message: &[u8]) -> Vec<u8> {
+        let mut f = vec![0];
+        f.extend((message.len() as u32).to_be_bytes());
+        f.extend_from_slice(message);
+        f
+    }
+
+    fn inspect(message: &[u8]) -> Option<Finding> {
+        waf(1).inspect_grpc_message(message, false, &Skips::NONE)
+    }
+
+    #[test]
+    fn an_attack_in_a_string_field_is_found_at_any_depth_and_named_by_its_field_numbers() {
+        let attack = b"1' UNION SELECT password FROM users--";
+        let top = field(1, attack);
+        let found = inspect(&top).expect("a top-level string");
+        assert_eq!(
+            (found.detector, found.location.kind, found.location.name.as_str()),
+            (Detector::Sqli, LocationKind::GrpcField, "1")
+        );
+        // An order { customer { note } }, beside an id (varint) and an amount (fixed64).
+        let mut customer = vec![0x08, 0x96, 0x01];
+        customer.extend(field(4, b"<script>alert(document.cookie)</script>"));
+        let mut order = vec![0x10, 0x2a, 0x19, 1, 2, 3, 4, 5, 6, 7, 8];
+        order.extend(field(3, &customer));
+        let found = inspect(&field(2, &order)).expect("nested twice");
+        assert_eq!((found.detector, found.location.name.as_str()), (Detector::Xss, "2.3.4"));
+        // A string cut off by a NUL is still read; a message of this sort is no message.
+        let mut nul = attack.to_vec();
+        nul.insert(0, 0);
+        assert!(inspect(&field(1, &nul)).is_some(), "a NUL before the attack");
+        // JSON in a string field (a common way to carry a free-form document).
+        assert!(inspect(&field(5, br#"{"q": "1; DROP TABLE users--"}"#)).is_some());
+        // gRPC's JSON codec: the message is a JSON document.
+        let json = br#"{"name": "x' OR '1'='1"}"#;
+        assert!(waf(1).inspect_grpc_message(json, true, &Skips::NONE).is_some());
+        // A body that is no protobuf at all is read as text.
+        assert!(inspect(b"' OR 1=1 --").is_some());
+    }
+
+    #[test]
+    fn ordinary_messages_and_binary_fields_are_no_finding() {
+        let mut customer = field(1, "Zoë O'Brien".as_bytes());
+        customer.extend(field(2, b"zoe@example.com"));
+        customer.extend(field(3, b"Line one\nLine two, Apt. 4"));
+        // A UUID and a hash in `bytes` fields, NUL and control bytes and all.
+        customer.extend(field(4, &[0, 1, 2, 3, 0x10, 0x1f, 0x7f, 9, 0, 0, 0x20, 0x41, 0, 0, 0, 1]));
+        customer.extend(field(5, &[0xde, 0xad, 0xbe, 0xef, 0x00, 0xff]));
+        // Packed repeated numbers, an empty string, a float.
+        customer.extend(field(6, &[1, 2, 3, 150, 1]));
+        customer.extend(field(7, b""));
+        customer.extend([0x45, 0, 0, 0x80, 0x3f]);
+        let mut request = field(1, &customer);
+        request.extend(field(2, b"orders.v1.OrderService/Create"));
+        assert_eq!(inspect(&request), None);
+        for pl in 1..=4 {
+            assert_eq!(waf(pl).inspect_grpc_message(&request, false, &Skips::NONE), None, "paranoia {pl}");
+        }
+    }
+
+    #[test]
+    fn malformed_and_hostile_messages_end_the_walk_without_a_panic() {
+        for bytes in [
+            &[0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01][..],
+            &[0x0a, 0x05, b'a'],
+            &[0x08],
+            &[0x0b, 0x0a, 0x01, b'a'],
+            &[0x07, 0x00],
+            &[0xff; 11],
+        ] {
+            let _ = inspect(bytes);
+            assert!(!parses(bytes), "{bytes:?}");
+        }
+        // Nested deeper than is walked: inner messages are still read, as far as the depth goes.
+        let mut deep = field(1, b"1' OR '1'='1");
+        for _ in 0..200 {
+            deep = field(1, &deep);
+        }
+        let _ = inspect(&deep);
+    }
+
+    /// Every way of cutting a body into pieces gives the same messages and the same bytes on.
+    #[test]
+    fn messages_are_found_however_the_body_is_cut_and_go_on_whole_and_in_order() {
+        let messages = [field(1, b"first"), Vec::new(), field(2, &[b'x'; 300]), field(1, b"last")];
+        let body: Vec<u8> = messages.iter().flat_map(|m| framed(m)).collect();
+        for size in [1, 2, 4, 5, 6, 7, 100, 305, 400, body.len()] {
+            let mut split = GrpcMessages::new(1024);
+            let (mut seen, mut on, mut read) = (Vec::new(), Vec::new(), 0);
+            for piece in body.chunks(size) {
+                read += piece.len();
+                let out = split
+                    .push(&Bytes::copy_from_slice(piece), |p| {
+                        match p {
+                            Piece::Message(m) => seen.push(m.payload.to_vec()),
+                            other => panic!("{other:?}"),
+                        }
+                        true
+                    })
+                    .unwrap();
+                on.extend_from_slice(&out);
+                // Nothing goes on of a message not yet whole.
+                assert_eq!(on.len(), read - split.held.len(), "pieces of {size}");
+            }
+            assert_eq!(seen, messages, "pieces of {size}");
+            assert_eq!(on, body, "pieces of {size}");
+            assert!(split.between_messages());
+        }
+    }
+
+    #[test]
+    fn a_refused_message_stops_the_body_and_none_of_it_goes_on() {
+        let body: Vec<u8> =
+            [framed(&field(1, b"ok")), framed(&field(1, b"attack")), framed(&field(1, b"after"))].concat();
+        for size in [1, 3, 9, body.len()] {
+            let mut split = GrpcMessages::new(1024);
+            let mut on = Vec::new();
+            let mut stopped = false;
+            for piece in body.chunks(size) {
+                match split.push(
+                    &Bytes::copy_from_slice(piece),
+                    |p| !matches!(p, Piece::Message(m) if m.payload.ends_with(b"attack")),
+                ) {
+                    Ok(out) => on.extend_from_slice(&out),
+                    Err(Stopped) => {
+                        stopped = true;
+                        break;
+                    }
+                }
+            }
+            assert!(stopped, "pieces of {size}");
+            // The first message, unless it came in the same piece (the body stops anyway).
+            let first = framed(&field(1, b"ok"));
+            assert!(on == first || (on.is_empty() && size >= body.len() / 3), "pieces of {size}: {on:?}");
+        }
+    }
+
+    #[test]
+    fn a_message_over_the_limit_goes_on_as_it_comes_or_stops_the_body_and_a_bad_flag_stops_it() {
+        let big = field(1, &[b'a'; 5000]);
+        let body: Vec<u8> = [framed(&big), framed(&field(1, b"small"))].concat();
+        for size in [1, 4, 1000, body.len()] {
+            let mut split = GrpcMessages::new(1024);
+            let (mut pieces, mut on) = (Vec::new(), Vec::new());
+            for piece in body.chunks(size) {
+                let out = split
+                    .push(&Bytes::copy_from_slice(piece), |p| {
+                        pieces.push(match p {
+                            Piece::Message(m) => format!("message {}", m.payload.len()),
+                            Piece::TooLong(n) => format!("too long {n}"),
+                            Piece::Malformed => "malformed".into(),
+                        });
+                        true
+                    })
+                    .unwrap();
+                // A message too long to read is never held.
+                assert!(split.held.len() <= 1024 + FRAME);
+                on.extend_from_slice(&out);
+            }
+            assert_eq!(pieces, [format!("too long {}", big.len()), "message 7".to_string()], "pieces of {size}");
+            assert_eq!(on, body, "pieces of {size}");
+        }
+        let mut split = GrpcMessages::new(1024);
+        assert_eq!(split.push(&Bytes::from(framed(&big)), |p| !matches!(p, Piece::TooLong(_))), Err(Stopped));
+        let mut split = GrpcMessages::new(1024);
+        let mut bad = framed(b"x");
+        bad[0] = 2;
+        assert_eq!(split.push(&Bytes::from(bad), |_| true), Err(Stopped));
+        // Cut short at the end of the body: not between messages.
+        let mut split = GrpcMessages::new(1024);
+        let whole = framed(&field(1, b"cut"));
+        assert_eq!(split.push(&Bytes::copy_from_slice(&whole[..6]), |_| true).unwrap().len(), 0);
+        assert!(!split.between_messages());
+    }
+}
