@@ -669,8 +669,45 @@ async fn grpc_messages_pass_a_waf_at_paranoia_two_that_still_reads_text_bodies()
     for label in ["text/plain", "application/octet-stream", "image/png"] {
         assert_eq!(call(label, attack).await.unwrap().status(), 403, "{label}");
     }
-    // Under a gRPC label to an HTTP/2 app, a body that is no gRPC message is refused as such.
-    assert_eq!(call("application/grpc", attack).await.unwrap().status(), 400);
+    // Under a gRPC label to an HTTP/2 app, a body that is no gRPC message is refused as such, in
+    // gRPC's words: INVALID_ARGUMENT.
+    let refused = call("application/grpc", attack).await.unwrap();
+    assert_eq!((refused.status().as_u16(), refused.headers()["grpc-status"].to_str().unwrap()), (200, "3"));
+    s.shutdown();
+}
+
+/// A real gRPC client and server (tonic, the standard health service) through a sidecar whose
+/// WAF blocks: an ordinary call is answered, one with an attack in its message is refused
+/// before the app sees it, and the client reads the refusal as `PERMISSION_DENIED` (HTTP 403, as
+/// gRPC maps it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_client_sees_an_attack_in_its_message_refused_as_permission_denied() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_service_status("orders", tonic_health::ServingStatus::Serving).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let s = PolicedSidecar::start_with(&waf_policy("{mode: BLOCK}"), |c| c.inbound.app.0 = app).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.sidecar.inbound))
+        .unwrap()
+        .origin("http://orders.shop".parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    let reply = client.check(HealthCheckRequest { service: "orders".into() }).await.unwrap();
+    assert_eq!(reply.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    // Had the app seen it, the answer would be NOT_FOUND (no such service).
+    let attack = HealthCheckRequest { service: "x' UNION SELECT password FROM users--".into() };
+    let refused = client.check(attack.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    s.events_where("the refusal", 1, |e| e.to_string().contains("grpc_field")).await;
     s.shutdown();
 }
 
@@ -687,6 +724,18 @@ fn proto_string(field: u8, text: &[u8]) -> Vec<u8> {
     let mut f = vec![field << 3 | 2, text.len() as u8];
     f.extend_from_slice(text);
     f
+}
+
+/// A gRPC refusal (Trailers-Only: `200`, the head ends the stream) as `<grpc-status>: <code>`,
+/// after checking that its message names the request id it carries.
+fn grpc_refusal(answer: &http::Response<h2::RecvStream>) -> String {
+    assert_eq!(answer.status(), 200);
+    assert!(answer.body().is_end_stream(), "Trailers-Only");
+    let header = |name: &str| answer.headers()[name].to_str().unwrap().to_string();
+    let message = header("grpc-message");
+    let (code, id) = message.split_once(" (request id ").unwrap_or_else(|| panic!("{message}"));
+    assert_eq!(id, format!("{})", header("x-request-id")));
+    format!("{}: {code}", header("grpc-status"))
 }
 
 /// What an HTTP/2 app got of each call: its body's bytes as they came, and how the body ended.
@@ -802,7 +851,7 @@ async fn grpc_messages_are_read_as_they_stream_and_one_with_an_attack_never_reac
     body.send_data(bytes::Bytes::copy_from_slice(&attack[9..]), false).unwrap();
     let answer =
         tokio::time::timeout(std::time::Duration::from_secs(10), answer).await.expect("the refusal in time").unwrap();
-    assert_eq!(answer.status(), 403);
+    assert_eq!(grpc_refusal(&answer), "7: forbidden", "PERMISSION_DENIED");
     let (rest, ended) = heard_until_done(&mut reports).await;
     assert!(rest.is_empty() && !ended, "the app got {rest:?} of the attack; its call ended cleanly: {ended}");
     let events = s.events_where("the finding", 1, |e| e.to_string().contains("grpc_field")).await;
@@ -823,7 +872,7 @@ async fn grpc_messages_are_read_as_they_stream_and_one_with_an_attack_never_reac
     body.send_data(bytes::Bytes::copy_from_slice(&grpc_frame(&note)[..8]), true).unwrap();
     let answer =
         tokio::time::timeout(std::time::Duration::from_secs(10), answer).await.expect("the refusal in time").unwrap();
-    assert_eq!(answer.status(), 400);
+    assert_eq!(grpc_refusal(&answer), "3: invalid_request", "INVALID_ARGUMENT");
     let (rest, _) = heard_until_done(&mut reports).await;
     assert!(rest.is_empty(), "{rest:?}");
     s.shutdown();
