@@ -669,10 +669,9 @@ async fn grpc_messages_pass_a_waf_at_paranoia_two_that_still_reads_text_bodies()
     for label in ["text/plain", "application/octet-stream", "image/png"] {
         assert_eq!(call(label, attack).await.unwrap().status(), 403, "{label}");
     }
-    // Under a gRPC label to an HTTP/2 app, a body that is no gRPC message is refused as such, in
-    // gRPC's words: INVALID_ARGUMENT.
+    // Under a gRPC label to an HTTP/2 app, a body that is no gRPC message is refused as such.
     let refused = call("application/grpc", attack).await.unwrap();
-    assert_eq!((refused.status().as_u16(), refused.headers()["grpc-status"].to_str().unwrap()), (200, "3"));
+    assert_eq!((refused.status().as_u16(), refused.headers()["grpc-status"].to_str().unwrap()), (400, "13"));
     s.shutdown();
 }
 
@@ -726,16 +725,14 @@ fn proto_string(field: u8, text: &[u8]) -> Vec<u8> {
     f
 }
 
-/// A gRPC refusal (Trailers-Only: `200`, the head ends the stream) as `<grpc-status>: <code>`,
-/// after checking that its message names the request id it carries.
-fn grpc_refusal(answer: &http::Response<h2::RecvStream>) -> String {
-    assert_eq!(answer.status(), 200);
-    assert!(answer.body().is_end_stream(), "Trailers-Only");
+/// A refusal of a gRPC call: the HTTP status, and `<grpc-status>: <error>` after checking that
+/// its `grpc-message` names the request id it carries.
+fn grpc_refusal(answer: &http::Response<h2::RecvStream>) -> (u16, String) {
     let header = |name: &str| answer.headers()[name].to_str().unwrap().to_string();
     let message = header("grpc-message");
     let (code, id) = message.split_once(" (request id ").unwrap_or_else(|| panic!("{message}"));
     assert_eq!(id, format!("{})", header("x-request-id")));
-    format!("{}: {code}", header("grpc-status"))
+    (answer.status().as_u16(), format!("{}: {code}", header("grpc-status")))
 }
 
 /// What an HTTP/2 app got of each call: its body's bytes as they came, and how the body ended.
@@ -851,7 +848,7 @@ async fn grpc_messages_are_read_as_they_stream_and_one_with_an_attack_never_reac
     body.send_data(bytes::Bytes::copy_from_slice(&attack[9..]), false).unwrap();
     let answer =
         tokio::time::timeout(std::time::Duration::from_secs(10), answer).await.expect("the refusal in time").unwrap();
-    assert_eq!(grpc_refusal(&answer), "7: forbidden", "PERMISSION_DENIED");
+    assert_eq!(grpc_refusal(&answer), (403, "7: forbidden".into()), "PERMISSION_DENIED");
     let (rest, ended) = heard_until_done(&mut reports).await;
     assert!(rest.is_empty() && !ended, "the app got {rest:?} of the attack; its call ended cleanly: {ended}");
     let events = s.events_where("the finding", 1, |e| e.to_string().contains("grpc_field")).await;
@@ -872,7 +869,7 @@ async fn grpc_messages_are_read_as_they_stream_and_one_with_an_attack_never_reac
     body.send_data(bytes::Bytes::copy_from_slice(&grpc_frame(&note)[..8]), true).unwrap();
     let answer =
         tokio::time::timeout(std::time::Duration::from_secs(10), answer).await.expect("the refusal in time").unwrap();
-    assert_eq!(grpc_refusal(&answer), "3: invalid_request", "INVALID_ARGUMENT");
+    assert_eq!(grpc_refusal(&answer), (400, "13: invalid_request".into()), "INTERNAL, as gRPC reads a 400");
     let (rest, _) = heard_until_done(&mut reports).await;
     assert!(rest.is_empty(), "{rest:?}");
     s.shutdown();

@@ -36,9 +36,6 @@ pub struct RequestCtx {
     pub ratelimit_delay: Option<std::time::Duration>,
     /// The app or the peer failed the request (set when it ends; see [`finish`]).
     pub failed_upstream: bool,
-    /// The status of the sidecar's own answer (`respond::write`), whatever form it took on the
-    /// wire (a gRPC call's is a `200` with its `grpc-status`).
-    pub answered: Option<u16>,
 }
 
 impl RequestCtx {
@@ -53,7 +50,6 @@ impl RequestCtx {
             shed: false,
             ratelimit_delay: None,
             failed_upstream: false,
-            answered: None,
         }
     }
 
@@ -316,7 +312,7 @@ pub fn finish(
     peer: &str,
     ctx: &mut RequestCtx,
 ) {
-    let code = ctx.answered.or_else(|| session.response_written().map(|r| r.status.as_u16())).unwrap_or(0);
+    let code = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
     // An answer the app or the peer broke off (a reset mid-body) never reached the caller
     // whole, whatever its status said: a failure of the hop, counted as the 502 it would have
     // been had it come before the answer began, so success rates do not hide app crashes.

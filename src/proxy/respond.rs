@@ -146,85 +146,51 @@ impl Connection {
     }
 }
 
-/// Writes the sidecar's own answer: `{"error": code, "request_id": ...}` JSON with `status`; to
-/// a gRPC call, the same as gRPC says it (see [`write_grpc`]). The status is kept in `ctx` for
-/// the metrics and the access log, whichever form went on the wire.
+/// Writes `{"error": ..., "request_id": ...}` with `x-request-id` and any `extra` headers: every
+/// response the sidecar writes itself goes through here. To a gRPC call it adds `grpc-status`
+/// and `grpc-message` ([`grpc_status`]): tonic reads a status there first, and without one read
+/// the JSON body as a malformed message (`INTERNAL`, "invalid compression flag") whatever the
+/// refusal; grpc-go, grpc-java and grpcio read the HTTP status, to the same code.
 pub async fn write(
-    session: &mut Session,
-    status: u16,
-    code: &'static str,
-    ctx: &mut RequestCtx,
-    extra: &[(HeaderName, HeaderValue)],
-    connection: Connection,
-) -> pingora::Result<()> {
-    ctx.answered = Some(status);
-    if connection == Connection::Close {
-        session.set_keepalive(None);
-    }
-    let request_id = &ctx.id;
-    if crate::waf::is_grpc(session.req_header().headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes())) {
-        return write_grpc(session, status, code, request_id, extra).await;
-    }
-    let body = format!(r#"{{"error":"{code}","request_id":"{}"}}"#, request_id.as_str());
-    let mut header = ResponseHeader::build(status, Some(4 + extra.len()))?;
-    header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    header.insert_header(super::REQUEST_ID_HEADER, request_id.header_value())?;
-    header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    for (name, value) in extra {
-        header.insert_header(name.clone(), value.clone())?;
-    }
-    session.write_response_header(Box::new(header), false).await?;
-    session.write_response_body(Some(Bytes::from(body)), true).await
-}
-
-/// The answer to a gRPC call, as gRPC servers and Envoy give one: `200` with `grpc-status` and
-/// `grpc-message` in the head that ends the stream (gRPC's Trailers-Only). A JSON body under a
-/// `403` was read by gRPC clients as a malformed message: tonic and grpc-go reported `INTERNAL`
-/// ("invalid compression flag") whatever the refusal.
-async fn write_grpc(
     session: &mut Session,
     status: u16,
     code: &'static str,
     request_id: &RequestId,
     extra: &[(HeaderName, HeaderValue)],
+    connection: Connection,
 ) -> pingora::Result<()> {
-    let mut header = ResponseHeader::build(200, Some(5 + extra.len()))?;
-    header.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
-    header.insert_header("grpc-status", grpc_status(status).to_string())?;
-    // Printable ASCII but `%`: nothing to percent-encode.
-    header.insert_header("grpc-message", format!("{code} (request id {})", request_id.as_str()))?;
+    let body = format!(r#"{{"error":"{code}","request_id":"{}"}}"#, request_id.as_str());
+    let grpc = crate::waf::is_grpc(session.req_header().headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()));
+    let mut header = ResponseHeader::build(status, Some(4 + 2 * usize::from(grpc) + extra.len()))?;
+    header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     header.insert_header(super::REQUEST_ID_HEADER, request_id.header_value())?;
-    if !session.is_http2() {
-        // gRPC-Web over HTTP/1.1: a body of none, said so.
-        header.insert_header(http::header::CONTENT_LENGTH, 0)?;
+    header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+    if grpc {
+        header.insert_header("grpc-status", grpc_status(status).to_string())?;
+        // Printable ASCII but `%`: nothing to percent-encode.
+        header.insert_header("grpc-message", format!("{code} (request id {})", request_id.as_str()))?;
     }
     for (name, value) in extra {
         header.insert_header(name.clone(), value.clone())?;
     }
-    // pingora's own write of a head never ends an HTTP/2 stream (an empty DATA frame would, after
-    // it, which gRPC clients read as a head without trailers): h2's session is asked directly.
-    if let pingora::protocols::http::ServerSession::H2(h2) = &mut *session.downstream_session {
-        return h2.write_response_header(Box::new(header), true);
+    if connection == Connection::Close {
+        session.set_keepalive(None);
     }
     session.write_response_header(Box::new(header), false).await?;
-    session.write_response_body(None, true).await
+    session.write_response_body(Some(Bytes::from(body)), true).await
 }
 
-/// The gRPC status code (`google.rpc.Code`) for one of the sidecar's HTTP statuses: gRPC's own
-/// mapping of HTTP statuses where it has one (401, 403, 429 and 502-504, what a client infers
-/// from a bare status), and the nearest code for the rest.
+/// The gRPC status code (`google.rpc.Code`) gRPC's clients infer from an HTTP status
+/// (gRPC's "HTTP to gRPC status code mapping"), so every client reads one refusal alike.
 fn grpc_status(http: u16) -> u8 {
     match http {
-        400 => 3,             // INVALID_ARGUMENT: malformed, the caller's to fix
-        401 => 16,            // UNAUTHENTICATED
-        403 => 7,             // PERMISSION_DENIED
-        408 => 4,             // DEADLINE_EXCEEDED
-        413 | 414 | 431 => 8, // RESOURCE_EXHAUSTED: gRPC's code for a message over a limit
-        429 => 14,            // UNAVAILABLE, retried by gRPC clients after Retry-After's wait
-        500 => 13,            // INTERNAL
-        502..=504 => 14,      // UNAVAILABLE
-        _ => 2,               // UNKNOWN
+        400 => 13,             // INTERNAL
+        401 => 16,             // UNAUTHENTICATED
+        403 => 7,              // PERMISSION_DENIED
+        404 => 12,             // UNIMPLEMENTED
+        429 | 502..=504 => 14, // UNAVAILABLE
+        _ => 2,                // UNKNOWN
     }
 }
 
@@ -235,7 +201,7 @@ pub async fn refuse(session: &mut Session, refusal: Refusal, ctx: &mut RequestCt
     let mut extra = Vec::new();
     refusal.headers(|name, value| extra.push((name, value)));
     let connection = Connection::after(session, refusal.is_decision());
-    if let Err(e) = write(session, refusal.status(), refusal.code(), ctx, &extra, connection).await {
+    if let Err(e) = write(session, refusal.status(), refusal.code(), &ctx.id, &extra, connection).await {
         tracing::debug!(error = %e, "could not send the refusal");
     }
     ctx.refusal = Some(refusal);
@@ -253,7 +219,7 @@ pub async fn admit(session: &mut Session, inflight: &std::sync::Arc<super::Infli
     ctx.id = ctx.id.or_generate();
     let retry = [(http::header::RETRY_AFTER, HeaderValue::from_static("1"))];
     let connection = Connection::after(session, true);
-    if let Err(e) = write(session, 503, ErrorKind::Unavailable.code(), ctx, &retry, connection).await {
+    if let Err(e) = write(session, 503, ErrorKind::Unavailable.code(), &ctx.id, &retry, connection).await {
         tracing::debug!(error = %e, "could not send the 503");
     }
     false
@@ -378,7 +344,7 @@ pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> Fai
         let mut extra = Vec::new();
         refusal.headers(|name, value| extra.push((name, value)));
         let (status, code) = (refusal.status(), refusal.code());
-        if let Err(write_error) = write(session, status, code, ctx, &extra, Connection::Close).await {
+        if let Err(write_error) = write(session, status, code, &ctx.id, &extra, Connection::Close).await {
             tracing::debug!(error = %write_error, "could not send the refusal");
         }
         return FailToProxy { error_code: status, can_reuse_downstream: false };
@@ -391,7 +357,7 @@ pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> Fai
     } else {
         tracing::debug!(error = %e, request_id = ctx.id.as_str(), "request failed");
     }
-    if let Err(write_error) = write(session, kind.status(), kind.code(), ctx, &[], Connection::Close).await {
+    if let Err(write_error) = write(session, kind.status(), kind.code(), &ctx.id, &[], Connection::Close).await {
         tracing::debug!(error = %write_error, "could not send the error response");
     }
     FailToProxy { error_code: kind.status(), can_reuse_downstream: false }
