@@ -64,7 +64,7 @@ use std::fmt;
 pub(crate) use body::grpc_frame_start;
 pub use body::{is_grpc, json_like};
 use decode::Hit;
-pub use grpc::{GrpcMessages, Message as GrpcMessage, Piece as GrpcPiece, Stopped as GrpcStopped};
+pub use grpc::{GrpcMessages, Message as GrpcMessage, Piece as GrpcPiece};
 
 /// The detector families; their names are the `detector` label of metrics and events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -185,6 +185,76 @@ pub enum BodyInspection {
     Uninspected,
 }
 
+/// Step 6 on a gRPC call, a message at a time as its body streams: each message is inspected
+/// when whole, before a byte of it goes on. Read whole like other bodies, a streaming call
+/// would wait on its client's last message, and its client on the answer to its first.
+#[derive(Debug)]
+pub struct GrpcCall {
+    plan: BodyPlan,
+    messages: crate::waf::GrpcMessages,
+    /// `grpc-encoding`: how a message whose frame says so is compressed.
+    encoding: Coding,
+    /// `application/grpc+json`: each message a JSON document.
+    json_codec: bool,
+}
+
+impl GrpcCall {
+    /// For a gRPC request of `headers` whose body the policy reads (`plan`).
+    pub fn new(plan: BodyPlan, headers: &HeaderMap) -> Self {
+        let content_type = headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()).unwrap_or_default();
+        let json_codec = content_type.len() >= 21 && content_type[..21].eq_ignore_ascii_case(b"application/grpc+json");
+        let encoding = Coding::of(headers.get_all("grpc-encoding").iter().map(|v| v.as_bytes()));
+        GrpcCall { messages: crate::waf::GrpcMessages::new(plan.limit), plan, encoding, json_codec }
+    }
+
+    /// Takes the body's next piece: the bytes that go on now (whole messages `policy` let
+    /// through, a message too long to read as it comes), or the refusal that stops the call.
+    /// DETECT findings go to `note`; messages passed on unread are counted in `uninspected`.
+    pub fn next(
+        &mut self,
+        policy: &PolicySnapshot,
+        path: &str,
+        chunk: &bytes::Bytes,
+        mut note: impl FnMut(Note),
+        uninspected: &mut u64,
+    ) -> Result<bytes::Bytes, Refusal> {
+        use crate::waf::GrpcPiece;
+        let GrpcCall { plan, messages, encoding, json_codec } = self;
+        let mut refused = None;
+        let on = messages.push(chunk, |piece| {
+            let verdict = match piece {
+                GrpcPiece::Message(message) => {
+                    policy.inspect_grpc_message(*plan, path, message, *encoding, *json_codec, &mut note)
+                }
+                GrpcPiece::TooLong(_) if plan.reject_over_limit => Err(Refusal::UninspectableBody),
+                GrpcPiece::TooLong(_) => Ok(BodyInspection::Uninspected),
+                GrpcPiece::Malformed => {
+                    Err(Refusal::Malformed("a gRPC message whose compression flag is neither 0 nor 1"))
+                }
+            };
+            match verdict {
+                Ok(inspection) => {
+                    *uninspected += u64::from(inspection == BodyInspection::Uninspected);
+                    true
+                }
+                Err(refusal) => {
+                    refused = Some(refusal);
+                    false
+                }
+            }
+        });
+        on.map_err(|_| refused.expect("a stop says why"))
+    }
+
+    /// At the end of the body: a refusal if it ended inside a message.
+    pub fn end(&self) -> Result<(), Refusal> {
+        match self.messages.between_messages() {
+            true => Ok(()),
+            false => Err(Refusal::Malformed("a gRPC request body that ends inside a message")),
+        }
+    }
+}
+
 /// A request the decision let through.
 #[derive(Debug)]
 pub struct Allowed<'a> {
@@ -688,7 +758,7 @@ impl PolicySnapshot {
     /// Step 6 on one whole message of a gRPC request for `path`, as it came (at most
     /// [`BodyPlan::limit`] bytes): undone from the call's `grpc-encoding` when its frame says it
     /// is compressed, then read as protobuf, or as JSON for gRPC's JSON codec (`json_codec`).
-    pub fn inspect_grpc_message(
+    fn inspect_grpc_message(
         &self,
         plan: BodyPlan,
         path: &str,

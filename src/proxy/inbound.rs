@@ -26,7 +26,9 @@ use super::respond::{self, fail, ErrorKind};
 use super::{peer_identity, RequestId, ORIG_PROTO_HEADER, REQUEST_ID_HEADER, XFCC_HEADER};
 use crate::authn::Verified;
 use crate::config::{AppProtocol, UnderscoreHeaders};
-use crate::policy::{Authenticated, BodyInspection, BodyPlan, PolicySnapshot, PolicyStore, Refusal, RequestView};
+use crate::policy::{
+    Authenticated, BodyInspection, BodyPlan, GrpcCall, PolicySnapshot, PolicyStore, Refusal, RequestView,
+};
 use crate::telemetry::Telemetry;
 
 /// An HTTP/2 app's stream flow-control window (see `upstream_peer`).
@@ -60,27 +62,10 @@ pub struct InboundCtx {
 }
 
 /// Step 6 on a gRPC call to an HTTP/2 app, a message at a time as its body streams
-/// (`request_body_filter`): each message is inspected when whole, before a byte of it goes on.
-/// Read whole like other bodies, a streaming call would wait on its client's last message, and
-/// its client on the answer to its first.
+/// (`request_body_filter`; see [`GrpcCall`]), under the policy in force when it began.
 struct GrpcBody {
     policy: Arc<PolicySnapshot>,
-    plan: BodyPlan,
-    messages: crate::waf::GrpcMessages,
-    /// `grpc-encoding`: how a message whose frame says so is compressed.
-    encoding: crate::waf::encoding::Coding,
-    /// `application/grpc+json`: each message a JSON document.
-    json_codec: bool,
-}
-
-impl GrpcBody {
-    /// For a request of `headers`, when it is a gRPC call the policy reads (`plan`).
-    fn new(policy: Arc<PolicySnapshot>, plan: BodyPlan, headers: &http::HeaderMap) -> Box<Self> {
-        let content_type = headers.get(CONTENT_TYPE).map(|v| v.as_bytes()).unwrap_or_default();
-        let json_codec = content_type.len() >= 21 && content_type[..21].eq_ignore_ascii_case(b"application/grpc+json");
-        let encoding = crate::waf::encoding::Coding::of(headers.get_all("grpc-encoding").iter().map(|v| v.as_bytes()));
-        Box::new(GrpcBody { messages: crate::waf::GrpcMessages::new(plan.limit), policy, plan, encoding, json_codec })
-    }
+    call: GrpcCall,
 }
 
 /// The app, and its keep-alive connections: at one address, or (`inbound.app` with port 0) at
@@ -196,35 +181,13 @@ impl Inbound {
         chunk: &Bytes,
     ) -> Result<Bytes, Refusal> {
         let path = session.req_header().uri.path();
-        let GrpcBody { policy, plan, messages, encoding, json_codec } = grpc;
-        let (mut notes, mut refused, mut uninspected) = (Vec::new(), None, 0);
-        let on = messages.push(chunk, |piece| {
-            let verdict = match piece {
-                crate::waf::GrpcPiece::Message(message) => {
-                    policy.inspect_grpc_message(*plan, path, message, *encoding, *json_codec, |n| notes.push(n))
-                }
-                crate::waf::GrpcPiece::TooLong(_) if plan.reject_over_limit => Err(Refusal::UninspectableBody),
-                crate::waf::GrpcPiece::TooLong(_) => Ok(BodyInspection::Uninspected),
-                crate::waf::GrpcPiece::Malformed => {
-                    Err(Refusal::Malformed("a gRPC message whose compression flag is neither 0 nor 1"))
-                }
-            };
-            match verdict {
-                Ok(inspection) => {
-                    uninspected += u64::from(inspection == BodyInspection::Uninspected);
-                    true
-                }
-                Err(refusal) => {
-                    refused = Some(refusal);
-                    false
-                }
-            }
-        });
+        let (mut notes, mut uninspected) = (Vec::new(), 0);
+        let on = grpc.call.next(&grpc.policy, path, chunk, |note| notes.push(note), &mut uninspected);
         for note in notes {
             record::report_note(&self.telemetry, session, request, note, path);
         }
         self.telemetry.metrics.waf_uninspected.inc_by(uninspected);
-        on.map_err(|_| refused.expect("a stop says why"))
+        on
     }
 
     /// Step 6 on a body read whole; DETECT findings are reported here.
@@ -505,12 +468,10 @@ impl ProxyHttp for Inbound {
             )
         };
         // A gRPC call to an HTTP/2 app: its messages are read as they stream, not here.
-        let grpc = plan.filter(|_| {
-            ctx.app_h2 && crate::waf::is_grpc(session.req_header().headers.get(CONTENT_TYPE).map(|v| v.as_bytes()))
-        });
-        let plan = match grpc {
+        let plan = match plan.filter(|_| ctx.app_h2 && super::is_grpc(session.req_header())) {
             Some(plan) => {
-                ctx.grpc = Some(GrpcBody::new(Arc::clone(&policy), plan, &session.req_header().headers));
+                let call = GrpcCall::new(plan, &session.req_header().headers);
+                ctx.grpc = Some(Box::new(GrpcBody { policy: Arc::clone(&policy), call }));
                 None
             }
             None => plan,
@@ -648,10 +609,7 @@ impl ProxyHttp for Inbound {
             },
             None => None,
         };
-        let refusal = refusal.or_else(|| {
-            (end_of_stream && !grpc.messages.between_messages())
-                .then_some(Refusal::Malformed("a gRPC request body that ends inside a message"))
-        });
+        let refusal = refusal.or_else(|| grpc.call.end().err().filter(|_| end_of_stream));
         let Some(refusal) = refusal else { return Ok(()) };
         // Nothing more goes to the app, which sees its call cancelled; the caller gets the
         // refusal (`fail_to_proxy`), or a reset stream once the app has begun to answer.

@@ -160,7 +160,7 @@ pub async fn write(
     connection: Connection,
 ) -> pingora::Result<()> {
     let body = format!(r#"{{"error":"{code}","request_id":"{}"}}"#, request_id.as_str());
-    let grpc = crate::waf::is_grpc(session.req_header().headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()));
+    let grpc = super::is_grpc(session.req_header());
     let mut header = ResponseHeader::build(status, Some(4 + 2 * usize::from(grpc) + extra.len()))?;
     header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
