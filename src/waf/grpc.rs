@@ -174,7 +174,10 @@ pub(crate) fn message(waf: &Waf, payload: &[u8], json_codec: bool, skip: &Skips<
         return walk(waf, payload, 0, &mut path, skip);
     }
     // Not protobuf: text anyway to an app that reads it.
-    text_value(waf, payload, &path, skip)
+    match reads_as_text(payload) {
+        true => text_value(waf, payload, &path, skip),
+        false => None,
+    }
 }
 
 /// The fields of `bytes`, a message, `path` the field numbers that lead to it (`1.4.2`).
@@ -210,7 +213,7 @@ fn walk(waf: &Waf, bytes: &[u8], depth: usize, path: &mut Vec<u8>, skip: &Skips<
                         return Some(f);
                     }
                 }
-                if std::str::from_utf8(value).is_ok() && (!nested || !has_controls(value)) {
+                if reads_as_text(value) && (!nested || !has_controls(value)) {
                     if let Some(f) = text_value(waf, value, path, skip) {
                         return Some(f);
                     }
@@ -224,7 +227,26 @@ fn walk(waf: &Waf, bytes: &[u8], depth: usize, path: &mut Vec<u8>, skip: &Skips<
 }
 
 fn text_value(waf: &Waf, value: &[u8], path: &[u8], skip: &Skips<'_>) -> Option<Finding> {
-    waf.value(Value { class: Class::Arg, kind: LocationKind::GrpcField, name: path, value }, skip)
+    let found = waf.value(Value { class: Class::Arg, kind: LocationKind::GrpcField, name: path, value }, skip);
+    if found.is_some() || !value.contains(&0) {
+        return found;
+    }
+    // NULs between words (`1\0UNION\0SELECT`), which some engines take as blanks: in a query
+    // they are a protocol finding, which gRPC fields do not get.
+    let blanked: Vec<u8> = value.iter().map(|&b| if b == 0 { b' ' } else { b }).collect();
+    waf.value(Value { class: Class::Arg, kind: LocationKind::GrpcField, name: path, value: &blanked }, skip)
+}
+
+/// Text to an app that reads it as such: UTF-8 (a protobuf `string` must be), or bytes that
+/// are mostly printable ASCII (a `bytes` field an app decodes leniently, a stray byte before an
+/// attack). Binary data (an image, a hash, compressed bytes: about 38% printable) is not read,
+/// as binary HTTP bodies are not.
+fn reads_as_text(value: &[u8]) -> bool {
+    if std::str::from_utf8(value).is_ok() {
+        return true;
+    }
+    let printable = value.iter().filter(|&&b| matches!(b, 0x20..=0x7e | b'\t' | b'\n' | b'\r')).count();
+    printable * 4 >= value.len() * 3
 }
 
 /// C0 control bytes other than tab and line breaks: in a message's own bytes (tags of fields 1
@@ -336,6 +358,10 @@ mod tests {
         let mut nul = attack.to_vec();
         nul.insert(0, 0);
         assert!(inspect(&field(1, &nul)).is_some(), "a NUL before the attack");
+        // A `bytes` field an app decodes leniently: a stray byte that is not UTF-8 before the
+        // attack; NULs for blanks between its words.
+        assert!(inspect(&field(6, b"\xbf<body onload=alert(document.domain)>")).is_some());
+        assert!(inspect(&field(6, b"1\0UNION\0SELECT\0password\0FROM\0users--")).is_some());
         // JSON in a string field (a common way to carry a free-form document).
         assert!(inspect(&field(5, br#"{"q": "1; DROP TABLE users--"}"#)).is_some());
         // gRPC's JSON codec: the message is a JSON document.
@@ -357,7 +383,18 @@ mod tests {
         customer.extend(field(6, &[1, 2, 3, 150, 1]));
         customer.extend(field(7, b""));
         customer.extend([0x45, 0, 0, 0x80, 0x3f]);
+        // An image's bytes: binary, not read (a deterministic stand-in for compressed data).
+        let mut image = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut x = 0x2545_f491_u32;
+        image.extend((0..4096).map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        }));
+        customer.extend(field(8, &image[..120]));
         let mut request = field(1, &customer);
+        request.extend(field(3, &image));
         request.extend(field(2, b"orders.v1.OrderService/Create"));
         assert_eq!(inspect(&request), None);
         for pl in 1..=4 {
