@@ -118,6 +118,9 @@ impl ControlPlane {
         let webhook = match (webhook, &config.webhook) {
             (Some((Ok(app), Ok(cert))), Some(w)) => {
                 let listener = bind(w.listen.0, "webhook.listen").map_err(StartError::System)?;
+                if let Some(ca) = &ca {
+                    app.follow_ca_roots(ca.bundle.subscribe());
+                }
                 Some(Webhook { app, cert, listener })
             }
             _ => None,

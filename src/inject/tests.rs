@@ -928,6 +928,37 @@ fn the_webhooks_trust_anchors_follow_their_file() {
     assert_eq!(anchors(&live.current()), both, "an unreadable file too");
 }
 
+/// With a CA in the control plane, pods get the roots it hands out, whatever the anchors file
+/// says meanwhile: a bundle the CA refused (the file rewritten with the old root alone while the
+/// new key signs) stays out of new pods, as it stays out of the CA.
+#[test]
+fn the_webhooks_trust_anchors_follow_the_cas_bundle_in_force_over_the_file() {
+    use crate::identity::DevCa;
+    use rustls::pki_types::pem::PemObject;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("roots.crt");
+    let (old, new) = (DevCa::generate("cluster.local").unwrap(), DevCa::generate("cluster.local").unwrap());
+    let both = format!("{}{}", old.cert_pem(), new.cert_pem());
+    std::fs::write(&file, &both).unwrap();
+    let mut configured = InjectSettings::default();
+    configured.identity.trust_anchors_file = Some(file.clone());
+    let live = super::webhook::LiveSettings::new(configured.resolve_files().unwrap());
+    let der = |pem: &str| -> Vec<Vec<u8>> {
+        rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes()).map(|c| c.unwrap().to_vec()).collect()
+    };
+    let (ca, roots) = tokio::sync::watch::channel(std::sync::Arc::new(der(&both)));
+    live.follow_ca_roots(roots);
+    let anchors = |s: &InjectSettings| der(s.identity.trust_anchors.as_deref().unwrap());
+    assert_eq!(anchors(&live.current()), der(&both));
+    // The file loses the new root; the CA refused that and keeps both.
+    std::fs::write(&file, old.cert_pem()).unwrap();
+    assert_eq!(anchors(&live.current()), der(&both));
+    // The CA's bundle moves on (a rotation's last step): so do new pods.
+    ca.send_replace(std::sync::Arc::new(der(new.cert_pem())));
+    assert_eq!(anchors(&live.current()), der(new.cert_pem()));
+    assert!(crate::identity::check_trust_anchors(live.current().identity.trust_anchors.as_deref().unwrap()).is_ok());
+}
+
 /// A native sidecar (an init container with `restartPolicy: Always`) is an app container: its
 /// probes of captured ports are the sidecar's to ask, found at its index once `palisade-init`
 /// and `palisade-proxy` are in front of it, by the webhook's patch and in the manifest's text.

@@ -210,6 +210,22 @@ fn malformed(why: String) -> Outcome {
     Outcome { status: 400, body, decision: Decided::Malformed(why) }
 }
 
+/// Certificates (DER) as PEM text, as a trust anchors file holds them.
+fn pem_certificates(certificates: &[Vec<u8>]) -> String {
+    use base64::Engine;
+    let mut pem = String::new();
+    for der in certificates {
+        pem.push_str("-----BEGIN CERTIFICATE-----\n");
+        let text = base64::engine::general_purpose::STANDARD.encode(der);
+        for line in text.as_bytes().chunks(64) {
+            pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE-----\n");
+    }
+    pem
+}
+
 /// The webhook's HTTP app: `POST /inject` and `GET /live`. TLS is the listener's business.
 pub struct InjectWebhook {
     /// Read again, with its trust anchors, when `identity.trustAnchorsFile` changes.
@@ -232,6 +248,11 @@ impl InjectWebhook {
             bodies: crate::serve::PerSource::new(BODIES_PER_SOURCE),
             decodes: Arc::new(tokio::sync::Semaphore::new(DECODES_AT_ONCE)),
         }
+    }
+
+    /// Injects the roots the control plane's CA hands out ([`LiveSettings::follow_ca_roots`]).
+    pub fn follow_ca_roots(&self, roots: tokio::sync::watch::Receiver<Arc<Vec<Vec<u8>>>>) {
+        self.settings.follow_ca_roots(roots);
     }
 
     /// The review's body, within [`MAX_REVIEW_BYTES`] and [`REVIEW_BODY_DEADLINE`], with the
@@ -326,18 +347,44 @@ pub(super) struct LiveSettings {
     settings: arc_swap::ArcSwap<InjectSettings>,
     /// Why the file's anchors were last refused: said once, not at every pod.
     refused: std::sync::Mutex<Option<String>>,
+    /// The roots the control plane's CA hands out (DER), when it runs one: what pods get.
+    ca_roots: std::sync::OnceLock<tokio::sync::watch::Receiver<Arc<Vec<Vec<u8>>>>>,
 }
 
 impl LiveSettings {
     pub(super) fn new(settings: InjectSettings) -> Self {
-        LiveSettings { settings: arc_swap::ArcSwap::from_pointee(settings), refused: Default::default() }
+        LiveSettings {
+            settings: arc_swap::ArcSwap::from_pointee(settings),
+            refused: Default::default(),
+            ca_roots: Default::default(),
+        }
     }
 
-    /// The settings for the review at hand. The file is read at each (a review is a pod's
-    /// creation, and the file a few certificates); one that cannot be read, or holds anchors
-    /// that are refused, leaves the last good ones in force, with a warning when that changes.
+    /// Pods get the roots the CA hands out, its trust bundle in force, rather than what the
+    /// anchors file says: the CA checks a new bundle (it must hold the root the CA chains to) and
+    /// keeps the last good one, and injected pods must trust the control plane it signs for.
+    pub(super) fn follow_ca_roots(&self, roots: tokio::sync::watch::Receiver<Arc<Vec<Vec<u8>>>>) {
+        let _ = self.ca_roots.set(roots);
+    }
+
+    /// The settings for the review at hand: with the CA's roots followed, those; else the file is
+    /// read at each review (a review is a pod's creation, and the file a few certificates); one
+    /// that cannot be read, or holds anchors that are refused, leaves the last good ones in
+    /// force, with a warning when that changes.
     pub(super) fn current(&self) -> Arc<InjectSettings> {
         let now = self.settings.load_full();
+        if let Some(roots) = self.ca_roots.get() {
+            let pem = pem_certificates(&roots.borrow());
+            if now.identity.trust_anchors.as_ref() == Some(&pem) {
+                return now;
+            }
+            let mut next = (*now).clone();
+            next.identity.trust_anchors = Some(pem);
+            tracing::info!(target: "palisade::inject", "the CA's trust bundle changed; pods injected from now on get it");
+            let next = Arc::new(next);
+            self.settings.store(next.clone());
+            return next;
+        }
         let Some(path) = &now.identity.trust_anchors_file else { return now };
         let pem = match crate::yaml::read_file(path, 1 << 20) {
             Ok(pem) if now.identity.trust_anchors.as_ref() == Some(&pem) => {
