@@ -213,9 +213,18 @@ fn walk(waf: &Waf, bytes: &[u8], depth: usize, path: &mut Vec<u8>, skip: &Skips<
                         return Some(f);
                     }
                 }
-                if reads_as_text(value) && (!nested || !has_controls(value)) {
-                    if let Some(f) = text_value(waf, value, path, skip) {
-                        return Some(f);
+                if reads_as_text(value) {
+                    // Text that also parses as a message is read as text too, or an attack with
+                    // a control byte added so that it parses would hide in the bytes the walk
+                    // skips (a fixed64 "value", a group). Read so, its tags and lengths are
+                    // blanks: joined with the fields' contents they made quotes and `$`s that
+                    // were never in any field.
+                    let found = match nested && has_controls(value) {
+                        true => text_value(waf, &message_text(value), path, skip),
+                        false => text_value(waf, value, path, skip),
+                    };
+                    if found.is_some() {
+                        return found;
                     }
                 }
                 path.truncate(outer);
@@ -252,7 +261,41 @@ fn reads_as_text(value: &[u8]) -> bool {
 /// C0 control bytes other than tab and line breaks: in a message's own bytes (tags of fields 1
 /// to 3, lengths under 32), rare in text.
 fn has_controls(bytes: &[u8]) -> bool {
-    bytes.iter().any(|&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+    bytes.iter().any(|&b| is_control(b))
+}
+
+fn is_control(b: u8) -> bool {
+    b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')
+}
+
+/// A message's bytes as text: each tag and length a blank, as are control bytes among the
+/// values. `bytes` parses ([`parses`]).
+fn message_text(bytes: &[u8]) -> Vec<u8> {
+    let mut text: Vec<u8> = bytes.iter().map(|&b| if is_control(b) { b' ' } else { b }).collect();
+    let mut at = 0;
+    let blank = |text: &mut Vec<u8>, from: usize, to: usize| text[from..to].fill(b' ');
+    while at < bytes.len() {
+        let start = at;
+        let Some(tag) = varint(bytes, &mut at) else { break };
+        blank(&mut text, start, at);
+        let skip = match tag & 7 {
+            0 => {
+                let _ = varint(bytes, &mut at);
+                0
+            }
+            1 => 8,
+            5 => 4,
+            2 => {
+                let start = at;
+                let len = varint(bytes, &mut at).and_then(|l| usize::try_from(l).ok()).unwrap_or(usize::MAX);
+                blank(&mut text, start, at.min(bytes.len()));
+                len
+            }
+            _ => 0,
+        };
+        at = at.saturating_add(skip);
+    }
+    text
 }
 
 /// Whether `bytes` is a whole protobuf message: each field's tag valid (field number at least 1,
@@ -354,6 +397,12 @@ mod tests {
         order.extend(field(3, &customer));
         let found = inspect(&field(2, &order)).expect("nested twice");
         assert_eq!((found.detector, found.location.name.as_str()), (Detector::Xss, "2.3.4"));
+        // Text that also parses as a message (a fixed64 tag `a` skipping `' OR 1=1`, a control
+        // byte at the end to make it parse): read as text all the same.
+        for disguised in [&b"a' OR 1=1-- \x0cx"[..], b"Sm<svg\tonload=alert(1)> \x1fxxxxx"] {
+            assert!(parses(disguised), "{disguised:?} parses as a message");
+            assert!(inspect(&field(1, disguised)).is_some(), "{disguised:?}");
+        }
         // A string cut off by a NUL is still read; a message of this sort is no message.
         let mut nul = attack.to_vec();
         nul.insert(0, 0);
