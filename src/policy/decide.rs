@@ -192,8 +192,9 @@ pub enum BodyInspection {
 pub struct GrpcCall {
     plan: BodyPlan,
     messages: crate::waf::GrpcMessages,
-    /// `grpc-encoding`: how a message whose frame says so is compressed.
-    encoding: Coding,
+    /// `grpc-encoding`: how a message whose frame says so is compressed; `None` when more than
+    /// one is named (grpc-core takes the last line, `Coding::of` the first it can undo).
+    encoding: Option<Coding>,
     /// `application/grpc+json`: each message a JSON document.
     json_codec: bool,
 }
@@ -203,7 +204,9 @@ impl GrpcCall {
     pub fn new(plan: BodyPlan, headers: &HeaderMap) -> Self {
         let content_type = headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()).unwrap_or_default();
         let json_codec = content_type.len() >= 21 && content_type[..21].eq_ignore_ascii_case(b"application/grpc+json");
-        let encoding = Coding::of(headers.get_all("grpc-encoding").iter().map(|v| v.as_bytes()));
+        let named = headers.get_all("grpc-encoding");
+        let several = named.iter().count() > 1 || named.iter().any(|v| v.as_bytes().contains(&b','));
+        let encoding = (!several).then(|| Coding::of(named.iter().map(|v| v.as_bytes())));
         GrpcCall { messages: crate::waf::GrpcMessages::new(plan.limit), plan, encoding, json_codec }
     }
 
@@ -756,14 +759,15 @@ impl PolicySnapshot {
     }
 
     /// Step 6 on one whole message of a gRPC request for `path`, as it came (at most
-    /// [`BodyPlan::limit`] bytes): undone from the call's `grpc-encoding` when its frame says it
-    /// is compressed, then read as protobuf, or as JSON for gRPC's JSON codec (`json_codec`).
+    /// [`BodyPlan::limit`] bytes): undone from the call's `grpc-encoding` (`None`: more than one
+    /// named) when its frame says it is compressed, then read as protobuf, or as JSON for gRPC's
+    /// JSON codec (`json_codec`).
     fn inspect_grpc_message(
         &self,
         plan: BodyPlan,
         path: &str,
         message: crate::waf::GrpcMessage<'_>,
-        encoding: Coding,
+        encoding: Option<Coding>,
         json_codec: bool,
         mut note: impl FnMut(Note),
     ) -> Result<BodyInspection, Refusal> {
@@ -775,20 +779,25 @@ impl PolicySnapshot {
         let decoded;
         let payload = match (message.compressed, encoding) {
             (false, _) => message.payload,
-            (true, Coding::Identity) => {
+            (true, None) => {
+                return Err(Refusal::Malformed("a compressed gRPC message under more than one grpc-encoding"))
+            }
+            (true, Some(Coding::Identity)) => {
                 return Err(Refusal::Malformed("a compressed gRPC message without grpc-encoding"))
             }
-            (true, Coding::Other) => return over_limit(),
-            (true, coding) => match encoding::decode(coding, message.payload, plan.limit, false) {
+            (true, Some(Coding::Other)) => return over_limit(),
+            (true, Some(coding)) => match encoding::decode(coding, message.payload, plan.limit, false) {
                 Decoded::Bytes(bytes) => {
                     decoded = bytes;
                     &decoded[..]
                 }
                 Decoded::TooLong => return over_limit(),
-                // What inflated before the error is read; the app fails the call on the rest.
-                Decoded::Corrupt(partial) => {
-                    decoded = partial;
-                    &decoded[..]
+                // Not of the coding the call names: an app that inflates it another way would
+                // read what the WAF cannot.
+                Decoded::Corrupt(_) => {
+                    return Err(Refusal::Malformed(
+                        "a compressed gRPC message that does not inflate as its grpc-encoding says",
+                    ))
                 }
             },
         };
@@ -1690,6 +1699,58 @@ mod tests {
         let off = waf_policy("{mode: OFF}");
         let (verdict, notes) = req("GET", attack).decide_noting(&off);
         assert!(verdict.is_ok() && notes.is_empty());
+    }
+
+    /// A gRPC call's compressed messages are read inflated as the call's one `grpc-encoding`
+    /// says; a call that names more than one (grpc-core reads the last line, another reader the
+    /// first), or a message that does not inflate as named, is refused rather than read as
+    /// nothing.
+    #[test]
+    fn a_grpc_calls_compressed_messages_are_read_inflated_under_one_encoding_only() {
+        let s = waf_policy("{mode: BLOCK}");
+        let plan = s.body_plan("/t.S/Unary", Some(b"application/grpc"), []).expect("read");
+        let mut message = vec![0x0a, 32];
+        message.extend_from_slice(b"1' OR '1'='1' UNION SELECT 1 --  ");
+        let gzip = {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(&message).unwrap();
+            e.finish().unwrap()
+        };
+        let framed = |compressed: bool, payload: &[u8]| {
+            let mut f = vec![u8::from(compressed)];
+            f.extend((payload.len() as u32).to_be_bytes());
+            f.extend_from_slice(payload);
+            bytes::Bytes::from(f)
+        };
+        let call = |encodings: &[&'static str], body: bytes::Bytes| {
+            let mut headers = HeaderMap::new();
+            for e in encodings {
+                headers.append("grpc-encoding", HeaderValue::from_static(e));
+            }
+            GrpcCall::new(plan, &headers).next(&s, "/t.S/Unary", &body, |_| {}, &mut 0)
+        };
+        assert!(matches!(call(&[], framed(false, &message)), Err(Refusal::Blocked(_))));
+        assert!(matches!(call(&["gzip"], framed(true, &gzip)), Err(Refusal::Blocked(_))));
+        for twice in [&["deflate", "gzip"][..], &["gzip", "deflate"], &["deflate, gzip"]] {
+            let refused = call(twice, framed(true, &gzip));
+            assert!(
+                matches!(refused, Err(Refusal::Malformed(why)) if why.contains("more than one")),
+                "{twice:?}: {refused:?}"
+            );
+        }
+        let refused = call(&["deflate"], framed(true, &gzip));
+        assert!(matches!(refused, Err(Refusal::Malformed(why)) if why.contains("does not inflate")), "{refused:?}");
+        // An ordinary compressed message goes on whole.
+        let mut ok = vec![0x0a, 6];
+        ok.extend_from_slice(b"orders");
+        let gzip_ok = {
+            use std::io::Write;
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(&ok).unwrap();
+            e.finish().unwrap()
+        };
+        assert_eq!(call(&["gzip"], framed(true, &gzip_ok)), Ok(framed(true, &gzip_ok)));
     }
 
     #[test]
