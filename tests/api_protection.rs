@@ -726,13 +726,25 @@ fn proto_string(field: u8, text: &[u8]) -> Vec<u8> {
 }
 
 /// A refusal of a gRPC call: the HTTP status, and `<grpc-status>: <error>` after checking that
-/// its `grpc-message` names the request id it carries.
-fn grpc_refusal(answer: &http::Response<h2::RecvStream>) -> (u16, String) {
+/// its `grpc-message` names the request id it carries, and that the trailers after the JSON body
+/// say the same (grpc-core reads a status only there).
+async fn grpc_refusal(answer: http::Response<h2::RecvStream>) -> (u16, String) {
     let header = |name: &str| answer.headers()[name].to_str().unwrap().to_string();
     let message = header("grpc-message");
     let (code, id) = message.split_once(" (request id ").unwrap_or_else(|| panic!("{message}"));
     assert_eq!(id, format!("{})", header("x-request-id")));
-    (answer.status().as_u16(), format!("{}: {code}", header("grpc-status")))
+    let refusal = (answer.status().as_u16(), format!("{}: {code}", header("grpc-status")));
+    let (head, mut body) = answer.into_parts();
+    let mut json = Vec::new();
+    while let Some(piece) = body.data().await {
+        json.extend_from_slice(&piece.unwrap());
+    }
+    let json: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(json["request_id"], head.headers["x-request-id"].to_str().unwrap());
+    let trailers = body.trailers().await.unwrap().expect("trailers after the body");
+    assert_eq!(trailers["grpc-status"], head.headers["grpc-status"]);
+    assert_eq!(trailers["grpc-message"], head.headers["grpc-message"]);
+    refusal
 }
 
 /// What an HTTP/2 app got of each call: its body's bytes as they came, and how the body ended.
@@ -848,7 +860,7 @@ async fn grpc_messages_are_read_as_they_stream_and_one_with_an_attack_never_reac
     body.send_data(bytes::Bytes::copy_from_slice(&attack[9..]), false).unwrap();
     let answer =
         tokio::time::timeout(std::time::Duration::from_secs(10), answer).await.expect("the refusal in time").unwrap();
-    assert_eq!(grpc_refusal(&answer), (403, "7: forbidden".into()), "PERMISSION_DENIED");
+    assert_eq!(grpc_refusal(answer).await, (403, "7: forbidden".into()), "PERMISSION_DENIED");
     let (rest, ended) = heard_until_done(&mut reports).await;
     assert!(rest.is_empty() && !ended, "the app got {rest:?} of the attack; its call ended cleanly: {ended}");
     let events = s.events_where("the finding", 1, |e| e.to_string().contains("grpc_field")).await;
@@ -869,7 +881,7 @@ async fn grpc_messages_are_read_as_they_stream_and_one_with_an_attack_never_reac
     body.send_data(bytes::Bytes::copy_from_slice(&grpc_frame(&note)[..8]), true).unwrap();
     let answer =
         tokio::time::timeout(std::time::Duration::from_secs(10), answer).await.expect("the refusal in time").unwrap();
-    assert_eq!(grpc_refusal(&answer), (400, "13: invalid_request".into()), "INTERNAL, as gRPC reads a 400");
+    assert_eq!(grpc_refusal(answer).await, (400, "13: invalid_request".into()), "INTERNAL, as gRPC reads a 400");
     let (rest, _) = heard_until_done(&mut reports).await;
     assert!(rest.is_empty(), "{rest:?}");
     s.shutdown();

@@ -148,9 +148,10 @@ impl Connection {
 
 /// Writes `{"error": ..., "request_id": ...}` with `x-request-id` and any `extra` headers: every
 /// response the sidecar writes itself goes through here. To a gRPC call it adds `grpc-status`
-/// and `grpc-message` ([`grpc_status`]): tonic reads a status there first, and without one read
-/// the JSON body as a malformed message (`INTERNAL`, "invalid compression flag") whatever the
-/// refusal; grpc-go, grpc-java and grpcio read the HTTP status, to the same code.
+/// and `grpc-message` ([`grpc_status`]) in the head, and over HTTP/2 in trailers after the body
+/// too: tonic reads a status in the head first, and without one read the JSON body as a
+/// malformed message (`INTERNAL`, "invalid compression flag") whatever the refusal; grpc-core
+/// reads one only in trailers; grpc-go and grpc-java read the HTTP status, to the same code.
 pub async fn write(
     session: &mut Session,
     status: u16,
@@ -178,7 +179,18 @@ pub async fn write(
         session.set_keepalive(None);
     }
     session.write_response_header(Box::new(header), false).await?;
-    session.write_response_body(Some(Bytes::from(body)), true).await
+    let trailers = grpc && session.is_http2();
+    session.write_response_body(Some(Bytes::from(body)), !trailers).await?;
+    if trailers {
+        // grpc-core (Python, C++, Ruby, PHP clients) reads a status only from trailers, or from
+        // a head that ends the stream: without these it reported `UNKNOWN: Stream removed`.
+        let mut trailers = http::HeaderMap::with_capacity(2);
+        trailers.insert("grpc-status", HeaderValue::from(u16::from(grpc_status(status))));
+        let message = format!("{code} (request id {})", request_id.as_str());
+        trailers.insert("grpc-message", HeaderValue::from_str(&message).expect("ASCII"));
+        session.downstream_session.write_response_trailers(trailers).await?;
+    }
+    Ok(())
 }
 
 /// The gRPC status code (`google.rpc.Code`) gRPC's clients infer from an HTTP status
