@@ -219,9 +219,10 @@ fn walk(waf: &Waf, bytes: &[u8], depth: usize, path: &mut Vec<u8>, skip: &Skips<
                     // skips (a fixed64 "value", a group). Read so, its tags and lengths are
                     // blanks: joined with the fields' contents they made quotes and `$`s that
                     // were never in any field.
-                    let found = match nested && has_controls(value) {
-                        true => text_value(waf, &message_text(value), path, skip),
-                        false => text_value(waf, value, path, skip),
+                    let found = match (nested && has_controls(value), nested && disguised_text(value)) {
+                        (true, false) => text_value(waf, &message_text(value), path, skip),
+                        (true, true) => text_value(waf, &blank_controls(value), path, skip),
+                        (false, _) => text_value(waf, value, path, skip),
                     };
                     if found.is_some() {
                         return found;
@@ -266,6 +267,42 @@ fn has_controls(bytes: &[u8]) -> bool {
 
 fn is_control(b: u8) -> bool {
     b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')
+}
+
+/// Text made to parse as a message rather than a message: a fixed64 or fixed32 field whose
+/// bytes are all printable (a double or a fixed-width number seldom is: `a` is the tag of a
+/// fixed64 whose value is the next 8 characters, `' OR 1=1`), or a group (deprecated since
+/// proto3; `S` opens one, `<` closes it). Such a value is read as the app reads a string: whole.
+/// `bytes` parses ([`parses`]).
+fn disguised_text(bytes: &[u8]) -> bool {
+    let printable = |b: &[u8]| b.iter().all(|&b| matches!(b, 0x20..=0x7e | b'\t' | b'\n' | b'\r'));
+    let mut at = 0;
+    while at < bytes.len() {
+        let Some(tag) = varint(bytes, &mut at) else { return false };
+        let fixed = match tag & 7 {
+            0 => {
+                let _ = varint(bytes, &mut at);
+                continue;
+            }
+            1 => 8,
+            5 => 4,
+            2 => {
+                let len = varint(bytes, &mut at).and_then(|l| usize::try_from(l).ok()).unwrap_or(usize::MAX);
+                at = at.saturating_add(len);
+                continue;
+            }
+            _ => return true,
+        };
+        if bytes.get(at..at + fixed).is_some_and(printable) {
+            return true;
+        }
+        at += fixed;
+    }
+    false
+}
+
+fn blank_controls(bytes: &[u8]) -> Vec<u8> {
+    bytes.iter().map(|&b| if is_control(b) { b' ' } else { b }).collect()
 }
 
 /// A message's bytes as text: each tag and length a blank, as are control bytes among the
@@ -399,7 +436,13 @@ mod tests {
         assert_eq!((found.detector, found.location.name.as_str()), (Detector::Xss, "2.3.4"));
         // Text that also parses as a message (a fixed64 tag `a` skipping `' OR 1=1`, a control
         // byte at the end to make it parse): read as text all the same.
-        for disguised in [&b"a' OR 1=1-- \x0cx"[..], b"Sm<svg\tonload=alert(1)> \x1fxxxxx"] {
+        for disguised in [
+            &b"a' OR 1=1-- \x0cx"[..],
+            b"1' or '1'='1'-- \x0cxx",
+            b"11'; dRoP     TaBLE users-- xx\x0c",
+            b"Sm<svg\tonload=alert(1)> \x1fxxxxx",
+            b"IK<img\tsrc=x onerror=alert(1)> \x0bxxxxx",
+        ] {
             assert!(parses(disguised), "{disguised:?} parses as a message");
             assert!(inspect(&field(1, disguised)).is_some(), "{disguised:?}");
         }
