@@ -876,6 +876,29 @@ async fn grpc_messages_are_read_as_they_stream_and_one_with_an_attack_never_reac
         tokio::time::timeout(std::time::Duration::from_secs(10), answer).await.expect("the answer in time").unwrap();
     assert_eq!(answer.status(), 200);
 
+    // A call under another label (grpc-core serves one whatever its content-type says) is read
+    // as gRPC when it is framed like it; a binary body that only starts like a frame goes on whole.
+    let labelled = |client: &mut h2::client::SendRequest<bytes::Bytes>, content_type: &'static str| {
+        let request =
+            http::Request::post("http://orders.shop/shop.v1.Orders/Upload").header("content-type", content_type);
+        client.send_request(request.body(()).unwrap(), false).unwrap()
+    };
+    let (answer, mut body) = labelled(&mut client, "text/plain");
+    body.send_data(bytes::Bytes::from(attack.clone()), true).unwrap();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), answer).await.expect("in time").unwrap();
+    assert_eq!(answer.status(), 403, "framed like gRPC under text/plain");
+    let (rest, _) = heard_until_done(&mut reports).await;
+    assert!(rest.is_empty(), "{rest:?}");
+    let mut binary = vec![0, 0, 0, 0x18, 0x66, b't', b'y', b'p'];
+    binary.extend((0..40_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+    for content_type in ["application/octet-stream", "video/mp4"] {
+        let (answer, mut body) = labelled(&mut client, content_type);
+        body.send_data(bytes::Bytes::from(binary.clone()), true).unwrap();
+        assert_eq!(heard_until_done(&mut reports).await, (binary.clone(), true), "{content_type}");
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), answer).await.expect("in time").unwrap();
+        assert_eq!(answer.status(), 200, "{content_type}");
+    }
+
     // A body that ends inside a message is refused, and the app never gets the piece.
     let (answer, mut body) = call(&mut client);
     body.send_data(bytes::Bytes::copy_from_slice(&grpc_frame(&note)[..8]), true).unwrap();

@@ -197,6 +197,10 @@ pub struct GrpcCall {
     encoding: Option<Coding>,
     /// `application/grpc+json`: each message a JSON document.
     json_codec: bool,
+    /// Not labelled gRPC, only framed like it so far (see [`GrpcCall::sniffed`]).
+    sniffed: bool,
+    /// A sniffed body that proved not to be gRPC: the rest goes on unread.
+    not_grpc: bool,
 }
 
 impl GrpcCall {
@@ -207,7 +211,18 @@ impl GrpcCall {
         let named = headers.get_all("grpc-encoding");
         let several = named.iter().count() > 1 || named.iter().any(|v| v.as_bytes().contains(&b','));
         let encoding = (!several).then(|| Coding::of(named.iter().map(|v| v.as_bytes())));
-        GrpcCall { messages: crate::waf::GrpcMessages::new(plan.limit), plan, encoding, json_codec }
+        let messages = crate::waf::GrpcMessages::new(plan.limit);
+        GrpcCall { messages, plan, encoding, json_codec, sniffed: false, not_grpc: false }
+    }
+
+    /// For a request to an HTTP/2 app under another label (`text/plain`, none the WAF parses)
+    /// whose body starts like a gRPC frame: grpc-core's servers (Python, C++, Ruby) serve a call
+    /// whatever its `content-type` says. Its messages are read as a gRPC call's, but what does
+    /// not read as gRPC (a bad frame, a message over the limit or that does not inflate) is not
+    /// refused: from there the body goes on unread, as such bodies did (a binary upload that
+    /// happens to start with a 0 byte is not gRPC).
+    pub fn sniffed(plan: BodyPlan, headers: &HeaderMap) -> Self {
+        GrpcCall { sniffed: true, ..GrpcCall::new(plan, headers) }
     }
 
     /// Takes the body's next piece: the bytes that go on now (whole messages `policy` let
@@ -222,9 +237,12 @@ impl GrpcCall {
         uninspected: &mut u64,
     ) -> Result<bytes::Bytes, Refusal> {
         use crate::waf::GrpcPiece;
-        let GrpcCall { plan, messages, encoding, json_codec } = self;
+        let GrpcCall { plan, messages, encoding, json_codec, sniffed, not_grpc } = self;
         let mut refused = None;
         let on = messages.push(chunk, |piece| {
+            if *not_grpc {
+                return true;
+            }
             let verdict = match piece {
                 GrpcPiece::Message(message) => {
                     policy.inspect_grpc_message(*plan, path, message, *encoding, *json_codec, &mut note)
@@ -240,6 +258,11 @@ impl GrpcCall {
                     *uninspected += u64::from(inspection == BodyInspection::Uninspected);
                     true
                 }
+                Err(refusal) if *sniffed && !matches!(refusal, Refusal::Blocked(_)) => {
+                    *not_grpc = true;
+                    *uninspected += 1;
+                    true
+                }
                 Err(refusal) => {
                     refused = Some(refusal);
                     false
@@ -249,10 +272,15 @@ impl GrpcCall {
         on.map_err(|_| refused.expect("a stop says why"))
     }
 
-    /// At the end of the body: a refusal if it ended inside a message.
-    pub fn end(&self) -> Result<(), Refusal> {
+    /// At the end of the body: a refusal if it ended inside a message; for a sniffed body, what
+    /// is held of one goes on (`Ok(Some)`).
+    pub fn end(&mut self) -> Result<Option<bytes::Bytes>, Refusal> {
+        if self.sniffed {
+            let held = self.messages.take_held();
+            return Ok((!held.is_empty()).then(|| bytes::Bytes::from(held)));
+        }
         match self.messages.between_messages() {
-            true => Ok(()),
+            true => Ok(None),
             false => Err(Refusal::Malformed("a gRPC request body that ends inside a message")),
         }
     }

@@ -572,6 +572,13 @@ impl ProxyHttp for Inbound {
                     self.telemetry.metrics.waf_uninspected.inc();
                     None
                 }
+                // Framed like gRPC under another label, to an HTTP/2 app: grpc-core serves it
+                // as a call, so its messages are read as one's as they stream.
+                ForWaf::NotRead(first) if ctx.app_h2 && first.first().is_some_and(|&b| b <= 1) => {
+                    let call = GrpcCall::sniffed(plan, &session.req_header().headers);
+                    ctx.grpc = Some(Box::new(GrpcBody { policy: Arc::clone(&policy), call }));
+                    None
+                }
                 ForWaf::NotRead(_) => None,
                 ForWaf::TooLong => Some(Refusal::UninspectableBody),
             };
@@ -609,7 +616,22 @@ impl ProxyHttp for Inbound {
             },
             None => None,
         };
-        let refusal = refusal.or_else(|| grpc.call.end().err().filter(|_| end_of_stream));
+        let refusal = match (refusal, end_of_stream) {
+            (Some(refusal), _) => Some(refusal),
+            (None, false) => None,
+            (None, true) => match grpc.call.end() {
+                Ok(None) => None,
+                // A body that was not gRPC after all: what was held of it goes on last.
+                Ok(Some(held)) => {
+                    *body = Some(match body.take() {
+                        Some(chunk) if !chunk.is_empty() => [chunk, held].concat().into(),
+                        _ => held,
+                    });
+                    None
+                }
+                Err(refusal) => Some(refusal),
+            },
+        };
         let Some(refusal) = refusal else { return Ok(()) };
         // Nothing more goes to the app, which sees its call cancelled; the caller gets the
         // refusal (`fail_to_proxy`), or a reset stream once the app has begun to answer.

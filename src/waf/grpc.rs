@@ -31,7 +31,8 @@ pub enum Piece<'a> {
     /// A message longer than what is inspected: its frame's length, and that it goes on (or is
     /// refused) unread.
     TooLong(u64),
-    /// A frame whose flag is neither 0 nor 1: not gRPC.
+    /// A frame whose flag is neither 0 nor 1: not gRPC. Let through, everything from here on
+    /// goes on unread.
     Malformed,
 }
 
@@ -86,8 +87,14 @@ impl GrpcMessages {
                 }
                 let (flag, size) = (self.held[0], frame_length(&self.held));
                 if flag > 1 {
-                    each(Piece::Malformed);
-                    return Err(self.stop());
+                    if !each(Piece::Malformed) {
+                        return Err(self.stop());
+                    }
+                    // Not gRPC after all: all of it goes on, as it comes.
+                    self.passing = u64::MAX;
+                    released = Some(std::mem::take(&mut self.held));
+                    from = at;
+                    continue;
                 }
                 if size > self.limit as u64 {
                     if !each(Piece::TooLong(size)) {
@@ -120,8 +127,11 @@ impl GrpcMessages {
                 break;
             }
             if rest[0] > 1 {
-                each(Piece::Malformed);
-                return Err(self.stop());
+                if !each(Piece::Malformed) {
+                    return Err(self.stop());
+                }
+                self.passing = u64::MAX;
+                continue;
             }
             if size > self.limit as u64 {
                 if !each(Piece::TooLong(size)) {
@@ -157,6 +167,11 @@ impl GrpcMessages {
     /// cut short.
     pub fn between_messages(&self) -> bool {
         self.held.is_empty() && self.passing == 0
+    }
+
+    /// At the end of a body that may not be gRPC: what is held goes on as it is.
+    pub fn take_held(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.held)
     }
 }
 
@@ -571,6 +586,23 @@ mod tests {
         }
     }
 
+    /// A body that only looked like gRPC at first (a binary file that starts with 0) goes on
+    /// whole once a frame says it is not, however it is cut.
+    #[test]
+    fn a_body_that_turns_out_not_to_be_grpc_goes_on_whole_when_let_through() {
+        let mut body = framed(&field(1, b"first"));
+        body.extend([7, 0, 0, 0, 3, 1, 2, 3, 0, 0, 0, 0, 9, 9]);
+        for size in [1, 3, 11, body.len()] {
+            let mut split = GrpcMessages::new(1024);
+            let mut on = Vec::new();
+            for piece in body.chunks(size) {
+                on.extend_from_slice(&split.push(&Bytes::copy_from_slice(piece), |_| true).unwrap());
+            }
+            on.extend(split.take_held());
+            assert_eq!(on, body, "pieces of {size}");
+        }
+    }
+
     #[test]
     fn a_message_over_the_limit_goes_on_as_it_comes_or_stops_the_body_and_a_bad_flag_stops_it() {
         let big = field(1, &[b'a'; 5000]);
@@ -601,7 +633,7 @@ mod tests {
         let mut split = GrpcMessages::new(1024);
         let mut bad = framed(b"x");
         bad[0] = 2;
-        assert_eq!(split.push(&Bytes::from(bad), |_| true), Err(Stopped));
+        assert_eq!(split.push(&Bytes::from(bad), |p| p != Piece::Malformed), Err(Stopped));
         // Cut short at the end of the body: not between messages.
         let mut split = GrpcMessages::new(1024);
         let whole = framed(&field(1, b"cut"));
