@@ -814,11 +814,19 @@ async fn http2_requests_h2_refuses_as_malformed_are_counted_and_reported() {
     let mut head = vec![0x82, 0x86, 0x84, 0x01, 11];
     head.extend_from_slice(b"orders.shop");
     let mut open = Vec::new();
-    let fields = [("transfer-encoding", "chunked"), ("connection", "close"), ("X-Upper", "1"), ("host", "admin.shop")];
-    for (name, value) in fields {
+    // The last one after a SETTINGS that sets the HPACK table's size to 0: the answer's header
+    // block then starts with a size update (RFC 7541 §4.2) before its status.
+    let fields = [
+        ("transfer-encoding", "chunked", &[][..]),
+        ("connection", "close", &[]),
+        ("X-Upper", "1", &[]),
+        ("host", "admin.shop", &[]),
+        ("host", "admin.shop", &[0, 1, 0, 0, 0, 0]),
+    ];
+    for (name, value, settings) in fields {
         let mut h2c = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
         let mut bytes = H2_PREFACE.to_vec();
-        bytes.extend(h2_frame(0x4, 0, 0, &[]));
+        bytes.extend(h2_frame(0x4, 0, 0, settings));
         let mut fields = head.clone();
         fields.extend([0x00, name.len() as u8]);
         fields.extend_from_slice(name.as_bytes());
@@ -829,10 +837,10 @@ async fn http2_requests_h2_refuses_as_malformed_are_counted_and_reported() {
         // Held open: h2 ends the stream (RST_STREAM) or the connection (GOAWAY) as it sees fit.
         open.push(h2c);
     }
-    let invalid = "palisade_requests_total{code=\"400\",decision=\"invalid\",destination=\"\",direction=\"inbound\",method=\"OTHER\",source_principal=\"\"} 4";
-    wait_for("four malformed HTTP/2 requests counted", async || s.metrics().await.contains(invalid)).await;
+    let invalid = "palisade_requests_total{code=\"400\",decision=\"invalid\",destination=\"\",direction=\"inbound\",method=\"OTHER\",source_principal=\"\"} 5";
+    wait_for("five malformed HTTP/2 requests counted", async || s.metrics().await.contains(invalid)).await;
     let reported =
-        s.events_where("their events", 4, |e| e.to_string().contains("HTTP/2 request refused as malformed")).await;
+        s.events_where("their events", 5, |e| e.to_string().contains("HTTP/2 request refused as malformed")).await;
     assert!(reported.iter().all(|e| e["http_response"]["code"] == 400), "{reported:?}");
     drop(open);
     s.shutdown();

@@ -59,7 +59,7 @@ struct Coded {
     kind: u8,
     flags: u8,
     stream: u32,
-    bytes: [u8; 8],
+    bytes: [u8; SMALL_HEADER_BLOCK],
     have: usize,
     need: usize,
     rest: usize,
@@ -73,6 +73,29 @@ const PROTOCOL_ERROR: u32 = 0x1;
 /// userinfo, an absolute-form `:path`) before the proxy ever sees it. Every answer the sidecar
 /// itself makes carries more fields than its status.
 const BARE_400: u32 = 0x80 | 12;
+/// Header blocks up to this long are looked at ([`lone_field`]): a status alone, after the
+/// table size updates HPACK puts first when the peer changed its table's size (RFC 7541
+/// section 4.2: two at most, each at most 6 bytes for a 32-bit size).
+const SMALL_HEADER_BLOCK: usize = 13;
+
+/// The one field of a header block that holds one after any dynamic table size updates
+/// (`001xxxxx`, a 5-bit prefixed integer), as its byte; `u32::MAX` for any other block.
+fn lone_field(block: &[u8]) -> u32 {
+    let mut at = 0;
+    while block.get(at).is_some_and(|b| b & 0xe0 == 0x20) {
+        if block[at] & 0x1f == 0x1f {
+            at += 1;
+            while block.get(at).is_some_and(|b| b & 0x80 != 0) {
+                at += 1;
+            }
+        }
+        at += 1;
+    }
+    match block.get(at..) {
+        Some([field]) => u32::from(*field),
+        _ => u32::MAX,
+    }
+}
 
 impl FrameHeaders {
     fn after(skip: usize) -> Self {
@@ -85,8 +108,9 @@ impl FrameHeaders {
     }
 
     /// Calls `frame(type, flags, stream, code)` for each frame header completed in `bytes`; a
-    /// RST_STREAM or GOAWAY frame's once its error code has come too, a HEADERS frame of one
-    /// byte once that byte has (`code`; `None` for other frames).
+    /// RST_STREAM or GOAWAY frame's once its error code has come too, a small HEADERS frame's
+    /// once its block has, with its lone field ([`lone_field`]) (`code`; `None` for other
+    /// frames).
     fn feed(&mut self, mut bytes: &[u8], mut frame: impl FnMut(u8, u8, u32, Option<u32>)) {
         while !bytes.is_empty() {
             if let Some(c) = self.coded.as_mut() {
@@ -95,8 +119,10 @@ impl FrameHeaders {
                 c.have += n;
                 bytes = &bytes[n..];
                 if c.have == c.need {
-                    let code =
-                        c.bytes[c.need.saturating_sub(4)..c.need].iter().fold(0, |code, &b| code << 8 | u32::from(b));
+                    let code = match c.kind {
+                        HEADERS => lone_field(&c.bytes[..c.need]),
+                        _ => c.bytes[c.need - 4..c.need].iter().fold(0, |code, &b| code << 8 | u32::from(b)),
+                    };
                     frame(c.kind, c.flags, c.stream, Some(code));
                     self.skip = c.rest;
                     self.coded = None;
@@ -121,13 +147,21 @@ impl FrameHeaders {
                 let need = match h[3] {
                     RST_STREAM if self.skip == 4 => 4,
                     GOAWAY if self.skip >= 8 => 8,
-                    HEADERS if self.skip == 1 => 1,
+                    HEADERS if (1..=SMALL_HEADER_BLOCK).contains(&self.skip) => self.skip,
                     _ => 0,
                 };
                 if need > 0 {
                     let rest = self.skip - need;
                     self.skip = 0;
-                    self.coded = Some(Coded { kind: h[3], flags: h[4], stream, bytes: [0; 8], have: 0, need, rest });
+                    self.coded = Some(Coded {
+                        kind: h[3],
+                        flags: h[4],
+                        stream,
+                        bytes: [0; SMALL_HEADER_BLOCK],
+                        have: 0,
+                        need,
+                        rest,
+                    });
                 } else {
                     frame(h[3], h[4], stream, None);
                 }
@@ -396,7 +430,7 @@ mod tests {
         const END: u8 = END_STREAM | END_HEADERS;
         let mut h2 = H2Frames::new(None, true, PREFACE.len()).unwrap();
         let mut wire = PREFACE.to_vec();
-        for stream in (1..=11).step_by(2) {
+        for stream in (1..=17).step_by(2) {
             wire.extend(frame_with(HEADERS, END_HEADERS, stream, &[0x82, 0x86]));
         }
         h2.read(&wire);
@@ -412,10 +446,16 @@ mod tests {
         written.extend(frame_with(HEADERS, END_STREAM, 9, &[0x8c]));
         written.extend(frame_with(CONTINUATION, END_HEADERS, 9, &[0x5c, 0x01, b'0']));
         written.extend(frame_with(HEADERS, END, 11, &[0x8c]));
+        // The refusal after the peer changed its table's size: a size update first (0, then
+        // 4096 in a prefixed integer of three bytes).
+        written.extend(frame_with(HEADERS, END, 13, &[0x20, 0x8c]));
+        written.extend(frame_with(HEADERS, END, 15, &[0x20, 0x3f, 0xe1, 0x1f, 0x8c]));
+        // A size update, then more than a status: the sidecar's own answer.
+        written.extend(frame_with(HEADERS, END, 17, &[0x3f, 0xe1, 0x1f, 0x8c, 0x5c, 0x01, b'0']));
         for piece in written.chunks(2) {
             h2.wrote(piece);
         }
-        assert_eq!(h2.take_malformed(), 2);
+        assert_eq!(h2.take_malformed(), 4);
         assert!(h2.written.between_frames());
         assert!(h2.idle_since().is_some(), "every stream ended");
     }
