@@ -274,17 +274,31 @@ fn check_request(csr: &[u8], identity: &SpiffeId) -> Result<(), Refused> {
 /// and a reload keeps the bundle in force (as a rotation's last step that removes the root still
 /// signing would).
 fn check_chains_to(chain: &[CertificateDer<'static>], roots: &[CertificateDer<'static>]) -> Result<(), String> {
+    // Every root must be one a workload's verifier takes: a broken one was refused at start by
+    // the control plane's own TLS, but passed at a reload and went to every sidecar.
+    let mut parsed = Vec::with_capacity(roots.len());
+    for (n, root) in roots.iter().enumerate() {
+        match x509_parser::parse_x509_certificate(root) {
+            Ok((_, root)) => parsed.push(root),
+            Err(e) => return Err(format!("ca.trustBundle: certificate {} does not parse: {e}", n + 1)),
+        }
+    }
     let top = chain.last().expect("read_certs returns at least one");
     if roots.contains(top) {
         return Ok(());
     }
     let (_, top) = x509_parser::parse_x509_certificate(top).map_err(|e| e.to_string())?;
-    let signs_it = |root: &CertificateDer<'_>| {
-        x509_parser::parse_x509_certificate(root).is_ok_and(|(_, root)| {
-            root.subject() == top.issuer() && top.verify_signature(Some(root.public_key())).is_ok()
-        })
+    // Its issuer by name, and by signature where ring can check it (not RSA-PSS: then the name
+    // and the key identifiers decide).
+    let signs_it = |root: &x509_parser::certificate::X509Certificate<'_>| {
+        root.subject() == top.issuer()
+            && match top.verify_signature(Some(root.public_key())) {
+                Ok(()) => true,
+                Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm) => key_ids_match(&top, root),
+                Err(_) => false,
+            }
     };
-    if roots.iter().any(signs_it) {
+    if parsed.iter().any(signs_it) {
         return Ok(());
     }
     Err(format!(
@@ -292,6 +306,26 @@ fn check_chains_to(chain: &[CertificateDer<'static>], roots: &[CertificateDer<'s
         roots.len(),
         if top.subject() == top.issuer() { format!("itself, {}", top.subject()) } else { format!("issued by {}", top.issuer()) },
     ))
+}
+
+/// Whether `issued` names `issuer`'s key as its authority key identifier (RFC 5280 4.2.1.1),
+/// or either leaves it out (then the name alone has decided).
+fn key_ids_match(
+    issued: &x509_parser::certificate::X509Certificate<'_>,
+    issuer: &x509_parser::certificate::X509Certificate<'_>,
+) -> bool {
+    let authority = issued.extensions().iter().find_map(|e| match e.parsed_extension() {
+        ParsedExtension::AuthorityKeyIdentifier(aki) => aki.key_identifier.as_ref().map(|k| k.0),
+        _ => None,
+    });
+    let subject = issuer.extensions().iter().find_map(|e| match e.parsed_extension() {
+        ParsedExtension::SubjectKeyIdentifier(ski) => Some(ski.0),
+        _ => None,
+    });
+    match (authority, subject) {
+        (Some(a), Some(s)) => a == s,
+        _ => true,
+    }
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, CaError> {
@@ -663,6 +697,25 @@ open(sys.argv[1] + "/impostor.crt", "wb").write(pem(ca("mesh root", "mesh root",
 open(sys.argv[1] + "/ca.crt", "wb").write(pem(ca("palisade-ca", "mesh root", key, root_key)))
 open(sys.argv[1] + "/ca.key", "wb").write(key.private_bytes(serialization.Encoding.PEM,
     serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+# An RSA-PSS root (which ring does not verify in certificates), its intermediate, and an impostor.
+from cryptography.hazmat.primitives.asymmetric import rsa, padding
+pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)
+def pss_ca(subject, issuer, key, signer):
+    name = lambda n: x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, n)])
+    return (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer)).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()), critical=False)
+        .sign(signer, hashes.SHA256(), rsa_padding=pss if isinstance(signer, rsa.RSAPrivateKey) else None))
+pss_root_key, pss_impostor_key = (rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(2))
+pss_key = ec.generate_private_key(ec.SECP256R1())
+open(sys.argv[1] + "/pss-root.crt", "wb").write(pem(pss_ca("pss root", "pss root", pss_root_key, pss_root_key)))
+open(sys.argv[1] + "/pss-impostor.crt", "wb").write(pem(pss_ca("pss root", "pss root", pss_impostor_key, pss_impostor_key)))
+open(sys.argv[1] + "/pss-ca.crt", "wb").write(pem(pss_ca("palisade-ca", "pss root", pss_key, pss_root_key)))
+open(sys.argv[1] + "/pss-ca.key", "wb").write(pss_key.private_bytes(serialization.Encoding.PEM,
+    serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 "#;
         let out = std::process::Command::new("python3").arg("-c").arg(script).arg(dir.path()).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -674,6 +727,22 @@ open(sys.argv[1] + "/ca.key", "wb").write(key.private_bytes(serialization.Encodi
         assert!(CaSigner::load(&intermediate("root.crt"), "cluster.local").is_ok());
         let err = CaSigner::load(&intermediate("impostor.crt"), "cluster.local").err().unwrap().to_string();
         assert!(err.contains("none of its 1 certificates") && err.contains("issued by CN=mesh root"), "{err}");
+        // Under an RSA-PSS root: its name and key identifiers decide, as ring checks no PSS
+        // signature in a certificate.
+        let pss = |roots: &str| CaFiles {
+            cert: dir.path().join("pss-ca.crt"),
+            key: dir.path().join("pss-ca.key"),
+            trust_bundle: Some(dir.path().join(roots)),
+        };
+        assert!(CaSigner::load(&pss("pss-root.crt"), "cluster.local").is_ok());
+        assert!(CaSigner::load(&pss("pss-impostor.crt"), "cluster.local").is_err(), "another key of the same name");
+        // A bundle with a block that is no certificate is refused, whatever else it holds.
+        let broken = dir.path().join("broken.crt");
+        let good = std::fs::read_to_string(dir.path().join("root.crt")).unwrap();
+        std::fs::write(&broken, format!("{good}-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))
+            .unwrap();
+        let err = CaSigner::load(&intermediate("broken.crt"), "cluster.local").err().unwrap().to_string();
+        assert!(err.contains("certificate 2 does not parse"), "{err}");
     }
 
     #[test]
