@@ -1729,6 +1729,13 @@ mod tests {
         assert!(verdict.is_ok() && notes.is_empty());
     }
 
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
     /// A gRPC call's compressed messages are read inflated as the call's one `grpc-encoding`
     /// says; a call that names more than one (grpc-core reads the last line, another reader the
     /// first), or a message that does not inflate as named, is refused rather than read as
@@ -1739,12 +1746,7 @@ mod tests {
         let plan = s.body_plan("/t.S/Unary", Some(b"application/grpc"), []).expect("read");
         let mut message = vec![0x0a, 32];
         message.extend_from_slice(b"1' OR '1'='1' UNION SELECT 1 --  ");
-        let gzip = {
-            use std::io::Write;
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(&message).unwrap();
-            e.finish().unwrap()
-        };
+        let compressed = gzip(&message);
         let framed = |compressed: bool, payload: &[u8]| {
             let mut f = vec![u8::from(compressed)];
             f.extend((payload.len() as u32).to_be_bytes());
@@ -1759,25 +1761,20 @@ mod tests {
             GrpcCall::new(plan, &headers).next(&s, "/t.S/Unary", &body, |_| {}, &mut 0)
         };
         assert!(matches!(call(&[], framed(false, &message)), Err(Refusal::Blocked(_))));
-        assert!(matches!(call(&["gzip"], framed(true, &gzip)), Err(Refusal::Blocked(_))));
+        assert!(matches!(call(&["gzip"], framed(true, &compressed)), Err(Refusal::Blocked(_))));
         for twice in [&["deflate", "gzip"][..], &["gzip", "deflate"], &["deflate, gzip"]] {
-            let refused = call(twice, framed(true, &gzip));
+            let refused = call(twice, framed(true, &compressed));
             assert!(
                 matches!(refused, Err(Refusal::Malformed(why)) if why.contains("more than one")),
                 "{twice:?}: {refused:?}"
             );
         }
-        let refused = call(&["deflate"], framed(true, &gzip));
+        let refused = call(&["deflate"], framed(true, &compressed));
         assert!(matches!(refused, Err(Refusal::Malformed(why)) if why.contains("does not inflate")), "{refused:?}");
         // An ordinary compressed message goes on whole.
         let mut ok = vec![0x0a, 6];
         ok.extend_from_slice(b"orders");
-        let gzip_ok = {
-            use std::io::Write;
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(&ok).unwrap();
-            e.finish().unwrap()
-        };
+        let gzip_ok = gzip(&ok);
         assert_eq!(call(&["gzip"], framed(true, &gzip_ok)), Ok(framed(true, &gzip_ok)));
     }
 
@@ -1809,12 +1806,6 @@ mod tests {
         assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{verdict:?}");
         assert_eq!(inspect(&s, b"application/json", None, br#"{"name":"O'Brien"}"#), Ok(BodyInspection::Inspected));
         // A gzip body is inspected as the app that inflates it reads it.
-        let gzip = |body: &[u8]| {
-            use std::io::Write;
-            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(body).unwrap();
-            e.finish().unwrap()
-        };
         let mut br = Vec::new();
         brotli::BrotliCompress(&mut &sqli[..], &mut br, &Default::default()).unwrap();
         let zstd = zstd::stream::encode_all(&sqli[..], 3).unwrap();

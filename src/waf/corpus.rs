@@ -404,17 +404,7 @@ const FLOORS: Floors = Floors {
 /// beside an id and a binary field), read as the WAF reads gRPC: what it finds in a query value it
 /// finds in a protobuf field, and what it passes there it passes here. `(total, found)`.
 fn score_list_as_grpc(waf: &Waf, prefix: &str) -> (u32, u32) {
-    fn field(number: u8, value: &[u8]) -> Vec<u8> {
-        let mut f = vec![number << 3 | 2];
-        let mut len = value.len();
-        while len >= 0x80 {
-            f.push((len as u8) | 0x80);
-            len >>= 7;
-        }
-        f.push(len as u8);
-        f.extend_from_slice(value);
-        f
-    }
+    use super::grpc::tests::field;
     let (mut total, mut found) = (0, 0);
     for payload in list_payloads(prefix) {
         // Beside a number and a text field (the nested message is then read as text too, its

@@ -404,13 +404,13 @@ fn varint(bytes: &[u8], at: &mut usize) -> Option<u64> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::waf::tests::waf;
     use crate::waf::Detector;
 
     /// A protobuf field: a tag, then a length-delimited value.
-    fn field(number: u8, value: &[u8]) -> Vec<u8> {
+    pub(crate) fn field(number: u8, value: &[u8]) -> Vec<u8> {
         let mut f = vec![number << 3 | 2];
         let mut len = value.len();
         while len >= 0x80 {
