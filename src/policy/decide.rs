@@ -243,6 +243,9 @@ impl GrpcCall {
             if *not_grpc {
                 return true;
             }
+            // Refused whatever the label: grpc-core would inflate by the last line what the WAF
+            // cannot read (it serves a call under any label).
+            let strict = matches!(&piece, GrpcPiece::Message(m) if m.compressed && encoding.is_none());
             let verdict = match piece {
                 GrpcPiece::Message(message) => {
                     policy.inspect_grpc_message(*plan, path, message, *encoding, *json_codec, &mut note)
@@ -258,7 +261,7 @@ impl GrpcCall {
                     *uninspected += u64::from(inspection == BodyInspection::Uninspected);
                     true
                 }
-                Err(refusal) if *sniffed && !matches!(refusal, Refusal::Blocked(_)) => {
+                Err(refusal) if *sniffed && !strict && !matches!(refusal, Refusal::Blocked(_)) => {
                     *not_grpc = true;
                     *uninspected += 1;
                     true
@@ -1769,6 +1772,13 @@ mod tests {
                 "{twice:?}: {refused:?}"
             );
         }
+        // Under another label, read because it is framed like gRPC, the same.
+        let mut headers = HeaderMap::new();
+        headers.append("grpc-encoding", HeaderValue::from_static("deflate"));
+        headers.append("grpc-encoding", HeaderValue::from_static("gzip"));
+        let sniffed =
+            GrpcCall::sniffed(plan, &headers).next(&s, "/t.S/Unary", &framed(true, &compressed), |_| {}, &mut 0);
+        assert!(matches!(sniffed, Err(Refusal::Malformed(why)) if why.contains("more than one")), "{sniffed:?}");
         let refused = call(&["deflate"], framed(true, &compressed));
         assert!(matches!(refused, Err(Refusal::Malformed(why)) if why.contains("does not inflate")), "{refused:?}");
         // An ordinary compressed message goes on whole.

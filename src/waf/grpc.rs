@@ -286,14 +286,24 @@ fn is_control(b: u8) -> bool {
 
 /// Text made to parse as a message rather than a message: a fixed64 or fixed32 field whose
 /// bytes are all printable (a double or a fixed-width number seldom is: `a` is the tag of a
-/// fixed64 whose value is the next 8 characters, `' OR 1=1`), or a group (deprecated since
-/// proto3; `S` opens one, `<` closes it). Such a value is read as the app reads a string: whole.
-/// `bytes` parses ([`parses`]).
+/// fixed64 whose value is the next 8 characters, `' OR 1=1`), a group (deprecated since
+/// proto3; `S` opens one, `<` closes it), or tags and lengths that are mostly printable
+/// characters (`z` and `"` are tags of length-delimited fields, `'` a length of 39, a blank one
+/// of 32), where a message's are mostly control bytes, tabs and line feeds (fields 1 to 3, values
+/// under 32 bytes). Such a value is read as the app reads a string: whole. `bytes` parses
+/// ([`parses`]).
 fn disguised_text(bytes: &[u8]) -> bool {
-    let printable = |b: &[u8]| b.iter().all(|&b| matches!(b, 0x20..=0x7e | b'\t' | b'\n' | b'\r'));
+    let printable = |b: &[u8]| b.iter().all(|&b| (0x20..=0x7e).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r'));
+    let (mut structure, mut structure_printable) = (0usize, 0usize);
+    let mut count = |span: &[u8]| {
+        structure += span.len();
+        structure_printable += span.iter().filter(|b| (0x20..=0x7e).contains(*b)).count();
+    };
     let mut at = 0;
     while at < bytes.len() {
+        let start = at;
         let Some(tag) = varint(bytes, &mut at) else { return false };
+        count(&bytes[start..at]);
         let fixed = match tag & 7 {
             0 => {
                 let _ = varint(bytes, &mut at);
@@ -302,7 +312,9 @@ fn disguised_text(bytes: &[u8]) -> bool {
             1 => 8,
             5 => 4,
             2 => {
+                let start = at;
                 let len = varint(bytes, &mut at).and_then(|l| usize::try_from(l).ok()).unwrap_or(usize::MAX);
+                count(&bytes[start..at.min(bytes.len())]);
                 at = at.saturating_add(len);
                 continue;
             }
@@ -313,7 +325,7 @@ fn disguised_text(bytes: &[u8]) -> bool {
         }
         at += fixed;
     }
-    false
+    structure_printable * 2 > structure
 }
 
 fn blank_controls(bytes: &[u8]) -> Vec<u8> {
@@ -458,6 +470,19 @@ pub(super) mod tests {
             b"Sm<svg\tonload=alert(1)> \x1fxxxxx",
             b"IK<img\tsrc=x onerror=alert(1)> \x0bxxxxx",
         ] {
+            assert!(parses(disguised), "{disguised:?} parses as a message");
+            assert!(inspect(&field(1, disguised)).is_some(), "{disguised:?}");
+        }
+        // Length-delimited fields alone: `z`, `"` and `b` are tags, `\x05`, a blank (32) and `'`
+        // (39) lengths, so the quotes the injection needs are the message's own bytes.
+        let padded = |head: &[u8], tail: &[u8], to: usize| {
+            let mut v = head.to_vec();
+            v.extend_from_slice(tail);
+            v.resize(head.len() + to, b' ');
+            v
+        };
+        for disguised in [padded(b"z\x05admin\" ", b"or 1=1 or \"", 32), padded(b"b\x05adminz'", b" or 1 or '", 39)] {
+            let disguised = &disguised[..];
             assert!(parses(disguised), "{disguised:?} parses as a message");
             assert!(inspect(&field(1, disguised)).is_some(), "{disguised:?}");
         }
