@@ -319,6 +319,10 @@ pub enum BodyReading {
     IfJson,
     /// Whole, unless its first byte shows a gRPC message ([`body::grpc_framed`]).
     UnlessGrpcFramed,
+    /// A body with no type at paranoia 1: whole when its first bytes are text (a form, JSON), else
+    /// it streams as a binary type's does (`curl -T`, Python's `requests.put(data=bytes)` and Go's
+    /// `http.Post(url, "", r)` upload files with no type).
+    IfText,
 }
 
 /// The compiled WAF of one policy snapshot.
@@ -429,11 +433,15 @@ impl Waf {
     }
 
     /// How [`Waf::inspect_body`] reads a body of this `Content-Type`: whole for forms,
-    /// multipart, JSON and XML (and a body without a type, read as a form), and for any type
+    /// multipart, JSON and XML (and a body without a type, read as a form: at paranoia 1 only
+    /// when it starts as text), and for any type
     /// from paranoia 2 but a gRPC message ([`body::grpc_framed`]); otherwise only when it is
     /// JSON by [`json_like`]. A caller need not hold back a body of the second kind
     /// that its first bytes show is not JSON.
     pub fn reads_body(&self, content_type: Option<&[u8]>) -> BodyReading {
+        if content_type.is_none() && self.paranoia < 2 {
+            return BodyReading::IfText;
+        }
         match (body::structured(content_type), self.paranoia >= 2) {
             (true, _) => BodyReading::Whole,
             (false, true) if body::is_grpc(content_type) => BodyReading::UnlessGrpcFramed,

@@ -644,6 +644,39 @@ async fn a_body_longer_than_the_waf_reads_is_refused_only_by_a_blocking_waf_and_
     detect.shutdown();
 }
 
+/// A file uploaded with no `Content-Type` (`curl -T`, Python's `requests.put(data=bytes)`, Go's
+/// `http.Post(url, "", r)`) reaches the app whole at paranoia 1, whatever its size; it had been
+/// read as a form and refused by the protocol detector (and over `inspectBodyBytes`, 413). A
+/// text body with no type is still read as a form.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_upload_with_no_type_reaches_the_app_and_a_text_one_is_still_read() {
+    let s = PolicedSidecar::start(&waf_policy("{mode: BLOCK}")).await;
+    let upload = |body: &[u8]| {
+        let mut request = format!(
+            "PUT /files/photo HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        request
+    };
+    let mut x = 0x9e37_79b9_u32;
+    let mut binary = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    binary.extend((0..200_000).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x as u8
+    }));
+    for size in [3_000, binary.len()] {
+        let answer = s.exchange("frontend", upload(&binary[..size])).await;
+        assert_eq!((answer.status, answer.seen().body_bytes), (200, size), "{size} bytes: {answer:?}");
+    }
+    let answer = s.exchange("frontend", upload(b"q=1%27%20UNION%20SELECT%20password%20FROM%20users--")).await;
+    assert_refused(&answer, 403, "forbidden", "a form with no type");
+    s.shutdown();
+}
+
 /// gRPC messages are binary: from paranoia 2 the WAF reads every text body, and read as text a
 /// message's frame header was itself a finding, so every call was refused (and a streaming call
 /// held back until its client ended it). A text body is still read at that level, whatever its

@@ -157,6 +157,8 @@ pub struct BodyPlan {
     /// A WAF reads this type whole unless it is a gRPC message: first bytes that are not a
     /// gRPC frame's have it read.
     unless_grpc_framed: bool,
+    /// No type: read when the first bytes are text ([`BodyReading::IfText`]).
+    unless_binary: bool,
     coding: Coding,
 }
 
@@ -167,12 +169,33 @@ impl BodyPlan {
         if !self.if_json {
             return Some(true);
         }
+        if self.unless_binary {
+            return match self.coding {
+                Coding::Identity => text_prefix(prefix),
+                // A coded body with no type is rare; read, as before.
+                _ => Some(true),
+            };
+        }
         // Under a gRPC label, a body that does not start as a gRPC frame is read whole.
         if self.unless_grpc_framed && prefix.first().is_some_and(|b| !crate::waf::grpc_frame_start(*b)) {
             return Some(true);
         }
         self.coding.json_like(prefix)
     }
+}
+
+/// Whether a body that begins with `prefix` is text (no control bytes but tabs and line breaks,
+/// UTF-8 but for a character cut at the end), from its first 1 KiB; `None` while empty.
+fn text_prefix(prefix: &[u8]) -> Option<bool> {
+    let head = &prefix[..prefix.len().min(1024)];
+    if head.is_empty() {
+        return None;
+    }
+    let utf8 = match std::str::from_utf8(head) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none(),
+    };
+    Some(utf8 && !head.iter().any(|&b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0x7f))
 }
 
 /// What [`PolicySnapshot::inspect_body`] did with a body it let through.
@@ -712,7 +735,7 @@ impl PolicySnapshot {
     ) -> Option<BodyPlan> {
         let path = match_form(path);
         let (mut limit, mut reject_over_limit, mut if_json) = (None::<usize>, false, true);
-        let mut unless_grpc_framed = false;
+        let (mut unless_grpc_framed, mut unless_binary) = (false, false);
         // Filled only by exclusions of single parameters on this path; one for every WAF.
         let mut params = Vec::new();
         for w in &self.wafs {
@@ -725,11 +748,12 @@ impl PolicySnapshot {
             match w.waf.reads_body(content_type) {
                 BodyReading::Whole => if_json = false,
                 BodyReading::UnlessGrpcFramed => unless_grpc_framed = true,
+                BodyReading::IfText => unless_binary = true,
                 BodyReading::IfJson => {}
             }
         }
         let coding = Coding::of(content_encoding);
-        Some(BodyPlan { limit: limit?, reject_over_limit, if_json, unless_grpc_framed, coding })
+        Some(BodyPlan { limit: limit?, reject_over_limit, if_json, unless_grpc_framed, unless_binary, coding })
     }
 
     /// Step 6 on a body read whole, as it came (at most [`BodyPlan::limit`] bytes, or the
@@ -1730,6 +1754,27 @@ mod tests {
         let off = waf_policy("{mode: OFF}");
         let (verdict, notes) = req("GET", attack).decide_noting(&off);
         assert!(verdict.is_ok() && notes.is_empty());
+    }
+
+    /// A body with no type (`curl -T`, `requests.put(data=bytes)`) is read as a form when it
+    /// starts as text; at paranoia 1 a binary one streams unread, as a binary type's does (it
+    /// was read as a form and refused by the protocol detector, and over the limit refused 413).
+    #[test]
+    fn a_body_with_no_type_is_read_when_it_is_text_and_streams_when_it_is_binary() {
+        let at = |pl: u8| waf_policy(&format!("{{mode: BLOCK, paranoia: {pl}}}"));
+        let plan = at(1).body_plan("/up", None, []).unwrap();
+        assert_eq!(plan.reads(b""), None);
+        assert_eq!(plan.reads(b"name=alice&comment=hello"), Some(true));
+        assert_eq!(plan.reads("{\"q\": \"caf\u{e9}\"}\n".as_bytes()), Some(true));
+        assert_eq!(plan.reads(b"\x89PNG\r\n\x1a\n\0\0"), Some(false));
+        assert_eq!(plan.reads(b"PK\x03\x04\x14\0"), Some(false));
+        assert_eq!(plan.reads(&[0xde, 0xad, 0xbe, 0xef, b'a']), Some(false), "not UTF-8");
+        let verdict = at(1).inspect_body(plan, "/up", None, b"\0\x01\x02 binary 1' OR '1'='1", |_| {});
+        assert_eq!(verdict, Ok(BodyInspection::NotRead));
+        let attack = b"q=1%27%20UNION%20SELECT%20password%20FROM%20users--";
+        assert!(matches!(at(1).inspect_body(plan, "/up", None, attack, |_| {}), Err(Refusal::Blocked(_))));
+        // From paranoia 2 every body is read, as bodies of any type are.
+        assert_eq!(at(2).body_plan("/up", None, []).unwrap().reads(b"\x89PNG\r\n\x1a\n\0\0"), Some(true));
     }
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {
