@@ -4,6 +4,9 @@
 //! schema, as `protoc --decode_raw` does: every length-delimited field that holds UTF-8 is a
 //! value to inspect, and one that is itself a message is walked in turn.
 
+use std::io::Write as _;
+use std::ops::Range;
+
 use bytes::Bytes;
 
 use super::body::json;
@@ -197,56 +200,37 @@ pub(crate) fn message(waf: &Waf, payload: &[u8], json_codec: bool, skip: &Skips<
 
 /// The fields of `bytes`, a message, `path` the field numbers that lead to it (`1.4.2`).
 fn walk(waf: &Waf, bytes: &[u8], depth: usize, path: &mut Vec<u8>, skip: &Skips<'_>) -> Option<Finding> {
-    let mut at = 0;
-    while at < bytes.len() {
-        let Some(tag) = varint(bytes, &mut at) else { break };
-        let field = tag >> 3;
-        match tag & 7 {
-            0 => {
-                varint(bytes, &mut at)?;
-            }
-            1 => at += 8,
-            5 => at += 4,
-            // Groups (deprecated): their fields follow at this level, between the two tags.
-            3 | 4 => {}
-            2 => {
-                let Some(len) = varint(bytes, &mut at).and_then(|l| usize::try_from(l).ok()) else { break };
-                let Some(value) = at.checked_add(len).and_then(|end| bytes.get(at..end)) else { break };
-                at += len;
-                let outer = path.len();
-                if !path.is_empty() {
-                    path.push(b'.');
-                }
-                path.extend_from_slice(field.to_string().as_bytes());
-                // A message is walked (a finding in it names its own field); a string is read
-                // as text. So is anything that is not a message and reads as UTF-8 (a `bytes`
-                // field, a string with control bytes); a message's own bytes are its tags and
-                // lengths. Text that also parses as a message is both.
-                let nested = depth < MAX_DEPTH && !value.is_empty() && parses(value);
-                if nested {
-                    if let Some(f) = walk(waf, value, depth + 1, path, skip) {
-                        return Some(f);
-                    }
-                }
-                if reads_as_text(value) {
-                    // Text that also parses as a message is read as text too, or an attack with
-                    // a control byte added so that it parses would hide in the bytes the walk
-                    // skips (a fixed64 "value", a group). Read so, its tags and lengths are
-                    // blanks: joined with the fields' contents they made quotes and `$`s that
-                    // were never in any field.
-                    let found = match (nested && has_controls(value), nested && disguised_text(value)) {
-                        (true, false) => text_value(waf, &message_text(value), path, skip),
-                        (true, true) => text_value(waf, &blank_controls(value), path, skip),
-                        (false, _) => text_value(waf, value, path, skip),
-                    };
-                    if found.is_some() {
-                        return found;
-                    }
-                }
-                path.truncate(outer);
-            }
-            _ => break,
+    for field in fields(bytes).map_while(|f| f) {
+        let Wire::Bytes { value, .. } = field.wire else { continue };
+        let outer = path.len();
+        if !path.is_empty() {
+            path.push(b'.');
         }
+        let _ = write!(path, "{}", field.number);
+        // A message is walked (a finding in it names its own field); a string is read as text.
+        // So is anything that is not a message and reads as UTF-8 (a `bytes` field, a string
+        // with control bytes); a message's own bytes are its tags and lengths.
+        let nested = depth < MAX_DEPTH && !value.is_empty() && parses(value);
+        if nested {
+            if let Some(f) = walk(waf, value, depth + 1, path, skip) {
+                return Some(f);
+            }
+        }
+        if reads_as_text(value) {
+            // Text that also parses as a message is read as text too, or an attack with a
+            // control byte added so that it parses would hide in the bytes the walk skips (a
+            // fixed64 "value", a group). Read so, its tags and lengths are blanks: joined with the
+            // fields' contents they made quotes and `$`s that were never in any field.
+            let found = match (nested && has_controls(value), nested && disguised_text(value)) {
+                (true, false) => text_value(waf, &message_text(value), path, skip),
+                (true, true) => text_value(waf, &blank_controls(value), path, skip),
+                (false, _) => text_value(waf, value, path, skip),
+            };
+            if found.is_some() {
+                return found;
+            }
+        }
+        path.truncate(outer);
     }
     None
 }
@@ -293,37 +277,22 @@ fn is_control(b: u8) -> bool {
 /// under 32 bytes). Such a value is read as the app reads a string: whole. `bytes` parses
 /// ([`parses`]).
 fn disguised_text(bytes: &[u8]) -> bool {
-    let printable = |b: &[u8]| b.iter().all(|&b| (0x20..=0x7e).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r'));
+    let printable = |b: &u8| (0x20..=0x7e).contains(b);
     let (mut structure, mut structure_printable) = (0usize, 0usize);
-    let mut count = |span: &[u8]| {
-        structure += span.len();
-        structure_printable += span.iter().filter(|b| (0x20..=0x7e).contains(*b)).count();
-    };
-    let mut at = 0;
-    while at < bytes.len() {
-        let start = at;
-        let Some(tag) = varint(bytes, &mut at) else { return false };
-        count(&bytes[start..at]);
-        let fixed = match tag & 7 {
-            0 => {
-                let _ = varint(bytes, &mut at);
-                continue;
-            }
-            1 => 8,
-            5 => 4,
-            2 => {
-                let start = at;
-                let len = varint(bytes, &mut at).and_then(|l| usize::try_from(l).ok()).unwrap_or(usize::MAX);
-                count(&bytes[start..at.min(bytes.len())]);
-                at = at.saturating_add(len);
-                continue;
-            }
-            _ => return true,
+    for field in fields(bytes).map_while(|f| f) {
+        let mut count = |span: &[u8]| {
+            structure += span.len();
+            structure_printable += span.iter().filter(|b| printable(b)).count();
         };
-        if bytes.get(at..at + fixed).is_some_and(printable) {
-            return true;
+        count(&bytes[field.tag]);
+        match field.wire {
+            Wire::Bytes { length, .. } => count(&bytes[length]),
+            Wire::Fixed(value) if value.iter().all(|b| printable(b) || matches!(b, b'\t' | b'\n' | b'\r')) => {
+                return true
+            }
+            Wire::GroupStart | Wire::GroupEnd => return true,
+            Wire::Varint | Wire::Fixed(_) => {}
         }
-        at += fixed;
     }
     structure_printable * 2 > structure
 }
@@ -335,29 +304,12 @@ fn blank_controls(bytes: &[u8]) -> Vec<u8> {
 /// A message's bytes as text: each tag and length a blank, as are control bytes among the
 /// values. `bytes` parses ([`parses`]).
 fn message_text(bytes: &[u8]) -> Vec<u8> {
-    let mut text: Vec<u8> = bytes.iter().map(|&b| if is_control(b) { b' ' } else { b }).collect();
-    let mut at = 0;
-    let blank = |text: &mut Vec<u8>, from: usize, to: usize| text[from..to].fill(b' ');
-    while at < bytes.len() {
-        let start = at;
-        let Some(tag) = varint(bytes, &mut at) else { break };
-        blank(&mut text, start, at);
-        let skip = match tag & 7 {
-            0 => {
-                let _ = varint(bytes, &mut at);
-                0
-            }
-            1 => 8,
-            5 => 4,
-            2 => {
-                let start = at;
-                let len = varint(bytes, &mut at).and_then(|l| usize::try_from(l).ok()).unwrap_or(usize::MAX);
-                blank(&mut text, start, at.min(bytes.len()));
-                len
-            }
-            _ => 0,
-        };
-        at = at.saturating_add(skip);
+    let mut text = blank_controls(bytes);
+    for field in fields(bytes).map_while(|f| f) {
+        text[field.tag].fill(b' ');
+        if let Wire::Bytes { length, .. } = field.wire {
+            text[length].fill(b' ');
+        }
     }
     text
 }
@@ -365,40 +317,88 @@ fn message_text(bytes: &[u8]) -> Vec<u8> {
 /// Whether `bytes` is a whole protobuf message: each field's tag valid (field number at least 1,
 /// a wire type in use), each value inside, groups balanced.
 fn parses(bytes: &[u8]) -> bool {
-    let mut at = 0;
     let mut groups = 0u32;
-    while at < bytes.len() {
-        let Some(tag) = varint(bytes, &mut at) else { return false };
-        if tag >> 3 == 0 || tag >> 3 > u64::from(u32::MAX >> 3) {
+    for field in fields(bytes) {
+        let Some(field) = field else { return false };
+        if field.number == 0 || field.number > u64::from(u32::MAX >> 3) {
             return false;
         }
-        let skip = match tag & 7 {
-            0 => match varint(bytes, &mut at) {
-                Some(_) => 0,
-                None => return false,
-            },
-            1 => 8,
-            5 => 4,
-            2 => match varint(bytes, &mut at).and_then(|l| usize::try_from(l).ok()) {
-                Some(len) => len,
-                None => return false,
-            },
-            3 => {
-                groups += 1;
-                0
-            }
-            4 if groups > 0 => {
-                groups -= 1;
-                0
-            }
-            _ => return false,
-        };
-        at = match at.checked_add(skip) {
-            Some(end) if end <= bytes.len() => end,
-            _ => return false,
-        };
+        match field.wire {
+            Wire::GroupStart => groups += 1,
+            Wire::GroupEnd if groups == 0 => return false,
+            Wire::GroupEnd => groups -= 1,
+            _ => {}
+        }
     }
     groups == 0
+}
+
+/// One field of a message, as its bytes lie: where its tag is, its number, and its value.
+struct Field<'a> {
+    number: u64,
+    tag: Range<usize>,
+    wire: Wire<'a>,
+}
+
+/// A field's value by its wire type (protobuf's encoding guide).
+enum Wire<'a> {
+    Varint,
+    /// fixed64 or fixed32 (doubles, floats, fixed-width integers).
+    Fixed(&'a [u8]),
+    /// Length-delimited (strings, bytes, messages, packed numbers): where the length is, and the
+    /// value.
+    Bytes {
+        length: Range<usize>,
+        value: &'a [u8],
+    },
+    GroupStart,
+    GroupEnd,
+}
+
+/// The fields of `bytes` in order, each `Some` while they parse; a field that does not (a varint
+/// of more than 10 bytes, a value past the end, a wire type not in use) is `None`, and the last.
+fn fields(bytes: &[u8]) -> impl Iterator<Item = Option<Field<'_>>> {
+    let mut at = 0;
+    let mut broken = false;
+    std::iter::from_fn(move || {
+        if broken || at >= bytes.len() {
+            return None;
+        }
+        let field = next_field(bytes, &mut at);
+        broken = field.is_none();
+        Some(field)
+    })
+}
+
+fn next_field<'a>(bytes: &'a [u8], at: &mut usize) -> Option<Field<'a>> {
+    let start = *at;
+    let tag = varint(bytes, at)?;
+    let tag_span = start..*at;
+    let mut take = |n: usize| -> Option<&'a [u8]> {
+        let value = bytes.get(*at..at.checked_add(n)?)?;
+        *at += n;
+        Some(value)
+    };
+    let wire = match tag & 7 {
+        0 => {
+            varint(bytes, at)?;
+            Wire::Varint
+        }
+        1 => Wire::Fixed(take(8)?),
+        5 => Wire::Fixed(take(4)?),
+        2 => {
+            let length_start = *at;
+            let len = usize::try_from(varint(bytes, at)?).ok()?;
+            let length = length_start..*at;
+            let value = bytes.get(*at..at.checked_add(len)?)?;
+            *at += len;
+            Wire::Bytes { length, value }
+        }
+        3 => Wire::GroupStart,
+        4 => Wire::GroupEnd,
+        _ => return None,
+    };
+    Some(Field { number: tag >> 3, tag: tag_span, wire })
 }
 
 /// A base-128 varint at `at` (at most 10 bytes), moving `at` past it.
