@@ -161,14 +161,19 @@ impl Inbound {
 impl Inbound {
     /// Answers a refusal (reported first when it is a security event); the request is done.
     async fn refuse(&self, session: &mut Session, ctx: &mut InboundCtx, refusal: Refusal) -> pingora::Result<bool> {
-        let path = session.req_header().uri.path().to_string();
-        if refusal.is_security_event() {
-            record::report(&self.telemetry, session, &ctx.request, &refusal, false, &path);
-        } else {
-            record::report_invalid(&self.telemetry, session, &ctx.request, &refusal, &path);
-        }
+        self.report_refusal(session, &ctx.request, &refusal);
         respond::refuse(session, refusal, &mut ctx.request).await;
         Ok(true)
+    }
+
+    /// Reports a refusal: a security event for a decision, else as an invalid request.
+    fn report_refusal(&self, session: &Session, request: &RequestCtx, refusal: &Refusal) {
+        let path = session.req_header().uri.path();
+        if refusal.is_security_event() {
+            record::report(&self.telemetry, session, request, refusal, false, path);
+        } else {
+            record::report_invalid(&self.telemetry, session, request, refusal, path);
+        }
     }
 
     /// Step 6 on the next piece of a gRPC call's body: the bytes that go on now (whole messages
@@ -607,13 +612,7 @@ impl ProxyHttp for Inbound {
         }
         let Some(grpc) = ctx.grpc.as_mut() else { return Ok(()) };
         let refusal = match body.as_mut() {
-            Some(chunk) => match self.inspect_grpc(session, &ctx.request, grpc, chunk) {
-                Ok(on) => {
-                    *chunk = on;
-                    None
-                }
-                Err(refusal) => Some(refusal),
-            },
+            Some(chunk) => self.inspect_grpc(session, &ctx.request, grpc, chunk).map(|on| *chunk = on).err(),
             None => None,
         };
         let refusal = match (refusal, end_of_stream) {
@@ -635,12 +634,7 @@ impl ProxyHttp for Inbound {
         let Some(refusal) = refusal else { return Ok(()) };
         // Nothing more goes to the app, which sees its call cancelled; the caller gets the
         // refusal (`fail_to_proxy`), or a reset stream once the app has begun to answer.
-        let path = session.req_header().uri.path().to_string();
-        if refusal.is_security_event() {
-            record::report(&self.telemetry, session, &ctx.request, &refusal, false, &path);
-        } else {
-            record::report_invalid(&self.telemetry, session, &ctx.request, &refusal, &path);
-        }
+        self.report_refusal(session, &ctx.request, &refusal);
         let status = refusal.status();
         ctx.request.refusal = Some(refusal);
         // The caller's doing: pingora then stops the call instead of waiting on the app's answer.
