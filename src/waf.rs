@@ -62,7 +62,7 @@ mod corpus;
 use std::fmt;
 
 pub(crate) use body::grpc_frame_start;
-pub use body::{is_grpc, json_like};
+pub use body::{is_grpc, json_like, text_like};
 use decode::Hit;
 pub use grpc::{GrpcMessages, Message as GrpcMessage, Piece as GrpcPiece};
 

@@ -171,7 +171,7 @@ impl BodyPlan {
         }
         if self.unless_binary {
             return match self.coding {
-                Coding::Identity => text_prefix(prefix),
+                Coding::Identity => crate::waf::text_like(prefix),
                 // A coded body with no type is rare; read, as before.
                 _ => Some(true),
             };
@@ -182,20 +182,6 @@ impl BodyPlan {
         }
         self.coding.json_like(prefix)
     }
-}
-
-/// Whether a body that begins with `prefix` is text (no control bytes but tabs and line breaks,
-/// UTF-8 but for a character cut at the end), from its first 1 KiB; `None` while empty.
-fn text_prefix(prefix: &[u8]) -> Option<bool> {
-    let head = &prefix[..prefix.len().min(1024)];
-    if head.is_empty() {
-        return None;
-    }
-    let utf8 = match std::str::from_utf8(head) {
-        Ok(_) => true,
-        Err(e) => e.error_len().is_none(),
-    };
-    Some(utf8 && !head.iter().any(|&b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0x7f))
 }
 
 /// What [`PolicySnapshot::inspect_body`] did with a body it let through.

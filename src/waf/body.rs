@@ -83,6 +83,20 @@ impl Media {
     }
 }
 
+/// Whether a body that begins with `prefix` is text (no control bytes but tabs and line breaks,
+/// UTF-8 but for a character cut at the end), from its first 1 KiB; `None` while empty.
+pub fn text_like(prefix: &[u8]) -> Option<bool> {
+    let head = &prefix[..prefix.len().min(1024)];
+    if head.is_empty() {
+        return None;
+    }
+    let utf8 = match std::str::from_utf8(head) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none(),
+    };
+    Some(utf8 && !head.iter().any(|&b| super::decode::is_control(b) || b == 0x7f))
+}
+
 /// Whether a body that begins with `prefix` is JSON by its first byte (an object, an array or
 /// a string, after blanks and a UTF-8 BOM); `None` while `prefix` holds nothing else yet.
 pub fn json_like(prefix: &[u8]) -> Option<bool> {

@@ -208,6 +208,12 @@ fn fold_fullwidth(cp: u32) -> u32 {
     }
 }
 
+/// A C0 control byte other than tab and line breaks: not in text (a binary file's, a protobuf
+/// message's tags and lengths).
+pub fn is_control(b: u8) -> bool {
+    b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')
+}
+
 pub fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),

@@ -10,6 +10,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 use super::body::json;
+use super::decode::is_control;
 use super::{Class, Finding, LocationKind, Skips, Value, Waf};
 
 /// How deep nested messages are walked; deeper ones are read as text only. Protobuf's own
@@ -254,18 +255,19 @@ fn reads_as_text(value: &[u8]) -> bool {
     if std::str::from_utf8(value).is_ok() {
         return true;
     }
-    let printable = value.iter().filter(|&&b| matches!(b, 0x20..=0x7e | b'\t' | b'\n' | b'\r')).count();
+    let printable = value.iter().filter(|&&b| is_text_byte(b)).count();
     printable * 4 >= value.len() * 3
+}
+
+/// Printable ASCII, a tab or a line break.
+fn is_text_byte(b: u8) -> bool {
+    (0x20..=0x7e).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r')
 }
 
 /// C0 control bytes other than tab and line breaks: in a message's own bytes (tags of fields 1
 /// to 3, lengths under 32), rare in text.
 fn has_controls(bytes: &[u8]) -> bool {
     bytes.iter().any(|&b| is_control(b))
-}
-
-fn is_control(b: u8) -> bool {
-    b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')
 }
 
 /// Text made to parse as a message rather than a message: a fixed64 or fixed32 field whose
@@ -287,9 +289,7 @@ fn disguised_text(bytes: &[u8]) -> bool {
         count(&bytes[field.tag]);
         match field.wire {
             Wire::Bytes { length, .. } => count(&bytes[length]),
-            Wire::Fixed(value) if value.iter().all(|b| printable(b) || matches!(b, b'\t' | b'\n' | b'\r')) => {
-                return true
-            }
+            Wire::Fixed(value) if value.iter().all(|&b| is_text_byte(b)) => return true,
             Wire::GroupStart | Wire::GroupEnd => return true,
             Wire::Varint | Wire::Fixed(_) => {}
         }
