@@ -177,16 +177,9 @@ async fn app_probes_are_asked_of_the_app_for_the_kubelet() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_app_probes_ask_the_apps_health_service() {
     use palisade::config::{AppProbe, GrpcProbe};
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_service_status("shop.Orders", tonic_health::ServingStatus::Serving).await;
+    let (reporter, grpc_app) = grpc_health_app(&["shop.Orders"]).await;
     reporter.set_service_status("shop.Refunds", tonic_health::ServingStatus::NotServing).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc_port = listener.local_addr().unwrap().port();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let grpc_port = grpc_app.port();
     let s = PolicedSidecar::start_with(&documents(), |c| {
         let grpc = |port, service: &str| AppProbe {
             port,

@@ -716,15 +716,7 @@ async fn grpc_messages_pass_a_waf_at_paranoia_two_that_still_reads_text_bodies()
 async fn a_grpc_client_sees_an_attack_in_its_message_refused_as_permission_denied() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_service_status("orders", tonic_health::ServingStatus::Serving).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (_reporter, app) = grpc_health_app(&["orders"]).await;
     let s = PolicedSidecar::start_with(&waf_policy("{mode: BLOCK}"), |c| c.inbound.app.0 = app).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.sidecar.inbound))
         .unwrap()

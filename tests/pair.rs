@@ -182,15 +182,7 @@ async fn grpc_unary_and_streaming_calls_pass_through_the_pair() {
     use tonic_health::pb::HealthCheckRequest;
 
     // B's app is a real gRPC server (the standard health service).
-    let (reporter, health) = tonic_health::server::health_reporter();
-    reporter.set_service_status("orders", tonic_health::ServingStatus::Serving).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc_addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (reporter, grpc_addr) = grpc_health_app(&["orders"]).await;
     let pki = Pki::new();
     let files_a = pki.workload("a", &id("shop", "frontend"));
     let files_b = pki.workload("b", &id("shop", "orders"));

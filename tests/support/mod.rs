@@ -848,3 +848,20 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// A real gRPC app: tonic's standard health service on a loopback port, each of `services`
+/// reported `SERVING`; the reporter changes what it reports.
+pub async fn grpc_health_app(services: &[&str]) -> (tonic_health::server::HealthReporter, std::net::SocketAddr) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for service in services {
+        reporter.set_service_status(*service, tonic_health::ServingStatus::Serving).await;
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    (reporter, addr)
+}
