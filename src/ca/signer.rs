@@ -302,7 +302,7 @@ fn check_chains_to(chain: &[CertificateDer<'static>], roots: &[CertificateDer<'s
         return Ok(());
     }
     Err(format!(
-        "ca.trustBundle: none of its {} certificates is the root the CA certificate chains to ({}); workloads would trust nothing the CA signs",
+        "ca.trustBundle: none of its {} certificates is the root the CA certificate chains to ({}); workloads would trust nothing the CA signs: add that root to the bundle (README, \"Rotating the CA\")",
         roots.len(),
         if top.subject() == top.issuer() { format!("itself, {}", top.subject()) } else { format!("issued by {}", top.issuer()) },
     ))
