@@ -462,10 +462,21 @@ impl Waf {
 
     /// Runs every detector that reads this value's class, after decoding.
     fn value(&self, v: Value<'_>, skip: &Skips<'_>) -> Option<Finding> {
+        // A protobuf string or `bytes` carries any byte by design (a NUL, a line break): no
+        // HTTP parser reads it, so nothing in it is a protocol anomaly.
+        let opaque = v.kind == LocationKind::GrpcField;
+        self.value_read(v, skip, opaque)
+    }
+
+    /// [`Waf::value`] for bytes that never said they are text (a body of a type no WAF parses,
+    /// read whole): the `protocol` detector is not run, as an image's bytes are no anomaly.
+    fn opaque_value(&self, v: Value<'_>, skip: &Skips<'_>) -> Option<Finding> {
+        self.value_read(v, skip, true)
+    }
+
+    fn value_read(&self, v: Value<'_>, skip: &Skips<'_>, opaque: bool) -> Option<Finding> {
         let mut active = self.plans[v.class as usize].without(skip.for_name(v.kind, v.name));
-        if v.kind == LocationKind::GrpcField {
-            // A protobuf string or `bytes` carries any byte by design (a NUL, a line break): no
-            // HTTP parser reads it, so nothing in it is a protocol anomaly.
+        if opaque {
             active = active.without(DetectorSet::of(&[Detector::Protocol]));
         }
         if active.is_empty() || v.value.is_empty() {
