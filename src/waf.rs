@@ -62,9 +62,9 @@ mod corpus;
 use std::fmt;
 
 pub(crate) use body::grpc_frame_start;
-pub use body::{is_grpc, json_like, text_like};
+pub use body::{grpc_web_text, is_grpc, json_like, rpc_over_http1, text_like};
 use decode::Hit;
-pub use grpc::{GrpcMessages, Message as GrpcMessage, Piece as GrpcPiece};
+pub use grpc::{Base64Frames, GrpcMessages, Message as GrpcMessage, NotBase64, Piece as GrpcPiece};
 
 /// The detector families; their names are the `detector` label of metrics and events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -1066,11 +1066,18 @@ pub(crate) mod tests {
         for pl in 1..=4 {
             let waf = waf(pl);
             let grpc = if pl >= 2 { BodyReading::UnlessGrpcFramed } else { BodyReading::IfJson };
-            for ct in ["application/grpc", "application/grpc+proto", "application/grpc-web", "application/grpc+json"] {
+            for ct in [
+                "application/grpc",
+                "application/grpc+proto",
+                "application/grpc-web",
+                "application/grpc+json",
+                "application/grpc-web-text",
+                "application/connect+proto",
+            ] {
                 assert_eq!(waf.reads_body(Some(ct.as_bytes())), grpc, "{ct} at {pl}");
             }
             let text = if pl >= 2 { BodyReading::Whole } else { BodyReading::IfJson };
-            for ct in ["text/plain", "application/octet-stream", "image/gif", "application/grpc-web-text"] {
+            for ct in ["text/plain", "application/octet-stream", "image/gif", "application/connect"] {
                 assert_eq!(waf.reads_body(Some(ct.as_bytes())), text, "{ct} at {pl}");
             }
             assert_eq!(waf.reads_body(Some(b"application/json")), BodyReading::Whole);

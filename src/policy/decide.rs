@@ -210,18 +210,25 @@ pub struct GrpcCall {
     sniffed: bool,
     /// A sniffed body that proved not to be gRPC: the rest goes on unread.
     not_grpc: bool,
+    /// gRPC-Web's text form: the frames come in base64.
+    text: Option<crate::waf::Base64Frames>,
 }
 
 impl GrpcCall {
     /// For a gRPC request of `headers` whose body the policy reads (`plan`).
     pub fn new(plan: BodyPlan, headers: &HeaderMap) -> Self {
-        let content_type = headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes()).unwrap_or_default();
-        let json_codec = content_type.len() >= 21 && content_type[..21].eq_ignore_ascii_case(b"application/grpc+json");
-        let named = headers.get_all("grpc-encoding");
+        let content_type = headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes());
+        let media = content_type.unwrap_or_default().split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+        // `application/grpc+json`, `grpc-web+json`, `connect+json`: each message a JSON document.
+        let json_codec = media.len() >= 5 && media[media.len() - 5..].eq_ignore_ascii_case(b"+json");
+        // Connect names its messages' compression in a header of its own.
+        let connect = media.len() >= 20 && media[..20].eq_ignore_ascii_case(b"application/connect+");
+        let named = headers.get_all(if connect { "connect-content-encoding" } else { "grpc-encoding" });
         let several = named.iter().count() > 1 || named.iter().any(|v| v.as_bytes().contains(&b','));
         let encoding = (!several).then(|| Coding::of(named.iter().map(|v| v.as_bytes())));
         let messages = crate::waf::GrpcMessages::new(plan.limit);
-        GrpcCall { messages, plan, encoding, json_codec, sniffed: false, not_grpc: false }
+        let text = crate::waf::grpc_web_text(content_type).then(crate::waf::Base64Frames::default);
+        GrpcCall { messages, plan, encoding, json_codec, sniffed: false, not_grpc: false, text }
     }
 
     /// For a request to an HTTP/2 app under another label (`text/plain`, none the WAF parses)
@@ -246,9 +253,17 @@ impl GrpcCall {
         uninspected: &mut u64,
     ) -> Result<bytes::Bytes, Refusal> {
         use crate::waf::GrpcPiece;
-        let GrpcCall { plan, messages, encoding, json_codec, sniffed, not_grpc } = self;
+        let GrpcCall { plan, messages, encoding, json_codec, sniffed, not_grpc, text } = self;
+        let decoded;
+        let frames = match text {
+            Some(text) => {
+                decoded = bytes::Bytes::from(text.decode(chunk).map_err(|_| NOT_BASE64)?);
+                &decoded
+            }
+            None => chunk,
+        };
         let mut refused = None;
-        let on = messages.push(chunk, |piece| {
+        let on = messages.push(frames, |piece| {
             if *not_grpc {
                 return true;
             }
@@ -281,7 +296,12 @@ impl GrpcCall {
                 }
             }
         });
-        on.map_err(|_| refused.expect("a stop says why"))
+        let on = on.map_err(|_| refused.expect("a stop says why"))?;
+        // The text that carries what goes on, as the caller sent it.
+        Ok(match text {
+            Some(text) => text.release(on.len()).into(),
+            None => on,
+        })
     }
 
     /// At the end of the body: a refusal if it ended inside a message; for a sniffed body, what
@@ -291,12 +311,17 @@ impl GrpcCall {
             let held = self.messages.take_held();
             return Ok((!held.is_empty()).then(|| bytes::Bytes::from(held)));
         }
+        if let Some(text) = &self.text {
+            text.end().map_err(|_| NOT_BASE64)?;
+        }
         match self.messages.between_messages() {
             true => Ok(None),
             false => Err(Refusal::Malformed("a gRPC request body that ends inside a message")),
         }
     }
 }
+
+const NOT_BASE64: Refusal = Refusal::Malformed("a grpc-web-text request body that is not base64");
 
 /// A request the decision let through.
 #[derive(Debug)]
@@ -1817,6 +1842,55 @@ mod tests {
         ok.extend_from_slice(b"orders");
         let gzip_ok = gzip(&ok);
         assert_eq!(call(&["gzip"], framed(true, &gzip_ok)), Ok(framed(true, &gzip_ok)));
+    }
+
+    /// gRPC-Web's text form and Connect's streaming calls are read as gRPC calls are: their
+    /// messages found (in base64, or compressed as Connect's own header says), an attack refused,
+    /// text that is not base64 refused, and an ordinary call passed on as it was sent.
+    #[test]
+    fn grpc_web_text_and_connect_calls_are_read_a_message_at_a_time() {
+        use base64::Engine as _;
+        let s = waf_policy("{mode: BLOCK}");
+        let framed = |flag: u8, payload: &[u8]| {
+            let mut f = vec![flag];
+            f.extend((payload.len() as u32).to_be_bytes());
+            f.extend_from_slice(payload);
+            f
+        };
+        let string_field = |text: &[u8]| [&[0x0a, text.len() as u8][..], text].concat();
+        let attack = string_field(b"1' OR '1'='1' UNION SELECT password FROM users --");
+        let ordinary = string_field(b"orders");
+        let call = |content_type: &'static str, extra: Option<(&'static str, &'static str)>, body: Vec<u8>| {
+            let mut headers = HeaderMap::new();
+            headers.insert("content-type", HeaderValue::from_static(content_type));
+            if let Some((name, value)) = extra {
+                headers.insert(name, HeaderValue::from_static(value));
+            }
+            let plan = s.body_plan("/t.S/Call", Some(content_type.as_bytes()), []).expect("read");
+            let mut call = GrpcCall::new(plan, &headers);
+            let on = call.next(&s, "/t.S/Call", &bytes::Bytes::from(body), |_| {}, &mut 0)?;
+            call.end().map(|_| on)
+        };
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes).into_bytes();
+        for ct in ["application/grpc-web-text", "application/grpc-web-text+proto"] {
+            assert!(matches!(call(ct, None, b64(&framed(0, &attack))), Err(Refusal::Blocked(_))), "{ct}");
+            let text = b64(&framed(0, &ordinary));
+            assert_eq!(call(ct, None, text.clone()).unwrap(), text, "{ct}");
+            let refused = call(ct, None, framed(0, &attack));
+            assert!(matches!(refused, Err(Refusal::Malformed(why)) if why.contains("base64")), "{refused:?}");
+        }
+        // Connect names its compression in `connect-content-encoding`; `grpc-encoding` is not its.
+        let gzipped = framed(1, &gzip(&attack));
+        let connect = Some(("connect-content-encoding", "gzip"));
+        assert!(matches!(call("application/connect+proto", connect, gzipped.clone()), Err(Refusal::Blocked(_))));
+        let refused = call("application/connect+proto", Some(("grpc-encoding", "gzip")), gzipped);
+        assert!(matches!(refused, Err(Refusal::Malformed(_))), "{refused:?}");
+        let json = framed(0, br#"{"name": "1' OR '1'='1' UNION SELECT password FROM users --"}"#);
+        for ct in ["application/connect+json", "application/grpc-web+json"] {
+            assert!(matches!(call(ct, None, json.clone()), Err(Refusal::Blocked(_))), "{ct}");
+        }
+        let ordinary_call = framed(0, &ordinary);
+        assert_eq!(call("application/connect+proto", None, ordinary_call.clone()).unwrap(), ordinary_call);
     }
 
     #[test]

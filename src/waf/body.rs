@@ -27,6 +27,7 @@ pub(crate) fn inspect(waf: &Waf, content_type: Option<&[u8]>, body: &[u8], skip:
         Media::Multipart => multipart(waf, content_type.unwrap_or(b""), body, skip),
         Media::Json => json(waf, body, true, skip),
         Media::Xml => xml(waf, body, skip),
+        Media::Protobuf => super::grpc::message(waf, body, false, skip),
         // From paranoia 2 a body of any other type is read as one text value, but a gRPC message.
         Media::Other if waf.paranoia >= 2 && !grpc_framed(content_type, body.first().copied()) => {
             opaque(waf, skip, body)
@@ -41,6 +42,15 @@ pub(crate) fn inspect(waf: &Waf, content_type: Option<&[u8]>, body: &[u8], skip:
     }
 }
 
+/// The types of a bare protobuf message.
+const PROTOBUF_TYPES: [&[u8]; 5] = [
+    b"application/proto",
+    b"application/x-protobuf",
+    b"application/protobuf",
+    b"application/vnd.google.protobuf",
+    b"application/x-google-protobuf",
+];
+
 /// What a `Content-Type` makes of a body for the WAF: the one reading of it that [`inspect`]
 /// walks by and [`structured`] answers from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,6 +60,9 @@ enum Media {
     Multipart,
     Json,
     Xml,
+    /// One protobuf message, bare: Connect's unary calls (`application/proto`), and APIs that
+    /// take protobuf over HTTP (Spring's and ASP.NET's converters).
+    Protobuf,
     Other,
 }
 
@@ -77,6 +90,8 @@ impl Media {
             Media::Json
         } else if is(b"application/xml") || is(b"text/xml") || ends(b"+xml") {
             Media::Xml
+        } else if PROTOBUF_TYPES.iter().any(|t| is(t)) {
+            Media::Protobuf
         } else {
             Media::Other
         }
@@ -115,8 +130,7 @@ pub(crate) fn structured(content_type: Option<&[u8]>) -> bool {
     Media::of(content_type) != Media::Other
 }
 
-/// A gRPC message (a 5-byte frame, then protobuf), by its type (`application/grpc`,
-/// `application/grpc+proto`, gRPC-Web; not `grpc-web-text`, which is base64 text) and its first
+/// A gRPC message (a 5-byte frame, then protobuf), by its type ([`is_grpc`]) and its first
 /// byte (a frame starts with its compression flag, 0 or 1). Read as text, the frame header was
 /// itself a finding at paranoia 2 (every call refused), and a streaming call was held back until
 /// its client ended it. A body so labelled that does not start as a frame is read as any other:
@@ -130,13 +144,28 @@ pub(crate) fn grpc_frame_start(first: u8) -> bool {
     first <= 1
 }
 
-/// A gRPC type: `application/grpc`, `application/grpc+proto`, gRPC-Web (not `grpc-web-text`).
-/// Compared without a lower-cased copy: it is asked of every request with a body.
+/// A call whose messages each come behind a 5-byte frame: gRPC (`application/grpc`, `+proto`,
+/// `+json`), gRPC-Web (`application/grpc-web`, and its text form, the frames in base64) and
+/// Connect's streaming calls (`application/connect+proto`, `+json`). Compared without a
+/// lower-cased copy: it is asked of every request with a body.
 pub fn is_grpc(content_type: Option<&[u8]>) -> bool {
+    media_starts(content_type, b"application/grpc") || media_starts(content_type, b"application/connect+")
+}
+
+/// A call of [`is_grpc`]'s that an app may serve over HTTP/1.1 too: gRPC-Web (made for
+/// browsers) and Connect; gRPC itself needs HTTP/2.
+pub fn rpc_over_http1(content_type: Option<&[u8]>) -> bool {
+    media_starts(content_type, b"application/grpc-web") || media_starts(content_type, b"application/connect+")
+}
+
+/// gRPC-Web's text form (`application/grpc-web-text`, `+proto`): its frames in base64.
+pub fn grpc_web_text(content_type: Option<&[u8]>) -> bool {
+    media_starts(content_type, b"application/grpc-web-text")
+}
+
+fn media_starts(content_type: Option<&[u8]>, prefix: &[u8]) -> bool {
     let Some(ct) = content_type else { return false };
-    let media = media_type(ct);
-    let starts = |prefix: &[u8]| media.get(..prefix.len()).is_some_and(|m| m.eq_ignore_ascii_case(prefix));
-    starts(b"application/grpc") && !starts(b"application/grpc-web-text")
+    media_type(ct).get(..prefix.len()).is_some_and(|m| m.eq_ignore_ascii_case(prefix))
 }
 
 /// `type/subtype` without parameters or surrounding blanks: up to the first `;`, `,` or blank,
@@ -1250,6 +1279,23 @@ mod tests {
         for ct in ["application/json", "application/x-www-form-urlencoded"] {
             let found = waf(1).inspect_body(Some(ct.as_bytes()), b"{\"a\":\"\xff\xfe\x00\"}", &Skips::NONE);
             assert_eq!(found.map(|f| f.detector), Some(Detector::Protocol), "{ct}");
+        }
+    }
+
+    /// A bare protobuf message (Connect's unary calls, protobuf REST APIs) is read field by
+    /// field at every level, as a gRPC call's messages are; at paranoia 1 it had gone unread.
+    #[test]
+    fn a_protobuf_body_is_read_as_a_message_at_every_level() {
+        use crate::waf::grpc::tests::field;
+        let attack = field(2, &field(1, b"1' UNION SELECT password FROM users--"));
+        let ordinary = [field(1, b"orders"), vec![0x10, 0x96, 0x01], field(3, &[0xff, 0x00, 0x81, 0x7f])].concat();
+        for ct in PROTOBUF_TYPES.iter().map(|t| [*t, &b"; charset=utf-8"[..]].concat()) {
+            for pl in 1..=4 {
+                let found = waf(pl).inspect_body(Some(&ct), &attack, &Skips::NONE).expect("found");
+                assert_eq!((found.detector, found.location.kind), (Detector::Sqli, LocationKind::GrpcField));
+                assert_eq!(found.location.name, "2.1");
+                assert_eq!(waf(pl).inspect_body(Some(&ct), &ordinary, &Skips::NONE), None);
+            }
         }
     }
 

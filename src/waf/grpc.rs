@@ -179,6 +179,96 @@ impl GrpcMessages {
     }
 }
 
+/// gRPC-Web's text form (`application/grpc-web-text`): the call's frames in base64 (RFC 4648's
+/// standard alphabet, padded), decoded as they come for [`GrpcMessages`], while what goes on
+/// to the app is the text as the caller sent it, byte for byte, held only as long as the
+/// decoded bytes it carries are.
+#[derive(Debug, Default)]
+pub struct Base64Frames {
+    /// Text not yet passed on: whole groups of four characters, then any part of the next.
+    held: Vec<u8>,
+    /// Decoded bytes let through that the groups at the front of `held` carry.
+    released: usize,
+    /// The group of four being read, `in_quad` characters of it so far.
+    quad: [u8; 4],
+    in_quad: usize,
+}
+
+/// Text that is not base64 (or not all of it): tonic-web and Envoy refuse it too.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NotBase64;
+
+impl Base64Frames {
+    /// Decodes `chunk`, the body's next text, keeping it until [`Base64Frames::release`] lets
+    /// it go. Blanks are not base64 here, as they are not to tonic-web's or Envoy's decoder;
+    /// `=` ends a group, after which another padded segment may follow (as a decoder that is
+    /// given each segment on its own reads them).
+    pub fn decode(&mut self, chunk: &[u8]) -> Result<Vec<u8>, NotBase64> {
+        let mut out = Vec::with_capacity(chunk.len() / 4 * 3 + 3);
+        for &c in chunk {
+            self.quad[self.in_quad] = c;
+            self.in_quad += 1;
+            if self.in_quad == 4 {
+                self.in_quad = 0;
+                decode_group(self.quad, &mut out)?;
+            }
+        }
+        self.held.extend_from_slice(chunk);
+        Ok(out)
+    }
+
+    /// Lets `decoded` more decoded bytes go on: returns the text of every group they complete.
+    pub fn release(&mut self, decoded: usize) -> Vec<u8> {
+        self.released += decoded;
+        let mut upto = 0;
+        while let Some(group) = self.held.get(upto..upto + 4) {
+            let carries = 3 - group.iter().filter(|&&c| c == b'=').count();
+            if carries > self.released {
+                break;
+            }
+            self.released -= carries;
+            upto += 4;
+        }
+        self.held.drain(..upto).collect()
+    }
+
+    /// At the end of the body: refused when it ends inside a group of four (tonic-web and
+    /// Envoy refuse it; unpadded text is not gRPC-Web's).
+    pub fn end(&self) -> Result<(), NotBase64> {
+        match self.in_quad {
+            0 => Ok(()),
+            _ => Err(NotBase64),
+        }
+    }
+}
+
+/// Four characters of base64 into `out`: three bytes, or one or two before `=` padding.
+fn decode_group(group: [u8; 4], out: &mut Vec<u8>) -> Result<(), NotBase64> {
+    fn sextet(c: u8) -> Result<u32, NotBase64> {
+        Ok(u32::from(match c {
+            b'A'..=b'Z' => c - b'A',
+            b'a'..=b'z' => c - b'a' + 26,
+            b'0'..=b'9' => c - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            _ => return Err(NotBase64),
+        }))
+    }
+    let pad = match group {
+        [_, _, b'=', b'='] => 2,
+        [_, _, _, b'='] => 1,
+        _ => 0,
+    };
+    let mut bits = 0u32;
+    for &c in &group[..4 - pad] {
+        bits = bits << 6 | sextet(c)?;
+    }
+    bits <<= 6 * pad as u32;
+    let bytes = bits.to_be_bytes();
+    out.extend_from_slice(&bytes[1..4 - pad]);
+    Ok(())
+}
+
 fn frame_length(frame: &[u8]) -> u64 {
     u64::from(u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]))
 }
@@ -581,6 +671,61 @@ pub(super) mod tests {
             assert_eq!(seen, messages, "pieces of {size}");
             assert_eq!(on, body, "pieces of {size}");
             assert!(split.between_messages());
+        }
+    }
+
+    /// gRPC-Web's text form: whatever the cut, and whether the caller encoded the body whole or
+    /// each message on its own (padded), the messages are found, and what goes on is the text
+    /// as sent, byte for byte, never ahead of the messages let through.
+    #[test]
+    fn grpc_web_text_is_decoded_however_it_is_cut_and_goes_on_as_it_was_sent() {
+        use base64::Engine as _;
+        let b64 = |bytes: &[u8]| base64::engine::general_purpose::STANDARD.encode(bytes).into_bytes();
+        let messages = [field(1, b"first"), field(2, &[b'x'; 301]), Vec::new(), field(1, b"last one")];
+        let frames: Vec<u8> = messages.iter().flat_map(|m| framed(m)).collect();
+        let whole = b64(&frames);
+        let each: Vec<u8> = messages.iter().flat_map(|m| b64(&framed(m))).collect();
+        assert!(each.contains(&b'='), "a padded segment in the middle");
+        for text in [whole, each] {
+            for size in [1, 2, 3, 4, 5, 7, 64, 411, text.len()] {
+                let (mut split, mut base64) = (GrpcMessages::new(1024), Base64Frames::default());
+                let (mut seen, mut on) = (Vec::new(), Vec::new());
+                for piece in text.chunks(size) {
+                    let decoded = Bytes::from(base64.decode(piece).unwrap());
+                    let let_through = split
+                        .push(&decoded, |p| {
+                            let Piece::Message(m) = p else { panic!("{p:?}") };
+                            seen.push(m.payload.to_vec());
+                            true
+                        })
+                        .unwrap();
+                    on.extend(base64.release(let_through.len()));
+                    // Whole groups of four, carrying no more than the messages let through.
+                    assert_eq!(on.len() % 4, 0);
+                    let carried = Base64Frames::default().decode(&on).unwrap();
+                    let through: usize = seen.iter().map(|m| m.len() + FRAME).sum();
+                    assert!(carried.len() <= through && frames.starts_with(&carried), "pieces of {size}");
+                }
+                assert_eq!(seen, messages, "pieces of {size}");
+                assert_eq!(on, text, "pieces of {size}");
+                assert_eq!(base64.end(), Ok(()));
+                assert!(split.between_messages());
+            }
+        }
+    }
+
+    #[test]
+    fn text_that_is_not_base64_is_refused_as_tonic_web_and_envoy_refuse_it() {
+        let decode = |text: &[u8]| Base64Frames::default().decode(text);
+        assert_eq!(decode(b"AAAAAAUKA2Zvbw=="), Ok(framed(&field(1, b"foo"))));
+        for bad in [&b"AAAA AAUK"[..], b"AAAA\nAAUK", b"AA-_", b"A===", b"=AAA", b"AAAA%41AA"] {
+            assert_eq!(decode(bad), Err(NotBase64), "{:?}", String::from_utf8_lossy(bad));
+        }
+        // Ended inside a group of four: unpadded, or cut.
+        for cut in [&b"AAAAAAUKA2Zvbw"[..], b"AAAAA"] {
+            let mut text = Base64Frames::default();
+            text.decode(cut).unwrap();
+            assert_eq!(text.end(), Err(NotBase64));
         }
     }
 
