@@ -735,6 +735,113 @@ async fn a_grpc_client_sees_an_attack_in_its_message_refused_as_permission_denie
     s.shutdown();
 }
 
+/// gRPC-Web as a browser's client sends it (over HTTP/1.1; the frames in base64 in grpc-web's
+/// default text mode, or binary) to a real gRPC-Web server (tonic-web): an ordinary call is
+/// answered, one with an attack is refused before the app sees it, as `PERMISSION_DENIED`, and
+/// text that is not base64 is refused. Both forms had gone unread to an HTTP/1.1 app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_web_calls_over_http1_are_read_in_text_and_binary_form() {
+    use base64::Engine as _;
+    let (_reporter, app) = grpc_web_health_app(&["orders"]).await;
+    let s = PolicedSidecar::start_with(&waf_policy("{mode: BLOCK}"), |c| c.inbound.app.0 = app).await;
+    let call = |content_type: &str, service: &[u8]| {
+        let frame = grpc_frame(&proto_string(1, service));
+        let body = match content_type.contains("text") {
+            true => base64::engine::general_purpose::STANDARD.encode(frame).into_bytes(),
+            false => frame,
+        };
+        let mut request = format!(
+            "POST /grpc.health.v1.Health/Check HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\n\
+             content-type: {content_type}\r\naccept: {content_type}\r\nx-grpc-web: 1\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(&body);
+        s.exchange("frontend", request)
+    };
+    let attack = b"x' UNION SELECT password FROM users--";
+    for content_type in ["application/grpc-web-text", "application/grpc-web+proto"] {
+        // The app reads what goes on: SERVING for a service it has, NOT_FOUND for another.
+        let answer = call(content_type, b"orders").await;
+        assert_eq!((answer.status, grpc_web_status(&answer)), (200, "0".into()), "{content_type}: {answer:?}");
+        let answer = call(content_type, b"payments").await;
+        assert_eq!((answer.status, grpc_web_status(&answer)), (200, "5".into()), "{content_type}: {answer:?}");
+        let refused = call(content_type, attack).await;
+        assert_eq!((refused.status, refused.header("grpc-status")), (403, Some("7")), "{content_type}: {refused:?}");
+    }
+    s.events_where("the refusals", 2, |e| e.to_string().contains("grpc_field")).await;
+    let not_base64 = s
+        .exchange(
+            "frontend",
+            "POST /grpc.health.v1.Health/Check HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\n\
+             content-type: application/grpc-web-text\r\ncontent-length: 12\r\n\r\nAAAA AAUKA2Zv",
+        )
+        .await;
+    assert_eq!((not_base64.status, not_base64.header("grpc-status")), (400, Some("13")), "{not_base64:?}");
+    s.shutdown();
+}
+
+/// Connect's calls over HTTP/1.1 (connect-go serves them beside gRPC and gRPC-Web): a unary
+/// call's bare protobuf body, and a streaming call's framed messages, compressed as Connect's
+/// own header says, are read; an ordinary one reaches the app whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_calls_and_protobuf_bodies_are_read_and_ordinary_ones_reach_the_app_whole() {
+    let s = PolicedSidecar::start(&waf_policy("{mode: BLOCK}")).await;
+    let call = |content_type: &str, extra: &str, body: &[u8]| {
+        let mut request = format!(
+            "POST /shop.v1.Orders/Find HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\n\
+             content-type: {content_type}\r\n{extra}content-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        request.extend_from_slice(body);
+        s.exchange("frontend", request)
+    };
+    let attack = proto_string(2, &proto_string(1, b"x' UNION SELECT password FROM users--"));
+    let ordinary = [proto_string(1, b"order 42"), vec![0x10, 0x2a]].concat();
+    for content_type in ["application/proto", "application/x-protobuf"] {
+        assert_refused(&call(content_type, "", &attack).await, 403, "forbidden", content_type);
+        let answer = call(content_type, "", &ordinary).await;
+        assert_eq!((answer.status, answer.seen().body_bytes), (200, ordinary.len()), "{content_type}");
+    }
+    let gzip = |bytes: &[u8]| encode("gzip", bytes);
+    let compressed = [vec![1], (gzip(&attack).len() as u32).to_be_bytes().to_vec(), gzip(&attack)].concat();
+    let header = "connect-content-encoding: gzip\r\n";
+    assert_refused(&call("application/connect+proto", header, &compressed).await, 403, "forbidden", "streaming");
+    let stream = [grpc_frame(&ordinary), grpc_frame(&ordinary)].concat();
+    let answer = call("application/connect+proto", "", &stream).await;
+    assert_eq!((answer.status, answer.seen().body_bytes), (200, stream.len()));
+    s.events_where("the refusals", 3, |e| e.to_string().contains("grpc_field")).await;
+    s.shutdown();
+}
+
+/// The status of a gRPC-Web answer: in its head (an answer with no message), or in the trailer
+/// frame that ends its body (flag 0x80), base64 in the text form.
+fn grpc_web_status(answer: &Answer) -> String {
+    use base64::Engine as _;
+    if let Some(status) = answer.header("grpc-status") {
+        return status.to_string();
+    }
+    let text = answer.header("content-type").is_some_and(|t| t.contains("text"));
+    let body = match text {
+        // Each frame may be its own padded segment: a group of four at a time.
+        true => answer
+            .body
+            .as_bytes()
+            .chunks(4)
+            .flat_map(|group| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(group)
+                    .unwrap_or_else(|e| panic!("{e}: {}", answer.body))
+            })
+            .collect(),
+        false => answer.body.as_bytes().to_vec(),
+    };
+    let trailers = String::from_utf8_lossy(&body);
+    let at = trailers.find("grpc-status:").unwrap_or_else(|| panic!("no grpc-status in {trailers:?}"));
+    trailers[at + 12..].chars().take_while(char::is_ascii_digit).collect()
+}
+
 /// A gRPC message framed as `[flag, length (4 bytes, big-endian), message]`.
 fn grpc_frame(message: &[u8]) -> Vec<u8> {
     let mut frame = vec![0];

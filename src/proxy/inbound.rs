@@ -472,8 +472,12 @@ impl ProxyHttp for Inbound {
                 headers.get_all(CONTENT_ENCODING).iter().map(|v| v.as_bytes()),
             )
         };
-        // A gRPC call to an HTTP/2 app: its messages are read as they stream, not here.
-        let plan = match plan.filter(|_| ctx.app_h2 && super::is_grpc(session.req_header())) {
+        // A gRPC call to an HTTP/2 app, a gRPC-Web or Connect call to any: its messages are
+        // read as they stream, not here.
+        let content_type = session.req_header().headers.get(CONTENT_TYPE).map(|v| v.as_bytes());
+        let streamed =
+            crate::policy::is_grpc(content_type) && (ctx.app_h2 || crate::policy::rpc_over_http1(content_type));
+        let plan = match plan.filter(|_| streamed) {
             Some(plan) => {
                 let call = GrpcCall::new(plan, &session.req_header().headers);
                 ctx.grpc = Some(Box::new(GrpcBody { policy: Arc::clone(&policy), call }));

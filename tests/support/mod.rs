@@ -852,16 +852,35 @@ impl Drop for KillOnDrop {
 /// A real gRPC app: tonic's standard health service on a loopback port, each of `services`
 /// reported `SERVING`; the reporter changes what it reports.
 pub async fn grpc_health_app(services: &[&str]) -> (tonic_health::server::HealthReporter, std::net::SocketAddr) {
+    grpc_health_app_serving(services, false).await
+}
+
+/// [`grpc_health_app`] serving gRPC-Web too (tonic-web), over HTTP/1.1 as browsers' clients
+/// reach it.
+pub async fn grpc_web_health_app(services: &[&str]) -> (tonic_health::server::HealthReporter, std::net::SocketAddr) {
+    grpc_health_app_serving(services, true).await
+}
+
+async fn grpc_health_app_serving(
+    services: &[&str],
+    web: bool,
+) -> (tonic_health::server::HealthReporter, std::net::SocketAddr) {
     let (reporter, health) = tonic_health::server::health_reporter();
     for service in services {
         reporter.set_service_status(*service, tonic_health::ServingStatus::Serving).await;
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(health)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    match web {
+        false => tokio::spawn(tonic::transport::Server::builder().add_service(health).serve_with_incoming(incoming)),
+        true => tokio::spawn(
+            tonic::transport::Server::builder()
+                .accept_http1(true)
+                .layer(tonic_web::GrpcWebLayer::new())
+                .add_service(health)
+                .serve_with_incoming(incoming),
+        ),
+    };
     (reporter, addr)
 }
