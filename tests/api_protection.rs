@@ -890,6 +890,14 @@ enum AppHeard {
 /// An HTTP/2 app (gRPC without a schema) that reports each piece of every request body as it
 /// comes and answers 200 (`grpc-status: 0` in trailers) once the body has ended.
 async fn reporting_h2_app() -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<AppHeard>) {
+    reporting_h2_app_answering(false).await
+}
+
+/// [`reporting_h2_app`]; with `at_once`, as a bidirectional stream's server answers: its head
+/// and a first message as soon as a call comes, the rest once the call's body has ended.
+async fn reporting_h2_app_answering(
+    at_once: bool,
+) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<AppHeard>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (heard, reports) = tokio::sync::mpsc::unbounded_channel();
@@ -903,6 +911,14 @@ async fn reporting_h2_app() -> (std::net::SocketAddr, tokio::sync::mpsc::Unbound
                     let heard = heard.clone();
                     tokio::spawn(async move {
                         let mut body = request.into_body();
+                        let head = || http::Response::builder().header("content-type", "application/grpc").body(());
+                        let mut answering = match at_once {
+                            true => respond.send_response(head().unwrap(), false).ok(),
+                            false => None,
+                        };
+                        if let Some(stream) = answering.as_mut() {
+                            let _ = stream.send_data(bytes::Bytes::from(grpc_frame(&proto_string(1, b"hello"))), false);
+                        }
                         loop {
                             match body.data().await {
                                 Some(Ok(bytes)) => {
@@ -917,8 +933,9 @@ async fn reporting_h2_app() -> (std::net::SocketAddr, tokio::sync::mpsc::Unbound
                             }
                         }
                         let _ = heard.send(AppHeard::Ended);
-                        let answer = http::Response::builder().header("content-type", "application/grpc");
-                        if let Ok(mut stream) = respond.send_response(answer.body(()).unwrap(), false) {
+                        if let Some(mut stream) =
+                            answering.or_else(|| respond.send_response(head().unwrap(), false).ok())
+                        {
                             let mut trailers = http::HeaderMap::new();
                             trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
                             let _ = stream.send_trailers(trailers);
@@ -929,6 +946,51 @@ async fn reporting_h2_app() -> (std::net::SocketAddr, tokio::sync::mpsc::Unbound
         }
     });
     (addr, reports)
+}
+
+/// A bidirectional stream whose client sends an attack after the app has begun to answer: the
+/// app's call is cancelled before a byte of the attack reaches it, and the client reads the
+/// messages it had and then `PERMISSION_DENIED` in trailers, as an app's own refusal would end
+/// the stream (it had been reset, which gRPC clients report as `CANCELLED` or `INTERNAL`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_stream_refused_after_the_app_began_to_answer_ends_with_the_refusals_status() {
+    let (app, mut reports) = reporting_h2_app_answering(true).await;
+    let s = PolicedSidecar::start_with(&waf_policy("{mode: BLOCK}"), |c| {
+        c.inbound.app.0 = app;
+        c.inbound.app_protocol = palisade::config::AppProtocol::Http2;
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post("http://orders.shop/shop.v1.Chat/Talk")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    let (answer, mut body) = client.send_request(request.body(()).unwrap(), false).unwrap();
+    let answer = in_time("the app's head", answer).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut answer = answer.into_body();
+    let first = in_time("the app's first message", answer.data()).await.unwrap().unwrap();
+    assert_eq!(first, grpc_frame(&proto_string(1, b"hello")));
+    let _ = answer.flow_control().release_capacity(first.len());
+    let attack = grpc_frame(&proto_string(1, b"1' UNION SELECT password FROM users--"));
+    body.send_data(bytes::Bytes::from(attack), false).unwrap();
+    let end = in_time("the end of the answer", answer.data()).await;
+    assert!(end.is_none(), "no more messages: {end:?}");
+    let trailers = in_time("the trailers", answer.trailers()).await.expect("trailers, not a reset stream");
+    let trailers = trailers.expect("trailers");
+    assert_eq!(trailers["grpc-status"], "7", "PERMISSION_DENIED: {trailers:?}");
+    let message = trailers["grpc-message"].to_str().unwrap();
+    assert!(message.starts_with("forbidden (request id "), "{message}");
+    let (rest, ended) = heard_until_done(&mut reports).await;
+    assert!(rest.is_empty() && !ended, "the app got {rest:?} of the attack; its call ended cleanly: {ended}");
+    s.events_where("the finding", 1, |e| e.to_string().contains("grpc_field")).await;
+    s.shutdown();
+}
+
+async fn in_time<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(10), future).await.unwrap_or_else(|_| panic!("{what} in time"))
 }
 
 /// The body bytes the app reported until the body ended or was reset, and which of the two.

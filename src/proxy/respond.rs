@@ -184,13 +184,19 @@ pub async fn write(
     if trailers {
         // grpc-core (Python, C++, Ruby, PHP clients) reads a status only from trailers, or from
         // a head that ends the stream: without these it reported `UNKNOWN: Stream removed`.
-        let mut trailers = http::HeaderMap::with_capacity(2);
-        trailers.insert("grpc-status", HeaderValue::from(u16::from(grpc_status(status))));
-        let message = format!("{code} (request id {})", request_id.as_str());
-        trailers.insert("grpc-message", HeaderValue::from_str(&message).expect("ASCII"));
-        session.downstream_session.write_response_trailers(trailers).await?;
+        session.downstream_session.write_response_trailers(grpc_trailers(status, code, request_id)).await?;
     }
     Ok(())
+}
+
+/// `grpc-status` and `grpc-message` for an answer of `status` the sidecar made.
+fn grpc_trailers(status: u16, code: &str, request_id: &RequestId) -> http::HeaderMap {
+    let mut trailers = http::HeaderMap::with_capacity(2);
+    trailers.insert("grpc-status", HeaderValue::from(u16::from(grpc_status(status))));
+    // Printable ASCII but `%`: nothing to percent-encode.
+    let message = format!("{code} (request id {})", request_id.as_str());
+    trailers.insert("grpc-message", HeaderValue::from_str(&message).expect("ASCII"));
+    trailers
 }
 
 /// The gRPC status code (`google.rpc.Code`) gRPC's clients infer from an HTTP status
@@ -349,7 +355,23 @@ pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> Fai
     // `101` is, of another protocol's bytes, where a JSON error would be taken for its data.
     let started = |status: StatusCode| !status.is_informational() || status == StatusCode::SWITCHING_PROTOCOLS;
     if let Some(started) = session.response_written().filter(|r| started(r.status)) {
-        return FailToProxy { error_code: started.status.as_u16(), can_reuse_downstream: false };
+        let error_code = started.status.as_u16();
+        // A gRPC call refused as it streamed, after its app began to answer (a bidirectional
+        // stream): over HTTP/2 its answer ends as an app's own refusal would, with the status in
+        // trailers, where a reset stream reads as `CANCELLED` or `INTERNAL` to its client.
+        // gRPC-Web and Connect carry their trailers in the body, which is the app's: reset.
+        let native_grpc = |r: &pingora::http::RequestHeader| {
+            super::is_grpc(r)
+                && !crate::policy::rpc_over_http1(r.headers.get(http::header::CONTENT_TYPE).map(|t| t.as_bytes()))
+        };
+        if let Some(refusal) = ctx.refusal.as_ref().filter(|_| session.is_http2() && native_grpc(session.req_header()))
+        {
+            let trailers = grpc_trailers(refusal.status(), refusal.code(), &ctx.id);
+            if let Err(write_error) = session.downstream_session.write_response_trailers(trailers).await {
+                tracing::debug!(error = %write_error, "could not end the answer with the refusal");
+            }
+        }
+        return FailToProxy { error_code, can_reuse_downstream: false };
     }
     // A refusal made while the body streamed (a gRPC message the WAF blocked): its own answer.
     if let Some(refusal) = &ctx.refusal {
