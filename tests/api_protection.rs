@@ -786,7 +786,12 @@ async fn grpc_web_calls_over_http1_are_read_in_text_and_binary_form() {
 /// own header says, are read; an ordinary one reaches the app whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_calls_and_protobuf_bodies_are_read_and_ordinary_ones_reach_the_app_whole() {
-    let s = PolicedSidecar::start(&waf_policy("{mode: BLOCK}")).await;
+    // An app spoken to over HTTP/1.1 whatever the caller speaks (gRPC-Web and Connect servers
+    // often are: browsers reach them so).
+    let s = PolicedSidecar::start_with(&waf_policy("{mode: BLOCK}"), |c| {
+        c.inbound.app_protocol = palisade::config::AppProtocol::Http1
+    })
+    .await;
     let call = |content_type: &str, extra: &str, body: &[u8]| {
         let mut request = format!(
             "POST /shop.v1.Orders/Find HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\n\
@@ -812,6 +817,33 @@ async fn connect_calls_and_protobuf_bodies_are_read_and_ordinary_ones_reach_the_
     let answer = call("application/connect+proto", "", &stream).await;
     assert_eq!((answer.status, answer.seen().body_bytes), (200, stream.len()));
     s.events_where("the refusals", 3, |e| e.to_string().contains("grpc_field")).await;
+
+    // From an HTTP/2 caller, as every peer sidecar is, an HTTP/1.1 app is served on the
+    // sidecar's own path: a body of declared length is held whole, one of none streams. Both had
+    // gone there unread.
+    use base64::Engine as _;
+    let caller = s.pki.workload("frontend-h2", &id("shop", "frontend"));
+    let text = |frames: &[u8]| base64::engine::general_purpose::STANDARD.encode(frames).into_bytes();
+    let attack_call = grpc_frame(&attack);
+    let web_text = [("content-type", "application/grpc-web-text")];
+    let web = [("content-type", "application/grpc-web+proto")];
+    let connect = [("content-type", "application/connect+proto")];
+    for (headers, body) in [(&web_text, text(&attack_call)), (&web, attack_call.clone()), (&connect, attack_call)] {
+        let length = body.len().to_string();
+        let declared = [headers[0], ("content-length", &length)];
+        for (frames, held) in [(Frames::One, &declared[..]), (Frames::Pieces, &headers[..])] {
+            let (status, answer) = h2_post_in(&s, &caller, held, &body, frames).await;
+            assert_eq!(status, 403, "{held:?}: {answer}");
+        }
+    }
+    let ordinary_text = text(&stream);
+    let (status, answer) = h2_post_in(&s, &caller, &web_text, &ordinary_text, Frames::Pieces).await;
+    assert_eq!(status, 200, "{answer}");
+    let seen: Seen = serde_json::from_str(&answer).unwrap();
+    assert_eq!(seen.body_bytes, ordinary_text.len(), "as it was sent");
+    let (status, answer) = h2_post_in(&s, &caller, &web_text, b"AAAA AAUKA2Zv", Frames::Pieces).await;
+    assert_eq!(status, 400, "not base64: {answer}");
+    s.events_where("the refusals over HTTP/2", 9, |e| e.to_string().contains("grpc_field")).await;
     s.shutdown();
 }
 
@@ -948,13 +980,11 @@ async fn reporting_h2_app_answering(
     (addr, reports)
 }
 
-/// A bidirectional stream whose client sends an attack after the app has begun to answer: the
-/// app's call is cancelled before a byte of the attack reaches it, and the client reads the
-/// messages it had and then `PERMISSION_DENIED` in trailers, as an app's own refusal would end
-/// the stream (it had been reset, which gRPC clients report as `CANCELLED` or `INTERNAL`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_grpc_stream_refused_after_the_app_began_to_answer_ends_with_the_refusals_status() {
-    let (app, mut reports) = reporting_h2_app_answering(true).await;
+/// A sidecar whose WAF blocks, in front of `app` spoken to over HTTP/2, and an HTTP/2 client of it
+/// (plaintext, as a gRPC client in the pod).
+async fn blocking_sidecar_of_h2_app(
+    app: std::net::SocketAddr,
+) -> (PolicedSidecar, h2::client::SendRequest<bytes::Bytes>) {
     let s = PolicedSidecar::start_with(&waf_policy("{mode: BLOCK}"), |c| {
         c.inbound.app.0 = app;
         c.inbound.app_protocol = palisade::config::AppProtocol::Http2;
@@ -963,7 +993,18 @@ async fn a_grpc_stream_refused_after_the_app_began_to_answer_ends_with_the_refus
     let tcp = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
+    let client = client.ready().await.unwrap();
+    (s, client)
+}
+
+/// A bidirectional stream whose client sends an attack after the app has begun to answer: the
+/// app's call is cancelled before a byte of the attack reaches it, and the client reads the
+/// messages it had and then `PERMISSION_DENIED` in trailers, as an app's own refusal would end
+/// the stream (it had been reset, which gRPC clients report as `CANCELLED` or `INTERNAL`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_stream_refused_after_the_app_began_to_answer_ends_with_the_refusals_status() {
+    let (app, mut reports) = reporting_h2_app_answering(true).await;
+    let (s, mut client) = blocking_sidecar_of_h2_app(app).await;
     let request = http::Request::post("http://orders.shop/shop.v1.Chat/Talk")
         .header("content-type", "application/grpc")
         .header("te", "trailers");
@@ -1015,15 +1056,7 @@ async fn heard_until_done(reports: &mut tokio::sync::mpsc::UnboundedReceiver<App
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_messages_are_read_as_they_stream_and_one_with_an_attack_never_reaches_the_app() {
     let (app, mut reports) = reporting_h2_app().await;
-    let s = PolicedSidecar::start_with(&waf_policy("{mode: BLOCK}"), |c| {
-        c.inbound.app.0 = app;
-        c.inbound.app_protocol = palisade::config::AppProtocol::Http2;
-    })
-    .await;
-    let tcp = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
+    let (s, mut client) = blocking_sidecar_of_h2_app(app).await;
     let call = |client: &mut h2::client::SendRequest<bytes::Bytes>| {
         let request = http::Request::post("http://orders.shop/shop.v1.Orders/Upload")
             .header("content-type", "application/grpc")

@@ -70,11 +70,13 @@ pub enum Body<'a> {
     /// Read whole before the request is sent ([`held_body`]); empty when there is none.
     Held(Bytes),
     /// Read from the caller as the app takes it: each wait for the caller held to the body
-    /// timeout, each piece passed to `count` (the inbound's maxBodyBytes count) before it is sent.
+    /// timeout, each piece passed to `each` before it is sent, with whether it ends the body
+    /// (the inbound's maxBodyBytes count, and a gRPC call's messages read as they stream: what
+    /// it returns is what is sent).
     Streamed {
         /// Read already (and counted): sent before the rest.
         first: Bytes,
-        count: &'a mut (dyn FnMut(usize) -> pingora::Result<()> + Send),
+        each: &'a mut (dyn FnMut(&Session, Bytes, bool) -> pingora::Result<Bytes> + Send),
         /// Some of it was read: the request can no longer be sent again.
         started: bool,
     },
@@ -512,19 +514,19 @@ async fn exchange(
             // Once the body is in, this watches for the caller resetting its stream (a long poll
             // given up): the app's connection is closed then instead of held until it answers.
             read = session.read_body_or_idle(request_done) => {
-                let (false, Body::Streamed { count, started, .. }) = (request_done, &mut *body) else {
+                let (false, Body::Streamed { each, started, .. }) = (request_done, &mut *body) else {
                     return Err(Error::explain(ErrorType::ConnectionClosed, "the caller reset its stream").into_down());
                 };
                 let read = read.map_err(Error::into_down)?;
                 *started = true;
-                let ended = read.is_none();
-                if let Some(piece) = read.filter(|piece| !piece.is_empty()) {
-                    count(piece.len())?;
-                    app.write_body(&piece).await.map_err(Error::into_up)?;
-                }
                 // The last piece leaves the body done (a further read would wait for the
                 // caller's next move instead of saying so).
-                if ended || session.is_body_done() {
+                let last = read.is_none() || session.is_body_done();
+                let piece = each(session, read.unwrap_or_default(), last)?;
+                if !piece.is_empty() {
+                    app.write_body(&piece).await.map_err(Error::into_up)?;
+                }
+                if last {
                     app.finish_body().await.map_err(Error::into_up)?;
                     request_done = true;
                 }

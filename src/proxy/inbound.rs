@@ -61,6 +61,14 @@ pub struct InboundCtx {
     grpc: Option<Box<GrpcBody>>,
 }
 
+/// What stops a gRPC call whose message was refused: nothing more goes to the app, which sees its
+/// call cancelled; the caller gets the refusal (`fail_to_proxy`), or its end in trailers once the
+/// app has begun to answer. The caller's doing: pingora then stops the call instead of waiting on
+/// the app's answer.
+fn grpc_stopped(refusal: &Refusal) -> Box<Error> {
+    ErrorKind::from_status(refusal.status()).fail("a gRPC message refused").into_down()
+}
+
 /// Step 6 on a gRPC call to an HTTP/2 app, a message at a time as its body streams
 /// (`request_body_filter`; see [`GrpcCall`]), under the policy in force when it began.
 struct GrpcBody {
@@ -174,6 +182,35 @@ impl Inbound {
         } else {
             record::report_invalid(&self.telemetry, session, request, refusal, path);
         }
+    }
+
+    /// Step 6 on the next piece of a gRPC call's body, `last` when it ends the body: what goes on
+    /// now, or the refusal (reported) that stops the call. Serves pingora's path
+    /// (`request_body_filter`) and the sidecar's own to an HTTP/1.1 app alike.
+    fn grpc_piece(
+        &self,
+        session: &Session,
+        request: &RequestCtx,
+        grpc: &mut GrpcBody,
+        piece: Bytes,
+        last: bool,
+    ) -> Result<Bytes, Refusal> {
+        let verdict = (|| {
+            let on = if piece.is_empty() { piece } else { self.inspect_grpc(session, request, grpc, &piece)? };
+            if !last {
+                return Ok(on);
+            }
+            // A body that was not gRPC after all: what was held of it goes on last.
+            Ok(match grpc.call.end()? {
+                Some(held) if on.is_empty() => held,
+                Some(held) => [on, held].concat().into(),
+                None => on,
+            })
+        })();
+        if let Err(refusal) = &verdict {
+            self.report_refusal(session, request, refusal);
+        }
+        verdict
     }
 
     /// Step 6 on the next piece of a gRPC call's body: the bytes that go on now (whole messages
@@ -513,7 +550,7 @@ impl ProxyHttp for Inbound {
             let Some(pool) = self.app.pool(app) else {
                 return Err(Error::explain(ErrorType::ConnectRefused, "more app ports than a pod has"));
             };
-            let mut count;
+            let mut each;
             // A body of no declared length held whole: the app is told its length.
             let mut read_whole = None;
             // Held whole, or streamed after what was read of it (`Err`).
@@ -523,6 +560,13 @@ impl ProxyHttp for Inbound {
                     if let Some(plan) = plan {
                         if let Some(refusal) = self.inspect_body(&policy, plan, session, ctx, &body) {
                             return self.refuse(session, ctx, refusal).await;
+                        }
+                    }
+                    // A gRPC-Web or Connect call, here whole.
+                    if let Some(grpc) = ctx.grpc.as_mut() {
+                        if let Err(refusal) = self.grpc_piece(session, &ctx.request, grpc, body.clone(), true) {
+                            respond::refuse(session, refusal, &mut ctx.request).await;
+                            return Ok(true);
                         }
                     }
                     Ok(body)
@@ -551,23 +595,37 @@ impl ProxyHttp for Inbound {
                 }
                 (BodyMode::Streamed, None) => Err(Bytes::new()),
             };
+            let mut refused = None;
             let body = match held {
                 Ok(body) => Body::Held(body),
                 Err(first) => {
-                    count = |len| ctx.body.count(len);
+                    each = |session: &Session, piece: Bytes, last: bool| {
+                        ctx.body.count(piece.len())?;
+                        let Some(grpc) = ctx.grpc.as_mut() else { return Ok(piece) };
+                        self.grpc_piece(session, &ctx.request, grpc, piece, last).map_err(|refusal| {
+                            let e = grpc_stopped(&refusal);
+                            refused = Some(refusal);
+                            e
+                        })
+                    };
                     // What was read is held here and written again on a retry: nothing is lost.
-                    Body::Streamed { started: false, first, count: &mut count }
+                    Body::Streamed { started: false, first, each: &mut each }
                 }
             };
-            pool.forward(session, body, &self.caller_timeouts, |session: &Session| {
-                let mut request = app_pool::app_request(session)?;
-                if let Some(length) = read_whole {
-                    request.headers.insert(CONTENT_LENGTH, length.into());
-                }
-                add_sidecar_headers(session, &mut request, &ctx.request, ctx.token.as_ref())?;
-                Ok(request)
-            })
-            .await?;
+            let forwarded = pool
+                .forward(session, body, &self.caller_timeouts, |session: &Session| {
+                    let mut request = app_pool::app_request(session)?;
+                    if let Some(length) = read_whole {
+                        request.headers.insert(CONTENT_LENGTH, length.into());
+                    }
+                    add_sidecar_headers(session, &mut request, &ctx.request, ctx.token.as_ref())?;
+                    Ok(request)
+                })
+                .await;
+            if let Some(refusal) = refused {
+                ctx.request.refusal = Some(refusal);
+            }
+            forwarded?;
             return Ok(true);
         }
         if let (true, Some(plan)) = (inspect, plan) {
@@ -615,34 +673,18 @@ impl ProxyHttp for Inbound {
             ctx.body.count(chunk.len())?;
         }
         let Some(grpc) = ctx.grpc.as_mut() else { return Ok(()) };
-        let refusal = match body.as_mut() {
-            Some(chunk) => self.inspect_grpc(session, &ctx.request, grpc, chunk).map(|on| *chunk = on).err(),
-            None => None,
-        };
-        let refusal = match (refusal, end_of_stream) {
-            (Some(refusal), _) => Some(refusal),
-            (None, false) => None,
-            (None, true) => match grpc.call.end() {
-                Ok(None) => None,
-                // A body that was not gRPC after all: what was held of it goes on last.
-                Ok(Some(held)) => {
-                    *body = Some(match body.take() {
-                        Some(chunk) if !chunk.is_empty() => [chunk, held].concat().into(),
-                        _ => held,
-                    });
-                    None
-                }
-                Err(refusal) => Some(refusal),
-            },
-        };
-        let Some(refusal) = refusal else { return Ok(()) };
-        // Nothing more goes to the app, which sees its call cancelled; the caller gets the
-        // refusal (`fail_to_proxy`), or a reset stream once the app has begun to answer.
-        self.report_refusal(session, &ctx.request, &refusal);
-        let status = refusal.status();
-        ctx.request.refusal = Some(refusal);
-        // The caller's doing: pingora then stops the call instead of waiting on the app's answer.
-        Err(ErrorKind::from_status(status).fail("a gRPC message refused").into_down())
+        let had_piece = body.is_some();
+        match self.grpc_piece(session, &ctx.request, grpc, body.take().unwrap_or_default(), end_of_stream) {
+            Ok(on) => {
+                *body = (had_piece || !on.is_empty()).then_some(on);
+                Ok(())
+            }
+            Err(refusal) => {
+                let e = grpc_stopped(&refusal);
+                ctx.request.refusal = Some(refusal);
+                Err(e)
+            }
+        }
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<Box<HttpPeer>> {
