@@ -16,8 +16,8 @@ pub use crate::config::IpBlock;
 pub use crate::waf::{is_grpc, rpc_over_http1};
 pub use compile::{selects, InputLimits, PolicySnapshot};
 pub use decide::{
-    Allowed, Authenticated, BodyInspection, BodyPlan, ConnectionView, DecidedBy, GrpcCall, Limited, Note, Refusal,
-    RequestView, Throttle, Unauthenticated, WafFinding,
+    Allowed, Authenticated, BodyInspection, BodyPlan, ConnectionView, DecidedBy, GrpcCall, Limited, Malformation, Note,
+    Refusal, RequestView, Throttle, Unauthenticated, WafFinding,
 };
 pub use document::{Action, LimitAction, Mode, SecurityPolicy, WafMode};
 pub use load::{expand_directories, is_policy_file_name, load_files, parse_file, unique, Located, Sources};

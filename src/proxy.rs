@@ -18,6 +18,7 @@ mod respond;
 mod shed;
 mod upgrade;
 
+use crate::policy::Malformation;
 pub use inbound::Inbound;
 pub use outbound::Outbound;
 pub use parse_guard::{request_timeout_answer, Strict};
@@ -83,7 +84,7 @@ pub(crate) fn trim_padded_values(session: &mut pingora::proxy::Session) {
 /// may read it another), or one beside a Content-Length. pingora's parser drops the
 /// Content-Length in that case before any phase runs, so the parsed headers never show both; the
 /// request as received does. Only requests that carry Transfer-Encoding are looked at again.
-pub(crate) fn malformed_head(session: &pingora::proxy::Session) -> Option<&'static str> {
+pub(crate) fn malformed_head(session: &pingora::proxy::Session) -> Option<Malformation> {
     let req = session.req_header();
     let headers = &req.headers;
     // Origin form (`/path?query`), or on HTTP/1.1 absolute form, which routes: pingora parses
@@ -96,19 +97,19 @@ pub(crate) fn malformed_head(session: &pingora::proxy::Session) -> Option<&'stat
     };
     if req.method != http::Method::CONNECT && target.first() != Some(&b'/') && (session.is_http2() || !absolute(target))
     {
-        return Some("request target is neither origin nor absolute form");
+        return Some(Malformation::new("target-form", "request target is neither origin nor absolute form"));
     }
     let mut lengths = headers.get_all(http::header::CONTENT_LENGTH).iter();
     if let Some(length) = lengths.next() {
         if lengths.next().is_some() {
-            return Some("more than one Content-Length");
+            return Some(Malformation::new("content-length-repeated", "more than one Content-Length"));
         }
         if length.is_empty() || !length.as_bytes().iter().all(u8::is_ascii_digit) {
-            return Some("Content-Length is not a number");
+            return Some(Malformation::new("content-length-not-a-number", "Content-Length is not a number"));
         }
     }
     if session.is_http2() && req.uri.authority().is_some_and(|a| !is_authority(a.as_str().as_bytes())) {
-        return Some(":authority is not one host");
+        return Some(Malformation::new("authority-not-one-host", ":authority is not one host"));
     }
     // One Host field, with one host (RFC 9112 section 3.2 answers anything else with 400):
     // without one, with `a, b`, or with `evil.shop:80:80` (which the policy read as the host
@@ -120,7 +121,7 @@ pub(crate) fn malformed_head(session: &pingora::proxy::Session) -> Option<&'stat
     match (hosts.next(), hosts.next()) {
         (Some(host), None) if is_authority(host.as_bytes()) => {}
         (None, _) if req.version != http::Version::HTTP_11 => {}
-        _ => return Some("a request without exactly one Host"),
+        _ => return Some(Malformation::new("host-not-exactly-one", "a request without exactly one Host")),
     }
     if session.is_http2() {
         return None;
@@ -128,12 +129,15 @@ pub(crate) fn malformed_head(session: &pingora::proxy::Session) -> Option<&'stat
     let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter();
     let coding = codings.next()?;
     if codings.next().is_some() || !coding.as_bytes().eq_ignore_ascii_case(b"chunked") {
-        return Some("Transfer-Encoding other than one chunked");
+        return Some(Malformation::new("transfer-encoding-not-chunked", "Transfer-Encoding other than one chunked"));
     }
     let raw = session.as_downstream().to_h1_raw();
     raw.split(|&b| b == b'\n')
         .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
-        .then_some("both Content-Length and Transfer-Encoding")
+        .then_some(Malformation::new(
+            "content-length-and-transfer-encoding",
+            "both Content-Length and Transfer-Encoding",
+        ))
 }
 
 /// RFC 9110's `Host = uri-host [ ":" port ]`: a bracketed IPv6 literal or a reg-name (RFC 3986's

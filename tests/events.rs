@@ -51,6 +51,11 @@ async fn requests_refused_as_invalid_are_events_too() {
     assert_eq!(status, [400, 414, 413], "{events:#?}");
     assert!(events[0]["message"].as_str().unwrap().contains("/etc/passwd"), "{}", events[0]);
     assert_eq!(events[0]["actor"]["user"]["uid"], id("shop", "frontend").as_str(), "who probed");
+    // No policy decided: each names a stable rule for a SIEM to match, and says it in words.
+    let rules: Vec<_> = events.iter().map(|e| e["firewall_rule"]["uid"].as_str().unwrap_or("")).collect();
+    assert_eq!(rules, ["-/path-escapes-root", "-/inputValidation.maxUriBytes", "-/inputValidation.maxBodyBytes"]);
+    assert_eq!(events[0]["status_detail"], "path climbs above the root", "{}", events[0]);
+    assert_eq!(events[0]["firewall_rule"]["desc"], "path climbs above the root", "{}", events[0]);
 
     // Smuggling probes that the HTTP/1 parser refuses before any phase of the sidecar's runs,
     // and a chunk that does not parse: events too.
@@ -66,6 +71,8 @@ async fn requests_refused_as_invalid_are_events_too() {
     let messages: Vec<&str> = events[3..].iter().map(|e| e["message"].as_str().unwrap()).collect();
     assert_eq!(messages.iter().filter(|m| m.contains("the HTTP/1 parser refuses")).count(), 2, "{messages:?}");
     assert!(messages[2].starts_with("refused POST /a (400): the request could not be read"), "{messages:?}");
+    let rules: Vec<_> = events[3..].iter().map(|e| e["firewall_rule"]["name"].as_str().unwrap_or("")).collect();
+    assert_eq!(rules, ["h1-malformed", "h1-malformed", "body-unreadable"]);
     for e in &events[3..] {
         assert_eq!(e["actor"]["user"]["uid"], id("shop", "frontend").as_str(), "who probed: {e}");
     }
@@ -346,6 +353,7 @@ fn every_kind() -> Vec<SecurityEvent> {
             status,
             policy: "shop/orders".into(),
             rule: "no-admin".into(),
+            detail: None,
             audit,
             request: request(method),
         })
@@ -406,6 +414,14 @@ fn every_kind() -> Vec<SecurityEvent> {
         denied(429, "POST", false),
         denied(403, "PATCH", false),
         denied(403, "DELETE", true),
+        SecurityEvent::RequestDenied(DeniedRequest {
+            status: 400,
+            policy: "-".into(),
+            rule: "path-double-encoded".into(),
+            detail: Some("path is double percent-encoded".into()),
+            audit: false,
+            request: request("GET"),
+        }),
         SecurityEvent::CertificateIssued {
             identity: id("shop", "orders"),
             serial: "1a2b".into(),

@@ -88,6 +88,7 @@ impl PolicyService {
             status: 403,
             policy: "palisade-control".into(),
             rule: reason.into(),
+            detail: None,
             audit: false,
             request: RequestFacts {
                 principal: Some(peer.id.to_string()),

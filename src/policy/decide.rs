@@ -47,7 +47,7 @@ pub struct RequestView<'a> {
     /// the request as received, see `proxy::malformed_head`): `Content-Length` beside
     /// `Transfer-Encoding` on the wire (the parser keeps only one of them), more than one
     /// length, a coding other than one `chunked`, an HTTP/2 value with a leading or trailing blank.
-    pub malformed_head: Option<&'static str>,
+    pub malformed_head: Option<Malformation>,
     /// What [`PolicySnapshot::authenticate`] made of the request's token.
     pub auth: Authenticated<'a>,
 }
@@ -276,9 +276,10 @@ impl GrpcCall {
                 }
                 GrpcPiece::TooLong(_) if plan.reject_over_limit => Err(Refusal::UninspectableBody),
                 GrpcPiece::TooLong(_) => Ok(BodyInspection::Uninspected),
-                GrpcPiece::Malformed => {
-                    Err(Refusal::Malformed("a gRPC message whose compression flag is neither 0 nor 1"))
-                }
+                GrpcPiece::Malformed => Err(Refusal::Malformed(Malformation::new(
+                    "grpc-frame-flag",
+                    "a gRPC message whose compression flag is neither 0 nor 1",
+                ))),
             };
             match verdict {
                 Ok(inspection) => {
@@ -316,12 +317,18 @@ impl GrpcCall {
         }
         match self.messages.between_messages() {
             true => Ok(None),
-            false => Err(Refusal::Malformed("a gRPC request body that ends inside a message")),
+            false => Err(Refusal::Malformed(Malformation::new(
+                "grpc-message-cut",
+                "a gRPC request body that ends inside a message",
+            ))),
         }
     }
 }
 
-const NOT_BASE64: Refusal = Refusal::Malformed("a grpc-web-text request body that is not base64");
+const NOT_BASE64: Refusal = Refusal::Malformed(Malformation::new(
+    "grpc-web-text-not-base64",
+    "a grpc-web-text request body that is not base64",
+));
 
 /// A request the decision let through.
 #[derive(Debug)]
@@ -374,11 +381,26 @@ pub struct DecidedBy {
     pub rule: Arc<str>,
 }
 
+/// Why a request cannot be judged as written: `id` is the rule its security event names, stable
+/// for a SIEM's rules to match (`path-double-encoded`, `grpc-message-cut`); `why` says it to a
+/// person (the event's detail and the log line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformation {
+    pub id: &'static str,
+    pub why: &'static str,
+}
+
+impl Malformation {
+    pub const fn new(id: &'static str, why: &'static str) -> Self {
+        Malformation { id, why }
+    }
+}
+
 /// Why a request is refused. Every refusal of the pipeline is one of these.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Refusal {
     /// Step 2: the request cannot be judged as written (framing, target form, path).
-    Malformed(&'static str),
+    Malformed(Malformation),
     UriTooLong,
     HeadersTooLarge,
     PayloadTooLarge,
@@ -506,7 +528,7 @@ impl Refusal {
     /// What the log says; the caller only ever sees [`Refusal::code`].
     pub fn reason(&self) -> &'static str {
         match self {
-            Refusal::Malformed(why) => why,
+            Refusal::Malformed(m) => m.why,
             Refusal::UriTooLong => "request target over maxUriBytes",
             Refusal::HeadersTooLarge => "request headers over maxHeaderBytes",
             Refusal::PayloadTooLarge => "body over maxBodyBytes",
@@ -525,11 +547,26 @@ impl Refusal {
     /// AUDIT policy would have refused).
     pub fn denied(&self, audit: bool, request: RequestFacts) -> DeniedRequest {
         let (policy, rule) = self.policy_and_rule();
-        DeniedRequest { status: self.status(), policy, rule, audit, request }
+        let detail = self.rule_id().map(|_| self.reason().to_string());
+        DeniedRequest { status: self.status(), policy, rule, detail, audit, request }
+    }
+
+    /// The rule of a refusal no policy decided: a [`Malformation`]'s id, or the setting whose
+    /// limit the request passed.
+    fn rule_id(&self) -> Option<&'static str> {
+        Some(match self {
+            Refusal::Malformed(m) => m.id,
+            Refusal::UriTooLong => "inputValidation.maxUriBytes",
+            Refusal::HeadersTooLarge => "inputValidation.maxHeaderBytes",
+            Refusal::PayloadTooLarge => "inputValidation.maxBodyBytes",
+            Refusal::UninspectableBody => "waf.inspectBodyBytes",
+            // Named by its sentence, as the TCP connection refused for the same reason is.
+            _ => return None,
+        })
     }
 
     /// The policy and the rule the event names: the deciding rule or limit, `jwt:<reason>` for
-    /// a token, `waf:<detector>` for a WAF finding, else the reason.
+    /// a token, `waf:<detector>` for a WAF finding, else [`Refusal::rule_id`].
     pub fn policy_and_rule(&self) -> (String, String) {
         match (self.decided_by(), self) {
             (Some(by), _) => (by.policy.to_string(), by.rule.to_string()),
@@ -538,7 +575,7 @@ impl Refusal {
                 format!("jwt:{}", u.reason.map_or("missing", Reason::label)),
             ),
             (None, Refusal::Blocked(b)) => (b.policy.to_string(), format!("waf:{}", b.finding.detector.as_str())),
-            (None, _) => ("-".to_string(), self.reason().to_string()),
+            (None, _) => ("-".to_string(), self.rule_id().unwrap_or_else(|| self.reason()).to_string()),
         }
     }
 
@@ -846,10 +883,16 @@ impl PolicySnapshot {
         let payload = match (message.compressed, encoding) {
             (false, _) => message.payload,
             (true, None) => {
-                return Err(Refusal::Malformed("a compressed gRPC message under more than one grpc-encoding"))
+                return Err(Refusal::Malformed(Malformation::new(
+                    "grpc-encoding-repeated",
+                    "a compressed gRPC message under more than one grpc-encoding",
+                )))
             }
             (true, Some(Coding::Identity)) => {
-                return Err(Refusal::Malformed("a compressed gRPC message without grpc-encoding"))
+                return Err(Refusal::Malformed(Malformation::new(
+                    "grpc-encoding-missing",
+                    "a compressed gRPC message without grpc-encoding",
+                )))
             }
             (true, Some(Coding::Other)) => return over_limit(),
             (true, Some(coding)) => match encoding::decode(coding, message.payload, plan.limit, false) {
@@ -861,9 +904,10 @@ impl PolicySnapshot {
                 // Not of the coding the call names: an app that inflates it another way would
                 // read what the WAF cannot.
                 Decoded::Corrupt(_) => {
-                    return Err(Refusal::Malformed(
+                    return Err(Refusal::Malformed(Malformation::new(
+                        "grpc-does-not-inflate",
                         "a compressed gRPC message that does not inflate as its grpc-encoding says",
-                    ))
+                    )))
                 }
             },
         };
@@ -913,27 +957,33 @@ impl PolicySnapshot {
             })
         };
         if view.headers.keys().any(is_override) {
-            return Err(Refusal::Malformed("method override header"));
+            return Err(Refusal::Malformed(Malformation::new("method-override-header", "method override header")));
         }
         // Content-Type is one value (RFC 9110): with two, the sidecar reads the body as the first
         // says and gunicorn as the last, so a form could pass as opaque text.
         let mut types = view.headers.get_all(http::header::CONTENT_TYPE).iter();
         if types.next().is_some() && types.next().is_some() {
-            return Err(Refusal::Malformed("more than one content-type"));
+            return Err(Refusal::Malformed(Malformation::new("content-type-repeated", "more than one content-type")));
         }
         // And as a query parameter (Express's methodOverride('_method'), Laravel).
         if view.target.iter().position(|&b| b == b'?').is_some_and(|at| names_method_override(&view.target[at + 1..])) {
-            return Err(Refusal::Malformed("method override parameter"));
+            return Err(Refusal::Malformed(Malformation::new(
+                "method-override-parameter",
+                "method override parameter",
+            )));
         }
         // Only origin-form targets ("/path?query"): anything else is forwarded as written while
         // its parsed path is "/", so the policy and the app would see different paths.
         if view.target.first() != Some(&b'/') {
-            return Err(Refusal::Malformed("request target is not in origin form"));
+            return Err(Refusal::Malformed(Malformation::new(
+                "target-not-origin-form",
+                "request target is not in origin form",
+            )));
         }
         // Methods are case-sensitive; "delete" would dodge a rule on DELETE yet reach frameworks
         // that upper-case it.
         if view.method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
-            return Err(Refusal::Malformed("method is not upper case"));
+            return Err(Refusal::Malformed(Malformation::new("method-not-upper-case", "method is not upper case")));
         }
         let limits = &self.limits;
         if view.target.len() > limits.max_uri_bytes {
@@ -950,7 +1000,7 @@ impl PolicySnapshot {
                 return Err(Refusal::PayloadTooLarge);
             }
         }
-        normalize(view.path).map_err(|e| Refusal::Malformed(e.reason()))
+        normalize(view.path).map_err(|e| Refusal::Malformed(Malformation::new(e.id(), e.reason())))
     }
 }
 
@@ -1009,7 +1059,7 @@ mod tests {
         headers: HeaderMap,
         authority: Option<String>,
         port: u16,
-        ambiguous: Option<&'static str>,
+        ambiguous: Option<Malformation>,
     }
 
     fn req(method: &str, target: &str) -> Req {
@@ -1102,7 +1152,10 @@ mod tests {
         let cases: Vec<Case<'_>> = vec![
             (
                 "CL beside TE",
-                Req { ambiguous: Some("CL and TE"), ..req("GET", "/orders") },
+                Req {
+                    ambiguous: Some(Malformation::new("content-length-and-transfer-encoding", "CL and TE")),
+                    ..req("GET", "/orders")
+                },
                 400,
                 "invalid_request",
                 "invalid",
@@ -1295,9 +1348,15 @@ mod tests {
         let audited = Refusal::Forbidden(by("shop/p", "no-admin")).denied(true, facts.clone());
         let ocsf = SecurityEvent::RequestDenied(audited).render(EventFormat::Ocsf);
         assert_eq!((ocsf["action_id"].clone(), ocsf["disposition_id"].clone()), (1.into(), 1.into()));
-        // Refusals no rule made say why in the rule's place.
-        let plain = Refusal::MtlsRequired.denied(false, facts);
+        // Refusals no rule made name a stable id in the rule's place, and say why beside it.
+        let plain = Refusal::MtlsRequired.denied(false, facts.clone());
         assert_eq!((plain.policy.as_str(), plain.rule.as_str()), ("-", "plaintext after its port became STRICT"));
+        let double = super::super::normalize::PathError::DoubleEncoded;
+        let path = Refusal::Malformed(Malformation::new(double.id(), double.reason()));
+        let ocsf = SecurityEvent::RequestDenied(path.denied(false, facts)).render(EventFormat::Ocsf);
+        assert_eq!(ocsf["firewall_rule"]["uid"], "-/path-double-encoded");
+        assert_eq!(ocsf["status_detail"], "path is double percent-encoded");
+        assert!(ocsf["message"].as_str().unwrap().ends_with("(400): path is double percent-encoded"), "{ocsf}");
     }
 
     #[test]
@@ -1824,7 +1883,7 @@ mod tests {
         for twice in [&["deflate", "gzip"][..], &["gzip", "deflate"], &["deflate, gzip"]] {
             let refused = call(twice, framed(true, &compressed));
             assert!(
-                matches!(refused, Err(Refusal::Malformed(why)) if why.contains("more than one")),
+                matches!(refused, Err(Refusal::Malformed(m)) if m.why.contains("more than one")),
                 "{twice:?}: {refused:?}"
             );
         }
@@ -1834,9 +1893,9 @@ mod tests {
         headers.append("grpc-encoding", HeaderValue::from_static("gzip"));
         let sniffed =
             GrpcCall::sniffed(plan, &headers).next(&s, "/t.S/Unary", &framed(true, &compressed), |_| {}, &mut 0);
-        assert!(matches!(sniffed, Err(Refusal::Malformed(why)) if why.contains("more than one")), "{sniffed:?}");
+        assert!(matches!(sniffed, Err(Refusal::Malformed(m)) if m.why.contains("more than one")), "{sniffed:?}");
         let refused = call(&["deflate"], framed(true, &compressed));
-        assert!(matches!(refused, Err(Refusal::Malformed(why)) if why.contains("does not inflate")), "{refused:?}");
+        assert!(matches!(refused, Err(Refusal::Malformed(m)) if m.why.contains("does not inflate")), "{refused:?}");
         // An ordinary compressed message goes on whole.
         let mut ok = vec![0x0a, 6];
         ok.extend_from_slice(b"orders");
@@ -1877,7 +1936,7 @@ mod tests {
             let text = b64(&framed(0, &ordinary));
             assert_eq!(call(ct, None, text.clone()).unwrap(), text, "{ct}");
             let refused = call(ct, None, framed(0, &attack));
-            assert!(matches!(refused, Err(Refusal::Malformed(why)) if why.contains("base64")), "{refused:?}");
+            assert!(matches!(refused, Err(Refusal::Malformed(m)) if m.why.contains("base64")), "{refused:?}");
         }
         // Connect names its compression in `connect-content-encoding`; `grpc-encoding` is not its.
         let gzipped = framed(1, &gzip(&attack));

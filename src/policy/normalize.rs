@@ -37,6 +37,22 @@ pub enum PathError {
 }
 
 impl PathError {
+    /// The rule a refused path's event names: stable, for a SIEM's rules to match.
+    pub fn id(self) -> &'static str {
+        match self {
+            PathError::EncodedSlash => "path-encoded-slash",
+            PathError::Nul => "path-nul",
+            PathError::EscapesRoot => "path-escapes-root",
+            PathError::NotAbsolute => "path-not-absolute",
+            PathError::BadEscape => "path-bad-escape",
+            PathError::Ambiguous => "path-ambiguous",
+            PathError::Control => "path-control",
+            PathError::DoubleEncoded => "path-double-encoded",
+            PathError::TrailingDotOrSpace => "path-trailing-dot-or-space",
+            PathError::Confusable => "path-confusable",
+        }
+    }
+
     /// Why the path is refused, in the words the 400's event and log line carry.
     pub fn reason(self) -> &'static str {
         match self {

@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::respond::ErrorKind;
 use super::RequestId;
+use crate::policy::Malformation;
 use crate::telemetry::Telemetry;
 
 /// A [`ServerApp`] (the proxy) whose connections are wrapped in a [`Guarded`] stream and kept
@@ -111,7 +112,7 @@ impl Guarded {
     }
 
     /// Counts and logs the refusal whose answer is `answer` (its status and request id).
-    fn count(&self, status: u16, request_id: &str, rule: &str) {
+    fn count(&self, status: u16, request_id: &str, rule: Malformation) {
         let Some(Counted { telemetry, direction }) = &self.counted else { return };
         let identity = self.inner.get_ssl_digest();
         let principal = identity.as_ref().and_then(|d| d.extension.get::<crate::tls::PeerIdentity>());
@@ -140,7 +141,8 @@ impl Guarded {
             telemetry.inbound_request_invalid(crate::telemetry::DeniedRequest {
                 status,
                 policy: "-".into(),
-                rule: rule.into(),
+                rule: rule.id.into(),
+                detail: Some(rule.why.into()),
                 audit: false,
                 request: crate::telemetry::RequestFacts {
                     principal: (!principal.is_empty()).then(|| principal.to_string()),
@@ -199,13 +201,19 @@ impl Guarded {
 
 /// Why h2 refused an HTTP/2 request (with a stream reset, `PROTOCOL_ERROR`): the forms RFC 9113
 /// section 8.2 calls malformed, which smuggling probes try on a hop that speaks HTTP/1.1 behind.
-const H2_REFUSAL: &str = "an HTTP/2 request refused as malformed before it reached the proxy (an upper-case or connection-specific header such as transfer-encoding, a bad or repeated pseudo-header, CR, LF or NUL in a field, a host that differs from :authority)";
+const H2_REFUSAL: Malformation = Malformation::new(
+    "h2-malformed",
+    "an HTTP/2 request refused as malformed before it reached the proxy (an upper-case or connection-specific header such as transfer-encoding, a bad or repeated pseudo-header, CR, LF or NUL in a field, a host that differs from :authority)",
+);
 
 /// Why pingora's parser refused a request, as far as its status tells.
-fn parser_refusal(status: u16) -> &'static str {
+fn parser_refusal(status: u16) -> Malformation {
     match status {
-        431 | 413 => "a request head over the parser's size limit",
-        _ => "a request the HTTP/1 parser refuses (a bare CR or NUL, a folded line, two Host or Content-Length fields, a byte outside a token)",
+        431 | 413 => Malformation::new("h1-head-too-large", "a request head over the parser's size limit"),
+        _ => Malformation::new(
+            "h1-malformed",
+            "a request the HTTP/1 parser refuses (a bare CR or NUL, a folded line, two Host or Content-Length fields, a byte outside a token)",
+        ),
     }
 }
 

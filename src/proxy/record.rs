@@ -110,7 +110,8 @@ pub fn report_unreadable(telemetry: &Telemetry, session: &Session, ctx: &Request
     telemetry.inbound_request_invalid(crate::telemetry::DeniedRequest {
         status: 400,
         policy: "-".into(),
-        rule: format!("the request could not be read: {why}"),
+        rule: "body-unreadable".into(),
+        detail: Some(format!("the request could not be read: {why}")),
         audit: false,
         request: facts(session, ctx, &path),
     });

@@ -208,7 +208,10 @@ pub struct WafEvent {
 pub struct DeniedRequest {
     pub status: u16,
     pub policy: String,
+    /// A policy's rule or limit; with no policy (`-`), a stable id (`path-double-encoded`,
+    /// `inputValidation.maxUriBytes`) that `detail` says in words.
     pub rule: String,
+    pub detail: Option<String>,
     pub audit: bool,
     pub request: RequestFacts,
 }
@@ -276,7 +279,13 @@ impl DeniedRequest {
         };
         match self.policy.as_str() {
             // No policy decided: refused before any could judge it; the rule is the reason.
-            "-" => format!("refused {} {} ({}): {}", self.request.method, self.request.path, self.status, self.rule),
+            "-" => format!(
+                "refused {} {} ({}): {}",
+                self.request.method,
+                self.request.path,
+                self.status,
+                self.detail.as_deref().unwrap_or(&self.rule)
+            ),
             policy => format!("{verdict} {} {}: {policy} rule {}", self.request.method, self.request.path, self.rule),
         }
     }
@@ -636,7 +645,11 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
         },
         SecurityEvent::RequestDenied(r) => {
             let mut extra = http_attributes(&r.request, (!r.audit).then_some(r.status));
-            merge(&mut extra, json!({"firewall_rule": {"uid": format!("{}/{}", r.policy, r.rule), "name": r.rule}}));
+            merge(&mut extra, json!({"firewall_rule": {"uid": format!("{}/{}", r.policy, r.rule), "name": r.rule,
+                                                       "desc": r.detail}}));
+            if let Some(detail) = &r.detail {
+                merge(&mut extra, json!({"status_detail": detail}));
+            }
             Ocsf {
                 class: HTTP_ACTIVITY,
                 activity: http_activity(&r.request.method),
@@ -848,7 +861,8 @@ fn ecs(event: &SecurityEvent) -> Value {
             },
             if r.audit { "success" } else { "failure" },
             r.message(),
-            json!({"rule": {"id": format!("{}/{}", r.policy, r.rule), "name": r.rule, "ruleset": r.policy},
+            json!({"rule": {"id": format!("{}/{}", r.policy, r.rule), "name": r.rule, "ruleset": r.policy,
+                            "description": r.detail},
                    "source": r.request.source.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
                    "user": {"name": r.request.principal},
                    // AUDIT answered the request as if no rule had denied it: no 403 to report.
