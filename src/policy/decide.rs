@@ -801,6 +801,13 @@ impl PolicySnapshot {
             }
         }
         let coding = Coding::of(content_encoding);
+        if crate::waf::is_protobuf(content_type) {
+            // Binary: unread when it cannot be read, as an upload is (`waf::is_protobuf`).
+            if coding == Coding::Other {
+                return None;
+            }
+            reject_over_limit = false;
+        }
         Some(BodyPlan { limit: limit?, reject_over_limit, if_json, unless_grpc_framed, unless_binary, coding })
     }
 
@@ -1766,6 +1773,31 @@ mod tests {
         snapshot(&format!("  inputValidation:\n    waf: {waf}\n"))
     }
 
+    /// A bare protobuf body the WAF cannot read (longer than it reads, or in a coding it does
+    /// not undo: Prometheus's remote write is snappy) goes on unread and counted, as an upload
+    /// does, where a JSON one is refused under REJECT: a telemetry receiver drops what a 4xx
+    /// answers.
+    #[test]
+    fn protobuf_bodies_the_waf_cannot_read_go_on_unread_rather_than_refused() {
+        let s = waf_policy("{mode: BLOCK, bodyOverLimit: REJECT, inspectBodyBytes: 1024}");
+        let json = s.body_plan("/v1/traces", Some(b"application/json"), []).expect("read");
+        assert!(json.reject_over_limit);
+        let proto = s.body_plan("/v1/traces", Some(b"application/x-protobuf"), []).expect("read");
+        assert!(!proto.reject_over_limit);
+        let mut big = Vec::new();
+        while big.len() < 4096 {
+            big.extend_from_slice(b"\x0a\x08order 42");
+        }
+        let verdict = s.inspect_body(proto, "/v1/traces", Some(b"application/x-protobuf"), &big, |_| {});
+        assert_eq!(verdict, Ok(BodyInspection::Uninspected));
+        let snappy = s.body_plan("/api/v1/write", Some(b"application/x-protobuf"), [&b"snappy"[..]]);
+        assert!(snappy.is_none(), "not read");
+        // One it can read is read.
+        let attack = b"\x0a\x251' UNION SELECT password FROM users --";
+        let verdict = s.inspect_body(proto, "/v1/traces", Some(b"application/x-protobuf"), attack, |_| {});
+        assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{verdict:?}");
+    }
+
     #[test]
     fn a_query_with_a_byte_that_is_not_utf8_is_still_read() {
         // pingora passes raw bytes 0x80-0xFF in a target on to an HTTP/1.1 app as they are; the
@@ -1839,8 +1871,11 @@ mod tests {
         assert_eq!(plan.reads(b"\x89PNG\r\n\x1a\n\0\0"), Some(false));
         assert_eq!(plan.reads(b"PK\x03\x04\x14\0"), Some(false));
         assert_eq!(plan.reads(&[0xde, 0xad, 0xbe, 0xef, b'a']), Some(false), "not UTF-8");
-        let verdict = at(1).inspect_body(plan, "/up", None, b"\0\x01\x02 binary 1' OR '1'='1", |_| {});
+        let verdict = at(1).inspect_body(plan, "/up", None, b"\0\x01\x02\x03\x04 binary\0\0", |_| {});
         assert_eq!(verdict, Ok(BodyInspection::NotRead));
+        // A stray NUL does not make text binary: Rack parses such a body as a form all the same.
+        let verdict = at(1).inspect_body(plan, "/up", None, b"\0q=1' OR '1'='1", |_| {});
+        assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{verdict:?}");
         let attack = b"q=1%27%20UNION%20SELECT%20password%20FROM%20users--";
         assert!(matches!(at(1).inspect_body(plan, "/up", None, attack, |_| {}), Err(Refusal::Blocked(_))));
         // From paranoia 2 every body is read, as bodies of any type are.

@@ -13,6 +13,9 @@ pub const MAX_JSON_DEPTH: usize = 128;
 
 pub(crate) fn inspect(waf: &Waf, content_type: Option<&[u8]>, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
     match Media::of(content_type) {
+        // A binary body with no type is an upload (`curl -T`, `requests.put(data=bytes)`), not a
+        // form: read as one, a PNG was a `protocol` finding.
+        Media::Form if content_type.is_none() && binary(body) => opaque(waf, skip, body),
         Media::Form => {
             if let Some(f) = waf.raw_encoded(body, true, skip) {
                 return Some(f);
@@ -98,31 +101,40 @@ impl Media {
     }
 }
 
-/// Whether a body that begins with `prefix` is text (no control bytes but tabs and line breaks,
-/// UTF-8 but for a character cut at the end), from its first 1 KiB; `None` while empty.
+/// Whether a body that begins with `prefix` is text, from its first 1 KiB, as
+/// [`reads_as_text`](super::decode::reads_as_text) tells (UTF-8 but for a character cut at the
+/// end: a NUL does not make a form binary, Rack parses one all the same); `None` while empty.
 pub fn text_like(prefix: &[u8]) -> Option<bool> {
     let head = &prefix[..prefix.len().min(1024)];
     if head.is_empty() {
         return None;
     }
-    let utf8 = match std::str::from_utf8(head) {
-        Ok(_) => true,
-        Err(e) => e.error_len().is_none(),
+    let head = match std::str::from_utf8(head) {
+        Err(e) if e.error_len().is_none() => &head[..e.valid_up_to()],
+        _ => head,
     };
-    Some(utf8 && !head.iter().any(|&b| super::decode::is_control(b) || b == 0x7f))
+    Some(super::decode::reads_as_text(head))
 }
 
 /// Whether a body that begins with `prefix` is JSON by its first byte (an object, an array or
-/// a string, after blanks and a UTF-8 BOM) and holds no control byte: JSON's parsers take none
-/// outside a string's escapes, and a binary upload that happened to start with `{` was read as
-/// text and refused. `None` while `prefix` holds nothing else yet.
+/// a string, after blanks and a UTF-8 BOM); `None` while `prefix` holds nothing else yet. What
+/// follows does not count: Go's `json.Decoder` and Jackson read the first value and never look
+/// at the bytes after it, a NUL included.
 pub fn json_like(prefix: &[u8]) -> Option<bool> {
     const BOM: &[u8] = b"\xef\xbb\xbf";
     if prefix.len() < BOM.len() && BOM.starts_with(prefix) {
         return None;
     }
     let rest = prefix.strip_prefix(BOM).unwrap_or(prefix).trim_ascii_start();
-    rest.first().map(|b| matches!(b, b'{' | b'[' | b'"') && !binary(rest))
+    rest.first().map(|b| matches!(b, b'{' | b'[' | b'"'))
+}
+
+/// A bare protobuf message's type ([`PROTOBUF_TYPES`]): binary, so one the WAF cannot read whole
+/// (longer than it reads, or in a coding it does not undo, as Prometheus's remote write is in
+/// snappy) goes on unread, as an upload does, rather than refused: a telemetry receiver behind
+/// the sidecar (OTLP, remote write) drops what a 4xx answers.
+pub fn is_protobuf(content_type: Option<&[u8]>) -> bool {
+    Media::of(content_type) == Media::Protobuf
 }
 
 /// Whether [`inspect`] parses a body of this type (rather than treating it as opaque text).
@@ -193,18 +205,21 @@ fn as_text(waf: &Waf, skip: &Skips<'_>, kind: LocationKind, body: &[u8]) -> Opti
     waf.value(Value { class: Class::Arg, kind, name: b"", value: body }, skip)
 }
 
-/// Whether a body holds a control byte (other than a tab or a line break): text never does.
+/// Whether a body is binary rather than text ([`reads_as_text`](super::decode::reads_as_text)).
 fn binary(body: &[u8]) -> bool {
-    body.iter().any(|&b| super::decode::is_control(b))
+    !super::decode::reads_as_text(body)
 }
 
 /// A body whose type does not say it is text (`application/octet-stream`, `image/png`, one
-/// that only looked like JSON), read whole as one value when it is text after all, for what an
-/// app that parses it anyway would find in it. Binary (a control byte anywhere: every image,
-/// archive and compressed file has them) is not read, as CRS reads no body of such a type: read
-/// as text, 279 of 300 real files' first 64 KiB (gzip, PNG, WOFF2, shared objects) were refused
-/// at paranoia 2, by the `command_injection`, `xss` and `path_traversal` detectors alone. A text
-/// body's bytes are not held to HTTP's rules either (Latin-1 is no `protocol` anomaly there).
+/// that only looked like JSON, one with no type that is binary), read whole as one value for
+/// what an app that parses it anyway would find in it, when it is text
+/// ([`reads_as_text`](super::decode::reads_as_text): a NUL or a form feed in it does not make it
+/// binary, as Go's `json.Decoder`, PHP's `php://input` and Flask's `get_data` hand them on).
+/// Binary (an image, an archive, compressed bytes) is not read: read as text, 279 of 300 real
+/// files' first 64 KiB (gzip, PNG, WOFF2, shared objects) had been refused at paranoia 2 by the
+/// `command_injection`, `xss` and `path_traversal` detectors alone, and read a run of text at a
+/// time, images were refused for their XMP packets. Its bytes are not held to HTTP's rules
+/// either (Latin-1 or a NUL is no `protocol` anomaly there).
 fn opaque(waf: &Waf, skip: &Skips<'_>, body: &[u8]) -> Option<Finding> {
     if binary(body) {
         return None;
@@ -361,6 +376,14 @@ pub(super) fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> O
         true => anomaly(waf, skip, LocationKind::Body, body, at),
         false => opaque(waf, skip, body),
     };
+    // A body that did not say it is JSON, and is binary (JSON that a decoder reads before the
+    // binary bytes after it, or an upload that happens to start with `{`): its strings are read
+    // as an opaque body is, when they are text.
+    let unclaimed_binary = !claimed && binary(body);
+    let read = |v: Value<'_>| match unclaimed_binary {
+        true => (!binary(v.value)).then(|| waf.opaque_value(v, skip)).flatten(),
+        false => waf.value(v, skip),
+    };
     let mut seen_value = false;
     // Whether the walk read past what JSON has (comments, NaN): then the body is read whole as
     // well, as it was before such bodies were walked, so a comment's text is not skipped unread.
@@ -470,13 +493,13 @@ pub(super) fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> O
                     keys[depth - 1] = (start, j, escaped);
                     expect_colon = true;
                     let v = Value { class: Class::Arg, kind: LocationKind::JsonKey, name: &text, value: &text };
-                    if let Some(f) = waf.value(v, skip) {
+                    if let Some(f) = read(v) {
                         return Some(f);
                     }
                     expect_key = false;
                 } else {
                     let v = Value { class: Class::Arg, kind: LocationKind::JsonValue, name: &key_name, value: &text };
-                    if let Some(f) = waf.value(v, skip) {
+                    if let Some(f) = read(v) {
                         return Some(f);
                     }
                 }
@@ -1243,8 +1266,9 @@ mod tests {
             (b"\x1f\x8b\x08", Some(false)),
             (b"\xef\xbbX", Some(false)),
             (b"a=1&b={", Some(false)),
-            (b"{\"a\":\"\x01\"}", Some(false)),
-            (b"[\x00\x00\x00\x0c", Some(false)),
+            // What follows the first byte does not count: a decoder reads the first value.
+            (b"{\"a\":\"\x01\"}", Some(true)),
+            (b"[\x00\x00\x00\x0c", Some(true)),
             (b"{\"caf\xe9\":\t1}", Some(true)),
         ] {
             assert_eq!(json_like(prefix), like, "{prefix:?}");
@@ -1275,6 +1299,21 @@ mod tests {
         assert!(waf(1).inspect_body(Some(b"application/octet-stream"), attack, &Skips::NONE).is_some());
         let text = b"\x89PNG x' union select password from users --";
         assert!(waf(2).inspect_body(Some(b"image/png"), text, &Skips::NONE).is_some());
+        // A NUL or a form feed does not make text binary: Go's json.Decoder reads the first
+        // value and never the NUL after it; PHP and Flask hand the NUL on; HTML takes a form
+        // feed for a blank.
+        let json_then_nul = b"{\"q\": \"1' UNION SELECT password FROM users --\"}\x00";
+        for ct in [&b"text/plain"[..], b"application/octet-stream"] {
+            assert!(waf(1).inspect_body(Some(ct), json_then_nul, &Skips::NONE).is_some());
+        }
+        assert!(waf(1).inspect_body(None, json_then_nul, &Skips::NONE).is_some(), "no type");
+        for text in [&b"1' UNION SELECT password FROM users --\x00"[..], b"<svg\x0conload=alert(1)>"] {
+            assert!(waf(2).inspect_body(Some(b"text/plain"), text, &Skips::NONE).is_some(), "{text:?}");
+        }
+        // A binary upload with no type is no form: not refused as one at paranoia 2.
+        let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+        png.extend((0..3000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+        assert_eq!(waf(2).inspect_body(None, &png, &Skips::NONE), None);
         // A body that says it is JSON or a form is still held to it.
         for ct in ["application/json", "application/x-www-form-urlencoded"] {
             let found = waf(1).inspect_body(Some(ct.as_bytes()), b"{\"a\":\"\xff\xfe\x00\"}", &Skips::NONE);

@@ -214,6 +214,24 @@ pub fn is_control(b: u8) -> bool {
     b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')
 }
 
+/// Text to an app that reads it as such: UTF-8 with fewer than a quarter control bytes (a NUL
+/// or a stray control byte added to an attack does not make it binary; a tar header's NUL
+/// padding does), or bytes at least three quarters printable ASCII (Latin-1 text; a `bytes`
+/// field an app decodes leniently). Binary data (an image, an archive, compressed bytes: about
+/// 38% printable) is not.
+pub fn reads_as_text(bytes: &[u8]) -> bool {
+    if std::str::from_utf8(bytes).is_ok() {
+        return bytes.iter().filter(|&&b| is_control(b)).count() * 4 < bytes.len().max(1);
+    }
+    let printable = bytes.iter().filter(|&&b| is_text_byte(b)).count();
+    printable * 4 >= bytes.len() * 3
+}
+
+/// Printable ASCII, a tab or a line break.
+pub fn is_text_byte(b: u8) -> bool {
+    (0x20..=0x7e).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r')
+}
+
 pub fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),

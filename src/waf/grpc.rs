@@ -10,7 +10,7 @@ use std::ops::Range;
 use bytes::Bytes;
 
 use super::body::json;
-use super::decode::is_control;
+use super::decode::{is_control, is_text_byte, reads_as_text};
 use super::{Class, Finding, LocationKind, Skips, Value, Waf};
 
 /// How deep nested messages are walked; deeper ones are read as text only. Protobuf's own
@@ -279,13 +279,34 @@ pub(crate) fn message(waf: &Waf, payload: &[u8], json_codec: bool, skip: &Skips<
         return json(waf, payload, true, skip);
     }
     let mut path = Vec::with_capacity(16);
-    if parses(payload) {
-        return walk(waf, payload, 0, &mut path, skip);
+    // Read as a field's value is: a whole body can be text made to parse as a message too (JSON
+    // under a protobuf label whose blanks and letters are tags of numbers).
+    field_value(waf, payload, 0, &mut path, skip)
+}
+
+/// A length-delimited value, `path` the field numbers that lead to it: walked when it is a
+/// message (a finding in it names its own field), read as text when it is text, or for the runs
+/// of text in it when it is not.
+fn field_value(waf: &Waf, value: &[u8], depth: usize, path: &mut Vec<u8>, skip: &Skips<'_>) -> Option<Finding> {
+    let nested = depth <= MAX_DEPTH && !value.is_empty() && parses(value);
+    if nested {
+        if let Some(f) = walk(waf, value, depth, path, skip) {
+            return Some(f);
+        }
     }
-    // Not protobuf: text anyway to an app that reads it.
-    match reads_as_text(payload) {
-        true => text_value(waf, payload, &path, skip),
-        false => None,
+    if !reads_as_text(value) {
+        // Binary (an image, a hash): not read, as binary HTTP bodies are not.
+        return None;
+    }
+    match (nested && has_controls(value), nested && disguised_text(value)) {
+        // A message, its fields each read by the walk. Read joined, its keys and values made
+        // commands (`env prod`, a line break then `python`) of every OTLP resource and label map.
+        (true, false) => None,
+        // Text made to parse as a message rather than a message, or an attack with a control
+        // byte added so that it parses would hide in the bytes the walk skips (a fixed64
+        // "value", a group): read whole, as the app reads the string.
+        (true, true) => text_value(waf, &blank_controls(value), path, skip),
+        (false, _) => text_value(waf, value, path, skip),
     }
 }
 
@@ -298,28 +319,8 @@ fn walk(waf: &Waf, bytes: &[u8], depth: usize, path: &mut Vec<u8>, skip: &Skips<
             path.push(b'.');
         }
         let _ = write!(path, "{}", field.number);
-        // A message is walked (a finding in it names its own field); a string is read as text.
-        // So is anything that is not a message and reads as UTF-8 (a `bytes` field, a string
-        // with control bytes); a message's own bytes are its tags and lengths.
-        let nested = depth < MAX_DEPTH && !value.is_empty() && parses(value);
-        if nested {
-            if let Some(f) = walk(waf, value, depth + 1, path, skip) {
-                return Some(f);
-            }
-        }
-        if reads_as_text(value) {
-            // Text that also parses as a message is read as text too, or an attack with a
-            // control byte added so that it parses would hide in the bytes the walk skips (a
-            // fixed64 "value", a group). Read so, its tags and lengths are blanks: joined with the
-            // fields' contents they made quotes and `$`s that were never in any field.
-            let found = match (nested && has_controls(value), nested && disguised_text(value)) {
-                (true, false) => text_value(waf, &message_text(value), path, skip),
-                (true, true) => text_value(waf, &blank_controls(value), path, skip),
-                (false, _) => text_value(waf, value, path, skip),
-            };
-            if found.is_some() {
-                return found;
-            }
+        if let Some(f) = field_value(waf, value, depth + 1, path, skip) {
+            return Some(f);
         }
         path.truncate(outer);
     }
@@ -335,23 +336,6 @@ fn text_value(waf: &Waf, value: &[u8], path: &[u8], skip: &Skips<'_>) -> Option<
     // they are a protocol finding, which gRPC fields do not get.
     let blanked: Vec<u8> = value.iter().map(|&b| if b == 0 { b' ' } else { b }).collect();
     waf.value(Value { class: Class::Arg, kind: LocationKind::GrpcField, name: path, value: &blanked }, skip)
-}
-
-/// Text to an app that reads it as such: UTF-8 (a protobuf `string` must be), or bytes that
-/// are mostly printable ASCII (a `bytes` field an app decodes leniently, a stray byte before an
-/// attack). Binary data (an image, a hash, compressed bytes: about 38% printable) is not read,
-/// as binary HTTP bodies are not.
-fn reads_as_text(value: &[u8]) -> bool {
-    if std::str::from_utf8(value).is_ok() {
-        return true;
-    }
-    let printable = value.iter().filter(|&&b| is_text_byte(b)).count();
-    printable * 4 >= value.len() * 3
-}
-
-/// Printable ASCII, a tab or a line break.
-fn is_text_byte(b: u8) -> bool {
-    (0x20..=0x7e).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r')
 }
 
 /// C0 control bytes other than tab and line breaks: in a message's own bytes (tags of fields 1
@@ -389,19 +373,6 @@ fn disguised_text(bytes: &[u8]) -> bool {
 
 fn blank_controls(bytes: &[u8]) -> Vec<u8> {
     bytes.iter().map(|&b| if is_control(b) { b' ' } else { b }).collect()
-}
-
-/// A message's bytes as text: each tag and length a blank, as are control bytes among the
-/// values. `bytes` parses ([`parses`]).
-fn message_text(bytes: &[u8]) -> Vec<u8> {
-    let mut text = blank_controls(bytes);
-    for field in fields(bytes).map_while(|f| f) {
-        text[field.tag].fill(b' ');
-        if let Wire::Bytes { length, .. } = field.wire {
-            text[length].fill(b' ');
-        }
-    }
-    text
 }
 
 /// Whether `bytes` is a whole protobuf message: each field's tag valid (field number at least 1,
@@ -621,6 +592,44 @@ pub(super) mod tests {
         assert_eq!(inspect(&request), None);
         for pl in 1..=4 {
             assert_eq!(waf(pl).inspect_grpc_message(&request, false, &Skips::NONE), None, "paranoia {pl}");
+        }
+    }
+
+    /// Keys and values of ordinary messages (an OTLP resource's attributes, a label map) are
+    /// each read on their own: read joined, `env` then `prod`, or a line break (field 1's tag)
+    /// then `python`, were commands, and every OTLP export from Python, Java, Node, Ruby and PHP
+    /// SDKs was refused.
+    #[test]
+    fn keys_and_values_of_nested_messages_are_not_read_joined() {
+        let attribute = |key: &[u8], value: &[u8]| field(1, &[field(1, key), field(2, &field(1, value))].concat());
+        let mut resource = Vec::new();
+        for (key, value) in [(&b"telemetry.sdk.language"[..], &b"python"[..]), (b"service.name", b"checkout")] {
+            resource.extend(attribute(key, value));
+        }
+        let labels = [field(1, &[field(1, b"env"), field(2, b"prod")].concat()), field(2, b"ok")].concat();
+        for message in [field(1, &resource), labels] {
+            for pl in 1..=2 {
+                assert_eq!(waf(pl).inspect_grpc_message(&message, false, &Skips::NONE), None, "{message:?} at {pl}");
+            }
+        }
+        // Each field is still read on its own.
+        let attack = attribute(b"q", b"1' UNION SELECT password FROM users--");
+        assert!(inspect(&field(1, &attack)).is_some());
+    }
+
+    /// A whole message (a bare protobuf body) that is text made to parse as one: JSON whose
+    /// blanks and letters are tags of numbers and fixed-width fields. Read whole, as a JSON or
+    /// text reader takes it.
+    #[test]
+    fn a_whole_message_that_is_text_disguised_as_one_is_read_as_text() {
+        let jsons = [
+            &b" { \"q\":\"1' union   select  1,2 -- \"}"[..],
+            b" { \"q\":\"1' or 1=1 -- \"}    ",
+            b" { \"q\":\"x;   id\" }    ",
+        ];
+        for json in jsons {
+            assert!(parses(json), "{:?} parses as a message", String::from_utf8_lossy(json));
+            assert!(inspect(json).is_some(), "{:?}", String::from_utf8_lossy(json));
         }
     }
 
