@@ -389,6 +389,9 @@ impl Waf {
             {
                 return Some(f);
             }
+            if let Some(f) = grpc::connect_get(self, query.as_bytes(), skip) {
+                return Some(f);
+            }
         }
         for (name, value) in head.headers {
             let name = name.as_str();

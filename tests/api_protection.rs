@@ -809,6 +809,16 @@ async fn connect_calls_and_protobuf_bodies_are_read_and_ordinary_ones_reach_the_
         let answer = call(content_type, "", &ordinary).await;
         assert_eq!((answer.status, answer.seen().body_bytes), (200, ordinary.len()), "{content_type}");
     }
+    // A unary GET carries its message in the query, base64.
+    {
+        use base64::Engine as _;
+        let message = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&attack);
+        let get = format!(
+            "GET /shop.v1.Orders/Find?connect=v1&encoding=proto&base64=1&message={message} HTTP/1.1\r\n\
+             host: orders.shop\r\nconnection: close\r\n\r\n"
+        );
+        assert_refused(&s.exchange("frontend", get).await, 403, "forbidden", "a Connect GET");
+    }
     let gzip = |bytes: &[u8]| encode("gzip", bytes);
     let compressed = [vec![1], (gzip(&attack).len() as u32).to_be_bytes().to_vec(), gzip(&attack)].concat();
     let header = "connect-content-encoding: gzip\r\n";
@@ -816,7 +826,7 @@ async fn connect_calls_and_protobuf_bodies_are_read_and_ordinary_ones_reach_the_
     let stream = [grpc_frame(&ordinary), grpc_frame(&ordinary)].concat();
     let answer = call("application/connect+proto", "", &stream).await;
     assert_eq!((answer.status, answer.seen().body_bytes), (200, stream.len()));
-    s.events_where("the refusals", 3, |e| e.to_string().contains("grpc_field")).await;
+    s.events_where("the refusals", 4, |e| e.to_string().contains("grpc_field")).await;
 
     // From an HTTP/2 caller, as every peer sidecar is, an HTTP/1.1 app is served on the
     // sidecar's own path: a body of declared length is held whole, one of none streams. Both had
@@ -843,7 +853,7 @@ async fn connect_calls_and_protobuf_bodies_are_read_and_ordinary_ones_reach_the_
     assert_eq!(seen.body_bytes, ordinary_text.len(), "as it was sent");
     let (status, answer) = h2_post_in(&s, &caller, &web_text, b"AAAA AAUKA2Zv", Frames::Pieces).await;
     assert_eq!(status, 400, "not base64: {answer}");
-    s.events_where("the refusals over HTTP/2", 9, |e| e.to_string().contains("grpc_field")).await;
+    s.events_where("the refusals over HTTP/2", 10, |e| e.to_string().contains("grpc_field")).await;
     s.shutdown();
 }
 

@@ -284,6 +284,60 @@ pub(crate) fn message(waf: &Waf, payload: &[u8], json_codec: bool, skip: &Skips<
     field_value(waf, payload, 0, &mut path, skip)
 }
 
+/// How much of a Connect `GET`'s compressed message is inflated to read: the query that carries it
+/// is at most `maxUriBytes` (8 KiB by default).
+const CONNECT_GET_INFLATED: usize = 64 * 1024;
+
+/// A Connect unary `GET` (`?message=...&encoding=proto&base64=1[&compression=gzip]`, for methods
+/// without side effects, the searches an injection aims at): its message, base64 (URL-safe, or
+/// standard, padded or not) and perhaps gzip, read as a message (or as JSON under
+/// `encoding=json`). Read as a query value only, the base64 hid it.
+pub(crate) fn connect_get(waf: &Waf, query: &[u8], skip: &Skips<'_>) -> Option<Finding> {
+    use base64::Engine as _;
+    let (mut carried, mut encoding, mut base64, mut compression) = (None, None, false, None);
+    for pair in query.split(|&b| b == b'&') {
+        let (name, value) = pair.split_at(pair.iter().position(|&b| b == b'=').unwrap_or(pair.len()));
+        let value = super::decode::form_component(value.get(1..).unwrap_or_default());
+        match &*super::decode::form_component(name) {
+            b"message" => carried = Some(value),
+            b"encoding" => encoding = Some(value),
+            b"base64" => base64 = &*value == b"1",
+            b"compression" => compression = Some(value),
+            _ => {}
+        }
+    }
+    let (Some(carried), Some(encoding), true) = (carried, encoding, base64) else { return None };
+    let text: Vec<u8> = carried
+        .iter()
+        .map(|&b| match b {
+            b'-' => b'+',
+            b'_' => b'/',
+            b => b,
+        })
+        .collect();
+    let text = text.strip_suffix(b"==").or_else(|| text.strip_suffix(b"=")).unwrap_or(&text);
+    // Go's decoder (connect-go's) takes what RFC 4648 calls non-canonical: bits left over.
+    let lenient = base64::engine::GeneralPurposeConfig::new()
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::RequireNone);
+    let decoded = base64::engine::GeneralPurpose::new(&base64::alphabet::STANDARD, lenient).decode(text).ok()?;
+    let inflated;
+    let decoded = match compression.as_deref() {
+        None | Some(b"identity") => &decoded[..],
+        Some(b"gzip") => {
+            match super::encoding::decode(super::encoding::Coding::Gzip, &decoded, CONNECT_GET_INFLATED, false) {
+                super::encoding::Decoded::Bytes(bytes) => {
+                    inflated = bytes;
+                    &inflated[..]
+                }
+                _ => return None,
+            }
+        }
+        Some(_) => return None,
+    };
+    message(waf, decoded, &encoding[..] == b"json", skip)
+}
+
 /// A length-delimited value, `path` the field numbers that lead to it: walked when it is a
 /// message (a finding in it names its own field), read as text when it is text, or for the runs
 /// of text in it when it is not.
@@ -631,6 +685,35 @@ pub(super) mod tests {
             assert!(parses(json), "{:?} parses as a message", String::from_utf8_lossy(json));
             assert!(inspect(json).is_some(), "{:?}", String::from_utf8_lossy(json));
         }
+    }
+
+    /// A Connect unary `GET` carries its message in the query, base64 (URL-safe, padded or not),
+    /// perhaps gzip: read as a message. Read as a query value only, the base64 hid it.
+    #[test]
+    fn a_connect_get_message_in_the_query_is_read_as_a_message() {
+        use base64::Engine as _;
+        let url_safe = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE.encode(bytes);
+        let attack = field(2, &field(1, b"x' UNION SELECT password FROM users--"));
+        let get = |message: String, more: &str| format!("connect=v1&encoding=proto&base64=1{more}&message={message}");
+        let found = |query: String| {
+            waf(1).inspect_head(
+                &super::super::HeadView { path: "/s.v1.S/Find", query: Some(&query), headers: &http::HeaderMap::new() },
+                &Skips::NONE,
+            )
+        };
+        let f = found(get(url_safe(&attack), "")).expect("found");
+        assert_eq!(
+            (f.detector, f.location.kind, f.location.name.as_str()),
+            (Detector::Sqli, LocationKind::GrpcField, "2.1")
+        );
+        assert!(found(get(url_safe(&attack).trim_end_matches('=').into(), "")).is_some(), "unpadded");
+        let gzipped = url_safe(&crate::waf::encoding::tests::gzip(&attack));
+        assert!(found(get(gzipped, "&compression=gzip")).is_some(), "gzip");
+        let json = url_safe(br#"{"q": "x' UNION SELECT password FROM users--"}"#);
+        assert!(found(format!("encoding=json&base64=1&message={json}")).is_some(), "JSON in base64");
+        let ordinary = field(1, b"orders near 10 Main St.");
+        assert_eq!(found(get(url_safe(&ordinary), "")), None);
+        assert_eq!(found(format!("message={}&page=2", url_safe(&attack))), None, "no Connect GET: a value like any");
     }
 
     #[test]
