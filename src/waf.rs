@@ -319,9 +319,10 @@ pub enum BodyReading {
     IfJson,
     /// Whole, unless its first byte shows a gRPC message ([`body::grpc_framed`]).
     UnlessGrpcFramed,
-    /// A body with no type at paranoia 1: whole when its first bytes are text (a form, JSON), else
-    /// it streams as a binary type's does (`curl -T`, Python's `requests.put(data=bytes)` and Go's
-    /// `http.Post(url, "", r)` upload files with no type).
+    /// Whole when its first bytes are text or JSON, else it streams on unread, a binary upload:
+    /// a body with no type (`curl -T`, Python's `requests.put(data=bytes)` and Go's
+    /// `http.Post(url, "", r)` upload files with no type), and from paranoia 2 one of a type no
+    /// WAF parses (read whole, every image over `inspectBodyBytes` was 413).
     IfText,
 }
 
@@ -436,19 +437,18 @@ impl Waf {
     }
 
     /// How [`Waf::inspect_body`] reads a body of this `Content-Type`: whole for forms,
-    /// multipart, JSON and XML (and a body without a type, read as a form: at paranoia 1 only
-    /// when it starts as text), and for any type
-    /// from paranoia 2 but a gRPC message ([`body::grpc_framed`]); otherwise only when it is
-    /// JSON by [`json_like`]. A caller need not hold back a body of the second kind
-    /// that its first bytes show is not JSON.
+    /// multipart, JSON, XML and protobuf; a body without a type (read as a form), and from
+    /// paranoia 2 one of any other type but a gRPC message ([`body::grpc_framed`]), when it starts
+    /// as text or JSON; otherwise only when it is JSON by [`json_like`]. A caller need not hold
+    /// back a body that its first bytes show is not the WAF's.
     pub fn reads_body(&self, content_type: Option<&[u8]>) -> BodyReading {
-        if content_type.is_none() && self.paranoia < 2 {
+        if content_type.is_none() {
             return BodyReading::IfText;
         }
         match (body::structured(content_type), self.paranoia >= 2) {
             (true, _) => BodyReading::Whole,
             (false, true) if body::is_grpc(content_type) => BodyReading::UnlessGrpcFramed,
-            (false, true) => BodyReading::Whole,
+            (false, true) => BodyReading::IfText,
             (false, false) => BodyReading::IfJson,
         }
     }
@@ -1079,7 +1079,7 @@ pub(crate) mod tests {
             ] {
                 assert_eq!(waf.reads_body(Some(ct.as_bytes())), grpc, "{ct} at {pl}");
             }
-            let text = if pl >= 2 { BodyReading::Whole } else { BodyReading::IfJson };
+            let text = if pl >= 2 { BodyReading::IfText } else { BodyReading::IfJson };
             for ct in ["text/plain", "application/octet-stream", "image/gif", "application/connect"] {
                 assert_eq!(waf.reads_body(Some(ct.as_bytes())), text, "{ct} at {pl}");
             }

@@ -171,8 +171,12 @@ impl BodyPlan {
         }
         if self.unless_binary {
             return match self.coding {
-                Coding::Identity => crate::waf::text_like(prefix),
-                // A coded body with no type is rare; read, as before.
+                // JSON that a binary tail follows is read too: a decoder reads the first value.
+                Coding::Identity => match crate::waf::json_like(prefix) {
+                    Some(true) => Some(true),
+                    _ => crate::waf::text_like(prefix),
+                },
+                // A coded body of such a type is rare; read, as before.
                 _ => Some(true),
             };
         }
@@ -1878,8 +1882,14 @@ mod tests {
         assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{verdict:?}");
         let attack = b"q=1%27%20UNION%20SELECT%20password%20FROM%20users--";
         assert!(matches!(at(1).inspect_body(plan, "/up", None, attack, |_| {}), Err(Refusal::Blocked(_))));
-        // From paranoia 2 every body is read, as bodies of any type are.
-        assert_eq!(at(2).body_plan("/up", None, []).unwrap().reads(b"\x89PNG\r\n\x1a\n\0\0"), Some(true));
+        // From paranoia 2 too, and so for a body of a type no WAF parses, however long: read
+        // whole, every image over inspectBodyBytes had been 413.
+        for ct in [None, Some(&b"image/png"[..]), Some(b"application/octet-stream")] {
+            let plan = at(2).body_plan("/up", ct, []).unwrap();
+            assert_eq!(plan.reads(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0\x01\0"), Some(false), "{ct:?}");
+            assert_eq!(plan.reads(b"x' UNION SELECT 1 --"), Some(true), "{ct:?}");
+            assert_eq!(plan.reads(b"{\"id\": \"1\"}\0\0\0\0\0\0\0\0\0\0\0\0\0\0"), Some(true), "JSON, then binary");
+        }
     }
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {

@@ -15,7 +15,7 @@ pub(crate) fn inspect(waf: &Waf, content_type: Option<&[u8]>, body: &[u8], skip:
     match Media::of(content_type) {
         // A binary body with no type is an upload (`curl -T`, `requests.put(data=bytes)`), not a
         // form: read as one, a PNG was a `protocol` finding.
-        Media::Form if content_type.is_none() && binary(body) => opaque(waf, skip, body),
+        Media::Form if content_type.is_none() && binary(body) => unclaimed(waf, skip, body),
         Media::Form => {
             if let Some(f) = waf.raw_encoded(body, true, skip) {
                 return Some(f);
@@ -33,7 +33,7 @@ pub(crate) fn inspect(waf: &Waf, content_type: Option<&[u8]>, body: &[u8], skip:
         Media::Protobuf => super::grpc::message(waf, body, false, skip),
         // From paranoia 2 a body of any other type is read as one text value, but a gRPC message.
         Media::Other if waf.paranoia >= 2 && !grpc_framed(content_type, body.first().copied()) => {
-            opaque(waf, skip, body)
+            unclaimed(waf, skip, body)
         }
         // At 1 it is read only when it is JSON after all: many apps parse a body as JSON
         // whatever its type says (PHP's `json_decode` of `php://input`, Go's `json.Decoder`,
@@ -203,6 +203,16 @@ fn anomaly(waf: &Waf, skip: &Skips<'_>, kind: LocationKind, body: &[u8], at: usi
 
 fn as_text(waf: &Waf, skip: &Skips<'_>, kind: LocationKind, body: &[u8]) -> Option<Finding> {
     waf.value(Value { class: Class::Arg, kind, name: b"", value: body }, skip)
+}
+
+/// A body whose type does not say what it is: walked as JSON when it starts as JSON (a decoder
+/// reads the first value whatever follows it: read whole as text, JSON followed by binary bytes
+/// was binary and not read), else read as [`opaque`].
+fn unclaimed(waf: &Waf, skip: &Skips<'_>, body: &[u8]) -> Option<Finding> {
+    match json_like(body) {
+        Some(true) => json(waf, body, false, skip),
+        _ => opaque(waf, skip, body),
+    }
 }
 
 /// Whether a body is binary rather than text ([`reads_as_text`](super::decode::reads_as_text)).
@@ -1307,6 +1317,13 @@ mod tests {
             assert!(waf(1).inspect_body(Some(ct), json_then_nul, &Skips::NONE).is_some());
         }
         assert!(waf(1).inspect_body(None, json_then_nul, &Skips::NONE).is_some(), "no type");
+        // Followed by enough binary bytes that the body is binary: the JSON is read all the same,
+        // with no type and at any level.
+        let mut json_then_binary = json_then_nul.to_vec();
+        json_then_binary.extend([0u8; 200]);
+        for (pl, ct) in [(1, None), (2, None), (2, Some(&b"text/plain"[..])), (2, Some(b"application/octet-stream"))] {
+            assert!(waf(pl).inspect_body(ct, &json_then_binary, &Skips::NONE).is_some(), "{ct:?} at {pl}");
+        }
         for text in [&b"1' UNION SELECT password FROM users --\x00"[..], b"<svg\x0conload=alert(1)>"] {
             assert!(waf(2).inspect_body(Some(b"text/plain"), text, &Skips::NONE).is_some(), "{text:?}");
         }
