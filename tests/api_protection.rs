@@ -797,6 +797,16 @@ async fn grpc_web_calls_over_http1_are_read_in_text_and_binary_form() {
         )
         .await;
     assert_eq!((not_base64.status, not_base64.header("grpc-status")), (400, Some("13")), "{not_base64:?}");
+    // One event for one refusal: named for what it was, not followed by one for a body that
+    // "could not be read".
+    let named = |e: &serde_json::Value| e.to_string().contains("grpc-web-text-not-base64");
+    let refused = s.events_where("the refusal's event", 1, named).await;
+    let id = refused[0]["http_request"]["uid"].as_str().unwrap().to_string();
+    // Events are written in order: once a later request's is there, any second one is too.
+    assert_eq!(call("application/grpc-web+proto", attack).await.status, 403);
+    s.events_where("the later refusal", 3, |e| e.to_string().contains("grpc_field")).await;
+    let same = s.events().into_iter().filter(|e| e["http_request"]["uid"] == id.as_str()).count();
+    assert_eq!(same, 1, "{:#?}", s.events());
     s.shutdown();
 }
 

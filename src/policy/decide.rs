@@ -159,14 +159,31 @@ pub struct BodyPlan {
     unless_grpc_framed: bool,
     /// No type: read when the first bytes are text ([`BodyReading::IfText`]).
     unless_binary: bool,
+    /// A bare protobuf message (`waf::is_protobuf`): binary, so one the WAF cannot read (longer
+    /// than it reads, or in a coding it does not undo) goes on unread rather than refused,
+    /// unless its first bytes show JSON (the label is the caller's to choose).
+    protobuf: bool,
     coding: Coding,
 }
 
 impl BodyPlan {
+    /// Whether a body that begins with `prefix` and is longer than the WAF reads is refused (413)
+    /// rather than passed on uninspected: under `bodyOverLimit: REJECT`, but for protobuf that
+    /// does not start as JSON (a telemetry receiver drops what a 4xx answers).
+    pub fn rejects_over_limit(&self, prefix: &[u8]) -> bool {
+        self.reject_over_limit && !self.unreadable_binary(prefix)
+    }
+
+    /// Protobuf, by its label, that does not start as JSON: what the WAF cannot read of it goes
+    /// on unread.
+    fn unreadable_binary(&self, prefix: &[u8]) -> bool {
+        self.protobuf && crate::waf::json_like(prefix) != Some(true)
+    }
+
     /// Whether a body that begins with `prefix` is the WAF's to read; `None` while `prefix`
     /// does not tell yet (blanks, half a gzip header).
     pub fn reads(&self, prefix: &[u8]) -> Option<bool> {
-        if !self.if_json {
+        if !self.if_json || self.protobuf {
             return Some(true);
         }
         if self.unless_binary {
@@ -805,14 +822,11 @@ impl PolicySnapshot {
             }
         }
         let coding = Coding::of(content_encoding);
-        if crate::waf::is_protobuf(content_type) {
-            // Binary: unread when it cannot be read, as an upload is (`waf::is_protobuf`).
-            if coding == Coding::Other {
-                return None;
-            }
-            reject_over_limit = false;
-        }
-        Some(BodyPlan { limit: limit?, reject_over_limit, if_json, unless_grpc_framed, unless_binary, coding })
+        // Judged by its first bytes, not by its declared length alone (`BodyPlan::protobuf`).
+        let protobuf = crate::waf::is_protobuf(content_type);
+        if_json |= protobuf;
+        let limit = limit?;
+        Some(BodyPlan { limit, reject_over_limit, if_json, unless_grpc_framed, unless_binary, protobuf, coding })
     }
 
     /// Step 6 on a body read whole, as it came (at most [`BodyPlan::limit`] bytes, or the
@@ -829,7 +843,7 @@ impl PolicySnapshot {
         if plan.reads(body) == Some(false) {
             return Ok(BodyInspection::NotRead);
         }
-        let over_limit = || match plan.reject_over_limit {
+        let over_limit = || match plan.rejects_over_limit(body) {
             true => Err(Refusal::UninspectableBody),
             false => Ok(BodyInspection::Uninspected),
         };
@@ -866,6 +880,8 @@ impl PolicySnapshot {
                 }
             }
             Coding::Identity | Coding::Other if body.len() > plan.limit => return over_limit(),
+            // Prometheus's remote write (snappy): compressed protobuf, nothing to read as it came.
+            Coding::Other if plan.unreadable_binary(body) => return Ok(BodyInspection::Uninspected),
             Coding::Identity | Coding::Other => body,
         };
         self.each_waf(path, &mut note, |waf, skips| waf.inspect_body(content_type, body, skips))?;
@@ -1785,21 +1801,32 @@ mod tests {
     fn protobuf_bodies_the_waf_cannot_read_go_on_unread_rather_than_refused() {
         let s = waf_policy("{mode: BLOCK, bodyOverLimit: REJECT, inspectBodyBytes: 1024}");
         let json = s.body_plan("/v1/traces", Some(b"application/json"), []).expect("read");
-        assert!(json.reject_over_limit);
+        assert!(json.rejects_over_limit(b"{"));
         let proto = s.body_plan("/v1/traces", Some(b"application/x-protobuf"), []).expect("read");
-        assert!(!proto.reject_over_limit);
         let mut big = Vec::new();
         while big.len() < 4096 {
             big.extend_from_slice(b"\x0a\x08order 42");
         }
+        assert!(!proto.rejects_over_limit(&big));
         let verdict = s.inspect_body(proto, "/v1/traces", Some(b"application/x-protobuf"), &big, |_| {});
         assert_eq!(verdict, Ok(BodyInspection::Uninspected));
-        let snappy = s.body_plan("/api/v1/write", Some(b"application/x-protobuf"), [&b"snappy"[..]]);
-        assert!(snappy.is_none(), "not read");
-        // One it can read is read.
-        let attack = b"\x0a\x251' UNION SELECT password FROM users --";
-        let verdict = s.inspect_body(proto, "/v1/traces", Some(b"application/x-protobuf"), attack, |_| {});
-        assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{verdict:?}");
+        let snappy = s.body_plan("/api/v1/write", Some(b"application/x-protobuf"), [&b"snappy"[..]]).expect("read");
+        let compressed = b"\xff\x06\x00\x00sNaPpY\x01\x0b\x00\x00\x0a\x08order 42";
+        let verdict = s.inspect_body(snappy, "/api/v1/write", Some(b"application/x-protobuf"), compressed, |_| {});
+        assert_eq!(verdict, Ok(BodyInspection::Uninspected), "snappy: not undone, counted");
+        // One it can read is read; JSON under the label is held to JSON's rules whatever its
+        // coding says, or a caller's label and a made-up coding would carry an attack past.
+        let attack = br#" {"q":"1' UNION SELECT password FROM users --"}"#;
+        for coding in [&[][..], &[&b"snappy"[..]], &[&b"foo"[..]]] {
+            let plan = s.body_plan("/api/v1/write", Some(b"application/x-protobuf"), coding.iter().copied()).unwrap();
+            let verdict = s.inspect_body(plan, "/api/v1/write", Some(b"application/x-protobuf"), attack, |_| {});
+            assert!(matches!(verdict, Err(Refusal::Blocked(_))), "{coding:?}: {verdict:?}");
+        }
+        let mut long_json = attack[..attack.len() - 2].to_vec();
+        long_json.extend(std::iter::repeat_n(b'x', 4096));
+        long_json.extend_from_slice(b"\"}");
+        let verdict = s.inspect_body(proto, "/api/v1/write", Some(b"application/x-protobuf"), &long_json, |_| {});
+        assert_eq!(verdict, Err(Refusal::UninspectableBody), "JSON over the limit: 413");
     }
 
     #[test]

@@ -347,7 +347,7 @@ pub async fn read_for_waf(
     }
     // Past the limit, declared so or found so: refused by a WAF that blocks under REJECT, else
     // passed on uninspected, what was read first.
-    let over = |body: Joined| match plan.reject_over_limit {
+    let over = |body: Joined| match plan.rejects_over_limit(body.as_slice()) {
         true => ForWaf::TooLong,
         false => ForWaf::Uninspected(body.bytes()),
     };

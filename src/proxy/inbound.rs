@@ -763,7 +763,10 @@ impl ProxyHttp for Inbound {
         self.caller_timeouts.count(session, e);
         // Only the sidecar's own 400 for the caller's request: once the app's answer has
         // started, its status is the app's, and a later failure is no probe.
-        let answering = session.response_written().is_none() && e.esource() == &pingora::ErrorSource::Downstream;
+        // A refusal made as the body streamed (a gRPC message) was reported when it was made.
+        let answering = session.response_written().is_none()
+            && e.esource() == &pingora::ErrorSource::Downstream
+            && ctx.request.refusal.is_none();
         let answer = fail(session, e, &mut ctx.request).await;
         if answering && answer.error_code == 400 {
             record::report_unreadable(&self.telemetry, session, &ctx.request, e);

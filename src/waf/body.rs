@@ -102,18 +102,11 @@ impl Media {
 }
 
 /// Whether a body that begins with `prefix` is text, from its first 1 KiB, as
-/// [`reads_as_text`](super::decode::reads_as_text) tells (UTF-8 but for a character cut at the
-/// end: a NUL does not make a form binary, Rack parses one all the same); `None` while empty.
+/// [`utf8_text`](super::decode::utf8_text) tells (a NUL does not make a form binary, Rack
+/// parses one all the same); `None` while empty.
 pub fn text_like(prefix: &[u8]) -> Option<bool> {
     let head = &prefix[..prefix.len().min(1024)];
-    if head.is_empty() {
-        return None;
-    }
-    let head = match std::str::from_utf8(head) {
-        Err(e) if e.error_len().is_none() => &head[..e.valid_up_to()],
-        _ => head,
-    };
-    Some(super::decode::reads_as_text(head))
+    (!head.is_empty()).then(|| super::decode::utf8_text(head))
 }
 
 /// Whether a body that begins with `prefix` is JSON by its first byte (an object, an array or
@@ -215,15 +208,15 @@ fn unclaimed(waf: &Waf, skip: &Skips<'_>, body: &[u8]) -> Option<Finding> {
     }
 }
 
-/// Whether a body is binary rather than text ([`reads_as_text`](super::decode::reads_as_text)).
+/// Whether a body is binary rather than text ([`utf8_text`](super::decode::utf8_text)).
 fn binary(body: &[u8]) -> bool {
-    !super::decode::reads_as_text(body)
+    !super::decode::utf8_text(body)
 }
 
 /// A body whose type does not say it is text (`application/octet-stream`, `image/png`, one
 /// that only looked like JSON, one with no type that is binary), read whole as one value for
 /// what an app that parses it anyway would find in it, when it is text
-/// ([`reads_as_text`](super::decode::reads_as_text): a NUL or a form feed in it does not make it
+/// ([`utf8_text`](super::decode::utf8_text): a NUL or a form feed in it does not make it
 /// binary, as Go's `json.Decoder`, PHP's `php://input` and Flask's `get_data` hand them on).
 /// Binary (an image, an archive, compressed bytes) is not read: read as text, 279 of 300 real
 /// files' first 64 KiB (gzip, PNG, WOFF2, shared objects) had been refused at paranoia 2 by the
@@ -391,7 +384,7 @@ pub(super) fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> O
     // as an opaque body is, when they are text.
     let unclaimed_binary = !claimed && binary(body);
     let read = |v: Value<'_>| match unclaimed_binary {
-        true => (!binary(v.value)).then(|| waf.opaque_value(v, skip)).flatten(),
+        true => super::decode::reads_as_text(v.value).then(|| waf.opaque_value(v, skip)).flatten(),
         false => waf.value(v, skip),
     };
     let mut seen_value = false;
@@ -1304,11 +1297,16 @@ mod tests {
                 assert_eq!(found, None, "body {n} under {ct} at {pl}");
             }
         }
-        // Text in them is read (Latin-1 too), as an app that parses the body anyway reads it.
-        let attack = b"{'q': 'caf\xe9'; DROP TABLE users; -- <script>alert(1)</script>";
+        // Text in them is read, as an app that parses the body anyway reads it.
+        let attack = "{'q': 'café'; DROP TABLE users; -- <script>alert(1)</script>".as_bytes();
         assert!(waf(1).inspect_body(Some(b"application/octet-stream"), attack, &Skips::NONE).is_some());
-        let text = b"\x89PNG x' union select password from users --";
+        let text = b"PNG x' union select password from users --";
         assert!(waf(2).inspect_body(Some(b"image/png"), text, &Skips::NONE).is_some());
+        // A byte that is not UTF-8 makes a body binary: compiled files that are mostly printable
+        // (a gettext catalog's header, then its strings) are not read.
+        let mo = b"\xde\x12\x04\x95\0\0\0\0\x02\0\0\0\x1c\0\0\0Project-Id-Version: x; rm -rf /tmp/a";
+        assert_eq!(waf(2).inspect_body(Some(b"application/octet-stream"), mo, &Skips::NONE), None);
+        assert_eq!(waf(1).inspect_body(None, mo, &Skips::NONE), None);
         // A NUL or a form feed does not make text binary: Go's json.Decoder reads the first
         // value and never the NUL after it; PHP and Flask hand the NUL on; HTML takes a form
         // feed for a blank.

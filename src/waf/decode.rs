@@ -214,14 +214,25 @@ pub fn is_control(b: u8) -> bool {
     b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')
 }
 
-/// Text to an app that reads it as such: UTF-8 with fewer than a quarter control bytes (a NUL
-/// or a stray control byte added to an attack does not make it binary; a tar header's NUL
-/// padding does), or bytes at least three quarters printable ASCII (Latin-1 text; a `bytes`
-/// field an app decodes leniently). Binary data (an image, an archive, compressed bytes: about
-/// 38% printable) is not.
+/// Text as a body is: UTF-8 (but for a character cut at its end) with fewer than a quarter
+/// control bytes (a NUL or a form feed added to an attack does not make it binary; a tar
+/// header's NUL padding does). A byte that is not UTF-8 makes a body binary: read as text,
+/// compiled files that are mostly printable (`.mo` catalogs, `.pyc`) were refused.
+pub fn utf8_text(bytes: &[u8]) -> bool {
+    let utf8 = match std::str::from_utf8(bytes) {
+        Ok(_) => true,
+        Err(e) => e.error_len().is_none(),
+    };
+    utf8 && bytes.iter().filter(|&&b| is_control(b)).count() * 4 < bytes.len().max(1)
+}
+
+/// Text as a protobuf field or a string in JSON is, to an app that reads it as such:
+/// [`utf8_text`], or bytes at least three quarters printable ASCII (Latin-1 text; a `bytes`
+/// field an app decodes leniently, a stray byte before an attack). Binary data (an image, a
+/// hash, compressed bytes: about 38% printable) is not.
 pub fn reads_as_text(bytes: &[u8]) -> bool {
-    if std::str::from_utf8(bytes).is_ok() {
-        return bytes.iter().filter(|&&b| is_control(b)).count() * 4 < bytes.len().max(1);
+    if utf8_text(bytes) {
+        return true;
     }
     let printable = bytes.iter().filter(|&&b| is_text_byte(b)).count();
     printable * 4 >= bytes.len() * 3

@@ -392,10 +392,12 @@ fn text_value(waf: &Waf, value: &[u8], path: &[u8], skip: &Skips<'_>) -> Option<
     waf.value(Value { class: Class::Arg, kind: LocationKind::GrpcField, name: path, value: &blanked }, skip)
 }
 
-/// C0 control bytes other than tab and line breaks: in a message's own bytes (tags of fields 1
-/// to 3, lengths under 32), rare in text.
+/// Control bytes other than blanks (tab, line breaks, vertical tab, form feed): a message's own
+/// bytes (tags of fields 1 to 3, lengths under 32), rare in text. A message whose tags and lengths
+/// are all blanks (`\n` is field 1's tag, a length of 12 a form feed) is text an app reads with
+/// its own spaces: an injection cut into such fields is read whole.
 fn has_controls(bytes: &[u8]) -> bool {
-    bytes.iter().any(|&b| is_control(b))
+    bytes.iter().any(|&b| is_control(b) && !matches!(b, 0x0b | 0x0c))
 }
 
 /// Text made to parse as a message rather than a message: a fixed64 or fixed32 field whose
@@ -596,6 +598,10 @@ pub(super) mod tests {
             v.resize(head.len() + to, b' ');
             v
         };
+        // Tags and lengths that are blanks to SQL: `\n` (field 1) and a form feed (a length of 12).
+        let blanks =
+            b"\n\n1'        \n\x0cUNION       \n\x0cSELECT      \n\x0cpassword    \n\x0cFROM users  \n\x0c--          ";
+        assert!(parses(blanks) && inspect(blanks).is_some() && inspect(&field(1, blanks)).is_some());
         for disguised in [padded(b"z\x05admin\" ", b"or 1=1 or \"", 32), padded(b"b\x05adminz'", b" or 1 or '", 39)] {
             let disguised = &disguised[..];
             assert!(parses(disguised), "{disguised:?} parses as a message");
