@@ -177,7 +177,8 @@ impl BodyPlan {
     /// Protobuf, by its label, that does not start as JSON: what the WAF cannot read of it goes
     /// on unread.
     fn unreadable_binary(&self, prefix: &[u8]) -> bool {
-        self.protobuf && crate::waf::json_like(prefix) != Some(true)
+        // Inflated first when it can be; blanks alone so far count as JSON.
+        self.protobuf && self.coding.json_like(prefix) == Some(false)
     }
 
     /// Whether a body that begins with `prefix` is the WAF's to read; `None` while `prefix`
@@ -1827,6 +1828,14 @@ mod tests {
         long_json.extend_from_slice(b"\"}");
         let verdict = s.inspect_body(proto, "/api/v1/write", Some(b"application/x-protobuf"), &long_json, |_| {});
         assert_eq!(verdict, Err(Refusal::UninspectableBody), "JSON over the limit: 413");
+        // Judged so whatever comes first: blanks (undecided: JSON), or gzip (inflated first).
+        assert!(proto.rejects_over_limit(b"    "));
+        let gzipped = s.body_plan("/v1/traces", Some(b"application/x-protobuf"), [&b"gzip"[..]]).unwrap();
+        let verdict = s.inspect_body(gzipped, "/v1/traces", Some(b"application/x-protobuf"), &gzip(&long_json), |_| {});
+        assert_eq!(verdict, Err(Refusal::UninspectableBody), "gzip JSON over the limit: 413");
+        let binary = gzip(&big);
+        let verdict = s.inspect_body(gzipped, "/v1/traces", Some(b"application/x-protobuf"), &binary, |_| {});
+        assert_eq!(verdict, Ok(BodyInspection::Uninspected), "gzip protobuf over the limit");
     }
 
     #[test]

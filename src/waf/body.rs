@@ -208,9 +208,11 @@ fn unclaimed(waf: &Waf, skip: &Skips<'_>, body: &[u8]) -> Option<Finding> {
     }
 }
 
-/// Whether a body is binary rather than text ([`utf8_text`](super::decode::utf8_text)).
+/// Whether a body is binary rather than text, from its first 1 KiB as [`text_like`] tells:
+/// what decided that it is read decides how (judged whole, a byte that is not UTF-8 at its end
+/// had a form read unread).
 fn binary(body: &[u8]) -> bool {
-    !super::decode::utf8_text(body)
+    text_like(body) == Some(false)
 }
 
 /// A body whose type does not say it is text (`application/octet-stream`, `image/png`, one
@@ -1325,6 +1327,15 @@ mod tests {
         for text in [&b"1' UNION SELECT password FROM users --\x00"[..], b"<svg\x0conload=alert(1)>"] {
             assert!(waf(2).inspect_body(Some(b"text/plain"), text, &Skips::NONE).is_some(), "{text:?}");
         }
+        // What its first 1 KiB says decides how a body is read, not a byte further on.
+        let mut form = b"q=1'+UNION+SELECT+password+FROM+users--&pad=".to_vec();
+        form.extend([b'a'; 2000]);
+        form.push(0xff);
+        assert!(waf(1).inspect_body(None, &form, &Skips::NONE).is_some(), "a form, then a byte that is not UTF-8");
+        let mut text = b"x' UNION SELECT password FROM users--".to_vec();
+        text.extend([b' '; 1100]);
+        text.extend([0u8; 1100]);
+        assert!(waf(2).inspect_body(Some(b"text/plain"), &text, &Skips::NONE).is_some(), "text, then NULs");
         // A binary upload with no type is no form: not refused as one at paranoia 2.
         let mut png = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
         png.extend((0..3000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));

@@ -294,18 +294,23 @@ const CONNECT_GET_INFLATED: usize = 64 * 1024;
 /// `encoding=json`). Read as a query value only, the base64 hid it.
 pub(crate) fn connect_get(waf: &Waf, query: &[u8], skip: &Skips<'_>) -> Option<Finding> {
     use base64::Engine as _;
-    let (mut carried, mut encoding, mut base64, mut compression) = (None, None, false, None);
+    // The first of each, as connect-go's `query.Get` takes (a second `message` must not stand in
+    // for the one the app reads); only these four values are decoded.
+    let (mut carried, mut encoding, mut base64, mut compression) = (None, None, None, None);
     for pair in query.split(|&b| b == b'&') {
         let (name, value) = pair.split_at(pair.iter().position(|&b| b == b'=').unwrap_or(pair.len()));
-        let value = super::decode::form_component(value.get(1..).unwrap_or_default());
-        match &*super::decode::form_component(name) {
-            b"message" => carried = Some(value),
-            b"encoding" => encoding = Some(value),
-            b"base64" => base64 = &*value == b"1",
-            b"compression" => compression = Some(value),
-            _ => {}
+        let slot = match &*super::decode::form_component(name) {
+            b"message" => &mut carried,
+            b"encoding" => &mut encoding,
+            b"base64" => &mut base64,
+            b"compression" => &mut compression,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = Some(super::decode::form_component(value.get(1..).unwrap_or_default()));
         }
     }
+    let base64 = base64.is_some_and(|v| &*v == b"1");
     let (Some(carried), Some(encoding), true) = (carried, encoding, base64) else { return None };
     let text: Vec<u8> = carried
         .iter()
@@ -323,7 +328,8 @@ pub(crate) fn connect_get(waf: &Waf, query: &[u8], skip: &Skips<'_>) -> Option<F
     let decoded = base64::engine::GeneralPurpose::new(&base64::alphabet::STANDARD, lenient).decode(text).ok()?;
     let inflated;
     let decoded = match compression.as_deref() {
-        None | Some(b"identity") => &decoded[..],
+        // Empty is none, to connect-go too.
+        None | Some(b"" | b"identity") => &decoded[..],
         Some(b"gzip") => {
             match super::encoding::decode(super::encoding::Coding::Gzip, &decoded, CONNECT_GET_INFLATED, false) {
                 super::encoding::Decoded::Bytes(bytes) => {
@@ -719,6 +725,12 @@ pub(super) mod tests {
         assert!(found(format!("encoding=json&base64=1&message={json}")).is_some(), "JSON in base64");
         let ordinary = field(1, b"orders near 10 Main St.");
         assert_eq!(found(get(url_safe(&ordinary), "")), None);
+        // The first of each parameter is the app's (connect-go's `query.Get`); an empty
+        // compression is none.
+        let first = format!("{}&message={}", get(url_safe(&attack), ""), url_safe(&ordinary));
+        assert!(found(first).is_some(), "a second message");
+        assert!(found(get(url_safe(&attack), "&base64=0")).is_some(), "a second base64");
+        assert!(found(get(url_safe(&attack), "&compression=")).is_some(), "empty compression");
         assert_eq!(found(format!("message={}&page=2", url_safe(&attack))), None, "no Connect GET: a value like any");
     }
 
