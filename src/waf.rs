@@ -62,7 +62,7 @@ mod corpus;
 use std::fmt;
 
 pub(crate) use body::grpc_frame_start;
-pub use body::{grpc_web_text, is_grpc, is_protobuf, json_like, rpc_over_http1, text_like};
+pub use body::{grpc_web_text, is_connect, is_grpc, is_protobuf, json_codec, json_like, rpc_over_http1, text_like};
 use decode::Hit;
 pub use grpc::{Base64Frames, GrpcMessages, Message as GrpcMessage, NotBase64, Piece as GrpcPiece};
 

@@ -240,11 +240,8 @@ impl GrpcCall {
     /// For a gRPC request of `headers` whose body the policy reads (`plan`).
     pub fn new(plan: BodyPlan, headers: &HeaderMap) -> Self {
         let content_type = headers.get(http::header::CONTENT_TYPE).map(|v| v.as_bytes());
-        let media = content_type.unwrap_or_default().split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
-        // `application/grpc+json`, `grpc-web+json`, `connect+json`: each message a JSON document.
-        let json_codec = media.len() >= 5 && media[media.len() - 5..].eq_ignore_ascii_case(b"+json");
-        // Connect names its messages' compression in a header of its own.
-        let connect = media.len() >= 20 && media[..20].eq_ignore_ascii_case(b"application/connect+");
+        let json_codec = crate::waf::json_codec(content_type);
+        let connect = crate::waf::is_connect(content_type);
         let named = headers.get_all(if connect { "connect-content-encoding" } else { "grpc-encoding" });
         let several = named.iter().count() > 1 || named.iter().any(|v| v.as_bytes().contains(&b','));
         let encoding = (!several).then(|| Coding::of(named.iter().map(|v| v.as_bytes())));
@@ -2026,7 +2023,7 @@ mod tests {
         let refused = call("application/connect+proto", Some(("grpc-encoding", "gzip")), gzipped);
         assert!(matches!(refused, Err(Refusal::Malformed(_))), "{refused:?}");
         let json = framed(0, br#"{"name": "1' OR '1'='1' UNION SELECT password FROM users --"}"#);
-        for ct in ["application/connect+json", "application/grpc-web+json"] {
+        for ct in ["application/connect+json", "application/grpc-web+json", "Application/Connect+JSON; charset=utf-8"] {
             assert!(matches!(call(ct, None, json.clone()), Err(Refusal::Blocked(_))), "{ct}");
         }
         let ordinary_call = framed(0, &ordinary);

@@ -154,13 +154,26 @@ pub(crate) fn grpc_frame_start(first: u8) -> bool {
 /// Connect's streaming calls (`application/connect+proto`, `+json`). Compared without a
 /// lower-cased copy: it is asked of every request with a body.
 pub fn is_grpc(content_type: Option<&[u8]>) -> bool {
-    media_starts(content_type, b"application/grpc") || media_starts(content_type, b"application/connect+")
+    media_starts(content_type, b"application/grpc") || is_connect(content_type)
 }
 
 /// A call of [`is_grpc`]'s that an app may serve over HTTP/1.1 too: gRPC-Web (made for
 /// browsers) and Connect; gRPC itself needs HTTP/2.
 pub fn rpc_over_http1(content_type: Option<&[u8]>) -> bool {
-    media_starts(content_type, b"application/grpc-web") || media_starts(content_type, b"application/connect+")
+    media_starts(content_type, b"application/grpc-web") || is_connect(content_type)
+}
+
+/// Connect's streaming calls (`application/connect+proto`, `+json`): their compression is named
+/// in `connect-content-encoding`, not `grpc-encoding`.
+pub fn is_connect(content_type: Option<&[u8]>) -> bool {
+    media_starts(content_type, b"application/connect+")
+}
+
+/// A framed call's messages are JSON documents: `application/grpc+json`, `grpc-web+json`,
+/// `connect+json`.
+pub fn json_codec(content_type: Option<&[u8]>) -> bool {
+    let media = content_type.map(media_type).unwrap_or_default();
+    media.len() >= 5 && media[media.len() - 5..].eq_ignore_ascii_case(b"+json")
 }
 
 /// gRPC-Web's text form (`application/grpc-web-text`, `+proto`): its frames in base64.
