@@ -838,6 +838,16 @@ async fn connect_calls_and_protobuf_bodies_are_read_and_ordinary_ones_reach_the_
         let answer = call(content_type, "", &ordinary).await;
         assert_eq!((answer.status, answer.seen().body_bytes), (200, ordinary.len()), "{content_type}");
     }
+    // Longer than the WAF reads: protobuf goes on unread (a telemetry receiver drops what a 4xx
+    // answers), JSON under the same label is refused as JSON is.
+    let mut batch = Vec::new();
+    while batch.len() < 70_000 {
+        batch.extend(&ordinary);
+    }
+    let answer = call("application/x-protobuf", "", &batch).await;
+    assert_eq!((answer.status, answer.seen().body_bytes), (200, batch.len()));
+    let long_json = format!("{{\"q\": \"{}\"}}", "a".repeat(70_000));
+    assert_refused(&call("application/x-protobuf", "", long_json.as_bytes()).await, 413, "payload_too_large", "JSON");
     // A unary GET carries its message in the query, base64.
     {
         use base64::Engine as _;

@@ -167,6 +167,13 @@ pub struct BodyPlan {
 }
 
 impl BodyPlan {
+    /// Whether what is done with this body waits on its first bytes: whether it is read at all
+    /// (a type no WAF parses), or whether, longer than the WAF reads, it is refused (protobuf).
+    /// A body that does not wait is judged by its declared length before any of it is read.
+    pub fn waits_for_first_bytes(&self) -> bool {
+        self.if_json || self.protobuf
+    }
+
     /// Whether a body that begins with `prefix` and is longer than the WAF reads is refused (413)
     /// rather than passed on uninspected: under `bodyOverLimit: REJECT`, but for protobuf that
     /// does not start as JSON (a telemetry receiver drops what a 4xx answers).
@@ -184,7 +191,7 @@ impl BodyPlan {
     /// Whether a body that begins with `prefix` is the WAF's to read; `None` while `prefix`
     /// does not tell yet (blanks, half a gzip header).
     pub fn reads(&self, prefix: &[u8]) -> Option<bool> {
-        if !self.if_json || self.protobuf {
+        if !self.if_json {
             return Some(true);
         }
         if self.unless_binary {
@@ -820,9 +827,7 @@ impl PolicySnapshot {
             }
         }
         let coding = Coding::of(content_encoding);
-        // Judged by its first bytes, not by its declared length alone (`BodyPlan::protobuf`).
         let protobuf = crate::waf::is_protobuf(content_type);
-        if_json |= protobuf;
         let limit = limit?;
         Some(BodyPlan { limit, reject_over_limit, if_json, unless_grpc_framed, unless_binary, protobuf, coding })
     }

@@ -324,7 +324,7 @@ pub async fn read_for_waf(
         body.push(piece, usize::MAX);
         Ok(!session.is_body_done())
     };
-    if plan.if_json {
+    if plan.waits_for_first_bytes() {
         // Looked at again each time what was read doubles, so a caller sending one byte at a
         // time costs a few looks, not one per byte.
         let mut look_at = 0;

@@ -524,8 +524,8 @@ impl ProxyHttp for Inbound {
         };
         let mut inspect = plan.is_some();
         // A body of a type the WAF parses is judged by its declared length at once; one of
-        // another type only once its first bytes show it is JSON (`read_for_waf`).
-        if let Some(plan) = plan.filter(|plan| !plan.if_json) {
+        // another type, or protobuf, only once its first bytes show what it is (`read_for_waf`).
+        if let Some(plan) = plan.filter(|plan| !plan.waits_for_first_bytes()) {
             if app_pool::declared_length(session.req_header()).is_some_and(|n| n > plan.limit as u64) {
                 if plan.reject_over_limit {
                     return self.refuse(session, ctx, Refusal::UninspectableBody).await;
