@@ -195,22 +195,31 @@ impl Inbound {
         piece: Bytes,
         last: bool,
     ) -> Result<Bytes, Refusal> {
-        let verdict = (|| {
-            let on = if piece.is_empty() { piece } else { self.inspect_grpc(session, request, grpc, &piece)? };
-            if !last {
-                return Ok(on);
-            }
-            // A body that was not gRPC after all: what was held of it goes on last.
-            Ok(match grpc.call.end()? {
-                Some(held) if on.is_empty() => held,
-                Some(held) => [on, held].concat().into(),
-                None => on,
-            })
-        })();
-        if let Err(refusal) = &verdict {
+        let on = self.grpc_verdict(session, request, grpc, piece, last);
+        if let Err(refusal) = &on {
             self.report_refusal(session, request, refusal);
         }
-        verdict
+        on
+    }
+
+    fn grpc_verdict(
+        &self,
+        session: &Session,
+        request: &RequestCtx,
+        grpc: &mut GrpcBody,
+        piece: Bytes,
+        last: bool,
+    ) -> Result<Bytes, Refusal> {
+        let on = if piece.is_empty() { piece } else { self.inspect_grpc(session, request, grpc, &piece)? };
+        if !last {
+            return Ok(on);
+        }
+        // A body that was not gRPC after all: what was held of it goes on last.
+        Ok(match grpc.call.end()? {
+            Some(held) if on.is_empty() => held,
+            Some(held) => [on, held].concat().into(),
+            None => on,
+        })
     }
 
     /// Step 6 on the next piece of a gRPC call's body: the bytes that go on now (whole messages
@@ -511,10 +520,11 @@ impl ProxyHttp for Inbound {
         };
         // A gRPC call to an HTTP/2 app, a gRPC-Web or Connect call to any: its messages are
         // read as they stream, not here.
-        let content_type = session.req_header().headers.get(CONTENT_TYPE).map(|v| v.as_bytes());
-        let streamed =
-            crate::policy::is_grpc(content_type) && (ctx.app_h2 || crate::policy::rpc_over_http1(content_type));
-        let plan = match plan.filter(|_| streamed) {
+        let streamed = |session: &Session| {
+            let content_type = session.req_header().headers.get(CONTENT_TYPE).map(|v| v.as_bytes());
+            crate::policy::is_grpc(content_type) && (ctx.app_h2 || crate::policy::rpc_over_http1(content_type))
+        };
+        let plan = match plan.filter(|_| streamed(session)) {
             Some(plan) => {
                 let call = GrpcCall::new(plan, &session.req_header().headers);
                 ctx.grpc = Some(Box::new(GrpcBody { policy: Arc::clone(&policy), call }));
