@@ -161,16 +161,16 @@ pub async fn write(
     connection: Connection,
 ) -> pingora::Result<()> {
     let body = format!(r#"{{"error":"{code}","request_id":"{}"}}"#, request_id.as_str());
-    let grpc = super::is_grpc(session.req_header());
-    let mut header = ResponseHeader::build(status, Some(4 + 2 * usize::from(grpc) + extra.len()))?;
+    // The same two fields in the head and, over HTTP/2, in trailers.
+    let grpc = super::is_grpc(session.req_header()).then(|| grpc_trailers(status, code, request_id));
+    let grpc_fields = grpc.as_ref().map_or(0, http::HeaderMap::len);
+    let mut header = ResponseHeader::build(status, Some(4 + grpc_fields + extra.len()))?;
     header.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     header.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     header.insert_header(super::REQUEST_ID_HEADER, request_id.header_value())?;
     header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    if grpc {
-        header.insert_header("grpc-status", grpc_status(status).to_string())?;
-        // Printable ASCII but `%`: nothing to percent-encode.
-        header.insert_header("grpc-message", format!("{code} (request id {})", request_id.as_str()))?;
+    for (name, value) in grpc.iter().flatten() {
+        header.insert_header(name.clone(), value.clone())?;
     }
     for (name, value) in extra {
         header.insert_header(name.clone(), value.clone())?;
@@ -179,12 +179,12 @@ pub async fn write(
         session.set_keepalive(None);
     }
     session.write_response_header(Box::new(header), false).await?;
-    let trailers = grpc && session.is_http2();
-    session.write_response_body(Some(Bytes::from(body)), !trailers).await?;
-    if trailers {
+    let trailers = grpc.filter(|_| session.is_http2());
+    session.write_response_body(Some(Bytes::from(body)), trailers.is_none()).await?;
+    if let Some(trailers) = trailers {
         // grpc-core (Python, C++, Ruby, PHP clients) reads a status only from trailers, or from
         // a head that ends the stream: without these it reported `UNKNOWN: Stream removed`.
-        session.downstream_session.write_response_trailers(grpc_trailers(status, code, request_id)).await?;
+        session.downstream_session.write_response_trailers(trailers).await?;
     }
     Ok(())
 }
