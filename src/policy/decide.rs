@@ -157,7 +157,8 @@ pub struct BodyPlan {
     /// A WAF reads this type whole unless it is a gRPC message: first bytes that are not a
     /// gRPC frame's have it read.
     unless_grpc_framed: bool,
-    /// No type: read when the first bytes are text ([`BodyReading::IfText`]).
+    /// No type, or from paranoia 2 a type no WAF parses: read when the first bytes are text or
+    /// JSON ([`BodyReading::IfText`]).
     unless_binary: bool,
     /// A bare protobuf message (`waf::is_protobuf`): binary, so one the WAF cannot read (longer
     /// than it reads, or in a coding it does not undo) goes on unread rather than refused,
