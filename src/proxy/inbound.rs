@@ -195,31 +195,23 @@ impl Inbound {
         piece: Bytes,
         last: bool,
     ) -> Result<Bytes, Refusal> {
-        let on = self.grpc_verdict(session, request, grpc, piece, last);
+        let on = match piece.is_empty() {
+            true => Ok(piece),
+            false => self.inspect_grpc(session, request, grpc, &piece),
+        };
+        let on = match (on, last) {
+            // A body that was not gRPC after all: what was held of it goes on last.
+            (Ok(on), true) => grpc.call.end().map(|held| match held {
+                Some(held) if on.is_empty() => held,
+                Some(held) => [on, held].concat().into(),
+                None => on,
+            }),
+            (on, _) => on,
+        };
         if let Err(refusal) = &on {
             self.report_refusal(session, request, refusal);
         }
         on
-    }
-
-    fn grpc_verdict(
-        &self,
-        session: &Session,
-        request: &RequestCtx,
-        grpc: &mut GrpcBody,
-        piece: Bytes,
-        last: bool,
-    ) -> Result<Bytes, Refusal> {
-        let on = if piece.is_empty() { piece } else { self.inspect_grpc(session, request, grpc, &piece)? };
-        if !last {
-            return Ok(on);
-        }
-        // A body that was not gRPC after all: what was held of it goes on last.
-        Ok(match grpc.call.end()? {
-            Some(held) if on.is_empty() => held,
-            Some(held) => [on, held].concat().into(),
-            None => on,
-        })
     }
 
     /// Step 6 on the next piece of a gRPC call's body: the bytes that go on now (whole messages
