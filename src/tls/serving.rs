@@ -102,8 +102,10 @@ mod tests {
         let first = ca.issue_to(&spec, &dir.path().join("first")).unwrap();
         let second = ca.issue_to(&spec, &dir.path().join("second")).unwrap();
         let serving = ServingCert::load(&first.cert, &first.key).unwrap();
-        // The new certificate before its key: refused, said once, then tried quietly.
+        // The new certificate before its key: not said while the writer may be midway, then
+        // refused and said once when the files held still for a look, then tried quietly.
         replace(&second.cert, &first.cert);
+        assert!(!serving.reload_if_changed().unwrap());
         assert!(serving.reload_if_changed().is_err());
         assert!(!serving.reload_if_changed().unwrap());
         // Its key follows: taken, with no other change to wait for.
