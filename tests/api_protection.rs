@@ -1185,3 +1185,112 @@ async fn grpc_messages_are_read_as_they_stream_and_one_with_an_attack_never_reac
     assert!(rest.is_empty(), "{rest:?}");
     s.shutdown();
 }
+
+/// An HTTP/2 app that refuses the first call to each path (`REFUSED_STREAM`, which a client
+/// may send again: nothing of it was processed) once it has read `refuse_after` bytes of its
+/// body, and answers every later one 200 with the body's length and its last bytes (in hex,
+/// from the end). It says when it refused a call, and when a call sent again has brought
+/// `refuse_after` bytes.
+async fn h2_app_refusing_first_calls(
+    refuse_after: usize,
+) -> (std::net::SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let refused = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::<String>::new()));
+    let (again, sent_again) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (refused, again) = (refused.clone(), again.clone());
+            tokio::spawn(async move {
+                let mut connection = h2::server::handshake(tcp).await.unwrap();
+                while let Some(Ok((request, mut respond))) = connection.accept().await {
+                    let (refused, again) = (refused.clone(), again.clone());
+                    tokio::spawn(async move {
+                        let path = request.uri().path().to_string();
+                        let first = refused.lock().unwrap().insert(path.clone());
+                        let mut body = request.into_body();
+                        let mut got = Vec::new();
+                        while let Some(Ok(piece)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(piece.len());
+                            let before = got.len();
+                            got.extend_from_slice(&piece);
+                            if before < refuse_after && got.len() >= refuse_after {
+                                if first {
+                                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                                    let _ = again.send(format!("refused {path}"));
+                                    return;
+                                }
+                                let _ = again.send(path.clone());
+                            }
+                        }
+                        let answer = http::Response::builder()
+                            .header("x-body-length", got.len())
+                            .header(
+                                "x-body-end",
+                                got.iter().rev().take(8).map(|b| format!("{b:02x}")).collect::<String>(),
+                            )
+                            .body(())
+                            .unwrap();
+                        let _ = respond.send_response(answer, true);
+                    });
+                }
+            });
+        }
+    });
+    (addr, sent_again)
+}
+
+/// pingora sends a call the app refused unprocessed (`REFUSED_STREAM`) again, with the body read
+/// so far, through the sidecar's body filter a second time: the second sending is counted and
+/// read from its start, not added to the first (a body over half of `maxBodyBytes` had been 413
+/// on its second sending; a gRPC call refused with half a message read was read from the middle
+/// of its replayed first message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_the_app_refused_unprocessed_is_sent_again_whole_and_counted_once() {
+    let first = grpc_frame(&proto_string(1, b"first"));
+    let (app, mut sent_again) = h2_app_refusing_first_calls(first.len()).await;
+    let rules =
+        "  authorization: {default: ALLOW}\n  inputValidation:\n    maxBodyBytes: 1000\n    waf: {mode: BLOCK}\n";
+    let s = PolicedSidecar::start_with(&policy("api", rules), |c| {
+        c.inbound.app.0 = app;
+        c.inbound.app_protocol = palisade::config::AppProtocol::Http2;
+    })
+    .await;
+    let tcp = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let mut call = |path: &str, content_type: &str| {
+        let request = http::Request::put(format!("http://orders.shop{path}")).header("content-type", content_type);
+        client.send_request(request.body(()).unwrap(), false).unwrap()
+    };
+
+    // A JSON body of 700 bytes, read whole by the WAF before it goes on.
+    let json = format!("{{\"note\": \"{}\"}}", "a".repeat(700 - 12)).into_bytes();
+    assert_eq!(json.len(), 700);
+    let (answer, mut body) = call("/items/1", "application/json");
+    body.send_data(bytes::Bytes::from(json), true).unwrap();
+    let answer = in_time("the answer", answer).await.unwrap();
+    assert_eq!(answer.status(), 200, "{answer:?}");
+    assert_eq!(answer.headers()["x-body-length"], "700");
+    assert_eq!(sent_again.recv().await.as_deref(), Some("refused /items/1"));
+    assert_eq!(sent_again.recv().await.as_deref(), Some("/items/1"), "sent again");
+
+    // A gRPC call, read as it streams, refused by the app once it has the first message, with
+    // three bytes of the second read and held; the rest is sent once the call has gone to the
+    // app again.
+    let second = grpc_frame(&proto_string(1, b"second"));
+    let (answer, mut body) = call("/shop.v1.Items/Put", "application/grpc");
+    body.send_data(bytes::Bytes::from([first.clone(), second[..3].to_vec()].concat()), false).unwrap();
+    assert_eq!(in_time("the refusal", sent_again.recv()).await.as_deref(), Some("refused /shop.v1.Items/Put"));
+    assert_eq!(in_time("the call sent again", sent_again.recv()).await.as_deref(), Some("/shop.v1.Items/Put"));
+    body.send_data(bytes::Bytes::copy_from_slice(&second[3..]), true).unwrap();
+    let answer = in_time("the answer", answer).await.unwrap();
+    assert_eq!(answer.status(), 200, "{answer:?}");
+    let whole = [first, second].concat();
+    assert_eq!(answer.headers()["x-body-length"], whole.len().to_string().as_str());
+    let end: String = whole.iter().rev().take(8).map(|b| format!("{b:02x}")).collect();
+    assert_eq!(answer.headers()["x-body-end"], end.as_str());
+    s.shutdown();
+}

@@ -268,6 +268,16 @@ impl GrpcCall {
         GrpcCall { sniffed: true, ..GrpcCall::new(plan, headers) }
     }
 
+    /// Back to the body's start: the same body is to be read again from its first byte (sent
+    /// again to the app).
+    pub fn restart(&mut self) {
+        self.messages = crate::waf::GrpcMessages::new(self.plan.limit);
+        self.not_grpc = false;
+        if let Some(text) = self.text.as_mut() {
+            *text = crate::waf::Base64Frames::default();
+        }
+    }
+
     /// Takes the body's next piece: the bytes that go on now (whole messages `policy` let
     /// through, a message too long to read as it comes), or the refusal that stops the call.
     /// DETECT findings go to `note`; messages passed on unread are counted in `uninspected`.

@@ -59,6 +59,8 @@ pub struct InboundCtx {
     token: Option<Verified>,
     /// A gRPC call whose messages a WAF reads as they stream ([`GrpcBody`]).
     grpc: Option<Box<GrpcBody>>,
+    /// The app was tried once already ([`upstream_peer`](ProxyHttp::upstream_peer)).
+    attempted: bool,
 }
 
 /// What stops a gRPC call whose message was refused: nothing more goes to the app, which sees its
@@ -402,6 +404,7 @@ impl ProxyHttp for Inbound {
             body: BodyCount::default(),
             token: None,
             grpc: None,
+            attempted: false,
         }
     }
 
@@ -690,6 +693,14 @@ impl ProxyHttp for Inbound {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut InboundCtx) -> pingora::Result<Box<HttpPeer>> {
+        // Asked again for a call the app refused unprocessed (`REFUSED_STREAM`), pingora sends
+        // the body read so far again through `request_body_filter`: counted and read anew.
+        if std::mem::replace(&mut ctx.attempted, true) {
+            ctx.body.seen = 0;
+            if let Some(grpc) = ctx.grpc.as_mut() {
+                grpc.call.restart();
+            }
+        }
         let app = ctx.app.unwrap_or_else(|| self.app.address(|| addressed_ip(session), self.app.app.port()));
         let mut peer = HttpPeer::new(app, false, String::new());
         // Upgrades to an HTTP/1.1 app are the sidecar's own (`upgrade::exchange`, with its checks
