@@ -169,6 +169,50 @@ async fn a_verified_token_reaches_the_app_as_claims_and_not_as_a_token() {
     side.shutdown();
 }
 
+/// Object-level authorization: a rule's path that names the token's `sub` lets each caller reach
+/// its own objects only, through a real sidecar, whatever the spelling of another's path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_caller_reaches_only_the_objects_its_token_names() {
+    let signer = Signer::ec("ES256", "k1");
+    let keys = tempfile::NamedTempFile::new().unwrap().into_temp_path().keep().unwrap();
+    std::fs::write(&keys, jwks(&[&signer])).unwrap();
+    let spec = format!(
+        r#"  authentication:
+    jwt:
+      - issuer: {ISS}
+        audiences: [orders]
+        jwks: {{file: "{}"}}
+  authorization:
+    default: DENY
+    rules:
+      - {{name: own-account, action: ALLOW, to: {{paths: ["/users/{{request.auth.claims[sub]}}/{{**}}"]}}}}
+"#,
+        keys.display()
+    );
+    let side = PolicedSidecar::start(&policy("api", &spec)).await;
+    let bearer = |sub: &str| format!("Bearer {}", signer.token(&claims(sub)));
+    let (alice, mallory) = (bearer("alice@example.com"), bearer("mallory"));
+    for path in ["/users/alice@example.com/orders/7", "/users/alice%40example.com/orders/7"] {
+        let answer = side.send("frontend", "GET", path, &[("authorization", &alice)]).await;
+        assert_eq!(answer.status, 200, "{path}: {answer:?}");
+        assert_eq!(answer.seen().path, path, "the app gets the path as sent");
+    }
+    for path in [
+        "/users/alice@example.com/orders/7",
+        "/users/mallory/../alice@example.com/orders/7",
+        "/users/mallory/%2e%2e/alice@example.com/orders/7",
+        "//users/alice@example.com/orders/7",
+    ] {
+        let answer = side.send("frontend", "GET", path, &[("authorization", &mallory)]).await;
+        assert_refused(&answer, 403, "forbidden", path);
+    }
+    let answer = side.send("frontend", "GET", "/users/mallory", &[("authorization", &mallory)]).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    let answer = side.send("frontend", "GET", "/users/alice@example.com/orders/7", &[]).await;
+    assert_refused(&answer, 403, "forbidden", "no token");
+    side.shutdown();
+}
+
 /// A POST over HTTP/2 of no declared length (the body sent in small pieces, as a client
 /// streaming it would), from `caller`'s certificate: the status and the answer's body.
 async fn h2_post(side: &PolicedSidecar, caller: &palisade::identity::WorkloadFiles, body: &str) -> (u16, String) {

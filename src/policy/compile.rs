@@ -748,7 +748,7 @@ fn compile_rule(rule: &Rule, decision: Decision, header_bits: &mut HeaderBits) -
         ip_blocks: from.ip_blocks,
         // Only extension methods need comparing by name.
         methods: methods.into_iter().filter(|m| method_bit(m) == 0).collect(),
-        paths: to.paths,
+        paths: to.paths.into_iter().map(|p| p.0).collect(),
         ports: to.ports,
         request_principals: from.request_principals,
         when,
@@ -759,11 +759,8 @@ fn compile_rule(rule: &Rule, decision: Decision, header_bits: &mut HeaderBits) -
 impl CompiledRule {
     /// A DENY rule's paths ignore ASCII case (backends that route `/ADMIN` to `/admin` are
     /// common); an ALLOW rule's do not, so ignoring case never lets more through.
-    fn path_matches(&self, pattern: &PathPattern, path: &str) -> bool {
-        match self.decision.action {
-            Action::DENY => pattern.matches_ignoring_case(path),
-            _ => pattern.matches(path),
-        }
+    fn path_matches(&self, pattern: &PathPattern, path: &str, req: &RequestView<'_>) -> bool {
+        pattern.matches_for(path, self.decision.action == Action::DENY, req.token().map(|t| t.claims()))
     }
 
     /// The fields a connection has too: port, principal, namespace, source address.
@@ -792,7 +789,7 @@ impl CompiledRule {
         let any_method = self.method_bits == 0 && self.methods.is_empty();
         (any_method || self.method_bits & facts.method_bit != 0 || self.methods.contains(req.method))
             && facts.headers_present & self.when_bits == self.when_bits
-            && (self.paths.is_empty() || self.paths.iter().any(|p| self.path_matches(p, facts.path)))
+            && (self.paths.is_empty() || self.paths.iter().any(|p| self.path_matches(p, facts.path, req)))
             && self.matches_peer(peer, facts)
             && self.when.iter().all(|(header, _, values)| {
                 // One value, in visible ASCII, or the condition fails closed: it holds for a

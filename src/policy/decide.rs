@@ -1775,6 +1775,33 @@ mod tests {
     }
 
     #[test]
+    fn a_path_that_names_a_claim_lets_each_caller_reach_only_its_own_objects() {
+        let rules = "  authorization:\n    default: DENY\n    rules:\n      - {name: own-account, action: ALLOW, to: {methods: [GET, PUT], paths: [\"/users/{request.auth.claims[sub]}/{**}\"]}}\n      - {name: reviews, action: ALLOW, to: {methods: [GET], paths: [\"/items/{*}/reviews\"]}}\n      - {name: no-self-promotion, action: DENY, to: {paths: [\"/users/{request.auth.claims[sub]}/roles\"]}}\n";
+        let s = jwt_policy(rules, false);
+        let alice = hs256(&claims("alice", ""), SECRET);
+        let mallory = hs256(&claims("mallory", ""), SECRET);
+        let rule = |r: Req| r.decide(&s).0.map(|_| ()).map_err(|e| e.decided_by().map(|b| b.rule.to_string()));
+        let denied = Err(Some("default".to_string()));
+        assert_eq!(rule(bearer(req("GET", "/users/alice"), &alice)), Ok(()));
+        assert_eq!(rule(bearer(req("PUT", "/users/alice/address"), &alice)), Ok(()));
+        assert_eq!(rule(bearer(req("GET", "/users/%61lice/orders/7"), &alice)), Ok(()), "as the app decodes it");
+        // Another's objects, by any spelling that reaches them.
+        assert_eq!(rule(bearer(req("GET", "/users/alice/orders/7"), &mallory)), denied);
+        assert_eq!(rule(bearer(req("GET", "/users/mallory/../alice/orders"), &mallory)), denied);
+        assert_eq!(rule(bearer(req("GET", "/users//alice/orders"), &mallory)), denied);
+        assert_eq!(rule(req("GET", "/users/alice/orders")), denied, "no token, no claim");
+        assert_eq!(rule(req("GET", "/users/alice/orders").header("x-user", "alice")), denied, "a header is no claim");
+        assert_eq!(rule(bearer(req("DELETE", "/users/alice"), &alice)), denied, "the methods still hold");
+        // A DENY on the caller's own object, in any case.
+        assert_eq!(rule(bearer(req("PUT", "/users/alice/roles"), &alice)), Err(Some("no-self-promotion".into())));
+        assert_eq!(rule(bearer(req("PUT", "/users/ALICE/Roles"), &alice)), Err(Some("no-self-promotion".into())));
+        // One segment of any value.
+        assert_eq!(rule(req("GET", "/items/42/reviews")), Ok(()));
+        assert_eq!(rule(req("GET", "/items/42/7/reviews")), denied);
+        assert_eq!(rule(req("GET", "/items/reviews")), denied);
+    }
+
+    #[test]
     fn forwarded_claims_replace_what_the_caller_sent_and_the_token_is_removed() {
         let s = jwt_policy("", false);
         let token = hs256(&claims("alice", ""), SECRET);

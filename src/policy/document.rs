@@ -9,7 +9,7 @@ use std::num::NonZeroU32;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::patterns::{string_serde, PathPattern, Pattern};
+use super::patterns::{string_serde, PathPattern, Pattern, RulePath};
 use crate::config::IpBlock;
 
 /// A listed field must list something: an empty list would read as "anyone" in an ALLOW and as
@@ -347,7 +347,7 @@ pub struct To {
     #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
     pub methods: Vec<Method>,
     #[serde(default, deserialize_with = "non_empty", skip_serializing_if = "Vec::is_empty")]
-    pub paths: Vec<PathPattern>,
+    pub paths: Vec<RulePath>,
     #[serde(default, deserialize_with = "ports", skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
 }

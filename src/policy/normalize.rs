@@ -78,7 +78,7 @@ impl std::fmt::Display for PathError {
 
 impl std::error::Error for PathError {}
 
-fn hex(b: u8) -> Option<u8> {
+pub(super) fn hex(b: u8) -> Option<u8> {
     match b {
         b'0'..=b'9' => Some(b - b'0'),
         b'a'..=b'f' => Some(b - b'a' + 10),

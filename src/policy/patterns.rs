@@ -5,6 +5,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::normalize::{match_form, normalize};
+use crate::authn::{ClaimPath, Claims};
 
 /// `exact`, `prefix*`, `*suffix` or `*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,11 +89,28 @@ impl std::fmt::Display for Pattern {
     }
 }
 
-/// A path rule: exact, or `prefix*`; matched against the normalised path.
+/// A path rule: exact, `prefix*`, or a template of whole segments (`/users/{*}/orders`,
+/// `/files/{**}`, and in an authorization rule `/users/{request.auth.claims[sub]}/{**}`);
+/// matched against the normalised path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathPattern {
     Exact(Box<str>),
     Prefix(Box<str>),
+    Template(Box<[Segment]>),
+}
+
+/// One segment of a [`PathPattern::Template`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    Literal(Box<str>),
+    /// `{*}`: any one segment.
+    One,
+    /// `{**}`, last: whatever follows, nothing included.
+    Rest,
+    /// `{request.auth.claims[NAME]}`: one segment that is, once percent-decoded, a value of
+    /// the caller's verified token's claim (object-level authorization: Alice's token reaches
+    /// `/users/alice/...` and not `/users/bob/...`).
+    Claim(ClaimPath),
 }
 
 impl PathPattern {
@@ -100,20 +118,44 @@ impl PathPattern {
     /// matches the path without it too: `/admin/` is `/admin` in match form, and `/admin/*`
     /// must hold for the `/admin/` an app routes as its own page.
     pub fn matches(&self, path: &str) -> bool {
-        match self {
-            PathPattern::Exact(e) => path == &**e,
-            PathPattern::Prefix(p) => path.starts_with(&**p) || Self::directory(p) == Some(path),
-        }
+        self.matches_for(path, false, None)
     }
 
     /// As [`PathPattern::matches`], ASCII case ignored: how DENY rules match, since IIS,
     /// ASP.NET, Windows file systems and case-insensitive routers serve `/ADMIN` as `/admin`.
     pub fn matches_ignoring_case(&self, path: &str) -> bool {
+        self.matches_for(path, true, None)
+    }
+
+    /// [`PathPattern::matches`] for a request whose verified token has `claims`, which a
+    /// template's claim segments compare with (without a token they match nothing).
+    pub fn matches_for(&self, path: &str, ignore_case: bool, claims: Option<&Claims>) -> bool {
+        let eq = |a: &str, b: &str| if ignore_case { a.eq_ignore_ascii_case(b) } else { a == b };
         match self {
-            PathPattern::Exact(e) => path.eq_ignore_ascii_case(e),
+            PathPattern::Exact(e) => eq(path, e),
             PathPattern::Prefix(p) => {
-                path.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p))
-                    || Self::directory(p).is_some_and(|d| d.eq_ignore_ascii_case(path))
+                path.get(..p.len()).is_some_and(|head| eq(head, p)) || Self::directory(p).is_some_and(|d| eq(d, path))
+            }
+            PathPattern::Template(template) => {
+                let mut segments = path.split('/').skip(1).filter(|s| !s.is_empty());
+                for expected in template.iter() {
+                    let segment = match (expected, segments.next()) {
+                        (Segment::Rest, _) => return true,
+                        (_, None) => return false,
+                        (_, Some(segment)) => segment,
+                    };
+                    let holds = match expected {
+                        Segment::Literal(literal) => eq(segment, literal),
+                        Segment::One | Segment::Rest => true,
+                        Segment::Claim(name) => claims.is_some_and(|claims| {
+                            percent_decoded(segment).is_some_and(|id| claims.matches(name, |value| eq(value, &id)))
+                        }),
+                    };
+                    if !holds {
+                        return false;
+                    }
+                }
+                segments.next().is_none()
             }
         }
     }
@@ -124,9 +166,57 @@ impl PathPattern {
     }
 }
 
+/// A segment of a normalised path as the app reads it: its remaining escapes decoded (`%40` is
+/// `@`). Normalisation has refused encoded slashes and malformed UTF-8 already.
+fn percent_decoded(segment: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if !segment.contains('%') {
+        return Some(std::borrow::Cow::Borrowed(segment));
+    }
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hi = super::normalize::hex(*bytes.get(i + 1)?)?;
+            let lo = super::normalize::hex(*bytes.get(i + 2)?)?;
+            out.push(hi << 4 | lo);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().map(std::borrow::Cow::Owned)
+}
+
+/// A path of an authorization rule: a [`PathPattern`] whose template may name a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulePath(pub PathPattern);
+
+impl FromStr for RulePath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        PathPattern::parse(s, true).map(RulePath)
+    }
+}
+
+impl std::fmt::Display for RulePath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 impl FromStr for PathPattern {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
+        PathPattern::parse(s, false)
+    }
+}
+
+impl PathPattern {
+    /// `claims`: whether a template may name a claim (only an authorization rule has a token to
+    /// compare with when it matches).
+    fn parse(s: &str, claims: bool) -> Result<Self, String> {
         if !s.starts_with('/') {
             return Err(format!("path {s:?} must start with '/'"));
         }
@@ -135,6 +225,9 @@ impl FromStr for PathPattern {
             return Err(format!(
                 "path {s:?} holds {c:?}: rules match the path alone, never the query or a fragment, so this one would match no request"
             ));
+        }
+        if s.contains(['{', '}']) {
+            return Self::template(s, claims);
         }
         let (base, prefix) = match s.find('*') {
             None => (s, false),
@@ -157,6 +250,53 @@ impl FromStr for PathPattern {
         let normalized = normalize(base).map_err(|e| format!("path {s:?}: {e}"))?;
         Ok(PathPattern::Exact(match_form(&normalized).into()))
     }
+
+    fn template(s: &str, claims: bool) -> Result<Self, String> {
+        let bad = |why: &str| Err(format!("path template {s:?}: {why}"));
+        let written: Vec<&str> = s[1..].split('/').collect();
+        let mut template = Vec::with_capacity(written.len());
+        for (i, segment) in written.iter().enumerate() {
+            let last = i + 1 == written.len();
+            let parsed = match *segment {
+                "{*}" => Segment::One,
+                "{**}" if last => Segment::Rest,
+                "{**}" => return bad("'{**}' (the rest of the path) must be its last segment"),
+                "" if last && i > 0 => continue, // a trailing slash: `/users/{*}/` is `/users/{*}`
+                _ if segment.starts_with('{') && segment.ends_with('}') => {
+                    let name = &segment[1..segment.len() - 1];
+                    if !name.starts_with("request.auth.claims[") {
+                        return bad(&format!(
+                            "{segment:?} is not a segment it knows: '{{*}}' (one segment), '{{**}}' (the rest) or '{{request.auth.claims[NAME]}}'"
+                        ));
+                    }
+                    if !claims {
+                        return bad(
+                            "a claim segment belongs in an authorization rule's paths, which judge a verified token",
+                        );
+                    }
+                    Segment::Claim(name.parse().map_err(|e| format!("path template {s:?}: {e}"))?)
+                }
+                _ if segment.contains(['{', '}', '*']) => {
+                    return bad(&format!(
+                        "{segment:?}: '{{*}}', '{{**}}' and claims stand for whole segments, between slashes"
+                    ))
+                }
+                literal => {
+                    let whole = format!("/{literal}");
+                    if !matches!(normalize(&whole), Ok(std::borrow::Cow::Borrowed(n)) if n == whole && !literal.is_empty())
+                        || matches!(literal, "." | "..")
+                    {
+                        return bad(&format!(
+                            "segment {literal:?} must be written in normalised form (no '//', '.', '..', escapes, ';' or '\\')"
+                        ));
+                    }
+                    Segment::Literal(literal.into())
+                }
+            };
+            template.push(parsed);
+        }
+        Ok(PathPattern::Template(template.into()))
+    }
 }
 
 impl std::fmt::Display for PathPattern {
@@ -164,6 +304,20 @@ impl std::fmt::Display for PathPattern {
         match self {
             PathPattern::Exact(e) => f.write_str(e),
             PathPattern::Prefix(p) => write!(f, "{p}*"),
+            PathPattern::Template(template) => {
+                for segment in template.iter() {
+                    match segment {
+                        Segment::Literal(l) => write!(f, "/{l}")?,
+                        Segment::One => f.write_str("/{*}")?,
+                        Segment::Rest => f.write_str("/{**}")?,
+                        Segment::Claim(name) => write!(f, "/{{{name}}}")?,
+                    }
+                }
+                if template.is_empty() {
+                    f.write_str("/")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -186,6 +340,7 @@ pub(crate) use string_serde;
 
 string_serde!(Pattern);
 string_serde!(PathPattern);
+string_serde!(RulePath);
 
 #[cfg(test)]
 mod tests {
@@ -214,5 +369,58 @@ mod tests {
         for bad in ["orders", "/a*b", "/*/x", "/%61dmin*", "/a//b*", "/a;b*"] {
             assert!(bad.parse::<PathPattern>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn templates_match_whole_segments() {
+        let one: PathPattern = "/users/{*}/orders".parse().unwrap();
+        assert!(one.matches("/users/7/orders") && one.matches("/users/alice%40x.com/orders"));
+        for not in ["/users/orders", "/users/7/8/orders", "/users/7/orders/1", "/users/7", "/Users/7/orders"] {
+            assert!(!one.matches(not), "{not}");
+        }
+        assert!(one.matches_ignoring_case("/USERS/7/Orders"));
+        let rest: PathPattern = "/files/{**}".parse().unwrap();
+        assert!(rest.matches("/files") && rest.matches("/files/a") && rest.matches("/files/a/b/c"));
+        assert!(!rest.matches("/filesx") && !rest.matches("/"));
+        assert!("/{**}".parse::<PathPattern>().unwrap().matches("/"));
+        assert_eq!(
+            "/users/{*}/orders/".parse::<PathPattern>().unwrap(),
+            one,
+            "a trailing slash is the path without it"
+        );
+        assert_eq!(one.to_string(), "/users/{*}/orders");
+        for bad in [
+            "/{**}/a",
+            "/a/{x}",
+            "/a/b{*}",
+            "/a/{*}x",
+            "/a/./{*}",
+            "/a/../{*}",
+            "/a/%61/{*}",
+            "/a//{*}",
+            "/a;b/{*}",
+            "/{*}/b*",
+        ] {
+            assert!(bad.parse::<PathPattern>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_claim_segment_is_the_verified_tokens_claim_and_only_in_a_rule() {
+        assert!("/users/{request.auth.claims[sub]}".parse::<PathPattern>().is_err(), "not outside a rule");
+        let own = "/users/{request.auth.claims[sub]}/{**}".parse::<RulePath>().unwrap().0;
+        assert_eq!(own.to_string(), "/users/{request.auth.claims[sub]}/{**}");
+        let claims = |json: serde_json::Value| Claims::new(json.as_object().unwrap().clone());
+        let alice = claims(serde_json::json!({"sub": "alice@example.com", "tenants": ["a", "b"]}));
+        let yes = |path: &str, claims: &Claims| own.matches_for(path, false, Some(claims));
+        assert!(yes("/users/alice@example.com", &alice) && yes("/users/alice%40example.com/orders/1", &alice));
+        assert!(!yes("/users/bob@example.com/orders", &alice) && !yes("/users/ALICE@example.com", &alice));
+        assert!(!own.matches_for("/users/alice@example.com", false, None), "no token, no match");
+        assert!(own.matches_for("/users/ALICE@example.com", true, Some(&alice)), "a DENY ignores case");
+        // An array claim: any of its values.
+        let tenant = "/t/{request.auth.claims[tenants]}/{*}".parse::<RulePath>().unwrap().0;
+        assert!(
+            tenant.matches_for("/t/b/x", false, Some(&alice)) && !tenant.matches_for("/t/c/x", false, Some(&alice))
+        );
     }
 }
