@@ -230,6 +230,8 @@ impl Admin {
         json!({
             "version": env!("CARGO_PKG_VERSION"),
             "config": self.config,
+            // In force: the file's telemetry.otlp after the OTEL_* variables (null: no traces).
+            "traces": self.telemetry.traces.as_ref().map(|t| t.settings().dump()),
             "identity": {
                 "spiffeId": creds.id.as_str(),
                 "serial": creds.serial,

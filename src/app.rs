@@ -452,7 +452,11 @@ async fn run(
             "admin" => Some(config.limits.max_connections_per_source.min(crate::serve::ADMIN_CONNECTIONS_PER_SOURCE)),
             _ => Some(config.limits.max_connections_per_source),
         },
-        head_timeout_answer: Some(crate::proxy::request_timeout_answer),
+        head_timeout_answer: Some(crate::serve::HeadTimeoutAnswer(Arc::new({
+            // The admin port's answers are not the data path's requests.
+            let telemetry = (direction != "admin").then(|| telemetry.clone());
+            move |peer| crate::proxy::request_timeout_answer(telemetry.as_deref(), direction, peer)
+        }))),
         max_resets_per_second: Some(config.limits.http2.max_resets_per_second),
         memory: (direction != "admin" && memory.limit().is_some()).then(|| memory.clone()),
     };

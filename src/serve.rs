@@ -75,7 +75,7 @@ pub struct ConnectionLimits {
     pub max_connections_per_source: Option<usize>,
     /// The answer to an HTTP/1.1 request head cut short by `header_timeout` (SPEC section 5: 408
     /// and close), written before the connection closes; `None`: closed without one.
-    pub head_timeout_answer: Option<fn() -> Vec<u8>>,
+    pub head_timeout_answer: Option<HeadTimeoutAnswer>,
     /// RST_STREAM frames an HTTP/2 peer may send within a second before its connection is
     /// closed (`limits.http2.maxResetsPerSecond`); `None`: not counted.
     pub max_resets_per_second: Option<u32>,
@@ -83,6 +83,17 @@ pub struct ConnectionLimits {
     /// over it, no new connection is taken on, and one whose writes wait on a peer that does not
     /// read, or with no request in flight, is closed.
     pub memory: Option<Arc<crate::memory::Pressure>>,
+}
+
+/// Makes (and records) the answer to an HTTP/1.1 request head from the caller at the address
+/// given that `header_timeout` cut short.
+#[derive(Clone)]
+pub struct HeadTimeoutAnswer(pub Arc<dyn Fn(SocketAddr) -> Vec<u8> + Send + Sync>);
+
+impl std::fmt::Debug for HeadTimeoutAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeadTimeoutAnswer")
+    }
 }
 
 impl Default for ConnectionLimits {
@@ -1024,7 +1035,7 @@ struct Deadlined {
     idle_timeout: Duration,
     peer: SocketAddr,
     closures: Closures,
-    head_timeout_answer: Option<fn() -> Vec<u8>>,
+    head_timeout_answer: Option<HeadTimeoutAnswer>,
     /// What is being written before the sidecar closes the connection: the 408 for a head that
     /// did not arrive in time, or an HTTP/2 GOAWAY.
     farewell: Option<Farewell>,
@@ -1101,7 +1112,7 @@ impl Deadlined {
             idle_timeout: limits.idle_timeout,
             peer,
             closures,
-            head_timeout_answer: limits.head_timeout_answer,
+            head_timeout_answer: limits.head_timeout_answer.clone(),
             farewell: None,
             max_resets_per_second: limits.max_resets_per_second,
             h2: None,
@@ -1250,8 +1261,8 @@ impl Deadlined {
 
     /// Part of an HTTP/1.1 request head came, not all of it: what SPEC section 5 answers with
     /// 408 when the head's deadline passes. (Nothing at all, or HTTP/2, is closed silently.)
-    fn partial_head(&self) -> Option<fn() -> Vec<u8>> {
-        matches!(self.phase, Phase::Head { seen: true, .. }).then_some(self.head_timeout_answer).flatten()
+    fn partial_head(&self) -> Option<&HeadTimeoutAnswer> {
+        self.head_timeout_answer.as_ref().filter(|_| matches!(self.phase, Phase::Head { seen: true, .. }))
     }
 
     /// Writes `bytes` (for at most `ANSWER_GRACE`), then ends the read that waits with `then`.
@@ -1507,7 +1518,7 @@ impl tokio::io::AsyncRead for Deadlined {
                 }
                 None => std::task::Poll::Pending,
                 Some("header_timeout") if self.partial_head().is_some() => {
-                    let answer = self.partial_head().map(|answer| answer()).unwrap_or_default();
+                    let answer = self.partial_head().map(|answer| (answer.0)(self.peer)).unwrap_or_default();
                     let then = self.close("header_timeout");
                     self.say_farewell(cx, answer, then)
                 }
@@ -1631,12 +1642,12 @@ impl pingora::protocols::Peek for Deadlined {
                     let peeked_head = !came.is_empty() && !H2_PREFACE.starts_with(came);
                     let answer = match self.partial_head() {
                         Some(answer) => Some(answer),
-                        None if peeked_head => self.head_timeout_answer,
+                        None if peeked_head => self.head_timeout_answer.as_ref(),
                         None => None,
                     };
                     if let (Some(answer), "header_timeout") = (answer, reason) {
                         use tokio::io::AsyncWriteExt;
-                        let answer = answer();
+                        let answer = (answer.0)(self.peer);
                         let write = async {
                             self.io.write_all(&answer).await?;
                             self.io.flush().await

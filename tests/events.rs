@@ -77,6 +77,17 @@ async fn requests_refused_as_invalid_are_events_too() {
         assert_eq!(e["actor"]["user"]["uid"], id("shop", "frontend").as_str(), "who probed: {e}");
     }
 
+    // A body of no declared length crosses the limit as it streams: the same refusal, reported.
+    let chunked = format!(
+        "POST /y HTTP/1.1\r\nhost: orders\r\ntransfer-encoding: chunked\r\n\r\nc8\r\n{}\r\n0\r\n\r\n",
+        "c".repeat(200)
+    );
+    assert_eq!(s.exchange("frontend", chunked).await.status, 413);
+    let events = s.events_where("the body over the limit as it streamed", 7, refused).await;
+    assert_eq!(events[6]["http_response"]["code"], 413, "{}", events[6]);
+    assert_eq!(events[6]["firewall_rule"]["uid"], "-/inputValidation.maxBodyBytes", "{}", events[6]);
+    assert!(events[6]["message"].as_str().unwrap().starts_with("refused POST /y (413)"), "{}", events[6]);
+
     // A flood: 10 a second each, the rest counted in aggregate; none unaccounted.
     const FLOOD: u64 = 40;
     for _ in 0..FLOOD {
@@ -94,6 +105,14 @@ async fn requests_refused_as_invalid_are_events_too() {
     })
     .await;
     assert!(all_there, "{:#?}", s.events());
+    // The ones counted in aggregate are requests answered, as the ones reported each are.
+    let events = s.events();
+    let aggregate = events.iter().find(|e| in_aggregate(e)).unwrap();
+    assert_eq!(
+        (aggregate["class_uid"].as_u64(), aggregate["activity_id"].as_u64()),
+        (Some(4002), Some(0)),
+        "{aggregate}"
+    );
     s.shutdown();
 }
 

@@ -25,9 +25,15 @@ const LONG_HEAD: &[u8] =
     b"GET /slow HTTP/1.1\r\nhost: orders.shop\r\nx-padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
 
 async fn start() -> Single {
+    start_logging_to(&tempfile::NamedTempFile::new().unwrap().into_temp_path().keep().unwrap()).await
+}
+
+/// [`start`], its access log written to `access_log`.
+async fn start_logging_to(access_log: &std::path::Path) -> Single {
     Single::start(|c| {
         c.limits.header_timeout = HumanDuration(HEADER_TIMEOUT);
         c.limits.idle_timeout = HumanDuration(IDLE_TIMEOUT);
+        c.telemetry.access_log_sink = palisade::config::EventSink::File(access_log.to_path_buf());
     })
     .await
 }
@@ -102,21 +108,43 @@ fn assert_at_deadline(elapsed: Duration, deadline: Duration, what: &str) {
     assert!(elapsed < deadline + Duration::from_secs(5), "{what}: closed only after {elapsed:?}");
 }
 
+/// The answer's request id leads somewhere: to its access-log line, and it is counted.
+async fn assert_recorded(s: &Single, access_log: &std::path::Path, answer: &str, direction: &str) {
+    let id = answer.lines().find_map(|l| l.strip_prefix("x-request-id: ")).expect("an id").trim().to_string();
+    let logged = eventually(async || {
+        read_jsonl(access_log).iter().any(|l| l["request_id"] == id.as_str() && l["status"] == 408)
+    })
+    .await;
+    assert!(logged, "{direction}: {id} not in {:?}", read_jsonl(access_log));
+    let metrics = http_client().get(format!("http://{}/metrics", s.sidecar.admin)).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    let counted = metrics.lines().any(|l| {
+        l.starts_with("palisade_requests_total{")
+            && l.contains(&format!("direction=\"{direction}\""))
+            && l.contains("code=\"408\"")
+            && l.ends_with(" 1")
+    });
+    assert!(counted, "{direction}: {metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_sent_a_byte_at_a_time_is_answered_408_and_closed_at_the_header_timeout_on_both_listeners() {
-    let s = start().await;
+    let access_log = tempfile::NamedTempFile::new().unwrap().into_temp_path().keep().unwrap();
+    let s = start_logging_to(&access_log).await;
 
     let outbound = tokio::net::TcpStream::connect(s.sidecar.outbound).await.unwrap();
     let (elapsed, answer) = drip_until_closed(outbound).await;
     assert_at_deadline(elapsed, HEADER_TIMEOUT, "outbound, plaintext");
     assert_408(&answer, "outbound, plaintext");
     assert_eq!(closed(&s, "outbound", "header_timeout").await, 1);
+    assert_recorded(&s, &access_log, &answer, "outbound").await;
 
     let inbound = mtls(&s).await;
     let (elapsed, answer) = drip_until_closed(inbound).await;
     assert_at_deadline(elapsed, HEADER_TIMEOUT, "inbound, mTLS");
     assert_408(&answer, "inbound, mTLS");
     assert_eq!(closed(&s, "inbound", "header_timeout").await, 1);
+    assert_recorded(&s, &access_log, &answer, "inbound").await;
 }
 
 /// httparse skips empty lines before a request line: a head that starts with them, on a new

@@ -37,6 +37,7 @@ const SYSTEM_BUNDLES: [&str; 4] = [
 ];
 
 /// Where a setting came from, for its error.
+#[derive(Clone, Copy)]
 enum Source {
     Var(&'static str),
     Field(&'static str),
@@ -227,6 +228,17 @@ impl TraceSettings {
         if !errors.is_empty() {
             return Err(errors);
         }
+        // OTLP/HTTP: the traces variable names the whole URL, used as written; the generic
+        // variable and the file name the collector, and the traces path is added (the OTel
+        // exporter specification; a gateway on its own path answered 404 to every export).
+        let endpoint = match (protocol, endpoint_source) {
+            (OtlpProtocol::HttpProtobuf, Source::Var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")) => endpoint,
+            (OtlpProtocol::HttpProtobuf, _) => match endpoint.trim_end_matches('/') {
+                e if e.ends_with("/v1/traces") => e.to_string(),
+                e => format!("{e}/v1/traces"),
+            },
+            (OtlpProtocol::Grpc, _) => endpoint,
+        };
         // OTEL_SERVICE_NAME wins over a service.name in OTEL_RESOURCE_ATTRIBUTES (the OTel SDK
         // configuration spec), and both, being variables, over the file.
         let from_attributes = resource.remove("service.name");
@@ -243,6 +255,38 @@ impl TraceSettings {
             propagators,
             tls_roots,
         }))
+    }
+}
+
+impl TraceSettings {
+    /// What `/config_dump` shows of the tracing in force: the file's `telemetry.otlp` after the
+    /// `OTEL_*` variables, which win over it.
+    pub fn dump(&self) -> serde_json::Value {
+        let ratio = |r: &f64| serde_json::json!({"ratio": r});
+        let sampler = match &self.sampler {
+            SamplerChoice::AlwaysOn => serde_json::json!("always_on"),
+            SamplerChoice::AlwaysOff => serde_json::json!("always_off"),
+            SamplerChoice::Ratio(r) => serde_json::json!({"traceidratio": ratio(r)}),
+            SamplerChoice::ParentBased(ParentRoot::AlwaysOn) => serde_json::json!("parentbased_always_on"),
+            SamplerChoice::ParentBased(ParentRoot::AlwaysOff) => serde_json::json!("parentbased_always_off"),
+            SamplerChoice::ParentBased(ParentRoot::Ratio(r)) => {
+                serde_json::json!({"parentbased_traceidratio": ratio(r)})
+            }
+        };
+        let p = &self.propagators;
+        let propagators: Vec<&str> = [(p.tracecontext, "tracecontext"), (p.b3, "b3"), (p.b3multi, "b3multi")]
+            .into_iter()
+            .filter_map(|(on, name)| on.then_some(name))
+            .collect();
+        serde_json::json!({
+            "endpoint": crate::files::uri_without_credentials(&self.endpoint),
+            "protocol": self.protocol,
+            "sampler": sampler,
+            "serviceName": self.service_name,
+            "resource": self.resource.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+            "propagators": propagators,
+            "trustBundle": self.tls_roots,
+        })
     }
 }
 
@@ -369,6 +413,47 @@ mod tests {
     }
 
     #[test]
+    fn an_http_endpoint_gets_the_traces_path_unless_the_traces_variable_names_it() {
+        let http = ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf");
+        let endpoint = |env: &[(&str, &str)]| resolve(None, env).unwrap().unwrap().endpoint;
+        assert_eq!(
+            endpoint(&[http, ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://gw:4318/custom/path")]),
+            "http://gw:4318/custom/path",
+            "the signal's own variable is the whole URL"
+        );
+        assert_eq!(
+            endpoint(&[http, ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://gw:4318/base/")]),
+            "http://gw:4318/base/v1/traces"
+        );
+        assert_eq!(
+            endpoint(&[http, ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://gw:4318/v1/traces")]),
+            "http://gw:4318/v1/traces"
+        );
+        let file = OtlpConfig {
+            endpoint: "http://collector:4318".into(),
+            protocol: OtlpProtocol::HttpProtobuf,
+            ..OtlpConfig::default()
+        };
+        assert_eq!(resolve(Some(file), &[]).unwrap().unwrap().endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(
+            endpoint(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://c:4317")]),
+            "http://c:4317",
+            "gRPC has no path"
+        );
+    }
+
+    #[test]
+    fn the_dump_shows_what_the_variables_made_of_the_file() {
+        let file = OtlpConfig { endpoint: "http://file:4317".into(), sampling: 1.0, ..OtlpConfig::default() };
+        let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://env:4317"), ("OTEL_TRACES_SAMPLER", "always_off")];
+        let dump = resolve(Some(file), &env).unwrap().unwrap().dump();
+        assert_eq!(dump["endpoint"], "http://env:4317");
+        assert_eq!(dump["sampler"], "always_off");
+        assert_eq!(dump["protocol"], "grpc");
+        assert_eq!(dump["propagators"], serde_json::json!(["tracecontext", "b3", "b3multi"]), "{dump}");
+    }
+
+    #[test]
     fn otel_variables_turn_traces_on_override_the_file_and_are_checked() {
         assert_eq!(resolve(None, &[]).unwrap(), None);
         let on = resolve(None, &[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")]).unwrap().unwrap();
@@ -384,7 +469,7 @@ mod tests {
             trust_bundle: None,
         };
         let s = resolve(Some(file.clone()), &[]).unwrap().unwrap();
-        assert_eq!((s.endpoint.as_str(), s.protocol), ("http://file:4318", OtlpProtocol::HttpProtobuf));
+        assert_eq!((s.endpoint.as_str(), s.protocol), ("http://file:4318/v1/traces", OtlpProtocol::HttpProtobuf));
         assert_eq!(s.sampler, SamplerChoice::ParentBased(ParentRoot::Ratio(0.5)));
         let s = resolve(
             Some(file.clone()),

@@ -264,13 +264,19 @@ impl Inbound {
 struct BodyCount {
     seen: u64,
     limit: Option<u64>,
+    /// The body crossed the limit: the 413 that follows is the policy's refusal, reported as a
+    /// declared length over it is.
+    exceeded: bool,
 }
 
 impl BodyCount {
     fn count(&mut self, len: usize) -> pingora::Result<()> {
         self.seen += len as u64;
         match self.limit {
-            Some(max) if self.seen > max => Err(ErrorKind::PayloadTooLarge.fail("body over maxBodyBytes")),
+            Some(max) if self.seen > max => {
+                self.exceeded = true;
+                Err(ErrorKind::PayloadTooLarge.fail("body over maxBodyBytes"))
+            }
             _ => Ok(()),
         }
     }
@@ -777,12 +783,16 @@ impl ProxyHttp for Inbound {
         // Only the sidecar's own 400 for the caller's request: once the app's answer has
         // started, its status is the app's, and a later failure is no probe.
         // A refusal made as the body streamed (a gRPC message) was reported when it was made.
-        let answering = session.response_written().is_none()
-            && e.esource() == &pingora::ErrorSource::Downstream
-            && ctx.request.refusal.is_none();
+        let unanswered = session.response_written().is_none() && ctx.request.refusal.is_none();
+        let answering = unanswered && e.esource() == &pingora::ErrorSource::Downstream;
         let answer = fail(session, e, &mut ctx.request).await;
-        if answering && answer.error_code == 400 {
-            record::report_unreadable(&self.telemetry, session, &ctx.request, e);
+        match answer.error_code {
+            400 if answering => record::report_unreadable(&self.telemetry, session, &ctx.request, e),
+            // A body of no declared length that crossed maxBodyBytes as it streamed.
+            413 if unanswered && ctx.body.exceeded => {
+                self.report_refusal(session, &ctx.request, &Refusal::PayloadTooLarge)
+            }
+            _ => {}
         }
         answer
     }

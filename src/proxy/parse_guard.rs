@@ -117,23 +117,9 @@ impl Guarded {
         let identity = self.inner.get_ssl_digest();
         let principal = identity.as_ref().and_then(|d| d.extension.get::<crate::tls::PeerIdentity>());
         let principal = principal.map_or("", |p| p.id.as_str());
-        let decision = "invalid";
-        let code_label = super::record::status_label(status);
-        telemetry.requests.record(
-            &telemetry.metrics,
-            crate::telemetry::Recorded {
-                direction,
-                method: "OTHER",
-                code: status,
-                code_label,
-                principal,
-                decision,
-                destination: "",
-                seconds: 0.0,
-            },
-        );
         let socket = self.inner.get_socket_digest();
         let source = socket.as_ref().and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).copied());
+        record_unparsed(telemetry, direction, status, request_id, principal, source);
         // A smuggling probe is what a SIEM must see: reported as the inbound side's other
         // malformed requests are (at most 10 a second per source, the rest summed up).
         if *direction == "inbound" {
@@ -153,20 +139,6 @@ impl Guarded {
                     destination,
                     trace_id: None,
                 },
-            });
-        }
-        if telemetry.access_log_enabled() {
-            telemetry.access(crate::telemetry::AccessRecord {
-                direction,
-                method: "-",
-                path: "-",
-                status,
-                seconds: 0.0,
-                source,
-                principal,
-                decision,
-                request_id,
-                ratelimit_delay: None,
             });
         }
     }
@@ -217,10 +189,62 @@ fn parser_refusal(status: u16) -> Malformation {
     }
 }
 
-/// What an HTTP/1.1 connection whose request head did not arrive within `limits.headerTimeout`
-/// is answered before it closes (SPEC section 5): 408 with the JSON body and `x-request-id`.
-pub fn request_timeout_answer() -> Vec<u8> {
-    answer_of(b"HTTP/1.1 408 ").0
+/// An answer to a request head that never became a request (refused by the parser, or cut
+/// short by `limits.headerTimeout`): counted in `palisade_requests_total` with `decision`
+/// `invalid` and written to the access log with `method` and `path` `-`, so its request id
+/// leads somewhere.
+fn record_unparsed(
+    telemetry: &Telemetry,
+    direction: &'static str,
+    status: u16,
+    request_id: &str,
+    principal: &str,
+    source: Option<std::net::SocketAddr>,
+) {
+    let decision = "invalid";
+    telemetry.requests.record(
+        &telemetry.metrics,
+        crate::telemetry::Recorded {
+            direction,
+            method: "OTHER",
+            code: status,
+            code_label: super::record::status_label(status),
+            principal,
+            decision,
+            destination: "",
+            seconds: 0.0,
+        },
+    );
+    if telemetry.access_log_enabled() {
+        telemetry.access(crate::telemetry::AccessRecord {
+            direction,
+            method: "-",
+            path: "-",
+            status,
+            seconds: 0.0,
+            source,
+            principal,
+            decision,
+            request_id,
+            ratelimit_delay: None,
+        });
+    }
+}
+
+/// What an HTTP/1.1 connection from `peer` whose request head did not arrive within
+/// `limits.headerTimeout` is answered before it closes (SPEC section 5): 408 with the JSON body
+/// and `x-request-id`, recorded as [`record_unparsed`] says. (The closure itself is reported
+/// with the listener's others, `palisade_connections_closed_total{reason="header_timeout"}`.)
+pub fn request_timeout_answer(
+    telemetry: Option<&Telemetry>,
+    direction: &'static str,
+    peer: std::net::SocketAddr,
+) -> Vec<u8> {
+    let (answer, status, id) = answer_of(b"HTTP/1.1 408 ");
+    if let Some(telemetry) = telemetry {
+        record_unparsed(telemetry, direction, status, id.as_str(), "", Some(peer));
+    }
+    answer
 }
 
 /// The sidecar's JSON refusal for the status pingora chose (`HTTP/1.1 400 ...`), with that status

@@ -128,6 +128,12 @@ impl DosRefusal {
         }
     }
 
+    /// Requests the sidecar answered (503, 408, and 400, 413, 414 or 431 for a malformed or
+    /// oversized one), rather than connections closed.
+    pub fn answers_requests(&self) -> bool {
+        self.http_status().is_some() || self.reason == "invalid_request"
+    }
+
     /// What the rule that refused protects against: the sidecar's own resources (`dos`), or, for
     /// traffic the mesh cannot carry, what the app may reach (`egress`).
     pub fn category(&self) -> &'static str {
@@ -613,11 +619,13 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
                                    "unmapped": {"direction": d.direction, "limit": d.limit,
                                                 "several_sources": d.several_sources}});
             let (class, activity) = match d.http_status() {
+                // Many requests, of any method: the activity is not one method's.
                 Some(code) => {
-                    // Many requests, of any method: the activity is not one method's.
                     merge(&mut extra, json!({"http_response": {"code": code}}));
                     (HTTP_ACTIVITY, (0, "Unknown"))
                 }
+                // Of several statuses (400, 413, 414, 431): the ones reported each carry theirs.
+                None if d.answers_requests() => (HTTP_ACTIVITY, (0, "Unknown")),
                 None if d.reason.ends_with("_limit") || d.reason == "not_http" => (NETWORK_ACTIVITY, (5, "Refuse")),
                 None => (NETWORK_ACTIVITY, (2, "Close")),
             };
@@ -731,9 +739,9 @@ fn ecs_classification(event: &SecurityEvent) -> (&'static str, &'static [&'stati
         SecurityEvent::ConnectionDenied(c) => {
             ("event", &["network"], if c.audit { &["connection", "allowed"] } else { &["connection", "denied"] })
         }
-        SecurityEvent::DosRefused(d) => match d.http_status() {
-            Some(_) => ("event", &["network", "web"], &["denied", "access"]),
-            None => ("event", &["network"], &["connection", "denied"]),
+        SecurityEvent::DosRefused(d) => match d.answers_requests() {
+            true => ("event", &["network", "web"], &["denied", "access"]),
+            false => ("event", &["network"], &["connection", "denied"]),
         },
     }
 }
@@ -832,7 +840,7 @@ fn ecs(event: &SecurityEvent) -> Value {
                               "waf_fragment": w.fragment}}),
         ),
         SecurityEvent::DosRefused(d) => (
-            if d.http_status().is_some() { "requests-refused" } else { "connections-refused" },
+            if d.answers_requests() { "requests-refused" } else { "connections-refused" },
             "failure",
             d.message(),
             json!({"rule": {"id": d.setting, "name": d.reason, "category": d.category()},

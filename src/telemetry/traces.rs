@@ -257,15 +257,11 @@ fn build_exporter(settings: &TraceSettings) -> Result<opentelemetry_otlp::SpanEx
             }
         }
         OtlpProtocol::HttpProtobuf => {
-            // Given programmatically, the endpoint is used as written: add the traces path.
-            let endpoint = match settings.endpoint.trim_end_matches('/') {
-                e if e.ends_with("/v1/traces") => e.to_string(),
-                e => format!("{e}/v1/traces"),
-            };
+            // The whole URL, traces path included (`TraceSettings::resolve`).
             let builder = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_protocol(Protocol::HttpBinary)
-                .with_endpoint(endpoint)
+                .with_endpoint(settings.endpoint.clone())
                 .with_timeout(EXPORT_TIMEOUT);
             match &roots {
                 Some(roots) => builder.with_http_client(roots.http_client(EXPORT_TIMEOUT)?).build(),
@@ -337,7 +333,8 @@ impl RequestSpan {
         hex_into(&mut buf[..32], &cx.trace_id().to_bytes());
         hex_into(&mut buf[33..49], &cx.span_id().to_bytes());
         buf[50] = if cx.is_sampled() { b'1' } else { b'0' };
-        unique_header_value(&buf)
+        let from = 32 - b3_trace_digits(&buf[..32]);
+        unique_header_value(&buf[from..])
     }
 
     /// This span as `x-b3-traceid`, `x-b3-spanid` and `x-b3-sampled` values.
@@ -347,7 +344,7 @@ impl RequestSpan {
         hex_into(&mut trace, &cx.trace_id().to_bytes());
         hex_into(&mut span, &cx.span_id().to_bytes());
         [
-            unique_header_value(&trace),
+            unique_header_value(&trace[32 - b3_trace_digits(&trace)..]),
             unique_header_value(&span),
             HeaderValue::from_static(if cx.is_sampled() { "1" } else { "0" }),
         ]
@@ -435,12 +432,25 @@ struct B3Parent {
     deferred: bool,
 }
 
+/// How many of a trace id's 32 hex digits B3 writes: 16 for a 64-bit id (the upper half zero, as
+/// a B3 caller's 16-digit id is read), which B3 passes on in the width it came in; else 32.
+fn b3_trace_digits(hex: &[u8]) -> usize {
+    if hex[..16].iter().all(|&d| d == b'0') {
+        16
+    } else {
+        32
+    }
+}
+
 /// The request's `traceparent` when it came exactly once: one sent twice names no one parent,
 /// so it is none (a new trace starts here; with traces off, both are dropped before the app).
+/// Version 00 is exactly 55 characters (W3C Trace Context 4.3: more after the flags is invalid
+/// for it; only a later version may add fields), which OpenTelemetry's parser does not check.
 pub(crate) fn single_traceparent(headers: &HeaderMap) -> Option<&HeaderValue> {
     let mut all = headers.get_all(TRACEPARENT).iter();
     let first = all.next()?;
-    all.next().is_none().then_some(first)
+    let valid_length = !first.as_bytes().starts_with(b"00-") || first.len() == 55;
+    (all.next().is_none() && valid_length).then_some(first)
 }
 
 /// A B3 "do not sample" with no trace to continue: `b3: 0`, or `X-B3-Sampled: 0` without ids.
@@ -563,6 +573,24 @@ mod tests {
     }
 
     #[test]
+    fn a_64_bit_b3_trace_id_is_passed_on_in_16_digits() {
+        let traces = traces_with(ParentRoot::AlwaysOff);
+        let mut multi = HeaderMap::new();
+        multi.insert("x-b3-traceid", HeaderValue::from_static("64fe8b2a57d3eff7"));
+        multi.insert("x-b3-spanid", HeaderValue::from_static("e457b5a2e4d86bd1"));
+        multi.insert("x-b3-sampled", HeaderValue::from_static("1"));
+        let span = traces.start("GET", SpanKind::Server, &multi);
+        assert_eq!(span.b3_multi()[0], "64fe8b2a57d3eff7");
+        assert!(span.b3_single().to_str().unwrap().starts_with("64fe8b2a57d3eff7-"), "{:?}", span.b3_single());
+        // W3C has no short form: 32 digits there.
+        assert!(span.traceparent().to_str().unwrap().starts_with("00-000000000000000064fe8b2a57d3eff7-"));
+        let mut wide = HeaderMap::new();
+        wide.insert("b3", HeaderValue::from_static("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"));
+        let span = traces.start("GET", SpanKind::Server, &wide);
+        assert_eq!(span.b3_multi()[0], "80f198ee56343ba864fe8b2a57d3eff7");
+    }
+
+    #[test]
     fn a_b3_caller_that_defers_is_sampled_by_the_root_sampler_and_keeps_its_trace() {
         let with_root = traces_with;
         let b3 = |value: &'static str| {
@@ -608,6 +636,22 @@ mod tests {
         let counters =
             TraceCounters { exported: IntCounter::new("e", "e").unwrap(), dropped: IntCounter::new("d", "d").unwrap() };
         Traces::new(settings, counters)
+    }
+
+    #[test]
+    fn a_version_00_traceparent_with_more_after_its_flags_is_no_parent() {
+        let traces = traces_with(ParentRoot::AlwaysOff);
+        let id = "0af7651916cd43dd8448eb211c80319c";
+        for extra in ["-", "-x", "0"] {
+            let mut headers = HeaderMap::new();
+            let value = format!("00-{id}-b7ad6b7169203331-01{extra}");
+            headers.insert("traceparent", HeaderValue::from_str(&value).unwrap());
+            let span = traces.start("GET", SpanKind::Server, &headers);
+            assert_ne!(span.trace_id().as_str(), id, "{value}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", HeaderValue::from_str(&format!("00-{id}-b7ad6b7169203331-01")).unwrap());
+        assert_eq!(traces.start("GET", SpanKind::Server, &headers).trace_id().as_str(), id);
     }
 
     #[test]
