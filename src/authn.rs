@@ -82,7 +82,9 @@ mod provider;
 mod token;
 
 pub use alg::Algorithm;
-pub use authenticator::{carries_token, Authenticator, AuthnOptions, CacheLookups, Found, Verified};
+pub use authenticator::{
+    carries_token, Authenticator, AuthnOptions, CacheLookups, Found, Verified, MAX_TOKEN_LOCATIONS,
+};
 pub use b64::encode as base64url_encode;
 pub use claims::{ClaimPath, Claims, Clock, SystemClock};
 pub use failure::{www_authenticate, Failure, Reason};

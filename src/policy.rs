@@ -317,15 +317,23 @@ pub fn check_authentication(located: &[Located]) -> (Vec<ConfigError>, Vec<Confi
             }
         }
         // Against every policy checked here that may select a workload this one does.
-        let forwarding: Vec<&Located> = located.iter().filter(|other| may_select_together(l, other)).collect();
-        errors.extend(compile::judged_headers_written_by(l, &forwarding));
+        let together: Vec<&Located> = located.iter().filter(|other| may_select_together(l, other)).collect();
+        errors.extend(conflicts_across_policies(l, &together));
     }
     (errors, warnings)
 }
 
+/// What `doc` gets wrong beside the policies that may select the same workloads (`together`,
+/// itself among them), as `palisade check`, the control plane and a sidecar each judge it.
+pub fn conflicts_across_policies(doc: &Located, together: &[&Located]) -> Vec<ConfigError> {
+    let mut errors = compile::judged_headers_written_by(doc, together);
+    errors.extend(compile::token_locations_in_conflict(doc, together));
+    errors
+}
+
 /// Whether two policies may both select one workload: the same namespace, and no label both
 /// name with different values.
-fn may_select_together(a: &Located, b: &Located) -> bool {
+pub fn may_select_together(a: &Located, b: &Located) -> bool {
     fn labels(l: &Located) -> Option<&std::collections::BTreeMap<String, String>> {
         l.policy.spec.selector.as_ref().map(|s| &s.match_labels)
     }
@@ -449,6 +457,46 @@ mod tests {
         let (errors, _) = check_authentication(&located);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].to_string().contains("x-user-id is written by forwardClaims"), "{}", errors[0]);
+    }
+
+    /// Issuers of different policies that a sidecar could not hold together: found by
+    /// `palisade check`, with the file and line, not first by a sidecar that fails to start.
+    #[test]
+    fn check_refuses_token_locations_a_sidecar_could_not_build() {
+        let doc = |name: &str, issuers: &str| {
+            format!("---\napiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  authentication:\n    jwt:\n{issuers}")
+        };
+        let issuer = |n: usize, extra: &str| {
+            format!("      - issuer: https://{n}.example\n        audiences: [orders]\n        hmacSecret: {{inline: \"0123456789abcdef0123456789abcdef\"}}\n{extra}")
+        };
+        // One policy forwards a claim into the header another's issuer reads tokens from.
+        let text = [
+            doc("forwards", &issuer(1, "        forwardClaims: [{claim: sub, header: x-jwt}]\n")),
+            doc("reads", &issuer(2, "        fromHeaders: [{name: X-Jwt}]\n")),
+        ]
+        .concat();
+        let (located, errors) = parse_file(Path::new("p.yaml"), &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let (errors, _) = check_authentication(&located);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let shown = errors[0].to_string();
+        assert!(shown.starts_with("p.yaml:8:1: spec.authentication.jwt[0]"), "{shown}");
+        assert!(shown.contains("forwardClaims[0].header x-jwt") && shown.contains("shop/reads"), "{shown}");
+
+        // 65 token locations over two policies.
+        let many = |from: usize, to: usize| {
+            (from..to)
+                .map(|n| issuer(n, &format!("        fromHeaders: [{{name: x-token-{n}}}]\n")))
+                .collect::<String>()
+        };
+        let text = [doc("first", &many(0, 40)), doc("second", &many(40, 65))].concat();
+        let (located, errors) = parse_file(Path::new("p.yaml"), &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let (errors, _) = check_authentication(&located);
+        assert_eq!(errors.len(), 2, "each policy is told: {errors:?}");
+        assert!(errors[0].to_string().contains("65 places"), "{}", errors[0]);
+        let (errors, _) = check_authentication(&located[..1]);
+        assert!(errors.is_empty(), "40 alone are fine: {errors:?}");
     }
 
     #[test]

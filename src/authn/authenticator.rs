@@ -13,7 +13,7 @@ use super::token::{self, DEFAULT_MAX_TOKEN_BYTES};
 use super::AuthnError;
 
 /// At most this many distinct header locations over all providers (a bit each in a mask).
-const MAX_LOCATIONS: usize = 64;
+pub const MAX_TOKEN_LOCATIONS: usize = 64;
 
 /// Settings that apply before a provider is known.
 #[derive(Debug, Clone)]
@@ -104,8 +104,8 @@ impl Authenticator {
                         locations.len() - 1
                     }
                 };
-                if i >= MAX_LOCATIONS {
-                    return Err(AuthnError::Options(format!("more than {MAX_LOCATIONS} token locations")));
+                if i >= MAX_TOKEN_LOCATIONS {
+                    return Err(AuthnError::Options(format!("more than {MAX_TOKEN_LOCATIONS} token locations")));
                 }
                 mask |= 1 << i;
             }
@@ -536,6 +536,40 @@ mod tests {
         let mut fine = hs_spec("a");
         fine.forward_claims = vec![super::super::ForwardClaim { claim: "sub".into(), header: "x-user".into() }];
         assert!(rt.provider(&fine).is_ok());
+    }
+
+    #[test]
+    fn claims_are_never_forwarded_in_headers_that_say_how_the_app_reads_the_request() {
+        // Every caller's copy of a forwarded header is removed: a claim in content-type took
+        // every request's type away, one in cookie every cookie.
+        let rt = AuthnRuntime::default();
+        for header in [
+            "content-type",
+            "Content-Encoding",
+            "cookie",
+            "expect",
+            "traceparent",
+            "tracestate",
+            "b3",
+            "x-b3-traceid",
+            "keep-alive",
+        ] {
+            let mut spec = hs_spec("a");
+            spec.forward_claims = vec![super::super::ForwardClaim { claim: "sub".into(), header: header.into() }];
+            let e = rt.provider(&spec).expect_err(header).to_string();
+            assert!(e.contains("cannot be forwarded"), "{header}: {e}");
+        }
+    }
+
+    #[test]
+    fn no_token_is_read_from_a_header_the_sidecar_sets() {
+        let rt = AuthnRuntime::default();
+        for header in ["x-forwarded-client-cert", "L5d-Client-Id", "palisade-orig-proto", "x-request-id"] {
+            let mut spec = hs_spec("a");
+            spec.from_headers = vec![super::super::FromHeader { name: header.into(), prefix: String::new() }];
+            let e = rt.provider(&spec).expect_err(header).to_string();
+            assert!(e.contains("set by the sidecar"), "{header}: {e}");
+        }
     }
 
     fn futures_block<F: std::future::Future>(f: F) -> F::Output {

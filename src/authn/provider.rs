@@ -24,16 +24,34 @@ pub const MAX_CLOCK_SKEW_SECONDS: u64 = 3600;
 /// Envoy's `clock_skew_seconds` default.
 pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
-/// Headers a claim must never be forwarded into: they frame the request or route it, or only the
-/// sidecar sets them (the caller's verified identity, the caller's protocol, the request id): a
-/// token's `sub` in `x-forwarded-client-cert` would let whoever picks a subject pose as a peer.
-pub(crate) const RESERVED_HEADERS: [&str; 10] = [
+/// Headers a claim must never be forwarded into: they frame the request or route it, say what
+/// its body is or how the app reads it (every caller's copy of a forwarded header is removed: a
+/// claim in `content-type` took every request's type away, and the app read the body by a type
+/// the WAF had not read it as), carry its trace, or only the sidecar sets them (the caller's
+/// verified identity, the caller's protocol, the request id): a token's `sub` in
+/// `x-forwarded-client-cert` would let whoever picks a subject pose as a peer.
+pub(crate) const RESERVED_HEADERS: [&str; 25] = [
     "host",
     "content-length",
     "transfer-encoding",
     "connection",
+    "keep-alive",
+    "proxy-connection",
     "te",
+    "trailer",
     "upgrade",
+    "expect",
+    "content-type",
+    "content-encoding",
+    "cookie",
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
     "x-forwarded-client-cert",
     "l5d-client-id",
     "palisade-orig-proto",
@@ -371,6 +389,10 @@ impl AuthnRuntime {
                 HeaderName::try_from(h.name.as_str()).map_err(|_| err(format!("bad header name {:?}", h.name)))?;
             if h.prefix.bytes().any(|b| !(b' '..=b'~').contains(&b)) {
                 return Err(err(format!("prefix {:?} must be printable ASCII", h.prefix)));
+            }
+            // The sidecar replaces these with its own: a token there is never the caller's.
+            if SIDECAR_SET_HEADERS.contains(&name.as_str()) || name == "x-request-id" {
+                return Err(err(format!("{name} is set by the sidecar, never by a caller: no token is read from it")));
             }
             from_headers.push((name, h.prefix.clone()));
         }

@@ -347,6 +347,9 @@ impl PolicyDirectory {
                 }
             }
             if more.is_empty() {
+                more = self.authentication_conflicts(&refused);
+            }
+            if more.is_empty() {
                 // A scan is one update (one ConfigMap swap changes its files at once): when any
                 // file of it is refused, its other files wait too.
                 let refused_now: Vec<&str> = self
@@ -408,6 +411,54 @@ impl PolicyDirectory {
             state.fresh = false;
             state.errors = errors;
         }
+    }
+
+    /// What `palisade check` and every sidecar find across policies that may select one
+    /// workload (a `when` on a header another policy forwards a claim into, a forwarded claim
+    /// in a header another issuer reads tokens from, too many token locations), among the
+    /// contents that would be taken: each charged to the files of this scan that take part,
+    /// which keep their last good contents, as a sidecar keeps its policy when an update is bad.
+    fn authentication_conflicts(&self, refused: &BTreeMap<String, Vec<String>>) -> Vec<(String, String)> {
+        let mut taken: Vec<(&str, bool, crate::policy::Located)> = Vec::new();
+        for (file, state) in &self.files {
+            let (entries, fresh) = match &state.parsed {
+                Ok(entries) if !refused.contains_key(file) && state.held.is_none() => (entries, state.fresh),
+                _ => (&state.good, false),
+            };
+            for e in entries {
+                let located = crate::policy::Located {
+                    policy: e.policy.clone(),
+                    file: self.dir.join(file),
+                    line: e.line,
+                    field_lines: Vec::new(),
+                };
+                taken.push((file.as_str(), fresh, located));
+            }
+        }
+        let mut conflicts = Vec::new();
+        for (file, fresh, doc) in &taken {
+            let together: Vec<&crate::policy::Located> =
+                taken.iter().map(|(_, _, l)| l).filter(|l| crate::policy::may_select_together(doc, l)).collect();
+            let errors = crate::policy::conflicts_across_policies(doc, &together);
+            if errors.is_empty() {
+                continue;
+            }
+            // A policy in force before this scan conflicts only with what the scan brought.
+            let charged: Vec<&str> = match fresh {
+                true => vec![file],
+                false => taken
+                    .iter()
+                    .filter(|(_, fresh, l)| *fresh && together.iter().any(|t| std::ptr::eq(*t, l)))
+                    .map(|(f, _, _)| *f)
+                    .collect(),
+            };
+            for f in charged {
+                conflicts.extend(errors.iter().map(|e| (f.to_string(), e.to_string())));
+            }
+        }
+        conflicts.sort();
+        conflicts.dedup();
+        conflicts
     }
 
     /// Policy files by name ([`crate::policy::is_policy_file_name`]), symlinks followed. Each
@@ -701,6 +752,49 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         std::fs::remove_file(dir.path().join("copy.yaml")).unwrap();
         assert!(directory.scan().catalog.unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_file_whose_jwt_setup_clashes_with_another_files_is_refused_and_the_set_in_force_stays() {
+        // b.yaml reads tokens from x-auth; an edit of a.yaml forwards a claim into x-auth, which
+        // every sidecar both select would refuse (the token removed before it is verified).
+        let jwt = |issuer: &str, extra: &str| {
+            format!("  authentication:\n    jwt:\n      - issuer: {issuer}\n        audiences: [orders]\n        hmacSecret: {{inline: \"0123456789abcdef0123456789abcdef\"}}\n{extra}")
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.yaml");
+        std::fs::write(&a, policy("a", "shop", &jwt("https://a.example", ""))).unwrap();
+        let reads = "        fromHeaders: [{name: x-auth}]\n";
+        std::fs::write(dir.path().join("b.yaml"), policy("b", "shop", &jwt("https://b.example", reads))).unwrap();
+        let mut directory = PolicyDirectory::new(dir.path().into());
+        let good = directory.scan().catalog.unwrap();
+        let orders = workload("shop", "orders");
+        std::fs::write(
+            &a,
+            policy("a", "shop", &jwt("https://a.example", "        forwardClaims: [{claim: sub, header: x-auth}]\n")),
+        )
+        .unwrap();
+        let outcome = directory.scan();
+        assert_eq!(outcome.rejected.len(), 1, "{:?}", outcome.rejected);
+        let (file, errors) = &outcome.rejected[0];
+        assert_eq!(file, "a.yaml");
+        assert!(
+            errors[0].contains("a.yaml:3:1: spec.authentication.jwt[0]") && errors[0].contains("x-auth"),
+            "{errors:?}"
+        );
+        assert!(errors[0].contains("shop/b"), "names the other policy: {errors:?}");
+        let kept = outcome.catalog.unwrap();
+        assert_eq!(kept.select(&orders).version, good.select(&orders).version, "the set in force stays");
+
+        // Forwarded into another header: taken.
+        std::fs::write(
+            &a,
+            policy("a", "shop", &jwt("https://a.example", "        forwardClaims: [{claim: sub, header: x-user}]\n")),
+        )
+        .unwrap();
+        let outcome = directory.scan();
+        assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
+        assert_ne!(outcome.catalog.unwrap().select(&orders).version, good.select(&orders).version);
     }
 
     #[test]

@@ -314,6 +314,7 @@ impl PolicySnapshot {
         let mut header_bits = HeaderBits::default();
         let selected: Vec<&Located> = located.iter().filter(|l| selects(&l.policy, workload)).collect();
         errors.extend(judged_forwarded_headers(&selected));
+        errors.extend(selected.iter().flat_map(|doc| token_locations_in_conflict(doc, &selected)));
         for doc in selected {
             let p = &doc.policy;
             let name: Arc<str> = format!("{}/{}", p.metadata.namespace, p.metadata.name).into();
@@ -713,6 +714,56 @@ pub(super) fn judged_headers_written_by(doc: &Located, forwarding: &[&Located]) 
         if let LimitKey::Header(h) = &limit.key {
             judge(format!("spec.rateLimits[{i}].key"), h);
         }
+    }
+    errors
+}
+
+/// A JWT setup no sidecar could build, across the policies that may select one workload
+/// (`together`, `doc` among them), found where `palisade check`, the control plane and the
+/// sidecar report a policy's errors (file, line, field): a `forwardClaims` header that another
+/// issuer reads tokens from (every caller's copy of a forwarded header is removed, so that
+/// issuer's token would be gone before it is verified), and more token locations than a sidecar
+/// keeps apart.
+pub(crate) fn token_locations_in_conflict(doc: &Located, together: &[&Located]) -> Vec<ConfigError> {
+    fn providers(d: &Located) -> &[crate::authn::ProviderSpec] {
+        d.policy.spec.authentication.as_ref().map_or(&[][..], |a| &a.jwt[..])
+    }
+    let mut errors = Vec::new();
+    for (i, provider) in providers(doc).iter().enumerate() {
+        for (j, forward) in provider.forward_claims.iter().enumerate() {
+            let reads_tokens = |p: &crate::authn::ProviderSpec| {
+                !std::ptr::eq(p, provider)
+                    && p.from_headers.iter().any(|h| h.name.eq_ignore_ascii_case(&forward.header))
+            };
+            let reader = together.iter().find_map(|d| providers(d).iter().find(|p| reads_tokens(p)).map(|p| (d, p)));
+            if let Some((d, p)) = reader {
+                let m = &d.policy.metadata;
+                errors.push(doc.error(
+                    &format!("spec.authentication.jwt[{i}]"),
+                    format!(
+                        "forwardClaims[{j}].header {}: issuer {} of policy {}/{} ({}) reads tokens from it, and a forwarded claim replaces every caller's copy, so that token would be gone before it is verified; forward the claim into another header",
+                        forward.header, p.issuer, m.namespace, m.name, d.file.display()
+                    ),
+                ));
+            }
+        }
+    }
+    let mut locations: Vec<(String, String)> = Vec::new();
+    for h in together.iter().flat_map(|d| providers(d)).flat_map(|p| &p.from_headers) {
+        let location = (h.name.to_ascii_lowercase(), h.prefix.to_ascii_lowercase());
+        if !locations.contains(&location) {
+            locations.push(location);
+        }
+    }
+    if !providers(doc).is_empty() && locations.len() > crate::authn::MAX_TOKEN_LOCATIONS {
+        errors.push(doc.error(
+            "spec.authentication.jwt",
+            format!(
+                "the issuers of the policies that may select the same workloads as this one read tokens from {} places (header and prefix); a sidecar keeps at most {} apart",
+                locations.len(),
+                crate::authn::MAX_TOKEN_LOCATIONS
+            ),
+        ));
     }
     errors
 }
