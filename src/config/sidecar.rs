@@ -986,15 +986,22 @@ impl super::Validate for SidecarConfig {
                 invalid.push(Invalid::field(field, format!("{addr} is also {other}")));
             }
         }
-        // The app at the inbound listener's own address: each request would come back to the
-        // listener until maxConnectionsPerSource stopped it (a thousand access-log lines, then 502).
-        let (app, listen) = (self.inbound.app.0, self.inbound.listen.0);
+        // The app at one of the sidecar's own listeners: each request would come back to the
+        // sidecar until a limit stopped it (at the outbound port, one request went round 4,500
+        // times and took the heap to 444 MB). A loopback or wildcard listener takes both IP
+        // families, and an app at a wildcard address is reached on this host.
+        let app = self.inbound.app.0;
         let local = |ip: std::net::IpAddr| ip.is_loopback() || ip.is_unspecified();
-        if app.port() == listen.port() && (app.ip() == listen.ip() || (listen.ip().is_unspecified() && local(app.ip())))
-        {
+        let reaches = |listen: SocketAddr| {
+            app.port() == listen.port()
+                && (app.ip() == listen.ip()
+                    || (local(listen.ip()) && local(app.ip()))
+                    || (listen.ip().is_unspecified() && app.ip().is_loopback()))
+        };
+        if let Some((field, listen)) = listeners.iter().find(|(_, listen)| reaches(listen.0)) {
             invalid.push(Invalid::field(
                 "inbound.app",
-                format!("{app} is inbound.listen's own address: name the app's port"),
+                format!("{app} is {field}'s own address ({listen}): name the app's port"),
             ));
         }
         if let Some(namespace) = self.workload.namespace.as_deref().filter(|n| !crate::identity::is_namespace_name(n)) {
@@ -1326,6 +1333,32 @@ threads: 1
         cfg.identity.files = None;
         cfg.threads = 1;
         assert!(cfg.validate(&env).is_empty(), "certificates from the control plane's CA");
+    }
+
+    #[test]
+    fn an_app_at_any_of_the_sidecars_own_listeners_is_refused() {
+        let env = std::collections::BTreeMap::<String, String>::new();
+        let at = |listen: (&str, &str, &str), app: &str| {
+            let mut cfg = SidecarConfig::default();
+            cfg.identity.control_plane = Some(Default::default());
+            cfg.identity.files = None;
+            cfg.inbound.listen = ListenAddr(listen.0.parse().unwrap());
+            cfg.outbound.listen = ListenAddr(listen.1.parse().unwrap());
+            cfg.admin.listen = ListenAddr(listen.2.parse().unwrap());
+            cfg.inbound.app = ListenAddr(app.parse().unwrap());
+            invalid_fields(&cfg, &env)
+        };
+        let loopback = ("127.0.0.1:23456", "127.0.0.1:23451", "127.0.0.1:23450");
+        for app in ["127.0.0.1:23451", "[::1]:23451", "0.0.0.0:23451", "127.0.0.1:23450", "[::1]:23456", "[::]:23456"] {
+            assert_eq!(at(loopback, app), ["inbound.app"], "{app}");
+        }
+        let wildcard = ("0.0.0.0:15006", "127.0.0.1:15001", "[::]:15000");
+        for app in ["127.0.0.1:15006", "[::1]:15006", "[::1]:15000", "[::1]:15001"] {
+            assert_eq!(at(wildcard, app), ["inbound.app"], "{app}");
+        }
+        for app in ["127.0.0.1:8080", "10.0.0.5:8080", "10.0.0.5:15001"] {
+            assert!(at(wildcard, app).is_empty(), "{app}");
+        }
     }
 
     #[test]
