@@ -52,6 +52,7 @@ fn setup() -> (Authenticator, Vec<(&'static str, String)>, String) {
         jwks: Some(JwksSpec { inline: Some(set.clone()), ..Default::default() }),
         hmac_secret: Some(SecretSpec { file: None, inline: Some(SECRET.into()) }),
         from_headers: vec![palisade::authn::FromHeader { name: "authorization".into(), prefix: "Bearer ".into() }],
+        from_params: None,
         forward_claims: vec![],
         forward_original_token: false,
         algorithms: None,
@@ -83,7 +84,7 @@ fn verification(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
     c.bench_function("jwt/request ES256 (extract, verify, claim match)", |b| {
         b.iter(|| {
-            let v = rt.block_on(authn.authenticate(black_box(&headers))).unwrap().unwrap();
+            let v = rt.block_on(authn.authenticate(black_box(&headers), None)).unwrap().unwrap();
             black_box(v.claims().matches(&scope, |s| s == "orders:write"))
         })
     });

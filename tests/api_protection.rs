@@ -166,6 +166,15 @@ async fn a_verified_token_reaches_the_app_as_claims_and_not_as_a_token() {
         ["hit", "miss"].map(|r| sample(&metrics, &format!(r#"palisade_authn_cache_lookups_total{{result="{r}"}}"#)));
     assert_eq!(lookups.iter().sum::<f64>(), 7.0, "{metrics}");
     assert!(lookups[1] >= 4.0, "alice's first, the two forgeries and eve's were verified in full: {metrics}");
+
+    // RFC 6750's query parameter, which Envoy and Istio read by default: a forgery there is
+    // refused as in the header (it had reached the app unverified), a good token verified.
+    let answer = side.send("frontend", "GET", &format!("/orders/1?access_token={forged}"), &[]).await;
+    assert_refused(&answer, 401, "unauthenticated", "a forged token in the query");
+    let answer =
+        side.send("frontend", "GET", &format!("/orders/1?access_token={alice}"), &[("x-user", "mallory")]).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.seen().headers.get("x-user").map(Vec::as_slice), Some(&["alice".to_string()][..]));
     side.shutdown();
 }
 

@@ -214,7 +214,7 @@ async fn a_request_with_one_token_gets_a_principal_claims_and_forwarded_headers(
     let authn = authenticator(&[spec(inline(jwks(&[&rsa])))], ManualClock::new());
     assert_eq!(authn.forwarded_headers(), [HeaderName::from_static("x-user-id"), HeaderName::from_static("x-groups")]);
 
-    let v = authn.authenticate(&bearer(&rsa.token(&claims()))).await.unwrap().unwrap();
+    let v = authn.authenticate(&bearer(&rsa.token(&claims())), None).await.unwrap().unwrap();
     assert_eq!(v.principal(), "https://auth.example.com/alice");
     let groups = ClaimPath::parse("request.auth.claims[groups]").unwrap();
     assert!(v.claims().matches(&groups, |g| g == "ops"));
@@ -236,7 +236,7 @@ async fn a_request_with_one_token_gets_a_principal_claims_and_forwarded_headers(
     let mut headers = HeaderMap::new();
     headers.insert("authorization", HeaderValue::from_static("Basic YWxpY2U6cHc="));
     headers.insert("x-jwt", HeaderValue::from_str(&rsa.token(&claims())).unwrap());
-    let v = authn.authenticate(&headers).await.unwrap().expect("the token in x-jwt");
+    let v = authn.authenticate(&headers, None).await.unwrap().expect("the token in x-jwt");
     let removed: Vec<&HeaderName> =
         v.token_places().filter(|(n, p)| palisade::authn::carries_token(&headers, n, p)).map(|(n, _)| n).collect();
     assert_eq!(removed, [&HeaderName::from_static("x-jwt")]);
@@ -246,16 +246,16 @@ async fn a_request_with_one_token_gets_a_principal_claims_and_forwarded_headers(
 async fn missing_and_multiple_tokens() {
     let rsa = Signer::rsa("RS256", "rsa");
     let authn = authenticator(&[spec(inline(jwks(&[&rsa])))], ManualClock::new());
-    assert!(authn.authenticate(&HeaderMap::new()).await.unwrap().is_none());
+    assert!(authn.authenticate(&HeaderMap::new(), None).await.unwrap().is_none());
     assert_eq!(www_authenticate("palisade", None), "Bearer realm=\"palisade\"");
 
     let mut two = bearer(&rsa.token(&claims()));
     two.append("authorization", HeaderValue::from_str(&format!("Bearer {}", rsa.token(&json!({"iss": ISS})))).unwrap());
-    let f = authn.authenticate(&two).await.unwrap_err();
+    let f = authn.authenticate(&two, None).await.unwrap_err();
     assert_eq!(f.reason(), Reason::MultipleTokens);
     assert_eq!(f.status(), StatusCode::UNAUTHORIZED);
 
-    let f = authn.authenticate(&bearer("not.a.token")).await.unwrap_err();
+    let f = authn.authenticate(&bearer("not.a.token"), None).await.unwrap_err();
     assert_eq!(
         f.www_authenticate("palisade"),
         "Bearer realm=\"palisade\", error=\"invalid_token\", error_description=\"the token is malformed\""
@@ -348,14 +348,14 @@ async fn a_token_in_a_header_its_issuer_does_not_read_is_refused_after_it_was_ca
     spec_b.from_headers = vec![palisade::authn::FromHeader { name: "x-jwt".into(), prefix: String::new() }];
     let authn = authenticator(&[spec(inline(jwks(&[&a]))), spec_b], ManualClock::new());
     let token = a.token(&claims());
-    assert!(authn.authenticate(&bearer(&token)).await.unwrap().is_some());
-    assert!(authn.authenticate(&bearer(&token)).await.unwrap().is_some());
+    assert!(authn.authenticate(&bearer(&token), None).await.unwrap().is_some());
+    assert!(authn.authenticate(&bearer(&token), None).await.unwrap().is_some());
     assert_eq!(authn.cache_counts(), (1, 1));
 
     // The same token where only the other issuer's provider looks.
     let mut elsewhere = HeaderMap::new();
     elsewhere.insert("x-jwt", HeaderValue::from_str(&token).unwrap());
-    assert_eq!(authn.authenticate(&elsewhere).await.unwrap_err().reason(), Reason::WrongIssuer);
+    assert_eq!(authn.authenticate(&elsewhere, None).await.unwrap_err().reason(), Reason::WrongIssuer);
     assert_eq!(authn.cache_counts().0, 1);
 }
 

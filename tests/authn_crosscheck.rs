@@ -28,6 +28,7 @@ fn provider(issuer: &str, audiences: &[&str]) -> ProviderSpec {
         jwks: None,
         hmac_secret: None,
         from_headers: vec![FromHeader { name: "authorization".into(), prefix: "Bearer ".into() }],
+        from_params: None,
         forward_claims: vec![],
         forward_original_token: false,
         algorithms: None,

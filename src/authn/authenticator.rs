@@ -44,7 +44,9 @@ pub struct Authenticator {
     providers: Vec<Arc<Provider>>,
     /// Every (header, prefix) any provider reads, once each.
     locations: Vec<(HeaderName, String)>,
-    /// Per provider, the bits of `locations` it reads.
+    /// Every query parameter any provider reads, once each; its bit follows `locations`'.
+    params: Vec<String>,
+    /// Per provider, the bits of `locations` and `params` it reads.
     masks: Vec<u64>,
     /// Headers that carry forwarded claims: removed from every incoming request.
     forwarded: Vec<HeaderName>,
@@ -52,10 +54,10 @@ pub struct Authenticator {
     cache: VerifiedCache,
 }
 
-/// A token found in a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A token found in a request (decoded, when a query parameter held it escaped).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found<'h> {
-    pub token: &'h str,
+    pub token: std::borrow::Cow<'h, str>,
     mask: u64,
 }
 
@@ -121,10 +123,28 @@ impl Authenticator {
                 return Err(AuthnError::Options(format!("{h} both carries a token and receives a forwarded claim")));
             }
         }
+        // The parameters' bits follow the headers'.
+        let mut params: Vec<String> = Vec::new();
+        for (p, mask) in providers.iter().zip(masks.iter_mut()) {
+            for name in &p.from_params {
+                let i = match params.iter().position(|n| n == name) {
+                    Some(i) => i,
+                    None => {
+                        params.push(name.clone());
+                        params.len() - 1
+                    }
+                };
+                if locations.len() + i >= MAX_TOKEN_LOCATIONS {
+                    return Err(AuthnError::Options(format!("more than {MAX_TOKEN_LOCATIONS} token locations")));
+                }
+                *mask |= 1 << (locations.len() + i);
+            }
+        }
         let cache = VerifiedCache::new(options.cache_lookups.clone());
         Ok(Authenticator {
             providers: providers.into_iter().map(Arc::new).collect(),
             locations,
+            params,
             masks,
             forwarded,
             options,
@@ -142,10 +162,10 @@ impl Authenticator {
         &self.forwarded
     }
 
-    /// Finds the request's token. `Ok(None)`: no configured header holds one (a header with
-    /// another scheme, such as `Authorization: Basic`, is not a token). The same token in
-    /// several places is one token; two different ones are refused.
-    pub fn extract<'h>(&self, headers: &'h HeaderMap) -> Result<Option<Found<'h>>, Failure> {
+    /// Finds the request's token, in its headers or its `query`. `Ok(None)`: no configured
+    /// location holds one (a header with another scheme, such as `Authorization: Basic`, is not
+    /// a token). The same token in several places is one token; two different ones are refused.
+    pub fn extract<'h>(&self, headers: &'h HeaderMap, query: Option<&'h str>) -> Result<Option<Found<'h>>, Failure> {
         let mut found: Option<Found<'h>> = None;
         for (i, (name, prefix)) in self.locations.iter().enumerate() {
             for value in headers.get_all(name) {
@@ -161,9 +181,31 @@ impl Authenticator {
                     return Err(Failure::new(Reason::Malformed, format!("non-ASCII token in {name}")));
                 };
                 match &mut found {
-                    None => found = Some(Found { token: text, mask: 1 << i }),
+                    None => found = Some(Found { token: text.into(), mask: 1 << i }),
                     Some(f) if f.token == text => f.mask |= 1 << i,
                     Some(_) => return Err(Failure::new(Reason::MultipleTokens, format!("a second token in {name}"))),
+                }
+            }
+        }
+        let query = query.filter(|_| !self.params.is_empty()).unwrap_or_default();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            // Names as the app's framework reads them: `access%5Ftoken` is `access_token`.
+            let Some(key) = form_decoded(key) else { continue };
+            let Some(i) = self.params.iter().position(|p| *p == key) else { continue };
+            let bit = 1 << (self.locations.len() + i);
+            let text = match form_decoded(value) {
+                Some(text) if text.trim_ascii().is_empty() => {
+                    return Err(Failure::new(Reason::Malformed, format!("empty token in the {key} parameter")))
+                }
+                Some(text) => text,
+                None => return Err(Failure::new(Reason::Malformed, format!("non-UTF-8 token in the {key} parameter"))),
+            };
+            match &mut found {
+                None => found = Some(Found { token: text, mask: bit }),
+                Some(f) if f.token == text => f.mask |= bit,
+                Some(_) => {
+                    return Err(Failure::new(Reason::MultipleTokens, format!("a second token in the {key} parameter")))
                 }
             }
         }
@@ -173,10 +215,10 @@ impl Authenticator {
     /// The whole request step: extract, then verify. `Ok(None)` when the request has no token
     /// (`requireJwt` decides); waits only when a remote JWKS must be refreshed for an unknown
     /// `kid` (see [`Authenticator::verify`]).
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Verified>, Failure> {
-        match self.extract(headers)? {
+    pub async fn authenticate(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Option<Verified>, Failure> {
+        match self.extract(headers, query)? {
             None => Ok(None),
-            Some(found) => self.verify_in(found.token, found.mask).await.map(Some),
+            Some(found) => self.verify_in(&found.token, found.mask).await.map(Some),
         }
     }
 
@@ -279,6 +321,33 @@ fn verified(
     Ok(Verified(Arc::new(VerifiedToken { provider: provider.clone(), principal, claims, forwarded })))
 }
 
+/// A query string's name or value as form decoding reads it (`+` a blank, `%XX` a byte), when
+/// that is UTF-8; borrowed when nothing was escaped.
+fn form_decoded(text: &str) -> Option<std::borrow::Cow<'_, str>> {
+    if !text.contains(['%', '+']) {
+        return Some(text.into());
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok().map(Into::into)
+}
+
 /// What follows a location's prefix in a header value: `None` when the value does not start
 /// with it (another scheme: not a token). A prefix ending in a blank is a scheme (`Bearer `): any
 /// run of spaces and tabs after the scheme's word matches it, as the parsers that split on
@@ -379,6 +448,7 @@ mod tests {
                 super::super::FromHeader { name: "authorization".into(), prefix: "Bearer ".into() },
                 super::super::FromHeader { name: "x-jwt".into(), prefix: String::new() },
             ],
+            from_params: None,
             forward_claims: vec![],
             forward_original_token: false,
             algorithms: None,
@@ -407,16 +477,20 @@ mod tests {
     #[test]
     fn extraction_finds_exactly_one_token() {
         let a = authn();
-        assert_eq!(a.extract(&headers(&[])).unwrap(), None);
-        assert_eq!(a.extract(&headers(&[("authorization", "Basic dXNlcg==")])).unwrap(), None);
-        assert_eq!(a.extract(&headers(&[("authorization", "bearer t1")])).unwrap().unwrap().token, "t1");
+        assert_eq!(a.extract(&headers(&[]), None).unwrap(), None);
+        assert_eq!(a.extract(&headers(&[("authorization", "Basic dXNlcg==")]), None).unwrap(), None);
+        assert_eq!(a.extract(&headers(&[("authorization", "bearer t1")]), None).unwrap().unwrap().token, "t1");
         // Parsers that split on whitespace read a token after a tab or several blanks: so does this.
         for value in ["Bearer\tt1", "Bearer  \t t1", "BEARER t1 "] {
-            assert_eq!(a.extract(&headers(&[("authorization", value)])).unwrap().unwrap().token, "t1", "{value:?}");
+            assert_eq!(
+                a.extract(&headers(&[("authorization", value)]), None).unwrap().unwrap().token,
+                "t1",
+                "{value:?}"
+            );
         }
-        assert_eq!(a.extract(&headers(&[("x-jwt", " t1 ")])).unwrap().unwrap().token, "t1");
+        assert_eq!(a.extract(&headers(&[("x-jwt", " t1 ")]), None).unwrap().unwrap().token, "t1");
         let same = headers(&[("authorization", "Bearer t1"), ("x-jwt", "t1")]);
-        assert_eq!(a.extract(&same).unwrap().unwrap().mask, 0b11);
+        assert_eq!(a.extract(&same, None).unwrap().unwrap().mask, 0b11);
         for (h, r) in [
             (headers(&[("authorization", "Bearer t1"), ("x-jwt", "t2")]), Reason::MultipleTokens),
             (headers(&[("authorization", "Bearer t1"), ("authorization", "Bearer t2")]), Reason::MultipleTokens),
@@ -427,7 +501,7 @@ mod tests {
             (headers(&[("authorization", "BEARERt1")]), Reason::Malformed),
             (headers(&[("authorization", "Bearer\tt1"), ("x-jwt", "t2")]), Reason::MultipleTokens),
         ] {
-            assert_eq!(a.extract(&h).unwrap_err().reason, r);
+            assert_eq!(a.extract(&h, None).unwrap_err().reason, r);
         }
     }
 
@@ -453,9 +527,9 @@ mod tests {
             .unwrap();
         let token = hs256(r#"{"iss":"a","exp":99999999999}"#);
         let h = headers(&[("x-jwt", &token)]);
-        let err = futures_block(a.authenticate(&h)).unwrap_err();
+        let err = futures_block(a.authenticate(&h, None)).unwrap_err();
         assert_eq!(err.reason, Reason::WrongIssuer);
-        assert!(futures_block(a.authenticate(&headers(&[("authorization", &format!("Bearer {token}"))]))).is_ok());
+        assert!(futures_block(a.authenticate(&headers(&[("authorization", &format!("Bearer {token}"))]), None)).is_ok());
     }
 
     #[test]
@@ -468,7 +542,7 @@ mod tests {
         send_sync::<AuthnRuntime>();
         let a = authn();
         let h = HeaderMap::new();
-        send(&a.authenticate(&h));
+        send(&a.authenticate(&h, None));
         send(&a.verify("t"));
     }
 
@@ -536,6 +610,50 @@ mod tests {
         let mut fine = hs_spec("a");
         fine.forward_claims = vec![super::super::ForwardClaim { claim: "sub".into(), header: "x-user".into() }];
         assert!(rt.provider(&fine).is_ok());
+    }
+
+    #[test]
+    fn a_token_in_the_access_token_parameter_is_found_by_default_and_verified() {
+        let rt = AuthnRuntime::default();
+        let mut default = hs_spec("https://issuer.example");
+        default.from_headers.truncate(1); // Authorization: Bearer, the default
+        let a = Authenticator::from_specs(&rt, &[default.clone()], AuthnOptions::default()).unwrap();
+        let token = hs256(r#"{"iss":"https://issuer.example","sub":"alice","exp":99999999999}"#);
+        let (none, query) = (headers(&[]), format!("x=1&access_token={token}"));
+        assert_eq!(a.extract(&none, Some(&query)).unwrap().unwrap().token, token.as_str());
+        assert!(futures_block(a.authenticate(&headers(&[]), Some(&format!("access_token={token}")))).is_ok());
+        // Named as a framework decodes names; the same token in the header too is one token.
+        let escaped = format!("access%5Ftoken={token}");
+        assert!(a.extract(&headers(&[]), Some(&escaped)).unwrap().is_some());
+        let bearer = format!("Bearer {token}");
+        assert!(a.extract(&headers(&[("authorization", &bearer)]), Some(&escaped)).unwrap().is_some());
+        // A forged one is refused as in a header; two different ones, or an empty one, too.
+        let other = hs256(r#"{"iss":"https://issuer.example","sub":"mallory","exp":99999999999}"#);
+        let forged = format!("{}{}", &other[..other.rfind('.').unwrap()], &token[token.rfind('.').unwrap()..]);
+        let e = futures_block(a.authenticate(&headers(&[]), Some(&format!("access_token={forged}")))).unwrap_err();
+        assert_eq!(e.reason, Reason::BadSignature);
+        let two = format!("access_token={token}&access_token={forged}");
+        assert_eq!(a.extract(&headers(&[]), Some(&two)).unwrap_err().reason, Reason::MultipleTokens);
+        let e = a.extract(&headers(&[("authorization", &format!("Bearer {forged}"))]), Some(&escaped)).unwrap_err();
+        assert_eq!(e.reason, Reason::MultipleTokens);
+        assert_eq!(a.extract(&headers(&[]), Some("access_token=")).unwrap_err().reason, Reason::Malformed);
+        // Other parameters are the app's.
+        assert_eq!(a.extract(&headers(&[]), Some("token=abc&access_tokens=x")).unwrap(), None);
+
+        // `fromParams: []` reads none; a provider that names its headers names its parameters.
+        let mut none = default.clone();
+        none.from_params = Some(vec![]);
+        let mut own_headers = hs_spec("https://issuer.example");
+        own_headers.from_headers = vec![super::super::FromHeader { name: "x-jwt".into(), prefix: String::new() }];
+        for spec in [none, own_headers] {
+            let a = Authenticator::from_specs(&rt, &[spec], AuthnOptions::default()).unwrap();
+            assert_eq!(a.extract(&headers(&[]), Some(&format!("access_token={token}"))).unwrap(), None);
+        }
+        let mut named = default;
+        named.from_params = Some(vec!["jwt".into()]);
+        let a = Authenticator::from_specs(&rt, &[named], AuthnOptions::default()).unwrap();
+        assert!(a.extract(&headers(&[]), Some(&format!("jwt={token}"))).unwrap().is_some());
+        assert_eq!(a.extract(&headers(&[]), Some(&format!("access_token={token}"))).unwrap(), None);
     }
 
     #[test]

@@ -80,6 +80,11 @@ pub struct ProviderSpec {
     pub hmac_secret: Option<SecretSpec>,
     #[serde(default = "default_from_headers")]
     pub from_headers: Vec<FromHeader>,
+    /// Query parameters a token is read from (Istio's `fromParams`). Not given, with the
+    /// default `fromHeaders`: `access_token`, as Envoy's and Istio's default locations are the
+    /// bearer header and that parameter (RFC 6750 2.3); a forged token there reached the app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_params: Option<Vec<String>>,
     #[serde(default)]
     pub forward_claims: Vec<ForwardClaim>,
     /// Keep the token's header on the request to the app (Envoy's `forward`); default removes it.
@@ -125,6 +130,21 @@ fn default_from_headers() -> Vec<FromHeader> {
     vec![FromHeader { name: "authorization".into(), prefix: "Bearer ".into() }]
 }
 
+/// The query parameter of RFC 6750 section 2.3, read by default.
+pub const DEFAULT_TOKEN_PARAM: &str = "access_token";
+
+impl ProviderSpec {
+    /// The query parameters a token is read from: `fromParams`, else `access_token` when
+    /// `fromHeaders` is the default (a provider that names its own headers names its params).
+    pub fn token_params(&self) -> Vec<String> {
+        match &self.from_params {
+            Some(params) => params.clone(),
+            None if self.from_headers == default_from_headers() => vec![DEFAULT_TOKEN_PARAM.to_string()],
+            None => Vec::new(),
+        }
+    }
+}
+
 /// Why a token was refused, with the remote set to refresh when its key was unknown.
 pub(crate) type Refusal<'a> = (Failure, Option<&'a Arc<RemoteJwks>>);
 
@@ -136,6 +156,7 @@ pub struct Provider {
     hmac: Vec<(Algorithm, hmac::Key)>,
     algorithms: Vec<Algorithm>,
     pub(crate) from_headers: Vec<(HeaderName, String)>,
+    pub(crate) from_params: Vec<String>,
     pub(crate) forward: Vec<(ClaimPath, HeaderName)>,
     pub(crate) forward_original_token: bool,
     time: TimeRules,
@@ -380,8 +401,12 @@ impl AuthnRuntime {
         if secret.is_some() && hmac_keys.is_empty() {
             return Err(err("hmacSecret is set but no HS algorithm is accepted (secret too short?)".into()));
         }
-        if spec.from_headers.is_empty() {
-            return Err(err("fromHeaders is empty".into()));
+        let from_params = spec.token_params();
+        if spec.from_headers.is_empty() && from_params.is_empty() {
+            return Err(err("no token location: fromHeaders and fromParams are both empty".into()));
+        }
+        if let Some(bad) = from_params.iter().find(|p| p.is_empty() || p.bytes().any(|b| !b.is_ascii_graphic())) {
+            return Err(err(format!("fromParams: {bad:?} is not a query parameter name (visible ASCII)")));
         }
         let mut from_headers = Vec::new();
         for h in &spec.from_headers {
@@ -423,6 +448,7 @@ impl AuthnRuntime {
             hmac: hmac_keys,
             algorithms,
             from_headers,
+            from_params,
             forward,
             forward_original_token: spec.forward_original_token,
             time: TimeRules { skew },

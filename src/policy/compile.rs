@@ -749,17 +749,20 @@ pub(crate) fn token_locations_in_conflict(doc: &Located, together: &[&Located]) 
         }
     }
     let mut locations: Vec<(String, String)> = Vec::new();
-    for h in together.iter().flat_map(|d| providers(d)).flat_map(|p| &p.from_headers) {
-        let location = (h.name.to_ascii_lowercase(), h.prefix.to_ascii_lowercase());
-        if !locations.contains(&location) {
-            locations.push(location);
+    for p in together.iter().flat_map(|d| providers(d)) {
+        let headers = p.from_headers.iter().map(|h| (h.name.to_ascii_lowercase(), h.prefix.to_ascii_lowercase()));
+        // A query parameter is a place too: `?` cannot start a header's name.
+        for location in headers.chain(p.token_params().into_iter().map(|name| (format!("?{name}"), String::new()))) {
+            if !locations.contains(&location) {
+                locations.push(location);
+            }
         }
     }
     if !providers(doc).is_empty() && locations.len() > crate::authn::MAX_TOKEN_LOCATIONS {
         errors.push(doc.error(
             "spec.authentication.jwt",
             format!(
-                "the issuers of the policies that may select the same workloads as this one read tokens from {} places (header and prefix); a sidecar keeps at most {} apart",
+                "the issuers of the policies that may select the same workloads as this one read tokens from {} places (a header and prefix, or a query parameter); a sidecar keeps at most {} apart",
                 locations.len(),
                 crate::authn::MAX_TOKEN_LOCATIONS
             ),

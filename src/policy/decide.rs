@@ -756,9 +756,9 @@ impl PolicySnapshot {
 
     /// Verifies the request's token, when the policies name issuers. Waits only when a token
     /// names a key a remote JWKS has not shown yet (a rate-limited refresh).
-    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Verified>, Failure> {
+    pub async fn authenticate(&self, headers: &HeaderMap, query: Option<&str>) -> Result<Option<Verified>, Failure> {
         match &self.authn {
-            Some(authn) => authn.authenticator.authenticate(headers).await,
+            Some(authn) => authn.authenticator.authenticate(headers, query).await,
             None => Ok(None),
         }
     }
@@ -1141,7 +1141,8 @@ mod tests {
         /// The verdict (the normalised path when it changed) and everything noted.
         fn decide_noting(&self, snapshot: &PolicySnapshot) -> (Result<Option<String>, Refusal>, Vec<Note>) {
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
-            let auth = runtime.block_on(snapshot.authenticate(&self.headers));
+            let auth =
+                runtime.block_on(snapshot.authenticate(&self.headers, self.target.split_once('?').map(|(_, q)| q)));
             let path = self.target.split('?').next().unwrap_or_default();
             let view = RequestView {
                 principal: self.principal.as_ref(),
@@ -1808,7 +1809,7 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let mut h = HeaderMap::new();
         h.insert("authorization", format!("Bearer {token}").parse().unwrap());
-        let verified = runtime.block_on(s.authenticate(&h)).unwrap().expect("verified");
+        let verified = runtime.block_on(s.authenticate(&h, None)).unwrap().expect("verified");
         h.insert("x-jwt-other", "unrelated".parse().unwrap());
         // What the inbound proxy removes: the claims' headers, and the token's place that holds it.
         let removed_with = |token: Option<&Verified>, h: &HeaderMap| -> Vec<String> {

@@ -426,7 +426,7 @@ impl ProxyHttp for Inbound {
         let port = self.destination_port(session);
         // Step 3's token check runs first, as it may wait for a JWKS refresh; the decision
         // judges its outcome in the SPEC's order.
-        let auth = policy.authenticate(&session.req_header().headers).await;
+        let auth = policy.authenticate(&session.req_header().headers, session.req_header().uri.query()).await;
         let mut notes = Vec::new();
         // The decision borrows the request; what it leaves is owned, so the session can be
         // written to afterwards.
