@@ -40,8 +40,12 @@ enum Command {
     Check {
         /// Policy files, or directories whose `*.yaml` and `*.yml` files are checked as the
         /// control plane reads them.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "values")]
         files: Vec<PathBuf>,
+        /// A Helm values file whose `policies` (the chart's SecurityPolicy documents) are
+        /// checked as the control plane will check them; may be given more than once.
+        #[arg(long, value_name = "VALUES_FILE")]
+        values: Vec<PathBuf>,
     },
     /// A development PKI: a root for a trust domain, and SPIFFE workload certificates.
     #[command(subcommand)]
@@ -116,7 +120,7 @@ pub fn main() -> ExitCode {
         Command::Control(arg) => run_control(&arg),
         Command::Inject(args) => crate::inject::command::run(args),
         Command::InitNet(args) => crate::initnet::run(args),
-        Command::Check { files } => check(&files),
+        Command::Check { files, values } => check(&files, &values),
         Command::Ca(cmd) => ca(cmd),
         Command::Demo { once } => crate::demo::run(once),
     };
@@ -125,7 +129,7 @@ pub fn main() -> ExitCode {
 }
 
 /// `palisade check`: every error with file, line and field; or what each policy does.
-fn check(paths: &[PathBuf]) -> ExitCode {
+fn check(paths: &[PathBuf], values: &[PathBuf]) -> ExitCode {
     let files = match crate::policy::expand_directories(paths) {
         Ok(files) => files,
         Err(e) => {
@@ -133,8 +137,18 @@ fn check(paths: &[PathBuf]) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let files = &files[..];
-    let (policies, mut errors) = crate::policy::load_files(files);
+    let (mut policies, mut errors) = crate::policy::load_files(&files);
+    for file in values {
+        match crate::yaml::read_file(file, crate::yaml::Limits::FILE.max_bytes) {
+            Ok(text) => {
+                let (found, wrong) = crate::policy::parse_values_file(file, &text);
+                policies.extend(found);
+                errors.extend(wrong);
+            }
+            Err(e) => errors.push(crate::config::ConfigError::new(file, "", format!("cannot read it: {e}"))),
+        }
+    }
+    let files = &[&files[..], values].concat()[..];
     let (authentication, left_out) = crate::policy::check_authentication(&policies);
     errors.extend(authentication);
     for w in crate::policy::check_warnings(&policies).iter().chain(&left_out) {

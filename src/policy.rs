@@ -20,7 +20,9 @@ pub use decide::{
     Refusal, RequestView, Throttle, Unauthenticated, WafFinding,
 };
 pub use document::{Action, LimitAction, Mode, SecurityPolicy, WafMode};
-pub use load::{expand_directories, is_policy_file_name, load_files, parse_file, unique, Located, Sources};
+pub use load::{
+    expand_directories, is_policy_file_name, load_files, parse_file, parse_values_file, unique, Located, Sources,
+};
 pub use normalize::{match_form, normalize, PathError};
 pub use patterns::{PathPattern, Pattern};
 pub use ratelimit::Buckets;

@@ -548,6 +548,37 @@ fn a_policy_naming_a_fifo_or_a_device_as_its_keys_is_refused_not_read() {
     }
 }
 
+/// The Helm chart's `policies` value, checked before `helm upgrade` renders it: the example
+/// values pass, a typo in them is named with the values file's line and the item's field (the
+/// chart's schema checks types only, and the control plane would keep the last good version).
+#[test]
+fn check_reads_the_policies_of_a_helm_values_file() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/example/values.yaml");
+    let good = palisade(&["check", "--values", example]);
+    assert!(good.status.success(), "{good:?}");
+    assert!(String::from_utf8_lossy(&good.stdout).contains("shop/orders-api selects"), "{good:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(example).unwrap();
+    let typo = dir.path().join("values.yaml");
+    assert!(text.contains("default: DENY"), "the example names a default decision");
+    std::fs::write(&typo, text.replacen("default: DENY", "default: DENI", 1)).unwrap();
+    let line = text[..text.find("default: DENY").unwrap()].lines().count();
+    let bad = palisade(&["check", "--values", typo.to_str().unwrap()]);
+    assert!(!bad.status.success(), "{bad:?}");
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains(&format!("values.yaml:{line}:")), "line {line}: {stderr}");
+    assert!(stderr.contains("policies[0].spec.authorization.default"), "{stderr}");
+
+    let none = dir.path().join("none.yaml");
+    std::fs::write(&none, "controlPlane: {replicas: 2}\n").unwrap();
+    let nothing = palisade(&["check", "--values", none.to_str().unwrap()]);
+    assert!(
+        !nothing.status.success() && String::from_utf8_lossy(&nothing.stderr).contains("no policies value"),
+        "{nothing:?}"
+    );
+}
+
 /// `requireJwt` with no issuer: a sidecar selected refuses the policy, so `check` warns, unless
 /// another policy of the namespace among those checked names an issuer.
 #[test]

@@ -40,11 +40,51 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Located>, Vec<ConfigError>) {
         // A syntax error leaves the rest of the stream unreadable: one error for the file.
         Err(e) => return (Vec::new(), vec![crate::config::located(file, String::new(), e)]),
     };
+    let roots = documents.iter().filter(|d| !d.root.is_null()).map(|d| (&d.root, d.start.line, String::new()));
+    read_policies(
+        file,
+        roots,
+        "holds no SecurityPolicy document (an empty or truncated file is refused; the policy in force stays)",
+    )
+}
+
+/// The chart's `policies` value in a Helm values file (`palisade check --values`): each item a
+/// SecurityPolicy document, checked as the control plane checks the ConfigMap the chart makes
+/// of them, its errors at the values file's lines and named `policies[i].<field>`. A values
+/// file with no `policies` is refused: checking nothing is no check.
+pub fn parse_values_file(file: &Path, text: &str) -> (Vec<Located>, Vec<ConfigError>) {
+    let documents = match crate::yaml::parse(text, &crate::yaml::Limits::FILE) {
+        Ok(documents) => documents,
+        Err(e) => return (Vec::new(), vec![crate::config::located(file, String::new(), e)]),
+    };
+    let Some(policies) = documents.first().and_then(|d| d.root.get("policies")) else {
+        return (Vec::new(), vec![ConfigError::new(file, "policies", "no policies value in this values file")]);
+    };
+    let crate::yaml::Value::Seq(items) = &policies.value else {
+        let mut e = ConfigError::new(file, "policies", "expected a list of SecurityPolicy documents");
+        e.line = Some(policies.mark.line);
+        return (Vec::new(), vec![e]);
+    };
+    let roots = items.iter().enumerate().map(|(i, item)| (item, item.mark.line, format!("policies[{i}].")));
+    read_policies(file, roots, "the policies value lists no SecurityPolicy document")
+}
+
+/// The policies of YAML `roots` (each with the line it starts at and the prefix its fields are
+/// reported under), with an error for each bad one; `none` when there is none at all.
+fn read_policies<'n>(
+    file: &Path,
+    roots: impl Iterator<Item = (&'n crate::yaml::Node, usize, String)>,
+    none: &str,
+) -> (Vec<Located>, Vec<ConfigError>) {
     let mut policies = Vec::new();
     let mut errors: Vec<ConfigError> = Vec::new();
     let mut unreported = 0;
-    for document in documents.iter().filter(|d| !d.root.is_null()) {
-        let (policy, document_errors) = crate::config::read_all::<SecurityPolicy>(file, &document.root);
+    for (root, start_line, prefix) in roots {
+        let (policy, mut document_errors) = crate::config::read_all::<SecurityPolicy>(file, root);
+        let named = |mut e: ConfigError| {
+            e.field = format!("{prefix}{}", e.field);
+            e
+        };
         if document_errors.is_empty() {
             if let Some(policy) = policy.as_ref().filter(|p| !p.spec.port_level_mtls.is_empty()) {
                 if policy.spec.selector.as_ref().is_none_or(|s| s.match_labels.is_empty()) {
@@ -55,25 +95,25 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Located>, Vec<ConfigError>) {
                         "spec.portLevelMtls",
                         "a port's mode needs spec.selector: a port means one thing only for the workloads a selector picks",
                     );
-                    error.line = document.root.find("spec.portLevelMtls").map(|n| n.mark.line);
-                    errors.push(error);
+                    error.line = root.find("spec.portLevelMtls").map(|n| n.mark.line);
+                    errors.push(named(error));
                     continue;
                 }
             }
             if let Some(policy) = policy {
                 // Where the policy names itself: what a duplicate's error points at.
-                let line = document.root.find("metadata.name").map_or(document.start.line, |n| n.mark.line);
+                let line = root.find("metadata.name").map_or(start_line, |n| n.mark.line);
                 let issuers = policy.spec.authentication.as_ref().map_or(0, |a| a.jwt.len());
                 let fields = (0..issuers)
                     .map(|i| format!("spec.authentication.jwt[{i}]"))
                     .chain(["spec.inputValidation.waf".to_string(), "spec.authentication.requireJwt".to_string()]);
-                let field_lines = fields.filter_map(|f| document.root.find(&f).map(|n| (f, n.mark.line))).collect();
+                let field_lines = fields.filter_map(|f| root.find(&f).map(|n| (f, n.mark.line))).collect();
                 policies.push(Located { policy, file: file.to_path_buf(), line, field_lines });
             }
         }
         let room = MAX_ERRORS_PER_FILE.saturating_sub(errors.len());
         unreported += document_errors.len().saturating_sub(room);
-        errors.extend(document_errors.into_iter().take(room));
+        errors.extend(document_errors.drain(..).take(room).map(named));
     }
     if unreported > 0 {
         errors.push(ConfigError::new(
@@ -83,11 +123,7 @@ pub fn parse_file(file: &Path, text: &str) -> (Vec<Located>, Vec<ConfigError>) {
         ));
     }
     if policies.is_empty() && errors.is_empty() {
-        errors.push(ConfigError::new(
-            file,
-            "",
-            "holds no SecurityPolicy document (an empty or truncated file is refused; the policy in force stays)",
-        ));
+        errors.push(ConfigError::new(file, "", none));
     }
     (policies, errors)
 }
