@@ -58,7 +58,13 @@ impl WorkloadCa {
     ) -> Option<WorkloadCa> {
         let mut fail = |field: &str, message: String| errors.push(ConfigError::new(Path::new(""), field, message));
         let files = CaFiles { cert: ca.cert.clone(), key: ca.key.clone(), trust_bundle: ca.trust_bundle.clone() };
-        let signer = CaSigner::load(&files, trust_domain).map_err(|e| fail("ca.cert", e.to_string())).ok();
+        // The field of the file the error is about: a missing or mismatched key is ca.key's.
+        let field_of = |e: &crate::ca::CaError| match e {
+            crate::ca::CaError::File { path, .. } if *path == files.key => "ca.key",
+            crate::ca::CaError::File { path, .. } if Some(path) == files.trust_bundle.as_ref() => "ca.trustBundle",
+            crate::ca::CaError::File { .. } => "ca.cert",
+        };
+        let signer = CaSigner::load(&files, trust_domain).map_err(|e| fail(field_of(&e), e.to_string())).ok();
         let tokens: Option<Arc<dyn TokenChecker>> = match (&ca.tokens.token_review, &ca.tokens.jwks, api) {
             (Some(_), _, Some(api)) => {
                 Some(Arc::new(TokenReviewTokens { api: api.clone(), audience: ca.tokens.audience.clone() }))
@@ -248,4 +254,28 @@ async fn renew_own(
 
 fn der_of(signer: &CaSigner) -> Vec<Vec<u8>> {
     signer.trust_bundle().iter().map(|c| c.to_vec()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A missing or mismatched CA key is `ca.key`'s mistake, not `ca.cert`'s.
+    #[test]
+    fn a_ca_files_mistake_is_named_by_its_own_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = crate::identity::DevCa::generate("cluster.local").unwrap().write(&dir.path().join("ours")).unwrap();
+        let other =
+            crate::identity::DevCa::generate("cluster.local").unwrap().write(&dir.path().join("other")).unwrap();
+        let fields = |cert: &Path, key: &Path| {
+            let mut ca = CaConfig { cert: cert.into(), key: key.into(), ..CaConfig::default() };
+            ca.tokens.token_review = None;
+            let mut errors = Vec::new();
+            WorkloadCa::prepare(&ca, "cluster.local", None, &mut errors);
+            errors.iter().map(|e| e.field.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(fields(&ours.cert, &dir.path().join("nokey")), ["ca.key"]);
+        assert_eq!(fields(&ours.cert, &other.key), ["ca.key"], "another CA's key");
+        assert_eq!(fields(&dir.path().join("nocert"), &ours.key), ["ca.cert"]);
+    }
 }

@@ -137,14 +137,18 @@ impl Credentials {
             super::provider().signature_verification_algorithms.all,
         )
         .map_err(|e| identity_error(format!("certificate does not verify against {}: {e}", origin.bundle.display())))?;
+        // Before the leaf's checks, whose words ("not in an accepted trust domain") name neither
+        // the setting nor the domain: a tour's certificates under the default trustDomain.
+        if id.trust_domain() != trust_domain {
+            return Err(identity_error(format!(
+                "certificate identity {id} is in trust domain {}, not the configured trustDomain {trust_domain:?} (the default is cluster.local): set trustDomain: {} if that is this mesh's",
+                id.trust_domain(),
+                id.trust_domain()
+            )));
+        }
         for usage in [super::verify::Usage::Server, super::verify::Usage::Client] {
             let domains = super::TrustDomains::new([trust_domain]);
             super::verify::check_leaf(&chain[0], usage, &domains).map_err(|e| identity_error(e.to_string()))?;
-        }
-        if id.trust_domain() != trust_domain {
-            return Err(identity_error(format!(
-                "certificate identity {id} is not in the configured trust domain {trust_domain:?}"
-            )));
         }
         Ok(Credentials {
             id,
@@ -193,5 +197,25 @@ pub(super) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Tl
         Ok(certs) if !certs.is_empty() => Ok(certs),
         Ok(_) => Err(TlsError::File { path: path.to_path_buf(), reason: "no PEM certificate found".into() }),
         Err(e) => Err(TlsError::File { path: path.to_path_buf(), reason: crate::identity::pem_problem(&e) }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{DevCa, LeafSpec};
+
+    /// Certificates of another trust domain than the configured one (the tour's `demo.local`
+    /// under the default): the error names both domains and the setting to change.
+    #[test]
+    fn certificates_of_another_trust_domain_name_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::generate("demo.local").unwrap();
+        let files = ca.issue_to(&LeafSpec::workload("spiffe://demo.local/ns/shop/sa/orders"), dir.path()).unwrap();
+        let files = IdentityFiles { cert: files.cert, key: files.key, trust_bundle: files.trust_bundle };
+        let e = Credentials::load(&files, "cluster.local").err().expect("refused").to_string();
+        assert!(e.contains("trust domain demo.local, not the configured trustDomain \"cluster.local\""), "{e}");
+        assert!(e.contains("set trustDomain: demo.local"), "{e}");
+        assert!(Credentials::load(&files, "demo.local").is_ok());
     }
 }
