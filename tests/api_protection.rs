@@ -108,6 +108,9 @@ async fn tokens_that_do_not_verify_never_reach_the_app() {
         })
         .await;
     assert_eq!(unauthenticated.len(), 6, "{unauthenticated:?}");
+    // The operator is told exactly what failed (the caller only that the token has expired).
+    let expired = unauthenticated.iter().find(|e| e["status_detail"] == "expired").expect("the expired token's event");
+    assert!(expired["firewall_rule"]["desc"].as_str().is_some_and(|d| d.contains("is before now")), "{expired}");
     // The event names why, never the token.
     for e in &unauthenticated {
         let text = e.to_string();

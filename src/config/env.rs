@@ -97,11 +97,20 @@ where
     let mut root = Node::from_json(&serde_json::to_value(&parsed).expect("configuration serialises"));
     // Kubernetes injects PALISADE_<SERVICE>_PORT and friends for every Service named palisade-*:
     // only a variable that starts with a known section is an override.
-    overrides.retain(|(name, _)| {
+    overrides.retain(|(name, raw)| {
         let section = name[PREFIX.len()..].split('_').next().unwrap_or_default();
         let known = keys(&root).any(|k| k.eq_ignore_ascii_case(section));
-        if !known {
-            tracing::debug!(variable = %name, "not a configuration override; ignored");
+        match known {
+            true => {}
+            false if is_service_link(&name[PREFIX.len()..], raw) => {
+                tracing::debug!(variable = %name, "a Kubernetes Service's variable, not a configuration override; ignored")
+            }
+            // Likely a misspelt section (PALISADE_ADMN_LISTEN): said, though not refused, as a
+            // variable of the pod's may be meant for another program.
+            false => {
+                let sections: Vec<&str> = keys(&root).collect();
+                tracing::warn!(variable = %name, sections = %sections.join(", "), "names no configuration section: ignored (a misspelt override?)")
+            }
         }
         known
     });

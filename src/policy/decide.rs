@@ -465,6 +465,10 @@ pub struct Unauthenticated {
     /// The policy that refused: whose `requireJwt` refused a request without a token, or, for a
     /// token that failed verification, the policies that name issuers.
     pub policy: Option<Arc<str>>,
+    /// What exactly failed, for the operator's logs and events, never the caller: the caller's
+    /// `error_description` says only what is wrong with its token ("the token's issuer is not
+    /// accepted" for an issuer's token in a header that issuer does not read, which this names).
+    pub detail: Option<std::borrow::Cow<'static, str>>,
 }
 
 impl Unauthenticated {
@@ -747,6 +751,7 @@ impl PolicySnapshot {
                     reason: None,
                     www_authenticate: crate::authn::www_authenticate(REALM, None),
                     policy: Some(policy.clone()),
+                    detail: None,
                 }));
             }
         }
@@ -773,6 +778,7 @@ impl PolicySnapshot {
                     reason: Some(failure.reason()),
                     www_authenticate: failure.www_authenticate(REALM),
                     policy: Some(authn.issuers_named_by.clone()),
+                    detail: Some(failure.detail.clone()),
                 }))
             }
             Authenticated::Nobody => match &authn.required_by {
@@ -782,6 +788,7 @@ impl PolicySnapshot {
                         reason: None,
                         www_authenticate: crate::authn::www_authenticate(REALM, None),
                         policy: Some(policy.clone()),
+                        detail: None,
                     }))
                 }
                 None => Ok(()),

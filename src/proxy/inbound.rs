@@ -783,6 +783,16 @@ impl ProxyHttp for Inbound {
         // Only the sidecar's own 400 for the caller's request: once the app's answer has
         // started, its status is the app's, and a later failure is no probe.
         // A refusal made as the body streamed (a gRPC message) was reported when it was made.
+        // An app that does not speak HTTP/2 where `auto` chose it (an HTTP/2 caller without a
+        // sidecar, curl over TLS): h2's frame error names nothing to change, so say what does.
+        let h2_broke = matches!(e.etype(), ErrorType::H2Error | ErrorType::InvalidH2 | ErrorType::H2Downgrade);
+        if ctx.app_h2 && e.esource() == &pingora::ErrorSource::Upstream && h2_broke {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            let protocol = self.app_protocol;
+            SAID.call_once(|| {
+                tracing::warn!(app_protocol = ?protocol, error = %e, "the app did not answer in HTTP/2, which this request was sent to it in (502): if it speaks HTTP/1.1 only, set inbound.appProtocol: http1 (said once)");
+            });
+        }
         let unanswered = session.response_written().is_none() && ctx.request.refusal.is_none();
         let answering = unanswered && e.esource() == &pingora::ErrorSource::Downstream;
         let answer = fail(session, e, &mut ctx.request).await;

@@ -79,11 +79,13 @@ pub fn report(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusa
         Refusal::Blocked(found) => return report_finding(telemetry, found, facts),
         Refusal::Unauthenticated(u) => {
             let reason = u.reason_label();
-            tracing::info!(reason, method, path, request_id = ctx.id.as_str(), "request unauthenticated");
+            let detail = u.detail.as_deref().map(|d| crate::telemetry::reported(d).into_owned());
+            tracing::info!(reason, detail = ?detail.as_deref().unwrap_or("-"), method, path, request_id = ctx.id.as_str(), "request unauthenticated");
             telemetry.events.emit(SecurityEvent::AuthenticationFailed {
                 reason,
                 description: refusal.reason(),
                 policy: u.policy.as_deref().map(str::to_string),
+                detail,
                 request: facts,
             });
             return;

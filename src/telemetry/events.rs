@@ -85,6 +85,8 @@ pub enum SecurityEvent {
         description: &'static str,
         /// The policy whose `requireJwt` refused a request without a token.
         policy: Option<String>,
+        /// What exactly failed (the `kid`, the issuer, the header), for the operator.
+        detail: Option<String>,
         request: RequestFacts,
     },
     /// The WAF found an attack: blocked (403) in BLOCK mode, reported in DETECT mode.
@@ -565,12 +567,12 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
             json!({"entity": {"type": "Policy", "name": "security policies", "version": kept_version},
                    "status_detail": errors.join("; "), "unmapped": {"errors": errors}}),
         ),
-        SecurityEvent::AuthenticationFailed { reason, description, policy, request } => {
+        SecurityEvent::AuthenticationFailed { reason, description, policy, detail, request } => {
             let mut extra = http_attributes(request, Some(401));
             merge(
                 &mut extra,
                 json!({"firewall_rule": {"uid": format!("{}/jwt", policy.as_deref().unwrap_or("-")),
-                                         "name": format!("jwt:{reason}")},
+                                         "name": format!("jwt:{reason}"), "desc": detail},
                        "status_detail": reason}),
             );
             Ocsf {
@@ -809,11 +811,12 @@ fn ecs(event: &SecurityEvent) -> Value {
             format!("policy update rejected; version {kept_version} stays in force"),
             json!({"error": {"message": errors.join("; ")}}),
         ),
-        SecurityEvent::AuthenticationFailed { reason, description, policy, request } => (
+        SecurityEvent::AuthenticationFailed { reason, description, policy, detail, request } => (
             "authentication-failed",
             "failure",
             format!("unauthenticated {} {}: {description}", request.method, request.path),
-            json!({"rule": {"id": format!("{}/jwt", policy.as_deref().unwrap_or("-")), "name": format!("jwt:{reason}")},
+            json!({"rule": {"id": format!("{}/jwt", policy.as_deref().unwrap_or("-")), "name": format!("jwt:{reason}"),
+                            "description": detail},
                    "source": request.source.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
                    "user": {"name": request.principal},
                    "http": {"request": {"method": request.method, "id": request.request_id}, "response": {"status_code": 401}},
