@@ -9,14 +9,14 @@
 //! updates:
 //!
 //! ```no_run
-//! # async fn demo(specs: Vec<palisade::authn::ProviderSpec>, headers: http::HeaderMap) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn demo(specs: Vec<palisade::authn::ProviderSpec>, headers: http::HeaderMap, uri: http::Uri) -> Result<(), Box<dyn std::error::Error>> {
 //! use palisade::authn::{AuthnOptions, AuthnRuntime, Authenticator, ClaimPath};
 //! let runtime = AuthnRuntime::default(); // once per process
 //! let authn = Authenticator::from_specs(&runtime, &specs, AuthnOptions::default())?;
 //! let groups = ClaimPath::parse("request.auth.claims[groups]")?; // compiled with the rules
 //!
 //! // Per request:
-//! match authn.authenticate(&headers).await {
+//! match authn.authenticate(&headers, uri.query()).await {
 //!     Ok(Some(token)) => {
 //!         let _principal = token.principal(); // "<iss>/<sub>", for requestPrincipals
 //!         let _admin = token.claims().matches(&groups, |g| g == "admin");

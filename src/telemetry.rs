@@ -72,6 +72,8 @@ pub struct AccessRecord<'a> {
     pub request_id: &'a str,
     /// How long a `DELAY` rate limit held the request back (`ratelimit_delay_ms`, only when it did).
     pub ratelimit_delay: Option<std::time::Duration>,
+    /// The end user: the verified token's `<iss>/<sub>` (`request_principal`, only when there was one).
+    pub request_principal: Option<&'a str>,
 }
 
 /// One relayed TCP connection (not HTTP) as the access log tells it, when it ended.
@@ -241,6 +243,10 @@ impl Telemetry {
             line.extend_from_slice(b",\"ratelimit_delay_ms\":");
             write_millis(&mut line, delay.as_secs_f64());
         }
+        if let Some(user) = r.request_principal {
+            line.extend_from_slice(b",\"request_principal\":");
+            text(&mut line, &reported(user));
+        }
         line.extend_from_slice(b"}\n");
         lines.send_line(line);
     }
@@ -323,6 +329,7 @@ mod tests {
             decision: "allow",
             request_id: "r",
             ratelimit_delay: None,
+            request_principal: None,
         };
         telemetry.access(record());
         telemetry.events.emit(SecurityEvent::PolicyApplied { version: "v1".into(), policies: vec![] });

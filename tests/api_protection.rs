@@ -159,6 +159,18 @@ async fn a_verified_token_reaches_the_app_as_claims_and_not_as_a_token() {
         signer.token(&json!({"iss": ISS, "sub": "eve", "aud": "orders", "exp": now() + 600, "groups": ["guest"]}));
     let answer = side.send("frontend", "GET", "/staff/1", &[("authorization", &format!("Bearer {outsider}"))]).await;
     assert_refused(&answer, 403, "forbidden", "a token without the group");
+    // The denial names the end user beside the calling workload, as the access log does.
+    let denied =
+        side.events_where("eve's denial", 1, |e| e["message"].as_str().is_some_and(|m| m.contains("/staff/1"))).await;
+    assert_eq!(denied[0]["unmapped"]["request_principal"], format!("{ISS}/eve").as_str(), "{}", denied[0]);
+    assert_eq!(denied[0]["actor"]["user"]["uid"], id("shop", "frontend").as_str(), "{}", denied[0]);
+    let logged = eventually(async || {
+        read_jsonl(&side.access_log)
+            .iter()
+            .any(|l| l["path"] == "/staff/1" && l["request_principal"] == format!("{ISS}/eve").as_str())
+    })
+    .await;
+    assert!(logged, "{:?}", read_jsonl(&side.access_log));
     let answer = side.send("frontend", "GET", "/staff/1", &[("authorization", &format!("Bearer {alice}"))]).await;
     assert_eq!(answer.status, 200, "{answer:?}");
     // Seven tokens, seven lookups (a request without one, or refused as `Bearer:`, looks

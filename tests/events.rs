@@ -354,6 +354,7 @@ fn every_kind() -> Vec<SecurityEvent> {
         path: "/orders/1".into(),
         request_id: "0af7651916cd43dd8448eb211c80319c".into(),
         trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        request_principal: Some("https://auth.example.com/alice".into()),
     };
     let waf = |blocked: bool| {
         SecurityEvent::WafFinding(WafEvent {

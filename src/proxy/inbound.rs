@@ -55,8 +55,6 @@ pub struct InboundCtx {
     /// Where this request goes: the app's address (its port the caller's when configured so).
     app: Option<SocketAddr>,
     body: BodyCount,
-    /// The caller's verified token, whose forwarded claims the app gets.
-    token: Option<Verified>,
     /// A gRPC call whose messages a WAF reads as they stream ([`GrpcBody`]).
     grpc: Option<Box<GrpcBody>>,
     /// The app was tried once already ([`upstream_peer`](ProxyHttp::upstream_peer)).
@@ -303,12 +301,7 @@ fn drop_underscored_headers(req: &mut pingora::http::RequestHeader) {
 
 /// What only this sidecar may tell the app: who the caller is (any `x-forwarded-client-cert`
 /// from outside is dropped), the request id and the trace context.
-fn add_sidecar_headers(
-    session: &Session,
-    upstream: &mut impl Outgoing,
-    request: &RequestCtx,
-    token: Option<&Verified>,
-) -> pingora::Result<()> {
+fn add_sidecar_headers(session: &Session, upstream: &mut impl Outgoing, request: &RequestCtx) -> pingora::Result<()> {
     const XFCC: HeaderName = HeaderName::from_static(XFCC_HEADER);
     const ORIG_PROTO: HeaderName = HeaderName::from_static(ORIG_PROTO_HEADER);
     const REQUEST_ID: HeaderName = HeaderName::from_static(REQUEST_ID_HEADER);
@@ -321,7 +314,8 @@ fn add_sidecar_headers(
     if let Some(peer) = peer_identity(session) {
         upstream.set(XFCC, peer.xfcc.clone())?;
     }
-    for (name, value) in token.map_or(&[][..], Verified::forward_headers) {
+    // The claims of the caller's verified token.
+    for (name, value) in request.token.as_ref().map_or(&[][..], Verified::forward_headers) {
         upstream.set(name.clone(), value.clone())?;
     }
     upstream.set(REQUEST_ID, request.id.header_value())?;
@@ -408,7 +402,6 @@ impl ProxyHttp for Inbound {
             app_h2: false,
             app: None,
             body: BodyCount::default(),
-            token: None,
             grpc: None,
             attempted: false,
         }
@@ -472,6 +465,8 @@ impl ProxyHttp for Inbound {
                 (changed, allowed.max_body_bytes, allowed.delay)
             })
         };
+        // The verified token: its end user for the events below, its claims for the app.
+        ctx.request.token = auth.ok().flatten();
         let path = |session: &Session| session.req_header().uri.path().to_string();
         for note in notes {
             record::report_note(&self.telemetry, session, &ctx.request, note, &path(session));
@@ -493,13 +488,12 @@ impl ProxyHttp for Inbound {
         }
         // What only this sidecar may tell the app about the caller's token: what the caller
         // sent in its place goes now, the token's claims are set with the sidecar's headers.
-        let token = auth.ok().flatten();
         // The claims' headers, and the token's place that holds it (not an `Authorization:
         // Basic` beside a token in `x-jwt`), one at a time: read, then removed, nothing collected.
         for name in policy.forwarded_claim_headers() {
             session.req_header_mut().remove_header(name);
         }
-        for (name, prefix) in token.iter().flat_map(Verified::token_places) {
+        for (name, prefix) in ctx.request.token.iter().flat_map(Verified::token_places) {
             if crate::authn::carries_token(&session.req_header().headers, name, prefix) {
                 session.req_header_mut().remove_header(name);
             }
@@ -507,7 +501,6 @@ impl ProxyHttp for Inbound {
         if self.underscore_headers == UnderscoreHeaders::Drop {
             drop_underscored_headers(session.req_header_mut());
         }
-        ctx.token = token;
         // Step 6 on the body, when a WAF reads this type: read before anything is forwarded.
         let plan = if session.is_body_empty() {
             None
@@ -552,7 +545,7 @@ impl ProxyHttp for Inbound {
         // turn, and an app that echoes as it reads stalled it for good.
         if !ctx.app_h2 && super::upgrade::asked(session) {
             let mut request = super::upgrade::to_h1(session.req_header())?;
-            add_sidecar_headers(session, &mut request, &ctx.request, ctx.token.as_ref())?;
+            add_sidecar_headers(session, &mut request, &ctx.request)?;
             let tcp = app_pool::connect(app).await?;
             super::upgrade::exchange(session, tcp, "the app", request, &self.caller_timeouts, self.app_timeout).await?;
             return Ok(true);
@@ -629,7 +622,7 @@ impl ProxyHttp for Inbound {
                     if let Some(length) = read_whole {
                         request.headers.insert(CONTENT_LENGTH, length.into());
                     }
-                    add_sidecar_headers(session, &mut request, &ctx.request, ctx.token.as_ref())?;
+                    add_sidecar_headers(session, &mut request, &ctx.request)?;
                     Ok(request)
                 })
                 .await;
@@ -742,7 +735,7 @@ impl ProxyHttp for Inbound {
                 upstream.insert_header(http::header::HOST, app.to_string())?;
             }
         }
-        add_sidecar_headers(session, upstream, &ctx.request, ctx.token.as_ref())
+        add_sidecar_headers(session, upstream, &ctx.request)
     }
 
     /// The app's answer as pingora's proxy phases forward it (the app pool writes its own).

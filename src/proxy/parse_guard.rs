@@ -138,6 +138,7 @@ impl Guarded {
                     request_id: request_id.to_string(),
                     destination,
                     trace_id: None,
+                    request_principal: None,
                 },
             });
         }
@@ -227,6 +228,7 @@ fn record_unparsed(
             decision,
             request_id,
             ratelimit_delay: None,
+            request_principal: None,
         });
     }
 }

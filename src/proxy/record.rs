@@ -36,6 +36,8 @@ pub struct RequestCtx {
     pub ratelimit_delay: Option<std::time::Duration>,
     /// The app or the peer failed the request (set when it ends; see [`finish`]).
     pub failed_upstream: bool,
+    /// The caller's verified token (inbound), for the events and the access log's end user.
+    pub token: Option<crate::authn::Verified>,
 }
 
 impl RequestCtx {
@@ -50,6 +52,7 @@ impl RequestCtx {
             shed: false,
             ratelimit_delay: None,
             failed_upstream: false,
+            token: None,
         }
     }
 
@@ -155,6 +158,7 @@ fn facts(session: &Session, ctx: &RequestCtx, path: &str) -> RequestFacts {
         path: reported(path).into_owned(),
         request_id: ctx.id.as_str().to_string(),
         trace_id: ctx.trace_id(),
+        request_principal: ctx.token.as_ref().map(|t| reported(t.principal()).into_owned()),
     }
 }
 
@@ -348,6 +352,7 @@ pub fn finish(
             decision: ctx.decision(),
             request_id: ctx.id.as_str(),
             ratelimit_delay: ctx.ratelimit_delay,
+            request_principal: ctx.token.as_ref().map(|t| t.principal()),
         });
     }
     if let Some(span) = ctx.span.take() {

@@ -275,6 +275,8 @@ pub struct RequestFacts {
     pub destination: Option<SocketAddr>,
     /// The request's trace, when traces are on: `metadata.correlation_uid` in OCSF.
     pub trace_id: Option<String>,
+    /// The end user: the verified token's `<iss>/<sub>`, when the request carried one.
+    pub request_principal: Option<String>,
 }
 
 impl DeniedRequest {
@@ -447,6 +449,10 @@ fn ocsf(event: &SecurityEvent) -> Value {
     record["metadata"]["profiles"] = json!(profiles);
     if let Some(trace_id) = trace_id(event) {
         record["metadata"]["correlation_uid"] = json!(trace_id);
+    }
+    // The end user, beside the workload in `actor.user`: OCSF's actor holds one user.
+    if let Some(user) = request_of(event).and_then(|r| r.request_principal.as_deref()) {
+        record["unmapped"]["request_principal"] = json!(user);
     }
     // OCSF leaves out what is not known rather than writing null.
     strip_nulls(&mut record);
@@ -685,13 +691,18 @@ fn certificate(identity: &str, serial: &str, not_after: i64) -> Value {
            "data": {"serial_number": serial, "expiration_time": not_after * 1000}})
 }
 
-fn trace_id(event: &SecurityEvent) -> Option<&str> {
+/// The request an event is about, when it is about one.
+fn request_of(event: &SecurityEvent) -> Option<&RequestFacts> {
     match event {
-        SecurityEvent::RequestDenied(r) => r.request.trace_id.as_deref(),
-        SecurityEvent::AuthenticationFailed { request, .. } => request.trace_id.as_deref(),
-        SecurityEvent::WafFinding(w) => w.request.trace_id.as_deref(),
+        SecurityEvent::RequestDenied(r) => Some(&r.request),
+        SecurityEvent::AuthenticationFailed { request, .. } => Some(request),
+        SecurityEvent::WafFinding(w) => Some(&w.request),
         _ => None,
     }
+}
+
+fn trace_id(event: &SecurityEvent) -> Option<&str> {
+    request_of(event)?.trace_id.as_deref()
 }
 
 /// OCSF 1.5.0 HTTP Activity's activity for a method. PATCH has no activity of its own in 1.5.0
@@ -818,6 +829,7 @@ fn ecs(event: &SecurityEvent) -> Value {
             json!({"rule": {"id": format!("{}/jwt", policy.as_deref().unwrap_or("-")), "name": format!("jwt:{reason}"),
                             "description": detail},
                    "source": request.source.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
+                   "destination": request.destination.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
                    "user": {"name": request.principal},
                    "http": {"request": {"method": request.method, "id": request.request_id}, "response": {"status_code": 401}},
                    "url": {"path": request.path}}),
@@ -835,6 +847,7 @@ fn ecs(event: &SecurityEvent) -> Value {
             ),
             json!({"rule": {"id": format!("{}/waf:{}", w.policy, w.detector), "name": w.detector, "ruleset": w.policy},
                    "source": w.request.source.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
+                   "destination": w.request.destination.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
                    "user": {"name": w.request.principal},
                    "http": {"request": {"method": w.request.method, "id": w.request.request_id},
                             "response": if w.blocked { json!({"status_code": 403}) } else { Value::Null }},
@@ -875,6 +888,7 @@ fn ecs(event: &SecurityEvent) -> Value {
             json!({"rule": {"id": format!("{}/{}", r.policy, r.rule), "name": r.rule, "ruleset": r.policy,
                             "description": r.detail},
                    "source": r.request.source.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
+                   "destination": r.request.destination.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
                    "user": {"name": r.request.principal},
                    // AUDIT answered the request as if no rule had denied it: no 403 to report.
                    "http": {"request": {"method": r.request.method, "id": r.request.request_id},
@@ -901,6 +915,10 @@ fn ecs(event: &SecurityEvent) -> Value {
     }
     if let Some(trace_id) = trace_id(event) {
         record["trace"] = json!({"id": trace_id});
+    }
+    // ECS's `user` is the calling workload; the end user is one more to pivot on.
+    if let Some(user) = request_of(event).and_then(|r| r.request_principal.as_deref()) {
+        record["related"] = json!({"user": [user]});
     }
     strip_nulls(&mut record);
     record
