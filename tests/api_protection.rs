@@ -1102,7 +1102,15 @@ async fn reporting_h2_app_answering(
 async fn blocking_sidecar_of_h2_app(
     app: std::net::SocketAddr,
 ) -> (PolicedSidecar, h2::client::SendRequest<bytes::Bytes>) {
-    let s = PolicedSidecar::start_with(&waf_policy("{mode: BLOCK}"), |c| {
+    sidecar_of_h2_app(app, &waf_policy("{mode: BLOCK}")).await
+}
+
+/// A sidecar with `policy` in front of `app` spoken to over HTTP/2, and an HTTP/2 client of it.
+async fn sidecar_of_h2_app(
+    app: std::net::SocketAddr,
+    policy: &str,
+) -> (PolicedSidecar, h2::client::SendRequest<bytes::Bytes>) {
+    let s = PolicedSidecar::start_with(policy, |c| {
         c.inbound.app.0 = app;
         c.inbound.app_protocol = palisade::config::AppProtocol::Http2;
     })
@@ -1320,15 +1328,7 @@ async fn a_call_the_app_refused_unprocessed_is_sent_again_whole_and_counted_once
     let (app, mut sent_again) = h2_app_refusing_first_calls(first.len()).await;
     let rules =
         "  authorization: {default: ALLOW}\n  inputValidation:\n    maxBodyBytes: 1000\n    waf: {mode: BLOCK}\n";
-    let s = PolicedSidecar::start_with(&policy("api", rules), |c| {
-        c.inbound.app.0 = app;
-        c.inbound.app_protocol = palisade::config::AppProtocol::Http2;
-    })
-    .await;
-    let tcp = tokio::net::TcpStream::connect(s.sidecar.inbound).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
+    let (s, mut client) = sidecar_of_h2_app(app, &policy("api", rules)).await;
     let mut call = |path: &str, content_type: &str| {
         let request = http::Request::put(format!("http://orders.shop{path}")).header("content-type", content_type);
         client.send_request(request.body(()).unwrap(), false).unwrap()

@@ -322,30 +322,12 @@ fn verified(
 }
 
 /// A query string's name or value as form decoding reads it (`+` a blank, `%XX` a byte), when
-/// that is UTF-8; borrowed when nothing was escaped.
+/// that is UTF-8: the WAF's decoding, so both read a parameter alike.
 fn form_decoded(text: &str) -> Option<std::borrow::Cow<'_, str>> {
-    if !text.contains(['%', '+']) {
-        return Some(text.into());
+    match crate::waf::form_component(text.as_bytes()) {
+        std::borrow::Cow::Borrowed(_) => Some(text.into()),
+        std::borrow::Cow::Owned(bytes) => String::from_utf8(bytes).ok().map(Into::into),
     }
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                (Some(hi), Some(lo)) => {
-                    out.push(hi << 4 | lo);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok().map(Into::into)
 }
 
 /// What follows a location's prefix in a header value: `None` when the value does not start

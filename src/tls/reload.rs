@@ -84,13 +84,19 @@ mod tests {
         Err(TlsError::Identity { path: "tls.key".into(), reason: "does not match the certificate".into() })
     }
 
-    #[test]
-    fn a_set_caught_halfway_through_its_writing_is_not_reported() {
+    /// A certificate and a key, as read into the set in force.
+    fn files_in_force() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf, Reload<2>) {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
         std::fs::write(&cert, "old certificate").unwrap();
         std::fs::write(&key, "old key").unwrap();
-        let mut reload = Reload::read_now([&cert, &key]);
+        let reload = Reload::read_now([&cert, &key]);
+        (dir, cert, key, reload)
+    }
+
+    #[test]
+    fn a_set_caught_halfway_through_its_writing_is_not_reported() {
+        let (_dir, cert, key, mut reload) = files_in_force();
         assert!(reload.look([&cert, &key], || Ok(())).unwrap().is_none(), "nothing changed, nothing loaded");
 
         // The key is in place, its certificate not yet: a look between the two says nothing.
@@ -104,11 +110,7 @@ mod tests {
 
     #[test]
     fn a_set_that_holds_still_and_does_not_load_is_reported_once_then_tried_quietly() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        std::fs::write(&cert, "old certificate").unwrap();
-        std::fs::write(&key, "old key").unwrap();
-        let mut reload = Reload::read_now([&cert, &key]);
+        let (_dir, cert, key, mut reload) = files_in_force();
         std::fs::write(&cert, "a certificate not valid yet").unwrap();
         assert!(reload.look([&cert, &key], refused).unwrap().is_none(), "maybe midway");
         assert!(reload.look([&cert, &key], refused).is_err(), "held still: reported");
