@@ -79,6 +79,7 @@ mod memory;
 pub mod policy;
 pub mod proto;
 pub mod proxy;
+pub mod query;
 pub mod serve;
 pub mod telemetry;
 pub mod tls;

@@ -63,8 +63,6 @@ use std::fmt;
 
 pub(crate) use body::grpc_frame_start;
 pub use body::{grpc_web_text, is_connect, is_grpc, is_protobuf, json_codec, json_like, rpc_over_http1, text_like};
-/// Form decoding of a query's names and values, as the WAF reads them (and authn its token).
-pub(crate) use decode::form_component;
 use decode::Hit;
 pub use grpc::{Base64Frames, GrpcMessages, Message as GrpcMessage, NotBase64, Piece as GrpcPiece};
 

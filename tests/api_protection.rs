@@ -184,8 +184,10 @@ async fn a_verified_token_reaches_the_app_as_claims_and_not_as_a_token() {
 
     // RFC 6750's query parameter, which Envoy and Istio read by default: a forgery there is
     // refused as in the header (it had reached the app unverified), a good token verified.
-    let answer = side.send("frontend", "GET", &format!("/orders/1?access_token={forged}"), &[]).await;
-    assert_refused(&answer, 401, "unauthenticated", "a forged token in the query");
+    for spelling in ["access_token", "x=1;access_token", "access.token", "ACCESS_TOKEN"] {
+        let answer = side.send("frontend", "GET", &format!("/orders/1?{spelling}={forged}"), &[]).await;
+        assert_refused(&answer, 401, "unauthenticated", spelling);
+    }
     let answer =
         side.send("frontend", "GET", &format!("/orders/1?access_token={alice}"), &[("x-user", "mallory")]).await;
     assert_eq!(answer.status, 200, "{answer:?}");

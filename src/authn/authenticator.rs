@@ -188,13 +188,18 @@ impl Authenticator {
             }
         }
         let query = query.filter(|_| !self.params.is_empty()).unwrap_or_default();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            // Names as the app's framework reads them: `access%5Ftoken` is `access_token`.
-            let Some(key) = form_decoded(key) else { continue };
-            let Some(i) = self.params.iter().position(|p| *p == key) else { continue };
-            let bit = 1 << (self.locations.len() + i);
-            let text = match form_decoded(value) {
+        // Every spelling an app's framework reads as the parameter (`access.token`, `;`
+        // separators, `ACCESS_TOKEN`): one the sidecar skipped reached PHP's `$_GET` unverified.
+        for (raw_name, raw_value) in crate::query::params(query.as_bytes()) {
+            let Some(i) = self.params.iter().position(|p| crate::query::is_named(raw_name, p.as_bytes())) else {
+                continue;
+            };
+            let (key, bit) = (&self.params[i], 1 << (self.locations.len() + i));
+            let text = match crate::query::form_component(raw_value) {
+                std::borrow::Cow::Borrowed(b) => std::str::from_utf8(b).ok().map(std::borrow::Cow::Borrowed),
+                std::borrow::Cow::Owned(b) => String::from_utf8(b).ok().map(std::borrow::Cow::Owned),
+            };
+            let text = match text {
                 Some(text) if text.trim_ascii().is_empty() => {
                     return Err(Failure::new(Reason::Malformed, format!("empty token in the {key} parameter")))
                 }
@@ -319,15 +324,6 @@ fn verified(
     let principal = provider.principal(&claims).map_err(|f| (f, None))?;
     let forwarded = provider.forward_headers(&claims);
     Ok(Verified(Arc::new(VerifiedToken { provider: provider.clone(), principal, claims, forwarded })))
-}
-
-/// A query string's name or value as form decoding reads it (`+` a blank, `%XX` a byte), when
-/// that is UTF-8: the WAF's decoding, so both read a parameter alike.
-fn form_decoded(text: &str) -> Option<std::borrow::Cow<'_, str>> {
-    match crate::waf::form_component(text.as_bytes()) {
-        std::borrow::Cow::Borrowed(_) => Some(text.into()),
-        std::borrow::Cow::Owned(bytes) => String::from_utf8(bytes).ok().map(Into::into),
-    }
 }
 
 /// What follows a location's prefix in a header value: `None` when the value does not start
@@ -621,6 +617,22 @@ mod tests {
         assert_eq!(a.extract(&headers(&[]), Some("access_token=")).unwrap_err().reason, Reason::Malformed);
         // Other parameters are the app's.
         assert_eq!(a.extract(&headers(&[]), Some("token=abc&access_tokens=x")).unwrap(), None);
+        // Every spelling a framework reads as the name is the name: PHP's `.`, blank and `[`,
+        // `;` as a separator, ASP.NET's case.
+        for spelling in [
+            "x=1;access_token",
+            "access.token",
+            "access+token",
+            "%20access_token",
+            "access[token",
+            "ACCESS_TOKEN",
+            "access_token%00",
+        ] {
+            let query = format!("{spelling}={forged}");
+            assert!(a.extract(&none, Some(&query)).unwrap().is_some(), "{spelling}");
+            let both = format!("access_token={token}&{spelling}={forged}");
+            assert_eq!(a.extract(&none, Some(&both)).unwrap_err().reason, Reason::MultipleTokens, "{spelling}");
+        }
 
         // `fromParams: []` reads none; a provider that names its headers names its parameters.
         let mut none = default.clone();

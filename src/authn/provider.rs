@@ -401,7 +401,8 @@ impl AuthnRuntime {
         if secret.is_some() && hmac_keys.is_empty() {
             return Err(err("hmacSecret is set but no HS algorithm is accepted (secret too short?)".into()));
         }
-        let from_params = spec.token_params();
+        // Compared as frameworks compare them: ASP.NET ignores case ([`crate::query::is_named`]).
+        let from_params: Vec<String> = spec.token_params().iter().map(|p| p.to_ascii_lowercase()).collect();
         if spec.from_headers.is_empty() && from_params.is_empty() {
             return Err(err("no token location: fromHeaders and fromParams are both empty".into()));
         }

@@ -646,54 +646,10 @@ const METHOD_OVERRIDES: [HeaderName; 3] = [
     HeaderName::from_static("x-method-override"),
 ];
 
-/// Whether a query string has a `_method` parameter as the frameworks that read one decode its
-/// name: percent-decoded (any letter may be encoded), `+` a space; PHP (Laravel, Symfony) also
-/// drops leading spaces, reads ` ` and `.` in a name as `_` and ends it at a NUL, so ` .method`
-/// and `_method%00x` count too.
+/// Whether a query string has a `_method` parameter in any spelling a framework reads as one
+/// (` .method`, `_method%00x`, `_METHOD`: [`crate::query::is_named`]).
 fn names_method_override(query: &[u8]) -> bool {
-    const NAME: &[u8] = b"_method";
-    query.split(|&b| b == b'&' || b == b';').any(|param| {
-        let name = param.split(|&b| b == b'=').next().unwrap_or_default();
-        let mut decoded = DecodedName { raw: name, at: 0 }.skip_while(|&b| b == b' ');
-        let mut matched = 0;
-        // PHP ends a name at a decoded NUL: `_method%00x` is `_method` to it.
-        for b in decoded.by_ref().take_while(|&b| b != 0) {
-            let b = if matches!(b, b' ' | b'.') { b'_' } else { b };
-            if NAME.get(matched) != Some(&b) {
-                return false;
-            }
-            matched += 1;
-        }
-        matched == NAME.len()
-    })
-}
-
-/// A query name's bytes, percent-decoded once (`%XX`; `+` a space), without a copy.
-struct DecodedName<'a> {
-    raw: &'a [u8],
-    at: usize,
-}
-
-impl Iterator for DecodedName<'_> {
-    type Item = u8;
-
-    fn next(&mut self) -> Option<u8> {
-        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
-        let b = *self.raw.get(self.at)?;
-        self.at += 1;
-        if b == b'+' {
-            return Some(b' ');
-        }
-        if b == b'%' {
-            if let (Some(h), Some(l)) =
-                (self.raw.get(self.at).copied().and_then(hex), self.raw.get(self.at + 1).copied().and_then(hex))
-            {
-                self.at += 2;
-                return Some(h << 4 | l);
-            }
-        }
-        Some(b)
-    }
+    crate::query::params(query).any(|(name, _)| crate::query::is_named(name, b"_method"))
 }
 
 impl PolicySnapshot {

@@ -409,30 +409,7 @@ fn entity(rest: &[u8]) -> Option<(usize, Decoded)> {
     Some((end + 1, Decoded::Byte(ch)))
 }
 
-/// `application/x-www-form-urlencoded` decoding of one name or value: `%XX` and `+` as space.
-/// Malformed escapes stay as they are (the protocol detector reports them).
-pub fn form_component(raw: &[u8]) -> Cow<'_, [u8]> {
-    if !raw.iter().any(|&b| b == b'%' || b == b'+') {
-        return Cow::Borrowed(raw);
-    }
-    let mut out = Vec::with_capacity(raw.len());
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (raw.get(i + 1).copied().and_then(hex), raw.get(i + 2).copied().and_then(hex)) {
-                (Some(hi), Some(lo)) => {
-                    out.push(hi << 4 | lo);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    Cow::Owned(out)
-}
+pub use crate::query::form_component;
 
 /// Text for logs: printable ASCII as is (backslash and quote escaped), the rest as `\xNN`, cut
 /// to `max` characters of output with `...` when cut.
@@ -763,13 +740,6 @@ mod tests {
         for s in [&b"&#x10FFFF;"[..], b"%u20AC", b"\\u20ac", b"&#8364", b"\\u{1F600}"] {
             assert!(canon(s).len() <= s.len(), "{s:?}");
         }
-    }
-
-    #[test]
-    fn form_components_decode_plus_and_percent_once() {
-        assert_eq!(&*form_component(b"a+b%20c%2527"), b"a b c%27");
-        assert_eq!(&*form_component(b"100%"), b"100%");
-        assert!(matches!(form_component(b"plain"), Cow::Borrowed(_)));
     }
 
     #[test]
