@@ -183,6 +183,10 @@ struct CompiledRule {
     when: Vec<(http::HeaderName, u64, Vec<Pattern>)>,
     /// Claim conditions: the verified token's claim, any element of a list.
     claims: Vec<(ClaimPath, Vec<Pattern>)>,
+    /// The issuers a path's claim segment takes a token of: those the rule's own policy names
+    /// (empty: any). A `sub` is one issuer's name for a user: pooled with a partner's issuer,
+    /// the partner's `alice` reached Alice's objects.
+    claim_issuers: Box<[Arc<str>]>,
 }
 
 pub struct CompiledLimit {
@@ -333,8 +337,13 @@ impl PolicySnapshot {
                 rule: rule.into(),
                 counter: metrics.authz_decisions.with_label_values(&[&name, rule, action_label(action), mode_label]),
             };
-            let rules: Vec<CompiledRule> =
-                authz.rules.iter().map(|r| compile_rule(r, decision(&r.name.0, r.action), &mut header_bits)).collect();
+            let issuers: Box<[Arc<str>]> =
+                p.spec.authentication.iter().flat_map(|a| &a.jwt).map(|j| Arc::from(j.issuer.as_str())).collect();
+            let rules: Vec<CompiledRule> = authz
+                .rules
+                .iter()
+                .map(|r| compile_rule(r, decision(&r.name.0, r.action), &mut header_bits, &issuers))
+                .collect();
             let has_allow = rules.iter().any(|r| r.decision.action == Action::ALLOW);
             let default_action = authz.default.unwrap_or(if has_allow { Action::DENY } else { Action::ALLOW });
             let (deny, allow) = rules.into_iter().partition(|r| r.decision.action == Action::DENY);
@@ -771,7 +780,7 @@ pub(crate) fn token_locations_in_conflict(doc: &Located, together: &[&Located]) 
     errors
 }
 
-fn compile_rule(rule: &Rule, decision: Decision, header_bits: &mut HeaderBits) -> CompiledRule {
+fn compile_rule(rule: &Rule, decision: Decision, header_bits: &mut HeaderBits, issuers: &[Arc<str>]) -> CompiledRule {
     let from = rule.from.clone().unwrap_or_default();
     let to = rule.to.clone().unwrap_or_default();
     let methods: Vec<Method> = to.methods.into_iter().map(|m| m.0).collect();
@@ -807,6 +816,7 @@ fn compile_rule(rule: &Rule, decision: Decision, header_bits: &mut HeaderBits) -
         request_principals: from.request_principals,
         when,
         claims,
+        claim_issuers: issuers.into(),
     }
 }
 
@@ -814,7 +824,14 @@ impl CompiledRule {
     /// A DENY rule's paths ignore ASCII case (backends that route `/ADMIN` to `/admin` are
     /// common); an ALLOW rule's do not, so ignoring case never lets more through.
     fn path_matches(&self, pattern: &PathPattern, path: &str, req: &RequestView<'_>) -> bool {
-        pattern.matches_for(path, self.decision.action == Action::DENY, req.token().map(|t| t.claims()))
+        // A DENY takes any issuer's: it never lets more through.
+        let issued_here = |t: &&crate::authn::Verified| {
+            self.decision.action == Action::DENY
+                || self.claim_issuers.is_empty()
+                || self.claim_issuers.iter().any(|i| **i == *t.issuer())
+        };
+        let claims = req.token().filter(issued_here).map(|t| t.claims());
+        pattern.matches_for(path, self.decision.action == Action::DENY, claims)
     }
 
     /// The fields a connection has too: port, principal, namespace, source address.

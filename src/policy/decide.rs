@@ -1766,6 +1766,24 @@ mod tests {
         assert_eq!(rule(req("GET", "/items/reviews")), denied);
     }
 
+    /// A `sub` is one issuer's name for a user: a partner issuer pooled in from another policy
+    /// has its own `alice`, who must not reach Alice's objects through a rule of the policy that
+    /// names Alice's issuer. A DENY takes any issuer's, and never lets more through.
+    #[test]
+    fn a_claim_segment_takes_the_token_of_an_issuer_its_own_policy_names() {
+        let own = format!("  authentication:\n    jwt:\n      - issuer: https://auth.example\n        audiences: [orders]\n        hmacSecret: {{inline: \"{SECRET}\"}}\n  authorization:\n    default: DENY\n    rules:\n      - {{name: own-account, action: ALLOW, to: {{paths: [\"/users/{{request.auth.claims[sub]}}/{{**}}\"]}}}}\n      - {{name: no-roles, action: DENY, to: {{paths: [\"/users/{{request.auth.claims[sub]}}/roles\"]}}}}\n");
+        let partner = format!("  authentication:\n    jwt:\n      - issuer: https://partner.example\n        hmacSecret: {{inline: \"{SECRET}\"}}\n");
+        let s = snapshot_of(&[&own, &partner], MtlsMode::PERMISSIVE);
+        let rule = |r: Req| r.decide(&s).0.map(|_| ()).map_err(|e| e.decided_by().map(|b| b.rule.to_string()));
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 600;
+        let alice = hs256(&claims("alice", ""), SECRET);
+        let partners_alice =
+            hs256(&format!(r#"{{"iss":"https://partner.example","sub":"alice","exp":{exp}}}"#), SECRET);
+        assert_eq!(rule(bearer(req("GET", "/users/alice/orders"), &alice)), Ok(()));
+        assert_eq!(rule(bearer(req("GET", "/users/alice/orders"), &partners_alice)), Err(Some("default".into())));
+        assert_eq!(rule(bearer(req("PUT", "/users/alice/roles"), &partners_alice)), Err(Some("no-roles".into())));
+    }
+
     #[test]
     fn forwarded_claims_replace_what_the_caller_sent_and_the_token_is_removed() {
         let s = jwt_policy("", false);
