@@ -665,6 +665,12 @@ mod tests {
             "b3",
             "x-b3-traceid",
             "keep-alive",
+            "x-http-method-override",
+            "x-original-url",
+            "x-forwarded-host",
+            "forwarded",
+            "authorization",
+            "x_user_id",
         ] {
             let mut spec = hs_spec("a");
             spec.forward_claims = vec![super::super::ForwardClaim { claim: "sub".into(), header: header.into() }];
@@ -682,6 +688,10 @@ mod tests {
             let e = rt.provider(&spec).expect_err(header).to_string();
             assert!(e.contains("set by the sidecar"), "{header}: {e}");
         }
+        // Nor from one whose '-' twin an app reads as the same header.
+        let mut spec = hs_spec("a");
+        spec.from_headers = vec![super::super::FromHeader { name: "x_jwt".into(), prefix: String::new() }];
+        assert!(rt.provider(&spec).expect_err("x_jwt").to_string().contains("'-' twin"));
     }
 
     fn futures_block<F: std::future::Future>(f: F) -> F::Output {

@@ -30,8 +30,19 @@ pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
 /// the WAF had not read it as), carry its trace, or only the sidecar sets them (the caller's
 /// verified identity, the caller's protocol, the request id): a token's `sub` in
 /// `x-forwarded-client-cert` would let whoever picks a subject pose as a peer.
-pub(crate) const RESERVED_HEADERS: [&str; 25] = [
+pub(crate) const RESERVED_HEADERS: [&str; 36] = [
     "host",
+    "authorization",
+    "proxy-authorization",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-url",
+    "x-rewrite-url",
     "content-length",
     "transfer-encoding",
     "connection",
@@ -416,6 +427,11 @@ impl AuthnRuntime {
             if h.prefix.bytes().any(|b| !(b' '..=b'~').contains(&b)) {
                 return Err(err(format!("prefix {:?} must be printable ASCII", h.prefix)));
             }
+            // CGI, WSGI, Rack and PHP read `x_jwt` and `x-jwt` as one header: a forged token
+            // sent as `x-jwt` would be read where the verified one was looked for.
+            if name.as_str().contains('_') {
+                return Err(err(format!("{name}: a header name with '_' is read by CGI, WSGI, Rack and PHP apps as its '-' twin, which a caller can send; name it with '-'")));
+            }
             // The sidecar replaces these with its own: a token there is never the caller's.
             if SIDECAR_SET_HEADERS.contains(&name.as_str()) || name == "x-request-id" {
                 return Err(err(format!("{name} is set by the sidecar, never by a caller: no token is read from it")));
@@ -433,6 +449,10 @@ impl AuthnRuntime {
                 HeaderName::try_from(f.header.as_str()).map_err(|_| err(format!("bad header name {:?}", f.header)))?;
             if RESERVED_HEADERS.contains(&header.as_str()) || from_headers.iter().any(|(n, _)| n == header) {
                 return Err(err(format!("claims cannot be forwarded in {header}")));
+            }
+            // The app reads `x_user_id` as `x-user-id` too, a copy the caller can send.
+            if header.as_str().contains('_') {
+                return Err(err(format!("claims cannot be forwarded in {header}: a header name with '_' is read by CGI, WSGI, Rack and PHP apps as its '-' twin, which a caller can send; name it with '-'")));
             }
             forward.push((path, header));
         }

@@ -646,6 +646,22 @@ const METHOD_OVERRIDES: [HeaderName; 3] = [
     HeaderName::from_static("x-method-override"),
 ];
 
+/// Headers that frameworks read as the request's real path: Symfony before 2.7.49 (CVE-2018-14773),
+/// Zend Framework 1 and IIS's URL Rewrite route `GET /users/mallory` with `X-Original-URL:
+/// /users/alice` to Alice's page, past a rule judged on the path.
+const PATH_OVERRIDES: [HeaderName; 2] =
+    [HeaderName::from_static("x-original-url"), HeaderName::from_static("x-rewrite-url")];
+
+/// Whether `name` is one of `headers`, with `_` for `-` (CGI, WSGI, Rack and PHP read
+/// `X_HTTP_Method_Override` as the same header: both are HTTP_X_HTTP_METHOD_OVERRIDE).
+fn is_one_of(headers: &[HeaderName], name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    headers.iter().any(|o| {
+        o.as_str().len() == name.len()
+            && o.as_str().as_bytes().iter().zip(name).all(|(&a, &b)| a == b || (a == b'-' && b == b'_'))
+    })
+}
+
 /// Whether a query string has a `_method` parameter in any spelling a framework reads as one
 /// (` .method`, `_method%00x`, `_METHOD`: [`crate::query::is_named`]).
 fn names_method_override(query: &[u8]) -> bool {
@@ -949,19 +965,17 @@ impl PolicySnapshot {
             return Err(Refusal::Malformed(why));
         }
         // A method override makes Express, Rails, Laravel, ASP.NET and Spring handle the request
-        // as another method than the one judged (a GET the policy allows, a DELETE to the app).
-        // Refused rather than stripped: a client that relies on it learns why it fails.
-        // Spelt with underscores too: CGI, WSGI, Rack and PHP read `X_HTTP_Method_Override` as
-        // the same header (both are HTTP_X_HTTP_METHOD_OVERRIDE).
-        let is_override = |name: &HeaderName| {
-            let name = name.as_str().as_bytes();
-            METHOD_OVERRIDES.iter().any(|o| {
-                o.as_str().len() == name.len()
-                    && o.as_str().as_bytes().iter().zip(name).all(|(&a, &b)| a == b || (a == b'-' && b == b'_'))
-            })
-        };
-        if view.headers.keys().any(is_override) {
+        // as another method than the one judged (a GET the policy allows, a DELETE to the app),
+        // a path override another path. Refused rather than stripped: a client that relies on
+        // one learns why it fails. Spelt with underscores too.
+        if view.headers.keys().any(|name| is_one_of(&METHOD_OVERRIDES, name)) {
             return Err(Refusal::Malformed(Malformation::new("method-override-header", "method override header")));
+        }
+        if view.headers.keys().any(|name| is_one_of(&PATH_OVERRIDES, name)) {
+            return Err(Refusal::Malformed(Malformation::new(
+                "path-override-header",
+                "path override header (x-original-url, x-rewrite-url)",
+            )));
         }
         // Content-Type is one value (RFC 9110): with two, the sidecar reads the body as the first
         // says and gunicorn as the last, so a form could pass as opaque text.
@@ -1176,6 +1190,22 @@ mod tests {
             (
                 "method override",
                 req("GET", "/orders").header("x-http-method-override", "DELETE"),
+                400,
+                "invalid_request",
+                "invalid",
+                None,
+            ),
+            (
+                "path override",
+                req("GET", "/orders").header("x-original-url", "/admin"),
+                400,
+                "invalid_request",
+                "invalid",
+                None,
+            ),
+            (
+                "path override, underscored",
+                req("GET", "/orders").header("X_Rewrite_Url", "/admin"),
                 400,
                 "invalid_request",
                 "invalid",
