@@ -570,6 +570,17 @@ fn check_reads_the_policies_of_a_helm_values_file() {
     assert!(stderr.contains(&format!("values.yaml:{line}:")), "line {line}: {stderr}");
     assert!(stderr.contains("policies[0].spec.authorization.default"), "{stderr}");
 
+    // The chart's own defaults list none: nothing wrong.
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/palisade/values.yaml");
+    let defaults = palisade(&["check", "--values", chart]);
+    assert!(defaults.status.success(), "{defaults:?}");
+    // A policy listed twice fails the chart's render: so here.
+    let items = &text[text.find("policies:").unwrap() + "policies:".len()..];
+    let twice = dir.path().join("twice.yaml");
+    std::fs::write(&twice, format!("policies:{items}{items}")).unwrap();
+    let refused = palisade(&["check", "--values", twice.to_str().unwrap()]);
+    assert!(!refused.status.success(), "{refused:?}");
+
     let none = dir.path().join("none.yaml");
     std::fs::write(&none, "controlPlane: {replicas: 2}\n").unwrap();
     let nothing = palisade(&["check", "--values", none.to_str().unwrap()]);

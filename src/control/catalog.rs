@@ -431,6 +431,7 @@ impl PolicyDirectory {
                     file: self.dir.join(file),
                     line: e.line,
                     field_lines: Vec::new(),
+                    prefix: String::new(),
                 };
                 taken.push((file.as_str(), fresh, located));
             }

@@ -16,13 +16,16 @@ pub struct Located {
     /// The lines of the fields that are checked only when the policy is compiled (a JWT
     /// issuer's keys, the WAF's settings), so that their errors point at them.
     pub field_lines: Vec<(String, usize)>,
+    /// What the policy's fields are named under in its file: `policies[3].` in a Helm values
+    /// file, nothing in a policy file.
+    pub prefix: String,
 }
 
 impl Located {
     /// An error in `field` of this policy, at the field's line when it is one of
     /// [`Located::field_lines`], else at the policy's own.
     pub fn error(&self, field: &str, message: impl ToString) -> ConfigError {
-        let mut e = ConfigError::new(&self.file, field, message.to_string());
+        let mut e = ConfigError::new(&self.file, &format!("{}{field}", self.prefix), message.to_string());
         e.line = Some(self.field_lines.iter().find(|(f, _)| f == field).map_or(self.line, |(_, line)| *line));
         e
     }
@@ -65,8 +68,16 @@ pub fn parse_values_file(file: &Path, text: &str) -> (Vec<Located>, Vec<ConfigEr
         e.line = Some(policies.mark.line);
         return (Vec::new(), vec![e]);
     };
+    // The chart's default (`policies: []`) is no mistake: nothing to check, and nothing wrong.
+    if items.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
     let roots = items.iter().enumerate().map(|(i, item)| (item, item.mark.line, format!("policies[{i}].")));
-    read_policies(file, roots, "the policies value lists no SecurityPolicy document")
+    let (policies, mut errors) = read_policies(file, roots, "the policies value lists no SecurityPolicy document");
+    // The chart refuses a policy listed twice (its template fails the render).
+    let (policies, twice) = unique(policies);
+    errors.extend(twice);
+    (policies, errors)
 }
 
 /// The policies of YAML `roots` (each with the line it starts at and the prefix its fields are
@@ -108,7 +119,7 @@ fn read_policies<'n>(
                     .map(|i| format!("spec.authentication.jwt[{i}]"))
                     .chain(["spec.inputValidation.waf".to_string(), "spec.authentication.requireJwt".to_string()]);
                 let field_lines = fields.filter_map(|f| root.find(&f).map(|n| (f, n.mark.line))).collect();
-                policies.push(Located { policy, file: file.to_path_buf(), line, field_lines });
+                policies.push(Located { policy, file: file.to_path_buf(), line, field_lines, prefix: prefix.clone() });
             }
         }
         let room = MAX_ERRORS_PER_FILE.saturating_sub(errors.len());
