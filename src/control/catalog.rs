@@ -21,6 +21,8 @@ pub struct CatalogEntry {
     pub source: String,
     /// The line of its `metadata.name` in that file.
     pub line: usize,
+    /// The lines of the fields checked across policies (a JWT issuer's), for their errors.
+    field_lines: Vec<(String, usize)>,
     pub policy: SecurityPolicy,
     /// The policy as one YAML document: what a sidecar receives and parses. Shared by every
     /// stream that sends it.
@@ -312,6 +314,10 @@ impl PolicyDirectory {
             self.files.values_mut().for_each(|f| f.held = None);
         }
         let mut refused: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        // Refusals for a conflict between policies: kept when the scan's other files are held
+        // back below, which ends the conflict (the held file's policy leaves the set) but not
+        // the refused file's mistake.
+        let mut conflicted: BTreeMap<String, Vec<String>> = BTreeMap::new();
         loop {
             let mut owners: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
             for (file, state) in &self.files {
@@ -348,6 +354,9 @@ impl PolicyDirectory {
             }
             if more.is_empty() {
                 more = self.authentication_conflicts(&refused);
+                for (file, error) in &more {
+                    conflicted.entry(file.clone()).or_default().push(error.clone());
+                }
             }
             if more.is_empty() {
                 // A scan is one update (one ConfigMap swap changes its files at once): when any
@@ -374,7 +383,7 @@ impl PolicyDirectory {
                 for file in hold {
                     self.files.get_mut(&file).expect("a file of the scan").held = Some(with.clone());
                 }
-                refused.clear();
+                refused.clone_from(&conflicted);
                 continue;
             }
             for (file, error) in more {
@@ -430,7 +439,7 @@ impl PolicyDirectory {
                     policy: e.policy.clone(),
                     file: self.dir.join(file),
                     line: e.line,
-                    field_lines: Vec::new(),
+                    field_lines: e.field_lines.clone(),
                     prefix: String::new(),
                 };
                 taken.push((file.as_str(), fresh, located));
@@ -532,6 +541,7 @@ impl PolicyDirectory {
                 name: policy_name,
                 source: name.to_string(),
                 line: located.line,
+                field_lines: located.field_lines,
                 policy: located.policy,
                 document: document.into(),
             }));
@@ -780,7 +790,7 @@ mod tests {
         let (file, errors) = &outcome.rejected[0];
         assert_eq!(file, "a.yaml");
         assert!(
-            errors[0].contains("a.yaml:3:1: spec.authentication.jwt[0]") && errors[0].contains("x-auth"),
+            errors[0].contains("a.yaml:7:1: spec.authentication.jwt[0]") && errors[0].contains("x-auth"),
             "{errors:?}"
         );
         assert!(errors[0].contains("shop/b"), "names the other policy: {errors:?}");
@@ -796,6 +806,18 @@ mod tests {
         let outcome = directory.scan();
         assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
         assert_ne!(outcome.catalog.unwrap().select(&orders).version, good.select(&orders).version);
+
+        // Both in the directory from the start (a replica's first scan): the file that forwards
+        // is refused and says why; the other waits for it, as a scan's files go in together.
+        let fresh = tempfile::tempdir().unwrap();
+        let forwards = jwt("https://a.example", "        forwardClaims: [{claim: sub, header: x-auth}]\n");
+        std::fs::write(fresh.path().join("a.yaml"), policy("a", "shop", &forwards)).unwrap();
+        std::fs::write(fresh.path().join("b.yaml"), policy("b", "shop", &jwt("https://b.example", reads))).unwrap();
+        let outcome = PolicyDirectory::new(fresh.path().into()).scan();
+        let rejected: BTreeMap<&str, &Vec<String>> = outcome.rejected.iter().map(|(f, e)| (f.as_str(), e)).collect();
+        assert!(rejected.get("a.yaml").is_some_and(|e| e[0].contains("x-auth")), "{:?}", outcome.rejected);
+        let held: Vec<&str> = outcome.held.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(held, ["b.yaml"], "{:?} {:?}", outcome.held, outcome.rejected);
     }
 
     #[test]
