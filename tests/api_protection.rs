@@ -1364,3 +1364,25 @@ async fn a_call_the_app_refused_unprocessed_is_sent_again_whole_and_counted_once
     assert_eq!(answer.headers()["x-body-end"], end.as_str());
     s.shutdown();
 }
+
+/// A body of no declared length that crosses `maxBodyBytes` on its way to an HTTP/2 app: the
+/// caller gets 413 with its event, and the app's stream is reset (it had waited, with the
+/// caller, for a body that never ended).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_over_the_limit_to_an_http2_app_is_413_and_the_apps_stream_ends() {
+    let (app, mut reports) = reporting_h2_app().await;
+    let rules = "  authorization: {default: ALLOW}\n  inputValidation: {maxBodyBytes: 1000}\n";
+    let (s, mut client) = sidecar_of_h2_app(app, &policy("api", rules)).await;
+    let request = http::Request::post("http://orders.shop/upload").header("content-type", "application/octet-stream");
+    let (answer, mut body) = client.send_request(request.body(()).unwrap(), false).unwrap();
+    for _ in 0..5 {
+        body.send_data(bytes::Bytes::from(vec![b'x'; 400]), false).unwrap();
+    }
+    let answer = in_time("the refusal", answer).await.unwrap();
+    assert_eq!(answer.status(), 413, "{answer:?}");
+    let (heard, ended) = in_time("the app's stream to end", heard_until_done(&mut reports)).await;
+    assert!(!ended && heard.len() <= 1000, "the app got {} bytes; its body ended cleanly: {ended}", heard.len());
+    let events = s.events_where("the refusal's event", 1, |e| e["http_response"]["code"] == 413).await;
+    assert_eq!(events[0]["firewall_rule"]["uid"], "-/inputValidation.maxBodyBytes", "{}", events[0]);
+    s.shutdown();
+}

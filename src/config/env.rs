@@ -16,7 +16,10 @@ use super::ConfigError;
 
 const PREFIX: &str = "PALISADE_";
 /// Variables with the prefix that are not configuration overrides.
-const NOT_OVERRIDES: &[&str] = &["PALISADE_LOG", super::CONFIG_VAR];
+/// The process's own variables (`--log-format`'s, and the binary the demo and bench scripts
+/// run), which are no sections: never overrides, never warned about.
+const NOT_OVERRIDES: &[&str] =
+    &["PALISADE_LOG", "PALISADE_LOG_FORMAT", super::CONFIG_VAR, "PALISADE_BIN", "PALISADE_PLAIN_BIN"];
 
 /// One of the variables the kubelet gives a Service, by its name and its value's form:
 /// `<SVC>_SERVICE_HOST` (an address), `<SVC>_SERVICE_PORT[_<PORT NAME>]` (a number), `<SVC>_PORT`

@@ -991,12 +991,17 @@ impl super::Validate for SidecarConfig {
         // times and took the heap to 444 MB). A loopback or wildcard listener takes both IP
         // families, and an app at a wildcard address is reached on this host.
         let app = self.inbound.app.0;
+        // `::ffff:127.0.0.1` is 127.0.0.1 (a loop that went 4,470 times through the outbound port).
+        let app_ip = app.ip().to_canonical();
         let local = |ip: std::net::IpAddr| ip.is_loopback() || ip.is_unspecified();
+        // An address of this host's own (the pod's, behind a wildcard listener): one it may bind.
+        let this_hosts = |ip: std::net::IpAddr| std::net::UdpSocket::bind((ip, 0)).is_ok();
         let reaches = |listen: SocketAddr| {
+            let listen_ip = listen.ip().to_canonical();
             app.port() == listen.port()
-                && (app.ip() == listen.ip()
-                    || (local(listen.ip()) && local(app.ip()))
-                    || (listen.ip().is_unspecified() && app.ip().is_loopback()))
+                && (app_ip == listen_ip
+                    || (local(listen_ip) && local(app_ip))
+                    || (listen_ip.is_unspecified() && (app_ip.is_loopback() || this_hosts(app_ip))))
         };
         if let Some((field, listen)) = listeners.iter().find(|(_, listen)| reaches(listen.0)) {
             invalid.push(Invalid::field(
@@ -1356,9 +1361,22 @@ threads: 1
         for app in ["127.0.0.1:15006", "[::1]:15006", "[::1]:15000", "[::1]:15001"] {
             assert_eq!(at(wildcard, app), ["inbound.app"], "{app}");
         }
-        for app in ["127.0.0.1:8080", "10.0.0.5:8080", "10.0.0.5:15001"] {
+        for app in ["127.0.0.1:8080", "10.0.0.5:8080", "10.0.0.5:15001", "[::ffff:127.0.0.1]:8080"] {
             assert!(at(wildcard, app).is_empty(), "{app}");
         }
+        // IPv4 in IPv6's clothes is IPv4.
+        for app in ["[::ffff:127.0.0.1]:23451", "[::ffff:127.0.0.1]:23456"] {
+            assert_eq!(at(loopback, app), ["inbound.app"], "{app}");
+        }
+        // This host's own address behind a wildcard listener (as a pod's IP is its sidecar's):
+        // the address a UDP socket would send from (connecting one sends nothing). A
+        // documentation address is no host's.
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        if let Ok(own) = socket.connect("192.0.2.1:9").and_then(|()| socket.local_addr()) {
+            assert_eq!(at(wildcard, &format!("{}:15006", own.ip())), ["inbound.app"], "{own}");
+            assert!(at(wildcard, &format!("{}:8080", own.ip())).is_empty(), "{own}");
+        }
+        assert!(at(wildcard, "192.0.2.7:15006").is_empty());
     }
 
     #[test]

@@ -273,7 +273,9 @@ impl BodyCount {
         match self.limit {
             Some(max) if self.seen > max => {
                 self.exceeded = true;
-                Err(ErrorKind::PayloadTooLarge.fail("body over maxBodyBytes"))
+                // The caller's doing: pingora then answers it and resets the app's stream
+                // (an error of the app's side left an HTTP/2 app and its caller waiting).
+                Err(ErrorKind::PayloadTooLarge.fail("body over maxBodyBytes").into_down())
             }
             _ => Ok(()),
         }
@@ -778,8 +780,11 @@ impl ProxyHttp for Inbound {
         // A refusal made as the body streamed (a gRPC message) was reported when it was made.
         // An app that does not speak HTTP/2 where `auto` chose it (an HTTP/2 caller without a
         // sidecar, curl over TLS): h2's frame error names nothing to change, so say what does.
-        let h2_broke = matches!(e.etype(), ErrorType::H2Error | ErrorType::InvalidH2 | ErrorType::H2Downgrade);
-        if ctx.app_h2 && e.esource() == &pingora::ErrorSource::Upstream && h2_broke {
+        // Not a stream the app reset (REFUSED_STREAM, CANCEL): an HTTP/2 app does that.
+        let h2_broke = matches!(e.etype(), ErrorType::H2Error | ErrorType::InvalidH2 | ErrorType::H2Downgrade)
+            && !e.root_cause().downcast_ref::<h2::Error>().is_some_and(|h2| h2.is_reset() && h2.is_remote());
+        let chosen_by_auto = self.app_protocol == AppProtocol::Auto;
+        if ctx.app_h2 && chosen_by_auto && e.esource() == &pingora::ErrorSource::Upstream && h2_broke {
             static SAID: std::sync::Once = std::sync::Once::new();
             let protocol = self.app_protocol;
             SAID.call_once(|| {

@@ -141,7 +141,7 @@ impl Credentials {
         // the setting nor the domain: a tour's certificates under the default trustDomain.
         if id.trust_domain() != trust_domain {
             return Err(identity_error(format!(
-                "certificate identity {id} is in trust domain {}, not the configured trustDomain {trust_domain:?} (the default is cluster.local): set trustDomain: {} if that is this mesh's",
+                "certificate identity {id} is in trust domain {}, not the configured trustDomain {trust_domain:?} (the default is cluster.local): set trustDomain (or PALISADE_TRUSTDOMAIN, which wins over the file) to {} if that is this mesh's",
                 id.trust_domain(),
                 id.trust_domain()
             )));
@@ -215,7 +215,7 @@ mod tests {
         let files = IdentityFiles { cert: files.cert, key: files.key, trust_bundle: files.trust_bundle };
         let e = Credentials::load(&files, "cluster.local").err().expect("refused").to_string();
         assert!(e.contains("trust domain demo.local, not the configured trustDomain \"cluster.local\""), "{e}");
-        assert!(e.contains("set trustDomain: demo.local"), "{e}");
+        assert!(e.contains("set trustDomain (or PALISADE_TRUSTDOMAIN, which wins over the file) to demo.local"), "{e}");
         assert!(Credentials::load(&files, "demo.local").is_ok());
     }
 }
