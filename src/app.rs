@@ -455,7 +455,9 @@ async fn run(
         head_timeout_answer: Some(crate::serve::HeadTimeoutAnswer(Arc::new({
             // The admin port's answers are not the data path's requests.
             let telemetry = (direction != "admin").then(|| telemetry.clone());
-            move |peer| crate::proxy::request_timeout_answer(telemetry.as_deref(), direction, peer)
+            move |peer, principal| {
+                crate::proxy::request_timeout_answer(telemetry.as_deref(), direction, peer, principal)
+            }
         }))),
         max_resets_per_second: Some(config.limits.http2.max_resets_per_second),
         memory: (direction != "admin" && memory.limit().is_some()).then(|| memory.clone()),

@@ -85,10 +85,10 @@ pub struct ConnectionLimits {
     pub memory: Option<Arc<crate::memory::Pressure>>,
 }
 
-/// Makes (and records) the answer to an HTTP/1.1 request head from the caller at the address
-/// given that `header_timeout` cut short.
+/// Makes (and records) the answer to an HTTP/1.1 request head that `header_timeout` cut short,
+/// from the caller at the address given, with the SPIFFE ID it proved when it proved one.
 #[derive(Clone)]
-pub struct HeadTimeoutAnswer(pub Arc<dyn Fn(SocketAddr) -> Vec<u8> + Send + Sync>);
+pub struct HeadTimeoutAnswer(pub Arc<dyn Fn(SocketAddr, Option<&str>) -> Vec<u8> + Send + Sync>);
 
 impl std::fmt::Debug for HeadTimeoutAnswer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -1089,6 +1089,13 @@ const SWITCHED: &[u8] = b"HTTP/1.1 101";
 const INTERIM: &[u8] = b"HTTP/1.1 1";
 
 impl Deadlined {
+    /// The answer to a head cut short by `header_timeout`, recorded with who sent it.
+    fn head_timeout_answer(&self, answer: &HeadTimeoutAnswer) -> Vec<u8> {
+        let digest = self.io.get_ssl_digest();
+        let principal = digest.as_ref().and_then(|d| d.extension.get::<crate::tls::PeerIdentity>());
+        (answer.0)(self.peer, principal.map(|p| p.id.as_str()))
+    }
+
     /// `since`: when the first head's deadline starts (now, or when a wait for the first bytes
     /// began before this stream was made).
     fn new(
@@ -1518,7 +1525,7 @@ impl tokio::io::AsyncRead for Deadlined {
                 }
                 None => std::task::Poll::Pending,
                 Some("header_timeout") if self.partial_head().is_some() => {
-                    let answer = self.partial_head().map(|answer| (answer.0)(self.peer)).unwrap_or_default();
+                    let answer = self.partial_head().map(|answer| self.head_timeout_answer(answer)).unwrap_or_default();
                     let then = self.close("header_timeout");
                     self.say_farewell(cx, answer, then)
                 }
@@ -1647,7 +1654,7 @@ impl pingora::protocols::Peek for Deadlined {
                     };
                     if let (Some(answer), "header_timeout") = (answer, reason) {
                         use tokio::io::AsyncWriteExt;
-                        let answer = (answer.0)(self.peer);
+                        let answer = self.head_timeout_answer(answer);
                         let write = async {
                             self.io.write_all(&answer).await?;
                             self.io.flush().await

@@ -109,10 +109,12 @@ fn assert_at_deadline(elapsed: Duration, deadline: Duration, what: &str) {
 }
 
 /// The answer's request id leads somewhere: to its access-log line, and it is counted.
-async fn assert_recorded(s: &Single, access_log: &std::path::Path, answer: &str, direction: &str) {
+async fn assert_recorded(s: &Single, access_log: &std::path::Path, answer: &str, direction: &str, principal: &str) {
     let id = answer.lines().find_map(|l| l.strip_prefix("x-request-id: ")).expect("an id").trim().to_string();
     let logged = eventually(async || {
-        read_jsonl(access_log).iter().any(|l| l["request_id"] == id.as_str() && l["status"] == 408)
+        read_jsonl(access_log)
+            .iter()
+            .any(|l| l["request_id"] == id.as_str() && l["status"] == 408 && l["principal"] == principal)
     })
     .await;
     assert!(logged, "{direction}: {id} not in {:?}", read_jsonl(access_log));
@@ -137,14 +139,15 @@ async fn a_head_sent_a_byte_at_a_time_is_answered_408_and_closed_at_the_header_t
     assert_at_deadline(elapsed, HEADER_TIMEOUT, "outbound, plaintext");
     assert_408(&answer, "outbound, plaintext");
     assert_eq!(closed(&s, "outbound", "header_timeout").await, 1);
-    assert_recorded(&s, &access_log, &answer, "outbound").await;
+    assert_recorded(&s, &access_log, &answer, "outbound", "").await;
 
     let inbound = mtls(&s).await;
     let (elapsed, answer) = drip_until_closed(inbound).await;
     assert_at_deadline(elapsed, HEADER_TIMEOUT, "inbound, mTLS");
     assert_408(&answer, "inbound, mTLS");
     assert_eq!(closed(&s, "inbound", "header_timeout").await, 1);
-    assert_recorded(&s, &access_log, &answer, "inbound").await;
+    // Who sent it, as the handshake proved.
+    assert_recorded(&s, &access_log, &answer, "inbound", &id("shop", "frontend")).await;
 }
 
 /// httparse skips empty lines before a request line: a head that starts with them, on a new

@@ -241,10 +241,11 @@ pub fn request_timeout_answer(
     telemetry: Option<&Telemetry>,
     direction: &'static str,
     peer: std::net::SocketAddr,
+    principal: Option<&str>,
 ) -> Vec<u8> {
     let (answer, status, id) = answer_of(b"HTTP/1.1 408 ");
     if let Some(telemetry) = telemetry {
-        record_unparsed(telemetry, direction, status, id.as_str(), "", Some(peer));
+        record_unparsed(telemetry, direction, status, id.as_str(), principal.unwrap_or(""), Some(peer));
     }
     answer
 }
