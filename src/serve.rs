@@ -88,7 +88,10 @@ pub struct ConnectionLimits {
 /// Makes (and records) the answer to an HTTP/1.1 request head that `header_timeout` cut short,
 /// from the caller at the address given, with the SPIFFE ID it proved when it proved one.
 #[derive(Clone)]
-pub struct HeadTimeoutAnswer(pub Arc<dyn Fn(SocketAddr, Option<&str>) -> Vec<u8> + Send + Sync>);
+pub struct HeadTimeoutAnswer(pub Arc<AnswerTo>);
+
+/// From the caller's address and proven SPIFFE ID, the bytes to write.
+pub type AnswerTo = dyn Fn(SocketAddr, Option<&str>) -> Vec<u8> + Send + Sync;
 
 impl std::fmt::Debug for HeadTimeoutAnswer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
