@@ -824,14 +824,17 @@ impl CompiledRule {
     /// A DENY rule's paths ignore ASCII case (backends that route `/ADMIN` to `/admin` are
     /// common); an ALLOW rule's do not, so ignoring case never lets more through.
     fn path_matches(&self, pattern: &PathPattern, path: &str, req: &RequestView<'_>) -> bool {
-        // A DENY takes any issuer's: it never lets more through.
+        let deny = self.decision.action == Action::DENY;
+        // Only a template that names a claim looks at the token (every other path is matched
+        // on every request). A DENY takes any issuer's: it never lets more through.
         let issued_here = |t: &&crate::authn::Verified| {
-            self.decision.action == Action::DENY
-                || self.claim_issuers.is_empty()
-                || self.claim_issuers.iter().any(|i| **i == *t.issuer())
+            deny || self.claim_issuers.is_empty() || self.claim_issuers.iter().any(|i| **i == *t.issuer())
         };
-        let claims = req.token().filter(issued_here).map(|t| t.claims());
-        pattern.matches_for(path, self.decision.action == Action::DENY, claims)
+        let claims = match pattern.names_a_claim() {
+            true => req.token().filter(issued_here).map(|t| t.claims()),
+            false => None,
+        };
+        pattern.matches_for(path, deny, claims)
     }
 
     /// The fields a connection has too: port, principal, namespace, source address.

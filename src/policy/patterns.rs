@@ -127,6 +127,11 @@ impl PathPattern {
         self.matches_for(path, true, None)
     }
 
+    /// Whether a segment names a claim: only then does matching need the request's token.
+    pub fn names_a_claim(&self) -> bool {
+        matches!(self, PathPattern::Template(t) if t.iter().any(|s| matches!(s, Segment::Claim(_))))
+    }
+
     /// [`PathPattern::matches`] for a request whose verified token has `claims`, which a
     /// template's claim segments compare with (without a token they match nothing).
     pub fn matches_for(&self, path: &str, ignore_case: bool, claims: Option<&Claims>) -> bool {

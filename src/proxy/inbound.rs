@@ -262,17 +262,19 @@ impl Inbound {
 struct BodyCount {
     seen: u64,
     limit: Option<u64>,
-    /// The body crossed the limit: the 413 that follows is the policy's refusal, reported as a
-    /// declared length over it is.
-    exceeded: bool,
 }
 
 impl BodyCount {
+    /// The body crossed the limit: the 413 that follows is the policy's refusal, reported as a
+    /// declared length over it is.
+    fn exceeded(&self) -> bool {
+        self.limit.is_some_and(|max| self.seen > max)
+    }
+
     fn count(&mut self, len: usize) -> pingora::Result<()> {
         self.seen += len as u64;
         match self.limit {
             Some(max) if self.seen > max => {
-                self.exceeded = true;
                 // The caller's doing: pingora then answers it and resets the app's stream
                 // (an error of the app's side left an HTTP/2 app and its caller waiting).
                 Err(ErrorKind::PayloadTooLarge.fail("body over maxBodyBytes").into_down())
@@ -797,7 +799,7 @@ impl ProxyHttp for Inbound {
         match answer.error_code {
             400 if answering => record::report_unreadable(&self.telemetry, session, &ctx.request, e),
             // A body of no declared length that crossed maxBodyBytes as it streamed.
-            413 if unanswered && ctx.body.exceeded => {
+            413 if unanswered && ctx.body.exceeded() => {
                 self.report_refusal(session, &ctx.request, &Refusal::PayloadTooLarge)
             }
             _ => {}
