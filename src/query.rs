@@ -37,6 +37,14 @@ pub fn is_named(raw: &[u8], name: &[u8]) -> bool {
     matched == name.len()
 }
 
+/// [`form_component`] as text, when it is UTF-8 (a token, a name to compare).
+pub fn form_text(raw: &[u8]) -> Option<Cow<'_, str>> {
+    match form_component(raw) {
+        Cow::Borrowed(bytes) => std::str::from_utf8(bytes).ok().map(Cow::Borrowed),
+        Cow::Owned(bytes) => String::from_utf8(bytes).ok().map(Cow::Owned),
+    }
+}
+
 /// `application/x-www-form-urlencoded` decoding of one name or value: `%XX` and `+` as space.
 /// Malformed escapes stay as they are (the WAF's protocol detector reports them).
 pub fn form_component(raw: &[u8]) -> Cow<'_, [u8]> {

@@ -195,11 +195,7 @@ impl Authenticator {
                 continue;
             };
             let (key, bit) = (&self.params[i], 1 << (self.locations.len() + i));
-            let text = match crate::query::form_component(raw_value) {
-                std::borrow::Cow::Borrowed(b) => std::str::from_utf8(b).ok().map(std::borrow::Cow::Borrowed),
-                std::borrow::Cow::Owned(b) => String::from_utf8(b).ok().map(std::borrow::Cow::Owned),
-            };
-            let text = match text {
+            let text = match crate::query::form_text(raw_value) {
                 Some(text) if text.trim_ascii().is_empty() => {
                     return Err(Failure::new(Reason::Malformed, format!("empty token in the {key} parameter")))
                 }

@@ -317,8 +317,7 @@ impl PolicySnapshot {
         let mut documents = Vec::new();
         let mut header_bits = HeaderBits::default();
         let selected: Vec<&Located> = located.iter().filter(|l| selects(&l.policy, workload)).collect();
-        errors.extend(judged_forwarded_headers(&selected));
-        errors.extend(selected.iter().flat_map(|doc| token_locations_in_conflict(doc, &selected)));
+        errors.extend(selected.iter().flat_map(|doc| super::conflicts_across_policies(doc, &selected)));
         for doc in selected {
             let p = &doc.policy;
             let name: Arc<str> = format!("{}/{}", p.metadata.namespace, p.metadata.name).into();
@@ -686,13 +685,8 @@ impl<'a> Facts<'a> {
 /// A `when` condition or rate-limit key on a header a selecting policy's `forwardClaims` writes:
 /// the sidecar writes it once the token is verified, after the policy has decided, so the
 /// condition would judge whatever copy the caller sent (a forged `x-user-id: alice` beside
-/// Mallory's token was let in, and the app got `mallory`).
-pub(super) fn judged_forwarded_headers(selected: &[&Located]) -> Vec<ConfigError> {
-    selected.iter().flat_map(|doc| judged_headers_written_by(doc, selected)).collect()
-}
-
-/// [`judged_forwarded_headers`] for one policy, against the policies whose `forwardClaims` may
-/// write for the same workloads (`forwarding`, itself among them).
+/// Mallory's token was let in, and the app got `mallory`). For one policy, against the policies
+/// whose `forwardClaims` may write for the same workloads (`forwarding`, itself among them).
 pub(super) fn judged_headers_written_by(doc: &Located, forwarding: &[&Located]) -> Vec<ConfigError> {
     let forwarded: Vec<(&str, &str)> = forwarding
         .iter()

@@ -61,7 +61,14 @@ pub fn parse_values_file(file: &Path, text: &str) -> (Vec<Located>, Vec<ConfigEr
         Err(e) => return (Vec::new(), vec![crate::config::located(file, String::new(), e)]),
     };
     let Some(policies) = documents.first().and_then(|d| d.root.get("policies")) else {
-        return (Vec::new(), vec![ConfigError::new(file, "policies", "no policies value in this values file")]);
+        return (
+            Vec::new(),
+            vec![ConfigError::new(
+                file,
+                "policies",
+                "no policies value in this values file: give the values file with the chart's `policies:` list (SecurityPolicy documents), or the policy files themselves without --values",
+            )],
+        );
     };
     let crate::yaml::Value::Seq(items) = &policies.value else {
         let mut e = ConfigError::new(file, "policies", "expected a list of SecurityPolicy documents");
@@ -351,7 +358,9 @@ mod tests {
         );
         let (located, errors) = parse_file(Path::new("p.yaml"), &text);
         assert!(errors.is_empty(), "{errors:?}");
-        let errors = super::super::compile::judged_forwarded_headers(&located.iter().collect::<Vec<_>>());
+        let located: Vec<&Located> = located.iter().collect();
+        let errors: Vec<ConfigError> =
+            located.iter().flat_map(|doc| super::super::compile::judged_headers_written_by(doc, &located)).collect();
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["spec.authorization.rules[0].when[0].key", "spec.rateLimits[0].key"]);
         assert!(errors[0].message.contains("request.auth.claims[sub]"), "{}", errors[0]);
