@@ -14,9 +14,11 @@
 #      llvm-profdata 19 reads its raw profiles);
 #   2. an instrumented release build (target/pgo-instrumented);
 #   3. training: bench/pair.sh runs the Palisade pair alone (ONLY=palisade) under three loads —
-#      GETs; POSTs with a 1 KB body; GETs against a 20-rule policy and two rate limits with
-#      traces, security events and the access log on — and each sidecar writes its profile
-#      when it exits (SIGTERM);
+#      GETs; POSTs with a 1 KB body; POSTs of 1 KB JSON with every protection on (a JWT checked
+#      against a JWKS, the WAF blocking at paranoia 1 over a ten-parameter query and the body, a
+#      20-rule policy and two rate limits, traces, security events and the access log) — and
+#      each sidecar writes its profile when it exits (SIGTERM). Code no load ran is laid out
+#      cold: an API-protection product trains its API protection;
 #   4. the profiles merged (target/pgo/palisade.profdata);
 #   5. the release build that uses them, linked with its relocations kept (for step 6);
 #   6. post-link layout with BOLT (llvm-bolt, Debian's bolt-19 installed when there is none): the
@@ -152,7 +154,7 @@ mkdir -p "$PROFILES"
 # The training loads, run with the binary $1 (PGO's instrumented build, then BOLT's).
 train_with() {
     local binary=$1 load
-    for load in "TELEMETRY=off" "TELEMETRY=off BODY_BYTES=1024" "TELEMETRY=full POLICY_RULES=20"; do
+    for load in "TELEMETRY=off" "TELEMETRY=off BODY_BYTES=1024" "TELEMETRY=full API_PROTECTION=1 BODY_BYTES=1024"; do
         log "   $load"
         # shellcheck disable=SC2086 # each load is words for env
         env $load PGO=0 SKIP_BUILD=1 ONLY=palisade PALISADE_BIN="$binary" \
