@@ -153,7 +153,12 @@ impl PathPattern {
                         Segment::Literal(literal) => eq(segment, literal),
                         Segment::One | Segment::Rest => true,
                         Segment::Claim(name) => claims.is_some_and(|claims| {
-                            percent_decoded(segment).is_some_and(|id| claims.matches(name, |value| eq(value, &id)))
+                            percent_decoded(segment).is_some_and(|id| {
+                                // A DENY (the loose reading) also holds for the number's other
+                                // spellings: routers that parse `/t/03` or `/t/+3` serve object 3.
+                                claims
+                                    .matches(name, |value| eq(value, &id) || (ignore_case && same_integer(value, &id)))
+                            })
                         }),
                     };
                     if !holds {
@@ -169,6 +174,25 @@ impl PathPattern {
     fn directory(prefix: &str) -> Option<&str> {
         prefix.strip_suffix('/').filter(|d| !d.is_empty())
     }
+}
+
+/// Whether two decimal integers are one number however they are spelt: a sign, leading zeros
+/// (`03`, `+3`, `-0`). Not fractions or exponents: ids are integers.
+fn same_integer(a: &str, b: &str) -> bool {
+    fn canonical(s: &str) -> Option<(bool, &str)> {
+        let (negative, digits) = match s.as_bytes().first()? {
+            b'+' => (false, &s[1..]),
+            b'-' => (true, &s[1..]),
+            _ => (false, s),
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let digits = digits.trim_start_matches('0');
+        // zero has no sign
+        Some(if digits.is_empty() { (false, "0") } else { (negative, digits) })
+    }
+    matches!((canonical(a), canonical(b)), (Some(x), Some(y)) if x == y)
 }
 
 /// A segment of a normalised path as the app reads it: its remaining escapes decoded (`%40` is
@@ -427,5 +451,24 @@ mod tests {
         assert!(
             tenant.matches_for("/t/b/x", false, Some(&alice)) && !tenant.matches_for("/t/c/x", false, Some(&alice))
         );
+    }
+
+    /// Routers that parse an id serve `/t/03` and `/t/+3` as object 3: a DENY on 3 holds for
+    /// them; an ALLOW keeps to the spelling the token has.
+    #[test]
+    fn a_deny_on_a_numeric_claim_holds_for_the_numbers_other_spellings() {
+        let claims = Claims::new(serde_json::json!({"blocked": [3, "-7"], "zero": 0}).as_object().unwrap().clone());
+        let blocked = "/t/{request.auth.claims[blocked]}".parse::<RulePath>().unwrap().0;
+        let deny = |path: &str| blocked.matches_for(path, true, Some(&claims));
+        for path in ["/t/3", "/t/03", "/t/+3", "/t/%2B3", "/t/0003", "/t/-7", "/t/-07"] {
+            assert!(deny(path), "{path}");
+        }
+        for path in ["/t/30", "/t/3.0", "/t/3e0", "/t/7", "/t/+7", "/t/0x3", "/t/", "/t/+", "/t/-", "/t/%203"] {
+            assert!(!deny(path), "{path}");
+        }
+        assert!(!blocked.matches_for("/t/03", false, Some(&claims)), "an ALLOW: the token's spelling only");
+        assert!(blocked.matches_for("/t/3", false, Some(&claims)));
+        let zero = "/t/{request.auth.claims[zero]}".parse::<RulePath>().unwrap().0;
+        assert!(["/t/0", "/t/00", "/t/-0", "/t/+0"].iter().all(|p| zero.matches_for(p, true, Some(&claims))));
     }
 }
