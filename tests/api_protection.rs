@@ -1331,10 +1331,24 @@ async fn a_call_the_app_refused_unprocessed_is_sent_again_whole_and_counted_once
     let rules =
         "  authorization: {default: ALLOW}\n  inputValidation:\n    maxBodyBytes: 1000\n    waf: {mode: BLOCK}\n";
     let (s, mut client) = sidecar_of_h2_app(app, &policy("api", rules)).await;
-    let mut call = |path: &str, content_type: &str| {
-        let request = http::Request::put(format!("http://orders.shop{path}")).header("content-type", content_type);
+    let mut call_with = |method: &str, path: &str, content_type: &str| {
+        let request = http::Request::builder()
+            .method(method)
+            .uri(format!("http://orders.shop{path}"))
+            .header("content-type", content_type);
         client.send_request(request.body(()).unwrap(), false).unwrap()
     };
+
+    // A POST: nothing of a refused stream ran, whatever its method (RFC 9113 §8.7); pingora's
+    // own policy sends idempotent methods again only, and the caller had 502.
+    let (answer, mut body) = call_with("POST", "/orders", "application/json");
+    body.send_data(bytes::Bytes::from_static(b"{\"item\": \"blue shoes\"}"), true).unwrap();
+    let answer = in_time("the answer", answer).await.unwrap();
+    assert_eq!(answer.status(), 200, "{answer:?}");
+    assert_eq!(answer.headers()["x-body-length"], "22");
+    assert_eq!(sent_again.recv().await.as_deref(), Some("refused /orders"));
+    assert_eq!(sent_again.recv().await.as_deref(), Some("/orders"), "sent again");
+    let mut call = |path: &str, content_type: &str| call_with("PUT", path, content_type);
 
     // A JSON body of 700 bytes, read whole by the WAF before it goes on.
     let json = format!("{{\"note\": \"{}\"}}", "a".repeat(700 - 12)).into_bytes();
@@ -1351,7 +1365,7 @@ async fn a_call_the_app_refused_unprocessed_is_sent_again_whole_and_counted_once
     // three bytes of the second read and held; the rest is sent once the call has gone to the
     // app again.
     let second = grpc_frame(&proto_string(1, b"second"));
-    let (answer, mut body) = call("/shop.v1.Items/Put", "application/grpc");
+    let (answer, mut body) = call_with("POST", "/shop.v1.Items/Put", "application/grpc");
     body.send_data(bytes::Bytes::from([first.clone(), second[..3].to_vec()].concat()), false).unwrap();
     assert_eq!(in_time("the refusal", sent_again.recv()).await.as_deref(), Some("refused /shop.v1.Items/Put"));
     assert_eq!(in_time("the call sent again", sent_again.recv()).await.as_deref(), Some("/shop.v1.Items/Put"));

@@ -775,6 +775,32 @@ impl ProxyHttp for Inbound {
         e
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        _ctx: &mut InboundCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // A stream the HTTP/2 app refused before processing any of it (REFUSED_STREAM, or past
+        // a GOAWAY's last stream) may go again whatever its method (RFC 9113 §8.7): pingora's
+        // default sends idempotent methods only, and a POST got 502. Its body goes from the
+        // retry buffer; one larger than the buffer goes nowhere twice.
+        let unprocessed = e.root_cause().downcast_ref::<h2::Error>().is_some_and(|h2| {
+            h2.is_remote()
+                && ((h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+                    || (h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR)))
+        });
+        if session.as_ref().retry_buffer_truncated() || !(unprocessed || session.req_header().method.is_idempotent()) {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut InboundCtx) -> FailToProxy {
         self.caller_timeouts.count(session, e);
         // Only the sidecar's own 400 for the caller's request: once the app's answer has
