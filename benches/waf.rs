@@ -71,9 +71,9 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("json_body_64k", format!("pl{pl}")), &pl, |b, _| {
             b.iter(|| waf.inspect_body(Some(b"application/json"), black_box(large.as_bytes()), &Skips::NONE))
         });
-        // Inputs made to cost: one 64 KB JSON value of backticks, and one of `'{` (each took
-        // time quadratic in its length before).
-        for (name, unit) in [("backticks_64k", "`"), ("quote_braces_64k", "'{")] {
+        // Inputs made to cost: one 64 KB JSON value of backticks, one of `'{`, one of short
+        // lines (each took time quadratic in its length before).
+        for (name, unit) in [("backticks_64k", "`"), ("quote_braces_64k", "'{"), ("short_lines_64k", "x\\n")] {
             let hostile = format!("{{\"v\":\"{}\"}}", unit.repeat(64 * 1024 / unit.len()));
             group.throughput(Throughput::Bytes(hostile.len() as u64));
             group.bench_with_input(BenchmarkId::new(name, format!("pl{pl}")), &pl, |b, _| {

@@ -1459,9 +1459,11 @@ fn mail_protocol(v: &[u8]) -> Option<Hit> {
             if CMDS.iter().any(|c| starts_with_ci(line, c)) {
                 return Some(Hit::new(2, j, (j + 24).min(v.len())));
             }
-            // IMAP: a tag, then a command.
-            let tag_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
-            if tag_end > 0 && tag_end < 12 && line[..tag_end].iter().all(u8::is_ascii_alphanumeric) {
+            // IMAP: a tag, then a command. A tag is short: looking further for its space made
+            // a value of many short lines cost the square of its length.
+            const TAG: usize = 12;
+            let tag_end = line[..line.len().min(TAG)].iter().position(|&b| b == b' ').unwrap_or(line.len().min(TAG));
+            if tag_end > 0 && tag_end < TAG && line[..tag_end].iter().all(u8::is_ascii_alphanumeric) {
                 let cmd = &line[(tag_end + 1).min(line.len())..];
                 if IMAP.iter().any(|c| starts_with_ci(cmd, c) && cmd.get(c.len()).is_none_or(|&b| !is_word(b))) {
                     return Some(Hit::new(2, j, (j + 24).min(v.len())));
@@ -1621,6 +1623,13 @@ mod tests {
         let s = "\r\nMAIL FROM:<a@b.com>";
         assert!(!cmdi(s, 1));
         assert!(cmdi(s, 2));
+        // An IMAP command after its tag, of up to 11 letters and digits.
+        assert!(mail_protocol(b"x\na1 LOGIN alice secret").is_some());
+        assert!(mail_protocol(b"x\nA0000000001 select INBOX").is_some());
+        assert!(mail_protocol(b"x\nA00000000001 select INBOX").is_none(), "a 12-byte tag");
+        assert!(mail_protocol(b"x\na1 loginx").is_none() && mail_protocol(b"x\nsee below").is_none());
+        // Many short lines (the tag's space was looked for to the value's end from each one).
+        assert!(mail_protocol("x\n".repeat(32 * 1024).as_bytes()).is_none());
     }
 
     #[test]
