@@ -563,49 +563,73 @@ fn at_key(expect_key: bool, depth: usize, is_object: &[bool]) -> bool {
 }
 
 /// A parameter of a header value (`boundary=...`, `name="..."`), unquoted: the first of that
-/// name, read as RFC 9110 parameters are (`;`-separated, a quoted value taken whole), so text
-/// inside a quoted value (`x="- filename=a -"`) is never taken for a parameter.
+/// name.
 fn header_param<'a>(header: &'a [u8], param: &[u8]) -> Option<&'a [u8]> {
+    header_params(header).find(|(name, _)| name.eq_ignore_ascii_case(param)).map(|(_, value)| value)
+}
+
+/// The parameters of a header value as `(name, value)`, unquoted, read as RFC 9110 parameters
+/// are (`;`-separated, a quoted value taken whole), so text inside a quoted value
+/// (`x="- filename=a -"`) is never taken for a parameter. The value before the first `;` (the
+/// media type, `form-data`) is no parameter, nor is a name without `=`.
+fn header_params(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     let n = header.len();
-    // The value before the first `;` (the media type, `form-data`) is no parameter.
-    let mut i = header.iter().position(|&b| b == b';')? + 1;
-    while i < n {
-        while i < n && matches!(header[i], b' ' | b'\t' | b';') {
-            i += 1;
-        }
-        let name_start = i;
-        while i < n && !matches!(header[i], b'=' | b';') {
-            i += 1;
-        }
-        let name = header[name_start..i].trim_ascii();
-        if header.get(i) != Some(&b'=') {
-            continue;
-        }
-        i += 1;
-        while i < n && matches!(header[i], b' ' | b'\t') {
-            i += 1;
-        }
-        let value = if header.get(i) == Some(&b'"') {
-            let start = i + 1;
-            i = start;
-            while i < n && header[i] != b'"' {
-                i += if header[i] == b'\\' { 2 } else { 1 };
-            }
-            let value = &header[start..i.min(n)];
-            i = (i + 1).min(n);
-            value
-        } else {
-            let start = i;
-            while i < n && !matches!(header[i], b';' | b' ' | b'\t') {
+    let mut i = header.iter().position(|&b| b == b';').map_or(n, |p| p + 1);
+    std::iter::from_fn(move || {
+        while i < n {
+            while i < n && matches!(header[i], b' ' | b'\t' | b';') {
                 i += 1;
             }
-            &header[start..i]
-        };
-        if name.eq_ignore_ascii_case(param) {
-            return Some(value);
+            let name_start = i;
+            while i < n && !matches!(header[i], b'=' | b';') {
+                i += 1;
+            }
+            let name = header[name_start..i].trim_ascii();
+            if header.get(i) != Some(&b'=') {
+                continue;
+            }
+            i += 1;
+            while i < n && matches!(header[i], b' ' | b'\t') {
+                i += 1;
+            }
+            let value = if header.get(i) == Some(&b'"') {
+                let start = i + 1;
+                i = start;
+                while i < n && header[i] != b'"' {
+                    i += if header[i] == b'\\' { 2 } else { 1 };
+                }
+                let value = &header[start..i.min(n)];
+                i = (i + 1).min(n);
+                value
+            } else {
+                let start = i;
+                while i < n && !matches!(header[i], b';' | b' ' | b'\t') {
+                    i += 1;
+                }
+                &header[start..i]
+            };
+            return Some((name, value));
         }
+        None
+    })
+}
+
+/// Whether a parameter is given twice, in any case, or `name` also as `name*` (RFC 7578 forbids
+/// it; Werkzeug reads it as `name`): parsers disagree on which counts (Werkzeug,
+/// python-multipart and PHP take the last, this reader the first, Go refuses the header), so a
+/// part named twice would be judged under a name the app does not read (an exclusion's
+/// `password` while the app reads `username`). `filename` with `filename*` is RFC 6266's advice
+/// for a name that is not ASCII, and both are judged.
+fn repeated_param(header: &[u8]) -> bool {
+    let mut seen: Vec<&[u8]> = Vec::new();
+    for (name, _) in header_params(header) {
+        let name = if name.eq_ignore_ascii_case(b"name*") { &name[..4] } else { name };
+        if seen.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+            return true;
+        }
+        seen.push(name);
     }
-    None
+    false
 }
 
 /// The text of an RFC 5987 value (`charset'language'text`) that Go's `mime.ParseMediaType`
@@ -683,10 +707,13 @@ fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> O
             // A part without a disposition is no field; browsers never send one, parsers skip it.
             _ => None,
         };
-        let quoted_printable =
-            transfer_encoding.is_some_and(|te| te.trim_ascii().eq_ignore_ascii_case(b"quoted-printable"));
+        let encoding = match transfer_encoding.map(<[u8]>::trim_ascii) {
+            Some(te) if te.eq_ignore_ascii_case(b"quoted-printable") => PartEncoding::QuotedPrintable,
+            Some(te) if te.eq_ignore_ascii_case(b"base64") => PartEncoding::Base64,
+            _ => PartEncoding::AsSent,
+        };
         if let Some(disposition) = field {
-            if let Some(f) = multipart_field(waf, skip, disposition, content, quoted_printable) {
+            if let Some(f) = multipart_field(waf, skip, disposition, content, encoding) {
                 return Some(f);
             }
         }
@@ -703,11 +730,11 @@ fn multipart_field(
     skip: &Skips<'_>,
     disposition: &[u8],
     content: &[u8],
-    quoted_printable: bool,
+    encoding: PartEncoding,
 ) -> Option<Finding> {
     // An unclosed quote leaves parsers to disagree about where the file name (and whether
-    // there is one) ends.
-    if !quotes_closed(disposition) {
+    // there is one) ends; a parameter given twice, about which is the part's name or file.
+    if !quotes_closed(disposition) || repeated_param(disposition) {
         return anomaly(waf, skip, LocationKind::MultipartFilename, disposition, disposition.len());
     }
     let name = header_param(disposition, b"name").unwrap_or(b"");
@@ -749,12 +776,41 @@ fn multipart_field(
     if let Some(f) = waf.value(v, skip) {
         return Some(f);
     }
-    if quoted_printable && content.contains(&b'=') {
-        let decoded = quoted_printable_decoded(content);
-        let v = Value { class: Class::Arg, kind: LocationKind::MultipartValue, name, value: &decoded };
-        return waf.value(v, skip);
+    let decoded = match encoding {
+        PartEncoding::QuotedPrintable if content.contains(&b'=') => Some(quoted_printable_decoded(content)),
+        PartEncoding::Base64 => base64_decoded(content),
+        _ => None,
+    };
+    let v = Value { class: Class::Arg, kind: LocationKind::MultipartValue, name, value: decoded.as_deref()? };
+    waf.value(v, skip)
+}
+
+/// A part's `Content-Transfer-Encoding` that some parser undoes for the app (RFC 7578
+/// deprecates the header; browsers never send it): its content is judged as sent and decoded.
+#[derive(Clone, Copy)]
+enum PartEncoding {
+    AsSent,
+    /// Go's multipart reader decodes it.
+    QuotedPrintable,
+    /// python-multipart (FastAPI, Starlette) decodes it.
+    Base64,
+}
+
+/// Base64 as python-multipart decodes a part for the app (Python's lenient `b64decode`): bytes
+/// outside the alphabet dropped (line breaks, and whatever else an attacker spreads through the
+/// text), then groups of four; a text that leaves a partial group is refused by it, and so is
+/// no value.
+fn base64_decoded(content: &[u8]) -> Option<Vec<u8>> {
+    let text: Vec<u8> =
+        content.iter().copied().filter(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')).collect();
+    if text.len() % 4 != 0 {
+        return None;
     }
-    None
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    for group in text.chunks_exact(4) {
+        super::grpc::decode_group([group[0], group[1], group[2], group[3]], &mut out).ok()?;
+    }
+    Some(out)
 }
 
 /// Whether every `"` in a header value is closed (a backslash escapes the byte after it).
@@ -1070,6 +1126,25 @@ mod tests {
             let f = body("multipart/form-data; boundary=b", &case);
             assert_eq!(f.map(|f| f.detector), Some(detector), "{case:?}");
         }
+        // python-multipart (FastAPI, Starlette) undoes base64, dropping what is not base64.
+        for content in ["JyBPUiAxPTEtLQ==", "JyBPUi\r\nAxPTEtLQ==", "J-y.B*P!U~iAxPTEtLQ=="] {
+            let case = format!("--b\r\nContent-Disposition: form-data; name=\"q\"\r\nContent-Transfer-Encoding: BASE64\r\n\r\n{content}\r\n--b--\r\n");
+            let f = body("multipart/form-data; boundary=b", &case);
+            assert_eq!(f.map(|f| f.detector), Some(Detector::Sqli), "{case:?}");
+        }
+        // A part named twice (or its file named twice) is judged under neither: parsers take
+        // different ones (outside tester j1: an exclusion's `password` first, `username` last).
+        for disposition in [
+            "name=\"password\"; name=\"username\"",
+            "name=\"password\"; Name=\"username\"",
+            "name=\"password\"; name*=UTF-8''username",
+            "name=\"a\"; filename=\"x.txt\"; filename=\"\"",
+            "name=\"a\"; filename*=UTF-8''x.txt; FILENAME*=UTF-8''",
+        ] {
+            let case = format!("--b\r\nContent-Disposition: form-data; {disposition}\r\n\r\nhello\r\n--b--\r\n");
+            let f = body("multipart/form-data; boundary=b", &case);
+            assert_eq!(f.map(|f| f.detector), Some(Detector::Protocol), "{case:?}");
+        }
         // Commons FileUpload (Tomcat, Spring) reads the fields of any multipart type.
         let mixed = format!("--b\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\n{sqli}\r\n--b--\r\n");
         for ct in ["multipart/mixed; boundary=b", "Multipart/Mixed; boundary=b"] {
@@ -1155,6 +1230,9 @@ mod tests {
             ("multipart/form-data; boundary=b", "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.txt\"; filename*=UTF-8''%E2%82%AC%20rates.txt\r\n\r\n' or 1=1 -- file content\r\n--b--\r\n"),
             // multipart/mixed's attachments are no form fields.
             ("multipart/mixed; boundary=b", "--b\r\nContent-Disposition: attachment; filename=\"a.txt\"\r\n\r\n' OR 1=1--\r\n--b--\r\n"),
+            // Base64 of ordinary text, and of a file.
+            ("multipart/form-data; boundary=b", "--b\r\nContent-Disposition: form-data; name=\"t\"\r\nContent-Transfer-Encoding: base64\r\n\r\nQ2Fmw6kgYXUgbGFpdCwgMisyPTQ=\r\n--b--\r\n"),
+            ("multipart/form-data; boundary=b", "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a.sql\"\r\nContent-Transfer-Encoding: base64\r\n\r\nJyBPUiAxPTEtLQ==\r\n--b--\r\n"),
             // Quoted-printable of ordinary text.
             ("multipart/form-data; boundary=b", "--b\r\nContent-Disposition: form-data; name=\"t\"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\nCaf=C3=A9 au lait, 2=3D2 and a soft=\r\nbreak\r\n--b--\r\n"),
         ];

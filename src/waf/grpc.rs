@@ -243,7 +243,7 @@ impl Base64Frames {
 }
 
 /// Four characters of base64 into `out`: three bytes, or one or two before `=` padding.
-fn decode_group(group: [u8; 4], out: &mut Vec<u8>) -> Result<(), NotBase64> {
+pub(super) fn decode_group(group: [u8; 4], out: &mut Vec<u8>) -> Result<(), NotBase64> {
     fn sextet(c: u8) -> Result<u32, NotBase64> {
         Ok(u32::from(match c {
             b'A'..=b'Z' => c - b'A',
