@@ -82,6 +82,25 @@ impl CaSigner {
             return Err(file_error(&files.cert, format!("names trust domain {other}, not {trust_domain}")));
         }
         let not_after = to_system_time(parsed.validity().not_after.timestamp());
+        // Refused here, at a reload as at start: a CA put in force that signs nothing valid
+        // took the mesh's identities with it at their next renewal.
+        let now = SystemTime::now();
+        if not_after <= now {
+            return Err(file_error(
+                &files.cert,
+                format!("the CA certificate ended at {}", parsed.validity().not_after),
+            ));
+        }
+        // A few minutes' grace for a clock behind the one that made it.
+        if to_system_time(parsed.validity().not_before.timestamp()) > now + Duration::from_secs(300) {
+            return Err(file_error(
+                &files.cert,
+                format!(
+                    "the CA certificate is not valid before {} (this machine's clock?)",
+                    parsed.validity().not_before
+                ),
+            ));
+        }
         let params = CertificateParams::from_ca_cert_der(signing).map_err(|e| file_error(&files.cert, e))?;
         // rcgen signs with a Certificate; one rebuilt from the CA's own fields and key names
         // the same issuer and key identifier as the real one.
@@ -283,6 +302,9 @@ fn check_chains_to(chain: &[CertificateDer<'static>], roots: &[CertificateDer<'s
             Err(e) => return Err(format!("ca.trustBundle: certificate {} does not parse: {e}", n + 1)),
         }
     }
+    // A workload certificate here (a full chain given for the roots) went to every sidecar as
+    // a root: its key could sign any identity.
+    crate::identity::check_trust_anchor_certs(roots).map_err(|why| format!("ca.trustBundle: {why}"))?;
     let top = chain.last().expect("read_certs returns at least one");
     if roots.contains(top) {
         return Ok(());
@@ -667,6 +689,18 @@ open(sys.argv[1] + "/ca.key", "wb").write(key.private_bytes(serialization.Encodi
         let both = bundle("both.crt", &[&old.cert, &new.cert]);
         let signing_new = CaFiles { cert: new.cert.clone(), key: new.key.clone(), trust_bundle: both };
         assert_eq!(CaSigner::load(&signing_new, "cluster.local").unwrap().trust_bundle().len(), 2);
+        // A full chain given for the roots (outside tester j3): the workload's certificate
+        // would be a root to every sidecar, and its key could sign any identity.
+        let leaf = DevCa::load(&dir.path().join("new"))
+            .unwrap()
+            .issue_to(&LeafSpec::workload("spiffe://cluster.local/ns/shop/sa/frontend"), &dir.path().join("leaf"))
+            .unwrap();
+        let chain = CaFiles { trust_bundle: bundle("chain.crt", &[&leaf.cert, &new.cert]), ..signing_new.clone() };
+        let err = CaSigner::load(&chain, "cluster.local").err().unwrap().to_string();
+        assert!(
+            err.contains("chain.crt: ca.trustBundle: certificate 1 is not a CA certificate (the workload certificate of spiffe://cluster.local/ns/shop/sa/frontend)"),
+            "{err}"
+        );
         // Its last step done too early: the old root alone, while the new key signs.
         let early = CaFiles { trust_bundle: bundle("old.crt", &[&old.cert]), ..signing_new };
         let err = CaSigner::load(&early, "cluster.local").err().unwrap().to_string();
@@ -743,6 +777,39 @@ open(sys.argv[1] + "/pss-ca.key", "wb").write(pss_key.private_bytes(serializatio
             .unwrap();
         let err = CaSigner::load(&intermediate("broken.crt"), "cluster.local").err().unwrap().to_string();
         assert!(err.contains("certificate 2 does not parse"), "{err}");
+    }
+
+    /// A CA certificate past its end, or not yet valid, is refused when the files are read, at
+    /// a reload as at start (outside tester j3: an expired one written over `ca.crt` was put in
+    /// force at a reload, and every renewal after it failed).
+    #[test]
+    fn a_ca_certificate_out_of_its_validity_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let hours = time::Duration::hours;
+        for (name, not_before, not_after, expected) in [
+            ("expired", now - hours(48), now - hours(1), "the CA certificate ended at"),
+            ("future", now + hours(1), now + hours(48), "the CA certificate is not valid before"),
+            ("valid", now - hours(1), now + hours(48), ""),
+        ] {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = CertificateParams::default();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params.distinguished_name.push(rcgen::DnType::CommonName, format!("{name} root"));
+            (params.not_before, params.not_after) = (not_before, not_after);
+            let cert = params.self_signed(&key).unwrap();
+            let files = CaFiles {
+                cert: dir.path().join(format!("{name}.crt")),
+                key: dir.path().join(format!("{name}.key")),
+                trust_bundle: None,
+            };
+            std::fs::write(&files.cert, cert.pem()).unwrap();
+            std::fs::write(&files.key, key.serialize_pem()).unwrap();
+            match CaSigner::load(&files, "cluster.local") {
+                Ok(_) => assert!(expected.is_empty(), "{name} loaded"),
+                Err(e) => assert!(!expected.is_empty() && e.to_string().contains(expected), "{name}: {e}"),
+            }
+        }
     }
 
     #[test]

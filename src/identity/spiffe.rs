@@ -141,9 +141,7 @@ pub fn pem_problem(e: &rustls::pki_types::pem::Error) -> String {
     }
 }
 
-/// Checks that PEM text holds only CA certificates, as trust anchors must: a workload's own
-/// certificate given where the mesh's root belongs (`tls.crt` for `ca.crt`) verifies nothing, and
-/// every sidecar handed it would wait for an identity it can never get.
+/// Checks that PEM text holds only CA certificates, as trust anchors must ([`check_trust_anchor_certs`]).
 pub fn check_trust_anchors(pem: &str) -> Result<(), String> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let certs: Vec<CertificateDer<'_>> =
@@ -151,6 +149,14 @@ pub fn check_trust_anchors(pem: &str) -> Result<(), String> {
     if certs.is_empty() {
         return Err("expected PEM certificates (-----BEGIN CERTIFICATE-----)".into());
     }
+    check_trust_anchor_certs(&certs)
+}
+
+/// Checks that a trust bundle holds only CA certificates (SPIFFE X509-SVID §6.1). A workload's
+/// own certificate given where the mesh's root belongs (`tls.crt`, or a full chain, for
+/// `ca.crt`) would be taken as a root: whoever holds that workload's key could then sign any
+/// identity, and every sidecar handed only it would wait for an identity it can never get.
+pub fn check_trust_anchor_certs(certs: &[rustls::pki_types::CertificateDer<'_>]) -> Result<(), String> {
     for (i, der) in certs.iter().enumerate() {
         let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
             return Err(format!("certificate {} does not parse", i + 1));

@@ -175,6 +175,8 @@ fn roots_of(bundle: &[CertificateDer<'static>], path: &Path) -> Result<RootCertS
     if bundle.is_empty() {
         return Err(TlsError::File { path: path.to_path_buf(), reason: "no certificate in the trust bundle".into() });
     }
+    crate::identity::check_trust_anchor_certs(bundle)
+        .map_err(|why| TlsError::File { path: path.to_path_buf(), reason: format!("trust bundle: {why}") })?;
     let mut roots = RootCertStore::empty();
     for cert in bundle.iter().cloned() {
         roots.add(cert).map_err(|e| TlsError::File {
@@ -217,5 +219,26 @@ mod tests {
         assert!(e.contains("trust domain demo.local, not the configured trustDomain \"cluster.local\""), "{e}");
         assert!(e.contains("set trustDomain (or PALISADE_TRUSTDOMAIN, which wins over the file) to demo.local"), "{e}");
         assert!(Credentials::load(&files, "demo.local").is_ok());
+    }
+
+    /// A trust bundle given as a full chain (cert-manager's `tls.crt`, leaf then root): the
+    /// leaf would be a root, and its key could sign any identity a peer presents (outside
+    /// tester j3: a forged `.../sa/payments` signed by a workload's key got 200).
+    #[test]
+    fn a_trust_bundle_holding_a_workload_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::generate("demo.local").unwrap();
+        let files = ca.issue_to(&LeafSpec::workload("spiffe://demo.local/ns/shop/sa/orders"), dir.path()).unwrap();
+        let chain = dir.path().join("chain.crt");
+        let leaf = std::fs::read_to_string(&files.cert).unwrap();
+        std::fs::write(&chain, format!("{leaf}{}", ca.cert_pem())).unwrap();
+        let with_chain = IdentityFiles { cert: files.cert.clone(), key: files.key.clone(), trust_bundle: chain };
+        let e = Credentials::load(&with_chain, "demo.local").err().expect("refused").to_string();
+        assert!(
+            e.contains("chain.crt") && e.contains("trust bundle: certificate 1 is not a CA certificate (the workload certificate of spiffe://demo.local/ns/shop/sa/orders)"),
+            "{e}"
+        );
+        let roots = IdentityFiles { cert: files.cert, key: files.key, trust_bundle: files.trust_bundle };
+        assert!(Credentials::load(&roots, "demo.local").is_ok());
     }
 }
