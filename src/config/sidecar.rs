@@ -895,6 +895,22 @@ impl super::Validate for SidecarConfig {
         if self.outbound.opaque_ports.contains(&0) {
             invalid.push(Invalid::field("outbound.opaquePorts", "every port must be from 1 to 65535, got 0"));
         }
+        // An identity no peer can prove is a 502 for every request to it: say so at load.
+        for (i, d) in self.outbound.destinations.iter().enumerate() {
+            let Some(identity) = &d.identity else { continue };
+            let field = format!("outbound.destinations[{i}].identity");
+            if identity.0.trust_domain() != self.trust_domain.0 {
+                invalid.push(Invalid::field(&field, format!(
+                    "{} is of trust domain {}, not trustDomain {}: a peer of another trust domain is refused at the handshake (there are no trust-domain aliases), so every request to {} would be 502",
+                    identity.0, identity.0.trust_domain(), self.trust_domain.0, d.authority
+                )));
+            } else if identity.0.path().is_empty() {
+                invalid.push(Invalid::field(&field, format!(
+                    "{} is the trust domain's own ID, which no workload may present: name the workload (spiffe://{}/ns/NAMESPACE/sa/SERVICE_ACCOUNT)",
+                    identity.0, self.trust_domain.0
+                )));
+            }
+        }
         // One address, one workload: two identities pinned at one address cannot both answer
         // there, and which one held would depend on the order of the list.
         let pinned = PinnedAddresses::new(&self.outbound.destinations);
@@ -1108,6 +1124,23 @@ mod tests {
         .unwrap();
         // An alias, or the same identity again, is fine; another identity there is not.
         assert_eq!(invalid_fields(&cfg, &env), ["outbound.destinations[3].identity"]);
+    }
+
+    /// An identity no peer can prove (another trust domain, or the trust domain's own ID) was
+    /// accepted, and every request to the destination was 502 (outside tester j3).
+    #[test]
+    fn a_destination_identity_no_peer_can_prove_is_refused() {
+        let env = std::collections::BTreeMap::<String, String>::new();
+        let cfg = parse(
+            "outbound:\n  destinations:\n    - {authority: a.shop, identity: \"spiffe://other.local/ns/shop/sa/a\"}\n    - {authority: b.shop, identity: \"spiffe://cluster.local\"}\n    - {authority: c.shop, identity: \"spiffe://cluster.local/ns/shop/sa/c\"}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            invalid_fields(&cfg, &env),
+            ["outbound.destinations[0].identity", "outbound.destinations[1].identity"]
+        );
+        let other = parse("trustDomain: other.local\noutbound:\n  destinations:\n    - {authority: a.shop, identity: \"spiffe://other.local/ns/shop/sa/a\"}\n").unwrap();
+        assert!(invalid_fields(&other, &env).is_empty(), "of the configured trust domain");
     }
 
     #[test]
