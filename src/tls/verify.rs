@@ -43,6 +43,10 @@ pub enum LeafError {
     MissingUsage(&'static str),
     #[error("a workload certificate may not sign certificates or CRLs (keyCertSign, cRLSign)")]
     SigningUsage,
+    #[error("a workload certificate must carry the key usage digitalSignature (X509-SVID 4.3)")]
+    NoDigitalSignature,
+    #[error("intermediate {0} of the chain lacks the key usage keyCertSign (X509-SVID 4.3, RFC 5280 4.2.1.3)")]
+    IntermediateCannotSign(usize),
     #[error("a chain of {0} intermediates; at most {MAX_INTERMEDIATES} are taken")]
     LongChain(usize),
 }
@@ -74,6 +78,9 @@ pub(crate) fn check_leaf(der: &[u8], usage: Usage, domains: &TrustDomains) -> Re
     let key_usage = cert.key_usage().ok().flatten().map(|k| k.value);
     if key_usage.is_some_and(|k| k.key_cert_sign() || k.crl_sign()) {
         return Err(LeafError::SigningUsage);
+    }
+    if !key_usage.is_some_and(|k| k.digital_signature()) {
+        return Err(LeafError::NoDigitalSignature);
     }
     match cert_identity(&cert) {
         // A trust domain's own ID (no path) names no workload (X509-SVID section 2), yet would
@@ -125,6 +132,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         check_chain_length(intermediates)?;
         self.webpki.verify_client_cert(end_entity, intermediates, now)?;
+        check_intermediates(intermediates)?;
         check_leaf(end_entity, Usage::Client, &self.domains).map_err(rejected)?;
         Ok(ClientCertVerified::assertion())
     }
@@ -186,6 +194,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.algorithms.all,
         )?;
+        check_intermediates(intermediates)?;
         check_leaf(end_entity, Usage::Server, &self.domains).map_err(rejected)?;
         Ok(ServerCertVerified::assertion())
     }
@@ -225,6 +234,18 @@ fn check_chain_length(intermediates: &[CertificateDer<'_>]) -> Result<(), rustls
         true => Err(rejected(LeafError::LongChain(intermediates.len()))),
         false => Ok(()),
     }
+}
+
+/// X509-SVID section 4.3: a certificate that signs SVIDs carries keyCertSign; webpki does not
+/// look. Every presented intermediate is one a chain may be built through.
+fn check_intermediates(intermediates: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+    for (i, der) in intermediates.iter().enumerate() {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| rejected(LeafError::Unparsable))?;
+        if !cert.key_usage().ok().flatten().is_some_and(|k| k.value.key_cert_sign()) {
+            return Err(rejected(LeafError::IntermediateCannotSign(i + 1)));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -285,6 +306,41 @@ mod tests {
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
             let leaf = params.clone().self_signed(&KeyPair::generate().unwrap()).unwrap();
             assert!(check_leaf(leaf.der(), Usage::Client, &domains).is_ok());
+        }
+    }
+
+    /// X509-SVID section 4.3's other MUSTs (outside tester j3 had all three accepted): a leaf
+    /// carries digitalSignature, an intermediate keyCertSign.
+    #[test]
+    fn a_leaf_without_digital_signature_and_an_intermediate_without_cert_sign_are_refused() {
+        use rcgen::{
+            BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+        };
+        let domains = TrustDomains::new(["cluster.local"]);
+        for usages in [vec![], vec![KeyUsagePurpose::KeyAgreement]] {
+            let mut params = CertificateParams::default();
+            params.subject_alt_names = vec![SanType::URI("spiffe://cluster.local/ns/a/sa/b".try_into().unwrap())];
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth, ExtendedKeyUsagePurpose::ServerAuth];
+            params.key_usages = usages.clone();
+            let leaf = params.self_signed(&KeyPair::generate().unwrap()).unwrap();
+            assert_eq!(
+                check_leaf(leaf.der(), Usage::Server, &domains),
+                Err(LeafError::NoDigitalSignature),
+                "{usages:?}"
+            );
+        }
+        let intermediate = |usages: Vec<KeyUsagePurpose>| {
+            let mut params = CertificateParams::default();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = usages;
+            params.self_signed(&KeyPair::generate().unwrap()).unwrap().der().clone()
+        };
+        let signing = intermediate(vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign]);
+        assert!(check_intermediates(std::slice::from_ref(&signing)).is_ok());
+        for usages in [vec![], vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::CrlSign]] {
+            let chain = [signing.clone(), intermediate(usages)];
+            let e = check_intermediates(&chain).unwrap_err().to_string();
+            assert!(e.contains("intermediate 2 of the chain lacks the key usage keyCertSign"), "{e}");
         }
     }
 }
