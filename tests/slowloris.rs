@@ -243,6 +243,25 @@ async fn an_http2_head_left_unfinished_is_closed_at_the_header_timeout() {
     assert_eq!(closed(&s, "inbound", "header_timeout").await, 1);
 }
 
+/// One HEADERS frame holding the whole head, its payload left unfinished (or sent a byte a
+/// second): held to the head's deadline too (outside tester j2: the stream counted as open from
+/// the frame's header, so the connection was neither in a head nor idle, and stayed open).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_head_frame_left_unfinished_is_closed_at_the_header_timeout() {
+    let s = start().await;
+    let mut inbound = mtls_stream(s.sidecar.inbound, &s.client, b"h2").await.unwrap();
+    let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    wire.extend([0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS
+    // HEADERS, END_STREAM | END_HEADERS, 200 bytes announced; 20 of them sent.
+    wire.extend([0, 0, 200, 0x1, 0x5, 0, 0, 0, 1]);
+    wire.extend([0x82; 20]);
+    inbound.write_all(&wire).await.unwrap();
+    let started = Instant::now();
+    read_until_closed(&mut inbound).await;
+    assert_at_deadline(started.elapsed(), HEADER_TIMEOUT, "inbound, an HTTP/2 head frame cut short");
+    assert_eq!(closed(&s, "inbound", "header_timeout").await, 1);
+}
+
 /// After an answer, a head may start with any character a method may (httparse takes digits and
 /// symbols too): held to the deadline like one that starts with a letter (it was held for ever).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

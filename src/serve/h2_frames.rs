@@ -107,6 +107,15 @@ impl FrameHeaders {
         self.skip == 0 && self.have == 0 && self.coded.is_none()
     }
 
+    /// The type of the frame whose payload is partly through, if one is.
+    fn in_payload_of(&self) -> Option<u8> {
+        match &self.coded {
+            Some(c) => Some(c.kind),
+            // The header of the frame being skipped stays in `header` until the next one begins.
+            None => (self.skip > 0 && self.have == 0).then_some(self.header[3]),
+        }
+    }
+
     /// Calls `frame(type, flags, stream, code)` for each frame header completed in `bytes`; a
     /// RST_STREAM or GOAWAY frame's once its error code has come too, a small HEADERS frame's
     /// once its block has, with its lone field ([`lone_field`]) (`code`; `None` for other
@@ -364,9 +373,12 @@ impl H2Frames {
         self.open.idle_since.filter(|_| self.report_idle)
     }
 
-    /// Whether the peer is in the middle of a header block (a request head not yet whole).
+    /// Whether the peer is in the middle of a header block (a request head not yet whole): one
+    /// not ended by END_HEADERS, or a header frame whose payload has not all come (one HEADERS
+    /// frame sent a byte a second had held a connection past every deadline).
     pub(super) fn in_header_block(&self) -> bool {
         self.in_header_block
+            || self.read.in_payload_of().is_some_and(|kind| matches!(kind, HEADERS | PUSH_PROMISE | CONTINUATION))
     }
 
     /// Stops counting resets (the connection is being closed for them).
@@ -542,6 +554,18 @@ mod tests {
         assert!(!conn.in_header_block(), "ended");
         conn.read(&frame_with(HEADERS, END_HEADERS | 0x1, 3, &[0x82]));
         assert!(!conn.in_header_block(), "a whole head in one frame");
+        // One frame with the whole head, its payload trickled (outside tester j2: a byte a
+        // second held the connection past headerTimeout and idleTimeout).
+        let head = frame_with(HEADERS, END_HEADERS | 0x1, 5, &[0x82; 240]);
+        for (i, byte) in head.iter().enumerate() {
+            conn.read(std::slice::from_ref(byte));
+            // From its frame header on (before it, the connection is idle, and timed so).
+            assert_eq!(conn.in_header_block(), (8..head.len() - 1).contains(&i), "after {} bytes", i + 1);
+        }
+        // A DATA frame's payload is no head.
+        let data = frame(DATA, 5, &[0; 100]);
+        conn.read(&data[..50]);
+        assert!(!conn.in_header_block());
     }
 
     #[tokio::test(start_paused = true)]
