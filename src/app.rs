@@ -373,6 +373,7 @@ async fn run(
              or set limits.maxInflight to max_inflight to say so in the configuration"
         );
     }
+    let per_source = config.limits.max_inflight_per_source.unwrap_or(max_inflight / 4).max(1);
     let inflight = |direction, listener| {
         let shed = telemetry.metrics.requests_shed.with_label_values(&[direction]);
         let counted = |reason, limit: &dyn std::fmt::Display| {
@@ -396,7 +397,14 @@ async fn run(
             policy.clone(),
             telemetry.clone(),
         )
-        .shedding(inflight("inbound", bound.inbound))
+        .shedding({
+            let shed = telemetry.metrics.requests_shed.with_label_values(&["inbound"]);
+            let counted = telemetry
+                .refusals
+                .counter("inbound", crate::telemetry::RefusalReason::SourceShed, &per_source, shed)
+                .at(bound.inbound);
+            inflight("inbound", bound.inbound).per_source(per_source, counted)
+        })
         .caller_timeouts(caller_timeouts("inbound", bound.inbound))
         .underscore_headers(config.inbound.headers_with_underscores),
         &config.limits,
@@ -426,7 +434,15 @@ async fn run(
         policy: policy.clone(),
         channel: channel.clone(),
         readiness: readiness.clone(),
-        config: serde_json::to_value(&config).expect("configuration serialises"),
+        config: {
+            // The limits in force, where the open files held them below the file's.
+            let mut dump = serde_json::to_value(&config).expect("configuration serialises");
+            let limits = &mut dump["limits"];
+            limits["maxConnections"] = data_connections.into();
+            limits["maxInflight"] = max_inflight.into();
+            limits["maxInflightPerSource"] = per_source.into();
+            dump
+        },
         app_probes: config.admin.app_probes.clone(),
         log_level: options.log_level.clone(),
         shutdown: shutdown.clone(),

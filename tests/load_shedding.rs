@@ -25,6 +25,8 @@ async fn past_max_inflight_requests_get_503_with_retry_after_and_service_recover
     let app = HoldingApp::start().await;
     let mut config = sidecar_config(&server, app.addr);
     config.limits.max_inflight = MAX_INFLIGHT;
+    // One client, one source: its share is the whole listener here.
+    config.limits.max_inflight_per_source = Some(MAX_INFLIGHT);
     // The holding app speaks HTTP/1.1 only; the client may pick HTTP/2 (each request a stream).
     config.inbound.app_protocol = palisade::config::AppProtocol::Http1;
     let sidecar = start_sidecar(config);
@@ -64,5 +66,62 @@ async fn past_max_inflight_requests_get_503_with_retry_after_and_service_recover
     }
     assert_eq!(client.get(url("/after")).send().await.unwrap().status(), 200, "recovered");
     assert_eq!(shed(sidecar.admin).await, 5);
+    sidecar.shutdown();
+}
+
+/// One caller may take the listener's requests in flight but the last share of them, which is
+/// kept for other callers (outside tester j2: one source's 4,471 held streams made every other
+/// caller's request 503). Its next request is shed, counted for it; another source's is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_holding_all_but_the_last_share_is_shed_and_other_sources_are_served() {
+    const MAX: usize = 6;
+    const SHARE: usize = 2;
+    const HOG: usize = MAX - SHARE;
+    let pki = Pki::new();
+    let server = pki.workload("server", &id("shop", "orders"));
+    let client_files = pki.workload("client", &id("shop", "frontend"));
+    let app = HoldingApp::start().await;
+    let mut config = sidecar_config(&server, app.addr);
+    config.limits.max_inflight = MAX;
+    config.limits.max_inflight_per_source = Some(SHARE);
+    config.inbound.app_protocol = palisade::config::AppProtocol::Http1;
+    let sidecar = start_sidecar(config);
+    let client_at = |source: [u8; 4]| {
+        let mut tls = client_tls(Some(&client_files));
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .local_address(std::net::IpAddr::from(source))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let url = |path: &str| format!("https://{}{path}", sidecar.inbound);
+    let hog = client_at([127, 0, 0, 1]);
+    let held: Vec<_> = (0..HOG)
+        .map(|_| {
+            let (client, url) = (hog.clone(), url("/hold"));
+            tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    app.wait_held(HOG).await;
+    let over = hog.get(url("/over")).send().await.unwrap();
+    assert_eq!(over.status(), 503, "past its share, with only the last share free");
+    assert_eq!(over.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(shed(sidecar.admin).await, 1);
+    // Other sources: served (each shares the hog's count only if its keyed hash lands in the
+    // hog's bucket, 1 in 4096; of eight, one is served unless all eight do).
+    let mut served = 0;
+    for n in 2..10u8 {
+        let status = client_at([127, 0, 0, n]).get(url("/ok")).send().await.unwrap().status();
+        assert!(status == 200 || status == 503, "{status}");
+        served += usize::from(status == 200);
+    }
+    assert!(served >= 1, "no other source was served");
+    app.release(HOG);
+    for task in held {
+        assert_eq!(task.await.unwrap().unwrap(), 200);
+    }
+    assert_eq!(hog.get(url("/after")).send().await.unwrap().status(), 200, "its slots back");
     sidecar.shutdown();
 }

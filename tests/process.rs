@@ -366,7 +366,8 @@ async fn with_few_open_files_one_http2_connection_cannot_take_every_file() {
     let ports = [free_port(), free_port(), free_port()];
     let config = write_config(pki.dir.path(), &server, app.addr.port(), ports);
     let text = std::fs::read_to_string(&config).unwrap().replace("inbound: {", "inbound: {appProtocol: http1, ");
-    std::fs::write(&config, text).unwrap();
+    // The one client may hold every slot here (a source's share is tests/load_shedding.rs's).
+    std::fs::write(&config, format!("{text}limits: {{maxInflightPerSource: 1000}}\n")).unwrap();
     let log_path = config.with_file_name("sidecar.log");
     let mut child = spawn_with_open_files(&config, Some("256:256"), ports[2]).await;
     // Log lines are written by a thread of their own: waited for, not read at once.
@@ -397,6 +398,12 @@ async fn with_few_open_files_one_http2_connection_cannot_take_every_file() {
     // The probes connect and answer while the 29 are held.
     let ready = http_client().get(format!("{admin}/ready")).send().await.unwrap();
     assert_eq!(ready.status(), 200);
+    // /config_dump has the limits in force, not the file's (outside tester j2).
+    let dump: serde_json::Value =
+        http_client().get(format!("{admin}/config_dump")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(dump["config"]["limits"]["maxInflight"], 29, "{}", dump["config"]["limits"]);
+    assert_eq!(dump["config"]["limits"]["maxInflightPerSource"], 1000);
+    assert!(dump["config"]["limits"]["maxConnections"].as_u64() < Some(10_000), "{}", dump["config"]["limits"]);
     app.release(29);
     let mut statuses = Vec::new();
     for response in responses {

@@ -252,7 +252,7 @@ async fn an_http2_head_frame_left_unfinished_is_closed_at_the_header_timeout() {
     let mut inbound = mtls_stream(s.sidecar.inbound, &s.client, b"h2").await.unwrap();
     let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     wire.extend([0, 0, 0, 0x4, 0, 0, 0, 0, 0]); // SETTINGS
-    // HEADERS, END_STREAM | END_HEADERS, 200 bytes announced; 20 of them sent.
+                                                // HEADERS, END_STREAM | END_HEADERS, 200 bytes announced; 20 of them sent.
     wire.extend([0, 0, 200, 0x1, 0x5, 0, 0, 0, 1]);
     wire.extend([0x82; 20]);
     inbound.write_all(&wire).await.unwrap();

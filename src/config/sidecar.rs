@@ -56,6 +56,10 @@ pub struct LimitsConfig {
     pub max_connections_per_source: usize,
     /// Requests in flight per data listener; past it new ones get 503 with `Retry-After`.
     pub max_inflight: usize,
+    /// Requests in flight on the inbound listener from one source address; past it that
+    /// source's new ones get 503, others' do not. Absent: a quarter of `maxInflight`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_inflight_per_source: Option<usize>,
     /// Heap in use past which the sidecar is overloaded: new requests get 503 and answers
     /// stalled on callers that do not read them are cut off. Absent: three quarters of the
     /// container's memory limit, when it has one; 0: never.
@@ -109,6 +113,7 @@ impl Default for LimitsConfig {
             max_connections: 10_000,
             max_connections_per_source: 1_000,
             max_inflight: 5_000,
+            max_inflight_per_source: None,
             max_memory_bytes: None,
             http2: Http2Limits::default(),
         }
@@ -955,6 +960,9 @@ impl super::Validate for SidecarConfig {
         }
         if self.limits.max_inflight == 0 {
             invalid.push(Invalid::field("limits.maxInflight", "must be at least 1"));
+        }
+        if self.limits.max_inflight_per_source == Some(0) {
+            invalid.push(Invalid::field("limits.maxInflightPerSource", "must be at least 1"));
         }
         let h2 = &self.limits.http2;
         // Past 4096 streams at once a connection's streams are no longer followed, and with them

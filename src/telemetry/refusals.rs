@@ -35,6 +35,9 @@ pub enum RefusalReason {
     SendTimeout,
     /// `limits.maxInflight`: a request answered 503 (load shedding).
     Shed,
+    /// `limits.maxInflightPerSource`: a request answered 503, its source holding its share of
+    /// the listener's requests in flight.
+    SourceShed,
     /// `limits.http2.maxResetsPerSecond`: an HTTP/2 connection closed for resetting too many of
     /// its streams (rapid reset).
     RapidReset,
@@ -70,6 +73,7 @@ impl RefusalReason {
             RefusalReason::BodyTimeout => "body_timeout",
             RefusalReason::SendTimeout => "send_timeout",
             RefusalReason::Shed => "shed",
+            RefusalReason::SourceShed => "source_shed",
             RefusalReason::RapidReset => "rapid_reset",
             RefusalReason::MemoryShed => "memory_shed",
             RefusalReason::MemoryCut => "memory_cut",
@@ -91,6 +95,7 @@ impl RefusalReason {
             RefusalReason::BodyTimeout => "limits.bodyTimeout",
             RefusalReason::SendTimeout => "limits.sendTimeout",
             RefusalReason::Shed => "limits.maxInflight",
+            RefusalReason::SourceShed => "limits.maxInflightPerSource",
             RefusalReason::RapidReset => "limits.http2.maxResetsPerSecond",
             RefusalReason::MemoryShed
             | RefusalReason::MemoryCut
