@@ -274,6 +274,7 @@ pub async fn serve_with<A>(
             RefusalReason::RapidReset,
             limits.max_resets_per_second.map_or_else(|| "none".to_string(), |n| n.to_string()),
         ),
+        h2_abuse: counter(RefusalReason::Http2Abuse, "h2's flood guards".to_string()),
         memory_cut: counter(RefusalReason::MemoryCut, memory_setting.clone()),
         memory_idle: counter(RefusalReason::MemoryIdle, memory_setting.clone()),
     };
@@ -952,6 +953,7 @@ struct Closures {
     header: RefusalCounter,
     idle: RefusalCounter,
     resets: RefusalCounter,
+    h2_abuse: RefusalCounter,
     memory_cut: RefusalCounter,
     memory_idle: RefusalCounter,
 }
@@ -1160,6 +1162,9 @@ impl Deadlined {
                 let malformed = h2.take_malformed();
                 if malformed > 0 {
                     self.malformed_h2.fetch_add(malformed, std::sync::atomic::Ordering::Relaxed);
+                }
+                if h2.take_abused() {
+                    self.closures.h2_abuse.refused(Some(self.peer.ip()));
                 }
                 // h2 writes what ends its streams after its read has parked: the read's check
                 // saw a busy connection, so the idle one waits on the guard and its idle
@@ -1795,6 +1800,7 @@ mod tests {
             header: counter(RefusalReason::HeaderTimeout),
             idle: counter(RefusalReason::IdleTimeout),
             resets: counter(RefusalReason::RapidReset),
+            h2_abuse: counter(RefusalReason::Http2Abuse),
             memory_cut: counter(RefusalReason::MemoryCut),
             memory_idle: counter(RefusalReason::MemoryIdle),
         }

@@ -142,3 +142,30 @@ async fn an_authority_that_is_not_one_host_is_refused() {
         assert_eq!(send(&client, request).await, 200, "{authority}");
     }
 }
+
+/// h2's own guard (streams the peer reset before the server accepted them, 20 at most) closes
+/// a connection flooded faster than the sidecar's count sees: that closure is counted too, as
+/// `http2_abuse` (outside tester j2: the classic CVE-2023-44487 flood, everything in one write,
+/// left no metric and no event, and a warning line per connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_h2_itself_closes_is_counted() {
+    let s = Single::start(|c| c.limits.http2.max_resets_per_second = 100_000).await;
+    let mut tls = tls_h2(&s).await;
+    let mut flood = H2_PREFACE.to_vec();
+    flood.extend(h2_frame(0x4, 0, 0, &[]));
+    let mut head = vec![0x82, 0x87, 0x84, 0x01, 11];
+    head.extend_from_slice(b"orders.shop");
+    for stream in (1..400u32).step_by(2) {
+        flood.extend(h2_frame(0x1, 0x4 | 0x1, stream, &head));
+        flood.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes()));
+    }
+    let _ = tls.write_all(&flood).await;
+    let _ = tls.flush().await;
+    let mut said = Vec::new();
+    let _ = tokio::time::timeout(BOUND, tls.read_to_end(&mut said)).await.expect("the connection closed");
+    let (_, code) = h2_goaway(&said).unwrap_or_else(|| panic!("no GOAWAY in {said:?}"));
+    assert_eq!(code, 0xb, "ENHANCE_YOUR_CALM, h2's");
+    let abuse = r#"palisade_connections_closed_total{direction="inbound",reason="http2_abuse"}"#;
+    wait_for("the closure counted", async || series(s.sidecar.admin, abuse).await == 1).await;
+    assert_eq!(series(s.sidecar.admin, RAPID_RESETS).await, 0, "not the sidecar's own count");
+}

@@ -262,6 +262,9 @@ pub(super) struct H2Frames {
     /// Requests h2 or pingora refused as malformed (`RST_STREAM(PROTOCOL_ERROR)` or a bare
     /// [`BARE_400`] before any other answer), not yet taken by [`H2Frames::take_malformed`].
     malformed: u32,
+    /// h2 wrote a GOAWAY(ENHANCE_YOUR_CALM) of its own (its flood guards), not yet taken by
+    /// [`H2Frames::take_abused`]. The sidecar's own GOAWAYs do not go through [`H2Frames::wrote`].
+    abused: bool,
 }
 
 impl H2Frames {
@@ -281,6 +284,7 @@ impl H2Frames {
             report_idle: track_streams,
             in_header_block: false,
             malformed: 0,
+            abused: false,
         })
     }
 
@@ -318,7 +322,7 @@ impl H2Frames {
 
     /// Follows `bytes`, the next ones the server wrote to the peer: the answers begun and ended.
     pub(super) fn wrote(&mut self, bytes: &[u8]) {
-        let (open, malformed) = (&mut self.open, &mut self.malformed);
+        let (open, malformed, abused) = (&mut self.open, &mut self.malformed, &mut self.abused);
         // Followed even when no stream is: where the frames end is what says whether a GOAWAY
         // may be written (`goaway`).
         self.written.feed(bytes, |kind, flags, stream, code| match kind {
@@ -342,8 +346,15 @@ impl H2Frames {
             // h2 closing the whole connection for what the peer sent (a connection-specific
             // header is one such error to h2): the request that did it is one refused.
             GOAWAY if code == Some(PROTOCOL_ERROR) => *malformed += 1,
+            // h2's own flood guards closing the connection.
+            GOAWAY if code == Some(ENHANCE_YOUR_CALM) => *abused = true,
             _ => {}
         });
+    }
+
+    /// Whether h2 closed the connection for a flood since the last call.
+    pub(super) fn take_abused(&mut self) -> bool {
+        std::mem::take(&mut self.abused)
     }
 
     /// The requests h2 refused as malformed since the last call.

@@ -41,6 +41,10 @@ pub enum RefusalReason {
     /// `limits.http2.maxResetsPerSecond`: an HTTP/2 connection closed for resetting too many of
     /// its streams (rapid reset).
     RapidReset,
+    /// `limits.http2`: an HTTP/2 connection h2 itself closed for a flood (GOAWAY
+    /// ENHANCE_YOUR_CALM: streams reset before the server accepted them, CONTINUATION frames
+    /// past any bound, a header list far past `maxHeaderListBytes`).
+    Http2Abuse,
     /// `limits.maxMemoryBytes`: a request answered 503 while the sidecar was over it.
     MemoryShed,
     /// `limits.maxMemoryBytes`: an answer its caller was not reading cut off (HTTP/1.1
@@ -75,6 +79,7 @@ impl RefusalReason {
             RefusalReason::Shed => "shed",
             RefusalReason::SourceShed => "source_shed",
             RefusalReason::RapidReset => "rapid_reset",
+            RefusalReason::Http2Abuse => "http2_abuse",
             RefusalReason::MemoryShed => "memory_shed",
             RefusalReason::MemoryCut => "memory_cut",
             RefusalReason::MemoryLimit => "memory_limit",
@@ -97,6 +102,7 @@ impl RefusalReason {
             RefusalReason::Shed => "limits.maxInflight",
             RefusalReason::SourceShed => "limits.maxInflightPerSource",
             RefusalReason::RapidReset => "limits.http2.maxResetsPerSecond",
+            RefusalReason::Http2Abuse => "limits.http2",
             RefusalReason::MemoryShed
             | RefusalReason::MemoryCut
             | RefusalReason::MemoryLimit
