@@ -23,6 +23,10 @@ use crate::tls::{Credentials, TlsStore};
 const RENEW_AT: f64 = 0.7;
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const LONGEST_RETRY: Duration = Duration::from_secs(60);
+/// The longest wait between requests while the sidecar has no valid certificate (none yet, or
+/// the one in force expired): it is not ready until one comes, so it asks often (a sidecar whose
+/// certificate expired while the CA was down waited up to a minute more once it came back).
+const UNREADY_RETRY: Duration = Duration::from_secs(5);
 const SIGN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What `/ready`, `/config_dump` and the metrics know of the identity.
@@ -102,12 +106,17 @@ impl IdentityClient {
                     self.state.failures.fetch_add(1, Ordering::AcqRel);
                     self.telemetry.metrics.certificate_reloads.with_label_values(&["rejected"]).inc();
                     *self.state.last_error.lock().expect("identity state lock") = Some(reason.clone());
-                    let delay = backoff.next();
                     let ca = format!("{}:{}", self.host, self.port);
-                    match self.state.issued.load(Ordering::Acquire) {
-                        true => tracing::warn!(%ca, %reason, retry_in = ?delay,
+                    let issued = self.state.issued.load(Ordering::Acquire);
+                    let not_after = self.state.not_after.load(Ordering::Acquire);
+                    let valid = self.state.ready(SystemTime::now());
+                    let delay = retry_delay(backoff.next(), valid);
+                    match (issued, valid) {
+                        (true, true) => tracing::warn!(%ca, %reason, retry_in = ?delay, not_after,
                             "certificate request failed; the certificate in force stays"),
-                        false => tracing::warn!(%ca, %reason, retry_in = ?delay,
+                        (true, false) => tracing::error!(%ca, %reason, retry_in = ?delay, not_after,
+                            "certificate request failed, and the certificate in force has expired: the sidecar is not ready, and peers refuse it, until the CA answers"),
+                        (false, _) => tracing::warn!(%ca, %reason, retry_in = ?delay,
                             "certificate request failed; there is no certificate yet, so the sidecar is not ready"),
                     }
                     self.telemetry.events.emit(SecurityEvent::CertificateRefused {
@@ -182,6 +191,15 @@ fn certification_request(id: &SpiffeId, key: &rcgen::KeyPair) -> Result<Vec<u8>,
     Ok(request.der().to_vec())
 }
 
+/// The wait before the next request after a failure: the backoff's, held to [`UNREADY_RETRY`]
+/// while the sidecar has no valid certificate.
+fn retry_delay(backoff: Duration, valid: bool) -> Duration {
+    match valid {
+        true => backoff,
+        false => backoff.min(UNREADY_RETRY),
+    }
+}
+
 /// How long until a certificate ending at `not_after`, received `now`, is renewed: at 70% of
 /// what was left of its life, give or take 5% so a fleet does not renew in step.
 fn renew_in(now: SystemTime, not_after: SystemTime) -> Duration {
@@ -211,6 +229,16 @@ pub fn parse_address(address: &str) -> Result<(String, u16), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Without a valid certificate the sidecar is not ready: it asks again within seconds, not
+    /// the minute a valid one may wait (outside tester j3: unready 40 s more after the CA came back).
+    #[test]
+    fn without_a_valid_certificate_the_next_request_comes_soon() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(retry_delay(minute, true), minute);
+        assert_eq!(retry_delay(minute, false), UNREADY_RETRY);
+        assert_eq!(retry_delay(Duration::from_secs(2), false), Duration::from_secs(2));
+    }
 
     #[test]
     fn renewal_comes_at_about_seventy_percent_of_the_life_left() {
