@@ -77,7 +77,7 @@ pub fn in_words(text: &str) -> String {
         }
         None => text.to_string(),
     };
-    const PLAIN: [(&str, &str); 5] = [
+    const PLAIN: [(&str, &str); 6] = [
         (
             "received corrupt message of type InvalidContentType",
             "not TLS: plaintext on a port that requires mutual TLS (STRICT); is the caller outside the mesh?",
@@ -86,6 +86,12 @@ pub fn in_words(text: &str) -> String {
         ("CaUsedAsEndEntity", "a CA certificate presented as a workload's"),
         ("EndEntityUsedAsCa", "a workload certificate used as a CA"),
         ("NameConstraintViolation", "the identity is outside the issuing CA's name constraints"),
+        // Every `palisade ca init` root has the same name: during a rotation a peer's
+        // certificate from the new CA meets the old root of that name.
+        (
+            "BadSignature",
+            "its signature does not verify with the trust bundle's root of its issuer's name (BadSignature): a certificate of another CA with the same name (a CA rotation whose new root this bundle does not hold yet?), or a forgery",
+        ),
     ];
     for (name, words) in PLAIN {
         if text.ends_with(name) {
@@ -93,4 +99,17 @@ pub fn in_words(text: &str) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    /// A peer certificate from another CA with the same name as a root in the bundle (every
+    /// `palisade ca init` root is named alike) reads as tampering in rustls's word; it says
+    /// what it most likely is (outside tester j3).
+    #[test]
+    fn a_bad_signature_says_what_it_most_likely_is() {
+        let text = super::in_words("invalid peer certificate: BadSignature");
+        assert!(text.starts_with("invalid peer certificate: its signature does not verify"), "{text}");
+        assert!(text.contains("(BadSignature)") && text.contains("CA rotation"), "{text}");
+    }
 }
