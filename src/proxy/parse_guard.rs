@@ -59,6 +59,7 @@ pub fn request_started(session: &pingora::proxy::Session) {
 /// Marks the session's request as finished (`logging`): the connection may carry another.
 pub fn request_finished(session: &pingora::proxy::Session) {
     if let Some(guarded) = guarded(session) {
+        guarded.next_head.store(true, Ordering::Release);
         guarded.in_request.store(false, Ordering::Release);
     }
 }
@@ -92,13 +93,33 @@ pub struct Guarded {
     counted: Option<Counted>,
     /// The connection's count of HTTP/2 requests h2 refused as malformed, when counted.
     malformed_h2: Option<Arc<std::sync::atomic::AtomicU32>>,
+    /// How long the request line of the head being read is (so far, while `line_open`).
+    request_line: usize,
+    line_open: bool,
+    /// A request finished: what is read next starts another head.
+    next_head: AtomicBool,
 }
+
+/// A request line longer than this that pingora's parser refuses is a URI too long (414, as
+/// the policy's default `maxUriBytes` answers one it reads): past its buffer (64 KiB) pingora
+/// says 400.
+const LONG_REQUEST_LINE: usize = 8192;
 
 impl Guarded {
     fn new(inner: Stream, counted: Option<Counted>) -> Self {
         let h2 = matches!(inner.selected_alpn_proto(), Some(ALPN::H2));
         let malformed_h2 = counted.as_ref().and_then(|_| crate::serve::malformed_http2_requests(&inner));
-        Guarded { inner, in_request: AtomicBool::new(false), h2, replacement: None, counted, malformed_h2 }
+        Guarded {
+            inner,
+            in_request: AtomicBool::new(false),
+            h2,
+            replacement: None,
+            counted,
+            malformed_h2,
+            request_line: 0,
+            line_open: true,
+            next_head: AtomicBool::new(false),
+        }
     }
 
     /// Counts and reports what h2 refused as malformed since the last look: requests pingora
@@ -155,7 +176,11 @@ impl Guarded {
     /// bytes are dropped, and so is whatever else it writes for this answer.
     fn poll_replace(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         if self.replacement.is_none() {
-            let (answer, status, id) = answer_of(buf);
+            let too_long = self.request_line > LONG_REQUEST_LINE;
+            let (answer, status, id) = match too_long && buf.starts_with(b"HTTP/1.1 400") {
+                true => answer_of(b"HTTP/1.1 414 "),
+                false => answer_of(buf),
+            };
             self.count(status, id.as_str(), parser_refusal(status));
             self.replacement = Some((answer, 0));
         }
@@ -273,7 +298,26 @@ fn answer_of(pingora_wrote: &[u8]) -> (Vec<u8>, u16, RequestId) {
 
 impl AsyncRead for Guarded {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if !self.h2 {
+            // The request line's length, for what a refusal of it means: from a head's first
+            // byte (empty lines before it skipped, as httparse skips them) to its LF.
+            if self.next_head.swap(false, Ordering::AcqRel) {
+                (self.request_line, self.line_open) = (0, true);
+            }
+            if self.line_open && !self.in_request.load(Ordering::Acquire) {
+                let bytes = &buf.filled()[before..];
+                let bytes = match self.request_line {
+                    0 => &bytes[bytes.iter().position(|b| !matches!(b, b'\r' | b'\n')).unwrap_or(bytes.len())..],
+                    _ => bytes,
+                };
+                let end = bytes.iter().position(|&b| b == b'\n');
+                self.request_line += end.unwrap_or(bytes.len());
+                self.line_open = end.is_none();
+            }
+        }
+        read
     }
 }
 
