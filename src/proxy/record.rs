@@ -93,6 +93,10 @@ pub fn report(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusa
             });
             return;
         }
+        // Past ten a second, summed up in one event a second (each is in the metrics).
+        Refusal::RateLimited(_) if !audit && !telemetry.rate_limited_reported_each(facts.source.map(|s| s.ip())) => {
+            return
+        }
         _ => {}
     }
     let denied = refusal.denied(audit, facts);

@@ -124,7 +124,8 @@ impl DosRefusal {
     /// connection closed.
     pub fn http_status(&self) -> Option<u16> {
         match self.reason {
-            "shed" | "memory_shed" => Some(503),
+            "shed" | "source_shed" | "memory_shed" => Some(503),
+            "rate_limited" => Some(429),
             "body_timeout" => Some(408),
             _ => None,
         }
@@ -169,6 +170,15 @@ impl DosRefusal {
                 "{n} request{plural} on {direction} cut off: the caller took none of the answer within {setting} ({limit})"
             ),
             "shed" => format!("{n} request{plural} on {direction} shed (503): {setting} ({limit}) in flight"),
+            "source_shed" => format!(
+                "{n} request{plural} on {direction} shed (503): the source already had {setting} ({limit}) in flight, with no more than that share of the listener free"
+            ),
+            "http2_abuse" => format!(
+                "{n} HTTP/2 connection{plural} on {direction} closed by h2's own flood guards (GOAWAY ENHANCE_YOUR_CALM: streams reset before they were accepted, CONTINUATION frames, header lists far past the limit)"
+            ),
+            "rate_limited" => format!(
+                "{n} more request{plural} on {direction} rate limited (429): past {limit} a second, they are reported in aggregate (each is counted in palisade_ratelimit_decisions_total and palisade_requests_total)"
+            ),
             "memory_shed" => format!(
                 "{n} request{plural} on {direction} shed (503): the sidecar's heap was over {setting} ({limit} bytes)"
             ),

@@ -61,6 +61,9 @@ pub enum RefusalReason {
     /// An inbound request refused as malformed or over a size limit (400, 413, 414, 431), past
     /// the first [`REPORTED_EACH_PER_SECOND`] of a second.
     InvalidRequest,
+    /// An inbound request over a rate limit (429), past the first [`REPORTED_EACH_PER_SECOND`]
+    /// of a second: the refusal a flood makes most of.
+    RateLimited,
     /// `outbound.passthrough`: a captured connection that is not HTTP, to a destination not
     /// listed there that proved no mesh identity (no sidecar to tunnel it to), closed before a
     /// byte of the app's is sent.
@@ -87,6 +90,7 @@ impl RefusalReason {
             RefusalReason::NotHttp => "not_http",
             RefusalReason::TlsRefused => "tls_refused",
             RefusalReason::InvalidRequest => "invalid_request",
+            RefusalReason::RateLimited => "rate_limited",
         }
     }
 
@@ -110,6 +114,7 @@ impl RefusalReason {
             RefusalReason::NotHttp => "outbound.passthrough",
             RefusalReason::TlsRefused => "inbound.mtls",
             RefusalReason::InvalidRequest => "inputValidation",
+            RefusalReason::RateLimited => "rateLimits",
         }
     }
 }
