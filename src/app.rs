@@ -401,7 +401,7 @@ async fn run(
             let shed = telemetry.metrics.requests_shed.with_label_values(&["inbound"]);
             let counted = telemetry
                 .refusals
-                .counter("inbound", crate::telemetry::RefusalReason::SourceShed, &per_source, shed)
+                .counter("inbound", crate::telemetry::RefusalReason::SourceShed, per_source, shed)
                 .at(bound.inbound);
             inflight("inbound", bound.inbound).per_source(per_source, counted)
         })

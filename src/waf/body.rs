@@ -803,7 +803,7 @@ enum PartEncoding {
 fn base64_decoded(content: &[u8]) -> Option<Vec<u8>> {
     let text: Vec<u8> =
         content.iter().copied().filter(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')).collect();
-    if text.len() % 4 != 0 {
+    if !text.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(text.len() / 4 * 3);
