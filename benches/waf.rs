@@ -71,13 +71,54 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("json_body_64k", format!("pl{pl}")), &pl, |b, _| {
             b.iter(|| waf.inspect_body(Some(b"application/json"), black_box(large.as_bytes()), &Skips::NONE))
         });
-        // Inputs made to cost: one 64 KB JSON value of backticks, one of `'{`, one of short
-        // lines (each took time quadratic in its length before).
-        for (name, unit) in [("backticks_64k", "`"), ("quote_braces_64k", "'{"), ("short_lines_64k", "x\\n")] {
+        // Inputs made to cost: 64 KB JSON values of one unit repeated (each took time quadratic
+        // in its length before; the second group from an audit of every detector).
+        let units = [
+            ("backticks_64k", "`"),
+            ("quote_braces_64k", "'{"),
+            ("short_lines_64k", "x\\n"),
+            ("slash_bracket_64k", " /["),
+            ("backtick_slash_64k", "`/"),
+            ("word_comment_64k", "a/*("),
+            ("fences_64k", "```a"),
+            ("insert_into_64k", "insert into x "),
+            ("alert_call_64k", "alert("),
+            ("long_words_64k", ";aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+        ];
+        for (name, unit) in units {
             let hostile = format!("{{\"v\":\"{}\"}}", unit.repeat(64 * 1024 / unit.len()));
             group.throughput(Throughput::Bytes(hostile.len() as u64));
             group.bench_with_input(BenchmarkId::new(name, format!("pl{pl}")), &pl, |b, _| {
                 b.iter(|| waf.inspect_body(Some(b"application/json"), black_box(hostile.as_bytes()), &Skips::NONE))
+            });
+        }
+        // Shapes, not units: a long escaped key over an array of empty strings; a multipart file
+        // name of many `;`; blanks, then many function definitions (text).
+        let key = "k\\u0041".repeat(2048);
+        let shapes = [
+            (
+                "escaped_key_array_64k",
+                "application/json".to_string(),
+                format!("{{\"{key}\":[{}\"\"]}}", "\"\",".repeat(24 * 1024)),
+            ),
+            (
+                "filename_semicolons_64k",
+                "multipart/form-data; boundary=b".to_string(),
+                format!(
+                    "--b\r\nContent-Disposition: form-data; name=\"f\"; filename=\"{}\"\r\n\r\nx\r\n--b--\r\n",
+                    "x; ".repeat(21 * 1024)
+                ),
+            ),
+            (
+                "leading_blanks_functions_64k",
+                "text/plain".to_string(),
+                format!("{}{}", " ".repeat(32 * 1024), "x() {".repeat(6 * 1024)),
+            ),
+        ];
+        for (name, content_type, hostile) in &shapes {
+            group.throughput(Throughput::Bytes(hostile.len() as u64));
+            group.bench_with_input(BenchmarkId::new(*name, format!("pl{pl}")), &pl, |b, _| {
+                b.iter(|| waf.inspect_body(Some(content_type.as_bytes()), black_box(hostile.as_bytes()), &Skips::NONE))
             });
         }
     }

@@ -384,6 +384,9 @@ pub(super) fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> O
     let mut is_object = [false; MAX_JSON_DEPTH];
     // (start, end, whether it holds an escape)
     let mut keys: [(usize, usize, bool); MAX_JSON_DEPTH] = [(0, 0, false); MAX_JSON_DEPTH];
+    // A key with an escape, undone once when it is read and shared by what inherits it (every
+    // element of an array under a long escaped key had undone it again: the square of the body).
+    let mut key_names: [Option<std::rc::Rc<[u8]>>; MAX_JSON_DEPTH] = std::array::from_fn(|_| None);
     let mut depth = 0usize;
     let mut expect_key = false;
     // After a key, a `:` must come before its value.
@@ -460,6 +463,7 @@ pub(super) fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> O
                 is_object[depth] = b == b'{';
                 // An array inherits the key it is the value of.
                 keys[depth] = if depth > 0 { keys[depth - 1] } else { (0, 0, false) };
+                key_names[depth] = if depth > 0 { key_names[depth - 1].clone() } else { None };
                 depth += 1;
                 expect_key = b == b'{';
                 seen_value = true;
@@ -502,13 +506,13 @@ pub(super) fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> O
                 let Some(text) = text else { return bad(i) };
                 let key_span = if depth > 0 { keys[depth - 1] } else { (0, 0, false) };
                 let key_raw = &body[key_span.0..key_span.1];
-                let key_name = if key_span.2 {
-                    json_unescape(key_raw).unwrap_or(Cow::Borrowed(key_raw))
-                } else {
-                    Cow::Borrowed(key_raw)
+                let key_name = match key_span.2 {
+                    true => key_names[depth - 1].as_deref().unwrap_or(key_raw),
+                    false => key_raw,
                 };
                 if at_key(expect_key, depth, &is_object) {
                     keys[depth - 1] = (start, j, escaped);
+                    key_names[depth - 1] = escaped.then(|| std::rc::Rc::from(&*text));
                     expect_colon = true;
                     let v = Value { class: Class::Arg, kind: LocationKind::JsonKey, name: &text, value: &text };
                     if let Some(f) = read(v) {
@@ -516,7 +520,7 @@ pub(super) fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> O
                     }
                     expect_key = false;
                 } else {
-                    let v = Value { class: Class::Arg, kind: LocationKind::JsonValue, name: &key_name, value: &text };
+                    let v = Value { class: Class::Arg, kind: LocationKind::JsonValue, name: key_name, value: &text };
                     if let Some(f) = read(v) {
                         return Some(f);
                     }
@@ -869,25 +873,34 @@ fn quoted_printable_decoded(content: &[u8]) -> Vec<u8> {
 /// served as ASP) too, unless it closes an HTML character reference (`&auml;` in a German file
 /// name). Inside quotes, `O'Brien CV.pdf`, `a=b.txt` and `notes; v2.md` are ordinary names.
 fn suspicious_filename(waf: &Waf, skip: &Skips<'_>, filename: &[u8], quoted: bool) -> Option<Finding> {
+    // Followed as the name is read, once (each `;` had looked back for its `&` and ahead for an
+    // `=`: a name of many `;` cost its square): the last `&`, whether only letters, digits and
+    // `#` came since (an entity such as `&amp;`), and where the last `=` is.
+    let mut amp: Option<usize> = None;
+    let mut entity_so_far = false;
+    let last_eq = filename.iter().rposition(|&c| c == b'=');
     for (i, &b) in filename.iter().enumerate() {
         let odd = match b {
             b'"' | b'\\' => true,
             b'\'' | b'=' => !quoted,
             b';' => {
-                let start = filename[..i].iter().rposition(|&c| c == b'&');
-                let entity = start.is_some_and(|s| {
-                    i - s > 1 && filename[s + 1..i].iter().all(|c| c.is_ascii_alphanumeric() || *c == b'#')
-                });
+                let entity = entity_so_far && amp.is_some_and(|s| i - s > 1);
                 // `notes; v2.md` is a name; `shell.asp;.jpg`, `shell.asp; .jpg`, `shell.asp;` and
                 // `a; filename=shell.php` (a parser that splits on `;` takes the last) are not.
                 let rest = &filename[i + 1..];
                 let spaced = rest.first().is_some_and(u8::is_ascii_whitespace);
-                !entity && (!spaced || rest.trim_ascii_start().starts_with(b".") || rest.contains(&b'='))
+                let eq_after = last_eq.is_some_and(|e| e > i);
+                !entity && (!spaced || rest.trim_ascii_start().starts_with(b".") || eq_after)
             }
             _ => false,
         };
         if odd {
             return anomaly(waf, skip, LocationKind::MultipartFilename, filename, i);
+        }
+        match b {
+            b'&' => (amp, entity_so_far) = (Some(i), true),
+            c if !(c.is_ascii_alphanumeric() || c == b'#') => entity_so_far = false,
+            _ => {}
         }
     }
     None

@@ -128,7 +128,9 @@ fn syntax_at(v: &[u8], i: usize, level: u8) -> Option<Option<Hit>> {
                     j += 1;
                 }
                 if v.get(j) == Some(&b'{') {
-                    let lvl = if i == 0 || v[..i].iter().all(|b| b.is_ascii_whitespace()) { 1 } else { 2 };
+                    // Looked at from `i` back, so a run of leading blanks is not read again for
+                    // every definition after it.
+                    let lvl = if v[..i].iter().rev().all(|b| b.is_ascii_whitespace()) { 1 } else { 2 };
                     if let Some(h) = hit(lvl, i, (j + 16).min(n), level) {
                         return Some(Some(h));
                     }
@@ -242,6 +244,9 @@ fn binary_path(v: &[u8]) -> Option<usize> {
     (absolute || known).then_some(v.len() - rest.len() + name_end)
 }
 
+/// The longest path [`globbed_system_path`] reads: a system path with globs is short (`/???/b?n/c?t`).
+const MAX_GLOBBED_PATH: usize = 256;
+
 /// System directories whose contents an attacker names with globs to dodge word filters.
 const SYSTEM_DIRS: &[&[u8]] =
     &[b"bin", b"sbin", b"etc", b"usr", b"dev", b"tmp", b"var", b"proc", b"lib", b"opt", b"root", b"home"];
@@ -249,6 +254,9 @@ const SYSTEM_DIRS: &[&[u8]] =
 /// A path from the root with a glob (`?`, `*`, `[...]`) where a system directory or file name
 /// stands: `/???/b?n/c?t`, `/etc/pa[s]swd`, `/bi[n]/bash`. Returns the length of the path.
 fn globbed_system_path(v: &[u8]) -> Option<usize> {
+    // Read this far at most: called at every `/` after a blank, a path unended by its stop
+    // characters (an unclosed `[`) cost the rest of the value each time, the square of it in all.
+    let v = &v[..v.len().min(MAX_GLOBBED_PATH)];
     let mut end = 0;
     let mut depth = 0;
     while end < v.len() {
@@ -350,7 +358,9 @@ fn backticks(v: &[u8], open: usize, level: u8) -> Option<Hit> {
     let (word, end) = read_command(inner, 0);
     let Some(kind) = classify(word.text()) else { return hit(3, open, close + 1, level) };
     let glued = open > 0 && is_word(v[open - 1]);
-    let whole = v[..open].trim_ascii().is_empty() && v[close + 1..].trim_ascii().is_empty();
+    // From the backticks outwards: blanks at the value's ends are not read again for each pair.
+    let whole =
+        v[..open].iter().rev().all(u8::is_ascii_whitespace) && v[close + 1..].iter().all(u8::is_ascii_whitespace);
     let runs = word.evasive
         || matches!(
             (kind, follow(inner, end)),
@@ -422,8 +432,10 @@ fn fence_line(v: &[u8], i: usize) -> Option<usize> {
     if !v[i..].starts_with(b"```") {
         return None;
     }
-    let line_start = v[..i].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-    if i - line_start > 3 || !v[line_start..i].iter().all(|&b| b == b' ') {
+    // At most three blanks before it on its line: looked at, not the whole line back (asked at
+    // every run of three backticks, that had cost a value of them its square).
+    let blanks = v[..i].iter().rev().take(4).take_while(|&&b| b == b' ').count();
+    if blanks > 3 || (i > blanks && v[i - blanks - 1] != b'\n') {
         return None;
     }
     let rest = &v[i..];
@@ -507,9 +519,14 @@ fn read_command(v: &[u8], mut i: usize) -> (Word, usize) {
                     w.buf[w.len] = b.to_ascii_lowercase();
                     w.len += 1;
                 } else {
-                    // Longer than any command: not one.
+                    // Longer than any command: not one. It ends where a shell's word does: a
+                    // blank or an operator (read past operators, a value of many `;` and long
+                    // words cost its square).
                     w.len = 0;
-                    while i < v.len() && !v[i].is_ascii_whitespace() {
+                    while i < v.len()
+                        && !v[i].is_ascii_whitespace()
+                        && !matches!(v[i], b';' | b'|' | b'&' | b'(' | b')' | b'<' | b'>' | b'`' | b'$')
+                    {
                         i += 1;
                     }
                     return (w, i);

@@ -592,6 +592,14 @@ fn in_word_shape((first, min, max): (u32, usize, usize), w: &[u8]) -> bool {
 /// to its lower-case key, so every keyword comparison below is one integer comparison.
 fn phrases(v: &[u8], level: u8) -> Option<Hit> {
     let mut words = Words { v, i: 0 };
+    // Where the last `values` starts, looked for once when an `insert into` asks whether one
+    // follows it (each had looked to the value's end).
+    let last_values = std::cell::OnceCell::new();
+    let values_after = |end: usize| {
+        last_values
+            .get_or_init(|| v.windows(6).rposition(|w| w.eq_ignore_ascii_case(b"values")))
+            .is_some_and(|at| at >= end)
+    };
     // The last words in a ring (the newest at `count - 1`): span, whether each is a phrase
     // keyword or punctuation, and key. Only the newest is written per word.
     let mut ring = [(0u32, 0u32, false, NO_ID); 8];
@@ -655,7 +663,7 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
             || ((k2 == k!(b"insert") || k2 == k!(b"replace"))
                 && k1 == k!(b"into")
                 && (w == b"(" || w.iter().all(|&b| is_word(b) || b == b'.'))
-                && find_ci(&v[end..], b"values", 0).is_some())
+                && values_after(end))
             || (key == k!(b"from") && is_quote(p1) && (k4 == k!(b"as") || k3 == k!(b"as") || k2 == k!(b"as")))
             || (p2 == b")" && k1 == k!(b"like") && w == b"(")
             || (k2 == k!(b"if")
@@ -855,6 +863,7 @@ fn json_operator(v: &[u8], shape: Shape) -> Option<Hit> {
     // once and kept while it still lies ahead (searching to the end for every opener was
     // quadratic in a value of many `'{`).
     let mut closers: [Option<Option<usize>>; 2] = [None, None];
+    let mut after_closer = (usize::MAX, 0);
     while let Some(p) = v[from..].windows(2).position(|w| w[0] == b'\'' && matches!(w[1], b'{' | b'[')) {
         let at = from + p;
         from = at + 1;
@@ -868,7 +877,17 @@ fn json_operator(v: &[u8], shape: Shape) -> Option<Hit> {
         let Some(end) = found.map(|e| e + 2) else {
             continue;
         };
-        let rest = v[end..].trim_ascii_start();
+        // Where the blanks after the closer end: kept with it, as the closer is (each opener
+        // sharing one had read the blanks after it again).
+        let rest_start = match after_closer {
+            (closer, start) if closer == end => start,
+            _ => {
+                let start = end + v[end..].iter().take_while(|b| b.is_ascii_whitespace()).count();
+                after_closer = (end, start);
+                start
+            }
+        };
+        let rest = &v[rest_start..];
         const OPS: &[&[u8]] =
             &[b"::json", b"<@", b"@>", b"->", b"#>", b"?|", b"?&", b"?", b"@?", b"@@", b"||", b"-", b"<", b">", b"="];
         if OPS.iter().any(|o| rest.starts_with(o)) {

@@ -150,6 +150,9 @@ fn script_code(v: &[u8]) -> Option<Hit> {
         b"globaleval",
     ];
     let n = v.len();
+    let gaps = JsGaps::new(v);
+    // Whether a `)` follows a position: asked for every call word.
+    let last_paren = v.iter().rposition(|&b| b == b')');
     let mut i = 0;
     while i < n {
         let b = v[i];
@@ -157,7 +160,7 @@ fn script_code(v: &[u8]) -> Option<Hit> {
             let end = v[i..].iter().position(|c| !is_word(*c)).map_or(n, |p| i + p);
             let word = &v[i..end];
             // Only a word followed by member access, a call or a template can be script.
-            let next = v.get(skip_js_gap(v, end)).copied();
+            let next = v.get(gaps.skip(end)).copied();
             if !matches!(next, Some(b'.' | b'[' | b')' | b'(' | b'`')) && !word.eq_ignore_ascii_case(b"new") {
                 i = end;
                 continue;
@@ -165,19 +168,19 @@ fn script_code(v: &[u8]) -> Option<Hit> {
             let lower_eq = |list: &[&[u8]]| list.iter().any(|w| word.eq_ignore_ascii_case(w));
             if lower_eq(GLOBALS) {
                 // Skip blanks, comments and a closing parenthesis, then expect `.prop` or `[`.
-                let mut j = skip_js_gap(v, end);
+                let mut j = gaps.skip(end);
                 if v.get(j) == Some(&b')') {
-                    j = skip_js_gap(v, j + 1);
+                    j = gaps.skip(j + 1);
                 }
                 match v.get(j) {
                     Some(b'[') => {
-                        let k = skip_js_gap(v, j + 1);
+                        let k = gaps.skip(j + 1);
                         if matches!(v.get(k), Some(b'"' | b'\'' | b'`')) {
                             return Some(Hit::new(1, i, (k + 12).min(n)));
                         }
                     }
                     Some(b'.') => {
-                        let k = skip_js_gap(v, j + 1);
+                        let k = gaps.skip(j + 1);
                         let prop_end = v[k..].iter().position(|c| !is_word(*c)).map_or(n, |p| k + p);
                         if js_property(&v[k..prop_end]) {
                             return Some(Hit::new(1, i, prop_end));
@@ -186,20 +189,19 @@ fn script_code(v: &[u8]) -> Option<Hit> {
                     _ => {}
                 }
             } else if lower_eq(CALLS) {
-                let j = skip_js_gap(v, end);
+                let j = gaps.skip(end);
                 // A call: the parenthesis closes, and what it holds looks like an argument.
-                let closes = v.get(j + 1..).is_some_and(|r| r.contains(&b')'));
+                let closes = last_paren.is_some_and(|p| p > j);
                 let code_arg = |k: usize| {
-                    let a = skip_js_gap(v, k);
+                    let a = gaps.skip(k);
                     matches!(v.get(a), Some(b')' | b'"' | b'\'' | b'`' | b'[' | b'(' | b'/' | b'0'..=b'9'))
                 };
                 if (v.get(j) == Some(&b'(') && closes && (j == end || code_arg(j + 1))) || v.get(j) == Some(&b'`') {
                     return Some(Hit::new(1, i, (j + 12).min(n)));
                 }
             } else if word.eq_ignore_ascii_case(b"new") {
-                let j = skip_js_gap(v, end);
-                if starts_with_ci(&v[j..], b"function") && skip_js_gap(v, j + 8) < n && v[skip_js_gap(v, j + 8)] == b'('
-                {
+                let j = gaps.skip(end);
+                if starts_with_ci(&v[j..], b"function") && gaps.skip(j + 8) < n && v[gaps.skip(j + 8)] == b'(' {
                     return Some(Hit::new(1, i, (j + 9).min(n)));
                 }
             } else if (word.eq_ignore_ascii_case(b"call") || word.eq_ignore_ascii_case(b"apply"))
@@ -225,16 +227,48 @@ fn ends_with_ci(v: &[u8], suffix: &[u8]) -> bool {
     v.len() >= suffix.len() && v[v.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
-fn skip_js_gap(v: &[u8], mut j: usize) -> usize {
-    loop {
-        while j < v.len() && (v[j].is_ascii_whitespace() || v[j] == b'+') {
-            j += 1;
+/// Script's gaps in one value: blanks, `+` and comments. A comment's end, once looked for, is
+/// kept: each word of a value of unclosed `/*` had looked for it to the value's end, the square
+/// of the value in all.
+struct JsGaps<'a> {
+    v: &'a [u8],
+    /// The first `*/` at or after `.0`, as last looked for (`.0` is `usize::MAX` before).
+    close: std::cell::Cell<(usize, Option<usize>)>,
+}
+
+impl<'a> JsGaps<'a> {
+    fn new(v: &'a [u8]) -> Self {
+        JsGaps { v, close: std::cell::Cell::new((usize::MAX, None)) }
+    }
+
+    /// Where the gap from `j` ends.
+    fn skip(&self, mut j: usize) -> usize {
+        let v = self.v;
+        loop {
+            while j < v.len() && (v[j].is_ascii_whitespace() || v[j] == b'+') {
+                j += 1;
+            }
+            if v[j.min(v.len())..].starts_with(b"/*") {
+                j = self.comment_end(j + 2);
+                continue;
+            }
+            return j;
         }
-        if v[j.min(v.len())..].starts_with(b"/*") {
-            j = find_ci(v, b"*/", j + 2).map_or(v.len(), |e| e + 2);
-            continue;
-        }
-        return j;
+    }
+
+    /// Past the first `*/` at or after `from`; the value's end when there is none.
+    fn comment_end(&self, from: usize) -> usize {
+        let (searched_from, found) = self.close.get();
+        // What a look from `searched_from` found holds for any later start up to it.
+        let found = match from >= searched_from && found.is_none_or(|at| from <= at) {
+            true => found,
+            false => {
+                let found = find_ci(self.v, b"*/", from);
+                self.close.set((from, found));
+                found
+            }
+        };
+        found.map_or(self.v.len(), |e| e + 2)
     }
 }
 
