@@ -110,7 +110,7 @@ async fn one_source_holding_all_but_the_last_share_is_shed_and_other_sources_are
     assert_eq!(over.headers().get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
     assert_eq!(shed(sidecar.admin).await, 1);
     // Other sources: served (each shares the hog's count only if its keyed hash lands in the
-    // hog's bucket, 1 in 4096; of eight, one is served unless all eight do).
+    // hog's bucket, 1 in 2048; of eight, one is served unless all eight do).
     let mut served = 0;
     for n in 2..10u8 {
         let status = client_at([127, 0, 0, n]).get(url("/ok")).send().await.unwrap().status();

@@ -9,7 +9,7 @@
 
 use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::memory::Pressure;
@@ -35,13 +35,14 @@ pub struct Inflight {
 /// [`SHARE_BUCKETS`] for any two, and no caller can choose its neighbour: the hash is keyed
 /// per process).
 struct SourceShares {
-    buckets: Box<[AtomicUsize]>,
+    buckets: Box<[AtomicU32]>,
     hasher: std::hash::RandomState,
     max: usize,
     shed: RefusalCounter,
 }
 
-const SHARE_BUCKETS: usize = 4096;
+/// 8 KiB of counts per listener: a sidecar's whole heap is a few hundred.
+const SHARE_BUCKETS: usize = 2048;
 
 impl SourceShares {
     fn bucket(&self, source: IpAddr) -> usize {
@@ -71,12 +72,13 @@ impl Inflight {
     }
 
     /// Also holds each source address to `per_source` requests in flight while fewer than
-    /// `per_source` of the listener's slots are free, counting those shed for it in `shed`. For a listener whose callers are many (inbound), not for the outbound
-    /// one, whose only caller is the pod's own app.
+    /// `per_source` of the listener's slots are free, counting those shed for it in `shed`. For
+    /// a listener whose callers are many (inbound), not for the outbound one, whose only caller
+    /// is the pod's own app.
     pub fn per_source(self: Arc<Self>, per_source: usize, shed: RefusalCounter) -> Arc<Self> {
         let mut this = Arc::into_inner(self).expect("set up before it is shared");
         this.shares = Some(SourceShares {
-            buckets: (0..SHARE_BUCKETS).map(|_| AtomicUsize::new(0)).collect(),
+            buckets: (0..SHARE_BUCKETS).map(|_| AtomicU32::new(0)).collect(),
             hasher: std::hash::RandomState::new(),
             max: per_source,
             shed,
@@ -107,7 +109,7 @@ impl Inflight {
         let share = match (&self.shares, source) {
             (Some(shares), Some(source)) => {
                 let bucket = shares.bucket(source);
-                let held = shares.buckets[bucket].fetch_add(1, Ordering::AcqRel);
+                let held = shares.buckets[bucket].fetch_add(1, Ordering::AcqRel) as usize;
                 // Past its share only while more than a share of the listener is free: a lone
                 // caller may use most of it, and the last share is kept for the others.
                 if held >= shares.max && before >= self.max.saturating_sub(shares.max) {
@@ -171,7 +173,7 @@ mod tests {
         let held: Vec<_> = (0..7).map(|_| inflight.enter(Some(hog)).expect("more than a share is free")).collect();
         assert!(inflight.enter(Some(hog)).is_none(), "past its share, with a share left");
         assert!(inflight.enter(Some("::ffff:10.0.0.5".parse().unwrap())).is_none(), "the same source, mapped");
-        // Another source (unless it shares the hog's bucket, 1 in 4096: pick one that does not).
+        // Another source (unless it shares the hog's bucket, 1 in 2048: pick one that does not).
         let other = (1..=255u8)
             .map(|n| IpAddr::from([10, 0, 1, n]))
             .find(|ip| inflight.shares.as_ref().unwrap().bucket(*ip) != inflight.shares.as_ref().unwrap().bucket(hog))
