@@ -31,6 +31,21 @@ async fn start() -> Single {
     .await
 }
 
+/// A connection's preface and 200 streams each opened and reset at once, as raw frames to be
+/// written in one go (CVE-2023-44487).
+fn reset_flood() -> Vec<u8> {
+    let mut flood = H2_PREFACE.to_vec();
+    flood.extend(h2_frame(0x4, 0, 0, &[]));
+    // GET https://orders.shop/ in HPACK: three static entries and a literal authority.
+    let mut head = vec![0x82, 0x87, 0x84, 0x01, 11];
+    head.extend_from_slice(b"orders.shop");
+    for stream in (1..400u32).step_by(2) {
+        flood.extend(h2_frame(0x1, 0x4 | 0x1, stream, &head)); // HEADERS, END_HEADERS | END_STREAM
+        flood.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes())); // RST_STREAM(CANCEL)
+    }
+    flood
+}
+
 /// An HTTP/2 connection to the sidecar's inbound port, and the task driving it.
 async fn h2(s: &Single) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
     let (client, connection) = h2::client::handshake(tls_h2(s).await).await.unwrap();
@@ -92,15 +107,7 @@ async fn a_client_that_resets_streams_faster_than_the_limit_loses_its_connection
     // a GOAWAY(ENHANCE_YOUR_CALM) naming the last stream it saw opened, as the 2023 advisories
     // have servers do.
     let mut tls = tls_h2(&s).await;
-    let mut flood = H2_PREFACE.to_vec();
-    flood.extend(h2_frame(0x4, 0, 0, &[]));
-    // GET https://orders.shop/ in HPACK: three static entries and a literal authority.
-    let mut head = vec![0x82, 0x87, 0x84, 0x01, 11];
-    head.extend_from_slice(b"orders.shop");
-    for stream in (1..400u32).step_by(2) {
-        flood.extend(h2_frame(0x1, 0x4 | 0x1, stream, &head)); // HEADERS, END_HEADERS | END_STREAM
-        flood.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes())); // RST_STREAM(CANCEL)
-    }
+    let flood = reset_flood();
     // The sidecar may close before it has read it all: what it said is read either way.
     let _ = tls.write_all(&flood).await;
     let _ = tls.flush().await;
@@ -151,15 +158,7 @@ async fn an_authority_that_is_not_one_host_is_refused() {
 async fn a_flood_h2_itself_closes_is_counted() {
     let s = Single::start(|c| c.limits.http2.max_resets_per_second = 100_000).await;
     let mut tls = tls_h2(&s).await;
-    let mut flood = H2_PREFACE.to_vec();
-    flood.extend(h2_frame(0x4, 0, 0, &[]));
-    let mut head = vec![0x82, 0x87, 0x84, 0x01, 11];
-    head.extend_from_slice(b"orders.shop");
-    for stream in (1..400u32).step_by(2) {
-        flood.extend(h2_frame(0x1, 0x4 | 0x1, stream, &head));
-        flood.extend(h2_frame(0x3, 0, stream, &8u32.to_be_bytes()));
-    }
-    let _ = tls.write_all(&flood).await;
+    let _ = tls.write_all(&reset_flood()).await;
     let _ = tls.flush().await;
     let mut said = Vec::new();
     let _ = tokio::time::timeout(BOUND, tls.read_to_end(&mut said)).await.expect("the connection closed");
