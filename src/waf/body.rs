@@ -618,22 +618,26 @@ fn header_params(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     })
 }
 
-/// Whether a parameter is given twice, in any case, or `name` also as `name*` (RFC 7578 forbids
-/// it; Werkzeug reads it as `name`): parsers disagree on which counts (Werkzeug,
-/// python-multipart and PHP take the last, this reader the first, Go refuses the header), so a
-/// part named twice would be judged under a name the app does not read (an exclusion's
-/// `password` while the app reads `username`). `filename` with `filename*` is RFC 6266's advice
-/// for a name that is not ASCII, and both are judged.
-fn repeated_param(header: &[u8]) -> bool {
-    let mut seen: Vec<&[u8]> = Vec::new();
+/// Whether the part's name or file name is given twice: `name`, `filename` or `filename*`
+/// twice in any case, or `name` also as `name*` (RFC 7578 forbids it; Werkzeug reads it as
+/// `name`). Parsers disagree on which counts (Werkzeug, python-multipart and PHP take the last,
+/// this reader the first, Go refuses the header), so a part named twice would be judged under a
+/// name the app does not read (an exclusion's `password` while the app reads `username`).
+/// `filename` with `filename*` is RFC 6266's advice for a name that is not ASCII, and both are
+/// judged.
+fn repeated_name(header: &[u8]) -> bool {
+    // Counted, not remembered: a disposition of thousands of other parameters costs one pass.
+    let (mut names, mut filenames, mut extended) = (0u32, 0u32, 0u32);
     for (name, _) in header_params(header) {
-        let name = if name.eq_ignore_ascii_case(b"name*") { &name[..4] } else { name };
-        if seen.iter().any(|s| s.eq_ignore_ascii_case(name)) {
-            return true;
+        if name.eq_ignore_ascii_case(b"name") || name.eq_ignore_ascii_case(b"name*") {
+            names += 1;
+        } else if name.eq_ignore_ascii_case(b"filename") {
+            filenames += 1;
+        } else if name.eq_ignore_ascii_case(b"filename*") {
+            extended += 1;
         }
-        seen.push(name);
     }
-    false
+    names > 1 || filenames > 1 || extended > 1
 }
 
 /// The text of an RFC 5987 value (`charset'language'text`) that Go's `mime.ParseMediaType`
@@ -738,7 +742,7 @@ fn multipart_field(
 ) -> Option<Finding> {
     // An unclosed quote leaves parsers to disagree about where the file name (and whether
     // there is one) ends; a parameter given twice, about which is the part's name or file.
-    if !quotes_closed(disposition) || repeated_param(disposition) {
+    if !quotes_closed(disposition) || repeated_name(disposition) {
         return anomaly(waf, skip, LocationKind::MultipartFilename, disposition, disposition.len());
     }
     let name = header_param(disposition, b"name").unwrap_or(b"");
