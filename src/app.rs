@@ -374,19 +374,24 @@ async fn run(
         );
     }
     let per_source = config.limits.max_inflight_per_source.unwrap_or(max_inflight / 4).max(1);
-    let inflight = |direction, listener| {
+    // A listener's requests in flight; the inbound one also holds each source to its share.
+    let inflight = |direction, listener, per_source: Option<usize>| {
         let shed = telemetry.metrics.requests_shed.with_label_values(&[direction]);
         let counted = |reason, limit: &dyn std::fmt::Display| {
             telemetry.refusals.counter(direction, reason, limit, shed.clone()).at(listener)
         };
-        use crate::telemetry::RefusalReason::{MemoryShed, Shed};
+        use crate::telemetry::RefusalReason::{MemoryShed, Shed, SourceShed};
         let max = max_inflight;
-        crate::proxy::Inflight::with_memory(
+        let inflight = crate::proxy::Inflight::with_memory(
             max,
             counted(Shed, &max),
             memory.clone(),
             counted(MemoryShed, &memory_setting),
-        )
+        );
+        match per_source {
+            Some(share) => inflight.per_source(share, counted(SourceShed, &share)),
+            None => inflight,
+        }
     };
     let inbound = proxy_app(
         &conf,
@@ -397,14 +402,7 @@ async fn run(
             policy.clone(),
             telemetry.clone(),
         )
-        .shedding({
-            let shed = telemetry.metrics.requests_shed.with_label_values(&["inbound"]);
-            let counted = telemetry
-                .refusals
-                .counter("inbound", crate::telemetry::RefusalReason::SourceShed, per_source, shed)
-                .at(bound.inbound);
-            inflight("inbound", bound.inbound).per_source(per_source, counted)
-        })
+        .shedding(inflight("inbound", bound.inbound, Some(per_source)))
         .caller_timeouts(caller_timeouts("inbound", bound.inbound))
         .underscore_headers(config.inbound.headers_with_underscores),
         &config.limits,
@@ -420,7 +418,7 @@ async fn run(
             tls.clone(),
             telemetry.clone(),
         )
-        .shedding(inflight("outbound", bound.outbound))
+        .shedding(inflight("outbound", bound.outbound, None))
         .caller_timeouts(caller_timeouts("outbound", bound.outbound)),
         &config.limits,
         &telemetry,
