@@ -24,6 +24,14 @@ pub const MAX_CLOCK_SKEW_SECONDS: u64 = 3600;
 /// Envoy's `clock_skew_seconds` default.
 pub const DEFAULT_CLOCK_SKEW: Duration = Duration::from_secs(60);
 
+/// Why a header named with `_` cannot carry what the sidecar vouches for: CGI, WSGI, Rack and
+/// PHP read `x_jwt` and `x-jwt` as one header.
+fn underscored(name: &str) -> Option<&'static str> {
+    name.contains('_').then_some(
+        "a header name with '_' is read by CGI, WSGI, Rack and PHP apps as its '-' twin, which a caller can send; name it with '-'",
+    )
+}
+
 /// Headers a claim must never be forwarded into: they frame the request or route it, say what
 /// its body is or how the app reads it (every caller's copy of a forwarded header is removed: a
 /// claim in `content-type` took every request's type away, and the app read the body by a type
@@ -427,10 +435,9 @@ impl AuthnRuntime {
             if h.prefix.bytes().any(|b| !(b' '..=b'~').contains(&b)) {
                 return Err(err(format!("prefix {:?} must be printable ASCII", h.prefix)));
             }
-            // CGI, WSGI, Rack and PHP read `x_jwt` and `x-jwt` as one header: a forged token
-            // sent as `x-jwt` would be read where the verified one was looked for.
-            if name.as_str().contains('_') {
-                return Err(err(format!("{name}: a header name with '_' is read by CGI, WSGI, Rack and PHP apps as its '-' twin, which a caller can send; name it with '-'")));
+            // A forged token sent as `x-jwt` would be read where the verified `x_jwt` was.
+            if let Some(why) = underscored(name.as_str()) {
+                return Err(err(format!("{name}: {why}")));
             }
             // The sidecar replaces these with its own: a token there is never the caller's.
             if SIDECAR_SET_HEADERS.contains(&name.as_str()) || name == "x-request-id" {
@@ -451,8 +458,8 @@ impl AuthnRuntime {
                 return Err(err(format!("claims cannot be forwarded in {header}")));
             }
             // The app reads `x_user_id` as `x-user-id` too, a copy the caller can send.
-            if header.as_str().contains('_') {
-                return Err(err(format!("claims cannot be forwarded in {header}: a header name with '_' is read by CGI, WSGI, Rack and PHP apps as its '-' twin, which a caller can send; name it with '-'")));
+            if let Some(why) = underscored(header.as_str()) {
+                return Err(err(format!("claims cannot be forwarded in {header}: {why}")));
             }
             forward.push((path, header));
         }
