@@ -88,7 +88,10 @@ impl CaSigner {
         if not_after <= now {
             return Err(file_error(
                 &files.cert,
-                format!("the CA certificate ended at {}", parsed.validity().not_after),
+                format!(
+                    "the CA certificate ended at {}: give a CA certificate valid now, with its key (at a reload, the CA in force stays until then)",
+                    parsed.validity().not_after
+                ),
             ));
         }
         // A few minutes' grace for a clock behind the one that made it.
@@ -96,7 +99,7 @@ impl CaSigner {
             return Err(file_error(
                 &files.cert,
                 format!(
-                    "the CA certificate is not valid before {} (this machine's clock?)",
+                    "the CA certificate is not valid before {}: check this machine's clock, or the one that made it (at a reload, the CA in force stays until then)",
                     parsed.validity().not_before
                 ),
             ));
