@@ -7,6 +7,8 @@ mod support;
 
 use std::time::Duration;
 
+use palisade::app::Sidecar;
+use palisade::identity::WorkloadFiles;
 use support::*;
 
 const MAX_INFLIGHT: usize = 2;
@@ -17,19 +19,36 @@ async fn shed(admin: std::net::SocketAddr) -> u64 {
     text.lines().find_map(|l| l.strip_prefix(series)).map_or(0, |v| v.trim().parse().unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn past_max_inflight_requests_get_503_with_retry_after_and_service_recovers_when_load_drops() {
+/// A sidecar in front of an app that holds `/hold` until released, with `limits.maxInflight`
+/// and `limits.maxInflightPerSource` as given; its PKI and a client's certificate.
+async fn holding_sidecar(max: usize, per_source: usize) -> (Pki, WorkloadFiles, HoldingApp, Sidecar) {
     let pki = Pki::new();
     let server = pki.workload("server", &id("shop", "orders"));
     let client_files = pki.workload("client", &id("shop", "frontend"));
     let app = HoldingApp::start().await;
     let mut config = sidecar_config(&server, app.addr);
-    config.limits.max_inflight = MAX_INFLIGHT;
-    // One client, one source: its share is the whole listener here.
-    config.limits.max_inflight_per_source = Some(MAX_INFLIGHT);
+    config.limits.max_inflight = max;
+    config.limits.max_inflight_per_source = Some(per_source);
     // The holding app speaks HTTP/1.1 only; the client may pick HTTP/2 (each request a stream).
     config.inbound.app_protocol = palisade::config::AppProtocol::Http1;
     let sidecar = start_sidecar(config);
+    (pki, client_files, app, sidecar)
+}
+
+/// `n` requests to `url` sent at once, each answered when the app lets it go: their statuses.
+fn hold(client: &reqwest::Client, url: &str, n: usize) -> Vec<tokio::task::JoinHandle<reqwest::Result<u16>>> {
+    (0..n)
+        .map(|_| {
+            let (client, url) = (client.clone(), url.to_string());
+            tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_max_inflight_requests_get_503_with_retry_after_and_service_recovers_when_load_drops() {
+    // One client, one source: its share is the whole listener here.
+    let (_pki, client_files, app, sidecar) = holding_sidecar(MAX_INFLIGHT, MAX_INFLIGHT).await;
     let client = https_client(Some(&client_files));
     let url = |path: &str| format!("https://{}{path}", sidecar.inbound);
 
@@ -37,12 +56,7 @@ async fn past_max_inflight_requests_get_503_with_retry_after_and_service_recover
     assert_eq!(client.get(url("/ok")).send().await.unwrap().status(), 200);
 
     // Fill the limit with requests the app holds.
-    let held: Vec<_> = (0..MAX_INFLIGHT)
-        .map(|_| {
-            let (client, url) = (client.clone(), url("/hold"));
-            tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
-        })
-        .collect();
+    let held = hold(&client, &url("/hold"), MAX_INFLIGHT);
     app.wait_held(MAX_INFLIGHT).await;
 
     // Over it: 503 at once, with Retry-After, never reaching the app. Bounded: five requests.
@@ -77,15 +91,7 @@ async fn one_source_holding_all_but_the_last_share_is_shed_and_other_sources_are
     const MAX: usize = 6;
     const SHARE: usize = 2;
     const HOG: usize = MAX - SHARE;
-    let pki = Pki::new();
-    let server = pki.workload("server", &id("shop", "orders"));
-    let client_files = pki.workload("client", &id("shop", "frontend"));
-    let app = HoldingApp::start().await;
-    let mut config = sidecar_config(&server, app.addr);
-    config.limits.max_inflight = MAX;
-    config.limits.max_inflight_per_source = Some(SHARE);
-    config.inbound.app_protocol = palisade::config::AppProtocol::Http1;
-    let sidecar = start_sidecar(config);
+    let (_pki, client_files, app, sidecar) = holding_sidecar(MAX, SHARE).await;
     let client_at = |source: [u8; 4]| {
         let mut tls = client_tls(Some(&client_files));
         tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -98,12 +104,7 @@ async fn one_source_holding_all_but_the_last_share_is_shed_and_other_sources_are
     };
     let url = |path: &str| format!("https://{}{path}", sidecar.inbound);
     let hog = client_at([127, 0, 0, 1]);
-    let held: Vec<_> = (0..HOG)
-        .map(|_| {
-            let (client, url) = (hog.clone(), url("/hold"));
-            tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
-        })
-        .collect();
+    let held = hold(&hog, &url("/hold"), HOG);
     app.wait_held(HOG).await;
     let over = hog.get(url("/over")).send().await.unwrap();
     assert_eq!(over.status(), 503, "past its share, with only the last share free");
