@@ -97,14 +97,7 @@ async fn requests_refused_as_invalid_are_events_too() {
         e["message"].as_str().unwrap_or("").contains("refused as malformed or over a size limit")
     };
     let probe = |e: &serde_json::Value| refused(e) && e["message"].as_str().unwrap_or("").contains("/../x");
-    let all_there = eventually(async || {
-        let events = s.events();
-        let each = events.iter().filter(|e| probe(e)).count() as u64;
-        let counted: u64 = events.iter().filter(|e| in_aggregate(e)).map(|e| e["count"].as_u64().unwrap_or(0)).sum();
-        each + counted == FLOOD && counted > 0
-    })
-    .await;
-    assert!(all_there, "{:#?}", s.events());
+    assert!(all_accounted(&s, FLOOD, probe, in_aggregate).await, "{:#?}", s.events());
     // The ones counted in aggregate are requests answered, as the ones reported each are.
     let events = s.events();
     let aggregate = events.iter().find(|e| in_aggregate(e)).unwrap();
@@ -114,6 +107,23 @@ async fn requests_refused_as_invalid_are_events_too() {
         "{aggregate}"
     );
     s.shutdown();
+}
+
+/// Whether, eventually, the events reported one by one (`each`) and the counts of the aggregate
+/// ones (`in_aggregate`) add up to `flood`, some of them in aggregate.
+async fn all_accounted(
+    s: &PolicedSidecar,
+    flood: u64,
+    each: impl Fn(&serde_json::Value) -> bool,
+    in_aggregate: impl Fn(&serde_json::Value) -> bool,
+) -> bool {
+    eventually(async || {
+        let events = s.events();
+        let one_by_one = events.iter().filter(|e| each(e)).count() as u64;
+        let counted: u64 = events.iter().filter(|e| in_aggregate(e)).map(|e| e["count"].as_u64().unwrap_or(0)).sum();
+        one_by_one + counted == flood && counted > 0
+    })
+    .await
 }
 
 /// A flood of rate-limited requests: each of the first 10 a second is an event, the rest are
@@ -130,14 +140,7 @@ async fn a_flood_of_rate_limited_requests_is_reported_in_aggregate() {
     let each = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").starts_with("rate limited POST /limited");
     let in_aggregate =
         |e: &serde_json::Value| e["message"].as_str().unwrap_or("").contains("rate limited (429): past 10 a second");
-    let all_there = eventually(async || {
-        let events = s.events();
-        let one_by_one = events.iter().filter(|e| each(e)).count() as u64;
-        let counted: u64 = events.iter().filter(|e| in_aggregate(e)).map(|e| e["count"].as_u64().unwrap_or(0)).sum();
-        one_by_one + counted == FLOOD && counted > 0
-    })
-    .await;
-    assert!(all_there, "{:#?}", s.events());
+    assert!(all_accounted(&s, FLOOD, each, in_aggregate).await, "{:#?}", s.events());
     let events = s.events();
     let aggregate = events.iter().find(|e| in_aggregate(e)).unwrap();
     assert_eq!(
