@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use std::path::Path;
 
@@ -613,6 +613,11 @@ async fn watch_certificates(
     stop: watch::Receiver<bool>,
 ) {
     let mut identity = tls.current().credentials.id.clone();
+    let in_force = tls.clone();
+    // A certificate from the CA is renewed, and its failures reported, by the identity client.
+    let from_files = tls.files().is_some();
+    // The serial of the certificate whose expiry was reported: once each, not once per look.
+    let mut expiry_reported: Option<String> = None;
     poll_files(
         every,
         stop,
@@ -634,7 +639,24 @@ async fn watch_certificates(
                     not_after: creds.not_after,
                 });
             }
-            Ok(None) => {}
+            Ok(None) => {
+                // Files whose writer stopped renewing (cert-manager or SPIRE down, a Secret no
+                // longer projected) leave an expired certificate in force: /ready says so, and
+                // so must the log and the events an operator alerts on.
+                let state = in_force.current();
+                let creds = &state.credentials;
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+                if from_files && creds.not_after <= now && expiry_reported.as_deref() != Some(creds.serial.as_str()) {
+                    tracing::error!(identity = %creds.id, serial = %creds.serial, not_after = creds.not_after,
+                        "the workload certificate has expired and its files hold no newer one: peers refuse this sidecar and it is not ready until they do");
+                    telemetry.events.emit(SecurityEvent::CertificateExpired {
+                        identity: creds.id.to_string(),
+                        serial: creds.serial.clone(),
+                        not_after: creds.not_after,
+                    });
+                    expiry_reported = Some(creds.serial.clone());
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "new certificate files are not usable; keeping the current ones");
                 telemetry.metrics.certificate_reloads.with_label_values(&["rejected"]).inc();

@@ -461,6 +461,11 @@ fn every_kind() -> Vec<SecurityEvent> {
             not_after: 1_900_000_000,
         },
         SecurityEvent::CertificateReloadFailed { reason: "certificate not signed by the trust bundle".into() },
+        SecurityEvent::CertificateExpired {
+            identity: id("shop", "orders"),
+            serial: "1a2b".into(),
+            not_after: 1_900_000_000,
+        },
         SecurityEvent::PolicyApplied { version: "v7".into(), policies: vec!["shop/orders".into()] },
         SecurityEvent::PolicyRejected {
             kept_version: "v7".into(),
@@ -558,6 +563,7 @@ fn kind(event: &SecurityEvent) -> &'static str {
         SecurityEvent::TlsFailure { .. } => "TlsFailure",
         SecurityEvent::CertificateRotated { .. } => "CertificateRotated",
         SecurityEvent::CertificateReloadFailed { .. } => "CertificateReloadFailed",
+        SecurityEvent::CertificateExpired { .. } => "CertificateExpired",
         SecurityEvent::PolicyApplied { .. } => "PolicyApplied",
         SecurityEvent::PolicyRejected { .. } => "PolicyRejected",
         SecurityEvent::RequestDenied(_) => "RequestDenied",
@@ -571,7 +577,7 @@ fn kind(event: &SecurityEvent) -> &'static str {
     }
 }
 
-const KINDS: usize = 13;
+const KINDS: usize = 14;
 
 /// Where [`every_event_kind_written_through_the_event_writer`] leaves its files for
 /// tests/k8s/test_events.py: `<target dir>/tmp/event-samples`.

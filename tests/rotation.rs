@@ -239,6 +239,48 @@ async fn a_certificate_issued_ahead_of_this_clock_is_taken_once_it_is_valid() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_certificate_that_expires_unreplaced_is_reported_once_and_unready() {
+    // The files' writer stopped renewing: the certificate in force runs out. /ready says so, and
+    // so does one security event (and the log), not one per look; a new certificate ends it.
+    let Reporting { pki, files, _app, events, sidecar } = Reporting::start().await;
+    let ready = || async {
+        let url = format!("http://{}/ready", sidecar.admin);
+        http_client().get(url).send().await.unwrap().status().as_u16()
+    };
+    assert_eq!(ready().await, 200);
+    let mut spec = LeafSpec::workload(&id("shop", "orders"));
+    // Long enough to be taken on a busy machine before it runs out.
+    spec.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
+    let (cert, key) = pki.ca.issue(&spec).unwrap();
+    write_atomically(&files.key, &key);
+    write_atomically(&files.cert, &cert);
+    let short = serial_of(&files.cert);
+    let message = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").to_string();
+    let expired_events =
+        || read_jsonl(&events).into_iter().filter(|e| message(e).contains("certificate expired")).collect::<Vec<_>>();
+    assert!(eventually(|| async { !expired_events().is_empty() }).await, "{:?}", read_jsonl(&events));
+    let expired = expired_events().remove(0);
+    assert_eq!(expired["class_uid"], 3004, "Entity Management");
+    assert_eq!(expired["status_id"], 2, "failure");
+    assert_eq!(expired["entity"]["uid"], short.as_str());
+    assert_eq!(ready().await, 503);
+
+    // A renewed certificate is taken and ends it; the expiry was reported once in between.
+    let (cert, key) = pki.ca.issue(&LeafSpec::workload(&id("shop", "orders"))).unwrap();
+    write_atomically(&files.key, &key);
+    write_atomically(&files.cert, &cert);
+    let renewed = serial_of(&files.cert);
+    let taken = eventually(|| async {
+        read_jsonl(&events).iter().any(|e| message(e).contains("rotated") && e["entity"]["uid"] == renewed.as_str())
+    })
+    .await;
+    assert!(taken);
+    assert_eq!(ready().await, 200);
+    assert_eq!(expired_events().len(), 1, "{:?}", expired_events());
+    sidecar.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_certificate_file_keeps_the_current_one() {
     let pair = Pair::start().await;
     let b_dir = pair.pki.path("b");

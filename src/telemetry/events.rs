@@ -54,6 +54,9 @@ pub enum SecurityEvent {
     CertificateRotated { identity: String, serial: String, not_after: i64 },
     /// A new certificate could not be loaded; the previous one stays in use.
     CertificateReloadFailed { reason: String },
+    /// The workload certificate in force has passed its end and nothing has replaced it: peers
+    /// refuse this sidecar until one does.
+    CertificateExpired { identity: String, serial: String, not_after: i64 },
     /// A new policy set is in force.
     PolicyApplied { version: String, policies: Vec<String> },
     /// A policy update was refused; the set in force stays.
@@ -535,6 +538,13 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
             format!("certificate reload failed, previous kept: {reason}"),
             json!({"entity": {"type": "Certificate", "name": "workload certificate"}, "status_detail": reason}),
         ),
+        SecurityEvent::CertificateExpired { identity, serial, not_after } => entity(
+            (11, "Deactivate"),
+            FAILURE,
+            5,
+            format!("certificate expired for {identity}, nothing replaced it: peers refuse this sidecar"),
+            json!({"entity": certificate(identity, serial, *not_after), "actor": workload(identity)}),
+        ),
         SecurityEvent::CertificateIssued { identity, serial, not_after, peer, pod } => entity(
             (1, "Create"),
             SUCCESS,
@@ -741,6 +751,7 @@ fn ecs_classification(event: &SecurityEvent) -> (&'static str, &'static [&'stati
         SecurityEvent::CertificateRotated { .. } | SecurityEvent::CertificateReloadFailed { .. } => {
             ("event", &["configuration"], &["change"])
         }
+        SecurityEvent::CertificateExpired { .. } => ("event", &["configuration"], &["info"]),
         SecurityEvent::CertificateIssued { .. } | SecurityEvent::CertificateRefused { .. } => {
             ("event", &["iam"], &["creation"])
         }
@@ -796,6 +807,12 @@ fn ecs(event: &SecurityEvent) -> Value {
             "failure",
             format!("certificate reload failed, previous kept: {reason}"),
             json!({}),
+        ),
+        SecurityEvent::CertificateExpired { identity, serial, not_after } => (
+            "certificate-expired",
+            "failure",
+            format!("certificate expired for {identity}, nothing replaced it: peers refuse this sidecar"),
+            json!({"tls": {"server": {"x509": {"serial_number": serial, "not_after": not_after}}}}),
         ),
         SecurityEvent::CertificateIssued { identity, serial, not_after, peer, .. } => (
             "certificate-issued",
