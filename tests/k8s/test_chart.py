@@ -313,6 +313,37 @@ def test_passthrough_destinations_and_opaque_ports_reach_every_injected_sidecar(
     assert outbound["opaquePorts"] == [25, 587, 3306, 4444, 5432, 6379, 7000, 9300, 11211], outbound
 
 
+BLOCKS = ["10.0.0.0/8", "10.1.2.3", "10.0.0.128/25", "0.0.0.0/0", "fd00::/8", "::/0", "::1", "fe80::/10",
+          "1:2:3:4:5:6:7:8", "fd00:0:0:100::/56", "ffff:fffe::/31",
+          "10.1.2.3/8", "10.0.0.64/25", ":::", "fd00::1/8", "1::2::3", "fe80::1:2:3:4:5/64", "fd00:0:0:ff::/56",
+          "ffff:ffff::/31", "1:2:3:4:5:6:7:8:9", "12345::", "10.0.0.256/8"]
+
+
+@pytest.mark.parametrize("value", ["excludeOutboundCidrs", "outboundPassthrough"])
+def test_the_chart_refuses_exactly_the_address_blocks_the_control_plane_refuses(value):
+    # The schema let "10.1.2.3/8" and ":::" through, and the control plane they reached exited at start
+    # (crash-looping, with the webhook refusing every meshed pod). Each block is judged by both.
+    (cm,) = [o for o in objects({"identity": {"mode": "secret"}}) if o["metadata"]["name"] == "palisade-control-config"]
+    control = yaml.safe_load(cm["data"]["control.yaml"])
+    pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\nspec: {containers: [{name: app, image: a}]}\n"
+    verdicts = {}
+    for block in BLOCKS:
+        control["webhook"]["sidecar"][value] = [block]
+        with tempfile.TemporaryDirectory() as d:
+            config = pathlib.Path(d) / "control.yaml"
+            config.write_text(yaml.safe_dump(control))
+            binary_takes = palisade("inject", "--config", str(config), stdin=pod, check=False).returncode == 0
+        try:
+            objects({"identity": {"mode": "secret"}, "sidecar": {value: [block]}})
+            chart_takes = True
+        except (helm_python.HelmRenderError, helm_python.HelmValuesError) as refused:
+            chart_takes = False
+            assert f"{value}" in str(refused), refused
+        verdicts[block] = (chart_takes, binary_takes)
+    assert all(chart == binary for chart, binary in verdicts.values()), verdicts
+    assert sum(chart for chart, _ in verdicts.values()) == 11, verdicts
+
+
 def test_the_meshs_telemetry_values_reach_every_injected_sidecar():
     telemetry = {"otlp": {"endpoint": "http://otel-collector.observability:4317", "sampling": 0.01},
                  "events": {"format": "ecs"}, "accessLog": False}
@@ -621,6 +652,16 @@ def test_a_sidecar_request_above_its_limit_fails_the_render_naming_the_value(val
     message = refusal({"sidecar": {value: {"requests": requests, "limits": limits}}})
     (resource,) = requests
     assert f"sidecar.{value}: requests.{resource}" in message and f"limits.{resource}" in message, message
+
+
+def test_a_control_plane_request_above_its_limit_fails_the_render_naming_the_value():
+    # It rendered, and the API server refused the control plane's pods while the install succeeded.
+    message = refusal({"controlPlane": {"resources": {"requests": {"cpu": "2", "memory": "1Gi"},
+                                                      "limits": {"cpu": "1", "memory": "256Mi"}}}})
+    assert "controlPlane.resources: requests." in message and "the control plane's pods" in message, message
+    (deployment,) = by_kind(objects({"controlPlane": {"resources": {"requests": {"cpu": "1"}, "limits": {"cpu": "1"}}}}),
+                            "Deployment")
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"] == "1"
 
 
 def test_sidecar_requests_up_to_their_limits_render_in_any_unit():
