@@ -31,7 +31,8 @@ pub struct InjectSettings {
     pub init_resources: Resources,
     /// `PALISADE_LOG` of every sidecar unless a pod says otherwise (`palisade.dev/log-level`).
     pub log_level: String,
-    /// Namespaces never injected, besides the control plane's own.
+    /// Namespaces never injected, besides `kube-system` and the control plane's own (a list
+    /// given here adds to those two, as the chart's `webhook.excludeNamespaces` does).
     pub excluded_namespaces: Vec<String>,
     /// Inbound ports never captured, in every pod (besides the sidecar's own).
     pub exclude_inbound_ports: Vec<u16>,
@@ -71,7 +72,7 @@ impl Default for InjectSettings {
                 limits: quantities(&[("cpu", "100m"), ("memory", "32Mi")]),
             },
             log_level: "info".into(),
-            excluded_namespaces: vec!["kube-system".into()],
+            excluded_namespaces: Vec::new(),
             exclude_inbound_ports: Vec::new(),
             exclude_outbound_ports: Vec::new(),
             exclude_outbound_cidrs: Vec::new(),

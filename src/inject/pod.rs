@@ -98,7 +98,10 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
         map.and_then(|m| m.get(ann::INJECT)).and_then(Value::as_str).is_some_and(|v| v.trim() == ann::DISABLED)
     };
     if let Some(ns) = namespace {
-        if ns == settings.control_plane.namespace || settings.excluded_namespaces.iter().any(|n| n == ns) {
+        // kube-system whatever the list says: its pods run the cluster (DNS, CNI) and must
+        // start when the control plane is down.
+        let excluded = ns == "kube-system" || settings.excluded_namespaces.iter().any(|n| n == ns);
+        if ns == settings.control_plane.namespace || excluded {
             return Ok(Decision::Skip(Skip::ExcludedNamespace(ns.to_string())));
         }
     }
