@@ -1422,3 +1422,28 @@ async fn an_upgraded_connection_the_app_ends_is_no_failure_of_the_peer() {
     assert!(!counted("code=\"502\"").await, "counted as a failure too");
     pair.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_app_cuts_short_reaches_the_caller_as_begun_and_then_closed() {
+    // The app promises 100 bytes, sends 10 and closes. The caller got an empty reply: the head
+    // and the 10 bytes sat in A's write buffer (an answer of known length is sent at its end)
+    // and went with the connection. Clients take an empty reply for a kept-alive connection
+    // closed under them, and some send the request again.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (app_addr, _) = raw_app(|mut stream, _: tokio::sync::mpsc::UnboundedSender<()>| async move {
+        if read_request(&mut stream).await.is_some() {
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789").await;
+        }
+    })
+    .await;
+    let pair = Pair::start_configured(EchoApp::start().await, |_| {}, |b| b.inbound.app.0 = app_addr).await;
+    let mut caller = tokio::net::TcpStream::connect(pair.a.outbound).await.unwrap();
+    caller.write_all(b"GET /cut HTTP/1.1\r\nHost: orders.shop\r\n\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(patience(), caller.read_to_end(&mut answer)).await.expect("closed").unwrap();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text:?}");
+    let body = &text[text.find("\r\n\r\n").expect("a whole head") + 4..];
+    assert!(body.len() < 100 && "0123456789".starts_with(body), "{text:?}");
+    pair.shutdown();
+}

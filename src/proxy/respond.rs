@@ -371,6 +371,13 @@ pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> Fai
                 tracing::debug!(error = %write_error, "could not end the answer with the refusal");
             }
         }
+        // An HTTP/1.1 answer of known length is buffered until its end, head included: dropped
+        // with the connection, the caller would get an empty reply, which clients take for a
+        // kept-alive connection closed under them (and some send again). Closed here instead, it
+        // gets what the app sent, then the close that tells it the answer was cut short.
+        if !session.is_http2() {
+            session.downstream_session.shutdown().await;
+        }
         return FailToProxy { error_code, can_reuse_downstream: false };
     }
     // A refusal made while the body streamed (a gRPC message the WAF blocked): its own answer.
