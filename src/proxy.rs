@@ -433,10 +433,45 @@ pub(crate) fn frame_for_http10(session: &mut pingora::proxy::Session, header: &m
 /// reads untimed, since an upgraded connection (a WebSocket) may rightly be silent for long;
 /// `bodyTimeout` would otherwise close an idle one after a minute.
 pub(crate) fn passed_answer(session: &mut pingora::proxy::Session, header: &mut pingora::http::ResponseHeader) {
+    drop_hop_by_hop(header);
     frame_for_http10(session, header);
     if header.status == http::StatusCode::SWITCHING_PROTOCOLS {
         session.set_read_timeout(None);
     }
+}
+
+/// An HTTP/1.1 answer's fields for its own hop (RFC 9110 §7.6.1): those its `Connection` names,
+/// `Keep-Alive` (the app's timeout, not the sidecar's) and `Proxy-Connection`, as they are
+/// dropped from requests. `Connection` itself goes too: the sidecar says its own. The framing
+/// stays (`Transfer-Encoding`, `Content-Length`), whatever `Connection` names, and a `101`
+/// keeps its `Connection: upgrade`.
+pub(crate) fn drop_hop_by_hop(header: &mut pingora::http::ResponseHeader) {
+    if header.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    if header.headers.contains_key(http::header::CONNECTION) {
+        // Cloned values (a count on shared bytes), so the names can go while they are read.
+        let values = header.headers.get_all(http::header::CONNECTION);
+        let one = values.iter().nth(1).is_none().then(|| values.iter().next().cloned()).flatten();
+        let several: Vec<http::HeaderValue> = if one.is_none() { values.iter().cloned().collect() } else { Vec::new() };
+        for name in one.iter().chain(&several).flat_map(connection_tokens).take(32) {
+            let framing = name.eq_ignore_ascii_case("transfer-encoding") || name.eq_ignore_ascii_case("content-length");
+            if !framing && header.headers.contains_key(name) {
+                header.remove_header(name);
+            }
+        }
+        header.remove_header(&http::header::CONNECTION);
+    }
+    for name in ["keep-alive", "proxy-connection"] {
+        if header.headers.contains_key(name) {
+            header.remove_header(name);
+        }
+    }
+}
+
+/// The names in one `Connection` value.
+fn connection_tokens(value: &http::HeaderValue) -> impl Iterator<Item = &str> {
+    value.to_str().unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty())
 }
 
 /// A gRPC request (`application/grpc`, `application/grpc+proto`, gRPC-Web), as the WAF reads

@@ -1447,3 +1447,30 @@ async fn an_answer_the_app_cuts_short_reaches_the_caller_as_begun_and_then_close
     assert!(body.len() < 100 && "0123456789".starts_with(body), "{text:?}");
     pair.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_hop_by_hop_answer_fields_stay_on_its_hop() {
+    // RFC 9110 §7.6.1, as for requests: what the answer's Connection names, and Keep-Alive (the
+    // app's timeout, not the sidecar's), never reach the caller; the framing and the rest do.
+    use tokio::io::AsyncWriteExt;
+    let (app_addr, _) = raw_app(|mut stream, _: tokio::sync::mpsc::UnboundedSender<()>| async move {
+        while read_request(&mut stream).await.is_some() {
+            let answer = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret, content-length\r\nX-Secret: s\r\n\
+                          Keep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nX-Kept: k\r\nContent-Length: 2\r\n\r\nok";
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let pair = Pair::start_configured(EchoApp::start().await, |_| {}, |b| b.inbound.app.0 = app_addr).await;
+    let answer = http_client().get(pair.url("/hop")).header("host", B_AUTHORITY).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let headers = answer.headers().clone();
+    for gone in ["x-secret", "keep-alive", "proxy-connection"] {
+        assert!(!headers.contains_key(gone), "{gone}: {headers:?}");
+    }
+    assert_eq!(headers.get("x-kept").map(|v| v.as_bytes()), Some(&b"k"[..]), "{headers:?}");
+    assert_eq!(answer.text().await.unwrap(), "ok");
+    pair.shutdown();
+}

@@ -546,7 +546,8 @@ async fn exchange(
             // An interim answer cannot be forwarded to an HTTP/2 caller before the final one
             // (pingora drops it too).
             HttpTask::Header(header, _) if header.status.is_informational() => {}
-            HttpTask::Header(header, end) => {
+            HttpTask::Header(mut header, end) => {
+                super::drop_hop_by_hop(&mut header);
                 super::forward::write_header(session, header, end).await?;
                 if end {
                     return Ok(request_done);
