@@ -284,8 +284,49 @@ pub struct Authentication {
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Selector {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "kubernetes_labels")]
     pub match_labels: BTreeMap<String, String>,
+}
+
+/// Labels as the API server takes them: a selector naming a key or value no pod can carry
+/// (`app*`, an empty key) selects nothing, and a DENY written in it would protect nothing.
+fn kubernetes_labels<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let labels = BTreeMap::<String, String>::deserialize(d)?;
+    for (key, value) in &labels {
+        if let Err(why) = label_key(key) {
+            return Err(serde::de::Error::custom(format!("label key {key:?} {why}: no pod can carry it")));
+        }
+        if !value.is_empty() && !label_name(value) {
+            return Err(serde::de::Error::custom(format!(
+                "label {key}: value {value:?} is not a Kubernetes label value (at most 63 letters, digits, '-', '_' or '.', \
+                 beginning and ending with a letter or digit, or empty): no pod can carry it"
+            )));
+        }
+    }
+    Ok(labels)
+}
+
+/// A label key: a name, after an optional DNS subdomain prefix and `/`.
+fn label_key(key: &str) -> Result<(), &'static str> {
+    let (prefix, name) = key.rsplit_once('/').map_or((None, key), |(p, n)| (Some(p), n));
+    if let Some(prefix) = prefix {
+        if !crate::identity::is_service_account_name(prefix) {
+            return Err("has a prefix that is not a DNS subdomain (lower-case, such as example.com/)");
+        }
+    }
+    if !label_name(name) {
+        return Err("is not a Kubernetes label name (1-63 letters, digits, '-', '_' or '.', beginning and ending with a letter or digit)");
+    }
+    Ok(())
+}
+
+fn label_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let edge = |c: &u8| c.is_ascii_alphanumeric();
+    (1..=63).contains(&b.len())
+        && b.first().is_some_and(edge)
+        && b.last().is_some_and(edge)
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

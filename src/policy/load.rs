@@ -340,6 +340,38 @@ mod tests {
     }
 
     #[test]
+    fn a_selector_no_pod_can_match_is_refused_with_the_label_named() {
+        // Kubernetes refuses these labels on a pod, so such a selector picked no workload, and a
+        // DENY written in it protected nothing, silently.
+        for (labels, words) in [
+            ("{\"app*\": orders}", "label key \"app*\""),
+            ("{\"\": x}", "label key \"\""),
+            ("{\"a/b/c\": x}", "prefix"),
+            ("{\"Example.com/app\": x}", "prefix"),
+            ("{app: \"a b\"}", "value \"a b\""),
+            ("{app: \"-x\"}", "value \"-x\""),
+        ] {
+            let errors = errors_of(&format!("{HEAD}  selector: {{matchLabels: {labels}}}\n  mtls: STRICT\n"));
+            assert!(
+                errors.len() == 1
+                    && errors[0].field == "spec.selector.matchLabels"
+                    && errors[0].line == Some(5)
+                    && errors[0].message.contains(words),
+                "{labels}: {errors:?}"
+            );
+        }
+        for labels in [
+            "{app: orders}",
+            "{app: \"\"}",
+            "{app.kubernetes.io/name: orders, tier: web_1.2}",
+            "{\"example.com/x\": Y}",
+        ] {
+            let errors = errors_of(&format!("{HEAD}  selector: {{matchLabels: {labels}}}\n  mtls: STRICT\n"));
+            assert!(errors.is_empty(), "{labels}: {errors:?}");
+        }
+    }
+
+    #[test]
     fn a_condition_or_key_on_a_header_the_sidecar_writes_for_the_app_is_refused() {
         for key in ["x-forwarded-client-cert", "L5d-Client-Id", "palisade-orig-proto"] {
             let when = format!(
