@@ -817,6 +817,21 @@ async fn subscribe(
     identity: &str,
     hello: palisade::proto::Hello,
 ) -> Result<(), tonic::Status> {
+    let (_sender, mut stream) = raw_stream(pki, plane, identity, hello).await?;
+    stream.message().await.map(|_| ())
+}
+
+/// A stream opened by hand, as a misbehaving client would: what it sends after its Hello, and
+/// what the control plane sends it.
+async fn raw_stream(
+    pki: &Pki,
+    plane: &ControlPlane,
+    identity: &str,
+    hello: palisade::proto::Hello,
+) -> Result<
+    (tokio::sync::mpsc::Sender<palisade::proto::SidecarMessage>, tonic::Streaming<palisade::proto::ControlMessage>),
+    tonic::Status,
+> {
     use palisade::proto::policy_discovery_client::PolicyDiscoveryClient;
     use palisade::proto::{sidecar_message, SidecarMessage};
     let files = pki.workload("raw-client", identity);
@@ -834,11 +849,58 @@ async fn subscribe(
         tonic::transport::Endpoint::from_static("http://control").connect_with_connector(connector).await.unwrap();
     let (sender, receiver) = tokio::sync::mpsc::channel(2);
     sender.send(SidecarMessage { kind: Some(sidecar_message::Kind::Hello(hello)) }).await.unwrap();
-    let mut stream = PolicyDiscoveryClient::new(channel)
+    let stream = PolicyDiscoveryClient::new(channel)
         .stream_policies(tokio_stream::wrappers::ReceiverStream::new(receiver))
         .await?
         .into_inner();
-    stream.message().await.map(|_| ())
+    Ok((sender, stream))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_or_nack_for_a_version_never_sent_is_not_recorded_as_applied() {
+    // /status recorded whatever a stream acknowledged: `deadbeef0000`, never sent, as applied.
+    use palisade::proto::{control_message, sidecar_message, Ack, Nack, SidecarMessage};
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    write_policy(&dir.join("orders.yaml"), &policy_for("orders", "orders-api", &deny_paths(&["/admin"])));
+    let plane = ControlPlane::start(&pki, "control", &dir).await;
+    let hello = palisade::proto::Hello {
+        namespace: "shop".into(),
+        labels: [("app".to_string(), "orders".to_string())].into(),
+        version: String::new(),
+        node: "forger-1".into(),
+        token: String::new(),
+        revision: 0,
+    };
+    let (sender, mut stream) = raw_stream(&pki, &plane, &id("shop", "orders"), hello).await.unwrap();
+    let sent = loop {
+        match stream.message().await.unwrap().and_then(|m| m.kind) {
+            Some(control_message::Kind::Snapshot(snapshot)) => break snapshot.version,
+            Some(_) => continue,
+            None => panic!("no snapshot"),
+        }
+    };
+    let record = || async {
+        let status = plane.status().await;
+        status["sidecars"].as_array().unwrap().iter().find(|s| s["node"] == "forger-1").cloned().unwrap()
+    };
+    let send = |kind| SidecarMessage { kind: Some(kind) };
+    sender.send(send(sidecar_message::Kind::Ack(Ack { version: "deadbeef0000".into() }))).await.unwrap();
+    sender
+        .send(send(sidecar_message::Kind::Nack(Nack { version: "0badc0ffee00".into(), reason: "forged".into() })))
+        .await
+        .unwrap();
+    // The answer for the version sent comes after both: once it is recorded, so would they be.
+    sender.send(send(sidecar_message::Kind::Ack(Ack { version: sent.clone() }))).await.unwrap();
+    wait_for("the ACK of what was sent", async || record().await["state"] == "synced").await;
+    let record = record().await;
+    assert_eq!(record["acked"]["version"], sent.as_str(), "{record}");
+    assert!(record["nacked"].is_null(), "{record}");
+    let metrics = plane.metrics().await;
+    assert!(metrics.contains("palisade_control_acks_total 1\n"), "one ACK counted: {metrics}");
+    assert!(metrics.contains("palisade_control_nacks_total 0\n"), "{metrics}");
+    drop(sender);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

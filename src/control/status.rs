@@ -174,7 +174,26 @@ impl Session {
         });
     }
 
+    /// An ACK or NACK names a version this stream sent (or the sidecar said it held): one for
+    /// any other is not what an operator reads in /status as applied, so it is left out, as
+    /// Envoy leaves out an ACK whose nonce is not its last response's.
+    fn answers_what_was_sent(&self, version: &str, answer: &str) -> bool {
+        let mut known = false;
+        self.registry.update(self.id, |r| {
+            let is = |v: &Option<VersionAt>| v.as_ref().is_some_and(|v| v.version == version);
+            known = is(&r.sent) || is(&r.acked);
+            if !known {
+                tracing::warn!(identity = %r.identity, node = %r.node, version, sent = ?r.sent.as_ref().map(|s| &s.version),
+                    "a sidecar answered {answer} for a version this stream never sent it; not recorded");
+            }
+        });
+        known
+    }
+
     pub fn acked(&self, version: &str) {
+        if !self.answers_what_was_sent(version, "ACK") {
+            return;
+        }
         self.registry.metrics.acks.inc();
         let latency = &self.registry.metrics.push_latency;
         self.registry.update(self.id, |r| {
@@ -187,6 +206,9 @@ impl Session {
     }
 
     pub fn nacked(&self, version: &str, reason: &str) {
+        if !self.answers_what_was_sent(version, "NACK") {
+            return;
+        }
         self.registry.metrics.nacks.inc();
         let latency = &self.registry.metrics.push_latency;
         self.registry.update(self.id, |r| {
