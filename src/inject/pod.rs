@@ -197,6 +197,9 @@ pub fn plan(pod: &Value, base: &str, namespace: Option<&str>, settings: &InjectS
     }
     let added: [Value; INJECTED_INIT_CONTAINERS] =
         [init_container(settings, &options), proxy_container(settings, &options)];
+    for container in &added {
+        fits_exec(container).map_err(|message| shape("/spec/initContainers", &message))?;
+    }
     match init_containers {
         None => ops.push(add(format!("{base}/spec/initContainers"), Value::Array(added.to_vec()))),
         // First: the capture is in place, and the sidecar ready, before any other container runs.
@@ -435,6 +438,37 @@ fn merged<T: Clone + Ord>(a: &[T], b: &[T]) -> Vec<T> {
     all.sort();
     all.dedup();
     all
+}
+
+/// Linux's limit on one argument or one `NAME=value` of a program's environment, with its NUL
+/// (`MAX_ARG_STRLEN`, 32 pages): past it the container cannot start (`E2BIG`), and the runtime's
+/// error names neither the annotation nor the field.
+const MAX_EXEC_STRING: usize = 32 * 4096;
+
+/// Whether each argument and environment value of an injected container can reach its program;
+/// if not, the field and what to do.
+fn fits_exec(container: &Value) -> Result<(), String> {
+    let name = container["name"].as_str().unwrap_or_default();
+    let too_long = |what: String, bytes: usize| {
+        Err(format!(
+            "{what} would be {bytes} bytes, more than Linux passes to a program in one string ({MAX_EXEC_STRING} bytes): \
+             the container could not start. Name fewer, wider address blocks in {} and {} (or in the injector's settings)",
+            ann::OUTBOUND_PASSTHROUGH,
+            ann::EXCLUDE_OUTBOUND_CIDRS
+        ))
+    };
+    for arg in container["args"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        if arg.len() + 1 > MAX_EXEC_STRING {
+            return too_long(format!("an argument of {name}"), arg.len());
+        }
+    }
+    for var in container["env"].as_array().into_iter().flatten() {
+        let (key, value) = (var["name"].as_str().unwrap_or_default(), var["value"].as_str().unwrap_or_default());
+        if key.len() + value.len() + 2 > MAX_EXEC_STRING {
+            return too_long(format!("{name}'s {key}"), value.len());
+        }
+    }
+    Ok(())
 }
 
 fn init_container(settings: &InjectSettings, options: &PodOptions) -> Value {

@@ -726,6 +726,32 @@ fn annotations_that_would_capture_nothing_or_break_the_pod_are_refused_by_name()
 }
 
 #[test]
+fn a_pod_whose_sidecar_could_not_be_started_by_linux_is_refused_naming_the_annotations() {
+    // 12,000 addresses to pass through (136 KB, within the API server's 256 KiB for annotations)
+    // made a 221 KB PALISADE_CONFIG: admitted, then the container could not start (E2BIG), and
+    // the runtime's error named neither.
+    let many =
+        |n: usize| (0..n).map(|i| format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256)).collect::<Vec<_>>();
+    for (annotation, n, field) in [
+        (ann::OUTBOUND_PASSTHROUGH, 12_000, "PALISADE_CONFIG"),
+        (ann::EXCLUDE_OUTBOUND_CIDRS, 12_000, "an argument of palisade-init"),
+    ] {
+        let object = pod(json!({"annotations": {annotation: many(n).join(",")}}), json!({}));
+        let (response, _) = webhook(&object, "shop", FailurePolicy::Fail);
+        assert_eq!(response["allowed"], false, "{annotation}");
+        let message = response["status"]["message"].as_str().unwrap();
+        assert!(message.contains("more than Linux passes") && message.contains(field), "{message}");
+        assert!(
+            message.contains(ann::OUTBOUND_PASSTHROUGH) && message.contains(ann::EXCLUDE_OUTBOUND_CIDRS),
+            "{message}"
+        );
+    }
+    // A thousand fit.
+    let object = pod(json!({"annotations": {ann::OUTBOUND_PASSTHROUGH: many(1_000).join(",")}}), json!({}));
+    assert_eq!(webhook(&object, "shop", FailurePolicy::Fail).0["allowed"], true);
+}
+
+#[test]
 fn settings_whose_requests_are_over_their_limits_are_refused() {
     let mut s = settings();
     s.resources.requests.insert("memory".into(), "512Mi".into());
