@@ -320,7 +320,14 @@ fn mark_of(m: &saphyr_parser::Marker) -> Mark {
 }
 
 fn tag_refused(tag: &saphyr_parser::Tag, mark: Mark) -> Error {
-    Error::at(format!("tags such as {tag} are not supported here; write the value without it"), mark)
+    // As it was written: the parser's own spelling puts a `!` between a resolved prefix and
+    // the name (`tag:yaml.org,2002:!map` for `!!map`).
+    let written = match tag.handle.as_str() {
+        _ if tag.is_yaml_core_schema() => format!("!!{}", tag.suffix),
+        "!" => format!("!{}", tag.suffix),
+        handle => format!("{handle}{}", tag.suffix),
+    };
+    Error::at(format!("tags such as {written} are not supported here; write the value without it"), mark)
 }
 
 impl<'l> Builder<'l> {
@@ -1037,6 +1044,9 @@ mod tests {
         assert!(e.message.contains("!Evil"), "{e}");
         let e = refused("a: !!python/object:os.system {}\n");
         assert!(e.message.contains("not supported"), "{e}");
+        // Named as written (it read `tag:yaml.org,2002:!map`).
+        let e = refused("a: !!map {b: c}\n");
+        assert!(e.message.contains("tags such as !!map are"), "{e}");
         let e = refused("? [a, b]\n: c\n");
         assert!(e.message.contains("plain value"), "{e}");
         // The core schema's !!str is a way of quoting, so it stays.
