@@ -1474,3 +1474,30 @@ async fn the_apps_hop_by_hop_answer_fields_stay_on_its_hop() {
     assert_eq!(answer.text().await.unwrap(), "ok");
     pair.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_framed_both_ways_is_passed_on_chunked_and_its_app_connection_not_reused() {
+    // Content-Length beside Transfer-Encoding (RFC 9112 §6.3): the chunked framing wins, and the
+    // connection it came on is not trusted with another request.
+    use tokio::io::AsyncWriteExt;
+    let (app_addr, mut accepted) = raw_app(|mut stream, accepted: tokio::sync::mpsc::UnboundedSender<()>| async move {
+        let _ = accepted.send(());
+        while read_request(&mut stream).await.is_some() {
+            let answer =
+                "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let pair = Pair::start_configured(EchoApp::start().await, |_| {}, |b| b.inbound.app.0 = app_addr).await;
+    for _ in 0..2 {
+        let answer = http_client().get(pair.url("/twice")).header("host", B_AUTHORITY).send().await.unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.text().await.unwrap(), "hello");
+    }
+    assert_eq!(accepted.recv().await, Some(()));
+    assert_eq!(accepted.try_recv(), Ok(()), "the second request had a connection of its own");
+    pair.shutdown();
+}

@@ -157,13 +157,21 @@ impl AppPool {
                 Ok(request_done) => {
                     // An app that answered before it had the whole body leaves the connection
                     // in the middle of a request.
-                    if request_done {
+                    // An answer framed two ways (RFC 9112 §6.3: Transfer-Encoding wins, and the
+                    // message ought to be handled as an error) leaves what follows on its
+                    // connection in doubt: not reused.
+                    // pingora drops the Content-Length from the parsed head, so the head as it
+                    // came is read, for chunked answers only.
+                    let framed_twice =
+                        app.resp_header().is_some_and(|h| h.headers.contains_key(header::TRANSFER_ENCODING))
+                            && names_content_length(&app.get_headers_raw_bytes());
+                    if request_done && !framed_twice {
                         app.respect_keepalive();
                         let idle_for = keep_alive_timeout(&app).unwrap_or(IDLE_TIMEOUT);
                         if let Some(stream) = app.reuse().await {
                             self.put(stream, idle_for);
                         }
-                    } else {
+                    } else if !request_done {
                         drop(app);
                         drain_answered_body(session).await;
                     }
@@ -444,6 +452,12 @@ pub fn app_request(session: &Session) -> pingora::Result<http::request::Parts> {
         None => {}
     }
     Ok(request)
+}
+
+/// Whether a raw HTTP/1.1 head has a `Content-Length` field (any case).
+fn names_content_length(head: &[u8]) -> bool {
+    const NAME: &[u8] = b"content-length:";
+    head.split(|b| *b == b'\n').any(|line| line.len() >= NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME))
 }
 
 /// What is read and dropped of a body the app answered before it ended, at most.
