@@ -328,7 +328,8 @@ impl CallerTimeouts {
 /// What pingora's own error lines say of a request: its method (any token a parser takes), path
 /// and host, each cut to 100 bytes and escaped. pingora's summary writes the whole Host and target as they came, so an
 /// app naming a 60 KB host that does not resolve wrote 60 KB lines, one per request, which log
-/// pipelines split (over 16 KB) and which fill the log volume.
+/// pipelines split (over 16 KB) and which fill the log volume. No query: it may carry a
+/// credential (`?access_token=`), and the access log, events and spans leave it out too.
 pub(crate) fn request_summary(session: &pingora::proxy::Session) -> String {
     const MAX: usize = 100;
     let req = session.req_header();
@@ -339,7 +340,12 @@ pub(crate) fn request_summary(session: &pingora::proxy::Session) -> String {
     };
     let host = req.headers.get(http::header::HOST).map(|h| h.as_bytes()).or_else(|| req.uri.host().map(str::as_bytes));
     let method = cut(req.method.as_str().as_bytes());
-    format!("{method} {}, Host: {}", cut(req.raw_path()), cut(host.unwrap_or_default()))
+    let target = req.raw_path();
+    let (path, query) = match target.iter().position(|b| *b == b'?') {
+        Some(at) => (&target[..at], "?<query>"),
+        None => (target, ""),
+    };
+    format!("{method} {}{query}, Host: {}", cut(path), cut(host.unwrap_or_default()))
 }
 
 /// The failure of a request whose body stalled: pingora's own (an HTTP/1.1 read timed out) has

@@ -181,6 +181,12 @@ async fn a_failed_request_is_logged_in_a_short_line_whatever_its_path_and_host()
     assert!(logged, "the failure's line: {text}");
     let line = text.lines().find(|l| l.contains("request failed: ")).unwrap();
     assert!(line.len() < 500 && line.contains("pppp...") && line.contains("Host: 127.0.0.1:9"), "{line}");
+    // A query may carry a credential: never written.
+    let url = format!("http://127.0.0.1:{}/reset?access_token=SECRETQUERYTOKEN", ports[1]);
+    assert_eq!(http_client().get(url).header("host", "127.0.0.1:9").send().await.unwrap().status(), 502);
+    let logged = eventually(async || std::fs::read_to_string(&log).unwrap().contains("GET /reset?<query>")).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(logged && !text.contains("SECRETQUERYTOKEN"), "{text}");
     // A method is any token the parser takes: cut too.
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", ports[1])).unwrap();
     let request = format!("{} / HTTP/1.1\r\nHost: 127.0.0.1:9\r\nConnection: close\r\n\r\n", "X".repeat(6000));
