@@ -677,6 +677,18 @@ async fn a_key_taken_out_of_the_jwks_file_is_revoked_and_a_key_put_in_is_taken_w
     .await;
     assert_eq!(status(&new).await, 200, "the last good key set stays");
     assert_eq!(status(&old).await, 401);
+
+    // The last key taken out: an empty set, as an issuer publishes to revoke it, is a key set
+    // like any other (it had been refused as a bad update, and the revoked key kept verifying).
+    for revoked in ["{\"keys\": []}", "{\"keys\": [{\"kty\": \"oct\", \"kid\": \"x\", \"k\": \"AAAA\"}]}"] {
+        let next = dir.path().join("jwks.json.next");
+        std::fs::write(&next, revoked).unwrap();
+        std::fs::rename(&next, &keys).unwrap();
+        wait_for("the last key revoked", async || status(&new).await == 401).await;
+        std::fs::write(&next, jwks(&[&new])).unwrap();
+        std::fs::rename(&next, &keys).unwrap();
+        wait_for("a key put back", async || status(&new).await == 200).await;
+    }
     side.shutdown();
 }
 

@@ -498,9 +498,15 @@ impl AuthnRuntime {
                 let file_err = |reason: String| AuthnError::File { path: path.clone(), reason };
                 let bytes = crate::files::read_regular(path, crate::files::MAX_KEY_FILE_BYTES)
                     .map_err(|e| file_err(e.to_string()))?;
-                let set = KeySet::from_json(&bytes).map_err(|e| file_err(e.to_string()))?;
+                // A set with no usable key is how a file revokes its last key (the Secret's
+                // keys all taken out), as an issuer's published set does: taken, and said.
+                let set = KeySet::parse_json(&bytes).map_err(|e| file_err(e.to_string()))?;
                 if mode == Mode::Run {
                     warn_left_out(&path.display().to_string(), &set);
+                    if set.is_empty() {
+                        tracing::warn!(file = %path.display(),
+                            "the JWKS file has no usable key: every token of its issuer is refused until it has one");
+                    }
                 }
                 Ok(KeySource::Static(Arc::new(set)))
             }
