@@ -1412,3 +1412,37 @@ async fn a_streamed_body_over_the_limit_to_an_http2_app_is_413_and_the_apps_stre
     assert_eq!(events[0]["firewall_rule"]["uid"], "-/inputValidation.maxBodyBytes", "{}", events[0]);
     s.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_token_is_cleared_from_every_place_a_provider_reads_it() {
+    // Two providers of one issuer, each reading its own header. The same token in both was
+    // verified by the one whose key and audience it fits, and only that one's header was cleared:
+    // the app got the token in `Authorization`, whose provider refuses it on its own.
+    let (pay, billing) = (Signer::ec("ES256", "pay"), Signer::ec("ES256", "billing"));
+    let dir = tempfile::tempdir().unwrap();
+    let (pay_keys, billing_keys) = (dir.path().join("pay.json"), dir.path().join("billing.json"));
+    std::fs::write(&pay_keys, jwks(&[&pay])).unwrap();
+    std::fs::write(&billing_keys, jwks(&[&billing])).unwrap();
+    let spec = format!(
+        r#"  authentication:
+    requireJwt: true
+    jwt:
+      - {{issuer: {ISS}, audiences: [pay], jwks: {{file: "{}"}}, fromHeaders: [{{name: x-jwt}}]}}
+      - {{issuer: {ISS}, audiences: [orders], jwks: {{file: "{}"}}}}
+"#,
+        pay_keys.display(),
+        billing_keys.display()
+    );
+    let side = PolicedSidecar::start(&policy("api", &spec)).await;
+    let mut for_pay = claims("alice");
+    for_pay["aud"] = json!("pay");
+    let token = pay.token(&for_pay);
+    let bearer = format!("Bearer {token}");
+    let alone = side.send("frontend", "GET", "/orders", &[("authorization", &bearer)]).await;
+    assert_eq!(alone.status, 401, "its provider refuses it in Authorization: {alone:?}");
+    let both = side.send("frontend", "GET", "/orders", &[("authorization", &bearer), ("x-jwt", &token)]).await;
+    assert_eq!(both.status, 200, "{both:?}");
+    let seen = both.seen();
+    assert_eq!((seen.header("authorization"), seen.header("x-jwt")), (None, None), "{:?}", seen.headers);
+    side.shutdown();
+}

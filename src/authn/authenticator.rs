@@ -388,13 +388,22 @@ impl Verified {
     pub fn forward_headers(&self) -> &[(HeaderName, HeaderValue)] {
         &self.0.forwarded
     }
+}
 
-    /// The places a token of this provider is read from, to remove so that it does not reach
-    /// the app (Envoy's and Istio's default) where [`carries_token`] finds one; none when the
-    /// provider sets `forwardOriginalToken`.
-    pub fn token_places(&self) -> impl Iterator<Item = (&HeaderName, &str)> {
-        let keep = self.0.provider.forward_original_token;
-        self.0.provider.from_headers.iter().filter(move |_| !keep).map(|(n, p)| (n, p.as_str()))
+impl Authenticator {
+    /// The places to clear of the token `verified` so that it does not reach the app (Envoy's
+    /// and Istio's default) where [`carries_token`] finds one: every header any provider reads,
+    /// since one request holds one token however many places it came in, and a copy in a place
+    /// only another provider reads was never checked there (an app reading `Authorization` got
+    /// a token its own provider refuses, verified from `x-jwt`). The verifying provider's own
+    /// places stay when it sets `forwardOriginalToken`.
+    pub fn token_places<'a>(&'a self, verified: &'a Verified) -> impl Iterator<Item = (&'a HeaderName, &'a str)> {
+        let provider = &verified.0.provider;
+        let kept = move |name: &HeaderName, prefix: &str| {
+            provider.forward_original_token
+                && provider.from_headers.iter().any(|(n, p)| n == name && p.eq_ignore_ascii_case(prefix))
+        };
+        self.locations.iter().filter(move |(n, p)| !kept(n, p)).map(|(n, p)| (n, p.as_str()))
     }
 }
 

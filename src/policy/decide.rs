@@ -773,6 +773,12 @@ impl PolicySnapshot {
         self.authn.as_ref().map_or(&[][..], |authn| authn.authenticator.forwarded_headers())
     }
 
+    /// The headers to clear of the request's verified token (see
+    /// [`crate::authn::Authenticator::token_places`]).
+    pub fn token_places<'a>(&'a self, verified: &'a Verified) -> impl Iterator<Item = (&'a HeaderName, &'a str)> {
+        self.authn.iter().flat_map(move |authn| authn.authenticator.token_places(verified))
+    }
+
     /// Step 6 on the head: the normalised path, the query, headers and cookies, by every WAF.
     fn inspect_head(&self, view: &RequestView<'_>, path: &str, note: &mut impl FnMut(Note)) -> Result<(), Refusal> {
         if self.wafs.is_empty() {
@@ -1828,7 +1834,7 @@ mod tests {
         h.insert("x-jwt-other", "unrelated".parse().unwrap());
         // What the inbound proxy removes: the claims' headers, and the token's place that holds it.
         let removed_with = |token: Option<&Verified>, h: &HeaderMap| -> Vec<String> {
-            let places = token.into_iter().flat_map(Verified::token_places);
+            let places = token.into_iter().flat_map(|t| s.token_places(t));
             s.forwarded_claim_headers()
                 .iter()
                 .chain(places.filter(|(n, p)| crate::authn::carries_token(h, n, p)).map(|(n, _)| n))

@@ -497,7 +497,7 @@ impl ProxyHttp for Inbound {
         for name in policy.forwarded_claim_headers() {
             session.req_header_mut().remove_header(name);
         }
-        for (name, prefix) in ctx.request.token.iter().flat_map(Verified::token_places) {
+        for (name, prefix) in ctx.request.token.iter().flat_map(|token| policy.token_places(token)) {
             if crate::authn::carries_token(&session.req_header().headers, name, prefix) {
                 session.req_header_mut().remove_header(name);
             }
