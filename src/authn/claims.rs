@@ -168,11 +168,13 @@ impl Claims {
 
     /// [`Claims::text`] for a forwarded header, `None` too when the app could not read the
     /// claim back from it: a list element holding a comma (`["dev,admin"]` would read as two
-    /// groups), or a value that begins or ends with a blank (HTTP drops those: `" admin"` would
-    /// arrive as `admin`).
+    /// groups), a value that begins or ends with a blank (HTTP drops those: `" admin"` would
+    /// arrive as `admin`), or one holding a tab or a control or line-separating character of
+    /// any script (`U+0085`, `U+2028`: a log or a parser may break the value there).
     pub fn header_text(&self, path: &ClaimPath) -> Option<Cow<'_, str>> {
         let text = self.text(path)?;
-        let kept_whole = |v: &str| v.trim_matches([' ', '\t']).len() == v.len();
+        let unbroken = |v: &str| !v.chars().any(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'));
+        let kept_whole = |v: &str| v.trim_matches([' ', '\t']).len() == v.len() && unbroken(v);
         let readable = match self.get(path)? {
             Value::Array(_) => self.values(path).iter().all(|v| !v.contains(',') && kept_whole(v)),
             _ => kept_whole(&text),
@@ -316,8 +318,9 @@ mod tests {
         let c = claims(json!({
             "sub": " admin", "tab": "x\t", "groups": ["dev,admin"], "spaced": ["dev", " admin"],
             "plain": ["dev", "admin"], "name": "Ann Lee", "n": 7,
+            "inner_tab": "dev\tadmin", "nel": "a\u{85}b", "line": ["a\u{2028}b"], "para": "a\u{2029}b",
         }));
-        for name in ["[sub]", "[tab]", "[groups]", "[spaced]"] {
+        for name in ["[sub]", "[tab]", "[groups]", "[spaced]", "[inner_tab]", "[nel]", "[line]", "[para]"] {
             assert!(c.text(&path(name)).is_some(), "{name}: a rate-limit key still has it");
             assert_eq!(c.header_text(&path(name)), None, "{name}");
         }
