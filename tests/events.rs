@@ -185,6 +185,20 @@ async fn a_flood_of_refused_handshakes_is_reported_in_aggregate() {
     assert!(counted > 0, "the rest came in aggregate");
     let aggregate = events.iter().find(|e| in_aggregate(e)).unwrap();
     assert_eq!(aggregate["src_endpoint"]["ip"], "127.0.0.1", "one source: named");
+    // Filed as each refusal is, so a SIEM rule written from one finds the rest of a scan (the
+    // aggregate was a Close, under another rule id, in the dos category).
+    let single = events.iter().find(|e| one_by_one(e)).unwrap();
+    let filed = |e: &serde_json::Value| {
+        (
+            e["class_uid"].clone(),
+            e["activity_id"].clone(),
+            e["firewall_rule"]["uid"].clone(),
+            e["firewall_rule"]["name"].clone(),
+        )
+    };
+    assert_eq!(filed(aggregate), filed(single), "{aggregate}\n{single}");
+    assert_eq!(filed(single), (4001.into(), 5.into(), "mtls".into(), "inbound-mtls".into()));
+    assert!(aggregate["firewall_rule"].get("category").is_none(), "{aggregate}");
     s.shutdown();
 }
 

@@ -17,6 +17,7 @@
 //!   software; Entity Management is the class for "this managed object was created, updated or
 //!   refused", which is what these events say.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -142,10 +143,21 @@ impl DosRefusal {
 
     /// What the rule that refused protects against: the sidecar's own resources (`dos`), or, for
     /// traffic the mesh cannot carry, what the app may reach (`egress`).
-    pub fn category(&self) -> &'static str {
+    pub fn category(&self) -> Option<&'static str> {
         match self.reason {
-            "not_http" => "egress",
-            _ => "dos",
+            "not_http" => Some("egress"),
+            // Handshakes refused past the ones reported each: filed as those are.
+            "tls_refused" => None,
+            _ => Some("dos"),
+        }
+    }
+
+    /// The rule that refused, as a SIEM matches it: `(uid, name)`. TLS refusals in aggregate
+    /// carry the rule each refusal does (`mtls`, `inbound-mtls`).
+    pub fn rule(&self) -> (Cow<'static, str>, Cow<'static, str>) {
+        match self.reason {
+            "tls_refused" => (Cow::Borrowed("mtls"), Cow::Owned(format!("{}-mtls", self.direction))),
+            reason => (Cow::Borrowed(self.setting), Cow::Borrowed(reason)),
         }
     }
 
@@ -642,7 +654,7 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
             let mut extra = json!({"count": d.count, "start_time": d.start_ms, "end_time": d.end_ms,
                                    "src_endpoint": d.source.map(|ip| json!({"ip": ip.to_string()})),
                                    "dst_endpoint": endpoint(d.listener),
-                                   "firewall_rule": {"uid": d.setting, "name": d.reason, "category": d.category()},
+                                   "firewall_rule": {"uid": d.rule().0, "name": d.rule().1, "category": d.category()},
                                    "status_detail": d.reason,
                                    "unmapped": {"direction": d.direction, "limit": d.limit,
                                                 "several_sources": d.several_sources}});
@@ -654,7 +666,9 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
                 }
                 // Of several statuses (400, 413, 414, 431): the ones reported each carry theirs.
                 None if d.answers_requests() => (HTTP_ACTIVITY, (0, "Unknown")),
-                None if d.reason.ends_with("_limit") || d.reason == "not_http" => (NETWORK_ACTIVITY, (5, "Refuse")),
+                None if d.reason.ends_with("_limit") || matches!(d.reason, "not_http" | "tls_refused") => {
+                    (NETWORK_ACTIVITY, (5, "Refuse"))
+                }
                 None => (NETWORK_ACTIVITY, (2, "Close")),
             };
             Ocsf {
@@ -886,7 +900,7 @@ fn ecs(event: &SecurityEvent) -> Value {
             if d.answers_requests() { "requests-refused" } else { "connections-refused" },
             "failure",
             d.message(),
-            json!({"rule": {"id": d.setting, "name": d.reason, "category": d.category()},
+            json!({"rule": {"id": d.rule().0, "name": d.rule().1, "category": d.category()},
                    "source": d.source.map(|ip| json!({"ip": ip.to_string()})),
                    "destination": d.listener.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
                    "http": d.http_status().map(|code| json!({"response": {"status_code": code}})),
