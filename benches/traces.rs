@@ -32,6 +32,7 @@ fn end() -> SpanEnd<'static> {
         path: "/orders/7",
         status: 200,
         protocol: "2",
+        scheme: "https",
         client: Some("127.0.0.1:40000".parse().unwrap()),
         server: None,
         decision: "allow",

@@ -281,7 +281,34 @@ async fn one_trace_crosses_both_sidecars_with_the_right_parents_and_attributes()
     assert_eq!(outbound.attributes["server.address"], "orders.shop");
     assert_eq!(inbound.attributes["network.protocol.version"], "2", "sidecars speak HTTP/2 to each other");
     assert!(inbound.attributes.contains_key("client.address"));
+    // What the HTTP conventions require of each kind: the client span's URL (the app's, without
+    // its query), the server span's scheme (the hop came over mutual TLS).
+    assert_eq!(outbound.attributes["url.full"], "http://orders.shop/orders/7");
+    assert_eq!(inbound.attributes["url.scheme"], "https");
+    assert!(!inbound.attributes.contains_key("error.type"), "{:?}", inbound.attributes);
+
     drop(events);
+    pair.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_no_app_answers_fails_both_spans_with_its_status_as_error_type() {
+    let (collector, addr) = grpc_collector().await;
+    let endpoint = format!("http://{addr}");
+    let nothing_there: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let pair = Pair::start_configured(EchoApp::start().await, otlp(endpoint.clone(), OtlpProtocol::Grpc, 1.0), |c| {
+        otlp(endpoint.clone(), OtlpProtocol::Grpc, 1.0)(c);
+        c.inbound.app.0 = nothing_there;
+    })
+    .await;
+    let answer = http_client().get(pair.url("/gone")).header("host", B_AUTHORITY).send().await.unwrap();
+    assert_eq!(answer.status(), 502);
+    let spans = collector.wait_for(2).await;
+    for span in &spans {
+        assert_eq!(span.attributes["http.response.status_code"], "502", "{span:?}");
+        assert_eq!(span.attributes["error.type"], "502", "{span:?}");
+        assert!(span.error, "{span:?}");
+    }
     pair.shutdown();
 }
 

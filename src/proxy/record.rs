@@ -375,6 +375,8 @@ pub fn finish(
             path: req.uri.path(),
             status: code,
             protocol: if session.is_http2() { "2" } else { "1.1" },
+            // Outbound, the app's own request (plaintext to its sidecar); inbound, the hop's.
+            scheme: if session.digest().is_some_and(|d| d.ssl_digest.is_some()) { "https" } else { "http" },
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             server,
             decision: ctx.decision(),

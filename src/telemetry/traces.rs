@@ -285,6 +285,8 @@ pub struct SpanEnd<'a> {
     pub path: &'a str,
     pub status: u16,
     pub protocol: &'static str,
+    /// `http`, or `https` for a request that came over TLS.
+    pub scheme: &'static str,
     pub client: Option<std::net::SocketAddr>,
     pub server: Option<(&'a str, u16)>,
     pub decision: &'static str,
@@ -358,10 +360,34 @@ impl RequestSpan {
 
     pub fn end(mut self, end: SpanEnd<'_>) {
         if self.span.is_recording() {
-            let mut attributes = Vec::with_capacity(12);
+            let mut attributes = Vec::with_capacity(15);
             attributes.push(KeyValue::new("http.request.method", super::reported(end.method).into_owned()));
-            attributes.push(KeyValue::new("url.path", super::reported(end.path).into_owned()));
-            attributes.push(KeyValue::new("http.response.status_code", end.status as i64));
+            let path = super::reported(end.path);
+            // Server spans fail on 5xx, client spans on any 4xx or 5xx (semantic conventions).
+            let client_span = end.server.is_some();
+            let failed = end.status >= 500 || end.status == 0 || (client_span && end.status >= 400);
+            if end.status != 0 {
+                attributes.push(KeyValue::new("http.response.status_code", end.status as i64));
+            }
+            if failed {
+                // The status as text, or, with no answer at all, an identifier of that.
+                let error = if end.status == 0 { "no_response".to_string() } else { end.status.to_string() };
+                attributes.push(KeyValue::new("error.type", error));
+            }
+            match end.server {
+                // Required on client spans: the URL the app asked for, without its query (which
+                // may hold a credential; url.path leaves it out too).
+                Some((host, port)) => {
+                    let default = (end.scheme == "http" && port == 80) || (end.scheme == "https" && port == 443);
+                    let url = match default {
+                        true => format!("{}://{host}{path}", end.scheme),
+                        false => format!("{}://{host}:{port}{path}", end.scheme),
+                    };
+                    attributes.push(KeyValue::new("url.full", url));
+                }
+                None => attributes.push(KeyValue::new("url.scheme", end.scheme)),
+            }
+            attributes.push(KeyValue::new("url.path", path.into_owned()));
             attributes.push(KeyValue::new("network.protocol.name", "http"));
             attributes.push(KeyValue::new("network.protocol.version", end.protocol));
             if let Some(client) = end.client {
@@ -384,9 +410,7 @@ impl RequestSpan {
             }
             attributes.push(KeyValue::new("palisade.request_id", end.request_id.to_string()));
             self.span.set_attributes(attributes);
-            // Server spans fail on 5xx, client spans on any 4xx or 5xx (semantic conventions).
-            let client_span = end.server.is_some();
-            if end.status >= 500 || end.status == 0 || (client_span && end.status >= 400) {
+            if failed {
                 self.span.set_status(Status::error(""));
             }
         }
