@@ -69,6 +69,10 @@ pub struct AccessRecord<'a> {
     pub seconds: f64,
     pub source: Option<std::net::SocketAddr>,
     pub principal: &'a str,
+    /// Outbound, who was called: the SPIFFE ID the peer proved (or was expected to), or a
+    /// passthrough destination's authority, as `palisade_requests_total`'s `destination`; empty
+    /// inbound, where it is not written.
+    pub destination: &'a str,
     pub decision: &'static str,
     pub request_id: &'a str,
     /// How long a `DELAY` rate limit held the request back (`ratelimit_delay_ms`, only when it did).
@@ -246,6 +250,10 @@ impl Telemetry {
         }
         line.extend_from_slice(b",\"principal\":");
         text(&mut line, r.principal);
+        if !r.destination.is_empty() {
+            line.extend_from_slice(b",\"destination\":");
+            text(&mut line, r.destination);
+        }
         let _ = write!(line, ",\"decision\":\"{}\",\"request_id\":", r.decision);
         text(&mut line, r.request_id);
         if let Some(delay) = r.ratelimit_delay {
@@ -335,6 +343,7 @@ mod tests {
             seconds: 0.001,
             source: None,
             principal: "",
+            destination: "",
             decision: "allow",
             request_id: "r",
             ratelimit_delay: None,

@@ -335,6 +335,27 @@ async fn ecs_events_carry_the_same_facts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbound_access_line_names_who_was_called() {
+    // It named nobody: `principal` is the caller's, empty outbound, and the metrics' destination
+    // was not there.
+    let log = tempfile::NamedTempFile::new().unwrap().into_temp_path().keep().unwrap();
+    let sink = log.clone();
+    let pair = Pair::start_configured(
+        EchoApp::start().await,
+        move |a| a.telemetry.access_log_sink = palisade::config::EventSink::File(sink),
+        |_| {},
+    )
+    .await;
+    let answer = http_client().get(pair.url("/orders/1")).header("host", B_AUTHORITY).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    wait_for("the outbound access line", async || !read_jsonl(&log).is_empty()).await;
+    let line = read_jsonl(&log).remove(0);
+    assert_eq!((line["direction"].as_str(), line["status"].as_u64()), (Some("outbound"), Some(200)), "{line}");
+    assert_eq!(line["destination"], id("shop", "orders").as_str(), "{line}");
+    pair.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn access_log_has_one_line_per_request_apart_from_the_events() {
     let s = PolicedSidecar::start(&policy("events", DENY_ADMIN_LIMIT_ONE)).await;
     assert_eq!(s.send("frontend", "GET", "/orders/1", &[]).await.status, 200);
@@ -353,6 +374,7 @@ async fn access_log_has_one_line_per_request_apart_from_the_events() {
     assert_eq!(lines[0]["status"], 200);
     assert_eq!(lines[0]["direction"], "inbound");
     assert_eq!(lines[0]["principal"], id("shop", "frontend").as_str());
+    assert!(lines[0].get("destination").is_none(), "inbound: the sidecar is the destination: {}", lines[0]);
     assert_eq!(lines[1]["status"], 403);
     assert_eq!(lines[1]["decision"], "deny");
     assert_eq!(lines[1]["principal"], "");

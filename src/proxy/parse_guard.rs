@@ -250,6 +250,7 @@ fn record_unparsed(
             seconds: 0.0,
             source,
             principal,
+            destination: "",
             decision,
             request_id,
             ratelimit_delay: None,

@@ -353,6 +353,7 @@ pub fn finish(
             seconds: ctx.started.elapsed().as_secs_f64(),
             source: session.client_addr().and_then(|a| a.as_inet()).copied(),
             principal,
+            destination,
             decision: ctx.decision(),
             request_id: ctx.id.as_str(),
             ratelimit_delay: ctx.ratelimit_delay,
