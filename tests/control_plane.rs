@@ -712,14 +712,7 @@ async fn a_certificate_for_one_namespace_cannot_subscribe_as_another_and_a_fake_
     // Its certificate names namespace `a`; it claims to be a workload of `shop`. A sidecar
     // refuses such a configuration at start (workload.namespace), so the claim is made by hand,
     // as a misbehaving client would.
-    let hello = palisade::proto::Hello {
-        namespace: "shop".into(),
-        labels: [("app".to_string(), "orders".to_string())].into(),
-        version: String::new(),
-        node: "impostor-1".into(),
-        token: String::new(),
-        revision: 0,
-    };
+    let hello = orders_hello("impostor-1");
     let refused = subscribe(&pki, &plane, &id("a", "orders"), hello).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("may not subscribe as a workload of namespace \"shop\""), "{refused:?}");
@@ -810,6 +803,18 @@ fn a_local_strict_pin_contradicting_a_local_permissive_mode_is_refused_at_start(
     assert!(error.to_string().contains("inbound.allowPermissive"), "{error}");
 }
 
+/// The Hello of a workload of `shop` labelled `app: orders`, holding no policy yet.
+fn orders_hello(node: &str) -> palisade::proto::Hello {
+    palisade::proto::Hello {
+        namespace: "shop".into(),
+        labels: [("app".to_string(), "orders".to_string())].into(),
+        version: String::new(),
+        node: node.into(),
+        token: String::new(),
+        revision: 0,
+    }
+}
+
 /// A raw subscription as `identity` (no sidecar behind it), as a misbehaving client would make.
 async fn subscribe(
     pki: &Pki,
@@ -865,14 +870,7 @@ async fn an_ack_or_nack_for_a_version_never_sent_is_not_recorded_as_applied() {
     std::fs::create_dir(&dir).unwrap();
     write_policy(&dir.join("orders.yaml"), &policy_for("orders", "orders-api", &deny_paths(&["/admin"])));
     let plane = ControlPlane::start(&pki, "control", &dir).await;
-    let hello = palisade::proto::Hello {
-        namespace: "shop".into(),
-        labels: [("app".to_string(), "orders".to_string())].into(),
-        version: String::new(),
-        node: "forger-1".into(),
-        token: String::new(),
-        revision: 0,
-    };
+    let hello = orders_hello("forger-1");
     let (sender, mut stream) = raw_stream(&pki, &plane, &id("shop", "orders"), hello).await.unwrap();
     let sent = loop {
         match stream.message().await.unwrap().and_then(|m| m.kind) {
@@ -909,14 +907,7 @@ async fn oversized_hellos_are_refused_without_being_kept() {
     let dir = pki.path("policies");
     std::fs::create_dir(&dir).unwrap();
     let plane = ControlPlane::start(&pki, "control", &dir).await;
-    let hello = |node: String| palisade::proto::Hello {
-        namespace: "shop".into(),
-        labels: [("app".to_string(), "orders".to_string())].into(),
-        version: String::new(),
-        node,
-        token: String::new(),
-        revision: 0,
-    };
+    let hello = |node: String| orders_hello(&node);
     let ok = subscribe(&pki, &plane, &id("shop", "orders"), hello("orders-1".into())).await;
     assert!(ok.is_ok(), "{ok:?}");
     let long = subscribe(&pki, &plane, &id("shop", "orders"), hello("n".repeat(300))).await.unwrap_err();
