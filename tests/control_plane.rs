@@ -750,6 +750,13 @@ async fn a_certificate_for_one_namespace_cannot_subscribe_as_another_and_a_fake_
     .await;
     assert!(fake.status().await["sidecars"].as_array().unwrap().is_empty());
     assert!(!orders.ready().await);
+    // No policy ever loaded, failMode closed: every request is refused as by a sidecar not ready
+    // yet, 503 with Retry-After (it was 403, which clients neither retry nor tell from a denial).
+    let answer = orders.client.get(format!("https://{}/orders", orders.sidecar.inbound)).send().await.unwrap();
+    assert_eq!(answer.status(), 503);
+    assert_eq!(answer.headers().get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["error"], "unavailable", "{body}");
     orders.stop();
 }
 

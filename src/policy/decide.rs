@@ -448,6 +448,10 @@ pub enum Refusal {
     MtlsRequired,
     /// Step 4: an ENFORCE policy denies (or an AUDIT one would, see [`PolicySnapshot::decide`]).
     Forbidden(DecidedBy),
+    /// Step 4 before any policy was loaded, under `failMode: closed`: the built-in policy
+    /// refuses, with 503 and `Retry-After`, as a sidecar that is not ready yet. A 403 said the
+    /// caller may not, which clients neither retry nor tell from a real denial.
+    NotReady(DecidedBy),
     /// Step 5: a rate limit is spent.
     RateLimited(Limited),
     /// Step 3: a token that does not verify, or none where one is required.
@@ -500,7 +504,11 @@ impl Refusal {
     pub fn is_decision(&self) -> bool {
         matches!(
             self,
-            Refusal::Forbidden(_) | Refusal::RateLimited(_) | Refusal::Unauthenticated(_) | Refusal::Blocked(_)
+            Refusal::Forbidden(_)
+                | Refusal::NotReady(_)
+                | Refusal::RateLimited(_)
+                | Refusal::Unauthenticated(_)
+                | Refusal::Blocked(_)
         )
     }
 
@@ -513,6 +521,7 @@ impl Refusal {
             Refusal::MtlsRequired | Refusal::Forbidden(_) | Refusal::Blocked(_) => 403,
             Refusal::RateLimited(_) => 429,
             Refusal::Unauthenticated(_) => 401,
+            Refusal::NotReady(_) => 503,
         }
     }
 
@@ -526,6 +535,7 @@ impl Refusal {
             Refusal::MtlsRequired | Refusal::Forbidden(_) | Refusal::Blocked(_) => "forbidden",
             Refusal::RateLimited(_) => "rate_limited",
             Refusal::Unauthenticated(_) => "unauthenticated",
+            Refusal::NotReady(_) => "unavailable",
         }
     }
 
@@ -537,7 +547,7 @@ impl Refusal {
             | Refusal::HeadersTooLarge
             | Refusal::PayloadTooLarge
             | Refusal::UninspectableBody => "invalid",
-            Refusal::MtlsRequired | Refusal::Forbidden(_) => "deny",
+            Refusal::MtlsRequired | Refusal::Forbidden(_) | Refusal::NotReady(_) => "deny",
             Refusal::RateLimited(_) => "rate_limited",
             Refusal::Unauthenticated(_) => "unauthenticated",
             Refusal::Blocked(_) => "waf",
@@ -547,7 +557,7 @@ impl Refusal {
     /// Which policy and rule decided, for the event, the span and the log.
     pub fn decided_by(&self) -> Option<&DecidedBy> {
         match self {
-            Refusal::Forbidden(by) | Refusal::RateLimited(Limited { by, .. }) => Some(by),
+            Refusal::Forbidden(by) | Refusal::NotReady(by) | Refusal::RateLimited(Limited { by, .. }) => Some(by),
             _ => None,
         }
     }
@@ -560,6 +570,7 @@ impl Refusal {
             self,
             Refusal::MtlsRequired
                 | Refusal::Forbidden(_)
+                | Refusal::NotReady(_)
                 | Refusal::RateLimited(_)
                 | Refusal::Unauthenticated(_)
                 | Refusal::Blocked(_)
@@ -578,6 +589,7 @@ impl Refusal {
             }
             Refusal::MtlsRequired => "plaintext after its port became STRICT",
             Refusal::Forbidden(_) => "denied by policy",
+            Refusal::NotReady(_) => "no policy loaded yet (failMode: closed)",
             Refusal::RateLimited(_) => "rate limited",
             Refusal::Unauthenticated(u) => u.reason.map_or("no token where one is required", Reason::description),
             Refusal::Blocked(_) => "blocked by input validation",
@@ -625,6 +637,9 @@ impl Refusal {
     pub fn headers(&self, mut add: impl FnMut(HeaderName, HeaderValue)) {
         if let Refusal::Unauthenticated(u) = self {
             add(WWW_AUTHENTICATE, u.www_authenticate.clone());
+        }
+        if let Refusal::NotReady(_) = self {
+            add(RETRY_AFTER, HeaderValue::from_static("1"));
         }
         if let Refusal::RateLimited(limited) = self {
             // Whole seconds, rounded up: a client that waits this long gets a token.
@@ -682,7 +697,9 @@ impl PolicySnapshot {
         // 3. JWT authentication (verified before the decision; judged here).
         self.check_authentication(view)?;
         // 4. Authorisation.
-        self.authorize(view, match_form(&path), |by| note(Note::Audit(by))).map_err(Refusal::Forbidden)?;
+        // With no policy loaded yet, the only policy is `failMode: closed`'s, which denies all.
+        let refused = if self.source == super::Source::None { Refusal::NotReady } else { Refusal::Forbidden };
+        self.authorize(view, match_form(&path), |by| note(Note::Audit(by))).map_err(refused)?;
         // 5. Rate limits (a DELAY limit's wait is the proxy's, after the decision).
         let delay = self.rate_limit(view, match_form(&path)).map_err(Refusal::RateLimited)?;
         // 6. Input validation of the head; the body, when one is read, in `inspect_body`.
