@@ -113,6 +113,35 @@ fn every_algorithm_is_accepted() {
 }
 
 #[test]
+fn a_key_published_without_a_kid_verifies_a_token_that_names_one_and_no_other_kid_is_borrowed() {
+    // An issuer whose JWKS leaves out `kid` while its tokens carry one: tried, as Envoy does
+    // (its tokens had been refused as of an unknown key). A key of another kid is never tried.
+    let mut kidless = Signer::rsa("RS256", "rotating-1");
+    kidless.jwk.as_object_mut().unwrap().remove("kid");
+    let named = Signer::ec("ES256", "ec");
+    let authn = authenticator(&[spec(inline(jwks(&[&kidless, &named])))], ManualClock::new());
+    let v = authn.verify_cached(&kidless.token(&claims())).expect("the kid-less key verifies it");
+    assert_eq!(v.principal(), format!("{ISS}/alice"));
+    // A forgery naming that kid, signed by a key of the same type nobody published: still a
+    // token of an unknown key (a refresh may find it), not one the kid-less key verifies.
+    let mut kidless_ec = Signer::ec("ES256", "x");
+    kidless_ec.jwk.as_object_mut().unwrap().remove("kid");
+    let authn_ec = authenticator(&[spec(inline(jwks(&[&kidless_ec])))], ManualClock::new());
+    assert!(authn_ec
+        .verify_cached(&kidless_ec.token_with_header(&json!({"alg": "ES256", "kid": "k"}), &claims()))
+        .is_ok());
+    let stranger = Signer::ec("ES256", "k");
+    assert_eq!(reason(&authn_ec, &stranger.token(&claims())), Reason::UnknownKey);
+    // A token naming the EC key's kid but signed by the kid-less RSA key's holder as RS256 is
+    // tried against the EC key (wrong algorithm) and the kid-less one: the kid-less one may sign.
+    let t = kidless.token_with_header(&json!({"alg": "RS256", "kid": "ec"}), &claims());
+    assert!(authn.verify_cached(&t).is_ok());
+    // Another kid's key is never tried for a token of a kid it does not hold.
+    let t = named.token_with_header(&json!({"alg": "ES256", "kid": "other"}), &claims());
+    assert_eq!(reason(&authn, &t), Reason::UnknownKey, "the key of kid ec is not borrowed for kid other");
+}
+
+#[test]
 fn attacks_are_refused_with_their_reason() {
     let rsa = Signer::rsa("RS256", "rsa");
     let ec = Signer::ec("ES256", "ec");

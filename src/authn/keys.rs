@@ -54,6 +54,10 @@ pub struct KeySet {
 /// How a token's key lookup ended.
 pub(crate) enum Lookup<'a> {
     Found(Vec<&'a Jwk>),
+    /// No key has the token's `kid`, but keys without one fit the algorithm: tried, as Envoy
+    /// does (an issuer may publish its keys without `kid` and sign with one); a token none of
+    /// them verifies is still one of an unknown `kid`, for which a refresh may help.
+    KidlessOnly(Vec<&'a Jwk>),
     /// No key has the `kid` (or, without `kid`, no key fits the algorithm): a refresh may help.
     Unknown,
     /// The `kid` exists but none of its keys may verify this algorithm: algorithm confusion,
@@ -264,13 +268,19 @@ impl KeySet {
         self.keys.push(jwk);
     }
 
-    /// The keys a token may be verified with. With a `kid`, only the keys of that `kid` (never
-    /// a fallback to others); without one, the first few keys that fit the algorithm.
+    /// The keys a token may be verified with. With a `kid`, the keys of that `kid` and the
+    /// first few without one (never those of another `kid`, as Envoy's jwt_authn); without a
+    /// `kid`, the first few keys that fit the algorithm.
     pub(crate) fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> Lookup<'_> {
         match kid {
             Some(kid) => {
-                let Some(indexes) = self.by_kid.get(kid) else { return Lookup::Unknown };
-                let found: Vec<_> = indexes.iter().map(|&i| &self.keys[i]).filter(|k| k.fits(alg)).collect();
+                let kidless = self.keys.iter().filter(|k| k.kid.is_none() && k.fits(alg)).take(MAX_KEYS_WITHOUT_KID);
+                let Some(indexes) = self.by_kid.get(kid) else {
+                    let found: Vec<_> = kidless.collect();
+                    return if found.is_empty() { Lookup::Unknown } else { Lookup::KidlessOnly(found) };
+                };
+                let found: Vec<_> =
+                    indexes.iter().map(|&i| &self.keys[i]).filter(|k| k.fits(alg)).chain(kidless).collect();
                 if found.is_empty() {
                     Lookup::WrongAlgorithm
                 } else {

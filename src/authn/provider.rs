@@ -258,20 +258,27 @@ impl Provider {
         };
         let not_fetched = || (Failure::new(Reason::UnknownKey, "the JWKS has not been fetched yet"), remote);
         let Some(set) = current.get() else { return Err(not_fetched()) };
-        match set.lookup(kid, token.alg) {
-            Lookup::Unknown => Err((unknown(), remote)),
-            Lookup::WrongAlgorithm => Err((
-                Failure::new(Reason::UnsupportedAlg, format!("the key with this kid does not verify {}", token.alg)),
-                None,
-            )),
-            Lookup::Found(keys) => {
-                if keys.iter().any(|k| k.verify(token.alg, token.signing_input, &token.signature)) {
-                    drop(keys);
-                    current.into_used().ok_or_else(not_fetched)
-                } else {
-                    Err((Failure::new(Reason::BadSignature, format!("{} signature does not verify", token.alg)), None))
-                }
+        let (keys, kid_known) = match set.lookup(kid, token.alg) {
+            Lookup::Unknown => return Err((unknown(), remote)),
+            Lookup::WrongAlgorithm => {
+                return Err((
+                    Failure::new(
+                        Reason::UnsupportedAlg,
+                        format!("the key with this kid does not verify {}", token.alg),
+                    ),
+                    None,
+                ))
             }
+            Lookup::Found(keys) => (keys, true),
+            Lookup::KidlessOnly(keys) => (keys, false),
+        };
+        if keys.iter().any(|k| k.verify(token.alg, token.signing_input, &token.signature)) {
+            drop(keys);
+            current.into_used().ok_or_else(not_fetched)
+        } else if kid_known {
+            Err((Failure::new(Reason::BadSignature, format!("{} signature does not verify", token.alg)), None))
+        } else {
+            Err((unknown(), remote))
         }
     }
 
