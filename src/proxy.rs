@@ -460,7 +460,8 @@ pub(crate) fn drop_hop_by_hop(header: &mut pingora::http::ResponseHeader) {
         let values = header.headers.get_all(http::header::CONNECTION);
         let one = values.iter().nth(1).is_none().then(|| values.iter().next().cloned()).flatten();
         let several: Vec<http::HeaderValue> = if one.is_none() { values.iter().cloned().collect() } else { Vec::new() };
-        for name in one.iter().chain(&several).flat_map(connection_tokens).take(32) {
+        let text = one.iter().chain(&several).map(|v| v.to_str().unwrap_or(""));
+        for name in text.flat_map(connection_tokens).take(32) {
             let framing = name.eq_ignore_ascii_case("transfer-encoding") || name.eq_ignore_ascii_case("content-length");
             if !framing && header.headers.contains_key(name) {
                 header.remove_header(name);
@@ -475,9 +476,9 @@ pub(crate) fn drop_hop_by_hop(header: &mut pingora::http::ResponseHeader) {
     }
 }
 
-/// The names in one `Connection` value.
-fn connection_tokens(value: &http::HeaderValue) -> impl Iterator<Item = &str> {
-    value.to_str().unwrap_or("").split(',').map(str::trim).filter(|n| !n.is_empty())
+/// The names in one `Connection` value, of a request or an answer.
+pub(crate) fn connection_tokens(value: &str) -> impl Iterator<Item = &str> {
+    value.split(',').map(str::trim).filter(|n| !n.is_empty())
 }
 
 /// A gRPC request (`application/grpc`, `application/grpc+proto`, gRPC-Web), as the WAF reads

@@ -155,13 +155,10 @@ impl AppPool {
             }
             match exchange(session, &mut app, RequestHeader::from(request), &mut body, timeouts).await {
                 Ok(request_done) => {
-                    // An app that answered before it had the whole body leaves the connection
-                    // in the middle of a request.
                     // An answer framed two ways (RFC 9112 §6.3: Transfer-Encoding wins, and the
                     // message ought to be handled as an error) leaves what follows on its
-                    // connection in doubt: not reused.
-                    // pingora drops the Content-Length from the parsed head, so the head as it
-                    // came is read, for chunked answers only.
+                    // connection in doubt: not reused. pingora drops the Content-Length from
+                    // the parsed head, so the head as it came is read, for chunked answers only.
                     let framed_twice =
                         app.resp_header().is_some_and(|h| h.headers.contains_key(header::TRANSFER_ENCODING))
                             && names_content_length(&app.get_headers_raw_bytes());
@@ -172,6 +169,8 @@ impl AppPool {
                             self.put(stream, idle_for);
                         }
                     } else if !request_done {
+                        // An app that answered before it had the whole body leaves the
+                        // connection in the middle of a request.
                         drop(app);
                         drain_answered_body(session).await;
                     }

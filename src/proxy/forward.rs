@@ -73,7 +73,7 @@ pub(super) fn connection_names(headers: &http::HeaderMap) -> pingora::Result<Vec
     let mut named = Vec::new();
     for value in headers.get_all(header::CONNECTION) {
         let value = value.to_str().map_err(|_| invalid("Connection is not text"))?;
-        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        for name in super::connection_tokens(value) {
             let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid("Connection names a bad header"))?;
             named.push(name);
             if named.len() > MAX_CONNECTION_NAMES {

@@ -346,6 +346,9 @@ impl FailureLog {
     }
 }
 
+/// How long the start of an answer that failed midway may take to reach its caller.
+const FLUSH_ON_FAILURE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Answers a failed request with the JSON error body; shared by both directions.
 pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
     ctx.id = ctx.id.or_generate();
@@ -374,9 +377,10 @@ pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> Fai
         // An HTTP/1.1 answer of known length is buffered until its end, head included: dropped
         // with the connection, the caller would get an empty reply, which clients take for a
         // kept-alive connection closed under them (and some send again). Closed here instead, it
-        // gets what the app sent, then the close that tells it the answer was cut short.
+        // gets what the app sent, then the close that tells it the answer was cut short; a
+        // caller that does not read gets a second, not a task held open.
         if !session.is_http2() {
-            session.downstream_session.shutdown().await;
+            let _ = tokio::time::timeout(FLUSH_ON_FAILURE, session.downstream_session.shutdown()).await;
         }
         return FailToProxy { error_code, can_reuse_downstream: false };
     }
