@@ -178,16 +178,18 @@ impl Session {
     /// any other is not what an operator reads in /status as applied, so it is left out, as
     /// Envoy leaves out an ACK whose nonce is not its last response's.
     fn answers_what_was_sent(&self, version: &str, answer: &str) -> bool {
-        let mut known = false;
+        // Who answered, when it named another version: logged once the registry is unlocked.
+        let mut stranger = None;
         self.registry.update(self.id, |r| {
             let is = |v: &Option<VersionAt>| v.as_ref().is_some_and(|v| v.version == version);
-            known = is(&r.sent) || is(&r.acked);
-            if !known {
-                tracing::warn!(identity = %r.identity, node = %r.node, version, sent = ?r.sent.as_ref().map(|s| &s.version),
-                    "a sidecar answered {answer} for a version this stream never sent it; not recorded");
+            if !(is(&r.sent) || is(&r.acked)) {
+                stranger = Some((r.identity.clone(), r.node.clone(), r.sent.as_ref().map(|s| s.version.clone())));
             }
         });
-        known
+        let Some((identity, node, sent)) = stranger else { return true };
+        tracing::warn!(%identity, %node, version, ?sent,
+            "a sidecar answered {answer} for a version this stream never sent it; not recorded");
+        false
     }
 
     pub fn acked(&self, version: &str) {
