@@ -518,6 +518,8 @@ async fn handshake(
     };
     let (store, policy) = (&inbound.tls, &inbound.policy);
     let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    // Where a refused caller came, for its event (mesh connections are few and long-lived).
+    let listener = tcp.local_addr().ok();
     // Whether this connection's port is PERMISSIVE (the port the caller addressed, which only
     // the socket says, and is read only when some port is PERMISSIVE).
     let (mut plaintext_tcp, mut made_digest) = (false, None);
@@ -581,7 +583,9 @@ async fn handshake(
         Ok(Ok(Some(sorted))) => sorted,
         // Closed before a byte: a TCP probe, not a handshake.
         Ok(Ok(None)) => return None,
-        Ok(Err(e)) => return inbound_handshake_refused(telemetry, peer, format!("inside its first TLS record: {e}")),
+        Ok(Err(e)) => {
+            return inbound_handshake_refused(telemetry, peer, listener, format!("inside its first TLS record: {e}"))
+        }
         Err(_) => {
             handshakes.with_label_values(&["inbound", "timeout"]).inc();
             return None;
@@ -609,9 +613,10 @@ async fn handshake(
         Ok(Ok(_)) => inbound_handshake_refused(
             telemetry,
             peer,
+            listener,
             "a resumed TLS session's client certificate is no longer valid".to_string(),
         ),
-        Ok(Err(e)) => inbound_handshake_refused(telemetry, peer, handshake_failure_reason(&e)),
+        Ok(Err(e)) => inbound_handshake_refused(telemetry, peer, listener, handshake_failure_reason(&e)),
         Err(_) => {
             handshakes.with_label_values(&["inbound", "timeout"]).inc();
             None
@@ -660,9 +665,14 @@ async fn sort_hello(tcp: &mut tokio::net::TcpStream) -> std::io::Result<Option<(
 
 /// An inbound handshake refused: counted, and [`Telemetry::tls_refused`]. Returns what a refused
 /// handshake leaves to serve: nothing.
-fn inbound_handshake_refused<T>(telemetry: &Telemetry, peer: SocketAddr, reason: String) -> Option<T> {
+fn inbound_handshake_refused<T>(
+    telemetry: &Telemetry,
+    peer: SocketAddr,
+    listener: Option<SocketAddr>,
+    reason: String,
+) -> Option<T> {
     telemetry.metrics.tls_handshakes.with_label_values(&["inbound", "failure"]).inc();
-    telemetry.tls_refused("inbound", peer, reason);
+    telemetry.tls_refused("inbound", peer, listener, reason);
     None
 }
 

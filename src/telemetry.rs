@@ -152,7 +152,13 @@ impl Telemetry {
     /// second are logged and reported each as a security event, the rest in the second's
     /// aggregate ([`refusals::REPORTED_EACH_PER_SECOND`]): a client needs no credential to be
     /// refused. The caller counts it in its own metric.
-    pub fn tls_refused(&self, direction: &'static str, peer: std::net::SocketAddr, reason: String) {
+    pub fn tls_refused(
+        &self,
+        direction: &'static str,
+        peer: std::net::SocketAddr,
+        listener: Option<std::net::SocketAddr>,
+        reason: String,
+    ) {
         if !self.tls_refusals.reported_each(&self.refusals, direction, Some(peer.ip())) {
             return;
         }
@@ -160,6 +166,7 @@ impl Telemetry {
         self.events.emit(SecurityEvent::TlsFailure {
             direction,
             peer: Some(peer),
+            listener,
             expected: None,
             reason,
             // pingora (through tokio-rustls) drops rustls's connection with a refusal, so the
@@ -223,6 +230,7 @@ impl Telemetry {
         self.events.emit(SecurityEvent::TlsFailure {
             direction: "outbound",
             peer: Some(server),
+            listener: None,
             expected,
             reason,
             tls,

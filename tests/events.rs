@@ -198,6 +198,8 @@ async fn a_flood_of_refused_handshakes_is_reported_in_aggregate() {
     };
     assert_eq!(filed(aggregate), filed(single), "{aggregate}\n{single}");
     assert_eq!(filed(single), (4001.into(), 5.into(), "mtls".into(), "inbound-mtls".into()));
+    // Where the caller came: the listener that refused it.
+    assert_eq!(single["dst_endpoint"]["port"], s.sidecar.inbound.port(), "{single}");
     assert!(aggregate["firewall_rule"].get("category").is_none(), "{aggregate}");
     s.shutdown();
 }
@@ -476,6 +478,7 @@ fn every_kind() -> Vec<SecurityEvent> {
         SecurityEvent::TlsFailure {
             direction: "inbound",
             peer: Some("10.0.0.7:41234".parse().unwrap()),
+            listener: Some("10.0.0.9:15006".parse().unwrap()),
             expected: None,
             reason: "certificate from an unknown CA".into(),
             tls: None,
@@ -483,6 +486,7 @@ fn every_kind() -> Vec<SecurityEvent> {
         SecurityEvent::TlsFailure {
             direction: "outbound",
             peer: Some("10.0.0.9:15006".parse().unwrap()),
+            listener: None,
             expected: Some(id("shop", "orders")),
             reason: "10.0.0.9:15006 presented spiffe://cluster.local/ns/shop/sa/other".into(),
             tls: Some(TlsSession {

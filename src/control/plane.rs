@@ -228,9 +228,10 @@ async fn run(
     };
     let refused = {
         let (metrics, telemetry) = (metrics.clone(), telemetry.clone());
+        let listener = grpc_listener.local_addr().ok();
         move |peer: SocketAddr, reason: String| {
             metrics.refused.with_label_values(&["handshake"]).inc();
-            telemetry.tls_refused("control", peer, reason);
+            telemetry.tls_refused("control", peer, listener, reason);
         }
     };
     let incoming = super::transport::accept_mtls(grpc_listener, tls.clone(), refused, stop.clone());

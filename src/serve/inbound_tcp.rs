@@ -128,7 +128,8 @@ impl InboundTcp {
         let (tls, caller) = match accepted {
             Ok(Ok(accepted)) => accepted,
             Ok(Err(reason)) => {
-                super::inbound_handshake_refused::<()>(&self.telemetry, peer, reason);
+                let listener = digest.local_addr().and_then(|a| a.as_inet()).copied();
+                super::inbound_handshake_refused::<()>(&self.telemetry, peer, listener, reason);
                 return;
             }
             Err(_) => {

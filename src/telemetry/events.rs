@@ -44,6 +44,8 @@ pub enum SecurityEvent {
     TlsFailure {
         direction: &'static str,
         peer: Option<SocketAddr>,
+        /// The listener that refused (inbound and the control plane's): where the caller came.
+        listener: Option<SocketAddr>,
         expected: Option<String>,
         reason: String,
         /// What the handshake negotiated, when the refusal came after it completed (a server
@@ -512,12 +514,12 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
         Ocsf { class: ENTITY_MANAGEMENT, activity, status_id, severity_id, message, control: None, extra }
     };
     match event {
-        SecurityEvent::TlsFailure { direction, peer, expected, reason, tls } => {
+        SecurityEvent::TlsFailure { direction, peer, listener, expected, reason, tls } => {
             // Inbound (and the control plane's listener) refuse a caller; outbound refuses the
             // server it connected to.
             let (src, dst) = match *direction {
                 "outbound" => (Value::Null, endpoint(*peer)),
-                _ => (endpoint(*peer), Value::Null),
+                _ => (endpoint(*peer), endpoint(*listener)),
             };
             Ocsf {
                 class: NETWORK_ACTIVITY,
@@ -796,11 +798,12 @@ fn ecs_classification(event: &SecurityEvent) -> (&'static str, &'static [&'stati
 
 fn ecs(event: &SecurityEvent) -> Value {
     let (action, outcome, message, extra) = match event {
-        SecurityEvent::TlsFailure { direction, peer, expected, reason, tls } => (
+        SecurityEvent::TlsFailure { direction, peer, listener, expected, reason, tls } => (
             "tls-handshake-refused",
             "failure",
             format!("{direction} TLS handshake refused: {reason}"),
-            json!({"source": peer.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
+            json!({"source": endpoint(if *direction == "outbound" { None } else { *peer }),
+                   "destination": endpoint(if *direction == "outbound" { *peer } else { *listener }),
                    // Only an outbound refusal comes after a completed handshake: the server's.
                    "tls": tls.as_ref().map(|t| json!({"version": t.version, "version_protocol": "tls",
                        "cipher": t.cipher,
