@@ -209,11 +209,9 @@ impl Admin {
     /// not past its end whatever the source.
     fn identity_ready(&self) -> bool {
         let now = std::time::SystemTime::now();
-        let expired = self.tls.current().credentials.not_after
-            <= now.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         match &self.identity {
             Some(state) => state.ready(now),
-            None => !expired,
+            None => !self.tls.current().credentials.expired_at(now),
         }
     }
 

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use std::path::Path;
 
@@ -639,14 +639,13 @@ async fn watch_certificates(
                     not_after: creds.not_after,
                 });
             }
-            Ok(None) => {
-                // Files whose writer stopped renewing (cert-manager or SPIRE down, a Secret no
-                // longer projected) leave an expired certificate in force: /ready says so, and
-                // so must the log and the events an operator alerts on.
+            // Files whose writer stopped renewing (cert-manager or SPIRE down, a Secret no
+            // longer projected) leave an expired certificate in force: /ready says so, and so
+            // must the log and the events an operator alerts on.
+            Ok(None) if from_files => {
                 let state = in_force.current();
                 let creds = &state.credentials;
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-                if from_files && creds.not_after <= now && expiry_reported.as_deref() != Some(creds.serial.as_str()) {
+                if creds.expired_at(SystemTime::now()) && expiry_reported.as_deref() != Some(creds.serial.as_str()) {
                     tracing::error!(identity = %creds.id, serial = %creds.serial, not_after = creds.not_after,
                         "the workload certificate has expired and its files hold no newer one: peers refuse this sidecar and it is not ready until they do");
                     telemetry.events.emit(SecurityEvent::CertificateExpired {
@@ -657,6 +656,7 @@ async fn watch_certificates(
                     expiry_reported = Some(creds.serial.clone());
                 }
             }
+            Ok(None) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "new certificate files are not usable; keeping the current ones");
                 telemetry.metrics.certificate_reloads.with_label_values(&["rejected"]).inc();

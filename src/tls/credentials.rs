@@ -37,6 +37,12 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// Whether the certificate has ended by `now`: peers refuse it then, whatever its source.
+    pub fn expired_at(&self, now: std::time::SystemTime) -> bool {
+        let now = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+        self.not_after <= now
+    }
+
     /// Loads and checks the files: the key matches the certificate, the certificate carries a
     /// SPIFFE ID in `trust_domain`, and the bundle holds at least one certificate.
     pub fn load(files: &IdentityFiles, trust_domain: &str) -> Result<Self, TlsError> {
