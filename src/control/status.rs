@@ -174,52 +174,48 @@ impl Session {
         });
     }
 
-    /// An ACK or NACK names a version this stream sent (or the sidecar said it held): one for
-    /// any other is not what an operator reads in /status as applied, so it is left out, as
-    /// Envoy leaves out an ACK whose nonce is not its last response's.
-    fn answers_what_was_sent(&self, version: &str, answer: &str) -> bool {
+    pub fn acked(&self, version: &str) {
+        let acked = VersionAt { version: version.to_string(), at: now() };
+        self.answered(version, "ACK", &self.registry.metrics.acks, SyncState::Synced, |r| r.acked = Some(acked));
+    }
+
+    pub fn nacked(&self, version: &str, reason: &str) {
+        let nacked = Refusal { version: version.to_string(), reason: reason.to_string(), at: now() };
+        self.answered(version, "NACK", &self.registry.metrics.nacks, SyncState::Rejected, |r| r.nacked = Some(nacked));
+    }
+
+    /// The sidecar's ACK or NACK of `version`: counted, its push's latency observed, the stream
+    /// left in `state`, and `record` written. One for a version this stream never sent (nor the
+    /// sidecar said it held) is none of those, as Envoy leaves out an ACK whose nonce is not its
+    /// last response's: /status must not show as applied what was never sent.
+    fn answered(
+        &self,
+        version: &str,
+        answer: &str,
+        counter: &prometheus::IntCounter,
+        state: SyncState,
+        record: impl FnOnce(&mut SidecarRecord),
+    ) {
+        let latency = &self.registry.metrics.push_latency;
         // Who answered, when it named another version: logged once the registry is unlocked.
         let mut stranger = None;
         self.registry.update(self.id, |r| {
             let is = |v: &Option<VersionAt>| v.as_ref().is_some_and(|v| v.version == version);
             if !(is(&r.sent) || is(&r.acked)) {
                 stranger = Some((r.identity.clone(), r.node.clone(), r.sent.as_ref().map(|s| s.version.clone())));
+                return;
             }
-        });
-        let Some((identity, node, sent)) = stranger else { return true };
-        tracing::warn!(%identity, %node, version, ?sent,
-            "a sidecar answered {answer} for a version this stream never sent it; not recorded");
-        false
-    }
-
-    pub fn acked(&self, version: &str) {
-        if !self.answers_what_was_sent(version, "ACK") {
-            return;
-        }
-        self.registry.metrics.acks.inc();
-        let latency = &self.registry.metrics.push_latency;
-        self.registry.update(self.id, |r| {
             if let Some((_, since)) = r.awaiting.take_if(|(v, _)| v == version) {
                 latency.observe(since.elapsed().as_secs_f64());
-                r.state = SyncState::Synced;
+                r.state = state;
             }
-            r.acked = Some(VersionAt { version: version.to_string(), at: now() });
+            record(r);
         });
-    }
-
-    pub fn nacked(&self, version: &str, reason: &str) {
-        if !self.answers_what_was_sent(version, "NACK") {
-            return;
+        match stranger {
+            None => counter.inc(),
+            Some((identity, node, sent)) => tracing::warn!(%identity, %node, version, ?sent,
+                "a sidecar answered {answer} for a version this stream never sent it; not recorded"),
         }
-        self.registry.metrics.nacks.inc();
-        let latency = &self.registry.metrics.push_latency;
-        self.registry.update(self.id, |r| {
-            if let Some((_, since)) = r.awaiting.take_if(|(v, _)| v == version) {
-                latency.observe(since.elapsed().as_secs_f64());
-                r.state = SyncState::Rejected;
-            }
-            r.nacked = Some(Refusal { version: version.to_string(), reason: reason.to_string(), at: now() });
-        });
     }
 }
 
