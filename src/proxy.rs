@@ -456,11 +456,11 @@ pub(crate) fn drop_hop_by_hop(header: &mut pingora::http::ResponseHeader) {
         return;
     }
     if header.headers.contains_key(http::header::CONNECTION) {
-        // Cloned values (a count on shared bytes), so the names can go while they are read.
-        let values = header.headers.get_all(http::header::CONNECTION);
-        let one = values.iter().nth(1).is_none().then(|| values.iter().next().cloned()).flatten();
-        let several: Vec<http::HeaderValue> = if one.is_none() { values.iter().cloned().collect() } else { Vec::new() };
-        let text = one.iter().chain(&several).map(|v| v.to_str().unwrap_or(""));
+        // Cloned values (a count on shared bytes), so the names can go while they are read; the
+        // rest of several `Connection` lines (rare) is the only allocation.
+        let mut values = header.headers.get_all(http::header::CONNECTION).iter().cloned();
+        let (first, rest): (Option<http::HeaderValue>, Vec<_>) = (values.next(), values.collect());
+        let text = first.iter().chain(&rest).map(|v| v.to_str().unwrap_or(""));
         for name in text.flat_map(connection_tokens).take(32) {
             let framing = name.eq_ignore_ascii_case("transfer-encoding") || name.eq_ignore_ascii_case("content-length");
             if !framing && header.headers.contains_key(name) {

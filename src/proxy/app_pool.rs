@@ -155,14 +155,7 @@ impl AppPool {
             }
             match exchange(session, &mut app, RequestHeader::from(request), &mut body, timeouts).await {
                 Ok(request_done) => {
-                    // An answer framed two ways (RFC 9112 §6.3: Transfer-Encoding wins, and the
-                    // message ought to be handled as an error) leaves what follows on its
-                    // connection in doubt: not reused. pingora drops the Content-Length from
-                    // the parsed head, so the head as it came is read, for chunked answers only.
-                    let framed_twice =
-                        app.resp_header().is_some_and(|h| h.headers.contains_key(header::TRANSFER_ENCODING))
-                            && names_content_length(&app.get_headers_raw_bytes());
-                    if request_done && !framed_twice {
+                    if request_done && !framed_twice(&app) {
                         app.respect_keepalive();
                         let idle_for = keep_alive_timeout(&app).unwrap_or(IDLE_TIMEOUT);
                         if let Some(stream) = app.reuse().await {
@@ -453,10 +446,18 @@ pub fn app_request(session: &Session) -> pingora::Result<http::request::Parts> {
     Ok(request)
 }
 
-/// Whether a raw HTTP/1.1 head has a `Content-Length` field (any case).
-fn names_content_length(head: &[u8]) -> bool {
+/// Whether the app's answer was framed two ways (RFC 9112 §6.3: Transfer-Encoding wins, and the
+/// message ought to be handled as an error), which leaves what follows on its connection in
+/// doubt: that connection is not reused. pingora drops the Content-Length from the parsed head,
+/// so the head as it came is read, for chunked answers only.
+fn framed_twice(app: &AppSession) -> bool {
     const NAME: &[u8] = b"content-length:";
-    head.split(|b| *b == b'\n').any(|line| line.len() >= NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME))
+    let chunked = app.resp_header().is_some_and(|h| h.headers.contains_key(header::TRANSFER_ENCODING));
+    chunked
+        && app
+            .get_headers_raw_bytes()
+            .split(|b| *b == b'\n')
+            .any(|line| line.len() >= NAME.len() && line[..NAME.len()].eq_ignore_ascii_case(NAME))
 }
 
 /// What is read and dropped of a body the app answered before it ended, at most.
