@@ -653,10 +653,11 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
             }
         }
         SecurityEvent::DosRefused(d) => {
+            let (uid, name) = d.rule();
             let mut extra = json!({"count": d.count, "start_time": d.start_ms, "end_time": d.end_ms,
                                    "src_endpoint": d.source.map(|ip| json!({"ip": ip.to_string()})),
                                    "dst_endpoint": endpoint(d.listener),
-                                   "firewall_rule": {"uid": d.rule().0, "name": d.rule().1, "category": d.category()},
+                                   "firewall_rule": {"uid": uid, "name": name, "category": d.category()},
                                    "status_detail": d.reason,
                                    "unmapped": {"direction": d.direction, "limit": d.limit,
                                                 "several_sources": d.several_sources}});
@@ -899,17 +900,17 @@ fn ecs(event: &SecurityEvent) -> Value {
                    "labels": {"waf_location": w.location, "waf_name": w.name, "waf_paranoia": w.paranoia,
                               "waf_fragment": w.fragment}}),
         ),
-        SecurityEvent::DosRefused(d) => (
-            if d.answers_requests() { "requests-refused" } else { "connections-refused" },
-            "failure",
-            d.message(),
-            json!({"rule": {"id": d.rule().0, "name": d.rule().1, "category": d.category()},
+        SecurityEvent::DosRefused(d) => {
+            (if d.answers_requests() { "requests-refused" } else { "connections-refused" }, "failure", d.message(), {
+                let (uid, name) = d.rule();
+                json!({"rule": {"id": uid, "name": name, "category": d.category()},
                    "source": d.source.map(|ip| json!({"ip": ip.to_string()})),
-                   "destination": d.listener.map(|p| json!({"ip": p.ip().to_string(), "port": p.port()})),
+                   "destination": endpoint(d.listener),
                    "http": d.http_status().map(|code| json!({"response": {"status_code": code}})),
                    "labels": {"direction": d.direction, "reason": d.reason, "count": d.count, "limit": d.limit,
-                              "several_sources": d.several_sources}}),
-        ),
+                              "several_sources": d.several_sources}})
+            })
+        }
         SecurityEvent::ConnectionDenied(c) => (
             if c.audit { "connection-audit-deny" } else { "connection-denied" },
             if c.audit { "success" } else { "failure" },

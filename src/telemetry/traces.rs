@@ -371,8 +371,10 @@ impl RequestSpan {
             }
             if failed {
                 // The status as text, or, with no answer at all, an identifier of that.
-                let error = if end.status == 0 { "no_response".to_string() } else { end.status.to_string() };
-                attributes.push(KeyValue::new("error.type", error));
+                attributes.push(match end.status {
+                    0 => KeyValue::new("error.type", "no_response"),
+                    status => KeyValue::new("error.type", status.to_string()),
+                });
             }
             match end.server {
                 // Required on client spans: the URL the app asked for, without its query (which
