@@ -156,6 +156,15 @@ async fn rotating_certificates_and_bundles_under_load_fails_no_request() {
     pair.shutdown();
 }
 
+/// A certificate for shop/orders issued by `pki`'s CA as `spec` says, written over `files` as
+/// a rotation writes it (the key first, each file replaced whole); its serial.
+fn issue_into(pki: &Pki, files: &palisade::identity::WorkloadFiles, spec: &LeafSpec) -> String {
+    let (cert, key) = pki.ca.issue(spec).unwrap();
+    write_atomically(&files.key, &key);
+    write_atomically(&files.cert, &cert);
+    serial_of(&files.cert)
+}
+
 /// A sidecar for shop/orders whose security events go to a file.
 struct Reporting {
     pki: Pki,
@@ -218,10 +227,7 @@ async fn a_certificate_issued_ahead_of_this_clock_is_taken_once_it_is_valid() {
     let Reporting { pki, files, _app, events, sidecar } = Reporting::start().await;
     let mut spec = LeafSpec::workload(&id("shop", "orders"));
     spec.not_before = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
-    let (cert, key) = pki.ca.issue(&spec).unwrap();
-    write_atomically(&files.key, &key);
-    write_atomically(&files.cert, &cert);
-    let serial = serial_of(&files.cert);
+    let serial = issue_into(&pki, &files, &spec);
     let message = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").to_string();
     let refused =
         eventually(|| async { read_jsonl(&events).iter().any(|e| message(e).contains("reload failed")) }).await;
@@ -251,10 +257,7 @@ async fn a_file_certificate_that_expires_unreplaced_is_reported_once_and_unready
     let mut spec = LeafSpec::workload(&id("shop", "orders"));
     // Long enough to be taken on a busy machine before it runs out.
     spec.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(5);
-    let (cert, key) = pki.ca.issue(&spec).unwrap();
-    write_atomically(&files.key, &key);
-    write_atomically(&files.cert, &cert);
-    let short = serial_of(&files.cert);
+    let short = issue_into(&pki, &files, &spec);
     let message = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").to_string();
     let expired_events =
         || read_jsonl(&events).into_iter().filter(|e| message(e).contains("certificate expired")).collect::<Vec<_>>();
@@ -266,10 +269,7 @@ async fn a_file_certificate_that_expires_unreplaced_is_reported_once_and_unready
     assert_eq!(ready().await, 503);
 
     // A renewed certificate is taken and ends it; the expiry was reported once in between.
-    let (cert, key) = pki.ca.issue(&LeafSpec::workload(&id("shop", "orders"))).unwrap();
-    write_atomically(&files.key, &key);
-    write_atomically(&files.cert, &cert);
-    let renewed = serial_of(&files.cert);
+    let renewed = issue_into(&pki, &files, &LeafSpec::workload(&id("shop", "orders")));
     let taken = eventually(|| async {
         read_jsonl(&events).iter().any(|e| message(e).contains("rotated") && e["entity"]["uid"] == renewed.as_str())
     })
