@@ -161,7 +161,7 @@ proxyUid: {{ .Values.sidecar.proxyUid }}
 logLevel: {{ .Values.sidecar.logLevel | quote }}
 resources: {{- toYaml .Values.sidecar.resources | nindent 2 }}
 initResources: {{- toYaml .Values.sidecar.initResources | nindent 2 }}
-excludedNamespaces: {{- toYaml (concat (list "kube-system") .Values.webhook.excludeNamespaces) | nindent 2 }}
+excludedNamespaces: {{- toYaml .Values.webhook.excludeNamespaces | nindent 2 }}
 excludeInboundPorts: {{- toYaml .Values.sidecar.excludeInboundPorts | nindent 2 }}
 excludeOutboundPorts: {{- toYaml .Values.sidecar.excludeOutboundPorts | nindent 2 }}
 excludeOutboundCidrs: {{- toYaml .Values.sidecar.excludeOutboundCidrs | nindent 2 }}
