@@ -116,13 +116,18 @@ impl PolicyChannel {
         }
         let roots: Vec<rustls_pki_types::CertificateDer<'static>> =
             roots.into_iter().map(rustls_pki_types::CertificateDer::from).collect();
-        if roots.is_empty() || roots == self.tls.current().credentials.bundle {
+        if roots == self.tls.current().credentials.bundle {
             return;
         }
         let source = std::path::Path::new("the control plane's trust bundle");
         match self.tls.current().credentials.with_bundle(roots, source).and_then(|c| self.tls.install(c)) {
             Ok(state) => {
                 tracing::info!(roots = state.credentials.bundle.len(), "trust bundle from the control plane in force")
+            }
+            // The roots themselves are unusable (none, or not CA certificates): a renewal
+            // could not help, and whatever is in force keeps working.
+            Err(e @ crate::tls::TlsError::File { .. }) => {
+                tracing::warn!(error = %e, "trust bundle from the control plane refused; the roots in force stay")
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the certificate in force does not chain to the new roots; renewing it");
@@ -209,34 +214,48 @@ impl PolicyChannel {
                 }
                 None => continue,
             };
-            // The control plane holds back an earlier revision than the Hello's for as long as
-            // a lagging replica may take, then sends it (the revision was reset): taken then.
-            let (version, revision) = (snapshot.version, snapshot.revision);
-            let documents: Vec<(String, bytes::Bytes)> =
-                snapshot.policies.into_iter().map(|p| (p.source, p.document)).collect();
-            let store = self.policy.clone();
-            let applying = version.clone();
-            // Parsing and compiling take up to a few milliseconds: off the request threads.
-            let applied = tokio::task::spawn_blocking(move || store.apply_remote(applying, &documents))
-                .await
-                .map_err(|e| format!("applying a snapshot failed: {e}"))?;
-            let reply = match applied {
-                Ok(_) => {
-                    // A snapshot without one (policies written by hand) keeps the last known.
-                    if revision != 0 {
-                        self.state.revision.store(revision, Ordering::Release);
-                    }
-                    // A stream that delivered a policy is a working one: only now does the
-                    // next failure start from the shortest wait again.
-                    backoff.reset();
-                    sidecar_message::Kind::Ack(Ack { version })
-                }
-                Err(reason) => sidecar_message::Kind::Nack(Nack { version, reason: nack_reason(reason) }),
-            };
+            let reply = self.answer(snapshot).await?;
+            if matches!(reply, sidecar_message::Kind::Ack(_)) {
+                // A stream that delivered a policy is a working one: only now does the next
+                // failure start from the shortest wait again.
+                backoff.reset();
+            }
             if sender.send(message(reply)).await.is_err() {
                 return Err("stream closed".into());
             }
         }
+    }
+
+    /// A snapshot validated and applied: ACK; refused, NACK, and the policy in force stays.
+    async fn answer(&self, snapshot: crate::proto::PolicySnapshot) -> Result<sidecar_message::Kind, String> {
+        let (version, revision) = (snapshot.version, snapshot.revision);
+        if version.is_empty() {
+            // A Hello's empty version says "none held": applied, this set would be sent again
+            // at every reconnect, and /status could not tell it from none.
+            let reason = "the snapshot has no version".to_string();
+            tracing::warn!(%reason, "policy snapshot refused; the policy in force stays");
+            return Ok(sidecar_message::Kind::Nack(Nack { version, reason }));
+        }
+        let documents: Vec<(String, bytes::Bytes)> =
+            snapshot.policies.into_iter().map(|p| (p.source, p.document)).collect();
+        let store = self.policy.clone();
+        let applying = version.clone();
+        // Parsing and compiling take up to a few milliseconds: off the request threads.
+        let applied = tokio::task::spawn_blocking(move || store.apply_remote(applying, &documents))
+            .await
+            .map_err(|e| format!("applying a snapshot failed: {e}"))?;
+        Ok(match applied {
+            Ok(_) => {
+                // The control plane holds back an earlier revision than the Hello's for as
+                // long as a lagging replica may take, then sends it (the revision was reset):
+                // taken then. A snapshot without one (policies written by hand) keeps the last.
+                if revision != 0 {
+                    self.state.revision.store(revision, Ordering::Release);
+                }
+                sidecar_message::Kind::Ack(Ack { version })
+            }
+            Err(reason) => sidecar_message::Kind::Nack(Nack { version, reason: nack_reason(reason) }),
+        })
     }
 }
 
@@ -386,6 +405,59 @@ mod tests {
         assert!(!state.connected() && state.last_error().is_some_and(|e| e.contains("127.0.0.1:1")));
         stop.send_replace(true);
         task.await.unwrap();
+    }
+
+    /// A snapshot without a version is refused: applied, the next Hello would say "none held"
+    /// and the set would come again at every reconnect. The policy in force stays.
+    #[tokio::test]
+    async fn a_snapshot_without_a_version_is_refused_and_the_policy_in_force_stays() {
+        use crate::proto::PolicySnapshot;
+        let (channel, _state, _dir) = channel_to("https://127.0.0.1:1");
+        let good = PolicySnapshot { version: "aaaaaaaaaaaa".into(), policies: Vec::new(), revision: 3 };
+        assert!(
+            matches!(channel.answer(good).await, Ok(sidecar_message::Kind::Ack(Ack { version })) if version == "aaaaaaaaaaaa")
+        );
+        let unversioned = PolicySnapshot { version: String::new(), policies: Vec::new(), revision: 4 };
+        match channel.answer(unversioned).await {
+            Ok(sidecar_message::Kind::Nack(nack)) => assert!(nack.reason.contains("no version"), "{}", nack.reason),
+            other => panic!("an unversioned snapshot answered {other:?}"),
+        }
+        assert_eq!(channel.policy.control_plane_version().as_deref(), Some("aaaaaaaaaaaa"));
+        assert_eq!(channel.state.revision(), 3);
+    }
+
+    /// Roots from the control plane that cannot be roots (none, or bytes that are no CA
+    /// certificate) leave the bundle in force as it is; real new roots are taken.
+    #[test]
+    fn an_unusable_trust_bundle_from_the_control_plane_leaves_the_roots_in_force() {
+        use crate::identity::{DevCa, LeafSpec};
+        use rustls_pki_types::pem::PemObject;
+        let (channel, _state, _dir) = channel_to("https://127.0.0.1:1");
+        let ca = DevCa::generate("cluster.local").unwrap();
+        let root = |ca: &DevCa| {
+            rustls_pki_types::CertificateDer::pem_slice_iter(ca.cert_pem().as_bytes()).next().unwrap().unwrap()
+        };
+        let own = SpiffeId::parse("spiffe://cluster.local/ns/shop/sa/orders").unwrap();
+        let domains = crate::tls::TrustDomains::new(["cluster.local"]);
+        let store = TlsStore::bootstrap(&own, vec![root(&ca)], domains).unwrap();
+        // As the CA would have issued it.
+        let (cert, key) = ca.issue(&LeafSpec::workload(own.as_str())).unwrap();
+        let chain = rustls_pki_types::CertificateDer::pem_slice_iter(cert.as_bytes()).map(Result::unwrap).collect();
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+        let issued = crate::tls::Credentials::from_memory(chain, key, vec![root(&ca)], "cluster.local", "ca".as_ref());
+        store.install(issued.unwrap()).unwrap();
+        let channel = PolicyChannel { tls: Arc::new(store), ..channel };
+        let bundle = || channel.tls.current().credentials.bundle.clone();
+        let first = bundle();
+        let (other, _) = ca.issue(&LeafSpec::workload("spiffe://cluster.local/ns/shop/sa/other")).unwrap();
+        let other = rustls_pki_types::CertificateDer::pem_slice_iter(other.as_bytes()).next().unwrap().unwrap();
+        for unusable in [Vec::new(), vec![b"not a certificate".to_vec()], vec![other.to_vec()]] {
+            channel.trust(unusable);
+            assert_eq!(bundle(), first);
+        }
+        let next = DevCa::generate("cluster.local").unwrap();
+        channel.trust(vec![root(&ca).to_vec(), root(&next).to_vec()]);
+        assert_eq!(bundle().len(), 2, "a rotation's roots are taken");
     }
 
     /// A revision the control plane confirms for a set counts only when that set is in force,
