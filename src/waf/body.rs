@@ -682,6 +682,7 @@ fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> O
         // Part headers, up to an empty line.
         let mut disposition: Option<&[u8]> = None;
         let mut transfer_encoding: Option<&[u8]> = None;
+        let mut part_type: Option<&[u8]> = None;
         loop {
             let Some(e) = line_end(body, pos) else { return bad(pos) };
             let line = trim_eol(&body[pos..e]);
@@ -703,6 +704,9 @@ fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> O
             if starts_with_ci(line, b"content-transfer-encoding:") && transfer_encoding.is_none() {
                 transfer_encoding = Some(&line[26..]);
             }
+            if starts_with_ci(line, b"content-type:") && part_type.is_none() {
+                part_type = Some(line[13..].trim_ascii());
+            }
         }
         // A body cut short before its closing delimiter is read up to where it ends.
         let next = find_delimiter(body, &delim, pos).unwrap_or(body.len());
@@ -721,7 +725,7 @@ fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> O
             _ => PartEncoding::AsSent,
         };
         if let Some(disposition) = field {
-            if let Some(f) = multipart_field(waf, skip, disposition, content, encoding) {
+            if let Some(f) = multipart_field(waf, skip, disposition, part_type, content, encoding) {
                 return Some(f);
             }
         }
@@ -737,6 +741,7 @@ fn multipart_field(
     waf: &Waf,
     skip: &Skips<'_>,
     disposition: &[u8],
+    part_type: Option<&[u8]>,
     content: &[u8],
     encoding: PartEncoding,
 ) -> Option<Finding> {
@@ -778,7 +783,15 @@ fn multipart_field(
         None => filename.is_some(),
     };
     if is_file {
-        return None;
+        // A file's content is the app's data, but a JSON or XML document is a structured value
+        // whatever its file name: Spring's `@RequestPart` and Jersey's `@FormDataParam` hand it
+        // to the converter its type names, and a browser names every Blob part `blob`.
+        return match Media::of(part_type) {
+            // A file is not refused for not being the JSON it says it is (JSON Lines, say).
+            Media::Json => json(waf, content, false, skip),
+            Media::Xml => xml(waf, content, skip),
+            _ => None,
+        };
     }
     let v = Value { class: Class::Arg, kind: LocationKind::MultipartValue, name, value: content };
     if let Some(f) = waf.value(v, skip) {
@@ -1110,6 +1123,38 @@ mod tests {
         for (ct, b) in cases {
             assert_eq!(body(ct, b), None, "{ct}: {b}");
         }
+    }
+
+    /// A JSON or XML part is read as what it is, file name or not (Spring's `@RequestPart`
+    /// converts it by its type; a browser names a Blob part `blob`); other files are not read.
+    #[test]
+    fn a_json_or_xml_file_part_is_read_as_its_type() {
+        let part = |disposition: &str, ct: &str, content: &str| {
+            format!("--b\r\nContent-Disposition: form-data; {disposition}\r\nContent-Type: {ct}\r\n\r\n{content}\r\n--b--\r\n")
+        };
+        let json = r#"{"name":"1' UNION SELECT password FROM users--"}"#;
+        let xml = "<m><name>1' UNION SELECT password FROM users--</name></m>";
+        for disposition in
+            ["name=\"meta\"", "name=\"meta\"; filename=\"blob\"", "name=\"meta\"; filename*=UTF-8''m.json"]
+        {
+            for (ct, content) in [
+                ("application/json", json),
+                ("application/vnd.api+json; charset=utf-8", json),
+                ("application/xml", xml),
+                ("text/xml", xml),
+            ] {
+                let b = part(disposition, ct, content);
+                assert!(body("multipart/form-data; boundary=b", &b).is_some(), "{disposition} {ct}");
+            }
+        }
+        // Ordinary JSON in a file part passes, as does JSON that does not parse (JSON Lines).
+        let ordinary =
+            part("name=\"meta\"; filename=\"blob\"", "application/json", r#"{"name":"Conan O'Brien","tags":["a"]}"#);
+        assert_eq!(body("multipart/form-data; boundary=b", &ordinary), None);
+        let lines = part("name=\"log\"; filename=\"a.json\"", "application/json", "{\"a\":1}\n{\"a\":2}\n");
+        assert_eq!(body("multipart/form-data; boundary=b", &lines), None);
+        let text = part("name=\"f\"; filename=\"a.txt\"", "text/plain", json);
+        assert_eq!(body("multipart/form-data; boundary=b", &text), None, "a text file is the app's data");
     }
 
     #[test]
