@@ -619,6 +619,18 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
     let (_, body) = curl(&ns, "c", APP_UID, "http://198.18.0.2:8080/orders");
     assert!(!body.contains("pod=b") && body.ends_with("status=000"), "{body}");
 
+    // 2a. Nor through the sidecar's outbound port on the pod address: the sidecar holds it on
+    //     loopback only, so a process of the pod could listen there; it is captured like any
+    //     port, and C meets STRICT mTLS again, not that process.
+    let squatter =
+        ["python3", "-m", "http.server", "--bind", "198.18.0.2", "--directory", work.to_str().unwrap(), "15001"];
+    ns.spawn("b", None, &squatter, &work.join("b-squatter.log"));
+    let squatting =
+        eventually_blocking(|| curl(&ns, "b", APP_UID, "http://198.18.0.2:15001/").1.ends_with("status=200"));
+    assert!(squatting, "B's own process serves its pod address on 15001 (to B itself)");
+    let (_, body) = curl(&ns, "c", APP_UID, "http://198.18.0.2:15001/");
+    assert!(body.ends_with("status=000"), "a caller outside the mesh reached 15001 on B's address: {body}");
+
     // 3. The sidecar's own connections (uid 2102) leave uncaptured: as 2102, A reaches C's app
     //    directly in plaintext; the app's own call to C is captured and, C having no sidecar
     //    to answer mTLS, refused by A's sidecar.

@@ -126,9 +126,11 @@ pub fn restore_file(capture: &Capture, family: Family, installed: Installed) -> 
     lines.push(format!("-A {CHAIN_IN_REDIRECT} -p tcp -j REDIRECT --to-ports {}", capture.inbound_port));
     lines.push(format!("-A {CHAIN_REDIRECT} -p tcp -j REDIRECT --to-ports {}", capture.outbound_port));
 
-    // Inbound: the sidecar's own ports (admin for the kubelet's probes) and the excluded ones
-    // pass; then the chosen ports, or all, go to the inbound listener.
-    let mut passing = vec![capture.admin_port, capture.inbound_port, capture.outbound_port];
+    // Inbound: the sidecar's own ports that it holds on every address (admin for the kubelet's
+    // probes, inbound) and the excluded ones pass; then the chosen ports, or all, go to the
+    // inbound listener. The outbound port is held on loopback only: passed, any process of the
+    // pod could serve `<pod IP>:15001` to callers outside the mesh, past mTLS and policy.
+    let mut passing = vec![capture.admin_port, capture.inbound_port];
     passing.extend(&capture.exclude_inbound_ports);
     passing.sort_unstable();
     passing.dedup();
@@ -231,7 +233,6 @@ mod tests {
                 "-A PALISADE_IN_REDIRECT -p tcp -j REDIRECT --to-ports 15006",
                 "-A PALISADE_REDIRECT -p tcp -j REDIRECT --to-ports 15001",
                 "-A PALISADE_INBOUND -p tcp --dport 15000 -j RETURN",
-                "-A PALISADE_INBOUND -p tcp --dport 15001 -j RETURN",
                 "-A PALISADE_INBOUND -p tcp --dport 15006 -j RETURN",
                 "-A PALISADE_INBOUND -p tcp -j PALISADE_IN_REDIRECT",
                 "-A PALISADE_OUTPUT -m owner --uid-owner 2102 -j RETURN",
