@@ -612,7 +612,6 @@ async fn watch_certificates(
     every: Duration,
     stop: watch::Receiver<bool>,
 ) {
-    let mut identity = tls.current().credentials.id.clone();
     let in_force = tls.clone();
     // A certificate from the CA is renewed, and its failures reported, by the identity client.
     let from_files = tls.files().is_some();
@@ -625,11 +624,6 @@ async fn watch_certificates(
         |outcome| match outcome {
             Ok(Some(state)) => {
                 let creds = &state.credentials;
-                if creds.id != identity {
-                    // Said at start too; here it changes who this workload is to every peer's policy.
-                    tracing::warn!(from = %identity, to = %creds.id, "the reloaded certificate names another workload: peers' policies now see this sidecar as it");
-                    identity = creds.id.clone();
-                }
                 tracing::info!(identity = %creds.id, serial = %creds.serial, "certificate and trust bundle reloaded");
                 telemetry.metrics.certificate_reloads.with_label_values(&["applied"]).inc();
                 telemetry.metrics.certificate_expiry.set(creds.not_after as f64);

@@ -221,6 +221,27 @@ async fn rotations_and_refused_reloads_are_security_events() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_certificate_for_another_workload_is_refused_and_the_current_one_kept() {
+    // A cert-manager Certificate edited to another account: the same pair is a configuration
+    // error at start, so at a reload it is refused, and the sidecar stays who it was.
+    let Reporting { pki, files, _app, events, sidecar } = Reporting::start().await;
+    let before = serial_of(&files.cert);
+    issue_into(&pki, &files, &LeafSpec::workload(&id("prod", "payments")));
+    let message = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").to_string();
+    let refused = eventually(|| async {
+        read_jsonl(&events).iter().any(|e| message(e).contains("reload failed") && message(e).contains("started as"))
+    })
+    .await;
+    assert!(refused, "{:?}", read_jsonl(&events));
+    let url = format!("http://{}/config_dump", sidecar.admin);
+    let dump: serde_json::Value = http_client().get(url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(dump["identity"]["spiffeId"], id("shop", "orders").as_str());
+    assert_eq!(dump["identity"]["serial"], before.as_str());
+    assert!(!read_jsonl(&events).iter().any(|e| message(e).contains("rotated")), "{:?}", read_jsonl(&events));
+    sidecar.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_issued_ahead_of_this_clock_is_taken_once_it_is_valid() {
     // An issuer whose clock runs a few seconds ahead: refused once (not valid yet), then taken
     // when it is, without another change to the files; not left on disk while the old one expires.

@@ -130,7 +130,23 @@ impl TlsStore {
     pub fn reload_if_changed(&self) -> Result<Option<Arc<TlsState>>, TlsError> {
         let Some((files, reload)) = &self.files else { return Ok(None) };
         let mut reload = reload.lock().expect("reload lock");
-        reload.look(paths(files), || Credentials::load(files, &self.trust_domain).and_then(|c| self.install(c)))
+        reload.look(paths(files), || {
+            let credentials = Credentials::load(files, &self.trust_domain)?;
+            // Who this workload is was settled at start (policies were selected for it, and
+            // the configuration checked against it): a certificate naming another is refused,
+            // as it would have been then.
+            let own = &self.state.load().credentials.id;
+            if credentials.id != *own {
+                return Err(TlsError::Identity {
+                    path: files.cert.clone(),
+                    reason: format!(
+                        "the certificate names {}, not {own}, which this process was started as: a workload's identity changes with a restart, never by a reload",
+                        credentials.id
+                    ),
+                });
+            }
+            self.install(credentials)
+        })
     }
 }
 
