@@ -1119,9 +1119,15 @@ async fn with_the_ca_down_the_sidecar_keeps_serving_and_renews_when_it_returns()
         "the failed renewal is a security event on the sidecar",
         1,
         || read_jsonl(&sidecar_events),
-        |e| e["message"].as_str().is_some_and(|m| m.contains("certificate refused") && m.contains("connecting")),
+        |e| e["message"].as_str().is_some_and(|m| m.contains("certificate reload failed") && m.contains("connecting")),
     )
     .await;
+    // A CA out of reach refused nothing: no denial for a SIEM to alert on.
+    let refused = read_jsonl(&sidecar_events)
+        .into_iter()
+        .filter(|e| e["message"].as_str().is_some_and(|m| m.contains("certificate refused")))
+        .collect::<Vec<_>>();
+    assert!(refused.is_empty(), "{refused:?}");
     let metrics = admin_get(&sidecar, "/metrics").await.text().await.unwrap();
     assert!(metric(&metrics, "palisade_certificate_reloads_total{result=\"rejected\"} ") >= 1.0, "and counted");
 
@@ -1148,6 +1154,14 @@ async fn an_expired_certificate_makes_the_sidecar_unready_until_the_ca_returns()
     wait_for("not ready once the certificate expired", async || !ready(&sidecar).await).await;
     let expired_at = config_dump(&sidecar).await["identity"]["notAfter"].as_i64().unwrap();
     assert!(unix_now() as i64 >= expired_at, "unready only once expired");
+    // Said once as an event, as for a certificate from files.
+    let sidecar_events = mesh.path("events-orders.jsonl");
+    let expired = |e: &Value| e["message"].as_str().is_some_and(|m| m.contains("certificate expired"));
+    events_where("the expiry is a security event", 1, || read_jsonl(&sidecar_events), expired).await;
+    let serial = config_dump(&sidecar).await["identity"]["serial"].as_str().unwrap().to_string();
+    let reported = read_jsonl(&sidecar_events).into_iter().filter(|e| expired(e)).collect::<Vec<_>>();
+    assert_eq!(reported.len(), 1, "once: {reported:?}");
+    assert_eq!(reported[0]["entity"]["uid"], serial.as_str(), "{reported:?}");
     mesh.restart();
     wait_for("ready again with a new certificate", async || ready(&sidecar).await).await;
     sidecar.shutdown();

@@ -96,13 +96,19 @@ impl IdentityClient {
     /// Gets a certificate, then keeps it renewed, until `stop`.
     pub async fn run(self, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(FIRST_RETRY, LONGEST_RETRY);
+        let mut expiry_reported = false;
         loop {
             let wait = match self.renew().await {
                 Ok(not_after) => {
                     backoff.reset();
+                    expiry_reported = false;
                     renew_in(SystemTime::now(), not_after)
                 }
-                Err(reason) => {
+                Err(failure) => {
+                    let (refused, reason) = match failure {
+                        Failure::Refused(reason) => (true, reason),
+                        Failure::Failed(reason) => (false, reason),
+                    };
                     self.state.failures.fetch_add(1, Ordering::AcqRel);
                     self.telemetry.metrics.certificate_reloads.with_label_values(&["rejected"]).inc();
                     *self.state.last_error.lock().expect("identity state lock") = Some(reason.clone());
@@ -119,11 +125,27 @@ impl IdentityClient {
                         (false, _) => tracing::warn!(%ca, %reason, retry_in = ?delay,
                             "certificate request failed; there is no certificate yet, so the sidecar is not ready"),
                     }
-                    self.telemetry.events.emit(SecurityEvent::CertificateRefused {
-                        identity: Some(self.own.to_string()),
-                        peer: None,
-                        reason,
-                    });
+                    // Once per certificate: the expiry an operator alerts on, as with files.
+                    if issued && !valid && !expiry_reported {
+                        let state = self.tls.current();
+                        self.telemetry.events.emit(SecurityEvent::CertificateExpired {
+                            identity: self.own.to_string(),
+                            serial: state.credentials.serial.clone(),
+                            not_after,
+                        });
+                        expiry_reported = true;
+                    }
+                    // A refusal is the CA's decision about this workload; a CA out of reach (or a
+                    // token that cannot be read here) is a failed renewal, not a denial.
+                    let event = match refused {
+                        true => SecurityEvent::CertificateRefused {
+                            identity: Some(self.own.to_string()),
+                            peer: None,
+                            reason,
+                        },
+                        false => SecurityEvent::CertificateReloadFailed { reason },
+                    };
+                    self.telemetry.events.emit(event);
                     delay
                 }
             };
@@ -137,34 +159,42 @@ impl IdentityClient {
 
     /// One request: a new key, its CSR and the token; the answer put in force. Returns the
     /// new certificate's end.
-    async fn renew(&self) -> Result<SystemTime, String> {
-        let key = rcgen::KeyPair::generate().map_err(|e| format!("making a key: {e}"))?;
-        let csr = certification_request(&self.own, &key)?;
+    async fn renew(&self) -> Result<SystemTime, Failure> {
+        let key = rcgen::KeyPair::generate().map_err(|e| Failure::Failed(format!("making a key: {e}")))?;
+        let csr = certification_request(&self.own, &key).map_err(Failure::Failed)?;
         let token = crate::yaml::read_file(&self.token_file, 64 * 1024)
-            .map_err(|e| format!("the service-account token {}: {e}", self.token_file.display()))?;
+            .map_err(|e| Failure::Failed(format!("the service-account token {}: {e}", self.token_file.display())))?;
         let connector = super::connector(self.host.clone(), self.port, self.expected.clone(), self.tls.clone());
         let channel = tonic::transport::Endpoint::from_static("http://palisade-ca")
             .connect_timeout(SIGN_TIMEOUT)
             .timeout(SIGN_TIMEOUT)
             .connect_with_connector(connector)
             .await
-            .map_err(|e| super::policy::connect_error(&format!("the CA at {}:{}", self.host, self.port), &e))?;
+            .map_err(|e| {
+                Failure::Failed(super::policy::connect_error(&format!("the CA at {}:{}", self.host, self.port), &e))
+            })?;
         let answer = CertificatesClient::new(channel)
             .sign(SignRequest { csr, token: token.trim().to_string() })
             .await
-            .map_err(|status| format!("the CA refused: {}", status.message()))?
+            .map_err(|status| match status.code() {
+                // What the CA decided about this request; anything else is the way to it.
+                tonic::Code::InvalidArgument | tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => {
+                    Failure::Refused(format!("the CA refused: {}", status.message()))
+                }
+                _ => Failure::Failed(format!("the CA did not sign: {}", status.message())),
+            })?
             .into_inner();
         let chain: Vec<CertificateDer<'static>> = answer.chain.into_iter().map(CertificateDer::from).collect();
         let bundle: Vec<CertificateDer<'static>> = answer.trust_bundle.into_iter().map(CertificateDer::from).collect();
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         let credentials =
             Credentials::from_memory(chain, key, bundle, self.own.trust_domain(), Path::new("the control plane's CA"))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Failure::Refused(e.to_string()))?;
         if credentials.id != self.own {
-            return Err(format!("the CA signed {}, not {}", credentials.id, self.own));
+            return Err(Failure::Refused(format!("the CA signed {}, not {}", credentials.id, self.own)));
         }
         let (serial, not_after) = (credentials.serial.clone(), credentials.not_after);
-        self.tls.install(credentials).map_err(|e| e.to_string())?;
+        self.tls.install(credentials).map_err(|e| Failure::Failed(e.to_string()))?;
         self.state.not_after.store(not_after, Ordering::Release);
         self.state.issued.store(true, Ordering::Release);
         self.state.first.notify_waiters();
@@ -180,6 +210,14 @@ impl IdentityClient {
         tracing::info!(identity = %self.own, %serial, not_after, "certificate from the control plane's CA in force");
         Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64))
     }
+}
+
+/// Why a certificate request got no certificate.
+enum Failure {
+    /// The CA answered, and refused this workload (or signed what it cannot use).
+    Refused(String),
+    /// No answer: the CA out of reach or busy, or the request could not be made here.
+    Failed(String),
 }
 
 /// A PKCS#10 request, DER, for `id` and nothing else.
