@@ -40,7 +40,17 @@ impl ControlPlane {
 
     /// With `policies` settings added (`, revisionHold: 1s`).
     async fn start_with(pki: &Pki, name: &str, dir: &Path, identity: &str, policies: &str) -> ControlPlane {
-        let files = pki.workload(name, identity);
+        Self::start_with_files(pki, name, dir, &pki.workload(name, identity), policies).await
+    }
+
+    /// With its own certificate and key from `files`.
+    async fn start_with_files(
+        pki: &Pki,
+        name: &str,
+        dir: &Path,
+        files: &palisade::identity::WorkloadFiles,
+        policies: &str,
+    ) -> ControlPlane {
         let (grpc, admin) = (free_port(), free_port());
         let events = pki.path(&format!("{name}-events.jsonl"));
         let config = pki.path(&format!("{name}.yaml"));
@@ -322,6 +332,26 @@ async fn a_sidecar_reaches_the_control_plane_over_ipv6() {
     let ready = http_client().get(format!("http://[::1]:{}/ready", plane.admin)).send().await.unwrap();
     assert_eq!(ready.status(), 200);
     orders.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_control_plane_whose_own_certificate_has_expired_is_not_ready() {
+    // No sidecar can complete a handshake with it: its Service must send them to another replica.
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    let mut spec = palisade::identity::LeafSpec::workload(CONTROL_ID);
+    // Long enough to be ready first on a busy machine.
+    spec.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(8);
+    let files = pki.issue("control", &spec);
+    let plane = ControlPlane::start_with_files(&pki, "control", &dir, &files, "").await;
+    let admin = plane.admin;
+    let unready = eventually(|| async move {
+        let answer = http_client().get(format!("http://127.0.0.1:{admin}/ready")).send().await.unwrap();
+        answer.status() == 503 && answer.text().await.unwrap().contains("certificate")
+    })
+    .await;
+    assert!(unready, "still ready with an expired certificate");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

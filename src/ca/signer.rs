@@ -199,12 +199,29 @@ impl CaSigner {
     /// A certificate for the control plane itself (or any identity the CA's owner vouches for,
     /// no token involved): a key made here, signed at once.
     pub fn issue_own(&self, identity: &SpiffeId, ttl: Duration) -> Result<crate::tls::Credentials, String> {
+        self.issue_own_at(identity, ttl, SystemTime::now())
+    }
+
+    fn issue_own_at(
+        &self,
+        identity: &SpiffeId,
+        ttl: Duration,
+        now: SystemTime,
+    ) -> Result<crate::tls::Credentials, String> {
         let key = KeyPair::generate().map_err(|e| e.to_string())?;
         let mut params = CertificateParams::default();
         params.subject_alt_names =
             vec![SanType::URI(identity.as_str().try_into().map_err(|e: rcgen::Error| e.to_string())?)];
         let csr = params.serialize_request(&key).map_err(|e| e.to_string())?;
-        let issued = self.sign(csr.der(), identity, ttl, SystemTime::now()).map_err(|e| e.to_string())?;
+        // Its own certificate lasts to the CA's end when that comes first: the policy stream and
+        // the webhook serve on until then (workloads are refused the last minutes, see `sign`),
+        // and a replica restarted in them starts instead of failing.
+        let left = self.not_after.duration_since(now).map_err(|_| {
+            let end =
+                to_offset(self.not_after).format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+            format!("the CA's certificate ended at {end}: renew the CA (ca.cert)")
+        })?;
+        let issued = self.sign(csr.der(), identity, ttl.min(left), now).map_err(|e| e.to_string())?;
         let key = PrivateKeyDer::Pkcs8(rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()));
         crate::tls::Credentials::from_memory(
             issued.chain,
@@ -596,6 +613,39 @@ mod tests {
         assert!(issued.not_after <= signer.not_after);
         // No time arithmetic overflows, whatever the TTL.
         assert!(signer.sign(&asking_for(vec![]), &id("orders"), Duration::MAX, SystemTime::now()).is_ok());
+    }
+
+    /// The control plane's own certificate lasts to the CA's end when that is nearer than its
+    /// TTL, even in the minutes workloads are refused: its policy stream and webhook serve on
+    /// (a replica restarted then starts). Once the CA has ended, it is refused too.
+    #[test]
+    fn the_control_planes_own_certificate_lasts_to_the_cas_end() {
+        use rcgen::{BasicConstraints, IsCa};
+        let dir = tempfile::tempdir().unwrap();
+        let short_ca = |life: time::Duration| {
+            let mut params = CertificateParams::default();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+            params.subject_alt_names = vec![SanType::URI("spiffe://cluster.local".try_into().unwrap())];
+            let now = time::OffsetDateTime::now_utc();
+            params.not_before = now - time::Duration::minutes(5);
+            params.not_after = now + life;
+            let key = KeyPair::generate().unwrap();
+            let cert = params.self_signed(&key).unwrap();
+            let (cert_path, key_path) = (dir.path().join("ca.crt"), dir.path().join("ca.key"));
+            std::fs::write(&cert_path, cert.pem()).unwrap();
+            std::fs::write(&key_path, key.serialize_pem()).unwrap();
+            CaSigner::load(&CaFiles { cert: cert_path, key: key_path, trust_bundle: None }, "cluster.local").unwrap()
+        };
+        let control = SpiffeId::parse("spiffe://cluster.local/ns/palisade-system/sa/palisade-control").unwrap();
+        let signer = short_ca(time::Duration::minutes(5));
+        let own = signer.issue_own(&control, Duration::from_secs(3600)).unwrap();
+        let end = signer.not_after.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+        assert_eq!(own.not_after, end);
+        assert!(signer.sign(&asking_for(vec![]), &id("orders"), Duration::from_secs(3600), SystemTime::now()).is_err());
+        let after = signer.not_after + Duration::from_secs(1);
+        let refused = signer.issue_own_at(&control, Duration::from_secs(3600), after).map(|_| ()).unwrap_err();
+        assert!(refused.contains("ended") && refused.contains("renew the CA"), "{refused}");
     }
 
     /// A CA at its end refuses, as unavailable, rather than issue certificates that end before

@@ -36,10 +36,19 @@ impl ControlAdmin {
     /// retries and may reach another replica). Every replica reads the same mount: failing
     /// readiness on it would take them all out of the Service together.
     fn ready(&self) -> Result<(), String> {
-        match self.readiness.is_ready() {
-            true => Ok(()),
-            false => Err("not ready".into()),
+        if !self.readiness.is_ready() {
+            return Err("not ready".into());
         }
+        // Every handshake of the policy stream and the CA fails with it: sidecars must be sent
+        // to a replica that can complete one.
+        let state = self.tls.current();
+        if state.credentials.expired_at(std::time::SystemTime::now()) {
+            return Err(format!(
+                "not ready: the control plane's certificate ({}) has expired; renew the CA (ca.cert) or the identity files",
+                state.credentials.serial
+            ));
+        }
+        Ok(())
     }
 
     fn status(&self) -> serde_json::Value {

@@ -230,7 +230,10 @@ async fn renew_own(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
-        let wait = ttl.mul_f64(0.7);
+        // At 70% of what is left of the certificate in force (shorter than `ttl` near the CA's
+        // end), and never in a busy loop.
+        let left = tls.current().credentials.life_left(std::time::SystemTime::now());
+        let wait = left.mul_f64(0.7).clamp(Duration::from_secs(1), ttl.mul_f64(0.7));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = ca_changed.notified() => {}

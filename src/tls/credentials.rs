@@ -39,8 +39,13 @@ pub struct Credentials {
 impl Credentials {
     /// Whether the certificate has ended by `now`: peers refuse it then, whatever its source.
     pub fn expired_at(&self, now: std::time::SystemTime) -> bool {
+        self.life_left(now).is_zero()
+    }
+
+    /// How long the certificate still lasts at `now` (zero once it has ended).
+    pub fn life_left(&self, now: std::time::SystemTime) -> std::time::Duration {
         let now = now.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        self.not_after <= now
+        std::time::Duration::from_secs((self.not_after - now).max(0) as u64)
     }
 
     /// Loads and checks the files: the key matches the certificate, the certificate carries a
