@@ -47,6 +47,9 @@ pub enum Refused {
     Csr(String),
     #[error("the token could not be checked now: {0}")]
     Unavailable(String),
+    /// Too many requests from one address: refused before anything was checked.
+    #[error("{0}")]
+    RateLimited(String),
     /// The CA's own certificate ends too soon to issue from: a renewed CA file mends it.
     #[error("{0}")]
     CaExpiring(String),
@@ -65,6 +68,7 @@ impl Refused {
             Refused::OtherIdentity(_) => "other_identity",
             Refused::Csr(_) => "bad_request",
             Refused::Unavailable(_) => "unavailable",
+            Refused::RateLimited(_) => "rate_limited",
             Refused::CaExpiring(_) => "ca_expiring",
         }
     }
@@ -72,7 +76,9 @@ impl Refused {
     /// The gRPC status the caller gets: a retry helps only when the checker was unreachable.
     pub fn status(&self) -> tonic::Status {
         match self {
-            Refused::Unavailable(_) | Refused::CaExpiring(_) => tonic::Status::unavailable(self.to_string()),
+            Refused::Unavailable(_) | Refused::RateLimited(_) | Refused::CaExpiring(_) => {
+                tonic::Status::unavailable(self.to_string())
+            }
             Refused::Csr(_) => tonic::Status::invalid_argument(self.to_string()),
             _ => tonic::Status::permission_denied(self.to_string()),
         }

@@ -156,12 +156,11 @@ impl Certificates for CaService {
             };
             if let Err(wait) = self.sources.take(address) {
                 // Counted, not reported one by one: a flood must not become a flood of events.
-                self.metrics.requests.with_label_values(&["rate_limited"]).inc();
-                tracing::debug!(%peer, "certificate request refused: too many from this address");
                 let retry = wait.as_secs() + 1;
-                return Err(
-                    Refused::Unavailable(format!("too many requests from {}; retry in {retry} s", peer.ip())).status()
-                );
+                let refused = Refused::RateLimited(format!("too many requests from {}; retry in {retry} s", peer.ip()));
+                self.metrics.requests.with_label_values(&[refused.label()]).inc();
+                tracing::debug!(%peer, "certificate request refused: too many from this address");
+                return Err(refused.status());
             }
         }
         let outcome = self.issue(&request).await;
@@ -269,7 +268,10 @@ mod tests {
         assert_eq!(refused, SOURCE_BURST as usize, "{codes:?}");
         assert!(codes[SOURCE_BURST as usize..].iter().all(|c| *c == tonic::Code::Unavailable), "{codes:?}");
         // Another address (IPv4-mapped or not, the same host is one key) has its own bucket.
-        assert_eq!(service.sign(from("::ffff:10.0.0.7")).await.unwrap_err().code(), tonic::Code::Unavailable);
+        let limited = service.sign(from("::ffff:10.0.0.7")).await.unwrap_err();
+        assert_eq!(limited.code(), tonic::Code::Unavailable);
+        // No token was looked at: the answer does not say one could not be.
+        assert!(limited.message().starts_with("too many requests from 10.0.0.7"), "{}", limited.message());
         assert_ne!(service.sign(from("10.0.0.8")).await.unwrap_err().code(), tonic::Code::Unavailable);
         // (Refilling at one a second is the buckets' own, tested with them.)
         let counted = service.metrics.requests.with_label_values(&["rate_limited"]).get();
