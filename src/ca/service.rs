@@ -157,7 +157,10 @@ impl Certificates for CaService {
             if let Err(wait) = self.sources.take(address) {
                 // Counted, not reported one by one: a flood must not become a flood of events.
                 let retry = wait.as_secs() + 1;
-                let refused = Refused::RateLimited(format!("too many requests from {}; retry in {retry} s", peer.ip()));
+                let refused = Refused::RateLimited(format!(
+                    "too many requests from {}; retry in {retry} s",
+                    peer.ip().to_canonical()
+                ));
                 self.metrics.requests.with_label_values(&[refused.label()]).inc();
                 tracing::debug!(%peer, "certificate request refused: too many from this address");
                 return Err(refused.status());
