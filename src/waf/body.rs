@@ -695,6 +695,13 @@ fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> O
             if matches!(line[0], b' ' | b'\t') {
                 return bad(pos);
             }
+            // Blanks before the colon (`Content-Disposition :`): Commons FileUpload, under
+            // Tomcat and Spring, trims them and reads the part, other parsers refuse it (RFC
+            // 9112 §5.1 forbids them in a header): either way it is no header this walk can name.
+            let name_end = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+            if line[..name_end].last().is_some_and(|b| matches!(b, b' ' | b'\t')) {
+                return bad(pos);
+            }
             // The first one counts, as Go, Werkzeug and busboy read it.
             if starts_with_ci(line, b"content-disposition:") && disposition.is_none() {
                 disposition = Some(&line[20..]);
@@ -788,7 +795,12 @@ fn multipart_field(
         // to the converter its type names, and a browser names every Blob part `blob`.
         return match Media::of(part_type) {
             // A file is not refused for not being the JSON it says it is (JSON Lines, say).
-            Media::Json => json(waf, content, false, skip),
+            // In UTF-16 or UTF-32 (Jackson and Python's `json.loads` tell them by their bytes) it
+            // is read as the app will decode it.
+            Media::Json => match wide_unicode(content) {
+                Some(text) => json(waf, &text, false, skip),
+                None => json(waf, content, false, skip),
+            },
             Media::Xml => xml(waf, content, skip),
             _ => None,
         };
@@ -804,6 +816,34 @@ fn multipart_field(
     };
     let v = Value { class: Class::Arg, kind: LocationKind::MultipartValue, name, value: decoded.as_deref()? };
     waf.value(v, skip)
+}
+
+/// JSON in UTF-16 or UTF-32, told as RFC 4627 §3 and Jackson tell it (a byte order mark, or
+/// the pattern of zero bytes around the first character, which is ASCII), as UTF-8; `None` for
+/// anything else. Characters that do not decode become U+FFFD, as in Python's `errors="replace"`.
+fn wide_unicode(content: &[u8]) -> Option<Vec<u8>> {
+    let (unit, big_endian, bom) = match content {
+        [0, 0, 0xfe, 0xff, ..] => (4, true, 4),
+        [0xff, 0xfe, 0, 0, ..] => (4, false, 4),
+        [0xfe, 0xff, ..] => (2, true, 2),
+        [0xff, 0xfe, ..] => (2, false, 2),
+        [0, 0, 0, a, ..] if *a != 0 => (4, true, 0),
+        [a, 0, 0, 0, ..] if *a != 0 => (4, false, 0),
+        [0, a, 0, b, ..] if *a != 0 && *b != 0 => (2, true, 0),
+        [a, 0, b, 0, ..] if *a != 0 && *b != 0 => (2, false, 0),
+        _ => return None,
+    };
+    let units = content[bom..].chunks_exact(unit).map(|c| match (unit, big_endian) {
+        (2, true) => u16::from_be_bytes([c[0], c[1]]) as u32,
+        (2, false) => u16::from_le_bytes([c[0], c[1]]) as u32,
+        (_, true) => u32::from_be_bytes([c[0], c[1], c[2], c[3]]),
+        (_, false) => u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+    });
+    let text: String = match unit {
+        2 => char::decode_utf16(units.map(|u| u as u16)).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)).collect(),
+        _ => units.map(|u| char::from_u32(u).unwrap_or(char::REPLACEMENT_CHARACTER)).collect(),
+    };
+    Some(text.into_bytes())
 }
 
 /// A part's `Content-Transfer-Encoding` that some parser undoes for the app (RFC 7578
@@ -1155,6 +1195,29 @@ mod tests {
         assert_eq!(body("multipart/form-data; boundary=b", &lines), None);
         let text = part("name=\"f\"; filename=\"a.txt\"", "text/plain", json);
         assert_eq!(body("multipart/form-data; boundary=b", &text), None, "a text file is the app's data");
+        // In UTF-16 or UTF-32, with a byte order mark or without, as Jackson and json.loads read it.
+        let utf16le: Vec<u8> = json.encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let utf16be_bom: Vec<u8> =
+            [0xfe, 0xff].into_iter().chain(json.encode_utf16().flat_map(u16::to_be_bytes)).collect();
+        let utf32le_bom: Vec<u8> =
+            [0xff, 0xfe, 0, 0].into_iter().chain(json.chars().flat_map(|c| (c as u32).to_le_bytes())).collect();
+        for wide in [utf16le, utf16be_bom, utf32le_bom] {
+            let head = "--b\r\nContent-Disposition: form-data; name=\"meta\"; filename=\"blob\"\r\nContent-Type: application/json\r\n\r\n";
+            let b = [head.as_bytes(), &wide, b"\r\n--b--\r\n"].concat();
+            assert!(waf(1).inspect_body(Some(b"multipart/form-data; boundary=b"), &b, &Skips::NONE).is_some());
+        }
+    }
+
+    /// A part header with blanks before its colon is one Commons FileUpload trims and reads, and
+    /// this walk cannot name: a protocol finding, not a part skipped unread.
+    #[test]
+    fn a_part_header_with_blanks_before_its_colon_is_refused() {
+        for header in ["Content-Disposition : form-data; name=\"q\"", "Content-Disposition\t: form-data; name=\"q\""] {
+            let b = format!("--b\r\n{header}\r\n\r\n1' UNION SELECT password FROM users--\r\n--b--\r\n");
+            assert!(body("multipart/form-data; boundary=b", &b).is_some(), "{header}");
+        }
+        let typed = "--b\r\nContent-Disposition: form-data; name=\"meta\"; filename=\"blob\"\r\nContent-Type : application/json\r\n\r\n{\"a\":\"x\"}\r\n--b--\r\n";
+        assert!(body("multipart/form-data; boundary=b", typed).is_some());
     }
 
     #[test]
