@@ -130,6 +130,7 @@ impl Parts {
                     trust_bundle: files.trust_bundle.clone(),
                 };
                 let tls = TlsStore::load(identity_files, trust_domain, domains)
+                    .map(TlsStore::keep_identity)
                     .map_err(|e| errors.push(ConfigError::new(Path::new(""), "identity.files", format!("{e:#}"))))
                     .ok();
                 let certificate = tls.as_ref().map(|tls| tls.current().credentials.id.clone());

@@ -63,6 +63,8 @@ pub struct TlsStore {
     trust_domain: String,
     domains: TrustDomains,
     state: ArcSwap<TlsState>,
+    /// Whether a reload may change the SPIFFE ID (see [`TlsStore::keep_identity`]).
+    identity_fixed: bool,
 }
 
 impl TlsStore {
@@ -75,7 +77,15 @@ impl TlsStore {
             trust_domain: trust_domain.to_string(),
             domains,
             state: ArcSwap::from_pointee(state),
+            identity_fixed: false,
         })
+    }
+
+    /// Refuses, from now on, a reloaded certificate for another SPIFFE ID than the one in
+    /// force: a workload's policies were selected for who it was at start.
+    pub fn keep_identity(mut self) -> Self {
+        self.identity_fixed = true;
+        self
     }
 
     pub fn current(&self) -> Arc<TlsState> {
@@ -102,6 +112,7 @@ impl TlsStore {
             trust_domain: own.trust_domain().to_string(),
             domains,
             state: ArcSwap::from_pointee(state),
+            identity_fixed: false,
         })
     }
 
@@ -132,11 +143,11 @@ impl TlsStore {
         let mut reload = reload.lock().expect("reload lock");
         reload.look(paths(files), || {
             let credentials = Credentials::load(files, &self.trust_domain)?;
-            // Who this workload is was settled at start (policies were selected for it, and
-            // the configuration checked against it): a certificate naming another is refused,
-            // as it would have been then.
+            // Who a workload is was settled at start (policies were selected for it, and the
+            // configuration checked against it): a certificate naming another is refused, as
+            // it would have been then.
             let own = &self.state.load().credentials.id;
-            if credentials.id != *own {
+            if self.identity_fixed && credentials.id != *own {
                 return Err(TlsError::Identity {
                     path: files.cert.clone(),
                     reason: format!(
