@@ -54,7 +54,9 @@ async fn run(documents: &str, cases: &[Case]) -> usize {
             ));
             continue;
         }
-        if c.status == 403 {
+        if c.method == "HEAD" {
+            assert!(answer.body.is_empty(), "an answer to HEAD has no body: {:?}", answer.body);
+        } else if c.status == 403 {
             let body: serde_json::Value = serde_json::from_str(&answer.body).unwrap();
             assert_eq!(body["error"], "forbidden", "{}", c.why);
             assert!(!answer.body.contains("rule"), "the caller is never told which rule matched");
@@ -138,6 +140,7 @@ async fn rules_wildcards_and_combinations() {
         case("admin", "GET", "/admin", 403, "DENY is checked before any ALLOW"),
         case("admin", "GET", "/admin/users", 403, "DENY on the prefix"),
         case("frontend", "GET", "/admin", 403, "DENY for everyone"),
+        case("frontend", "HEAD", "/admin", 403, "a refusal of HEAD is a head alone"),
         case("plain", "GET", "/admin", 403, "DENY for plaintext too"),
         case("plain", "GET", "/healthz", 200, "ipBlocks: loopback"),
         case("frontend", "GET", "/healthz", 200, "ipBlocks apply to TLS callers too"),
@@ -157,6 +160,21 @@ async fn rules_wildcards_and_combinations() {
         case("billing", "DELETE", "/cartsX", 403, "'/carts/*' needs the slash"),
     ];
     assert!(run(&policy("main", MAIN_POLICY), &cases).await >= 30);
+}
+
+/// Over HTTP/2 too, a refused HEAD is answered with its head alone: a body after it broke the
+/// stream (curl and nghttp2 saw PROTOCOL_ERROR, never the status), and a caller's sidecar
+/// counted each refused HEAD as a 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_head_over_http2_is_a_head_alone() {
+    let sidecar = PolicedSidecar::start(&policy("main", MAIN_POLICY)).await;
+    let answer =
+        sidecar.https("frontend").head(sidecar.url("/admin")).send().await.expect("an answer, not a broken stream");
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    assert_eq!(answer.status(), 403);
+    assert!(answer.headers().contains_key("x-request-id"));
+    assert!(answer.bytes().await.expect("the stream ends cleanly").is_empty());
+    sidecar.shutdown();
 }
 
 /// A DENY on `/private/*` alone holds for `/private/`, which the app routes as the directory's

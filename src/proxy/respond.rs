@@ -178,6 +178,11 @@ pub async fn write(
     if connection == Connection::Close {
         session.set_keepalive(None);
     }
+    // An answer to HEAD is its head alone (its length says what a GET would get): over HTTP/2
+    // a body after it is a protocol error that hides the status.
+    if session.req_header().method == http::Method::HEAD {
+        return session.write_response_header(Box::new(header), true).await;
+    }
     session.write_response_header(Box::new(header), false).await?;
     let trailers = grpc.filter(|_| session.is_http2());
     session.write_response_body(Some(Bytes::from(body)), trailers.is_none()).await?;
