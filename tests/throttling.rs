@@ -254,3 +254,48 @@ async fn a_request_whose_caller_leaves_while_it_waits_never_reaches_the_app() {
     assert_eq!(app.arrivals(&["/patient/first".to_string()]).len(), 1);
     s.shutdown();
 }
+
+/// A limit of one per 10 s whose queue holds two waiting requests (`maxDelay: 20s`).
+const SHORT_QUEUE: &str = r#"  rateLimits:
+    - {name: short, match: {paths: ["/short*"]}, key: global, rate: 1, per: 10s, burst: 1, action: DELAY, maxDelay: 20s}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tokens_of_callers_that_left_while_waiting_are_the_next_callers() {
+    // Tester m2: 30 abandoned waiters on a 1/s limit made the next caller wait 29 s, and the app
+    // saw one request where the rate allowed thirty. Here the queue's two places are taken and
+    // abandoned; without their tokens given back, a third caller could not even wait (its token
+    // would be 30 s away, past maxDelay) and would get 429 at once.
+    use tokio::io::AsyncWriteExt;
+    let (_app, s) = throttled(SHORT_QUEUE).await;
+    let series = |result: &str| {
+        format!(r#"palisade_ratelimit_decisions_total{{limit="short",policy="shop/throttle",result="{result}"}}"#)
+    };
+    let count = |metrics: &str, series: &str| {
+        metrics.lines().find_map(|l| l.strip_prefix(series)?.trim().parse::<u64>().ok()).unwrap_or(0)
+    };
+    let client = connected(&s).await;
+    assert_eq!(client.get(s.url("/short/first")).send().await.unwrap().status(), 200);
+    let mut gone = Vec::new();
+    for n in 1..=2u64 {
+        let path = format!("/short/gone-{n}");
+        let mut h1 = s.http1_connection("frontend").await;
+        h1.write_all(format!("GET {path} HTTP/1.1\r\nhost: orders.shop\r\n\r\n").as_bytes()).await.unwrap();
+        let held = series("delayed");
+        wait_for("the request is held", async || count(&s.metrics().await, &held) == n).await;
+        drop(h1);
+        gone.push(path);
+    }
+    // Both are over (their lines written), so their tokens are back.
+    logged(&s, &gone).await;
+    let next = tokio::spawn({
+        let (client, url) = (client.clone(), s.url("/short/next"));
+        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    let (delayed, limited) = (series("delayed"), series("limited"));
+    wait_for("the next caller waits in the first place given back", async || count(&s.metrics().await, &delayed) == 3)
+        .await;
+    assert_eq!(count(&s.metrics().await, &limited), 0, "refused as if the queue were still full");
+    next.abort();
+    s.shutdown();
+}

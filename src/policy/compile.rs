@@ -252,12 +252,29 @@ impl WaitQueue {
 pub struct Waiting {
     limit: Arc<CompiledLimit>,
     pub wait: Duration,
+    key: u64,
+    served: bool,
+}
+
+impl Waiting {
+    /// The wait is over and the request goes on: its wait is observed (a decision to delay is
+    /// counted when it is made; the histogram holds only waits a request went through).
+    pub(super) fn served(&mut self) {
+        self.served = true;
+        if let Some(t) = &self.limit.throttle {
+            t.delay.observe(self.wait.as_secs_f64());
+        }
+    }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
         if let Some(t) = &self.limit.throttle {
             t.queue.leave();
+        }
+        // Its request never went on: the token it held is the next caller's.
+        if !self.served {
+            self.limit.buckets.release(self.key);
         }
     }
 }
@@ -993,8 +1010,7 @@ impl CompiledLimit {
                 let t = self.throttle.as_ref().expect("only DELAY limits wait");
                 t.queue.enter();
                 t.delayed.inc();
-                t.delay.observe(wait.as_secs_f64());
-                Ok(Some(Waiting { limit: self.clone(), wait }))
+                Ok(Some(Waiting { limit: self.clone(), wait, key, served: false }))
             }
             Err(wait) => {
                 self.limited.inc();

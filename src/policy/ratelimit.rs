@@ -92,6 +92,19 @@ impl CappedStore {
         state.measure_and_replace(&NotKeyed::NonKey, f)
     }
 
+    /// Moves a bucket's arrival time back by one token (never before `now`): the key's, or the
+    /// overflow bucket's when the key is not in the table (its reservation was made there).
+    fn give_back(&self, key: &u64, now: u64, t: u64) {
+        let back = |tat: Option<Nanos>| -> Result<((), Nanos), ()> {
+            let tat = u64::from(tat.ok_or(())?);
+            Ok(((), Nanos::from(tat.saturating_sub(t).max(now))))
+        };
+        let _ = match self.map.get(key) {
+            Some(state) => state.measure_and_replace(&NotKeyed::NonKey, back),
+            None => self.overflow.measure_and_replace(&NotKeyed::NonKey, back),
+        };
+    }
+
     /// Reserves a slot for a new entry, if the table has one.
     fn take_slot(&self) -> bool {
         if self.live.fetch_add(1, Ordering::Relaxed) < self.cap {
@@ -217,6 +230,13 @@ impl<C: Clock> Buckets<C> {
             Ok((wait, Nanos::from(tat.max(now).saturating_add(t))))
         });
         outcome.map(Duration::from_nanos).map_err(Duration::from_nanos)
+    }
+
+    /// Gives back a token [`Buckets::reserve`] set aside for a request that never used it (its
+    /// caller left while it waited, or a later limit refused it): the next caller may have it.
+    /// The requests waiting after it keep their times; one later arrival shares the last's.
+    pub fn release(&self, key: u64) {
+        self.store.give_back(&key, self.now(), self.t);
     }
 
     /// Drops the buckets that are full again (indistinguishable from new ones). Returns how many
@@ -410,6 +430,31 @@ mod tests {
     }
 
     // === Throttling: reservations (DELAY) ===
+
+    /// A reservation whose request never went on is given back: the next caller gets its
+    /// place, not one behind it (tester m2: 30 abandoned waiters made the next one wait 29 s).
+    #[test]
+    fn a_token_given_back_is_the_next_callers() {
+        let clock = FakeRelativeClock::default();
+        let buckets = Buckets::with_clock(nz(1), Duration::from_secs(1), nz(1), clock.clone(), MAX_KEYS);
+        let key = buckets.key_of(b"caller");
+        let max = Duration::from_secs(30);
+        assert_eq!(buckets.reserve(key, max), Ok(Duration::ZERO));
+        for n in 1..=5 {
+            assert_eq!(buckets.reserve(key, max), Ok(Duration::from_secs(n)));
+        }
+        // The five waiters leave.
+        for _ in 0..5 {
+            buckets.release(key);
+        }
+        assert_eq!(buckets.reserve(key, max), Ok(Duration::from_secs(1)), "the first free place");
+        // Given back past the present, it stays at the present: nothing is forgiven.
+        for _ in 0..5 {
+            buckets.release(key);
+        }
+        assert_eq!(buckets.take(key), Ok(()));
+        assert!(buckets.take(key).is_err(), "one token a second still");
+    }
 
     const MS: Duration = Duration::from_millis(1);
 

@@ -481,10 +481,12 @@ impl ProxyHttp for Inbound {
         };
         // Throttled (a DELAY rate limit): the token is reserved; wait for it on this task's
         // timer (no thread blocked, no lock held), then go on. The place in the limits' queues
-        // is given back when `delay` drops, after the wait or when the caller leaves.
+        // is given back when `delay` drops, after the wait or when the caller leaves (then
+        // with its tokens, for the next callers).
         if let Some(delay) = delay {
-            ctx.request.ratelimit_delay = Some(delay.wait);
             wait_unless_the_caller_leaves(session, delay.wait).await?;
+            ctx.request.ratelimit_delay = Some(delay.wait);
+            delay.served();
         }
         ctx.body.limit = body_limit;
         if let Some(path) = normalized {
