@@ -306,21 +306,28 @@ fn compile(
 /// address checked (URIs), without fetching anything. Returns the errors, then warnings for
 /// keys a usable set leaves out.
 pub fn check_authentication(located: &[Located]) -> (Vec<ConfigError>, Vec<ConfigError>) {
+    let (mut errors, warnings) = check_providers(located);
+    for l in located {
+        // Against every policy checked here that may select a workload this one does.
+        let together: Vec<&Located> = located.iter().filter(|other| may_select_together(l, other)).collect();
+        errors.extend(conflicts_across_policies(l, &together));
+    }
+    (errors, warnings)
+}
+
+/// Each policy's JWT providers on their own, as a sidecar builds them (key files it cannot
+/// read here are warnings: they are in the sidecar's pod): errors, then warnings.
+pub fn check_providers(located: &[Located]) -> (Vec<ConfigError>, Vec<ConfigError>) {
     let runtime = crate::authn::AuthnRuntime::default();
     let (mut errors, mut warnings) = (Vec::new(), Vec::new());
     for l in located {
         for (i, spec) in l.policy.spec.authentication.iter().flat_map(|a| a.jwt.iter()).enumerate() {
             let field = format!("spec.authentication.jwt[{i}]");
             match runtime.check(spec) {
-                Ok(left_out) => warnings.extend(
-                    left_out.iter().map(|why| l.error(&field, format!("{why}: {}", crate::authn::KEY_LEFT_OUT))),
-                ),
+                Ok(said) => warnings.extend(said.iter().map(|why| l.error(&field, why))),
                 Err(e) => errors.push(l.error(&field, e)),
             }
         }
-        // Against every policy checked here that may select a workload this one does.
-        let together: Vec<&Located> = located.iter().filter(|other| may_select_together(l, other)).collect();
-        errors.extend(conflicts_across_policies(l, &together));
     }
     (errors, warnings)
 }

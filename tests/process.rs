@@ -654,6 +654,28 @@ fn check_warns_of_a_jwks_key_it_leaves_out() {
     assert!(!stderr.contains("\"signing\""), "{stderr}");
 }
 
+/// `check` judges what the control plane judges (tester m3): a key file that is in the sidecar's
+/// pod, not here, is a warning, not an error (the control plane takes the policy); an inline
+/// key set with no usable key is an error (every sidecar refuses it).
+#[test]
+fn check_leaves_a_key_file_not_on_this_host_to_the_sidecar_and_refuses_an_empty_inline_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = |jwks: &str| {
+        format!("apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n  authentication:\n    jwt:\n      - {{issuer: https://a, jwks: {jwks}}}\n")
+    };
+    let in_the_pod = dir.path().join("pod.yaml");
+    std::fs::write(&in_the_pod, doc("{file: /etc/palisade/not-on-this-host/jwks.json}")).unwrap();
+    let out = palisade(&["check", in_the_pod.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stderr.contains("warning: ") && stderr.contains("not-on-this-host/jwks.json"), "{stderr}");
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, doc(r#"{inline: '{"keys":[]}'}"#)).unwrap();
+    let out = palisade(&["check", empty.to_str().unwrap()]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no usable key"), "{out:?}");
+}
+
 /// A configuration without `workload` beside a certificate for shop/orders is shop/orders: a
 /// deny-all policy for namespace shop, named in `policy.files`, is enforced (it was once
 /// selected as default/default, and every request went through).

@@ -364,12 +364,25 @@ impl AuthnRuntime {
     /// validating a policy snapshot before it is applied.
     /// Returns the keys of its JWKS (a file or inline) that are left out, each with why: the
     /// set is usable, but tokens signed with those keys are refused as `unknown_key`.
+    /// Checks a provider as `palisade check` and the control plane do, where the sidecar's
+    /// files may not be: what is written in the policy (inline keys and secrets, URIs,
+    /// algorithms) is judged as a sidecar judges it; a key or secret file is read when it can be,
+    /// and when it cannot, said in a warning (the sidecar that reads it judges it). Returns the
+    /// warnings.
     pub fn check(&self, spec: &ProviderSpec) -> Result<Vec<String>, AuthnError> {
+        let mut warnings = Vec::new();
+        let files = [
+            spec.jwks.as_ref().and_then(|j| j.file.as_deref()),
+            spec.hmac_secret.as_ref().and_then(|s| s.file.as_deref()),
+        ];
+        for path in files.into_iter().flatten().filter(|path| !path.is_file()) {
+            warnings.push(format!("{}: no such file here: the sidecar that reads it judges it", path.display()));
+        }
         let provider = self.build(spec, Mode::Check)?;
-        Ok(match &provider.keys {
-            Some(KeySource::Static(set)) => set.ignored().to_vec(),
-            _ => Vec::new(),
-        })
+        if let Some(KeySource::Static(set)) = &provider.keys {
+            warnings.extend(set.ignored().iter().map(|why| format!("{why}: {KEY_LEFT_OUT}")));
+        }
+        Ok(warnings)
     }
 
     fn build(&self, spec: &ProviderSpec, mode: Mode) -> Result<Provider, AuthnError> {
@@ -383,6 +396,9 @@ impl AuthnRuntime {
         };
         let secret = match &spec.hmac_secret {
             None => None,
+            // A secret file not here (it is in the sidecar's pod) stands in as one long enough
+            // for every HMAC algorithm: `check` says so in a warning.
+            Some(s) if mode == Mode::Check && s.file.as_ref().is_some_and(|f| !f.is_file()) => Some(vec![0; 64]),
             Some(s) => Some(read_secret(s).map_err(err)?),
         };
         let algorithms = match &spec.algorithms {
@@ -503,6 +519,10 @@ impl AuthnRuntime {
             }
             JwksLocation::File(path) => {
                 let file_err = |reason: String| AuthnError::File { path: path.clone(), reason };
+                // Not here (it is in the sidecar's pod): `check` says so in a warning.
+                if mode == Mode::Check && !path.is_file() {
+                    return Ok(KeySource::Static(Arc::new(KeySet::default())));
+                }
                 let bytes = crate::files::read_regular(path, crate::files::MAX_KEY_FILE_BYTES)
                     .map_err(|e| file_err(e.to_string()))?;
                 // A set with no usable key is how a file revokes its last key (the Secret's

@@ -501,6 +501,11 @@ impl PolicyDirectory {
         let path = self.dir.join(name);
         let (policies, errors) = parse_file(&path, text);
         let mut errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        // JWT providers as `palisade check` judges them (an inline key set with no usable key
+        // was taken here and refused by every sidecar it selected, which a new one never got
+        // a first policy from); key files are the sidecars' to judge.
+        let (refused, _) = crate::policy::check_providers(&policies);
+        errors.extend(refused.iter().map(ToString::to_string));
         let mut entries = Vec::new();
         let mut seen_here = std::collections::BTreeSet::new();
         for located in policies {
@@ -763,6 +768,30 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         std::fs::remove_file(dir.path().join("copy.yaml")).unwrap();
         assert!(directory.scan().catalog.unwrap().is_empty());
+    }
+
+    /// A JWT provider is judged here as `palisade check` judges it (tester m3: an inline key set
+    /// with no usable key was taken and pushed, every sidecar refused it, and a new sidecar
+    /// never got a first policy); a key file, in the sidecars' pods, is theirs to judge.
+    #[test]
+    fn a_jwt_provider_is_judged_as_palisade_check_judges_it() {
+        let provider = |jwks: &str| {
+            format!("  authentication:\n    jwt:\n      - issuer: https://a.example\n        audiences: [orders]\n        jwks: {jwks}\n")
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let in_the_pod = provider("{file: /etc/palisade/not-on-this-host/jwks.json}");
+        std::fs::write(dir.path().join("pod.yaml"), policy("pod", "shop", &in_the_pod)).unwrap();
+        let mut directory = PolicyDirectory::new(dir.path().into());
+        let outcome = directory.scan();
+        assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
+        let catalog = outcome.catalog.unwrap();
+        assert_eq!(catalog.select(&workload("shop", "orders")).entries.len(), 1, "the file's policy is served");
+        std::fs::write(dir.path().join("empty.yaml"), policy("empty", "shop", &provider(r#"{inline: '{"keys":[]}'}"#)))
+            .unwrap();
+        let outcome = directory.scan();
+        let refused: Vec<&String> = outcome.rejected.iter().map(|(file, _)| file).collect();
+        assert_eq!(refused, ["empty.yaml"], "{:?}", outcome.rejected);
+        assert!(outcome.rejected[0].1[0].contains("no usable key"), "{:?}", outcome.rejected);
     }
 
     #[test]
