@@ -192,10 +192,53 @@ pub(crate) fn located(file: &Path, field: String, e: crate::yaml::Error) -> Conf
         file: file.to_path_buf(),
         line: e.mark.map(|m| m.line),
         column: e.mark.map(|m| m.column as u32),
+        message: match secret_field(&field) {
+            true => quoted_redacted(&in_plain_words(e.message)),
+            false => in_plain_words(e.message),
+        },
         field,
-        message: in_plain_words(e.message),
         env_var: e.origin.map(|o| o.to_string()),
     }
+}
+
+/// Fields whose values are secrets (`/config_dump` shows them as `<redacted>`): a value written
+/// in the wrong shape there is likely a secret all the same, and an error goes to logs, events
+/// and CI output.
+fn secret_field(field: &str) -> bool {
+    field
+        .split(['.', '['])
+        .any(|segment| matches!(segment, "hmacSecret" | "when" | "inline" | "headers" | "token" | "secret"))
+}
+
+/// `message` with the text of each quoted value replaced (`got "s3cr3t"` reads `got "<redacted>"`).
+fn quoted_redacted(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(open) = rest.find('"') {
+        out.push_str(&rest[..=open]);
+        let after = &rest[open + 1..];
+        // The closing quote: the first not escaped by a backslash (Rust's `{:?}` escapes).
+        let mut close = None;
+        let mut escaped = false;
+        for (i, c) in after.char_indices() {
+            match c {
+                '\\' if !escaped => escaped = true,
+                '"' if !escaped => {
+                    close = Some(i);
+                    break;
+                }
+                _ => escaped = false,
+            }
+        }
+        let Some(close) = close else {
+            out.push_str("<redacted>");
+            return out;
+        };
+        out.push_str("<redacted>\"");
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// serde names Rust's types (`expected usize`); a user reads what to write instead.
@@ -252,6 +295,32 @@ fn locate(file: &Path, root: &crate::yaml::Node, overridden: &[(String, String)]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A secret written in the wrong shape is not repeated in the error (tester m3: it reached
+    /// `palisade check` output, logs, security events and `/status`); the field and the shape
+    /// expected are.
+    #[test]
+    fn a_secret_in_the_wrong_shape_is_not_quoted_in_its_error() {
+        let head =
+            "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n";
+        let docs = [
+            "  authentication:\n    jwt:\n      - issuer: https://a\n        hmacSecret: \"hs-SUPERSECRET-value-0123456789abcdef\"\n",
+            "  authorization:\n    rules:\n      - {name: r, action: ALLOW, when: [{key: \"request.headers[x-k]\", values: \"sk_live_TOPSECRET_123\"}]}\n",
+        ];
+        for doc in docs {
+            let (_, errors) = crate::policy::parse_file(Path::new("p.yaml"), &format!("{head}{doc}"));
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            let said = errors[0].to_string();
+            assert!(!said.contains("SECRET"), "{said}");
+            assert!(said.contains("<redacted>") && said.contains("expected"), "{said}");
+        }
+        // Elsewhere, what was written is quoted: it is how the mistake is found.
+        assert!(parse_yaml::<SidecarConfig>(Path::new("c.yaml"), "threads: two")
+            .unwrap_err()
+            .message
+            .contains("\"two\""));
+        assert_eq!(quoted_redacted(r#"got "a\"b" and "c""#), r#"got "<redacted>" and "<redacted>""#);
+    }
 
     /// serde's words for Rust's types are said as what to write.
     #[test]
