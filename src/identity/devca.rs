@@ -84,7 +84,14 @@ const CA_KEY: &str = "ca.key";
 impl DevCa {
     /// A new root for `trust_domain`, valid for ten years.
     pub fn generate(trust_domain: &str) -> Result<Self, DevCaError> {
-        SpiffeId::parse(&format!("spiffe://{trust_domain}"))?;
+        let root = SpiffeId::parse(&format!("spiffe://{trust_domain}"))?;
+        // `a/b` parses as the domain `a` with a path: no identity could be issued under it.
+        if !root.path().is_empty() {
+            return Err(DevCaError::Id(super::InvalidSpiffeId {
+                value: trust_domain.to_string(),
+                reason: "a trust domain is a name without '/'",
+            }));
+        }
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Palisade development CA");
@@ -113,6 +120,20 @@ impl DevCa {
         let bad = |path: &Path, reason: String| DevCaError::BadCa { path: path.to_path_buf(), reason };
         let key = KeyPair::from_pem(&key_pem).map_err(|e| bad(&key_path, e.to_string()))?;
         let params = CertificateParams::from_ca_cert_pem(&cert_pem).map_err(|e| bad(&cert_path, e.to_string()))?;
+        if !matches!(params.is_ca, rcgen::IsCa::Ca(_)) {
+            return Err(bad(
+                &cert_path,
+                "not a CA certificate (a workload's?): give the directory `ca init` wrote".into(),
+            ));
+        }
+        // What it signs must verify against the certificate: the key must be its own.
+        use rustls_pki_types::pem::PemObject;
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+            .map_err(|e| bad(&cert_path, e.to_string()))?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(&cert_path, e.to_string()))?;
+        if parsed.public_key().raw != key.public_key_der().as_slice() {
+            return Err(bad(&key_path, format!("not the key of {}", cert_path.display())));
+        }
         let trust_domain = params
             .subject_alt_names
             .iter()
@@ -263,6 +284,32 @@ mod tests {
         let loaded = DevCa::load(dir.path()).unwrap();
         assert_eq!(loaded.trust_domain(), "example.org");
         assert_eq!(loaded.cert_pem(), ca.cert_pem());
+    }
+
+    /// What could never issue a usable certificate is refused where it is given (tester m3):
+    /// a trust domain with a `/`, past SPIFFE's 255 bytes; a CA directory whose key is not its
+    /// certificate's, or whose certificate is a workload's.
+    #[test]
+    fn a_ca_that_could_issue_nothing_usable_is_refused() {
+        for domain in ["a/b", &"d".repeat(256)] {
+            assert!(DevCa::generate(domain).is_err(), "{domain}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (ours, other) = (dir.path().join("ours"), dir.path().join("other"));
+        DevCa::generate("example.org").unwrap().write(&ours).unwrap();
+        DevCa::generate("example.org").unwrap().write(&other).unwrap();
+        fs::copy(other.join(CA_KEY), ours.join(CA_KEY)).unwrap();
+        let mismatched = DevCa::load(&ours).err().unwrap().to_string();
+        assert!(mismatched.contains("ca.key") && mismatched.contains("not the key of"), "{mismatched}");
+        let leaf = dir.path().join("leaf");
+        let files = DevCa::generate("example.org")
+            .unwrap()
+            .issue_to(&LeafSpec::workload("spiffe://example.org/ns/shop/sa/orders"), &leaf)
+            .unwrap();
+        fs::copy(&files.cert, leaf.join(CA_CERT)).unwrap();
+        fs::copy(&files.key, leaf.join(CA_KEY)).unwrap();
+        let workload = DevCa::load(&leaf).err().unwrap().to_string();
+        assert!(workload.contains("not a CA certificate"), "{workload}");
     }
 
     #[test]

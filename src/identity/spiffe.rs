@@ -22,10 +22,17 @@ impl SpiffeId {
     pub fn parse(value: &str) -> Result<Self, InvalidSpiffeId> {
         let bad = |reason| InvalidSpiffeId { value: value.to_string(), reason };
         let rest = value.strip_prefix(SCHEME).ok_or_else(|| bad("must start with spiffe://"))?;
+        // The SPIFFE ID standard's limits (section 2.3), which other implementations hold to.
+        if value.len() > 2048 {
+            return Err(bad("longer than the 2048 bytes a SPIFFE ID may be"));
+        }
         let domain_len = rest.find('/').unwrap_or(rest.len());
         let domain = &rest[..domain_len];
         if domain.is_empty() {
             return Err(bad("trust domain is empty"));
+        }
+        if domain.len() > 255 {
+            return Err(bad("trust domain is longer than 255 bytes"));
         }
         if !domain.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b)) {
             return Err(bad("trust domain may hold only lowercase letters, digits, '-', '.' and '_'"));
