@@ -267,6 +267,10 @@ impl super::Validate for ControlConfig {
                 ));
             }
         }
+        let mut listeners = vec![("grpc.listen", self.grpc.listen.0), ("admin.listen", self.admin.listen.0)];
+        listeners.extend(self.ca.as_ref().map(|ca| ("ca.listen", ca.listen.0)));
+        listeners.extend(self.webhook.as_ref().map(|w| ("webhook.listen", w.listen.0)));
+        invalid.extend(ListenAddr::clashes(&listeners));
         if self.identity.files.is_none() && self.ca.is_none() {
             invalid.push(Invalid::field(
                 "identity.files",
@@ -341,5 +345,19 @@ policies: {dir: /etc/palisade/policies}
             })
             .collect();
         assert_eq!(fields, ["identity.files.reloadInterval"]);
+
+        // Two listeners on one port (tester m3: exit 71, "Address already in use").
+        let mut clash = cfg.clone();
+        clash.admin.listen = "127.0.0.1:15010".parse().unwrap();
+        clash.webhook.as_mut().unwrap().listen = "0.0.0.0:15012".parse().unwrap();
+        let fields: Vec<String> = clash
+            .validate(&env)
+            .into_iter()
+            .map(|i| match i {
+                Invalid::Field { field, .. } => field,
+                Invalid::Var { name, .. } => name,
+            })
+            .collect();
+        assert_eq!(fields, ["admin.listen", "webhook.listen"]);
     }
 }

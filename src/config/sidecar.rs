@@ -1005,11 +1005,7 @@ impl super::Validate for SidecarConfig {
             ("outbound.listen", self.outbound.listen),
             ("admin.listen", self.admin.listen),
         ];
-        for (i, (field, addr)) in listeners.iter().enumerate() {
-            if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a.0.port() != 0 && a.0 == addr.0) {
-                invalid.push(Invalid::field(field, format!("{addr} is also {other}")));
-            }
-        }
+        invalid.extend(ListenAddr::clashes(&listeners.map(|(field, listen)| (field, listen.0))));
         // The app at one of the sidecar's own listeners: each request would come back to the
         // sidecar until a limit stopped it (at the outbound port, one request went round 4,500
         // times and took the heap to 444 MB). A loopback or wildcard listener takes both IP
@@ -1379,6 +1375,30 @@ threads: 1
         cfg.identity.files = None;
         cfg.threads = 1;
         assert!(cfg.validate(&env).is_empty(), "certificates from the control plane's CA");
+    }
+
+    /// Two listeners of the sidecar on one port failed at start as "Address already in use",
+    /// taken for another process (tester m3): each pair is refused at load, naming the fields.
+    #[test]
+    fn listeners_that_take_one_port_are_refused_at_load() {
+        let env = std::collections::BTreeMap::<String, String>::new();
+        let with = |inbound: &str, outbound: &str, admin: &str| {
+            let mut cfg = SidecarConfig::default();
+            cfg.inbound.listen = ListenAddr(inbound.parse().unwrap());
+            cfg.outbound.listen = ListenAddr(outbound.parse().unwrap());
+            cfg.admin.listen = ListenAddr(admin.parse().unwrap());
+            invalid_fields(&cfg, &env)
+        };
+        for (inbound, outbound, admin, clash) in [
+            ("0.0.0.0:15006", "127.0.0.1:15006", "0.0.0.0:15000", "outbound.listen"),
+            ("[::]:15006", "127.0.0.1:15001", "0.0.0.0:15006", "admin.listen"),
+            ("0.0.0.0:15006", "[::1]:15001", "127.0.0.1:15001", "admin.listen"),
+            ("10.0.0.5:15006", "127.0.0.1:15001", "10.0.0.5:15006", "admin.listen"),
+        ] {
+            assert_eq!(with(inbound, outbound, admin), [clash], "{inbound} {outbound} {admin}");
+        }
+        assert!(with("10.0.0.5:15006", "127.0.0.1:15001", "10.0.0.6:15006").is_empty(), "two addresses of the host");
+        assert!(with("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0").is_empty(), "ports the system picks");
     }
 
     #[test]

@@ -20,6 +20,35 @@ impl FromStr for ListenAddr {
     }
 }
 
+impl ListenAddr {
+    /// The listeners of one process that would take the same port: an address equal to
+    /// another's, or either on every address, or both on loopback (a process listening on one
+    /// family's loopback or any-address takes the other family's too). Each pair is one
+    /// mistake, said at the later field. `0` (a port the system picks) never clashes.
+    pub fn clashes(listeners: &[(&str, SocketAddr)]) -> Vec<super::Invalid> {
+        let mut invalid = Vec::new();
+        for (i, (field, a)) in listeners.iter().enumerate() {
+            for (earlier, b) in &listeners[..i] {
+                let (x, y) = (a.ip(), b.ip());
+                let overlap = x.to_canonical() == y.to_canonical()
+                    || x.is_unspecified()
+                    || y.is_unspecified()
+                    || (x.to_canonical().is_loopback() && y.to_canonical().is_loopback());
+                if a.port() != 0 && a.port() == b.port() && overlap {
+                    invalid.push(super::Invalid::field(
+                        field,
+                        format!(
+                            "{a} takes port {} where {earlier} ({b}) listens: give each listener a port of its own",
+                            a.port()
+                        ),
+                    ));
+                }
+            }
+        }
+        invalid
+    }
+}
+
 impl fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
