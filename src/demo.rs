@@ -42,14 +42,18 @@ pub fn run(once: bool) -> ExitCode {
     // children ran on, holding their ports.
     let outcome = runtime.block_on(async {
         let mut signals = StopSignals::install()?;
+        // The checks' result once they are done: a signal at the "Press Ctrl-C" wait (the demo
+        // awaits it too, but may still be tearing down when this branch sees it) ends with it.
+        let checked = std::sync::OnceLock::new();
         tokio::select! {
-            // First: a signal at the "Press Ctrl-C" wait, which the demo also awaits, ends it
-            // through its own path, with its checks' result.
             biased;
-            outcome = demo(once) => outcome,
-            signal = signals.next() => {
-                eprintln!("{signal}: stopped before the demo finished");
-                Ok(false)
+            outcome = demo(once, &checked) => outcome,
+            signal = signals.next() => match checked.get() {
+                Some(&all_good) => Ok(all_good),
+                None => {
+                    eprintln!("{signal}: stopped before the demo finished");
+                    Ok(false)
+                }
             }
         }
     });
@@ -321,7 +325,7 @@ impl Drop for WorkDir {
     }
 }
 
-async fn demo(once: bool) -> anyhow::Result<bool> {
+async fn demo(once: bool, checked: &std::sync::OnceLock<bool>) -> anyhow::Result<bool> {
     let dir = WorkDir::create("palisade-demo-")?;
     let started = Instant::now();
 
@@ -597,6 +601,7 @@ async fn demo(once: bool) -> anyhow::Result<bool> {
             policy_file.display()
         );
         println!("  files (certificates, configs, logs, events): {}", dir.path().display());
+        let _ = checked.set(all_good);
         println!("Press Ctrl-C to stop.");
         StopSignals::install()?.next().await;
         println!();

@@ -375,7 +375,7 @@ impl AuthnRuntime {
             spec.jwks.as_ref().and_then(|j| j.file.as_deref()),
             spec.hmac_secret.as_ref().and_then(|s| s.file.as_deref()),
         ];
-        for path in files.into_iter().flatten().filter(|path| !path.is_file()) {
+        for path in files.into_iter().flatten().filter(|path| not_here(path)) {
             warnings.push(format!("{}: no such file here: the sidecar that reads it judges it", path.display()));
         }
         let provider = self.build(spec, Mode::Check)?;
@@ -398,7 +398,7 @@ impl AuthnRuntime {
             None => None,
             // A secret file not here (it is in the sidecar's pod) stands in as one long enough
             // for every HMAC algorithm: `check` says so in a warning.
-            Some(s) if mode == Mode::Check && s.file.as_ref().is_some_and(|f| !f.is_file()) => Some(vec![0; 64]),
+            Some(s) if mode == Mode::Check && s.file.as_deref().is_some_and(not_here) => Some(vec![0; 64]),
             Some(s) => Some(read_secret(s).map_err(err)?),
         };
         let algorithms = match &spec.algorithms {
@@ -520,7 +520,7 @@ impl AuthnRuntime {
             JwksLocation::File(path) => {
                 let file_err = |reason: String| AuthnError::File { path: path.clone(), reason };
                 // Not here (it is in the sidecar's pod): `check` says so in a warning.
-                if mode == Mode::Check && !path.is_file() {
+                if mode == Mode::Check && not_here(path) {
                     return Ok(KeySource::Static(Arc::new(KeySet::default())));
                 }
                 let bytes = crate::files::read_regular(path, crate::files::MAX_KEY_FILE_BYTES)
@@ -576,6 +576,12 @@ pub const KEY_LEFT_OUT: &str = "left out, so tokens signed with it are refused (
 enum Mode {
     Run,
     Check,
+}
+
+/// A key or secret file that does not exist where a policy is checked (it is in the sidecar's
+/// pod); one that exists is read and judged, a FIFO or a device refused as a sidecar refuses it.
+fn not_here(path: &std::path::Path) -> bool {
+    matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// An HMAC secret longer than this is no secret someone meant to write.
