@@ -84,9 +84,20 @@ fn bench(c: &mut Criterion) {
             ("insert_into_64k", "insert into x "),
             ("alert_call_64k", "alert("),
             ("long_words_64k", ";aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+            // Command words from expansions (the review of the variables rule).
+            ("braced_names_64k", ";${"),
+            ("prefix_flags_64k", ";call -x"),
+            ("cmd_expansions_64k", "& %a% x"),
+            ("variable_uses_64k", "$a"),
         ];
         for (name, unit) in units {
-            let hostile = format!("{{\"v\":\"{}\"}}", unit.repeat(64 * 1024 / unit.len()));
+            // The expansions' uses need what they use: a long assigned value, or a cmd variable.
+            let head = match name {
+                "variable_uses_64k" => format!("a=/{};x", "x".repeat(32 * 1024)),
+                "cmd_expansions_64k" => "set a=ping".to_string(),
+                _ => String::new(),
+            };
+            let hostile = format!("{{\"v\":\"{head}{}\"}}", unit.repeat((64 * 1024 - head.len()) / unit.len()));
             group.throughput(Throughput::Bytes(hostile.len() as u64));
             group.bench_with_input(BenchmarkId::new(name, format!("pl{pl}")), &pl, |b, _| {
                 b.iter(|| waf.inspect_body(Some(b"application/json"), black_box(hostile.as_bytes()), &Skips::NONE))

