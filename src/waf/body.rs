@@ -692,14 +692,15 @@ fn multipart(waf: &Waf, content_type: &[u8], body: &[u8], skip: &Skips<'_>) -> O
             }
             // A folded line (obsolete, RFC 7230) is joined to the one before by Go's reader and
             // by no other: where a header ends is the parser's guess.
-            if matches!(line[0], b' ' | b'\t') {
+            if line[0] <= b' ' {
                 return bad(pos);
             }
-            // Blanks before the colon (`Content-Disposition :`): Commons FileUpload, under
-            // Tomcat and Spring, trims them and reads the part, other parsers refuse it (RFC
-            // 9112 §5.1 forbids them in a header): either way it is no header this walk can name.
+            // Blanks or control bytes before the colon (`Content-Disposition :`, `\x0b:`):
+            // Commons FileUpload, under Tomcat and Spring, trims every byte up to the space and
+            // reads the part, other parsers refuse it (RFC 9112 §5.1 forbids them in a header):
+            // either way it is no header this walk can name.
             let name_end = line.iter().position(|&b| b == b':').unwrap_or(line.len());
-            if line[..name_end].last().is_some_and(|b| matches!(b, b' ' | b'\t')) {
+            if line[..name_end].last().is_some_and(|&b| b <= b' ') {
                 return bad(pos);
             }
             // The first one counts, as Go, Werkzeug and busboy read it.
@@ -1212,7 +1213,13 @@ mod tests {
     /// this walk cannot name: a protocol finding, not a part skipped unread.
     #[test]
     fn a_part_header_with_blanks_before_its_colon_is_refused() {
-        for header in ["Content-Disposition : form-data; name=\"q\"", "Content-Disposition\t: form-data; name=\"q\""] {
+        for header in [
+            "Content-Disposition : form-data; name=\"q\"",
+            "Content-Disposition\t: form-data; name=\"q\"",
+            "Content-Disposition\x0b: form-data; name=\"q\"",
+            "Content-Disposition\0: form-data; name=\"q\"",
+            "\x0cContent-Disposition: form-data; name=\"q\"",
+        ] {
             let b = format!("--b\r\n{header}\r\n\r\n1' UNION SELECT password FROM users--\r\n--b--\r\n");
             assert!(body("multipart/form-data; boundary=b", &b).is_some(), "{header}");
         }
