@@ -150,18 +150,12 @@ fn redact(value: &mut serde_json::Value) {
     match value {
         Value::Object(map) => {
             for (key, field) in map.iter_mut() {
-                let lower = key.to_ascii_lowercase();
                 if key == "when" {
                     for condition in field.as_array_mut().into_iter().flatten() {
                         if let Some(values) = condition.get_mut("values") {
                             *values = Value::from(REDACTED);
                         }
                     }
-                } else if (lower.contains("secret") || lower.contains("password") || lower == "token")
-                    && !field.is_boolean()
-                    && !field.is_null()
-                {
-                    *field = Value::from(REDACTED);
                 } else if key == "headers" {
                     // Headers a probe or an exporter sends: their values are often credentials
                     // (`Authorization: Bearer ...`, an API key); the names stay.
@@ -179,6 +173,8 @@ fn redact(value: &mut serde_json::Value) {
                     if let Some(text) = field.as_str() {
                         *field = Value::from(redact_jwks(text));
                     }
+                } else if crate::config::holds_secrets(key) && !field.is_boolean() && !field.is_null() {
+                    *field = Value::from(REDACTED);
                 } else {
                     redact(field);
                 }

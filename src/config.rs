@@ -205,9 +205,18 @@ pub(crate) fn located(file: &Path, field: String, e: crate::yaml::Error) -> Conf
 /// in the wrong shape there is likely a secret all the same, and an error goes to logs, events
 /// and CI output.
 fn secret_field(field: &str) -> bool {
-    field
-        .split(['.', '['])
-        .any(|segment| matches!(segment, "hmacSecret" | "when" | "inline" | "headers" | "token" | "secret"))
+    field.split(['.', '[']).any(holds_secrets)
+}
+
+/// Field names whose values are, or may hold, secrets: `/config_dump` redacts them, and errors
+/// in them do not quote what was written. Names are matched, so a field added later under such
+/// a name is covered too.
+pub fn holds_secrets(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    matches!(name, "when" | "headers" | "inline")
+        || lower.contains("secret")
+        || lower.contains("password")
+        || lower == "token"
 }
 
 /// `message` with the text of each quoted value replaced (`got "s3cr3t"` reads `got "<redacted>"`).

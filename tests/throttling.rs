@@ -288,14 +288,18 @@ async fn the_tokens_of_callers_that_left_while_waiting_are_the_next_callers() {
     }
     // Both are over (their lines written), so their tokens are back.
     logged(&s, &gone).await;
-    let next = tokio::spawn({
-        let (client, url) = (client.clone(), s.url("/short/next"));
-        async move { client.get(url).send().await.map(|r| r.status().as_u16()) }
-    });
+    // Both places are free again: two new callers wait in them (with one token given back,
+    // the second would be 30 s away and refused).
+    let next: Vec<_> = ["/short/next-1", "/short/next-2"]
+        .into_iter()
+        .map(|path| {
+            let (client, url) = (client.clone(), s.url(path));
+            tokio::spawn(async move { client.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
     let (delayed, limited) = (series("delayed"), series("limited"));
-    wait_for("the next caller waits in the first place given back", async || count(&s.metrics().await, &delayed) == 3)
-        .await;
+    wait_for("the next callers wait in the places given back", async || count(&s.metrics().await, &delayed) == 4).await;
     assert_eq!(count(&s.metrics().await, &limited), 0, "refused as if the queue were still full");
-    next.abort();
+    next.iter().for_each(tokio::task::JoinHandle::abort);
     s.shutdown();
 }

@@ -359,16 +359,12 @@ impl AuthnRuntime {
         self.build(spec, Mode::Run)
     }
 
-    /// Everything [`AuthnRuntime::provider`] checks (files read, JWKS parsed, URIs and CA
-    /// files valid) without fetching or starting anything: for `palisade check` and for
-    /// validating a policy snapshot before it is applied.
-    /// Returns the keys of its JWKS (a file or inline) that are left out, each with why: the
-    /// set is usable, but tokens signed with those keys are refused as `unknown_key`.
-    /// Checks a provider as `palisade check` and the control plane do, where the sidecar's
-    /// files may not be: what is written in the policy (inline keys and secrets, URIs,
-    /// algorithms) is judged as a sidecar judges it; a key or secret file is read when it can be,
-    /// and when it cannot, said in a warning (the sidecar that reads it judges it). Returns the
-    /// warnings.
+    /// Everything [`AuthnRuntime::provider`] checks (JWKS parsed, URIs and CA files valid,
+    /// algorithms) without fetching or starting anything, for `palisade check` and the control
+    /// plane, where the sidecar's files may not be: a key or secret file is read when it is
+    /// there, and when it is not, that is a warning (the sidecar that reads it judges it).
+    /// Returns the warnings: those, and the keys of a JWKS that are left out, each with why
+    /// (tokens signed with them are refused as `unknown_key`).
     pub fn check(&self, spec: &ProviderSpec) -> Result<Vec<String>, AuthnError> {
         let mut warnings = Vec::new();
         let files = [

@@ -1398,6 +1398,7 @@ threads: 1
             assert_eq!(with(inbound, outbound, admin), [clash], "{inbound} {outbound} {admin}");
         }
         assert!(with("10.0.0.5:15006", "127.0.0.1:15001", "10.0.0.6:15006").is_empty(), "two addresses of the host");
+        assert!(with("0.0.0.0:15006", "127.0.0.1:15001", "127.0.0.2:15001").is_empty(), "two loopback addresses");
         assert!(with("127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0").is_empty(), "ports the system picks");
     }
 

@@ -22,18 +22,23 @@ impl FromStr for ListenAddr {
 
 impl ListenAddr {
     /// The listeners of one process that would take the same port: an address equal to
-    /// another's, or either on every address, or both on loopback (a process listening on one
-    /// family's loopback or any-address takes the other family's too). Each pair is one
+    /// another's, or either on every address, or one on 127.0.0.1 and one on ::1 (a process
+    /// listening on one family's loopback or any-address takes the other family's too). Each pair is one
     /// mistake, said at the later field. `0` (a port the system picks) never clashes.
     pub fn clashes(listeners: &[(&str, SocketAddr)]) -> Vec<super::Invalid> {
         let mut invalid = Vec::new();
         for (i, (field, a)) in listeners.iter().enumerate() {
             for (earlier, b) in &listeners[..i] {
                 let (x, y) = (a.ip(), b.ip());
+                // 127.0.0.1 and ::1 are each listened on in both families; 127.0.0.2 is not.
+                let both_families = |ip: IpAddr| {
+                    ip.to_canonical() == IpAddr::from([127, 0, 0, 1])
+                        || ip == IpAddr::from(std::net::Ipv6Addr::LOCALHOST)
+                };
                 let overlap = x.to_canonical() == y.to_canonical()
                     || x.is_unspecified()
                     || y.is_unspecified()
-                    || (x.to_canonical().is_loopback() && y.to_canonical().is_loopback());
+                    || (both_families(x) && both_families(y));
                 if a.port() != 0 && a.port() == b.port() && overlap {
                     invalid.push(super::Invalid::field(
                         field,

@@ -231,13 +231,27 @@ async fn renew_own(
 ) {
     loop {
         // At 70% of what is left of the certificate in force (shorter than `ttl` near the CA's
-        // end), and never in a busy loop.
-        let left = tls.current().credentials.life_left(std::time::SystemTime::now());
-        let wait = left.mul_f64(0.7).clamp(Duration::from_secs(1), ttl.mul_f64(0.7));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = ca_changed.notified() => {}
-            _ = stop.wait_for(|s| *s) => return,
+        // end), and never in a busy loop. One that already lasts to the CA's end gains nothing
+        // from another (each was an event, every second once the CA had ended): the next comes
+        // with a new CA.
+        let (lasts_to_the_end, left) = {
+            let state = tls.current();
+            let ca_end =
+                signer.load().not_after().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+            (state.credentials.not_after >= ca_end, state.credentials.life_left(std::time::SystemTime::now()))
+        };
+        if lasts_to_the_end {
+            tokio::select! {
+                _ = ca_changed.notified() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        } else {
+            let wait = left.mul_f64(0.7).clamp(Duration::from_secs(1), ttl.mul_f64(0.7));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = ca_changed.notified() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
         }
         match signer.load().issue_own(&own, ttl).map(|c| tls.install(c)) {
             Ok(Ok(state)) => {

@@ -1499,7 +1499,8 @@ fn is_probe(w: &[u8]) -> bool {
 }
 
 /// Command names that open everyday sentences and notes, or are everyday abbreviations
-/// (`dig deeper`, `curl bar`, `env vars`, `od green`, `wc 2026`, `nl team`).
+/// (`dig deeper`, `curl bar`, `env vars`, `od green`, `nl team`): they need an argument (a
+/// number counts: `wc 2026 tickets` is still read as a command line).
 fn everyday_word(w: &[u8]) -> bool {
     matches!(w, b"dig" | b"curl" | b"env" | b"nl" | b"od" | b"wc" | b"nc" | b"unzip" | b"passwd")
 }
