@@ -336,28 +336,21 @@ policies: {dir: /etc/palisade/policies}
         let mut fast = cfg.clone();
         fast.identity.files.as_mut().unwrap().reload_interval = HumanDuration(std::time::Duration::from_millis(1));
         let env = std::collections::BTreeMap::<String, String>::new();
-        let fields: Vec<String> = fast
-            .validate(&env)
-            .into_iter()
-            .map(|i| match i {
-                Invalid::Field { field, .. } => field,
-                Invalid::Var { name, .. } => name,
-            })
-            .collect();
-        assert_eq!(fields, ["identity.files.reloadInterval"]);
+        let fields = |cfg: &ControlConfig| -> Vec<String> {
+            cfg.validate(&env)
+                .into_iter()
+                .map(|i| match i {
+                    Invalid::Field { field, .. } => field,
+                    Invalid::Var { name, .. } => name,
+                })
+                .collect()
+        };
+        assert_eq!(fields(&fast), ["identity.files.reloadInterval"]);
 
         // Two listeners on one port (tester m3: exit 71, "Address already in use").
         let mut clash = cfg.clone();
         clash.admin.listen = "127.0.0.1:15010".parse().unwrap();
         clash.webhook.as_mut().unwrap().listen = "0.0.0.0:15012".parse().unwrap();
-        let fields: Vec<String> = clash
-            .validate(&env)
-            .into_iter()
-            .map(|i| match i {
-                Invalid::Field { field, .. } => field,
-                Invalid::Var { name, .. } => name,
-            })
-            .collect();
-        assert_eq!(fields, ["admin.listen", "webhook.listen"]);
+        assert_eq!(fields(&clash), ["admin.listen", "webhook.listen"]);
     }
 }
