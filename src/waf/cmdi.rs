@@ -100,7 +100,8 @@ fn syntax_at(v: &[u8], i: usize, level: u8) -> Option<Option<Hit>> {
             let shell_var = starts_with_ci(inner, b"ifs")
                 || inner.eq_ignore_ascii_case(b"path")
                 || inner.eq_ignore_ascii_case(b"home")
-                || inner.eq_ignore_ascii_case(b"shell");
+                || inner.eq_ignore_ascii_case(b"shell")
+                || inner.eq_ignore_ascii_case(b"bash");
             if !plain || shell_var {
                 return Some(hit(1, i, end, level));
             }
@@ -536,6 +537,11 @@ impl<'a> Vars<'a> {
         vars
     }
 
+    /// The value the last assignment of `name` gave it, when it is one of the first few.
+    fn value_of(&self, name: &[u8]) -> Option<&'a [u8]> {
+        self.found[..self.len].iter().rev().find(|(n, _)| *n == name).map(|(_, value)| *value)
+    }
+
     /// The two bits of 256 that stand for `name`.
     fn bits(name: &[u8]) -> [(usize, u64); 2] {
         let hash = name.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
@@ -592,6 +598,11 @@ impl<'a> Vars<'a> {
 /// a command name may hold, of a path only its last `/` and name, at most a word's length.
 fn command_part(value: &[u8]) -> &[u8] {
     let usable = value.iter().take_while(|&&c| c.is_ascii_alphanumeric() || b"-_.+/:".contains(&c)).count();
+    // A value a shell goes on to undo (`i\d`, `i"d"`, `$(...)`, `` `...` ``) is not known here:
+    // empty, so a word using it is taken for what it could make.
+    if value.get(usable).is_some_and(|b| b"\\'\"$`(".contains(b)) {
+        return b"";
+    }
     let value = &value[..usable];
     let value = value.iter().rposition(|&c| c == b'/').map_or(value, |slash| &value[slash..]);
     &value[..value.len().min(41)]
@@ -1360,6 +1371,12 @@ fn argument_in(v: &[u8], i: usize, numbers: bool) -> bool {
     line.split(u8::is_ascii_whitespace).filter(|w| !w.is_empty()).any(|word| {
         let word = word.strip_suffix(b".").or_else(|| word.strip_suffix(b",")).unwrap_or(word);
         let option = word.len() > 1 && word[0] == b'-' && (word[1].is_ascii_alphanumeric() || word[1] == b'-');
+        // Without numbers, a version or a figure (`8.5.0`, `99.95%`) is none either; an IPv4
+        // address is an argument.
+        let figure = word.iter().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'%' | b','));
+        if figure && !numbers {
+            return word.iter().filter(|&&b| b == b'.').count() == 3;
+        }
         option
             || (numbers && !word.is_empty() && word.iter().all(u8::is_ascii_digit))
             || word.iter().any(|b| matches!(b, b'.' | b'/' | b'=' | b'@' | b':' | b'\\'))
@@ -1379,7 +1396,7 @@ fn expansion_command(v: &[u8], at: usize, separator_len: usize, vars: &Vars<'_>)
         i += 1;
     }
     // A compound command's keyword opens a command too (`for a in x;do $a;done`).
-    for keyword in [&b"do "[..], b"then ", b"else ", b"! "] {
+    for keyword in [&b"do "[..], b"then ", b"else ", b"! ", b"if ", b"elif ", b"while ", b"until "] {
         if v[i..].starts_with(keyword) {
             i += keyword.len();
             break;
@@ -1390,7 +1407,11 @@ fn expansion_command(v: &[u8], at: usize, separator_len: usize, vars: &Vars<'_>)
         return Some(end);
     }
     match rest {
-        [b'$', b'\'', ..] => Some(i + 2),
+        // ANSI-C quoting, closed within the word (`$'s worth` is a possessive).
+        [b'$', b'\'', rest @ ..] => {
+            let close = rest.iter().take_while(|b| !b.is_ascii_whitespace()).position(|&b| b == b'\'')?;
+            Some(i + 3 + close)
+        }
         [b'$', b'{', b'0', b'}', ..] | [b'$', b'0', ..] => {
             let end = i + if rest[1] == b'{' { 4 } else { 2 };
             let end = if v.get(end) == Some(&b'"') { end + 1 } else { end };
@@ -1429,6 +1450,9 @@ fn word_with_a_variable(v: &[u8], i: usize, vars: &Vars<'_>) -> Option<usize> {
     let mut known = false;
     // Letters glued to an expansion (`${a}t`, `i$a`): shell, never a template's prose.
     let mut glued = false;
+    // What the word's expansions hold, when the value says it for each: `x=1;$x` makes no
+    // command, `a=id;$a` does.
+    let mut made: Option<Vec<u8>> = Some(Vec::new());
     let mut at = 0;
     while let Some(dollar) = word[at..].iter().position(|&b| b == b'$') {
         glued |= word[at..at + dollar].iter().any(u8::is_ascii_alphanumeric);
@@ -1440,15 +1464,34 @@ fn word_with_a_variable(v: &[u8], i: usize, vars: &Vars<'_>) -> Option<usize> {
         if name == b"_" && word == b"$_" && v[end..].trim_ascii_start().starts_with(b"-c ") {
             known = true;
         }
+        made = match (made, vars.value_of(name)) {
+            (Some(mut text), Some(value)) if !value.is_empty() => {
+                text.extend_from_slice(value);
+                Some(text)
+            }
+            _ => None,
+        };
         at = name_start + name.len() + usize::from(word.get(name_start + name.len()) == Some(&b'}'));
     }
     glued |= word[at.min(word.len())..].iter().any(u8::is_ascii_alphanumeric);
     if !known {
         return None;
     }
+    // Whole expansions whose values are known: a command only when they make one's name.
+    let names_a_command = match made.filter(|_| !glued) {
+        Some(text) => {
+            let text = text.to_ascii_lowercase();
+            let base = text.rsplit(|&b| b == b'/').next().unwrap_or(&text);
+            if classify(base).is_none() {
+                return None;
+            }
+            true
+        }
+        None => false,
+    };
     let runs = match follow(v, end) {
         Follow::End | Follow::Operator | Follow::ShellArgument => true,
-        Follow::Word => glued || argument_like(&v[..command_line_end(v, end)], end),
+        Follow::Word => names_a_command || glued || argument_like(&v[..command_line_end(v, end)], end),
         Follow::Other => false,
     };
     runs.then_some(end)
@@ -2157,6 +2200,14 @@ mod tests {
             "x;builtin exec id",
             "x;a=`echo id`;$a",
             "x;a=nc;$a evil 4444",
+            // Tester n1: after a compound command's keyword, a plain word or a redirection after
+            // a variable that holds a command's name, `${BASH}`.
+            "x;if $a; then :; fi; a=id",
+            "x;a=id;while $a; do :; done",
+            "x;a=id;$a root",
+            "x;a=env;$a id",
+            "x;a=id;$a 2>&1",
+            "x;${BASH} -c id",
             "x;/./././././././././././././././././././usr/bin/id",
             "x;//////////////////////////////////////////usr/bin/id",
             "x& C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe -c whoami",
@@ -2222,6 +2273,18 @@ mod tests {
             "items | Where-Object {\n$_\n}",
             "for a while we read the docs; for all of us; $all items are in\n$docs ok",
             "x; for more see the docs",
+            // Tester n1: variables that hold no command's name, versions and figures after a
+            // capitalised name, a possessive.
+            "x=1;$x",
+            "i=0; $i",
+            "title=Hello&$title",
+            "q=shoes&sort=price|$sort",
+            "USD=1.00; $USD",
+            "Curl 8.5.0 released",
+            "Kubectl 1.29 released",
+            "Uptime 99.95% SLA",
+            "Uptime was 99.9% last month",
+            "a dollar; $'s worth",
         ] {
             assert!(!cmdi(s, 1), "{s}");
         }
