@@ -1482,9 +1482,7 @@ fn word_with_a_variable(v: &[u8], i: usize, vars: &Vars<'_>) -> Option<usize> {
         Some(text) => {
             let text = text.to_ascii_lowercase();
             let base = text.rsplit(|&b| b == b'/').next().unwrap_or(&text);
-            if classify(base).is_none() {
-                return None;
-            }
+            classify(base)?;
             true
         }
         None => false,
