@@ -1402,6 +1402,14 @@ fn expansion_command(v: &[u8], at: usize, separator_len: usize, vars: &Vars<'_>)
             break;
         }
     }
+    // So does a function's body (`f(){ $1;}`).
+    let name = v[i..].iter().take_while(|&&b| is_word(b)).count();
+    for opening in [&b"(){ "[..], b"() { "] {
+        if name > 0 && v[i + name..].starts_with(opening) {
+            i += name + opening.len();
+            break;
+        }
+    }
     let rest = &v[i..];
     if let Some(end) = word_with_a_variable(v, i, vars) {
         return Some(end);
@@ -1435,6 +1443,27 @@ fn expansion_command(v: &[u8], at: usize, separator_len: usize, vars: &Vars<'_>)
             let named = matches!(inner.first(), Some(b'\'' | b'"' | b'$'))
                 || [&b"gcm"[..], b"gal", b"get-command", b"get-alias"].iter().any(|p| starts_with_ci(inner, p));
             named.then_some(i + 2)
+        }
+        // PowerShell's call of a variable it set (`$a='whoami'; & $a`), of an environment
+        // path (`& $env:ComSpec /c`), or a script block dot-sourced (`.{whoami}`).
+        [b'&' | b'.', b' ', b'$', ..] => {
+            let name = rest[3..].iter().take_while(|&&b| is_word(b) || b == b':').count();
+            let name = &rest[3..3 + name];
+            // Set shortly before (a window, so a value of many calls costs its length).
+            let before = &v[i.saturating_sub(256)..i];
+            let set = |sep: &[u8]| find_ci(before, &[b"$", name, sep].concat(), 0).is_some();
+            let called = starts_with_ci(name, b"env:") || (!name.is_empty() && (set(b"=") || set(b" =")));
+            called.then_some(i + 3 + name.len())
+        }
+        [b'.', b'{', ..] => Some(i + 2),
+        // A function's argument run as a command (`f(){ $1;};f id`), in a value that defines one.
+        [b'$', b'1'..=b'9', ..]
+            if {
+                let before = &v[i.saturating_sub(256)..i];
+                find_ci(before, b"(){", 0).is_some() || find_ci(before, b"() {", 0).is_some()
+            } =>
+        {
+            Some(i + 2)
         }
         _ => None,
     }
@@ -2206,6 +2235,10 @@ mod tests {
             "x;a=env;$a id",
             "x;a=id;$a 2>&1",
             "x;${BASH} -c id",
+            "x;f(){ $1;};f id",
+            "x; $a='whoami'; & $a",
+            "x; & $env:ComSpec /c whoami",
+            "x; .{whoami}",
             "x;/./././././././././././././././././././usr/bin/id",
             "x;//////////////////////////////////////////usr/bin/id",
             "x& C:\\Windows\\System32\\WindowsPowerShell\\v1.0\\powershell.exe -c whoami",
@@ -2283,6 +2316,8 @@ mod tests {
             "Uptime 99.95% SLA",
             "Uptime was 99.9% last month",
             "a dollar; $'s worth",
+            "Tom & $5 each; . $3 more",
+            "Price: $2; $1 off",
         ] {
             assert!(!cmdi(s, 1), "{s}");
         }
