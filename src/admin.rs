@@ -311,8 +311,10 @@ impl ServeHttp for Admin {
             (Method::GET, "/ready") if !self.policy.ready() => {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no policy loaded yet (policy.failMode: closed)")
             }
-            (Method::GET, "/ready") if self.readiness.is_ready() => text(StatusCode::OK, "ready"),
-            (Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+            (Method::GET, "/ready") => match self.readiness.why_not() {
+                None => text(StatusCode::OK, "ready"),
+                Some(why) => text(StatusCode::SERVICE_UNAVAILABLE, why),
+            },
             (Method::GET, "/metrics") => {
                 let tls = self.tls.current();
                 self.telemetry.metrics.certificate_expiry.set(tls.credentials.not_after as f64);

@@ -48,7 +48,19 @@ pub struct Readiness {
 
 impl Readiness {
     pub fn is_ready(&self) -> bool {
-        self.listeners.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire)
+        self.why_not().is_none()
+    }
+
+    /// What `/ready` says when these do not hold: a probe's log then tells a pod that is going
+    /// away from one that never came up.
+    pub fn why_not(&self) -> Option<&'static str> {
+        if self.draining.load(Ordering::Acquire) {
+            Some("not ready: draining (stopping); new connections go to other replicas")
+        } else if !self.listeners.load(Ordering::Acquire) {
+            Some("not ready: the listeners are not up yet")
+        } else {
+            None
+        }
     }
 }
 

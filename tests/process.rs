@@ -121,6 +121,10 @@ async fn sigterm_lets_in_flight_requests_finish_refuses_new_ones_and_exits_zero(
     // New connections are refused while the old requests are still running.
     let closed = eventually(async || tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.is_err()).await;
     assert!(closed, "the listener is closed during the drain");
+    // The probe says why it is not ready: going away, not failing to come up.
+    let ready = http_client().get(format!("http://127.0.0.1:{}/ready", ports[2])).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("draining"));
     app.release(3);
     for request in held {
         let response = request.await.unwrap().expect("in-flight request completes");

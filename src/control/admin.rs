@@ -36,8 +36,8 @@ impl ControlAdmin {
     /// retries and may reach another replica). Every replica reads the same mount: failing
     /// readiness on it would take them all out of the Service together.
     fn ready(&self) -> Result<(), String> {
-        if !self.readiness.is_ready() {
-            return Err("not ready".into());
+        if let Some(why) = self.readiness.why_not() {
+            return Err(why.into());
         }
         // Every handshake of the policy stream and the CA fails with it: sidecars must be sent
         // to a replica that can complete one.
