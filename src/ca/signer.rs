@@ -152,7 +152,7 @@ impl CaSigner {
     pub fn sign(&self, csr: &[u8], identity: &SpiffeId, ttl: Duration, now: SystemTime) -> Result<Issued, Refused> {
         check_request(csr, identity)?;
         let request = CertificateSigningRequestParams::from_der(&CertificateSigningRequestDer::from(csr.to_vec()))
-            .map_err(|e| Refused::Csr(format!("not a usable certification request: {e}")))?;
+            .map_err(|e| Refused::Csr(format!("not a usable certification request: {e}{}", extensions_said(csr))))?;
         let mut params = CertificateParams::default();
         let mut name = DistinguishedName::new();
         name.push(DnType::OrganizationName, self.trust_domain.clone());
@@ -266,12 +266,45 @@ fn check_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<(), R
     }
 }
 
+/// The extensions a refused request asks for, by name, to say what to take out: OpenSSL's
+/// `v3_req` section adds `basicConstraints` and `keyUsage`, which the request parser refuses.
+fn extensions_said(csr: &[u8]) -> String {
+    let Ok((_, request)) = x509_parser::certification_request::X509CertificationRequest::from_der(csr) else {
+        return String::new();
+    };
+    let names: Vec<&str> = request
+        .requested_extensions()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| match e {
+            ParsedExtension::BasicConstraints(_) => Some("basicConstraints"),
+            ParsedExtension::KeyUsage(_) => Some("keyUsage"),
+            ParsedExtension::ExtendedKeyUsage(_) => Some("extendedKeyUsage"),
+            _ => None,
+        })
+        .collect();
+    match names.is_empty() {
+        true => String::new(),
+        false => format!(
+            " (it asks for {}: request the SPIFFE ID's URI SAN alone; the CA sets the usages itself)",
+            names.join(", ")
+        ),
+    }
+}
+
 /// What a certification request asks for, checked before anything is signed.
 fn check_request(csr: &[u8], identity: &SpiffeId) -> Result<(), Refused> {
     let (_, request) = x509_parser::certification_request::X509CertificationRequest::from_der(csr)
         .map_err(|e| Refused::Csr(format!("not a PKCS#10 request: {e}")))?;
     check_key(&request.certification_request_info.subject_pki)?;
-    request.verify_signature().map_err(|_| Refused::Csr("the request's signature does not verify".into()))?;
+    request.verify_signature().map_err(|_| {
+        // A well-formed RSA-PSS signature does not verify here either: say which it is.
+        let pss = request.signature_algorithm.algorithm.to_id_string() == "1.2.840.113549.1.1.10";
+        Refused::Csr(match pss {
+            true => "the request is signed with RSA-PSS, which the CA does not take: sign it with PKCS#1 v1.5 (OpenSSL's default for RSA) or ECDSA".into(),
+            false => "the request's signature does not verify".into(),
+        })
+    })?;
     for extension in request.requested_extensions().into_iter().flatten() {
         match extension {
             ParsedExtension::BasicConstraints(bc) if bc.ca => {
@@ -580,6 +613,13 @@ mod tests {
             vec![rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 19], vec![0x30, 0x03, 0x01, 0x01, 0xff])];
         let ca_request = refusal(request(ca_params));
         assert!(ca_request.contains("CA certificate"), "{ca_request}");
+        // `CA:FALSE`, as OpenSSL's v3_req section adds it: refused, saying which extension to
+        // take out (it said only "Unsupported extension requested in CSR").
+        let mut v3_req = CertificateParams::default();
+        v3_req.subject_alt_names = vec![uri("spiffe://cluster.local/ns/shop/sa/orders")];
+        v3_req.custom_extensions = vec![rcgen::CustomExtension::from_oid_content(&[2, 5, 29, 19], vec![0x30, 0x00])];
+        let not_ca = refusal(request(v3_req));
+        assert!(not_ca.contains("basicConstraints") && not_ca.contains("URI SAN alone"), "{not_ca}");
         let mut tampered = asking_for(vec![uri("spiffe://cluster.local/ns/shop/sa/orders")]);
         let at = tampered.len() - 10;
         tampered[at] ^= 0xff;
