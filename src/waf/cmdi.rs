@@ -539,7 +539,11 @@ impl<'a> Vars<'a> {
 
     /// The value the last assignment of `name` gave it, when it is one of the first few.
     fn value_of(&self, name: &[u8]) -> Option<&'a [u8]> {
-        self.found[..self.len].iter().rev().find(|(n, _)| *n == name).map(|(_, value)| *value)
+        self.value_where(|n| n == name)
+    }
+
+    fn value_where(&self, named: impl Fn(&[u8]) -> bool) -> Option<&'a [u8]> {
+        self.found[..self.len].iter().rev().find(|(n, _)| named(n)).map(|(_, value)| *value)
     }
 
     /// The two bits of 256 that stand for `name`.
@@ -562,35 +566,43 @@ impl<'a> Vars<'a> {
     /// What the expansion at `i` (`$name`, `${name}`, `%name%`) stands for, and
     /// where it ends; `None` when it is no expansion or names nothing the value assigned.
     fn expansion(&self, v: &[u8], i: usize) -> Option<(&'a [u8], usize)> {
-        let rest = &v[i + 1..];
-        let (name, end) = match (v[i], rest.first()) {
-            (b'$', Some(b'{')) => {
-                // A name is short: `${` with no `}` near it is none (not searched to the end).
-                let close = rest.iter().take(256).position(|&b| b == b'}')?;
-                (&rest[1..close], i + 2 + close)
-            }
-            (b'%', _) => {
-                let close = rest.iter().take(32).position(|&b| b == b'%')?;
-                (&rest[..close], i + 2 + close)
-            }
-            _ => {
-                let len = rest.iter().take_while(|&&b| is_word(b)).count();
-                (&rest[..len], i + 1 + len)
-            }
-        };
-        if name.is_empty() || !name.iter().all(|&b| is_word(b)) {
-            return None;
-        }
+        let (name, end) = expansion_name(v, i)?;
         if v[i] == b'%' && name.eq_ignore_ascii_case(b"comspec") {
             return Some((b"cmd", end));
         }
         if v[i] == b'%' && (name.eq_ignore_ascii_case(b"windir") || name.eq_ignore_ascii_case(b"systemroot")) {
             return Some((b"c:/windows", end));
         }
-        // The last assignment of that name (cmd's names ignore case, a shell's do not).
-        let same = |n: &[u8]| if v[i] == b'%' { n.eq_ignore_ascii_case(name) } else { n == name };
-        self.found[..self.len].iter().rev().find(|(n, _)| same(n)).map(|(_, value)| (*value, end))
+        // cmd's names ignore case, a shell's do not.
+        let value = match v[i] {
+            b'%' => self.value_where(|n| n.eq_ignore_ascii_case(name)),
+            _ => self.value_of(name),
+        };
+        value.map(|value| (value, end))
     }
+}
+
+/// The name an expansion at `i` (`$name`, `${name}`, `%name%`) names, and where it ends;
+/// `None` when it is none.
+fn expansion_name(v: &[u8], i: usize) -> Option<(&[u8], usize)> {
+    let rest = &v[i + 1..];
+    let (name, end) = match (v[i], rest.first()) {
+        (b'$', Some(b'{')) => {
+            // A name is short: `${` with no `}` near it is none (not searched to the end).
+            let close = rest.iter().take(256).position(|&b| b == b'}')?;
+            (&rest[1..close], i + 2 + close)
+        }
+        (b'$', _) => {
+            let len = rest.iter().take_while(|&&b| is_word(b)).count();
+            (&rest[..len], i + 1 + len)
+        }
+        (b'%', _) => {
+            let close = rest.iter().take(32).position(|&b| b == b'%')?;
+            (&rest[..close], i + 2 + close)
+        }
+        _ => return None,
+    };
+    (!name.is_empty() && name.iter().all(|&b| is_word(b))).then_some((name, end))
 }
 
 /// What of a variable's value can name a command, found once when it is assigned (a value is
@@ -622,6 +634,12 @@ struct Word {
     capital: bool,
     /// Read as a Windows path from its drive (`c:\windows\...`).
     drive: bool,
+}
+
+impl Default for Word {
+    fn default() -> Self {
+        Word { buf: [0; 40], len: 0, evasive: false, pathed: false, expanded: false, capital: false, drive: false }
+    }
 }
 
 impl Word {
@@ -657,19 +675,18 @@ impl Word {
 }
 
 /// Reads a command word at `i` (after blanks); returns it and where it ended. Expansions in it
-/// stand for what a shell puts there: `$0` for the shell, a variable for what `vars` says the
-/// value assigned it (`a=id;$a`, `set a=whoami& call %a%`).
+/// stand for what a shell puts there: a variable for what `vars` says the value assigned it
+/// (`a=id;$a`, `set a=whoami& call %a%`), cmd's `%COMSPEC%` and `%windir%` for theirs.
 fn read_command(v: &[u8], mut i: usize, vars: &Vars<'_>) -> (Word, usize) {
-    let mut w =
-        Word { buf: [0; 40], len: 0, evasive: false, pathed: false, expanded: false, capital: false, drive: false };
+    let mut w = Word::default();
     while i < v.len() && matches!(v[i], b' ' | b'\t' | b'{' | b'(' | b'\'' | b'"' | 0x0b | 0x0c) {
         i += 1;
     }
     // A Windows drive (`c:\windows\system32\whoami.exe`): its backslashes are the path's.
-    let mut drive = v.get(i).is_some_and(u8::is_ascii_alphabetic)
+    w.drive = v.get(i).is_some_and(u8::is_ascii_alphabetic)
         && v.get(i + 1) == Some(&b':')
         && matches!(v.get(i + 2), Some(b'\\' | b'/'));
-    if drive {
+    if w.drive {
         i += 2;
     }
     loop {
@@ -678,7 +695,7 @@ fn read_command(v: &[u8], mut i: usize, vars: &Vars<'_>) -> (Word, usize) {
         }
         let b = v[i];
         match b {
-            b'\\' if drive => {
+            b'\\' if w.drive => {
                 w.push(b'/');
                 i += 1;
             }
@@ -723,7 +740,7 @@ fn read_command(v: &[u8], mut i: usize, vars: &Vars<'_>) -> (Word, usize) {
                     w.evasive |= w.len > 0 && !w.expanded;
                     w.expanded = w.len == 0 || w.expanded;
                     // `%windir%\system32\...`: a drive's path goes on with backslashes.
-                    drive |= value.contains(&b':');
+                    w.drive |= value.contains(&b':');
                     // Of a path only its last name can be the command ([`command_part`]).
                     let value = match value.iter().rposition(|&c| c == b'/') {
                         Some(slash) => {
@@ -762,7 +779,6 @@ fn read_command(v: &[u8], mut i: usize, vars: &Vars<'_>) -> (Word, usize) {
             _ => break,
         }
     }
-    w.drive = drive;
     (w, i)
 }
 
@@ -1479,15 +1495,17 @@ fn word_with_a_variable(v: &[u8], i: usize, vars: &Vars<'_>) -> Option<usize> {
     let mut known = false;
     // Letters glued to an expansion (`${a}t`, `i$a`): shell, never a template's prose.
     let mut glued = false;
-    // What the word's expansions hold, when the value says it for each: `x=1;$x` makes no
-    // command, `a=id;$a` does.
-    let mut made: Option<Vec<u8>> = Some(Vec::new());
+    // What the word's expansions hold, when the value says it for each, read as a command word
+    // is: `x=1;$x` makes no command, `a=id;$a` does.
+    let mut made = Some(Word::default());
     let mut at = 0;
     while let Some(dollar) = word[at..].iter().position(|&b| b == b'$') {
-        glued |= word[at..at + dollar].iter().any(u8::is_ascii_alphanumeric);
-        let name_start = at + dollar + 1 + usize::from(word.get(at + dollar + 1) == Some(&b'{'));
-        let name = word[name_start..].iter().take_while(|&&b| is_word(b)).count();
-        let name = &word[name_start..name_start + name];
+        let start = at + dollar;
+        glued |= word[at..start].iter().any(u8::is_ascii_alphanumeric);
+        let Some((name, name_end)) = expansion_name(word, start) else {
+            at = start + 1;
+            continue;
+        };
         let valid = name.first().is_some_and(|b| b.is_ascii_alphabetic() || *b == b'_');
         known |= valid && name != b"_" && vars.assigns(name);
         if name == b"_" && word == b"$_" && v[end..].trim_ascii_start().starts_with(b"-c ") {
@@ -1495,12 +1513,12 @@ fn word_with_a_variable(v: &[u8], i: usize, vars: &Vars<'_>) -> Option<usize> {
         }
         made = match (made, vars.value_of(name)) {
             (Some(mut text), Some(value)) if !value.is_empty() => {
-                text.extend_from_slice(value);
+                value.iter().for_each(|&c| text.push(c.to_ascii_lowercase()));
                 Some(text)
             }
             _ => None,
         };
-        at = name_start + name.len() + usize::from(word.get(name_start + name.len()) == Some(&b'}'));
+        at = name_end;
     }
     glued |= word[at.min(word.len())..].iter().any(u8::is_ascii_alphanumeric);
     if !known {
@@ -1508,10 +1526,8 @@ fn word_with_a_variable(v: &[u8], i: usize, vars: &Vars<'_>) -> Option<usize> {
     }
     // Whole expansions whose values are known: a command only when they make one's name.
     let names_a_command = match made.filter(|_| !glued) {
-        Some(text) => {
-            let text = text.to_ascii_lowercase();
-            let base = text.rsplit(|&b| b == b'/').next().unwrap_or(&text);
-            classify(base)?;
+        Some(made) => {
+            classify(made.text())?;
             true
         }
         None => false,
