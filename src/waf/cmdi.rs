@@ -1467,8 +1467,11 @@ fn expansion_command(v: &[u8], at: usize, separator_len: usize, vars: &Vars<'_>)
             let name = &rest[3..3 + name];
             // Set shortly before (a window, so a value of many calls costs its length).
             let before = &v[i.saturating_sub(256)..i];
-            let set = |sep: &[u8]| find_ci(before, &[b"$", name, sep].concat(), 0).is_some();
-            let called = starts_with_ci(name, b"env:") || (!name.is_empty() && (set(b"=") || set(b" =")));
+            let set = before.iter().enumerate().filter(|&(_, &b)| b == b'$').any(|(at, _)| {
+                let after = &before[at + 1..];
+                starts_with_ci(after, name) && after[name.len()..].trim_ascii_start().starts_with(b"=")
+            });
+            let called = starts_with_ci(name, b"env:") || (!name.is_empty() && set);
             called.then_some(i + 3 + name.len())
         }
         [b'.', b'{', ..] => Some(i + 2),
