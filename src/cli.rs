@@ -39,7 +39,7 @@ enum Command {
     /// Validate policy files; exits non-zero with file, line and field of each error.
     Check {
         /// Policy files, or directories whose `*.yaml` and `*.yml` files are checked as the
-        /// control plane reads them.
+        /// control plane reads them; `-` is standard input.
         #[arg(required_unless_present = "values")]
         files: Vec<PathBuf>,
         /// A Helm values file whose `policies` (the chart's SecurityPolicy documents) are
@@ -130,7 +130,10 @@ pub fn main() -> ExitCode {
 
 /// `palisade check`: every error with file, line and field; or what each policy does.
 fn check(paths: &[PathBuf], values: &[PathBuf]) -> ExitCode {
-    let files = match crate::policy::expand_directories(paths) {
+    // `-` is standard input, as `inject -f -` reads it (a pre-commit hook or `helm template |`).
+    let stdin = paths.iter().any(|p| p.as_os_str() == "-");
+    let on_disk: Vec<PathBuf> = paths.iter().filter(|p| p.as_os_str() != "-").cloned().collect();
+    let mut files = match crate::policy::expand_directories(&on_disk) {
         Ok(files) => files,
         Err(e) => {
             eprintln!("error: {e}");
@@ -138,6 +141,20 @@ fn check(paths: &[PathBuf], values: &[PathBuf]) -> ExitCode {
         }
     };
     let (mut policies, mut errors) = crate::policy::load_files(&files);
+    if stdin {
+        let name = PathBuf::from("-");
+        match read_stdin(crate::yaml::Limits::FILE.max_bytes) {
+            Ok(text) => {
+                let (found, wrong) = crate::policy::parse_file(&name, &text);
+                policies.extend(found);
+                errors.extend(wrong);
+            }
+            Err(e) => {
+                errors.push(crate::config::ConfigError::new(&name, "", format!("cannot read standard input: {e}")))
+            }
+        }
+        files.push(name);
+    }
     for file in values {
         match crate::yaml::read_file(file, crate::yaml::Limits::FILE.max_bytes) {
             Ok(text) => {
@@ -166,6 +183,22 @@ fn check(paths: &[PathBuf], values: &[PathBuf]) -> ExitCode {
     }
     println!("{} polic{} OK", policies.len(), if policies.len() == 1 { "y" } else { "ies" });
     ExitCode::SUCCESS
+}
+
+/// Standard input as UTF-8 text, refused past `max_bytes` as a file of that size would be.
+fn read_stdin(max_bytes: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::io::stdin().lock().take(max_bytes as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > max_bytes {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("more than {max_bytes} bytes")));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        )
+    })
 }
 
 fn describe_policy(p: &crate::policy::SecurityPolicy) -> String {
@@ -300,7 +333,14 @@ where
     T: serde::de::DeserializeOwned + serde::Serialize + config::Validate,
 {
     let loaded = match file {
-        Some(path) => config::load(path, &ProcessEnv).map(|c| (path.to_path_buf(), c)),
+        Some(path) => {
+            // Said because the variable is what an injected pod sets: an operator adding
+            // --config by hand would otherwise not know which of the two is in force.
+            if std::env::var_os(config::CONFIG_VAR).is_some() {
+                eprintln!("warning: {} is set and not read: --config {} is", config::CONFIG_VAR, path.display());
+            }
+            config::load(path, &ProcessEnv).map(|c| (path.to_path_buf(), c))
+        }
         None => {
             // Errors name where the configuration came from: the variable, or, with neither it
             // nor --config, the defaults (a missing certificate is not the variable's fault).

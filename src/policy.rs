@@ -354,11 +354,24 @@ pub fn may_select_together(a: &Located, b: &Located) -> bool {
 }
 
 /// What `palisade check` says without failing: a `requireJwt` that no policy of its namespace
-/// among those checked names an issuer for. A sidecar it selects refuses it, unless a policy in
-/// a file not checked here names one (a hook may check only the files that changed).
+/// among those checked names an issuer for (a sidecar it selects refuses it, unless a policy in
+/// a file not checked here names one: a hook may check only the files that changed); a
+/// `maxDelay` on a `REJECT` limit, which answers at once (SPEC's own example writes one, so it
+/// is not an error, but an operator who wanted throttling did not get it).
 pub fn check_warnings(located: &[Located]) -> Vec<ConfigError> {
     let mut warnings = Vec::new();
     for l in located {
+        for (i, limit) in l.policy.spec.rate_limits.iter().enumerate() {
+            if limit.max_delay.is_some() && limit.action == LimitAction::REJECT {
+                warnings.push(l.error(
+                    &format!("spec.rateLimits[{i}].maxDelay"),
+                    format!(
+                        "limit {} is REJECT, which answers 429 at once: maxDelay is read only with action: DELAY",
+                        limit.name.0
+                    ),
+                ));
+            }
+        }
         let requires = l.policy.spec.authentication.as_ref().is_some_and(|a| a.require_jwt);
         let names_an_issuer = |other: &Located| {
             other.policy.metadata.namespace == l.policy.metadata.namespace

@@ -538,6 +538,34 @@ fn with_no_configuration_at_all_errors_name_the_defaults() {
     assert!(stderr.contains("error: defaults (no --config, no PALISADE_CONFIG): identity.files"), "{stderr}");
 }
 
+/// Both a file and PALISADE_CONFIG: the file is read, and the variable is said to be ignored
+/// (outside tester m3: `PALISADE_CONFIG='threads: 99'` beside --config went unmentioned).
+#[test]
+fn palisade_config_beside_a_config_file_is_said_to_be_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.yaml");
+    std::fs::write(&file, "threads: 0\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["sidecar", "--config"])
+        .arg(&file)
+        .env("PALISADE_CONFIG", "threads: 99")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("warning: PALISADE_CONFIG is set and not read: --config {} is", file.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("c.yaml") && stderr.contains("threads"),
+        "the file's mistake is what is reported: {stderr}"
+    );
+    let out =
+        Command::new(BIN).args(["sidecar", "--config"]).arg(&file).env_remove("PALISADE_CONFIG").output().unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning: PALISADE_CONFIG"), "{out:?}");
+}
+
 /// A policy may name any path as its JWKS or HMAC secret: a FIFO (which would block the reader
 /// for good) or /dev/zero (which never ends) is refused with the file named, at once.
 #[test]
@@ -631,6 +659,39 @@ fn check_warns_of_a_required_token_no_policy_names_an_issuer_for() {
     );
     let both = palisade(&["check", require.to_str().unwrap(), issuer.to_str().unwrap()]);
     assert!(both.status.success() && both.stderr.is_empty(), "{both:?}");
+}
+
+/// A `maxDelay` on a REJECT limit is not read (SPEC section 4 writes one in its example, so it
+/// is no error): `check` warns with its line, so an operator who wanted throttling knows
+/// (outside tester m3). Policies may come on standard input, as `inject -f -` takes pods.
+#[test]
+fn check_warns_of_a_max_delay_a_reject_limit_does_not_read_and_reads_standard_input() {
+    let head = "apiVersion: palisade.dev/v1alpha1\nkind: SecurityPolicy\nmetadata: {name: r, namespace: shop}\nspec:\n  rateLimits:\n";
+    let check_stdin = |text: String| {
+        let mut child = Command::new(BIN)
+            .args(["check", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), text.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let reject =
+        check_stdin(format!("{head}    - name: slow\n      rate: 1\n      action: REJECT\n      maxDelay: 500ms\n"));
+    let stderr = String::from_utf8_lossy(&reject.stderr);
+    assert!(reject.status.success(), "{reject:?}");
+    assert!(
+        stderr.contains("warning: -:9:1: spec.rateLimits[0].maxDelay: limit slow is REJECT, which answers 429 at once"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&reject.stdout).contains("1 policy OK"), "{reject:?}");
+    let delay = check_stdin(format!("{head}    - {{name: slow, rate: 1, action: DELAY, maxDelay: 500ms}}\n"));
+    assert!(delay.status.success() && delay.stderr.is_empty(), "{delay:?}");
+    let bad = check_stdin(format!("{head}    - {{name: slow, rate: 0}}\n"));
+    assert!(!bad.status.success(), "{bad:?}");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("error: -:6"), "{bad:?}");
 }
 
 /// A JWKS with a usable key and one left out (here an encryption key) passes, with a warning

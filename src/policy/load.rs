@@ -122,8 +122,10 @@ fn read_policies<'n>(
                 // Where the policy names itself: what a duplicate's error points at.
                 let line = root.find("metadata.name").map_or(start_line, |n| n.mark.line);
                 let issuers = policy.spec.authentication.as_ref().map_or(0, |a| a.jwt.len());
+                let delays = policy.spec.rate_limits.iter().enumerate().filter(|(_, l)| l.max_delay.is_some());
                 let fields = (0..issuers)
                     .map(|i| format!("spec.authentication.jwt[{i}]"))
+                    .chain(delays.map(|(i, _)| format!("spec.rateLimits[{i}].maxDelay")))
                     .chain(["spec.inputValidation.waf".to_string(), "spec.authentication.requireJwt".to_string()]);
                 let field_lines = fields.filter_map(|f| root.find(&f).map(|n| (f, n.mark.line))).collect();
                 policies.push(Located { policy, file: file.to_path_buf(), line, field_lines, prefix: prefix.clone() });

@@ -121,11 +121,7 @@ impl Credentials {
         }
         let key_der = key.secret_der().to_vec();
         let roots = roots_of(&bundle, origin.bundle)?;
-        let certified_key =
-            CertifiedKey::from_der(chain.clone(), key, &super::provider()).map_err(|e| TlsError::File {
-                path: origin.key.to_path_buf(),
-                reason: format!("private key does not match {}: {e}", origin.cert.display()),
-            })?;
+        let certified_key = certified_key(chain.clone(), key, origin.cert, origin.key)?;
         let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).map_err(|e| TlsError::File {
             path: origin.cert.to_path_buf(),
             reason: format!("certificate does not parse: {e}"),
@@ -198,6 +194,28 @@ fn roots_of(bundle: &[CertificateDer<'static>], path: &Path) -> Result<RootCertS
     Ok(roots)
 }
 
+/// The chain and its private key as rustls signs with them; a key that is not the leaf's is
+/// said so in words (rustls's own text is `keys may not be consistent: KeyMismatch`).
+pub(super) fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<CertifiedKey, TlsError> {
+    CertifiedKey::from_der(chain, key, &super::provider()).map_err(|e| {
+        let why = match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => {
+                "it is the key of another certificate (the key file and the certificate file are of two different pairs)".to_string()
+            }
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown) => {
+                "its public half cannot be derived to compare with the certificate's".to_string()
+            }
+            other => super::in_words(&other.to_string()),
+        };
+        TlsError::File { path: key_path.to_path_buf(), reason: format!("private key does not match {}: {why}", cert_path.display()) }
+    })
+}
+
 pub(super) fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     crate::files::read_regular(path, crate::files::MAX_KEY_FILE_BYTES)
         .map_err(|e| TlsError::File { path: path.to_path_buf(), reason: e.to_string() })
@@ -251,5 +269,23 @@ mod tests {
         );
         let roots = IdentityFiles { cert: files.cert, key: files.key, trust_bundle: files.trust_bundle };
         assert!(Credentials::load(&roots, "demo.local").is_ok());
+    }
+
+    /// A key file of another pair than the certificate's (a half-finished rotation, two Secrets
+    /// mixed): said in words on every path that loads a pair, not as rustls's `KeyMismatch`
+    /// (outside tester m3 saw that in a reload event).
+    #[test]
+    fn a_key_of_another_pair_is_said_in_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = DevCa::generate("demo.local").unwrap();
+        let spec = LeafSpec::workload("spiffe://demo.local/ns/shop/sa/orders");
+        let one = ca.issue_to(&spec, &dir.path().join("one")).unwrap();
+        let other = ca.issue_to(&spec, &dir.path().join("other")).unwrap();
+        let mixed = IdentityFiles { cert: one.cert.clone(), key: other.key.clone(), trust_bundle: one.trust_bundle };
+        let e = Credentials::load(&mixed, "demo.local").err().expect("refused").to_string();
+        assert!(e.contains("private key does not match") && e.contains("the key of another certificate"), "{e}");
+        assert!(!e.contains("KeyMismatch"), "{e}");
+        let e = crate::tls::ServingCert::load(&one.cert, &other.key).err().expect("refused").to_string();
+        assert!(e.contains("the key of another certificate") && !e.contains("KeyMismatch"), "{e}");
     }
 }

@@ -14,7 +14,7 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::PrivateKeyDer;
 
-use super::credentials::{read, read_certs};
+use super::credentials::{certified_key, read, read_certs};
 use super::reload::Reload;
 use super::TlsError;
 
@@ -67,10 +67,7 @@ fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
     let key_pem = read(key)?;
     let private = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| TlsError::File { path: key.to_path_buf(), reason: format!("no PEM private key found ({e})") })?;
-    CertifiedKey::from_der(chain, private, &super::provider()).map_err(|e| TlsError::File {
-        path: key.to_path_buf(),
-        reason: format!("private key does not match {}: {e}", cert.display()),
-    })
+    certified_key(chain, private, cert, key)
 }
 
 #[derive(Debug)]
