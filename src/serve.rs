@@ -718,10 +718,30 @@ pub fn redirected_to(digest: &SocketDigest) -> Option<SocketAddr> {
 /// address. A neighbour that makes the pod its next hop for another address (a host outside
 /// the mesh, or 127.0.0.1) would otherwise have the sidecar connect there for it, from the pod's
 /// address: a relay past every source-address check, and into what the app bound to loopback.
-pub fn addressed_pod_ip(digest: &SocketDigest) -> Option<IpAddr> {
-    let local = digest.local_addr()?.as_inet()?.ip().to_canonical();
-    let original = redirected_to(digest).map(|o| o.ip().to_canonical());
-    Some(original.filter(|&o| o != local && is_own_address(o, local)).unwrap_or(local))
+/// An IPv4 address comes as itself, not mapped into IPv6; an IPv6 link-local one with the scope
+/// of the interface the connection came in on (outside tester l3: without it, every request to
+/// a pod's link-local address was a 502 and an error line).
+pub fn addressed_pod_address(digest: &SocketDigest) -> Option<SocketAddr> {
+    let local = *digest.local_addr()?.as_inet()?;
+    let local_ip = local.ip().to_canonical();
+    let original = redirected_to(digest).filter(|o| {
+        let ip = o.ip().to_canonical();
+        ip != local_ip && is_own_address(ip, local_ip)
+    });
+    let addressed = original.unwrap_or(local);
+    Some(match addressed {
+        SocketAddr::V6(v6) => match v6.ip().to_canonical() {
+            IpAddr::V4(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            // The kernel names a scope only when the socket is bound to an interface (a caller
+            // from another link-local address); the interface holding the address has it.
+            IpAddr::V6(ip) if v6.scope_id() == 0 && ip.is_unicast_link_local() => {
+                let scope = address_scope(IpAddr::V6(ip)).unwrap_or(0);
+                SocketAddr::V6(std::net::SocketAddrV6::new(ip, v6.port(), 0, scope))
+            }
+            IpAddr::V6(_) => addressed,
+        },
+        v4 => v4,
+    })
 }
 
 /// Whether `ip` is an address of this network namespace that a connection landing on `local`
@@ -743,22 +763,33 @@ fn is_own_address(ip: IpAddr, local: IpAddr) -> bool {
 /// REDIRECT lands on, where a netlink dump each time would cost more than the request (an
 /// address added a moment ago is found).
 pub fn holds_address(ip: IpAddr) -> bool {
-    static RECENT: std::sync::Mutex<Option<(std::time::Instant, Vec<IpAddr>)>> = std::sync::Mutex::new(None);
+    address_scope(ip).is_some()
+}
+
+/// The scope (interface index) of `ip` if an interface of this namespace holds it: non-zero for
+/// an IPv6 link-local address, which is only reachable through its interface.
+fn address_scope(ip: IpAddr) -> Option<u32> {
+    type Addresses = Vec<(IpAddr, u32)>;
+    static RECENT: std::sync::Mutex<Option<(std::time::Instant, Addresses)>> = std::sync::Mutex::new(None);
+    let find = |addresses: &Addresses| addresses.iter().find(|(a, _)| *a == ip).map(|(_, scope)| *scope);
     let mut recent = RECENT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some((read, addresses)) = &*recent {
-        if read.elapsed() < Duration::from_secs(1) && addresses.contains(&ip) {
-            return true;
+        if read.elapsed() < Duration::from_secs(1) {
+            if let Some(scope) = find(addresses) {
+                return Some(scope);
+            }
         }
     }
     let addresses = interface_addresses();
-    let held = addresses.contains(&ip);
+    let held = find(&addresses);
     *recent = Some((std::time::Instant::now(), addresses));
     held
 }
 
-/// The addresses of this network namespace's interfaces.
+/// The addresses of this network namespace's interfaces, each with its IPv6 scope (0 but for
+/// link-local ones).
 #[allow(unsafe_code)] // see the SAFETY notes
-fn interface_addresses() -> Vec<IpAddr> {
+fn interface_addresses() -> Vec<(IpAddr, u32)> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs stores a list it allocated in `list`, freed below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
@@ -775,11 +806,11 @@ fn interface_addresses() -> Vec<IpAddr> {
             if family == libc::AF_INET {
                 // SAFETY: an AF_INET sockaddr is a sockaddr_in.
                 let v4 = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in>() };
-                addresses.push(IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes()));
+                addresses.push((IpAddr::from(u32::from_be(v4.sin_addr.s_addr).to_be_bytes()), 0));
             } else if family == libc::AF_INET6 {
                 // SAFETY: an AF_INET6 sockaddr is a sockaddr_in6.
                 let v6 = unsafe { &*entry.ifa_addr.cast::<libc::sockaddr_in6>() };
-                addresses.push(IpAddr::from(v6.sin6_addr.s6_addr));
+                addresses.push((IpAddr::from(v6.sin6_addr.s6_addr), v6.sin6_scope_id));
             }
         }
         at = entry.ifa_next;

@@ -615,6 +615,37 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
     assert!(body.contains("pod=b") && !body.contains("pod=c") && body.ends_with("status=200"), "{body}\n{}", logs());
     sh(&[&["ip", "-n", ns.name("a"), "route", "del"][..], &via_b[2..]].concat());
 
+    // 1d. A caller that reaches B at its link-local address (every IPv6 interface has one): B's
+    //     sidecar reaches B's app there too, on the interface the call came in on (it connected
+    //     without the scope: 502, and an error line per request; outside tester l3).
+    sh(&["ip", "-n", ns.name("b"), "-6", "addr", "add", "fe80::b/64", "dev", "eth0", "nodad"]);
+    let out = ns.run(
+        "a",
+        Some(PROXY_UID),
+        &[
+            "curl",
+            "-s",
+            "-g",
+            "-k",
+            "--http1.1",
+            "--max-time",
+            "5",
+            "--cert",
+            a_cert.join("tls.crt").to_str().unwrap(),
+            "--key",
+            a_cert.join("tls.key").to_str().unwrap(),
+            "-w",
+            " status=%{http_code}",
+            "https://[fe80::b%eth0]:8080/orders",
+        ],
+    );
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("pod=b") && body.contains("local=fe80::b\n") && body.ends_with("status=200"),
+        "{body}\n{}",
+        logs()
+    );
+
     // 2. A plaintext call from C, which has no sidecar, meets B's STRICT inbound: no HTTP at all.
     let (_, body) = curl(&ns, "c", APP_UID, "http://198.18.0.2:8080/orders");
     assert!(!body.contains("pod=b") && body.ends_with("status=000"), "{body}");

@@ -245,23 +245,28 @@ pub enum MtlsMode {
     PERMISSIVE,
 }
 
-/// Where the app listens for what a caller sent to `addressed_port` (`addressed_ip` is read only
-/// when needed), with `inbound.app` at `app`: port 0 is the port the caller addressed, as an
+/// Where the app listens for what a caller sent to `addressed_port` (`addressed` is read only
+/// when needed; its port is not used), with `inbound.app` at `app`: port 0 is the port the caller addressed, as an
 /// injected sidecar reaches every port of its pod. An unspecified address (`0.0.0.0`, `::`; what
 /// injection writes) is the pod address the caller reached, as Istio forwards since 1.10: a port
 /// the app bound to loopback only (a metrics or debug port, an agent's API) stays out of the
 /// network's reach, where forwarding to 127.0.0.1 put it in reach of every caller the policy let
-/// in. HTTP requests and tunnelled connections both go where this says.
+/// in. HTTP requests and tunnelled connections both go where this says. An IPv6 link-local
+/// address keeps the scope (interface) it was reached on: without one, connecting to it fails.
 pub fn app_target(
     app: std::net::SocketAddr,
-    addressed_ip: impl FnOnce() -> Option<std::net::IpAddr>,
+    addressed: impl FnOnce() -> Option<std::net::SocketAddr>,
     addressed_port: u16,
 ) -> std::net::SocketAddr {
-    let ip = match app.ip().is_unspecified() {
-        true => addressed_ip().unwrap_or(app.ip()),
-        false => app.ip(),
-    };
-    std::net::SocketAddr::new(ip, if app.port() == 0 { addressed_port } else { app.port() })
+    use std::net::SocketAddr;
+    let port = if app.port() == 0 { addressed_port } else { app.port() };
+    match (app.ip().is_unspecified(), app.ip().is_unspecified().then(addressed).flatten()) {
+        (true, Some(SocketAddr::V6(v6))) => {
+            SocketAddr::V6(std::net::SocketAddrV6::new(*v6.ip(), port, 0, v6.scope_id()))
+        }
+        (true, Some(other)) => SocketAddr::new(other.ip(), port),
+        _ => SocketAddr::new(app.ip(), port),
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

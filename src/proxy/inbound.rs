@@ -3,7 +3,7 @@
 //! is answered here and never reaches the app.
 
 use std::borrow::Cow;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,7 +96,7 @@ impl AppAddress {
 
     /// Where the app listens for a request that reached `addressed` at `addressed_port`
     /// ([`crate::config::app_target`]).
-    fn address(&self, addressed: impl FnOnce() -> Option<IpAddr>, addressed_port: u16) -> SocketAddr {
+    fn address(&self, addressed: impl FnOnce() -> Option<SocketAddr>, addressed_port: u16) -> SocketAddr {
         crate::config::app_target(self.app, addressed, addressed_port)
     }
 
@@ -284,9 +284,9 @@ impl BodyCount {
     }
 }
 
-/// The pod address the caller reached ([`crate::serve::addressed_pod_ip`]).
-fn addressed_ip(session: &Session) -> Option<IpAddr> {
-    crate::serve::addressed_pod_ip(session.digest()?.socket_digest.as_ref()?)
+/// The pod address the caller reached ([`crate::serve::addressed_pod_address`]).
+fn addressed(session: &Session) -> Option<SocketAddr> {
+    crate::serve::addressed_pod_address(session.digest()?.socket_digest.as_ref()?)
 }
 
 /// Removes the headers whose names hold `_`: to CGI, WSGI, Rack and PHP they are the dashed
@@ -544,7 +544,7 @@ impl ProxyHttp for Inbound {
                 inspect = false;
             }
         }
-        let app = self.app.address(|| addressed_ip(session), port);
+        let app = self.app.address(|| addressed(session), port);
         ctx.app = Some(app);
         // An HTTP/1.1 upgrade (a WebSocket) to an HTTP/1.1 app is relayed here, each direction
         // on its own: pingora's relay of an upgraded connection writes to the app and reads it in
@@ -706,7 +706,7 @@ impl ProxyHttp for Inbound {
                 grpc.call.restart();
             }
         }
-        let app = ctx.app.unwrap_or_else(|| self.app.address(|| addressed_ip(session), self.app.app.port()));
+        let app = ctx.app.unwrap_or_else(|| self.app.address(|| addressed(session), self.app.app.port()));
         let mut peer = HttpPeer::new(app, false, String::new());
         // Upgrades to an HTTP/1.1 app are the sidecar's own (`upgrade::exchange`, with its checks
         // of the app's 101); a request that reaches pingora's path is not one (h2c on a second

@@ -78,7 +78,7 @@ impl InboundTcp {
         let redirected = super::redirected_to(digest);
         let port = self.addressed_port(digest);
         let addressed = redirected.or_else(|| digest.local_addr().and_then(|l| l.as_inet()).copied());
-        let app = crate::config::app_target(self.app, || super::addressed_pod_ip(digest), port);
+        let app = crate::config::app_target(self.app, || super::addressed_pod_address(digest), port);
         Reached { port, app, destination: addressed.unwrap_or(app) }
     }
 
