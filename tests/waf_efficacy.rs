@@ -222,9 +222,11 @@ async fn corpora_replayed_through_a_sidecar_in_block_mode_at_paranoia_one() {
         assert!(t.blocked_pl1 >= floor, "{name}: {} PL1 attacks blocked, floor {floor}\n{report}", t.blocked_pl1);
         assert!(pct(t.blocked_pl1, t.attacks_pl1) >= 97.0, "{name} below the 97% target\n{report}");
     }
-    assert!(lists["sqli"].0 >= 17073, "{report}");
+    assert!(lists["sqli"].0 >= 17075, "{report}");
     assert!(lists["xss"].0 >= 1640, "{report}");
-    assert!(benign.0 <= 5, "benign blocked\n{report}");
+    // 6: CRS 942522-8, a Wikipedia article quoting SQL injections, read past its first 2 KiB
+    // since padded break-outs are (src/waf/corpus.rs says more).
+    assert!(benign.0 <= 6, "benign blocked\n{report}");
     assert!(pct(benign.0, benign.1) <= 1.0, "benign over the 1% target\n{report}");
     side.shutdown();
 }

@@ -395,9 +395,13 @@ const FLOORS: Floors = Floors {
     xss_pl1: 181,
     lfi_pl1: 56,
     cmdi_pl1: 320,
-    sqli_list: 17073,
+    sqli_list: 17075,
     xss_list: 1640,
-    benign_blocked_max: 5,
+    // 6 since a break-out padded past libinjection's 2 KiB is read from its quote (outside
+    // tester o1): CRS 942522-8, a Wikipedia article on SQL injection quoting
+    // `"SELECT * FROM users WHERE name = '" + userName + "'"` and `' OR '1'='1' --` past its
+    // first 2 KiB, is now read there too.
+    benign_blocked_max: 6,
 };
 
 /// libinjection's lists again, each payload a string field of a gRPC message (nested one level,

@@ -16,16 +16,37 @@ const LIBINJECTION_PREFIX: usize = 2048;
 
 pub(crate) fn check(v: &[u8], shape: Shape, libinjection: bool, level: u8) -> Option<Hit> {
     if libinjection && might_be_sql(v, shape) {
-        let head = &v[..v.len().min(LIBINJECTION_PREFIX)];
-        let mut state = SqliState::new(head, SqliFlags::FLAG_NONE);
-        if state.detect() {
-            let lvl = weight(&state, head);
-            if lvl <= level {
-                return Some(Hit::new(lvl, breakout(&state, head), v.len()));
+        if let Some(hit) = libinjection_from(v, 0, level) {
+            return Some(hit);
+        }
+        // Text before the first quote of a kind is one string token to that quote's context,
+        // however long: padding there must not push the break-out past what is read (outside
+        // tester o1: 2,060 bytes, then `' or 1=1--`, passed). Padding cannot hold the quote it
+        // breaks out with (the query would not parse), so the context is read again from that
+        // quote, not from the padding's start (whose tokens cost up to 9 ms per 64 KiB).
+        for q in [b'\'', b'"'] {
+            let far = shape
+                .has(Shape::mask(&[q]))
+                .then(|| find_either(v, 0, q, q))
+                .flatten()
+                .filter(|&at| at >= LIBINJECTION_PREFIX / 2);
+            if let Some(hit) = far.and_then(|at| libinjection_from(v, at, level)) {
+                return Some(hit);
             }
         }
     }
     own_checks(v, shape, level)
+}
+
+/// libinjection's verdict on the [`LIBINJECTION_PREFIX`] bytes of `v` from `start`.
+fn libinjection_from(v: &[u8], start: usize, level: u8) -> Option<Hit> {
+    let window = &v[start..v.len().min(start + LIBINJECTION_PREFIX)];
+    let mut state = SqliState::new(window, SqliFlags::FLAG_NONE);
+    if !state.detect() {
+        return None;
+    }
+    let lvl = weight(&state, window);
+    (lvl <= level).then(|| Hit::new(lvl, start + breakout(&state, window), v.len()))
 }
 
 /// Where the SQL of a libinjection match starts, for the finding's fragment: past a leading
@@ -65,7 +86,10 @@ fn weight(state: &SqliState<'_>, input: &[u8]) -> u8 {
     let at = |i: usize| input.get(i).copied();
     match kinds.as_slice() {
         // string, operator, string: a word or `&`/`*` wrapped in its own quotes (`"NOT"`,
-        // `'*'`) is a quoted word in text; a comparison is a break-out (`x'='x`).
+        // `'*'`) is a quoted word in text; a comparison is a break-out (`x'='x`), and so is a
+        // logic operator whose quotes close a string and open one glued to what follows
+        // (`'or'1`, `x'or'true`: PostgreSQL and SQLite read both as true; "she said 'or'
+        // twice" and `"NOT" STUFFER` are quoted words).
         [TokenType::String, TokenType::Operator | TokenType::LogicOperator, TokenType::String] => {
             let op = &tokens[1];
             let before = op.pos.checked_sub(1).and_then(at);
@@ -77,7 +101,13 @@ fn weight(state: &SqliState<'_>, input: &[u8]) -> u8 {
             let glued = symbol
                 && (before.is_some_and(|b| b.is_ascii_alphanumeric())
                     || after.is_some_and(|b| b.is_ascii_alphanumeric()));
-            if (hugged && !comparison) || glued {
+            let logic = [&b"or"[..], b"and", b"xor", b"||", b"&&"].iter().any(|w| eq(&op.val[..op.len.min(32)], w));
+            let opening = op.pos.saturating_sub(1);
+            let breaks_out = logic
+                && (input[..opening].trim_ascii().is_empty()
+                    || opening.checked_sub(1).and_then(at).is_some_and(is_word))
+                && at(op.pos + op.len + 1).is_some_and(|b| b.is_ascii_alphanumeric());
+            if (hugged && !comparison && !breaks_out) || glued {
                 2
             } else {
                 1
@@ -462,6 +492,8 @@ fn own_checks(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
         .or_else(|| if shape.has(const { Shape::mask(b"'(") }) { json_operator(v, shape) } else { None })
         .or_else(|| if shape.has(const { Shape::mask(b":.") }) { cast_or_number_trick(v) } else { None })
         .or_else(|| if shape.has(const { Shape::mask(b"'\"`") }) { quote_breakout(v) } else { None })
+        .or_else(|| if shape.has(const { Shape::mask(b";") }) { stacked_statement(v) } else { None })
+        .or_else(|| if shape.digit() && shape.whitespace() { numeric_tautology(v, level) } else { None })
         .or_else(|| {
             if shape.has(const { Shape::mask(b"*") }) { find_ci(v, b"/*!", 0) } else { None }
                 .map(|at| Hit::new(1, at, (at + 16).min(v.len())))
@@ -1017,6 +1049,155 @@ fn quote_breakout(v: &[u8]) -> Option<Hit> {
     None
 }
 
+/// A statement stacked after a break-out: the value opens with one token (a number, or text
+/// closed by a quote or bracket: `1`, `x'`, `x')`), then `;` and a statement word, as
+/// `1;copy users from program 'id'` or `x';grant all on users to public;--`. libinjection's
+/// fingerprints and the phrase checks know a few statements and what follows them; a
+/// database runs dozens more (PostgreSQL's `COPY ... PROGRAM` runs a command, `SET ROLE`,
+/// `GRANT`, `CREATE EXTENSION`, MSSQL's `sp_configure`, `BACKUP`; outside tester o1 ran
+/// them through a sidecar against PostgreSQL). Prose puts a word before its `;` (`fine; drop
+/// it`): that shape is left to the phrase checks.
+fn stacked_statement(v: &[u8]) -> Option<Hit> {
+    let lead_at = v.len() - v.trim_ascii_start().len();
+    let lead = &v[lead_at..];
+    let semi = lead.iter().position(|&b| b == b';')?;
+    let token = lead[..semi].trim_ascii_end();
+    if token.iter().any(|b| b.is_ascii_whitespace()) {
+        return None;
+    }
+    let number = {
+        let digits = token.strip_prefix(b"-").unwrap_or(token);
+        !digits.is_empty() && digits.iter().all(u8::is_ascii_digit)
+    };
+    // A quote alone (`';drop`), or text a quote closes, with brackets after it (`x'`, `x')`).
+    let quote = |b: &u8| matches!(b, b'\'' | b'"' | b'`');
+    let unbracketed = &token[..token.iter().rposition(|&b| b != b')').map_or(0, |p| p + 1)];
+    let closed = unbracketed.last().is_some_and(quote);
+    if !number && !closed {
+        return None;
+    }
+    let (w, at) = Words { v: lead, i: semi + 1 }.next()?;
+    let statement = may_be_stacked_statement(w) && STACKED_STATEMENT_TABLE.index_of(lower_key(w)).is_some()
+        || starts_with_ci_word(w, b"sp_")
+        || starts_with_ci_word(w, b"xp_");
+    statement.then(|| Hit::new(1, lead_at, (lead_at + at + w.len() + 24).min(v.len())))
+}
+
+/// Statement words of MySQL, PostgreSQL, MSSQL, Oracle and SQLite that may start a stacked
+/// query (sorted).
+const STACKED_STATEMENTS: &[&[u8]; 66] = &[
+    b"alter",
+    b"analyse",
+    b"analyze",
+    b"attach",
+    b"backup",
+    b"begin",
+    b"bulk",
+    b"call",
+    b"checkpoint",
+    b"close",
+    b"cluster",
+    b"comment",
+    b"commit",
+    b"copy",
+    b"create",
+    b"dbcc",
+    b"deallocate",
+    b"declare",
+    b"delete",
+    b"describe",
+    b"detach",
+    b"discard",
+    b"do",
+    b"drop",
+    b"exec",
+    b"execute",
+    b"explain",
+    b"fetch",
+    b"grant",
+    b"handler",
+    b"import",
+    b"insert",
+    b"kill",
+    b"listen",
+    b"load",
+    b"lock",
+    b"merge",
+    b"notify",
+    b"pragma",
+    b"prepare",
+    b"reassign",
+    b"reconfigure",
+    b"refresh",
+    b"reindex",
+    b"release",
+    b"rename",
+    b"replace",
+    b"reset",
+    b"restore",
+    b"revoke",
+    b"rollback",
+    b"savepoint",
+    b"select",
+    b"set",
+    b"show",
+    b"shutdown",
+    b"table",
+    b"truncate",
+    b"unlock",
+    b"update",
+    b"upsert",
+    b"use",
+    b"vacuum",
+    b"values",
+    b"waitfor",
+    b"with",
+];
+static STACKED_STATEMENT_TABLE: WordTable<66> = WordTable::new(STACKED_STATEMENTS);
+
+fn may_be_stacked_statement(w: &[u8]) -> bool {
+    const SHAPE: (u32, usize, usize) = word_shape(STACKED_STATEMENTS);
+    in_word_shape(SHAPE, w)
+}
+
+/// A number's comparison turned into a tautology or a contradiction, the whole value:
+/// `1 or true`, `1 and false`, `-1 or not false`, `1 or id>0` (paranoia 1: a boolean literal or
+/// a comparison is SQL); `1 or 1`, `1 and 0`, `1 xor 1` at paranoia 2 (`1 or 2` is prose too).
+fn numeric_tautology(v: &[u8], level: u8) -> Option<Hit> {
+    // The words skip comments: `1 or true-- -` reads as `1 or true`.
+    let mut words = Words { v, i: 0 };
+    let (first, _) = words.next()?;
+    let (first, _) = if first == b"-" { words.next()? } else { (first, 0) };
+    if !first.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let (op, _) = words.next()?;
+    let (op, _) = if op == b"|" || op == b"&" {
+        // `||` and `&&` come as two one-byte words.
+        match words.next() {
+            Some((second, _)) if second == op => (op, 0),
+            _ => return None,
+        }
+    } else {
+        (op, 0)
+    };
+    if !(eq(op, b"or") || eq(op, b"and") || eq(op, b"xor") || op == b"|" || op == b"&") {
+        return None;
+    }
+    let rest: Vec<&[u8]> = std::iter::from_fn(|| words.next().map(|(w, _)| w)).take(5).collect();
+    let boolean = |w: &[u8]| eq(w, b"true") || eq(w, b"false") || eq(w, b"null");
+    let comparison = |w: &[u8]| matches!(w, b"=" | b"<" | b">" | b"!");
+    let lvl = match rest.as_slice() {
+        [w] if boolean(w) => 1,
+        [not, w] if eq(not, b"not") && (boolean(w) || w.iter().all(u8::is_ascii_digit)) => 1,
+        [a, c, ..] if is_word(a[0]) && comparison(c) && rest.len() <= 4 => 1,
+        [w] if w.iter().all(|&b| is_word(b)) => 2,
+        [minus, w] if *minus == b"-" && w.iter().all(u8::is_ascii_digit) => 2,
+        _ => return None,
+    };
+    (lvl <= level).then(|| Hit::new(lvl, 0, v.len()))
+}
+
 fn strip_trailing_comment(v: &[u8]) -> &[u8] {
     if v.ends_with(b"*/") {
         if let Some(open) = v.windows(2).rposition(|w| w == b"/*") {
@@ -1271,6 +1452,98 @@ mod tests {
     fn catalogs_are_sorted_lower_case_for_binary_search() {
         assert!(CATALOGS.windows(2).all(|w| w[0] < w[1]));
         assert!(CATALOGS.iter().all(|c| !c.iter().any(u8::is_ascii_uppercase)));
+    }
+
+    /// Outside tester o1 ran each through a sidecar against PostgreSQL 15: every one reached the
+    /// database (`COPY ... FROM PROGRAM 'id'` ran `id`) with no event.
+    #[test]
+    fn statements_stacked_after_a_break_out_are_caught_at_paranoia_one() {
+        for s in [
+            "x';copy users(name) from program 'id';--",
+            "1;copy users(name) from program 'id'",
+            "x';grant all on users to public;--",
+            "x';create extension if not exists plpgsql;--",
+            "x';set role postgres;select 1 where ''='",
+            "1;create or replace function f() returns text as $$select current_user$$ language sql",
+            "1;merge into users u using (select 1) s on true when matched then delete",
+            "1;truncate users",
+            "1; reset role",
+            "1;sp_configure 'xp_cmdshell',1",
+            r"1;backup database master to disk='\\a\b'",
+            "1;select current_user",
+            "-1;/**/grant all on users to public",
+            "x');set session authorization postgres--",
+            "';show tables",
+        ] {
+            assert!(sqli(s, 1), "{s}");
+        }
+    }
+
+    #[test]
+    fn a_word_then_a_semicolon_is_prose_not_a_stacked_statement() {
+        for s in [
+            "fine; drop it",
+            "I like it; set it up tomorrow",
+            "Step 1; copy the file to the server",
+            "done; show me more",
+            "text/html;charset=utf-8",
+            "max-age=0; use this",
+            "O'Brien; select a seat",
+            "6-4;set two",
+        ] {
+            assert!(!sqli(s, 1), "{s}");
+        }
+    }
+
+    /// A break-out padded past what libinjection reads was not seen (outside tester o1: the
+    /// padded `' or 1=1--` returned every row).
+    #[test]
+    fn padding_before_the_break_out_does_not_hide_it() {
+        for pad in ["x".repeat(2060), "Great product, would buy again. ".repeat(70), "a".repeat(60_000)] {
+            for attack in ["' or 1=1--", "' or 1=1#", "\" or 1=1--"] {
+                let s = format!("{pad}{attack}");
+                assert!(sqli(&s, 1), "{} bytes of padding, then {attack}", pad.len());
+                // The other kind of quote early in the padding.
+                let other = if attack.starts_with('\'') { "\"" } else { "'" };
+                let s = format!("a{other}b {pad}{attack}");
+                assert!(sqli(&s, 1), "{} bytes of padding, then {attack}", pad.len());
+            }
+        }
+    }
+
+    /// Tautologies PostgreSQL and SQLite read as true (o1: `'or'1` returned every row), and a
+    /// number's, whole values: a boolean literal or a comparison at paranoia 1, numbers alone
+    /// at 2 (`1 or 2` is prose too).
+    #[test]
+    fn tautologies_glued_to_quotes_or_after_a_number_are_caught() {
+        for s in [
+            "'or'1",
+            "'or'true",
+            "'or'yes",
+            "x'or'1",
+            "'||'1",
+            "1 or true",
+            "1 and false",
+            "-1 or not false",
+            "1 or id>0",
+            "1 || true",
+            "1 or true-- -",
+        ] {
+            assert!(sqli(s, 1), "{s}");
+        }
+        for s in ["1 or 1", "1 and 0", "1 xor 1", "1 or id"] {
+            assert!(!sqli(s, 1) && sqli(s, 2), "{s}");
+        }
+        for s in [
+            "she said 'or' twice",
+            "CHRISTMAS STOCKING \"NOT\" STUFFER",
+            "\"NOT\" STUFFER",
+            "1 or 2 hours",
+            "the 'and' key",
+            "pick 1 or 2",
+        ] {
+            assert!(!sqli(s, 1), "{s}");
+        }
     }
 
     #[test]

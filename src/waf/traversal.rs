@@ -11,10 +11,104 @@ pub(crate) fn value(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
             return Some(hit);
         }
     }
+    if shape.has(const { Shape::mask(b":") }) {
+        if let Some(hit) = stream_wrapper(v, level).or_else(|| ntfs_stream(v)) {
+            return Some(hit);
+        }
+    }
+    if shape.has(const { Shape::mask(b"\\") }) {
+        if let Some(hit) = unc_path(v, level) {
+            return Some(hit);
+        }
+    }
     if shape.digit() {
         return hex_spelled(v, level);
     }
     None
+}
+
+/// The stream wrappers PHP's `include`, `file_get_contents` and `fopen` open besides files
+/// (`php://filter/convert.base64-encode/resource=index.php` reads a script's source,
+/// `data://text/plain;base64,...` and `expect://id` run code, `phar://` and `zip://` reach into
+/// an uploaded archive), where a value starts or after a blank, quote, `=` or bracket: a URL's
+/// scheme is `http`, never one of these (outside tester o1 passed each in every location).
+/// `data://` counts when what it holds is PHP (`<?`, base64 `PD8`/`PD9`), at paranoia 1, and
+/// otherwise at 2 (CRS's own test sends `data://text/plain;base64,SSBsb3ZlIFBIUAo=` as benign).
+fn stream_wrapper(v: &[u8], level: u8) -> Option<Hit> {
+    const WRAPPERS: &[&[u8]] = &[
+        b"php",
+        b"phar",
+        b"zip",
+        b"expect",
+        b"data",
+        b"glob",
+        b"compress.zlib",
+        b"compress.bzip2",
+        b"zlib",
+        b"bzip2",
+        b"rar",
+        b"ogg",
+        b"ssh2.shell",
+        b"ssh2.exec",
+        b"ssh2.sftp",
+    ];
+    let mut from = 0;
+    while let Some(colon) = find_either(v, from, b':', b':') {
+        from = colon + 1;
+        if !v[colon..].starts_with(b"://") {
+            continue;
+        }
+        let start = v[..colon].iter().rposition(|&b| !(b.is_ascii_alphanumeric() || b == b'.')).map_or(0, |p| p + 1);
+        let scheme = &v[start..colon];
+        if !WRAPPERS.iter().any(|w| scheme.eq_ignore_ascii_case(w)) {
+            continue;
+        }
+        let lvl = match scheme.eq_ignore_ascii_case(b"data") {
+            false => 1,
+            true => {
+                let data = &v[colon + 3..];
+                let php = find_ci(data, b"<?", 0).is_some()
+                    || find_ci(data, b"base64,", 0).is_some_and(|at| {
+                        let payload = &data[at + 7..];
+                        payload.starts_with(b"PD8") || payload.starts_with(b"PD9")
+                    });
+                if php {
+                    1
+                } else {
+                    2
+                }
+            }
+        };
+        if lvl <= level {
+            return Some(Hit::new(lvl, start, (colon + 24).min(v.len())));
+        }
+    }
+    None
+}
+
+/// `index.php::$DATA`: NTFS's default stream of a file, which IIS served as the script's source.
+fn ntfs_stream(v: &[u8]) -> Option<Hit> {
+    let at = find_ci(v, b"::$data", 0)?;
+    Some(Hit::new(1, at.saturating_sub(16), (at + 7).min(v.len())))
+}
+
+/// A Windows UNC path where a value starts: a device path (`\\.\`, `\\?\GLOBALROOT`) at
+/// paranoia 1; a share on another host (`\\evil.example\share\x.php`: a remote include, and
+/// the server's NTLM hash sent to that host) at 2, as IT tools name file shares so too.
+fn unc_path(v: &[u8], level: u8) -> Option<Hit> {
+    let lead = v.trim_ascii_start();
+    let rest = lead.strip_prefix(b"\\\\")?;
+    let start = v.len() - lead.len();
+    let device = rest.starts_with(b".\\") || rest.starts_with(b"?\\");
+    let host_end = rest.iter().position(|&b| b == b'\\')?;
+    let host = &rest[..host_end];
+    let share = !host.is_empty() && host.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+    let lvl = match (device, share) {
+        (true, _) => 1,
+        (false, true) => 2,
+        (false, false) => return None,
+    };
+    (lvl <= level).then(|| Hit::new(lvl, start, (start + 2 + host_end + 16).min(v.len())))
 }
 
 /// `0x2e0x2e0x2f`: dots and slashes written as hex literals, which some applications decode.
@@ -468,6 +562,42 @@ mod tests {
             "/index.php.bak",
         ] {
             assert!(path(p.as_bytes(), 1).is_some(), "{p}");
+        }
+    }
+
+    /// Outside tester o1: each passed in every location; each is an inclusion PHP or IIS opens.
+    #[test]
+    fn stream_wrappers_ntfs_streams_and_unc_devices_are_caught() {
+        for s in [
+            "php://filter/convert.base64-encode/resource=index.php",
+            "PHP://filter/read=string.rot13/resource=config.php",
+            "php://input",
+            "expect://id",
+            "phar://uploads/x.jpg/shell",
+            "zip://uploads/x.jpg#shell.php",
+            "data://text/plain;base64,PD9waHAgc3lzdGVtKCRfR0VUWydjJ10pOyA/Pg==",
+            "glob:///etc/*",
+            "compress.zlib://file.gz",
+            "x=php://filter/resource=a",
+            "index.php::$DATA",
+            "\\\\.\\GLOBALROOT\\Device\\HarddiskVolume1\\",
+        ] {
+            assert!(value(s.as_bytes(), Shape::of(s.as_bytes()), 1).is_some(), "{s}");
+        }
+        assert!(path(b"/index.php::$DATA", 1).is_some());
+        let share = b"\\\\evil.example\\share\\x";
+        assert_eq!(value(share, Shape::of(share), 1), None, "a share waits for paranoia 2");
+        assert_eq!(value(share, Shape::of(share), 2).map(|h| h.level), Some(2));
+        for s in [
+            "https://example.com/php/docs",
+            "data:image/png;base64,iVBORw0KGgo=",
+            "see zip codes: 90210",
+            "//cdn.example.com/x.js",
+            "mailto:php@example.com",
+            "ratio 1::2",
+            "data://text/plain;base64,SSBsb3ZlIFBIUAo=",
+        ] {
+            assert_eq!(value(s.as_bytes(), Shape::of(s.as_bytes()), 1), None, "{s}");
         }
     }
 
