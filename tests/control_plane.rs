@@ -707,6 +707,40 @@ async fn a_revision_learnt_without_a_snapshot_still_holds_back_an_older_replica(
     orders.stop();
 }
 
+/// `helm rollback` re-applies the old revision's manifest as it was rendered, its revision
+/// number too: the ConfigMap goes from revision 2 back to 1. A replica that read revision 2
+/// itself knows 1 is no news it lags behind and sends it at once (outside tester o2: the rolled
+/// back rule stayed in force for the whole revisionHold, 3 minutes, and the log called it a new
+/// install).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_to_a_revision_the_replica_read_before_is_taken_at_once() {
+    let pki = Pki::new();
+    let dir = pki.path("policies");
+    std::fs::create_dir(&dir).unwrap();
+    let open = policy_for("orders", "orders-api", "  authorization:\n    default: ALLOW\n");
+    std::fs::write(dir.join("revision"), "1\n").unwrap();
+    write_policy(&dir.join("orders.yaml"), &open);
+    // The default hold (3 minutes): the rollback must not wait for it.
+    let plane = ControlPlane::start(&pki, "control", &dir).await;
+    let orders = Workload::start(&pki, &plane, "orders", |_| {}).await;
+    synced(&plane, &id("shop", "orders"), orders.port()).await;
+    assert_eq!(orders.get("/admin").await, 200);
+    // helm upgrade: revision 2 closes /admin.
+    plane.write("orders.yaml", &policy_for("orders", "orders-api", &deny_paths(&["/admin"])));
+    std::fs::write(dir.join("revision"), "2\n").unwrap();
+    wait_for("revision 2 is enforced", async || orders.get("/admin").await == 403).await;
+    wait_for("the sidecar holds revision 2", async || revision_of(&orders).await == 2).await;
+    // helm rollback to 1: the revision first, so a scan between the two writes sees revision 1
+    // with revision 2's policy (nothing to send), then revision 1's policy at revision 1.
+    std::fs::write(dir.join("revision"), "1\n").unwrap();
+    plane.write("orders.yaml", &open);
+    wait_for("the rollback is enforced", async || orders.get("/admin").await == 200).await;
+    assert_eq!(revision_of(&orders).await, 1);
+    let status = plane.status().await;
+    assert_eq!(status["summary"]["ahead"], 0, "{status}");
+    orders.stop();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revision_that_went_back_for_good_is_taken_after_the_hold() {
     // The chart uninstalled and installed again: its revision starts at 1 once more. Running

@@ -57,6 +57,10 @@ pub struct Catalog {
     pub generation: u64,
     /// The source's revision ([`REVISION_FILE`]); 0 when it does not say.
     pub revision: u64,
+    /// The highest revision this process has read: a sidecar holding one up to it holds what
+    /// this replica read and then left (a `helm rollback` re-applies the old revision's
+    /// manifest, number and all), not what it has yet to read.
+    pub highest_revision: u64,
     /// Why streams may not send from it (`/status`); `None`: they may ([`Catalog::servable`]).
     pub unservable_because: Option<String>,
 }
@@ -72,6 +76,7 @@ impl Default for Catalog {
             made_at: None,
             generation: 0,
             revision: 0,
+            highest_revision: 0,
             unservable_because: Some("the policy directory was not read yet".into()),
         }
     }
@@ -180,6 +185,8 @@ pub struct PolicyDirectory {
     readable: Option<bool>,
     /// The [`REVISION_FILE`]'s number, or why it is not one.
     revision: Result<u64, String>,
+    /// The highest number it has held.
+    highest_revision: u64,
     /// A servable catalog was made: see [`Catalog::servable`].
     served: bool,
 }
@@ -215,7 +222,14 @@ fn same_files(a: &std::io::Result<Listing>, b: &std::io::Result<Listing>) -> boo
 
 impl PolicyDirectory {
     pub fn new(dir: PathBuf) -> Self {
-        PolicyDirectory { dir, files: BTreeMap::new(), readable: None, revision: Ok(0), served: false }
+        PolicyDirectory {
+            dir,
+            files: BTreeMap::new(),
+            readable: None,
+            revision: Ok(0),
+            highest_revision: 0,
+            served: false,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -279,6 +293,9 @@ impl PolicyDirectory {
             changed = true;
             if let Err(e) = &revision {
                 outcome.rejected.push((REVISION_FILE.to_string(), vec![e.clone()]));
+            }
+            if let Ok(n) = revision {
+                self.highest_revision = self.highest_revision.max(n);
             }
             self.revision = revision;
         }
@@ -606,6 +623,7 @@ impl PolicyDirectory {
             made_at: Some(std::time::Instant::now()),
             generation: 0,
             revision: self.revision.clone().unwrap_or(0),
+            highest_revision: self.highest_revision,
             unservable_because,
         }
     }

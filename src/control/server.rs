@@ -336,12 +336,21 @@ async fn serve_stream(
         let selection = current.select(&workload);
         let current_there = sent.as_deref() == Some(selection.version.as_str());
         let older = selection.revision != 0 && selection.revision < revision;
+        // A revision this replica read and then went back from is a rollback, taken at once;
+        // one it never read may be what it has yet to read.
+        let rolled_back = older && revision <= current.highest_revision;
         let held_too_long = waiting.is_some_and(|since| since.elapsed() >= held.hold);
-        if !current_there && older && !held_too_long {
+        if !current_there && older && !rolled_back && !held_too_long {
             session.ahead(sent.as_deref(), revision, selection.revision);
             waiting.get_or_insert_with(tokio::time::Instant::now);
         } else if !current_there {
-            if older {
+            if rolled_back {
+                tracing::info!(
+                    held = revision,
+                    mine = selection.revision,
+                    "the policy revision went back to one this replica read before (a rollback); sending it"
+                );
+            } else if older {
                 tracing::warn!(
                     held = revision,
                     mine = selection.revision,
