@@ -783,6 +783,77 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
 
 // === the webhook over HTTPS, as the API server calls it ===
 
+/// A webhook certificate past its end (the chart's generated one lasts 825 days, and was never
+/// renewed): the API server refuses to call the webhook, and with `failurePolicy: Fail` every
+/// pod of a meshed namespace with it. The control plane served it with no word, no metric and a
+/// ready /ready (outside tester o2); it says so in an error line, and its end is a metric.
+#[test]
+fn an_expired_webhook_certificate_is_said_and_measured() {
+    use palisade::identity::{DevCa, LeafSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let ca = DevCa::generate("cluster.local").unwrap();
+    let control = ca
+        .issue_to(
+            &LeafSpec::workload("spiffe://cluster.local/ns/palisade-system/sa/palisade-control"),
+            &dir.path().join("control"),
+        )
+        .unwrap();
+    let mut serving = LeafSpec::workload("spiffe://cluster.local/ns/palisade-system/sa/palisade-webhook");
+    serving.dns_names = vec!["palisade-control.palisade-system.svc".into()];
+    serving.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(3);
+    serving.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    let webhook = ca.issue_to(&serving, &dir.path().join("webhook")).unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let admin = support::free_port();
+    let config = dir.path().join("control.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "identity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\n\
+             grpc: {{listen: \"127.0.0.1:0\"}}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\npolicies: {{dir: \"{}\"}}\n\
+             webhook:\n  listen: \"127.0.0.1:0\"\n  cert: \"{}\"\n  key: \"{}\"\n\
+             \x20 sidecar: {{identity: {{trustAnchorsFile: \"{}\"}}}}\n",
+            control.cert.display(),
+            control.key.display(),
+            control.trust_bundle.display(),
+            policies.display(),
+            webhook.cert.display(),
+            webhook.key.display(),
+            control.trust_bundle.display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("control.log");
+    let mut child = std::process::Command::new(BIN)
+        .args(["control", "--config"])
+        .arg(&config)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let said = eventually_blocking(|| {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("the injection webhook's certificate has expired")
+    });
+    let metrics = eventually_blocking(|| {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", "--max-time", "2", &format!("http://127.0.0.1:{admin}/metrics")])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines().any(|l| {
+            l.strip_prefix("palisade_webhook_certificate_expiry_timestamp_seconds ")
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| (v - serving.not_after.unix_timestamp() as f64).abs() < 2.0)
+        })
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(said, "{text}");
+    assert!(metrics, "the webhook certificate's end is a metric\n{text}");
+    assert_eq!(text.matches("certificate has expired").count(), 1, "said once\n{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_planes_webhook_answers_admission_reviews_over_tls() {
     use palisade::identity::{DevCa, LeafSpec};

@@ -25,6 +25,7 @@ pub struct ControlMetrics {
     /// When the control plane's own certificate ends (the name a sidecar's has, in this process's
     /// registry), set at each scrape.
     pub certificate_expiry: Gauge,
+    pub webhook_certificate_expiry: Gauge,
 }
 
 impl ControlMetrics {
@@ -74,6 +75,11 @@ impl ControlMetrics {
             "When the control plane's own certificate in use expires (Unix time).",
         )
         .expect("metric");
+        let webhook_certificate_expiry = Gauge::new(
+            "palisade_webhook_certificate_expiry_timestamp_seconds",
+            "When the injection webhook's serving certificate in use expires (Unix time).",
+        )
+        .expect("metric");
         for c in [
             Box::new(connected.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(pushes.clone()),
@@ -88,6 +94,7 @@ impl ControlMetrics {
             Box::new(build_info),
             Box::new(certificate_expiry.clone()),
             Box::new(crate::telemetry::ProcessMetrics::new()),
+            // The webhook's certificate is registered by the control plane that has one.
         ] {
             registry.register(c).expect("metric registers once");
         }
@@ -104,6 +111,7 @@ impl ControlMetrics {
             servable,
             version,
             certificate_expiry,
+            webhook_certificate_expiry,
         }
     }
 

@@ -48,6 +48,26 @@ struct Parts {
 }
 
 /// The injection webhook: what it answers, and the certificate it answers with.
+/// How near its end the webhook's certificate is: each stage is said once, on the way there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum WebhookCertificate {
+    Valid,
+    EndsSoon,
+    Expired,
+}
+
+impl WebhookCertificate {
+    const SOON: i64 = 30 * 86_400;
+
+    fn at(not_after: i64, now: i64) -> Self {
+        match not_after - now {
+            left if left <= 0 => WebhookCertificate::Expired,
+            left if left < Self::SOON => WebhookCertificate::EndsSoon,
+            _ => WebhookCertificate::Valid,
+        }
+    }
+}
+
 struct Webhook {
     app: InjectWebhook,
     cert: ServingCert,
@@ -295,16 +315,41 @@ async fn run(
         let listener = listener.into_async();
         let acceptor = cert.acceptor().expect("a certificate that loaded makes an acceptor");
         let cert = Arc::new(cert);
+        let expiry = metrics.webhook_certificate_expiry.clone();
+        let _ = metrics.registry().register(Box::new(expiry.clone()));
+        let watched = cert.clone();
+        let mut said = WebhookCertificate::Valid;
         tokio::spawn(poll_files(
             reload_every,
             stop.clone(),
             move || cert.reload_if_changed(),
-            |outcome| match outcome {
-                Ok(true) => tracing::info!("webhook certificate reloaded"),
-                Ok(false) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "new webhook certificate files are not usable; keeping the current ones")
+            move |outcome| {
+                match outcome {
+                    Ok(true) => {
+                        tracing::info!("webhook certificate reloaded");
+                        said = WebhookCertificate::Valid;
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e,
+                        "new webhook certificate files are not usable; keeping the current ones"),
                 }
+                let not_after = watched.not_after();
+                expiry.set(not_after as f64);
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let stage = WebhookCertificate::at(not_after, now as i64);
+                if stage > said {
+                    let ends = time::OffsetDateTime::from_unix_timestamp(not_after)
+                        .ok()
+                        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                        .unwrap_or_else(|| not_after.to_string());
+                    match stage {
+                        WebhookCertificate::Expired => tracing::error!(%ends,
+                            "the injection webhook's certificate has expired: the API server refuses to call the webhook, and with failurePolicy Fail every pod of a meshed namespace is refused; renew it (the chart renews a generated one on helm upgrade within 30 days of its end; cert-manager renews its own)"),
+                        _ => tracing::warn!(%ends,
+                            "the injection webhook's certificate ends within 30 days: renew it (helm upgrade renews a generated one; cert-manager renews its own)"),
+                    }
+                }
+                said = said.max(stage);
             },
         ));
         // pingora closes an idle HTTP/2 connection only when told to (serve.rs's deadlines hold

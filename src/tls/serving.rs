@@ -4,6 +4,7 @@
 //! when they change, and the listener's next handshake uses the new pair.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -23,6 +24,8 @@ pub struct ServingCert {
     cert: PathBuf,
     key: PathBuf,
     current: Arc<ArcSwap<CertifiedKey>>,
+    /// When the certificate in force ends (Unix time).
+    not_after: AtomicI64,
     reload: Mutex<Reload<2>>,
 }
 
@@ -32,6 +35,7 @@ impl ServingCert {
         Ok(ServingCert {
             cert: cert.to_path_buf(),
             key: key.to_path_buf(),
+            not_after: AtomicI64::new(not_after(&pair)),
             current: Arc::new(ArcSwap::from_pointee(pair)),
             reload: Mutex::new(Reload::read_now([cert, key])),
         })
@@ -56,10 +60,25 @@ impl ServingCert {
         let loaded = reload.look([&self.cert, &self.key], || load_pair(&self.cert, &self.key))?;
         let changed = loaded.is_some();
         if let Some(pair) = loaded {
+            self.not_after.store(not_after(&pair), Ordering::Relaxed);
             self.current.store(Arc::new(pair));
         }
         Ok(changed)
     }
+}
+
+impl ServingCert {
+    /// When the certificate in force ends (Unix time; 0 if it could not be read).
+    pub fn not_after(&self) -> i64 {
+        self.not_after.load(Ordering::Relaxed)
+    }
+}
+
+fn not_after(pair: &CertifiedKey) -> i64 {
+    pair.cert
+        .first()
+        .and_then(|leaf| x509_parser::parse_x509_certificate(leaf).ok())
+        .map_or(0, |(_, leaf)| leaf.validity().not_after.timestamp())
 }
 
 fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {

@@ -746,3 +746,64 @@ def test_the_readme_says_which_pod_security_level_each_container_meets(mode):
     assert levels["palisade-proxy"] == {}, levels
     assert levels["palisade-init"] == {"baseline": ["capabilities.add"],
                                        "restricted": ["capabilities.add", "runAsNonRoot", "runAsUser", "capabilities"]}, levels
+
+
+def _webhook_pair(secret, now, validity_days=825):
+    """What the chart's palisade.webhookCertificate makes of `secret` (a Secret as `lookup` returns
+    it, or None) at `now`: rendered by Helm in a chart holding only that template, as `lookup`
+    needs a cluster."""
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = pathlib.Path(tmp) / "t"
+        (chart / "templates").mkdir(parents=True)
+        (chart / "Chart.yaml").write_text("apiVersion: v2\nname: t\nversion: 0.1.0\n")
+        helper = CHART / "templates" / "_webhook_certificate.tpl"
+        (chart / "templates" / helper.name).write_text(helper.read_text())
+        (chart / "templates" / "out.yaml").write_text(
+            '{{- $w := include "palisade.webhookCertificate" (dict "secret" .Values.secret "now" (int64 .Values.now)'
+            ' "validityDays" .Values.validity "commonName" "palisade-control.palisade-system.svc"'
+            ' "dnsNames" (list "palisade-control.palisade-system.svc")) | fromYaml }}\n'
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: out}\ndata:\n"
+            "  cert: {{ $w.cert | quote }}\n  ca: {{ $w.ca | quote }}\n  trusted: {{ $w.trusted | quote }}\n"
+            "  notAfter: {{ $w.notAfter | quote }}\n"
+        )
+        with helm_python.Chart.load(str(chart)) as loaded:
+            out = loaded.render({"secret": secret, "now": now, "validity": validity_days}, name="t", namespace=NAMESPACE)
+    return yaml.safe_load(out["t/templates/out.yaml"])["data"]
+
+
+def test_the_generated_webhook_certificate_is_renewed_near_its_end_with_both_cas_trusted_meanwhile():
+    # The chart read a generated webhook Secret back on every upgrade whatever its dates: after
+    # 825 days the API server refused to call the webhook, and no upgrade mended it (outside
+    # tester o2).
+    now = int(datetime.datetime.now(datetime.timezone.utc).timestamp())
+    first = _webhook_pair(None, now)
+    ends = int(first["notAfter"])
+    assert ends == now + 825 * 86400
+    cert = x509.load_pem_x509_certificate(first["cert"].encode())
+    assert abs(cert.not_valid_after_utc.timestamp() - ends) < 86400, "the annotation says when the pair ends"
+    pems = lambda text: x509.load_pem_x509_certificates(text.encode())  # noqa: E731
+    assert pems(first["trusted"]) == pems(first["ca"])
+
+    def secret(pair, not_after):
+        data = {k: base64.b64encode(pair[v].encode()).decode() for k, v in (("tls.crt", "cert"), ("ca.crt", "ca"))}
+        data["tls.key"] = base64.b64encode(b"key").decode()
+        annotations = {} if not_after is None else {"palisade.dev/not-after": str(not_after)}
+        return {"metadata": {"name": "palisade-webhook-tls", "annotations": annotations}, "data": data}
+
+    # Far from its end: kept as it is.
+    kept = _webhook_pair(secret(first, ends), ends - 31 * 86400)
+    assert (kept["cert"], kept["notAfter"]) == (first["cert"], first["notAfter"])
+    assert pems(kept["trusted"]) == pems(first["ca"])
+    # Within 30 days of its end, past it, or of a chart that wrote no end: a new pair, and the old
+    # CA trusted beside the new one.
+    for at, not_after in ((ends - 29 * 86400, ends), (ends + 86400, ends), (now, None)):
+        renewed = _webhook_pair(secret(first, not_after), at)
+        assert renewed["cert"] != first["cert"] and renewed["ca"] != first["ca"]
+        assert int(renewed["notAfter"]) == at + 825 * 86400
+        bundle = x509.load_pem_x509_certificates(renewed["trusted"].encode())
+        cas = [x509.load_pem_x509_certificate(pair["ca"].encode()) for pair in (renewed, first)]
+        assert bundle == cas, "both CAs in the caBundle, the new one first"
+    # A short life is renewed in its last third.
+    short = _webhook_pair(None, now, validity_days=3)
+    later = lambda days: _webhook_pair(secret(short, int(short["notAfter"])), now + days * 86400 + 3600, 3)  # noqa: E731
+    assert later(1)["cert"] == short["cert"] and later(2)["cert"] != short["cert"]
