@@ -43,12 +43,31 @@ POLICY = {
     },
 }
 
+# A webhook CA (`palisade ca init`), for value sets that bring their own webhook certificate.
+WEBHOOK_CA_PEM = """\
+-----BEGIN CERTIFICATE-----
+MIIB4DCCAYWgAwIBAgIQaWa/xiMYVTxbmk6TUUvJozAKBggqhkjOPQQDAjA+MSAw
+HgYDVQQKDBdQYWxpc2FkZSBkZXZlbG9wbWVudCBDQTEaMBgGA1UEAwwRd2ViaG9v
+ay50ZXN0IHJvb3QwHhcNMjYxMjA3MjEwNDU2WhcNMzYxMjA0MjEwOTU2WjA+MSAw
+HgYDVQQKDBdQYWxpc2FkZSBkZXZlbG9wbWVudCBDQTEaMBgGA1UEAwwRd2ViaG9v
+ay50ZXN0IHJvb3QwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAQed6o28QU8q83D
+6wn1dUerFuawjClFTkR2AvXkML6rZyrRFnYqTxIEHn5qOpxTpV3wuTuGegBX/oMi
+6Cx8y7Kgo2UwYzAgBgNVHREEGTAXhhVzcGlmZmU6Ly93ZWJob29rLnRlc3QwDwYD
+VR0PAQH/BAUDAweGADAdBgNVHQ4EFgQUbP9ooQ7j2YavnpupVkJ75wq1od0wDwYD
+VR0TAQH/BAUwAwEB/zAKBggqhkjOPQQDAgNJADBGAiEAyjbAq9zmyPSSVjUr+81A
+i2Gz6vVc/K7F5s3WhOfZ7pcCIQCn/8haDasjpW0ouN23AHJzIvu45YkEzMrN+ICO
+xixgRQ==
+-----END CERTIFICATE-----
+"""
+# What `webhook.caBundle` takes: the base64 of that PEM, on one line.
+WEBHOOK_CA_BUNDLE = base64.b64encode(WEBHOOK_CA_PEM.encode()).decode()
+
 VALUE_SETS = {
     "defaults": {},
     "cert-manager and policies": {"pki": {"source": "certManager"}, "policies": [POLICY]},
     "existing secrets, secret identity, fail open": {
         "pki": {"source": "existing"},
-        "webhook": {"caBundle": "Y2E=", "failurePolicy": "Ignore", "excludeNamespaces": ["legacy"]},
+        "webhook": {"caBundle": WEBHOOK_CA_BUNDLE, "failurePolicy": "Ignore", "excludeNamespaces": ["legacy"]},
         "identity": {"mode": "secret"},
         "sidecar": {
             "excludeOutboundCidrs": ["10.96.0.0/12"], "excludeOutboundPorts": [5432],
@@ -611,9 +630,23 @@ def test_a_trust_bundle_value_carries_a_ca_rotation_to_the_control_plane_and_the
 def test_a_trust_bundle_that_is_no_pem_or_in_secret_mode_fails_the_render_naming_the_value(tmp_path):
     assert "pki.trustBundle: no PEM certificate" in refusal({"pki": {"trustBundle": "the old root and the new"}})
     anchors = mesh_root(tmp_path).read_text()
-    message = refusal({"pki": {"source": "existing", "trustBundle": anchors}, "webhook": {"caBundle": "Y2E="},
+    message = refusal({"pki": {"source": "existing", "trustBundle": anchors}, "webhook": {"caBundle": WEBHOOK_CA_BUNDLE},
                        "identity": {"mode": "secret"}})
     assert "pki.trustBundle: only with identity.mode controlPlane" in message, message
+
+
+def test_a_ca_bundle_is_taken_as_base64_or_pem_and_anything_else_fails_the_render_naming_the_value():
+    # A PEM given as it is, or base64 wrapped at 76 columns, rendered YAML that did not parse and named
+    # nothing; base64 of no certificate rendered a webhook the API server cannot call (outside tester o2).
+    wrapped = "\n".join(WEBHOOK_CA_BUNDLE[i:i + 76] for i in range(0, len(WEBHOOK_CA_BUNDLE), 76))
+    for given in (WEBHOOK_CA_BUNDLE, WEBHOOK_CA_PEM, wrapped):
+        out = render({"pki": {"source": "existing"}, "webhook": {"caBundle": given}})
+        hooks = [d for d in documents(out["palisade/templates/pki.yaml"]) if d["kind"] == "MutatingWebhookConfiguration"]
+        bundle = base64.b64decode(hooks[0]["webhooks"][0]["clientConfig"]["caBundle"]).decode()
+        assert x509.load_pem_x509_certificates(bundle.encode()) == [x509.load_pem_x509_certificate(WEBHOOK_CA_PEM.encode())]
+    for given in ("eA==", "hello world!"):
+        message = refusal({"pki": {"source": "existing"}, "webhook": {"caBundle": given}})
+        assert "webhook.caBundle: not a certificate" in message, message
 
 
 def test_existing_secrets_without_a_ca_bundle_fail_the_render_naming_the_value():
