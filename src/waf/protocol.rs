@@ -66,7 +66,7 @@ pub(crate) fn value(v: &[u8], arg: bool, kind: LocationKind, level: u8) -> Optio
                 while j < v.len() && matches!(v[j], b'\r' | b'\n') {
                     j += 1;
                 }
-                if let Some(lvl) = header_line(&v[j..], level) {
+                if let Some(lvl) = header_line(&v[j..], level, prose_kind(kind)) {
                     return Some(Hit::new(lvl, i, (j + 24).min(v.len())));
                 }
                 if starts_with_ci(&v[j..], b"http/") || METHODS.iter().any(|m| starts_with_ci(&v[j..], m)) {
@@ -110,10 +110,27 @@ fn utf8_len(v: &[u8]) -> usize {
     }
 }
 
+/// Where several lines of text are what users send (a ticket, a recipe, a forwarded e-mail in a
+/// JSON or form body, an upload's field) rather than an anomaly (a query, a header, a cookie).
+fn prose_kind(kind: LocationKind) -> bool {
+    matches!(
+        kind,
+        LocationKind::JsonValue
+            | LocationKind::FormValue
+            | LocationKind::MultipartValue
+            | LocationKind::XmlValue
+            | LocationKind::GrpcField
+            | LocationKind::Body
+    )
+}
+
 /// After a line break: `Name:` (a header being injected), allowing the stray CRs and blanks
 /// attackers put before the colon. Headers that steer a client or a proxy count at 1; any other
-/// `Word:` line (common in text: "Note: ...") from 2.
-fn header_line(line: &[u8], level: u8) -> Option<u8> {
+/// `Word:` line (common in text: "Note: ...") from 2. In text users write (`prose`), a steering
+/// name counts at 1 only with a value shaped as that header's (`Location: /admin`,
+/// `Set-Cookie: sid=x`, `Content-Length: 0`); `Location: Berlin office`, `Cookie: chocolate
+/// chip` and `Host: db-01.internal` in a ticket are lines of text, from 2 (outside tester o1).
+fn header_line(line: &[u8], level: u8, prose: bool) -> Option<u8> {
     let name_end =
         line.iter().position(|&b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_')).unwrap_or(line.len());
     if name_end == 0 || name_end > 64 {
@@ -156,8 +173,45 @@ fn header_line(line: &[u8], level: u8) -> Option<u8> {
         b"access-control-allow-credentials",
     ];
     let name = &line[..name_end];
-    let lvl = if STEERING.iter().any(|h| name.eq_ignore_ascii_case(h)) { 1 } else { 2 };
+    let steering = STEERING.iter().any(|h| name.eq_ignore_ascii_case(h));
+    let rest = &line[j + 1..];
+    let value_end = rest.iter().position(|&b| matches!(b, b'\r' | b'\n')).unwrap_or(rest.len());
+    let lvl = if steering && (!prose || header_shaped(name, rest[..value_end].trim_ascii())) { 1 } else { 2 };
     (lvl <= level).then_some(lvl)
+}
+
+/// Whether `value` reads as the value of the steering header `name` rather than as text: one
+/// token, or the header's own grammar.
+fn header_shaped(name: &[u8], value: &[u8]) -> bool {
+    let is = |h: &str| name.eq_ignore_ascii_case(h.as_bytes());
+    let one_token = !value.is_empty() && !value.iter().any(|b| b.is_ascii_whitespace());
+    if is("location") || is("content-location") {
+        return one_token && (value.starts_with(b"/") || value.contains(&b':') || value.contains(&b'/'));
+    }
+    if is("refresh") {
+        return value.first().is_some_and(u8::is_ascii_digit);
+    }
+    if is("set-cookie") || is("cookie") {
+        // `sid=abc; Path=/`: a name, `=`, and no blank before it.
+        let first = value.split(|&b| b == b';').next().unwrap_or_default();
+        return first.contains(&b'=') && !first.split(|&b| b == b'=').next().unwrap_or_default().contains(&b' ');
+    }
+    if is("content-type") {
+        let ty = value.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+        return ty.contains(&b'/') && !ty.contains(&b' ');
+    }
+    if is("content-length") {
+        return !value.is_empty() && value.iter().all(u8::is_ascii_digit);
+    }
+    if is("authorization") {
+        return value.split(|&b| b == b' ').count() == 2 && !value.ends_with(b".");
+    }
+    if is("via") {
+        return value.first().is_some_and(u8::is_ascii_digit) || starts_with_ci(value, b"http/");
+    }
+    // Host, the forwarding headers, connection, upgrade, transfer-encoding, the CORS and CSP
+    // headers: a single token (a host, an address, a keyword, a URL).
+    one_token && !value.ends_with(b".") && !value.ends_with(b",")
 }
 
 /// `GET http://host/ HTTP/1.1` inside a parameter: a request for a proxy or a backend to split.
@@ -187,6 +241,12 @@ mod tests {
             b"caf\xc3\xa9 \xe2\x82\xac",
             b"tab\there",
             b"Dear team,\r\nthanks: all",
+            b"Hi team,\nLocation: Berlin office, 3rd floor\nThe printer is broken.",
+            b"Our setup:\nHost: the old database server\nPort: 5432",
+            b"Ingredients\nCookie: chocolate chip\nFlour: 200g",
+            b"Route\nVia: Frankfurt hub",
+            b"Agenda\nConnection: zoom link below",
+            b"Note\nAuthorization: ask your manager first.",
         ] {
             assert_eq!(value(s, true, LocationKind::JsonValue, 1), None, "{s:?}");
         }
@@ -207,6 +267,21 @@ mod tests {
         assert!(pl1(b"\xc0\xaf", LocationKind::QueryValue));
         assert!(pl1(b"\xe2\xa3", LocationKind::QueryValue));
         assert!(value(b"/foo%0Abar", false, LocationKind::Path, 1).is_some());
+        // In a body's text, a steering header with its own value's shape is still an injection;
+        // in a query, any steering name after a line break.
+        for s in [
+            &b"x\r\nLocation: http://evil.example/"[..],
+            b"x\nSet-Cookie: sid=attacker; Path=/",
+            b"x\r\nContent-Length: 0\r\n\r\nHTTP/1.1 200 OK",
+            b"x\nHost: evil.example",
+            b"x\nX-Forwarded-For: 127.0.0.1",
+            b"x\nRefresh: 0;url=http://evil.example/",
+            b"x\nContent-Type: text/html",
+        ] {
+            assert!(pl1(s, LocationKind::JsonValue), "{:?}", String::from_utf8_lossy(s));
+        }
+        assert!(pl1(b"x\nLocation: Berlin office", LocationKind::QueryValue));
+        assert!(value(b"x\nLocation: Berlin office", true, LocationKind::JsonValue, 2).is_some(), "text from 2");
         assert!(encoding(b"a=%uff0F", 1, false).is_some());
         assert!(encoding(b"a=%zz", 1, false).is_some());
         assert_eq!(encoding(b"a=%zz", 1, true), None);
