@@ -204,6 +204,8 @@ fn script_code(v: &[u8]) -> Option<Hit> {
                 if starts_with_ci(&v[j..], b"function") && gaps.skip(j + 8) < n && v[gaps.skip(j + 8)] == b'(' {
                     return Some(Hit::new(1, i, (j + 9).min(n)));
                 }
+            } else if word.eq_ignore_ascii_case(b"constructor") && function_constructor(v, &gaps, i, end) {
+                return Some(Hit::new(1, i.saturating_sub(1), (end + 16).min(n)));
             } else if (word.eq_ignore_ascii_case(b"call") || word.eq_ignore_ascii_case(b"apply"))
                 && i > 0
                 && v[i - 1] == b'.'
@@ -221,6 +223,20 @@ fn script_code(v: &[u8]) -> Option<Hit> {
         i += 1;
     }
     None
+}
+
+/// The Function constructor reached from any object, the way out of a template sandbox
+/// (AngularJS `{{constructor.constructor(x)()}}`, `{{$on.constructor(1+'')()}}`): a
+/// `constructor` of a `constructor`, or a `.constructor(...)` whose result is called. The code
+/// it runs may be built from character codes, so no quoted `alert` need be there (outside
+/// tester o1).
+fn function_constructor(v: &[u8], gaps: &JsGaps<'_>, start: usize, end: usize) -> bool {
+    let j = gaps.skip(end);
+    if v.get(j) == Some(&b'.') && starts_with_ci(&v[gaps.skip(j + 1)..], b"constructor") {
+        return true;
+    }
+    let member = start > 0 && v[start - 1] == b'.';
+    member && v.get(j) == Some(&b'(') && find_ci(v, b")(", j).is_some()
 }
 
 fn ends_with_ci(v: &[u8], suffix: &[u8]) -> bool {
@@ -553,6 +569,23 @@ mod tests {
             "<body onload=alert(1)>",
         ] {
             assert!(xss(s, 1), "{s}");
+        }
+    }
+
+    /// AngularJS sandbox escapes that build their code from character codes (outside tester
+    /// o1: the quoted forms were caught, these passed).
+    #[test]
+    fn the_function_constructor_reached_from_a_template_is_caught() {
+        for s in [
+            "{{x=valueOf.name.constructor.fromCharCode;constructor.constructor(x(97,108,101,114,116,40,49,41))()}}",
+            "{{constructor.constructor(x)()}}",
+            "{{$on.constructor(1+'')()}}",
+            "{{a.constructor . constructor(b)()}}",
+        ] {
+            assert!(xss(s, 1), "{s}");
+        }
+        for s in ["the constructor of the building", "class A { constructor(x) { this.x = x } }", "{{ user.name }}"] {
+            assert!(!xss(s, 1), "{s}");
         }
     }
 
