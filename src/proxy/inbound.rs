@@ -31,8 +31,12 @@ use crate::policy::{
 };
 use crate::telemetry::Telemetry;
 
-/// An HTTP/2 app's stream flow-control window (see `upstream_peer`).
-const APP_STREAM_WINDOW: u32 = 256 * 1024;
+/// An HTTP/2 app's stream flow-control window (see `upstream_peer`). What an answer a caller
+/// stopped reading holds here, with the send buffer and the pieces between: 256 KiB made that
+/// 0.62-0.73 MB per stalled gRPC stream, which the memory guard does not cut (outside tester
+/// o3); 128 KiB makes it 0.5-0.58 MB for 8% less of one stream's bulk throughput
+/// (docs/benchmarks.md), 64 KiB 0.4 MB for 20% less.
+const APP_STREAM_WINDOW: u32 = 128 * 1024;
 /// Every stream's window at once, so answers their callers stopped reading leave the rest of the
 /// connection to the other requests on it.
 const APP_CONNECTION_WINDOW: u32 = APP_STREAM_WINDOW * 128;
