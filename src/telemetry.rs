@@ -79,6 +79,8 @@ pub struct AccessRecord<'a> {
     pub ratelimit_delay: Option<std::time::Duration>,
     /// The end user: the verified token's `<iss>/<sub>` (`request_principal`, only when there was one).
     pub request_principal: Option<&'a str>,
+    /// A gRPC call's status (`grpc_status`, only when the answer carried one).
+    pub grpc_status: Option<u16>,
 }
 
 /// One relayed TCP connection (not HTTP) as the access log tells it, when it ended.
@@ -272,6 +274,9 @@ impl Telemetry {
             line.extend_from_slice(b",\"request_principal\":");
             text(&mut line, &reported(user));
         }
+        if let Some(code) = r.grpc_status {
+            let _ = write!(line, ",\"grpc_status\":{code}");
+        }
         line.extend_from_slice(b"}\n");
         lines.send_line(line);
     }
@@ -356,6 +361,7 @@ mod tests {
             request_id: "r",
             ratelimit_delay: None,
             request_principal: None,
+            grpc_status: None,
         };
         telemetry.access(record());
         telemetry.events.emit(SecurityEvent::PolicyApplied { version: "v1".into(), policies: vec![] });

@@ -836,6 +836,53 @@ async fn a_grpc_client_sees_an_attack_in_its_message_refused_as_permission_denie
     s.shutdown();
 }
 
+/// A gRPC call's own status, which an HTTP 200 hides: both sidecars' access logs carry it, from
+/// the trailers of a call that answered and from the only header of one that failed at once
+/// (outside tester o3: NOT_FOUND, INTERNAL and DEADLINE_EXCEEDED were logged as plain successes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_calls_status_is_in_both_sidecars_access_logs() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let (_reporter, app) = grpc_health_app(&["orders"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (log_a, log_b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    let (sink_a, sink_b) = (log_a.clone(), log_b.clone());
+    let pair = Pair::start_configured(
+        EchoApp::start().await,
+        |a| a.telemetry.access_log_sink = palisade::config::EventSink::File(sink_a),
+        |b| {
+            b.inbound.app.0 = app;
+            b.telemetry.access_log_sink = palisade::config::EventSink::File(sink_b);
+        },
+    )
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", pair.a.outbound))
+        .unwrap()
+        .origin(format!("http://{B_AUTHORITY}").parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let mut client = HealthClient::new(channel);
+    client.check(HealthCheckRequest { service: "orders".into() }).await.unwrap();
+    let missing = client.check(HealthCheckRequest { service: "billing".into() }).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    for (side, log) in [("a", &log_a), ("b", &log_b)] {
+        let statuses = || {
+            let mut seen: Vec<(Value, Value)> = read_jsonl(log)
+                .into_iter()
+                .filter(|l| l["path"] == "/grpc.health.v1.Health/Check")
+                .map(|l| (l["status"].clone(), l["grpc_status"].clone()))
+                .collect();
+            seen.sort_by_key(|(_, g)| g.as_u64());
+            seen
+        };
+        let logged = eventually(async || statuses().len() == 2).await;
+        assert!(logged, "{side}: {:?}", read_jsonl(log));
+        assert_eq!(statuses(), vec![(json!(200), json!(0)), (json!(200), json!(5))], "{side}: {:?}", read_jsonl(log));
+    }
+    pair.shutdown();
+}
+
 /// gRPC-Web as a browser's client sends it (over HTTP/1.1; the frames in base64 in grpc-web's
 /// default text mode, or binary) to a real gRPC-Web server (tonic-web): an ordinary call is
 /// answered, one with an attack is refused before the app sees it, as `PERMISSION_DENIED`, and

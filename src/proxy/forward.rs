@@ -97,7 +97,7 @@ pub async fn exchange(
     expects_continue: bool,
     first: Option<(Bytes, bool)>,
     timeouts: &super::CallerTimeouts,
-) -> pingora::Result<()> {
+) -> pingora::Result<Option<u16>> {
     let body_timeout = timeouts.body;
     // A gRPC stream may rightly say nothing for long (a watch, a subscription), and gRPC has
     // deadlines of its own: its silence is not timed, as the inbound side does not time it.
@@ -161,9 +161,11 @@ pub async fn exchange(
                 Event::Header(header, end) => {
                     let mut header = downstream_header(session, header, end)?;
                     super::frame_for_http10(session, &mut header);
+                    // A gRPC call that failed before any message: its status is in this header.
+                    let grpc = if end { super::record::grpc_status(&header.headers) } else { None };
                     write_header(session, header, end).await?;
                     if end {
-                        return Ok(());
+                        return Ok(grpc);
                     }
                     caller_may_pipeline = !session.is_http2();
                 }
@@ -173,6 +175,7 @@ pub async fn exchange(
                     stalled.as_mut().reset(tokio::time::Instant::now() + body_timeout);
                 }
                 Event::End(trailers) => {
+                    let grpc = trailers.as_ref().and_then(super::record::grpc_status);
                     match trailers {
                         Some(trailers) if session.is_http2() => {
                             session.write_response_trailers(trailers).await.map_err(Error::into_down)?
@@ -180,7 +183,7 @@ pub async fn exchange(
                         _ => timeouts.write_body(session, Some(Bytes::new()), true).await?,
                     }
                     // Whatever the app had not sent yet is no longer wanted (RFC 9113 §8.1).
-                    return Ok(());
+                    return Ok(grpc);
                 }
             }
         }

@@ -753,8 +753,10 @@ impl ProxyHttp for Inbound {
         &self,
         session: &mut Session,
         upstream: &mut ResponseHeader,
-        _ctx: &mut InboundCtx,
+        ctx: &mut InboundCtx,
     ) -> pingora::Result<()> {
+        // A gRPC call that failed before any message (trailers-only): its status is here.
+        ctx.request.grpc_status = record::grpc_status(&upstream.headers);
         // The app's upgrades are the sidecar's own (`upgrade::exchange`); one here answers a
         // request that asked for none it may take (HTTP/1.0, h2c), and passed on it would leave
         // the caller waiting on a stream that never opens.
@@ -767,6 +769,16 @@ impl ProxyHttp for Inbound {
         }
         super::passed_answer(session, upstream);
         Ok(())
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut InboundCtx,
+    ) -> pingora::Result<Option<Bytes>> {
+        ctx.request.grpc_status = record::grpc_status(trailers).or(ctx.request.grpc_status);
+        Ok(None)
     }
 
     fn fail_to_connect(

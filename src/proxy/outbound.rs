@@ -335,7 +335,7 @@ impl ProxyHttp for Outbound {
             let (mut upstream, reused) = connector.open_stream().await.map_err(Error::into_up)?;
             ctx.destination = upstream.destination();
             let request = self.mesh_request(session, ctx, false)?;
-            let Err(mut e) = forward::exchange(
+            let mut e = match forward::exchange(
                 session,
                 &mut upstream,
                 request,
@@ -344,8 +344,12 @@ impl ProxyHttp for Outbound {
                 &self.caller_timeouts,
             )
             .await
-            else {
-                return Ok(true);
+            {
+                Ok(grpc_status) => {
+                    ctx.request.grpc_status = grpc_status;
+                    return Ok(true);
+                }
+                Err(e) => e,
             };
             if retried || !(super::may_send_again(&mut e, reused, session) && session.is_body_empty()) {
                 return Err(e);

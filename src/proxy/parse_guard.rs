@@ -255,6 +255,7 @@ fn record_unparsed(
             request_id,
             ratelimit_delay: None,
             request_principal: None,
+            grpc_status: None,
         });
     }
 }

@@ -38,6 +38,9 @@ pub struct RequestCtx {
     pub failed_upstream: bool,
     /// The caller's verified token (inbound), for the events and the access log's end user.
     pub token: Option<crate::authn::Verified>,
+    /// A gRPC answer's status (`grpc-status`, from its trailers or a trailers-only header): a
+    /// failed call is an HTTP 200 (outside tester o3 found them all logged as successes).
+    pub grpc_status: Option<u16>,
 }
 
 impl RequestCtx {
@@ -53,6 +56,7 @@ impl RequestCtx {
             ratelimit_delay: None,
             failed_upstream: false,
             token: None,
+            grpc_status: None,
         }
     }
 
@@ -287,6 +291,16 @@ impl Default for RequestCtx {
     }
 }
 
+/// The `grpc-status` a gRPC answer ends with, in its trailers or (a call that failed before any
+/// message) its only header; `None` for anything else.
+pub fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
+    let value = headers.get("grpc-status")?.as_bytes();
+    if value.is_empty() || value.len() > 2 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
 /// Standard methods by name; anything else is `OTHER`, so a client cannot grow the label set.
 pub fn method_label(method: &http::Method) -> &'static str {
     use http::Method;
@@ -358,6 +372,7 @@ pub fn finish(
             request_id: ctx.id.as_str(),
             ratelimit_delay: ctx.ratelimit_delay,
             request_principal: ctx.token.as_ref().map(|t| t.principal()),
+            grpc_status: ctx.grpc_status,
         });
     }
     if let Some(span) = ctx.span.take() {
@@ -385,6 +400,7 @@ pub fn finish(
             rule: named.as_ref().map(|(_, rule)| rule.as_str()),
             principal: peer,
             request_id: ctx.id.as_str(),
+            grpc_status: ctx.grpc_status,
         });
     }
 }

@@ -294,6 +294,8 @@ pub struct SpanEnd<'a> {
     pub rule: Option<&'a str>,
     pub principal: &'a str,
     pub request_id: &'a str,
+    /// A gRPC call's status, when the answer carried one.
+    pub grpc_status: Option<u16>,
 }
 
 impl RequestSpan {
@@ -365,15 +367,26 @@ impl RequestSpan {
             let path = super::reported(end.path);
             // Server spans fail on 5xx, client spans on any 4xx or 5xx (semantic conventions).
             let client_span = end.server.is_some();
-            let failed = end.status >= 500 || end.status == 0 || (client_span && end.status >= 400);
+            // gRPC's own status, by its semantic conventions: a client span fails on any code
+            // but OK, a server span on the codes that are the server's fault.
+            let grpc_failed = end.grpc_status.is_some_and(|code| match client_span {
+                true => code != 0,
+                false => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+            });
+            let failed = end.status >= 500 || end.status == 0 || (client_span && end.status >= 400) || grpc_failed;
             if end.status != 0 {
                 attributes.push(KeyValue::new("http.response.status_code", end.status as i64));
             }
+            if let Some(code) = end.grpc_status {
+                attributes.push(KeyValue::new("rpc.system", "grpc"));
+                attributes.push(KeyValue::new("rpc.grpc.status_code", code as i64));
+            }
             if failed {
                 // The status as text, or, with no answer at all, an identifier of that.
-                attributes.push(match end.status {
-                    0 => KeyValue::new("error.type", "no_response"),
-                    status => KeyValue::new("error.type", status.to_string()),
+                attributes.push(match (end.status, end.grpc_status) {
+                    (0, _) => KeyValue::new("error.type", "no_response"),
+                    (200, Some(code)) => KeyValue::new("error.type", format!("grpc_{code}")),
+                    (status, _) => KeyValue::new("error.type", status.to_string()),
                 });
             }
             match end.server {
