@@ -40,6 +40,7 @@ fn end() -> SpanEnd<'static> {
         rule: None,
         principal: "spiffe://cluster.local/ns/shop/sa/frontend",
         request_id: "0123456789abcdef0123456789abcdef",
+        grpc_status: None,
     }
 }
 
