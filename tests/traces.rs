@@ -312,6 +312,44 @@ async fn a_request_no_app_answers_fails_both_spans_with_its_status_as_error_type
     pair.shutdown();
 }
 
+/// A failed gRPC call is an HTTP 200: its own status makes the spans (outside tester o3 found
+/// them unset, the calls counted as successes). NOT_FOUND fails the client span only (a server
+/// span fails on the server's faults), and both carry `rpc.grpc.status_code`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_grpc_call_carries_its_status_and_fails_the_client_span() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let (collector, addr) = grpc_collector().await;
+    let endpoint = format!("http://{addr}");
+    let (_reporter, app) = grpc_health_app(&["orders"]).await;
+    let pair = Pair::start_configured(EchoApp::start().await, otlp(endpoint.clone(), OtlpProtocol::Grpc, 1.0), |c| {
+        otlp(endpoint.clone(), OtlpProtocol::Grpc, 1.0)(c);
+        c.inbound.app.0 = app;
+    })
+    .await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", pair.a.outbound))
+        .unwrap()
+        .origin(format!("http://{B_AUTHORITY}").parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let missing = HealthClient::new(channel).check(HealthCheckRequest { service: "billing".into() }).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    let spans = collector.wait_for(2).await;
+    let outbound = spans.iter().find(|s| s.kind == SpanKind::Client as i32).expect("sidecar A's client span");
+    let inbound = spans.iter().find(|s| s.kind == SpanKind::Server as i32).expect("sidecar B's server span");
+    for span in [outbound, inbound] {
+        assert_eq!(span.attributes["http.response.status_code"], "200", "{span:?}");
+        assert_eq!(
+            (span.attributes["rpc.system"].as_str(), span.attributes["rpc.grpc.status_code"].as_str()),
+            ("grpc", "5")
+        );
+    }
+    assert!(outbound.error && outbound.attributes["error.type"] == "grpc_5", "{outbound:?}");
+    assert!(!inbound.error && !inbound.attributes.contains_key("error.type"), "{inbound:?}");
+    pair.shutdown();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_request_names_its_policy_and_rule_and_the_event_carries_the_trace_id() {
     let (collector, addr) = grpc_collector().await;
