@@ -205,13 +205,16 @@ fn grpc_trailers(status: u16, code: &str, request_id: &RequestId) -> http::Heade
 }
 
 /// The gRPC status code (`google.rpc.Code`) gRPC's clients infer from an HTTP status
-/// (gRPC's "HTTP to gRPC status code mapping"), so every client reads one refusal alike.
+/// (gRPC's "HTTP to gRPC status code mapping"), so every client reads one refusal alike; a
+/// message or head too large is `RESOURCE_EXHAUSTED`, as a gRPC server answers a message past
+/// its limit (the table's `UNKNOWN` left callers guessing; outside tester o3).
 fn grpc_status(http: u16) -> u8 {
     match http {
         400 => 13,             // INTERNAL
         401 => 16,             // UNAUTHENTICATED
         403 => 7,              // PERMISSION_DENIED
         404 => 12,             // UNIMPLEMENTED
+        413 | 414 | 431 => 8,  // RESOURCE_EXHAUSTED
         429 | 502..=504 => 14, // UNAVAILABLE
         _ => 2,                // UNKNOWN
     }
@@ -447,5 +450,16 @@ mod tests {
         assert_eq!(lines, vec![0; FAILURE_LINES_PER_SECOND as usize], "ten lines, none missed before them");
         assert_eq!(log.admit(101), Some(15), "the next second's first line counts the fifteen");
         assert_eq!(log.admit(101), Some(0));
+    }
+
+    /// gRPC's table for the refusals its clients share; a message too large is what a gRPC
+    /// server answers for one (RESOURCE_EXHAUSTED), not UNKNOWN.
+    #[test]
+    fn refusals_map_to_the_codes_grpc_clients_expect() {
+        let codes: Vec<(u16, u8)> = [400, 401, 403, 404, 413, 429, 431, 503, 500].map(|s| (s, grpc_status(s))).into();
+        assert_eq!(
+            codes,
+            vec![(400, 13), (401, 16), (403, 7), (404, 12), (413, 8), (429, 14), (431, 8), (503, 14), (500, 2)]
+        );
     }
 }
