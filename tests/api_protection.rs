@@ -883,6 +883,48 @@ async fn a_grpc_calls_status_is_in_both_sidecars_access_logs() {
     pair.shutdown();
 }
 
+/// A gRPC stream whose app goes away mid-answer (it crashed; or a peer sidecar's drain ended):
+/// the caller reads the messages so far and then `UNAVAILABLE` in trailers, which gRPC's retry
+/// policies retry; the reset it got read as `CANCELLED`, as if the caller had cancelled
+/// (outside tester o3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_answer_the_app_breaks_off_ends_unavailable_not_cancelled() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut connection = h2::server::handshake(tcp).await.unwrap();
+        let Some(Ok((_request, mut respond))) = connection.accept().await else { return };
+        let head = http::Response::builder().header("content-type", "application/grpc").body(()).unwrap();
+        let mut stream = respond.send_response(head, false).unwrap();
+        stream.send_data(bytes::Bytes::from(grpc_frame(&proto_string(1, b"first"))), false).unwrap();
+        // Let the message out, then go away as a crashed app does: the connection closes.
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(200), connection.accept()).await;
+        drop(stream);
+        drop(connection);
+    });
+    let (s, mut client) = sidecar_of_h2_app(app, &waf_policy("{mode: BLOCK}")).await;
+    let request = http::Request::post("http://orders.shop/t.T/Stream")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (answer, mut send) = client.send_request(request, false).unwrap();
+    send.send_data(bytes::Bytes::from(grpc_frame(&proto_string(1, b"hello"))), true).unwrap();
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut body = answer.into_body();
+    let mut got = Vec::new();
+    while let Some(piece) = body.data().await {
+        got.extend_from_slice(&piece.expect("the stream ends with trailers, not a reset"));
+    }
+    assert_eq!(got, grpc_frame(&proto_string(1, b"first")), "the message the app sent");
+    let trailers = body.trailers().await.expect("trailers, not a reset").expect("trailers");
+    assert_eq!(trailers["grpc-status"], "14", "{trailers:?}");
+    assert!(trailers["grpc-message"].to_str().unwrap().starts_with("bad_gateway (request id "), "{trailers:?}");
+    s.shutdown();
+}
+
 /// gRPC-Web as a browser's client sends it (over HTTP/1.1; the frames in base64 in grpc-web's
 /// default text mode, or binary) to a real gRPC-Web server (tonic-web): an ordinary call is
 /// answered, one with an attack is refused before the app sees it, as `PERMISSION_DENIED`, and

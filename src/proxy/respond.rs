@@ -375,9 +375,20 @@ pub async fn fail(session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> Fai
             super::is_grpc(r)
                 && !crate::policy::rpc_over_http1(r.headers.get(http::header::CONTENT_TYPE).map(|t| t.as_bytes()))
         };
-        if let Some(refusal) = ctx.refusal.as_ref().filter(|_| session.is_http2() && native_grpc(session.req_header()))
-        {
-            let trailers = grpc_trailers(refusal.status(), refusal.code(), &ctx.id);
+        // So too an answer the app or the peer broke off (an app that died, a peer sidecar whose
+        // drain ended): `UNAVAILABLE`, which gRPC's retry policies retry, where the reset read
+        // as `CANCELLED`, the caller's own doing (outside tester o3).
+        let broken_off = || {
+            ErrorKind::classify(e)
+                .filter(|k| {
+                    e.esource() == &ErrorSource::Upstream
+                        && matches!(k, ErrorKind::BadGateway | ErrorKind::GatewayTimeout)
+                })
+                .map(|k| (k.status(), k.code()))
+        };
+        let ending = ctx.refusal.as_ref().map(|r| (r.status(), r.code())).or_else(broken_off);
+        if let Some((status, code)) = ending.filter(|_| session.is_http2() && native_grpc(session.req_header())) {
+            let trailers = grpc_trailers(status, code, &ctx.id);
             if let Err(write_error) = session.downstream_session.write_response_trailers(trailers).await {
                 tracing::debug!(error = %write_error, "could not end the answer with the refusal");
             }
