@@ -128,8 +128,9 @@ fn prose_kind(kind: LocationKind) -> bool {
 /// attackers put before the colon. Headers that steer a client or a proxy count at 1; any other
 /// `Word:` line (common in text: "Note: ...") from 2. In text users write (`prose`), a steering
 /// name counts at 1 only with a value shaped as that header's (`Location: /admin`,
-/// `Set-Cookie: sid=x`, `Content-Length: 0`); `Location: Berlin office`, `Cookie: chocolate
-/// chip` and `Host: db-01.internal` in a ticket are lines of text, from 2 (outside tester o1).
+/// `Set-Cookie: sid=x`, `Content-Length: 0`, `Host: db-01.internal`); `Location: Berlin office`,
+/// `Cookie: chocolate chip` and `Connection: refused` in a ticket are lines of text, from 2
+/// (outside tester o1).
 fn header_line(line: &[u8], level: u8, prose: bool) -> Option<u8> {
     let name_end =
         line.iter().position(|&b| !(b.is_ascii_alphanumeric() || b == b'-' || b == b'_')).unwrap_or(line.len());
@@ -176,42 +177,75 @@ fn header_line(line: &[u8], level: u8, prose: bool) -> Option<u8> {
     let steering = STEERING.iter().any(|h| name.eq_ignore_ascii_case(h));
     let rest = &line[j + 1..];
     let value_end = rest.iter().position(|&b| matches!(b, b'\r' | b'\n')).unwrap_or(rest.len());
-    let lvl = if steering && (!prose || header_shaped(name, rest[..value_end].trim_ascii())) { 1 } else { 2 };
+    // A value folded onto the next line (obs-fold, which user agents unfold) is the header's.
+    let after = &rest[value_end..];
+    let next_line = &after[after.iter().position(|&b| !matches!(b, b'\r' | b'\n')).unwrap_or(after.len())..];
+    let folded =
+        after.first().is_some_and(|&b| b == b'\r' || b == b'\n') && matches!(next_line.first(), Some(b' ' | b'\t'));
+    let value = rest[..value_end].trim_ascii();
+    let shaped = value.is_empty() || folded || header_shaped(name, value);
+    let lvl = if steering && (!prose || shaped) { 1 } else { 2 };
     (lvl <= level).then_some(lvl)
 }
 
-/// Whether `value` reads as the value of the steering header `name` rather than as text: one
-/// token, or the header's own grammar.
+/// Whether `value` reads as the value of the steering header `name` rather than as text: the
+/// header's own grammar, as leniently as the clients that take it (a cookie name with blanks
+/// around it, a `Location` of `\\host`, a `Refresh` of `.5`, a list of forwarding addresses).
 fn header_shaped(name: &[u8], value: &[u8]) -> bool {
     let is = |h: &str| name.eq_ignore_ascii_case(h.as_bytes());
-    let one_token = !value.is_empty() && !value.iter().any(|b| b.is_ascii_whitespace());
+    let token = |t: &[u8]| !t.is_empty() && !t.iter().any(|b| b.is_ascii_whitespace());
+    let list = |value: &[u8]| value.split(|&b| b == b',').all(|e| token(e.trim_ascii()));
+    let known = |value: &[u8], words: &[&str]| {
+        value.split(|&b| b == b',').any(|e| words.iter().any(|w| e.trim_ascii().eq_ignore_ascii_case(w.as_bytes())))
+    };
     if is("location") || is("content-location") {
-        return one_token && (value.starts_with(b"/") || value.contains(&b':') || value.contains(&b'/'));
+        // A path, a network path (`//`, or `\\`, which URL parsers read alike), or a scheme.
+        let scheme = value.iter().position(|&b| b == b':').is_some_and(|c| {
+            c > 0 && value[..c].iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        });
+        return value.starts_with(b"/") || value.starts_with(b"\\") || scheme;
     }
     if is("refresh") {
-        return value.first().is_some_and(u8::is_ascii_digit);
+        return value.first().is_some_and(|b| b.is_ascii_digit() || *b == b'.');
     }
     if is("set-cookie") || is("cookie") {
-        // `sid=abc; Path=/`: a name, `=`, and no blank before it.
+        // `sid=abc; Path=/`, `sid =abc`: a name (blanks around it are trimmed), `=`.
         let first = value.split(|&b| b == b';').next().unwrap_or_default();
-        return first.contains(&b'=') && !first.split(|&b| b == b'=').next().unwrap_or_default().contains(&b' ');
+        return first.iter().position(|&b| b == b'=').is_some_and(|eq| token(first[..eq].trim_ascii()));
     }
     if is("content-type") {
         let ty = value.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
-        return ty.contains(&b'/') && !ty.contains(&b' ');
+        return token(ty) && ty.contains(&b'/');
     }
     if is("content-length") {
-        return !value.is_empty() && value.iter().all(u8::is_ascii_digit);
+        return value.iter().all(u8::is_ascii_digit);
     }
     if is("authorization") {
-        return value.split(|&b| b == b' ').count() == 2 && !value.ends_with(b".");
+        return value.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).count() == 2
+            && !value.ends_with(b".");
     }
     if is("via") {
         return value.first().is_some_and(u8::is_ascii_digit) || starts_with_ci(value, b"http/");
     }
-    // Host, the forwarding headers, connection, upgrade, transfer-encoding, the CORS and CSP
-    // headers: a single token (a host, an address, a keyword, a URL).
-    one_token && !value.ends_with(b".") && !value.ends_with(b",")
+    if is("host") || is("x-forwarded-host") || is("x-forwarded-server") {
+        // A host (a name with a dot, a port, an IPv6 address), a trailing dot allowed.
+        return token(value) && value.iter().any(|b| matches!(b, b'.' | b':' | b'['));
+    }
+    if is("transfer-encoding") {
+        return list(value) && known(value, &["chunked", "gzip", "deflate", "compress", "identity", "br", "zstd"]);
+    }
+    if is("connection") {
+        return list(value) && (known(value, &["close", "keep-alive", "upgrade", "te"]) || value.contains(&b'-'));
+    }
+    if is("upgrade") {
+        let protocol = |e: &[u8]| {
+            let e = e.trim_ascii();
+            ["websocket", "h2c", "http/", "tls/"].iter().any(|p| starts_with_ci(e, p.as_bytes()))
+        };
+        return list(value) && value.split(|&b| b == b',').any(protocol);
+    }
+    // The forwarding headers (a list of addresses), the CORS and CSP headers: tokens in a list.
+    list(value) && !value.ends_with(b".")
 }
 
 /// `GET http://host/ HTTP/1.1` inside a parameter: a request for a proxy or a backend to split.
@@ -247,6 +281,8 @@ mod tests {
             b"Route\nVia: Frankfurt hub",
             b"Agenda\nConnection: zoom link below",
             b"Note\nAuthorization: ask your manager first.",
+            b"Error log\nConnection: refused",
+            b"Status\nUpgrade: pending",
         ] {
             assert_eq!(value(s, true, LocationKind::JsonValue, 1), None, "{s:?}");
         }
@@ -277,6 +313,16 @@ mod tests {
             b"x\nX-Forwarded-For: 127.0.0.1",
             b"x\nRefresh: 0;url=http://evil.example/",
             b"x\nContent-Type: text/html",
+            // Folded, a blank before `=`, `\\host`, `.5`, a trailing dot, lists (review).
+            b"x\r\nSet-Cookie:\r\n sid=attacker; Path=/",
+            b"x\r\nSet-Cookie: sid =attacker; Path=/",
+            b"x\r\nLocation: \\\\evil.example",
+            b"x\r\nLocation: https://evil.example/ x",
+            b"x\r\nRefresh: .5;url=https://evil.example/",
+            b"x\r\nHost: evil.example.",
+            b"x\r\nX-Forwarded-For: 127.0.0.1, 127.0.0.1",
+            b"x\r\nTransfer-Encoding: gzip, chunked",
+            b"x\r\nAuthorization: Basic  YWRtaW46YWRtaW4=",
         ] {
             assert!(pl1(s, LocationKind::JsonValue), "{:?}", String::from_utf8_lossy(s));
         }

@@ -19,23 +19,65 @@ pub(crate) fn check(v: &[u8], shape: Shape, libinjection: bool, level: u8) -> Op
         if let Some(hit) = libinjection_from(v, 0, level) {
             return Some(hit);
         }
-        // Text before the first quote of a kind is one string token to that quote's context,
-        // however long: padding there must not push the break-out past what is read (outside
-        // tester o1: 2,060 bytes, then `' or 1=1--`, passed). Padding cannot hold the quote it
-        // breaks out with (the query would not parse), so the context is read again from that
-        // quote, not from the padding's start (whose tokens cost up to 9 ms per 64 KiB).
+        // Text before the quote that breaks out is one string token to that quote's context,
+        // however long, and blanks or comments after it are nothing: padding on either side
+        // must not push the break-out past what is read (outside tester o1: 2,060 bytes, then
+        // `' or 1=1--`, passed; the review: `x''<pad>' or 1=1--`, `x'<3,000 blanks>or 1=1--`).
+        // The quote that breaks out is the first the string cannot hold: not doubled (`''` is a
+        // quote inside it), and, where backslashes escape (MySQL), not after one; the padding
+        // holds no other, or the query would not parse. Read from there, not from the padding's
+        // start (whose tokens cost up to 9 ms per 64 KiB), with a long gap after it left out.
         for q in [b'\'', b'"'] {
-            let far = shape
-                .has(Shape::mask(&[q]))
-                .then(|| find_either(v, 0, q, q))
-                .flatten()
-                .filter(|&at| at >= LIBINJECTION_PREFIX / 2);
-            if let Some(hit) = far.and_then(|at| libinjection_from(v, at, level)) {
-                return Some(hit);
+            if !shape.has(Shape::mask(&[q])) {
+                continue;
+            }
+            let plain = break_out_quote(v, q, false);
+            let escaped = break_out_quote(v, q, true).filter(|&at| Some(at) != plain);
+            for at in [plain, escaped].into_iter().flatten() {
+                if let Some(hit) = libinjection_after_quote(v, at, level) {
+                    return Some(hit);
+                }
             }
         }
     }
     own_checks(v, shape, level)
+}
+
+/// The first quote `q` in `v` that is not doubled (and, with `backslashes`, not escaped by one).
+fn break_out_quote(v: &[u8], q: u8, backslashes: bool) -> Option<usize> {
+    let mut from = 0;
+    while let Some(at) = find_either(v, from, q, q) {
+        if v.get(at + 1) == Some(&q) {
+            from = at + 2;
+        } else if backslashes && at > 0 && v[at - 1] == b'\\' {
+            from = at + 1;
+        } else {
+            return Some(at);
+        }
+    }
+    None
+}
+
+/// libinjection from the break-out quote at `at`, when the first window did not read the SQL
+/// after it: as it stands, or, after a gap of blanks and comments, as the quote and what follows
+/// the gap (the only copy made, at most 2 KiB, for a value shaped so).
+fn libinjection_after_quote(v: &[u8], at: usize, level: u8) -> Option<Hit> {
+    let sql = Words { v, i: 0 }.skip_gap(at + 1);
+    if sql + 256 <= LIBINJECTION_PREFIX || sql >= v.len() {
+        return None;
+    }
+    if sql - at <= 16 {
+        return libinjection_from(v, at, level);
+    }
+    let mut window = Vec::with_capacity(LIBINJECTION_PREFIX);
+    window.extend_from_slice(&[v[at], b' ']);
+    window.extend_from_slice(&v[sql..v.len().min(sql + LIBINJECTION_PREFIX - 2)]);
+    let mut state = SqliState::new(&window, SqliFlags::FLAG_NONE);
+    if !state.detect() {
+        return None;
+    }
+    let lvl = weight(&state, &window);
+    (lvl <= level).then(|| Hit::new(lvl, at, v.len()))
 }
 
 /// libinjection's verdict on the [`LIBINJECTION_PREFIX`] bytes of `v` from `start`.
@@ -103,10 +145,16 @@ fn weight(state: &SqliState<'_>, input: &[u8]) -> u8 {
                     || after.is_some_and(|b| b.is_ascii_alphanumeric()));
             let logic = [&b"or"[..], b"and", b"xor", b"||", b"&&"].iter().any(|w| eq(&op.val[..op.len.min(32)], w));
             let opening = op.pos.saturating_sub(1);
-            let breaks_out = logic
-                && (input[..opening].trim_ascii().is_empty()
-                    || opening.checked_sub(1).and_then(at).is_some_and(is_word))
-                && at(op.pos + op.len + 1).is_some_and(|b| b.is_ascii_alphanumeric());
+            let opens_value = input[..opening].trim_ascii().is_empty();
+            let after_word = opening.checked_sub(1).and_then(at).is_some_and(is_word);
+            let closing = op.pos + op.len + 1;
+            let next_glued = at(closing).is_some_and(|b| b.is_ascii_alphanumeric());
+            // What follows, past blanks, is what PostgreSQL reads as true (`'or' 1`, `a 'or'1`).
+            let next = input.get(closing..).unwrap_or_default().trim_ascii_start();
+            let next = &next[..next.iter().position(|b| !b.is_ascii_alphanumeric()).unwrap_or(next.len())];
+            let truth = (!next.is_empty() && next.iter().all(u8::is_ascii_digit))
+                || [&b"true"[..], b"t", b"yes", b"y", b"on"].iter().any(|w| eq(next, w));
+            let breaks_out = logic && (((opens_value || after_word) && next_glued) || truth);
             if (hugged && !comparison && !breaks_out) || glued {
                 2
             } else {
@@ -1061,22 +1109,30 @@ fn stacked_statement(v: &[u8]) -> Option<Hit> {
     let lead_at = v.len() - v.trim_ascii_start().len();
     let lead = &v[lead_at..];
     let semi = lead.iter().position(|&b| b == b';')?;
-    let token = lead[..semi].trim_ascii_end();
-    if token.iter().any(|b| b.is_ascii_whitespace()) {
-        return None;
-    }
+    // A comment before the `;` is nothing (`x'/**/;grant`).
+    let token = strip_trailing_comment(lead[..semi].trim_ascii_end());
     let number = {
         let digits = token.strip_prefix(b"-").unwrap_or(token);
         !digits.is_empty() && digits.iter().all(u8::is_ascii_digit)
     };
-    // A quote alone (`';drop`), or text a quote closes, with brackets after it (`x'`, `x')`).
-    let quote = |b: &u8| matches!(b, b'\'' | b'"' | b'`');
+    // A quote alone (`';drop`), or text a quote closes, with brackets after it (`x'`, `x')`):
+    // the quote left open in the text (`a b';grant`), where prose's quotes come in pairs.
     let unbracketed = &token[..token.iter().rposition(|&b| b != b')').map_or(0, |p| p + 1)];
-    let closed = unbracketed.last().is_some_and(quote);
+    let closed = unbracketed
+        .last()
+        .filter(|&&q| matches!(q, b'\'' | b'"' | b'`'))
+        .is_some_and(|&q| token.iter().filter(|&&b| b == q).count() % 2 == 1);
     if !number && !closed {
         return None;
     }
-    let (w, at) = Words { v: lead, i: semi + 1 }.next()?;
+    // Past empty statements (`;;grant`, which databases skip).
+    let mut words = Words { v: lead, i: semi + 1 };
+    let (mut w, mut at) = words.next()?;
+    while w == b";" {
+        (w, at) = words.next()?;
+    }
+    // `set@@global.general_log=1`: the statement word ends where a variable or a name starts.
+    let w = &w[..w.iter().position(|b| matches!(b, b'@' | b'.' | b'$' | b':')).unwrap_or(w.len())];
     let statement = may_be_stacked_statement(w) && STACKED_STATEMENT_TABLE.index_of(lower_key(w)).is_some()
         || starts_with_ci_word(w, b"sp_")
         || starts_with_ci_word(w, b"xp_");
@@ -1085,7 +1141,8 @@ fn stacked_statement(v: &[u8]) -> Option<Hit> {
 
 /// Statement words of MySQL, PostgreSQL, MSSQL, Oracle and SQLite that may start a stacked
 /// query (sorted).
-const STACKED_STATEMENTS: &[&[u8]; 66] = &[
+const STACKED_STATEMENTS: &[&[u8]; 79] = &[
+    b"abort",
     b"alter",
     b"analyse",
     b"analyze",
@@ -1094,7 +1151,9 @@ const STACKED_STATEMENTS: &[&[u8]; 66] = &[
     b"begin",
     b"bulk",
     b"call",
+    b"change",
     b"checkpoint",
+    b"clone",
     b"close",
     b"cluster",
     b"comment",
@@ -1114,10 +1173,12 @@ const STACKED_STATEMENTS: &[&[u8]; 66] = &[
     b"execute",
     b"explain",
     b"fetch",
+    b"flush",
     b"grant",
     b"handler",
     b"import",
     b"insert",
+    b"install",
     b"kill",
     b"listen",
     b"load",
@@ -1126,6 +1187,7 @@ const STACKED_STATEMENTS: &[&[u8]; 66] = &[
     b"notify",
     b"pragma",
     b"prepare",
+    b"purge",
     b"reassign",
     b"reconfigure",
     b"refresh",
@@ -1134,6 +1196,8 @@ const STACKED_STATEMENTS: &[&[u8]; 66] = &[
     b"rename",
     b"replace",
     b"reset",
+    b"resignal",
+    b"restart",
     b"restore",
     b"revoke",
     b"rollback",
@@ -1142,8 +1206,12 @@ const STACKED_STATEMENTS: &[&[u8]; 66] = &[
     b"set",
     b"show",
     b"shutdown",
+    b"signal",
+    b"start",
+    b"stop",
     b"table",
     b"truncate",
+    b"uninstall",
     b"unlock",
     b"update",
     b"upsert",
@@ -1152,8 +1220,9 @@ const STACKED_STATEMENTS: &[&[u8]; 66] = &[
     b"values",
     b"waitfor",
     b"with",
+    b"xa",
 ];
-static STACKED_STATEMENT_TABLE: WordTable<66> = WordTable::new(STACKED_STATEMENTS);
+static STACKED_STATEMENT_TABLE: WordTable<79> = WordTable::new(STACKED_STATEMENTS);
 
 fn may_be_stacked_statement(w: &[u8]) -> bool {
     const SHAPE: (u32, usize, usize) = word_shape(STACKED_STATEMENTS);
@@ -1474,6 +1543,15 @@ mod tests {
             "-1;/**/grant all on users to public",
             "x');set session authorization postgres--",
             "';show tables",
+            // Past an empty statement, a comment, text with blanks; a variable glued to `set`;
+            // MySQL's plugin and replication statements (review).
+            "x';;grant all on users to public;--",
+            "1;;copy users(name) from program 'id'",
+            "x'/**/;grant all on users to public",
+            "a b';grant all on users to public;--",
+            "1;set@@global.general_log=1",
+            "1;install plugin x soname 'evil.so'",
+            "1;change master to master_host='evil'",
         ] {
             assert!(sqli(s, 1), "{s}");
         }
@@ -1490,6 +1568,7 @@ mod tests {
             "max-age=0; use this",
             "O'Brien; select a seat",
             "6-4;set two",
+            "she said 'hi'; set it aside",
         ] {
             assert!(!sqli(s, 1), "{s}");
         }
@@ -1503,8 +1582,19 @@ mod tests {
             for attack in ["' or 1=1--", "' or 1=1#", "\" or 1=1--"] {
                 let s = format!("{pad}{attack}");
                 assert!(sqli(&s, 1), "{} bytes of padding, then {attack}", pad.len());
-                // The other kind of quote early in the padding.
+                // The other kind of quote early in the padding; the same kind doubled or escaped
+                // (a quote inside the string); blanks or a comment after the break-out (review).
                 let other = if attack.starts_with('\'') { "\"" } else { "'" };
+                let q = &attack[..1];
+                for s in [
+                    format!("a{other}b {pad}{attack}"),
+                    format!("x{q}{q}{pad}{attack}"),
+                    format!("x\\{q}{pad}{attack}"),
+                    format!("x{q}{}{}", " ".repeat(3000), &attack[1..]),
+                    format!("x{q}/*{pad}*/{}", &attack[1..]),
+                ] {
+                    assert!(sqli(&s, 1), "{} bytes of padding: {}...", s.len(), &s[..12]);
+                }
                 let s = format!("a{other}b {pad}{attack}");
                 assert!(sqli(&s, 1), "{} bytes of padding, then {attack}", pad.len());
             }
@@ -1522,6 +1612,9 @@ mod tests {
             "'or'yes",
             "x'or'1",
             "'||'1",
+            "a 'or'1",
+            "'or' 1",
+            "x 'or' true",
             "1 or true",
             "1 and false",
             "-1 or not false",

@@ -29,18 +29,18 @@ pub(crate) fn value(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
 
 /// The stream wrappers PHP's `include`, `file_get_contents` and `fopen` open besides files
 /// (`php://filter/convert.base64-encode/resource=index.php` reads a script's source,
-/// `data://text/plain;base64,...` and `expect://id` run code, `phar://` and `zip://` reach into
-/// an uploaded archive), where a value starts or after a blank, quote, `=` or bracket: a URL's
-/// scheme is `http`, never one of these (outside tester o1 passed each in every location).
-/// `data://` counts when what it holds is PHP (`<?`, base64 `PD8`/`PD9`), at paranoia 1, and
-/// otherwise at 2 (CRS's own test sends `data://text/plain;base64,SSBsb3ZlIFBIUAo=` as benign).
+/// `expect://id` runs a command, `phar://` and `zip://archive#entry` reach into an uploaded
+/// archive), where a scheme starts: a URL's scheme is `http`, never one of these (outside tester
+/// o1 passed each in every location). A data URL (`data://` and PHP's `data:` alike) counts when
+/// what it holds is PHP (`<?`, plain or in its base64), at paranoia 1; a `data://` holding
+/// anything else from 2 (CRS's own test sends `data://text/plain;base64,SSBsb3ZlIFBIUAo=` as
+/// benign), and an ordinary `data:` image never. fsspec's `zip://entry::s3://...` names no
+/// `#`, and is no PHP archive path.
 fn stream_wrapper(v: &[u8], level: u8) -> Option<Hit> {
     const WRAPPERS: &[&[u8]] = &[
         b"php",
         b"phar",
-        b"zip",
         b"expect",
-        b"data",
         b"glob",
         b"compress.zlib",
         b"compress.bzip2",
@@ -52,44 +52,84 @@ fn stream_wrapper(v: &[u8], level: u8) -> Option<Hit> {
         b"ssh2.exec",
         b"ssh2.sftp",
     ];
+    // Each data URL's payload is read up to a bound: a value of many is read for its first few.
+    let mut data_urls = 0;
     let mut from = 0;
     while let Some(colon) = find_either(v, from, b':', b':') {
         from = colon + 1;
-        if !v[colon..].starts_with(b"://") {
-            continue;
-        }
         let start = v[..colon].iter().rposition(|&b| !(b.is_ascii_alphanumeric() || b == b'.')).map_or(0, |p| p + 1);
         let scheme = &v[start..colon];
-        if !WRAPPERS.iter().any(|w| scheme.eq_ignore_ascii_case(w)) {
+        let slashes = v[colon..].starts_with(b"://");
+        let hit = |lvl: u8| (lvl <= level).then(|| Hit::new(lvl, start, (colon + 24).min(v.len())));
+        if scheme.eq_ignore_ascii_case(b"data") {
+            data_urls += 1;
+            if data_urls > 4 {
+                continue;
+            }
+            let php = data_holds_php(&v[colon + 1..]);
+            let found = match (php, slashes) {
+                (true, _) => hit(1),
+                (false, true) => hit(2),
+                (false, false) => None,
+            };
+            if found.is_some() {
+                return found;
+            }
             continue;
         }
-        let lvl = match scheme.eq_ignore_ascii_case(b"data") {
-            false => 1,
-            true => {
-                let data = &v[colon + 3..];
-                let php = find_ci(data, b"<?", 0).is_some()
-                    || find_ci(data, b"base64,", 0).is_some_and(|at| {
-                        let payload = &data[at + 7..];
-                        payload.starts_with(b"PD8") || payload.starts_with(b"PD9")
-                    });
-                if php {
-                    1
-                } else {
-                    2
-                }
+        if !slashes {
+            continue;
+        }
+        let archive_entry = scheme.eq_ignore_ascii_case(b"zip")
+            && v[colon..].iter().take(1024).take_while(|b| !b.is_ascii_whitespace()).any(|&b| b == b'#');
+        if archive_entry || WRAPPERS.iter().any(|w| scheme.eq_ignore_ascii_case(w)) {
+            if let Some(found) = hit(1) {
+                return Some(found);
             }
-        };
-        if lvl <= level {
-            return Some(Hit::new(lvl, start, (colon + 24).min(v.len())));
         }
     }
     None
 }
 
+/// Whether a data URL's text (after `data:`) holds PHP: `<?` in its payload, decoded from base64
+/// when it says so; read to its first blank or quote, at most 4 KiB of it.
+fn data_holds_php(url: &[u8]) -> bool {
+    let end = url
+        .iter()
+        .take(4096)
+        .position(|b| b.is_ascii_whitespace() || matches!(b, b'"' | b'\''))
+        .unwrap_or(url.len().min(4096));
+    let url = &url[..end];
+    let Some(comma) = url.iter().position(|&b| b == b',') else { return false };
+    let (head, payload) = (&url[..comma], &url[comma + 1..]);
+    if find_ci(head, b";base64", 0).is_none() {
+        return find_ci(payload, b"<?", 0).is_some();
+    }
+    let mut decoded = Vec::with_capacity(payload.len() / 4 * 3);
+    for group in payload.chunks_exact(4) {
+        if super::grpc::decode_group([group[0], group[1], group[2], group[3]], &mut decoded).is_err() {
+            break;
+        }
+    }
+    find_ci(&decoded, b"<?", 0).is_some()
+}
+
 /// `index.php::$DATA`: NTFS's default stream of a file, which IIS served as the script's source.
+/// A file name with an extension before it, and no word after it: PHP's `self::$data` and
+/// `Model::$database` are code.
 fn ntfs_stream(v: &[u8]) -> Option<Hit> {
-    let at = find_ci(v, b"::$data", 0)?;
-    Some(Hit::new(1, at.saturating_sub(16), (at + 7).min(v.len())))
+    let mut from = 0;
+    while let Some(at) = find_ci(v, b"::$data", from) {
+        from = at + 1;
+        let after_word = v.get(at + 7).is_some_and(|&b| is_word(b));
+        let name_start = v[..at].iter().rposition(|&b| !(is_word(b) || matches!(b, b'.' | b'-'))).map_or(0, |p| p + 1);
+        let name = &v[name_start..at];
+        let extension = name.iter().rposition(|&b| b == b'.').is_some_and(|dot| dot > 0 && dot + 1 < name.len());
+        if !after_word && extension {
+            return Some(Hit::new(1, name_start, (at + 7).min(v.len())));
+        }
+    }
+    None
 }
 
 /// A Windows UNC path where a value starts: a device path (`\\.\`, `\\?\GLOBALROOT`) at
@@ -576,6 +616,10 @@ mod tests {
             "phar://uploads/x.jpg/shell",
             "zip://uploads/x.jpg#shell.php",
             "data://text/plain;base64,PD9waHAgc3lzdGVtKCRfR0VUWydjJ10pOyA/Pg==",
+            // PHP after other bytes, and PHP's `data:` without slashes (review).
+            "data://text/plain;base64,eDw/cGhwIHN5c3RlbSgkX0dFVFsnYyddKTsgPz4=",
+            "data:text/plain;base64,PD9waHAgc3lzdGVtKCRfR0VUWydjJ10pOyA/Pg==",
+            "data:text/plain,<?php system('id'); ?>",
             "glob:///etc/*",
             "compress.zlib://file.gz",
             "x=php://filter/resource=a",
@@ -596,6 +640,10 @@ mod tests {
             "mailto:php@example.com",
             "ratio 1::2",
             "data://text/plain;base64,SSBsb3ZlIFBIUAo=",
+            "return self::$data;",
+            "static::$database",
+            "Model::$dataTypes",
+            "zip://data.csv::s3://bucket/a.zip",
         ] {
             assert_eq!(value(s.as_bytes(), Shape::of(s.as_bytes()), 1), None, "{s}");
         }

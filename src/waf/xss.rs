@@ -161,7 +161,10 @@ fn script_code(v: &[u8]) -> Option<Hit> {
             let word = &v[i..end];
             // Only a word followed by member access, a call or a template can be script.
             let next = v.get(gaps.skip(end)).copied();
-            if !matches!(next, Some(b'.' | b'[' | b')' | b'(' | b'`')) && !word.eq_ignore_ascii_case(b"new") {
+            if !matches!(next, Some(b'.' | b'[' | b')' | b'(' | b'`'))
+                && !word.eq_ignore_ascii_case(b"new")
+                && !word.eq_ignore_ascii_case(b"constructor")
+            {
                 i = end;
                 continue;
             }
@@ -235,8 +238,32 @@ fn function_constructor(v: &[u8], gaps: &JsGaps<'_>, start: usize, end: usize) -
     if v.get(j) == Some(&b'.') && starts_with_ci(&v[gaps.skip(j + 1)..], b"constructor") {
         return true;
     }
-    let member = start > 0 && v[start - 1] == b'.';
-    member && v.get(j) == Some(&b'(') && find_ci(v, b")(", j).is_some()
+    // `x.constructor(` or `x['constructor'](`: a member, called.
+    let quoted = start > 1 && matches!(v[start - 1], b'\'' | b'"' | b'`') && v.get(end) == Some(&v[start - 1]);
+    let (member, call) = match quoted {
+        true => (v[..start - 1].trim_ascii_end().ends_with(b"["), {
+            let close = gaps.skip(end + 1);
+            (v.get(close) == Some(&b']')).then(|| gaps.skip(close + 1))
+        }),
+        false => (start > 0 && v[start - 1] == b'.', Some(j)),
+    };
+    let Some(call) = call.filter(|&c| member && v.get(c) == Some(&b'(')) else { return false };
+    // Its result called in turn (`...)(` with any gap): the parenthesis that closes this call,
+    // found by depth, at most 1 KiB on, so each such word reads a bounded window.
+    let mut depth = 0usize;
+    for (k, &b) in v.iter().enumerate().skip(call).take(1024) {
+        match b {
+            b'(' => depth += 1,
+            b')' => {
+                depth -= 1;
+                if depth == 0 {
+                    return v.get(gaps.skip(k + 1)) == Some(&b'(');
+                }
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 fn ends_with_ci(v: &[u8], suffix: &[u8]) -> bool {
@@ -581,6 +608,9 @@ mod tests {
             "{{constructor.constructor(x)()}}",
             "{{$on.constructor(1+'')()}}",
             "{{a.constructor . constructor(b)()}}",
+            // Bracket notation, and a gap before the call (review).
+            "{{x=valueOf.name.constructor.fromCharCode;$on['constructor'](x(97,108,101,114,116,40,49,41))()}}",
+            "{{$on.constructor(x(97,108,101,114,116,40,49,41)) ()}}",
         ] {
             assert!(xss(s, 1), "{s}");
         }
