@@ -833,6 +833,11 @@ async fn a_grpc_client_sees_an_attack_in_its_message_refused_as_permission_denie
     let refused = client.check(attack.clone()).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     s.events_where("the refusal", 1, |e| e.to_string().contains("grpc_field")).await;
+    // The access log says what the caller read: PERMISSION_DENIED, beside the HTTP 403.
+    let logged =
+        eventually(async || read_jsonl(&s.access_log).iter().any(|l| l["status"] == 403 && l["grpc_status"] == 7))
+            .await;
+    assert!(logged, "{:?}", read_jsonl(&s.access_log));
     s.shutdown();
 }
 

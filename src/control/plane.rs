@@ -47,7 +47,6 @@ struct Parts {
     own: Option<crate::identity::SpiffeId>,
 }
 
-/// The injection webhook: what it answers, and the certificate it answers with.
 /// How near its end the webhook's certificate is: each stage is said once, on the way there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum WebhookCertificate {
@@ -68,6 +67,7 @@ impl WebhookCertificate {
     }
 }
 
+/// The injection webhook: what it answers, and the certificate it answers with.
 struct Webhook {
     app: InjectWebhook,
     cert: ServingCert,

@@ -344,6 +344,11 @@ pub fn finish(
     let broken_off = ctx.failed_upstream && code < 500 && code != 101;
     let code = if broken_off && code != 0 { 502 } else { code };
     let method = method_label(&session.req_header().method);
+    // A gRPC call the sidecar answered itself (a refusal, a failure) carried the status its
+    // answer wrote (`respond::write`).
+    if ctx.grpc_status.is_none() && code != 200 && code != 0 && super::is_grpc(session.req_header()) {
+        ctx.grpc_status = Some(u16::from(super::respond::grpc_status(code)));
+    }
     telemetry.requests.record(
         &telemetry.metrics,
         Recorded {

@@ -208,7 +208,7 @@ fn grpc_trailers(status: u16, code: &str, request_id: &RequestId) -> http::Heade
 /// (gRPC's "HTTP to gRPC status code mapping"), so every client reads one refusal alike; a
 /// message or head too large is `RESOURCE_EXHAUSTED`, as a gRPC server answers a message past
 /// its limit (the table's `UNKNOWN` left callers guessing; outside tester o3).
-fn grpc_status(http: u16) -> u8 {
+pub(super) fn grpc_status(http: u16) -> u8 {
     match http {
         400 => 13,             // INTERNAL
         401 => 16,             // UNAUTHENTICATED

@@ -45,8 +45,9 @@ def masked(obj):
     if obj.get("kind") == "Secret" and obj["metadata"]["name"] in ("palisade-ca", "palisade-webhook-tls"):
         obj["data"] = {k: PLACEHOLDER for k in obj["data"]}
         # The generated pair's end, which the chart renews by: none here, so an upgrade renews.
-        if "palisade.dev/not-after" in obj["metadata"].get("annotations", {}):
-            obj["metadata"]["annotations"]["palisade.dev/not-after"] = "0"
+        for key in ("palisade.dev/not-after", "palisade.dev/renewed-at"):
+            if key in obj["metadata"].get("annotations", {}):
+                obj["metadata"]["annotations"][key] = "0"
     if obj.get("kind") == "MutatingWebhookConfiguration":
         for hook in obj["webhooks"]:
             hook["clientConfig"]["caBundle"] = PLACEHOLDER

@@ -647,6 +647,11 @@ def test_a_ca_bundle_is_taken_as_base64_or_pem_and_anything_else_fails_the_rende
     for given in ("eA==", "hello world!"):
         message = refusal({"pki": {"source": "existing"}, "webhook": {"caBundle": given}})
         assert "webhook.caBundle: not a certificate" in message, message
+    # A certificate and its key in one file, given as the bundle: refused, not published (review).
+    key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    message = refusal({"pki": {"source": "existing"}, "webhook": {"caBundle": WEBHOOK_CA_PEM + key}})
+    assert "webhook.caBundle: holds a private key" in message, message
 
 
 def test_existing_secrets_without_a_ca_bundle_fail_the_render_naming_the_value():
@@ -797,7 +802,7 @@ def _webhook_pair(secret, now, validity_days=825):
             ' "dnsNames" (list "palisade-control.palisade-system.svc")) | fromYaml }}\n'
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: out}\ndata:\n"
             "  cert: {{ $w.cert | quote }}\n  ca: {{ $w.ca | quote }}\n  trusted: {{ $w.trusted | quote }}\n"
-            "  notAfter: {{ $w.notAfter | quote }}\n"
+            "  notAfter: {{ $w.notAfter | quote }}\n  previous: {{ $w.previous | quote }}\n  renewedAt: {{ $w.renewedAt | quote }}\n"
         )
         with helm_python.Chart.load(str(chart)) as loaded:
             out = loaded.render({"secret": secret, "now": now, "validity": validity_days}, name="t", namespace=NAMESPACE)
@@ -820,7 +825,11 @@ def test_the_generated_webhook_certificate_is_renewed_near_its_end_with_both_cas
     def secret(pair, not_after):
         data = {k: base64.b64encode(pair[v].encode()).decode() for k, v in (("tls.crt", "cert"), ("ca.crt", "ca"))}
         data["tls.key"] = base64.b64encode(b"key").decode()
+        if pair.get("previous"):
+            data["previous-ca.crt"] = base64.b64encode(pair["previous"].encode()).decode()
         annotations = {} if not_after is None else {"palisade.dev/not-after": str(not_after)}
+        if pair.get("renewedAt"):
+            annotations["palisade.dev/renewed-at"] = pair["renewedAt"]
         return {"metadata": {"name": "palisade-webhook-tls", "annotations": annotations}, "data": data}
 
     # Far from its end: kept as it is.
@@ -836,6 +845,13 @@ def test_the_generated_webhook_certificate_is_renewed_near_its_end_with_both_cas
         bundle = x509.load_pem_x509_certificates(renewed["trusted"].encode())
         cas = [x509.load_pem_x509_certificate(pair["ca"].encode()) for pair in (renewed, first)]
         assert bundle == cas, "both CAs in the caBundle, the new one first"
+        # An upgrade soon after (the control plane may still serve the old pair): both CAs
+        # still; a week on, the new one alone (review).
+        ends_new = int(renewed["notAfter"])
+        soon = _webhook_pair(secret(renewed, ends_new), at + 60)
+        assert soon["cert"] == renewed["cert"] and pems(soon["trusted"]) == cas
+        later = _webhook_pair(secret(renewed, ends_new), at + 8 * 86400)
+        assert later["cert"] == renewed["cert"] and pems(later["trusted"]) == cas[:1]
     # A short life is renewed in its last third.
     short = _webhook_pair(None, now, validity_days=3)
     later = lambda days: _webhook_pair(secret(short, int(short["notAfter"])), now + days * 86400 + 3600, 3)  # noqa: E731

@@ -6,8 +6,8 @@ The Secret's pair is kept while more than 30 days (a third of its life, if that 
 left of it, by the end the chart wrote in its palisade.dev/not-after annotation; otherwise
 (none, or no annotation: a pair of a chart before it) a new pair is made. An expired pair made the
 API server refuse to call the webhook, and with failurePolicy Fail every pod of a meshed
-namespace. The old CA is trusted beside the new one until the next upgrade: the API server has
-the new caBundle at once, the control plane the new Secret when its kubelet syncs it.
+namespace. The old CA is trusted beside the new one for a week (previous-ca.crt): the API server
+has the new caBundle at once, the control plane the new Secret when its kubelet syncs it.
 */ -}}
 {{- define "palisade.webhookCertificate" -}}
 {{- $validity := int .validityDays }}
@@ -21,7 +21,16 @@ the new caBundle at once, the control plane the new Secret when its kubelet sync
 {{- $notAfter := index $annotations "palisade.dev/not-after" | default "0" | int64 }}
 {{- if and (index $data "tls.key") (gt $notAfter (add .now $renewBefore)) }}
 {{- $ca := index $data "ca.crt" | b64dec }}
-{{- dict "cert" (index $data "tls.crt" | b64dec) "key" (index $data "tls.key" | b64dec) "ca" $ca "trusted" $ca "notAfter" (toString $notAfter) | toYaml }}
+{{- /* The CA a renewal replaced stays trusted for a week after it (previous-ca.crt, renewed-at):
+an upgrade soon after a renewal, before the control plane's kubelet gave it the new pair, must
+not leave the API server trusting only the new CA. */}}
+{{- $previous := "" }}
+{{- $renewedAt := index $annotations "palisade.dev/renewed-at" | default "0" | int64 }}
+{{- if and (index $data "previous-ca.crt") (lt .now (add $renewedAt (mul 7 86400))) }}
+{{- $previous = index $data "previous-ca.crt" | b64dec }}
+{{- end }}
+{{- $trusted := printf "%s\n" (compact (list (trim $ca) (trim $previous)) | join "\n") }}
+{{- dict "cert" (index $data "tls.crt" | b64dec) "key" (index $data "tls.key" | b64dec) "ca" $ca "previous" $previous "renewedAt" (toString $renewedAt) "trusted" $trusted "notAfter" (toString $notAfter) | toYaml }}
 {{- else }}
 {{- /* Its own CA: the API server trusts this one for the webhook only, never a mesh identity. */}}
 {{- $wca := genCA "Palisade webhook CA" $validity }}
@@ -30,6 +39,6 @@ the new caBundle at once, the control plane the new Secret when its kubelet sync
 {{- if index $data "ca.crt" }}
 {{- $old = index $data "ca.crt" | b64dec }}
 {{- end }}
-{{- dict "cert" $cert.Cert "key" $cert.Key "ca" $wca.Cert "trusted" (printf "%s\n" (compact (list (trim $wca.Cert) (trim $old)) | join "\n")) "notAfter" (toString (add .now (mul $validity 86400))) | toYaml }}
+{{- dict "cert" $cert.Cert "key" $cert.Key "ca" $wca.Cert "previous" $old "renewedAt" (toString .now) "trusted" (printf "%s\n" (compact (list (trim $wca.Cert) (trim $old)) | join "\n")) "notAfter" (toString (add .now (mul $validity 86400))) | toYaml }}
 {{- end }}
 {{- end }}
