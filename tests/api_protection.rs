@@ -819,12 +819,7 @@ async fn a_grpc_client_sees_an_attack_in_its_message_refused_as_permission_denie
     use tonic_health::pb::HealthCheckRequest;
     let (_reporter, app) = grpc_health_app(&["orders"]).await;
     let s = PolicedSidecar::start_with(&waf_policy("{mode: BLOCK}"), |c| c.inbound.app.0 = app).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", s.sidecar.inbound))
-        .unwrap()
-        .origin("http://orders.shop".parse().unwrap())
-        .connect()
-        .await
-        .unwrap();
+    let channel = grpc_channel(s.sidecar.inbound, "orders.shop").await;
     let mut client = HealthClient::new(channel);
     let reply = client.check(HealthCheckRequest { service: "orders".into() }).await.unwrap();
     assert_eq!(reply.into_inner().status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
@@ -861,12 +856,7 @@ async fn a_grpc_calls_status_is_in_both_sidecars_access_logs() {
         },
     )
     .await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", pair.a.outbound))
-        .unwrap()
-        .origin(format!("http://{B_AUTHORITY}").parse().unwrap())
-        .connect()
-        .await
-        .unwrap();
+    let channel = grpc_channel(pair.a.outbound, B_AUTHORITY).await;
     let mut client = HealthClient::new(channel);
     client.check(HealthCheckRequest { service: "orders".into() }).await.unwrap();
     let missing = client.check(HealthCheckRequest { service: "billing".into() }).await.unwrap_err();

@@ -440,6 +440,15 @@ fn sidecar_yaml(dir: &Path, pod: &str, policy: Option<&Path>) -> PathBuf {
     path
 }
 
+/// What pod A's sidecar uid gets from `url` with A's mesh certificate (its uid is not captured,
+/// so curl speaks mTLS itself), then ` status=<code>`.
+fn curl_with_mesh_certificate(ns: &Namespaces, certificate: &Path, url: &str) -> String {
+    let (cert, key) = (certificate.join("tls.crt"), certificate.join("tls.key"));
+    let args = ["curl", "-s", "-g", "-k", "--http1.1", "--max-time", "5", "--cert", cert.to_str().unwrap()];
+    let args = [&args[..], &["--key", key.to_str().unwrap(), "-w", " status=%{http_code}", url]].concat();
+    String::from_utf8_lossy(&ns.run("a", Some(PROXY_UID), &args).stdout).into_owned()
+}
+
 fn curl(ns: &Namespaces, pod: &str, uid: u32, url: &str) -> (bool, String) {
     // -g: brackets are an IPv6 address, not a curl glob.
     let out = ns.run(pod, Some(uid), &["curl", "-g", "-s", "--max-time", "5", "-w", " status=%{http_code}", url]);
@@ -592,26 +601,7 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
     let a_cert = work.join("a");
     let via_b = ["route", "add", "198.18.0.3/32", "via", "198.18.0.2"];
     sh(&[&["ip", "-n", ns.name("a")][..], &via_b].concat());
-    let out = ns.run(
-        "a",
-        Some(PROXY_UID),
-        &[
-            "curl",
-            "-s",
-            "-k",
-            "--http1.1",
-            "--max-time",
-            "5",
-            "--cert",
-            a_cert.join("tls.crt").to_str().unwrap(),
-            "--key",
-            a_cert.join("tls.key").to_str().unwrap(),
-            "-w",
-            " status=%{http_code}",
-            "https://198.18.0.3:8080/orders",
-        ],
-    );
-    let body = String::from_utf8_lossy(&out.stdout);
+    let body = curl_with_mesh_certificate(&ns, &a_cert, "https://198.18.0.3:8080/orders");
     assert!(body.contains("pod=b") && !body.contains("pod=c") && body.ends_with("status=200"), "{body}\n{}", logs());
     sh(&[&["ip", "-n", ns.name("a"), "route", "del"][..], &via_b[2..]].concat());
 
@@ -619,27 +609,7 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
     //     sidecar reaches B's app there too, on the interface the call came in on (it connected
     //     without the scope: 502, and an error line per request; outside tester l3).
     sh(&["ip", "-n", ns.name("b"), "-6", "addr", "add", "fe80::b/64", "dev", "eth0", "nodad"]);
-    let out = ns.run(
-        "a",
-        Some(PROXY_UID),
-        &[
-            "curl",
-            "-s",
-            "-g",
-            "-k",
-            "--http1.1",
-            "--max-time",
-            "5",
-            "--cert",
-            a_cert.join("tls.crt").to_str().unwrap(),
-            "--key",
-            a_cert.join("tls.key").to_str().unwrap(),
-            "-w",
-            " status=%{http_code}",
-            "https://[fe80::b%eth0]:8080/orders",
-        ],
-    );
-    let body = String::from_utf8_lossy(&out.stdout);
+    let body = curl_with_mesh_certificate(&ns, &a_cert, "https://[fe80::b%eth0]:8080/orders");
     assert!(
         body.contains("pod=b") && body.contains("local=fe80::b\n") && body.ends_with("status=200"),
         "{body}\n{}",
@@ -783,47 +753,62 @@ fn pods_call_each_other_by_plain_ip_and_port_and_the_mesh_adds_mtls_identity_and
 
 // === the webhook over HTTPS, as the API server calls it ===
 
+/// A control plane's configuration with a webhook (and its files in `dir`): its admin port at
+/// `admin`, `extra` after the policies line (a top-level setting, then the webhook's settings
+/// indented), the webhook's serving certificate as `serving` leaves its spec.
+fn control_with_webhook(
+    dir: &Path,
+    admin: &str,
+    extra: &str,
+    serving: impl FnOnce(&mut palisade::identity::LeafSpec),
+) -> (String, palisade::identity::WorkloadFiles) {
+    use palisade::identity::{DevCa, LeafSpec};
+    let ca = DevCa::generate("cluster.local").unwrap();
+    let control = ca
+        .issue_to(
+            &LeafSpec::workload("spiffe://cluster.local/ns/palisade-system/sa/palisade-control"),
+            &dir.join("control"),
+        )
+        .unwrap();
+    let mut spec = LeafSpec::workload("spiffe://cluster.local/ns/palisade-system/sa/palisade-webhook");
+    spec.dns_names = vec!["palisade-control.palisade-system.svc".into()];
+    serving(&mut spec);
+    let webhook = ca.issue_to(&spec, &dir.join("webhook")).unwrap();
+    let policies = dir.join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let (top, hook) = extra.split_once('\n').unwrap_or((extra, ""));
+    let yaml = format!(
+        "identity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\n\
+         grpc: {{listen: \"127.0.0.1:0\"}}\nadmin: {{listen: \"{admin}\"}}\npolicies: {{dir: \"{}\"}}\n{top}\n\
+         webhook:\n  listen: \"127.0.0.1:0\"\n  cert: \"{}\"\n  key: \"{}\"\n{hook}\n\
+         \x20 sidecar: {{identity: {{trustAnchorsFile: \"{}\"}}}}\n",
+        control.cert.display(),
+        control.key.display(),
+        control.trust_bundle.display(),
+        policies.display(),
+        webhook.cert.display(),
+        webhook.key.display(),
+        control.trust_bundle.display(),
+    );
+    (yaml, webhook)
+}
+
 /// A webhook certificate past its end (the chart's generated one lasts 825 days, and was never
 /// renewed): the API server refuses to call the webhook, and with `failurePolicy: Fail` every
 /// pod of a meshed namespace with it. The control plane served it with no word, no metric and a
 /// ready /ready (outside tester o2); it says so in an error line, and its end is a metric.
 #[test]
 fn an_expired_webhook_certificate_is_said_and_measured() {
-    use palisade::identity::{DevCa, LeafSpec};
     let dir = tempfile::tempdir().unwrap();
-    let ca = DevCa::generate("cluster.local").unwrap();
-    let control = ca
-        .issue_to(
-            &LeafSpec::workload("spiffe://cluster.local/ns/palisade-system/sa/palisade-control"),
-            &dir.path().join("control"),
-        )
-        .unwrap();
-    let mut serving = LeafSpec::workload("spiffe://cluster.local/ns/palisade-system/sa/palisade-webhook");
-    serving.dns_names = vec!["palisade-control.palisade-system.svc".into()];
-    serving.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(3);
-    serving.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
-    let webhook = ca.issue_to(&serving, &dir.path().join("webhook")).unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
     let admin = support::free_port();
+    let mut ends = 0;
+    let (yaml, _) = control_with_webhook(dir.path(), &format!("127.0.0.1:{admin}"), "", |serving| {
+        serving.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(3);
+        serving.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+        ends = serving.not_after.unix_timestamp();
+    });
     let config = dir.path().join("control.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "identity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\n\
-             grpc: {{listen: \"127.0.0.1:0\"}}\nadmin: {{listen: \"127.0.0.1:{admin}\"}}\npolicies: {{dir: \"{}\"}}\n\
-             webhook:\n  listen: \"127.0.0.1:0\"\n  cert: \"{}\"\n  key: \"{}\"\n\
-             \x20 sidecar: {{identity: {{trustAnchorsFile: \"{}\"}}}}\n",
-            control.cert.display(),
-            control.key.display(),
-            control.trust_bundle.display(),
-            policies.display(),
-            webhook.cert.display(),
-            webhook.key.display(),
-            control.trust_bundle.display(),
-        ),
-    )
-    .unwrap();
+    std::fs::write(&config, yaml).unwrap();
     let log = dir.path().join("control.log");
     let mut child = std::process::Command::new(BIN)
         .args(["control", "--config"])
@@ -843,7 +828,7 @@ fn an_expired_webhook_certificate_is_said_and_measured() {
         text.lines().any(|l| {
             l.strip_prefix("palisade_webhook_certificate_expiry_timestamp_seconds ")
                 .and_then(|v| v.parse::<f64>().ok())
-                .is_some_and(|v| (v - serving.not_after.unix_timestamp() as f64).abs() < 2.0)
+                .is_some_and(|v| (v - ends as f64).abs() < 2.0)
         })
     });
     let _ = child.kill();
@@ -856,34 +841,9 @@ fn an_expired_webhook_certificate_is_said_and_measured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_planes_webhook_answers_admission_reviews_over_tls() {
-    use palisade::identity::{DevCa, LeafSpec};
     let dir = tempfile::tempdir().unwrap();
-    let ca = DevCa::generate("cluster.local").unwrap();
-    let control = ca
-        .issue_to(
-            &LeafSpec::workload("spiffe://cluster.local/ns/palisade-system/sa/palisade-control"),
-            &dir.path().join("control"),
-        )
-        .unwrap();
-    let mut serving = LeafSpec::workload("spiffe://cluster.local/ns/palisade-system/sa/palisade-webhook");
-    serving.dns_names = vec!["palisade-control.palisade-system.svc".into()];
-    let webhook = ca.issue_to(&serving, &dir.path().join("webhook")).unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir(&policies).unwrap();
-    let yaml = format!(
-        "identity: {{files: {{cert: \"{}\", key: \"{}\", trustBundle: \"{}\"}}}}\n\
-         grpc: {{listen: \"127.0.0.1:0\"}}\nadmin: {{listen: \"127.0.0.1:0\"}}\npolicies: {{dir: \"{}\"}}\n\
-         events: {{sink: stderr}}\n\
-         webhook:\n  listen: \"127.0.0.1:0\"\n  cert: \"{}\"\n  key: \"{}\"\n  failurePolicy: Ignore\n\
-         \x20 sidecar: {{identity: {{trustAnchorsFile: \"{}\"}}}}\n",
-        control.cert.display(),
-        control.key.display(),
-        control.trust_bundle.display(),
-        policies.display(),
-        webhook.cert.display(),
-        webhook.key.display(),
-        control.trust_bundle.display(),
-    );
+    let (yaml, webhook) =
+        control_with_webhook(dir.path(), "127.0.0.1:0", "events: {sink: stderr}\n  failurePolicy: Ignore", |_| {});
     let config: palisade::config::ControlConfig =
         palisade::config::parse_yaml(Path::new("control.yaml"), &yaml).unwrap();
     let plane = palisade::control::ControlPlane::start(config, false).unwrap();

@@ -191,12 +191,7 @@ async fn grpc_unary_and_streaming_calls_pass_through_the_pair() {
     config_a.outbound.destinations = vec![route(B_AUTHORITY, b.inbound, Some(&id("shop", "orders")))];
     let a = start_sidecar(config_a);
 
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", a.outbound))
-        .unwrap()
-        .origin(format!("http://{B_AUTHORITY}").parse().unwrap())
-        .connect()
-        .await
-        .unwrap();
+    let channel = grpc_channel(a.outbound, B_AUTHORITY).await;
     let mut client = HealthClient::new(channel);
 
     // Unary: the status travels in trailers after the message.

@@ -327,12 +327,7 @@ async fn a_failed_grpc_call_carries_its_status_and_fails_the_client_span() {
         c.inbound.app.0 = app;
     })
     .await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", pair.a.outbound))
-        .unwrap()
-        .origin(format!("http://{B_AUTHORITY}").parse().unwrap())
-        .connect()
-        .await
-        .unwrap();
+    let channel = grpc_channel(pair.a.outbound, B_AUTHORITY).await;
     let missing = HealthClient::new(channel).check(HealthCheckRequest { service: "billing".into() }).await.unwrap_err();
     assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
     let spans = collector.wait_for(2).await;

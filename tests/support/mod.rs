@@ -851,6 +851,17 @@ impl Drop for KillOnDrop {
 
 /// A real gRPC app: tonic's standard health service on a loopback port, each of `services`
 /// reported `SERVING`; the reporter changes what it reports.
+/// A gRPC channel (h2c, as an app in the pod speaks to its sidecar) to `to`, calling
+/// `authority`.
+pub async fn grpc_channel(to: SocketAddr, authority: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{to}"))
+        .unwrap()
+        .origin(format!("http://{authority}").parse().unwrap())
+        .connect()
+        .await
+        .unwrap()
+}
+
 pub async fn grpc_health_app(services: &[&str]) -> (tonic_health::server::HealthReporter, std::net::SocketAddr) {
     grpc_health_app_serving(services, false).await
 }
