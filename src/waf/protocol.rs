@@ -172,6 +172,12 @@ fn header_line(line: &[u8], level: u8, prose: bool) -> Option<u8> {
         b"x-xss-protection",
         b"access-control-allow-origin",
         b"access-control-allow-credentials",
+        // nginx's and Apache's internal redirect and file-send headers, link preloads, RFC 2965
+        // cookies (tester p1).
+        b"x-accel-redirect",
+        b"x-sendfile",
+        b"link",
+        b"set-cookie2",
     ];
     let name = &line[..name_end];
     let steering = STEERING.iter().any(|h| name.eq_ignore_ascii_case(h));
@@ -208,7 +214,23 @@ fn header_shaped(name: &[u8], value: &[u8]) -> bool {
     if is("refresh") {
         return value.first().is_some_and(|b| b.is_ascii_digit() || *b == b'.');
     }
-    if is("set-cookie") || is("cookie") {
+    if is("x-accel-redirect") || is("x-sendfile") {
+        return value.starts_with(b"/");
+    }
+    if is("link") {
+        return value.starts_with(b"<");
+    }
+    if is("content-security-policy") {
+        // Directives (`script-src *`, `default-src 'self'`): a name and sources.
+        return value.split(|&b| b == b';').any(|d| {
+            let name = d.trim_ascii().split(|b| b.is_ascii_whitespace()).next().unwrap_or_default();
+            name.ends_with(b"-src") || name.eq_ignore_ascii_case(b"sandbox") || name.eq_ignore_ascii_case(b"report-uri")
+        });
+    }
+    if is("x-xss-protection") {
+        return value.first().is_some_and(u8::is_ascii_digit);
+    }
+    if is("set-cookie") || is("set-cookie2") || is("cookie") {
         // `sid=abc; Path=/`, `sid =abc`: a name (blanks around it are trimmed), `=`.
         let first = value.split(|&b| b == b';').next().unwrap_or_default();
         return first.iter().position(|&b| b == b'=').is_some_and(|eq| token(first[..eq].trim_ascii()));
@@ -323,6 +345,11 @@ mod tests {
             b"x\r\nX-Forwarded-For: 127.0.0.1, 127.0.0.1",
             b"x\r\nTransfer-Encoding: gzip, chunked",
             b"x\r\nAuthorization: Basic  YWRtaW46YWRtaW4=",
+            // A policy header, internal redirects, a preload, an old cookie (tester p1).
+            b"x\r\nContent-Security-Policy: script-src *",
+            b"x\r\nX-Accel-Redirect: /internal/secrets",
+            b"x\r\nLink: <https://evil.example/x.js>; rel=preload",
+            b"x\r\nSet-Cookie2: sid=attacker",
         ] {
             assert!(pl1(s, LocationKind::JsonValue), "{:?}", String::from_utf8_lossy(s));
         }

@@ -63,7 +63,11 @@ fn break_out_quote(v: &[u8], q: u8, backslashes: bool) -> Option<usize> {
 /// the gap (the only copy made, at most 2 KiB, for a value shaped so).
 fn libinjection_after_quote(v: &[u8], at: usize, level: u8) -> Option<Hit> {
     let sql = Words { v, i: 0 }.skip_gap(at + 1);
-    if sql + 256 <= LIBINJECTION_PREFIX || sql >= v.len() {
+    // libinjection reads `\'` as an escaped quote, as MySQL does; PostgreSQL and SQLite read a
+    // backslash and a quote that ends the string (tester p1: `x\' or 1=1--` returned every row
+    // from PostgreSQL): a quote after a backslash is read from itself, wherever it is.
+    let escaped = at > 0 && v[at - 1] == b'\\';
+    if (sql + 256 <= LIBINJECTION_PREFIX && !escaped) || sql >= v.len() {
         return None;
     }
     if sql - at <= 16 {
@@ -1256,8 +1260,17 @@ fn numeric_tautology(v: &[u8], level: u8) -> Option<Hit> {
     let rest: Vec<&[u8]> = std::iter::from_fn(|| words.next().map(|(w, _)| w)).take(5).collect();
     let boolean = |w: &[u8]| eq(w, b"true") || eq(w, b"false") || eq(w, b"null");
     let comparison = |w: &[u8]| matches!(w, b"=" | b"<" | b">" | b"!");
+    let truth = |w: &[u8]| {
+        boolean(w) || w.iter().all(u8::is_ascii_digit) || [&b"t"[..], b"yes", b"y", b"on"].iter().any(|t| eq(w, t))
+    };
     let lvl = match rest.as_slice() {
         [w] if boolean(w) => 1,
+        // PostgreSQL's boolean input: `0 or 't'`, `0 or 'yes'` (tester p1).
+        [q, w, q2] if *q == b"'" && *q2 == b"'" && truth(w) => 1,
+        // `0 or id between 0 and 9`, `0 or not id=0`, `0 or bool(1)`: SQL's own grammar.
+        [a, between, ..] if is_word(a[0]) && eq(between, b"between") => 1,
+        [not, a, c, ..] if eq(not, b"not") && is_word(a[0]) && comparison(c) => 1,
+        [f, open, ..] if f.iter().all(|&b| is_word(b)) && !f[0].is_ascii_digit() && *open == b"(" => 1,
         [not, w] if eq(not, b"not") && (boolean(w) || w.iter().all(u8::is_ascii_digit)) => 1,
         [a, c, ..] if is_word(a[0]) && comparison(c) && rest.len() <= 4 => 1,
         [w] if w.iter().all(|&b| is_word(b)) => 2,
@@ -1621,6 +1634,16 @@ mod tests {
             "1 or id>0",
             "1 || true",
             "1 or true-- -",
+            // PostgreSQL's readings of true, and SQL grammar after a number (tester p1).
+            "0 or 't'",
+            "0 or 'yes'",
+            "0 or id between 0 and 9",
+            "0 or not id=0",
+            "0 or bool(1)",
+            // A quote after a backslash ends a PostgreSQL string (tester p1).
+            "x\\' or 1=1--",
+            "\\' or true--",
+            "x\\' or name is not null--",
         ] {
             assert!(sqli(s, 1), "{s}");
         }

@@ -3,7 +3,7 @@
 //! secrets, version-control and tool directories, backups and dumps), in parameters and in the
 //! path itself.
 
-use super::decode::{find_ci, find_either, find_in, first_byte_ranges, is_word, Hit, Shape};
+use super::decode::{find_ci, find_either, find_in, first_byte_ranges, is_word, starts_with_ci, Hit, Shape};
 
 pub(crate) fn value(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
     if shape.has(const { Shape::mask(b"./\\") }) {
@@ -92,26 +92,38 @@ fn stream_wrapper(v: &[u8], level: u8) -> Option<Hit> {
 }
 
 /// Whether a data URL's text (after `data:`) holds PHP: `<?` in its payload, decoded from base64
-/// when it says so; read to its first blank or quote, at most 4 KiB of it.
+/// when it says so, as PHP decodes it (skipping what is not base64: a `#`, a blank, a tab;
+/// tester p1); read to a quote, at most 4 KiB of it.
 fn data_holds_php(url: &[u8]) -> bool {
-    let end = url
-        .iter()
-        .take(4096)
-        .position(|b| b.is_ascii_whitespace() || matches!(b, b'"' | b'\''))
-        .unwrap_or(url.len().min(4096));
+    let end = url.iter().take(4096).position(|b| matches!(b, b'"' | b'\'')).unwrap_or(url.len().min(4096));
     let url = &url[..end];
     let Some(comma) = url.iter().position(|&b| b == b',') else { return false };
     let (head, payload) = (&url[..comma], &url[comma + 1..]);
     if find_ci(head, b";base64", 0).is_none() {
-        return find_ci(payload, b"<?", 0).is_some();
+        return php_open_tag(payload);
     }
-    let mut decoded = Vec::with_capacity(payload.len() / 4 * 3);
-    for group in payload.chunks_exact(4) {
+    let alphabet: Vec<u8> =
+        payload.iter().copied().filter(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')).collect();
+    let mut decoded = Vec::with_capacity(alphabet.len() / 4 * 3);
+    for group in alphabet.chunks_exact(4) {
         if super::grpc::decode_group([group[0], group[1], group[2], group[3]], &mut decoded).is_err() {
             break;
         }
     }
-    find_ci(&decoded, b"<?", 0).is_some()
+    php_open_tag(&decoded)
+}
+
+/// PHP's opening tag: `<?php`, `<?=`, or `<?` and a blank (not XML's `<?xml`).
+fn php_open_tag(text: &[u8]) -> bool {
+    let mut from = 0;
+    while let Some(at) = find_ci(text, b"<?", from) {
+        from = at + 2;
+        let after = &text[at + 2..];
+        if starts_with_ci(after, b"php") || after.first().is_none_or(|&b| b == b'=' || b.is_ascii_whitespace()) {
+            return true;
+        }
+    }
+    false
 }
 
 /// `index.php::$DATA`: NTFS's default stream of a file, which IIS served as the script's source.
@@ -620,6 +632,9 @@ mod tests {
             "data://text/plain;base64,eDw/cGhwIHN5c3RlbSgkX0dFVFsnYyddKTsgPz4=",
             "data:text/plain;base64,PD9waHAgc3lzdGVtKCRfR0VUWydjJ10pOyA/Pg==",
             "data:text/plain,<?php system('id'); ?>",
+            // Bytes PHP's base64 decoder skips, spread through the payload (tester p1).
+            "data://text/plain;base64,PD9w#aHAgc3lzdGVtKCRfR0VUWydjJ10pOyA/Pg==",
+            "data://text/plain;base64,PD9w aHAg\tc3lzdGVtKCRfR0VUWydjJ10pOyA/Pg==",
             "glob:///etc/*",
             "compress.zlib://file.gz",
             "x=php://filter/resource=a",
@@ -640,6 +655,7 @@ mod tests {
             "mailto:php@example.com",
             "ratio 1::2",
             "data://text/plain;base64,SSBsb3ZlIFBIUAo=",
+            "data:text/xml,<?xml version=1.0?><a/>",
             "return self::$data;",
             "static::$database",
             "Model::$dataTypes",
