@@ -118,6 +118,12 @@ def by_kind(objs, kind):
     {"sidecar": {"telemetry": {"otlp": {"endpoint": "http://collector:4318/?api_key=x"}}}},
     {"sidecar": {"telemetry": {"otlp": {"sampling": 2}}}},
     {"sidecar": {"telemetry": {"events": {"format": "cef"}}}},
+    # Rendered and valid to kubernetes-validate, refused by the API server (outside tester o2).
+    {"controlPlane": {"podAnnotations": {"Bad Key": "x"}}},
+    {"controlPlane": {"podAnnotations": {"checksum/config": "pinned"}}},
+    {"controlPlane": {"tolerations": [{"operator": "Bogus"}]}},
+    {"controlPlane": {"service": {"ipFamilyPolicy": "SingleStack", "ipFamilies": ["IPv4", "IPv6"]}}},
+    {"image": {"repository": "UPPER/Case"}},
 ], ids=lambda v: str(v)[:60])
 def test_bad_values_are_refused_by_the_schema_with_the_field_named(values):
     with helm_python.Chart.load(str(CHART)) as chart:
