@@ -76,23 +76,24 @@ fn libinjection_after_quote(v: &[u8], at: usize, level: u8) -> Option<Hit> {
     let mut window = Vec::with_capacity(LIBINJECTION_PREFIX);
     window.extend_from_slice(&[v[at], b' ']);
     window.extend_from_slice(&v[sql..v.len().min(sql + LIBINJECTION_PREFIX - 2)]);
-    let mut state = SqliState::new(&window, SqliFlags::FLAG_NONE);
-    if !state.detect() {
-        return None;
-    }
-    let lvl = weight(&state, &window);
-    (lvl <= level).then(|| Hit::new(lvl, at, v.len()))
+    libinjection_verdict(&window, level).map(|(lvl, _)| Hit::new(lvl, at, v.len()))
 }
 
 /// libinjection's verdict on the [`LIBINJECTION_PREFIX`] bytes of `v` from `start`.
 fn libinjection_from(v: &[u8], start: usize, level: u8) -> Option<Hit> {
     let window = &v[start..v.len().min(start + LIBINJECTION_PREFIX)];
+    libinjection_verdict(window, level).map(|(lvl, sql)| Hit::new(lvl, start + sql, v.len()))
+}
+
+/// libinjection's match in `window` counting at `level` or below: its level, and where its SQL
+/// starts in the window.
+fn libinjection_verdict(window: &[u8], level: u8) -> Option<(u8, usize)> {
     let mut state = SqliState::new(window, SqliFlags::FLAG_NONE);
     if !state.detect() {
         return None;
     }
     let lvl = weight(&state, window);
-    (lvl <= level).then(|| Hit::new(lvl, start + breakout(&state, window), v.len()))
+    (lvl <= level).then(|| (lvl, breakout(&state, window)))
 }
 
 /// Where the SQL of a libinjection match starts, for the finding's fragment: past a leading
@@ -156,9 +157,7 @@ fn weight(state: &SqliState<'_>, input: &[u8]) -> u8 {
             // What follows, past blanks, is what PostgreSQL reads as true (`'or' 1`, `a 'or'1`).
             let next = input.get(closing..).unwrap_or_default().trim_ascii_start();
             let next = &next[..next.iter().position(|b| !b.is_ascii_alphanumeric()).unwrap_or(next.len())];
-            let truth = (!next.is_empty() && next.iter().all(u8::is_ascii_digit))
-                || [&b"true"[..], b"t", b"yes", b"y", b"on"].iter().any(|w| eq(next, w));
-            let breaks_out = logic && (((opens_value || after_word) && next_glued) || truth);
+            let breaks_out = logic && (((opens_value || after_word) && next_glued) || reads_as_true(next));
             if (hugged && !comparison && !breaks_out) || glued {
                 2
             } else {
@@ -397,15 +396,14 @@ const SQL_WORDS: &[&[u8]; 78] = &[
     b"where",
     b"xor",
 ];
-static SQL_WORD_TABLE: WordTable<78> = WordTable::new(SQL_WORDS);
+static SQL_WORD_TABLE: Keywords<78> = Keywords::new(SQL_WORDS);
 
 fn is_sql_word(w: &[u8]) -> bool {
     if w.is_empty() || w.len() > 16 || w[0].is_ascii_digit() {
         // `@var` and `@@version` are SQL by their sigil.
         return w.first() == Some(&b'@');
     }
-    const SHAPE: (u32, usize, usize) = word_shape(SQL_WORDS);
-    w[0] == b'@' || (in_word_shape(SHAPE, w) && SQL_WORD_TABLE.contains(w))
+    w[0] == b'@' || SQL_WORD_TABLE.contains(w)
 }
 
 /// The bytes of a word as [`Words`] reads it: letters, digits, `_`, `.`, `@`, `$`.
@@ -446,7 +444,7 @@ fn phrase_possible(v: &[u8], shape: Shape) -> bool {
     while let Some(start) = find_in(v, i, &WORDISH) {
         let end = find_in(v, start, &NOT_WORDISH).unwrap_or(v.len());
         let w = &v[start..end];
-        if (may_be_phrase_word(w) && PHRASE_WORD_TABLE.contains(w)) || is_catalog(w) {
+        if PHRASE_WORD_TABLE.contains(w) || is_catalog(w) {
             return true;
         }
         i = end;
@@ -608,7 +606,7 @@ const PHRASE_WORDS: &[&[u8]; 52] = &[
     b"waitfor",
     b"when",
 ];
-static PHRASE_WORD_TABLE: WordTable<52> = WordTable::new(PHRASE_WORDS);
+static PHRASE_WORD_TABLE: Keywords<52> = Keywords::new(PHRASE_WORDS);
 
 /// A phrase keyword's place in [`PHRASE_WORDS`], the id a window word carries (computed at
 /// compile time; a word not in the table fails the build).
@@ -639,10 +637,26 @@ const fn phrase_id(w: &[u8]) -> u8 {
     panic!("not a phrase word")
 }
 
-/// Lengths and first letters of [`PHRASE_WORDS`], so most words are ruled out before a lookup.
-fn may_be_phrase_word(w: &[u8]) -> bool {
-    const SHAPE: (u32, usize, usize) = word_shape(PHRASE_WORDS);
-    in_word_shape(SHAPE, w)
+/// A table of lower-case keywords with their first letters and lengths, so most words are ruled
+/// out before a lookup.
+struct Keywords<const N: usize> {
+    shape: (u32, usize, usize),
+    table: WordTable<N>,
+}
+
+impl<const N: usize> Keywords<N> {
+    const fn new(words: &[&[u8]; N]) -> Self {
+        Keywords { shape: word_shape(words), table: WordTable::new(words) }
+    }
+
+    /// The word's place in the table, whatever its case.
+    fn index_of(&self, w: &[u8]) -> Option<usize> {
+        in_word_shape(self.shape, w).then(|| self.table.index_of(lower_key(w))).flatten()
+    }
+
+    fn contains(&self, w: &[u8]) -> bool {
+        self.index_of(w).is_some()
+    }
 }
 
 /// The first letters (one bit each), shortest and longest length of a table of lower-case words.
@@ -695,13 +709,11 @@ fn phrases(v: &[u8], level: u8) -> Option<Hit> {
         // symbol between two prose words leaves both to the catalog check.
         let (key, notable) = if w.len() == 1 && !is_word(w[0]) {
             (NO_ID, matches!(w[0], b'(' | b')' | b';' | b'\'' | b'"' | b'`'))
-        } else if may_be_phrase_word(w) {
-            match PHRASE_WORD_TABLE.index_of(lower_key(w)) {
+        } else {
+            match PHRASE_WORD_TABLE.index_of(w) {
                 Some(id) => (id as u8, true),
                 None => (NO_ID, false),
             }
-        } else {
-            (NO_ID, false)
         };
         let p1_notable = count >= 1 && ring[(count - 1) & 7].2;
         ring[count & 7] = (at as u32, w.len() as u32, notable, key);
@@ -1137,9 +1149,8 @@ fn stacked_statement(v: &[u8]) -> Option<Hit> {
     }
     // `set@@global.general_log=1`: the statement word ends where a variable or a name starts.
     let w = &w[..w.iter().position(|b| matches!(b, b'@' | b'.' | b'$' | b':')).unwrap_or(w.len())];
-    let statement = may_be_stacked_statement(w) && STACKED_STATEMENT_TABLE.index_of(lower_key(w)).is_some()
-        || starts_with_ci_word(w, b"sp_")
-        || starts_with_ci_word(w, b"xp_");
+    let statement =
+        STACKED_STATEMENT_TABLE.contains(w) || starts_with_ci_word(w, b"sp_") || starts_with_ci_word(w, b"xp_");
     statement.then(|| Hit::new(1, lead_at, (lead_at + at + w.len() + 24).min(v.len())))
 }
 
@@ -1226,12 +1237,7 @@ const STACKED_STATEMENTS: &[&[u8]; 79] = &[
     b"with",
     b"xa",
 ];
-static STACKED_STATEMENT_TABLE: WordTable<79> = WordTable::new(STACKED_STATEMENTS);
-
-fn may_be_stacked_statement(w: &[u8]) -> bool {
-    const SHAPE: (u32, usize, usize) = word_shape(STACKED_STATEMENTS);
-    in_word_shape(SHAPE, w)
-}
+static STACKED_STATEMENT_TABLE: Keywords<79> = Keywords::new(STACKED_STATEMENTS);
 
 /// A number's comparison turned into a tautology or a contradiction, the whole value:
 /// `1 or true`, `1 and false`, `-1 or not false`, `1 or id>0` (paranoia 1: a boolean literal or
@@ -1239,34 +1245,37 @@ fn may_be_stacked_statement(w: &[u8]) -> bool {
 fn numeric_tautology(v: &[u8], level: u8) -> Option<Hit> {
     // The words skip comments: `1 or true-- -` reads as `1 or true`.
     let mut words = Words { v, i: 0 };
-    let (first, _) = words.next()?;
-    let (first, _) = if first == b"-" { words.next()? } else { (first, 0) };
+    let mut word = || words.next().map(|(w, _)| w);
+    let mut first = word()?;
+    if first == b"-" {
+        first = word()?;
+    }
     if !first.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    let (op, _) = words.next()?;
-    let (op, _) = if op == b"|" || op == b"&" {
-        // `||` and `&&` come as two one-byte words.
-        match words.next() {
-            Some((second, _)) if second == op => (op, 0),
-            _ => return None,
-        }
-    } else {
-        (op, 0)
-    };
+    // `||` and `&&` come as two one-byte words.
+    let op = word()?;
+    if (op == b"|" || op == b"&") && word()? != op {
+        return None;
+    }
     if !(eq(op, b"or") || eq(op, b"and") || eq(op, b"xor") || op == b"|" || op == b"&") {
         return None;
     }
-    let rest: Vec<&[u8]> = std::iter::from_fn(|| words.next().map(|(w, _)| w)).take(5).collect();
+    // What follows, up to five words (one more than any shape below reads).
+    let mut after: [&[u8]; 5] = [b""; 5];
+    let mut n = 0;
+    while n < after.len() {
+        let Some(w) = word() else { break };
+        after[n] = w;
+        n += 1;
+    }
+    let rest = &after[..n];
     let boolean = |w: &[u8]| eq(w, b"true") || eq(w, b"false") || eq(w, b"null");
     let comparison = |w: &[u8]| matches!(w, b"=" | b"<" | b">" | b"!");
-    let truth = |w: &[u8]| {
-        boolean(w) || w.iter().all(u8::is_ascii_digit) || [&b"t"[..], b"yes", b"y", b"on"].iter().any(|t| eq(w, t))
-    };
-    let lvl = match rest.as_slice() {
+    let lvl = match rest {
         [w] if boolean(w) => 1,
-        // PostgreSQL's boolean input: `0 or 't'`, `0 or 'yes'` (tester p1).
-        [q, w, q2] if *q == b"'" && *q2 == b"'" && truth(w) => 1,
+        // PostgreSQL's boolean input: `0 or 't'`, `0 or 'yes'`.
+        [q, w, q2] if *q == b"'" && *q2 == b"'" && (boolean(w) || reads_as_true(w)) => 1,
         // `0 or id between 0 and 9`, `0 or not id=0`, `0 or bool(1)`: SQL's own grammar.
         [a, between, ..] if is_word(a[0]) && eq(between, b"between") => 1,
         [not, a, c, ..] if eq(not, b"not") && is_word(a[0]) && comparison(c) => 1,
@@ -1278,6 +1287,13 @@ fn numeric_tautology(v: &[u8], level: u8) -> Option<Hit> {
         _ => return None,
     };
     (lvl <= level).then(|| Hit::new(lvl, 0, v.len()))
+}
+
+/// A number, or a word PostgreSQL's boolean input reads as true (`t`, `yes`, `on`, ...): what a
+/// tautology after a break-out compares with (`'or' 1`, `0 or 'yes'`).
+fn reads_as_true(w: &[u8]) -> bool {
+    (!w.is_empty() && w.iter().all(u8::is_ascii_digit))
+        || [&b"true"[..], b"t", b"yes", b"y", b"on"].iter().any(|t| eq(w, t))
 }
 
 fn strip_trailing_comment(v: &[u8]) -> &[u8] {
