@@ -13,8 +13,8 @@ mod refusals;
 mod traces;
 
 pub use events::{
-    DeniedConnection, DeniedRequest, DosRefusal, EventWriter, RequestFacts, SecurityEvent, TlsSession, WafEvent,
-    OPAQUE_PORTS_RULE,
+    now_millis, rfc3339_millis, DeniedConnection, DeniedRequest, DosRefusal, EventWriter, RequestFacts, SecurityEvent,
+    TlsSession, WafEvent, OPAQUE_PORTS_RULE,
 };
 pub use logging::{dropped_lines as log_lines_dropped, flush as flush_logs, LogFormat, LogLevel};
 pub use metrics::Metrics;

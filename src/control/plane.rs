@@ -335,13 +335,9 @@ async fn run(
                 }
                 let not_after = watched.not_after();
                 expiry.set(not_after as f64);
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                let stage = WebhookCertificate::at(not_after, now as i64);
+                let stage = WebhookCertificate::at(not_after, (crate::telemetry::now_millis() / 1000) as i64);
                 if stage > said {
-                    let ends = time::OffsetDateTime::from_unix_timestamp(not_after)
-                        .ok()
-                        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-                        .unwrap_or_else(|| not_after.to_string());
+                    let ends = crate::telemetry::rfc3339_millis(not_after.max(0) as u64 * 1000);
                     match stage {
                         WebhookCertificate::Expired => tracing::error!(%ends,
                             "the injection webhook's certificate has expired: the API server refuses to call the webhook, and with failurePolicy Fail every pod of a meshed namespace is refused; renew it (the chart renews a generated one on helm upgrade within 30 days of its end; cert-manager renews its own)"),

@@ -369,7 +369,7 @@ impl EventWriter {
     }
 }
 
-pub(super) fn now_millis() -> u64 {
+pub fn now_millis() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
@@ -379,7 +379,7 @@ pub(super) fn now_rfc3339_millis() -> String {
 }
 
 /// A Unix time in milliseconds as RFC 3339 in UTC with milliseconds.
-fn rfc3339_millis(unix_ms: u64) -> String {
+pub fn rfc3339_millis(unix_ms: u64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(unix_ms) * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format_rfc3339_millis(t)

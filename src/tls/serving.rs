@@ -41,6 +41,11 @@ impl ServingCert {
         })
     }
 
+    /// When the certificate in force ends (Unix time; 0 if it could not be read).
+    pub fn not_after(&self) -> i64 {
+        self.not_after.load(Ordering::Relaxed)
+    }
+
     /// An acceptor that always presents the pair in force (HTTP/1.1 and HTTP/2 by ALPN).
     pub fn acceptor(&self) -> Result<Acceptor, TlsError> {
         let mut config = ServerConfig::builder_with_provider(super::provider())
@@ -64,13 +69,6 @@ impl ServingCert {
             self.current.store(Arc::new(pair));
         }
         Ok(changed)
-    }
-}
-
-impl ServingCert {
-    /// When the certificate in force ends (Unix time; 0 if it could not be read).
-    pub fn not_after(&self) -> i64 {
-        self.not_after.load(Ordering::Relaxed)
     }
 }
 
