@@ -348,8 +348,9 @@ pub fn finish(
     let broken_off = ctx.failed_upstream && code < 500 && code != 101;
     let code = if broken_off && code != 0 { 502 } else { code };
     let method = method_label(&session.req_header().method);
-    // A gRPC call the sidecar answered itself (a refusal, a failure) carried the status its
-    // answer wrote (`respond::write`).
+    // A gRPC answer with no `grpc-status` of its own and an HTTP error: the sidecar's own answer
+    // (a refusal, a failure), which wrote the status gRPC's table gives (`respond::write`), or
+    // an app's bare HTTP error, which gRPC clients read through the same table.
     if ctx.grpc_status.is_none() && code != 200 && code != 0 && super::is_grpc(session.req_header()) {
         ctx.grpc_status = Some(u16::from(super::respond::grpc_status(code)));
     }

@@ -19,8 +19,8 @@ has the new caBundle at once, the control plane the new Secret when its kubelet 
 {{- $annotations = (.metadata | default dict).annotations | default dict }}
 {{- end }}
 {{- $notAfter := index $annotations "palisade.dev/not-after" | default "0" | int64 }}
+{{- $pair := dict }}
 {{- if and (index $data "tls.key") (gt $notAfter (add .now $renewBefore)) }}
-{{- $ca := index $data "ca.crt" | b64dec }}
 {{- /* The CA a renewal replaced stays trusted for a week after it (previous-ca.crt, renewed-at):
 an upgrade soon after a renewal, before the control plane's kubelet gave it the new pair, must
 not leave the API server trusting only the new CA. */}}
@@ -29,8 +29,7 @@ not leave the API server trusting only the new CA. */}}
 {{- if and (index $data "previous-ca.crt") (lt .now (add $renewedAt (mul 7 86400))) }}
 {{- $previous = index $data "previous-ca.crt" | b64dec }}
 {{- end }}
-{{- $trusted := printf "%s\n" (compact (list (trim $ca) (trim $previous)) | join "\n") }}
-{{- dict "cert" (index $data "tls.crt" | b64dec) "key" (index $data "tls.key" | b64dec) "ca" $ca "previous" $previous "renewedAt" (toString $renewedAt) "trusted" $trusted "notAfter" (toString $notAfter) | toYaml }}
+{{- $pair = dict "cert" (index $data "tls.crt" | b64dec) "key" (index $data "tls.key" | b64dec) "ca" (index $data "ca.crt" | b64dec) "previous" $previous "renewedAt" $renewedAt "notAfter" $notAfter }}
 {{- else }}
 {{- /* Its own CA: the API server trusts this one for the webhook only, never a mesh identity. */}}
 {{- $wca := genCA "Palisade webhook CA" $validity }}
@@ -39,6 +38,8 @@ not leave the API server trusting only the new CA. */}}
 {{- if index $data "ca.crt" }}
 {{- $old = index $data "ca.crt" | b64dec }}
 {{- end }}
-{{- dict "cert" $cert.Cert "key" $cert.Key "ca" $wca.Cert "previous" $old "renewedAt" (toString .now) "trusted" (printf "%s\n" (compact (list (trim $wca.Cert) (trim $old)) | join "\n")) "notAfter" (toString (add .now (mul $validity 86400))) | toYaml }}
+{{- $pair = dict "cert" $cert.Cert "key" $cert.Key "ca" $wca.Cert "previous" $old "renewedAt" .now "notAfter" (add .now (mul $validity 86400)) }}
 {{- end }}
+{{- $trusted := printf "%s\n" (compact (list (trim $pair.ca) (trim $pair.previous)) | join "\n") }}
+{{- merge (dict "trusted" $trusted "renewedAt" (toString $pair.renewedAt) "notAfter" (toString $pair.notAfter)) $pair | toYaml }}
 {{- end }}
