@@ -13,7 +13,7 @@ mod ratelimit;
 
 pub use crate::config::IpBlock;
 /// The WAF's reading of a gRPC `Content-Type`, for what else treats gRPC as such (body timers).
-pub use crate::waf::{is_grpc, rpc_over_http1};
+pub use crate::waf::{grpc_status, is_grpc, rpc_over_http1, GRPC_STATUS};
 pub use compile::{selects, InputLimits, PolicySnapshot};
 pub use decide::{
     Allowed, Authenticated, BodyInspection, BodyPlan, ConnectionView, DecidedBy, GrpcCall, Limited, Malformation, Note,

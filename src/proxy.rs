@@ -22,7 +22,6 @@ use crate::policy::Malformation;
 pub use inbound::Inbound;
 pub use outbound::Outbound;
 pub use parse_guard::{request_timeout_answer, Strict};
-pub use record::grpc_status;
 pub use request_id::RequestId;
 pub use respond::ErrorKind;
 pub use shed::Inflight;

@@ -64,7 +64,9 @@ use std::fmt;
 pub(crate) use body::grpc_frame_start;
 pub use body::{grpc_web_text, is_connect, is_grpc, is_protobuf, json_codec, json_like, rpc_over_http1, text_like};
 use decode::Hit;
-pub use grpc::{Base64Frames, GrpcMessages, Message as GrpcMessage, NotBase64, Piece as GrpcPiece};
+pub use grpc::{
+    grpc_status, Base64Frames, GrpcMessages, Message as GrpcMessage, NotBase64, Piece as GrpcPiece, GRPC_STATUS,
+};
 
 /// The detector families; their names are the `detector` label of metrics and events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -168,7 +168,7 @@ fn grpc_message(message: &impl prost::Message) -> bytes::Bytes {
 /// `grpc-status` (read as the proxy reads it) and `grpc-message` (as `: message`), when there
 /// is a status.
 fn grpc_status(headers: &http::HeaderMap) -> Option<(u16, String)> {
-    let code = crate::proxy::grpc_status(headers)?;
+    let code = crate::policy::grpc_status(headers)?;
     let message = headers.get("grpc-message").and_then(|m| m.to_str().ok()).filter(|m| !m.is_empty());
     Some((code, message.map(|m| format!(": {m}")).unwrap_or_default()))
 }

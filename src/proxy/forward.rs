@@ -162,7 +162,7 @@ pub async fn exchange(
                     let mut header = downstream_header(session, header, end)?;
                     super::frame_for_http10(session, &mut header);
                     // A gRPC call that failed before any message: its status is in this header.
-                    let grpc = if end { super::record::grpc_status(&header.headers) } else { None };
+                    let grpc = if end { crate::policy::grpc_status(&header.headers) } else { None };
                     write_header(session, header, end).await?;
                     if end {
                         return Ok(grpc);
@@ -175,7 +175,7 @@ pub async fn exchange(
                     stalled.as_mut().reset(tokio::time::Instant::now() + body_timeout);
                 }
                 Event::End(trailers) => {
-                    let grpc = trailers.as_ref().and_then(super::record::grpc_status);
+                    let grpc = trailers.as_ref().and_then(crate::policy::grpc_status);
                     match trailers {
                         Some(trailers) if session.is_http2() => {
                             session.write_response_trailers(trailers).await.map_err(Error::into_down)?

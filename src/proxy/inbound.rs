@@ -756,7 +756,7 @@ impl ProxyHttp for Inbound {
         ctx: &mut InboundCtx,
     ) -> pingora::Result<()> {
         // A gRPC call that failed before any message (trailers-only): its status is here.
-        ctx.request.grpc_status = record::grpc_status(&upstream.headers);
+        ctx.request.grpc_status = crate::policy::grpc_status(&upstream.headers);
         // The app's upgrades are the sidecar's own (`upgrade::exchange`); one here answers a
         // request that asked for none it may take (HTTP/1.0, h2c), and passed on it would leave
         // the caller waiting on a stream that never opens.
@@ -777,7 +777,7 @@ impl ProxyHttp for Inbound {
         trailers: &mut http::HeaderMap,
         ctx: &mut InboundCtx,
     ) -> pingora::Result<Option<Bytes>> {
-        ctx.request.grpc_status = record::grpc_status(trailers).or(ctx.request.grpc_status);
+        ctx.request.grpc_status = crate::policy::grpc_status(trailers).or(ctx.request.grpc_status);
         Ok(None)
     }
 

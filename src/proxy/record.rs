@@ -291,20 +291,6 @@ impl Default for RequestCtx {
     }
 }
 
-/// `grpc-status`, made once: a name given as text is parsed on every lookup, and this one is
-/// looked up in every answer the inbound side passes on.
-pub const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
-
-/// The `grpc-status` a gRPC answer ends with, in its trailers or (a call that failed before any
-/// message) its only header; `None` for anything else.
-pub fn grpc_status(headers: &http::HeaderMap) -> Option<u16> {
-    let value = headers.get(GRPC_STATUS)?.as_bytes();
-    if value.is_empty() || value.len() > 2 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(value).ok()?.parse().ok()
-}
-
 /// Standard methods by name; anything else is `OTHER`, so a client cannot grow the label set.
 pub fn method_label(method: &http::Method) -> &'static str {
     use http::Method;

@@ -197,7 +197,7 @@ pub async fn write(
 /// `grpc-status` and `grpc-message` for an answer of `status` the sidecar made.
 fn grpc_trailers(status: u16, code: &str, request_id: &RequestId) -> http::HeaderMap {
     let mut trailers = http::HeaderMap::with_capacity(2);
-    trailers.insert(super::record::GRPC_STATUS, HeaderValue::from(u16::from(grpc_status(status))));
+    trailers.insert(crate::policy::GRPC_STATUS, HeaderValue::from(u16::from(grpc_status(status))));
     // Printable ASCII but `%`: nothing to percent-encode.
     let message = format!("{code} (request id {})", request_id.as_str());
     trailers.insert("grpc-message", HeaderValue::from_str(&message).expect("ASCII"));
