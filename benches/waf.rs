@@ -89,6 +89,13 @@ fn bench(c: &mut Criterion) {
             ("prefix_flags_64k", ";call -x"),
             ("cmd_expansions_64k", "& %a% x"),
             ("variable_uses_64k", "$a"),
+            // Code injection's openers: indexers, joined quotes, calls after groups, templates.
+            ("php_indexers_64k", "$a["),
+            ("joined_quotes_64k", "'x'."),
+            ("group_calls_64k", ")("),
+            ("template_braces_64k", "{{"),
+            ("java_names_64k", "java.x"),
+            ("while_loops_64k", "while("),
         ];
         for (name, unit) in units {
             // The expansions' uses need what they use: a long assigned value, or a cmd variable.

@@ -1,6 +1,7 @@
 //! Input validation (SPEC sections 4 and 5, step 6): detectors for SQL injection, XSS, path
-//! traversal / local file inclusion, OS command injection and protocol anomalies, run on the
-//! parts of a request that the proxy has already parsed.
+//! traversal / local file inclusion, OS command injection, protocol anomalies and code injection
+//! (PHP, the JVM, Node.js, Ruby, server-side templates), run on the parts of a request that the
+//! proxy has already parsed.
 //!
 //! A [`Waf`] is built once per policy update from [`WafSettings`] and is immutable (`Send +
 //! Sync`); a request asks it twice, once for the head ([`Waf::inspect_head`]: normalised path,
@@ -25,13 +26,13 @@
 //!
 //! Which locations a detector reads at which paranoia level follows the OWASP Core Rule Set:
 //!
-//! | location | sqli | xss | path_traversal | command_injection | protocol |
-//! | --- | --- | --- | --- | --- | --- |
-//! | arguments (query, form, JSON, multipart, XML; names and values), cookies | 1 | 1 | 1 | 1 | 1 |
-//! | path (normalised) | 1 (libinjection: segments with a quote from 1, the whole path from 2) | 1 | 1 | 3 | 1 |
-//! | `User-Agent` | 1 | 1 | 1 | 1 | - |
-//! | `Referer` | 1 | 1 | 2 | 1 | - |
-//! | other headers | 2 | 1 | 1 | 1 (Shellshock only; all from 2) | - |
+//! | location | sqli | xss | path_traversal | command_injection | protocol | code_injection |
+//! | --- | --- | --- | --- | --- | --- | --- |
+//! | arguments (query, form, JSON, multipart, XML; names and values), cookies | 1 | 1 | 1 | 1 | 1 | 1 |
+//! | path (normalised) | 1 (libinjection: segments with a quote from 1, the whole path from 2) | 1 | 1 | 3 | 1 | 2 |
+//! | `User-Agent` | 1 | 1 | 1 | 1 | - | 1 |
+//! | `Referer` | 1 | 1 | 2 | 1 | - | 1 |
+//! | other headers | 2 | 1 | 1 | 1 (Shellshock only; all from 2) | - | 1 (the JVM's only; all from 2) |
 //!
 //! `Cookie` is read as cookie pairs; `Content-Type` and `Content-Length` are the parser's; the
 //! credentials in `Authorization` / `Proxy-Authorization` are never read (they belong to JWT).
@@ -48,6 +49,7 @@
 
 mod body;
 mod cmdi;
+mod code;
 mod decode;
 pub mod encoding;
 mod grpc;
@@ -76,13 +78,21 @@ pub enum Detector {
     PathTraversal,
     CommandInjection,
     Protocol,
+    CodeInjection,
 }
 
 impl Detector {
-    pub const ALL: [Detector; 5] =
-        [Detector::Sqli, Detector::Xss, Detector::PathTraversal, Detector::CommandInjection, Detector::Protocol];
+    pub const ALL: [Detector; 6] = [
+        Detector::Sqli,
+        Detector::Xss,
+        Detector::PathTraversal,
+        Detector::CommandInjection,
+        Detector::Protocol,
+        Detector::CodeInjection,
+    ];
 
-    /// The policy and label name (`sqli`, `xss`, `path_traversal`, `command_injection`, `protocol`).
+    /// The policy and label name (`sqli`, `xss`, `path_traversal`, `command_injection`,
+    /// `protocol`, `code_injection`).
     pub fn as_str(self) -> &'static str {
         match self {
             Detector::Sqli => "sqli",
@@ -90,6 +100,7 @@ impl Detector {
             Detector::PathTraversal => "path_traversal",
             Detector::CommandInjection => "command_injection",
             Detector::Protocol => "protocol",
+            Detector::CodeInjection => "code_injection",
         }
     }
 
@@ -115,7 +126,7 @@ pub struct DetectorSet(u8);
 
 impl DetectorSet {
     pub const EMPTY: DetectorSet = DetectorSet(0);
-    pub const ALL: DetectorSet = DetectorSet(0b1_1111);
+    pub const ALL: DetectorSet = DetectorSet(0b11_1111);
 
     pub fn of(detectors: &[Detector]) -> DetectorSet {
         detectors.iter().fold(DetectorSet::EMPTY, |set, &d| set.with(d))
@@ -142,6 +153,18 @@ impl DetectorSet {
     #[must_use]
     pub fn without(self, other: DetectorSet) -> DetectorSet {
         DetectorSet(self.0 & !other.0)
+    }
+
+    /// What an exclusion naming these lifts: every detector when it names the five the first
+    /// policies knew, since it was written to lift them all (docs/policy.md said so for upload
+    /// endpoints, whose bodies go unread only when no detector is left); otherwise these.
+    #[must_use]
+    pub fn as_exclusion(self) -> DetectorSet {
+        const FIRST_FIVE: DetectorSet = DetectorSet(0b1_1111);
+        match self.0 & FIRST_FIVE.0 == FIRST_FIVE.0 {
+            true => DetectorSet::ALL,
+            false => self,
+        }
     }
 }
 
@@ -299,14 +322,14 @@ enum Class {
 }
 
 impl Class {
-    fn min_levels(self) -> [u8; 5] {
-        // [sqli, xss, path_traversal, command_injection, protocol]
+    fn min_levels(self) -> [u8; 6] {
+        // [sqli, xss, path_traversal, command_injection, protocol, code_injection]
         match self {
-            Class::Arg => [1, 1, 1, 1, 1],
-            Class::Path => [1, 1, 1, 3, 1],
-            Class::UserAgent => [1, 1, 1, 1, 1],
-            Class::Referer => [1, 1, 2, 1, 1],
-            Class::Header => [2, 1, 1, 1, 1],
+            Class::Arg => [1, 1, 1, 1, 1, 1],
+            Class::Path => [1, 1, 1, 3, 1, 2],
+            Class::UserAgent => [1, 1, 1, 1, 1, 1],
+            Class::Referer => [1, 1, 2, 1, 1, 1],
+            Class::Header => [2, 1, 1, 1, 1, 1],
         }
     }
 }
@@ -513,9 +536,10 @@ impl Waf {
                 }
             }
         }
+        let upload = v.kind == LocationKind::MultipartFilename
+            || (v.kind == LocationKind::Header
+                && matches!(v.name, b"x-filename" | b"x_filename" | b"x.filename" | b"x-file-name"));
         if active.contains(Detector::PathTraversal) {
-            let upload = v.kind == LocationKind::MultipartFilename
-                || (v.kind == LocationKind::Header && matches!(v.name, b"x-filename" | b"x_filename" | b"x-file-name"));
             let hit = if v.class == Class::Path {
                 traversal::path(text, pl)
             } else if upload {
@@ -567,6 +591,17 @@ impl Waf {
                 return Some(report(Detector::CommandInjection, text, hit));
             }
         }
+        if active.contains(Detector::CodeInjection) {
+            // Other headers get only the JVM's checks below paranoia 2 (Log4Shell came in any).
+            let full = v.class != Class::Header || pl >= 2;
+            let hit = match upload {
+                true => code::upload_name(text, pl),
+                false => None,
+            };
+            if let Some(hit) = hit.or_else(|| code::check(text, shape, full, pl)) {
+                return Some(report(Detector::CodeInjection, text, hit));
+            }
+        }
         None
     }
 }
@@ -616,6 +651,22 @@ pub(crate) mod tests {
 
     pub(crate) fn waf(pl: u8) -> Waf {
         Waf::new(WafSettings { paranoia: pl, detectors: DetectorSet::ALL }).unwrap()
+    }
+
+    #[test]
+    fn an_exclusion_of_the_first_five_detectors_lifts_every_one() {
+        let five = DetectorSet::of(&Detector::ALL[..5]);
+        assert_eq!(five.as_exclusion(), DetectorSet::ALL);
+        let four = DetectorSet::of(&Detector::ALL[..4]);
+        assert_eq!(four.as_exclusion(), four);
+        let code = DetectorSet::of(&[Detector::CodeInjection]);
+        assert_eq!(code.as_exclusion(), code);
+        // What the five lift is then skipped: a PHP payload passes where they apply.
+        let w = waf(1);
+        let h = http::HeaderMap::new();
+        let view = HeadView { path: "/upload", query: Some("x=%3C%3Fphp%20system(%27id%27)%3B"), headers: &h };
+        assert_eq!(w.inspect_head(&view, &Skips::NONE).map(|f| f.detector), Some(Detector::CodeInjection));
+        assert_eq!(w.inspect_head(&view, &Skips::new(five.as_exclusion(), &[])), None);
     }
 
     fn head<'a>(path: &'a str, query: Option<&'a str>, headers: &'a http::HeaderMap) -> HeadView<'a> {

@@ -222,6 +222,11 @@ async fn corpora_replayed_through_a_sidecar_in_block_mode_at_paranoia_one() {
         assert!(t.blocked_pl1 >= floor, "{name}: {} PL1 attacks blocked, floor {floor}\n{report}", t.blocked_pl1);
         assert!(pct(t.blocked_pl1, t.attacks_pl1) >= 97.0, "{name} below the 97% target\n{report}");
     }
+    // The `code_injection` detector: below CRS's reach by choice (src/waf/corpus.rs says where).
+    for (name, floor) in [("PHP (933)", 236), ("Java (944)", 485), ("generic (934; SSRF no detector)", 76)] {
+        let t = tallies[name];
+        assert!(t.blocked_pl1 >= floor, "{name}: {} PL1 attacks blocked, floor {floor}\n{report}", t.blocked_pl1);
+    }
     assert!(lists["sqli"].0 >= 17075, "{report}");
     assert!(lists["xss"].0 >= 1640, "{report}");
     // 6: CRS 942522-8, a Wikipedia article quoting SQL injections, read past its first 2 KiB

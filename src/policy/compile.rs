@@ -1042,7 +1042,7 @@ fn compile_waf(policy: &Arc<str>, w: &super::document::Waf, metrics: &Metrics) -
         .map(|e: &Exclusion| CompiledExclusion {
             paths: e.paths.clone(),
             parameters: e.parameters.clone(),
-            detectors: e.detectors.iter().fold(DetectorSet::EMPTY, |set, d| set.with(d.0)),
+            detectors: e.detectors.iter().fold(DetectorSet::EMPTY, |set, d| set.with(d.0)).as_exclusion(),
         })
         .collect();
     Ok(PolicyWaf {

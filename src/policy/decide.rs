@@ -2204,6 +2204,13 @@ mod tests {
         for path in ["/orders", "/search", "/q", "/uploads"] {
             assert!(exempt.body_plan(path, Some(b"application/json"), []).is_some(), "{path}");
         }
+        // The five above were every detector when the docs told users to write them; they still
+        // lift `code_injection`, added since. Naming all six does the same; four do not.
+        let six = waf_policy(
+            "{mode: BLOCK, exclusions: [{paths: [\"/upload/*\"], detectors: [sqli, xss, path_traversal, command_injection, protocol, code_injection]}, {paths: [\"/four/*\"], detectors: [sqli, xss, path_traversal, command_injection, code_injection]}]}",
+        );
+        assert_eq!(six.body_plan("/upload/photo", Some(b"multipart/form-data; boundary=b"), []), None);
+        assert!(six.body_plan("/four/x", Some(b"application/json"), []).is_some());
     }
 
     // === Throttling (DELAY limits) ===

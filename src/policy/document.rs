@@ -792,7 +792,7 @@ impl std::str::FromStr for DetectorName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         crate::waf::Detector::parse(s).map(DetectorName).ok_or_else(|| {
-            format!("unknown detector {s:?}; expected sqli, xss, path_traversal, command_injection or protocol")
+            format!("unknown detector {s:?}; expected sqli, xss, path_traversal, command_injection, protocol or code_injection")
         })
     }
 }

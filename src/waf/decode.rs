@@ -353,14 +353,23 @@ fn decode_at(b: &[u8], i: usize) -> Option<(usize, Decoded)> {
 /// with or without `;`, and the named ones that spell syntax.
 fn entity(rest: &[u8]) -> Option<(usize, Decoded)> {
     if rest.get(1) == Some(&b'#') {
-        let (cp, n, start) = match rest.get(2) {
-            Some(b'x' | b'X') => {
-                let (cp, n) = hex_run(&rest[3..], 8);
-                (cp, n, 3)
+        // Browsers (and Commons Text's unescaper) read any number of leading zeros:
+        // `&#00000000000000000000123;` is `{`.
+        let hex = matches!(rest.get(2), Some(b'x' | b'X'));
+        let digits_at = if hex { 3 } else { 2 };
+        let zeros = rest.get(digits_at..).map_or(0, |d| d.iter().take(64).take_while(|&&b| b == b'0').count());
+        let zeros = match rest.get(digits_at + zeros) {
+            Some(b) if b.is_ascii_hexdigit() => zeros,
+            _ => zeros.saturating_sub(1),
+        };
+        let (cp, n, start) = match hex {
+            true => {
+                let (cp, n) = hex_run(&rest[3 + zeros..], 8);
+                (cp, n, 3 + zeros)
             }
-            _ => {
-                let (cp, n) = dec_run(&rest[2..], 8);
-                (cp, n, 2)
+            false => {
+                let (cp, n) = dec_run(&rest[2 + zeros..], 8);
+                (cp, n, 2 + zeros)
             }
         };
         if n == 0 {
@@ -706,6 +715,8 @@ mod tests {
             (b"%u003Cscript%u003E", b"<script>"),
             (b"&lt;img src=x&gt;", b"<img src=x>"),
             (b"&#60;&#x3c;&#X3C&#0000060;", b"<<<<"),
+            (b"&#x24;&#00000000000000000000000000000000000000000000000123;", b"${"),
+            (b"&#x0000000000000000000000003c;&#0;", b"<"),
             (b"java&Tab;script&colon;", b"java\tscript:"),
             (b"\\u003cb\\x3e", b"<b>"),
             (b"\\u{3c}", b"<"),
