@@ -39,8 +39,33 @@ pub(crate) fn check(v: &[u8], shape: Shape, libinjection: bool, level: u8) -> Op
                 }
             }
         }
+        // A line comment ends at a line break, and what follows may be bytes libinjection does
+        // not read as SQL at all (outside tester q2: `1' OR 1=1--`, then `\n\x1b[31m`,
+        // passed): the value up to the end of the first line holding one is read on its own.
+        if shape.line_break() {
+            if let Some(end) = commented_line_end(v) {
+                let head = &v[..end];
+                if let Some((lvl, sql)) = libinjection_verdict(&head[..head.len().min(LIBINJECTION_PREFIX)], level) {
+                    return Some(Hit::new(lvl, sql, end));
+                }
+            }
+        }
     }
     own_checks(v, shape, level)
+}
+
+/// The end of the first line (before its line break) that holds an SQL line comment (`--` or
+/// `#`), when a line break follows it.
+fn commented_line_end(v: &[u8]) -> Option<usize> {
+    let mut start = 0;
+    while let Some(nl) = find_either(v, start, b'\n', b'\r') {
+        let line = &v[start..nl];
+        if line.contains(&b'#') || line.windows(2).any(|w| w == b"--") {
+            return Some(nl);
+        }
+        start = nl + 1;
+    }
+    None
 }
 
 /// The first quote `q` in `v` that is not doubled (and, with `backslashes`, not escaped by one).
@@ -1627,6 +1652,21 @@ mod tests {
                 let s = format!("a{other}b {pad}{attack}");
                 assert!(sqli(&s, 1), "{} bytes of padding, then {attack}", pad.len());
             }
+        }
+    }
+
+    /// Outside tester q2: bytes no SQL lexer reads, on the line after a line comment, hid the
+    /// injection before it.
+    #[test]
+    fn what_follows_a_line_comment_does_not_hide_the_injection() {
+        for attack in ["1' OR 1=1--", "1' OR 1=1#", "x' union select password from users--"] {
+            for tail in ["\n\x1b[31m", "\n\x1b[31m\"}", "\r\n\x07\x07", "\n}}}{{{", "\n\x1b"] {
+                let s = format!("{attack}{tail}");
+                assert!(sqli(&s, 1), "{s:?}");
+            }
+        }
+        for text in ["# Notes\nbuy milk", "-- \nregards, Ann", "see #4 -- fixed\nthanks"] {
+            assert!(!sqli(text, 1), "{text:?}");
         }
     }
 
