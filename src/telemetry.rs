@@ -184,8 +184,9 @@ impl Telemetry {
         if !self.invalid_requests.reported_each(&self.refusals, "inbound", denied.request.source.map(|s| s.ip())) {
             return;
         }
-        tracing::info!(status = denied.status, reason = %denied.rule, method = %denied.request.method,
-            path = %denied.request.path, request_id = %denied.request.request_id, "request refused as invalid");
+        // Quoted, as every other request line's: a path may hold `"` or a blank.
+        tracing::info!(status = denied.status, reason = %denied.rule, method = denied.request.method.as_str(),
+            path = denied.request.path.as_str(), request_id = %denied.request.request_id, "request refused as invalid");
         self.events.emit(SecurityEvent::RequestDenied(denied));
     }
 

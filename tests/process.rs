@@ -452,6 +452,18 @@ async fn a_log_filter_cut_short_is_not_applied() {
     let whole = client.post(format!("{admin}/log_level")).body("warn").send().await.unwrap();
     assert_eq!(whole.status(), 200);
     assert_eq!(level().await, "warn", "a whole one is");
+
+    // Silencing the log leaves a line saying who did it, written before the filter went
+    // (outside tester q2: `off` left no trace).
+    let off = client.post(format!("{admin}/log_level")).body("off").send().await.unwrap();
+    assert_eq!(off.status(), 200);
+    let log = config.with_file_name("sidecar.log");
+    let said = eventually(async || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines().any(|l| l.contains("log level changing through the admin API") && l.contains("to=\"off\""))
+    })
+    .await;
+    assert!(said, "{}", std::fs::read_to_string(&log).unwrap_or_default());
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -89,6 +89,11 @@ impl JsonLines {
                 // batch tries again.
                 match written {
                     Ok(()) => {
+                        if failing {
+                            // Said, as the trace exporter says it: how long lines were lost is
+                            // then in the log (outside tester q2).
+                            tracing::warn!(writer = %name, "writes work again; lines lost meanwhile are counted");
+                        }
                         failing = false;
                         torn = false;
                     }
@@ -122,6 +127,10 @@ impl JsonLines {
 
     /// Queues one line that is already JSON and ends with a newline.
     pub fn send_line(&self, line: Vec<u8>) {
+        let line = match invisible_escaped(&line) {
+            std::borrow::Cow::Borrowed(_) => line,
+            std::borrow::Cow::Owned(escaped) => escaped,
+        };
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.queue.try_send(Item::Line(line)) {
             self.dropped.inc();
         }
@@ -148,9 +157,65 @@ impl JsonLines {
     }
 }
 
+/// `line` with the characters that break a line or hide text written as `\uXXXX`: Unicode's
+/// line breaks (U+0085, U+2028, U+2029), which `splitlines()` and many log viewers split on,
+/// and the invisible and bidirectional controls (U+200B to U+200F, U+202A to U+202E, U+2066 to
+/// U+2069, U+061C, U+FEFF), which make `/ad\u{200b}min` read as `/admin` and reverse what follows
+/// an U+202E. A peer chooses them (a path, a header, a claim); serde_json and the text log's
+/// formatter write them raw, and inside a JSON string or a log line `\uXXXX` is what a reader
+/// shows. Borrowed when there is none: ASCII lines are checked at the speed of `is_ascii`.
+pub fn invisible_escaped(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    use std::borrow::Cow;
+    fn hidden(c: char) -> bool {
+        matches!(c, '\u{85}' | '\u{61c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    }
+    if line.is_ascii() {
+        return Cow::Borrowed(line);
+    }
+    let Ok(text) = std::str::from_utf8(line) else { return Cow::Borrowed(line) };
+    if !text.chars().any(hidden) {
+        return Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 16);
+    for c in text.chars() {
+        if hidden(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out.into_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Outside tester q2: `/x\u{2028}\u{85}INFO forged line` split a JSON line and the text log
+    /// for readers that split on Unicode line breaks; `\u{202e}` reversed the rest of a line.
+    #[test]
+    fn unicode_line_breaks_and_invisible_controls_are_escaped() {
+        let line =
+            "{\"path\":\"/x\u{2028}\u{85}INFO\u{2002}forged /ad\u{200b}min /invoice\u{202e}exe.txt caf\u{e9}\"}\n";
+        let out = invisible_escaped(line.as_bytes());
+        let out = std::str::from_utf8(&out).unwrap();
+        assert_eq!(out.lines().count(), 1);
+        assert_eq!(out.split(['\u{2028}', '\u{2029}', '\u{85}']).count(), 1, "{out}");
+        assert!(
+            out.contains("/x\\u2028\\u0085INFO") && out.contains("/ad\\u200bmin") && out.contains("\\u202eexe"),
+            "{out}"
+        );
+        assert!(out.contains("caf\u{e9}") && out.contains('\u{2002}'), "other characters stay as they are: {out}");
+        // Still JSON, and it reads back as what was escaped.
+        let v: serde_json::Value = serde_json::from_str(out).unwrap();
+        assert_eq!(
+            v["path"].as_str().unwrap(),
+            "/x\u{2028}\u{85}INFO\u{2002}forged /ad\u{200b}min /invoice\u{202e}exe.txt caf\u{e9}"
+        );
+        for clean in ["{\"a\":1}\n", "caf\u{e9}\n"] {
+            assert!(matches!(invisible_escaped(clean.as_bytes()), std::borrow::Cow::Borrowed(_)));
+        }
+    }
 
     #[test]
     fn a_sink_that_fails_loses_lines_counted_never_silently() {

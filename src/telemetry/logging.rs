@@ -83,16 +83,24 @@ impl LogLevel {
         self.0.as_ref().and_then(|h| h.with_current(|f| f.to_string()).ok()).unwrap_or_else(|| "unmanaged".into())
     }
 
+    /// Replaces the filter, saying so at `warn` under the filter it replaces (outside tester q2:
+    /// `off` through the admin API had silenced the log without a trace), and again under the
+    /// new one.
     pub fn set(&self, filter: &str) -> Result<(), String> {
         if !crate::config::is_log_filter(filter) {
             return Err(format!("bad filter {filter:?}: {FILTER_FORM}"));
         }
+        let text = filter;
         let filter = EnvFilter::try_new(crate::config::log_filter_text(filter))
             .map_err(|e| format!("bad filter {filter:?}: {e}"))?;
-        match &self.0 {
-            Some(handle) => handle.reload(filter).map_err(|e| e.to_string()),
-            None => Err("the log level is managed by another component in this process".into()),
-        }
+        let Some(handle) = &self.0 else {
+            return Err("the log level is managed by another component in this process".into());
+        };
+        let from = self.get();
+        tracing::warn!(from = %from, to = text, "log level changing through the admin API");
+        handle.reload(filter).map_err(|e| e.to_string())?;
+        tracing::warn!(from = %from, to = text, "log level changed through the admin API");
+        Ok(())
     }
 }
 
@@ -196,7 +204,8 @@ impl<W: std::io::Write> std::io::Write for OneLineWriter<W> {
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        self.inner.write_all(&one_line(buf, self.ansi))
+        let line = one_line(buf, self.ansi);
+        self.inner.write_all(&super::lines::invisible_escaped(&line))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
