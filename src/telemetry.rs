@@ -20,7 +20,7 @@ pub use logging::{dropped_lines as log_lines_dropped, flush as flush_logs, LogFo
 pub use metrics::Metrics;
 pub use process::ProcessMetrics;
 pub use recorder::{Destinations, Fnv1a, Recorded, RequestRecorder, MAX_DESTINATIONS, OTHER_DESTINATION};
-pub use refusals::{PerSecond, RefusalCounter, RefusalReason, Refusals, REPORTED_EACH_PER_SECOND};
+pub use refusals::{PerSecond, RefusalCounter, RefusalReason, Refusals, RuleId, REPORTED_EACH_PER_SECOND};
 pub use traces::{
     header_names as trace_headers, ParentRoot, Propagators, RequestSpan, SamplerChoice, SpanEnd, TraceCounters,
     TraceSettings, Traces,
@@ -193,8 +193,9 @@ impl Telemetry {
     /// Whether a request refused by a rate limit, from `source`, is reported on its own: the
     /// first [`refusals::REPORTED_EACH_PER_SECOND`] of a second are, the rest summed up in one
     /// event a second (a flood of 20,000 429s had written 19 MB of events in 1.6 s).
-    pub fn rate_limited_reported_each(&self, source: Option<std::net::IpAddr>) -> bool {
-        self.rate_limited.reported_each(&self.refusals, "inbound", source)
+    /// The rest are summed up per limit (`<policy>/<limit>`), as their reported requests name it.
+    pub fn rate_limited_reported_each(&self, source: Option<std::net::IpAddr>, limit: &refusals::RuleId) -> bool {
+        self.rate_limited.reported_each_for(&self.refusals, "inbound", source, limit)
     }
 
     /// Emits the refusals not yet reported at once (a listener that stops).

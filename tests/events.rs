@@ -148,7 +148,11 @@ async fn a_flood_of_rate_limited_requests_is_reported_in_aggregate() {
         (Some(4002), Some(429)),
         "{aggregate}"
     );
-    assert_eq!(aggregate["firewall_rule"]["uid"], "rateLimits", "{aggregate}");
+    // The limit that refused them, as its requests reported each name it (outside tester q2).
+    let each_one = events.iter().find(|e| each(e)).unwrap();
+    assert_eq!(aggregate["firewall_rule"]["uid"], each_one["firewall_rule"]["uid"], "{aggregate}");
+    assert!(aggregate["firewall_rule"]["uid"].as_str().unwrap().ends_with("/tight"), "{aggregate}");
+    assert!(aggregate["firewall_rule"].get("category").is_none(), "a policy's limit, not a DoS defence: {aggregate}");
     s.shutdown();
 }
 
@@ -593,6 +597,7 @@ fn dos(
         listener: Some("10.0.0.9:15006".parse().unwrap()),
         source: source.map(|s| s.parse().unwrap()),
         several_sources,
+        rule: (reason == "rate_limited").then(|| ("shop/orders-api".into(), "per-caller".into())),
     })
 }
 

@@ -14,7 +14,7 @@ use crate::telemetry::trace_headers::{
     B3, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, TRACEPARENT, TRACESTATE,
 };
 use crate::telemetry::{
-    reported, AccessRecord, Recorded, RequestFacts, RequestSpan, SecurityEvent, SpanEnd, Telemetry, WafEvent,
+    reported, AccessRecord, Recorded, RequestFacts, RequestSpan, RuleId, SecurityEvent, SpanEnd, Telemetry, WafEvent,
 };
 
 /// State carried across the phases of one request.
@@ -98,7 +98,13 @@ pub fn report(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusa
             return;
         }
         // Past ten a second, summed up in one event a second (each is in the metrics).
-        Refusal::RateLimited(_) if !audit && !telemetry.rate_limited_reported_each(facts.source.map(|s| s.ip())) => {
+        Refusal::RateLimited(limited)
+            if !audit
+                && !telemetry.rate_limited_reported_each(
+                    facts.source.map(|s| s.ip()),
+                    &RuleId { policy: limited.by.policy.clone(), rule: limited.by.rule.clone() },
+                ) =>
+        {
             return
         }
         _ => {}

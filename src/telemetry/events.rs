@@ -19,6 +19,7 @@
 
 use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
@@ -123,6 +124,9 @@ pub struct DosRefusal {
     pub source: Option<std::net::IpAddr>,
     /// They came from more than one address.
     pub several_sources: bool,
+    /// The policy and its rule that refused them, for refusals a policy makes (a rate limit):
+    /// the aggregate names the rule its requests reported each name.
+    pub rule: Option<(Arc<str>, Arc<str>)>,
 }
 
 impl DosRefusal {
@@ -146,6 +150,10 @@ impl DosRefusal {
     /// What the rule that refused protects against: the sidecar's own resources (`dos`), or, for
     /// traffic the mesh cannot carry, what the app may reach (`egress`).
     pub fn category(&self) -> Option<&'static str> {
+        if self.rule.is_some() {
+            // A policy's limit, as its requests reported each are filed.
+            return None;
+        }
         match self.reason {
             "not_http" => Some("egress"),
             // Handshakes refused past the ones reported each: filed as those are.
@@ -157,6 +165,9 @@ impl DosRefusal {
     /// The rule that refused, as a SIEM matches it: `(uid, name)`. TLS refusals in aggregate
     /// carry the rule each refusal does (`mtls`, `inbound-mtls`).
     pub fn rule(&self) -> (Cow<'static, str>, Cow<'static, str>) {
+        if let Some((policy, rule)) = &self.rule {
+            return (Cow::Owned(format!("{policy}/{rule}")), Cow::Owned(rule.to_string()));
+        }
         match self.reason {
             "tls_refused" => (Cow::Borrowed("mtls"), Cow::Owned(format!("{}-mtls", self.direction))),
             reason => (Cow::Borrowed(self.setting), Cow::Borrowed(reason)),

@@ -182,6 +182,26 @@ impl OneByOne {
         each
     }
 
+    /// [`OneByOne::reported_each`] for a refusal a policy's rule made (a rate limit): the rest
+    /// are summed up per rule, so each rule's aggregate event names it (outside tester q2: one
+    /// event for every limit named none, and a limit flooded beside another had no event at all).
+    pub fn reported_each_for(
+        &self,
+        refusals: &Refusals,
+        direction: &'static str,
+        source: Option<IpAddr>,
+        rule: &RuleId,
+    ) -> bool {
+        let each = self.window.admit();
+        if !each {
+            let uncounted = self.aggregate(refusals, direction).0.counter.clone();
+            refusals
+                .counter_for(direction, self.reason, Some(rule), REPORTED_EACH_PER_SECOND, uncounted)
+                .refused(source);
+        }
+        each
+    }
+
     /// Where the rest are counted for the aggregate report, under the listener that refused
     /// first (a process has one such listener: the sidecar's inbound, the control plane's).
     fn aggregate(&self, refusals: &Refusals, direction: &'static str) -> &RefusalCounter {
@@ -192,6 +212,17 @@ impl OneByOne {
         })
     }
 }
+
+/// A policy's rule, as events name it: `<policy>/<rule>` and the rule's own name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleId {
+    pub policy: Arc<str>,
+    pub rule: Arc<str>,
+}
+
+/// How many rules' slots are kept with nothing pending: a rule renamed or removed by an update
+/// leaves its slot, which the flush drops past this many.
+const IDLE_RULE_SLOTS: usize = 64;
 
 /// Every listener's refusal counts, for the flush.
 #[derive(Default)]
@@ -209,6 +240,8 @@ pub const REPORT_EVERY_MS: u64 = 1000;
 struct Slot {
     direction: &'static str,
     reason: RefusalReason,
+    /// The policy's rule that refused, for refusals counted per rule.
+    rule: Option<RuleId>,
     /// What the limit was, for the event's message ("10000").
     limit: String,
     counter: IntCounter,
@@ -275,13 +308,28 @@ impl Refusals {
         limit: impl ToString,
         counter: IntCounter,
     ) -> RefusalCounter {
+        self.counter_for(direction, reason, None, limit, counter)
+    }
+
+    /// [`Refusals::counter`] for one policy rule's refusals (`rule`), or the listener's own.
+    pub fn counter_for(
+        &self,
+        direction: &'static str,
+        reason: RefusalReason,
+        rule: Option<&RuleId>,
+        limit: impl ToString,
+        counter: IntCounter,
+    ) -> RefusalCounter {
         let mut slots = self.slots.lock().expect("refusal slots lock");
-        if let Some(slot) = slots.iter().find(|s| s.direction == direction && s.reason == reason) {
+        if let Some(slot) =
+            slots.iter().find(|s| s.direction == direction && s.reason == reason && s.rule.as_ref() == rule)
+        {
             return RefusalCounter(slot.clone());
         }
         let slot = Arc::new(Slot {
             direction,
             reason,
+            rule: rule.cloned(),
             limit: limit.to_string(),
             counter,
             pending: AtomicU64::new(0),
@@ -309,7 +357,14 @@ impl Refusals {
     /// The refusals counted since the last flush, one event per listener and reason that had
     /// any, each with its count, and one log line each.
     pub fn flush(&self) -> Vec<SecurityEvent> {
-        let slots: Vec<Arc<Slot>> = self.slots.lock().expect("refusal slots lock").clone();
+        let slots: Vec<Arc<Slot>> = {
+            let mut slots = self.slots.lock().expect("refusal slots lock");
+            let idle = |s: &Arc<Slot>| s.rule.is_some() && s.pending.load(Ordering::Acquire) == 0;
+            if slots.iter().filter(|s| idle(s)).count() > IDLE_RULE_SLOTS {
+                slots.retain(|s| !idle(s));
+            }
+            slots.clone()
+        };
         let mut events = Vec::new();
         for slot in slots {
             let count = slot.pending.swap(0, Ordering::AcqRel);
@@ -332,14 +387,16 @@ impl Refusals {
                     _ => None,
                 },
                 several_sources: sources == Sources::Several,
+                rule: slot.rule.as_ref().map(|r| (r.policy.clone(), r.rule.clone())),
             };
             let source = match refusal.source {
                 Some(ip) => ip.to_string(),
                 None if refusal.several_sources => "several".to_string(),
                 None => "-".to_string(),
             };
+            let (rule, _) = refusal.rule();
             tracing::warn!(direction = slot.direction, reason = refusal.reason, count, setting = refusal.setting,
-                limit = %refusal.limit, %source, "{}", refusal.message());
+                limit = %refusal.limit, %source, rule = %rule, "{}", refusal.message());
             events.push(SecurityEvent::DosRefused(refusal));
         }
         events
@@ -387,5 +444,43 @@ mod tests {
         let SecurityEvent::DosRefused(r) = &events[0] else { panic!() };
         assert_eq!((r.count, r.source, r.several_sources), (2, None, true));
         assert_eq!(metric.get(), 10_004);
+    }
+
+    /// Outside tester q2: two limits flooded together were summed up in one event that named
+    /// neither, and one of them had no event of its own at all.
+    #[test]
+    fn refusals_past_the_first_of_a_second_are_summed_up_per_rule() {
+        let refusals = Refusals::default();
+        let limited = OneByOne::new(RefusalReason::RateLimited);
+        let rule = |name: &str| RuleId { policy: "demo/api".into(), rule: name.into() };
+        let (orders, tenants) = (rule("orders"), rule("per-tenant"));
+        let caller: IpAddr = "10.0.0.7".parse().unwrap();
+        let mut each = 0;
+        for i in 0..3000 {
+            let which = if i % 2 == 0 { &orders } else { &tenants };
+            each += u32::from(limited.reported_each_for(&refusals, "inbound", Some(caller), which));
+        }
+        assert!(each <= 2 * REPORTED_EACH_PER_SECOND, "{each} reported each");
+        let events = refusals.flush();
+        let mut named: Vec<(String, String, u64)> = events
+            .iter()
+            .map(|e| {
+                let SecurityEvent::DosRefused(r) = e else { panic!("{e:?}") };
+                let (uid, name) = r.rule();
+                (uid.into_owned(), name.into_owned(), r.count)
+            })
+            .collect();
+        named.sort();
+        assert_eq!(named.len(), 2, "one event per limit: {named:?}");
+        assert_eq!((named[0].0.as_str(), named[0].1.as_str()), ("demo/api/orders", "orders"));
+        assert_eq!((named[1].0.as_str(), named[1].1.as_str()), ("demo/api/per-tenant", "per-tenant"));
+        assert_eq!(named[0].2 + named[1].2 + u64::from(each), 3000, "every refusal reported once");
+        // A rule's slot that idles is dropped once there are many.
+        for n in 0..=IDLE_RULE_SLOTS {
+            let _ = limited.reported_each_for(&refusals, "inbound", None, &rule(&format!("r{n}")));
+        }
+        refusals.flush();
+        refusals.flush();
+        assert!(refusals.slots.lock().unwrap().len() <= 2, "idle rules' slots dropped");
     }
 }
