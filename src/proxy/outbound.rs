@@ -133,11 +133,11 @@ impl Outbound {
     }
 
     fn route(&self, authority: &str) -> Option<&Route> {
-        let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
+        let (host, port) = split_authority(authority);
         self.routes
             .iter()
-            .find(|r| r.authority.eq_ignore_ascii_case(authority))
-            .or_else(|| self.routes.iter().find(|r| r.authority.eq_ignore_ascii_case(host)))
+            .find(|r| same_authority(&r.authority, host, port))
+            .or_else(|| self.routes.iter().find(|r| same_authority(&r.authority, host, None)))
     }
 
     /// The request as the peer sidecar gets it: HTTP/2 first (so the app's `Connection` header
@@ -404,5 +404,48 @@ impl ProxyHttp for Outbound {
         let expected = ctx.connector.as_ref().and_then(|c| c.expected()).map(SpiffeId::as_str).unwrap_or("");
         let destination = self.destination(session, ctx);
         record::finish(&self.telemetry, "outbound", session, "", destination, expected, &mut ctx.request);
+    }
+}
+
+/// An authority's host, without the dot that makes a name fully qualified (`b.demo.` is the
+/// name `b.demo`, as DNS reads it), and its port.
+fn split_authority(authority: &str) -> (&str, Option<&str>) {
+    let (host, port) = match authority.rsplit_once(':') {
+        // An IPv6 literal's colons are inside its brackets.
+        Some((h, p)) if !p.contains(']') && (!h.starts_with('[') || h.ends_with(']')) => (h, Some(p)),
+        _ => (authority, None),
+    };
+    (host.strip_suffix('.').unwrap_or(host), port)
+}
+
+/// Whether a configured destination (`b.demo` or `b.demo:8080`) is `host` with `port`, without
+/// regard to case; a destination without a port is any port's.
+fn same_authority(configured: &str, host: &str, port: Option<&str>) -> bool {
+    let (c_host, c_port) = split_authority(configured);
+    c_host.eq_ignore_ascii_case(host) && c_port == port
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outside tester q1: `http://B.DEMO./` found no route and went out as plaintext to
+    /// whatever the name resolved to (502 there, as it resolved to nothing).
+    #[test]
+    fn a_destination_is_found_whatever_its_case_and_a_final_dot() {
+        for authority in ["b.demo", "B.DEMO", "b.demo.", "B.Demo.:80", "b.demo:80"] {
+            let (host, port) = split_authority(authority);
+            let found = same_authority("b.demo", host, port) || same_authority("b.demo", host, None);
+            assert!(found, "{authority}");
+        }
+        let (host, port) = split_authority("b.demo.:8080");
+        assert!(same_authority("b.demo:8080", host, port));
+        assert!(!same_authority("b.demo:8080", host, Some("80")));
+        for other in ["b.demo.evil", "xb.demo", "b.dem", "b.demo.."] {
+            let (host, port) = split_authority(other);
+            assert!(!same_authority("b.demo", host, port) && !same_authority("b.demo", host, None), "{other}");
+        }
+        assert_eq!(split_authority("[::1]:80"), ("[::1]", Some("80")));
+        assert_eq!(split_authority("[::1]"), ("[::1]", None));
     }
 }
