@@ -222,6 +222,8 @@ async fn ocsf_events_for_denials_limits_tls_failures_and_policy_changes() {
         http_client().get(format!("http://{}/", s.sidecar.outbound)).header("host", "impostor.shop").send().await;
     assert_eq!(impostor.unwrap().status(), 502);
     assert_eq!(s.send("frontend", "GET", "/admin/x", &[]).await.status, 403);
+    let evasion = "GET /x/../admin/y HTTP/1.1\r\nhost: orders\r\nconnection: close\r\n\r\n";
+    assert_eq!(s.exchange("frontend", evasion).await.status, 403);
     assert_eq!(s.send("frontend", "POST", "/limited", &[]).await.status, 200);
     assert_eq!(s.send("frontend", "POST", "/limited", &[]).await.status, 429);
     let rogue = Pki::new();
@@ -232,7 +234,7 @@ async fn ocsf_events_for_denials_limits_tls_failures_and_policy_changes() {
     assert_eq!(s.send("plain", "PUT", "/x", &[]).await.status, 200, "AUDIT never blocks");
     write_policy(&s.policy_file, "apiVersion: palisade.dev/v1alpha1\nkind: Nonsense\n");
 
-    let events = s.events_where("the events of the requests above", 8, |_| true).await;
+    let events = s.events_where("the events of the requests above", 9, |_| true).await;
     keep_for_the_schema_check("ocsf-sidecar-denials.jsonl", &events);
     for e in &events {
         assert_ocsf_base(e);
@@ -259,6 +261,12 @@ async fn ocsf_events_for_denials_limits_tls_failures_and_policy_changes() {
     assert_eq!(denied["metadata"]["profiles"], serde_json::json!(["security_control", "host"]));
     assert_eq!(denied["actor"]["user"]["uid"], id("shop", "frontend").as_str());
     assert_eq!(denied["http_request"]["uid"].as_str().map(str::len), Some(32), "the request id");
+    assert!(denied.get("unmapped").is_none_or(|u| u.get("normalized_path").is_none()), "{denied}");
+    // The raw path is the evidence; the path the rule judged is beside it, for a search on
+    // `/admin*` to find the evasions (outside tester q2).
+    let evaded = by("GET /x/../admin/y");
+    assert_eq!(evaded["http_request"]["url"]["path"], "/x/../admin/y");
+    assert_eq!(evaded["unmapped"]["normalized_path"], "/admin/y", "{evaded}");
 
     let limited = by("rule tight");
     assert_eq!(limited["activity_id"], 6, "POST");
@@ -429,10 +437,11 @@ fn every_kind() -> Vec<SecurityEvent> {
         source: Some("10.0.0.7:41234".parse().unwrap()),
         destination: Some("10.0.0.9:15006".parse().unwrap()),
         method: method.into(),
-        path: "/orders/1".into(),
+        path: "/orders/x/../1".into(),
         request_id: "0af7651916cd43dd8448eb211c80319c".into(),
         trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
         request_principal: Some("https://auth.example.com/alice".into()),
+        normalized_path: Some("/orders/1".into()),
     };
     let waf = |blocked: bool| {
         SecurityEvent::WafFinding(WafEvent {

@@ -1389,6 +1389,7 @@ mod tests {
             request_id: "req-1".into(),
             trace_id: Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
             request_principal: None,
+            normalized_path: None,
         };
         let refusal = req("GET", "/admin/users").decide(&s).0.unwrap_err();
         let event = SecurityEvent::RequestDenied(refusal.denied(false, facts.clone()));

@@ -160,6 +160,7 @@ impl Guarded {
                     destination,
                     trace_id: None,
                     request_principal: None,
+                    normalized_path: None,
                 },
             });
         }

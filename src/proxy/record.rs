@@ -173,6 +173,10 @@ fn facts(session: &Session, ctx: &RequestCtx, path: &str) -> RequestFacts {
         request_id: ctx.id.as_str().to_string(),
         trace_id: ctx.trace_id(),
         request_principal: ctx.token.as_ref().map(|t| reported(t.principal()).into_owned()),
+        normalized_path: match crate::policy::normalize(path) {
+            Ok(std::borrow::Cow::Owned(normal)) if normal != path => Some(reported(&normal).into_owned()),
+            _ => None,
+        },
     }
 }
 

@@ -315,6 +315,9 @@ pub struct RequestFacts {
     pub trace_id: Option<String>,
     /// The end user: the verified token's `<iss>/<sub>`, when the request carried one.
     pub request_principal: Option<String>,
+    /// The path as the policy judged it, when normalising changed it (`/x/../admin` is
+    /// `/admin`): a SIEM's search for `/admin*` finds the evasions too (outside tester q2).
+    pub normalized_path: Option<String>,
 }
 
 impl DeniedRequest {
@@ -491,6 +494,9 @@ fn ocsf(event: &SecurityEvent) -> Value {
     // The end user, beside the workload in `actor.user`: OCSF's actor holds one user.
     if let Some(user) = request_of(event).and_then(|r| r.request_principal.as_deref()) {
         record["unmapped"]["request_principal"] = json!(user);
+    }
+    if let Some(path) = request_of(event).and_then(|r| r.normalized_path.as_deref()) {
+        record["unmapped"]["normalized_path"] = json!(path);
     }
     // OCSF leaves out what is not known rather than writing null.
     strip_nulls(&mut record);
@@ -975,6 +981,9 @@ fn ecs(event: &SecurityEvent) -> Value {
     // ECS's `user` is the calling workload; the end user is one more to pivot on.
     if let Some(user) = request_of(event).and_then(|r| r.request_principal.as_deref()) {
         record["related"] = json!({"user": [user]});
+    }
+    if let Some(path) = request_of(event).and_then(|r| r.normalized_path.as_deref()) {
+        record["labels"]["normalized_path"] = json!(path);
     }
     strip_nulls(&mut record);
     record
