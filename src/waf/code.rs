@@ -1066,10 +1066,11 @@ fn php_directive(v: &[u8], level: u8) -> Option<Hit> {
 // ---------------------------------------------------------------------------------------------
 // Node.js and templates
 
-/// `node-serialize`'s function marker (plain or in base64), `child_process`,
-/// `process.mainModule`, `process.binding`, a `require` or `process` reached by a computed
-/// name, and prototype pollution (`__proto__`, `constructor.prototype`,
-/// `constructor[prototype]`).
+/// Node.js's markers that are neither dotted names nor words with `_` (those are read by
+/// [`dotted_names`] and [`underscore_words`]): `node-serialize`'s function marker (plain or in
+/// base64), React Server Components' `$1:constructor:constructor`, a `require` or `process`
+/// reached by a computed name, and prototype pollution through brackets
+/// (`constructor[prototype]`, `a[constructor][prototype]`).
 fn javascript(v: &[u8], shape: Shape) -> Option<Hit> {
     if shape.has(const { Shape::mask(b"$") }) {
         // `_$$ND_FUNC$$_`; React Server Components' `$1:constructor:constructor`.
