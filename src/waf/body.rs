@@ -379,6 +379,20 @@ fn hex4(b: &[u8]) -> Option<u32> {
 /// the key of the array). Malformed or too deeply nested JSON is a protocol finding.
 /// `claimed`: the body's type says JSON, so one that is not is a protocol finding; a body only
 /// taken for JSON by its first byte that is not is read as one text value instead.
+/// The current key at `depth` of the JSON walk, escapes undone.
+fn key_name_at<'b>(
+    body: &'b [u8],
+    keys: &[(usize, usize, bool)],
+    key_names: &'b [Option<std::rc::Rc<[u8]>>],
+    depth: usize,
+) -> &'b [u8] {
+    let (start, end, escaped) = keys[depth];
+    match escaped {
+        true => key_names[depth].as_deref().unwrap_or(&body[start..end]),
+        false => &body[start..end],
+    }
+}
+
 pub(super) fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> Option<Finding> {
     // Per depth: whether the container is an object, and the span of its current key.
     let mut is_object = [false; MAX_JSON_DEPTH];
@@ -504,12 +518,7 @@ pub(super) fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> O
                 let raw = &body[start..j];
                 let text = if escaped { json_unescape(raw) } else { Some(Cow::Borrowed(raw)) };
                 let Some(text) = text else { return bad(i) };
-                let key_span = if depth > 0 { keys[depth - 1] } else { (0, 0, false) };
-                let key_raw = &body[key_span.0..key_span.1];
-                let key_name = match key_span.2 {
-                    true => key_names[depth - 1].as_deref().unwrap_or(key_raw),
-                    false => key_raw,
-                };
+                let key_name = if depth > 0 { key_name_at(body, &keys, &key_names, depth - 1) } else { b"" };
                 if at_key(expect_key, depth, &is_object) {
                     keys[depth - 1] = (start, j, escaped);
                     key_names[depth - 1] = escaped.then(|| std::rc::Rc::from(&*text));
@@ -517,6 +526,23 @@ pub(super) fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> O
                     let v = Value { class: Class::Arg, kind: LocationKind::JsonKey, name: &text, value: &text };
                     if let Some(f) = read(v) {
                         return Some(f);
+                    }
+                    // `{"constructor": {"prototype": ...}}` is `constructor.prototype` to a deep
+                    // merge (lodash's CVE-2019-10744): the path is read as the merge reads it,
+                    // one key at a time it holds nothing (the review, tester s1).
+                    if &*text == b"prototype"
+                        && depth >= 2
+                        && key_name_at(body, &keys, &key_names, depth - 2) == b"constructor"
+                    {
+                        let path = Value {
+                            class: Class::Arg,
+                            kind: LocationKind::JsonKey,
+                            name: &text,
+                            value: b"constructor.prototype",
+                        };
+                        if let Some(f) = read(path) {
+                            return Some(f);
+                        }
                     }
                     expect_key = false;
                 } else {
@@ -1419,6 +1445,25 @@ mod tests {
                 "--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\r\nhello\r\n--b--\r\n"
             );
             assert_eq!(body("multipart/form-data; boundary=b", &b), None, "{name}");
+        }
+    }
+
+    /// The review, tester s1: each key alone holds nothing; the path is lodash's
+    /// `constructor.prototype`.
+    #[test]
+    fn prototype_pollution_through_nested_json_keys_is_found() {
+        let w = waf(1);
+        for body in [
+            r#"{"constructor":{"prototype":{"isAdmin":true}}}"#,
+            r#"{"a":{"constructor":{"prototype":{"isAdmin":true}}}}"#,
+            r#"{"a":{"constr\u0075ctor":{"prototype":{"x":1}}}}"#,
+            r#"{"constructor":[{"prototype":{"x":1}}]}"#,
+        ] {
+            let f = w.inspect_body(Some(b"application/json"), body.as_bytes(), &Skips::NONE);
+            assert_eq!(f.map(|f| f.detector), Some(Detector::CodeInjection), "{body}");
+        }
+        for body in [r#"{"constructor":"Acme","prototype":"v2"}"#, r#"{"prototype":{"constructor":"x"}}"#] {
+            assert_eq!(w.inspect_body(Some(b"application/json"), body.as_bytes(), &Skips::NONE), None, "{body}");
         }
     }
 

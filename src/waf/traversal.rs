@@ -227,9 +227,8 @@ pub(crate) fn upload_name(v: &[u8], level: u8) -> Option<Hit> {
     if let Some(h) = value(v, Shape::of(v), level) {
         return Some(h);
     }
-    // Blanks inside the name are dropped by some servers (`wp-config. php`).
-    let name: Vec<u8> = v.iter().filter(|b| !b.is_ascii_whitespace()).map(u8::to_ascii_lowercase).collect();
-    let base = name.rsplit(|&b| b == b'/' || b == b'\\').next().unwrap_or(&name);
+    let base = super::decode::upload_base_name(v);
+    let base = &base[..];
     const NAMES: &[&[u8]] = &[
         b".htaccess",
         b".htpasswd",
