@@ -42,11 +42,18 @@ pub(crate) fn check(v: &[u8], shape: Shape, libinjection: bool, level: u8) -> Op
         // A line comment ends at a line break, and what follows may be bytes libinjection does
         // not read as SQL at all (outside tester q2: `1' OR 1=1--`, then `\n\x1b[31m`,
         // passed): the value up to the end of the first line holding one is read on its own.
+        // Every such line is read (a harmless one first hid the next: the review, tester s2),
+        // alone and with what comes before it, the 2 KiB that end with it (padding before it).
         if shape.line_break() {
-            if let Some(end) = commented_line_end(v) {
-                let head = &v[..end];
-                if let Some((lvl, sql)) = libinjection_verdict(&head[..head.len().min(LIBINJECTION_PREFIX)], level) {
-                    return Some(Hit::new(lvl, sql, end));
+            for (start, end) in commented_lines(v).take(8) {
+                let before = end.saturating_sub(LIBINJECTION_PREFIX);
+                for from in [start.max(before), before] {
+                    if let Some((lvl, sql)) = libinjection_verdict(&v[from..end], level) {
+                        return Some(Hit::new(lvl, from + sql, end));
+                    }
+                    if from == before {
+                        break;
+                    }
                 }
             }
         }
@@ -54,18 +61,21 @@ pub(crate) fn check(v: &[u8], shape: Shape, libinjection: bool, level: u8) -> Op
     own_checks(v, shape, level)
 }
 
-/// The end of the first line (before its line break) that holds an SQL line comment (`--` or
-/// `#`), when a line break follows it.
-fn commented_line_end(v: &[u8]) -> Option<usize> {
+/// The lines (start, end before the line break) that hold an SQL line comment (`--` or `#`)
+/// and have a line break after them.
+fn commented_lines(v: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
     let mut start = 0;
-    while let Some(nl) = find_either(v, start, b'\n', b'\r') {
-        let line = &v[start..nl];
-        if line.contains(&b'#') || line.windows(2).any(|w| w == b"--") {
-            return Some(nl);
+    std::iter::from_fn(move || {
+        while let Some(nl) = find_either(v, start, b'\n', b'\r') {
+            let line = (start, nl);
+            start = nl + 1;
+            let text = &v[line.0..line.1];
+            if text.contains(&b'#') || text.windows(2).any(|w| w == b"--") {
+                return Some(line);
+            }
         }
-        start = nl + 1;
-    }
-    None
+        None
+    })
 }
 
 /// The first quote `q` in `v` that is not doubled (and, with `backslashes`, not escaped by one).
@@ -1663,6 +1673,13 @@ mod tests {
             for tail in ["\n\x1b[31m", "\n\x1b[31m\"}", "\r\n\x07\x07", "\n}}}{{{", "\n\x1b"] {
                 let s = format!("{attack}{tail}");
                 assert!(sqli(&s, 1), "{s:?}");
+                // A harmless commented line first, or padding before (the review, tester s2).
+                for head in
+                    ["#\n".to_string(), "a--b\n".to_string(), format!("{}\n", "a".repeat(2100)), "a".repeat(2100) + " "]
+                {
+                    let s = format!("{head}{attack}{tail}");
+                    assert!(sqli(&s, 1), "{}...", &s[s.len().saturating_sub(40)..]);
+                }
             }
         }
         for text in ["# Notes\nbuy milk", "-- \nregards, Ann", "see #4 -- fixed\nthanks"] {
