@@ -555,13 +555,15 @@ impl PolicyDirectory {
             // Taken before the read: a write after it changes the stamp, and the file is read again.
             let stamp = std::fs::metadata(&path).ok().map(|m| FileStamp::of(&m));
             if let Some(known) = self.files.get(&name).filter(|f| f.stamp.is_some() && f.stamp == stamp) {
-                if stamp.is_some_and(|s| s.settled(self.stamp_settled)) {
-                    listing.insert(name, (Ok(String::new()), known.seen, stamp));
-                    continue;
-                }
+                listing.insert(name, (Ok(String::new()), known.seen, stamp));
+                continue;
             }
             self.reads += 1;
             let contents = crate::yaml::read_file(&path, crate::yaml::Limits::FILE.max_bytes);
+            // A stamp vouches for the bytes only when it was settled as they were read (a write
+            // later in the same clock tick leaves it as it was; the review), and never for a
+            // read that failed (a transient EMFILE would hold until the file changed).
+            let stamp = stamp.filter(|s| contents.is_ok() && s.settled(self.stamp_settled));
             let digest = match &contents {
                 Ok(text) => sha256(text.as_bytes()),
                 Err(e) => sha256(format!("\0unreadable: {e}").as_bytes()),
@@ -1091,11 +1093,17 @@ mod tests {
         let third = directory.scan().catalog.unwrap();
         assert_eq!(third.version, first.version, "back to the first contents");
         assert!(directory.reads > reads);
-        // A file written within the last moments is read every time, whatever its metadata:
-        // a second-grained file system would not tell a write after the read.
+        // A file read while its change time was recent is read again every time, however long
+        // after: a write later in the same tick of a second-grained clock leaves the stamp as it
+        // was (the review: one such edit was never taken).
         directory.stamp_settled = std::time::Duration::from_secs(3600);
+        std::fs::write(d.join("other.yaml"), policy("other", "shop", "  mtls: PERMISSIVE\n")).unwrap();
+        assert!(directory.scan().catalog.is_some());
         let reads = directory.reads;
+        directory.stamp_settled = std::time::Duration::ZERO;
         assert!(directory.scan().catalog.is_none());
-        assert_eq!(directory.reads, reads + 2, "both read again");
+        assert_eq!(directory.reads, reads + 1, "the file read when it was fresh is read again");
+        assert!(directory.scan().catalog.is_none());
+        assert_eq!(directory.reads, reads + 1, "and once settled, no more");
     }
 }
