@@ -934,10 +934,11 @@ impl super::Validate for SidecarConfig {
             }
         }
         // One authority, one entry: two would leave which address or identity answers to the
-        // list's order. Compared as the outbound router compares them: ASCII case aside.
+        // list's order. Compared as the outbound router compares them: ASCII case and a final
+        // dot aside (`orders.shop.` is `orders.shop`; the review).
         for (i, d) in self.outbound.destinations.iter().enumerate() {
-            let earlier =
-                self.outbound.destinations[..i].iter().position(|e| e.authority.eq_ignore_ascii_case(&d.authority));
+            let (host, port) = split_authority(&d.authority);
+            let earlier = self.outbound.destinations[..i].iter().position(|e| same_authority(&e.authority, host, port));
             if let Some(first) = earlier {
                 invalid.push(Invalid::field(
                     &format!("outbound.destinations[{i}].authority"),
@@ -1054,6 +1055,24 @@ impl super::Validate for SidecarConfig {
         }
         invalid
     }
+}
+
+/// An authority's host, without the dot that makes a name fully qualified (`b.demo.` is the
+/// name `b.demo`, as DNS reads it), and its port.
+pub fn split_authority(authority: &str) -> (&str, Option<&str>) {
+    let (host, port) = match authority.rsplit_once(':') {
+        // An IPv6 literal's colons are inside its brackets.
+        Some((h, p)) if !p.contains(']') && (!h.starts_with('[') || h.ends_with(']')) => (h, Some(p)),
+        _ => (authority, None),
+    };
+    (host.strip_suffix('.').unwrap_or(host), port)
+}
+
+/// Whether a configured destination (`b.demo` or `b.demo:8080`) is `host` with `port`, without
+/// regard to case; a destination without a port is any port's.
+pub fn same_authority(configured: &str, host: &str, port: Option<&str>) -> bool {
+    let (c_host, c_port) = split_authority(configured);
+    c_host.eq_ignore_ascii_case(host) && c_port == port
 }
 
 #[cfg(test)]
@@ -1479,7 +1498,11 @@ threads: 1
             entry("orders.shop:8080", "10.0.0.2:80"),
             entry("[::1]:8080", "10.0.0.3:80"),
             entry("ORDERS.shop", "10.0.0.4:80"),
+            entry("orders.shop.", "10.0.0.5:80"),
         ];
-        assert_eq!(invalid_fields(&cfg, &env), ["outbound.destinations[3].authority"]);
+        assert_eq!(
+            invalid_fields(&cfg, &env),
+            ["outbound.destinations[3].authority", "outbound.destinations[4].authority"]
+        );
     }
 }

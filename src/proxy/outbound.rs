@@ -133,6 +133,7 @@ impl Outbound {
     }
 
     fn route(&self, authority: &str) -> Option<&Route> {
+        use crate::config::{same_authority, split_authority};
         let (host, port) = split_authority(authority);
         self.routes
             .iter()
@@ -407,27 +408,9 @@ impl ProxyHttp for Outbound {
     }
 }
 
-/// An authority's host, without the dot that makes a name fully qualified (`b.demo.` is the
-/// name `b.demo`, as DNS reads it), and its port.
-fn split_authority(authority: &str) -> (&str, Option<&str>) {
-    let (host, port) = match authority.rsplit_once(':') {
-        // An IPv6 literal's colons are inside its brackets.
-        Some((h, p)) if !p.contains(']') && (!h.starts_with('[') || h.ends_with(']')) => (h, Some(p)),
-        _ => (authority, None),
-    };
-    (host.strip_suffix('.').unwrap_or(host), port)
-}
-
-/// Whether a configured destination (`b.demo` or `b.demo:8080`) is `host` with `port`, without
-/// regard to case; a destination without a port is any port's.
-fn same_authority(configured: &str, host: &str, port: Option<&str>) -> bool {
-    let (c_host, c_port) = split_authority(configured);
-    c_host.eq_ignore_ascii_case(host) && c_port == port
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::config::{same_authority, split_authority};
 
     /// Outside tester q1: `http://B.DEMO./` found no route and went out as plaintext to
     /// whatever the name resolved to (502 there, as it resolved to nothing).
