@@ -194,9 +194,11 @@ impl OneByOne {
     ) -> bool {
         let each = self.window.admit();
         if !each {
-            let uncounted = self.aggregate(refusals, direction).0.counter.clone();
+            // Counted in the limit's own metric already: the rule's slot shares the listener
+            // aggregate's series, which is not exported.
+            let not_exported = self.aggregate(refusals, direction).0.counter.clone();
             refusals
-                .counter_for(direction, self.reason, Some(rule), REPORTED_EACH_PER_SECOND, uncounted)
+                .counter_for(direction, self.reason, Some(rule), REPORTED_EACH_PER_SECOND, not_exported)
                 .refused(source);
         }
         each
@@ -227,7 +229,9 @@ const IDLE_RULE_SLOTS: usize = 64;
 /// Every listener's refusal counts, for the flush.
 #[derive(Default)]
 pub struct Refusals {
-    /// One slot per (listener, reason); touched when a listener starts and by the flush only.
+    /// One slot per (listener, reason), and per rule for a policy's refusals past the first of a
+    /// second; touched when a listener starts, by the flush, and by such a refusal (a flood of
+    /// 429s: one short lock each, past the first ten a second).
     slots: Mutex<Vec<Arc<Slot>>>,
     /// When the last report was made (Unix ms): every accept loop asks for one each second, and
     /// only the first to ask after a second has passed gets it.
@@ -359,7 +363,11 @@ impl Refusals {
     pub fn flush(&self) -> Vec<SecurityEvent> {
         let slots: Vec<Arc<Slot>> = {
             let mut slots = self.slots.lock().expect("refusal slots lock");
-            let idle = |s: &Arc<Slot>| s.rule.is_some() && s.pending.load(Ordering::Acquire) == 0;
+            // Idle, and held by nobody but this list: a refusal that took the slot under the lock
+            // and has yet to count itself keeps it (the review: its count would land in a slot
+            // no flush reads).
+            let idle =
+                |s: &Arc<Slot>| s.rule.is_some() && s.pending.load(Ordering::Acquire) == 0 && Arc::strong_count(s) == 1;
             if slots.iter().filter(|s| idle(s)).count() > IDLE_RULE_SLOTS {
                 slots.retain(|s| !idle(s));
             }
