@@ -157,34 +157,48 @@ impl JsonLines {
     }
 }
 
-/// `line` with the characters that break a line or hide text written as `\uXXXX`: Unicode's
-/// line breaks (U+0085, U+2028, U+2029), which `splitlines()` and many log viewers split on,
-/// and the invisible and bidirectional controls (U+200B to U+200F, U+202A to U+202E, U+2066 to
-/// U+2069, U+061C, U+FEFF), which make `/ad\u{200b}min` read as `/admin` and reverse what follows
-/// an U+202E. A peer chooses them (a path, a header, a claim); serde_json and the text log's
-/// formatter write them raw, and inside a JSON string or a log line `\uXXXX` is what a reader
-/// shows. Borrowed when there is none: ASCII lines are checked at the speed of `is_ascii`.
+/// `line` with the characters that break a line, drive a terminal or hide text written as
+/// `\\uXXXX` (a surrogate pair past the first plane, as JSON writes them): Unicode's line breaks (U+0085, U+2028,
+/// U+2029), which `splitlines()` and many log viewers split on; the C1 controls (U+0080 to U+009F,
+/// U+009B is `ESC [`); and what shows nothing or reorders text: the bidirectional controls
+/// (U+061C, U+200E, U+200F, U+202A to U+202E, U+2066 to U+2069), zero-width and invisible
+/// characters (U+00AD, U+034F, U+115F, U+1160, U+180E, U+200B to U+200D, U+2060 to U+206F,
+/// U+3164, U+FEFF, U+FFA0, U+FFF9 to U+FFFB) and tag characters (U+E0000 to U+E007F, which
+/// smuggle ASCII unseen). `/ad\\u{200b}min` read as `/admin`, and U+202E reversed what followed.
+/// A peer chooses them (a path, a header, a claim); serde_json and the text log's formatter
+/// write them raw, and inside a JSON string or a log line the escape is what a reader shows. Bytes
+/// that are not UTF-8 are left as they are. Borrowed when there is none: ASCII lines are checked
+/// at the speed of `is_ascii`.
 pub fn invisible_escaped(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     use std::borrow::Cow;
     fn hidden(c: char) -> bool {
-        matches!(c, '\u{85}' | '\u{61c}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+        matches!(c,
+            '\u{80}'..='\u{9f}' | '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}' | '\u{1160}' | '\u{180e}'
+            | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{3164}'
+            | '\u{feff}' | '\u{ffa0}' | '\u{fff9}'..='\u{fffb}' | '\u{e0000}'..='\u{e007f}')
     }
     if line.is_ascii() {
         return Cow::Borrowed(line);
     }
-    let Ok(text) = std::str::from_utf8(line) else { return Cow::Borrowed(line) };
-    if !text.chars().any(hidden) {
+    if !line.utf8_chunks().any(|chunk| chunk.valid().chars().any(hidden)) {
         return Cow::Borrowed(line);
     }
-    let mut out = String::with_capacity(line.len() + 16);
-    for c in text.chars() {
-        if hidden(c) {
-            out.push_str(&format!("\\u{:04x}", c as u32));
-        } else {
-            out.push(c);
+    let mut out = Vec::with_capacity(line.len() + 16);
+    for chunk in line.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match (hidden(c), c as u32) {
+                (false, _) => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+                (true, n @ ..=0xffff) => out.extend_from_slice(format!("\\u{n:04x}").as_bytes()),
+                // As JSON writes it: a surrogate pair.
+                (true, n) => {
+                    let (hi, lo) = (0xd800 + ((n - 0x10000) >> 10), 0xdc00 + ((n - 0x10000) & 0x3ff));
+                    out.extend_from_slice(format!("\\u{hi:04x}\\u{lo:04x}").as_bytes())
+                }
+            }
         }
+        out.extend_from_slice(chunk.invalid());
     }
-    Cow::Owned(out.into_bytes())
+    Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -212,7 +226,18 @@ mod tests {
             v["path"].as_str().unwrap(),
             "/x\u{2028}\u{85}INFO\u{2002}forged /ad\u{200b}min /invoice\u{202e}exe.txt caf\u{e9}"
         );
-        for clean in ["{\"a\":1}\n", "caf\u{e9}\n"] {
+        // The review's and tester s2's: C1 controls, the soft hyphen, tag characters, Hangul
+        // fillers; and lines that are not all UTF-8 are escaped where they are.
+        let more = "/\u{9b}2J /ad\u{ad}min \u{e0041}\u{e0042} \u{3164}x \u{206a}";
+        let out = String::from_utf8(invisible_escaped(more.as_bytes()).into_owned()).unwrap();
+        assert_eq!(out, "/\\u009b2J /ad\\u00admin \\udb40\\udc41\\udb40\\udc42 \\u3164x \\u206a");
+        let tagged = ["{\"p\":\"", "\u{e0041}", "\"}"].concat();
+        let v: serde_json::Value = serde_json::from_slice(&invisible_escaped(tagged.as_bytes())).unwrap();
+        assert_eq!(v["p"], "\u{e0041}", "still JSON, and the same text");
+        let mut broken = b"\xff/x\xe2\x80\xa8y".to_vec();
+        broken.push(b'\n');
+        assert_eq!(&*invisible_escaped(&broken), b"\xff/x\\u2028y\n");
+        for clean in ["{\"a\":1}\n", "caf\u{e9}\n", "\u{1f600} \u{fe0f}\n"] {
             assert!(matches!(invisible_escaped(clean.as_bytes()), std::borrow::Cow::Borrowed(_)));
         }
     }

@@ -97,7 +97,12 @@ impl LogLevel {
             return Err("the log level is managed by another component in this process".into());
         };
         let from = self.get();
-        tracing::warn!(from = %from, to = text, "log level changing through the admin API");
+        // Under a filter that writes errors only, at error: the change leaves a trace whatever the
+        // level it replaces (the review: `error` to `off` left none).
+        match tracing::enabled!(tracing::Level::WARN) {
+            true => tracing::warn!(from = %from, to = text, "log level changing through the admin API"),
+            false => tracing::error!(from = %from, to = text, "log level changing through the admin API"),
+        }
         handle.reload(filter).map_err(|e| e.to_string())?;
         tracing::warn!(from = %from, to = text, "log level changed through the admin API");
         Ok(())
@@ -149,7 +154,8 @@ impl Write for Queued {
                 queue.send_line(buf.to_vec());
                 Ok(())
             }
-            None => std::io::stderr().write_all(buf),
+            // The queue escapes what hides text ([`super::lines::invisible_escaped`]); so here.
+            None => std::io::stderr().write_all(&super::lines::invisible_escaped(buf)),
         }
     }
 
@@ -204,8 +210,7 @@ impl<W: std::io::Write> std::io::Write for OneLineWriter<W> {
     }
 
     fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        let line = one_line(buf, self.ansi);
-        self.inner.write_all(&super::lines::invisible_escaped(&line))
+        self.inner.write_all(&one_line(buf, self.ansi))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
