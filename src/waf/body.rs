@@ -5,7 +5,7 @@
 
 use std::borrow::Cow;
 
-use super::decode::{find_either, form_component, starts_with_ci, Hit};
+use super::decode::{find_bytes, find_either, form_component, starts_with_ci, Hit};
 use super::{finding, Class, Detector, Finding, LocationKind, Skips, Value, Waf};
 
 /// JSON nested deeper than this is refused as a protocol anomaly rather than walked.
@@ -445,7 +445,7 @@ pub(super) fn json(waf: &Waf, body: &[u8], claimed: bool, skip: &Skips<'_>) -> O
                             c == b'\n' || c == b'\r' || matches!(&body[i + at..], [0xe2, 0x80, 0xa8 | 0xa9, ..])
                         })
                         .map_or(n, |p| i + p + 1),
-                    _ => match find(body, b"*/", i + 2) {
+                    _ => match find_bytes(body, b"*/", i + 2) {
                         Some(end) => end + 2,
                         None => return bad(i),
                     },
@@ -996,18 +996,11 @@ fn was_quoted(header: &[u8], value: &[u8]) -> bool {
     at > 0 && at <= header.len() && header[at - 1] == b'"'
 }
 
-fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-    if needle.is_empty() || from >= hay.len() {
-        return None;
-    }
-    hay[from..].windows(needle.len()).position(|w| w == needle).map(|p| from + p)
-}
-
 /// The next delimiter at a line's start, from `from`: one in the middle of a line is content, to
 /// every parser that follows RFC 2046 (Go, Werkzeug, busboy).
 fn find_delimiter(body: &[u8], delim: &[u8], mut from: usize) -> Option<usize> {
     loop {
-        let at = find(body, delim, from)?;
+        let at = find_bytes(body, delim, from)?;
         if at == 0 || body[at - 1] == b'\n' {
             return Some(at);
         }
@@ -1046,11 +1039,11 @@ fn xml(waf: &Waf, body: &[u8], skip: &Skips<'_>) -> Option<Finding> {
         }
         let rest = &body[i..];
         if rest.starts_with(b"<!--") {
-            i = find(body, b"-->", i + 4).map_or(n, |e| e + 3);
+            i = find_bytes(body, b"-->", i + 4).map_or(n, |e| e + 3);
             continue;
         }
         if rest.starts_with(b"<![CDATA[") {
-            let end = find(body, b"]]>", i + 9).unwrap_or(n);
+            let end = find_bytes(body, b"]]>", i + 9).unwrap_or(n);
             let v = Value { class: Class::Arg, kind: LocationKind::XmlValue, name: element, value: &body[i + 9..end] };
             if let Some(f) = waf.value(v, skip) {
                 return Some(f);

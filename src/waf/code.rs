@@ -10,7 +10,9 @@
 //! text. Code of these languages pasted as text (a snippet, a tutorial) is not: an exclusion
 //! serves the fields that carry it.
 
-use super::decode::{byte_set, find_ci, find_either, find_in, is_word, starts_with_ci, Hit, Shape, WordTable};
+use super::decode::{
+    byte_set, ends_with_ci, find_bytes, find_ci, find_either, find_in, is_word, starts_with_ci, Hit, Shape, WordTable,
+};
 
 /// `full`: every check (arguments, the path, `User-Agent`, `Referer`); otherwise (other
 /// headers at paranoia 1) only the JVM's: Log4Shell and its kind arrived in any header.
@@ -306,10 +308,6 @@ fn stack_frame(after: &[u8]) -> bool {
         || inner.windows(6).position(|w| w == b".java:").is_some_and(|p| inner[p + 6..].iter().all(u8::is_ascii_digit))
 }
 
-fn ends_with_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.len() >= needle.len() && hay[hay.len() - needle.len()..].eq_ignore_ascii_case(needle)
-}
-
 /// Apache Commons Collections and Beanutils gadget names a serialized payload or an OGNL
 /// expression carries beside `Runtime` or `ProcessBuilder`.
 const GADGETS: &[&[u8]] = &[
@@ -347,7 +345,7 @@ fn java_markers(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
         }
     }
     if level >= 2 {
-        if let Some(at) = memchr_str(v, b"rO0AB") {
+        if let Some(at) = find_bytes(v, b"rO0AB", 0) {
             return hit(2, at, at + 5, level);
         }
         if let Some(at) = find_ci(v, b"aced0005", 0) {
@@ -378,17 +376,6 @@ fn underscore_words(v: &[u8], full: bool, level: u8) -> Option<Hit> {
         if full && (has(b"__proto__") || has(b"child_process") || has(b"__js_function")) {
             return hit(1, at, end, level);
         }
-    }
-    None
-}
-
-fn memchr_str(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while let Some(at) = find_either(hay, i, needle[0], needle[0]) {
-        if hay[at..].starts_with(needle) {
-            return Some(at);
-        }
-        i = at + 1;
     }
     None
 }
@@ -1311,7 +1298,7 @@ fn javascript(v: &[u8], shape: Shape) -> Option<Hit> {
     // `_$$ND_FUNC$$_` in base64, at any of its three alignments: in a token of base64.
     if v.len() >= 16 && !shape.whitespace() {
         for m in [&b"XyQkTkRfRlVOQyQk"[..], b"JCRORF9GVU5DJCRf", b"8kJE5EX0ZVTkMkJF"] {
-            if let Some(at) = memchr_str(v, m) {
+            if let Some(at) = find_bytes(v, m, 0) {
                 return Some(Hit::new(1, at, at + m.len()));
             }
         }

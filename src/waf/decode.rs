@@ -683,6 +683,24 @@ pub fn upload_base_name(v: &[u8]) -> Vec<u8> {
     name
 }
 
+pub fn ends_with_ci(hay: &[u8], needle: &[u8]) -> bool {
+    hay.len() >= needle.len() && hay[hay.len() - needle.len()..].eq_ignore_ascii_case(needle)
+}
+
+/// Where `needle` occurs in `hay` from `from`, exactly: candidates for its first byte found eight
+/// bytes at a time.
+pub fn find_bytes(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
+    let first = *needle.first()?;
+    let mut i = from;
+    while let Some(at) = find_either(hay, i, first, first) {
+        if hay[at..].starts_with(needle) {
+            return Some(at);
+        }
+        i = at + 1;
+    }
+    None
+}
+
 pub fn starts_with_ci(hay: &[u8], needle: &[u8]) -> bool {
     hay.len() >= needle.len() && hay[..needle.len()].eq_ignore_ascii_case(needle)
 }

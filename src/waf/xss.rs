@@ -3,7 +3,7 @@
 //! tag of their own to run script (`javascript:` URLs, event handlers) and tags that load
 //! active content, seen through whitespace and control-character tricks.
 
-use super::decode::{byte_set, find_ci, find_in, is_word, starts_with_ci, Hit, Shape};
+use super::decode::{byte_set, ends_with_ci, find_ci, find_in, is_word, starts_with_ci, Hit, Shape};
 
 /// Past this many bytes libinjection is not asked; our own checks still read everything.
 const LIBINJECTION_MAX: usize = 4096;
@@ -264,10 +264,6 @@ fn function_constructor(v: &[u8], gaps: &JsGaps<'_>, start: usize, end: usize) -
         }
     }
     false
-}
-
-fn ends_with_ci(v: &[u8], suffix: &[u8]) -> bool {
-    v.len() >= suffix.len() && v[v.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
 }
 
 /// Script's gaps in one value: blanks, `+` and comments. A comment's end, once looked for, is
