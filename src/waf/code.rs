@@ -69,7 +69,7 @@ pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit
         }
     }
     if shape.has(const { Shape::mask(b"=") }) {
-        if let Some(hit) = php_directive(v, level) {
+        if let Some(hit) = php_directive(v, shape, level) {
             return Some(hit);
         }
     }
@@ -241,7 +241,10 @@ fn java_name(v: &[u8], at: usize, end: usize, level: u8, gadget: &mut Option<Opt
             return hit(1, at.min(g.0), end.max(g.0 + g.1), level);
         }
     }
-    if !matches!(first.first().map(u8::to_ascii_lowercase), Some(b'j' | b's' | b'c' | b'o' | b'b' | b'g' | b'f')) {
+    // The packages' first names: an address or a host (`conan.obrien`, `shop.example`) is none.
+    const ROOTS: [&[u8]; 11] =
+        [b"java", b"javax", b"jdk", b"sun", b"com", b"org", b"ognl", b"bsh", b"groovy", b"freemarker", b"clojure"];
+    if !ROOTS.iter().any(|r| first.eq_ignore_ascii_case(r)) {
         return None;
     }
     let last = name.rsplit(|&b| b == b'.').find(|p| !p.is_empty()).unwrap_or(b"");
@@ -369,7 +372,7 @@ fn underscore_words(v: &[u8], full: bool, level: u8) -> Option<Hit> {
         if word.len() < 9 {
             continue;
         }
-        let has = |m: &[u8]| find_ci(word, m, 0).is_some();
+        let has = |m: &[u8]| word.len() >= m.len() && find_ci(word, m, 0).is_some();
         if has(b"_memberaccess") || has(b"default_member_access") {
             return hit(1, at, end, level);
         }
@@ -1127,7 +1130,7 @@ fn php_object(v: &[u8]) -> Option<Hit> {
 
 /// A `php.ini` directive set as a value opens (`allow_url_include=1`, `auto_prepend_file=...`,
 /// `opcache.jit...=`), as `PHP_VALUE` through FastCGI or a `.user.ini` would read it.
-fn php_directive(v: &[u8], level: u8) -> Option<Hit> {
+fn php_directive(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
     static DIRECTIVES: WordTable<32> = WordTable::new(&[
         b"allow_url_fopen",
         b"allow_url_includ",
@@ -1226,6 +1229,10 @@ fn php_directive(v: &[u8], level: u8) -> Option<Hit> {
             None => break,
         }
     }
+    // PHP-CGI's option: a `-` (or the soft hyphen, a byte no ASCII text holds) before it.
+    if !shape.has(const { Shape::mask(b"-") }) && !shape.non_ascii() {
+        return None;
+    }
     let mut i = 0;
     while let Some(d) = find_either(v, i, b'd', b'D') {
         i = d + 1;
@@ -1295,8 +1302,10 @@ fn javascript(v: &[u8], shape: Shape) -> Option<Hit> {
             }
         }
     }
-    // `_$$ND_FUNC$$_` in base64, at any of its three alignments: in a token of base64.
-    if v.len() >= 16 && !shape.whitespace() {
+    // `_$$ND_FUNC$$_` in base64, at any of its three alignments: in a value that is base64 (no
+    // blank, no punctuation but `+/=`), not in every identifier, URL or address.
+    const NOT_BASE64: u64 = Shape::mask(b"!\"#$%&'()*,-.:;<>?@[\\]^_`{|}~");
+    if v.len() >= 16 && !shape.whitespace() && !shape.has(NOT_BASE64) {
         for m in [&b"XyQkTkRfRlVOQyQk"[..], b"JCRORF9GVU5DJCRf", b"8kJE5EX0ZVTkMkJF"] {
             if let Some(at) = find_bytes(v, m, 0) {
                 return Some(Hit::new(1, at, at + m.len()));
