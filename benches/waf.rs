@@ -96,6 +96,10 @@ fn bench(c: &mut Criterion) {
             ("template_braces_64k", "{{"),
             ("java_names_64k", "java.x"),
             ("while_loops_64k", "while("),
+            // The review's quadratic openers before their bounds.
+            ("runtime_names_64k", "x.runtime "),
+            ("unclosed_comments_64k", "$/*"),
+            ("comment_then_call_64k", "*/("),
         ];
         for (name, unit) in units {
             // The expansions' uses need what they use: a long assigned value, or a cmd variable.
