@@ -163,8 +163,9 @@ impl JsonLines {
 /// U+009B is `ESC [`); and what shows nothing or reorders text: the bidirectional controls
 /// (U+061C, U+200E, U+200F, U+202A to U+202E, U+2066 to U+2069), zero-width and invisible
 /// characters (U+00AD, U+034F, U+115F, U+1160, U+180E, U+200B to U+200D, U+2060 to U+206F,
-/// U+3164, U+FEFF, U+FFA0, U+FFF9 to U+FFFB) and tag characters (U+E0000 to U+E007F, which
-/// smuggle ASCII unseen). `/ad\\u{200b}min` read as `/admin`, and U+202E reversed what followed.
+/// U+3164, U+FEFF, U+FFA0, U+FFF9 to U+FFFB, U+17B4, U+17B5, U+2800, U+1D173 to U+1D17A),
+/// variation selectors (U+FE00 to U+FE0F, U+E0100 to U+E01EF: an emoji's U+FE0F shows as its
+/// escape) and tag characters (U+E0000 to U+E007F, which smuggle ASCII unseen). `/ad\\u{200b}min` read as `/admin`, and U+202E reversed what followed.
 /// A peer chooses them (a path, a header, a claim); serde_json and the text log's formatter
 /// write them raw, and inside a JSON string or a log line the escape is what a reader shows. Bytes
 /// that are not UTF-8 are left as they are. Borrowed when there is none: ASCII lines are checked
@@ -175,7 +176,9 @@ pub fn invisible_escaped(line: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         matches!(c,
             '\u{80}'..='\u{9f}' | '\u{ad}' | '\u{34f}' | '\u{61c}' | '\u{115f}' | '\u{1160}' | '\u{180e}'
             | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{3164}'
-            | '\u{feff}' | '\u{ffa0}' | '\u{fff9}'..='\u{fffb}' | '\u{e0000}'..='\u{e007f}')
+            | '\u{feff}' | '\u{ffa0}' | '\u{fff9}'..='\u{fffb}' | '\u{e0000}'..='\u{e007f}'
+            | '\u{17b4}' | '\u{17b5}' | '\u{2800}' | '\u{fe00}'..='\u{fe0f}' | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0100}'..='\u{e01ef}')
     }
     if line.is_ascii() {
         return Cow::Borrowed(line);
@@ -237,7 +240,10 @@ mod tests {
         let mut broken = b"\xff/x\xe2\x80\xa8y".to_vec();
         broken.push(b'\n');
         assert_eq!(&*invisible_escaped(&broken), b"\xff/x\\u2028y\n");
-        for clean in ["{\"a\":1}\n", "caf\u{e9}\n", "\u{1f600} \u{fe0f}\n"] {
+        let t1 = "a\u{fe0f}b\u{2800}c\u{17b4}d\u{1d173}";
+        let out = String::from_utf8(invisible_escaped(t1.as_bytes()).into_owned()).unwrap();
+        assert_eq!(out, "a\\ufe0fb\\u2800c\\u17b4d\\ud834\\udd73", "tester t1's");
+        for clean in ["{\"a\":1}\n", "caf\u{e9}\n", "\u{1f600} \u{2764}\n"] {
             assert!(matches!(invisible_escaped(clean.as_bytes()), std::borrow::Cow::Borrowed(_)));
         }
     }

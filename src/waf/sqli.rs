@@ -44,15 +44,18 @@ pub(crate) fn check(v: &[u8], shape: Shape, libinjection: bool, level: u8) -> Op
         // passed): the value up to the end of the first line holding one is read on its own.
         // Every such line is read (a harmless one first hid the next: the review, tester s2),
         // alone and with what comes before it, the 2 KiB that end with it (padding before it).
+        // Each line alone costs its length (all of them, the value's: tester t1 put eight
+        // harmless commented lines first); the 2 KiB before it only for the first few.
         if shape.line_break() {
-            for (start, end) in commented_lines(v).take(8) {
+            for (n, (start, end)) in commented_lines(v).enumerate() {
                 let before = end.saturating_sub(LIBINJECTION_PREFIX);
-                for from in [start.max(before), before] {
-                    if let Some((lvl, sql)) = libinjection_verdict(&v[from..end], level) {
-                        return Some(Hit::new(lvl, from + sql, end));
-                    }
-                    if from == before {
-                        break;
+                let alone = start.max(before);
+                if let Some((lvl, sql)) = libinjection_verdict(&v[alone..end], level) {
+                    return Some(Hit::new(lvl, alone + sql, end));
+                }
+                if n < 8 && before < alone {
+                    if let Some((lvl, sql)) = libinjection_verdict(&v[before..end], level) {
+                        return Some(Hit::new(lvl, before + sql, end));
                     }
                 }
             }
@@ -1674,9 +1677,14 @@ mod tests {
                 let s = format!("{attack}{tail}");
                 assert!(sqli(&s, 1), "{s:?}");
                 // A harmless commented line first, or padding before (the review, tester s2).
-                for head in
-                    ["#\n".to_string(), "a--b\n".to_string(), format!("{}\n", "a".repeat(2100)), "a".repeat(2100) + " "]
-                {
+                for head in [
+                    "#\n".to_string(),
+                    "a--b\n".to_string(),
+                    format!("{}\n", "a".repeat(2100)),
+                    "a".repeat(2100) + " ",
+                    "#\n".repeat(40),
+                    "'#\n".repeat(40),
+                ] {
                     let s = format!("{head}{attack}{tail}");
                     assert!(sqli(&s, 1), "{}...", &s[s.len().saturating_sub(40)..]);
                 }
