@@ -38,7 +38,7 @@ pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit
     if !full {
         return None;
     }
-    let comments = Comments::of(v, shape);
+    let comments = Comments::of(v);
     if shape.has(const { Shape::mask(b"<[{") }) {
         if let Some(hit) = php_tag(v) {
             return Some(hit);
@@ -578,14 +578,24 @@ fn closing(v: &[u8], open: usize) -> Option<usize> {
 /// opener reads one again (an unbounded walk from each had read the square of `$/*` repeated:
 /// the review). Quotes are not told apart: a `//` in a URL makes the rest of its line a
 /// comment here, which only ever joins a name to what follows the line.
-pub(crate) struct Comments(Vec<(usize, usize)>);
+/// Found when a gap first meets a byte a comment starts or ends with: most values (a URL, a
+/// path) never need them.
+pub(crate) struct Comments<'v> {
+    v: &'v [u8],
+    spans: std::cell::OnceCell<Vec<(usize, usize)>>,
+}
 
-impl Comments {
-    fn of(v: &[u8], shape: Shape) -> Comments {
+impl<'v> Comments<'v> {
+    fn of(v: &'v [u8]) -> Comments<'v> {
+        Comments { v, spans: std::cell::OnceCell::new() }
+    }
+
+    fn spans(&self) -> &[(usize, usize)] {
+        self.spans.get_or_init(|| Self::find(self.v))
+    }
+
+    fn find(v: &[u8]) -> Vec<(usize, usize)> {
         let mut spans = Vec::new();
-        if !shape.has(const { Shape::mask(b"#/") }) {
-            return Comments(spans);
-        }
         static OPENS: [bool; 256] = byte_set(b"#/");
         let mut i = 0;
         while let Some(at) = find_in(v, i, &OPENS) {
@@ -600,17 +610,26 @@ impl Comments {
             spans.push((at, end));
             i = end.max(at + 1);
         }
-        Comments(spans)
+        spans
     }
 
     /// The end of the comment that starts at `j`.
     fn starting_at(&self, j: usize) -> Option<usize> {
-        self.0.binary_search_by_key(&j, |s| s.0).ok().map(|k| self.0[k].1)
+        if !matches!(self.v.get(j), Some(b'/' | b'#')) {
+            return None;
+        }
+        let spans = self.spans();
+        spans.binary_search_by_key(&j, |s| s.0).ok().map(|k| spans[k].1)
     }
 
     /// The start of the comment that ends at `j` (exclusive).
     fn ending_at(&self, j: usize) -> Option<usize> {
-        self.0.binary_search_by_key(&j, |s| s.1).ok().map(|k| self.0[k].0)
+        let block_end = j > 0 && self.v[j - 1] == b'/';
+        if !block_end && !matches!(self.v.get(j), Some(b'\n' | b'\r') | None) {
+            return None;
+        }
+        let spans = self.spans();
+        spans.binary_search_by_key(&j, |s| s.1).ok().map(|k| spans[k].0)
     }
 }
 
