@@ -1068,8 +1068,9 @@ pub fn split_authority(authority: &str) -> (&str, Option<&str>) {
     (host.strip_suffix('.').unwrap_or(host), port)
 }
 
-/// Whether a configured destination (`b.demo` or `b.demo:8080`) is `host` with `port`, without
-/// regard to case; a destination without a port is any port's.
+/// Whether a configured destination (`b.demo` or `b.demo:8080`) is `host` with exactly `port`,
+/// without regard to case or a final dot. (The router also lets a destination named without a
+/// port take any port's requests.)
 pub fn same_authority(configured: &str, host: &str, port: Option<&str>) -> bool {
     let (c_host, c_port) = split_authority(configured);
     c_host.eq_ignore_ascii_case(host) && c_port == port

@@ -28,7 +28,10 @@ use crate::tls::TlsStore;
 
 /// A configured destination: who must answer, and (when its address is fixed) its connector.
 struct Route {
-    authority: Box<str>,
+    /// The authority split once, as [`crate::config::split_authority`] reads it: the host
+    /// without a final dot, and the port when one is named.
+    host: Box<str>,
+    port: Option<Box<str>>,
     expected: Option<SpiffeId>,
     connector: Option<Arc<MeshConnector>>,
 }
@@ -82,8 +85,10 @@ impl Outbound {
                 // that identity, as the address itself is (an alias is no way around a pin).
                 let pinned_there = d.address.and_then(|a| pinned.at(a.0)).cloned();
                 let expected = d.identity.as_ref().map(|i| i.0.clone()).or(pinned_there);
+                let (host, port) = crate::config::split_authority(&d.authority);
                 Route {
-                    authority: d.authority.to_ascii_lowercase().into_boxed_str(),
+                    host: host.into(),
+                    port: port.map(Into::into),
                     connector: d.address.map(|a| connectors.make(a.0, expected.clone())),
                     expected,
                 }
@@ -132,13 +137,11 @@ impl Outbound {
         self
     }
 
+    /// The destination named `host:port`, else the one named `host` alone (any port's).
     fn route(&self, authority: &str) -> Option<&Route> {
-        use crate::config::{same_authority, split_authority};
-        let (host, port) = split_authority(authority);
-        self.routes
-            .iter()
-            .find(|r| same_authority(&r.authority, host, port))
-            .or_else(|| self.routes.iter().find(|r| same_authority(&r.authority, host, None)))
+        let (host, port) = crate::config::split_authority(authority);
+        let named = |r: &&Route, port: Option<&str>| r.host.eq_ignore_ascii_case(host) && r.port.as_deref() == port;
+        self.routes.iter().find(|r| named(r, port)).or_else(|| self.routes.iter().find(|r| named(r, None)))
     }
 
     /// The request as the peer sidecar gets it: HTTP/2 first (so the app's `Connection` header
