@@ -13,14 +13,14 @@ mod refusals;
 mod traces;
 
 pub use events::{
-    now_millis, rfc3339_millis, DeniedConnection, DeniedRequest, DosRefusal, EventWriter, RequestFacts, SecurityEvent,
-    TlsSession, WafEvent, OPAQUE_PORTS_RULE,
+    now_millis, rfc3339_millis, DeniedConnection, DeniedRequest, DosRefusal, EventWriter, RequestFacts, RuleId,
+    SecurityEvent, TlsSession, WafEvent, OPAQUE_PORTS_RULE,
 };
 pub use logging::{dropped_lines as log_lines_dropped, flush as flush_logs, LogFormat, LogLevel};
 pub use metrics::Metrics;
 pub use process::ProcessMetrics;
 pub use recorder::{Destinations, Fnv1a, Recorded, RequestRecorder, MAX_DESTINATIONS, OTHER_DESTINATION};
-pub use refusals::{PerSecond, RefusalCounter, RefusalReason, Refusals, RuleId, REPORTED_EACH_PER_SECOND};
+pub use refusals::{PerSecond, RefusalCounter, RefusalReason, Refusals, REPORTED_EACH_PER_SECOND};
 pub use traces::{
     header_names as trace_headers, ParentRoot, Propagators, RequestSpan, SamplerChoice, SpanEnd, TraceCounters,
     TraceSettings, Traces,
@@ -194,8 +194,13 @@ impl Telemetry {
     /// first [`refusals::REPORTED_EACH_PER_SECOND`] of a second are, the rest summed up in one
     /// event a second (a flood of 20,000 429s had written 19 MB of events in 1.6 s).
     /// The rest are summed up per limit (`<policy>/<limit>`), as their reported requests name it.
-    pub fn rate_limited_reported_each(&self, source: Option<std::net::IpAddr>, limit: &refusals::RuleId) -> bool {
-        self.rate_limited.reported_each_for(&self.refusals, "inbound", source, limit)
+    pub fn rate_limited_reported_each(
+        &self,
+        source: Option<std::net::IpAddr>,
+        policy: &std::sync::Arc<str>,
+        limit: &std::sync::Arc<str>,
+    ) -> bool {
+        self.rate_limited.reported_each_for(&self.refusals, "inbound", source, policy, limit)
     }
 
     /// Emits the refusals not yet reported at once (a listener that stops).

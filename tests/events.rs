@@ -6,7 +6,7 @@ mod support;
 
 use palisade::config::{EventFormat, EventSink, EventsConfig};
 use palisade::telemetry::{
-    DeniedConnection, DeniedRequest, DosRefusal, EventWriter, RequestFacts, SecurityEvent, TlsSession, WafEvent,
+    DeniedConnection, DeniedRequest, DosRefusal, EventWriter, RequestFacts, RuleId, SecurityEvent, TlsSession, WafEvent,
 };
 use serde_json::Value;
 use support::*;
@@ -606,7 +606,8 @@ fn dos(
         listener: Some("10.0.0.9:15006".parse().unwrap()),
         source: source.map(|s| s.parse().unwrap()),
         several_sources,
-        rule: (reason == "rate_limited").then(|| ("shop/orders-api".into(), "per-caller".into())),
+        rule: (reason == "rate_limited")
+            .then(|| RuleId { policy: "shop/orders-api".into(), rule: "per-caller".into() }),
     })
 }
 

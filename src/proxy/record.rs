@@ -14,7 +14,7 @@ use crate::telemetry::trace_headers::{
     B3, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, TRACEPARENT, TRACESTATE,
 };
 use crate::telemetry::{
-    reported, AccessRecord, Recorded, RequestFacts, RequestSpan, RuleId, SecurityEvent, SpanEnd, Telemetry, WafEvent,
+    reported, AccessRecord, Recorded, RequestFacts, RequestSpan, SecurityEvent, SpanEnd, Telemetry, WafEvent,
 };
 
 /// State carried across the phases of one request.
@@ -102,7 +102,8 @@ pub fn report(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusa
             if !audit
                 && !telemetry.rate_limited_reported_each(
                     facts.source.map(|s| s.ip()),
-                    &RuleId { policy: limited.by.policy.clone(), rule: limited.by.rule.clone() },
+                    &limited.by.policy,
+                    &limited.by.rule,
                 ) =>
         {
             return

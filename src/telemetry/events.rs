@@ -126,7 +126,14 @@ pub struct DosRefusal {
     pub several_sources: bool,
     /// The policy and its rule that refused them, for refusals a policy makes (a rate limit):
     /// the aggregate names the rule its requests reported each name.
-    pub rule: Option<(Arc<str>, Arc<str>)>,
+    pub rule: Option<RuleId>,
+}
+
+/// A policy's rule, as events name it: `<policy>/<rule>` and the rule's own name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleId {
+    pub policy: Arc<str>,
+    pub rule: Arc<str>,
 }
 
 impl DosRefusal {
@@ -165,7 +172,7 @@ impl DosRefusal {
     /// The rule that refused, as a SIEM matches it: `(uid, name)`. TLS refusals in aggregate
     /// carry the rule each refusal does (`mtls`, `inbound-mtls`).
     pub fn rule(&self) -> (Cow<'static, str>, Cow<'static, str>) {
-        if let Some((policy, rule)) = &self.rule {
+        if let Some(RuleId { policy, rule }) = &self.rule {
             return (Cow::Owned(format!("{policy}/{rule}")), Cow::Owned(rule.to_string()));
         }
         match self.reason {

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::IntCounter;
 
-use super::events::{now_millis, DosRefusal, SecurityEvent};
+use super::events::{now_millis, DosRefusal, RuleId, SecurityEvent};
 
 /// Why a DoS defence refused a connection or a request; the `reason` label of
 /// `palisade_connections_closed_total` (load shedding has `palisade_requests_shed_total`).
@@ -190,7 +190,8 @@ impl OneByOne {
         refusals: &Refusals,
         direction: &'static str,
         source: Option<IpAddr>,
-        rule: &RuleId,
+        policy: &Arc<str>,
+        rule: &Arc<str>,
     ) -> bool {
         let each = self.window.admit();
         if !each {
@@ -198,7 +199,7 @@ impl OneByOne {
             // aggregate's series, which is not exported.
             let not_exported = self.aggregate(refusals, direction).0.counter.clone();
             refusals
-                .counter_for(direction, self.reason, Some(rule), REPORTED_EACH_PER_SECOND, not_exported)
+                .counter_for(direction, self.reason, Some((policy, rule)), REPORTED_EACH_PER_SECOND, not_exported)
                 .refused(source);
         }
         each
@@ -213,13 +214,6 @@ impl OneByOne {
             refusals.counter(direction, self.reason, REPORTED_EACH_PER_SECOND, uncounted)
         })
     }
-}
-
-/// A policy's rule, as events name it: `<policy>/<rule>` and the rule's own name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleId {
-    pub policy: Arc<str>,
-    pub rule: Arc<str>,
 }
 
 /// How many rules' slots are kept with nothing pending: a rule renamed or removed by an update
@@ -315,25 +309,29 @@ impl Refusals {
         self.counter_for(direction, reason, None, limit, counter)
     }
 
-    /// [`Refusals::counter`] for one policy rule's refusals (`rule`), or the listener's own.
+    /// [`Refusals::counter`] for one policy rule's refusals (`(policy, rule)`, copied only when
+    /// its slot is made), or the listener's own.
     pub fn counter_for(
         &self,
         direction: &'static str,
         reason: RefusalReason,
-        rule: Option<&RuleId>,
+        rule: Option<(&Arc<str>, &Arc<str>)>,
         limit: impl ToString,
         counter: IntCounter,
     ) -> RefusalCounter {
         let mut slots = self.slots.lock().expect("refusal slots lock");
-        if let Some(slot) =
-            slots.iter().find(|s| s.direction == direction && s.reason == reason && s.rule.as_ref() == rule)
-        {
+        let same_rule = |s: &Slot| match (&s.rule, rule) {
+            (None, None) => true,
+            (Some(r), Some((policy, name))) => r.policy == *policy && r.rule == *name,
+            _ => false,
+        };
+        if let Some(slot) = slots.iter().find(|s| s.direction == direction && s.reason == reason && same_rule(s)) {
             return RefusalCounter(slot.clone());
         }
         let slot = Arc::new(Slot {
             direction,
             reason,
-            rule: rule.cloned(),
+            rule: rule.map(|(policy, rule)| RuleId { policy: policy.clone(), rule: rule.clone() }),
             limit: limit.to_string(),
             counter,
             pending: AtomicU64::new(0),
@@ -395,7 +393,7 @@ impl Refusals {
                     _ => None,
                 },
                 several_sources: sources == Sources::Several,
-                rule: slot.rule.as_ref().map(|r| (r.policy.clone(), r.rule.clone())),
+                rule: slot.rule.clone(),
             };
             let source = match refusal.source {
                 Some(ip) => ip.to_string(),
@@ -460,13 +458,13 @@ mod tests {
     fn refusals_past_the_first_of_a_second_are_summed_up_per_rule() {
         let refusals = Refusals::default();
         let limited = OneByOne::new(RefusalReason::RateLimited);
-        let rule = |name: &str| RuleId { policy: "demo/api".into(), rule: name.into() };
-        let (orders, tenants) = (rule("orders"), rule("per-tenant"));
+        let policy: Arc<str> = "demo/api".into();
+        let (orders, tenants): (Arc<str>, Arc<str>) = ("orders".into(), "per-tenant".into());
         let caller: IpAddr = "10.0.0.7".parse().unwrap();
         let mut each = 0;
         for i in 0..3000 {
             let which = if i % 2 == 0 { &orders } else { &tenants };
-            each += u32::from(limited.reported_each_for(&refusals, "inbound", Some(caller), which));
+            each += u32::from(limited.reported_each_for(&refusals, "inbound", Some(caller), &policy, which));
         }
         assert!(each <= 2 * REPORTED_EACH_PER_SECOND, "{each} reported each");
         let events = refusals.flush();
@@ -485,7 +483,7 @@ mod tests {
         assert_eq!(named[0].2 + named[1].2 + u64::from(each), 3000, "every refusal reported once");
         // A rule's slot that idles is dropped once there are many.
         for n in 0..=IDLE_RULE_SLOTS {
-            let _ = limited.reported_each_for(&refusals, "inbound", None, &rule(&format!("r{n}")));
+            let _ = limited.reported_each_for(&refusals, "inbound", None, &policy, &format!("r{n}").into());
         }
         refusals.flush();
         refusals.flush();
