@@ -792,7 +792,9 @@ impl std::str::FromStr for DetectorName {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         crate::waf::Detector::parse(s).map(DetectorName).ok_or_else(|| {
-            format!("unknown detector {s:?}; expected sqli, xss, path_traversal, command_injection, protocol or code_injection")
+            // Named from the list itself, so a detector added later is offered too.
+            let names: Vec<&str> = crate::waf::Detector::ALL.iter().map(|d| d.as_str()).collect();
+            format!("unknown detector {s:?}; expected one of {}", names.join(", "))
         })
     }
 }
