@@ -27,8 +27,9 @@ pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit
             return Some(hit);
         }
     }
+    let comments = Comments::of(v);
     if shape.has(const { Shape::mask(b"$") }) {
-        if let Some(hit) = lookup(v) {
+        if let Some(hit) = dollar_signs(v, &comments, full) {
             return Some(hit);
         }
     }
@@ -38,14 +39,8 @@ pub(crate) fn check(v: &[u8], shape: Shape, full: bool, level: u8) -> Option<Hit
     if !full {
         return None;
     }
-    let comments = Comments::of(v);
     if shape.has(const { Shape::mask(b"<[{") }) {
         if let Some(hit) = php_tag(v) {
-            return Some(hit);
-        }
-    }
-    if shape.has(const { Shape::mask(b"$") }) {
-        if let Some(hit) = php_variables(v, &comments) {
             return Some(hit);
         }
     }
@@ -386,7 +381,33 @@ fn underscore_words(v: &[u8], full: bool, level: u8) -> Option<Hit> {
 
 /// Log4j's and Commons Text's lookups: `${jndi:ldap://...}`, `${${::-j}ndi:...}`, `${env:AWS_SECRET}`,
 /// `${script:javascript:...}`. A template's `${name}` is no lookup.
-fn lookup(v: &[u8]) -> Option<Hit> {
+/// Every `$` of a value, read once: a Log4j or Commons Text lookup there (any value); with
+/// `full`, a PHP superglobal or a function called through a variable, and Node.js's
+/// `_$$ND_FUNC$$_` and React Server Components' `$1:constructor:constructor`.
+fn dollar_signs(v: &[u8], c: &Comments, full: bool) -> Option<Hit> {
+    let mut i = 0;
+    while let Some(at) = find_either(v, i, b'$', b'$') {
+        i = at + 1;
+        if let Some(hit) = lookup_at(v, at) {
+            return Some(hit);
+        }
+        if !full {
+            continue;
+        }
+        if let Some(hit) = php_variable_at(v, c, at) {
+            return Some(hit);
+        }
+        for m in [&b"$$nd_func$$"[..], b":constructor:constructor"] {
+            let from = if m[0] == b'$' { at } else { at + 1 + v[at + 1..].iter().take_while(|&&b| is_word(b)).count() };
+            if starts_with_ci(&v[from..], m) {
+                return Some(Hit::new(1, at, from + m.len()));
+            }
+        }
+    }
+    None
+}
+
+fn lookup_at(v: &[u8], at: usize) -> Option<Hit> {
     const LOOKUPS: &[&[u8]] = &[
         b"jndi:",
         b"lower:",
@@ -415,24 +436,18 @@ fn lookup(v: &[u8]) -> Option<Hit> {
         b"file:",
         b"::-",
     ];
-    let mut i = 0;
-    while let Some(at) = find_either(v, i, b'$', b'$') {
-        i = at + 1;
-        if v.get(at + 1) != Some(&b'{') {
-            continue;
-        }
-        let inner = &v[at + 2..];
-        let inner = inner.trim_ascii_start();
-        let end = (at + 40).min(v.len());
-        // A lookup nested in the name (`${j${::-n}di:`, `${jndi${x:-:}ldap:`; tester s1): no
-        // template nests a placeholder inside a placeholder's name.
-        let name = &inner[..inner.iter().take(64).position(|&b| b == b'}' || b == b'$').unwrap_or(inner.len().min(64))];
-        let nested = inner.get(name.len()..name.len() + 2) == Some(b"${");
-        if inner.starts_with(b"${") || nested || LOOKUPS.iter().any(|l| starts_with_ci(inner, l)) {
-            return Some(Hit::new(1, at, end));
-        }
+    if v.get(at + 1) != Some(&b'{') {
+        return None;
     }
-    None
+    let inner = &v[at + 2..];
+    let inner = inner.trim_ascii_start();
+    let end = (at + 40).min(v.len());
+    // A lookup nested in the name (`${j${::-n}di:`, `${jndi${x:-:}ldap:`; tester s1): no
+    // template nests a placeholder inside a placeholder's name.
+    let name = &inner[..inner.iter().take(64).position(|&b| b == b'}' || b == b'$').unwrap_or(inner.len().min(64))];
+    let nested = inner.get(name.len()..name.len() + 2) == Some(b"${");
+    (inner.starts_with(b"${") || nested || LOOKUPS.iter().any(|l| starts_with_ci(inner, l)))
+        .then(|| Hit::new(1, at, end))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -489,7 +504,7 @@ fn php_tag(v: &[u8]) -> Option<Hit> {
 /// PHP's superglobals (`$_GET['x']`, `$GLOBALS`), and a function called through a variable:
 /// `$a(1)`, `$_GET['f']($_GET['x'])`, `@$__[o](4)`, `${'a'}()`, with blanks and comments
 /// before the parenthesis.
-fn php_variables(v: &[u8], c: &Comments) -> Option<Hit> {
+fn php_variable_at(v: &[u8], c: &Comments, at: usize) -> Option<Hit> {
     static SUPERGLOBALS: WordTable<12> = WordTable::new(&[
         b"_get",
         b"_post",
@@ -504,9 +519,7 @@ fn php_variables(v: &[u8], c: &Comments) -> Option<Hit> {
         b"http_response_he",
         b"php_errormsg",
     ]);
-    let mut i = 0;
-    while let Some(at) = find_either(v, i, b'$', b'$') {
-        i = at + 1;
+    {
         let name_len = v[at + 1..].iter().take_while(|&&b| is_word(b)).count();
         let name = &v[at + 1..at + 1 + name_len];
         if name_len > 0 && SUPERGLOBALS.contains(&name[..name_len.min(16)]) {
@@ -518,14 +531,14 @@ fn php_variables(v: &[u8], c: &Comments) -> Option<Hit> {
             j = skip_blanks_and_comments(v, c, j);
             // `${'a'}` or `${$x}`: a variable named by an expression.
             if v.get(j) != Some(&b'{') {
-                continue;
+                return None;
             }
             j = match closing(v, j) {
                 Some(c) => c + 1,
-                None => continue,
+                None => return None,
             };
         } else if name[0].is_ascii_digit() {
-            continue;
+            return None;
         }
         // Indexers: `[..]` and `{..}`, then blanks and comments.
         let mut steps = 0;
@@ -1323,20 +1336,11 @@ fn php_directive(v: &[u8], shape: Shape, level: u8) -> Option<Hit> {
 // ---------------------------------------------------------------------------------------------
 // Node.js and templates
 
-/// Node.js's markers that are neither dotted names nor words with `_` (those are read by
-/// [`dotted_names`] and [`underscore_words`]): `node-serialize`'s function marker (plain or in
-/// base64), React Server Components' `$1:constructor:constructor`, a `require` or `process`
-/// reached by a computed name, and prototype pollution through brackets
-/// (`constructor[prototype]`, `a[constructor][prototype]`).
+/// Node.js's markers that are neither dotted names, words with `_` nor after a `$` (those are
+/// read by [`dotted_names`], [`underscore_words`] and [`dollar_signs`]): `node-serialize`'s
+/// function marker in base64, a `require` or `process` reached by a computed name, and
+/// prototype pollution through brackets (`constructor[prototype]`, `a[constructor][prototype]`).
 fn javascript(v: &[u8], shape: Shape) -> Option<Hit> {
-    if shape.has(const { Shape::mask(b"$") }) {
-        // `_$$ND_FUNC$$_`; React Server Components' `$1:constructor:constructor`.
-        for m in [&b"$$nd_func$$"[..], b":constructor:constructor"] {
-            if let Some(at) = find_ci(v, m, 0) {
-                return Some(Hit::new(1, at, at + m.len()));
-            }
-        }
-    }
     if shape.has(const { Shape::mask(b"[") }) {
         // `process[...]`, `require[...]`, `constructor[prototype]`, `a[constructor][prototype]`,
         // `constructor['prototype']`.
