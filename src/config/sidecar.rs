@@ -943,8 +943,8 @@ impl super::Validate for SidecarConfig {
                 invalid.push(Invalid::field(
                     &format!("outbound.destinations[{i}].authority"),
                     format!(
-                        "{} is also outbound.destinations[{first}]: one entry per authority, or which one answers depends on the list's order; merge the two",
-                        d.authority
+                        "{} is also outbound.destinations[{first}] ({}; names are compared without regard to case or a final dot): one entry per authority, or which one answers depends on the list's order; merge the two",
+                        d.authority, self.outbound.destinations[first].authority
                     ),
                 ));
             }
