@@ -41,6 +41,9 @@ pub struct Telemetry {
     tls_refusals: refusals::OneByOne,
     invalid_requests: refusals::OneByOne,
     rate_limited: refusals::OneByOne,
+    unauthenticated: refusals::OneByOne,
+    forbidden: refusals::OneByOne,
+    waf_blocked: refusals::OneByOne,
     access_log: Option<JsonLines>,
 }
 
@@ -137,6 +140,9 @@ impl Telemetry {
             tls_refusals: refusals::OneByOne::new(RefusalReason::TlsRefused),
             invalid_requests: refusals::OneByOne::new(RefusalReason::InvalidRequest),
             rate_limited: refusals::OneByOne::new(RefusalReason::RateLimited),
+            unauthenticated: refusals::OneByOne::new(RefusalReason::Unauthenticated),
+            forbidden: refusals::OneByOne::new(RefusalReason::Forbidden),
+            waf_blocked: refusals::OneByOne::new(RefusalReason::WafBlocked),
             access_log,
         })
     }
@@ -190,17 +196,27 @@ impl Telemetry {
         self.events.emit(SecurityEvent::RequestDenied(denied));
     }
 
-    /// Whether a request refused by a rate limit, from `source`, is reported on its own: the
-    /// first [`refusals::REPORTED_EACH_PER_SECOND`] of a second are, the rest summed up in one
-    /// event a second (a flood of 20,000 429s had written 19 MB of events in 1.6 s).
-    /// The rest are summed up per limit (`<policy>/<limit>`), as their reported requests name it.
-    pub fn rate_limited_reported_each(
+    /// Whether a request a policy's rule refused (`reason`: [`RefusalReason::RateLimited`],
+    /// [`RefusalReason::Unauthenticated`], [`RefusalReason::Forbidden`] or
+    /// [`RefusalReason::WafBlocked`]), from `source`, is reported on its own: the first
+    /// [`refusals::REPORTED_EACH_PER_SECOND`] of a second of each kind are, the rest summed up per
+    /// rule (`<policy>/<rule>`, as their reported requests name it) in one event a second. A
+    /// flood of 20,000 429s had written 19 MB of events in 1.6 s; one of forged tokens or of
+    /// attacks the WAF refuses wrote about 1 KB a request (outside tester q2).
+    pub fn refusal_reported_each(
         &self,
+        reason: RefusalReason,
         source: Option<std::net::IpAddr>,
-        policy: &std::sync::Arc<str>,
-        limit: &std::sync::Arc<str>,
+        policy: &str,
+        rule: &str,
     ) -> bool {
-        self.rate_limited.reported_each_for(&self.refusals, "inbound", source, policy, limit)
+        let kind = match reason {
+            RefusalReason::Unauthenticated => &self.unauthenticated,
+            RefusalReason::Forbidden => &self.forbidden,
+            RefusalReason::WafBlocked => &self.waf_blocked,
+            _ => &self.rate_limited,
+        };
+        kind.reported_each_for(&self.refusals, "inbound", source, policy, rule)
     }
 
     /// Emits the refusals not yet reported at once (a listener that stops).

@@ -108,6 +108,19 @@ impl Detector {
         }
     }
 
+    /// The rule its events name inside the policy (`<policy>/waf:sqli`).
+    pub fn rule(self) -> &'static str {
+        match self {
+            Detector::Sqli => "waf:sqli",
+            Detector::Xss => "waf:xss",
+            Detector::PathTraversal => "waf:path_traversal",
+            Detector::CommandInjection => "waf:command_injection",
+            Detector::Protocol => "waf:protocol",
+            Detector::CodeInjection => "waf:code_injection",
+            Detector::Ssrf => "waf:ssrf",
+        }
+    }
+
     /// The inverse of [`Detector::as_str`], for policy parsing.
     pub fn parse(name: &str) -> Option<Detector> {
         Detector::ALL.into_iter().find(|d| d.as_str() == name)

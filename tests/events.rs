@@ -156,6 +156,51 @@ async fn a_flood_of_rate_limited_requests_is_reported_in_aggregate() {
     s.shutdown();
 }
 
+/// Forged tokens, denied paths and attacks the WAF refuses cost a caller nothing either: each
+/// kind is reported each only up to 10 a second, the rest summed up per rule in one event a
+/// second, filed under the rule each request's own event names (outside tester q2: a flood of
+/// bad tokens wrote about 1 KB of events a request). None goes unaccounted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_of_forged_tokens_denied_requests_and_waf_attacks_are_reported_in_aggregate_per_rule() {
+    let protections = format!(
+        "{DENY_ADMIN_LIMIT_ONE}  inputValidation:\n    waf: {{mode: BLOCK}}\n  authentication:\n    jwt:\n      - issuer: https://auth.example.com\n        audiences: [orders]\n        hmacSecret: {{inline: \"0123456789abcdef0123456789abcdef\"}}\n"
+    );
+    let s = PolicedSidecar::start(&policy("events", &protections)).await;
+    const FLOOD: u64 = 40;
+    let forged = [("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.Zm9yZ2Vk")];
+    let kinds: [(&str, &[(&str, &str)], u16, &str, &str); 3] = [
+        ("/orders/1", &forged, 401, "unauthenticated GET /orders/1", "refused as unauthenticated (401): past 10"),
+        ("/admin/users", &[], 403, "denied GET /admin/users", "denied by authorization (403): past 10"),
+        (
+            "/orders?id=1%27%20OR%20%271%27%3D%271",
+            &[],
+            403,
+            "blocked GET /orders: sqli",
+            "blocked by the WAF (403): past 10",
+        ),
+    ];
+    for (target, headers, status, _, _) in kinds {
+        for _ in 0..FLOOD {
+            assert_eq!(s.send("frontend", "GET", target, headers).await.status, status, "{target}");
+        }
+    }
+    for (target, _, status, each_says, aggregate_says) in kinds {
+        let each = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").starts_with(each_says);
+        let in_aggregate = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").contains(aggregate_says);
+        assert!(all_accounted(&s, FLOOD, each, in_aggregate).await, "{target}: {:#?}", s.events());
+        let events = s.events();
+        let aggregates: Vec<&serde_json::Value> = events.iter().filter(|e| in_aggregate(e)).collect();
+        let reported_each = events.iter().filter(|e| each(e)).count();
+        assert!(reported_each <= 10 * (aggregates.len() + 1), "{target}: {reported_each} reported each");
+        let (aggregate, each_one) = (aggregates[0], events.iter().find(|e| each(e)).unwrap());
+        assert_eq!(aggregate["firewall_rule"]["uid"], each_one["firewall_rule"]["uid"], "{aggregate}\n{each_one}");
+        assert_eq!(aggregate["http_response"]["code"].as_u64(), Some(u64::from(status)), "{aggregate}");
+        assert_eq!(aggregate["src_endpoint"]["ip"], "127.0.0.1", "one source: named: {aggregate}");
+        assert_ocsf_base(aggregate);
+    }
+    s.shutdown();
+}
+
 /// A handshake needs no credential: refused ones are each reported only up to 10 a second,
 /// and the rest in that second's aggregate event with their count, so a flood of them cannot
 /// write an event per connection. None goes unaccounted.
@@ -584,6 +629,10 @@ fn every_kind() -> Vec<SecurityEvent> {
         dos("inbound", "memory_idle", "limits.maxMemoryBytes", "201326592", Some("10.0.0.66"), false),
         dos("inbound", "rapid_reset", "limits.http2.maxResetsPerSecond", "200", Some("10.0.0.66"), false),
         dos("outbound", "not_http", "outbound.passthrough", "10.20.0.0/16", Some("127.0.0.1"), false),
+        dos("inbound", "rate_limited", "rateLimits", "10", Some("10.0.0.66"), false),
+        dos("inbound", "unauthenticated", "authentication", "10", Some("10.0.0.66"), false),
+        dos("inbound", "forbidden", "authorization", "10", None, true),
+        dos("inbound", "waf_blocked", "inputValidation.waf", "10", Some("10.0.0.66"), false),
     ]
 }
 
@@ -606,8 +655,15 @@ fn dos(
         listener: Some("10.0.0.9:15006".parse().unwrap()),
         source: source.map(|s| s.parse().unwrap()),
         several_sources,
-        rule: (reason == "rate_limited")
-            .then(|| RuleId { policy: "shop/orders-api".into(), rule: "per-caller".into() }),
+        // Refusals a policy's rule made are summed up per rule, named as each request's event names it.
+        rule: match reason {
+            "rate_limited" => Some("per-caller"),
+            "unauthenticated" => Some("jwt"),
+            "forbidden" => Some("deny-admin"),
+            "waf_blocked" => Some("waf:sqli"),
+            _ => None,
+        }
+        .map(|rule| RuleId { policy: "shop/orders-api".into(), rule: rule.into() }),
     })
 }
 

@@ -14,7 +14,8 @@ use crate::telemetry::trace_headers::{
     B3, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, TRACEPARENT, TRACESTATE,
 };
 use crate::telemetry::{
-    reported, AccessRecord, Recorded, RequestFacts, RequestSpan, SecurityEvent, SpanEnd, Telemetry, WafEvent,
+    reported, AccessRecord, Recorded, RefusalReason, RequestFacts, RequestSpan, SecurityEvent, SpanEnd, Telemetry,
+    WafEvent,
 };
 
 /// State carried across the phases of one request.
@@ -82,8 +83,23 @@ pub fn report(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusa
     let facts = facts(session, ctx, path);
     let (method, path) = (reported(req.method.as_str()), reported(path));
     let (method, path) = (&*method, &*path);
+    // Past ten a second of each kind, summed up per rule in one event a second (each is in the
+    // metrics): the rule as the request's own event names it.
+    let aggregated = |reason, policy: &str, rule: &str| {
+        !audit && !telemetry.refusal_reported_each(reason, facts.source.map(|s| s.ip()), policy, rule)
+    };
     match refusal {
+        Refusal::Blocked(found)
+            if aggregated(RefusalReason::WafBlocked, &found.policy, found.finding.detector.rule()) =>
+        {
+            return
+        }
         Refusal::Blocked(found) => return report_finding(telemetry, found, facts),
+        Refusal::Unauthenticated(u)
+            if aggregated(RefusalReason::Unauthenticated, u.policy.as_deref().unwrap_or("-"), "jwt") =>
+        {
+            return
+        }
         Refusal::Unauthenticated(u) => {
             let reason = u.reason_label();
             let detail = u.detail.as_deref().map(|d| crate::telemetry::reported(d).into_owned());
@@ -97,17 +113,12 @@ pub fn report(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusa
             });
             return;
         }
-        // Past ten a second, summed up in one event a second (each is in the metrics).
         Refusal::RateLimited(limited)
-            if !audit
-                && !telemetry.rate_limited_reported_each(
-                    facts.source.map(|s| s.ip()),
-                    &limited.by.policy,
-                    &limited.by.rule,
-                ) =>
+            if aggregated(RefusalReason::RateLimited, &limited.by.policy, &limited.by.rule) =>
         {
             return
         }
+        Refusal::Forbidden(by) if aggregated(RefusalReason::Forbidden, &by.policy, &by.rule) => return,
         _ => {}
     }
     let denied = refusal.denied(audit, facts);

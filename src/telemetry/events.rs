@@ -143,6 +143,8 @@ impl DosRefusal {
         match self.reason {
             "shed" | "source_shed" | "memory_shed" => Some(503),
             "rate_limited" => Some(429),
+            "unauthenticated" => Some(401),
+            "forbidden" | "waf_blocked" => Some(403),
             "body_timeout" => Some(408),
             _ => None,
         }
@@ -232,6 +234,15 @@ impl DosRefusal {
             ),
             "tls_refused" => format!(
                 "{n} more TLS handshake{plural} on {direction} refused: past {limit} a second, refusals are reported in aggregate (each is counted in palisade_tls_handshakes_total)"
+            ),
+            "unauthenticated" => format!(
+                "{n} more request{plural} on {direction} refused as unauthenticated (401): past {limit} a second, they are reported in aggregate (each is counted in palisade_authn_failures_total)"
+            ),
+            "forbidden" => format!(
+                "{n} more request{plural} on {direction} denied by authorization (403): past {limit} a second, they are reported in aggregate (each is counted in palisade_authz_decisions_total)"
+            ),
+            "waf_blocked" => format!(
+                "{n} more request{plural} on {direction} blocked by the WAF (403): past {limit} a second, they are reported in aggregate (each is counted in palisade_waf_findings_total)"
             ),
             "invalid_request" => format!(
                 "{n} more request{plural} on {direction} refused as malformed or over a size limit (400, 413, 414, 431): past {limit} a second, they are reported in aggregate (each is counted in palisade_requests_total)"

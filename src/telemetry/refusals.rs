@@ -64,6 +64,15 @@ pub enum RefusalReason {
     /// An inbound request over a rate limit (429), past the first [`REPORTED_EACH_PER_SECOND`]
     /// of a second: the refusal a flood makes most of.
     RateLimited,
+    /// An inbound request whose token did not verify, or that had none where one is required
+    /// (401), past the first [`REPORTED_EACH_PER_SECOND`] of a second.
+    Unauthenticated,
+    /// An inbound request an ENFORCE policy denied (403), past the first
+    /// [`REPORTED_EACH_PER_SECOND`] of a second.
+    Forbidden,
+    /// An inbound request a WAF in BLOCK mode refused (403), past the first
+    /// [`REPORTED_EACH_PER_SECOND`] of a second.
+    WafBlocked,
     /// `outbound.passthrough`: a captured connection that is not HTTP, to a destination not
     /// listed there that proved no mesh identity (no sidecar to tunnel it to), closed before a
     /// byte of the app's is sent.
@@ -91,6 +100,9 @@ impl RefusalReason {
             RefusalReason::TlsRefused => "tls_refused",
             RefusalReason::InvalidRequest => "invalid_request",
             RefusalReason::RateLimited => "rate_limited",
+            RefusalReason::Unauthenticated => "unauthenticated",
+            RefusalReason::Forbidden => "forbidden",
+            RefusalReason::WafBlocked => "waf_blocked",
         }
     }
 
@@ -115,6 +127,9 @@ impl RefusalReason {
             RefusalReason::TlsRefused => "inbound.mtls",
             RefusalReason::InvalidRequest => "inputValidation",
             RefusalReason::RateLimited => "rateLimits",
+            RefusalReason::Unauthenticated => "authentication",
+            RefusalReason::Forbidden => "authorization",
+            RefusalReason::WafBlocked => "inputValidation.waf",
         }
     }
 }
@@ -182,16 +197,17 @@ impl OneByOne {
         each
     }
 
-    /// [`OneByOne::reported_each`] for a refusal a policy's rule made (a rate limit): the rest
-    /// are summed up per rule, so each rule's aggregate event names it (outside tester q2: one
-    /// event for every limit named none, and a limit flooded beside another had no event at all).
+    /// [`OneByOne::reported_each`] for a refusal a policy's rule made (a rate limit, an
+    /// authorisation rule, a WAF detector): the rest are summed up per rule, so each rule's
+    /// aggregate event names it (outside tester q2: one event for every limit named none, and a
+    /// limit flooded beside another had no event at all).
     pub fn reported_each_for(
         &self,
         refusals: &Refusals,
         direction: &'static str,
         source: Option<IpAddr>,
-        policy: &Arc<str>,
-        rule: &Arc<str>,
+        policy: &str,
+        rule: &str,
     ) -> bool {
         let each = self.window.admit();
         if !each {
@@ -315,14 +331,14 @@ impl Refusals {
         &self,
         direction: &'static str,
         reason: RefusalReason,
-        rule: Option<(&Arc<str>, &Arc<str>)>,
+        rule: Option<(&str, &str)>,
         limit: impl ToString,
         counter: IntCounter,
     ) -> RefusalCounter {
         let mut slots = self.slots.lock().expect("refusal slots lock");
         let same_rule = |s: &Slot| match (&s.rule, rule) {
             (None, None) => true,
-            (Some(r), Some((policy, name))) => r.policy == *policy && r.rule == *name,
+            (Some(r), Some((policy, name))) => *r.policy == *policy && *r.rule == *name,
             _ => false,
         };
         if let Some(slot) = slots.iter().find(|s| s.direction == direction && s.reason == reason && same_rule(s)) {
@@ -331,7 +347,7 @@ impl Refusals {
         let slot = Arc::new(Slot {
             direction,
             reason,
-            rule: rule.map(|(policy, rule)| RuleId { policy: policy.clone(), rule: rule.clone() }),
+            rule: rule.map(|(policy, rule)| RuleId { policy: policy.into(), rule: rule.into() }),
             limit: limit.to_string(),
             counter,
             pending: AtomicU64::new(0),
@@ -483,7 +499,7 @@ mod tests {
         assert_eq!(named[0].2 + named[1].2 + u64::from(each), 3000, "every refusal reported once");
         // A rule's slot that idles is dropped once there are many.
         for n in 0..=IDLE_RULE_SLOTS {
-            let _ = limited.reported_each_for(&refusals, "inbound", None, &policy, &format!("r{n}").into());
+            let _ = limited.reported_each_for(&refusals, "inbound", None, &policy, &format!("r{n}"));
         }
         refusals.flush();
         refusals.flush();
