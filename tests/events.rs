@@ -168,7 +168,8 @@ async fn floods_of_forged_tokens_denied_requests_and_waf_attacks_are_reported_in
     let s = PolicedSidecar::start(&policy("events", &protections)).await;
     const FLOOD: u64 = 40;
     let forged = [("authorization", "Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJtYWxsb3J5In0.Zm9yZ2Vk")];
-    let kinds: [(&str, &[(&str, &str)], u16, &str, &str); 3] = [
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let kinds: [(&str, Headers, u16, &str, &str); 3] = [
         ("/orders/1", &forged, 401, "unauthenticated GET /orders/1", "refused as unauthenticated (401): past 10"),
         ("/admin/users", &[], 403, "denied GET /admin/users", "denied by authorization (403): past 10"),
         (
