@@ -321,6 +321,7 @@ impl ServeHttp for Admin {
                 reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.telemetry.metrics.render())
             }
             (Method::GET, "/config_dump") => json_reply(StatusCode::OK, self.config_dump()),
+            (Method::GET, "/inventory") => json_reply(StatusCode::OK, self.telemetry.inventory.report()),
             (Method::GET, path) if path.starts_with(APP_HEALTH) => {
                 let Some(probe) = self.app_probes.get(&path[APP_HEALTH.len()..]) else {
                     return text(StatusCode::NOT_FOUND, "no such app probe (admin.appProbes)");
@@ -349,11 +350,11 @@ impl ServeHttp for Admin {
                     Err(e) => text(StatusCode::BAD_REQUEST, &e),
                 }
             }
-            (_, "/live" | "/ready" | "/metrics" | "/config_dump" | "/shutdown" | "/log_level") => {
+            (_, "/live" | "/ready" | "/metrics" | "/config_dump" | "/inventory" | "/shutdown" | "/log_level") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
             (_, path) if path.starts_with(APP_HEALTH) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
-            _ => text(StatusCode::NOT_FOUND, "not found; try /live /ready /metrics /config_dump /log_level"),
+            _ => text(StatusCode::NOT_FOUND, "not found; try /live /ready /metrics /config_dump /inventory /log_level"),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Other modules record through [`Telemetry`]; it owns the registry and the event writer.
 
 mod events;
+mod inventory;
 mod lines;
 mod logging;
 mod metrics;
@@ -16,6 +17,7 @@ pub use events::{
     now_millis, rfc3339_millis, DeniedConnection, DeniedRequest, DosRefusal, EventWriter, RequestFacts, RuleId,
     SecurityEvent, TlsSession, WafEvent, OPAQUE_PORTS_RULE,
 };
+pub use inventory::{Inventory, Observed};
 pub use logging::{dropped_lines as log_lines_dropped, flush as flush_logs, LogFormat, LogLevel};
 pub use metrics::Metrics;
 pub use process::ProcessMetrics;
@@ -38,6 +40,8 @@ pub struct Telemetry {
     pub traces: Option<Traces>,
     /// The DoS defences' refusals, reported in aggregate ([`Telemetry::report_refusals`]).
     pub refusals: Refusals,
+    /// The routes the app serves, as inbound requests show them (admin `GET /inventory`).
+    pub inventory: Inventory,
     tls_refusals: refusals::OneByOne,
     invalid_requests: refusals::OneByOne,
     rate_limited: refusals::OneByOne,
@@ -137,6 +141,7 @@ impl Telemetry {
             events,
             traces,
             refusals: Refusals::default(),
+            inventory: Inventory::default(),
             tls_refusals: refusals::OneByOne::new(RefusalReason::TlsRefused),
             invalid_requests: refusals::OneByOne::new(RefusalReason::InvalidRequest),
             rate_limited: refusals::OneByOne::new(RefusalReason::RateLimited),

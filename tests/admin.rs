@@ -218,3 +218,43 @@ async fn grpc_app_probes_ask_the_apps_health_service() {
     assert_eq!(probe("orders/liveness").await.0, 503);
     s.shutdown();
 }
+
+/// The API inventory (OWASP API9): the routes the app served, with identifiers as `{id}`, who
+/// called them and how they answered; what the sidecar refused, and what the app does not serve,
+/// are no routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inventory_lists_the_routes_the_app_served_and_who_called_them() {
+    let s = PolicedSidecar::start(&policy(
+        "inventory",
+        "  authorization:\n    default: ALLOW\n    rules:\n      - {name: no-admin, action: DENY, to: {paths: [\"/admin*\"]}}\n  inputValidation:\n    waf: {mode: BLOCK}\n",
+    ))
+    .await;
+    for path in ["/orders/1", "/orders/2", "/orders/3f2504e0-4f89-11d3-9a0c-0305e82c3301", "/api/v1/health"] {
+        assert_eq!(s.send("frontend", "GET", path, &[]).await.status, 200, "{path}");
+    }
+    assert_eq!(s.send("frontend", "POST", "/orders", &[]).await.status, 200);
+    // Refused before the app saw them: no route.
+    assert_eq!(s.send("frontend", "GET", "/admin/users", &[]).await.status, 403);
+    assert_eq!(s.send("frontend", "GET", "/search?q=1%27%20OR%20%271%27%3D%271", &[]).await.status, 403);
+    let counted = |inventory: &serde_json::Value| {
+        inventory["routes"].as_array().map_or(0, |r| r.iter().map(|r| r["requests"].as_u64().unwrap_or(0)).sum())
+    };
+    assert!(eventually(async || counted(&s.admin_json("/inventory").await) == 5).await);
+    let inventory = s.admin_json("/inventory").await;
+    let routes: Vec<(String, String, u64)> = inventory["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (r["method"].as_str().unwrap().into(), r["route"].as_str().unwrap().into(), r["requests"].as_u64().unwrap())
+        })
+        .collect();
+    let expected = [("GET", "/api/v1/health", 1), ("POST", "/orders", 1), ("GET", "/orders/{id}", 3)];
+    assert_eq!(routes, expected.map(|(m, r, n)| (m.to_string(), r.to_string(), n)), "{inventory:#}");
+    let orders = &inventory["routes"][2];
+    assert_eq!(orders["status"]["2xx"], 3, "{orders}");
+    assert_eq!(orders["callers"], serde_json::json!([id("shop", "frontend")]), "{orders}");
+    assert_eq!((orders["plaintext"].as_u64(), orders["authenticated"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(inventory["dropped_requests"], 0);
+    s.shutdown();
+}

@@ -14,8 +14,8 @@ use crate::telemetry::trace_headers::{
     B3, B3_PARENT_SPAN_ID, B3_SAMPLED, B3_SPAN_ID, B3_TRACE_ID, TRACEPARENT, TRACESTATE,
 };
 use crate::telemetry::{
-    reported, AccessRecord, Recorded, RefusalReason, RequestFacts, RequestSpan, SecurityEvent, SpanEnd, Telemetry,
-    WafEvent,
+    reported, AccessRecord, Observed, Recorded, RefusalReason, RequestFacts, RequestSpan, SecurityEvent, SpanEnd,
+    Telemetry, WafEvent,
 };
 
 /// State carried across the phases of one request.
@@ -375,6 +375,16 @@ pub fn finish(
             seconds: ctx.started.elapsed().as_secs_f64(),
         },
     );
+    if direction == "inbound" && ctx.decision() == "allow" {
+        telemetry.inventory.observe(Observed {
+            method,
+            // Normalised by now: what the app was handed.
+            path: session.req_header().uri.path(),
+            status: code,
+            principal,
+            authenticated: ctx.token.is_some(),
+        });
+    }
     if telemetry.access_log_enabled() {
         let req = session.req_header();
         telemetry.access(AccessRecord {

@@ -607,14 +607,12 @@ impl PolicedSidecar {
     }
 
     pub async fn config_dump(&self) -> serde_json::Value {
-        http_client()
-            .get(format!("http://{}/config_dump", self.sidecar.admin))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.admin_json("/config_dump").await
+    }
+
+    /// A JSON answer of the admin listener (`/config_dump`, `/inventory`).
+    pub async fn admin_json(&self, path: &str) -> serde_json::Value {
+        http_client().get(format!("http://{}{path}", self.sidecar.admin)).send().await.unwrap().json().await.unwrap()
     }
 
     pub fn shutdown(self) {
