@@ -1,6 +1,7 @@
 //! What a request pays for tracing in the sidecar when traces are on: starting a span from the
 //! request's headers, writing the `traceparent` for the next hop, and ending it, for a new
-//! trace (1% sampled, so almost always not recorded) and for a caller's sampled trace.
+//! trace (1% sampled, so almost always not recorded) and for a caller's sampled trace; and what
+//! it pays for the API inventory (`GET /inventory`), for a route seen before.
 //! Run: `cargo bench --bench traces`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
@@ -80,5 +81,34 @@ fn spans(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, spans);
+fn inventory(c: &mut Criterion) {
+    use palisade::telemetry::{Inventory, Observed};
+    let inventory = Inventory::default();
+    let caller = "spiffe://cluster.local/ns/shop/sa/frontend";
+    // A table of a few hundred routes, as a real API's.
+    for n in 0..300 {
+        let path = format!("/api/v1/resource{n}/7");
+        inventory.observe(Observed { method: "GET", path: &path, status: 200, principal: caller, authenticated: true });
+    }
+    let mut group = c.benchmark_group("inventory");
+    for (name, path) in [
+        ("short route", "/orders/7"),
+        ("route with a UUID and a word", "/api/v1/users/3f2504e0-4f89-11d3-9a0c-0305e82c3301/settings"),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                inventory.observe(Observed {
+                    method: "GET",
+                    path: black_box(path),
+                    status: 200,
+                    principal: caller,
+                    authenticated: true,
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, spans, inventory);
 criterion_main!(benches);

@@ -34,7 +34,9 @@ const MAX_ROUTE_BYTES: usize = 256;
 
 #[derive(Default)]
 pub struct Inventory {
-    /// By `"<METHOD> <route>"`.
+    /// By `"<METHOD> <route>"`. Callers choose these keys, so the hasher stays the standard
+    /// library's keyed one: with an unkeyed hash, paths made to collide would turn every lookup
+    /// into a walk of the whole table.
     routes: ArcSwap<HashMap<Box<str>, Arc<Route>>>,
     /// Requests for routes past [`MAX_ROUTES`].
     dropped: AtomicU64,
@@ -84,11 +86,15 @@ impl Inventory {
         }
         let mut buf = [0u8; MAX_ROUTE_BYTES + 24];
         let key = key(o.method, o.path, &mut buf);
-        let found = self.routes.load().get(key).cloned();
-        let route = match found {
+        let routes = self.routes.load();
+        let added;
+        let route = match routes.get(key) {
             Some(route) => route,
             None => match self.add(o.method, key) {
-                Some(route) => route,
+                Some(route) => {
+                    added = route;
+                    &added
+                }
                 None => {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                     return;
