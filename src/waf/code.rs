@@ -397,11 +397,37 @@ fn dollar_signs(v: &[u8], c: &Comments, full: bool) -> Option<Hit> {
         if let Some(hit) = php_variable_at(v, c, at) {
             return Some(hit);
         }
-        for m in [&b"$$nd_func$$"[..], b":constructor:constructor"] {
-            let from = if m[0] == b'$' { at } else { at + 1 + v[at + 1..].iter().take_while(|&&b| is_word(b)).count() };
-            if starts_with_ci(&v[from..], m) {
-                return Some(Hit::new(1, at, from + m.len()));
-            }
+        if starts_with_ci(&v[at..], b"$$nd_func$$") {
+            return Some(Hit::new(1, at, at + 11));
+        }
+        if let Some(end) = server_reference_to_a_prototype(v, at) {
+            return Some(Hit::new(1, at, end));
+        }
+    }
+    None
+}
+
+/// A React Server Components reference (`$1:user:name`: chunk 1's `user.name`) whose path walks
+/// to an object's prototype or constructor: `$1:constructor:constructor` reaches `Function`,
+/// `$1:__proto__:then` and `$7:Module:prototype:_compile` reach what React2Shell
+/// (CVE-2025-55182) ran code with. No reference to data passes through these names. The end of
+/// the match when there is one.
+fn server_reference_to_a_prototype(v: &[u8], at: usize) -> Option<usize> {
+    let mut i = at + 1 + v[at + 1..].iter().take(16).take_while(|&&b| is_word(b) || b == b'@').count();
+    if i == at + 1 {
+        return None;
+    }
+    for _ in 0..8 {
+        if v.get(i) != Some(&b':') {
+            return None;
+        }
+        let segment = &v[i + 1..i + 1 + v[i + 1..].iter().take(64).take_while(|&&b| is_word(b)).count()];
+        i += 1 + segment.len();
+        if segment.is_empty() {
+            return None;
+        }
+        if [&b"constructor"[..], b"__proto__", b"prototype"].iter().any(|w| segment.eq_ignore_ascii_case(w)) {
+            return Some(i);
         }
     }
     None
@@ -1652,6 +1678,11 @@ mod tests {
             "process.mainModule.require('fs')",
             "{\"__proto__\":{\"admin\":true}}",
             "constructor[prototype][admin]=1",
+            // React Server Components references that walk to a prototype (React2Shell,
+            // CVE-2025-55182; CRS 934100-33).
+            "{\"then\":\"$1:__proto__:then\"}",
+            "{\"reason\":{\"0\":\"$7:Module:prototype\",\"toString\":\"$b:pop\"}}",
+            "\"$@0:constructor:constructor\"",
             "while(!0);",
             "while(true)",
             "while(!!{})",
@@ -1702,6 +1733,10 @@ mod tests {
             "JAVA_OPTS=-Djava.io.tmpdir=/tmp -Djava.net.preferIPv4Stack=true",
             "Exception in thread \"main\" java.lang.IllegalStateException: x\n\tat com.example.App.main(App.java:10)",
             "prices in $CAD (Canadian dollars)",
+            // RSC references to data, and prices with times.
+            "{\"user\":\"$1:user:name\",\"list\":\"$2:items:0\"}",
+            "$5:30 per hour",
+            "costs $12: prototype pricing is separate",
             "set $HOME (your home) first",
             "see org.apache.commons:commons-lang3:3.12.0",
             "{{price}} (50% off)",
