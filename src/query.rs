@@ -19,12 +19,16 @@ pub fn params(query: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 }
 
 /// Whether some framework reads the parameter name `raw` (as it came) as `name` (lower case
-/// ASCII, `_` for any of PHP's substitutes).
+/// ASCII, `_` for any of PHP's substitutes), its value whole or as an array's element
+/// (`access_token[]`, `access_token[0]`: PHP and Rack hand the app an array under the name).
 pub fn is_named(raw: &[u8], name: &[u8]) -> bool {
     let decoded = form_component(raw);
     let mut bytes = decoded.iter().copied().skip_while(|&b| b == b' ').take_while(|&b| b != 0);
     let mut matched = 0;
-    for b in bytes.by_ref() {
+    while let Some(b) = bytes.next() {
+        if matched == name.len() && b == b'[' {
+            return bytes.any(|b| b == b']');
+        }
         let b = match b {
             b' ' | b'.' | b'[' => b'_',
             b => b.to_ascii_lowercase(),
@@ -95,10 +99,14 @@ mod tests {
             b"access[token",
             b"access_token%00x",
             b"%61ccess_token",
+            b"access_token[]",
+            b"access_token%5B%5D",
+            b"access_token[0]",
+            b"access.token[x]",
         ] {
             assert!(is_named(raw, b"access_token"), "{}", String::from_utf8_lossy(raw));
         }
-        for raw in [&b"access_tokens"[..], b"access_toke", b"xaccess_token", b"access-token", b""] {
+        for raw in [&b"access_tokens"[..], b"access_toke", b"xaccess_token", b"access-token", b"", b"access_token[x"] {
             assert!(!is_named(raw, b"access_token"), "{}", String::from_utf8_lossy(raw));
         }
     }
