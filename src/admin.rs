@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use crate::channel::ChannelState;
+use crate::config::split_authority;
 use crate::lifecycle::Readiness;
 use crate::policy::PolicyStore;
 use crate::telemetry::{LogLevel, Telemetry};
@@ -78,17 +79,6 @@ fn own_host(host: &str) -> bool {
     unbracketed.parse::<IpAddr>().is_ok()
         || host.eq_ignore_ascii_case("localhost")
         || (!own_host_name().is_empty() && host.eq_ignore_ascii_case(own_host_name()))
-}
-
-/// Splits `host[:port]` (`[v6]:port` too) into host and port.
-fn split_authority(authority: &str) -> (&str, Option<&str>) {
-    match authority.rfind(':') {
-        // A colon inside brackets is part of an IPv6 literal, not a port separator.
-        Some(i) if !authority[i..].contains(']') && (authority.starts_with('[') || !authority[..i].contains(':')) => {
-            (&authority[..i], Some(&authority[i + 1..]))
-        }
-        _ => (authority, None),
-    }
 }
 
 /// Why a state-changing request is refused before it is looked at: a `Host` that is not one of
@@ -375,6 +365,7 @@ mod tests {
         assert_eq!(split_authority("[::1]"), ("[::1]", None));
         assert_eq!(split_authority("::1"), ("::1", None));
         assert_eq!(split_authority("evil.example:80"), ("evil.example", Some("80")));
+        assert_eq!(split_authority("localhost.:15000"), ("localhost", Some("15000")));
     }
 
     #[test]

@@ -24,11 +24,11 @@ pub use inject::{
 };
 pub use otel::{ParentRoot, Propagators, SamplerChoice, TraceSettings};
 pub use sidecar::{
-    app_target, same_authority, split_authority, AdminConfig, AppProbe, AppProtocol, ControlPlaneAddress, Destination,
-    EventFormat, EventSink, EventsConfig, FailMode, GrpcProbe, Http2Limits, IdentityConfig, IdentityFromControlPlane,
-    InboundConfig, LimitsConfig, MtlsMode, OtlpConfig, OtlpProtocol, OutboundConfig, PinnedAddresses,
-    PolicySourceConfig, ProbeHeader, SidecarConfig, SpiffeIdField, TelemetryConfig, TrustDomain, UnderscoreHeaders,
-    Workload, WorkloadConfig, DEFAULT_OPAQUE_PORTS, MAX_THREADS,
+    app_target, same_authority, same_host_and_port, split_authority, AdminConfig, AppProbe, AppProtocol,
+    ControlPlaneAddress, Destination, EventFormat, EventSink, EventsConfig, FailMode, GrpcProbe, Http2Limits,
+    IdentityConfig, IdentityFromControlPlane, InboundConfig, LimitsConfig, MtlsMode, OtlpConfig, OtlpProtocol,
+    OutboundConfig, PinnedAddresses, PolicySourceConfig, ProbeHeader, SidecarConfig, SpiffeIdField, TelemetryConfig,
+    TrustDomain, UnderscoreHeaders, Workload, WorkloadConfig, DEFAULT_OPAQUE_PORTS, MAX_THREADS,
 };
 pub use types::{HumanDuration, IpBlock, ListenAddr};
 

@@ -1061,8 +1061,11 @@ impl super::Validate for SidecarConfig {
 /// name `b.demo`, as DNS reads it), and its port.
 pub fn split_authority(authority: &str) -> (&str, Option<&str>) {
     let (host, port) = match authority.rsplit_once(':') {
-        // An IPv6 literal's colons are inside its brackets.
-        Some((h, p)) if !p.contains(']') && (!h.starts_with('[') || h.ends_with(']')) => (h, Some(p)),
+        // An IPv6 literal's colons are inside its brackets; one written without them (`::1`, a
+        // `Host` no client should send) has no port.
+        Some((h, p)) if !p.contains(']') && ((h.starts_with('[') && h.ends_with(']')) || !h.contains(':')) => {
+            (h, Some(p))
+        }
         _ => (authority, None),
     };
     (host.strip_suffix('.').unwrap_or(host), port)
@@ -1072,8 +1075,21 @@ pub fn split_authority(authority: &str) -> (&str, Option<&str>) {
 /// without regard to case or a final dot. (The router also lets a destination named without a
 /// port take any port's requests.)
 pub fn same_authority(configured: &str, host: &str, port: Option<&str>) -> bool {
-    let (c_host, c_port) = split_authority(configured);
-    c_host.eq_ignore_ascii_case(host) && c_port == port
+    same_host_and_port(split_authority(configured), (host, port))
+}
+
+/// Whether two authorities, split by [`split_authority`], name one destination: hosts without
+/// regard to ASCII case, ports as the numbers a TCP stack reads (`b.demo:080` is `b.demo:80`;
+/// compared as text, it found no mesh route: the review).
+pub fn same_host_and_port(a: (&str, Option<&str>), b: (&str, Option<&str>)) -> bool {
+    let same_port = match (a.1, b.1) {
+        (Some(x), Some(y)) => match (x.parse::<u16>(), y.parse::<u16>()) {
+            (Ok(x), Ok(y)) => x == y,
+            _ => x == y,
+        },
+        (x, y) => x == y,
+    };
+    a.0.eq_ignore_ascii_case(b.0) && same_port
 }
 
 #[cfg(test)]

@@ -140,7 +140,9 @@ impl Outbound {
     /// The destination named `host:port`, else the one named `host` alone (any port's).
     fn route(&self, authority: &str) -> Option<&Route> {
         let (host, port) = crate::config::split_authority(authority);
-        let named = |r: &&Route, port: Option<&str>| r.host.eq_ignore_ascii_case(host) && r.port.as_deref() == port;
+        let named = |r: &&Route, port: Option<&str>| {
+            crate::config::same_host_and_port((&r.host, r.port.as_deref()), (host, port))
+        };
         self.routes.iter().find(|r| named(r, port)).or_else(|| self.routes.iter().find(|r| named(r, None)))
     }
 
@@ -426,6 +428,9 @@ mod tests {
         }
         let (host, port) = split_authority("b.demo.:8080");
         assert!(same_authority("b.demo:8080", host, port));
+        // Ports are numbers: `080` is 80.
+        assert!(same_authority("b.demo:80", "b.demo", Some("080")));
+        assert!(!same_authority("b.demo:80", "b.demo", Some("8080")));
         assert!(!same_authority("b.demo:8080", host, Some("80")));
         for other in ["b.demo.evil", "xb.demo", "b.dem", "b.demo.."] {
             let (host, port) = split_authority(other);
