@@ -1282,7 +1282,7 @@ async fn refusals_made_while_draining_are_in_the_events_when_the_process_has_exi
     let closed = eventually(async || tokio::net::TcpStream::connect(("127.0.0.1", ports[0])).await.is_err()).await;
     assert!(closed, "the listener is closed during the drain");
     for mut c in held {
-        c.write_all(body[4..].as_bytes()).await.unwrap();
+        c.write_all(&body.as_bytes()[4..]).await.unwrap();
         let mut answer = vec![0; 12];
         c.read_exact(&mut answer).await.unwrap();
         assert_eq!(&answer, b"HTTP/1.1 403", "{}", String::from_utf8_lossy(&answer));
