@@ -65,6 +65,24 @@ impl Reason {
         }
     }
 
+    /// The rule its events name inside the policy (`<policy>/jwt`, named `jwt:expired`).
+    pub fn rule(self) -> &'static str {
+        match self {
+            Reason::Missing => "jwt:missing",
+            Reason::Malformed => "jwt:malformed",
+            Reason::TooLarge => "jwt:too_large",
+            Reason::UnsupportedAlg => "jwt:unsupported_alg",
+            Reason::UnknownKey => "jwt:unknown_key",
+            Reason::BadSignature => "jwt:bad_signature",
+            Reason::Expired => "jwt:expired",
+            Reason::NotYetValid => "jwt:not_yet_valid",
+            Reason::WrongIssuer => "jwt:wrong_issuer",
+            Reason::WrongAudience => "jwt:wrong_audience",
+            Reason::CritUnsupported => "jwt:crit_unsupported",
+            Reason::MultipleTokens => "jwt:multiple_tokens",
+        }
+    }
+
     /// Text for `error_description`: says what is wrong with the token the caller sent, never
     /// which keys, issuers or audiences this sidecar would accept.
     pub fn description(self) -> &'static str {
@@ -178,6 +196,7 @@ mod tests {
         for r in Reason::ALL {
             assert!(seen.insert(r.label()));
             assert!(r.label().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert_eq!(r.rule(), format!("jwt:{}", r.label()), "the rule is named after the label");
         }
     }
 

@@ -487,6 +487,11 @@ impl Unauthenticated {
     pub fn reason_label(&self) -> &'static str {
         self.reason.map_or("missing", Reason::label)
     }
+
+    /// The rule its events name (`jwt:expired`).
+    pub fn rule(&self) -> &'static str {
+        self.reason.map_or("jwt:missing", Reason::rule)
+    }
 }
 
 /// The realm of `WWW-Authenticate`.

@@ -96,7 +96,7 @@ pub fn report(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusa
         }
         Refusal::Blocked(found) => return report_finding(telemetry, found, facts),
         Refusal::Unauthenticated(u)
-            if aggregated(RefusalReason::Unauthenticated, u.policy.as_deref().unwrap_or("-"), "jwt") =>
+            if aggregated(RefusalReason::Unauthenticated, u.policy.as_deref().unwrap_or("-"), u.rule()) =>
         {
             return
         }

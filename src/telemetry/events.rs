@@ -160,8 +160,8 @@ impl DosRefusal {
     /// traffic the mesh cannot carry, what the app may reach (`egress`).
     pub fn category(&self) -> Option<&'static str> {
         if self.rule.is_some() {
-            // A policy's limit, as its requests reported each are filed.
-            return None;
+            // A policy's rule, as its requests reported each are filed.
+            return (self.reason == "waf_blocked").then_some("input-validation");
         }
         match self.reason {
             "not_http" => Some("egress"),
@@ -175,7 +175,14 @@ impl DosRefusal {
     /// carry the rule each refusal does (`mtls`, `inbound-mtls`).
     pub fn rule(&self) -> (Cow<'static, str>, Cow<'static, str>) {
         if let Some(RuleId { policy, rule }) = &self.rule {
-            return (Cow::Owned(format!("{policy}/{rule}")), Cow::Owned(rule.to_string()));
+            // As each request's event names it: a WAF's `<policy>/waf:sqli` is named `sqli`; a
+            // token's failure is summed up per reason (`jwt:expired`), under `<policy>/jwt`.
+            let (uid, name) = match self.reason {
+                "waf_blocked" => (format!("{policy}/{rule}"), rule.strip_prefix("waf:").unwrap_or(rule)),
+                "unauthenticated" => (format!("{policy}/jwt"), &**rule),
+                _ => (format!("{policy}/{rule}"), &**rule),
+            };
+            return (Cow::Owned(uid), Cow::Owned(name.to_string()));
         }
         match self.reason {
             "tls_refused" => (Cow::Borrowed("mtls"), Cow::Owned(format!("{}-mtls", self.direction))),
@@ -214,7 +221,7 @@ impl DosRefusal {
                 "{n} HTTP/2 connection{plural} on {direction} closed by h2's own flood guards (GOAWAY ENHANCE_YOUR_CALM: streams reset before they were accepted, CONTINUATION frames, header lists far past the limit)"
             ),
             "rate_limited" => format!(
-                "{n} more request{plural} on {direction} rate limited (429): past {limit} a second, they are reported in aggregate (each is counted in palisade_ratelimit_decisions_total and palisade_requests_total)"
+                "{n} more request{plural} on {direction} rate limited (429): past {limit} a second from a source or 100 from all, they are reported in aggregate (each is counted in palisade_ratelimit_decisions_total and palisade_requests_total)"
             ),
             "memory_shed" => format!(
                 "{n} request{plural} on {direction} shed (503): the sidecar's heap was over {setting} ({limit} bytes)"
@@ -233,19 +240,19 @@ impl DosRefusal {
                 "{n} HTTP/2 connection{plural} on {direction} closed: more stream resets than {setting} ({limit}) a second"
             ),
             "tls_refused" => format!(
-                "{n} more TLS handshake{plural} on {direction} refused: past {limit} a second, refusals are reported in aggregate (each is counted in palisade_tls_handshakes_total)"
+                "{n} more TLS handshake{plural} on {direction} refused: past {limit} a second from a source or 100 from all, refusals are reported in aggregate (each is counted in palisade_tls_handshakes_total)"
             ),
             "unauthenticated" => format!(
-                "{n} more request{plural} on {direction} refused as unauthenticated (401): past {limit} a second, they are reported in aggregate (each is counted in palisade_authn_failures_total)"
+                "{n} more request{plural} on {direction} refused as unauthenticated (401): past {limit} a second from a source or 100 from all, they are reported in aggregate (each is counted in palisade_authn_failures_total)"
             ),
             "forbidden" => format!(
-                "{n} more request{plural} on {direction} denied by authorization (403): past {limit} a second, they are reported in aggregate (each is counted in palisade_authz_decisions_total)"
+                "{n} more request{plural} on {direction} denied by authorization (403): past {limit} a second from a source or 100 from all, they are reported in aggregate (each is counted in palisade_authz_decisions_total)"
             ),
             "waf_blocked" => format!(
-                "{n} more request{plural} on {direction} blocked by the WAF (403): past {limit} a second, they are reported in aggregate (each is counted in palisade_waf_findings_total)"
+                "{n} more request{plural} on {direction} blocked by the WAF (403): past {limit} a second from a source or 100 from all, they are reported in aggregate (each is counted in palisade_waf_findings_total)"
             ),
             "invalid_request" => format!(
-                "{n} more request{plural} on {direction} refused as malformed or over a size limit (400, 413, 414, 431): past {limit} a second, they are reported in aggregate (each is counted in palisade_requests_total)"
+                "{n} more request{plural} on {direction} refused as malformed or over a size limit (400, 413, 414, 431): past {limit} a second from a source or 100 from all, they are reported in aggregate (each is counted in palisade_requests_total)"
             ),
             other => format!("{n} refused on {direction}: {other}"),
         }
@@ -713,7 +720,8 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
                 class,
                 activity,
                 status_id: FAILURE,
-                severity_id: 3,
+                // As each blocked attack is: High.
+                severity_id: if d.reason == "waf_blocked" { 4 } else { 3 },
                 message: d.message(),
                 control: Some((DENIED, BLOCKED)),
                 extra,
@@ -825,9 +833,12 @@ fn ecs_classification(event: &SecurityEvent) -> (&'static str, &'static [&'stati
         SecurityEvent::ConnectionDenied(c) => {
             ("event", &["network"], if c.audit { &["connection", "allowed"] } else { &["connection", "denied"] })
         }
-        SecurityEvent::DosRefused(d) => match d.answers_requests() {
-            true => ("event", &["network", "web"], &["denied", "access"]),
-            false => ("event", &["network"], &["connection", "denied"]),
+        // A policy's refusals in aggregate are filed as each is.
+        SecurityEvent::DosRefused(d) => match d.reason {
+            "waf_blocked" => ("alert", &["intrusion_detection", "web"], &["denied", "access"]),
+            "unauthenticated" => ("event", &["authentication", "web"], &["start", "access"]),
+            _ if d.answers_requests() => ("event", &["network", "web"], &["denied", "access"]),
+            _ => ("event", &["network"], &["connection", "denied"]),
         },
     }
 }
@@ -936,9 +947,19 @@ fn ecs(event: &SecurityEvent) -> Value {
                               "waf_fragment": w.fragment}}),
         ),
         SecurityEvent::DosRefused(d) => {
-            (if d.answers_requests() { "requests-refused" } else { "connections-refused" }, "failure", d.message(), {
+            let action = match d.reason {
+                // A policy's refusals in aggregate: each request's own action.
+                "waf_blocked" => "waf-blocked",
+                "unauthenticated" => "authentication-failed",
+                "forbidden" => "request-denied",
+                "rate_limited" => "request-rate-limited",
+                _ if d.answers_requests() => "requests-refused",
+                _ => "connections-refused",
+            };
+            (action, "failure", d.message(), {
                 let (uid, name) = d.rule();
-                json!({"rule": {"id": uid, "name": name, "category": d.category()},
+                json!({"rule": {"id": uid, "name": name, "category": d.category(),
+                                "ruleset": d.rule.as_ref().map(|r| &*r.policy)},
                    "source": d.source.map(|ip| json!({"ip": ip.to_string()})),
                    "destination": endpoint(d.listener),
                    "http": d.http_status().map(|code| json!({"response": {"status_code": code}})),

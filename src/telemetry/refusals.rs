@@ -135,17 +135,55 @@ impl RefusalReason {
 }
 
 /// Refusals a caller can cause without any credential that are reported each (with their
-/// reason and peer) in one second; the rest go into that second's aggregate event. A client
-/// could otherwise write an event and a log line per connection or request: refused TLS
-/// handshakes once wrote 34,000 events a second, 30 MB/s.
+/// reason and peer) in one second from one source; the rest go into that second's aggregate
+/// event. A client could otherwise write an event and a log line per connection or request:
+/// refused TLS handshakes once wrote 34,000 events a second, 30 MB/s.
 pub const REPORTED_EACH_PER_SECOND: u32 = 10;
 
-/// One kind of such refusal: how many were reported each in the current second, and where the
-/// rest are counted.
+/// Of one kind, from every source together: what a flood from many addresses can write.
+pub const REPORTED_EACH_PER_SECOND_IN_ALL: u32 = 100;
+
+/// How many sources a second are told apart; the rest share one count.
+const SOURCES_TOLD_APART: usize = 64;
+
+/// One kind of such refusal: how many were reported each in the current second, from each
+/// source and in all, and where the rest are counted. Each source has its own share, so one
+/// that sends junk to be refused cannot use up what is reported of another's (tester u2: ten
+/// junk requests a second took the details from every other caller's attacks).
 pub struct OneByOne {
     reason: RefusalReason,
     window: PerSecond,
+    by_source: Mutex<BySource>,
     aggregate: std::sync::OnceLock<RefusalCounter>,
+}
+
+/// How many were reported each from each source in one second.
+#[derive(Default)]
+struct BySource {
+    second: u64,
+    counts: Vec<(Option<IpAddr>, u32)>,
+    /// Sources past [`SOURCES_TOLD_APART`], together.
+    others: u32,
+}
+
+impl BySource {
+    fn admit(&mut self, source: Option<IpAddr>, second: u64) -> bool {
+        if self.second != second {
+            self.second = second;
+            self.counts.clear();
+            self.others = 0;
+        }
+        let count = match self.counts.iter().position(|(s, _)| *s == source) {
+            Some(i) => &mut self.counts[i].1,
+            None if self.counts.len() < SOURCES_TOLD_APART => {
+                self.counts.push((source, 0));
+                &mut self.counts.last_mut().expect("just pushed").1
+            }
+            None => &mut self.others,
+        };
+        *count += 1;
+        *count <= REPORTED_EACH_PER_SECOND
+    }
 }
 
 /// The first [`REPORTED_EACH_PER_SECOND`] of each second, counted lock-free: what is reported
@@ -164,10 +202,15 @@ impl PerSecond {
 
     /// Whether one more is admitted in the Unix second `second`.
     pub fn admit_at(&self, second: u64) -> bool {
+        self.admit_up_to(second, REPORTED_EACH_PER_SECOND)
+    }
+
+    /// Whether one more is admitted in the Unix second `second`, of at most `limit` a second.
+    fn admit_up_to(&self, second: u64, limit: u32) -> bool {
         let mut seen = self.window.load(Ordering::Acquire);
         loop {
             let next = if seen >> 32 == second & 0xffff_ffff {
-                if seen & 0xffff_ffff >= u64::from(REPORTED_EACH_PER_SECOND) {
+                if seen & 0xffff_ffff >= u64::from(limit) {
                     return false;
                 }
                 seen + 1
@@ -184,13 +227,28 @@ impl PerSecond {
 
 impl OneByOne {
     pub fn new(reason: RefusalReason) -> Self {
-        OneByOne { reason, window: PerSecond::default(), aggregate: std::sync::OnceLock::new() }
+        OneByOne {
+            reason,
+            window: PerSecond::default(),
+            by_source: Mutex::new(BySource::default()),
+            aggregate: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Whether one more from `source` is reported on its own now: within its source's share,
+    /// and within the kind's share of all sources.
+    fn admit(&self, source: Option<IpAddr>) -> bool {
+        let second = now_millis() / 1000;
+        // Refusals only: a request that passes never comes here.
+        let within_its_share =
+            self.by_source.lock().unwrap_or_else(std::sync::PoisonError::into_inner).admit(source, second);
+        within_its_share && self.window.admit_up_to(second, REPORTED_EACH_PER_SECOND_IN_ALL)
     }
 
     /// Whether this refusal, from `source`, is reported on its own; if not, it is counted for
     /// its second's aggregate report.
     pub fn reported_each(&self, refusals: &Refusals, direction: &'static str, source: Option<IpAddr>) -> bool {
-        let each = self.window.admit();
+        let each = self.admit(source);
         if !each {
             self.aggregate(refusals, direction).refused(source);
         }
@@ -209,7 +267,7 @@ impl OneByOne {
         policy: &str,
         rule: &str,
     ) -> bool {
-        let each = self.window.admit();
+        let each = self.admit(source);
         if !each {
             // Counted in the limit's own metric already: the rule's slot shares the listener
             // aggregate's series, which is not exported.
@@ -468,6 +526,31 @@ mod tests {
         assert_eq!(metric.get(), 10_004);
     }
 
+    /// Tester u2: ten junk refusals a second from one source had used up what was reported each
+    /// of every other caller's.
+    #[test]
+    fn each_source_has_its_own_share_and_all_together_are_capped() {
+        let mut by_source = BySource::default();
+        let (junk, other): (IpAddr, IpAddr) = ("10.0.0.66".parse().unwrap(), "10.0.0.7".parse().unwrap());
+        let admitted = |b: &mut BySource, ip, n| (0..n).filter(|_| b.admit(Some(ip), 7)).count();
+        assert_eq!(admitted(&mut by_source, junk, 50), REPORTED_EACH_PER_SECOND as usize);
+        assert_eq!(admitted(&mut by_source, other, 50), REPORTED_EACH_PER_SECOND as usize);
+        // A new second, a new share.
+        assert!(by_source.admit(Some(junk), 8));
+        // Past the sources told apart, the rest share one.
+        let mut many = BySource::default();
+        for n in 0..SOURCES_TOLD_APART as u32 {
+            assert!(many.admit(Some(IpAddr::from(n.to_be_bytes())), 7));
+        }
+        let late = (0..50u32).filter(|n| many.admit(Some(IpAddr::from((1_000_000 + n).to_be_bytes())), 7)).count();
+        assert_eq!(late, REPORTED_EACH_PER_SECOND as usize);
+        // And all sources together: at most the kind's cap.
+        let one = OneByOne::new(RefusalReason::WafBlocked);
+        let each = (0..200u32).filter(|n| one.admit(Some(IpAddr::from((n / 5).to_be_bytes())))).count();
+        assert!(each <= 2 * REPORTED_EACH_PER_SECOND_IN_ALL as usize, "{each}: a second boundary at most");
+        assert!(each >= REPORTED_EACH_PER_SECOND_IN_ALL as usize / 2, "{each}");
+    }
+
     /// Outside tester q2: two limits flooded together were summed up in one event that named
     /// neither, and one of them had no event of its own at all.
     #[test]
@@ -497,9 +580,10 @@ mod tests {
         assert_eq!((named[0].0.as_str(), named[0].1.as_str()), ("demo/api/orders", "orders"));
         assert_eq!((named[1].0.as_str(), named[1].1.as_str()), ("demo/api/per-tenant", "per-tenant"));
         assert_eq!(named[0].2 + named[1].2 + u64::from(each), 3000, "every refusal reported once");
-        // A rule's slot that idles is dropped once there are many.
-        for n in 0..=IDLE_RULE_SLOTS {
-            let _ = limited.reported_each_for(&refusals, "inbound", None, &policy, &format!("r{n}"));
+        // A rule's slot that idles is dropped once there are many (ten more than that, for the
+        // ten a new second would report each).
+        for n in 0..=IDLE_RULE_SLOTS + REPORTED_EACH_PER_SECOND as usize {
+            let _ = limited.reported_each_for(&refusals, "inbound", Some(caller), &policy, &format!("r{n}"));
         }
         refusals.flush();
         refusals.flush();

@@ -535,6 +535,16 @@ async fn raw_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 pub const CALLERS: &[(&str, &str, &str)] =
     &[("frontend", "shop", "frontend"), ("billing", "shop", "billing"), ("admin", "ops", "admin"), ("ui", "web", "ui")];
 
+/// A request without a body, closing its connection after the answer.
+fn bodyless(method: &str, target: &str, headers: &[(&str, &str)]) -> String {
+    let mut request = format!("{method} {target} HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("content-length: 0\r\n\r\n");
+    request
+}
+
 impl PolicedSidecar {
     pub async fn start(documents: &str) -> Self {
         Self::start_with(documents, |_| {}).await
@@ -566,18 +576,32 @@ impl PolicedSidecar {
     /// Sends one HTTP/1.1 request as `caller`, the request target byte for byte as written
     /// (HTTP client libraries clean up `..` and `//`, which is what attacks rely on).
     pub async fn send(&self, caller: &str, method: &str, target: &str, headers: &[(&str, &str)]) -> Answer {
-        let mut request = format!("{method} {target} HTTP/1.1\r\nhost: orders.shop\r\nconnection: close\r\n");
-        for (k, v) in headers {
-            request.push_str(&format!("{k}: {v}\r\n"));
-        }
-        request.push_str("content-length: 0\r\n\r\n");
-        self.exchange(caller, &request).await
+        let tcp = tokio::net::TcpStream::connect(self.sidecar.inbound).await.unwrap();
+        self.exchange_over(tcp, caller, bodyless(method, target, headers).as_bytes()).await
+    }
+
+    /// [`PolicedSidecar::send`] from another loopback address (`127.0.0.2`): another source.
+    pub async fn send_from(
+        &self,
+        source: std::net::IpAddr,
+        caller: &str,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        let tcp = socket.connect(self.sidecar.inbound).await.unwrap();
+        self.exchange_over(tcp, caller, bodyless(method, target, headers).as_bytes()).await
     }
 
     /// Sends `request` (a whole HTTP/1.1 request, head and body, as written) as `caller`.
     pub async fn exchange(&self, caller: &str, request: impl AsRef<[u8]>) -> Answer {
-        let request = request.as_ref();
         let tcp = tokio::net::TcpStream::connect(self.sidecar.inbound).await.unwrap();
+        self.exchange_over(tcp, caller, request.as_ref()).await
+    }
+
+    async fn exchange_over(&self, tcp: tokio::net::TcpStream, caller: &str, request: &[u8]) -> Answer {
         match self.identities.get(caller) {
             None => raw_exchange(tcp, request).await,
             Some(files) => {
