@@ -513,7 +513,7 @@ async fn urls_that_point_the_app_at_metadata_or_the_loopback_are_refused_and_ord
         ("/page.php?src=http://66.240.183.75/shell.txt%3F", "remote inclusion from an address"),
         ("/fetch?url=host.docker.internal/", "the container host without a scheme"),
         ("/oauth/authorize?redirect_uri=http://169.254.169.254/", "a redirect URI at the metadata service"),
-        ("/hooks?other=http://10.0.3.7:8080/hook", "an address under a parameter the exclusion does not name"),
+        ("/hooks?other=http://127.0.0.1:8080/hook", "the loopback under a parameter the exclusion does not name"),
     ] {
         let answer = side.send("frontend", "GET", target, &[]).await;
         assert_refused(&answer, 403, "forbidden", what);
@@ -526,7 +526,9 @@ async fn urls_that_point_the_app_at_metadata_or_the_loopback_are_refused_and_ord
     for target in [
         "/fetch?url=https://api.example.com/v1/orders",
         "/oauth/authorize?client_id=cli&redirect_uri=http://127.0.0.1:53682/",
-        "/hooks?callback=http://10.0.3.7:8080/hook",
+        "/hooks?callback=http://127.0.0.1:8080/hook",
+        // A private address is what services in a mesh hand each other: paranoia 2.
+        "/register?health=http://10.0.3.7:8080/health",
         "/firewall?cidr=10.0.0.0/8&host=localhost",
     ] {
         let answer = side.send("frontend", "GET", target, &[]).await;

@@ -1,41 +1,54 @@
 //! Server-side request forgery and remote file inclusion: a value that names a place for the
 //! server to fetch from, or to include, that no outside caller has business naming. Cloud
 //! metadata services (`169.254.169.254`, `metadata.google.internal`), the loopback interface and
-//! its names (`localhost`, `[::1]`, `host.docker.internal`, the Kubernetes API's
-//! `kubernetes.default.svc`), private addresses, any address written as a literal in an `http`,
-//! `ftp` or `file` URL (what a fetcher is pointed at to skip DNS, and what remote inclusion
-//! loads from), in every spelling URL parsers accept (`http://0x7f.1/`, `http://2130706433/`,
-//! `http://[::ffff:127.0.0.1]`, `http://①②⑦.⓪.⓪.①`, `http:127.0.0.1`), and the schemes only
-//! request forgery uses (`gopher://`, `dict://`). The OWASP Core Rule Set's rules 931 and
+//! its names (`localhost`, `[::1]`), the container host and the Kubernetes API
+//! (`host.docker.internal`, `kubernetes.default.svc`), in every spelling URL parsers accept
+//! (`http://0x7f.1/`, `http://2130706433/`, `http://[::ffff:127.0.0.1]`, `http://①②⑦.⓪.⓪.①`,
+//! `http:127.0.0.1`, a tab inside the host, ten slashes), the schemes only request forgery uses
+//! (`gopher://`, `dict://`), and remote inclusion's shapes (a script fetched from an address, a
+//! URL ending in `?`, PHP parameters that included one). The OWASP Core Rule Set's rules 931 and
 //! 934110-934190 read the same.
 //!
 //! At paranoia 1 a value is judged when it *is* a URL (or a scheme-less local address followed
-//! by a path): what a fetcher or an `include` is handed; from 2, every URL inside a value (prose,
-//! a JSON document in a parameter) and every `@` that hands a URL parser a second host.
-//! A number, a CIDR range (`10.0.0.0/8`), `localhost` alone (a database form's host field) and
-//! a host name with a path are text. The redirect URI of OAuth's native apps (RFC 8252 section
-//! 7.3: `redirect_uri=http://127.0.0.1:53682/`) is a browser's redirect, never a fetch: the
-//! loopback is allowed there, a metadata address is not.
+//! by a path); private addresses (`10.0.0.5`) and other literal addresses are paranoia 2 there,
+//! since services in a mesh hand each other such URLs every day (registrations, health checks,
+//! trace attributes, connection strings). From 2, every URL inside a value (prose, a JSON
+//! document in a parameter) and every `@` that hands a URL parser a second host. A number, a
+//! CIDR range (`10.0.0.0/8`), `localhost` alone (a database form's host field) and a host name
+//! with a path are text. The redirect URI of OAuth's native apps (RFC 8252 section 7.3:
+//! `redirect_uri=http://127.0.0.1:53682/`) is a browser's redirect, never a fetch: the loopback is
+//! allowed there, a metadata address is not.
 
+use std::borrow::Cow;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::decode::{ends_with_ci, find_bytes, Hit, Shape};
+use super::decode::{ends_with_ci, find_bytes, find_ci, Hit, Shape};
 
 /// `name`: the value's parameter name (empty when it has none).
 pub(crate) fn check(v: &[u8], shape: Shape, name: &[u8], level: u8) -> Option<Hit> {
-    // Every form read here holds a `:` (a scheme, a port, IPv6), a `/` (a path) or a `?`.
-    if !shape.has(const { Shape::mask(b":/?") }) {
+    // Every form read here holds a `:` (a scheme, a port, IPv6), a `/` or `\` (a path) or a `?`.
+    if !shape.has(const { Shape::mask(b":/\\?") }) {
         return None;
     }
+    let v = without_tabs_and_line_breaks(v, shape);
     let start = v.iter().position(|&b| b > b' ').unwrap_or(v.len());
-    let oauth_redirect = ends_with_ci(name, b"redirect_uri");
-    if let Some(hit) = whole_value(v, start, name, oauth_redirect) {
+    let oauth_redirect = find_ci(name, b"redirect_uri", 0).is_some();
+    if let Some(hit) = whole_value(&v, start, name, oauth_redirect, 0).filter(|hit| hit.level <= level) {
         return Some(hit);
     }
     if level >= 2 {
-        return inside(v, start, oauth_redirect);
+        return inside(&v, start, oauth_redirect);
     }
     None
+}
+
+/// The value as URL parsers read it: WHATWG's and CPython's delete every tab, CR and LF before
+/// parsing (`http://local%09host/` is `http://localhost/`). Copied only when it holds one.
+fn without_tabs_and_line_breaks(v: &[u8], shape: Shape) -> Cow<'_, [u8]> {
+    if !shape.whitespace() || !v.iter().any(|b| matches!(b, b'\t' | b'\r' | b'\n')) {
+        return Cow::Borrowed(v);
+    }
+    Cow::Owned(v.iter().copied().filter(|b| !matches!(b, b'\t' | b'\r' | b'\n')).collect())
 }
 
 /// The path (normalised: `//` is one `/`), from paranoia 2: a segment that opens a URL, as
@@ -54,25 +67,32 @@ pub(crate) fn path(v: &[u8], shape: Shape) -> Option<Hit> {
         if seen > 16 {
             break;
         }
-        if let Some(hit) = whole_value(v, at + 1, b"", false) {
+        if let Some(hit) = whole_value(v, at + 1, b"", false, 0) {
             return Some(Hit { level: 2, ..hit });
         }
     }
     None
 }
 
-/// What a URL's host is, for request forgery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a URL's host is, for request forgery; later is worse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Target {
+    /// Any other address written as a literal.
+    PublicAddress,
+    /// RFC 1918, carrier-grade NAT and unique-local addresses.
+    Private,
     /// The machine itself: `localhost` and its kin, `127/8`, `::1`, `0.0.0.0`.
     Loopback,
     /// Cloud metadata services, link-local addresses, and the names of the container host and
     /// the Kubernetes API.
     Internal,
-    /// RFC 1918, carrier-grade NAT and unique-local addresses.
-    Private,
-    /// Any other address written as a literal.
-    PublicAddress,
+}
+
+impl Target {
+    /// Reached only by a request the server makes for the caller: at paranoia 1 in any URL.
+    fn local(self) -> bool {
+        matches!(self, Target::Loopback | Target::Internal)
+    }
 }
 
 /// How a host names its target.
@@ -83,8 +103,7 @@ struct Judged {
     literal: bool,
 }
 
-/// Schemes whose URL a server fetches or includes: a literal address in one is flagged whatever
-/// its range.
+/// Schemes whose URL a server fetches or includes.
 const FETCHED: [&[u8]; 16] = [
     b"http", b"https", b"ftp", b"ftps", b"file", b"gopher", b"dict", b"ldap", b"ldaps", b"tftp", b"sftp", b"smb",
     b"ws", b"wss", b"jar", b"netdoc",
@@ -94,8 +113,15 @@ const FETCHED: [&[u8]; 16] = [
 /// of the attacker's choosing (Redis and memcached through `gopher://`, `dict://`).
 const FORGERY_ONLY: [&[u8]; 3] = [b"gopher", b"dict", b"netdoc"];
 
+/// Schemes that wrap another URL: Java's `jar:http://host/x.jar!/` fetches the inner one, and
+/// `new URL("url:http://...")` drops the prefix.
+const WRAPPING: [&[u8]; 4] = [b"jar", b"url", b"view-source", b"jdbc"];
+
 /// The schemes remote file inclusion loads from (CRS 931).
 const INCLUDED: [&[u8]; 5] = [b"http", b"https", b"ftp", b"ftps", b"file"];
+
+/// What an `include` loads: a script or the text of one.
+const SCRIPT_EXTENSIONS: [&[u8]; 8] = [b".php", b".phtml", b".txt", b".inc", b".jsp", b".asp", b".aspx", b".pl"];
 
 /// Parameters of PHP applications that have included a URL given to them (CRS 931110).
 const INCLUDE_PARAMETERS: [&[u8]; 7] = [
@@ -112,8 +138,9 @@ fn one_of(word: &[u8], list: &[&[u8]]) -> bool {
     list.iter().any(|w| word.eq_ignore_ascii_case(w))
 }
 
-/// The value read whole, from its first byte that is not blank.
-fn whole_value(v: &[u8], start: usize, name: &[u8], oauth_redirect: bool) -> Option<Hit> {
+/// The value read whole, from its first byte that is not blank. `depth`: how many wrapping
+/// schemes were read through.
+fn whole_value(v: &[u8], start: usize, name: &[u8], oauth_redirect: bool, depth: u8) -> Option<Hit> {
     let rest = &v[start..];
     // `http?`: a scheme's name and question marks (the longest name is five bytes).
     let word = rest.iter().take(6).position(|&b| b == b'?').map_or(rest, |p| &rest[..p]);
@@ -128,12 +155,16 @@ fn whole_value(v: &[u8], start: usize, name: &[u8], oauth_redirect: bool) -> Opt
     };
     let scheme = &rest[..scheme_len];
     let after = start + scheme_len + 1;
-    // `http?`, `https://host?`: a question mark that ends the URL cuts off whatever an
-    // `include` appends (`.php`), as remote inclusion's payloads do (CRS 931120).
+    if depth < 3 && one_of(scheme, &WRAPPING) && scheme_at(&v[after..]).is_some() {
+        return whole_value(v, after, name, oauth_redirect, depth + 1);
+    }
+    // `http://host/x.txt?`: a question mark that ends the URL cuts off whatever an `include`
+    // appends (`.php`), as remote inclusion's payloads do (CRS 931120).
     if one_of(scheme, &INCLUDED) && dangling_question_mark(&v[after..]) {
         return Some(Hit::new(1, start, v.len()));
     }
-    let slashes = v[after..].iter().take(8).take_while(|&&b| b == b'/' || b == b'\\').count();
+    // WHATWG skips any number of slashes and backslashes after a scheme it knows.
+    let slashes = v[after..].iter().take_while(|&&b| b == b'/' || b == b'\\').count();
     let fetched = one_of(scheme, &FETCHED);
     if slashes == 0 && !fetched {
         // `mailto:`, `urn:`, `tel:` and prose (`note: 127.0.0.1 is fine`) name no fetch;
@@ -143,27 +174,46 @@ fn whole_value(v: &[u8], start: usize, name: &[u8], oauth_redirect: bool) -> Opt
     let authority_at = after + slashes;
     let authority_end = authority_end(v, authority_at);
     let authority = &v[authority_at..authority_end];
-    let hit = Some(Hit::new(1, start, authority_end.max(after)));
+    // The host, never the user information before it: it may hold a password.
+    let host_at = authority.iter().rposition(|&b| b == b'@').map_or(authority_at, |at| authority_at + at + 1);
+    let hit = |level| Some(Hit::new(level, host_at, authority_end.max(host_at)));
     if slashes >= 2 && one_of(scheme, &INCLUDED) && one_of(name, &INCLUDE_PARAMETERS) {
-        return hit;
+        return hit(1);
     }
-    if slashes >= 2 && one_of(scheme, &FORGERY_ONLY) && !authority.is_empty() {
-        return hit;
+    if slashes >= 1 && one_of(scheme, &FORGERY_ONLY) && !authority.is_empty() {
+        return hit(1);
     }
     let judged = judge_authority(authority)?;
     if oauth_redirect && judged.target == Target::Loopback {
         return None;
     }
-    let flagged = match judged.target {
-        Target::Loopback | Target::Internal | Target::Private => true,
-        // `http:0xABCDEF` without slashes is a malformed URL more often than a fetch.
-        Target::PublicAddress => fetched && slashes > 0,
+    let level = match judged.target {
+        target if target.local() => 1,
+        // A script fetched from an address, or anything by FTP from one: remote inclusion's
+        // shape (CRS 931100), not a service's own URL.
+        Target::PublicAddress if fetched && judged.literal && slashes > 0 => {
+            match scheme.eq_ignore_ascii_case(b"ftp")
+                || scheme.eq_ignore_ascii_case(b"ftps")
+                || names_a_script(v, authority_end)
+            {
+                true => 1,
+                false => 2,
+            }
+        }
+        Target::Private if fetched || slashes > 0 => 2,
+        // A public address in a scheme of no fetcher's (`rsync://`, `xri://`): CRS reads it at 2.
+        Target::PublicAddress if slashes > 0 && judged.literal => 2,
+        _ => return None,
     };
-    if flagged {
-        return hit;
-    }
-    // A public address in a scheme of no fetcher's (`rsync://`, `xri://`): CRS reads it at 2.
-    None
+    hit(level)
+}
+
+/// Whether the URL's path, from `from`, ends in a script's or a text file's extension
+/// (`/crash.php`, `/shell.txt`), before its query or fragment.
+fn names_a_script(v: &[u8], from: usize) -> bool {
+    let path = &v[from..];
+    let path = &path[..path.iter().position(|&b| matches!(b, b'?' | b'#') || b <= b' ').unwrap_or(path.len())];
+    SCRIPT_EXTENSIONS.iter().any(|e| ends_with_ci(path, e))
 }
 
 /// The length of a URL scheme at the start of `v` followed by `:` (RFC 3986: a letter, then
@@ -188,9 +238,14 @@ fn dangling_question_mark(after_colon: &[u8]) -> bool {
     url.is_empty() || (url.starts_with(b"//") && url.len() > 2 && !url.iter().any(u8::is_ascii_whitespace))
 }
 
-/// Where a URL's authority ends: at a path, query or fragment, a blank, a quote or a bracket
-/// of markup; read at most 255 bytes (no host name is longer).
+/// Where a URL's authority ends, as URL parsers end it: at a path, a query or a fragment (user
+/// information may hold blanks and quotes, which the parser percent-encodes).
 fn authority_end(v: &[u8], from: usize) -> usize {
+    v[from..].iter().position(|&b| matches!(b, b'/' | b'\\' | b'?' | b'#')).map_or(v.len(), |p| from + p)
+}
+
+/// Where a URL's authority ends inside text: also at a blank, a quote or markup.
+fn authority_end_in_text(v: &[u8], from: usize) -> usize {
     let limit = (from + 255).min(v.len());
     v[from..limit]
         .iter()
@@ -200,7 +255,7 @@ fn authority_end(v: &[u8], from: usize) -> usize {
 
 /// The most dangerous host an authority names: URL parsers disagree on which `@` ends the user
 /// information (`http://127.0.0.1:80@evil.example/` reaches the loopback through some), so the
-/// text before the first and after the last are both read.
+/// text before the first is read too, when it reads as a host and a port (not `user:password`).
 fn judge_authority(authority: &[u8]) -> Option<Judged> {
     let after_last = authority.iter().rposition(|&b| b == b'@').map_or(authority, |at| &authority[at + 1..]);
     let judged = judge_host_port(after_last);
@@ -208,21 +263,17 @@ fn judge_authority(authority: &[u8]) -> Option<Judged> {
         return judged;
     }
     let before_first = &authority[..authority.iter().position(|&b| b == b'@').unwrap_or(0)];
+    let port = before_first.iter().rposition(|&b| b == b':').map(|at| &before_first[at + 1..]);
+    if port.is_some_and(|p| !p.iter().all(u8::is_ascii_digit)) {
+        return judged;
+    }
     worse(judged, judge_host_port(before_first))
 }
 
 fn worse(a: Option<Judged>, b: Option<Judged>) -> Option<Judged> {
-    let rank = |j: &Option<Judged>| match j.map(|j| j.target) {
-        None => 0,
-        Some(Target::PublicAddress) => 1,
-        Some(Target::Private) => 2,
-        Some(Target::Internal) => 3,
-        Some(Target::Loopback) => 4,
-    };
-    if rank(&b) > rank(&a) {
-        b
-    } else {
-        a
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b.target > a.target { b } else { a }),
+        (a, b) => a.or(b),
     }
 }
 
@@ -269,8 +320,8 @@ fn ipv6_target(a: Ipv6Addr) -> Target {
     match s[0] {
         // AWS's metadata service on IPv6, inside the unique-local range.
         0xfd00 if s[1] == 0x0ec2 => Target::Internal,
-        x if x & 0xffc0 == 0xfe80 => Target::Internal,
-        x if x & 0xfe00 == 0xfc00 => Target::Private,
+        _ if a.is_unicast_link_local() => Target::Internal,
+        _ if a.is_unique_local() => Target::Private,
         _ => Target::PublicAddress,
     }
 }
@@ -278,15 +329,14 @@ fn ipv6_target(a: Ipv6Addr) -> Target {
 fn ipv4_target(a: Ipv4Addr) -> Target {
     let [a0, a1, a2, a3] = a.octets();
     match (a0, a1) {
-        (127, _) => Target::Loopback,
+        _ if a.is_loopback() => Target::Loopback,
         // `0.0.0.0` reaches the loopback on Linux; the rest of `0/8` reaches nothing.
-        (0, 0) if a2 == 0 && a3 == 0 => Target::Loopback,
-        (169, 254) => Target::Internal,
+        _ if a.is_unspecified() => Target::Loopback,
+        _ if a.is_link_local() => Target::Internal,
         // Alibaba Cloud's and Oracle Cloud's metadata services.
         (100, 100) if a2 == 100 && a3 == 200 => Target::Internal,
         (192, 0) if a2 == 0 && a3 == 192 => Target::Internal,
-        (10, _) | (192, 168) => Target::Private,
-        (172, b) if (16..32).contains(&b) => Target::Private,
+        _ if a.is_private() => Target::Private,
         (100, b) if (64..128).contains(&b) => Target::Private,
         _ => Target::PublicAddress,
     }
@@ -330,15 +380,23 @@ const INTERNAL_NAMES: [&[u8]; 16] = [
 ];
 
 /// Domains that resolve to the address their subdomain spells (`127.0.0.1.nip.io`,
-/// `169-254-169-254.sslip.io`).
+/// `app-169-254-169-254.nip.io`, `--1.sslip.io`).
 const ADDRESS_DOMAINS: [&[u8]; 4] = [b".nip.io", b".sslip.io", b".xip.io", b".traefik.me"];
 
-/// A host name or an IPv4 address in any spelling `inet_aton` reads. `schemeless`: only names
-/// and addresses of four parts count (`0/1` and `100/minute` are no addresses).
+/// A host name or an IPv4 address in any spelling `inet_aton` reads, after the mapping browsers
+/// and URL parsers apply to a name with characters beyond ASCII (UTS 46: `localhoſt`,
+/// `①②⑦.⓪.⓪.①`, `169。254。169。254`, a soft hyphen ignored). `schemeless`: only names and
+/// addresses of four parts count (`0/1` and `100/minute` are no addresses).
 fn judge_host(raw: &[u8], schemeless: bool) -> Option<Judged> {
-    let mut buf = [0u8; 255];
-    let host = fold_host(raw, &mut buf)?;
-    if host.is_empty() {
+    let mapped;
+    let host: &[u8] = if raw.is_ascii() {
+        raw
+    } else {
+        mapped = idna::domain_to_ascii(std::str::from_utf8(raw).ok()?).ok()?;
+        mapped.as_bytes()
+    };
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    if host.is_empty() || host.len() > 253 {
         return None;
     }
     if let Some((address, parts)) = inet_aton(host) {
@@ -359,83 +417,40 @@ fn judge_host(raw: &[u8], schemeless: bool) -> Option<Judged> {
         return name(Target::Internal);
     }
     let domain = ADDRESS_DOMAINS.iter().find(|d| ends_with_ci(host, d))?;
-    let spelled = &host[..host.len() - domain.len()];
-    // The address is the last four labels, or one label with dashes: `app.10.0.0.1.nip.io`.
-    let dotted_at = spelled.iter().enumerate().filter(|(_, &b)| b == b'.').map(|(i, _)| i).rev().nth(3);
-    let dotted = dotted_at.map_or(spelled, |at| &spelled[at + 1..]);
-    let dashed_label = &spelled[spelled.iter().rposition(|&b| b == b'.').map_or(0, |p| p + 1)..];
-    let mut dashed = [0u8; 64];
-    let dashed = (dashed_label.len() <= 64).then(|| {
-        let d = &mut dashed[..dashed_label.len()];
-        for (o, &b) in d.iter_mut().zip(dashed_label) {
-            *o = if b == b'-' { b'.' } else { b };
-        }
-        &*d
-    });
-    let target = [Some(dotted), dashed]
-        .into_iter()
-        .flatten()
-        .filter_map(|s| inet_aton(s).filter(|&(_, parts)| parts == 4))
-        .map(|(address, _)| ipv4_target(address))
-        .find(|&t| t != Target::PublicAddress)?;
+    let target = spelled_address(&host[..host.len() - domain.len()])?;
     Some(Judged { target, literal: false })
 }
 
-/// The host lower-cased into `buf`, with the forms IDNA maps to ASCII read as it reads them
-/// (enclosed alphanumerics `①②⑦` and `ⓛⓞⓒⓐⓛ`, fullwidth letters and digits, the ideographic
-/// full stops `。` `．` `｡`) and a final dot dropped. `None` for a host longer than any name.
-fn fold_host<'b>(raw: &[u8], buf: &'b mut [u8; 255]) -> Option<&'b [u8]> {
-    let mut len = 0;
-    let mut push = |b: u8, len: &mut usize| -> Option<()> {
-        *buf.get_mut(*len)? = b;
-        *len += 1;
-        Some(())
-    };
-    let mut i = 0;
-    while i < raw.len() {
-        let b = raw[i];
-        if b.is_ascii() {
-            push(b.to_ascii_lowercase(), &mut len)?;
-            i += 1;
-            continue;
-        }
-        let width = match b {
-            0xc0..=0xdf => 2,
-            0xe0..=0xef => 3,
-            0xf0..=0xf7 => 4,
-            _ => 1,
-        };
-        let c = raw.get(i..i + width).and_then(|s| std::str::from_utf8(s).ok()).and_then(|s| s.chars().next());
-        i += width;
-        let Some(c) = c else {
-            push(0xff, &mut len)?;
-            continue;
-        };
-        let cp = c as u32;
-        match cp {
-            // ① to ⑳.
-            0x2460..=0x2473 => {
-                let n = cp - 0x2460 + 1;
-                if n >= 10 {
-                    push(b'0' + (n / 10) as u8, &mut len)?;
-                }
-                push(b'0' + (n % 10) as u8, &mut len)?;
-            }
-            0x24ea => push(b'0', &mut len)?,
-            0x24b6..=0x24cf => push(b'a' + (cp - 0x24b6) as u8, &mut len)?,
-            0x24d0..=0x24e9 => push(b'a' + (cp - 0x24d0) as u8, &mut len)?,
-            0xff10..=0xff19 => push(b'0' + (cp - 0xff10) as u8, &mut len)?,
-            0xff21..=0xff3a => push(b'a' + (cp - 0xff21) as u8, &mut len)?,
-            0xff41..=0xff5a => push(b'a' + (cp - 0xff41) as u8, &mut len)?,
-            0x3002 | 0xff0e | 0xff61 => push(b'.', &mut len)?,
-            _ => push(0xff, &mut len)?,
+/// The address a name under an address domain spells, when it is not a public one: the last
+/// four labels (`app.10.0.0.1`), or the last four dash-separated parts of the last label
+/// (`app-169-254-169-254`), eight hexadecimal digits (`app-a9fea9fe`), or IPv6 with dashes
+/// for colons (`--1`).
+fn spelled_address(spelled: &[u8]) -> Option<Target> {
+    let last_label = &spelled[spelled.iter().rposition(|&b| b == b'.').map_or(0, |p| p + 1)..];
+    let dotted_at = spelled.iter().enumerate().filter(|(_, &b)| b == b'.').map(|(i, _)| i).rev().nth(3);
+    let dotted = dotted_at.map_or(spelled, |at| &spelled[at + 1..]);
+    let mut candidates: Vec<Target> = Vec::new();
+    if let Some((address, 4)) = inet_aton(dotted) {
+        candidates.push(ipv4_target(address));
+    }
+    let dashes: Vec<&[u8]> = last_label.split(|&b| b == b'-').collect();
+    if dashes.len() >= 4 {
+        let four = dashes[dashes.len() - 4..].join(&b'.');
+        if let Some((address, 4)) = inet_aton(&four) {
+            candidates.push(ipv4_target(address));
         }
     }
-    let mut host = &buf[..len];
-    if let Some(stripped) = host.strip_suffix(b".") {
-        host = stripped;
+    if let Some(hex) = dashes.last().filter(|h| h.len() == 8 && h.iter().all(u8::is_ascii_hexdigit)) {
+        let n = u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?;
+        candidates.push(ipv4_target(Ipv4Addr::from(n)));
     }
-    Some(host)
+    if last_label.contains(&b'-') && last_label.iter().all(|&b| b == b'-' || b.is_ascii_hexdigit()) {
+        let colons: Vec<u8> = last_label.iter().map(|&b| if b == b'-' { b':' } else { b }).collect();
+        if let Some(j) = ipv6(&colons) {
+            candidates.push(j.target);
+        }
+    }
+    candidates.into_iter().filter(|&t| t != Target::PublicAddress).max()
 }
 
 /// An IPv4 address as `inet_aton` and the URL parsers after it read one: one to four parts,
@@ -481,27 +496,45 @@ fn number(part: &[u8]) -> Option<u64> {
 }
 
 /// A value that starts with a local or metadata host and a path, without a scheme
-/// (`localhost/`, `169.254.169.254/latest/meta-data`): libraries that add `http://` fetch it
-/// (CRS 934190). The path must not open with a digit: `127.0.0.0/8` is a CIDR range.
+/// (`localhost/`, `169.254.169.254/latest/meta-data`, `x@169.254.169.254/`, `[::1]/`,
+/// `//169.254.169.254/`, a path after `\`): libraries that add `http://`, and a relative URL
+/// resolved against the app's own, fetch it (CRS 934190). The path must not open with a digit:
+/// `127.0.0.0/8` is a CIDR range.
 fn schemeless(v: &[u8], start: usize, oauth_redirect: bool) -> Option<Hit> {
-    let end = authority_end(v, start);
-    if v.get(end) != Some(&b'/') || v.get(end + 1).is_some_and(u8::is_ascii_digit) {
+    let slashes = v[start..].iter().take_while(|&&b| b == b'/' || b == b'\\').count();
+    let relative = slashes >= 2;
+    let from = start + if relative { slashes } else { 0 };
+    let end = authority_end(v, from);
+    let path_follows = matches!(v.get(end), Some(b'/' | b'\\')) && !v.get(end + 1).is_some_and(u8::is_ascii_digit);
+    if !(path_follows || (relative && end > from)) {
         return None;
     }
-    let authority = &v[start..end];
-    let host = &authority[..authority.iter().position(|&b| b == b':').unwrap_or(authority.len())];
-    let port = &authority[host.len()..];
-    if !(port.is_empty() || (port.len() > 1 && port[1..].iter().all(u8::is_ascii_digit))) {
-        return None;
-    }
-    let judged = judge_host(host, true)?;
-    let local = matches!(judged.target, Target::Loopback | Target::Internal);
-    (local && !(oauth_redirect && judged.target == Target::Loopback)).then(|| Hit::new(1, start, end + 1))
+    let authority = &v[from..end];
+    let host_port = authority.iter().rposition(|&b| b == b'@').map_or(authority, |at| &authority[at + 1..]);
+    let judged = match host_port.first() {
+        Some(b'[') => judge_host_port(host_port)?,
+        _ => {
+            let host = &host_port[..host_port.iter().position(|&b| b == b':').unwrap_or(host_port.len())];
+            let port = &host_port[host.len()..];
+            if !(port.is_empty() || (port.len() > 1 && port[1..].iter().all(u8::is_ascii_digit))) {
+                return None;
+            }
+            judge_host(host, true)?
+        }
+    };
+    let host_at = end - host_port.len();
+    (judged.target.local() && !(oauth_redirect && judged.target == Target::Loopback))
+        .then(|| Hit::new(1, host_at, (end + 1).min(v.len())))
 }
 
 /// From paranoia 2: every URL inside a value, and every `@` that hands a parser a second host
 /// (`http://google.com:80 &@127.88.23.245:22/`), at most 16 of each.
 fn inside(v: &[u8], start: usize, oauth_redirect: bool) -> Option<Hit> {
+    let dangerous = |j: Option<Judged>| {
+        j.is_some_and(|j| {
+            (j.literal || j.target != Target::PublicAddress) && !(oauth_redirect && j.target == Target::Loopback)
+        })
+    };
     let mut from = start;
     let mut seen = 0;
     while let Some(at) = find_bytes(v, b"://", from) {
@@ -510,10 +543,8 @@ fn inside(v: &[u8], start: usize, oauth_redirect: bool) -> Option<Hit> {
         if seen > 16 {
             break;
         }
-        let end = authority_end(v, at + 3);
-        let judged = judge_authority(&v[at + 3..end]);
-        let flagged = judged.is_some_and(|j| j.literal || j.target != Target::PublicAddress);
-        if flagged && !(oauth_redirect && judged.is_some_and(|j| j.target == Target::Loopback)) {
+        let end = authority_end_in_text(v, at + 3);
+        if dangerous(judge_authority(&v[at + 3..end])) {
             let scheme_start = v[..at].iter().rposition(|b| !b.is_ascii_alphanumeric()).map_or(0, |p| p + 1);
             return Some(Hit::new(2, scheme_start, end));
         }
@@ -525,8 +556,8 @@ fn inside(v: &[u8], start: usize, oauth_redirect: bool) -> Option<Hit> {
     for _ in 0..16 {
         let at = from + v[from..].iter().position(|&b| b == b'@')?;
         from = at + 1;
-        let end = authority_end(v, at + 1);
-        if judge_host_port(&v[at + 1..end]).is_some_and(|j| j.literal || j.target != Target::PublicAddress) {
+        let end = authority_end_in_text(v, at + 1);
+        if dangerous(judge_host_port(&v[at + 1..end])) {
             return Some(Hit::new(2, at, end));
         }
     }
@@ -601,12 +632,83 @@ mod tests {
             "rsync://[0:0:0:0:0:ffff:169.254.169.254]",
             "xri://[::ffff:127.0.0.1]",
             "redis://127.0.0.1:6379",
-            "http://10.0.0.5:8500/v1/agent/self",
-            "http://192.168.1.1/",
-            "http://172.16.0.1/",
         ] {
             assert_eq!(level_of(v, "url", 1), Some(1), "{v}");
         }
+    }
+
+    /// The review: each passed at paranoia 1, and each reaches the metadata service or the
+    /// loopback through Node's, Python's, curl's or Java's URL parsers.
+    #[test]
+    fn what_url_parsers_read_past_the_first_version_is_refused() {
+        let long_user = format!("http://{}@169.254.169.254/latest/meta-data/", "a".repeat(300));
+        for v in [
+            // Tabs and line breaks, which WHATWG and CPython delete before parsing.
+            "http://\t169.254.169.254/latest/meta-data/iam/security-credentials/",
+            "http://local\thost/",
+            "http://metadata.google\n.internal/computeMetadata/v1/",
+            "h\nttp://169.254.169.254/",
+            "http:/\t/169.254.169.254/",
+            // Any number of slashes.
+            "http://////////169.254.169.254/latest/meta-data/",
+            // User information with quotes, blanks or past 255 bytes.
+            "http://x'@169.254.169.254/latest/meta-data/",
+            "http://a b@169.254.169.254/",
+            "http://x\"@127.0.0.1:6379/",
+            &long_user,
+            // What UTS 46 maps to ASCII.
+            "http://localhoſt/",
+            "http://𝟏𝟔𝟗.𝟐𝟓𝟒.𝟏𝟔𝟗.𝟐𝟓𝟒/latest",
+            "http://¹²⁷.0.0.1/",
+            "http://local\u{ad}host/",
+            "http://\u{212a}ubernetes.default.svc/api",
+            // Wrapping schemes.
+            "jar:http://169.254.169.254/latest!/",
+            "url:http://169.254.169.254/latest/meta-data/",
+            "jdbc:postgresql://localhost:5432/x",
+            // Address domains in every shape.
+            "http://app-169-254-169-254.nip.io/",
+            "http://magic-127-0-0-1.nip.io/",
+            "http://www-169-254-169-254.sslip.io/",
+            "http://app-a9fea9fe.nip.io/",
+            "http://--1.sslip.io/",
+            // One slash.
+            "gopher:/redis.internal:6379/_FLUSHALL",
+            "dict:/cache.internal:11211/stats",
+            // Without a scheme.
+            "x@169.254.169.254/latest/meta-data/",
+            "[fd00:ec2::254]/latest/meta-data/",
+            "169.254.169.254\\latest\\meta-data",
+            "//169.254.169.254/latest/meta-data/",
+        ] {
+            assert_eq!(level_of(v, "url", 1), Some(1), "{v:?}");
+        }
+        // The loopback is a native app's redirect; the metadata service behind it is not.
+        assert_eq!(level_of("http://127.0.0.1@169.254.169.254/latest", "redirect_uri", 1), Some(1));
+        assert_eq!(level_of("http://127.0.0.1:8400/cb", "redirect_uris", 1), None);
+    }
+
+    /// The review: what services in a mesh hand each other are paranoia 2, not 1.
+    #[test]
+    fn private_addresses_and_service_urls_are_paranoia_two() {
+        for v in [
+            "http://10.0.0.5:8500/v1/agent/self",
+            "http://192.168.1.1/",
+            "http://172.16.0.1/",
+            "http://10.1.2.3:8080/health",
+            "postgres://app:pw@10.0.1.20:5432/app",
+            "mongodb://10.0.0.5:27017/db",
+            "http://203.0.113.9/hooks/deploy",
+        ] {
+            assert_eq!(level_of(v, "url", 1), None, "{v}");
+            assert_eq!(level_of(v, "url", 2), Some(2), "{v}");
+        }
+        // A numeric user name with a password is no host (`https://<key>:<secret>@api...`).
+        assert_eq!(level_of("https://123456789012345:secret@api.cloudinary.com/v1_1/demo", "url", 4), None);
+        // The finding shows the host, never the password before it.
+        let hit = check(b"postgres://app:S3cret@127.0.0.1:5432/app", Shape::of(b":/"), b"dsn", 1).unwrap();
+        let fragment = &b"postgres://app:S3cret@127.0.0.1:5432/app"[hit.start..hit.end];
+        assert_eq!(fragment, b"127.0.0.1:5432");
     }
 
     #[test]
@@ -618,9 +720,13 @@ mod tests {
             "https://2001:41d0:701:1100::29c8/gecko.php",
             "ftp://1.1.1.1",
             "http://8.8.8.8:80/shell.txt",
+            "http://8.8.8.8/shell.txt?",
         ] {
             assert_eq!(level_of(v, "src", 1), Some(1), "{v}");
         }
+        // An address with no script: a service's own URL, paranoia 2.
+        assert_eq!(level_of("http://8.8.8.8/dns-query", "src", 1), None);
+        assert_eq!(level_of("http://8.8.8.8/dns-query", "src", 2), Some(2));
         // A public address in a scheme no fetcher speaks is CRS's 934120, at 2.
         assert_eq!(level_of("rsync://203.0.113.9/backup", "x", 1), None);
         assert_eq!(level_of("rsync://203.0.113.9/backup", "x", 2), Some(2));
@@ -719,7 +825,7 @@ mod tests {
             assert_eq!(level_of(v, "callback_url", 1), Some(1), "{v}");
         }
         assert_eq!(level_of("http://169.254.169.254/latest", "redirect_uri", 1), Some(1));
-        assert_eq!(level_of("http://10.1.2.3/", "redirect_uri", 1), Some(1));
+        assert_eq!(level_of("http://10.1.2.3/", "redirect_uri", 2), Some(2));
     }
 
     #[test]
@@ -754,11 +860,23 @@ mod tests {
         assert_eq!(a("1.2.3.x"), None);
     }
 
+    /// Values made of what the detector parses, 64 KiB each: every scan is linear (the
+    /// benchmark times them); here, each verdict.
     #[test]
-    fn hostile_values_cost_linear_time() {
-        for unit in ["://@", "http://a@", "@", "://[", "localhost/"] {
+    fn hostile_values_are_read_to_a_verdict() {
+        for (unit, refused) in [
+            ("://@", false),
+            ("http://a@", false),
+            ("@", false),
+            ("://[", true),
+            ("localhost/", true),
+            ("http://\t", false),
+            ("/", false),
+            ("http://a.nip.io-1-1-1-", false),
+        ] {
             let v = unit.repeat(64 * 1024 / unit.len());
-            let _ = check(v.as_bytes(), Shape::of(v.as_bytes()), b"q", 4);
+            let found = check(v.as_bytes(), Shape::of(v.as_bytes()), b"q", 4);
+            assert_eq!(found.is_some(), refused, "{unit}: {found:?}");
         }
     }
 }
