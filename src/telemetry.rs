@@ -216,10 +216,16 @@ impl Telemetry {
         rule: &str,
     ) -> bool {
         let kind = match reason {
+            RefusalReason::RateLimited => &self.rate_limited,
             RefusalReason::Unauthenticated => &self.unauthenticated,
             RefusalReason::Forbidden => &self.forbidden,
             RefusalReason::WafBlocked => &self.waf_blocked,
-            _ => &self.rate_limited,
+            // No policy rule makes these: reported as a listener's (the review: they had been
+            // filed as rate limits).
+            other => {
+                debug_assert!(false, "{} is no policy refusal", other.label());
+                return true;
+            }
         };
         kind.reported_each_for(&self.refusals, "inbound", source, policy, rule)
     }

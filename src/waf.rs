@@ -698,6 +698,14 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn each_detectors_rule_is_named_after_it() {
+        for d in Detector::ALL {
+            assert_eq!(d.rule(), format!("waf:{d}"));
+            assert_eq!(Detector::parse(d.as_str()), Some(d));
+        }
+    }
+
+    #[test]
     fn request_forgery_is_read_in_arguments_from_one_the_path_from_two_and_headers_from_three() {
         let metadata = "http://169.254.169.254/latest/meta-data/";
         let at = |pl: u8, path: &str, query: Option<&str>, h: &http::HeaderMap| {

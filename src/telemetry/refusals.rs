@@ -168,6 +168,13 @@ struct BySource {
 
 impl BySource {
     fn admit(&mut self, source: Option<IpAddr>, second: u64) -> bool {
+        // One IPv6 host holds a whole /64: its addresses are one source (the review).
+        let source = source.map(|ip| match ip {
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+                IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into())
+            }
+            other => other,
+        });
         if self.second != second {
             self.second = second;
             self.counts.clear();
@@ -537,6 +544,10 @@ mod tests {
         assert_eq!(admitted(&mut by_source, other, 50), REPORTED_EACH_PER_SECOND as usize);
         // A new second, a new share.
         assert!(by_source.admit(Some(junk), 8));
+        // One IPv6 /64 is one source, whatever address of it each refusal comes from.
+        let from_64 =
+            (0..50u16).filter(|n| by_source.admit(Some(IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, *n])), 8)).count();
+        assert_eq!(from_64, REPORTED_EACH_PER_SECOND as usize);
         // Past the sources told apart, the rest share one.
         let mut many = BySource::default();
         for n in 0..SOURCES_TOLD_APART as u32 {
