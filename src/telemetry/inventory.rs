@@ -42,9 +42,26 @@ pub struct Inventory {
     dropped: AtomicU64,
     /// Whether the table filling up was logged.
     full_logged: AtomicBool,
-    /// New routes are added one at a time (the map is copied for each).
-    adding: Mutex<()>,
+    /// New routes are added one at a time (the map is copied for each), with what the tree of
+    /// routes holds so far.
+    adding: Mutex<Tree>,
 }
+
+/// The routes' prefixes (`GET /users`, `GET /users/{name}`), and how many literal children each
+/// has: past [`MAX_NAMES`] children, a new one is `{name}`. So an app that answers every path
+/// (a single-page app's 200, a framework's 401 for every path without a login) is one route
+/// under a scanner's thousand probes (the review), and so is `/users/alice` for each user.
+#[derive(Default)]
+struct Tree {
+    prefixes: std::collections::HashSet<Box<str>>,
+    children: HashMap<Box<str>, usize>,
+    /// Keys that were read as another route (`GET /users/alice` as `GET /users/{name}`), so a
+    /// request for one finds its route without this lock; at most [`MAX_ROUTES`].
+    aliases: usize,
+}
+
+/// How many literal names a route's segment may take before the next is `{name}`.
+const MAX_NAMES: usize = 32;
 
 struct Route {
     method: &'static str,
@@ -124,14 +141,26 @@ impl Inventory {
         }
     }
 
-    /// A new route, unless the table is full.
+    /// The route of a key not seen before: an existing one when a segment has had too many
+    /// names, else a new one unless the table is full.
     fn add(&self, method: &'static str, key: &str) -> Option<Arc<Route>> {
-        let _one_at_a_time = self.adding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut tree = self.adding.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let routes = self.routes.load();
         if let Some(route) = routes.get(key) {
             return Some(route.clone());
         }
-        if routes.len() >= MAX_ROUTES {
+        let collapsed = tree.collapse(key);
+        if let Some(route) = routes.get(collapsed.as_str()) {
+            let route = route.clone();
+            if tree.aliases < MAX_ROUTES {
+                tree.aliases += 1;
+                let mut next = HashMap::clone(&routes);
+                next.insert(key.into(), route.clone());
+                self.routes.store(Arc::new(next));
+            }
+            return Some(route);
+        }
+        if routes.len() - tree.aliases >= MAX_ROUTES {
             if !self.full_logged.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     max = MAX_ROUTES,
@@ -140,9 +169,10 @@ impl Inventory {
             }
             return None;
         }
+        tree.insert(&collapsed);
         let route = Arc::new(Route {
             method,
-            route: key[method.len() + 1..].into(),
+            route: collapsed[method.len() + 1..].into(),
             requests: AtomicU64::new(0),
             first_seen: now_millis(),
             last_seen: AtomicU64::new(0),
@@ -152,7 +182,11 @@ impl Inventory {
             callers: Mutex::new(Callers::default()),
         });
         let mut next = HashMap::clone(&routes);
-        next.insert(key.into(), route.clone());
+        if collapsed != key && tree.aliases < MAX_ROUTES {
+            tree.aliases += 1;
+            next.insert(key.into(), route.clone());
+        }
+        next.insert(collapsed.into(), route.clone());
         self.routes.store(Arc::new(next));
         Some(route)
     }
@@ -160,7 +194,9 @@ impl Inventory {
     /// What `GET /inventory` answers: every route, sorted by route and method.
     pub fn report(&self) -> Value {
         let routes = self.routes.load();
-        let mut sorted: Vec<&Arc<Route>> = routes.values().collect();
+        // Each route once, not under its aliases.
+        let mut sorted: Vec<&Arc<Route>> =
+            routes.iter().filter(|(key, r)| key[r.method.len() + 1..] == *r.route).map(|(_, r)| r).collect();
         sorted.sort_by(|a, b| (&a.route, a.method).cmp(&(&b.route, b.method)));
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
         let routes: Vec<Value> = sorted
@@ -183,6 +219,50 @@ impl Inventory {
             })
             .collect();
         json!({"routes": routes, "max_routes": MAX_ROUTES, "dropped_requests": load(&self.dropped)})
+    }
+}
+
+impl Tree {
+    /// `key` with each literal segment past a prefix's [`MAX_NAMES`] children read as `{name}`.
+    fn collapse(&self, key: &str) -> String {
+        let (method, path) = key.split_once(' ').unwrap_or((key, "/"));
+        let mut out = String::with_capacity(key.len());
+        out.push_str(method);
+        out.push(' ');
+        for segment in path.split('/').skip(1) {
+            let parent = out.len();
+            out.push('/');
+            out.push_str(segment);
+            let literal = segment != "{id}" && segment != "{name}";
+            if literal
+                && !self.prefixes.contains(out.as_str())
+                && self.children.get(&out[..parent]).is_some_and(|&n| n >= MAX_NAMES)
+            {
+                out.truncate(parent);
+                out.push_str("/{name}");
+            }
+        }
+        if out.len() == method.len() + 1 {
+            out.push('/');
+        }
+        out
+    }
+
+    /// Records a new route's prefixes, counting each new one as its parent's child.
+    fn insert(&mut self, route: &str) {
+        let mut end = route.find(' ').map_or(route.len(), |p| p + 1);
+        while let Some(next) =
+            route[end + 1..].find('/').map(|p| end + 1 + p).or((end < route.len()).then_some(route.len()))
+        {
+            let (parent, prefix) = (&route[..end], &route[..next]);
+            if self.prefixes.insert(prefix.into()) {
+                *self.children.entry(parent.into()).or_default() += 1;
+            }
+            if next == route.len() {
+                break;
+            }
+            end = next;
+        }
     }
 }
 
@@ -310,24 +390,50 @@ mod tests {
         assert_eq!(report["dropped_requests"], 0);
     }
 
+    /// The review: an app that answers every path (a single-page app's 200) let a scanner's
+    /// probes fill the inventory; and `/users/alice` was a route for each user.
+    #[test]
+    fn names_past_a_segments_share_are_one_route() {
+        let inventory = Inventory::default();
+        for n in 0..500 {
+            inventory.observe(observed("GET", &format!("/probe-{n}.php"), 200, ""));
+            inventory.observe(observed("GET", &format!("/users/user{n}/settings"), 200, ""));
+        }
+        inventory.observe(observed("GET", "/probe-0.php", 200, ""));
+        let report = inventory.report();
+        let routes: Vec<(String, u64)> = report["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["route"].as_str().unwrap().to_string(), r["requests"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(routes.len(), 2 * MAX_NAMES + 1, "{routes:?}");
+        let requests = |route: &str| routes.iter().find(|(r, _)| r == route).map(|(_, n)| *n);
+        assert_eq!(requests("/{name}"), Some(500 - (MAX_NAMES as u64 - 1)));
+        assert_eq!(requests("/probe-0.php"), Some(2), "a name seen before its segment filled keeps its route");
+        assert_eq!(requests("/users/{name}/settings"), Some(500 - MAX_NAMES as u64));
+        assert_eq!(report["dropped_requests"], 0);
+    }
+
     #[test]
     fn the_table_is_bounded_and_counts_what_it_drops() {
         let inventory = Inventory::default();
+        // 32 names under 32 names: every segment within its names, 1,010 routes.
+        let path = |n: usize| format!("/r{}/s{}", n / MAX_NAMES, n % MAX_NAMES);
         for n in 0..MAX_ROUTES + 10 {
-            let path = format!("/r{n}");
-            inventory.observe(observed("GET", &path, 200, ""));
+            inventory.observe(observed("GET", &path(n), 200, ""));
         }
-        inventory.observe(observed("GET", "/r0", 200, ""));
+        inventory.observe(observed("GET", &path(0), 200, ""));
         let report = inventory.report();
         assert_eq!(report["routes"].as_array().unwrap().len(), MAX_ROUTES);
         assert_eq!(report["dropped_requests"], 10);
         // A caller cannot grow a route's list of callers either.
         for n in 0..20 {
             let who = format!("spiffe://cluster.local/ns/x/sa/s{n}");
-            inventory.observe(observed("GET", "/r0", 200, &who));
+            inventory.observe(observed("GET", &path(0), 200, &who));
         }
-        let r0 =
-            inventory.report()["routes"].as_array().unwrap().iter().find(|r| r["route"] == "/r0").cloned().unwrap();
+        let routes = inventory.report()["routes"].as_array().unwrap().clone();
+        let r0 = routes.iter().find(|r| r["route"] == path(0).as_str()).cloned().unwrap();
         assert_eq!((r0["callers"].as_array().unwrap().len(), &r0["more_callers"]), (MAX_CALLERS, &json!(true)));
     }
 }
