@@ -48,6 +48,8 @@ pub struct Telemetry {
     unauthenticated: refusals::OneByOne,
     forbidden: refusals::OneByOne,
     waf_blocked: refusals::OneByOne,
+    waf_detected: refusals::OneByOne,
+    audit_denied: refusals::OneByOne,
     access_log: Option<JsonLines>,
 }
 
@@ -148,6 +150,8 @@ impl Telemetry {
             unauthenticated: refusals::OneByOne::new(RefusalReason::Unauthenticated),
             forbidden: refusals::OneByOne::new(RefusalReason::Forbidden),
             waf_blocked: refusals::OneByOne::new(RefusalReason::WafBlocked),
+            waf_detected: refusals::OneByOne::new(RefusalReason::WafDetected),
+            audit_denied: refusals::OneByOne::new(RefusalReason::AuditDenied),
             access_log,
         })
     }
@@ -212,6 +216,7 @@ impl Telemetry {
         &self,
         reason: RefusalReason,
         source: Option<std::net::IpAddr>,
+        listener: Option<std::net::SocketAddr>,
         policy: &str,
         rule: &str,
     ) -> bool {
@@ -220,6 +225,8 @@ impl Telemetry {
             RefusalReason::Unauthenticated => &self.unauthenticated,
             RefusalReason::Forbidden => &self.forbidden,
             RefusalReason::WafBlocked => &self.waf_blocked,
+            RefusalReason::WafDetected => &self.waf_detected,
+            RefusalReason::AuditDenied => &self.audit_denied,
             // No policy rule makes these: reported as a listener's (the review: they had been
             // filed as rate limits).
             other => {
@@ -227,7 +234,7 @@ impl Telemetry {
                 return true;
             }
         };
-        kind.reported_each_for(&self.refusals, "inbound", source, policy, rule)
+        kind.reported_each_for(&self.refusals, "inbound", (source, listener), policy, rule)
     }
 
     /// Emits the refusals not yet reported at once (a listener that stops).

@@ -225,8 +225,51 @@ async fn floods_of_forged_tokens_denied_requests_and_waf_attacks_are_reported_in
         assert_eq!(filed(aggregate), filed(each_one), "{aggregate}\n{each_one}");
         assert_eq!(aggregate["http_response"]["code"].as_u64(), Some(u64::from(status)), "{aggregate}");
         assert_eq!(aggregate["src_endpoint"]["ip"], "127.0.0.1", "one source: named: {aggregate}");
+        assert_eq!(aggregate["dst_endpoint"]["port"], s.sidecar.inbound.port(), "the listener: {aggregate}");
         assert_ocsf_base(aggregate);
     }
+    s.shutdown();
+}
+
+/// What DETECT and AUDIT let through under a flood is summed up as the refusals are (the
+/// review: a flood against a DETECT WAF, the mode a rollout starts in, wrote about 1 KB of
+/// events a request), and filed as each of its requests is: a success, not a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn floods_of_detect_findings_and_audit_denials_are_reported_in_aggregate() {
+    let spec = "  authorization:\n    mode: AUDIT\n    default: ALLOW\n    rules:\n      - {name: no-admin, action: DENY, to: {paths: [\"/admin*\"]}}\n  inputValidation:\n    waf: {mode: DETECT}\n";
+    let s = PolicedSidecar::start(&policy("events", spec)).await;
+    const FLOOD: u64 = 40;
+    let kinds = [
+        ("/orders?id=1%27%20OR%20%271%27%3D%271", "detected GET /orders: sqli", "in DETECT mode (forwarded): past 10"),
+        ("/admin/users", "audit, would deny GET /admin/users", "an AUDIT policy would deny (forwarded): past 10"),
+    ];
+    for (target, _, _) in kinds {
+        for _ in 0..FLOOD {
+            assert_eq!(s.send("frontend", "GET", target, &[]).await.status, 200, "{target}");
+        }
+    }
+    for (target, each_says, aggregate_says) in kinds {
+        let each = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").starts_with(each_says);
+        let in_aggregate = |e: &serde_json::Value| e["message"].as_str().unwrap_or("").contains(aggregate_says);
+        assert!(all_accounted(&s, FLOOD, each, in_aggregate).await, "{target}: {:#?}", s.events());
+        let events = s.events();
+        let (aggregate, each_one) =
+            (events.iter().find(|e| in_aggregate(e)).unwrap(), events.iter().find(|e| each(e)).unwrap());
+        let filed = |e: &serde_json::Value| {
+            let rule = &e["firewall_rule"];
+            (
+                e["status_id"].clone(),
+                e["disposition_id"].clone(),
+                e["severity_id"].clone(),
+                rule["uid"].clone(),
+                rule["name"].clone(),
+            )
+        };
+        assert_eq!(filed(aggregate), filed(each_one), "{aggregate}\n{each_one}");
+        assert_eq!(aggregate["http_request"]["url"]["port"], s.sidecar.inbound.port(), "{aggregate}");
+        assert_ocsf_base(aggregate);
+    }
+    keep_for_the_schema_check("ocsf-sidecar-detect-audit-aggregates.jsonl", &s.events());
     s.shutdown();
 }
 
@@ -662,6 +705,8 @@ fn every_kind() -> Vec<SecurityEvent> {
         dos("inbound", "unauthenticated", "authentication", "10", Some("10.0.0.66"), false),
         dos("inbound", "forbidden", "authorization", "10", None, true),
         dos("inbound", "waf_blocked", "inputValidation.waf", "10", Some("10.0.0.66"), false),
+        dos("inbound", "waf_detected", "inputValidation.waf", "10", Some("10.0.0.66"), false),
+        dos("inbound", "audit_denied", "authorization", "10", None, true),
     ]
 }
 
@@ -689,7 +734,8 @@ fn dos(
             "rate_limited" => Some("per-caller"),
             "unauthenticated" => Some("jwt"),
             "forbidden" => Some("deny-admin"),
-            "waf_blocked" => Some("waf:sqli"),
+            "waf_blocked" | "waf_detected" => Some("waf:sqli"),
+            "audit_denied" => Some("deny-admin"),
             _ => None,
         }
         .map(|rule| RuleId { policy: "shop/orders-api".into(), rule: rule.into() }),
@@ -753,7 +799,8 @@ fn every_event_kind_written_through_the_event_writer() {
                     let types = line["event"]["type"].as_array().unwrap_or_else(|| panic!("{line}"));
                     assert!(!types.is_empty() && line["event"]["category"].as_array().is_some_and(|c| !c.is_empty()));
                     // A WAF's blocks in aggregate are alerts as each is.
-                    let waf = kind(event) == "WafFinding" || line["labels"]["reason"] == "waf_blocked";
+                    let reason = &line["labels"]["reason"];
+                    let waf = kind(event) == "WafFinding" || reason == "waf_blocked" || reason == "waf_detected";
                     let expected = if waf { "alert" } else { "event" };
                     assert_eq!(line["event"]["kind"], expected, "{line}");
                     if kind(event) == "TlsFailure" && line["labels"]["direction"] == "outbound" {

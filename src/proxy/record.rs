@@ -79,27 +79,33 @@ impl RequestCtx {
 /// Reports a refusal (or, with `audit`, what an AUDIT policy would have refused) to the log and
 /// the security events, from the refusal itself.
 pub fn report(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusal: &Refusal, audit: bool, path: &str) {
+    // Past ten a second of each kind from one source, summed up per rule in one event a second
+    // (each is in the metrics), before anything of the request is copied for an event.
+    let aggregated = |reason, policy: &str, rule: &str| {
+        let (source, listener) = peer_and_listener(session);
+        !telemetry.refusal_reported_each(reason, source, listener, policy, rule)
+    };
+    let summed_up = match refusal {
+        Refusal::Blocked(found) => aggregated(RefusalReason::WafBlocked, &found.policy, found.finding.detector.rule()),
+        Refusal::Unauthenticated(u) => {
+            aggregated(RefusalReason::Unauthenticated, u.policy.as_deref().unwrap_or("-"), u.rule())
+        }
+        Refusal::RateLimited(limited) if !audit => {
+            aggregated(RefusalReason::RateLimited, &limited.by.policy, &limited.by.rule)
+        }
+        Refusal::Forbidden(by) if audit => aggregated(RefusalReason::AuditDenied, &by.policy, &by.rule),
+        Refusal::Forbidden(by) => aggregated(RefusalReason::Forbidden, &by.policy, &by.rule),
+        _ => false,
+    };
+    if summed_up {
+        return;
+    }
     let req = session.req_header();
     let facts = facts(session, ctx, path);
     let (method, path) = (reported(req.method.as_str()), reported(path));
     let (method, path) = (&*method, &*path);
-    // Past ten a second of each kind, summed up per rule in one event a second (each is in the
-    // metrics): the rule as the request's own event names it.
-    let aggregated = |reason, policy: &str, rule: &str| {
-        !audit && !telemetry.refusal_reported_each(reason, facts.source.map(|s| s.ip()), policy, rule)
-    };
     match refusal {
-        Refusal::Blocked(found)
-            if aggregated(RefusalReason::WafBlocked, &found.policy, found.finding.detector.rule()) =>
-        {
-            return
-        }
         Refusal::Blocked(found) => return report_finding(telemetry, found, facts),
-        Refusal::Unauthenticated(u)
-            if aggregated(RefusalReason::Unauthenticated, u.policy.as_deref().unwrap_or("-"), u.rule()) =>
-        {
-            return
-        }
         Refusal::Unauthenticated(u) => {
             let reason = u.reason_label();
             let detail = u.detail.as_deref().map(|d| crate::telemetry::reported(d).into_owned());
@@ -113,12 +119,6 @@ pub fn report(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, refusa
             });
             return;
         }
-        Refusal::RateLimited(limited)
-            if aggregated(RefusalReason::RateLimited, &limited.by.policy, &limited.by.rule) =>
-        {
-            return
-        }
-        Refusal::Forbidden(by) if aggregated(RefusalReason::Forbidden, &by.policy, &by.rule) => return,
         _ => {}
     }
     let denied = refusal.denied(audit, facts);
@@ -153,8 +153,21 @@ pub fn report_unreadable(telemetry: &Telemetry, session: &Session, ctx: &Request
 pub fn report_note(telemetry: &Telemetry, session: &Session, ctx: &RequestCtx, note: Note, path: &str) {
     match note {
         Note::Audit(by) => report(telemetry, session, ctx, &Refusal::Forbidden(by), true, path),
-        Note::Detected(found) => report_finding(telemetry, &found, facts(session, ctx, path)),
+        Note::Detected(found) => {
+            // A DETECT WAF's findings under a flood: summed up as its blocks would be.
+            let (source, listener) = peer_and_listener(session);
+            let rule = found.finding.detector.rule();
+            if telemetry.refusal_reported_each(RefusalReason::WafDetected, source, listener, &found.policy, rule) {
+                report_finding(telemetry, &found, facts(session, ctx, path));
+            }
+        }
     }
+}
+
+/// The caller's address and the listener's, for a refusal's aggregate.
+fn peer_and_listener(session: &Session) -> (Option<std::net::IpAddr>, Option<std::net::SocketAddr>) {
+    let inet = |a: Option<&pingora::protocols::l4::socket::SocketAddr>| a.and_then(|a| a.as_inet()).copied();
+    (inet(session.client_addr()).map(|a| a.ip()), inet(session.server_addr()))
 }
 
 fn report_finding(telemetry: &Telemetry, found: &WafFinding, request: RequestFacts) {

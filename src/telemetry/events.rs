@@ -151,9 +151,14 @@ impl DosRefusal {
     }
 
     /// Requests the sidecar answered (503, 408, and 400, 413, 414 or 431 for a malformed or
-    /// oversized one), rather than connections closed.
+    /// oversized one), or let through with a note (DETECT, AUDIT), rather than connections closed.
     pub fn answers_requests(&self) -> bool {
-        self.http_status().is_some() || self.reason == "invalid_request"
+        self.http_status().is_some() || matches!(self.reason, "invalid_request" | "waf_detected" | "audit_denied")
+    }
+
+    /// A note on requests that went on (a DETECT finding, an AUDIT would-deny), not a refusal.
+    pub fn let_through(&self) -> bool {
+        matches!(self.reason, "waf_detected" | "audit_denied")
     }
 
     /// What the rule that refused protects against: the sidecar's own resources (`dos`), or, for
@@ -161,7 +166,7 @@ impl DosRefusal {
     pub fn category(&self) -> Option<&'static str> {
         if self.rule.is_some() {
             // A policy's rule, as its requests reported each are filed.
-            return (self.reason == "waf_blocked").then_some("input-validation");
+            return matches!(self.reason, "waf_blocked" | "waf_detected").then_some("input-validation");
         }
         match self.reason {
             "not_http" => Some("egress"),
@@ -178,7 +183,9 @@ impl DosRefusal {
             // As each request's event names it: a WAF's `<policy>/waf:sqli` is named `sqli`; a
             // token's failure is summed up per reason (`jwt:expired`), under `<policy>/jwt`.
             let (uid, name) = match self.reason {
-                "waf_blocked" => (format!("{policy}/{rule}"), rule.strip_prefix("waf:").unwrap_or(rule)),
+                "waf_blocked" | "waf_detected" => {
+                    (format!("{policy}/{rule}"), rule.strip_prefix("waf:").unwrap_or(rule))
+                }
                 "unauthenticated" => (format!("{policy}/jwt"), &**rule),
                 _ => (format!("{policy}/{rule}"), &**rule),
             };
@@ -247,6 +254,12 @@ impl DosRefusal {
             ),
             "forbidden" => format!(
                 "{n} more request{plural} on {direction} denied by authorization (403): past {limit} a second from a source or 100 from all, they are reported in aggregate (each is counted in palisade_authz_decisions_total)"
+            ),
+            "waf_detected" => format!(
+                "{n} more WAF finding{plural} on {direction} in DETECT mode (forwarded): past {limit} a second from a source or 100 from all, they are reported in aggregate (each is counted in palisade_waf_findings_total)"
+            ),
+            "audit_denied" => format!(
+                "{n} more request{plural} on {direction} an AUDIT policy would deny (forwarded): past {limit} a second from a source or 100 from all, they are reported in aggregate (each is counted in palisade_authz_decisions_total)"
             ),
             "waf_blocked" => format!(
                 "{n} more request{plural} on {direction} blocked by the WAF (403): past {limit} a second from a source or 100 from all, they are reported in aggregate (each is counted in palisade_waf_findings_total)"
@@ -709,6 +722,12 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
                     merge(&mut extra, json!({"http_response": {"code": code}}));
                     (HTTP_ACTIVITY, (0, "Unknown"))
                 }
+                // Let through with a note (DETECT, AUDIT): the app's answers are not the
+                // sidecar's to sum up; the requests are what HTTP Activity needs named.
+                None if d.let_through() => {
+                    merge(&mut extra, json!({"http_request": {"url": {"port": d.listener.map(|l| l.port())}}}));
+                    (HTTP_ACTIVITY, (0, "Unknown"))
+                }
                 // Of several statuses (400, 413, 414, 431): the ones reported each carry theirs.
                 None if d.answers_requests() => (HTTP_ACTIVITY, (0, "Unknown")),
                 None if d.reason.ends_with("_limit") || matches!(d.reason, "not_http" | "tls_refused") => {
@@ -716,14 +735,19 @@ fn ocsf_parts(event: &SecurityEvent) -> Ocsf {
                 }
                 None => (NETWORK_ACTIVITY, (2, "Close")),
             };
+            // Filed as each is: a blocked attack High, a note on what went on a success.
+            let control = match d.reason {
+                "waf_detected" => (ALLOWED, DETECTED),
+                "audit_denied" => (ALLOWED, ALLOWED),
+                _ => (DENIED, BLOCKED),
+            };
             Ocsf {
                 class,
                 activity,
-                status_id: FAILURE,
-                // As each blocked attack is: High.
+                status_id: if d.let_through() { SUCCESS } else { FAILURE },
                 severity_id: if d.reason == "waf_blocked" { 4 } else { 3 },
                 message: d.message(),
-                control: Some((DENIED, BLOCKED)),
+                control: Some(control),
                 extra,
             }
         }
@@ -836,6 +860,8 @@ fn ecs_classification(event: &SecurityEvent) -> (&'static str, &'static [&'stati
         // A policy's refusals in aggregate are filed as each is.
         SecurityEvent::DosRefused(d) => match d.reason {
             "waf_blocked" => ("alert", &["intrusion_detection", "web"], &["denied", "access"]),
+            "waf_detected" => ("alert", &["intrusion_detection", "web"], &["allowed", "access"]),
+            "audit_denied" => ("event", &["network", "web"], &["allowed", "access"]),
             "unauthenticated" => ("event", &["authentication", "web"], &["start", "access"]),
             _ if d.answers_requests() => ("event", &["network", "web"], &["denied", "access"]),
             _ => ("event", &["network"], &["connection", "denied"]),
@@ -950,13 +976,15 @@ fn ecs(event: &SecurityEvent) -> Value {
             let action = match d.reason {
                 // A policy's refusals in aggregate: each request's own action.
                 "waf_blocked" => "waf-blocked",
+                "waf_detected" => "waf-detected",
+                "audit_denied" => "request-audit-deny",
                 "unauthenticated" => "authentication-failed",
                 "forbidden" => "request-denied",
                 "rate_limited" => "request-rate-limited",
                 _ if d.answers_requests() => "requests-refused",
                 _ => "connections-refused",
             };
-            (action, "failure", d.message(), {
+            (action, if d.let_through() { "success" } else { "failure" }, d.message(), {
                 let (uid, name) = d.rule();
                 json!({"rule": {"id": uid, "name": name, "category": d.category(),
                                 "ruleset": d.rule.as_ref().map(|r| &*r.policy)},

@@ -73,6 +73,12 @@ pub enum RefusalReason {
     /// An inbound request a WAF in BLOCK mode refused (403), past the first
     /// [`REPORTED_EACH_PER_SECOND`] of a second.
     WafBlocked,
+    /// A WAF finding in DETECT mode (the request went on), past the first
+    /// [`REPORTED_EACH_PER_SECOND`] of a second.
+    WafDetected,
+    /// A request an AUDIT policy would have denied (it went on), past the first
+    /// [`REPORTED_EACH_PER_SECOND`] of a second.
+    AuditDenied,
     /// `outbound.passthrough`: a captured connection that is not HTTP, to a destination not
     /// listed there that proved no mesh identity (no sidecar to tunnel it to), closed before a
     /// byte of the app's is sent.
@@ -103,6 +109,8 @@ impl RefusalReason {
             RefusalReason::Unauthenticated => "unauthenticated",
             RefusalReason::Forbidden => "forbidden",
             RefusalReason::WafBlocked => "waf_blocked",
+            RefusalReason::WafDetected => "waf_detected",
+            RefusalReason::AuditDenied => "audit_denied",
         }
     }
 
@@ -129,7 +137,8 @@ impl RefusalReason {
             RefusalReason::RateLimited => "rateLimits",
             RefusalReason::Unauthenticated => "authentication",
             RefusalReason::Forbidden => "authorization",
-            RefusalReason::WafBlocked => "inputValidation.waf",
+            RefusalReason::WafBlocked | RefusalReason::WafDetected => "inputValidation.waf",
+            RefusalReason::AuditDenied => "authorization",
         }
     }
 }
@@ -270,7 +279,7 @@ impl OneByOne {
         &self,
         refusals: &Refusals,
         direction: &'static str,
-        source: Option<IpAddr>,
+        (source, listener): (Option<IpAddr>, Option<std::net::SocketAddr>),
         policy: &str,
         rule: &str,
     ) -> bool {
@@ -279,9 +288,15 @@ impl OneByOne {
             // Counted in the limit's own metric already: the rule's slot shares the listener
             // aggregate's series, which is not exported.
             let not_exported = self.aggregate(refusals, direction).0.counter.clone();
-            refusals
-                .counter_for(direction, self.reason, Some((policy, rule)), REPORTED_EACH_PER_SECOND, not_exported)
-                .refused(source);
+            let counter = refusals.counter_for(
+                direction,
+                self.reason,
+                Some((policy, rule)),
+                REPORTED_EACH_PER_SECOND,
+                not_exported,
+            );
+            counter.seen_at(listener);
+            counter.refused(source);
         }
         each
     }
@@ -369,6 +384,14 @@ impl RefusalCounter {
     pub fn at(&self, listener: SocketAddr) -> Self {
         *self.0.listener.lock().expect("listener lock") = Some(listener);
         self.clone()
+    }
+
+    /// The listener's address for the events, when not known yet (a policy's rule counts its
+    /// refusals on whichever listener makes them; the first names it). Never waits.
+    pub fn seen_at(&self, listener: Option<SocketAddr>) {
+        if let (Some(at), Ok(mut known)) = (listener, self.0.listener.try_lock()) {
+            known.get_or_insert(at);
+        }
     }
 
     /// How many were counted (the Prometheus counter's value).
@@ -574,7 +597,7 @@ mod tests {
         let mut each = 0;
         for i in 0..3000 {
             let which = if i % 2 == 0 { &orders } else { &tenants };
-            each += u32::from(limited.reported_each_for(&refusals, "inbound", Some(caller), &policy, which));
+            each += u32::from(limited.reported_each_for(&refusals, "inbound", (Some(caller), None), &policy, which));
         }
         assert!(each <= 2 * REPORTED_EACH_PER_SECOND, "{each} reported each");
         let events = refusals.flush();
@@ -594,7 +617,7 @@ mod tests {
         // A rule's slot that idles is dropped once there are many (ten more than that, for the
         // ten a new second would report each).
         for n in 0..=IDLE_RULE_SLOTS + REPORTED_EACH_PER_SECOND as usize {
-            let _ = limited.reported_each_for(&refusals, "inbound", Some(caller), &policy, &format!("r{n}"));
+            let _ = limited.reported_each_for(&refusals, "inbound", (Some(caller), None), &policy, &format!("r{n}"));
         }
         refusals.flush();
         refusals.flush();

@@ -171,7 +171,13 @@ def test_every_event_kind_is_valid_ocsf_1_5():
 
 
 @pytest.mark.parametrize(
-    "name", ["ocsf-sidecar-denials.jsonl", "ocsf-sidecar-waf-jwt.jsonl", "ocsf-sidecar-dos.jsonl"]
+    "name",
+    [
+        "ocsf-sidecar-denials.jsonl",
+        "ocsf-sidecar-waf-jwt.jsonl",
+        "ocsf-sidecar-dos.jsonl",
+        "ocsf-sidecar-detect-audit-aggregates.jsonl",
+    ],
 )
 def test_what_real_sidecars_emitted_is_valid_ocsf_1_5(name):
     events = samples(name)
