@@ -183,7 +183,10 @@ fn whole_value(v: &[u8], start: usize, name: &[u8], oauth_redirect: bool, depth:
     if slashes >= 1 && one_of(scheme, &FORGERY_ONLY) && !authority.is_empty() {
         return hit(1);
     }
-    let judged = judge_authority(authority)?;
+    // An `@` past where the authority seems to end: the `/`, `?`, `#` or `\` before it may have
+    // come encoded (`http://evil.example%2F@127.0.0.1/`: the app's parser reads 127.0.0.1, as
+    // curl, PHP and Python's clients read `http://evil.example\@127.0.0.1/`; tester u1).
+    let judged = worse(judge_authority(authority), hosts_after_at(v, authority_end))?;
     if oauth_redirect && judged.target == Target::Loopback {
         return None;
     }
@@ -208,6 +211,18 @@ fn whole_value(v: &[u8], start: usize, name: &[u8], oauth_redirect: bool, depth:
     hit(level)
 }
 
+/// The worst host after an `@` in a URL's path, query or fragment, up to a blank (at most 8).
+fn hosts_after_at(v: &[u8], from: usize) -> Option<Judged> {
+    let rest = &v[from..];
+    let url = &rest[..rest.iter().position(|&b| b <= b' ').unwrap_or(rest.len())];
+    url.iter()
+        .enumerate()
+        .filter(|(_, &b)| b == b'@')
+        .take(8)
+        .map(|(at, _)| judge_host_port(&url[at + 1..authority_end(url, at + 1)]))
+        .fold(None, worse)
+}
+
 /// Whether the URL's path, from `from`, ends in a script's or a text file's extension
 /// (`/crash.php`, `/shell.txt`), before its query or fragment.
 fn names_a_script(v: &[u8], from: usize) -> bool {
@@ -223,7 +238,8 @@ fn scheme_at(v: &[u8]) -> Option<usize> {
         return None;
     }
     let len = v.iter().take(33).position(|&b| !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.')))?;
-    (v.get(len) == Some(&b':')).then_some(len)
+    // One letter is a Windows drive (`D:\0\backup`; tester u1), never a scheme.
+    (len >= 2 && v.get(len) == Some(&b':')).then_some(len)
 }
 
 /// After `scheme:`: nothing but question marks, or `//` and a URL whose only question marks end
@@ -318,8 +334,9 @@ fn ipv6_target(a: Ipv6Addr) -> Target {
         return ipv4_target(v4);
     }
     match s[0] {
-        // AWS's metadata service on IPv6, inside the unique-local range.
+        // AWS's and Google Cloud's metadata services on IPv6, inside the unique-local range.
         0xfd00 if s[1] == 0x0ec2 => Target::Internal,
+        0xfd20 if s[1] == 0x00ce && s[7] == 0x0254 => Target::Internal,
         _ if a.is_unicast_link_local() => Target::Internal,
         _ if a.is_unique_local() => Target::Private,
         _ => Target::PublicAddress,
@@ -343,7 +360,7 @@ fn ipv4_target(a: Ipv4Addr) -> Target {
 }
 
 /// Names that reach the machine itself.
-const LOOPBACK_NAMES: [&[u8]; 12] = [
+const LOOPBACK_NAMES: [&[u8]; 15] = [
     b"localhost",
     b"localhost.localdomain",
     b"localhost4",
@@ -357,11 +374,22 @@ const LOOPBACK_NAMES: [&[u8]; 12] = [
     // Public names whose every subdomain resolves to 127.0.0.1.
     b"localtest.me",
     b"lvh.me",
+    b"vcap.me",
+    b"local.gd",
+    b"localhost.direct",
 ];
 
+/// Domains whose every name resolves to the loopback, or to whatever address the name asks for
+/// at each lookup (DNS rebinding services: `7f000001.c0a80001.rbndr.us`).
+const LOOPBACK_DOMAINS: [&[u8]; 6] =
+    [b".localhost", b".localtest.me", b".lvh.me", b".vcap.me", b".local.gd", b".localhost.direct"];
+const REBINDING_DOMAINS: [&[u8]; 2] = [b".rbndr.us", b".1u.ms"];
+
 /// Names of metadata services, the container host and the Kubernetes API.
-const INTERNAL_NAMES: [&[u8]; 16] = [
+const INTERNAL_NAMES: [&[u8]; 17] = [
     b"metadata",
+    // The Kubernetes API by its short name, in the `default` namespace.
+    b"kubernetes",
     b"metadata.google.internal",
     b"metadata.goog",
     b"metadata.packet.net",
@@ -392,7 +420,12 @@ fn judge_host(raw: &[u8], schemeless: bool) -> Option<Judged> {
     let host: &[u8] = if raw.is_ascii() {
         raw
     } else {
-        mapped = idna::domain_to_ascii(std::str::from_utf8(raw).ok()?).ok()?;
+        let text = std::str::from_utf8(raw).ok()?;
+        // UTS 46 refuses a joiner outside the scripts that use one; curl's libidn2 drops it
+        // (`local\u{200d}host`; tester u1).
+        mapped = idna::domain_to_ascii(text)
+            .or_else(|_| idna::domain_to_ascii(&text.replace(['\u{200c}', '\u{200d}'], "")))
+            .ok()?;
         mapped.as_bytes()
     };
     let host = host.strip_suffix(b".").unwrap_or(host);
@@ -406,14 +439,10 @@ fn judge_host(raw: &[u8], schemeless: bool) -> Option<Judged> {
         return Some(Judged { target: ipv4_target(address), literal: true });
     }
     let name = |target| Some(Judged { target, literal: false });
-    if one_of(host, &LOOPBACK_NAMES)
-        || ends_with_ci(host, b".localhost")
-        || ends_with_ci(host, b".localtest.me")
-        || ends_with_ci(host, b".lvh.me")
-    {
+    if one_of(host, &LOOPBACK_NAMES) || LOOPBACK_DOMAINS.iter().any(|d| ends_with_ci(host, d)) {
         return name(Target::Loopback);
     }
-    if one_of(host, &INTERNAL_NAMES) {
+    if one_of(host, &INTERNAL_NAMES) || REBINDING_DOMAINS.iter().any(|d| ends_with_ci(host, d)) {
         return name(Target::Internal);
     }
     let domain = ADDRESS_DOMAINS.iter().find(|d| ends_with_ci(host, d))?;
@@ -514,12 +543,12 @@ fn schemeless(v: &[u8], start: usize, oauth_redirect: bool) -> Option<Hit> {
     let judged = match host_port.first() {
         Some(b'[') => judge_host_port(host_port)?,
         _ => {
-            let host = &host_port[..host_port.iter().position(|&b| b == b':').unwrap_or(host_port.len())];
-            let port = &host_port[host.len()..];
-            if !(port.is_empty() || (port.len() > 1 && port[1..].iter().all(u8::is_ascii_digit))) {
+            // With a port it is as likely an image on a local registry (`localhost:5000/app:1`;
+            // tester u1), and Python's clients refuse it without a scheme.
+            if host_port.contains(&b':') {
                 return None;
             }
-            judge_host(host, true)?
+            judge_host(host_port, true)?
         }
     };
     let host_at = end - host_port.len();
@@ -683,6 +712,32 @@ mod tests {
         ] {
             assert_eq!(level_of(v, "url", 1), Some(1), "{v:?}");
         }
+        // Tester u1: an `@` past a separator the app gets encoded (the WAF reads it decoded), or
+        // past a backslash that curl, PHP and Python's clients read as user information; as a
+        // redirect URI, refused when it reaches more than the loopback.
+        for (v, beyond_the_loopback) in [
+            ("http://evil.example/@127.0.0.1/", false),
+            ("http://evil.example?@169.254.169.254/latest", true),
+            ("http://evil.example#@127.0.0.1:6379/", false),
+            ("http://evil.example\\@127.0.0.1/", false),
+            ("http://127.0.0.1\\@169.254.169.254/", true),
+            // Invisible characters, Google's IPv6 metadata service, names of the loopback and
+            // of DNS rebinding services, the Kubernetes API's short name.
+            ("http://local\u{200b}host/", false),
+            ("http://local\u{200d}host/", false),
+            ("http://[fd20:ce::254]/computeMetadata/v1/", true),
+            ("http://app.localhost.direct/", false),
+            ("http://127.0.0.1.vcap.me/", false),
+            ("http://x.local.gd/", false),
+            ("http://7f000001.a9fea9fe.rbndr.us/", true),
+            ("http://make-127-0-0-1-rr.1u.ms/", true),
+            ("https://kubernetes/api/v1/namespaces/default/secrets", true),
+        ] {
+            assert_eq!(level_of(v, "url", 1), Some(1), "{v:?}");
+            assert_eq!(level_of(v, "redirect_uri", 1).is_some(), beyond_the_loopback, "{v:?}");
+        }
+        // A handle in a path is no host.
+        assert_eq!(level_of("https://mastodon.example/@alice", "url", 4), None);
         // The loopback is a native app's redirect; the metadata service behind it is not.
         assert_eq!(level_of("http://127.0.0.1@169.254.169.254/latest", "redirect_uri", 1), Some(1));
         assert_eq!(level_of("http://127.0.0.1:8400/cb", "redirect_uris", 1), None);
@@ -765,7 +820,6 @@ mod tests {
             "kubernetes.default.svc.cluster.local/",
             "LOCALHOST/",
             "lvh.me/",
-            "localhost:8080/admin",
             "169.254.169.254/latest/user-data",
             "127.0.0.1/admin",
         ] {
@@ -783,6 +837,10 @@ mod tests {
             "mylocalhost",
             "localhost",
             "localhost:5432",
+            // Images on a local registry (tester u1), and a Windows path.
+            "localhost:5000/myapp:latest",
+            "127.0.0.1:5000/app:dev",
+            "D:\\0\\backup\\db.bak",
             "10.0.0.0/8",
             "127.0.0.0/8",
             "192.168.0.0/16",
