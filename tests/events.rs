@@ -212,23 +212,28 @@ async fn floods_of_forged_tokens_denied_requests_and_waf_attacks_are_reported_in
         assert!(each_time.len() <= 10 * (seconds + 1), "{target}: {} reported each in {seconds} s", each_time.len());
         let (aggregate, each_one) = (aggregates[0], events.iter().find(|e| each(e)).unwrap());
         // Filed as each of its requests is, so a SIEM rule written from one finds the rest.
-        let filed = |e: &serde_json::Value| {
-            let rule = &e["firewall_rule"];
-            (
-                e["class_uid"].clone(),
-                e["severity_id"].clone(),
-                rule["uid"].clone(),
-                rule["name"].clone(),
-                rule["category"].clone(),
-            )
-        };
-        assert_eq!(filed(aggregate), filed(each_one), "{aggregate}\n{each_one}");
+        assert_eq!(filing(aggregate), filing(each_one), "{aggregate}\n{each_one}");
         assert_eq!(aggregate["http_response"]["code"].as_u64(), Some(u64::from(status)), "{aggregate}");
         assert_eq!(aggregate["src_endpoint"]["ip"], "127.0.0.1", "one source: named: {aggregate}");
         assert_eq!(aggregate["dst_endpoint"]["port"], s.sidecar.inbound.port(), "the listener: {aggregate}");
         assert_ocsf_base(aggregate);
     }
     s.shutdown();
+}
+
+/// How a SIEM files an event: its class, outcome, severity and rule.
+fn filing(e: &serde_json::Value) -> [serde_json::Value; 7] {
+    let rule = &e["firewall_rule"];
+    [
+        &e["class_uid"],
+        &e["status_id"],
+        &e["disposition_id"],
+        &e["severity_id"],
+        &rule["uid"],
+        &rule["name"],
+        &rule["category"],
+    ]
+    .map(Clone::clone)
 }
 
 /// What DETECT and AUDIT let through under a flood is summed up as the refusals are (the
@@ -255,17 +260,7 @@ async fn floods_of_detect_findings_and_audit_denials_are_reported_in_aggregate()
         let events = s.events();
         let (aggregate, each_one) =
             (events.iter().find(|e| in_aggregate(e)).unwrap(), events.iter().find(|e| each(e)).unwrap());
-        let filed = |e: &serde_json::Value| {
-            let rule = &e["firewall_rule"];
-            (
-                e["status_id"].clone(),
-                e["disposition_id"].clone(),
-                e["severity_id"].clone(),
-                rule["uid"].clone(),
-                rule["name"].clone(),
-            )
-        };
-        assert_eq!(filed(aggregate), filed(each_one), "{aggregate}\n{each_one}");
+        assert_eq!(filing(aggregate), filing(each_one), "{aggregate}\n{each_one}");
         assert_eq!(aggregate["http_request"]["url"]["port"], s.sidecar.inbound.port(), "{aggregate}");
         assert_ocsf_base(aggregate);
     }
