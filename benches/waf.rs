@@ -100,12 +100,17 @@ fn bench(c: &mut Criterion) {
             ("runtime_names_64k", "x.runtime "),
             ("unclosed_comments_64k", "$/*"),
             ("comment_then_call_64k", "*/("),
+            // Request forgery's: a URL's slashes, `@` signs past its authority, URLs in text.
+            ("url_slashes_64k", "/"),
+            ("url_at_signs_64k", "/@1"),
+            ("urls_in_text_64k", "http://a@b "),
         ];
         for (name, unit) in units {
             // The expansions' uses need what they use: a long assigned value, or a cmd variable.
             let head = match name {
                 "variable_uses_64k" => format!("a=/{};x", "x".repeat(32 * 1024)),
                 "cmd_expansions_64k" => "set a=ping".to_string(),
+                "url_slashes_64k" | "url_at_signs_64k" => "http:".to_string(),
                 _ => String::new(),
             };
             let hostile = format!("{{\"v\":\"{head}{}\"}}", unit.repeat((64 * 1024 - head.len()) / unit.len()));
