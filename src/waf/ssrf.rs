@@ -31,7 +31,21 @@ pub(crate) fn check(v: &[u8], shape: Shape, name: &[u8], level: u8) -> Option<Hi
         return None;
     }
     let v = without_tabs_and_line_breaks(v, shape);
-    let start = v.iter().position(|&b| b > b' ').unwrap_or(v.len());
+    let mut start = v.iter().position(|&b| b > b' ').unwrap_or(v.len());
+    // RFC 3986 appendix C's delimiters, `<http://...>` and `<URL:http://...>`, which Python's
+    // urllib strips before it fetches (tester v1).
+    let wrapped = v.get(start) == Some(&b'<');
+    if wrapped {
+        start += 1;
+        if v[start..].len() >= 4 && v[start..start + 4].eq_ignore_ascii_case(b"url:") {
+            start += 4;
+        }
+    }
+    let v = match v.iter().rposition(|&b| b == b'>') {
+        // Only blanks, `<` and `URL:` are before `start`: the `>` is at or after it.
+        Some(end) if wrapped => Cow::Owned(v[..end].to_vec()),
+        _ => v,
+    };
     let oauth_redirect = find_ci(name, b"redirect_uri", 0).is_some();
     if let Some(hit) = whole_value(&v, start, name, oauth_redirect, 0).filter(|hit| hit.level <= level) {
         return Some(hit);
@@ -211,16 +225,37 @@ fn whole_value(v: &[u8], start: usize, name: &[u8], oauth_redirect: bool, depth:
     hit(level)
 }
 
-/// The worst host after an `@` in a URL's path, query or fragment, up to a blank (at most 8).
+/// The worst host after an `@` in a URL's path, query or fragment: for each run between what
+/// may be separators (`/ ? # \`), the host after its last `@`, as a parser reads user
+/// information when the separator before it came encoded (blanks included: a parser
+/// percent-encodes them; tester v1). One walk over the rest of the value. A bare name of one
+/// label other than the loopback's (`@kubernetes/client-node`, npm's scopes) is a path's, not a
+/// host.
 fn hosts_after_at(v: &[u8], from: usize) -> Option<Judged> {
     let rest = &v[from..];
-    let url = &rest[..rest.iter().position(|&b| b <= b' ').unwrap_or(rest.len())];
-    url.iter()
-        .enumerate()
-        .filter(|(_, &b)| b == b'@')
-        .take(8)
-        .map(|(at, _)| judge_host_port(&url[at + 1..authority_end(url, at + 1)]))
-        .fold(None, worse)
+    let mut worst = None;
+    let mut last_at = None;
+    let mut judged = 0;
+    for (i, &b) in rest.iter().enumerate().chain(std::iter::once((rest.len(), &b'/'))) {
+        match b {
+            b'@' => last_at = Some(i),
+            b'/' | b'\\' | b'?' | b'#' => {
+                if let Some(at) = last_at.take() {
+                    let host = &rest[at + 1..i];
+                    let found = (host.len() <= 300).then(|| judge_host_port(host)).flatten().filter(|j| {
+                        j.literal || j.target == Target::Loopback || host.iter().any(|&c| c == b'.' || c == b':')
+                    });
+                    worst = worse(worst, found);
+                    judged += 1;
+                    if judged == 64 {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    worst
 }
 
 /// Whether the URL's path, from `from`, ends in a script's or a text file's extension
@@ -543,17 +578,50 @@ fn schemeless(v: &[u8], start: usize, oauth_redirect: bool) -> Option<Hit> {
     let judged = match host_port.first() {
         Some(b'[') => judge_host_port(host_port)?,
         _ => {
-            // With a port it is as likely an image on a local registry (`localhost:5000/app:1`;
-            // tester u1), and Python's clients refuse it without a scheme.
-            if host_port.contains(&b':') {
+            let (host, port) = match host_port.iter().position(|&b| b == b':') {
+                Some(colon) => (&host_port[..colon], Some(&host_port[colon + 1..])),
+                None => (host_port, None),
+            };
+            if port.is_some_and(|p| p.is_empty() || !p.iter().all(u8::is_ascii_digit)) {
                 return None;
             }
-            judge_host(host_port, true)?
+            let judged = judge_host(host, true)?;
+            // With a port, the loopback's path may name an image on a local registry
+            // (`localhost:5000/app:1`, tester u1), which only the image grammar tells apart;
+            // curl fetches the rest (tester v1). No image lives at a metadata address.
+            if port.is_some() && judged.target == Target::Loopback && image_reference(&v[end + 1..]) {
+                return None;
+            }
+            judged
         }
     };
     let host_at = end - host_port.len();
     (judged.target.local() && !(oauth_redirect && judged.target == Target::Loopback))
         .then(|| Hit::new(1, host_at, (end + 1).min(v.len())))
+}
+
+/// Whether `path` reads as a container image's name after its registry: lower-case components
+/// of letters, digits and `._-`, a `:tag`, a `@sha256:` digest (`app:1`, `team/app@sha256:...`).
+fn image_reference(path: &[u8]) -> bool {
+    let (name, digest) = match find_bytes(path, b"@sha256:", 0) {
+        Some(at) => (&path[..at], Some(&path[at + 8..])),
+        None => (path, None),
+    };
+    let (name, tag) = match name.iter().rposition(|&b| b == b':') {
+        Some(colon) => (&name[..colon], Some(&name[colon + 1..])),
+        None => (name, None),
+    };
+    let component = |c: &[u8]| {
+        !c.is_empty()
+            && c.iter().all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+    };
+    name.split(|&b| b == b'/').all(component)
+        && tag.is_none_or(|t| {
+            !t.is_empty()
+                && t.len() <= 128
+                && t.iter().all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        })
+        && digest.is_none_or(|d| d.len() == 64 && d.iter().all(u8::is_ascii_hexdigit))
 }
 
 /// From paranoia 2: every URL inside a value, and every `@` that hands a parser a second host
@@ -736,8 +804,27 @@ mod tests {
             assert_eq!(level_of(v, "url", 1), Some(1), "{v:?}");
             assert_eq!(level_of(v, "redirect_uri", 1).is_some(), beyond_the_loopback, "{v:?}");
         }
-        // A handle in a path is no host.
+        // A handle in a path is no host, nor a package's scope (tester v1).
         assert_eq!(level_of("https://mastodon.example/@alice", "url", 4), None);
+        assert_eq!(
+            level_of("https://registry.npmjs.org/@kubernetes/client-node/-/client-node-1.0.0.tgz", "url", 1),
+            None
+        );
+        // Tester v1: a blank after the encoded separator, nine `@`, a port without a scheme,
+        // the delimiters of RFC 3986's appendix C.
+        for v in [
+            "http://evil.example/ x@127.0.0.1/",
+            "http://evil.example? x@169.254.169.254/latest",
+            "http://evil.example\\ @127.0.0.1/",
+            "http://evil.example/@x@x@x@x@x@x@x@x@127.0.0.1/",
+            "127.0.0.1:26090/admin?delete=1",
+            "169.254.169.254:80/latest/meta-data/",
+            "x@127.0.0.1:26090/admin?x=1",
+            "<http://127.0.0.1/>",
+            "<URL:http://169.254.169.254/latest>",
+        ] {
+            assert_eq!(level_of(v, "url", 1), Some(1), "{v:?}");
+        }
         // The loopback is a native app's redirect; the metadata service behind it is not.
         assert_eq!(level_of("http://127.0.0.1@169.254.169.254/latest", "redirect_uri", 1), Some(1));
         assert_eq!(level_of("http://127.0.0.1:8400/cb", "redirect_uris", 1), None);
@@ -840,6 +927,7 @@ mod tests {
             // Images on a local registry (tester u1), and a Windows path.
             "localhost:5000/myapp:latest",
             "127.0.0.1:5000/app:dev",
+            "localhost:5000/team/app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "D:\\0\\backup\\db.bak",
             "10.0.0.0/8",
             "127.0.0.0/8",
@@ -894,8 +982,11 @@ mod tests {
         assert_eq!(level_of(json, "q", 1), None);
         assert_eq!(level_of(json, "q", 2), Some(2));
         // Orange Tsai's parser confusion: the host a fetcher reaches hides after a fragment.
+        // At 1 too, since a host after a later `@` is read (tester v1): 127/8 is the loopback.
         let confused = "http://google.com:80 &@google.com:80# @127.88.23.245:22/";
-        assert_eq!(level_of(confused, "q", 2), Some(2));
+        assert_eq!(level_of(confused, "q", 1), Some(1));
+        let confused = "http://google.com:80 &@google.com:80# @10.88.23.245:22/";
+        assert_eq!((level_of(confused, "q", 1), level_of(confused, "q", 2)), (None, Some(2)));
         assert_eq!(level_of("read https://docs.example.com/ and mail me@example.com", "q", 2), None);
     }
 
