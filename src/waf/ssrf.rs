@@ -589,7 +589,10 @@ fn schemeless(v: &[u8], start: usize, oauth_redirect: bool) -> Option<Hit> {
             // With a port, the loopback's path may name an image on a local registry
             // (`localhost:5000/app:1`, tester u1), which only the image grammar tells apart;
             // curl fetches the rest (tester v1). No image lives at a metadata address.
-            if port.is_some() && judged.target == Target::Loopback && image_reference(&v[end + 1..]) {
+            if port.is_some()
+                && judged.target == Target::Loopback
+                && image_reference(v.get(end + 1..).unwrap_or_default())
+            {
                 return None;
             }
             judged
@@ -822,6 +825,8 @@ mod tests {
             "x@127.0.0.1:26090/admin?x=1",
             "<http://127.0.0.1/>",
             "<URL:http://169.254.169.254/latest>",
+            // A relative URL with a port and nothing after it.
+            "//127.0.0.1:8080",
         ] {
             assert_eq!(level_of(v, "url", 1), Some(1), "{v:?}");
         }
@@ -988,6 +993,54 @@ mod tests {
         let confused = "http://google.com:80 &@google.com:80# @10.88.23.245:22/";
         assert_eq!((level_of(confused, "q", 1), level_of(confused, "q", 2)), (None, Some(2)));
         assert_eq!(level_of("read https://docs.example.com/ and mail me@example.com", "q", 2), None);
+    }
+
+    /// Values made of what the parsing turns on, in random order: every verdict is a span of the
+    /// value it was asked about (and no slice is out of bounds).
+    #[test]
+    fn random_url_like_values_get_spans_inside_them() {
+        const PARTS: [&str; 24] = [
+            "http:",
+            "//",
+            "/",
+            "\\",
+            "@",
+            ":",
+            "?",
+            "#",
+            "<",
+            ">",
+            "URL:",
+            "[",
+            "]",
+            "::1",
+            "127.0.0.1",
+            "localhost",
+            "169.254.169.254",
+            ".nip.io",
+            "-",
+            "0x7f",
+            " ",
+            "\t",
+            "ſ",
+            "jar:",
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..20_000 {
+            let mut v = String::new();
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            for k in 0..(seed % 12) {
+                v.push_str(PARTS[((seed >> (k * 5)) % PARTS.len() as u64) as usize]);
+            }
+            let bytes = v.as_bytes();
+            for level in [1, 4] {
+                if let Some(hit) = check(bytes, Shape::of(bytes), b"q", level) {
+                    assert!(hit.start <= hit.end && hit.end <= bytes.len(), "{v:?}: {hit:?}");
+                }
+            }
+        }
     }
 
     #[test]
