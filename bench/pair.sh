@@ -86,11 +86,16 @@ PALISADE_THREADS=${PALISADE_THREADS:-1}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=${BENCH_OUT:-$ROOT/bench/out}
+# Where cargo puts what it builds here: CARGO_TARGET_DIR when it is set (relative to the
+# repository, where cargo runs), else target/. A machine that sets it had the example built
+# there and looked for it in target/ (scripts/build-pgo.sh stopped at its training).
+CARGO_OUT=${CARGO_TARGET_DIR:-target}
+[[ $CARGO_OUT == /* ]] || CARGO_OUT="$ROOT/$CARGO_OUT"
 PGO=${PGO:-1}
 if [[ $PGO == 1 ]]; then
     PALISADE=${PALISADE_BIN:-$ROOT/target/pgo/release/palisade}
 else
-    PALISADE=${PALISADE_BIN:-$ROOT/target/release/palisade}
+    PALISADE=${PALISADE_BIN:-$CARGO_OUT/release/palisade}
 fi
 ONLY=${ONLY:-all}
 PLAIN=${PLAIN:-0}
@@ -98,7 +103,7 @@ if [[ $PLAIN == 1 && $PGO != 1 ]]; then
     echo "bench/pair.sh: PLAIN=1 adds the plain build beside the PGO one; with PGO=0 the pair already is the plain build" >&2
     PLAIN=0
 fi
-PALISADE_PLAIN=${PALISADE_PLAIN_BIN:-$ROOT/target/release/palisade}
+PALISADE_PLAIN=${PALISADE_PLAIN_BIN:-$CARGO_OUT/release/palisade}
 BODY_BYTES=${BODY_BYTES:-0}
 RESPONSE_BYTES=${RESPONSE_BYTES:-0}
 HEADERS=${HEADERS:-0}
@@ -141,7 +146,7 @@ P_NGX_B=$((BASE_PORT + 206))       # nginx B (mTLS in)
 P_NGX_B_STATUS=$((BASE_PORT + 296))
 P_OTLP=$((BASE_PORT + 150))        # OTLP/gRPC receiver (TELEMETRY=full)
 TELEMETRY=${TELEMETRY:-off}
-OTLP_SINK="$ROOT/target/release/examples/otlp_sink"
+OTLP_SINK="$CARGO_OUT/release/examples/otlp_sink"
 
 PIDS=()           # palisade processes we started
 NGINX_PIDFILES=() # nginx masters we started
