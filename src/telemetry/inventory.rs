@@ -76,6 +76,9 @@ struct Route {
     /// Requests from callers that proved no mesh identity (a PERMISSIVE port's plaintext).
     plaintext: AtomicU64,
     callers: Mutex<Callers>,
+    /// The last caller found named (its hash), or `u64::MAX` once the list is full: what most
+    /// requests of a route check, without the lock (one caller calls it again and again).
+    caller_seen: AtomicU64,
 }
 
 #[derive(Default)]
@@ -129,14 +132,22 @@ impl Inventory {
         }
         if o.principal.is_empty() {
             route.plaintext.fetch_add(1, Ordering::Relaxed);
-        } else if let Ok(mut callers) = route.callers.try_lock() {
+        } else {
+            let seen = route.caller_seen.load(Ordering::Relaxed);
+            let hash = caller_hash(o.principal);
+            if seen == u64::MAX || seen == hash {
+                return;
+            }
             // Contended: another request of this route is naming its caller; this one's goes
             // unnamed (its count is exact either way).
-            if !callers.more && !callers.named.iter().any(|c| **c == *o.principal) {
-                match callers.named.len() < MAX_CALLERS {
-                    true => callers.named.push(o.principal.into()),
-                    false => callers.more = true,
+            if let Ok(mut callers) = route.callers.try_lock() {
+                if !callers.more && !callers.named.iter().any(|c| **c == *o.principal) {
+                    match callers.named.len() < MAX_CALLERS {
+                        true => callers.named.push(o.principal.into()),
+                        false => callers.more = true,
+                    }
                 }
+                route.caller_seen.store(if callers.more { u64::MAX } else { hash }, Ordering::Relaxed);
             }
         }
     }
@@ -180,6 +191,7 @@ impl Inventory {
             authenticated: AtomicU64::new(0),
             plaintext: AtomicU64::new(0),
             callers: Mutex::new(Callers::default()),
+            caller_seen: AtomicU64::new(0),
         });
         let mut next = HashMap::clone(&routes);
         if collapsed != key && tree.aliases < MAX_ROUTES {
@@ -264,6 +276,15 @@ impl Tree {
             end = next;
         }
     }
+}
+
+/// A caller's SPIFFE ID hashed for [`Route::caller_seen`] (never `u64::MAX`, which means full).
+/// Principals come from the CA, not from callers, so an unkeyed hash serves.
+fn caller_hash(principal: &str) -> u64 {
+    use std::hash::Hasher;
+    let mut h = super::Fnv1a::default();
+    h.write(principal.as_bytes());
+    h.finish().min(u64::MAX - 1)
 }
 
 /// `"<METHOD> <route>"` in `buf`.
